@@ -7,6 +7,10 @@ works from these frozen descriptions, never from ad-hoc catalog queries.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,3 +64,67 @@ class TableInfo:
     @property
     def column_map(self) -> dict[str, ColumnInfo]:
         return {c.name: c for c in self.columns}
+
+
+_TABLE_SQL = """
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %s AND c.relname = %s
+"""
+
+_COLUMNS_SQL = """
+SELECT a.attname, a.attnum, a.atttypid, t.typname,
+       CASE WHEN t.typcategory = 'A' THEN et.typname END AS elem,
+       CASE WHEN t.typcategory = 'A' THEN et.typtype ELSE t.typtype END AS kind,
+       a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> ''
+FROM pg_attribute a
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_type et ON et.oid = t.typelem
+WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+ORDER BY a.attnum
+"""
+
+_PK_SQL = """
+SELECT a.attname
+FROM pg_index i
+CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+WHERE i.indrelid = %s AND i.indisprimary
+ORDER BY k.ord
+"""
+
+
+async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> TableInfo | None:
+    """Describe `schema.name`, or None when no such relation exists."""
+    row = await (await conn.execute(_TABLE_SQL, (schema, name))).fetchone()
+    if row is None:
+        return None
+    oid, nsp, rel, kind, replident = row
+    pk = [r[0] for r in await (await conn.execute(_PK_SQL, (oid,))).fetchall()]
+    cols = []
+    for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
+        aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r
+        cols.append(
+            ColumnInfo(
+                name=aname,
+                attnum=attnum,
+                type_oid=typoid,
+                type_name=typname,
+                elem_type=elem,
+                type_kind=tkind,
+                type_mod=typmod,
+                dims=ndims or (1 if elem else 0),
+                not_null=bool(notnull),
+                pk_index=pk.index(aname) if aname in pk else None,
+                generated=bool(generated),
+            )
+        )
+    return TableInfo(
+        oid=oid,
+        schema=nsp,
+        name=rel,
+        columns=tuple(cols),
+        pk=tuple(pk),
+        kind=kind,
+        replica_identity=replident,
+    )

@@ -1,0 +1,125 @@
+"""Build the engine's aiohttp application: routes, middlewares and the sources' lifetimes."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .errors import ServiceUnavailable, Unauthorized
+from .http.errors import error_middleware, json_response
+from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
+from .http.shape import ShapeView
+from .settings import Settings
+from .source import Source, SourceConfig
+
+SOURCES = web.AppKey("sources", dict)
+SETTINGS = web.AppKey("settings", Settings)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def common_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """`electric-server`, `x-request-id` and CORS on every response that passes auth."""
+    resp = await handler(request)
+    if not resp.prepared:
+        _decorate(request, resp)
+    return resp
+
+
+def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
+    resp.headers["electric-server"] = f"shapegate/{__version__}"
+    resp.headers.setdefault("x-request-id", request.headers.get("x-request-id", uuid.uuid4().hex))
+    if resp.status == 401:
+        return
+    origins = request.headers.getall("origin", [])
+    resp.headers["access-control-allow-origin"] = origins[0] if len(origins) == 1 else "*"
+    resp.headers["access-control-expose-headers"] = EXPOSE_HEADERS
+    is_shape = request.path.rstrip("/").endswith("/shape")
+    resp.headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
+
+
+async def _prepare_stream(request: web.Request, resp: web.StreamResponse) -> None:
+    # Streaming responses (SSE) are prepared inside the handler: decorate them here.
+    if "electric-server" not in resp.headers:
+        _decorate(request, resp)
+
+
+def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> web.Application:
+    app = web.Application(middlewares=[common_headers, error_middleware])
+    app[SETTINGS] = settings
+    app[SOURCES] = sources if sources is not None else {}
+    app.on_response_prepare.append(_prepare_stream)
+
+    async def find_source(request: web.Request) -> Source:
+        """The source a request is for, after checking its credentials."""
+        srcs: dict[str, Source] = request.app[SOURCES]
+        q = request.query
+        given = q.get("secret") or q.get("api_secret") or q.get("source_secret")
+        if settings.secret is not None:
+            if given is None or not hmac.compare_digest(given.encode(), settings.secret.encode()):
+                raise Unauthorized()
+        source = srcs.get("default")
+        if source is None:
+            raise ServiceUnavailable("No database is configured", retry_after=10)
+        return source
+
+    view = ShapeView(settings, find_source)
+
+    async def options(request: web.Request) -> web.StreamResponse:
+        resp = web.Response(status=204, headers={"access-control-max-age": "86400",
+                                                 "connection": "keep-alive"})  # fmt: skip
+        wanted = request.headers.get("access-control-request-headers", "")
+        allowed = [x.strip() for x in wanted.split(",")
+                   if x.strip().lower() in ("if-none-match", "traceparent")]  # fmt: skip
+        if allowed:
+            resp.headers["access-control-allow-headers"] = ", ".join(allowed)
+        return resp
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        srcs: dict[str, Source] = request.app[SOURCES]
+        states = {sid: s.state for sid, s in srcs.items()}
+        active = bool(states) and all(v == "active" for v in states.values())
+        body: dict[str, Any] = {"status": "active" if active else "starting"}
+        return json_response(200 if active else 202, body,
+                             {"cache-control": "no-cache, no-store, must-revalidate"})  # fmt: skip
+
+    async def root(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=200)
+
+    for path in ("/v1/shape", "/v1/shape/"):
+        app.router.add_get(path, view.get)
+        app.router.add_post(path, view.post)
+        app.router.add_delete(path, view.delete)
+        app.router.add_route("OPTIONS", path, options)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/", root)
+
+    async def lifespan(app: web.Application) -> AsyncIterator[None]:
+        srcs: dict[str, Source] = app[SOURCES]
+        if settings.database_url and "default" not in srcs:
+            srcs["default"] = Source(
+                SourceConfig(
+                    source_id="default",
+                    database_url=settings.database_url,
+                    data_dir=settings.data_dir / "sources" / "default",
+                    chunk_bytes=settings.chunk_bytes,
+                    max_shapes=settings.max_shapes,
+                    max_concurrent_snapshots=settings.max_concurrent_snapshots,
+                    fsync=settings.fsync,
+                    schema_check_interval=settings.schema_check_interval,
+                )
+            )
+        for s in srcs.values():
+            await s.start()
+        yield
+        for s in srcs.values():
+            await s.stop()
+
+    app.cleanup_ctx.append(lifespan)
+    return app

@@ -1,0 +1,85 @@
+"""The one table that turns engine errors into HTTP responses, and its middleware.
+
+Any exception that is not an EngineError is a bug: it is logged with its traceback and
+answered with a bare 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from ..errors import (
+    EngineError,
+    InvalidRequest,
+    NotFound,
+    ServiceUnavailable,
+    ShapeGone,
+    Unauthorized,
+)
+from ..log.entries import MUST_REFETCH_BODY
+
+log = logging.getLogger(__name__)
+JSON = "application/json; charset=utf-8"
+
+
+def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    h = {"cache-control": "no-store", "surrogate-control": "no-store"}
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        charset="utf-8", headers=h)  # fmt: skip
+
+
+def error_response(exc: EngineError) -> web.Response:
+    if isinstance(exc, InvalidRequest):
+        return json_response(400, {"message": exc.message, "errors": exc.errors})
+    if isinstance(exc, Unauthorized):
+        return json_response(401, {"message": "Unauthorized - Invalid API secret"})
+    if isinstance(exc, NotFound):
+        return json_response(404, {"message": exc.message})
+    if isinstance(exc, ShapeGone):
+        headers = {
+            "cache-control": (
+                "public, max-age=60, must-revalidate"
+                if exc.current_handle
+                else "public, max-age=1, must-revalidate"
+            )
+        }
+        if exc.current_handle:
+            headers["electric-handle"] = exc.current_handle
+        return web.Response(status=409, body=MUST_REFETCH_BODY, content_type="application/json",
+                            charset="utf-8", headers=headers)  # fmt: skip
+    if isinstance(exc, ServiceUnavailable):
+        body: dict[str, object] = {"message": exc.message}
+        if exc.code:
+            body["code"] = exc.code
+        return json_response(503, body, {"retry-after": str(exc.retry_after)})
+    log.error("unmapped engine error %r", exc)
+    return json_response(500, {"error": "Internal server error"})
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except EngineError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status >= 400 and exc.content_type != "application/json":
+            return json_response(exc.status, {"message": exc.reason})
+        raise
+    except (ConnectionResetError, TimeoutError):
+        if request.transport is None or request.transport.is_closing():
+            raise  # the client went away; nothing to answer
+        log.exception("error serving %s", request.path)
+        return json_response(500, {"error": "Internal server error"})
+    except Exception:
+        log.exception("error serving %s", request.path)
+        return json_response(500, {"error": "Internal server error"})

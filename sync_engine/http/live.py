@@ -1,0 +1,86 @@
+"""SSE (`live=true&live_sse=true`): one `data:` event per message, up-to-date after each batch.
+
+The client resumes from `<global_last_seen_lsn>_0`, so every up-to-date names the LSN of the
+last delivered transaction; reading by transaction makes that offset exact. Keep-alive
+comments fill silences, the stream ends after `sse_timeout` or when the shape rotates (the
+client's next request then gets the 409).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..log.entries import up_to_date_message
+from . import headers as h
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..shapes.shape import Shape
+    from ..source import Source
+    from .params import ShapeRequest
+
+KEEPALIVE = b": keep-alive\n\n"
+
+
+def sse_frame(message: bytes) -> bytes:
+    return b"data: " + message + b"\n\n"
+
+
+async def serve_sse(
+    request: web.Request, s: Settings, source: Source, shape: Shape, req: ShapeRequest
+) -> web.StreamResponse:
+    assert req.offset is not None
+    offset = req.offset
+    latest = shape.log.latest_offset
+    resp = web.StreamResponse(
+        status=200,
+        headers={
+            "content-type": "text/event-stream",
+            "cache-control": h.cache_control(
+                method=request.method, status=200, before_all=False, live=True, sse=True,
+                sse_timeout=s.sse_timeout, max_age=s.max_age, stale_age=s.stale_age,
+            ),  # fmt: skip
+            "electric-handle": shape.handle,
+            "electric-offset": str(max(offset, latest)),
+            "electric-cursor": str(h.next_cursor(req.cursor, s.long_poll_timeout)),
+            "electric-has-data": "true",
+            "etag": h.etag(shape.handle, str(offset), str(max(offset, latest)), no_change=True),
+            "connection": "keep-alive",
+            "x-accel-buffering": "no",
+        },
+    )
+    await resp.prepare(request)
+    deadline = time.monotonic() + s.sse_timeout
+    entries, end = shape.log.read_after(offset)
+    if entries:
+        await _write_batch(resp, entries, end.tx)
+        await resp.write_eof()
+        return resp
+    while not shape.rotated:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(shape.changed()), min(remaining, s.sse_keepalive)
+            )
+        except TimeoutError:
+            if deadline - time.monotonic() > 0:
+                await resp.write(KEEPALIVE)
+            continue
+        if shape.rotated:
+            break
+        entries, end = shape.log.read_after(offset)
+        if entries:
+            await _write_batch(resp, entries, end.tx)
+            offset = end
+    await resp.write_eof()
+    return resp
+
+
+async def _write_batch(resp: web.StreamResponse, entries: list[bytes], lsn: int) -> None:
+    await resp.write(b"".join(sse_frame(e) for e in entries) + sse_frame(up_to_date_message(lsn)))

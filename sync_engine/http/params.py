@@ -1,0 +1,244 @@
+"""Query string (and POST body) -> ShapeRequest, validated in Electric's order (pure).
+
+Everything here is about the request's form; checks that need the catalog (does the table
+exist, are the columns real, is the where clause valid) happen when the shape is resolved.
+Unknown parameters are ignored, as the client sends several (`cache-buster`,
+`expired_handle`, app-defined ones) that must not change the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import MultiMapping
+
+from ..errors import InvalidRequest
+from ..log.offsets import InvalidOffset, LogOffset, parse_offset
+
+_PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
+_SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
+_SINGLE = (
+    "table", "offset", "handle", "live", "live_sse", "experimental_live_sse", "cursor",
+    "where", "columns", "replica", "log", "subset__where", "subset__limit",
+    "subset__offset", "subset__order_by", "subset__params",
+)  # fmt: skip
+MAX_WHERE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetRequest:
+    where: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    offset: int | None = None
+    order_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRequest:
+    table: str
+    offset: LogOffset | None  # None means `now`
+    handle: str | None
+    live: bool = False
+    live_sse: bool = False
+    cursor: int = 0
+    where: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    columns: str | None = None
+    replica: str = "default"
+    log_mode: str = "full"
+    subset: SubsetRequest | None = None
+
+    @property
+    def is_now(self) -> bool:
+        return self.offset is None
+
+    def definition_key(self) -> tuple[object, ...]:
+        """The raw definition parameters, as a cache key for resolving the shape quickly."""
+        return (
+            self.table,
+            self.where,
+            tuple(sorted(self.params.items())),
+            self.columns,
+            self.replica,
+            self.log_mode,
+        )
+
+
+def _flag(value: str | None) -> bool:
+    """Electric's booleans: anything but the literal `false` (or absence) is true."""
+    return value is not None and value != "false"
+
+
+def _blank(value: str | None) -> str | None:
+    return None if value is None or value == "" else value
+
+
+def _numbered(items: Mapping[str, str], field_name: str) -> dict[str, str]:
+    keys = list(items)
+    if not all(k.isdigit() for k in keys):
+        raise InvalidRequest({field_name: ["Parameters can only use numbers as keys"]})
+    if sorted(int(k) for k in keys) != list(range(1, len(keys) + 1)):
+        raise InvalidRequest(
+            {field_name: ["Parameters must be numbered sequentially, starting from 1"]}
+        )
+    return {str(int(k)): v for k, v in items.items()}
+
+
+def parse_shape_request(
+    query: MultiMapping[str], body: Mapping[str, Any] | None = None
+) -> ShapeRequest:
+    """Validate a `/v1/shape` request's parameters; raises InvalidRequest naming the field."""
+    for name in _SINGLE:
+        if len(query.getall(name, [])) > 1:
+            raise InvalidRequest({name: ["must be given at most once"]})
+    q: dict[str, str] = {k: query[k] for k in _SINGLE if k in query}
+    params: dict[str, str] = {}
+    subset_params: dict[str, str] = {}
+    has_subset = any(k.startswith("subset__") for k in query)
+    for k, v in query.items():
+        m = _PARAM_KEY.match(k)
+        if m:
+            if m.group(1) in params:
+                raise InvalidRequest({"params": [f"params[{m.group(1)}] is given more than once"]})
+            params[m.group(1)] = v
+        m = _SUBSET_PARAM_KEY.match(k)
+        if m:
+            subset_params[m.group(1)] = v
+    if "params" in query:
+        raise InvalidRequest({"params": ["must be given as params[1]=value&params[2]=..."]})
+
+    subset_body: dict[str, Any] = {}
+    if body:
+        nested = body.get("subset")
+        if isinstance(nested, dict):
+            subset_body.update(nested)
+        for k, v in body.items():
+            if k in ("where", "params", "limit", "offset", "order_by", "where_expr",
+                     "order_by_expr"):  # fmt: skip
+                subset_body[k] = v
+            elif k != "subset" and isinstance(v, str) and k in _SINGLE:
+                q.setdefault(k, v)
+        has_subset = has_subset or bool(subset_body)
+
+    # 1. offset
+    raw_offset = q.get("offset")
+    if raw_offset is None:
+        raise InvalidRequest({"offset": ["can't be blank"]})
+    if raw_offset == "":
+        raise InvalidRequest({"offset": ["can't be blank"]})
+    offset: LogOffset | None
+    if raw_offset == "now":
+        offset = None
+    else:
+        try:
+            offset = parse_offset(raw_offset)
+        except InvalidOffset:
+            raise InvalidRequest({"offset": ["has invalid format"]}) from None
+    # 2. handle vs offset
+    handle = _blank(q.get("handle"))
+    resets = offset is None or offset.is_before_all
+    if resets:
+        handle = None
+    elif handle is None:
+        raise InvalidRequest({"handle": ["can't be blank when offset != -1"]})
+    # 3. live vs offset, live_sse
+    live = _flag(q.get("live"))
+    if live and offset is None:
+        raise InvalidRequest({"live": ["can't be true when offset is 'now'"]})
+    if live and offset is not None and offset.is_before_all:
+        raise InvalidRequest({"live": ["can't be true when offset == -1"]})
+    sse_raw = q.get("live_sse", q.get("experimental_live_sse"))
+    live_sse = _flag(sse_raw)
+    if live_sse and not live:
+        raise InvalidRequest({"live_sse": ["can't be true unless live is also true"]})
+    # 4. definition
+    table = _blank(q.get("table"))
+    if table is None:
+        raise InvalidRequest({"table": ["can't be blank"]})
+    replica = q.get("replica") or "default"
+    if replica not in ("default", "full"):
+        raise InvalidRequest({"replica": ["is invalid"]})
+    log_mode = q.get("log") or "full"
+    if log_mode not in ("full", "changes_only"):
+        raise InvalidRequest({"log": ["is invalid"]})
+    where = _blank(q.get("where"))
+    if where is not None and len(where.encode()) > MAX_WHERE_BYTES:
+        raise InvalidRequest({"where": ["is bigger than maximum size"]})
+    cursor_raw = q.get("cursor", "")
+    cursor = int(cursor_raw) if cursor_raw.isdigit() and len(cursor_raw) < 19 else 0
+
+    subset = _parse_subset(q, subset_params, subset_body) if has_subset else None
+    return ShapeRequest(
+        table=table,
+        offset=offset,
+        handle=handle,
+        live=live,
+        live_sse=live_sse,
+        cursor=cursor,
+        where=where,
+        params=_numbered(params, "params") if params else {},
+        columns=_blank(q.get("columns")),
+        replica=replica,
+        log_mode=log_mode,
+        subset=subset,
+    )
+
+
+def _subset_error(field_name: str, message: str) -> InvalidRequest:
+    return InvalidRequest({"subset": {field_name: [message]}})
+
+
+def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise _subset_error(field_name, "is invalid")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise _subset_error(field_name, "is invalid") from None
+    if n < minimum:
+        raise _subset_error(field_name, f"must be greater than or equal to {minimum}")
+    return n
+
+
+def _parse_subset(
+    q: Mapping[str, str], bracket_params: dict[str, str], body: Mapping[str, Any]
+) -> SubsetRequest:
+    import orjson
+
+    where = body.get("where", q.get("subset__where"))
+    if where is not None and not isinstance(where, str):
+        raise _subset_error("where", "is invalid")
+    order_by = body.get("order_by", q.get("subset__order_by"))
+    if order_by is not None and not isinstance(order_by, str):
+        raise _subset_error("order_by", "is invalid")
+    raw_params: Any = body.get("params")
+    if raw_params is None and "subset__params" in q:
+        try:
+            raw_params = orjson.loads(q["subset__params"])
+        except orjson.JSONDecodeError:
+            raise _subset_error("params", "is invalid JSON") from None
+    if raw_params is None:
+        raw_params = bracket_params
+    if isinstance(raw_params, list):
+        raw_params = {str(i + 1): v for i, v in enumerate(raw_params)}
+    if not isinstance(raw_params, dict):
+        raise _subset_error("params", "must be an object")
+    params = {str(k): "" if v is None else str(v) for k, v in raw_params.items()}
+    limit = _int_field(body.get("limit", q.get("subset__limit")), "limit", 1)
+    offset = _int_field(body.get("offset", q.get("subset__offset")), "offset", 0)
+    if (limit is not None or offset is not None) and not order_by:
+        raise _subset_error("order_by", "order_by is required when limit or offset is present")
+    if params:
+        try:
+            params = _numbered(params, "params")
+        except InvalidRequest as e:
+            raise InvalidRequest({"subset": e.errors}) from None
+    return SubsetRequest(
+        where=where or None, params=params, limit=limit, offset=offset, order_by=order_by or None
+    )

@@ -1,0 +1,256 @@
+"""GET/POST/DELETE /v1/shape: request -> shape -> log read -> response.
+
+Which part of the log a request gets (protocol sheet 3.9):
+- `offset=-1`: snapshot chunk 0, answered as `0_0`, never up-to-date (so it caches long);
+- `0_k` while snapshot chunks remain: chunk k+1 as `0_(k+1)`;
+- past the snapshot or a real offset: the transactions after it up to the end of its log
+  chunk; up-to-date when that reaches the shape's latest offset; a live request at the tip
+  waits for the next append (or answers up-to-date with `electric-has-data: false`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from ..errors import InvalidRequest, ServiceUnavailable, ShapeGone
+from ..log.entries import up_to_date_message
+from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
+from . import headers as h
+from .params import ShapeRequest, parse_shape_request
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..shapes.shape import Shape
+    from ..source import Source
+
+MAX_BODY = 8 * 1024 * 1024
+
+
+class ShapeView:
+    """Holds what every shape request needs: settings and the way to find a source."""
+
+    def __init__(self, settings: Settings, find_source: Any) -> None:
+        self.settings = settings
+        self.find_source = find_source
+
+    # -- entry points ---------------------------------------------------------------------
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, None)
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        return await self._serve(request, body)
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        if not self.settings.allow_delete:
+            return web.json_response({"message": "DELETE not allowed"}, status=405,
+                                     headers={"cache-control": "no-store"})  # fmt: skip
+        source: Source = await self.find_source(request)
+        handle = request.query.get("handle") or None
+        if "table" in request.query:
+            q = dict(request.query)
+            q["offset"] = "-1"
+            req = parse_shape_request(_multi(q))
+            definition, _, _ = await source.registry.describe(req, source.lookup_table)
+            shape = source.registry.by_definition.get(definition)
+            if shape is None:
+                return web.json_response({"message": "No existing shape found"}, status=404)
+            if handle is not None and handle != shape.handle:
+                raise InvalidRequest(
+                    {"handle": ["The specified shape definition and handle do not match."]}
+                )
+        elif handle is not None:
+            found = source.registry.by_handle.get(handle)
+            if found is None:
+                return web.json_response({"message": "No existing shape found"}, status=404)
+            shape = found
+        else:
+            raise InvalidRequest({"table": ["can't be blank"]})
+        source.registry.rotate(shape, "deleted through the API")
+        return web.Response(status=202, headers={"cache-control": "no-cache"})
+
+    # -- the common path ------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
+        source: Source = await self.find_source(request)
+        req = parse_shape_request(request.query, body)
+        shape = await source.resolve(req)
+        if req.subset is not None:
+            from .subset import serve_subset
+
+            return await serve_subset(request, source, shape, req)
+        if req.handle is not None and req.handle != shape.handle:
+            raise ShapeGone(shape.handle)
+        if req.live and req.live_sse:
+            from .live import serve_sse
+
+            return await serve_sse(request, self.settings, source, shape, req)
+        return await self._serve_log(request, source, shape, req)
+
+    async def _serve_log(
+        self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
+    ) -> web.StreamResponse:
+        s = self.settings
+        if req.offset is None:  # offset=now
+            latest = shape.log.latest_offset
+            return self._respond(
+                request, shape, req, [], latest, up_to_date=True, has_data=False,
+                gls=max(source.replicator.global_lsn, latest.tx),
+            )  # fmt: skip
+        offset = req.offset
+        if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
+            index = 0 if offset.is_before_all else offset.op + 1
+            chunk = await self._snapshot_chunk(shape, index)
+            if chunk is not None:
+                return self._respond(
+                    request, shape, req, [chunk] if chunk else [], snapshot_chunk_offset(index),
+                    up_to_date=False, has_data=True, gls=0,
+                )  # fmt: skip
+        await self._check_bounds(source, shape, offset)
+        entries, end = shape.log.read_after(offset)
+        deadline = time.monotonic() + s.long_poll_timeout
+        while not entries and req.live:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                end = max(offset, shape.log.latest_offset)
+                return self._respond(
+                    request, shape, req, [], end, up_to_date=True, has_data=False,
+                    gls=max(source.replicator.global_lsn, end.tx),
+                )  # fmt: skip
+            try:
+                await asyncio.wait_for(asyncio.shield(shape.changed()), remaining)
+            except TimeoutError:
+                continue
+            if shape.rotated:
+                current = source.registry.by_definition.get(shape.definition)
+                raise ShapeGone(current.handle if current else None)
+            entries, end = shape.log.read_after(offset)
+        if shape.rotated:
+            current = source.registry.by_definition.get(shape.definition)
+            raise ShapeGone(current.handle if current else None)
+        end = max(end, offset) if not entries else end
+        latest = shape.log.latest_offset
+        up_to_date = end >= max(latest, offset)
+        gls = end.tx if entries and req.live else max(source.replicator.global_lsn, end.tx)
+        return self._respond(
+            request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls
+        )
+
+    async def _snapshot_chunk(self, shape: Shape, index: int) -> bytes | None:
+        """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer."""
+        log = shape.log
+        deadline = time.monotonic() + 60
+        while log.snapshot_chunks <= index and not log.snapshot_complete:
+            if shape.rotated:
+                if shape.snapshot_error:
+                    raise ServiceUnavailable(
+                        f"Could not take the shape's snapshot: {shape.snapshot_error}",
+                        retry_after=5,
+                    )
+                raise ShapeGone(None)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
+            try:
+                await asyncio.wait_for(asyncio.shield(shape.changed()), remaining)
+            except TimeoutError:
+                pass
+        if index >= log.snapshot_chunks:
+            return None
+        return await asyncio.to_thread(log.read_snapshot_chunk, index)
+
+    async def _check_bounds(self, source: Source, shape: Shape, offset: LogOffset) -> None:
+        """An offset beyond anything seen (e.g. from another engine) waits, then is a 400."""
+
+        def in_bounds() -> bool:
+            return offset.tx <= max(shape.log.last_lsn, source.replicator.global_lsn)
+
+        if offset.is_virtual or in_bounds():
+            return
+        deadline = time.monotonic() + self.settings.out_of_bounds_wait
+        while not in_bounds():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise InvalidRequest({"offset": ["out of bounds for this shape"]})
+            try:
+                await asyncio.wait_for(asyncio.shield(shape.changed()), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+
+    def _respond(
+        self,
+        request: web.Request,
+        shape: Shape,
+        req: ShapeRequest,
+        items: list[bytes],
+        end: LogOffset,
+        *,
+        up_to_date: bool,
+        has_data: bool,
+        gls: int,
+    ) -> web.StreamResponse:
+        s = self.settings
+        offset_text = str(end)
+        hdrs = {
+            "electric-handle": shape.handle,
+            "electric-offset": offset_text,
+            "electric-has-data": "true" if has_data else "false",
+            "cache-control": h.cache_control(
+                method=request.method,
+                status=200,
+                before_all=req.offset == BEFORE_ALL,
+                live=req.live,
+                sse=False,
+                sse_timeout=s.sse_timeout,
+                max_age=s.max_age,
+                stale_age=s.stale_age,
+            ),
+        }
+        if not req.live:
+            hdrs["electric-schema"] = shape.schema_json
+        else:
+            hdrs["electric-cursor"] = str(h.next_cursor(req.cursor, s.long_poll_timeout))
+        if up_to_date:
+            hdrs["electric-up-to-date"] = ""
+            items = [*items, up_to_date_message(gls)]
+        request_offset = "now" if req.offset is None else str(req.offset)
+        tag = h.etag(shape.handle, request_offset, offset_text, no_change=not has_data)
+        hdrs["etag"] = tag
+        if request.method in ("GET", "HEAD") and h.if_none_match_hits(
+            request.headers.get("if-none-match"), tag
+        ):
+            return web.Response(status=304, headers=hdrs)
+        body = b"[" + b",".join(items) + b"]"
+        return web.Response(body=body, headers=hdrs, content_type="application/json",
+                            charset="utf-8")  # fmt: skip
+
+
+async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    if not request.can_read_body:
+        return None
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+    raw = await request.content.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
+    if not raw.strip():
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest({"body": ["Invalid JSON in request body"]}) from None
+    if not isinstance(data, dict):
+        raise InvalidRequest({"body": ["Request body must be a JSON object"]})
+    return data
+
+
+def _multi(d: dict[str, str]) -> Any:
+    from multidict import MultiDict
+
+    return MultiDict(d)

@@ -1,0 +1,203 @@
+"""A shape's log on disk: snapshot chunks, then transaction chunks, append-only.
+
+Layout of a shape directory:
+
+    meta.json            definition, table description, where params (written at creation)
+    snapshot.json        xmin/xmax/xip of the shape's snapshot (written before any WAL entry)
+    snapshot/00000.json  snapshot chunk files: JSON items joined by commas, no brackets,
+                         so a response body is `[` + file + `]`
+    snapshot/complete    the number of snapshot chunks, written last (fsynced)
+    log/00000000.log     transaction chunks: one line per entry, `<tx> <op> <last> <json>\n`
+
+Finished chunks never change, which is what makes `(handle, offset)` responses immutable
+and cacheable. A transaction's lines for one shape are written with a single `write()`, and
+the `<last>` flag marks its final line, so a torn tail left by SIGKILL is cut back to the last
+whole transaction on load; replication then replays it from the slot.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .offsets import SNAPSHOT_END, LogOffset
+
+SNAPSHOT_DIR = "snapshot"
+LOG_DIR = "log"
+
+
+@dataclass(slots=True)
+class _Chunk:
+    path: Path
+    txs: list[int] = field(default_factory=list)
+    ops: list[int] = field(default_factory=list)
+    positions: list[int] = field(default_factory=list)
+    size: int = 0
+
+    @property
+    def last_offset(self) -> LogOffset:
+        return LogOffset(self.txs[-1], self.ops[-1])
+
+
+class ShapeLog:
+    """Append and read one shape's entries. All methods are synchronous file I/O.
+
+    Appends and reads of the transaction log happen on the event loop thread (they are
+    small); snapshot chunks are written by the snapshot thread, which only ever creates new
+    files, so the two never touch the same file.
+    """
+
+    def __init__(self, directory: Path, chunk_bytes: int) -> None:
+        self.directory = directory
+        self.chunk_bytes = chunk_bytes
+        self._chunks: list[_Chunk] = []
+        self._dirty: set[Path] = set()
+        self.snapshot_chunks = 0
+        self.snapshot_complete = False
+        self.last_lsn = 0
+
+    # -- creation and loading -------------------------------------------------------------
+
+    def create(self) -> None:
+        (self.directory / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
+        (self.directory / LOG_DIR).mkdir(exist_ok=True)
+
+    def load(self) -> None:
+        """Rebuild the in-memory index from the files, cutting a torn tail."""
+        done = self.directory / SNAPSHOT_DIR / "complete"
+        if done.exists():
+            self.snapshot_chunks = int(done.read_text().strip() or "0")
+            self.snapshot_complete = True
+        for path in sorted((self.directory / LOG_DIR).glob("*.log")):
+            chunk = _Chunk(path)
+            data = path.read_bytes()
+            pos = 0
+            good_end = 0
+            good_count = 0
+            while True:
+                nl = data.find(b"\n", pos)
+                if nl < 0:
+                    break
+                head = data[pos : pos + 64].split(b" ", 3)
+                try:
+                    tx, op, last = int(head[0]), int(head[1]), head[2] == b"1"
+                except (ValueError, IndexError):
+                    break
+                chunk.txs.append(tx)
+                chunk.ops.append(op)
+                chunk.positions.append(pos)
+                pos = nl + 1
+                if last:
+                    good_end = pos
+                    good_count = len(chunk.txs)
+            if good_end != len(data):
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+            del chunk.txs[good_count:], chunk.ops[good_count:], chunk.positions[good_count:]
+            chunk.size = good_end
+            if chunk.txs:
+                self._chunks.append(chunk)
+                self.last_lsn = chunk.txs[-1]
+            else:
+                path.unlink()
+
+    # -- snapshot -------------------------------------------------------------------------
+
+    def snapshot_chunk_path(self, index: int) -> Path:
+        return self.directory / SNAPSHOT_DIR / f"{index:05d}.json"
+
+    def write_snapshot_chunk(self, index: int, data: bytes) -> None:
+        """Called from the snapshot thread; the chunk is visible once `publish` says so."""
+        path = self.snapshot_chunk_path(index)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def mark_snapshot_complete(self, count: int) -> None:
+        path = self.directory / SNAPSHOT_DIR / "complete"
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(str(count))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read_snapshot_chunk(self, index: int) -> bytes:
+        return self.snapshot_chunk_path(index).read_bytes()
+
+    # -- transactions ---------------------------------------------------------------------
+
+    @property
+    def latest_offset(self) -> LogOffset:
+        if self._chunks:
+            return self._chunks[-1].last_offset
+        return SNAPSHOT_END
+
+    @property
+    def entry_count(self) -> int:
+        return sum(len(c.txs) for c in self._chunks)
+
+    def append_transaction(self, lsn: int, entries: list[tuple[int, bytes]]) -> None:
+        """Append one transaction's entries `(op, json)` for this shape, in one write."""
+        if not entries:
+            return
+        if not self._chunks or self._chunks[-1].size >= self.chunk_bytes:
+            index = len(self._chunks)
+            self._chunks.append(_Chunk(self.directory / LOG_DIR / f"{index:08d}.log"))
+        chunk = self._chunks[-1]
+        parts: list[bytes] = []
+        pos = chunk.size
+        last_i = len(entries) - 1
+        prefix = str(lsn).encode()
+        for i, (op, data) in enumerate(entries):
+            line = b"%s %d %d %s\n" % (prefix, op, i == last_i, data)
+            chunk.txs.append(lsn)
+            chunk.ops.append(op)
+            chunk.positions.append(pos)
+            pos += len(line)
+            parts.append(line)
+        fd = os.open(chunk.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"".join(parts))
+        finally:
+            os.close(fd)
+        chunk.size = pos
+        self.last_lsn = lsn
+        self._dirty.add(chunk.path)
+
+    def take_dirty(self) -> set[Path]:
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    def read_after(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
+        """Entries of the transactions after `offset`, up to the end of its chunk.
+
+        Responses always end on a transaction boundary, so a real offset `<lsn>_<op>` that a
+        client sends back always names the end of transaction `<lsn>`; reading is therefore
+        by transaction (`tx > offset.tx`), which also makes the SSE resume offset
+        `<lsn>_0` correct. Returns the entries and the offset the response ends at.
+        """
+        after_tx = 0 if offset.tx <= 0 else offset.tx
+        chunks = self._chunks
+        ci = 0
+        if after_tx:
+            lasts = [c.txs[-1] for c in chunks]
+            ci = bisect.bisect_right(lasts, after_tx)
+        if ci >= len(chunks):
+            return [], self.latest_offset
+        chunk = chunks[ci]
+        i = bisect.bisect_right(chunk.txs, after_tx)
+        if i >= len(chunk.txs):
+            return [], self.latest_offset
+        start = chunk.positions[i]
+        with open(chunk.path, "rb") as f:
+            f.seek(start)
+            data = f.read(chunk.size - start)
+        lines = data.split(b"\n")
+        lines.pop()
+        return [line.split(b" ", 3)[3] for line in lines], chunk.last_offset

@@ -1,0 +1,101 @@
+"""The engine's publication: created once, tables added when a shape first needs them.
+
+Adding a table also sets `REPLICA IDENTITY FULL`, without which updates arrive without the
+old row and where-clause transitions, `old_value` and key changes cannot be computed.
+When either statement is refused (not the owner, a view, ...), the caller gets a reason a
+person can act on.
+
+A transaction that was already running when the table joined the publication may have
+written rows that pgoutput decodes with the old membership (not published) but that commit
+after the shape's snapshot; `wait_for_older_transactions` closes that window by waiting,
+like CREATE INDEX CONCURRENTLY, until every transaction older than the change has ended.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, sql
+
+log = logging.getLogger(__name__)
+
+
+class PublicationError(Exception):
+    """A table could not be published; the message says why and what to do."""
+
+
+async def ensure_publication(conn: AsyncConnection[Any], name: str) -> None:
+    cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
+    if await cur.fetchone() is None:
+        try:
+            await conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name)))
+        except psycopg.errors.DuplicateObject:
+            pass
+
+
+async def published_tables(conn: AsyncConnection[Any], name: str) -> set[int]:
+    cur = await conn.execute(
+        "SELECT prrelid FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
+        " WHERE p.pubname = %s",
+        (name,),
+    )
+    return {int(r[0]) for r in await cur.fetchall()}
+
+
+async def add_table(
+    conn: AsyncConnection[Any], publication: str, schema: str, table: str, replica_identity: str
+) -> bool:
+    """Publish the table with REPLICA IDENTITY FULL; True if it was newly added."""
+    ident = sql.Identifier(schema, table)
+    try:
+        if replica_identity != "f":
+            await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+        cur = await conn.execute(
+            "SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
+            " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE p.pubname = %s AND n.nspname = %s AND c.relname = %s",
+            (publication, schema, table),
+        )
+        if await cur.fetchone() is not None:
+            return False
+        await conn.execute(
+            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(publication), ident)
+        )
+        return True
+    except psycopg.errors.DuplicateObject:
+        return False
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise PublicationError(
+            f'cannot publish table "{schema}"."{table}": the engine\'s database role must own it'
+            f" (to set REPLICA IDENTITY FULL and add it to publication {publication}),"
+            f" or a DBA must do both: {exc.diag.message_primary}"
+        ) from exc
+    except psycopg.Error as exc:
+        raise PublicationError(
+            f'cannot publish table "{schema}"."{table}": {exc.diag.message_primary or exc}'
+        ) from exc
+
+
+async def wait_for_older_transactions(conn: AsyncConnection[Any], timeout: float = 10.0) -> bool:
+    """Wait until every transaction running now has ended; False on timeout."""
+    cur = await conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
+    row = await cur.fetchone()
+    assert row is not None
+    horizon = int(row[0])
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        cur = await conn.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+        row = await cur.fetchone()
+        assert row is not None
+        if int(row[0]) >= horizon:
+            return True
+        if time.monotonic() > deadline:
+            log.warning("transactions older than a new publication entry are still running")
+            return False
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.2)

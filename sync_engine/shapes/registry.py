@@ -1,0 +1,318 @@
+"""Handle <-> shape, for one source: resolve a request to its shape, create, load, rotate.
+
+Creating a shape is single-flight: N concurrent requests for the same new definition
+share one creation (one publication change, one snapshot query). A shape is registered
+with the router *before* its snapshot starts, so the replication stream buffers whatever
+commits meanwhile; the snapshot's xid horizon then decides what to keep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+
+from ..errors import InvalidRequest, ShapeGone
+from ..log.files import ShapeLog
+from ..pg.catalog import ColumnInfo, TableInfo
+from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from .router import ShapeRouter
+from .shape import HandleFactory, Shape, ShapeDefinition, SnapshotInfo
+from .where import WhereError, parse_where
+
+if TYPE_CHECKING:
+    from ..http.params import ShapeRequest
+
+log = logging.getLogger(__name__)
+
+TableLookup = Callable[[str, str], Awaitable[TableInfo | None]]
+
+
+def table_to_json(t: TableInfo) -> dict[str, object]:
+    return {
+        "oid": t.oid,
+        "schema": t.schema,
+        "name": t.name,
+        "pk": list(t.pk),
+        "kind": t.kind,
+        "replica_identity": t.replica_identity,
+        "columns": [
+            {
+                "name": c.name,
+                "attnum": c.attnum,
+                "type_oid": c.type_oid,
+                "type_name": c.type_name,
+                "elem_type": c.elem_type,
+                "type_kind": c.type_kind,
+                "type_mod": c.type_mod,
+                "dims": c.dims,
+                "not_null": c.not_null,
+                "pk_index": c.pk_index,
+                "generated": c.generated,
+            }
+            for c in t.columns
+        ],
+    }
+
+
+def table_from_json(d: dict[str, object]) -> TableInfo:
+    cols = tuple(ColumnInfo(**c) for c in d["columns"])  # type: ignore[attr-defined]
+    return TableInfo(
+        oid=int(d["oid"]),  # type: ignore[call-overload]
+        schema=str(d["schema"]),
+        name=str(d["name"]),
+        columns=cols,
+        pk=tuple(d["pk"]),  # type: ignore[arg-type]
+        kind=str(d["kind"]),
+        replica_identity=str(d["replica_identity"]),
+    )
+
+
+class ShapeRegistry:
+    def __init__(self, directory: Path, chunk_bytes: int, router: ShapeRouter) -> None:
+        self.directory = directory
+        self.chunk_bytes = chunk_bytes
+        self.router = router
+        self.handles = HandleFactory()
+        self.by_handle: dict[str, Shape] = {}
+        self.by_definition: dict[ShapeDefinition, Shape] = {}
+        self._by_request: dict[tuple[object, ...], Shape] = {}
+        self._creating: dict[ShapeDefinition, asyncio.Future[Shape]] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_handle)
+
+    # -- resolving requests ---------------------------------------------------------------
+
+    def cached(self, req: ShapeRequest) -> Shape | None:
+        shape = self._by_request.get(req.definition_key())
+        if shape is not None and not shape.rotated:
+            return shape
+        return None
+
+    def remember(self, req: ShapeRequest, shape: Shape) -> None:
+        self._by_request[req.definition_key()] = shape
+
+    async def describe(
+        self, req: ShapeRequest, lookup: TableLookup
+    ) -> tuple[ShapeDefinition, TableInfo, tuple[ColumnInfo, ...]]:
+        """Validate the definition against the catalog; InvalidRequest names what is wrong."""
+        try:
+            schema, name = parse_relation(req.table)
+        except InvalidIdentifier as e:
+            raise InvalidRequest({"table": [str(e)]}) from None
+        table = await lookup(schema, name)
+        if table is None or table.kind not in ("r", "p"):
+            raise InvalidRequest(
+                {
+                    "table": [
+                        f'Table "{schema}"."{name}" does not exist. If the table name contains'
+                        " capitals or special characters you must quote it."
+                    ]
+                }
+            )
+        by_name = table.column_map
+        if req.columns is not None:
+            try:
+                names = parse_columns(req.columns)
+            except InvalidIdentifier as e:
+                raise InvalidRequest({"columns": [str(e)]}) from None
+            missing = [n for n in names if n not in by_name]
+            if missing:
+                raise InvalidRequest(
+                    {
+                        "columns": [
+                            "The following columns are not found on the table: "
+                            + ", ".join(missing)
+                        ]
+                    }
+                )
+            lacking = [p for p in table.pk if p not in names]
+            if lacking:
+                raise InvalidRequest(
+                    {
+                        "columns": [
+                            "The list of columns must include all primary key columns, missing: "
+                            + ", ".join(lacking)
+                        ]
+                    }
+                )
+            chosen = tuple(c for c in table.columns if c.name in set(names))
+        else:
+            chosen = table.columns
+        generated = [c.name for c in chosen if c.generated]
+        if generated:
+            raise InvalidRequest(
+                {
+                    "columns": [
+                        "Generated columns cannot be replicated by PostgreSQL 15: "
+                        + ", ".join(generated)
+                        + " (leave them out with the columns parameter)"
+                    ]
+                }
+            )
+        where_source = None
+        if req.where is not None:
+            try:
+                where = parse_where(req.where, req.params, by_name)
+            except WhereError as e:
+                raise InvalidRequest({"where": [str(e)]}) from None
+            where_source = where.source
+        elif req.params:
+            pass  # params without a where are ignored, as upstream does
+        definition = ShapeDefinition(
+            table_oid=table.oid,
+            schema=table.schema,
+            table=table.name,
+            where=where_source,
+            columns=tuple(sorted(c.name for c in chosen)),
+            replica=req.replica,
+            log_mode=req.log_mode,
+        )
+        return definition, table, chosen
+
+    # -- creation -------------------------------------------------------------------------
+
+    async def get_or_create(
+        self,
+        definition: ShapeDefinition,
+        table: TableInfo,
+        columns: tuple[ColumnInfo, ...],
+        prepare: Callable[[TableInfo], Awaitable[None]],
+        start_snapshot: Callable[[Shape], None],
+    ) -> Shape:
+        shape = self.by_definition.get(definition)
+        if shape is not None and not shape.rotated:
+            return shape
+        pending = self._creating.get(definition)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[Shape] = asyncio.get_running_loop().create_future()
+        self._creating[definition] = fut
+        try:
+            await prepare(table)
+            shape = self._new_shape(definition, table, columns)
+            start_snapshot(shape)
+            fut.set_result(shape)
+            return shape
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._creating[definition]
+
+    def _new_shape(
+        self, definition: ShapeDefinition, table: TableInfo, columns: tuple[ColumnInfo, ...]
+    ) -> Shape:
+        handle = self.handles.new(definition)
+        directory = self.directory / handle
+        log_ = ShapeLog(directory, self.chunk_bytes)
+        log_.create()
+        where = (
+            parse_where(definition.where, {}, table.column_map)
+            if definition.where is not None
+            else None
+        )
+        meta = {"handle": handle, "definition": definition.to_json(), "table": table_to_json(table)}
+        (directory / "meta.json").write_bytes(orjson.dumps(meta))
+        shape = Shape(
+            handle=handle,
+            definition=definition,
+            table=table,
+            where=where,
+            columns=columns,
+            log=log_,
+        )
+        self._add(shape)
+        return shape
+
+    def _add(self, shape: Shape) -> None:
+        self.by_handle[shape.handle] = shape
+        self.by_definition[shape.definition] = shape
+        self.router.add(shape)
+
+    # -- loading after a restart ----------------------------------------------------------
+
+    def load(self) -> list[Shape]:
+        """Bring back every shape whose snapshot finished; discard the others."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        loaded = []
+        for directory in sorted(self.directory.iterdir()):
+            if not directory.is_dir():
+                continue
+            try:
+                shape = self._load_one(directory)
+            except Exception:
+                log.exception("discarding unreadable shape directory %s", directory.name)
+                shape = None
+            if shape is None:
+                shutil.rmtree(directory, ignore_errors=True)
+                continue
+            self._add(shape)
+            loaded.append(shape)
+        return loaded
+
+    def _load_one(self, directory: Path) -> Shape | None:
+        meta_path = directory / "meta.json"
+        snap_path = directory / "snapshot.json"
+        if not meta_path.exists() or not snap_path.exists():
+            return None
+        meta = orjson.loads(meta_path.read_bytes())
+        log_ = ShapeLog(directory, self.chunk_bytes)
+        log_.load()
+        if not log_.snapshot_complete:
+            return None
+        definition = ShapeDefinition.from_json(meta["definition"])
+        table = table_from_json(meta["table"])
+        snap = orjson.loads(snap_path.read_bytes())
+        wanted = set(definition.columns)
+        shape = Shape(
+            handle=meta["handle"],
+            definition=definition,
+            table=table,
+            where=(
+                parse_where(definition.where, {}, table.column_map)
+                if definition.where is not None
+                else None
+            ),
+            columns=tuple(c for c in table.columns if c.name in wanted),
+            log=log_,
+            snapshot=SnapshotInfo(snap["xmin"], snap["xmax"], frozenset(snap["xip"])),
+            pending=None,
+        )
+        return shape
+
+    # -- rotation -------------------------------------------------------------------------
+
+    def rotate(self, shape: Shape, reason: str) -> None:
+        """Retire a shape: waiters get 409, the next request for it makes a new handle."""
+        if shape.rotated:
+            return
+        log.info("shape %s rotated: %s", shape.handle, reason)
+        shape.rotated = True
+        self.by_handle.pop(shape.handle, None)
+        if self.by_definition.get(shape.definition) is shape:
+            del self.by_definition[shape.definition]
+        self.router.remove(shape)
+        for key in [k for k, s in self._by_request.items() if s is shape]:
+            del self._by_request[key]
+        shape.notify()
+        shutil.rmtree(shape.log.directory, ignore_errors=True)
+
+    def rotate_table(self, oid: int, reason: str) -> None:
+        for shape in [s for s in self.by_handle.values() if s.definition.table_oid == oid]:
+            self.rotate(shape, reason)
+
+    def rotate_all(self, reason: str) -> None:
+        for shape in list(self.by_handle.values()):
+            self.rotate(shape, reason)
+
+    def check_handle(self, shape: Shape, handle: str | None) -> None:
+        if handle is not None and handle != shape.handle:
+            raise ShapeGone(shape.handle)

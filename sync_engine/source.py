@@ -1,0 +1,309 @@
+"""One Postgres database served by the engine: its slot, publication, shapes and snapshots.
+
+The engine serves one source in single-database mode; with registered sources it runs one
+`Source` per database, each with its own connections, replication task and shape
+directory, so a slow or broken database cannot stall another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+
+from .errors import InvalidRequest, ServiceUnavailable
+from .http.params import ShapeRequest
+from .pg.catalog import TableInfo, load_table
+from .pg.publication import (
+    PublicationError,
+    add_table,
+    ensure_publication,
+    wait_for_older_transactions,
+)
+from .pg.replication import ensure_slot
+from .pg.session import redact_dsn, with_display_settings
+from .pg.snapshot import row_json_sql, run_snapshot
+from .replicator import Replicator
+from .shapes.registry import ShapeRegistry
+from .shapes.router import ShapeRouter
+from .shapes.shape import Shape, SnapshotInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    source_id: str
+    database_url: str
+    data_dir: Path
+    chunk_bytes: int = 10 * 1024 * 1024
+    max_concurrent_snapshots: int = 8
+    max_shapes: int | None = None
+    fsync: bool = True
+    schema_check_interval: float = 10.0
+
+    @property
+    def slot_name(self) -> str:
+        return "shapegate_slot_" + self.source_id.replace("-", "_")
+
+    @property
+    def publication_name(self) -> str:
+        return "shapegate_pub_" + self.source_id.replace("-", "_")
+
+
+class Source:
+    def __init__(self, config: SourceConfig) -> None:
+        self.config = config
+        self.dsn = with_display_settings(config.database_url)
+        self.router = ShapeRouter()
+        self.registry = ShapeRegistry(config.data_dir / "shapes", config.chunk_bytes, self.router)
+        self.replicator = Replicator(
+            self.dsn,
+            config.slot_name,
+            config.publication_name,
+            self.registry,
+            self.router,
+            fsync=config.fsync,
+            on_state=self._on_replication_state,
+        )
+        self.state = "connecting"
+        self.error: str | None = None
+        self._conn: AsyncConnection[Any] | None = None
+        self._conn_lock = asyncio.Lock()
+        self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
+        self._snapshot_slots = asyncio.Semaphore(config.max_concurrent_snapshots)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._published: set[int] = set()
+        self._main: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._main = asyncio.create_task(self._run(), name=f"source-{self.config.source_id}")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._main, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _run(self) -> None:
+        """Connect (retrying with backoff), prepare slot and publication, then replicate."""
+        delay = 0.5
+        while True:
+            try:
+                await self._prepare()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.state, self.error = "error", _describe(exc)
+                log.warning(
+                    "source %s (%s) not ready: %s",
+                    self.config.source_id,
+                    redact_dsn(self.config.database_url),
+                    self.error,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        checker = asyncio.create_task(self._check_schemas_forever())
+        self._tasks.add(checker)
+        await self.replicator.run()
+
+    async def _prepare(self) -> None:
+        conn = await self._connection()
+        cur = await conn.execute("SHOW wal_level")
+        row = await cur.fetchone()
+        if row is None or row[0] != "logical":
+            raise RuntimeError(
+                f"wal_level is {row[0] if row else '?'}, not logical: set wal_level = logical"
+                " in postgresql.conf (or ALTER SYSTEM) and restart Postgres"
+            )
+        await ensure_publication(conn, self.config.publication_name)
+        created = await ensure_slot(self.dsn, self.config.slot_name)
+        loaded = self.registry.load()
+        if created and loaded:
+            self.registry.rotate_all("replication slot was (re)created; changes may be lost")
+        self._published = set()
+        self.state, self.error = "active", None
+        self.ready.set()
+        log.info(
+            "source %s ready: %d shapes loaded, slot %s",
+            self.config.source_id,
+            len(self.registry),
+            self.config.slot_name,
+        )
+
+    def _on_replication_state(self, state: str, reason: str | None) -> None:
+        if state == "active":
+            self.state, self.error = "active", None
+        else:
+            self.state, self.error = "error", reason
+
+    async def _connection(self) -> AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    # -- catalog --------------------------------------------------------------------------
+
+    async def lookup_table(self, schema: str, name: str) -> TableInfo | None:
+        now = time.monotonic()
+        hit = self._table_cache.get((schema, name))
+        if hit is not None and now - hit[0] < 2.0:
+            return hit[1]
+        try:
+            async with self._conn_lock:
+                conn = await self._connection()
+                table = await load_table(conn, schema, name)
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(
+                "Database is unreachable", retry_after=1, code="database_unreachable"
+            ) from exc
+        self._table_cache[(schema, name)] = (now, table)
+        return table
+
+    # -- shapes ---------------------------------------------------------------------------
+
+    async def resolve(self, req: ShapeRequest) -> Shape:
+        """The shape for a request's definition, created (with its snapshot) if new."""
+        shape = self.registry.cached(req)
+        if shape is not None:
+            return shape
+        if not self.ready.is_set():
+            try:
+                await asyncio.wait_for(self.ready.wait(), 5)
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    f"Source is not ready: {self.error or 'connecting'}", retry_after=5
+                ) from None
+        definition, table, columns = await self.registry.describe(req, self.lookup_table)
+        existing = self.registry.by_definition.get(definition)
+        if existing is None and self.config.max_shapes is not None:
+            if len(self.registry) >= self.config.max_shapes:
+                raise ServiceUnavailable("Shape limit reached for this source", retry_after=10)
+        shape = await self.registry.get_or_create(
+            definition, table, columns, self._publish, self._start_snapshot
+        )
+        self.registry.remember(req, shape)
+        return shape
+
+    async def _publish(self, table: TableInfo) -> None:
+        if table.oid in self._published:
+            return
+        async with self._conn_lock:
+            conn = await self._connection()
+            try:
+                added = await add_table(
+                    conn,
+                    self.config.publication_name,
+                    table.schema,
+                    table.name,
+                    table.replica_identity,
+                )
+            except PublicationError as exc:
+                raise InvalidRequest({"table": [str(exc)]}) from None
+            if added:
+                await wait_for_older_transactions(conn)
+        self._published.add(table.oid)
+        self._table_cache.pop((table.schema, table.name), None)
+
+    def _start_snapshot(self, shape: Shape) -> None:
+        task = asyncio.create_task(self._snapshot(shape), name=f"snapshot-{shape.handle}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _snapshot(self, shape: Shape) -> None:
+        loop = asyncio.get_running_loop()
+        query = None
+        if shape.definition.log_mode == "full":
+            query = row_json_sql(
+                shape.table, shape.columns, shape.pk, shape.where.sql if shape.where else None
+            )
+
+        def on_snapshot(text: str) -> None:
+            info = SnapshotInfo.parse(text)
+            (shape.log.directory / "snapshot.json").write_bytes(orjson.dumps(info.to_json()))
+            loop.call_soon_threadsafe(self._snapshot_known, shape, info)
+
+        def on_chunk(count: int) -> None:
+            loop.call_soon_threadsafe(self._snapshot_progress, shape, count)
+
+        try:
+            async with self._snapshot_slots:
+                if shape.rotated:
+                    return
+                await asyncio.to_thread(
+                    run_snapshot,
+                    self.dsn,
+                    shape.log,
+                    query,
+                    self.config.chunk_bytes,
+                    on_snapshot,
+                    on_chunk,
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
+            shape.snapshot_error = _describe(exc)
+            self.registry.rotate(shape, f"snapshot failed: {shape.snapshot_error}")
+
+    def _snapshot_known(self, shape: Shape, info: SnapshotInfo) -> None:
+        shape.snapshot = info
+        if not shape.rotated:
+            self.replicator.release_pending(shape)
+
+    def _snapshot_progress(self, shape: Shape, count: int) -> None:
+        shape.log.snapshot_chunks = max(shape.log.snapshot_chunks, count)
+        if (shape.log.directory / "snapshot" / "complete").exists():
+            shape.log.snapshot_complete = True
+        shape.notify()
+
+    # -- schema drift ---------------------------------------------------------------------
+
+    async def _check_schemas_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.schema_check_interval)
+            try:
+                await self.check_schemas()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("schema check failed: %s", exc)
+
+    async def check_schemas(self) -> None:
+        """Rotate shapes whose table was dropped, renamed or altered without any DML since."""
+        seen: dict[int, TableInfo | None] = {}
+        for shape in list(self.registry.by_handle.values()):
+            t = shape.table
+            if t.oid not in seen:
+                async with self._conn_lock:
+                    conn = await self._connection()
+                    current = await load_table(conn, t.schema, t.name)
+                seen[t.oid] = current
+            current = seen[t.oid]
+            if current is None or current.oid != t.oid:
+                self.registry.rotate(shape, "table dropped or renamed")
+                self._published.discard(t.oid)
+            elif [(c.name, c.type_oid) for c in current.columns] != [
+                (c.name, c.type_oid) for c in t.columns
+            ]:
+                self.registry.rotate(shape, "table schema changed")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, psycopg.Error) and exc.diag.message_primary:
+        return exc.diag.message_primary
+    return str(exc) or type(exc).__name__

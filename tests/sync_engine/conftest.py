@@ -1,0 +1,27 @@
+"""An engine served in-process against the test database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engine_harness import Engine
+
+from sync_engine.app import SOURCES, build_app
+from sync_engine.settings import Settings
+
+SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,
+                    out_of_bounds_wait=1.0, schema_check_interval=0.5, allow_delete=True)  # fmt: skip
+
+
+@pytest.fixture
+async def engine(
+    aiohttp_client: Any, db_url: str, tmp_path: Path
+) -> AsyncIterator[Engine]:
+    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    yield Engine(client, db_url, tmp_path / "data")

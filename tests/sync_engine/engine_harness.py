@@ -1,0 +1,67 @@
+"""Helpers for talking to an in-process engine the way a client would."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from aiohttp.test_utils import TestClient
+
+from sync_engine.app import SOURCES
+
+
+@dataclass
+class Engine:
+    client: TestClient[Any, Any]
+    db_url: str
+    data_dir: Path
+
+    async def get(self, **params: Any) -> tuple[int, dict[str, str], Any]:
+        resp = await self.client.get("/v1/shape", params={k: str(v) for k, v in params.items()})
+        raw = await resp.read()
+        body = orjson.loads(raw) if raw else None
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    @property
+    def source(self) -> Any:
+        return self.client.app[SOURCES]["default"]
+
+    async def sync(self, **params: Any) -> tuple[dict[str, dict[str, Any]], str, str]:
+        """Follow a shape from -1 to up-to-date like a client; returns rows, handle, offset."""
+        rows: dict[str, dict[str, Any]] = {}
+        status, h, body = await self.get(offset="-1", **params)
+        assert status == 200, body
+        handle, offset = h["electric-handle"], h["electric-offset"]
+        apply(rows, body)
+        for _ in range(1000):
+            status, h, body = await self.get(offset=offset, handle=handle, **params)
+            assert status == 200, body
+            apply(rows, body)
+            offset = h["electric-offset"]
+            if "electric-up-to-date" in h:
+                return rows, handle, offset
+        raise AssertionError("never up to date")
+
+
+def apply(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    """Materialise messages the way the client's Shape does."""
+    for m in messages:
+        if "key" not in m:
+            continue
+        op = m["headers"]["operation"]
+        if op == "insert":
+            rows[m["key"]] = dict(m["value"])
+        elif op == "update":
+            rows[m["key"]].update(m["value"])
+        elif op == "delete":
+            rows.pop(m["key"], None)
+
+

@@ -1,0 +1,208 @@
+"""The HTTP Shape API end to end: real Postgres, real replication, the engine in-process."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from engine_harness import Engine, apply
+
+
+def make_items(engine: Engine, n: int = 3) -> None:
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
+    for i in range(1, n + 1):
+        engine.sql("INSERT INTO items VALUES (%s, %s, %s)", (i, f"t{i}", i * 10))
+
+
+async def test_initial_sync_then_up_to_date(engine: Engine) -> None:
+    make_items(engine)
+    status, h, body = await engine.get(table="items", offset="-1")
+    assert status == 200
+    assert h["electric-offset"] == "0_0"
+    assert "electric-up-to-date" not in h
+    assert h["cache-control"] == "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+    schema = orjson.loads(h["electric-schema"])
+    assert schema["id"] == {"type": "int4", "pk_index": 0, "not_null": True}
+    rows = [m for m in body if "key" in m]
+    assert [m["key"] for m in rows] == ['"public"."items"/"1"', '"public"."items"/"2"', '"public"."items"/"3"']
+    assert rows[0]["value"] == {"id": "1", "title": "t1", "n": "10"}
+    assert rows[0]["headers"] == {"operation": "insert", "relation": ["public", "items"]}
+    assert body[-1]["headers"]["control"] == "snapshot-end"
+    handle = h["electric-handle"]
+    status, h2, body2 = await engine.get(table="items", offset="0_0", handle=handle)
+    assert status == 200
+    assert "electric-up-to-date" in h2
+    assert h2["electric-offset"] == "0_inf"
+    assert body2[-1]["headers"]["control"] == "up-to-date"
+    assert body2[-1]["headers"]["global_last_seen_lsn"].isdigit()
+    assert h2["cache-control"] == "public, max-age=60, stale-while-revalidate=300"
+
+
+async def test_live_insert_update_delete(engine: Engine) -> None:
+    make_items(engine)
+    rows, handle, offset = await engine.sync(table="items")
+    assert len(rows) == 3
+
+    async def live() -> tuple[int, dict[str, str], Any]:
+        return await engine.get(table="items", offset=offset, handle=handle, live="true", cursor="")
+
+    task = asyncio.create_task(live())
+    await asyncio.sleep(0.3)
+    engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
+    status, h, body = await task
+    assert status == 200
+    assert "electric-cursor" in h and "electric-schema" not in h
+    ins = [m for m in body if "key" in m]
+    assert len(ins) == 1 and ins[0]["headers"]["operation"] == "insert"
+    hdr = ins[0]["headers"]
+    assert hdr["last"] is True and hdr["op_position"] == 0 and isinstance(hdr["txids"][0], int)
+    assert h["electric-offset"] == f"{hdr['lsn']}_0"
+    assert body[-1]["headers"] == {"control": "up-to-date", "global_last_seen_lsn": hdr["lsn"]}
+    apply(rows, body)
+    offset = h["electric-offset"]
+
+    engine.sql("UPDATE items SET title = 'changed' WHERE id = 2")
+    engine.sql("DELETE FROM items WHERE id = 3")
+    for _ in range(2):
+        status, h, body = await live()
+        apply(rows, body)
+        offset = h["electric-offset"]
+    assert rows == {
+        '"public"."items"/"1"': {"id": "1", "title": "t1", "n": "10"},
+        '"public"."items"/"2"': {"id": "2", "title": "changed", "n": "20"},
+        '"public"."items"/"4"': {"id": "4", "title": "t4", "n": "40"},
+    }
+
+
+async def test_update_carries_pk_and_changed_columns_only(engine: Engine) -> None:
+    make_items(engine)
+    _, handle, offset = await engine.sync(table="items")
+    engine.sql("UPDATE items SET n = 99 WHERE id = 1")
+    status, h, body = await engine.get(table="items", offset=offset, handle=handle, live="true")
+    upd = [m for m in body if "key" in m]
+    assert upd[0]["value"] == {"id": "1", "n": "99"}
+    assert "old_value" not in upd[0]
+    _, handle_full, offset_full = await engine.sync(table="items", replica="full")
+    engine.sql("UPDATE items SET n = 100 WHERE id = 1")
+    status, h, body = await engine.get(
+        table="items", replica="full", offset=offset_full, handle=handle_full, live="true"
+    )
+    upd = [m for m in body if "key" in m]
+    assert upd[0]["value"] == {"id": "1", "title": "t1", "n": "100"}
+    assert upd[0]["old_value"] == {"n": "99"}
+
+
+async def test_long_poll_timeout_is_up_to_date_without_data(engine: Engine) -> None:
+    make_items(engine, 1)
+    _, handle, offset = await engine.sync(table="items")
+    status, h, body = await engine.get(table="items", offset=offset, handle=handle, live="true")
+    assert status == 200
+    assert h["electric-has-data"] == "false"
+    assert h["electric-offset"] == offset
+    assert body == [{"headers": {"control": "up-to-date", "global_last_seen_lsn": body[0]["headers"]["global_last_seen_lsn"]}}]
+    assert h["cache-control"] == "public, max-age=5, stale-while-revalidate=5"
+
+
+async def test_where_with_params_and_boundary_crossing(engine: Engine) -> None:
+    make_items(engine, 5)
+    rows, handle, offset = await engine.sync(table="items", where="n > $1", **{"params[1]": "25"})
+    assert sorted(r["id"] for r in rows.values()) == ["3", "4", "5"]
+    engine.sql("UPDATE items SET n = 5 WHERE id = 4")  # leaves the shape -> delete
+    engine.sql("UPDATE items SET n = 50 WHERE id = 1")  # enters the shape -> insert
+    seen: list[str] = []
+    for _ in range(3):
+        status, h, body = await engine.get(
+            table="items", where="n > $1", offset=offset, handle=handle, live="true",
+            **{"params[1]": "25"},
+        )  # fmt: skip
+        seen += [m["headers"]["operation"] for m in body if "key" in m]
+        apply(rows, body)
+        offset = h["electric-offset"]
+        if len(seen) >= 2:
+            break
+    assert seen == ["delete", "insert"]
+    assert sorted(r["id"] for r in rows.values()) == ["1", "3", "5"]
+    assert rows['"public"."items"/"1"'] == {"id": "1", "title": "t1", "n": "50"}
+
+
+async def test_primary_key_change_is_split(engine: Engine) -> None:
+    make_items(engine, 1)
+    rows, handle, offset = await engine.sync(table="items")
+    engine.sql("UPDATE items SET id = 7 WHERE id = 1")
+    _, h, body = await engine.get(table="items", offset=offset, handle=handle, live="true")
+    msgs = [m for m in body if "key" in m]
+    assert [m["headers"]["operation"] for m in msgs] == ["delete", "insert"]
+    assert msgs[0]["headers"]["key_change_to"] == '"public"."items"/"7"'
+    assert msgs[1]["headers"]["key_change_from"] == '"public"."items"/"1"'
+    assert msgs[1]["headers"]["op_position"] == msgs[0]["headers"]["op_position"] + 1
+    assert "last" not in msgs[0]["headers"] and msgs[1]["headers"]["last"] is True
+    apply(rows, body)
+    assert list(rows) == ['"public"."items"/"7"']
+
+
+async def test_columns_subset(engine: Engine) -> None:
+    make_items(engine, 2)
+    rows, _, _ = await engine.sync(table="items", columns='"id","title"')
+    assert rows['"public"."items"/"1"'] == {"id": "1", "title": "t1"}
+    status, _, body = await engine.get(table="items", offset="-1", columns="title")
+    assert status == 400
+    assert "primary key" in body["errors"]["columns"][0]
+
+
+async def test_same_definition_shares_one_handle(engine: Engine) -> None:
+    make_items(engine)
+    results = await asyncio.gather(
+        *[engine.get(table="items", offset="-1", where="n >= 10") for _ in range(20)]
+    )
+    handles = {h["electric-handle"] for _, h, _ in results}
+    assert len(handles) == 1
+    assert len(engine.source.registry) == 1
+
+
+async def test_unknown_handle_is_409_with_current_handle(engine: Engine) -> None:
+    make_items(engine)
+    _, h, _ = await engine.get(table="items", offset="-1")
+    status, h2, body = await engine.get(table="items", offset="0_0", handle="123-456")
+    assert status == 409
+    assert body == [{"headers": {"control": "must-refetch"}}]
+    assert h2["electric-handle"] == h["electric-handle"]
+    assert h2["cache-control"] == "public, max-age=60, must-revalidate"
+
+
+async def test_truncate_rotates_the_shape(engine: Engine) -> None:
+    make_items(engine)
+    _, handle, offset = await engine.sync(table="items")
+    task = asyncio.create_task(
+        engine.get(table="items", offset=offset, handle=handle, live="true")
+    )
+    await asyncio.sleep(0.2)
+    engine.sql("TRUNCATE items")
+    status, h, body = await task
+    assert status == 409
+    status, h, body = await engine.get(table="items", offset=offset, handle=handle)
+    assert status == 409
+    assert h["electric-handle"] != handle
+    rows, new_handle, _ = await engine.sync(table="items")
+    assert rows == {} and new_handle != handle
+
+
+async def test_offset_now(engine: Engine) -> None:
+    make_items(engine)
+    status, h, body = await engine.get(table="items", offset="now")
+    assert status == 200
+    assert h["electric-has-data"] == "false"
+    assert "electric-up-to-date" in h and "electric-schema" in h
+    assert body[-1]["headers"]["control"] == "up-to-date"
+
+
+async def test_etag_and_304(engine: Engine) -> None:
+    make_items(engine)
+    resp = await engine.client.get("/v1/shape", params={"table": "items", "offset": "-1"})
+    tag = resp.headers["etag"]
+    assert tag.startswith('"') and tag.endswith(':-1:0_0"')
+    resp2 = await engine.client.get(
+        "/v1/shape", params={"table": "items", "offset": "-1"}, headers={"if-none-match": tag}
+    )
+    assert resp2.status == 304
+    assert resp2.headers["electric-handle"] == resp.headers["electric-handle"]
