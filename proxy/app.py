@@ -1,0 +1,164 @@
+"""Build the proxy's aiohttp application: routes, middleware, long-lived resources.
+
+The upstream `ClientSession` and the runtime holder (config, verifier, JWKS caches, reload
+watcher) are created in one `cleanup_ctx` generator and closed in reverse order. Nothing is
+module-global: two apps in one process (as in the tests) share nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+
+from aiohttp import web
+
+from proxy.errors import Forbidden, NotFound, ProxyError
+from proxy.http.context import CONTEXT, RequestContext, new_request_id
+from proxy.http.errors import error_response, render_http_exception, render_proxy_error
+from proxy.http.handlers import HOLDER, METRICS, SESSION, add_routes
+from proxy.http.headers import cors_headers, merge_vary, origin_allowed
+from proxy.logs import ACCESS_LOGGER, redact_query
+from proxy.metrics import Metrics
+from proxy.policy.loader import LoadedConfig
+from proxy.runtime import RuntimeHolder
+from proxy.upstream.forward import make_session
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger(ACCESS_LOGGER)
+
+#: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
+#: means `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are 404s, never a second way in.
+_EXACT_PATHS = frozenset({"/v1/shape", "/healthz", "/metrics"})
+_NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
+_SHAPE_PATHS = ("/v1/shape", "/shapes/")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _check_path(request: web.Request) -> None:
+    raw = request.raw_path.split("?", 1)[0]
+    if raw not in _EXACT_PATHS and not _NAMED_SHAPE_PATH.match(raw):
+        raise NotFound("not_found", "no such path")
+
+
+@web.middleware
+async def handle_request(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, exact routing, origin check, error rendering, access log and metrics."""
+    context = RequestContext(request_id=new_request_id(request.headers.get("X-Request-Id")))
+    request[CONTEXT] = context
+    response: web.StreamResponse | None = None
+    try:
+        _check_path(request)
+        if request.path.startswith(_SHAPE_PATHS):
+            cors = request.app[HOLDER].current.loaded.config.cors
+            origin = request.headers.get("Origin")
+            if not origin_allowed(origin, cors.allow_origins):
+                raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
+            context.cors = cors_headers(
+                origin, cors.allow_origins, credentials=cors.allow_credentials
+            )
+        response = await handler(request)
+    except ProxyError as exc:
+        context.outcome, context.reason = "refused", exc.reason
+        response = render_proxy_error(exc)
+        if exc.status >= 500:
+            context.outcome = "error"
+    except web.HTTPException as exc:
+        response = render_http_exception(exc)
+        context.outcome, context.reason = "refused", f"http_{exc.status}"
+    except Exception:
+        logger.exception("unexpected error handling request %s", context.request_id)
+        context.outcome, context.reason = "error", "internal_error"
+        response = error_response(500, "internal_error", "internal error")
+    finally:
+        _log_access(request, context, response)
+    return response
+
+
+def _log_access(
+    request: web.Request, context: RequestContext, response: web.StreamResponse | None
+) -> None:
+    duration = time.monotonic() - context.started
+    status = response.status if response is not None else 499
+    metrics = request.app[METRICS]
+    metrics.requests.labels(outcome=context.outcome, reason=context.reason or "-").inc()
+    kind = "live" if request.rel_url.query.get("live") not in (None, "false") else "other"
+    metrics.latency.labels(kind=kind).observe(duration)
+    access_logger.info(
+        "%s %s %s",
+        request.method,
+        request.raw_path.split("?", 1)[0],
+        status,
+        extra={
+            "request_id": context.request_id,
+            "method": request.method,
+            "path": request.raw_path.split("?", 1)[0],
+            "query": redact_query(request.rel_url.query.items()),
+            "status": status,
+            "outcome": context.outcome,
+            "reason": context.reason,
+            "subject": context.subject,
+            "table": context.table,
+            "rule": context.rule,
+            "upstream_status": context.upstream_status,
+            "duration_ms": round(duration * 1000, 2),
+        },
+    )
+
+
+async def _decorate(request: web.Request, response: web.StreamResponse) -> None:
+    """Signal run just before headers go out: request id, CORS, merged Vary."""
+    context = request.get(CONTEXT)
+    if context is None:
+        return
+    response.headers["X-Request-Id"] = context.request_id
+    vary = list(context.vary)
+    if context.cors is not None:
+        response.headers.update(context.cors)
+        vary.append("Origin")
+    if request.path.startswith(_SHAPE_PATHS):
+        vary.append("Authorization")
+    if vary:
+        existing = response.headers.getall("Vary", [])
+        response.headers.popall("Vary", None)
+        response.headers["Vary"] = merge_vary(existing, *vary)
+
+
+def create_app(
+    loaded: LoadedConfig,
+    *,
+    config_path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    sighup: bool = False,
+) -> web.Application:
+    """The proxy app for an already validated config (the CLI fails fast before this)."""
+    app = web.Application(
+        middlewares=[handle_request], client_max_size=loaded.config.server.max_body_bytes
+    )
+    metrics = Metrics()
+    app[METRICS] = metrics
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        session = make_session(loaded.config.upstream.pool_size)
+        app[SESSION] = session
+        holder = RuntimeHolder(
+            loaded,
+            session,
+            metrics,
+            path=Path(config_path) if config_path is not None else None,
+            environ=environ,
+        )
+        app[HOLDER] = holder
+        try:
+            async with holder.watching(sighup=sighup):
+                yield
+        finally:
+            await session.close()
+
+    app.cleanup_ctx.append(resources)
+    app.on_response_prepare.append(_decorate)
+    add_routes(app)
+    return app

@@ -1,0 +1,1 @@
+"""Authentication: bearer token extraction, JWKS key cache, JWT verification."""

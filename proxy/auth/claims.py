@@ -1,0 +1,159 @@
+"""Verify a bearer JWT and return its claims.
+
+Per issuer: pinned algorithms (never the token header's word alone), exact `iss` and `aud`,
+`exp` required, `nbf`/`iat` checked with leeway, a maximum lifetime (`exp - iat`), an optional
+`typ`. The issuer is read from the unverified payload only to pick the key set, which is
+allowed (RFC 8725 §3.2: key selection) because the signature and `iss` are then verified.
+
+Verified tokens are cached by SHA-256 of the token until their `exp` (or the cache TTL), so
+the signature check runs once per token rather than once per long-poll.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import jwt
+from cachetools import TTLCache
+from jwt import PyJWK
+
+from proxy.errors import Unauthenticated
+from proxy.policy.model import IssuerConfig
+
+Claims = Mapping[str, Any]
+
+
+class KeySource(Protocol):
+    """Where an issuer's verification keys come from (JWKS cache or static keys)."""
+
+    async def get_key(self, kid: str | None, algorithm: str) -> PyJWK | bytes | str: ...
+
+
+class StaticKeys:
+    """Keys written in the config file (public keys) or given through env vars (HMAC)."""
+
+    def __init__(self, keys: Sequence[tuple[str | None, PyJWK | bytes | str]]) -> None:
+        self._keys = list(keys)
+
+    async def get_key(self, kid: str | None, algorithm: str) -> PyJWK | bytes | str:
+        if kid is not None:
+            for key_id, key in self._keys:
+                if key_id == kid:
+                    return key
+            if any(key_id is not None for key_id, _ in self._keys):
+                raise Unauthenticated("unknown_key", "the token was signed with an unknown key")
+        unnamed = [key for key_id, key in self._keys if key_id is None]
+        if len(unnamed) == 1 or len(self._keys) == 1:
+            return unnamed[0] if unnamed else self._keys[0][1]
+        raise Unauthenticated("unknown_key", "the token needs a kid header to pick its key")
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    """An issuer's verification rules and its key source."""
+
+    config: IssuerConfig
+    keys: KeySource
+
+
+#: pyjwt error class -> (reason, message). Most specific first; messages never echo the token.
+_ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
+    (jwt.ExpiredSignatureError, "token_expired", "the token has expired"),
+    (jwt.ImmatureSignatureError, "token_not_yet_valid", "the token is not valid yet"),
+    (jwt.InvalidAudienceError, "invalid_audience", "the token is not meant for this service"),
+    (jwt.InvalidIssuerError, "invalid_issuer", "the token issuer is not accepted"),
+    (jwt.MissingRequiredClaimError, "missing_claim", "the token lacks a required claim"),
+    (jwt.InvalidSignatureError, "invalid_signature", "the token signature is invalid"),
+    (jwt.InvalidAlgorithmError, "algorithm_not_allowed", "the token algorithm is not allowed"),
+    (jwt.InvalidKeyError, "invalid_key", "the token cannot be verified with the issuer's key"),
+    (jwt.PyJWTError, "invalid_token", "the token is malformed or invalid"),
+)
+
+
+def _translate(exc: Exception) -> Unauthenticated:
+    for cls, reason, message in _ERRORS:
+        if isinstance(exc, cls):
+            return Unauthenticated(reason, message)
+    return Unauthenticated("invalid_token", "the token is malformed or invalid")
+
+
+class TokenVerifier:
+    """Verifies tokens of the configured issuers, with a cache of verified claims."""
+
+    def __init__(
+        self,
+        issuers: Sequence[Issuer],
+        *,
+        cache_size: int = 10_000,
+        cache_ttl: float = 300,
+        clock: Callable[[], float] = time.time,
+        on_cache: Callable[[bool], None] | None = None,
+    ) -> None:
+        self._issuers = {issuer.config.issuer: issuer for issuer in issuers}
+        self._clock = clock
+        self._cache: TTLCache[bytes, tuple[Claims, float]] | None = (
+            TTLCache(maxsize=cache_size, ttl=cache_ttl, timer=clock) if cache_size else None
+        )
+        self._on_cache = on_cache or (lambda _hit: None)
+
+    async def verify(self, token: str) -> Claims:
+        """Return the verified claims of `token`, or raise `Unauthenticated`."""
+        digest = hashlib.sha256(token.encode()).digest()
+        if self._cache is not None:
+            cached = self._cache.get(digest)
+            if cached is not None and cached[1] > self._clock():
+                self._on_cache(True)
+                return cached[0]
+            self._on_cache(False)
+        claims = await self._verify(token)
+        if self._cache is not None:
+            self._cache[digest] = (claims, float(claims["exp"]))
+        return claims
+
+    async def _verify(self, token: str) -> Claims:
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError as exc:
+            raise _translate(exc) from None
+        iss = unverified.get("iss") if isinstance(unverified, dict) else None
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        if issuer is None:
+            raise Unauthenticated("invalid_issuer", "the token issuer is not accepted")
+        config = issuer.config
+        algorithm = header.get("alg")
+        if not isinstance(algorithm, str) or algorithm not in config.algorithms:
+            raise Unauthenticated("algorithm_not_allowed", "the token algorithm is not allowed")
+        if config.typ is not None and header.get("typ") != config.typ:
+            raise Unauthenticated("invalid_token_type", "the token has the wrong typ header")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Unauthenticated("invalid_token", "the token is malformed or invalid")
+        key = await issuer.keys.get_key(kid, algorithm)
+        required = ["exp", "iss", "aud", *config.require]
+        if config.max_lifetime is not None:
+            required.append("iat")
+        try:
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=[algorithm],
+                audience=config.audience,
+                issuer=config.issuer,
+                leeway=config.leeway,
+                options={"require": required, "enforce_minimum_key_length": True},
+            )
+        except jwt.PyJWTError as exc:
+            raise _translate(exc) from None
+        if not isinstance(claims.get("exp"), int | float):
+            raise Unauthenticated("invalid_token", "the token exp claim is not a number")
+        if config.max_lifetime is not None:
+            iat = claims.get("iat")
+            if not isinstance(iat, int | float) or claims["exp"] - iat > config.max_lifetime:
+                raise Unauthenticated("token_lifetime_too_long", "the token lives too long")
+        return MappingProxyType(claims)

@@ -1,0 +1,176 @@
+"""An asynchronous JWKS cache for one issuer, fetched with the app's aiohttp session.
+
+Written instead of pyjwt's `PyJWKClient`, which blocks the event loop (urllib), refetches on
+every unknown `kid` without a cooldown (attacker-chosen kids amplify traffic to the IdP),
+clears its cache when a fetch fails, and never expires per-key entries.
+
+Behaviour:
+- keys are fetched on first use and again when older than `ttl`;
+- an unknown `kid` triggers at most one refetch per `refetch_cooldown` seconds;
+- fetches are single-flight: concurrent callers wait for the same fetch;
+- a failed fetch keeps the last good key set (stale-if-error) and is not retried for
+  `error_backoff` seconds, so a down IdP costs at most one request per backoff period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from jwt import PyJWK
+from jwt.exceptions import PyJWTError
+
+from proxy.errors import ServiceUnavailable, Unauthenticated
+
+logger = logging.getLogger(__name__)
+MAX_JWKS_BYTES = 1024 * 1024
+
+
+class JwksCache:
+    """Keys of one JWKS URL, by `kid`."""
+
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        *,
+        ttl: float = 300,
+        refetch_cooldown: float = 30,
+        timeout: float = 5,
+        error_backoff: float = 10,
+        clock: Callable[[], float] = time.monotonic,
+        on_fetch: Callable[[str], None] | None = None,
+    ) -> None:
+        self.url = url
+        self._session = session
+        self._ttl = ttl
+        self._cooldown = refetch_cooldown
+        self._timeout = timeout
+        self._error_backoff = min(error_backoff, ttl)
+        self._clock = clock
+        self._on_fetch = on_fetch or (lambda _result: None)
+        self._keys: dict[str | None, dict[str, Any]] = {}
+        self._prepared: dict[tuple[str | None, str], PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._failed_at = float("-inf")
+        self._last_unknown_refetch = float("-inf")
+        self._generation = 0
+        self._lock = asyncio.Lock()
+
+    def configure(self, *, ttl: float, refetch_cooldown: float, timeout: float) -> None:
+        """Apply new timings after a config reload, keeping the cached keys."""
+        self._ttl, self._cooldown, self._timeout = ttl, refetch_cooldown, timeout
+        self._error_backoff = min(10.0, ttl)
+
+    async def get_key(self, kid: str | None, algorithm: str) -> PyJWK:
+        """The key for `kid`, prepared for `algorithm` (already checked against the allowlist).
+
+        Raises `Unauthenticated` for an unknown kid or a key that does not fit the algorithm,
+        `ServiceUnavailable` when no key set could ever be fetched.
+        """
+        now = self._clock()
+        if self._needs_refresh(now):
+            await self._refresh()
+        jwk = self._lookup(kid)
+        if jwk is None and self._clock() - self._last_unknown_refetch >= self._cooldown:
+            self._last_unknown_refetch = self._clock()
+            await self._refresh(force=True)
+            jwk = self._lookup(kid)
+        if jwk is None:
+            if self._fetched_at is None:
+                raise ServiceUnavailable(
+                    "keys_unavailable", "the token issuer's keys cannot be fetched", retry_after=5
+                )
+            raise Unauthenticated("unknown_key", "the token was signed with an unknown key")
+        if jwk.get("alg") not in (None, algorithm):
+            raise Unauthenticated(
+                "algorithm_not_allowed", "the token's algorithm does not fit its key"
+            )
+        cache_key = (kid, algorithm)
+        prepared = self._prepared.get(cache_key)
+        if prepared is None:
+            try:
+                prepared = PyJWK(jwk, algorithm=algorithm)
+            except PyJWTError:
+                raise Unauthenticated(
+                    "algorithm_not_allowed", "the token's algorithm does not fit its key"
+                ) from None
+            self._prepared[cache_key] = prepared
+        return prepared
+
+    def _needs_refresh(self, now: float) -> bool:
+        if now - self._failed_at < self._error_backoff:
+            return False  # the issuer just failed: serve what we have (possibly nothing)
+        return self._fetched_at is None or now - self._fetched_at >= self._ttl
+
+    def _lookup(self, kid: str | None) -> dict[str, Any] | None:
+        if kid is not None:
+            return self._keys.get(kid)
+        if len(self._keys) == 1:  # a token without kid is fine when there is one key
+            return next(iter(self._keys.values()))
+        return None
+
+    async def _refresh(self, *, force: bool = False) -> None:
+        generation = self._generation
+        async with self._lock:
+            if self._generation != generation:
+                return  # someone else fetched while we waited
+            now = self._clock()
+            if now - self._failed_at < self._error_backoff:
+                return
+            if not force and not self._needs_refresh(now):
+                return
+            self._generation += 1
+            try:
+                keys = await self._fetch()
+            except Exception as exc:
+                self._failed_at = self._clock()
+                self._on_fetch("error")
+                logger.warning(
+                    "JWKS fetch failed for %s (%s); keeping %d cached keys",
+                    self.url,
+                    type(exc).__name__,
+                    len(self._keys),
+                )
+                return
+            self._keys = keys
+            self._prepared = {}
+            self._fetched_at = self._clock()
+            self._failed_at = float("-inf")
+            self._on_fetch("ok")
+
+    async def _fetch(self) -> dict[str | None, dict[str, Any]]:
+        timeout = aiohttp.ClientTimeout(total=self._timeout)
+        async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as resp:
+            if resp.status != 200:
+                raise ValueError(f"JWKS endpoint answered {resp.status}")
+            raw = await resp.content.read(MAX_JWKS_BYTES + 1)
+            if len(raw) > MAX_JWKS_BYTES:
+                raise ValueError("JWKS document too large")
+        return parse_jwks(raw)
+
+
+def parse_jwks(raw: bytes) -> dict[str | None, dict[str, Any]]:
+    """Usable signing keys of a JWKS document by kid; symmetric (`oct`) keys are ignored."""
+    data = json.loads(raw)
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    keys: dict[str | None, dict[str, Any]] = {}
+    for jwk in data["keys"]:
+        if not isinstance(jwk, dict) or jwk.get("kty") in (None, "oct"):
+            continue
+        if jwk.get("use", "sig") != "sig":
+            continue
+        try:
+            PyJWK(jwk)
+        except PyJWTError:
+            continue
+        keys[jwk.get("kid")] = jwk
+    if not keys:
+        raise ValueError("JWKS document has no usable signing keys")
+    return keys

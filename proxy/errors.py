@@ -1,0 +1,87 @@
+"""Errors the proxy raises while deciding what to do with a request.
+
+Domain modules raise these; only `proxy.http.errors` turns them into responses, so every
+refusal has the same JSON shape, a stable machine-readable `reason` and `no-store` caching.
+
+    ProxyError                     (status 500; never raised for malformed input)
+    ├── BadShapeRequest            400  malformed or ambiguous request
+    ├── Unauthenticated            401  missing or invalid token (adds WWW-Authenticate)
+    ├── Forbidden                  403  policy denies the shape / origin
+    ├── NotFound                   404  unknown path (exact routes only)
+    ├── MethodNotAllowed           405  e.g. DELETE on /v1/shape
+    ├── PayloadTooLarge            413  POST subset body too large
+    └── UpstreamError              502  engine unreachable or broke the connection
+        ├── ServiceUnavailable     503  keys or config unavailable; retry later
+        └── UpstreamTimeout        504  engine did not answer in time
+
+Messages are written for the client: they never contain a token, the source secret or the
+upstream URL (which carries the secret).
+"""
+
+from __future__ import annotations
+
+
+class ProxyError(Exception):
+    """Root of the proxy's error tree; carries an HTTP status, a reason code and a message."""
+
+    status: int = 500
+
+    def __init__(self, reason: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+class BadShapeRequest(ProxyError):
+    """The request is malformed (repeated parameter, unparsable where, bad column list...)."""
+
+    status = 400
+
+
+class Unauthenticated(ProxyError):
+    """No usable bearer token: the client should (re)authenticate."""
+
+    status = 401
+
+
+class Forbidden(ProxyError):
+    """Authenticated, but the policy does not allow this shape (or this origin)."""
+
+    status = 403
+
+
+class NotFound(ProxyError):
+    """Path is not one of the proxy's exact routes."""
+
+    status = 404
+
+
+class MethodNotAllowed(ProxyError):
+    """Method is not served on this route (DELETE is refused on purpose)."""
+
+    status = 405
+
+
+class PayloadTooLarge(ProxyError):
+    """POST body over the configured cap."""
+
+    status = 413
+
+
+class UpstreamError(ProxyError):
+    """The engine could not be reached or dropped the connection before answering."""
+
+    status = 502
+
+
+class ServiceUnavailable(UpstreamError):
+    """A dependency (JWKS endpoint, configuration) is unavailable; the client should retry."""
+
+    status = 503
+
+
+class UpstreamTimeout(UpstreamError):
+    """The engine accepted the connection but did not answer within the first-byte timeout."""
+
+    status = 504

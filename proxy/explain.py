@@ -1,0 +1,74 @@
+"""`shape-proxy explain`: what the proxy would do with a token and a URL, for policy authors.
+
+Runs the same code path as a request (token verification, query parsing, policy evaluation,
+upstream URL building) without contacting the engine, and prints a JSON report with the
+secret masked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from yarl import URL
+
+from proxy.auth.bearer import refuse_token_in_query
+from proxy.errors import ProxyError
+from proxy.http.params import parse_shape_query
+from proxy.metrics import Metrics
+from proxy.policy.evaluate import evaluate
+from proxy.policy.loader import LoadedConfig
+from proxy.runtime import RuntimeHolder
+from proxy.upstream.forward import make_session
+from proxy.upstream.url import build_upstream_url, mask_url
+
+
+async def explain(
+    loaded: LoadedConfig, url: str, *, token: str | None, claims: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """The decision report for `url` under `token` (verified) or raw `claims` (unverified)."""
+    target = URL(url)
+    path = target.raw_path
+    report: dict[str, Any] = {"url": url}
+    shape_name = None
+    if path.startswith("/shapes/"):
+        shape_name = path.removeprefix("/shapes/")
+    elif path != "/v1/shape":
+        report.update(allowed=False, status=404, reason="not_found")
+        return report
+    async with make_session(4) as session:
+        holder = RuntimeHolder(loaded, session, Metrics())
+        try:
+            query = list(target.query.items())
+            refuse_token_in_query(query)
+            if token is not None:
+                claims = await holder.current.verifier.verify(token)
+            report["claims"] = dict(claims or {})
+            decision = evaluate(
+                loaded.policy, claims or {}, parse_shape_query(query), shape_name=shape_name
+            )
+        except ProxyError as exc:
+            report.update(allowed=False, status=exc.status, reason=exc.reason, message=exc.message)
+            return report
+    secret = loaded.upstream_secret
+    upstream = build_upstream_url(
+        loaded.config.upstream.url,
+        decision,
+        source_id=loaded.config.upstream.source_id,
+        secret=secret.get_secret_value() if secret is not None else None,
+    )
+    report.update(
+        allowed=True,
+        table=decision.table,
+        rule=decision.rule,
+        where=decision.where,
+        params=list(decision.params),
+        columns=list(decision.columns) if decision.columns is not None else None,
+        upstream_url=mask_url(upstream),
+    )
+    return report
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    return json.dumps(report, indent=2, default=str)

@@ -1,0 +1,1 @@
+"""HTTP surface of the proxy: request parsing, headers, handlers, middlewares."""

@@ -1,0 +1,38 @@
+"""Per-request facts gathered along the way, for the access log and metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+@dataclass
+class RequestContext:
+    """Mutable only by the handling of its own request."""
+
+    request_id: str
+    started: float = field(default_factory=time.monotonic)
+    outcome: str = "ok"
+    reason: str = ""
+    subject: str | None = None
+    table: str | None = None
+    rule: str | None = None
+    upstream_status: int | None = None
+    cors: dict[str, str] | None = None
+    vary: tuple[str, ...] = ()
+
+
+CONTEXT = web.RequestKey("shape_proxy_context", RequestContext)
+
+
+def new_request_id(incoming: str | None) -> str:
+    """Keep a well-formed incoming X-Request-Id (for tracing across hops), else make one."""
+    if incoming and _SANE_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex

@@ -1,0 +1,1 @@
+"""Policy: the YAML config model, its loader and the pure request evaluator."""

@@ -1,0 +1,131 @@
+"""Load the YAML config: parse, validate, resolve env-var secrets, compile the policy.
+
+`load_config` either returns a complete `LoadedConfig` or raises `ConfigError` whose message
+names the file and the field (`tables.items.allow.0.where: does not parse ...`). It never
+includes a secret value, only the name of the variable it was read from. The caller decides
+what a failure means: exit at start-up, keep the last good config on reload.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from jwt import PyJWK
+from jwt.exceptions import PyJWTError
+from pydantic import SecretStr, ValidationError
+
+from proxy.policy.compiled import CompiledPolicy, compile_policy
+from proxy.policy.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig, StaticKey
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+StaticKeyMaterial = PublicKeyTypes | bytes
+
+
+class ConfigError(Exception):
+    """The configuration file is unusable; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated config with its secrets resolved and its policy compiled."""
+
+    config: ProxyConfig
+    policy: CompiledPolicy
+    upstream_secret: SecretStr | None
+    static_keys: Mapping[str, tuple[tuple[str | None, Any], ...]] = field(default_factory=dict)
+    source: str = "<memory>"
+
+
+def _format_validation(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{loc}: {item['msg']}")
+    return "; ".join(lines)
+
+
+def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
+    value = environ.get(name)
+    if not value:
+        raise ConfigError(f"{field_name}: environment variable {name} is not set or empty")
+    return value
+
+
+def _static_key(
+    key: StaticKey, issuer: IssuerConfig, environ: Mapping[str, str], where: str
+) -> StaticKeyMaterial:
+    if key.secret_env is not None:
+        secret = _env(environ, key.secret_env, f"{where}.secret_env").encode()
+        need = max(int(a[2:]) // 8 for a in issuer.algorithms if a in HMAC_ALGORITHMS)
+        if len(secret) < need:
+            raise ConfigError(
+                f"{where}.secret_env: the secret in {key.secret_env} must be at least "
+                f"{need} bytes for {', '.join(issuer.algorithms)}"
+            )
+        return secret
+    try:
+        if key.jwk is not None:
+            return PyJWK(dict(key.jwk)).key
+        if key.public_key_file is not None:
+            pem = Path(key.public_key_file).read_bytes()
+        else:
+            pem = (key.public_key or "").encode()
+        return load_pem_public_key(pem)
+    except (ValueError, TypeError, OSError, PyJWTError) as exc:
+        raise ConfigError(f"{where}: not a usable public key ({type(exc).__name__})") from None
+
+
+def build_config(
+    data: object, environ: Mapping[str, str] | None = None, *, source: str = "<memory>"
+) -> LoadedConfig:
+    """Validate already-parsed YAML data. Raises `ConfigError`."""
+    environ = os.environ if environ is None else environ
+    try:
+        config = ProxyConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_format_validation(exc)}") from None
+    try:
+        policy = compile_policy(config)
+        secret = None
+        if config.upstream.secret_env is not None:
+            secret = SecretStr(_env(environ, config.upstream.secret_env, "upstream.secret_env"))
+        keys = {
+            issuer.issuer: tuple(
+                (key.kid, _static_key(key, issuer, environ, f"issuers.{i}.keys.{j}"))
+                for j, key in enumerate(issuer.keys)
+            )
+            for i, issuer in enumerate(config.issuers)
+        }
+    except (ValueError, ConfigError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return LoadedConfig(
+        config=config, policy=policy, upstream_secret=secret, static_keys=keys, source=source
+    )
+
+
+def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
+    """Read, parse and validate the YAML file at `path`. Raises `ConfigError`."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{where}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return build_config(data, environ, source=str(path))

@@ -1,0 +1,240 @@
+"""Pydantic models of the proxy's YAML configuration file.
+
+Every model forbids unknown keys, so a typo (`colums:`) is an error naming the field rather
+than a silently ignored rule. Secrets are never written in the file: fields ending in `_env`
+name an environment variable that the loader resolves. Semantic checks that need more than
+one field (HMAC mixed with asymmetric algorithms, a rule with neither a filter nor an explicit
+`all_rows: true`) live here too, so a bad file fails at load, not at the first request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+Algorithm = Literal[
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+]
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SHAPE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+#: A claim value a condition compares against.
+Scalar = str | int | bool
+EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StaticKey(_Model):
+    """One verification key given in the file: a public key (PEM or JWK) or an HMAC secret."""
+
+    kid: str | None = None
+    public_key: str | None = Field(default=None, description="PEM public key (not a secret)")
+    public_key_file: str | None = None
+    jwk: dict[str, str] | None = Field(default=None, description="public JWK object")
+    secret_env: EnvName | None = Field(default=None, description="HMAC secret, from this env var")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> StaticKey:
+        given = [self.public_key, self.public_key_file, self.jwk, self.secret_env]
+        if sum(x is not None for x in given) != 1:
+            raise ValueError("give exactly one of public_key, public_key_file, jwk or secret_env")
+        if self.jwk is not None and self.jwk.get("kty") == "oct":
+            raise ValueError("symmetric keys must come from secret_env, not an inline jwk")
+        return self
+
+
+class IssuerConfig(_Model):
+    """How tokens from one issuer are verified."""
+
+    issuer: str = Field(min_length=1, description="exact `iss` value")
+    audience: list[str] = Field(min_length=1, description="accepted `aud` values (exact)")
+    algorithms: list[Algorithm] = Field(min_length=1)
+    jwks_url: str | None = None
+    keys: list[StaticKey] = Field(default_factory=list)
+    leeway: float = Field(default=30, ge=0, le=300, description="clock skew, seconds")
+    max_lifetime: int | None = Field(
+        default=86400, gt=0, description="max exp - iat in seconds; requires iat when set"
+    )
+    require: list[str] = Field(default_factory=list, description="extra claims that must exist")
+    typ: str | None = Field(default=None, description="required `typ` header, e.g. 'JWT'")
+    jwks_ttl: float = Field(default=300, gt=0)
+    jwks_refetch_cooldown: float = Field(default=30, ge=0)
+    jwks_timeout: float = Field(default=5, gt=0)
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_and_algorithms(self) -> IssuerConfig:
+        algs = set(self.algorithms)
+        if algs & HMAC_ALGORITHMS and algs & ASYMMETRIC_ALGORITHMS:
+            raise ValueError(
+                "algorithms: do not mix HMAC (HS*) with asymmetric algorithms for one issuer "
+                "(a public key could be used as an HMAC secret)"
+            )
+        if self.jwks_url is None and not self.keys:
+            raise ValueError("give jwks_url or keys")
+        if self.jwks_url is not None and self.keys:
+            raise ValueError("give jwks_url or keys, not both")
+        if self.jwks_url is not None:
+            if algs & HMAC_ALGORITHMS:
+                raise ValueError("HMAC algorithms need static keys (secret_env), not jwks_url")
+            if not self.jwks_url.startswith(("https://", "http://")):
+                raise ValueError("jwks_url must be an http(s) URL")
+        for key in self.keys:
+            hmac_key = key.secret_env is not None
+            if hmac_key != bool(algs & HMAC_ALGORITHMS):
+                raise ValueError(
+                    "keys: HMAC algorithms need secret_env keys and asymmetric algorithms "
+                    "need public keys"
+                )
+        return self
+
+
+class UpstreamConfig(_Model):
+    """Where the engine is and how to authenticate to it."""
+
+    url: str = Field(description="engine base URL, e.g. http://127.0.0.1:3000")
+    source_id: str | None = None
+    secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
+    connect_timeout: float = Field(default=5, gt=0)
+    first_byte_timeout: float = Field(
+        default=75, gt=0, description="must exceed the engine's 20 s long-poll and 60 s SSE"
+    )
+    read_timeout: float = Field(default=75, gt=0, description="max silence between chunks")
+    pool_size: int = Field(default=4096, ge=1, description="max upstream connections")
+    retry_after: int = Field(default=2, ge=1, description="Retry-After on 502/503/504")
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        if "?" in value or "#" in value:
+            raise ValueError("must not contain a query or fragment")
+        return value.rstrip("/")
+
+
+class ServerConfig(_Model):
+    """Listener settings; read at start (a reload does not rebind)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    reload_interval: float = Field(default=1.0, gt=0, description="config file poll, seconds")
+    token_cache_size: int = Field(default=10_000, ge=0)
+    token_cache_ttl: float = Field(default=300, gt=0)
+
+
+class CorsConfig(_Model):
+    """Cross-origin access: an exact allowlist of origins ("*" echoes any origin)."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+    allow_credentials: bool = False
+    max_age: int = Field(default=86400, ge=0)
+
+
+class CacheConfig(_Model):
+    """How upstream cache headers are made safe for per-user responses."""
+
+    max_age_cap: int | None = Field(
+        default=60, ge=0, description="cap max-age of private responses (None: keep upstream's)"
+    )
+
+
+ClaimMatch = Scalar | list[Scalar]
+
+
+class DenyRule(_Model):
+    """Refuse the table when every condition matches (deny wins over allow)."""
+
+    when: dict[str, ClaimMatch] = Field(min_length=1)
+    reason: str | None = None
+
+
+class AccessRule(_Model):
+    """Who may sync a table, which rows and columns, and what the client may add."""
+
+    name: str | None = None
+    when: dict[str, ClaimMatch] = Field(
+        default_factory=dict, description="claim path -> value or any-of list; all must match"
+    )
+    where: str | None = Field(default=None, description="row filter; {{claim.path}} placeholders")
+    all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
+    columns: list[str] | None = Field(default=None, min_length=1)
+    client_where: Literal["forbid", "validated"] = "forbid"
+    subset: bool = True
+    replica_full: bool = False
+    sse: bool = True
+
+    @model_validator(mode="after")
+    def _rows_explicit(self) -> AccessRule:
+        if (self.where is None) == (not self.all_rows):
+            raise ValueError("give either a where filter or all_rows: true (not both)")
+        return self
+
+
+class TablePolicy(_Model):
+    """Rules for one table. No matching allow rule means denied."""
+
+    allow: list[AccessRule] = Field(min_length=1)
+    deny: list[DenyRule] = Field(default_factory=list)
+
+
+class NamedShape(TablePolicy):
+    """A shape served at `/shapes/<name>`: table fixed by the config, same rules."""
+
+    table: str
+
+
+class ProxyConfig(_Model):
+    """The whole configuration file."""
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    upstream: UpstreamConfig
+    issuers: list[IssuerConfig] = Field(min_length=1)
+    cors: CorsConfig = Field(default_factory=CorsConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    tables: dict[str, TablePolicy] = Field(default_factory=dict)
+    shapes: dict[str, NamedShape] = Field(default_factory=dict)
+
+    @field_validator("shapes")
+    @classmethod
+    def _shape_names(cls, value: dict[str, NamedShape]) -> dict[str, NamedShape]:
+        for name in value:
+            if not _SHAPE_NAME.match(name):
+                raise ValueError(f"shape name {name!r} must match [A-Za-z0-9_-]+")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_issuers(self) -> ProxyConfig:
+        seen = [i.issuer for i in self.issuers]
+        if len(seen) != len(set(seen)):
+            raise ValueError("issuers: each issuer may appear once")
+        if not self.tables and not self.shapes:
+            raise ValueError("give at least one entry under tables or shapes")
+        return self

@@ -1,0 +1,154 @@
+"""The live configuration of a running proxy and its reloading.
+
+`Runtime` bundles what a request needs from the config (policy, verifier, upstream
+settings); it is immutable, and `RuntimeHolder.current` is swapped atomically on reload, so a
+request keeps the runtime it started with. A reload that fails leaves the current runtime in
+place and records why (logged, counted, shown on /healthz).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
+from proxy.auth.jwks import JwksCache
+from proxy.metrics import Metrics
+from proxy.policy.loader import ConfigError, LoadedConfig, load_config
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """One loaded configuration, ready to serve requests."""
+
+    loaded: LoadedConfig
+    verifier: TokenVerifier
+    loaded_at: float
+
+
+class RuntimeHolder:
+    """Owns the current `Runtime`, the JWKS caches that survive reloads, and reloading."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        session: aiohttp.ClientSession,
+        metrics: Metrics,
+        *,
+        path: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        self._session = session
+        self._metrics = metrics
+        self._jwks: dict[str, JwksCache] = {}
+        self.path = path
+        self._environ = environ
+        self.last_error: str | None = None
+        self._file_stamp = self._stamp()
+        self.current = self._build(loaded)
+
+    def _build(self, loaded: LoadedConfig) -> Runtime:
+        issuers = []
+        jwks: dict[str, JwksCache] = {}
+        for cfg in loaded.config.issuers:
+            source: KeySource
+            if cfg.jwks_url is not None:
+                cache = self._jwks.get(cfg.jwks_url) or JwksCache(
+                    cfg.jwks_url, self._session, on_fetch=self._metrics.jwks_fetch
+                )
+                cache.configure(
+                    ttl=cfg.jwks_ttl,
+                    refetch_cooldown=cfg.jwks_refetch_cooldown,
+                    timeout=cfg.jwks_timeout,
+                )
+                jwks[cfg.jwks_url] = cache
+                source = cache
+            else:
+                source = StaticKeys(loaded.static_keys[cfg.issuer])
+            issuers.append(Issuer(config=cfg, keys=source))
+        self._jwks = jwks
+        server = loaded.config.server
+        verifier = TokenVerifier(
+            issuers,
+            cache_size=server.token_cache_size,
+            cache_ttl=server.token_cache_ttl,
+            on_cache=self._metrics.token_cache_lookup,
+        )
+        return Runtime(loaded=loaded, verifier=verifier, loaded_at=time.time())
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self) -> bool:
+        """Load the file again; swap on success, keep the current runtime on failure."""
+        if self.path is None:
+            return False
+        self._file_stamp = self._stamp()
+        try:
+            loaded = load_config(self.path, self._environ)
+        except ConfigError as exc:
+            self.last_error = str(exc)
+            self._metrics.config_reloads.labels(result="error").inc()
+            logger.error("config reload failed, keeping the last good config: %s", exc)
+            return False
+        old = self.current.loaded.config
+        if loaded.config.server != old.server:
+            logger.warning("server settings changed; they apply only after a restart")
+        self.current = self._build(loaded)
+        self.last_error = None
+        self._metrics.config_reloads.labels(result="ok").inc()
+        logger.info("config reloaded from %s", self.path)
+        return True
+
+    def changed_on_disk(self) -> bool:
+        return self._stamp() != self._file_stamp
+
+    @contextlib.asynccontextmanager
+    async def watching(self, *, sighup: bool) -> AsyncIterator[None]:
+        """Reload on file change (polled) and, when `sighup`, on SIGHUP, while inside."""
+        interval = self.current.loaded.config.server.reload_interval
+        loop = asyncio.get_running_loop()
+        installed = False
+        if sighup and self.path is not None:
+            import signal
+
+            try:
+                loop.add_signal_handler(signal.SIGHUP, self.reload)
+                installed = True
+            except (NotImplementedError, RuntimeError, ValueError):
+                logger.warning("cannot install a SIGHUP handler here; file polling only")
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(interval)
+                if self.changed_on_disk():
+                    self.reload()
+
+        task = asyncio.create_task(poll()) if self.path is not None else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if installed:
+                import signal
+
+                loop.remove_signal_handler(signal.SIGHUP)

@@ -1,0 +1,1 @@
+"""Upstream: building the engine URL from a decision, and forwarding with streaming."""

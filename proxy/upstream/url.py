@@ -1,0 +1,73 @@
+"""Build the engine URL for a decision, from scratch, and mask it for humans.
+
+The client's path and query are never copied: the path is the constant `/v1/shape`, the shape
+definition comes from the decision, protocol params were allow-listed by `http.params`, and
+`source_id`/`secret` are appended last by the proxy whatever the client sent.
+"""
+
+from __future__ import annotations
+
+import json
+
+from yarl import URL
+
+from proxy.policy.evaluate import Decision
+from proxy.policy.sql import quote_identifier
+
+SHAPE_PATH = "/v1/shape"
+#: Query parameters whose value must never be shown (Electric's own redaction list).
+SECRET_PARAMS = frozenset(
+    {"secret", "api_secret", "token", "access_token", "id_token", "api_key", "password", "jwt"}
+)
+MASK = "[REDACTED]"
+
+
+def build_upstream_url(
+    base: str,
+    decision: Decision,
+    *,
+    source_id: str | None,
+    secret: str | None,
+    subset_in_query: bool = True,
+) -> URL:
+    """The full engine URL (with the secret). `subset_in_query=False` for POST subsets."""
+    query: list[tuple[str, str]] = [("table", decision.table)]
+    if decision.where is not None:
+        query.append(("where", decision.where))
+    query.extend((f"params[{i}]", value) for i, value in enumerate(decision.params, start=1))
+    if decision.columns is not None:
+        query.append(("columns", ",".join(quote_identifier(c) for c in decision.columns)))
+    if decision.queryable_columns is not None:
+        query.append(
+            ("queryable_columns", ",".join(quote_identifier(c) for c in decision.queryable_columns))
+        )
+    if decision.replica is not None:
+        query.append(("replica", decision.replica))
+    query.extend(decision.protocol)
+    subset = decision.subset
+    if subset is not None and subset_in_query:
+        if subset.where is not None:
+            query.append(("subset__where", subset.where))
+        if subset.params:
+            query.append(("subset__params", json.dumps(dict(subset.params), separators=(",", ":"))))
+        if subset.limit is not None:
+            query.append(("subset__limit", str(subset.limit)))
+        if subset.offset is not None:
+            query.append(("subset__offset", str(subset.offset)))
+        if subset.order_by is not None:
+            query.append(("subset__order_by", subset.order_by))
+    if source_id is not None:
+        query.append(("source_id", source_id))
+    if secret is not None:
+        query.append(("secret", secret))
+    root = URL(base)
+    return root.with_path(root.path.rstrip("/") + SHAPE_PATH).with_query(query)
+
+
+def mask_url(url: URL) -> str:
+    """The URL as text with secret-bearing parameter values replaced by `[REDACTED]`."""
+    masked = [
+        (name, MASK if name.lower() in SECRET_PARAMS else value)
+        for name, value in url.query.items()
+    ]
+    return str(url.with_query(masked)).replace("%5BREDACTED%5D", MASK)

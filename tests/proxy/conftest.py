@@ -1,0 +1,206 @@
+"""Fixtures: a fake engine, a fake identity provider, a configured proxy, signed tokens.
+
+Every response the `proxy` helper returns and every log record captured during a test is
+checked for the engine secret and for the raw tokens the test issued: neither may ever leak.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
+
+from proxy.app import create_app
+from proxy.logs import JsonFormatter
+from proxy.policy.loader import LoadedConfig, build_config
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> KeyPair:
+    return KeyPair.generate("key-1")
+
+
+@pytest.fixture(scope="session")
+def other_key() -> KeyPair:
+    return KeyPair.generate("key-2")
+
+
+@pytest.fixture
+def engine_secret() -> str:
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture
+def engine() -> FakeEngine:
+    return FakeEngine()
+
+
+@pytest.fixture
+async def engine_server(engine: FakeEngine, aiohttp_server: Any) -> TestServer:
+    return await aiohttp_server(engine.app())
+
+
+@pytest.fixture
+def idp(signing_key: KeyPair) -> FakeIdp:
+    return FakeIdp(keys=[signing_key])
+
+
+@pytest.fixture
+async def idp_server(idp: FakeIdp, aiohttp_server: Any) -> TestServer:
+    return await aiohttp_server(idp.app())
+
+
+@dataclass
+class Tokens:
+    """Issues RS256 tokens; remembers them so tests can check none leaked."""
+
+    key: KeyPair
+    issued: list[str] = field(default_factory=list)
+
+    def make(
+        self,
+        *,
+        key: KeyPair | None = None,
+        headers: dict[str, Any] | None = None,
+        algorithm: str = "RS256",
+        signing_key: Any = None,
+        drop: tuple[str, ...] = (),
+        **claims: Any,
+    ) -> str:
+        key = key or self.key
+        payload: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": "user-1",
+            "iat": now(),
+            "exp": now() + 600,
+            "role": "member",
+            "org_id": "org-a",
+        }
+        payload.update(claims)
+        for name in drop:
+            payload.pop(name, None)
+        hdrs = {"kid": key.kid, **(headers or {})}
+        token = jwt.encode(
+            payload,
+            signing_key if signing_key is not None else key.private,
+            algorithm=algorithm,
+            headers=hdrs,
+        )
+        self.issued.append(token)
+        return token
+
+
+@pytest.fixture
+def tokens(signing_key: KeyPair) -> Tokens:
+    return Tokens(signing_key)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+@dataclass
+class ProxyHarness:
+    client: TestClient
+    app: web.Application
+    engine: FakeEngine
+    secret: str
+    tokens: Tokens
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        headers: dict[str, str] | None = None,
+        data: bytes | None = None,
+    ) -> Reply:
+        hdrs = dict(headers or {})
+        if token is not None:
+            hdrs["Authorization"] = f"Bearer {token}"
+        async with self.client.request(
+            method, path, headers=hdrs, data=data, skip_auto_headers=("Accept-Encoding",)
+        ) as resp:
+            body = await resp.read()
+            reply = Reply(resp.status, resp.headers, body)
+        self.assert_clean(reply)
+        return reply
+
+    async def get(self, path: str, **kwargs: Any) -> Reply:
+        return await self.request("GET", path, **kwargs)
+
+    def assert_clean(self, reply: Reply) -> None:
+        text = reply.body.decode("latin-1") + repr(list(reply.headers.items()))
+        assert self.secret not in text
+        for token in self.tokens.issued:
+            assert token not in text
+
+
+@pytest.fixture
+def environ(engine_secret: str) -> dict[str, str]:
+    return {"ENGINE_SECRET": engine_secret}
+
+
+@pytest.fixture
+def config_data(engine_server: TestServer, idp_server: TestServer) -> dict[str, Any]:
+    return base_config(str(engine_server.make_url("")), str(idp_server.make_url("/jwks.json")))
+
+
+@pytest.fixture
+def loaded(config_data: dict[str, Any], environ: dict[str, str]) -> LoadedConfig:
+    return build_config(config_data, environ)
+
+
+@pytest.fixture
+def make_proxy(
+    aiohttp_client: Any, engine: FakeEngine, engine_secret: str, tokens: Tokens
+) -> Callable[..., Any]:
+    async def make(loaded: LoadedConfig, **kwargs: Any) -> ProxyHarness:
+        app = create_app(loaded, **kwargs)
+        client = await aiohttp_client(app)
+        return ProxyHarness(client, app, engine, engine_secret, tokens)
+
+    return make
+
+
+@pytest.fixture
+async def proxy(
+    make_proxy: Callable[..., Any], loaded: LoadedConfig
+) -> AsyncIterator[ProxyHarness]:
+    yield await make_proxy(loaded)
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_logs(
+    caplog: pytest.LogCaptureFixture, engine_secret: str, tokens: Tokens
+) -> Iterator[None]:
+    """After each test: no captured log line holds the engine secret or an issued token.
+
+    Checks the raw message too, so the test does not lean on the formatter's redaction.
+    """
+    caplog.set_level(logging.DEBUG)
+    yield
+    formatter = JsonFormatter()
+    for record in caplog.records:
+        for line in (formatter.format(record), record.getMessage(), repr(record.__dict__)):
+            assert engine_secret not in line, line
+            for token in tokens.issued:
+                assert token not in line, line

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import pytest
+
+from proxy.errors import BadShapeRequest, Forbidden
+from proxy.policy.sql import (
+    check_client_where,
+    check_order_by,
+    compile_template,
+    parse_identifier_list,
+    parse_table_name,
+)
+
+
+def test_template_placeholders_become_numbered_params() -> None:
+    t = compile_template("org_id = {{org_id}} AND (owner = {{ sub }} OR org_id = {{org_id}})")
+    assert t.sql == "org_id = $1 AND (owner = $2 OR org_id = $1)"
+    assert t.claim_paths == ("org_id", "sub")
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "name = '{{sub}}'",
+        "org_id = {{org_id}}) OR (1=1",
+        "a = {{x}}; DROP TABLE t",
+        "a = {{x",
+        "id IN (SELECT 1) AND a = {{x}} UNION SELECT 2",
+    ],
+)
+def test_bad_templates_refused(template: str) -> None:
+    with pytest.raises(ValueError):
+        compile_template(template)
+
+
+def test_client_where_is_deparsed_and_renumbered() -> None:
+    c = check_client_where("title = $1 AND id > $2", {"id", "title"}, param_offset=1, what="where")
+    assert c.sql == "title = $2 AND id > $3"
+    assert c.param_count == 2
+
+
+@pytest.mark.parametrize(
+    "clause",
+    [
+        "1=1) OR (1=1",
+        "true; DELETE FROM items",
+        "id IN (SELECT id FROM secrets)",
+        "pg_sleep(10) IS NULL",
+        "EXISTS (SELECT 1)",
+        "true UNION SELECT 1",
+        "t.id = 1",
+        "",
+    ],
+)
+def test_client_where_escapes_refused(clause: str) -> None:
+    with pytest.raises(BadShapeRequest):
+        check_client_where(clause, None, what="where")
+
+
+def test_client_where_comment_cannot_hide_anything() -> None:
+    # A trailing comment parses, but the deparsed text drops it, so it cannot swallow the
+    # closing parenthesis the proxy adds.
+    assert check_client_where("id = 1 --x", None, what="where").sql == "id = 1"
+
+
+def test_client_where_hidden_column_forbidden() -> None:
+    with pytest.raises(Forbidden) as info:
+        check_client_where("salary > 100", {"id", "title"}, what="where")
+    assert info.value.reason == "column_not_allowed"
+
+
+def test_quoted_column_names_keep_case() -> None:
+    check_client_where('"Title" = $1', {"Title"}, what="where")
+    with pytest.raises(Forbidden):
+        check_client_where("Title = $1", {"Title"}, what="where")
+
+
+def test_order_by() -> None:
+    assert check_order_by("title DESC, id", {"id", "title"}, what="o") == "title DESC, id"
+    with pytest.raises(Forbidden):
+        check_order_by("salary", {"id"}, what="o")
+    with pytest.raises(BadShapeRequest):
+        check_order_by("id LIMIT 1", None, what="o")
+
+
+def test_identifiers() -> None:
+    assert parse_identifier_list('"id","Title",org_id') == ("id", "Title", "org_id")
+    assert parse_identifier_list('"a,b"') == ("a,b",)
+    assert parse_table_name("Items") == ("public", "items")
+    assert parse_table_name('"Sch"."T.x"') == ("Sch", "T.x")
+    for bad in ("", '"', "a b", "a,a", '"x"y"'):
+        with pytest.raises(ValueError):
+            parse_identifier_list(bad)
+    with pytest.raises(ValueError):
+        parse_table_name("a.b.c")
