@@ -45,7 +45,7 @@ def engine() -> FakeEngine:
 
 @pytest.fixture
 async def engine_server(engine: FakeEngine, aiohttp_server: Any) -> TestServer:
-    return await aiohttp_server(engine.app())
+    return await aiohttp_server(engine.app(), access_log=None)
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def idp(signing_key: KeyPair) -> FakeIdp:
 
 @pytest.fixture
 async def idp_server(idp: FakeIdp, aiohttp_server: Any) -> TestServer:
-    return await aiohttp_server(idp.app())
+    return await aiohttp_server(idp.app(), access_log=None)
 
 
 @dataclass
@@ -147,6 +147,27 @@ class ProxyHarness:
     async def get(self, path: str, **kwargs: Any) -> Reply:
         return await self.request("GET", path, **kwargs)
 
+    async def raw_get(self, target: str, token: str) -> Reply:
+        """Send the request target byte for byte (the client library would normalise it)."""
+        import asyncio
+
+        server = self.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            f"GET {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        raw = await reader.read()
+        writer.close()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.decode().split("\r\n")
+        from multidict import CIMultiDict
+
+        headers = CIMultiDict(line.split(": ", 1) for line in lines[1:])
+        reply = Reply(int(lines[0].split()[1]), headers, body)
+        self.assert_clean(reply)
+        return reply
+
     def assert_clean(self, reply: Reply) -> None:
         text = reply.body.decode("latin-1") + repr(list(reply.headers.items()))
         assert self.secret not in text
@@ -171,11 +192,14 @@ def loaded(config_data: dict[str, Any], environ: dict[str, str]) -> LoadedConfig
 
 @pytest.fixture
 def make_proxy(
-    aiohttp_client: Any, engine: FakeEngine, engine_secret: str, tokens: Tokens
+    aiohttp_client: Any, aiohttp_server: Any, engine: FakeEngine, engine_secret: str, tokens: Tokens
 ) -> Callable[..., Any]:
     async def make(loaded: LoadedConfig, **kwargs: Any) -> ProxyHarness:
         app = create_app(loaded, **kwargs)
-        client = await aiohttp_client(app)
+        # As in production (`__main__`): aiohttp's access log would print raw query strings.
+        client = await aiohttp_client(
+            await aiohttp_server(app, access_log=None), auto_decompress=False
+        )
         return ProxyHarness(client, app, engine, engine_secret, tokens)
 
     return make

@@ -29,7 +29,7 @@ ORIGIN = "https://app.test"
 class Seen:
     method: str
     url: URL
-    headers: dict[str, str]
+    headers: Any
     body: bytes
 
 
@@ -52,7 +52,7 @@ class FakeEngine:
 
     async def shape(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        self.requests.append(Seen(request.method, request.url, dict(request.headers), body))
+        self.requests.append(Seen(request.method, request.url, request.headers.copy(), body))
         self.started.set()
         try:
             return await self._respond(request, body)
