@@ -236,8 +236,7 @@ class Replicator:
         if not shape.past_xmax:
             if snap.visible(xid):
                 return
-            full = (snap.xmax & ~0xFFFFFFFF) | xid
-            if full >= snap.xmax:
+            if snap.widen(xid) >= snap.xmax:
                 shape.past_xmax = True
         items: list[tuple[int, dict[str, object]]] = []
         for kind, old, new, op in changes:

@@ -84,10 +84,15 @@ class SnapshotInfo:
         The 32-bit xid is widened into the epoch of `xmax` (wraparound-aware, as the
         client and Electric do), then Postgres's own visibility rule applies.
         """
-        full = (self.xmax & ~0xFFFFFFFF) | xid32
-        if full > self.xmax:
-            full -= 1 << 32
+        full = self.widen(xid32)
         return full < self.xmin or (full < self.xmax and full not in self.xip)
+
+    def widen(self, xid32: int) -> int:
+        """The xid8 of a 32-bit WAL xid: the one nearest to `xmax` (within 2^31)."""
+        diff = (xid32 - self.xmax) & 0xFFFFFFFF
+        if diff >= 1 << 31:
+            diff -= 1 << 32
+        return self.xmax + diff
 
     @classmethod
     def parse(cls, text: str) -> SnapshotInfo:
