@@ -1,0 +1,695 @@
+"""Postgres text values as comparable Python values.
+
+Replication rows and snapshot rows arrive as Postgres text output (produced under the
+engine's session settings: DateStyle='ISO, DMY', TimeZone='UTC', IntervalStyle='iso_8601',
+bytea_output='hex', extra_float_digits=1). The where-clause evaluator has to compare them
+the way Postgres would, so each type gets a parser into a Python value whose `==`, `<` and
+`hash` agree with Postgres's operators. The same parsers, in their lenient "input" flavour,
+turn string literals and `params` of a where clause into values of a target type, with
+Postgres-like error messages for bad input.
+
+Two flavours per type:
+- `output_parser(type_name)`: fast, for text Postgres itself produced (trusted format);
+- `parse_input(type_name, text)`: Postgres input-function rules for the common forms,
+  raising `ValueError('invalid input syntax for type integer: "abc"')` on bad input.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+import struct
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from functools import total_ordering
+
+Parser = Callable[[str], object]
+
+USECS_PER_SEC = 1_000_000
+USECS_PER_DAY = 86_400 * USECS_PER_SEC
+DAYS_PER_MONTH = 30
+
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "int2": (-(2**15), 2**15 - 1),
+    "int4": (-(2**31), 2**31 - 1),
+    "int8": (-(2**63), 2**63 - 1),
+}
+
+# Postgres's SQL names for the messages it prints ("invalid input syntax for type integer").
+SQL_TYPE_NAMES: dict[str, str] = {
+    "int2": "smallint",
+    "int4": "integer",
+    "int8": "bigint",
+    "float4": "real",
+    "float8": "double precision",
+    "bool": "boolean",
+    "varchar": "character varying",
+    "bpchar": "character",
+    "timestamp": "timestamp without time zone",
+    "timestamptz": "timestamp with time zone",
+    "time": "time without time zone",
+}
+
+
+def sql_type_name(type_name: str) -> str:
+    """The name Postgres uses for a type in error messages (`int4` -> `integer`)."""
+    if type_name.endswith("[]"):
+        return sql_type_name(type_name[:-2]) + "[]"
+    return SQL_TYPE_NAMES.get(type_name, type_name)
+
+
+def invalid(type_name: str, text: str) -> ValueError:
+    """The ValueError Postgres's input functions raise, with Postgres's wording."""
+    return ValueError(f'invalid input syntax for type {sql_type_name(type_name)}: "{text}"')
+
+
+@total_ordering
+class PgInfinity:
+    """`infinity` / `-infinity` of date and timestamp types: beyond every finite value.
+
+    Python's date/datetime cannot represent them; these sentinels compare correctly
+    against any finite value (date/datetime defer to us via NotImplemented).
+    """
+
+    __slots__ = ("sign",)
+
+    def __init__(self, sign: int) -> None:
+        self.sign = sign
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PgInfinity) and other.sign == self.sign
+
+    def __lt__(self, other: object) -> bool:
+        if isinstance(other, PgInfinity):
+            return self.sign < other.sign
+        return self.sign < 0
+
+    def __hash__(self) -> int:
+        return hash(("pg-infinity", self.sign))
+
+    def __repr__(self) -> str:
+        return "PgInfinity(+1)" if self.sign > 0 else "PgInfinity(-1)"
+
+
+INFINITY = PgInfinity(1)
+NEG_INFINITY = PgInfinity(-1)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Interval:
+    """A Postgres interval: months, days and microseconds kept apart, as Postgres does.
+
+    Equality, ordering and hashing go through the same "span" Postgres's interval_cmp
+    uses (a month is 30 days, a day 24 hours), so '1 mon' = '30 days' like in SQL, while
+    arithmetic with timestamps still sees the separate fields.
+    """
+
+    months: int
+    days: int
+    micros: int
+
+    @property
+    def span(self) -> int:
+        return (self.months * DAYS_PER_MONTH + self.days) * USECS_PER_DAY + self.micros
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Interval) and self.span == other.span
+
+    def __lt__(self, other: Interval) -> bool:
+        return self.span < other.span
+
+    def __le__(self, other: Interval) -> bool:
+        return self.span <= other.span
+
+    def __gt__(self, other: Interval) -> bool:
+        return self.span > other.span
+
+    def __ge__(self, other: Interval) -> bool:
+        return self.span >= other.span
+
+    def __hash__(self) -> int:
+        return hash(self.span)
+
+
+# --- integers, numbers, booleans ---------------------------------------------------------
+
+_INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
+_NUMERIC_RE = re.compile(
+    r"\s*(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:infinity|inf)|nan)\s*",
+    re.ASCII | re.IGNORECASE,
+)
+
+
+def check_int_range(type_name: str, value: int) -> int:
+    """Raise like Postgres when an integer does not fit its type."""
+    lo, hi = INT_RANGES[type_name]
+    if not lo <= value <= hi:
+        raise ValueError(f"{sql_type_name(type_name)} out of range")
+    return value
+
+
+def _int_input(type_name: str) -> Parser:
+    lo, hi = INT_RANGES[type_name]
+
+    def parse(text: str) -> int:
+        if not _INT_RE.fullmatch(text):
+            raise invalid(type_name, text)
+        value = int(text)
+        if not lo <= value <= hi:
+            raise ValueError(f'value "{text}" is out of range for type {sql_type_name(type_name)}')
+        return value
+
+    return parse
+
+
+def parse_numeric(text: str) -> Decimal:
+    """numeric input: Decimal, with Postgres's NaN / Infinity spellings."""
+    if not _NUMERIC_RE.fullmatch(text):
+        raise invalid("numeric", text)
+    try:
+        return Decimal(text.strip())
+    except InvalidOperation:
+        raise invalid("numeric", text) from None
+
+
+def _float8_input(text: str) -> float:
+    if not _NUMERIC_RE.fullmatch(text):
+        raise invalid("float8", text)
+    return float(text)
+
+
+def round_float4(value: float) -> float:
+    """Round a double to the nearest float4, so float4 values compare like in Postgres."""
+    try:
+        return float(struct.unpack("f", struct.pack("f", value))[0])
+    except OverflowError:
+        raise ValueError('value out of range: overflow') from None
+
+
+def _float4_input(text: str) -> float:
+    if not _NUMERIC_RE.fullmatch(text):
+        raise invalid("float4", text)
+    return round_float4(float(text))
+
+
+def _float4_output(text: str) -> float:
+    return round_float4(float(text))
+
+
+_TRUE_WORDS = ("true", "yes", "on", "1")
+_FALSE_WORDS = ("false", "no", "off", "0")
+
+
+def parse_bool(text: str) -> bool:
+    """bool input: t/true/y/yes/on/1 and f/false/n/no/off/0, any case, unique prefixes."""
+    word = text.strip().lower()
+    if word:
+        if word == "o":  # ambiguous between on and off
+            raise invalid("bool", text)
+        if any(w.startswith(word) for w in _TRUE_WORDS):
+            return True
+        if any(w.startswith(word) for w in _FALSE_WORDS):
+            return False
+    raise invalid("bool", text)
+
+
+def _bool_output(text: str) -> bool:
+    # pgoutput and concat() give 't'; a `::text` cast gives 'true'.
+    return text == "t" or text == "true"
+
+
+# --- strings, uuid, bytea -----------------------------------------------------------------
+
+
+def _identity(text: str) -> str:
+    return text
+
+
+def _bpchar(text: str) -> str:
+    """char(n) compares ignoring trailing spaces, and casts to text without them."""
+    return text.rstrip(" ")
+
+
+_UUID_RE = re.compile(r"\{?(?:[0-9a-fA-F]{4}-?){7}[0-9a-fA-F]{4}\}?", re.ASCII)
+
+
+def parse_uuid(text: str) -> uuid.UUID:
+    """uuid input: canonical form, upper case, braces, or hyphens between 4-digit groups."""
+    if not _UUID_RE.fullmatch(text) or text.startswith("{") != text.endswith("}"):
+        raise invalid("uuid", text)
+    return uuid.UUID(text.strip("{}").replace("-", ""))
+
+
+def _uuid_output(text: str) -> uuid.UUID:
+    return uuid.UUID(text)
+
+
+def parse_bytea(text: str) -> bytes:
+    """bytea input: hex (`\\x0102`) or escape format (`ab\\000\\\\`)."""
+    if text.startswith("\\x"):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            raise invalid("bytea", text) from None
+    out = bytearray()
+    i = 0
+    raw = text.encode()
+    while i < len(raw):
+        ch = raw[i]
+        if ch != 0x5C:
+            out.append(ch)
+            i += 1
+        elif raw[i + 1 : i + 2] == b"\\":
+            out.append(0x5C)
+            i += 2
+        elif re.fullmatch(rb"[0-3][0-7][0-7]", raw[i + 1 : i + 4]):
+            out.append(int(raw[i + 1 : i + 4], 8))
+            i += 4
+        else:
+            raise invalid("bytea", text)
+    return bytes(out)
+
+
+def _bytea_output(text: str) -> bytes:
+    return bytes.fromhex(text[2:])
+
+
+# --- dates and times ----------------------------------------------------------------------
+
+_SPECIAL_TIMES = {"infinity": INFINITY, "+infinity": INFINITY, "-infinity": NEG_INFINITY}
+_DATE_ISO_RE = re.compile(r"(\d{4,})-(\d{1,2})-(\d{1,2})", re.ASCII)
+_DATE_DMY_RE = re.compile(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4,})", re.ASCII)
+_DATE_COMPACT_RE = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
+_TIME_RE = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?", re.ASCII)
+_TZ_RE = re.compile(r"(?:([+-])(\d{1,2})(?::?(\d{2}))?(?::(\d{2}))?|(Z|UTC|GMT))", re.ASCII)
+
+
+def _date_from_parts(type_name: str, text: str, y: str, m: str, d: str) -> date:
+    try:
+        return date(int(y), int(m), int(d))
+    except ValueError:
+        raise ValueError(f'date/time field value out of range: "{text}"') from None
+
+
+def _parse_date_part(type_name: str, text: str, part: str) -> date:
+    for regex, order in ((_DATE_ISO_RE, (1, 2, 3)), (_DATE_DMY_RE, (3, 2, 1))):
+        m = regex.fullmatch(part)
+        if m:
+            return _date_from_parts(type_name, text, *(m.group(i) for i in order))
+    m = _DATE_COMPACT_RE.fullmatch(part)
+    if m:
+        return _date_from_parts(type_name, text, m.group(1), m.group(2), m.group(3))
+    raise invalid(type_name, text)
+
+
+def _micros_from_fraction(frac: str | None) -> int:
+    if not frac:
+        return 0
+    # Postgres rounds to microseconds; half-up on the 7th digit is close enough here.
+    return round(int(frac[:7].ljust(7, "0")) / 10)
+
+
+def _parse_time_part(type_name: str, text: str, part: str) -> time:
+    m = _TIME_RE.fullmatch(part)
+    if not m:
+        raise invalid(type_name, text)
+    hh, mm, ss = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    micros = _micros_from_fraction(m.group(4))
+    if micros == USECS_PER_SEC:
+        ss, micros = ss + 1, 0
+    try:
+        return time(hh, mm, ss, micros)
+    except ValueError:
+        raise ValueError(f'date/time field value out of range: "{text}"') from None
+
+
+def _split_tz(part: str) -> tuple[str, timezone | None]:
+    """Split a trailing zone offset (`+02`, `-05:30`, `Z`, `UTC`) off a time string."""
+    m = re.search(r"(?:\s*)([+-]\d{1,2}(?::?\d{2}){0,2}|Z|UTC|GMT)$", part, re.ASCII)
+    if not m or m.start(1) == 0:
+        return part, None
+    zm = _TZ_RE.fullmatch(m.group(1))
+    assert zm is not None
+    if zm.group(5):
+        return part[: m.start()].rstrip(), UTC
+    sign = -1 if zm.group(1) == "-" else 1
+    offset = timedelta(
+        hours=int(zm.group(2)), minutes=int(zm.group(3) or 0), seconds=int(zm.group(4) or 0)
+    )
+    return part[: m.start()].rstrip(), timezone(sign * offset)
+
+
+def parse_date(text: str) -> date | PgInfinity:
+    """date input: ISO `2024-01-31`, DMY `31/01/2024`, `20240131`, +/-infinity."""
+    s = text.strip().lower()
+    if s in _SPECIAL_TIMES:
+        return _SPECIAL_TIMES[s]
+    if s.endswith(" bc"):
+        raise ValueError(f'dates before Christ are not supported: "{text}"')
+    return _parse_date_part("date", text, s)
+
+
+def _parse_timestamp(type_name: str, text: str) -> tuple[datetime | PgInfinity, timezone | None]:
+    s = text.strip()
+    low = s.lower()
+    if low in _SPECIAL_TIMES:
+        return _SPECIAL_TIMES[low], None
+    if low.endswith(" bc"):
+        raise ValueError(f'dates before Christ are not supported: "{text}"')
+    date_part, sep, time_part = s.replace("T", " ", 1).partition(" ")
+    d = _parse_date_part(type_name, text, date_part)
+    tz: timezone | None = None
+    t = time(0)
+    if sep:
+        time_part, tz = _split_tz(time_part.strip())
+        if time_part:
+            t = _parse_time_part(type_name, text, time_part)
+    return datetime.combine(d, t), tz
+
+
+def parse_timestamp(text: str) -> datetime | PgInfinity:
+    """timestamp input: a zone offset, if given, is ignored (as Postgres does)."""
+    value, _tz = _parse_timestamp("timestamp", text)
+    return value
+
+
+def parse_timestamptz(text: str) -> datetime | PgInfinity:
+    """timestamptz input: no offset means the session zone, which is UTC for the engine."""
+    value, tz = _parse_timestamp("timestamptz", text)
+    if isinstance(value, PgInfinity):
+        return value
+    return value.replace(tzinfo=tz or UTC)
+
+
+def parse_time(text: str) -> time:
+    """time input: `HH:MM[:SS[.ffffff]]`; a zone offset is ignored like Postgres does."""
+    part, _tz = _split_tz(text.strip())
+    return _parse_time_part("time", text, part)
+
+
+def _timestamp_output(text: str) -> datetime | PgInfinity:
+    if text[0] in "i-":
+        return _SPECIAL_TIMES[text]
+    if text.endswith(" BC") or (len(text) > 26 and text[4] != "-"):
+        return parse_timestamp(text)  # raises the clear error
+    return datetime.fromisoformat(text)
+
+
+def _timestamptz_output(text: str) -> datetime | PgInfinity:
+    if text[0] in "i-":
+        return _SPECIAL_TIMES[text]
+    if text.endswith(" BC"):
+        return parse_timestamptz(text)
+    return datetime.fromisoformat(text)
+
+
+def _date_output(text: str) -> date | PgInfinity:
+    if text[0] in "i-":
+        return _SPECIAL_TIMES[text]
+    if text.endswith(" BC"):
+        return parse_date(text)
+    return date.fromisoformat(text)
+
+
+def _time_output(text: str) -> time:
+    return time.fromisoformat(text)
+
+
+# --- intervals ----------------------------------------------------------------------------
+
+_ISO_INTERVAL_RE = re.compile(
+    r"(-)?P(?:([+-]?\d+(?:\.\d+)?)Y)?(?:([+-]?\d+(?:\.\d+)?)M)?(?:([+-]?\d+(?:\.\d+)?)W)?"
+    r"(?:([+-]?\d+(?:\.\d+)?)D)?(?:T(?:([+-]?\d+(?:\.\d+)?)H)?(?:([+-]?\d+(?:\.\d+)?)M)?"
+    r"(?:([+-]?\d+(?:\.\d+)?)S)?)?",
+    re.ASCII,
+)
+
+_UNIT_MICROS: dict[str, tuple[str, float]] = {}
+for _names, _field, _factor in (
+    (("microsecond", "microseconds", "us", "usec", "usecs"), "micros", 1),
+    (("millisecond", "milliseconds", "ms", "msec", "msecs"), "micros", 1000),
+    (("second", "seconds", "s", "sec", "secs"), "micros", USECS_PER_SEC),
+    (("minute", "minutes", "m", "min", "mins"), "micros", 60 * USECS_PER_SEC),
+    (("hour", "hours", "h", "hr", "hrs"), "micros", 3600 * USECS_PER_SEC),
+    (("day", "days", "d"), "days", 1),
+    (("week", "weeks", "w"), "days", 7),
+    (("month", "months", "mon", "mons"), "months", 1),
+    (("year", "years", "y", "yr", "yrs"), "months", 12),
+    (("decade", "decades"), "months", 120),
+    (("century", "centuries"), "months", 1200),
+    (("millennium", "millennia"), "months", 12000),
+):
+    for _n in _names:
+        _UNIT_MICROS[_n] = (_field, _factor)
+
+_VERBOSE_TOKEN_RE = re.compile(
+    r"([+-]?\d+(?:\.\d+)?)\s*([a-z]+)|([+-])?(\d+):(\d{1,2})(?::(\d{1,2})(?:\.(\d+))?)?|(\S+)",
+    re.ASCII,
+)
+
+
+def _add_fraction(acc: list[float], field: str, amount: float) -> None:
+    """Spill fractional months into days and fractional days into time, like Postgres."""
+    if field == "months":
+        whole = int(amount)
+        acc[0] += whole
+        amount = (amount - whole) * DAYS_PER_MONTH
+        field = "days"
+    if field == "days":
+        whole = int(amount)
+        acc[1] += whole
+        acc[2] += round((amount - whole) * USECS_PER_DAY)
+        return
+    acc[2] += round(amount)
+
+
+def _iso_interval(text: str, m: re.Match[str]) -> Interval:
+    acc: list[float] = [0, 0, 0]
+    units = (
+        ("months", 12), ("months", 1), ("days", 7), ("days", 1),
+        ("micros", 3600 * USECS_PER_SEC), ("micros", 60 * USECS_PER_SEC),
+        ("micros", USECS_PER_SEC),
+    )  # fmt: skip
+    sign = -1 if m.group(1) else 1
+    for group, (field, factor) in enumerate(units, start=2):
+        if m.group(group) is not None:
+            _add_fraction(acc, field, sign * float(m.group(group)) * factor)
+    return Interval(int(acc[0]), int(acc[1]), int(acc[2]))
+
+
+def parse_interval(text: str) -> Interval:
+    """interval input: ISO 8601 (`P1DT2H`, Postgres's output here) or `1 day 02:00:00`,
+    `-2 hours 30 minutes`, `3 mons ago`, `@ 1 day`."""
+    s = text.strip()
+    m = _ISO_INTERVAL_RE.fullmatch(s)
+    if m and s not in ("P", "-P") and not s.endswith("T"):
+        return _iso_interval(text, m)
+    s = s.lower().removeprefix("@").strip()
+    ago = s.endswith(" ago") or s == "ago"
+    if ago:
+        s = s[:-3].strip()
+    if not s:
+        raise invalid("interval", text)
+    acc: list[float] = [0, 0, 0]
+    for tok in _VERBOSE_TOKEN_RE.finditer(s):
+        if tok.group(1) is not None:
+            unit = _UNIT_MICROS.get(tok.group(2))
+            if unit is None:
+                raise invalid("interval", text)
+            _add_fraction(acc, unit[0], float(tok.group(1)) * unit[1])
+        elif tok.group(5) is not None:
+            sign = -1 if tok.group(3) == "-" else 1
+            micros = (
+                int(tok.group(4)) * 3600 + int(tok.group(5)) * 60 + int(tok.group(6) or 0)
+            ) * USECS_PER_SEC + _micros_from_fraction(tok.group(7))
+            acc[2] += sign * micros
+        else:
+            word = tok.group(8)
+            if re.fullmatch(r"[+-]?\d+(?:\.\d+)?", word):
+                _add_fraction(acc, "micros", float(word) * USECS_PER_SEC)
+            else:
+                raise invalid("interval", text)
+    factor = -1 if ago else 1
+    return Interval(factor * int(acc[0]), factor * int(acc[1]), factor * int(acc[2]))
+
+
+# --- arrays -------------------------------------------------------------------------------
+
+
+def parse_array(text: str, element: Parser, type_name: str = "array") -> tuple[object, ...]:
+    """Array literal (`{1,2,NULL}`, `{"a b","c\\"d"}`, `{{1,2},{3,4}}`) to nested tuples.
+
+    Elements are parsed with `element`; unquoted NULL is None. A leading dimension
+    decoration (`[0:1]={...}`) is accepted and dropped.
+    """
+    s = text.strip()
+    if s.startswith("["):
+        eq = s.find("=")
+        if eq < 0:
+            raise invalid(type_name, text)
+        s = s[eq + 1 :].strip()
+    if not s.startswith("{"):
+        raise ValueError(f'malformed array literal: "{text}"')
+    value, end = _parse_array_level(s, 1, element, text)
+    if s[end:].strip():
+        raise ValueError(f'malformed array literal: "{text}"')
+    return value
+
+
+def _parse_array_level(
+    s: str, i: int, element: Parser, text: str
+) -> tuple[tuple[object, ...], int]:
+    items: list[object] = []
+    n = len(s)
+    expect_item = True
+    while i < n:
+        c = s[i]
+        if c.isspace():
+            i += 1
+        elif c == "}":
+            return tuple(items), i + 1
+        elif c == ",":
+            if expect_item:
+                raise ValueError(f'malformed array literal: "{text}"')
+            expect_item = True
+            i += 1
+        elif not expect_item:
+            raise ValueError(f'malformed array literal: "{text}"')
+        elif c == "{":
+            sub, i = _parse_array_level(s, i + 1, element, text)
+            items.append(sub)
+            expect_item = False
+        elif c == '"':
+            buf: list[str] = []
+            i += 1
+            while i < n and s[i] != '"':
+                if s[i] == "\\":
+                    i += 1
+                buf.append(s[i] if i < n else "")
+                i += 1
+            if i >= n:
+                raise ValueError(f'malformed array literal: "{text}"')
+            items.append(element("".join(buf)))
+            i += 1
+            expect_item = False
+        else:
+            j = i
+            buf = []
+            while j < n and s[j] not in ",}":
+                if s[j] == "\\":
+                    j += 1
+                buf.append(s[j] if j < n else "")
+                j += 1
+            word = "".join(buf).strip()
+            items.append(None if word.upper() == "NULL" else element(word))
+            i = j
+            expect_item = False
+    raise ValueError(f'malformed array literal: "{text}"')
+
+
+# --- registry -----------------------------------------------------------------------------
+
+_OUTPUT_PARSERS: dict[str, Parser] = {
+    "int2": int,
+    "int4": int,
+    "int8": int,
+    "oid": int,
+    "numeric": Decimal,
+    "float4": _float4_output,
+    "float8": float,
+    "bool": _bool_output,
+    "text": _identity,
+    "varchar": _identity,
+    "name": _identity,
+    "bpchar": _bpchar,
+    "char": _identity,
+    "uuid": _uuid_output,
+    "date": _date_output,
+    "timestamp": _timestamp_output,
+    "timestamptz": _timestamptz_output,
+    "time": _time_output,
+    "interval": parse_interval,
+    "bytea": _bytea_output,
+    "json": _identity,
+    "jsonb": _identity,
+}
+
+_INPUT_PARSERS: dict[str, Parser] = {
+    "int2": _int_input("int2"),
+    "int4": _int_input("int4"),
+    "int8": _int_input("int8"),
+    "numeric": parse_numeric,
+    "float4": _float4_input,
+    "float8": _float8_input,
+    "bool": parse_bool,
+    "text": _identity,
+    "varchar": _identity,
+    "name": _identity,
+    "bpchar": _bpchar,
+    "char": _identity,
+    "uuid": parse_uuid,
+    "date": parse_date,
+    "timestamp": parse_timestamp,
+    "timestamptz": parse_timestamptz,
+    "time": parse_time,
+    "interval": parse_interval,
+    "bytea": parse_bytea,
+    "json": _identity,
+    "jsonb": _identity,
+}
+
+SUPPORTED_SCALAR_TYPES = frozenset(_INPUT_PARSERS)
+
+
+def _array_of(element: Parser, type_name: str) -> Parser:
+    def parse(text: str) -> tuple[object, ...]:
+        return parse_array(text, element, type_name)
+
+    return parse
+
+
+def output_parser(type_name: str, *, is_enum: bool = False) -> Parser:
+    """Parser for Postgres's own text output of `type_name` (`int4`, `_int4`, `int4[]`).
+
+    Enums (and unknown scalar types) are kept as their label string.
+    """
+    if type_name.endswith("[]") or (type_name.startswith("_") and not is_enum):
+        elem = type_name[:-2] if type_name.endswith("[]") else type_name[1:]
+        return _array_of(_OUTPUT_PARSERS.get(elem, _identity), type_name)
+    if is_enum:
+        return _identity
+    return _OUTPUT_PARSERS.get(type_name, _identity)
+
+
+def input_parser(type_name: str, *, is_enum: bool = False) -> Parser:
+    """Parser applying Postgres's input rules for `type_name`; raises ValueError."""
+    if type_name.endswith("[]") or (type_name.startswith("_") and not is_enum):
+        elem = type_name[:-2] if type_name.endswith("[]") else type_name[1:]
+        return _array_of(_INPUT_PARSERS.get(elem, _identity), sql_type_name(elem) + "[]")
+    if is_enum:
+        return _identity
+    try:
+        return _INPUT_PARSERS[type_name]
+    except KeyError:
+        raise ValueError(f"unsupported type {type_name}") from None
+
+
+def parse_output(type_name: str, text: str | None) -> object:
+    """Parse one value of Postgres text output; None (SQL NULL) stays None."""
+    return None if text is None else output_parser(type_name)(text)
+
+
+def parse_input(type_name: str, text: str) -> object:
+    """Parse a literal for `type_name` with Postgres's input rules (ValueError if invalid)."""
+    return input_parser(type_name)(text)
+
+
+def add_months(value: datetime | date, months: int) -> datetime | date:
+    """Add calendar months, clamping the day to the month's end like Postgres."""
+    total = value.year * 12 + value.month - 1 + months
+    year, month = divmod(total, 12)
+    day = min(value.day, calendar.monthrange(year, month + 1)[1])
+    return value.replace(year=year, month=month + 1, day=day)
