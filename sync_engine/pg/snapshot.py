@@ -30,10 +30,15 @@ if TYPE_CHECKING:
     from ..pg.catalog import ColumnInfo, TableInfo
 
 
+# Types whose cast to text differs from their output function, which is what pgoutput
+# sends: bpchar (the cast strips padding), bool (`true` vs `t`), inet (`/32` appended).
+_OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet"})
+
+
 def _text_expr(col: ColumnInfo) -> sql.Composable:
+    """The column as Postgres text, exactly as pgoutput renders it (keys must agree)."""
     ident = sql.Identifier(col.name)
-    if col.type_name == "bpchar":
-        # `::text` would strip bpchar's padding; pgoutput keeps it, and keys must agree.
+    if col.type_name in _OUTPUT_FUNCTION_TYPES:
         return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
     return sql.SQL("{c}::text").format(c=ident)
 
