@@ -31,6 +31,7 @@ from pglast.enums import (
     A_Expr_Kind,
     BoolExprType,
     BoolTestType,
+    MinMaxOp,
     NullTestType,
     SetOperation,
     SortByDir,
@@ -473,7 +474,6 @@ def _float_text(value: float) -> str:
     if value == 0:
         return "-0" if math.copysign(1, value) < 0 else "0"
     digits = repr(value)
-    mantissa, _, exp_s = digits.partition("e")
     d = Decimal(digits)
     exp = d.adjusted()
     if -4 <= exp < 15:
@@ -482,7 +482,6 @@ def _float_text(value: float) -> str:
     coeff = d.as_tuple().digits
     ds = "".join(map(str, coeff)).rstrip("0") or "0"
     body = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
-    del mantissa, exp_s
     return f"{sign}{body}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
 
 
@@ -1264,10 +1263,6 @@ class _Compiler:
         if typ not in ORDERED_TYPES:
             raise self._operator_error(">=", value, lo, node)
         ge, le = _comparison(">=", typ), _comparison("<=", typ)
-
-        def between(v: Any, a: Any, b: Any) -> bool:
-            return bool(ge(v, a) and le(v, b))
-
         kind = node.kind
         symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
         negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
@@ -1278,7 +1273,6 @@ class _Compiler:
             second = _and([_apply("bool", ge, [value, hi], node),
                            _apply("bool", le, [value, lo], node)], node)  # fmt: skip
             expr = _or([first, second], node)
-        del between
         return _apply("bool", operator.not_, [expr], node) if negate else expr
 
     def _like_expr(self, node: ast.A_Expr, name: str) -> Expr:
@@ -1445,7 +1439,7 @@ class _Compiler:
             raise _error(f"could not identify a comparison function for type {_display(typ)}",
                          node)  # fmt: skip
         fns = [a.fn for a in args]
-        greatest = node.op == 0  # IS_GREATEST
+        greatest = node.op == MinMaxOp.IS_GREATEST
         better = _comparison(">" if greatest else "<", typ)
 
         def minmax(row: Row, cache: Cache) -> Any:
@@ -1985,7 +1979,6 @@ class Where:
     referenced_columns: frozenset[str]
     index: tuple[str, frozenset[Any]] | None
     _fn: Eval = field(repr=False, compare=False)
-    _needs_cache: bool = field(default=False, repr=False, compare=False)
 
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """True only when the clause is SQL-true for `row` (Postgres text values).
