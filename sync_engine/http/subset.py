@@ -18,7 +18,7 @@ from aiohttp import web
 from psycopg import sql
 
 from ..errors import InvalidRequest, ServiceUnavailable
-from ..pg.snapshot import row_json_sql
+from ..pg.snapshot import RowQuery, row_json_sql
 from ..shapes.where import WhereError, parse_order_by, parse_where
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .params import ShapeRequest
 
 
-def _query(shape: Shape, req: ShapeRequest) -> sql.Composed:
+def _query(shape: Shape, req: ShapeRequest) -> tuple[RowQuery, sql.Composed]:
     sub = req.subset
     assert sub is not None
     cols = {c.name: c for c in shape.columns}
@@ -40,28 +40,31 @@ def _query(shape: Shape, req: ShapeRequest) -> sql.Composed:
         except WhereError as e:
             raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
     where_sql = " AND ".join(f"({c})" for c in conds) if conds else None
-    query = row_json_sql(shape.table, shape.columns, shape.pk, where_sql)
+    order = None
     if sub.order_by:
         try:
             order = parse_order_by(sub.order_by, cols)
         except WhereError as e:
             raise InvalidRequest({"subset": {"order_by": [str(e)]}}) from None
-        query = sql.SQL("{} ORDER BY {}").format(query, sql.SQL(order))
-    if sub.limit is not None:
-        query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(sub.limit))
-    if sub.offset is not None:
-        query = sql.SQL("{} OFFSET {}").format(query, sql.Literal(sub.offset))
-    return query
+    rows = row_json_sql(
+        shape.table, shape.columns, shape.pk, where_sql,
+        order_by=order, limit=sub.limit, offset=sub.offset,
+    )  # fmt: skip
+    query = rows.sql
+    return rows, query
 
 
-def _run(dsn: str, query: sql.Composed) -> tuple[str, int, list[str]]:
+def _run(dsn: str, rows_query: RowQuery, query: sql.Composed) -> tuple[str, int, list[bytes]]:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = conn.execute(
             "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
         ).fetchone()
         assert row is not None
-        rows = [r[0] for r in conn.execute(query).fetchall()]
+        rows = [
+            rows_query.assemble(str(k).encode(), str(v).encode())
+            for k, v in conn.execute(query).fetchall()
+        ]
         conn.execute("COMMIT")
     return str(row[0]), int(row[1]), rows
 
@@ -73,9 +76,9 @@ async def serve_subset(
         from ..errors import ShapeGone
 
         raise ShapeGone(shape.handle)
-    query = _query(shape, req)
+    rows_query, query = _query(shape, req)
     try:
-        snap, lsn, rows = await asyncio.to_thread(_run, source.dsn, query)
+        snap, lsn, rows = await asyncio.to_thread(_run, source.dsn, rows_query, query)
     except psycopg.errors.DataError as exc:
         reason = exc.diag.message_primary or str(exc)
         raise InvalidRequest({"subset": {"where": [reason]}}) from None

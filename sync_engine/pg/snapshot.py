@@ -9,21 +9,22 @@ Stitching with the replication stream follows Electric: the transaction's
 `pg_current_snapshot()` is reported before any row is read, and the stream then skips every
 transaction already visible in it (see `SnapshotInfo.visible`).
 
-Rows are built as JSON in SQL, so each COPY line is a finished log entry. COPY's text format
-escapes backslashes (and nothing else occurs in JSON text), so un-escaping is one
-`bytes.replace` per chunk.
+Postgres renders each row's values as JSON (`row_to_json` of the columns cast to text) and
+the key's variable part; Python adds the constant parts. COPY's text format doubles
+backslashes (JSON text holds no tabs or newlines), so un-escaping is one `bytes.replace`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
 import psycopg
 from psycopg import sql
 
-from ..log.entries import snapshot_end_message
+from ..log.entries import relation_prefix, snapshot_end_message
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
@@ -43,52 +44,108 @@ def _text_expr(col: ColumnInfo) -> sql.Composable:
     return sql.SQL("{c}::text").format(c=ident)
 
 
+# Primary-key types whose text never needs JSON escaping nor `/` doubling: keys for them
+# are assembled in Python from the bare value, which keeps the bytes Postgres sends small.
+_PLAIN_KEY_TYPES = frozenset({"int2", "int4", "int8", "uuid", "numeric", "date", "oid"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowQuery:
+    """A query yielding `key part \t value json` per row, and how to finish each line.
+
+    `sql` selects the key part (the bare primary-key text when `plain_key`, else the whole
+    key already JSON-encoded) and `row_to_json` of the selected columns as text; `finish`
+    turns one COPY line into the log entry's JSON.
+    """
+
+    sql: sql.Composed
+    plain_key: bool
+    key_open: bytes
+    suffix: bytes
+
+    def finish(self, line: bytes) -> bytes:
+        """One COPY text line (`key \t value \n`, backslashes doubled) -> the entry JSON."""
+        tab = line.index(b"\t")
+        key = line[:tab]
+        value = line[tab + 1 : -1] if line.endswith(b"\n") else line[tab + 1 :]
+        if b"\\" in line:
+            key = key.replace(b"\\\\", b"\\")
+            value = value.replace(b"\\\\", b"\\")
+        return self.assemble(key, value)
+
+    def assemble(self, key: bytes, value: bytes) -> bytes:
+        """The entry JSON from the query's two fields (already free of COPY escaping)."""
+        if self.plain_key:
+            return self.key_open + key + b'\\""' + b',"value":' + value + self.suffix
+        return b'{"key":' + key + b',"value":' + value + self.suffix
+
+
 def row_json_sql(
-    table: TableInfo, columns: Sequence[ColumnInfo], pk: Sequence[str], where_sql: str | None
-) -> sql.Composed:
-    """`SELECT <one JSON log line per row> FROM table [WHERE ...]`.
+    table: TableInfo,
+    columns: Sequence[ColumnInfo],
+    pk: Sequence[str],
+    where_sql: str | None,
+    *,
+    order_by: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> RowQuery:
+    """`SELECT <key part>, row_to_json(r) FROM (SELECT <columns as text> ...) r`.
 
     Every name goes through `sql.Identifier` / `sql.Literal`; `where_sql` is the engine's
     own deparse of a validated where clause (`shapes/where.py`), never request text.
+    Postgres renders values (its output functions, under the session's display settings);
+    the constant parts of each line are added in Python.
     """
-    prefix = '"' + table.schema.replace('"', '""') + '"."' + table.name.replace('"', '""') + '"'
-    by_name = {c.name: c for c in table.columns}
-    key_parts: list[sql.Composable] = [sql.Literal(prefix)]
-    for name in pk:
-        key_parts.append(
-            sql.SQL("""'/' || coalesce('"' || replace({v}, '/', '//') || '"', '_')""").format(
-                v=_text_expr(by_name[name])
-            )
-        )
-    value_parts: list[sql.Composable] = []
-    for i, col in enumerate(columns):
-        name_json = orjson.dumps(col.name).decode()
-        value_parts.append(
-            sql.SQL("{lead} || coalesce(to_json({v})::text, 'null')").format(
-                lead=sql.Literal(("," if i else "") + name_json + ":"), v=_text_expr(col)
-            )
-        )
-    relation = orjson.dumps([table.schema, table.name]).decode()
-    line = sql.SQL(
-        """'{{"key":' || to_json({key})::text || ',"value":{{' || {values} || """
-        """'}},"headers":{{"operation":"insert","relation":' || {rel} || '}}}}'"""
-    ).format(
-        key=sql.SQL(" || ").join(key_parts),
-        values=sql.SQL(" || ").join(value_parts) if value_parts else sql.Literal(""),
-        rel=sql.Literal(relation),
+    prefix = relation_prefix(table.schema, table.name)
+    by_name = {c.name: c for c in columns}
+    inner = sql.SQL(", ").join(
+        sql.SQL("{v} AS {n}").format(v=_text_expr(c), n=sql.Identifier(c.name)) for c in columns
     )
-    query = sql.SQL("SELECT {line} FROM {schema}.{table}").format(
-        line=line, schema=sql.Identifier(table.schema), table=sql.Identifier(table.name)
+    source: sql.Composable = sql.SQL("{}.{}").format(
+        sql.Identifier(table.schema), sql.Identifier(table.name)
     )
     if where_sql:
-        query = sql.SQL("{q} WHERE {w}").format(q=query, w=sql.SQL(where_sql))
-    return query
+        source = sql.SQL("{} WHERE {}").format(source, sql.SQL(where_sql))
+    if order_by is not None or limit is not None or offset is not None:
+        # Ordering must see the columns' own types, not their text casts: sort and cut in
+        # an inner query over the table, then render.
+        inner_q = sql.SQL("SELECT * FROM {}").format(source)
+        if order_by:
+            inner_q = sql.SQL("{} ORDER BY {}").format(inner_q, sql.SQL(order_by))
+        if limit is not None:
+            inner_q = sql.SQL("{} LIMIT {}").format(inner_q, sql.Literal(limit))
+        if offset is not None:
+            inner_q = sql.SQL("{} OFFSET {}").format(inner_q, sql.Literal(offset))
+        source = sql.SQL("({}) AS {}").format(inner_q, sql.Identifier(table.name))
+    sub = sql.SQL("SELECT {cols} FROM {source}").format(cols=inner, source=source)
+    plain = all(by_name[p].type_name in _PLAIN_KEY_TYPES for p in pk)
+    refs = [sql.SQL("r.{}").format(sql.Identifier(p)) for p in pk]
+    if plain:
+        key = sql.SQL(" || '\\\"/\\\"' || ").join(refs)
+    else:
+        parts: list[sql.Composable] = [sql.Literal(prefix)]
+        for ref in refs:
+            parts.append(
+                sql.SQL("""'/' || coalesce('"' || replace({v}, '/', '//') || '"', '_')""").format(
+                    v=ref
+                )
+            )
+        key = sql.SQL("to_json({})::text").format(sql.SQL(" || ").join(parts))
+    query = sql.SQL("SELECT {key}, row_to_json(r)::text FROM ({sub}) r").format(key=key, sub=sub)
+    key_open = b'{"key":' + orjson.dumps(prefix + '/"')[:-1]
+    suffix = (
+        b',"headers":{"operation":"insert","relation":'
+        + orjson.dumps([table.schema, table.name])
+        + b"}}"
+    )
+    return RowQuery(query, plain, key_open, suffix)
 
 
 def run_snapshot(
     dsn: str,
     log: ShapeLog,
-    query: sql.Composed | None,
+    query: RowQuery | None,
     chunk_bytes: int,
     on_snapshot: Callable[[str], None],
     on_chunk: Callable[[int], None],
@@ -109,11 +166,12 @@ def run_snapshot(
         rows: list[bytes] = []
         size = 0
         if query is not None:
-            with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query)) as copy:
+            finish = query.finish
+            with conn.cursor().copy(sql.SQL("COPY ({}) TO STDOUT").format(query.sql)) as copy:
                 for data in copy:
-                    b = bytes(data)
+                    b = finish(bytes(data))
                     rows.append(b)
-                    size += len(b)
+                    size += len(b) + 1
                     if size >= chunk_bytes:
                         log.write_snapshot_chunk(index, _chunk_bytes(rows, None))
                         on_chunk(index + 1)
@@ -127,10 +185,8 @@ def run_snapshot(
 
 
 def _chunk_bytes(rows: list[bytes], tail: bytes | None) -> bytes:
-    """COPY lines (`json\\n`, backslashes doubled) -> `json,json,...` (+ `,tail`)."""
-    data = b"".join(rows)
-    if data:
-        data = data[:-1].replace(b"\n", b",").replace(b"\\\\", b"\\")
+    """Finished entries -> `json,json,...` (+ `,tail`)."""
+    data = b",".join(rows)
     if tail is not None:
         data = data + b"," + tail if data else tail
     return data

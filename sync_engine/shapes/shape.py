@@ -165,7 +165,8 @@ class Shape:
         self.schema_json = schema_header(self.columns)
         self.key_prefix = relation_prefix(self.table.schema, self.table.name)
         self.column_names = tuple(c.name for c in self.columns)
-        self.pk = self.table.pk or tuple(c.name for c in self.table.columns)
+        # A table without a primary key is keyed by all (selected) columns.
+        self.pk = self.table.pk or self.column_names
 
     @property
     def relation(self) -> tuple[str, str]:
