@@ -87,6 +87,8 @@ def _log_access(
     metrics.requests.labels(outcome=context.outcome, reason=context.reason or "-").inc()
     kind = "live" if request.rel_url.query.get("live") not in (None, "false") else "other"
     metrics.latency.labels(kind=kind).observe(duration)
+    if not access_logger.isEnabledFor(logging.INFO):
+        return  # building the record (redaction regexes) costs more than the rest of this
     access_logger.info(
         "%s %s %s",
         request.method,

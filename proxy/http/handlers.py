@@ -77,7 +77,6 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
     options = UpstreamOptions(
         connect_timeout=upstream.connect_timeout,
         first_byte_timeout=upstream.first_byte_timeout,
-        read_timeout=upstream.read_timeout,
         retry_after=upstream.retry_after,
         max_age_cap=config.cache.max_age_cap,
     )

@@ -123,9 +123,11 @@ class UpstreamConfig(_Model):
     secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
     connect_timeout: float = Field(default=5, gt=0)
     first_byte_timeout: float = Field(
-        default=75, gt=0, description="must exceed the engine's 20 s long-poll and 60 s SSE"
+        default=75,
+        gt=0,
+        description="max wait for the response headers and max silence between body chunks; "
+        "must exceed the engine's 20 s long-poll hold and 21 s SSE keep-alive",
     )
-    read_timeout: float = Field(default=75, gt=0, description="max silence between chunks")
     pool_size: int = Field(default=4096, ge=1, description="max upstream connections")
     retry_after: int = Field(default=2, ge=1, description="Retry-After on 502/503/504")
 

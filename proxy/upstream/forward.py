@@ -3,8 +3,10 @@
 One pooled `ClientSession` (created by the app, `auto_decompress=False`) carries every
 request, so the body's bytes and their `Content-Encoding` pass through untouched. Headers
 come back once the engine answers (bounded by the first-byte timeout, which must exceed the
-engine's 20 s long-poll hold); then each chunk is written as it arrives (SSE and long-polls are
-never buffered). If the client goes away, the handler is cancelled (the server runs with
+engine's 20 s long-poll hold). A length-delimited body (complete upstream, up to 1 MiB) is
+read and sent with its headers in one write; any other body (SSE, chunked) is written chunk by
+chunk as it arrives, never held back. If the client goes away, the handler is cancelled (the
+server runs with
 `handler_cancellation=True`) or its write fails, and either way the upstream response is closed,
 which closes the engine connection instead of returning a half-read one to the pool.
 """
@@ -32,6 +34,9 @@ from proxy.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+#: Length-delimited upstream bodies up to this size are read whole and sent in one write.
+WHOLE_BODY_LIMIT = 1024 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class UpstreamOptions:
@@ -39,7 +44,6 @@ class UpstreamOptions:
 
     connect_timeout: float
     first_byte_timeout: float
-    read_timeout: float
     retry_after: int
     max_age_cap: int | None
 
@@ -77,16 +81,17 @@ async def forward(
     sees a truncated response, never a well-formed one with missing data.
     """
     method = "POST" if body is not None else "GET"
-    headers = upstream_request_headers(request.headers, context.request_id)
+    request_headers = upstream_request_headers(request.headers, context.request_id)
+    # aiohttp's sock_read bounds the wait for the response headers (the first byte) and then
+    # every silence between chunks; one timer per request instead of two.
     timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=options.connect_timeout, sock_read=options.read_timeout
+        total=None, sock_connect=options.connect_timeout, sock_read=options.first_byte_timeout
     )
     started = time.monotonic()
     try:
-        async with asyncio.timeout(options.first_byte_timeout):
-            upstream = await session.request(
-                method, url, headers=headers, data=body, allow_redirects=False, timeout=timeout
-            )
+        upstream = await session.request(
+            method, url, headers=request_headers, data=body, allow_redirects=False, timeout=timeout
+        )
     except TimeoutError:
         # aiohttp's own timeout errors include the URL (and so the secret): never str() them.
         raise UpstreamTimeout(
@@ -109,18 +114,44 @@ async def forward(
     context.upstream_status = upstream.status
     complete = False
     try:
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        for name, value in upstream_response_headers(upstream.headers.items()):
-            response.headers.add(name, value)
-        response.headers["Cache-Control"] = private_cache_control(
+        headers = upstream_response_headers(upstream.headers.items())
+        cache_control = private_cache_control(
             upstream.headers.getall("Cache-Control", []), options.max_age_cap
         )
         context.vary = (*upstream.headers.getall("Vary", []), "Authorization")
+        length = upstream.content_length
+        if length is not None and length <= WHOLE_BODY_LIMIT:
+            # A length-delimited body is complete upstream and arrives right behind its
+            # headers: read it and answer in one write (headers + body), which saves a
+            # syscall per request. Anything else (SSE, chunked) is streamed chunk by chunk.
+            try:
+                raw = await upstream.content.readexactly(length) if length else b""
+            except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError):
+                raise UpstreamError(
+                    "upstream_error",
+                    "the sync engine connection failed",
+                    retry_after=options.retry_after,
+                ) from None
+            response: web.StreamResponse = web.Response(
+                status=upstream.status, reason=upstream.reason, body=raw
+            )
+            headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
+        else:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for name, value in headers:
+            response.headers.add(name, value)
+        response.headers["Cache-Control"] = cache_control
         if add_headers is not None:
             add_headers(response)
+        if isinstance(response, web.Response):
+            complete = True
+            return response
         await response.prepare(request)
         try:
             async for chunk in upstream.content.iter_any():
+                if upstream.content.is_eof():
+                    await response.write_eof(chunk)  # last chunk and terminator together
+                    break
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
             context.outcome, context.reason = "error", "upstream_broken_stream"

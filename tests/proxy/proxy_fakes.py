@@ -167,7 +167,6 @@ def base_config(upstream_url: str, jwks_url: str) -> dict[str, Any]:
             "secret_env": "ENGINE_SECRET",
             "connect_timeout": 1,
             "first_byte_timeout": 3,
-            "read_timeout": 3,
             "retry_after": 2,
         },
         "issuers": [

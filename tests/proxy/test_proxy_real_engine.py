@@ -108,7 +108,7 @@ async def test_two_orgs_and_admin_through_proxy_and_real_engine(
 ) -> None:
     config = base_config(real_engine, str(idp_server.make_url("/jwks.json")))
     # The first-byte timeout must exceed the engine's long-poll hold (3 s here).
-    config["upstream"].update(first_byte_timeout=10, read_timeout=10)
+    config["upstream"].update(first_byte_timeout=10)
     proxy = await make_proxy(build_config(config, environ))
     alice = proxy.tokens.make(sub="alice", org_id="org-a")
     bob = proxy.tokens.make(sub="bob", org_id="org-b")
