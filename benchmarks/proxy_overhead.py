@@ -171,7 +171,7 @@ def start_processes(
             conn.execute(f"DROP TABLE IF EXISTS {args.table}")
             conn.execute(f"CREATE TABLE {args.table} (id int PRIMARY KEY, org_id text, title text)")
             conn.execute(
-                f"INSERT INTO {args.table} SELECT i, CASE WHEN i % 2 = 0 THEN 'org-a' "
+                f"INSERT INTO {args.table} SELECT i, CASE WHEN i %% 2 = 0 THEN 'org-a' "
                 "ELSE 'org-b' END, 'title ' || i FROM generate_series(1, %s) i",
                 (args.rows * 2,),
             )
