@@ -1,0 +1,126 @@
+"""Engine CPU per replicated change, with 10, 1,000 and 100,000 equality shapes registered.
+
+Real pgoutput payloads are captured once from a real slot (inserts into `events`), then fed
+through the engine's own path — decode, transaction assembly, routing, change conversion,
+JSON encoding and the append to the shape's log file — in this process, timed with
+`time.process_time`. Network reads and fsync are left out: they are per batch, not per change.
+
+Each shape is `user_id = k`. "matches one" changes carry a user_id some shape has; "matches
+none" changes carry one no shape has. Targets (../shared/design.md): <= 100 µs and <= 10 µs
+per change, flat from 10 to 100k shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+from _common import Postgres, machine
+from sync_engine.pg.catalog import load_table
+from sync_engine.pg.replication import ReplicationStream, ensure_slot
+from sync_engine.replicator import Replicator
+from sync_engine.shapes.registry import ShapeRegistry
+from sync_engine.shapes.router import ShapeRouter
+from sync_engine.shapes.shape import ShapeDefinition, SnapshotInfo
+
+CHANGES = 20_000
+
+
+async def capture(url: str, user_ids: list[int]) -> list[bytes]:
+    """Payloads of one transaction per change (Begin, Insert, Commit), as the slot sends them."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE PUBLICATION bench FOR TABLE events")
+    await ensure_slot(url, "bench")
+    with psycopg.connect(url, autocommit=True) as conn:
+        for i, uid in enumerate(user_ids):
+            conn.execute("INSERT INTO events VALUES (%s, %s, 'some payload text')", (i + 1, uid))
+    stream = ReplicationStream(url, "bench", "bench")
+    await stream.start()
+    out: list[bytes] = []
+    while sum(1 for p in out if p[:1] == b"C") < len(user_ids):
+        out += [p for _, p in await stream.read_batch(timeout=5)]
+    await stream.close()
+    return out
+
+
+def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> float:
+    from sync_engine.pg import pgoutput
+
+    router = ShapeRouter()
+    registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
+    snap = SnapshotInfo(0, 1, frozenset())  # every WAL transaction is after it
+    for k in range(n_shapes):
+        definition = ShapeDefinition(
+            table_oid=table.oid, schema="public", table="events",  # type: ignore[attr-defined]
+            where=f"user_id = {k}", columns=("id", "payload", "user_id"),
+        )  # fmt: skip
+        from sync_engine.log.files import ShapeLog
+        from sync_engine.shapes.shape import Shape
+        from sync_engine.shapes.where import parse_where
+
+        log = ShapeLog(data / "shapes" / str(k), 10 * 1024 * 1024)
+        if k == 0:
+            log.create()
+        shape = Shape(
+            handle=str(k), definition=definition, table=table,  # type: ignore[arg-type]
+            where=parse_where(definition.where or "", {}, table.column_map),  # type: ignore[attr-defined]
+            columns=table.columns, log=log, snapshot=snap, pending=None,  # type: ignore[attr-defined]
+        )  # fmt: skip
+        registry._add(shape)
+    rep = Replicator("", "", "", registry, router, fsync=False)
+    # The Relation message comes first in the stream; feed it outside the timing.
+    rel = next(p for p in payloads if p[:1] == b"R")
+    rep._handle(pgoutput.decode(rel))
+    body = [p for p in payloads if p[:1] != b"R"]
+    t0 = time.process_time()
+    for p in body:
+        rep._handle(pgoutput.decode(p))
+    elapsed = time.process_time() - t0
+    changes = sum(1 for p in body if p[:1] == b"I")
+    return elapsed / changes * 1e6
+
+
+async def main() -> None:
+    pg = Postgres()
+    data = Path(tempfile.mkdtemp(prefix="shapegate-bench-rep-"))
+    try:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE events (id bigint PRIMARY KEY, user_id int, payload text)")
+            conn.execute("ALTER TABLE events REPLICA IDENTITY FULL")
+        half = CHANGES // 2
+        # alternate: user 0 (has a shape) and user -1 (has none)
+        payloads = await capture(pg.url, [0] * half + [-1] * half)
+        async with await psycopg.AsyncConnection.connect(pg.url) as conn:
+            table = await load_table(conn, "public", "events")
+        split = 0
+        commits = 0
+        for i, p in enumerate(payloads):
+            if p[:1] == b"C":
+                commits += 1
+                if commits == half:
+                    split = i + 1
+                    break
+        rel = next(p for p in payloads if p[:1] == b"R")
+        one, none = payloads[:split], [rel, *payloads[split:]]
+        print(f"machine: {machine()}")
+        print("engine CPU per replicated change (decode + route + convert + encode + append)")
+        print(f"  {'shapes':>8}  {'matches one':>12}  {'matches none':>13}")
+        for n in (10, 1_000, 100_000):
+            d = data / str(n)
+            a = run(one, table, n, d)
+            b = run(none, table, n, d)
+            print(f"  {n:>8,}  {a:9.1f} µs  {b:10.1f} µs")
+            shutil.rmtree(d, ignore_errors=True)
+        print("  targets: matches one <= 100 µs, matches none <= 10 µs, flat in the shape count")
+    finally:
+        pg.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
