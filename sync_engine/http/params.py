@@ -95,6 +95,10 @@ def parse_shape_request(
     for name in _SINGLE:
         if len(query.getall(name, [])) > 1:
             raise InvalidRequest({name: ["must be given at most once"]})
+    for k, v in query.items():
+        if "\x00" in v and (k in _SINGLE or k.startswith(("params[", "subset__"))):
+            field = "params" if k.startswith("params[") else k
+            raise InvalidRequest({field: ["must not contain NUL bytes"]})
     q: dict[str, str] = {k: query[k] for k in _SINGLE if k in query}
     params: dict[str, str] = {}
     subset_params: dict[str, str] = {}
@@ -230,6 +234,9 @@ def _parse_subset(
     if not isinstance(raw_params, dict):
         raise _subset_error("params", "must be an object")
     params = {str(k): "" if v is None else str(v) for k, v in raw_params.items()}
+    for text in (where or "", order_by or "", *params.values()):
+        if "\x00" in text:
+            raise _subset_error("where", "must not contain NUL bytes")
     limit = _int_field(body.get("limit", q.get("subset__limit")), "limit", 1)
     offset = _int_field(body.get("offset", q.get("subset__offset")), "offset", 0)
     if (limit is not None or offset is not None) and not order_by:

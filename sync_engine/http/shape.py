@@ -21,7 +21,9 @@ from ..errors import InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from . import headers as h
+from .errors import json_response
 from .params import ShapeRequest, parse_shape_request
+from .subset import build_subset_query, serve_subset
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -49,8 +51,7 @@ class ShapeView:
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         if not self.settings.allow_delete:
-            return web.json_response({"message": "DELETE not allowed"}, status=405,
-                                     headers={"cache-control": "no-store"})  # fmt: skip
+            return json_response(405, {"message": "DELETE not allowed"})
         source: Source = await self.find_source(request)
         handle = request.query.get("handle") or None
         if "table" in request.query:
@@ -60,7 +61,7 @@ class ShapeView:
             definition, _, _ = await source.registry.describe(req, source.lookup_table)
             shape = source.registry.by_definition.get(definition)
             if shape is None:
-                return web.json_response({"message": "No existing shape found"}, status=404)
+                return json_response(404, {"message": "No existing shape found"})
             if handle is not None and handle != shape.handle:
                 raise InvalidRequest(
                     {"handle": ["The specified shape definition and handle do not match."]}
@@ -68,7 +69,7 @@ class ShapeView:
         elif handle is not None:
             found = source.registry.by_handle.get(handle)
             if found is None:
-                return web.json_response({"message": "No existing shape found"}, status=404)
+                return json_response(404, {"message": "No existing shape found"})
             shape = found
         else:
             raise InvalidRequest({"table": ["can't be blank"]})
@@ -80,11 +81,13 @@ class ShapeView:
     async def _serve(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
         source: Source = await self.find_source(request)
         req = parse_shape_request(request.query, body)
-        shape = await source.resolve(req)
         if req.subset is not None:
-            from .subset import serve_subset
-
-            return await serve_subset(request, source, shape, req)
+            # Check the subset before anything is created, as a bad one must change nothing.
+            _, _, columns = await source.registry.describe(req, source.lookup_table)
+            subset = build_subset_query(columns, req)
+            shape = await source.resolve(req)
+            return await serve_subset(request, source, shape, req, subset)
+        shape = await source.resolve(req)
         if req.handle is not None and req.handle != shape.handle:
             raise ShapeGone(shape.handle)
         if req.live and req.live_sse:

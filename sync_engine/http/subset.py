@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -22,36 +24,50 @@ from ..pg.snapshot import RowQuery, row_json_sql
 from ..shapes.where import WhereError, parse_order_by, parse_where
 
 if TYPE_CHECKING:
+    from ..pg.catalog import ColumnInfo
     from ..shapes.shape import Shape
     from ..source import Source
     from .params import ShapeRequest
 
 
-def _query(shape: Shape, req: ShapeRequest) -> tuple[RowQuery, sql.Composed]:
+@dataclass(frozen=True, slots=True)
+class SubsetQuery:
+    """The subset's validated pieces; the SQL is built once the shape is known."""
+
+    where_sql: str | None
+    order_by: str | None
+    limit: int | None
+    offset: int | None
+
+
+def build_subset_query(columns: Sequence[ColumnInfo], req: ShapeRequest) -> SubsetQuery:
+    """Validate the subset against the shape's columns (raises InvalidRequest)."""
     sub = req.subset
     assert sub is not None
-    cols = {c.name: c for c in shape.columns}
-    conds = []
-    if shape.where is not None:
-        conds.append(shape.where.sql)
+    cols = {c.name: c for c in columns}
+    where_sql = None
     if sub.where:
         try:
-            conds.append(parse_where(sub.where, sub.params, cols, allow_enums=True).sql)
+            where_sql = parse_where(sub.where, sub.params, cols, allow_enums=True).sql
         except WhereError as e:
             raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
-    where_sql = " AND ".join(f"({c})" for c in conds) if conds else None
     order = None
     if sub.order_by:
         try:
             order = parse_order_by(sub.order_by, cols)
         except WhereError as e:
             raise InvalidRequest({"subset": {"order_by": [str(e)]}}) from None
+    return SubsetQuery(where_sql, order, sub.limit, sub.offset)
+
+
+def _query(shape: Shape, subset: SubsetQuery) -> tuple[RowQuery, sql.Composed]:
+    conds = [c for c in (shape.where.sql if shape.where else None, subset.where_sql) if c]
+    where_sql = " AND ".join(f"({c})" for c in conds) if conds else None
     rows = row_json_sql(
         shape.table, shape.columns, shape.pk, where_sql,
-        order_by=order, limit=sub.limit, offset=sub.offset,
+        order_by=subset.order_by, limit=subset.limit, offset=subset.offset,
     )  # fmt: skip
-    query = rows.sql
-    return rows, query
+    return rows, rows.sql
 
 
 def _run(dsn: str, rows_query: RowQuery, query: sql.Composed) -> tuple[str, int, list[bytes]]:
@@ -70,16 +86,16 @@ def _run(dsn: str, rows_query: RowQuery, query: sql.Composed) -> tuple[str, int,
 
 
 async def serve_subset(
-    request: web.Request, source: Source, shape: Shape, req: ShapeRequest
+    request: web.Request, source: Source, shape: Shape, req: ShapeRequest, subset: SubsetQuery
 ) -> web.StreamResponse:
     if req.handle is not None and req.handle != shape.handle:
         from ..errors import ShapeGone
 
         raise ShapeGone(shape.handle)
-    rows_query, query = _query(shape, req)
+    rows_query, query = _query(shape, subset)
     try:
         snap, lsn, rows = await asyncio.to_thread(_run, source.dsn, rows_query, query)
-    except psycopg.errors.DataError as exc:
+    except (psycopg.errors.DataError, psycopg.errors.ProgrammingError) as exc:
         reason = exc.diag.message_primary or str(exc)
         raise InvalidRequest({"subset": {"where": [reason]}}) from None
     except psycopg.OperationalError as exc:

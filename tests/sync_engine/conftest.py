@@ -8,13 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import Engine
+from engine_harness import SETTINGS, Engine
 
 from sync_engine.app import SOURCES, build_app
-from sync_engine.settings import Settings
-
-SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,
-                    out_of_bounds_wait=1.0, schema_check_interval=0.5, allow_delete=True)  # fmt: skip
 
 
 @pytest.fixture

@@ -538,13 +538,6 @@ async def test_too_big_where_in_post_body(engine: Engine) -> None:
     assert sorted(rows) == ITEMS_KEYS
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug (minor): a subset request whose subset__* params are invalid still creates "
-        "the shape (resolve() runs before the subset is validated); upstream validates first"
-    ),
-)
 @pytest.mark.parametrize("method", ["GET", "POST"])
 async def test_rejected_subset_creates_no_shape(engine: Engine, method: str) -> None:
     make_items(engine)
@@ -559,13 +552,6 @@ async def test_rejected_subset_creates_no_shape(engine: Engine, method: str) -> 
     await assert_untouched(engine)
 
 
-NUL_BUG = (
-    "engine bug: a params value containing NUL passes the first where check, then the "
-    "normalised where is re-parsed in ShapeRegistry._new_shape and the WhereError escapes as 500"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=NUL_BUG)
 async def test_nul_byte_in_params_value(engine: Engine) -> None:
     make_items(engine)
     params = {"table": "items", "offset": "-1", "where": "title = $1", "params[1]": "a\x00b"}
@@ -578,16 +564,7 @@ async def test_nul_byte_in_params_value(engine: Engine) -> None:
     "params",
     [
         {"where": "title = 'a\x00b'"},
-        pytest.param(
-            {"subset__where": "title = $1", "subset__params[1]": "a\x00b"},
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=(
-                    "engine bug: subset params are spliced into the SQL text as quoted literals; "
-                    "a NUL truncates the query and the psycopg SyntaxError escapes as 500"
-                ),
-            ),
-        ),
+        {"subset__where": "title = $1", "subset__params[1]": "a\x00b"},
         {"subset__where": "title = 'a\x00b'"},
     ],
     ids=["nul-in-where-literal", "nul-in-subset-param", "nul-in-subset-literal"],

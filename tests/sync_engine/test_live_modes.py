@@ -481,13 +481,6 @@ async def test_delete_with_mismatched_handle_is_400(engine: Engine) -> None:
     assert status == 200  # untouched
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "engine bug (minor): DELETE 404 'No existing shape found' is built with aiohttp's "
-        "web.json_response and carries no cache-control at all (other 4xx carry no-store)"
-    ),
-)
 async def test_delete_errors_are_not_cacheable(engine: Engine) -> None:
     make_items(engine)
     for params in ({"handle": "no-such-handle"}, {"table": "items"}):
