@@ -32,7 +32,9 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    return (
+        f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, {platform.system()}"
+    )
 
 
 class Postgres:
@@ -41,9 +43,13 @@ class Postgres:
         self.port = free_port()
         out = subprocess.run(
             [str(ROOT / "scripts" / "dev-postgres"), "start", self.dir, str(self.port)],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
-        self.url = next(x.split("=", 1)[1] for x in out.splitlines() if x.startswith("DATABASE_URL="))
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        self.url = next(
+            x.split("=", 1)[1] for x in out.splitlines() if x.startswith("DATABASE_URL=")
+        )
 
     def stop(self) -> None:
         subprocess.run([str(ROOT / "scripts" / "dev-postgres"), "stop", self.dir], check=False)
@@ -54,11 +60,22 @@ class EngineProcess:
         self.port = free_port()
         self.data_dir = tempfile.mkdtemp(prefix="shapegate-bench-engine-")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sync_engine", "--database-url", db_url,
-             "--port", str(self.port), "--data-dir", self.data_dir, "--log-level", "WARNING",
-             *extra],
+            [
+                sys.executable,
+                "-m",
+                "sync_engine",
+                "--database-url",
+                db_url,
+                "--port",
+                str(self.port),
+                "--data-dir",
+                self.data_dir,
+                "--log-level",
+                "WARNING",
+                *extra,
+            ],
             cwd=ROOT,
-        )  # fmt: skip
+        )
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def wait_ready(self) -> None:

@@ -16,7 +16,6 @@ import time
 
 import aiohttp
 import psycopg
-
 from _common import EngineProcess, Postgres, machine
 
 
@@ -41,8 +40,11 @@ async def sync_seconds(base: str) -> tuple[float, int, int]:
                 assert r.status == 200, (r.status, body[:300])
                 total += len(body)
                 requests += 1
-                q = {"table": "big", "offset": r.headers["electric-offset"],
-                     "handle": r.headers["electric-handle"]}  # fmt: skip
+                q = {
+                    "table": "big",
+                    "offset": r.headers["electric-offset"],
+                    "handle": r.headers["electric-handle"],
+                }
                 if "electric-up-to-date" in r.headers:
                     break
     return time.perf_counter() - t0, total, requests
@@ -68,8 +70,10 @@ async def main(rows: int) -> None:
         print(f"machine: {machine()}")
         print(f"initial sync of {rows:,} rows (id bigint, title text, n int)")
         print(f"  postgres COPY row_to_json        {copy_s:7.2f} s  {copy_bytes / 1e6:7.1f} MB")
-        print(f"  engine cold (new shape)          {cold_s:7.2f} s  {cold_bytes / 1e6:7.1f} MB"
-              f"  {cold_req} requests")  # fmt: skip
+        print(
+            f"  engine cold (new shape)          {cold_s:7.2f} s  {cold_bytes / 1e6:7.1f} MB"
+            f"  {cold_req} requests"
+        )
         print(f"  engine warm (existing shape)     {warm_s:7.2f} s")
         print(f"  cold / COPY                      {cold_s / copy_s:7.2f} x   (target <= 1.5)")
         print(f"  cold / warm                      {cold_s / warm_s:7.2f} x   (target >= 5)")

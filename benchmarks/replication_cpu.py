@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 import psycopg
-
 from _common import Postgres, machine
+
 from sync_engine.pg.catalog import load_table
 from sync_engine.pg.replication import ReplicationStream, ensure_slot
 from sync_engine.replicator import Replicator
@@ -56,9 +56,12 @@ def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> floa
     snap = SnapshotInfo(0, 1, frozenset())  # every WAL transaction is after it
     for k in range(n_shapes):
         definition = ShapeDefinition(
-            table_oid=table.oid, schema="public", table="events",  # type: ignore[attr-defined]
-            where=f"user_id = {k}", columns=("id", "payload", "user_id"),
-        )  # fmt: skip
+            table_oid=table.oid,
+            schema="public",
+            table="events",  # type: ignore[attr-defined]
+            where=f"user_id = {k}",
+            columns=("id", "payload", "user_id"),
+        )
         from sync_engine.log.files import ShapeLog
         from sync_engine.shapes.shape import Shape
         from sync_engine.shapes.where import parse_where
@@ -67,10 +70,15 @@ def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> floa
         if k == 0:
             log.create()
         shape = Shape(
-            handle=str(k), definition=definition, table=table,  # type: ignore[arg-type]
+            handle=str(k),
+            definition=definition,
+            table=table,  # type: ignore[arg-type]
             where=parse_where(definition.where or "", {}, table.column_map),  # type: ignore[attr-defined]
-            columns=table.columns, log=log, snapshot=snap, pending=None,  # type: ignore[attr-defined]
-        )  # fmt: skip
+            columns=table.columns,
+            log=log,
+            snapshot=snap,
+            pending=None,  # type: ignore[attr-defined]
+        )
         registry._add(shape)
     rep = Replicator("", "", "", registry, router, fsync=False)
     # The Relation message comes first in the stream; feed it outside the timing.

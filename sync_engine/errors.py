@@ -1,11 +1,11 @@
 """The engine's errors. Domain code raises these; `http/errors.py` alone turns them into responses.
 
-    EngineError
-    ├── InvalidRequest        400, {"message": "Invalid request", "errors": {field: [msg]}}
-    ├── Unauthorized          401
-    ├── ShapeGone             409 must-refetch (handle unknown, rotated, or of another shape)
-    ├── ServiceUnavailable    503 with Retry-After (database unreachable, limits, not ready)
-    └── NotFound              404
+EngineError
+├── InvalidRequest        400, {"message": "Invalid request", "errors": {field: [msg]}}
+├── Unauthorized          401
+├── ShapeGone             409 must-refetch (handle unknown, rotated, or of another shape)
+├── ServiceUnavailable    503 with Retry-After (database unreachable, limits, not ready)
+└── NotFound              404
 """
 
 from __future__ import annotations

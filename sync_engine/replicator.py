@@ -177,9 +177,11 @@ class Replicator:
         self._relations[rel.oid] = rel
         for shape in list(self.router.shapes_of(rel.oid)):
             known = shape.table
-            if tuple(c.name for c in known.columns) != rel.names or tuple(
-                c.type_oid for c in known.columns
-            ) != rel.type_oids or (known.schema, known.name) != (rel.schema, rel.name):
+            if (
+                tuple(c.name for c in known.columns) != rel.names
+                or tuple(c.type_oid for c in known.columns) != rel.type_oids
+                or (known.schema, known.name) != (rel.schema, rel.name)
+            ):
                 self.registry.rotate(shape, "table schema changed")
 
     def _row_change(self, msg: object) -> None:

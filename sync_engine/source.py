@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import psycopg.sql
 from psycopg import AsyncConnection
 
 from .errors import InvalidRequest, ServiceUnavailable
@@ -97,6 +99,35 @@ class Source:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+
+    async def destroy(self) -> list[str]:
+        """Stop, then drop the slot and publication and delete the shape logs.
+
+        Returns what could not be cleaned up (e.g. the database is unreachable), each with
+        the SQL to finish by hand; the shape logs are deleted in any case.
+        """
+        await self.stop()
+        slot, pub = self.config.slot_name, self.config.publication_name
+        problems: list[str] = []
+        try:
+            async with await AsyncConnection.connect(
+                self.dsn, autocommit=True, connect_timeout=5
+            ) as conn:
+                await _drop_slot(conn, slot)
+                await conn.execute(
+                    psycopg.sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                        psycopg.sql.Identifier(pub)
+                    )
+                )
+        except Exception as exc:
+            problems.append(
+                f"could not drop replication slot {slot} and publication {pub}"
+                f" ({_describe(exc)}); a slot left behind makes Postgres keep WAL, so drop"
+                f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
+                f" IF EXISTS {pub};"
+            )
+        await asyncio.to_thread(shutil.rmtree, self.config.data_dir, True)
+        return problems
 
     async def _run(self) -> None:
         """Connect (retrying with backoff), prepare slot and publication, then replicate."""
@@ -301,6 +332,29 @@ class Source:
                 (c.name, c.type_oid) for c in t.columns
             ]:
                 self.registry.rotate(shape, "table schema changed")
+
+
+async def _drop_slot(conn: AsyncConnection[Any], slot: str) -> None:
+    """Drop a slot once its walsender (this engine's, just stopped) has let go of it."""
+    for attempt in range(100):
+        cur = await conn.execute(
+            "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return
+        if row[0] is None:
+            try:
+                await conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                return
+            except psycopg.errors.ObjectInUse:
+                pass
+            except psycopg.errors.UndefinedObject:
+                return
+        elif attempt == 30:
+            await conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"replication slot {slot} is still in use")
 
 
 def _describe(exc: BaseException) -> str:

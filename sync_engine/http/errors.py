@@ -30,8 +30,13 @@ def json_response(status: int, body: object, headers: dict[str, str] | None = No
     h = {"cache-control": "no-store", "surrogate-control": "no-store"}
     if headers:
         h.update(headers)
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        charset="utf-8", headers=h)  # fmt: skip
+    return web.Response(
+        status=status,
+        body=orjson.dumps(body),
+        content_type="application/json",
+        charset="utf-8",
+        headers=h,
+    )
 
 
 def error_response(exc: EngineError) -> web.Response:
@@ -51,8 +56,13 @@ def error_response(exc: EngineError) -> web.Response:
         }
         if exc.current_handle:
             headers["electric-handle"] = exc.current_handle
-        return web.Response(status=409, body=MUST_REFETCH_BODY, content_type="application/json",
-                            charset="utf-8", headers=headers)  # fmt: skip
+        return web.Response(
+            status=409,
+            body=MUST_REFETCH_BODY,
+            content_type="application/json",
+            charset="utf-8",
+            headers=headers,
+        )
     if isinstance(exc, ServiceUnavailable):
         body: dict[str, object] = {"message": exc.message}
         if exc.code:

@@ -41,9 +41,15 @@ async def serve_sse(
         headers={
             "content-type": "text/event-stream",
             "cache-control": h.cache_control(
-                method=request.method, status=200, before_all=False, live=True, sse=True,
-                sse_timeout=s.sse_timeout, max_age=s.max_age, stale_age=s.stale_age,
-            ),  # fmt: skip
+                method=request.method,
+                status=200,
+                before_all=False,
+                live=True,
+                sse=True,
+                sse_timeout=s.sse_timeout,
+                max_age=s.max_age,
+                stale_age=s.stale_age,
+            ),
             "electric-handle": shape.handle,
             "electric-offset": str(max(offset, latest)),
             "electric-cursor": str(h.next_cursor(req.cursor, s.long_poll_timeout)),
@@ -65,9 +71,7 @@ async def serve_sse(
         if remaining <= 0:
             break
         try:
-            await asyncio.wait_for(
-                asyncio.shield(shape.changed()), min(remaining, s.sse_keepalive)
-            )
+            await asyncio.wait_for(asyncio.shield(shape.changed()), min(remaining, s.sse_keepalive))
         except TimeoutError:
             if deadline - time.monotonic() > 0:
                 await resp.write(KEEPALIVE)

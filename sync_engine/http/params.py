@@ -21,10 +21,23 @@ from ..log.offsets import InvalidOffset, LogOffset, parse_offset
 _PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
 _SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
 _SINGLE = (
-    "table", "offset", "handle", "live", "live_sse", "experimental_live_sse", "cursor",
-    "where", "columns", "replica", "log", "subset__where", "subset__limit",
-    "subset__offset", "subset__order_by", "subset__params",
-)  # fmt: skip
+    "table",
+    "offset",
+    "handle",
+    "live",
+    "live_sse",
+    "experimental_live_sse",
+    "cursor",
+    "where",
+    "columns",
+    "replica",
+    "log",
+    "subset__where",
+    "subset__limit",
+    "subset__offset",
+    "subset__order_by",
+    "subset__params",
+)
 MAX_WHERE_BYTES = 64 * 1024
 
 
@@ -121,8 +134,15 @@ def parse_shape_request(
         if isinstance(nested, dict):
             subset_body.update(nested)
         for k, v in body.items():
-            if k in ("where", "params", "limit", "offset", "order_by", "where_expr",
-                     "order_by_expr"):  # fmt: skip
+            if k in (
+                "where",
+                "params",
+                "limit",
+                "offset",
+                "order_by",
+                "where_expr",
+                "order_by_expr",
+            ):
                 subset_body[k] = v
             elif k != "subset" and isinstance(v, str) and k in _SINGLE:
                 q.setdefault(k, v)

@@ -103,18 +103,30 @@ class ShapeView:
         if req.offset is None:  # offset=now
             latest = shape.log.latest_offset
             return self._respond(
-                request, shape, req, [], latest, up_to_date=True, has_data=False,
+                request,
+                shape,
+                req,
+                [],
+                latest,
+                up_to_date=True,
+                has_data=False,
                 gls=max(source.replicator.global_lsn, latest.tx),
-            )  # fmt: skip
+            )
         offset = req.offset
         if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
             index = 0 if offset.is_before_all else offset.op + 1
             chunk = await self._snapshot_chunk(shape, index)
             if chunk is not None:
                 return self._respond(
-                    request, shape, req, [chunk] if chunk else [], snapshot_chunk_offset(index),
-                    up_to_date=False, has_data=True, gls=0,
-                )  # fmt: skip
+                    request,
+                    shape,
+                    req,
+                    [chunk] if chunk else [],
+                    snapshot_chunk_offset(index),
+                    up_to_date=False,
+                    has_data=True,
+                    gls=0,
+                )
         await self._check_bounds(source, shape, offset)
         entries, end = shape.log.read_after(offset)
         deadline = time.monotonic() + s.long_poll_timeout
@@ -123,9 +135,15 @@ class ShapeView:
             if remaining <= 0:
                 end = max(offset, shape.log.latest_offset)
                 return self._respond(
-                    request, shape, req, [], end, up_to_date=True, has_data=False,
+                    request,
+                    shape,
+                    req,
+                    [],
+                    end,
+                    up_to_date=True,
+                    has_data=False,
                     gls=max(source.replicator.global_lsn, end.tx),
-                )  # fmt: skip
+                )
             try:
                 await asyncio.wait_for(asyncio.shield(shape.changed()), remaining)
             except TimeoutError:
@@ -230,8 +248,9 @@ class ShapeView:
         ):
             return web.Response(status=304, headers=hdrs)
         body = b"[" + b",".join(items) + b"]"
-        return web.Response(body=body, headers=hdrs, content_type="application/json",
-                            charset="utf-8")  # fmt: skip
+        return web.Response(
+            body=body, headers=hdrs, content_type="application/json", charset="utf-8"
+        )
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:

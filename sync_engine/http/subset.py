@@ -64,9 +64,14 @@ def _query(shape: Shape, subset: SubsetQuery) -> tuple[RowQuery, sql.Composed]:
     conds = [c for c in (shape.where.sql if shape.where else None, subset.where_sql) if c]
     where_sql = " AND ".join(f"({c})" for c in conds) if conds else None
     rows = row_json_sql(
-        shape.table, shape.columns, shape.pk, where_sql,
-        order_by=subset.order_by, limit=subset.limit, offset=subset.offset,
-    )  # fmt: skip
+        shape.table,
+        shape.columns,
+        shape.pk,
+        where_sql,
+        order_by=subset.order_by,
+        limit=subset.limit,
+        offset=subset.offset,
+    )
     return rows, rows.sql
 
 

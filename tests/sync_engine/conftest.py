@@ -14,9 +14,7 @@ from sync_engine.app import SOURCES, build_app
 
 
 @pytest.fixture
-async def engine(
-    aiohttp_client: Any, db_url: str, tmp_path: Path
-) -> AsyncIterator[Engine]:
+async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
     settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
     client = await aiohttp_client(build_app(settings))
     await client.app[SOURCES]["default"].ready.wait()

@@ -66,8 +66,13 @@ def apply(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> No
             rows.pop(m["key"], None)
 
 
-
-
 # Short timeouts so live paths are exercised quickly in tests.
-SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,
-                    out_of_bounds_wait=1.0, schema_check_interval=0.5, allow_delete=True)  # fmt: skip
+SETTINGS = Settings(
+    long_poll_timeout=2.0,
+    sse_timeout=4.0,
+    sse_keepalive=1.0,
+    fsync=False,
+    out_of_bounds_wait=1.0,
+    schema_check_interval=0.5,
+    allow_delete=True,
+)

@@ -71,11 +71,24 @@ class EngineProcess:
     async def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sync_engine", "--database-url", self.db_url,
-             "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--long-poll-timeout", "2"],
-            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "sync_engine",
+                "--database-url",
+                self.db_url,
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.data_dir),
+                "--long-poll-timeout",
+                "2",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=open(self.log, "ab"),
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:
@@ -128,8 +141,9 @@ class Follower:
             if self.up_to_date:
                 q["live"] = "true"
             try:
-                async with session.get(self.base + "/v1/shape", params=q,
-                                       timeout=aiohttp.ClientTimeout(total=10)) as r:  # fmt: skip
+                async with session.get(
+                    self.base + "/v1/shape", params=q, timeout=aiohttp.ClientTimeout(total=10)
+                ) as r:
                     body = await r.read()
                     if r.status == 409:
                         self.rows.clear()
@@ -165,7 +179,9 @@ class Follower:
                 del self.rows[m["key"]]
 
 
-def expected_rows(db_url: str, where: str | None, params: dict[str, str]) -> dict[str, dict[str, Any]]:
+def expected_rows(
+    db_url: str, where: str | None, params: dict[str, str]
+) -> dict[str, dict[str, Any]]:
     with psycopg.connect(db_url) as conn:
         cur = psycopg.RawCursor(conn)
         sql = "SELECT id::text, grp::text, val, n::text FROM items"
@@ -188,22 +204,34 @@ async def write_randomly(db_url: str, seconds: float, seed: int) -> int:
         while time.monotonic() < deadline:
             async with conn.transaction():
                 for _ in range(rng.randint(1, 3)):
-                    ids = [r[0] for r in await (await conn.execute(
-                        "SELECT id FROM items ORDER BY random() LIMIT 2")).fetchall()]  # fmt: skip
+                    ids = [
+                        r[0]
+                        for r in await (
+                            await conn.execute("SELECT id FROM items ORDER BY random() LIMIT 2")
+                        ).fetchall()
+                    ]
                     op = rng.random()
                     if op < 0.35 or not ids:
                         next_id += 1
                         await conn.execute(
                             "INSERT INTO items VALUES (%s, %s, %s, %s)",
-                            (next_id, rng.randint(0, 4), rng.choice(words),
-                             rng.choice([None, rng.randint(0, 1000)])),
-                        )  # fmt: skip
+                            (
+                                next_id,
+                                rng.randint(0, 4),
+                                rng.choice(words),
+                                rng.choice([None, rng.randint(0, 1000)]),
+                            ),
+                        )
                     elif op < 0.75:
                         await conn.execute(
                             "UPDATE items SET grp = %s, n = %s, val = %s WHERE id = %s",
-                            (rng.randint(0, 4), rng.choice([None, rng.randint(0, 1000)]),
-                             rng.choice(words), ids[0]),
-                        )  # fmt: skip
+                            (
+                                rng.randint(0, 4),
+                                rng.choice([None, rng.randint(0, 1000)]),
+                                rng.choice(words),
+                                ids[0],
+                            ),
+                        )
                     elif op < 0.9:
                         await conn.execute("DELETE FROM items WHERE id = %s", (ids[0],))
                     else:
@@ -246,7 +274,9 @@ async def _converge(db_url: str, tmp_path: Path, kill_midway: bool) -> None:
             deadline = time.monotonic() + 30
             expected = [expected_rows(db_url, w, p) for w, p in WHERES]
             while time.monotonic() < deadline:
-                if all(f.rows == e and f.up_to_date for f, e in zip(followers, expected, strict=True)):
+                if all(
+                    f.rows == e and f.up_to_date for f, e in zip(followers, expected, strict=True)
+                ):
                     break
                 for t in tasks:
                     if t.done():

@@ -21,11 +21,18 @@ async def test_initial_sync_then_up_to_date(engine: Engine) -> None:
     assert status == 200
     assert h["electric-offset"] == "0_0"
     assert "electric-up-to-date" not in h
-    assert h["cache-control"] == "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+    assert (
+        h["cache-control"]
+        == "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
+    )
     schema = orjson.loads(h["electric-schema"])
     assert schema["id"] == {"type": "int4", "pk_index": 0, "not_null": True}
     rows = [m for m in body if "key" in m]
-    assert [m["key"] for m in rows] == ['"public"."items"/"1"', '"public"."items"/"2"', '"public"."items"/"3"']
+    assert [m["key"] for m in rows] == [
+        '"public"."items"/"1"',
+        '"public"."items"/"2"',
+        '"public"."items"/"3"',
+    ]
     assert rows[0]["value"] == {"id": "1", "title": "t1", "n": "10"}
     assert rows[0]["headers"] == {"operation": "insert", "relation": ["public", "items"]}
     assert body[-1]["headers"]["control"] == "snapshot-end"
@@ -100,7 +107,14 @@ async def test_long_poll_timeout_is_up_to_date_without_data(engine: Engine) -> N
     assert status == 200
     assert h["electric-has-data"] == "false"
     assert h["electric-offset"] == offset
-    assert body == [{"headers": {"control": "up-to-date", "global_last_seen_lsn": body[0]["headers"]["global_last_seen_lsn"]}}]
+    assert body == [
+        {
+            "headers": {
+                "control": "up-to-date",
+                "global_last_seen_lsn": body[0]["headers"]["global_last_seen_lsn"],
+            }
+        }
+    ]
     assert h["cache-control"] == "public, max-age=5, stale-while-revalidate=5"
 
 
@@ -113,9 +127,13 @@ async def test_where_with_params_and_boundary_crossing(engine: Engine) -> None:
     seen: list[str] = []
     for _ in range(3):
         status, h, body = await engine.get(
-            table="items", where="n > $1", offset=offset, handle=handle, live="true",
+            table="items",
+            where="n > $1",
+            offset=offset,
+            handle=handle,
+            live="true",
             **{"params[1]": "25"},
-        )  # fmt: skip
+        )
         seen += [m["headers"]["operation"] for m in body if "key" in m]
         apply(rows, body)
         offset = h["electric-offset"]
@@ -173,9 +191,7 @@ async def test_unknown_handle_is_409_with_current_handle(engine: Engine) -> None
 async def test_truncate_rotates_the_shape(engine: Engine) -> None:
     make_items(engine)
     _, handle, offset = await engine.sync(table="items")
-    task = asyncio.create_task(
-        engine.get(table="items", offset=offset, handle=handle, live="true")
-    )
+    task = asyncio.create_task(engine.get(table="items", offset=offset, handle=handle, live="true"))
     await asyncio.sleep(0.2)
     engine.sql("TRUNCATE items")
     status, h, body = await task
@@ -215,8 +231,9 @@ async def test_schema_change_rotates_the_shape(engine: Engine) -> None:
     engine.sql("INSERT INTO items VALUES (9, 't9', 90, 'x')")
     status, h, _ = await engine.get(table="items", offset=offset, handle=handle, live="true")
     if status == 200:  # the change may be read before the relation message is processed
-        status, h, _ = await engine.get(table="items", offset=h["electric-offset"], handle=handle,
-                                        live="true")  # fmt: skip
+        status, h, _ = await engine.get(
+            table="items", offset=h["electric-offset"], handle=handle, live="true"
+        )
     assert status == 409
     rows, new_handle, _ = await engine.sync(table="items")
     assert new_handle != handle

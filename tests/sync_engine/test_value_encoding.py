@@ -48,8 +48,13 @@ async def test_snapshot_and_live_values_agree_and_match_postgres(engine: Engine)
     import psycopg
 
     with psycopg.connect(engine.db_url) as conn:
-        for setting in ("DateStyle='ISO, DMY'", "TimeZone='UTC'", "IntervalStyle='iso_8601'",
-                        "bytea_output='hex'", "extra_float_digits=1"):  # fmt: skip
+        for setting in (
+            "DateStyle='ISO, DMY'",
+            "TimeZone='UTC'",
+            "IntervalStyle='iso_8601'",
+            "bytea_output='hex'",
+            "extra_float_digits=1",
+        ):
             conn.execute(f"SET {setting}")
         pg = conn.execute(f"SELECT {select} FROM t WHERE id = 1").fetchone()
     assert pg is not None
