@@ -1,7 +1,9 @@
 """Build the proxy's aiohttp application: routes, middleware, long-lived resources.
 
-The upstream `ClientSession` and the runtime holder (config, verifier, JWKS caches, reload
-watcher) are created in one `cleanup_ctx` generator and closed in reverse order. Nothing is
+The upstream `ClientSession`, the `Forwarder` (in-flight collapsed requests and the response
+cache) and the runtime holder (config, verifier, JWKS caches, reload watcher) are created in
+one `cleanup_ctx` generator and closed in reverse order. The cache size is read at start (a
+reload does not resize it); `collapse` and the policy follow reloads. Nothing is
 module-global: two apps in one process (as in the tests) share nothing.
 """
 
@@ -18,13 +20,14 @@ from aiohttp import web
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http.context import CONTEXT, RequestContext, new_request_id
 from proxy.http.errors import error_response, render_http_exception, render_proxy_error
-from proxy.http.handlers import HOLDER, METRICS, SESSION, add_routes
+from proxy.http.handlers import FORWARDER, HOLDER, METRICS, SESSION, add_routes
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
 from proxy.logs import ACCESS_LOGGER, redact_query
 from proxy.metrics import Metrics
 from proxy.policy.loader import LoadedConfig
 from proxy.runtime import RuntimeHolder
-from proxy.upstream.forward import make_session
+from proxy.upstream.cache import ResponseCache
+from proxy.upstream.forward import Forwarder, make_session
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -83,10 +86,8 @@ def _log_access(
 ) -> None:
     duration = time.monotonic() - context.started
     status = response.status if response is not None else 499
-    metrics = request.app[METRICS]
-    metrics.requests.labels(outcome=context.outcome, reason=context.reason or "-").inc()
-    kind = "live" if request.rel_url.query.get("live") not in (None, "false") else "other"
-    metrics.latency.labels(kind=kind).observe(duration)
+    kind = "live" if context.live else "other"
+    request.app[METRICS].request_done(context.outcome, context.reason or "-", kind, duration)
     if not access_logger.isEnabledFor(logging.INFO):
         return  # building the record (redaction regexes) costs more than the rest of this
     access_logger.info(
@@ -106,6 +107,7 @@ def _log_access(
             "table": context.table,
             "rule": context.rule,
             "upstream_status": context.upstream_status,
+            "cache": context.cache,
             "duration_ms": round(duration * 1000, 2),
         },
     )
@@ -146,6 +148,13 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         session = make_session(loaded.config.upstream.pool_size)
         app[SESSION] = session
+        cache_config = loaded.config.cache
+        forwarder = Forwarder(
+            session,
+            ResponseCache(cache_config.max_bytes, cache_config.max_entry_bytes),
+            metrics,
+        )
+        app[FORWARDER] = forwarder
         holder = RuntimeHolder(
             loaded,
             session,
@@ -158,6 +167,7 @@ def create_app(
             async with holder.watching(sighup=sighup):
                 yield
         finally:
+            await forwarder.close()
             await session.close()
 
     app.cleanup_ctx.append(resources)

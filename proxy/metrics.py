@@ -7,8 +7,9 @@ process independent, and leaves no module-level mutable state.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 def _registry() -> CollectorRegistry:
@@ -54,9 +55,60 @@ class Metrics:
         self.config_reloads = Counter(
             "shape_proxy_config_reloads", "Config reloads by result", ["result"], registry=r
         )
+        self.upstream_requests = Counter(
+            "shape_proxy_upstream_requests",
+            "Requests sent to the engine (one per collapsed group, none for cache hits)",
+            registry=r,
+        )
+        self.collapsed = Counter(
+            "shape_proxy_collapsed_requests",
+            "Client requests that joined an identical engine request already in flight",
+            registry=r,
+        )
+        self.response_cache = Counter(
+            "shape_proxy_response_cache",
+            "Response cache lookups (hit, miss) and stores",
+            ["result"],
+            registry=r,
+        )
+        self.response_cache_bytes = Gauge(
+            "shape_proxy_response_cache_bytes", "Bytes held by the response cache", registry=r
+        )
+        # `labels()` takes a lock and builds a key on every call; the children for label
+        # values already seen are kept here (per app, like the registry).
+        self._children: dict[tuple[str, ...], Any] = {}
+        self._cache_hit = self.response_cache.labels(result="hit")
+        self._cache_miss = self.response_cache.labels(result="miss")
+        self._cache_store = self.response_cache.labels(result="store")
+        self._token_hit = self.token_cache.labels(result="hit")
+        self._token_miss = self.token_cache.labels(result="miss")
+
+    def _child(self, metric: Any, *values: str) -> Any:
+        key = (str(id(metric)), *values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
+
+    def request_done(self, outcome: str, reason: str, kind: str, duration: float) -> None:
+        self._child(self.requests, outcome, reason).inc()
+        self._child(self.latency, kind).observe(duration)
+
+    def upstream_status(self, status: int) -> None:
+        self._child(self.upstream_responses, str(status)).inc()
+
+    def cache_hit(self) -> None:
+        self._cache_hit.inc()
+
+    def cache_miss(self) -> None:
+        self._cache_miss.inc()
+
+    def cache_stored(self, bytes_used: int) -> None:
+        self._cache_store.inc()
+        self.response_cache_bytes.set(bytes_used)
 
     def token_cache_lookup(self, hit: bool) -> None:
-        self.token_cache.labels(result="hit" if hit else "miss").inc()
+        (self._token_hit if hit else self._token_miss).inc()
 
     def jwks_fetch(self, result: str) -> None:
         self.jwks_fetches.labels(result=result).inc()

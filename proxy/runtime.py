@@ -18,13 +18,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+from cachetools import TTLCache
+from yarl import URL
 
 from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
 from proxy.metrics import Metrics
 from proxy.policy.loader import ConfigError, LoadedConfig, load_config
+from proxy.upstream.forward import UpstreamOptions
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """The outcome of auth + policy for one (token, shape request): where to send it.
+
+    Cached per runtime so a client repeating a request (every long-poll of a shape repeats
+    its definition) skips token verification, query parsing, policy evaluation and URL
+    building. Valid until the token expires and never longer than the verified-token cache
+    would keep the token; a reload starts with an empty cache.
+    """
+
+    url: URL
+    url_text: str
+    subject: str | None
+    table: str
+    rule: str
+    live: bool
+    sse: bool
+    expires: float  # the token's exp (wall clock)
 
 
 @dataclass(frozen=True)
@@ -34,6 +57,9 @@ class Runtime:
     loaded: LoadedConfig
     verifier: TokenVerifier
     loaded_at: float
+    options: UpstreamOptions
+    #: (token digest, named shape or "", raw query string) -> Prepared, for GET requests.
+    prepared: TTLCache[tuple[bytes, str, str], Prepared] | None
 
 
 class RuntimeHolder:
@@ -84,7 +110,28 @@ class RuntimeHolder:
             cache_ttl=server.token_cache_ttl,
             on_cache=self._metrics.token_cache_lookup,
         )
-        return Runtime(loaded=loaded, verifier=verifier, loaded_at=time.time())
+        upstream = loaded.config.upstream
+        options = UpstreamOptions(
+            connect_timeout=upstream.connect_timeout,
+            first_byte_timeout=upstream.first_byte_timeout,
+            retry_after=upstream.retry_after,
+            max_age_cap=loaded.config.cache.max_age_cap,
+            collapse=loaded.config.collapse,
+            cache=loaded.config.cache.max_bytes > 0,
+            live_max_age=loaded.config.cache.live_max_age,
+        )
+        prepared: TTLCache[tuple[bytes, str, str], Prepared] | None = (
+            TTLCache(maxsize=server.token_cache_size, ttl=server.token_cache_ttl)
+            if server.token_cache_size
+            else None
+        )
+        return Runtime(
+            loaded=loaded,
+            verifier=verifier,
+            loaded_at=time.time(),
+            options=options,
+            prepared=prepared,
+        )
 
     def _stamp(self) -> tuple[int, int, int] | None:
         if self.path is None:

@@ -101,9 +101,15 @@ class TokenVerifier:
         )
         self._on_cache = on_cache or (lambda _hit: None)
 
-    async def verify(self, token: str) -> Claims:
+    @staticmethod
+    def digest(token: str) -> bytes:
+        """The cache key of a token: its SHA-256, so caches never hold the token itself."""
+        return hashlib.sha256(token.encode()).digest()
+
+    async def verify(self, token: str, *, digest: bytes | None = None) -> Claims:
         """Return the verified claims of `token`, or raise `Unauthenticated`."""
-        digest = hashlib.sha256(token.encode()).digest()
+        if digest is None:
+            digest = self.digest(token)
         if self._cache is not None:
             cached = self._cache.get(digest)
             if cached is not None and cached[1] > self._clock():

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -26,6 +26,8 @@ class RequestContext:
     upstream_status: int | None = None
     cors: dict[str, str] | None = None
     vary: tuple[str, ...] = ()
+    live: bool = False
+    cache: str = "-"  # "hit" (served from the response cache), "collapsed", or "-"
 
 
 CONTEXT = web.RequestKey("shape_proxy_context", RequestContext)
@@ -35,4 +37,4 @@ def new_request_id(incoming: str | None) -> str:
     """Keep a well-formed incoming X-Request-Id (for tracing across hops), else make one."""
     if incoming and _SANE_ID.match(incoming):
         return incoming
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID

@@ -1,33 +1,39 @@
 """Routes: `/v1/shape` and `/shapes/<name>` (GET, POST subset, OPTIONS), `/healthz`, `/metrics`.
 
 A shape request goes: bearer token -> verified claims -> parsed query -> policy decision ->
-upstream URL built from scratch -> streamed response. Each step raises a `ProxyError` that
-the middleware renders; nothing reaches the engine until every check has passed.
+upstream URL built from scratch -> (response cache | collapsed | direct) streamed response.
+Each step raises a `ProxyError` that the middleware renders; nothing reaches the engine, and
+nothing is served from the cache, until every check has passed. A GET repeating an
+(Authorization, query) pair already authorised under the current config reuses that result
+until the token's `exp` (bounded by the token-cache TTL).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
+from proxy.auth.claims import TokenVerifier
 from proxy.errors import BadShapeRequest, MethodNotAllowed
 from proxy.http.context import CONTEXT
 from proxy.http.headers import preflight_headers
 from proxy.http.params import parse_shape_query, parse_subset_body
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate, subset_body
-from proxy.runtime import RuntimeHolder
-from proxy.upstream.forward import UpstreamOptions, forward
+from proxy.runtime import Prepared, Runtime, RuntimeHolder
+from proxy.upstream.forward import Forwarder
 from proxy.upstream.url import build_upstream_url
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
+FORWARDER = web.AppKey("forwarder", Forwarder)
 
 
 async def shape(request: web.Request) -> web.StreamResponse:
@@ -42,55 +48,97 @@ async def named_shape(request: web.Request) -> web.StreamResponse:
 
 async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamResponse:
     context = request[CONTEXT]
-    holder = request.app[HOLDER]
-    runtime = holder.current  # this request keeps this config even if a reload happens
-    config = runtime.loaded.config
-    if request.method == "OPTIONS":
+    runtime = request.app[HOLDER].current  # this request keeps this config through a reload
+    method = request.method
+    body: bytes | None = None
+    if method == "GET":
+        # A repeated (Authorization, query) pair was already authorised under this config:
+        # reuse the result until the token expires instead of redoing every step.
+        authorization = request.headers.get("Authorization")
+        cache = runtime.prepared if authorization is not None else None
+        key = None
+        prepared = None
+        if cache is not None and authorization is not None:
+            key = (
+                TokenVerifier.digest(authorization),
+                shape_name or "",
+                request.rel_url.raw_query_string,
+            )
+            prepared = cache.get(key)
+            if prepared is not None and prepared.expires <= time.time():
+                prepared = None
+        if prepared is not None:
+            request.app[METRICS].token_cache_lookup(True)
+        else:
+            prepared, _ = await _prepare(request, runtime, shape_name, post=False)
+            if cache is not None and key is not None:
+                cache[key] = prepared
+    elif method == "OPTIONS":
         context.outcome = "preflight"
-        return web.Response(status=204, headers=preflight_headers(config.cors.max_age))
-    if request.method == "DELETE":
+        max_age = runtime.loaded.config.cors.max_age
+        return web.Response(status=204, headers=preflight_headers(max_age))
+    elif method == "DELETE":
         raise MethodNotAllowed("delete_not_allowed", "shapes cannot be deleted through the proxy")
-    if request.method not in ("GET", "POST"):
-        raise MethodNotAllowed("method_not_allowed", f"{request.method} is not supported here")
+    elif method == "POST":
+        prepared, body = await _prepare(request, runtime, shape_name, post=True)
+    else:
+        raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
+    context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
+    context.live = prepared.live
+    return await request.app[FORWARDER].forward(
+        request,
+        prepared.url,
+        prepared.url_text,
+        body=body,
+        live=prepared.live,
+        sse=prepared.sse,
+        options=runtime.options,
+        context=context,
+    )
+
+
+async def _prepare(
+    request: web.Request, runtime: Runtime, shape_name: str | None, *, post: bool
+) -> tuple[Prepared, bytes | None]:
+    """Authenticate, parse, authorise and build the upstream URL (raises `ProxyError`).
+
+    Returns the prepared request and, for a POST, the subset body to send upstream.
+    """
+    config = runtime.loaded.config
     query = list(request.rel_url.query.items())
     refuse_token_in_query(query)
     claims = await runtime.verifier.verify(bearer_token(request.headers))
-    context.subject = str(claims.get("sub")) if claims.get("sub") is not None else None
     shape_request = parse_shape_query(query)
-    is_post = request.method == "POST"
-    if is_post:
+    if post:
         if shape_request.subset is not None:
             raise BadShapeRequest("invalid_subset", "give subset parameters in the body or the URL")
-        body = await request.read()
-        shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(body))
+        raw = await request.read()
+        shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(raw))
     decision = evaluate(runtime.loaded.policy, claims, shape_request, shape_name=shape_name)
-    context.table, context.rule = decision.table, decision.rule
     secret = runtime.loaded.upstream_secret
     url = build_upstream_url(
         config.upstream.url,
         decision,
         source_id=config.upstream.source_id,
         secret=secret.get_secret_value() if secret is not None else None,
-        subset_in_query=not is_post,
+        subset_in_query=not post,
     )
-    upstream = config.upstream
-    options = UpstreamOptions(
-        connect_timeout=upstream.connect_timeout,
-        first_byte_timeout=upstream.first_byte_timeout,
-        retry_after=upstream.retry_after,
-        max_age_cap=config.cache.max_age_cap,
+    protocol = dict(decision.protocol)
+    sub = claims.get("sub")
+    prepared = Prepared(
+        url=url,
+        url_text=str(url),
+        subject=str(sub) if sub is not None else None,
+        table=decision.table,
+        rule=decision.rule,
+        live=protocol.get("live") not in (None, "false"),
+        sse=shape_request.wants_sse,
+        expires=float(claims["exp"]),
     )
-    return await forward(
-        request,
-        request.app[SESSION],
-        url,
-        body=subset_body(decision.subset)
-        if is_post and decision.subset
-        else (b"{}" if is_post else None),
-        options=options,
-        context=context,
-        metrics=request.app[METRICS],
-    )
+    body = None
+    if post:
+        body = subset_body(decision.subset) if decision.subset else b"{}"
+    return prepared, body
 
 
 async def healthz(request: web.Request) -> web.Response:

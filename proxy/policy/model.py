@@ -161,10 +161,32 @@ class CorsConfig(_Model):
 
 
 class CacheConfig(_Model):
-    """How upstream cache headers are made safe for per-user responses."""
+    """The proxy's own response cache, and how cache headers are made safe for clients.
+
+    The in-memory cache sits behind the policy (it is keyed by the upstream URL the policy
+    built, which holds the enforced filter and its bound claim values), so users share a
+    cached response only when their effective shape is the same.
+    """
 
     max_age_cap: int | None = Field(
         default=60, ge=0, description="cap max-age of private responses (None: keep upstream's)"
+    )
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=0,
+        description="in-memory cache of cacheable engine responses, in bytes; 0 turns it off",
+    )
+    max_entry_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="largest single response kept (engine chunks are ~10 MiB); "
+        "never more than max_bytes",
+    )
+    live_max_age: float = Field(
+        default=5,
+        ge=0,
+        le=60,
+        description="keep live long-poll answers at most this long (Electric sends max-age=5)",
     )
 
 
@@ -221,6 +243,10 @@ class ProxyConfig(_Model):
     issuers: list[IssuerConfig] = Field(min_length=1)
     cors: CorsConfig = Field(default_factory=CorsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
+    collapse: bool = Field(
+        default=True,
+        description="send identical concurrent engine requests once and share the answer",
+    )
     tables: dict[str, TablePolicy] = Field(default_factory=dict)
     shapes: dict[str, NamedShape] = Field(default_factory=dict)
 
