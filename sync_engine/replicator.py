@@ -202,14 +202,18 @@ class Replicator:
         shapes = self.router.candidates(oid, rel.positions, old_t, new_t)
         if not shapes:
             return
-        old = dict(zip(rel.names, old_t, strict=False)) if old_t is not None else None
-        new = dict(zip(rel.names, new_t, strict=False)) if new_t is not None else None
+        old: dict[str, str | None] | None = None
+        new: dict[str, str | None] | None = None
+        if old_t is not None:
+            old = dict(zip(rel.names, old_t, strict=False))
+        if new_t is not None:
+            new = dict(zip(rel.names, new_t, strict=False))
         if new is not None and old is not None:
             for k, v in new.items():
                 if v is UNCHANGED_TOAST:
                     new[k] = old.get(k)
         kind = "insert" if t is pgoutput.Insert else "update" if t is pgoutput.Update else "delete"
-        change: Change = (kind, old, new, op)  # type: ignore[assignment]
+        change: Change = (kind, old, new, op)
         for shape in shapes:
             self._touched.setdefault(shape, []).append(change)
 
@@ -251,11 +255,9 @@ class Replicator:
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
         pending, shape.pending = shape.pending, None
-        for xid, lsn, changes in pending or ():  # type: ignore[misc]
+        # Appended now; flushed and announced to waiters after the stream's next batch.
+        for xid, lsn, changes in pending or []:
             self.apply(shape, xid, lsn, changes)
-        if self._dirty and not self._in_txn:
-            # The next batch flushes; nudge waiters only after that flush.
-            pass
 
     def stats(self) -> dict[str, object]:
         return {"global_lsn": self.global_lsn, "changes_seen": self.changes_seen, "ts": time.time()}

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -153,7 +153,7 @@ class Shape:
     rotated: bool = False
     snapshot_error: str | None = None
     # transactions seen while the snapshot's xid horizon was still unknown
-    pending: list[object] | None = field(default_factory=list)
+    pending: list[Any] | None = field(default_factory=list)
     _changed: asyncio.Future[None] | None = None
     schema_json: str = ""
     key_prefix: str = ""
