@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import orjson
+from cachetools import LRUCache
 
 from ..errors import InvalidRequest, ShapeGone
 from ..log.files import ShapeLog
@@ -81,7 +82,9 @@ class ShapeRegistry:
         self.handles = HandleFactory()
         self.by_handle: dict[str, Shape] = {}
         self.by_definition: dict[ShapeDefinition, Shape] = {}
-        self._by_request: dict[tuple[object, ...], Shape] = {}
+        # Raw request definition -> shape, so repeat requests skip the catalog and pglast.
+        # Bounded: request texts that differ only in spelling must not grow it forever.
+        self._by_request: LRUCache[tuple[object, ...], Shape] = LRUCache(maxsize=20_000)
         self._creating: dict[ShapeDefinition, asyncio.Future[Shape]] = {}
 
     def __len__(self) -> int:
@@ -303,7 +306,12 @@ class ShapeRegistry:
         for key in [k for k, s in self._by_request.items() if s is shape]:
             del self._by_request[key]
         shape.notify()
-        shutil.rmtree(shape.log.directory, ignore_errors=True)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            shutil.rmtree(shape.log.directory, ignore_errors=True)
+        else:  # a big log takes a while to delete: not on the event loop
+            loop.run_in_executor(None, shutil.rmtree, shape.log.directory, True)
 
     def rotate_table(self, oid: int, reason: str) -> None:
         for shape in [s for s in self.by_handle.values() if s.definition.table_oid == oid]:
