@@ -1,16 +1,26 @@
 """Proxy overhead: the same requests sent straight to the upstream and through `shape-proxy`.
 
-Run: `.venv/bin/python benchmarks/proxy_overhead.py [--database-url URL] [--held N]`
+Run: `.venv/bin/python benchmarks/proxy_overhead.py [--database-url URL | --real] [--held N]
+[--fanout 200,1000]`
 
-Three processes: the upstream (a fake Electric-like engine, or with `--database-url` the real
-`sync-engine` over a table this script creates), the real proxy (`python -m proxy --config
-...`), and this load generator. Each round sends identical shape requests both ways,
-alternating, so both sides see the same machine state. Reported, as figures and ratios from one run:
+Processes: the upstream (a fake Electric-like engine, or with `--database-url`/`--real` the
+real `sync-engine` over a table this script creates; `--real` starts a throwaway Postgres),
+two real proxies (`python -m proxy --config ...`): one with collapsing and the response cache
+switched off, one with both on (the defaults), and this load generator. Each round sends
+identical shape requests to the three arms in turn, so all see the same machine state.
+Reported, as figures and ratios from one run:
 
-- throughput (requests/s at a fixed concurrency): proxy / direct (target >= 0.75);
-- median latency at concurrency 1, and the median added by the proxy;
-- memory per held long-poll: proxy RSS growth while N live requests are held open upstream,
-  divided by N (target < 20 KB).
+- throughput (requests/s at a fixed concurrency, the same URL over and over): each proxy arm /
+  direct (target >= 0.75). The "on" arm answers repeats from its cache, so its ratio shows
+  what a repeated request costs, not what forwarding costs: the "off" arm is the honest
+  forwarding overhead;
+- median latency at concurrency 1, and the median added by each proxy arm;
+- memory per held long-poll: proxy RSS growth while N live requests for one shape are held,
+  divided by N (target < 20 KB), for each arm;
+- live fan-out (real engine only): N clients long-polling one shape through the proxy, one
+  insert per second: engine requests per write (counted by the proxy's
+  `shape_proxy_upstream_requests_total`, i.e. what the engine received) and p50/p99
+  commit-to-client latency, with collapsing on (and off for the smallest N).
 
 The direct requests carry exactly the URL the proxy builds (policy filter, params, secret),
 so the upstream does the same work either way.
@@ -36,6 +46,8 @@ from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _common import Postgres, machine  # noqa: E402
 
 from proxy.http.params import parse_shape_query  # noqa: E402
 from proxy.policy.evaluate import evaluate  # noqa: E402
@@ -159,8 +171,8 @@ async def held_long_polls(
 
 def start_processes(
     args: argparse.Namespace, tmp: Path
-) -> tuple[list[subprocess.Popen[bytes]], str, int, dict[str, object]]:
-    """Start the upstream (fake or real engine) and the proxy; return them and the config."""
+) -> tuple[list[subprocess.Popen[bytes]], str, dict[str, int], dict[str, object]]:
+    """Start the upstream (fake or real engine) and the two proxies (off, on)."""
     procs: list[subprocess.Popen[bytes]] = []
     upstream_port = free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}"
@@ -183,26 +195,37 @@ def start_processes(
         cmd = [sys.executable, __file__, "--serve-upstream", str(upstream_port),
                "--rows", str(args.rows), "--hold", str(args.hold)]  # fmt: skip
     procs.append(subprocess.Popen(cmd, cwd=ROOT))
-    proxy_port = free_port()
-    config: dict[str, object] = {
-        "server": {"host": "127.0.0.1", "port": proxy_port},
-        "upstream": {"url": upstream_url, "secret_env": "ENGINE_SECRET", "pool_size": 8192},
+    base: dict[str, object] = {
+        "upstream": {"url": upstream_url, "secret_env": "ENGINE_SECRET", "pool_size": 8192,
+                     "first_byte_timeout": args.hold + 30},
         "issuers": [{"issuer": ISSUER, "audience": "bench", "algorithms": ["HS256"],
                      "keys": [{"secret_env": "BENCH_JWT_SECRET"}]}],
         "tables": {args.table: {"allow": [{"where": "org_id = {{org_id}}",
                                            "columns": ["id", "org_id", "title"]}]}},
     }  # fmt: skip
-    path = tmp / "proxy.yaml"
-    path.write_text(json.dumps(config))  # JSON is YAML
+    ports: dict[str, int] = {}
     env = {**os.environ, "ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-m", "proxy", "--config", str(path), "--log-level", "WARNING"],
-            env=env,
-            cwd=ROOT,
+    for arm, extra in ARMS.items():
+        port = free_port()
+        ports[arm] = port
+        config = {**base, "server": {"host": "127.0.0.1", "port": port}, **extra}
+        path = tmp / f"proxy-{arm}.yaml"
+        path.write_text(json.dumps(config))  # JSON is YAML
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "proxy", "--config", str(path), "--log-level", "WARNING"],
+                env=env,
+                cwd=ROOT,
+            )
         )
-    )
-    return procs, upstream_url, proxy_port, config
+    return procs, upstream_url, ports, base
+
+
+#: Proxy arms: extra config per arm.
+ARMS: dict[str, dict[str, object]] = {
+    "off": {"collapse": False, "cache": {"max_bytes": 0}},
+    "on": {"collapse": True, "cache": {"max_bytes": 256 * 1024 * 1024}},
+}
 
 
 async def catch_up(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
@@ -219,12 +242,94 @@ async def catch_up(session: aiohttp.ClientSession, url: str, headers: dict[str, 
     raise RuntimeError("never up to date")
 
 
+async def upstream_requests(session: aiohttp.ClientSession, proxy: str) -> float:
+    """The proxy's count of requests it sent to the engine."""
+    async with session.get(f"{proxy}/metrics") as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("shape_proxy_upstream_requests_total "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def fanout(
+    args: argparse.Namespace, proxy: str, auth: dict[str, str], n: int, first_id: int
+) -> dict[str, float]:
+    """N live clients on one shape, one insert per second: engine requests per write, latency."""
+    import orjson
+    import psycopg
+
+    base = f"{proxy}/v1/shape?table={args.table}"
+    commits: dict[str, float] = {}
+    received: list[tuple[str, float]] = []
+    errors = 0
+    stop = asyncio.Event()
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=args.hold + 40)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        start_query = await catch_up(session, base, auth)
+
+        async def client() -> None:
+            nonlocal errors
+            query = start_query
+            while not stop.is_set():
+                try:
+                    async with session.get(f"{base}&{query}", headers=auth) as resp:
+                        body = await resp.read()
+                        now = time.time()
+                        if resp.status != 200:
+                            errors += 1
+                            await asyncio.sleep(0.2)
+                            continue
+                        h = resp.headers
+                        query = (f"offset={h['electric-offset']}&handle={h['electric-handle']}"
+                                 f"&live=true&cursor={h.get('electric-cursor', '')}")  # fmt: skip
+                except aiohttp.ClientError:
+                    errors += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                for message in orjson.loads(body):
+                    if "key" in message and message["headers"].get("operation") == "insert":
+                        received.append((message["value"]["id"], now))
+
+        tasks = [asyncio.create_task(client()) for _ in range(n)]
+        await asyncio.sleep(2.0)  # every client is now holding a live request
+        before = await upstream_requests(session, proxy)
+        async with await psycopg.AsyncConnection.connect(
+            args.database_url, autocommit=True
+        ) as conn:
+            for i in range(args.writes):
+                row = first_id + i
+                await conn.execute(
+                    f"INSERT INTO {args.table} VALUES (%s, 'org-a', 'fan-out')", (row,)
+                )
+                commits[str(row)] = time.time()
+                await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # let the last write arrive everywhere
+        after = await upstream_requests(session, proxy)
+        stop.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    lat = sorted(t - commits[row] for row, t in received if row in commits)
+    expected = n * args.writes
+    return {
+        "requests_per_write": (after - before) / args.writes,
+        "p50_ms": lat[len(lat) // 2] * 1000 if lat else float("nan"),
+        "p99_ms": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000 if lat else float("nan"),
+        "delivered": len(lat) / expected if expected else 0.0,
+        "errors": float(errors),
+    }
+
+
 async def measure(
-    args: argparse.Namespace, upstream_url: str, proxy_port: int, proxy_pid: int,
+    args: argparse.Namespace, upstream_url: str, ports: dict[str, int], pids: dict[str, int],
     config: dict[str, object],
 ) -> None:  # fmt: skip
     await wait_http(upstream_url + "/v1/shape")
-    await wait_http(f"http://127.0.0.1:{proxy_port}/healthz")
+    proxies = {arm: f"http://127.0.0.1:{port}" for arm, port in ports.items()}
+    for url in proxies.values():
+        await wait_http(f"{url}/healthz")
     now = int(time.time())
     claims = {"iss": ISSUER, "aud": "bench", "sub": "u1", "org_id": "org-a", "iat": now,
               "exp": now + 3600}  # fmt: skip
@@ -238,38 +343,64 @@ async def measure(
     direct_url = str(
         build_upstream_url(upstream_url, decision, source_id=None, secret=ENGINE_SECRET)
     )
-    proxy_base = f"http://127.0.0.1:{proxy_port}/v1/shape?table={args.table}"
-    proxy_url = proxy_base + "&offset=-1"
-
+    targets: dict[str, tuple[str, dict[str, str]]] = {"direct": (direct_url, {})} | {
+        arm: (f"{url}/v1/shape?table={args.table}&offset=-1", auth) for arm, url in proxies.items()
+    }
+    rps: dict[str, list[float]] = {name: [] for name in targets}
+    lat: dict[str, list[float]] = {}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        live_query = await catch_up(session, proxy_base, auth)
-        await throughput(session, direct_url, {}, 200, args.concurrency)  # warm-up
-        await throughput(session, proxy_url, auth, 200, args.concurrency)
-        direct_rps, proxy_rps = [], []
+        live_query = await catch_up(session, f"{proxies['off']}/v1/shape?table={args.table}", auth)
+        for url, headers in targets.values():  # warm-up
+            await throughput(session, url, headers, 300, args.concurrency)
         for _ in range(args.rounds):
-            direct_rps.append(
-                await throughput(session, direct_url, {}, args.requests, args.concurrency)
-            )
-            proxy_rps.append(
-                await throughput(session, proxy_url, auth, args.requests, args.concurrency)
-            )
-        d_lat = await latencies(session, direct_url, {}, args.latency_requests)
-        p_lat = await latencies(session, proxy_url, auth, args.latency_requests)
-    per_poll_kb, held_ok = await held_long_polls(
-        f"{proxy_base}&{live_query}", auth, proxy_pid, args.held, settle=args.hold / 2
-    )
-    d, p = statistics.median(direct_rps), statistics.median(proxy_rps)
-    dm, pm = statistics.median(d_lat) * 1000, statistics.median(p_lat) * 1000
+            for name, (url, headers) in targets.items():
+                rps[name].append(
+                    await throughput(session, url, headers, args.requests, args.concurrency)
+                )
+        for name, (url, headers) in targets.items():
+            lat[name] = await latencies(session, url, headers, args.latency_requests)
+    held: dict[str, tuple[float, int]] = {}
+    for arm, url in proxies.items():
+        held[arm] = await held_long_polls(
+            f"{url}/v1/shape?table={args.table}&{live_query}", auth, pids[arm], args.held,
+            settle=args.hold / 2,
+        )  # fmt: skip
+    fan: list[tuple[str, int, dict[str, float]]] = []
+    if args.database_url and args.fanout:
+        sizes = [int(x) for x in args.fanout.split(",")]
+        first_id = 10_000_000
+        for n in sizes:
+            fan.append(("on", n, await fanout(args, proxies["on"], auth, n, first_id)))
+            first_id += 1000
+        if not args.no_fanout_off:
+            n = sizes[0]
+            fan.append(("off", n, await fanout(args, proxies["off"], auth, n, first_id)))
+
     what = "real sync-engine + Postgres" if args.database_url else "fake engine"
-    print(f"upstream: {what}, {args.rows} rows per response")
-    print(f"throughput at concurrency {args.concurrency}, median of {args.rounds} rounds x "
-          f"{args.requests} requests:")  # fmt: skip
-    print(f"  direct {d:8.0f} req/s   proxy {p:8.0f} req/s   "
-          f"ratio proxy/direct {p / d:.2f} (target >= 0.75)")  # fmt: skip
-    print(f"latency at concurrency 1, median of {args.latency_requests}:")
-    print(f"  direct {dm:.2f} ms   proxy {pm:.2f} ms   added {pm - dm:.2f} ms")
-    print(f"held long-polls: {args.held} concurrent through the proxy ({held_ok} answered 200)")
-    print(f"  proxy RSS per held long-poll {per_poll_kb:.1f} KB (target < 20 KB)")
+    print(f"machine: {machine()}")
+    print(f"upstream: {what}, {args.rows} rows per response; proxy arms: off = collapse and "
+          "cache off, on = both on")  # fmt: skip
+    d = statistics.median(rps["direct"])
+    print(f"throughput, same URL repeated, concurrency {args.concurrency}, median of "
+          f"{args.rounds} rounds x {args.requests} requests:")  # fmt: skip
+    print(f"  {'arm':<8}{'req/s':>10}{'ratio':>8}   median latency (c=1)   added")
+    dm = statistics.median(lat["direct"]) * 1000
+    for name in targets:
+        r = statistics.median(rps[name])
+        m = statistics.median(lat[name]) * 1000
+        label = {"direct": "direct", "off": "proxy (collapse+cache off)",
+                 "on": "proxy (collapse+cache on; repeats are cache hits)"}[name]  # fmt: skip
+        print(f"  {name:<8}{r:>10.0f}{r / d:>8.2f}   {m:>8.2f} ms{'':>11}{m - dm:>6.2f} ms"
+              f"   {label}")  # fmt: skip
+    print("  target: proxy/direct >= 0.75")
+    for arm, (kb, ok) in held.items():
+        print(f"held long-polls, arm {arm}: {args.held} concurrent on one shape ({ok} answered "
+              f"200): proxy RSS per held long-poll {kb:.1f} KB (target < 20 KB)")  # fmt: skip
+    for arm, n, result in fan:
+        print(f"live fan-out, arm {arm}, N={n}, {args.writes} writes at 1/s: engine requests "
+              f"per write {result['requests_per_write']:.2f} (target <= 2), commit-to-client "
+              f"p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, delivered "
+              f"{result['delivered'] * 100:.1f}%, errors {result['errors']:.0f}")  # fmt: skip
 
 
 def main() -> None:
@@ -285,20 +416,35 @@ def main() -> None:
     parser.add_argument(
         "--database-url", help="run the real sync-engine against this database (table replaced)"
     )
+    parser.add_argument(
+        "--real", action="store_true", help="start a throwaway Postgres and use the real engine"
+    )
+    parser.add_argument("--fanout", default="200,1000", help="fan-out client counts ('' skips)")
+    parser.add_argument("--writes", type=int, default=10, help="fan-out writes (1 per second)")
+    parser.add_argument("--no-fanout-off", action="store_true", help="skip the uncollapsed arm")
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
         run_fake_upstream(args.serve_upstream, args.rows, args.hold)
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        procs, upstream_url, proxy_port, config = start_processes(args, Path(tmp))
-        try:
-            asyncio.run(measure(args, upstream_url, proxy_port, procs[-1].pid, config))
-        finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=15)
+    pg = None
+    if args.real and not args.database_url:
+        pg = Postgres()
+        args.database_url = pg.url
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            procs, upstream_url, ports, config = start_processes(args, Path(tmp))
+            pids = {arm: proc.pid for arm, proc in zip(ARMS, procs[1:], strict=True)}
+            try:
+                asyncio.run(measure(args, upstream_url, ports, pids, config))
+            finally:
+                for proc in procs:
+                    proc.terminate()
+                for proc in procs:
+                    proc.wait(timeout=15)
+    finally:
+        if pg is not None:
+            pg.stop()
 
 
 if __name__ == "__main__":

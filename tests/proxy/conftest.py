@@ -163,7 +163,8 @@ class ProxyHarness:
         lines = head.decode().split("\r\n")
         from multidict import CIMultiDict
 
-        headers = CIMultiDict(line.split(": ", 1) for line in lines[1:])
+        pairs = [line.split(": ", 1) for line in lines[1:]]
+        headers: CIMultiDict[str] = CIMultiDict((name, value) for name, value in pairs)
         reply = Reply(int(lines[0].split()[1]), headers, body)
         self.assert_clean(reply)
         return reply

@@ -43,6 +43,7 @@ class FakeEngine:
     delay_headers: float = 0.0  # delay before any response (slow engine)
     status: int = 200
     gzip_body: bool = False
+    body_size: int = 0  # > 0: non-live answers carry a body of about this many bytes
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
@@ -112,6 +113,13 @@ class FakeEngine:
                 }
                 for i in range(3)
             ]
+            if self.body_size:
+                filler = "x" * 1000
+                rows = [
+                    {"key": f'"public"."items"/"{i}"', "value": {"id": str(i), "title": filler},
+                     "headers": {"operation": "insert"}}
+                    for i in range(self.body_size // 1050 + 1)
+                ]  # fmt: skip
             payload = json.dumps([*rows, {"headers": {"control": "up-to-date"}}]).encode()
         if self.gzip_body:
             payload = gzip.compress(payload)

@@ -147,3 +147,37 @@ async def test_two_orgs_and_admin_through_proxy_and_real_engine(
     async with aiohttp.ClientSession() as session:
         async with session.get(f"{real_engine}/v1/shape?table=items&offset=-1") as resp:
             assert resp.status == 401
+
+
+def _upstream_requests(metrics_text: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith("shape_proxy_upstream_requests_total "):
+            return float(line.split()[1])
+    raise AssertionError("no upstream request counter")
+
+
+async def test_twenty_live_clients_share_one_engine_request_per_write(
+    real_engine: str, db_url: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """Collapsing on the real path: one insert reaches 20 long-polling clients of one shape
+    (two users with the same org, so the same enforced filter) for at most 2 engine requests."""
+    config = base_config(real_engine, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    proxy = await make_proxy(build_config(config, environ))
+    tokens = [proxy.tokens.make(sub=f"user-{i % 2}", org_id="org-a") for i in range(20)]
+    _, handle, offset = await _sync(proxy, tokens[0])
+    path = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
+    before = _upstream_requests((await proxy.get("/metrics")).body.decode())
+    polls = [asyncio.create_task(proxy.get(path, token=t)) for t in tokens]
+    await asyncio.sleep(0.5)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (10, 'org-a', 'fan-out')")
+    replies = await asyncio.gather(*polls)
+    after = _upstream_requests((await proxy.get("/metrics")).body.decode())
+    for reply in replies:
+        assert reply.status == 200
+        rows: dict[str, dict[str, Any]] = {}
+        _apply(rows, reply.json())
+        assert [r["title"] for r in rows.values()] == ["fan-out"]
+    assert len({r.headers["X-Request-Id"] for r in replies}) == 20
+    assert after - before <= 2, f"the engine saw {after - before} requests for one write"
