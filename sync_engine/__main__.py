@@ -7,10 +7,14 @@ This is the only place that configures logging.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -31,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sync-engine",
         description="Serve Electric's HTTP Shape API (/v1/shape) from Postgres logical replication.",
+        epilog="Many databases: start with --admin-token, then register each database with"
+        " `sync-engine sources add --name NAME --database-url URL` (see `sync-engine sources"
+        " --help`) or the dashboard at http://ADMIN_HOST:ADMIN_PORT/. Requests then name"
+        " source_id=<id>&secret=<secret>. Without registered sources the engine serves"
+        " --database-url alone.",
     )
     p.add_argument("--database-url", default=_env("DATABASE_URL", os.environ.get("DATABASE_URL")),
                    help="Postgres connection string; the role needs REPLICATION and must own the"
@@ -67,6 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fsync", action="store_true", default=_flag("NO_FSYNC"),
                    help="do not fsync shape logs before acknowledging WAL (faster, unsafe on power"
                         " loss; safe against process crashes). Env: SYNC_ENGINE_NO_FSYNC=true")  # fmt: skip
+    p.add_argument("--max-initial-syncs", type=int,
+                   default=int(_env("MAX_INITIAL_SYNCS", "32") or 0) or None,
+                   help="per registered source, the most shape snapshots in progress at once;"
+                        " a request needing one more gets 503 with Retry-After (default 32, 0 ="
+                        " no limit). Env: SYNC_ENGINE_MAX_INITIAL_SYNCS")  # fmt: skip
+    p.add_argument("--admin-token", default=_env("ADMIN_TOKEN"),
+                   help="enables the admin listener (API + dashboard for registered sources);"
+                        " requests must send 'Authorization: Bearer <token>'. At least 16"
+                        " characters. Env: SYNC_ENGINE_ADMIN_TOKEN")  # fmt: skip
+    p.add_argument("--admin-host", default=_env("ADMIN_HOST", "127.0.0.1"),
+                   help="address of the admin listener (default 127.0.0.1: this machine only)."
+                        " Env: SYNC_ENGINE_ADMIN_HOST")  # fmt: skip
+    p.add_argument("--admin-port", type=int, default=int(_env("ADMIN_PORT", "3100") or 3100),
+                   help="port of the admin listener (default 3100). Env: SYNC_ENGINE_ADMIN_PORT")
+    p.add_argument("--public-url", default=_env("PUBLIC_URL"),
+                   help="the URL proxies and clients use to reach this engine, shown in the"
+                        " dashboard's examples (default http://HOST:PORT)."
+                        " Env: SYNC_ENGINE_PUBLIC_URL")  # fmt: skip
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "INFO"),
                    help="DEBUG, INFO, WARNING or ERROR (default INFO). Env: SYNC_ENGINE_LOG_LEVEL")
     return p
@@ -87,10 +114,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_shapes=args.max_shapes,
         allow_delete=args.allow_delete,
         fsync=not args.no_fsync,
+        max_initial_syncs=args.max_initial_syncs,
+        admin_token=args.admin_token or None,
+        admin_host=args.admin_host,
+        admin_port=args.admin_port,
+        public_url=args.public_url or None,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "sources":
+        from .sources.cli import main as sources_main
+
+        raise SystemExit(sources_main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -98,13 +135,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     settings = settings_from_args(args)
-    if not settings.database_url:
-        print("sync-engine: --database-url (or DATABASE_URL) is required", file=sys.stderr)
+    from .admin.api import MIN_TOKEN_LENGTH
+    from .sources.registry import registry_has_sources
+
+    if settings.admin_token is not None and len(settings.admin_token) < MIN_TOKEN_LENGTH:
+        print(f"sync-engine: --admin-token must be at least {MIN_TOKEN_LENGTH} characters",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    if (
+        not settings.database_url
+        and settings.admin_token is None
+        and not registry_has_sources(settings.data_dir)
+    ):
+        print("sync-engine: --database-url (or DATABASE_URL) is required, unless sources are"
+              " registered (start with --admin-token to register them)", file=sys.stderr)  # fmt: skip
         raise SystemExit(2)
     from .app import build_app
 
+    app = build_app(settings)
+    if settings.admin_token is not None:
+        app.cleanup_ctx.append(_admin_listener(settings))
+    # Snapshots and fsyncs of every source run in threads: give sources room so one busy
+    # source cannot take all of the default executor's few workers.
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine"))
     web.run_app(
-        build_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         print=lambda *_: logging.getLogger("sync_engine").info(
@@ -112,7 +168,28 @@ def main(argv: list[str] | None = None) -> None:
         ),
         access_log=None,
         shutdown_timeout=2,
+        loop=loop,
     )
+
+
+def _admin_listener(settings: Settings) -> Any:
+    """Serve the admin app on its own address for as long as the engine app runs."""
+
+    async def listener(app: web.Application) -> AsyncIterator[None]:
+        from .admin import build_admin_app
+        from .app import MANAGER
+
+        runner = web.AppRunner(build_admin_app(settings, app[MANAGER]), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
+        await site.start()
+        logging.getLogger("sync_engine").info(
+            "admin API and dashboard on http://%s:%d/", settings.admin_host, settings.admin_port
+        )
+        yield
+        await runner.cleanup()
+
+    return listener
 
 
 if __name__ == "__main__":

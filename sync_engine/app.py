@@ -16,9 +16,11 @@ from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.shape import ShapeView
 from .settings import Settings
 from .source import Source, SourceConfig
+from .sources.manager import SourceManager
 
 SOURCES = web.AppKey("sources", dict)
 SETTINGS = web.AppKey("settings", Settings)
+MANAGER = web.AppKey("source_manager", SourceManager)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -51,9 +53,19 @@ async def _prepare_stream(request: web.Request, resp: web.StreamResponse) -> Non
 
 
 def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> web.Application:
+    """The public app (/v1/shape, /v1/health).
+
+    Sources: the single database of `--database-url` ("default"), and the registered
+    sources of `<data-dir>/sources.db` run by the app's `SourceManager` (`app[MANAGER]`,
+    shared with the admin app of `sync_engine.admin`). A request naming a `source_id` is
+    for a registered source once any is registered; otherwise, and always when none is,
+    requests go to the single database exactly as without a registry.
+    """
     app = web.Application(middlewares=[common_headers, error_middleware])
     app[SETTINGS] = settings
     app[SOURCES] = sources if sources is not None else {}
+    manager = SourceManager(settings)
+    app[MANAGER] = manager
     app.on_response_prepare.append(_prepare_stream)
 
     async def find_source(request: web.Request) -> Source:
@@ -61,6 +73,8 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         srcs: dict[str, Source] = request.app[SOURCES]
         q = request.query
         given = q.get("secret") or q.get("api_secret") or q.get("source_secret")
+        if manager.has_sources() and ("source_id" in q or "default" not in srcs):
+            return await manager.authenticate(q.get("source_id"), given)
         if settings.secret is not None:
             if given is None or not hmac.compare_digest(given.encode(), settings.secret.encode()):
                 raise Unauthorized()
@@ -85,6 +99,8 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         srcs: dict[str, Source] = request.app[SOURCES]
         states = {sid: s.state for sid, s in srcs.items()}
         active = bool(states) and all(v == "active" for v in states.values())
+        if not states and manager.has_sources():
+            active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}
         return json_response(200 if active else 202, body,
                              {"cache-control": "no-cache, no-store, must-revalidate"})  # fmt: skip
@@ -117,7 +133,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
             )
         for s in srcs.values():
             await s.start()
+        await manager.start()
         yield
+        await manager.stop()
         for s in srcs.values():
             await s.stop()
 

@@ -25,3 +25,17 @@ class Settings:
     max_concurrent_snapshots: int = 8
     out_of_bounds_wait: float = 10.0
     schema_check_interval: float = 10.0
+    # Registered sources (see sync_engine/sources): limits per source, and the admin listener.
+    max_initial_syncs: int | None = 32
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 3100
+    admin_token: str | None = field(default=None, repr=False)
+    public_url: str | None = None
+
+    @property
+    def engine_url(self) -> str:
+        """The URL clients and proxies use to reach /v1/shape (shown in the dashboard)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"

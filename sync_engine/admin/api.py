@@ -1,0 +1,233 @@
+"""Admin HTTP API for sources, and the dashboard's static files.
+
+    GET    /api/info                           engine URL and version
+    GET    /api/sources                        {"sources": [status, ...]}
+    POST   /api/sources                        {name, database_url[, max_shapes, max_initial_syncs]}
+                                               -> 201 status + secret (shown this once)
+    GET    /api/sources/{id}                   status
+    POST   /api/sources/{id}/rotate-secret     {grace_period_seconds} -> status + new secret
+    POST   /api/sources/{id}/pause | /resume   status
+    DELETE /api/sources/{id}                   {source_id, deleted, warnings}
+    GET    /                                   the dashboard (static HTML, CSS and JS)
+
+Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status, and
+a failed request changes nothing. Secrets and passwords never appear in responses other
+than the one that creates a secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from importlib import resources
+from typing import Any
+
+from aiohttp import web
+
+from .. import __version__
+from ..settings import Settings
+from ..sources.errors import DuplicateName, InvalidInput, SourceError, UnknownSource
+from ..sources.manager import SourceManager
+from ..sources.registry import SourceRecord
+
+log = logging.getLogger(__name__)
+
+MANAGER = web.AppKey("admin_source_manager", SourceManager)
+ADMIN_SETTINGS = web.AppKey("admin_settings", Settings)
+MAX_BODY = 64 * 1024
+MIN_TOKEN_LENGTH = 16
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_STATUS = {InvalidInput: 400, UnknownSource: 404, DuplicateName: 409}
+_STATIC = {
+    "app.js": "text/javascript",
+    "style.css": "text/css",
+}
+_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+    " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def _json(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(body, indent=None).encode(),
+        content_type="application/json",
+        charset="utf-8",
+        headers=headers,
+    )
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return _json(status, body)
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resp = await handler(request)
+    resp.headers.setdefault("cache-control", "no-store")
+    resp.headers["x-content-type-options"] = "nosniff"
+    resp.headers["x-frame-options"] = "DENY"
+    resp.headers["referrer-policy"] = "no-referrer"
+    resp.headers["content-security-policy"] = _CSP
+    return resp
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except SourceError as exc:
+        status = next((v for k, v in _STATUS.items() if isinstance(exc, k)), 400)
+        return _error(status, exc.code, exc.message, getattr(exc, "field", None))
+    except web.HTTPRequestEntityTooLarge:
+        return _error(413, "body_too_large", f"request body is larger than {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        return _error(exc.status, code, exc.reason)
+    except Exception:
+        log.exception("admin request %s %s failed", request.method, request.path)
+        return _error(500, "internal_error", "internal error; see the engine's log")
+
+
+def _token_middleware(token: str) -> Any:
+    want = hashlib.sha256(token.encode()).digest()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            given = request.headers.get("authorization", "")
+            scheme, _, value = given.partition(" ")
+            if scheme.lower() != "bearer":
+                value = request.headers.get("x-admin-token", "")
+            got = hashlib.sha256(value.strip().encode()).digest()
+            if not value or not hmac.compare_digest(got, want):
+                resp = _error(401, "unauthorized", "missing or wrong admin token: send"
+                              " 'Authorization: Bearer <admin token>'")  # fmt: skip
+                resp.headers["www-authenticate"] = 'Bearer realm="shapegate-admin"'
+                return resp
+        return await handler(request)
+
+    return require_token
+
+
+async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput("body", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput("body", "request body must be a JSON object")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise InvalidInput(unknown[0], f"unknown field {unknown[0]!r}; allowed: "
+                           + ", ".join(allowed))  # fmt: skip
+    return data
+
+
+def build_admin_app(settings: Settings, manager: SourceManager) -> web.Application:
+    """The admin app, sharing the engine app's `SourceManager` (`app[MANAGER]` there)."""
+    token = settings.admin_token
+    if not token or len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} characters")
+    app = web.Application(
+        middlewares=[_headers, _errors, _token_middleware(token)], client_max_size=MAX_BODY
+    )
+    app[MANAGER] = manager
+    app[ADMIN_SETTINGS] = settings
+    engine_url = settings.engine_url
+
+    def status(rec: SourceRecord) -> dict[str, Any]:
+        body = manager.status(rec)
+        body["shape_url"] = f"{engine_url}/v1/shape?source_id={rec.source_id}"
+        return body
+
+    async def info(request: web.Request) -> web.StreamResponse:
+        return _json(200, {"engine_url": engine_url, "version": __version__,
+                           "sources": len(manager.records)})  # fmt: skip
+
+    async def list_sources(request: web.Request) -> web.StreamResponse:
+        return _json(200, {"sources": [status(r) for r in manager.list()]})
+
+    async def create_source(request: web.Request) -> web.StreamResponse:
+        data = await _body(request, ("name", "database_url", "max_shapes", "max_initial_syncs"))
+        rec, secret = await manager.create(
+            data.get("name"),
+            data.get("database_url"),
+            data.get("max_shapes"),
+            data.get("max_initial_syncs"),
+        )
+        body = status(rec)
+        body["secret"] = secret
+        body["secret_notice"] = "This secret is shown only once; store it now."
+        return _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
+
+    async def show_source(request: web.Request) -> web.StreamResponse:
+        return _json(200, status(manager.get(request.match_info["id"])))
+
+    async def rotate_secret(request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["id"]
+        manager.get(sid)  # 404 before reading the body
+        data = await _body(request, ("grace_period_seconds",))
+        rec, secret = await manager.rotate_secret(sid, data.get("grace_period_seconds"))
+        body = status(rec)
+        body["secret"] = secret
+        body["secret_notice"] = "This secret is shown only once; store it now."
+        return _json(200, body)
+
+    async def pause(request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["id"]
+        manager.get(sid)
+        await _body(request, ())
+        return _json(200, status(await manager.pause(sid)))
+
+    async def resume(request: web.Request) -> web.StreamResponse:
+        sid = request.match_info["id"]
+        manager.get(sid)
+        await _body(request, ())
+        return _json(200, status(await manager.resume(sid)))
+
+    async def delete_source(request: web.Request) -> web.StreamResponse:
+        rec = manager.get(request.match_info["id"])
+        warnings = await manager.delete(rec.source_id)
+        return _json(200, {"source_id": rec.source_id, "name": rec.name, "deleted": True,
+                           "warnings": warnings})  # fmt: skip
+
+    async def dashboard(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=_static("index.html"), content_type="text/html", charset="utf-8")
+
+    async def static(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name not in _STATIC:
+            raise web.HTTPNotFound()
+        return web.Response(body=_static(name), content_type=_STATIC[name], charset="utf-8")
+
+    r = app.router
+    r.add_get("/api/info", info)
+    r.add_get("/api/sources", list_sources)
+    r.add_post("/api/sources", create_source)
+    r.add_get("/api/sources/{id}", show_source)
+    r.add_delete("/api/sources/{id}", delete_source)
+    r.add_post("/api/sources/{id}/rotate-secret", rotate_secret)
+    r.add_post("/api/sources/{id}/pause", pause)
+    r.add_post("/api/sources/{id}/resume", resume)
+    r.add_get("/", dashboard)
+    r.add_get("/static/{name}", static)
+    return app
+
+
+def _static(name: str) -> bytes:
+    return resources.files(__package__).joinpath("static", name).read_bytes()

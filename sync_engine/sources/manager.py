@@ -1,0 +1,335 @@
+"""SourceManager: the registry and the running sources, kept in step.
+
+The app's lifespan starts it (load the registry, start every source that is not paused,
+watch states) and stops it. The admin API calls its create/rotate/pause/resume/delete;
+`/v1/shape` calls `authenticate`. Mutations are serialised by one lock; each is written to
+SQLite first, so a failed one leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..errors import ServiceUnavailable, Unauthorized
+from ..settings import Settings
+from ..source import SourceConfig
+from .auth import SourceAuth, parse_source_id
+from .credentials import hash_secret, new_secret
+from .dburl import check_database_url
+from .errors import InvalidInput, UnknownSource
+from .managed import ManagedSource
+from .registry import SourceRecord, SourceRegistry
+
+log = logging.getLogger(__name__)
+
+MAX_GRACE_SECONDS = 30 * 24 * 3600
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def check_name(name: object) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidInput("name", "name is required")
+    name = name.strip()
+    if not _NAME.match(name):
+        raise InvalidInput("name", "name must be 1-64 characters: letters, digits, space, '.',"
+                           " '_' or '-', starting with a letter or digit")  # fmt: skip
+    return name
+
+
+def check_limit(field: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1_000_000:
+        raise InvalidInput(field, f"{field} must be a whole number from 1 to 1000000, or null")
+    return value
+
+
+def check_grace(value: object) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise InvalidInput("grace_period_seconds", "grace_period_seconds must be a number")
+    if not 0 <= value <= MAX_GRACE_SECONDS:
+        raise InvalidInput("grace_period_seconds", "grace_period_seconds must be between 0 and"
+                           f" {MAX_GRACE_SECONDS} (30 days)")  # fmt: skip
+    return float(value)
+
+
+class SourceManager:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.path = settings.data_dir / "sources.db"
+        self.registry: SourceRegistry | None = None
+        self.records: dict[str, SourceRecord] = {}
+        self.running: dict[str, ManagedSource] = {}
+        self.auth = SourceAuth()
+        self._lock = asyncio.Lock()
+        self._persisted: dict[str, tuple[str, str | None]] = {}
+        self._watcher: asyncio.Task[None] | None = None
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.registry = SourceRegistry(self.path)
+        await self.auth.prepare()
+        for rec in self.registry.list():
+            self.records[rec.source_id] = rec
+            self._persisted[rec.source_id] = (rec.state, rec.last_error)
+            if not rec.paused:
+                await self._start_source(rec)
+        if self.records:
+            log.info("%d registered sources (%d running)", len(self.records), len(self.running))
+        self._watcher = asyncio.create_task(self._watch_states(), name="source-states")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        running, self.running = list(self.running.values()), {}
+        await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
+        if self.registry is not None:
+            self.registry.close()
+            self.registry = None
+
+    def has_sources(self) -> bool:
+        return bool(self.records)
+
+    def _reg(self) -> SourceRegistry:
+        if self.registry is None:
+            raise RuntimeError("source manager is not started")
+        return self.registry
+
+    def source_dir(self, source_id: str) -> Path:
+        return self.settings.data_dir / "sources" / source_id
+
+    def _config(self, rec: SourceRecord) -> SourceConfig:
+        s = self.settings
+        return SourceConfig(
+            source_id=rec.source_id,
+            database_url=rec.database_url,
+            data_dir=self.source_dir(rec.source_id),
+            chunk_bytes=s.chunk_bytes,
+            max_concurrent_snapshots=s.max_concurrent_snapshots,
+            max_shapes=rec.max_shapes if rec.max_shapes is not None else s.max_shapes,
+            fsync=s.fsync,
+            schema_check_interval=s.schema_check_interval,
+        )
+
+    def _initial_syncs_limit(self, rec: SourceRecord) -> int | None:
+        if rec.max_initial_syncs is not None:
+            return rec.max_initial_syncs
+        return self.settings.max_initial_syncs
+
+    def _make_source(self, rec: SourceRecord) -> ManagedSource:
+        return ManagedSource(self._config(rec), rec.database_url, self._initial_syncs_limit(rec))
+
+    async def _start_source(self, rec: SourceRecord) -> None:
+        source = self._make_source(rec)
+        self.running[rec.source_id] = source
+        await source.start()
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def authenticate(self, source_id: str | None, secret: str | None) -> ManagedSource:
+        """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
+        sid = parse_source_id(source_id)
+        rec = self.records.get(sid) if sid is not None else None
+        if not await self.auth.check(rec, secret):
+            raise Unauthorized()
+        rec = self.records.get(sid) if sid is not None else None
+        if rec is None:  # deleted meanwhile
+            raise Unauthorized()
+        if rec.paused:
+            raise ServiceUnavailable("Source is paused; an operator must resume it",
+                                     retry_after=30, code="source_paused")  # fmt: skip
+        source = self.running.get(rec.source_id)
+        if source is None:
+            raise ServiceUnavailable("Source is starting", retry_after=5)
+        return source
+
+    # -- management -----------------------------------------------------------------------
+
+    def get(self, source_id: str) -> SourceRecord:
+        sid = parse_source_id(source_id)
+        rec = self.records.get(sid) if sid is not None else None
+        if rec is None:
+            raise UnknownSource(f"no source with id {source_id}")
+        return rec
+
+    def list(self) -> list[SourceRecord]:
+        return sorted(self.records.values(), key=lambda r: (r.created_at, r.name))
+
+    async def create(
+        self,
+        name: object,
+        database_url: object,
+        max_shapes: object = None,
+        max_initial_syncs: object = None,
+    ) -> tuple[SourceRecord, str]:
+        name = check_name(name)
+        url = check_database_url(database_url)
+        shapes_limit = check_limit("max_shapes", max_shapes)
+        syncs_limit = check_limit("max_initial_syncs", max_initial_syncs)
+        secret = new_secret()
+        secret_hash = await asyncio.to_thread(hash_secret, secret)
+        async with self._lock:
+            rec = self._reg().create(
+                name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
+            )
+            self.records[rec.source_id] = rec
+            self._persisted[rec.source_id] = (rec.state, None)
+            await self._start_source(rec)
+        log.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
+        return rec, secret
+
+    async def rotate_secret(self, source_id: str, grace: object) -> tuple[SourceRecord, str]:
+        grace_s = check_grace(grace)
+        self.get(source_id)
+        secret = new_secret()
+        secret_hash = await asyncio.to_thread(hash_secret, secret)
+        async with self._lock:
+            rec = self.get(source_id)
+            rec = self._reg().rotate_secret(rec.source_id, secret_hash, grace_s)
+            self.records[rec.source_id] = rec
+        log.info("source %s (%s): secret rotated, old secret valid for %ds more",
+                 rec.name, rec.source_id, grace_s)  # fmt: skip
+        return rec, secret
+
+    async def pause(self, source_id: str) -> SourceRecord:
+        async with self._lock:
+            rec = self.get(source_id)
+            rec = self._reg().set_paused(rec.source_id, True)
+            self.records[rec.source_id] = rec
+            self._persisted[rec.source_id] = ("paused", None)
+            source = self.running.pop(rec.source_id, None)
+            if source is not None:
+                await source.stop()
+        log.info("source %s (%s) paused", rec.name, rec.source_id)
+        return rec
+
+    async def resume(self, source_id: str) -> SourceRecord:
+        async with self._lock:
+            rec = self.get(source_id)
+            rec = self._reg().set_paused(rec.source_id, False)
+            self.records[rec.source_id] = rec
+            self._persisted[rec.source_id] = ("connecting", None)
+            if rec.source_id not in self.running:
+                await self._start_source(rec)
+        log.info("source %s (%s) resumed", rec.name, rec.source_id)
+        return rec
+
+    async def delete(self, source_id: str) -> list[str]:
+        """Remove a source: stop it, drop its slot and publication, delete its shape logs."""
+        async with self._lock:
+            rec = self.get(source_id)
+            del self.records[rec.source_id]  # from here on its requests get 401
+            self.auth.forget()
+            source = self.running.pop(rec.source_id, None) or self._make_source(rec)
+            source.registry.rotate_all("source deleted")  # held requests: 409, then 401
+            warnings = await source.destroy()
+            self._reg().delete(rec.source_id)
+            self._persisted.pop(rec.source_id, None)
+        for w in warnings:
+            log.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
+        log.info("source %s (%s) deleted", rec.name, rec.source_id)
+        return warnings
+
+    # -- state ----------------------------------------------------------------------------
+
+    def live_state(self, rec: SourceRecord) -> tuple[str, str | None, str | None]:
+        """(state, reason a person can act on, reason code) as of now."""
+        if rec.paused:
+            return "paused", None, None
+        source = self.running.get(rec.source_id)
+        if source is None:
+            return rec.state, None, None
+        diag = source.diagnosis
+        if source.state == "error":
+            return "error", diag.message if diag else source.error, diag.code if diag else None
+        return source.state, None, None
+
+    def status(self, rec: SourceRecord) -> dict[str, Any]:
+        state, error, code = self.live_state(rec)
+        source = self.running.get(rec.source_id)
+        config = self._config(rec)
+        shape_count = (
+            source.shape_count
+            if source is not None and source.ready.is_set()
+            else self._shapes_on_disk(rec)
+        )
+        now = time.time()
+        in_grace = (
+            rec.previous_secret_expires_at is not None and now < rec.previous_secret_expires_at
+        )
+        return {
+            "source_id": rec.source_id,
+            "name": rec.name,
+            "database_url": rec.redacted_url,
+            "state": state,
+            "error": error,
+            "error_code": code,
+            "last_error": rec.last_error,
+            "last_error_at": iso(rec.last_error_at),
+            "paused": rec.paused,
+            "shape_count": shape_count,
+            "replication_lag_bytes": source.lag_bytes if source and state == "active" else None,
+            "initial_syncs_in_progress": source.initial_syncs_in_progress() if source else 0,
+            "limits": {
+                "max_shapes": config.max_shapes,
+                "max_initial_syncs": self._initial_syncs_limit(rec),
+            },
+            "slot_name": config.slot_name,
+            "publication_name": config.publication_name,
+            "created_at": iso(rec.created_at),
+            "secret_rotated_at": iso(rec.secret_rotated_at),
+            "previous_secret_expires_at": iso(rec.previous_secret_expires_at) if in_grace else None,
+        }
+
+    def _shapes_on_disk(self, rec: SourceRecord) -> int:
+        d = self.source_dir(rec.source_id) / "shapes"
+        try:
+            return sum(1 for p in d.iterdir() if (p / "snapshot.json").exists())
+        except OSError:
+            return 0
+
+    async def _watch_states(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.persist_states()
+            except Exception:
+                log.exception("could not record source states")
+
+    def persist_states(self) -> None:
+        reg = self._reg()
+        for rec in list(self.records.values()):
+            state, error, _ = self.live_state(rec)
+            if self._persisted.get(rec.source_id) == (state, error):
+                continue
+            previous = self._persisted.get(rec.source_id, ("?", None))[0]
+            self._persisted[rec.source_id] = (state, error)
+            reg.set_state(rec.source_id, state, error)
+            self.records[rec.source_id] = replace(
+                rec,
+                state=state,
+                last_error=error or rec.last_error,
+                last_error_at=time.time() if error else rec.last_error_at,
+            )
+            if state != previous:
+                if error:
+                    log.warning("source %s (%s) is %s: %s", rec.name, rec.source_id, state, error)
+                else:
+                    log.info("source %s (%s) is %s", rec.name, rec.source_id, state)

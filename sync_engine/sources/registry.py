@@ -1,0 +1,246 @@
+"""The registry of sources: a small SQLite database, `<data-dir>/sources.db` (WAL mode).
+
+One row per source: id (uuid4), unique name, connection string, secret hash, the previous
+secret's hash and when it stops working (rotation grace period), last known state and
+error, paused flag, per-source limits and timestamps. The file is created readable by its
+owner only, since connection strings carry passwords. Every method is one short
+transaction; a failed one changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .dburl import redact_url
+from .errors import DuplicateName, UnknownSource
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sources (
+    source_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE COLLATE NOCASE,
+    database_url TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    previous_secret_hash TEXT,
+    previous_secret_expires_at REAL,
+    secret_rotated_at REAL,
+    state TEXT NOT NULL DEFAULT 'connecting',
+    last_error TEXT,
+    last_error_at REAL,
+    paused INTEGER NOT NULL DEFAULT 0,
+    max_shapes INTEGER,
+    max_initial_syncs INTEGER,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+)
+"""
+_VERSION = 1
+_COLUMNS = (
+    "source_id, name, database_url, secret_hash, previous_secret_hash,"
+    " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
+    " max_shapes,"
+    " max_initial_syncs, created_at, updated_at"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    source_id: str
+    name: str
+    database_url: str = field(repr=False)
+    secret_hash: str = field(repr=False)
+    previous_secret_hash: str | None = field(default=None, repr=False)
+    previous_secret_expires_at: float | None = None
+    secret_rotated_at: float | None = None
+    state: str = "connecting"
+    last_error: str | None = None
+    last_error_at: float | None = None
+    paused: bool = False
+    max_shapes: int | None = None
+    max_initial_syncs: int | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def redacted_url(self) -> str:
+        return redact_url(self.database_url)
+
+    def valid_hashes(self, now: float) -> list[str]:
+        """The hashes a request's secret may match now: current, and previous in its grace."""
+        hashes = [self.secret_hash]
+        if (
+            self.previous_secret_hash is not None
+            and self.previous_secret_expires_at is not None
+            and now < self.previous_secret_expires_at
+        ):
+            hashes.append(self.previous_secret_hash)
+        return hashes
+
+
+def _record(row: sqlite3.Row) -> SourceRecord:
+    return SourceRecord(
+        source_id=row["source_id"],
+        name=row["name"],
+        database_url=row["database_url"],
+        secret_hash=row["secret_hash"],
+        previous_secret_hash=row["previous_secret_hash"],
+        previous_secret_expires_at=row["previous_secret_expires_at"],
+        secret_rotated_at=row["secret_rotated_at"],
+        state=row["state"],
+        last_error=row["last_error"],
+        last_error_at=row["last_error_at"],
+        paused=bool(row["paused"]),
+        max_shapes=row["max_shapes"],
+        max_initial_syncs=row["max_initial_syncs"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class SourceRegistry:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > _VERSION:
+            raise RuntimeError(
+                f"{path} was written by a newer shapegate (schema {version} > {_VERSION})"
+            )
+        self._db.execute(_SCHEMA)
+        self._db.execute(f"PRAGMA user_version={_VERSION}")
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def list(self) -> list[SourceRecord]:
+        rows = self._db.execute(f"SELECT {_COLUMNS} FROM sources ORDER BY created_at, name")  # noqa: S608
+        return [_record(r) for r in rows.fetchall()]
+
+    def get(self, source_id: str) -> SourceRecord:
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM sources WHERE source_id = ?",  # noqa: S608
+            (source_id,),
+        ).fetchone()
+        if row is None:
+            raise UnknownSource(f"no source with id {source_id}")
+        return _record(row)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM sources").fetchone()[0])
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        database_url: str,
+        secret_hash: str,
+        *,
+        max_shapes: int | None = None,
+        max_initial_syncs: int | None = None,
+        now: float | None = None,
+    ) -> SourceRecord:
+        now = time.time() if now is None else now
+        rec = SourceRecord(
+            source_id=str(uuid.uuid4()),
+            name=name,
+            database_url=database_url,
+            secret_hash=secret_hash,
+            max_shapes=max_shapes,
+            max_initial_syncs=max_initial_syncs,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            self._db.execute(
+                "INSERT INTO sources (source_id, name, database_url, secret_hash, state,"
+                " paused, max_shapes, max_initial_syncs, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)",
+                (rec.source_id, name, database_url, secret_hash, max_shapes, max_initial_syncs,
+                 now, now),
+            )  # fmt: skip
+        except sqlite3.IntegrityError:
+            raise DuplicateName(f"a source named {name!r} already exists") from None
+        return rec
+
+    def rotate_secret(
+        self, source_id: str, new_hash: str, grace_seconds: float, now: float | None = None
+    ) -> SourceRecord:
+        """Make `new_hash` current; the old secret keeps working for `grace_seconds`."""
+        now = time.time() if now is None else now
+        current = self.get(source_id)
+        previous, expires = (
+            (current.secret_hash, now + grace_seconds) if grace_seconds > 0 else (None, None)
+        )
+        self._db.execute(
+            "UPDATE sources SET secret_hash = ?, previous_secret_hash = ?,"
+            " previous_secret_expires_at = ?, secret_rotated_at = ?, updated_at = ?"
+            " WHERE source_id = ?",
+            (new_hash, previous, expires, now, now, source_id),
+        )
+        return replace(
+            current,
+            secret_hash=new_hash,
+            previous_secret_hash=previous,
+            previous_secret_expires_at=expires,
+            secret_rotated_at=now,
+            updated_at=now,
+        )
+
+    def set_paused(self, source_id: str, paused: bool) -> SourceRecord:
+        now = time.time()
+        cur = self._db.execute(
+            "UPDATE sources SET paused = ?, state = ?, updated_at = ? WHERE source_id = ?",
+            (int(paused), "paused" if paused else "connecting", now, source_id),
+        )
+        if cur.rowcount == 0:
+            raise UnknownSource(f"no source with id {source_id}")
+        return self.get(source_id)
+
+    def set_state(self, source_id: str, state: str, error: str | None) -> None:
+        """Record the state; an error is kept as `last_error` after the source recovers."""
+        now = time.time()
+        if error:
+            self._db.execute(
+                "UPDATE sources SET state = ?, last_error = ?, last_error_at = ?, updated_at = ?"
+                " WHERE source_id = ?",
+                (state, error, now, now, source_id),
+            )
+        else:
+            self._db.execute(
+                "UPDATE sources SET state = ?, updated_at = ? WHERE source_id = ?",
+                (state, now, source_id),
+            )
+
+    def delete(self, source_id: str) -> None:
+        cur = self._db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
+        if cur.rowcount == 0:
+            raise UnknownSource(f"no source with id {source_id}")
+
+
+def registry_has_sources(data_dir: Path) -> bool:
+    """Whether a registry with at least one source exists there (without creating one)."""
+    path = data_dir / "sources.db"
+    if not path.exists():
+        return False
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            return bool(db.execute("SELECT count(*) FROM sources").fetchone()[0])
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return False

@@ -1,0 +1,143 @@
+"""An engine with registered sources, served in-process, and its admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+from aiohttp.test_utils import TestClient, TestServer
+
+from sync_engine.admin import build_admin_app
+from sync_engine.app import MANAGER, build_app
+from sync_engine.settings import Settings
+from sync_engine.sources.manager import SourceManager
+
+TOKEN = "test-admin-token-0123456789"
+SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,
+                    out_of_bounds_wait=1.0, schema_check_interval=0.5,
+                    admin_token=TOKEN)  # fmt: skip
+
+
+def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        cur = conn.execute(query, params)
+        return cur.fetchall() if cur.description else []
+
+
+class MultiEngine:
+    def __init__(self, data_dir: Path, **overrides: Any) -> None:
+        self.data_dir = data_dir
+        self.settings = replace(SETTINGS, data_dir=data_dir, **overrides)
+        self.client: TestClient[Any, Any] | None = None
+        self.admin: TestClient[Any, Any] | None = None
+
+    async def start(self) -> MultiEngine:
+        app = build_app(self.settings)
+        self.client = TestClient(TestServer(app))
+        await self.client.start_server()
+        self.admin = TestClient(TestServer(build_admin_app(self.settings, app[MANAGER])))
+        await self.admin.start_server()
+        return self
+
+    async def close(self) -> None:
+        if self.admin is not None:
+            await self.admin.close()
+            self.admin = None
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+    @property
+    def manager(self) -> SourceManager:
+        assert self.client is not None
+        return self.client.app[MANAGER]  # type: ignore[no-any-return]
+
+    # -- admin API ------------------------------------------------------------------------
+
+    async def api(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                  token: str | None = TOKEN) -> tuple[int, Any]:  # fmt: skip
+        assert self.admin is not None
+        headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        if data is not None:
+            headers["content-type"] = "application/json"
+        resp = await self.admin.request(method, path, data=data, headers=headers)
+        text = await resp.read()
+        return resp.status, (orjson.loads(text) if text else None)
+
+    async def add(self, name: str, url: str, **extra: Any) -> dict[str, Any]:
+        status, body = await self.api("POST", "/api/sources",
+                                      {"name": name, "database_url": url, **extra})  # fmt: skip
+        assert status == 201, body
+        return body  # type: ignore[no-any-return]
+
+    async def wait_state(self, source_id: str, state: str, timeout: float = 30,
+                         code: str | None = None) -> dict[str, Any]:  # fmt: skip
+        deadline = time.monotonic() + timeout
+        body: Any = None
+        while time.monotonic() < deadline:
+            status, body = await self.api("GET", f"/api/sources/{source_id}")
+            assert status == 200, body
+            if body["state"] == state and (code is None or body["error_code"] == code):
+                return body  # type: ignore[no-any-return]
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"source never became {state} ({code}): {body}")
+
+    # -- /v1/shape ------------------------------------------------------------------------
+
+    async def get(self, source_id: str | None, secret: str | None,
+                  **params: Any) -> tuple[int, dict[str, str], Any]:  # fmt: skip
+        assert self.client is not None
+        q = {k: str(v) for k, v in params.items()}
+        if source_id is not None:
+            q["source_id"] = source_id
+        if secret is not None:
+            q["secret"] = secret
+        resp = await self.client.get("/v1/shape", params=q)
+        raw = await resp.read()
+        body = orjson.loads(raw) if raw else None
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
+
+    async def sync(self, source_id: str, secret: str,
+                   **params: Any) -> tuple[dict[str, dict[str, Any]], str, str]:  # fmt: skip
+        rows: dict[str, dict[str, Any]] = {}
+        status, h, body = await self.get(source_id, secret, offset="-1", **params)
+        assert status == 200, body
+        handle, offset = h["electric-handle"], h["electric-offset"]
+        apply(rows, body)
+        for _ in range(1000):
+            status, h, body = await self.get(source_id, secret, offset=offset, handle=handle,
+                                             **params)  # fmt: skip
+            assert status == 200, body
+            apply(rows, body)
+            offset = h["electric-offset"]
+            if "electric-up-to-date" in h:
+                return rows, handle, offset
+        raise AssertionError("never up to date")
+
+    async def follow(self, source_id: str, secret: str, handle: str, offset: str,
+                     rows: dict[str, dict[str, Any]], **params: Any) -> str:  # fmt: skip
+        """One live request from (handle, offset); applies what comes; returns the new offset."""
+        status, h, body = await self.get(source_id, secret, offset=offset, handle=handle,
+                                         live="true", **params)  # fmt: skip
+        assert status == 200, body
+        apply(rows, body)
+        return h["electric-offset"]
+
+
+def apply(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> None:
+    for m in messages:
+        if "key" not in m:
+            continue
+        op = m["headers"]["operation"]
+        if op == "insert":
+            rows[m["key"]] = dict(m["value"])
+        elif op == "update":
+            rows[m["key"]].update(m["value"])
+        elif op == "delete":
+            rows.pop(m["key"], None)
