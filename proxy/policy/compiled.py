@@ -7,11 +7,11 @@ swaps one reference and in-flight requests keep the policy they started with.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proxy.policy.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
-from proxy.policy.sql import CompiledTemplate, compile_template, parse_table_name
+from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template, parse_table_name
 
 TableKey = tuple[str, str]
 
@@ -51,6 +51,8 @@ class CompiledTable:
 class CompiledPolicy:
     tables: Mapping[TableKey, CompiledTable]
     shapes: Mapping[str, CompiledTable]
+    #: Checked client clauses by text; lives as long as this policy (a reload starts empty).
+    clauses: ClauseCache = field(default_factory=ClauseCache, compare=False, repr=False)
 
 
 def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:

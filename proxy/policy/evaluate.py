@@ -15,7 +15,7 @@ from typing import Any
 from proxy.errors import BadShapeRequest, Forbidden
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
 from proxy.policy.model import ClaimMatch
-from proxy.policy.sql import check_client_where, check_order_by, parse_table_name
+from proxy.policy.sql import ClauseCache, parse_table_name
 
 Claims = Mapping[str, Any]
 _MISSING = object()
@@ -158,7 +158,7 @@ def _table_key(text: str) -> tuple[str, str]:
 
 
 def _build_where(
-    rule: CompiledRule, claims: Claims, request: ShapeRequest
+    rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
 ) -> tuple[str | None, tuple[str, ...]]:
     enforced_params = tuple(
         _param_from_claim(claims, p) for p in (rule.template.claim_paths if rule.template else ())
@@ -170,7 +170,7 @@ def _build_where(
         return enforced_sql, enforced_params
     if not rule.client_where:
         raise Forbidden("client_where_not_allowed", "this shape does not accept a client where")
-    clause = check_client_where(
+    clause = clauses.client_where(
         request.where, rule.columns, param_offset=len(enforced_params), what="where"
     )
     if set(request.params) != set(range(1, clause.param_count + 1)):
@@ -182,12 +182,12 @@ def _build_where(
     return where, enforced_params + client_params
 
 
-def _check_subset(rule: CompiledRule, subset: SubsetRequest) -> SubsetRequest:
+def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
     if not rule.subset:
         raise Forbidden("subset_not_allowed", "this shape does not accept subset requests")
     where = None
     if subset.where is not None:
-        clause = check_client_where(subset.where, rule.columns, what="subset where")
+        clause = clauses.client_where(subset.where, rule.columns, what="subset where")
         if set(subset.params) != {str(i) for i in range(1, clause.param_count + 1)}:
             raise BadShapeRequest(
                 "invalid_params", "subset params must be numbered 1..n, one for each $n"
@@ -197,7 +197,7 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest) -> SubsetRequest:
         raise BadShapeRequest("params_without_where", "subset params need a subset where")
     order_by = None
     if subset.order_by is not None:
-        order_by = check_order_by(subset.order_by, rule.columns, what="subset order_by")
+        order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
     return SubsetRequest(
         where=where,
         params=subset.params,
@@ -217,7 +217,7 @@ def evaluate(
     """
     table = _find_table(policy, request, shape_name)
     rule = _select_rule(table, claims)
-    where, params = _build_where(rule, claims, request)
+    where, params = _build_where(rule, claims, request, policy.clauses)
     columns = request.columns
     if rule.columns is not None and columns is not None:
         hidden = [c for c in columns if c not in rule.columns]
@@ -231,7 +231,9 @@ def evaluate(
         raise Forbidden("replica_full_not_allowed", "replica=full is not allowed for this shape")
     if request.wants_sse and not rule.sse:
         raise Forbidden("sse_not_allowed", "SSE is not allowed for this shape; use long-polling")
-    subset = _check_subset(rule, request.subset) if request.subset is not None else None
+    subset = (
+        _check_subset(rule, request.subset, policy.clauses) if request.subset is not None else None
+    )
     return Decision(
         table=table.table,
         rule=rule.name,

@@ -11,14 +11,15 @@ parenthesised and ANDed with the enforced filter.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
+from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.parser import ParseError
 from pglast.stream import RawStream
 
-from proxy.errors import BadShapeRequest, Forbidden
+from proxy.errors import BadShapeRequest, Forbidden, ProxyError
 
 MAX_CLAUSE_LENGTH = 4096
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
@@ -259,3 +260,57 @@ def compile_template(template: str) -> CompiledTemplate:
             "and no literal $n parameters"
         )
     return CompiledTemplate(sql=sql, claim_paths=tuple(paths))
+
+
+_ClauseKey = tuple[str, str, frozenset[str] | None, int, str]
+
+
+class ClauseCache:
+    """Memo of `check_client_where` / `check_order_by` by clause text (and what it depends on).
+
+    Parsing with pglast costs tens of microseconds, and clients repeat the same few clauses on
+    every request of a shape. Refusals are remembered too (as reason and message, raised afresh
+    each time), so a client retrying a bad clause does not cost a parse either. Bounded LRU;
+    one per compiled policy, so a reload starts empty; used from the event loop thread only.
+    """
+
+    def __init__(self, maxsize: int = 4096) -> None:
+        self._memo: LRUCache[_ClauseKey, ClientClause | str | ProxyError] = LRUCache(maxsize)
+
+    def _get(
+        self, key: _ClauseKey, compute: Callable[[], ClientClause | str]
+    ) -> ClientClause | str:
+        found = self._memo.get(key)
+        if found is None:
+            try:
+                found = compute()
+            except ProxyError as exc:
+                found = exc
+            self._memo[key] = found
+        if isinstance(found, ProxyError):
+            raise type(found)(found.reason, found.message)
+        return found
+
+    def client_where(
+        self,
+        clause: str,
+        allowed_columns: frozenset[str] | None,
+        *,
+        param_offset: int = 0,
+        what: str,
+    ) -> ClientClause:
+        key = ("where", clause, allowed_columns, param_offset, what)
+        result = self._get(
+            key,
+            lambda: check_client_where(
+                clause, allowed_columns, param_offset=param_offset, what=what
+            ),
+        )
+        assert isinstance(result, ClientClause)
+        return result
+
+    def order_by(self, clause: str, allowed_columns: frozenset[str] | None, *, what: str) -> str:
+        key = ("order_by", clause, allowed_columns, 0, what)
+        result = self._get(key, lambda: check_order_by(clause, allowed_columns, what=what))
+        assert isinstance(result, str)
+        return result

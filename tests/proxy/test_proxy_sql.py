@@ -93,3 +93,23 @@ def test_identifiers() -> None:
             parse_identifier_list(bad)
     with pytest.raises(ValueError):
         parse_table_name("a.b.c")
+
+
+def test_clause_cache_parses_each_text_once_and_remembers_refusals() -> None:
+    from proxy.policy.sql import ClauseCache
+
+    cache = ClauseCache()
+    cols = frozenset({"id", "title"})
+    first = cache.client_where("title = $1", cols, param_offset=1, what="where")
+    again = cache.client_where("title = $1", cols, param_offset=1, what="where")
+    assert first is again and first.sql == "title = $2"
+    # What the result depends on is part of the key.
+    assert cache.client_where("title = $1", cols, param_offset=0, what="where").sql == "title = $1"
+    with pytest.raises(Forbidden):
+        cache.client_where("secret = 1", cols, what="where")
+    with pytest.raises(Forbidden):  # remembered, raised afresh
+        cache.client_where("secret = 1", cols, what="where")
+    for _ in range(2):
+        with pytest.raises(BadShapeRequest):
+            cache.client_where("1=1) OR (1=1", cols, what="where")
+    assert cache.order_by("id desc", cols, what="order_by") == "id DESC"
