@@ -111,7 +111,7 @@ def _copy(exc: ProxyError) -> ProxyError:
     return type(exc)(exc.reason, exc.message, retry_after=exc.retry_after)
 
 
-#: (engine cache-control values, max-age cap, live, live max-age, cacheable)
+#: (engine cache-control values, max-age cap, live request, live max-age)
 _MemoKey = tuple[tuple[str, ...], int | None, bool, float]
 
 
