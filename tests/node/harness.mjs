@@ -1,0 +1,500 @@
+// Test harness for the Node end-to-end suite.
+//
+// Per test file: one throwaway PostgreSQL cluster (scripts/dev-postgres, temp dir, free port).
+// Per test: a fresh database on that cluster and a fresh sync engine subprocess
+// (`$PYTHON -m sync_engine ...`, free port, temp data dir, --long-poll-timeout 3) pointed at it.
+// Everything is torn down in after-hooks even when a test fails, and again (synchronously)
+// on process exit as a last resort. Every wait is bounded by a timeout.
+//
+// Usage:
+//   import { useCluster, ShapeStream, Shape } from './harness.mjs'
+//   const cluster = useCluster()                 // registers before/after hooks for this file
+//   test('...', async (t) => {
+//     const env = await cluster.newEnv(t)        // database + engine, cleaned up after t
+//     await env.sql(`CREATE TABLE ...`)
+//     const { shape } = env.shape({ params: { table: 'items' } })
+//     assert.deepStrictEqual(await env.rows(shape), [...])
+//   })
+
+import { after, before } from 'node:test'
+import { spawn, execFile, spawnSync } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join, dirname, resolve } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import net from 'node:net'
+import { ShapeStream, Shape } from '@electric-sql/client'
+
+export { ShapeStream, Shape }
+
+// The client's module-level UpToDateTracker throttles its (browser-only) localStorage write with a
+// plain, ref'd setTimeout of up to 60 s. In Node that timer alone keeps each test file's process
+// alive for a minute after its last test. Unref such long timers so the process exits when the
+// tests are done; they still fire normally while anything else keeps the loop alive.
+{
+  const realSetTimeout = globalThis.setTimeout
+  globalThis.setTimeout = function patchedSetTimeout(fn, ms, ...args) {
+    const handle = realSetTimeout(fn, ms, ...args)
+    if (typeof ms === 'number' && ms >= 50_000 && typeof handle?.unref === 'function') handle.unref()
+    return handle
+  }
+}
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+const DEV_POSTGRES = join(REPO_ROOT, 'scripts', 'dev-postgres')
+export const PYTHON = process.env.PYTHON || join(REPO_ROOT, '.venv', 'bin', 'python')
+
+// The display settings Electric (and the engine) use for values; psql comparisons use them too.
+export const DISPLAY_SETTINGS =
+  `SET DateStyle='ISO, DMY'; SET TimeZone='UTC'; SET IntervalStyle='iso_8601'; ` +
+  `SET bytea_output='hex'; SET extra_float_digits=1;`
+
+// ---------------------------------------------------------------------------------------------
+// small utilities
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+export function freePort() {
+  return new Promise((resolveP, reject) => {
+    const srv = net.createServer()
+    srv.unref()
+    srv.on('error', reject)
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address()
+      srv.close(() => resolveP(port))
+    })
+  })
+}
+
+/** Run a command with a hard timeout; resolves {stdout, stderr}, rejects on failure. */
+export function run(cmd, args, { timeout = 30_000, input, env } = {}) {
+  return new Promise((resolveP, reject) => {
+    const child = execFile(
+      cmd,
+      args,
+      { timeout, killSignal: 'SIGKILL', maxBuffer: 64 * 1024 * 1024, env: env ?? process.env },
+      (err, stdout, stderr) => {
+        if (err) {
+          err.message += `\n--- ${cmd} ${args.join(' ')}\nstdout: ${stdout}\nstderr: ${stderr}`
+          reject(err)
+        } else resolveP({ stdout, stderr })
+      },
+    )
+    if (input !== undefined) child.stdin.end(input)
+  })
+}
+
+/** Poll `fn` until it returns a truthy value (which is returned) or time runs out. */
+export async function waitFor(fn, { timeout = 15_000, interval = 25, message = 'condition', details } = {}) {
+  const deadline = Date.now() + timeout
+  let lastErr
+  for (;;) {
+    try {
+      const v = await fn()
+      if (v) return v
+    } catch (e) {
+      lastErr = e
+    }
+    if (Date.now() > deadline) {
+      const extra = details ? `\n${typeof details === 'function' ? details() : details}` : ''
+      throw new Error(
+        `timed out after ${timeout} ms waiting for ${message}` +
+          (lastErr ? ` (last error: ${lastErr.stack || lastErr})` : '') +
+          extra,
+      )
+    }
+    await sleep(interval)
+  }
+}
+
+/** Reject if `promise` does not settle within `ms`. */
+export function withTimeout(promise, ms, what = 'operation') {
+  let timer
+  return Promise.race([
+    promise,
+    new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
+    }),
+  ]).finally(() => clearTimeout(timer))
+}
+
+/** HARNESS_DEBUG=1 prints harness timings to stderr. */
+export function debug(...args) {
+  if (process.env.HARNESS_DEBUG) console.error(`[harness +${Date.now() % 100000}ms]`, ...args)
+}
+
+/** True if `promise` settles within `ms` (the timer is cleared either way, so it never holds the process). */
+export async function settlesWithin(promise, ms) {
+  let timer
+  const timedOut = new Promise((r) => {
+    timer = setTimeout(() => r(false), ms)
+  })
+  try {
+    return await Promise.race([promise.then(() => true, () => true), timedOut])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+/** JSON.stringify that survives BigInt (for assertion messages). */
+export function show(v) {
+  return JSON.stringify(v, (_, x) => (typeof x === 'bigint' ? `${x}n` : x))
+}
+
+// ---------------------------------------------------------------------------------------------
+// last-resort cleanup (synchronous, runs on exit even if hooks did not)
+
+const liveEngines = new Set()
+const liveClusters = new Set()
+let exitHookInstalled = false
+function installExitHook() {
+  if (exitHookInstalled) return
+  exitHookInstalled = true
+  const cleanup = () => {
+    for (const child of liveEngines) {
+      try {
+        child.kill('SIGKILL')
+      } catch {}
+    }
+    for (const dir of liveClusters) {
+      try {
+        spawnSync(DEV_POSTGRES, ['stop', dir], { timeout: 20_000, stdio: 'ignore' })
+        rmSync(dir, { recursive: true, force: true })
+      } catch {}
+    }
+  }
+  process.on('exit', cleanup)
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => {
+      cleanup()
+      process.exit(130)
+    })
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Postgres cluster
+
+export async function startCluster() {
+  installExitHook()
+  const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-pg-'))
+  const port = await freePort()
+  liveClusters.add(dir)
+  let stdout
+  try {
+    ;({ stdout } = await run(DEV_POSTGRES, ['start', dir, String(port)], { timeout: 90_000 }))
+  } catch (e) {
+    await stopCluster(dir)
+    throw e
+  }
+  const line = stdout.split('\n').find((l) => l.startsWith('DATABASE_URL='))
+  if (!line) throw new Error(`dev-postgres printed no DATABASE_URL:\n${stdout}`)
+  const url = line.slice('DATABASE_URL='.length).trim()
+  return { dir, port, url, stop: () => stopCluster(dir) }
+}
+
+async function stopCluster(dir) {
+  try {
+    await run(DEV_POSTGRES, ['stop', dir], { timeout: 30_000 })
+  } catch (e) {
+    console.error(`dev-postgres stop failed: ${e.message}`)
+  }
+  rmSync(dir, { recursive: true, force: true })
+  liveClusters.delete(dir)
+}
+
+export function withDbName(url, name) {
+  const u = new URL(url)
+  u.pathname = `/${name}`
+  return u.toString()
+}
+
+/**
+ * Run SQL through psql against `url`. Returns the raw stdout (unaligned, tuples only,
+ * fields separated by \x1f, records by \x1e, NULL printed as \x00NULL\x00 marker).
+ */
+export async function psql(url, sqlText, { timeout = 30_000, settings = '' } = {}) {
+  const { stdout } = await run(
+    'psql',
+    [
+      '-X', '-q', '-A', '-t',
+      '-v', 'ON_ERROR_STOP=1',
+      '-F', FIELD_SEP,
+      '-R', RECORD_SEP,
+      '-P', `null=${NULL_MARK}`,
+      '-d', url,
+      '-f', '-',
+    ],
+    { timeout, input: settings + '\n' + sqlText + '\n' },
+  )
+  return stdout
+}
+export const FIELD_SEP = '\x1f'
+export const RECORD_SEP = '\x1e'
+export const NULL_MARK = '<<NULL>>'
+
+/** psql query -> array of rows, each an array of text values (null for SQL NULL). */
+export async function psqlRows(url, query, opts) {
+  const out = await psql(url, query, opts)
+  // psql terminates the last record with "\n" rather than the record separator
+  const body = out.endsWith('\n') ? out.slice(0, -1) : out
+  if (body === '') return []
+  return body
+    .split(RECORD_SEP)
+    .map((rec) => rec.split(FIELD_SEP).map((v) => (v === NULL_MARK ? null : v)))
+}
+
+// ---------------------------------------------------------------------------------------------
+// engine
+
+export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
+  installExitHook()
+  const dataDir = mkdtempSync(join(tmpdir(), 'shapegate-node-engine-'))
+  const port = await freePort()
+  const args = [
+    '-m', 'sync_engine',
+    '--database-url', databaseUrl,
+    '--port', String(port),
+    '--data-dir', dataDir,
+    '--long-poll-timeout', '3',
+    ...extraArgs,
+  ]
+  let log = ''
+  const append = (chunk) => {
+    log += chunk.toString()
+    if (log.length > 200_000) log = log.slice(-100_000)
+  }
+  let proc = null // { child, exitP, exited }
+
+  function spawnProcess() {
+    const child = spawn(PYTHON, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+    liveEngines.add(child)
+    child.stdout.on('data', append)
+    child.stderr.on('data', append)
+    const p = { child, exited: null }
+    p.exitP = new Promise((r) =>
+      child.on('exit', (code, signal) => {
+        p.exited = { code, signal }
+        liveEngines.delete(child)
+        append(`\n[harness] engine exited: ${JSON.stringify(p.exited)}\n`)
+        r()
+      }),
+    )
+    proc = p
+  }
+
+  async function kill(graceMs) {
+    if (!proc || proc.exited) return
+    proc.child.kill('SIGTERM')
+    if (!(await settlesWithin(proc.exitP, graceMs))) {
+      proc.child.kill('SIGKILL')
+      await settlesWithin(proc.exitP, 5_000)
+    }
+  }
+
+  const baseUrl = `http://127.0.0.1:${port}`
+
+  async function waitHealthy() {
+    try {
+      await waitFor(
+        async () => {
+          if (proc.exited) throw new Error(`engine exited early: ${JSON.stringify(proc.exited)}`)
+          const res = await fetch(`${baseUrl}/v1/health`, { signal: AbortSignal.timeout(2_000) })
+          await res.arrayBuffer()
+          return res.status === 200
+        },
+        { timeout: 30_000, interval: 100, message: 'engine /v1/health 200', details: () => engine.logTail() },
+      )
+    } catch (e) {
+      await engine.stop()
+      throw e
+    }
+  }
+
+  const engine = {
+    port,
+    baseUrl,
+    shapeUrl: `${baseUrl}/v1/shape`,
+    dataDir,
+    log: () => log,
+    logTail: (n = 4000) => `--- engine log (tail) ---\n${log.slice(-n)}`,
+    /** Stop the process (SIGTERM, SIGKILL after `graceMs`) and start it again: same port, same data dir. */
+    async restart({ graceMs = 10_000 } = {}) {
+      await kill(graceMs)
+      append('\n[harness] restarting engine\n')
+      spawnProcess()
+      await waitHealthy()
+    },
+    // Everything the engine wrote is thrown away, so there is no point waiting for a graceful
+    // shutdown (which takes ~2 s with a replication stream open): SIGTERM, then SIGKILL soon.
+    async stop() {
+      await kill(500)
+      rmSync(dataDir, { recursive: true, force: true })
+    },
+  }
+  spawnProcess()
+  await waitHealthy()
+  return engine
+}
+
+// ---------------------------------------------------------------------------------------------
+// per-file cluster, per-test environment
+
+let dbCounter = 0
+
+/**
+ * Registers before/after hooks that start one Postgres cluster for the current test file.
+ * Returns an object whose `newEnv(t)` creates a database + engine for one test.
+ */
+export function useCluster() {
+  const state = { cluster: null }
+  before(async () => {
+    debug('cluster starting')
+    state.cluster = await startCluster()
+    debug('cluster started', state.cluster.url)
+  }, { timeout: 120_000 })
+  after(async () => {
+    debug('cluster stopping')
+    if (state.cluster) await state.cluster.stop()
+    debug('cluster stopped')
+  }, { timeout: 60_000 })
+
+  return {
+    get url() {
+      return state.cluster.url
+    },
+    /** A fresh database and an engine on it; both torn down after `t`. */
+    async newEnv(t, { engineArgs = [] } = {}) {
+      if (!state.cluster) throw new Error('cluster not started (before hook failed?)')
+      const dbName = `node_t${process.pid}_${++dbCounter}`
+      await psql(state.cluster.url, `CREATE DATABASE ${dbName};`)
+      const dbUrl = withDbName(state.cluster.url, dbName)
+      const env = new TestEnv(dbUrl)
+      t.after(async () => {
+        debug('teardown start', dbName)
+        await env.close()
+        debug('engine stopped', dbName)
+        await dropDatabase(state.cluster.url, dbName)
+        debug('database dropped', dbName)
+      })
+      debug('engine starting', dbName)
+      env.engine = await startEngine(dbUrl, { extraArgs: engineArgs })
+      debug('engine ready', env.engine.baseUrl)
+      return env
+    },
+  }
+}
+
+/**
+ * Drop a test database and its replication slots. Slot names are cluster-wide and the engine
+ * uses a fixed one per source, so the next test's engine cannot start while it exists.
+ */
+export async function dropDatabase(serverUrl, dbName) {
+  await psql(
+    serverUrl,
+    `SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+       WHERE database = '${dbName}' AND active_pid IS NOT NULL;`,
+  )
+  await waitFor(
+    async () => {
+      const rows = await psqlRows(
+        serverUrl,
+        `SELECT slot_name, active FROM pg_replication_slots WHERE database = '${dbName}';`,
+      )
+      for (const [slot, active] of rows) {
+        if (active === 'f') {
+          await psql(serverUrl, `SELECT pg_drop_replication_slot('${slot}');`).catch(() => {})
+        }
+      }
+      return rows.length === 0
+    },
+    { timeout: 10_000, interval: 100, message: `replication slots of ${dbName} to be dropped` },
+  )
+  await psql(serverUrl, `DROP DATABASE IF EXISTS ${dbName} WITH (FORCE);`)
+}
+
+export class TestEnv {
+  constructor(dbUrl) {
+    this.dbUrl = dbUrl
+    this.engine = null
+    this.aborters = []
+    this.requests = [] // every request the client made: {url, status, contentType}
+  }
+
+  /** Run SQL (psql) in the test database. */
+  sql(text, opts) {
+    return psql(this.dbUrl, text, opts)
+  }
+
+  /** Query rows as text, with Electric's display settings applied. */
+  query(text, opts) {
+    return psqlRows(this.dbUrl, text, { settings: DISPLAY_SETTINGS, ...opts })
+  }
+
+  /** A fetch that records what the client asked for (used only for diagnostics/transport checks). */
+  get recordingFetch() {
+    return async (input, init) => {
+      const url = typeof input === 'string' ? input : input.url ?? String(input)
+      const entry = { url, status: null, contentType: null }
+      this.requests.push(entry)
+      const res = await fetch(input, init)
+      entry.status = res.status
+      entry.contentType = res.headers.get('content-type')
+      return res
+    }
+  }
+
+  /** Create a ShapeStream + Shape against this engine; aborted when the test ends. */
+  shape(options = {}) {
+    const aborter = new AbortController()
+    this.aborters.push(aborter)
+    const errors = []
+    const stream = new ShapeStream({
+      url: this.engine.shapeUrl,
+      signal: aborter.signal,
+      fetchClient: this.recordingFetch,
+      // a 4xx would otherwise stop the stream silently in a test; record it
+      onError: (err) => {
+        errors.push(err)
+      },
+      ...options,
+    })
+    const shape = new Shape(stream)
+    return { stream, shape, errors, abort: () => aborter.abort() }
+  }
+
+  /** Wait for the shape's first up-to-date and return its rows (bounded). */
+  rows(shape, timeout = 15_000) {
+    return withTimeout(shape.rows, timeout, `shape.rows (initial sync)\n${this.engine.logTail()}`)
+  }
+
+  /** Wait until `pred(shape.currentRows)` holds; returns the rows. */
+  async until(shape, pred, { timeout = 15_000, message = 'shape rows to match' } = {}) {
+    let last
+    await waitFor(
+      () => {
+        last = shape.currentRows
+        return pred(last)
+      },
+      {
+        timeout,
+        message,
+        details: () =>
+          `last rows: ${show(last)}\nshape error: ${shape.error}\nrequests:\n` +
+          this.requests.slice(-15).map((r) => `  ${r.status} ${r.url}`).join('\n') +
+          `\n${this.engine.logTail()}`,
+      },
+    )
+    return last
+  }
+
+  async close() {
+    for (const a of this.aborters) a.abort()
+    if (this.engine) await this.engine.stop()
+  }
+}
+
+/** Sort rows by a key (numbers, bigints or strings) for order-insensitive comparison. */
+export function sortBy(rows, key = 'id') {
+  return [...rows].sort((a, b) => (a[key] < b[key] ? -1 : a[key] > b[key] ? 1 : 0))
+}
