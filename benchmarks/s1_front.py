@@ -1,0 +1,210 @@
+"""S1: what sits in front of the engine: direct, the proxy, nginx, for three kinds of answer.
+
+Run alone: `.venv/bin/python benchmarks/s1_front.py [--quick]`.
+
+One engine on a throwaway Postgres, and in front of it, all at once:
+- direct: the engine URL exactly as the proxy would build it (policy filter, columns, secret);
+- proxy: `python -m proxy` with collapsing and its cache off (the forwarding cost);
+- proxy+cache: the proxy with both on (repeats are answered from its cache);
+- nginx: the shipped config/nginx tier with `proxy_cache off` (forwarding only);
+- nginx+cache: the shipped config as is (repeats are cache hits).
+Answers: a small live answer (one row, `live=true` behind the tip: answered at once), a ~1 KiB
+catch-up (non-live, a few rows), and a 10 MiB snapshot chunk (`offset=-1` of a ~15 MB table).
+Each arm gets the same fixed number of requests at a fixed concurrency (arms in turn, best of
+the rounds), then a median latency at concurrency 1. CPU per request is read from /proc for
+the front process (proxy or nginx master + workers) and the engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import aiohttp
+import psycopg
+from _common import (
+    EngineProcess,
+    NginxProcess,
+    Postgres,
+    ProxyProcess,
+    Row,
+    Stack,
+    fmt,
+    follow,
+    token,
+    verdict,
+)
+
+TABLES = {
+    "items": {"allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id", "title"]}]},
+    "blob": {"allow": [{"all_rows": True}]},
+}
+CLAIMS = {"org_id": "org-a"}
+
+
+async def load(session: aiohttp.ClientSession, url: str, headers: dict[str, str], n: int,
+               concurrency: int, max_s: float) -> tuple[float, int, int]:  # fmt: skip
+    """n GETs at `concurrency`, stopping early after max_s: (requests/s, requests, bytes)."""
+    counter = iter(range(n))
+    done = nbytes = 0
+    t0 = time.perf_counter()
+    deadline = t0 + max_s
+
+    async def worker() -> None:
+        nonlocal done, nbytes
+        for _ in counter:
+            if time.perf_counter() > deadline:
+                return
+            async with session.get(url, headers=headers) as resp:
+                body = await resp.read()
+                assert resp.status == 200, (resp.status, body[:200])
+            done += 1
+            nbytes += len(body)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done / (time.perf_counter() - t0), done, nbytes
+
+
+async def median_latency(session: aiohttp.ClientSession, url: str, headers: dict[str, str],
+                         n: int) -> float:  # fmt: skip
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        async with session.get(url, headers=headers) as resp:
+            await resp.read()
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out) * 1000
+
+
+async def prepare(pg: Postgres, proxy: ProxyProcess, auth: dict[str, str]) -> dict[str, list]:
+    """Build the three answers; returns {kind: [(proxy query pairs)]}."""
+    async with aiohttp.ClientSession() as s:
+        base = f"{proxy.url}/v1/shape?table=items&offset=-1"
+        _, _, handle, t0, _ = await follow(s, base, auth)
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items SELECT i, 'org-a', repeat('c', 150) "
+                         "FROM generate_series(1000001, 1000005) i")  # fmt: skip
+        live_q = f"{proxy.url}/v1/shape?table=items&offset={t0}&handle={handle}&live=true"
+        async with s.get(live_q, headers=auth) as r:
+            await r.read()
+            t1 = r.headers["electric-offset"]
+            cursor = r.headers.get("electric-cursor", "1")
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (1000006, 'org-a', 'one live row')")
+        live_q = f"{proxy.url}/v1/shape?table=items&offset={t1}&handle={handle}&live=true"
+        async with s.get(live_q, headers=auth) as r:
+            await r.read()
+        await follow(s, f"{proxy.url}/v1/shape?table=blob&offset=-1", auth)
+    return {
+        "small live answer": [("table", "items"), ("offset", t1), ("handle", handle),
+                              ("live", "true"), ("cursor", cursor)],
+        "1 KiB catch-up": [("table", "items"), ("offset", t0), ("handle", handle)],
+        "10 MiB chunk": [("table", "blob"), ("offset", "-1")],
+    }  # fmt: skip
+
+
+async def run(quick: bool) -> list[Row]:
+    stack = Stack()
+    rows: list[Row] = []
+    try:
+        pg = stack.add(Postgres())
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text, title text)")
+            conn.execute("INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'org-a' ELSE "
+                         "'org-b' END, 'title ' || i FROM generate_series(1, 100) i")  # fmt: skip
+            conn.execute("CREATE TABLE blob (id int PRIMARY KEY, payload text)")
+            conn.execute("INSERT INTO blob SELECT i, repeat(md5(i::text), 3) "
+                         "FROM generate_series(1, 120000) i")  # fmt: skip
+        engine = stack.add(EngineProcess(pg.url))
+        await engine.wait_ready()
+        proxy = stack.add(ProxyProcess(engine.url, TABLES, collapse=False, cache_bytes=0))
+        proxy_c = stack.add(ProxyProcess(engine.url, TABLES, collapse=True,
+                                         cache_bytes=256 * 1024 * 1024))  # fmt: skip
+        nginx = stack.add(NginxProcess(engine.port, cache=False))
+        nginx_c = stack.add(NginxProcess(engine.port, cache=True))
+        for p in (proxy, proxy_c, nginx, nginx_c):
+            await p.wait_ready()
+        auth = {"Authorization": f"Bearer {token(**CLAIMS)}"}
+        kinds = await prepare(pg, proxy, auth)
+        fronts = {"direct": None, "proxy": proxy, "proxy+cache": proxy_c, "nginx": nginx,
+                  "nginx+cache": nginx_c}  # fmt: skip
+        conn_limit = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn_limit) as s:
+            for kind, pairs in kinds.items():
+                big = kind.startswith("10 MiB")
+                direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, pairs)
+                query = "&".join(f"{k}={v}" for k, v in pairs)
+                targets = {
+                    "direct": (direct, {}),
+                    "proxy": (f"{proxy.url}/v1/shape?{query}", auth),
+                    "proxy+cache": (f"{proxy_c.url}/v1/shape?{query}", auth),
+                    "nginx": (direct.replace(engine.url, nginx.url), {}),
+                    "nginx+cache": (direct.replace(engine.url, nginx_c.url), {}),
+                }
+                if big:
+                    n, conc, rounds, lat_n = (12, 2, 1, 5) if quick else (40, 2, 2, 15)
+                else:
+                    n, conc, rounds, lat_n = (1500, 32, 1, 150) if quick else (4000, 32, 3, 400)
+                for url, headers in targets.values():  # warm-up (and fill the caches)
+                    await load(s, url, headers, 3 if big else 100, 2, 30)
+                rps: dict[str, list[float]] = {a: [] for a in targets}
+                mbs: dict[str, list[float]] = {a: [] for a in targets}
+                front_cpu: dict[str, float] = {a: 0.0 for a in targets}
+                eng_cpu: dict[str, float] = {a: 0.0 for a in targets}
+                count: dict[str, int] = {a: 0 for a in targets}
+                for _ in range(rounds):
+                    for arm, (url, headers) in targets.items():
+                        front = fronts[arm]
+                        f0 = front.cpu() if front else 0.0
+                        e0 = engine.cpu()
+                        t0 = time.perf_counter()
+                        r, done, nbytes = await load(s, url, headers, n, conc, 60)
+                        dt = time.perf_counter() - t0
+                        front_cpu[arm] += (front.cpu() if front else 0.0) - f0
+                        eng_cpu[arm] += engine.cpu() - e0
+                        count[arm] += done
+                        rps[arm].append(r)
+                        mbs[arm].append(nbytes / dt / 1e6)
+                lat = {a: await median_latency(s, u, h, lat_n) for a, (u, h) in targets.items()}
+                best = {a: max(v) for a, v in rps.items()}
+                best_mb = {a: max(v) for a, v in mbs.items()}
+                ratio = best["proxy"] / best["direct"]
+                label = f"S1 {kind}"
+                if big:
+                    rows.append(Row(label, f"MB/s (c={conc})",
+                                    [(a, fmt(v)) for a, v in best_mb.items()],
+                                    f"proxy/direct {ratio:.2f}", ">= 0.8 (anchors S1)",
+                                    verdict(ratio >= 0.8)))  # fmt: skip
+                else:
+                    rows.append(Row(label, f"req/s (c={conc})",
+                                    [(a, fmt(v)) for a, v in best.items()],
+                                    f"proxy/direct {ratio:.2f}", ">= 0.75 (design)",
+                                    verdict(ratio >= 0.75)))  # fmt: skip
+                rows.append(Row(label, "median latency c=1",
+                                [(a, fmt(v, "ms")) for a, v in lat.items()],
+                                f"proxy adds {lat['proxy'] - lat['direct']:+.2f} ms",
+                                "<= 1 ms added (anchors S1)" if not big else "",
+                                verdict(lat["proxy"] - lat["direct"] <= 1.0)
+                                if not big else ""))  # fmt: skip
+                per = {a: front_cpu[a] / max(count[a], 1) * 1e6 for a in targets if fronts[a]}
+                eng = {a: eng_cpu[a] / max(count[a], 1) * 1e6 for a in targets}
+                rows.append(Row(label, "front CPU µs/req (engine µs/req)",
+                                [(a, f"{fmt(per.get(a, 0.0))} ({fmt(eng[a])})")
+                                 for a in targets],
+                                f"proxy/nginx {per['proxy'] / max(per['nginx'], 1e-9):.1f}x",
+                                "", ""))  # fmt: skip
+    finally:
+        stack.close()
+    return rows
+
+
+if __name__ == "__main__":
+    from _common import machine, table
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    print(machine())
+    print(table(asyncio.run(run(a.quick))))

@@ -1,0 +1,254 @@
+"""S2: live fan-out: N clients on one shape through the proxy, one insert per second.
+
+Run alone: `.venv/bin/python benchmarks/s2_fanout.py [--quick] [--sizes 200,1000,2000]`.
+
+One engine (default 20 s long-poll hold) on a 500-row shape, two proxies in front of it:
+collapsing + cache on (the defaults) and both off. Arms, for each N, in turn:
+- `collapse`: N long-polling clients through the collapsing proxy;
+- `no-collapse`: N long-polling clients through the proxy with collapsing and cache off;
+- `sse`: N SSE clients (`live_sse=true`) through the collapsing proxy (SSE is never
+  collapsed: each client holds its own engine stream).
+The clients are a minimal asyncio HTTP/1.1 client (`_common.RawHTTP`) in this process. A
+writer inserts one row per second; latency = time the client has the row - time the INSERT
+returned (autocommit). Engine requests per write come from the proxy's
+`shape_proxy_upstream_requests_total`; CPU and RSS from /proc for proxy and engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from typing import Any
+
+import orjson
+import psycopg
+from _common import (
+    EngineProcess,
+    Postgres,
+    ProxyProcess,
+    RawHTTP,
+    Row,
+    Stack,
+    fmt,
+    follow,
+    pct,
+    token,
+    verdict,
+)
+
+TABLES = {"items": {"allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id", "title"]}]}}
+
+
+async def arm(pg: Postgres, engine: EngineProcess, proxy: ProxyProcess, auth: dict[str, str],
+              n: int, writes: int, sse: bool, first_id: int) -> dict[str, float]:  # fmt: skip
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s:
+        _, _, handle, offset, _ = await follow(s, f"{proxy.url}/v1/shape?table=items&offset=-1",
+                                               auth)  # fmt: skip
+    path = "/v1/shape?table=items"
+    commits: dict[str, float] = {}
+    received: list[tuple[str, float]] = []
+    errors = 0
+    started = 0
+    stop = False
+    clients: list[RawHTTP] = []
+
+    def record(body_or_msg: Any, now: float) -> None:
+        for m in body_or_msg:
+            if "key" in m and m["headers"].get("operation") == "insert":
+                received.append((m["value"]["id"], now))
+
+    async def lp_client() -> None:
+        nonlocal errors, started
+        c = RawHTTP("127.0.0.1", proxy.port)
+        clients.append(c)
+        off, cursor = offset, "0"
+        first = True
+        while not stop:
+            q = f"{path}&offset={off}&handle={handle}&live=true&cursor={cursor}"
+            try:
+                if first:
+                    started += 1
+                    first = False
+                status, hdrs, body = await c.get(q, auth)
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                if not stop:
+                    errors += 1
+                    await asyncio.sleep(0.2)
+                continue
+            now = time.time()
+            if status != 200:
+                errors += 1
+                await asyncio.sleep(0.2)
+                continue
+            off, cursor = hdrs["electric-offset"], hdrs.get("electric-cursor", "0")
+            if b'"operation"' in body:
+                record(orjson.loads(body), now)
+
+    async def sse_client() -> None:
+        nonlocal errors, started
+        c = RawHTTP("127.0.0.1", proxy.port)
+        clients.append(c)
+        off = offset
+        first = True
+        while not stop:
+            q = f"{path}&offset={off}&handle={handle}&live=true&live_sse=true&cursor=0"
+            try:
+                if first:
+                    started += 1
+                    first = False
+                status, hdrs, _ = await c.request(q, auth)
+                if status != 200:
+                    async for _ in c.chunks(hdrs):
+                        pass
+                    errors += 1
+                    await asyncio.sleep(0.2)
+                    continue
+                buf = b""
+                async for piece in c.chunks(hdrs):
+                    now = time.time()
+                    buf += piece
+                    while b"\n\n" in buf:
+                        event, buf = buf.split(b"\n\n", 1)
+                        if not event.startswith(b"data: "):
+                            continue
+                        m = orjson.loads(event[6:])
+                        if "key" in m:
+                            record([m], now)
+                        elif "global_last_seen_lsn" in m.get("headers", {}):
+                            off = f"{m['headers']['global_last_seen_lsn']}_0"
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                if not stop:
+                    errors += 1
+                    c.close()
+                    await asyncio.sleep(0.2)
+
+    proxy_rss0, engine_rss0 = proxy.rss(), engine.rss()
+    tasks = [asyncio.create_task(sse_client() if sse else lp_client()) for _ in range(n)]
+    deadline = time.monotonic() + 30
+    while started < n and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2.0 + n / 1000)  # every client is now holding its request
+    proxy_rss1, engine_rss1 = proxy.rss(), engine.rss()
+    up0 = await proxy.upstream_requests()
+    p0, e0 = proxy.cpu(), engine.cpu()
+    async with await psycopg.AsyncConnection.connect(pg.url, autocommit=True) as conn:
+        t_next = time.monotonic()
+        for i in range(writes):
+            row = first_id + i
+            await conn.execute("INSERT INTO items VALUES (%s, 'org-a', 'fan-out')", (row,))
+            commits[str(row)] = time.time()
+            t_next += 1.0
+            await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+    await asyncio.sleep(1.0)  # let the last write arrive everywhere
+    p1, e1 = proxy.cpu(), engine.cpu()
+    up1 = await proxy.upstream_requests()
+    proxy_rss2, engine_rss2 = proxy.rss(), engine.rss()
+    stop = True
+    for c in clients:
+        c.close()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(1.5)  # let proxy and engine drop the abandoned requests
+    lat = [t - commits[row] for row, t in received if row in commits]
+    return {
+        "req_per_write": (up1 - up0) / writes,
+        "p50": pct(lat, 0.5) * 1000,
+        "p99": pct(lat, 0.99) * 1000 if len(lat) >= n * writes * 0.99 else float("inf"),
+        "delivered": len(lat) / (n * writes),
+        "errors": errors,
+        "proxy_cpu_ms": (p1 - p0) / writes * 1000,
+        "engine_cpu_ms": (e1 - e0) / writes * 1000,
+        "proxy_rss": max(proxy_rss1, proxy_rss2),
+        "engine_rss": max(engine_rss1, engine_rss2),
+        "proxy_kb_per_held": (proxy_rss1 - proxy_rss0) * 1024 / n,
+        "engine_kb_per_held": (engine_rss1 - engine_rss0) * 1024 / n,
+    }
+
+
+async def run(quick: bool, sizes: list[int] | None = None) -> list[Row]:
+    sizes = sizes or ([200, 1000] if quick else [200, 1000, 2000])
+    writes = 5 if quick else 10
+    stack = Stack()
+    rows: list[Row] = []
+    try:
+        pg = stack.add(Postgres())
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text, title text)")
+            conn.execute("INSERT INTO items SELECT i, 'org-a', 'title ' || i "
+                         "FROM generate_series(1, 500) i")  # fmt: skip
+        engine = stack.add(EngineProcess(pg.url))
+        await engine.wait_ready()
+        proxy_c = stack.add(ProxyProcess(engine.url, TABLES, collapse=True,
+                                         cache_bytes=64 * 1024 * 1024))  # fmt: skip
+        proxy = stack.add(ProxyProcess(engine.url, TABLES, collapse=False, cache_bytes=0))
+        await proxy_c.wait_ready()
+        await proxy.wait_ready()
+        auth = {"Authorization": f"Bearer {token(org_id='org-a')}"}
+        arms = {"collapse": (proxy_c, False), "no-collapse": (proxy, False), "sse": (proxy_c, True)}
+        results: dict[int, dict[str, dict[str, float]]] = {}
+        first_id = 1_000_000
+        for n in sizes:
+            results[n] = {}
+            for name, (px, sse) in arms.items():
+                results[n][name] = await arm(pg, engine, px, auth, n, writes, sse, first_id)
+                first_id += 1000
+                r = results[n][name]
+                print(f"    S2 N={n} {name}: p50 {r['p50']:.0f} ms p99 {r['p99']:.0f} ms "
+                      f"req/write {r['req_per_write']:.1f} delivered {r['delivered']:.3f} "
+                      f"errors {r['errors']}", flush=True)  # fmt: skip
+        for n, res in results.items():
+            c, o, e = res["collapse"], res["no-collapse"], res["sse"]
+            label = f"S2 fan-out N={n:,}"
+            big = n == max(sizes)
+            rows.append(Row(label, "p50 / p99 commit→client",
+                            [(a, f"{fmt(r['p50'])} / {fmt(r['p99'], 'ms')}")
+                             for a, r in res.items()],
+                            f"no-collapse/collapse p99 {o['p99'] / c['p99']:.1f}x",
+                            "collapse p99 <= 250 ms at N=2,000 (design)" if n == 2000 else "",
+                            verdict(c["p99"] <= 250) if n == 2000 else ""))  # fmt: skip
+            rows.append(Row(label, "engine requests per write",
+                            [(a, fmt(r["req_per_write"])) for a, r in res.items()],
+                            f"no-collapse/collapse {o['req_per_write'] / max(c['req_per_write'], 1e-9):.0f}x",
+                            "collapse <= 2 (design)",
+                            verdict(c["req_per_write"] <= 2)))  # fmt: skip
+            rows.append(Row(label, "CPU ms per write: proxy / engine",
+                            [(a, f"{fmt(r['proxy_cpu_ms'])} / {fmt(r['engine_cpu_ms'])}")
+                             for a, r in res.items()],
+                            f"no-collapse/collapse proxy+engine "
+                            f"{(o['proxy_cpu_ms'] + o['engine_cpu_ms']) / max(c['proxy_cpu_ms'] + c['engine_cpu_ms'], 1e-9):.1f}x",
+                            "", ""))  # fmt: skip
+            rows.append(Row(label, "RSS MiB proxy / engine (KB per held request, proxy)",
+                            [(a, f"{fmt(r['proxy_rss'])} / {fmt(r['engine_rss'])} "
+                                 f"({fmt(r['proxy_kb_per_held'])})") for a, r in res.items()],
+                            "", "proxy < 20 KB per held long-poll (design)" if big else "",
+                            verdict(max(c["proxy_kb_per_held"], o["proxy_kb_per_held"]) < 20)
+                            if big else ""))  # fmt: skip
+            delivered = min(r["delivered"] for r in res.values())
+            if delivered < 0.999 or any(r["errors"] for r in res.values()):
+                rows.append(Row(label, "delivered / client errors",
+                                [(a, f"{r['delivered'] * 100:.1f}% / {r['errors']:.0f}")
+                                 for a, r in res.items()], "", "100% / 0",
+                                verdict(delivered >= 0.999)))  # fmt: skip
+        largest = {a: max([n for n in sizes if results[n][a]["p99"] < 1000], default=0)
+                   for a in arms}  # fmt: skip
+        rows.append(Row("S2 fan-out", f"largest N (of {', '.join(map(str, sizes))}) with p99 < 1 s",
+                        [(a, f"{v:,}") for a, v in largest.items()], "", "reported (design)", ""))
+    finally:
+        stack.close()
+    return rows
+
+
+if __name__ == "__main__":
+    from _common import machine, table
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sizes", default="")
+    a = ap.parse_args()
+    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
+    print(machine())
+    print(table(asyncio.run(run(a.quick, sizes))))
