@@ -132,8 +132,10 @@ def rss_mib(pid: int) -> float:
 
 def pg_cpu(pg_dir: str) -> float:
     """CPU seconds of every Postgres backend of the cluster in `pg_dir` (postmaster tree)."""
-    pidfile = Path(pg_dir) / "data" / "postmaster.pid"
-    return tree_cpu(int(pidfile.read_text().split()[0]))
+    pid = int((Path(pg_dir) / "data" / "postmaster.pid").read_text().split()[0])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    reaped = (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")  # exited backends
+    return tree_cpu(pid) + reaped
 
 
 # --- processes ------------------------------------------------------------------------------
