@@ -85,6 +85,9 @@ class Replicator:
         self._op = 0
         self._touched: dict[Shape, list[Change]] = {}
         self._dirty: set[Shape] = set()
+        self._parked: set[Shape] = set()
+        self._flush_lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         self._stream: ReplicationStream | None = None
         self.changes_seen = 0
 
@@ -129,21 +132,39 @@ class Replicator:
             if self._dirty:
                 await self._flush()
             if last_end:
-                stream.ack(last_end)
+                stream.ack(self._ackable(last_end))
                 last_end = 0
             elif not self._in_txn and not batch:
                 # Idle and nothing half-done: everything up to wal_end is processed.
-                stream.ack(stream.wal_end)
+                stream.ack(self._ackable(stream.wal_end))
+
+    def _ackable(self, lsn: int) -> int:
+        """`lsn`, or just before the oldest transaction still parked in memory on a shape.
+
+        Parked transactions are not in any log yet; confirming past them would lose them
+        in a crash, so the slot must send them again.
+        """
+        self._parked = {s for s in self._parked if s.pending and not s.rotated}
+        if not self._parked:
+            return lsn
+        oldest = min(s.pending[0][1] for s in self._parked if s.pending)
+        return min(lsn, oldest - 1)
 
     async def _flush(self) -> None:
-        dirty, self._dirty = self._dirty, set()
-        paths: set[Path] = set()
-        for shape in dirty:
-            paths |= shape.log.take_dirty()
-        if self.fsync and paths:
-            await asyncio.to_thread(_fsync_paths, paths)
-        for shape in dirty:
-            shape.notify()
+        """fsync what was appended, then wake the waiters of the shapes that grew.
+
+        Serialised, so that when the stream loop's flush returns (and it acks), every
+        append made before it, including by `release_pending`, is on disk.
+        """
+        async with self._flush_lock:
+            dirty, self._dirty = self._dirty, set()
+            paths: set[Path] = set()
+            for shape in dirty:
+                paths |= shape.log.take_dirty()
+            if self.fsync and paths:
+                await asyncio.to_thread(_fsync_paths, paths)
+            for shape in dirty:
+                shape.notify()
 
     def _reset_txn(self) -> None:
         self._in_txn = False
@@ -225,6 +246,7 @@ class Replicator:
                 continue
             if shape.pending is not None:
                 shape.pending.append((xid, lsn, changes))
+                self._parked.add(shape)
             else:
                 self.apply(shape, xid, lsn, changes)
         self._touched = {}
@@ -255,9 +277,14 @@ class Replicator:
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
         pending, shape.pending = shape.pending, None
-        # Appended now; flushed and announced to waiters after the stream's next batch.
+        self._parked.discard(shape)
         for xid, lsn, changes in pending or []:
             self.apply(shape, xid, lsn, changes)
+        if self._dirty:
+            # Announce now rather than after the stream's next (possibly idle) batch.
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     def stats(self) -> dict[str, object]:
         return {"global_lsn": self.global_lsn, "changes_seen": self.changes_seen, "ts": time.time()}
