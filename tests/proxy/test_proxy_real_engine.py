@@ -7,11 +7,6 @@ each sees only their organisation's rows, including a live change, and an admin 
 from __future__ import annotations
 
 import asyncio
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,15 +14,10 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
+from engine_process import EngineProcess, apply_messages
 from proxy_fakes import base_config
 
 from proxy.policy.loader import build_config
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -38,36 +28,15 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
         conn.execute(
             "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-a', 'a2'), (3, 'org-b', 'b1')"
         )
-    port = _free_port()
-    log_path = tmp_path / "engine.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sync_engine", "--database-url", db_url, "--port", str(port),
-             "--secret", engine_secret, "--data-dir", str(tmp_path / "data"),
-             "--long-poll-timeout", "3", "--no-fsync"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    engine = EngineProcess(
+        db_url, tmp_path / "data",
+        "--secret", engine_secret, "--long-poll-timeout", "3", "--no-fsync",
+    )  # fmt: skip
+    engine.start()
     try:
-        for _ in range(200):
-            assert proc.poll() is None, log_path.read_text()
-            try:
-                with urllib.request.urlopen(f"{base}/v1/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise AssertionError("engine did not become healthy")
-        yield base
+        yield engine.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        engine.stop()
 
 
 async def _sync(proxy: Any, token: str) -> tuple[dict[str, dict[str, Any]], str, str]:
@@ -77,25 +46,12 @@ async def _sync(proxy: Any, token: str) -> tuple[dict[str, dict[str, Any]], str,
     for _ in range(50):
         reply = await proxy.get(path, token=token)
         assert reply.status == 200, reply.body
-        _apply(rows, reply.json())
+        apply_messages(rows, reply.json())
         handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
         if "electric-up-to-date" in reply.headers:
             return rows, handle, offset
         path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
     raise AssertionError("never up to date")
-
-
-def _apply(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> None:
-    for m in messages:
-        if "key" not in m:
-            continue
-        op = m["headers"]["operation"]
-        if op == "insert":
-            rows[m["key"]] = dict(m["value"])
-        elif op == "update":
-            rows[m["key"]].update(m["value"])
-        elif op == "delete":
-            rows.pop(m["key"], None)
 
 
 async def test_two_orgs_and_admin_through_proxy_and_real_engine(
@@ -136,8 +92,8 @@ async def test_two_orgs_and_admin_through_proxy_and_real_engine(
         conn.execute("INSERT INTO items VALUES (4, 'org-a', 'a3')")
     a_reply, b_reply = await asyncio.gather(a_live, b_live)
     assert a_reply.status == 200 and b_reply.status == 200
-    _apply(a_rows, a_reply.json())
-    _apply(b_rows, b_reply.json())
+    apply_messages(a_rows, a_reply.json())
+    apply_messages(b_rows, b_reply.json())
     assert sorted(r["title"] for r in a_rows.values()) == ["a1", "a2", "a3"]
     assert sorted(r["title"] for r in b_rows.values()) == ["b1"]
     assert b_reply.headers["electric-has-data"] == "false"  # bob's poll timed out empty
@@ -177,7 +133,7 @@ async def test_twenty_live_clients_share_one_engine_request_per_write(
     for reply in replies:
         assert reply.status == 200
         rows: dict[str, dict[str, Any]] = {}
-        _apply(rows, reply.json())
+        apply_messages(rows, reply.json())
         assert [r["title"] for r in rows.values()] == ["fan-out"]
     assert len({r.headers["X-Request-Id"] for r in replies}) == 20
     assert after - before <= 2, f"the engine saw {after - before} requests for one write"

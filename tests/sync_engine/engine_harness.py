@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp.test_utils import TestClient
+from engine_process import apply_messages
 
 from sync_engine.app import SOURCES
 from sync_engine.settings import Settings
@@ -52,18 +53,7 @@ class Engine:
         raise AssertionError("never up to date")
 
 
-def apply(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> None:
-    """Materialise messages the way the client's Shape does."""
-    for m in messages:
-        if "key" not in m:
-            continue
-        op = m["headers"]["operation"]
-        if op == "insert":
-            rows[m["key"]] = dict(m["value"])
-        elif op == "update":
-            rows[m["key"]].update(m["value"])
-        elif op == "delete":
-            rows.pop(m["key"], None)
+apply = apply_messages
 
 
 # Short timeouts so live paths are exercised quickly in tests.

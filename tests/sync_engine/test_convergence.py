@@ -9,12 +9,7 @@ errors as the real client does). When the writer stops, each client's rows must 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,8 +18,7 @@ import aiohttp
 import orjson
 import psycopg
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
+from engine_process import EngineProcess
 
 WHERES: list[tuple[str | None, dict[str, str]]] = [
     (None, {}),
@@ -48,72 +42,6 @@ WHERES: list[tuple[str | None, dict[str, str]]] = [
     ("coalesce(n, 0) < 250", {}),
     ("val IN ('abc', 'bcd', 'cde')", {}),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class EngineProcess:
-    def __init__(self, db_url: str, data_dir: Path) -> None:
-        self.db_url = db_url
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = data_dir.parent / "engine.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sync_engine",
-                "--database-url",
-                self.db_url,
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-                "--long-poll-timeout",
-                "2",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=open(self.log, "ab"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                try:
-                    async with s.get(self.url + "/v1/health") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("engine did not become healthy:\n" + self.log.read_text()[-3000:])
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class Follower:
@@ -251,8 +179,8 @@ async def _converge(db_url: str, tmp_path: Path, kill_midway: bool) -> None:
             "INSERT INTO items SELECT g, g % 5, (ARRAY['abc','bcd','cde','zzz'])[g % 4 + 1],"
             " CASE WHEN g % 7 = 0 THEN NULL ELSE g * 7 % 1000 END FROM generate_series(1, 200) g"
         )
-    engine = EngineProcess(db_url, tmp_path / "data")
-    await engine.start()
+    engine = EngineProcess(db_url, tmp_path / "data", "--long-poll-timeout", "2")
+    await asyncio.to_thread(engine.start)
     followers = [Follower(engine.url, w, p) for w, p in WHERES]
     stop = asyncio.Event()
     try:
@@ -263,7 +191,7 @@ async def _converge(db_url: str, tmp_path: Path, kill_midway: bool) -> None:
                 await asyncio.sleep(3.0)
                 engine.kill()
                 await asyncio.sleep(0.5)
-                await engine.start()
+                await asyncio.to_thread(engine.start)
             txns = await writer
             assert txns > 100
             with psycopg.connect(db_url) as conn:
