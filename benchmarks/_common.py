@@ -32,6 +32,11 @@ ENGINE_SECRET = "bench-engine-secret-0123456789abcdef"
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef0123456789"
 ISSUER = "https://bench.test/"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
+#: scripts/dev-postgres runs with synchronous_commit=off: a commit returns before its WAL is
+#: flushed, and logical decoding only sends flushed WAL, so a change would wait for the WAL
+#: writer (wal_writer_delay, 200 ms). Writers whose commit-to-client latency is measured set
+#: this on their session, as a production database (synchronous_commit=on) behaves.
+SYNC_COMMIT = "SET synchronous_commit = on"
 
 
 def free_port() -> int:

@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 import psycopg
 from _common import (
+    SYNC_COMMIT,
     EngineProcess,
     Postgres,
     ProxyProcess,
@@ -135,11 +136,12 @@ async def arm(pg: Postgres, engine: EngineProcess, proxy: ProxyProcess, auth: di
     up0 = await proxy.upstream_requests()
     p0, e0 = proxy.cpu(), engine.cpu()
     async with await psycopg.AsyncConnection.connect(pg.url, autocommit=True) as conn:
+        await conn.execute(SYNC_COMMIT)
         t_next = time.monotonic()
         for i in range(writes):
             row = first_id + i
+            commits[str(row)] = time.time()  # sent: the client may see it before we resume
             await conn.execute("INSERT INTO items VALUES (%s, 'org-a', 'fan-out')", (row,))
-            commits[str(row)] = time.time()
             t_next += 1.0
             await asyncio.sleep(max(0.0, t_next - time.monotonic()))
     await asyncio.sleep(1.0)  # let the last write arrive everywhere

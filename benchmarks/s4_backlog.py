@@ -194,7 +194,8 @@ async def run(quick: bool, changes: int | None = None) -> list[Row]:
 
 
 if __name__ == "__main__":
-    from _common import machine, table as render
+    from _common import machine
+    from _common import table as render
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")

@@ -1,0 +1,99 @@
+"""`make bench`: run every scenario and print one table (machine description on top).
+
+    .venv/bin/python benchmarks/run_all.py [--quick] [--only 1,3] [--markdown FILE]
+
+Scenarios (see docs/benchmarks.md and ../shared/reference/performance-anchors.md §4):
+  1 proxy / direct / nginx in front of the engine       s1_front.py
+  2 live fan-out, collapsed or not, long-poll and SSE   s2_fanout.py
+  3 initial sync of 1M rows                             initial_sync.py
+  4 replication backlog drain vs pg_recvlogical         s4_backlog.py
+  5 one write among many shapes, `=` vs ILIKE           s5_routing.py
+  6 storm of new shapes, distinct vs identical          s6_storm.py
+Each scenario starts (and stops) its own Postgres and processes; every arm of a row is
+measured in the same run. `--quick` uses smaller sizes (about 3 minutes in all); the default
+full run takes about 15-20 minutes on 2 cores. A scenario that fails is reported as a row and
+the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Row, machine, table
+
+
+def scenarios() -> dict[int, tuple[str, object]]:
+    import initial_sync
+    import s1_front
+    import s2_fanout
+    import s4_backlog
+    import s5_routing
+    import s6_storm
+
+    return {
+        1: ("proxy vs direct vs nginx", s1_front.run),
+        2: ("live fan-out", s2_fanout.run),
+        3: ("initial sync", initial_sync.run),
+        4: ("replication backlog drain", s4_backlog.run),
+        5: ("one write among many shapes", s5_routing.run),
+        6: ("shape-creation storm", s6_storm.run),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (~3 minutes)")
+    ap.add_argument("--only", default="", help="comma-separated scenario numbers")
+    ap.add_argument("--markdown", type=Path, help="also write the report to this file")
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of held requests
+    try:
+        import uvloop
+
+        uvloop.install()  # the load generator is Python too: keep its share of the CPU small
+    except ImportError:
+        pass
+    chosen = {int(x) for x in args.only.split(",") if x} or set(scenarios())
+    started = time.perf_counter()
+    head = [
+        f"shapegate benchmarks, {'quick' if args.quick else 'full'} run, "
+        f"{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"machine: {machine()}",
+    ]
+    print("\n".join(head), flush=True)
+    rows: list[Row] = []
+    for number, (name, run) in scenarios().items():
+        if number not in chosen:
+            continue
+        t0 = time.perf_counter()
+        print(f"  scenario {number}: {name} ...", flush=True)
+        try:
+            limit = 300 if args.quick else 900
+            rows += asyncio.run(asyncio.wait_for(run(args.quick), limit))  # type: ignore[operator]
+        except TimeoutError:
+            rows.append(Row(f"S{number} {name}", "FAILED", [("timeout", f"{limit} s")]))
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append(Row(f"S{number} {name}", "FAILED", [("error", repr(exc)[:200])]))
+        print(f"  scenario {number} done in {time.perf_counter() - t0:.0f} s", flush=True)
+    report = "\n".join([*head, "", table(rows), "",
+                        f"total {time.perf_counter() - started:.0f} s"])  # fmt: skip
+    print()
+    print(report)
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+    return 1 if any(r.metric == "FAILED" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

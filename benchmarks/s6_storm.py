@@ -1,0 +1,123 @@
+"""S6: a storm of N new shapes requested at once: distinct against identical.
+
+Run alone: `.venv/bin/python benchmarks/s6_storm.py [--quick] [--n 1000]`.
+
+Table `storm` with (N + 1) x 500 rows and an index on `bucket`; Postgres with
+pg_stat_statements, so snapshot queries are counted in Postgres (statements on `storm`).
+N clients each follow one shape from `offset=-1` to up-to-date, all started at once; a 503
+is retried after its Retry-After, as Electric's client does. Arms (engines in turn, each with
+a fresh data directory so every shape is new):
+- `distinct`: N shapes `bucket = i`, engine defaults (`--max-initial-syncs 32`);
+- `distinct, no limit`: the same with `--max-initial-syncs 0` (no 503s);
+- `identical`: N clients asking for the same new shape `bucket = N`.
+Time = start of the storm until the last client is up-to-date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+
+import aiohttp
+import psycopg
+from _common import ENGINE_SECRET, EngineProcess, Postgres, Row, Stack, fmt, follow, pct, verdict
+
+
+async def storm(pg: Postgres, engine: EngineProcess, buckets: list[int]) -> dict[str, float]:
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+    times: list[float] = []
+    unavailable = 0
+    e0, p0 = engine.cpu(), pg.cpu()
+    timeout = aiohttp.ClientTimeout(total=300)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=timeout) as s:  # fmt: skip
+        t0 = time.perf_counter()
+
+        async def one(b: int) -> None:
+            nonlocal unavailable
+            url = (f"{engine.url}/v1/shape?table=storm&where=bucket%20%3D%20{b}"
+                   f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
+            _, _, _, _, n503 = await follow(s, url)
+            unavailable += n503
+            times.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(one(b) for b in buckets))
+        total = time.perf_counter() - t0
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        snapshots = conn.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query ILIKE "
+            "'%storm%' AND query NOT ILIKE '%pg_stat_statements%'"
+        ).fetchone()[0]  # type: ignore[index]
+    return {"total": total, "mean": sum(times) / len(times), "p99": pct(times, 0.99),
+            "snapshots": float(snapshots), "503": float(unavailable),
+            "engine_cpu": engine.cpu() - e0, "pg_cpu": pg.cpu() - p0,
+            "rss": engine.rss()}  # fmt: skip
+
+
+async def run(quick: bool, n: int | None = None) -> list[Row]:
+    n = n or (300 if quick else 1000)
+    stack = Stack()
+    rows: list[Row] = []
+    res: dict[str, dict[str, float]] = {}
+    try:
+        pg = stack.add(Postgres(stat_statements=True))
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE storm (id int PRIMARY KEY, bucket int, payload text)")
+            conn.execute("INSERT INTO storm SELECT i, i / 500, 'payload ' || md5(i::text) "
+                         "FROM generate_series(0, %s) i", ((n + 1) * 500 - 1,))  # fmt: skip
+            conn.execute("CREATE INDEX ON storm (bucket)")
+            conn.execute("ALTER TABLE storm REPLICA IDENTITY FULL")
+            conn.execute("VACUUM ANALYZE storm")
+        arms = {
+            "distinct": ([], list(range(n))),
+            "distinct, no limit": (["--max-initial-syncs", "0"], list(range(n))),
+            "identical": ([], [n] * n),
+        }
+        for name, (extra, buckets) in arms.items():
+            engine = EngineProcess(pg.url, *extra)
+            try:
+                await engine.wait_ready()
+                # Publish the table first (one shape on it): a storm on a table not yet in
+                # the publication can deadlock the engine (docs/benchmarks.md, S6), and the
+                # first publication of a table is a one-off, not what this scenario measures.
+                async with aiohttp.ClientSession() as s:
+                    await follow(s, f"{engine.url}/v1/shape?table=storm&where=bucket%20%3D%20-1"
+                                    f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
+                res[name] = await storm(pg, engine, buckets)
+            finally:
+                engine.stop()
+            r = res[name]
+            print(f"    S6 {name}: {r['total']:.2f} s, {r['snapshots']:.0f} snapshot queries, "
+                  f"{r['503']:.0f} 503s", flush=True)  # fmt: skip
+        label = f"S6 storm of {n:,} new shapes (500 rows each)"
+        d, u, i = res["distinct"], res["distinct, no limit"], res["identical"]
+        target = n == 1000
+        rows.append(Row(label, "time until all synced (mean / p99 per client)",
+                        [(a, f"{fmt(r['total'], 's')} ({fmt(r['mean'])} / {fmt(r['p99'])})")
+                         for a, r in res.items()],
+                        f"identical/distinct {i['total'] / d['total']:.2f}",
+                        "distinct < 2 s at N=1,000 (design)" if target else "",
+                        verdict(d["total"] < 2) if target else ""))  # fmt: skip
+        rows.append(Row(label, "snapshot queries in Postgres (503s retried)",
+                        [(a, f"{r['snapshots']:.0f} ({r['503']:.0f})") for a, r in res.items()],
+                        "", "identical: 1 query (anchors S6)",
+                        verdict(i["snapshots"] <= 1)))  # fmt: skip
+        rows.append(Row(label, "CPU s engine / Postgres, engine RSS MiB",
+                        [(a, f"{fmt(r['engine_cpu'])} / {fmt(r['pg_cpu'])}, {fmt(r['rss'])}")
+                         for a, r in res.items()], "", "", ""))  # fmt: skip
+    finally:
+        stack.close()
+    return rows
+
+
+if __name__ == "__main__":
+    from _common import machine, table
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--n", type=int, default=None)
+    a = ap.parse_args()
+    print(machine())
+    print(table(asyncio.run(run(a.quick, a.n))))
