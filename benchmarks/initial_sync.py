@@ -96,14 +96,16 @@ async def run(quick: bool, rows_n: int | None = None) -> list[Row]:
                               f"{cold_req} requests)", arms,
                        f"cold/COPY {cold_s / copy_s:.2f}", "<= 1.5 (design)",
                        verdict(cold_s / copy_s <= 1.5)))  # fmt: skip
-        out.append(Row(label, "warm vs cold", [("cold", fmt(cold_s, "s")), ("warm", fmt(warm_s, "s"))],
+        out.append(Row(label, "warm vs cold",
+                       [("cold", fmt(cold_s, "s")), ("warm", fmt(warm_s, "s"))],
                        f"cold/warm {cold_s / warm_s:.1f}x", ">= 5x (design)",
                        verdict(cold_s / warm_s >= 5)))  # fmt: skip
         out.append(Row(label, "front tiers vs warm direct",
                        [("warm", fmt(warm_s, "s")), ("proxy", fmt(proxy_s, "s")),
                         ("nginx hit", fmt(hit_s, "s"))],
                        f"warm/proxy {warm_s / proxy_s:.2f}, warm/nginx-hit {warm_s / hit_s:.2f}",
-                       "proxy >= 0.8x direct (anchors S3)", verdict(warm_s / proxy_s >= 0.8)))  # fmt: skip
+                       "proxy >= 0.8x direct (anchors S3)",
+                       verdict(warm_s / proxy_s >= 0.8)))  # fmt: skip
         out.append(Row(label, "engine CPU s (Postgres CPU s), peak engine RSS",
                        [("cold", f"{fmt(cold_cpu)} ({fmt(cold_pg_cpu)}) s, {fmt(cold_rss)} MiB"),
                         ("warm", f"{fmt(warm_cpu)} s"),

@@ -55,7 +55,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated scenario numbers")
     ap.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = ap.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # thousands of held requests
     try:
         import uvloop

@@ -72,7 +72,8 @@ async def measure(pg: Postgres, engine: EngineProcess, table: str, target: int, 
                 async with s.get(q) as r:
                     body = await r.json()
                     now = time.time()
-                    offset, cursor = r.headers["electric-offset"], r.headers.get("electric-cursor", "0")
+                    offset = r.headers["electric-offset"]
+                    cursor = r.headers.get("electric-cursor", "0")
                 for m in body:
                     if "key" in m:
                         received[int(m["value"]["id"])] = now
@@ -84,7 +85,8 @@ async def measure(pg: Postgres, engine: EngineProcess, table: str, target: int, 
             await conn.execute(SYNC_COMMIT)
             for i in range(writes):
                 commits[first_id + i] = time.time()  # sent (see s2_fanout)
-                await conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (first_id + i, f"k{target}x"))
+                await conn.execute(f"INSERT INTO {table} VALUES (%s, %s)",
+                                   (first_id + i, f"k{target}x"))  # fmt: skip
                 await asyncio.sleep(0.2)
         await asyncio.sleep(0.5)
         # CPU per change: `nomatch` one-row transactions matching no shape, then one sentinel
@@ -95,7 +97,7 @@ async def measure(pg: Postgres, engine: EngineProcess, table: str, target: int, 
             conn.execute(f"CALL gen_{table}(%s, %s)", (first_id + writes, nomatch))
             conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (sentinel, f"k{target}x"))
         deadline = time.monotonic() + 120
-        while sentinel not in received and time.monotonic() < deadline:
+        while sentinel not in received and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         cpu = engine.cpu() - e0
         stop.set()
@@ -140,7 +142,8 @@ async def run(quick: bool, sizes: list[int] | None = None) -> list[Row]:
             ratio = pct(like_lat, 0.5) / pct(eq_lat, 0.5)
             rows.append(Row(label, "commit→client p50 / p99",
                             [("=", f"{fmt(pct(eq_lat, 0.5))} / {fmt(pct(eq_lat, 0.99), 'ms')}"),
-                             ("ILIKE", f"{fmt(pct(like_lat, 0.5))} / {fmt(pct(like_lat, 0.99), 'ms')}")],
+                             ("ILIKE",
+                              f"{fmt(pct(like_lat, 0.5))} / {fmt(pct(like_lat, 0.99), 'ms')}")],
                             f"ILIKE/= p50 {ratio:.1f}x", "", ""))  # fmt: skip
             rows.append(Row(label, f"engine CPU µs per change matching none ({nomatch:,} txns)",
                             [("=", fmt(eq_cpu)), ("ILIKE", fmt(like_cpu)),
@@ -153,7 +156,7 @@ async def run(quick: bool, sizes: list[int] | None = None) -> list[Row]:
                   f"CPU {eq_cpu:.0f} / {like_cpu:.0f} µs", flush=True)  # fmt: skip
         # `=` flatness against the smallest S
         rows.append(Row("S5 shape creation over HTTP", "shapes/s on an empty table (setup)",
-                        [(f"S={n:,}", fmt(2 * (n - ([0] + sizes)[i]) / max(create_s[n], 1e-9)))
+                        [(f"S={n:,}", fmt(2 * (n - [0, *sizes][i]) / max(create_s[n], 1e-9)))
                          for i, n in enumerate(sizes)], "", "", ""))  # fmt: skip
     finally:
         stack.close()
@@ -168,4 +171,5 @@ if __name__ == "__main__":
     ap.add_argument("--sizes", default="")
     a = ap.parse_args()
     print(machine())
-    print(table(asyncio.run(run(a.quick, [int(x) for x in a.sizes.split(",")] if a.sizes else None))))
+    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
+    print(table(asyncio.run(run(a.quick, sizes))))
