@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -285,6 +284,3 @@ class Replicator:
             task = asyncio.get_running_loop().create_task(self._flush())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
-
-    def stats(self) -> dict[str, object]:
-        return {"global_lsn": self.global_lsn, "changes_seen": self.changes_seen, "ts": time.time()}

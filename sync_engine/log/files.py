@@ -138,10 +138,6 @@ class ShapeLog:
             return self._chunks[-1].last_offset
         return SNAPSHOT_END
 
-    @property
-    def entry_count(self) -> int:
-        return sum(len(c.txs) for c in self._chunks)
-
     def append_transaction(self, lsn: int, entries: list[tuple[int, bytes]]) -> None:
         """Append one transaction's entries `(op, json)` for this shape, in one write."""
         if not entries:

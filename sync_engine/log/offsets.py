@@ -46,7 +46,6 @@ class LogOffset:
 
 
 BEFORE_ALL = LogOffset(-1, 0)
-SNAPSHOT_START = LogOffset(0, 0)
 SNAPSHOT_END = LogOffset(0, INF_OP)
 
 

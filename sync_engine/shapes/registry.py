@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import orjson
 from cachetools import LRUCache
 
-from ..errors import InvalidRequest, ShapeGone
+from ..errors import InvalidRequest
 from ..log.files import ShapeLog
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
@@ -320,7 +320,3 @@ class ShapeRegistry:
     def rotate_all(self, reason: str) -> None:
         for shape in list(self.by_handle.values()):
             self.rotate(shape, reason)
-
-    def check_handle(self, shape: Shape, handle: str | None) -> None:
-        if handle is not None and handle != shape.handle:
-            raise ShapeGone(shape.handle)

@@ -49,10 +49,6 @@ class ShapeRouter:
                 out |= shapes
         return out
 
-    def indexed_columns(self, oid: int) -> Sequence[str]:
-        t = self._tables.get(oid)
-        return list(t.indexes) if t else []
-
     def add(self, shape: Shape) -> None:
         t = self._tables.setdefault(shape.definition.table_oid, _TableShapes())
         idx = shape.where.index if shape.where is not None else None
