@@ -47,6 +47,7 @@ _STATIC = {
     "app.js": "text/javascript",
     "style.css": "text/css",
 }
+_ONCE = "This secret is shown only once; store it now."
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
     " connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
@@ -172,7 +173,7 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
         )
         body = status(rec)
         body["secret"] = secret
-        body["secret_notice"] = "This secret is shown only once; store it now."
+        body["secret_notice"] = _ONCE
         return _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
 
     async def show_source(request: web.Request) -> web.StreamResponse:
@@ -185,7 +186,7 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
         rec, secret = await manager.rotate_secret(sid, data.get("grace_period_seconds"))
         body = status(rec)
         body["secret"] = secret
-        body["secret_notice"] = "This secret is shown only once; store it now."
+        body["secret_notice"] = _ONCE
         return _json(200, body)
 
     async def pause(request: web.Request) -> web.StreamResponse:

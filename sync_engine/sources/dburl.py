@@ -74,7 +74,8 @@ def redact_url(url: str) -> str:
                     userinfo = userinfo.split(":", 1)[0] + ":****"
                 netloc = f"{userinfo}@{host}"
             query = urlencode(
-                [(k, "****" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)]
+                [(k, "****" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
+                safe="*",
             )
             return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
         except ValueError:

@@ -18,6 +18,14 @@ class Diagnosis:
     message: str
 
 
+_LOST = (
+    "server closed the connection unexpectedly",
+    "terminating connection due to administrator command",
+    "connection is lost",
+    "consuming input failed",
+    "the database system is shutting down",
+    "the database system is starting up",
+)
 _UNREACHABLE = (
     "connection refused",
     "could not connect",
@@ -28,13 +36,7 @@ _UNREACHABLE = (
     "network is unreachable",
     "timeout expired",
     "connection timed out",
-    "server closed the connection unexpectedly",
-    "the database system is starting up",
-    "the database system is shutting down",
-    "terminating connection due to administrator command",
     "no such file or directory",
-    "connection is lost",
-    "consuming input failed",
 )
 
 
@@ -91,6 +93,12 @@ def explain(error: str, database_url: str) -> Diagnosis:
             f"role {user} lacks a privilege the engine needs: it must be able to create a"
             f" publication (GRANT CREATE ON DATABASE ... TO {user}) and own the synced tables."
             f" (Postgres said: {raw})",
+        )
+    if any(p in low for p in _LOST):
+        return Diagnosis(
+            "unreachable",
+            f"lost the connection to {target} (Postgres restarting or the connection was"
+            f" terminated); retrying. (Error: {raw})",
         )
     if any(p in low for p in _UNREACHABLE):
         return Diagnosis(

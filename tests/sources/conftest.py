@@ -112,8 +112,9 @@ class Cluster:
                   f" -c unix_socket_directories={self.dir}", "start")  # fmt: skip
 
     def restart(self) -> None:
-        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w",
-                  "-t", "30", "restart")  # fmt: skip
+        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
+                  str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30",
+                  "restart")  # fmt: skip
 
     def stop(self) -> None:
         try:

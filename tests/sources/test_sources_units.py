@@ -1,0 +1,160 @@
+"""Pure parts of source management: secrets, URLs, diagnoses, the SQLite registry, auth."""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from pathlib import Path
+
+import pytest
+
+from sync_engine.sources.auth import SourceAuth, parse_source_id
+from sync_engine.sources.credentials import hash_secret, new_secret, verify_secret
+from sync_engine.sources.dburl import check_database_url, redact_url
+from sync_engine.sources.diagnose import explain
+from sync_engine.sources.errors import DuplicateName, InvalidInput, UnknownSource
+from sync_engine.sources.registry import SourceRegistry, registry_has_sources
+
+URL = "postgresql://app:s3cr3t-pw@db.example.com:5432/shop"
+
+
+def test_secrets_are_long_random_and_hashed_with_salt() -> None:
+    a, b = new_secret(), new_secret()
+    assert a != b and len(a) >= 43
+    h1, h2 = hash_secret(a), hash_secret(a)
+    assert h1 != h2 and h1.startswith("scrypt$") and a not in h1
+    assert verify_secret(a, h1) and verify_secret(a, h2)
+    assert not verify_secret(b, h1)
+    assert not verify_secret(a, "garbage")
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        (URL, "postgresql://app:****@db.example.com:5432/shop"),
+        ("postgres://app@h/db", "postgres://app@h/db"),
+        ("postgresql://h/db?password=pw&sslmode=require",
+         "postgresql://h/db?password=****&sslmode=require"),
+        ("host=h user=u password=pw dbname=d", "user=u password=**** dbname=d host=h"),
+    ],
+)  # fmt: skip
+def test_redact_url(url: str, want: str) -> None:
+    assert redact_url(url) == want
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [None, "", "   ", 42, "not a url", "mysql://u@h/d", "http://h/d", "postgresql://h:99999/d",
+     "postgresql://h/d?bogus=1", "postgresql://u:p@[::1/d", "postgresql://h/d?replication=1",
+     "x" * 5000],
+)  # fmt: skip
+def test_invalid_database_urls_are_refused(bad: object) -> None:
+    with pytest.raises(InvalidInput) as info:
+        check_database_url(bad)
+    assert info.value.field == "database_url"
+    assert "s3cr3t" not in info.value.message
+
+
+def test_invalid_url_message_never_echoes_the_password() -> None:
+    with pytest.raises(InvalidInput) as info:
+        check_database_url("postgresql://u:s3cr3t@h/d?nope=1")
+    assert "s3cr3t" not in info.value.message
+
+
+def test_valid_database_urls() -> None:
+    assert check_database_url(f"  {URL} ") == URL
+    assert check_database_url("host=localhost dbname=x") == "host=localhost dbname=x"
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "hint"),
+    [
+        ("wal_level is replica, not logical: set wal_level = logical ...", "wal_level",
+         "wal_level"),
+        ('connection failed: connection to server at "10.0.0.9", port 5432 failed: Connection'
+         " refused\n\tIs the server running on that host?", "unreachable", "cannot reach"),
+        ("failed to resolve host 'db.example.com': [Errno -2] Name or service not known",
+         "unreachable", "cannot reach"),
+        ("terminating connection due to administrator command", "unreachable",
+         "lost the connection"),
+        ("must be superuser or replication role to start walsender", "no_replication_role",
+         "ALTER ROLE app WITH REPLICATION"),
+        ("all replication slots are in use", "no_replication_slots", "max_replication_slots"),
+        ("number of requested standby connections exceeds max_wal_senders (currently 0)",
+         "no_wal_senders", "max_wal_senders"),
+        ('password authentication failed for user "app"', "auth_failed", "password"),
+        ('database "shop" does not exist', "database_missing", "create it"),
+        ("permission denied for database shop", "permission", "GRANT CREATE"),
+        ("something odd", "other", "something odd"),
+    ],
+)  # fmt: skip
+def test_errors_are_explained(error: str, code: str, hint: str) -> None:
+    d = explain(error, URL)
+    assert d.code == code
+    assert hint in d.message
+    assert "s3cr3t" not in d.message
+
+
+def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "sources.db"
+    reg = SourceRegistry(path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert not registry_has_sources(tmp_path / "data")
+    rec = reg.create("shop", URL, "h1", max_shapes=5)
+    assert parse_source_id(rec.source_id) == rec.source_id
+    assert "s3cr3t" not in repr(rec) and "h1" not in repr(rec)
+    with pytest.raises(DuplicateName):
+        reg.create("SHOP", URL, "h2")
+    now = time.time()
+    rotated = reg.rotate_secret(rec.source_id, "h2", 60, now=now)
+    assert rotated.valid_hashes(now) == ["h2", "h1"]
+    assert rotated.valid_hashes(now + 61) == ["h2"]
+    reg.set_state(rec.source_id, "error", "wal_level is replica")
+    reg.set_state(rec.source_id, "active", None)
+    reg.set_paused(rec.source_id, True)
+    reg.close()
+
+    reg = SourceRegistry(path)  # survives reopening
+    again = reg.get(rec.source_id)
+    assert again.secret_hash == "h2" and again.previous_secret_hash == "h1"
+    assert again.paused and again.state == "paused"
+    assert again.last_error == "wal_level is replica" and again.max_shapes == 5
+    assert registry_has_sources(tmp_path / "data")
+    reg.delete(rec.source_id)
+    with pytest.raises(UnknownSource):
+        reg.get(rec.source_id)
+    with pytest.raises(UnknownSource):
+        reg.delete(rec.source_id)
+    with pytest.raises(UnknownSource):
+        reg.set_paused(rec.source_id, False)
+    assert reg.list() == []
+    reg.close()
+
+
+async def test_auth_checks(tmp_path: Path) -> None:
+    reg = SourceRegistry(tmp_path / "sources.db")
+    secret, other = new_secret(), new_secret()
+    rec = reg.create("a", URL, hash_secret(secret))
+    auth = SourceAuth()
+    await auth.prepare()
+    assert await auth.check(rec, secret)
+    assert await auth.check(rec, secret)  # remembered
+    assert not await auth.check(rec, other)
+    assert not await auth.check(rec, None)
+    assert not await auth.check(rec, "")
+    assert not await auth.check(None, secret)  # unknown source, same answer
+    now = time.time()
+    rotated = reg.rotate_secret(rec.source_id, hash_secret(other), 10, now=now)
+    assert await auth.check(rotated, other, now=now)
+    assert await auth.check(rotated, secret, now=now)  # grace period
+    assert not await auth.check(rotated, secret, now=now + 11)  # remembered but expired
+    immediate = reg.rotate_secret(rec.source_id, hash_secret(new_secret()), 0)
+    assert not await auth.check(immediate, other)
+    assert not await auth.check(immediate, secret)
+
+
+def test_parse_source_id() -> None:
+    assert parse_source_id("00000000-0000-4000-8000-000000000000")
+    for bad in (None, "", "default", "x" * 100, "1234"):
+        assert parse_source_id(bad) is None
