@@ -183,9 +183,11 @@ def run(args: argparse.Namespace) -> str:
         res = _request(args, "GET", "/api/sources")
         if args.json:
             return json.dumps(res, indent=2)
-        rows = [[s["source_id"], s["name"], s["state"], str(s["shape_count"]),
-                 _lag(s.get("replication_lag_bytes")), _short(s.get("error") or s.get("last_error"))]
-                for s in res["sources"]]  # fmt: skip
+        rows = [
+            [s["source_id"], s["name"], s["state"], str(s["shape_count"]),
+             _lag(s.get("replication_lag_bytes")), _short(s.get("error") or s.get("last_error"))]
+            for s in res["sources"]
+        ]  # fmt: skip
         if not rows:
             return "No sources registered. Add one: sync-engine sources add --name NAME --database-url URL"  # noqa: E501
         return _table(rows, ["SOURCE_ID", "NAME", "STATE", "SHAPES", "LAG", "ERROR"])

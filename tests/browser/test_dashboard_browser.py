@@ -1,0 +1,127 @@
+"""The admin dashboard in headless Chromium (Debian's, driven by playwright-core).
+
+A real engine process (`python -m sync_engine` with --admin-token) and a real database:
+the browser signs in, creates a source with the form, waits for `active`, reads the source
+id and secret shown, and saves screenshots to test-artifacts/ (dashboard.png: the list).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+ARTIFACTS = ROOT / "test-artifacts"
+TOKEN = "browser-test-admin-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None and os.getuid() == 0 and shutil.which("apt-get"):
+        # like scripts/dev-postgres: install the Debian package when missing
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False,
+                       capture_output=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        found = shutil.which("chromium")
+    if found is None:
+        pytest.fail("Chromium is needed for the dashboard test: apt-get install -y chromium")
+    return found
+
+
+def _node_deps() -> None:
+    if not (HERE / "node_modules" / "playwright-core").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=HERE, check=True)
+
+
+def _get(url: str, token: str) -> Any:
+    req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+@pytest.fixture
+def engine_process(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(engine URL, admin URL) of a real engine process with an empty source registry."""
+    port, admin_port = _free_port(), _free_port()
+    env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
+    env.pop("DATABASE_URL", None)
+    env.pop("SYNC_ENGINE_DATABASE_URL", None)
+    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_engine", "--port", str(port), "--admin-port",
+         str(admin_port), "--data-dir", str(tmp_path / "data"), "--no-fsync"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    admin = f"http://127.0.0.1:{admin_port}"
+    try:
+        for _ in range(100):
+            try:
+                _get(admin + "/api/info", TOKEN)
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    raise AssertionError((tmp_path / "engine.log").read_text()) from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}", admin
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def test_dashboard_creates_a_source_that_becomes_active(
+    engine_process: tuple[str, str], db_url: str
+) -> None:
+    chromium = _chromium()
+    _node_deps()
+    engine_url, admin_url = engine_process
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
+        conn.execute("INSERT INTO items VALUES (1, 'from the browser test')")
+    ARTIFACTS.mkdir(exist_ok=True)
+    out = subprocess.run(
+        ["node", str(HERE / "dashboard.mjs")],
+        env={**os.environ, "ADMIN_URL": admin_url, "ADMIN_TOKEN": TOKEN,
+             "DATABASE_URL": db_url, "SOURCE_NAME": "browser-made",
+             "ARTIFACTS": str(ARTIFACTS), "CHROMIUM": chromium},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["failures"] == [], seen["failures"]
+    assert "database_url" in seen["formError"] or "connection string" in seen["formError"]
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+
+    # what the page showed is the real thing
+    source = _get(f"{admin_url}/api/sources/{seen['sourceId']}", TOKEN)
+    assert source["name"] == "browser-made" and source["state"] == "active"
+    assert "browser-made" in seen["listed"] and "active" in seen["listed"]
+    assert seen["sourceId"] in seen["curl"] and engine_url in seen["curl"]
+    assert f"source_id: {seen['sourceId']}" in seen["proxy"]
+    assert "secret_env: ENGINE_SECRET" in seen["proxy"]
+    url = (f"{engine_url}/v1/shape?table=items&offset=-1&source_id={seen['sourceId']}"
+           f"&secret={seen['secret']}")  # fmt: skip
+    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310
+        rows = json.loads(resp.read())
+    assert rows[0]["value"]["title"] == "from the browser test"
