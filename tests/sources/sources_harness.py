@@ -103,7 +103,7 @@ class MultiEngine:
         body = orjson.loads(raw) if raw else None
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
 
-    async def sync(self, source_id: str, secret: str,
+    async def sync(self, source_id: str | None, secret: str,
                    **params: Any) -> tuple[dict[str, dict[str, Any]], str, str]:  # fmt: skip
         rows: dict[str, dict[str, Any]] = {}
         status, h, body = await self.get(source_id, secret, offset="-1", **params)

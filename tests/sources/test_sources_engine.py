@@ -247,3 +247,33 @@ async def test_passwords_are_never_shown(
     for path in ("/api/sources", f"/api/sources/{src['source_id']}"):
         status, body = await engine.api("GET", path)
         assert "hunter2" not in str(body) and src["secret"] not in str(body)
+
+
+async def test_single_database_mode_next_to_registered_sources(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    url_default, url_reg = make_db(), make_db()
+    _items(url_default, ["default-row"])
+    _items(url_reg, ["registered-row"])
+    engine = engines(database_url=url_default, secret="engine-wide-secret")
+    await engine.start()
+    assert engine.client is not None
+    from sync_engine.app import SOURCES
+
+    await engine.client.app[SOURCES]["default"].ready.wait()
+    # nothing registered: exactly the single-database mode (a source_id is ignored)
+    rows, _, _ = await engine.sync("whatever", "engine-wide-secret", table="items")
+    assert [r["name"] for r in rows.values()] == ["default-row"]
+    assert (await engine.get(None, "wrong", table="items", offset="-1"))[0] == 401
+
+    src = await engine.add("reg", url_reg)
+    await engine.wait_state(src["source_id"], "active")
+    rows, _, _ = await engine.sync(None, "engine-wide-secret", table="items")
+    assert [r["name"] for r in rows.values()] == ["default-row"]
+    rows, _, _ = await engine.sync(src["source_id"], src["secret"], table="items")
+    assert [r["name"] for r in rows.values()] == ["registered-row"]
+    status, _, body = await engine.get(src["source_id"], "engine-wide-secret", table="items",
+                                       offset="-1")  # fmt: skip
+    assert (status, body) == (401, UNAUTHORIZED)
+    status, body = await engine.api("GET", "/api/sources")
+    assert [s["name"] for s in body["sources"]] == ["reg"]

@@ -1,0 +1,113 @@
+"""`sync-engine sources ...` against a real engine process and its admin API."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+TOKEN = "cli-test-admin-token-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def admin_url(tmp_path: Path) -> Iterator[str]:
+    port, admin_port = _free_port(), _free_port()
+    env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
+    env.pop("DATABASE_URL", None)
+    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sync_engine", "--port", str(port), "--admin-port",
+         str(admin_port), "--data-dir", str(tmp_path / "data"), "--no-fsync"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{admin_port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/", timeout=2).close()  # noqa: S310
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "engine.log").read_text()
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+        assert "pw-hidden" not in (tmp_path / "engine.log").read_text()
+
+
+def cli(admin_url: str, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "SYNC_ENGINE_ADMIN_URL": admin_url, "SYNC_ENGINE_ADMIN_TOKEN": token}
+    return subprocess.run([sys.executable, "-m", "sync_engine", "sources", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_cli_manages_sources(admin_url: str, make_db: Callable[[], str]) -> None:
+    url = make_db().replace("postgres@", "postgres:pw-hidden@")
+    out = cli(admin_url, "add", "--name", "cli-a", "--database-url", url, "--json")
+    assert out.returncode == 0, out.stderr
+    a = json.loads(out.stdout)
+    assert a["secret"] and a["source_id"] and "pw-hidden" not in out.stdout
+
+    out = cli(admin_url, "add", "--name", "cli-b", "--database-url", url)
+    assert out.returncode == 0, out.stderr
+    assert "Registered source 'cli-b'" in out.stdout and "shown only once" in out.stdout
+    assert "curl -i" in out.stdout and "pw-hidden" not in out.stdout
+
+    for _ in range(100):
+        listing = json.loads(cli(admin_url, "list", "--json").stdout)
+        if all(s["state"] == "active" for s in listing["sources"]):
+            break
+        time.sleep(0.2)
+    assert [s["name"] for s in listing["sources"]] == ["cli-a", "cli-b"]
+    assert all(s["state"] == "active" for s in listing["sources"])
+    table = cli(admin_url, "list").stdout.splitlines()
+    assert table[0].split() == ["SOURCE_ID", "NAME", "STATE", "SHAPES", "LAG", "ERROR"]
+    assert any(a["source_id"] in line and "active" in line for line in table[1:])
+
+    out = cli(admin_url, "show", a["source_id"])
+    assert out.returncode == 0 and "state" in out.stdout and a["source_id"] in out.stdout
+    assert "pw-hidden" not in out.stdout and ":****@" in out.stdout
+
+    out = cli(admin_url, "rotate-secret", a["source_id"], "--grace-period", "60")
+    assert out.returncode == 0 and "old secret works until" in out.stdout
+    out = cli(admin_url, "rotate-secret", a["source_id"], "--json")
+    assert json.loads(out.stdout)["previous_secret_expires_at"] is None
+
+    assert "paused" in cli(admin_url, "pause", a["source_id"]).stdout
+    assert cli(admin_url, "resume", a["source_id"]).returncode == 0
+
+    out = cli(admin_url, "delete", a["source_id"])
+    assert out.returncode == 0 and "Deleted source 'cli-a'" in out.stdout
+    assert [s["name"] for s in json.loads(cli(admin_url, "list", "--json").stdout)["sources"]] == [
+        "cli-b"
+    ]
+
+    # mistakes: a message on stderr and exit status 1
+    for args, want in [
+        (("show", a["source_id"]), "404"),
+        (("add", "--name", "cli-b", "--database-url", url), "409"),
+        (("add", "--name", "c", "--database-url", "nonsense"), "400: database_url"),
+    ]:
+        out = cli(admin_url, *args)
+        assert out.returncode == 1 and want in out.stderr, (args, out.stderr)
+    out = cli(admin_url, "list", token="wrong-wrong-wrong-wrong")
+    assert out.returncode == 1 and "401" in out.stderr
+    out = cli("http://127.0.0.1:1", "list")
+    assert out.returncode == 1 and "cannot reach the admin API" in out.stderr
