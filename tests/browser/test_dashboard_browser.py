@@ -53,7 +53,7 @@ def _node_deps() -> None:
 
 def _get(url: str, token: str) -> Any:
     req = urllib.request.Request(url, headers={"authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+    with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
 
 
@@ -64,7 +64,7 @@ def engine_process(tmp_path: Path) -> Iterator[tuple[str, str]]:
     env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
     env.pop("SYNC_ENGINE_DATABASE_URL", None)
-    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115
+    log = open(tmp_path / "engine.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sync_engine", "--port", str(port), "--admin-port",
          str(admin_port), "--data-dir", str(tmp_path / "data"), "--no-fsync"],
@@ -122,6 +122,6 @@ def test_dashboard_creates_a_source_that_becomes_active(
     assert "secret_env: ENGINE_SECRET" in seen["proxy"]
     url = (f"{engine_url}/v1/shape?table=items&offset=-1&source_id={seen['sourceId']}"
            f"&secret={seen['secret']}")  # fmt: skip
-    with urllib.request.urlopen(url, timeout=30) as resp:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=30) as resp:
         rows = json.loads(resp.read())
     assert rows[0]["value"]["title"] == "from the browser test"

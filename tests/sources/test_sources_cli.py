@@ -29,7 +29,7 @@ def admin_url(tmp_path: Path) -> Iterator[str]:
     port, admin_port = _free_port(), _free_port()
     env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
-    log = open(tmp_path / "engine.log", "w")  # noqa: SIM115
+    log = open(tmp_path / "engine.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "sync_engine", "--port", str(port), "--admin-port",
          str(admin_port), "--data-dir", str(tmp_path / "data"), "--no-fsync"],
@@ -39,7 +39,7 @@ def admin_url(tmp_path: Path) -> Iterator[str]:
     try:
         for _ in range(100):
             try:
-                urllib.request.urlopen(url + "/", timeout=2).close()  # noqa: S310
+                urllib.request.urlopen(url + "/", timeout=2).close()
                 break
             except OSError:
                 assert proc.poll() is None, (tmp_path / "engine.log").read_text()
