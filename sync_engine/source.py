@@ -11,6 +11,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import orjson
 import psycopg
 import psycopg.sql
 from psycopg import AsyncConnection
+from psycopg_pool import ConnectionPool
 
 from .errors import InvalidRequest, ServiceUnavailable
 from .http.params import ShapeRequest
@@ -31,7 +33,7 @@ from .pg.publication import (
 )
 from .pg.replication import ensure_slot
 from .pg.session import redact_dsn, with_display_settings
-from .pg.snapshot import row_json_sql, run_snapshot
+from .pg.snapshot import RowQuery, row_json_sql, run_snapshot
 from .replicator import Replicator
 from .shapes.registry import ShapeRegistry
 from .shapes.router import ShapeRouter
@@ -81,6 +83,15 @@ class Source:
         self._conn_lock = asyncio.Lock()
         self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
         self._snapshot_slots = asyncio.Semaphore(config.max_concurrent_snapshots)
+        # Synchronous connections for snapshot and subset queries, used from worker threads.
+        self.snapshot_pool: ConnectionPool[Any] = ConnectionPool(
+            self.dsn,
+            min_size=0,
+            max_size=config.max_concurrent_snapshots,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"snapshots-{config.source_id}",
+        )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._published: set[int] = set()
         self._main: asyncio.Task[None] | None = None
@@ -89,6 +100,7 @@ class Source:
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.snapshot_pool.open(wait=False)
         self._main = asyncio.create_task(self._run(), name=f"source-{self.config.source_id}")
 
     async def stop(self) -> None:
@@ -96,6 +108,7 @@ class Source:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.to_thread(self.snapshot_pool.close, 5.0)
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
@@ -234,6 +247,8 @@ class Source:
         if table.oid in self._published:
             return
         async with self._conn_lock:
+            if table.oid in self._published:  # published while this request waited
+                return
             conn = await self._connection()
             try:
                 added = await add_table(
@@ -275,21 +290,25 @@ class Source:
             async with self._snapshot_slots:
                 if shape.rotated:
                     return
-                await asyncio.to_thread(
-                    run_snapshot,
-                    self.dsn,
-                    shape.log,
-                    query,
-                    self.config.chunk_bytes,
-                    on_snapshot,
-                    on_chunk,
-                )
+                await asyncio.to_thread(self._run_snapshot, shape, query, on_snapshot, on_chunk)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
             shape.snapshot_error = _describe(exc)
             self.registry.rotate(shape, f"snapshot failed: {shape.snapshot_error}")
+
+    def _run_snapshot(
+        self,
+        shape: Shape,
+        query: RowQuery | None,
+        on_snapshot: Callable[[str], None],
+        on_chunk: Callable[[int], None],
+    ) -> None:
+        """In a worker thread, on a pooled connection (opening one costs more than a
+        small shape's whole snapshot)."""
+        with self.snapshot_pool.connection() as conn:
+            run_snapshot(conn, shape.log, query, self.config.chunk_bytes, on_snapshot, on_chunk)
 
     def _snapshot_known(self, shape: Shape, info: SnapshotInfo) -> None:
         shape.snapshot = info

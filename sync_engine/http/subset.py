@@ -18,6 +18,7 @@ import orjson
 import psycopg
 from aiohttp import web
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from ..errors import InvalidRequest, ServiceUnavailable
 from ..pg.snapshot import RowQuery, row_json_sql
@@ -75,8 +76,10 @@ def _query(shape: Shape, subset: SubsetQuery) -> tuple[RowQuery, sql.Composed]:
     return rows, rows.sql
 
 
-def _run(dsn: str, rows_query: RowQuery, query: sql.Composed) -> tuple[str, int, list[bytes]]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+def _run(
+    pool: ConnectionPool[Any], rows_query: RowQuery, query: sql.Composed
+) -> tuple[str, int, list[bytes]]:
+    with pool.connection() as conn:
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         row = conn.execute(
             "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
@@ -99,7 +102,7 @@ async def serve_subset(
         raise ShapeGone(shape.handle)
     rows_query, query = _query(shape, subset)
     try:
-        snap, lsn, rows = await asyncio.to_thread(_run, source.dsn, rows_query, query)
+        snap, lsn, rows = await asyncio.to_thread(_run, source.snapshot_pool, rows_query, query)
     except (psycopg.errors.DataError, psycopg.errors.ProgrammingError) as exc:
         reason = exc.diag.message_primary or str(exc)
         raise InvalidRequest({"subset": {"where": [reason]}}) from None

@@ -52,7 +52,16 @@ async def add_table(
     """Publish the table with REPLICA IDENTITY FULL; True if it was newly added."""
     ident = sql.Identifier(schema, table)
     try:
+        cur = await conn.execute(
+            "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND c.relname = %s",
+            (schema, table),
+        )
+        row = await cur.fetchone()
+        if row is not None:
+            replica_identity = str(row[0])  # fresher than the caller's description
         if replica_identity != "f":
+            # Takes an ACCESS EXCLUSIVE lock: only when needed, never while it is already FULL.
             await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
         cur = await conn.execute(
             "SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"

@@ -16,9 +16,10 @@ backslashes (JSON text holds no tabs or newlines), so un-escaping is one `bytes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import select
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
@@ -158,7 +159,7 @@ def row_json_sql(
 
 
 def run_snapshot(
-    dsn: str,
+    conn: psycopg.Connection[Any],
     log: ShapeLog,
     query: RowQuery | None,
     chunk_bytes: int,
@@ -167,52 +168,80 @@ def run_snapshot(
 ) -> int:
     """Write the shape's snapshot chunks; returns the number of chunks. Blocking.
 
-    `query` is None for `log=changes_only`: the snapshot is then only its `snapshot-end`.
+    `conn` is an autocommit connection with the engine's display settings (from the
+    source's pool). `query` is None for `log=changes_only`: the snapshot is then only its
+    `snapshot-end`.
     """
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
-        assert row is not None
-        snap_text = str(row[0])
-        on_snapshot(snap_text)
-        xmin, xmax, xip = snap_text.split(":")
-        end = snapshot_end_message(int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
-        index = 0
+    conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    row = conn.execute("SELECT pg_current_snapshot()::text").fetchone()
+    assert row is not None
+    snap_text = str(row[0])
+    on_snapshot(snap_text)
+    xmin, xmax, xip = snap_text.split(":")
+    end = snapshot_end_message(int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
+    index = 0
+    tail = b""
+    if query is not None:
         rows: list[bytes] = []
         size = 0
-        if query is not None:
-            overhead = query.line_overhead()
-            pgconn = conn.pgconn
-            copy_sql = sql.SQL("COPY ({}) TO STDOUT").format(query.sql).as_bytes(conn)
-            # Driven at the libpq level: psycopg's Copy iterator costs ~2 µs per row.
-            pgconn.send_query(copy_sql)
-            res = pgconn.get_result()
-            if res is None or res.status != pq.ExecStatus.COPY_OUT:
-                raise _result_error(res)
-            while True:
-                nbytes, data = pgconn.get_copy_data(0)
-                if nbytes < 0:
-                    break
-                rows.append(bytes(data))
-                size += nbytes + overhead
-                if size >= chunk_bytes:
-                    log.write_snapshot_chunk(index, query.finish_block(b"".join(rows)))
-                    on_chunk(index + 1)
-                    index += 1
-                    rows, size = [], 0
-            final = pgconn.get_result()
-            while pgconn.get_result() is not None:
-                pass
-            if final is None or final.status != pq.ExecStatus.COMMAND_OK:
-                raise _result_error(final)
-            tail = query.finish_block(b"".join(rows))
-        else:
-            tail = b""
-        conn.execute("COMMIT")
+        overhead = query.line_overhead()
+        for data in _copy_rows(conn, sql.SQL("COPY ({}) TO STDOUT").format(query.sql)):
+            rows.append(data)
+            size += len(data) + overhead
+            if size >= chunk_bytes:
+                log.write_snapshot_chunk(index, query.finish_block(b"".join(rows)))
+                on_chunk(index + 1)
+                index += 1
+                rows, size = [], 0
+        tail = query.finish_block(b"".join(rows))
+    conn.execute("COMMIT")
     log.write_snapshot_chunk(index, tail + b"," + end if tail else end)
     log.mark_snapshot_complete(index + 1)
     on_chunk(index + 1)
     return index + 1
+
+
+def _copy_rows(conn: psycopg.Connection[Any], copy: sql.Composed) -> Iterator[bytes]:
+    """The rows of `COPY ... TO STDOUT`, driven at the libpq level.
+
+    psycopg's Copy iterator costs ~2 µs per row; libpq's own blocking calls would hold the
+    GIL while Postgres works (freezing the event loop and every other thread), so the
+    connection is used non-blocking and waits happen in `select`, which releases it.
+    """
+    pgconn = conn.pgconn
+    sock = pgconn.socket
+    pgconn.send_query(copy.as_bytes(conn))
+    while pgconn.flush():
+        select.select([], [sock], [])
+    res = _next_result(pgconn, sock)
+    if res is None or res.status != pq.ExecStatus.COPY_OUT:
+        _drain_results(pgconn, sock)
+        raise _result_error(res)
+    while True:
+        nbytes, data = pgconn.get_copy_data(1)
+        if nbytes > 0:
+            yield bytes(data)
+        elif nbytes == 0:
+            select.select([sock], [], [])
+            pgconn.consume_input()
+        else:
+            break
+    final = _next_result(pgconn, sock)
+    _drain_results(pgconn, sock)
+    if final is None or final.status != pq.ExecStatus.COMMAND_OK:
+        raise _result_error(final)
+
+
+def _next_result(pgconn: pq.abc.PGconn, sock: int) -> pq.abc.PGresult | None:
+    while pgconn.is_busy():
+        select.select([sock], [], [])
+        pgconn.consume_input()
+    return pgconn.get_result()
+
+
+def _drain_results(pgconn: pq.abc.PGconn, sock: int) -> None:
+    while _next_result(pgconn, sock) is not None:
+        pass
 
 
 def _result_error(res: pq.abc.PGresult | None) -> psycopg.Error:

@@ -24,7 +24,7 @@ from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
 from .router import ShapeRouter
 from .shape import HandleFactory, Shape, ShapeDefinition, SnapshotInfo
-from .where import WhereError, parse_where
+from .where import Where, WhereError, parse_where
 
 if TYPE_CHECKING:
     from ..http.params import ShapeRequest
@@ -86,6 +86,9 @@ class ShapeRegistry:
         # Bounded: request texts that differ only in spelling must not grow it forever.
         self._by_request: LRUCache[tuple[object, ...], Shape] = LRUCache(maxsize=20_000)
         self._creating: dict[ShapeDefinition, asyncio.Future[Shape]] = {}
+        # Where clauses parsed while describing a request, reused when the shape is made
+        # (parsing costs ~0.3 ms, a real share of creating a small shape).
+        self._parsed_where: LRUCache[tuple[int, str], Where] = LRUCache(maxsize=1_000)
 
     def __len__(self) -> int:
         return len(self.by_handle)
@@ -166,6 +169,7 @@ class ShapeRegistry:
             except WhereError as e:
                 raise InvalidRequest({"where": [str(e)]}) from None
             where_source = where.source
+            self._parsed_where[(table.oid, where_source)] = where
         elif req.params:
             pass  # params without a where are ignored, as upstream does
         definition = ShapeDefinition(
@@ -217,11 +221,11 @@ class ShapeRegistry:
         directory = self.directory / handle
         log_ = ShapeLog(directory, self.chunk_bytes)
         log_.create()
-        where = (
-            parse_where(definition.where, {}, table.column_map)
-            if definition.where is not None
-            else None
-        )
+        where = None
+        if definition.where is not None:
+            where = self._parsed_where.get((table.oid, definition.where)) or parse_where(
+                definition.where, {}, table.column_map
+            )
         meta = {"handle": handle, "definition": definition.to_json(), "table": table_to_json(table)}
         (directory / "meta.json").write_bytes(orjson.dumps(meta))
         shape = Shape(
