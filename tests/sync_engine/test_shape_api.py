@@ -297,3 +297,15 @@ async def test_shapes_survive_an_engine_restart(
     assert status == 200 and h["electric-handle"] == handle
     apply(rows, body)
     assert rows['"public"."items"/"11"']["title"] == "while down"
+
+
+async def test_storm_of_distinct_new_shapes_on_an_unpublished_table(engine: Engine) -> None:
+    """Many first requests at once: one publication change, no lock pile-up, all synced."""
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
+    engine.sql("INSERT INTO items SELECT g, 't' || g, g % 100 FROM generate_series(1, 500) g")
+    results = await asyncio.wait_for(
+        asyncio.gather(*[engine.sync(table="items", where=f"n >= {k}") for k in range(100)]),
+        timeout=60,
+    )
+    assert [len(rows) for rows, _, _ in results] == [500 - 5 * k for k in range(100)]
+    assert len(engine.source.registry) == 100
