@@ -67,7 +67,9 @@ class Source:
         self.config = config
         self.dsn = with_display_settings(config.database_url)
         self.router = ShapeRouter()
-        self.registry = ShapeRegistry(config.data_dir / "shapes", config.chunk_bytes, self.router)
+        self.registry = ShapeRegistry(
+            config.data_dir / "shapes", config.chunk_bytes, self.router, fsync=config.fsync
+        )
         self.replicator = Replicator(
             self.dsn,
             config.slot_name,
@@ -283,8 +285,8 @@ class Source:
             (shape.log.directory / "snapshot.json").write_bytes(orjson.dumps(info.to_json()))
             loop.call_soon_threadsafe(self._snapshot_known, shape, info)
 
-        def on_chunk(count: int) -> None:
-            loop.call_soon_threadsafe(self._snapshot_progress, shape, count)
+        def on_chunk(count: int, complete: bool) -> None:
+            loop.call_soon_threadsafe(self._snapshot_progress, shape, count, complete)
 
         try:
             async with self._snapshot_slots:
@@ -303,7 +305,7 @@ class Source:
         shape: Shape,
         query: RowQuery | None,
         on_snapshot: Callable[[str], None],
-        on_chunk: Callable[[int], None],
+        on_chunk: Callable[[int, bool], None],
     ) -> None:
         """In a worker thread, on a pooled connection (opening one costs more than a
         small shape's whole snapshot)."""
@@ -315,10 +317,9 @@ class Source:
         if not shape.rotated:
             self.replicator.release_pending(shape)
 
-    def _snapshot_progress(self, shape: Shape, count: int) -> None:
+    def _snapshot_progress(self, shape: Shape, count: int, complete: bool) -> None:
         shape.log.snapshot_chunks = max(shape.log.snapshot_chunks, count)
-        if (shape.log.directory / "snapshot" / "complete").exists():
-            shape.log.snapshot_complete = True
+        shape.log.snapshot_complete = complete
         shape.notify()
 
     # -- schema drift ---------------------------------------------------------------------

@@ -1,18 +1,20 @@
 """A shape's log on disk: snapshot chunks, then transaction chunks, append-only.
 
-Layout of a shape directory:
+One flat directory per shape (directory operations are what a storm of new shapes pays
+for, so there are no subdirectories):
 
-    meta.json            definition, table description, where params (written at creation)
-    snapshot.json        xmin/xmax/xip of the shape's snapshot (written before any WAL entry)
-    snapshot/00000.json  snapshot chunk files: JSON items joined by commas, no brackets,
-                         so a response body is `[` + file + `]`
-    snapshot/complete    the number of snapshot chunks, written last (fsynced)
-    log/00000000.log     transaction chunks: one line per entry, `<tx> <op> <last> <json>\n`
+    meta.json                 definition, table description (written at creation)
+    snapshot.json             xmin/xmax/xip of the shape's snapshot (before any WAL entry)
+    snapshot.00000.json       snapshot chunks: JSON items joined by commas, no brackets, so a
+                              response body is `[` + file + `]`
+    snapshot.complete         the number of snapshot chunks, written last
+    log.00000000.log          transaction chunks: one line per entry, `<tx> <op> <last> <json>`
 
 Finished chunks never change, which is what makes `(handle, offset)` responses immutable
 and cacheable. A transaction's lines for one shape are written with a single `write()`, and
 the `<last>` flag marks its final line, so a torn tail left by SIGKILL is cut back to the last
-whole transaction on load; replication then replays it from the slot.
+whole transaction on load; replication then replays it from the slot. A snapshot without its
+`snapshot.complete` marker is discarded on load, so its chunks need no atomic rename.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from pathlib import Path
 
 from .offsets import SNAPSHOT_END, LogOffset
 
-SNAPSHOT_DIR = "snapshot"
-LOG_DIR = "log"
+SNAPSHOT_COMPLETE = "snapshot.complete"
 
 
 @dataclass(slots=True)
@@ -49,9 +50,10 @@ class ShapeLog:
     files, so the two never touch the same file.
     """
 
-    def __init__(self, directory: Path, chunk_bytes: int) -> None:
+    def __init__(self, directory: Path, chunk_bytes: int, fsync: bool = True) -> None:
         self.directory = directory
         self.chunk_bytes = chunk_bytes
+        self.fsync = fsync
         self._chunks: list[_Chunk] = []
         self._dirty: set[Path] = set()
         self.snapshot_chunks = 0
@@ -61,16 +63,16 @@ class ShapeLog:
     # -- creation and loading -------------------------------------------------------------
 
     def create(self) -> None:
-        (self.directory / SNAPSHOT_DIR).mkdir(parents=True, exist_ok=True)
-        (self.directory / LOG_DIR).mkdir(exist_ok=True)
+        self.directory.mkdir(exist_ok=True)
 
     def load(self) -> None:
         """Rebuild the in-memory index from the files, cutting a torn tail."""
-        done = self.directory / SNAPSHOT_DIR / "complete"
-        if done.exists():
-            self.snapshot_chunks = int(done.read_text().strip() or "0")
+        done = self.directory / SNAPSHOT_COMPLETE
+        count = done.read_text().strip() if done.exists() else ""
+        if count.isdigit():
+            self.snapshot_chunks = int(count)
             self.snapshot_complete = True
-        for path in sorted((self.directory / LOG_DIR).glob("*.log")):
+        for path in sorted(self.directory.glob("log.*.log")):
             chunk = _Chunk(path)
             data = path.read_bytes()
             pos = 0
@@ -106,26 +108,22 @@ class ShapeLog:
     # -- snapshot -------------------------------------------------------------------------
 
     def snapshot_chunk_path(self, index: int) -> Path:
-        return self.directory / SNAPSHOT_DIR / f"{index:05d}.json"
+        return self.directory / f"snapshot.{index:05d}.json"
 
     def write_snapshot_chunk(self, index: int, data: bytes) -> None:
-        """Called from the snapshot thread; the chunk is visible once `publish` says so."""
-        path = self.snapshot_chunk_path(index)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Called from the snapshot thread; the chunk is read only once it is announced."""
+        self._write_file(self.snapshot_chunk_path(index), data)
 
     def mark_snapshot_complete(self, count: int) -> None:
-        path = self.directory / SNAPSHOT_DIR / "complete"
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(str(count))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        """Durable marker only: the loop learns of completion through `on_chunk`."""
+        self._write_file(self.directory / SNAPSHOT_COMPLETE, str(count).encode())
+
+    def _write_file(self, path: Path, data: bytes) -> None:
+        with open(path, "wb") as f:
+            f.write(data)
+            if self.fsync:
+                f.flush()
+                os.fsync(f.fileno())
 
     def read_snapshot_chunk(self, index: int) -> bytes:
         return self.snapshot_chunk_path(index).read_bytes()
@@ -144,7 +142,7 @@ class ShapeLog:
             return
         if not self._chunks or self._chunks[-1].size >= self.chunk_bytes:
             index = len(self._chunks)
-            self._chunks.append(_Chunk(self.directory / LOG_DIR / f"{index:08d}.log"))
+            self._chunks.append(_Chunk(self.directory / f"log.{index:08d}.log"))
         chunk = self._chunks[-1]
         parts: list[bytes] = []
         pos = chunk.size

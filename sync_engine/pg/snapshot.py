@@ -164,7 +164,7 @@ def run_snapshot(
     query: RowQuery | None,
     chunk_bytes: int,
     on_snapshot: Callable[[str], None],
-    on_chunk: Callable[[int], None],
+    on_chunk: Callable[[int, bool], None],
 ) -> int:
     """Write the shape's snapshot chunks; returns the number of chunks. Blocking.
 
@@ -190,14 +190,14 @@ def run_snapshot(
             size += len(data) + overhead
             if size >= chunk_bytes:
                 log.write_snapshot_chunk(index, query.finish_block(b"".join(rows)))
-                on_chunk(index + 1)
+                on_chunk(index + 1, False)
                 index += 1
                 rows, size = [], 0
         tail = query.finish_block(b"".join(rows))
     conn.execute("COMMIT")
     log.write_snapshot_chunk(index, tail + b"," + end if tail else end)
     log.mark_snapshot_complete(index + 1)
-    on_chunk(index + 1)
+    on_chunk(index + 1, True)
     return index + 1
 
 

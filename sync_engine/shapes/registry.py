@@ -75,9 +75,12 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
 
 
 class ShapeRegistry:
-    def __init__(self, directory: Path, chunk_bytes: int, router: ShapeRouter) -> None:
+    def __init__(
+        self, directory: Path, chunk_bytes: int, router: ShapeRouter, fsync: bool = True
+    ) -> None:
         self.directory = directory
         self.chunk_bytes = chunk_bytes
+        self.fsync = fsync
         self.router = router
         self.handles = HandleFactory()
         self.by_handle: dict[str, Shape] = {}
@@ -219,7 +222,7 @@ class ShapeRegistry:
     ) -> Shape:
         handle = self.handles.new(definition)
         directory = self.directory / handle
-        log_ = ShapeLog(directory, self.chunk_bytes)
+        log_ = ShapeLog(directory, self.chunk_bytes, self.fsync)
         log_.create()
         where = None
         if definition.where is not None:
@@ -271,7 +274,7 @@ class ShapeRegistry:
         if not meta_path.exists() or not snap_path.exists():
             return None
         meta = orjson.loads(meta_path.read_bytes())
-        log_ = ShapeLog(directory, self.chunk_bytes)
+        log_ = ShapeLog(directory, self.chunk_bytes, self.fsync)
         log_.load()
         if not log_.snapshot_complete:
             return None
