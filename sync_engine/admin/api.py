@@ -161,7 +161,7 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
                            "sources": len(manager.records)})  # fmt: skip
 
     async def list_sources(request: web.Request) -> web.StreamResponse:
-        return _json(200, {"sources": [status(r) for r in manager.list()]})
+        return _json(200, {"sources": [status(r) for r in manager.all()]})
 
     async def create_source(request: web.Request) -> web.StreamResponse:
         data = await _body(request, ("name", "database_url", "max_shapes", "max_initial_syncs"))

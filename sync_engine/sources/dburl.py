@@ -95,10 +95,10 @@ def describe_target(url: str) -> str:
         p = conninfo_to_dict(url)
     except psycopg.Error:
         return "the database"
-    host = p.get("host") or "localhost"
-    port = p.get("port") or "5432"
-    user = p.get("user") or ""
-    db = p.get("dbname") or user
+    host = str(p.get("host") or "localhost")
+    port = str(p.get("port") or "5432")
+    user = str(p.get("user") or "")
+    db = str(p.get("dbname") or user)
     return f"{user + '@' if user else ''}{host}:{port}/{db}"
 
 

@@ -85,7 +85,7 @@ class SourceManager:
     async def start(self) -> None:
         self.registry = SourceRegistry(self.path)
         await self.auth.prepare()
-        for rec in self.registry.list():
+        for rec in self.registry.all():
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
@@ -98,6 +98,11 @@ class SourceManager:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
+        if self.registry is not None:
+            try:
+                self.persist_states()  # the states as they were when the engine stopped
+            except Exception:
+                log.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
         if self.registry is not None:
@@ -169,7 +174,7 @@ class SourceManager:
             raise UnknownSource(f"no source with id {source_id}")
         return rec
 
-    def list(self) -> list[SourceRecord]:
+    def all(self) -> list[SourceRecord]:
         return sorted(self.records.values(), key=lambda r: (r.created_at, r.name))
 
     async def create(

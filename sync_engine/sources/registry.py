@@ -125,7 +125,7 @@ class SourceRegistry:
 
     # -- reads ----------------------------------------------------------------------------
 
-    def list(self) -> list[SourceRecord]:
+    def all(self) -> list[SourceRecord]:
         rows = self._db.execute(f"SELECT {_COLUMNS} FROM sources ORDER BY created_at, name")  # noqa: S608
         return [_record(r) for r in rows.fetchall()]
 

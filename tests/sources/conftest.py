@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from sources_harness import MultiEngine
-
-PGBIN = next(
-    (d for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
-     if (d / "initdb").exists()),
-    None,
-)  # fmt: skip
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from sources_harness import Cluster, MultiEngine
 
 
 def _with_dbname(url: str, dbname: str) -> str:
@@ -80,53 +63,6 @@ def make_db(pg_server_url: str) -> Iterator[Callable[[], str]]:
     yield make
     for dbname in made:
         _drop(pg_server_url, dbname)
-
-
-class Cluster:
-    """A private Postgres cluster whose settings a test may change and restart."""
-
-    def __init__(self, wal_level: str) -> None:
-        if PGBIN is None:
-            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
-        self.dir = Path(tempfile.mkdtemp(prefix="shapegate-src-pg-"))
-        self.port = _free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
-        root = os.getuid() == 0
-        if root:
-            shutil.chown(self.dir, "postgres", "postgres")
-        self.dir.chmod(0o700)
-        self._run(str(PGBIN / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
-                  "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
-        with open(self.dir / "data" / "postgresql.conf", "a") as f:
-            f.write(f"\nwal_level = {wal_level}\nfsync = off\nmax_replication_slots = 10\n")
-
-    def _run(self, *cmd: str) -> None:
-        if os.getuid() == 0:
-            cmd = ("runuser", "-u", "postgres", "--", *cmd)
-        subprocess.run(cmd, check=True, capture_output=True)
-
-    def start(self) -> None:
-        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
-                  str(self.dir / "server.log"), "-w", "-t", "30", "-o",
-                  f"-p {self.port} -c listen_addresses=127.0.0.1"
-                  f" -c unix_socket_directories={self.dir}", "start")  # fmt: skip
-
-    def restart(self) -> None:
-        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
-                  str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30",
-                  "restart")  # fmt: skip
-
-    def stop(self) -> None:
-        try:
-            self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
-                      "-w", "stop")  # fmt: skip
-        except subprocess.CalledProcessError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def sql(self, query: str) -> None:
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(query)  # type: ignore[arg-type]
 
 
 @pytest.fixture

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,6 +21,66 @@ from sync_engine.admin import build_admin_app
 from sync_engine.app import MANAGER, build_app
 from sync_engine.settings import Settings
 from sync_engine.sources.manager import SourceManager
+
+PGBIN = next(
+    (d for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
+     if (d / "initdb").exists()),
+    None,
+)  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Cluster:
+    """A private Postgres cluster whose settings a test may change and restart."""
+
+    def __init__(self, wal_level: str) -> None:
+        if PGBIN is None:
+            raise RuntimeError("no PostgreSQL server binaries under /usr/lib/postgresql")
+        self.dir = Path(tempfile.mkdtemp(prefix="shapegate-src-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        root = os.getuid() == 0
+        if root:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self.dir.chmod(0o700)
+        self._run(str(PGBIN / "initdb"), "-D", str(self.dir / "data"), "-U", "postgres",
+                  "-A", "trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync")  # fmt: skip
+        with open(self.dir / "data" / "postgresql.conf", "a") as f:
+            f.write(f"\nwal_level = {wal_level}\nfsync = off\nmax_replication_slots = 10\n")
+
+    def _run(self, *cmd: str) -> None:
+        if os.getuid() == 0:
+            cmd = ("runuser", "-u", "postgres", "--", *cmd)
+        subprocess.run(cmd, check=True, capture_output=True)
+
+    def start(self) -> None:
+        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
+                  str(self.dir / "server.log"), "-w", "-t", "30", "-o",
+                  f"-p {self.port} -c listen_addresses=127.0.0.1"
+                  f" -c unix_socket_directories={self.dir}", "start")  # fmt: skip
+
+    def restart(self) -> None:
+        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
+                  str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30",
+                  "restart")  # fmt: skip
+
+    def stop(self) -> None:
+        try:
+            self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
+                      "-w", "stop")  # fmt: skip
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def sql(self, query: str) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(query)  # type: ignore[arg-type]
+
 
 TOKEN = "test-admin-token-0123456789"
 SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from conftest import Cluster, _free_port
-from sources_harness import MultiEngine, sql
+from sources_harness import Cluster, MultiEngine, free_port, sql
 
 
 async def test_wal_level_replica_then_fixed(
@@ -50,13 +49,13 @@ async def test_reasons_for_unreachable_and_missing_replication_role(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
     url = make_db()
-    role = f"norepl_{_free_port()}"
+    role = f"norepl_{free_port()}"
     sql(url, f"CREATE ROLE {role} LOGIN")
     dbname = url.rsplit("/", 1)[1]
     sql(url, f"ALTER DATABASE {dbname} OWNER TO {role}")
     norepl_url = url.replace("postgres@", f"{role}@")
     engine = await engines().start()
-    nope = await engine.add("nowhere", f"postgresql://postgres@127.0.0.1:{_free_port()}/x")
+    nope = await engine.add("nowhere", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
     norepl = await engine.add("norepl", norepl_url)
     body = await engine.wait_state(nope["source_id"], "error", code="unreachable")
     assert "cannot reach postgres@127.0.0.1" in body["error"]

@@ -128,7 +128,7 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
         reg.delete(rec.source_id)
     with pytest.raises(UnknownSource):
         reg.set_paused(rec.source_id, False)
-    assert reg.list() == []
+    assert reg.all() == []
     reg.close()
 
 
