@@ -57,12 +57,19 @@ try {
   const proxy = await page.textContent("#proxy-snippet");
   await page.screenshot({ path: join(env.ARTIFACTS, "dashboard-source.png"), fullPage: true });
 
+  // rotate the secret with the default grace period (1 hour): a new one is shown once
+  await page.click("#rotate-button");
+  await page.waitForSelector("#secret-notice:has-text('New secret issued')");
+  const rotatedSecret = (await page.textContent("#new-secret")).trim();
+  const oldValidUntil = await page.textContent("dl.details");
+
   await page.click("text=← All sources");
   await page.waitForSelector(`tr[data-source-id='${sourceId}'] .badge[data-state='active']`);
   const listed = await page.textContent(`tr[data-source-id='${sourceId}']`);
   await page.screenshot({ path: join(env.ARTIFACTS, "dashboard.png"), fullPage: true });
 
-  console.log(JSON.stringify({ sourceId, secret, curl, proxy, listed, formError, failures }));
+  console.log(JSON.stringify({ sourceId, secret, rotatedSecret, oldValidUntil, curl, proxy,
+    listed, formError, failures }));
 } finally {
   await browser.close();
   rmSync(profile, { recursive: true, force: true });
