@@ -120,8 +120,14 @@ def test_dashboard_creates_a_source_that_becomes_active(
     assert seen["sourceId"] in seen["curl"] and engine_url in seen["curl"]
     assert f"source_id: {seen['sourceId']}" in seen["proxy"]
     assert "secret_env: ENGINE_SECRET" in seen["proxy"]
-    url = (f"{engine_url}/v1/shape?table=items&offset=-1&source_id={seen['sourceId']}"
-           f"&secret={seen['secret']}")  # fmt: skip
-    with urllib.request.urlopen(url, timeout=30) as resp:
-        rows = json.loads(resp.read())
-    assert rows[0]["value"]["title"] == "from the browser test"
+    assert seen["rotatedSecret"] != seen["secret"]
+    assert _get(f"{admin_url}/api/sources/{seen['sourceId']}", TOKEN)[
+        "previous_secret_expires_at"
+    ]
+    # the secret shown at creation still works (grace period) and so does the rotated one
+    for secret in (seen["secret"], seen["rotatedSecret"]):
+        url = (f"{engine_url}/v1/shape?table=items&offset=-1&source_id={seen['sourceId']}"
+               f"&secret={secret}")  # fmt: skip
+        with urllib.request.urlopen(url, timeout=30) as resp:
+            rows = json.loads(resp.read())
+        assert rows[0]["value"]["title"] == "from the browser test"
