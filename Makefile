@@ -23,7 +23,11 @@ tests/node/node_modules/.installed: tests/node/package.json tests/node/package-l
 	cd tests/node && npm ci --no-audit --no-fund --silent
 	touch $@
 
-node-deps: tests/node/node_modules/.installed
+tests/browser/node_modules/.installed: tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && npm ci --no-audit --no-fund --silent
+	touch $@
+
+node-deps: tests/node/node_modules/.installed tests/browser/node_modules/.installed
 
 run: install
 	@scripts/run-demo

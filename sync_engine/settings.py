@@ -25,6 +25,8 @@ class Settings:
     max_concurrent_snapshots: int = 8
     out_of_bounds_wait: float = 10.0
     schema_check_interval: float = 10.0
+    # Names the database-mode slot and publication; slot names are per Postgres cluster.
+    replication_stream_id: str = "default"
     # Registered sources (see sync_engine/sources): limits per source, and the admin listener.
     max_initial_syncs: int | None = 32
     admin_host: str = "127.0.0.1"

@@ -52,14 +52,20 @@ class SourceConfig:
     max_shapes: int | None = None
     fsync: bool = True
     schema_check_interval: float = 10.0
+    # Names the slot and publication; the source id unless set (slot names are per cluster).
+    stream_id: str | None = None
+
+    @property
+    def _stream(self) -> str:
+        return (self.stream_id or self.source_id).replace("-", "_")
 
     @property
     def slot_name(self) -> str:
-        return "shapegate_slot_" + self.source_id.replace("-", "_")
+        return "shapegate_slot_" + self._stream
 
     @property
     def publication_name(self) -> str:
-        return "shapegate_pub_" + self.source_id.replace("-", "_")
+        return "shapegate_pub_" + self._stream
 
 
 class Source:
