@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import psycopg
 from sources_harness import Cluster, MultiEngine, free_port, sql
 
 
@@ -102,12 +103,25 @@ async def test_per_source_limits_answer_503_with_retry_after(
     await engine.sync(sid, secret, table="items", where="g = 0")  # publishes the table
 
     # Three new shapes at once: one initial sync may run, the others are told to retry;
-    # the existing shape is served meanwhile.
-    results = await asyncio.gather(
-        *(engine.get(sid, secret, table="items", where=f"g = {g}", offset="-1")
-          for g in (1, 2, 3)),
-        engine.get(sid, secret, table="items", where="g = 0", offset="-1"),
-    )  # fmt: skip
+    # the existing shape is served meanwhile. A lock held elsewhere keeps the one running
+    # sync from finishing before the others arrive (it only blocks its COPY).
+    locker = psycopg.connect(url)
+    locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    try:
+        tasks = [
+            asyncio.create_task(engine.get(sid, secret, table="items", where=f"g = {g}",
+                                           offset="-1"))
+            for g in (1, 2, 3)
+        ] + [asyncio.create_task(engine.get(sid, secret, table="items", where="g = 0",
+                                            offset="-1"))]  # fmt: skip
+        for _ in range(200):
+            if sum(t.done() for t in tasks) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        locker.rollback()
+        locker.close()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
     statuses = [r[0] for r in results]
     assert statuses[3] == 200
     assert statuses[:3].count(200) == 1 and statuses[:3].count(503) == 2, statuses
