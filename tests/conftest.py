@@ -12,12 +12,11 @@ import os
 import socket
 import subprocess
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
+from databases import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,55 +42,20 @@ def pg_server_url() -> Iterator[str]:
         capture_output=True,
         text=True,
     ).stdout
-    url = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("DATABASE_URL="))
+    url = next(
+        line.split("=", 1)[1] for line in out.splitlines() if line.startswith("DATABASE_URL=")
+    )
     try:
         yield url
     finally:
         subprocess.run([str(ROOT / "scripts" / "dev-postgres"), "stop", tmp], check=False)
 
 
-def _with_dbname(url: str, dbname: str) -> str:
-    base, _, _ = url.rpartition("/")
-    return f"{base}/{dbname}"
-
-
-def drop_database(server_url: str, dbname: str) -> None:
-    """Drop a test database, its replication slots and any backend still connected."""
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-            " WHERE database = %s AND active_pid IS NOT NULL",
-            (dbname,),
-        )
-        for _ in range(50):
-            rows = conn.execute(
-                "SELECT slot_name, active FROM pg_replication_slots WHERE database = %s", (dbname,)
-            ).fetchall()
-            if not rows:
-                break
-            for slot, active in rows:
-                if not active:
-                    try:
-                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                    except psycopg.Error:
-                        pass
-            import time
-
-            time.sleep(0.1)
-        conn.execute(
-            psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                psycopg.sql.Identifier(dbname)
-            )
-        )
-
-
 @pytest.fixture
 def db_url(pg_server_url: str) -> Iterator[str]:
     """A fresh, empty database on the test cluster; dropped (with its slots) afterwards."""
-    dbname = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
+    dbname, url = create_database(pg_server_url)
     try:
-        yield _with_dbname(pg_server_url, dbname)
+        yield url
     finally:
         drop_database(pg_server_url, dbname)

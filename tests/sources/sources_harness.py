@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp.test_utils import TestClient, TestServer
+from engine_process import apply_messages
 
 from sync_engine.admin import build_admin_app
 from sync_engine.app import MANAGER, build_app
@@ -195,14 +196,4 @@ class MultiEngine:
         return h["electric-offset"]
 
 
-def apply(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> None:
-    for m in messages:
-        if "key" not in m:
-            continue
-        op = m["headers"]["operation"]
-        if op == "insert":
-            rows[m["key"]] = dict(m["value"])
-        elif op == "update":
-            rows[m["key"]].update(m["value"])
-        elif op == "delete":
-            rows.pop(m["key"], None)
+apply = apply_messages

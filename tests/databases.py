@@ -1,0 +1,44 @@
+"""Throwaway databases on the test cluster: created fresh, dropped with their slots."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import psycopg
+from psycopg import sql
+
+
+def create_database(server_url: str) -> tuple[str, str]:
+    """A new empty database; returns its name and URL."""
+    dbname = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    base, _, _ = server_url.rpartition("/")
+    return dbname, f"{base}/{dbname}"
+
+
+def drop_database(server_url: str, dbname: str) -> None:
+    """Drop a test database, its replication slots and any backend still connected."""
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+            " WHERE database = %s AND active_pid IS NOT NULL",
+            (dbname,),
+        )
+        for _ in range(50):
+            rows = conn.execute(
+                "SELECT slot_name, active FROM pg_replication_slots WHERE database = %s", (dbname,)
+            ).fetchall()
+            if not rows:
+                break
+            for slot, active in rows:
+                if not active:
+                    try:
+                        conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                    except psycopg.Error:
+                        pass
+            time.sleep(0.1)
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
+        )
