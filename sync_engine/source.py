@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from .pg.snapshot import RowQuery, row_json_sql, run_snapshot
 from .replicator import Replicator
 from .shapes.registry import ShapeRegistry
 from .shapes.router import ShapeRouter
-from .shapes.shape import Shape, SnapshotInfo
+from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
 
 log = logging.getLogger(__name__)
 
@@ -233,23 +234,34 @@ class Source:
         shape = self.registry.cached(req)
         if shape is not None:
             return shape
-        if not self.ready.is_set():
-            try:
-                await asyncio.wait_for(self.ready.wait(), 5)
-            except TimeoutError:
-                raise ServiceUnavailable(
-                    f"Source is not ready: {self.error or 'connecting'}", retry_after=5
-                ) from None
+        await self._wait_ready()
         definition, table, columns = await self.registry.describe(req, self.lookup_table)
         existing = self.registry.by_definition.get(definition)
         if existing is None and self.config.max_shapes is not None:
             if len(self.registry) >= self.config.max_shapes:
                 raise ServiceUnavailable("Shape limit reached for this source", retry_after=10)
-        shape = await self.registry.get_or_create(
-            definition, table, columns, self._publish, self._start_snapshot
-        )
+        with self._admission(definition, existing):
+            shape = await self.registry.get_or_create(
+                definition, table, columns, self._publish, self._start_snapshot
+            )
         self.registry.remember(req, shape)
         return shape
+
+    async def _wait_ready(self) -> None:
+        if self.ready.is_set():
+            return
+        try:
+            await asyncio.wait_for(self.ready.wait(), 5)
+        except TimeoutError:
+            raise ServiceUnavailable(
+                f"Source is not ready: {self.error or 'connecting'}", retry_after=5
+            ) from None
+
+    def _admission(
+        self, definition: ShapeDefinition, existing: Shape | None
+    ) -> AbstractContextManager[None]:
+        """Hook for limits on new shapes, held while one is created; admits everything here."""
+        return nullcontext()
 
     async def _publish(self, table: TableInfo) -> None:
         if table.oid in self._published:

@@ -130,7 +130,7 @@ class ShapeView:
         await self._check_bounds(source, shape, offset)
         entries, end = shape.log.read_after(offset)
         deadline = time.monotonic() + s.long_poll_timeout
-        while not entries and req.live:
+        while not entries and req.live and not shape.rotated:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 end = max(offset, shape.log.latest_offset)
@@ -148,10 +148,8 @@ class ShapeView:
                 await asyncio.wait_for(asyncio.shield(shape.changed()), remaining)
             except TimeoutError:
                 continue
-            if shape.rotated:
-                current = source.registry.by_definition.get(shape.definition)
-                raise ShapeGone(current.handle if current else None)
-            entries, end = shape.log.read_after(offset)
+            if not shape.rotated:  # a rotated shape's files are being deleted
+                entries, end = shape.log.read_after(offset)
         if shape.rotated:
             current = source.registry.by_definition.get(shape.definition)
             raise ShapeGone(current.handle if current else None)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from ..errors import ServiceUnavailable
@@ -20,8 +22,7 @@ from ..source import Source, SourceConfig
 from .diagnose import Diagnosis, explain
 
 if TYPE_CHECKING:
-    from ..http.params import ShapeRequest
-    from ..shapes.shape import Shape
+    from ..shapes.shape import Shape, ShapeDefinition
 
 log = logging.getLogger(__name__)
 
@@ -65,34 +66,26 @@ class ManagedSource(Source):
 
     # -- limits --------------------------------------------------------------------------
 
-    async def resolve(self, req: ShapeRequest) -> Shape:
+    @contextmanager
+    def _admission(self, definition: ShapeDefinition, existing: Shape | None) -> Iterator[None]:
+        """At most `max_initial_syncs` shapes of this source take their snapshot at once."""
         limit = self.max_initial_syncs
-        if limit is None or self.registry.cached(req) is not None:
-            return await super().resolve(req)
-        if not self.ready.is_set():
-            try:
-                await asyncio.wait_for(self.ready.wait(), 5)
-            except TimeoutError:
-                raise ServiceUnavailable(
-                    f"Source is not ready: {self.error or 'connecting'}", retry_after=5
-                ) from None
-        definition, _, _ = await self.registry.describe(req, self.lookup_table)
-        existing = self.registry.by_definition.get(definition)
         joining = definition in self.registry._creating
-        if (existing is None or existing.rotated) and not joining:
-            if self.initial_syncs_in_progress() >= limit:
-                raise ServiceUnavailable(
-                    f"Too many initial syncs in progress for this source (limit {limit});"
-                    " retry shortly",
-                    retry_after=2,
-                    code="too_many_initial_syncs",
-                )
-            self._reserved += 1
-            try:
-                return await super().resolve(req)
-            finally:
-                self._reserved -= 1
-        return await super().resolve(req)
+        if limit is None or (existing is not None and not existing.rotated) or joining:
+            yield
+            return
+        if self.initial_syncs_in_progress() >= limit:
+            raise ServiceUnavailable(
+                f"Too many initial syncs in progress for this source (limit {limit});"
+                " retry shortly",
+                retry_after=2,
+                code="too_many_initial_syncs",
+            )
+        self._reserved += 1
+        try:
+            yield
+        finally:
+            self._reserved -= 1
 
     # -- replication lag -----------------------------------------------------------------
 
