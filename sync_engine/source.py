@@ -11,7 +11,7 @@ import asyncio
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +21,7 @@ import orjson
 import psycopg
 import psycopg.sql
 from psycopg import AsyncConnection
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from .errors import InvalidRequest, ServiceUnavailable
 from .http.params import ShapeRequest
@@ -34,13 +34,17 @@ from .pg.publication import (
 )
 from .pg.replication import ensure_slot
 from .pg.session import redact_dsn, with_display_settings
-from .pg.snapshot import RowQuery, row_json_sql, run_snapshot
+from .pg.snapshot import row_json_sql
+from .pg.snapshot_batch import SnapshotJob, run_batch
 from .replicator import Replicator
 from .shapes.registry import ShapeRegistry
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
 
 log = logging.getLogger(__name__)
+
+#: Most shapes snapshotted in one transaction (one query string, one round trip).
+SNAPSHOT_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,15 +95,27 @@ class Source:
         self._conn: AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
-        self._snapshot_slots = asyncio.Semaphore(config.max_concurrent_snapshots)
-        # Synchronous connections for snapshot and subset queries, used from worker threads.
-        self.snapshot_pool: ConnectionPool[Any] = ConnectionPool(
+        self._table_lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
+        # New shapes wait here for a snapshot runner; each runner holds one connection of
+        # `snapshot_conns` and takes a batch of shapes at a time (pg/snapshot_batch.py).
+        self._snapshot_queue: deque[Shape] = deque()
+        self._snapshot_runners = 0
+        self.snapshot_conns: AsyncConnectionPool[Any] = AsyncConnectionPool(
             self.dsn,
             min_size=0,
             max_size=config.max_concurrent_snapshots,
             kwargs={"autocommit": True},
             open=False,
             name=f"snapshots-{config.source_id}",
+        )
+        # Synchronous connections for subset queries, used from worker threads.
+        self.snapshot_pool: ConnectionPool[Any] = ConnectionPool(
+            self.dsn,
+            min_size=0,
+            max_size=config.max_concurrent_snapshots,
+            kwargs={"autocommit": True},
+            open=False,
+            name=f"subsets-{config.source_id}",
         )
         self._tasks: set[asyncio.Task[Any]] = set()
         self._published: set[int] = set()
@@ -110,6 +126,7 @@ class Source:
 
     async def start(self) -> None:
         self.snapshot_pool.open(wait=False)
+        await self.snapshot_conns.open(wait=False)
         self._main = asyncio.create_task(self._run(), name=f"source-{self.config.source_id}")
 
     async def stop(self) -> None:
@@ -117,6 +134,7 @@ class Source:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.snapshot_conns.close(5.0)
         await asyncio.to_thread(self.snapshot_pool.close, 5.0)
         if self._conn is not None:
             await self._conn.close()
@@ -213,19 +231,35 @@ class Source:
 
     async def lookup_table(self, schema: str, name: str) -> TableInfo | None:
         now = time.monotonic()
-        hit = self._table_cache.get((schema, name))
+        key = (schema, name)
+        hit = self._table_cache.get(key)
         if hit is not None and now - hit[0] < 2.0:
             return hit[1]
+        # Single-flight: a storm of first requests for a table asks the catalog once (each
+        # lookup is three queries on the one catalog connection, so they would queue).
+        pending = self._table_lookups.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[TableInfo | None] = asyncio.get_running_loop().create_future()
+        self._table_lookups[key] = fut
         try:
-            async with self._conn_lock:
-                conn = await self._connection()
-                table = await load_table(conn, schema, name)
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(
-                "Database is unreachable", retry_after=1, code="database_unreachable"
-            ) from exc
-        self._table_cache[(schema, name)] = (now, table)
-        return table
+            try:
+                async with self._conn_lock:
+                    conn = await self._connection()
+                    table = await load_table(conn, schema, name)
+            except psycopg.OperationalError as exc:
+                raise ServiceUnavailable(
+                    "Database is unreachable", retry_after=1, code="database_unreachable"
+                ) from exc
+            self._table_cache[key] = (now, table)
+            fut.set_result(table)
+            return table
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._table_lookups[key]
 
     # -- shapes ---------------------------------------------------------------------------
 
@@ -286,53 +320,77 @@ class Source:
         self._table_cache.pop((table.schema, table.name), None)
 
     def _start_snapshot(self, shape: Shape) -> None:
-        task = asyncio.create_task(self._snapshot(shape), name=f"snapshot-{shape.handle}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._snapshot_queue.append(shape)
+        if self._snapshot_runners < self.config.max_concurrent_snapshots:
+            self._snapshot_runners += 1
+            task = asyncio.create_task(self._snapshot_runner(), name="snapshots")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _snapshot(self, shape: Shape) -> None:
-        loop = asyncio.get_running_loop()
+    async def _snapshot_runner(self) -> None:
+        """Take batches of waiting shapes until none waits."""
+        try:
+            while self._snapshot_queue:
+                batch = self._take_batch()
+                if batch:
+                    await self._snapshot_batch(batch)
+        finally:
+            self._snapshot_runners -= 1
+
+    def _take_batch(self) -> list[Shape]:
+        """A fair share of the waiting shapes (so every runner gets work), at most a batch."""
+        queue = self._snapshot_queue
+        n = min(SNAPSHOT_BATCH, -(-len(queue) // max(1, self._snapshot_runners)))
+        batch: list[Shape] = []
+        while queue and len(batch) < n:
+            shape = queue.popleft()
+            if not shape.rotated:
+                batch.append(shape)
+        return batch
+
+    async def _snapshot_batch(self, batch: list[Shape]) -> None:
+        jobs = [self._job(shape) for shape in batch]
+        retry: list[SnapshotJob] = []
+        try:
+            async with self.snapshot_conns.connection() as conn:
+                retry = await run_batch(conn, jobs, self.config.chunk_bytes, self.config.fsync)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            for job in jobs:
+                if not job.done and job.error is None:
+                    job.error = exc
+        again = {id(j) for j in retry}
+        for shape, job in zip(batch, jobs, strict=True):
+            if id(job) in again:
+                self._snapshot_queue.appendleft(shape)
+            elif job.error is not None:
+                self._snapshot_failed(shape, job.error)
+
+    def _job(self, shape: Shape) -> SnapshotJob:
         query = None
         if shape.definition.log_mode == "full":
             query = row_json_sql(
                 shape.table, shape.columns, shape.pk, shape.where.sql if shape.where else None
             )
+        return SnapshotJob(
+            log=shape.log,
+            query=query,
+            on_snapshot=lambda text: self._snapshot_known(shape, text),
+            on_chunk=lambda count, complete: self._snapshot_progress(shape, count, complete),
+            cancelled=lambda: shape.rotated,
+        )
 
-        def on_snapshot(text: str) -> None:
-            info = SnapshotInfo.parse(text)
-            (shape.log.directory / "snapshot.json").write_bytes(orjson.dumps(info.to_json()))
-            loop.call_soon_threadsafe(self._snapshot_known, shape, info)
+    def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
+        log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
+        shape.snapshot_error = _describe(exc)
+        self.registry.rotate(shape, f"snapshot failed: {shape.snapshot_error}")
 
-        def on_chunk(count: int, complete: bool) -> None:
-            loop.call_soon_threadsafe(self._snapshot_progress, shape, count, complete)
-
-        try:
-            async with self._snapshot_slots:
-                if shape.rotated:
-                    return
-                await asyncio.to_thread(self._run_snapshot, shape, query, on_snapshot, on_chunk)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
-            shape.snapshot_error = _describe(exc)
-            self.registry.rotate(shape, f"snapshot failed: {shape.snapshot_error}")
-
-    def _run_snapshot(
-        self,
-        shape: Shape,
-        query: RowQuery | None,
-        on_snapshot: Callable[[str], None],
-        on_chunk: Callable[[int, bool], None],
-    ) -> None:
-        """In a worker thread, on a pooled connection (opening one costs more than a
-        small shape's whole snapshot)."""
-        with self.snapshot_pool.connection() as conn:
-            run_snapshot(conn, shape.log, query, self.config.chunk_bytes, on_snapshot, on_chunk)
-
-    def _snapshot_known(self, shape: Shape, info: SnapshotInfo) -> None:
+    def _snapshot_known(self, shape: Shape, text: str) -> None:
+        info = SnapshotInfo.parse(text)
         shape.snapshot = info
         if not shape.rotated:
+            (shape.log.directory / "snapshot.json").write_bytes(orjson.dumps(info.to_json()))
             self.replicator.release_pending(shape)
 
     def _snapshot_progress(self, shape: Shape, count: int, complete: bool) -> None:

@@ -182,6 +182,9 @@ class ShapeView:
                 pass
         if index >= log.snapshot_chunks:
             return None
+        fresh = log.fresh_snapshot_chunk(index)
+        if fresh is not None:
+            return fresh
         return await asyncio.to_thread(log.read_snapshot_chunk, index)
 
     async def _check_bounds(self, source: Source, shape: Shape, offset: LogOffset) -> None:

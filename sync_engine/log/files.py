@@ -24,9 +24,19 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cachetools import LRUCache
+
 from .offsets import SNAPSHOT_END, LogOffset
 
 SNAPSHOT_COMPLETE = "snapshot.complete"
+
+#: Snapshot chunks up to this size are kept in memory once written (see `_fresh`).
+FRESH_CHUNK_MAX = 1 << 20
+
+# Small snapshot chunks just written, by path: a new shape's first reader (usually waiting
+# for it) is answered without reading the file back, from a thread, on a cold page. Only
+# touched from the event loop; bounded in bytes.
+_fresh: LRUCache[str, bytes] = LRUCache(maxsize=32 << 20, getsizeof=len)
 
 
 @dataclass(slots=True)
@@ -127,6 +137,15 @@ class ShapeLog:
 
     def read_snapshot_chunk(self, index: int) -> bytes:
         return self.snapshot_chunk_path(index).read_bytes()
+
+    def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
+        """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
+        if len(data) <= FRESH_CHUNK_MAX:
+            _fresh[str(self.snapshot_chunk_path(index))] = data
+
+    def fresh_snapshot_chunk(self, index: int) -> bytes | None:
+        """The chunk if it was written recently and is small, else None (read the file)."""
+        return _fresh.get(str(self.snapshot_chunk_path(index)))
 
     # -- transactions ---------------------------------------------------------------------
 

@@ -1,0 +1,249 @@
+"""Initial snapshots of several new shapes in one transaction, driven on the event loop.
+
+A storm of new shapes is what this is for: per shape, the old way (a worker thread, a pooled
+connection, `BEGIN`, `pg_current_snapshot()`, `COPY`, `COMMIT`) cost five round trips, two
+thread hops and, worse, a GIL hand-over after every libpq wait and file write: the thread
+waited up to a switch interval (5 ms) each time the event loop was busy, so snapshots
+crawled exactly when many were wanted. Here one simple-protocol query carries a whole batch:
+
+    BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text;
+    COPY (<shape 1>) TO STDOUT; ...; COPY (<shape n>) TO STDOUT; COMMIT
+
+and its results are read on the event loop from a non-blocking libpq connection (waits are
+`add_reader` futures, rows are drained without awaiting per row). Every shape of a batch
+shares the transaction's snapshot, which is correct: each was registered with the router
+before the batch started, so its stream parks until that snapshot's xid horizon is known.
+
+Long snapshots yield to the loop every few thousand rows, and big chunk files (or any file
+when fsync is on) are written in the default executor, so the loop keeps serving.
+
+When one shape's query fails (e.g. an error at run time in its where clause), Postgres skips
+the rest of the string: the shapes before it are done, that one fails, the ones after it are
+returned to be run again in a later batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import pq, sql
+
+from ..log.entries import snapshot_end_message
+
+if TYPE_CHECKING:
+    from ..log.files import ShapeLog
+    from .snapshot import RowQuery
+
+#: Rows drained between two yields to the event loop (about a millisecond of work).
+YIELD_EVERY = 4096
+#: Chunk files at least this big are written in the executor, not on the loop.
+BIG_WRITE = 1 << 20
+
+
+@dataclass(eq=False, slots=True)
+class SnapshotJob:
+    """One shape's part of a batch: where its chunks go and whom to tell."""
+
+    log: ShapeLog
+    query: RowQuery | None  # None for `log=changes_only`: only the snapshot-end
+    on_snapshot: Callable[[str], None]  # `pg_current_snapshot()` text, before any row
+    on_chunk: Callable[[int, bool], None]  # chunks written so far, complete
+    cancelled: Callable[[], bool]  # the shape was rotated: stop writing its files
+    error: BaseException | None = None
+    done: bool = False
+
+
+class _LoopConn:
+    """Waits on a non-blocking libpq connection through the running event loop."""
+
+    def __init__(self, pgconn: pq.abc.PGconn) -> None:
+        self.pgconn = pgconn
+        self.fd = pgconn.socket
+        self.loop = asyncio.get_running_loop()
+
+    async def _wait(self, write: bool) -> None:
+        fut: asyncio.Future[None] = self.loop.create_future()
+
+        def ready() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        if write:
+            self.loop.add_writer(self.fd, ready)
+        else:
+            self.loop.add_reader(self.fd, ready)
+        try:
+            await fut
+        finally:
+            if write:
+                self.loop.remove_writer(self.fd)
+            else:
+                self.loop.remove_reader(self.fd)
+
+    async def readable(self) -> None:
+        await self._wait(False)
+        self.pgconn.consume_input()
+
+    async def send(self, query: bytes) -> None:
+        self.pgconn.send_query(query)
+        while self.pgconn.flush():
+            await self._wait(True)
+
+    async def result(self) -> pq.abc.PGresult | None:
+        while self.pgconn.is_busy():
+            await self.readable()
+        return self.pgconn.get_result()
+
+    async def drain(self) -> pq.abc.PGresult | None:
+        """Read every remaining result of the query; returns the first error, if any."""
+        error = None
+        while (res := await self.result()) is not None:
+            if res.status == pq.ExecStatus.FATAL_ERROR and error is None:
+                error = res
+        return error
+
+
+def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -> bytes:
+    parts = [
+        b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        b"SELECT pg_current_snapshot()::text",
+    ]
+    for job in jobs:
+        if job.query is not None:
+            parts.append(sql.SQL("COPY ({}) TO STDOUT").format(job.query.sql).as_bytes(conn))
+    parts.append(b"COMMIT")
+    return b";\n".join(parts)
+
+
+async def run_batch(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: Sequence[SnapshotJob],
+    chunk_bytes: int,
+    fsync: bool,
+) -> list[SnapshotJob]:
+    """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
+
+    Marks each job `done` or sets its `error`; returns the jobs that did not run because an
+    earlier one failed (to be retried). Raises when the connection itself fails, in which
+    case every job not `done` is to be retried or failed by the caller.
+    """
+    c = _LoopConn(conn.pgconn)
+    await c.send(batch_sql(jobs, conn))
+    # One result per statement, then None once the whole string is done.
+    _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # BEGIN
+    res = await c.result()
+    _expect(res, pq.ExecStatus.TUPLES_OK)
+    assert res is not None
+    snap_text = (res.get_value(0, 0) or b"").decode()
+    xmin, xmax, xip = snap_text.split(":")
+    end = snapshot_end_message(int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
+    for job in jobs:
+        job.on_snapshot(snap_text)
+    for i, job in enumerate(jobs):
+        if job.query is None:
+            await _finish(job, 0, b"", end, fsync)
+            continue
+        res = await c.result()
+        if res is not None and res.status == pq.ExecStatus.COPY_OUT:
+            index, tail = await _copy(c, job, chunk_bytes, fsync)
+            res = await c.result()
+            if res is not None and res.status == pq.ExecStatus.COMMAND_OK:
+                await _finish(job, index, tail, end, fsync)
+                continue
+        job.error = _error(res)
+        await _rollback(c)
+        return _not_run(jobs[i + 1 :])
+    _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # COMMIT
+    error = await c.drain()
+    if error is not None:
+        raise _error(error)
+    return []
+
+
+async def _copy(c: _LoopConn, job: SnapshotJob, chunk_bytes: int, fsync: bool) -> tuple[int, bytes]:
+    """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries)."""
+    query = job.query
+    assert query is not None
+    get_copy_data = c.pgconn.get_copy_data
+    overhead = query.line_overhead()
+    rows: list[bytes] = []
+    size = 0
+    index = 0
+    since_yield = 0
+    while True:
+        nbytes, data = get_copy_data(1)
+        if nbytes > 0:
+            rows.append(bytes(data))
+            size += nbytes + overhead
+            if size >= chunk_bytes:
+                await _write(job, index, query.finish_block(b"".join(rows)), fsync)
+                index += 1
+                if job.error is None and not job.cancelled():
+                    job.on_chunk(index, False)
+                rows, size = [], 0
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                since_yield = 0
+                await asyncio.sleep(0)
+        elif nbytes == 0:
+            await c.readable()
+        else:
+            break
+    return index, query.finish_block(b"".join(rows))
+
+
+async def _finish(job: SnapshotJob, index: int, tail: bytes, end: bytes, fsync: bool) -> None:
+    await _write(job, index, tail + b"," + end if tail else end, fsync)
+    if job.error is not None or job.cancelled():
+        return
+    try:
+        if fsync:
+            await asyncio.to_thread(job.log.mark_snapshot_complete, index + 1)
+        else:
+            job.log.mark_snapshot_complete(index + 1)
+    except OSError as exc:
+        job.error = exc
+        return
+    job.done = True
+    job.on_chunk(index + 1, True)
+
+
+async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None:
+    """Write a chunk file unless the job failed or its shape is gone (rows are still read)."""
+    if job.error is not None or job.cancelled():
+        return
+    try:
+        if fsync or len(data) >= BIG_WRITE:
+            await asyncio.to_thread(job.log.write_snapshot_chunk, index, data)
+        else:
+            job.log.write_snapshot_chunk(index, data)
+    except OSError as exc:
+        job.error = exc
+        return
+    job.log.remember_snapshot_chunk(index, data)
+
+
+async def _rollback(c: _LoopConn) -> None:
+    await c.drain()
+    if c.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        await c.send(b"ROLLBACK")
+        await c.drain()
+
+
+def _not_run(jobs: Sequence[SnapshotJob]) -> list[SnapshotJob]:
+    return [j for j in jobs if not j.done and j.error is None]
+
+
+def _expect(res: pq.abc.PGresult | None, status: pq.ExecStatus) -> None:
+    if res is None or res.status != status:
+        raise _error(res)
+
+
+def _error(res: pq.abc.PGresult | None) -> psycopg.Error:
+    if res is None:
+        return psycopg.OperationalError("the snapshot query returned no result")
+    return psycopg.errors.error_from_result(res, encoding="utf-8")
