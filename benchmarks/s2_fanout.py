@@ -173,7 +173,8 @@ async def arm(pg: Postgres, engine: EngineProcess, proxy: ProxyProcess, auth: di
     }
 
 
-async def run(quick: bool, sizes: list[int] | None = None) -> list[Row]:
+async def run(quick: bool, sizes: list[int] | None = None,
+              only: list[str] | None = None) -> list[Row]:
     sizes = sizes or ([200, 1000] if quick else [200, 1000, 2000])
     writes = 5 if quick else 10
     stack = Stack()
@@ -193,6 +194,8 @@ async def run(quick: bool, sizes: list[int] | None = None) -> list[Row]:
         await proxy.wait_ready()
         auth = {"Authorization": f"Bearer {token(org_id='org-a')}"}
         arms = {"collapse": (proxy_c, False), "no-collapse": (proxy, False), "sse": (proxy_c, True)}
+        if only:
+            arms = {name: arm_ for name, arm_ in arms.items() if name in only}
         results: dict[int, dict[str, dict[str, float]]] = {}
         first_id = 1_000_000
         for n in sizes:
@@ -205,6 +208,11 @@ async def run(quick: bool, sizes: list[int] | None = None) -> list[Row]:
                       f"req/write {r['req_per_write']:.1f} delivered {r['delivered']:.3f} "
                       f"errors {r['errors']}", flush=True)  # fmt: skip
         for n, res in results.items():
+            if "collapse" not in res or "no-collapse" not in res:
+                rows.append(Row(f"S2 fan-out N={n:,}", "p50 / p99 commit→client",
+                                [(a, f"{fmt(r['p50'])} / {fmt(r['p99'], 'ms')}")
+                                 for a, r in res.items()], "", "", ""))  # fmt: skip
+                continue
             c, o = res["collapse"], res["no-collapse"]
             label = f"S2 fan-out N={n:,}"
             # RSS growth per held request is only clean in a fresh process: the first size
@@ -257,7 +265,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes", default="")
+    ap.add_argument("--arms", default="", help="comma-separated subset of collapse,no-collapse,sse")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
+    only = a.arms.split(",") if a.arms else None
     print(machine())
-    print(table(asyncio.run(run(a.quick, sizes))))
+    print(table(asyncio.run(run(a.quick, sizes, only))))

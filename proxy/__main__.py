@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import sys
@@ -21,6 +22,12 @@ from proxy.app import create_app
 from proxy.explain import explain, format_report
 from proxy.logs import configure_logging
 from proxy.policy.loader import ConfigError, load_config
+
+#: Pending connections the kernel queues before `accept`: thousands of clients (re)connecting
+#: at once must not overflow it (an overflowed SYN is retried by the client after 1 s).
+LISTEN_BACKLOG = 4096
+#: Allocations between first-generation collections (CPython's default is 700).
+GC_GEN0_THRESHOLD = 50_000
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -91,6 +98,25 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def tune_gc() -> None:
+    """Keep the cyclic garbage collector out of the way of thousands of held requests.
+
+    With 2,000 long-polls held, every connection keeps a protocol, parser, request, task and
+    their frames alive, and a full collection walks all of them: measured pauses of up to
+    77 ms in a fan-out burst, paid by whichever waiters are answered after it. Freezing what
+    start-up created (modules, config, policy) takes it out of every later collection, and a
+    larger first-generation threshold collects the short-lived per-request garbage in fewer,
+    cheaper passes. Reference counting still frees almost everything as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
+
+
+async def _freeze_after_start(app: web.Application) -> None:
+    tune_gc()
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["explain"]:
@@ -111,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     loaded = _load(args.config)
     server = loaded.config.server  # type: ignore[attr-defined]
     app = create_app(loaded, config_path=args.config, sighup=True)  # type: ignore[arg-type]
+    app.on_startup.append(_freeze_after_start)
     web.run_app(
         app,
         loop=new_event_loop(),
@@ -118,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=args.port if args.port is not None else server.port,
         access_log=None,
         handler_cancellation=True,
+        backlog=LISTEN_BACKLOG,
         shutdown_timeout=5,
         print=None,
     )

@@ -13,7 +13,9 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from functools import lru_cache
 from pathlib import Path
+from types import MappingProxyType
 
 from aiohttp import web
 
@@ -47,22 +49,40 @@ def _check_path(request: web.Request) -> None:
         raise NotFound("not_found", "no such path")
 
 
+@lru_cache(maxsize=256)
+def _cors_for(
+    origin: str | None, allow_origins: tuple[str, ...], credentials: bool
+) -> tuple[bool, Mapping[str, str] | None]:
+    """(allowed, CORS headers) for an Origin under one config; the same few origins repeat."""
+    if not origin_allowed(origin, allow_origins):
+        return False, None
+    headers = cors_headers(origin, allow_origins, credentials=credentials)
+    return True, MappingProxyType(headers) if headers is not None else None
+
+
+@lru_cache(maxsize=256)
+def _shape_vary(existing: tuple[str, ...], upstream: tuple[str, ...], origin: bool) -> str:
+    """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization."""
+    return merge_vary(existing, *upstream, "Authorization", *(("Origin",) if origin else ()))
+
+
 @web.middleware
 async def handle_request(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Request id, exact routing, origin check, error rendering, access log and metrics."""
     context = RequestContext(request_id=new_request_id(request.headers.get("X-Request-Id")))
     request[CONTEXT] = context
+    app = request.app
     response: web.StreamResponse | None = None
     try:
         _check_path(request)
         if request.path.startswith(_SHAPE_PATHS):
-            cors = request.app[HOLDER].current.loaded.config.cors
-            origin = request.headers.get("Origin")
-            if not origin_allowed(origin, cors.allow_origins):
-                raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
-            context.cors = cors_headers(
-                origin, cors.allow_origins, credentials=cors.allow_credentials
+            context.shape = True
+            cors = app[HOLDER].current.loaded.config.cors
+            allowed, context.cors = _cors_for(
+                request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials
             )
+            if not allowed:
+                raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
         response = await handler(request)
     except ProxyError as exc:
         context.outcome, context.reason = "refused", exc.reason
@@ -77,17 +97,20 @@ async def handle_request(request: web.Request, handler: Handler) -> web.StreamRe
         context.outcome, context.reason = "error", "internal_error"
         response = error_response(500, "internal_error", "internal error")
     finally:
-        _log_access(request, context, response)
+        _log_access(request, app[METRICS], context, response)
     return response
 
 
 def _log_access(
-    request: web.Request, context: RequestContext, response: web.StreamResponse | None
+    request: web.Request,
+    metrics: Metrics,
+    context: RequestContext,
+    response: web.StreamResponse | None,
 ) -> None:
     duration = time.monotonic() - context.started
     status = response.status if response is not None else 499
     kind = "live" if context.live else "other"
-    request.app[METRICS].request_done(context.outcome, context.reason or "-", kind, duration)
+    metrics.request_done(context.outcome, context.reason or "-", kind, duration)
     if not access_logger.isEnabledFor(logging.INFO):
         return  # building the record (redaction regexes) costs more than the rest of this
     access_logger.info(
@@ -118,17 +141,13 @@ async def _decorate(request: web.Request, response: web.StreamResponse) -> None:
     context = request.get(CONTEXT)
     if context is None:
         return
-    response.headers["X-Request-Id"] = context.request_id
-    vary = list(context.vary)
+    headers = response.headers
+    headers["X-Request-Id"] = context.request_id
     if context.cors is not None:
-        response.headers.update(context.cors)
-        vary.append("Origin")
-    if request.path.startswith(_SHAPE_PATHS):
-        vary.append("Authorization")
-    if vary:
-        existing = response.headers.getall("Vary", [])
-        response.headers.popall("Vary", None)
-        response.headers["Vary"] = merge_vary(existing, *vary)
+        headers.update(context.cors)
+    if context.shape:
+        existing = tuple(headers.getall("Vary", ()))
+        headers["Vary"] = _shape_vary(existing, context.vary, context.cors is not None)
 
 
 def create_app(

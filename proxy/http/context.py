@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -24,8 +25,9 @@ class RequestContext:
     table: str | None = None
     rule: str | None = None
     upstream_status: int | None = None
-    cors: dict[str, str] | None = None
-    vary: tuple[str, ...] = ()
+    shape: bool = False  # a shape path (gets CORS, `Vary: Authorization`)
+    cors: Mapping[str, str] | None = None
+    vary: tuple[str, ...] = ()  # the engine's Vary values
     live: bool = False
     cache: str = "-"  # "hit" (served from the response cache), "collapsed", or "-"
 

@@ -48,7 +48,8 @@ async def named_shape(request: web.Request) -> web.StreamResponse:
 
 async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamResponse:
     context = request[CONTEXT]
-    runtime = request.app[HOLDER].current  # this request keeps this config through a reload
+    app = request.app
+    runtime = app[HOLDER].current  # this request keeps this config through a reload
     method = request.method
     body: bytes | None = None
     if method == "GET":
@@ -68,7 +69,7 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
             if prepared is not None and prepared.expires <= time.time():
                 prepared = None
         if prepared is not None:
-            request.app[METRICS].token_cache_lookup(True)
+            app[METRICS].token_cache_lookup(True)
         else:
             prepared, _ = await _prepare(request, runtime, shape_name, post=False)
             if cache is not None and key is not None:
@@ -85,7 +86,7 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
         raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
-    return await request.app[FORWARDER].forward(
+    return await app[FORWARDER].forward(
         request,
         prepared.url,
         prepared.url_text,

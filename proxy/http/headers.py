@@ -2,7 +2,8 @@
 
 Upstream requests carry only an allowlist of client headers (never `Authorization`,
 `Cookie`, `Origin` or forwarding headers). Responses lose hop-by-hop and upstream CORS
-headers, keep `Content-Encoding`/`Content-Length` (the body is streamed raw), get a merged
+headers, keep `Content-Encoding` (the body is passed on raw; `Content-Length` is set from the
+body actually sent), get a merged
 `Vary`, and a `Cache-Control` that no shared cache may store: the rows depend on the token,
 which is not part of the client's URL.
 """
@@ -40,6 +41,7 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
         "cache-control",
         "vary",
         "x-request-id",
+        "content-length",  # set per response from the body actually sent
     }
 )
 
@@ -77,13 +79,16 @@ def upstream_request_headers(client: Mapping[str, str], request_id: str) -> dict
 
 
 def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Response headers to copy: drop hop-by-hop, upstream CORS, and what we rewrite."""
-    return [
-        (name, value)
-        for name, value in upstream
-        if name.lower() not in _DROPPED_RESPONSE_HEADERS
-        and not name.lower().startswith("access-control-")
-    ]
+    """Response headers to copy: drop hop-by-hop, upstream CORS, and what we rewrite.
+
+    On every forwarded response, so each name is lower-cased once.
+    """
+    kept = []
+    for name, value in upstream:
+        lower = name.lower()
+        if lower not in _DROPPED_RESPONSE_HEADERS and not lower.startswith("access-control-"):
+            kept.append((name, value))
+    return kept
 
 
 def merge_vary(values: Iterable[str], *extra: str) -> str:

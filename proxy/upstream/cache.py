@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
+from multidict import CIMultiDict, CIMultiDictProxy
 
 #: What identifies an upstream answer: (method, URL text, accept-encoding, accept, if-none-match).
 CacheKey = tuple[str, str, str, str, str]
@@ -43,6 +44,13 @@ class CachedResponse:
     body: bytes
     stored_at: float
     expires_at: float
+    #: `headers` plus `Cache-Control`, built once: each hit copies it in one C call.
+    response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        headers = CIMultiDict(self.headers)
+        headers["Cache-Control"] = self.cache_control
+        object.__setattr__(self, "response_headers", CIMultiDictProxy(headers))
 
     @property
     def size(self) -> int:

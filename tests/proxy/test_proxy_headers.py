@@ -49,6 +49,7 @@ def test_response_headers_filtered() -> None:
             ("Connection", "close"),
             ("Access-Control-Allow-Origin", "*"),
             ("Content-Encoding", "gzip"),
+            ("Content-Length", "12"),
             ("electric-handle", "h"),
             ("Cache-Control", "public"),
         ]
