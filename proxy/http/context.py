@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -35,8 +36,14 @@ class RequestContext:
 CONTEXT = web.RequestKey("shape_proxy_context", RequestContext)
 
 
+#: Request ids are this process's random prefix plus a counter: unique across processes and
+#: restarts without a `getrandom` call per request (they identify, they protect nothing).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def new_request_id(incoming: str | None) -> str:
     """Keep a well-formed incoming X-Request-Id (for tracing across hops), else make one."""
     if incoming and _SANE_ID.match(incoming):
         return incoming
-    return os.urandom(16).hex()  # as random as uuid4().hex, without building a UUID
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"

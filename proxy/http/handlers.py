@@ -134,7 +134,8 @@ async def _prepare(
         rule=decision.rule,
         live=protocol.get("live") not in (None, "false"),
         sse=shape_request.wants_sse,
-        expires=float(claims["exp"]),
+        # Never reused past the token's expiry, nor longer than a verified token is cached.
+        expires=min(float(claims["exp"]), time.time() + config.server.token_cache_ttl),
     )
     body = None
     if post:

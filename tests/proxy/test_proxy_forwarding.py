@@ -207,6 +207,22 @@ async def test_token_cache_hit(proxy: Any) -> None:
     assert 'shape_proxy_token_cache_total{result="hit"} 2.0' in metrics
 
 
+async def test_repeated_request_not_served_past_token_expiry(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    """A repeated GET reuses its authorised decision, but never after the token expired."""
+    config_data["issuers"][0]["leeway"] = 0
+    proxy = await make_proxy(build_config(config_data, environ))
+    token = proxy.tokens.make(exp=int(time.time()) + 2)
+    assert (await proxy.get(SHAPE, token=token)).status == 200
+    assert (await proxy.get(SHAPE, token=token)).status == 200  # reused decision
+    await asyncio.sleep(max(0.0, int(time.time()) + 3 - time.time()))  # past `exp`
+    reply = await proxy.get(SHAPE, token=token)
+    assert reply.status == 401
+    assert reply.json()["error"] == "token_expired"
+    assert len(proxy.engine.requests) == 2
+
+
 async def test_access_log_is_json_with_request_id(proxy: Any, caplog: Any) -> None:
     from proxy.logs import JsonFormatter
 
