@@ -11,7 +11,6 @@ import asyncio
 import logging
 import shutil
 import time
-from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ import orjson
 import psycopg
 import psycopg.sql
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from psycopg_pool import ConnectionPool
 
 from .errors import InvalidRequest, ServiceUnavailable
 from .http.params import ShapeRequest
@@ -35,16 +34,14 @@ from .pg.publication import (
 from .pg.replication import ensure_slot
 from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
-from .pg.snapshot_batch import SnapshotJob, run_batch
+from .pg.snapshot_batch import SnapshotJob
 from .replicator import Replicator
 from .shapes.registry import ShapeRegistry
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
+from .snapshots import SnapshotScheduler
 
 log = logging.getLogger(__name__)
-
-#: Most shapes snapshotted in one transaction (one query string, one round trip).
-SNAPSHOT_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,17 +93,14 @@ class Source:
         self._conn_lock = asyncio.Lock()
         self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
         self._table_lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
-        # New shapes wait here for a snapshot runner; each runner holds one connection of
-        # `snapshot_conns` and takes a batch of shapes at a time (pg/snapshot_batch.py).
-        self._snapshot_queue: deque[Shape] = deque()
-        self._snapshot_runners = 0
-        self.snapshot_conns: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        # New shapes' snapshots, in batches on up to max_concurrent_snapshots connections.
+        self.snapshots = SnapshotScheduler(
             self.dsn,
-            min_size=0,
-            max_size=config.max_concurrent_snapshots,
-            kwargs={"autocommit": True},
-            open=False,
-            name=f"snapshots-{config.source_id}",
+            config.max_concurrent_snapshots,
+            config.chunk_bytes,
+            config.fsync,
+            make_job=self._job,
+            on_failed=self._snapshot_failed,
         )
         # Synchronous connections for subset queries, used from worker threads.
         self.snapshot_pool: ConnectionPool[Any] = ConnectionPool(
@@ -126,7 +120,6 @@ class Source:
 
     async def start(self) -> None:
         self.snapshot_pool.open(wait=False)
-        await self.snapshot_conns.open(wait=False)
         self._main = asyncio.create_task(self._run(), name=f"source-{self.config.source_id}")
 
     async def stop(self) -> None:
@@ -134,7 +127,7 @@ class Source:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.snapshot_conns.close(5.0)
+        await self.snapshots.close()
         await asyncio.to_thread(self.snapshot_pool.close, 5.0)
         if self._conn is not None:
             await self._conn.close()
@@ -320,52 +313,7 @@ class Source:
         self._table_cache.pop((table.schema, table.name), None)
 
     def _start_snapshot(self, shape: Shape) -> None:
-        self._snapshot_queue.append(shape)
-        if self._snapshot_runners < self.config.max_concurrent_snapshots:
-            self._snapshot_runners += 1
-            task = asyncio.create_task(self._snapshot_runner(), name="snapshots")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _snapshot_runner(self) -> None:
-        """Take batches of waiting shapes until none waits."""
-        try:
-            while self._snapshot_queue:
-                batch = self._take_batch()
-                if batch:
-                    await self._snapshot_batch(batch)
-        finally:
-            self._snapshot_runners -= 1
-
-    def _take_batch(self) -> list[Shape]:
-        """A fair share of the waiting shapes (so every runner gets work), at most a batch."""
-        queue = self._snapshot_queue
-        n = min(SNAPSHOT_BATCH, -(-len(queue) // max(1, self._snapshot_runners)))
-        batch: list[Shape] = []
-        while queue and len(batch) < n:
-            shape = queue.popleft()
-            if not shape.rotated:
-                batch.append(shape)
-        return batch
-
-    async def _snapshot_batch(self, batch: list[Shape]) -> None:
-        jobs = [self._job(shape) for shape in batch]
-        retry: list[SnapshotJob] = []
-        try:
-            async with self.snapshot_conns.connection() as conn:
-                retry = await run_batch(conn, jobs, self.config.chunk_bytes, self.config.fsync)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            for job in jobs:
-                if not job.done and job.error is None:
-                    job.error = exc
-        again = {id(j) for j in retry}
-        for shape, job in zip(batch, jobs, strict=True):
-            if id(job) in again:
-                self._snapshot_queue.appendleft(shape)
-            elif job.error is not None:
-                self._snapshot_failed(shape, job.error)
+        self.snapshots.submit(shape)
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None

@@ -88,8 +88,7 @@ class _LoopConn:
         await self._wait(False)
         self.pgconn.consume_input()
 
-    async def send(self, query: bytes) -> None:
-        self.pgconn.send_query(query)
+    async def flush(self) -> None:
         while self.pgconn.flush():
             await self._wait(True)
 
@@ -119,20 +118,35 @@ def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -
     return b";\n".join(parts)
 
 
+def send_batch(conn: psycopg.AsyncConnection[Any], jobs: Sequence[SnapshotJob]) -> None:
+    """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes).
+
+    Synchronous on purpose: a storm's requests are all handled in one pass of the event loop
+    before any task started meanwhile runs, so batches are sent from that pass and Postgres
+    works on them while the engine is still taking requests.
+    """
+    conn.pgconn.send_query(batch_sql(jobs, conn))
+
+
 async def run_batch(
     conn: psycopg.AsyncConnection[Any],
     jobs: Sequence[SnapshotJob],
     chunk_bytes: int,
     fsync: bool,
+    *,
+    sent: bool = False,
 ) -> list[SnapshotJob]:
     """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
 
-    Marks each job `done` or sets its `error`; returns the jobs that did not run because an
-    earlier one failed (to be retried). Raises when the connection itself fails, in which
-    case every job not `done` is to be retried or failed by the caller.
+    `sent`: `send_batch` already queued the query. Marks each job `done` or sets its
+    `error`; returns the jobs that did not run because an earlier one failed (to be
+    retried). Raises when the connection itself fails, in which case every job not `done`
+    is to be retried or failed by the caller.
     """
     c = _LoopConn(conn.pgconn)
-    await c.send(batch_sql(jobs, conn))
+    if not sent:
+        send_batch(conn, jobs)
+    await c.flush()
     # One result per statement, then None once the whole string is done.
     _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # BEGIN
     res = await c.result()
@@ -230,7 +244,8 @@ async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None
 async def _rollback(c: _LoopConn) -> None:
     await c.drain()
     if c.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-        await c.send(b"ROLLBACK")
+        c.pgconn.send_query(b"ROLLBACK")
+        await c.flush()
         await c.drain()
 
 
