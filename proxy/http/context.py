@@ -14,7 +14,7 @@ from aiohttp import web
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
-@dataclass
+@dataclass(slots=True)
 class RequestContext:
     """Mutable only by the handling of its own request."""
 
