@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import re
@@ -255,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     # source cannot take all of the default executor's few workers.
     loop = new_event_loop()
     loop.set_default_executor(ThreadPoolExecutor(max_workers=64, thread_name_prefix="engine"))
+    # What exists now (modules, the app) lives as long as the process: keep it out of the
+    # collector's full passes, which a storm of new shapes triggers by the hundred.
+    gc.collect()
+    gc.freeze()
     web.run_app(
         app,
         host=settings.host,

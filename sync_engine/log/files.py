@@ -36,7 +36,7 @@ FRESH_CHUNK_MAX = 1 << 20
 # Small snapshot chunks just written, by path: a new shape's first reader (usually waiting
 # for it) is answered without reading the file back, from a thread, on a cold page. Only
 # touched from the event loop; bounded in bytes.
-_fresh: LRUCache[str, bytes] = LRUCache(maxsize=32 << 20, getsizeof=len)
+_fresh: LRUCache[str, bytes] = LRUCache(maxsize=16 << 20, getsizeof=len)
 
 
 @dataclass(slots=True)
