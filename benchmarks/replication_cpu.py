@@ -53,6 +53,7 @@ def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> floa
 
     router = ShapeRouter()
     registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
+    (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
     snap = SnapshotInfo(0, 1, frozenset())  # every WAL transaction is after it
     for k in range(n_shapes):
         definition = ShapeDefinition(

@@ -9,9 +9,9 @@ slot in turn, timed from start until it has processed the last commit:
 - `pg_recvlogical --start -o proto_version=1 -o publication_names=... -f /dev/null
   --endpos <end LSN>` (Postgres decoding + the wire, no client work: the ceiling);
 - the engine's replication path with 0, 1,000 and 100,000 shapes `user_id = k`, in this
-  process: the engine's own `ReplicationStream`, `pgoutput.decode`, `Replicator._handle`
-  (transaction assembly, routing, change conversion, JSON encoding, append to the shape log
-  files) and its flush-then-ack step per batch, i.e. the body of `Replicator._consume`
+  process: the engine's own `ReplicationStream.read_raw` and `Replicator.handle_batch`
+  (decoding what routing needs, transaction assembly, routing, change conversion, JSON
+  encoding, append to the shape log files) and its flush-then-ack step per batch, i.e. the body of `Replicator._consume`
   without fsync (the engine's `--no-fsync`). Shapes are registered in-process as in
   replication_cpu.py (creating 100,000 shapes over HTTP would take a snapshot query each).
 Two mixes, each drained by every consumer: `match` (change i has user_id i % 1000, so with
@@ -34,7 +34,6 @@ import psycopg
 from _common import PG_BIN, Postgres, Row, Stack, fmt, verdict
 
 from sync_engine.log.files import ShapeLog
-from sync_engine.pg import pgoutput
 from sync_engine.pg.catalog import load_table
 from sync_engine.pg.replication import ReplicationStream
 from sync_engine.replicator import Replicator
@@ -51,6 +50,7 @@ QUICK_COUNTS = (0, 1_000, 10_000)  # registering 100k shapes alone takes ~25 s
 def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
     router = ShapeRouter()
     registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
+    (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
     snap = SnapshotInfo(0, 1, frozenset())  # every WAL transaction is after it
     for k in range(n_shapes):
         definition = ShapeDefinition(
@@ -83,16 +83,11 @@ async def drain(url: str, slot: str, rep: Replicator, commits: int) -> tuple[flo
     stream = ReplicationStream(url, slot, PUB)
     t0, c0 = time.perf_counter(), time.process_time()
     await stream.start()
-    seen = 0
+    first = rep.transactions_seen
     try:
-        while seen < commits:
-            last_end = 0
-            for _lsn, payload in await stream.read_batch(timeout=5.0):
-                msg = pgoutput.decode(payload)
-                end = rep._handle(msg)
-                if end:
-                    last_end = end
-                    seen += 1
+        while rep.transactions_seen - first < commits:
+            batch = await stream.read_raw(timeout=5.0)
+            last_end = rep.handle_batch(batch)
             if rep._dirty:
                 await rep._flush()
             if last_end:

@@ -16,20 +16,108 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .pg import pgoutput
 from .pg.pgoutput import UNCHANGED_TOAST
-from .pg.replication import ReplicationConnectionError, ReplicationStream
+from .pg.replication import XLOGDATA_HEADER, ReplicationConnectionError, ReplicationStream
 from .shapes.changes import convert_change, encode_entries
 from .shapes.registry import ShapeRegistry
-from .shapes.router import ShapeRouter
+from .shapes.router import KeyParser, RowPlan, ShapeRouter
 from .shapes.shape import Shape
 
 log = logging.getLogger(__name__)
 
 Change = tuple[str, dict[str, str | None] | None, dict[str, str | None] | None, int]
+
+# The fast path reads raw XLogData messages: the pgoutput payload starts at byte 25.
+_H = XLOGDATA_HEADER
+_u32 = struct.Struct("!I").unpack_from
+_begin = struct.Struct("!QqI").unpack_from  # final_lsn, commit_ts, xid
+_commit = struct.Struct("!BQQq").unpack_from  # flags, commit_lsn, end_lsn, commit_ts
+_INSERT, _UPDATE, _DELETE, _BEGIN, _COMMIT = b"IUDBC"
+_T, _N, _U = b"tnu"  # tuple value kinds: text, NULL, unchanged TOAST
+_OLD_KEY, _OLD_ROW = b"KO"
+
+Probes = tuple[tuple[int, KeyParser | None, dict[object, set[Shape]]], ...]
+Raw = bytes | memoryview
+"""A raw XLogData message (`ReplicationStream.read_raw` gives memoryviews)."""
+
+
+def _tuple_hits(buf: Raw, pos: int, probes: Probes, need_end: bool) -> tuple[bool, int]:
+    """Whether a pgoutput TupleData at ``pos`` has an indexed value some shape is filed
+    under, decoding only the probed columns (and the position after the tuple when
+    ``need_end``, else wherever the walk stopped).
+
+    Anything unexpected (an unknown value kind, fewer values than the probed position)
+    answers True: the caller then takes the full decoder, which raises or routes exactly
+    as `ShapeRouter.candidates` would.
+    """
+    n = (buf[pos] << 8) | buf[pos + 1]
+    pos += 2
+    col = 0
+    for target, parse, by_key in probes:
+        if target >= n:
+            return True, pos
+        while col < target:
+            kind = buf[pos]
+            if kind == _T:
+                pos += 5 + _u32(buf, pos + 1)[0]
+            elif kind == _N or kind == _U:
+                pos += 1
+            else:
+                return True, pos
+            col += 1
+        kind = buf[pos]
+        if kind == _T:
+            start = pos + 5
+            pos = start + _u32(buf, pos + 1)[0]
+            if parse is None:
+                if by_key.get(bytes(buf[start:pos]).decode()):
+                    return True, pos
+            else:
+                try:
+                    key = parse(bytes(buf[start:pos]).decode())
+                except ValueError:
+                    pass
+                else:
+                    if by_key.get(key):
+                        return True, pos
+        elif kind == _N or kind == _U:
+            pos += 1
+        else:
+            return True, pos
+        col += 1
+    if need_end:
+        while col < n:
+            kind = buf[pos]
+            if kind == _T:
+                pos += 5 + _u32(buf, pos + 1)[0]
+            elif kind == _N or kind == _U:
+                pos += 1
+            else:
+                return True, pos
+            col += 1
+    return False, pos
+
+
+def _row_may_match(buf: Raw, kind: int, probes: Probes) -> bool:
+    """Whether an Insert/Update/Delete (raw XLogData) may belong to an indexed shape: the
+    same answer as `ShapeRouter.candidates` being non-empty, without decoding the row."""
+    if kind == _INSERT:  # 'I' oid 'N' TupleData
+        return _tuple_hits(buf, _H + 6, probes, False)[0]
+    if kind == _DELETE:  # 'D' oid 'K'|'O' TupleData
+        return _tuple_hits(buf, _H + 6, probes, False)[0]
+    pos = _H + 6  # 'U' oid ['K'|'O' TupleData] 'N' TupleData
+    tuple_kind = buf[_H + 5]
+    if tuple_kind == _OLD_KEY or tuple_kind == _OLD_ROW:
+        hit, pos = _tuple_hits(buf, pos, probes, True)
+        if hit:
+            return True
+        pos += 1
+    return _tuple_hits(buf, pos, probes, False)[0]
 
 
 class _Relation:
@@ -89,6 +177,11 @@ class Replicator:
         self._background: set[asyncio.Task[None]] = set()
         self._stream: ReplicationStream | None = None
         self.changes_seen = 0
+        self.transactions_seen = 0
+        # Routing plans of the tables with shapes and a known Relation, valid while
+        # router.version == self._plans_version (see handle_batch).
+        self._plans: dict[int, RowPlan] = {}
+        self._plans_version = -1
 
     # -- the loop -------------------------------------------------------------------------
 
@@ -120,19 +213,13 @@ class Replicator:
             delay = min(delay * 2, 5.0)
 
     async def _consume(self, stream: ReplicationStream) -> None:
-        last_end = 0
         while True:
-            batch = await stream.read_batch(timeout=1.0)
-            for _lsn, payload in batch:
-                msg = pgoutput.decode(payload)
-                end = self._handle(msg)
-                if end:
-                    last_end = end
+            batch = await stream.read_raw(timeout=1.0)
+            last_end = self.handle_batch(batch) if batch else 0
             if self._dirty:
                 await self._flush()
             if last_end:
                 stream.ack(self._ackable(last_end))
-                last_end = 0
             elif not self._in_txn and not batch:
                 # Idle and nothing half-done: everything up to wal_end is processed.
                 stream.ack(self._ackable(stream.wal_end))
@@ -143,6 +230,8 @@ class Replicator:
         Parked transactions are not in any log yet; confirming past them would lose them
         in a crash, so the slot must send them again.
         """
+        if not self._parked:
+            return lsn
         self._parked = {s for s in self._parked if s.pending and not s.rotated}
         if not self._parked:
             return lsn
@@ -172,6 +261,64 @@ class Replicator:
 
     # -- messages -------------------------------------------------------------------------
 
+    def handle_batch(self, messages: Sequence[Raw]) -> int:
+        """Apply raw XLogData messages (`ReplicationStream.read_raw`); returns the end LSN
+        of the last commit among them, or 0.
+
+        The hot path of the engine: during catch-up it runs for every message. Begin,
+        Commit and rows that no shape can want are handled from the bytes without building
+        message objects: a row costs its relation id, the indexed columns' values and one
+        dict probe per indexed column (`_row_may_match`). Rows some shape may want, tables
+        with unindexed shapes and every other message kind go through `pgoutput.decode`
+        and `_handle`, which produce the same state changes.
+        """
+        router = self.router
+        if self._plans_version != router.version:
+            self._refresh_plans()
+        plans = self._plans
+        last_end = 0
+        for buf in messages:
+            kind = buf[_H]
+            if kind == _INSERT or kind == _UPDATE or kind == _DELETE:
+                plan = plans.get(_u32(buf, _H + 1)[0])
+                if plan is None:  # no shape on the table, or no Relation seen yet
+                    self._op += 2
+                    continue
+                if not plan.unindexed and not _row_may_match(buf, kind, plan.probes):
+                    self._op += 2
+                    self.changes_seen += 1
+                    continue
+                self._row_change(pgoutput.decode(bytes(buf[_H:])))
+            elif kind == _BEGIN:
+                final_lsn, _, xid = _begin(buf, _H + 1)
+                self._in_txn = True
+                self._txn_xid = xid
+                self._txn_lsn = final_lsn
+                self._op = 0
+                if self._touched:
+                    self._touched = {}
+            elif kind == _COMMIT:
+                _, commit_lsn, last_end, _ = _commit(buf, _H + 1)
+                self._commit(commit_lsn)
+            else:
+                end = self._handle(pgoutput.decode(bytes(buf[_H:])))
+                if end:
+                    last_end = end
+                if self._plans_version != router.version:
+                    self._refresh_plans()
+                    plans = self._plans
+        return last_end
+
+    def _refresh_plans(self) -> None:
+        router = self.router
+        plans: dict[int, RowPlan] = {}
+        for oid, rel in self._relations.items():
+            plan = router.plan(oid, rel.positions)
+            if plan is not None:
+                plans[oid] = plan
+        self._plans = plans
+        self._plans_version = router.version
+
     def _handle(self, msg: object) -> int:
         """Apply one decoded message; returns the end LSN when it was a commit."""
         t = type(msg)
@@ -184,7 +331,8 @@ class Replicator:
             self._op = 0
             self._touched = {}
         elif t is pgoutput.Commit:
-            return self._commit(msg)  # type: ignore[arg-type]
+            self._commit(msg.commit_lsn)  # type: ignore[attr-defined]
+            return msg.end_lsn  # type: ignore[attr-defined]
         elif t is pgoutput.Relation:
             self._relation(msg)  # type: ignore[arg-type]
         elif t is pgoutput.Truncate:
@@ -195,6 +343,7 @@ class Replicator:
     def _relation(self, msg: pgoutput.Relation) -> None:
         rel = _Relation(msg)
         self._relations[rel.oid] = rel
+        self._plans_version = -1  # column positions may have moved
         for shape in list(self.router.shapes_of(rel.oid)):
             known = shape.table
             if (
@@ -237,22 +386,23 @@ class Replicator:
         for shape in shapes:
             self._touched.setdefault(shape, []).append(change)
 
-    def _commit(self, msg: pgoutput.Commit) -> int:
-        lsn = msg.commit_lsn
-        xid = self._txn_xid
-        for shape, changes in self._touched.items():
-            if shape.rotated:
-                continue
-            if shape.pending is not None:
-                shape.pending.append((xid, lsn, changes))
-                self._parked.add(shape)
-            else:
-                self.apply(shape, xid, lsn, changes)
-        self._touched = {}
+    def _commit(self, lsn: int) -> None:
+        """End of the transaction committed at `lsn`: apply or park what it touched."""
+        self.transactions_seen += 1
+        if self._touched:
+            xid = self._txn_xid
+            for shape, changes in self._touched.items():
+                if shape.rotated:
+                    continue
+                if shape.pending is not None:
+                    shape.pending.append((xid, lsn, changes))
+                    self._parked.add(shape)
+                else:
+                    self.apply(shape, xid, lsn, changes)
+            self._touched = {}
         self._in_txn = False
         if lsn > self.global_lsn:
             self.global_lsn = lsn
-        return msg.end_lsn
 
     def apply(self, shape: Shape, xid: int, lsn: int, changes: list[Change]) -> None:
         """Append one transaction's changes to a shape whose snapshot horizon is known."""

@@ -186,7 +186,7 @@ def round_float4(value: float) -> float:
     try:
         return float(struct.unpack("f", struct.pack("f", value))[0])
     except OverflowError:
-        raise ValueError('value out of range: overflow') from None
+        raise ValueError("value out of range: overflow") from None
 
 
 def _float4_input(text: str) -> float:
@@ -226,6 +226,10 @@ def _bool_output(text: str) -> bool:
 
 def _identity(text: str) -> str:
     return text
+
+
+identity = _identity
+"""The parser of types whose text is their value (callers may skip calling it)."""
 
 
 def _bpchar(text: str) -> str:

@@ -4,34 +4,78 @@ A shape whose where clause has a top-level `col = const` or `col IN (...)` conju
 under (table, col, key); every other shape of the table is "unindexed" and always checked.
 So a change that matches no shape costs a few dict look-ups, whatever the number of shapes.
 Candidates still go through the full predicate; the index only narrows.
+
+The replicator's hot path does not call `candidates` for every row: it asks for a `RowPlan`
+per table (the indexed columns' positions, key parsers and key dicts), decodes only those
+columns straight from the pgoutput bytes and probes the dicts itself. `version` changes on
+every add/remove so it knows when its plans are stale.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING
 
+from ..pg import values as pgv
 from .where import index_key
 
 if TYPE_CHECKING:
     from ..pg.catalog import ColumnInfo
     from .shape import Shape
 
+KeyParser = Callable[[str], object]
+"""Column text -> index key; `None` in its place means the text is the key itself."""
+
+
+def key_parser(info: ColumnInfo) -> KeyParser | None:
+    """`index_key(info, text)` for non-NULL text, resolved once per column (None: identity).
+
+    `index_key` looks the parser up on every call; per replicated row that look-up costs
+    as much as the probe it feeds. Enums go through `index_key` itself (rare, and it keeps
+    the two from drifting apart on their special case).
+    """
+    if info.type_kind == "e":
+        return partial(index_key, info)
+    parser = pgv.output_parser(info.type_name)
+    return None if parser is pgv.identity else parser
+
+
+@dataclass(slots=True)
+class _ColumnIndex:
+    info: ColumnInfo
+    parse: KeyParser | None
+    by_key: dict[object, set[Shape]] = field(default_factory=dict)
+
 
 @dataclass(slots=True)
 class _TableShapes:
     unindexed: set[Shape] = field(default_factory=set)
-    # column -> (column info, key -> shapes)
-    indexes: dict[str, tuple[ColumnInfo, dict[object, set[Shape]]]] = field(default_factory=dict)
+    indexes: dict[str, _ColumnIndex] = field(default_factory=dict)
 
     def empty(self) -> bool:
         return not self.unindexed and not self.indexes
 
 
+@dataclass(frozen=True, slots=True)
+class RowPlan:
+    """How to route rows of one table whose columns sit at given positions.
+
+    `unindexed` is the table's live set of shapes every row must be checked against (when
+    it is non-empty the row needs full decoding anyway); `probes` are
+    `(position, key parser, key -> shapes)` per indexed column, sorted by position. Valid
+    until `ShapeRouter.version` changes.
+    """
+
+    unindexed: set[Shape]
+    probes: tuple[tuple[int, KeyParser | None, dict[object, set[Shape]]], ...]
+
+
 class ShapeRouter:
     def __init__(self) -> None:
         self._tables: dict[int, _TableShapes] = {}
+        self.version = 0
 
     def tables(self) -> set[int]:
         return set(self._tables)
@@ -44,40 +88,68 @@ class ShapeRouter:
         if t is None:
             return set()
         out = set(t.unindexed)
-        for _, by_key in t.indexes.values():
-            for shapes in by_key.values():
+        for index in t.indexes.values():
+            for shapes in index.by_key.values():
                 out |= shapes
         return out
 
     def add(self, shape: Shape) -> None:
+        self.version += 1
         t = self._tables.setdefault(shape.definition.table_oid, _TableShapes())
         idx = shape.where.index if shape.where is not None else None
         if idx is None:
             t.unindexed.add(shape)
             return
         col, keys = idx
-        info = shape.table.column(col)
-        assert info is not None
-        _, by_key = t.indexes.setdefault(col, (info, {}))
+        index = t.indexes.get(col)
+        if index is None:
+            info = shape.table.column(col)
+            assert info is not None
+            index = t.indexes[col] = _ColumnIndex(info, key_parser(info))
+        by_key = index.by_key
         for k in keys:
             by_key.setdefault(k, set()).add(shape)
 
     def remove(self, shape: Shape) -> None:
+        """Forget `shape`: touches only its own keys (rotating every shape of a table with
+        100k shapes must not walk all keys once per shape)."""
         oid = shape.definition.table_oid
         t = self._tables.get(oid)
         if t is None:
             return
+        self.version += 1
         t.unindexed.discard(shape)
-        for col in list(t.indexes):
-            _, by_key = t.indexes[col]
-            for k in list(by_key):
-                by_key[k].discard(shape)
-                if not by_key[k]:
-                    del by_key[k]
-            if not by_key:
-                del t.indexes[col]
+        idx = shape.where.index if shape.where is not None else None
+        if idx is not None:
+            col, keys = idx
+            index = t.indexes.get(col)
+            if index is not None:
+                by_key = index.by_key
+                for k in keys:
+                    shapes = by_key.get(k)
+                    if shapes is not None:
+                        shapes.discard(shape)
+                        if not shapes:
+                            del by_key[k]
+                if not by_key:
+                    del t.indexes[col]
         if t.empty():
             del self._tables[oid]
+
+    def plan(self, oid: int, positions: dict[str, int]) -> RowPlan | None:
+        """The `RowPlan` of table `oid` for the given column positions; None if no shape."""
+        t = self._tables.get(oid)
+        if t is None:
+            return None
+        probes = sorted(
+            (
+                (positions[col], index.parse, index.by_key)
+                for col, index in t.indexes.items()
+                if col in positions
+            ),
+            key=lambda probe: probe[0],
+        )
+        return RowPlan(t.unindexed, tuple(probes))
 
     def candidates(
         self,
@@ -91,20 +163,25 @@ class ShapeRouter:
         if t is None:
             return set()
         out = set(t.unindexed) if t.unindexed else set()
-        for col, (info, by_key) in t.indexes.items():
+        for col, index in t.indexes.items():
             pos = positions.get(col)
             if pos is None:
                 continue
+            parse = index.parse
+            by_key = index.by_key
             for row in (old, new):
                 if row is None:
                     continue
                 v = row[pos]
                 if not isinstance(v, str):
                     continue
-                try:
-                    key = index_key(info, v)
-                except ValueError:
-                    continue
+                if parse is None:
+                    key: object = v
+                else:
+                    try:
+                        key = parse(v)
+                    except ValueError:
+                        continue
                 hit = by_key.get(key)
                 if hit:
                     out |= hit
