@@ -11,9 +11,10 @@ slot in turn, timed from start until it has processed the last commit:
 - the engine's replication path with 0, 1,000 and 100,000 shapes `user_id = k`, in this
   process: the engine's own `ReplicationStream.read_raw` and `Replicator.handle_batch`
   (decoding what routing needs, transaction assembly, routing, change conversion, JSON
-  encoding, append to the shape log files) and its flush-then-ack step per batch, i.e. the body of `Replicator._consume`
-  without fsync (the engine's `--no-fsync`). Shapes are registered in-process as in
-  replication_cpu.py (creating 100,000 shapes over HTTP would take a snapshot query each).
+  encoding, append to the shape log files) and its flush-then-ack step per batch, i.e. the
+  body of `Replicator._consume` without fsync (the engine's `--no-fsync`). Shapes are
+  registered in-process as in replication_cpu.py (creating 100,000 shapes over HTTP would
+  take a snapshot query each).
 Two mixes, each drained by every consumer: `match` (change i has user_id i % 1000, so with
 1k/100k shapes each change matches exactly one shape) and `none` (user_id -1: no shape).
 With 0 shapes the table is still published: the row is decoded and the router misses.
