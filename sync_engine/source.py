@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 import psycopg.sql
 from psycopg import AsyncConnection
@@ -36,7 +35,7 @@ from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
 from .pg.snapshot_batch import SnapshotJob
 from .replicator import Replicator
-from .shapes.registry import ShapeRegistry
+from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
 from .snapshots import SnapshotScheduler
@@ -327,6 +326,7 @@ class Source:
             on_snapshot=lambda text: self._snapshot_known(shape, text),
             on_chunk=lambda count, complete: self._snapshot_progress(shape, count, complete),
             cancelled=lambda: shape.rotated,
+            record=shape_record(shape),
         )
 
     def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
@@ -335,10 +335,8 @@ class Source:
         self.registry.rotate(shape, f"snapshot failed: {shape.snapshot_error}")
 
     def _snapshot_known(self, shape: Shape, text: str) -> None:
-        info = SnapshotInfo.parse(text)
-        shape.snapshot = info
+        shape.snapshot = SnapshotInfo.parse(text)
         if not shape.rotated:
-            (shape.log.directory / "snapshot.json").write_bytes(orjson.dumps(info.to_json()))
             self.replicator.release_pending(shape)
 
     def _snapshot_progress(self, shape: Shape, count: int, complete: bool) -> None:

@@ -3,11 +3,11 @@
 One flat directory per shape (directory operations are what a storm of new shapes pays
 for, so there are no subdirectories):
 
-    meta.json                 definition, table description (written at creation)
-    snapshot.json             xmin/xmax/xip of the shape's snapshot (before any WAL entry)
     snapshot.00000.json       snapshot chunks: JSON items joined by commas, no brackets, so a
                               response body is `[` + file + `]`
-    snapshot.complete         the number of snapshot chunks, written last
+    snapshot.complete         written last: the number of snapshot chunks, the shape's
+                              handle, definition and table description, and the xmin/xmax/
+                              xip of its snapshot (one JSON object)
     log.00000000.log          transaction chunks: one line per entry, `<tx> <op> <last> <json>`
 
 Finished chunks never change, which is what makes `(handle, offset)` responses immutable
@@ -15,6 +15,11 @@ and cacheable. A transaction's lines for one shape are written with a single `wr
 the `<last>` flag marks its final line, so a torn tail left by SIGKILL is cut back to the last
 whole transaction on load; replication then replays it from the slot. A snapshot without its
 `snapshot.complete` marker is discarded on load, so its chunks need no atomic rename.
+
+Every file created costs an inode allocation, which is what a storm of new shapes waits on
+(ext4 scans past recently deleted inodes): a new shape creates its directory, one chunk and
+the marker. Directories written before the marker held the description (`meta.json`,
+`snapshot.json`, a bare count in `snapshot.complete`) still load.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ import bisect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import orjson
 from cachetools import LRUCache
 
 from .offsets import SNAPSHOT_END, LogOffset
@@ -62,6 +69,7 @@ class ShapeLog:
 
     def __init__(self, directory: Path, chunk_bytes: int, fsync: bool = True) -> None:
         self.directory = directory
+        self._dir = str(directory)  # paths of snapshot files by string (pathlib is slower)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
         self._chunks: list[_Chunk] = []
@@ -69,6 +77,8 @@ class ShapeLog:
         self.snapshot_chunks = 0
         self.snapshot_complete = False
         self.last_lsn = 0
+        # What the marker recorded besides the count (None for the older, count-only marker).
+        self.marker: dict[str, Any] | None = None
 
     # -- creation and loading -------------------------------------------------------------
 
@@ -78,9 +88,13 @@ class ShapeLog:
     def load(self) -> None:
         """Rebuild the in-memory index from the files, cutting a torn tail."""
         done = self.directory / SNAPSHOT_COMPLETE
-        count = done.read_text().strip() if done.exists() else ""
-        if count.isdigit():
-            self.snapshot_chunks = int(count)
+        text = done.read_bytes().strip() if done.exists() else b""
+        if text.startswith(b"{"):
+            self.marker = orjson.loads(text)
+            self.snapshot_chunks = int(self.marker["chunks"])
+            self.snapshot_complete = True
+        elif text.isdigit():
+            self.snapshot_chunks = int(text)
             self.snapshot_complete = True
         for path in sorted(self.directory.glob("log.*.log")):
             chunk = _Chunk(path)
@@ -120,15 +134,22 @@ class ShapeLog:
     def snapshot_chunk_path(self, index: int) -> Path:
         return self.directory / f"snapshot.{index:05d}.json"
 
+    def _chunk_name(self, index: int) -> str:
+        return f"{self._dir}/snapshot.{index:05d}.json"
+
     def write_snapshot_chunk(self, index: int, data: bytes) -> None:
-        """Called from the snapshot thread; the chunk is read only once it is announced."""
-        self._write_file(self.snapshot_chunk_path(index), data)
+        """Only creates a new file; the chunk is read only once it is announced."""
+        self._write_file(self._chunk_name(index), data)
 
-    def mark_snapshot_complete(self, count: int) -> None:
-        """Durable marker only: the loop learns of completion through `on_chunk`."""
-        self._write_file(self.directory / SNAPSHOT_COMPLETE, str(count).encode())
+    def mark_snapshot_complete(self, count: int, record: dict[str, object]) -> None:
+        """Durable marker only: the loop learns of completion through `on_chunk`.
 
-    def _write_file(self, path: Path, data: bytes) -> None:
+        `record` (handle, definition, table, snapshot) is what loading the shape needs.
+        """
+        data = orjson.dumps({"chunks": count, **record})
+        self._write_file(f"{self._dir}/{SNAPSHOT_COMPLETE}", data)
+
+    def _write_file(self, path: str, data: bytes) -> None:
         with open(path, "wb") as f:
             f.write(data)
             if self.fsync:
@@ -141,11 +162,11 @@ class ShapeLog:
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
         if len(data) <= FRESH_CHUNK_MAX:
-            _fresh[str(self.snapshot_chunk_path(index))] = data
+            _fresh[self._chunk_name(index)] = data
 
     def fresh_snapshot_chunk(self, index: int) -> bytes | None:
         """The chunk if it was written recently and is small, else None (read the file)."""
-        return _fresh.get(str(self.snapshot_chunk_path(index)))
+        return _fresh.get(self._chunk_name(index))
 
     # -- transactions ---------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ and its results are read on the event loop from a non-blocking libpq connection 
 shares the transaction's snapshot, which is correct: each was registered with the router
 before the batch started, so its stream parks until that snapshot's xid horizon is known.
 
-Long snapshots yield to the loop every few thousand rows, and big chunk files (or any file
+Long snapshots return to the loop at every socket read, and big chunk files (or any file
 when fsync is on) are written in the default executor, so the loop keeps serving.
 
 When one shape's query fails (e.g. an error at run time in its where clause), Postgres skips
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
     from ..log.files import ShapeLog
     from .snapshot import RowQuery
 
-#: Rows drained between two yields to the event loop (about a millisecond of work).
-YIELD_EVERY = 4096
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20
 
@@ -53,6 +51,7 @@ class SnapshotJob:
     on_snapshot: Callable[[str], None]  # `pg_current_snapshot()` text, before any row
     on_chunk: Callable[[int, bool], None]  # chunks written so far, complete
     cancelled: Callable[[], bool]  # the shape was rotated: stop writing its files
+    record: dict[str, object]  # written in the completion marker, with the snapshot
     error: BaseException | None = None
     done: bool = False
 
@@ -178,10 +177,13 @@ async def _run(
     _expect(res, pq.ExecStatus.TUPLES_OK)
     assert res is not None
     snap_text = (res.get_value(0, 0) or b"").decode()
-    xmin, xmax, xip = snap_text.split(":")
-    end = snapshot_end_message(int(xmin), int(xmax), [int(x) for x in xip.split(",") if x])
+    xmin, xmax, xip_text = snap_text.split(":")
+    xip = [int(x) for x in xip_text.split(",") if x]
+    end = snapshot_end_message(int(xmin), int(xmax), xip)
+    snapshot = {"xmin": int(xmin), "xmax": int(xmax), "xip": sorted(xip)}
     for job in jobs:
         job.on_snapshot(snap_text)
+        job.record["snapshot"] = snapshot
     for i, job in enumerate(jobs):
         if job.query is None:
             await _finish(job, 0, b"", end, fsync)
@@ -204,30 +206,36 @@ async def _run(
 
 
 async def _copy(c: _LoopConn, job: SnapshotJob, chunk_bytes: int, fsync: bool) -> tuple[int, bytes]:
-    """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries)."""
+    """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries).
+
+    The inner loop is the per-row cost of every snapshot (libpq hands COPY data one row at
+    a time), so it does nothing else: libpq's buffer is drained until it is empty or a chunk
+    is full. Waiting for the socket returns to the event loop, so other work interleaves
+    with a long snapshot at least once per socket read.
+    """
     query = job.query
     assert query is not None
     get_copy_data = c.pgconn.get_copy_data
     overhead = query.line_overhead()
-    rows: list[bytes] = []
+    rows: list[bytes | memoryview] = []  # bytes from psycopg's C libpq binding
+    append = rows.append
     size = 0
     index = 0
-    since_yield = 0
     while True:
         nbytes, data = get_copy_data(1)
-        if nbytes > 0:
-            rows.append(bytes(data))
+        while nbytes > 0:
+            append(data)
             size += nbytes + overhead
             if size >= chunk_bytes:
-                await _write(job, index, query.finish_block(b"".join(rows)), fsync)
-                index += 1
-                if job.error is None and not job.cancelled():
-                    job.on_chunk(index, False)
-                rows, size = [], 0
-            since_yield += 1
-            if since_yield >= YIELD_EVERY:
-                since_yield = 0
-                await asyncio.sleep(0)
+                break
+            nbytes, data = get_copy_data(1)
+        if nbytes > 0:  # a chunk is full
+            await _write(job, index, query.finish_block(b"".join(rows)), fsync)
+            index += 1
+            if job.error is None and not job.cancelled():
+                job.on_chunk(index, False)
+            rows.clear()
+            size = 0
         elif nbytes == 0:
             await c.readable()
         else:
@@ -241,9 +249,9 @@ async def _finish(job: SnapshotJob, index: int, tail: bytes, end: bytes, fsync: 
         return
     try:
         if fsync:
-            await asyncio.to_thread(job.log.mark_snapshot_complete, index + 1)
+            await asyncio.to_thread(job.log.mark_snapshot_complete, index + 1, job.record)
         else:
-            job.log.mark_snapshot_complete(index + 1)
+            job.log.mark_snapshot_complete(index + 1, job.record)
     except OSError as exc:
         job.error = exc
         return

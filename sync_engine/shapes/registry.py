@@ -13,7 +13,7 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from cachetools import LRUCache
@@ -32,6 +32,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TableLookup = Callable[[str, str], Awaitable[TableInfo | None]]
+
+
+def shape_record(shape: Shape) -> dict[str, object]:
+    """What loading `shape` after a restart needs (written in its completion marker)."""
+    return {
+        "handle": shape.handle,
+        "definition": shape.definition.to_json(),
+        "table": table_to_json(shape.table),
+    }
 
 
 def table_to_json(t: TableInfo) -> dict[str, object]:
@@ -229,8 +238,6 @@ class ShapeRegistry:
             where = self._parsed_where.get((table.oid, definition.where)) or parse_where(
                 definition.where, {}, table.column_map
             )
-        meta = {"handle": handle, "definition": definition.to_json(), "table": table_to_json(table)}
-        (directory / "meta.json").write_bytes(orjson.dumps(meta))
         shape = Shape(
             handle=handle,
             definition=definition,
@@ -269,18 +276,23 @@ class ShapeRegistry:
         return loaded
 
     def _load_one(self, directory: Path) -> Shape | None:
-        meta_path = directory / "meta.json"
-        snap_path = directory / "snapshot.json"
-        if not meta_path.exists() or not snap_path.exists():
-            return None
-        meta = orjson.loads(meta_path.read_bytes())
         log_ = ShapeLog(directory, self.chunk_bytes, self.fsync)
         log_.load()
         if not log_.snapshot_complete:
             return None
+        meta: dict[str, Any]
+        if log_.marker is not None:
+            meta = log_.marker
+            snap = meta["snapshot"]
+        else:  # written before the marker carried the description
+            meta_path = directory / "meta.json"
+            snap_path = directory / "snapshot.json"
+            if not meta_path.exists() or not snap_path.exists():
+                return None
+            meta = orjson.loads(meta_path.read_bytes())
+            snap = orjson.loads(snap_path.read_bytes())
         definition = ShapeDefinition.from_json(meta["definition"])
         table = table_from_json(meta["table"])
-        snap = orjson.loads(snap_path.read_bytes())
         wanted = set(definition.columns)
         shape = Shape(
             handle=meta["handle"],

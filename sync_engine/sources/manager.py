@@ -306,7 +306,7 @@ class SourceManager:
     def _shapes_on_disk(self, rec: SourceRecord) -> int:
         d = self.source_dir(rec.source_id) / "shapes"
         try:
-            return sum(1 for p in d.iterdir() if (p / "snapshot.json").exists())
+            return sum(1 for p in d.iterdir() if (p / "snapshot.complete").exists())
         except OSError:
             return 0
 

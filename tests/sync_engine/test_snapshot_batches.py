@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from engine_harness import Engine
+from engine_harness import SETTINGS, Engine
 
 
 def make_items(engine: Engine, n: int = 300) -> None:
@@ -104,6 +104,7 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
                 on_snapshot=snapshots.append,
                 on_chunk=lambda count, complete: progress.append((i, count, complete)),
                 cancelled=lambda: False,
+                record={"handle": str(i)},
             )
 
         jobs = [job(0, "n = 1"), job(1, "(10 / (n - 2)) > 0"), job(2, "n = 0")]
@@ -119,3 +120,50 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
         assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         assert await run_batch(conn, [jobs[2]], 1 << 20, fsync=False) == []
         assert jobs[2].done
+
+
+async def test_shape_directories_of_both_layouts_load_after_a_restart(
+    aiohttp_client: Any, db_url: str, tmp_path: Any
+) -> None:
+    """A new shape writes its description into `snapshot.complete`; a directory from before
+    (`meta.json`, `snapshot.json`, a bare count) still loads."""
+    from dataclasses import replace
+
+    import orjson
+
+    from sync_engine.app import SOURCES, build_app
+
+    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    first = Engine(client, db_url, tmp_path / "data")
+    make_items(first, 30)
+    _, new_handle, new_offset = await first.sync(table="items", where="n = 1")
+    _, old_handle, old_offset = await first.sync(table="items", where="n = 2")
+    await client.close()
+    shapes = tmp_path / "data" / "sources" / "default" / "shapes"
+    assert sorted(p.name for p in (shapes / new_handle).iterdir()) == [
+        "snapshot.00000.json",
+        "snapshot.complete",
+    ]
+    old = shapes / old_handle
+    marker = orjson.loads((old / "snapshot.complete").read_bytes())
+    (old / "meta.json").write_bytes(
+        orjson.dumps({k: marker[k] for k in ("handle", "definition", "table")})
+    )
+    (old / "snapshot.json").write_bytes(orjson.dumps(marker["snapshot"]))
+    (old / "snapshot.complete").write_bytes(str(marker["chunks"]).encode())
+    first.sql("INSERT INTO items VALUES (101, 'one', 1), (102, 'two', 2)")
+
+    client2 = await aiohttp_client(build_app(settings))
+    await client2.app[SOURCES]["default"].ready.wait()
+    second = Engine(client2, db_url, tmp_path / "data")
+    for where, handle, offset, title in [
+        ("n = 1", new_handle, new_offset, "one"),
+        ("n = 2", old_handle, old_offset, "two"),
+    ]:
+        status, h, body = await second.get(
+            table="items", where=where, offset=offset, handle=handle, live="true"
+        )
+        assert status == 200 and h["electric-handle"] == handle, body
+        assert [m["value"]["title"] for m in body if "value" in m] == [title]
