@@ -42,11 +42,9 @@ _T, _N, _U = b"tnu"  # tuple value kinds: text, NULL, unchanged TOAST
 _OLD_KEY, _OLD_ROW = b"KO"
 
 Probes = tuple[tuple[int, KeyParser | None, dict[object, set[Shape]]], ...]
-Raw = bytes | memoryview
-"""A raw XLogData message (`ReplicationStream.read_raw` gives memoryviews)."""
 
 
-def _tuple_hits(buf: Raw, pos: int, probes: Probes, need_end: bool) -> tuple[bool, int]:
+def _tuple_hits(buf: bytes, pos: int, probes: Probes, need_end: bool) -> tuple[bool, int]:
     """Whether a pgoutput TupleData at ``pos`` has an indexed value some shape is filed
     under, decoding only the probed columns (and the position after the tuple when
     ``need_end``, else wherever the walk stopped).
@@ -75,11 +73,11 @@ def _tuple_hits(buf: Raw, pos: int, probes: Probes, need_end: bool) -> tuple[boo
             start = pos + 5
             pos = start + _u32(buf, pos + 1)[0]
             if parse is None:
-                if by_key.get(bytes(buf[start:pos]).decode()):
+                if by_key.get(buf[start:pos].decode()):
                     return True, pos
             else:
                 try:
-                    key = parse(bytes(buf[start:pos]).decode())
+                    key = parse(buf[start:pos].decode())
                 except ValueError:
                     pass
                 else:
@@ -103,7 +101,7 @@ def _tuple_hits(buf: Raw, pos: int, probes: Probes, need_end: bool) -> tuple[boo
     return False, pos
 
 
-def _row_may_match(buf: Raw, kind: int, probes: Probes) -> bool:
+def _row_may_match(buf: bytes, kind: int, probes: Probes) -> bool:
     """Whether an Insert/Update/Delete (raw XLogData) may belong to an indexed shape: the
     same answer as `ShapeRouter.candidates` being non-empty, without decoding the row."""
     if kind == _INSERT:  # 'I' oid 'N' TupleData
@@ -261,7 +259,7 @@ class Replicator:
 
     # -- messages -------------------------------------------------------------------------
 
-    def handle_batch(self, messages: Sequence[Raw]) -> int:
+    def handle_batch(self, messages: Sequence[bytes]) -> int:
         """Apply raw XLogData messages (`ReplicationStream.read_raw`); returns the end LSN
         of the last commit among them, or 0.
 
@@ -288,7 +286,7 @@ class Replicator:
                     self._op += 2
                     self.changes_seen += 1
                     continue
-                self._row_change(pgoutput.decode(bytes(buf[_H:])))
+                self._row_change(pgoutput.decode(buf[_H:]))
             elif kind == _BEGIN:
                 final_lsn, _, xid = _begin(buf, _H + 1)
                 self._in_txn = True
@@ -301,7 +299,7 @@ class Replicator:
                 _, commit_lsn, last_end, _ = _commit(buf, _H + 1)
                 self._commit(commit_lsn)
             else:
-                end = self._handle(pgoutput.decode(bytes(buf[_H:])))
+                end = self._handle(pgoutput.decode(buf[_H:]))
                 if end:
                     last_end = end
                 if self._plans_version != router.version:
@@ -344,14 +342,17 @@ class Replicator:
         rel = _Relation(msg)
         self._relations[rel.oid] = rel
         self._plans_version = -1  # column positions may have moved
-        for shape in list(self.router.shapes_of(rel.oid)):
-            known = shape.table
+        # Every session starts with a Relation per table, so this runs on each reconnect:
+        # compare each distinct table description once, not once per shape (100k shapes
+        # of one table share a handful of descriptions).
+        for known, shapes in self.router.shapes_by_table_info(rel.oid):
             if (
                 tuple(c.name for c in known.columns) != rel.names
                 or tuple(c.type_oid for c in known.columns) != rel.type_oids
                 or (known.schema, known.name) != (rel.schema, rel.name)
             ):
-                self.registry.rotate(shape, "table schema changed")
+                for shape in shapes:
+                    self.registry.rotate(shape, "table schema changed")
 
     def _row_change(self, msg: object) -> None:
         op = self._op

@@ -22,7 +22,7 @@ from ..pg import values as pgv
 from .where import index_key
 
 if TYPE_CHECKING:
-    from ..pg.catalog import ColumnInfo
+    from ..pg.catalog import ColumnInfo, TableInfo
     from .shape import Shape
 
 KeyParser = Callable[[str], object]
@@ -53,9 +53,12 @@ class _ColumnIndex:
 class _TableShapes:
     unindexed: set[Shape] = field(default_factory=set)
     indexes: dict[str, _ColumnIndex] = field(default_factory=dict)
+    # every shape of the table, by the table description it was made with: what a
+    # Relation message is checked against (once per description, not once per shape)
+    by_info: dict[TableInfo, set[Shape]] = field(default_factory=dict)
 
     def empty(self) -> bool:
-        return not self.unindexed and not self.indexes
+        return not self.by_info
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,19 +86,17 @@ class ShapeRouter:
     def has_table(self, oid: int) -> bool:
         return oid in self._tables
 
-    def shapes_of(self, oid: int) -> set[Shape]:
+    def shapes_by_table_info(self, oid: int) -> list[tuple[TableInfo, set[Shape]]]:
+        """The shapes of table `oid` grouped by the table description they were made with."""
         t = self._tables.get(oid)
         if t is None:
-            return set()
-        out = set(t.unindexed)
-        for index in t.indexes.values():
-            for shapes in index.by_key.values():
-                out |= shapes
-        return out
+            return []
+        return [(info, set(shapes)) for info, shapes in t.by_info.items()]
 
     def add(self, shape: Shape) -> None:
         self.version += 1
         t = self._tables.setdefault(shape.definition.table_oid, _TableShapes())
+        t.by_info.setdefault(shape.table, set()).add(shape)
         idx = shape.where.index if shape.where is not None else None
         if idx is None:
             t.unindexed.add(shape)
@@ -118,6 +119,11 @@ class ShapeRouter:
         if t is None:
             return
         self.version += 1
+        members = t.by_info.get(shape.table)
+        if members is not None:
+            members.discard(shape)
+            if not members:
+                del t.by_info[shape.table]
         t.unindexed.discard(shape)
         idx = shape.where.index if shape.where is not None else None
         if idx is not None:

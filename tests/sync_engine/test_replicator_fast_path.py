@@ -123,7 +123,7 @@ async def _capture(stream: ReplicationStream, commits: int) -> list[bytes]:
         batch = await stream.read_raw(timeout=10)
         assert batch, "the stream went quiet before all commits arrived"
         for m in batch:
-            out.append(bytes(m))
+            out.append(m)
             seen += m[XLOGDATA_HEADER] == ord("C")
     return out
 
@@ -206,7 +206,7 @@ def _feed_decoded(rep: Replicator, raw: list[bytes]) -> int:
 def _feed_fast(rep: Replicator, raw: list[bytes], size: int) -> int:
     last = 0
     for i in range(0, len(raw), size):
-        end = rep.handle_batch([memoryview(m) for m in raw[i : i + size]])
+        end = rep.handle_batch(raw[i : i + size])
         last = end or last
     return last
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
+from sync_engine.pg import replication
 from sync_engine.pg.pgoutput import (
     Begin,
     Commit,
@@ -24,6 +25,7 @@ from sync_engine.pg.pgoutput import (
     parse_lsn,
 )
 from sync_engine.pg.replication import (
+    XLOGDATA_HEADER,
     ReplicationConnectionError,
     ReplicationStream,
     ensure_slot,
@@ -363,3 +365,71 @@ async def test_start_errors_are_clear(setup_db: str) -> None:
         busy = ReplicationStream(db_url, SLOT, PUB)
         with pytest.raises(ReplicationConnectionError, match="active"):
             await busy.start()
+
+
+async def _read_raw_commits(stream: ReplicationStream, commits: int) -> tuple[list[bytes], int]:
+    """Raw messages until `commits` commits arrived, and how many reads that took."""
+    out: list[bytes] = []
+    reads = 0
+    while sum(m[XLOGDATA_HEADER] == ord("C") for m in out) < commits:
+        batch = await stream.read_raw(timeout=10)
+        assert batch, "timed out"
+        reads += 1
+        out += batch
+    return out, reads
+
+
+async def test_read_raw_gives_whole_xlogdata_messages(setup_db: str) -> None:
+    db_url = setup_db
+    await ensure_slot(db_url, SLOT)
+    await run_txn(db_url, "INSERT INTO items VALUES (1, 'one')", "INSERT INTO items VALUES (2)")
+    async with ReplicationStream(db_url, SLOT, PUB) as stream:
+        raw, _ = await _read_raw_commits(stream, 1)
+        assert stream.wal_end >= max(int.from_bytes(m[9:17], "big") for m in raw) > 0
+    pairs: list[tuple[int, bytes]] = []
+    async with ReplicationStream(db_url, SLOT, PUB) as stream:  # nothing acked: same again
+        while len(pairs) < len(raw):
+            pairs += await stream.read_batch(timeout=10)
+    assert all(isinstance(m, bytes) and m[0] == ord("w") for m in raw)
+    assert [(int.from_bytes(m[1:9], "big"), m[XLOGDATA_HEADER:]) for m in raw] == pairs
+    assert [type(decode(p)).__name__ for _, p in pairs] == [
+        "Begin", "Relation", "Insert", "Insert", "Commit"
+    ]  # fmt: skip
+
+
+async def test_linger_never_delays_a_lone_transaction(setup_db: str) -> None:
+    db_url = setup_db
+    await ensure_slot(db_url, SLOT)
+    async with ReplicationStream(db_url, SLOT, PUB, linger=30.0) as stream:
+        assert await stream.read_raw(timeout=0.2) == []
+        for i in range(3):
+            t0 = time.monotonic()
+            await run_txn(db_url, f"INSERT INTO items VALUES ({i})")
+            await _read_raw_commits(stream, 1)
+            assert time.monotonic() - t0 < 5.0
+            await asyncio.sleep(0.05)  # a pause ends the flow
+
+
+async def test_linger_coalesces_reads_of_a_busy_flow(
+    setup_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db_url = setup_db
+    await ensure_slot(db_url, SLOT)
+    # Every flow counts as busy at once, and never ends: each small read waits `linger`.
+    monkeypatch.setattr(replication, "_FLOW_BEFORE_LINGER", 0.0)
+    monkeypatch.setattr(replication, "_FLOW_GAP", 3600.0)
+    async with ReplicationStream(db_url, SLOT, PUB, linger=0.3) as stream:
+        assert await stream.read_raw(timeout=0) == []
+        await run_txn(db_url, "INSERT INTO items VALUES (1)")
+        raw, _ = await _read_raw_commits(stream, 1)
+        for i in range(2, 6):
+            await run_txn(db_url, f"INSERT INTO items VALUES ({i})")
+        t0 = time.monotonic()
+        raw, reads = await _read_raw_commits(stream, 4)
+        assert time.monotonic() - t0 >= 0.25  # it waited for more
+        assert reads == 1 and len(raw) == 12  # Begin, Insert, Commit x 4 in one read
+        await run_txn(db_url, "INSERT INTO items VALUES (6)")
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        assert len(await stream.read_raw(timeout=0)) == 3  # timeout 0: what is here, now
+        assert time.monotonic() - t0 < 0.25
