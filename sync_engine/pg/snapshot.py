@@ -4,14 +4,16 @@ Stitching with the replication stream follows Electric: the transaction's
 `pg_current_snapshot()` is reported before any row is read, and the stream then skips every
 transaction already visible in it (see `SnapshotInfo.visible`).
 
-Postgres renders each row's values as JSON (`row_to_json` of the columns cast to text) and
-the key's variable part; Python adds the constant parts. COPY's text format doubles
+Postgres renders each row's values as JSON (what `row_to_json` of the columns cast to text
+gives, built by concatenation, see `_value_json`) and the key's variable part; Python adds
+the constant parts. COPY's text format doubles
 backslashes (JSON text holds no tabs or newlines), so un-escaping is one `bytes.replace`.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -99,7 +101,7 @@ def row_json_sql(
     limit: int | None = None,
     offset: int | None = None,
 ) -> RowQuery:
-    """`SELECT <key part>, row_to_json(r) FROM (SELECT <columns as text> ...) r`.
+    """`SELECT <key part>, <row as JSON> FROM ...` (see `_value_json`).
 
     Every name goes through `sql.Identifier` / `sql.Literal`; `where_sql` is the engine's
     own deparse of a validated where clause (`shapes/where.py`), never request text.
@@ -121,17 +123,65 @@ def row_json_sql(
         if offset is not None:
             inner_q = sql.SQL("{} OFFSET {}").format(inner_q, sql.Literal(offset))
         source = sql.SQL("({}) AS {}").format(inner_q, sql.Identifier(table.name))
-    query = sql.Composed([sql.SQL(t.head), source, sql.SQL(") r")])
+    query = sql.Composed([sql.SQL(t.head), source, sql.SQL(t.tail)])
     return RowQuery(query, t.plain, t.key_open, t.suffix)
 
 
 @dataclass(frozen=True, slots=True)
 class _Template:
-    head: str  # `SELECT <key part>, row_to_json(r)::text FROM (SELECT <columns> FROM `
+    head: str  # `SELECT <key part>, <value json> FROM `
+    tail: str  # after the source
     relation: str  # `"schema"."table"`
     plain: bool
     key_open: bytes
     suffix: bytes
+
+
+# Types whose text output never needs JSON escaping (digits, letters, `-+:. `), so their
+# JSON string is the text in double quotes, without `to_json`.
+_PLAIN_VALUE_TYPES = _PLAIN_KEY_TYPES | {
+    "float4",
+    "float8",
+    "bool",
+    "timestamp",
+    "timestamptz",
+    "time",
+    "timetz",
+}
+# Column names written into the row's JSON by the engine: those needing no JSON escaping.
+_SAFE_NAME = re.compile(r"[ !#-\[\]-~]+")
+
+
+def _value_json(columns: Sequence[ColumnInfo]) -> sql.Composable | None:
+    """The row's `value` object built by concatenation: `{"a":"1","b":null,...}`.
+
+    Byte for byte what `row_to_json` of the columns cast to text gives (keys in column
+    order, `to_json` escaping, `null` for NULL), at about two thirds of Postgres's CPU:
+    `row_to_json` builds a record and runs every value through its output function again.
+    None when a column name would need escaping (then `row_to_json` is used).
+    """
+    if not all(_SAFE_NAME.fullmatch(c.name) for c in columns):
+        return None
+    pieces: list[str | sql.Composable] = []  # constant text or an expression
+    for i, c in enumerate(columns):
+        pieces.append(("{" if i == 0 else ",") + '"' + c.name + '":')
+        text = _text_expr(c)
+        if c.type_name in _PLAIN_VALUE_TYPES and c.not_null:
+            pieces += ['"', text, '"']
+        elif c.type_name in _PLAIN_VALUE_TYPES:
+            pieces.append(sql.SQL("""coalesce('"' || {t} || '"', 'null')""").format(t=text))
+        elif c.not_null:
+            pieces.append(sql.SQL("to_json({t})::text").format(t=text))
+        else:
+            pieces.append(sql.SQL("coalesce(to_json({t})::text, 'null')").format(t=text))
+    pieces.append("}")
+    merged: list[str | sql.Composable] = []
+    for piece in pieces:  # adjacent constants as one literal: fewer concatenations per row
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return sql.SQL(" || ").join(sql.Literal(p) if isinstance(p, str) else p for p in merged)
 
 
 @functools.lru_cache(maxsize=256)
@@ -143,12 +193,16 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
     """
     prefix = relation_prefix(table.schema, table.name)
     by_name = {c.name: c for c in columns}
-    inner = sql.SQL(", ").join(
-        sql.SQL("{v} AS {n}").format(v=_text_expr(c), n=sql.Identifier(c.name)) for c in columns
-    )
     relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
     plain = all(by_name[p].type_name in _PLAIN_KEY_TYPES for p in pk)
-    refs = [sql.SQL("r.{}").format(sql.Identifier(p)) for p in pk]
+    value = _value_json(columns)
+    if value is not None:
+        refs: list[sql.Composable] = [_text_expr(by_name[p]) for p in pk]
+    else:
+        inner = sql.SQL(", ").join(
+            sql.SQL("{v} AS {n}").format(v=_text_expr(c), n=sql.Identifier(c.name)) for c in columns
+        )
+        refs = [sql.SQL("r.{}").format(sql.Identifier(p)) for p in pk]
     if plain:
         key = sql.SQL(" || '\\\"/\\\"' || ").join(refs)
     else:
@@ -160,13 +214,18 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
                 )
             )
         key = sql.SQL("to_json({})::text").format(sql.SQL(" || ").join(parts))
-    head = sql.SQL("SELECT {key}, row_to_json(r)::text FROM (SELECT {cols} FROM ").format(
-        key=key, cols=inner
-    )
+    if value is not None:
+        head = sql.SQL("SELECT {key}, {value} FROM ").format(key=key, value=value)
+        tail = ""
+    else:
+        head = sql.SQL("SELECT {key}, row_to_json(r)::text FROM (SELECT {cols} FROM ").format(
+            key=key, cols=inner
+        )
+        tail = ") r"
     key_open = b'{"key":' + orjson.dumps(prefix + '/"')[:-1]
     suffix = (
         b',"headers":{"operation":"insert","relation":'
         + orjson.dumps([table.schema, table.name])
         + b"}}"
     )
-    return _Template(head.as_string(None), relation.as_string(None), plain, key_open, suffix)
+    return _Template(head.as_string(None), tail, relation.as_string(None), plain, key_open, suffix)
