@@ -197,6 +197,12 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--changes", type=int, default=None)
     a = ap.parse_args()
+    try:
+        import uvloop
+    except ImportError:
+        pass
+    else:
+        uvloop.install()  # as run_all.py does, and as the engine runs
     print(machine())
     print(render(asyncio.run(run(a.quick, a.changes))))
     os._exit(0)

@@ -44,10 +44,9 @@ _OLD_KEY, _OLD_ROW = b"KO"
 Probes = tuple[tuple[int, KeyParser | None, dict[object, set[Shape]]], ...]
 
 
-def _tuple_hits(buf: bytes, pos: int, probes: Probes, need_end: bool) -> tuple[bool, int]:
-    """Whether a pgoutput TupleData at ``pos`` has an indexed value some shape is filed
-    under, decoding only the probed columns (and the position after the tuple when
-    ``need_end``, else wherever the walk stopped).
+def _tuple_hits(buf: bytes, pos: int, probes: Probes) -> bool:
+    """Whether the pgoutput TupleData at ``pos`` has an indexed value some shape is filed
+    under; decodes only the probed columns' values and stops after the last one.
 
     Anything unexpected (an unknown value kind, fewer values than the probed position)
     answers True: the caller then takes the full decoder, which raises or routes exactly
@@ -58,7 +57,7 @@ def _tuple_hits(buf: bytes, pos: int, probes: Probes, need_end: bool) -> tuple[b
     col = 0
     for target, parse, by_key in probes:
         if target >= n:
-            return True, pos
+            return True
         while col < target:
             kind = buf[pos]
             if kind == _T:
@@ -66,7 +65,7 @@ def _tuple_hits(buf: bytes, pos: int, probes: Probes, need_end: bool) -> tuple[b
             elif kind == _N or kind == _U:
                 pos += 1
             else:
-                return True, pos
+                return True
             col += 1
         kind = buf[pos]
         if kind == _T:
@@ -74,7 +73,7 @@ def _tuple_hits(buf: bytes, pos: int, probes: Probes, need_end: bool) -> tuple[b
             pos = start + _u32(buf, pos + 1)[0]
             if parse is None:
                 if by_key.get(buf[start:pos].decode()):
-                    return True, pos
+                    return True
             else:
                 try:
                     key = parse(buf[start:pos].decode())
@@ -82,40 +81,45 @@ def _tuple_hits(buf: bytes, pos: int, probes: Probes, need_end: bool) -> tuple[b
                     pass
                 else:
                     if by_key.get(key):
-                        return True, pos
+                        return True
         elif kind == _N or kind == _U:
             pos += 1
         else:
-            return True, pos
+            return True
         col += 1
-    if need_end:
-        while col < n:
-            kind = buf[pos]
-            if kind == _T:
-                pos += 5 + _u32(buf, pos + 1)[0]
-            elif kind == _N or kind == _U:
-                pos += 1
-            else:
-                return True, pos
-            col += 1
-    return False, pos
+    return False
 
 
-def _row_may_match(buf: bytes, kind: int, probes: Probes) -> bool:
-    """Whether an Insert/Update/Delete (raw XLogData) may belong to an indexed shape: the
-    same answer as `ShapeRouter.candidates` being non-empty, without decoding the row."""
-    if kind == _INSERT:  # 'I' oid 'N' TupleData
-        return _tuple_hits(buf, _H + 6, probes, False)[0]
-    if kind == _DELETE:  # 'D' oid 'K'|'O' TupleData
-        return _tuple_hits(buf, _H + 6, probes, False)[0]
-    pos = _H + 6  # 'U' oid ['K'|'O' TupleData] 'N' TupleData
+def _tuple_end(buf: bytes, pos: int) -> int:
+    """The position after the pgoutput TupleData at ``pos`` (-1 if it holds an unknown
+    value kind)."""
+    n = (buf[pos] << 8) | buf[pos + 1]
+    pos += 2
+    for _ in range(n):
+        kind = buf[pos]
+        if kind == _T:
+            pos += 5 + _u32(buf, pos + 1)[0]
+        elif kind == _N or kind == _U:
+            pos += 1
+        else:
+            return -1
+    return pos
+
+
+def _update_may_match(buf: bytes, probes: Probes) -> bool:
+    """Whether an Update (raw XLogData: 'U' oid ['K'|'O' TupleData] 'N' TupleData) may
+    belong to an indexed shape through its old or its new row: the same answer as
+    `ShapeRouter.candidates` being non-empty, without decoding the row."""
+    pos = _H + 6
     tuple_kind = buf[_H + 5]
     if tuple_kind == _OLD_KEY or tuple_kind == _OLD_ROW:
-        hit, pos = _tuple_hits(buf, pos, probes, True)
-        if hit:
+        if _tuple_hits(buf, pos, probes):
             return True
-        pos += 1
-    return _tuple_hits(buf, pos, probes, False)[0]
+        pos = _tuple_end(buf, pos)
+        if pos < 0:
+            return True
+        pos += 1  # the 'N'
+    return _tuple_hits(buf, pos, probes)
 
 
 class _Relation:
@@ -165,7 +169,6 @@ class Replicator:
         self.connected = asyncio.Event()
         self._relations: dict[int, _Relation] = {}
         self._txn_xid = 0
-        self._txn_lsn = 0
         self._in_txn = False
         self._op = 0
         self._touched: dict[Shape, list[Change]] = {}
@@ -266,7 +269,7 @@ class Replicator:
         The hot path of the engine: during catch-up it runs for every message. Begin,
         Commit and rows that no shape can want are handled from the bytes without building
         message objects: a row costs its relation id, the indexed columns' values and one
-        dict probe per indexed column (`_row_may_match`). Rows some shape may want, tables
+        dict probe per indexed column (`_tuple_hits`). Rows some shape may want, tables
         with unindexed shapes and every other message kind go through `pgoutput.decode`
         and `_handle`, which produce the same state changes.
         """
@@ -282,22 +285,31 @@ class Replicator:
                 if plan is None:  # no shape on the table, or no Relation seen yet
                     self._op += 2
                     continue
-                if not plan.unindexed and not _row_may_match(buf, kind, plan.probes):
+                # Insert: 'I' oid 'N' TupleData; Delete: 'D' oid 'K'|'O' TupleData.
+                if not plan.unindexed and not (
+                    _tuple_hits(buf, _H + 6, plan.probes)
+                    if kind != _UPDATE
+                    else _update_may_match(buf, plan.probes)
+                ):
                     self._op += 2
                     self.changes_seen += 1
                     continue
                 self._row_change(pgoutput.decode(buf[_H:]))
             elif kind == _BEGIN:
-                final_lsn, _, xid = _begin(buf, _H + 1)
+                _, _, self._txn_xid = _begin(buf, _H + 1)
                 self._in_txn = True
-                self._txn_xid = xid
-                self._txn_lsn = final_lsn
                 self._op = 0
                 if self._touched:
                     self._touched = {}
             elif kind == _COMMIT:
                 _, commit_lsn, last_end, _ = _commit(buf, _H + 1)
-                self._commit(commit_lsn)
+                if self._touched:
+                    self._commit(commit_lsn)
+                else:  # _commit() without changes to apply
+                    self.transactions_seen += 1
+                    self._in_txn = False
+                    if commit_lsn > self.global_lsn:
+                        self.global_lsn = commit_lsn
             else:
                 end = self._handle(pgoutput.decode(buf[_H:]))
                 if end:
@@ -325,7 +337,6 @@ class Replicator:
         elif t is pgoutput.Begin:
             self._in_txn = True
             self._txn_xid = msg.xid  # type: ignore[attr-defined]
-            self._txn_lsn = msg.final_lsn  # type: ignore[attr-defined]
             self._op = 0
             self._touched = {}
         elif t is pgoutput.Commit:
