@@ -167,3 +167,42 @@ async def test_shape_directories_of_both_layouts_load_after_a_restart(
         )
         assert status == 200 and h["electric-handle"] == handle, body
         assert [m["value"]["title"] for m in body if "value" in m] == [title]
+
+
+async def test_snapshot_over_many_chunks(aiohttp_client: Any, db_url: str, tmp_path: Any) -> None:
+    """Chunks cut by size mid-stream (rows are joined in groups as they arrive): every row
+    once, in chunks `0_0`, `0_1`, ... of about the configured size."""
+    from dataclasses import replace
+
+    from sync_engine.app import SOURCES, build_app
+
+    settings = replace(
+        SETTINGS, database_url=db_url, data_dir=tmp_path / "data", chunk_bytes=20_000
+    )
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    engine = Engine(client, db_url, tmp_path / "data")
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
+    engine.sql(
+        "INSERT INTO items SELECT g, repeat('x', g % 50) || E'\\\\' || g, g"
+        " FROM generate_series(1, 2000) g"
+    )
+    offsets = []
+    status, h, body = await engine.get(table="items", offset="-1")
+    rows: dict[str, Any] = {}
+    while True:
+        assert status == 200, body
+        offsets.append(h["electric-offset"])
+        for m in body:
+            if "key" in m:
+                assert m["key"] not in rows
+                rows[m["key"]] = m["value"]
+        if "electric-up-to-date" in h:
+            break
+        status, h, body = await engine.get(
+            table="items", offset=h["electric-offset"], handle=h["electric-handle"]
+        )
+    assert len(rows) == 2000
+    assert rows['"public"."items"/"7"']["title"] == "xxxxxxx\\7"
+    chunks = [o for o in offsets if o.startswith("0_") and o != "0_inf"]
+    assert chunks == [f"0_{k}" for k in range(len(chunks))] and len(chunks) > 5
