@@ -231,8 +231,8 @@ class ShapeRegistry:
     ) -> Shape:
         handle = self.handles.new(definition)
         directory = self.directory / handle
+        # The directory is made with the shape's snapshot (pg/snapshot_batch.py), off the loop.
         log_ = ShapeLog(directory, self.chunk_bytes, self.fsync)
-        log_.create()
         where = None
         if definition.where is not None:
             where = self._parsed_where.get((table.oid, definition.where)) or parse_where(
