@@ -9,6 +9,11 @@ LSN (`<= log.last_lsn`) and skipped per shape.
 
 Transactions committed while a shape's snapshot horizon is still unknown are parked on the
 shape (`shape.pending`) and applied, in order, once it is known.
+
+Most changes match no shape, so `handle_batch` works on the raw messages: Begin and Commit
+are read from their fixed-size headers, and a row is only decoded as far as the columns the
+router's equality indexes need (one dict probe each) unless some shape may want it. Only
+those rows, and the rare other messages, become `pgoutput` objects.
 """
 
 from __future__ import annotations

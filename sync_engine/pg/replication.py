@@ -13,6 +13,13 @@ Why it looks like this:
   has buffered (up to ``max_messages``) as ``(data_start_lsn, payload)`` pairs, so the
   per-message cost is a ``get_copy_data`` call and a ``bytes`` copy, not a coroutine
   round-trip. Payloads are ``bytes`` because the pgoutput decoder needs ``bytes.index``.
+  ``read_raw`` is the same without even the slice and tuple: whole XLogData messages, for
+  the replicator, which reads what it needs straight from them.
+* **Coalesced reads while busy.** The walsender sends each message as soon as it is
+  decoded; a reader faster than it would wake up for every two or three messages, and
+  those wake-ups cost more CPU than the messages. Once data has flowed for a few ms without
+  a pause, a read that finds little waits ``linger`` (1 ms) once for more. An isolated
+  transaction is never delayed.
 * **The caller owns durability.** The stream never acknowledges on its own: ``ack(lsn)``
   records what the caller has durably applied (typically a Commit's ``end_lsn`` after the
   shape logs are flushed) and status updates report exactly that as write/flush/apply, so
