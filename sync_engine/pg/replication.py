@@ -70,9 +70,9 @@ _K = ord("k")
 
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01T00:00:00Z as a Unix timestamp
 _CLOSE_STATUS_TIMEOUT = 2.0  # seconds allowed for the final status update on close()
-# Read coalescing (see ReplicationStream's `linger`): a flow is "busy" once messages have
-# kept coming, never `_FLOW_GAP` apart, for `_FLOW_BEFORE_LINGER`; then reads that find fewer
-# than `_LINGER_BELOW` messages wait `linger` once for more.
+# Read coalescing (see ReplicationStream's `linger`): a flow is "busy" once reads have kept
+# finding data, never `_FLOW_GAP` apart, for `_FLOW_BEFORE_LINGER`; then a read that finds
+# fewer than `_LINGER_BELOW` messages waits until `linger` after the previous read.
 _FLOW_GAP = 0.002
 _FLOW_BEFORE_LINGER = 0.005
 _LINGER_BELOW = 256
@@ -190,9 +190,12 @@ class ReplicationStream:
         faster than it wakes up (or calls ``recv``) for every two or three messages, and
         those per-read costs, ~5-10 µs each, were most of the CPU of a change no shape
         wants. Once data has been flowing without a pause for ``_FLOW_BEFORE_LINGER``, a
-        read that finds fewer than ``_LINGER_BELOW`` messages waits ``linger`` once for
-        more. A lone transaction (or the start of a burst) is never delayed: its messages
-        arrive within microseconds of each other, long before the flow counts as busy.
+        read that finds fewer than ``_LINGER_BELOW`` messages less than ``linger`` after
+        the previous one returned waits until ``linger`` has passed since then: busy
+        reads come at most every ``linger``. A caller slower than that (processing the
+        last batch took longer) never waits, and a lone transaction (or the start of a
+        burst) is never delayed: its messages arrive within microseconds of each other,
+        long before the flow counts as busy.
         """
         if status_interval <= 0:
             raise ValueError("status_interval must be positive")
@@ -420,14 +423,17 @@ class ReplicationStream:
                 await self.send_status()
                 now = _monotonic()
             if out:
-                if now - self._last_data > _FLOW_GAP:
+                since = now - self._last_data  # since the previous read returned data
+                if since > _FLOW_GAP:
                     self._flow_since = now  # a new flow after a pause
                 self._last_data = now
+                linger = self.linger - since
                 if (
                     lingered
+                    or linger <= 0  # the caller took a while (processing): don't add to it
                     or len(out) >= min(_LINGER_BELOW, max_messages)
                     or now - self._flow_since < _FLOW_BEFORE_LINGER
-                    or (deadline is not None and now + self.linger > deadline)
+                    or (deadline is not None and now + linger > deadline)
                 ):
                     if not suspended:
                         # Catching up, data always there: let the loop run other tasks
@@ -435,7 +441,7 @@ class ReplicationStream:
                         await asyncio.sleep(0)
                     return out
                 lingered = suspended = True
-                await asyncio.sleep(self.linger)
+                await asyncio.sleep(linger)
                 try:
                     pgconn.consume_input()
                 except psycopg.Error as exc:

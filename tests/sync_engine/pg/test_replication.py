@@ -415,21 +415,26 @@ async def test_linger_coalesces_reads_of_a_busy_flow(
 ) -> None:
     db_url = setup_db
     await ensure_slot(db_url, SLOT)
-    # Every flow counts as busy at once, and never ends: each small read waits `linger`.
+    # Every flow counts as busy at once, and never ends: reads come at most every `linger`.
     monkeypatch.setattr(replication, "_FLOW_BEFORE_LINGER", 0.0)
     monkeypatch.setattr(replication, "_FLOW_GAP", 3600.0)
-    async with ReplicationStream(db_url, SLOT, PUB, linger=0.3) as stream:
+    async with ReplicationStream(db_url, SLOT, PUB, linger=0.5) as stream:
         assert await stream.read_raw(timeout=0) == []
         await run_txn(db_url, "INSERT INTO items VALUES (1)")
-        raw, _ = await _read_raw_commits(stream, 1)
+        await _read_raw_commits(stream, 1)
+        t0 = time.monotonic()  # the previous read returned
         for i in range(2, 6):
             await run_txn(db_url, f"INSERT INTO items VALUES ({i})")
-        t0 = time.monotonic()
         raw, reads = await _read_raw_commits(stream, 4)
-        assert time.monotonic() - t0 >= 0.25  # it waited for more
+        assert time.monotonic() - t0 >= 0.45  # it waited for more
         assert reads == 1 and len(raw) == 12  # Begin, Insert, Commit x 4 in one read
         await run_txn(db_url, "INSERT INTO items VALUES (6)")
-        await asyncio.sleep(0.2)
         t0 = time.monotonic()
-        assert len(await stream.read_raw(timeout=0)) == 3  # timeout 0: what is here, now
+        assert len(await stream.read_raw(timeout=0)) in (0, 3)  # timeout 0: never waits
+        assert time.monotonic() - t0 < 0.25
+        await asyncio.sleep(0.6)  # a caller slower than `linger` is not held up either
+        await run_txn(db_url, "INSERT INTO items VALUES (7)")
+        await asyncio.sleep(0.1)
+        t0 = time.monotonic()
+        raw, reads = await _read_raw_commits(stream, 1)
         assert time.monotonic() - t0 < 0.25
