@@ -25,14 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import psycopg
-from _common import PG_BIN, Postgres, Row, Stack, fmt, verdict
+from _common import PG_BIN, Postgres, Row, Stack, fmt, remove_later, verdict
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import load_table
@@ -185,7 +184,7 @@ async def run(quick: bool, changes: int | None = None) -> list[Row]:
         rows.append(Row("S4 backlog drain", "setup", [(what, fmt(register_s, "s"))]))
     finally:
         stack.close()
-        shutil.rmtree(data, ignore_errors=True)
+        remove_later(data)  # at exit: see _common.remove_later
     return rows
 
 
