@@ -329,14 +329,27 @@ class ProxyProcess(Process):
 
     def direct_url(self, engine: str, claims: dict[str, Any], pairs: list[tuple[str, str]]) -> str:
         """The engine URL this proxy builds for `pairs` from a user with `claims`."""
+        return self.build_direct_url(self.config["tables"], engine, claims, pairs,
+                                     secret=self.env["ENGINE_SECRET"] or None)  # fmt: skip
+
+    @staticmethod
+    def build_direct_url(tables: dict[str, Any], engine: str, claims: dict[str, Any],
+                         pairs: list[tuple[str, str]],
+                         secret: str | None = ENGINE_SECRET) -> str:  # fmt: skip
+        """The engine URL a proxy with policy `tables` builds (no proxy process needed)."""
         from proxy.http.params import parse_shape_query
         from proxy.policy.evaluate import evaluate
         from proxy.policy.loader import build_config
         from proxy.upstream.url import build_upstream_url
 
-        decision = evaluate(build_config(self.config, self.env).policy, claims,
-                            parse_shape_query(pairs))  # fmt: skip
-        secret = self.env["ENGINE_SECRET"] or None
+        config = {
+            "upstream": {"url": engine, **({"secret_env": "ENGINE_SECRET"} if secret else {})},
+            "issuers": [{"issuer": ISSUER, "audience": "bench", "algorithms": ["HS256"],
+                         "keys": [{"secret_env": "BENCH_JWT_SECRET"}]}],
+            "tables": tables,
+        }  # fmt: skip
+        env = {"ENGINE_SECRET": secret or "", "BENCH_JWT_SECRET": JWT_SECRET}
+        decision = evaluate(build_config(config, env).policy, claims, parse_shape_query(pairs))
         return str(build_upstream_url(engine, decision, source_id=None, secret=secret))
 
     def stop(self) -> None:
