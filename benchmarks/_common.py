@@ -170,7 +170,6 @@ def _remove_leftovers() -> None:
     _LEFTOVERS.clear()
 
 
-
 class Postgres:
     """A throwaway cluster from scripts/dev-postgres; `stat_statements` preloads the module."""
 
@@ -265,8 +264,19 @@ class EngineProcess(Process):
         self.port = free_port()
         self.data_dir = tempfile.mkdtemp(prefix="shapegate-bench-engine-")
         self.log = Path(self.data_dir + ".log")
-        cmd = [sys.executable, "-m", "sync_engine", "--database-url", db_url,
-               "--port", str(self.port), "--data-dir", self.data_dir, "--log-level", "WARNING"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "sync_engine",
+            "--database-url",
+            db_url,
+            "--port",
+            str(self.port),
+            "--data-dir",
+            self.data_dir,
+            "--log-level",
+            "WARNING",
+        ]
         if secret:
             cmd += ["--secret", secret]
         if not fsync:

@@ -174,8 +174,9 @@ async def arm(pg: Postgres, engine: EngineProcess, proxy: ProxyProcess, auth: di
     }
 
 
-async def run(quick: bool, sizes: list[int] | None = None,
-              only: list[str] | None = None) -> list[Row]:
+async def run(
+    quick: bool, sizes: list[int] | None = None, only: list[str] | None = None
+) -> list[Row]:
     sizes = sizes or ([200, 1000] if quick else [200, 1000, 2000])
     writes = 5 if quick else 10
     stack = Stack()
@@ -259,8 +260,16 @@ async def run(quick: bool, sizes: list[int] | None = None,
                                 verdict(delivered >= 0.999)))  # fmt: skip
         largest = {a: max([n for n in sizes if results[n][a]["p99"] < 1000], default=0)
                    for a in arms}  # fmt: skip
-        rows.append(Row("S2 fan-out", f"largest N (of {', '.join(map(str, sizes))}) with p99 < 1 s",
-                        [(a, f"{v:,}") for a, v in largest.items()], "", "reported (design)", ""))
+        rows.append(
+            Row(
+                "S2 fan-out",
+                f"largest N (of {', '.join(map(str, sizes))}) with p99 < 1 s",
+                [(a, f"{v:,}") for a, v in largest.items()],
+                "",
+                "reported (design)",
+                "",
+            )
+        )
     finally:
         stack.close()
     return rows

@@ -25,6 +25,7 @@ class CliError(Exception):
 def build_parser() -> argparse.ArgumentParser:
     env_url = os.environ.get(_ENV + "ADMIN_URL")
     default_url = env_url or f"http://127.0.0.1:{os.environ.get(_ENV + 'ADMIN_PORT', '3100')}"
+
     def common(suppress: bool) -> argparse.ArgumentParser:
         # Options work before or after the command; after it, only what is given overrides.
         c = argparse.ArgumentParser(add_help=False)
@@ -35,8 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--admin-token", default=d(os.environ.get(_ENV + "ADMIN_TOKEN")),
                        help="the engine's --admin-token. Env: SYNC_ENGINE_ADMIN_TOKEN"
                             " (prefer it: flags show up in `ps`)")  # fmt: skip
-        c.add_argument("--json", action="store_true", default=d(False),
-                       help="print the API's JSON instead of a table (for scripts)")
+        c.add_argument(
+            "--json",
+            action="store_true",
+            default=d(False),
+            help="print the API's JSON instead of a table (for scripts)",
+        )
         return c
 
     p = argparse.ArgumentParser(
@@ -57,13 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
                           " REPLICATION, CREATE on the database and must own the synced"
                           " tables")  # fmt: skip
     add.add_argument("--max-shapes", type=int, help="per-source shape limit (default: engine's)")
-    add.add_argument("--max-initial-syncs", type=int,
-                     help="per-source limit of snapshots in progress (default: engine's)")
+    add.add_argument(
+        "--max-initial-syncs",
+        type=int,
+        help="per-source limit of snapshots in progress (default: engine's)",
+    )
     sub.add_parser("list", parents=[sub_common], help="all sources with state, shapes and lag")
     show = sub.add_parser("show", parents=[sub_common], help="one source in detail")
     show.add_argument("source_id")
-    rot = sub.add_parser("rotate-secret", parents=[sub_common],
-                         help="issue a new secret; the old one keeps working for --grace-period")
+    rot = sub.add_parser(
+        "rotate-secret",
+        parents=[sub_common],
+        help="issue a new secret; the old one keeps working for --grace-period",
+    )
     rot.add_argument("source_id")
     rot.add_argument("--grace-period", type=float, default=0, metavar="SECONDS",
                      help="seconds the old secret stays valid (default 0: it stops at once;"

@@ -73,8 +73,10 @@ def explain(error: str, database_url: str) -> Diagnosis:
             "too few WAL senders: raise max_wal_senders in postgresql.conf and restart Postgres."
             f" (Postgres said: {raw})",
         )
-    if "password authentication failed" in low or "no pg_hba.conf entry" in low or (
-        "authentication failed" in low
+    if (
+        "password authentication failed" in low
+        or "no pg_hba.conf entry" in low
+        or ("authentication failed" in low)
     ):
         return Diagnosis(
             "auth_failed",

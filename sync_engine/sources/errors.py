@@ -1,9 +1,9 @@
 """Errors of source management. The admin API alone turns them into HTTP responses.
 
-    SourceError
-    ├── InvalidInput      400: a field is missing or wrong (names the field)
-    ├── UnknownSource     404: no source with that id
-    └── DuplicateName     409: another source already has that name
+SourceError
+├── InvalidInput      400: a field is missing or wrong (names the field)
+├── UnknownSource     404: no source with that id
+└── DuplicateName     409: another source already has that name
 """
 
 from __future__ import annotations

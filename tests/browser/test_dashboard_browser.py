@@ -121,9 +121,7 @@ def test_dashboard_creates_a_source_that_becomes_active(
     assert f"source_id: {seen['sourceId']}" in seen["proxy"]
     assert "secret_env: ENGINE_SECRET" in seen["proxy"]
     assert seen["rotatedSecret"] != seen["secret"]
-    assert _get(f"{admin_url}/api/sources/{seen['sourceId']}", TOKEN)[
-        "previous_secret_expires_at"
-    ]
+    assert _get(f"{admin_url}/api/sources/{seen['sourceId']}", TOKEN)["previous_secret_expires_at"]
     # the secret shown at creation still works (grace period) and so does the rotated one
     for secret in (seen["secret"], seen["rotatedSecret"]):
         url = (f"{engine_url}/v1/shape?table=items&offset=-1&source_id={seen['sourceId']}"

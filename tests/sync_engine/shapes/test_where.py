@@ -65,9 +65,9 @@ def test_params_become_cast_literals() -> None:
 
 
 def test_quoted_identifiers_follow_postgres_case_rules() -> None:
-    assert where('"Title" = \'x\'').matches({"Title": "x"})
+    assert where("\"Title\" = 'x'").matches({"Title": "x"})
     assert "unknown reference title" in error("Title = 'x'")
-    assert where('"Title" = \'x\'').sql == '"Title" = \'x\''
+    assert where("\"Title\" = 'x'").sql == "\"Title\" = 'x'"
 
 
 def test_referenced_columns() -> None:
@@ -381,8 +381,10 @@ def test_params_are_part_of_source() -> None:
         ("price = 1.50", ("price", frozenset({Decimal("1.5")}))),
         ("mood::text = 'happy'", ("mood", frozenset({"happy"}))),
         ("\"Title\" = 'Dr'", ("Title", frozenset({"Dr"}))),
-        ("uid = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'", ("uid", frozenset(
-            {index_key(COLUMNS["uid"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")}))),
+        (
+            "uid = 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+            ("uid", frozenset({index_key(COLUMNS["uid"], "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")})),
+        ),
         ("id = ANY('{3,4}')", ("id", frozenset({3, 4}))),
         ("id > 5", None),
         ("id <> 5", None),

@@ -117,9 +117,7 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], dict[str, Colu
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(SETTINGS)
         conn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
-        conn.execute(
-            "CREATE TABLE t (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")"
-        )
+        conn.execute("CREATE TABLE t (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")")
         rng = random.Random(20240601)
         casts = ", ".join(f"%s::{t.split()[0]}" for _n, t in COLUMNS)
         with conn.cursor() as cur:
@@ -397,9 +395,7 @@ BAD_INPUTS: list[tuple[str, str]] = [
 def test_input_parsing_matches_postgres(db_url: str, type_name: str, literal: str) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(SETTINGS)
-        rec = conn.execute(
-            f"SELECT concat(%s::{type_name}, '')", (literal,)
-        ).fetchone()
+        rec = conn.execute(f"SELECT concat(%s::{type_name}, '')", (literal,)).fetchone()
     assert rec is not None
     parsed, expected = pgv.parse_input(type_name, literal), pgv.parse_output(type_name, rec[0])
     if isinstance(expected, Decimal) and expected.is_nan():
