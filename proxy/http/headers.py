@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 #: Client request headers forwarded to the engine.
 FORWARDED_REQUEST_HEADERS = (
     "accept",
@@ -89,6 +91,19 @@ def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple
         if lower not in _DROPPED_RESPONSE_HEADERS and not lower.startswith("access-control-"):
             kept.append((name, value))
     return kept
+
+
+def client_response_headers(
+    headers: Iterable[tuple[str, str]], cache_control: str
+) -> CIMultiDictProxy[str]:
+    """An upstream answer's client-facing headers plus its rewritten `Cache-Control`.
+
+    Built once per answer: every client it is sent to (a flight's waiters, cache hits) gets
+    a copy in one C-level call instead of a dozen header insertions.
+    """
+    built = CIMultiDict(headers)
+    built["Cache-Control"] = cache_control
+    return CIMultiDictProxy(built)
 
 
 def merge_vary(values: Iterable[str], *extra: str) -> str:

@@ -23,7 +23,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
+
+from proxy.http.headers import client_response_headers
 
 #: What identifies an upstream answer: (method, URL text, accept-encoding, accept, if-none-match).
 CacheKey = tuple[str, str, str, str, str]
@@ -48,9 +50,8 @@ class CachedResponse:
     response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        headers = CIMultiDict(self.headers)
-        headers["Cache-Control"] = self.cache_control
-        object.__setattr__(self, "response_headers", CIMultiDictProxy(headers))
+        headers = client_response_headers(self.headers, self.cache_control)
+        object.__setattr__(self, "response_headers", headers)
 
     @property
     def size(self) -> int:

@@ -37,12 +37,13 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from cachetools import LRUCache
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.http.context import RequestContext
 from proxy.http.headers import (
+    client_response_headers,
     private_cache_control,
     upstream_request_headers,
     upstream_response_headers,
@@ -94,9 +95,8 @@ class Head:
     response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        headers = CIMultiDict(self.headers)
-        headers["Cache-Control"] = self.cache_control
-        object.__setattr__(self, "response_headers", CIMultiDictProxy(headers))
+        headers = client_response_headers(self.headers, self.cache_control)
+        object.__setattr__(self, "response_headers", headers)
 
 
 def make_session(pool_size: int) -> aiohttp.ClientSession:
