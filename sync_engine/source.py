@@ -38,6 +38,7 @@ from .replicator import Replicator
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
+from .single_flight import single_flight
 from .snapshots import SnapshotScheduler
 
 log = logging.getLogger(__name__)
@@ -227,14 +228,10 @@ class Source:
         hit = self._table_cache.get(key)
         if hit is not None and now - hit[0] < 2.0:
             return hit[1]
-        # Single-flight: a storm of first requests for a table asks the catalog once (each
-        # lookup is three queries on the one catalog connection, so they would queue).
-        pending = self._table_lookups.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[TableInfo | None] = asyncio.get_running_loop().create_future()
-        self._table_lookups[key] = fut
-        try:
+        # A storm of first requests for a table asks the catalog once (each lookup is three
+        # queries on the one catalog connection, so they would queue).
+
+        async def load() -> TableInfo | None:
             try:
                 async with self._conn_lock:
                     conn = await self._connection()
@@ -244,14 +241,9 @@ class Source:
                     "Database is unreachable", retry_after=1, code="database_unreachable"
                 ) from exc
             self._table_cache[key] = (now, table)
-            fut.set_result(table)
             return table
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._table_lookups[key]
+
+        return await single_flight(self._table_lookups, key, load)
 
     # -- shapes ---------------------------------------------------------------------------
 

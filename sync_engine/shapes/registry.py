@@ -22,6 +22,7 @@ from ..errors import InvalidRequest
 from ..log.files import ShapeLog
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from ..single_flight import single_flight
 from .router import ShapeRouter
 from .shape import HandleFactory, Shape, ShapeDefinition, SnapshotInfo
 from .where import Where, WhereError, parse_where
@@ -208,23 +209,14 @@ class ShapeRegistry:
         shape = self.by_definition.get(definition)
         if shape is not None and not shape.rotated:
             return shape
-        pending = self._creating.get(definition)
-        if pending is not None:
-            return await asyncio.shield(pending)
-        fut: asyncio.Future[Shape] = asyncio.get_running_loop().create_future()
-        self._creating[definition] = fut
-        try:
+
+        async def create() -> Shape:
             await prepare(table)
-            shape = self._new_shape(definition, table, columns)
-            start_snapshot(shape)
-            fut.set_result(shape)
-            return shape
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
-        finally:
-            del self._creating[definition]
+            created = self._new_shape(definition, table, columns)
+            start_snapshot(created)
+            return created
+
+        return await single_flight(self._creating, definition, create)
 
     def _new_shape(
         self, definition: ShapeDefinition, table: TableInfo, columns: tuple[ColumnInfo, ...]
