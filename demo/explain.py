@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from proxy.explain import explain
-from proxy.policy.loader import ConfigError, LoadedConfig, load_config
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
 
 #: Stands in for the engine secret while building the (masked) upstream URL.
 PLACEHOLDER_SECRET = "not-the-engine-secret"  # noqa: S105 (a placeholder, masked anyway)
