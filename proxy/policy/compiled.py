@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
+from proxy.limits.config import RuleLimits
 from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template
 from proxy.policy.tables import TableKey, TablePattern, parse_table_pattern
 
@@ -40,6 +41,8 @@ class CompiledRule:
     @property
     def claim_paths(self) -> tuple[str, ...]:
         return self.template.claim_paths if self.template is not None else ()
+
+    limits: RuleLimits | None = None  # overrides of the global per-principal limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,7 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         sse=rule.sse,
         anonymous=rule.anonymous,
         delete=rule.delete,
+        limits=rule.limits,
     )
 
 

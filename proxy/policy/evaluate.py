@@ -15,6 +15,7 @@ from typing import Any
 
 from proxy.config.model import ClaimMatch
 from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
+from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
 from proxy.policy.sql import ClauseCache, parse_table_name
 from proxy.policy.tables import format_table
@@ -40,6 +41,7 @@ class Decision:
     #: The answer does not depend on who asks (see `CompiledTable.shared`): its engine cache
     #: headers may stay public so a CDN shares it.
     shared: bool = False
+    limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
 
 
 def claim_value(claims: Claims, path: str) -> Any:
@@ -282,6 +284,7 @@ def evaluate(
         protocol=request.protocol,
         subset=subset,
         shared=table.shared,
+        limits=rule.limits,
     )
 
 

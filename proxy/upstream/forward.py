@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -30,6 +31,7 @@ from aiohttp import web
 from cachetools import LRUCache
 from yarl import URL
 
+from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
 from proxy.upstream import collapsing
 from proxy.upstream.cache import CachedResponse, CacheKey, ResponseCache
@@ -70,6 +72,10 @@ class Target:
     initial: bool = False
 
 
+#: Admits one new engine request (per-principal limits): raises 429/503, or returns the
+#: permit to release when that engine request is over. Only called when the engine is asked.
+Admit = Callable[[], Awaitable[Permit]]
+
 #: (engine cache-control values, max-age cap, live request, live max-age, shared answer)
 _MemoKey = tuple[tuple[str, ...], int | None, bool, float, bool]
 
@@ -99,16 +105,23 @@ class Forwarder:
         await self._flights.close()
 
     async def forward(
-        self, request: web.Request, target: Target, options: UpstreamOptions, request_id: str
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        admit: Admit | None = None,
     ) -> Outcome:
         """Answer `request` with the engine's answer to `target`.
 
         Raises `UpstreamTimeout` (504) or `UpstreamError` (502) if no response headers arrive;
         once streaming has begun, an upstream failure closes the client connection so the
         client sees a truncated response, never a well-formed one with missing data.
+        `admit` is awaited only when a new engine request is needed (not for a cache hit or a
+        request joining a flight) and its permit is held until that engine request is over.
         """
         if target.method != "GET" or target.sse or not target.cacheable:
-            return await self._direct(request, target, options, request_id, None)
+            return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
         key: CacheKey = (
             "GET",
@@ -128,8 +141,8 @@ class Forwarder:
                 )
             self.metrics.cache_miss()
         if options.collapse:
-            return await self._collapsed(request, target, key, options, request_id)
-        return await self._direct(request, target, options, request_id, key)
+            return await self._collapsed(request, target, key, options, request_id, admit)
+        return await self._admitted_direct(request, target, options, request_id, key, admit)
 
     # --- engine answers ----------------------------------------------------------------
 
@@ -244,6 +257,22 @@ class Forwarder:
 
     # --- direct: one engine request per client -----------------------------------------
 
+    async def _admitted_direct(
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        key: CacheKey | None,
+        admit: Admit | None,
+    ) -> Outcome:
+        permit = await admit() if admit is not None else None
+        try:
+            return await self._direct(request, target, options, request_id, key)
+        finally:
+            if permit is not None:
+                permit.release()  # the answer was streamed out (or the client went away)
+
     async def _direct(
         self,
         request: web.Request,
@@ -307,14 +336,17 @@ class Forwarder:
         key: CacheKey,
         options: UpstreamOptions,
         request_id: str,
+        admit: Admit | None = None,
     ) -> Outcome:
-        flight, joined = self._join(request, target, key, key, options, request_id, None)
+        flight, joined = await self._join(
+            request, target, key, key, options, request_id, None, admit
+        )
         try:
             return await collapsing.wait(flight, request, options, joined=joined)
         finally:
             self._flights.leave(flight)
 
-    def _join(
+    async def _join(
         self,
         request: web.Request,
         target: Target,
@@ -323,7 +355,15 @@ class Forwarder:
         options: UpstreamOptions,
         request_id: str,
         if_none_match: str | None,
+        admit: Admit | None,
     ) -> tuple[Flight, bool]:
+        """Join the flight for `flight_key`, starting it (and its engine request) if needed.
+
+        A new flight is a new engine request: charged to the client that starts it, for as
+        long as the flight runs. Joining a flight in progress costs the engine nothing.
+        """
+        permit = await admit() if admit is not None and flight_key not in self._flights else None
+
         def on_complete(flight: Flight) -> None:
             assert flight.head is not None
             self._store(store_key, target, flight.head, flight.body())
@@ -334,6 +374,11 @@ class Forwarder:
             lambda upstream: self._head(upstream, options, target, cacheable=True),
             on_complete,
         )
+        if permit is not None:
+            if joined or flight.task is None:  # another client started it while we waited
+                permit.release()
+            else:
+                flight.task.add_done_callback(lambda _: permit.release())
         if joined:
             self.metrics.collapsed_request()
         return flight, joined
@@ -358,8 +403,10 @@ class Forwarder:
         """
         assert entry.etag is not None  # only answers with an ETag are kept as initial
         flight_key: CacheKey = (*key[:4], f"revalidate {entry.etag}")
-        flight, joined = self._join(
-            request, target, flight_key, key, options, request_id, entry.etag
+        # Not charged to the client's limits, like any cache hit: a 304 costs the engine no
+        # body, and one conditional request per distinct answer is in flight at a time.
+        flight, joined = await self._join(
+            request, target, flight_key, key, options, request_id, entry.etag, None
         )
         try:
             while flight.head is None and not flight.finished:
