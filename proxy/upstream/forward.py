@@ -191,7 +191,7 @@ class Forwarder:
         cache_control, ttl = rewritten
         if not (cacheable and options.cache) or upstream.status != 200:
             ttl = 0.0  # errors, 409 must-refetch, 304 (per client) and POSTs are never kept
-        elif not live and "electric-up-to-date" in raw:
+        elif not live and not target.initial and "electric-up-to-date" in raw:
             ttl = 0.0  # the tip of the log: the next write makes it stale (see upstream.cache)
         elif target.initial and "etag" not in raw:
             ttl = 0.0  # an initial answer is kept only if it can be revalidated
