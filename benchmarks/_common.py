@@ -347,9 +347,9 @@ class ProxyProcess(Process):
                          pairs: list[tuple[str, str]],
                          secret: str | None = ENGINE_SECRET) -> str:  # fmt: skip
         """The engine URL a proxy with policy `tables` builds (no proxy process needed)."""
+        from proxy.config.loader import build_config
         from proxy.http.params import parse_shape_query
         from proxy.policy.evaluate import evaluate
-        from proxy.policy.loader import build_config
         from proxy.upstream.url import build_upstream_url
 
         config = {

@@ -49,9 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 from _common import Postgres, machine  # noqa: E402
 
+from proxy.config.loader import build_config  # noqa: E402
 from proxy.http.params import parse_shape_query  # noqa: E402
 from proxy.policy.evaluate import evaluate  # noqa: E402
-from proxy.policy.loader import build_config  # noqa: E402
 from proxy.upstream.url import build_upstream_url  # noqa: E402
 
 ENGINE_SECRET = "bench-engine-secret-0123456789abcdef"

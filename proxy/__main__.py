@@ -22,10 +22,10 @@ from typing import Any
 from aiohttp import web
 
 from proxy.app import create_app
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.devtoken import TokenError, mint
 from proxy.explain import explain, format_report, load_for_explain
 from proxy.logs import configure_logging
-from proxy.policy.loader import ConfigError, LoadedConfig, load_config
 from sync_engine.console import (
     OneLineParser,
     add_common_flags,

@@ -15,7 +15,7 @@ from typing import Any
 
 import jwt
 
-from proxy.policy.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig
+from proxy.config.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig
 
 DEFAULT_TTL = 3600
 

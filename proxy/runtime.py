@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cachetools import LRUCache
@@ -23,9 +24,9 @@ from yarl import URL
 
 from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.metrics import Metrics
-from proxy.policy.loader import ConfigError, LoadedConfig, load_config
-from proxy.upstream.forward import UpstreamOptions
+from proxy.upstream.client import UpstreamOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +44,27 @@ class Prepared:
     url: URL
     url_text: str
     subject: str | None
+    #: Who is asking, for per-principal limits: see `principal_of`.
+    principal: str
     table: str
     rule: str
     live: bool
     sse: bool
     expires: float  # the token's exp (wall clock)
+
+
+ANONYMOUS = "anonymous"
+
+
+def principal_of(claims: Mapping[str, Any]) -> str:
+    """A stable name for who is asking: `<iss> <sub>` for a token, "anonymous" without one.
+
+    The issuer is part of it because two issuers may hand out the same `sub`.
+    """
+    sub = claims.get("sub")
+    if sub is None:
+        return ANONYMOUS
+    return f"{claims.get('iss', '')} {sub}"
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import jwt
 from cachetools import TTLCache
 from jwt import PyJWK
 
+from proxy.config.model import IssuerConfig
 from proxy.errors import Unauthenticated
-from proxy.policy.model import IssuerConfig
 
 Claims = Mapping[str, Any]
 

@@ -26,8 +26,8 @@ from proxy.http.headers import preflight_headers
 from proxy.http.params import parse_shape_query, parse_subset_body
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate, subset_body
-from proxy.runtime import Prepared, Runtime, RuntimeHolder
-from proxy.upstream.forward import Forwarder
+from proxy.runtime import Prepared, Runtime, RuntimeHolder, principal_of
+from proxy.upstream.forward import Forwarder, Target
 from proxy.upstream.url import build_upstream_url
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
@@ -47,33 +47,20 @@ async def named_shape(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamResponse:
+    """Authorise the request, then forward it: the request path of every shape request.
+
+    Admission control goes between the two steps below: once `prepared` names the principal
+    (`prepared.principal`) and the rule, and before anything is sent upstream or read from the
+    cache. A limiter hooks in there as `async with limits.acquire(prepared.principal, ...)`
+    around `_forward` (the slot is held while the answer streams), refusing with a
+    `ProxyError` (429/503 and `retry_after`) that the middleware renders like any other.
+    """
     context = request[CONTEXT]
-    app = request.app
-    runtime = app[HOLDER].current  # this request keeps this config through a reload
+    runtime = request.app[HOLDER].current  # this request keeps this config through a reload
     method = request.method
     body: bytes | None = None
     if method == "GET":
-        # A repeated (Authorization, query) pair was already authorised under this config:
-        # reuse the result until the token expires instead of redoing every step.
-        authorization = request.headers.get("Authorization")
-        cache = runtime.prepared if authorization is not None else None
-        key = None
-        prepared = None
-        if cache is not None and authorization is not None:
-            key = (
-                TokenVerifier.digest(authorization),
-                shape_name or "",
-                request.rel_url.raw_query_string,
-            )
-            prepared = cache.get(key)
-            if prepared is not None and prepared.expires <= time.time():
-                prepared = None
-        if prepared is not None:
-            app[METRICS].token_cache_lookup(True)
-        else:
-            prepared, _ = await _prepare(request, runtime, shape_name, post=False)
-            if cache is not None and key is not None:
-                cache[key] = prepared
+        prepared = await _prepare_get(request, runtime, shape_name)
     elif method == "OPTIONS":
         context.outcome = "preflight"
         max_age = runtime.loaded.config.cors.max_age
@@ -86,16 +73,56 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
         raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
-    return await app[FORWARDER].forward(
-        request,
-        prepared.url,
-        prepared.url_text,
+    # <- admission control (per-principal limits) hooks in here; see the docstring.
+    return await _forward(request, runtime, prepared, method, body)
+
+
+async def _forward(
+    request: web.Request, runtime: Runtime, prepared: Prepared, method: str, body: bytes | None
+) -> web.StreamResponse:
+    """Send the authorised request upstream and record how it went in the request context."""
+    context = request[CONTEXT]
+    target = Target(
+        method=method,
+        url=prepared.url,
+        url_text=prepared.url_text,
         body=body,
         live=prepared.live,
         sse=prepared.sse,
-        options=runtime.options,
-        context=context,
     )
+    outcome = await request.app[FORWARDER].forward(
+        request, target, runtime.options, context.request_id
+    )
+    context.upstream_status = outcome.upstream_status
+    context.cache = outcome.cache
+    if outcome.failure is not None:
+        context.outcome, context.reason = outcome.failure
+    return outcome.response
+
+
+async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str | None) -> Prepared:
+    """`_prepare` for a GET, remembered per (Authorization, query) under this config.
+
+    A repeated pair was already authorised: its result is reused until the token expires
+    (bounded by the token-cache TTL) instead of redoing every step.
+    """
+    authorization = request.headers.get("Authorization")
+    cache = runtime.prepared if authorization is not None else None
+    key = None
+    if cache is not None and authorization is not None:
+        key = (
+            TokenVerifier.digest(authorization),
+            shape_name or "",
+            request.rel_url.raw_query_string,
+        )
+        prepared = cache.get(key)
+        if prepared is not None and prepared.expires > time.time():
+            request.app[METRICS].token_cache_lookup(True)
+            return prepared
+    prepared, _ = await _prepare(request, runtime, shape_name, post=False)
+    if cache is not None and key is not None:
+        cache[key] = prepared
+    return prepared
 
 
 async def _prepare(
@@ -124,7 +151,6 @@ async def _prepare(
         secret=secret.get_secret_value() if secret is not None else None,
         subset_in_query=not post,
     )
-    protocol = dict(decision.protocol)
     sub = claims.get("sub")
     prepared = Prepared(
         url=url,
@@ -132,7 +158,8 @@ async def _prepare(
         subject=str(sub) if sub is not None else None,
         table=decision.table,
         rule=decision.rule,
-        live=protocol.get("live") not in (None, "false"),
+        principal=principal_of(claims),
+        live=shape_request.live,
         sse=shape_request.wants_sse,
         # Never reused past the token's expiry, nor longer than a verified token is cached.
         expires=min(float(claims["exp"]), time.time() + config.server.token_cache_ttl),

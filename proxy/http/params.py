@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 from proxy.errors import BadShapeRequest
-from proxy.policy.evaluate import ShapeRequest, SubsetRequest
 from proxy.policy.sql import parse_identifier_list
+from proxy.shape_request import ShapeRequest, SubsetRequest
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).

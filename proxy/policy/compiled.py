@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from proxy.policy.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
+from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template, parse_table_name
 
 TableKey = tuple[str, str]
