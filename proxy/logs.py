@@ -8,6 +8,7 @@ strings and `secret=`-style query values are masked wherever they appear, so a c
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable
 
@@ -36,6 +37,19 @@ def redact_query(items: Iterable[tuple[str, str]]) -> str:
         shown = MASK if name.lower() in SECRET_PARAMS or name.lower() == "authorization" else value
         parts.append(f"{name}={shown}")
     return redact("&".join(parts))
+
+
+def access_level(status: int, *, live: bool) -> int:
+    """The level of an access line: routine long-polls are DEBUG, failures WARNING.
+
+    A held live request ends every 20 s (204/200 up-to-date, 304) for every idle client: at
+    INFO they would bury everything else. A 5xx (the engine unreachable: 502) needs a look.
+    """
+    if status >= 500:
+        return logging.WARNING
+    if live and status in (200, 204, 304, 499):
+        return logging.DEBUG
+    return logging.INFO
 
 
 class JsonFormatter(console.JsonFormatter):
