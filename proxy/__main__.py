@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from proxy.app import create_app
+from proxy.config.loader import ConfigError, load_config
 from proxy.explain import explain, format_report
 from proxy.logs import configure_logging
-from proxy.policy.loader import ConfigError, load_config
 
 #: Pending connections the kernel queues before `accept`: thousands of clients (re)connecting
 #: at once must not overflow it (an overflowed SYN is retried by the client after 1 s).

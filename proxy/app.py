@@ -19,17 +19,19 @@ from types import MappingProxyType
 
 from aiohttp import web
 
+from proxy.config.loader import LoadedConfig
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http.context import CONTEXT, RequestContext, new_request_id
 from proxy.http.errors import error_response, render_http_exception, render_proxy_error
-from proxy.http.handlers import FORWARDER, HOLDER, METRICS, SESSION, add_routes
+from proxy.http.handlers import ADMISSION, FORWARDER, HOLDER, METRICS, SESSION, add_routes
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
+from proxy.limits.admission import Admission
 from proxy.logs import ACCESS_LOGGER, redact_query
 from proxy.metrics import Metrics
-from proxy.policy.loader import LoadedConfig
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
-from proxy.upstream.forward import Forwarder, make_session
+from proxy.upstream.client import make_session
+from proxy.upstream.forward import Forwarder
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(ACCESS_LOGGER)
@@ -61,9 +63,9 @@ def _cors_for(
 
 
 @lru_cache(maxsize=256)
-def _shape_vary(existing: tuple[str, ...], upstream: tuple[str, ...], origin: bool) -> str:
+def _shape_vary(existing: tuple[str, ...], origin: bool) -> str:
     """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization."""
-    return merge_vary(existing, *upstream, "Authorization", *(("Origin",) if origin else ()))
+    return merge_vary(existing, "Authorization", *(("Origin",) if origin else ()))
 
 
 @web.middleware
@@ -147,7 +149,7 @@ async def _decorate(request: web.Request, response: web.StreamResponse) -> None:
         headers.update(context.cors)
     if context.shape:
         existing = tuple(headers.getall("Vary", ()))
-        headers["Vary"] = _shape_vary(existing, context.vary, context.cors is not None)
+        headers["Vary"] = _shape_vary(existing, context.cors is not None)
 
 
 def create_app(
@@ -174,6 +176,8 @@ def create_app(
             metrics,
         )
         app[FORWARDER] = forwarder
+        # Per-principal limits; one pool slot per upstream connection (sized at start).
+        app[ADMISSION] = Admission(loaded.config.upstream.pool_size)
         holder = RuntimeHolder(
             loaded,
             session,

@@ -14,13 +14,13 @@ from typing import Any
 from yarl import URL
 
 from proxy.auth.bearer import refuse_token_in_query
+from proxy.config.loader import LoadedConfig
 from proxy.errors import ProxyError
 from proxy.http.params import parse_shape_query
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate
-from proxy.policy.loader import LoadedConfig
 from proxy.runtime import RuntimeHolder
-from proxy.upstream.forward import make_session
+from proxy.upstream.client import make_session
 from proxy.upstream.url import build_upstream_url, mask_url
 
 

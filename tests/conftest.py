@@ -9,6 +9,7 @@ between tests.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -34,21 +35,26 @@ def pg_server_url() -> Iterator[str]:
     if given:
         yield given
         return
+    # The cluster (~56 MB) lives in the temp dir only while the tests run: stopped and
+    # deleted afterwards, also when starting it failed.
     tmp = tempfile.mkdtemp(prefix="shapegate-test-pg-")
-    port = _free_port()
-    out = subprocess.run(
-        [str(ROOT / "scripts" / "dev-postgres"), "start", tmp, str(port)],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    url = next(
-        line.split("=", 1)[1] for line in out.splitlines() if line.startswith("DATABASE_URL=")
-    )
     try:
+        port = _free_port()
+        out = subprocess.run(
+            [str(ROOT / "scripts" / "dev-postgres"), "start", tmp, str(port)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        url = next(
+            line.split("=", 1)[1] for line in out.splitlines() if line.startswith("DATABASE_URL=")
+        )
         yield url
     finally:
-        subprocess.run([str(ROOT / "scripts" / "dev-postgres"), "stop", tmp], check=False)
+        subprocess.run(
+            [str(ROOT / "scripts" / "dev-postgres"), "stop", tmp], check=False, capture_output=True
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ import jwt
 from cachetools import TTLCache
 from jwt import PyJWK
 
+from proxy.config.model import IssuerConfig
 from proxy.errors import Unauthenticated
-from proxy.policy.model import IssuerConfig
 
 Claims = Mapping[str, Any]
 
@@ -62,7 +62,18 @@ class Issuer:
 
 
 #: pyjwt error class -> (reason, message). Most specific first; messages never echo the token.
+#: A registered claim of the wrong type (a numeric `sub`) is `invalid_claims`, not "malformed":
+#: the token parsed and its signature may be fine, the issuer minted it wrongly.
 _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
+    *(
+        (cls, "invalid_claims", message)
+        for name, message in (
+            ("InvalidSubjectError", "the token sub claim must be a string"),
+            ("InvalidJTIError", "the token jti claim must be a string"),
+            ("InvalidIssuedAtError", "the token iat claim must be a number"),
+        )
+        if (cls := getattr(jwt, name, None)) is not None  # pyjwt >= 2.10
+    ),
     (jwt.ExpiredSignatureError, "token_expired", "the token has expired"),
     (jwt.ImmatureSignatureError, "token_not_yet_valid", "the token is not valid yet"),
     (jwt.InvalidAudienceError, "invalid_audience", "the token is not meant for this service"),
@@ -76,6 +87,10 @@ _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 
 def _translate(exc: Exception) -> Unauthenticated:
+    if isinstance(exc, jwt.DecodeError) and "crypto padding" in str(exc):
+        # The signature segment is not valid base64url (one character changed or cut):
+        # the same answer as a signature that decodes but does not match.
+        return Unauthenticated("invalid_signature", "the token signature is invalid")
     for cls, reason, message in _ERRORS:
         if isinstance(exc, cls):
             return Unauthenticated(reason, message)

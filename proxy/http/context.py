@@ -28,9 +28,8 @@ class RequestContext:
     upstream_status: int | None = None
     shape: bool = False  # a shape path (gets CORS, `Vary: Authorization`)
     cors: Mapping[str, str] | None = None
-    vary: tuple[str, ...] = ()  # the engine's Vary values
     live: bool = False
-    cache: str = "-"  # "hit" (served from the response cache), "collapsed", or "-"
+    cache: str = "-"  # "hit", "revalidated", "collapsed" (see upstream.respond.Outcome) or "-"
 
 
 CONTEXT = web.RequestKey("shape_proxy_context", RequestContext)

@@ -11,6 +11,7 @@ until the token's `exp` (bounded by the token-cache TTL).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -24,16 +25,20 @@ from proxy.errors import BadShapeRequest, MethodNotAllowed
 from proxy.http.context import CONTEXT
 from proxy.http.headers import preflight_headers
 from proxy.http.params import parse_shape_query, parse_subset_body
+from proxy.limits.admission import Admission
+from proxy.limits.config import resolve
+from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate, subset_body
-from proxy.runtime import Prepared, Runtime, RuntimeHolder
-from proxy.upstream.forward import Forwarder
+from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
+from proxy.upstream.forward import Admit, Forwarder, Target
 from proxy.upstream.url import build_upstream_url
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+ADMISSION = web.AppKey("admission", Admission)
 
 
 async def shape(request: web.Request) -> web.StreamResponse:
@@ -47,33 +52,20 @@ async def named_shape(request: web.Request) -> web.StreamResponse:
 
 
 async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamResponse:
+    """Authorise the request, then forward it: the request path of every shape request.
+
+    Per-principal limits (`proxy.limits`) apply between the two steps: `_forward` hands the
+    forwarder an `admit` callable that it awaits only when a new engine request is needed (a
+    cache hit or a request joining a flight is free) and whose permit it holds while that
+    engine request runs; over a limit it raises a `ProxyError` (429, or 503 after the bounded
+    pool wait, with `retry_after`) that the middleware renders like any other.
+    """
     context = request[CONTEXT]
-    app = request.app
-    runtime = app[HOLDER].current  # this request keeps this config through a reload
+    runtime = request.app[HOLDER].current  # this request keeps this config through a reload
     method = request.method
     body: bytes | None = None
     if method == "GET":
-        # A repeated (Authorization, query) pair was already authorised under this config:
-        # reuse the result until the token expires instead of redoing every step.
-        authorization = request.headers.get("Authorization")
-        cache = runtime.prepared if authorization is not None else None
-        key = None
-        prepared = None
-        if cache is not None and authorization is not None:
-            key = (
-                TokenVerifier.digest(authorization),
-                shape_name or "",
-                request.rel_url.raw_query_string,
-            )
-            prepared = cache.get(key)
-            if prepared is not None and prepared.expires <= time.time():
-                prepared = None
-        if prepared is not None:
-            app[METRICS].token_cache_lookup(True)
-        else:
-            prepared, _ = await _prepare(request, runtime, shape_name, post=False)
-            if cache is not None and key is not None:
-                cache[key] = prepared
+        prepared = await _prepare_get(request, runtime, shape_name)
     elif method == "OPTIONS":
         context.outcome = "preflight"
         max_age = runtime.loaded.config.cors.max_age
@@ -86,16 +78,77 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
         raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
-    return await app[FORWARDER].forward(
-        request,
-        prepared.url,
-        prepared.url_text,
+    if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
+        method, body = "POST", prepared.upstream_body
+    return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+
+
+def _admitter(request: web.Request, prepared: Prepared) -> Admit:
+    """Per-principal admission for this request's engine request, if one is needed.
+
+    `forward` calls it only for a new engine request (a cache hit or a joined flight is
+    free). Requests without a subject are charged to their client address.
+    """
+    principal = prepared.principal
+    if principal == ANONYMOUS:
+        principal = f"{ANONYMOUS} {request.remote}"
+    return functools.partial(request.app[ADMISSION].admit, principal, prepared.limits)
+
+
+async def _forward(
+    request: web.Request,
+    runtime: Runtime,
+    prepared: Prepared,
+    method: str,
+    body: bytes | None,
+    admit: Admit | None = None,
+) -> web.StreamResponse:
+    """Send the authorised request upstream and record how it went in the request context."""
+    context = request[CONTEXT]
+    target = Target(
+        method=method,
+        url=prepared.url,
+        url_text=prepared.url_text,
         body=body,
         live=prepared.live,
         sse=prepared.sse,
-        options=runtime.options,
-        context=context,
     )
+    outcome = await request.app[FORWARDER].forward(
+        request, target, runtime.options, context.request_id, admit
+    )
+    if outcome.upstream_status is not None and outcome.upstream_status >= 400:
+        secret = runtime.loaded.upstream_secret
+        clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
+    context.upstream_status = outcome.upstream_status
+    context.cache = outcome.cache
+    if outcome.failure is not None:
+        context.outcome, context.reason = outcome.failure
+    return outcome.response
+
+
+async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str | None) -> Prepared:
+    """`_prepare` for a GET, remembered per (Authorization, query) under this config.
+
+    A repeated pair was already authorised: its result is reused until the token expires
+    (bounded by the token-cache TTL) instead of redoing every step.
+    """
+    authorization = request.headers.get("Authorization")
+    cache = runtime.prepared if authorization is not None else None
+    key = None
+    if cache is not None and authorization is not None:
+        key = (
+            TokenVerifier.digest(authorization),
+            shape_name or "",
+            request.rel_url.raw_query_string,
+        )
+        prepared = cache.get(key)
+        if prepared is not None and prepared.expires > time.time():
+            request.app[METRICS].token_cache_lookup(True)
+            return prepared
+    prepared, _ = await _prepare(request, runtime, shape_name, post=False)
+    if cache is not None and key is not None:
+        cache[key] = prepared
+    return prepared
 
 
 async def _prepare(
@@ -117,14 +170,19 @@ async def _prepare(
         shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(raw))
     decision = evaluate(runtime.loaded.policy, claims, shape_request, shape_name=shape_name)
     secret = runtime.loaded.upstream_secret
-    url = build_upstream_url(
+    build = functools.partial(
+        build_upstream_url,
         config.upstream.url,
         decision,
         source_id=config.upstream.source_id,
         secret=secret.get_secret_value() if secret is not None else None,
-        subset_in_query=not post,
     )
-    protocol = dict(decision.protocol)
+    url = build(subset_in_query=not post)
+    upstream_body = None
+    if not post and decision.subset is not None and not fits(url):
+        # Too long for the engine's request line: the subset clauses go in a POST body.
+        url, upstream_body = build(subset_in_query=False), subset_body(decision.subset)
+    check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
     sub = claims.get("sub")
     prepared = Prepared(
         url=url,
@@ -132,10 +190,13 @@ async def _prepare(
         subject=str(sub) if sub is not None else None,
         table=decision.table,
         rule=decision.rule,
-        live=protocol.get("live") not in (None, "false"),
+        principal=principal_of(claims),
+        live=shape_request.live,
         sse=shape_request.wants_sse,
         # Never reused past the token's expiry, nor longer than a verified token is cached.
         expires=min(float(claims["exp"]), time.time() + config.server.token_cache_ttl),
+        limits=resolve(config.limits, decision.limits),
+        upstream_body=upstream_body,
     )
     body = None
     if post:

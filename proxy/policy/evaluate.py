@@ -9,47 +9,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from proxy.config.model import ClaimMatch
 from proxy.errors import BadShapeRequest, Forbidden
+from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
-from proxy.policy.model import ClaimMatch
 from proxy.policy.sql import ClauseCache, parse_table_name
+from proxy.shape_request import ShapeRequest, SubsetRequest
 
 Claims = Mapping[str, Any]
 _MISSING = object()
-
-
-@dataclass(frozen=True, slots=True)
-class SubsetRequest:
-    """A subset snapshot request (`subset__*` params or a POST body)."""
-
-    where: str | None = None
-    params: Mapping[str, str] = field(default_factory=dict)
-    limit: int | None = None
-    offset: int | None = None
-    order_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ShapeRequest:
-    """What the client asked for, parsed but not yet authorised."""
-
-    table: str | None = None
-    where: str | None = None
-    params: Mapping[int, str] = field(default_factory=dict)
-    columns: tuple[str, ...] | None = None
-    replica: str | None = None
-    protocol: tuple[tuple[str, str], ...] = ()
-    subset: SubsetRequest | None = None
-
-    @property
-    def wants_sse(self) -> bool:
-        """Electric's reading: present and not "false"; the old alias counts when absent."""
-        values = dict(self.protocol)
-        value = values.get("live_sse", values.get("experimental_live_sse"))
-        return value is not None and value != "false"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +36,7 @@ class Decision:
     replica: str | None
     protocol: tuple[tuple[str, str], ...]
     subset: SubsetRequest | None
+    limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
 
 
 def claim_value(claims: Claims, path: str) -> Any:
@@ -244,6 +216,7 @@ def evaluate(
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,
+        limits=rule.limits,
     )
 
 

@@ -20,6 +20,7 @@ from pglast.parser import ParseError
 from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
+from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 
 MAX_CLAUSE_LENGTH = 4096
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
@@ -194,6 +195,20 @@ def _shift_params(root: object, offset: int) -> None:
                 node.number += offset
 
 
+def _check_depth(root: object, what: str) -> None:
+    """Refuse a tree deeper than `MAX_DEPTH` before anything walks it recursively."""
+    if tree_depth(root) > MAX_DEPTH:
+        raise BadShapeRequest("too_deep", too_deep_message(what))
+
+
+def _deparse(node: object, what: str) -> str:
+    """pglast's deparser recurses per level; the depth check keeps it far from the limit."""
+    try:
+        return RawStream()(node)
+    except RecursionError:  # a backstop only: a 400, never a 500
+        raise BadShapeRequest("too_deep", too_deep_message(what)) from None
+
+
 def check_client_where(
     clause: str, allowed_columns: Collection[str] | None, *, param_offset: int = 0, what: str
 ) -> ClientClause:
@@ -210,9 +225,10 @@ def check_client_where(
     except ValueError as exc:
         raise BadShapeRequest("invalid_where", f"{what} {exc}") from None
     where = stmt.whereClause
+    _check_depth(where, what)
     highest = _check_tree(where, allowed_columns, what)
     _shift_params(where, param_offset)
-    return ClientClause(sql=RawStream()(where), param_count=highest)
+    return ClientClause(sql=_deparse(where, what), param_count=highest)
 
 
 def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what: str) -> str:
@@ -228,10 +244,11 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
         raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
     if stmt.fromClause or stmt.limitCount or stmt.limitOffset or stmt.lockingClause or stmt.op:
         raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
+    _check_depth(stmt.sortClause, what)
     highest = _check_tree(stmt.sortClause, allowed_columns, what)
     if highest:
         raise BadShapeRequest("invalid_order_by", f"{what} may not use parameters")
-    return ", ".join(RawStream()(item) for item in stmt.sortClause)
+    return ", ".join(_deparse(item, what) for item in stmt.sortClause)
 
 
 def compile_template(template: str) -> CompiledTemplate:

@@ -19,13 +19,13 @@ read and as new ones arrive.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cachetools import TLRUCache
 from multidict import CIMultiDictProxy
 
-from proxy.http.headers import client_response_headers
+from proxy.upstream.headers import client_response_headers
 
 #: What identifies an upstream answer: (method, URL text, accept-encoding, accept, if-none-match).
 CacheKey = tuple[str, str, str, str, str]
@@ -41,8 +41,7 @@ class CachedResponse:
     status: int
     reason: str | None
     headers: tuple[tuple[str, str], ...]
-    cache_control: str  # the client-facing value (made private)
-    vary: tuple[str, ...]
+    cache_control: str  # the client-facing value
     body: bytes
     stored_at: float
     expires_at: float
@@ -56,39 +55,6 @@ class CachedResponse:
     @property
     def size(self) -> int:
         return len(self.body) + _ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in self.headers)
-
-
-def shared_ttl(cache_control: Iterable[str], *, live: bool, live_max_age: float) -> float:
-    """Seconds a shared cache may keep an answer with these `cache-control` values; 0 = never.
-
-    `s-maxage` wins over `max-age` (this is a shared cache). `public` is required: Electric
-    marks everything shareable that is, and anything else (no header, `private`, `no-store`,
-    `no-cache`, `must-revalidate` with max-age 0) is not kept.
-    """
-    public = False
-    max_age: float | None = None
-    s_maxage: float | None = None
-    for value in cache_control:
-        for directive in value.split(","):
-            name, _, arg = directive.strip().partition("=")
-            name = name.strip().lower()
-            if name == "public":
-                public = True
-            elif name in ("private", "no-store", "no-cache"):
-                return 0.0
-            elif name in ("max-age", "s-maxage"):
-                try:
-                    seconds = float(int(arg.strip().strip('"')))
-                except ValueError:
-                    return 0.0
-                if name == "max-age":
-                    max_age = seconds
-                else:
-                    s_maxage = seconds
-    ttl = s_maxage if s_maxage is not None else max_age
-    if not public or ttl is None or ttl <= 0:
-        return 0.0
-    return min(ttl, live_max_age) if live else ttl
 
 
 class ResponseCache:

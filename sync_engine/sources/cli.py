@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                             help="stop the source, drop its slot and publication, delete its"
                                  " shape logs")  # fmt: skip
     delete.add_argument("source_id")
+    delete.add_argument("--yes", "-y", action="store_true",
+                        help="do not ask for confirmation (needed when stdin is not a"
+                             " terminal)")  # fmt: skip
     return p
 
 
@@ -218,6 +221,8 @@ def run(args: argparse.Namespace) -> str:
         s = _request(args, "POST", f"/api/sources/{sid}/{cmd}")
         return json.dumps(s, indent=2) if args.json else f"{s['name']}: {s['state']}"
     if cmd == "delete":
+        if not args.yes:
+            _confirm_delete(_request(args, "GET", f"/api/sources/{sid}"))
         res = _request(args, "DELETE", f"/api/sources/{sid}")
         if args.json:
             return json.dumps(res, indent=2)
@@ -226,6 +231,21 @@ def run(args: argparse.Namespace) -> str:
             text += f"\nwarning: {w}"
         return text
     raise CliError(f"unknown command {cmd}")
+
+
+def _confirm_delete(s: dict[str, Any]) -> None:
+    """Ask before dropping a slot and every shape log: clients must then resync from scratch."""
+    what = (
+        f"delete source {s['name']!r} ({s['source_id']}): this drops replication slot"
+        f" {s['slot_name']} and publication {s['publication_name']} and deletes its"
+        f" {s['shape_count']} shape logs"
+    )
+    if not sys.stdin.isatty():
+        raise CliError(f"{what}; run again with --yes to confirm")
+    sys.stderr.write(f"{what[0].upper()}{what[1:]}.\nType the source name to confirm: ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip() != s["name"]:
+        raise CliError("not deleted")
 
 
 def main(argv: list[str] | None = None) -> int:

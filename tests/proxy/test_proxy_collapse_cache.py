@@ -15,8 +15,9 @@ from typing import Any
 import aiohttp
 from proxy_fakes import ORIGIN
 
-from proxy.policy.loader import build_config
-from proxy.upstream.cache import CachedResponse, ResponseCache, shared_ttl
+from proxy.config.loader import build_config
+from proxy.upstream.cache import CachedResponse, ResponseCache
+from proxy.upstream.headers import shared_ttl
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 LIVE = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&cursor=1"
@@ -247,7 +248,7 @@ async def test_sse_is_never_collapsed(proxy: Any) -> None:
 def _entry(body: bytes, now: float, ttl: float) -> CachedResponse:
     return CachedResponse(
         status=200, reason="OK", headers=(("electric-handle", "h"),), cache_control="private",
-        vary=(), body=body, stored_at=now, expires_at=now + ttl,
+        body=body, stored_at=now, expires_at=now + ttl,
     )  # fmt: skip
 
 

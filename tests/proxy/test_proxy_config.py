@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from proxy.__main__ import main
-from proxy.policy.loader import ConfigError, build_config, load_config
+from proxy.config.loader import ConfigError, build_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = [ROOT / "config" / "proxy.yaml", *sorted((ROOT / "config" / "examples").glob("*.yaml"))]

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 from proxy_fakes import ORIGIN
 
-from proxy.policy.loader import build_config
+from proxy.config.loader import build_config
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 

@@ -55,7 +55,8 @@ def admin_url(tmp_path: Path) -> Iterator[str]:
 def cli(admin_url: str, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "SYNC_ENGINE_ADMIN_URL": admin_url, "SYNC_ENGINE_ADMIN_TOKEN": token}
     return subprocess.run([sys.executable, "-m", "sync_engine", "sources", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+                          env=env, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)  # fmt: skip
 
 
 def test_cli_manages_sources(admin_url: str, make_db: Callable[[], str]) -> None:
@@ -93,7 +94,9 @@ def test_cli_manages_sources(admin_url: str, make_db: Callable[[], str]) -> None
     assert "paused" in cli(admin_url, "pause", a["source_id"]).stdout
     assert cli(admin_url, "resume", a["source_id"]).returncode == 0
 
-    out = cli(admin_url, "delete", a["source_id"])
+    out = cli(admin_url, "delete", a["source_id"])  # not a terminal: refuses without --yes
+    assert out.returncode == 1 and "--yes" in out.stderr and "slot" in out.stderr
+    out = cli(admin_url, "delete", a["source_id"], "--yes")
     assert out.returncode == 0 and "Deleted source 'cli-a'" in out.stdout
     assert [s["name"] for s in json.loads(cli(admin_url, "list", "--json").stdout)["sources"]] == [
         "cli-b"

@@ -1,0 +1,208 @@
+"""Per-principal admission to the engine: open-request cap, token-bucket rate, pool wait.
+
+Without it one client could hold every pooled engine connection (one live long-poll per
+distinct `cache-buster`, each held 20 s) and everyone else's initial sync waited behind it.
+Now every request that needs a new engine request asks `Admission.admit` first:
+
+1. the principal's open engine requests must be under its `max_concurrent`, else 429;
+2. its token bucket must have a token (`rate`/s, bursts of `burst`), else 429 whose
+   `Retry-After` is the time until the next token;
+3. a connection from the shared pool (`pool_size`), waiting at most `pool_wait`, else 503.
+
+The `Permit` it returns is released when that engine request is over (answer read, client
+gone, or flight finished). Answers from the cache and requests joining an identical flight
+never ask, so they are free. A principal is a token's issuer and subject, or the client
+address for anonymous requests; its state is dropped once it is idle and its bucket full.
+Used from the event loop thread only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+
+from proxy.errors import ProxyError, ServiceUnavailable
+from proxy.limits.bucket import TokenBucket, retry_after_seconds
+from proxy.limits.config import LimitSettings
+
+
+class TooManyRequests(ProxyError):
+    """429: this principal is over its limit; `Retry-After` says when to try again."""
+
+    status = 429
+
+
+class UpstreamBusy(ServiceUnavailable):
+    """503: every engine connection stayed in use for the whole bounded wait."""
+
+
+def principal_for(issuer: object, subject: object, remote: str | None) -> str:
+    """Who a request is charged to: the token's (issuer, subject), or the client address."""
+    if subject is not None:
+        return f"sub\x00{issuer}\x00{subject}"
+    return f"addr\x00{remote or '-'}"
+
+
+class _State:
+    __slots__ = ("active", "bucket", "burst", "rate")
+
+    def __init__(self, limits: LimitSettings, now: float) -> None:
+        self.active = 0
+        self.bucket = TokenBucket(limits.burst, now)
+        self.rate = limits.rate
+        self.burst = limits.burst
+
+
+class _Slots:
+    """A counting semaphore with a bounded, first-come-first-served wait."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    async def take(self, timeout: float) -> bool:
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        if timeout <= 0:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+            return True
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return True  # handed a slot just as the wait ran out: keep it
+            return False
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot, but this request is gone: pass it on
+            raise
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            try:
+                self._waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the first waiter
+                return
+        self.free += 1
+
+
+class Permit:
+    """One admitted engine request; `release()` (idempotent) when it is over."""
+
+    __slots__ = ("_admission", "_principal", "_released")
+
+    def __init__(self, admission: Admission, principal: str) -> None:
+        self._admission = admission
+        self._principal = principal
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._admission._release(self._principal)
+
+
+class Admission:
+    """The app's admission state: one per proxy process, surviving config reloads."""
+
+    def __init__(
+        self,
+        pool_size: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sweep_at: int = 10_000,
+    ) -> None:
+        self.pool_size = pool_size
+        self._slots = _Slots(pool_size)
+        self._clock = clock
+        self._states: dict[str, _State] = {}
+        self._sweep_base = sweep_at
+        self._sweep_at = sweep_at
+
+    def active(self, principal: str) -> int:
+        """Open engine requests charged to `principal`."""
+        state = self._states.get(principal)
+        return state.active if state is not None else 0
+
+    @property
+    def in_use(self) -> int:
+        """Pool connections taken by admitted requests."""
+        return self.pool_size - self._slots.free
+
+    @property
+    def principals(self) -> int:
+        return len(self._states)
+
+    async def admit(self, principal: str, limits: LimitSettings) -> Permit:
+        """Charge one engine request to `principal`, or raise 429 / 503 (see module doc)."""
+        now = self._clock()
+        state = self._states.get(principal)
+        if state is None:
+            if len(self._states) >= self._sweep_at:
+                self._sweep(now)
+            state = self._states[principal] = _State(limits, now)
+        state.rate, state.burst = limits.rate, limits.burst
+        if state.active >= limits.max_concurrent:
+            raise TooManyRequests(
+                "too_many_open_requests",
+                f"Too many open requests for this client: {state.active} requests are open "
+                f"to the sync engine (limit {limits.max_concurrent}); retry later",
+                retry_after=limits.retry_after,
+            )
+        wait = state.bucket.take(limits.rate, limits.burst, now)
+        if wait > 0:
+            raise TooManyRequests(
+                "rate_limited",
+                f"Too many requests from this client (limit {limits.rate:g} per second, "
+                f"bursts of {limits.burst}); retry later",
+                retry_after=retry_after_seconds(wait),
+            )
+        state.active += 1
+        try:
+            got = await self._slots.take(limits.pool_wait)
+        except BaseException:
+            state.active -= 1
+            raise
+        if not got:
+            state.active -= 1
+            raise UpstreamBusy(
+                "upstream_busy",
+                "All connections to the sync engine are in use; retry later",
+                retry_after=limits.retry_after,
+            )
+        return Permit(self, principal)
+
+    def _release(self, principal: str) -> None:
+        self._slots.release()
+        state = self._states.get(principal)
+        if state is not None:
+            state.active -= 1
+
+    def _sweep(self, now: float) -> None:
+        """Forget idle principals whose bucket has refilled (they would start afresh anyway)."""
+        idle = [
+            key
+            for key, state in self._states.items()
+            if state.active == 0 and state.bucket.full(state.rate, state.burst, now)
+        ]
+        for key in idle:
+            del self._states[key]
+        # Amortised: the next sweep waits until the table has doubled again.
+        self._sweep_at = max(self._sweep_base, 2 * len(self._states))

@@ -1,0 +1,88 @@
+"""The `limits:` sections of the proxy config: per-principal admission, in YAML.
+
+```yaml
+limits:                  # every principal (token subject, or client address when anonymous)
+  max_concurrent: 64     # engine requests open at once, held long-polls and SSE included
+  rate: 100              # engine requests per second, sustained ...
+  burst: 500             # ... with bursts up to this many
+  retry_after: 5         # Retry-After (s) on a 429 for too many open requests, and on a 503
+  pool_wait: 5           # max wait (s) for a free engine connection, then 503
+tables:
+  items:
+    allow:
+      - when: {role: service}
+        all_rows: true
+        limits: {max_concurrent: 1000, rate: 1000, burst: 2000}   # a rule may raise or lower
+```
+
+Only requests that reach the engine count: an answer from the proxy's cache, or a request that
+joins an identical one already in flight, costs the engine nothing and is not charged. Distinct
+`cache-buster` values make distinct engine requests, so they are charged. The defaults let an
+app hold dozens of live shapes per user, and keep one user from taking the engine connection
+pool from everyone else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RuleLimits(_Model):
+    """A rule's overrides of the global limits; what it leaves out is inherited."""
+
+    max_concurrent: int | None = Field(default=None, ge=1)
+    rate: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+
+
+class LimitsConfig(_Model):
+    """Per-principal limits applied to every request, and the wait for a pooled connection."""
+
+    max_concurrent: int = Field(
+        default=64, ge=1, description="engine requests one principal may have open at once"
+    )
+    rate: float = Field(default=100, gt=0, description="engine requests per second, sustained")
+    burst: int = Field(default=500, ge=1, description="engine requests in a burst")
+    retry_after: int = Field(
+        default=5, ge=1, description="Retry-After on a 429 for open requests and on a 503"
+    )
+    pool_wait: float = Field(
+        default=5, ge=0, description="max wait for a free engine connection, then 503"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSettings:
+    """The limits that apply to one request: the global ones with its rule's overrides."""
+
+    max_concurrent: int = 64
+    rate: float = 100.0
+    burst: int = 500
+    retry_after: int = 5
+    pool_wait: float = 5.0
+
+
+def resolve(global_limits: LimitsConfig, rule: RuleLimits | None) -> LimitSettings:
+    """Merge a rule's overrides into the global limits."""
+    base = LimitSettings(
+        max_concurrent=global_limits.max_concurrent,
+        rate=global_limits.rate,
+        burst=global_limits.burst,
+        retry_after=global_limits.retry_after,
+        pool_wait=global_limits.pool_wait,
+    )
+    if rule is None:
+        return base
+    return LimitSettings(
+        max_concurrent=rule.max_concurrent or base.max_concurrent,
+        rate=rule.rate or base.rate,
+        burst=rule.burst or base.burst,
+        retry_after=base.retry_after,
+        pool_wait=base.pool_wait,
+    )

@@ -1,0 +1,136 @@
+"""Bounded engine requests, and engine error bodies cleaned before a client sees them.
+
+The proxy rebuilds every engine URL: the enforced filter, its parameters, the client's own
+clauses (percent-encoded, so a 4 KiB `where` of `<` characters becomes 12 KiB) and the
+secret. The engine reads request lines of at most 8,190 bytes (aiohttp's default); past that it
+answers a 400 whose text could echo the start of the URL. So the proxy measures the request
+target first and refuses with a 414 that names the limit (a GET subset snapshot can move its
+clauses into a POST body instead: see `fits`).
+
+Whatever the engine answers with a 4xx/5xx body is also passed through `sanitise_error_body`:
+the secret (in any of its encodings) and any echo of the engine URL are removed, so no
+version of the engine can leak them through the proxy.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+from yarl import URL
+
+from proxy.errors import ProxyError
+
+#: The engine's request-line limit (aiohttp's `max_line_size` default) less
+#: `POST ` and ` HTTP/1.1`: the longest request target (path and query) it reads.
+ENGINE_MAX_LINE = 8190
+MAX_REQUEST_TARGET = ENGINE_MAX_LINE - len("POST ") - len(" HTTP/1.1")
+
+REMOVED_URL = "[engine request removed]"
+REDACTED = "[REDACTED]"
+#: An echo of the engine URL, to the end of its line (or JSON string): a decoded or quoted
+#: URL may hold spaces and quotes, so nothing after the path is kept.
+_ENGINE_PATH = re.compile(r"(?:https?://\S*?)?/v1/shape[^\r\n]*", re.IGNORECASE)
+_SECRET_PARAM = re.compile(r"((?:source_)?secret|api_secret|source_id)=[^&\s\"'<>]*", re.IGNORECASE)
+
+
+class UriTooLong(ProxyError):
+    """414: the engine request this would become is longer than the engine reads."""
+
+    status = 414
+
+
+def request_target_length(url: URL) -> int:
+    """Bytes of the request target (path and query, as sent) of an absolute engine URL."""
+    return len(url.raw_path_qs)
+
+
+def fits(url: URL, limit: int | None = None) -> bool:
+    return request_target_length(url) <= (limit or MAX_REQUEST_TARGET)
+
+
+def check_fits(url: URL, limit: int | None = None) -> None:
+    """Raise `UriTooLong` when `url` is over the engine's request-line limit.
+
+    The message names the limit but nothing of the URL (which carries the enforced filter and
+    the secret).
+    """
+    limit = limit or MAX_REQUEST_TARGET
+    if request_target_length(url) > limit:
+        raise UriTooLong(
+            "uri_too_long",
+            f"Request too long: the request to the sync engine would exceed its {limit:,}-byte "
+            "limit; shorten the where clause or send subset clauses in a POST body",
+        )
+
+
+def _needles(secret: str | None) -> list[str]:
+    if not secret:
+        return []
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        URL.build(query={"s": secret}).raw_query_string[2:],
+    }
+    return sorted(forms, key=len, reverse=True)
+
+
+def _clean_text(text: str, needles: list[str]) -> str:
+    for needle in needles:
+        text = text.replace(needle, REDACTED)
+    if "/v1/shape" in text.lower():
+        text = _ENGINE_PATH.sub(REMOVED_URL, text)
+    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+
+
+def _clean_json(value: Any, needles: list[str]) -> Any:
+    if isinstance(value, str):
+        return _clean_text(value, needles)
+    if isinstance(value, list):
+        return [_clean_json(item, needles) for item in value]
+    if isinstance(value, dict):
+        return {_clean_text(str(k), needles): _clean_json(v, needles) for k, v in value.items()}
+    return value
+
+
+def needs_sanitising(body: bytes, secret: str | None) -> bool:
+    """Cheap test: could this body hold the secret or an engine URL?"""
+    lowered = body.lower()
+    if b"/v1/shape" in lowered or b"secret=" in lowered or b"source_id=" in lowered:
+        return True
+    return any(needle.encode() in body for needle in _needles(secret))
+
+
+def sanitise_error_body(body: bytes, secret: str | None) -> bytes:
+    """`body` without the secret or any engine URL; the same bytes when there is nothing to do.
+
+    A JSON body stays JSON of the same structure (strings are cleaned one by one); anything
+    else is cleaned as text.
+    """
+    if not body or not needs_sanitising(body, secret):
+        return body
+    needles = _needles(secret)
+    text = body.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return _clean_text(text, needles).encode()
+    return json.dumps(_clean_json(parsed, needles), separators=(",", ":")).encode()
+
+
+def clean_error_response(response: object, secret: str | None) -> None:
+    """Clean the body of a whole engine error answer in place, before it is sent.
+
+    The engine sends its errors with a Content-Length, so they arrive here whole (a
+    `web.Response` with bytes); a streamed answer (a snapshot, a live body) is not an error.
+    """
+    from aiohttp import web
+
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        cleaned = sanitise_error_body(response.body, secret)
+        if cleaned is not response.body:
+            response.body = cleaned

@@ -1,0 +1,43 @@
+"""Shape `where` clauses: parse, validate against the supported SQL subset, compile.
+
+A client's clause is parsed by the real Postgres parser (pglast) as
+`SELECT 1 WHERE <clause>`, type-checked against the table's columns, and turned into
+- `Where.sql`: the clause deparsed from the validated AST, `$n` placeholders replaced by
+  explicitly cast, quoted literals. Nothing the client typed is pasted into SQL, so
+  `1=1) OR (1=1` or `'); DROP TABLE t; --` cannot escape (the snapshot session must keep
+  Postgres's default `standard_conforming_strings=on`, which the engine never changes);
+- `Where.matches(row)`: a tree of Python closures built once, evaluating the clause with
+  SQL three-valued logic on replication rows (Postgres text values);
+- `Where.index`: an equality / IN conjunct the router can use to skip the shape cheaply.
+
+One job a module:
+- `errors`    WhereError and clause-relative error positions;
+- `parse`     pglast parsing, the statement shape check, AST walks, `$n` substitution;
+- `types`     Postgres type names, implicit-conversion and common-type resolution;
+- `semantics` numeric and comparison semantics (NaN order, integer overflow, division);
+- `datetimes` date, timestamp and interval arithmetic;
+- `casts`     the implicit and explicit conversion tables;
+- `text`      type output functions (`::text`, `||`, concat) and LIKE;
+- `arrays`    array operators and functions, ANY/ALL;
+- `expr`      `Expr`, the typed compiled node, and the closures that combine them;
+- `compiler`  the AST walk that checks each node and builds its `Expr`;
+- `functions` the table of supported functions;
+- `index`     the equality / IN keys the router files shapes under;
+- `clause`    the public entry points `parse_where`, `parse_order_by`, `Where`.
+"""
+
+from .clause import Where, parse_order_by, parse_where
+from .errors import WhereError
+from .index import index_key
+from .parse import MAX_WHERE_SIZE
+from .text import like_regex
+
+__all__ = [
+    "MAX_WHERE_SIZE",
+    "Where",
+    "WhereError",
+    "index_key",
+    "like_regex",
+    "parse_order_by",
+    "parse_where",
+]

@@ -1,0 +1,107 @@
+"""Array operators and functions (`@>`, `<@`, `&&`, `||`, subscripts, slices, ANY/ALL).
+
+Arrays are nested tuples; NULL elements are `None`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def flatten(value: Any) -> list[Any]:
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, tuple):
+            out.extend(flatten(item))
+        else:
+            out.append(item)
+    return out
+
+
+def array_contains(a: Any, b: Any) -> bool:
+    """a @> b: every element of b is in a; NULL elements never match (Postgres rule)."""
+    have = [x for x in flatten(a) if x is not None]
+    for x in flatten(b):
+        if x is None or x not in have:
+            return False
+    return True
+
+
+def array_overlaps(a: Any, b: Any) -> bool:
+    have = [x for x in flatten(a) if x is not None]
+    return any(x is not None and x in have for x in flatten(b))
+
+
+def array_ndims(a: Any) -> int | None:
+    if not a:
+        return None
+    dims = 0
+    while isinstance(a, tuple) and a:
+        dims += 1
+        a = a[0]
+    return dims
+
+
+def array_subscript(a: Any, index: int) -> Any:
+    if not a or isinstance(a[0], tuple) or not 1 <= index <= len(a):
+        return None
+    return a[index - 1]
+
+
+def array_slice(a: Any, lo: int | None, hi: int | None) -> Any:
+    if not a or isinstance(a[0], tuple):
+        return ()
+    lo = 1 if lo is None else max(lo, 1)
+    hi = len(a) if hi is None else min(hi, len(a))
+    return tuple(a[lo - 1 : hi]) if lo <= hi else ()
+
+
+def array_cat(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return tuple(a) + tuple(b)
+
+
+def array_append(a: Any, x: Any) -> Any:
+    return (*(a or ()), x)
+
+
+def array_prepend(x: Any, a: Any) -> Any:
+    return (x, *(a or ()))
+
+
+def array_ndims_nullable(a: Any) -> Any:
+    return None if a is None else array_ndims(a)
+
+
+def subscript_nullable(a: Any, i: Any) -> Any:
+    return None if a is None or i is None else array_subscript(a, i)
+
+
+def quantified_op(op: Callable[[Any, Any], Any], is_all: bool) -> Callable[[Any, Any], Any]:
+    """`x op ANY(arr)` / `x op ALL(arr)` with Postgres's NULL rules."""
+
+    def quantified(value: Any, array: Any) -> Any:
+        if array is None:
+            return None
+        items = flatten(array)
+        if not items:
+            return is_all
+        if value is None:
+            return None
+        saw_null = False
+        for item in items:
+            if item is None:
+                saw_null = True
+                continue
+            hit = bool(op(value, item))
+            if hit and not is_all:
+                return True
+            if not hit and is_all:
+                return False
+        return None if saw_null else is_all
+
+    return quantified

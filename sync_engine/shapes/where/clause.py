@@ -1,0 +1,109 @@
+"""The public entry points: `parse_where` (-> `Where`) and `parse_order_by`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pglast import ast
+from pglast.enums import SortByDir
+from pglast.stream import RawStream
+
+from sync_engine.pg.catalog import ColumnInfo
+
+from .compiler import Compiler
+from .errors import WhereError
+from .expr import Eval
+from .parse import construct_name, count_columns, parse_clause, substitute_params
+
+
+@dataclass(frozen=True)
+class Where:
+    """A validated, compiled where clause (see the package docstring)."""
+
+    source: str
+    sql: str
+    referenced_columns: frozenset[str]
+    index: tuple[str, frozenset[Any]] | None
+    _fn: Eval = field(repr=False, compare=False)
+
+    def matches(self, row: Mapping[str, str | None]) -> bool:
+        """True only when the clause is SQL-true for `row` (Postgres text values).
+
+        An evaluation error (a value that does not parse, division by zero, overflow) makes
+        the row not match; Postgres would have failed the whole query instead.
+        """
+        try:
+            return self._fn(row, {}) is True
+        except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError):
+            return False
+
+
+def parse_where(
+    sql: str,
+    params: Mapping[str, str],
+    columns: Mapping[str, ColumnInfo],
+    *,
+    allow_enums: bool = False,
+    allow_subqueries: bool = False,
+) -> Where:
+    """Parse and validate a shape's where clause against the table's columns."""
+    stmt = parse_clause(sql)
+    clause = stmt.whereClause
+    if clause is None:
+        raise WhereError("malformed query ending with SQL clauses")
+    compiler = Compiler(
+        params,
+        columns,
+        allow_enums=allow_enums,
+        allow_subqueries=allow_subqueries,
+        ref_counts=count_columns(clause),
+    )
+    expr = compiler.compile(clause)
+    if expr.type == "unknown" and expr.text is not None:
+        expr = compiler.coerce(expr, "bool")
+    if expr.type != "bool":
+        raise WhereError("WHERE clause must return a boolean")
+    if params:  # without params, a `$n` has already failed to compile
+        substitute_params(stmt, params, compiler.param_types)
+    text = RawStream()(stmt.whereClause)
+    fn = expr.fn
+    if expr.is_const:
+        value = expr.value
+        fn = lambda _row, _cache: value  # noqa: E731
+    return Where(
+        source=text,
+        sql=text,
+        referenced_columns=frozenset(compiler.referenced),
+        index=expr.index,
+        _fn=fn,
+    )
+
+
+def parse_order_by(sql: str, columns: Mapping[str, ColumnInfo]) -> str:
+    """Validate a subset ORDER BY (plain columns, ASC/DESC, NULLS FIRST/LAST); canonical SQL."""
+    stmt = parse_clause(sql, "SELECT 1 ORDER BY ")
+    prefix_len = len("SELECT 1 ORDER BY ")
+    if stmt.whereClause is not None or not stmt.sortClause:
+        raise WhereError("malformed query ending with SQL clauses")
+    parts = []
+    for sort in stmt.sortClause:
+        node = sort.node
+        loc = getattr(node, "location", None)
+        at = ""
+        if isinstance(loc, int) and loc >= prefix_len:
+            at = f"At location {loc - prefix_len}: "
+        if isinstance(node, ast.ParamRef):
+            raise WhereError(f"{at}parameter ${node.number} is not supported in ORDER BY clauses")
+        if not isinstance(node, ast.ColumnRef):
+            raise WhereError(
+                f"{at}{construct_name(node)} expressions are not allowed in ORDER BY clauses"
+            )
+        names = [getattr(f, "sval", "*") for f in node.fields]
+        if len(names) != 1 or names[0] not in columns:
+            raise WhereError(f"{at}unknown reference {'.'.join(names)}")
+        if sort.sortby_dir == SortByDir.SORTBY_USING:
+            raise WhereError(f"{at}ORDER BY ... USING is not allowed in ORDER BY clauses")
+        parts.append(RawStream()(sort))
+    return ", ".join(parts)

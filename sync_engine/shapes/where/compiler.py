@@ -1,0 +1,893 @@
+"""The compiler: walks the pglast AST once, checking each node and building its `Expr`.
+
+Each `_<NodeType>` method handles one node type; anything without a method is refused with a
+`WhereError` naming the construct.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from pglast import ast
+from pglast.enums import A_Expr_Kind, BoolExprType, BoolTestType, MinMaxOp, NullTestType
+
+from sync_engine.pg import values as pgv
+from sync_engine.pg.catalog import ColumnInfo
+
+from .arrays import (
+    array_append,
+    array_cat,
+    array_contains,
+    array_overlaps,
+    array_prepend,
+    flatten,
+    quantified_op,
+    subscript_nullable,
+)
+from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS
+from .datetimes import DATETIME_OPS, neg_interval
+from .errors import WhereError, error_at
+from .expr import (
+    Cache,
+    Expr,
+    Row,
+    and_expr,
+    apply,
+    apply_nullable,
+    bool_expr,
+    cached_column_eval,
+    col_const_compare,
+    column_eval,
+    const,
+    in_list,
+    or_expr,
+    slice_expr,
+)
+from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
+from .index import enum_array_parser, indexable, keyset
+from .parse import construct_name
+from .semantics import (
+    COMPARISONS,
+    arith_func,
+    checked_int,
+    comparison_op,
+    float_pow,
+    identity,
+    numeric_pow,
+    sqrt,
+    wrap_shift,
+)
+from .text import bool_text, bool_text_from_raw, like_function, like_regex, text_output
+from .types import (
+    CAST_TARGETS,
+    FLOAT_TYPES,
+    INT_TYPES,
+    JSON_TYPES,
+    NUMERIC_ORDER,
+    ORDERED_TYPES,
+    STRING_TYPES,
+    TEMPORAL_TYPES,
+    column_type,
+    common_numeric,
+    common_type,
+    display,
+    elem_type,
+    fits_operand,
+    is_array,
+    is_enum,
+)
+
+JSON_OPERATORS = frozenset({"->", "->>", "#>", "#>>", "?", "?|", "?&", "@?", "@@", "#-"})
+
+
+LIKE_OPERATORS = {
+    "~~": (False, False),
+    "!~~": (False, True),
+    "~~*": (True, False),
+    "!~~*": (True, True),
+}
+
+
+class Compiler:
+    """Walks the pglast AST once, checking each node and building its `Expr`."""
+
+    def __init__(
+        self,
+        params: Mapping[str, str],
+        columns: Mapping[str, ColumnInfo],
+        *,
+        allow_enums: bool,
+        allow_subqueries: bool,
+        ref_counts: Mapping[str, int],
+    ) -> None:
+        self.params = params
+        self.columns = columns
+        self.allow_enums = allow_enums
+        self.allow_subqueries = allow_subqueries
+        self.ref_counts = ref_counts
+        self.param_types: dict[int, str] = {}
+        self.referenced: set[str] = set()
+
+    # -- entry points --
+
+    def compile(self, node: Any) -> Expr:
+        method = getattr(self, "_" + type(node).__name__, None)
+        if method is None:
+            raise error_at(f"{construct_name(node)} is not supported", node)
+        try:
+            expr: Expr = method(node)
+        except WhereError as e:
+            # Constants carry no location in pglast: report the nearest enclosing node's.
+            if e.located or not isinstance(getattr(node, "location", None), int):
+                raise
+            raise error_at(str(e), node) from None
+        return expr if expr.node is not None else replace(expr, node=node)
+
+    def to_bool(self, expr: Expr, what: str) -> Expr:
+        if expr.type == "bool":
+            return expr
+        if expr.type == "unknown":
+            return self.coerce(expr, "bool")
+        raise error_at(
+            f"argument of {what} must be type boolean, not type {display(expr.type)}", expr.node
+        )
+
+    # -- coercion --
+
+    def coerce(self, expr: Expr, target: str) -> Expr:
+        """Implicitly convert `expr` to `target` (unknown literals are parsed), or fail."""
+        if expr.type == target:
+            return expr
+        if expr.type == "unknown":
+            return self._resolve_unknown(expr, target)
+        if is_array(expr.type) and is_array(target):
+            key = (elem_type(expr.type), elem_type(target))
+            conv = IMPLICIT_CASTS.get(key)
+            if conv is None:
+                raise self._no_conversion(expr, target)
+            return self._map_array(expr, target, conv[0])
+        conv = IMPLICIT_CASTS.get((expr.type, target))
+        if conv is None:
+            raise self._no_conversion(expr, target)
+        func, exact = conv
+        if (expr.type, target) == ("date", "timestamptz"):
+            func = EXPLICIT_CASTS[("date", "timestamptz")]
+        if func is identity:
+            return replace(expr, type=target, raw=expr.raw and exact, fn=expr.fn)
+        result = apply(target, func, [expr], expr.node)
+        if exact and expr.column is not None:
+            result = replace(result, column=expr.column)
+        return result
+
+    def _no_conversion(self, expr: Expr, target: str) -> WhereError:
+        return error_at(f"cannot convert {display(expr.type)} to {display(target)}", expr.node)
+
+    def _map_array(self, expr: Expr, target: str, func: Callable[[Any], Any]) -> Expr:
+        def conv(a: Any) -> Any:
+            return tuple(
+                None if x is None else conv(x) if isinstance(x, tuple) else func(x) for x in a
+            )
+
+        return replace(apply(target, conv, [expr], expr.node), column=None)
+
+    def _resolve_unknown(self, expr: Expr, target: str) -> Expr:
+        """Give an untyped literal / parameter its type, parsing it with that type's rules."""
+        if expr.param is not None:
+            seen = self.param_types.setdefault(expr.param, target)
+            if seen != target:
+                raise error_at(f"type conflict for ${expr.param}", expr.node)
+        if expr.text is None:
+            return const(target, None, expr.node)
+        if is_enum(target) or (is_array(target) and is_enum(elem_type(target))):
+            if is_array(target):
+                value: Any = pgv.parse_array(expr.text, identity)
+            else:
+                value = expr.text
+            return const(target, value, expr.node)
+        try:
+            parser = pgv.input_parser(target)
+            return const(target, parser(expr.text), expr.node)
+        except ValueError as e:
+            raise error_at(str(e), expr.node) from None
+
+    def unify(self, exprs: Sequence[Expr], what: str, node: Any) -> tuple[str, list[Expr]]:
+        """Convert operands to one common type (Postgres's UNION/CASE-style resolution)."""
+        typ = "unknown"
+        for e in exprs:
+            common = common_type(typ, e.type)
+            if common is None:
+                raise error_at(
+                    f"{what} types {display(typ)} and {display(e.type)} cannot be matched",
+                    e.node or node,
+                )
+            typ = common
+        if typ == "unknown":
+            typ = "text"
+        return typ, [self.coerce(e, typ) for e in exprs]
+
+    # -- leaves --
+
+    def _ColumnRef(self, node: ast.ColumnRef) -> Expr:
+        parts = [getattr(f, "sval", "*") for f in node.fields]
+        if len(parts) != 1 or parts[0] not in self.columns:
+            raise error_at(f"unknown reference {'.'.join(parts)}", node)
+        col = self.columns[parts[0]]
+        self.referenced.add(col.name)
+        typ = column_type(col)
+        if col.is_array and col.type_kind == "e":
+            parse = enum_array_parser()
+        else:
+            parse = pgv.output_parser(col.type_name, is_enum=col.type_kind == "e")
+        if self.ref_counts.get(col.name, 0) > 1:
+            return Expr(
+                typ, cached_column_eval(col.name, parse), column=col.name, raw=True, node=node
+            )
+        return Expr(
+            typ,
+            column_eval(col.name, parse),
+            column=col.name,
+            unary=parse,
+            unary_of=col.name,
+            raw=True,
+            node=node,
+        )
+
+    def _A_Const(self, node: ast.A_Const) -> Expr:
+        if node.isnull:
+            return Expr("unknown", lambda _r, _c: None, is_const=True, node=node)
+        val = node.val
+        if isinstance(val, ast.Integer):
+            return const("int4", int(val.ival), node)
+        if isinstance(val, ast.Float):
+            text = val.fval
+            if re.fullmatch(r"[0-9]+", text):
+                n = int(text)
+                return const(
+                    "int8" if n < 2**63 else "numeric", n if n < 2**63 else Decimal(n), node
+                )
+            return const("numeric", Decimal(text), node)
+        if isinstance(val, ast.Boolean):
+            return const("bool", bool(val.boolval), node)
+        if isinstance(val, ast.String):
+            return Expr(
+                "unknown",
+                lambda _r, _c: val.sval,
+                is_const=True,
+                value=val.sval,
+                text=val.sval,
+                node=node,
+            )
+        raise error_at(f"{construct_name(val)} constants are not supported", node)
+
+    def _ParamRef(self, node: ast.ParamRef) -> Expr:
+        n = node.number
+        text = self.params.get(str(n))
+        if text is None:
+            raise error_at(f"parameter ${n} was not provided", node)
+        return Expr(
+            "unknown", lambda _r, _c: text, is_const=True, value=text, text=text, param=n, node=node
+        )
+
+    # -- boolean structure --
+
+    def _BoolExpr(self, node: ast.BoolExpr) -> Expr:
+        if node.boolop == BoolExprType.NOT_EXPR:
+            arg = self.to_bool(self.compile(node.args[0]), "NOT")
+            return apply("bool", operator.not_, [arg], node)
+        what = "AND" if node.boolop == BoolExprType.AND_EXPR else "OR"
+        args = [self.to_bool(self.compile(a), what) for a in node.args]
+        return and_expr(args, node) if what == "AND" else or_expr(args, node)
+
+    def _NullTest(self, node: ast.NullTest) -> Expr:
+        arg = self.compile(node.arg)
+        if arg.type == "unknown" and arg.param is not None:
+            arg = self.coerce(arg, "text")
+        f = arg.fn
+        if node.nulltesttype == NullTestType.IS_NULL:
+            return bool_expr(lambda row, cache: f(row, cache) is None, node)
+        return bool_expr(lambda row, cache: f(row, cache) is not None, node)
+
+    def _BooleanTest(self, node: ast.BooleanTest) -> Expr:
+        arg = self.to_bool(self.compile(node.arg), "IS TRUE")
+        f = arg.fn
+        tests: dict[Any, Callable[[Any], bool]] = {
+            BoolTestType.IS_TRUE: lambda v: v is True,
+            BoolTestType.IS_NOT_TRUE: lambda v: v is not True,
+            BoolTestType.IS_FALSE: lambda v: v is False,
+            BoolTestType.IS_NOT_FALSE: lambda v: v is not False,
+            BoolTestType.IS_UNKNOWN: lambda v: v is None,
+            BoolTestType.IS_NOT_UNKNOWN: lambda v: v is not None,
+        }
+        test = tests[node.booltesttype]
+        return bool_expr(lambda row, cache: test(f(row, cache)), node)
+
+    # -- operators --
+
+    def _A_Expr(self, node: ast.A_Expr) -> Expr:
+        names = [n.sval for n in node.name]
+        if len(names) != 1:
+            raise error_at(f"qualified operator {'.'.join(names)} is not supported", node)
+        name = names[0]
+        kind = node.kind
+        handlers: dict[Any, Callable[[ast.A_Expr, str], Expr]] = {
+            A_Expr_Kind.AEXPR_OP: self._operator,
+            A_Expr_Kind.AEXPR_OP_ANY: self._any_all,
+            A_Expr_Kind.AEXPR_OP_ALL: self._any_all,
+            A_Expr_Kind.AEXPR_DISTINCT: self._distinct,
+            A_Expr_Kind.AEXPR_NOT_DISTINCT: self._distinct,
+            A_Expr_Kind.AEXPR_NULLIF: self._nullif,
+            A_Expr_Kind.AEXPR_IN: self._in,
+            A_Expr_Kind.AEXPR_LIKE: self._like_expr,
+            A_Expr_Kind.AEXPR_ILIKE: self._like_expr,
+            A_Expr_Kind.AEXPR_BETWEEN: self._between,
+            A_Expr_Kind.AEXPR_NOT_BETWEEN: self._between,
+            A_Expr_Kind.AEXPR_BETWEEN_SYM: self._between,
+            A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM: self._between,
+        }
+        handler = handlers.get(kind)
+        if handler is None:
+            raise error_at(
+                f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node
+            )
+        return handler(node, name)
+
+    def _operator(self, node: ast.A_Expr, name: str) -> Expr:
+        if name in JSON_OPERATORS:
+            raise error_at(f"JSON operator {name} is not supported", node)
+        if node.lexpr is None:
+            return self._prefix(node, name, self.compile(node.rexpr))
+        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
+        for side in (left, right):
+            if side.type in JSON_TYPES:
+                raise error_at(
+                    f"JSON operators are not supported ({display(side.type)} {name})", node
+                )
+        if name in COMPARISONS:
+            return self.comparison(name, left, right, node)
+        if name in LIKE_OPERATORS:
+            ignore_case, negate = LIKE_OPERATORS[name]
+            return self.like(left, right, None, ignore_case, negate, node)
+        if name in ("@>", "<@", "&&"):
+            return self._array_op(name, left, right, node)
+        if name == "||":
+            return self._concat_op(left, right, node)
+        return self._arithmetic(name, left, right, node)
+
+    def comparison(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
+        typ = common_type(left.type, right.type)
+        if typ is None or (is_enum(typ) and not self.allow_enums):
+            raise self._operator_error(name, left, right, node)
+        if typ == "unknown":
+            typ = "text"
+        if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
+            raise self._operator_error(name, left, right, node)
+        left, right = self.coerce(left, typ), self.coerce(right, typ)
+        op = comparison_op(name, typ)
+        if left.is_const and not right.is_const:
+            left, right = right, left
+            op = comparison_op({"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(name, name), typ)
+        index = None
+        if name == "=" and right.is_const and left.column is not None and left.raw:
+            index = (left.column, frozenset() if right.value is None else keyset([right.value]))
+        if right.is_const and left.unary is not None and right.value is not None:
+            expr = col_const_compare(left, right.value, op, node)
+        else:
+            expr = apply("bool", op, [left, right], node)
+        return replace(expr, index=index) if index and indexable(index[1]) else expr
+
+    def _operator_error(self, name: str, left: Expr, right: Expr, node: Any) -> WhereError:
+        for side in (left, right):
+            if is_enum(side.type) and not self.allow_enums:
+                return error_at(
+                    f"enum values can only be compared after a cast to text "
+                    f"(operator {name} on {display(side.type)})",
+                    node,
+                )
+        return error_at(
+            f"operator does not exist: {display(left.type)} {name} {display(right.type)}", node
+        )
+
+    def _prefix(self, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
+        if arg.type == "unknown":
+            arg = self.coerce(arg, "numeric" if name != "~" else "int8")
+        typ = arg.type
+        if name == "~" and typ in INT_TYPES:
+            return apply(typ, operator.invert, [arg], node)
+        if typ in NUMERIC_ORDER or (typ == "interval" and name in "+-"):
+            funcs: dict[str, Callable[[Any], Any]] = {
+                "+": identity,
+                "-": neg_interval if typ == "interval" else operator.neg,
+                "@": abs,
+                "|/": sqrt,
+            }
+            if name in funcs:
+                rtype = "float8" if name == "|/" else typ
+                if name == "|/":
+                    arg = self.coerce(arg, "float8")
+                func = funcs[name]
+                if typ in INT_TYPES and name in ("-", "@"):
+                    func = checked_int(typ, func)
+                return apply(rtype, func, [arg], node)
+        raise error_at(f"operator does not exist: {name} {display(typ)}", node)
+
+    def _arithmetic(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
+        dated = self._datetime_arithmetic(name, left, right, node)
+        if dated is not None:
+            return dated
+        lt, rt = left.type, right.type
+        if lt == "unknown":
+            left = self.coerce(left, rt if rt in NUMERIC_ORDER else "numeric")
+        if right.type == "unknown":
+            right = self.coerce(right, left.type if left.type in NUMERIC_ORDER else "numeric")
+        lt, rt = left.type, right.type
+        if lt not in NUMERIC_ORDER or rt not in NUMERIC_ORDER:
+            raise error_at(f"operator does not exist: {display(lt)} {name} {display(rt)}", node)
+        if name in ("&", "|", "#", "<<", ">>"):
+            return self._bitwise(name, left, right, node)
+        if name == "^":
+            typ = (
+                "numeric"
+                if "numeric" in (lt, rt) and not FLOAT_TYPES & {lt, rt} - {"numeric"}
+                else "float8"
+            )
+            func: Callable[..., Any] = numeric_pow if typ == "numeric" else float_pow
+            return apply(typ, func, [self.coerce(left, typ), self.coerce(right, typ)], node)
+        typ = common_numeric(lt, rt)
+        left, right = self.coerce(left, typ), self.coerce(right, typ)
+        arith = arith_func(name, typ)
+        if arith is None:
+            raise error_at(f"operator does not exist: {display(lt)} {name} {display(rt)}", node)
+        return apply(typ, arith, [left, right], node)
+
+    def _datetime_arithmetic(self, name: str, left: Expr, right: Expr, node: Any) -> Expr | None:
+        """Date/time operators, resolving an untyped literal like Postgres: first as the
+        other operand's type (so `ts - '1 day'` fails as in Postgres), then any match."""
+        lt, rt = left.type, right.type
+        if not ({lt, rt} & TEMPORAL_TYPES):
+            return None
+        candidates = [(a, b) for (op, a, b) in DATETIME_OPS if op == name]
+        exact = [c for c in candidates if fits_operand(lt, c[0]) and fits_operand(rt, c[1])]
+        chosen = None
+        if exact:
+            chosen = exact[0]
+        elif "unknown" in (lt, rt):
+            other = rt if lt == "unknown" else lt
+            same = (other, other)
+            if same in candidates:
+                chosen = same
+            else:
+                fits = [
+                    c
+                    for c in candidates
+                    if (lt == "unknown" or fits_operand(lt, c[0]))
+                    and (rt == "unknown" or fits_operand(rt, c[1]))
+                ]
+                chosen = fits[0] if fits else None
+        if chosen is None:
+            raise error_at(f"operator does not exist: {display(lt)} {name} {display(rt)}", node)
+        rtype, func = DATETIME_OPS[(name, *chosen)]
+        return apply(
+            rtype, func, [self.coerce(left, chosen[0]), self.coerce(right, chosen[1])], node
+        )
+
+    def _bitwise(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
+        if left.type not in INT_TYPES or right.type not in INT_TYPES:
+            raise error_at(
+                f"operator does not exist: {display(left.type)} {name} {display(right.type)}", node
+            )
+        if name in ("<<", ">>"):
+            typ = left.type
+            right = self.coerce(right, "int4") if right.type == "int2" else right
+            shift = operator.lshift if name == "<<" else operator.rshift
+            return apply(typ, wrap_shift(typ, shift), [left, right], node)
+        typ = common_numeric(left.type, right.type)
+        funcs = {"&": operator.and_, "|": operator.or_, "#": operator.xor}
+        return apply(typ, funcs[name], [self.coerce(left, typ), self.coerce(right, typ)], node)
+
+    def _concat_op(self, left: Expr, right: Expr, node: Any) -> Expr:
+        if is_array(left.type) or is_array(right.type):
+            return self._array_concat(left, right, node)
+        lt, rt = left.type, right.type
+        if lt == rt == "unknown" or lt in STRING_TYPES or rt in STRING_TYPES:
+            parts = [self.as_text(e) for e in (left, right)]
+            return apply("text", operator.add, parts, node)
+        raise error_at(f"operator does not exist: {display(lt)} || {display(rt)}", node)
+
+    def _array_concat(self, left: Expr, right: Expr, node: Any) -> Expr:
+        if is_array(left.type) and is_array(right.type):
+            typ, (left, right) = self.unify([left, right], "array ||", node)
+            return apply_nullable(typ, array_cat, [left, right], node)
+        if is_array(left.type):
+            if right.type == "unknown" and right.text is not None and right.text.startswith("{"):
+                right = self.coerce(right, left.type)
+                return apply_nullable(left.type, array_cat, [left, right], node)
+            right = self.coerce(right, elem_type(left.type))
+            return apply_nullable(left.type, array_append, [left, right], node)
+        if left.type == "unknown" and left.text is not None and left.text.startswith("{"):
+            left = self.coerce(left, right.type)
+            return apply_nullable(right.type, array_cat, [left, right], node)
+        left = self.coerce(left, elem_type(right.type))
+        return apply_nullable(right.type, array_prepend, [left, right], node)
+
+    def _array_op(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
+        if not (is_array(left.type) or is_array(right.type)):
+            raise self._operator_error(name, left, right, node)
+        typ = common_type(left.type, right.type)
+        if typ is None or (is_enum(elem_type(typ)) and not self.allow_enums):
+            raise self._operator_error(name, left, right, node)
+        left, right = self.coerce(left, typ), self.coerce(right, typ)
+        if name == "@>":
+            return apply("bool", array_contains, [left, right], node)
+        if name == "<@":
+            return apply("bool", lambda a, b: array_contains(b, a), [left, right], node)
+        return apply("bool", array_overlaps, [left, right], node)
+
+    def _any_all(self, node: ast.A_Expr, name: str) -> Expr:
+        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
+        is_all = node.kind == A_Expr_Kind.AEXPR_OP_ALL
+        if right.type == "unknown":
+            elem = left.type if left.type != "unknown" else "text"
+            right = self.coerce(right, elem + "[]")
+        if not is_array(right.type):
+            raise error_at(
+                f"op ANY/ALL (array) requires array on right side, not {display(right.type)}", node
+            )
+        probe = Expr(elem_type(right.type), lambda _r, _c: None, node=node.rexpr)
+        if name in COMPARISONS:
+            typ = common_type(left.type, probe.type)
+            if (
+                typ is None
+                or (is_enum(typ) and not self.allow_enums)
+                or (name not in ("=", "<>") and typ not in ORDERED_TYPES)
+            ):
+                raise self._operator_error(name, left, probe, node)
+            left = self.coerce(left, typ)
+            right = self.coerce(right, typ + "[]")
+            op = comparison_op(name, typ)
+        elif name in LIKE_OPERATORS:
+            ignore_case, negate = LIKE_OPERATORS[name]
+            left = self.coerce(left, "text")
+            right = self.coerce(right, "text[]")
+            op = like_function(ignore_case, negate)
+        else:
+            raise error_at(f"operator {name} is not supported with ANY/ALL", node)
+        expr = apply_nullable("bool", quantified_op(op, is_all), [left, right], node)
+        if (
+            not is_all
+            and name == "="
+            and right.is_const
+            and right.value is not None
+            and left.column is not None
+            and left.raw
+        ):
+            keys = [v for v in flatten(right.value) if v is not None]
+            if indexable(keys):
+                return replace(expr, index=(left.column, keyset(keys)))
+        return expr
+
+    def _distinct(self, node: ast.A_Expr, name: str) -> Expr:
+        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
+        typ = common_type(left.type, right.type)
+        if name != "=" or typ is None or (is_enum(typ) and not self.allow_enums):
+            raise self._operator_error(name, left, right, node)
+        typ = "text" if typ == "unknown" else typ
+        left, right = self.coerce(left, typ), self.coerce(right, typ)
+        eq = comparison_op("=", typ)
+        lf, rf = left.fn, right.fn
+        want_distinct = node.kind == A_Expr_Kind.AEXPR_DISTINCT
+
+        def distinct(row: Row, cache: Cache) -> bool:
+            a, b = lf(row, cache), rf(row, cache)
+            if a is None or b is None:
+                same = a is None and b is None
+            else:
+                same = bool(eq(a, b))
+            return same != want_distinct
+
+        return bool_expr(distinct, node)
+
+    def _nullif(self, node: ast.A_Expr, name: str) -> Expr:
+        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
+        typ, (left, right) = self.unify([left, right], "NULLIF", node)
+        eq = comparison_op("=", typ)
+        lf, rf = left.fn, right.fn
+
+        def nullif(row: Row, cache: Cache) -> Any:
+            a = lf(row, cache)
+            if a is None:
+                return None
+            b = rf(row, cache)
+            return None if b is not None and eq(a, b) else a
+
+        return Expr(typ, nullif, node=node)
+
+    def _in(self, node: ast.A_Expr, name: str) -> Expr:
+        if isinstance(node.rexpr, ast.SubLink):
+            return self._SubLink(node.rexpr)
+        left = self.compile(node.lexpr)
+        items = [self.compile(x) for x in node.rexpr]
+        typ, converted = self.unify([left, *items], "IN", node)
+        if is_enum(typ) and not self.allow_enums:
+            raise self._operator_error(name, left, items[0], node)
+        left, items = converted[0], converted[1:]
+        expr = in_list(left, items, comparison_op("=", typ), node)
+        if name == "<>":
+            return apply("bool", operator.not_, [expr], node)
+        consts = [i.value for i in items if i.is_const]
+        if len(consts) == len(items) and left.column is not None and left.raw:
+            keys = [v for v in consts if v is not None]
+            if indexable(keys):
+                return replace(expr, index=(left.column, keyset(keys)))
+        return expr
+
+    def _between(self, node: ast.A_Expr, name: str) -> Expr:
+        value = self.compile(node.lexpr)
+        lo, hi = (self.compile(x) for x in node.rexpr)
+        typ, (value, lo, hi) = self.unify([value, lo, hi], "BETWEEN", node)
+        if typ not in ORDERED_TYPES:
+            raise self._operator_error(">=", value, lo, node)
+        ge, le = comparison_op(">=", typ), comparison_op("<=", typ)
+        kind = node.kind
+        symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
+        negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
+        first = and_expr(
+            [apply("bool", ge, [value, lo], node), apply("bool", le, [value, hi], node)], node
+        )
+        expr = first
+        if symmetric:
+            second = and_expr(
+                [apply("bool", ge, [value, hi], node), apply("bool", le, [value, lo], node)], node
+            )
+            expr = or_expr([first, second], node)
+        return apply("bool", operator.not_, [expr], node) if negate else expr
+
+    def _like_expr(self, node: ast.A_Expr, name: str) -> Expr:
+        ignore_case, negate = LIKE_OPERATORS[name]
+        left = self.compile(node.lexpr)
+        rnode = node.rexpr
+        escape: Expr | None = None
+        if isinstance(rnode, ast.FuncCall) and [n.sval for n in rnode.funcname] == [
+            "pg_catalog",
+            "like_escape",
+        ]:
+            pattern = self.compile(rnode.args[0])
+            escape = self.coerce(self.compile(rnode.args[1]), "text")
+        else:
+            pattern = self.compile(rnode)
+        return self.like(left, pattern, escape, ignore_case, negate, node)
+
+    def like(
+        self,
+        left: Expr,
+        pattern: Expr,
+        escape: Expr | None,
+        ignore_case: bool,
+        negate: bool,
+        node: Any,
+    ) -> Expr:
+        for e in (left, pattern):
+            if e.type not in STRING_TYPES and e.type != "unknown":
+                raise error_at(
+                    f"operator does not exist: {display(left.type)} ~~ {display(pattern.type)}",
+                    node,
+                )
+        left, pattern = self.coerce(left, "text"), self.coerce(pattern, "text")
+        if escape is not None and not escape.is_const:
+            raise error_at("LIKE ... ESCAPE needs a constant escape character", node)
+        esc = "\\" if escape is None else escape.value
+        if escape is not None and esc is not None and len(esc) > 1:
+            raise error_at("invalid escape string", node)
+        if pattern.is_const and pattern.value is not None:
+            try:
+                regex = like_regex(pattern.value, esc or None, ignore_case=ignore_case)
+            except ValueError as e:
+                raise error_at(str(e), node) from None
+            match = regex.fullmatch
+
+            def test(text: str) -> bool:
+                return (match(text) is None) if negate else (match(text) is not None)
+
+            return apply("bool", test, [left], node)
+        return apply("bool", like_function(ignore_case, negate, esc or None), [left, pattern], node)
+
+    # -- other expression nodes --
+
+    def _TypeCast(self, node: ast.TypeCast) -> Expr:
+        target = self._type_name(node.typeName)
+        arg = self.compile(node.arg)
+        return self.cast(arg, target, node)
+
+    def cast(self, arg: Expr, target: str, node: Any) -> Expr:
+        """An explicit cast: implicit conversions, text output, text input, numeric casts."""
+        src = arg.type
+        if src == target:
+            return replace(arg, node=node)
+        if src == "unknown":
+            return replace(self.coerce(arg, target), node=node)
+        if target in ("text", "varchar"):
+            return self._cast_to_text(arg, target, node)
+        if src in STRING_TYPES:
+            parser = pgv.input_parser(target)
+            return replace(apply(target, parser, [arg], node), column=None)
+        if (src, target) in EXPLICIT_CASTS:
+            return replace(apply(target, EXPLICIT_CASTS[(src, target)], [arg], node), column=None)
+        if (src, target) in IMPLICIT_CASTS or (is_array(src) and is_array(target)):
+            try:
+                return self.coerce(arg, target)
+            except WhereError:
+                pass
+        raise error_at(f"cannot cast type {display(src)} to {display(target)}", node)
+
+    def _cast_to_text(self, arg: Expr, target: str, node: Any) -> Expr:
+        src = arg.type
+        if src in JSON_TYPES and not arg.raw:
+            raise error_at(f"cannot cast type {display(src)} to {display(target)}", node)
+        if arg.raw and arg.column is not None:
+            col = arg.column
+            if src == "bool":
+                func: Callable[[str], Any] = bool_text_from_raw
+            elif src == "bpchar":
+                func = pgv.output_parser("bpchar")
+            else:
+                func = identity
+            fn = column_eval(col, func)
+            exact = src in STRING_TYPES or is_enum(src)
+            return Expr(
+                target,
+                fn,
+                column=col if exact else None,
+                unary=func,
+                unary_of=col,
+                raw=exact,
+                node=node,
+            )
+        out = text_output(src)
+        if out is None:
+            raise error_at(f"cannot cast type {display(src)} to {display(target)}", node)
+        if src == "bool":
+            out = bool_text
+        return replace(apply(target, out, [arg], node), column=None)
+
+    def as_text(self, expr: Expr) -> Expr:
+        if expr.type in STRING_TYPES or expr.type == "unknown":
+            return self.coerce(expr, "text")
+        out = text_output(expr.type)
+        if out is None:
+            raise error_at(f"cannot convert {display(expr.type)} to text", expr.node)
+        if expr.raw and expr.column is not None:
+            return Expr("text", column_eval(expr.column, identity), node=expr.node)
+        return apply("text", out, [expr], expr.node)
+
+    def _type_name(self, tn: ast.TypeName) -> str:
+        names = [n.sval for n in tn.names]
+        if len(names) == 2 and names[0] == "pg_catalog":
+            names = names[1:]
+        if tn.typmods:
+            raise error_at(f"type modifiers are not supported ({'.'.join(names)})", tn)
+        if len(names) != 1 or tn.setof or tn.pct_type:
+            raise error_at(f"unsupported type {'.'.join(names)}", tn)
+        name = names[0]
+        suffix = "[]" if tn.arrayBounds else ""
+        if name in CAST_TARGETS:
+            return name + suffix
+        if self.allow_enums:
+            for col in self.columns.values():
+                if col.type_kind == "e" and col.base_type.lstrip("_") == name:
+                    return "enum:" + name + suffix
+        raise error_at(f"unsupported type {name}", tn)
+
+    def _A_ArrayExpr(self, node: ast.A_ArrayExpr) -> Expr:
+        elements = [self.compile(e) for e in (node.elements or ())]
+        if not elements:
+            raise error_at("cannot determine type of empty array", node)
+        if any(is_array(e.type) for e in elements):
+            typ, elements = self.unify(elements, "ARRAY", node)
+            return apply_nullable(typ, lambda *xs: tuple(xs), elements, node)
+        typ, elements = self.unify(elements, "ARRAY", node)
+        return apply_nullable(typ + "[]", lambda *xs: tuple(xs), elements, node)
+
+    def _A_Indirection(self, node: ast.A_Indirection) -> Expr:
+        arg = self.compile(node.arg)
+        for ind in node.indirection:
+            if not isinstance(ind, ast.A_Indices) or not is_array(arg.type):
+                raise error_at(f"{construct_name(ind)} is not supported here", node)
+            if ind.is_slice:
+                bounds = [
+                    self.coerce(self.compile(b), "int4") if b is not None else None
+                    for b in (ind.lidx, ind.uidx)
+                ]
+                lo = bounds[0] or const("int4", None)
+                hi = bounds[1] or const("int4", None)
+                lo_none, hi_none = bounds[0] is None, bounds[1] is None
+                arg = slice_expr(arg, lo, hi, lo_none, hi_none, node)
+            else:
+                idx = self.coerce(self.compile(ind.uidx), "int4")
+                arg = apply_nullable(elem_type(arg.type), subscript_nullable, [arg, idx], node)
+        return arg
+
+    def _CoalesceExpr(self, node: ast.CoalesceExpr) -> Expr:
+        typ, args = self.unify([self.compile(a) for a in node.args], "COALESCE", node)
+        fns = [a.fn for a in args]
+
+        def coalesce(row: Row, cache: Cache) -> Any:
+            for f in fns:
+                v = f(row, cache)
+                if v is not None:
+                    return v
+            return None
+
+        return Expr(typ, coalesce, node=node)
+
+    def _MinMaxExpr(self, node: ast.MinMaxExpr) -> Expr:
+        typ, args = self.unify([self.compile(a) for a in node.args], "GREATEST/LEAST", node)
+        if typ not in ORDERED_TYPES:
+            raise error_at(
+                f"could not identify a comparison function for type {display(typ)}", node
+            )
+        fns = [a.fn for a in args]
+        greatest = node.op == MinMaxOp.IS_GREATEST
+        better = comparison_op(">" if greatest else "<", typ)
+
+        def minmax(row: Row, cache: Cache) -> Any:
+            best = None
+            for f in fns:
+                v = f(row, cache)
+                if v is not None and (best is None or better(v, best)):
+                    best = v
+            return best
+
+        return Expr(typ, minmax, node=node)
+
+    def _FuncCall(self, node: ast.FuncCall) -> Expr:
+        names = [n.sval for n in node.funcname]
+        if len(names) == 2 and names[0] == "pg_catalog":
+            names = names[1:]
+        name = ".".join(names)
+        if node.over is not None:
+            raise error_at(f"window functions are not supported ({name})", node)
+        if (
+            node.agg_star
+            or node.agg_distinct
+            or node.agg_order
+            or node.agg_filter
+            or (name in AGGREGATES)
+        ):
+            raise error_at(f"aggregate functions are not supported ({name})", node)
+        if node.func_variadic:
+            raise error_at("VARIADIC function calls are not supported", node)
+        if name in NON_DETERMINISTIC:
+            raise error_at(f"non-deterministic function {name}() is not supported", node)
+        args = [self.compile(a) for a in (node.args or ())]
+        builder = FUNCTIONS.get((name, len(args))) or FUNCTIONS.get((name, -1))
+        if builder is None:
+            if name in CAST_TARGETS and len(args) == 1:
+                return self.cast(args[0], name, node)
+            raise error_at(f"unknown or unsupported function {name}/{len(args)}", node)
+        return builder(self, args, node)
+
+    def _SubLink(self, node: ast.SubLink) -> Expr:
+        if not self.allow_subqueries:
+            raise error_at("Subqueries are not allowed in subsets", node)
+        raise error_at(
+            "subqueries are not supported yet (only `value IN (SELECT ...)` will be)", node
+        )
+
+    def _SQLValueFunction(self, node: Any) -> Expr:
+        raise error_at(
+            "non-deterministic functions (CURRENT_DATE, CURRENT_TIMESTAMP, ...) are not supported",
+            node,
+        )
+
+    def _CaseExpr(self, node: Any) -> Expr:
+        raise error_at("CASE expressions are not supported", node)
+
+    def _CollateClause(self, node: Any) -> Expr:
+        raise error_at("COLLATE is not supported", node)
+
+    def _RowExpr(self, node: Any) -> Expr:
+        raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)

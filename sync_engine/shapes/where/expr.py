@@ -1,0 +1,278 @@
+"""`Expr`, one typed, compiled sub-expression, and the closures that combine them.
+
+Every `Expr.fn(row, cache)` returns the value or None for SQL NULL; `apply` folds constants
+and fuses `column -> parse -> function` chains into one closure for the hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .arrays import array_slice
+from .errors import error_at
+from .index import indexable, keyset
+
+Row = Mapping[str, "str | None"]
+
+
+Cache = dict[str, Any]
+
+
+Eval = Callable[[Row, Cache], Any]
+
+
+@dataclass(frozen=True)
+class Expr:
+    """One checked sub-expression: its Postgres type and how to evaluate it.
+
+    `fn(row, cache)` returns the value or None for SQL NULL. Constants carry `value` so
+    operators can fold them. `column` is set when the expression is a column's value
+    (after exact, index-safe coercions only); `unary` then maps that column's raw text
+    (of column `unary_of`) to the value, letting `col op const` compile to one closure.
+    `text` holds the raw
+    text of an untyped literal or parameter whose type the context decides.
+    """
+
+    type: str
+    fn: Eval
+    is_const: bool = False
+    value: Any = None
+    column: str | None = None
+    unary: Callable[[str], Any] | None = None
+    unary_of: str | None = None
+    raw: bool = False
+    text: str | None = None
+    param: int | None = None
+    index: tuple[str, frozenset[Any]] | None = None
+    node: Any = None
+
+
+def const(type_name: str, value: Any, node: Any = None) -> Expr:
+    return Expr(type_name, lambda _row, _cache: value, is_const=True, value=value, node=node)
+
+
+def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
+    """An evaluator applying `func` to the arguments' values, NULL if any is NULL."""
+    if len(args) == 1:
+        (f,) = (a.fn for a in args)
+
+        def one(row: Row, cache: Cache) -> Any:
+            a = f(row, cache)
+            return None if a is None else func(a)
+
+        return one
+    if len(args) == 2:
+        f1, f2 = args[0].fn, args[1].fn
+        if args[1].is_const:
+            b = args[1].value
+
+            def two_const(row: Row, cache: Cache) -> Any:
+                a = f1(row, cache)
+                return None if a is None else func(a, b)
+
+            return two_const
+
+        def two(row: Row, cache: Cache) -> Any:
+            a = f1(row, cache)
+            if a is None:
+                return None
+            b = f2(row, cache)
+            return None if b is None else func(a, b)
+
+        return two
+    fns = [a.fn for a in args]
+
+    def many(row: Row, cache: Cache) -> Any:
+        vals = []
+        for f in fns:
+            v = f(row, cache)
+            if v is None:
+                return None
+            vals.append(v)
+        return func(*vals)
+
+    return many
+
+
+def apply(type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: Any) -> Expr:
+    """A strict (NULL in, NULL out) function of `args`, folded when all are constant."""
+    if all(a.is_const for a in args):
+        vals = [a.value for a in args]
+        if any(v is None for v in vals):
+            return const(type_name, None, node)
+        try:
+            return const(type_name, func(*vals), node)
+        except (ArithmeticError, ValueError, TypeError, OverflowError) as e:
+            raise error_at(str(e) or type(e).__name__, node) from None
+    if len(args) == 1 and args[0].unary is not None:
+        inner = args[0].unary
+        name = args[0].unary_of
+        assert name is not None
+
+        def unary(text: str) -> Any:
+            return func(inner(text))
+
+        return Expr(type_name, column_eval(name, unary), unary=unary, unary_of=name, node=node)
+    fn = null_safe(func, args)
+    assert callable(fn)
+    return Expr(type_name, fn, node=node)
+
+
+def column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
+    def get(row: Row, _cache: Cache) -> Any:
+        text = row.get(name)
+        return None if text is None else parse(text)
+
+    return get
+
+
+def cached_column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
+    """Column value parsed at most once per row, for columns referenced several times."""
+
+    def get(row: Row, cache: Cache) -> Any:
+        try:
+            return cache[name]
+        except KeyError:
+            text = row.get(name)
+            value = cache[name] = None if text is None else parse(text)
+            return value
+
+    return get
+
+
+def bool_expr(fn: Eval, node: Any) -> Expr:
+    return Expr("bool", fn, node=node)
+
+
+def and_expr(args: list[Expr], node: Any) -> Expr:
+    fns = [a.fn for a in args]
+    if len(fns) == 2:
+        f1, f2 = fns
+
+        def and2(row: Row, cache: Cache) -> Any:
+            a = f1(row, cache)
+            if a is False:
+                return False
+            b = f2(row, cache)
+            if b is False:
+                return False
+            return None if a is None or b is None else True
+
+        fn: Eval = and2
+    else:
+
+        def and_n(row: Row, cache: Cache) -> Any:
+            result: Any = True
+            for f in fns:
+                v = f(row, cache)
+                if v is False:
+                    return False
+                if v is None:
+                    result = None
+            return result
+
+        fn = and_n
+    indexes = [a.index for a in args if a.index is not None]
+    index = min(indexes, key=lambda i: len(i[1])) if indexes else None
+    return Expr("bool", fn, index=index, node=node)
+
+
+def or_expr(args: list[Expr], node: Any) -> Expr:
+    fns = [a.fn for a in args]
+
+    def or_n(row: Row, cache: Cache) -> Any:
+        result: Any = False
+        for f in fns:
+            v = f(row, cache)
+            if v is True:
+                return True
+            if v is None:
+                result = None
+        return result
+
+    index = None
+    if all(a.index is not None for a in args) and len({a.index[0] for a in args if a.index}) == 1:
+        keys: frozenset[Any] = frozenset().union(*(a.index[1] for a in args if a.index))
+        index = (args[0].index[0] if args[0].index else "", keys)
+    return Expr("bool", or_n, index=index, node=node)
+
+
+def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: Any) -> Expr:
+    lf = left.fn
+    if all(i.is_const for i in items):
+        values = [i.value for i in items]
+        has_null = any(v is None for v in values)
+        present = [v for v in values if v is not None]
+        hashed = keyset(present) if indexable(present) else None
+
+        def in_consts(row: Row, cache: Cache) -> Any:
+            v = lf(row, cache)
+            if v is None:
+                return None
+            if hashed is not None:
+                if v in hashed:
+                    return True
+            elif any(eq(v, p) for p in present):
+                return True
+            return None if has_null else False
+
+        return bool_expr(in_consts, node)
+    fns = [i.fn for i in items]
+
+    def in_exprs(row: Row, cache: Cache) -> Any:
+        v = lf(row, cache)
+        if v is None:
+            return None
+        result: Any = False
+        for f in fns:
+            x = f(row, cache)
+            if x is None:
+                result = None
+            elif eq(v, x):
+                return True
+        return result
+
+    return bool_expr(in_exprs, node)
+
+
+def apply_nullable(
+    type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: Any
+) -> Expr:
+    """Like `apply` but `func` sees NULL arguments itself (array functions, ANY/ALL)."""
+    fns = [a.fn for a in args]
+    if all(a.is_const for a in args):
+        try:
+            return const(type_name, func(*(a.value for a in args)), node)
+        except (ArithmeticError, ValueError, TypeError) as e:
+            raise error_at(str(e), node) from None
+
+    def run(row: Row, cache: Cache) -> Any:
+        return func(*(f(row, cache) for f in fns))
+
+    return Expr(type_name, run, node=node)
+
+
+def slice_expr(arg: Expr, lo: Expr, hi: Expr, lo_open: bool, hi_open: bool, node: Any) -> Expr:
+    def sliced(a: Any, lo_v: Any, hi_v: Any) -> Any:
+        if a is None or (lo_v is None and not lo_open) or (hi_v is None and not hi_open):
+            return None
+        return array_slice(a, lo_v, hi_v)
+
+    return apply_nullable(arg.type, sliced, [arg, lo, hi], node)
+
+
+def col_const_compare(left: Expr, value: Any, op: Callable[[Any, Any], Any], node: Any) -> Expr:
+    """`col op const` as one closure: read, parse, compare; the hot path of the router."""
+    name = left.unary_of
+    parse = left.unary
+    assert name is not None and parse is not None
+
+    def compare(row: Row, _cache: Cache) -> Any:
+        text = row.get(name)
+        if text is None:
+            return None
+        return op(parse(text), value)
+
+    return Expr("bool", compare, node=node)

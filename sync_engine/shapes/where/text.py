@@ -1,0 +1,190 @@
+"""Type output functions (what `::text`, `||` and `concat` produce) and LIKE matching.
+
+Output follows the engine's snapshot session settings (DateStyle ISO, IntervalStyle
+iso_8601, extra_float_digits=1, TimeZone UTC).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from datetime import time
+from decimal import Decimal
+from typing import Any
+
+from sync_engine.pg import values as pgv
+
+from .datetimes import tstz_to_ts
+from .semantics import identity
+from .types import INT_TYPES, STRING_TYPES, elem_type, is_array, is_enum
+
+
+def _trim_fraction(micros: int) -> str:
+    return "" if not micros else "." + f"{micros:06d}".rstrip("0")
+
+
+def float_text(value: float) -> str:
+    """float8 output with extra_float_digits=1: shortest digits, %g-like layout."""
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "Infinity" if value > 0 else "-Infinity"
+    if value == 0:
+        return "-0" if math.copysign(1, value) < 0 else "0"
+    digits = repr(value)
+    d = Decimal(digits)
+    exp = d.adjusted()
+    if -4 <= exp < 15:
+        return format(d, "f").removesuffix(".0") if "e" in digits else digits.removesuffix(".0")
+    sign = "-" if value < 0 else ""
+    coeff = d.as_tuple().digits
+    ds = "".join(map(str, coeff)).rstrip("0") or "0"
+    body = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
+    return f"{sign}{body}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
+
+
+def interval_text(iv: pgv.Interval) -> str:
+    """interval output under IntervalStyle='iso_8601'."""
+    if not (iv.months or iv.days or iv.micros):
+        return "PT0S"
+    years, months = int(iv.months / 12), iv.months - 12 * int(iv.months / 12)
+    out = "P"
+    for amount, unit in ((years, "Y"), (months, "M"), (iv.days, "D")):
+        if amount:
+            out += f"{amount}{unit}"
+    if iv.micros:
+        sign = -1 if iv.micros < 0 else 1
+        rest = abs(iv.micros)
+        hours, rest = divmod(rest, 3600 * pgv.USECS_PER_SEC)
+        minutes, rest = divmod(rest, 60 * pgv.USECS_PER_SEC)
+        secs, frac = divmod(rest, pgv.USECS_PER_SEC)
+        out += "T"
+        neg = "-" if sign < 0 else ""
+        if hours:
+            out += f"{neg}{hours}H"
+        if minutes:
+            out += f"{neg}{minutes}M"
+        if secs or frac:
+            out += f"{neg}{secs}{_trim_fraction(frac)}S"
+    return out
+
+
+def time_text(t: time) -> str:
+    return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}{_trim_fraction(t.microsecond)}"
+
+
+def _special_text(value: Any) -> str | None:
+    if isinstance(value, pgv.PgInfinity):
+        return "infinity" if value.sign > 0 else "-infinity"
+    return None
+
+
+def date_text(value: Any) -> str:
+    return _special_text(value) or value.isoformat()
+
+
+def timestamp_text(value: Any) -> str:
+    return _special_text(value) or f"{value.date().isoformat()} {time_text(value.time())}"
+
+
+def timestamptz_text(value: Any) -> str:
+    return _special_text(value) or timestamp_text(tstz_to_ts(value)) + "+00"
+
+
+def numeric_text(value: Decimal) -> str:
+    if value.is_nan():
+        return "NaN"
+    if value.is_infinite():
+        return "Infinity" if value > 0 else "-Infinity"
+    return format(value, "f")
+
+
+_ARRAY_QUOTE_RE = re.compile(r'[{},"\\\s]')
+
+
+def array_text(elem_out: Callable[[Any], str]) -> Callable[[Any], str]:
+    def out(value: Any) -> str:
+        parts = []
+        for item in value:
+            if item is None:
+                parts.append("NULL")
+            elif isinstance(item, tuple):
+                parts.append(out(item))
+            else:
+                s = elem_out(item)
+                if not s or _ARRAY_QUOTE_RE.search(s) or s.upper() == "NULL":
+                    s = '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+                parts.append(s)
+        return "{" + ",".join(parts) + "}"
+
+    return out
+
+
+TEXT_OUT: dict[str, Callable[[Any], str]] = {
+    **{t: str for t in INT_TYPES},
+    **{t: identity for t in (*STRING_TYPES, "json", "jsonb", "unknown")},
+    "numeric": numeric_text,
+    "float8": float_text,
+    "float4": float_text,
+    "bool": lambda b: "t" if b else "f",
+    "uuid": str,
+    "date": date_text,
+    "timestamp": timestamp_text,
+    "timestamptz": timestamptz_text,
+    "time": time_text,
+    "interval": interval_text,
+    "bytea": lambda b: "\\x" + b.hex(),
+}
+
+
+def text_output(type_name: str) -> Callable[[Any], str] | None:
+    """The type's output function (what concat() uses), or None when unsupported."""
+    if is_enum(type_name):
+        return identity
+    if is_array(type_name):
+        elem = text_output(elem_type(type_name))
+        return None if elem is None else array_text(elem)
+    return TEXT_OUT.get(type_name)
+
+
+def bool_text(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def bool_text_from_raw(text: str) -> str:
+    return "true" if text in ("t", "true") else "false"
+
+
+def like_regex(
+    pattern: str, escape: str | None = "\\", *, ignore_case: bool = False
+) -> re.Pattern[str]:
+    """Translate a LIKE pattern (`%`, `_`, escape char) to an anchored regex."""
+    out = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if escape and ch == escape:
+            i += 1
+            if i >= len(pattern):
+                raise ValueError("LIKE pattern must not end with escape character")
+            out.append(re.escape(pattern[i]))
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
+    return re.compile("".join(out), flags)
+
+
+def like_function(
+    ignore_case: bool, negate: bool, escape: str | None = "\\"
+) -> Callable[[str, str], bool]:
+    def like(text: str, pattern: str) -> bool:
+        matched = like_regex(pattern, escape, ignore_case=ignore_case).fullmatch(text) is not None
+        return matched != negate
+
+    return like

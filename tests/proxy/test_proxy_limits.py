@@ -1,0 +1,235 @@
+"""Per-principal admission, the token bucket, URL bounds and error-body cleaning (pure)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from yarl import URL
+
+from proxy.limits.admission import Admission, TooManyRequests, UpstreamBusy, principal_for
+from proxy.limits.bucket import TokenBucket, retry_after_seconds
+from proxy.limits.config import LimitsConfig, LimitSettings, RuleLimits, resolve
+from proxy.limits.upstream import (
+    MAX_REQUEST_TARGET,
+    UriTooLong,
+    check_fits,
+    sanitise_error_body,
+)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# --- token bucket ----------------------------------------------------------------------------
+
+
+def test_bucket_allows_a_burst_then_the_rate() -> None:
+    bucket = TokenBucket(3, now=0.0)
+    assert [bucket.take(2.0, 3, 0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert bucket.take(2.0, 3, 0.0) == pytest.approx(0.5)  # next token in 1/rate seconds
+    assert bucket.take(2.0, 3, 0.5) == 0.0
+    assert bucket.take(2.0, 3, 0.5) > 0
+    assert bucket.full(2.0, 3, 2.0)  # 1.5 s refills 3 tokens
+    assert not bucket.full(2.0, 3, 1.0)
+
+
+def test_bucket_never_holds_more_than_its_capacity() -> None:
+    bucket = TokenBucket(2, now=0.0)
+    bucket.take(1.0, 2, 0.0)
+    assert bucket.take(1.0, 2, 1000.0) == 0.0
+    assert bucket.take(1.0, 2, 1000.0) == 0.0
+    assert bucket.take(1.0, 2, 1000.0) > 0
+
+
+def test_retry_after_is_whole_seconds_at_least_one() -> None:
+    assert retry_after_seconds(0.01) == 1
+    assert retry_after_seconds(1.0) == 1
+    assert retry_after_seconds(1.2) == 2
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_rule_limits_override_only_what_they_name() -> None:
+    base = LimitsConfig(max_concurrent=10, rate=5, burst=20, retry_after=3, pool_wait=1)
+    assert resolve(base, None) == LimitSettings(10, 5, 20, 3, 1)
+    assert resolve(base, RuleLimits(max_concurrent=500)) == LimitSettings(500, 5, 20, 3, 1)
+
+
+def test_unknown_limit_keys_are_config_errors() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        LimitsConfig.model_validate({"max_concurent": 3})
+    with pytest.raises(ValidationError):
+        RuleLimits.model_validate({"max_concurrent": 0})
+
+
+# --- admission -------------------------------------------------------------------------------
+
+LIMITS = LimitSettings(max_concurrent=3, rate=100, burst=100, retry_after=7, pool_wait=0.05)
+
+
+async def test_open_requests_are_capped_per_principal_and_others_are_unaffected() -> None:
+    admission = Admission(pool_size=100)
+    mallory = principal_for("iss", "mallory", None)
+    alice = principal_for("iss", "alice", None)
+    held = [await admission.admit(mallory, LIMITS) for _ in range(3)]
+    with pytest.raises(TooManyRequests) as info:
+        await admission.admit(mallory, LIMITS)
+    assert info.value.status == 429
+    assert info.value.retry_after == 7
+    assert "limit 3" in info.value.message
+    alice_permit = await admission.admit(alice, LIMITS)  # another principal: unaffected
+    held[0].release()
+    held[0].release()  # idempotent
+    assert admission.active(mallory) == 2
+    held.append(await admission.admit(mallory, LIMITS))  # a slot freed: admitted again
+    for permit in [*held, alice_permit]:
+        permit.release()
+    assert admission.active(mallory) == 0
+    assert admission.in_use == 0
+
+
+async def test_rate_limit_answers_retry_after_from_the_bucket() -> None:
+    clock = Clock()
+    admission = Admission(pool_size=100, clock=clock)
+    limits = LimitSettings(max_concurrent=100, rate=0.5, burst=2, retry_after=9, pool_wait=1)
+    who = principal_for("iss", "u", None)
+    for _ in range(2):
+        (await admission.admit(who, limits)).release()
+    with pytest.raises(TooManyRequests) as info:
+        await admission.admit(who, limits)
+    assert info.value.reason == "rate_limited"
+    assert info.value.retry_after == 2  # one token per 2 s
+    clock.now += 2
+    (await admission.admit(who, limits)).release()
+
+
+async def test_anonymous_principals_are_their_address_and_tokens_their_subject() -> None:
+    assert principal_for(None, None, "10.0.0.1") != principal_for(None, None, "10.0.0.2")
+    assert principal_for("a", "u", "10.0.0.1") == principal_for("a", "u", "10.0.0.9")
+    assert principal_for("a", "u", None) != principal_for("b", "u", None)
+    assert principal_for(None, None, None) == principal_for(None, None, None)
+
+
+async def test_pool_wait_is_bounded_then_503() -> None:
+    admission = Admission(pool_size=2)
+    a = await admission.admit("a", LIMITS)
+    b = await admission.admit("b", LIMITS)
+    with pytest.raises(UpstreamBusy) as info:
+        await admission.admit("c", LIMITS)
+    assert info.value.status == 503
+    assert info.value.retry_after == 7
+    assert admission.active("c") == 0  # a refused request is not left counted
+    # A waiter gets the slot as soon as one is released, before its wait runs out.
+    waiting = asyncio.create_task(admission.admit("c", LimitSettings(pool_wait=5)))
+    await asyncio.sleep(0.01)
+    a.release()
+    c = await asyncio.wait_for(waiting, 1)
+    assert admission.in_use == 2
+    b.release()
+    c.release()
+    assert admission.in_use == 0
+
+
+async def test_cancelled_waiter_gives_its_slot_back() -> None:
+    admission = Admission(pool_size=1)
+    first = await admission.admit("a", LIMITS)
+    waiting = asyncio.create_task(admission.admit("b", LimitSettings(pool_wait=5)))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert admission.active("b") == 0
+    first.release()
+    assert admission.in_use == 0
+    (await admission.admit("c", LIMITS)).release()
+
+
+async def test_waiters_are_served_first_come_first_served() -> None:
+    admission = Admission(pool_size=1)
+    held = await admission.admit("x", LIMITS)
+    order: list[str] = []
+
+    async def wait(name: str) -> None:
+        permit = await admission.admit(name, LimitSettings(pool_wait=5))
+        order.append(name)
+        permit.release()
+
+    tasks = [asyncio.create_task(wait(n)) for n in "abc"]
+    await asyncio.sleep(0.01)
+    held.release()
+    await asyncio.gather(*tasks)
+    assert order == ["a", "b", "c"]
+
+
+async def test_idle_principals_are_forgotten() -> None:
+    clock = Clock()
+    admission = Admission(pool_size=10, clock=clock, sweep_at=100)
+    for i in range(100):
+        (await admission.admit(f"p{i}", LIMITS)).release()
+    held = await admission.admit("busy", LIMITS)  # the 101st: sweeps, but buckets not full
+    assert admission.principals == 101
+    clock.now += 60
+    for i in range(200):
+        (await admission.admit(f"q{i}", LIMITS)).release()
+    assert admission.principals < 250  # the refilled, idle p* were dropped
+    assert admission.active("busy") == 1
+    held.release()
+
+
+# --- bounded engine requests ---------------------------------------------------------------
+
+
+def test_url_over_the_engine_limit_is_a_414_without_the_url() -> None:
+    base = URL("http://engine:3000/v1/shape")
+    ok = base.with_query({"table": "items", "where": "x" * 4000, "secret": "s3cret"})
+    check_fits(ok)
+    long = base.with_query({"table": "items", "where": "<" * 3000, "secret": "s3cret"})
+    assert len(long.raw_path_qs) > MAX_REQUEST_TARGET  # `<` is 3 bytes once encoded
+    with pytest.raises(UriTooLong) as info:
+        check_fits(long)
+    assert info.value.status == 414
+    assert f"{MAX_REQUEST_TARGET:,}" in info.value.message
+    assert "s3cret" not in info.value.message and "<<<" not in info.value.message
+
+
+SECRET = "sec+ret/with=odd&chars"
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        f"http://127.0.0.1:3000/v1/shape?table=items&where=a%3D1&secret={SECRET}",
+        "GET /v1/shape?table=items&where=org_id+%3D+%241&params%5B1%5D=org-a&secret="
+        + URL.build(query={"s": SECRET}).raw_query_string[2:],
+        "/v1/shape?table=items&secre",  # a truncated echo (first 100 bytes of a line)
+        f"the secret is {SECRET}",
+        "api_secret=abc and source_id=src-1",
+    ],
+)
+def test_engine_error_bodies_lose_urls_and_secrets(echo: str) -> None:
+    body = json.dumps({"message": "Invalid request", "errors": {"url": [echo]}}).encode()
+    cleaned = sanitise_error_body(body, SECRET)
+    text = cleaned.decode()
+    parsed = json.loads(text)
+    assert parsed["message"] == "Invalid request"
+    assert "/v1/shape" not in text
+    assert SECRET not in text
+    assert "sec%2Bret" not in text and "sec+ret" not in text
+    assert "api_secret=abc" not in text and "source_id=src-1" not in text
+
+
+def test_clean_bodies_are_passed_as_they_are() -> None:
+    body = b'{"message":"Invalid request","errors":{"where":["unknown column x"]}}'
+    assert sanitise_error_body(body, SECRET) is body
+    text = f"Bad request: /v1/shape?secret={SECRET}".encode()
+    assert SECRET.encode() not in sanitise_error_body(text, SECRET)  # not JSON: cleaned as text
