@@ -167,11 +167,8 @@ class ShapeView:
         deadline = time.monotonic() + 60
         while log.snapshot_chunks <= index and not log.snapshot_complete:
             if shape.rotated:
-                if shape.snapshot_error:
-                    raise ServiceUnavailable(
-                        f"Could not take the shape's snapshot: {shape.snapshot_error}",
-                        retry_after=5,
-                    )
+                if shape.snapshot_error is not None:
+                    raise shape.snapshot_error
                 raise ShapeGone(None)
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -7,6 +7,8 @@ afterwards syncs exactly the rows that are there.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -642,3 +644,95 @@ async def test_right_secret_is_accepted(secured: Engine) -> None:
     assert status == 200 and orjson.loads(raw) == {"status": "active"}
     status, _, _ = await request(secured, "OPTIONS", params={"table": "items"})
     assert status == 204
+
+
+# -- where clauses that only fail when Postgres runs them ----------------------------------------
+
+
+async def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never became true"
+        await asyncio.sleep(0.02)
+
+
+def shape_dirs(engine: Engine) -> list[str]:
+    root = engine.data_dir / "sources" / "default" / "shapes"
+    return sorted(p.name for p in root.iterdir()) if root.exists() else []
+
+
+async def assert_discarded(engine: Engine) -> None:
+    """The failed shape left nothing: no handle, no router entry, no directory."""
+    source = engine.source
+    assert len(source.registry) == 0 and not source.registry.by_definition
+    assert not source.router.tables()
+    await wait_until(lambda: shape_dirs(engine) == [])
+
+
+RUNTIME_ERRORS = [
+    pytest.param("id / 0 = 1", "22012", id="division-by-zero"),
+    pytest.param("title::int4 = 1", "22P02", id="bad-cast-of-a-row-value"),
+    pytest.param("n * 2147483647 * 2 > 1", "22003", id="integer-overflow"),
+    pytest.param("ARRAY[[[[[[[1]]]]]]] IS NOT NULL", "54000", id="seven-dimensions"),
+]
+
+
+@pytest.mark.parametrize(("where", "sqlstate"), RUNTIME_ERRORS)
+async def test_query_failing_in_postgres_is_a_400_not_retried(
+    engine: Engine, where: str, sqlstate: str
+) -> None:
+    """Not a 503 the client retries forever: a 400 naming the SQLSTATE, quoting no row value
+    (Postgres's own 22P02 message quotes the title), and the shape is gone."""
+    make_items(engine)
+    for _ in range(2):  # asked again, the same answer (and again nothing left behind)
+        status, headers, raw = await request(
+            engine, params={"table": "items", "offset": "-1", "where": where}
+        )
+        body = assert_client_error(status, headers, raw, names=sqlstate)
+        assert list(body["errors"]) == ["where"], body
+        assert "retry-after" not in headers and "electric-handle" not in headers
+        assert not any(t in raw.decode() for t in ("t1", "t2", "t3")), body
+        await assert_discarded(engine)
+    await assert_untouched(engine)
+
+
+@pytest.mark.parametrize(("where", "sqlstate"), RUNTIME_ERRORS[:2])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_subset_failing_in_postgres_is_a_400(
+    engine: Engine, where: str, sqlstate: str, method: str
+) -> None:
+    make_items(engine)
+    _, handle, offset = await engine.sync(table="items")
+    query = {"table": "items", "offset": offset, "handle": handle}
+    if method == "GET":
+        status, headers, raw = await request(engine, params={**query, "subset__where": where})
+    else:
+        status, headers, raw = await request(engine, "POST", params=query, json={"where": where})
+    body = assert_client_error(status, headers, raw, names=sqlstate)
+    assert list(body["errors"]["subset"]) == ["where"], body
+    assert "retry-after" not in headers
+    assert not any(t in raw.decode() for t in ("t1", "t2", "t3")), body
+    rows, handle2, _ = await engine.sync(table="items")
+    assert handle2 == handle and sorted(rows) == ITEMS_KEYS
+
+
+async def test_dropped_table_is_a_400_at_once(engine: Engine, caplog: Any) -> None:
+    """Right after DROP TABLE: the existing shape's new clients, a new shape (its catalog
+    entry still cached) and a follower all get the table's 400 or a 409, never a 503."""
+    make_items(engine)
+    engine.sql("CREATE TABLE gone (id int PRIMARY KEY, n int)")
+    engine.sql("INSERT INTO gone VALUES (1, 1)")
+    _, handle, offset = await engine.sync(table="gone")
+    await engine.sync(table="gone", where="n > 0")  # the catalog entry is now fresh
+    engine.sql("DROP TABLE gone")
+    for params in ({"where": "n > 1"}, {}, {"where": "n > 0"}):
+        status, headers, raw = await request(
+            engine, params={"table": "gone", "offset": "-1", **params}
+        )
+        body = assert_client_error(status, headers, raw, names="does not exist")
+        assert list(body["errors"]) == ["table"], body
+    status, _, _ = await engine.get(table="gone", offset=offset, handle=handle)
+    assert status in (400, 409)
+    await assert_discarded(engine)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    await assert_untouched(engine)
