@@ -61,7 +61,7 @@ async def serve_sse(
     )
     await resp.prepare(request)
     deadline = time.monotonic() + s.sse_timeout
-    entries, end = shape.log.read_after(offset)
+    entries, end = shape.log.read_after(offset, whole_transactions=True)
     if entries:
         await _write_batch(resp, entries, end.tx)
         await resp.write_eof()
@@ -78,7 +78,7 @@ async def serve_sse(
             continue
         if shape.rotated:
             break
-        entries, end = shape.log.read_after(offset)
+        entries, end = shape.log.read_after(offset, whole_transactions=True)
         if entries:
             await _write_batch(resp, entries, end.tx)
             offset = end
