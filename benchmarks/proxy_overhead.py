@@ -50,6 +50,8 @@ sys.path.insert(0, str(ROOT))
 from _common import Postgres, machine  # noqa: E402
 
 from proxy.config.loader import build_config  # noqa: E402
+
+UNLIMITED = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
 from proxy.http.params import parse_shape_query  # noqa: E402
 from proxy.policy.evaluate import evaluate  # noqa: E402
 from proxy.upstream.url import build_upstream_url  # noqa: E402
@@ -202,6 +204,8 @@ def start_processes(
                      "keys": [{"secret_env": "BENCH_JWT_SECRET"}]}],
         "tables": {args.table: {"allow": [{"where": "org_id = {{org_id}}",
                                            "columns": ["id", "org_id", "title"]}]}},
+        # One load generator token stands for many users: per-principal limits out of the way.
+        "limits": UNLIMITED,
     }  # fmt: skip
     ports: dict[str, int] = {}
     env = {**os.environ, "ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}

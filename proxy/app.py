@@ -23,8 +23,9 @@ from proxy.config.loader import LoadedConfig
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http.context import CONTEXT, RequestContext, new_request_id
 from proxy.http.errors import error_response, render_http_exception, render_proxy_error
-from proxy.http.handlers import FORWARDER, HOLDER, METRICS, SESSION, add_routes
+from proxy.http.handlers import ADMISSION, FORWARDER, HOLDER, METRICS, SESSION, add_routes
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
+from proxy.limits.admission import Admission
 from proxy.logs import ACCESS_LOGGER, redact_query
 from proxy.metrics import Metrics
 from proxy.runtime import RuntimeHolder
@@ -175,6 +176,8 @@ def create_app(
             metrics,
         )
         app[FORWARDER] = forwarder
+        # Per-principal limits; one pool slot per upstream connection (sized at start).
+        app[ADMISSION] = Admission(loaded.config.upstream.pool_size)
         holder = RuntimeHolder(
             loaded,
             session,

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from yarl import URL
 from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.limits.config import LimitSettings
 from proxy.metrics import Metrics
 from proxy.upstream.client import UpstreamOptions
 
@@ -51,6 +52,10 @@ class Prepared:
     live: bool
     sse: bool
     expires: float  # the token's exp (wall clock)
+    #: The per-principal limits of the rule that allowed it (`proxy.limits`).
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.
+    upstream_body: bytes | None = None
 
 
 ANONYMOUS = "anonymous"

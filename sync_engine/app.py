@@ -117,7 +117,11 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         if not states and manager.has_sources():
             active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}
-        return json_response(200 if active else 202, body,
+        status = 200 if active else 202
+        paused = [s.replicator.write_error for s in srcs.values() if s.replicator.write_error]
+        if paused:  # shape logs cannot be written (disk full): serving, not replicating
+            body, status = {"status": "waiting", "message": paused[0]}, 503
+        return json_response(status, body,
                              {"cache-control": "no-cache, no-store, must-revalidate"})  # fmt: skip
 
     async def root(request: web.Request) -> web.StreamResponse:

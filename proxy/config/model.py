@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from proxy.limits.config import LimitsConfig, RuleLimits
+
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
@@ -214,6 +216,7 @@ class AccessRule(_Model):
     subset: bool = True
     replica_full: bool = False
     sse: bool = True
+    limits: RuleLimits | None = Field(default=None, description="overrides of the limits")
 
     @model_validator(mode="after")
     def _rows_explicit(self) -> AccessRule:
@@ -249,6 +252,9 @@ class ProxyConfig(_Model):
     )
     tables: dict[str, TablePolicy] = Field(default_factory=dict)
     shapes: dict[str, NamedShape] = Field(default_factory=dict)
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="per-principal limits (proxy.limits.config)"
+    )
 
     @field_validator("shapes")
     @classmethod

@@ -11,6 +11,7 @@ until the token's `exp` (bounded by the token-cache TTL).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 
@@ -24,16 +25,20 @@ from proxy.errors import BadShapeRequest, MethodNotAllowed
 from proxy.http.context import CONTEXT
 from proxy.http.headers import preflight_headers
 from proxy.http.params import parse_shape_query, parse_subset_body
+from proxy.limits.admission import Admission
+from proxy.limits.config import resolve
+from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate, subset_body
-from proxy.runtime import Prepared, Runtime, RuntimeHolder, principal_of
-from proxy.upstream.forward import Forwarder, Target
+from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
+from proxy.upstream.forward import Admit, Forwarder, Target
 from proxy.upstream.url import build_upstream_url
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 METRICS = web.AppKey("metrics", Metrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+ADMISSION = web.AppKey("admission", Admission)
 
 
 async def shape(request: web.Request) -> web.StreamResponse:
@@ -49,11 +54,11 @@ async def named_shape(request: web.Request) -> web.StreamResponse:
 async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamResponse:
     """Authorise the request, then forward it: the request path of every shape request.
 
-    Admission control goes between the two steps below: once `prepared` names the principal
-    (`prepared.principal`) and the rule, and before anything is sent upstream or read from the
-    cache. A limiter hooks in there as `async with limits.acquire(prepared.principal, ...)`
-    around `_forward` (the slot is held while the answer streams), refusing with a
-    `ProxyError` (429/503 and `retry_after`) that the middleware renders like any other.
+    Per-principal limits (`proxy.limits`) apply between the two steps: `_forward` hands the
+    forwarder an `admit` callable that it awaits only when a new engine request is needed (a
+    cache hit or a request joining a flight is free) and whose permit it holds while that
+    engine request runs; over a limit it raises a `ProxyError` (429, or 503 after the bounded
+    pool wait, with `retry_after`) that the middleware renders like any other.
     """
     context = request[CONTEXT]
     runtime = request.app[HOLDER].current  # this request keeps this config through a reload
@@ -73,12 +78,30 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
         raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
-    # <- admission control (per-principal limits) hooks in here; see the docstring.
-    return await _forward(request, runtime, prepared, method, body)
+    if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
+        method, body = "POST", prepared.upstream_body
+    return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+
+
+def _admitter(request: web.Request, prepared: Prepared) -> Admit:
+    """Per-principal admission for this request's engine request, if one is needed.
+
+    `forward` calls it only for a new engine request (a cache hit or a joined flight is
+    free). Requests without a subject are charged to their client address.
+    """
+    principal = prepared.principal
+    if principal == ANONYMOUS:
+        principal = f"{ANONYMOUS} {request.remote}"
+    return functools.partial(request.app[ADMISSION].admit, principal, prepared.limits)
 
 
 async def _forward(
-    request: web.Request, runtime: Runtime, prepared: Prepared, method: str, body: bytes | None
+    request: web.Request,
+    runtime: Runtime,
+    prepared: Prepared,
+    method: str,
+    body: bytes | None,
+    admit: Admit | None = None,
 ) -> web.StreamResponse:
     """Send the authorised request upstream and record how it went in the request context."""
     context = request[CONTEXT]
@@ -91,8 +114,11 @@ async def _forward(
         sse=prepared.sse,
     )
     outcome = await request.app[FORWARDER].forward(
-        request, target, runtime.options, context.request_id
+        request, target, runtime.options, context.request_id, admit
     )
+    if outcome.upstream_status is not None and outcome.upstream_status >= 400:
+        secret = runtime.loaded.upstream_secret
+        clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
     if outcome.failure is not None:
@@ -144,13 +170,19 @@ async def _prepare(
         shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(raw))
     decision = evaluate(runtime.loaded.policy, claims, shape_request, shape_name=shape_name)
     secret = runtime.loaded.upstream_secret
-    url = build_upstream_url(
+    build = functools.partial(
+        build_upstream_url,
         config.upstream.url,
         decision,
         source_id=config.upstream.source_id,
         secret=secret.get_secret_value() if secret is not None else None,
-        subset_in_query=not post,
     )
+    url = build(subset_in_query=not post)
+    upstream_body = None
+    if not post and decision.subset is not None and not fits(url):
+        # Too long for the engine's request line: the subset clauses go in a POST body.
+        url, upstream_body = build(subset_in_query=False), subset_body(decision.subset)
+    check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
     sub = claims.get("sub")
     prepared = Prepared(
         url=url,
@@ -163,6 +195,8 @@ async def _prepare(
         sse=shape_request.wants_sse,
         # Never reused past the token's expiry, nor longer than a verified token is cached.
         expires=min(float(claims["exp"]), time.time() + config.server.token_cache_ttl),
+        limits=resolve(config.limits, decision.limits),
+        upstream_body=upstream_body,
     )
     body = None
     if post:

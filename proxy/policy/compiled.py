@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
+from proxy.limits.config import RuleLimits
 from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template, parse_table_name
 
 TableKey = tuple[str, str]
@@ -29,6 +30,7 @@ class CompiledRule:
     subset: bool
     replica_full: bool
     sse: bool
+    limits: RuleLimits | None = None  # overrides of the global per-principal limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         subset=rule.subset,
         replica_full=rule.replica_full,
         sse=rule.sse,
+        limits=rule.limits,
     )
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 from proxy.config.model import ClaimMatch
 from proxy.errors import BadShapeRequest, Forbidden
+from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
 from proxy.policy.sql import ClauseCache, parse_table_name
 from proxy.shape_request import ShapeRequest, SubsetRequest
@@ -35,6 +36,7 @@ class Decision:
     replica: str | None
     protocol: tuple[tuple[str, str], ...]
     subset: SubsetRequest | None
+    limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
 
 
 def claim_value(claims: Claims, path: str) -> Any:
@@ -214,6 +216,7 @@ def evaluate(
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,
+        limits=rule.limits,
     )
 
 

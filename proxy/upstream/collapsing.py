@@ -98,6 +98,9 @@ class Flights:
     def __len__(self) -> int:
         return len(self._flights)
 
+    def __contains__(self, key: CacheKey) -> bool:
+        return key in self._flights
+
     def join(
         self, key: CacheKey, open_: Opener, make_head: HeadMaker, on_complete: OnComplete
     ) -> tuple[Flight, bool]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -30,6 +31,7 @@ from aiohttp import web
 from cachetools import LRUCache
 from yarl import URL
 
+from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
 from proxy.upstream import collapsing
 from proxy.upstream.cache import CachedResponse, CacheKey, ResponseCache
@@ -58,6 +60,10 @@ class Target:
     live: bool = False
     sse: bool = False
 
+
+#: Admits one new engine request (per-principal limits): raises 429/503, or returns the
+#: permit to release when that engine request is over. Only called when the engine is asked.
+Admit = Callable[[], Awaitable[Permit]]
 
 #: (engine cache-control values, max-age cap, live request, live max-age)
 _MemoKey = tuple[tuple[str, ...], int | None, bool, float]
@@ -88,16 +94,23 @@ class Forwarder:
         await self._flights.close()
 
     async def forward(
-        self, request: web.Request, target: Target, options: UpstreamOptions, request_id: str
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        admit: Admit | None = None,
     ) -> Outcome:
         """Answer `request` with the engine's answer to `target`.
 
         Raises `UpstreamTimeout` (504) or `UpstreamError` (502) if no response headers arrive;
         once streaming has begun, an upstream failure closes the client connection so the
         client sees a truncated response, never a well-formed one with missing data.
+        `admit` is awaited only when a new engine request is needed (not for a cache hit or a
+        request joining a flight) and its permit is held until that engine request is over.
         """
         if target.method != "GET" or target.sse:
-            return await self._direct(request, target, options, request_id, None)
+            return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
         key: CacheKey = (
             "GET",
@@ -115,8 +128,8 @@ class Forwarder:
                 )
             self.metrics.cache_miss()
         if options.collapse:
-            return await self._collapsed(request, target, key, options, request_id)
-        return await self._direct(request, target, options, request_id, key)
+            return await self._collapsed(request, target, key, options, request_id, admit)
+        return await self._admitted_direct(request, target, options, request_id, key, admit)
 
     # --- engine answers ----------------------------------------------------------------
 
@@ -178,6 +191,22 @@ class Forwarder:
             self.metrics.cache_stored(self.cache.bytes_used)
 
     # --- direct: one engine request per client -----------------------------------------
+
+    async def _admitted_direct(
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        key: CacheKey | None,
+        admit: Admit | None,
+    ) -> Outcome:
+        permit = await admit() if admit is not None else None
+        try:
+            return await self._direct(request, target, options, request_id, key)
+        finally:
+            if permit is not None:
+                permit.release()  # the answer was streamed out (or the client went away)
 
     async def _direct(
         self,
@@ -242,7 +271,12 @@ class Forwarder:
         key: CacheKey,
         options: UpstreamOptions,
         request_id: str,
+        admit: Admit | None = None,
     ) -> Outcome:
+        # A new flight is a new engine request: charged to the client that starts it, for
+        # as long as the flight runs. Joining a flight in progress costs the engine nothing.
+        permit = await admit() if admit is not None and key not in self._flights else None
+
         def on_complete(flight: Flight) -> None:
             assert flight.head is not None
             self._store(flight.key, flight.head, flight.body())
@@ -253,6 +287,11 @@ class Forwarder:
             lambda upstream: self._head(upstream, options, target.live, cacheable=True),
             on_complete,
         )
+        if permit is not None:
+            if joined or flight.task is None:  # another client started it while we waited
+                permit.release()
+            else:
+                flight.task.add_done_callback(lambda _: permit.release())
         if joined:
             self.metrics.collapsed_request()
         try:

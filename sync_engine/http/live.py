@@ -72,7 +72,7 @@ async def serve_sse(
 
 async def _stream(resp: web.StreamResponse, s: Settings, shape: Shape, offset: LogOffset) -> None:
     deadline = time.monotonic() + s.sse_timeout
-    entries, end = shape.log.read_after(offset)
+    entries, end = shape.log.read_after(offset, whole_transactions=True)
     if entries:
         await _write_batch(resp, entries, end.tx)
         await resp.write_eof()
@@ -89,7 +89,7 @@ async def _stream(resp: web.StreamResponse, s: Settings, shape: Shape, offset: L
             continue
         if shape.rotated:
             break
-        entries, end = shape.log.read_after(offset)
+        entries, end = shape.log.read_after(offset, whole_transactions=True)
         if entries:
             await _write_batch(resp, entries, end.tx)
             offset = end

@@ -116,3 +116,21 @@ async def test_deep_clause_in_a_post_subset_body_is_a_400(proxy: Any) -> None:
     )
     assert reply.status == 400, reply.body
     assert str(MAX_DEPTH) in reply.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("query", "body"),
+    [
+        ("", b"[" * 60_000),  # json.loads raised RecursionError: a 500
+        ("", b'{"params":' + b"[" * 30_000 + b"}"),
+        ("&subset__params=" + "%5B" * 2000, None),
+    ],
+)
+async def test_deeply_nested_json_is_a_400(proxy: Any, query: str, body: bytes | None) -> None:
+    token = proxy.tokens.make(role="admin")
+    method = "POST" if body is not None else "GET"
+    reply = await proxy.request(
+        method, f"/v1/shape?table=items&offset=-1&log=changes_only{query}", token=token, data=body
+    )
+    assert reply.status == 400, reply.body
+    assert "JSON" in reply.json()["message"]
