@@ -410,3 +410,19 @@ def shape_requests(seed: int, n: int) -> Iterator[FuzzRequest]:
             q += [(f"params[{i}]", "1") for i in range(1, rng.choice([5, 100, 600]))]
             q.append(("where", "id = $1"))
             yield FuzzRequest("GET", _encode(q, rng), kind="many-params")
+
+
+def loud_log_lines(text: str) -> list[str]:
+    """Lines of a program's log (text or JSON format) at ERROR or above, or with a traceback."""
+    loud = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {}
+            if entry.get("level") in ("error", "critical") or "traceback" in entry:
+                loud.append(line)
+        elif "Traceback" in line or " ERROR " in line or " CRITICAL " in line:
+            loud.append(line)
+    return loud
