@@ -297,11 +297,17 @@ class EngineProcess(Process):
         remove_later(self.data_dir)
 
 
+#: Per-principal limits raised out of the way (a load generator is one principal).
+UNLIMITED = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
+
+
 class ProxyProcess(Process):
     """`python -m proxy` in front of `upstream`, HS256 JWTs, `tables` as the policy."""
 
     def __init__(self, upstream: str, tables: dict[str, Any], *, collapse: bool,
-                 cache_bytes: int, secret: str | None = ENGINE_SECRET) -> None:  # fmt: skip
+                 cache_bytes: int, secret: str | None = ENGINE_SECRET,
+                 extra: dict[str, Any] | None = None) -> None:  # fmt: skip
+        """`extra` is merged into the config's top-level sections (e.g. `limits`)."""
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-proxy-"))
         self.config = {
@@ -313,7 +319,14 @@ class ProxyProcess(Process):
             "tables": tables,
             "collapse": collapse,
             "cache": {"max_bytes": cache_bytes},
+            # Scenarios drive many clients from one token: per-principal limits out of the
+            # way unless a scenario sets them (S7 measures them).
+            "limits": dict(UNLIMITED),
         }  # fmt: skip
+        for section, values in (extra or {}).items():
+            current = self.config.get(section)
+            self.config[section] = ({**current, **values} if isinstance(current, dict)
+                                    else values)  # fmt: skip
         path = self.dir / "proxy.yaml"
         path.write_text(json.dumps(self.config))  # JSON is YAML
         self.env = {"ENGINE_SECRET": secret or "", "BENCH_JWT_SECRET": JWT_SECRET}
@@ -347,9 +360,9 @@ class ProxyProcess(Process):
                          pairs: list[tuple[str, str]],
                          secret: str | None = ENGINE_SECRET) -> str:  # fmt: skip
         """The engine URL a proxy with policy `tables` builds (no proxy process needed)."""
+        from proxy.config.loader import build_config
         from proxy.http.params import parse_shape_query
         from proxy.policy.evaluate import evaluate
-        from proxy.policy.loader import build_config
         from proxy.upstream.url import build_upstream_url
 
         config = {

@@ -49,9 +49,11 @@ sys.path.insert(0, str(ROOT))
 
 from _common import Postgres, machine  # noqa: E402
 
+from proxy.config.loader import build_config  # noqa: E402
+
+UNLIMITED = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
 from proxy.http.params import parse_shape_query  # noqa: E402
 from proxy.policy.evaluate import evaluate  # noqa: E402
-from proxy.policy.loader import build_config  # noqa: E402
 from proxy.upstream.url import build_upstream_url  # noqa: E402
 
 ENGINE_SECRET = "bench-engine-secret-0123456789abcdef"
@@ -88,7 +90,11 @@ def run_fake_upstream(port: int, rows: int, hold: float) -> None:
         if request.query.get("live") == "true":
             await asyncio.sleep(hold)
             return web.Response(body=b"[]", headers={**headers, "electric-cursor": "1"})
-        return web.Response(body=body, headers=headers)
+        # Like the engine: an ETag naming the handle, and a 304 when the client has it.
+        etag = f'"1-1:{request.query.get("offset")}:0_inf"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={**headers, "etag": etag})
+        return web.Response(body=body, headers={**headers, "etag": etag})
 
     app = web.Application()
     app.router.add_get("/v1/shape", shape)
@@ -202,6 +208,8 @@ def start_processes(
                      "keys": [{"secret_env": "BENCH_JWT_SECRET"}]}],
         "tables": {args.table: {"allow": [{"where": "org_id = {{org_id}}",
                                            "columns": ["id", "org_id", "title"]}]}},
+        # One load generator token stands for many users: per-principal limits out of the way.
+        "limits": UNLIMITED,
     }  # fmt: skip
     ports: dict[str, int] = {}
     env = {**os.environ, "ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}

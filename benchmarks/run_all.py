@@ -9,6 +9,7 @@ Scenarios (see docs/benchmarks.md and ../shared/reference/performance-anchors.md
   4 replication backlog drain vs pg_recvlogical         s4_backlog.py
   5 one write among many shapes, `=` vs ILIKE           s5_routing.py
   6 storm of new shapes, distinct vs identical          s6_storm.py
+  7 one user's 1,000 long-polls vs another's sync       s7_starvation.py
 Each scenario starts (and stops) its own Postgres and processes; every arm of a row is
 measured in the same run. `--quick` uses smaller sizes (about 3 minutes in all); the default
 full run takes about 15-20 minutes on 2 cores. A scenario that fails is reported as a row and
@@ -38,6 +39,7 @@ def scenarios() -> dict[int, tuple[str, object]]:
     import s4_backlog
     import s5_routing
     import s6_storm
+    import s7_starvation
 
     return {
         1: ("proxy vs direct vs nginx", s1_front.run),
@@ -46,6 +48,7 @@ def scenarios() -> dict[int, tuple[str, object]]:
         4: ("replication backlog drain", s4_backlog.run),
         5: ("one write among many shapes", s5_routing.run),
         6: ("shape-creation storm", s6_storm.run),
+        7: ("starvation by one principal", s7_starvation.run),
     }
 
 

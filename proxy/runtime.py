@@ -14,8 +14,9 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from cachetools import LRUCache
@@ -23,9 +24,10 @@ from yarl import URL
 
 from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.limits.config import LimitSettings
 from proxy.metrics import Metrics
-from proxy.policy.loader import ConfigError, LoadedConfig, load_config
-from proxy.upstream.forward import UpstreamOptions
+from proxy.upstream.client import UpstreamOptions
 
 logger = logging.getLogger(__name__)
 
@@ -43,11 +45,38 @@ class Prepared:
     url: URL
     url_text: str
     subject: str | None
+    #: Who is asking, for per-principal limits: see `principal_of`.
+    principal: str
     table: str
     rule: str
     live: bool
     sse: bool
-    expires: float  # the token's exp (wall clock)
+    #: Every caller gets the same answer (the rule does not depend on who asks).
+    shared: bool
+    #: The shape's `upstream.url.definition_key`, the handle the client named (not at
+    #: offset=-1/now), and whether it asked for offset=-1/now: for cache coherence.
+    definition: str
+    handle: str | None
+    initial: bool
+    expires: float  # the token's exp (wall clock), or the cache TTL when anonymous
+    #: The per-principal limits of the rule that allowed it (`proxy.limits`).
+    limits: LimitSettings = field(default_factory=LimitSettings)
+    #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.
+    upstream_body: bytes | None = None
+
+
+ANONYMOUS = "anonymous"
+
+
+def principal_of(claims: Mapping[str, Any]) -> str:
+    """A stable name for who is asking: `<iss> <sub>` for a token, "anonymous" without one.
+
+    The issuer is part of it because two issuers may hand out the same `sub`.
+    """
+    sub = claims.get("sub")
+    if sub is None:
+        return ANONYMOUS
+    return f"{claims.get('iss', '')} {sub}"
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from psycopg_pool import ConnectionPool
 
 from .errors import InvalidRequest, ServiceUnavailable
 from .http.params import ShapeRequest
+from .pg import snapshot_errors
 from .pg.catalog import TableInfo, load_table
 from .pg.publication import (
     PublicationError,
@@ -34,6 +35,7 @@ from .pg.replication import ensure_slot
 from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
 from .pg.snapshot_batch import SnapshotJob
+from .pg.snapshot_errors import to_engine_error
 from .replicator import Replicator
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
@@ -93,6 +95,7 @@ class Source:
         self._conn_lock = asyncio.Lock()
         self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
         self._table_lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
+        self._table_checks: dict[int, asyncio.Future[bool]] = {}
         # New shapes' snapshots, in batches on up to max_concurrent_snapshots connections.
         self.snapshots = SnapshotScheduler(
             self.dsn,
@@ -250,7 +253,9 @@ class Source:
     async def resolve(self, req: ShapeRequest) -> Shape:
         """The shape for a request's definition, created (with its snapshot) if new."""
         shape = self.registry.cached(req)
-        if shape is not None:
+        if shape is not None and (req.offset is None or not req.offset.is_before_all):
+            return shape
+        if shape is not None and await self._table_unchanged(shape):
             return shape
         await self._wait_ready()
         definition, table, columns = await self.registry.describe(req, self.lookup_table)
@@ -264,6 +269,41 @@ class Source:
             )
         self.registry.remember(req, shape)
         return shape
+
+    async def _table_unchanged(self, shape: Shape) -> bool:
+        """Whether a shape's table is still there under its name, asked for each new client.
+
+        A client starting at `-1` on a table dropped (or dropped and created again) since the
+        shape was made must get the table's 400 (or a new shape), not the old rows until the
+        periodic schema check notices. One query on the catalog connection (concurrent checks of
+        a table share it); with the database unreachable the intact log is served.
+        """
+        t = shape.table
+        try:
+            there = await single_flight(self._table_checks, t.oid, lambda: self._table_there(t))
+        except ServiceUnavailable:
+            return True
+        if there:
+            return True
+        self.forget_table(t)
+        self.registry.rotate_table(t.oid, "table dropped or renamed")
+        return False
+
+    async def _table_there(self, t: TableInfo) -> bool:
+        try:
+            async with self._conn_lock:
+                conn = await self._connection()
+                cur = await conn.execute(
+                    "SELECT n.nspname, c.relname FROM pg_class c"
+                    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                    (t.oid,),
+                )
+                row = await cur.fetchone()
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable(
+                "Database is unreachable", retry_after=1, code="database_unreachable"
+            ) from exc
+        return row is not None and (row[0], row[1]) == (t.schema, t.name)
 
     async def _wait_ready(self) -> None:
         if self.ready.is_set():
@@ -322,9 +362,29 @@ class Source:
         )
 
     def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
-        log.warning("snapshot of shape %s failed: %s", shape.handle, exc)
-        shape.snapshot_error = _describe(exc)
-        self.registry.rotate(shape, f"snapshot failed: {shape.snapshot_error}")
+        """Discard the shape; its waiting requests get the answer `to_engine_error` picks."""
+        t = shape.table
+        shape.snapshot_error = to_engine_error(
+            exc,
+            field="where" if shape.definition.where is not None else "table",
+            schema=t.schema,
+            table=t.name,
+        )
+        what = snapshot_errors.kind(exc)
+        if what == "transient":
+            log.warning("snapshot of shape %s failed: %s", shape.handle, _describe(exc))
+        else:  # the request's fault or a schema change: no row values in the log either
+            log.info("snapshot of shape %s failed: %s", shape.handle, snapshot_errors.describe(exc))
+        if what in ("table_gone", "schema_changed"):
+            self.forget_table(t)
+        if what == "table_gone":
+            self.registry.rotate_table(t.oid, "table dropped")
+        self.registry.rotate(shape, f"snapshot failed: {snapshot_errors.describe(exc)}")
+
+    def forget_table(self, table: TableInfo) -> None:
+        """Drop what is cached about a table that changed, so the next request looks again."""
+        self._table_cache.pop((table.schema, table.name), None)
+        self._published.discard(table.oid)
 
     def _snapshot_known(self, shape: Shape, text: str) -> None:
         shape.snapshot = SnapshotInfo.parse(text)

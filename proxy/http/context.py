@@ -27,10 +27,10 @@ class RequestContext:
     rule: str | None = None
     upstream_status: int | None = None
     shape: bool = False  # a shape path (gets CORS, `Vary: Authorization`)
+    shared: bool = False  # the answer is the same for every caller: no `Vary: Authorization`
     cors: Mapping[str, str] | None = None
-    vary: tuple[str, ...] = ()  # the engine's Vary values
     live: bool = False
-    cache: str = "-"  # "hit" (served from the response cache), "collapsed", or "-"
+    cache: str = "-"  # "hit", "revalidated", "collapsed" (see upstream.respond.Outcome) or "-"
 
 
 CONTEXT = web.RequestKey("shape_proxy_context", RequestContext)

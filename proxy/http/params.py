@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable
 
 from proxy.errors import BadShapeRequest
-from proxy.policy.evaluate import ShapeRequest, SubsetRequest
 from proxy.policy.sql import parse_identifier_list
+from proxy.shape_request import ShapeRequest, SubsetRequest
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -69,7 +69,7 @@ def _subset_params(raw: object, name: str) -> dict[str, str]:
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting: a 400, not a 500
             raise BadShapeRequest("invalid_subset", f"{name} must be a JSON object") from None
     if not isinstance(raw, dict):
         raise BadShapeRequest("invalid_subset", f"{name} must be a JSON object")
@@ -139,7 +139,7 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
         return SubsetRequest()
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # deep nesting: a 400, not a 500
         raise BadShapeRequest("invalid_body", "the request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise BadShapeRequest("invalid_body", "the request body must be a JSON object")

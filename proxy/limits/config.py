@@ -3,8 +3,8 @@
 ```yaml
 limits:                  # every principal (token subject, or client address when anonymous)
   max_concurrent: 64     # engine requests open at once, held long-polls and SSE included
-  rate: 50               # engine requests per second, sustained ...
-  burst: 200             # ... with bursts up to this many
+  rate: 100              # engine requests per second, sustained ...
+  burst: 500             # ... with bursts up to this many
   retry_after: 5         # Retry-After (s) on a 429 for too many open requests, and on a 503
   pool_wait: 5           # max wait (s) for a free engine connection, then 503
 tables:
@@ -47,8 +47,8 @@ class LimitsConfig(_Model):
     max_concurrent: int = Field(
         default=64, ge=1, description="engine requests one principal may have open at once"
     )
-    rate: float = Field(default=50, gt=0, description="engine requests per second, sustained")
-    burst: int = Field(default=200, ge=1, description="engine requests in a burst")
+    rate: float = Field(default=100, gt=0, description="engine requests per second, sustained")
+    burst: int = Field(default=500, ge=1, description="engine requests in a burst")
     retry_after: int = Field(
         default=5, ge=1, description="Retry-After on a 429 for open requests and on a 503"
     )
@@ -62,8 +62,8 @@ class LimitSettings:
     """The limits that apply to one request: the global ones with its rule's overrides."""
 
     max_concurrent: int = 64
-    rate: float = 50.0
-    burst: int = 200
+    rate: float = 100.0
+    burst: int = 500
     retry_after: int = 5
     pool_wait: float = 5.0
 

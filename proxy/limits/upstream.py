@@ -30,7 +30,9 @@ MAX_REQUEST_TARGET = ENGINE_MAX_LINE - len("POST ") - len(" HTTP/1.1")
 
 REMOVED_URL = "[engine request removed]"
 REDACTED = "[REDACTED]"
-_ENGINE_PATH = re.compile(r"(?:https?://[^\s\"'<>]*?)?/v1/shape(?:\?[^\s\"'<>]*)?", re.IGNORECASE)
+#: An echo of the engine URL, to the end of its line (or JSON string): a decoded or quoted
+#: URL may hold spaces and quotes, so nothing after the path is kept.
+_ENGINE_PATH = re.compile(r"(?:https?://\S*?)?/v1/shape[^\r\n]*", re.IGNORECASE)
 _SECRET_PARAM = re.compile(r"((?:source_)?secret|api_secret|source_id)=[^&\s\"'<>]*", re.IGNORECASE)
 
 
@@ -45,16 +47,17 @@ def request_target_length(url: URL) -> int:
     return len(url.raw_path_qs)
 
 
-def fits(url: URL, limit: int = MAX_REQUEST_TARGET) -> bool:
-    return request_target_length(url) <= limit
+def fits(url: URL, limit: int | None = None) -> bool:
+    return request_target_length(url) <= (limit or MAX_REQUEST_TARGET)
 
 
-def check_fits(url: URL, limit: int = MAX_REQUEST_TARGET) -> None:
+def check_fits(url: URL, limit: int | None = None) -> None:
     """Raise `UriTooLong` when `url` is over the engine's request-line limit.
 
     The message names the limit but nothing of the URL (which carries the enforced filter and
     the secret).
     """
+    limit = limit or MAX_REQUEST_TARGET
     if request_target_length(url) > limit:
         raise UriTooLong(
             "uri_too_long",
@@ -117,3 +120,17 @@ def sanitise_error_body(body: bytes, secret: str | None) -> bytes:
     except ValueError:
         return _clean_text(text, needles).encode()
     return json.dumps(_clean_json(parsed, needles), separators=(",", ":")).encode()
+
+
+def clean_error_response(response: object, secret: str | None) -> None:
+    """Clean the body of a whole engine error answer in place, before it is sent.
+
+    The engine sends its errors with a Content-Length, so they arrive here whole (a
+    `web.Response` with bytes); a streamed answer (a snapshot, a live body) is not an error.
+    """
+    from aiohttp import web
+
+    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+        cleaned = sanitise_error_body(response.body, secret)
+        if cleaned is not response.body:
+            response.body = cleaned

@@ -1,1 +1,1 @@
-"""Policy: the YAML config model, its loader and the pure request evaluator."""
+"""Policy: compiling the configured rules and evaluating a shape request against them."""

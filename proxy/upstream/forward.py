@@ -1,171 +1,83 @@
-"""Send requests to the engine and stream the answers back: cached, collapsed, or direct.
+"""Send a request to the engine and stream its answer back: cached, collapsed, or direct.
 
-One pooled `ClientSession` (created by the app, `auto_decompress=False`) carries every
-request, so the body's bytes and their `Content-Encoding` pass through untouched. Headers
-come back once the engine answers (bounded by the first-byte timeout, which must exceed the
-engine's 20 s long-poll hold).
-
-Three ways through, chosen per request by `Forwarder.forward`:
+Headers come back once the engine answers (bounded by the first-byte timeout, which must
+exceed the engine's 20 s long-poll hold). Three ways through, chosen per request by
+`Forwarder.forward`:
 
 - **cache hit**: a complete answer the engine marked shareable, served from memory
   (`upstream.cache`); the engine is not asked.
-- **collapsed** (GET, not SSE, `collapse: true`): requests with the same upstream key share
-  one `Flight`. The flight is a task of its own, not tied to any client: it sends the request
-  once, keeps the answer's chunks as they arrive, and every waiting client writes them out at
-  its own pace (a small complete body in one write, a large one chunk by chunk). A client that
-  goes away leaves; the last one to leave cancels the flight, which closes the engine
-  connection. An engine failure before the headers becomes each waiter's own 502/504; a
-  failure mid-body truncates each streaming client's response. Response headers come from the
-  engine, which never sees who asked; per-client headers (CORS, request id, Vary) are added
-  per response by the app's `on_response_prepare` signal.
-- **direct** (SSE, POST subsets, or `collapse: false`): one engine request per client,
-  streamed unbuffered.
+- **collapsed** (GET, not SSE, `collapse: true`): requests with the same key share one
+  engine request (`upstream.collapsing`).
+- **direct** (SSE, POST subsets, DELETE, or `collapse: false`): one engine request per
+  client, streamed unbuffered.
 
-A length-delimited body up to `WHOLE_BODY_LIMIT` is read whole and sent with its headers in
-one write, which saves a syscall per request. If the client goes away, the handler is
-cancelled (the server runs with `handler_cancellation=True`) or its write fails, and the
-engine response is closed instead of returning a half-read connection to the pool.
+Response headers come from the engine, which never sees who asked; per-client headers (CORS,
+request id, Vary) are added by the app when the response is prepared. A length-delimited body
+up to `WHOLE_BODY_LIMIT` is read whole and sent with its headers in one write, which saves a
+syscall per request. If the client goes away, the handler is cancelled (the server runs with
+`handler_cancellation=True`) or its write fails, and the engine response is closed instead of
+returning a half-read connection to the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 from cachetools import LRUCache
-from multidict import CIMultiDictProxy
 from yarl import URL
 
-from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
-from proxy.http.context import RequestContext
-from proxy.http.headers import (
-    client_response_headers,
+from proxy.limits.admission import Permit
+from proxy.metrics import Metrics
+from proxy.upstream import collapsing
+from proxy.upstream.cache import CachedResponse, CacheKey, ResponseCache
+from proxy.upstream.client import UpstreamOptions, connection_failed, send
+from proxy.upstream.collapsing import WHOLE_BODY_LIMIT, Flight, Flights
+from proxy.upstream.headers import (
+    Head,
     private_cache_control,
+    shared_ttl,
     upstream_request_headers,
     upstream_response_headers,
 )
-from proxy.metrics import Metrics
-from proxy.upstream.cache import CachedResponse, CacheKey, ResponseCache, shared_ttl
+from proxy.upstream.respond import Outcome, complete, from_cache, streaming
 
 logger = logging.getLogger(__name__)
 
-#: Length-delimited upstream bodies up to this size are read whole and sent in one write.
-WHOLE_BODY_LIMIT = 1024 * 1024
-
 
 @dataclass(frozen=True, slots=True)
-class UpstreamOptions:
-    """Timeouts and header policy for forwarded requests (one per loaded config)."""
+class Target:
+    """What to ask the engine for one client request, as the policy decided it."""
 
-    connect_timeout: float
-    first_byte_timeout: float
-    retry_after: int
-    max_age_cap: int | None
-    collapse: bool = True
-    cache: bool = True  # the response cache's size is fixed at start; this can turn it off
-    live_max_age: float = 5.0
-    timeout: aiohttp.ClientTimeout = field(init=False)
-
-    def __post_init__(self) -> None:
-        # aiohttp's sock_read bounds the wait for the response headers (the first byte) and
-        # then every silence between chunks; one timer per request instead of two.
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout, sock_read=self.first_byte_timeout
-        )
-        object.__setattr__(self, "timeout", timeout)
-
-
-@dataclass(frozen=True, slots=True)
-class Head:
-    """An engine response's status and headers, already made safe for clients."""
-
-    status: int
-    reason: str | None
-    headers: tuple[tuple[str, str], ...]  # without Content-Length (set per response)
-    content_length: int | None
-    cache_control: str  # client-facing (private)
-    vary: tuple[str, ...]
-    ttl: float  # how long a shared cache may keep it; 0: not at all
-    #: `headers` plus `Cache-Control`, built once: a flight's waiters each copy it in one C
-    #: call instead of adding a dozen headers one by one.
-    response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        headers = client_response_headers(self.headers, self.cache_control)
-        object.__setattr__(self, "response_headers", headers)
+    method: str  # GET, POST (subset body) or DELETE
+    url: URL  # built from scratch, secret included: never logged
+    url_text: str
+    body: bytes | None = None
+    live: bool = False
+    sse: bool = False
+    #: Every caller gets these bytes: keep the engine's (public) cache headers so a CDN may
+    #: share them. Otherwise they are made private to the caller.
+    shared: bool = False
+    #: May be answered from (and kept in) the response cache, and collapsed.
+    cacheable: bool = True
+    #: `upstream.url.definition_key` of the shape (None: not a shape request).
+    definition: str | None = None
+    #: The handle the client named (None at offset=-1/now, where the engine ignores it).
+    handle: str | None = None
+    #: offset=-1 or now: the answer names whatever handle is current for the definition.
+    initial: bool = False
 
 
-def make_session(pool_size: int) -> aiohttp.ClientSession:
-    """The app's one upstream session: raw bodies, a large pool, short keep-alive.
+#: Admits one new engine request (per-principal limits): raises 429/503, or returns the
+#: permit to release when that engine request is over. Only called when the engine is asked.
+Admit = Callable[[], Awaitable[Permit]]
 
-    The keep-alive (15 s) stays below the engine's idle timeout so a pooled connection is not
-    reused just as the engine closes it. `limit` is raised from aiohttp's default 100 because
-    every held long-poll occupies a connection.
-    """
-    connector = aiohttp.TCPConnector(
-        limit=pool_size, limit_per_host=pool_size, keepalive_timeout=15
-    )
-    return aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
-    )
-
-
-def _copy(exc: ProxyError) -> ProxyError:
-    """A fresh exception per waiter: one instance raised in many tasks would share tracebacks."""
-    return type(exc)(exc.reason, exc.message, retry_after=exc.retry_after)
-
-
-#: (engine cache-control values, max-age cap, live request, live max-age)
-_MemoKey = tuple[tuple[str, ...], int | None, bool, float]
-
-
-class Flight:
-    """One engine request shared by every client waiting for the same answer."""
-
-    __slots__ = (
-        "_body",
-        "_changed",
-        "broken",
-        "chunks",
-        "complete",
-        "failure",
-        "finished",
-        "head",
-        "key",
-        "task",
-        "waiters",
-    )
-
-    def __init__(self, key: CacheKey) -> None:
-        self.key = key
-        self.head: Head | None = None
-        self.chunks: list[bytes] = []
-        self.complete = False  # the whole body arrived
-        self.finished = False  # nothing more will happen (complete, failed or broken)
-        self.broken = False  # the body stream failed after the headers
-        self.failure: ProxyError | None = None  # failed before the headers
-        self.waiters = 0
-        self.task: asyncio.Task[None] | None = None
-        self._body: bytes | None = None
-        # An Event rather than a shared Future: each waiter waits on its own future, so a
-        # waiter being cancelled never cancels the others' wait.
-        self._changed = asyncio.Event()
-
-    def notify(self) -> None:
-        self._changed.set()
-        self._changed.clear()
-
-    async def changed(self) -> None:
-        await self._changed.wait()
-
-    def body(self) -> bytes:
-        if self._body is None:
-            self._body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        return self._body
+#: (engine cache-control values, max-age cap, live request, live max-age, shared answer)
+_MemoKey = tuple[tuple[str, ...], int | None, bool, float, bool]
 
 
 class Forwarder:
@@ -180,7 +92,7 @@ class Forwarder:
         self.session = session
         self.cache = cache
         self.metrics = metrics
-        self._flights: dict[CacheKey, Flight] = {}
+        self._flights = Flights()
         # Engine cache-control values repeat (a handful of shapes); rewrite each once.
         self._cache_control: LRUCache[_MemoKey, tuple[str, float]] = LRUCache(maxsize=256)
 
@@ -190,160 +102,140 @@ class Forwarder:
 
     async def close(self) -> None:
         """Cancel shared requests still running (app shutdown)."""
-        tasks = [f.task for f in self._flights.values() if f.task is not None]
-        self._flights.clear()
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._flights.close()
 
     async def forward(
         self,
         request: web.Request,
-        url: URL,
-        url_text: str,
-        *,
-        body: bytes | None,
-        live: bool,
-        sse: bool,
+        target: Target,
         options: UpstreamOptions,
-        context: RequestContext,
-    ) -> web.StreamResponse:
-        """Answer `request` with the engine's answer to `url` (already built from scratch).
+        request_id: str,
+        admit: Admit | None = None,
+    ) -> Outcome:
+        """Answer `request` with the engine's answer to `target`.
 
         Raises `UpstreamTimeout` (504) or `UpstreamError` (502) if no response headers arrive;
         once streaming has begun, an upstream failure closes the client connection so the
         client sees a truncated response, never a well-formed one with missing data.
+        `admit` is awaited only when a new engine request is needed (not for a cache hit or a
+        request joining a flight) and its permit is held until that engine request is over.
         """
-        shareable = body is None and not sse
-        if shareable:
-            headers = request.headers
-            key: CacheKey = (
-                "GET",
-                url_text,
-                headers.get("Accept-Encoding", ""),
-                headers.get("Accept", ""),
-                headers.get("If-None-Match", ""),
-            )
-            if options.cache and self.cache.enabled:
-                entry = self.cache.get(key)
-                if entry is not None:
-                    self.metrics.cache_hit()
-                    return self._from_cache(entry, context)
-                self.metrics.cache_miss()
-            if options.collapse:
-                return await self._collapsed(request, url, key, options, context, live)
-            return await self._direct(request, url, None, options, context, live, key)
-        return await self._direct(request, url, body, options, context, live, None)
+        if target.method != "GET" or target.sse or not target.cacheable:
+            return await self._admitted_direct(request, target, options, request_id, None, admit)
+        headers = request.headers
+        key: CacheKey = (
+            "GET",
+            target.url_text,
+            headers.get("Accept-Encoding", ""),
+            headers.get("Accept", ""),
+            headers.get("If-None-Match", ""),
+        )
+        if options.cache and self.cache.enabled:
+            entry = self.cache.get(key)
+            if entry is not None and entry.initial:
+                return await self._revalidate(request, target, key, entry, options, request_id)
+            if entry is not None:
+                self.metrics.cache_hit()
+                return Outcome(
+                    from_cache(entry, self.cache.now() - entry.stored_at), entry.status, "hit"
+                )
+            self.metrics.cache_miss()
+        if options.collapse:
+            return await self._collapsed(request, target, key, options, request_id, admit)
+        return await self._admitted_direct(request, target, options, request_id, key, admit)
 
-    # --- engine requests ---------------------------------------------------------------
+    # --- engine answers ----------------------------------------------------------------
 
-    async def _send(
+    async def _open(
         self,
         request: web.Request,
-        url: URL,
-        body: bytes | None,
+        target: Target,
         options: UpstreamOptions,
         request_id: str,
+        if_none_match: str | None = None,
     ) -> aiohttp.ClientResponse:
-        method = "POST" if body is not None else "GET"
         request_headers = upstream_request_headers(request.headers, request_id)
-        started = time.monotonic()
-        self.metrics.upstream_sent()
-        try:
-            upstream = await self.session.request(
-                method,
-                url,
-                headers=request_headers,
-                data=body,
-                allow_redirects=False,
-                timeout=options.timeout,
-            )
-        except TimeoutError:
-            # aiohttp's own timeout errors include the URL (and so the secret): never str() them.
-            raise UpstreamTimeout(
-                "upstream_timeout",
-                "the sync engine did not answer in time",
-                retry_after=options.retry_after,
-            ) from None
-        except aiohttp.ClientConnectorError:
-            raise UpstreamError(
-                "upstream_unreachable",
-                "the sync engine is unreachable",
-                retry_after=options.retry_after,
-            ) from None
-        except aiohttp.ClientError:
-            raise UpstreamError(
-                "upstream_error",
-                "the sync engine connection failed",
-                retry_after=options.retry_after,
-            ) from None
-        self.metrics.upstream_answered(upstream.status, time.monotonic() - started)
-        return upstream
+        if if_none_match is not None:
+            request_headers["if-none-match"] = if_none_match
+        return await send(
+            self.session,
+            self.metrics,
+            target.method,
+            target.url,
+            request_headers,
+            target.body,
+            options,
+        )
 
     def _head(
         self,
         upstream: aiohttp.ClientResponse,
         options: UpstreamOptions,
-        live: bool,
+        target: Target,
         cacheable: bool,
     ) -> Head:
-        raw: CIMultiDictProxy[str] = upstream.headers
+        raw = upstream.headers
         values = tuple(raw.getall("Cache-Control", ()))
-        memo_key = (values, options.max_age_cap, live, options.live_max_age)
+        live = target.live
+        memo_key = (values, options.max_age_cap, live, options.live_max_age, target.shared)
         rewritten = self._cache_control.get(memo_key)
         if rewritten is None:
             ttl = shared_ttl(values, live=live, live_max_age=options.live_max_age)
-            rewritten = (private_cache_control(values, options.max_age_cap), ttl)
+            if target.shared:
+                # Every caller gets these bytes: Electric's own headers, CDN sharing included.
+                client_value = ", ".join(values) if values else "no-cache"
+            else:
+                client_value = private_cache_control(values, options.max_age_cap)
+            rewritten = (client_value, ttl)
             self._cache_control[memo_key] = rewritten
         cache_control, ttl = rewritten
         if not (cacheable and options.cache) or upstream.status != 200:
             ttl = 0.0  # errors, 409 must-refetch, 304 (per client) and POSTs are never kept
-        headers = tuple(upstream_response_headers(raw.items()))
-        return Head(
+        elif not live and not target.initial and "electric-up-to-date" in raw:
+            ttl = 0.0  # the tip of the log: the next write makes it stale (see upstream.cache)
+        elif target.initial and "etag" not in raw:
+            ttl = 0.0  # an initial answer is kept only if it can be revalidated
+        head = Head(
             status=upstream.status,
             reason=upstream.reason,
-            headers=headers,
+            headers=tuple(upstream_response_headers(raw.items())),
             content_length=upstream.content_length,
             cache_control=cache_control,
-            vary=tuple(raw.getall("Vary", ())),
             ttl=ttl,
         )
+        self._observe(target, head)
+        return head
 
-    # --- building client responses -----------------------------------------------------
+    def _observe(self, target: Target, head: Head) -> None:
+        """Drop cached answers the engine's answer shows to be dead (see `upstream.cache`).
 
-    @staticmethod
-    def _apply_head(response: web.StreamResponse, head: Head, context: RequestContext) -> None:
-        response.headers.extend(head.response_headers)
-        context.upstream_status = head.status
-        context.vary = head.vary
+        A 409 for a handle: that handle is gone. A DELETE that succeeded: every handle of the
+        definition is gone. A fresh initial answer naming handle H: the definition's answers
+        of other handles are stale (not retired: answers racing a rotation may arrive out of
+        order, and only the engine's 409 says for sure which handle is dead).
+        """
+        definition = target.definition
+        if definition is None or not self.cache.enabled:
+            return
+        handle = head.get("electric-handle")
+        if head.status == 409:
+            dropped = self.cache.retire(target.handle) if target.handle else 0
+            dropped += self.cache.evict_definition(definition, initial_only=True)
+            if handle is not None:
+                dropped += self.cache.evict_definition(definition, keep_handle=handle)
+        elif target.method == "DELETE" and head.status < 300:
+            dropped = sum(self.cache.retire(h) for h in self.cache.handles_of(definition))
+            if target.handle is not None:
+                dropped += self.cache.retire(target.handle)
+            dropped += self.cache.evict_definition(definition)
+        elif head.status == 200 and target.initial and handle is not None:
+            dropped = self.cache.evict_definition(definition, keep_handle=handle)
+        else:
+            return
+        if dropped:
+            self.metrics.cache_evicted(dropped)
 
-    @staticmethod
-    def _complete(head: Head, body: bytes, context: RequestContext) -> web.Response:
-        # aiohttp copies a headers proxy into the response's own CIMultiDict.
-        context.upstream_status = head.status
-        context.vary = head.vary
-        return web.Response(
-            status=head.status, reason=head.reason, body=body, headers=head.response_headers
-        )
-
-    def _from_cache(self, entry: CachedResponse, context: RequestContext) -> web.Response:
-        response = web.Response(
-            status=entry.status,
-            reason=entry.reason,
-            body=entry.body,
-            headers=entry.response_headers,
-        )
-        headers = response.headers
-        age = int(self.cache.now() - entry.stored_at)
-        if age > 0:
-            headers["Age"] = str(age)
-        context.upstream_status = entry.status
-        context.vary = entry.vary
-        context.cache = "hit"
-        return response
-
-    def _store(self, key: CacheKey, head: Head, body: bytes) -> None:
+    def _store(self, key: CacheKey, target: Target, head: Head, body: bytes) -> None:
         if head.ttl <= 0 or not self.cache.enabled:
             return  # (a cache turned off by a reload keeps no new entries: see _head)
         now = self.cache.now()
@@ -352,30 +244,47 @@ class Forwarder:
             reason=head.reason,
             headers=head.headers,
             cache_control=head.cache_control,
-            vary=head.vary,
             body=body,
             stored_at=now,
             expires_at=now + head.ttl,
+            handle=head.get("electric-handle"),
+            definition=target.definition,
+            initial=target.initial,
+            etag=head.get("etag"),
         )
         if self.cache.put(key, entry):
             self.metrics.cache_stored(self.cache.bytes_used)
 
     # --- direct: one engine request per client -----------------------------------------
 
+    async def _admitted_direct(
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        key: CacheKey | None,
+        admit: Admit | None,
+    ) -> Outcome:
+        permit = await admit() if admit is not None else None
+        try:
+            return await self._direct(request, target, options, request_id, key)
+        finally:
+            if permit is not None:
+                permit.release()  # the answer was streamed out (or the client went away)
+
     async def _direct(
         self,
         request: web.Request,
-        url: URL,
-        body: bytes | None,
+        target: Target,
         options: UpstreamOptions,
-        context: RequestContext,
-        live: bool,
+        request_id: str,
         key: CacheKey | None,
-    ) -> web.StreamResponse:
-        upstream = await self._send(request, url, body, options, context.request_id)
-        complete = False
+    ) -> Outcome:
+        upstream = await self._open(request, target, options, request_id)
+        whole = False
         try:
-            head = self._head(upstream, options, live, cacheable=key is not None)
+            head = self._head(upstream, options, target, cacheable=key is not None)
             length = head.content_length
             whole_limit = WHOLE_BODY_LIMIT
             if head.ttl > 0 and self.cache.enabled:
@@ -384,19 +293,13 @@ class Forwarder:
                 try:
                     raw = await upstream.content.readexactly(length) if length else b""
                 except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError):
-                    raise UpstreamError(
-                        "upstream_error",
-                        "the sync engine connection failed",
-                        retry_after=options.retry_after,
-                    ) from None
-                complete = True
+                    raise connection_failed(options) from None
+                whole = True
                 if key is not None:
-                    self._store(key, head, raw)
-                return self._complete(head, raw, context)
-            response = web.StreamResponse(status=head.status, reason=head.reason)
-            self._apply_head(response, head, context)
-            if length is not None:
-                response.content_length = length
+                    self._store(key, target, head, raw)
+                return Outcome(complete(head, raw), head.status)
+            response = streaming(head)
+            outcome = Outcome(response, head.status)
             await response.prepare(request)
             try:
                 async for chunk in upstream.content.iter_any():
@@ -405,21 +308,21 @@ class Forwarder:
                         break
                     await response.write(chunk)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                context.outcome, context.reason = "error", "upstream_broken_stream"
+                outcome.failure = ("error", "upstream_broken_stream")
                 logger.warning(
                     "upstream stream broke (%s); closing client connection", type(exc).__name__
                 )
                 if request.transport is not None:
                     request.transport.close()
-                return response
+                return outcome
             except ConnectionError:
-                context.outcome, context.reason = "client_gone", "client_disconnected"
-                return response
+                outcome.failure = ("client_gone", "client_disconnected")
+                return outcome
             await response.write_eof()
-            complete = True
-            return response
+            whole = True
+            return outcome
         finally:
-            if complete:
+            if whole:
                 upstream.release()
             else:
                 upstream.close()
@@ -429,124 +332,90 @@ class Forwarder:
     async def _collapsed(
         self,
         request: web.Request,
-        url: URL,
+        target: Target,
         key: CacheKey,
         options: UpstreamOptions,
-        context: RequestContext,
-        live: bool,
-    ) -> web.StreamResponse:
-        flight = self._flights.get(key)
-        if flight is None:
-            flight = Flight(key)
-            self._flights[key] = flight
-            flight.task = asyncio.get_running_loop().create_task(
-                self._fly(flight, request, url, options, context.request_id, live)
-            )
-        else:
-            self.metrics.collapsed_request()
-            context.cache = "collapsed"
-        flight.waiters += 1
+        request_id: str,
+        admit: Admit | None = None,
+    ) -> Outcome:
+        flight, joined = await self._join(
+            request, target, key, key, options, request_id, None, admit
+        )
         try:
-            return await self._wait(flight, request, options, context)
+            return await collapsing.wait(flight, request, options, joined=joined)
         finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.finished:
-                # The last client left: nobody needs the answer any more.
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-                if flight.task is not None:
-                    flight.task.cancel()
+            self._flights.leave(flight)
 
-    async def _fly(
+    async def _join(
         self,
-        flight: Flight,
         request: web.Request,
-        url: URL,
+        target: Target,
+        flight_key: CacheKey,
+        store_key: CacheKey,
         options: UpstreamOptions,
         request_id: str,
-        live: bool,
-    ) -> None:
-        """The shared engine request: headers, then every body chunk, told to all waiters."""
-        upstream: aiohttp.ClientResponse | None = None
-        try:
-            try:
-                upstream = await self._send(request, url, None, options, request_id)
-            except ProxyError as exc:
-                flight.failure = exc
-                return
-            flight.head = self._head(upstream, options, live, cacheable=True)
-            flight.notify()
-            try:
-                async for chunk in upstream.content.iter_any():
-                    flight.chunks.append(chunk)
-                    flight.notify()
-            except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
-                logger.warning("upstream stream broke (%s)", type(exc).__name__)
-                flight.broken = True
-                return
-            flight.complete = True
-            upstream.release()
-            upstream = None
-        finally:
-            if upstream is not None:
-                upstream.close()
-            if self._flights.get(flight.key) is flight:
-                del self._flights[flight.key]
-            flight.finished = True
-            flight.notify()
-        if flight.head is not None:
-            self._store(flight.key, flight.head, flight.body())
+        if_none_match: str | None,
+        admit: Admit | None,
+    ) -> tuple[Flight, bool]:
+        """Join the flight for `flight_key`, starting it (and its engine request) if needed.
 
-    async def _wait(
+        A new flight is a new engine request: charged to the client that starts it, for as
+        long as the flight runs. Joining a flight in progress costs the engine nothing.
+        """
+        permit = await admit() if admit is not None and flight_key not in self._flights else None
+
+        def on_complete(flight: Flight) -> None:
+            assert flight.head is not None
+            self._store(store_key, target, flight.head, flight.body())
+
+        flight, joined = self._flights.join(
+            flight_key,
+            lambda: self._open(request, target, options, request_id, if_none_match),
+            lambda upstream: self._head(upstream, options, target, cacheable=True),
+            on_complete,
+        )
+        if permit is not None:
+            if joined or flight.task is None:  # another client started it while we waited
+                permit.release()
+            else:
+                flight.task.add_done_callback(lambda _: permit.release())
+        if joined:
+            self.metrics.collapsed_request()
+        return flight, joined
+
+    # --- revalidated: an initial answer, confirmed by the engine before it is served ----
+
+    async def _revalidate(
         self,
-        flight: Flight,
         request: web.Request,
+        target: Target,
+        key: CacheKey,
+        entry: CachedResponse,
         options: UpstreamOptions,
-        context: RequestContext,
-    ) -> web.StreamResponse:
-        """One client's side of a flight: its own response, written at its own pace."""
-        while flight.head is None and not flight.finished:
-            await flight.changed()
-        head = flight.head
-        if head is None:
-            failure = flight.failure or UpstreamError(
-                "upstream_error",
-                "the sync engine connection failed",
-                retry_after=options.retry_after,
-            )
-            raise _copy(failure)
-        length = head.content_length
-        if flight.complete or (length is not None and length <= WHOLE_BODY_LIMIT):
-            while not flight.finished:
-                await flight.changed()
-            if not flight.complete:
-                context.upstream_status = head.status
-                raise UpstreamError(
-                    "upstream_error",
-                    "the sync engine connection failed",
-                    retry_after=options.retry_after,
-                )
-            return self._complete(head, flight.body(), context)
-        response = web.StreamResponse(status=head.status, reason=head.reason)
-        self._apply_head(response, head, context)
-        if length is not None:
-            response.content_length = length
+        request_id: str,
+    ) -> Outcome:
+        """Serve a cached `offset=-1` answer only if the engine still names its handle.
+
+        One conditional request (`If-None-Match` with the entry's ETag, which holds the
+        handle) per distinct answer in flight, shared like any collapsed request: a 304 means
+        the cached bytes are current; a 200 is the new answer (the shape was rotated), which
+        replaces the old one and is what this client gets.
+        """
+        assert entry.etag is not None  # only answers with an ETag are kept as initial
+        flight_key: CacheKey = (*key[:4], f"revalidate {entry.etag}")
+        # Not charged to the client's limits, like any cache hit: a 304 costs the engine no
+        # body, and one conditional request per distinct answer is in flight at a time.
+        flight, joined = await self._join(
+            request, target, flight_key, key, options, request_id, entry.etag, None
+        )
         try:
-            await response.prepare(request)
-            sent = 0
-            while True:
-                while sent < len(flight.chunks):
-                    await response.write(flight.chunks[sent])
-                    sent += 1
-                if flight.finished:
-                    break
+            while flight.head is None and not flight.finished:
                 await flight.changed()
-            if flight.broken:
-                context.outcome, context.reason = "error", "upstream_broken_stream"
-                if request.transport is not None:
-                    request.transport.close()
-                return response
-            await response.write_eof()
-        except ConnectionError:
-            context.outcome, context.reason = "client_gone", "client_disconnected"
-        return response
+            if flight.head is not None and flight.head.status == 304:
+                self.metrics.cache_hit()
+                age = self.cache.now() - entry.stored_at
+                return Outcome(from_cache(entry, age), entry.status, "revalidated")
+            self.metrics.cache_miss()
+            return await collapsing.wait(flight, request, options, joined=joined)
+        finally:
+            self._flights.leave(flight)

@@ -20,7 +20,8 @@ from aiohttp import web
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from ..errors import InvalidRequest, ServiceUnavailable
+from ..errors import EngineError, InvalidRequest, ServiceUnavailable
+from ..pg import snapshot_errors
 from ..pg.snapshot import RowQuery, row_json_sql
 from ..shapes.where import WhereError, parse_order_by, parse_where
 
@@ -93,6 +94,19 @@ def _run(
     return str(row[0]), int(row[1]), rows
 
 
+def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineError:
+    """A failed subset query: blamed on the subset's where (no row values), or transient."""
+    what = snapshot_errors.kind(exc)
+    if what == "table_gone":
+        source.forget_table(shape.table)
+        source.registry.rotate_table(shape.table.oid, "table dropped")
+    elif what == "schema_changed":
+        source.forget_table(shape.table)
+    return snapshot_errors.to_engine_error(
+        exc, field="where", schema=shape.table.schema, table=shape.table.name, subset=True
+    )
+
+
 async def serve_subset(
     request: web.Request, source: Source, shape: Shape, req: ShapeRequest, subset: SubsetQuery
 ) -> web.StreamResponse:
@@ -103,11 +117,12 @@ async def serve_subset(
     rows_query, query = _query(shape, subset)
     try:
         snap, lsn, rows = await asyncio.to_thread(_run, source.snapshot_pool, rows_query, query)
-    except (psycopg.errors.DataError, psycopg.errors.ProgrammingError) as exc:
-        reason = exc.diag.message_primary or str(exc)
-        raise InvalidRequest({"subset": {"where": [reason]}}) from None
     except psycopg.OperationalError as exc:
+        if snapshot_errors.kind(exc) != "transient":
+            raise _subset_error(source, shape, exc) from None
         raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
+    except psycopg.Error as exc:
+        raise _subset_error(source, shape, exc) from None
     xmin, xmax, xip = snap.split(":")
     mark = random.randint(0, 2**31 - 1)
     data: list[Any] = []

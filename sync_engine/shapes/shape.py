@@ -18,6 +18,7 @@ import orjson
 from ..log.entries import relation_prefix
 
 if TYPE_CHECKING:
+    from ..errors import EngineError
     from ..log.files import ShapeLog
     from ..pg.catalog import ColumnInfo, TableInfo
     from .where import Where
@@ -151,7 +152,7 @@ class Shape:
     log: ShapeLog
     snapshot: SnapshotInfo | None = None
     rotated: bool = False
-    snapshot_error: str | None = None
+    snapshot_error: EngineError | None = None  # the answer once the snapshot failed
     # transactions seen while the snapshot's xid horizon was still unknown
     pending: list[Any] | None = field(default_factory=list)
     _changed: asyncio.Future[None] | None = None

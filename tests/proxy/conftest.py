@@ -19,8 +19,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
 
 from proxy.app import create_app
+from proxy.config.loader import LoadedConfig, build_config
 from proxy.logs import JsonFormatter
-from proxy.policy.loader import LoadedConfig, build_config
 
 
 @pytest.fixture(scope="session")

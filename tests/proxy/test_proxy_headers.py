@@ -1,13 +1,12 @@
 from __future__ import annotations
 
-from proxy.http.headers import (
-    cors_headers,
-    merge_vary,
+from proxy.http.headers import cors_headers, merge_vary
+from proxy.logs import redact, redact_query
+from proxy.upstream.headers import (
     private_cache_control,
     upstream_request_headers,
     upstream_response_headers,
 )
-from proxy.logs import redact, redact_query
 
 
 def test_cache_control_made_private_and_capped() -> None:

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 from proxy_fakes import base_config
 
+from proxy.config.loader import build_config
 from proxy.errors import BadShapeRequest, Forbidden
 from proxy.http.params import parse_shape_query, parse_subset_body
 from proxy.policy.evaluate import Decision, evaluate
-from proxy.policy.loader import build_config
 from proxy.upstream.url import build_upstream_url, mask_url
 
 MEMBER = {"sub": "u1", "role": "member", "org_id": "org-a"}

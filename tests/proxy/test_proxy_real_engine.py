@@ -17,7 +17,7 @@ import pytest
 from engine_process import EngineProcess, apply_messages
 from proxy_fakes import base_config
 
-from proxy.policy.loader import build_config
+from proxy.config.loader import build_config
 
 
 @pytest.fixture

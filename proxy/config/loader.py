@@ -21,8 +21,8 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 from pydantic import SecretStr, ValidationError
 
+from proxy.config.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig, StaticKey
 from proxy.policy.compiled import CompiledPolicy, compile_policy
-from proxy.policy.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig, StaticKey
 
 MAX_CONFIG_BYTES = 1024 * 1024
 

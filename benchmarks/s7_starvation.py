@@ -1,0 +1,218 @@
+"""S7: one user holding 1,000 distinct long-polls against another user's initial sync.
+
+Run alone: `.venv/bin/python benchmarks/s7_starvation.py [--quick]`.
+
+Before per-principal limits, one token holding 15 live long-polls with distinct `cache-buster`
+values on a proxy with `pool_size: 10` delayed another user's initial sync from ~10 ms to
+1.7 s: every pooled engine connection was held by the abuser for the engine's 20 s hold.
+
+One engine (20 s long-poll hold, as shipped) and a proxy with `pool_size: 512` and the default
+`limits:` (64 open engine requests per principal). The victim (its own token) runs initial
+syncs one after another, each with a fresh `cache-buster` so it really reaches the engine
+(a fresh client of a shape another client already fetched would be a cache hit and prove
+nothing). Arms, measured in turn in one run:
+- `idle`: nobody else is using the proxy;
+- `abused`: another token keeps 1,000 distinct live long-polls open (distinct `cache-buster`
+  values, so none collapse), re-polling as soon as one returns and retrying 429/503s after
+  their `Retry-After`, as Electric's client does;
+- `abused, no limits` (full run only): the same against a proxy whose limits are raised out of
+  the way, to show what the limits prevent (the victim waits for a pooled connection: 503s
+  after the 5 s pool wait, retried).
+The target: the victim's initial-sync p99 under abuse within 2x of its idle p99.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+from collections import Counter
+
+import psycopg
+from _common import (
+    EngineProcess,
+    Postgres,
+    ProxyProcess,
+    RawHTTP,
+    Row,
+    Stack,
+    fmt,
+    pct,
+    token,
+    verdict,
+)
+
+from proxy.limits.config import LimitsConfig
+
+TABLES = {"items": {"allow": [{"all_rows": True}]}}
+POOL_SIZE = 512
+ABUSERS = 1000
+NO_LIMITS = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
+#: The defaults a proxy gets without a `limits:` section.
+SHIPPED_LIMITS = LimitsConfig().model_dump()
+
+
+async def initial_sync(client: RawHTTP, auth: dict[str, str], n: int) -> tuple[float, int]:
+    """One initial sync (offset=-1 to up-to-date); (seconds, 429/503 retries)."""
+    t0 = time.perf_counter()
+    retries = 0
+    query = f"offset=-1&cache-buster=v{n}"
+    while True:
+        status, headers, _ = await client.get(f"/v1/shape?table=items&{query}", auth)
+        if status in (429, 503):
+            retries += 1
+            await asyncio.sleep(float(headers.get("retry-after", "1")))
+            continue
+        if status != 200:
+            raise RuntimeError(f"victim got {status}")
+        if "electric-up-to-date" in headers:
+            return time.perf_counter() - t0, retries
+        query = f"offset={headers['electric-offset']}&handle={headers['electric-handle']}"
+
+
+async def victim(port: int, n: int) -> tuple[list[float], int]:
+    client = RawHTTP("127.0.0.1", port)
+    auth = {"Authorization": f"Bearer {token(sub='victim')}"}
+    times: list[float] = []
+    retries = 0
+    try:
+        for i in range(n):
+            took, r = await initial_sync(client, auth, int(time.time() * 1000) * 1000 + i)
+            times.append(took)
+            retries += r
+    finally:
+        client.close()
+    return times, retries
+
+
+class Abuser:
+    """1,000 long-polls on distinct cache-busters from one token, kept open."""
+
+    def __init__(self, port: int, handle: str, offset: str) -> None:
+        self.port, self.handle, self.offset = port, handle, offset
+        self.auth = {"Authorization": f"Bearer {token(sub='mallory')}"}
+        self.statuses: Counter[int] = Counter()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.started = 0
+        self.all_sent = asyncio.Event()  # every one of the polls was sent at least once
+
+    async def _poll_forever(self, i: int) -> None:
+        client = RawHTTP("127.0.0.1", self.port)
+        n = 0
+        try:
+            while True:
+                n += 1
+                path = (f"/v1/shape?table=items&offset={self.offset}&handle={self.handle}"
+                        f"&live=true&cursor=&cache-buster=m{i}-{n}")  # fmt: skip
+                self.started += 1
+                if self.started >= ABUSERS:
+                    self.all_sent.set()
+                try:
+                    status, headers, _ = await client.get(path, self.auth)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    await asyncio.sleep(0.5)
+                    continue
+                self.statuses[status] += 1
+                if status in (429, 503):
+                    await asyncio.sleep(float(headers.get("retry-after", "1")))
+        finally:
+            client.close()
+
+    def start(self) -> None:
+        self.tasks = [asyncio.create_task(self._poll_forever(i)) for i in range(ABUSERS)]
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _live_position(port: int) -> tuple[str, str]:
+    client = RawHTTP("127.0.0.1", port)
+    auth = {"Authorization": f"Bearer {token(sub='mallory')}"}
+    query = "offset=-1"
+    try:
+        while True:
+            status, headers, _ = await client.get(f"/v1/shape?table=items&{query}", auth)
+            assert status == 200, status
+            handle, offset = headers["electric-handle"], headers["electric-offset"]
+            if "electric-up-to-date" in headers:
+                return handle, offset
+            query = f"offset={offset}&handle={handle}"
+    finally:
+        client.close()
+
+
+async def _abused(proxy: ProxyProcess, syncs: int) -> tuple[list[float], int, Counter[int]]:
+    port = int(proxy.url.rsplit(":", 1)[1])
+    handle, offset = await _live_position(port)
+    abuser = Abuser(port, handle, offset)
+    abuser.start()
+    try:
+        # Let every one of the 1,000 polls reach the proxy (held, or refused and waiting).
+        await asyncio.wait_for(abuser.all_sent.wait(), 60)
+        await asyncio.sleep(1.0)  # their answers (held, or 429) are in by now
+        times, retries = await victim(port, syncs)
+    finally:
+        await abuser.stop()
+    return times, retries, abuser.statuses
+
+
+async def run(quick: bool) -> list[Row]:
+    syncs = 100 if quick else 300
+    stack = Stack()
+    rows: list[Row] = []
+    try:
+        pg = stack.add(Postgres())
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
+            conn.execute("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 200) i")
+        engine = stack.add(EngineProcess(pg.url))
+        await engine.wait_ready()
+        proxy = stack.add(ProxyProcess(engine.url, TABLES, collapse=True, cache_bytes=64 << 20,
+                                       extra={"upstream": {"pool_size": POOL_SIZE},
+                                              "limits": SHIPPED_LIMITS}))  # fmt: skip
+        await proxy.wait_ready()
+        port = int(proxy.url.rsplit(":", 1)[1])
+        await victim(port, 10)  # warm-up: the shape exists, connections are open
+        idle, _ = await victim(port, syncs)
+        abused, retries, statuses = await _abused(proxy, syncs)
+        arms = [("idle", fmt(pct(idle, 0.99) * 1000, "ms")),
+                ("abused", fmt(pct(abused, 0.99) * 1000, "ms"))]  # fmt: skip
+        ratio = pct(abused, 0.99) / pct(idle, 0.99)
+        print(f"    victim initial-sync p50 idle {pct(idle, 0.5) * 1000:.1f} ms, "
+              f"abused {pct(abused, 0.5) * 1000:.1f} ms; p99 idle {pct(idle, 0.99) * 1000:.1f}"
+              f" ms, abused {pct(abused, 0.99) * 1000:.1f} ms; victim retries {retries}; "
+              f"abuser answers {dict(sorted(statuses.items()))}", flush=True)  # fmt: skip
+        if not quick:
+            open_proxy = stack.add(ProxyProcess(
+                engine.url, TABLES, collapse=True, cache_bytes=64 << 20,
+                extra={"upstream": {"pool_size": POOL_SIZE}, "limits": NO_LIMITS}))  # fmt: skip
+            await open_proxy.wait_ready()
+            unlimited, u_retries, u_statuses = await _abused(open_proxy, max(20, syncs // 10))
+            arms.append(("abused, no limits", fmt(pct(unlimited, 0.99) * 1000, "ms")))
+            print(f"    no limits: victim p99 {pct(unlimited, 0.99) * 1000:.1f} ms, "
+                  f"retries {u_retries}, abuser answers {dict(sorted(u_statuses.items()))}",
+                  flush=True)  # fmt: skip
+        rows.append(Row("S7 starvation", f"victim initial-sync p99 ({syncs} syncs)", arms,
+                        f"{ratio:.2f}x abused/idle", "≤ 2x", verdict(ratio <= 2.0)))  # fmt: skip
+    finally:
+        stack.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    import resource
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    from _common import table
+
+    print(table(asyncio.run(run(args.quick))))
+
+
+if __name__ == "__main__":
+    main()

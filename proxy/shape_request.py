@@ -1,0 +1,49 @@
+"""What a client asks for, in one place: the shape definition plus protocol parameters.
+
+`http.params` builds a `ShapeRequest` from a query string (and a POST subset body); the policy
+(`policy.evaluate`) reads it and answers with a `Decision`; `upstream.url` turns the decision
+into the engine URL. Nothing here is authorised yet: it is the client's word.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetRequest:
+    """A subset snapshot request (`subset__*` params or a POST body)."""
+
+    where: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    offset: int | None = None
+    order_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRequest:
+    """What the client asked for, parsed but not yet authorised."""
+
+    table: str | None = None
+    where: str | None = None
+    params: Mapping[int, str] = field(default_factory=dict)
+    columns: tuple[str, ...] | None = None
+    replica: str | None = None
+    #: Allow-listed protocol parameters (offset, handle, live, cursor...), in a fixed order.
+    protocol: tuple[tuple[str, str], ...] = ()
+    subset: SubsetRequest | None = None
+
+    @property
+    def wants_sse(self) -> bool:
+        """Electric's reading: present and not "false"; the old alias counts when absent."""
+        values = dict(self.protocol)
+        value = values.get("live_sse", values.get("experimental_live_sse"))
+        return value is not None and value != "false"
+
+    @property
+    def live(self) -> bool:
+        """`live` present and not "false" (Electric reads a bare `?live` as true)."""
+        value = dict(self.protocol).get("live")
+        return value is not None and value != "false"

@@ -1,0 +1,204 @@
+"""Request collapsing: identical engine requests in flight at once are sent once.
+
+A `Flight` is one engine request shared by every client waiting for the same answer (same
+cache key: the upstream URL the policy built plus the few request headers that change the
+answer). The flight runs as a task of its own, not tied to any client: it sends the request
+once, keeps the answer's chunks as they arrive, and every waiting client writes them out at
+its own pace (a small complete body in one write, a large one chunk by chunk). A client that
+goes away leaves; the last one to leave cancels the flight, which closes the engine
+connection. An engine failure before the headers becomes each waiter's own 502/504; a failure
+mid-body truncates each streaming client's response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from proxy.errors import ProxyError
+from proxy.upstream.cache import CacheKey
+from proxy.upstream.client import UpstreamOptions, connection_failed
+from proxy.upstream.headers import Head
+from proxy.upstream.respond import Outcome, complete, streaming
+
+logger = logging.getLogger(__name__)
+
+#: Length-delimited engine bodies up to this size are read whole and sent in one write.
+WHOLE_BODY_LIMIT = 1024 * 1024
+
+
+class Flight:
+    """One engine request shared by every client waiting for the same answer."""
+
+    __slots__ = (
+        "_body",
+        "_changed",
+        "broken",
+        "chunks",
+        "complete",
+        "failure",
+        "finished",
+        "head",
+        "key",
+        "task",
+        "waiters",
+    )
+
+    def __init__(self, key: CacheKey) -> None:
+        self.key = key
+        self.head: Head | None = None
+        self.chunks: list[bytes] = []
+        self.complete = False  # the whole body arrived
+        self.finished = False  # nothing more will happen (complete, failed or broken)
+        self.broken = False  # the body stream failed after the headers
+        self.failure: ProxyError | None = None  # failed before the headers
+        self.waiters = 0
+        self.task: asyncio.Task[None] | None = None
+        self._body: bytes | None = None
+        # An Event rather than a shared Future: each waiter waits on its own future, so a
+        # waiter being cancelled never cancels the others' wait.
+        self._changed = asyncio.Event()
+
+    def notify(self) -> None:
+        self._changed.set()
+        self._changed.clear()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        return self._body
+
+
+#: Sends the flight's engine request (raises `ProxyError` before any headers).
+Opener = Callable[[], Awaitable[aiohttp.ClientResponse]]
+#: Turns the engine response's headers into the `Head` every waiter gets.
+HeadMaker = Callable[[aiohttp.ClientResponse], Head]
+#: Called once with a flight whose whole body arrived (to keep it in the cache).
+OnComplete = Callable[[Flight], None]
+
+
+class Flights:
+    """The flights in progress, by key. Owned by one forwarder; event loop thread only."""
+
+    def __init__(self) -> None:
+        self._flights: dict[CacheKey, Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._flights)
+
+    def __contains__(self, key: CacheKey) -> bool:
+        return key in self._flights
+
+    def join(
+        self, key: CacheKey, open_: Opener, make_head: HeadMaker, on_complete: OnComplete
+    ) -> tuple[Flight, bool]:
+        """The flight for `key`, started if there is none; True when it already existed."""
+        flight = self._flights.get(key)
+        joined = flight is not None
+        if flight is None:
+            flight = Flight(key)
+            self._flights[key] = flight
+            flight.task = asyncio.get_running_loop().create_task(
+                self._fly(flight, open_, make_head, on_complete)
+            )
+        flight.waiters += 1
+        return flight, joined
+
+    def leave(self, flight: Flight) -> None:
+        """A waiter is done; the last one to leave cancels a flight nobody needs any more."""
+        flight.waiters -= 1
+        if flight.waiters == 0 and not flight.finished:
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+            if flight.task is not None:
+                flight.task.cancel()
+
+    async def close(self) -> None:
+        """Cancel shared requests still running (app shutdown)."""
+        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        self._flights.clear()
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _fly(
+        self, flight: Flight, open_: Opener, make_head: HeadMaker, on_complete: OnComplete
+    ) -> None:
+        """The shared engine request: headers, then every body chunk, told to all waiters."""
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                upstream = await open_()
+            except ProxyError as exc:
+                flight.failure = exc
+                return
+            flight.head = make_head(upstream)
+            flight.notify()
+            try:
+                async for chunk in upstream.content.iter_any():
+                    flight.chunks.append(chunk)
+                    flight.notify()
+            except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                logger.warning("upstream stream broke (%s)", type(exc).__name__)
+                flight.broken = True
+                return
+            flight.complete = True
+            upstream.release()
+            upstream = None
+        finally:
+            if upstream is not None:
+                upstream.close()
+            if self._flights.get(flight.key) is flight:
+                del self._flights[flight.key]
+            flight.finished = True
+            flight.notify()
+        if flight.head is not None:
+            on_complete(flight)
+
+
+async def wait(
+    flight: Flight, request: web.Request, options: UpstreamOptions, *, joined: bool
+) -> Outcome:
+    """One client's side of a flight: its own response, written at its own pace."""
+    while flight.head is None and not flight.finished:
+        await flight.changed()
+    head = flight.head
+    if head is None:
+        raise (flight.failure or connection_failed(options)).copy()
+    cache = "collapsed" if joined else "-"
+    length = head.content_length
+    if flight.complete or (length is not None and length <= WHOLE_BODY_LIMIT):
+        while not flight.finished:
+            await flight.changed()
+        if not flight.complete:
+            raise connection_failed(options)
+        return Outcome(complete(head, flight.body()), head.status, cache)
+    response = streaming(head)
+    outcome = Outcome(response, head.status, cache)
+    try:
+        await response.prepare(request)
+        sent = 0
+        while True:
+            while sent < len(flight.chunks):
+                await response.write(flight.chunks[sent])
+                sent += 1
+            if flight.finished:
+                break
+            await flight.changed()
+        if flight.broken:
+            outcome.failure = ("error", "upstream_broken_stream")
+            if request.transport is not None:
+                request.transport.close()
+            return outcome
+        await response.write_eof()
+    except ConnectionError:
+        outcome.failure = ("client_gone", "client_disconnected")
+    return outcome

@@ -1,0 +1,173 @@
+"""Header rules between the proxy and the engine, as pure functions over header lists.
+
+Upstream requests carry only an allowlist of client headers (never `Authorization`,
+`Cookie`, `Origin` or forwarding headers). Engine responses lose hop-by-hop and engine CORS
+headers, keep `Content-Encoding` (the body is passed on raw; `Content-Length` is set from the
+body actually sent) and `Vary` (the app merges its own tokens in), and get a client-facing
+`Cache-Control`: made private when the rows depend on the caller's token (which is not part of
+the client's URL), kept as the engine sent it when every caller gets the same bytes.
+
+`Head` is an engine answer's status and headers after these rules, built once per answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+#: Client request headers forwarded to the engine.
+FORWARDED_REQUEST_HEADERS = (
+    "accept",
+    "accept-encoding",
+    "content-type",
+    "if-none-match",
+    "traceparent",
+    "tracestate",
+    "user-agent",
+)
+
+#: Response headers never passed back (hop-by-hop, RFC 9110 §7.6.1), plus those we own.
+_DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "set-cookie",
+        "server",
+        "date",
+        "cache-control",
+        "x-request-id",
+        "content-length",  # set per response from the body actually sent
+    }
+)
+
+
+def upstream_request_headers(client: Mapping[str, str], request_id: str) -> dict[str, str]:
+    """Allowlisted client headers plus the request id; nothing identifying the user."""
+    headers = {name: client[name] for name in FORWARDED_REQUEST_HEADERS if name in client}
+    headers["x-request-id"] = request_id
+    return headers
+
+
+def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Response headers to copy: drop hop-by-hop, engine CORS, and what we rewrite.
+
+    On every forwarded response, so each name is lower-cased once.
+    """
+    kept = []
+    for name, value in upstream:
+        lower = name.lower()
+        if lower not in _DROPPED_RESPONSE_HEADERS and not lower.startswith("access-control-"):
+            kept.append((name, value))
+    return kept
+
+
+def client_response_headers(
+    headers: Iterable[tuple[str, str]], cache_control: str
+) -> CIMultiDictProxy[str]:
+    """An engine answer's client-facing headers plus its `Cache-Control`.
+
+    Built once per answer: every client it is sent to (a flight's waiters, cache hits) gets
+    a copy in one C-level call instead of a dozen header insertions.
+    """
+    built = CIMultiDict(headers)
+    built["Cache-Control"] = cache_control
+    return CIMultiDictProxy(built)
+
+
+def private_cache_control(values: Iterable[str], max_age_cap: int | None) -> str:
+    """Make an engine `Cache-Control` safe for a per-user response.
+
+    `public` becomes `private`, shared-cache directives (`s-maxage`, `proxy-revalidate`,
+    `immutable`) go, and `max-age` / `stale-*` are capped. `no-store`/`no-cache` survive, so
+    errors and POST responses keep Electric's semantics. No header becomes `private, no-cache`.
+    """
+    out: list[str] = []
+    for value in values:
+        for directive in value.split(","):
+            directive = directive.strip()
+            if not directive:
+                continue
+            name, _, arg = directive.partition("=")
+            name = name.strip().lower()
+            if name in ("public", "private", "s-maxage", "proxy-revalidate", "immutable"):
+                continue
+            if (
+                name in ("max-age", "stale-while-revalidate", "stale-if-error")
+                and max_age_cap is not None
+            ):
+                try:
+                    seconds = min(int(arg.strip().strip('"')), max_age_cap)
+                except ValueError:
+                    continue
+                directive = f"{name}={seconds}"
+            out.append(directive)
+    if not out:
+        out.append("no-cache")
+    if "no-store" not in out:
+        out.insert(0, "private")
+    return ", ".join(out)
+
+
+def shared_ttl(cache_control: Iterable[str], *, live: bool, live_max_age: float) -> float:
+    """Seconds a shared cache may keep an answer with these `cache-control` values; 0 = never.
+
+    `s-maxage` wins over `max-age` (the proxy's cache is a shared cache). `public` is required:
+    Electric marks everything shareable that is, and anything else (no header, `private`,
+    `no-store`, `no-cache`, `must-revalidate` with max-age 0) is not kept.
+    """
+    public = False
+    max_age: float | None = None
+    s_maxage: float | None = None
+    for value in cache_control:
+        for directive in value.split(","):
+            name, _, arg = directive.strip().partition("=")
+            name = name.strip().lower()
+            if name == "public":
+                public = True
+            elif name in ("private", "no-store", "no-cache"):
+                return 0.0
+            elif name in ("max-age", "s-maxage"):
+                try:
+                    seconds = float(int(arg.strip().strip('"')))
+                except ValueError:
+                    return 0.0
+                if name == "max-age":
+                    max_age = seconds
+                else:
+                    s_maxage = seconds
+    ttl = s_maxage if s_maxage is not None else max_age
+    if not public or ttl is None or ttl <= 0:
+        return 0.0
+    return min(ttl, live_max_age) if live else ttl
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """An engine response's status and headers, already made safe for clients."""
+
+    status: int
+    reason: str | None
+    headers: tuple[tuple[str, str], ...]  # without Content-Length (set per response)
+    content_length: int | None
+    cache_control: str  # client-facing
+    ttl: float  # how long the proxy's shared cache may keep it; 0: not at all
+    #: `headers` plus `Cache-Control`, built once: a flight's waiters each copy it in one C
+    #: call instead of adding a dozen headers one by one.
+    response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        headers = client_response_headers(self.headers, self.cache_control)
+        object.__setattr__(self, "response_headers", headers)
+
+    def get(self, name: str) -> str | None:
+        """The first value of header `name` (case-insensitive), as sent to clients."""
+        return self.response_headers.get(name)

@@ -1,0 +1,108 @@
+"""Why a snapshot query failed, as the answer its requests get: the user's fault or ours.
+
+A where clause the engine accepted can still fail when Postgres runs it over the rows:
+`id / 0 = 1`, `title::int4 = 1` on a row whose title is not a number, an integer overflow,
+an `ARRAY` of seven dimensions. Retrying does not help (the same rows give the same error),
+so these are a 400 for the field at fault, never a 503 that clients retry forever. The
+message is built from the SQLSTATE and its condition name only: Postgres's own text can
+quote row values (`invalid input syntax for type integer: "<a title>"`), which belong to
+rows the requester may not be allowed to see.
+
+Everything else (connection lost, Postgres restarting or out of disk, a timeout) is
+transient: a 503 with Retry-After. A table dropped since the catalog lookup is a 400 for
+`table`; a column dropped or retyped since is a 409, after which the client starts over and
+the fresh catalog says what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+import psycopg
+import psycopg.errors
+
+from ..errors import EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
+
+#: SQLSTATE classes whose errors come from the query itself, deterministically: 0A feature
+#: not supported, 21 cardinality violation, 22 data exception, 42 syntax error or access
+#: rule violation, 54 program limit exceeded (e.g. too many array dimensions).
+USER_CLASSES = frozenset({"0A", "21", "22", "42", "54"})
+UNDEFINED_TABLE = "42P01"
+#: The catalog changed under the query: a column or type the where clause named is gone.
+SCHEMA_CHANGED = frozenset({"42703", "42704"})
+#: Not the requester's fault: the engine's role lacks a privilege (an operator must act).
+INSUFFICIENT_PRIVILEGE = "42501"
+
+Kind = Literal["user", "table_gone", "schema_changed", "transient"]
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    if isinstance(exc, psycopg.Error):
+        return exc.sqlstate
+    return None
+
+
+def kind(exc: BaseException) -> Kind:
+    """Whose fault a snapshot error is (see the module docstring)."""
+    code = sqlstate(exc)
+    if code is None or code == INSUFFICIENT_PRIVILEGE:
+        return "transient"
+    if code == UNDEFINED_TABLE:
+        return "table_gone"
+    if code in SCHEMA_CHANGED:
+        return "schema_changed"
+    if code[:2] in USER_CLASSES:
+        return "user"
+    return "transient"
+
+
+def condition(code: str) -> str:
+    """Postgres's condition name for a SQLSTATE (`22012` -> `division_by_zero`)."""
+    try:
+        cls = psycopg.errors.lookup(code)
+    except KeyError:
+        return "unknown error"
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.rstrip("_")).lower()
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line description that quotes no data: condition and SQLSTATE, or the OS error."""
+    code = sqlstate(exc)
+    if code is not None:
+        return f"{condition(code).replace('_', ' ')} (SQLSTATE {code})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror  # without the file name
+    if isinstance(exc, psycopg.Error):
+        return "the database connection failed"
+    return type(exc).__name__
+
+
+def user_message(exc: BaseException) -> str:
+    return f"Postgres could not evaluate the query over the table's rows: {describe(exc)}"
+
+
+def table_missing_message(schema: str, name: str) -> str:
+    return (
+        f'Table "{schema}"."{name}" does not exist. If the table name contains capitals or'
+        " special characters you must quote it."
+    )
+
+
+def to_engine_error(
+    exc: BaseException, *, field: str, schema: str, table: str, subset: bool = False
+) -> EngineError:
+    """The answer for requests of a shape (or a subset) whose query failed with `exc`.
+
+    `field` is the parameter a deterministic failure is blamed on (`where`, or `table` when
+    the shape has none); `subset` nests it under `subset` as Electric does for subsets.
+    """
+    k = kind(exc)
+    if k == "user":
+        errors: dict[str, object] = {field: [user_message(exc)]}
+        return InvalidRequest({"subset": errors} if subset else errors)
+    if k == "table_gone":
+        return InvalidRequest({"table": [table_missing_message(schema, table)]})
+    if k == "schema_changed":
+        return ShapeGone(None)
+    return ServiceUnavailable(f"Could not take the shape's snapshot: {describe(exc)}", 5)
