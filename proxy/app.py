@@ -26,7 +26,7 @@ from proxy.http.errors import error_response, render_http_exception, render_prox
 from proxy.http.handlers import ADMISSION, FORWARDER, HOLDER, METRICS, SESSION, add_routes
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
 from proxy.limits.admission import Admission
-from proxy.logs import ACCESS_LOGGER, redact_query
+from proxy.logs import ACCESS_LOGGER, access_level, redact_query
 from proxy.metrics import Metrics
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
@@ -38,7 +38,7 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 
 #: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
 #: means `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are 404s, never a second way in.
-_EXACT_PATHS = frozenset({"/v1/shape", "/healthz", "/metrics"})
+_EXACT_PATHS = frozenset({"/v1/shape", "/v1/health", "/healthz", "/metrics"})
 _NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
 _SHAPE_PATHS = ("/v1/shape", "/shapes/")
 
@@ -63,9 +63,14 @@ def _cors_for(
 
 
 @lru_cache(maxsize=256)
-def _shape_vary(existing: tuple[str, ...], origin: bool) -> str:
-    """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization."""
-    return merge_vary(existing, "Authorization", *(("Origin",) if origin else ()))
+def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
+    """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization.
+
+    `Authorization` only when the answer depends on the caller: a shared answer must stay
+    shareable by caches that honour `Vary` (Varnish, Fastly, browsers).
+    """
+    extra = (*(() if shared else ("Authorization",)), *(("Origin",) if origin else ()))
+    return merge_vary(existing, *extra)
 
 
 @web.middleware
@@ -113,9 +118,11 @@ def _log_access(
     status = response.status if response is not None else 499
     kind = "live" if context.live else "other"
     metrics.request_done(context.outcome, context.reason or "-", kind, duration)
-    if not access_logger.isEnabledFor(logging.INFO):
+    level = access_level(status, live=context.live)
+    if not access_logger.isEnabledFor(level):
         return  # building the record (redaction regexes) costs more than the rest of this
-    access_logger.info(
+    access_logger.log(
+        level,
         "%s %s %s",
         request.method,
         request.raw_path.split("?", 1)[0],
@@ -149,7 +156,9 @@ async def _decorate(request: web.Request, response: web.StreamResponse) -> None:
         headers.update(context.cors)
     if context.shape:
         existing = tuple(headers.getall("Vary", ()))
-        headers["Vary"] = _shape_vary(existing, context.cors is not None)
+        vary = _shape_vary(existing, context.cors is not None, context.shared)
+        if vary:
+            headers["Vary"] = vary
 
 
 def create_app(
