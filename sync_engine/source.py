@@ -32,7 +32,7 @@ from .pg.publication import (
     ensure_publication,
     wait_for_older_transactions,
 )
-from .pg.replication import ensure_slot
+from .pg.replication import describe_failure, ensure_slot
 from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
 from .pg.snapshot_batch import SnapshotJob
@@ -181,14 +181,15 @@ class Source:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.state, self.error = "error", _describe(exc)
-                log.warning(
-                    "source %s (%s) not ready: %s",
-                    self.config.source_id,
-                    redact_dsn(self.config.database_url),
-                    self.error,
-                )
-                await asyncio.sleep(delay)
+                reported, self.state, self.error = self.error, "error", _describe(exc)
+                problem = describe_failure(exc)
+                where = f"source {self.config.source_id} ({redact_dsn(self.config.database_url)})"
+                if not problem.permanent:
+                    log.warning("%s not ready: %s; retrying in %.1f s", where, self.error, delay)
+                elif self.error != reported:  # once, not every retry
+                    log.error("%s cannot start: %s. This will not fix itself: %s. Retrying"
+                              " every 10 s.", where, self.error, problem.fix)  # fmt: skip
+                await asyncio.sleep(10.0 if problem.permanent else delay)
                 delay = min(delay * 2, 10.0)
         checker = asyncio.create_task(self._check_schemas_forever())
         self._tasks.add(checker)
