@@ -15,10 +15,18 @@ DEMO_SRC := $(wildcard demo/src/*)
 
 $(VENV)/.installed: pyproject.toml
 	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
-	python3 -m venv $(VENV)
+	[ -x $(PY) ] || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
 	touch $@
+
+# `make run` needs only the runtime packages (half the install time of the dev tools that
+# `make test` and `make lint` add); a venv with the dev tools already has them.
+$(VENV)/.installed-run: pyproject.toml
+	@command -v python3 >/dev/null || { echo "python3 is required"; exit 1; }
+	@if [ ! -f $(VENV)/.installed ] || [ pyproject.toml -nt $(VENV)/.installed ]; then \
+	  set -x; [ -x $(PY) ] || python3 -m venv $(VENV); $(VENV)/bin/pip install -q -e .; fi
+	@touch $@
 
 install: $(VENV)/.installed
 
@@ -50,7 +58,7 @@ demo-deps: demo/dist/app.js
 node-deps: tests/node/node_modules/.installed tests/browser/node_modules/.installed \
            tests/demo/node_modules/.installed demo-deps
 
-run: install demo-deps
+run: $(VENV)/.installed-run demo-deps
 	@scripts/run-demo
 
 stop:

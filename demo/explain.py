@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from proxy.explain import explain
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.explain import explain
 
 #: Stands in for the engine secret while building the (masked) upstream URL.
 PLACEHOLDER_SECRET = "not-the-engine-secret"  # noqa: S105 (a placeholder, masked anyway)

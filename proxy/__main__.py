@@ -1,9 +1,10 @@
-"""Command line: `shape-proxy --config FILE` serves; `shape-proxy explain ...` explains.
+"""Command line: `shape-proxy --config FILE` serves; `explain` explains; `token` mints.
 
 Every flag has an environment variable (`SHAPE_PROXY_CONFIG`, `SHAPE_PROXY_HOST`,
-`SHAPE_PROXY_PORT`, `SHAPE_PROXY_LOG_LEVEL`). The config is validated before anything
-listens; a bad file exits with status 2 and a message naming the field. This is the only
-module that configures logging.
+`SHAPE_PROXY_PORT`, `SHAPE_PROXY_LOG_LEVEL`, `SHAPE_PROXY_LOG_FORMAT`). The config is
+validated before anything listens; every mistake found at start (a bad file, flag or
+variable, a busy port) is one line on stderr and a non-zero exit, never a traceback. Logging
+is configured only here (through `sync_engine.console`, shared with the engine).
 """
 
 from __future__ import annotations
@@ -12,16 +13,32 @@ import argparse
 import asyncio
 import gc
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from aiohttp import web
 
 from proxy.app import create_app
-from proxy.config.loader import ConfigError, load_config
-from proxy.explain import explain, format_report
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.devtoken import TokenError, mint
+from proxy.explain import explain, format_report, load_for_explain
 from proxy.logs import configure_logging
+from sync_engine.console import (
+    OneLineParser,
+    add_common_flags,
+    env_value,
+    fail,
+    listen,
+    port_number,
+    url_of,
+)
+
+PROG = "shape-proxy"
+_ENV = "SHAPE_PROXY_"
+log = logging.getLogger("proxy")
 
 #: Pending connections the kernel queues before `accept`: thousands of clients (re)connecting
 #: at once must not overflow it (an overflowed SYN is retried by the client after 1 s).
@@ -32,10 +49,11 @@ GC_GEN0_THRESHOLD = 50_000
 
 def _serve_parser() -> argparse.ArgumentParser:
     env = os.environ
-    parser = argparse.ArgumentParser(
-        prog="shape-proxy",
-        description="Authenticating proxy for Electric-compatible shape sync. "
-        "Subcommand: 'shape-proxy explain --help'.",
+    parser = OneLineParser(
+        prog=PROG,
+        description="Authenticating proxy for Electric-compatible shape sync. Subcommands:"
+        " 'shape-proxy explain --help' (what the proxy would do with a request),"
+        " 'shape-proxy token --help' (a development token for an HS256 issuer).",
     )
     parser.add_argument(
         "--config",
@@ -49,22 +67,26 @@ def _serve_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(env["SHAPE_PROXY_PORT"]) if env.get("SHAPE_PROXY_PORT") else None,
+        type=port_number,
+        default=env_value(
+            env,
+            "SHAPE_PROXY_PORT",
+            port_number,
+            "a port number (0-65535)",
+            prog=PROG,
+            flag="--port",
+        ),
         help="listen port; overrides server.port (env SHAPE_PROXY_PORT)",
     )
-    parser.add_argument(
-        "--log-level",
-        default=env.get("SHAPE_PROXY_LOG_LEVEL", "INFO"),
-        help="log level (env SHAPE_PROXY_LOG_LEVEL, default INFO)",
-    )
+    add_common_flags(parser, _ENV)
     return parser
 
 
 def _explain_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="shape-proxy explain",
-        description="Print the decision and the upstream URL (secret masked) for a request.",
+    parser = OneLineParser(
+        prog=f"{PROG} explain",
+        description="Print the decision and the upstream URL (secret masked) for a request."
+        " Needs no secrets in the environment, except the issuer's key to verify --token.",
     )
     parser.add_argument(
         "--config",
@@ -78,15 +100,73 @@ def _explain_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: str | None) -> object:
+def _token_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(
+        prog=f"{PROG} token",
+        description="Print a development token the proxy accepts, signed with the key of an"
+        " HS256/384/512 issuer of the config (its secret_env variable must be set). Issuers"
+        " with JWKS or public keys are refused: their tokens come from your identity provider.",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("SHAPE_PROXY_CONFIG"),
+        help="YAML config file (env SHAPE_PROXY_CONFIG)",
+    )
+    parser.add_argument("--sub", required=True, help="the user id (the token's sub claim)")
+    parser.add_argument("--claims", help="extra claims as a JSON object, e.g. '{\"org_id\": 7}'")
+    parser.add_argument("--ttl", type=int, help="lifetime in seconds (default 3600)")
+    parser.add_argument("--issuer", help="the issuer to sign for (default: the first HS* one)")
+    return parser
+
+
+def _config_path(path: str | None) -> str:
     if not path:
-        print("shape-proxy: --config FILE (or SHAPE_PROXY_CONFIG) is required", file=sys.stderr)
-        raise SystemExit(2)
+        fail(PROG, "--config FILE (or SHAPE_PROXY_CONFIG) is required")
+    return path
+
+
+def _load(path: str | None) -> LoadedConfig:
     try:
-        return load_config(path)
+        return load_config(_config_path(path))
     except ConfigError as exc:
-        print(f"shape-proxy: invalid config: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        fail(PROG, f"invalid config: {exc}")
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        fail(PROG, f'{flag} must be a JSON object, e.g. \'{{"sub": "u1"}}\'')
+    return value
+
+
+def _explain(argv: list[str]) -> None:
+    args = _explain_parser().parse_args(argv)
+    try:
+        loaded = load_for_explain(_config_path(args.config), verify_tokens=args.token is not None)
+    except ConfigError as exc:
+        fail(PROG, f"invalid config: {exc}")
+    claims = _json_object(args.claims, "--claims") if args.claims is not None else None
+    report = asyncio.run(explain(loaded, args.url, token=args.token, claims=claims))
+    print(format_report(report))
+    raise SystemExit(0 if report.get("allowed") else 1)
+
+
+def _token(argv: list[str]) -> None:
+    args = _token_parser().parse_args(argv)
+    try:
+        loaded = load_for_explain(_config_path(args.config), verify_tokens=False)
+    except ConfigError as exc:
+        fail(PROG, f"invalid config: {exc}")
+    claims = _json_object(args.claims, "--claims") if args.claims is not None else None
+    try:
+        token = mint(loaded.config, os.environ, sub=args.sub, claims=claims, ttl=args.ttl,
+                     issuer_name=args.issuer)  # fmt: skip
+    except TokenError as exc:
+        fail(f"{PROG} token", str(exc), 1)
+    print(token)
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -120,35 +200,42 @@ async def _freeze_after_start(app: web.Application) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["explain"]:
-        args = _explain_parser().parse_args(args_list[1:])
-        loaded = _load(args.config)
-        claims = None
-        if args.claims is not None:
-            try:
-                claims = json.loads(args.claims)
-            except ValueError:
-                print("shape-proxy: --claims must be a JSON object", file=sys.stderr)
-                raise SystemExit(2) from None
-        report = asyncio.run(explain(loaded, args.url, token=args.token, claims=claims))  # type: ignore[arg-type]
-        print(format_report(report))
-        raise SystemExit(0 if report.get("allowed") else 1)
+        _explain(args_list[1:])
+    if args_list[:1] == ["token"]:
+        _token(args_list[1:])
+        return
     args = _serve_parser().parse_args(args_list)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, args.log_format)
     loaded = _load(args.config)
-    server = loaded.config.server  # type: ignore[attr-defined]
-    app = create_app(loaded, config_path=args.config, sighup=True)  # type: ignore[arg-type]
+    server = loaded.config.server
+    sock = listen(
+        args.host or server.host,
+        args.port if args.port is not None else server.port,
+        prog=PROG,
+        what="clients",
+        change="--port or SHAPE_PROXY_PORT (or server.port in the config)",
+        backlog=LISTEN_BACKLOG,
+    )
+    app = create_app(loaded, config_path=args.config, sighup=True)
     app.on_startup.append(_freeze_after_start)
+    app.on_shutdown.append(_log_shutdown)
+    url = url_of(sock)
+    upstream = loaded.config.upstream.url
     web.run_app(
         app,
         loop=new_event_loop(),
-        host=args.host or server.host,
-        port=args.port if args.port is not None else server.port,
+        sock=sock,
         access_log=None,
         handler_cancellation=True,
         backlog=LISTEN_BACKLOG,
         shutdown_timeout=5,
-        print=None,
+        print=lambda *_: log.info("listening on %s (engine: %s)", url, upstream),
     )
+    log.info("stopped")
+
+
+async def _log_shutdown(app: web.Application) -> None:
+    log.info("shutting down: closing held requests")
 
 
 if __name__ == "__main__":

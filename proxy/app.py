@@ -27,7 +27,7 @@ from proxy.http.handlers import ADMISSION, FORWARDER, HOLDER, METRICS, SESSION, 
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
 from proxy.http.server import HANDLER_ARGS, ProxyApplication
 from proxy.limits.admission import Admission
-from proxy.logs import ACCESS_LOGGER, redact_query
+from proxy.logs import ACCESS_LOGGER, access_level, redact_query
 from proxy.metrics import Metrics
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
@@ -114,9 +114,11 @@ def _log_access(
     status = response.status if response is not None else 499
     kind = "live" if context.live else "other"
     metrics.request_done(context.outcome, context.reason or "-", kind, duration)
-    if not access_logger.isEnabledFor(logging.INFO):
+    level = access_level(status, live=context.live)
+    if not access_logger.isEnabledFor(level):
         return  # building the record (redaction regexes) costs more than the rest of this
-    access_logger.info(
+    access_logger.log(
+        level,
         "%s %s %s",
         request.method,
         request.raw_path.split("?", 1)[0],

@@ -3,18 +3,24 @@
 Runs the same code path as a request (token verification, query parsing, policy evaluation,
 upstream URL building) without contacting the engine, and prints a JSON report with the
 secret masked.
+
+Secrets are not needed to explain a decision: `load_for_explain` gives every unset secret
+variable a stand-in (the engine secret is masked in the report anyway), except the issuer's
+key when a real `--token` must be verified with it.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from yarl import URL
 
 from proxy.auth.bearer import refuse_token_in_query
-from proxy.config.loader import LoadedConfig
+from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.errors import ProxyError
 from proxy.http.params import parse_shape_query
 from proxy.metrics import Metrics
@@ -22,6 +28,42 @@ from proxy.policy.evaluate import evaluate
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.client import make_session
 from proxy.upstream.url import build_upstream_url, mask_url
+
+#: Long enough for every HMAC algorithm's minimum key length (HS512: 64 bytes).
+STAND_IN = "explain-stand-in-for-an-unset-secret-".ljust(64, "x")
+
+
+class _WithStandIns(Mapping[str, str]):
+    """The environment, with a stand-in value for every variable that is unset or empty."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        return self._environ.get(name) or STAND_IN
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._environ)
+
+    def __len__(self) -> int:
+        return len(self._environ)
+
+
+def load_for_explain(
+    path: str | Path, *, verify_tokens: bool, environ: Mapping[str, str] | None = None
+) -> LoadedConfig:
+    """The config with unset secrets stood in; ConfigError if a token needs a missing key."""
+    environ = os.environ if environ is None else environ
+    loaded = load_config(path, _WithStandIns(environ))
+    if verify_tokens:
+        for i, issuer in enumerate(loaded.config.issuers):
+            for j, key in enumerate(issuer.keys):
+                if key.secret_env and not environ.get(key.secret_env):
+                    raise ConfigError(
+                        f"verifying --token needs the issuer's key: set {key.secret_env}"
+                        f" (issuers.{i}.keys.{j}.secret_env), or explain with --claims"
+                    )
+    return loaded
 
 
 async def explain(

@@ -1,4 +1,4 @@
-"""JSON log lines with secrets and tokens redacted.
+"""The proxy's log lines: the shared console formats (`sync_engine.console`), secrets redacted.
 
 Access log lines carry the request id, method, raw path, a redacted query, status, outcome,
 reason, subject and timings. The formatter also scrubs any message: bearer tokens, JWT-shaped
@@ -8,13 +8,12 @@ strings and `secret=`-style query values are masked wherever they appear, so a c
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import time
 from collections.abc import Iterable
 
 from proxy.upstream.url import MASK, SECRET_PARAMS
+from sync_engine import console
 
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
@@ -22,8 +21,6 @@ _SECRET_QUERY = re.compile(
     r"(?i)((?:^|[?&\s\"'])(?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&\s\"']*"
 )
 ACCESS_LOGGER = "proxy.access"
-#: Attributes of a LogRecord that are not user `extra` fields.
-_RESERVED = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
 def redact(text: str) -> str:
@@ -42,31 +39,35 @@ def redact_query(items: Iterable[tuple[str, str]]) -> str:
     return redact("&".join(parts))
 
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message and any `extra` fields."""
+def access_level(status: int, *, live: bool) -> int:
+    """The level of an access line: routine long-polls are DEBUG, failures WARNING.
 
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": redact(record.getMessage()),
-        }
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                entry[key] = redact(value) if isinstance(value, str) else value
-        if record.exc_info and record.exc_info[0] is not None:
-            entry["error"] = record.exc_info[0].__name__
-        return json.dumps(entry, default=str)
+    A held live request ends every 20 s (204/200 up-to-date, 304) for every idle client: at
+    INFO they would bury everything else. A 5xx (the engine unreachable: 502) needs a look.
+    """
+    if status >= 500:
+        return logging.WARNING
+    if live and status in (200, 204, 304, 499):
+        return logging.DEBUG
+    return logging.INFO
 
 
-def configure_logging(level: str = "INFO") -> None:
-    """Send every log line to stderr as JSON. Called only from `__main__`."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    # aiohttp's own access log prints the raw request line (query included): we log our own.
-    logging.getLogger("aiohttp.access").disabled = True
+class JsonFormatter(console.JsonFormatter):
+    """One JSON object per line (time, level, logger, message, `extra` fields), redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(scrub=redact)
+
+
+class TextFormatter(console.TextFormatter):
+    """One readable line per record for a terminal, redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(scrub=redact)
+
+
+def configure_logging(level: str = "INFO", log_format: str = "auto") -> None:
+    """Every log line to stderr, text on a terminal and JSON otherwise. Only from `__main__`."""
+    console.configure_logging(
+        level, log_format, prog="shape-proxy", env_prefix="SHAPE_PROXY_", scrub=redact
+    )

@@ -1,7 +1,9 @@
 """`sync-engine`: flags and environment -> Settings -> the running engine.
 
 Every flag has an environment variable (shown in --help); flags win over the environment.
-This is the only place that configures logging.
+Every mistake found at start (a bad flag or variable, a busy port, an unusable data
+directory or database) is one line on stderr and a non-zero exit, never a traceback. This is
+the only place that configures logging (through `console`, shared with the proxy).
 """
 
 from __future__ import annotations
@@ -12,17 +14,33 @@ import gc
 import logging
 import os
 import re
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
+from .console import (
+    OneLineParser,
+    add_common_flags,
+    configure_logging,
+    env_value,
+    fail,
+    listen,
+    port_number,
+    positive_number,
+    url_of,
+    whole_number,
+)
 from .settings import Settings
 
+PROG = "sync-engine"
 _ENV = "SYNC_ENGINE_"
+T = TypeVar("T")
+log = logging.getLogger("sync_engine")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -33,8 +51,14 @@ def _flag(name: str) -> bool:
     return (_env(name, "") or "").lower() in ("1", "true", "yes", "on")
 
 
+def _num(name: str, convert: Callable[[str], T], what: str, flag: str, default: T) -> T:
+    """A flag's default from SYNC_ENGINE_<name>, or one line naming the variable if bad."""
+    value = env_value(os.environ, _ENV + name, convert, what, prog=PROG, flag=flag)
+    return default if value is None else value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="sync-engine",
         description="Serve Electric's HTTP Shape API (/v1/shape) from Postgres logical"
         " replication.",
@@ -57,8 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--port",
-        type=int,
-        default=int(_env("PORT", "3000") or 3000),
+        type=port_number,
+        default=_num("PORT", port_number, "a port number (0-65535)", "--port", 3000),
         help="port to listen on (default 3000). Env: SYNC_ENGINE_PORT",
     )
     p.add_argument(
@@ -73,41 +97,55 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--long-poll-timeout",
-        type=float,
-        default=float(_env("LONG_POLL_TIMEOUT", "20") or 20),
+        type=positive_number,
+        default=_num(
+            "LONG_POLL_TIMEOUT",
+            positive_number,
+            "a positive number of seconds",
+            "--long-poll-timeout",
+            20.0,
+        ),
         help="seconds a live request is held before answering up-to-date (default 20)."
         " Env: SYNC_ENGINE_LONG_POLL_TIMEOUT",
     )
     p.add_argument(
         "--sse-timeout",
-        type=float,
-        default=float(_env("SSE_TIMEOUT", "60") or 60),
+        type=positive_number,
+        default=_num(
+            "SSE_TIMEOUT", positive_number, "a positive number of seconds", "--sse-timeout", 60.0
+        ),
         help="seconds an SSE stream stays open (default 60). Env: SYNC_ENGINE_SSE_TIMEOUT",
     )
     p.add_argument(
         "--max-age",
-        type=int,
-        default=int(_env("MAX_AGE", "60") or 60),
+        type=whole_number,
+        default=_num("MAX_AGE", whole_number, "a whole number of seconds", "--max-age", 60),
         help="cache max-age for catch-up responses (default 60). Env: SYNC_ENGINE_MAX_AGE",
     )
     p.add_argument(
         "--stale-age",
-        type=int,
-        default=int(_env("STALE_AGE", "300") or 300),
+        type=whole_number,
+        default=_num("STALE_AGE", whole_number, "a whole number of seconds", "--stale-age", 300),
         help="stale-while-revalidate for catch-up responses (default 300)."
         " Env: SYNC_ENGINE_STALE_AGE",
     )
     p.add_argument(
         "--chunk-bytes",
-        type=int,
-        default=int(_env("CHUNK_BYTES", str(10 * 1024 * 1024)) or 0),
+        type=whole_number,
+        default=_num(
+            "CHUNK_BYTES",
+            whole_number,
+            "a whole number of bytes",
+            "--chunk-bytes",
+            10 * 1024 * 1024,
+        ),
         help="size at which log and snapshot chunks are cut (default 10 MiB)."
         " Env: SYNC_ENGINE_CHUNK_BYTES",
     )
     p.add_argument(
         "--max-shapes",
-        type=int,
-        default=int(_env("MAX_SHAPES", "0") or 0) or None,
+        type=whole_number,
+        default=_num("MAX_SHAPES", whole_number, "a whole number", "--max-shapes", 0),
         help="refuse new shapes beyond this many per source (503). Env: SYNC_ENGINE_MAX_SHAPES",
     )
     p.add_argument(
@@ -126,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-initial-syncs",
-        type=int,
-        default=int(_env("MAX_INITIAL_SYNCS", "32") or 0) or None,
+        type=whole_number,
+        default=_num(
+            "MAX_INITIAL_SYNCS", whole_number, "a whole number", "--max-initial-syncs", 32
+        ),
         help="per registered source, the most shape snapshots in progress at once;"
         " a request needing one more gets 503 with Retry-After (default 32, 0 ="
         " no limit). Env: SYNC_ENGINE_MAX_INITIAL_SYNCS",
@@ -147,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--admin-port",
-        type=int,
-        default=int(_env("ADMIN_PORT", "3100") or 3100),
+        type=port_number,
+        default=_num("ADMIN_PORT", port_number, "a port number (0-65535)", "--admin-port", 3100),
         help="port of the admin listener (default 3100). Env: SYNC_ENGINE_ADMIN_PORT",
     )
     p.add_argument(
@@ -166,11 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         " engine serving another database of the same cluster its own id"
         " (default: default). Env: SYNC_ENGINE_REPLICATION_STREAM_ID",
     )
-    p.add_argument(
-        "--log-level",
-        default=_env("LOG_LEVEL", "INFO"),
-        help="DEBUG, INFO, WARNING or ERROR (default INFO). Env: SYNC_ENGINE_LOG_LEVEL",
-    )
+    add_common_flags(p, _ENV)
     return p
 
 
@@ -186,10 +222,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         max_age=args.max_age,
         stale_age=args.stale_age,
         chunk_bytes=args.chunk_bytes,
-        max_shapes=args.max_shapes,
+        max_shapes=args.max_shapes or None,
         allow_delete=args.allow_delete,
         fsync=not args.no_fsync,
-        max_initial_syncs=args.max_initial_syncs,
+        max_initial_syncs=args.max_initial_syncs or None,
         admin_token=args.admin_token or None,
         admin_host=args.admin_host,
         admin_port=args.admin_port,
@@ -214,44 +250,82 @@ def main(argv: list[str] | None = None) -> None:
 
         raise SystemExit(sources_main(argv[1:]))
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    configure_logging(args.log_level, args.log_format, prog=PROG, env_prefix=_ENV)
     settings = settings_from_args(args)
-    if not re.fullmatch(r"[a-z0-9_]{1,40}", settings.replication_stream_id):
-        print(
-            "sync-engine: --replication-stream-id may use only a-z, 0-9 and _ (1-40 characters),"
-            " as Postgres slot names do",
-            file=sys.stderr,
+    check_settings(settings)
+    engine_sock = listen(
+        settings.host,
+        settings.port,
+        prog=PROG,
+        what="/v1/shape",
+        change="--port or SYNC_ENGINE_PORT (--host, SYNC_ENGINE_HOST)",
+    )
+    admin_sock = None
+    if settings.admin_token is not None:
+        admin_sock = listen(
+            settings.admin_host,
+            settings.admin_port,
+            prog=PROG,
+            what="the admin API",
+            change="--admin-port or SYNC_ENGINE_ADMIN_PORT (--admin-host, SYNC_ENGINE_ADMIN_HOST)",
         )
-        raise SystemExit(2)
+    if settings.database_url:
+        from .preflight import PermanentError, check_database
+
+        try:
+            check_database(settings.database_url,
+                           flag="--database-url or SYNC_ENGINE_DATABASE_URL")  # fmt: skip
+        except PermanentError as exc:
+            fail(PROG, f"cannot use the database: {exc}", 1)
+        except KeyboardInterrupt:
+            fail(PROG, "interrupted while waiting for the database", 130)
+    serve(settings, engine_sock, admin_sock)
+
+
+def check_settings(settings: Settings) -> None:
+    """Everything about the flags that can be wrong before anything connects or listens."""
+    if not re.fullmatch(r"[a-z0-9_]{1,40}", settings.replication_stream_id):
+        fail(PROG, "--replication-stream-id may use only a-z, 0-9 and _ (1-40 characters),"
+                   " as Postgres slot names do (flag --replication-stream-id, env"
+                   " SYNC_ENGINE_REPLICATION_STREAM_ID)")  # fmt: skip
     from .admin.api import MIN_TOKEN_LENGTH
+    from .preflight import check_data_dir
+    from .sources.dburl import check_database_url
+    from .sources.errors import InvalidInput
     from .sources.registry import registry_has_sources
 
     if settings.admin_token is not None and len(settings.admin_token) < MIN_TOKEN_LENGTH:
-        print(
-            f"sync-engine: --admin-token must be at least {MIN_TOKEN_LENGTH} characters",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+        fail(PROG, f"--admin-token must be at least {MIN_TOKEN_LENGTH} characters (flag"
+                   " --admin-token, env SYNC_ENGINE_ADMIN_TOKEN)")  # fmt: skip
+    if settings.database_url:
+        try:
+            check_database_url(settings.database_url)
+        except InvalidInput as exc:
+            message = exc.message.replace("database_url", "--database-url", 1)
+            fail(PROG, f"{message} (flag --database-url, env SYNC_ENGINE_DATABASE_URL or"
+                       " DATABASE_URL)")  # fmt: skip
+    problem = check_data_dir(settings.data_dir)
+    if problem is not None:
+        fail(PROG, f"cannot use the data directory {settings.data_dir} ({problem}): give one the"
+                   " engine can write, with --data-dir or SYNC_ENGINE_DATA_DIR", 1)  # fmt: skip
     if (
         not settings.database_url
         and settings.admin_token is None
         and not registry_has_sources(settings.data_dir)
     ):
-        print(
-            "sync-engine: --database-url (or DATABASE_URL) is required, unless sources are"
-            " registered (start with --admin-token to register them)",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+        fail(PROG, "--database-url (or SYNC_ENGINE_DATABASE_URL, DATABASE_URL) is required,"
+                   " unless sources are registered (start with --admin-token to register"
+                   " them)")  # fmt: skip
+
+
+def serve(settings: Settings, engine_sock: socket.socket, admin_sock: socket.socket | None) -> None:
+    """Run the engine (and the admin listener) on already bound sockets until a signal."""
     from .app import build_app
 
     app = build_app(settings)
-    if settings.admin_token is not None:
-        app.cleanup_ctx.append(_admin_listener(settings))
+    if admin_sock is not None:
+        app.cleanup_ctx.append(_admin_listener(settings, admin_sock))
+    app.on_shutdown.append(_log_shutdown)
     # Snapshots and fsyncs of every source run in threads: give sources room so one busy
     # source cannot take all of the default executor's few workers.
     loop = new_event_loop()
@@ -264,21 +338,24 @@ def main(argv: list[str] | None = None) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
+    url = url_of(engine_sock)
     web.run_app(
         app,
-        host=settings.host,
-        port=settings.port,
-        print=lambda *_: logging.getLogger("sync_engine").info(
-            "listening on http://%s:%d", settings.host, settings.port
-        ),
+        sock=engine_sock,
+        print=lambda *_: log.info("listening on %s (Shape API: %s/v1/shape)", url, url),
         access_log=None,
         shutdown_timeout=2,
         loop=loop,
     )
+    log.info("stopped")
 
 
-def _admin_listener(settings: Settings) -> Any:
-    """Serve the admin app on its own address for as long as the engine app runs."""
+async def _log_shutdown(app: web.Application) -> None:
+    log.info("shutting down: closing held requests and replication")
+
+
+def _admin_listener(settings: Settings, sock: socket.socket) -> Any:
+    """Serve the admin app on its own socket for as long as the engine app runs."""
 
     async def listener(app: web.Application) -> AsyncIterator[None]:
         from .admin import build_admin_app
@@ -286,11 +363,8 @@ def _admin_listener(settings: Settings) -> Any:
 
         runner = web.AppRunner(build_admin_app(settings, app[MANAGER]), access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, settings.admin_host, settings.admin_port)
-        await site.start()
-        logging.getLogger("sync_engine").info(
-            "admin API and dashboard on http://%s:%d/", settings.admin_host, settings.admin_port
-        )
+        await web.SockSite(runner, sock).start()
+        log.info("admin API and dashboard listening on %s/", url_of(sock))
         yield
         await runner.cleanup()
 

@@ -14,6 +14,7 @@ from . import __version__
 from .errors import ServiceUnavailable, Unauthorized
 from .http.errors import error_middleware, json_response
 from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
+from .http.server import HANDLER_ARGS, EngineApplication
 from .http.shape import ShapeView
 from .settings import Settings
 from .source import Source, SourceConfig
@@ -73,7 +74,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     for a registered source once any is registered; otherwise, and always when none is,
     requests go to the single database exactly as without a registry.
     """
-    app = web.Application(middlewares=[common_headers, error_middleware])
+    app = EngineApplication(
+        middlewares=[common_headers, error_middleware], handler_args=HANDLER_ARGS
+    )
     app[SETTINGS] = settings
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)
@@ -114,7 +117,11 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         if not states and manager.has_sources():
             active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}
-        return json_response(200 if active else 202, body,
+        status = 200 if active else 202
+        paused = [s.replicator.write_error for s in srcs.values() if s.replicator.write_error]
+        if paused:  # shape logs cannot be written (disk full): serving, not replicating
+            body, status = {"status": "waiting", "message": paused[0]}, 503
+        return json_response(status, body,
                              {"cache-control": "no-cache, no-store, must-revalidate"})  # fmt: skip
 
     async def root(request: web.Request) -> web.StreamResponse:

@@ -2,10 +2,17 @@
 
 One task per source reads pgoutput from the source's slot. For each committed transaction
 it asks the router which shapes each row may belong to, converts the change per shape and
-appends the shape's entries with offsets `<commit lsn>_<op>`. After a batch it fsyncs the
-touched log files, and only then confirms the commit's end LSN to the slot, so a crash at
-any point replays instead of losing changes; replayed transactions are recognised by their
-LSN (`<= log.last_lsn`) and skipped per shape.
+appends the shape's entries with offsets `<commit lsn>_<op>`. Appends are staged: after a
+batch it fsyncs the touched log files, then publishes what they hold (readers see it, live
+requests wake) and only then confirms the commit's end LSN to the slot, so a crash at any
+point replays instead of losing changes; replayed transactions are recognised by their LSN
+(`<= log.last_lsn`) and skipped per shape.
+
+A failed write or fsync (a full disk, EIO) cuts every staged append back, logs one ERROR
+and pauses replication (`write_error`, reported by /v1/health): nothing is confirmed, the
+slot keeps the WAL, existing shapes are served as they are. A small probe write, retried
+with backoff up to a few seconds, tells when space is back; the stream then restarts from
+the slot's confirmed position and replays what was cut back, once.
 
 Transactions committed while a shape's snapshot horizon is still unknown are parked on the
 shape (`shape.pending`) and applied, in order, once it is known.
@@ -22,12 +29,18 @@ import asyncio
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
+from .log.files import LogWriteError
 from .pg import pgoutput
 from .pg.pgoutput import UNCHANGED_TOAST
-from .pg.replication import XLOGDATA_HEADER, ReplicationConnectionError, ReplicationStream
+from .pg.replication import (
+    XLOGDATA_HEADER,
+    ReplicationStream,
+    describe_failure,
+    slot_confirmed_lsn,
+)
 from .shapes.changes import convert_change, encode_entries
 from .shapes.registry import ShapeRegistry
 from .shapes.router import KeyParser, RowPlan, ShapeRouter
@@ -139,7 +152,7 @@ class _Relation:
         self.positions = {n: i for i, n in enumerate(self.names)}
 
 
-def _fsync_paths(paths: set[Path]) -> None:
+def _fsync_paths(paths: set[str]) -> None:
     for path in paths:
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -149,6 +162,32 @@ def _fsync_paths(paths: set[Path]) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+#: Backoff between attempts: replication reconnects and, while writes fail, space probes.
+FIRST_DELAY = 0.25
+MAX_DELAY = 5.0
+#: Slow retry for failures that need someone to fix something (wrong password, ...).
+PERMANENT_DELAY = 30.0
+PROBE_BYTES = 64 * 1024
+
+
+def _probe_write(directory: str) -> None:
+    """Write, fsync and delete a small file: raises OSError while the disk is full."""
+    path = os.path.join(directory, ".space-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        data = b"\0" * PROBE_BYTES
+        written = 0
+        while written < len(data):
+            written += os.write(fd, data[written:])
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 class Replicator:
@@ -182,6 +221,11 @@ class Replicator:
         self._flush_lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._stream: ReplicationStream | None = None
+        #: Why shape log writes fail (disk full, ...) while replication is paused, else None.
+        self.write_error: str | None = None
+        self._write_error_since = 0.0
+        self._failure: LogWriteError | None = None  # a background flush's failed write
+        self._slot_checked = False
         self.changes_seen = 0
         self.transactions_seen = 0
         # Routing plans of the tables with shapes and a known Relation, valid while
@@ -192,43 +236,159 @@ class Replicator:
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Stream forever, reconnecting with backoff (Postgres restarts, network blips)."""
-        delay = 0.2
+        """Stream forever: reconnect with backoff (Postgres restarts, network blips), slowly
+        for failures someone has to fix (they are logged as such), and pause while shape
+        logs cannot be written."""
+        delay = FIRST_DELAY
+        failing_since: float | None = None
+        attempts = 0
+        last_permanent: str | None = None
         while True:
+            if self.write_error is not None:
+                await self._wait_for_space()
             stream = ReplicationStream(self.dsn, self.slot, self.publication)
             self._stream = stream
+            started = False
             try:
                 await stream.start()
+                started = True
+                if not self._slot_checked:
+                    await self._check_repaired_shapes()
                 self.connected.set()
-                self.on_state("active", None)
-                delay = 0.2
+                if self.write_error is None:
+                    self.on_state("active", None)
+                if failing_since is not None:
+                    log.info(
+                        "replication recovered after %.1f s (%d attempts)",
+                        time.monotonic() - failing_since,
+                        attempts,
+                    )
+                failing_since, attempts, last_permanent = None, 0, None
+                delay = FIRST_DELAY
                 await self._consume(stream)
             except asyncio.CancelledError:
                 raise
-            except (ReplicationConnectionError, OSError, Exception) as exc:
+            except LogWriteError as exc:
                 self.connected.clear()
-                self.on_state("connecting", str(exc))
-                log.warning("replication stream lost (%s); reconnecting in %.1fs", exc, delay)
+                self._write_failed(exc)
+                continue  # _wait_for_space() paces the retries
+            except Exception as exc:
+                self.connected.clear()
+                self._rollback_staged()
+                problem = describe_failure(exc)
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                attempts += 1
+                if problem.permanent:
+                    wait = PERMANENT_DELAY
+                    if problem.reason != last_permanent:
+                        log.error(
+                            "replication cannot start (slot %r): %s. This will not fix itself:"
+                            " %s. Retrying every %d s.",
+                            self.slot,
+                            problem.reason,
+                            problem.fix,
+                            wait,
+                        )
+                    last_permanent = problem.reason
+                else:
+                    wait = delay if not started else FIRST_DELAY
+                    delay = min(delay * 2, MAX_DELAY)
+                    log.warning(
+                        "replication %s (%s); retrying in %.1f s",
+                        "stream lost" if started else "cannot connect",
+                        problem.reason,
+                        wait,
+                    )
+                self.on_state("connecting", problem.reason)
+                await asyncio.sleep(wait)
             finally:
                 self._reset_txn()
                 try:
                     await stream.close()
                 except Exception:
                     log.debug("error closing replication stream", exc_info=True)
+
+    async def _check_repaired_shapes(self) -> None:
+        """Shapes whose torn log tail was cut on load are whole again only if the slot
+        sends the cut transactions again; retire those it will not (clients refetch)."""
+        repaired = [s for s in self.registry.by_handle.values() if s.log.repaired_from]
+        if repaired:
+            confirmed = await slot_confirmed_lsn(self.dsn, self.slot)
+            for shape in repaired:
+                if confirmed is None or shape.log.repaired_from < confirmed:  # type: ignore[operator]
+                    self.registry.rotate(shape, "its log was damaged past what can be replayed")
+                else:
+                    log.info("shape %s: torn log tail cut, replaying it", shape.handle)
+                shape.log.repaired_from = None
+        self._slot_checked = True
+
+    def _write_failed(self, exc: LogWriteError) -> None:
+        """Cut every staged append back; enter (or stay in) the paused state."""
+        self._failure = None
+        self._rollback_staged()
+        if self.write_error is None:
+            what = "the disk is full" if exc.disk_full else "a write failed"
+            self.write_error = f"cannot write shape logs ({what}: {exc.strerror})"
+            self._write_error_since = time.monotonic()
+            log.error(
+                "%s in %s; replication paused: the slot is not confirmed and keeps the WAL,"
+                " existing shapes are still served, new shapes get 503. Resuming by itself"
+                " once writes succeed (checked every few seconds).",
+                self.write_error,
+                self.registry.directory,
+            )
+            self.on_state("disk_full", self.write_error)
+        else:
+            log.debug("shape log write failed again: %s", exc)
+
+    async def _wait_for_space(self) -> None:
+        """Probe with a small write, backing off up to MAX_DELAY, until it succeeds."""
+        delay = FIRST_DELAY
+        directory = str(self.registry.directory)
+        while True:
+            try:
+                await asyncio.to_thread(_probe_write, directory)
+                return
+            except OSError as exc:
+                log.debug("space probe failed: %s", exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+            delay = min(delay * 2, MAX_DELAY)
+
+    def _writes_ok(self) -> None:
+        """A flush after a write failure succeeded: leave the paused state."""
+        if self.write_error is not None:
+            log.info(
+                "shape log writes succeed again; replication resumed %.1f s after it paused",
+                time.monotonic() - self._write_error_since,
+            )
+            self.write_error = None
+            self.on_state("active", None)
+
+    def _rollback_staged(self) -> None:
+        """Cut every append not yet published off its log (the slot replays them)."""
+        dirty, self._dirty = self._dirty, set()
+        for shape in dirty:
+            shape.log.rollback()
 
     async def _consume(self, stream: ReplicationStream) -> None:
         while True:
             batch = await stream.read_raw(timeout=1.0)
             last_end = self.handle_batch(batch) if batch else 0
+            idle = not self._in_txn and not batch
+            # What may be confirmed once this flush is done: computed first, so that a
+            # transaction released from a shape's parking meanwhile is not confirmed
+            # before it is durable.
+            ack = self._ackable(last_end or stream.wal_end)
             if self._dirty:
                 await self._flush()
-            if last_end:
-                stream.ack(self._ackable(last_end))
-            elif not self._in_txn and not batch:
+            if self._failure is not None:
+                raise self._failure
+            if self.write_error is not None and (last_end or idle):
+                self._writes_ok()
+            if last_end or idle:
                 # Idle and nothing half-done: everything up to wal_end is processed.
-                stream.ack(self._ackable(stream.wal_end))
+                stream.ack(ack)
 
     def _ackable(self, lsn: int) -> int:
         """`lsn`, or just before the oldest transaction still parked in memory on a shape.
@@ -245,20 +405,31 @@ class Replicator:
         return min(lsn, oldest - 1)
 
     async def _flush(self) -> None:
-        """fsync what was appended, then wake the waiters of the shapes that grew.
+        """fsync what was appended, publish it, then wake the waiters of the shapes that grew.
 
         Serialised, so that when the stream loop's flush returns (and it acks), every
-        append made before it, including by `release_pending`, is on disk.
+        append made before it, including by `release_pending`, is on disk. A failed fsync
+        cuts back everything staged and leaves the error in `_failure` for the stream loop.
         """
         async with self._flush_lock:
             dirty, self._dirty = self._dirty, set()
-            paths: set[Path] = set()
+            tokens = []
+            paths: set[str] = set()
             for shape in dirty:
-                paths |= shape.log.take_dirty()
+                files, token = shape.log.take_dirty()
+                paths |= files
+                tokens.append((shape, token))
             if self.fsync and paths:
-                await asyncio.to_thread(_fsync_paths, paths)
-            for shape in dirty:
-                shape.notify()
+                try:
+                    await asyncio.to_thread(_fsync_paths, paths)
+                except OSError as exc:
+                    self._dirty |= dirty
+                    self._rollback_staged()
+                    self._failure = LogWriteError(exc.errno, f"fsync: {exc.strerror}")
+                    return
+            for shape, token in tokens:
+                if shape.log.publish(token):
+                    shape.notify()
 
     def _reset_txn(self) -> None:
         self._in_txn = False
@@ -444,8 +615,14 @@ class Replicator:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
         pending, shape.pending = shape.pending, None
         self._parked.discard(shape)
-        for xid, lsn, changes in pending or []:
-            self.apply(shape, xid, lsn, changes)
+        try:
+            for xid, lsn, changes in pending or []:
+                self.apply(shape, xid, lsn, changes)
+        except LogWriteError as exc:
+            # Not confirmed (they were parked): the stream replays them after the pause.
+            self._failure = exc  # the stream loop pauses replication at its next batch
+            self._rollback_staged()
+            return
         if self._dirty:
             # Announce now rather than after the stream's next (possibly idle) batch.
             task = asyncio.get_running_loop().create_task(self._flush())

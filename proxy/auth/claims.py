@@ -72,7 +72,7 @@ _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
             ("InvalidJTIError", "the token jti claim must be a string"),
             ("InvalidIssuedAtError", "the token iat claim must be a number"),
         )
-        if (cls := getattr(jwt, name, None)) is not None  # pyjwt >= 2.10
+        if (cls := getattr(jwt.exceptions, name, None)) is not None  # pyjwt >= 2.10
     ),
     (jwt.ExpiredSignatureError, "token_expired", "the token has expired"),
     (jwt.ImmatureSignatureError, "token_not_yet_valid", "the token is not valid yet"),

@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import (
     EngineError,
@@ -85,11 +87,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status >= 400 and exc.content_type != "application/json":
             return json_response(exc.status, {"message": exc.reason})
         raise
-    except (ConnectionResetError, TimeoutError):
+    except (ConnectionResetError, TimeoutError) as exc:
         if request.transport is None or request.transport.is_closing():
-            raise  # the client went away; nothing to answer
+            # The client went away: an everyday event, not an error, and nobody to answer.
+            log.debug("client went away during %s %s: %r", request.method, request.path, exc)
+            return web.Response(status=499)
         log.exception("error serving %s", request.path)
         return json_response(500, {"error": "Internal server error"})
+    except (RequestPayloadError, BadHttpMessage) as exc:
+        log.info("unreadable request body for %s: %s", request.path, type(exc).__name__)
+        return json_response(400, {"message": "Malformed request body"})
     except Exception:
         log.exception("error serving %s", request.path)
         return json_response(500, {"error": "Internal server error"})

@@ -9,6 +9,7 @@ client's next request then gets the 409).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -18,11 +19,13 @@ from ..log.entries import up_to_date_message
 from . import headers as h
 
 if TYPE_CHECKING:
+    from ..log.offsets import LogOffset
     from ..settings import Settings
     from ..shapes.shape import Shape
     from ..source import Source
     from .params import ShapeRequest
 
+log = logging.getLogger(__name__)
 KEEPALIVE = b": keep-alive\n\n"
 
 
@@ -60,12 +63,20 @@ async def serve_sse(
         },
     )
     await resp.prepare(request)
+    try:
+        await _stream(resp, s, shape, offset)
+    except ConnectionResetError as exc:  # the client went away: nothing to answer, no error
+        log.debug("SSE client of shape %s went away: %r", shape.handle, exc)
+    return resp
+
+
+async def _stream(resp: web.StreamResponse, s: Settings, shape: Shape, offset: LogOffset) -> None:
     deadline = time.monotonic() + s.sse_timeout
-    entries, end = shape.log.read_after(offset)
+    entries, end = shape.log.read_after(offset, whole_transactions=True)
     if entries:
         await _write_batch(resp, entries, end.tx)
         await resp.write_eof()
-        return resp
+        return
     while not shape.rotated:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -78,12 +89,11 @@ async def serve_sse(
             continue
         if shape.rotated:
             break
-        entries, end = shape.log.read_after(offset)
+        entries, end = shape.log.read_after(offset, whole_transactions=True)
         if entries:
             await _write_batch(resp, entries, end.tx)
             offset = end
     await resp.write_eof()
-    return resp
 
 
 async def _write_batch(resp: web.StreamResponse, entries: list[bytes], lsn: int) -> None:

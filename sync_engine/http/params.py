@@ -17,6 +17,7 @@ from multidict import MultiMapping
 
 from ..errors import InvalidRequest
 from ..log.offsets import InvalidOffset, LogOffset, parse_offset
+from . import limits
 
 _PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
 _SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
@@ -38,7 +39,8 @@ _SINGLE = (
     "subset__order_by",
     "subset__params",
 )
-MAX_WHERE_BYTES = 64 * 1024
+MAX_WHERE_BYTES = limits.MAX_WHERE_BYTES
+_NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +93,9 @@ def _blank(value: str | None) -> str | None:
 
 
 def _numbered(items: Mapping[str, str], field_name: str) -> dict[str, str]:
+    limits.check_params_count(items, field_name)
     keys = list(items)
-    if not all(k.isdigit() for k in keys):
+    if not all(_NUMBER.match(k) for k in keys):
         raise InvalidRequest({field_name: ["Parameters can only use numbers as keys"]})
     if sorted(int(k) for k in keys) != list(range(1, len(keys) + 1)):
         raise InvalidRequest(
@@ -105,6 +108,7 @@ def parse_shape_request(
     query: MultiMapping[str], body: Mapping[str, Any] | None = None
 ) -> ShapeRequest:
     """Validate a `/v1/shape` request's parameters; raises InvalidRequest naming the field."""
+    limits.check_query(query)
     for name in _SINGLE:
         if len(query.getall(name, [])) > 1:
             raise InvalidRequest({name: ["must be given at most once"]})
@@ -145,6 +149,11 @@ def parse_shape_request(
             ):
                 subset_body[k] = v
             elif k != "subset" and isinstance(v, str) and k in _SINGLE:
+                limit = limits.MAX_LENGTH.get(k, limits.DEFAULT_LENGTH)
+                if len(v) > limit:
+                    raise limits.too_long(k, limit)
+                if "\x00" in v:
+                    raise InvalidRequest({k: ["must not contain NUL bytes"]})
                 q.setdefault(k, v)
         has_subset = has_subset or bool(subset_body)
 
@@ -191,7 +200,7 @@ def parse_shape_request(
         raise InvalidRequest({"log": ["is invalid"]})
     where = _blank(q.get("where"))
     if where is not None and len(where.encode()) > MAX_WHERE_BYTES:
-        raise InvalidRequest({"where": ["is bigger than maximum size"]})
+        raise InvalidRequest({"where": [f"is bigger than maximum size ({MAX_WHERE_BYTES} bytes)"]})
     cursor_raw = q.get("cursor", "")
     cursor = int(cursor_raw) if cursor_raw.isdigit() and len(cursor_raw) < 19 else 0
 
@@ -212,6 +221,9 @@ def parse_shape_request(
     )
 
 
+_MAX_BIGINT = 2**63 - 1  # LIMIT and OFFSET are bigint in Postgres
+
+
 def _subset_error(field_name: str, message: str) -> InvalidRequest:
     return InvalidRequest({"subset": {field_name: [message]}})
 
@@ -227,6 +239,8 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
         raise _subset_error(field_name, "is invalid") from None
     if n < minimum:
         raise _subset_error(field_name, f"must be greater than or equal to {minimum}")
+    if n > _MAX_BIGINT:
+        raise _subset_error(field_name, f"must be less than or equal to {_MAX_BIGINT}")
     return n
 
 
@@ -253,7 +267,16 @@ def _parse_subset(
         raw_params = {str(i + 1): v for i, v in enumerate(raw_params)}
     if not isinstance(raw_params, dict):
         raise _subset_error("params", "must be an object")
+    if any(isinstance(v, dict | list) for v in raw_params.values()):
+        raise _subset_error("params", "values must be strings, numbers or booleans")
     params = {str(k): "" if v is None else str(v) for k, v in raw_params.items()}
+    for name, text in (("where", where), ("order_by", order_by)):
+        if text is not None and len(text.encode()) > MAX_WHERE_BYTES:
+            raise _subset_error(name, f"is bigger than maximum size ({MAX_WHERE_BYTES} bytes)")
+    if any(len(v) > limits.DEFAULT_LENGTH for v in params.values()):
+        raise _subset_error(
+            "params", f"is too long (the limit is {limits.DEFAULT_LENGTH} characters)"
+        )
     for text in (where or "", order_by or "", *params.values()):
         if "\x00" in text:
             raise _subset_error("where", "must not contain NUL bytes")

@@ -21,6 +21,7 @@ from ..errors import InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from . import headers as h
+from . import limits
 from .errors import json_response
 from .params import ShapeRequest, parse_shape_request
 from .subset import build_subset_query, serve_subset
@@ -264,10 +265,13 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
         return None
     try:
         data = orjson.loads(raw)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's own limit (1,024 levels), far above ours
+            raise limits.too_deep() from None
         raise InvalidRequest({"body": ["Invalid JSON in request body"]}) from None
     if not isinstance(data, dict):
         raise InvalidRequest({"body": ["Request body must be a JSON object"]})
+    limits.check_body(data)
     return data
 
 

@@ -1,38 +1,72 @@
-"""A shape's log on disk: snapshot chunks, then transaction chunks, append-only.
+"""A shape's log on disk: snapshot chunks, then transaction chunks, append-only, self-checking.
 
 One flat directory per shape (directory operations are what a storm of new shapes pays
 for, so there are no subdirectories):
 
     snapshot.00000.json       snapshot chunks: JSON items joined by commas, no brackets, so a
                               response body is `[` + file + `]`
-    snapshot.complete         written last: the number of snapshot chunks, the shape's
-                              handle, definition and table description, and the xmin/xmax/
-                              xip of its snapshot (one JSON object)
-    log.00000000.log          transaction chunks: one line per entry, `<tx> <op> <last> <json>`
+    snapshot.complete         written last: the number of snapshot chunks with each one's
+                              size and crc32, the shape's handle, definition and table
+                              description, and the xmin/xmax/xip of its snapshot (one JSON
+                              object)
+    log.00000000.log          transaction chunks: framed records (`framing.py`), each one
+                              transaction's entries for this shape (or the part of it that
+                              fits in the chunk), with a length and a crc32
+
+This module owns every write to these files. Its promises:
+
+* **All or nothing.** An append stages its records: they are written (at a known position,
+  short writes continued) but invisible — not in the index readers use, not in
+  `latest_offset` — until `publish`, which the replicator calls once they are fsynced. A
+  failed write (ENOSPC, EIO, short write) is cut back at once; `rollback` cuts back every
+  staged record (an fsync that failed), and the slot, never confirmed past what was
+  published, replays them.
+* **Nothing damaged is served.** `load` checks every record's checksums and cuts the log
+  back to the last whole transaction before the first torn or damaged one (a crash leaves
+  a torn tail; a bad disk may damage anything). That is a repair when the slot sends the
+  cut transactions again, which the replicator checks (`repaired_from`) before it
+  streams: if the slot was confirmed past them the shape is retired (clients get 409 and
+  refetch). Snapshot chunks cannot be replayed: a size that differs from the marker's
+  raises `LogDamaged` on load (the shape is discarded). Reads check records again, and
+  snapshot chunks against the marker's crc32; a mismatch retires the shape (`on_damage`)
+  and the request gets a 409, never a broken body.
+* **Chunks end by size, also inside a transaction** (as Electric's log does): a response
+  is about one chunk however large the transaction. An offset `<lsn>_<op>` in the middle
+  of a transaction names the entries up to `op`; `<lsn>_0` always names the end of
+  transaction `<lsn>` (the SSE client resumes from it), so a chunk is never cut right
+  after an op-0 entry that does not end its transaction.
 
 Finished chunks never change, which is what makes `(handle, offset)` responses immutable
-and cacheable. A transaction's lines for one shape are written with a single `write()`, and
-the `<last>` flag marks its final line, so a torn tail left by SIGKILL is cut back to the last
-whole transaction on load; replication then replays it from the slot. A snapshot without its
-`snapshot.complete` marker is discarded on load, so its chunks need no atomic rename.
-
-Every file created costs an inode allocation, which is what a storm of new shapes waits on
-(ext4 scans past recently deleted inodes): a new shape creates its directory, one chunk and
-the marker. Directories written before the marker held the description (`meta.json`,
-`snapshot.json`, a bare count in `snapshot.complete`) still load.
+and cacheable. A snapshot without its `snapshot.complete` marker is discarded on load, so
+its chunks need no atomic rename. Every file created costs an inode allocation, which is
+what a storm of new shapes waits on: a new shape creates its directory, one chunk and the
+marker.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import os
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, NoReturn
 
 import orjson
 from cachetools import LRUCache
 
+from .fds import close_fd, write_fd
+from .framing import (
+    KEY_TX_END,
+    FramingError,
+    encode_record,
+    encode_records,
+    iter_entries,
+    key_of,
+    scan,
+)
 from .offsets import SNAPSHOT_END, LogOffset
 
 SNAPSHOT_COMPLETE = "snapshot.complete"
@@ -45,18 +79,70 @@ FRESH_CHUNK_MAX = 1 << 20
 # touched from the event loop; bounded in bytes.
 _fresh: LRUCache[str, bytes] = LRUCache(maxsize=16 << 20, getsizeof=len)
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
-@dataclass(slots=True)
+try:
+    from ..errors import ShapeGone as _Gone
+except ImportError:  # pragma: no cover - the log is also usable without the engine
+    _Gone = Exception  # type: ignore[misc,assignment]
+
+
+class LogDamaged(_Gone):
+    """A shape log holds bytes that fail their check: the shape cannot be served.
+
+    A `ShapeGone` (409 must-refetch): by the time a reader sees it, `on_damage` has
+    retired the shape, so the client's refetch makes a new one.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(None)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+class LogWriteError(OSError):
+    """Writing or syncing a shape log failed; nothing of the failed write is visible."""
+
+    @property
+    def disk_full(self) -> bool:
+        return self.errno in _DISK_FULL
+
+
+@dataclass(slots=True, eq=False)
 class _Chunk:
-    path: Path
-    txs: list[int] = field(default_factory=list)
-    ops: list[int] = field(default_factory=list)
-    positions: list[int] = field(default_factory=list)
-    size: int = 0
+    path: str
+    index: int
+    starts: list[int] = field(default_factory=list)  # published records' positions
+    lasts: list[int] = field(default_factory=list)  # key of each record's last entry
+    size: int = 0  # published bytes
+    end: int = 0  # bytes written: staged records lie in [size, end)
 
     @property
     def last_offset(self) -> LogOffset:
-        return LogOffset(self.txs[-1], self.ops[-1])
+        return _offset(self.lasts[-1])
+
+
+class _Staged(NamedTuple):
+    chunk: _Chunk
+    start: int
+    end: int
+    last_key: int
+    lsn: int
+
+
+def _offset(key: int) -> LogOffset:
+    return LogOffset(key >> 32, key & 0xFFFFFFFF)
+
+
+def _after_key(offset: LogOffset) -> int:
+    """The key entries must exceed to come after `offset` (see the module docstring)."""
+    if offset.tx <= 0:
+        return -1
+    if offset.op == 0 or offset.op >= KEY_TX_END:
+        return key_of(offset.tx, KEY_TX_END)
+    return key_of(offset.tx, offset.op)
 
 
 class ShapeLog:
@@ -69,16 +155,31 @@ class ShapeLog:
 
     def __init__(self, directory: Path, chunk_bytes: int, fsync: bool = True) -> None:
         self.directory = directory
-        self._dir = str(directory)  # paths of snapshot files by string (pathlib is slower)
+        self._dir = str(directory)  # paths by string (pathlib is slower)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
-        self._chunks: list[_Chunk] = []
-        self._dirty: set[Path] = set()
+        self._chunks: list[_Chunk] = []  # chunks with published records
+        self._chunk_lasts: list[int] = []  # each chunk's last published key
+        self._tail: _Chunk | None = None  # the chunk appends go to (maybe not yet published)
+        self._staged: list[_Staged] = []
+        self._dirty: set[str] = set()
+        self._generation = 0  # bumped by rollback: older publish tokens are void
+        self._needs_cut: dict[str, int] = {}  # files a failed rollback could not cut back
+        self._published_lsn = 0
         self.snapshot_chunks = 0
         self.snapshot_complete = False
+        #: Highest transaction LSN written (published or staged): replays up to it are skipped.
         self.last_lsn = 0
-        # What the marker recorded besides the count (None for the older, count-only marker).
+        # What the marker recorded besides the count.
         self.marker: dict[str, Any] | None = None
+        # Each snapshot chunk's (size, crc32): from the writes, or the marker once loaded.
+        self._snapshot_sums: dict[int, tuple[int, int]] = {}
+        #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
+        #: may have cut. The cut is only a repair if the slot sends that transaction again.
+        self.repaired_from: int | None = None
+        self.damage: str | None = None  # what `load` found wrong, if anything
+        #: Called (with the reason) when a read finds damage; the registry retires the shape.
+        self.on_damage: Callable[[str], None] | None = None
 
     # -- creation and loading -------------------------------------------------------------
 
@@ -86,152 +187,331 @@ class ShapeLog:
         self.directory.mkdir(exist_ok=True)
 
     def load(self) -> None:
-        """Rebuild the in-memory index from the files, cutting a torn tail."""
+        """Rebuild the index from the files, checking them (see `_load_transactions`).
+
+        Raises `LogDamaged` when the snapshot cannot be used.
+        """
         done = self.directory / SNAPSHOT_COMPLETE
-        text = done.read_bytes().strip() if done.exists() else b""
-        if text.startswith(b"{"):
-            self.marker = orjson.loads(text)
-            self.snapshot_chunks = int(self.marker["chunks"])
-            self.snapshot_complete = True
-        elif text.isdigit():
-            self.snapshot_chunks = int(text)
-            self.snapshot_complete = True
-        for path in sorted(self.directory.glob("log.*.log")):
-            chunk = _Chunk(path)
-            data = path.read_bytes()
-            pos = 0
-            good_end = 0
-            good_count = 0
-            while True:
-                nl = data.find(b"\n", pos)
-                if nl < 0:
-                    break
-                head = data[pos : pos + 64].split(b" ", 3)
+        if done.exists():
+            text = done.read_bytes()
+            try:
+                marker = orjson.loads(text)
+                sums = marker["sums"]
+                count = int(marker["chunks"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise LogDamaged(f"{done}: unreadable snapshot marker") from None
+            if len(sums) != count:
+                raise LogDamaged(f"{done}: {count} chunks but {len(sums)} checksums")
+            for i, (size, crc) in enumerate(sums):
+                path = self._snapshot_name(i)
                 try:
-                    tx, op, last = int(head[0]), int(head[1]), head[2] == b"1"
-                except (ValueError, IndexError):
-                    break
-                chunk.txs.append(tx)
-                chunk.ops.append(op)
-                chunk.positions.append(pos)
-                pos = nl + 1
-                if last:
-                    good_end = pos
-                    good_count = len(chunk.txs)
-            if good_end != len(data):
+                    actual = os.stat(path).st_size
+                except FileNotFoundError:
+                    raise LogDamaged(f"{path}: missing") from None
+                if actual != size:
+                    raise LogDamaged(f"{path}: {actual} bytes, the marker says {size}")
+                self._snapshot_sums[i] = (int(size), int(crc))
+            self.marker = marker
+            self.snapshot_chunks = count
+            self.snapshot_complete = True
+        self._load_transactions()
+
+    def _load_transactions(self) -> None:
+        """Index the transaction chunks; cut back to the last whole transaction before the
+        first record that is torn or damaged (or a transaction that never ended).
+
+        Whether the cut is a repair depends on the slot: `repaired_from` is a lower bound
+        of the LSNs cut, and the replicator retires the shape if the slot will not send
+        them again (it was confirmed past them: the damage hit durable data).
+        """
+        paths = sorted(str(p) for p in self.directory.glob("log.*.log"))
+        chunks: list[_Chunk] = []
+        tx_end: tuple[int, int, int] | None = None  # (chunk, records, end) of the last whole tx
+        last_good_lsn = 0
+        head = 0  # LSN of a transaction's first record not yet followed by its end
+        cut_from = 0  # lowest LSN cut, when known
+        for n, path in enumerate(paths):
+            if path != self._log_name(n):
+                break  # a gap in the numbering: what follows is cut
+            with open(path, "rb") as f:
+                data = f.read()
+            chunk = _Chunk(path, n)
+            chunks.append(chunk)
+            result = scan(data)
+            for start, end, last_key, lsn, ends_tx in result.records:
+                chunk.starts.append(start)
+                chunk.lasts.append(last_key)
+                chunk.size = chunk.end = end
+                if ends_tx:
+                    tx_end = (n, len(chunk.starts), end)
+                    last_good_lsn, head = lsn, 0
+                elif not head:
+                    head = lsn
+            if result.error is not None:
+                self.damage = f"{path}: {result.error} at byte {result.error_at}"
+                cut_from = head or result.error_lsn
+                break
+        else:
+            cut_from = head
+        if tx_end is None:
+            keep_chunks, keep_records, keep_end = 0, 0, 0
+        else:
+            keep_chunks, keep_records, keep_end = tx_end[0] + 1, tx_end[1], tx_end[2]
+        cut = False
+        for n, path in enumerate(paths):
+            if n >= keep_chunks:
+                os.unlink(path)
+                cut = True
+            elif n == keep_chunks - 1 and os.stat(path).st_size != keep_end:
                 with open(path, "r+b") as f:
-                    f.truncate(good_end)
-            del chunk.txs[good_count:], chunk.ops[good_count:], chunk.positions[good_count:]
-            chunk.size = good_end
-            if chunk.txs:
-                self._chunks.append(chunk)
-                self.last_lsn = chunk.txs[-1]
-            else:
-                path.unlink()
+                    f.truncate(keep_end)
+                    os.fsync(f.fileno())
+                chunk = chunks[n]
+                del chunk.starts[keep_records:], chunk.lasts[keep_records:]
+                chunk.size = chunk.end = keep_end
+                cut = True
+        if cut:
+            self.repaired_from = cut_from or last_good_lsn + 1
+        self._chunks = [c for c in chunks[:keep_chunks] if c.starts]
+        self._chunk_lasts = [c.lasts[-1] for c in self._chunks]
+        self._tail = self._chunks[-1] if self._chunks else None
+        self.last_lsn = self._published_lsn = last_good_lsn
 
     # -- snapshot -------------------------------------------------------------------------
 
     def snapshot_chunk_path(self, index: int) -> Path:
         return self.directory / f"snapshot.{index:05d}.json"
 
-    def _chunk_name(self, index: int) -> str:
+    def _snapshot_name(self, index: int) -> str:
         return f"{self._dir}/snapshot.{index:05d}.json"
 
+    def _log_name(self, index: int) -> str:
+        return f"{self._dir}/log.{index:08d}.log"
+
     def write_snapshot_chunk(self, index: int, data: bytes) -> None:
-        """Only creates a new file; the chunk is read only once it is announced."""
-        self._write_file(self._chunk_name(index), data)
+        """Only creates a new file; the chunk is read only once it is announced.
+
+        A failed write removes the file (the snapshot fails; its shape is discarded)."""
+        self._write_file(self._snapshot_name(index), data)
+        self._snapshot_sums[index] = (len(data), zlib.crc32(data))
 
     def mark_snapshot_complete(self, count: int, record: dict[str, object]) -> None:
         """Durable marker only: the loop learns of completion through `on_chunk`.
 
         `record` (handle, definition, table, snapshot) is what loading the shape needs.
         """
-        data = orjson.dumps({"chunks": count, **record})
+        sums = [self._snapshot_sums[i] for i in range(count)]
+        data = orjson.dumps({"chunks": count, "sums": sums, **record})
         self._write_file(f"{self._dir}/{SNAPSHOT_COMPLETE}", data)
 
     def _write_file(self, path: str, data: bytes) -> None:
-        with open(path, "wb") as f:
-            f.write(data)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
             if self.fsync:
-                f.flush()
-                os.fsync(f.fileno())
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+            raise
+        os.close(fd)
 
     def read_snapshot_chunk(self, index: int) -> bytes:
-        return self.snapshot_chunk_path(index).read_bytes()
+        """The chunk's bytes, checked against the size and crc32 they were written with."""
+        path = self._snapshot_name(index)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as exc:
+            self._damaged(f"{path}: {exc.strerror}")
+        expected = self._snapshot_sums.get(index)
+        if expected is None:
+            self._damaged(f"{path}: no checksum recorded")
+        elif len(data) != expected[0] or zlib.crc32(data) != expected[1]:
+            self._damaged(f"{path}: content does not match its checksum")
+        return data
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
         if len(data) <= FRESH_CHUNK_MAX:
-            _fresh[self._chunk_name(index)] = data
+            _fresh[self._snapshot_name(index)] = data
 
     def fresh_snapshot_chunk(self, index: int) -> bytes | None:
         """The chunk if it was written recently and is small, else None (read the file)."""
-        return _fresh.get(self._chunk_name(index))
+        return _fresh.get(self._snapshot_name(index))
 
-    # -- transactions ---------------------------------------------------------------------
+    # -- transactions: writing ------------------------------------------------------------
 
     @property
     def latest_offset(self) -> LogOffset:
+        """The last published entry's offset (`0_inf` before any)."""
         if self._chunks:
             return self._chunks[-1].last_offset
         return SNAPSHOT_END
 
     def append_transaction(self, lsn: int, entries: list[tuple[int, bytes]]) -> None:
-        """Append one transaction's entries `(op, json)` for this shape, in one write."""
+        """Write one transaction's entries `(op, json)` for this shape, staged.
+
+        Invisible to readers until `publish`. Raises `LogWriteError` after cutting the
+        file back when the write fails.
+        """
         if not entries:
             return
-        if not self._chunks or self._chunks[-1].size >= self.chunk_bytes:
-            index = len(self._chunks)
-            self._chunks.append(_Chunk(self.directory / f"log.{index:08d}.log"))
-        chunk = self._chunks[-1]
-        parts: list[bytes] = []
-        pos = chunk.size
-        last_i = len(entries) - 1
-        prefix = str(lsn).encode()
-        for i, (op, data) in enumerate(entries):
-            line = b"%s %d %d %s\n" % (prefix, op, i == last_i, data)
-            chunk.txs.append(lsn)
-            chunk.ops.append(op)
-            chunk.positions.append(pos)
-            pos += len(line)
-            parts.append(line)
-        fd = os.open(chunk.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, b"".join(parts))
-        finally:
-            os.close(fd)
-        chunk.size = pos
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = _Chunk(self._log_name(0), 0)
+        record, last_key = encode_record(lsn, entries)
+        if tail.end + len(record) <= self.chunk_bytes:  # the usual case: it fits
+            self._write(tail, record, last_key, lsn)
+        else:
+            for new_chunk, record, last_key in encode_records(
+                lsn, entries, self.chunk_bytes, tail.end
+            ):
+                if new_chunk:
+                    close_fd(tail.path)  # finished: never written again
+                    index = tail.index + 1
+                    tail = self._tail = _Chunk(self._log_name(index), index)
+                self._write(tail, record, last_key, lsn)
         self.last_lsn = lsn
-        self._dirty.add(chunk.path)
 
-    def take_dirty(self) -> set[Path]:
+    def _write(self, tail: _Chunk, record: bytes, last_key: int, lsn: int) -> None:
+        start = tail.end
+        try:
+            if self._needs_cut:
+                self._cut_again()
+            write_fd(tail.path, record, start)
+        except OSError as exc:
+            self.rollback()
+            raise LogWriteError(exc.errno, f"writing {tail.path}: {exc.strerror}") from exc
+        tail.end = end = start + len(record)
+        self._staged.append(_Staged(tail, start, end, last_key, lsn))
+        self._dirty.add(tail.path)
+
+    def _last_published(self) -> _Chunk | None:
+        return self._chunks[-1] if self._chunks else None
+
+    def _cut_again(self) -> None:
+        for path, size in list(self._needs_cut.items()):
+            if size:
+                os.truncate(path, size)
+            else:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+            del self._needs_cut[path]
+
+    def take_dirty(self) -> tuple[set[str], tuple[int, int]]:
+        """The files to fsync before `publish(token)` makes what is staged now visible."""
         dirty, self._dirty = self._dirty, set()
-        return dirty
+        return dirty, (self._generation, len(self._staged))
 
-    def read_after(self, offset: LogOffset) -> tuple[list[bytes], LogOffset]:
-        """Entries of the transactions after `offset`, up to the end of its chunk.
-
-        Responses always end on a transaction boundary, so a real offset `<lsn>_<op>` that a
-        client sends back always names the end of transaction `<lsn>`; reading is therefore
-        by transaction (`tx > offset.tx`), which also makes the SSE resume offset
-        `<lsn>_0` correct. Returns the entries and the offset the response ends at.
-        """
-        after_tx = 0 if offset.tx <= 0 else offset.tx
+    def publish(self, token: tuple[int, int]) -> bool:
+        """Make the records staged when `take_dirty` gave `token` visible (they are
+        durable now). Returns whether anything became visible."""
+        generation, count = token
+        if count <= 0 or generation != self._generation:
+            return False
+        staged, self._staged = self._staged[:count], self._staged[count:]
         chunks = self._chunks
-        ci = 0
-        if after_tx:
-            lasts = [c.txs[-1] for c in chunks]
-            ci = bisect.bisect_right(lasts, after_tx)
-        if ci >= len(chunks):
+        for rec in staged:
+            chunk = rec.chunk
+            if not chunks or chunks[-1] is not chunk:
+                chunks.append(chunk)
+                self._chunk_lasts.append(rec.last_key)
+            chunk.starts.append(rec.start)
+            chunk.lasts.append(rec.last_key)
+            chunk.size = rec.end
+            self._chunk_lasts[-1] = rec.last_key
+            self._published_lsn = rec.lsn
+        return True
+
+    def rollback(self) -> None:
+        """Cut every staged record back off the files: they are not (known to be) durable.
+
+        The replicator then replays them from the slot. Cutting back frees what they
+        took, so it works on a full disk; should it fail, the next write cuts again (it
+        writes at the published end, never after the garbage).
+        """
+        staged, self._staged = self._staged, []
+        self._dirty = set()
+        self._generation += 1
+        self.last_lsn = self._published_lsn
+        touched: dict[str, _Chunk] = {}
+        for rec in staged:
+            touched[rec.chunk.path] = rec.chunk
+        if self._tail is not None:
+            touched[self._tail.path] = self._tail
+        published = {c.path for c in self._chunks}
+        for path, chunk in touched.items():
+            chunk.end = chunk.size
+            try:
+                if path in published:
+                    os.truncate(path, chunk.size)
+                else:
+                    close_fd(path)
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                self._needs_cut[path] = chunk.size if path in published else 0
+        self._tail = self._last_published()
+
+    def close(self) -> None:
+        """Release the open chunk file (a retired shape's files are being deleted)."""
+        if self._tail is not None:
+            close_fd(self._tail.path)
+
+    # -- transactions: reading ------------------------------------------------------------
+
+    def read_after(
+        self, offset: LogOffset, *, whole_transactions: bool = False
+    ) -> tuple[list[bytes], LogOffset]:
+        """Published entries after `offset`, up to the end of its chunk.
+
+        Returns the entries and the offset the response ends at, which may be inside a
+        transaction (a big one spans chunks) unless `whole_transactions` (SSE, whose
+        client resumes from `<lsn>_0`) asks to read on to the transaction's end.
+        Raises `LogDamaged` (a 409) if the bytes fail their check.
+        """
+        after = _after_key(offset)
+        lasts = self._chunk_lasts
+        ci = bisect.bisect_right(lasts, after) if after >= 0 else 0
+        if ci >= len(lasts):
             return [], self.latest_offset
-        chunk = chunks[ci]
-        i = bisect.bisect_right(chunk.txs, after_tx)
-        if i >= len(chunk.txs):
-            return [], self.latest_offset
-        start = chunk.positions[i]
-        with open(chunk.path, "rb") as f:
-            f.seek(start)
-            data = f.read(chunk.size - start)
-        lines = data.split(b"\n")
-        lines.pop()
-        return [line.split(b" ", 3)[3] for line in lines], chunk.last_offset
+        out: list[bytes] = []
+        while True:
+            chunk = self._chunks[ci]
+            ri = bisect.bisect_right(chunk.lasts, after)
+            ends_tx = self._read_records(chunk, ri, after, out)
+            ci += 1
+            if not whole_transactions or ends_tx or ci >= len(self._chunks):
+                return out, chunk.last_offset
+
+    def _read_records(self, chunk: _Chunk, first: int, after: int, out: list[bytes]) -> bool:
+        """Append the entries after key `after` of records `first`.. of `chunk` to `out`;
+        returns whether the last record ends its transaction."""
+        start = chunk.starts[first]
+        size = chunk.size - start
+        try:
+            with open(chunk.path, "rb") as f:
+                f.seek(start)
+                data = f.read(size)
+        except OSError as exc:
+            self._damaged(f"{chunk.path}: {exc.strerror}")
+        if len(data) != size:
+            self._damaged(f"{chunk.path}: {len(data)} bytes at {start}, expected {size}")
+        try:
+            return iter_entries(data, after, out)
+        except FramingError as exc:
+            self._damaged(f"{chunk.path}: {exc} (record at {start})")
+
+    def _damaged(self, reason: str) -> NoReturn:
+        if self.on_damage is not None:
+            self.on_damage(reason)
+        raise LogDamaged(reason)

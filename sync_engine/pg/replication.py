@@ -45,6 +45,7 @@ import asyncio
 import logging
 import struct
 import time
+from dataclasses import dataclass
 from time import monotonic as _monotonic
 from types import TracebackType
 
@@ -54,7 +55,15 @@ from psycopg.pq.abc import PGconn
 
 from sync_engine.pg.pgoutput import format_lsn
 
-__all__ = ["XLOGDATA_HEADER", "ReplicationConnectionError", "ReplicationStream", "ensure_slot"]
+__all__ = [
+    "XLOGDATA_HEADER",
+    "Failure",
+    "ReplicationConnectionError",
+    "ReplicationStream",
+    "describe_failure",
+    "ensure_slot",
+    "slot_confirmed_lsn",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +94,84 @@ class ReplicationConnectionError(Exception):
     slot's ``confirmed_flush_lsn``). ``__cause__`` holds the underlying psycopg error when
     there is one.
     """
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why replication failed, and whether retrying can help without someone fixing it."""
+
+    reason: str
+    permanent: bool
+    fix: str = ""
+
+
+# SQLSTATEs (and, for connection failures, where libpq gives no SQLSTATE, message
+# fragments) of failures no retry can cure, with what to fix.
+_AUTH_FIX = (
+    "check the user and password in the database URL and pg_hba.conf; the role needs the"
+    " REPLICATION attribute (ALTER ROLE ... REPLICATION)"
+)
+_PERMANENT_STATES = {
+    "28000": _AUTH_FIX,
+    "28P01": _AUTH_FIX,
+    "3D000": "create the database or fix its name in the database URL",
+    "42501": _AUTH_FIX,
+    "42704": (
+        "the replication slot or publication was dropped: restart the engine, which"
+        " recreates them (clients then refetch their shapes)"
+    ),
+    "55000": "set wal_level = logical in postgresql.conf and restart Postgres",
+}
+_PERMANENT_TEXT = (
+    ("does not exist", "create the database or role, or fix its name in the database URL"),
+    ("password authentication failed", _AUTH_FIX),
+    ("no password supplied", _AUTH_FIX),
+    ("authentication failed", _AUTH_FIX),
+    ("no pg_hba.conf entry", _AUTH_FIX),
+    ("must be superuser or replication role", _AUTH_FIX),
+    ("permission denied", _AUTH_FIX),
+    ("sslmode", "fix sslmode (disable, allow, prefer, require, verify-ca, verify-full)"),
+    ("does not support ssl", "set sslmode=disable, or enable SSL on the server"),
+    ("invalid uri", "fix the database URL"),
+    ("invalid connection option", "fix the database URL"),
+    ("invalid dsn", "fix the database URL"),
+    ("wal_level", "set wal_level = logical in postgresql.conf and restart Postgres"),
+)
+
+
+def describe_failure(exc: BaseException) -> Failure:
+    """Classify a replication failure by SQLSTATE, psycopg error class or libpq message."""
+    cause: BaseException = exc
+    while isinstance(cause, ReplicationConnectionError) and cause.__cause__ is not None:
+        cause = cause.__cause__
+    text = " ".join(str(cause).split())
+    for prefix in ("connection failed: ", "connection is bad: "):
+        text = text.replace(prefix, "")
+    sqlstate = getattr(cause, "sqlstate", None)
+    if sqlstate in _PERMANENT_STATES:
+        return Failure(text, True, _PERMANENT_STATES[sqlstate])
+    if isinstance(cause, psycopg.Error) and sqlstate is None:
+        lowered = text.lower()
+        for fragment, fix in _PERMANENT_TEXT:
+            if fragment in lowered:
+                return Failure(text, True, fix)
+        if isinstance(cause, (psycopg.ProgrammingError, psycopg.InterfaceError)):
+            return Failure(text, True, "fix the database URL")
+    return Failure(text or type(exc).__name__, False)
+
+
+async def slot_confirmed_lsn(dsn: str, slot: str) -> int | None:
+    """The slot's `confirmed_flush_lsn`: where a new stream starts (None: no such slot)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    hi, lo = row[0].split("/")
+    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 def _quote_literal(value: str) -> str:
@@ -532,7 +619,7 @@ class ReplicationStream:
             f"{what} (slot {self.slot!r})" + (f": {exc}" if exc else "")
         )
         self._failed = err
-        logger.warning("%s", err)
+        logger.debug("%s", err)  # the caller logs what it does about it
         return err
 
     def _socket(self, pgconn: PGconn) -> int:

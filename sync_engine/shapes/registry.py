@@ -242,6 +242,8 @@ class ShapeRegistry:
         return shape
 
     def _add(self, shape: Shape) -> None:
+        # A log that finds damage when read retires its shape (the request gets a 409).
+        shape.log.on_damage = lambda reason: self.rotate(shape, reason)
         self.by_handle[shape.handle] = shape
         self.by_definition[shape.definition] = shape
         self.router.add(shape)
@@ -317,6 +319,7 @@ class ShapeRegistry:
         for key in [k for k, s in self._by_request.items() if s is shape]:
             del self._by_request[key]
         shape.notify()
+        shape.log.close()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -117,8 +117,9 @@ class SourceRegistry:
             raise RuntimeError(
                 f"{path} was written by a newer shapegate (schema {version} > {_VERSION})"
             )
-        self._db.execute(_SCHEMA)
-        self._db.execute(f"PRAGMA user_version={_VERSION}")
+        if version != _VERSION:  # no write when it is current: a full disk must not stop a start
+            self._db.execute(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={_VERSION}")
 
     def close(self) -> None:
         self._db.close()

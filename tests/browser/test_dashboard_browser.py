@@ -1,8 +1,10 @@
 """The admin dashboard in headless Chromium (Debian's, driven by playwright-core).
 
 A real engine process (`python -m sync_engine` with --admin-token) and a real database:
-the browser signs in, creates a source with the form, waits for `active`, reads the source
-id and secret shown, and saves screenshots to test-artifacts/ (dashboard.png: the list).
+the browser visits every page state (sign-in and its error, the empty list, the form and its
+error, a source right after create, reloaded, after a rotate, in the error state, an unknown
+source, the list, signed out), fails on a stray "null", a console error or a `hidden`
+element that shows, and saves a screenshot of each state to test-artifacts/dashboard-*.png.
 """
 
 from __future__ import annotations
@@ -104,12 +106,21 @@ def test_dashboard_creates_a_source_that_becomes_active(
         ["node", str(HERE / "dashboard.mjs")],
         env={**os.environ, "ADMIN_URL": admin_url, "ADMIN_TOKEN": TOKEN,
              "DATABASE_URL": db_url, "SOURCE_NAME": "browser-made",
+             "BROKEN_DATABASE_URL": db_url.rsplit("/", 1)[0] + "/no_such_database",
              "ARTIFACTS": str(ARTIFACTS), "CHROMIUM": chromium},
         capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     assert seen["failures"] == [], seen["failures"]
+    states = ["sign-in", "sign-in-error", "list-empty", "create", "create-error",
+              "detail-created", "detail", "detail-rotated", "detail-from-list", "detail-error",
+              "unknown-source", "list", "signed-out"]  # fmt: skip
+    assert seen["audited"] == states
+    for state in states:
+        assert (ARTIFACTS / f"dashboard-{state}.png").stat().st_size > 5_000
+    assert seen["secretShownAfterReload"] is False
+    assert "does not exist" in seen["sourceError"]
     assert "database_url" in seen["formError"] or "connection string" in seen["formError"]
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
 

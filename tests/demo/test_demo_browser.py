@@ -119,21 +119,25 @@ def test_write_api_checks_the_token(demo: DemoRun) -> None:
     assert rows and {r["owner_id"] for r in rows} == {"bob"}
 
 
-def test_make_stop_leaves_nothing_running(tmp_path: Path) -> None:
+def test_make_clean_under_a_running_demo_stops_it_first(tmp_path: Path) -> None:
+    """`make clean` while `make run` runs: everything stops (Postgres first), then the files go.
+
+    (`make stop` on its own is one of the README commands, tests/demo/test_readme_commands.py.)
+    """
     run = DemoRun(checkout=ROOT, data_dir=tmp_path / "data")
     run.start()
     pids = [int(p) for p in (run.data_dir / "pids").read_text().split()]
     pg_dir = Path((run.data_dir / "pg-dir").read_text().strip())
-    stopped = run.make("stop")
-    assert stopped.returncode == 0, stopped.stderr
+    assert (pg_dir / "data" / "postmaster.pid").exists()
+    cleaned = run.make("clean")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "stopped the demo" in cleaned.stdout
     assert run.proc is not None and run.proc.wait(30) == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"pid {pid} still running"
-    assert not (pg_dir / "data" / "postmaster.pid").exists(), "Postgres still running"
-    # make clean after make stop removes the data dir and the cluster
-    cleaned = run.make("clean")
-    assert cleaned.returncode == 0, cleaned.stderr
     assert not run.data_dir.exists() and not pg_dir.exists()
+    postgres = subprocess.run(["pgrep", "-f", f"postgres -D {pg_dir}/data"], capture_output=True)
+    assert postgres.returncode == 1, "Postgres still running"
 
 
 def _zombie(pid: int) -> bool:

@@ -8,16 +8,21 @@ afterwards syncs exactly the rows that are there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import orjson
+import psycopg
 import pytest
 from engine_harness import Engine
+from engine_process import EngineProcess
+from fuzz_inputs import loud_log_lines
 
 from sync_engine.app import SOURCES, build_app
 from sync_engine.settings import Settings
@@ -519,13 +524,88 @@ async def test_odd_input_never_500(engine: Engine, params: dict[str, str]) -> No
     assert sorted(rows) == ITEMS_KEYS
 
 
-async def test_over_long_url_is_a_4xx(engine: Engine) -> None:
-    """A where clause too long for a URL line is refused by HTTP parsing, not by a crash."""
+def quiet(caplog: Any) -> None:
+    """Nothing at WARNING or above, and no traceback at any level."""
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not loud, [(r.name, r.getMessage()) for r in loud]
+
+
+async def raw_exchange(engine: Engine, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes no HTTP client would, read the answer (the server closes after it)."""
+    server = engine.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"where": "n > 1 AND " * 2000 + "true"}, {"handle": "x" * 20000, "offset": "0_0"}],
+    ids=["where", "handle"],
+)
+async def test_over_long_url_is_414_without_the_url(
+    engine: Engine, params: dict[str, str], caplog: Any
+) -> None:
+    """Refused by the HTTP parser with a JSON 414 naming the limit; quoting none of the URL
+    (it can carry a proxy's enforced filter), logged as one INFO line without traceback."""
     make_items(engine)
-    for params in ({"table": "items", "offset": "-1", "where": "n > 1 AND " * 2000 + "true"},
-                   {"table": "items", "offset": "-1", "handle": "x" * 20000}):  # fmt: skip
-        status, _, raw = await request(engine, params=params)
-        assert 400 <= status < 500, raw
+    caplog.set_level(logging.INFO)
+    status, headers, raw = await request(
+        engine, params={"table": "items", "offset": "-1", **params}
+    )
+    body = assert_client_error(status, headers, raw, 414, names="8190 bytes")
+    assert set(body) == {"message"}, body
+    assert "items" not in raw.decode() and "xxxx" not in raw.decode(), body
+    quiet(caplog)
+    assert any("414" in r.getMessage() for r in caplog.records)
+    await assert_untouched(engine)
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [({"x-big": "y" * 9000}, "8192 bytes"),
+     ({f"x-h{i}": "1" for i in range(200)}, "limit is 128")],
+    ids=["one-header-too-big", "too-many-headers"],
+)  # fmt: skip
+async def test_over_large_headers_are_431(
+    engine: Engine, headers: dict[str, str], fragment: str, caplog: Any
+) -> None:
+    make_items(engine)
+    status, h, raw = await request(
+        engine, params={"table": "items", "offset": "-1"}, headers=headers
+    )
+    body = assert_client_error(status, h, raw, 431, names=fragment)
+    assert "yyyy" not in raw.decode(), body
+    quiet(caplog)
+    await assert_untouched(engine)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"GARBAGE\r\n\r\n", b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+     b"GET /v1/shape?table=\x00items HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"GET /v1/shape?where=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"],
+    ids=["not-http", "header-without-colon", "nul-in-target", "non-utf8-target",
+         "length-and-chunked"],
+)  # fmt: skip
+async def test_malformed_http_is_a_json_400(engine: Engine, data: bytes, caplog: Any) -> None:
+    make_items(engine)
+    status, headers, raw = await raw_exchange(engine, data)
+    assert 400 <= status < 500, raw
+    if status != 404:
+        assert headers["content-type"].startswith("application/json"), headers
+        assert isinstance(orjson.loads(raw)["message"], str)
+    quiet(caplog)
     await assert_untouched(engine)
 
 
@@ -736,3 +816,118 @@ async def test_dropped_table_is_a_400_at_once(engine: Engine, caplog: Any) -> No
     await assert_discarded(engine)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     await assert_untouched(engine)
+
+
+@pytest.fixture
+def engine_proc(db_url: str, tmp_path: Path) -> Iterator[EngineProcess]:
+    """The engine as its CLI runs it (aiohttp's own server, no test-server cancellation)."""
+    engine = EngineProcess(db_url, tmp_path / "data", "--log-level", "debug", "--no-fsync")
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+async def test_clients_going_away_are_quiet(engine_proc: EngineProcess) -> None:
+    """Browser tabs closed mid-stream (SSE) or mid-long-poll are everyday life: a DEBUG line
+    each, no ERROR, no traceback; and the engine keeps serving."""
+    engine_proc_sql(engine_proc, "CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
+    engine_proc_sql(engine_proc, "INSERT INTO items VALUES (1, 't1', 10)")
+    base = engine_proc.url + "/v1/shape"
+    async with aiohttp.ClientSession() as session:
+        async with session.get(base, params={"table": "items", "offset": "-1"}) as resp:
+            handle, offset = resp.headers["electric-handle"], resp.headers["electric-offset"]
+        async with session.get(
+            base, params={"table": "items", "offset": offset, "handle": handle}
+        ) as resp:
+            offset = resp.headers["electric-offset"]
+        live = {"table": "items", "offset": offset, "handle": handle, "live": "true"}
+        for _ in range(2):
+            resp = await session.get(
+                base, params={**live, "live_sse": "true"}, headers={"accept": "text/event-stream"}
+            )
+            assert resp.status == 200
+            resp.close()  # drops the connection
+        with contextlib.suppress(TimeoutError):  # a long-poll given up on
+            await asyncio.wait_for(session.get(base, params=live), 0.5)
+        engine_proc_sql(engine_proc, "INSERT INTO items VALUES (2, 't2', 20)")  # data to write
+        await wait_until(lambda: engine_proc.log.read_text().count("went away") >= 2, timeout=30)
+        async with session.get(base, params={"table": "items", "offset": "-1"}) as resp:
+            assert resp.status == 200
+    assert not loud_log_lines(engine_proc.log.read_text()), engine_proc.log.read_text()[-3000:]
+
+
+def engine_proc_sql(engine: EngineProcess, query: str) -> None:
+    with psycopg.connect(engine.db_url, autocommit=True) as conn:
+        conn.execute(query)
+
+
+# -- limits on size and shape, each a 400 naming the limit ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field", "fragment"),
+    [
+        pytest.param({"table": "a" * 2000}, "table", "limit is 1024 characters", id="long-table"),
+        pytest.param({"offset": "0_0", "handle": "h" * 300}, "handle", "limit is 256",
+                     id="long-handle"),
+        pytest.param({"where": "id = $1", "params[²]": "1"}, "params", "numbers", id="unicode-digit"),
+        pytest.param({"where": "id = $1", "params[1234567890123]": "1"}, "params", "numbers",
+                     id="huge-param-number"),
+        pytest.param({"subset__limit": "9" * 30, "subset__order_by": "id"}, "subset",
+                     "less than or equal to 9223372036854775807", id="subset-limit-beyond-bigint"),
+        pytest.param({"subset__offset": str(2**63), "subset__order_by": "id"}, "subset",
+                     "less than or equal", id="subset-offset-beyond-bigint"),
+        pytest.param({f"x{i}": "1" for i in range(1001)}, "query", "limit is 1000",
+                     id="too-many-parameters"),
+    ],
+)  # fmt: skip
+async def test_parameter_limits(
+    engine: Engine, params: dict[str, str], field: str, fragment: str
+) -> None:
+    make_items(engine)
+    body = await bad(engine, {"table": "items", "offset": "-1", **params}, names=fragment)
+    assert list(body["errors"]) == [field], body
+    await assert_untouched(engine)
+
+
+def nested(depth: int) -> bytes:
+    return b'{"where":"true","x":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        pytest.param(nested(65), "limit is 64 levels", id="65-levels"),
+        pytest.param(nested(5000), "limit is 64 levels", id="5000-levels"),
+        pytest.param(orjson.dumps({f"k{i}": 1 for i in range(101)}), "limit is 100",
+                     id="too-many-keys"),
+        pytest.param(orjson.dumps({"where": "id = $1",
+                                   "params": {str(i): "1" for i in range(1, 1002)}}),
+                     "limit is 1000", id="too-many-params"),
+        pytest.param(orjson.dumps({"where": "id = $1", "params": {"1": {"a": 1}}}),
+                     "strings, numbers or booleans", id="object-param"),
+        pytest.param(orjson.dumps({"where": "true", "order_by": "id " * 30000}), "maximum size",
+                     id="huge-order-by"),
+        pytest.param(orjson.dumps({"table": "t" * 2000}), "limit is 1024", id="long-table-in-body"),
+    ],
+)  # fmt: skip
+async def test_post_body_limits(engine: Engine, body: bytes, fragment: str) -> None:
+    make_items(engine)
+    status, headers, raw = await request(
+        engine, "POST", params={"table": "items", "offset": "-1"}, data=body,
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert_client_error(status, headers, raw, names=fragment)
+    await assert_untouched(engine)
+
+
+async def test_deep_but_allowed_body_is_fine(engine: Engine) -> None:
+    """64 levels are allowed: the limit is not a reason to refuse what the client sends."""
+    make_items(engine)
+    status, _, raw = await request(
+        engine, "POST", params={"table": "items", "offset": "-1"}, data=nested(64),
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    assert status == 200, raw

@@ -125,8 +125,9 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
 async def test_shape_directories_of_both_layouts_load_after_a_restart(
     aiohttp_client: Any, db_url: str, tmp_path: Any
 ) -> None:
-    """A new shape writes its description into `snapshot.complete`; a directory from before
-    (`meta.json`, `snapshot.json`, a bare count) still loads."""
+    """A new shape writes its description into `snapshot.complete` and loads after a
+    restart; a directory from before the checksummed layout (`meta.json`, `snapshot.json`, a
+    bare count) is discarded: its clients get a 409 and refetch."""
     from dataclasses import replace
 
     import orjson
@@ -158,15 +159,16 @@ async def test_shape_directories_of_both_layouts_load_after_a_restart(
     client2 = await aiohttp_client(build_app(settings))
     await client2.app[SOURCES]["default"].ready.wait()
     second = Engine(client2, db_url, tmp_path / "data")
-    for where, handle, offset, title in [
-        ("n = 1", new_handle, new_offset, "one"),
-        ("n = 2", old_handle, old_offset, "two"),
-    ]:
-        status, h, body = await second.get(
-            table="items", where=where, offset=offset, handle=handle, live="true"
-        )
-        assert status == 200 and h["electric-handle"] == handle, body
-        assert [m["value"]["title"] for m in body if "value" in m] == [title]
+    status, h, body = await second.get(
+        table="items", where="n = 1", offset=new_offset, handle=new_handle, live="true"
+    )
+    assert status == 200 and h["electric-handle"] == new_handle, body
+    assert [m["value"]["title"] for m in body if "value" in m] == ["one"]
+    status, h, body = await second.get(
+        table="items", where="n = 2", offset=old_offset, handle=old_handle
+    )
+    assert status == 409 and body == [{"headers": {"control": "must-refetch"}}]
+    assert not old.exists()
 
 
 async def test_snapshot_over_many_chunks(aiohttp_client: Any, db_url: str, tmp_path: Any) -> None:

@@ -104,6 +104,7 @@
   function showLogin(message) {
     stopPolling();
     logout.hidden = true;
+    document.getElementById("engine-url").textContent = "";
     const input = h("input", { id: "login-token", type: "password", autocomplete: "off",
       required: true, autofocus: true });
     const err = h("p", { class: "form-error", id: "login-error", hidden: !message }, message || "");
@@ -329,7 +330,8 @@
       copyButton(() => secret.secret));
 
     render(s);
-    app.replaceChildren(
+    // replaceChildren (unlike h) would turn a missing notice into the text "null"
+    app.replaceChildren(...[
       h("p", {}, h("a", { href: "#/" }, "← All sources")),
       head, secretNotice, errBox,
       h("section", { class: "card" }, h("h2", {}, "Details"), dl),
@@ -339,7 +341,8 @@
           "long enough to update the proxy's environment."), rotateMsg, rotate),
       h("section", { class: "card" }, h("h2", {}, "Manage"),
         h("p", { class: "muted" }, "Pausing stops replication but keeps the slot, so Postgres " +
-          "keeps WAL for it; requests get 503 until resumed."), manage));
+          "keeps WAL for it; requests get 503 until resumed."), manage),
+    ].filter(Boolean));
     poll(async () => {
       try {
         s = await api("GET", `/api/sources/${s.source_id}`);

@@ -1,0 +1,198 @@
+"""The on-disk framing of transaction chunks: records with a length and a crc32.
+
+A chunk file is a sequence of records, one per transaction (or per part of a transaction,
+when the transaction crosses a chunk boundary):
+
+    record = header | body
+    header = u32 body length | u32 body crc32 | u64 commit LSN | u32 flags | u32 header crc32
+    body   = entry*,  entry = u32 op | u32 json length | json
+    flags  = 1 when the record holds the transaction's last entry
+
+crc32 is zlib's; the header's own checksum covers its first 20 bytes, so a record's length
+and LSN are known to be real before its body is read: when a body is damaged, its LSN
+still says from where the slot must send transactions again to repair it. All integers are
+little-endian. A record is only trusted whole: a reader that finds a short, unparseable or
+mismatching record reports it instead of serving any of its bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+_HEAD = struct.Struct("<IIQI")  # body length, body crc32, commit LSN, flags
+_HEAD_CRC = struct.Struct("<I")
+_ENTRY = struct.Struct("<II")  # op, json length
+HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 24
+ENTRY_HEADER_SIZE = _ENTRY.size  # 8
+FLAG_TX_END = 1
+KEY_TX_END = 0xFFFFFFFF
+_head_unpack = _HEAD.unpack_from
+_head_pack = _HEAD.pack
+_head_crc_pack = _HEAD_CRC.pack
+_head_crc_unpack = _HEAD_CRC.unpack_from
+_HS = _HEAD.size
+_entry_unpack = _ENTRY.unpack_from
+_entry_pack = _ENTRY.pack
+_crc32 = zlib.crc32
+
+
+class FramingError(ValueError):
+    """Bytes that are not whole, intact records."""
+
+
+def key_of(lsn: int, op: int) -> int:
+    return (lsn << 32) | op
+
+
+def encode_records(
+    lsn: int, entries: list[tuple[int, bytes]], chunk_bytes: int, used: int
+) -> list[tuple[bool, bytes, int]]:
+    """One transaction's entries `(op, json)` as records, cut where a chunk fills.
+
+    `used` is the size of the chunk the first record would go to. Returns
+    `(starts_new_chunk, record, key of its last entry)` per record. A chunk ends after the
+    entry that brings it to `chunk_bytes` or more, but never right after an op-0 entry that
+    does not end the transaction (the offset `<lsn>_0` means "after transaction lsn").
+    """
+    out: list[tuple[bool, bytes, int]] = []
+    new = used >= chunk_bytes
+    size = HEADER_SIZE + (0 if new else used)
+    parts: list[bytes] = []
+    last = len(entries) - 1
+    for i, (op, data) in enumerate(entries):
+        parts.append(_entry_pack(op, len(data)))
+        parts.append(data)
+        size += ENTRY_HEADER_SIZE + len(data)
+        if i == last:
+            out.append((new, _record(lsn, parts, FLAG_TX_END), key_of(lsn, op)))
+        elif size >= chunk_bytes and op != 0:
+            out.append((new, _record(lsn, parts, 0), key_of(lsn, op)))
+            parts = []
+            new = True
+            size = HEADER_SIZE
+    return out
+
+
+def encode_record(lsn: int, entries: list[tuple[int, bytes]]) -> tuple[bytes, int]:
+    """A whole transaction as one record, and the key of its last entry: what an append
+    writes when the record fits in the current chunk (`encode_records` otherwise)."""
+    parts: list[bytes] = []
+    for op, data in entries:
+        parts.append(_entry_pack(op, len(data)))
+        parts.append(data)
+    body = b"".join(parts)
+    head = _head_pack(len(body), _crc32(body), lsn, FLAG_TX_END)
+    return head + _head_crc_pack(_crc32(head)) + body, (lsn << 32) | entries[-1][0]
+
+
+def _record(lsn: int, parts: list[bytes], flags: int) -> bytes:
+    body = b"".join(parts)
+    head = _HEAD.pack(len(body), _crc32(body), lsn, flags)
+    return head + _HEAD_CRC.pack(_crc32(head)) + body
+
+
+def _header(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
+    """(body length, body crc, lsn, flags) of the header at `pos`, None if it fails its
+    checksum. The caller makes sure HEADER_SIZE bytes are there."""
+    if _crc32(data[pos : pos + _HS]) != _head_crc_unpack(data, pos + _HS)[0]:
+        return None
+    return _head_unpack(data, pos)
+
+
+@dataclass(slots=True)
+class ScanResult:
+    """What `scan` found: the intact records, then the first problem if any."""
+
+    records: list[tuple[int, int, int, int, bool]] = field(default_factory=list)
+    """(start, end, key of last entry, lsn, ends its transaction) per intact record."""
+    error: str | None = None
+    error_at: int = 0
+    error_lsn: int = 0
+    """The LSN in the first bad record's header when the header itself is intact, else 0:
+    the transactions cut from there on are that one and later ones."""
+
+
+def scan(data: bytes) -> ScanResult:
+    """Check every record of a chunk file's bytes (on load); stops at the first problem."""
+    result = ScanResult()
+    n = len(data)
+    pos = 0
+    view = memoryview(data)
+    while pos < n:
+        if n - pos < HEADER_SIZE:
+            return _problem(result, pos, "incomplete record header")
+        head = _header(data, pos)
+        if head is None:
+            return _problem(result, pos, "record header checksum mismatch")
+        length, crc, lsn, flags = head
+        result.error_lsn = lsn
+        body = pos + HEADER_SIZE
+        end = body + length
+        if end > n:
+            return _problem(result, pos, "record runs past the end of the file")
+        if _crc32(view[body:end]) != crc:
+            return _problem(result, pos, "record checksum mismatch")
+        try:
+            last_op = _last_op(data, body, end)
+        except FramingError as exc:
+            return _problem(result, pos, str(exc))
+        result.records.append((pos, end, key_of(lsn, last_op), lsn, bool(flags & FLAG_TX_END)))
+        result.error_lsn = 0
+        pos = end
+    return result
+
+
+def _problem(result: ScanResult, pos: int, error: str) -> ScanResult:
+    result.error, result.error_at = error, pos
+    return result
+
+
+def _last_op(data: bytes, pos: int, end: int) -> int:
+    op = -1
+    while pos < end:
+        if end - pos < ENTRY_HEADER_SIZE:
+            raise FramingError("malformed record body")
+        op, length = _entry_unpack(data, pos)
+        pos += ENTRY_HEADER_SIZE + length
+    if pos != end or op < 0:
+        raise FramingError("malformed record body")
+    return op
+
+
+def iter_entries(data: bytes, after: int, out: list[bytes]) -> bool:
+    """Append the json of each entry with a key above `after` in the records `data` holds
+    (whole records only) to `out`, checking each record. Returns whether the last record
+    ends its transaction. Raises `FramingError` on anything but intact records."""
+    n = len(data)
+    pos = 0
+    ends = False
+    view = memoryview(data)
+    append = out.append
+    while pos < n:
+        if n - pos < HEADER_SIZE:
+            raise FramingError("incomplete record header")
+        head = _header(data, pos)
+        if head is None:
+            raise FramingError("record header checksum mismatch")
+        length, crc, lsn, flags = head
+        end = pos + HEADER_SIZE + length
+        if end > n:
+            raise FramingError("record runs past the end of the data")
+        if _crc32(view[pos + HEADER_SIZE : end]) != crc:
+            raise FramingError("record checksum mismatch")
+        base = lsn << 32
+        pos += HEADER_SIZE
+        while pos < end:
+            if end - pos < ENTRY_HEADER_SIZE:
+                raise FramingError("malformed record body")
+            op, size = _entry_unpack(data, pos)
+            start = pos + ENTRY_HEADER_SIZE
+            pos = start + size
+            if base | op > after:
+                append(data[start:pos])
+        if pos != end:
+            raise FramingError("malformed record body")
+        ends = bool(flags & FLAG_TX_END)
+    return ends

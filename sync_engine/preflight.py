@@ -1,0 +1,105 @@
+"""Checks before the engine listens: its data directory and its database.
+
+A mistake a person must fix (a database that does not exist, a wrong password, a bad
+`sslmode`, a role without REPLICATION, `wal_level` not `logical`, a data directory the
+engine cannot write) stops the engine with one line saying what to change: retrying would
+only fill the log. Postgres not being up yet (connection refused, starting up) is expected
+when everything starts at once, so that is retried with "retrying in N s".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+from .sources.dburl import describe_target
+from .sources.diagnose import explain
+
+log = logging.getLogger("sync_engine")
+
+#: Errors that go away by themselves: Postgres is starting, restarting or busy.
+_TRANSIENT = (
+    "too many clients",
+    "too many connections",
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+)
+
+
+class PermanentError(Exception):
+    """A problem only a person can fix; the message says what to change."""
+
+
+def check_data_dir(path: Path) -> str | None:
+    """None when the engine can create, write and read files under `path`, else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"ok")
+        ok = probe.read_bytes() == b"ok"
+        probe.unlink()
+        os.listdir(path)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None if ok else "files written there do not read back"
+
+
+def _is_transient(code: str, message: str) -> bool:
+    low = message.lower()
+    return code == "unreachable" or any(p in low for p in _TRANSIENT)
+
+
+def _check_once(url: str) -> None:
+    """Connect as the engine will (a normal and a replication connection); raise on failure."""
+    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+        row = conn.execute("SHOW wal_level").fetchone()
+        level = row[0] if row else "?"
+        if level != "logical":
+            raise PermanentError(
+                f"wal_level is {level}, not logical: set wal_level = logical in"
+                " postgresql.conf (or ALTER SYSTEM SET wal_level = logical) and restart Postgres"
+            )
+    # The role needs REPLICATION (or superuser, or a managed service's replication role):
+    # Postgres checks exactly that when a walsender starts.
+    with psycopg.connect(url, autocommit=True, connect_timeout=5, replication="database"):
+        pass
+
+
+def check_database(
+    url: str,
+    *,
+    flag: str,
+    max_delay: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Return once the database is usable; raise PermanentError when a person must act.
+
+    Transient failures are logged as a warning with the next delay and retried forever
+    (the engine is meant to start before or with its database).
+    """
+    delay = 1.0
+    target = describe_target(url)
+    while True:
+        try:
+            _check_once(url)
+            return
+        except PermanentError as exc:
+            raise PermanentError(f"{target}: {exc}") from None
+        except psycopg.Error as exc:
+            raw = exc.diag.message_primary if exc.diag.message_primary else str(exc)
+            raw = " ".join((raw or type(exc).__name__).split())
+            diagnosis = explain(raw, url)
+            if not _is_transient(diagnosis.code, raw):
+                hint = "" if diagnosis.code != "other" else f"; fix {flag}"
+                raise PermanentError(f"{diagnosis.message}{hint}") from None
+            log.warning("database %s not reachable yet (%s); retrying in %g s", target, raw, delay)
+            sleep(delay)
+            delay = min(delay * 2, max_delay)

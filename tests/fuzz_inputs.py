@@ -1,0 +1,428 @@
+"""Seeded random and malformed `/v1/shape` requests, for the engine's and the proxy's fuzz tests.
+
+`shape_requests(seed, n, ...)` yields `FuzzRequest`s: a method, a query string already
+encoded (so it can hold percent-escapes of invalid UTF-8, NUL bytes, repeated keys and
+malformed escapes exactly as sent), an optional body and headers. The mix: plausible
+definitions with one or two things wrong, where fragments from a small grammar (including
+constructs that only fail when Postgres runs them and nesting hundreds of levels deep),
+hostile strings, huge values and random bytes. Same seed, same requests.
+
+Placeholders `{handle}` and `{offset}` in values are for the caller to replace with a real
+shape's, so some requests reach the paths behind a valid handle.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+#: The table the requests are about: `items (id int PRIMARY KEY, title text, n int,
+#: tags text[], at timestamptz)`; see `ITEMS_DDL`.
+ITEMS_DDL = (
+    "CREATE TABLE items (id int PRIMARY KEY, title text, n int, tags text[], at timestamptz)"
+)
+COLUMNS = ("id", "title", "n", "tags", "at")
+
+
+@dataclass
+class FuzzRequest:
+    method: str
+    query: str  # encoded, without the `?`
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    kind: str = ""  # which generator made it, for reports
+
+    @property
+    def path(self) -> str:
+        return "/v1/shape?" + self.query if self.query else "/v1/shape"
+
+
+HOSTILE = [
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "'",
+    '"',
+    "\\",
+    "%",
+    "%00",
+    "'; DROP TABLE items; --",
+    "☃",
+    "\u202e",
+    "\ud7ff",
+    "\ufffd",
+    "\U0001d518\U0001d52b",
+    "ß",
+    "İ",
+    "\r\n",
+    "\t",
+    "$1",
+    "$0",
+    "$99999999999",
+    "null",
+    "true",
+    "-1",
+    "0_0",
+    "now",
+    "9" * 40,
+    "-" * 10,
+    "[]",
+    "{}",
+    '{"1":"a"}',
+    "x" * 300,
+]
+
+WHERE_ATOMS = [
+    "id = 1",
+    "n > 5",
+    "title = 't1'",
+    "title LIKE 't%'",
+    "title ILIKE $1",
+    "n IN (1, 2, 3)",
+    "n BETWEEN 1 AND 3",
+    "tags @> ARRAY['a']",
+    "at > '2024-01-01'",
+    "at > now()",
+    "title IS NULL",
+    "n IS NOT DISTINCT FROM 1",
+    "upper(title) = 'T1'",
+    "lower(title) = $1",
+    "length(title) > 1",
+    "id = $1",
+    "n = $2",
+    "true",
+    "NOT false",
+    "id / 0 = 1",
+    "title::int4 = 1",
+    "n * 2147483647 * 2 > 1",
+    "ARRAY[[[[[[[1]]]]]]] IS NOT NULL",
+    "(n::text)::int > 1",
+    "nope = 1",
+    "n = ",
+    "n = 'abc'",
+    "1=1) OR (1=1",
+    "n = 1; DROP TABLE items",
+    "id IN (SELECT id FROM items)",
+    "pg_sleep(1) IS NULL",
+    "count(*) > 1",
+    "title = 'a\x00b'",
+    "n > 1 --",
+    "n > 1 /* c",
+    "title = E'\\\\x'",
+    "title = U&'\\0041'",
+    "$$x$$ = title",
+    "n > -9223372036854775808",
+    "n::numeric(1000, 2) > 1",
+    "at AT TIME ZONE 'UTC' > '2020-01-01'",
+    "tags[1] = 'a'",
+    "tags[99999999999] = 'a'",
+]
+
+
+def _deep(rng: random.Random) -> str:
+    """Nesting a parser or compiler may recurse on: hundreds of levels."""
+    depth = rng.choice([50, 100, 200, 300, 600, 1200])
+    form = rng.randrange(7)
+    if form == 0:
+        return "NOT " * depth + "true"
+    if form == 1:
+        return "- " * depth + "1 = 1"
+    if form == 2:
+        return "n" + "+1" * depth + " > 1"
+    if form == 3:
+        return "(" * depth + "true" + ")" * depth
+    if form == 4:
+        return " AND ".join(["n > 1"] * depth)
+    if form == 5:
+        return "n" + "::int" * depth + " > 1"
+    return "upper(" * depth + "title" + ")" * depth + " = 'X'"
+
+
+#: Where atoms that are valid for `items` (the others above are wrong in some way).
+GOOD_ATOMS = [*WHERE_ATOMS[:15], "n = 3", "id < 10", "title <> 'x'", "n IS NOT NULL"]
+
+
+def _where(rng: random.Random) -> str:
+    roll = rng.random()
+    if roll < 0.08:
+        return _deep(rng)
+    if roll < 0.12:
+        return rng.choice(HOSTILE)
+    atoms = GOOD_ATOMS if roll < 0.6 else WHERE_ATOMS
+    parts = [rng.choice(atoms) for _ in range(rng.randint(1, 3))]
+    glue = rng.choice([" AND ", " OR ", " AND NOT "] * 3 + [" ", ", "])
+    text = glue.join(parts)
+    if rng.random() < 0.08:  # cut somewhere
+        text = text[: rng.randrange(len(text) + 1)]
+    return text
+
+
+def _table(rng: random.Random) -> str:
+    if rng.random() < 0.8:
+        return "items"
+    return rng.choice(
+        [
+            "ITEMS",
+            '"items"',
+            "public.items",
+            '"public"."items"',
+            "nope",
+            "pg_catalog.pg_class",
+            "information_schema.tables",
+            "a.b.c",
+            '"items',
+            "items;drop",
+            "x" * 64,
+            '""',
+            ".",
+            "public.",
+            *HOSTILE,
+        ]
+    )
+
+
+def _columns(rng: random.Random) -> str:
+    pick = ["id", *rng.sample(COLUMNS[1:], rng.randint(0, len(COLUMNS) - 1))]
+    roll = rng.random()
+    if roll < 0.3:
+        return ",".join(f'"{c}"' for c in pick)
+    if roll < 0.5:
+        return ",".join(pick)
+    if roll < 0.8:
+        return ",".join(reversed(pick))
+    if roll < 0.85:
+        return ",".join(pick) + ",nope"
+    return rng.choice(["title", "id,,n", '"id', "id,", '"ID"', ",".join(["id"] * 500), *HOSTILE])
+
+
+def _offset(rng: random.Random) -> str:
+    if rng.random() < 0.75:
+        return rng.choice(["-1", "-1", "now", "{offset}"])
+    return rng.choice(
+        ["-1"] * 5
+        + ["now", "{offset}", "0_0", "0_inf", "-1_0", "1_2_3", "0_-1", "abc", "9" * 30 + "_0"]
+        + [f"{rng.randrange(10**12)}_{rng.randrange(100)}", *HOSTILE]
+    )
+
+
+def _handle(rng: random.Random) -> str:
+    if rng.random() < 0.7:
+        return "{handle}"
+    return rng.choice(
+        ["{handle}"] * 3
+        + ["1-2", "nope", "x" * 300, "x" * 5000, f"{rng.randrange(2**32)}-1", *HOSTILE]
+    )
+
+
+def _flag(rng: random.Random) -> str:
+    return rng.choice(["true", "false", "", "1", "yes", "FALSE", *HOSTILE[:6]])
+
+
+def _valid_definition(rng: random.Random) -> list[tuple[str, str]]:
+    """A definition the engine accepts (the where's `$n` all given)."""
+    offset = rng.choice(["-1", "-1", "now", "{offset}"])
+    q: list[tuple[str, str]] = [("table", rng.choice(["items"] * 8 + ['"items"', "public.items"]))]
+    q.append(("offset", offset))
+    if rng.random() < 0.7:
+        where = " AND ".join(rng.choice(GOOD_ATOMS) for _ in range(rng.randint(1, 2)))
+        q.append(("where", where))
+        needed = max((int(m) for m in re.findall(r"\$(\d)", where)), default=0)
+        q += [(f"params[{i}]", rng.choice(["1", "3", "t1"])) for i in range(1, needed + 1)]
+    if rng.random() < 0.3:
+        q.append(("columns", ",".join(f'"{c}"' for c in ["id", *rng.sample(COLUMNS[1:], 2)])))
+    if offset == "{offset}":
+        q.append(("handle", "{handle}"))
+        if rng.random() < 0.3:
+            q += [("live", "true"), ("cursor", str(rng.randrange(10**6)))]
+            if rng.random() < 0.3:
+                q += [("live_sse", "true"), ("experimental_live_sse", "true")]
+    if rng.random() < 0.2:
+        q.append(("replica", rng.choice(["default", "full"])))
+    if rng.random() < 0.2:
+        q.append(("log", rng.choice(["full", "changes_only"])))
+    return q
+
+
+def _definition(rng: random.Random) -> list[tuple[str, str]]:
+    """A valid definition, half the time with one to three things made wrong."""
+    q = _valid_definition(rng)
+    if rng.random() < 0.5:
+        return q
+    for _ in range(rng.randint(1, 3)):
+        roll = rng.randrange(12)
+        if roll == 0:
+            q = [(k, _table(rng)) if k == "table" else (k, v) for k, v in q]
+        elif roll == 1:
+            q = [(k, _offset(rng)) if k == "offset" else (k, v) for k, v in q]
+        elif roll == 2:
+            q = [(k, v) for k, v in q if k != "where"] + [("where", _where(rng))]
+        elif roll == 3:
+            for i in range(1, rng.randint(2, 4)):
+                key = rng.choice([str(i)] * 4 + ["0", "a", "", "-1", "²", "1" * 12, f"{i}]"])
+                q.append((f"params[{key}]", rng.choice(["1", "t1", "x", *HOSTILE])))
+        elif roll == 4:
+            q = [(k, v) for k, v in q if k != "columns"] + [("columns", _columns(rng))]
+        elif roll == 5:
+            q = [(k, v) for k, v in q if k != "handle"] + [("handle", _handle(rng))]
+        elif roll == 6:
+            q.append((rng.choice(["live", "live_sse", "experimental_live_sse"]), _flag(rng)))
+        elif roll == 7:
+            q.append(("cursor", rng.choice(["", "1", "abc", "9" * 400, "-5", *HOSTILE])))
+        elif roll == 8:
+            q.append((rng.choice(["replica", "log"]), rng.choice(["FULL", "weird", *HOSTILE])))
+        elif roll == 9:
+            q.append(("params", rng.choice(['{"1":"a"}', "[1]", *HOSTILE[:6]])))
+        elif roll == 10:
+            q = [(k, v) for k, v in q if rng.random() < 0.7]  # something required may go
+        else:
+            q.append((rng.choice(["cache-buster", "expired_handle", "source_id", "zz"]), "1"))
+    return q
+
+
+def _valid_subset(rng: random.Random) -> list[tuple[str, str]]:
+    out = [("subset__where", rng.choice([*GOOD_ATOMS[:5], "n = 3", "id < 10"]))]
+    if rng.random() < 0.5:
+        out += [("subset__order_by", rng.choice(["id", "n DESC, id"])), ("subset__limit", "5")]
+    return out
+
+
+def _subset(rng: random.Random) -> list[tuple[str, str]]:
+    if rng.random() < 0.5:
+        return _valid_subset(rng)
+    out: list[tuple[str, str]] = []
+    if rng.random() < 0.7:
+        out.append(("subset__where", _where(rng)))
+    if rng.random() < 0.4:
+        out.append(("subset__order_by", rng.choice(
+            ["id", "n DESC", "title ASC NULLS FIRST", "nope", "id; DROP TABLE items",
+             "upper(title)", "1", *HOSTILE[:10]])))  # fmt: skip
+    if rng.random() < 0.4:
+        out.append(("subset__limit", rng.choice(["1", "0", "-1", "abc", "9" * 30, "1.5", "10"])))
+    if rng.random() < 0.3:
+        out.append(("subset__offset", rng.choice(["0", "-1", "abc", "9" * 30, "3"])))
+    if rng.random() < 0.3:
+        out.append(("subset__params", rng.choice(
+            ['{"1":"a"}', '["a"]', "{not json", '{"1":{"a":1}}', '{"x":"1"}', "[" * 2000,
+             *HOSTILE[:10]])))  # fmt: skip
+    if rng.random() < 0.2:
+        out.append(("subset__params[1]", rng.choice(HOSTILE)))
+    if rng.random() < 0.1:
+        out.append(("subset__bogus", "1"))
+    return out or [("subset__where", "true")]
+
+
+def _body(rng: random.Random) -> bytes:
+    roll = rng.random()
+    if roll < 0.4:
+        valid: dict[str, object] = {"where": rng.choice(["n = 3", "id < 10", "title ILIKE $1"])}
+        if "$1" in str(valid["where"]):
+            valid["params"] = rng.choice([{"1": "t%"}, ["t%"]])
+        if rng.random() < 0.5:
+            valid.update(order_by="id", limit=rng.randint(1, 20), offset=rng.randint(0, 3))
+        return json.dumps(valid).encode()
+    roll = rng.random()
+    if roll < 0.5:
+        body: dict[str, object] = {}
+        if rng.random() < 0.8:
+            body["where"] = _where(rng)
+        if rng.random() < 0.3:
+            body["params"] = rng.choice(
+                [{"1": "a"}, ["a", "b"], {"1": {"x": 1}}, "nope", {"a": "1"}, {"1": None}, [1, 2.5]]
+            )
+        if rng.random() < 0.3:
+            body["order_by"] = rng.choice(["id", "nope", 5, None])
+        if rng.random() < 0.3:
+            body["limit"] = rng.choice([1, 0, -1, "x", 10**30, 1.5, True])
+        if rng.random() < 0.2:
+            body["offset"] = rng.choice([0, -1, "x", 10**30])
+        if rng.random() < 0.1:
+            body["subset"] = {"where": _where(rng)}
+        if rng.random() < 0.1:
+            body["where_expr"] = {"type": "func", "name": "eq", "args": []}
+        if rng.random() < 0.1:
+            body["table"] = _table(rng)
+        return json.dumps(body).encode()  # not orjson: integers beyond 64 bits
+    if roll < 0.6:
+        depth = rng.choice([10, 63, 65, 200, 1000, 2000])
+        return ('{"where":"true","x":' + "[" * depth + "]" * depth + "}").encode()
+    choices = [b"", b"{", b"[]", b"null", b"42", b'"s"', b"\xff\xfe\x00", b'{"where": 1}',
+               b'{"where":"' + b"n > 1 OR " * 10000 + b'true"}',
+               b'{"' + b'k":1,"'.join(str(i).encode() for i in range(300)) + b'":1}',
+               bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))]  # fmt: skip
+    return rng.choice(choices)
+
+
+def _encode(query: list[tuple[str, str]], rng: random.Random) -> str:
+    parts = []
+    for k, v in query:
+        if rng.random() < 0.03:  # a raw, possibly malformed escape instead of the value
+            v_enc = rng.choice(["%ff%fe", "%C0%AF", "%ED%A0%80", "%zz", "%", "%0", "%00", "+%2B"])
+        else:
+            v_enc = quote(v, safe="")
+        k_enc = quote(k, safe="[]") if rng.random() < 0.9 else quote(k, safe="")
+        parts.append(f"{k_enc}={v_enc}" if rng.random() < 0.97 else k_enc)
+    return "&".join(parts)
+
+
+def _random_query(rng: random.Random) -> str:
+    alphabet = string.ascii_letters + string.digits + "%&=[]_-.~+$'\"()*;:,/?@!"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 200)))
+
+
+def shape_requests(seed: int, n: int) -> Iterator[FuzzRequest]:
+    """`n` requests; every request's query is below the engine's 8190-byte URL limit unless
+    it is one of the deliberately huge ones (kind `huge`)."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.45:
+            yield FuzzRequest("GET", _encode(_definition(rng), rng), kind="definition")
+        elif roll < 0.6:
+            q = _definition(rng) + _subset(rng)
+            yield FuzzRequest("GET", _encode(q, rng), kind="subset")
+        elif roll < 0.75:
+            q = _definition(rng)
+            headers = {"content-type": rng.choice(["application/json", "text/plain", ""])}
+            yield FuzzRequest("POST", _encode(q, rng), _body(rng), headers, kind="post")
+        elif roll < 0.8:
+            q = _definition(rng)
+            q += [(k, v) for k, v in q if rng.random() < 0.5]  # repeated parameters
+            yield FuzzRequest("GET", _encode(q, rng), kind="repeated")
+        elif roll < 0.85:
+            yield FuzzRequest("GET", _random_query(rng), kind="random")
+        elif roll < 0.9:
+            method = rng.choice(["DELETE", "HEAD", "OPTIONS", "PUT", "PATCH"])
+            yield FuzzRequest(method, _encode(_definition(rng), rng), kind="method")
+        elif roll < 0.95:
+            q = [("table", "items"), ("offset", "-1")]
+            name = rng.choice(["where", "columns", "table", "handle", "params[1]", "cursor",
+                               "subset__where", "subset__order_by", "zz"])  # fmt: skip
+            q.append((name, rng.choice(["a", "n > 1 AND ", "1,"]) * rng.choice([2000, 3000])))
+            yield FuzzRequest("GET", _encode(q, rng), kind="huge")
+        else:
+            q = [("table", "items"), ("offset", "-1")]
+            q += [(f"params[{i}]", "1") for i in range(1, rng.choice([5, 100, 600]))]
+            q.append(("where", "id = $1"))
+            yield FuzzRequest("GET", _encode(q, rng), kind="many-params")
+
+
+def loud_log_lines(text: str) -> list[str]:
+    """Lines of a program's log (text or JSON format) at ERROR or above, or with a traceback."""
+    loud = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                entry = {}
+            if entry.get("level") in ("error", "critical") or "traceback" in entry:
+                loud.append(line)
+        elif "Traceback" in line or " ERROR " in line or " CRITICAL " in line:
+            loud.append(line)
+    return loud

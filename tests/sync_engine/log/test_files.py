@@ -1,0 +1,273 @@
+"""Shape log files: appends are all or nothing, and damaged bytes are never served.
+
+Real files in a temporary directory; the crash and corruption cases are made by cutting
+or editing the files as a crash or a bad disk would leave them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sync_engine.log.files import SNAPSHOT_COMPLETE, LogDamaged, LogWriteError, ShapeLog
+from sync_engine.log.framing import HEADER_SIZE, scan
+from sync_engine.log.offsets import SNAPSHOT_END, LogOffset
+
+
+def _entry(lsn: int, i: int, size: int = 20) -> bytes:
+    return orjson.dumps({"key": f"k{lsn}-{i}", "value": {"t": "x" * size}})
+
+
+def _tx(lsn: int, n: int = 2, size: int = 20) -> list[tuple[int, bytes]]:
+    return [(2 * i, _entry(lsn, i, size)) for i in range(n)]
+
+
+def _commit(log: ShapeLog) -> None:
+    """What the replicator does after a batch: fsync (here: nothing), then publish."""
+    _, token = log.take_dirty()
+    log.publish(token)
+
+
+def _read_all(log: ShapeLog, offset: LogOffset = SNAPSHOT_END) -> tuple[list[bytes], list[int]]:
+    """Follow the log response by response, like a client; returns entries and sizes."""
+    out: list[bytes] = []
+    sizes: list[int] = []
+    while True:
+        entries, end = log.read_after(offset)
+        if not entries:
+            return out, sizes
+        out += entries
+        sizes.append(sum(len(e) + 1 for e in entries))
+        assert end > offset
+        offset = end
+
+
+def _new(tmp_path: Path, chunk_bytes: int = 1 << 20) -> ShapeLog:
+    log = ShapeLog(tmp_path / "shape", chunk_bytes, fsync=False)
+    log.directory.mkdir(parents=True)
+    return log
+
+
+def _reload(log: ShapeLog) -> ShapeLog:
+    log.close()
+    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
+    again.load()
+    return again
+
+
+def test_an_append_is_invisible_until_published(tmp_path: Path) -> None:
+    log = _new(tmp_path)
+    log.append_transaction(100, _tx(100))
+    assert log.read_after(SNAPSHOT_END) == ([], SNAPSHOT_END)
+    assert log.latest_offset == SNAPSHOT_END
+    assert log.last_lsn == 100  # a replay of it is skipped meanwhile
+    _commit(log)
+    assert log.read_after(SNAPSHOT_END) == ([e for _, e in _tx(100)], LogOffset(100, 2))
+    assert _reload(log).read_after(SNAPSHOT_END)[0] == [e for _, e in _tx(100)]
+
+
+def test_rollback_cuts_the_staged_bytes_off(tmp_path: Path) -> None:
+    log = _new(tmp_path)
+    log.append_transaction(100, _tx(100))
+    _commit(log)
+    size = os.path.getsize(tmp_path / "shape" / "log.00000000.log")
+    log.append_transaction(200, _tx(200))
+    _, stale = log.take_dirty()
+    log.rollback()
+    assert not log.publish(stale)  # a token from before the rollback publishes nothing
+    assert os.path.getsize(tmp_path / "shape" / "log.00000000.log") == size
+    assert log.last_lsn == 100
+    # the replay appends it again, once
+    log.append_transaction(200, _tx(200))
+    _commit(log)
+    entries, _ = _read_all(_reload(log))
+    assert entries == [e for _, e in _tx(100) + _tx(200)]
+
+
+def test_a_torn_tail_is_cut_back_to_the_last_whole_transaction(tmp_path: Path) -> None:
+    log = _new(tmp_path)
+    for lsn in (100, 200, 300):
+        log.append_transaction(lsn, _tx(lsn))
+    _commit(log)
+    path = tmp_path / "shape" / "log.00000000.log"
+    good = os.path.getsize(path)
+    log.append_transaction(400, _tx(400, size=500))
+    log.close()
+    with open(path, "r+b") as f:  # the crash came in the middle of the write
+        f.truncate(good + HEADER_SIZE + 100)
+    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
+    again.load()
+    assert again.damage is not None
+    assert os.path.getsize(path) == good
+    assert again.latest_offset == LogOffset(300, 2) and again.last_lsn == 300
+    assert again.repaired_from == 400  # the replicator checks the slot replays from there
+    assert _read_all(again)[0] == [e for lsn in (100, 200, 300) for _, e in _tx(lsn)]
+
+
+def test_a_torn_transaction_across_chunks_is_cut_whole(tmp_path: Path) -> None:
+    log = _new(tmp_path, chunk_bytes=1000)
+    log.append_transaction(100, _tx(100))
+    _commit(log)
+    log.append_transaction(200, _tx(200, n=40, size=60))  # spans several chunks
+    log.close()
+    files = sorted((tmp_path / "shape").glob("log.*.log"))
+    assert len(files) >= 3
+    os.truncate(files[-1], os.path.getsize(files[-1]) - 1)
+    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
+    again.load()
+    assert sorted((tmp_path / "shape").glob("log.*.log")) == files[:1]
+    assert _read_all(again)[0] == [e for _, e in _tx(100)]
+    assert again.repaired_from == 200
+
+
+@pytest.mark.parametrize("where", [0.005, 0.3, 0.5, 0.9, 0.999])
+def test_a_flipped_byte_inside_a_chunk_is_detected_on_load(tmp_path: Path, where: float) -> None:
+    """Wherever it is (a length, an LSN, a value), load finds it, serves nothing from that
+    transaction on, and says from which LSN the slot must replay for a repair (else the
+    replicator retires the shape)."""
+    log = _new(tmp_path)
+    lsns = [lsn * 100 for lsn in range(1, 41)]
+    for lsn in lsns:
+        log.append_transaction(lsn, _tx(lsn))
+    _commit(log)
+    log.close()
+    path = tmp_path / "shape" / "log.00000000.log"
+    data = bytearray(path.read_bytes())
+    at = int(len(data) * where)
+    damaged = sum(1 for start, *_ in scan(bytes(data)).records if start <= at) - 1
+    data[at] ^= 0x20
+    path.write_bytes(bytes(data))
+    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
+    again.load()
+    assert again.damage is not None and "mismatch" in again.damage
+    # the damaged record's LSN when its header is intact, else just after the last good one
+    assert again.repaired_from in (lsns[damaged], (lsns[damaged - 1] if damaged else 0) + 1)
+    assert _read_all(again)[0] == [e for lsn in lsns[:damaged] for _, e in _tx(lsn)]
+    assert again.last_lsn == (lsns[damaged - 1] if damaged else 0)
+
+
+def test_damage_found_while_reading_retires_the_shape_and_serves_nothing(tmp_path: Path) -> None:
+    log = _new(tmp_path)
+    for lsn in range(1, 10):
+        log.append_transaction(lsn * 100, _tx(lsn * 100))
+    _commit(log)
+    damaged: list[str] = []
+    log.on_damage = damaged.append
+    path = tmp_path / "shape" / "log.00000000.log"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogDamaged):
+        log.read_after(SNAPSHOT_END)
+    assert damaged and "checksum" in damaged[0]
+    # and a file cut short under it
+    log2 = _new(tmp_path / "b")
+    log2.append_transaction(100, _tx(100))
+    _commit(log2)
+    os.truncate(log2.directory / "log.00000000.log", 10)
+    with pytest.raises(LogDamaged):
+        log2.read_after(SNAPSHOT_END)
+
+
+def test_snapshot_chunks_are_checked(tmp_path: Path) -> None:
+    log = _new(tmp_path)
+    chunk = b'{"key":"a","value":{}}' * 50
+    log.write_snapshot_chunk(0, chunk)
+    log.write_snapshot_chunk(1, chunk)
+    log.mark_snapshot_complete(2, {"handle": "h"})
+    again = _reload(log)
+    assert again.snapshot_complete and again.read_snapshot_chunk(1) == chunk
+    path = tmp_path / "shape" / "snapshot.00001.json"
+    data = bytearray(path.read_bytes())
+    data[300] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(LogDamaged):
+        again.read_snapshot_chunk(1)  # same size: found by its checksum
+    os.truncate(path, 100)
+    with pytest.raises(LogDamaged):
+        _reload(log)  # a size that differs from the marker's is found on load
+    marker = tmp_path / "shape" / SNAPSHOT_COMPLETE
+    marker.write_bytes(b"2")  # the layout from before checksums
+    with pytest.raises(LogDamaged):
+        _reload(log)
+
+
+def test_big_transactions_are_cut_into_chunk_sized_responses(tmp_path: Path) -> None:
+    chunk_bytes = 10_000
+    log = _new(tmp_path, chunk_bytes)
+    log.append_transaction(100, _tx(100))
+    big = _tx(200, n=60, size=1000)  # ~6x the chunk size in one transaction
+    log.append_transaction(200, big)
+    log.append_transaction(300, _tx(300))
+    _commit(log)
+    entries, sizes = _read_all(log)
+    assert entries == [e for lsn, n, s in ((100, 2, 20), (200, 60, 1000), (300, 2, 20))
+                       for _, e in _tx(lsn, n, s)]  # fmt: skip
+    assert len(sizes) >= 5
+    assert max(sizes) <= chunk_bytes + 1100  # at most one entry over the threshold
+    # an offset inside the transaction names the entries up to it; `<lsn>_0` its end
+    assert log.read_after(LogOffset(200, 10))[0][0] == big[6][1]
+    assert log.read_after(LogOffset(200, 0))[0] == [e for _, e in _tx(300)]
+    # SSE reads to the transaction's end
+    whole, end = log.read_after(LogOffset(100, 2), whole_transactions=True)
+    assert whole == [e for _, e in big] and end == LogOffset(200, 118)
+    assert _read_all(_reload(log))[0] == entries
+
+
+def test_a_chunk_is_never_cut_right_after_an_op_0_entry(tmp_path: Path) -> None:
+    log = _new(tmp_path, chunk_bytes=100)
+    log.append_transaction(100, [(0, _entry(100, 0, 200)), (2, _entry(100, 1))])
+    _commit(log)
+    entries, end = log.read_after(SNAPSHOT_END)
+    assert len(entries) == 2 and end == LogOffset(100, 2)
+
+
+def _fill(path: Path) -> None:
+    """Write `path` until the filesystem is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _mount_tmpfs(directory: Path, size: str) -> None:
+    import subprocess
+
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)],
+                   check=True)  # fmt: skip
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root (CI runs as root)")
+def test_a_full_disk_fails_the_append_whole_and_then_recovers(tmp_path: Path) -> None:
+    import subprocess
+
+    mnt = tmp_path / "small"
+    _mount_tmpfs(mnt, "1m,nr_inodes=1000")
+    try:
+        log = ShapeLog(mnt / "shape", 1 << 20, fsync=True)
+        log.create()
+        log.append_transaction(100, _tx(100))
+        _commit(log)
+        size = os.path.getsize(mnt / "shape" / "log.00000000.log")
+        filler = mnt / "filler"
+        _fill(filler)
+        with pytest.raises(LogWriteError) as info:
+            log.append_transaction(200, _tx(200, n=20, size=1000))
+        assert info.value.disk_full
+        assert os.path.getsize(mnt / "shape" / "log.00000000.log") == size
+        assert log.last_lsn == 100 and log.latest_offset == LogOffset(100, 2)
+        assert _read_all(log)[0] == [e for _, e in _tx(100)]
+        filler.unlink()
+        log.append_transaction(200, _tx(200, n=20, size=1000))
+        _commit(log)
+        assert _read_all(_reload(log))[0] == [e for _, e in _tx(100) + _tx(200, 20, 1000)]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
