@@ -66,8 +66,10 @@ stop:
 
 test: install node-deps
 	$(PY) -m pytest -q -p no:cacheprovider
-	@echo "node tests:"
+	@echo "node tests, straight to the engine:"
 	PYTHON=$(abspath $(PY)) node --test --test-concurrency=1 tests/node/
+	@echo "node tests, the same ones through the proxy (config/examples/open.yaml):"
+	SHAPEGATE_NODE_VIA=proxy PYTHON=$(abspath $(PY)) node --test --test-concurrency=1 tests/node/
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -90,7 +90,11 @@ def run_fake_upstream(port: int, rows: int, hold: float) -> None:
         if request.query.get("live") == "true":
             await asyncio.sleep(hold)
             return web.Response(body=b"[]", headers={**headers, "electric-cursor": "1"})
-        return web.Response(body=body, headers=headers)
+        # Like the engine: an ETag naming the handle, and a 304 when the client has it.
+        etag = f'"1-1:{request.query.get("offset")}:0_inf"'
+        if request.headers.get("If-None-Match") == etag:
+            return web.Response(status=304, headers={**headers, "etag": etag})
+        return web.Response(body=body, headers={**headers, "etag": etag})
 
     app = web.Application()
     app.router.add_get("/v1/shape", shape)

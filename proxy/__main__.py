@@ -221,16 +221,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     app.on_shutdown.append(_log_shutdown)
     url = url_of(sock)
     upstream = loaded.config.upstream.url
-    web.run_app(
-        app,
-        loop=new_event_loop(),
-        sock=sock,
-        access_log=None,
-        handler_cancellation=True,
-        backlog=LISTEN_BACKLOG,
-        shutdown_timeout=5,
-        print=lambda *_: log.info("listening on %s (engine: %s)", url, upstream),
-    )
+    try:
+        web.run_app(
+            app,
+            loop=new_event_loop(),
+            sock=sock,
+            access_log=None,
+            handler_cancellation=True,
+            backlog=LISTEN_BACKLOG,
+            shutdown_timeout=5,
+            print=lambda *_: log.info("listening on %s (engine: %s)", url, upstream),
+        )
+    except Exception as exc:
+        # A bug or an unforeseen environment: one log record with the traceback, exit 1.
+        log.critical("stopped by an unexpected error: %s", exc, exc_info=True)
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

@@ -39,7 +39,7 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 
 #: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
 #: means `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are 404s, never a second way in.
-_EXACT_PATHS = frozenset({"/v1/shape", "/healthz", "/metrics"})
+_EXACT_PATHS = frozenset({"/v1/shape", "/v1/health", "/healthz", "/metrics"})
 _NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
 _SHAPE_PATHS = ("/v1/shape", "/shapes/")
 
@@ -64,9 +64,14 @@ def _cors_for(
 
 
 @lru_cache(maxsize=256)
-def _shape_vary(existing: tuple[str, ...], origin: bool) -> str:
-    """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization."""
-    return merge_vary(existing, "Authorization", *(("Origin",) if origin else ()))
+def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
+    """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization.
+
+    `Authorization` only when the answer depends on the caller: a shared answer must stay
+    shareable by caches that honour `Vary` (Varnish, Fastly, browsers).
+    """
+    extra = (*(() if shared else ("Authorization",)), *(("Origin",) if origin else ()))
+    return merge_vary(existing, *extra)
 
 
 @web.middleware
@@ -152,7 +157,9 @@ async def _decorate(request: web.Request, response: web.StreamResponse) -> None:
         headers.update(context.cors)
     if context.shape:
         existing = tuple(headers.getall("Vary", ()))
-        headers["Vary"] = _shape_vary(existing, context.cors is not None)
+        vary = _shape_vary(existing, context.cors is not None, context.shared)
+        if vary:
+            headers["Vary"] = vary
 
 
 def create_app(

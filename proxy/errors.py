@@ -1,7 +1,8 @@
 """Errors the proxy raises while deciding what to do with a request.
 
 Domain modules raise these; only `proxy.http.errors` turns them into responses, so every
-refusal has the same JSON shape, a stable machine-readable `reason` and `no-store` caching.
+refusal has the same JSON shape (Electric's `{"message", "errors"}` plus a stable
+machine-readable `code`) and `no-store` caching.
 
     ProxyError                     (status 500; never raised for malformed input)
     ├── BadShapeRequest            400  malformed or ambiguous request
@@ -26,11 +27,25 @@ class ProxyError(Exception):
 
     status: int = 500
 
-    def __init__(self, reason: str, message: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        field: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.retry_after = retry_after
+        #: The request parameter at fault (`where`, `subset.where`, `columns`...), rendered
+        #: under Electric's `errors` key.
+        self.field = field
+
+    def copy(self) -> ProxyError:
+        """A fresh instance (one instance raised in many tasks would share tracebacks)."""
+        return type(self)(self.reason, self.message, retry_after=self.retry_after, field=self.field)
 
 
 class BadShapeRequest(ProxyError):

@@ -88,7 +88,11 @@ async def explain(
                 claims = await holder.current.verifier.verify(token)
             report["claims"] = dict(claims or {})
             decision = evaluate(
-                loaded.policy, claims or {}, parse_shape_query(query), shape_name=shape_name
+                loaded.policy,
+                claims or {},
+                parse_shape_query(query),
+                shape_name=shape_name,
+                anonymous=token is None and not claims,
             )
         except ProxyError as exc:
             report.update(allowed=False, status=exc.status, reason=exc.reason, message=exc.message)
@@ -107,6 +111,7 @@ async def explain(
         where=decision.where,
         params=list(decision.params),
         columns=list(decision.columns) if decision.columns is not None else None,
+        shared=decision.shared,
         upstream_url=mask_url(upstream),
     )
     return report

@@ -70,7 +70,7 @@ class Metrics:
         self.upstream_requests = 0
         self.collapsed = 0
         self.token_cache = {"hit": 0, "miss": 0}
-        self.response_cache = {"hit": 0, "miss": 0, "store": 0}
+        self.response_cache = {"hit": 0, "miss": 0, "store": 0, "evict": 0}
         self.response_cache_bytes = 0
         self.jwks_fetches = Counter(
             "shape_proxy_jwks_fetches", "JWKS fetches by result", ["result"], registry=self.registry
@@ -113,6 +113,10 @@ class Metrics:
     def cache_stored(self, bytes_used: int) -> None:
         self.response_cache["store"] += 1
         self.response_cache_bytes = bytes_used
+
+    def cache_evicted(self, entries: int) -> None:
+        """Answers dropped because the engine showed their shape was rotated or deleted."""
+        self.response_cache["evict"] += entries
 
     def token_cache_lookup(self, hit: bool) -> None:
         self.token_cache["hit" if hit else "miss"] += 1

@@ -51,7 +51,14 @@ class Prepared:
     rule: str
     live: bool
     sse: bool
-    expires: float  # the token's exp (wall clock)
+    #: Every caller gets the same answer (the rule does not depend on who asks).
+    shared: bool
+    #: The shape's `upstream.url.definition_key`, the handle the client named (not at
+    #: offset=-1/now), and whether it asked for offset=-1/now: for cache coherence.
+    definition: str
+    handle: str | None
+    initial: bool
+    expires: float  # the token's exp (wall clock), or the cache TTL when anonymous
     #: The per-principal limits of the rule that allowed it (`proxy.limits`).
     limits: LimitSettings = field(default_factory=LimitSettings)
     #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.

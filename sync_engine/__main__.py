@@ -289,7 +289,7 @@ def check_settings(settings: Settings) -> None:
                    " as Postgres slot names do (flag --replication-stream-id, env"
                    " SYNC_ENGINE_REPLICATION_STREAM_ID)")  # fmt: skip
     from .admin.api import MIN_TOKEN_LENGTH
-    from .preflight import check_data_dir
+    from .preflight import check_data_dir, check_registry
     from .sources.dburl import check_database_url
     from .sources.errors import InvalidInput
     from .sources.registry import registry_has_sources
@@ -308,6 +308,9 @@ def check_settings(settings: Settings) -> None:
     if problem is not None:
         fail(PROG, f"cannot use the data directory {settings.data_dir} ({problem}): give one the"
                    " engine can write, with --data-dir or SYNC_ENGINE_DATA_DIR", 1)  # fmt: skip
+    problem = check_registry(settings.data_dir)
+    if problem is not None:
+        fail(PROG, problem, 1)
     if (
         not settings.database_url
         and settings.admin_token is None
@@ -339,14 +342,20 @@ def serve(settings: Settings, engine_sock: socket.socket, admin_sock: socket.soc
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)
     url = url_of(engine_sock)
-    web.run_app(
-        app,
-        sock=engine_sock,
-        print=lambda *_: log.info("listening on %s (Shape API: %s/v1/shape)", url, url),
-        access_log=None,
-        shutdown_timeout=2,
-        loop=loop,
-    )
+    try:
+        web.run_app(
+            app,
+            sock=engine_sock,
+            print=lambda *_: log.info("listening on %s (Shape API: %s/v1/shape)", url, url),
+            access_log=None,
+            shutdown_timeout=2,
+            loop=loop,
+        )
+    except Exception as exc:
+        # Not a mistake checked above: a bug or an environment we did not foresee. The
+        # traceback goes into the log (one record), the exit status says it failed.
+        log.critical("stopped by an unexpected error: %s", exc, exc_info=True)
+        raise SystemExit(1) from None
     log.info("stopped")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
@@ -50,6 +51,25 @@ def check_data_dir(path: Path) -> str | None:
     except OSError as exc:
         return exc.strerror or type(exc).__name__
     return None if ok else "files written there do not read back"
+
+
+def check_registry(data_dir: Path) -> str | None:
+    """None when `<data-dir>/sources.db` is absent or readable, else what is wrong with it."""
+    path = data_dir / "sources.db"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        try:
+            db.execute("SELECT count(*) FROM sources").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        return (
+            f"cannot read the source registry {path} ({exc}): restore it from a backup, or"
+            " move it away and register the sources again"
+        )
+    return None
 
 
 def _is_transient(code: str, message: str) -> bool:

@@ -209,19 +209,43 @@ class AccessRule(_Model):
     when: dict[str, ClaimMatch] = Field(
         default_factory=dict, description="claim path -> value or any-of list; all must match"
     )
+    anonymous: bool = Field(
+        default=False,
+        description="also serve requests without a token (the anonymous principal has no "
+        "claims, so the rule may have no `when` and no {{claim}} in its where)",
+    )
     where: str | None = Field(default=None, description="row filter; {{claim.path}} placeholders")
     all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
     columns: list[str] | None = Field(default=None, min_length=1)
-    client_where: Literal["forbid", "validated"] = "forbid"
+    client_where: Literal["forbid", "validated", "passthrough"] = Field(
+        default="forbid",
+        description="forbid: no client where; validated: a checked subset of SQL, ANDed with "
+        "the filter; passthrough: the client's where and subset clauses go to the engine as "
+        "written (only with all_rows and no columns: nothing is hidden, and a subquery may "
+        "read other tables)",
+    )
     subset: bool = True
     replica_full: bool = False
     sse: bool = True
+    delete: bool = Field(
+        default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
+    )
     limits: RuleLimits | None = Field(default=None, description="overrides of the limits")
 
     @model_validator(mode="after")
     def _rows_explicit(self) -> AccessRule:
         if (self.where is None) == (not self.all_rows):
             raise ValueError("give either a where filter or all_rows: true (not both)")
+        if self.anonymous:
+            if self.when:
+                raise ValueError("an anonymous rule has no claims to match: remove `when`")
+            if self.where is not None and "{{" in self.where:
+                raise ValueError("an anonymous rule's where cannot use {{claim}} placeholders")
+        if self.client_where == "passthrough" and (not self.all_rows or self.columns):
+            raise ValueError(
+                "client_where: passthrough needs all_rows: true and no columns (a client "
+                "clause passed through unchecked could reveal filtered rows or hidden columns)"
+            )
         return self
 
 
@@ -243,7 +267,9 @@ class ProxyConfig(_Model):
 
     server: ServerConfig = Field(default_factory=ServerConfig)
     upstream: UpstreamConfig
-    issuers: list[IssuerConfig] = Field(min_length=1)
+    issuers: list[IssuerConfig] = Field(
+        default_factory=list, description="token issuers; none: only anonymous rules serve"
+    )
     cors: CorsConfig = Field(default_factory=CorsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     collapse: bool = Field(

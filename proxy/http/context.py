@@ -27,6 +27,7 @@ class RequestContext:
     rule: str | None = None
     upstream_status: int | None = None
     shape: bool = False  # a shape path (gets CORS, `Vary: Authorization`)
+    shared: bool = False  # the answer is the same for every caller: no `Vary: Authorization`
     cors: Mapping[str, str] | None = None
     live: bool = False
     cache: str = "-"  # "hit", "revalidated", "collapsed" (see upstream.respond.Outcome) or "-"

@@ -1,7 +1,10 @@
 """The one place that turns errors into responses: JSON body, `no-store`, reason code.
 
-Every proxy error looks like `{"error": "<reason>", "message": "..."}` with a
-`cache-control: no-store` (no cache may keep a refusal), `WWW-Authenticate` on 401 and
+Bodies are Electric's: `{"message": "...", "errors": {"<param>": ["..."]}}`, where `errors`
+names the parameter at fault when there is one (nested for subsets, as Electric does:
+`{"subset": {"where": [...]}}`), and a 400 about a parameter says `"Invalid request"` as
+Electric's does. The proxy adds its stable machine-readable reason as `"code"`. Every refusal
+has `cache-control: no-store` (no cache may keep it), `WWW-Authenticate` on 401 and
 `Retry-After` on 502/503/504. aiohttp's own HTTP errors (unknown route, body too large) are
 rendered the same way, and anything unexpected is a bare 500 that says nothing about
 internals.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from aiohttp import web
 
@@ -26,6 +30,23 @@ _AIOHTTP_REASONS = {
 }
 
 
+def error_body(status: int, reason: str, message: str, field: str | None = None) -> str:
+    """Electric's error JSON, plus the proxy's `code`."""
+    body: dict[str, Any] = {"message": message}
+    if field is not None:
+        errors: dict[str, Any] = {}
+        parts = field.split(".")
+        node = errors
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = [message]
+        if status == 400:
+            body["message"] = "Invalid request"
+        body["errors"] = errors
+    body["code"] = reason
+    return json.dumps(body)
+
+
 def error_response(
     status: int,
     reason: str,
@@ -33,6 +54,7 @@ def error_response(
     *,
     retry_after: int | None = None,
     www_authenticate: bool = False,
+    field: str | None = None,
 ) -> web.Response:
     headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
     if retry_after is not None:
@@ -40,7 +62,7 @@ def error_response(
     if www_authenticate:
         error = "invalid_request" if reason == "missing_token" else "invalid_token"
         headers["WWW-Authenticate"] = f'Bearer realm="shape-proxy", error="{error}"'
-    body = json.dumps({"error": reason, "message": message})
+    body = error_body(status, reason, message, field)
     return web.Response(status=status, text=body, content_type="application/json", headers=headers)
 
 
@@ -51,6 +73,7 @@ def render_proxy_error(exc: ProxyError) -> web.Response:
         exc.message,
         retry_after=exc.retry_after,
         www_authenticate=isinstance(exc, Unauthenticated),
+        field=exc.field,
     )
 
 

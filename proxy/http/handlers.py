@@ -1,6 +1,8 @@
-"""Routes: `/v1/shape` and `/shapes/<name>` (GET, POST subset, OPTIONS), `/healthz`, `/metrics`.
+"""Routes: `/v1/shape` and `/shapes/<name>` (GET, POST subset, DELETE, OPTIONS), the engine's
+`/v1/health`, the proxy's own `/healthz` and `/metrics`.
 
-A shape request goes: bearer token -> verified claims -> parsed query -> policy decision ->
+A shape request goes: bearer token (or none: the anonymous principal, when a rule serves it)
+-> verified claims -> parsed query -> policy decision ->
 upstream URL built from scratch -> (response cache | collapsed | direct) streamed response.
 Each step raises a `ProxyError` that the middleware renders; nothing reaches the engine, and
 nothing is served from the cache, until every check has passed. A GET repeating an
@@ -18,6 +20,7 @@ import time
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
@@ -29,10 +32,10 @@ from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
 from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics
-from proxy.policy.evaluate import evaluate, subset_body
+from proxy.policy.evaluate import Claims, evaluate, subset_body
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
 from proxy.upstream.forward import Admit, Forwarder, Target
-from proxy.upstream.url import build_upstream_url
+from proxy.upstream.url import build_upstream_url, definition_key
 
 HOLDER = web.AppKey("holder", RuntimeHolder)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
@@ -70,14 +73,13 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
         context.outcome = "preflight"
         max_age = runtime.loaded.config.cors.max_age
         return web.Response(status=204, headers=preflight_headers(max_age))
-    elif method == "DELETE":
-        raise MethodNotAllowed("delete_not_allowed", "shapes cannot be deleted through the proxy")
-    elif method == "POST":
-        prepared, body = await _prepare(request, runtime, shape_name, post=True)
+    elif method in ("POST", "DELETE"):
+        prepared, body = await _prepare(request, runtime, shape_name, method=method)
     else:
         raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
+    context.shared = prepared.shared
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
@@ -112,6 +114,10 @@ async def _forward(
         body=body,
         live=prepared.live,
         sse=prepared.sse,
+        shared=prepared.shared,
+        definition=prepared.definition,
+        handle=prepared.handle,
+        initial=prepared.initial,
     )
     outcome = await request.app[FORWARDER].forward(
         request, target, runtime.options, context.request_id, admit
@@ -126,6 +132,10 @@ async def _forward(
     return outcome.response
 
 
+#: The prepared-request cache's stand-in for "no Authorization header" (a real key is a hash).
+_ANONYMOUS_KEY = b"anonymous"
+
+
 async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str | None) -> Prepared:
     """`_prepare` for a GET, remembered per (Authorization, query) under this config.
 
@@ -133,26 +143,35 @@ async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str |
     (bounded by the token-cache TTL) instead of redoing every step.
     """
     authorization = request.headers.get("Authorization")
-    cache = runtime.prepared if authorization is not None else None
+    cache = runtime.prepared
     key = None
-    if cache is not None and authorization is not None:
-        key = (
-            TokenVerifier.digest(authorization),
-            shape_name or "",
-            request.rel_url.raw_query_string,
-        )
+    if cache is not None:
+        digest = TokenVerifier.digest(authorization) if authorization else _ANONYMOUS_KEY
+        key = (digest, shape_name or "", request.rel_url.raw_query_string)
         prepared = cache.get(key)
         if prepared is not None and prepared.expires > time.time():
             request.app[METRICS].token_cache_lookup(True)
             return prepared
-    prepared, _ = await _prepare(request, runtime, shape_name, post=False)
+    prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
     if cache is not None and key is not None:
         cache[key] = prepared
     return prepared
 
 
+async def _claims(request: web.Request, runtime: Runtime) -> tuple[Claims, bool]:
+    """The verified claims and whether the caller is anonymous (no Authorization header).
+
+    A request without a token is anonymous only when some rule serves anonymous callers;
+    otherwise it is refused at once (401), as before anything else is looked at. A token
+    that is present but invalid is always a 401, never a fallback to anonymous.
+    """
+    if "Authorization" not in request.headers and runtime.loaded.policy.anonymous:
+        return {}, True
+    return await runtime.verifier.verify(bearer_token(request.headers)), False
+
+
 async def _prepare(
-    request: web.Request, runtime: Runtime, shape_name: str | None, *, post: bool
+    request: web.Request, runtime: Runtime, shape_name: str | None, *, method: str
 ) -> tuple[Prepared, bytes | None]:
     """Authenticate, parse, authorise and build the upstream URL (raises `ProxyError`).
 
@@ -161,14 +180,24 @@ async def _prepare(
     config = runtime.loaded.config
     query = list(request.rel_url.query.items())
     refuse_token_in_query(query)
-    claims = await runtime.verifier.verify(bearer_token(request.headers))
+    claims, anonymous = await _claims(request, runtime)
     shape_request = parse_shape_query(query)
+    post = method == "POST"
     if post:
         if shape_request.subset is not None:
-            raise BadShapeRequest("invalid_subset", "give subset parameters in the body or the URL")
+            raise BadShapeRequest(
+                "invalid_subset", "give subset parameters in the body or the URL", field="subset"
+            )
         raw = await request.read()
         shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(raw))
-    decision = evaluate(runtime.loaded.policy, claims, shape_request, shape_name=shape_name)
+    decision = evaluate(
+        runtime.loaded.policy,
+        claims,
+        shape_request,
+        shape_name=shape_name,
+        anonymous=anonymous,
+        delete=method == "DELETE",
+    )
     secret = runtime.loaded.upstream_secret
     build = functools.partial(
         build_upstream_url,
@@ -183,7 +212,13 @@ async def _prepare(
         # Too long for the engine's request line: the subset clauses go in a POST body.
         url, upstream_body = build(subset_in_query=False), subset_body(decision.subset)
     check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
+    protocol = dict(decision.protocol)
+    initial = protocol.get("offset") in ("-1", "now")
     sub = claims.get("sub")
+    # Never reused past the token's expiry, nor longer than a verified token is cached.
+    expires = time.time() + config.server.token_cache_ttl
+    if not anonymous:
+        expires = min(float(claims["exp"]), expires)
     prepared = Prepared(
         url=url,
         url_text=str(url),
@@ -193,8 +228,11 @@ async def _prepare(
         principal=principal_of(claims),
         live=shape_request.live,
         sse=shape_request.wants_sse,
-        # Never reused past the token's expiry, nor longer than a verified token is cached.
-        expires=min(float(claims["exp"]), time.time() + config.server.token_cache_ttl),
+        shared=decision.shared,
+        definition=definition_key(decision, source_id=config.upstream.source_id),
+        handle=None if initial else protocol.get("handle"),
+        initial=initial,
+        expires=expires,
         limits=resolve(config.limits, decision.limits),
         upstream_body=upstream_body,
     )
@@ -202,6 +240,24 @@ async def _prepare(
     if post:
         body = subset_body(decision.subset) if decision.subset else b"{}"
     return prepared, body
+
+
+async def engine_health(request: web.Request) -> web.StreamResponse:
+    """`GET /v1/health`: the engine's own health answer (body and status), no token needed.
+
+    Electric clients and tools probe this path; the proxy's own liveness is `/healthz`.
+    """
+    context = request[CONTEXT]
+    context.outcome = "health"
+    runtime = request.app[HOLDER].current
+    base = URL(runtime.loaded.config.upstream.url)
+    url = base.with_path(base.path.rstrip("/") + "/v1/health")
+    target = Target(method="GET", url=url, url_text=str(url), shared=True, cacheable=False)
+    outcome = await request.app[FORWARDER].forward(
+        request, target, runtime.options, context.request_id
+    )
+    context.upstream_status = outcome.upstream_status
+    return outcome.response
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -232,4 +288,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_route("*", "/v1/shape", shape)
     app.router.add_route("*", "/shapes/{name}", named_shape)
     app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/v1/health", engine_health, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)

@@ -1,7 +1,8 @@
 """The policy in the form the evaluator uses: table keys normalised, templates compiled.
 
 Built once per (re)load from a validated `ProxyConfig`; immutable afterwards, so a reload
-swaps one reference and in-flight requests keep the policy they started with.
+swaps one reference and in-flight requests keep the policy they started with. Exact table
+names are looked up in a dict; patterns (`public.*`) are tried after them, in file order.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
-from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template, parse_table_name
-
-TableKey = tuple[str, str]
+from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template
+from proxy.policy.tables import TableKey, TablePattern, parse_table_pattern
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,10 +26,22 @@ class CompiledRule:
     template: CompiledTemplate | None
     columns: frozenset[str] | None
     column_order: tuple[str, ...] | None
-    client_where: bool
+    client_where: str  # "forbid", "validated" or "passthrough"
     subset: bool
     replica_full: bool
     sse: bool
+    anonymous: bool
+    delete: bool
+
+    @property
+    def caller_independent(self) -> bool:
+        """Every caller, with or without a token, gets the same rows and columns."""
+        return self.anonymous and not self.when and not self.claim_paths
+
+    @property
+    def claim_paths(self) -> tuple[str, ...]:
+        return self.template.claim_paths if self.template is not None else ()
+
     limits: RuleLimits | None = None  # overrides of the global per-principal limits
 
 
@@ -44,15 +56,32 @@ class CompiledTable:
     """A table (or named shape) as the client names it upstream, with its rules in order."""
 
     table: str
-    key: TableKey
+    pattern: TablePattern
     allow: tuple[CompiledRule, ...]
     deny: tuple[CompiledDeny, ...]
+
+    @property
+    def key(self) -> TableKey:
+        return self.pattern.key
+
+    @property
+    def shared(self) -> bool:
+        """Whoever asks, the same rule applies: no deny rule and a first rule for everyone.
+
+        Then the engine's answer does not depend on the caller and may be cached publicly
+        (a CDN may share it); otherwise it is private to the caller.
+        """
+        return not self.deny and self.allow[0].caller_independent
 
 
 @dataclass(frozen=True, slots=True)
 class CompiledPolicy:
     tables: Mapping[TableKey, CompiledTable]
+    #: Tables given as patterns, tried in file order after the exact names.
+    patterns: tuple[CompiledTable, ...]
     shapes: Mapping[str, CompiledTable]
+    #: Some rule serves requests without a token.
+    anonymous: bool
     #: Checked client clauses by text; lives as long as this policy (a reload starts empty).
     clauses: ClauseCache = field(default_factory=ClauseCache, compare=False, repr=False)
 
@@ -68,22 +97,24 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         template=template,
         columns=frozenset(rule.columns) if rule.columns is not None else None,
         column_order=tuple(rule.columns) if rule.columns is not None else None,
-        client_where=rule.client_where == "validated",
+        client_where=rule.client_where,
         subset=rule.subset,
         replica_full=rule.replica_full,
         sse=rule.sse,
+        anonymous=rule.anonymous,
+        delete=rule.delete,
         limits=rule.limits,
     )
 
 
 def _compile_table(table: str, policy: TablePolicy, where: str) -> CompiledTable:
     try:
-        key = parse_table_name(table)
+        pattern = parse_table_pattern(table)
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from None
     return CompiledTable(
         table=table,
-        key=key,
+        pattern=pattern,
         allow=tuple(_compile_rule(r, i, where) for i, r in enumerate(policy.allow)),
         deny=tuple(
             CompiledDeny(when=MappingProxyType(dict(d.when)), reason=d.reason or "denied")
@@ -95,13 +126,27 @@ def _compile_table(table: str, policy: TablePolicy, where: str) -> CompiledTable
 def compile_policy(config: ProxyConfig) -> CompiledPolicy:
     """Compile every table and named shape; raises ValueError naming the offending field."""
     tables: dict[TableKey, CompiledTable] = {}
+    patterns: list[CompiledTable] = []
     for name, table_policy in config.tables.items():
         compiled = _compile_table(name, table_policy, f"tables.{name}")
+        if not compiled.pattern.exact:
+            if any(p.key == compiled.key for p in patterns):
+                raise ValueError(f"tables.{name}: the same pattern is listed twice")
+            patterns.append(compiled)
+            continue
         if compiled.key in tables:
             raise ValueError(f"tables.{name}: the same table is listed twice")
         tables[compiled.key] = compiled
-    shapes = {
-        name: _compile_table(shape.table, shape, f"shapes.{name}")
-        for name, shape in config.shapes.items()
-    }
-    return CompiledPolicy(tables=MappingProxyType(tables), shapes=MappingProxyType(shapes))
+    shapes = {}
+    for name, shape in config.shapes.items():
+        compiled = _compile_table(shape.table, shape, f"shapes.{name}")
+        if not compiled.pattern.exact:
+            raise ValueError(f"shapes.{name}.table: a named shape names one table, not a pattern")
+        shapes[name] = compiled
+    everything = [*tables.values(), *patterns, *shapes.values()]
+    return CompiledPolicy(
+        tables=MappingProxyType(tables),
+        patterns=tuple(patterns),
+        shapes=MappingProxyType(shapes),
+        anonymous=any(rule.anonymous for table in everything for rule in table.allow),
+    )

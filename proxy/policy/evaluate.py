@@ -1,8 +1,9 @@
-"""Decide what an authenticated client may sync: (claims, client shape request) -> Decision.
+"""Decide what a client may sync: (claims, client shape request) -> Decision.
 
 Pure and synchronous: no I/O, no clock. Default deny: an unknown table, a table without a
-matching allow rule, or a matching deny rule is a `Forbidden`. The enforced filter is always
-present (unless the rule says `all_rows: true`); the client can only narrow it.
+matching allow rule, or a matching deny rule is a `Forbidden`; a request without a token that
+no `anonymous` rule serves is an `Unauthenticated`. The enforced filter is always present
+(unless the rule says `all_rows: true`); the client can only narrow it.
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.config.model import ClaimMatch
-from proxy.errors import BadShapeRequest, Forbidden
+from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
 from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
 from proxy.policy.sql import ClauseCache, parse_table_name
+from proxy.policy.tables import format_table
 from proxy.shape_request import ShapeRequest, SubsetRequest
 
 Claims = Mapping[str, Any]
@@ -36,6 +38,9 @@ class Decision:
     replica: str | None
     protocol: tuple[tuple[str, str], ...]
     subset: SubsetRequest | None
+    #: The answer does not depend on who asks (see `CompiledTable.shared`): its engine cache
+    #: headers may stay public so a CDN shares it.
+    shared: bool = False
     limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
 
 
@@ -90,19 +95,28 @@ def _param_from_claim(claims: Claims, path: str) -> str:
     return _norm(value)
 
 
-def _select_rule(table: CompiledTable, claims: Claims) -> CompiledRule:
+def _sign_in() -> Unauthenticated:
+    """Default deny for a caller without a token, said the way a client can act on: sign in
+    (Electric's client refreshes its token on a 401 in `onError`)."""
+    return Unauthenticated("missing_token", "a bearer token is required for this shape")
+
+
+def _select_rule(table: CompiledTable, claims: Claims, *, anonymous: bool) -> CompiledRule:
     for deny in table.deny:
         if _matches(claims, deny.when):
             raise Forbidden("denied_by_rule", f"access to this shape is denied ({deny.reason})")
     for rule in table.allow:
-        if _matches(claims, rule.when):
+        if (rule.anonymous or not anonymous) and _matches(claims, rule.when):
             return rule
+    if anonymous:
+        raise _sign_in()
     raise Forbidden("no_matching_rule", "no policy rule allows this user to sync this shape")
 
 
 def _find_table(
     policy: CompiledPolicy, request: ShapeRequest, shape_name: str | None
-) -> CompiledTable:
+) -> tuple[CompiledTable, str]:
+    """The table's rules and the engine's `table` parameter for it."""
     if shape_name is not None:
         table = policy.shapes.get(shape_name)
         if table is None:
@@ -112,61 +126,84 @@ def _find_table(
                 "named_shape_definition", "a named shape takes no where, params or columns"
             )
         if request.table is not None and _table_key(request.table) != table.key:
-            raise BadShapeRequest("named_shape_definition", "table does not match the named shape")
-        return table
+            raise BadShapeRequest(
+                "named_shape_definition", "table does not match the named shape", field="table"
+            )
+        return table, table.table
     if request.table is None:
-        raise BadShapeRequest("missing_table", "the table parameter is required")
-    found = policy.tables.get(_table_key(request.table))
-    if found is None:
-        raise Forbidden("table_not_allowed", "this table may not be synced")
-    return found
+        raise BadShapeRequest("missing_table", "the table parameter is required", field="table")
+    key = _table_key(request.table)
+    found = policy.tables.get(key)
+    if found is not None:
+        return found, found.table
+    for candidate in policy.patterns:
+        if candidate.pattern.matches(key):
+            return candidate, format_table(key)
+    raise Forbidden("table_not_allowed", "this table may not be synced", field="table")
 
 
 def _table_key(text: str) -> tuple[str, str]:
     try:
         return parse_table_name(text)
     except ValueError as exc:
-        raise BadShapeRequest("invalid_table", str(exc)) from None
+        raise BadShapeRequest("invalid_table", str(exc), field="table") from None
+
+
+def _numbered(params: Mapping[Any, str], count: int, what: str) -> tuple[str, ...]:
+    """`params` as a tuple for `$1..$count`; exactly those keys, or a 400."""
+    keys = {str(k) for k in params}
+    if keys != {str(i) for i in range(1, count + 1)}:
+        raise BadShapeRequest(
+            "invalid_params",
+            f"{what} must be numbered 1..n, one for each $n",
+            field="subset.params" if what.startswith("subset") else "params",
+        )
+    by_text = {str(k): v for k, v in params.items()}
+    return tuple(by_text[str(i)] for i in range(1, count + 1))
 
 
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
 ) -> tuple[str | None, tuple[str, ...]]:
-    enforced_params = tuple(
-        _param_from_claim(claims, p) for p in (rule.template.claim_paths if rule.template else ())
-    )
+    enforced_params = tuple(_param_from_claim(claims, p) for p in rule.claim_paths)
     enforced_sql = rule.template.sql if rule.template else None
     if request.where is None:
         if request.params:
-            raise BadShapeRequest("params_without_where", "params are only accepted with a where")
+            raise BadShapeRequest(
+                "params_without_where", "params are only accepted with a where", field="params"
+            )
         return enforced_sql, enforced_params
-    if not rule.client_where:
-        raise Forbidden("client_where_not_allowed", "this shape does not accept a client where")
+    if rule.client_where == "forbid":
+        raise Forbidden(
+            "client_where_not_allowed", "this shape does not accept a client where", field="where"
+        )
+    if rule.client_where == "passthrough":
+        # No enforced filter and no hidden column (checked at load): the engine checks it.
+        return request.where, _numbered(request.params, len(request.params), "params")
     clause = clauses.client_where(
         request.where, rule.columns, param_offset=len(enforced_params), what="where"
     )
-    if set(request.params) != set(range(1, clause.param_count + 1)):
-        raise BadShapeRequest(
-            "invalid_params", "params must be numbered 1..n, one for each $n in where"
-        )
-    client_params = tuple(request.params[i] for i in range(1, clause.param_count + 1))
+    client_params = _numbered(request.params, clause.param_count, "params")
     where = f"({enforced_sql}) AND ({clause.sql})" if enforced_sql else f"({clause.sql})"
     return where, enforced_params + client_params
 
 
 def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
     if not rule.subset:
-        raise Forbidden("subset_not_allowed", "this shape does not accept subset requests")
+        raise Forbidden(
+            "subset_not_allowed", "this shape does not accept subset requests", field="subset"
+        )
+    if rule.client_where == "passthrough":
+        return subset
     where = None
     if subset.where is not None:
         clause = clauses.client_where(subset.where, rule.columns, what="subset where")
-        if set(subset.params) != {str(i) for i in range(1, clause.param_count + 1)}:
-            raise BadShapeRequest(
-                "invalid_params", "subset params must be numbered 1..n, one for each $n"
-            )
+        _numbered(subset.params, clause.param_count, "subset params")
         where = clause.sql
     elif subset.params:
-        raise BadShapeRequest("params_without_where", "subset params need a subset where")
+        raise BadShapeRequest(
+            "params_without_where", "subset params need a subset where", field="subset.params"
+        )
     order_by = None
     if subset.order_by is not None:
         order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
@@ -180,34 +217,64 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
 
 
 def evaluate(
-    policy: CompiledPolicy, claims: Claims, request: ShapeRequest, *, shape_name: str | None = None
+    policy: CompiledPolicy,
+    claims: Claims,
+    request: ShapeRequest,
+    *,
+    shape_name: str | None = None,
+    anonymous: bool = False,
+    delete: bool = False,
 ) -> Decision:
     """Authorise `request` for `claims`, returning the shape to request from the engine.
 
-    Raises `Forbidden` (403) when the policy refuses and `BadShapeRequest` (400) when the
-    request is malformed in a way only the policy can see (e.g. params for a missing where).
+    `anonymous` requests (no token; `claims` is empty) are served only by rules marked
+    `anonymous: true`, else refused with a 401 (sign in). `delete` asks to delete the shape
+    (`DELETE /v1/shape`), which the rule must allow. Raises `Forbidden` (403) when the policy
+    refuses and `BadShapeRequest` (400) when the request is malformed in a way only the
+    policy can see (e.g. params for a missing where).
     """
-    table = _find_table(policy, request, shape_name)
-    rule = _select_rule(table, claims)
+    try:
+        table, upstream_table = _find_table(policy, request, shape_name)
+    except Forbidden:
+        if anonymous:
+            raise _sign_in() from None
+        raise
+    rule = _select_rule(table, claims, anonymous=anonymous)
+    if delete and not rule.delete:
+        raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
     where, params = _build_where(rule, claims, request, policy.clauses)
     columns = request.columns
     if rule.columns is not None and columns is not None:
         hidden = [c for c in columns if c not in rule.columns]
         if hidden:
-            raise Forbidden("column_not_allowed", f"columns not allowed: {', '.join(hidden)}")
+            raise Forbidden(
+                "column_not_allowed",
+                f"columns not allowed: {', '.join(hidden)}",
+                field="columns",
+            )
     if columns is None:
         columns = rule.column_order
     if request.replica not in (None, "default", "full"):
-        raise BadShapeRequest("invalid_replica", "replica must be 'default' or 'full'")
+        raise BadShapeRequest(
+            "invalid_replica", "replica must be 'default' or 'full'", field="replica"
+        )
     if request.replica == "full" and not rule.replica_full:
-        raise Forbidden("replica_full_not_allowed", "replica=full is not allowed for this shape")
+        raise Forbidden(
+            "replica_full_not_allowed",
+            "replica=full is not allowed for this shape",
+            field="replica",
+        )
     if request.wants_sse and not rule.sse:
-        raise Forbidden("sse_not_allowed", "SSE is not allowed for this shape; use long-polling")
+        raise Forbidden(
+            "sse_not_allowed",
+            "SSE is not allowed for this shape; use long-polling",
+            field="live_sse",
+        )
     subset = (
         _check_subset(rule, request.subset, policy.clauses) if request.subset is not None else None
     )
     return Decision(
-        table=table.table,
+        table=upstream_table,
         rule=rule.name,
         where=where,
         params=params,
@@ -216,6 +283,7 @@ def evaluate(
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,
+        shared=table.shared,
         limits=rule.limits,
     )
 

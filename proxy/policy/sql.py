@@ -302,10 +302,12 @@ class ClauseCache:
             try:
                 found = compute()
             except ProxyError as exc:
+                if exc.field is None:  # "subset where" -> Electric's errors.subset.where
+                    exc.field = key[4].replace(" ", ".")
                 found = exc
             self._memo[key] = found
         if isinstance(found, ProxyError):
-            raise type(found)(found.reason, found.message)
+            raise found.copy()
         return found
 
     def client_where(

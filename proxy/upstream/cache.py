@@ -12,8 +12,18 @@ a positive `s-maxage`/`max-age` (Electric's `offset=-1` snapshot chunks, non-liv
 chunks, and live answers), for that long and no longer; live answers at most `live_max_age`
 (Electric sends 5 s; the cursor in the next URL moves on anyway). Never kept: errors, 409
 must-refetch answers, `no-store`/`no-cache`/`private` answers, SSE, POST subsets, bodies larger
-than the entry limit. Bounded by bytes (LRU among live entries), expired entries dropped on
-read and as new ones arrive.
+than the entry limit, non-live answers that reach the tip (`electric-up-to-date`: the next
+write makes them stale, while a full chunk never changes), and answers of a handle known to be
+dead. Bounded by bytes (LRU among live entries), expired entries dropped on read and as new
+ones arrive.
+
+Coherence: entries are indexed by the engine's handle and by shape definition. An answer to
+`offset=-1` (or `now`) is "initial": which handle it names depends on the engine's current
+shape for the definition, which a TRUNCATE or DELETE changes, so the forwarder revalidates
+it with the engine (`If-None-Match`, a 304 costs no body) before serving it. When the engine
+shows a shape was rotated (a 409 for a handle, a DELETE, a different handle for the same
+definition at `offset=-1`), `retire` / `evict_definition` drop every answer of the dead
+handle and the initial answers of the definition at once.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cachetools import TLRUCache
+from cachetools import LRUCache, TLRUCache
 from multidict import CIMultiDictProxy
 
 from proxy.upstream.headers import client_response_headers
@@ -32,6 +42,8 @@ CacheKey = tuple[str, str, str, str, str]
 
 #: Rough fixed cost of an entry (objects, key, header tuples) added to its body size.
 _ENTRY_OVERHEAD = 1024
+#: How many dead handles are remembered (handles are never reused; a few KB).
+_RETIRED_HANDLES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +57,10 @@ class CachedResponse:
     body: bytes
     stored_at: float
     expires_at: float
+    handle: str | None = None  # the engine's electric-handle
+    definition: str | None = None  # `upstream.url.definition_key` of the request
+    initial: bool = False  # an answer to offset=-1 / now: revalidate before serving
+    etag: str | None = None
     #: `headers` plus `Cache-Control`, built once: each hit copies it in one C call.
     response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
 
@@ -79,6 +95,12 @@ class ResponseCache:
             timer=timer,
             getsizeof=lambda value: value.size,
         )
+        # Indexes for eviction. Keys the LRU dropped on its own linger until the next prune.
+        self._by_handle: dict[str, set[CacheKey]] = {}
+        self._by_definition: dict[str, set[CacheKey]] = {}
+        self._indexed = 0
+        #: Handles the engine said are gone (409, DELETE): their answers are never kept again.
+        self._retired: LRUCache[str, bool] = LRUCache(maxsize=_RETIRED_HANDLES)
 
     @property
     def enabled(self) -> bool:
@@ -97,14 +119,90 @@ class ResponseCache:
         return self._entries.get(key)
 
     def put(self, key: CacheKey, entry: CachedResponse) -> bool:
-        """Keep `entry` unless it is too large or already expired; True when stored."""
+        """Keep `entry` unless it is too large, expired or of a dead handle; True when stored."""
         if not self.enabled or entry.size > self.max_entry_bytes:
             return False
         if entry.expires_at <= self._timer():
             return False
+        if entry.handle is not None and entry.handle in self._retired:
+            return False
         self._entries.expire()
         self._entries[key] = entry
+        if entry.handle is not None:
+            self._by_handle.setdefault(entry.handle, set()).add(key)
+        if entry.definition is not None:
+            self._by_definition.setdefault(entry.definition, set()).add(key)
+        self._indexed += 1
+        if self._indexed > 2 * len(self._entries) + 256:
+            self._prune()
         return True
+
+    def retired(self, handle: str) -> bool:
+        return handle in self._retired
+
+    def retire(self, handle: str) -> int:
+        """The engine says `handle` is gone: drop its answers and the initial answers of its
+        definitions, and never keep an answer of it again. Returns how many were dropped."""
+        self._retired[handle] = True
+        dropped = 0
+        definitions = set()
+        for key in self._by_handle.pop(handle, ()):
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                dropped += 1
+                if entry.definition is not None:
+                    definitions.add(entry.definition)
+        for definition in definitions:
+            dropped += self.evict_definition(definition, initial_only=True)
+        return dropped
+
+    def evict_definition(
+        self, definition: str, *, keep_handle: str | None = None, initial_only: bool = False
+    ) -> int:
+        """Drop the answers of one shape definition: all of them, those of handles other than
+        `keep_handle` (the engine's current one), or only the initial answers."""
+        keys = self._by_definition.get(definition)
+        if not keys:
+            return 0
+        dropped = 0
+        for key in list(keys):
+            entry = self._entries.get(key)
+            if entry is None:
+                keys.discard(key)
+                continue
+            if initial_only and not entry.initial:
+                continue
+            if keep_handle is not None and entry.handle == keep_handle:
+                continue
+            del self._entries[key]
+            keys.discard(key)
+            dropped += 1
+        if not keys:
+            del self._by_definition[definition]
+        return dropped
+
+    def handles_of(self, definition: str) -> set[str]:
+        """The handles of the cached answers of `definition`."""
+        handles = set()
+        for key in self._by_definition.get(definition, ()):
+            entry = self._entries.get(key)
+            if entry is not None and entry.handle is not None:
+                handles.add(entry.handle)
+        return handles
+
+    def _prune(self) -> None:
+        """Forget index entries whose answers the LRU or the TTL already dropped."""
+        for index in (self._by_handle, self._by_definition):
+            for name in list(index):
+                alive = {key for key in index[name] if key in self._entries}
+                if alive:
+                    index[name] = alive
+                else:
+                    del index[name]
+        self._indexed = len(self._entries)
 
     def clear(self) -> None:
         self._entries.clear()
+        self._by_handle.clear()
+        self._by_definition.clear()
+        self._indexed = 0

@@ -31,11 +31,6 @@ logger = logging.getLogger(__name__)
 WHOLE_BODY_LIMIT = 1024 * 1024
 
 
-def _copy(exc: ProxyError) -> ProxyError:
-    """A fresh exception per waiter: one instance raised in many tasks would share tracebacks."""
-    return type(exc)(exc.reason, exc.message, retry_after=exc.retry_after)
-
-
 class Flight:
     """One engine request shared by every client waiting for the same answer."""
 
@@ -177,7 +172,7 @@ async def wait(
         await flight.changed()
     head = flight.head
     if head is None:
-        raise _copy(flight.failure or connection_failed(options))
+        raise (flight.failure or connection_failed(options)).copy()
     cache = "collapsed" if joined else "-"
     length = head.content_length
     if flight.complete or (length is not None and length <= WHOLE_BODY_LIMIT):

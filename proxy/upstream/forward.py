@@ -59,14 +59,25 @@ class Target:
     body: bytes | None = None
     live: bool = False
     sse: bool = False
+    #: Every caller gets these bytes: keep the engine's (public) cache headers so a CDN may
+    #: share them. Otherwise they are made private to the caller.
+    shared: bool = False
+    #: May be answered from (and kept in) the response cache, and collapsed.
+    cacheable: bool = True
+    #: `upstream.url.definition_key` of the shape (None: not a shape request).
+    definition: str | None = None
+    #: The handle the client named (None at offset=-1/now, where the engine ignores it).
+    handle: str | None = None
+    #: offset=-1 or now: the answer names whatever handle is current for the definition.
+    initial: bool = False
 
 
 #: Admits one new engine request (per-principal limits): raises 429/503, or returns the
 #: permit to release when that engine request is over. Only called when the engine is asked.
 Admit = Callable[[], Awaitable[Permit]]
 
-#: (engine cache-control values, max-age cap, live request, live max-age)
-_MemoKey = tuple[tuple[str, ...], int | None, bool, float]
+#: (engine cache-control values, max-age cap, live request, live max-age, shared answer)
+_MemoKey = tuple[tuple[str, ...], int | None, bool, float, bool]
 
 
 class Forwarder:
@@ -109,7 +120,7 @@ class Forwarder:
         `admit` is awaited only when a new engine request is needed (not for a cache hit or a
         request joining a flight) and its permit is held until that engine request is over.
         """
-        if target.method != "GET" or target.sse:
+        if target.method != "GET" or target.sse or not target.cacheable:
             return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
         key: CacheKey = (
@@ -121,6 +132,8 @@ class Forwarder:
         )
         if options.cache and self.cache.enabled:
             entry = self.cache.get(key)
+            if entry is not None and entry.initial:
+                return await self._revalidate(request, target, key, entry, options, request_id)
             if entry is not None:
                 self.metrics.cache_hit()
                 return Outcome(
@@ -134,9 +147,16 @@ class Forwarder:
     # --- engine answers ----------------------------------------------------------------
 
     async def _open(
-        self, request: web.Request, target: Target, options: UpstreamOptions, request_id: str
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        if_none_match: str | None = None,
     ) -> aiohttp.ClientResponse:
         request_headers = upstream_request_headers(request.headers, request_id)
+        if if_none_match is not None:
+            request_headers["if-none-match"] = if_none_match
         return await send(
             self.session,
             self.metrics,
@@ -151,21 +171,31 @@ class Forwarder:
         self,
         upstream: aiohttp.ClientResponse,
         options: UpstreamOptions,
-        live: bool,
+        target: Target,
         cacheable: bool,
     ) -> Head:
         raw = upstream.headers
         values = tuple(raw.getall("Cache-Control", ()))
-        memo_key = (values, options.max_age_cap, live, options.live_max_age)
+        live = target.live
+        memo_key = (values, options.max_age_cap, live, options.live_max_age, target.shared)
         rewritten = self._cache_control.get(memo_key)
         if rewritten is None:
             ttl = shared_ttl(values, live=live, live_max_age=options.live_max_age)
-            rewritten = (private_cache_control(values, options.max_age_cap), ttl)
+            if target.shared:
+                # Every caller gets these bytes: Electric's own headers, CDN sharing included.
+                client_value = ", ".join(values) if values else "no-cache"
+            else:
+                client_value = private_cache_control(values, options.max_age_cap)
+            rewritten = (client_value, ttl)
             self._cache_control[memo_key] = rewritten
         cache_control, ttl = rewritten
         if not (cacheable and options.cache) or upstream.status != 200:
             ttl = 0.0  # errors, 409 must-refetch, 304 (per client) and POSTs are never kept
-        return Head(
+        elif not live and not target.initial and "electric-up-to-date" in raw:
+            ttl = 0.0  # the tip of the log: the next write makes it stale (see upstream.cache)
+        elif target.initial and "etag" not in raw:
+            ttl = 0.0  # an initial answer is kept only if it can be revalidated
+        head = Head(
             status=upstream.status,
             reason=upstream.reason,
             headers=tuple(upstream_response_headers(raw.items())),
@@ -173,8 +203,39 @@ class Forwarder:
             cache_control=cache_control,
             ttl=ttl,
         )
+        self._observe(target, head)
+        return head
 
-    def _store(self, key: CacheKey, head: Head, body: bytes) -> None:
+    def _observe(self, target: Target, head: Head) -> None:
+        """Drop cached answers the engine's answer shows to be dead (see `upstream.cache`).
+
+        A 409 for a handle: that handle is gone. A DELETE that succeeded: every handle of the
+        definition is gone. A fresh initial answer naming handle H: the definition's answers
+        of other handles are stale (not retired: answers racing a rotation may arrive out of
+        order, and only the engine's 409 says for sure which handle is dead).
+        """
+        definition = target.definition
+        if definition is None or not self.cache.enabled:
+            return
+        handle = head.get("electric-handle")
+        if head.status == 409:
+            dropped = self.cache.retire(target.handle) if target.handle else 0
+            dropped += self.cache.evict_definition(definition, initial_only=True)
+            if handle is not None:
+                dropped += self.cache.evict_definition(definition, keep_handle=handle)
+        elif target.method == "DELETE" and head.status < 300:
+            dropped = sum(self.cache.retire(h) for h in self.cache.handles_of(definition))
+            if target.handle is not None:
+                dropped += self.cache.retire(target.handle)
+            dropped += self.cache.evict_definition(definition)
+        elif head.status == 200 and target.initial and handle is not None:
+            dropped = self.cache.evict_definition(definition, keep_handle=handle)
+        else:
+            return
+        if dropped:
+            self.metrics.cache_evicted(dropped)
+
+    def _store(self, key: CacheKey, target: Target, head: Head, body: bytes) -> None:
         if head.ttl <= 0 or not self.cache.enabled:
             return  # (a cache turned off by a reload keeps no new entries: see _head)
         now = self.cache.now()
@@ -186,6 +247,10 @@ class Forwarder:
             body=body,
             stored_at=now,
             expires_at=now + head.ttl,
+            handle=head.get("electric-handle"),
+            definition=target.definition,
+            initial=target.initial,
+            etag=head.get("etag"),
         )
         if self.cache.put(key, entry):
             self.metrics.cache_stored(self.cache.bytes_used)
@@ -219,7 +284,7 @@ class Forwarder:
         upstream = await self._open(request, target, options, request_id)
         whole = False
         try:
-            head = self._head(upstream, options, target.live, cacheable=key is not None)
+            head = self._head(upstream, options, target, cacheable=key is not None)
             length = head.content_length
             whole_limit = WHOLE_BODY_LIMIT
             if head.ttl > 0 and self.cache.enabled:
@@ -231,7 +296,7 @@ class Forwarder:
                     raise connection_failed(options) from None
                 whole = True
                 if key is not None:
-                    self._store(key, head, raw)
+                    self._store(key, target, head, raw)
                 return Outcome(complete(head, raw), head.status)
             response = streaming(head)
             outcome = Outcome(response, head.status)
@@ -273,18 +338,40 @@ class Forwarder:
         request_id: str,
         admit: Admit | None = None,
     ) -> Outcome:
-        # A new flight is a new engine request: charged to the client that starts it, for
-        # as long as the flight runs. Joining a flight in progress costs the engine nothing.
-        permit = await admit() if admit is not None and key not in self._flights else None
+        flight, joined = await self._join(
+            request, target, key, key, options, request_id, None, admit
+        )
+        try:
+            return await collapsing.wait(flight, request, options, joined=joined)
+        finally:
+            self._flights.leave(flight)
+
+    async def _join(
+        self,
+        request: web.Request,
+        target: Target,
+        flight_key: CacheKey,
+        store_key: CacheKey,
+        options: UpstreamOptions,
+        request_id: str,
+        if_none_match: str | None,
+        admit: Admit | None,
+    ) -> tuple[Flight, bool]:
+        """Join the flight for `flight_key`, starting it (and its engine request) if needed.
+
+        A new flight is a new engine request: charged to the client that starts it, for as
+        long as the flight runs. Joining a flight in progress costs the engine nothing.
+        """
+        permit = await admit() if admit is not None and flight_key not in self._flights else None
 
         def on_complete(flight: Flight) -> None:
             assert flight.head is not None
-            self._store(flight.key, flight.head, flight.body())
+            self._store(store_key, target, flight.head, flight.body())
 
         flight, joined = self._flights.join(
-            key,
-            lambda: self._open(request, target, options, request_id),
-            lambda upstream: self._head(upstream, options, target.live, cacheable=True),
+            flight_key,
+            lambda: self._open(request, target, options, request_id, if_none_match),
+            lambda upstream: self._head(upstream, options, target, cacheable=True),
             on_complete,
         )
         if permit is not None:
@@ -294,7 +381,41 @@ class Forwarder:
                 flight.task.add_done_callback(lambda _: permit.release())
         if joined:
             self.metrics.collapsed_request()
+        return flight, joined
+
+    # --- revalidated: an initial answer, confirmed by the engine before it is served ----
+
+    async def _revalidate(
+        self,
+        request: web.Request,
+        target: Target,
+        key: CacheKey,
+        entry: CachedResponse,
+        options: UpstreamOptions,
+        request_id: str,
+    ) -> Outcome:
+        """Serve a cached `offset=-1` answer only if the engine still names its handle.
+
+        One conditional request (`If-None-Match` with the entry's ETag, which holds the
+        handle) per distinct answer in flight, shared like any collapsed request: a 304 means
+        the cached bytes are current; a 200 is the new answer (the shape was rotated), which
+        replaces the old one and is what this client gets.
+        """
+        assert entry.etag is not None  # only answers with an ETag are kept as initial
+        flight_key: CacheKey = (*key[:4], f"revalidate {entry.etag}")
+        # Not charged to the client's limits, like any cache hit: a 304 costs the engine no
+        # body, and one conditional request per distinct answer is in flight at a time.
+        flight, joined = await self._join(
+            request, target, flight_key, key, options, request_id, entry.etag, None
+        )
         try:
+            while flight.head is None and not flight.finished:
+                await flight.changed()
+            if flight.head is not None and flight.head.status == 304:
+                self.metrics.cache_hit()
+                age = self.cache.now() - entry.stored_at
+                return Outcome(from_cache(entry, age), entry.status, "revalidated")
+            self.metrics.cache_miss()
             return await collapsing.wait(flight, request, options, joined=joined)
         finally:
             self._flights.leave(flight)

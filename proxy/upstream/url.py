@@ -64,6 +64,30 @@ def build_upstream_url(
     return root.with_path(root.path.rstrip("/") + SHAPE_PATH).with_query(query)
 
 
+def definition_key(decision: Decision, *, source_id: str | None) -> str:
+    """What identifies the engine shape a decision asks for, as one string.
+
+    Built from the shape-defining parameters only (not offset, handle, live, cursor or cache
+    busters), so every request for one shape, whatever its offset, shares it: the response
+    cache groups its answers by it to drop them all when the engine rotates the shape.
+    `log` defaults to Electric's `full`, as the engine reads it.
+    """
+    protocol = dict(decision.protocol)
+    return json.dumps(
+        [
+            source_id,
+            decision.table,
+            decision.where,
+            decision.params,
+            decision.columns,
+            decision.queryable_columns,
+            decision.replica or "default",
+            protocol.get("log", "full"),
+        ],
+        separators=(",", ":"),
+    )
+
+
 def mask_url(url: URL) -> str:
     """The URL as text with secret-bearing parameter values replaced by `[REDACTED]`."""
     masked = [

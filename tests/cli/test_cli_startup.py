@@ -289,3 +289,17 @@ def test_proxy_bad_port(tmp_path: Path, busy_port: int) -> None:
     one_line_failure(out, str(busy_port), "in use", "--port", "SHAPE_PROXY_PORT", "server.port")
     config = str(_proxy_config(tmp_path, busy_port))
     one_line_failure(run(PROXY, "--config", config, **env), str(busy_port), "in use")
+
+
+def test_engine_unreadable_source_registry(tmp_path: Path) -> None:
+    (tmp_path / "sources.db").write_text("not a database")
+    out = run(ENGINE, "--data-dir", str(tmp_path), "--port", "0", "--admin-port", "0",
+              SYNC_ENGINE_ADMIN_TOKEN="a-long-enough-admin-token")  # fmt: skip
+    one_line_failure(out, "sources.db", "not a database", "backup")
+    assert out.returncode == 1
+
+
+def test_engine_unknown_host(tmp_path: Path) -> None:
+    out = run(ENGINE, "--database-url", "postgresql://x/y", "--data-dir", str(tmp_path),
+              "--host", "no-such-host.invalid")  # fmt: skip
+    one_line_failure(out, "no-such-host.invalid", "--host")

@@ -6,6 +6,11 @@
 // Everything is torn down in after-hooks even when a test fails, and again (synchronously)
 // on process exit as a last resort. Every wait is bounded by a timeout.
 //
+// SHAPEGATE_NODE_VIA=proxy runs the same tests through the auth proxy: per test, a
+// `$PYTHON -m proxy` subprocess under config/examples/open.yaml (its upstream pointed at the
+// test's engine) sits between the client and the engine; `env.shapeUrl` is the proxy's. The
+// assertions do not change: the proxy must be invisible to the client.
+//
 // Usage:
 //   import { useCluster, ShapeStream, Shape } from './harness.mjs'
 //   const cluster = useCluster()                 // registers before/after hooks for this file
@@ -18,7 +23,7 @@
 
 import { after, before } from 'node:test'
 import { spawn, execFile, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -41,6 +46,9 @@ export { ShapeStream, Shape }
 }
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** 'proxy' when the tests run through the auth proxy (SHAPEGATE_NODE_VIA=proxy), else 'direct'. */
+export const VIA = process.env.SHAPEGATE_NODE_VIA === 'proxy' ? 'proxy' : 'direct'
+const OPEN_CONFIG = join(REPO_ROOT, 'config', 'examples', 'open.yaml')
 const DEV_POSTGRES = join(REPO_ROOT, 'scripts', 'dev-postgres')
 export const PYTHON = process.env.PYTHON || join(REPO_ROOT, '.venv', 'bin', 'python')
 
@@ -338,6 +346,82 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// proxy (SHAPEGATE_NODE_VIA=proxy)
+
+/**
+ * Start `$PYTHON -m proxy` under config/examples/open.yaml with its upstream set to `engineUrl`.
+ * The config is rewritten by Python's own YAML loader (as JSON, which is YAML) so the test runs
+ * exactly the shipped policy with one field changed.
+ */
+export async function startProxy(engineUrl) {
+  installExitHook()
+  const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-proxy-'))
+  const configPath = join(dir, 'proxy.json')
+  const { stdout } = await run(PYTHON, [
+    '-c',
+    'import json, sys, yaml; d = yaml.safe_load(open(sys.argv[1])); ' +
+      'd["upstream"]["url"] = sys.argv[2]; print(json.dumps(d))',
+    OPEN_CONFIG,
+    engineUrl,
+  ])
+  writeFileSync(configPath, stdout)
+  const port = await freePort()
+  let log = ''
+  const child = spawn(
+    PYTHON,
+    ['-m', 'proxy', '--config', configPath, '--port', String(port), '--log-level', 'WARNING'],
+    { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  liveEngines.add(child)
+  const append = (chunk) => {
+    log += chunk.toString()
+    if (log.length > 200_000) log = log.slice(-100_000)
+  }
+  child.stdout.on('data', append)
+  child.stderr.on('data', append)
+  let exited = null
+  const exitP = new Promise((r) =>
+    child.on('exit', (code, signal) => {
+      exited = { code, signal }
+      liveEngines.delete(child)
+      r()
+    }),
+  )
+  const baseUrl = `http://127.0.0.1:${port}`
+  const proxy = {
+    port,
+    baseUrl,
+    shapeUrl: `${baseUrl}/v1/shape`,
+    logTail: (n = 3000) => `--- proxy log (tail) ---\n${log.slice(-n)}`,
+    async stop() {
+      if (!exited) {
+        child.kill('SIGTERM')
+        if (!(await settlesWithin(exitP, 3_000))) {
+          child.kill('SIGKILL')
+          await settlesWithin(exitP, 5_000)
+        }
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  try {
+    await waitFor(
+      async () => {
+        if (exited) throw new Error(`proxy exited early: ${JSON.stringify(exited)}`)
+        const res = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) })
+        await res.arrayBuffer()
+        return res.status === 200
+      },
+      { timeout: 30_000, interval: 100, message: 'proxy /healthz 200', details: () => proxy.logTail() },
+    )
+  } catch (e) {
+    await proxy.stop()
+    throw e
+  }
+  return proxy
+}
+
+// ---------------------------------------------------------------------------------------------
 // per-file cluster, per-test environment
 
 let dbCounter = 0
@@ -380,6 +464,10 @@ export function useCluster() {
       debug('engine starting', dbName)
       env.engine = await startEngine(dbUrl, { extraArgs: engineArgs })
       debug('engine ready', env.engine.baseUrl)
+      if (VIA === 'proxy') {
+        env.proxy = await startProxy(env.engine.baseUrl)
+        debug('proxy ready', env.proxy.baseUrl)
+      }
       return env
     },
   }
@@ -417,8 +505,19 @@ export class TestEnv {
   constructor(dbUrl) {
     this.dbUrl = dbUrl
     this.engine = null
+    this.proxy = null // set when the tests run through the proxy
     this.aborters = []
     this.requests = [] // every request the client made: {url, status, contentType}
+  }
+
+  /** Where clients connect: the proxy's /v1/shape when running through it, else the engine's. */
+  get shapeUrl() {
+    return (this.proxy ?? this.engine).shapeUrl
+  }
+
+  /** The engine's log tail, and the proxy's when there is one (for failure messages). */
+  logTail() {
+    return this.engine.logTail() + (this.proxy ? `\n${this.proxy.logTail()}` : '')
   }
 
   /** Run SQL (psql) in the test database. */
@@ -450,7 +549,7 @@ export class TestEnv {
     this.aborters.push(aborter)
     const errors = []
     const stream = new ShapeStream({
-      url: this.engine.shapeUrl,
+      url: this.shapeUrl,
       signal: aborter.signal,
       fetchClient: this.recordingFetch,
       // a 4xx would otherwise stop the stream silently in a test; record it
@@ -465,7 +564,7 @@ export class TestEnv {
 
   /** Wait for the shape's first up-to-date and return its rows (bounded). */
   rows(shape, timeout = 15_000) {
-    return withTimeout(shape.rows, timeout, `shape.rows (initial sync)\n${this.engine.logTail()}`)
+    return withTimeout(shape.rows, timeout, `shape.rows (initial sync)\n${this.logTail()}`)
   }
 
   /** Wait until `pred(shape.currentRows)` holds; returns the rows. */
@@ -482,7 +581,7 @@ export class TestEnv {
         details: () =>
           `last rows: ${show(last)}\nshape error: ${shape.error}\nrequests:\n` +
           this.requests.slice(-15).map((r) => `  ${r.status} ${r.url}`).join('\n') +
-          `\n${this.engine.logTail()}`,
+          `\n${this.logTail()}`,
       },
     )
     return last
@@ -490,6 +589,7 @@ export class TestEnv {
 
   async close() {
     for (const a of this.aborters) a.abort()
+    if (this.proxy) await this.proxy.stop()
     if (this.engine) await this.engine.stop()
   }
 }

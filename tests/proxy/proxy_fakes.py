@@ -44,12 +44,24 @@ class FakeEngine:
     status: int = 200
     gzip_body: bool = False
     body_size: int = 0  # > 0: non-live answers carry a body of about this many bytes
+    handle: str = "h-1"  # the shape's current handle (tests rotate it)
+    health: tuple[int, str] = (200, "active")
     started: asyncio.Event = field(default_factory=asyncio.Event)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_route("*", "/v1/shape", self.shape)
+        app.router.add_get("/v1/health", self.health_check)
         return app
+
+    async def health_check(self, request: web.Request) -> web.Response:
+        self.requests.append(Seen(request.method, request.url, request.headers.copy(), b""))
+        status, state = self.health
+        return web.json_response(
+            {"status": state},
+            status=status,
+            headers={"cache-control": "no-cache, no-store, must-revalidate"},
+        )
 
     async def shape(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -65,8 +77,10 @@ class FakeEngine:
         q = request.query
         if self.delay_headers:
             await asyncio.sleep(self.delay_headers)
+        if request.method == "DELETE":
+            return web.Response(status=202, headers={"cache-control": "no-cache"})
         headers = {
-            "electric-handle": "h-1",
+            "electric-handle": self.handle,
             "electric-offset": "0_0",
             "electric-server": "fake",
             "access-control-allow-origin": "*",
@@ -101,6 +115,9 @@ class FakeEngine:
             payload = b'[{"headers":{"control":"up-to-date"}}]'
         else:
             headers["electric-schema"] = '{"id":{"type":"int4"}}'
+            headers["etag"] = f'"{self.handle}:{q.get("offset")}:0_0"'
+            if request.headers.get("if-none-match") == headers["etag"]:
+                return web.Response(status=304, headers=headers)
             headers["cache-control"] = (
                 "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
             )

@@ -23,7 +23,7 @@ def b64(data: dict[str, Any]) -> str:
 
 def assert_refused(reply: Any, status: int, reason: str, proxy: Any) -> None:
     assert reply.status == status, reply.body
-    assert reply.json()["error"] == reason
+    assert reply.json()["code"] == reason
     assert reply.headers["Cache-Control"] == "no-store"
     assert reply.headers["Content-Type"].startswith("application/json")
     assert proxy.engine.requests == []
@@ -189,7 +189,7 @@ async def test_oversized_post_body(proxy: Any) -> None:
         token=proxy.tokens.make(),
         data=b'{"where":"' + b"x" * 200_000 + b'"}',
     )
-    assert reply.status == 413 and reply.json()["error"] == "payload_too_large"
+    assert reply.status == 413 and reply.json()["code"] == "payload_too_large"
     assert proxy.engine.requests == []
 
 
@@ -203,20 +203,21 @@ async def test_oversized_post_body(proxy: Any) -> None:
         "/v1/shape%2F?table=items&offset=-1",
         "//v1/shape?table=items&offset=-1",
         "/shapes/my%2Ditems?offset=-1",
-        "/v1/health",
+        "/v1/health/",
+        "/v1//health",
     ],
 )
 async def test_path_variants(proxy: Any, path: str) -> None:
     reply = await proxy.raw_get(path, token=proxy.tokens.make())
     assert reply.status == 404
-    assert json.loads(reply.body)["error"] == "not_found"
+    assert json.loads(reply.body)["code"] == "not_found"
     assert reply.headers["Cache-Control"] == "no-store"
     assert proxy.engine.requests == []
 
 
-async def test_delete_refused(proxy: Any) -> None:
+async def test_delete_refused_unless_the_rule_allows_it(proxy: Any) -> None:
     reply = await proxy.request("DELETE", SHAPE, token=proxy.tokens.make(role="admin"))
-    assert_refused(reply, 405, "delete_not_allowed", proxy)
+    assert_refused(reply, 403, "delete_not_allowed", proxy)
 
 
 async def test_other_methods_refused(proxy: Any) -> None:

@@ -106,7 +106,7 @@ async def test_upstream_failure_reaches_every_waiter(
     token = proxy.tokens.make()
     replies = await asyncio.gather(*(proxy.get(SHAPE, token=token) for _ in range(10)))
     assert [r.status for r in replies] == [504] * 10
-    assert all(r.json()["error"] == "upstream_timeout" for r in replies)
+    assert all(r.json()["code"] == "upstream_timeout" for r in replies)
     assert len(proxy.engine.requests) == 1
 
 
@@ -174,9 +174,11 @@ async def test_large_chunk_is_streamed_to_every_waiter(proxy: Any) -> None:
     assert len(replies[0].body) > 10 * 1024 * 1024
     assert len({r.body for r in replies}) == 1
     assert replies[0].body.endswith(b'{"headers": {"control": "up-to-date"}}]')
-    # The chunk is now cached (it fits under max_entry_bytes): the next client costs nothing.
+    # The chunk is now cached (it fits under max_entry_bytes): the next client costs the
+    # engine a conditional request (is h-1 still the shape's handle?) and a body-less 304.
     again = await proxy.get(SHAPE, token=token)
-    assert again.body == replies[0].body and len(proxy.engine.requests) == 1
+    assert again.body == replies[0].body and len(proxy.engine.requests) == 2
+    assert proxy.engine.requests[-1].headers["If-None-Match"] == '"h-1:-1:0_0"'
 
 
 async def test_second_client_of_initial_chunk_is_served_from_cache(proxy: Any) -> None:
@@ -186,14 +188,16 @@ async def test_second_client_of_initial_chunk_is_served_from_cache(proxy: Any) -
     second = await proxy.get(SHAPE, token=carol, headers={"Origin": ORIGIN})
     assert first.status == second.status == 200
     assert first.body == second.body
-    assert len(proxy.engine.requests) == 1
+    assert len(proxy.engine.requests) == 2  # the second one a conditional GET, answered 304
+    assert "If-None-Match" not in proxy.engine.requests[0].headers
+    assert proxy.engine.requests[1].headers["If-None-Match"] == '"h-1:-1:0_0"'
     assert second.headers["electric-handle"] == "h-1"
     assert second.headers["Cache-Control"] == "private, max-age=60, stale-while-revalidate=60"
     assert second.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert second.headers["X-Request-Id"] != first.headers["X-Request-Id"]
     text = await _metrics(proxy)
     assert _metric(text, 'shape_proxy_response_cache_total{result="hit"}') == 1
-    assert _metric(text, "shape_proxy_upstream_requests_total") == 1
+    assert _metric(text, "shape_proxy_upstream_requests_total") == 2
 
 
 async def test_cache_key_includes_accept_encoding(proxy: Any) -> None:
@@ -230,7 +234,8 @@ async def test_cache_alone_without_collapsing(
     token = proxy.tokens.make()
     await proxy.get(SHAPE, token=token)
     second = await proxy.get(SHAPE, token=token)
-    assert second.status == 200 and len(proxy.engine.requests) == 1
+    assert second.status == 200 and len(proxy.engine.requests) == 2
+    assert "If-None-Match" in proxy.engine.requests[1].headers  # revalidated, not re-sent
 
 
 async def test_sse_is_never_collapsed(proxy: Any) -> None:
@@ -292,3 +297,60 @@ def test_disabled_cache_keeps_nothing() -> None:
     cache = ResponseCache(0, 1024)
     assert not cache.enabled
     assert not cache.put(("GET", "a", "", "", ""), _entry(b"x", 0.0, 60))
+
+
+# --- coherence: answers of a rotated shape are dropped at once ----------------------------
+
+CATCH_UP = "/v1/shape?table=items&offset=0_0&handle=h-1"
+
+
+async def test_rotated_shape_initial_answer_is_replaced_on_the_next_request(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    old = await proxy.get(SHAPE, token=token)
+    assert old.headers["electric-handle"] == "h-1"
+    proxy.engine.handle = "h-2"  # a TRUNCATE rotated the shape
+    new = await proxy.get(SHAPE, token=token)
+    assert new.status == 200 and new.headers["electric-handle"] == "h-2"
+    assert "Age" not in new.headers
+    # ...and h-2 is what is cached now: the next client is served it after a 304.
+    again = await proxy.get(SHAPE, token=token)
+    assert again.headers["electric-handle"] == "h-2"
+    assert proxy.engine.requests[-1].headers["If-None-Match"] == '"h-2:-1:0_0"'
+
+
+async def test_409_for_a_handle_evicts_its_answers(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    await proxy.get(SHAPE, token=token)
+    await proxy.get(CATCH_UP, token=token)
+    await proxy.get(CATCH_UP, token=token)
+    assert len(proxy.engine.requests) == 2  # the catch-up chunk is immutable: a plain hit
+    proxy.engine.status = 409
+    gone = await proxy.get(LIVE, token=token)
+    assert gone.status == 409
+    proxy.engine.status = 200
+    proxy.engine.handle = "h-2"
+    before = len(proxy.engine.requests)
+    refetched = await proxy.get(CATCH_UP, token=token)  # not served from the dead handle
+    assert len(proxy.engine.requests) == before + 1 and refetched.status == 200
+    initial = await proxy.get(SHAPE, token=token)  # the initial answer went too: no 304 try
+    assert initial.headers["electric-handle"] == "h-2"
+    assert "If-None-Match" not in proxy.engine.requests[-1].headers
+    text = await _metrics(proxy)
+    assert _metric(text, 'shape_proxy_response_cache_total{result="evict"}') >= 2
+
+
+async def test_delete_evicts_the_definitions_answers(
+    make_proxy: Any, config_data: Any, environ: Any
+) -> None:
+    config_data["tables"]["items"]["allow"][0]["delete"] = True
+    proxy = await make_proxy(build_config(config_data, environ))
+    admin = proxy.tokens.make(role="admin")
+    await proxy.get(SHAPE, token=admin)
+    await proxy.get(CATCH_UP, token=admin)
+    deleted = await proxy.request("DELETE", "/v1/shape?table=items", token=admin)
+    assert deleted.status == 202
+    before = len(proxy.engine.requests)
+    await proxy.get(CATCH_UP, token=admin)
+    await proxy.get(SHAPE, token=admin)
+    fresh = proxy.engine.requests[before:]
+    assert len(fresh) == 2 and all("If-None-Match" not in r.headers for r in fresh)

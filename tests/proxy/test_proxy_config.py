@@ -116,11 +116,11 @@ def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
 
 def test_cli_bad_config_exits_2(tmp_path: Path, capsys: Any) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("upstream: {url: http://x}\n")
+    path.write_text("tables: {items: {allow: [{all_rows: true}]}}\n")
     with pytest.raises(SystemExit) as info:
         main(["--config", str(path)])
     assert info.value.code == 2
-    assert "issuers: Field required" in capsys.readouterr().err
+    assert "upstream: Field required" in capsys.readouterr().err
 
 
 def test_cli_explain(tmp_path: Path) -> None:

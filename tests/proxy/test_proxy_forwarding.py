@@ -151,7 +151,7 @@ async def test_upstream_down_is_502_json(
     started = time.monotonic()
     reply = await proxy.get(SHAPE, token=proxy.tokens.make())
     assert time.monotonic() - started < 2
-    assert reply.status == 502 and reply.json()["error"] == "upstream_unreachable"
+    assert reply.status == 502 and reply.json()["code"] == "upstream_unreachable"
     assert reply.headers["Retry-After"] == "2" and reply.headers["Cache-Control"] == "no-store"
 
 
@@ -164,7 +164,7 @@ async def test_upstream_slow_is_504_json(
     started = time.monotonic()
     reply = await proxy.get(SHAPE, token=proxy.tokens.make())
     assert time.monotonic() - started < 2
-    assert reply.status == 504 and reply.json()["error"] == "upstream_timeout"
+    assert reply.status == 504 and reply.json()["code"] == "upstream_timeout"
     assert reply.headers["Retry-After"] == "2"
 
 
@@ -220,7 +220,7 @@ async def test_repeated_request_not_served_past_token_expiry(
     sent = len(proxy.engine.requests)
     reply = await proxy.get(SHAPE, token=token)
     assert reply.status == 401
-    assert reply.json()["error"] == "token_expired"
+    assert reply.json()["code"] == "token_expired"
     assert len(proxy.engine.requests) == sent  # neither forwarded nor served from a cache
 
 

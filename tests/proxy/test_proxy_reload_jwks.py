@@ -97,7 +97,7 @@ async def test_jwks_rotation(proxy: Any, idp: FakeIdp, other_key: KeyPair) -> No
     stranger = KeyPair.generate("key-x")
     for _ in range(5):
         reply = await proxy.get(SHAPE, token=proxy.tokens.make(key=stranger))
-        assert reply.status == 401 and reply.json()["error"] == "unknown_key"
+        assert reply.status == 401 and reply.json()["code"] == "unknown_key"
     assert idp.fetches <= 3
 
 
@@ -119,6 +119,6 @@ async def test_jwks_never_reachable_is_503(
     config_data["issuers"][0]["jwks_url"] = "http://127.0.0.1:9/jwks.json"
     proxy = await make_proxy(build_config(config_data, environ))
     reply = await proxy.get(SHAPE, token=proxy.tokens.make())
-    assert reply.status == 503 and reply.json()["error"] == "keys_unavailable"
+    assert reply.status == 503 and reply.json()["code"] == "keys_unavailable"
     assert reply.headers["Retry-After"] == "5"
     assert proxy.engine.requests == []

@@ -1,0 +1,65 @@
+"""Table names in rules: exact names and patterns (`public.*`, `*.*`, `app.user_*`).
+
+A config key names one table (`items`, `public.items`, `"Sales"."Q1"`) or, when an unquoted
+part holds a glob character (`*`, `?`, `[...]`), every table whose schema and name match, as
+`fnmatch` matches them, case-sensitively, against the names as Postgres stores them (unquoted
+parts are lower-cased first, as Postgres does). An unqualified key means schema `public`. A
+quoted part is always literal. The client's table is parsed the same way, so what is matched is
+what the engine will read.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from proxy.policy.sql import _split_outside_quotes, parse_identifier, quote_identifier
+
+TableKey = tuple[str, str]
+
+_GLOB = re.compile(r"[*?\[]")
+_GLOB_PART = re.compile(r"^[\w$*?\[\]!-]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class TablePattern:
+    """A schema pattern and a table pattern; a plain name is a pattern without glob chars."""
+
+    schema: str
+    table: str
+
+    @property
+    def exact(self) -> bool:
+        return not (_GLOB.search(self.schema) or _GLOB.search(self.table))
+
+    @property
+    def key(self) -> TableKey:
+        return (self.schema, self.table)
+
+    def matches(self, key: TableKey) -> bool:
+        return fnmatchcase(key[0], self.schema) and fnmatchcase(key[1], self.table)
+
+
+def _pattern_part(text: str) -> str:
+    text = text.strip()
+    if text.startswith('"') or not _GLOB.search(text):
+        return parse_identifier(text)
+    if not _GLOB_PART.match(text):
+        raise ValueError(f"invalid table pattern part {text!r}")
+    return text.lower()
+
+
+def parse_table_pattern(text: str) -> TablePattern:
+    """`items`, `public.*`, `*.*` or `"Sch".tab_*` -> TablePattern (raises ValueError)."""
+    parts = _split_outside_quotes(text, ".")
+    if len(parts) == 1:
+        return TablePattern("public", _pattern_part(parts[0]))
+    if len(parts) == 2:
+        return TablePattern(_pattern_part(parts[0]), _pattern_part(parts[1]))
+    raise ValueError(f"invalid table name {text!r}")
+
+
+def format_table(key: TableKey) -> str:
+    """The engine's `table` parameter for a parsed name: both parts quoted, never ambiguous."""
+    return f"{quote_identifier(key[0])}.{quote_identifier(key[1])}"

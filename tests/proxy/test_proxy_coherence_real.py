@@ -1,0 +1,111 @@
+"""Real path, cache on: client -> proxy (config/examples/open.yaml) -> `sync-engine` -> Postgres.
+
+After a TRUNCATE rotates a shape, nothing the proxy cached of the old shape may reach a
+client: a brand-new client's first request names the new handle and holds the new rows.
+Answers every caller shares keep the engine's public cache headers; claim-dependent ones are
+private (the rest of that is tested against the fake engine in test_proxy_transparency.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+import yaml
+from engine_process import EngineProcess, apply_messages
+from proxy_fakes import base_config
+
+from proxy.config.loader import build_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def engine_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
+        conn.execute(
+            "INSERT INTO items SELECT g, 'org-a', 'old ' || g FROM generate_series(1, 20) g"
+        )
+    engine = EngineProcess(db_url, tmp_path / "data", "--long-poll-timeout", "3", "--no-fsync")
+    engine.start()
+    try:
+        yield engine.url
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+async def open_proxy(engine_url: str, make_proxy: Any) -> Any:
+    data = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
+    data["upstream"]["url"] = engine_url
+    return await make_proxy(build_config(data, {}))
+
+
+def _rows(reply: Any) -> list[str]:
+    rows: dict[str, dict[str, Any]] = {}
+    apply_messages(rows, reply.json())
+    return sorted(r["title"] for r in rows.values())
+
+
+async def _engine_handle(engine_url: str) -> str:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{engine_url}/v1/shape?table=items&offset=-1") as resp:
+            await resp.read()
+            return resp.headers["electric-handle"]
+
+
+async def test_first_request_after_truncate_gets_the_new_shape(
+    open_proxy: Any, engine_url: str, db_url: str
+) -> None:
+    path = "/v1/shape?table=items&offset=-1"
+    before = await open_proxy.get(path)
+    assert before.status == 200 and len(_rows(before)) == 20
+    old_handle = before.headers["electric-handle"]
+    cached = await open_proxy.get(path)  # a second client: from the cache, after a 304
+    assert cached.body == before.body
+
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "BEGIN; TRUNCATE items; INSERT INTO items VALUES (100, 'org-a', 'new'); COMMIT"
+        )
+    # Replication lag: wait until the engine itself serves a new shape (asked directly).
+    deadline = time.monotonic() + 15
+    while await _engine_handle(engine_url) == old_handle:
+        assert time.monotonic() < deadline, "the engine never rotated the shape"
+        await asyncio.sleep(0.05)
+
+    fresh = await open_proxy.get(path)  # a brand-new client's first request, cache on
+    assert fresh.status == 200
+    assert fresh.headers["electric-handle"] != old_handle
+    assert _rows(fresh) == ["new"]
+    assert "Age" not in fresh.headers
+
+
+async def test_shared_answers_keep_public_headers_and_claim_answers_stay_private(
+    open_proxy: Any, engine_url: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    public = await open_proxy.get("/v1/shape?table=items&offset=-1")
+    assert public.headers["Cache-Control"].startswith("public")
+    assert "s-maxage=3600" in public.headers["Cache-Control"]
+    assert "authorization" not in public.headers.get("Vary", "").lower()
+
+    config = base_config(engine_url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].pop("secret_env")
+    config["upstream"].pop("source_id")
+    config["upstream"].update(first_byte_timeout=10)
+    private_proxy = await make_proxy(build_config(config, environ))
+    token = private_proxy.tokens.make(org_id="org-a")
+    private = await private_proxy.get("/v1/shape?table=items&offset=-1", token=token)
+    assert private.status == 200, private.body
+    assert private.headers["Cache-Control"].startswith("private")
+    assert "s-maxage" not in private.headers["Cache-Control"]
+    assert "authorization" in private.headers["Vary"].lower()
+    assert json.loads(private.body)  # the same rows, filtered by the claim
