@@ -181,7 +181,7 @@ async def test_pool_wait_is_bounded_then_503_with_retry_after(
     reply = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=z", token=users[2])
     waited = time.monotonic() - started
     assert reply.status == 503, reply.body
-    assert reply.headers["Retry-After"] == "3"
+    assert 3 <= int(reply.headers["Retry-After"]) <= 6
     assert "message" in reply.json()
     assert 0.25 < waited < HOLD / 2
     await asyncio.gather(*held)
