@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import time
 from collections import Counter
+from typing import Any
 
 import psycopg
 from _common import (
@@ -95,7 +97,7 @@ async def victim(port: int, n: int, cap: float = 60.0) -> tuple[list[float], int
 
 
 class Abuser:
-    """1,000 long-polls on distinct cache-busters from one token, kept open."""
+    """1,000 long-polls on distinct cache-busters from one token, kept open (in-process part)."""
 
     def __init__(self, port: int, handle: str, offset: str) -> None:
         self.port, self.handle, self.offset = port, handle, offset
@@ -127,13 +129,22 @@ class Abuser:
         finally:
             client.close()
 
-    def start(self) -> None:
+    async def run(self, sent: Any, stop: Any) -> None:
+        """Poll until `stop` (a multiprocessing Event) is set; set `sent` once all are out."""
         self.tasks = [asyncio.create_task(self._poll_forever(i)) for i in range(ABUSERS)]
-
-    async def stop(self) -> None:
+        await self.all_sent.wait()
+        sent.set()
+        await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def _abuser_process(port: int, handle: str, offset: str, sent: Any, stop: Any, out: Any) -> None:
+    """The abuser's own process: its client work must not delay the victim's event loop."""
+    abuser = Abuser(port, handle, offset)
+    asyncio.run(abuser.run(sent, stop))
+    out.send(dict(abuser.statuses))
 
 
 async def _live_position(port: int) -> tuple[str, str]:
@@ -157,16 +168,29 @@ async def _abused(
 ) -> tuple[list[float], int, Counter[int]]:
     port = int(proxy.url.rsplit(":", 1)[1])
     handle, offset = await _live_position(port)
-    abuser = Abuser(port, handle, offset)
-    abuser.start()
+    mp = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop
+    sent, stop = mp.Event(), mp.Event()
+    receive, send = mp.Pipe(duplex=False)
+    child = mp.Process(
+        target=_abuser_process, args=(port, handle, offset, sent, stop, send), daemon=True
+    )
+    child.start()
     try:
         # Let every one of the 1,000 polls reach the proxy (held, or refused and waiting).
-        await asyncio.wait_for(abuser.all_sent.wait(), 60)
+        loop = asyncio.get_running_loop()
+        if not await loop.run_in_executor(None, sent.wait, 60):
+            raise RuntimeError("the abuser did not get its polls out")
         await asyncio.sleep(1.0)  # their answers (held, or 429) are in by now
         times, retries = await victim(port, syncs, cap)
     finally:
-        await abuser.stop()
-    return times, retries, abuser.statuses
+        stop.set()
+    statuses: Counter[int] = Counter()
+    if await loop.run_in_executor(None, receive.poll, 30):
+        statuses.update(receive.recv())
+    await loop.run_in_executor(None, child.join, 10)
+    if child.is_alive():
+        child.kill()
+    return times, retries, statuses
 
 
 async def run(quick: bool) -> list[Row]:
