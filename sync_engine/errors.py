@@ -2,6 +2,7 @@
 
 EngineError
 ├── InvalidRequest        400, {"message": "Invalid request", "errors": {field: [msg]}}
+├── BadBody               400/413, {"error": msg, "details"?: ...} (a POST body, as Electric)
 ├── Unauthorized          401
 ├── ShapeGone             409 must-refetch (handle unknown, rotated, or of another shape)
 ├── ServiceUnavailable    503 with Retry-After (database unreachable, limits, not ready)
@@ -20,6 +21,16 @@ class InvalidRequest(EngineError):
         super().__init__(message)
         self.errors = errors
         self.message = message
+
+
+class BadBody(EngineError):
+    """A POST body that cannot be read as a JSON object (or is too large: status 413)."""
+
+    def __init__(self, message: str, status: int = 400, details: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.details = details
 
 
 class Unauthorized(EngineError):

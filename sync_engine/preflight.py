@@ -9,6 +9,7 @@ when everything starts at once, so that is retried with "retrying in N s".
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -41,14 +42,22 @@ class PermanentError(Exception):
 
 def check_data_dir(path: Path) -> str | None:
     """None when the engine can create, write and read files under `path`, else why not."""
+    probe = path / f".write-test-{uuid.uuid4().hex}"
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{uuid.uuid4().hex}"
         probe.write_bytes(b"ok")
         ok = probe.read_bytes() == b"ok"
         probe.unlink()
         os.listdir(path)
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Full, not unusable: the engine serves what it has and resumes when space returns.
+            log.warning("the data directory %s is full; writes resume when space returns", path)
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+            return None
         return exc.strerror or type(exc).__name__
     return None if ok else "files written there do not read back"
 

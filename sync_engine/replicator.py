@@ -583,7 +583,9 @@ class Replicator:
                 if shape.rotated:
                     continue
                 if shape.pending is not None:
-                    shape.pending.append((xid, lsn, changes))
+                    # After a reconnect the slot sends parked transactions again: keep one.
+                    if not shape.pending or shape.pending[-1][1] < lsn:
+                        shape.pending.append((xid, lsn, changes))
                     self._parked.add(shape)
                 else:
                     self.apply(shape, xid, lsn, changes)

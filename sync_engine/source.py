@@ -11,10 +11,11 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.sql
@@ -31,7 +32,7 @@ from .pg.publication import (
     ensure_publication,
     wait_for_older_transactions,
 )
-from .pg.replication import ensure_slot
+from .pg.replication import describe_failure, ensure_slot
 from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
 from .pg.snapshot_batch import SnapshotJob
@@ -44,6 +45,10 @@ from .single_flight import single_flight
 from .snapshots import SnapshotScheduler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds a table's "still there" check (`Source._table_unchanged`) is trusted.
+TABLE_CHECK_TTL = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +101,7 @@ class Source:
         self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
         self._table_lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
         self._table_checks: dict[int, asyncio.Future[bool]] = {}
+        self._table_checked: dict[int, float] = {}  # oid -> when last seen unchanged
         # New shapes' snapshots, in batches on up to max_concurrent_snapshots connections.
         self.snapshots = SnapshotScheduler(
             self.dsn,
@@ -175,14 +181,15 @@ class Source:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.state, self.error = "error", _describe(exc)
-                log.warning(
-                    "source %s (%s) not ready: %s",
-                    self.config.source_id,
-                    redact_dsn(self.config.database_url),
-                    self.error,
-                )
-                await asyncio.sleep(delay)
+                reported, self.state, self.error = self.error, "error", _describe(exc)
+                problem = describe_failure(exc)
+                where = f"source {self.config.source_id} ({redact_dsn(self.config.database_url)})"
+                if not problem.permanent:
+                    log.warning("%s not ready: %s; retrying in %.1f s", where, self.error, delay)
+                elif self.error != reported:  # once, not every retry
+                    log.error("%s cannot start: %s. This will not fix itself: %s. Retrying"
+                              " every 10 s.", where, self.error, problem.fix)  # fmt: skip
+                await asyncio.sleep(10.0 if problem.permanent else delay)
                 delay = min(delay * 2, 10.0)
         checker = asyncio.create_task(self._check_schemas_forever())
         self._tasks.add(checker)
@@ -235,15 +242,9 @@ class Source:
         # queries on the one catalog connection, so they would queue).
 
         async def load() -> TableInfo | None:
-            try:
-                async with self._conn_lock:
-                    conn = await self._connection()
-                    table = await load_table(conn, schema, name)
-            except psycopg.OperationalError as exc:
-                raise ServiceUnavailable(
-                    "Database is unreachable", retry_after=1, code="database_unreachable"
-                ) from exc
-            self._table_cache[key] = (now, table)
+            table = await self._on_catalog(lambda conn: load_table(conn, schema, name))
+            if table is not None:  # a table created right after a miss is found at once
+                self._table_cache[key] = (now, table)
             return table
 
         return await single_flight(self._table_lookups, key, load)
@@ -271,39 +272,58 @@ class Source:
         return shape
 
     async def _table_unchanged(self, shape: Shape) -> bool:
-        """Whether a shape's table is still there under its name, asked for each new client.
+        """Whether a shape's table is still there under its name, for a client starting at -1.
 
-        A client starting at `-1` on a table dropped (or dropped and created again) since the
-        shape was made must get the table's 400 (or a new shape), not the old rows until the
-        periodic schema check notices. One query on the catalog connection (concurrent checks of
-        a table share it); with the database unreachable the intact log is served.
+        A new client of a table dropped (or dropped and created again) since the shape was
+        made gets the table's 400 (or a new shape) within `TABLE_CHECK_TTL`, not the old rows
+        until the periodic schema check notices. One query on the catalog connection per
+        table and TTL (concurrent checks share it): asking on every request doubled the
+        latency of `-1` requests for existing shapes. With the database unreachable the
+        intact log is served.
         """
         t = shape.table
+        now = time.monotonic()
+        checked = self._table_checked.get(t.oid)
+        if checked is not None and now - checked < TABLE_CHECK_TTL:
+            return True
         try:
             there = await single_flight(self._table_checks, t.oid, lambda: self._table_there(t))
         except ServiceUnavailable:
             return True
         if there:
+            self._table_checked[t.oid] = now
             return True
+        self._table_checked.pop(t.oid, None)
         self.forget_table(t)
         self.registry.rotate_table(t.oid, "table dropped or renamed")
         return False
 
     async def _table_there(self, t: TableInfo) -> bool:
-        try:
-            async with self._conn_lock:
-                conn = await self._connection()
-                cur = await conn.execute(
-                    "SELECT n.nspname, c.relname FROM pg_class c"
-                    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-                    (t.oid,),
-                )
-                row = await cur.fetchone()
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(
-                "Database is unreachable", retry_after=1, code="database_unreachable"
-            ) from exc
+        async def ask(conn: AsyncConnection[Any]) -> Any:
+            cur = await conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                (t.oid,),
+            )
+            return await cur.fetchone()
+
+        row = await self._on_catalog(ask)
         return row is not None and (row[0], row[1]) == (t.schema, t.name)
+
+    async def _on_catalog(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`work` on the catalog connection; once more on a new one if that one had died
+        (Postgres restarted since it was last used), else 503 Database is unreachable."""
+        async with self._conn_lock:
+            for attempt in range(2):
+                try:
+                    conn = await self._connection()
+                    return await work(conn)
+                except psycopg.OperationalError as exc:
+                    if attempt or self._conn is None or not self._conn.broken:
+                        raise ServiceUnavailable(
+                            "Database is unreachable", retry_after=1, code="database_unreachable"
+                        ) from exc
+        raise AssertionError("unreachable")
 
     async def _wait_ready(self) -> None:
         if self.ready.is_set():

@@ -426,3 +426,41 @@ def loud_log_lines(text: str) -> list[str]:
         elif "Traceback" in line or " ERROR " in line or " CRITICAL " in line:
             loud.append(line)
     return loud
+
+
+def raw_requests(seed: int, n: int) -> Iterator[bytes]:
+    """Whole HTTP/1.1 requests no client library would send: bytes straight on the socket
+    (NUL, invalid UTF-8, spaces and control bytes in the target, broken or huge headers)."""
+    rng = random.Random(seed)
+    junk = [
+        b"\x00",
+        b"\xff",
+        b"\xc0\xaf",
+        b" ",
+        b"\t",
+        b"\x7f",
+        b"%",
+        b"#",
+        b"\r",
+        b"\n",
+        b"\xe2\x98",
+    ]
+    for _ in range(n):
+        target = bytearray(b"/v1/shape?table=items&offset=-1&where=")
+        for _ in range(rng.randint(1, 8)):
+            target += rng.choice(junk) if rng.random() < 0.5 else rng.choice(WHERE_ATOMS).encode()
+        method = rng.choice([b"GET", b"POST", b"G\x00T", b"get", b"BREW", b""])
+        headers = [b"Host: x"]
+        roll = rng.random()
+        if roll < 0.2:
+            headers.append(b"X-Big: " + b"y" * rng.choice([100, 9000]))
+        elif roll < 0.35:
+            headers.append(rng.choice([b"No colon", b": empty-name", b"X\x00: 1", b"X: \xff\xfe"]))
+        elif roll < 0.45:
+            headers += [b"X-%d: 1" % i for i in range(rng.choice([50, 200]))]
+        elif roll < 0.55:
+            headers += [b"Content-Length: 5", b"Transfer-Encoding: chunked"]
+        elif roll < 0.6:
+            target += b"x" * 9000
+        version = rng.choice([b"HTTP/1.1"] * 8 + [b"HTTP/9.9", b"HTTP/1", b""])
+        yield b"%s %s %s\r\n%s\r\n\r\n" % (method, bytes(target), version, b"\r\n".join(headers))

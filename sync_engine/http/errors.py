@@ -15,6 +15,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import (
+    BadBody,
     EngineError,
     InvalidRequest,
     NotFound,
@@ -44,6 +45,11 @@ def json_response(status: int, body: object, headers: dict[str, str] | None = No
 def error_response(exc: EngineError) -> web.Response:
     if isinstance(exc, InvalidRequest):
         return json_response(400, {"message": exc.message, "errors": exc.errors})
+    if isinstance(exc, BadBody):
+        body: dict[str, object] = {"error": exc.message}
+        if exc.details:
+            body["details"] = exc.details
+        return json_response(exc.status, body)
     if isinstance(exc, Unauthorized):
         return json_response(401, {"message": "Unauthorized - Invalid API secret"})
     if isinstance(exc, NotFound):
@@ -66,7 +72,7 @@ def error_response(exc: EngineError) -> web.Response:
             headers=headers,
         )
     if isinstance(exc, ServiceUnavailable):
-        body: dict[str, object] = {"message": exc.message}
+        body = {"message": exc.message}
         if exc.code:
             body["code"] = exc.code
         return json_response(503, body, {"retry-after": str(exc.retry_after)})

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from ..errors import InvalidRequest, ServiceUnavailable, ShapeGone
+from ..errors import BadBody, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from . import headers as h
@@ -257,10 +257,10 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
     if not request.can_read_body:
         return None
     if request.content_length is not None and request.content_length > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=request.content_length)
+        raise BadBody("Request body too large", 413)
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
+        raise BadBody("Request body too large", 413)
     if not raw.strip():
         return None
     try:
@@ -268,9 +268,9 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc):  # orjson's own limit (1,024 levels), far above ours
             raise limits.too_deep() from None
-        raise InvalidRequest({"body": ["Invalid JSON in request body"]}) from None
+        raise BadBody("Invalid JSON in request body", details=str(exc)) from None
     if not isinstance(data, dict):
-        raise InvalidRequest({"body": ["Request body must be a JSON object"]})
+        raise BadBody("Request body must be a JSON object")
     limits.check_body(data)
     return data
 

@@ -150,6 +150,9 @@ def describe_failure(exc: BaseException) -> Failure:
     sqlstate = getattr(cause, "sqlstate", None)
     if sqlstate in _PERMANENT_STATES:
         return Failure(text, True, _PERMANENT_STATES[sqlstate])
+    if isinstance(cause, (RuntimeError, ValueError)) and not isinstance(cause, psycopg.Error):
+        # The engine's own checks (wal_level, a slot of the wrong kind): the message says it.
+        return Failure(text, True, "the reason says what to change")
     if isinstance(cause, psycopg.Error) and sqlstate is None:
         lowered = text.lower()
         for fragment, fix in _PERMANENT_TEXT:

@@ -380,7 +380,8 @@ async def test_post_bad_json(engine: Engine, body: bytes, fragment: str) -> None
         engine, "POST", params={"table": "items", "offset": "-1"}, data=body,
         headers={"content-type": "application/json"},
     )  # fmt: skip
-    assert_client_error(status, headers, raw, names=fragment)
+    out = assert_client_error(status, headers, raw, names=fragment)
+    assert set(out) <= {"error", "details"}, out  # Electric's shape for body errors
     await assert_untouched(engine)
 
 
@@ -391,7 +392,8 @@ async def test_post_body_too_large_is_413(engine: Engine) -> None:
         engine, "POST", params={"table": "items", "offset": "-1"}, data=body,
         headers={"content-type": "application/json"},
     )  # fmt: skip
-    assert_client_error(status, headers, raw, 413)
+    out = assert_client_error(status, headers, raw, 413)
+    assert out == {"error": "Request body too large"}
     await assert_untouched(engine)
 
 
@@ -796,9 +798,9 @@ async def test_subset_failing_in_postgres_is_a_400(
     assert handle2 == handle and sorted(rows) == ITEMS_KEYS
 
 
-async def test_dropped_table_is_a_400_at_once(engine: Engine, caplog: Any) -> None:
-    """Right after DROP TABLE: the existing shape's new clients, a new shape (its catalog
-    entry still cached) and a follower all get the table's 400 or a 409, never a 503."""
+async def test_dropped_table_new_shape_is_a_400_at_once(engine: Engine, caplog: Any) -> None:
+    """Right after DROP TABLE, a new shape whose catalog entry is still cached fails its
+    snapshot (42P01): the table's 400, not a 503, and the table's other shapes go too."""
     make_items(engine)
     engine.sql("CREATE TABLE gone (id int PRIMARY KEY, n int)")
     engine.sql("INSERT INTO gone VALUES (1, 1)")
@@ -816,6 +818,31 @@ async def test_dropped_table_is_a_400_at_once(engine: Engine, caplog: Any) -> No
     await assert_discarded(engine)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     await assert_untouched(engine)
+
+
+async def test_dropped_table_existing_shape_is_a_400_within_a_second(engine: Engine) -> None:
+    """New clients of an existing shape: its table's existence is checked (trusted for 1 s),
+    so after DROP TABLE they get the 400 within a second, never a 503, and not for the 10 s
+    of the periodic schema check; a table created again under the name is a new shape."""
+    make_items(engine)
+    engine.sql("CREATE TABLE gone (id int PRIMARY KEY, n int)")
+    engine.sql("INSERT INTO gone VALUES (1, 1)")
+    for task in engine.source._tasks:  # the periodic schema check: not what is tested here
+        task.cancel()
+    _, handle, _ = await engine.sync(table="gone")
+    engine.sql("DROP TABLE gone")
+    dropped = time.monotonic()
+    seen = []
+    while not seen or seen[-1] != 400:
+        status, headers, raw = await request(engine, params={"table": "gone", "offset": "-1"})
+        seen.append(status)
+        assert time.monotonic() - dropped < 3, seen
+    assert set(seen) <= {200, 400}, seen
+    assert_client_error(status, headers, raw, names="does not exist")
+    engine.sql("CREATE TABLE gone (id int PRIMARY KEY, n int)")
+    engine.sql("INSERT INTO gone VALUES (2, 2)")
+    rows, handle2, _ = await engine.sync(table="gone")
+    assert handle2 != handle and list(rows) == ['"public"."gone"/"2"']
 
 
 @pytest.fixture
