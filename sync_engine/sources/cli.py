@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ..console import OneLineParser
+
 _ENV = "SYNC_ENGINE_"
 
 
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return c
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="sync-engine sources",
         parents=[common(False)],
         description="Register and manage the Postgres databases (sources) a running engine"
