@@ -313,8 +313,11 @@ def _type_name(base: str, array: bool) -> Any:
     """The TypeName node the parser builds for `base[]`: SQL-standard names come out
     qualified (`timestamp` is `pg_catalog.timestamp`), so `deparse`'s round trip holds."""
     if re.fullmatch(r"[a-z_][a-z0-9_]*", base):
-        stmt = parse_sql(f"SELECT NULL::{base}{'[]' if array else ''}")[0].stmt
-        return stmt.targetList[0].val.typeName
+        try:
+            stmt = parse_sql(f"SELECT NULL::{base}{'[]' if array else ''}")[0].stmt
+            return stmt.targetList[0].val.typeName
+        except ParseError:  # a reserved word (an enum named "user"): spelled as is below
+            pass
     return ast.TypeName(
         names=(ast.String(sval=base),),
         typemod=-1,
