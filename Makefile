@@ -44,6 +44,8 @@ tests/demo/node_modules/.installed: tests/demo/package.json tests/demo/package-l
 	touch $@
 
 demo/node_modules/.installed: demo/package.json demo/package-lock.json
+	@command -v npm >/dev/null || [ "$$(id -u)" != 0 ] || { echo "installing Debian's nodejs and npm (apt-get)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; }
 	@command -v npm >/dev/null || { echo "make run needs Node.js and npm (the demo page is built with esbuild from npm)"; exit 1; }
 	cd demo && npm ci --no-audit --no-fund --silent
 	touch $@

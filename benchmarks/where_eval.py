@@ -13,7 +13,8 @@ from sync_engine.shapes.where import parse_where
 
 
 def _col(name: str, type_name: str, attnum: int) -> ColumnInfo:
-    return ColumnInfo(name, attnum, 0, type_name, None, "b", -1, 0, False, None)
+    collation = "c|C.UTF-8|C.UTF-8|t" if type_name == "text" else None  # as load_table reads it
+    return ColumnInfo(name, attnum, 0, type_name, None, "b", -1, 0, False, None, False, collation)
 
 
 COLUMNS = {

@@ -14,19 +14,24 @@ then reads results that are already waiting instead of each side idling in turn.
 - Connections (at most `max_connections`) are opened when first needed, all of them, so
   the next storm finds them ready; one idle for `IDLE_CLOSE` seconds is closed.
 - A shape whose batch hit an earlier shape's error is queued again; a shape whose own
-  query failed, or whose connection broke, is reported to `on_failed`.
+  query failed is reported to `on_failed`. A connection the server closed while idle (a
+  restart) is dropped when next taken; one that dies under a batch costs its shapes one
+  more try on a fresh connection, then they are reported too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import select
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, pq
 
+from .pg import snapshot_errors
 from .pg.snapshot_batch import SnapshotJob, run_batch, send_batch
 
 if TYPE_CHECKING:
@@ -66,6 +71,8 @@ class SnapshotScheduler:
         self._reaper: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closed = False
+        # Shapes already run again once because their connection died (see `_run`).
+        self._retried: weakref.WeakSet[Shape] = weakref.WeakSet()
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -106,10 +113,14 @@ class SnapshotScheduler:
         while self._queue and self._idle:
             if eager and self._in_flight and len(self._queue) < self._threshold():
                 break
+            conn, _ = self._idle.pop()
+            if _closed_by_server(conn):  # e.g. Postgres restarted while it was idle
+                self._discard(conn)
+                continue
             batch = self._take()
             if not batch:
+                self._idle.append((conn, asyncio.get_running_loop().time()))
                 break
-            conn, _ = self._idle.pop()
             self._start(conn, batch)
         if self._queue and self._connections < self.max_connections:
             while self._connections < self.max_connections:
@@ -157,11 +168,22 @@ class SnapshotScheduler:
                 if not job.done and job.error is None:
                     job.error = exc
         self._in_flight -= 1
+        again = {id(j) for j in retry}
         if healthy:
             self._release(conn)
         else:
+            # The connection failed under the batch (Postgres restarting, a terminated
+            # backend): shapes that failed with it get one more try on a fresh connection
+            # before their requests are told to come back later. A query's own error (the
+            # request's fault) is not retried.
+            for shape, job in zip(batch, jobs, strict=True):
+                if job.done or id(job) in again or shape in self._retried:
+                    continue
+                if job.error is None or snapshot_errors.kind(job.error) == "transient":
+                    self._retried.add(shape)
+                    job.error = None
+                    again.add(id(job))
             self._discard(conn)
-        again = {id(j) for j in retry}
         for shape, job in reversed(list(zip(batch, jobs, strict=True))):
             if id(job) in again:
                 self._queue.appendleft(shape)
@@ -215,3 +237,16 @@ class SnapshotScheduler:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _closed_by_server(conn: AsyncConnection[Any]) -> bool:
+    """Whether an idle connection was closed by the server (restart, terminated backend).
+
+    An idle connection has nothing to read unless the server is saying goodbye (an error
+    and EOF); one `poll` of its socket tells, and a batch is not lost on it.
+    """
+    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg.sql
@@ -44,6 +45,7 @@ from .single_flight import single_flight
 from .snapshots import SnapshotScheduler
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: Seconds a table's "still there" check (`Source._table_unchanged`) is trusted.
 TABLE_CHECK_TTL = 1.0
@@ -240,14 +242,7 @@ class Source:
         # queries on the one catalog connection, so they would queue).
 
         async def load() -> TableInfo | None:
-            try:
-                async with self._conn_lock:
-                    conn = await self._connection()
-                    table = await load_table(conn, schema, name)
-            except psycopg.OperationalError as exc:
-                raise ServiceUnavailable(
-                    "Database is unreachable", retry_after=1, code="database_unreachable"
-                ) from exc
+            table = await self._on_catalog(lambda conn: load_table(conn, schema, name))
             if table is not None:  # a table created right after a miss is found at once
                 self._table_cache[key] = (now, table)
             return table
@@ -304,20 +299,31 @@ class Source:
         return False
 
     async def _table_there(self, t: TableInfo) -> bool:
-        try:
-            async with self._conn_lock:
-                conn = await self._connection()
-                cur = await conn.execute(
-                    "SELECT n.nspname, c.relname FROM pg_class c"
-                    " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-                    (t.oid,),
-                )
-                row = await cur.fetchone()
-        except psycopg.OperationalError as exc:
-            raise ServiceUnavailable(
-                "Database is unreachable", retry_after=1, code="database_unreachable"
-            ) from exc
+        async def ask(conn: AsyncConnection[Any]) -> Any:
+            cur = await conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                (t.oid,),
+            )
+            return await cur.fetchone()
+
+        row = await self._on_catalog(ask)
         return row is not None and (row[0], row[1]) == (t.schema, t.name)
+
+    async def _on_catalog(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`work` on the catalog connection; once more on a new one if that one had died
+        (Postgres restarted since it was last used), else 503 Database is unreachable."""
+        async with self._conn_lock:
+            for attempt in range(2):
+                try:
+                    conn = await self._connection()
+                    return await work(conn)
+                except psycopg.OperationalError as exc:
+                    if attempt or self._conn is None or not self._conn.broken:
+                        raise ServiceUnavailable(
+                            "Database is unreachable", retry_after=1, code="database_unreachable"
+                        ) from exc
+        raise AssertionError("unreachable")
 
     async def _wait_ready(self) -> None:
         if self.ready.is_set():

@@ -30,7 +30,8 @@ ALLOWED_REQUEST_HEADERS = (
     "tracestate",
     "accept",
 )
-ALLOWED_METHODS = "GET, POST, OPTIONS"
+#: DELETE too: whether a shape may be deleted is the rule's decision, made per request.
+ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
 NO_STORE = "no-store"
 
 

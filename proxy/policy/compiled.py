@@ -15,6 +15,7 @@ from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
 from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template
 from proxy.policy.tables import TableKey, TablePattern, parse_table_pattern
+from sync_engine.shapes.where import WhereError, check_where_constructs
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +88,20 @@ class CompiledPolicy:
 
 
 def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
+    label = f"{where}.allow.{index}" + (f" (rule {rule.name!r})" if rule.name else "") + ".where"
     try:
         template = compile_template(rule.where) if rule.where is not None else None
     except ValueError as exc:
-        raise ValueError(f"{where}.allow.{index}.where: {exc}") from None
+        raise ValueError(f"{label}: {exc}") from None
+    if template is not None:
+        # The engine ships with the proxy: a filter it would refuse (a subquery, a function it
+        # does not evaluate...) would make every request of the rule fail, so it fails here.
+        try:
+            check_where_constructs(template.sql)
+        except WhereError as exc:
+            raise ValueError(
+                f"{label}: the sync engine does not accept this filter ({template.sql!r}): {exc}"
+            ) from None
     return CompiledRule(
         name=rule.name or f"rule{index}",
         when=MappingProxyType(dict(rule.when)),

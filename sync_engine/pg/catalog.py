@@ -34,6 +34,11 @@ class ColumnInfo:
     not_null: bool
     pk_index: int | None
     generated: bool = False
+    collation: str | None = None
+    """For collatable types, the column's effective collation as
+    `provider|collate|ctype|deterministic` (`c|C.UTF-8|C.UTF-8|t`; the database default
+    resolved): text ordering, `upper`/`lower` and ILIKE depend on it, and the where
+    compiler only accepts them under collations it reproduces exactly."""
 
     @property
     def base_type(self) -> str:
@@ -76,13 +81,19 @@ _COLUMNS_SQL = """
 SELECT a.attname, a.attnum, a.atttypid, t.typname,
        CASE WHEN t.typcategory = 'A' THEN et.typname END AS elem,
        CASE WHEN t.typcategory = 'A' THEN et.typtype ELSE t.typtype END AS kind,
-       a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> ''
+       a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
+       a.attcollation = 100 AS default_collation, to_jsonb(co)
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
+LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> 100
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
+
+# to_jsonb: the locale columns differ between Postgres versions (datlocprovider from 15,
+# daticulocale 15-16, datlocale from 17); missing keys read as None.
+_DATABASE_SQL = "SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()"
 
 _PK_SQL = """
 SELECT a.attname
@@ -101,9 +112,12 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         return None
     oid, nsp, rel, kind, replident = row
     pk = [r[0] for r in await (await conn.execute(_PK_SQL, (oid,))).fetchall()]
+    db_row = await (await conn.execute(_DATABASE_SQL)).fetchone()
+    database: dict[str, Any] = db_row[0] if db_row else {}
     cols = []
     for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
-        aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r
+        aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r[:10]
+        is_default, own = r[10], r[11]
         cols.append(
             ColumnInfo(
                 name=aname,
@@ -117,6 +131,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 not_null=bool(notnull),
                 pk_index=pk.index(aname) if aname in pk else None,
                 generated=bool(generated),
+                collation=_collation(database if is_default else own),
             )
         )
     return TableInfo(
@@ -128,3 +143,20 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         kind=kind,
         replica_identity=replident,
     )
+
+
+def _collation(row: dict[str, Any] | None) -> str | None:
+    """`provider|collate|ctype|deterministic` from a pg_collation or pg_database row."""
+    if row is None:
+        return None
+    provider = row.get("collprovider") or row.get("datlocprovider") or "c"
+    collate = row.get("collcollate") or row.get("datcollate") or ""
+    ctype = row.get("collctype") or row.get("datctype") or ""
+    if provider in ("i", "b"):  # ICU / builtin: the locale is in its own column
+        locale = (
+            row.get("colllocale") or row.get("colliculocale")
+            or row.get("datlocale") or row.get("daticulocale") or ""
+        )  # fmt: skip
+        collate = ctype = locale
+    deterministic = "t" if row.get("collisdeterministic", True) else "f"
+    return f"{provider}|{collate}|{ctype}|{deterministic}"

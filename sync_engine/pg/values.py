@@ -17,6 +17,7 @@ Two flavours per type:
 from __future__ import annotations
 
 import calendar
+import math
 import re
 import struct
 import uuid
@@ -175,24 +176,43 @@ def parse_numeric(text: str) -> Decimal:
         raise invalid("numeric", text) from None
 
 
-def _float8_input(text: str) -> float:
+def _float_input(type_name: str, text: str) -> float:
     if not _NUMERIC_RE.fullmatch(text):
-        raise invalid("float8", text)
-    return float(text)
+        raise invalid(type_name, text)
+    value = float(text)
+    if (math.isinf(value) and "inf" not in text.lower()) or (
+        value == 0.0 and Decimal(text.strip()) != 0
+    ):
+        raise ValueError(f'"{text}" is out of range for type {sql_type_name(type_name)}')
+    return value
 
 
-def round_float4(value: float) -> float:
-    """Round a double to the nearest float4, so float4 values compare like in Postgres."""
+def parse_float8(text: str) -> float:
+    """float8 input: like strtod, with Postgres's out-of-range errors (1e400, 1e-400)."""
+    return _float_input("float8", text)
+
+
+def round_float4(value: float, *, check: bool = True) -> float:
+    """Round a double to the nearest float4, so float4 values compare like in Postgres.
+
+    With `check`, a finite value beyond float4's range is an overflow error; without it,
+    it becomes an infinity (the caller applies Postgres's own overflow rule)."""
     try:
-        return float(struct.unpack("f", struct.pack("f", value))[0])
+        narrowed = float(struct.unpack("f", struct.pack("f", value))[0])
     except OverflowError:
-        raise ValueError("value out of range: overflow") from None
+        narrowed = math.copysign(math.inf, value)
+    if check and math.isinf(narrowed) and not math.isinf(value):
+        raise ValueError("value out of range: overflow")
+    return narrowed
 
 
-def _float4_input(text: str) -> float:
-    if not _NUMERIC_RE.fullmatch(text):
-        raise invalid("float4", text)
-    return round_float4(float(text))
+def parse_float4(text: str) -> float:
+    """float4 input (strtof): out of range when it rounds to 0 or beyond float4's range."""
+    value = _float_input("float4", text)
+    narrowed = round_float4(value, check=False)
+    if (math.isinf(narrowed) and not math.isinf(value)) or (narrowed == 0.0 and value != 0.0):
+        raise ValueError(f'"{text}" is out of range for type real')
+    return narrowed
 
 
 def _float4_output(text: str) -> float:
@@ -626,8 +646,8 @@ _INPUT_PARSERS: dict[str, Parser] = {
     "int4": _int_input("int4"),
     "int8": _int_input("int8"),
     "numeric": parse_numeric,
-    "float4": _float4_input,
-    "float8": _float8_input,
+    "float4": parse_float4,
+    "float8": parse_float8,
     "bool": parse_bool,
     "text": _identity,
     "varchar": _identity,

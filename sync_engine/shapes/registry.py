@@ -65,6 +65,7 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
                 "not_null": c.not_null,
                 "pk_index": c.pk_index,
                 "generated": c.generated,
+                "collation": c.collation,
             }
             for c in t.columns
         ],

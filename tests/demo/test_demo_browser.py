@@ -28,12 +28,9 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoRun]:
-    run = DemoRun(checkout=ROOT, data_dir=tmp_path_factory.mktemp("demo") / "data")
-    run.start()
-    try:
+    with DemoRun(checkout=ROOT, data_dir=tmp_path_factory.mktemp("demo") / "data") as run:
+        run.start()
         yield run
-    finally:
-        run.stop()
 
 
 def _secrets(run: DemoRun) -> dict[str, str]:
@@ -124,12 +121,12 @@ def test_make_clean_under_a_running_demo_stops_it_first(tmp_path: Path) -> None:
 
     (`make stop` on its own is one of the README commands, tests/demo/test_readme_commands.py.)
     """
-    run = DemoRun(checkout=ROOT, data_dir=tmp_path / "data")
-    run.start()
-    pids = [int(p) for p in (run.data_dir / "pids").read_text().split()]
-    pg_dir = Path((run.data_dir / "pg-dir").read_text().strip())
-    assert (pg_dir / "data" / "postmaster.pid").exists()
-    cleaned = run.make("clean")
+    with DemoRun(checkout=ROOT, data_dir=tmp_path / "data") as run:
+        run.start()
+        pids = [int(p) for p in (run.data_dir / "pids").read_text().split()]
+        pg_dir = Path((run.data_dir / "pg-dir").read_text().strip())
+        assert (pg_dir / "data" / "postmaster.pid").exists()
+        cleaned = run.make("clean")
     assert cleaned.returncode == 0, cleaned.stderr
     assert "stopped the demo" in cleaned.stdout
     assert run.proc is not None and run.proc.wait(30) == 0

@@ -354,3 +354,35 @@ async def test_delete_evicts_the_definitions_answers(
     await proxy.get(SHAPE, token=admin)
     fresh = proxy.engine.requests[before:]
     assert len(fresh) == 2 and all("If-None-Match" not in r.headers for r in fresh)
+
+
+def _shape_entry(handle: str, *, initial: bool, definition: str = "d") -> CachedResponse:
+    return CachedResponse(
+        status=200, reason="OK", headers=(("electric-handle", handle),), cache_control="public",
+        body=b"[]", stored_at=0.0, expires_at=60.0, handle=handle, definition=definition,
+        initial=initial, etag=f'"{handle}:-1:0_0"' if initial else None,
+    )  # fmt: skip
+
+
+def test_retiring_a_handle_drops_its_answers_and_the_definitions_initial_ones() -> None:
+    cache = ResponseCache(1_000_000, 100_000, timer=lambda: 1.0)
+    keys = {name: ("GET", name, "", "", "") for name in ("init", "chunk", "other", "elsewhere")}
+    cache.put(keys["init"], _shape_entry("h1", initial=True))
+    cache.put(keys["chunk"], _shape_entry("h1", initial=False))
+    cache.put(keys["other"], _shape_entry("h0", initial=False))  # an older handle's chunk
+    cache.put(keys["elsewhere"], _shape_entry("x1", initial=True, definition="e"))
+    assert cache.retire("h1") == 2
+    assert cache.get(keys["init"]) is None and cache.get(keys["chunk"]) is None
+    assert cache.get(keys["other"]) is not None  # not named by the 409: kept
+    assert cache.get(keys["elsewhere"]) is not None  # another shape: untouched
+    assert not cache.put(keys["chunk"], _shape_entry("h1", initial=False))  # dead: never again
+    # A new handle seen for the definition drops the answers of every other handle.
+    assert cache.evict_definition("d", keep_handle="h2") == 1
+    assert cache.get(keys["other"]) is None
+
+
+def test_cache_indexes_forget_entries_the_lru_dropped() -> None:
+    cache = ResponseCache(20_000, 2_000, timer=lambda: 1.0)
+    for i in range(2_000):
+        cache.put(("GET", str(i), "", "", ""), _shape_entry(f"h{i}", initial=False))
+    assert len(cache._by_handle) < 100  # pruned as entries fall out of the byte bound

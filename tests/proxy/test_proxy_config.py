@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from proxy.__main__ import main
 from proxy.config.loader import ConfigError, build_config, load_config
@@ -167,3 +168,28 @@ def test_cli_explain(tmp_path: Path) -> None:
     )
     assert denied.returncode == 1
     assert json.loads(denied.stdout)["reason"] == "table_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("where", "construct"),
+    [
+        ("org_id IN (SELECT org_id FROM members WHERE user_id = {{sub}})", "subquery"),
+        ("random() < 0.5", "random"),
+        ("title::money = '1'", "money"),
+    ],
+)
+def test_policy_filter_the_engine_refuses_fails_to_load(
+    tmp_path: Path, where: str, construct: str
+) -> None:
+    """A filter the engine would refuse fails at load, naming the file, the rule and the
+    construct (not at the first request, as a 400 for every user of the rule)."""
+    data = _base()
+    data["tables"]["items"]["allow"][0].update(name="members", where=where)
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_config(path, {"ENGINE_SECRET": "x"})
+    message = str(info.value)
+    assert str(path) in message
+    assert "tables.items.allow.0 (rule 'members').where" in message
+    assert construct in message

@@ -23,19 +23,24 @@ One job a module:
 - `compiler`  the AST walk that checks each node and builds its `Expr`;
 - `functions` the table of supported functions;
 - `index`     the equality / IN keys the router files shapes under;
+- `collation` which text semantics the table's collations let the engine reproduce;
+- `constructs` `check_where_constructs`, the schema-free check for policy filters;
 - `clause`    the public entry points `parse_where`, `parse_order_by`, `Where`.
 """
 
 from .clause import Where, parse_order_by, parse_where
+from .constructs import check_where_constructs
 from .errors import WhereError
 from .index import index_key
-from .parse import MAX_WHERE_SIZE
+from .parse import MAX_WHERE_DEPTH, MAX_WHERE_SIZE
 from .text import like_regex
 
 __all__ = [
+    "MAX_WHERE_DEPTH",
     "MAX_WHERE_SIZE",
     "Where",
     "WhereError",
+    "check_where_constructs",
     "index_key",
     "like_regex",
     "parse_order_by",

@@ -50,26 +50,57 @@ def array_subscript(a: Any, index: int) -> Any:
 
 
 def array_slice(a: Any, lo: int | None, hi: int | None) -> Any:
-    if not a or isinstance(a[0], tuple):
+    """`a[lo:hi]`: slices the first dimension (the others are taken whole, as Postgres
+    does when only one dimension is written); an empty slice is the empty array."""
+    if not a:
         return ()
     lo = 1 if lo is None else max(lo, 1)
     hi = len(a) if hi is None else min(hi, len(a))
     return tuple(a[lo - 1 : hi]) if lo <= hi else ()
 
 
+def _shape(a: Any) -> tuple[int, ...]:
+    dims = []
+    while isinstance(a, tuple) and a:
+        dims.append(len(a))
+        a = a[0]
+    return tuple(dims)
+
+
+def _incompatible() -> ValueError:
+    return ValueError("cannot concatenate incompatible arrays")
+
+
 def array_cat(a: Any, b: Any) -> Any:
+    """`array || array` / array_cat with Postgres's dimension rules: equal dimensions
+    concatenate along the first, one less adds an element (row), anything else fails."""
     if a is None:
         return b
-    if b is None:
+    if b is None or not b:
         return a
-    return tuple(a) + tuple(b)
+    if not a:
+        return b
+    sa, sb = _shape(a), _shape(b)
+    if len(sa) == len(sb):
+        if sa[1:] != sb[1:]:
+            raise _incompatible()
+        return tuple(a) + tuple(b)
+    if len(sa) == len(sb) - 1 and sa == sb[1:]:
+        return (tuple(a), *b)
+    if len(sa) - 1 == len(sb) and sa[1:] == sb:
+        return (*a, tuple(b))
+    raise _incompatible()
 
 
 def array_append(a: Any, x: Any) -> Any:
+    if a and isinstance(a[0], tuple):
+        raise ValueError("argument must be empty or one-dimensional array")
     return (*(a or ()), x)
 
 
 def array_prepend(x: Any, a: Any) -> Any:
+    if a and isinstance(a[0], tuple):
+        raise ValueError("argument must be empty or one-dimensional array")
     return (x, *(a or ()))
 
 

@@ -19,7 +19,7 @@ from .datetimes import (
     tstz_to_time,
     tstz_to_ts,
 )
-from .semantics import identity, to_float4, to_float8, to_int, to_numeric
+from .semantics import float4_to_numeric, identity, to_float4, to_float8, to_int, to_numeric
 from .types import INT_TYPES, NUMERIC_ORDER
 
 # Implicit (and explicit) scalar conversions: (from, to) -> (function, index-exact).
@@ -57,6 +57,7 @@ IMPLICIT_CASTS[("timestamp", "timestamptz")] = (ts_to_tstz, False)
 EXPLICIT_CASTS: dict[tuple[str, str], Callable[[Any], Any]] = {
     **{(s, d): to_int(d) for s in NUMERIC_ORDER for d in INT_TYPES if s != d},
     **{(s, "numeric"): to_numeric for s in NUMERIC_ORDER if s != "numeric"},
+    ("float4", "numeric"): float4_to_numeric,
     **{(s, "float8"): to_float8 for s in NUMERIC_ORDER if s != "float8"},
     **{(s, "float4"): to_float4 for s in NUMERIC_ORDER if s != "float4"},
     ("int4", "bool"): bool,

@@ -15,7 +15,7 @@ from sync_engine.pg.catalog import ColumnInfo
 from .compiler import Compiler
 from .errors import WhereError
 from .expr import Eval
-from .parse import construct_name, count_columns, parse_clause, substitute_params
+from .parse import construct_name, count_columns, deparse, parse_clause, substitute_params
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,14 @@ class Where:
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """True only when the clause is SQL-true for `row` (Postgres text values).
 
-        An evaluation error (a value that does not parse, division by zero, overflow) makes
-        the row not match; Postgres would have failed the whole query instead.
+        A row on which the clause fails (division by zero, overflow, a value that does not
+        cast) does not match: Postgres would have failed the whole query instead, and a
+        snapshot meeting such a row fails with a 400, so the shape never holds it. Nothing
+        raised here may stop the replication stream, so every exception means "no match".
         """
         try:
             return self._fn(row, {}) is True
-        except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError):
+        except Exception:
             return False
 
 
@@ -67,7 +69,7 @@ def parse_where(
         raise WhereError("WHERE clause must return a boolean")
     if params:  # without params, a `$n` has already failed to compile
         substitute_params(stmt, params, compiler.param_types)
-    text = RawStream()(stmt.whereClause)
+    text = deparse(stmt.whereClause)
     fn = expr.fn
     if expr.is_const:
         value = expr.value

@@ -30,6 +30,7 @@ from .arrays import (
     subscript_nullable,
 )
 from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS
+from .collation import text_rules
 from .datetimes import DATETIME_OPS, neg_interval
 from .errors import WhereError, error_at
 from .expr import (
@@ -58,11 +59,17 @@ from .semantics import (
     comparison_op,
     float_pow,
     identity,
-    numeric_pow,
     sqrt,
     wrap_shift,
 )
-from .text import bool_text, bool_text_from_raw, like_function, like_regex, text_output
+from .text import (
+    bool_text,
+    bool_text_from_raw,
+    case_mapping,
+    like_function,
+    like_regex,
+    text_output,
+)
 from .types import (
     CAST_TARGETS,
     FLOAT_TYPES,
@@ -93,6 +100,16 @@ LIKE_OPERATORS = {
 }
 
 
+# Decimal's `-x` / `abs(x)` round to the context's 28 digits; numeric never rounds.
+_NEGATE: dict[str, Callable[[Any], Any]] = {
+    "interval": neg_interval,
+    "numeric": Decimal.copy_negate,
+}
+
+FLIPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
+"""The comparison with its operands swapped (`1 < x` is `x > 1`)."""
+
+
 class Compiler:
     """Walks the pglast AST once, checking each node and building its `Expr`."""
 
@@ -111,6 +128,7 @@ class Compiler:
         self.allow_subqueries = allow_subqueries
         self.ref_counts = ref_counts
         self.param_types: dict[int, str] = {}
+        self.text_rules = text_rules(columns.values())
         self.referenced: set[str] = set()
 
     # -- entry points --
@@ -244,12 +262,16 @@ class Compiler:
         if isinstance(val, ast.Integer):
             return const("int4", int(val.ival), node)
         if isinstance(val, ast.Float):
+            # The lexer makes integers beyond int4 Floats, and `-` folds into a literal
+            # (`-2147483648`); Postgres then types it int4, int8 or numeric by its range.
             text = val.fval
-            if re.fullmatch(r"[0-9]+", text):
+            if re.fullmatch(r"-?[0-9]+", text):
                 n = int(text)
-                return const(
-                    "int8" if n < 2**63 else "numeric", n if n < 2**63 else Decimal(n), node
-                )
+                if -(2**31) <= n < 2**31:
+                    return const("int4", n, node)
+                if -(2**63) <= n < 2**63:
+                    return const("int8", n, node)
+                return const("numeric", Decimal(n), node)
             return const("numeric", Decimal(text), node)
         if isinstance(val, ast.Boolean):
             return const("bool", bool(val.boolval), node)
@@ -367,10 +389,12 @@ class Compiler:
         if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
             raise self._operator_error(name, left, right, node)
         left, right = self.coerce(left, typ), self.coerce(right, typ)
-        op = comparison_op(name, typ)
+        op = self.compare_fn(name, typ, node)
         if left.is_const and not right.is_const:
             left, right = right, left
-            op = comparison_op({"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(name, name), typ)
+            op = self.compare_fn(
+                {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(name, name), typ, node
+            )
         index = None
         if name == "=" and right.is_const and left.column is not None and left.raw:
             index = (left.column, frozenset() if right.value is None else keyset([right.value]))
@@ -401,8 +425,8 @@ class Compiler:
         if typ in NUMERIC_ORDER or (typ == "interval" and name in "+-"):
             funcs: dict[str, Callable[[Any], Any]] = {
                 "+": identity,
-                "-": neg_interval if typ == "interval" else operator.neg,
-                "@": abs,
+                "-": _NEGATE.get(typ, operator.neg),
+                "@": Decimal.copy_abs if typ == "numeric" else abs,
                 "|/": sqrt,
             }
             if name in funcs:
@@ -435,8 +459,10 @@ class Compiler:
                 if "numeric" in (lt, rt) and not FLOAT_TYPES & {lt, rt} - {"numeric"}
                 else "float8"
             )
-            func: Callable[..., Any] = numeric_pow if typ == "numeric" else float_pow
-            return apply(typ, func, [self.coerce(left, typ), self.coerce(right, typ)], node)
+            if typ == "numeric":
+                # power_var picks its result scale by rules the engine does not reproduce
+                raise error_at("operator ^ on numeric is not supported (cast to float8)", node)
+            return apply(typ, float_pow, [self.coerce(left, typ), self.coerce(right, typ)], node)
         typ = common_numeric(lt, rt)
         left, right = self.coerce(left, typ), self.coerce(right, typ)
         arith = arith_func(name, typ)
@@ -494,7 +520,13 @@ class Compiler:
             return self._array_concat(left, right, node)
         lt, rt = left.type, right.type
         if lt == rt == "unknown" or lt in STRING_TYPES or rt in STRING_TYPES:
-            parts = [self.as_text(e) for e in (left, right)]
+            # textanycat / anytextcat: the other operand goes through its ::text cast
+            # (bool reads "true", not concat()'s "t")
+            parts = [
+                self.as_text(e) if e.type in STRING_TYPES or e.type == "unknown"
+                else self._cast_to_text(e, "text", node)
+                for e in (left, right)
+            ]  # fmt: skip
             return apply("text", operator.add, parts, node)
         raise error_at(f"operator does not exist: {display(lt)} || {display(rt)}", node)
 
@@ -502,13 +534,15 @@ class Compiler:
         if is_array(left.type) and is_array(right.type):
             typ, (left, right) = self.unify([left, right], "array ||", node)
             return apply_nullable(typ, array_cat, [left, right], node)
+        # An untyped literal (or NULL) beside an array is read as that array type, as
+        # Postgres's operator resolution does (so `ia || '5'` fails like in Postgres).
         if is_array(left.type):
-            if right.type == "unknown" and right.text is not None and right.text.startswith("{"):
+            if right.type == "unknown":
                 right = self.coerce(right, left.type)
                 return apply_nullable(left.type, array_cat, [left, right], node)
             right = self.coerce(right, elem_type(left.type))
             return apply_nullable(left.type, array_append, [left, right], node)
-        if left.type == "unknown" and left.text is not None and left.text.startswith("{"):
+        if left.type == "unknown":
             left = self.coerce(left, right.type)
             return apply_nullable(right.type, array_cat, [left, right], node)
         left = self.coerce(left, elem_type(right.type))
@@ -521,6 +555,8 @@ class Compiler:
         if typ is None or (is_enum(elem_type(typ)) and not self.allow_enums):
             raise self._operator_error(name, left, right, node)
         left, right = self.coerce(left, typ), self.coerce(right, typ)
+        if elem_type(typ) in STRING_TYPES:
+            self.require_text_equality(name, node)
         if name == "@>":
             return apply("bool", array_contains, [left, right], node)
         if name == "<@":
@@ -548,12 +584,12 @@ class Compiler:
                 raise self._operator_error(name, left, probe, node)
             left = self.coerce(left, typ)
             right = self.coerce(right, typ + "[]")
-            op = comparison_op(name, typ)
+            op = self.compare_fn(name, typ, node)
         elif name in LIKE_OPERATORS:
             ignore_case, negate = LIKE_OPERATORS[name]
-            left = self.coerce(left, "text")
+            left = self.coerce(self._like_subject(left, node), "text")
             right = self.coerce(right, "text[]")
-            op = like_function(ignore_case, negate)
+            op = like_function(self.fold(ignore_case, node), negate)
         else:
             raise error_at(f"operator {name} is not supported with ANY/ALL", node)
         expr = apply_nullable("bool", quantified_op(op, is_all), [left, right], node)
@@ -577,7 +613,7 @@ class Compiler:
             raise self._operator_error(name, left, right, node)
         typ = "text" if typ == "unknown" else typ
         left, right = self.coerce(left, typ), self.coerce(right, typ)
-        eq = comparison_op("=", typ)
+        eq = self.compare_fn("=", typ, node)
         lf, rf = left.fn, right.fn
         want_distinct = node.kind == A_Expr_Kind.AEXPR_DISTINCT
 
@@ -594,14 +630,13 @@ class Compiler:
     def _nullif(self, node: ast.A_Expr, name: str) -> Expr:
         left, right = self.compile(node.lexpr), self.compile(node.rexpr)
         typ, (left, right) = self.unify([left, right], "NULLIF", node)
-        eq = comparison_op("=", typ)
+        eq = self.compare_fn("=", typ, node)
         lf, rf = left.fn, right.fn
 
         def nullif(row: Row, cache: Cache) -> Any:
-            a = lf(row, cache)
+            a, b = lf(row, cache), rf(row, cache)  # both evaluated, as in Postgres
             if a is None:
                 return None
-            b = rf(row, cache)
             return None if b is not None and eq(a, b) else a
 
         return Expr(typ, nullif, node=node)
@@ -615,7 +650,7 @@ class Compiler:
         if is_enum(typ) and not self.allow_enums:
             raise self._operator_error(name, left, items[0], node)
         left, items = converted[0], converted[1:]
-        expr = in_list(left, items, comparison_op("=", typ), node)
+        expr = in_list(left, items, self.compare_fn("=", typ, node), node)
         if name == "<>":
             return apply("bool", operator.not_, [expr], node)
         consts = [i.value for i in items if i.is_const]
@@ -631,7 +666,7 @@ class Compiler:
         typ, (value, lo, hi) = self.unify([value, lo, hi], "BETWEEN", node)
         if typ not in ORDERED_TYPES:
             raise self._operator_error(">=", value, lo, node)
-        ge, le = comparison_op(">=", typ), comparison_op("<=", typ)
+        ge, le = self.compare_fn(">=", typ, node), self.compare_fn("<=", typ, node)
         kind = node.kind
         symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
         negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
@@ -676,15 +711,18 @@ class Compiler:
                     f"operator does not exist: {display(left.type)} ~~ {display(pattern.type)}",
                     node,
                 )
+        left = self._like_subject(left, node)
         left, pattern = self.coerce(left, "text"), self.coerce(pattern, "text")
         if escape is not None and not escape.is_const:
             raise error_at("LIKE ... ESCAPE needs a constant escape character", node)
         esc = "\\" if escape is None else escape.value
         if escape is not None and esc is not None and len(esc) > 1:
             raise error_at("invalid escape string", node)
+        self.require_text_equality("LIKE", node)
+        fold = self.fold(ignore_case, node)
         if pattern.is_const and pattern.value is not None:
             try:
-                regex = like_regex(pattern.value, esc or None, ignore_case=ignore_case)
+                regex = like_regex(pattern.value, esc or None, fold=fold)
             except ValueError as e:
                 raise error_at(str(e), node) from None
             match = regex.fullmatch
@@ -692,8 +730,70 @@ class Compiler:
             def test(text: str) -> bool:
                 return (match(text) is None) if negate else (match(text) is not None)
 
+            if fold is not None:
+                return apply("bool", lambda text: test(fold(text)), [left], node)
             return apply("bool", test, [left], node)
-        return apply("bool", like_function(ignore_case, negate, esc or None), [left, pattern], node)
+        return apply("bool", like_function(fold, negate, esc or None), [left, pattern], node)
+
+    def _like_subject(self, left: Expr, node: Any) -> Expr:
+        """The text LIKE matches: a char(n) column keeps its padding (bpcharlike matches
+        `'ab  '`, so `'ab  '::char(4) LIKE 'ab'` is false), unlike its cast to text."""
+        return self.padded(left, node, "LIKE")
+
+    def padded(self, expr: Expr, node: Any, what: str) -> Expr:
+        """A char(n) column's value with its padding, as text (what its output function
+        prints); other expressions unchanged. The engine keeps char(n) values trimmed, so a
+        char(n) expression that is not a plain column is refused where padding matters."""
+        if expr.type != "bpchar":
+            return expr
+        if not (expr.raw and expr.column is not None):
+            raise error_at(f"{what} on a char(n) expression is not supported", node)
+        col = expr.column
+        return Expr("text", column_eval(col, identity), unary=identity, unary_of=col, node=node)
+
+    # -- collation-dependent text semantics (see collation.py) --
+
+    def fold(self, ignore_case: bool, node: Any) -> Callable[[str], str] | None:
+        """ILIKE's `lower`, or None for LIKE; refused where the collation's is unknown."""
+        if not ignore_case:
+            return None
+        return self.case_function("lower", node, "ILIKE")
+
+    def case_function(self, which: str, node: Any, what: str = "") -> Callable[[str], str]:
+        kind = self.text_rules.case_map
+        if kind is None:
+            raise error_at(
+                f"{what or which + '()'} is not supported under {self.text_rules.blocker} "
+                "(live filtering reproduces case mapping only for C, POSIX and C.UTF-8 ctypes)",
+                node,
+            )
+        return case_mapping(kind, which)
+
+    def require_text_ordering(self, op: str, typ: str, node: Any) -> None:
+        if typ in STRING_TYPES and not self.text_rules.ordering:
+            raise error_at(
+                f"text comparison {op} is not supported under {self.text_rules.blocker} "
+                "(live filtering orders text by code point: C, POSIX and C.UTF-8 collations)",
+                node,
+            )
+
+    def compare_fn(self, name: str, typ: str, node: Any) -> Callable[[Any, Any], Any]:
+        """The comparison `name` on `typ`, refused on text where the collation forbids it."""
+        base = elem_type(typ) if is_array(typ) else typ
+        if base in STRING_TYPES:
+            if name in ("=", "<>"):
+                self.require_text_equality(name, node)
+            else:
+                self.require_text_ordering(name, base, node)
+        return comparison_op(name, typ)
+
+    def require_text_equality(self, op: str, node: Any) -> None:
+        if not self.text_rules.equality:
+            raise error_at(
+                f"text {op} is not supported under {self.text_rules.blocker} "
+                "(nondeterministic collation)",
+                node,
+            )
 
     # -- other expression nodes --
 
@@ -831,7 +931,7 @@ class Compiler:
             )
         fns = [a.fn for a in args]
         greatest = node.op == MinMaxOp.IS_GREATEST
-        better = comparison_op(">" if greatest else "<", typ)
+        better = self.compare_fn(">" if greatest else "<", typ, node)
 
         def minmax(row: Row, cache: Cache) -> Any:
             best = None

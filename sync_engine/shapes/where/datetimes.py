@@ -6,6 +6,7 @@ Timestamps with time zone are aware datetimes in UTC; `pgv.PgInfinity` stands fo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -38,6 +39,8 @@ def ts_to_date(value: Any) -> Any:
 
 
 def ts_to_time(value: Any) -> Any:
+    if isinstance(value, pgv.PgInfinity):
+        return None  # Postgres: an infinite timestamp cast to time is NULL
     return value.time()
 
 
@@ -46,7 +49,7 @@ def tstz_to_date(value: Any) -> Any:
 
 
 def tstz_to_time(value: Any) -> Any:
-    return tstz_to_ts(value).time()
+    return ts_to_time(tstz_to_ts(value))
 
 
 def add_interval(value: Any, iv: pgv.Interval) -> Any:
@@ -63,8 +66,37 @@ def add_days(value: Any, days: int) -> Any:
     return value + timedelta(days=days)
 
 
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _trunc_div(a: int, b: int) -> int:
+    """C integer division (toward zero)."""
+    q = abs(a) // abs(b)
+    return q if (a >= 0) == (b >= 0) else -q
+
+
+def checked_interval(months: int, days: int, micros: int) -> pgv.Interval:
+    """An interval whose fields fit Postgres's int32 / int32 / int64, else its error."""
+    if not (
+        INT32[0] <= months <= INT32[1]
+        and INT32[0] <= days <= INT32[1]
+        and INT64[0] <= micros <= INT64[1]
+    ):
+        raise OverflowError("interval out of range")
+    return pgv.Interval(months, days, micros)
+
+
 def neg_interval(iv: pgv.Interval) -> pgv.Interval:
-    return pgv.Interval(-iv.months, -iv.days, -iv.micros)
+    return checked_interval(-iv.months, -iv.days, -iv.micros)
+
+
+def interval_add(a: pgv.Interval, b: pgv.Interval) -> pgv.Interval:
+    return checked_interval(a.months + b.months, a.days + b.days, a.micros + b.micros)
+
+
+def interval_sub(a: pgv.Interval, b: pgv.Interval) -> pgv.Interval:
+    return checked_interval(a.months - b.months, a.days - b.days, a.micros - b.micros)
 
 
 def time_add(t: time, iv: pgv.Interval) -> time:
@@ -75,20 +107,40 @@ def time_add(t: time, iv: pgv.Interval) -> time:
 
 
 def ts_diff(a: Any, b: Any) -> pgv.Interval:
-    """timestamp - timestamp: days and time, like Postgres's justify_hours result."""
+    """timestamp - timestamp: the microseconds, then justify_hours (timestamp_mi)."""
+    if isinstance(a, pgv.PgInfinity) or isinstance(b, pgv.PgInfinity):
+        raise ValueError("cannot subtract infinite timestamps")
     delta = a - b
     micros = (delta.days * 86_400 + delta.seconds) * pgv.USECS_PER_SEC + delta.microseconds
-    days = int(micros / pgv.USECS_PER_DAY)
-    return pgv.Interval(0, days, micros - days * pgv.USECS_PER_DAY)
+    return justify_hours(pgv.Interval(0, 0, micros))
+
+
+def _tsround(x: float) -> float:
+    return round(x * 1e6) / 1e6
 
 
 def interval_mul(iv: pgv.Interval, factor: float) -> pgv.Interval:
-    months = iv.months * factor
-    whole_months = int(months)
-    days = iv.days * factor + (months - whole_months) * pgv.DAYS_PER_MONTH
-    whole_days = int(days)
-    micros = round(iv.micros * factor + (days - whole_days) * pgv.USECS_PER_DAY)
-    return pgv.Interval(whole_months, whole_days, micros)
+    """interval * float8, step for step as Postgres's interval_mul (timestamp.c)."""
+    months_f = iv.months * factor
+    if math.isnan(months_f) or not INT32[0] <= months_f <= INT32[1]:
+        raise OverflowError("interval out of range")
+    months = int(months_f)
+    days_f = iv.days * factor
+    if math.isnan(days_f) or not INT32[0] <= days_f <= INT32[1]:
+        raise OverflowError("interval out of range")
+    days = int(days_f)
+    month_remainder_days = _tsround((iv.months * factor - months) * pgv.DAYS_PER_MONTH)
+    sec_remainder = _tsround(
+        (iv.days * factor - days + month_remainder_days - int(month_remainder_days)) * 86_400
+    )
+    if abs(sec_remainder) >= 86_400:
+        days += int(sec_remainder / 86_400)
+        sec_remainder -= int(sec_remainder / 86_400) * 86_400
+    days += int(month_remainder_days)
+    micros_f = round(iv.micros * factor + sec_remainder * pgv.USECS_PER_SEC)
+    if math.isnan(micros_f) or not -(2.0**63) <= micros_f < 2.0**63:
+        raise OverflowError("interval out of range")
+    return pgv.Interval(months, days, int(micros_f))
 
 
 def date_minus_date(a: date, b: date) -> int:
@@ -96,23 +148,71 @@ def date_minus_date(a: date, b: date) -> int:
 
 
 def justify_hours(iv: pgv.Interval) -> pgv.Interval:
-    days = int(iv.micros / pgv.USECS_PER_DAY)
-    return pgv.Interval(iv.months, iv.days + days, iv.micros - days * pgv.USECS_PER_DAY)
+    whole = _trunc_div(iv.micros, pgv.USECS_PER_DAY)
+    days, micros = iv.days + whole, iv.micros - whole * pgv.USECS_PER_DAY
+    if days > 0 and micros < 0:
+        micros += pgv.USECS_PER_DAY
+        days -= 1
+    elif days < 0 and micros > 0:
+        micros -= pgv.USECS_PER_DAY
+        days += 1
+    return checked_interval(iv.months, days, micros)
 
 
 def justify_days(iv: pgv.Interval) -> pgv.Interval:
-    months = int(iv.days / pgv.DAYS_PER_MONTH)
-    return pgv.Interval(iv.months + months, iv.days - months * pgv.DAYS_PER_MONTH, iv.micros)
+    whole = _trunc_div(iv.days, pgv.DAYS_PER_MONTH)
+    months, days = iv.months + whole, iv.days - whole * pgv.DAYS_PER_MONTH
+    if months > 0 and days < 0:
+        days += pgv.DAYS_PER_MONTH
+        months -= 1
+    elif months < 0 and days > 0:
+        days -= pgv.DAYS_PER_MONTH
+        months += 1
+    return checked_interval(months, days, iv.micros)
+
+
+def justify_interval(iv: pgv.Interval) -> pgv.Interval:
+    """Postgres's interval_justify_interval, sign rules included."""
+    months, days, micros = iv.months, iv.days, iv.micros
+    if (days > 0 and micros > 0) or (days < 0 and micros < 0):
+        whole = _trunc_div(days, pgv.DAYS_PER_MONTH)
+        days -= whole * pgv.DAYS_PER_MONTH
+        months += whole
+    whole = _trunc_div(micros, pgv.USECS_PER_DAY)
+    micros -= whole * pgv.USECS_PER_DAY
+    days += whole
+    whole = _trunc_div(days, pgv.DAYS_PER_MONTH)
+    days -= whole * pgv.DAYS_PER_MONTH
+    months += whole
+    if months > 0 and (days < 0 or (days == 0 and micros < 0)):
+        days += pgv.DAYS_PER_MONTH
+        months -= 1
+    elif months < 0 and (days > 0 or (days == 0 and micros > 0)):
+        days -= pgv.DAYS_PER_MONTH
+        months += 1
+    if days > 0 and micros < 0:
+        micros += pgv.USECS_PER_DAY
+        days -= 1
+    elif days < 0 and micros > 0:
+        micros -= pgv.USECS_PER_DAY
+        days += 1
+    return checked_interval(months, days, micros)
 
 
 # Binary operators by (operator, left, right) -> (result type, function).
+def date_plus_time(d: Any, t: time) -> Any:
+    if isinstance(d, pgv.PgInfinity):
+        return d  # an infinite date stays infinite as a timestamp
+    return datetime.combine(d, t)
+
+
 DATETIME_OPS: dict[tuple[str, str, str], tuple[str, Callable[[Any, Any], Any]]] = {
     ("+", "date", "int4"): ("date", lambda d, n: add_days(d, n)),
     ("+", "int4", "date"): ("date", lambda n, d: add_days(d, n)),
     ("-", "date", "int4"): ("date", lambda d, n: add_days(d, -n)),
     ("-", "date", "date"): ("int4", date_minus_date),
-    ("+", "date", "time"): ("timestamp", datetime.combine),
-    ("+", "time", "date"): ("timestamp", lambda t, d: datetime.combine(d, t)),
+    ("+", "date", "time"): ("timestamp", lambda d, t: date_plus_time(d, t)),
+    ("+", "time", "date"): ("timestamp", lambda t, d: date_plus_time(d, t)),
     ("+", "date", "interval"): ("timestamp", lambda d, i: add_interval(date_to_ts(d), i)),
     ("-", "date", "interval"): (
         "timestamp",
@@ -133,11 +233,11 @@ DATETIME_OPS: dict[tuple[str, str, str], tuple[str, Callable[[Any, Any], Any]]] 
     ("-", "time", "interval"): ("time", lambda t, i: time_add(t, neg_interval(i))),
     ("+", "interval", "interval"): (
         "interval",
-        lambda a, b: pgv.Interval(a.months + b.months, a.days + b.days, a.micros + b.micros),
+        interval_add,
     ),
     ("-", "interval", "interval"): (
         "interval",
-        lambda a, b: pgv.Interval(a.months - b.months, a.days - b.days, a.micros - b.micros),
+        interval_sub,
     ),
     ("*", "interval", "float8"): ("interval", interval_mul),
     ("*", "float8", "interval"): ("interval", lambda f, i: interval_mul(i, f)),

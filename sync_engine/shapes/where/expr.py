@@ -67,6 +67,8 @@ def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
         f1, f2 = args[0].fn, args[1].fn
         if args[1].is_const:
             b = args[1].value
+            if b is None:
+                return lambda _row, _cache: None
 
             def two_const(row: Row, cache: Cache) -> Any:
                 a = f1(row, cache)
@@ -75,25 +77,25 @@ def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
             return two_const
 
         def two(row: Row, cache: Cache) -> Any:
+            # Postgres evaluates every argument before a strict function sees a NULL, so
+            # an error in `b` is raised even when `a` is NULL (and so do we).
             a = f1(row, cache)
-            if a is None:
-                return None
             b = f2(row, cache)
-            return None if b is None else func(a, b)
+            return None if a is None or b is None else func(a, b)
 
         return two
     fns = [a.fn for a in args]
 
     def many(row: Row, cache: Cache) -> Any:
-        vals = []
-        for f in fns:
-            v = f(row, cache)
-            if v is None:
-                return None
-            vals.append(v)
-        return func(*vals)
+        vals = [f(row, cache) for f in fns]
+        return None if None in vals else func(*vals)
 
     return many
+
+
+#: What evaluating a Postgres expression on values can raise in Python: Postgres's data
+#: errors (division by zero, overflow, bad input) and their Python spellings.
+EVAL_ERRORS = (ArithmeticError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
 def apply(type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: Any) -> Expr:
@@ -104,7 +106,7 @@ def apply(type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: 
             return const(type_name, None, node)
         try:
             return const(type_name, func(*vals), node)
-        except (ArithmeticError, ValueError, TypeError, OverflowError) as e:
+        except EVAL_ERRORS as e:
             raise error_at(str(e) or type(e).__name__, node) from None
     if len(args) == 1 and args[0].unary is not None:
         inner = args[0].unary
@@ -112,7 +114,8 @@ def apply(type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: 
         assert name is not None
 
         def unary(text: str) -> Any:
-            return func(inner(text))
+            value = inner(text)  # None when an inner step yields NULL (infinity::time)
+            return None if value is None else func(value)
 
         return Expr(type_name, column_eval(name, unary), unary=unary, unary_of=name, node=node)
     fn = null_safe(func, args)
@@ -200,15 +203,19 @@ def or_expr(args: list[Expr], node: Any) -> Expr:
 
 
 def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: Any) -> Expr:
+    """`x IN (...)` evaluated in Postgres's order (transformAExprIn): with more than one
+    constant item, those form one `= ANY(array)` tested first; the items that read columns
+    follow one by one (`OR x = item`), stopping at the first true; each evaluated in full."""
     lf = left.fn
-    if all(i.is_const for i in items):
-        values = [i.value for i in items]
+    consts = [i for i in items if i.is_const]
+    if len(consts) > 1:
+        values = [i.value for i in consts]
         has_null = any(v is None for v in values)
         present = [v for v in values if v is not None]
         hashed = keyset(present) if indexable(present) else None
+        rest = [i.fn for i in items if not i.is_const]
 
-        def in_consts(row: Row, cache: Cache) -> Any:
-            v = lf(row, cache)
+        def in_consts(v: Any) -> Any:
             if v is None:
                 return None
             if hashed is not None:
@@ -218,17 +225,25 @@ def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: 
                 return True
             return None if has_null else False
 
-        return bool_expr(in_consts, node)
-    fns = [i.fn for i in items]
+        if not rest:
+
+            def only_consts(row: Row, cache: Cache) -> Any:
+                return in_consts(lf(row, cache))
+
+            return bool_expr(only_consts, node)
+        first = in_consts
+    else:
+        first = None
+        rest = [i.fn for i in items]
 
     def in_exprs(row: Row, cache: Cache) -> Any:
         v = lf(row, cache)
-        if v is None:
-            return None
-        result: Any = False
-        for f in fns:
+        result: Any = False if first is None else first(v)
+        if result is True:
+            return True
+        for f in rest:
             x = f(row, cache)
-            if x is None:
+            if v is None or x is None:
                 result = None
             elif eq(v, x):
                 return True
@@ -245,8 +260,8 @@ def apply_nullable(
     if all(a.is_const for a in args):
         try:
             return const(type_name, func(*(a.value for a in args)), node)
-        except (ArithmeticError, ValueError, TypeError) as e:
-            raise error_at(str(e), node) from None
+        except EVAL_ERRORS as e:
+            raise error_at(str(e) or type(e).__name__, node) from None
 
     def run(row: Row, cache: Cache) -> Any:
         return func(*(f(row, cache) for f in fns))
@@ -273,6 +288,7 @@ def col_const_compare(left: Expr, value: Any, op: Callable[[Any, Any], Any], nod
         text = row.get(name)
         if text is None:
             return None
-        return op(parse(text), value)
+        parsed = parse(text)
+        return None if parsed is None else op(parsed, value)
 
     return Expr("bool", compare, node=node)

@@ -7,15 +7,17 @@ named so the compiler can refuse them with a clear message.
 from __future__ import annotations
 
 from collections.abc import Callable
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from sync_engine.pg import values as pgv
 
 from .arrays import array_append, array_cat, array_ndims_nullable, array_prepend
-from .datetimes import justify_days, justify_hours
+from .datetimes import justify_days, justify_hours, justify_interval
 from .errors import error_at
 from .expr import Cache, Expr, Row, apply, apply_nullable
-from .types import NUMERIC_ORDER, STRING_TYPES, display, elem_type, is_array
+from .semantics import checked_int
+from .types import INT_TYPES, NUMERIC_ORDER, STRING_TYPES, display, elem_type, is_array
 
 if TYPE_CHECKING:
     from .compiler import Compiler
@@ -66,8 +68,11 @@ AGGREGATES = frozenset(
 )
 
 
-def _text_func(func: Callable[[str], str]) -> Callable[[Compiler, list[Expr], Any], Expr]:
+def _case_func(which: str) -> Callable[[Compiler, list[Expr], Any], Expr]:
+    """upper() / lower(): the collation's per-character mapping (see collation.py)."""
+
     def build(c: Compiler, args: list[Expr], node: Any) -> Expr:
+        func = c.case_function(which, node)
         return apply("text", func, [c.coerce(_textual(c, args[0]), "text")], node)
 
     return build
@@ -80,7 +85,8 @@ def _textual(c: Compiler, e: Expr) -> Expr:
 
 
 def _concat_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
-    parts = [c.as_text(a) for a in args]
+    # concat() prints each argument with its output function: char(n) keeps its padding
+    parts = [c.as_text(c.padded(a, node, "concat()")) for a in args]
     fns = [p.fn for p in parts]
 
     def concat(row: Row, cache: Cache) -> str:
@@ -96,7 +102,9 @@ def _concat_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
 
 def _like_builder(ignore_case: bool) -> Callable[[Compiler, list[Expr], Any], Expr]:
     def build(c: Compiler, args: list[Expr], node: Any) -> Expr:
-        return c.like(args[0], args[1], None, ignore_case, False, node)
+        # like(text, text): a char(n) argument is cast to text (padding trimmed) first
+        subject = c.coerce(args[0], "text") if args[0].type == "bpchar" else args[0]
+        return c.like(subject, args[1], None, ignore_case, False, node)
 
     return build
 
@@ -139,21 +147,25 @@ def _abs_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
     arg = args[0] if args[0].type != "unknown" else c.coerce(args[0], "float8")
     if arg.type not in NUMERIC_ORDER:
         raise error_at(f"function abs({display(arg.type)}) does not exist", node)
-    return apply(arg.type, abs, [arg], node)
+    func: Callable[[Any], Any] = abs
+    if arg.type in INT_TYPES:
+        func = checked_int(arg.type, abs)
+    elif arg.type == "numeric":
+        func = Decimal.copy_abs  # abs() would round to the context's 28 digits
+    return apply(arg.type, func, [arg], node)
 
 
 FUNCTIONS: dict[tuple[str, int], Callable[[Compiler, list[Expr], Any], Expr]] = {
-    ("lower", 1): _text_func(str.lower),
-    ("upper", 1): _text_func(str.upper),
+    ("lower", 1): _case_func("lower"),
+    ("upper", 1): _case_func("upper"),
     ("concat", -1): _concat_builder,
     ("like", 2): _like_builder(False),
-    ("ilike", 2): _like_builder(True),
     ("array_cat", 2): _array_builder("cat"),
     ("array_append", 2): _array_builder("append"),
     ("array_prepend", 2): _array_builder("prepend"),
     ("array_ndims", 1): _ndims_builder,
     ("justify_days", 1): _justify_builder(justify_days),
     ("justify_hours", 1): _justify_builder(justify_hours),
-    ("justify_interval", 1): _justify_builder(lambda i: justify_hours(justify_days(i))),
+    ("justify_interval", 1): _justify_builder(justify_interval),
     ("abs", 1): _abs_builder,
 }

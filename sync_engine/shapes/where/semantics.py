@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 from collections.abc import Callable
-from decimal import ROUND_HALF_UP, Context, Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
 from sync_engine.pg import values as pgv
@@ -28,6 +29,10 @@ COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 DECIMAL_CONTEXT = Context(prec=60)
+#: + - * and % on numeric are exact in Postgres; with this context they are in Python too
+#: (no rounding, no traps: Infinity - Infinity is NaN, as in Postgres).
+EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
+NUMERIC_NAN = Decimal("NaN")
 
 
 def identity(value: Any) -> Any:
@@ -70,24 +75,118 @@ def checked_int(type_name: str, func: Callable[..., int]) -> Callable[..., int]:
     return run
 
 
-def num_div(a: Any, b: Any) -> Any:
-    if isinstance(a, Decimal) or isinstance(b, Decimal):
+def num_div(a: Decimal, b: Decimal) -> Decimal:
+    """numeric / numeric exactly as Postgres: the quotient rounded (half away from zero) to
+    the scale `select_div_scale` picks, with its rules for NaN and infinities."""
+    if a.is_nan() or b.is_nan():
+        return NUMERIC_NAN
+    if a.is_infinite():
+        if b.is_infinite():
+            return NUMERIC_NAN
         if b == 0:
             raise ZeroDivisionError("division by zero")
-        return DECIMAL_CONTEXT.divide(Decimal(a), Decimal(b))
-    return a / b
-
-
-def num_mod(a: Any, b: Any) -> Any:
+        return a if b > 0 else -a
+    if b.is_infinite():
+        return Decimal(0)
     if b == 0:
         raise ZeroDivisionError("division by zero")
-    return DECIMAL_CONTEXT.remainder(Decimal(a), Decimal(b))
+    rscale = _div_scale(a, b)
+    # a / b * 10^rscale as a ratio of integers, rounded half away from zero
+    ta, tb = a.as_tuple(), b.as_tuple()
+    num = int("".join(map(str, ta.digits))) * (-1 if ta.sign else 1)
+    den = int("".join(map(str, tb.digits))) * (-1 if tb.sign else 1)
+    shift = int(ta.exponent) - int(tb.exponent) + rscale
+    if shift >= 0:
+        num *= 10**shift
+    else:
+        den *= 10**-shift
+    q, r = divmod(abs(num), abs(den))
+    if 2 * r >= abs(den):
+        q += 1
+    if (num < 0) != (den < 0):
+        q = -q
+    return numeric_result(Decimal(q).scaleb(-rscale))
 
 
-def float_result(value: float) -> float:
-    if math.isinf(value):
+def _base10000(x: Decimal) -> tuple[int, int]:
+    """(weight, first digit) of a nonzero finite numeric in Postgres's base-10000 digits."""
+    weight = x.copy_abs().adjusted() // 4
+    first = int(x.copy_abs().scaleb(-4 * weight))
+    return weight, first
+
+
+def _dscale(x: Decimal) -> int:
+    return max(0, -int(x.as_tuple().exponent))
+
+
+def _div_scale(a: Decimal, b: Decimal) -> int:
+    """Postgres's `select_div_scale` (numeric.c): at least 16 significant digits."""
+    w1, f1 = _base10000(a) if a != 0 else (0, 0)
+    w2, f2 = _base10000(b) if b != 0 else (0, 0)
+    qweight = w1 - w2 - (1 if f1 <= f2 else 0)
+    rscale = 16 - qweight * 4
+    rscale = max(rscale, _dscale(a), _dscale(b), 0)
+    return min(rscale, 1000)
+
+
+def num_mod(a: Decimal, b: Decimal) -> Decimal:
+    if a.is_nan() or b.is_nan():
+        return NUMERIC_NAN
+    if b == 0:
+        raise ZeroDivisionError("division by zero")
+    if a.is_infinite():
+        return NUMERIC_NAN
+    if b.is_infinite():
+        return a
+    return EXACT.remainder(a, b)
+
+
+def numeric_result(value: Decimal) -> Decimal:
+    """Postgres's numeric range: at most 131072 digits before the decimal point."""
+    if value.is_finite() and value and value.adjusted() >= 131072:
+        raise OverflowError("value overflows numeric format")
+    return value
+
+
+def _exact(op: Callable[[Context, Decimal, Decimal], Decimal]) -> Callable[..., Decimal]:
+    def run(a: Decimal, b: Decimal) -> Decimal:
+        return numeric_result(op(EXACT, a, b))
+
+    return run
+
+
+def float_result(value: float, *inputs: float) -> float:
+    """Postgres's float overflow check: an infinite result from finite inputs is an error."""
+    if math.isinf(value) and not any(math.isinf(x) for x in inputs):
         raise OverflowError("value out of range: overflow")
     return value
+
+
+def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
+    """float4/float8 `+ - * /` with Postgres's overflow and underflow errors."""
+    op = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": _float_div}[name]
+
+    def run(a: float, b: float) -> float:
+        result = op(a, b)
+        if float4:
+            result = pgv.round_float4(result, check=False)
+        if math.isinf(result) and not math.isinf(a) and not math.isinf(b):
+            raise OverflowError("value out of range: overflow")
+        if (
+            result == 0.0
+            and a != 0.0
+            and (b != 0.0 if name == "*" else name == "/" and not math.isinf(b))
+        ):
+            raise OverflowError("value out of range: underflow")
+        return result
+
+    return run
+
+
+def _float_div(a: float, b: float) -> float:
+    if b == 0.0:
+        raise ZeroDivisionError("division by zero")
+    return a / b
 
 
 def round_half_away(value: Decimal) -> int:
@@ -114,19 +213,35 @@ def to_int(type_name: str) -> Callable[[Any], int]:
 
 
 def to_numeric(value: Any) -> Decimal:
+    """int / float8 -> numeric; float8 goes through `%.15g` text as in Postgres."""
     if isinstance(value, float):
         if math.isnan(value):
-            return Decimal("NaN")
+            return NUMERIC_NAN
         return Decimal(f"{value:.15g}")
     return Decimal(value)
 
 
+def float4_to_numeric(value: float) -> Decimal:
+    """float4 -> numeric goes through `%.6g` text (FLT_DIG digits)."""
+    if math.isnan(value):
+        return NUMERIC_NAN
+    return Decimal(f"{value:.6g}")
+
+
 def to_float8(value: Any) -> float:
+    if isinstance(value, Decimal) and value.is_finite():
+        return pgv.parse_float8(str(value))  # numeric -> float8 is float8in(numeric_out)
     return float(value)
 
 
 def to_float4(value: Any) -> float:
-    return pgv.round_float4(float(value))
+    if isinstance(value, Decimal) and value.is_finite():
+        return pgv.parse_float4(str(value))
+    result = float(value)
+    narrowed = pgv.round_float4(result)
+    if narrowed == 0.0 and result != 0.0:
+        raise OverflowError("value out of range: underflow")
+    return narrowed
 
 
 def sqrt(value: float) -> float:
@@ -135,12 +250,29 @@ def sqrt(value: float) -> float:
     return math.sqrt(value)
 
 
-def numeric_pow(a: Decimal, b: Decimal) -> Decimal:
-    return DECIMAL_CONTEXT.power(a, b)
-
-
 def float_pow(a: float, b: float) -> float:
-    return float_result(math.pow(a, b))
+    """float8 ^ float8 following Postgres's `dpow`, special cases and errors included."""
+    if math.isnan(a):
+        return 1.0 if b == 0.0 else math.nan
+    if math.isnan(b):
+        return 1.0 if a == 1.0 else math.nan
+    if a == 0.0 and b < 0.0:
+        raise ValueError("zero raised to a negative power is undefined")
+    if a < 0.0 and math.floor(b) != b:
+        raise ValueError("a negative number raised to a non-integer power yields a complex result")
+    if math.isinf(a) or math.isinf(b):
+        return math.pow(a, b)  # C99 / POSIX special values, as Postgres spells them out
+    try:
+        result = math.pow(a, b)
+    except OverflowError:
+        raise OverflowError("value out of range: overflow") from None
+    if math.isinf(result):
+        raise OverflowError("value out of range: overflow")
+    if result == 0.0 and a != 0.0:
+        raise OverflowError("value out of range: underflow")
+    if result != 0.0 and abs(result) < sys.float_info.min:
+        raise OverflowError("value out of range: overflow")  # pow() sets ERANGE (glibc)
+    return result
 
 
 def wrap_shift(typ: str, shift: Callable[[int, int], int]) -> Callable[[int, int], int]:
@@ -166,21 +298,12 @@ def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
         return None if func is None else checked_int(typ, func)
     if typ == "numeric":
         return {
-            "+": operator.add,
-            "-": operator.sub,
-            "*": operator.mul,
+            "+": _exact(Context.add),
+            "-": _exact(Context.subtract),
+            "*": _exact(Context.multiply),
             "/": num_div,
             "%": num_mod,
         }.get(name)
-    func2: Callable[..., Any] | None = {
-        "+": operator.add,
-        "-": operator.sub,
-        "*": operator.mul,
-        "/": operator.truediv,
-    }.get(name)
-    if func2 is None:
-        return None
-    inner = func2
-    if typ == "float4":
-        return lambda a, b: pgv.round_float4(float_result(inner(a, b)))
-    return lambda a, b: float_result(inner(a, b))
+    if name in ("+", "-", "*", "/"):
+        return _float_op(name, typ == "float4")
+    return None

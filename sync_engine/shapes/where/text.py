@@ -6,8 +6,10 @@ iso_8601, extra_float_digits=1, TimeZone UTC).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
+import string
 from collections.abc import Callable
 from datetime import time
 from decimal import Decimal
@@ -97,7 +99,7 @@ def numeric_text(value: Decimal) -> str:
         return "NaN"
     if value.is_infinite():
         return "Infinity" if value > 0 else "-Infinity"
-    return format(value, "f")
+    return format(value.copy_abs() if value.is_zero() else value, "f")  # no "-0" in numeric
 
 
 _ARRAY_QUOTE_RE = re.compile(r'[{},"\\\s]')
@@ -157,9 +159,12 @@ def bool_text_from_raw(text: str) -> str:
 
 
 def like_regex(
-    pattern: str, escape: str | None = "\\", *, ignore_case: bool = False
+    pattern: str, escape: str | None = "\\", *, fold: Callable[[str], str] | None = None
 ) -> re.Pattern[str]:
-    """Translate a LIKE pattern (`%`, `_`, escape char) to an anchored regex."""
+    """Translate a LIKE pattern (`%`, `_`, escape char) to an anchored regex.
+
+    For ILIKE, `fold` is the collation's `lower`: Postgres lowers the pattern (after
+    resolving ESCAPE) and the text, then matches case-sensitively; so do we."""
     out = []
     i = 0
     while i < len(pattern):
@@ -168,23 +173,74 @@ def like_regex(
             i += 1
             if i >= len(pattern):
                 raise ValueError("LIKE pattern must not end with escape character")
-            out.append(re.escape(pattern[i]))
+            out.append(re.escape(fold(pattern[i]) if fold else pattern[i]))
         elif ch == "%":
             out.append(".*")
         elif ch == "_":
             out.append(".")
         else:
-            out.append(re.escape(ch))
+            out.append(re.escape(fold(ch) if fold else ch))
         i += 1
-    flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
-    return re.compile("".join(out), flags)
+    return re.compile("".join(out), re.DOTALL)
 
 
 def like_function(
-    ignore_case: bool, negate: bool, escape: str | None = "\\"
+    fold: Callable[[str], str] | None, negate: bool, escape: str | None = "\\"
 ) -> Callable[[str, str], bool]:
+    """LIKE / ILIKE (with `fold`) for a pattern known only per row."""
+
     def like(text: str, pattern: str) -> bool:
-        matched = like_regex(pattern, escape, ignore_case=ignore_case).fullmatch(text) is not None
+        if fold is not None:
+            text = fold(text)
+        matched = like_regex(pattern, escape, fold=fold).fullmatch(text) is not None
         return matched != negate
 
     return like
+
+
+# --- case mapping ---------------------------------------------------------------------------
+
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+# Simple (1:1) mappings that differ from "the full mapping when it is one character, else
+# the character itself": Greek with ypogegrammeni uppercases to its titlecase form, and
+# U+0130 (İ) lowercases to "i". Everything else follows Python's unicodedata.
+_SIMPLE_UPPER_EXTRA = {
+    **{0x1F80 + i: 0x1F88 + i for i in range(8)},
+    **{0x1F90 + i: 0x1F98 + i for i in range(8)},
+    **{0x1FA0 + i: 0x1FA8 + i for i in range(8)},
+    0x1FB3: 0x1FBC,
+    0x1FC3: 0x1FCC,
+    0x1FF3: 0x1FFC,
+}
+_SIMPLE_LOWER_EXTRA = {0x130: 0x69}
+_LAST_CASED = 0x20000  # no code point above has a case mapping (Unicode 15)
+
+
+@functools.cache
+def _unicode_tables() -> tuple[dict[int, int], dict[int, int]]:
+    upper, lower = dict(_SIMPLE_UPPER_EXTRA), dict(_SIMPLE_LOWER_EXTRA)
+    for cp in range(_LAST_CASED):
+        ch = chr(cp)
+        up, low = ch.upper(), ch.lower()
+        if len(up) == 1 and up != ch:
+            upper.setdefault(cp, ord(up))
+        if len(low) == 1 and low != ch:
+            lower.setdefault(cp, ord(low))
+    return upper, lower
+
+
+def case_mapping(kind: str, which: str) -> Callable[[str], str]:
+    """`upper` / `lower` per character, as Postgres's libc path does (towupper/towlower):
+    `kind` "ascii" (C/POSIX ctype) or "unicode" (glibc C.UTF-8: Unicode simple mappings)."""
+    if kind == "ascii":
+        table: Any = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
+    else:
+        upper, lower = _unicode_tables()
+        table = upper if which == "upper" else lower
+
+    def mapped(text: str) -> str:
+        return text.translate(table)
+
+    return mapped

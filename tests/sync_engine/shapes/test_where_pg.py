@@ -8,6 +8,7 @@ every clause the ids Postgres returns for `WHERE <where.sql>` must equal the ids
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
@@ -18,7 +19,7 @@ import psycopg
 import pytest
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.catalog import ColumnInfo, load_table
 from sync_engine.shapes.where import index_key, parse_where
 
 SETTINGS = (
@@ -133,18 +134,15 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], dict[str, Colu
 
 
 def _catalog(conn: psycopg.Connection[Any]) -> dict[str, ColumnInfo]:
-    out = {}
-    query = """
-        SELECT a.attname, a.attnum, t.oid, t.typname, e.typname, coalesce(e.typtype, t.typtype),
-               a.atttypmod, a.attndims, a.attnotnull
-        FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
-        LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
-        WHERE a.attrelid = 't'::regclass AND a.attnum > 0 AND NOT a.attisdropped
-    """
-    for name, attnum, oid, typname, elem, kind, typmod, dims, not_null in conn.execute(query):
-        out[name] = ColumnInfo(name, attnum, oid, typname, elem, kind, typmod, dims, not_null,
-                               0 if name == "id" else None)  # fmt: skip
-    return out
+    """The engine's own description of table `t` (collations included)."""
+
+    async def load() -> dict[str, ColumnInfo]:
+        async with await psycopg.AsyncConnection.connect(conn.info.dsn) as aconn:
+            info = await load_table(aconn, "public", "t")
+        assert info is not None
+        return info.column_map
+
+    return asyncio.run(load())
 
 
 CLAUSES: list[tuple[str, dict[str, str]]] = [

@@ -1,0 +1,142 @@
+"""The schema-free check: which constructs a where clause uses that the engine always refuses.
+
+The proxy checks a policy's filter when it loads the policy, before any table is known, so
+this check needs no columns: it refuses only what `parse_where` refuses whatever the
+columns' types (unsupported node kinds, operators and functions, casts to types the engine
+does not evaluate, the size / nesting limits, a syntax error, SQL that cannot be written
+back unambiguously). What depends on types or on the database's collation (`numeric ^`,
+text `<` or `upper()` under a collation the engine does not reproduce, an operator between
+incompatible types) is left to `parse_where` when a shape is created: a 400 then.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pglast import ast
+from pglast.enums import A_Expr_Kind
+
+from .compiler import JSON_OPERATORS, LIKE_OPERATORS
+from .errors import error_at
+from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
+from .parse import construct_name, deparse, parse_clause
+from .semantics import COMPARISONS
+from .types import CAST_TARGETS
+
+_NODES = (
+    ast.ColumnRef, ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest, ast.BooleanTest,
+    ast.A_Expr, ast.TypeCast, ast.A_ArrayExpr, ast.A_Indirection, ast.CoalesceExpr,
+    ast.MinMaxExpr, ast.FuncCall, ast.TypeName, ast.String, ast.Integer, ast.Float,
+    ast.Boolean, ast.A_Indices,
+)  # fmt: skip
+_BINARY = frozenset(
+    {*COMPARISONS, *LIKE_OPERATORS, "@>", "<@", "&&", "||", "+", "-", "*", "/", "%", "^",
+     "&", "|", "#", "<<", ">>"}
+)  # fmt: skip
+_PREFIX = frozenset({"+", "-", "@", "|/", "~"})
+_KINDS = frozenset(
+    {A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL,
+     A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT, A_Expr_Kind.AEXPR_NULLIF,
+     A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE,
+     A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_BETWEEN_SYM,
+     A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM}
+)  # fmt: skip
+
+
+def check_where_constructs(where_sql: str) -> None:
+    """Raise `WhereError` naming the first construct the engine refuses regardless of the
+    table (see the module docstring); `$1..$n` placeholders are allowed."""
+    stmt = parse_clause(where_sql)
+    root = stmt.whereClause
+    if root is None:
+        raise error_at("malformed query ending with SQL clauses")
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple):
+            stack.extend(node)
+            continue
+        if not isinstance(node, ast.Node):
+            continue
+        _check_node(node)
+        stack.extend(getattr(node, attr) for attr in node.__slots__)
+    deparse(root)
+
+
+def _check_node(node: ast.Node) -> None:
+    if not isinstance(node, _NODES):
+        raise error_at(f"{construct_name(node)} is not supported", node)
+    if isinstance(node, ast.ColumnRef):
+        parts = [getattr(f, "sval", "*") for f in node.fields]
+        if len(parts) != 1 or parts[0] == "*":
+            raise error_at(f"unknown reference {'.'.join(parts)}", node)
+    elif isinstance(node, ast.A_Const) and not node.isnull:
+        if not isinstance(node.val, (ast.Integer, ast.Float, ast.Boolean, ast.String)):
+            raise error_at(f"{construct_name(node.val)} constants are not supported", node)
+    elif isinstance(node, ast.A_Expr):
+        _check_operator(node)
+    elif isinstance(node, ast.TypeName):
+        _check_type(node)
+    elif isinstance(node, ast.FuncCall):
+        _check_function(node)
+    elif isinstance(node, ast.A_Indirection):
+        for ind in node.indirection:
+            if not isinstance(ind, ast.A_Indices):
+                raise error_at(f"{construct_name(ind)} is not supported here", node)
+
+
+def _check_operator(node: ast.A_Expr) -> None:
+    names = [n.sval for n in node.name]
+    if len(names) != 1:
+        raise error_at(f"qualified operator {'.'.join(names)} is not supported", node)
+    name, kind = names[0], node.kind
+    if kind not in _KINDS:
+        raise error_at(f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node)
+    if name in JSON_OPERATORS:
+        raise error_at(f"JSON operator {name} is not supported", node)
+    if kind == A_Expr_Kind.AEXPR_OP:
+        allowed = _PREFIX if node.lexpr is None else _BINARY
+        if name not in allowed:
+            raise error_at(f"operator {name} is not supported", node)
+    elif kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
+        if name not in COMPARISONS and name not in LIKE_OPERATORS:
+            raise error_at(f"operator {name} is not supported with ANY/ALL", node)
+    elif kind in (A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT) and name != "=":
+        raise error_at(f"operator {name} is not supported with IS DISTINCT FROM", node)
+    if kind == A_Expr_Kind.AEXPR_IN and isinstance(node.rexpr, ast.SubLink):
+        raise error_at("subquery is not supported", node)
+
+
+def _check_type(tn: ast.TypeName) -> None:
+    names = [n.sval for n in tn.names]
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    if tn.typmods:
+        raise error_at(f"type modifiers are not supported ({'.'.join(names)})", tn)
+    if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGETS:
+        raise error_at(f"unsupported type {'.'.join(names)}", tn)
+
+
+def _check_function(node: ast.FuncCall) -> None:
+    names = [n.sval for n in node.funcname]
+    if names == ["pg_catalog", "like_escape"]:
+        return  # how the parser spells LIKE ... ESCAPE
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    name = ".".join(names)
+    if node.over is not None:
+        raise error_at(f"window functions are not supported ({name})", node)
+    if node.agg_star or node.agg_distinct or node.agg_order or node.agg_filter:
+        raise error_at(f"aggregate functions are not supported ({name})", node)
+    if name in AGGREGATES:
+        raise error_at(f"aggregate functions are not supported ({name})", node)
+    if node.func_variadic:
+        raise error_at("VARIADIC function calls are not supported", node)
+    if name in NON_DETERMINISTIC:
+        raise error_at(f"non-deterministic function {name}() is not supported", node)
+    n_args = len(node.args or ())
+    if (name, n_args) in FUNCTIONS or (name, -1) in FUNCTIONS:
+        return
+    if name in CAST_TARGETS and n_args == 1:
+        return
+    raise error_at(f"unknown or unsupported function {name}/{n_args}", node)
