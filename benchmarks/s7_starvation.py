@@ -133,6 +133,14 @@ class Abuser:
         """Poll until `stop` (a multiprocessing Event) is set; set `sent` once all are out."""
         self.tasks = [asyncio.create_task(self._poll_forever(i)) for i in range(ABUSERS)]
         await self.all_sent.wait()
+        # Settled: every poll is out and no answer came for a second (the refused ones wait
+        # for their Retry-After, the rest are held by the engine).
+        answered = -1
+        for _ in range(600):
+            await asyncio.sleep(1.0)
+            if sum(self.statuses.values()) == answered:
+                break
+            answered = sum(self.statuses.values())
         sent.set()
         await asyncio.get_running_loop().run_in_executor(None, stop.wait)
         for task in self.tasks:
@@ -176,11 +184,10 @@ async def _abused(
     )
     child.start()
     try:
-        # Let every one of the 1,000 polls reach the proxy (held, or refused and waiting).
+        # Let every one of the 1,000 polls reach the proxy and settle (held, or refused).
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, sent.wait, 60):
+        if not await loop.run_in_executor(None, sent.wait, 120):
             raise RuntimeError("the abuser did not get its polls out")
-        await asyncio.sleep(1.0)  # their answers (held, or 429) are in by now
         times, retries = await victim(port, syncs, cap)
     finally:
         stop.set()
@@ -194,7 +201,7 @@ async def _abused(
 
 
 async def run(quick: bool) -> list[Row]:
-    syncs = 100 if quick else 300
+    syncs = 200 if quick else 500
     stack = Stack()
     rows: list[Row] = []
     try:
