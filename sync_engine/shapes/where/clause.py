@@ -33,8 +33,9 @@ class Where:
 
         A row on which the clause fails (division by zero, overflow, a value that does not
         cast) does not match: Postgres would have failed the whole query instead, and a
-        snapshot meeting such a row fails with a 400, so the shape never holds it. Nothing
-        raised here may stop the replication stream, so every exception means "no match".
+        snapshot meeting such a row fails with a 400, so the shape never holds it. Electric
+        does the same (`WhereClause.includes_record?` is false on an evaluation error).
+        Nothing raised here may stop the replication stream: every exception is "no match".
         """
         try:
             return self._fn(row, {}) is True

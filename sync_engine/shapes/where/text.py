@@ -238,21 +238,23 @@ _LAST_CASED = 0x20000  # no code point above has a case mapping (Unicode 15)
 
 
 @functools.cache
-def _unicode_tables() -> tuple[dict[int, int], dict[int, int]]:
-    upper, lower = dict(_SIMPLE_UPPER_EXTRA), dict(_SIMPLE_LOWER_EXTRA)
+def _unicode_tables() -> tuple[str, str]:
+    """Upper and lower tables as strings indexed by code point (str.translate's fastest
+    form: a C-level index; code points past the end are left as they are)."""
+    upper, lower = [], []
     for cp in range(_LAST_CASED):
         ch = chr(cp)
         up, low = ch.upper(), ch.lower()
-        if len(up) == 1 and up != ch:
-            upper.setdefault(cp, ord(up))
-        if len(low) == 1 and low != ch:
-            lower.setdefault(cp, ord(low))
-    return upper, lower
+        upper.append(chr(_SIMPLE_UPPER_EXTRA.get(cp, ord(up) if len(up) == 1 else cp)))
+        lower.append(chr(_SIMPLE_LOWER_EXTRA.get(cp, ord(low) if len(low) == 1 else cp)))
+    return "".join(upper), "".join(lower)
 
 
 def case_mapping(kind: str, which: str) -> Callable[[str], str]:
     """`upper` / `lower` per character, as Postgres's libc path does (towupper/towlower):
-    `kind` "ascii" (C/POSIX ctype) or "unicode" (glibc C.UTF-8: Unicode simple mappings)."""
+    `kind` "ascii" (C/POSIX ctype) or "unicode" (glibc C.UTF-8: Unicode simple mappings).
+    ASCII text takes Python's own str.upper/lower, which map ASCII exactly so."""
+    ascii_case = str.upper if which == "upper" else str.lower
     if kind == "ascii":
         table: Any = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
     else:
@@ -260,6 +262,6 @@ def case_mapping(kind: str, which: str) -> Callable[[str], str]:
         table = upper if which == "upper" else lower
 
     def mapped(text: str) -> str:
-        return text.translate(table)
+        return ascii_case(text) if text.isascii() else text.translate(table)
 
     return mapped
