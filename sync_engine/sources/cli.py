@@ -28,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_url = os.environ.get(_ENV + "ADMIN_URL")
     default_url = env_url or f"http://127.0.0.1:{os.environ.get(_ENV + 'ADMIN_PORT', '3100')}"
 
-    def common(suppress: bool) -> argparse.ArgumentParser:
+    def common(suppress: bool) -> OneLineParser:
         # Options work before or after the command; after it, only what is given overrides.
-        c = argparse.ArgumentParser(add_help=False)
+        c = OneLineParser(add_help=False)
         d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
         c.add_argument("--admin-url", default=d(default_url),
                        help="the engine's admin listener (default http://127.0.0.1:3100)."

@@ -69,7 +69,7 @@ def parse_where(
         raise WhereError("WHERE clause must return a boolean")
     if params:  # without params, a `$n` has already failed to compile
         substitute_params(stmt, params, compiler.param_types)
-    text = deparse(stmt.whereClause)
+    text = deparse(stmt.whereClause, sql)
     fn = expr.fn
     if expr.is_const:
         value = expr.value

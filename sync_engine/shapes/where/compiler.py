@@ -791,7 +791,7 @@ class Compiler:
         if not self.text_rules.equality:
             raise error_at(
                 f"text {op} is not supported under {self.text_rules.blocker} "
-                "(nondeterministic collation)",
+                "(live filtering compares text byte for byte: deterministic collations only)",
                 node,
             )
 

@@ -28,20 +28,37 @@ def _trim_fraction(micros: int) -> str:
 
 def float_text(value: float) -> str:
     """float8 output with extra_float_digits=1: shortest digits, %g-like layout."""
+    return _shortest_text(value, repr, 15)
+
+
+def float4_text(value: float) -> str:
+    """float4 output: the shortest digits that read back as the same float4 (Ryu, as
+    Postgres 12+), in exponent form from 10^6 on (float8 switches at 10^15)."""
+    return _shortest_text(value, _float4_digits, 6)
+
+
+def _float4_digits(value: float) -> str:
+    for precision in range(1, 10):
+        text = f"{value:.{precision - 1}e}"
+        if pgv.round_float4(float(text), check=False) == value:
+            return text
+    return repr(value)
+
+
+def _shortest_text(value: float, digits_of: Callable[[float], str], sci_from: int) -> str:
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     if value == 0:
         return "-0" if math.copysign(1, value) < 0 else "0"
-    digits = repr(value)
-    d = Decimal(digits)
+    d = Decimal(digits_of(value))
     exp = d.adjusted()
-    if -4 <= exp < 15:
-        return format(d, "f").removesuffix(".0") if "e" in digits else digits.removesuffix(".0")
     sign = "-" if value < 0 else ""
-    coeff = d.as_tuple().digits
-    ds = "".join(map(str, coeff)).rstrip("0") or "0"
+    ds = "".join(map(str, d.as_tuple().digits)).rstrip("0") or "0"
+    if -4 <= exp < sci_from:
+        plain = format(abs(d).normalize(), "f")
+        return sign + (plain.removesuffix(".0") if "." in plain else plain)
     body = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
     return f"{sign}{body}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
 
@@ -73,6 +90,8 @@ def interval_text(iv: pgv.Interval) -> str:
 
 
 def time_text(t: time) -> str:
+    if isinstance(t, pgv.EndOfDay):
+        return "24:00:00"
     return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}{_trim_fraction(t.microsecond)}"
 
 
@@ -128,7 +147,7 @@ TEXT_OUT: dict[str, Callable[[Any], str]] = {
     **{t: identity for t in (*STRING_TYPES, "json", "jsonb", "unknown")},
     "numeric": numeric_text,
     "float8": float_text,
-    "float4": float_text,
+    "float4": float4_text,
     "bool": lambda b: "t" if b else "f",
     "uuid": str,
     "date": date_text,
