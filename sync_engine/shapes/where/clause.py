@@ -50,8 +50,13 @@ def parse_where(
     *,
     allow_enums: bool = False,
     allow_subqueries: bool = False,
+    live: bool = True,
 ) -> Where:
-    """Parse and validate a shape's where clause against the table's columns."""
+    """Parse and validate a shape's where clause against the table's columns.
+
+    `live=False` is for a clause only Postgres evaluates (a subset query): what is refused
+    only because live filtering could not reproduce it (text ordering or case mapping under
+    a collation the engine does not know) is accepted, and `matches` must not be used."""
     stmt = parse_clause(sql)
     clause = stmt.whereClause
     if clause is None:
@@ -62,6 +67,7 @@ def parse_where(
         allow_enums=allow_enums,
         allow_subqueries=allow_subqueries,
         ref_counts=count_columns(clause),
+        live=live,
     )
     expr = compiler.compile(clause)
     if expr.type == "unknown" and expr.text is not None:

@@ -46,6 +46,8 @@ UNKNOWN = TextRules(False, None, False, "unknown collation")
 # A table without text columns: its text values (casts, literals) take the database default,
 # which is deterministic (a nondeterministic collation cannot be a database default) but
 # whose ordering and case mapping the engine does not know.
+# A clause only Postgres evaluates (a subset query): nothing to reproduce.
+SQL_ONLY = TextRules(True, "unicode", True, "")
 NO_TEXT_COLUMN = TextRules(False, None, True, "the database default collation (unknown here)")
 
 
