@@ -220,7 +220,7 @@ class Compiler:
         """Convert operands to one common type (Postgres's UNION/CASE-style resolution)."""
         typ = "unknown"
         for e in exprs:
-            common = common_type(typ, e.type)
+            common = self.common(typ, e.type, node)
             if common is None:
                 raise error_at(
                     f"{what} types {display(typ)} and {display(e.type)} cannot be matched",
@@ -384,7 +384,7 @@ class Compiler:
         return self._arithmetic(name, left, right, node)
 
     def comparison(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
-        typ = common_type(left.type, right.type)
+        typ = self.common(left.type, right.type, node)
         if typ is None or (is_enum(typ) and not self.allow_enums):
             raise self._operator_error(name, left, right, node)
         if typ == "unknown":
@@ -554,7 +554,7 @@ class Compiler:
     def _array_op(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
         if not (is_array(left.type) or is_array(right.type)):
             raise self._operator_error(name, left, right, node)
-        typ = common_type(left.type, right.type)
+        typ = self.common(left.type, right.type, node)
         if typ is None or (is_enum(elem_type(typ)) and not self.allow_enums):
             raise self._operator_error(name, left, right, node)
         left, right = self.coerce(left, typ), self.coerce(right, typ)
@@ -578,7 +578,7 @@ class Compiler:
             )
         probe = Expr(elem_type(right.type), lambda _r, _c: None, node=node.rexpr)
         if name in COMPARISONS:
-            typ = common_type(left.type, probe.type)
+            typ = self.common(left.type, probe.type, node)
             if (
                 typ is None
                 or (is_enum(typ) and not self.allow_enums)
@@ -611,7 +611,7 @@ class Compiler:
 
     def _distinct(self, node: ast.A_Expr, name: str) -> Expr:
         left, right = self.compile(node.lexpr), self.compile(node.rexpr)
-        typ = common_type(left.type, right.type)
+        typ = self.common(left.type, right.type, node)
         if name != "=" or typ is None or (is_enum(typ) and not self.allow_enums):
             raise self._operator_error(name, left, right, node)
         typ = "text" if typ == "unknown" else typ
@@ -734,7 +734,16 @@ class Compiler:
                 return (match(text) is None) if negate else (match(text) is not None)
 
             if fold is not None:
-                return apply("bool", lambda text: test(fold(text)), [left], node)
+                # ASCII text: case-insensitive matching of the lowered pattern restricted to
+                # ASCII letters is exactly "lower the text, then match"; no copy per row.
+                ascii_match = re.compile(regex.pattern, re.DOTALL | re.IGNORECASE | re.ASCII)
+                fast, folded = ascii_match.fullmatch, fold
+
+                def test_folded(text: str) -> bool:
+                    m = fast(text) if text.isascii() else match(folded(text))
+                    return (m is None) if negate else (m is not None)
+
+                return apply("bool", test_folded, [left], node)
             return apply("bool", test, [left], node)
         return apply("bool", like_function(fold, negate, esc or None), [left, pattern], node)
 
@@ -779,6 +788,17 @@ class Compiler:
                 "(live filtering orders text by code point: C, POSIX and C.UTF-8 collations)",
                 node,
             )
+
+    def common(self, a: str, b: str, node: Any) -> str | None:
+        """`common_type`, refusing char(n) beside varchar: Postgres compares those as
+        char(n) in an operator (`'ab '::varchar = 'ab  '::char(4)` is true) but as varchar
+        in an IN list of constants, which the engine does not tell apart."""
+        pair = {elem_type(a) if is_array(a) else a, elem_type(b) if is_array(b) else b}
+        if pair == {"bpchar", "varchar"}:
+            raise error_at(
+                "comparing char(n) with varchar is not supported (cast one side to text)", node
+            )
+        return common_type(a, b)
 
     def compare_fn(self, name: str, typ: str, node: Any) -> Callable[[Any, Any], Any]:
         """The comparison `name` on `typ`, refused on text where the collation forbids it."""
