@@ -310,7 +310,7 @@ class ProxyProcess(Process):
         """`extra` is merged into the config's top-level sections (e.g. `limits`)."""
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-proxy-"))
-        self.config = {
+        self.config: dict[str, Any] = {
             "server": {"host": "127.0.0.1", "port": self.port},
             "upstream": {"url": upstream, "pool_size": 8192, "first_byte_timeout": 90,
                          **({"secret_env": "ENGINE_SECRET"} if secret else {})},

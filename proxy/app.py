@@ -25,6 +25,7 @@ from proxy.http.context import CONTEXT, RequestContext, new_request_id
 from proxy.http.errors import error_response, render_http_exception, render_proxy_error
 from proxy.http.handlers import ADMISSION, FORWARDER, HOLDER, METRICS, SESSION, add_routes
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
+from proxy.http.server import HANDLER_ARGS, ProxyApplication
 from proxy.limits.admission import Admission
 from proxy.logs import ACCESS_LOGGER, access_level, redact_query
 from proxy.metrics import Metrics
@@ -169,8 +170,10 @@ def create_app(
     sighup: bool = False,
 ) -> web.Application:
     """The proxy app for an already validated config (the CLI fails fast before this)."""
-    app = web.Application(
-        middlewares=[handle_request], client_max_size=loaded.config.server.max_body_bytes
+    app = ProxyApplication(  # its server answers requests the HTTP parser refused in JSON
+        middlewares=[handle_request],
+        client_max_size=loaded.config.server.max_body_bytes,
+        handler_args=HANDLER_ARGS,
     )
     metrics = Metrics()
     app[METRICS] = metrics

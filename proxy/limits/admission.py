@@ -19,6 +19,7 @@ Used from the event loop thread only.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -127,11 +128,13 @@ class Admission:
         pool_size: int,
         *,
         clock: Callable[[], float] = time.monotonic,
+        jitter: Callable[[int, int], int] = random.randint,
         sweep_at: int = 10_000,
     ) -> None:
         self.pool_size = pool_size
         self._slots = _Slots(pool_size)
         self._clock = clock
+        self._jitter = jitter
         self._states: dict[str, _State] = {}
         self._sweep_base = sweep_at
         self._sweep_at = sweep_at
@@ -164,7 +167,7 @@ class Admission:
                 "too_many_open_requests",
                 f"Too many open requests for this client: {state.active} requests are open "
                 f"to the sync engine (limit {limits.max_concurrent}); retry later",
-                retry_after=limits.retry_after,
+                retry_after=self._spread(limits.retry_after),
             )
         wait = state.bucket.take(limits.rate, limits.burst, now)
         if wait > 0:
@@ -185,9 +188,14 @@ class Admission:
             raise UpstreamBusy(
                 "upstream_busy",
                 "All connections to the sync engine are in use; retry later",
-                retry_after=limits.retry_after,
+                retry_after=self._spread(limits.retry_after),
             )
         return Permit(self, principal)
+
+    def _spread(self, retry_after: int) -> int:
+        """`Retry-After` between `retry_after` and twice that, as Electric's admission 503s
+        do (5-10 s): clients refused together must not all come back in the same second."""
+        return self._jitter(retry_after, 2 * retry_after)
 
     def _release(self, principal: str) -> None:
         self._slots.release()

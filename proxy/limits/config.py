@@ -5,7 +5,8 @@ limits:                  # every principal (token subject, or client address whe
   max_concurrent: 64     # engine requests open at once, held long-polls and SSE included
   rate: 100              # engine requests per second, sustained ...
   burst: 500             # ... with bursts up to this many
-  retry_after: 5         # Retry-After (s) on a 429 for too many open requests, and on a 503
+  retry_after: 5         # Retry-After on a 429 for too many open requests and on a 503:
+                         # between this and twice this, so refused clients spread out
   pool_wait: 5           # max wait (s) for a free engine connection, then 503
 tables:
   items:

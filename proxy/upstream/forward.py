@@ -133,7 +133,9 @@ class Forwarder:
         if options.cache and self.cache.enabled:
             entry = self.cache.get(key)
             if entry is not None and entry.initial:
-                return await self._revalidate(request, target, key, entry, options, request_id)
+                return await self._revalidate(
+                    request, target, key, entry, options, request_id, admit
+                )
             if entry is not None:
                 self.metrics.cache_hit()
                 return Outcome(
@@ -393,6 +395,7 @@ class Forwarder:
         entry: CachedResponse,
         options: UpstreamOptions,
         request_id: str,
+        admit: Admit | None = None,
     ) -> Outcome:
         """Serve a cached `offset=-1` answer only if the engine still names its handle.
 
@@ -403,10 +406,10 @@ class Forwarder:
         """
         assert entry.etag is not None  # only answers with an ETag are kept as initial
         flight_key: CacheKey = (*key[:4], f"revalidate {entry.etag}")
-        # Not charged to the client's limits, like any cache hit: a 304 costs the engine no
-        # body, and one conditional request per distinct answer is in flight at a time.
+        # Charged like any new engine request when it starts a flight (a 304 is cheap, but a
+        # client repeating cached URLs must not get engine requests past its rate limit).
         flight, joined = await self._join(
-            request, target, flight_key, key, options, request_id, entry.etag, None
+            request, target, flight_key, key, options, request_id, entry.etag, admit
         )
         try:
             while flight.head is None and not flight.finished:

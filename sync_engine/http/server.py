@@ -17,8 +17,13 @@ import warnings
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import (
+    BadHttpMessage,
+    BadHttpMethod,
+    HttpProcessingError,
+    LineTooLong,
+)
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from .errors import json_response
 
@@ -55,6 +60,15 @@ def refusal(exc: BaseException | None) -> tuple[int, str]:
 class EngineRequestHandler(RequestHandler):
     __slots__ = ()
 
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # After a handler answered a request whose body turned out unreadable (bad chunking,
+        # not really gzip), aiohttp drains the rest and logs the body's error as unhandled.
+        exc = kw.get("exc_info")
+        if isinstance(exc, RequestPayloadError | HttpProcessingError):
+            log.info("dropped the unreadable rest of a request body: %s", type(exc).__name__)
+            return
+        super().log_exception(*args, **kw)
+
     def handle_error(
         self,
         request: Any,
@@ -71,9 +85,10 @@ class EngineRequestHandler(RequestHandler):
         elif status == 500 and isinstance(exc, ConnectionError) and self.transport is None:
             log.debug("client went away while its request was handled: %r", exc)
             body = {"error": "Internal server error"}
+        elif status == 504:
+            body = {"message": "The request timed out"}
         else:
-            if status == 500:
-                log.error("error handling request from %s", request.remote, exc_info=exc)
+            log.error("error handling request from %s", request.remote, exc_info=exc)
             body = {"error": "Internal server error"}
         if request.writer.output_size > 0:  # a response is half sent: the connection is broken
             raise ConnectionError("Response is sent already, cannot send another response")

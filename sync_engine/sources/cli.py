@@ -15,6 +15,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ..console import OneLineParser
+
 _ENV = "SYNC_ENGINE_"
 
 
@@ -26,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     env_url = os.environ.get(_ENV + "ADMIN_URL")
     default_url = env_url or f"http://127.0.0.1:{os.environ.get(_ENV + 'ADMIN_PORT', '3100')}"
 
-    def common(suppress: bool) -> argparse.ArgumentParser:
+    def common(suppress: bool) -> OneLineParser:
         # Options work before or after the command; after it, only what is given overrides.
-        c = argparse.ArgumentParser(add_help=False)
+        c = OneLineParser(add_help=False)
         d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
         c.add_argument("--admin-url", default=d(default_url),
                        help="the engine's admin listener (default http://127.0.0.1:3100)."
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return c
 
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="sync-engine sources",
         parents=[common(False)],
         description="Register and manage the Postgres databases (sources) a running engine"

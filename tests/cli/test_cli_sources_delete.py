@@ -51,3 +51,16 @@ def test_delete_without_a_terminal_needs_yes(monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(cli.CliError, match="--yes"):
         _run(monkeypatch, io.StringIO(""))
     assert _run(monkeypatch, io.StringIO(""), "--yes") == ["DELETE"]
+
+
+def test_sources_usage_mistakes_are_one_line() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "sync_engine", "sources", "delete"],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "sync-engine sources delete: the following arguments are required: source_id"
+        " (see sync-engine sources delete --help)"
+    ]

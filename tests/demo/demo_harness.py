@@ -61,8 +61,18 @@ class DemoRun:
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}"
 
+    def __enter__(self) -> DemoRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start(self, timeout: float = 180) -> str:
-        """`make run` in the background; returns its output up to and including the banner."""
+        """`make run` in the background; returns its output up to and including the banner.
+
+        Use the run as a context manager (`with DemoRun(...) as run: run.start()`), so that a
+        start that fails half-way is stopped and cleaned up too.
+        """
         if not self.ports:
             self.ports = {n: free_port() for n in ("ENGINE_PORT", "PROXY_PORT", "DEMO_PORT")}
             self.ports["PG_PORT"] = free_port()

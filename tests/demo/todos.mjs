@@ -133,6 +133,11 @@ try {
   await alice1.screenshot({ path: join(env.ARTIFACTS, "demo-alice.png"), fullPage: true });
   await bob.screenshot({ path: join(env.ARTIFACTS, "demo-bob.png"), fullPage: true });
 
+  const picker = await bobContext.newPage();
+  await picker.goto(`${env.DEMO_URL}/`);
+  await picker.waitForSelector("[data-testid=pick-alice]");
+  await picker.screenshot({ path: join(env.ARTIFACTS, "demo-picker.png") });
+
   // delete in tab 1 -> gone from tab 2
   measured.deleteMs = await propagation(alice1, alice2, item(title), false, "DELETE",
     "/api/todos/", () => alice1.click(`${item(title)} [data-testid=delete]`));

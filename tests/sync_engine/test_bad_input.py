@@ -596,9 +596,13 @@ async def test_over_large_headers_are_431(
      b"GET /v1/shape?table=\x00items HTTP/1.1\r\nHost: x\r\n\r\n",
      b"GET /v1/shape?where=\xff\xfe HTTP/1.1\r\nHost: x\r\n\r\n",
      b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
-     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n"],
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+     b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n",
+     b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+     b"Content-Encoding: gzip\r\nContent-Length: 4\r\n\r\n{}{}"],
     ids=["not-http", "header-without-colon", "nul-in-target", "non-utf8-target",
-         "length-and-chunked"],
+         "length-and-chunked", "bad-chunk-size", "not-gzip"],
 )  # fmt: skip
 async def test_malformed_http_is_a_json_400(engine: Engine, data: bytes, caplog: Any) -> None:
     make_items(engine)
