@@ -154,6 +154,8 @@ async def test_health_and_engine_errors_come_through_as_the_engine_sent_them(
 ) -> None:
     health = await open_proxy.get("/v1/health")
     assert health.status == 200 and health.json() == {"status": "active"}
+    head = await open_proxy.request("HEAD", "/v1/shape?table=items&offset=-1")
+    assert head.status == 200 and head.body == b"" and head.headers["electric-handle"]
     async with aiohttp.ClientSession() as session:
         async with session.get(
             f"{engine_url}/v1/shape?table=items&offset=-1&where=nope%20%3D%201"
