@@ -321,7 +321,9 @@ def check_settings(settings: Settings) -> None:
                    " them)")  # fmt: skip
 
 
-def serve(settings: Settings, engine_sock: socket.socket, admin_sock: socket.socket | None) -> None:
+def serve(
+    settings: Settings, engine_sock: list[socket.socket], admin_sock: list[socket.socket] | None
+) -> None:
     """Run the engine (and the admin listener) on already bound sockets until a signal."""
     from .app import build_app
 
@@ -363,7 +365,7 @@ async def _log_shutdown(app: web.Application) -> None:
     log.info("shutting down: closing held requests and replication")
 
 
-def _admin_listener(settings: Settings, sock: socket.socket) -> Any:
+def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:
     """Serve the admin app on its own socket for as long as the engine app runs."""
 
     async def listener(app: web.Application) -> AsyncIterator[None]:
@@ -372,8 +374,9 @@ def _admin_listener(settings: Settings, sock: socket.socket) -> Any:
 
         runner = web.AppRunner(build_admin_app(settings, app[MANAGER]), access_log=None)
         await runner.setup()
-        await web.SockSite(runner, sock).start()
-        log.info("admin API and dashboard listening on %s/", url_of(sock))
+        for sock in socks:
+            await web.SockSite(runner, sock).start()
+        log.info("admin API and dashboard listening on %s/", url_of(socks))
         yield
         await runner.cleanup()
 

@@ -210,8 +210,9 @@ def configure_logging(
 
 def listen(
     host: str, port: int, *, prog: str, what: str, change: str, backlog: int = 128
-) -> socket.socket:
-    """A listening socket on host:port, or one line saying why not and what to change.
+) -> list[socket.socket]:
+    """Listening sockets for host:port (each address a name resolves to, like aiohttp), or
+    one line saying why not and what to change.
 
     `change` names the flag and variable a person edits, e.g. "--port or SYNC_ENGINE_PORT".
     """
@@ -221,25 +222,42 @@ def listen(
     except socket.gaierror as exc:
         fail(prog, f"cannot listen for {what} on {host}: unknown address ({exc.strerror});"
                    f" change {change}", 1)  # fmt: skip
-    family, _, _, _, address = infos[0]
-    try:
-        sock = socket.create_server(address, family=family, backlog=backlog)
-    except OSError as exc:
-        where = f"{host}:{port}"
-        if exc.errno == errno.EADDRINUSE:
-            reason = f"port {port} is already in use (another program, or another copy of this one)"
-        elif exc.errno == errno.EACCES:
-            reason = f"permission denied (ports below 1024 need root) for port {port}"
-        elif exc.errno == errno.EADDRNOTAVAIL:
-            reason = f"{host} is not an address of this machine"
-        else:
-            reason = exc.strerror or type(exc).__name__
-        fail(prog, f"cannot listen for {what} on {where}: {reason}; change {change}", 1)
-    sock.set_inheritable(False)
-    return sock
+    addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
+    socks: list[socket.socket] = []
+    for family, address in addresses:
+        if socks and port == 0:  # one port for every address, the one the first one got
+            address = (address[0], socks[0].getsockname()[1], *address[2:])
+        try:
+            sock = socket.create_server(address, family=family, backlog=backlog)
+        except OSError as exc:
+            # An IPv6 address on a machine without IPv6 is skipped when another one works
+            # (as asyncio does); anything else is the person's to fix.
+            unusable = exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT)
+            if unusable and len(addresses) > 1:
+                continue
+            for s in socks:
+                s.close()
+            fail(prog, f"cannot listen for {what} on {host}:{port}: {_why(exc, host, port)};"
+                       f" change {change}", 1)  # fmt: skip
+        sock.set_inheritable(False)
+        socks.append(sock)
+    if not socks:
+        fail(prog, f"cannot listen for {what} on {host}:{port}: no usable address; change"
+                   f" {change}", 1)  # fmt: skip
+    return socks
 
 
-def url_of(sock: socket.socket) -> str:
-    """`http://host:port` of a listening socket (the real port when 0 was asked)."""
-    host, port = sock.getsockname()[:2]
+def _why(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is already in use (another program, or another copy of this one)"
+    if exc.errno == errno.EACCES:
+        return f"permission denied for port {port} (ports below 1024 need root)"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host} is not an address of this machine"
+    return exc.strerror or type(exc).__name__
+
+
+def url_of(socks: list[socket.socket]) -> str:
+    """`http://host:port` of the first listening socket (the real port when 0 was asked)."""
+    host, port = socks[0].getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -11,6 +11,8 @@ Then `make stop` must leave nothing running.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -135,6 +137,22 @@ def test_make_clean_under_a_running_demo_stops_it_first(tmp_path: Path) -> None:
     assert not run.data_dir.exists() and not pg_dir.exists()
     postgres = subprocess.run(["pgrep", "-f", f"postgres -D {pg_dir}/data"], capture_output=True)
     assert postgres.returncode == 1, "Postgres still running"
+
+
+def test_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    """Ctrl-C in the `make run` terminal (SIGINT to its process group) stops all of it."""
+    with DemoRun(checkout=ROOT, data_dir=tmp_path / "data") as run:
+        run.start()
+        pids = [int(p) for p in (run.data_dir / "pids").read_text().split()]
+        pg_dir = Path((run.data_dir / "pg-dir").read_text().strip())
+        assert run.proc is not None
+        os.killpg(run.proc.pid, signal.SIGINT)
+        run.proc.wait(60)
+        assert "stopping the demo" in run.output()
+        for pid in pids:
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"pid {pid} still running"
+        assert not (pg_dir / "data" / "postmaster.pid").exists(), "Postgres still running"
+        assert not (run.data_dir / "run.pid").exists()
 
 
 def _zombie(pid: int) -> bool:
