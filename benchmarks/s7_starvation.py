@@ -217,15 +217,21 @@ async def run(quick: bool) -> list[Row]:
         await proxy.wait_ready()
         port = int(proxy.url.rsplit(":", 1)[1])
         await victim(port, 10)  # warm-up: the shape exists, connections are open
-        idle, _ = await victim(port, syncs)
+        # Idle half before and half after the abuse, so a machine shared with other work
+        # drifting over the run weighs on both arms alike.
+        idle, _ = await victim(port, syncs // 2)
+        cpu0, t0 = proxy.cpu(), time.perf_counter()
         abused, retries, statuses = await _abused(proxy, syncs)
+        abused_cpu = (proxy.cpu() - cpu0) / (time.perf_counter() - t0)
+        idle += (await victim(port, syncs - syncs // 2))[0]
         arms = [("idle", fmt(pct(idle, 0.99) * 1000, "ms")),
                 ("abused", fmt(pct(abused, 0.99) * 1000, "ms"))]  # fmt: skip
         ratio = pct(abused, 0.99) / pct(idle, 0.99)
         print(f"    victim initial-sync p50 idle {pct(idle, 0.5) * 1000:.1f} ms, "
               f"abused {pct(abused, 0.5) * 1000:.1f} ms; p99 idle {pct(idle, 0.99) * 1000:.1f}"
               f" ms, abused {pct(abused, 0.99) * 1000:.1f} ms; victim retries {retries}; "
-              f"abuser answers {dict(sorted(statuses.items()))}", flush=True)  # fmt: skip
+              f"abuser answers {dict(sorted(statuses.items()))}; proxy CPU while abused "
+              f"{abused_cpu * 100:.0f}% of a core", flush=True)  # fmt: skip
         if not quick:
             open_proxy = stack.add(ProxyProcess(
                 engine.url, TABLES, collapse=True, cache_bytes=64 << 20,

@@ -67,7 +67,7 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
     runtime = request.app[HOLDER].current  # this request keeps this config through a reload
     method = request.method
     body: bytes | None = None
-    if method == "GET":
+    if method in ("GET", "HEAD"):  # HEAD: the GET's headers without its body, as Electric
         prepared = await _prepare_get(request, runtime, shape_name)
     elif method == "OPTIONS":
         context.outcome = "preflight"
@@ -109,6 +109,7 @@ async def _forward(
     context = request[CONTEXT]
     target = Target(
         method=method,
+        cacheable=method != "HEAD",
         url=prepared.url,
         url_text=prepared.url_text,
         body=body,

@@ -50,7 +50,7 @@ def build_subset_query(columns: Sequence[ColumnInfo], req: ShapeRequest) -> Subs
     where_sql = None
     if sub.where:
         try:
-            where_sql = parse_where(sub.where, sub.params, cols, allow_enums=True).sql
+            where_sql = parse_where(sub.where, sub.params, cols, allow_enums=True, live=False).sql
         except WhereError as e:
             raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
     order = None

@@ -99,6 +99,43 @@ INFINITY = PgInfinity(1)
 NEG_INFINITY = PgInfinity(-1)
 
 
+class EndOfDay(time):
+    """The time `24:00:00`: valid in Postgres, beyond Python's `time`; sorts after every
+    other time and equals only itself (as a `time`, it reads 23:59:59.999999)."""
+
+    __slots__ = ()
+
+    def __new__(cls) -> EndOfDay:
+        return super().__new__(cls, 23, 59, 59, 999_999)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EndOfDay)
+
+    def __ne__(self, other: object) -> bool:
+        return not isinstance(other, EndOfDay)
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __le__(self, other: object) -> bool:
+        return isinstance(other, EndOfDay)
+
+    def __gt__(self, other: object) -> bool:
+        return not isinstance(other, EndOfDay)
+
+    def __ge__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash("24:00:00")
+
+    def __repr__(self) -> str:
+        return "EndOfDay()"
+
+
+END_OF_DAY = EndOfDay()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Interval:
     """A Postgres interval: months, days and microseconds kept apart, as Postgres does.
@@ -342,6 +379,8 @@ def _parse_time_part(type_name: str, text: str, part: str) -> time:
         raise invalid(type_name, text)
     hh, mm, ss = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     micros = _micros_from_fraction(m.group(4))
+    if type_name == "time" and (hh, mm, ss, micros) == (24, 0, 0, 0):
+        return END_OF_DAY
     if micros == USECS_PER_SEC:
         ss, micros = ss + 1, 0
     try:
@@ -439,6 +478,8 @@ def _date_output(text: str) -> date | PgInfinity:
 
 
 def _time_output(text: str) -> time:
+    if text.startswith("24:"):
+        return END_OF_DAY
     return time.fromisoformat(text)
 
 

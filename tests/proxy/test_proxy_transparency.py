@@ -202,3 +202,15 @@ def test_a_config_without_issuers_serves_only_anonymous_rules(
     }
     loaded = build_config(data, environ)
     assert loaded.policy.anonymous and loaded.config.issuers == []
+
+
+async def test_head_answers_the_gets_headers_without_a_body(open_proxy: Any) -> None:
+    get = await open_proxy.get("/v1/shape?table=posts&offset=-1")
+    head = await open_proxy.request("HEAD", "/v1/shape?table=posts&offset=-1")
+    assert head.status == 200 and head.body == b""
+    assert open_proxy.engine.requests[-1].method == "HEAD"
+    for name in ("electric-handle", "electric-offset", "electric-schema", "Cache-Control"):
+        assert head.headers[name] == get.headers[name]
+    assert head.headers["Content-Length"] == str(len(get.body))
+    refused = await open_proxy.request("HEAD", "/v1/shape?table=items&offset=-1")
+    assert refused.status == 401  # authorised exactly like the GET

@@ -24,8 +24,6 @@ from .types import INT_TYPES, NUMERIC_ORDER
 
 # Implicit (and explicit) scalar conversions: (from, to) -> (function, index-exact).
 IMPLICIT_CASTS: dict[tuple[str, str], tuple[Callable[[Any], Any], bool]] = {}
-
-
 for _i, _src in enumerate(NUMERIC_ORDER):
     for _dst in NUMERIC_ORDER[_i + 1 :]:
         if _dst in INT_TYPES:
@@ -36,21 +34,11 @@ for _i, _src in enumerate(NUMERIC_ORDER):
             IMPLICIT_CASTS[(_src, _dst)] = (to_float4, False)
         else:
             IMPLICIT_CASTS[(_src, _dst)] = (to_float8, _src == "float4")
-
-
 for _src in ("varchar", "bpchar", "name"):
     IMPLICIT_CASTS[(_src, "text")] = (identity, True)
-
-
 IMPLICIT_CASTS[("text", "varchar")] = (identity, True)
-
-
 IMPLICIT_CASTS[("date", "timestamp")] = (date_to_ts, False)
-
-
-IMPLICIT_CASTS[("date", "timestamptz")] = (date_to_ts, False)  # then to tz below
-
-
+IMPLICIT_CASTS[("date", "timestamptz")] = (date_to_ts, False)  # then to tz: see Compiler.coerce
 IMPLICIT_CASTS[("timestamp", "timestamptz")] = (ts_to_tstz, False)
 
 

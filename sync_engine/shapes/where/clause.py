@@ -33,8 +33,9 @@ class Where:
 
         A row on which the clause fails (division by zero, overflow, a value that does not
         cast) does not match: Postgres would have failed the whole query instead, and a
-        snapshot meeting such a row fails with a 400, so the shape never holds it. Nothing
-        raised here may stop the replication stream, so every exception means "no match".
+        snapshot meeting such a row fails with a 400, so the shape never holds it. Electric
+        does the same (`WhereClause.includes_record?` is false on an evaluation error).
+        Nothing raised here may stop the replication stream: every exception is "no match".
         """
         try:
             return self._fn(row, {}) is True
@@ -49,8 +50,13 @@ def parse_where(
     *,
     allow_enums: bool = False,
     allow_subqueries: bool = False,
+    live: bool = True,
 ) -> Where:
-    """Parse and validate a shape's where clause against the table's columns."""
+    """Parse and validate a shape's where clause against the table's columns.
+
+    `live=False` is for a clause only Postgres evaluates (a subset query): what is refused
+    only because live filtering could not reproduce it (text ordering or case mapping under
+    a collation the engine does not know) is accepted, and `matches` must not be used."""
     stmt = parse_clause(sql)
     clause = stmt.whereClause
     if clause is None:
@@ -61,6 +67,7 @@ def parse_where(
         allow_enums=allow_enums,
         allow_subqueries=allow_subqueries,
         ref_counts=count_columns(clause),
+        live=live,
     )
     expr = compiler.compile(clause)
     if expr.type == "unknown" and expr.text is not None:
@@ -69,7 +76,7 @@ def parse_where(
         raise WhereError("WHERE clause must return a boolean")
     if params:  # without params, a `$n` has already failed to compile
         substitute_params(stmt, params, compiler.param_types)
-    text = deparse(stmt.whereClause)
+    text = deparse(stmt.whereClause, sql)
     fn = expr.fn
     if expr.is_const:
         value = expr.value

@@ -43,6 +43,12 @@ class TextRules:
 
 
 UNKNOWN = TextRules(False, None, False, "unknown collation")
+# A table without text columns: its text values (casts, literals) take the database default,
+# which is deterministic (a nondeterministic collation cannot be a database default) but
+# whose ordering and case mapping the engine does not know.
+# A clause only Postgres evaluates (a subset query): nothing to reproduce.
+SQL_ONLY = TextRules(True, "unicode", True, "")
+NO_TEXT_COLUMN = TextRules(False, None, True, "the database default collation (unknown here)")
 
 
 def _rules_of(collation: str) -> TextRules:
@@ -77,7 +83,7 @@ def text_rules(columns: Iterable[ColumnInfo]) -> TextRules:
             result.equality and rules.equality,
             result.blocker if not _complete(result) else rules.blocker,
         )
-    return UNKNOWN if result is None else result
+    return NO_TEXT_COLUMN if result is None else result
 
 
 def _complete(rules: TextRules) -> bool:

@@ -30,7 +30,7 @@ from .arrays import (
     subscript_nullable,
 )
 from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS
-from .collation import text_rules
+from .collation import SQL_ONLY, text_rules
 from .datetimes import DATETIME_OPS, neg_interval
 from .errors import WhereError, error_at
 from .expr import (
@@ -121,6 +121,7 @@ class Compiler:
         allow_enums: bool,
         allow_subqueries: bool,
         ref_counts: Mapping[str, int],
+        live: bool = True,
     ) -> None:
         self.params = params
         self.columns = columns
@@ -128,7 +129,9 @@ class Compiler:
         self.allow_subqueries = allow_subqueries
         self.ref_counts = ref_counts
         self.param_types: dict[int, str] = {}
-        self.text_rules = text_rules(columns.values())
+        # Only Postgres evaluates a clause that is not live (a subset query): the collation's
+        # text semantics are then Postgres's own business, nothing to reproduce.
+        self.text_rules = text_rules(columns.values()) if live else SQL_ONLY
         self.referenced: set[str] = set()
 
     # -- entry points --
@@ -791,7 +794,7 @@ class Compiler:
         if not self.text_rules.equality:
             raise error_at(
                 f"text {op} is not supported under {self.text_rules.blocker} "
-                "(nondeterministic collation)",
+                "(live filtering compares text byte for byte: deterministic collations only)",
                 node,
             )
 

@@ -60,7 +60,7 @@ def check_where_constructs(where_sql: str) -> None:
             continue
         _check_node(node)
         stack.extend(getattr(node, attr) for attr in node.__slots__)
-    deparse(root)
+    deparse(root, where_sql)
 
 
 def _check_node(node: ast.Node) -> None:

@@ -99,9 +99,14 @@ def interval_sub(a: pgv.Interval, b: pgv.Interval) -> pgv.Interval:
     return checked_interval(a.months - b.months, a.days - b.days, a.micros - b.micros)
 
 
+def time_micros(t: time) -> int:
+    if isinstance(t, pgv.EndOfDay):
+        return pgv.USECS_PER_DAY
+    return ((t.hour * 60 + t.minute) * 60 + t.second) * pgv.USECS_PER_SEC + t.microsecond
+
+
 def time_add(t: time, iv: pgv.Interval) -> time:
-    micros = ((t.hour * 60 + t.minute) * 60 + t.second) * pgv.USECS_PER_SEC + t.microsecond
-    micros = (micros + iv.micros) % pgv.USECS_PER_DAY
+    micros = (time_micros(t) + iv.micros) % pgv.USECS_PER_DAY
     secs, us = divmod(micros, pgv.USECS_PER_SEC)
     return time(secs // 3600, secs // 60 % 60, secs % 60, us)
 
@@ -203,6 +208,8 @@ def justify_interval(iv: pgv.Interval) -> pgv.Interval:
 def date_plus_time(d: Any, t: time) -> Any:
     if isinstance(d, pgv.PgInfinity):
         return d  # an infinite date stays infinite as a timestamp
+    if isinstance(t, pgv.EndOfDay):
+        return datetime.combine(d, time(0)) + timedelta(days=1)  # 24:00 is next midnight
     return datetime.combine(d, t)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
-from pglast.parser import ParseError
+from pglast.parser import ParseError, fingerprint
 from pglast.stream import RawStream
 
 from .errors import PREFIX, WhereError
@@ -227,14 +227,19 @@ def _skip_block_comment(sql: str, i: int) -> int:
     return i
 
 
-def deparse(node: Any) -> str:
-    """The node as SQL, checked to parse back to the same tree.
+def deparse(node: Any, source: str) -> str:
+    """The node as SQL, checked to parse back to the same tree (`source` is the clause the
+    node was parsed from, before any `$n` substitution).
 
     pglast's deparser drops parentheses Postgres needs around some operators of equal
     precedence (`(a IS DISTINCT FROM b) IS NOT TRUE` comes out unparseable); such a
-    clause is refused rather than sent to Postgres with another meaning."""
+    clause is refused rather than sent to Postgres with another meaning. The quick check
+    compares libpg_query fingerprints (structure, not constants: a `$n` and the literal
+    that replaces it agree); only when they differ are the trees compared in full."""
     text = RawStream()(node)
     try:
+        if fingerprint(PREFIX + text) == fingerprint(PREFIX + source):
+            return text
         again = parse_sql(PREFIX + text)[0].stmt.whereClause
     except ParseError:
         again = None

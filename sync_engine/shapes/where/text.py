@@ -28,20 +28,37 @@ def _trim_fraction(micros: int) -> str:
 
 def float_text(value: float) -> str:
     """float8 output with extra_float_digits=1: shortest digits, %g-like layout."""
+    return _shortest_text(value, repr, 15)
+
+
+def float4_text(value: float) -> str:
+    """float4 output: the shortest digits that read back as the same float4 (Ryu, as
+    Postgres 12+), in exponent form from 10^6 on (float8 switches at 10^15)."""
+    return _shortest_text(value, _float4_digits, 6)
+
+
+def _float4_digits(value: float) -> str:
+    for precision in range(1, 10):
+        text = f"{value:.{precision - 1}e}"
+        if pgv.round_float4(float(text), check=False) == value:
+            return text
+    return repr(value)
+
+
+def _shortest_text(value: float, digits_of: Callable[[float], str], sci_from: int) -> str:
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     if value == 0:
         return "-0" if math.copysign(1, value) < 0 else "0"
-    digits = repr(value)
-    d = Decimal(digits)
+    d = Decimal(digits_of(value))
     exp = d.adjusted()
-    if -4 <= exp < 15:
-        return format(d, "f").removesuffix(".0") if "e" in digits else digits.removesuffix(".0")
     sign = "-" if value < 0 else ""
-    coeff = d.as_tuple().digits
-    ds = "".join(map(str, coeff)).rstrip("0") or "0"
+    ds = "".join(map(str, d.as_tuple().digits)).rstrip("0") or "0"
+    if -4 <= exp < sci_from:
+        plain = format(abs(d).normalize(), "f")
+        return sign + (plain.removesuffix(".0") if "." in plain else plain)
     body = ds[0] + ("." + ds[1:] if len(ds) > 1 else "")
     return f"{sign}{body}e{'+' if exp >= 0 else '-'}{abs(exp):02d}"
 
@@ -73,6 +90,8 @@ def interval_text(iv: pgv.Interval) -> str:
 
 
 def time_text(t: time) -> str:
+    if isinstance(t, pgv.EndOfDay):
+        return "24:00:00"
     return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}{_trim_fraction(t.microsecond)}"
 
 
@@ -128,7 +147,7 @@ TEXT_OUT: dict[str, Callable[[Any], str]] = {
     **{t: identity for t in (*STRING_TYPES, "json", "jsonb", "unknown")},
     "numeric": numeric_text,
     "float8": float_text,
-    "float4": float_text,
+    "float4": float4_text,
     "bool": lambda b: "t" if b else "f",
     "uuid": str,
     "date": date_text,
@@ -219,21 +238,23 @@ _LAST_CASED = 0x20000  # no code point above has a case mapping (Unicode 15)
 
 
 @functools.cache
-def _unicode_tables() -> tuple[dict[int, int], dict[int, int]]:
-    upper, lower = dict(_SIMPLE_UPPER_EXTRA), dict(_SIMPLE_LOWER_EXTRA)
+def _unicode_tables() -> tuple[str, str]:
+    """Upper and lower tables as strings indexed by code point (str.translate's fastest
+    form: a C-level index; code points past the end are left as they are)."""
+    upper, lower = [], []
     for cp in range(_LAST_CASED):
         ch = chr(cp)
         up, low = ch.upper(), ch.lower()
-        if len(up) == 1 and up != ch:
-            upper.setdefault(cp, ord(up))
-        if len(low) == 1 and low != ch:
-            lower.setdefault(cp, ord(low))
-    return upper, lower
+        upper.append(chr(_SIMPLE_UPPER_EXTRA.get(cp, ord(up) if len(up) == 1 else cp)))
+        lower.append(chr(_SIMPLE_LOWER_EXTRA.get(cp, ord(low) if len(low) == 1 else cp)))
+    return "".join(upper), "".join(lower)
 
 
 def case_mapping(kind: str, which: str) -> Callable[[str], str]:
     """`upper` / `lower` per character, as Postgres's libc path does (towupper/towlower):
-    `kind` "ascii" (C/POSIX ctype) or "unicode" (glibc C.UTF-8: Unicode simple mappings)."""
+    `kind` "ascii" (C/POSIX ctype) or "unicode" (glibc C.UTF-8: Unicode simple mappings).
+    ASCII text takes Python's own str.upper/lower, which map ASCII exactly so."""
+    ascii_case = str.upper if which == "upper" else str.lower
     if kind == "ascii":
         table: Any = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
     else:
@@ -241,6 +262,6 @@ def case_mapping(kind: str, which: str) -> Callable[[str], str]:
         table = upper if which == "upper" else lower
 
     def mapped(text: str) -> str:
-        return text.translate(table)
+        return ascii_case(text) if text.isascii() else text.translate(table)
 
     return mapped

@@ -135,3 +135,15 @@ def test_unknown_collation_refuses_case_mapping_and_ordering() -> None:
     for sql in ["upper(t) = 'A'", "t < 'a'", "t = 'a'"]:
         with pytest.raises(WhereError, match="unknown collation"):
             parse_where(sql, {}, legacy)
+
+
+def test_subset_queries_only_postgres_evaluates_are_not_refused(
+    collated: tuple[Any, str],
+) -> None:
+    """A subset's where runs in Postgres only (`live=False`): nothing to reproduce."""
+    conn, url = collated
+    columns = asyncio.run(_columns(url, "icu"))
+    where = parse_where("upper(t) = 'A' OR t < 'b' OR t ILIKE 'x%'", {}, columns, live=False)
+    conn.execute(f"SELECT id FROM icu WHERE {where.sql}").fetchall()  # valid SQL
+    with pytest.raises(WhereError):
+        parse_where("upper(t) = 'A'", {}, columns)  # a shape's where: refused
