@@ -164,9 +164,15 @@ async def _claims(request: web.Request, runtime: Runtime) -> tuple[Claims, bool]
 
     A request without a token is anonymous only when some rule serves anonymous callers;
     otherwise it is refused at once (401), as before anything else is looked at. A token
-    that is present but invalid is always a 401, never a fallback to anonymous.
+    that is present but invalid is always a 401, never a fallback to anonymous, except
+    under a config with no issuers at all: nothing there could verify a token, so one that
+    an app sends anyway (meant for its own API) is ignored and the caller is anonymous,
+    the least-privileged principal, as the engine itself would ignore the header.
     """
-    if "Authorization" not in request.headers and runtime.loaded.policy.anonymous:
+    policy_anonymous = runtime.loaded.policy.anonymous
+    if policy_anonymous and (
+        "Authorization" not in request.headers or not runtime.loaded.config.issuers
+    ):
         return {}, True
     return await runtime.verifier.verify(bearer_token(request.headers)), False
 
