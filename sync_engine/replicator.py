@@ -170,6 +170,8 @@ MAX_DELAY = 5.0
 #: Slow retry for failures that need someone to fix something (wrong password, ...).
 PERMANENT_DELAY = 30.0
 PROBE_BYTES = 64 * 1024
+#: A stream that ran this long before failing starts a new episode (backoff from the start).
+STABLE_AFTER = 10.0
 
 
 def _probe_write(directory: str) -> None:
@@ -240,31 +242,31 @@ class Replicator:
         for failures someone has to fix (they are logged as such), and pause while shape
         logs cannot be written."""
         delay = FIRST_DELAY
-        failing_since: float | None = None
+        failing_since: float | None = None  # start of the current episode of failures
         attempts = 0
         last_permanent: str | None = None
+        announced = False
         while True:
             if self.write_error is not None:
                 await self._wait_for_space()
             stream = ReplicationStream(self.dsn, self.slot, self.publication)
             self._stream = stream
-            started = False
+            started_at: float | None = None
             try:
                 await stream.start()
-                started = True
+                started_at = time.monotonic()
                 if not self._slot_checked:
                     await self._check_repaired_shapes()
                 self.connected.set()
                 if self.write_error is None:
                     self.on_state("active", None)
-                if failing_since is not None:
+                if failing_since is not None and not announced:
+                    announced = True
                     log.info(
                         "replication recovered after %.1f s (%d attempts)",
-                        time.monotonic() - failing_since,
+                        started_at - failing_since,
                         attempts,
                     )
-                failing_since, attempts, last_permanent = None, 0, None
-                delay = FIRST_DELAY
                 await self._consume(stream)
             except asyncio.CancelledError:
                 raise
@@ -276,8 +278,12 @@ class Replicator:
                 self.connected.clear()
                 self._rollback_staged()
                 problem = describe_failure(exc)
+                now = time.monotonic()
+                if started_at is not None and now - started_at >= STABLE_AFTER:
+                    failing_since = None  # it ran fine for a while: a new episode
                 if failing_since is None:
-                    failing_since = time.monotonic()
+                    failing_since, attempts, delay = now, 0, FIRST_DELAY
+                    last_permanent, announced = None, False
                 attempts += 1
                 if problem.permanent:
                     wait = PERMANENT_DELAY
@@ -292,11 +298,13 @@ class Replicator:
                         )
                     last_permanent = problem.reason
                 else:
-                    wait = delay if not started else FIRST_DELAY
+                    # Backoff grows through the episode, also when the stream starts and
+                    # then fails at once (no fixed 0.2 s loop).
+                    wait = delay
                     delay = min(delay * 2, MAX_DELAY)
                     log.warning(
                         "replication %s (%s); retrying in %.1f s",
-                        "stream lost" if started else "cannot connect",
+                        "stream lost" if started_at is not None else "cannot connect",
                         problem.reason,
                         wait,
                     )

@@ -67,7 +67,7 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
     runtime = request.app[HOLDER].current  # this request keeps this config through a reload
     method = request.method
     body: bytes | None = None
-    if method == "GET":
+    if method in ("GET", "HEAD"):  # HEAD: the GET's headers without its body, as Electric
         prepared = await _prepare_get(request, runtime, shape_name)
     elif method == "OPTIONS":
         context.outcome = "preflight"
@@ -109,6 +109,7 @@ async def _forward(
     context = request[CONTEXT]
     target = Target(
         method=method,
+        cacheable=method != "HEAD",
         url=prepared.url,
         url_text=prepared.url_text,
         body=body,
@@ -163,9 +164,15 @@ async def _claims(request: web.Request, runtime: Runtime) -> tuple[Claims, bool]
 
     A request without a token is anonymous only when some rule serves anonymous callers;
     otherwise it is refused at once (401), as before anything else is looked at. A token
-    that is present but invalid is always a 401, never a fallback to anonymous.
+    that is present but invalid is always a 401, never a fallback to anonymous, except
+    under a config with no issuers at all: nothing there could verify a token, so one that
+    an app sends anyway (meant for its own API) is ignored and the caller is anonymous,
+    the least-privileged principal, as the engine itself would ignore the header.
     """
-    if "Authorization" not in request.headers and runtime.loaded.policy.anonymous:
+    policy_anonymous = runtime.loaded.policy.anonymous
+    if policy_anonymous and (
+        "Authorization" not in request.headers or not runtime.loaded.config.issuers
+    ):
         return {}, True
     return await runtime.verifier.verify(bearer_token(request.headers)), False
 

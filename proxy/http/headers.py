@@ -31,7 +31,7 @@ ALLOWED_REQUEST_HEADERS = (
     "accept",
 )
 #: DELETE too: whether a shape may be deleted is the rule's decision, made per request.
-ALLOWED_METHODS = "GET, POST, DELETE, OPTIONS"
+ALLOWED_METHODS = "GET, HEAD, POST, DELETE, OPTIONS"
 NO_STORE = "no-store"
 
 

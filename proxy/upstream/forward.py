@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 class Target:
     """What to ask the engine for one client request, as the policy decided it."""
 
-    method: str  # GET, POST (subset body) or DELETE
+    method: str  # GET, HEAD, POST (subset body) or DELETE
     url: URL  # built from scratch, secret included: never logged
     url_text: str
     body: bytes | None = None
@@ -287,6 +287,12 @@ class Forwarder:
         whole = False
         try:
             head = self._head(upstream, options, target, cacheable=key is not None)
+            if target.method == "HEAD":  # headers only; Content-Length says what a GET would send
+                whole = True
+                bodiless = complete(head, b"")
+                if head.content_length is not None:
+                    bodiless.headers["Content-Length"] = str(head.content_length)
+                return Outcome(bodiless, head.status)
             length = head.content_length
             whole_limit = WHOLE_BODY_LIMIT
             if head.ttl > 0 and self.cache.enabled:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 from collections import OrderedDict
 
-MAX_OPEN = 256
+#: A quarter of the process's file limit (sockets need the rest), between 64 and 4,096.
+MAX_OPEN = max(64, min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 
 _open: OrderedDict[str, int] = OrderedDict()
 

@@ -303,6 +303,12 @@ class ShapeLog:
         sums = [self._snapshot_sums[i] for i in range(count)]
         data = orjson.dumps({"chunks": count, "sums": sums, **record})
         self._write_file(f"{self._dir}/{SNAPSHOT_COMPLETE}", data)
+        if self.fsync:  # the directory entries of the chunks and the marker
+            fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _write_file(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -391,6 +397,8 @@ class ShapeLog:
         tail.end = end = start + len(record)
         self._staged.append(_Staged(tail, start, end, last_key, lsn))
         self._dirty.add(tail.path)
+        if not start:  # a new file: its directory entry must be durable too
+            self._dirty.add(self._dir)
 
     def _last_published(self) -> _Chunk | None:
         return self._chunks[-1] if self._chunks else None

@@ -99,6 +99,9 @@ class ShapeRegistry:
         # Raw request definition -> shape, so repeat requests skip the catalog and pglast.
         # Bounded: request texts that differ only in spelling must not grow it forever.
         self._by_request: LRUCache[tuple[object, ...], Shape] = LRUCache(maxsize=20_000)
+        # Its keys per shape, so retiring a shape does not scan all 20,000 (a dropped table
+        # with thousands of shapes did that thousands of times on the event loop).
+        self._request_keys: dict[Shape, set[tuple[object, ...]]] = {}
         self._creating: dict[ShapeDefinition, asyncio.Future[Shape]] = {}
         # Where clauses parsed while describing a request, reused when the shape is made
         # (parsing costs ~0.3 ms, a real share of creating a small shape).
@@ -116,7 +119,9 @@ class ShapeRegistry:
         return None
 
     def remember(self, req: ShapeRequest, shape: Shape) -> None:
-        self._by_request[req.definition_key()] = shape
+        key = req.definition_key()
+        self._by_request[key] = shape
+        self._request_keys.setdefault(shape, set()).add(key)
 
     async def describe(
         self, req: ShapeRequest, lookup: TableLookup
@@ -317,8 +322,9 @@ class ShapeRegistry:
         if self.by_definition.get(shape.definition) is shape:
             del self.by_definition[shape.definition]
         self.router.remove(shape)
-        for key in [k for k, s in self._by_request.items() if s is shape]:
-            del self._by_request[key]
+        for key in self._request_keys.pop(shape, ()):
+            if self._by_request.get(key) is shape:
+                del self._by_request[key]
         shape.notify()
         shape.log.close()
         try:

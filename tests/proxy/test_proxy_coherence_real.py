@@ -1,9 +1,10 @@
 """Real path, cache on: client -> proxy (config/examples/open.yaml) -> `sync-engine` -> Postgres.
 
-After a TRUNCATE rotates a shape, nothing the proxy cached of the old shape may reach a
-client: a brand-new client's first request names the new handle and holds the new rows.
-Answers every caller shares keep the engine's public cache headers; claim-dependent ones are
-private (the rest of that is tested against the fake engine in test_proxy_transparency.py).
+After a TRUNCATE or a DELETE rotates a shape, nothing the proxy cached of the old shape may
+reach a client: a brand-new client's first request names the new handle and holds the new
+rows. Answers every caller shares keep the engine's public cache headers; claim-dependent ones
+are private. `/v1/health` and the engine's error bodies come through as the engine sent them
+(the rest of that is tested against the fake engine in test_proxy_transparency.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def engine_url(db_url: str, tmp_path: Path) -> Iterator[str]:
         conn.execute(
             "INSERT INTO items SELECT g, 'org-a', 'old ' || g FROM generate_series(1, 20) g"
         )
-    engine = EngineProcess(db_url, tmp_path / "data", "--long-poll-timeout", "3", "--no-fsync")
+    engine = EngineProcess(
+        db_url, tmp_path / "data", "--long-poll-timeout", "3", "--no-fsync", "--allow-delete"
+    )
     engine.start()
     try:
         yield engine.url
@@ -53,6 +56,14 @@ def _rows(reply: Any) -> list[str]:
     rows: dict[str, dict[str, Any]] = {}
     apply_messages(rows, reply.json())
     return sorted(r["title"] for r in rows.values())
+
+
+async def _cache_hits(proxy: Any) -> float:
+    text = (await proxy.get("/metrics")).body.decode()
+    for line in text.splitlines():
+        if line.startswith('shape_proxy_response_cache_total{result="hit"}'):
+            return float(line.split()[1])
+    return 0.0
 
 
 async def _engine_handle(engine_url: str) -> str:
@@ -109,3 +120,49 @@ async def test_shared_answers_keep_public_headers_and_claim_answers_stay_private
     assert "s-maxage" not in private.headers["Cache-Control"]
     assert "authorization" in private.headers["Vary"].lower()
     assert json.loads(private.body)  # the same rows, filtered by the claim
+
+
+async def test_delete_through_the_proxy_rotates_the_shape_and_drops_its_answers(
+    open_proxy: Any,
+) -> None:
+    path = "/v1/shape?table=items&offset=-1"
+    first = await open_proxy.get(path)
+    old_handle = first.headers["electric-handle"]
+    offset = first.headers["electric-offset"]
+    up_to_date = await open_proxy.get(f"/v1/shape?table=items&offset={offset}&handle={old_handle}")
+    tip = up_to_date.headers["electric-offset"]
+    # A live answer (the long-poll times out empty after 3 s) is cached for its 5 s.
+    live = f"/v1/shape?table=items&offset={tip}&handle={old_handle}&live=true&cursor=1"
+    assert (await open_proxy.get(live)).status == 200
+    hits = await _cache_hits(open_proxy)
+    assert (await open_proxy.get(live)).status == 200
+    assert await _cache_hits(open_proxy) == hits + 1  # served from the cache
+
+    deleted = await open_proxy.request("DELETE", f"/v1/shape?table=items&handle={old_handle}")
+    assert deleted.status == 202, deleted.body
+
+    gone = await open_proxy.get(live)  # the deleted handle's cached answer is not served
+    assert gone.status == 409
+    fresh = await open_proxy.get(path)  # nor the cached initial answer of the deleted shape
+    assert fresh.status == 200 and fresh.headers["electric-handle"] != old_handle
+    assert len(_rows(fresh)) == 20
+    assert gone.headers["electric-handle"] == fresh.headers["electric-handle"]
+
+
+async def test_health_and_engine_errors_come_through_as_the_engine_sent_them(
+    open_proxy: Any, engine_url: str
+) -> None:
+    health = await open_proxy.get("/v1/health")
+    assert health.status == 200 and health.json() == {"status": "active"}
+    head = await open_proxy.request("HEAD", "/v1/shape?table=items&offset=-1")
+    assert head.status == 200 and head.body == b"" and head.headers["electric-handle"]
+    async with aiohttp.ClientSession() as session:
+        async with session.get(
+            f"{engine_url}/v1/shape?table=items&offset=-1&where=nope%20%3D%201"
+        ) as resp:
+            direct = await resp.json()
+            direct_status = resp.status
+    through = await open_proxy.get("/v1/shape?table=items&offset=-1&where=nope%20%3D%201")
+    assert through.status == direct_status == 400
+    assert through.json() == direct
+    assert direct["message"] == "Invalid request" and "where" in direct["errors"]

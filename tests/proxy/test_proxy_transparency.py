@@ -202,3 +202,33 @@ def test_a_config_without_issuers_serves_only_anonymous_rules(
     }
     loaded = build_config(data, environ)
     assert loaded.policy.anonymous and loaded.config.issuers == []
+
+
+async def test_head_answers_the_gets_headers_without_a_body(open_proxy: Any) -> None:
+    get = await open_proxy.get("/v1/shape?table=posts&offset=-1")
+    head = await open_proxy.request("HEAD", "/v1/shape?table=posts&offset=-1")
+    assert head.status == 200 and head.body == b""
+    assert open_proxy.engine.requests[-1].method == "HEAD"
+    for name in ("electric-handle", "electric-offset", "electric-schema", "Cache-Control"):
+        assert head.headers[name] == get.headers[name]
+    assert head.headers["Content-Length"] == str(len(get.body))
+    refused = await open_proxy.request("HEAD", "/v1/shape?table=items&offset=-1")
+    assert refused.status == 401  # authorised exactly like the GET
+
+
+async def test_without_issuers_a_token_is_ignored_and_the_caller_is_anonymous(
+    make_proxy: Any, open_data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    """Under a config that verifies no tokens (config/examples/open.yaml), an app's own token
+    changes nothing: the engine ignores the header, so the proxy does too."""
+    data = copy.deepcopy(open_data)
+    data.pop("issuers", None)
+    data["tables"] = {"*.*": {"allow": [{"name": "everyone", **PUBLIC, "all_rows": True}]}}
+    proxy = await make_proxy(build_config(data, environ))
+    plain = await proxy.get("/v1/shape?table=posts&offset=-1")
+    with_token = await proxy.get(
+        "/v1/shape?table=posts&offset=-1", headers={"Authorization": "Bearer app-token"}
+    )
+    assert plain.status == with_token.status == 200, with_token.body
+    assert with_token.body == plain.body
+    assert "app-token" not in proxy.engine.requests[-1].url.human_repr()

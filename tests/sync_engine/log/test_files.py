@@ -64,7 +64,9 @@ def test_an_append_is_invisible_until_published(tmp_path: Path) -> None:
     assert log.read_after(SNAPSHOT_END) == ([], SNAPSHOT_END)
     assert log.latest_offset == SNAPSHOT_END
     assert log.last_lsn == 100  # a replay of it is skipped meanwhile
-    _commit(log)
+    files, token = log.take_dirty()  # a new chunk: its directory entry is synced too
+    assert files == {str(log.directory / "log.00000000.log"), str(log.directory)}
+    log.publish(token)
     assert log.read_after(SNAPSHOT_END) == ([e for _, e in _tx(100)], LogOffset(100, 2))
     assert _reload(log).read_after(SNAPSHOT_END)[0] == [e for _, e in _tx(100)]
 
