@@ -30,6 +30,7 @@ import logging
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 
 from .log.files import LogWriteError
@@ -192,6 +193,10 @@ def _probe_write(directory: str) -> None:
             pass
 
 
+#: How many of the last transactions' xids `Replicator.recent_xids` keeps.
+RECENT_XIDS = 256
+
+
 class Replicator:
     def __init__(
         self,
@@ -230,6 +235,10 @@ class Replicator:
         self._slot_checked = False
         self.changes_seen = 0
         self.transactions_seen = 0
+        #: The xids of the last transactions read from the stream, whatever they touched. A
+        #: commit reaches the stream a moment before Postgres shows it to new snapshots, so a
+        #: new shape's snapshot must be checked against them (see `snapshots.SnapshotBehind`).
+        self.recent_xids: deque[int] = deque(maxlen=RECENT_XIDS)
         # Routing plans of the tables with shapes and a known Relation, valid while
         # router.version == self._plans_version (see handle_batch).
         self._plans: dict[int, RowPlan] = {}
@@ -487,6 +496,7 @@ class Replicator:
                     self._touched = {}
             elif kind == _COMMIT:
                 _, commit_lsn, last_end, _ = _commit(buf, _H + 1)
+                self.recent_xids.append(self._txn_xid)
                 if self._touched:
                     self._commit(commit_lsn)
                 else:  # _commit() without changes to apply
@@ -524,6 +534,7 @@ class Replicator:
             self._op = 0
             self._touched = {}
         elif t is pgoutput.Commit:
+            self.recent_xids.append(self._txn_xid)
             self._commit(msg.commit_lsn)  # type: ignore[attr-defined]
             return msg.end_lsn  # type: ignore[attr-defined]
         elif t is pgoutput.Relation:

@@ -26,13 +26,13 @@ import logging
 import select
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, pq
 
 from .pg import snapshot_errors
-from .pg.snapshot_batch import SnapshotJob, run_batch, send_batch
+from .pg.snapshot_batch import SnapshotBehind, SnapshotJob, run_batch, send_batch
 
 if TYPE_CHECKING:
     from .shapes.shape import Shape
@@ -45,6 +45,11 @@ BATCH_MAX = 128
 EAGER_BATCH = 16
 #: Seconds an idle snapshot connection is kept.
 IDLE_CLOSE = 300.0
+#: Seconds before a batch whose snapshot missed a delivered transaction runs again.
+BEHIND_RETRY = 0.005
+#: Tries after which a shape's snapshot is no longer checked against delivered transactions
+#: (a safety valve: a delivered commit is visible within milliseconds).
+BEHIND_MAX_TRIES = 200
 
 
 class SnapshotScheduler:
@@ -56,6 +61,7 @@ class SnapshotScheduler:
         fsync: bool,
         make_job: Callable[[Shape], SnapshotJob],
         on_failed: Callable[[Shape, BaseException], None],
+        seen_xids: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.max_connections = max(1, max_connections)
@@ -63,6 +69,10 @@ class SnapshotScheduler:
         self.fsync = fsync
         self._make_job = make_job
         self._on_failed = on_failed
+        # The xids the replication stream delivered so far: a snapshot must see them all.
+        self._seen_xids = seen_xids
+        # Shapes whose batch was run again because its snapshot missed one (see `_run`).
+        self._behind: weakref.WeakKeyDictionary[Shape, int] = weakref.WeakKeyDictionary()
         self._queue: deque[Shape] = deque()
         self._idle: list[tuple[AsyncConnection[Any], float]] = []
         self._connections = 0  # open or opening
@@ -140,6 +150,12 @@ class SnapshotScheduler:
 
     def _start(self, conn: AsyncConnection[Any], batch: list[Shape]) -> None:
         jobs = [self._make_job(shape) for shape in batch]
+        # Taken before the query goes out: these commits precede the snapshot.
+        must_see: Sequence[int] = ()
+        if self._seen_xids is not None and all(
+            self._behind.get(shape, 0) < BEHIND_MAX_TRIES for shape in batch
+        ):
+            must_see = tuple(self._seen_xids())
         self._in_flight += 1
         try:
             send_batch(conn, jobs)
@@ -149,20 +165,38 @@ class SnapshotScheduler:
             for shape in batch:
                 self._on_failed(shape, exc)
             return
-        self._spawn(self._run(conn, batch, jobs))
+        self._spawn(self._run(conn, batch, jobs, must_see))
 
     async def _run(
-        self, conn: AsyncConnection[Any], batch: list[Shape], jobs: list[SnapshotJob]
+        self,
+        conn: AsyncConnection[Any],
+        batch: list[Shape],
+        jobs: list[SnapshotJob],
+        must_see: Sequence[int] = (),
     ) -> None:
         retry: list[SnapshotJob] = []
         healthy = False
         try:
-            retry = await run_batch(conn, jobs, self.chunk_bytes, self.fsync, sent=True)
+            retry = await run_batch(
+                conn, jobs, self.chunk_bytes, self.fsync, sent=True, must_see=must_see
+            )
             healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except asyncio.CancelledError:
             self._in_flight -= 1
             self._discard(conn)
             raise
+        except SnapshotBehind as exc:
+            # No job heard of this snapshot: close the connection (its backend is still
+            # running the batch) and run the same shapes again in a moment.
+            log.info("snapshot batch of %d shapes run again: %s", len(batch), exc)
+            self._in_flight -= 1
+            self._discard(conn)
+            for shape in reversed(batch):
+                self._behind[shape] = self._behind.get(shape, 0) + 1
+                self._queue.appendleft(shape)
+            loop = asyncio.get_running_loop()
+            loop.call_later(BEHIND_RETRY, lambda: self._launch(eager=False))
+            return
         except Exception as exc:
             for job in jobs:
                 if not job.done and job.error is None:

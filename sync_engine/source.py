@@ -110,6 +110,7 @@ class Source:
             config.fsync,
             make_job=self._job,
             on_failed=self._snapshot_failed,
+            seen_xids=lambda: self.replicator.recent_xids,
         )
         # Synchronous connections for subset queries, used from worker threads.
         self.snapshot_pool: ConnectionPool[Any] = ConnectionPool(

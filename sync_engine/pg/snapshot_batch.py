@@ -33,6 +33,7 @@ import psycopg
 from psycopg import pq, sql
 
 from ..log.entries import snapshot_end_message
+from ..shapes.shape import SnapshotInfo
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
@@ -40,6 +41,18 @@ if TYPE_CHECKING:
 
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20
+
+
+class SnapshotBehind(Exception):
+    """The batch's snapshot misses a transaction the replication stream already delivered.
+
+    Postgres sends a commit to the stream once its WAL record is written, a moment before
+    the committing backend leaves the proc array; a snapshot taken in that moment does not
+    see the transaction. Its changes went by before the new shape was registered, so they
+    would be in neither the snapshot nor the shape's log (and after a TRUNCATE, which is not
+    MVCC-safe, such a snapshot reads the new, empty table). The batch is abandoned before any
+    row is kept and run again (`snapshots.SnapshotScheduler`).
+    """
 
 
 @dataclass(eq=False, slots=True)
@@ -126,6 +139,14 @@ class _LoopConn:
         return error
 
 
+def invisible(snapshot: SnapshotInfo, xids: Sequence[int]) -> list[int]:
+    """The 32-bit WAL xids among `xids` that `snapshot` does not see (in progress, or at or
+    past its xmax): `SnapshotInfo.visible` for each, in a form cheap enough for 256 xids."""
+    xmax32 = snapshot.xmax & 0xFFFFFFFF
+    running = {x & 0xFFFFFFFF for x in snapshot.xip}
+    return [x for x in xids if x in running or (x - xmax32) & 0xFFFFFFFF < 0x80000000]
+
+
 def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -> bytes:
     parts = [
         b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
@@ -155,10 +176,14 @@ async def run_batch(
     fsync: bool,
     *,
     sent: bool = False,
+    must_see: Sequence[int] = (),
 ) -> list[SnapshotJob]:
     """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
 
-    `sent`: `send_batch` already queued the query. Marks each job `done` or sets its
+    `sent`: `send_batch` already queued the query. `must_see`: xids of transactions the
+    replication stream delivered before the query was sent; raises `SnapshotBehind` (before
+    any job hears of the snapshot) when the snapshot does not see one of them, leaving the
+    connection mid-query (the caller closes it). Marks each job `done` or sets its
     `error`; returns the jobs that did not run because an earlier one failed (to be
     retried). Raises when the connection itself fails, in which case every job not `done`
     is to be retried or failed by the caller.
@@ -167,13 +192,17 @@ async def run_batch(
     if not sent:
         send_batch(conn, jobs)
     try:
-        return await _run(c, jobs, chunk_bytes, fsync)
+        return await _run(c, jobs, chunk_bytes, fsync, must_see)
     finally:
         c.unwatch()
 
 
 async def _run(
-    c: _LoopConn, jobs: Sequence[SnapshotJob], chunk_bytes: int, fsync: bool
+    c: _LoopConn,
+    jobs: Sequence[SnapshotJob],
+    chunk_bytes: int,
+    fsync: bool,
+    must_see: Sequence[int] = (),
 ) -> list[SnapshotJob]:
     await c.flush()
     await asyncio.to_thread(_create_directories, jobs)  # while Postgres starts on the batch
@@ -183,6 +212,10 @@ async def _run(
     _expect(res, pq.ExecStatus.TUPLES_OK)
     assert res is not None
     snap_text = (res.get_value(0, 0) or b"").decode()
+    if must_see:
+        unseen = invisible(SnapshotInfo.parse(snap_text), must_see)
+        if unseen:
+            raise SnapshotBehind(f"snapshot {snap_text} does not see delivered xids {unseen}")
     xmin, xmax, xip_text = snap_text.split(":")
     xip = [int(x) for x in xip_text.split(",") if x]
     end = snapshot_end_message(int(xmin), int(xmax), xip)
