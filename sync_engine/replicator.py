@@ -41,6 +41,7 @@ from .pg.replication import (
     describe_failure,
     slot_confirmed_lsn,
 )
+from .pg.values import UnrepresentableValue
 from .shapes.changes import convert_change, encode_entries
 from .shapes.registry import ShapeRegistry
 from .shapes.router import KeyParser, RowPlan, ShapeRouter
@@ -614,8 +615,23 @@ class Replicator:
             if snap.widen(xid) >= snap.xmax:
                 shape.past_xmax = True
         items: list[tuple[int, dict[str, object]]] = []
-        for kind, old, new, op in changes:
-            items.extend(convert_change(shape, kind, old, new, op=op))
+        try:
+            for kind, old, new, op in changes:
+                items.extend(convert_change(shape, kind, old, new, op=op))
+        except UnrepresentableValue:
+            # The where clause read a value Postgres holds but the engine cannot (a BC date,
+            # a year past 9999): guessing could lose or invent a row, so clients refetch a
+            # snapshot Postgres filters exactly. Each later change to such a row rotates the
+            # new shape again (no loop: one rotation per such change).
+            # (the exception's message holds the row's value: not logged)
+            log.warning(
+                "shape %s of table %s.%s rotated: its where clause read a date or timestamp "
+                "outside years 1-9999, which only Postgres can compare",
+                shape.handle,
+                *shape.relation,
+            )
+            self.registry.rotate(shape, "where clause read an unrepresentable value")
+            return
         if not items:
             return
         shape.log.append_transaction(lsn, encode_entries(shape, items, txid=xid, lsn=lsn))
@@ -627,6 +643,8 @@ class Replicator:
         self._parked.discard(shape)
         try:
             for xid, lsn, changes in pending or []:
+                if shape.rotated:  # `apply` rotated it (an unrepresentable value)
+                    break
                 self.apply(shape, xid, lsn, changes)
         except LogWriteError as exc:
             # Not confirmed (they were parked): the stream replays them after the pause.

@@ -67,6 +67,21 @@ def invalid(type_name: str, text: str) -> ValueError:
     return ValueError(f'invalid input syntax for type {sql_type_name(type_name)}: "{text}"')
 
 
+class UnrepresentableValue(ValueError):
+    """A valid Postgres value Python's date/datetime cannot hold (BC, or past year 9999).
+
+    Not a data error: Postgres accepts the value, so an evaluator meeting it cannot say
+    what Postgres would answer. `Where.matches` lets it through instead of reading it as
+    "no match", and the replicator rotates the shape (a fresh snapshot is exact).
+    """
+
+
+def unrepresentable(type_name: str, text: str) -> UnrepresentableValue:
+    return UnrepresentableValue(
+        f'{sql_type_name(type_name)} value outside years 1-9999 is not supported: "{text}"'
+    )
+
+
 @total_ordering
 class PgInfinity:
     """`infinity` / `-infinity` of date and timestamp types: beyond every finite value.
@@ -352,6 +367,8 @@ def _date_from_parts(type_name: str, text: str, y: str, m: str, d: str) -> date:
     try:
         return date(int(y), int(m), int(d))
     except ValueError:
+        if int(y) > 9999:
+            raise unrepresentable(type_name, text) from None
         raise ValueError(f'date/time field value out of range: "{text}"') from None
 
 
@@ -411,7 +428,7 @@ def parse_date(text: str) -> date | PgInfinity:
     if s in _SPECIAL_TIMES:
         return _SPECIAL_TIMES[s]
     if s.endswith(" bc"):
-        raise ValueError(f'dates before Christ are not supported: "{text}"')
+        raise unrepresentable("date", text)
     return _parse_date_part("date", text, s)
 
 
@@ -421,7 +438,7 @@ def _parse_timestamp(type_name: str, text: str) -> tuple[datetime | PgInfinity, 
     if low in _SPECIAL_TIMES:
         return _SPECIAL_TIMES[low], None
     if low.endswith(" bc"):
-        raise ValueError(f'dates before Christ are not supported: "{text}"')
+        raise unrepresentable(type_name, text)
     date_part, sep, time_part = s.replace("T", " ", 1).partition(" ")
     d = _parse_date_part(type_name, text, date_part)
     tz: timezone | None = None
@@ -456,25 +473,28 @@ def parse_time(text: str) -> time:
 def _timestamp_output(text: str) -> datetime | PgInfinity:
     if text[0] in "i-":
         return _SPECIAL_TIMES[text]
-    if text.endswith(" BC") or (len(text) > 26 and text[4] != "-"):
-        return parse_timestamp(text)  # raises the clear error
-    return datetime.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:  # Postgres's own output: only BC or a year past 9999 fails here
+        raise unrepresentable("timestamp", text) from None
 
 
 def _timestamptz_output(text: str) -> datetime | PgInfinity:
     if text[0] in "i-":
         return _SPECIAL_TIMES[text]
-    if text.endswith(" BC"):
-        return parse_timestamptz(text)
-    return datetime.fromisoformat(text)
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        raise unrepresentable("timestamptz", text) from None
 
 
 def _date_output(text: str) -> date | PgInfinity:
     if text[0] in "i-":
         return _SPECIAL_TIMES[text]
-    if text.endswith(" BC"):
-        return parse_date(text)
-    return date.fromisoformat(text)
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise unrepresentable("date", text) from None
 
 
 def _time_output(text: str) -> time:

@@ -11,6 +11,7 @@ from pglast.enums import SortByDir
 from pglast.stream import RawStream
 
 from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.values import UnrepresentableValue
 
 from .compiler import Compiler
 from .errors import WhereError
@@ -35,10 +36,17 @@ class Where:
         cast) does not match: Postgres would have failed the whole query instead, and a
         snapshot meeting such a row fails with a 400, so the shape never holds it. Electric
         does the same (`WhereClause.includes_record?` is false on an evaluation error).
-        Nothing raised here may stop the replication stream: every exception is "no match".
+        Nothing else raised here may stop the replication stream: every other exception is
+        "no match".
+
+        Raises `UnrepresentableValue` when `row` holds a value Postgres accepts but the engine
+        cannot represent (a BC date, a year past 9999): the answer is unknown, so the caller
+        must not guess (the replicator rotates the shape; its new snapshot is exact).
         """
         try:
             return self._fn(row, {}) is True
+        except UnrepresentableValue:
+            raise
         except Exception:
             return False
 

@@ -52,18 +52,30 @@ def tstz_to_time(value: Any) -> Any:
     return ts_to_time(tstz_to_ts(value))
 
 
+def _beyond_python() -> pgv.UnrepresentableValue:
+    """Python's date/datetime overflowed: Postgres's wider range may still hold the result
+    (BC, or past year 9999), so the answer is unknown rather than a data error."""
+    return pgv.UnrepresentableValue("date/time result outside years 1-9999 is not supported")
+
+
 def add_interval(value: Any, iv: pgv.Interval) -> Any:
     if isinstance(value, pgv.PgInfinity):
         return value
-    if iv.months:
-        value = pgv.add_months(value, iv.months)
-    return value + timedelta(days=iv.days, microseconds=iv.micros)
+    try:
+        if iv.months:
+            value = pgv.add_months(value, iv.months)
+        return value + timedelta(days=iv.days, microseconds=iv.micros)
+    except (OverflowError, ValueError):
+        raise _beyond_python() from None
 
 
 def add_days(value: Any, days: int) -> Any:
     if isinstance(value, pgv.PgInfinity):
         return value
-    return value + timedelta(days=days)
+    try:
+        return value + timedelta(days=days)
+    except OverflowError:
+        raise _beyond_python() from None
 
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -209,7 +221,10 @@ def date_plus_time(d: Any, t: time) -> Any:
     if isinstance(d, pgv.PgInfinity):
         return d  # an infinite date stays infinite as a timestamp
     if isinstance(t, pgv.EndOfDay):
-        return datetime.combine(d, time(0)) + timedelta(days=1)  # 24:00 is next midnight
+        try:
+            return datetime.combine(d, time(0)) + timedelta(days=1)  # 24:00 is next midnight
+        except OverflowError:
+            raise _beyond_python() from None
     return datetime.combine(d, t)
 
 

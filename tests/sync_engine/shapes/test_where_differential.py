@@ -71,9 +71,11 @@ NUMS = ["0", "1.5", "-1.5", "0.1", "NaN", "1e-30", "1234567890123456789012345678
         "-0.000000000000000000001", "2.5", "-2.5", "1", "3.14159265358979", "1e20"]  # fmt: skip
 FLOATS = ["0", "-0", "0.1", "1.5", "-2.5", "NaN", "Infinity", "-Infinity", "1e308", "-1e308",
           "1e-310", "3.4e38", "2.5", "1", "100", "1e15", "123456.789"]  # fmt: skip
-# Known gap, left out on purpose: dates before 0001-01-01 or after 9999-12-31 are valid in
-# Postgres but not representable by Python's datetime; the engine does not match a row
-# holding one where the clause reads that column (nor results of arithmetic beyond them).
+# Left out on purpose: dates before 0001-01-01 or after 9999-12-31 are valid in Postgres but
+# not representable by Python's datetime. On a row holding one where the clause reads that
+# column (or arithmetic leaving years 1-9999), `Where.matches` raises UnrepresentableValue
+# instead of answering, and the replicator rotates the shape so clients refetch a snapshot
+# Postgres filters exactly (tests/sync_engine/shapes/test_where_unrepresentable.py).
 DATES = ["2024-01-01", "2024-02-29", "1999-12-31", "2000-01-01", "infinity", "-infinity",
          "1900-01-01", "2024-03-10", "2200-12-31"]  # fmt: skip
 TIMESTAMPS = ["2024-01-01 00:00:00", "2024-03-10 02:30:00", "2024-02-29 23:59:59.999999",
