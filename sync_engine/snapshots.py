@@ -16,7 +16,8 @@ then reads results that are already waiting instead of each side idling in turn.
 - A shape whose batch hit an earlier shape's error is queued again; a shape whose own
   query failed is reported to `on_failed`. A connection the server closed while idle (a
   restart) is dropped when next taken; one that dies under a batch costs its shapes one
-  more try on a fresh connection, then they are reported too.
+  more try on a fresh connection (the idle ones are closed with it: they were likely
+  killed too), then they are reported too.
 """
 
 from __future__ import annotations
@@ -218,6 +219,7 @@ class SnapshotScheduler:
                     job.error = None
                     again.add(id(job))
             self._discard(conn)
+            self._discard_idle()
         for shape, job in reversed(list(zip(batch, jobs, strict=True))):
             if id(job) in again:
                 self._queue.appendleft(shape)
@@ -255,6 +257,20 @@ class SnapshotScheduler:
     def _discard(self, conn: AsyncConnection[Any]) -> None:
         self._connections -= 1
         self._spawn(conn.close())
+
+    def _discard_idle(self) -> None:
+        """Close every idle connection: one just died under a batch, so they likely did too.
+
+        A terminated backend (Postgres restarting, `pg_terminate_backend`) only gets a
+        signal; until it has exited, its idle connection looks alive to `_closed_by_server`.
+        The shapes retried after one connection died must not meet another dead one (their
+        one retry would be lost and their requests get a 503), so the retry runs on a
+        connection opened after the death. Closing healthy idle connections (when only this
+        one failed) costs a reconnect each.
+        """
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            self._discard(conn)
 
     def _reap(self) -> None:
         self._reaper = None

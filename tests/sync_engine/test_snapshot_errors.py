@@ -13,8 +13,10 @@ import psycopg
 import psycopg.errors
 import pytest
 from engine_harness import Engine
+from psycopg import pq
 from test_bad_input import assert_untouched, make_items, request
 
+from sync_engine import snapshots
 from sync_engine.errors import InvalidRequest, ServiceUnavailable, ShapeGone
 from sync_engine.pg.snapshot_errors import to_engine_error
 
@@ -87,5 +89,31 @@ async def test_connections_killed_under_the_engine_cost_no_request(engine: Engin
     for where, count in expected.items():
         rows, _, _ = await engine.sync(table="items", where=where)
         assert len(rows) == count
+    engine.source.registry.rotate_all("test cleanup")
+    await assert_untouched(engine)
+
+
+async def test_a_retry_after_a_killed_connection_runs_on_a_fresh_one(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A terminated backend may still look alive when the next batch is sent (the signal is
+    not yet acted on): here the idle check never notices, as under load. The batch dies on
+    one killed connection; its one retry must not be spent on another killed idle one."""
+    monkeypatch.setattr(
+        snapshots, "_closed_by_server", lambda conn: conn.pgconn.status != pq.ConnStatus.OK
+    )
+    make_items(engine)
+    await engine.sync(table="items", where="n > 0")  # snapshot connections now open and idle
+    assert len(engine.source.snapshots._idle) > 1
+    engine.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )
+    status, _, raw = await request(
+        engine, params={"table": "items", "offset": "-1", "where": "n > 10"}
+    )
+    assert status == 200, raw
+    rows, _, _ = await engine.sync(table="items", where="n > 10")
+    assert len(rows) == 2
     engine.source.registry.rotate_all("test cleanup")
     await assert_untouched(engine)
