@@ -21,7 +21,8 @@ from pathlib import Path
 import jwt
 import psycopg
 import pytest
-from engine_process import EngineProcess, free_port
+
+from tests.support.engine_process import EngineProcess, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 JWT_SECRET = "cli-log-test-secret-" + "y" * 32

@@ -63,7 +63,7 @@ def test_a_test_run_leaves_no_postgres_cluster_in_the_temp_dir(
     tests.mkdir()
     (tests / "conftest.py").write_text(
         "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(ROOT / 'tests')!r})\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
         f"spec = importlib.util.spec_from_file_location('repo_conftest', {str(ROOT / 'tests' / 'conftest.py')!r})\n"
         "mod = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(mod)\n"

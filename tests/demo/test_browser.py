@@ -22,7 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from demo_harness import ROOT, DemoRun, chromium, free_port, node_deps
+
+from tests.demo.demo_harness import ROOT, DemoRun, chromium, free_port, node_deps
 
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"

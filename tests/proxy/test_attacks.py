@@ -12,7 +12,8 @@ from typing import Any
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from proxy_fakes import KeyPair, now
+
+from tests.proxy.proxy_fakes import KeyPair, now
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 

@@ -4,7 +4,7 @@ After a TRUNCATE or a DELETE rotates a shape, nothing the proxy cached of the ol
 reach a client: a brand-new client's first request names the new handle and holds the new
 rows. Answers every caller shares keep the engine's public cache headers; claim-dependent ones
 are private. `/v1/health` and the engine's error bodies come through as the engine sent them
-(the rest of that is tested against the fake engine in test_proxy_transparency.py).
+(the rest of that is tested against the fake engine in test_transparency.py).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import aiohttp
 import psycopg
 import pytest
 import yaml
-from engine_process import EngineProcess, apply_messages
-from proxy_fakes import base_config
 
 from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess, apply_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,11 +13,11 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from proxy_fakes import ORIGIN
 
 from proxy.config.loader import build_config
 from proxy.upstream.cache import CachedResponse, ResponseCache
 from proxy.upstream.headers import shared_ttl
+from tests.proxy.proxy_fakes import ORIGIN
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 LIVE = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&cursor=1"

@@ -126,7 +126,8 @@ def test_cli_bad_config_exits_2(tmp_path: Path, capsys: Any) -> None:
 
 def test_cli_explain(tmp_path: Path) -> None:
     import jwt
-    from proxy_fakes import now
+
+    from tests.proxy.proxy_fakes import now
 
     token = jwt.encode(
         {

@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 import aiohttp
-from proxy_fakes import ORIGIN
 
 from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import ORIGIN
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 

@@ -26,12 +26,12 @@ from urllib.parse import quote
 import aiohttp
 import psycopg
 import pytest
-from engine_process import EngineProcess, apply_messages
-from fuzz_inputs import ITEMS_DDL, loud_log_lines, shape_requests
-from proxy_fakes import base_config
 from yarl import URL
 
 from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess, apply_messages
+from tests.support.fuzz_inputs import ITEMS_DDL, loud_log_lines, shape_requests
 
 SEED = int(os.environ.get("PROXY_FUZZ_SEED", "20261203"))
 REQUESTS = int(os.environ.get("PROXY_FUZZ_REQUESTS", "2000"))
@@ -204,7 +204,7 @@ def _body(rng: random.Random) -> bytes:
 @pytest.fixture
 def fuzz_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
     with psycopg.connect(db_url, autocommit=True) as conn:
-        # The shared generator's table (tests/fuzz_inputs.py), plus the policy's org_id.
+        # The shared generator's table (tests/support/fuzz_inputs.py), plus the policy's org_id.
         conn.execute(ITEMS_DDL)
         conn.execute("ALTER TABLE items ADD COLUMN org_id text NOT NULL DEFAULT 'org-b'")
         conn.execute(

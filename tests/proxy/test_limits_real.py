@@ -19,12 +19,12 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from aiohttp import web
-from engine_process import EngineProcess, apply_messages
-from proxy_fakes import base_config
 from yarl import URL
 
 import proxy.limits.upstream as upstream_limits
 from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess, apply_messages
 
 HOLD = 4  # the engine's long-poll hold, seconds
 

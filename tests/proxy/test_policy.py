@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from proxy_fakes import base_config
 
 from proxy.config.loader import build_config
 from proxy.errors import BadShapeRequest, Forbidden
 from proxy.http.params import parse_shape_query, parse_subset_body
 from proxy.policy.evaluate import Decision, evaluate
 from proxy.upstream.url import build_upstream_url, mask_url
+from tests.proxy.proxy_fakes import base_config
 
 MEMBER = {"sub": "u1", "role": "member", "org_id": "org-a"}
 ADMIN = {"sub": "root", "role": "admin"}

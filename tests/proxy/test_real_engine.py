@@ -14,10 +14,10 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-from engine_process import EngineProcess, apply_messages
-from proxy_fakes import base_config
 
 from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess, apply_messages
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from proxy_fakes import FakeIdp, KeyPair
 
 from proxy.config.loader import load_config
+from tests.proxy.proxy_fakes import FakeIdp, KeyPair
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 

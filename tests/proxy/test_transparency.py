@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestServer
-from proxy_fakes import ORIGIN
 
 from proxy.config.loader import ConfigError, build_config
+from tests.proxy.proxy_fakes import ORIGIN
 
 PUBLIC = {
     "anonymous": True,

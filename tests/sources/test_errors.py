@@ -6,7 +6,8 @@ import asyncio
 from collections.abc import Callable
 
 import psycopg
-from sources_harness import Cluster, MultiEngine, free_port, sql
+
+from tests.sources.sources_harness import Cluster, MultiEngine, free_port, sql
 
 
 async def test_wal_level_replica_then_fixed(

@@ -17,10 +17,10 @@ import asyncio
 import time
 
 import psycopg
-from engine_harness import Engine
 
 from sync_engine.pg.snapshot_batch import invisible
 from sync_engine.shapes.shape import SnapshotInfo
+from tests.sync_engine.engine_harness import Engine
 
 
 async def _until(condition: object, timeout: float = 20.0) -> None:

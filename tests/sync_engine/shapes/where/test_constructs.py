@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from test_where_differential import COLUMNS as DIFF_COLUMNS
-from test_where_differential import Grammar
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.shapes.where import WhereError, check_where_constructs, parse_where
+from tests.sync_engine.shapes.where.test_differential import COLUMNS as DIFF_COLUMNS
+from tests.sync_engine.shapes.where.test_differential import Grammar
 
 C_UTF8 = "c|C.UTF-8|C.UTF-8|t"
 

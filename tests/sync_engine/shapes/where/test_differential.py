@@ -75,7 +75,7 @@ FLOATS = ["0", "-0", "0.1", "1.5", "-2.5", "NaN", "Infinity", "-Infinity", "1e30
 # not representable by Python's datetime. On a row holding one where the clause reads that
 # column (or arithmetic leaving years 1-9999), `Where.matches` raises UnrepresentableValue
 # instead of answering, and the replicator rotates the shape so clients refetch a snapshot
-# Postgres filters exactly (tests/sync_engine/shapes/test_where_unrepresentable.py).
+# Postgres filters exactly (tests/sync_engine/shapes/where/test_unrepresentable.py).
 DATES = ["2024-01-01", "2024-02-29", "1999-12-31", "2000-01-01", "infinity", "-infinity",
          "1900-01-01", "2024-03-10", "2200-12-31"]  # fmt: skip
 TIMESTAMPS = ["2024-01-01 00:00:00", "2024-03-10 02:30:00", "2024-02-29 23:59:59.999999",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine_harness import Engine, apply
+from tests.sync_engine.engine_harness import Engine, apply
 
 
 async def _live_rows(engine: Engine, where: str, inserts: list[str]) -> set[str]:

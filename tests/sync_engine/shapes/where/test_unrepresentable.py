@@ -12,11 +12,11 @@ import logging
 from typing import Any
 
 import pytest
-from engine_harness import Engine, apply
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import parse_where
+from tests.sync_engine.engine_harness import Engine, apply
 
 
 def _col(name: str, type_name: str) -> ColumnInfo:

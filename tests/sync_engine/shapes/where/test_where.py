@@ -1,6 +1,6 @@
 """Unit tests for where-clause parsing, validation, compilation and indexing (no database).
 
-`test_where_pg.py` checks agreement with Postgres on real data; these pin the API: error
+`test_pg.py` checks agreement with Postgres on real data; these pin the API: error
 messages, parameter handling, injection resistance, index extraction and NULL logic.
 """
 
