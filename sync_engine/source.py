@@ -32,12 +32,12 @@ from .pg.publication import (
     ensure_publication,
     wait_for_older_transactions,
 )
-from .pg.replication import describe_failure, ensure_slot
 from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
 from .pg.snapshot_batch import SnapshotJob
 from .pg.snapshot_errors import to_engine_error
-from .replicator import Replicator
+from .replication.replicator import Replicator
+from .replication.stream import describe_failure, ensure_slot
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
