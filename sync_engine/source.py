@@ -36,11 +36,12 @@ from .pg.session import redact_dsn, with_display_settings
 from .pg.snapshot import row_json_sql
 from .pg.snapshot_batch import SnapshotJob
 from .pg.snapshot_errors import to_engine_error
+from .pg.xid_snapshot import XidSnapshot
 from .replication.replicator import Replicator
 from .replication.stream import describe_failure, ensure_slot
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
-from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
+from .shapes.shape import Shape, ShapeDefinition
 from .single_flight import single_flight
 from .snapshots import SnapshotScheduler
 
@@ -407,8 +408,8 @@ class Source:
         self._table_cache.pop((table.schema, table.name), None)
         self._published.discard(table.oid)
 
-    def _snapshot_known(self, shape: Shape, text: str) -> None:
-        shape.snapshot = SnapshotInfo.parse(text)
+    def _snapshot_known(self, shape: Shape, snapshot: XidSnapshot) -> None:
+        shape.snapshot = snapshot
         if not shape.rotated:
             self.replicator.release_pending(shape)
 

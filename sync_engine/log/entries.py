@@ -11,6 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import orjson
 
+from ..pg.xid_snapshot import XidSnapshot
+
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
@@ -70,14 +72,14 @@ def up_to_date_message(global_last_seen_lsn: int) -> bytes:
     )
 
 
-def snapshot_end_message(xmin: int, xmax: int, xip: Sequence[int]) -> bytes:
+def snapshot_end_message(snapshot: XidSnapshot) -> bytes:
     return orjson.dumps(
         {
             "headers": {
                 "control": "snapshot-end",
-                "xmin": str(xmin),
-                "xmax": str(xmax),
-                "xip_list": [str(x) for x in xip],
+                "xmin": str(snapshot.xmin),
+                "xmax": str(snapshot.xmax),
+                "xip_list": [str(x) for x in sorted(snapshot.xip)],
             }
         }
     )
