@@ -1,7 +1,7 @@
 """Row changes -> the JSON log lines the client reads (pure; orjson).
 
 Keys must be byte-identical to the ones the snapshot query builds in SQL
-(`pg/snapshot.py`), so both are derived from `relation_prefix` and the same escaping rule:
+(`snapshot/query.py`), so both are derived from `relation_prefix` and the same escaping rule:
 each primary-key value wrapped in double quotes with `/` doubled, NULL written as `_`.
 """
 

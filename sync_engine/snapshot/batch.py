@@ -33,12 +33,12 @@ import psycopg
 from psycopg import pq, sql
 
 from ..log.entries import snapshot_end_message
-from .waiter import SocketWaiter
-from .xid_snapshot import XidSnapshot
+from ..pg.waiter import SocketWaiter
+from ..pg.xid_snapshot import XidSnapshot
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
-    from .snapshot import RowQuery
+    from .query import RowQuery
 
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20

@@ -21,16 +21,16 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
-from ..pg import snapshot_errors
-from ..pg.snapshot import RowQuery, row_json_sql
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.where import WhereError, parse_order_by, parse_where
+from . import errors as snapshot_errors
+from .query import RowQuery, row_json_sql
 
 if TYPE_CHECKING:
+    from ..http.params import ShapeRequest
     from ..pg.catalog import ColumnInfo
     from ..shapes.shape import Shape
     from ..source import Source
-    from .params import ShapeRequest
 
 
 @dataclass(frozen=True, slots=True)
