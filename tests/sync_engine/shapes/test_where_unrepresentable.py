@@ -111,7 +111,7 @@ async def test_live_rows_outside_python_dates_are_exact_after_a_refetch(
     assert rows == _expected(engine, WHERE) and len(rows) == 1
     other, o_handle, o_offset = await engine.sync(table="events", where="id > 0")
 
-    caplog.set_level(logging.WARNING, logger="sync_engine.replicator")
+    caplog.set_level(logging.WARNING, logger="sync_engine.replication.replicator")
     engine.sql(
         "INSERT INTO events VALUES (3, '10000-01-01', 'future'), (4, '0044-03-15 BC', 'ides'),"
         " (5, '2022-01-01', 'c')"

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, pq
 
-from .pg import snapshot_errors
-from .pg.snapshot_batch import SnapshotBehind, SnapshotJob, run_batch, send_batch
+from . import errors as snapshot_errors
+from .batch import SnapshotBehind, SnapshotJob, run_batch, send_batch
 
 if TYPE_CHECKING:
-    from .shapes.shape import Shape
+    from ..shapes.shape import Shape
 
 log = logging.getLogger(__name__)
 

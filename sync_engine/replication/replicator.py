@@ -33,20 +33,20 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from .log.files import LogWriteError
-from .pg import pgoutput
-from .pg.pgoutput import UNCHANGED_TOAST
-from .pg.replication import (
+from ..log.files import LogWriteError
+from ..pg.values import UnrepresentableValue
+from ..shapes.changes import convert_change, encode_entries
+from ..shapes.registry import ShapeRegistry
+from ..shapes.router import KeyParser, RowPlan, ShapeRouter
+from ..shapes.shape import Shape
+from . import pgoutput
+from .pgoutput import UNCHANGED_TOAST
+from .stream import (
     XLOGDATA_HEADER,
     ReplicationStream,
     describe_failure,
     slot_confirmed_lsn,
 )
-from .pg.values import UnrepresentableValue
-from .shapes.changes import convert_change, encode_entries
-from .shapes.registry import ShapeRegistry
-from .shapes.router import KeyParser, RowPlan, ShapeRouter
-from .shapes.shape import Shape
 
 log = logging.getLogger(__name__)
 

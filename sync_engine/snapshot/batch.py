@@ -33,11 +33,12 @@ import psycopg
 from psycopg import pq, sql
 
 from ..log.entries import snapshot_end_message
-from ..shapes.shape import SnapshotInfo
+from ..pg.waiter import SocketWaiter
+from ..pg.xid_snapshot import XidSnapshot
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
-    from .snapshot import RowQuery
+    from .query import RowQuery
 
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20
@@ -61,90 +62,12 @@ class SnapshotJob:
 
     log: ShapeLog
     query: RowQuery | None  # None for `log=changes_only`: only the snapshot-end
-    on_snapshot: Callable[[str], None]  # `pg_current_snapshot()` text, before any row
+    on_snapshot: Callable[[XidSnapshot], None]  # the batch's snapshot, before any row
     on_chunk: Callable[[int, bool], None]  # chunks written so far, complete
     cancelled: Callable[[], bool]  # the shape was rotated: stop writing its files
     record: dict[str, object]  # written in the completion marker, with the snapshot
     error: BaseException | None = None
     done: bool = False
-
-
-class _LoopConn:
-    """Waits on a non-blocking libpq connection through the running event loop.
-
-    The socket stays registered for reading between waits: a storm's batches wait for rows
-    thousands of times, and registering and unregistering each time costs two `epoll_ctl`
-    calls. It is unregistered when it turns readable while nobody waits (the coroutine is
-    writing a chunk, say), else the level-triggered loop would spin on it meanwhile.
-    """
-
-    def __init__(self, pgconn: pq.abc.PGconn) -> None:
-        self.pgconn = pgconn
-        self.fd = pgconn.socket
-        self.loop = asyncio.get_running_loop()
-        self._waiter: asyncio.Future[None] | None = None
-        self._watching = False
-
-    def unwatch(self) -> None:
-        if self._watching:
-            self.loop.remove_reader(self.fd)
-            self._watching = False
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is None:
-            self.unwatch()
-        elif not waiter.done():
-            waiter.set_result(None)
-
-    async def readable(self) -> None:
-        if not self._watching:
-            self.loop.add_reader(self.fd, self._wake)
-            self._watching = True
-        self._waiter = self.loop.create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-        self.pgconn.consume_input()
-
-    async def _writable(self) -> None:
-        fut: asyncio.Future[None] = self.loop.create_future()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(None)
-
-        self.loop.add_writer(self.fd, ready)
-        try:
-            await fut
-        finally:
-            self.loop.remove_writer(self.fd)
-
-    async def flush(self) -> None:
-        while self.pgconn.flush():
-            await self._writable()
-
-    async def result(self) -> pq.abc.PGresult | None:
-        while self.pgconn.is_busy():
-            await self.readable()
-        return self.pgconn.get_result()
-
-    async def drain(self) -> pq.abc.PGresult | None:
-        """Read every remaining result of the query; returns the first error, if any."""
-        error = None
-        while (res := await self.result()) is not None:
-            if res.status == pq.ExecStatus.FATAL_ERROR and error is None:
-                error = res
-        return error
-
-
-def invisible(snapshot: SnapshotInfo, xids: Sequence[int]) -> list[int]:
-    """The 32-bit WAL xids among `xids` that `snapshot` does not see (in progress, or at or
-    past its xmax): `SnapshotInfo.visible` for each, in a form cheap enough for 256 xids."""
-    xmax32 = snapshot.xmax & 0xFFFFFFFF
-    running = {x & 0xFFFFFFFF for x in snapshot.xip}
-    return [x for x in xids if x in running or (x - xmax32) & 0xFFFFFFFF < 0x80000000]
 
 
 def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -> bytes:
@@ -188,7 +111,7 @@ async def run_batch(
     retried). Raises when the connection itself fails, in which case every job not `done`
     is to be retried or failed by the caller.
     """
-    c = _LoopConn(conn.pgconn)
+    c = SocketWaiter(conn.pgconn)
     if not sent:
         send_batch(conn, jobs)
     try:
@@ -198,7 +121,7 @@ async def run_batch(
 
 
 async def _run(
-    c: _LoopConn,
+    c: SocketWaiter,
     jobs: Sequence[SnapshotJob],
     chunk_bytes: int,
     fsync: bool,
@@ -211,18 +134,16 @@ async def _run(
     res = await c.result()
     _expect(res, pq.ExecStatus.TUPLES_OK)
     assert res is not None
-    snap_text = (res.get_value(0, 0) or b"").decode()
+    snapshot = XidSnapshot.parse((res.get_value(0, 0) or b"").decode())
     if must_see:
-        unseen = invisible(SnapshotInfo.parse(snap_text), must_see)
+        unseen = snapshot.invisible(must_see)
         if unseen:
-            raise SnapshotBehind(f"snapshot {snap_text} does not see delivered xids {unseen}")
-    xmin, xmax, xip_text = snap_text.split(":")
-    xip = [int(x) for x in xip_text.split(",") if x]
-    end = snapshot_end_message(int(xmin), int(xmax), xip)
-    snapshot = {"xmin": int(xmin), "xmax": int(xmax), "xip": sorted(xip)}
+            raise SnapshotBehind(f"snapshot {snapshot} does not see delivered xids {unseen}")
+    end = snapshot_end_message(snapshot)
+    record = snapshot.to_json()
     for job in jobs:
-        job.on_snapshot(snap_text)
-        job.record["snapshot"] = snapshot
+        job.on_snapshot(snapshot)
+        job.record["snapshot"] = record
     for i, job in enumerate(jobs):
         if job.query is None:
             await _finish(job, 0, b"", end, fsync)
@@ -248,7 +169,9 @@ async def _run(
 ROW_GROUP = 256
 
 
-async def _copy(c: _LoopConn, job: SnapshotJob, chunk_bytes: int, fsync: bool) -> tuple[int, bytes]:
+async def _copy(
+    c: SocketWaiter, job: SnapshotJob, chunk_bytes: int, fsync: bool
+) -> tuple[int, bytes]:
     """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries).
 
     The inner loop is the per-row cost of every snapshot (libpq hands COPY data one row at
@@ -345,7 +268,7 @@ async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None
     job.log.remember_snapshot_chunk(index, data)
 
 
-async def _rollback(c: _LoopConn) -> None:
+async def _rollback(c: SocketWaiter) -> None:
     await c.drain()
     if c.pgconn.transaction_status != pq.TransactionStatus.IDLE:
         c.pgconn.send_query(b"ROLLBACK")

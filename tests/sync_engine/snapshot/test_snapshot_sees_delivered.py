@@ -19,9 +19,6 @@ import time
 import psycopg
 from engine_harness import Engine
 
-from sync_engine.pg.snapshot_batch import invisible
-from sync_engine.shapes.shape import SnapshotInfo
-
 
 async def _until(condition: object, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
@@ -49,13 +46,3 @@ async def test_a_snapshot_waits_for_a_delivered_commit_to_be_visible(engine: Eng
     assert status == 200, body
     titles = sorted(m["value"]["title"] for m in body if "key" in m)
     assert titles == ["new", "old 1", "old 2", "old 3"]
-
-
-def test_invisible_agrees_with_snapshot_visibility_across_wraparound() -> None:
-    """The batch's fast check gives `SnapshotInfo.visible`'s answer for every xid near a
-    snapshot, the 32-bit wraparound included."""
-    for text in ("1000:1300:1005,1010", "4294967290:4294967400:4294967295,4294967300", "5:9:5,7"):
-        snapshot = SnapshotInfo.parse(text)
-        base = snapshot.xmax & 0xFFFFFFFF
-        xids = [(base + d) & 0xFFFFFFFF for d in range(-400, 200)]
-        assert invisible(snapshot, xids) == [x for x in xids if not snapshot.visible(x)], text

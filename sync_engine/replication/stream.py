@@ -53,7 +53,7 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.pq.abc import PGconn
 
-from sync_engine.pg.pgoutput import format_lsn
+from sync_engine.replication.pgoutput import format_lsn
 
 __all__ = [
     "XLOGDATA_HEADER",

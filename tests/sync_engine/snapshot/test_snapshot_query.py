@@ -1,5 +1,5 @@
 """The snapshot query's rows are byte for byte what `row_to_json` of the text-cast columns
-gives, though it builds them by concatenation (pg/snapshot.py `_value_json`)."""
+gives, though it builds them by concatenation (snapshot/query.py `_value_json`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from psycopg import sql
 
 from sync_engine.pg.catalog import load_table
 from sync_engine.pg.session import with_display_settings
-from sync_engine.pg.snapshot import _text_expr, row_json_sql
+from sync_engine.snapshot.query import _text_expr, row_json_sql
 
 TABLE = """
 CREATE TABLE tt (id int PRIMARY KEY, "Weird Name" text, "it's" text, t text, b bool,

@@ -21,15 +21,16 @@ from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
-from ..pg import snapshot_errors
-from ..pg.snapshot import RowQuery, row_json_sql
+from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.where import WhereError, parse_order_by, parse_where
+from . import errors as snapshot_errors
+from .query import RowQuery, row_json_sql
 
 if TYPE_CHECKING:
+    from ..http.params import ShapeRequest
     from ..pg.catalog import ColumnInfo
     from ..shapes.shape import Shape
     from ..source import Source
-    from .params import ShapeRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ async def serve_subset(
         raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
     except psycopg.Error as exc:
         raise _subset_error(source, shape, exc) from None
-    xmin, xmax, xip = snap.split(":")
+    snapshot = XidSnapshot.parse(snap)
     mark = random.randint(0, 2**31 - 1)
     data: list[Any] = []
     for text in rows:
@@ -132,9 +133,9 @@ async def serve_subset(
         data.append(msg)
     body = {
         "metadata": {
-            "xmin": xmin,
-            "xmax": xmax,
-            "xip_list": [x for x in xip.split(",") if x],
+            "xmin": str(snapshot.xmin),
+            "xmax": str(snapshot.xmax),
+            "xip_list": [str(x) for x in sorted(snapshot.xip)],
             "database_lsn": str(lsn),
             "snapshot_mark": mark,
         },

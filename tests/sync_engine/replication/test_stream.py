@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from sync_engine.pg import replication
-from sync_engine.pg.pgoutput import (
+from sync_engine.replication import stream as replication
+from sync_engine.replication.pgoutput import (
     Begin,
     Commit,
     Delete,
@@ -24,7 +24,7 @@ from sync_engine.pg.pgoutput import (
     decode,
     parse_lsn,
 )
-from sync_engine.pg.replication import (
+from sync_engine.replication.stream import (
     XLOGDATA_HEADER,
     ReplicationConnectionError,
     ReplicationStream,

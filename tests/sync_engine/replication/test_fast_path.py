@@ -18,10 +18,10 @@ import psycopg
 import pytest
 
 from sync_engine.log.files import ShapeLog
-from sync_engine.pg import pgoutput
 from sync_engine.pg.catalog import TableInfo, load_table
-from sync_engine.pg.replication import XLOGDATA_HEADER, ReplicationStream, ensure_slot
-from sync_engine.replicator import Replicator
+from sync_engine.replication import pgoutput
+from sync_engine.replication.replicator import Replicator
+from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream, ensure_slot
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter, key_parser
 from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo

@@ -1,4 +1,4 @@
-"""New shapes snapshotted together in one transaction (pg/snapshot_batch.py), end to end."""
+"""New shapes snapshotted together in one transaction (snapshot/batch.py), end to end."""
 
 from __future__ import annotations
 
@@ -82,8 +82,8 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
 
     from sync_engine.log.files import ShapeLog
     from sync_engine.pg.catalog import load_table
-    from sync_engine.pg.snapshot import row_json_sql
-    from sync_engine.pg.snapshot_batch import SnapshotJob, run_batch
+    from sync_engine.snapshot.batch import SnapshotJob, run_batch
+    from sync_engine.snapshot.query import row_json_sql
 
     async with await AsyncConnection.connect(db_url, autocommit=True) as conn:
         await conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text, n int)")

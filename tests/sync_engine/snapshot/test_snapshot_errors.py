@@ -1,4 +1,4 @@
-"""Whose fault a failed snapshot query is, and the answer its requests get (pg/snapshot_errors).
+"""Whose fault a failed snapshot query is, and the answer its requests get (snapshot/errors).
 
 The real-path cases (a where failing in Postgres is a 400, a dropped table a 400) are in
 test_bad_input.py; here every class of error is mapped, with Postgres's own error classes.
@@ -16,9 +16,9 @@ from engine_harness import Engine
 from psycopg import pq
 from test_bad_input import assert_untouched, make_items, request
 
-from sync_engine import snapshots
 from sync_engine.errors import InvalidRequest, ServiceUnavailable, ShapeGone
-from sync_engine.pg.snapshot_errors import to_engine_error
+from sync_engine.snapshot import scheduler as snapshots
+from sync_engine.snapshot.errors import to_engine_error
 
 
 def pg_error(

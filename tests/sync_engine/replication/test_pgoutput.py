@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from sync_engine.pg.pgoutput import (
+from sync_engine.replication.pgoutput import (
     UNCHANGED_TOAST,
     Begin,
     Commit,

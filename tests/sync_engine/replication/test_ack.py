@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sync_engine.replicator import Replicator
+from sync_engine.replication.replicator import Replicator
 from sync_engine.shapes.router import ShapeRouter
 
 

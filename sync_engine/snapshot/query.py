@@ -1,4 +1,4 @@
-"""The query behind a new shape's initial data (run by `snapshot_batch`), and its rows.
+"""The query behind a new shape's initial data (run by `batch`), and its rows.
 
 Stitching with the replication stream follows Electric: the transaction's
 `pg_current_snapshot()` is reported before any row is read, and the stream then skips every
