@@ -21,9 +21,10 @@ from ..errors import InvalidRequest
 from ..log.files import ShapeLog
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from ..pg.xid_snapshot import XidSnapshot
 from ..single_flight import single_flight
 from .router import ShapeRouter
-from .shape import HandleFactory, Shape, ShapeDefinition, SnapshotInfo
+from .shape import HandleFactory, Shape, ShapeDefinition
 from .where import Where, WhereError, parse_where
 
 if TYPE_CHECKING:
@@ -297,7 +298,7 @@ class ShapeRegistry:
             ),
             columns=tuple(c for c in table.columns if c.name in wanted),
             log=log_,
-            snapshot=SnapshotInfo(snap["xmin"], snap["xmax"], frozenset(snap["xip"])),
+            snapshot=XidSnapshot.from_json(snap),
         )
         return shape
 
