@@ -238,7 +238,21 @@ async def test_cache_alone_without_collapsing(
     assert "If-None-Match" in proxy.engine.requests[1].headers  # revalidated, not re-sent
 
 
-async def test_sse_is_never_collapsed(proxy: Any) -> None:
+async def test_sse_clients_of_one_shape_share_one_engine_stream(proxy: Any) -> None:
+    proxy.engine.hold = 0.3
+    token = proxy.tokens.make()
+    path = LIVE + "&live_sse=true"
+    replies = await asyncio.gather(*(proxy.get(path, token=token) for _ in range(3)))
+    assert all(r.status == 200 for r in replies)
+    assert {r.body for r in replies} == {b'data: {"n":0}\n\ndata: {"n":1}\n\ndata: {"n":2}\n\n'}
+    assert len(_live_requests(proxy)) == 1
+
+
+async def test_sse_is_not_shared_when_collapsing_is_off(
+    make_proxy: Any, config_data: Any, environ: Any
+) -> None:
+    config_data["collapse"] = False
+    proxy = await make_proxy(build_config(config_data, environ))
     proxy.engine.hold = 0.3
     token = proxy.tokens.make()
     path = LIVE + "&live_sse=true"
