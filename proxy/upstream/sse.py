@@ -32,6 +32,7 @@ import asyncio
 import bisect
 import logging
 import random
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -54,6 +55,9 @@ HISTORY_BYTES = 2 * 1024 * 1024
 HISTORY_EVENTS = 20_000
 #: A client with more than this many bytes not yet sent (besides the latest write) is cut off.
 LAG_LIMIT = 256 * 1024
+#: The kernel send buffer of a client's socket (else autotuned up to megabytes, which a
+#: client that stops reading would fill before `LAG_LIMIT` could tell it is behind).
+SEND_BUFFER = 256 * 1024
 #: A non-200 engine answer is read whole to be shared; a larger one fails the stream.
 ERROR_BODY_LIMIT = 1024 * 1024
 #: Query parameters that place a request in the log (per client), or that the engine ignores.
@@ -436,6 +440,7 @@ async def serve(
         outcome.failure = ("client_gone", "client_disconnected")
         return outcome
     chunked = bool(getattr(writer, "chunked", False))
+    _bound_send_buffer(transport)
     # From here to `subscribers.add` nothing awaits: no event can slip between the two.
     if stream.placement(spec.position) != "join":  # the history moved past it meanwhile
         transport.close()  # it reconnects from its offset and catches up
@@ -454,6 +459,15 @@ async def serve(
         finally:
             stream.subscribers.discard(sub)
     return await _finish(response, request, outcome, reason)
+
+
+def _bound_send_buffer(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:  # (best effort: the lag limit still applies)
+            pass
 
 
 async def _finish(
