@@ -22,7 +22,7 @@ from sync_engine.shapes.where import (
     parse_order_by,
     parse_where,
 )
-from sync_engine.shapes.where.parse import longest_token_run
+from sync_engine.shapes.where.depth import longest_token_run
 
 COLUMNS = {
     "id": ColumnInfo("id", 1, 0, "int4", None, "b", -1, 0, False, 0),
