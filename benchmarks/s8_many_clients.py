@@ -320,6 +320,7 @@ async def start_workers(
             "--headers",
             hdrs,
             stdin=subprocess.PIPE,
+            limit=1 << 26,  # a report carries histograms
             stdout=subprocess.PIPE,
         )
         workers.append(Worker(proc, share))
