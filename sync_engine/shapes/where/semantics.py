@@ -36,7 +36,6 @@ COMPARISONS: dict[str, Callable[[Value, Value], Value]] = {
 }
 
 
-DECIMAL_CONTEXT = Context(prec=60)
 #: + - * and % on numeric are exact in Postgres; with this context they are in Python too
 #: (no rounding, no traps: Infinity - Infinity is NaN, as in Postgres).
 EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
@@ -163,13 +162,6 @@ def _exact(op: Callable[[Context, Decimal, Decimal], Decimal]) -> Callable[..., 
         return numeric_result(op(EXACT, a, b))
 
     return run
-
-
-def float_result(value: float, *inputs: float) -> float:
-    """Postgres's float overflow check: an infinite result from finite inputs is an error."""
-    if math.isinf(value) and not any(math.isinf(x) for x in inputs):
-        raise OverflowError("value out of range: overflow")
-    return value
 
 
 def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
