@@ -304,9 +304,10 @@ def bulk_rows_sql(
         "(SELECT c.relhassubclass FROM pg_catalog.pg_class c WHERE c.oid = {})"
     ).format(regclass)
     pages = sql.Literal(BULK_PAGES)
+    # Qualified and aliased: the table's own columns may be called anything.
     in_block = sql.SQL(
-        "ONLY {rel} WHERE ctid >= ('(' || b || ',0)')::tid"
-        " AND ctid < ('(' || (b + {n}) || ',0)')::tid"
+        "ONLY {rel} AS _shapegate_rows WHERE ctid >= ('(' || _shapegate_pages.first || ',0)')::tid"
+        " AND ctid < ('(' || (_shapegate_pages.first + {n}) || ',0)')::tid"
     ).format(rel=relation, n=pages)
     if columns is None:
         blocks_of, all_of = in_block, sql.SQL("{}").format(relation)
@@ -316,7 +317,7 @@ def bulk_rows_sql(
     return sql.SQL(
         "SELECT (SELECT string_agg({line}, {sep}) FROM {blocks_of}) FROM generate_series(0, "
         "CASE WHEN {children} THEN -1 ELSE pg_relation_size({regclass}) / "
-        "current_setting('block_size')::int END, {n}) AS b "
+        "current_setting('block_size')::int END, {n}) AS _shapegate_pages(first) "
         "UNION ALL SELECT {line} FROM {all_of} WHERE {children}"
     ).format(
         line=line,
