@@ -22,14 +22,14 @@ from sync_engine.replication.pgoutput import (
     Truncate,
     Update,
     decode,
-    parse_lsn,
 )
+from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import (
     XLOGDATA_HEADER,
     ReplicationConnectionError,
     ReplicationStream,
-    ensure_slot,
 )
+from sync_engine.replication.wal import parse_lsn
 
 SLOT = "shapegate_test"
 PUB = "shapegate_pub"
