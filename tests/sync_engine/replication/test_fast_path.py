@@ -21,7 +21,8 @@ from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import TableInfo, load_table
 from sync_engine.replication import pgoutput
 from sync_engine.replication.replicator import Replicator
-from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream, ensure_slot
+from sync_engine.replication.slot import ensure_slot
+from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter, key_parser
 from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo
