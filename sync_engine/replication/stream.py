@@ -71,10 +71,10 @@ _K = ord("k")
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01T00:00:00Z as a Unix timestamp
 _CLOSE_STATUS_TIMEOUT = 2.0  # seconds allowed for the final status update on close()
 # Read coalescing (see ReplicationStream's `linger`): a flow is "busy" once reads have kept
-# finding data, never `_FLOW_GAP` apart, for `_FLOW_BEFORE_LINGER`; then a read that finds
+# finding data, never `FLOW_GAP` apart, for `BUSY_AFTER`; then a read that finds
 # fewer than `_LINGER_BELOW` messages waits until `linger` after the previous read.
-_FLOW_GAP = 0.002
-_FLOW_BEFORE_LINGER = 0.005
+FLOW_GAP = 0.002
+BUSY_AFTER = 0.005
 _LINGER_BELOW = 256
 
 
@@ -132,6 +132,8 @@ class ReplicationStream:
         *,
         messages: bool = False,
         linger: float = 0.001,
+        busy_after: float = BUSY_AFTER,
+        flow_gap: float = FLOW_GAP,
     ) -> None:
         """``start_lsn`` 0 means "from the slot's confirmed_flush_lsn". ``messages`` adds
         the ``messages 'true'`` option so ``pg_logical_emit_message`` payloads ('M') are
@@ -141,9 +143,10 @@ class ReplicationStream:
         is busy. The walsender sends each message as soon as it is decoded, so a reader
         faster than it wakes up (or calls ``recv``) for every two or three messages, and
         those per-read costs, ~5-10 µs each, were most of the CPU of a change no shape
-        wants. Once data has been flowing without a pause for ``_FLOW_BEFORE_LINGER``, a
-        read that finds fewer than ``_LINGER_BELOW`` messages less than ``linger`` after
-        the previous one returned waits until ``linger`` has passed since then: busy
+        wants. Once data has been flowing for ``busy_after`` without a pause longer than
+        ``flow_gap``, a read that finds fewer than ``_LINGER_BELOW`` messages less than
+        ``linger`` after the previous one returned waits until ``linger`` has passed since
+        then: busy
         reads come at most every ``linger``. A caller slower than that (processing the
         last batch took longer) never waits, and a lone transaction (or the start of a
         burst) is never delayed: its messages arrive within microseconds of each other,
@@ -154,6 +157,8 @@ class ReplicationStream:
         if linger < 0:
             raise ValueError("linger must not be negative")
         self.linger = linger
+        self.busy_after = busy_after
+        self.flow_gap = flow_gap
         # start of the current uninterrupted flow of messages, and when the last one came
         self._flow_since = 0.0
         self._last_data = -1.0
@@ -378,7 +383,7 @@ class ReplicationStream:
                 now = _monotonic()
             if out:
                 since = now - self._last_data  # since the previous read returned data
-                if since > _FLOW_GAP:
+                if since > self.flow_gap:
                     self._flow_since = now  # a new flow after a pause
                 self._last_data = now
                 linger = self.linger - since
@@ -386,7 +391,7 @@ class ReplicationStream:
                     lingered
                     or linger <= 0  # the caller took a while (processing): don't add to it
                     or len(out) >= min(_LINGER_BELOW, max_messages)
-                    or now - self._flow_since < _FLOW_BEFORE_LINGER
+                    or now - self._flow_since < self.busy_after
                     or (deadline is not None and now + linger > deadline)
                 ):
                     if not suspended:
