@@ -18,7 +18,7 @@ from .http.server import EngineApplication
 from .http.shape import ShapeView
 from .settings import Settings
 from .source import Source, SourceConfig
-from .sources.manager import SourceManager
+from .tenants.manager import SourceManager
 
 SOURCES = web.AppKey("sources", dict)
 SETTINGS = web.AppKey("settings", Settings)

@@ -124,7 +124,7 @@ class _RefusingServer(web.Server):
 
 with warnings.catch_warnings():
     # aiohttp discourages subclassing (its internals may change); the engine's
-    # tests/sync_engine/test_bad_input.py and the proxy's fuzz tests fail if the override
+    # tests/sync_engine/http/test_bad_input.py and the proxy's fuzz tests fail if the override
     # stops being used (their over-long requests must get JSON).
     warnings.simplefilter("ignore", DeprecationWarning)
 
