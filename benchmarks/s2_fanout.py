@@ -318,6 +318,18 @@ def _sse_rows(n: int, c: dict[str, float], d: dict[str, float] | None) -> list[R
                 for a, r in arms
             ],
         ),
+        Row(
+            label,
+            "RSS MiB proxy / engine (KB per held stream, proxy)",
+            [
+                (
+                    a,
+                    f"{fmt(r['proxy_rss'])} / {fmt(r['engine_rss'])} "
+                    f"({fmt(r['proxy_kb_per_held'])})",
+                )
+                for a, r in arms
+            ],
+        ),
     ]
 
 
