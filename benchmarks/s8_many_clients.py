@@ -646,6 +646,14 @@ async def run(
     return rows(results, sizes, rates) + failures
 
 
+def engine_per_write(arm: str, phase: Phase) -> float:
+    """Engine requests per write; an SSE arm's engine streams each carry every write (the
+    connections held also count the proxy's idle keep-alive ones: at most one or two)."""
+    if arm == "sse":
+        return max(phase.up_requests, phase.engine_conns)
+    return phase.up_requests
+
+
 def rows(
     results: dict[str, dict[int, dict[str, Any]]], sizes: list[int], rates: list[int]
 ) -> list[Row]:
@@ -691,7 +699,7 @@ def rows(
                     [(a, f"{fmt(p.up_requests)} ({p.engine_conns:,})") for a, p in per.items()],
                     "",
                     "<= 2 in every arm (issue 13)",
-                    verdict(all(max(p.up_requests, p.engine_conns) <= 2 for p in per.values())),
+                    verdict(all(engine_per_write(a, p) <= 2 for a, p in per.items())),
                 )
             )
             names = ["proxy", "engine", "nginx", "clients"]
