@@ -24,7 +24,6 @@ from psycopg_pool import ConnectionPool
 
 from .errors import InvalidRequest, ServiceUnavailable
 from .http.params import ShapeRequest
-from .pg import snapshot_errors
 from .pg.catalog import TableInfo, load_table
 from .pg.publication import (
     PublicationError,
@@ -32,17 +31,19 @@ from .pg.publication import (
     ensure_publication,
     wait_for_older_transactions,
 )
-from .pg.replication import describe_failure, ensure_slot
 from .pg.session import redact_dsn, with_display_settings
-from .pg.snapshot import row_json_sql
-from .pg.snapshot_batch import SnapshotJob
-from .pg.snapshot_errors import to_engine_error
-from .replicator import Replicator
+from .pg.xid_snapshot import XidSnapshot
+from .replication.replicator import Replicator
+from .replication.stream import describe_failure, ensure_slot
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
-from .shapes.shape import Shape, ShapeDefinition, SnapshotInfo
+from .shapes.shape import Shape, ShapeDefinition
 from .single_flight import single_flight
-from .snapshots import SnapshotScheduler
+from .snapshot import errors as snapshot_errors
+from .snapshot.batch import SnapshotJob
+from .snapshot.errors import to_engine_error
+from .snapshot.query import row_json_sql
+from .snapshot.scheduler import SnapshotScheduler
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -407,8 +408,8 @@ class Source:
         self._table_cache.pop((table.schema, table.name), None)
         self._published.discard(table.oid)
 
-    def _snapshot_known(self, shape: Shape, text: str) -> None:
-        shape.snapshot = SnapshotInfo.parse(text)
+    def _snapshot_known(self, shape: Shape, snapshot: XidSnapshot) -> None:
+        shape.snapshot = snapshot
         if not shape.rotated:
             self.replicator.release_pending(shape)
 

@@ -20,11 +20,11 @@ from aiohttp import web
 from ..errors import BadBody, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
+from ..snapshot.subset import build_subset_query, serve_subset
 from . import headers as h
 from . import limits
 from .errors import json_response
 from .params import ShapeRequest, parse_shape_request
-from .subset import build_subset_query, serve_subset
 
 if TYPE_CHECKING:
     from ..settings import Settings

@@ -1,7 +1,7 @@
 """Row changes -> the JSON log lines the client reads (pure; orjson).
 
 Keys must be byte-identical to the ones the snapshot query builds in SQL
-(`pg/snapshot.py`), so both are derived from `relation_prefix` and the same escaping rule:
+(`snapshot/query.py`), so both are derived from `relation_prefix` and the same escaping rule:
 each primary-key value wrapped in double quotes with `/` doubled, NULL written as `_`.
 """
 
@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import orjson
+
+from ..pg.xid_snapshot import XidSnapshot
 
 
 def quote_ident(name: str) -> str:
@@ -70,14 +72,14 @@ def up_to_date_message(global_last_seen_lsn: int) -> bytes:
     )
 
 
-def snapshot_end_message(xmin: int, xmax: int, xip: Sequence[int]) -> bytes:
+def snapshot_end_message(snapshot: XidSnapshot) -> bytes:
     return orjson.dumps(
         {
             "headers": {
                 "control": "snapshot-end",
-                "xmin": str(xmin),
-                "xmax": str(xmax),
-                "xip_list": [str(x) for x in xip],
+                "xmin": str(snapshot.xmin),
+                "xmax": str(snapshot.xmax),
+                "xip_list": [str(x) for x in sorted(snapshot.xip)],
             }
         }
     )

@@ -16,6 +16,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..log.entries import relation_prefix
+from ..pg.xid_snapshot import XidSnapshot
+
+#: The shape's snapshot (the name other modules still import).
+SnapshotInfo = XidSnapshot
 
 if TYPE_CHECKING:
     from ..errors import EngineError
@@ -69,39 +73,6 @@ class HandleFactory:
         now = max(time.time_ns() // 1000, self._last_us + 1)
         self._last_us = now
         return f"{int.from_bytes(digest, 'big')}-{now}"
-
-
-@dataclass(frozen=True, slots=True)
-class SnapshotInfo:
-    """`pg_current_snapshot()` of the shape's snapshot, as 64-bit xid8 values."""
-
-    xmin: int
-    xmax: int
-    xip: frozenset[int]
-
-    def visible(self, xid32: int) -> bool:
-        """Whether a WAL transaction (32-bit xid) is already in the snapshot's data.
-
-        The 32-bit xid is widened into the epoch of `xmax` (wraparound-aware, as the
-        client and Electric do), then Postgres's own visibility rule applies.
-        """
-        full = self.widen(xid32)
-        return full < self.xmin or (full < self.xmax and full not in self.xip)
-
-    def widen(self, xid32: int) -> int:
-        """The xid8 of a 32-bit WAL xid: the one nearest to `xmax` (within 2^31)."""
-        diff = (xid32 - self.xmax) & 0xFFFFFFFF
-        if diff >= 1 << 31:
-            diff -= 1 << 32
-        return self.xmax + diff
-
-    @classmethod
-    def parse(cls, text: str) -> SnapshotInfo:
-        xmin, xmax, xip = text.split(":")
-        return cls(int(xmin), int(xmax), frozenset(int(x) for x in xip.split(",") if x))
-
-    def to_json(self) -> dict[str, object]:
-        return {"xmin": self.xmin, "xmax": self.xmax, "xip": sorted(self.xip)}
 
 
 def schema_header(columns: tuple[ColumnInfo, ...]) -> str:

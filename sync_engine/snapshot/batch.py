@@ -1,0 +1,291 @@
+"""Initial snapshots of several new shapes in one transaction, driven on the event loop.
+
+A storm of new shapes is what this is for: per shape, the old way (a worker thread, a pooled
+connection, `BEGIN`, `pg_current_snapshot()`, `COPY`, `COMMIT`) cost five round trips, two
+thread hops and, worse, a GIL hand-over after every libpq wait and file write: the thread
+waited up to a switch interval (5 ms) each time the event loop was busy, so snapshots
+crawled exactly when many were wanted. Here one simple-protocol query carries a whole batch:
+
+    BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT pg_current_snapshot()::text;
+    COPY (<shape 1>) TO STDOUT; ...; COPY (<shape n>) TO STDOUT; COMMIT
+
+and its results are read on the event loop from a non-blocking libpq connection (waits are
+`add_reader` futures, rows are drained without awaiting per row). Every shape of a batch
+shares the transaction's snapshot, which is correct: each was registered with the router
+before the batch started, so its stream parks until that snapshot's xid horizon is known.
+
+Long snapshots return to the loop at every socket read, and big chunk files (or any file
+when fsync is on) are written in the default executor, so the loop keeps serving.
+
+When one shape's query fails (e.g. an error at run time in its where clause), Postgres skips
+the rest of the string: the shapes before it are done, that one fails, the ones after it are
+returned to be run again in a later batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import pq, sql
+
+from ..log.entries import snapshot_end_message
+from ..pg.waiter import SocketWaiter
+from ..pg.xid_snapshot import XidSnapshot
+
+if TYPE_CHECKING:
+    from ..log.files import ShapeLog
+    from .query import RowQuery
+
+#: Chunk files at least this big are written in the executor, not on the loop.
+BIG_WRITE = 1 << 20
+
+
+class SnapshotBehind(Exception):
+    """The batch's snapshot misses a transaction the replication stream already delivered.
+
+    Postgres sends a commit to the stream once its WAL record is written, a moment before
+    the committing backend leaves the proc array; a snapshot taken in that moment does not
+    see the transaction. Its changes went by before the new shape was registered, so they
+    would be in neither the snapshot nor the shape's log (and after a TRUNCATE, which is not
+    MVCC-safe, such a snapshot reads the new, empty table). The batch is abandoned before any
+    row is kept and run again (`snapshots.SnapshotScheduler`).
+    """
+
+
+@dataclass(eq=False, slots=True)
+class SnapshotJob:
+    """One shape's part of a batch: where its chunks go and whom to tell."""
+
+    log: ShapeLog
+    query: RowQuery | None  # None for `log=changes_only`: only the snapshot-end
+    on_snapshot: Callable[[XidSnapshot], None]  # the batch's snapshot, before any row
+    on_chunk: Callable[[int, bool], None]  # chunks written so far, complete
+    cancelled: Callable[[], bool]  # the shape was rotated: stop writing its files
+    record: dict[str, object]  # written in the completion marker, with the snapshot
+    error: BaseException | None = None
+    done: bool = False
+
+
+def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -> bytes:
+    parts = [
+        b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        b"SELECT pg_current_snapshot()::text",
+    ]
+    for job in jobs:
+        if job.query is not None:
+            parts.append(sql.SQL("COPY ({}) TO STDOUT").format(job.query.sql).as_bytes(conn))
+    parts.append(b"COMMIT")
+    return b";\n".join(parts)
+
+
+def send_batch(conn: psycopg.AsyncConnection[Any], jobs: Sequence[SnapshotJob]) -> None:
+    """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes).
+
+    Synchronous on purpose: a storm's requests are all handled in one pass of the event loop
+    before any task started meanwhile runs, so batches are sent from that pass and Postgres
+    works on them while the engine is still taking requests.
+    """
+    conn.pgconn.send_query(batch_sql(jobs, conn))
+
+
+async def run_batch(
+    conn: psycopg.AsyncConnection[Any],
+    jobs: Sequence[SnapshotJob],
+    chunk_bytes: int,
+    fsync: bool,
+    *,
+    sent: bool = False,
+    must_see: Sequence[int] = (),
+) -> list[SnapshotJob]:
+    """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
+
+    `sent`: `send_batch` already queued the query. `must_see`: xids of transactions the
+    replication stream delivered before the query was sent; raises `SnapshotBehind` (before
+    any job hears of the snapshot) when the snapshot does not see one of them, leaving the
+    connection mid-query (the caller closes it). Marks each job `done` or sets its
+    `error`; returns the jobs that did not run because an earlier one failed (to be
+    retried). Raises when the connection itself fails, in which case every job not `done`
+    is to be retried or failed by the caller.
+    """
+    c = SocketWaiter(conn.pgconn)
+    if not sent:
+        send_batch(conn, jobs)
+    try:
+        return await _run(c, jobs, chunk_bytes, fsync, must_see)
+    finally:
+        c.unwatch()
+
+
+async def _run(
+    c: SocketWaiter,
+    jobs: Sequence[SnapshotJob],
+    chunk_bytes: int,
+    fsync: bool,
+    must_see: Sequence[int] = (),
+) -> list[SnapshotJob]:
+    await c.flush()
+    await asyncio.to_thread(_create_directories, jobs)  # while Postgres starts on the batch
+    # One result per statement, then None once the whole string is done.
+    _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # BEGIN
+    res = await c.result()
+    _expect(res, pq.ExecStatus.TUPLES_OK)
+    assert res is not None
+    snapshot = XidSnapshot.parse((res.get_value(0, 0) or b"").decode())
+    if must_see:
+        unseen = snapshot.invisible(must_see)
+        if unseen:
+            raise SnapshotBehind(f"snapshot {snapshot} does not see delivered xids {unseen}")
+    end = snapshot_end_message(snapshot)
+    record = snapshot.to_json()
+    for job in jobs:
+        job.on_snapshot(snapshot)
+        job.record["snapshot"] = record
+    for i, job in enumerate(jobs):
+        if job.query is None:
+            await _finish(job, 0, b"", end, fsync)
+            continue
+        res = await c.result()
+        if res is not None and res.status == pq.ExecStatus.COPY_OUT:
+            index, tail = await _copy(c, job, chunk_bytes, fsync)
+            res = await c.result()
+            if res is not None and res.status == pq.ExecStatus.COMMAND_OK:
+                await _finish(job, index, tail, end, fsync)
+                continue
+        job.error = _error(res)
+        await _rollback(c)
+        return _not_run(jobs[i + 1 :])
+    _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # COMMIT
+    error = await c.drain()
+    if error is not None:
+        raise _error(error)
+    return []
+
+
+#: Rows joined into one block as they arrive (see `_copy`).
+ROW_GROUP = 256
+
+
+async def _copy(
+    c: SocketWaiter, job: SnapshotJob, chunk_bytes: int, fsync: bool
+) -> tuple[int, bytes]:
+    """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries).
+
+    The inner loop is the per-row cost of every snapshot (libpq hands COPY data one row at
+    a time), so it does little else: libpq's buffer is drained until it is empty or a chunk
+    is full. Rows are joined into blocks of `ROW_GROUP` as they come: holding a chunk's
+    60,000 row objects until the chunk is full cost four times the reading itself (fresh
+    memory for each chunk, released again after it), while short-lived rows reuse the same
+    few blocks of memory. Waiting for the socket returns to the event loop, so other work
+    interleaves with a long snapshot at least once per socket read.
+    """
+    query = job.query
+    assert query is not None
+    get_copy_data = c.pgconn.get_copy_data
+    overhead = query.line_overhead()
+    rows: list[bytes | memoryview] = []  # bytes from psycopg's C libpq binding
+    append = rows.append
+    blocks: list[bytes] = []
+    size = 0
+    index = 0
+    while True:
+        nbytes, data = get_copy_data(1)
+        while nbytes > 0:
+            append(data)
+            size += nbytes + overhead
+            if size >= chunk_bytes:
+                break
+            if len(rows) >= ROW_GROUP:
+                blocks.append(b"".join(rows))
+                rows.clear()
+            nbytes, data = get_copy_data(1)
+        if nbytes > 0:  # a chunk is full
+            blocks.append(b"".join(rows))
+            rows.clear()
+            await _write(job, index, query.finish_block(blocks), fsync)
+            blocks = []
+            index += 1
+            if job.error is None and not job.cancelled():
+                job.on_chunk(index, False)
+            size = 0
+        elif nbytes == 0:
+            await c.readable()
+        else:
+            break
+    blocks.append(b"".join(rows))
+    return index, query.finish_block(blocks)
+
+
+async def _finish(job: SnapshotJob, index: int, tail: bytes, end: bytes, fsync: bool) -> None:
+    """Write the last chunk and the completion marker (one worker-thread call), announce.
+
+    Creating a file is an inode allocation, which on a busy ext4 (many files deleted in the
+    last minutes) costs the calling thread hundreds of microseconds in the kernel: the
+    event loop hands that to a thread, where it overlaps with the loop's own work.
+    """
+    if job.error is not None or job.cancelled():
+        return
+    data = tail + b"," + end if tail else end
+    try:
+        await asyncio.to_thread(_write_last, job.log, index, data, job.record)
+    except OSError as exc:
+        job.error = exc
+        return
+    job.log.remember_snapshot_chunk(index, data)
+    job.done = True
+    job.on_chunk(index + 1, True)
+
+
+def _write_last(log: ShapeLog, index: int, data: bytes, record: dict[str, object]) -> None:
+    log.write_snapshot_chunk(index, data)
+    log.mark_snapshot_complete(index + 1, record)
+
+
+def _create_directories(jobs: Sequence[SnapshotJob]) -> None:
+    """In a worker thread: the batch's shape directories (see `_finish` on why)."""
+    for job in jobs:
+        try:
+            job.log.create()
+        except OSError as exc:
+            job.error = exc
+
+
+async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None:
+    """Write a chunk file unless the job failed or its shape is gone (rows are still read)."""
+    if job.error is not None or job.cancelled():
+        return
+    try:
+        if fsync or len(data) >= BIG_WRITE:
+            await asyncio.to_thread(job.log.write_snapshot_chunk, index, data)
+        else:
+            job.log.write_snapshot_chunk(index, data)
+    except OSError as exc:
+        job.error = exc
+        return
+    job.log.remember_snapshot_chunk(index, data)
+
+
+async def _rollback(c: SocketWaiter) -> None:
+    await c.drain()
+    if c.pgconn.transaction_status != pq.TransactionStatus.IDLE:
+        c.pgconn.send_query(b"ROLLBACK")
+        await c.flush()
+        await c.drain()
+
+
+def _not_run(jobs: Sequence[SnapshotJob]) -> list[SnapshotJob]:
+    return [j for j in jobs if not j.done and j.error is None]
+
+
+def _expect(res: pq.abc.PGresult | None, status: pq.ExecStatus) -> None:
+    if res is None or res.status != status:
+        raise _error(res)
+
+
+def _error(res: pq.abc.PGresult | None) -> psycopg.Error:
+    if res is None:
+        return psycopg.OperationalError("the snapshot query returned no result")
+    return psycopg.errors.error_from_result(res, encoding="utf-8")

@@ -1,0 +1,240 @@
+"""The query behind a new shape's initial data (run by `batch`), and its rows.
+
+Stitching with the replication stream follows Electric: the transaction's
+`pg_current_snapshot()` is reported before any row is read, and the stream then skips every
+transaction already visible in it (see `SnapshotInfo.visible`).
+
+Postgres renders each row's values as JSON (what `row_to_json` of the columns cast to text
+gives, built by concatenation, see `_value_json`) and the key's variable part; Python adds
+the constant parts. COPY's text format doubles
+backslashes (JSON text holds no tabs or newlines), so un-escaping is one `bytes.replace`.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import orjson
+from psycopg import sql
+
+from ..log.entries import relation_prefix
+
+if TYPE_CHECKING:
+    from ..pg.catalog import ColumnInfo, TableInfo
+
+
+# Types whose cast to text differs from their output function, which is what pgoutput
+# sends: bpchar (the cast strips padding), bool (`true` vs `t`), inet (`/32` appended).
+_OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet"})
+
+
+def _text_expr(col: ColumnInfo) -> sql.Composable:
+    """The column as Postgres text, exactly as pgoutput renders it (keys must agree)."""
+    ident = sql.Identifier(col.name)
+    if col.type_name in _OUTPUT_FUNCTION_TYPES:
+        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+    return sql.SQL("{c}::text").format(c=ident)
+
+
+# Primary-key types whose text never needs JSON escaping nor `/` doubling: keys for them
+# are assembled in Python from the bare value, which keeps the bytes Postgres sends small.
+_PLAIN_KEY_TYPES = frozenset({"int2", "int4", "int8", "uuid", "numeric", "date", "oid"})
+
+
+@dataclass(frozen=True, slots=True)
+class RowQuery:
+    """A query yielding `key part \t value json` per row, and how to finish each line.
+
+    `sql` selects the key part (the bare primary-key text when `plain_key`, else the whole
+    key already JSON-encoded) and `row_to_json` of the selected columns as text; `finish`
+    turns one COPY line into the log entry's JSON.
+    """
+
+    sql: sql.Composed
+    plain_key: bool
+    key_open: bytes
+    suffix: bytes
+
+    @property
+    def _middle(self) -> bytes:
+        return (b'\\""' if self.plain_key else b"") + b',"value":'
+
+    def line_overhead(self) -> int:
+        """Bytes a finished entry adds to its COPY line (for cutting chunks by size)."""
+        head = len(self.key_open) if self.plain_key else len(b'{"key":')
+        return head + len(self._middle) + len(self.suffix) - 1  # - tab, + comma - newline
+
+    def finish_block(self, parts: list[bytes]) -> bytes:
+        """COPY lines (`key \t value \n` each, in `parts` of one or more lines) -> entries
+        joined by commas. Consumes `parts`.
+
+        JSON text holds no raw tab or newline, so the field separator and row terminator
+        are the only such bytes: whole chunks are finished with C-level joins and replaces
+        instead of per-row Python work. Without backslashes (nothing for COPY to have
+        doubled) the first and last constant parts go into the one join, so a 10 MB chunk
+        is copied three times, not five.
+        """
+        while parts and not parts[-1]:
+            parts.pop()
+        if not parts:
+            return b""
+        parts[-1] = parts[-1][:-1]
+        head = self.key_open if self.plain_key else b'{"key":'
+        if any(b"\\" in p for p in parts):
+            data = b"".join(parts).replace(b"\\\\", b"\\")
+            data = data.replace(b"\t", self._middle).replace(b"\n", self.suffix + b"," + head)
+            return head + data + self.suffix
+        parts.insert(0, head)  # neither holds a tab or a newline
+        parts.append(self.suffix)
+        data = b"".join(parts)
+        return data.replace(b"\t", self._middle).replace(b"\n", self.suffix + b"," + head)
+
+    def assemble(self, key: bytes, value: bytes) -> bytes:
+        """The entry JSON from the query's two fields (already free of COPY escaping)."""
+        if self.plain_key:
+            return self.key_open + key + b'\\""' + b',"value":' + value + self.suffix
+        return b'{"key":' + key + b',"value":' + value + self.suffix
+
+
+def row_json_sql(
+    table: TableInfo,
+    columns: Sequence[ColumnInfo],
+    pk: Sequence[str],
+    where_sql: str | None,
+    *,
+    order_by: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> RowQuery:
+    """`SELECT <key part>, <row as JSON> FROM ...` (see `_value_json`).
+
+    Every name goes through `sql.Identifier` / `sql.Literal`; `where_sql` is the engine's
+    own deparse of a validated where clause (`shapes/where.py`), never request text.
+    Postgres renders values (its output functions, under the session's display settings);
+    the constant parts of each line are added in Python.
+    """
+    t = _template(table, tuple(columns), tuple(pk))
+    source: sql.Composable = sql.SQL(t.relation)
+    if where_sql:
+        source = sql.SQL(t.relation + " WHERE " + where_sql)
+    if order_by is not None or limit is not None or offset is not None:
+        # Ordering must see the columns' own types, not their text casts: sort and cut in
+        # an inner query over the table, then render.
+        inner_q = sql.SQL("SELECT * FROM {}").format(source)
+        if order_by:
+            inner_q = sql.SQL("{} ORDER BY {}").format(inner_q, sql.SQL(order_by))
+        if limit is not None:
+            inner_q = sql.SQL("{} LIMIT {}").format(inner_q, sql.Literal(limit))
+        if offset is not None:
+            inner_q = sql.SQL("{} OFFSET {}").format(inner_q, sql.Literal(offset))
+        source = sql.SQL("({}) AS {}").format(inner_q, sql.Identifier(table.name))
+    query = sql.Composed([sql.SQL(t.head), source, sql.SQL(t.tail)])
+    return RowQuery(query, t.plain, t.key_open, t.suffix)
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    head: str  # `SELECT <key part>, <value json> FROM `
+    tail: str  # after the source
+    relation: str  # `"schema"."table"`
+    plain: bool
+    key_open: bytes
+    suffix: bytes
+
+
+# Types whose text output never needs JSON escaping (digits, letters, `-+:. `), so their
+# JSON string is the text in double quotes, without `to_json`.
+_PLAIN_VALUE_TYPES = _PLAIN_KEY_TYPES | {
+    "float4",
+    "float8",
+    "bool",
+    "timestamp",
+    "timestamptz",
+    "time",
+    "timetz",
+}
+# Column names written into the row's JSON by the engine: those needing no JSON escaping.
+_SAFE_NAME = re.compile(r"[ !#-\[\]-~]+")
+
+
+def _value_json(columns: Sequence[ColumnInfo]) -> sql.Composable | None:
+    """The row's `value` object built by concatenation: `{"a":"1","b":null,...}`.
+
+    Byte for byte what `row_to_json` of the columns cast to text gives (keys in column
+    order, `to_json` escaping, `null` for NULL), at about two thirds of Postgres's CPU:
+    `row_to_json` builds a record and runs every value through its output function again.
+    None when a column name would need escaping (then `row_to_json` is used).
+    """
+    if not all(_SAFE_NAME.fullmatch(c.name) for c in columns):
+        return None
+    pieces: list[str | sql.Composable] = []  # constant text or an expression
+    for i, c in enumerate(columns):
+        pieces.append(("{" if i == 0 else ",") + '"' + c.name + '":')
+        text = _text_expr(c)
+        if c.type_name in _PLAIN_VALUE_TYPES and c.not_null:
+            pieces += ['"', text, '"']
+        elif c.type_name in _PLAIN_VALUE_TYPES:
+            pieces.append(sql.SQL("""coalesce('"' || {t} || '"', 'null')""").format(t=text))
+        elif c.not_null:
+            pieces.append(sql.SQL("to_json({t})::text").format(t=text))
+        else:
+            pieces.append(sql.SQL("coalesce(to_json({t})::text, 'null')").format(t=text))
+    pieces.append("}")
+    merged: list[str | sql.Composable] = []
+    for piece in pieces:  # adjacent constants as one literal: fewer concatenations per row
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    return sql.SQL(" || ").join(sql.Literal(p) if isinstance(p, str) else p for p in merged)
+
+
+@functools.lru_cache(maxsize=256)
+def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, ...]) -> _Template:
+    """The parts of a table's snapshot query that do not depend on the where clause.
+
+    Composing them costs ~0.1 ms, a real share of creating a small shape; a storm of new
+    shapes on one table composes them once.
+    """
+    prefix = relation_prefix(table.schema, table.name)
+    by_name = {c.name: c for c in columns}
+    relation = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
+    plain = all(by_name[p].type_name in _PLAIN_KEY_TYPES for p in pk)
+    value = _value_json(columns)
+    if value is not None:
+        refs: list[sql.Composable] = [_text_expr(by_name[p]) for p in pk]
+    else:
+        inner = sql.SQL(", ").join(
+            sql.SQL("{v} AS {n}").format(v=_text_expr(c), n=sql.Identifier(c.name)) for c in columns
+        )
+        refs = [sql.SQL("r.{}").format(sql.Identifier(p)) for p in pk]
+    if plain:
+        key = sql.SQL(" || '\\\"/\\\"' || ").join(refs)
+    else:
+        parts: list[sql.Composable] = [sql.Literal(prefix)]
+        for ref in refs:
+            parts.append(
+                sql.SQL("""'/' || coalesce('"' || replace({v}, '/', '//') || '"', '_')""").format(
+                    v=ref
+                )
+            )
+        key = sql.SQL("to_json({})::text").format(sql.SQL(" || ").join(parts))
+    if value is not None:
+        head = sql.SQL("SELECT {key}, {value} FROM ").format(key=key, value=value)
+        tail = ""
+    else:
+        head = sql.SQL("SELECT {key}, row_to_json(r)::text FROM (SELECT {cols} FROM ").format(
+            key=key, cols=inner
+        )
+        tail = ") r"
+    key_open = b'{"key":' + orjson.dumps(prefix + '/"')[:-1]
+    suffix = (
+        b',"headers":{"operation":"insert","relation":'
+        + orjson.dumps([table.schema, table.name])
+        + b"}}"
+    )
+    return _Template(head.as_string(None), tail, relation.as_string(None), plain, key_open, suffix)

@@ -1,0 +1,302 @@
+"""When and where new shapes take their snapshot: a queue, a few connections, batches.
+
+A storm of new shapes arrives as one pass of the event loop handling hundreds of requests;
+a task started during that pass runs only after it. Batches are therefore started right
+where shapes are created (`submit`, synchronous: take an idle connection, queue the query),
+so Postgres computes snapshots while the engine is still taking requests, and the engine
+then reads results that are already waiting instead of each side idling in turn.
+
+- The first shape with nothing in flight starts a batch at once (a lone new shape is never
+  delayed). While batches are in flight, another starts when enough shapes wait: 16, then
+  twice as many per batch in flight (at most `BATCH_MAX`), so a storm fills the connections
+  with growing batches. Whatever still waits at the end of the pass, and whenever a batch
+  ends, starts on the idle connections.
+- Connections (at most `max_connections`) are opened when first needed, all of them, so
+  the next storm finds them ready; one idle for `IDLE_CLOSE` seconds is closed.
+- A shape whose batch hit an earlier shape's error is queued again; a shape whose own
+  query failed is reported to `on_failed`. A connection the server closed while idle (a
+  restart) is dropped when next taken; one that dies under a batch costs its shapes one
+  more try on a fresh connection (the idle ones are closed with it: they were likely
+  killed too), then they are reported too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import select
+import weakref
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from psycopg import AsyncConnection, pq
+
+from . import errors as snapshot_errors
+from .batch import SnapshotBehind, SnapshotJob, run_batch, send_batch
+
+if TYPE_CHECKING:
+    from ..shapes.shape import Shape
+
+log = logging.getLogger(__name__)
+
+#: Most shapes in one batch (one transaction, one query string).
+BATCH_MAX = 128
+#: Shapes waiting before a batch starts while another is in flight (doubles per batch).
+EAGER_BATCH = 16
+#: Seconds an idle snapshot connection is kept.
+IDLE_CLOSE = 300.0
+#: Seconds before a batch whose snapshot missed a delivered transaction runs again.
+BEHIND_RETRY = 0.005
+#: Tries after which a shape's snapshot is no longer checked against delivered transactions
+#: (a safety valve: a delivered commit is visible within milliseconds).
+BEHIND_MAX_TRIES = 200
+
+
+class SnapshotScheduler:
+    def __init__(
+        self,
+        dsn: str,
+        max_connections: int,
+        chunk_bytes: int,
+        fsync: bool,
+        make_job: Callable[[Shape], SnapshotJob],
+        on_failed: Callable[[Shape, BaseException], None],
+        seen_xids: Callable[[], Sequence[int]] | None = None,
+    ) -> None:
+        self.dsn = dsn
+        self.max_connections = max(1, max_connections)
+        self.chunk_bytes = chunk_bytes
+        self.fsync = fsync
+        self._make_job = make_job
+        self._on_failed = on_failed
+        # The xids the replication stream delivered so far: a snapshot must see them all.
+        self._seen_xids = seen_xids
+        # Shapes whose batch was run again because its snapshot missed one (see `_run`).
+        self._behind: weakref.WeakKeyDictionary[Shape, int] = weakref.WeakKeyDictionary()
+        self._queue: deque[Shape] = deque()
+        self._idle: list[tuple[AsyncConnection[Any], float]] = []
+        self._connections = 0  # open or opening
+        self._in_flight = 0
+        self._flush_pending = False
+        self._reaper: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+        # Shapes already run again once because their connection died (see `_run`).
+        self._retried: weakref.WeakSet[Shape] = weakref.WeakSet()
+
+    # -- the API ----------------------------------------------------------------------------
+
+    def submit(self, shape: Shape) -> None:
+        """Queue `shape` for its snapshot; a batch may start before this returns."""
+        self._queue.append(shape)
+        self._launch(eager=True)
+        if self._queue and not self._flush_pending:
+            self._flush_pending = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._queue)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)  # closing connections
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            await conn.close()
+
+    # -- starting batches -------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_pending = False
+        self._launch(eager=False)
+
+    def _launch(self, *, eager: bool) -> None:
+        if self._closed:
+            return
+        while self._queue and self._idle:
+            if eager and self._in_flight and len(self._queue) < self._threshold():
+                break
+            conn, _ = self._idle.pop()
+            if _closed_by_server(conn):  # e.g. Postgres restarted while it was idle
+                self._discard(conn)
+                continue
+            batch = self._take()
+            if not batch:
+                self._idle.append((conn, asyncio.get_running_loop().time()))
+                break
+            self._start(conn, batch)
+        if self._queue and self._connections < self.max_connections:
+            while self._connections < self.max_connections:
+                self._connections += 1
+                self._spawn(self._open())
+
+    def _threshold(self) -> int:
+        return min(BATCH_MAX, EAGER_BATCH << min(self._in_flight - 1, 8))
+
+    def _take(self) -> list[Shape]:
+        batch: list[Shape] = []
+        while self._queue and len(batch) < BATCH_MAX:
+            shape = self._queue.popleft()
+            if not shape.rotated:
+                batch.append(shape)
+        return batch
+
+    def _start(self, conn: AsyncConnection[Any], batch: list[Shape]) -> None:
+        jobs = [self._make_job(shape) for shape in batch]
+        # Taken before the query goes out: these commits precede the snapshot.
+        must_see: Sequence[int] = ()
+        if self._seen_xids is not None and all(
+            self._behind.get(shape, 0) < BEHIND_MAX_TRIES for shape in batch
+        ):
+            must_see = tuple(self._seen_xids())
+        self._in_flight += 1
+        try:
+            send_batch(conn, jobs)
+        except Exception as exc:
+            self._in_flight -= 1
+            self._discard(conn)
+            for shape in batch:
+                self._on_failed(shape, exc)
+            return
+        self._spawn(self._run(conn, batch, jobs, must_see))
+
+    async def _run(
+        self,
+        conn: AsyncConnection[Any],
+        batch: list[Shape],
+        jobs: list[SnapshotJob],
+        must_see: Sequence[int] = (),
+    ) -> None:
+        retry: list[SnapshotJob] = []
+        healthy = False
+        try:
+            retry = await run_batch(
+                conn, jobs, self.chunk_bytes, self.fsync, sent=True, must_see=must_see
+            )
+            healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        except asyncio.CancelledError:
+            self._in_flight -= 1
+            self._discard(conn)
+            raise
+        except SnapshotBehind as exc:
+            # No job heard of this snapshot: close the connection (its backend is still
+            # running the batch) and run the same shapes again in a moment.
+            log.info("snapshot batch of %d shapes run again: %s", len(batch), exc)
+            self._in_flight -= 1
+            self._discard(conn)
+            for shape in reversed(batch):
+                self._behind[shape] = self._behind.get(shape, 0) + 1
+                self._queue.appendleft(shape)
+            loop = asyncio.get_running_loop()
+            loop.call_later(BEHIND_RETRY, lambda: self._launch(eager=False))
+            return
+        except Exception as exc:
+            for job in jobs:
+                if not job.done and job.error is None:
+                    job.error = exc
+        self._in_flight -= 1
+        again = {id(j) for j in retry}
+        if healthy:
+            self._release(conn)
+        else:
+            # The connection failed under the batch (Postgres restarting, a terminated
+            # backend): shapes that failed with it get one more try on a fresh connection
+            # before their requests are told to come back later. A query's own error (the
+            # request's fault) is not retried.
+            for shape, job in zip(batch, jobs, strict=True):
+                if job.done or id(job) in again or shape in self._retried:
+                    continue
+                if job.error is None or snapshot_errors.kind(job.error) == "transient":
+                    self._retried.add(shape)
+                    job.error = None
+                    again.add(id(job))
+            self._discard(conn)
+            self._discard_idle()
+        for shape, job in reversed(list(zip(batch, jobs, strict=True))):
+            if id(job) in again:
+                self._queue.appendleft(shape)
+        for shape, job in zip(batch, jobs, strict=True):
+            if id(job) not in again and job.error is not None:
+                self._on_failed(shape, job.error)
+        self._launch(eager=False)
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        try:
+            conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
+        except Exception as exc:
+            self._connections -= 1
+            log.warning("could not open a snapshot connection: %s", exc)
+            if self._connections == 0:  # nothing could ever take them: fail the waiting
+                waiting, self._queue = self._queue, deque()
+                for shape in waiting:
+                    if not shape.rotated:
+                        self._on_failed(shape, exc)
+            return
+        if self._closed:
+            await conn.close()
+            return
+        self._release(conn)
+        self._launch(eager=False)
+
+    def _release(self, conn: AsyncConnection[Any]) -> None:
+        loop = asyncio.get_running_loop()
+        self._idle.append((conn, loop.time()))
+        if self._reaper is None and not self._closed:
+            self._reaper = loop.call_later(IDLE_CLOSE / 4, self._reap)
+
+    def _discard(self, conn: AsyncConnection[Any]) -> None:
+        self._connections -= 1
+        self._spawn(conn.close())
+
+    def _discard_idle(self) -> None:
+        """Close every idle connection: one just died under a batch, so they likely did too.
+
+        A terminated backend (Postgres restarting, `pg_terminate_backend`) only gets a
+        signal; until it has exited, its idle connection looks alive to `_closed_by_server`.
+        The shapes retried after one connection died must not meet another dead one (their
+        one retry would be lost and their requests get a 503), so the retry runs on a
+        connection opened after the death. Closing healthy idle connections (when only this
+        one failed) costs a reconnect each.
+        """
+        idle, self._idle = self._idle, []
+        for conn, _ in idle:
+            self._discard(conn)
+
+    def _reap(self) -> None:
+        self._reaper = None
+        now = asyncio.get_running_loop().time()
+        keep = [(c, t) for c, t in self._idle if now - t < IDLE_CLOSE]
+        for conn, t in self._idle:
+            if now - t >= IDLE_CLOSE:
+                self._discard(conn)
+        self._idle = keep
+        if self._idle and not self._closed:
+            self._reaper = asyncio.get_running_loop().call_later(IDLE_CLOSE / 4, self._reap)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def _closed_by_server(conn: AsyncConnection[Any]) -> bool:
+    """Whether an idle connection was closed by the server (restart, terminated backend).
+
+    An idle connection has nothing to read unless the server is saying goodbye (an error
+    and EOF); one `poll` of its socket tells, and a batch is not lost on it.
+    """
+    if conn.closed or conn.pgconn.status != pq.ConnStatus.OK:
+        return True
+    poller = select.poll()
+    poller.register(conn.pgconn.socket, select.POLLIN)
+    return bool(poller.poll(0))

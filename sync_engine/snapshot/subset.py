@@ -1,0 +1,156 @@
+"""Subset snapshots (`subset__*` params or a POST body): a one-off query inside the shape.
+
+The rows come from one REPEATABLE READ transaction whose snapshot is returned as metadata, so
+the client can drop live changes it already saw in the subset. The subset's `where` is parsed
+and checked like the shape's (enums allowed, no subqueries) and ANDed with it; ORDER BY is
+limited to plain columns; LIMIT/OFFSET are integers rendered as literals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import psycopg
+from aiohttp import web
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from ..errors import EngineError, InvalidRequest, ServiceUnavailable
+from ..pg.xid_snapshot import XidSnapshot
+from ..shapes.where import WhereError, parse_order_by, parse_where
+from . import errors as snapshot_errors
+from .query import RowQuery, row_json_sql
+
+if TYPE_CHECKING:
+    from ..http.params import ShapeRequest
+    from ..pg.catalog import ColumnInfo
+    from ..shapes.shape import Shape
+    from ..source import Source
+
+
+@dataclass(frozen=True, slots=True)
+class SubsetQuery:
+    """The subset's validated pieces; the SQL is built once the shape is known."""
+
+    where_sql: str | None
+    order_by: str | None
+    limit: int | None
+    offset: int | None
+
+
+def build_subset_query(columns: Sequence[ColumnInfo], req: ShapeRequest) -> SubsetQuery:
+    """Validate the subset against the shape's columns (raises InvalidRequest)."""
+    sub = req.subset
+    assert sub is not None
+    cols = {c.name: c for c in columns}
+    where_sql = None
+    if sub.where:
+        try:
+            where_sql = parse_where(sub.where, sub.params, cols, allow_enums=True, live=False).sql
+        except WhereError as e:
+            raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
+    order = None
+    if sub.order_by:
+        try:
+            order = parse_order_by(sub.order_by, cols)
+        except WhereError as e:
+            raise InvalidRequest({"subset": {"order_by": [str(e)]}}) from None
+    return SubsetQuery(where_sql, order, sub.limit, sub.offset)
+
+
+def _query(shape: Shape, subset: SubsetQuery) -> tuple[RowQuery, sql.Composed]:
+    conds = [c for c in (shape.where.sql if shape.where else None, subset.where_sql) if c]
+    where_sql = " AND ".join(f"({c})" for c in conds) if conds else None
+    rows = row_json_sql(
+        shape.table,
+        shape.columns,
+        shape.pk,
+        where_sql,
+        order_by=subset.order_by,
+        limit=subset.limit,
+        offset=subset.offset,
+    )
+    return rows, rows.sql
+
+
+def _run(
+    pool: ConnectionPool[Any], rows_query: RowQuery, query: sql.Composed
+) -> tuple[str, int, list[bytes]]:
+    with pool.connection() as conn:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = conn.execute(
+            "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
+        ).fetchone()
+        assert row is not None
+        rows = [
+            rows_query.assemble(str(k).encode(), str(v).encode())
+            for k, v in conn.execute(query).fetchall()
+        ]
+        conn.execute("COMMIT")
+    return str(row[0]), int(row[1]), rows
+
+
+def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineError:
+    """A failed subset query: blamed on the subset's where (no row values), or transient."""
+    what = snapshot_errors.kind(exc)
+    if what == "table_gone":
+        source.forget_table(shape.table)
+        source.registry.rotate_table(shape.table.oid, "table dropped")
+    elif what == "schema_changed":
+        source.forget_table(shape.table)
+    return snapshot_errors.to_engine_error(
+        exc, field="where", schema=shape.table.schema, table=shape.table.name, subset=True
+    )
+
+
+async def serve_subset(
+    request: web.Request, source: Source, shape: Shape, req: ShapeRequest, subset: SubsetQuery
+) -> web.StreamResponse:
+    if req.handle is not None and req.handle != shape.handle:
+        from ..errors import ShapeGone
+
+        raise ShapeGone(shape.handle)
+    rows_query, query = _query(shape, subset)
+    try:
+        snap, lsn, rows = await asyncio.to_thread(_run, source.snapshot_pool, rows_query, query)
+    except psycopg.OperationalError as exc:
+        if snapshot_errors.kind(exc) != "transient":
+            raise _subset_error(source, shape, exc) from None
+        raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
+    except psycopg.Error as exc:
+        raise _subset_error(source, shape, exc) from None
+    snapshot = XidSnapshot.parse(snap)
+    mark = random.randint(0, 2**31 - 1)
+    data: list[Any] = []
+    for text in rows:
+        msg = orjson.loads(text)
+        msg["headers"]["snapshot_mark"] = mark
+        data.append(msg)
+    body = {
+        "metadata": {
+            "xmin": str(snapshot.xmin),
+            "xmax": str(snapshot.xmax),
+            "xip_list": [str(x) for x in sorted(snapshot.xip)],
+            "database_lsn": str(lsn),
+            "snapshot_mark": mark,
+        },
+        "data": data,
+    }
+    offset = req.offset if req.offset is not None and not req.offset.is_before_all else None
+    return web.Response(
+        body=orjson.dumps(body),
+        content_type="application/json",
+        charset="utf-8",
+        headers={
+            "cache-control": "no-cache",
+            "electric-snapshot": "true",
+            "electric-handle": shape.handle,
+            "electric-schema": shape.schema_json,
+            "electric-offset": str(offset if offset is not None else shape.log.latest_offset),
+        },
+    )
