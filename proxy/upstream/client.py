@@ -138,7 +138,7 @@ class UpstreamBody:
         self._wake()
 
     def fail(self, error: BodyError) -> None:
-        if not self._eof:
+        if not self._eof and self._error is None:  # the first cause is the one reported
             self._error = error
             self._wake()
 
