@@ -79,7 +79,6 @@ def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> floa
             columns=table.columns,
             log=log,
             snapshot=snap,
-            pending=None,  # type: ignore[attr-defined]
         )
         registry._add(shape)
     rep = Replicator("", "", "", registry, router, fsync=False)

@@ -71,7 +71,6 @@ def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
             columns=table.columns,  # type: ignore[attr-defined]
             log=log,
             snapshot=snap,
-            pending=None,
         )
         shape.past_xmax = True
         registry._add(shape)

@@ -378,7 +378,7 @@ class Source:
             log=shape.log,
             query=query,
             on_snapshot=lambda text: self._snapshot_known(shape, text),
-            on_chunk=lambda count, complete: self._snapshot_progress(shape, count, complete),
+            on_chunk=shape.snapshot_progress,
             cancelled=lambda: shape.rotated,
             record=shape_record(shape),
         )
@@ -386,11 +386,13 @@ class Source:
     def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
         """Discard the shape; its waiting requests get the answer `to_engine_error` picks."""
         t = shape.table
-        shape.snapshot_error = to_engine_error(
-            exc,
-            field="where" if shape.definition.where is not None else "table",
-            schema=t.schema,
-            table=t.name,
+        shape.snapshot_failed(
+            to_engine_error(
+                exc,
+                field="where" if shape.definition.where is not None else "table",
+                schema=t.schema,
+                table=t.name,
+            )
         )
         what = snapshot_errors.kind(exc)
         if what == "transient":
@@ -409,14 +411,9 @@ class Source:
         self._published.discard(table.oid)
 
     def _snapshot_known(self, shape: Shape, snapshot: XidSnapshot) -> None:
-        shape.snapshot = snapshot
+        shape.snapshot_taken(snapshot)
         if not shape.rotated:
             self.replicator.release_pending(shape)
-
-    def _snapshot_progress(self, shape: Shape, count: int, complete: bool) -> None:
-        shape.log.snapshot_chunks = max(shape.log.snapshot_chunks, count)
-        shape.log.snapshot_complete = complete
-        shape.notify()
 
     # -- schema drift ---------------------------------------------------------------------
 

@@ -184,6 +184,17 @@ class UpstreamBody:
         """The whole body arrived and was read."""
         return self._eof and not self._chunks
 
+    async def read(self, limit: int) -> bytes:
+        """The rest of the body, or its first `limit` bytes when it is longer."""
+        while self._size < limit and not self._eof:
+            await self._wait()
+        data = self._take()
+        if len(data) > limit:
+            self._chunks.append(data[limit:])
+            self._size = len(data) - limit
+            data = data[:limit]
+        return data
+
     async def readexactly(self, n: int) -> bytes:
         """The next `n` bytes (the whole body of a response with that Content-Length)."""
         while self._size < n:

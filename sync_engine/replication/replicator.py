@@ -15,7 +15,7 @@ with backoff up to a few seconds, tells when space is back; the stream then rest
 the slot's confirmed position and replays what was cut back, once.
 
 Transactions committed while a shape's snapshot horizon is still unknown are parked on the
-shape (`shape.pending`) and applied, in order, once it is known.
+shape (`Shape.park`) and applied, in order, once it is known.
 
 Most changes match no shape, so `handle_batch` works on the raw messages: Begin and Commit
 are read from their fixed-size headers, and a row is only decoded as far as the columns the
@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 from ..log.files import LogWriteError
 from ..pg.values import UnrepresentableValue
-from ..shapes.changes import convert_change, encode_entries
+from ..shapes.changes import Change, convert_change, encode_entries
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import KeyParser, RowPlan, ShapeRouter
 from ..shapes.shape import Shape
@@ -50,7 +50,6 @@ from .stream import (
 
 log = logging.getLogger(__name__)
 
-Change = tuple[str, dict[str, str | None] | None, dict[str, str | None] | None, int]
 
 # The fast path reads raw XLogData messages: the pgoutput payload starts at byte 25.
 _H = XLOGDATA_HEADER
@@ -416,10 +415,10 @@ class Replicator:
         """
         if not self._parked:
             return lsn
-        self._parked = {s for s in self._parked if s.pending and not s.rotated}
+        self._parked = {s for s in self._parked if s.parked and not s.rotated}
         if not self._parked:
             return lsn
-        oldest = min(s.pending[0][1] for s in self._parked if s.pending)
+        oldest = min(s.parked[0][1] for s in self._parked)
         return min(lsn, oldest - 1)
 
     async def _flush(self) -> None:
@@ -602,10 +601,7 @@ class Replicator:
             for shape, changes in self._touched.items():
                 if shape.rotated:
                     continue
-                if shape.pending is not None:
-                    # After a reconnect the slot sends parked transactions again: keep one.
-                    if not shape.pending or shape.pending[-1][1] < lsn:
-                        shape.pending.append((xid, lsn, changes))
+                if shape.park(xid, lsn, changes):
                     self._parked.add(shape)
                 else:
                     self.apply(shape, xid, lsn, changes)
@@ -618,13 +614,8 @@ class Replicator:
         """Append one transaction's changes to a shape whose snapshot horizon is known."""
         if lsn <= shape.log.last_lsn:
             return  # replayed after a restart: already in the log
-        snap = shape.snapshot
-        assert snap is not None
-        if not shape.past_xmax:
-            if snap.visible(xid):
-                return
-            if snap.widen(xid) >= snap.xmax:
-                shape.past_xmax = True
+        if shape.in_snapshot(xid):
+            return
         items: list[tuple[int, dict[str, object]]] = []
         try:
             for kind, old, new, op in changes:
@@ -650,10 +641,10 @@ class Replicator:
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
-        pending, shape.pending = shape.pending, None
+        pending = shape.take_parked()
         self._parked.discard(shape)
         try:
-            for xid, lsn, changes in pending or []:
+            for xid, lsn, changes in pending:
                 if shape.rotated:  # `apply` rotated it (an unrepresentable value)
                     break
                 self.apply(shape, xid, lsn, changes)

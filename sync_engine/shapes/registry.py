@@ -13,18 +13,18 @@ import logging
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
 from cachetools import LRUCache
 
 from ..errors import InvalidRequest
 from ..log.files import ShapeLog
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from ..pg.xid_snapshot import XidSnapshot
 from ..single_flight import single_flight
 from .router import ShapeRouter
-from .shape import HandleFactory, Shape, ShapeDefinition, SnapshotInfo
+from .shape import HandleFactory, Shape, ShapeDefinition
 from .where import Where, WhereError, parse_where
 
 if TYPE_CHECKING:
@@ -280,17 +280,10 @@ class ShapeRegistry:
         log_.load()
         if not log_.snapshot_complete:
             return None
-        meta: dict[str, Any]
-        if log_.marker is not None:
-            meta = log_.marker
-            snap = meta["snapshot"]
-        else:  # written before the marker carried the description
-            meta_path = directory / "meta.json"
-            snap_path = directory / "snapshot.json"
-            if not meta_path.exists() or not snap_path.exists():
-                return None
-            meta = orjson.loads(meta_path.read_bytes())
-            snap = orjson.loads(snap_path.read_bytes())
+        meta = log_.marker
+        if meta is None:
+            return None
+        snap = meta["snapshot"]
         definition = ShapeDefinition.from_json(meta["definition"])
         table = table_from_json(meta["table"])
         wanted = set(definition.columns)
@@ -305,8 +298,7 @@ class ShapeRegistry:
             ),
             columns=tuple(c for c in table.columns if c.name in wanted),
             log=log_,
-            snapshot=SnapshotInfo(snap["xmin"], snap["xmax"], frozenset(snap["xip"])),
-            pending=None,
+            snapshot=XidSnapshot.from_json(snap),
         )
         return shape
 
@@ -314,10 +306,9 @@ class ShapeRegistry:
 
     def rotate(self, shape: Shape, reason: str) -> None:
         """Retire a shape: waiters get 409, the next request for it makes a new handle."""
-        if shape.rotated:
+        if not shape.retire():
             return
         log.info("shape %s rotated: %s", shape.handle, reason)
-        shape.rotated = True
         self.by_handle.pop(shape.handle, None)
         if self.by_definition.get(shape.definition) is shape:
             del self.by_definition[shape.definition]
@@ -325,7 +316,6 @@ class ShapeRegistry:
         for key in self._request_keys.pop(shape, ()):
             if self._by_request.get(key) is shape:
                 del self._by_request[key]
-        shape.notify()
         shape.log.close()
         try:
             loop = asyncio.get_running_loop()

@@ -11,8 +11,8 @@ from sync_engine.shapes.router import ShapeRouter
 class FakeShape:
     """Just what the ack rule reads of a shape."""
 
-    def __init__(self, pending: list[Any] | None, rotated: bool = False) -> None:
-        self.pending = pending
+    def __init__(self, parked: list[Any], rotated: bool = False) -> None:
+        self.parked = parked
         self.rotated = rotated
 
 
@@ -30,7 +30,7 @@ def test_ack_stops_before_the_oldest_parked_transaction() -> None:
 
 def test_released_or_rotated_shapes_no_longer_hold_the_ack_back() -> None:
     rep = _replicator()
-    released: Any = FakeShape(None)
+    released: Any = FakeShape([])
     rotated: Any = FakeShape([(1, 10, [])], rotated=True)
     rep._parked |= {released, rotated}
     assert rep._ackable(9000) == 9000

@@ -170,7 +170,6 @@ def _make_shape(
         columns=table.columns,
         log=log,
         snapshot=SnapshotInfo(0, 1, frozenset()),
-        pending=None,
     )
     shape.past_xmax = True
     registry._add(shape)
