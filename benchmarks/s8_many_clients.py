@@ -141,7 +141,7 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser: Any = None
         self.body: list[bytes] = []
-        self.sse_tail = b""
+        self.sse_tail = self.control = b""
         self.next_offset: str | None = None
         self.next_cursor: str | None = None
         self.ever_connected = False
@@ -157,6 +157,8 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.sse_tail = b""
+        self.resume()
         if not self.load.stopping:
             self.load.error("connection lost")
             asyncio.get_running_loop().call_later(0.5, self.reconnect)
@@ -198,17 +200,27 @@ class Client(asyncio.Protocol):
             self.body.append(body)
             return
         now = time.time()
-        data = self.sse_tail + body
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self.sse_tail = data
-            return
-        done, self.sse_tail = data[: end + 2], data[end + 2 :]
+        data = self.sse_tail + body if self.sse_tail else body
+        if data.endswith(b"\n\n"):  # the usual case: whole events
+            done, self.sse_tail = data, b""
+        else:
+            end = data.rfind(b"\n\n")
+            if end < 0:
+                self.sse_tail = data
+                return
+            done, self.sse_tail = data[: end + 2], data[end + 2 :]
         if b'"@' in done:
             self.load.record(done, now)
-        lsns = LSN.findall(done)
-        if lsns:
-            self.offset = f"{lsns[-1].decode()}_0"  # where an SSE client resumes
+        if b"global_last_seen_lsn" in done:
+            self.control = done  # read when the stream ends
+
+    def resume(self) -> None:
+        """An SSE client resumes from the last up-to-date's `<global_last_seen_lsn>_0`."""
+        if self.control:
+            lsns = LSN.findall(self.control)
+            if lsns:
+                self.offset = f"{lsns[-1].decode()}_0"
+            self.control = b""
 
     def on_message_complete(self) -> None:
         load = self.load
@@ -216,6 +228,7 @@ class Client(asyncio.Protocol):
         status = self.parser.get_status_code()
         if load.sse:
             self.sse_tail = b""
+            self.resume()
             if status != 200:
                 load.error(f"status {status}")
         else:
@@ -633,6 +646,14 @@ async def run(
     return rows(results, sizes, rates) + failures
 
 
+def engine_per_write(arm: str, phase: Phase) -> float:
+    """Engine requests per write; an SSE arm's engine streams each carry every write (the
+    connections held also count the proxy's idle keep-alive ones: at most one or two)."""
+    if arm == "sse":
+        return max(phase.up_requests, phase.engine_conns)
+    return phase.up_requests
+
+
 def rows(
     results: dict[str, dict[int, dict[str, Any]]], sizes: list[int], rates: list[int]
 ) -> list[Row]:
@@ -678,7 +699,7 @@ def rows(
                     [(a, f"{fmt(p.up_requests)} ({p.engine_conns:,})") for a, p in per.items()],
                     "",
                     "<= 2 in every arm (issue 13)",
-                    verdict(all(max(p.up_requests, p.engine_conns) <= 2 for p in per.values())),
+                    verdict(all(engine_per_write(a, p) <= 2 for a, p in per.items())),
                 )
             )
             names = ["proxy", "engine", "nginx", "clients"]

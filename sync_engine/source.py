@@ -33,8 +33,9 @@ from .pg.publication import (
 )
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
+from .replication.failures import describe_failure
 from .replication.replicator import Replicator
-from .replication.stream import describe_failure, ensure_slot
+from .replication.slot import ensure_slot
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition
