@@ -3,8 +3,8 @@
 Run alone: `.venv/bin/python benchmarks/s8_many_clients.py [--quick] [--sizes 10000,20000]
 [--arms long-poll,sse,nginx] [--rates 1,16]`.
 
-One 500-row shape, N clients following it live, a writer inserting rows at 1 write/s and then
-at 16 writes/s. Arms, each with a fresh engine and proxy (and nginx):
+One 500-row shape, N clients following it live, a writer inserting rows at 1 write/s (6 s)
+and then at 16 writes/s (5 s; `--quick`: 3 s). Arms, each with a fresh engine and proxy (and nginx):
 - `long-poll`: N long-polling clients -> proxy (collapsing and cache on, the defaults) -> engine;
 - `sse`: N SSE clients (`live_sse=true`) -> proxy -> engine;
 - `nginx`: N long-polling clients -> nginx (the shipped config/nginx tier, its cache lock
@@ -526,7 +526,7 @@ async def run_arm(
         async with await psycopg.AsyncConnection.connect(pg.url, autocommit=True) as conn:
             await conn.execute(SYNC_COMMIT)
             for k, rate in enumerate(rates):
-                phase = Phase(rate, int(rate * seconds))
+                phase = Phase(rate, max(int(rate * seconds), 6 if rate == 1 else 1))
                 number = phase0 + k
                 await asyncio.sleep(1.0)
                 before = [await w.command("report") for w in workers]
@@ -546,7 +546,7 @@ async def run_arm(
                     await asyncio.sleep(max(0.0, t_next - time.monotonic()))
                 phase.engine_conns = established(engine.port)
                 # Every delivery arrives, or the clients fell behind for good.
-                deadline = time.monotonic() + 15
+                deadline = time.monotonic() + 10
                 reports: list[dict[str, Any]] = []
                 while time.monotonic() < deadline:
                     await asyncio.sleep(0.5)
@@ -616,7 +616,7 @@ async def run(
     sizes = sizes or ([2_000] if quick else [10_000, 20_000])
     arms = arms or list(ARMS)
     rates = rates or [1, 16]
-    seconds = 5.0 if quick else 10.0
+    seconds = 3.0 if quick else 5.0  # at 1 write/s: 6 writes at least
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     stack = Stack()
