@@ -104,7 +104,7 @@ class Load:
         self.sse = args.mode == "sse"
         self.handle, self.offset = args.handle, args.offset
         self.head_tail = f"HTTP/1.1\r\nHost: 127.0.0.1\r\n{args.headers}\r\n".encode()
-        self.hist: dict[int, list[int]] = {}
+        self.hist: dict[bytes, list[int]] = {}  # by phase, as the row spells it
         self.connected = self.responses = 0
         self.errors: dict[str, int] = {}
         self.stopping = False
@@ -113,14 +113,17 @@ class Load:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
     def record(self, data: bytes, now: float) -> None:
+        """Count the latency of every row of `data` (runs once per client per write)."""
+        hists = self.hist
         for phase, sent in TITLE.findall(data):
-            hist = self.hist.get(int(phase))
+            hist = hists.get(phase)
             if hist is None:
-                hist = self.hist[int(phase)] = [0] * (MAX_BIN + 1)
-            hist[min(MAX_BIN, max(0, int((now - float(sent)) * 1000)))] += 1
+                hist = hists[phase] = [0] * (MAX_BIN + 1)
+            ms = int((now - float(sent)) * 1000)
+            hist[ms if 0 <= ms < MAX_BIN else (0 if ms < 0 else MAX_BIN)] += 1
 
     def report(self) -> dict[str, Any]:
-        hist = {str(p): {str(i): c for i, c in enumerate(h) if c} for p, h in self.hist.items()}
+        hist = {p.decode(): {str(i): c for i, c in enumerate(h) if c} for p, h in self.hist.items()}
         return {
             "connected": self.connected,
             "responses": self.responses,
@@ -211,8 +214,8 @@ class Client(asyncio.Protocol):
             done, self.sse_tail = data[: end + 2], data[end + 2 :]
         if b'"@' in done:
             self.load.record(done, now)
-        if b"global_last_seen_lsn" in done:
-            self.control = done  # read when the stream ends
+        if b"lsn" in done[-64:]:  # an up-to-date ends the piece: read when the stream ends
+            self.control = done
 
     def resume(self) -> None:
         """An SSE client resumes from the last up-to-date's `<global_last_seen_lsn>_0`."""
