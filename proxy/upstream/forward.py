@@ -438,7 +438,10 @@ class Forwarder:
                     stream.task.add_done_callback(functools.partial(_release, permit))
             if joined:
                 self.metrics.collapsed_request()
-            result = await sse.serve(stream, request, spec, options, joined=joined)
+            try:
+                result = await sse.serve(stream, request, spec, options, joined=joined)
+            finally:
+                self._streams.leave(stream)
             if isinstance(result, Outcome):
                 return result
             if result is sse.Result.DIRECT:

@@ -152,6 +152,7 @@ class SharedStream:
         "floor",
         "head",
         "key",
+        "members",
         "offset",
         "positions",
         "raw",
@@ -171,6 +172,7 @@ class SharedStream:
         self.failure: ProxyError | None = None
         self.finished = False
         self.subscribers: set[_Subscriber] = set()
+        self.members = 0  # clients waiting for it or reading it
         self.task: asyncio.Task[None] | None = None
         self._keys: list[Key] = []
         self._datas: list[bytes] = []
@@ -291,14 +293,29 @@ class SharedStreams:
     def join(
         self, spec: StreamSpec, open_: Opener, make_head: HeadMaker
     ) -> tuple[SharedStream, bool]:
-        """The stream for `spec`, started at its offset if there is none; True if it existed."""
+        """The stream for `spec`, started at its offset if there is none; True if it existed.
+
+        Every `join` is followed by one `leave` when that client is done with the stream.
+        """
         stream = self._streams.get(spec.key)
-        if stream is not None:
-            return stream, True
-        stream = SharedStream(spec)
-        self._streams[spec.key] = stream
-        stream.task = asyncio.get_running_loop().create_task(self._run(stream, open_, make_head))
-        return stream, False
+        joined = stream is not None
+        if stream is None:
+            stream = SharedStream(spec)
+            self._streams[spec.key] = stream
+            stream.task = asyncio.get_running_loop().create_task(
+                self._run(stream, open_, make_head)
+            )
+        stream.members += 1
+        return stream, joined
+
+    def leave(self, stream: SharedStream) -> None:
+        """A client is done; the last one to leave ends an engine stream nobody reads (as
+        the engine's would end with its last direct client)."""
+        stream.members -= 1
+        if stream.members == 0 and not stream.finished:
+            self._forget(stream)
+            if stream.task is not None:
+                stream.task.cancel()
 
     def _forget(self, stream: SharedStream) -> None:
         if self._streams.get(stream.key) is stream:
