@@ -40,7 +40,8 @@ from .settings import Settings
 PROG = "sync-engine"
 _ENV = "SYNC_ENGINE_"
 T = TypeVar("T")
-log = logging.getLogger("sync_engine")
+# Not __name__: run as `python -m sync_engine` this module is `__main__`.
+logger = logging.getLogger("sync_engine")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -348,7 +349,7 @@ def serve(
         web.run_app(
             app,
             sock=engine_sock,
-            print=lambda *_: log.info("listening on %s (Shape API: %s/v1/shape)", url, url),
+            print=lambda *_: logger.info("listening on %s (Shape API: %s/v1/shape)", url, url),
             access_log=None,
             shutdown_timeout=2,
             loop=loop,
@@ -356,13 +357,13 @@ def serve(
     except Exception as exc:
         # Not a mistake checked above: a bug or an environment we did not foresee. The
         # traceback goes into the log (one record), the exit status says it failed.
-        log.critical("stopped by an unexpected error: %s", exc, exc_info=True)
+        logger.critical("stopped by an unexpected error: %s", exc, exc_info=True)
         raise SystemExit(1) from None
-    log.info("stopped")
+    logger.info("stopped")
 
 
 async def _log_shutdown(app: web.Application) -> None:
-    log.info("shutting down: closing held requests and replication")
+    logger.info("shutting down: closing held requests and replication")
 
 
 def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:
@@ -376,7 +377,7 @@ def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:
         await runner.setup()
         for sock in socks:
             await web.SockSite(runner, sock).start()
-        log.info("admin API and dashboard listening on %s/", url_of(socks))
+        logger.info("admin API and dashboard listening on %s/", url_of(socks))
         yield
         await runner.cleanup()
 

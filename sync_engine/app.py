@@ -99,11 +99,15 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     view = ShapeView(settings, find_source)
 
     async def options(request: web.Request) -> web.StreamResponse:
-        resp = web.Response(status=204, headers={"access-control-max-age": "86400",
-                                                 "connection": "keep-alive"})  # fmt: skip
+        resp = web.Response(
+            status=204, headers={"access-control-max-age": "86400", "connection": "keep-alive"}
+        )
         wanted = request.headers.get("access-control-request-headers", "")
-        allowed = [x.strip() for x in wanted.split(",")
-                   if x.strip().lower() in ("if-none-match", "traceparent")]  # fmt: skip
+        allowed = [
+            x.strip()
+            for x in wanted.split(",")
+            if x.strip().lower() in ("if-none-match", "traceparent")
+        ]
         if allowed:
             resp.headers["access-control-allow-headers"] = ", ".join(allowed)
         return resp
@@ -116,11 +120,11 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
             active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}
         status = 200 if active else 202
-        paused = [s.replicator.write_error for s in srcs.values() if s.replicator.write_error]
+        paused = [s.write_error for s in srcs.values() if s.write_error]
         if paused:  # shape logs cannot be written (disk full): serving, not replicating
             body, status = {"status": "waiting", "message": paused[0]}, 503
-        return json_response(status, body,
-                             {"cache-control": "no-cache, no-store, must-revalidate"})  # fmt: skip
+        no_cache = {"cache-control": "no-cache, no-store, must-revalidate"}
+        return json_response(status, body, no_cache)
 
     async def root(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)

@@ -33,7 +33,7 @@ from ..tenants.errors import DuplicateName, InvalidInput, SourceError, UnknownSo
 from ..tenants.manager import SourceManager
 from ..tenants.store import SourceRecord
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MANAGER = web.AppKey("admin_source_manager", SourceManager)
 ADMIN_SETTINGS = web.AppKey("admin_settings", Settings)
@@ -97,7 +97,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return _error(exc.status, code, exc.reason)
     except Exception:
-        log.exception("admin request %s %s failed", request.method, request.path)
+        logger.exception("admin request %s %s failed", request.method, request.path)
         return _error(500, "internal_error", "internal error; see the engine's log")
 
 

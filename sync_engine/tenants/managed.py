@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from psycopg import AsyncConnection
 
 from ..errors import ServiceUnavailable
 from ..source import Source, SourceConfig
@@ -24,19 +25,19 @@ from .diagnose import Diagnosis, explain
 if TYPE_CHECKING:
     from ..shapes.shape import Shape, ShapeDefinition
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LAG_INTERVAL = 5.0
 
 
 class ManagedSource(Source):
-    def __init__(self, config: SourceConfig, database_url: str,
-                 max_initial_syncs: int | None) -> None:  # fmt: skip
+    def __init__(
+        self, config: SourceConfig, database_url: str, max_initial_syncs: int | None
+    ) -> None:
         super().__init__(config)
         self._database_url = database_url
         self.max_initial_syncs = max_initial_syncs
         self.lag_bytes: int | None = None
-        self.lag_checked_at: float | None = None
         self._reserved = 0
 
     async def start(self) -> None:
@@ -70,7 +71,7 @@ class ManagedSource(Source):
     def _admission(self, definition: ShapeDefinition, existing: Shape | None) -> Iterator[None]:
         """At most `max_initial_syncs` shapes of this source take their snapshot at once."""
         limit = self.max_initial_syncs
-        joining = definition in self.registry._creating
+        joining = self.is_creating(definition)
         if limit is None or (existing is not None and not existing.rotated) or joining:
             yield
             return
@@ -99,17 +100,17 @@ class ManagedSource(Source):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("lag check of source %s failed: %s", self.config.source_id, exc)
+                logger.debug("lag check of source %s failed: %s", self.config.source_id, exc)
 
     async def refresh_lag(self) -> int | None:
-        async with self._conn_lock:
-            conn = await self._connection()
+        async def ask(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
             cur = await conn.execute(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
                 " FROM pg_replication_slots WHERE slot_name = %s",
                 (self.config.slot_name,),
             )
-            row = await cur.fetchone()
+            return await cur.fetchone()
+
+        row = await self.tables.on_catalog(ask)
         self.lag_bytes = max(0, int(row[0])) if row and row[0] is not None else None
-        self.lag_checked_at = time.time()
         return self.lag_bytes

@@ -27,7 +27,7 @@ from .errors import InvalidInput, UnknownSource
 from .managed import ManagedSource
 from .store import SourceRecord, SourceStore
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
@@ -91,7 +91,7 @@ class SourceManager:
             if not rec.paused:
                 await self._start_source(rec)
         if self.records:
-            log.info("%d registered sources (%d running)", len(self.records), len(self.running))
+            logger.info("%d registered sources (%d running)", len(self.records), len(self.running))
         self._watcher = asyncio.create_task(self._watch_states(), name="source-states")
 
     async def stop(self) -> None:
@@ -102,7 +102,7 @@ class SourceManager:
             try:
                 self.persist_states()  # the states as they were when the engine stopped
             except Exception:
-                log.exception("could not record source states")
+                logger.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
         if self.store is not None:
@@ -197,7 +197,7 @@ class SourceManager:
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, None)
             await self._start_source(rec)
-        log.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
+        logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
         return rec, secret
 
     async def rotate_secret(self, source_id: str, grace: object) -> tuple[SourceRecord, str]:
@@ -209,7 +209,7 @@ class SourceManager:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
-        log.info("source %s (%s): secret rotated, old secret valid for %ds more",
+        logger.info("source %s (%s): secret rotated, old secret valid for %ds more",
                  rec.name, rec.source_id, grace_s)  # fmt: skip
         return rec, secret
 
@@ -222,7 +222,7 @@ class SourceManager:
             source = self.running.pop(rec.source_id, None)
             if source is not None:
                 await source.stop()
-        log.info("source %s (%s) paused", rec.name, rec.source_id)
+        logger.info("source %s (%s) paused", rec.name, rec.source_id)
         return rec
 
     async def resume(self, source_id: str) -> SourceRecord:
@@ -233,7 +233,7 @@ class SourceManager:
             self._persisted[rec.source_id] = ("connecting", None)
             if rec.source_id not in self.running:
                 await self._start_source(rec)
-        log.info("source %s (%s) resumed", rec.name, rec.source_id)
+        logger.info("source %s (%s) resumed", rec.name, rec.source_id)
         return rec
 
     async def delete(self, source_id: str) -> list[str]:
@@ -248,8 +248,8 @@ class SourceManager:
             self._store().delete(rec.source_id)
             self._persisted.pop(rec.source_id, None)
         for w in warnings:
-            log.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
-        log.info("source %s (%s) deleted", rec.name, rec.source_id)
+            logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
+        logger.info("source %s (%s) deleted", rec.name, rec.source_id)
         return warnings
 
     # -- state ----------------------------------------------------------------------------
@@ -316,7 +316,7 @@ class SourceManager:
             try:
                 self.persist_states()
             except Exception:
-                log.exception("could not record source states")
+                logger.exception("could not record source states")
 
     def persist_states(self) -> None:
         reg = self._store()
@@ -335,6 +335,8 @@ class SourceManager:
             )
             if state != previous:
                 if error:
-                    log.warning("source %s (%s) is %s: %s", rec.name, rec.source_id, state, error)
+                    logger.warning(
+                        "source %s (%s) is %s: %s", rec.name, rec.source_id, state, error
+                    )
                 else:
-                    log.info("source %s (%s) is %s", rec.name, rec.source_id, state)
+                    logger.info("source %s (%s) is %s", rec.name, rec.source_id, state)
