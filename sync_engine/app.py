@@ -17,7 +17,7 @@ from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.server import EngineApplication
 from .http.shape import ShapeView
 from .settings import Settings
-from .source import Source, SourceConfig
+from .source import Source, SourceConfig, SourceState
 from .tenants.manager import SourceManager
 
 SOURCES = web.AppKey("sources", dict)
@@ -115,7 +115,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     async def health(request: web.Request) -> web.StreamResponse:
         srcs: dict[str, Source] = request.app[SOURCES]
         states = {sid: s.state for sid, s in srcs.items()}
-        active = bool(states) and all(v == "active" for v in states.values())
+        active = bool(states) and all(v is SourceState.ACTIVE for v in states.values())
         if not states and manager.has_sources():
             active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}

@@ -13,6 +13,7 @@ position (`global_lsn`).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import shutil
 from contextlib import AbstractContextManager, nullcontext
@@ -44,6 +45,15 @@ from .snapshot.scheduler import SnapshotScheduler
 from .tables import Tables
 
 logger = logging.getLogger(__name__)
+
+
+class SourceState(enum.StrEnum):
+    """Whether a source serves: CONNECTING until its slot and publication are ready, ERROR
+    while it cannot reach or use its database (`Source.error` says why)."""
+
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +100,7 @@ class Source:
             fsync=config.fsync,
             on_state=self._on_replication_state,
         )
-        self.state = "connecting"
+        self.state = SourceState.CONNECTING
         self.error: str | None = None
         # New shapes' snapshots, in batches on up to max_concurrent_snapshots connections.
         self.snapshots = SnapshotScheduler(
@@ -170,7 +180,7 @@ class Source:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                reported, self.state, self.error = self.error, "error", _describe(exc)
+                reported, self.state, self.error = self.error, SourceState.ERROR, _describe(exc)
                 problem = describe_failure(exc)
                 where = f"source {self.config.source_id} ({redact_dsn(self.config.database_url)})"
                 if not problem.permanent:
@@ -196,7 +206,7 @@ class Source:
         loaded = self.registry.load()
         if created and loaded:
             self.registry.rotate_all("replication slot was (re)created; changes may be lost")
-        self.state, self.error = "active", None
+        self.state, self.error = SourceState.ACTIVE, None
         self.ready.set()
         logger.info(
             "source %s ready: %d shapes loaded, slot %s",
@@ -207,9 +217,9 @@ class Source:
 
     def _on_replication_state(self, state: str, reason: str | None) -> None:
         if state == "active":
-            self.state, self.error = "active", None
+            self.state, self.error = SourceState.ACTIVE, None
         else:
-            self.state, self.error = "error", reason
+            self.state, self.error = SourceState.ERROR, reason
 
     async def _wait_ready(self) -> None:
         if self.ready.is_set():

@@ -113,8 +113,11 @@ def _token_middleware(token: str) -> Any:
                 value = request.headers.get("x-admin-token", "")
             got = hashlib.sha256(value.strip().encode()).digest()
             if not value or not hmac.compare_digest(got, want):
-                resp = _error(401, "unauthorized", "missing or wrong admin token: send"
-                              " 'Authorization: Bearer <admin token>'")  # fmt: skip
+                resp = _error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong admin token: send 'Authorization: Bearer <admin token>'",
+                )
                 resp.headers["www-authenticate"] = 'Bearer realm="shapegate-admin"'
                 return resp
         return await handler(request)
@@ -134,8 +137,9 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
         raise InvalidInput("body", "request body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise InvalidInput(unknown[0], f"unknown field {unknown[0]!r}; allowed: "
-                           + ", ".join(allowed))  # fmt: skip
+        raise InvalidInput(
+            unknown[0], f"unknown field {unknown[0]!r}; allowed: " + ", ".join(allowed)
+        )
     return data
 
 
@@ -157,8 +161,9 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
         return body
 
     async def info(request: web.Request) -> web.StreamResponse:
-        return _json(200, {"engine_url": engine_url, "version": __version__,
-                           "sources": len(manager.records)})  # fmt: skip
+        return _json(
+            200, {"engine_url": engine_url, "version": __version__, "sources": len(manager.records)}
+        )
 
     async def list_sources(request: web.Request) -> web.StreamResponse:
         return _json(200, {"sources": [status(r) for r in manager.all()]})
@@ -204,8 +209,10 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
     async def delete_source(request: web.Request) -> web.StreamResponse:
         rec = manager.get(request.match_info["id"])
         warnings = await manager.delete(rec.source_id)
-        return _json(200, {"source_id": rec.source_id, "name": rec.name, "deleted": True,
-                           "warnings": warnings})  # fmt: skip
+        return _json(
+            200,
+            {"source_id": rec.source_id, "name": rec.name, "deleted": True, "warnings": warnings},
+        )
 
     async def dashboard(request: web.Request) -> web.StreamResponse:
         return web.Response(body=_static("index.html"), content_type="text/html", charset="utf-8")

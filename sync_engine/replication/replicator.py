@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 
 from ..log.files import LogWriteError
 from ..pg.values import UnrepresentableValue
-from ..shapes.changes import Change, convert_change, encode_entries
+from ..shapes.changes import Change, Message, convert_change, encode_entries
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import KeyParser, RowPlan, ShapeRouter
 from ..shapes.shape import Shape
@@ -616,7 +616,7 @@ class Replicator:
             return  # replayed after a restart: already in the log
         if shape.in_snapshot(xid):
             return
-        items: list[tuple[int, dict[str, object]]] = []
+        items: list[tuple[int, Message]] = []
         try:
             for kind, old, new, op in changes:
                 items.extend(convert_change(shape, kind, old, new, op=op))

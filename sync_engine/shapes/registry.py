@@ -64,13 +64,16 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
 
 
 def table_from_json(d: dict[str, object]) -> TableInfo:
-    cols = tuple(ColumnInfo(**c) for c in d["columns"])  # type: ignore[attr-defined]
+    """From `table_to_json`'s form (raises TypeError or KeyError when it is not that)."""
+    oid, columns, pk = d["oid"], d["columns"], d["pk"]
+    if not isinstance(oid, int) or not isinstance(columns, list) or not isinstance(pk, list):
+        raise TypeError("not a table description")
     return TableInfo(
-        oid=int(d["oid"]),  # type: ignore[call-overload]
+        oid=oid,
         schema=str(d["schema"]),
         name=str(d["name"]),
-        columns=cols,
-        pk=tuple(d["pk"]),  # type: ignore[arg-type]
+        columns=tuple(ColumnInfo(**c) for c in columns),
+        pk=tuple(str(p) for p in pk),
         kind=str(d["kind"]),
         replica_identity=str(d["replica_identity"]),
     )

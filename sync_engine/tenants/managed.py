@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import AsyncConnection
 
 from ..errors import ServiceUnavailable
-from ..source import Source, SourceConfig
+from ..source import Source, SourceConfig, SourceState
 from .diagnose import Diagnosis, explain
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class ManagedSource(Source):
 
     @property
     def diagnosis(self) -> Diagnosis | None:
-        if self.state != "error" or not self.error:
+        if self.state is not SourceState.ERROR or not self.error:
             return None
         return explain(self.error, self._database_url)
 
@@ -93,7 +93,7 @@ class ManagedSource(Source):
     async def _watch_lag(self) -> None:
         while True:
             await asyncio.sleep(LAG_INTERVAL if self.lag_bytes is not None else 1.0)
-            if self.state != "active":
+            if self.state is not SourceState.ACTIVE:
                 continue
             try:
                 await asyncio.wait_for(self.refresh_lag(), 5)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ServiceUnavailable, Unauthorized
 from ..settings import Settings
-from ..source import SourceConfig
+from ..source import SourceConfig, SourceState
 from .auth import SourceAuth, parse_source_id
 from .credentials import hash_secret, new_secret
 from .dburl import check_database_url
@@ -44,8 +44,11 @@ def check_name(name: object) -> str:
         raise InvalidInput("name", "name is required")
     name = name.strip()
     if not _NAME.match(name):
-        raise InvalidInput("name", "name must be 1-64 characters: letters, digits, space, '.',"
-                           " '_' or '-', starting with a letter or digit")  # fmt: skip
+        raise InvalidInput(
+            "name",
+            "name must be 1-64 characters: letters, digits, space, '.',"
+            " '_' or '-', starting with a letter or digit",
+        )
     return name
 
 
@@ -63,8 +66,10 @@ def check_grace(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise InvalidInput("grace_period_seconds", "grace_period_seconds must be a number")
     if not 0 <= value <= MAX_GRACE_SECONDS:
-        raise InvalidInput("grace_period_seconds", "grace_period_seconds must be between 0 and"
-                           f" {MAX_GRACE_SECONDS} (30 days)")  # fmt: skip
+        raise InvalidInput(
+            "grace_period_seconds",
+            f"grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS} (30 days)",
+        )
     return float(value)
 
 
@@ -158,8 +163,9 @@ class SourceManager:
         if rec is None:  # deleted meanwhile
             raise Unauthorized()
         if rec.paused:
-            raise ServiceUnavailable("Source is paused; an operator must resume it",
-                                     retry_after=30, code="source_paused")  # fmt: skip
+            raise ServiceUnavailable(
+                "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
+            )
         source = self.running.get(rec.source_id)
         if source is None:
             raise ServiceUnavailable("Source is starting", retry_after=5)
@@ -209,8 +215,12 @@ class SourceManager:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
-        logger.info("source %s (%s): secret rotated, old secret valid for %ds more",
-                 rec.name, rec.source_id, grace_s)  # fmt: skip
+        logger.info(
+            "source %s (%s): secret rotated, old secret valid for %ds more",
+            rec.name,
+            rec.source_id,
+            grace_s,
+        )
         return rec, secret
 
     async def pause(self, source_id: str) -> SourceRecord:
@@ -262,7 +272,7 @@ class SourceManager:
         if source is None:
             return rec.state, None, None
         diag = source.diagnosis
-        if source.state == "error":
+        if source.state is SourceState.ERROR:
             return "error", diag.message if diag else source.error, diag.code if diag else None
         return source.state, None, None
 
