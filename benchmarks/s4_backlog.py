@@ -88,7 +88,7 @@ async def drain(url: str, slot: str, rep: Replicator, commits: int) -> tuple[flo
             batch = await stream.read_raw(timeout=5.0)
             last_end = rep.handle_batch(batch)
             if rep._dirty:
-                await rep._flush()
+                await rep.flush()
             if last_end:
                 stream.ack(last_end)
         return time.perf_counter() - t0, time.process_time() - c0

@@ -30,8 +30,9 @@ from .errors import ServiceUnavailable
 from .pg.catalog import TableInfo
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
+from .replication.failures import describe_failure
 from .replication.replicator import Replicator
-from .replication.stream import describe_failure, ensure_slot
+from .replication.slot import ensure_slot
 from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter

@@ -12,8 +12,10 @@ A client's clause is parsed by the real Postgres parser (pglast) as
 
 One job a module:
 - `errors`    WhereError and clause-relative error positions;
+- `depth`     nesting limits, measured without recursion (shared with the proxy);
 - `parse`     pglast parsing, the statement shape check, AST walks, `$n` substitution;
-- `types`     Postgres type names, implicit-conversion and common-type resolution;
+- `resolution` groups of types, implicit conversion and common-type resolution (types are
+              `sync_engine.pg.types.PgType`);
 - `semantics` numeric and comparison semantics (NaN order, integer overflow, division);
 - `datetimes` date, timestamp and interval arithmetic;
 - `casts`     the implicit and explicit conversion tables;

@@ -20,8 +20,8 @@ from .compiler import JSON_OPERATORS, LIKE_OPERATORS
 from .errors import error_at
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .parse import construct_name, deparse, parse_clause
+from .resolution import CAST_TARGET_NAMES
 from .semantics import COMPARISONS
-from .types import CAST_TARGETS
 
 _NODES = (
     ast.ColumnRef, ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest, ast.BooleanTest,
@@ -113,7 +113,7 @@ def _check_type(tn: ast.TypeName) -> None:
         names = names[1:]
     if tn.typmods:
         raise error_at(f"type modifiers are not supported ({'.'.join(names)})", tn)
-    if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGETS:
+    if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGET_NAMES:
         raise error_at(f"unsupported type {'.'.join(names)}", tn)
 
 
@@ -137,6 +137,6 @@ def _check_function(node: ast.FuncCall) -> None:
     n_args = len(node.args or ())
     if (name, n_args) in FUNCTIONS or (name, -1) in FUNCTIONS:
         return
-    if name in CAST_TARGETS and n_args == 1:
+    if name in CAST_TARGET_NAMES and n_args == 1:
         return
     raise error_at(f"unknown or unsupported function {name}/{n_args}", node)

@@ -12,6 +12,16 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from sync_engine.pg import values as pgv
+from sync_engine.pg.types import (
+    DATE,
+    FLOAT8,
+    INT4,
+    INTERVAL,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    PgType,
+)
 
 
 def date_to_ts(value: Any) -> Any:
@@ -228,39 +238,39 @@ def date_plus_time(d: Any, t: time) -> Any:
     return datetime.combine(d, t)
 
 
-DATETIME_OPS: dict[tuple[str, str, str], tuple[str, Callable[[Any, Any], Any]]] = {
-    ("+", "date", "int4"): ("date", lambda d, n: add_days(d, n)),
-    ("+", "int4", "date"): ("date", lambda n, d: add_days(d, n)),
-    ("-", "date", "int4"): ("date", lambda d, n: add_days(d, -n)),
-    ("-", "date", "date"): ("int4", date_minus_date),
-    ("+", "date", "time"): ("timestamp", lambda d, t: date_plus_time(d, t)),
-    ("+", "time", "date"): ("timestamp", lambda t, d: date_plus_time(d, t)),
-    ("+", "date", "interval"): ("timestamp", lambda d, i: add_interval(date_to_ts(d), i)),
-    ("-", "date", "interval"): (
-        "timestamp",
+DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Any, Any], Any]]] = {
+    ("+", DATE, INT4): (DATE, lambda d, n: add_days(d, n)),
+    ("+", INT4, DATE): (DATE, lambda n, d: add_days(d, n)),
+    ("-", DATE, INT4): (DATE, lambda d, n: add_days(d, -n)),
+    ("-", DATE, DATE): (INT4, date_minus_date),
+    ("+", DATE, TIME): (TIMESTAMP, lambda d, t: date_plus_time(d, t)),
+    ("+", TIME, DATE): (TIMESTAMP, lambda t, d: date_plus_time(d, t)),
+    ("+", DATE, INTERVAL): (TIMESTAMP, lambda d, i: add_interval(date_to_ts(d), i)),
+    ("-", DATE, INTERVAL): (
+        TIMESTAMP,
         lambda d, i: add_interval(date_to_ts(d), neg_interval(i)),
     ),
-    ("+", "timestamp", "interval"): ("timestamp", add_interval),
-    ("-", "timestamp", "interval"): ("timestamp", lambda t, i: add_interval(t, neg_interval(i))),
-    ("+", "interval", "timestamp"): ("timestamp", lambda i, t: add_interval(t, i)),
-    ("+", "timestamptz", "interval"): ("timestamptz", add_interval),
-    ("-", "timestamptz", "interval"): (
-        "timestamptz",
+    ("+", TIMESTAMP, INTERVAL): (TIMESTAMP, add_interval),
+    ("-", TIMESTAMP, INTERVAL): (TIMESTAMP, lambda t, i: add_interval(t, neg_interval(i))),
+    ("+", INTERVAL, TIMESTAMP): (TIMESTAMP, lambda i, t: add_interval(t, i)),
+    ("+", TIMESTAMPTZ, INTERVAL): (TIMESTAMPTZ, add_interval),
+    ("-", TIMESTAMPTZ, INTERVAL): (
+        TIMESTAMPTZ,
         lambda t, i: add_interval(t, neg_interval(i)),
     ),
-    ("+", "interval", "timestamptz"): ("timestamptz", lambda i, t: add_interval(t, i)),
-    ("-", "timestamp", "timestamp"): ("interval", ts_diff),
-    ("-", "timestamptz", "timestamptz"): ("interval", ts_diff),
-    ("+", "time", "interval"): ("time", time_add),
-    ("-", "time", "interval"): ("time", lambda t, i: time_add(t, neg_interval(i))),
-    ("+", "interval", "interval"): (
-        "interval",
+    ("+", INTERVAL, TIMESTAMPTZ): (TIMESTAMPTZ, lambda i, t: add_interval(t, i)),
+    ("-", TIMESTAMP, TIMESTAMP): (INTERVAL, ts_diff),
+    ("-", TIMESTAMPTZ, TIMESTAMPTZ): (INTERVAL, ts_diff),
+    ("+", TIME, INTERVAL): (TIME, time_add),
+    ("-", TIME, INTERVAL): (TIME, lambda t, i: time_add(t, neg_interval(i))),
+    ("+", INTERVAL, INTERVAL): (
+        INTERVAL,
         interval_add,
     ),
-    ("-", "interval", "interval"): (
-        "interval",
+    ("-", INTERVAL, INTERVAL): (
+        INTERVAL,
         interval_sub,
     ),
-    ("*", "interval", "float8"): ("interval", interval_mul),
-    ("*", "float8", "interval"): ("interval", lambda f, i: interval_mul(i, f)),
+    ("*", INTERVAL, FLOAT8): (INTERVAL, interval_mul),
+    ("*", FLOAT8, INTERVAL): (INTERVAL, lambda f, i: interval_mul(i, f)),
 }

@@ -10,6 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sync_engine.pg.types import (
+    BOOL,
+    PgType,
+)
+
 from .arrays import array_slice
 from .errors import error_at
 from .index import indexable, keyset
@@ -35,7 +40,7 @@ class Expr:
     text of an untyped literal or parameter whose type the context decides.
     """
 
-    type: str
+    type: PgType
     fn: Eval
     is_const: bool = False
     value: Any = None
@@ -49,8 +54,8 @@ class Expr:
     node: Any = None
 
 
-def const(type_name: str, value: Any, node: Any = None) -> Expr:
-    return Expr(type_name, lambda _row, _cache: value, is_const=True, value=value, node=node)
+def const(pg_type: PgType, value: Any, node: Any = None) -> Expr:
+    return Expr(pg_type, lambda _row, _cache: value, is_const=True, value=value, node=node)
 
 
 def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
@@ -98,14 +103,14 @@ def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
 EVAL_ERRORS = (ArithmeticError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
-def apply(type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: Any) -> Expr:
+def apply(pg_type: PgType, func: Callable[..., Any], args: Sequence[Expr], node: Any) -> Expr:
     """A strict (NULL in, NULL out) function of `args`, folded when all are constant."""
     if all(a.is_const for a in args):
         vals = [a.value for a in args]
         if any(v is None for v in vals):
-            return const(type_name, None, node)
+            return const(pg_type, None, node)
         try:
-            return const(type_name, func(*vals), node)
+            return const(pg_type, func(*vals), node)
         except EVAL_ERRORS as e:
             raise error_at(str(e) or type(e).__name__, node) from None
     if len(args) == 1 and args[0].unary is not None:
@@ -117,10 +122,10 @@ def apply(type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: 
             value = inner(text)  # None when an inner step yields NULL (infinity::time)
             return None if value is None else func(value)
 
-        return Expr(type_name, column_eval(name, unary), unary=unary, unary_of=name, node=node)
+        return Expr(pg_type, column_eval(name, unary), unary=unary, unary_of=name, node=node)
     fn = null_safe(func, args)
     assert callable(fn)
-    return Expr(type_name, fn, node=node)
+    return Expr(pg_type, fn, node=node)
 
 
 def column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
@@ -146,7 +151,7 @@ def cached_column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
 
 
 def bool_expr(fn: Eval, node: Any) -> Expr:
-    return Expr("bool", fn, node=node)
+    return Expr(BOOL, fn, node=node)
 
 
 def and_expr(args: list[Expr], node: Any) -> Expr:
@@ -179,7 +184,7 @@ def and_expr(args: list[Expr], node: Any) -> Expr:
         fn = and_n
     indexes = [a.index for a in args if a.index is not None]
     index = min(indexes, key=lambda i: len(i[1])) if indexes else None
-    return Expr("bool", fn, index=index, node=node)
+    return Expr(BOOL, fn, index=index, node=node)
 
 
 def or_expr(args: list[Expr], node: Any) -> Expr:
@@ -199,7 +204,7 @@ def or_expr(args: list[Expr], node: Any) -> Expr:
     if all(a.index is not None for a in args) and len({a.index[0] for a in args if a.index}) == 1:
         keys: frozenset[Any] = frozenset().union(*(a.index[1] for a in args if a.index))
         index = (args[0].index[0] if args[0].index else "", keys)
-    return Expr("bool", or_n, index=index, node=node)
+    return Expr(BOOL, or_n, index=index, node=node)
 
 
 def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: Any) -> Expr:
@@ -253,20 +258,20 @@ def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: 
 
 
 def apply_nullable(
-    type_name: str, func: Callable[..., Any], args: Sequence[Expr], node: Any
+    pg_type: PgType, func: Callable[..., Any], args: Sequence[Expr], node: Any
 ) -> Expr:
     """Like `apply` but `func` sees NULL arguments itself (array functions, ANY/ALL)."""
     fns = [a.fn for a in args]
     if all(a.is_const for a in args):
         try:
-            return const(type_name, func(*(a.value for a in args)), node)
+            return const(pg_type, func(*(a.value for a in args)), node)
         except EVAL_ERRORS as e:
             raise error_at(str(e) or type(e).__name__, node) from None
 
     def run(row: Row, cache: Cache) -> Any:
         return func(*(f(row, cache) for f in fns))
 
-    return Expr(type_name, run, node=node)
+    return Expr(pg_type, run, node=node)
 
 
 def slice_expr(arg: Expr, lo: Expr, hi: Expr, lo_open: bool, hi_open: bool, node: Any) -> Expr:
@@ -291,4 +296,4 @@ def col_const_compare(left: Expr, value: Any, op: Callable[[Any, Any], Any], nod
         parsed = parse(text)
         return None if parsed is None else op(parsed, value)
 
-    return Expr("bool", compare, node=node)
+    return Expr(BOOL, compare, node=node)

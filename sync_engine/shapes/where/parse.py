@@ -23,6 +23,11 @@ from pglast.enums import SetOperation
 from pglast.parser import ParseError, fingerprint
 from pglast.stream import RawStream
 
+from sync_engine.pg.types import (
+    TEXT,
+    PgType,
+)
+
 from .depth import longest_token_run, too_deep_message, tree_depth
 from .errors import PREFIX, WhereError
 
@@ -98,6 +103,12 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> Any:
     return stmt
 
 
+def sql_text(node: ast.Node) -> str:
+    """The node as SQL text (pglast's deparser; no check, see `deparse`)."""
+    text: str = RawStream()(node)
+    return text
+
+
 def deparse(node: Any, source: str) -> str:
     """The node as SQL, checked to parse back to the same tree (`source` is the clause the
     node was parsed from, before any `$n` substitution).
@@ -107,7 +118,7 @@ def deparse(node: Any, source: str) -> str:
     clause is refused rather than sent to Postgres with another meaning. The quick check
     compares libpg_query fingerprints (structure, not constants: a `$n` and the literal
     that replaces it agree); only when they differ are the trees compared in full."""
-    text = RawStream()(node)
+    text = sql_text(node)
     try:
         if fingerprint(PREFIX + text) == fingerprint(PREFIX + source):
             return text
@@ -142,14 +153,14 @@ def count_columns(root: Any) -> dict[str, int]:
         if not isinstance(node, ast.Node):
             continue
         if isinstance(node, ast.ColumnRef):
-            if len(node.fields) == 1 and isinstance(node.fields[0], ast.String):
-                name = node.fields[0].sval
-                counts[name] = counts.get(name, 0) + 1
+            field = node.fields[0] if len(node.fields) == 1 else None
+            if isinstance(field, ast.String) and field.sval is not None:
+                counts[field.sval] = counts.get(field.sval, 0) + 1
         stack.extend(value for _, value in child_nodes(node))
     return counts
 
 
-def substitute_params(root: Any, params: Mapping[str, str], types: Mapping[int, str]) -> None:
+def substitute_params(root: Any, params: Mapping[str, str], types: Mapping[int, PgType]) -> None:
     """Replace each `$n` under `root` with `CAST('<value>' AS <type>)`, a constant node."""
 
     def cast(node: Any) -> Any:
@@ -172,15 +183,12 @@ def substitute_params(root: Any, params: Mapping[str, str], types: Mapping[int, 
                 stack.append(value)
 
 
-def param_cast(node: ast.ParamRef, params: Mapping[str, str], types: Mapping[int, str]) -> Any:
+def param_cast(node: ast.ParamRef, params: Mapping[str, str], types: Mapping[int, PgType]) -> Any:
     n = node.number
-    typ = types.get(n, "text")
-    array = typ.endswith("[]")
-    base = typ[:-2] if array else typ
-    base = base[5:] if base.startswith("enum:") else base
+    typ = types.get(n, TEXT)
     return ast.TypeCast(
         arg=ast.A_Const(isnull=False, val=ast.String(sval=params[str(n)])),
-        typeName=_type_name(base, array),
+        typeName=_type_name(typ.name, typ.array),
     )
 
 

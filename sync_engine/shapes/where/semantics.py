@@ -15,8 +15,16 @@ from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decima
 from typing import Any
 
 from sync_engine.pg import values as pgv
+from sync_engine.pg.types import (
+    FLOAT4,
+    INT2,
+    INT4,
+    INT8,
+    NUMERIC,
+    PgType,
+)
 
-from .types import FLOAT_TYPES, INT_TYPES
+from .resolution import FLOAT_TYPES, INT_TYPES
 
 COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
     "=": operator.eq,
@@ -54,9 +62,9 @@ def nan_aware(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return cmp
 
 
-def comparison_op(op_name: str, type_name: str) -> Callable[[Any, Any], Any]:
+def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Any, Any], Any]:
     op = COMPARISONS[op_name]
-    return nan_aware(op) if type_name in FLOAT_TYPES else op
+    return nan_aware(op) if pg_type in FLOAT_TYPES else op
 
 
 def int_div(a: int, b: int) -> int:
@@ -68,9 +76,11 @@ def int_mod(a: int, b: int) -> int:
     return a - b * int_div(a, b)
 
 
-def checked_int(type_name: str, func: Callable[..., int]) -> Callable[..., int]:
+def checked_int(pg_type: PgType, func: Callable[..., int]) -> Callable[..., int]:
+    check = pgv.int_range_check(pg_type)
+
     def run(*args: int) -> int:
-        return pgv.check_int_range(type_name, func(*args))
+        return check(func(*args))
 
     return run
 
@@ -164,7 +174,13 @@ def float_result(value: float, *inputs: float) -> float:
 
 def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
     """float4/float8 `+ - * /` with Postgres's overflow and underflow errors."""
-    op = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": _float_div}[name]
+    ops: dict[str, Callable[[float, float], float]] = {
+        "+": operator.add,
+        "-": operator.sub,
+        "*": operator.mul,
+        "/": _float_div,
+    }
+    op = ops[name]
 
     def run(a: float, b: float) -> float:
         result = op(a, b)
@@ -193,7 +209,9 @@ def round_half_away(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def to_int(type_name: str) -> Callable[[Any], int]:
+def to_int(pg_type: PgType) -> Callable[[Any], int]:
+    check = pgv.int_range_check(pg_type)
+
     def conv(value: Any) -> int:
         if isinstance(value, bool):
             return int(value)
@@ -201,13 +219,13 @@ def to_int(type_name: str) -> Callable[[Any], int]:
             result = value
         elif isinstance(value, Decimal):
             if not value.is_finite():
-                raise ValueError(f"cannot convert {value} to {pgv.sql_type_name(type_name)}")
+                raise ValueError(f"cannot convert {value} to {pg_type.sql_name}")
             result = round_half_away(value)
         else:
             if math.isnan(value) or math.isinf(value):
-                raise ValueError(f"{pgv.sql_type_name(type_name)} out of range")
+                raise ValueError(f"{pg_type.sql_name} out of range")
             result = round(value)
-        return pgv.check_int_range(type_name, result)
+        return check(result)
 
     return conv
 
@@ -275,8 +293,8 @@ def float_pow(a: float, b: float) -> float:
     return result
 
 
-def wrap_shift(typ: str, shift: Callable[[int, int], int]) -> Callable[[int, int], int]:
-    bits = {"int2": 16, "int4": 32, "int8": 64}[typ]
+def wrap_shift(typ: PgType, shift: Callable[[int, int], int]) -> Callable[[int, int], int]:
+    bits = {INT2: 16, INT4: 32, INT8: 64}[typ]
 
     def run(a: int, n: int) -> int:
         result = shift(a, n % bits) & ((1 << bits) - 1)
@@ -285,7 +303,7 @@ def wrap_shift(typ: str, shift: Callable[[int, int], int]) -> Callable[[int, int
     return run
 
 
-def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
+def arith_func(name: str, typ: PgType) -> Callable[..., Any] | None:
     if typ in INT_TYPES:
         funcs: dict[str, Callable[..., Any]] = {
             "+": operator.add,
@@ -296,7 +314,7 @@ def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
         }
         func = funcs.get(name)
         return None if func is None else checked_int(typ, func)
-    if typ == "numeric":
+    if typ == NUMERIC:
         return {
             "+": _exact(Context.add),
             "-": _exact(Context.subtract),
@@ -305,5 +323,5 @@ def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
             "%": num_mod,
         }.get(name)
     if name in ("+", "-", "*", "/"):
-        return _float_op(name, typ == "float4")
+        return _float_op(name, typ == FLOAT4)
     return None
