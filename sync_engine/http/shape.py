@@ -64,9 +64,8 @@ class ShapeView:
         source = await self.find_source(request)
         handle = request.query.get("handle") or None
         if "table" in request.query:
-            query = MultiDict(request.query)
-            query["offset"] = "-1"
-            req = parse_shape_request(query)
+            # the definition's parameters (the first of any given twice), from its start
+            req = parse_shape_request(MultiDict({**request.query, "offset": "-1"}))
             described = await source.describe(req.shape)
             shape = source.current(described.definition)
             if shape is None:

@@ -26,16 +26,13 @@ import psycopg
 import pytest
 
 from sync_engine.app import SOURCES, build_app
-from sync_engine.settings import Settings
 from tests.support.engine_process import EngineProcess
 from tests.support.fuzz_inputs import loud_log_lines
-from tests.sync_engine.engine_harness import Engine
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 ITEMS_KEYS = ['"public"."items"/"1"', '"public"."items"/"2"', '"public"."items"/"3"']
 SECRET = "s3cr3t-Value-that-must-never-leak-9f2c"
-SECRET_SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,
-                           out_of_bounds_wait=1.0, schema_check_interval=0.5, allow_delete=True,
-                           secret=SECRET)  # fmt: skip
+SECRET_SETTINGS = replace(SETTINGS, secret=SECRET)
 
 
 def make_items(engine: Engine) -> None:
@@ -773,15 +770,25 @@ async def test_dropped_table_new_shape_is_a_400_at_once(engine: Engine, caplog: 
     await assert_untouched(engine)
 
 
-async def test_dropped_table_existing_shape_is_a_400_within_a_second(engine: Engine) -> None:
+@pytest.fixture
+async def unchecked(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine whose periodic schema check does not run during a test."""
+    settings = replace(
+        SETTINGS, database_url=db_url, data_dir=tmp_path / "data", schema_check_interval=3600
+    )
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    yield Engine(client, db_url, tmp_path / "data")
+
+
+async def test_dropped_table_existing_shape_is_a_400_within_a_second(unchecked: Engine) -> None:
     """New clients of an existing shape: its table's existence is checked (trusted for 1 s),
     so after DROP TABLE they get the 400 within a second, never a 503, and not for the 10 s
     of the periodic schema check; a table created again under the name is a new shape."""
+    engine = unchecked  # the periodic schema check is not what is tested here
     make_items(engine)
     engine.sql("CREATE TABLE gone (id int PRIMARY KEY, n int)")
     engine.sql("INSERT INTO gone VALUES (1, 1)")
-    for task in engine.source._tasks:  # the periodic schema check: not what is tested here
-        task.cancel()
     _, handle, _ = await engine.sync(table="gone")
     engine.sql("DROP TABLE gone")
     dropped = time.monotonic()
