@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import orjson
 from cachetools import LRUCache
 
 from ..errors import InvalidRequest
-from ..log.files import ShapeLog
+from ..log.store import ShapeStore
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
 from ..single_flight import single_flight
@@ -29,6 +27,7 @@ from .where import Where, WhereError, parse_where
 
 if TYPE_CHECKING:
     from ..http.params import ShapeRequest
+    from ..log.files import ShapeLog
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +91,7 @@ class ShapeRegistry:
         self.directory = directory
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
+        self.store = ShapeStore(directory, chunk_bytes, fsync)
         self.router = router
         self.handles = HandleFactory()
         self.by_handle: dict[str, Shape] = {}
@@ -228,9 +228,7 @@ class ShapeRegistry:
         self, definition: ShapeDefinition, table: TableInfo, columns: tuple[ColumnInfo, ...]
     ) -> Shape:
         handle = self.handles.new(definition)
-        directory = self.directory / handle
-        # The directory is made with the shape's snapshot (pg/snapshot_batch.py), off the loop.
-        log_ = ShapeLog(directory, self.chunk_bytes, self.fsync)
+        log_ = self.store.new_log(handle)
         where = None
         if definition.where is not None:
             where = self._parsed_where.get((table.oid, definition.where)) or parse_where(
@@ -257,44 +255,26 @@ class ShapeRegistry:
     # -- loading after a restart ----------------------------------------------------------
 
     def load(self) -> list[Shape]:
-        """Bring back every shape whose snapshot finished; discard the others."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Bring back every shape whose snapshot finished (the store discards the others)."""
         loaded = []
-        for directory in sorted(self.directory.iterdir()):
-            if not directory.is_dir():
-                continue
+        for log_ in self.store.load():
             try:
-                shape = self._load_one(directory)
+                shape = self._load_one(log_)
             except Exception:
-                log.exception("discarding unreadable shape directory %s", directory.name)
-                shape = None
-            if shape is None:
-                shutil.rmtree(directory, ignore_errors=True)
+                log.exception("discarding unreadable shape %s", log_.handle)
+                self.store.retire(log_)
                 continue
             self._add(shape)
             loaded.append(shape)
         return loaded
 
-    def _load_one(self, directory: Path) -> Shape | None:
-        log_ = ShapeLog(directory, self.chunk_bytes, self.fsync)
-        log_.load()
-        if not log_.snapshot_complete:
-            return None
-        meta: dict[str, Any]
-        if log_.marker is not None:
-            meta = log_.marker
-            snap = meta["snapshot"]
-        else:  # written before the marker carried the description
-            meta_path = directory / "meta.json"
-            snap_path = directory / "snapshot.json"
-            if not meta_path.exists() or not snap_path.exists():
-                return None
-            meta = orjson.loads(meta_path.read_bytes())
-            snap = orjson.loads(snap_path.read_bytes())
+    def _load_one(self, log_: ShapeLog) -> Shape:
+        meta = log_.marker
+        assert meta is not None
         definition = ShapeDefinition.from_json(meta["definition"])
         table = table_from_json(meta["table"])
         wanted = set(definition.columns)
-        shape = Shape(
+        return Shape(
             handle=meta["handle"],
             definition=definition,
             table=table,
@@ -305,10 +285,9 @@ class ShapeRegistry:
             ),
             columns=tuple(c for c in table.columns if c.name in wanted),
             log=log_,
-            snapshot=SnapshotInfo(snap["xmin"], snap["xmax"], frozenset(snap["xip"])),
+            snapshot=SnapshotInfo.from_json(meta["snapshot"]),
             pending=None,
         )
-        return shape
 
     # -- rotation -------------------------------------------------------------------------
 
@@ -326,13 +305,7 @@ class ShapeRegistry:
             if self._by_request.get(key) is shape:
                 del self._by_request[key]
         shape.notify()
-        shape.log.close()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            shutil.rmtree(shape.log.directory, ignore_errors=True)
-        else:  # a big log takes a while to delete: not on the event loop
-            loop.run_in_executor(None, shutil.rmtree, shape.log.directory, True)
+        self.store.retire(shape.log)  # its files go, in the executor
 
     def rotate_table(self, oid: int, reason: str) -> None:
         for shape in [s for s in self.by_handle.values() if s.definition.table_oid == oid]:
