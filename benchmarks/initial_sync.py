@@ -1,17 +1,28 @@
-"""S3: initial sync of 1M narrow rows: engine cold and warm against Postgres's own COPY as JSON.
+"""S3: initial sync (1M and 10M narrow rows, a wide table): engine cold and warm against
+Postgres's own COPY as JSON.
 
-Run alone: `.venv/bin/python benchmarks/initial_sync.py [--rows N] [--quick]`.
+Run alone: `.venv/bin/python benchmarks/initial_sync.py [--quick] [--only narrow|10m|wide]
+[--rows N]`.
 
-Arms, measured side by side in one run on the same database:
-- `COPY (SELECT row_to_json(t) FROM big t) TO STDOUT`, read by a client (the floor: Postgres
-  producing the same rows as JSON);
-- engine cold: a new shape, from `offset=-1` to up-to-date over HTTP, bodies read fully;
+Tables (one Postgres for the run):
+- `big`: narrow rows (id bigint, title text, n int), 1M (200,000 with `--quick`);
+- `big10m`: the same, 10M rows (full run only);
+- `wide`: 30 columns (id bigint, 19 text, 10 jsonb), ~1.2 kB per row as JSON.
+
+Arms of each table, measured side by side in one run on the same database:
+- `COPY (SELECT row_to_json(t) FROM <table> t) TO STDOUT`, read by a client (the floor:
+  Postgres producing the same rows as JSON);
+- engine cold: a new shape, from `offset=-1` to up-to-date over HTTP, bodies read fully; time
+  to first byte (the first response's headers) and the engine's peak RSS sampled every 20 ms
+  throughout;
 - engine warm: a second client of the same shape (the shape log exists);
-- proxy: a third client through the proxy (collapsing and cache off: the forwarding cost);
-- nginx hit: the shipped nginx tier, second pass (the first pass fills its cache).
-COPY and cold alternate three times (one time with `--quick`) and report their medians and
-range; the other arms run once on the last cold engine.
-Targets (../shared/design.md): cold <= 1.5x COPY; warm >= 5x faster than cold.
+- for `big` only: proxy (collapsing and cache off: the forwarding cost) and the shipped
+  nginx tier, second pass (the first pass fills its cache).
+COPY and cold alternate (three rounds for `big` in the full run, one otherwise) and report
+their medians and range. CPU: engine, Postgres (all backends) and this load generator
+(the HTTP client reading the bodies).
+Targets (issue 13 bar 5): cold <= 1.0x COPY; warm >= 10x faster than cold; engine RSS <=
+150 MiB; time to first byte <= 0.5 s.
 """
 
 from __future__ import annotations
@@ -19,9 +30,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import threading
 import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-import aiohttp
 import psycopg
 from _common import (
     EngineProcess,
@@ -31,110 +44,329 @@ from _common import (
     Row,
     Stack,
     fmt,
-    follow,
     token,
     verdict,
 )
 
-TABLES = {"big": {"allow": [{"all_rows": True}]}}
+TABLES = {name: {"allow": [{"all_rows": True}]} for name in ("big", "big10m", "wide")}
+
+WIDE_TEXT, WIDE_JSONB = 19, 10
 
 
-def copy_json_seconds(url: str) -> tuple[float, int]:
+@dataclass(frozen=True)
+class Spec:
+    table: str
+    rows: int
+    rounds: int
+    fronts: bool  # proxy and nginx arms too
+
+
+def create_table(url: str, spec: Spec) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        if spec.table == "wide":
+            cols = ["id bigint PRIMARY KEY"]
+            cols += [f"t{i} text" for i in range(WIDE_TEXT)]
+            cols += [f"j{i} jsonb" for i in range(WIDE_JSONB)]
+            conn.execute(f"CREATE TABLE wide ({', '.join(cols)})")
+            values = ["g"]
+            values += [f"'text value {i} of row ' || g" for i in range(WIDE_TEXT)]
+            values += [
+                f"""jsonb_build_object('k', {i}, 'row', g, 'name', 'item "' || g || '"',
+                    'tags', jsonb_build_array('a', 'b', g %% 7))"""
+                for i in range(WIDE_JSONB)
+            ]
+            conn.execute(
+                f"INSERT INTO wide SELECT {', '.join(values)} FROM generate_series(1, %s) g",
+                (spec.rows,),
+            )
+        else:
+            conn.execute(f"CREATE TABLE {spec.table} (id bigint PRIMARY KEY, title text, n int)")
+            conn.execute(
+                f"INSERT INTO {spec.table} SELECT g, 'title ' || g, g %% 1000 "
+                "FROM generate_series(1, %s) g",
+                (spec.rows,),
+            )
+        conn.execute(f"VACUUM ANALYZE {spec.table}")
+
+
+def copy_json_seconds(url: str, table: str) -> tuple[float, int]:
     with psycopg.connect(url) as conn:
         t0 = time.perf_counter()
         n = 0
-        with conn.cursor().copy("COPY (SELECT row_to_json(t) FROM big t) TO STDOUT") as copy:
+        query = f"COPY (SELECT row_to_json(t) FROM {table} t) TO STDOUT"
+        with conn.cursor().copy(query) as copy:
             for data in copy:
                 n += len(data)
         return time.perf_counter() - t0, n
 
 
-async def sync_seconds(url: str, headers: dict[str, str] | None = None) -> tuple[float, int, int]:
-    """Follow `url` (offset=-1) to up-to-date: (seconds, bytes, requests)."""
-    async with aiohttp.ClientSession(auto_decompress=False) as s:
-        t0 = time.perf_counter()
-        nbytes, requests, _, _, _ = await follow(s, url, headers)
-        return time.perf_counter() - t0, nbytes, requests
+class PeakRSS:
+    """Samples a process's RSS every 20 ms in a thread; `peak` is the highest seen."""
+
+    def __init__(self, proc: EngineProcess) -> None:
+        self.proc, self.peak = proc, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            try:
+                self.peak = max(self.peak, self.proc.rss())
+            except (OSError, ValueError):
+                pass
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
 
 
-async def run(quick: bool, rows_n: int | None = None) -> list[Row]:
-    rows_n = rows_n or (200_000 if quick else 1_000_000)
-    rounds = 1 if quick else 3
+@dataclass
+class Sync:
+    seconds: float
+    ttfb: float  # first response's headers
+    nbytes: int
+    requests: int
+    client_cpu: float  # this process's CPU seconds meanwhile
+
+
+class _Response(asyncio.BufferedProtocol):
+    """One keep-alive HTTP/1.1 connection whose bodies are counted, not kept.
+
+    The load generator shares the two cores with what it measures, so it reads into one
+    reused buffer: what a client that streams the body to its own store would pay, with
+    no per-response copies (aiohttp's client joined each 10 MB body: about twice this
+    CPU). Content-Length and chunked bodies (the proxy streams).
+    """
+
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(1 << 20))
+        self.pending = bytearray()
+        self.state = "head"
+        self.left = 0
+        self.nbytes = 0
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.done: asyncio.Future[None] | None = None
+        self.headers_at = 0.0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done is not None and not self.done.done():
+            self.done.set_exception(exc or ConnectionError("closed mid-response"))
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        data = self.view[:nbytes]
+        while data and self.done is not None and not self.done.done():
+            data = self._feed(data)
+
+    def _take(self, data: memoryview, sep: bytes) -> tuple[bytes | None, memoryview]:
+        self.pending += data
+        i = self.pending.find(sep)
+        if i < 0:
+            return None, data[len(data) :]
+        line = bytes(self.pending[:i])
+        rest = memoryview(bytes(self.pending[i + len(sep) :]))
+        self.pending.clear()
+        return line, rest
+
+    def _feed(self, data: memoryview) -> memoryview:
+        if self.state in ("body", "chunk"):
+            n = min(self.left, len(data))
+            self.left -= n
+            self.nbytes += n
+            if not self.left:
+                self.state = "chunk-end" if self.state == "chunk" else self._finish()
+            return data[n:]
+        line, data = self._take(data, b"\r\n\r\n" if self.state == "head" else b"\r\n")
+        if line is None:
+            return data
+        if self.state == "head":
+            self.headers_at = time.perf_counter()
+            first, *lines = line.decode("latin-1").split("\r\n")
+            self.status = int(first.split(" ", 2)[1])
+            self.headers = {}
+            for h in lines:
+                k, _, v = h.partition(":")
+                self.headers[k.strip().lower()] = v.strip()
+            if self.headers.get("transfer-encoding") == "chunked":
+                self.state = "size"
+            else:
+                self.left = int(self.headers.get("content-length", "0"))
+                self.state = "body" if self.left else self._finish()
+        elif self.state == "size":
+            self.left = int(line.split(b";")[0], 16)
+            self.state = "chunk" if self.left else "trailer"
+        elif self.state == "chunk-end":
+            self.state = "size"
+        elif self.state == "trailer" and not line:
+            self.state = self._finish()
+        return data
+
+    def _finish(self) -> str:
+        assert self.done is not None
+        self.done.set_result(None)
+        return "head"
+
+    async def get(self, path: str, headers: dict[str, str], host: str) -> None:
+        assert self.transport is not None
+        extra = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.nbytes, self.done = 0, asyncio.get_running_loop().create_future()
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        await self.done
+
+
+async def sync(url: str, headers: dict[str, str] | None = None) -> Sync:
+    """Follow `url` (offset=-1) to up-to-date, reading every body fully."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    base = f"{parts.path}?{parts.query}".replace("offset=-1", "").rstrip("&")
+    query = "offset=-1"
+    total = requests = 0
+    ttfb = 0.0
+    loop = asyncio.get_running_loop()
+    transport, conn = await loop.create_connection(_Response, host, port)
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        while True:
+            await conn.get(f"{base}&{query}", headers or {}, f"{host}:{port}")
+            if not requests:
+                ttfb = conn.headers_at - t0
+            requests += 1
+            if conn.status != 200:
+                raise RuntimeError(f"{conn.status} from {base[:80]}")
+            total += conn.nbytes
+            handle, offset = conn.headers["electric-handle"], conn.headers["electric-offset"]
+            query = f"offset={offset}&handle={handle}"
+            if "electric-up-to-date" in conn.headers:
+                break
+        return Sync(time.perf_counter() - t0, ttfb, total, requests, time.process_time() - c0)
+    finally:
+        transport.close()
+
+
+def _range(xs: list[float]) -> str:
+    return f"{fmt(min(xs), 's')}-{fmt(max(xs), 's')}"
+
+
+async def measure(pg: Postgres, spec: Spec) -> list[Row]:
+    create_table(pg.url, spec)
+    copy_json_seconds(pg.url, spec.table)  # warm Postgres's buffers for every arm
+    pairs = [("table", spec.table), ("offset", "-1")]
+    stack = Stack()
+    copies: list[float] = []
+    colds: list[Sync] = []
+    peak = 0.0
+    try:
+        # COPY and cold sync alternate for `rounds` rounds and each reports its median: a
+        # single ~1 s sample of either moves by 10-15% on this shared machine. Every cold
+        # round is a fresh engine (a new data directory, so a new shape and snapshot); the
+        # last one stays for the warm arms.
+        for i in range(spec.rounds):
+            copy_s, copy_bytes = copy_json_seconds(pg.url, spec.table)
+            copies.append(copy_s)
+            engine = EngineProcess(pg.url)
+            last = i == spec.rounds - 1
+            if last:
+                stack.add(engine)
+            try:
+                await engine.wait_ready()
+                direct = ProxyProcess.build_direct_url(TABLES, engine.url, {"sub": "u1"}, pairs)
+                e0, pg0 = engine.cpu(), pg.cpu()
+                rss = PeakRSS(engine)
+                try:
+                    cold = await sync(direct)
+                finally:
+                    peak = max(peak, rss.stop())
+                cold_cpu, cold_pg_cpu = engine.cpu() - e0, pg.cpu() - pg0
+                colds.append(cold)
+            finally:
+                if not last:
+                    engine.stop()
+        copy_s = statistics.median(copies)
+        cold_s = statistics.median(c.seconds for c in colds)
+        ttfb = max(c.ttfb for c in colds)
+        e0 = engine.cpu()
+        rss = PeakRSS(engine)
+        warm = await sync(direct)
+        peak = max(peak, rss.stop())
+        warm_cpu = engine.cpu() - e0
+        label = f"S3 initial sync {spec.rows:,} rows" + (" (wide)" if spec.table == "wide" else "")
+        spread = (f"; median of {spec.rounds}: COPY {_range(copies)}, cold "
+                  f"{_range([c.seconds for c in colds])}") if spec.rounds > 1 else ""  # fmt: skip
+        last_cold = colds[-1]
+        out = [
+            Row(label, f"wall time to up-to-date ({last_cold.nbytes / 1e6:.0f} MB, "
+                       f"{last_cold.requests} requests{spread})",
+                [("COPY json", fmt(copy_s, "s")), ("engine cold", fmt(cold_s, "s")),
+                 ("warm", fmt(warm.seconds, "s"))],
+                f"cold/COPY {cold_s / copy_s:.2f}", "<= 1.0 (issue 13)",
+                verdict(cold_s / copy_s <= 1.0)),
+            Row(label, "warm vs cold",
+                [("cold", fmt(cold_s, "s")), ("warm", fmt(warm.seconds, "s"))],
+                f"cold/warm {cold_s / warm.seconds:.1f}x", ">= 10x (issue 13)",
+                verdict(cold_s / warm.seconds >= 10)),
+            Row(label, "time to first byte (cold), peak engine RSS (cold + warm)",
+                [("TTFB", fmt(ttfb, "s")), ("RSS", fmt(peak, "MiB"))],
+                "", "TTFB <= 0.5 s, RSS <= 150 MiB (issue 13)",
+                verdict(ttfb <= 0.5 and peak <= 150)),
+            Row(label, "CPU s: engine (Postgres) / load generator",
+                [("cold", f"{fmt(cold_cpu)} ({fmt(cold_pg_cpu)}) / {fmt(last_cold.client_cpu)}"),
+                 ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
+                 ("rows/s cold", fmt(spec.rows / cold_s)),
+                 ("COPY json MB", fmt(copy_bytes / 1e6))], "", "", ""),
+        ]  # fmt: skip
+        if spec.fronts:
+            out.append(await fronts(stack, engine, label, direct, warm.seconds))
+    finally:
+        stack.close()
+    return out
+
+
+async def fronts(stack: Stack, engine: EngineProcess, label: str, direct: str,
+                 warm_s: float) -> Row:  # fmt: skip
+    proxy = stack.add(ProxyProcess(engine.url, TABLES, collapse=False, cache_bytes=0))
+    nginx = stack.add(NginxProcess(engine.port, cache=True))
+    await proxy.wait_ready()
+    await nginx.wait_ready()
+    auth = {"Authorization": f"Bearer {token()}"}
+    proxied = await sync(f"{proxy.url}/v1/shape?table=big&offset=-1", auth)
+    via = direct.replace(engine.url, nginx.url)
+    fill = await sync(via)
+    hit = await sync(via)
+    return Row(label, "front tiers vs warm direct",
+               [("warm", fmt(warm_s, "s")), ("proxy", fmt(proxied.seconds, "s")),
+                ("nginx miss", fmt(fill.seconds, "s")), ("nginx hit", fmt(hit.seconds, "s"))],
+               f"warm/proxy {warm_s / proxied.seconds:.2f}, "
+               f"warm/nginx-hit {warm_s / hit.seconds:.2f}",
+               "proxy >= 0.8x direct (anchors S3)",
+               verdict(warm_s / proxied.seconds >= 0.8))  # fmt: skip
+
+
+def specs(quick: bool, rows_n: int | None = None) -> dict[str, Spec]:
+    return {
+        "narrow": Spec("big", rows_n or (200_000 if quick else 1_000_000), 1 if quick else 3,
+                       fronts=True),
+        "wide": Spec("wide", 50_000 if quick else 300_000, 1, fronts=False),
+        **({} if quick else {"10m": Spec("big10m", 10_000_000, 1, fronts=False)}),
+    }  # fmt: skip
+
+
+async def run(quick: bool, rows_n: int | None = None, only: str | None = None) -> list[Row]:
     stack = Stack()
     out: list[Row] = []
     try:
         pg = stack.add(Postgres())
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, title text, n int)")
-            conn.execute(
-                "INSERT INTO big SELECT g, 'title ' || g, g %% 1000 FROM generate_series(1, %s) g",
-                (rows_n,),
-            )
-            conn.execute("VACUUM ANALYZE big")
-        copy_json_seconds(pg.url)  # warm Postgres's buffers for every arm
-        pairs = [("table", "big"), ("offset", "-1")]
-        # COPY and cold sync alternate for `rounds` rounds and each reports its median: a
-        # single ~1 s sample of either moves by 10-15% on this shared machine. Every cold
-        # round is a fresh engine (a new data directory, so a new shape and snapshot).
-        copy_times: list[float] = []
-        cold_times: list[float] = []
-        for _ in range(rounds - 1):
-            copy_times.append(copy_json_seconds(pg.url)[0])
-            spare = EngineProcess(pg.url)
-            try:
-                await spare.wait_ready()
-                url = ProxyProcess.build_direct_url(TABLES, spare.url, {"sub": "u1"}, pairs)
-                cold_times.append((await sync_seconds(url))[0])
-            finally:
-                spare.stop()
-        copy_s, copy_bytes = copy_json_seconds(pg.url)
-        copy_times.append(copy_s)
-        engine = stack.add(EngineProcess(pg.url))
-        await engine.wait_ready()
-        proxy = stack.add(ProxyProcess(engine.url, TABLES, collapse=False, cache_bytes=0))
-        nginx = stack.add(NginxProcess(engine.port, cache=True))
-        await proxy.wait_ready()
-        await nginx.wait_ready()
-        direct = proxy.direct_url(engine.url, {"sub": "u1"}, pairs)
-        e0, pg0 = engine.cpu(), pg.cpu()
-        cold_s, cold_bytes, cold_req = await sync_seconds(direct)
-        cold_cpu, cold_pg_cpu, cold_rss = engine.cpu() - e0, pg.cpu() - pg0, engine.rss()
-        cold_times.append(cold_s)
-        copy_s, cold_s = statistics.median(copy_times), statistics.median(cold_times)
-        e0 = engine.cpu()
-        warm_s, _, _ = await sync_seconds(direct)
-        warm_cpu = engine.cpu() - e0
-        auth = {"Authorization": f"Bearer {token()}"}
-        proxy_s, _, _ = await sync_seconds(f"{proxy.url}/v1/shape?table=big&offset=-1", auth)
-        via = direct.replace(engine.url, nginx.url)
-        fill_s, _, _ = await sync_seconds(via)
-        hit_s, _, _ = await sync_seconds(via)
-        label = f"S3 initial sync {rows_n:,} rows"
-        arms = [("COPY json", fmt(copy_s, "s")), ("engine cold", fmt(cold_s, "s")),
-                ("warm", fmt(warm_s, "s")), ("proxy (warm)", fmt(proxy_s, "s")),
-                ("nginx miss", fmt(fill_s, "s")), ("nginx hit", fmt(hit_s, "s"))]  # fmt: skip
-        spread = (f"; median of {rounds}: COPY {fmt(min(copy_times), 's')}-"
-                  f"{fmt(max(copy_times), 's')}, cold {fmt(min(cold_times), 's')}-"
-                  f"{fmt(max(cold_times), 's')}") if rounds > 1 else ""  # fmt: skip
-        out.append(Row(label, f"wall time to up-to-date ({cold_bytes / 1e6:.0f} MB, "
-                              f"{cold_req} requests{spread})", arms,
-                       f"cold/COPY {cold_s / copy_s:.2f}", "<= 1.5 (design)",
-                       verdict(cold_s / copy_s <= 1.5)))  # fmt: skip
-        out.append(Row(label, "warm vs cold",
-                       [("cold", fmt(cold_s, "s")), ("warm", fmt(warm_s, "s"))],
-                       f"cold/warm {cold_s / warm_s:.1f}x", ">= 5x (design)",
-                       verdict(cold_s / warm_s >= 5)))  # fmt: skip
-        out.append(Row(label, "front tiers vs warm direct",
-                       [("warm", fmt(warm_s, "s")), ("proxy", fmt(proxy_s, "s")),
-                        ("nginx hit", fmt(hit_s, "s"))],
-                       f"warm/proxy {warm_s / proxy_s:.2f}, warm/nginx-hit {warm_s / hit_s:.2f}",
-                       "proxy >= 0.8x direct (anchors S3)",
-                       verdict(warm_s / proxy_s >= 0.8)))  # fmt: skip
-        out.append(Row(label, "engine CPU s (Postgres CPU s), peak engine RSS",
-                       [("cold", f"{fmt(cold_cpu)} ({fmt(cold_pg_cpu)}) s, {fmt(cold_rss)} MiB"),
-                        ("warm", f"{fmt(warm_cpu)} s"),
-                        ("rows/s cold", fmt(rows_n / cold_s)),
-                        ("COPY json MB", fmt(copy_bytes / 1e6))], "", "", ""))  # fmt: skip
+        for name, spec in specs(quick, rows_n).items():
+            if only is None or name == only:
+                out += await measure(pg, spec)
     finally:
         stack.close()
     return out
@@ -144,8 +376,15 @@ if __name__ == "__main__":
     from _common import machine, table
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=None)
+    ap.add_argument("--rows", type=int, default=None, help="narrow rows (default 1M)")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["narrow", "wide", "10m"], default=None)
     a = ap.parse_args()
+    try:
+        import uvloop
+
+        uvloop.install()  # as run_all.py: keep the load generator's share of the CPU small
+    except ImportError:
+        pass
     print(machine())
-    print(table(asyncio.run(run(a.quick, a.rows))))
+    print(table(asyncio.run(run(a.quick, a.rows, a.only))))

@@ -25,8 +25,8 @@ from _common import Postgres, machine
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import load_table
-from sync_engine.pg.replication import XLOGDATA_HEADER, ReplicationStream, ensure_slot
-from sync_engine.replicator import Replicator
+from sync_engine.replication.replicator import Replicator
+from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream, ensure_slot
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
 from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo

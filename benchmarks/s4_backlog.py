@@ -35,8 +35,8 @@ from _common import PG_BIN, Postgres, Row, Stack, fmt, remove_later, verdict
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import load_table
-from sync_engine.pg.replication import ReplicationStream
-from sync_engine.replicator import Replicator
+from sync_engine.replication.replicator import Replicator
+from sync_engine.replication.stream import ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
 from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo

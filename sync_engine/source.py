@@ -31,10 +31,10 @@ from .pg.publication import (
     ensure_publication,
     wait_for_older_transactions,
 )
-from .pg.replication import describe_failure, ensure_slot
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
-from .replicator import Replicator
+from .replication.replicator import Replicator
+from .replication.stream import describe_failure, ensure_slot
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition

@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from databases import create_database, drop_database
+
+from tests.support.databases import create_database, drop_database
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from demo_harness import ROOT, DemoRun, free_port
+
+from tests.demo.demo_harness import ROOT, DemoRun, free_port
 
 README = ROOT / "README.md"
 #: Commands in sh blocks that this test does not run, and why.

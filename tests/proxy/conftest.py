@@ -16,11 +16,11 @@ import jwt
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
 
 from proxy.app import create_app
 from proxy.config.loader import LoadedConfig, build_config
 from proxy.logs import JsonFormatter
+from tests.proxy.proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
 
 
 @pytest.fixture(scope="session")

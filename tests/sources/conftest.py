@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from databases import create_database, drop_database
-from sources_harness import Cluster, MultiEngine
+
+from tests.sources.sources_harness import Cluster, MultiEngine
+from tests.support.databases import create_database, drop_database
 
 
 @pytest.fixture

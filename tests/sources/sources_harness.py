@@ -16,12 +16,12 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp.test_utils import TestClient, TestServer
-from engine_process import apply_messages
 
 from sync_engine.admin import build_admin_app
 from sync_engine.app import MANAGER, build_app
 from sync_engine.settings import Settings
 from sync_engine.sources.manager import SourceManager
+from tests.support.engine_process import apply_messages
 
 PGBIN = next(
     (d for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_harness import SETTINGS, Engine
 
 from sync_engine.app import SOURCES, build_app
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp.test_utils import TestClient
-from engine_process import apply_messages
 
 from sync_engine.app import SOURCES
 from sync_engine.settings import Settings
+from tests.support.engine_process import apply_messages
 
 
 @dataclass

@@ -20,12 +20,12 @@ import aiohttp
 import orjson
 import psycopg
 import pytest
-from engine_harness import Engine
-from engine_process import EngineProcess
-from fuzz_inputs import loud_log_lines
 
 from sync_engine.app import SOURCES, build_app
 from sync_engine.settings import Settings
+from tests.support.engine_process import EngineProcess
+from tests.support.fuzz_inputs import loud_log_lines
+from tests.sync_engine.engine_harness import Engine
 
 ITEMS_KEYS = ['"public"."items"/"1"', '"public"."items"/"2"', '"public"."items"/"3"']
 SECRET = "s3cr3t-Value-that-must-never-leak-9f2c"

@@ -18,7 +18,8 @@ import aiohttp
 import orjson
 import psycopg
 import pytest
-from engine_process import EngineProcess
+
+from tests.support.engine_process import EngineProcess
 
 WHERES: list[tuple[str | None, dict[str, str]]] = [
     (None, {}),

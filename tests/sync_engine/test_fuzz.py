@@ -1,6 +1,6 @@
 """The engine under a seeded storm of random and malformed requests, as a real process.
 
-Thousands of requests (`tests/fuzz_inputs.py`: odd tables, where fragments including ones
+Thousands of requests (`tests/support/fuzz_inputs.py`: odd tables, where fragments including ones
 that fail only in Postgres or nest hundreds of levels, columns, offsets, handles, flags,
 numbered params, subset params and POST bodies, percent-escapes of invalid UTF-8, NUL
 bytes, huge and repeated values) against `python -m sync_engine` over real Postgres. What a
@@ -23,9 +23,16 @@ import aiohttp
 import orjson
 import psycopg
 import pytest
-from engine_process import EngineProcess, apply_messages
-from fuzz_inputs import ITEMS_DDL, FuzzRequest, loud_log_lines, raw_requests, shape_requests
 from yarl import URL
+
+from tests.support.engine_process import EngineProcess, apply_messages
+from tests.support.fuzz_inputs import (
+    ITEMS_DDL,
+    FuzzRequest,
+    loud_log_lines,
+    raw_requests,
+    shape_requests,
+)
 
 SEED = int(os.environ.get("FUZZ_SEED", "20261203"))
 COUNT = int(os.environ.get("FUZZ_COUNT", "2400"))

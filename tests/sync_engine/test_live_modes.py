@@ -15,7 +15,8 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import ClientResponse
-from engine_harness import Engine, apply
+
+from tests.sync_engine.engine_harness import Engine, apply
 
 KEY = '"public"."items"/"{}"'.format
 REQUIRED_EXPOSED = {

@@ -6,7 +6,8 @@ import asyncio
 from typing import Any
 
 import orjson
-from engine_harness import SETTINGS, Engine, apply
+
+from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
 
 
 def make_items(engine: Engine, n: int = 3) -> None:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from databases import create_database, drop_database
-from engine_harness import SETTINGS, Engine
 
 from sync_engine.app import SOURCES, build_app
+from tests.support.databases import create_database, drop_database
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
 async def test_engines_with_their_own_stream_ids_share_a_cluster(

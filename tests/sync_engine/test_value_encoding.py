@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_harness import Engine
+from tests.sync_engine.engine_harness import Engine
 
 COLUMNS = """
   id int PRIMARY KEY,

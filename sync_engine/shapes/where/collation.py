@@ -9,7 +9,7 @@ accepts those constructs only where it reproduces Postgres exactly, and refuses 
   glibc's `C.UTF-8` (and the builtin provider's `C` / `C.UTF-8`);
 - case mapping: ASCII-only under a `C`/`POSIX` ctype; Unicode simple (one character to one
   character) mappings under glibc's `C.UTF-8`, which is what `towupper`/`towlower` do
-  there (`tests/.../test_where_differential.py` checks every code point against the
+  there (`tests/.../where/test_differential.py` checks every code point against the
   database);
 - equality and LIKE: byte equality, which holds for every deterministic collation.
 

@@ -23,6 +23,7 @@ from pglast.enums import SetOperation
 from pglast.parser import ParseError, fingerprint
 from pglast.stream import RawStream
 
+from .depth import longest_token_run, too_deep_message, tree_depth
 from .errors import PREFIX, WhereError
 
 MAX_WHERE_SIZE = 65_536
@@ -55,7 +56,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> Any:
     if len(sql) > MAX_WHERE_SIZE:
         raise WhereError(f"{what} is bigger than maximum size ({MAX_WHERE_SIZE} bytes)")
     if longest_token_run(sql) > MAX_TOKEN_RUN:
-        raise WhereError(_too_deep(what, MAX_WHERE_DEPTH))
+        raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
     statement = prefix + sql
     try:
         stmts = parse_sql(statement)
@@ -68,7 +69,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> Any:
             raise WhereError(str(message)) from None
         raise WhereError(f"At location {index + 1}: {message}") from None
     except RecursionError:
-        raise WhereError(_too_deep(what, MAX_WHERE_DEPTH)) from None
+        raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH)) from None
     if len(stmts) > 1 and prefix == PREFIX:
         raise WhereError('unescaped ";" causing statement split')  # Electric's words
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
@@ -91,140 +92,10 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> Any:
         raise WhereError("malformed query ending with SQL clauses")
     if prefix == PREFIX and (stmt.sortClause or len(stmt.targetList or ()) != 1):
         raise WhereError("malformed query ending with SQL clauses")
-    if tree_depth(stmt.whereClause if prefix == PREFIX else stmt.sortClause) > MAX_WHERE_DEPTH:
-        raise WhereError(_too_deep(what, MAX_WHERE_DEPTH))
+    root = stmt.whereClause if prefix == PREFIX else stmt.sortClause
+    if tree_depth(root, stop_after=MAX_WHERE_DEPTH) > MAX_WHERE_DEPTH:
+        raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
     return stmt
-
-
-def _too_deep(what: str, limit: int) -> str:
-    return f"{what} is nested too deeply (more than {limit} levels); simplify the expression"
-
-
-def tree_depth(root: object, stop_after: int = MAX_WHERE_DEPTH) -> int:
-    """Nesting depth of a pglast tree in nodes, without recursion; stops past `stop_after`."""
-    deepest = 0
-    stack: list[tuple[object, int]] = [(root, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, ast.Node):
-            depth += 1
-            if depth > deepest:
-                deepest = depth
-                if deepest > stop_after:
-                    return deepest
-            stack.extend((getattr(node, attr), depth) for attr in node.__slots__)
-        elif isinstance(node, tuple):
-            stack.extend((item, depth) for item in node)
-    return deepest
-
-
-_SEPARATORS = frozenset({",", "and", "or", ";"})
-_OPEN, _CLOSE = "([", ")]"
-
-
-def longest_token_run(sql: str) -> int:
-    """An upper bound on how deep `sql` can nest, from its tokens alone (before parsing).
-
-    Counts, per bracket level, the tokens since the last separator (`,`, AND, OR) plus the
-    bracket depth. Literals, quoted identifiers and comments are one token each; the scan
-    follows Postgres's lexer closely enough for that (E'' escapes, '' and "" doubling,
-    $tag$ quoting, nested /* */ comments), and miscounting only ever over-counts."""
-    runs = [0]
-    best = 0
-    i, n = 0, len(sql)
-    while i < n:
-        ch = sql[i]
-        if ch.isspace():
-            i += 1
-            continue
-        if ch == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-            continue
-        if ch == "/" and sql.startswith("/*", i):
-            i = _skip_block_comment(sql, i)
-            continue
-        if ch in _OPEN:
-            runs[-1] += 1
-            runs.append(0)
-            i += 1
-        elif ch in _CLOSE:
-            if len(runs) > 1:
-                runs.pop()
-            i += 1
-            continue
-        elif ch == "," or ch == ";":
-            runs[-1] = 0
-            i += 1
-            continue
-        elif ch == "'" or ch == '"':
-            escapes = (
-                ch == "'" and i > 0 and sql[i - 1] in "eE" and (i < 2 or not _word(sql[i - 2]))
-            )
-            i = _skip_quoted(sql, i, ch, escapes)
-            runs[-1] += 1
-        elif ch == "$" and i + 1 < n and not sql[i + 1].isdigit():
-            i = _skip_dollar_quoted(sql, i)
-            runs[-1] += 1
-        elif _word(ch):
-            start = i
-            while i < n and (_word(sql[i]) or sql[i] == "$"):
-                i += 1
-            if sql[start:i].lower() in _SEPARATORS:
-                runs[-1] = 0
-                continue
-            runs[-1] += 1
-        else:
-            i += 1
-            runs[-1] += 1
-        best = max(best, runs[-1] + len(runs) - 1)
-    return best
-
-
-def _word(ch: str) -> bool:
-    return ch.isalnum() or ch == "_" or ord(ch) > 127
-
-
-def _skip_quoted(sql: str, i: int, quote: str, escapes: bool) -> int:
-    """Past the literal or identifier opening at `i` (doubled quotes; E'' backslashes)."""
-    i += 1
-    while i < len(sql):
-        ch = sql[i]
-        if escapes and ch == "\\":
-            i += 2
-            continue
-        if ch == quote:
-            if i + 1 < len(sql) and sql[i + 1] == quote:
-                i += 2
-                continue
-            return i + 1
-        i += 1
-    return i
-
-
-def _skip_dollar_quoted(sql: str, i: int) -> int:
-    end_tag = sql.find("$", i + 1)
-    tag = sql[i : end_tag + 1] if end_tag > 0 else ""
-    if not tag or not all(_word(c) for c in tag[1:-1]):
-        return i + 1  # not a dollar quote: count the `$` alone
-    close = sql.find(tag, end_tag + 1)
-    return len(sql) if close < 0 else close + len(tag)
-
-
-def _skip_block_comment(sql: str, i: int) -> int:
-    depth = 0
-    while i < len(sql):
-        if sql.startswith("/*", i):
-            depth += 1
-            i += 2
-        elif sql.startswith("*/", i):
-            depth -= 1
-            i += 2
-            if depth == 0:
-                return i
-        else:
-            i += 1
-    return i
 
 
 def deparse(node: Any, source: str) -> str:

@@ -11,11 +11,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from engine_harness import SETTINGS, Engine
-
 from sync_engine.app import SOURCES, build_app
 from sync_engine.log import files
 from sync_engine.log.framing import HEADER_SIZE, encode_record
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
 async def _start(aiohttp_client: Any, db_url: str, data: Path) -> Engine:

@@ -30,7 +30,8 @@ import aiohttp
 import orjson
 import psycopg
 import pytest
-from engine_process import EngineProcess
+
+from tests.support.engine_process import EngineProcess
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up (CI runs as root)"

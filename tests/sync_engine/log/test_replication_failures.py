@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from sync_engine.pg.publication import ensure_publication
-from sync_engine.pg.replication import ReplicationStream, describe_failure, ensure_slot
-from sync_engine.replicator import Replicator
+from sync_engine.replication.replicator import Replicator
+from sync_engine.replication.stream import ReplicationStream, describe_failure, ensure_slot
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
 

@@ -6,7 +6,7 @@ import asyncio
 import os
 from typing import Any
 
-from engine_harness import SETTINGS, Engine
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
 def make_items(engine: Engine, n: int = 300) -> None:

@@ -17,7 +17,8 @@ import asyncio
 import time
 
 import psycopg
-from engine_harness import Engine
+
+from tests.sync_engine.engine_harness import Engine
 
 
 async def _until(condition: object, timeout: float = 20.0) -> None:

@@ -1,0 +1,260 @@
+"""Every attack from the issue, through the real app against the fake engine.
+
+Each must get the right 4xx with a JSON reason, `no-store`, and the engine must see nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from tests.proxy.proxy_fakes import KeyPair, now
+
+SHAPE = "/v1/shape?table=items&offset=-1"
+
+
+def b64(data: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+
+def assert_refused(reply: Any, status: int, reason: str, proxy: Any) -> None:
+    assert reply.status == status, reply.body
+    assert reply.json()["code"] == reason
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert proxy.engine.requests == []
+
+
+async def test_valid_token_reaches_engine(proxy: Any) -> None:
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make())
+    assert reply.status == 200
+    assert len(proxy.engine.requests) == 1
+
+
+async def test_no_token(proxy: Any) -> None:
+    reply = await proxy.get(SHAPE)
+    assert_refused(reply, 401, "missing_token", proxy)
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer ")
+
+
+async def test_alg_none(proxy: Any) -> None:
+    claims = {
+        "iss": "https://issuer.test/",
+        "aud": "shapegate",
+        "sub": "x",
+        "exp": now() + 60,
+        "iat": now(),
+        "role": "admin",
+    }
+    token = f"{b64({'alg': 'none', 'typ': 'JWT', 'kid': 'key-1'})}.{b64(claims)}."
+    proxy.tokens.issued.append(token)
+    assert_refused(await proxy.get(SHAPE, token=token), 401, "algorithm_not_allowed", proxy)
+
+
+async def test_hs256_signed_with_rs256_public_key(proxy: Any, signing_key: KeyPair) -> None:
+    pem = signing_key.private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    claims = {
+        "iss": "https://issuer.test/",
+        "aud": "shapegate",
+        "sub": "x",
+        "exp": now() + 60,
+        "iat": now(),
+        "role": "admin",
+    }
+    header = b64({"alg": "HS256", "typ": "JWT", "kid": "key-1"})
+    body = b64(claims)
+    import hashlib
+    import hmac
+
+    sig = hmac.new(pem, f"{header}.{body}".encode(), hashlib.sha256).digest()
+    token = f"{header}.{body}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+    proxy.tokens.issued.append(token)
+    assert_refused(await proxy.get(SHAPE, token=token), 401, "algorithm_not_allowed", proxy)
+
+
+@pytest.mark.parametrize(
+    ("claims", "reason"),
+    [
+        ({"exp": now() - 600, "iat": now() - 1200}, "token_expired"),
+        ({"nbf": now() + 600}, "token_not_yet_valid"),
+        ({"aud": "someone-else"}, "invalid_audience"),
+        ({"iss": "https://evil.test/"}, "invalid_issuer"),
+        ({"iss": "https://issuer.test"}, "invalid_issuer"),  # no partial/normalised match
+        ({"exp": now() + 10 * 86400}, "token_lifetime_too_long"),
+    ],
+)
+async def test_bad_claims(proxy: Any, claims: dict[str, Any], reason: str) -> None:
+    assert_refused(await proxy.get(SHAPE, token=proxy.tokens.make(**claims)), 401, reason, proxy)
+
+
+async def test_missing_exp(proxy: Any) -> None:
+    token = proxy.tokens.make(drop=("exp",))
+    assert_refused(await proxy.get(SHAPE, token=token), 401, "missing_claim", proxy)
+
+
+async def test_bad_signature(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    head, _body, sig = token.split(".")
+    forged_body = b64({**jwt.decode(token, options={"verify_signature": False}), "role": "admin"})
+    forged = f"{head}.{forged_body}.{sig}"
+    proxy.tokens.issued.append(forged)
+    assert_refused(await proxy.get(SHAPE, token=forged), 401, "invalid_signature", proxy)
+
+
+async def test_signed_by_other_key_with_known_kid(proxy: Any, other_key: KeyPair) -> None:
+    token = proxy.tokens.make(signing_key=other_key.private)
+    assert_refused(await proxy.get(SHAPE, token=token), 401, "invalid_signature", proxy)
+
+
+async def test_unknown_kid(proxy: Any, other_key: KeyPair) -> None:
+    token = proxy.tokens.make(key=other_key)
+    assert_refused(await proxy.get(SHAPE, token=token), 401, "unknown_key", proxy)
+
+
+@pytest.mark.parametrize("param", ["token", "access_token", "jwt"])
+async def test_token_in_query_string(proxy: Any, param: str) -> None:
+    token = proxy.tokens.make()
+    reply = await proxy.get(f"{SHAPE}&{param}={token}")
+    assert_refused(reply, 400, "token_in_query", proxy)
+    # Refused even alongside a valid header: the URL must not carry it.
+    reply = await proxy.get(f"{SHAPE}&{param}={token}", token=token)
+    assert_refused(reply, 400, "token_in_query", proxy)
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "reason"),
+    [
+        ("&where=1=1) OR (1=1", 400, "invalid_where"),
+        ("&where=true) OR (true", 400, "invalid_where"),
+        ("&table=secrets", 400, "repeated_parameter"),
+        ("&params[1]=org-b", 400, "params_without_where"),
+        ('&columns="id","salary"', 403, "column_not_allowed"),
+        ("&offset=0", 400, "repeated_parameter"),
+        ("&where=org_id IN (SELECT org_id FROM orgs)", 400, "unsupported_where"),
+        ("&where=salary > 100", 403, "column_not_allowed"),
+        ("&replica=full", 403, "replica_full_not_allowed"),
+    ],
+)
+async def test_shape_attacks(proxy: Any, query: str, status: int, reason: str) -> None:
+    reply = await proxy.get(SHAPE + query, token=proxy.tokens.make())
+    assert_refused(reply, status, reason, proxy)
+
+
+async def test_table_not_in_policy(proxy: Any) -> None:
+    reply = await proxy.get("/v1/shape?table=secrets&offset=-1", token=proxy.tokens.make())
+    assert_refused(reply, 403, "table_not_allowed", proxy)
+
+
+async def test_subset_where_on_hidden_column(proxy: Any) -> None:
+    path = "/v1/shape?table=items&offset=0_0&handle=h&subset__where=salary>1000"
+    reply = await proxy.get(path, token=proxy.tokens.make())
+    assert_refused(reply, 403, "column_not_allowed", proxy)
+    reply = await proxy.get(
+        path.replace("salary>1000", "id>1") + "&subset__order_by=salary", token=proxy.tokens.make()
+    )
+    assert_refused(reply, 403, "column_not_allowed", proxy)
+
+
+async def test_post_subset_where_on_hidden_column(proxy: Any) -> None:
+    reply = await proxy.request(
+        "POST",
+        "/v1/shape?table=items&offset=0_0&handle=h",
+        token=proxy.tokens.make(),
+        data=b'{"where":"salary > $1","params":{"1":"1000"}}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert_refused(reply, 403, "column_not_allowed", proxy)
+
+
+async def test_post_body_cannot_redefine_shape(proxy: Any) -> None:
+    reply = await proxy.request(
+        "POST",
+        "/v1/shape?table=items&offset=0_0&handle=h",
+        token=proxy.tokens.make(),
+        data=b'{"table":"secrets","where":"true"}',
+    )
+    assert_refused(reply, 400, "invalid_body", proxy)
+
+
+async def test_oversized_post_body(proxy: Any) -> None:
+    reply = await proxy.request(
+        "POST",
+        "/v1/shape?table=items&offset=0_0&handle=h",
+        token=proxy.tokens.make(),
+        data=b'{"where":"' + b"x" * 200_000 + b'"}',
+    )
+    assert reply.status == 413 and reply.json()["code"] == "payload_too_large"
+    assert proxy.engine.requests == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1//shape?table=items&offset=-1",
+        "/v1/%73hape?table=items&offset=-1",
+        "/v1/shape/?table=items&offset=-1",
+        "/v1/Shape?table=items&offset=-1",
+        "/v1/shape%2F?table=items&offset=-1",
+        "//v1/shape?table=items&offset=-1",
+        "/shapes/my%2Ditems?offset=-1",
+        "/v1/health/",
+        "/v1//health",
+    ],
+)
+async def test_path_variants(proxy: Any, path: str) -> None:
+    reply = await proxy.raw_get(path, token=proxy.tokens.make())
+    assert reply.status == 404
+    assert json.loads(reply.body)["code"] == "not_found"
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert proxy.engine.requests == []
+
+
+async def test_delete_refused_unless_the_rule_allows_it(proxy: Any) -> None:
+    reply = await proxy.request("DELETE", SHAPE, token=proxy.tokens.make(role="admin"))
+    assert_refused(reply, 403, "delete_not_allowed", proxy)
+
+
+async def test_other_methods_refused(proxy: Any) -> None:
+    for method in ("PUT", "PATCH"):
+        reply = await proxy.request(method, SHAPE, token=proxy.tokens.make())
+        assert reply.status == 405
+    assert proxy.engine.requests == []
+
+
+async def test_suspended_denied_even_if_admin(proxy: Any) -> None:
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(role="admin", suspended=True))
+    assert_refused(reply, 403, "denied_by_rule", proxy)
+
+
+async def test_disallowed_origin(proxy: Any) -> None:
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(), headers={"Origin": "https://evil"})
+    assert_refused(reply, 403, "origin_not_allowed", proxy)
+
+
+async def test_garbage_tokens_are_401_not_500(proxy: Any) -> None:
+    for token in ("x", "a.b.c", "eyJ.eyJ.", "....", "e30.e30.e30", "eyJhbGciOiJSUzI1NiJ9.%%%.x"):
+        reply = await proxy.get(SHAPE, token=token)
+        assert reply.status == 401, (token, reply.body)
+    assert proxy.engine.requests == []
+
+
+async def test_malformed_queries_are_400_not_500(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    for query in (
+        '&columns="',
+        "&where=%00",
+        "&subset__limit=-5",
+        "&params=x",
+        "&table=" + "a" * 9000,
+        "&where=" + "(" * 3000,
+    ):
+        reply = await proxy.get(SHAPE + query, token=token)
+        assert 400 <= reply.status < 500, (query, reply.status, reply.body)
+    assert proxy.engine.requests == []

@@ -1,0 +1,235 @@
+"""The proxy's forwarding behaviour against the fake engine: what goes up, what comes back."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import socket
+import time
+from typing import Any
+
+import aiohttp
+
+from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import ORIGIN
+
+SHAPE = "/v1/shape?table=items&offset=-1"
+
+
+async def test_upstream_request_built_by_proxy(proxy: Any) -> None:
+    reply = await proxy.get(
+        SHAPE + "&secret=client-guess&source_id=evil&foo=bar&cache-buster=7",
+        token=proxy.tokens.make(),
+        headers={
+            "Cookie": "session=abc",
+            "X-Forwarded-For": "6.6.6.6",
+            "Origin": ORIGIN,
+            "traceparent": "00-abc-def-01",
+        },
+    )
+    assert reply.status == 200
+    (seen,) = proxy.engine.requests
+    q = seen.url.query
+    assert seen.url.path == "/v1/shape"
+    assert q.getall("secret") == [proxy.secret] and q.getall("source_id") == ["src-1"]
+    assert q["where"] == "org_id = $1" and q["params[1]"] == "org-a"
+    assert q["cache-buster"] == "7" and "foo" not in q
+    assert "Authorization" not in seen.headers and "Cookie" not in seen.headers
+    assert "Origin" not in seen.headers and "X-Forwarded-For" not in seen.headers
+    assert seen.headers["traceparent"] == "00-abc-def-01"
+    assert seen.headers["x-request-id"] == reply.headers["X-Request-Id"]
+
+
+async def test_response_headers_made_safe(proxy: Any) -> None:
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(), headers={"Origin": ORIGIN})
+    h = reply.headers
+    assert h["electric-handle"] == "h-1" and h["electric-schema"]
+    assert h["Cache-Control"] == "private, max-age=60, stale-while-revalidate=60"
+    vary = [v.strip().lower() for v in h["Vary"].split(",")]
+    assert vary == ["accept-encoding", "authorization", "origin"]
+    assert h["Access-Control-Allow-Origin"] == ORIGIN
+    assert "electric-offset" in h["Access-Control-Expose-Headers"]
+    assert h.getall("Access-Control-Allow-Origin") == [ORIGIN]  # upstream's "*" dropped
+    assert "electric-server" in h
+
+
+async def test_preflight_without_token(proxy: Any) -> None:
+    reply = await proxy.request(
+        "OPTIONS",
+        SHAPE,
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "authorization",
+        },
+    )
+    assert reply.status == 204
+    assert "authorization" in reply.headers["Access-Control-Allow-Headers"].lower()
+    assert reply.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert proxy.engine.requests == []
+
+
+async def test_gzip_passed_through_untouched(proxy: Any) -> None:
+    proxy.engine.gzip_body = True
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(), headers={"Accept-Encoding": "gzip"})
+    assert reply.headers["Content-Encoding"] == "gzip"
+    assert json.loads(gzip.decompress(reply.body))[-1]["headers"]["control"] == "up-to-date"
+    assert int(reply.headers["Content-Length"]) == len(reply.body)
+    assert proxy.engine.requests[0].headers["Accept-Encoding"] == "gzip"
+
+
+async def test_409_passed_through(proxy: Any) -> None:
+    proxy.engine.status = 409
+    reply = await proxy.get(
+        "/v1/shape?table=items&offset=0_0&handle=old", token=proxy.tokens.make()
+    )
+    assert reply.status == 409 and reply.headers["electric-handle"] == "h-1"
+    assert reply.json() == [{"headers": {"control": "must-refetch"}}]
+    assert reply.headers["Cache-Control"] == "private, max-age=60, must-revalidate"
+
+
+async def test_upstream_503_passed_through_with_retry_after(proxy: Any) -> None:
+    proxy.engine.status = 503
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make())
+    assert reply.status == 503 and reply.headers["Retry-After"] == "5"
+    assert reply.headers["Cache-Control"] == "no-store"
+
+
+async def test_long_poll_streams(proxy: Any) -> None:
+    proxy.engine.hold = 0.3
+    path = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&cursor=1"
+    started = time.monotonic()
+    reply = await proxy.get(path, token=proxy.tokens.make())
+    assert reply.status == 200 and time.monotonic() - started >= 0.3
+    assert reply.headers["electric-cursor"] == "123"
+    assert reply.headers["Cache-Control"] == "private, max-age=5, stale-while-revalidate=5"
+
+
+async def test_sse_events_arrive_before_stream_ends(proxy: Any) -> None:
+    proxy.engine.hold = 0.9
+    path = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&live_sse=true&cursor=1"
+    headers = {"Authorization": f"Bearer {proxy.tokens.make()}"}
+    async with proxy.client.get(path, headers=headers) as resp:
+        assert resp.headers["Content-Type"] == "text/event-stream"
+        started = time.monotonic()
+        first = await resp.content.readuntil(b"\n\n")
+        assert first == b'data: {"n":0}\n\n'
+        assert time.monotonic() - started < 0.25  # not buffered until the end (0.9 s)
+        rest = await resp.read()
+    assert rest.count(b"data:") == 2
+
+
+async def test_post_subset_forwards_clean_body(proxy: Any) -> None:
+    reply = await proxy.request(
+        "POST",
+        "/v1/shape?table=items&offset=0_0&handle=h",
+        token=proxy.tokens.make(),
+        data=b'{"where":"title = $1","params":{"1":"x"},"limit":5,"order_by":"id"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert reply.status == 200
+    (seen,) = proxy.engine.requests
+    assert seen.method == "POST"
+    assert json.loads(seen.body) == {
+        "where": "title = $1",
+        "params": {"1": "x"},
+        "limit": 5,
+        "order_by": "id",
+    }
+    assert seen.url.query["where"] == "org_id = $1"
+
+
+async def test_upstream_down_is_502_json(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config_data["upstream"]["url"] = f"http://127.0.0.1:{port}"
+    proxy = await make_proxy(build_config(config_data, environ))
+    started = time.monotonic()
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make())
+    assert time.monotonic() - started < 2
+    assert reply.status == 502 and reply.json()["code"] == "upstream_unreachable"
+    assert reply.headers["Retry-After"] == "2" and reply.headers["Cache-Control"] == "no-store"
+
+
+async def test_upstream_slow_is_504_json(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    config_data["upstream"]["first_byte_timeout"] = 0.5
+    proxy = await make_proxy(build_config(config_data, environ))
+    proxy.engine.delay_headers = 5
+    started = time.monotonic()
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make())
+    assert time.monotonic() - started < 2
+    assert reply.status == 504 and reply.json()["code"] == "upstream_timeout"
+    assert reply.headers["Retry-After"] == "2"
+
+
+async def test_client_disconnect_cancels_upstream_long_poll(proxy: Any) -> None:
+    proxy.engine.hold = 30
+    path = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&cursor=1"
+    headers = {"Authorization": f"Bearer {proxy.tokens.make()}"}
+    session = aiohttp.ClientSession()
+    task = asyncio.create_task(session.get(proxy.client.make_url(path), headers=headers))
+    await asyncio.wait_for(proxy.engine.started.wait(), 5)
+    task.cancel()
+    await session.close()
+    for _ in range(100):
+        if proxy.engine.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert len(proxy.engine.cancelled) == 1
+
+
+async def test_healthz_and_metrics(proxy: Any) -> None:
+    await proxy.get(SHAPE, token=proxy.tokens.make())
+    await proxy.get(SHAPE)
+    await proxy.get(SHAPE, token=proxy.tokens.make())
+    health = await proxy.get("/healthz")
+    assert health.status == 200 and health.json()["status"] == "ok"
+    metrics = (await proxy.get("/metrics")).body.decode()
+    assert 'shape_proxy_requests_total{outcome="refused",reason="missing_token"} 1.0' in metrics
+    # Same claims, same shape: the second 200 came from the response cache.
+    assert 'shape_proxy_upstream_responses_total{status="200"} 1.0' in metrics
+    assert 'shape_proxy_response_cache_total{result="hit"} 1.0' in metrics
+    assert 'shape_proxy_jwks_fetches_total{result="ok"} 1.0' in metrics
+    assert 'shape_proxy_token_cache_total{result="miss"}' in metrics
+
+
+async def test_token_cache_hit(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    for _ in range(3):
+        assert (await proxy.get(SHAPE, token=token)).status == 200
+    metrics = (await proxy.get("/metrics")).body.decode()
+    assert 'shape_proxy_token_cache_total{result="hit"} 2.0' in metrics
+
+
+async def test_repeated_request_not_served_past_token_expiry(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    """A repeated GET reuses its authorised decision, but never after the token expired."""
+    config_data["issuers"][0]["leeway"] = 0
+    proxy = await make_proxy(build_config(config_data, environ))
+    token = proxy.tokens.make(exp=int(time.time()) + 2)
+    assert (await proxy.get(SHAPE, token=token)).status == 200
+    assert (await proxy.get(SHAPE, token=token)).status == 200  # reused decision
+    await asyncio.sleep(max(0.0, int(time.time()) + 3 - time.time()))  # past `exp`
+    sent = len(proxy.engine.requests)
+    reply = await proxy.get(SHAPE, token=token)
+    assert reply.status == 401
+    assert reply.json()["code"] == "token_expired"
+    assert len(proxy.engine.requests) == sent  # neither forwarded nor served from a cache
+
+
+async def test_access_log_is_json_with_request_id(proxy: Any, caplog: Any) -> None:
+    from proxy.logs import JsonFormatter
+
+    reply = await proxy.get(SHAPE + "&secret=client-secret-x", token=proxy.tokens.make())
+    records = [r for r in caplog.records if r.name == "proxy.access"]
+    line = json.loads(JsonFormatter().format(records[-1]))
+    assert line["request_id"] == reply.headers["X-Request-Id"]
+    assert line["status"] == 200 and line["subject"] == "user-1" and line["rule"] == "member"
+    assert "client-secret-x" not in json.dumps(line) and "secret=[REDACTED]" in line["query"]

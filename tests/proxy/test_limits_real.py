@@ -1,0 +1,324 @@
+"""Per-principal limits and bounded engine requests on the real path.
+
+Client -> proxy -> `sync-engine` (its CLI, a subprocess) -> real PostgreSQL. One user holding
+more live long-polls than its cap (distinct `cache-buster` values, so none collapse) gets
+429s with `Retry-After` and a JSON body, while another user's initial sync goes through at
+once; a request whose engine URL would be too long is a 414 (or, for a subset, a POST).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from aiohttp import web
+from yarl import URL
+
+import proxy.limits.upstream as upstream_limits
+from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess, apply_messages
+
+HOLD = 4  # the engine's long-poll hold, seconds
+
+
+@pytest.fixture
+def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
+        conn.execute(
+            "INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'org-a' ELSE 'org-b' END, "
+            "'item ' || i FROM generate_series(1, 30) i"
+        )
+    engine = EngineProcess(
+        db_url, tmp_path / "data",
+        "--secret", engine_secret, "--long-poll-timeout", str(HOLD), "--no-fsync",
+    )  # fmt: skip
+    engine.start()
+    try:
+        yield engine.url
+    finally:
+        engine.stop()
+
+
+def _config(engine_url: str, idp: Any, **limits: Any) -> dict[str, Any]:
+    config = base_config(engine_url, str(idp.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=HOLD + 10)
+    config["limits"] = limits
+    return config
+
+
+async def _sync(proxy: Any, token: str, extra: str = "") -> tuple[dict[str, Any], str, str]:
+    rows: dict[str, Any] = {}
+    path = f"/v1/shape?table=items&offset=-1{extra}"
+    for _ in range(50):
+        reply = await proxy.get(path, token=token)
+        assert reply.status == 200, reply.body
+        apply_messages(rows, reply.json())
+        handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
+        if "electric-up-to-date" in reply.headers:
+            return rows, handle, offset
+        path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
+    raise AssertionError("never up to date")
+
+
+def _assert_429(reply: Any) -> None:
+    assert reply.status == 429, reply.body
+    assert int(reply.headers["Retry-After"]) >= 1
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert reply.headers["Cache-Control"] == "no-store"
+    assert "message" in reply.json()
+
+
+async def test_one_user_over_its_long_poll_cap_gets_429s_and_another_user_syncs_at_once(
+    real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    proxy = await make_proxy(
+        build_config(_config(real_engine, idp_server, max_concurrent=4), environ)
+    )
+    mallory = proxy.tokens.make(sub="mallory", org_id="org-a")
+    alice = proxy.tokens.make(sub="alice", org_id="org-b")
+    _, handle, offset = await _sync(proxy, mallory)
+    live = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
+
+    # Four distinct long-polls are held by the engine ...
+    held = [
+        asyncio.create_task(proxy.get(f"{live}&cache-buster=m{i}", token=mallory)) for i in range(4)
+    ]
+    await _until(lambda: proxy.app[_admission()].active(_principal(mallory)) == 4)
+    # ... the next distinct ones are refused at once, not queued behind them.
+    started = time.monotonic()
+    extra = await asyncio.gather(
+        *(proxy.get(f"{live}&cache-buster=x{i}", token=mallory) for i in range(6))
+    )
+    for reply in extra:
+        _assert_429(reply)
+    assert "limit 4" in extra[0].json()["message"]
+    assert time.monotonic() - started < HOLD / 2
+    # The same long-poll again joins the engine request in flight: not charged, not refused.
+    joined = asyncio.create_task(proxy.get(f"{live}&cache-buster=m0", token=mallory))
+
+    # Another user's initial sync is not held up by mallory's polls.
+    started = time.monotonic()
+    rows, _, _ = await _sync(proxy, alice, extra="&cache-buster=fresh")
+    assert time.monotonic() - started < HOLD / 2
+    assert sorted(int(r["id"]) for r in rows.values()) == list(range(1, 31, 2))
+
+    replies = await asyncio.gather(*held, joined)
+    assert [r.status for r in replies] == [200] * 5
+    assert replies[-1].headers.get("electric-cursor") == replies[0].headers.get("electric-cursor")
+    # The cap is free again once the polls returned.
+    assert proxy.app[_admission()].active(_principal(mallory)) == 0
+    reply = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=again", token=mallory)
+    assert reply.status == 200
+
+
+async def test_rate_limit_counts_engine_requests_not_cache_hits(
+    real_engine: str, db_url: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    proxy = await make_proxy(
+        build_config(_config(real_engine, idp_server, rate=0.5, burst=3), environ)
+    )
+    bob = proxy.tokens.make(sub="bob", org_id="org-a")
+    first = await proxy.get("/v1/shape?table=items&offset=-1", token=bob)  # 1st engine request
+    assert first.status == 200
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (100, 'org-a', 'new')")
+    live = (
+        f"/v1/shape?table=items&offset={first.headers['electric-offset']}"
+        f"&handle={first.headers['electric-handle']}&live=true&cursor="
+    )
+    change = await proxy.get(live, token=bob)  # 2nd: answered when the insert arrives
+    assert change.status == 200 and b"new" in change.body
+    # The same live request again is answered from the proxy's cache (live answers are kept
+    # for their max-age, 5 s): free, however often.
+    for _ in range(10):
+        again = await proxy.get(live, token=bob)
+        assert again.status == 200 and again.body == change.body
+    # Distinct cache-busters are distinct engine requests: one more fits the burst of 3.
+    reply = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=0", token=bob)
+    assert reply.status == 200, reply.body
+    refused = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=1", token=bob)
+    _assert_429(refused)
+    assert refused.headers["Retry-After"] == "2"  # one token every 2 s
+    # Someone else has their own bucket.
+    other = proxy.tokens.make(sub="carol", org_id="org-a")
+    reply = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=1", token=other)
+    assert reply.status == 200
+
+
+async def test_rule_limits_override_the_global_ones(
+    real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    config = _config(real_engine, idp_server, rate=0.5, burst=1)
+    admin_rule = config["tables"]["items"]["allow"][0]
+    assert admin_rule["name"] == "admin"
+    admin_rule["limits"] = {"rate": 1000, "burst": 1000}
+    proxy = await make_proxy(build_config(config, environ))
+    admin = proxy.tokens.make(sub="root", role="admin")
+    member = proxy.tokens.make(sub="m", org_id="org-a")
+    for i in range(5):
+        reply = await proxy.get(f"/v1/shape?table=items&offset=-1&cache-buster={i}", token=admin)
+        assert reply.status == 200
+    assert (await proxy.get("/v1/shape?table=items&offset=-1", token=member)).status == 200
+    reply = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=1", token=member)
+    _assert_429(reply)
+
+
+async def test_pool_wait_is_bounded_then_503_with_retry_after(
+    real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    config = _config(real_engine, idp_server, pool_wait=0.3, retry_after=3)
+    config["upstream"]["pool_size"] = 2
+    proxy = await make_proxy(build_config(config, environ))
+    users = [proxy.tokens.make(sub=f"u{i}", org_id="org-a") for i in range(3)]
+    _, handle, offset = await _sync(proxy, users[0])
+    live = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
+    held = [
+        asyncio.create_task(proxy.get(f"{live}&cache-buster={i}", token=users[i])) for i in range(2)
+    ]
+    await _until(lambda: proxy.app[_admission()].in_use == 2)
+    started = time.monotonic()
+    reply = await proxy.get("/v1/shape?table=items&offset=-1&cache-buster=z", token=users[2])
+    waited = time.monotonic() - started
+    assert reply.status == 503, reply.body
+    assert 3 <= int(reply.headers["Retry-After"]) <= 6
+    assert "message" in reply.json()
+    assert 0.25 < waited < HOLD / 2
+    await asyncio.gather(*held)
+
+
+async def test_engine_url_over_the_engine_limit_is_a_414_and_long_subsets_go_as_post(
+    real_engine: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    engine_secret: str,
+) -> None:
+    proxy = await make_proxy(build_config(_config(real_engine, idp_server), environ))
+    admin = proxy.tokens.make(sub="root", role="admin")
+    # 2,700 `<` in a literal: 8.1 KB once encoded, under the proxy's own request-line limit
+    # but over the engine's once the proxy adds its filter, source id and secret.
+    where = f"title <> '{'<' * 2700}'"
+    reply = await proxy.get(f"/v1/shape?table=items&offset=-1&where={quote(where)}", token=admin)
+    assert reply.status == 414, reply.body
+    body = reply.json()
+    assert f"{upstream_limits.MAX_REQUEST_TARGET:,}" in body["message"]
+    assert "<<<" not in reply.body.decode() and "/v1/shape" not in reply.body.decode()
+    assert reply.headers["Cache-Control"] == "no-store"
+
+    # A subset clause as long goes in a POST body to the engine instead (else this is a 414).
+    _, handle, _ = await _sync(proxy, admin)
+
+    def subset(n: int) -> tuple[str, str]:
+        clause = f"title <> '{'<' * n}' AND id <= 3"
+        query = (
+            f"table=items&offset=-1&handle={handle}&log=changes_only"
+            f"&subset__where={quote(clause)}&subset__order_by=id"
+        )
+        return clause, query
+
+    # The longest that the proxy's own HTTP parser still reads (8,190-byte request line) ...
+    n = max(n for n in range(2000, 2800) if len(f"GET /v1/shape?{subset(n)[1]} HTTP/1.1") < 8190)
+    clause, query = subset(n)
+    # ... is over the engine's limit once rebuilt with the proxy's source id and secret.
+    as_get = URL(real_engine + "/v1/shape").with_query(
+        table="items", offset="-1", handle=handle, log="changes_only", subset__where=clause,
+        subset__order_by="id", source_id="src-1", secret=engine_secret,
+    )  # fmt: skip
+    assert len(as_get.raw_path_qs) > upstream_limits.MAX_REQUEST_TARGET
+    reply = await proxy.get(f"/v1/shape?{query}", token=admin)
+    assert reply.status == 200, reply.body
+    rows: dict[str, Any] = {}
+    data = reply.json()
+    apply_messages(rows, data if isinstance(data, list) else data["data"])
+    assert sorted(int(r["id"]) for r in rows.values()) == [1, 2, 3]
+
+
+async def test_engine_error_bodies_reach_clients_without_the_url_or_secret(
+    real_engine: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    engine_secret: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the proxy's bound lifted, the engine itself refuses the long request line; its
+    answer (which quotes the start of the URL) reaches the client cleaned."""
+    monkeypatch.setattr(upstream_limits, "MAX_REQUEST_TARGET", 1_000_000)
+    proxy = await make_proxy(build_config(_config(real_engine, idp_server), environ))
+    admin = proxy.tokens.make(sub="root", role="admin")
+    where = f"title <> '{'<' * 2700}'"
+    reply = await proxy.get(f"/v1/shape?table=items&offset=-1&where={quote(where)}", token=admin)
+    assert 400 <= reply.status < 500, reply.body
+    text = reply.body.decode()
+    assert "/v1/shape" not in text and "%3C%3C" not in text and engine_secret not in text
+
+
+async def test_a_secret_echoing_engine_error_is_cleaned(
+    aiohttp_server: Any,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    engine_secret: str,
+) -> None:
+    """An engine that echoes its whole request URL (secret included) in 4xx bodies, JSON or
+    text: the client sees neither the URL nor the secret, and the rest of the body."""
+    kinds = iter(["json", "text", "json409"])
+
+    async def echo(request: web.Request) -> web.Response:
+        kind = next(kinds)
+        url = str(request.url)
+        assert engine_secret in url
+        if kind == "text":
+            return web.Response(status=400, text=f"Bad request line: {url}")
+        status = 409 if kind == "json409" else 400
+        body = {"message": "Invalid request", "errors": {"url": [url], "raw": [request.path_qs]}}
+        return web.json_response(body, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/shape", echo)
+    engine = await aiohttp_server(app)
+    config = _config(str(engine.make_url("")), idp_server)
+    proxy = await make_proxy(build_config(config, environ))
+    admin = proxy.tokens.make(sub="root", role="admin")
+    for expected in (400, 400, 409):
+        reply = await proxy.get("/v1/shape?table=items&offset=-1&where=id%3D1", token=admin)
+        assert reply.status == expected
+        text = reply.body.decode()
+        assert engine_secret not in text and "/v1/shape" not in text and "src-1" not in text
+        if expected != 400 or reply.headers["Content-Type"].startswith("application/json"):
+            assert json.loads(text)["message"] == "Invalid request"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _admission() -> Any:
+    from proxy.http.handlers import ADMISSION
+
+    return ADMISSION
+
+
+def _principal(token: str) -> str:
+    import jwt
+
+    claims = jwt.decode(token, options={"verify_signature": False})
+    from proxy.runtime import principal_of
+
+    return principal_of(claims)
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)

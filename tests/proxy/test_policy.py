@@ -1,0 +1,178 @@
+"""Policy evaluation, query parsing and upstream URL building (pure)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.config.loader import build_config
+from proxy.errors import BadShapeRequest, Forbidden
+from proxy.http.params import parse_shape_query, parse_subset_body
+from proxy.policy.evaluate import Decision, evaluate
+from proxy.upstream.url import build_upstream_url, mask_url
+from tests.proxy.proxy_fakes import base_config
+
+MEMBER = {"sub": "u1", "role": "member", "org_id": "org-a"}
+ADMIN = {"sub": "root", "role": "admin"}
+
+
+@pytest.fixture
+def policy() -> Any:
+    return build_config(
+        base_config("http://engine:3000", "https://idp/jwks.json"), {"ENGINE_SECRET": "s" * 20}
+    ).policy
+
+
+def decide(policy: Any, query: str, claims: dict[str, Any], **kw: Any) -> Decision:
+    from yarl import URL
+
+    return evaluate(policy, claims, parse_shape_query(URL("/?" + query).query.items()), **kw)
+
+
+def test_member_gets_enforced_filter_and_columns(policy: Any) -> None:
+    d = decide(policy, "table=items&offset=-1", MEMBER)
+    assert (d.table, d.rule, d.where, d.params) == ("items", "member", "org_id = $1", ("org-a",))
+    assert d.columns == ("id", "org_id", "title") == d.queryable_columns
+    assert d.protocol == (("offset", "-1"),)
+
+
+def test_client_where_is_anded_and_renumbered(policy: Any) -> None:
+    d = decide(policy, "table=items&offset=-1&where=title ILIKE $1&params[1]=%25x", MEMBER)
+    assert d.where == "(org_id = $1) AND (title ILIKE $2)"
+    assert d.params == ("org-a", "%x")
+
+
+def test_client_params_cannot_override_enforced(policy: Any) -> None:
+    with pytest.raises(BadShapeRequest) as info:
+        decide(policy, "table=items&offset=-1&params[1]=org-b", MEMBER)
+    assert info.value.reason == "params_without_where"
+    # With a where the client's $1 is its own, shifted past the enforced one.
+    d = decide(policy, "table=items&offset=-1&where=org_id = $1&params[1]=org-b", MEMBER)
+    assert d.where == "(org_id = $1) AND (org_id = $2)" and d.params == ("org-a", "org-b")
+
+
+def test_where_breakout_refused(policy: Any) -> None:
+    with pytest.raises(BadShapeRequest):
+        decide(policy, "table=items&offset=-1&where=1=1) OR (1=1", MEMBER)
+
+
+def test_admin_sees_all_rows(policy: Any) -> None:
+    d = decide(policy, "table=public.items&offset=-1&replica=full", ADMIN)
+    assert d.where is None and d.params == () and d.columns is None and d.replica == "full"
+
+
+@pytest.mark.parametrize(
+    ("query", "claims", "reason"),
+    [
+        ("table=secrets&offset=-1", MEMBER, "table_not_allowed"),
+        ("table=items&offset=-1", {"sub": "x", "role": "guest"}, "no_matching_rule"),
+        ("table=items&offset=-1", {**MEMBER, "suspended": True}, "denied_by_rule"),
+        ("table=items&offset=-1", {"sub": "x", "role": "member"}, "missing_claim"),
+        ('table=items&offset=-1&columns="id","secret"', MEMBER, "column_not_allowed"),
+        ("table=items&offset=-1&replica=full", MEMBER, "replica_full_not_allowed"),
+        ("table=items&offset=-1&where=salary>1", MEMBER, "column_not_allowed"),
+        ("table=items&offset=0_0&handle=h&subset__where=salary>1", MEMBER, "column_not_allowed"),
+        ("table=notes&offset=0_0&handle=h&live=true&live_sse=true", MEMBER, "sse_not_allowed"),
+        (
+            "table=notes&offset=0_0&handle=h&live=true&experimental_live_sse=true",
+            MEMBER,
+            "sse_not_allowed",
+        ),
+        ("table=notes&offset=-1&where=body = 'x'", MEMBER, "client_where_not_allowed"),
+    ],
+)
+def test_forbidden(policy: Any, query: str, claims: dict[str, Any], reason: str) -> None:
+    with pytest.raises(Forbidden) as info:
+        decide(policy, query, claims)
+    assert info.value.reason == reason
+
+
+def test_role_list_claim_and_array_param(policy: Any) -> None:
+    d = decide(
+        policy,
+        "table=items&offset=-1",
+        {"sub": "u", "role": ["x", "editor"], "org_id": ["a", 'b"c']},
+    )
+    assert d.rule == "member" and d.params == ('{"a","b\\"c"}',)
+
+
+def test_named_shape(policy: Any) -> None:
+    d = decide(policy, "offset=-1", MEMBER, shape_name="my-items")
+    assert d.where == "org_id = $1 AND owner = $2" and d.params == ("org-a", "u1")
+    with pytest.raises(BadShapeRequest):
+        decide(policy, "offset=-1&where=true", MEMBER, shape_name="my-items")
+    with pytest.raises(BadShapeRequest):
+        decide(policy, "offset=-1&table=notes", MEMBER, shape_name="my-items")
+    with pytest.raises(Forbidden):
+        decide(policy, "offset=-1", MEMBER, shape_name="nope")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "table=a&table=b",
+        "offset=-1&offset=0_0",
+        "params[1]=a&params[1]=b",
+        "params=%7B%7D",
+        "table=items&columns=a,a",
+        "subset__limit=x",
+        "subset__params=[1]",
+    ],
+)
+def test_bad_queries(query: str) -> None:
+    from yarl import URL
+
+    with pytest.raises(BadShapeRequest):
+        parse_shape_query(URL("/?" + query).query.items())
+
+
+def test_unknown_params_dropped_and_empty_is_absent() -> None:
+    q = parse_shape_query(
+        [
+            ("table", "items"),
+            ("where", ""),
+            ("secret", "x"),
+            ("source_id", "y"),
+            ("foo", "1"),
+            ("live", "true"),
+            ("cache-buster", "9"),
+        ]
+    )
+    assert q.where is None and q.protocol == (("live", "true"), ("cache-buster", "9"))
+
+
+def test_subset_body() -> None:
+    s = parse_subset_body(b'{"where":"id > $1","params":{"1":5},"limit":10,"order_by":"id"}')
+    assert (s.where, dict(s.params), s.limit, s.order_by) == ("id > $1", {"1": "5"}, 10, "id")
+    for bad in (b"[1]", b"{", b'{"table":"secrets"}', b'{"limit":0}', b'{"where":1}'):
+        with pytest.raises(BadShapeRequest):
+            parse_subset_body(bad)
+
+
+def test_upstream_url_built_from_scratch(policy: Any) -> None:
+    d = decide(
+        policy,
+        "table=items&offset=0_0&handle=h&live=true&cursor=5&secret=mine"
+        "&source_id=evil&subset__where=id>1",
+        MEMBER,
+    )
+    url = build_upstream_url(
+        "http://engine:3000/base/", d, source_id="src", secret="topsecret-value"
+    )
+    assert url.path == "/base/v1/shape"
+    q = url.query
+    assert (
+        q["secret"] == "topsecret-value"
+        and q["source_id"] == "src"
+        and len(q.getall("secret")) == 1
+    )
+    assert q["where"] == "org_id = $1" and q["params[1]"] == "org-a"
+    assert q["columns"] == '"id","org_id","title"' and q["subset__where"] == "id > 1"
+    assert [k for k in q if k in ("offset", "handle", "live", "cursor")] == [
+        "offset",
+        "handle",
+        "live",
+        "cursor",
+    ]
+    assert "topsecret" not in mask_url(url) and "secret=[REDACTED]" in mask_url(url)

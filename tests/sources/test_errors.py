@@ -1,0 +1,145 @@
+"""Sources in error: actionable reasons, recovery on their own, isolation, per-source limits."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import psycopg
+
+from tests.sources.sources_harness import Cluster, MultiEngine, free_port, sql
+
+
+async def test_wal_level_replica_then_fixed(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str], replica_cluster: Cluster
+) -> None:
+    good_url = make_db()
+    sql(good_url, "CREATE TABLE items (id int PRIMARY KEY)")
+    sql(good_url, "INSERT INTO items VALUES (1)")
+    replica_cluster.sql("CREATE TABLE items (id int PRIMARY KEY)")
+    replica_cluster.sql("INSERT INTO items VALUES (7)")
+    engine = await engines().start()
+    broken = await engine.add("replica-only", replica_cluster.url)
+    good = await engine.add("good", good_url)
+
+    body = await engine.wait_state(broken["source_id"], "error", code="wal_level")
+    assert "wal_level is replica, not logical" in body["error"]
+    assert "restart" in body["error"]
+    status, headers, shape = await engine.get(broken["source_id"], broken["secret"],
+                                              table="items", offset="-1")  # fmt: skip
+    assert status == 503 and "wal_level" in shape["message"] and headers["retry-after"]
+
+    # the broken source does not hold back the good one
+    await engine.wait_state(good["source_id"], "active")
+    rows, _, _ = await engine.sync(good["source_id"], good["secret"], table="items")
+    assert list(rows.values()) == [{"id": "1"}]
+    await asyncio.sleep(1.5)  # the state watcher records the error
+    status, listing = await engine.api("GET", "/api/sources")
+    by_name = {s["name"]: s for s in listing["sources"]}
+    assert by_name["replica-only"]["last_error"] and "wal_level" in by_name["replica-only"][
+        "last_error"]  # fmt: skip
+
+    # fix the setting the way an operator would, restart Postgres: active on its own
+    replica_cluster.sql("ALTER SYSTEM SET wal_level = logical")
+    replica_cluster.restart()
+    await engine.wait_state(broken["source_id"], "active", timeout=40)
+    rows, _, _ = await engine.sync(broken["source_id"], broken["secret"], table="items")
+    assert list(rows.values()) == [{"id": "7"}]
+
+
+async def test_reasons_for_unreachable_and_missing_replication_role(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    url = make_db()
+    role = f"norepl_{free_port()}"
+    sql(url, f"CREATE ROLE {role} LOGIN")
+    dbname = url.rsplit("/", 1)[1]
+    sql(url, f"ALTER DATABASE {dbname} OWNER TO {role}")
+    norepl_url = url.replace("postgres@", f"{role}@")
+    engine = await engines().start()
+    nope = await engine.add("nowhere", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    norepl = await engine.add("norepl", norepl_url)
+    body = await engine.wait_state(nope["source_id"], "error", code="unreachable")
+    assert "cannot reach postgres@127.0.0.1" in body["error"]
+    body = await engine.wait_state(norepl["source_id"], "error", code="no_replication_role")
+    assert f"ALTER ROLE {role} WITH REPLICATION" in body["error"]
+
+    sql(url, f"ALTER ROLE {role} WITH REPLICATION")
+    await engine.wait_state(norepl["source_id"], "active", timeout=40)
+    # deleting a source whose database never came up still works
+    status, body = await engine.api("DELETE", f"/api/sources/{nope['source_id']}")
+    assert status == 200 and body["deleted"] and body["warnings"]
+    assert "pg_drop_replication_slot" in body["warnings"][0]
+
+
+async def test_too_few_replication_slots(engines: Callable[..., MultiEngine]) -> None:
+    cluster = Cluster("logical")
+    try:
+        with open(cluster.dir / "data" / "postgresql.conf", "a") as f:
+            f.write("max_replication_slots = 1\n")
+        cluster.start()
+        cluster.sql("SELECT pg_create_logical_replication_slot('someone_else', 'pgoutput')")
+        engine = await engines().start()
+        src = await engine.add("crowded", cluster.url)
+        body = await engine.wait_state(src["source_id"], "error", code="no_replication_slots")
+        assert "max_replication_slots" in body["error"]
+        cluster.sql("SELECT pg_drop_replication_slot('someone_else')")
+        await engine.wait_state(src["source_id"], "active", timeout=40)
+        await engine.close()
+    finally:
+        cluster.stop()
+
+
+async def test_per_source_limits_answer_503_with_retry_after(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    url = make_db()
+    sql(url, "CREATE TABLE items (id int PRIMARY KEY, g int)")
+    sql(url, "INSERT INTO items SELECT i, i % 5 FROM generate_series(1, 100000) i")
+    engine = await engines().start()
+    src = await engine.add("limited", url, max_initial_syncs=1, max_shapes=4)
+    sid, secret = src["source_id"], src["secret"]
+    assert src["limits"] == {"max_shapes": 4, "max_initial_syncs": 1}
+    await engine.wait_state(sid, "active")
+    await engine.sync(sid, secret, table="items", where="g = 0")  # publishes the table
+
+    # Three new shapes at once: one initial sync may run, the others are told to retry;
+    # the existing shape is served meanwhile. A lock held elsewhere keeps the one running
+    # sync from finishing before the others arrive (it only blocks its COPY).
+    locker = psycopg.connect(url)
+    locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    try:
+        tasks = [
+            asyncio.create_task(engine.get(sid, secret, table="items", where=f"g = {g}",
+                                           offset="-1"))
+            for g in (1, 2, 3)
+        ] + [asyncio.create_task(engine.get(sid, secret, table="items", where="g = 0",
+                                            offset="-1"))]  # fmt: skip
+        for _ in range(200):
+            if sum(t.done() for t in tasks) >= 3:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        locker.rollback()
+        locker.close()
+    results = await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    statuses = [r[0] for r in results]
+    assert statuses[3] == 200
+    assert statuses[:3].count(200) == 1 and statuses[:3].count(503) == 2, statuses
+    for status, headers, body in results[:3]:
+        if status == 503:
+            assert body["code"] == "too_many_initial_syncs" and int(headers["retry-after"]) > 0
+    # once that sync is done, the others go through (one at a time)
+    for g in (1, 2, 3):
+        for _ in range(100):
+            status, headers, body = await engine.get(sid, secret, table="items",
+                                                     where=f"g = {g}", offset="-1")  # fmt: skip
+            if status == 200:
+                break
+            assert status == 503 and body["code"] == "too_many_initial_syncs", body
+            await asyncio.sleep(0.1)
+        assert status == 200
+    # the shape limit: four exist now
+    status, headers, body = await engine.get(sid, secret, table="items", where="g = 4",
+                                             offset="-1")  # fmt: skip
+    assert status == 503 and "limit" in body["message"] and headers["retry-after"]
