@@ -187,7 +187,13 @@ class ShapeLog:
         #: Called (with the reason) when a read finds damage; the registry retires the shape.
         self.on_damage: Callable[[str], None] | None = None
 
-    # -- loading ------------------------------------------------------------------------
+    # -- creation and loading -------------------------------------------------------------
+
+    def create(self) -> None:
+        """Make sure the directory exists (for a log made outside a `store.ShapeStore`,
+        which creates the directory once for all its shapes)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+
 
     def restore_snapshot(self, marker: dict[str, Any], packed: PackedChunk) -> None:
         """Take a finished snapshot back from its marker (found in a pack by `store.py`),

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20
 #: Seconds a finished snapshot waits for more to share its pack while Postgres is busy.
-PACK_WAIT = 0.005
+PACK_WAIT = 0.02
 
 
 class SnapshotBehind(Exception):
