@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sync_engine.replication.pgoutput import Commit, decode  # noqa: E402
-from sync_engine.replication.stream import ReplicationStream, ensure_slot  # noqa: E402
+from sync_engine.replication.slot import ensure_slot  # noqa: E402
+from sync_engine.replication.stream import ReplicationStream  # noqa: E402
 
 SLOT = "bench_decode"
 PUB = "bench_decode_pub"

@@ -26,7 +26,8 @@ from _common import Postgres, machine
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import load_table
 from sync_engine.replication.replicator import Replicator
-from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream, ensure_slot
+from sync_engine.replication.slot import ensure_slot
+from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
 from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo
@@ -79,7 +80,6 @@ def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> floa
             columns=table.columns,
             log=log,
             snapshot=snap,
-            pending=None,  # type: ignore[attr-defined]
         )
         registry._add(shape)
     rep = Replicator("", "", "", registry, router, fsync=False)

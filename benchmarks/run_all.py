@@ -10,6 +10,7 @@ Scenarios (see docs/benchmarks.md and ../shared/reference/performance-anchors.md
   5 one write among many shapes, `=` vs ILIKE           s5_routing.py
   6 storm of new shapes, distinct vs identical          s6_storm.py
   7 one user's 1,000 long-polls vs another's sync       s7_starvation.py
+  8 10,000-20,000 live clients: proxy, SSE, nginx edge   s8_many_clients.py
 Each scenario starts (and stops) its own Postgres and processes; every arm of a row is
 measured in the same run. `--quick` uses smaller sizes (about 3 minutes in all); the default
 full run takes about 15-20 minutes on 2 cores. A scenario that fails is reported as a row and
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Row, machine, table
+from _common import Row, load, machine, table
 
 
 def scenarios() -> dict[int, tuple[str, object]]:
@@ -40,6 +41,7 @@ def scenarios() -> dict[int, tuple[str, object]]:
     import s5_routing
     import s6_storm
     import s7_starvation
+    import s8_many_clients
 
     return {
         1: ("proxy vs direct vs nginx", s1_front.run),
@@ -49,6 +51,7 @@ def scenarios() -> dict[int, tuple[str, object]]:
         5: ("one write among many shapes", s5_routing.run),
         6: ("shape-creation storm", s6_storm.run),
         7: ("starvation by one principal", s7_starvation.run),
+        8: ("many live clients", s8_many_clients.run),
     }
 
 
@@ -89,8 +92,8 @@ def main() -> int:
             traceback.print_exc()
             rows.append(Row(f"S{number} {name}", "FAILED", [("error", repr(exc)[:200])]))
         print(f"  scenario {number} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    report = "\n".join([*head, "", table(rows), "",
-                        f"total {time.perf_counter() - started:.0f} s"])  # fmt: skip
+    total = f"total {time.perf_counter() - started:.0f} s, {load()} at the end"
+    report = "\n".join([*head, "", table(rows), "", total])
     print()
     print(report)
     if args.markdown:

@@ -71,7 +71,6 @@ def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
             columns=table.columns,  # type: ignore[attr-defined]
             log=log,
             snapshot=snap,
-            pending=None,
         )
         shape.past_xmax = True
         registry._add(shape)
@@ -89,7 +88,7 @@ async def drain(url: str, slot: str, rep: Replicator, commits: int) -> tuple[flo
             batch = await stream.read_raw(timeout=5.0)
             last_end = rep.handle_batch(batch)
             if rep._dirty:
-                await rep._flush()
+                await rep.flush()
             if last_end:
                 stream.ack(last_end)
         return time.perf_counter() - t0, time.process_time() - c0

@@ -246,7 +246,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "sources":
-        from .sources.cli import main as sources_main
+        from .tenants.cli import main as sources_main
 
         raise SystemExit(sources_main(argv[1:]))
     args = build_parser().parse_args(argv)
@@ -290,9 +290,9 @@ def check_settings(settings: Settings) -> None:
                    " SYNC_ENGINE_REPLICATION_STREAM_ID)")  # fmt: skip
     from .admin.api import MIN_TOKEN_LENGTH
     from .preflight import check_data_dir, check_registry
-    from .sources.dburl import check_database_url
-    from .sources.errors import InvalidInput
-    from .sources.registry import registry_has_sources
+    from .tenants.dburl import check_database_url
+    from .tenants.errors import InvalidInput
+    from .tenants.store import store_has_sources
 
     if settings.admin_token is not None and len(settings.admin_token) < MIN_TOKEN_LENGTH:
         fail(PROG, f"--admin-token must be at least {MIN_TOKEN_LENGTH} characters (flag"
@@ -314,7 +314,7 @@ def check_settings(settings: Settings) -> None:
     if (
         not settings.database_url
         and settings.admin_token is None
-        and not registry_has_sources(settings.data_dir)
+        and not store_has_sources(settings.data_dir)
     ):
         fail(PROG, "--database-url (or SYNC_ENGINE_DATABASE_URL, DATABASE_URL) is required,"
                    " unless sources are registered (start with --admin-token to register"

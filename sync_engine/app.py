@@ -14,11 +14,11 @@ from . import __version__
 from .errors import ServiceUnavailable, Unauthorized
 from .http.errors import error_middleware, json_response
 from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
-from .http.server import HANDLER_ARGS, EngineApplication
+from .http.server import EngineApplication
 from .http.shape import ShapeView
 from .settings import Settings
 from .source import Source, SourceConfig
-from .sources.manager import SourceManager
+from .tenants.manager import SourceManager
 
 SOURCES = web.AppKey("sources", dict)
 SETTINGS = web.AppKey("settings", Settings)
@@ -74,9 +74,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     for a registered source once any is registered; otherwise, and always when none is,
     requests go to the single database exactly as without a registry.
     """
-    app = EngineApplication(
-        middlewares=[common_headers, error_middleware], handler_args=HANDLER_ARGS
-    )
+    app = EngineApplication(middlewares=[common_headers, error_middleware])
     app[SETTINGS] = settings
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)

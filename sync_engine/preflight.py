@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psycopg
 
-from .sources.dburl import describe_target
-from .sources.diagnose import explain
+from .tenants.dburl import describe_target
+from .tenants.diagnose import explain
 
 log = logging.getLogger("sync_engine")
 

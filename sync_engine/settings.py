@@ -27,7 +27,7 @@ class Settings:
     schema_check_interval: float = 10.0
     # Names the database-mode slot and publication; slot names are per Postgres cluster.
     replication_stream_id: str = "default"
-    # Registered sources (see sync_engine/sources): limits per source, and the admin listener.
+    # Registered sources (see sync_engine/tenants): limits per source, and the admin listener.
     max_initial_syncs: int | None = 32
     admin_host: str = "127.0.0.1"
     admin_port: int = 3100

@@ -33,8 +33,9 @@ from .pg.publication import (
 )
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
+from .replication.failures import describe_failure
 from .replication.replicator import Replicator
-from .replication.stream import describe_failure, ensure_slot
+from .replication.slot import ensure_slot
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeDefinition
@@ -378,7 +379,7 @@ class Source:
             log=shape.log,
             query=query,
             on_snapshot=lambda text: self._snapshot_known(shape, text),
-            on_chunk=lambda count, complete: self._snapshot_progress(shape, count, complete),
+            on_chunk=shape.snapshot_progress,
             cancelled=lambda: shape.rotated,
             record=shape_record(shape),
         )
@@ -386,11 +387,13 @@ class Source:
     def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
         """Discard the shape; its waiting requests get the answer `to_engine_error` picks."""
         t = shape.table
-        shape.snapshot_error = to_engine_error(
-            exc,
-            field="where" if shape.definition.where is not None else "table",
-            schema=t.schema,
-            table=t.name,
+        shape.snapshot_failed(
+            to_engine_error(
+                exc,
+                field="where" if shape.definition.where is not None else "table",
+                schema=t.schema,
+                table=t.name,
+            )
         )
         what = snapshot_errors.kind(exc)
         if what == "transient":
@@ -409,14 +412,9 @@ class Source:
         self._published.discard(table.oid)
 
     def _snapshot_known(self, shape: Shape, snapshot: XidSnapshot) -> None:
-        shape.snapshot = snapshot
+        shape.snapshot_taken(snapshot)
         if not shape.rotated:
             self.replicator.release_pending(shape)
-
-    def _snapshot_progress(self, shape: Shape, count: int, complete: bool) -> None:
-        shape.log.snapshot_chunks = max(shape.log.snapshot_chunks, count)
-        shape.log.snapshot_complete = complete
-        shape.notify()
 
     # -- schema drift ---------------------------------------------------------------------
 

@@ -8,8 +8,11 @@ exceed the engine's 20 s long-poll hold). Three ways through, chosen per request
   (`upstream.cache`); the engine is not asked.
 - **collapsed** (GET, not SSE, `collapse: true`): requests with the same key share one
   engine request (`upstream.collapsing`).
-- **direct** (SSE, POST subsets, DELETE, or `collapse: false`): one engine request per
-  client, streamed unbuffered.
+- **shared SSE stream** (GET, live SSE, `collapse: true`): one engine stream per shape
+  fanned out to its SSE clients, each at its own position (`upstream.sse`); a client the
+  stream cannot place goes direct.
+- **direct** (SSE clients behind a shared stream, POST subsets, DELETE, or
+  `collapse: false`): one engine request per client, streamed unbuffered.
 
 Response headers come from the engine, which never sees who asked; per-client headers (CORS,
 request id, Vary) are added by the app when the response is prepared. A length-delimited body
@@ -22,6 +25,7 @@ returning a half-read connection to the pool.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ from yarl import URL
 
 from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
-from proxy.upstream import collapsing
+from proxy.upstream import collapsing, sse
 from proxy.upstream.cache import CachedResponse, CacheKey, ResponseCache
 from proxy.upstream.client import UpstreamOptions, connection_failed, send
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT, Flight, Flights
@@ -93,6 +97,7 @@ class Forwarder:
         self.cache = cache
         self.metrics = metrics
         self._flights = Flights()
+        self._streams = sse.SharedStreams()
         # Engine cache-control values repeat (a handful of shapes); rewrite each once.
         self._cache_control: LRUCache[_MemoKey, tuple[str, float]] = LRUCache(maxsize=256)
 
@@ -100,9 +105,15 @@ class Forwarder:
     def in_flight(self) -> int:
         return len(self._flights)
 
+    @property
+    def shared_streams(self) -> int:
+        """Engine SSE streams shared by this proxy's SSE clients right now."""
+        return len(self._streams)
+
     async def close(self) -> None:
-        """Cancel shared requests still running (app shutdown)."""
+        """Cancel shared requests and streams still running (app shutdown)."""
         await self._flights.close()
+        await self._streams.close()
 
     async def forward(
         self,
@@ -120,6 +131,10 @@ class Forwarder:
         `admit` is awaited only when a new engine request is needed (not for a cache hit or a
         request joining a flight) and its permit is held until that engine request is over.
         """
+        if target.sse and target.live and target.method == "GET" and options.collapse:
+            outcome = await self._shared_sse(request, target, options, request_id, admit)
+            if outcome is not None:
+                return outcome
         if target.method != "GET" or target.sse or not target.cacheable:
             return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
@@ -391,6 +406,58 @@ class Forwarder:
             self.metrics.collapsed_request()
         return flight, joined
 
+    # --- shared SSE: one engine stream per shape, every SSE client at its own position ---
+
+    async def _shared_sse(
+        self,
+        request: web.Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        admit: Admit | None,
+    ) -> Outcome | None:
+        """Serve an SSE client from the shared stream of its shape; None: send it direct.
+
+        A new shared stream is a new engine request, charged to the client that starts it
+        for as long as the stream runs (as a flight is); joining one costs the engine nothing.
+        """
+        spec = sse.stream_spec(target.url, request.headers, target.shared, options)
+        if spec is None:
+            return None
+        for _ in range(3):  # a stream that ends as this client arrives: join the next one
+            permit = await admit() if admit is not None and spec.key not in self._streams else None
+            stream, joined = self._streams.join(
+                spec,
+                lambda: self._open_shared(request, target, options, request_id),
+                lambda upstream: self._head(upstream, options, target, cacheable=False),
+            )
+            if permit is not None:
+                if joined or stream.task is None:
+                    permit.release()
+                else:
+                    stream.task.add_done_callback(functools.partial(_release, permit))
+            if joined:
+                self.metrics.collapsed_request()
+            try:
+                result = await sse.serve(stream, request, spec, options, joined=joined)
+            finally:
+                self._streams.leave(stream)
+            if isinstance(result, Outcome):
+                return result
+            if result is sse.Result.DIRECT:
+                return None
+        return None
+
+    async def _open_shared(
+        self, request: web.Request, target: Target, options: UpstreamOptions, request_id: str
+    ) -> aiohttp.ClientResponse:
+        """A shared stream's engine request: the first client's, minus what is its own."""
+        request_headers = upstream_request_headers(request.headers, request_id)
+        request_headers.pop("if-none-match", None)  # (an SSE answer's ETag never matches)
+        return await send(
+            self.session, self.metrics, "GET", target.url, request_headers, None, options
+        )
+
     # --- revalidated: an initial answer, confirmed by the engine before it is served ----
 
     async def _revalidate(
@@ -428,3 +495,7 @@ class Forwarder:
             return await collapsing.wait(flight, request, options, joined=joined)
         finally:
             self._flights.leave(flight)
+
+
+def _release(permit: Permit, _: object) -> None:
+    permit.release()

@@ -29,9 +29,9 @@ from aiohttp import web
 
 from .. import __version__
 from ..settings import Settings
-from ..sources.errors import DuplicateName, InvalidInput, SourceError, UnknownSource
-from ..sources.manager import SourceManager
-from ..sources.registry import SourceRecord
+from ..tenants.errors import DuplicateName, InvalidInput, SourceError, UnknownSource
+from ..tenants.manager import SourceManager
+from ..tenants.store import SourceRecord
 
 log = logging.getLogger(__name__)
 

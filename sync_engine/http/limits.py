@@ -1,6 +1,6 @@
 """Size and shape limits on a request's parameters and POST body, each a 400 naming its limit.
 
-The HTTP parser already bounds a URL (8190 bytes, `server.py`) and the body is read up to
+The HTTP parser already bounds a URL (8190 bytes, `parser_refusals.py`) and the body is read up to
 8 MiB (`shape.py`); these bound what a request may ask the engine to parse, compile and keep
 in memory, well above anything the client sends: a `where` of 64 KiB, 1,000 numbered
 params, a JSON body nested 64 levels deep. Checked before anything else reads the values,

@@ -180,6 +180,8 @@ class ShapeLog:
         self.retired = False
         # Each snapshot chunk's (size, crc32): from the writes, or the marker once loaded.
         self._snapshot_sums: dict[int, tuple[int, int]] = {}
+        # Snapshot chunks whose file this process wrote or read and checked since loading.
+        self._checked: set[int] = set()
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again.
         self.repaired_from: int | None = None
@@ -194,7 +196,6 @@ class ShapeLog:
         which creates the directory once for all its shapes)."""
         self.directory.mkdir(parents=True, exist_ok=True)
 
-
     def restore_snapshot(self, marker: dict[str, Any], packed: PackedChunk) -> None:
         """Take a finished snapshot back from its marker (found in a pack by `store.py`),
         checking that every chunk is there with the size the marker says.
@@ -208,7 +209,8 @@ class ShapeLog:
             raise LogDamaged(f"{self._prefix}: unreadable snapshot marker") from None
         if len(sums) != count or count < 1:
             raise LogDamaged(f"{self._prefix}: {count} chunks but {len(sums)} checksums")
-        for i, (size, _) in enumerate(sums[:-1]):
+        in_files = sums if packed.size == 0 else sums[:-1]  # a big last chunk: a file too
+        for i, (size, _) in enumerate(in_files):
             path = self._snapshot_name(i)
             try:
                 actual = os.stat(path).st_size
@@ -216,7 +218,7 @@ class ShapeLog:
                 raise LogDamaged(f"{path}: missing") from None
             if actual != size:
                 raise LogDamaged(f"{path}: {actual} bytes, the marker says {size}")
-        if packed.size != sums[-1][0]:
+        if packed.size not in (0, sums[-1][0]):
             raise LogDamaged(f"{packed.pack.path}: {self.handle}'s chunk size differs")
         self._snapshot_sums = dict(enumerate(sums))
         self.marker = marker
@@ -233,8 +235,8 @@ class ShapeLog:
 
     def own_files(self) -> list[str]:
         """The files only this shape uses (not its pack): what retiring it deletes."""
-        packed_index = self.snapshot_chunks - 1 if self.packed is not None else -1
-        names = [self._snapshot_name(i) for i in self._snapshot_sums if i != packed_index]
+        inline = self._inline_index()
+        names = [self._snapshot_name(i) for i in self._snapshot_sums if i != inline]
         last = self._tail.index if self._tail is not None else -1
         for chunk in self._chunks:
             last = max(last, chunk.index)
@@ -316,6 +318,7 @@ class ShapeLog:
         write removes the file (the snapshot fails; its shape is discarded)."""
         self._write_file(self._snapshot_name(index), data)
         self._snapshot_sums[index] = (len(data), zlib.crc32(data))
+        self._checked.add(index)
 
     def finish_snapshot(self, count: int, last: bytes, record: dict[str, object]) -> bytes:
         """The completion marker of a snapshot of `count` chunks whose last one is `last`:
@@ -326,6 +329,12 @@ class ShapeLog:
         self._snapshot_sums[count - 1] = (len(last), zlib.crc32(last))
         sums = [self._snapshot_sums[i] for i in range(count)]
         return orjson.dumps({"chunks": count, "sums": sums, **record})
+
+    def _inline_index(self) -> int:
+        """The index of the chunk kept in the pack (-1: none; a big last chunk is a file)."""
+        if self.packed is None or self.packed.size == 0:
+            return -1
+        return self.snapshot_chunks - 1
 
     def packed_snapshot(self, count: int, packed: PackedChunk) -> None:
         """The pack holding the last chunk is durable: the snapshot can be read whole."""
@@ -353,7 +362,7 @@ class ShapeLog:
     def read_snapshot_chunk(self, index: int) -> bytes:
         """The chunk's bytes, checked against the size and crc32 they were written with."""
         packed = self.packed
-        if packed is not None and index == self.snapshot_chunks - 1:
+        if packed is not None and index == self._inline_index():
             path = packed.pack.path
             try:
                 with open(path, "rb") as f:
@@ -373,7 +382,21 @@ class ShapeLog:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         elif len(data) != expected[0] or zlib.crc32(data) != expected[1]:
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
+        self._checked.add(index)
         return data
+
+    def snapshot_chunk_file(self, index: int) -> tuple[str, int] | None:
+        """The path and size of chunk `index` if its file was written or checked by this
+        process, for sending it as it is (`http/sendfile.py`); else None: read it with
+        `read_snapshot_chunk`, which checks it (then this gives the file).
+
+        Snapshot chunks never change, so one check per process and chunk stands for the
+        responses after it: checking every response cost a read and a crc32 of each 10 MB
+        body, most of a warm sync's CPU.
+        """
+        if index not in self._checked or index == self._inline_index():
+            return None
+        return self._snapshot_name(index), self._snapshot_sums[index][0]
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""

@@ -18,6 +18,7 @@ from typing import Any
 
 from .files import LogDamaged, ShapeLog
 from .packs import (
+    MAGIC,
     SUFFIX,
     Pack,
     PackedChunk,
@@ -29,6 +30,10 @@ from .packs import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: A last chunk bigger than this is a file of its own, like the others (sent with sendfile,
+#: see `ShapeLog.snapshot_chunk_file`); the pack then holds only the marker.
+PACK_INLINE_MAX = 1 << 20
 
 #: A shape found in a pack: the pack, its marker, where its last chunk lies (offset, size).
 _Found = tuple[Pack, dict[str, Any], int, int]
@@ -174,17 +179,22 @@ class PackBuilder:
         """`log`'s snapshot of `count` chunks, all but `last` already written."""
         if self._path is None:
             self._path = new_pack_path(str(log.directory))
-            self._parts.append(b"SGPACK1\n")
-            self._size = len(self._parts[0])
-        rec, chunk_at = encode_shape(log.finish_snapshot(count, last, record), last)
+            self._parts.append(MAGIC)
+            self._size = len(MAGIC)
+        inline = last if len(last) <= PACK_INLINE_MAX else b""
+        rec, chunk_at = encode_shape(log.finish_snapshot(count, last, record), inline)
         self._entries.append(_Entry(log, count, last, self._size + chunk_at))
         self._parts.append(rec)
         self._size += len(rec)
 
     def write(self, fsync: bool) -> None:
         """Create the pack file (in a worker thread); raises OSError, leaving no file."""
-        if self._path is not None:
-            write_new(self._path, b"".join(self._parts), fsync)
+        if self._path is None:
+            return
+        for e in self._entries:
+            if len(e.chunk) > PACK_INLINE_MAX:
+                e.log.write_snapshot_chunk(e.count - 1, e.chunk)
+        write_new(self._path, b"".join(self._parts), fsync)
 
     def publish(self) -> list[ShapeLog]:
         """The pack is durable: its snapshots become readable. Returns the logs published
@@ -194,7 +204,8 @@ class PackBuilder:
         pack = Pack(self._path, {e.log.handle for e in self._entries})
         published: list[ShapeLog] = []
         for e in self._entries:
-            e.log.packed_snapshot(e.count, PackedChunk(pack, e.offset, len(e.chunk)))
+            inline = len(e.chunk) if len(e.chunk) <= PACK_INLINE_MAX else 0
+            e.log.packed_snapshot(e.count, PackedChunk(pack, e.offset, inline))
             if e.log.retired:  # retired while the pack was written: leave it again
                 retire(e.log)
                 continue

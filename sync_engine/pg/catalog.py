@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .types import PgType
+
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
@@ -48,6 +50,16 @@ class ColumnInfo:
     @property
     def is_array(self) -> bool:
         return self.elem_type is not None
+
+    @property
+    def is_enum(self) -> bool:
+        """Whether the column's scalar (element) type is an enum."""
+        return self.type_kind == "e"
+
+    @property
+    def pg_type(self) -> PgType:
+        """The column's type, spelled the one way the rest of the engine reads types."""
+        return PgType(self.base_type, array=self.is_array, enum=self.is_enum)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,9 +166,12 @@ def _collation(row: dict[str, Any] | None) -> str | None:
     ctype = row.get("collctype") or row.get("datctype") or ""
     if provider in ("i", "b"):  # ICU / builtin: the locale is in its own column
         locale = (
-            row.get("colllocale") or row.get("colliculocale")
-            or row.get("datlocale") or row.get("daticulocale") or ""
-        )  # fmt: skip
+            row.get("colllocale")
+            or row.get("colliculocale")
+            or row.get("datlocale")
+            or row.get("daticulocale")
+            or ""
+        )
         collate = ctype = locale
     deterministic = "t" if row.get("collisdeterministic", True) else "f"
     return f"{provider}|{collate}|{ctype}|{deterministic}"

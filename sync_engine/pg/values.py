@@ -8,9 +8,9 @@ the way Postgres would, so each type gets a parser into a Python value whose `==
 turn string literals and `params` of a where clause into values of a target type, with
 Postgres-like error messages for bad input.
 
-Two flavours per type:
-- `output_parser(type_name)`: fast, for text Postgres itself produced (trusted format);
-- `parse_input(type_name, text)`: Postgres input-function rules for the common forms,
+Two flavours per type (a `PgType`, see `types.py`):
+- `output_parser(pg_type)`: fast, for text Postgres itself produced (trusted format);
+- `input_parser(pg_type)`: Postgres input-function rules for the common forms,
   raising `ValueError('invalid input syntax for type integer: "abc"')` on bad input.
 """
 
@@ -26,45 +26,59 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import total_ordering
+from typing import Any
+
+from .types import (
+    BOOL,
+    BPCHAR,
+    BYTEA,
+    CHAR,
+    DATE,
+    FLOAT4,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    INTERVAL,
+    JSON,
+    JSONB,
+    NAME,
+    NUMERIC,
+    OID,
+    TEXT,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    UUID,
+    VARCHAR,
+    PgType,
+)
 
 Parser = Callable[[str], object]
+
+Value = Any
+"""A SQL value as the where evaluator holds it: int, float, Decimal, bool, str, bytes,
+uuid.UUID, date / datetime / time (or `PgInfinity`, `EndOfDay`), `Interval`, a tuple for an
+array (`Array`); None is SQL NULL. `Any` on purpose: the compiler picks every operation by
+its operands' `PgType`, which a static union could not follow without a cast per operator."""
+
+Array = tuple[Value, ...]
+"""An array value: nested tuples, one level per dimension; None elements are NULL."""
 
 USECS_PER_SEC = 1_000_000
 USECS_PER_DAY = 86_400 * USECS_PER_SEC
 DAYS_PER_MONTH = 30
 
-INT_RANGES: dict[str, tuple[int, int]] = {
-    "int2": (-(2**15), 2**15 - 1),
-    "int4": (-(2**31), 2**31 - 1),
-    "int8": (-(2**63), 2**63 - 1),
-}
-
-# Postgres's SQL names for the messages it prints ("invalid input syntax for type integer").
-SQL_TYPE_NAMES: dict[str, str] = {
-    "int2": "smallint",
-    "int4": "integer",
-    "int8": "bigint",
-    "float4": "real",
-    "float8": "double precision",
-    "bool": "boolean",
-    "varchar": "character varying",
-    "bpchar": "character",
-    "timestamp": "timestamp without time zone",
-    "timestamptz": "timestamp with time zone",
-    "time": "time without time zone",
+INT_RANGES: dict[PgType, tuple[int, int]] = {
+    INT2: (-(2**15), 2**15 - 1),
+    INT4: (-(2**31), 2**31 - 1),
+    INT8: (-(2**63), 2**63 - 1),
 }
 
 
-def sql_type_name(type_name: str) -> str:
-    """The name Postgres uses for a type in error messages (`int4` -> `integer`)."""
-    if type_name.endswith("[]"):
-        return sql_type_name(type_name[:-2]) + "[]"
-    return SQL_TYPE_NAMES.get(type_name, type_name)
-
-
-def invalid(type_name: str, text: str) -> ValueError:
+def invalid(pg_type: PgType, text: str) -> ValueError:
     """The ValueError Postgres's input functions raise, with Postgres's wording."""
-    return ValueError(f'invalid input syntax for type {sql_type_name(type_name)}: "{text}"')
+    return ValueError(f'invalid input syntax for type {pg_type.sql_name}: "{text}"')
 
 
 class UnrepresentableValue(ValueError):
@@ -76,9 +90,9 @@ class UnrepresentableValue(ValueError):
     """
 
 
-def unrepresentable(type_name: str, text: str) -> UnrepresentableValue:
+def unrepresentable(pg_type: PgType, text: str) -> UnrepresentableValue:
     return UnrepresentableValue(
-        f'{sql_type_name(type_name)} value outside years 1-9999 is not supported: "{text}"'
+        f'{pg_type.sql_name} value outside years 1-9999 is not supported: "{text}"'
     )
 
 
@@ -196,23 +210,29 @@ _NUMERIC_RE = re.compile(
 )
 
 
-def check_int_range(type_name: str, value: int) -> int:
-    """Raise like Postgres when an integer does not fit its type."""
-    lo, hi = INT_RANGES[type_name]
-    if not lo <= value <= hi:
-        raise ValueError(f"{sql_type_name(type_name)} out of range")
-    return value
+def int_range_check(pg_type: PgType) -> Callable[[int], int]:
+    """A function raising like Postgres when an integer does not fit `pg_type` (the range is
+    looked up once, not per value: the checks run per replicated row)."""
+    lo, hi = INT_RANGES[pg_type]
+    message = f"{pg_type.sql_name} out of range"
+
+    def check(value: int) -> int:
+        if not lo <= value <= hi:
+            raise ValueError(message)
+        return value
+
+    return check
 
 
-def _int_input(type_name: str) -> Parser:
-    lo, hi = INT_RANGES[type_name]
+def _int_input(pg_type: PgType) -> Parser:
+    lo, hi = INT_RANGES[pg_type]
 
     def parse(text: str) -> int:
         if not _INT_RE.fullmatch(text):
-            raise invalid(type_name, text)
+            raise invalid(pg_type, text)
         value = int(text)
         if not lo <= value <= hi:
-            raise ValueError(f'value "{text}" is out of range for type {sql_type_name(type_name)}')
+            raise ValueError(f'value "{text}" is out of range for type {pg_type.sql_name}')
         return value
 
     return parse
@@ -221,27 +241,27 @@ def _int_input(type_name: str) -> Parser:
 def parse_numeric(text: str) -> Decimal:
     """numeric input: Decimal, with Postgres's NaN / Infinity spellings."""
     if not _NUMERIC_RE.fullmatch(text):
-        raise invalid("numeric", text)
+        raise invalid(NUMERIC, text)
     try:
         return Decimal(text.strip())
     except InvalidOperation:
-        raise invalid("numeric", text) from None
+        raise invalid(NUMERIC, text) from None
 
 
-def _float_input(type_name: str, text: str) -> float:
+def _float_input(pg_type: PgType, text: str) -> float:
     if not _NUMERIC_RE.fullmatch(text):
-        raise invalid(type_name, text)
+        raise invalid(pg_type, text)
     value = float(text)
     if (math.isinf(value) and "inf" not in text.lower()) or (
         value == 0.0 and Decimal(text.strip()) != 0
     ):
-        raise ValueError(f'"{text}" is out of range for type {sql_type_name(type_name)}')
+        raise ValueError(f'"{text}" is out of range for type {pg_type.sql_name}')
     return value
 
 
 def parse_float8(text: str) -> float:
     """float8 input: like strtod, with Postgres's out-of-range errors (1e400, 1e-400)."""
-    return _float_input("float8", text)
+    return _float_input(FLOAT8, text)
 
 
 def round_float4(value: float, *, check: bool = True) -> float:
@@ -260,7 +280,7 @@ def round_float4(value: float, *, check: bool = True) -> float:
 
 def parse_float4(text: str) -> float:
     """float4 input (strtof): out of range when it rounds to 0 or beyond float4's range."""
-    value = _float_input("float4", text)
+    value = _float_input(FLOAT4, text)
     narrowed = round_float4(value, check=False)
     if (math.isinf(narrowed) and not math.isinf(value)) or (narrowed == 0.0 and value != 0.0):
         raise ValueError(f'"{text}" is out of range for type real')
@@ -280,12 +300,12 @@ def parse_bool(text: str) -> bool:
     word = text.strip().lower()
     if word:
         if word == "o":  # ambiguous between on and off
-            raise invalid("bool", text)
+            raise invalid(BOOL, text)
         if any(w.startswith(word) for w in _TRUE_WORDS):
             return True
         if any(w.startswith(word) for w in _FALSE_WORDS):
             return False
-    raise invalid("bool", text)
+    raise invalid(BOOL, text)
 
 
 def _bool_output(text: str) -> bool:
@@ -315,7 +335,7 @@ _UUID_RE = re.compile(r"\{?(?:[0-9a-fA-F]{4}-?){7}[0-9a-fA-F]{4}\}?", re.ASCII)
 def parse_uuid(text: str) -> uuid.UUID:
     """uuid input: canonical form, upper case, braces, or hyphens between 4-digit groups."""
     if not _UUID_RE.fullmatch(text) or text.startswith("{") != text.endswith("}"):
-        raise invalid("uuid", text)
+        raise invalid(UUID, text)
     return uuid.UUID(text.strip("{}").replace("-", ""))
 
 
@@ -329,7 +349,7 @@ def parse_bytea(text: str) -> bytes:
         try:
             return bytes.fromhex(text[2:])
         except ValueError:
-            raise invalid("bytea", text) from None
+            raise invalid(BYTEA, text) from None
     out = bytearray()
     i = 0
     raw = text.encode()
@@ -345,7 +365,7 @@ def parse_bytea(text: str) -> bytes:
             out.append(int(raw[i + 1 : i + 4], 8))
             i += 4
         else:
-            raise invalid("bytea", text)
+            raise invalid(BYTEA, text)
     return bytes(out)
 
 
@@ -363,24 +383,24 @@ _TIME_RE = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?", re.ASCII)
 _TZ_RE = re.compile(r"(?:([+-])(\d{1,2})(?::?(\d{2}))?(?::(\d{2}))?|(Z|UTC|GMT))", re.ASCII)
 
 
-def _date_from_parts(type_name: str, text: str, y: str, m: str, d: str) -> date:
+def _date_from_parts(pg_type: PgType, text: str, y: str, m: str, d: str) -> date:
     try:
         return date(int(y), int(m), int(d))
     except ValueError:
         if int(y) > 9999:
-            raise unrepresentable(type_name, text) from None
+            raise unrepresentable(pg_type, text) from None
         raise ValueError(f'date/time field value out of range: "{text}"') from None
 
 
-def _parse_date_part(type_name: str, text: str, part: str) -> date:
+def _parse_date_part(pg_type: PgType, text: str, part: str) -> date:
     for regex, order in ((_DATE_ISO_RE, (1, 2, 3)), (_DATE_DMY_RE, (3, 2, 1))):
         m = regex.fullmatch(part)
         if m:
-            return _date_from_parts(type_name, text, *(m.group(i) for i in order))
+            return _date_from_parts(pg_type, text, *(m.group(i) for i in order))
     m = _DATE_COMPACT_RE.fullmatch(part)
     if m:
-        return _date_from_parts(type_name, text, m.group(1), m.group(2), m.group(3))
-    raise invalid(type_name, text)
+        return _date_from_parts(pg_type, text, m.group(1), m.group(2), m.group(3))
+    raise invalid(pg_type, text)
 
 
 def _micros_from_fraction(frac: str | None) -> int:
@@ -390,13 +410,13 @@ def _micros_from_fraction(frac: str | None) -> int:
     return round(int(frac[:7].ljust(7, "0")) / 10)
 
 
-def _parse_time_part(type_name: str, text: str, part: str) -> time:
+def _parse_time_part(pg_type: PgType, text: str, part: str) -> time:
     m = _TIME_RE.fullmatch(part)
     if not m:
-        raise invalid(type_name, text)
+        raise invalid(pg_type, text)
     hh, mm, ss = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
     micros = _micros_from_fraction(m.group(4))
-    if type_name == "time" and (hh, mm, ss, micros) == (24, 0, 0, 0):
+    if pg_type == TIME and (hh, mm, ss, micros) == (24, 0, 0, 0):
         return END_OF_DAY
     if micros == USECS_PER_SEC:
         ss, micros = ss + 1, 0
@@ -428,37 +448,37 @@ def parse_date(text: str) -> date | PgInfinity:
     if s in _SPECIAL_TIMES:
         return _SPECIAL_TIMES[s]
     if s.endswith(" bc"):
-        raise unrepresentable("date", text)
-    return _parse_date_part("date", text, s)
+        raise unrepresentable(DATE, text)
+    return _parse_date_part(DATE, text, s)
 
 
-def _parse_timestamp(type_name: str, text: str) -> tuple[datetime | PgInfinity, timezone | None]:
+def _parse_timestamp(pg_type: PgType, text: str) -> tuple[datetime | PgInfinity, timezone | None]:
     s = text.strip()
     low = s.lower()
     if low in _SPECIAL_TIMES:
         return _SPECIAL_TIMES[low], None
     if low.endswith(" bc"):
-        raise unrepresentable(type_name, text)
+        raise unrepresentable(pg_type, text)
     date_part, sep, time_part = s.replace("T", " ", 1).partition(" ")
-    d = _parse_date_part(type_name, text, date_part)
+    d = _parse_date_part(pg_type, text, date_part)
     tz: timezone | None = None
     t = time(0)
     if sep:
         time_part, tz = _split_tz(time_part.strip())
         if time_part:
-            t = _parse_time_part(type_name, text, time_part)
+            t = _parse_time_part(pg_type, text, time_part)
     return datetime.combine(d, t), tz
 
 
 def parse_timestamp(text: str) -> datetime | PgInfinity:
     """timestamp input: a zone offset, if given, is ignored (as Postgres does)."""
-    value, _tz = _parse_timestamp("timestamp", text)
+    value, _tz = _parse_timestamp(TIMESTAMP, text)
     return value
 
 
 def parse_timestamptz(text: str) -> datetime | PgInfinity:
     """timestamptz input: no offset means the session zone, which is UTC for the engine."""
-    value, tz = _parse_timestamp("timestamptz", text)
+    value, tz = _parse_timestamp(TIMESTAMPTZ, text)
     if isinstance(value, PgInfinity):
         return value
     return value.replace(tzinfo=tz or UTC)
@@ -467,7 +487,7 @@ def parse_timestamptz(text: str) -> datetime | PgInfinity:
 def parse_time(text: str) -> time:
     """time input: `HH:MM[:SS[.ffffff]]`; a zone offset is ignored like Postgres does."""
     part, _tz = _split_tz(text.strip())
-    return _parse_time_part("time", text, part)
+    return _parse_time_part(TIME, text, part)
 
 
 def _timestamp_output(text: str) -> datetime | PgInfinity:
@@ -476,7 +496,7 @@ def _timestamp_output(text: str) -> datetime | PgInfinity:
     try:
         return datetime.fromisoformat(text)
     except ValueError:  # Postgres's own output: only BC or a year past 9999 fails here
-        raise unrepresentable("timestamp", text) from None
+        raise unrepresentable(TIMESTAMP, text) from None
 
 
 def _timestamptz_output(text: str) -> datetime | PgInfinity:
@@ -485,7 +505,7 @@ def _timestamptz_output(text: str) -> datetime | PgInfinity:
     try:
         return datetime.fromisoformat(text)
     except ValueError:
-        raise unrepresentable("timestamptz", text) from None
+        raise unrepresentable(TIMESTAMPTZ, text) from None
 
 
 def _date_output(text: str) -> date | PgInfinity:
@@ -494,7 +514,7 @@ def _date_output(text: str) -> date | PgInfinity:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise unrepresentable("date", text) from None
+        raise unrepresentable(DATE, text) from None
 
 
 def _time_output(text: str) -> time:
@@ -577,13 +597,13 @@ def parse_interval(text: str) -> Interval:
     if ago:
         s = s[:-3].strip()
     if not s:
-        raise invalid("interval", text)
+        raise invalid(INTERVAL, text)
     acc: list[float] = [0, 0, 0]
     for tok in _VERBOSE_TOKEN_RE.finditer(s):
         if tok.group(1) is not None:
             unit = _UNIT_MICROS.get(tok.group(2))
             if unit is None:
-                raise invalid("interval", text)
+                raise invalid(INTERVAL, text)
             _add_fraction(acc, unit[0], float(tok.group(1)) * unit[1])
         elif tok.group(5) is not None:
             sign = -1 if tok.group(3) == "-" else 1
@@ -596,7 +616,7 @@ def parse_interval(text: str) -> Interval:
             if re.fullmatch(r"[+-]?\d+(?:\.\d+)?", word):
                 _add_fraction(acc, "micros", float(word) * USECS_PER_SEC)
             else:
-                raise invalid("interval", text)
+                raise invalid(INTERVAL, text)
     factor = -1 if ago else 1
     return Interval(factor * int(acc[0]), factor * int(acc[1]), factor * int(acc[2]))
 
@@ -604,17 +624,19 @@ def parse_interval(text: str) -> Interval:
 # --- arrays -------------------------------------------------------------------------------
 
 
-def parse_array(text: str, element: Parser, type_name: str = "array") -> tuple[object, ...]:
+def parse_array(text: str, element: Parser, pg_type: PgType | None = None) -> tuple[object, ...]:
     """Array literal (`{1,2,NULL}`, `{"a b","c\\"d"}`, `{{1,2},{3,4}}`) to nested tuples.
 
     Elements are parsed with `element`; unquoted NULL is None. A leading dimension
-    decoration (`[0:1]={...}`) is accepted and dropped.
+    decoration (`[0:1]={...}`) is accepted and dropped. `pg_type` names the array type in
+    the message for a malformed decoration.
     """
     s = text.strip()
     if s.startswith("["):
         eq = s.find("=")
         if eq < 0:
-            raise invalid(type_name, text)
+            name = pg_type.sql_name if pg_type is not None else "array"
+            raise ValueError(f'invalid input syntax for type {name}: "{text}"')
         s = s[eq + 1 :].strip()
     if not s.startswith("{"):
         raise ValueError(f'malformed array literal: "{text}"')
@@ -677,99 +699,98 @@ def _parse_array_level(
 
 # --- registry -----------------------------------------------------------------------------
 
-_OUTPUT_PARSERS: dict[str, Parser] = {
-    "int2": int,
-    "int4": int,
-    "int8": int,
-    "oid": int,
-    "numeric": Decimal,
-    "float4": _float4_output,
-    "float8": float,
-    "bool": _bool_output,
-    "text": _identity,
-    "varchar": _identity,
-    "name": _identity,
-    "bpchar": _bpchar,
-    "char": _identity,
-    "uuid": _uuid_output,
-    "date": _date_output,
-    "timestamp": _timestamp_output,
-    "timestamptz": _timestamptz_output,
-    "time": _time_output,
-    "interval": parse_interval,
-    "bytea": _bytea_output,
-    "json": _identity,
-    "jsonb": _identity,
+_OUTPUT_PARSERS: dict[PgType, Parser] = {
+    INT2: int,
+    INT4: int,
+    INT8: int,
+    OID: int,
+    NUMERIC: Decimal,
+    FLOAT4: _float4_output,
+    FLOAT8: float,
+    BOOL: _bool_output,
+    TEXT: _identity,
+    VARCHAR: _identity,
+    NAME: _identity,
+    BPCHAR: _bpchar,
+    CHAR: _identity,
+    UUID: _uuid_output,
+    DATE: _date_output,
+    TIMESTAMP: _timestamp_output,
+    TIMESTAMPTZ: _timestamptz_output,
+    TIME: _time_output,
+    INTERVAL: parse_interval,
+    BYTEA: _bytea_output,
+    JSON: _identity,
+    JSONB: _identity,
 }
 
-_INPUT_PARSERS: dict[str, Parser] = {
-    "int2": _int_input("int2"),
-    "int4": _int_input("int4"),
-    "int8": _int_input("int8"),
-    "numeric": parse_numeric,
-    "float4": parse_float4,
-    "float8": parse_float8,
-    "bool": parse_bool,
-    "text": _identity,
-    "varchar": _identity,
-    "name": _identity,
-    "bpchar": _bpchar,
-    "char": _identity,
-    "uuid": parse_uuid,
-    "date": parse_date,
-    "timestamp": parse_timestamp,
-    "timestamptz": parse_timestamptz,
-    "time": parse_time,
-    "interval": parse_interval,
-    "bytea": parse_bytea,
-    "json": _identity,
-    "jsonb": _identity,
+_INPUT_PARSERS: dict[PgType, Parser] = {
+    INT2: _int_input(INT2),
+    INT4: _int_input(INT4),
+    INT8: _int_input(INT8),
+    NUMERIC: parse_numeric,
+    FLOAT4: parse_float4,
+    FLOAT8: parse_float8,
+    BOOL: parse_bool,
+    TEXT: _identity,
+    VARCHAR: _identity,
+    NAME: _identity,
+    BPCHAR: _bpchar,
+    CHAR: _identity,
+    UUID: parse_uuid,
+    DATE: parse_date,
+    TIMESTAMP: parse_timestamp,
+    TIMESTAMPTZ: parse_timestamptz,
+    TIME: parse_time,
+    INTERVAL: parse_interval,
+    BYTEA: parse_bytea,
+    JSON: _identity,
+    JSONB: _identity,
 }
 
-SUPPORTED_SCALAR_TYPES = frozenset(_INPUT_PARSERS)
 
-
-def _array_of(element: Parser, type_name: str) -> Parser:
+def _array_of(element: Parser, pg_type: PgType) -> Parser:
     def parse(text: str) -> tuple[object, ...]:
-        return parse_array(text, element, type_name)
+        return parse_array(text, element, pg_type)
 
     return parse
 
 
-def output_parser(type_name: str, *, is_enum: bool = False) -> Parser:
-    """Parser for Postgres's own text output of `type_name` (`int4`, `_int4`, `int4[]`).
+def output_parser(pg_type: PgType) -> Parser:
+    """Parser for Postgres's own text output of `pg_type`.
 
-    Enums (and unknown scalar types) are kept as their label string.
+    Enums (and scalar types without a parser here: domains, composites, ...) are kept as
+    their text; arrays become nested tuples of their elements' values.
     """
-    if type_name.endswith("[]") or (type_name.startswith("_") and not is_enum):
-        elem = type_name[:-2] if type_name.endswith("[]") else type_name[1:]
-        return _array_of(_OUTPUT_PARSERS.get(elem, _identity), type_name)
-    if is_enum:
-        return _identity
-    return _OUTPUT_PARSERS.get(type_name, _identity)
+    scalar: Parser
+    if pg_type.enum:
+        scalar = _identity
+    else:
+        scalar = _OUTPUT_PARSERS.get(pg_type.element, _identity)
+    return _array_of(scalar, pg_type) if pg_type.array else scalar
 
 
-def input_parser(type_name: str, *, is_enum: bool = False) -> Parser:
-    """Parser applying Postgres's input rules for `type_name`; raises ValueError."""
-    if type_name.endswith("[]") or (type_name.startswith("_") and not is_enum):
-        elem = type_name[:-2] if type_name.endswith("[]") else type_name[1:]
-        return _array_of(_INPUT_PARSERS.get(elem, _identity), sql_type_name(elem) + "[]")
-    if is_enum:
+def input_parser(pg_type: PgType) -> Parser:
+    """Parser applying Postgres's input rules for `pg_type`; raises ValueError."""
+    if pg_type.array:
+        scalar = _identity if pg_type.enum else _INPUT_PARSERS.get(pg_type.element, _identity)
+        return _array_of(scalar, pg_type)
+    if pg_type.enum:
         return _identity
     try:
-        return _INPUT_PARSERS[type_name]
+        return _INPUT_PARSERS[pg_type]
     except KeyError:
-        raise ValueError(f"unsupported type {type_name}") from None
+        raise ValueError(f"unsupported type {pg_type.name}") from None
 
 
-def parse_output(type_name: str, text: str | None) -> object:
+def parse_output(pg_type: PgType, text: str | None) -> object:
     """Parse one value of Postgres text output; None (SQL NULL) stays None."""
-    return None if text is None else output_parser(type_name)(text)
+    return None if text is None else output_parser(pg_type)(text)
 
 
-def parse_input(type_name: str, text: str) -> object:
-    """Parse a literal for `type_name` with Postgres's input rules (ValueError if invalid)."""
-    return input_parser(type_name)(text)
+def parse_input(pg_type: PgType, text: str) -> object:
+    """Parse a literal for `pg_type` with Postgres's input rules (ValueError if invalid)."""
+    return input_parser(pg_type)(text)
 
 
 def add_months(value: datetime | date, months: int) -> datetime | date:

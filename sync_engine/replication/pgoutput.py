@@ -21,23 +21,34 @@ The decoder is pure: no relation cache, no I/O. Relation messages are decoded an
 returned; keeping the ``oid -> Relation`` map is the consumer's job.
 
 Malformed, truncated or unknown input raises :class:`PgoutputDecodeError`, a
-``ValueError``. Timestamps are kept as the wire integer (µs since 2000-01-01 UTC);
-:func:`pg_timestamp_to_datetime` converts one when needed. LSNs are plain ``int`` with
-:func:`format_lsn` / :func:`parse_lsn` for the ``X/Y`` text form.
+``ValueError``. Timestamps are kept as the wire integer (µs since 2000-01-01 UTC); LSNs
+and xids are `wal.Lsn` and `wal.Xid`.
+
+This module is the only one that knows the wire format. Besides the full decoder it
+offers the replicator's fast path (`read_begin`, `read_commit`, `read_row_oid`,
+`row_may_match`): most messages of a busy stream are Begin/Commit or rows no shape wants,
+and those are read straight from the stream's buffer at a given payload position, without
+building message objects or decoding values no one looks at.
 """
 
 from __future__ import annotations
 
-import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Final, TypeAlias
+from typing import ClassVar, Final, TypeAlias, TypeVar
+
+from .wal import Lsn, Xid
 
 __all__ = [
-    "PG_EPOCH",
+    "BEGIN",
+    "COMMIT",
+    "DELETE",
+    "INSERT",
+    "RELATION",
+    "TRUNCATE",
     "UNCHANGED_TOAST",
+    "UPDATE",
     "Begin",
     "Commit",
     "Delete",
@@ -46,6 +57,7 @@ __all__ = [
     "Message",
     "Origin",
     "PgoutputDecodeError",
+    "Probe",
     "Relation",
     "RelationColumn",
     "Truncate",
@@ -53,13 +65,27 @@ __all__ = [
     "Type",
     "Update",
     "decode",
-    "format_lsn",
-    "parse_lsn",
-    "pg_timestamp_to_datetime",
+    "read_begin",
+    "read_commit",
+    "read_row_oid",
+    "row_may_match",
 ]
 
-PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
-"""Origin of pgoutput timestamps (microseconds since this instant)."""
+# Message kinds: the first byte of each message.
+BEGIN: Final = 0x42  # 'B'
+COMMIT: Final = 0x43  # 'C'
+DELETE: Final = 0x44  # 'D'
+INSERT: Final = 0x49  # 'I'
+ORIGIN: Final = 0x4F  # 'O'
+LOGICAL_MESSAGE: Final = 0x4D  # 'M'
+RELATION: Final = 0x52  # 'R'
+TRUNCATE: Final = 0x54  # 'T'
+UPDATE: Final = 0x55  # 'U'
+TYPE: Final = 0x59  # 'Y'
+
+# Tuple kinds of row messages, and value kinds inside a TupleData.
+_NEW_TUPLE, _OLD_KEY, _OLD_ROW = b"NKO"
+_TEXT, _NULL, _TOAST, _BINARY = b"tnub"
 
 
 class PgoutputDecodeError(ValueError):
@@ -95,9 +121,9 @@ TupleValue: TypeAlias = str | _UnchangedToast | None
 class Begin:
     """Start of a transaction ('B'). ``final_lsn`` is the LSN of its commit record."""
 
-    final_lsn: int
+    final_lsn: Lsn
     commit_ts: int
-    xid: int
+    xid: Xid
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +131,8 @@ class Commit:
     """End of a transaction ('C'). Acknowledge ``end_lsn`` once it is durably applied."""
 
     flags: int
-    commit_lsn: int
-    end_lsn: int
+    commit_lsn: Lsn
+    end_lsn: Lsn
     commit_ts: int
 
 
@@ -149,7 +175,7 @@ class Type:
 class Origin:
     """Replication origin of the current transaction ('O')."""
 
-    commit_lsn: int
+    commit_lsn: Lsn
     name: str
 
 
@@ -158,7 +184,7 @@ class LogicalMessage:
     """A ``pg_logical_emit_message`` payload ('M'; needs the ``messages 'true'`` option)."""
 
     transactional: bool
-    lsn: int
+    lsn: Lsn
     prefix: str
     content: bytes
 
@@ -209,36 +235,13 @@ Message: TypeAlias = (
 )
 
 
-# --------------------------------------------------------------------------- LSN / time
-
-
-_LSN_RE = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
-
-
-def format_lsn(lsn: int) -> str:
-    """``0x16B3748`` -> ``'0/16B3748'`` (Postgres' text form of a pg_lsn)."""
-    if not 0 <= lsn < 1 << 64:
-        raise ValueError(f"LSN out of range: {lsn!r}")
-    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
-
-
-def parse_lsn(text: str) -> int:
-    """``'0/16B3748'`` -> ``0x16B3748``. Raises ``ValueError`` on anything else."""
-    m = _LSN_RE.fullmatch(text.strip())
-    if m is None:
-        raise ValueError(f"invalid LSN: {text!r}")
-    return (int(m[1], 16) << 32) | int(m[2], 16)
-
-
-def pg_timestamp_to_datetime(ts: int) -> datetime:
-    """A pgoutput timestamp (µs since 2000-01-01 UTC) as an aware ``datetime``."""
-    return PG_EPOCH + timedelta(microseconds=ts)
-
-
 # --------------------------------------------------------------------------- decoding
 
-_BEGIN = struct.Struct("!QqI")  # final_lsn, commit_ts, xid
-_COMMIT = struct.Struct("!BQQq")  # flags, commit_lsn, end_lsn, commit_ts
+# Begin and Commit are fixed-size; their layouts start with a pad byte for the kind, so
+# that the fast path reads them at the message's own position (see `read_begin`).
+_BEGIN = struct.Struct("!xQqI")  # final_lsn, commit_ts, xid
+_COMMIT = struct.Struct("!xBQQq")  # flags, commit_lsn, end_lsn, commit_ts
+_ROW_OID = struct.Struct("!xI")  # an Insert's, Update's or Delete's relation oid
 _U32 = struct.Struct("!I")
 _I32 = struct.Struct("!i")
 _U16 = struct.Struct("!H")
@@ -253,21 +256,24 @@ _oid_kind = _OID_KIND.unpack_from
 _oid_kind_count = struct.Struct("!IcH").unpack_from  # + Int16 column count of the tuple
 
 
-def _fast_ctor(cls: type) -> Callable[..., object]:
+_M = TypeVar("_M")
+
+
+def _fast_ctor(cls: type[_M]) -> Callable[..., _M]:
     """A constructor for a frozen slotted dataclass that sets the slots directly.
 
     Equivalent to ``cls(*args)`` (same object, same invariants) for the decoder's own use,
     where field types are guaranteed; avoids ``object.__setattr__`` per field.
     """
-    names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+    names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009 - not on type[_M]
     setters = tuple(cls.__dict__[n].__set__ for n in names)
     new = object.__new__
 
     if len(setters) == 2:
         s0, s1 = setters
 
-        def make2(a: object, b: object) -> object:
-            o: object = new(cls)
+        def make2(a: object, b: object) -> _M:
+            o = new(cls)
             s0(o, a)
             s1(o, b)
             return o
@@ -276,8 +282,8 @@ def _fast_ctor(cls: type) -> Callable[..., object]:
     if len(setters) == 3:
         t0, t1, t2 = setters
 
-        def make3(a: object, b: object, c: object) -> object:
-            o: object = new(cls)
+        def make3(a: object, b: object, c: object) -> _M:
+            o = new(cls)
             t0(o, a)
             t1(o, b)
             t2(o, c)
@@ -287,8 +293,8 @@ def _fast_ctor(cls: type) -> Callable[..., object]:
     if len(setters) == 4:
         f0, f1, f2, f3 = setters
 
-        def make4(a: object, b: object, c: object, d: object) -> object:
-            o: object = new(cls)
+        def make4(a: object, b: object, c: object, d: object) -> _M:
+            o = new(cls)
             f0(o, a)
             f1(o, b)
             f2(o, c)
@@ -320,17 +326,17 @@ def _tuple_data(buf: bytes, pos: int) -> tuple[tuple[TupleValue, ...], int]:
     append = values.append
     for _ in range(n):
         kind = buf[pos]
-        if kind == 0x74:  # 't': Int32 length, then the text
+        if kind == _TEXT:  # Int32 length, then the text
             start = pos + 5
             pos = start + _u32(buf, pos + 1)[0]
             append(buf[start:pos].decode())
-        elif kind == 0x6E:  # 'n'
+        elif kind == _NULL:
             append(None)
             pos += 1
-        elif kind == 0x75:  # 'u'
+        elif kind == _TOAST:
             append(UNCHANGED_TOAST)
             pos += 1
-        elif kind == 0x62:  # 'b'
+        elif kind == _BINARY:
             raise PgoutputDecodeError(
                 "binary tuple value: the 'binary' option is not supported by this decoder"
             )
@@ -349,23 +355,23 @@ def _decode_insert(buf: bytes) -> tuple[Message, int]:
     append = values.append
     for _ in range(n):
         kind_byte = buf[pos]
-        if kind_byte == 0x74:  # 't'
+        if kind_byte == _TEXT:
             start = pos + 5
             pos = start + _u32(buf, pos + 1)[0]
             append(buf[start:pos].decode())
-        elif kind_byte == 0x6E:  # 'n'
+        elif kind_byte == _NULL:
             append(None)
             pos += 1
         else:
             return _decode_insert_slow(buf)
-    return _new_insert(oid, tuple(values)), pos  # type: ignore[return-value]
+    return _new_insert(oid, tuple(values)), pos
 
 
 def _decode_insert_slow(buf: bytes) -> tuple[Message, int]:
     """Insert with unchanged-TOAST or invalid value kinds (rare): the general loop."""
     (oid,) = _u32(buf, 1)
     new, pos = _tuple_data(buf, 6)
-    return _new_insert(oid, new), pos  # type: ignore[return-value]
+    return _new_insert(oid, new), pos
 
 
 def _decode_update(buf: bytes) -> tuple[Message, int]:
@@ -379,7 +385,7 @@ def _decode_update(buf: bytes) -> tuple[Message, int]:
     if kind != b"N":
         raise PgoutputDecodeError(f"Update: expected 'N' tuple, got {kind!r}")
     new, pos = _tuple_data(buf, pos)
-    return _new_update(oid, old, new), pos  # type: ignore[return-value]
+    return _new_update(oid, old, new), pos
 
 
 def _decode_delete(buf: bytes) -> tuple[Message, int]:
@@ -387,15 +393,15 @@ def _decode_delete(buf: bytes) -> tuple[Message, int]:
     if kind != b"K" and kind != b"O":
         raise PgoutputDecodeError(f"Delete: expected 'K' or 'O' tuple, got {kind!r}")
     old, pos = _tuple_data(buf, 6)
-    return _new_delete(oid, old), pos  # type: ignore[return-value]
+    return _new_delete(oid, old), pos
 
 
 def _decode_begin(buf: bytes) -> tuple[Message, int]:
-    return _new_begin(*_BEGIN.unpack_from(buf, 1)), 21  # type: ignore[return-value]
+    return _new_begin(*_BEGIN.unpack_from(buf)), _BEGIN.size
 
 
 def _decode_commit(buf: bytes) -> tuple[Message, int]:
-    return _new_commit(*_COMMIT.unpack_from(buf, 1)), 26  # type: ignore[return-value]
+    return _new_commit(*_COMMIT.unpack_from(buf)), _COMMIT.size
 
 
 def _decode_relation(buf: bytes) -> tuple[Message, int]:
@@ -448,16 +454,16 @@ def _decode_truncate(buf: bytes) -> tuple[Message, int]:
 
 
 _DECODERS: dict[int, Callable[[bytes], tuple[Message, int]]] = {
-    ord("I"): _decode_insert,
-    ord("U"): _decode_update,
-    ord("D"): _decode_delete,
-    ord("B"): _decode_begin,
-    ord("C"): _decode_commit,
-    ord("R"): _decode_relation,
-    ord("Y"): _decode_type,
-    ord("O"): _decode_origin,
-    ord("M"): _decode_message,
-    ord("T"): _decode_truncate,
+    INSERT: _decode_insert,
+    UPDATE: _decode_update,
+    DELETE: _decode_delete,
+    BEGIN: _decode_begin,
+    COMMIT: _decode_commit,
+    RELATION: _decode_relation,
+    TYPE: _decode_type,
+    ORIGIN: _decode_origin,
+    LOGICAL_MESSAGE: _decode_message,
+    TRUNCATE: _decode_truncate,
 }
 
 
@@ -475,7 +481,7 @@ def decode(payload: bytes) -> Message:
         if end == len(payload):
             return msg
     except Exception as exc:
-        if payload.__class__ is memoryview:  # no .index/.decode on its slices
+        if isinstance(payload, memoryview):  # no .index/.decode on its slices
             return decode(bytes(payload))
         raise _error(payload, exc) from exc
     raise _error(payload, None, end)
@@ -501,3 +507,89 @@ def _error(payload: object, exc: Exception | None, end: int = 0) -> PgoutputDeco
             f"truncated pgoutput {kind!r} message: needs {end} bytes, got {len(payload)}"
         )
     return PgoutputDecodeError(f"pgoutput {kind!r} message has {len(payload) - end} trailing bytes")
+
+
+# --------------------------------------------------------------------------- raw reading
+# The replicator's fast path: fields read where the message lies in the stream's buffer
+# (``pos`` is the position of the message's kind byte), with no message object built.
+
+read_begin: Final = _BEGIN.unpack_from
+"""``read_begin(buf, pos)``: a Begin's ``(final_lsn, commit_ts, xid)``."""
+
+read_commit: Final = _COMMIT.unpack_from
+"""``read_commit(buf, pos)``: a Commit's ``(flags, commit_lsn, end_lsn, commit_ts)``."""
+
+read_row_oid: Final = _ROW_OID.unpack_from
+"""``read_row_oid(buf, pos)``: ``(relation_oid,)`` of an Insert, Update or Delete."""
+
+Probe: TypeAlias = tuple[int, Callable[[str], object] | None, Mapping[object, Sized]]
+"""One indexed column of a table: its position in the row, the parser from its text to the
+key (None: the text is the key) and the keys some shape is filed under (a key counts when
+its entry is non-empty). Probes are sorted by position."""
+
+
+def row_may_match(buf: bytes, pos: int, probes: Sequence[Probe]) -> bool:
+    """Whether the Insert, Update or Delete at ``pos`` has, in its old or its new row, an
+    indexed value some shape is filed under: the same answer as probing the decoded rows,
+    but decoding only the probed columns' values and stopping after the last one.
+
+    Anything unexpected (an unknown value kind, fewer values than a probed position)
+    answers True: the caller then takes the full decoder, which raises or answers exactly.
+    One function, no helpers: it runs for nearly every row of a busy stream.
+    """
+    # Insert: 'I' oid 'N' TupleData; Delete: 'D' oid 'K'|'O' TupleData;
+    # Update: 'U' oid ['K'|'O' TupleData] 'N' TupleData.
+    if buf[pos] != UPDATE:
+        two = False
+    else:  # with an old row first?
+        two = buf[pos + 5] == _OLD_KEY or buf[pos + 5] == _OLD_ROW
+    pos += 6
+    while True:
+        n = (buf[pos] << 8) | buf[pos + 1]
+        pos += 2
+        col = 0
+        for target, parse, by_key in probes:
+            if target >= n:
+                return True
+            while col < target:
+                kind = buf[pos]
+                if kind == _TEXT:
+                    pos += 5 + _u32(buf, pos + 1)[0]
+                elif kind == _NULL or kind == _TOAST:
+                    pos += 1
+                else:
+                    return True
+                col += 1
+            kind = buf[pos]
+            if kind == _TEXT:
+                start = pos + 5
+                pos = start + _u32(buf, pos + 1)[0]
+                if parse is None:
+                    if by_key.get(buf[start:pos].decode()):
+                        return True
+                else:
+                    try:
+                        key = parse(buf[start:pos].decode())
+                    except ValueError:
+                        pass
+                    else:
+                        if by_key.get(key):
+                            return True
+            elif kind == _NULL or kind == _TOAST:
+                pos += 1
+            else:
+                return True
+            col += 1
+        if not two:
+            return False
+        two = False
+        while col < n:  # the rest of the old row, then the new row's 'N'
+            kind = buf[pos]
+            if kind == _TEXT:
+                pos += 5 + _u32(buf, pos + 1)[0]
+            elif kind == _NULL or kind == _TOAST:
+                pos += 1
+            else:
+                return True
+            col += 1
+        pos += 1

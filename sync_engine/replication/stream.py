@@ -45,7 +45,6 @@ import asyncio
 import logging
 import struct
 import time
-from dataclasses import dataclass
 from time import monotonic as _monotonic
 from types import TracebackType
 
@@ -53,17 +52,10 @@ import psycopg
 from psycopg import pq, sql
 from psycopg.pq.abc import PGconn
 
-from sync_engine.replication.pgoutput import format_lsn
+from ..pg.waiter import SocketWaiter
+from .wal import Lsn, format_lsn
 
-__all__ = [
-    "XLOGDATA_HEADER",
-    "Failure",
-    "ReplicationConnectionError",
-    "ReplicationStream",
-    "describe_failure",
-    "ensure_slot",
-    "slot_confirmed_lsn",
-]
+__all__ = ["XLOGDATA_HEADER", "ReplicationConnectionError", "ReplicationStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,8 +63,7 @@ logger = logging.getLogger(__name__)
 _XLOGDATA = struct.Struct("!QQq")  # 'w': dataStart, walEnd, sendTime (payload from byte 25)
 _KEEPALIVE = struct.Struct("!QqB")  # 'k': walEnd, sendTime, replyRequested
 _STATUS = struct.Struct("!cQQQqB")  # 'r': write, flush, apply, clock, replyRequested
-_XLOGDATA_HEADER = 1 + _XLOGDATA.size  # 25
-XLOGDATA_HEADER = _XLOGDATA_HEADER
+XLOGDATA_HEADER = 1 + _XLOGDATA.size  # 25
 """Offset of the pgoutput payload in a raw XLogData message (see `ReplicationStream.read_raw`)."""
 _W = ord("w")
 _K = ord("k")
@@ -80,10 +71,10 @@ _K = ord("k")
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01T00:00:00Z as a Unix timestamp
 _CLOSE_STATUS_TIMEOUT = 2.0  # seconds allowed for the final status update on close()
 # Read coalescing (see ReplicationStream's `linger`): a flow is "busy" once reads have kept
-# finding data, never `_FLOW_GAP` apart, for `_FLOW_BEFORE_LINGER`; then a read that finds
+# finding data, never `FLOW_GAP` apart, for `BUSY_AFTER`; then a read that finds
 # fewer than `_LINGER_BELOW` messages waits until `linger` after the previous read.
-_FLOW_GAP = 0.002
-_FLOW_BEFORE_LINGER = 0.005
+FLOW_GAP = 0.002
+BUSY_AFTER = 0.005
 _LINGER_BELOW = 256
 
 
@@ -94,87 +85,6 @@ class ReplicationConnectionError(Exception):
     slot's ``confirmed_flush_lsn``). ``__cause__`` holds the underlying psycopg error when
     there is one.
     """
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """Why replication failed, and whether retrying can help without someone fixing it."""
-
-    reason: str
-    permanent: bool
-    fix: str = ""
-
-
-# SQLSTATEs (and, for connection failures, where libpq gives no SQLSTATE, message
-# fragments) of failures no retry can cure, with what to fix.
-_AUTH_FIX = (
-    "check the user and password in the database URL and pg_hba.conf; the role needs the"
-    " REPLICATION attribute (ALTER ROLE ... REPLICATION)"
-)
-_PERMANENT_STATES = {
-    "28000": _AUTH_FIX,
-    "28P01": _AUTH_FIX,
-    "3D000": "create the database or fix its name in the database URL",
-    "42501": _AUTH_FIX,
-    "42704": (
-        "the replication slot or publication was dropped: restart the engine, which"
-        " recreates them (clients then refetch their shapes)"
-    ),
-    "55000": "set wal_level = logical in postgresql.conf and restart Postgres",
-}
-_PERMANENT_TEXT = (
-    ("does not exist", "create the database or role, or fix its name in the database URL"),
-    ("password authentication failed", _AUTH_FIX),
-    ("no password supplied", _AUTH_FIX),
-    ("authentication failed", _AUTH_FIX),
-    ("no pg_hba.conf entry", _AUTH_FIX),
-    ("must be superuser or replication role", _AUTH_FIX),
-    ("permission denied", _AUTH_FIX),
-    ("sslmode", "fix sslmode (disable, allow, prefer, require, verify-ca, verify-full)"),
-    ("does not support ssl", "set sslmode=disable, or enable SSL on the server"),
-    ("invalid uri", "fix the database URL"),
-    ("invalid connection option", "fix the database URL"),
-    ("invalid dsn", "fix the database URL"),
-    ("wal_level", "set wal_level = logical in postgresql.conf and restart Postgres"),
-)
-
-
-def describe_failure(exc: BaseException) -> Failure:
-    """Classify a replication failure by SQLSTATE, psycopg error class or libpq message."""
-    cause: BaseException = exc
-    while isinstance(cause, ReplicationConnectionError) and cause.__cause__ is not None:
-        cause = cause.__cause__
-    text = " ".join(str(cause).split())
-    for prefix in ("connection failed: ", "connection is bad: "):
-        text = text.replace(prefix, "")
-    sqlstate = getattr(cause, "sqlstate", None)
-    if sqlstate in _PERMANENT_STATES:
-        return Failure(text, True, _PERMANENT_STATES[sqlstate])
-    if isinstance(cause, (RuntimeError, ValueError)) and not isinstance(cause, psycopg.Error):
-        # The engine's own checks (wal_level, a slot of the wrong kind): the message says it.
-        return Failure(text, True, "the reason says what to change")
-    if isinstance(cause, psycopg.Error) and sqlstate is None:
-        lowered = text.lower()
-        for fragment, fix in _PERMANENT_TEXT:
-            if fragment in lowered:
-                return Failure(text, True, fix)
-        if isinstance(cause, (psycopg.ProgrammingError, psycopg.InterfaceError)):
-            return Failure(text, True, "fix the database URL")
-    return Failure(text or type(exc).__name__, False)
-
-
-async def slot_confirmed_lsn(dsn: str, slot: str) -> int | None:
-    """The slot's `confirmed_flush_lsn`: where a new stream starts (None: no such slot)."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        )
-        row = await cur.fetchone()
-    if row is None or row[0] is None:
-        return None
-    hi, lo = row[0].split("/")
-    return (int(hi, 16) << 32) + int(lo, 16)
 
 
 def _quote_literal(value: str) -> str:
@@ -190,54 +100,6 @@ def _quote_ident_text(name: str) -> str:
 def _pg_now_us() -> int:
     """The current time in µs since 2000-01-01 UTC, the protocol's clock."""
     return int((time.time() - _PG_EPOCH_UNIX) * 1_000_000)
-
-
-async def ensure_slot(dsn: str, slot: str) -> bool:
-    """Create the logical replication slot ``slot`` (pgoutput) unless it already exists.
-
-    Returns True when this call created it. The existence check runs on a normal
-    connection; creation runs ``CREATE_REPLICATION_SLOT ... LOGICAL pgoutput
-    NOEXPORT_SNAPSHOT`` on a replication connection (no snapshot: the engine takes its own
-    snapshots and stitches them to the stream by xid). A slot of that name in another
-    database or for another plugin is an error (``ValueError``), since streaming from it
-    would silently read the wrong changes. A concurrent creator winning the race counts as
-    "exists".
-    """
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT database, plugin, slot_type, current_database()"
-            " FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        )
-        row = await cur.fetchone()
-    if row is not None:
-        database, plugin, slot_type, current = row
-        if slot_type != "logical" or plugin != "pgoutput" or database != current:
-            raise ValueError(
-                f"replication slot {slot!r} exists but is a {slot_type} slot for plugin "
-                f"{plugin!r} in database {database!r}, not a pgoutput slot in {current!r}"
-            )
-        return False
-
-    rconn = await psycopg.AsyncConnection.connect(dsn, replication="database", autocommit=True)
-    try:
-        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
-            sql.Identifier(slot)
-        )
-        try:
-            cur = await rconn.execute(query)
-        except psycopg.errors.DuplicateObject:
-            logger.info("replication slot %r was created concurrently", slot)
-            return False
-        created = await cur.fetchone()
-        logger.info(
-            "created replication slot %r at consistent point %s",
-            slot,
-            created[1] if created else "?",
-        )
-        return True
-    finally:
-        await rconn.close()
 
 
 class ReplicationStream:
@@ -270,6 +132,8 @@ class ReplicationStream:
         *,
         messages: bool = False,
         linger: float = 0.001,
+        busy_after: float = BUSY_AFTER,
+        flow_gap: float = FLOW_GAP,
     ) -> None:
         """``start_lsn`` 0 means "from the slot's confirmed_flush_lsn". ``messages`` adds
         the ``messages 'true'`` option so ``pg_logical_emit_message`` payloads ('M') are
@@ -279,9 +143,10 @@ class ReplicationStream:
         is busy. The walsender sends each message as soon as it is decoded, so a reader
         faster than it wakes up (or calls ``recv``) for every two or three messages, and
         those per-read costs, ~5-10 µs each, were most of the CPU of a change no shape
-        wants. Once data has been flowing without a pause for ``_FLOW_BEFORE_LINGER``, a
-        read that finds fewer than ``_LINGER_BELOW`` messages less than ``linger`` after
-        the previous one returned waits until ``linger`` has passed since then: busy
+        wants. Once data has been flowing for ``busy_after`` without a pause longer than
+        ``flow_gap``, a read that finds fewer than ``_LINGER_BELOW`` messages less than
+        ``linger`` after the previous one returned waits until ``linger`` has passed since
+        then: busy
         reads come at most every ``linger``. A caller slower than that (processing the
         last batch took longer) never waits, and a lone transaction (or the start of a
         burst) is never delayed: its messages arrive within microseconds of each other,
@@ -292,35 +157,37 @@ class ReplicationStream:
         if linger < 0:
             raise ValueError("linger must not be negative")
         self.linger = linger
+        self.busy_after = busy_after
+        self.flow_gap = flow_gap
         # start of the current uninterrupted flow of messages, and when the last one came
         self._flow_since = 0.0
         self._last_data = -1.0
         self.dsn = dsn
         self.slot = slot
         self.publication = publication
-        self.start_lsn = start_lsn
+        self.start_lsn = Lsn(start_lsn)
         self.status_interval = status_interval
         self.messages = messages
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
-        self._flushed_lsn = start_lsn
-        self._wal_end = 0
+        self._flushed_lsn = self.start_lsn
+        self._wal_end = Lsn(0)
         self._last_status = 0.0
         self._reply_due = False
         self._failed: ReplicationConnectionError | None = None
         self._reading = False
         self._send_lock = asyncio.Lock()
-        # the pending read_batch wait, so close() can wake it: (future, socket fd)
-        self._waiter: tuple[asyncio.Future[None], int] | None = None
+        # waits on the socket; close() wakes a pending read_batch through it
+        self._sockets: SocketWaiter | None = None
 
     # ------------------------------------------------------------------ properties
 
     @property
-    def wal_end(self) -> int:
+    def wal_end(self) -> Lsn:
         """Highest WAL end position the server reported (XLogData and keepalives)."""
         return self._wal_end
 
     @property
-    def flushed_lsn(self) -> int:
+    def flushed_lsn(self) -> Lsn:
         """The LSN last recorded by :meth:`ack`, reported to the server as flushed."""
         return self._flushed_lsn
 
@@ -371,6 +238,11 @@ class ReplicationStream:
         except BaseException:
             await conn.close()
             raise
+        try:
+            self._sockets = SocketWaiter(conn.pgconn)
+        except psycopg.Error as exc:
+            await conn.close()
+            raise ReplicationConnectionError(f"replication connection lost: {exc}") from exc
         self._conn = conn
         self._last_status = _monotonic()
         logger.debug(
@@ -387,22 +259,19 @@ class ReplicationStream:
         :class:`ReplicationConnectionError`.
         """
         conn = self._conn
-        if conn is None or conn.closed:
-            return
-        if self._failed is None:
+        live = conn is not None and not conn.closed
+        if live and self._failed is None:
             try:
                 async with asyncio.timeout(_CLOSE_STATUS_TIMEOUT):
                     await self.send_status()
             except (ReplicationConnectionError, TimeoutError) as exc:
                 logger.debug("final status update failed: %s", exc)
-        if self._waiter is not None:
-            fut, fd = self._waiter
-            self._waiter = None
-            asyncio.get_running_loop().remove_reader(fd)
-            if not fut.done():
-                fut.set_exception(ReplicationConnectionError("the replication stream was closed"))
-        # Not `async with conn`: its exit would send COMMIT while COPY is active.
-        await conn.close()
+        if self._sockets is not None:
+            self._sockets.abort(ReplicationConnectionError("the replication stream was closed"))
+        if live:
+            assert conn is not None
+            # Not `async with conn`: its exit would send COMMIT while COPY is active.
+            await conn.close()
 
     async def __aenter__(self) -> ReplicationStream:
         await self.start()
@@ -418,7 +287,7 @@ class ReplicationStream:
 
     # ------------------------------------------------------------------ acks / status
 
-    def ack(self, lsn: int) -> None:
+    def ack(self, lsn: Lsn) -> None:
         """Record that everything up to ``lsn`` is durably applied (never moves back).
 
         Sent to the server with the next status update (periodic, on a keepalive reply,
@@ -438,9 +307,9 @@ class ReplicationStream:
             msg = _STATUS.pack(b"r", lsn, lsn, lsn, _pg_now_us(), 1 if reply else 0)
             try:
                 while pgconn.put_copy_data(msg) == 0:  # libpq's output buffer is full
-                    await self._wait_writable(pgconn)
+                    await self._sockets_of(pgconn).writable()
                 while pgconn.flush() == 1:
-                    await self._wait_writable(pgconn)
+                    await self._sockets_of(pgconn).writable()
             except psycopg.Error as exc:
                 raise self._fail("sending a standby status update failed", exc) from exc
             self._last_status = _monotonic()
@@ -469,7 +338,7 @@ class ReplicationStream:
         """
         raw = await self.read_raw(max_messages, timeout)
         unpack = _XLOGDATA.unpack_from
-        return [(unpack(m, 1)[0], bytes(m[_XLOGDATA_HEADER:])) for m in raw]
+        return [(unpack(m, 1)[0], bytes(m[XLOGDATA_HEADER:])) for m in raw]
 
     async def read_raw(
         self,
@@ -514,7 +383,7 @@ class ReplicationStream:
                 now = _monotonic()
             if out:
                 since = now - self._last_data  # since the previous read returned data
-                if since > _FLOW_GAP:
+                if since > self.flow_gap:
                     self._flow_since = now  # a new flow after a pause
                 self._last_data = now
                 linger = self.linger - since
@@ -522,7 +391,7 @@ class ReplicationStream:
                     lingered
                     or linger <= 0  # the caller took a while (processing): don't add to it
                     or len(out) >= min(_LINGER_BELOW, max_messages)
-                    or now - self._flow_since < _FLOW_BEFORE_LINGER
+                    or now - self._flow_since < self.busy_after
                     or (deadline is not None and now + linger > deadline)
                 ):
                     if not suspended:
@@ -543,7 +412,7 @@ class ReplicationStream:
                     return out
                 wait = min(wait, deadline - now)
             suspended = True
-            if await self._wait_readable(pgconn, max(wait, 0.0)):
+            if await self._sockets_of(pgconn).wait_readable(max(wait, 0.0)):
                 try:
                     pgconn.consume_input()
                 except psycopg.Error as exc:
@@ -625,43 +494,8 @@ class ReplicationStream:
         logger.debug("%s", err)  # the caller logs what it does about it
         return err
 
-    def _socket(self, pgconn: PGconn) -> int:
-        try:
-            return pgconn.socket
-        except psycopg.Error as exc:
-            raise self._fail("replication connection lost", exc) from exc
-
-    async def _wait_readable(self, pgconn: PGconn, wait_s: float) -> bool:
-        """Wait until the socket is readable (True) or ``wait_s`` seconds pass (False)."""
-        fd = self._socket(pgconn)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, _set_done, fut)
-        self._waiter = (fut, fd)
-        try:
-            async with asyncio.timeout(wait_s):
-                await fut
-            return True
-        except TimeoutError:
-            return False
-        finally:
-            if self._waiter is not None and self._waiter[0] is fut:  # else close() took it
-                self._waiter = None
-                loop.remove_reader(fd)
-
-    async def _wait_writable(self, pgconn: PGconn) -> None:
-        """Wait until the socket accepts more output (only writes use add_writer, so this
-        never disturbs a concurrent read_batch's add_reader)."""
-        fd = self._socket(pgconn)
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        loop.add_writer(fd, _set_done, fut)
-        try:
-            await fut
-        finally:
-            loop.remove_writer(fd)
-
-
-def _set_done(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+    def _sockets_of(self, pgconn: PGconn) -> SocketWaiter:
+        """The waiter on the socket of `pgconn`, the stream's connection."""
+        sockets = self._sockets
+        assert sockets is not None and sockets.pgconn is pgconn, "set by start()"
+        return sockets

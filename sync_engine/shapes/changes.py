@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from .shape import Shape
 
 Row = Mapping[str, str | None]
+#: One row change of a transaction, as the replicator collects it: (kind, old row, new row,
+#: its op position); `kind` is "insert", "update" or "delete".
+Change = tuple[str, Row | None, Row | None, int]
 
 
 def _project(row: Row, columns: tuple[str, ...]) -> dict[str, str | None]:

@@ -20,9 +20,10 @@ from ..errors import InvalidRequest
 from ..log.store import ShapeStore
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from ..pg.xid_snapshot import XidSnapshot
 from ..single_flight import single_flight
 from .router import ShapeRouter
-from .shape import HandleFactory, Shape, ShapeDefinition, SnapshotInfo
+from .shape import HandleFactory, Shape, ShapeDefinition
 from .where import Where, WhereError, parse_where
 
 if TYPE_CHECKING:
@@ -285,18 +286,16 @@ class ShapeRegistry:
             ),
             columns=tuple(c for c in table.columns if c.name in wanted),
             log=log_,
-            snapshot=SnapshotInfo.from_json(meta["snapshot"]),
-            pending=None,
+            snapshot=XidSnapshot.from_json(meta["snapshot"]),
         )
 
     # -- rotation -------------------------------------------------------------------------
 
     def rotate(self, shape: Shape, reason: str) -> None:
         """Retire a shape: waiters get 409, the next request for it makes a new handle."""
-        if shape.rotated:
+        if not shape.retire():
             return
         log.info("shape %s rotated: %s", shape.handle, reason)
-        shape.rotated = True
         self.by_handle.pop(shape.handle, None)
         if self.by_definition.get(shape.definition) is shape:
             del self.by_definition[shape.definition]
@@ -304,7 +303,6 @@ class ShapeRegistry:
         for key in self._request_keys.pop(shape, ()):
             if self._by_request.get(key) is shape:
                 del self._by_request[key]
-        shape.notify()
         self.store.retire(shape.log)  # its files go, in the executor
 
     def rotate_table(self, oid: int, reason: str) -> None:

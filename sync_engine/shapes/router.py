@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import TYPE_CHECKING
 
 from ..pg import values as pgv
-from .where import index_key
 
 if TYPE_CHECKING:
     from ..pg.catalog import ColumnInfo, TableInfo
@@ -33,12 +31,9 @@ def key_parser(info: ColumnInfo) -> KeyParser | None:
     """`index_key(info, text)` for non-NULL text, resolved once per column (None: identity).
 
     `index_key` looks the parser up on every call; per replicated row that look-up costs
-    as much as the probe it feeds. Enums go through `index_key` itself (rare, and it keeps
-    the two from drifting apart on their special case).
+    as much as the probe it feeds.
     """
-    if info.type_kind == "e":
-        return partial(index_key, info)
-    parser = pgv.output_parser(info.type_name)
+    parser = pgv.output_parser(info.pg_type)
     return None if parser is pgv.identity else parser
 
 

@@ -3,15 +3,28 @@
 Two requests with the same definition share one shape and one handle. The definition holds
 only what changes the log's content: table (by oid and name), the canonical where clause
 with params substituted, the selected columns, `replica` and `log` mode.
+
+A shape's life, each step a method of `Shape` (nothing else writes its state)::
+
+    SNAPSHOTTING --snapshot_taken + take_parked--> ACTIVE --retire--> GONE
+         |                                                             ^
+         +------------------snapshot_failed + retire-------------------+
+
+While SNAPSHOTTING, the replication stream parks the transactions touching the shape
+(`park`), as only the snapshot's xid horizon tells which of them the snapshot already holds;
+`take_parked` hands them over once it is known. GONE is final: waiters get a 409 (or the
+snapshot's error), and the next request for the definition makes a new shape and handle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, NewType, TypeAlias
 
 import orjson
 
@@ -25,7 +38,22 @@ if TYPE_CHECKING:
     from ..errors import EngineError
     from ..log.files import ShapeLog
     from ..pg.catalog import ColumnInfo, TableInfo
+    from .changes import Change
     from .where import Where
+
+#: A shape's handle, `<hash of definition>-<unix µs>` (see `HandleFactory`).
+ShapeHandle = NewType("ShapeHandle", str)
+#: A transaction parked on a shape while its snapshot's horizon is unknown: (xid, commit
+#: LSN, its changes to the shape's table, as the replicator collected them).
+ParkedTransaction: TypeAlias = "tuple[int, int, list[Change]]"
+
+
+class ShapeState(enum.Enum):
+    """Where a shape is in its life (see the module docstring)."""
+
+    SNAPSHOTTING = "snapshotting"
+    ACTIVE = "active"
+    GONE = "gone"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +96,11 @@ class HandleFactory:
     def __init__(self) -> None:
         self._last_us = 0
 
-    def new(self, definition: ShapeDefinition) -> str:
+    def new(self, definition: ShapeDefinition) -> ShapeHandle:
         digest = hashlib.blake2b(orjson.dumps(definition.to_json()), digest_size=4).digest()
         now = max(time.time_ns() // 1000, self._last_us + 1)
         self._last_us = now
-        return f"{int.from_bytes(digest, 'big')}-{now}"
+        return ShapeHandle(f"{int.from_bytes(digest, 'big')}-{now}")
 
 
 def schema_header(columns: tuple[ColumnInfo, ...]) -> str:
@@ -113,25 +141,29 @@ def _type_modifiers(type_name: str, mod: int) -> dict[str, object]:
 
 @dataclass(eq=False)
 class Shape:
-    """A live shape: definition, handle, compiled where, log and the futures waiters wait on."""
+    """A live shape: definition, handle, compiled where, log and the futures waiters wait on.
 
-    handle: str
+    Made SNAPSHOTTING, or ACTIVE when `snapshot` is given (a shape loaded after a restart).
+    """
+
+    handle: ShapeHandle
     definition: ShapeDefinition
     table: TableInfo
     where: Where | None
     columns: tuple[ColumnInfo, ...]
     log: ShapeLog
-    snapshot: SnapshotInfo | None = None
-    rotated: bool = False
-    snapshot_error: EngineError | None = None  # the answer once the snapshot failed
-    # transactions seen while the snapshot's xid horizon was still unknown
-    pending: list[Any] | None = field(default_factory=list)
-    _changed: asyncio.Future[None] | None = None
-    schema_json: str = ""
-    key_prefix: str = ""
-    column_names: tuple[str, ...] = ()
-    pk: tuple[str, ...] = ()
-    past_xmax: bool = False
+    snapshot: XidSnapshot | None = None
+    schema_json: str = field(init=False, default="")
+    key_prefix: str = field(init=False, default="")
+    column_names: tuple[str, ...] = field(init=False, default=())
+    pk: tuple[str, ...] = field(init=False, default=())
+    #: Set once a transaction at or past the snapshot's xmax was seen: every later one is
+    #: past it too, so `in_snapshot` need not ask the snapshot again.
+    past_xmax: bool = field(init=False, default=False)
+    _state: ShapeState = field(init=False, default=ShapeState.SNAPSHOTTING)
+    _error: EngineError | None = field(init=False, default=None)
+    _parked: list[ParkedTransaction] = field(init=False, default_factory=list)
+    _changed: asyncio.Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.schema_json = schema_header(self.columns)
@@ -139,10 +171,90 @@ class Shape:
         self.column_names = tuple(c.name for c in self.columns)
         # A table without a primary key is keyed by all (selected) columns.
         self.pk = self.table.pk or self.column_names
+        if self.snapshot is not None:
+            self._state = ShapeState.ACTIVE
 
     @property
     def relation(self) -> tuple[str, str]:
         return (self.table.schema, self.table.name)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ShapeState:
+        return self._state
+
+    @property
+    def rotated(self) -> bool:
+        """Retired (GONE): its files are being deleted, its requests get a 409."""
+        return self._state is ShapeState.GONE
+
+    @property
+    def snapshot_error(self) -> EngineError | None:
+        """The answer for this shape's requests once its snapshot failed."""
+        return self._error
+
+    @property
+    def parked(self) -> Sequence[ParkedTransaction]:
+        """Transactions parked until the snapshot's horizon is known, in commit order."""
+        return self._parked
+
+    def park(self, xid: int, lsn: int, changes: list[Change]) -> bool:
+        """Keep a transaction until the snapshot's horizon is known; False once it is known
+        (the caller applies it at once).
+
+        After a reconnect the slot sends parked transactions again: each is kept once.
+        """
+        if self._state is not ShapeState.SNAPSHOTTING:
+            return False
+        if not self._parked or self._parked[-1][1] < lsn:
+            self._parked.append((xid, lsn, changes))
+        return True
+
+    def snapshot_taken(self, snapshot: XidSnapshot) -> None:
+        """The snapshot query ran: its `pg_current_snapshot()` is the shape's xid horizon."""
+        self.snapshot = snapshot
+
+    def take_parked(self) -> list[ParkedTransaction]:
+        """The parked transactions, to apply now that the horizon is known; the shape is ACTIVE
+        from here (a GONE shape stays GONE)."""
+        parked, self._parked = self._parked, []
+        if self._state is ShapeState.SNAPSHOTTING:
+            self._state = ShapeState.ACTIVE
+        return parked
+
+    def in_snapshot(self, xid: int) -> bool:
+        """Whether a WAL transaction's changes are already in the snapshot's rows (so they
+        must not be appended again)."""
+        snap = self.snapshot
+        assert snap is not None, "the horizon is known before transactions are applied"
+        if self.past_xmax:
+            return False
+        if snap.visible(xid):
+            return True
+        if snap.widen(xid) >= snap.xmax:
+            self.past_xmax = True
+        return False
+
+    def snapshot_progress(self, chunks: int, complete: bool) -> None:
+        """`chunks` snapshot chunks are readable (all of them when `complete`): wake readers."""
+        self.log.snapshot_chunks = max(self.log.snapshot_chunks, chunks)
+        self.log.snapshot_complete = complete
+        self.notify()
+
+    def snapshot_failed(self, error: EngineError) -> None:
+        """The snapshot cannot be taken: `error` is the answer its requests get (the registry
+        then retires the shape)."""
+        self._error = error
+
+    def retire(self) -> bool:
+        """GONE: wake every waiter (they answer 409). False if it already was."""
+        if self._state is ShapeState.GONE:
+            return False
+        self._state = ShapeState.GONE
+        self._parked = []
+        self.notify()
+        return True
 
     # -- waiting for log growth -----------------------------------------------------------
 

@@ -6,7 +6,6 @@ non-zero exit and no traceback; Postgres not up yet is retried ("retrying in N s
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -26,13 +25,9 @@ PROXY = [sys.executable, "-m", "proxy"]
 
 
 def _harness() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "cli_sources_harness", ROOT / "tests" / "sources" / "sources_harness.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.sync_engine.tenants import harness
+
+    return harness
 
 
 def _free_port() -> int:

@@ -238,7 +238,35 @@ async def test_cache_alone_without_collapsing(
     assert "If-None-Match" in proxy.engine.requests[1].headers  # revalidated, not re-sent
 
 
-async def test_sse_is_never_collapsed(proxy: Any) -> None:
+async def test_sse_clients_of_one_shape_share_one_engine_stream(proxy: Any) -> None:
+    proxy.engine.hold = 0.3
+    token = proxy.tokens.make()
+    path = LIVE + "&live_sse=true"
+    replies = await asyncio.gather(*(proxy.get(path, token=token) for _ in range(3)))
+    assert all(r.status == 200 for r in replies)
+    assert {r.body for r in replies} == {b'data: {"n":0}\n\ndata: {"n":1}\n\ndata: {"n":2}\n\n'}
+    assert len(_live_requests(proxy)) == 1
+
+
+async def test_an_sse_error_is_shared_only_by_identical_requests(proxy: Any) -> None:
+    """A 409 (or any non-stream answer) is the answer to that request: clients at another
+    offset ask the engine themselves."""
+    proxy.engine.status = 409
+    token = proxy.tokens.make()
+    sse_path = "/v1/shape?table=items&handle=h-1&live=true&live_sse=true&cursor=1&offset="
+    paths = [sse_path + "5_0", sse_path + "5_0", sse_path + "7_2"]
+    replies = await asyncio.gather(*(proxy.get(p, token=token) for p in paths))
+    assert [r.status for r in replies] == [409, 409, 409]
+    assert all(r.json() == [{"headers": {"control": "must-refetch"}}] for r in replies)
+    offsets = sorted(r.url.query["offset"] for r in _live_requests(proxy))
+    assert offsets in (["5_0", "7_2"], ["5_0", "5_0", "7_2"])  # never a 7_2 answer for 5_0
+
+
+async def test_sse_is_not_shared_when_collapsing_is_off(
+    make_proxy: Any, config_data: Any, environ: Any
+) -> None:
+    config_data["collapse"] = False
+    proxy = await make_proxy(build_config(config_data, environ))
     proxy.engine.hold = 0.3
     token = proxy.tokens.make()
     path = LIVE + "&live_sse=true"

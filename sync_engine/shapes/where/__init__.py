@@ -12,15 +12,19 @@ A client's clause is parsed by the real Postgres parser (pglast) as
 
 One job a module:
 - `errors`    WhereError and clause-relative error positions;
+- `depth`     nesting limits, measured without recursion (shared with the proxy);
 - `parse`     pglast parsing, the statement shape check, AST walks, `$n` substitution;
-- `types`     Postgres type names, implicit-conversion and common-type resolution;
+- `resolution` groups of types, implicit conversion and common-type resolution (types are
+              `sync_engine.pg.types.PgType`);
 - `semantics` numeric and comparison semantics (NaN order, integer overflow, division);
 - `datetimes` date, timestamp and interval arithmetic;
 - `casts`     the implicit and explicit conversion tables;
 - `text`      type output functions (`::text`, `||`, concat) and LIKE;
 - `arrays`    array operators and functions, ANY/ALL;
 - `expr`      `Expr`, the typed compiled node, and the closures that combine them;
-- `compiler`  the AST walk that checks each node and builds its `Expr`;
+- `compiler`  the AST walk that checks each node and builds its `Expr`: coercion, casts,
+              the collation's text rules;
+- `operators` operator expressions (comparisons, arithmetic, `||`, arrays, IN, LIKE, ...);
 - `functions` the table of supported functions;
 - `index`     the equality / IN keys the router files shapes under;
 - `collation` which text semantics the table's collations let the engine reproduce;

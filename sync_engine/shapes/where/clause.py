@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from pglast import ast
 from pglast.enums import SortByDir
-from pglast.stream import RawStream
 
 from sync_engine.pg.catalog import ColumnInfo
-from sync_engine.pg.values import UnrepresentableValue
+from sync_engine.pg.types import BOOL, UNKNOWN
+from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .compiler import Compiler
 from .errors import WhereError
 from .expr import Eval
-from .parse import construct_name, count_columns, deparse, parse_clause, substitute_params
+from .parse import (
+    construct_name,
+    count_columns,
+    deparse,
+    parse_clause,
+    sql_text,
+    substitute_params,
+)
 
 
 @dataclass(frozen=True)
@@ -26,7 +32,7 @@ class Where:
     source: str
     sql: str
     referenced_columns: frozenset[str]
-    index: tuple[str, frozenset[Any]] | None
+    index: tuple[str, frozenset[Value]] | None
     _fn: Eval = field(repr=False, compare=False)
 
     def matches(self, row: Mapping[str, str | None]) -> bool:
@@ -78,9 +84,9 @@ def parse_where(
         live=live,
     )
     expr = compiler.compile(clause)
-    if expr.type == "unknown" and expr.text is not None:
-        expr = compiler.coerce(expr, "bool")
-    if expr.type != "bool":
+    if expr.type == UNKNOWN and expr.text is not None:
+        expr = compiler.coerce(expr, BOOL)
+    if expr.type != BOOL:
         raise WhereError("WHERE clause must return a boolean")
     if params:  # without params, a `$n` has already failed to compile
         substitute_params(stmt, params, compiler.param_types)
@@ -122,5 +128,5 @@ def parse_order_by(sql: str, columns: Mapping[str, ColumnInfo]) -> str:
             raise WhereError(f"{at}unknown reference {'.'.join(names)}")
         if sort.sortby_dir == SortByDir.SORTBY_USING:
             raise WhereError(f"{at}ORDER BY ... USING is not allowed in ORDER BY clauses")
-        parts.append(RawStream()(sort))
+        parts.append(sql_text(sort))
     return ", ".join(parts)

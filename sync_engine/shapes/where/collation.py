@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from sync_engine.pg.catalog import ColumnInfo
 
-from .types import STRING_TYPES
+from .resolution import STRING_TYPES
 
 C_LOCALES = frozenset({"C", "POSIX"})
 C_UTF8_LOCALES = frozenset({"C.UTF-8", "C.utf8", "C.UTF8", "C.utf-8"})
@@ -71,7 +71,7 @@ def text_rules(columns: Iterable[ColumnInfo]) -> TextRules:
     """The meet of the rules of every collatable column."""
     result: TextRules | None = None
     for col in columns:
-        if col.base_type not in STRING_TYPES:
+        if col.pg_type.element not in STRING_TYPES:
             continue
         rules = UNKNOWN if col.collation is None else _rules_of(col.collation)
         if result is None:

@@ -6,20 +6,18 @@ A shape's `Where.index` is `(column, keys)`; a change can only match the shape w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.values import Value
 
-from .semantics import identity
 
-
-def keyset(values: Iterable[Any]) -> frozenset[Any]:
+def keyset(values: Iterable[Value]) -> frozenset[Value]:
     return frozenset(values)
 
 
-def indexable(values: Iterable[Any]) -> bool:
+def indexable(values: Iterable[Value]) -> bool:
     """Index keys must hash consistently with `==` (no NaN, no unhashable values)."""
     try:
         for v in values:
@@ -31,17 +29,8 @@ def indexable(values: Iterable[Any]) -> bool:
     return True
 
 
-def enum_array_parser() -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        return pgv.parse_array(text, identity)
-
-    return parse
-
-
 def index_key(column: ColumnInfo, text: str | None) -> object:
     """Normalise a column's text value the way `Where.index` keys are normalised."""
     if text is None:
         return None
-    if column.type_kind == "e":
-        return pgv.parse_array(text, identity) if column.is_array else text
-    return pgv.output_parser(column.type_name)(text)
+    return pgv.output_parser(column.pg_type)(text)

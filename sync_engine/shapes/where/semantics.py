@@ -12,13 +12,21 @@ import operator
 import sys
 from collections.abc import Callable
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
-from typing import Any
 
 from sync_engine.pg import values as pgv
+from sync_engine.pg.types import (
+    FLOAT4,
+    INT2,
+    INT4,
+    INT8,
+    NUMERIC,
+    PgType,
+)
+from sync_engine.pg.values import Value
 
-from .types import FLOAT_TYPES, INT_TYPES
+from .resolution import FLOAT_TYPES, INT_TYPES
 
-COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+COMPARISONS: dict[str, Callable[[Value, Value], Value]] = {
     "=": operator.eq,
     "<>": operator.ne,
     "<": operator.lt,
@@ -28,25 +36,24 @@ COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-DECIMAL_CONTEXT = Context(prec=60)
 #: + - * and % on numeric are exact in Postgres; with this context they are in Python too
 #: (no rounding, no traps: Infinity - Infinity is NaN, as in Postgres).
 EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
 NUMERIC_NAN = Decimal("NaN")
 
 
-def identity(value: Any) -> Any:
+def identity(value: Value) -> Value:
     return value
 
 
-def nan_key(x: Any) -> tuple[int, Any]:
+def nan_key(x: Value) -> tuple[int, Value]:
     return (1, 0) if x != x else (0, x)
 
 
-def nan_aware(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def nan_aware(op: Callable[[Value, Value], Value]) -> Callable[[Value, Value], Value]:
     """Postgres orders NaN above every number and NaN = NaN; Python does neither."""
 
-    def cmp(a: Any, b: Any) -> Any:
+    def cmp(a: Value, b: Value) -> Value:
         if a != a or b != b:
             return op(nan_key(a), nan_key(b))
         return op(a, b)
@@ -54,9 +61,9 @@ def nan_aware(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return cmp
 
 
-def comparison_op(op_name: str, type_name: str) -> Callable[[Any, Any], Any]:
+def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Value, Value], Value]:
     op = COMPARISONS[op_name]
-    return nan_aware(op) if type_name in FLOAT_TYPES else op
+    return nan_aware(op) if pg_type in FLOAT_TYPES else op
 
 
 def int_div(a: int, b: int) -> int:
@@ -68,9 +75,11 @@ def int_mod(a: int, b: int) -> int:
     return a - b * int_div(a, b)
 
 
-def checked_int(type_name: str, func: Callable[..., int]) -> Callable[..., int]:
+def checked_int(pg_type: PgType, func: Callable[..., int]) -> Callable[..., int]:
+    check = pgv.int_range_check(pg_type)
+
     def run(*args: int) -> int:
-        return pgv.check_int_range(type_name, func(*args))
+        return check(func(*args))
 
     return run
 
@@ -155,16 +164,15 @@ def _exact(op: Callable[[Context, Decimal, Decimal], Decimal]) -> Callable[..., 
     return run
 
 
-def float_result(value: float, *inputs: float) -> float:
-    """Postgres's float overflow check: an infinite result from finite inputs is an error."""
-    if math.isinf(value) and not any(math.isinf(x) for x in inputs):
-        raise OverflowError("value out of range: overflow")
-    return value
-
-
 def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
     """float4/float8 `+ - * /` with Postgres's overflow and underflow errors."""
-    op = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": _float_div}[name]
+    ops: dict[str, Callable[[float, float], float]] = {
+        "+": operator.add,
+        "-": operator.sub,
+        "*": operator.mul,
+        "/": _float_div,
+    }
+    op = ops[name]
 
     def run(a: float, b: float) -> float:
         result = op(a, b)
@@ -193,26 +201,28 @@ def round_half_away(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def to_int(type_name: str) -> Callable[[Any], int]:
-    def conv(value: Any) -> int:
+def to_int(pg_type: PgType) -> Callable[[Value], int]:
+    check = pgv.int_range_check(pg_type)
+
+    def conv(value: Value) -> int:
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, int):
             result = value
         elif isinstance(value, Decimal):
             if not value.is_finite():
-                raise ValueError(f"cannot convert {value} to {pgv.sql_type_name(type_name)}")
+                raise ValueError(f"cannot convert {value} to {pg_type.sql_name}")
             result = round_half_away(value)
         else:
             if math.isnan(value) or math.isinf(value):
-                raise ValueError(f"{pgv.sql_type_name(type_name)} out of range")
+                raise ValueError(f"{pg_type.sql_name} out of range")
             result = round(value)
-        return pgv.check_int_range(type_name, result)
+        return check(result)
 
     return conv
 
 
-def to_numeric(value: Any) -> Decimal:
+def to_numeric(value: Value) -> Decimal:
     """int / float8 -> numeric; float8 goes through `%.15g` text as in Postgres."""
     if isinstance(value, float):
         if math.isnan(value):
@@ -228,13 +238,13 @@ def float4_to_numeric(value: float) -> Decimal:
     return Decimal(f"{value:.6g}")
 
 
-def to_float8(value: Any) -> float:
+def to_float8(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
         return pgv.parse_float8(str(value))  # numeric -> float8 is float8in(numeric_out)
     return float(value)
 
 
-def to_float4(value: Any) -> float:
+def to_float4(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
         return pgv.parse_float4(str(value))
     result = float(value)
@@ -275,8 +285,8 @@ def float_pow(a: float, b: float) -> float:
     return result
 
 
-def wrap_shift(typ: str, shift: Callable[[int, int], int]) -> Callable[[int, int], int]:
-    bits = {"int2": 16, "int4": 32, "int8": 64}[typ]
+def wrap_shift(typ: PgType, shift: Callable[[int, int], int]) -> Callable[[int, int], int]:
+    bits = {INT2: 16, INT4: 32, INT8: 64}[typ]
 
     def run(a: int, n: int) -> int:
         result = shift(a, n % bits) & ((1 << bits) - 1)
@@ -285,9 +295,9 @@ def wrap_shift(typ: str, shift: Callable[[int, int], int]) -> Callable[[int, int
     return run
 
 
-def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
+def arith_func(name: str, typ: PgType) -> Callable[..., Value] | None:
     if typ in INT_TYPES:
-        funcs: dict[str, Callable[..., Any]] = {
+        funcs: dict[str, Callable[..., Value]] = {
             "+": operator.add,
             "-": operator.sub,
             "*": operator.mul,
@@ -296,7 +306,7 @@ def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
         }
         func = funcs.get(name)
         return None if func is None else checked_int(typ, func)
-    if typ == "numeric":
+    if typ == NUMERIC:
         return {
             "+": _exact(Context.add),
             "-": _exact(Context.subtract),
@@ -305,5 +315,5 @@ def arith_func(name: str, typ: str) -> Callable[..., Any] | None:
             "%": num_mod,
         }.get(name)
     if name in ("+", "-", "*", "/"):
-        return _float_op(name, typ == "float4")
+        return _float_op(name, typ == FLOAT4)
     return None

@@ -13,13 +13,30 @@ import string
 from collections.abc import Callable
 from datetime import time
 from decimal import Decimal
-from typing import Any
 
 from sync_engine.pg import values as pgv
+from sync_engine.pg.types import (
+    BOOL,
+    BYTEA,
+    DATE,
+    FLOAT4,
+    FLOAT8,
+    INTERVAL,
+    JSON,
+    JSONB,
+    NUMERIC,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    UNKNOWN,
+    UUID,
+    PgType,
+)
+from sync_engine.pg.values import Value
 
 from .datetimes import tstz_to_ts
+from .resolution import INT_TYPES, STRING_TYPES
 from .semantics import identity
-from .types import INT_TYPES, STRING_TYPES, elem_type, is_array, is_enum
 
 
 def _trim_fraction(micros: int) -> str:
@@ -95,21 +112,21 @@ def time_text(t: time) -> str:
     return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}{_trim_fraction(t.microsecond)}"
 
 
-def _special_text(value: Any) -> str | None:
+def _special_text(value: Value) -> str | None:
     if isinstance(value, pgv.PgInfinity):
         return "infinity" if value.sign > 0 else "-infinity"
     return None
 
 
-def date_text(value: Any) -> str:
+def date_text(value: Value) -> str:
     return _special_text(value) or value.isoformat()
 
 
-def timestamp_text(value: Any) -> str:
+def timestamp_text(value: Value) -> str:
     return _special_text(value) or f"{value.date().isoformat()} {time_text(value.time())}"
 
 
-def timestamptz_text(value: Any) -> str:
+def timestamptz_text(value: Value) -> str:
     return _special_text(value) or timestamp_text(tstz_to_ts(value)) + "+00"
 
 
@@ -124,8 +141,8 @@ def numeric_text(value: Decimal) -> str:
 _ARRAY_QUOTE_RE = re.compile(r'[{},"\\\s]')
 
 
-def array_text(elem_out: Callable[[Any], str]) -> Callable[[Any], str]:
-    def out(value: Any) -> str:
+def array_text(elem_out: Callable[[Value], str]) -> Callable[[Value], str]:
+    def out(value: Value) -> str:
         parts = []
         for item in value:
             if item is None:
@@ -142,31 +159,31 @@ def array_text(elem_out: Callable[[Any], str]) -> Callable[[Any], str]:
     return out
 
 
-TEXT_OUT: dict[str, Callable[[Any], str]] = {
+TEXT_OUT: dict[PgType, Callable[[Value], str]] = {
     **{t: str for t in INT_TYPES},
-    **{t: identity for t in (*STRING_TYPES, "json", "jsonb", "unknown")},
-    "numeric": numeric_text,
-    "float8": float_text,
-    "float4": float4_text,
-    "bool": lambda b: "t" if b else "f",
-    "uuid": str,
-    "date": date_text,
-    "timestamp": timestamp_text,
-    "timestamptz": timestamptz_text,
-    "time": time_text,
-    "interval": interval_text,
-    "bytea": lambda b: "\\x" + b.hex(),
+    **{t: identity for t in (*STRING_TYPES, JSON, JSONB, UNKNOWN)},
+    NUMERIC: numeric_text,
+    FLOAT8: float_text,
+    FLOAT4: float4_text,
+    BOOL: lambda b: "t" if b else "f",
+    UUID: str,
+    DATE: date_text,
+    TIMESTAMP: timestamp_text,
+    TIMESTAMPTZ: timestamptz_text,
+    TIME: time_text,
+    INTERVAL: interval_text,
+    BYTEA: lambda b: "\\x" + b.hex(),
 }
 
 
-def text_output(type_name: str) -> Callable[[Any], str] | None:
+def text_output(pg_type: PgType) -> Callable[[Value], str] | None:
     """The type's output function (what concat() uses), or None when unsupported."""
-    if is_enum(type_name):
+    if pg_type.enum:
         return identity
-    if is_array(type_name):
-        elem = text_output(elem_type(type_name))
+    if pg_type.array:
+        elem = text_output(pg_type.element)
         return None if elem is None else array_text(elem)
-    return TEXT_OUT.get(type_name)
+    return TEXT_OUT.get(pg_type)
 
 
 def bool_text(value: bool) -> str:
@@ -256,7 +273,7 @@ def case_mapping(kind: str, which: str) -> Callable[[str], str]:
     ASCII text takes Python's own str.upper/lower, which map ASCII exactly so."""
     ascii_case = str.upper if which == "upper" else str.lower
     if kind == "ascii":
-        table: Any = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
+        table: Value = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
     else:
         upper, lower = _unicode_tables()
         table = upper if which == "upper" else lower

@@ -15,8 +15,10 @@ import psycopg
 import pytest
 
 from sync_engine.pg.publication import ensure_publication
+from sync_engine.replication.failures import describe_failure
 from sync_engine.replication.replicator import Replicator
-from sync_engine.replication.stream import ReplicationStream, describe_failure, ensure_slot
+from sync_engine.replication.slot import ensure_slot
+from sync_engine.replication.stream import ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
 

@@ -1,5 +1,5 @@
-"""`Replicator.handle_batch` (raw bytes, decodes only what routing needs) must leave exactly
-the state the decoded path (`pgoutput.decode` + `Replicator._handle`) leaves: the same log
+"""`TransactionAssembler.handle_batch` (raw bytes, decodes only what routing needs) must leave
+exactly the state the decoded path (`pgoutput.decode` + `TransactionAssembler.handle`) leaves: the same log
 entries per shape, the same rotations, the same LSN bookkeeping.
 
 Both replicators get the same real pgoutput stream from a real slot: inserts, updates
@@ -21,7 +21,8 @@ from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import TableInfo, load_table
 from sync_engine.replication import pgoutput
 from sync_engine.replication.replicator import Replicator
-from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream, ensure_slot
+from sync_engine.replication.slot import ensure_slot
+from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter, key_parser
 from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo
@@ -170,9 +171,7 @@ def _make_shape(
         columns=table.columns,
         log=log,
         snapshot=SnapshotInfo(0, 1, frozenset()),
-        pending=None,
     )
-    shape.past_xmax = True
     registry._add(shape)
     return shape
 
@@ -192,9 +191,9 @@ def _state(rep: Replicator) -> tuple[int, ...]:
         rep.global_lsn,
         rep.changes_seen,
         rep.transactions_seen,
-        rep._op,
-        rep._txn_xid,
-        int(rep._in_txn),
+        rep.assembler.op,
+        rep.assembler.xid,
+        int(rep.assembler.in_transaction),
     )
 
 
@@ -212,23 +211,10 @@ def _count_wanted(rep: Replicator) -> list[int]:
     return count
 
 
-def _count_decoded(rep: Replicator) -> list[int]:
-    """Count the rows the fast path hands to the full decoder."""
-    count = [0]
-    row_change = rep._row_change
-
-    def counting(msg: object) -> None:
-        count[0] += 1
-        row_change(msg)
-
-    rep._row_change = counting  # type: ignore[method-assign]
-    return count
-
-
 def _feed_decoded(rep: Replicator, raw: list[bytes]) -> int:
     last = 0
     for m in raw:
-        end = rep._handle(pgoutput.decode(m[XLOGDATA_HEADER:]))
+        end = rep.assembler.handle(pgoutput.decode(m[XLOGDATA_HEADER:]))
         last = end or last
     return last
 
@@ -263,7 +249,6 @@ async def test_fast_path_matches_the_decoded_path(
     # The fast path must also be exact the other way: a row reaches the full decoder only
     # when some shape may want it (falling back on doubt would be correct, but slow).
     wanted = _count_wanted(ref)
-    decoded = _count_decoded(fast)
 
     assert _feed_fast(fast, raw_1a, batch_size) == _feed_decoded(ref, raw_1a)
     assert _state(fast) == _state(ref)
@@ -282,7 +267,7 @@ async def test_fast_path_matches_the_decoded_path(
     assert fast_log == ref_log
     assert [s.rotated for s in shapes] == [s.definition.table != "loose" for s in shapes]
     assert fast.router.tables() == ref.router.tables() == {tables["loose"].oid}
-    assert decoded == wanted and wanted[0] > 20
+    assert fast.assembler.rows_decoded == wanted[0] > 20
     grown = {h for h, txns in fast_log.items() if len(txns) > counts[h]}
     assert grown == {"s5", "s6", "s7"}  # plain before TRUNCATE, loose; items rotated first
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+import random
 import struct
 
 import pytest
@@ -24,9 +25,10 @@ from sync_engine.replication.pgoutput import (
     Type,
     Update,
     decode,
-    format_lsn,
-    parse_lsn,
-    pg_timestamp_to_datetime,
+    read_begin,
+    read_commit,
+    read_row_oid,
+    row_may_match,
 )
 
 # ---------------------------------------------------------------- payload builders
@@ -283,39 +285,72 @@ def test_non_bytes_payload() -> None:
         decode("I")  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------- LSN and time helpers
+# ---------------------------------------------------------------- the fast path's raw reading
 
 
-@pytest.mark.parametrize(
-    ("lsn", "text"),
-    [
-        (0, "0/0"),
-        (0x16B3748, "0/16B3748"),
-        ((0xA << 32) | 0xFF, "A/FF"),
-        ((1 << 64) - 1, "FFFFFFFF/FFFFFFFF"),
-    ],
-)
-def test_lsn_round_trip(lsn: int, text: str) -> None:
-    assert format_lsn(lsn) == text
-    assert parse_lsn(text) == lsn
-    assert parse_lsn(text.lower()) == lsn
+def test_raw_readers_agree_with_the_decoder() -> None:
+    pad = b"w" + bytes(24)  # the messages lie at some position in a bigger buffer
+    b, c = begin(7, 8, 9), commit(0, 10, 11, 12)
+    assert read_begin(pad + b, len(pad)) == dataclasses.astuple(decode(b))
+    assert read_commit(pad + c, len(pad)) == dataclasses.astuple(decode(c))
+    assert read_row_oid(pad + insert(16384, "1"), len(pad)) == (16384,)
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "0", "/1", "1/", "x/1", "1/2/3", "123456789/0", "0/-1", "0x1/0", "1_0/0"]
-)
-def test_parse_lsn_rejects(bad: str) -> None:
-    with pytest.raises(ValueError):
-        parse_lsn(bad)
+def _answer_of_decoded(
+    payload: bytes, probes: list[tuple[int, object, dict[object, set[int]]]]
+) -> bool:
+    """What probing the fully decoded rows answers: does a probed column's value, parsed,
+    have a non-empty entry?"""
+    msg = decode(payload)
+    rows = [getattr(msg, "old", None), getattr(msg, "new", None)]
+    for row in rows:
+        if row is None:
+            continue
+        for pos, parse, by_key in probes:
+            value = row[pos]
+            if not isinstance(value, str):
+                continue
+            try:
+                key = value if parse is None else parse(value)  # type: ignore[operator]
+            except ValueError:
+                continue
+            if by_key.get(key):
+                return True
+    return False
 
 
-def test_format_lsn_range() -> None:
-    with pytest.raises(ValueError):
-        format_lsn(-1)
-    with pytest.raises(ValueError):
-        format_lsn(1 << 64)
+def test_row_may_match_answers_as_probing_the_decoded_rows() -> None:
+    rng = random.Random(12)
+    values = [None, UNCHANGED_TOAST, "", "3", "7", "x", "-2"]
+    for _ in range(5000):
+        ncols = rng.randint(1, 5)
+
+        def row(ncols: int = ncols) -> tuple[object, ...]:
+            return tuple(rng.choice(values) for _ in range(ncols))
+
+        kind = rng.choice("IUD")
+        if kind == "I":
+            payload = b"I" + struct.pack("!I", 1) + b"N" + tuple_data(*row())
+        elif kind == "D":
+            payload = b"D" + struct.pack("!I", 1) + rng.choice([b"K", b"O"]) + tuple_data(*row())
+        else:
+            old = rng.choice([b"", b"K", b"O"])
+            payload = b"U" + struct.pack("!I", 1)
+            if old:
+                payload += old + tuple_data(*row())
+            payload += b"N" + tuple_data(*row())
+        positions = sorted(rng.sample(range(ncols), rng.randint(0, ncols)))
+        probes = [
+            (p, rng.choice([None, int]), {rng.choice(["3", 3, 7, "x"]): rng.choice([set(), {1}])})
+            for p in positions
+        ]
+        at = rng.randint(0, 30)
+        buf = bytes(at) + payload
+        assert row_may_match(buf, at, probes) == _answer_of_decoded(payload, probes), payload  # type: ignore[arg-type]
 
 
-def test_pg_timestamp() -> None:
-    assert pg_timestamp_to_datetime(0).isoformat() == "2000-01-01T00:00:00+00:00"
-    assert pg_timestamp_to_datetime(1_500_000).isoformat() == "2000-01-01T00:00:01.500000+00:00"
+def test_row_may_match_defers_to_the_decoder_when_in_doubt() -> None:
+    unknown_kind = b"I" + struct.pack("!I", 1) + b"N" + struct.pack("!H", 2) + b"z" + b"n"
+    assert row_may_match(unknown_kind, 0, [(1, None, {"a": {1}})])
+    too_few_values = b"I" + struct.pack("!I", 1) + b"N" + tuple_data("a")
+    assert row_may_match(too_few_values, 0, [(3, None, {"a": {1}})])

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 import psycopg
 import pytest
 
-from sync_engine.replication import stream as replication
 from sync_engine.replication.pgoutput import (
     Begin,
     Commit,
@@ -22,14 +21,14 @@ from sync_engine.replication.pgoutput import (
     Truncate,
     Update,
     decode,
-    parse_lsn,
 )
+from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import (
     XLOGDATA_HEADER,
     ReplicationConnectionError,
     ReplicationStream,
-    ensure_slot,
 )
+from sync_engine.replication.wal import parse_lsn
 
 SLOT = "shapegate_test"
 PUB = "shapegate_pub"
@@ -410,15 +409,13 @@ async def test_linger_never_delays_a_lone_transaction(setup_db: str) -> None:
             await asyncio.sleep(0.05)  # a pause ends the flow
 
 
-async def test_linger_coalesces_reads_of_a_busy_flow(
-    setup_db: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_linger_coalesces_reads_of_a_busy_flow(setup_db: str) -> None:
     db_url = setup_db
     await ensure_slot(db_url, SLOT)
     # Every flow counts as busy at once, and never ends: reads come at most every `linger`.
-    monkeypatch.setattr(replication, "_FLOW_BEFORE_LINGER", 0.0)
-    monkeypatch.setattr(replication, "_FLOW_GAP", 3600.0)
-    async with ReplicationStream(db_url, SLOT, PUB, linger=0.5) as stream:
+    async with ReplicationStream(
+        db_url, SLOT, PUB, linger=0.5, busy_after=0.0, flow_gap=3600.0
+    ) as stream:
         assert await stream.read_raw(timeout=0) == []
         await run_txn(db_url, "INSERT INTO items VALUES (1)")
         await _read_raw_commits(stream, 1)

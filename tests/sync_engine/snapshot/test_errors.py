@@ -18,7 +18,7 @@ from sync_engine.errors import InvalidRequest, ServiceUnavailable, ShapeGone
 from sync_engine.snapshot import scheduler as snapshots
 from sync_engine.snapshot.errors import to_engine_error
 from tests.sync_engine.engine_harness import Engine
-from tests.sync_engine.test_bad_input import assert_untouched, make_items, request
+from tests.sync_engine.http.test_bad_input import assert_untouched, make_items, request
 
 
 def pg_error(

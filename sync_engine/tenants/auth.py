@@ -23,7 +23,7 @@ import time
 import uuid
 
 from .credentials import hash_secret, new_secret, verify_secret
-from .registry import SourceRecord
+from .store import SourceRecord
 
 _CACHE_MAX = 10_000
 

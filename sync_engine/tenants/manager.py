@@ -1,9 +1,9 @@
-"""SourceManager: the registry and the running sources, kept in step.
+"""SourceManager: the store of sources and the running sources, kept in step.
 
-The app's lifespan starts it (load the registry, start every source that is not paused,
+The app's lifespan starts it (load the store, start every source that is not paused,
 watch states) and stops it. The admin API calls its create/rotate/pause/resume/delete;
 `/v1/shape` calls `authenticate`. Mutations are serialised by one lock; each is written to
-SQLite first, so a failed one leaves the registry as it was.
+SQLite first, so a failed one leaves the store as it was.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .credentials import hash_secret, new_secret
 from .dburl import check_database_url
 from .errors import InvalidInput, UnknownSource
 from .managed import ManagedSource
-from .registry import SourceRecord, SourceRegistry
+from .store import SourceRecord, SourceStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class SourceManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.path = settings.data_dir / "sources.db"
-        self.registry: SourceRegistry | None = None
+        self.store: SourceStore | None = None
         self.records: dict[str, SourceRecord] = {}
         self.running: dict[str, ManagedSource] = {}
         self.auth = SourceAuth()
@@ -84,9 +84,9 @@ class SourceManager:
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.registry = SourceRegistry(self.path)
+        self.store = SourceStore(self.path)
         await self.auth.prepare()
-        for rec in self.registry.all():
+        for rec in self.store.all():
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
@@ -99,24 +99,24 @@ class SourceManager:
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
-        if self.registry is not None:
+        if self.store is not None:
             try:
                 self.persist_states()  # the states as they were when the engine stopped
             except Exception:
                 log.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
-        if self.registry is not None:
-            self.registry.close()
-            self.registry = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
 
     def has_sources(self) -> bool:
         return bool(self.records)
 
-    def _reg(self) -> SourceRegistry:
-        if self.registry is None:
+    def _store(self) -> SourceStore:
+        if self.store is None:
             raise RuntimeError("source manager is not started")
-        return self.registry
+        return self.store
 
     def source_dir(self, source_id: str) -> Path:
         return self.settings.data_dir / "sources" / source_id
@@ -192,7 +192,7 @@ class SourceManager:
         secret = new_secret()
         secret_hash = await asyncio.to_thread(hash_secret, secret)
         async with self._lock:
-            rec = self._reg().create(
+            rec = self._store().create(
                 name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
             )
             self.records[rec.source_id] = rec
@@ -208,7 +208,7 @@ class SourceManager:
         secret_hash = await asyncio.to_thread(hash_secret, secret)
         async with self._lock:
             rec = self.get(source_id)
-            rec = self._reg().rotate_secret(rec.source_id, secret_hash, grace_s)
+            rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
         log.info("source %s (%s): secret rotated, old secret valid for %ds more",
                  rec.name, rec.source_id, grace_s)  # fmt: skip
@@ -217,7 +217,7 @@ class SourceManager:
     async def pause(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = self._reg().set_paused(rec.source_id, True)
+            rec = self._store().set_paused(rec.source_id, True)
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = ("paused", None)
             source = self.running.pop(rec.source_id, None)
@@ -229,7 +229,7 @@ class SourceManager:
     async def resume(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = self._reg().set_paused(rec.source_id, False)
+            rec = self._store().set_paused(rec.source_id, False)
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = ("connecting", None)
             if rec.source_id not in self.running:
@@ -246,7 +246,7 @@ class SourceManager:
             source = self.running.pop(rec.source_id, None) or self._make_source(rec)
             source.registry.rotate_all("source deleted")  # held requests: 409, then 401
             warnings = await source.destroy()
-            self._reg().delete(rec.source_id)
+            self._store().delete(rec.source_id)
             self._persisted.pop(rec.source_id, None)
         for w in warnings:
             log.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
@@ -320,7 +320,7 @@ class SourceManager:
                 log.exception("could not record source states")
 
     def persist_states(self) -> None:
-        reg = self._reg()
+        reg = self._store()
         for rec in list(self.records.values()):
             state, error, _ = self.live_state(rec)
             if self._persisted.get(rec.source_id) == (state, error):

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.sources.sources_harness import Cluster, MultiEngine
 from tests.support.databases import create_database, drop_database
+from tests.sync_engine.tenants.harness import Cluster, MultiEngine
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from tests.sources.sources_harness import MultiEngine, sql
+from tests.sync_engine.tenants.harness import MultiEngine, sql
 
 UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
 
@@ -145,7 +145,7 @@ async def test_restart_keeps_sources_states_and_shapes(
     status, h, body = await engine.get(a["source_id"], a["secret"], table="items",
                                        offset=offset, handle=handle)  # fmt: skip
     assert status == 200, body
-    from tests.sources.sources_harness import apply
+    from tests.sync_engine.tenants.harness import apply
 
     apply(rows, body)
     if "electric-up-to-date" not in h or len(rows) < 2:

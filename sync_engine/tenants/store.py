@@ -1,4 +1,4 @@
-"""The registry of sources: a small SQLite database, `<data-dir>/sources.db` (WAL mode).
+"""The store of registered sources: a small SQLite database, `<data-dir>/sources.db` (WAL mode).
 
 One row per source: id (uuid4), unique name, connection string, secret hash, the previous
 secret's hash and when it stops working (rotation grace period), last known state and
@@ -101,7 +101,7 @@ def _record(row: sqlite3.Row) -> SourceRecord:
     )
 
 
-class SourceRegistry:
+class SourceStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,8 +232,8 @@ class SourceRegistry:
             raise UnknownSource(f"no source with id {source_id}")
 
 
-def registry_has_sources(data_dir: Path) -> bool:
-    """Whether a registry with at least one source exists there (without creating one)."""
+def store_has_sources(data_dir: Path) -> bool:
+    """Whether a store with at least one source exists there (without creating one)."""
     path = data_dir / "sources.db"
     if not path.exists():
         return False

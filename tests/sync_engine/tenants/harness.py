@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from sync_engine.admin import build_admin_app
 from sync_engine.app import MANAGER, build_app
 from sync_engine.settings import Settings
-from sync_engine.sources.manager import SourceManager
+from sync_engine.tenants.manager import SourceManager
 from tests.support.engine_process import apply_messages
 
 PGBIN = next(

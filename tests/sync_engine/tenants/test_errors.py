@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from tests.sources.sources_harness import Cluster, MultiEngine, free_port, sql
+from tests.sync_engine.tenants.harness import Cluster, MultiEngine, free_port, sql
 
 
 async def test_wal_level_replica_then_fixed(

@@ -1,6 +1,6 @@
 """Database connection strings of sources: checked on registration, redacted for display.
 
-Passwords never leave the registry: every output (API, CLI, dashboard, logs) shows the URL
+Passwords never leave the store: every output (API, CLI, dashboard, logs) shows the URL
 with the password replaced by `****`.
 """
 

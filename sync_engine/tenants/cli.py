@@ -2,7 +2,7 @@
 
 The CLI is a client of the admin API rather than a second writer of `sources.db`: only the
 running engine can start a new source's replication, stop it on pause, drop its slot and
-publication on delete, and keep its in-memory auth in step with the registry.
+publication on delete, and keep its in-memory auth in step with the store.
 """
 
 from __future__ import annotations

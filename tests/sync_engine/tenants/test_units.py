@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from sync_engine.sources.auth import SourceAuth, parse_source_id
-from sync_engine.sources.credentials import hash_secret, new_secret, verify_secret
-from sync_engine.sources.dburl import check_database_url, redact_url
-from sync_engine.sources.diagnose import explain
-from sync_engine.sources.errors import DuplicateName, InvalidInput, UnknownSource
-from sync_engine.sources.registry import SourceRegistry, registry_has_sources
+from sync_engine.tenants.auth import SourceAuth, parse_source_id
+from sync_engine.tenants.credentials import hash_secret, new_secret, verify_secret
+from sync_engine.tenants.dburl import check_database_url, redact_url
+from sync_engine.tenants.diagnose import explain
+from sync_engine.tenants.errors import DuplicateName, InvalidInput, UnknownSource
+from sync_engine.tenants.store import SourceStore, store_has_sources
 
 URL = "postgresql://app:s3cr3t-pw@db.example.com:5432/shop"
 
@@ -98,9 +98,9 @@ def test_errors_are_explained(error: str, code: str, hint: str) -> None:
 
 def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     path = tmp_path / "data" / "sources.db"
-    reg = SourceRegistry(path)
+    reg = SourceStore(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-    assert not registry_has_sources(tmp_path / "data")
+    assert not store_has_sources(tmp_path / "data")
     rec = reg.create("shop", URL, "h1", max_shapes=5)
     assert parse_source_id(rec.source_id) == rec.source_id
     assert "s3cr3t" not in repr(rec) and "h1" not in repr(rec)
@@ -115,12 +115,12 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     reg.set_paused(rec.source_id, True)
     reg.close()
 
-    reg = SourceRegistry(path)  # survives reopening
+    reg = SourceStore(path)  # survives reopening
     again = reg.get(rec.source_id)
     assert again.secret_hash == "h2" and again.previous_secret_hash == "h1"
     assert again.paused and again.state == "paused"
     assert again.last_error == "wal_level is replica" and again.max_shapes == 5
-    assert registry_has_sources(tmp_path / "data")
+    assert store_has_sources(tmp_path / "data")
     reg.delete(rec.source_id)
     with pytest.raises(UnknownSource):
         reg.get(rec.source_id)
@@ -133,7 +133,7 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
 
 
 async def test_auth_checks(tmp_path: Path) -> None:
-    reg = SourceRegistry(tmp_path / "sources.db")
+    reg = SourceStore(tmp_path / "sources.db")
     secret, other = new_secret(), new_secret()
     rec = reg.create("a", URL, hash_secret(secret))
     auth = SourceAuth()

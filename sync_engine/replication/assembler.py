@@ -1,0 +1,251 @@
+"""Raw replication messages -> each committed transaction's row changes, per shape.
+
+The hot path of the engine: during catch-up `handle_batch` runs for every message of the
+stream. Most changes match no shape, so it works on the raw XLogData messages: Begin and
+Commit are read from their fixed-size layouts, and a row is only decoded as far as the
+columns the router's equality indexes need (one dict probe each, `pgoutput.row_may_match`)
+unless some shape may want it. Only those rows, and the rare other messages, become
+`pgoutput` objects (`handle`), with the same effect as if every message had been decoded.
+
+At each Commit the changes collected for a shape go to `deliver(shape, xid, lsn, changes)`
+(the replicator's: park, apply or skip them). Relation messages check the shapes' table
+descriptions (a changed table rotates them) and Truncate rotates the table's shapes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Final, cast
+
+from ..shapes.changes import Change, Row
+from ..shapes.registry import ShapeRegistry
+from ..shapes.router import RowPlan, ShapeRouter
+from ..shapes.shape import Shape
+from . import pgoutput
+from .pgoutput import (
+    BEGIN,
+    COMMIT,
+    DELETE,
+    INSERT,
+    UNCHANGED_TOAST,
+    UPDATE,
+    TupleValue,
+    read_begin,
+    read_commit,
+    read_row_oid,
+    row_may_match,
+)
+from .stream import XLOGDATA_HEADER
+from .transactions import ChangeKind
+from .wal import Lsn, Xid
+
+__all__ = ["RECENT_XIDS", "Deliver", "TransactionAssembler"]
+
+#: How many of the last transactions' xids `TransactionAssembler.recent_xids` keeps.
+RECENT_XIDS: Final = 256
+
+Deliver = Callable[[Shape, Xid, Lsn, list[Change]], None]
+"""Where a committed transaction's changes to one shape go: (shape, xid, commit LSN, changes)."""
+
+_H: Final = XLOGDATA_HEADER  # the pgoutput message's position in a raw XLogData message
+
+
+class _Relation:
+    """A table as the stream describes it (its last Relation message), for building rows."""
+
+    __slots__ = ("name", "names", "oid", "positions", "schema", "type_oids")
+
+    def __init__(self, rel: pgoutput.Relation) -> None:
+        self.oid = rel.oid
+        self.schema = rel.schema
+        self.name = rel.name
+        self.names = tuple(c.name for c in rel.columns)
+        self.type_oids = tuple(c.type_oid for c in rel.columns)
+        self.positions = {n: i for i, n in enumerate(self.names)}
+
+
+class TransactionAssembler:
+    """Follows the stream's transactions and hands each shape its part at commit."""
+
+    def __init__(self, registry: ShapeRegistry, router: ShapeRouter, deliver: Deliver) -> None:
+        self.registry = registry
+        self.router = router
+        self._deliver = deliver
+        #: The LSN of the last commit read (whatever it touched).
+        self.global_lsn = Lsn(0)
+        self.changes_seen = 0
+        self.transactions_seen = 0
+        #: Rows decoded in full (`handle`, or some shape may want them; the rest are probed).
+        self.rows_decoded = 0
+        #: The xids of the last transactions read from the stream, whatever they touched. A
+        #: commit reaches the stream a moment before Postgres shows it to new snapshots, so a
+        #: new shape's snapshot must be checked against them (see `snapshot.SnapshotBehind`).
+        self.recent_xids: deque[Xid] = deque(maxlen=RECENT_XIDS)
+        #: The transaction being read: its xid, whether it is open, the next change's op
+        #: (ops are even: a primary-key change takes two).
+        self.xid = Xid(0)
+        self.in_transaction = False
+        self.op = 0
+        self._touched: dict[Shape, list[Change]] = {}
+        self._relations: dict[int, _Relation] = {}
+        # Routing plans of the tables with shapes and a known Relation, valid while
+        # router.version == self._plans_version (see handle_batch).
+        self._plans: dict[int, RowPlan] = {}
+        self._plans_version = -1
+
+    def reset(self) -> None:
+        """The stream ended: forget the transaction it was in the middle of (it comes again)."""
+        self.in_transaction = False
+        self._touched = {}
+        self.op = 0
+
+    def handle_batch(self, messages: Sequence[bytes]) -> Lsn:
+        """Apply raw XLogData messages (`ReplicationStream.read_raw`); returns the end LSN
+        of the last commit among them, or 0.
+
+        Begin, Commit and rows that no shape can want are handled from the bytes: a row
+        costs its relation id, the indexed columns' values and one dict probe per indexed
+        column. Rows some shape may want, tables with unindexed shapes and every other
+        message kind go through `pgoutput.decode` and `handle`.
+        """
+        router = self.router
+        if self._plans_version != router.version:
+            self._refresh_plans()
+        plans = self._plans
+        last_end = 0
+        for buf in messages:
+            kind = buf[_H]
+            if kind == INSERT or kind == UPDATE or kind == DELETE:
+                plan = plans.get(read_row_oid(buf, _H)[0])
+                if plan is None:  # no shape on the table, or no Relation seen yet
+                    self.op += 2
+                    continue
+                if not plan.unindexed and not row_may_match(buf, _H, plan.probes):
+                    self.op += 2
+                    self.changes_seen += 1
+                    continue
+                self._row_change(pgoutput.decode(buf[_H:]))  # type: ignore[arg-type]
+            elif kind == BEGIN:
+                self.xid = read_begin(buf, _H)[2]
+                self.in_transaction = True
+                self.op = 0
+                if self._touched:
+                    self._touched = {}
+            elif kind == COMMIT:
+                _, commit_lsn, last_end, _ = read_commit(buf, _H)
+                self.recent_xids.append(self.xid)
+                if self._touched:
+                    self._commit(commit_lsn)
+                else:  # _commit() without changes to deliver
+                    self.transactions_seen += 1
+                    self.in_transaction = False
+                    if commit_lsn > self.global_lsn:
+                        self.global_lsn = commit_lsn
+            else:
+                end = self.handle(pgoutput.decode(buf[_H:]))
+                if end:
+                    last_end = end
+                if self._plans_version != router.version:
+                    self._refresh_plans()
+                    plans = self._plans
+        return Lsn(last_end)
+
+    def handle(self, msg: pgoutput.Message) -> Lsn:
+        """Apply one decoded message; returns the end LSN when it was a commit, else 0."""
+        if isinstance(msg, pgoutput.Insert | pgoutput.Update | pgoutput.Delete):
+            self._row_change(msg)
+        elif isinstance(msg, pgoutput.Begin):
+            self.in_transaction = True
+            self.xid = msg.xid
+            self.op = 0
+            self._touched = {}
+        elif isinstance(msg, pgoutput.Commit):
+            self.recent_xids.append(self.xid)
+            self._commit(msg.commit_lsn)
+            return msg.end_lsn
+        elif isinstance(msg, pgoutput.Relation):
+            self._relation(msg)
+        elif isinstance(msg, pgoutput.Truncate):
+            for oid in msg.relation_oids:
+                self.registry.rotate_table(oid, "table truncated")
+        return Lsn(0)
+
+    def _refresh_plans(self) -> None:
+        router = self.router
+        plans: dict[int, RowPlan] = {}
+        for oid, rel in self._relations.items():
+            plan = router.plan(oid, rel.positions)
+            if plan is not None:
+                plans[oid] = plan
+        self._plans = plans
+        self._plans_version = router.version
+
+    def _relation(self, msg: pgoutput.Relation) -> None:
+        rel = _Relation(msg)
+        self._relations[rel.oid] = rel
+        self._plans_version = -1  # column positions may have moved
+        # Every session starts with a Relation per table, so this runs on each reconnect:
+        # compare each distinct table description once, not once per shape (100k shapes
+        # of one table share a handful of descriptions).
+        for known, shapes in self.router.shapes_by_table_info(rel.oid):
+            if (
+                tuple(c.name for c in known.columns) != rel.names
+                or tuple(c.type_oid for c in known.columns) != rel.type_oids
+                or (known.schema, known.name) != (rel.schema, rel.name)
+            ):
+                for shape in shapes:
+                    self.registry.rotate(shape, "table schema changed")
+
+    def _row_change(self, msg: pgoutput.Insert | pgoutput.Update | pgoutput.Delete) -> None:
+        op = self.op
+        self.op += 2
+        self.rows_decoded += 1
+        oid = msg.relation_oid
+        if not self.router.has_table(oid):
+            return
+        rel = self._relations.get(oid)
+        if rel is None:
+            return
+        self.changes_seen += 1
+        old_t: tuple[TupleValue, ...] | None
+        new_t: tuple[TupleValue, ...] | None
+        if isinstance(msg, pgoutput.Insert):
+            kind, old_t, new_t = ChangeKind.INSERT, None, msg.new
+        elif isinstance(msg, pgoutput.Update):
+            kind, old_t, new_t = ChangeKind.UPDATE, msg.old, msg.new
+            if old_t is None:
+                old_t = new_t  # no old row (identity not FULL at the time): treat as in place
+        else:
+            kind, old_t, new_t = ChangeKind.DELETE, msg.old, None
+        shapes = self.router.candidates(oid, rel.positions, old_t, new_t)
+        if not shapes:
+            return
+        old: dict[str, TupleValue] | None = None
+        new: dict[str, TupleValue] | None = None
+        if old_t is not None:
+            old = dict(zip(rel.names, old_t, strict=False))
+        if new_t is not None:
+            new = dict(zip(rel.names, new_t, strict=False))
+        if new is not None and old is not None:
+            for k, v in new.items():
+                if v is UNCHANGED_TOAST:
+                    new[k] = old.get(k)
+        # (Rows hold Postgres text or None; an unchanged TOASTed value stays the sentinel
+        # only when there is no old row to take it from.)
+        change: Change = (kind, cast("Row | None", old), cast("Row | None", new), op)
+        for shape in shapes:
+            self._touched.setdefault(shape, []).append(change)
+
+    def _commit(self, lsn: Lsn) -> None:
+        """End of the transaction committed at `lsn`: deliver what it touched."""
+        self.transactions_seen += 1
+        if self._touched:
+            xid = self.xid
+            deliver = self._deliver
+            for shape, changes in self._touched.items():
+                deliver(shape, xid, lsn, changes)
+            self._touched = {}
+        self.in_transaction = False
+        if lsn > self.global_lsn:
+            self.global_lsn = lsn

@@ -1,0 +1,75 @@
+"""The replication slot: created once per source, it keeps the WAL until the engine confirms it."""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from psycopg import sql
+
+from .wal import Lsn, parse_lsn
+
+__all__ = ["ensure_slot", "slot_confirmed_lsn"]
+
+logger = logging.getLogger(__name__)
+
+
+async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:
+    """The slot's `confirmed_flush_lsn`: where a new stream starts (None: no such slot)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return None
+    return parse_lsn(row[0])
+
+
+async def ensure_slot(dsn: str, slot: str) -> bool:
+    """Create the logical replication slot ``slot`` (pgoutput) unless it already exists.
+
+    Returns True when this call created it. The existence check runs on a normal
+    connection; creation runs ``CREATE_REPLICATION_SLOT ... LOGICAL pgoutput
+    NOEXPORT_SNAPSHOT`` on a replication connection (no snapshot: the engine takes its own
+    snapshots and stitches them to the stream by xid). A slot of that name in another
+    database or for another plugin is an error (``ValueError``), since streaming from it
+    would silently read the wrong changes. A concurrent creator winning the race counts as
+    "exists".
+    """
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT database, plugin, slot_type, current_database()"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
+        )
+        row = await cur.fetchone()
+    if row is not None:
+        database, plugin, slot_type, current = row
+        if slot_type != "logical" or plugin != "pgoutput" or database != current:
+            raise ValueError(
+                f"replication slot {slot!r} exists but is a {slot_type} slot for plugin "
+                f"{plugin!r} in database {database!r}, not a pgoutput slot in {current!r}"
+            )
+        return False
+
+    rconn = await psycopg.AsyncConnection.connect(dsn, replication="database", autocommit=True)
+    try:
+        query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
+            sql.Identifier(slot)
+        )
+        try:
+            cur = await rconn.execute(query)
+        except psycopg.errors.DuplicateObject:
+            logger.info("replication slot %r was created concurrently", slot)
+            return False
+        created = await cur.fetchone()
+        logger.info(
+            "created replication slot %r at consistent point %s",
+            slot,
+            created[1] if created else "?",
+        )
+        return True
+    finally:
+        await rconn.close()

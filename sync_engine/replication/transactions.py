@@ -1,0 +1,125 @@
+"""What becomes of a committed transaction on its way into a shape's log: the rules, pure.
+
+For each shape a transaction touched (see `fate`):
+
+- the shape is gone (rotated): dropped;
+- its snapshot's xid horizon is not known yet: *parked* on the shape, as only the horizon
+  tells whether the snapshot's rows already hold the transaction (`Shape.park`);
+- its log already holds the transaction, by commit LSN: the slot sent it again after a
+  restart (*replay*), skipped;
+- the snapshot's rows already hold it (*visibility*, by xid: `Shape.in_snapshot`): skipped;
+- else it is appended.
+
+Parked transactions are in no log yet, so the slot must not be confirmed past the oldest
+of them, or a crash would lose them (`ParkedShapes.ack_horizon`).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from typing import Protocol
+
+from ..shapes.changes import Change
+from .wal import Lsn, Xid
+
+__all__ = ["ChangeKind", "Fate", "ParkedShapes", "admit", "fate"]
+
+
+class ChangeKind(enum.StrEnum):
+    """What a row change did (`Change`'s first field)."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Fate(enum.Enum):
+    """What becomes of a transaction for one shape."""
+
+    GONE = "gone"
+    PARKED = "parked"
+    REPLAYED = "replayed"
+    IN_SNAPSHOT = "in_snapshot"
+    APPEND = "append"
+
+
+class _Log(Protocol):
+    @property
+    def last_lsn(self) -> int: ...
+
+
+class Target(Protocol):
+    """What these rules read and ask of a shape (`shapes.shape.Shape`)."""
+
+    @property
+    def rotated(self) -> bool: ...
+
+    @property
+    def log(self) -> _Log: ...
+
+    def park(self, xid: int, lsn: int, changes: list[Change]) -> bool: ...
+
+    def in_snapshot(self, xid: int) -> bool: ...
+
+
+def fate(shape: Target, xid: Xid, lsn: Lsn, changes: list[Change]) -> Fate:
+    """The fate of a transaction just read from the stream, for one shape it touched;
+    parks it on the shape (`Fate.PARKED`) while the shape's horizon is unknown."""
+    if shape.rotated:
+        return Fate.GONE
+    if shape.park(xid, lsn, changes):
+        return Fate.PARKED
+    return admit(shape, xid, lsn)
+
+
+def admit(shape: Target, xid: Xid, lsn: Lsn) -> Fate:
+    """`Fate.APPEND`, or why a shape whose horizon is known must not append the transaction
+    (parked ones are handed to this once the horizon is known)."""
+    if lsn <= shape.log.last_lsn:
+        return Fate.REPLAYED
+    if shape.in_snapshot(xid):
+        return Fate.IN_SNAPSHOT
+    return Fate.APPEND
+
+
+class Parked(Protocol):
+    """What the ack horizon reads of a shape."""
+
+    @property
+    def rotated(self) -> bool: ...
+
+    @property
+    def parked(self) -> Sequence[tuple[int, int, object]]:
+        """(xid, commit LSN, changes) of its parked transactions, in commit order."""
+        ...
+
+
+class ParkedShapes:
+    """The shapes that hold parked transactions, and how far the slot may be confirmed."""
+
+    def __init__(self) -> None:
+        self._shapes: set[Parked] = set()
+
+    def add(self, shape: Parked) -> None:
+        self._shapes.add(shape)
+
+    def discard(self, shape: Parked) -> None:
+        """`shape`'s parked transactions were taken (to be applied)."""
+        self._shapes.discard(shape)
+
+    def __len__(self) -> int:
+        return len(self._shapes)
+
+    def ack_horizon(self, lsn: Lsn) -> Lsn:
+        """`lsn`, or just before the oldest transaction still parked on a shape.
+
+        Shapes with nothing parked any more, or gone, are forgotten.
+        """
+        if not self._shapes:
+            return lsn
+        self._shapes = {s for s in self._shapes if s.parked and not s.rotated}
+        if not self._shapes:
+            return lsn
+        oldest = min(s.parked[0][1] for s in self._shapes)
+        return Lsn(min(lsn, oldest - 1))

@@ -1,0 +1,105 @@
+"""Postgres's type resolution rules, as the compiler applies them to `PgType`s.
+
+Groups of types that behave alike (integers, strings, ...), the common type two operands
+convert to, and whether an operand fits an operator's argument type. An untyped literal or
+parameter is `UNKNOWN` until its context decides its type.
+"""
+
+from __future__ import annotations
+
+from sync_engine.pg.types import (
+    BOOL,
+    BPCHAR,
+    BYTEA,
+    DATE,
+    FLOAT4,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    INTERVAL,
+    JSON,
+    JSONB,
+    NAME,
+    NUMERIC,
+    TEXT,
+    TIME,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    UNKNOWN,
+    UUID,
+    VARCHAR,
+    PgType,
+)
+
+INT_TYPES = (INT2, INT4, INT8)
+
+NUMERIC_ORDER = (INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8)
+"""Numeric types from narrowest to widest: the common type of two is the later one."""
+
+FLOAT_TYPES = frozenset({FLOAT4, FLOAT8, NUMERIC})
+"""Types with NaN, which Postgres orders above every number."""
+
+STRING_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME})
+
+DATETIME_TYPES = frozenset({DATE, TIMESTAMP, TIMESTAMPTZ})
+
+ORDERED_TYPES = frozenset(
+    {*NUMERIC_ORDER, *STRING_TYPES, UUID, DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, BOOL, BYTEA}
+)
+
+TEMPORAL_TYPES = frozenset({DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL})
+
+CAST_TARGETS = frozenset({*NUMERIC_ORDER, *TEMPORAL_TYPES, BOOL, BYTEA, TEXT, VARCHAR, UUID})
+"""Scalar types a clause may name in a cast (`x::int8`, `CAST(x AS date)`, `int8(x)`)."""
+
+CAST_TARGET_NAMES = frozenset(t.name for t in CAST_TARGETS)
+
+JSON_TYPES = frozenset({JSON, JSONB})
+
+
+def common_numeric(a: PgType, b: PgType) -> PgType:
+    if FLOAT4 in (a, b) and (a != b) and FLOAT8 not in (a, b):
+        return FLOAT8
+    return max(a, b, key=NUMERIC_ORDER.index)
+
+
+def common_scalar(a: PgType, b: PgType) -> PgType | None:
+    """The type both operands convert to, following Postgres's implicit casts."""
+    if a == b:
+        return TEXT if a in (VARCHAR, NAME) else a
+    if a == UNKNOWN:
+        return b
+    if b == UNKNOWN:
+        return a
+    if a in NUMERIC_ORDER and b in NUMERIC_ORDER:
+        return common_numeric(a, b)
+    if a in STRING_TYPES and b in STRING_TYPES:
+        return TEXT
+    if a in DATETIME_TYPES and b in DATETIME_TYPES:
+        return TIMESTAMPTZ if TIMESTAMPTZ in (a, b) else TIMESTAMP
+    return None
+
+
+def common_type(a: PgType, b: PgType) -> PgType | None:
+    if a.array and b.array:
+        elem = common_scalar(a.element, b.element)
+        return None if elem is None else elem.array_of()
+    if a.array and b == UNKNOWN:
+        return a
+    if b.array and a == UNKNOWN:
+        return b
+    if a.array or b.array:
+        return None
+    return common_scalar(a, b)
+
+
+def fits_operand(actual: PgType, wanted: PgType) -> bool:
+    """Whether an operand of type `actual` implicitly converts to the operator's `wanted`."""
+    if actual == wanted:
+        return True
+    if wanted == INT4:
+        return actual == INT2
+    if wanted == FLOAT8:
+        return actual in NUMERIC_ORDER
+    return False

@@ -1,0 +1,405 @@
+"""SSE collapsed, on the real path: many SSE clients -> proxy -> `sync-engine` -> PostgreSQL.
+
+Each client here follows the shape as the npm client does over SSE: it takes the response's
+`electric-offset` on open, keeps the changes of a batch once its up-to-date arrives, and
+reconnects from `<global_last_seen_lsn>_0` when the stream ends (or breaks). Every client must
+hold every change exactly once, whenever it joined and however slowly it read, while the
+engine serves one stream per shape (counted by the proxy's upstream request counter: every
+request the engine gets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import psycopg
+import pytest
+
+from proxy.config.loader import build_config
+from proxy.http.handlers import FORWARDER
+from proxy.upstream import sse
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess
+from tests.support.waiting import wait_until_async
+
+SHAPE = "/v1/shape?table=items"
+
+
+def _engine(db_url: str, data: Path, secret: str, sse_timeout: float) -> EngineProcess:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
+        conn.execute("INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')")
+    args = ["--secret", secret, "--long-poll-timeout", "3", "--no-fsync"]
+    process = EngineProcess(db_url, data, *args, "--sse-timeout", str(sse_timeout))
+    process.start()
+    return process
+
+
+@pytest.fixture
+def engine(
+    db_url: str, tmp_path: Path, engine_secret: str, request: pytest.FixtureRequest
+) -> Iterator[EngineProcess]:
+    """The engine through its CLI; SSE streams end after 2 s (so tests see several), or
+    after the seconds a test asks for (indirect parametrisation)."""
+    sse_timeout = getattr(request, "param", 2)
+    process = _engine(db_url, tmp_path / "data", engine_secret, sse_timeout)
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def proxy(engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any) -> Any:
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10, connect_timeout=1, retry_after=1)
+    return await make_proxy(build_config(config, environ))
+
+
+class SseClient:
+    """One SSE client of the shape, as `ShapeStream` with `liveSse: true` follows it."""
+
+    def __init__(self, proxy: Any, token: str, handle: str, offset: str) -> None:
+        self.proxy = proxy
+        self.headers = {"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        self.handle = handle
+        self.offset = offset
+        self.cursor = ""
+        self.changes: list[tuple[str, str, str | None]] = []  # (id, operation, title)
+        self.statuses: list[int] = []
+        self.opened = 0  # streams opened with a 200
+        self.must_refetch = False
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> SseClient:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    def ids(self) -> list[str]:
+        return [key for key, operation, _ in self.changes if operation == "insert"]
+
+    async def _run(self) -> None:
+        while not self.must_refetch:
+            path = (
+                f"{SHAPE}&handle={self.handle}&offset={self.offset}&live=true&live_sse=true"
+                f"&cursor={self.cursor}"
+            )
+            try:
+                await self._stream(path)
+            except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError):
+                pass  # a broken stream: reconnect from the last up-to-date, as the client does
+            await asyncio.sleep(0.05)
+
+    async def _stream(self, path: str) -> None:
+        async with self.proxy.client.get(path, headers=self.headers) as resp:
+            self.statuses.append(resp.status)
+            if resp.status == 409:
+                assert orjson.loads(await resp.read()) == [{"headers": {"control": "must-refetch"}}]
+                self.must_refetch = True
+                return
+            if resp.status != 200:
+                await resp.read()
+                await asyncio.sleep(0.2)
+                return
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            self.offset = resp.headers["electric-offset"]
+            self.cursor = resp.headers["electric-cursor"]
+            self.opened += 1
+            batch: list[dict[str, Any]] = []
+            data: list[bytes] = []
+            async for line in resp.content:
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    data.append(line[5:].lstrip())
+                    continue
+                if line or not data:
+                    continue  # a comment (keep-alive), or a blank line after one
+                message = orjson.loads(b"\n".join(data))
+                data = []
+                headers = message["headers"]
+                if headers.get("control") == "up-to-date":
+                    for m in batch:
+                        value = m.get("value", {})
+                        self.changes.append((value.get("id"), headers_op(m), value.get("title")))
+                    batch = []
+                    self.offset = f"{headers['global_last_seen_lsn']}_0"
+                elif "operation" in headers:
+                    batch.append(message)
+
+
+def headers_op(message: dict[str, Any]) -> str:
+    return str(message["headers"]["operation"])
+
+
+def _upstream_requests(metrics_text: str) -> float:
+    for line in metrics_text.splitlines():
+        if line.startswith("shape_proxy_upstream_requests_total "):
+            return float(line.split()[1])
+    raise AssertionError("no upstream request counter")
+
+
+async def _engine_requests(proxy: Any) -> float:
+    return _upstream_requests((await proxy.get("/metrics")).body.decode())
+
+
+async def _sync(proxy: Any, token: str) -> tuple[str, str]:
+    """Follow the shape to up-to-date (the client's non-live requests); its handle, offset."""
+    path = f"{SHAPE}&offset=-1"
+    for _ in range(50):
+        reply = await proxy.get(path, token=token)
+        assert reply.status == 200, reply.body
+        handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
+        if "electric-up-to-date" in reply.headers:
+            return handle, offset
+        path = f"{SHAPE}&offset={offset}&handle={handle}"
+    raise AssertionError("never up to date")
+
+
+def _insert(db_url: str, *rows: tuple[int, str]) -> None:
+    """One transaction inserting `rows` (id, title) for org-a."""
+    with psycopg.connect(db_url, autocommit=True) as conn, conn.transaction():
+        for id_, title in rows:
+            conn.execute("INSERT INTO items VALUES (%s, 'org-a', %s)", (id_, title))
+
+
+async def _all_have(clients: list[SseClient], ids: list[str], timeout: float = 20) -> None:
+    await wait_until_async(
+        lambda: all(len(c.ids()) >= len(ids) for c in clients),
+        timeout=timeout,
+        message=f"every client has {len(ids)} inserts",
+    )
+    for client in clients:
+        assert client.ids() == ids  # each change exactly once, in commit order
+
+
+async def _open(clients: list[SseClient]) -> None:
+    await wait_until_async(
+        lambda: all(c.opened for c in clients), message="every SSE client's stream is open"
+    )
+
+
+async def test_many_sse_clients_share_one_engine_stream_and_get_each_change_once(
+    proxy: Any, db_url: str
+) -> None:
+    """20 clients (two users, same org: the same rewritten URL) across several engine stream
+    lifetimes (2 s each): one engine stream per lifetime, not one per client."""
+    tokens = [proxy.tokens.make(sub=f"user-{i % 2}", org_id="org-a") for i in range(20)]
+    handle, offset = await _sync(proxy, tokens[0])
+    before = await _engine_requests(proxy)
+    clients = [SseClient(proxy, t, handle, offset).start() for t in tokens]
+    try:
+        await _open(clients)
+        expected: list[str] = []
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for i in range(10, 16):  # over ~4.5 s: the clients reconnect twice meanwhile
+            rows = [(i, f"t{i}")] if i % 3 else [(i, f"t{i}"), (i + 100, f"t{i + 100}")]
+            _insert(db_url, *rows)
+            expected += [str(r[0]) for r in rows]
+            await asyncio.sleep(0.75)
+        await _all_have(clients, expected)
+        lifetimes = (loop.time() - started) / 2 + 2
+        engine_requests = await _engine_requests(proxy) - before
+        assert engine_requests <= lifetimes + 2, engine_requests
+        assert all(c.opened >= 2 for c in clients)  # streams really ended and reopened
+        assert all(c.changes[0][2] == "t10" for c in clients)  # rows as written (org-a only)
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
+    engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any, db_url: str
+) -> None:
+    """Joining a stream that is ahead of the client (within what it remembers): the missed
+    changes first, then the live ones, no engine request; a client behind what the stream
+    remembers goes to the engine for its catch-up, then joins."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make()
+    handle, old_offset = await _sync(proxy, token)
+    _insert(db_url, (10, "before"))  # before any stream: a later joiner at old_offset is behind
+    # A long-poll from old_offset answers once the engine has it: the offset after it.
+    reply = await proxy.get(
+        f"{SHAPE}&handle={handle}&offset={old_offset}&live=true&cursor=", token=token
+    )
+    assert b'"before"' in reply.body
+    offset = reply.headers["electric-offset"]
+    first = SseClient(proxy, token, handle, offset).start()
+    clients = [first]
+    try:
+        await _open(clients)
+        _insert(db_url, (11, "x"))
+        _insert(db_url, (12, "y"), (13, "z"))
+        await _all_have([first], ["11", "12", "13"])
+        requests = await _engine_requests(proxy)
+        # Mid-stream: at the offset the first client started from, within the history.
+        joiner = SseClient(proxy, token, handle, offset).start()
+        clients.append(joiner)
+        await _all_have([joiner], ["11", "12", "13"])
+        assert await _engine_requests(proxy) == requests  # the joiner cost the engine nothing
+        # Behind: at an offset before the stream's start ("10" predates it).
+        behind = SseClient(proxy, token, handle, old_offset).start()
+        clients.append(behind)
+        await _all_have([behind], ["10", "11", "12", "13"])
+        _insert(db_url, (14, "live"))
+        await _all_have([first, joiner], ["11", "12", "13", "14"])
+        await _all_have([behind], ["10", "11", "12", "13", "14"])
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_a_slow_reader_is_cut_off_and_resumes_exactly(
+    proxy: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that stops reading is disconnected once too much is waiting for it (the
+    others are not held up); reconnecting from its last offset, it misses and repeats nothing."""
+    monkeypatch.setattr(sse, "LAG_LIMIT", 32 * 1024)
+    monkeypatch.setattr(sse, "SEND_BUFFER", 16 * 1024)
+    token = proxy.tokens.make()
+    handle, offset = await _sync(proxy, token)
+    readers = [SseClient(proxy, token, handle, offset).start() for _ in range(3)]
+    server = proxy.client.server
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(slow, (server.host, server.port))
+    request = (
+        f"GET {SHAPE}&handle={handle}&offset={offset}&live=true&live_sse=true&cursor= HTTP/1.1\r\n"
+        f"Host: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    await loop.sock_sendall(slow, request.encode())
+    try:
+        await _open(readers)
+        head = await loop.sock_recv(slow, 1024)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        big = "b" * 100_000
+        expected = [str(i) for i in range(20, 40)]
+        for i in range(20, 40):
+            _insert(db_url, (i, big))
+        await _all_have(readers, expected)
+        received = b""
+        while True:  # now read: what was sent before the cut, then the end of the connection
+            try:
+                piece = await asyncio.wait_for(loop.sock_recv(slow, 1 << 20), 10)
+            except ConnectionResetError:
+                break
+            if not piece:
+                break
+            received += piece
+            if received.endswith(b"\r\n0\r\n\r\n"):
+                break
+        assert not received.endswith(b"0\r\n\r\n")  # cut off, not a finished stream
+        assert len(received) < 20 * 100_000
+        # It resumes from the offset it last had (it never got an up-to-date here).
+        resumed = SseClient(proxy, token, handle, offset).start()
+        readers.append(resumed)
+        await _all_have([resumed], expected)
+    finally:
+        slow.close()
+        for client in readers:
+            await client.stop()
+
+
+async def test_shape_rotation_under_a_shared_stream_is_a_409_for_every_client(
+    proxy: Any, db_url: str
+) -> None:
+    tokens = [proxy.tokens.make(sub=f"user-{i}") for i in range(8)]
+    handle, offset = await _sync(proxy, tokens[0])
+    clients = [SseClient(proxy, t, handle, offset).start() for t in tokens]
+    try:
+        await _open(clients)
+        _insert(db_url, (30, "before"))
+        await _all_have(clients, ["30"])
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE items")  # the shape rotates: its streams end, then 409
+        await wait_until_async(
+            lambda: all(c.must_refetch for c in clients), timeout=20, message="a 409 for all"
+        )
+        for client in clients:
+            assert client.ids() == ["30"]
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_engine_restart_under_a_shared_stream(
+    proxy: Any, engine: EngineProcess, db_url: str
+) -> None:
+    """The engine dies mid-stream: clients see the stream break, retry through the proxy's
+    502s, and once the engine is back they get later changes, none twice."""
+    tokens = [proxy.tokens.make(sub=f"user-{i}") for i in range(6)]
+    handle, offset = await _sync(proxy, tokens[0])
+    clients = [SseClient(proxy, t, handle, offset).start() for t in tokens]
+    try:
+        await _open(clients)
+        _insert(db_url, (40, "before"))
+        await _all_have(clients, ["40"])
+        engine.kill()
+        await wait_until_async(
+            lambda: all(502 in c.statuses for c in clients), message="the engine is gone"
+        )
+        _insert(db_url, (41, "while down"))
+        engine.start()
+        _insert(db_url, (42, "after"))
+        await _all_have(clients, ["40", "41", "42"], timeout=30)
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+async def test_clients_leaving_do_not_disturb_the_others(proxy: Any, db_url: str) -> None:
+    token = proxy.tokens.make()
+    handle, offset = await _sync(proxy, token)
+    clients = [SseClient(proxy, token, handle, offset).start() for _ in range(10)]
+    try:
+        await _open(clients)
+        _insert(db_url, (50, "one"))
+        await _all_have(clients, ["50"])
+        for client in clients[:5]:  # half of them go away mid-stream
+            await client.stop()
+        _insert(db_url, (51, "two"))
+        await _all_have(clients[5:], ["50", "51"])
+    finally:
+        for client in clients:
+            await client.stop()
+
+
+@pytest.mark.parametrize("engine", [60], indirect=True)
+async def test_the_engine_stream_ends_when_its_last_client_leaves(
+    engine: EngineProcess, db_url: str, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """Nobody reads it: the shared stream (and its engine request) goes at once, not when the
+    engine's 60 s run out (aiohttp's test server cancels a handler whose client went away,
+    as the proxy's server does)."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=30)  # above the engine's keep-alive gap
+    proxy = await make_proxy(build_config(config, environ))
+    forwarder = proxy.app[FORWARDER]
+    token = proxy.tokens.make()
+    handle, offset = await _sync(proxy, token)
+    clients = [SseClient(proxy, token, handle, offset).start() for _ in range(3)]
+    await _open(clients)
+    assert forwarder.shared_streams == 1
+    await clients[0].stop()
+    _insert(db_url, (60, "still read"))
+    await _all_have(clients[1:], ["60"])
+    assert forwarder.shared_streams == 1
+    for client in clients[1:]:
+        await client.stop()
+    await wait_until_async(
+        lambda: forwarder.shared_streams == 0, timeout=5, message="the unread stream is closed"
+    )

@@ -1,0 +1,105 @@
+"""The rules a committed transaction goes through per shape, and the ack horizon (no Postgres)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sync_engine.replication.transactions import Fate, ParkedShapes, admit, fate
+from sync_engine.replication.wal import Lsn, Xid
+from sync_engine.shapes.changes import Change
+
+
+@dataclass
+class FakeLog:
+    last_lsn: int = 0
+
+
+@dataclass(eq=False)
+class FakeShape:
+    """What the rules read and ask of a shape: parks while `horizon_known` is False; the
+    snapshot holds the xids in `in_snapshot_xids`."""
+
+    horizon_known: bool = True
+    rotated: bool = False
+    in_snapshot_xids: set[int] = field(default_factory=set)
+    log: FakeLog = field(default_factory=FakeLog)
+    parked: list[tuple[int, int, list[Change]]] = field(default_factory=list)
+
+    def park(self, xid: int, lsn: int, changes: list[Change]) -> bool:
+        if self.horizon_known:
+            return False
+        self.parked.append((xid, lsn, changes))
+        return True
+
+    def in_snapshot(self, xid: int) -> bool:
+        return xid in self.in_snapshot_xids
+
+
+CHANGES: list[Change] = [("insert", None, {"id": "1"}, 0)]
+
+
+def test_a_transaction_for_a_shape_with_a_known_horizon_is_appended() -> None:
+    assert fate(FakeShape(), Xid(700), Lsn(5000), CHANGES) is Fate.APPEND
+
+
+def test_a_gone_shape_gets_nothing_not_even_parked() -> None:
+    shape = FakeShape(horizon_known=False, rotated=True)
+    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.GONE
+    assert shape.parked == []
+
+
+def test_a_shape_whose_snapshot_is_running_parks_the_transaction() -> None:
+    shape = FakeShape(horizon_known=False)
+    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.PARKED
+    assert shape.parked == [(700, 5000, CHANGES)]
+
+
+def test_what_the_log_already_holds_is_a_replay() -> None:
+    shape = FakeShape(log=FakeLog(last_lsn=5000))
+    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.REPLAYED
+    assert fate(shape, Xid(700), Lsn(4000), CHANGES) is Fate.REPLAYED
+    assert fate(shape, Xid(701), Lsn(5001), CHANGES) is Fate.APPEND
+
+
+def test_what_the_snapshot_holds_is_not_appended_again() -> None:
+    shape = FakeShape(in_snapshot_xids={700})
+    assert admit(shape, Xid(700), Lsn(5000)) is Fate.IN_SNAPSHOT
+    assert admit(shape, Xid(701), Lsn(6000)) is Fate.APPEND
+
+
+def test_the_replay_check_comes_before_visibility() -> None:
+    shape = FakeShape(in_snapshot_xids={700}, log=FakeLog(last_lsn=9000))
+    assert admit(shape, Xid(700), Lsn(5000)) is Fate.REPLAYED
+
+
+def test_ack_stops_before_the_oldest_parked_transaction() -> None:
+    parked = ParkedShapes()
+    shape = FakeShape(parked=[(700, 5000, []), (701, 6000, [])])
+    parked.add(shape)
+    assert parked.ack_horizon(Lsn(9000)) == 4999
+    assert parked.ack_horizon(Lsn(3000)) == 3000
+
+
+def test_the_oldest_over_all_shapes_holds_the_ack_back() -> None:
+    parked = ParkedShapes()
+    parked.add(FakeShape(parked=[(701, 6000, [])]))
+    parked.add(FakeShape(parked=[(700, 5000, [])]))
+    assert parked.ack_horizon(Lsn(9000)) == 4999
+
+
+def test_released_or_rotated_shapes_no_longer_hold_the_ack_back() -> None:
+    parked = ParkedShapes()
+    released = FakeShape(parked=[])
+    rotated = FakeShape(parked=[(1, 10, [])], rotated=True)
+    parked.add(released)
+    parked.add(rotated)
+    assert parked.ack_horizon(Lsn(9000)) == 9000
+    assert len(parked) == 0
+
+
+def test_a_discarded_shape_no_longer_holds_the_ack_back() -> None:
+    parked = ParkedShapes()
+    shape = FakeShape(parked=[(700, 5000, [])])
+    parked.add(shape)
+    parked.discard(shape)
+    assert parked.ack_horizon(Lsn(9000)) == 9000
