@@ -403,7 +403,7 @@ class NginxProcess(Process):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-nginx-"))
         sys.path.insert(0, str(ROOT / "config" / "nginx"))
-        from render import render  # type: ignore[import-not-found]
+        from render import render
 
         conf = render(self.dir, f"127.0.0.1:{self.port}", f"127.0.0.1:{engine_port}")
         site = self.dir / "shapegate.conf"
