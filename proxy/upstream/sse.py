@@ -61,13 +61,20 @@ LAG_LIMIT = 256 * 1024
 SEND_BUFFER = 256 * 1024
 #: A non-200 engine answer is read whole to be shared; a larger one fails the stream.
 ERROR_BODY_LIMIT = 1024 * 1024
-#: Query parameters that place a request in the log (per client), or that the engine ignores.
+#: Query parameters that place a request in the log (per client), or that the engine ignores
+#: (`cache-buster`, `expired_handle`: Electric drops unknown parameters, so they never change
+#: its answer). Every other parameter is part of what clients must share to share a stream.
 _PER_CLIENT = frozenset(
-    {"offset", "cursor", "live", "live_sse", "experimental_live_sse", "cache-buster",
-     "expired_handle"}
-)  # fmt: skip
-#: Response headers written per client (the engine computed them for the first one).
-_CLIENT_HEADERS = ("electric-offset", "electric-cursor", "etag")
+    {
+        "offset",
+        "cursor",
+        "live",
+        "live_sse",
+        "experimental_live_sse",
+        "cache-buster",
+        "expired_handle",
+    }
+)
 
 
 class Result(Enum):
@@ -448,7 +455,7 @@ async def serve(
     # From here to `subscribers.add` nothing awaits: no event can slip between the two.
     if not stream.can_join(spec.position):  # the history moved past it meanwhile
         transport.close()  # it reconnects from its offset and catches up
-        outcome.failure = ("client_gone", "client_too_slow")
+        outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
     missed = stream.events_after(spec.position)
     if missed:
