@@ -8,14 +8,13 @@ catalog and the where parser.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import shutil
 from pathlib import Path
 
 from cachetools import LRUCache
 
 from ..log.files import ShapeLog
+from ..log.store import ShapeStore
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import Described, ShapeDefinition, ShapeParams, TableLookup, describe
@@ -86,6 +85,7 @@ class ShapeRegistry:
         self.directory = directory
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
+        self.store = ShapeStore(directory, chunk_bytes, fsync)
         self.router = router
         self.handles = HandleFactory()
         self.by_handle: dict[str, Shape] = {}
@@ -135,9 +135,7 @@ class ShapeRegistry:
     ) -> Shape:
         """A new shape (SNAPSHOTTING), routed at once so the stream parks its transactions."""
         handle = self.handles.new(definition)
-        directory = self.directory / handle
-        # The directory is made with the shape's snapshot (pg/snapshot_batch.py), off the loop.
-        shape_log = ShapeLog(directory, self.chunk_bytes, self.fsync)
+        shape_log = self.store.new_log(handle)
         where = None
         if definition.where is not None:
             where = self._parsed_where.get((table.oid, definition.where)) or parse_where(
@@ -164,37 +162,26 @@ class ShapeRegistry:
     # -- loading after a restart ----------------------------------------------------------
 
     def load(self) -> list[Shape]:
-        """Bring back every shape whose snapshot finished; discard the others."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Bring back every shape whose snapshot finished (the store discards the others)."""
         loaded = []
-        for directory in sorted(self.directory.iterdir()):
-            if not directory.is_dir():
-                continue
+        for shape_log in self.store.load():
             try:
-                shape = self._load_one(directory)
+                shape = self._load_one(shape_log)
             except Exception:
-                logger.exception("discarding unreadable shape directory %s", directory.name)
-                shape = None
-            if shape is None:
-                shutil.rmtree(directory, ignore_errors=True)
+                logger.exception("discarding unreadable shape %s", shape_log.handle)
+                self.store.retire(shape_log)
                 continue
             self._add(shape)
             loaded.append(shape)
         return loaded
 
-    def _load_one(self, directory: Path) -> Shape | None:
-        shape_log = ShapeLog(directory, self.chunk_bytes, self.fsync)
-        shape_log.load()
-        if not shape_log.snapshot_complete:
-            return None
+    def _load_one(self, shape_log: ShapeLog) -> Shape:
         meta = shape_log.marker
-        if meta is None:
-            return None
-        snap = meta["snapshot"]
+        assert meta is not None
         definition = ShapeDefinition.from_json(meta["definition"])
         table = table_from_json(meta["table"])
         wanted = set(definition.columns)
-        shape = Shape(
+        return Shape(
             handle=meta["handle"],
             definition=definition,
             table=table,
@@ -205,9 +192,8 @@ class ShapeRegistry:
             ),
             columns=tuple(c for c in table.columns if c.name in wanted),
             log=shape_log,
-            snapshot=XidSnapshot.from_json(snap),
+            snapshot=XidSnapshot.from_json(meta["snapshot"]),
         )
-        return shape
 
     # -- rotation -------------------------------------------------------------------------
 
@@ -223,13 +209,7 @@ class ShapeRegistry:
         for key in self._request_keys.pop(shape, ()):
             if self._by_request.get(key) is shape:
                 del self._by_request[key]
-        shape.log.close()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            shutil.rmtree(shape.log.directory, ignore_errors=True)
-        else:  # a big log takes a while to delete: not on the event loop
-            loop.run_in_executor(None, shutil.rmtree, shape.log.directory, True)
+        self.store.retire(shape.log)  # its files go, in the executor
 
     def rotate_table(self, oid: int, reason: str) -> None:
         for shape in [s for s in self.by_handle.values() if s.definition.table_oid == oid]:

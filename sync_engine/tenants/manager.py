@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ServiceUnavailable, Unauthorized
+from ..log.store import count_on_disk
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from .auth import SourceAuth, parse_source_id
@@ -316,7 +317,7 @@ class SourceManager:
     def _shapes_on_disk(self, rec: SourceRecord) -> int:
         d = self.source_dir(rec.source_id) / "shapes"
         try:
-            return sum(1 for p in d.iterdir() if (p / "snapshot.complete").exists())
+            return count_on_disk(d)
         except OSError:
             return 0
 
