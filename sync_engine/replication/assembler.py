@@ -49,6 +49,7 @@ Deliver = Callable[[Shape, Xid, Lsn, list[Change]], None]
 """Where a committed transaction's changes to one shape go: (shape, xid, commit LSN, changes)."""
 
 _H: Final = XLOGDATA_HEADER  # the pgoutput message's position in a raw XLogData message
+_Row = pgoutput.Insert | pgoutput.Update | pgoutput.Delete
 
 
 class _Relation:
@@ -125,7 +126,7 @@ class TransactionAssembler:
                     self.op += 2
                     self.changes_seen += 1
                     continue
-                self._row_change(pgoutput.decode(buf[_H:]))  # type: ignore[arg-type]
+                self._row_change(cast(_Row, pgoutput.decode(buf[_H:])))
             elif kind == BEGIN:
                 self.xid = read_begin(buf, _H)[2]
                 self.in_transaction = True
@@ -153,7 +154,7 @@ class TransactionAssembler:
 
     def handle(self, msg: pgoutput.Message) -> Lsn:
         """Apply one decoded message; returns the end LSN when it was a commit, else 0."""
-        if isinstance(msg, pgoutput.Insert | pgoutput.Update | pgoutput.Delete):
+        if isinstance(msg, _Row):
             self._row_change(msg)
         elif isinstance(msg, pgoutput.Begin):
             self.in_transaction = True
@@ -197,7 +198,7 @@ class TransactionAssembler:
                 for shape in shapes:
                     self.registry.rotate(shape, "table schema changed")
 
-    def _row_change(self, msg: pgoutput.Insert | pgoutput.Update | pgoutput.Delete) -> None:
+    def _row_change(self, msg: _Row) -> None:
         op = self.op
         self.op += 2
         self.rows_decoded += 1
