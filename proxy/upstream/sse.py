@@ -12,9 +12,11 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
 
 - a client at the stream's start or anywhere within what it remembers joins at once (one
   write of what it missed, then the live events);
-- a client behind what the stream remembers (or ahead of anything it has seen) is not
-  joined: `forward` sends it to the engine on its own, which answers a client that is behind
-  with its catch-up and ends the stream; the client reconnects from there and joins;
+- a client ahead of the stream (its offset came from a write the stream has yet to
+  deliver) joins too and gets only what follows its offset, as from the engine;
+- a client behind what the stream remembers is not joined: `forward` sends it to the
+  engine on its own, which answers it with its catch-up and ends that stream; the client
+  reconnects from there and joins;
 - a client that reads too slowly (more than `LAG_LIMIT` unsent bytes) is cut off: it
   reconnects from its last up-to-date, as the real client does, and catches up as above.
 
@@ -155,16 +157,14 @@ class SharedStream:
         "raw",
         "subscribers",
         "task",
-        "tip",
     )
 
     def __init__(self, spec: StreamSpec) -> None:
         self.key = spec.key
         self.offset = spec.offset  # the engine request's own offset
         self.positions = Positions()
-        #: Every event after `floor` is remembered; `tip`: the furthest position seen.
+        #: Every event after `floor` is remembered.
         self.floor: Key = spec.position
-        self.tip: Key = spec.position
         self.head: Head | None = None
         self.body: bytes | None = None  # a non-200 answer, whole
         self.raw = False  # a 200 that is not an event stream: only identical requests share
@@ -197,20 +197,11 @@ class SharedStream:
         if tx > 0 and op < INF_OP:
             # max(request offset, log's last entry): no op of `tx` comes after `op`.
             self.positions.transaction_ends(tx, op)
-        self.tip = max(self.tip, self.positions.canonical(latest))
 
-    def placement(self, position: Key) -> str:
-        """Where a client at `position` stands: "join", "behind" or "ahead".
-
-        "join": every event after `position` is remembered or still to come.
-        """
+    def can_join(self, position: Key) -> bool:
+        """Whether every event after `position` is remembered or still to come."""
         canonical = self.positions.canonical
-        here = canonical(position)
-        if here < canonical(self.floor):
-            return "behind"
-        if here > canonical(self.tip):
-            return "ahead"
-        return "join"
+        return canonical(position) >= canonical(self.floor)
 
     def _last_key(self) -> Key:
         return self._keys[-1] if len(self._keys) > self._first else self.floor
@@ -234,8 +225,6 @@ class SharedStream:
             self._keys.append(event.key)
             self._datas.append(event.data)
             self._history_bytes += len(event.data)
-        if events:
-            self.tip = max(self.tip, events[-1].key)
         self._trim()
         frame = b"".join(event.data for event in events) + comments
         self._fan_out(frame)
@@ -423,8 +412,7 @@ async def serve(
         return Outcome(complete(head, stream.body), head.status, "collapsed" if joined else "-")
     if stream.raw and not identical:
         return Result.DIRECT
-    placement = stream.placement(spec.position)
-    if placement != "join":
+    if not stream.can_join(spec.position):
         return Result.DIRECT
     missed = stream.events_after(spec.position)
     if stream.finished and not missed:
@@ -442,7 +430,7 @@ async def serve(
     chunked = bool(getattr(writer, "chunked", False))
     _bound_send_buffer(transport)
     # From here to `subscribers.add` nothing awaits: no event can slip between the two.
-    if stream.placement(spec.position) != "join":  # the history moved past it meanwhile
+    if not stream.can_join(spec.position):  # the history moved past it meanwhile
         transport.close()  # it reconnects from its offset and catches up
         outcome.failure = ("client_gone", "client_too_slow")
         return outcome
