@@ -186,15 +186,6 @@ class ReplicationStream:
         """Highest WAL end position the server reported (XLogData and keepalives)."""
         return self._wal_end
 
-    @property
-    def flushed_lsn(self) -> Lsn:
-        """The LSN last recorded by :meth:`ack`, reported to the server as flushed."""
-        return self._flushed_lsn
-
-    @property
-    def started(self) -> bool:
-        return self._conn is not None and not self._conn.closed
-
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
