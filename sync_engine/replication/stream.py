@@ -186,6 +186,11 @@ class ReplicationStream:
         """Highest WAL end position the server reported (XLogData and keepalives)."""
         return self._wal_end
 
+    @property
+    def flushed_lsn(self) -> Lsn:
+        """The LSN last recorded by :meth:`ack`, reported to the server as flushed."""
+        return self._flushed_lsn
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
