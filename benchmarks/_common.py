@@ -83,11 +83,27 @@ def machine() -> str:
                             text=True).stdout.split()[2]  # fmt: skip
     return (
         f"{os.cpu_count()} cores ({cpu}), {mem} RAM, Linux {platform.release()}; "
+        f"{load()}; "
         f"Python {platform.python_version()}, aiohttp {_version('aiohttp')}, "
         f"uvloop {_version('uvloop')}, psycopg {_version('psycopg')}; PostgreSQL {pg} "
         f"(fsync=off, synchronous_commit=off); nginx {nginx}; no CPU pinning, load generator "
         "in the same machine (Python asyncio)"
     )
+
+
+def load() -> str:
+    """The machine's load now, and this process's scheduling weight: numbers measured on a
+    shared machine are only comparable with the load they were measured under. With the
+    kernel's autogroups, `nice` only orders processes of one session: another session's
+    busy processes take an equal share of the cores whatever their nice value."""
+    one, five, _ = os.getloadavg()
+    text = f"load average {one:.1f} (5 min {five:.1f})"
+    try:
+        if Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1":
+            text += f", autogroup nice {Path('/proc/self/autogroup').read_text().split()[-1]}"
+    except (OSError, IndexError):
+        pass
+    return text
 
 
 # --- per-process CPU and memory -------------------------------------------------------------
@@ -387,7 +403,7 @@ class NginxProcess(Process):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-nginx-"))
         sys.path.insert(0, str(ROOT / "config" / "nginx"))
-        from render import render  # type: ignore[import-not-found]
+        from render import render
 
         conf = render(self.dir, f"127.0.0.1:{self.port}", f"127.0.0.1:{engine_port}")
         site = self.dir / "shapegate.conf"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Row, machine, table
+from _common import Row, load, machine, table
 
 
 def scenarios() -> dict[int, tuple[str, object]]:
@@ -92,8 +92,8 @@ def main() -> int:
             traceback.print_exc()
             rows.append(Row(f"S{number} {name}", "FAILED", [("error", repr(exc)[:200])]))
         print(f"  scenario {number} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    report = "\n".join([*head, "", table(rows), "",
-                        f"total {time.perf_counter() - started:.0f} s"])  # fmt: skip
+    total = f"total {time.perf_counter() - started:.0f} s, {load()} at the end"
+    report = "\n".join([*head, "", table(rows), "", total])
     print()
     print(report)
     if args.markdown:

@@ -1,10 +1,10 @@
 """Build the proxy's aiohttp application: routes, middleware, long-lived resources.
 
-The upstream `ClientSession`, the `Forwarder` (in-flight collapsed requests and the response
-cache) and the runtime holder (config, verifier, JWKS caches, reload watcher) are created in
-one `cleanup_ctx` generator and closed in reverse order. The cache size is read at start (a
-reload does not resize it); `collapse` and the policy follow reloads. Nothing is
-module-global: two apps in one process (as in the tests) share nothing.
+The engine connection pool, the `Forwarder` (in-flight collapsed requests and the response
+cache), the `ClientSession` for JWKS fetches and the runtime holder (config, verifier, JWKS
+caches, reload watcher) are created in one `cleanup_ctx` generator and closed in reverse order.
+The cache size is read at start (a reload does not resize it); `collapse` and the policy
+follow reloads. Nothing is module-global: two apps in one process (as in the tests) share nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from proxy.logs import ACCESS_LOGGER, access_level, redact_query
 from proxy.metrics import Metrics
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
-from proxy.upstream.client import make_session
+from proxy.upstream.client import UpstreamPool, make_session
 from proxy.upstream.forward import Forwarder
 
 logger = logging.getLogger(__name__)
@@ -179,11 +179,12 @@ def create_app(
     app[METRICS] = metrics
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        session = make_session(loaded.config.upstream.pool_size)
+        session = make_session(loaded.config.upstream.pool_size)  # JWKS fetches
         app[SESSION] = session
+        pool = UpstreamPool(loaded.config.upstream.pool_size)  # the engine's requests
         cache_config = loaded.config.cache
         forwarder = Forwarder(
-            session,
+            pool,
             ResponseCache(cache_config.max_bytes, cache_config.max_entry_bytes),
             metrics,
         )
@@ -203,6 +204,7 @@ def create_app(
                 yield
         finally:
             await forwarder.close()
+            await pool.close()
             await session.close()
 
     app.cleanup_ctx.append(resources)

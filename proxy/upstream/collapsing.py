@@ -16,12 +16,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-import aiohttp
 from aiohttp import web
 
 from proxy.errors import ProxyError
 from proxy.upstream.cache import CacheKey
-from proxy.upstream.client import UpstreamOptions, connection_failed
+from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
 from proxy.upstream.respond import Outcome, complete, streaming
 
@@ -77,9 +76,9 @@ class Flight:
 
 
 #: Sends the flight's engine request (raises `ProxyError` before any headers).
-Opener = Callable[[], Awaitable[aiohttp.ClientResponse]]
+Opener = Callable[[], Awaitable[UpstreamResponse]]
 #: Turns the engine response's headers into the `Head` every waiter gets.
-HeadMaker = Callable[[aiohttp.ClientResponse], Head]
+HeadMaker = Callable[[UpstreamResponse], Head]
 #: Called once with a flight whose whole body arrived (to keep it in the cache).
 OnComplete = Callable[[Flight], None]
 
@@ -133,7 +132,7 @@ class Flights:
         self, flight: Flight, open_: Opener, make_head: HeadMaker, on_complete: OnComplete
     ) -> None:
         """The shared engine request: headers, then every body chunk, told to all waiters."""
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: UpstreamResponse | None = None
         try:
             try:
                 upstream = await open_()
@@ -146,7 +145,7 @@ class Flights:
                 async for chunk in upstream.content.iter_any():
                     flight.chunks.append(chunk)
                     flight.notify()
-            except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except BodyError as exc:
                 logger.warning("upstream stream broke (%s)", type(exc).__name__)
                 flight.broken = True
                 return

@@ -24,13 +24,11 @@ returning a half-read connection to the pool.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import aiohttp
 from aiohttp import web
 from cachetools import LRUCache
 from yarl import URL
@@ -39,7 +37,14 @@ from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
 from proxy.upstream import collapsing, sse
 from proxy.upstream.cache import CachedResponse, CacheKey, ResponseCache
-from proxy.upstream.client import UpstreamOptions, connection_failed, send
+from proxy.upstream.client import (
+    BodyError,
+    UpstreamOptions,
+    UpstreamPool,
+    UpstreamResponse,
+    connection_failed,
+    send,
+)
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT, Flight, Flights
 from proxy.upstream.headers import (
     Head,
@@ -85,15 +90,13 @@ _MemoKey = tuple[tuple[str, ...], int | None, bool, float, bool]
 
 
 class Forwarder:
-    """The app's engine access: the session, the in-flight requests and the response cache.
+    """The app's engine access: the connection pool, the in-flight requests, the response cache.
 
     Owned by one app (no module state); used from its event loop only.
     """
 
-    def __init__(
-        self, session: aiohttp.ClientSession, cache: ResponseCache, metrics: Metrics
-    ) -> None:
-        self.session = session
+    def __init__(self, pool: UpstreamPool, cache: ResponseCache, metrics: Metrics) -> None:
+        self.pool = pool
         self.cache = cache
         self.metrics = metrics
         self._flights = Flights()
@@ -170,12 +173,12 @@ class Forwarder:
         options: UpstreamOptions,
         request_id: str,
         if_none_match: str | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         request_headers = upstream_request_headers(request.headers, request_id)
         if if_none_match is not None:
             request_headers["if-none-match"] = if_none_match
         return await send(
-            self.session,
+            self.pool,
             self.metrics,
             target.method,
             target.url,
@@ -186,7 +189,7 @@ class Forwarder:
 
     def _head(
         self,
-        upstream: aiohttp.ClientResponse,
+        upstream: UpstreamResponse,
         options: UpstreamOptions,
         target: Target,
         cacheable: bool,
@@ -315,7 +318,7 @@ class Forwarder:
             if length is not None and length <= whole_limit:
                 try:
                     raw = await upstream.content.readexactly(length) if length else b""
-                except (aiohttp.ClientError, asyncio.IncompleteReadError, TimeoutError):
+                except BodyError:
                     raise connection_failed(options) from None
                 whole = True
                 if key is not None:
@@ -330,7 +333,7 @@ class Forwarder:
                         await response.write_eof(chunk)  # last chunk and terminator together
                         break
                     await response.write(chunk)
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except BodyError as exc:
                 outcome.failure = ("error", "upstream_broken_stream")
                 logger.warning(
                     "upstream stream broke (%s); closing client connection", type(exc).__name__
@@ -438,7 +441,10 @@ class Forwarder:
                     stream.task.add_done_callback(functools.partial(_release, permit))
             if joined:
                 self.metrics.collapsed_request()
-            result = await sse.serve(stream, request, spec, options, joined=joined)
+            try:
+                result = await sse.serve(stream, request, spec, options, joined=joined)
+            finally:
+                self._streams.leave(stream)
             if isinstance(result, Outcome):
                 return result
             if result is sse.Result.DIRECT:
@@ -447,12 +453,12 @@ class Forwarder:
 
     async def _open_shared(
         self, request: web.Request, target: Target, options: UpstreamOptions, request_id: str
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamResponse:
         """A shared stream's engine request: the first client's, minus what is its own."""
         request_headers = upstream_request_headers(request.headers, request_id)
         request_headers.pop("if-none-match", None)  # (an SSE answer's ETag never matches)
         return await send(
-            self.session, self.metrics, "GET", target.url, request_headers, None, options
+            self.pool, self.metrics, "GET", target.url, request_headers, None, options
         )
 
     # --- revalidated: an initial answer, confirmed by the engine before it is served ----

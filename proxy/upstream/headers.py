@@ -57,16 +57,32 @@ def upstream_request_headers(client: Mapping[str, str], request_id: str) -> dict
     return headers
 
 
+def _kept(name: str) -> bool:
+    lower = name.lower()
+    return lower not in _DROPPED_RESPONSE_HEADERS and not lower.startswith("access-control-")
+
+
+#: `_kept` by exact header name: the engine sends the same dozen names on every answer.
+_KEPT: dict[str, bool] = {}
+_KEPT_MAX = 1024
+
+
 def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     """Response headers to copy: drop hop-by-hop, engine CORS, and what we rewrite.
 
-    On every forwarded response, so each name is lower-cased once.
+    On every forwarded response: one dict lookup per header name seen before.
     """
+    known = _KEPT
     kept = []
-    for name, value in upstream:
-        lower = name.lower()
-        if lower not in _DROPPED_RESPONSE_HEADERS and not lower.startswith("access-control-"):
-            kept.append((name, value))
+    for item in upstream:
+        name = item[0]
+        keep = known.get(name)
+        if keep is None:
+            keep = _kept(name)
+            if len(known) < _KEPT_MAX:
+                known[name] = keep
+        if keep:
+            kept.append(item)
     return kept
 
 

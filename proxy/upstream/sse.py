@@ -40,12 +40,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
 from proxy.errors import ProxyError
-from proxy.upstream.client import UpstreamOptions, connection_failed
+from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
 from proxy.upstream.respond import Outcome, complete
 from proxy.upstream.sse_events import INF_OP, Event, EventParser, Key, Positions, offset_key
@@ -62,13 +61,20 @@ LAG_LIMIT = 256 * 1024
 SEND_BUFFER = 256 * 1024
 #: A non-200 engine answer is read whole to be shared; a larger one fails the stream.
 ERROR_BODY_LIMIT = 1024 * 1024
-#: Query parameters that place a request in the log (per client), or that the engine ignores.
+#: Query parameters that place a request in the log (per client), or that the engine ignores
+#: (`cache-buster`, `expired_handle`: Electric drops unknown parameters, so they never change
+#: its answer). Every other parameter is part of what clients must share to share a stream.
 _PER_CLIENT = frozenset(
-    {"offset", "cursor", "live", "live_sse", "experimental_live_sse", "cache-buster",
-     "expired_handle"}
-)  # fmt: skip
-#: Response headers written per client (the engine computed them for the first one).
-_CLIENT_HEADERS = ("electric-offset", "electric-cursor", "etag")
+    {
+        "offset",
+        "cursor",
+        "live",
+        "live_sse",
+        "experimental_live_sse",
+        "cache-buster",
+        "expired_handle",
+    }
+)
 
 
 class Result(Enum):
@@ -152,6 +158,7 @@ class SharedStream:
         "floor",
         "head",
         "key",
+        "members",
         "offset",
         "positions",
         "raw",
@@ -171,6 +178,7 @@ class SharedStream:
         self.failure: ProxyError | None = None
         self.finished = False
         self.subscribers: set[_Subscriber] = set()
+        self.members = 0  # clients waiting for it or reading it
         self.task: asyncio.Task[None] | None = None
         self._keys: list[Key] = []
         self._datas: list[bytes] = []
@@ -271,9 +279,9 @@ class SharedStream:
 
 
 #: Sends the stream's engine request (raises `ProxyError` before any headers).
-Opener = Callable[[], Awaitable[aiohttp.ClientResponse]]
+Opener = Callable[[], Awaitable[UpstreamResponse]]
 #: Turns the engine response's headers into the `Head` clients get.
-HeadMaker = Callable[[aiohttp.ClientResponse], Head]
+HeadMaker = Callable[[UpstreamResponse], Head]
 
 
 class SharedStreams:
@@ -291,14 +299,29 @@ class SharedStreams:
     def join(
         self, spec: StreamSpec, open_: Opener, make_head: HeadMaker
     ) -> tuple[SharedStream, bool]:
-        """The stream for `spec`, started at its offset if there is none; True if it existed."""
+        """The stream for `spec`, started at its offset if there is none; True if it existed.
+
+        Every `join` is followed by one `leave` when that client is done with the stream.
+        """
         stream = self._streams.get(spec.key)
-        if stream is not None:
-            return stream, True
-        stream = SharedStream(spec)
-        self._streams[spec.key] = stream
-        stream.task = asyncio.get_running_loop().create_task(self._run(stream, open_, make_head))
-        return stream, False
+        joined = stream is not None
+        if stream is None:
+            stream = SharedStream(spec)
+            self._streams[spec.key] = stream
+            stream.task = asyncio.get_running_loop().create_task(
+                self._run(stream, open_, make_head)
+            )
+        stream.members += 1
+        return stream, joined
+
+    def leave(self, stream: SharedStream) -> None:
+        """A client is done; the last one to leave ends an engine stream nobody reads (as
+        the engine's would end with its last direct client)."""
+        stream.members -= 1
+        if stream.members == 0 and not stream.finished:
+            self._forget(stream)
+            if stream.task is not None:
+                stream.task.cancel()
 
     def _forget(self, stream: SharedStream) -> None:
         if self._streams.get(stream.key) is stream:
@@ -315,7 +338,7 @@ class SharedStreams:
 
     async def _run(self, stream: SharedStream, open_: Opener, make_head: HeadMaker) -> None:
         """The engine request: headers, then every read fanned out, until it ends."""
-        upstream: aiohttp.ClientResponse | None = None
+        upstream: UpstreamResponse | None = None
         reason = "broken"
         try:
             try:
@@ -331,7 +354,7 @@ class SharedStreams:
                 if length is None or length <= ERROR_BODY_LIMIT:
                     try:
                         stream.body = await upstream.content.read(ERROR_BODY_LIMIT + 1)
-                    except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError):
+                    except BodyError:
                         stream.body = None
                 if stream.body is not None and len(stream.body) > ERROR_BODY_LIMIT:
                     stream.body = None  # each identical waiter gets a 502
@@ -345,7 +368,7 @@ class SharedStreams:
             try:
                 async for piece in upstream.content.iter_any():
                     stream.feed(piece)
-            except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            except BodyError as exc:
                 logger.warning("shared SSE stream broke (%s)", type(exc).__name__)
                 return
             reason = "ended"
@@ -432,7 +455,7 @@ async def serve(
     # From here to `subscribers.add` nothing awaits: no event can slip between the two.
     if not stream.can_join(spec.position):  # the history moved past it meanwhile
         transport.close()  # it reconnects from its offset and catches up
-        outcome.failure = ("client_gone", "client_too_slow")
+        outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
     missed = stream.events_after(spec.position)
     if missed:

@@ -174,6 +174,8 @@ class ShapeLog:
         self.marker: dict[str, Any] | None = None
         # Each snapshot chunk's (size, crc32): from the writes, or the marker once loaded.
         self._snapshot_sums: dict[int, tuple[int, int]] = {}
+        # Snapshot chunks whose file this process wrote or read and checked since loading.
+        self._checked: set[int] = set()
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again.
         self.repaired_from: int | None = None
@@ -294,6 +296,7 @@ class ShapeLog:
         A failed write removes the file (the snapshot fails; its shape is discarded)."""
         self._write_file(self._snapshot_name(index), data)
         self._snapshot_sums[index] = (len(data), zlib.crc32(data))
+        self._checked.add(index)
 
     def mark_snapshot_complete(self, count: int, record: dict[str, object]) -> None:
         """Durable marker only: the loop learns of completion through `on_chunk`.
@@ -340,7 +343,21 @@ class ShapeLog:
             self._damaged(f"{path}: no checksum recorded")
         elif len(data) != expected[0] or zlib.crc32(data) != expected[1]:
             self._damaged(f"{path}: content does not match its checksum")
+        self._checked.add(index)
         return data
+
+    def snapshot_chunk_file(self, index: int) -> tuple[str, int] | None:
+        """The path and size of chunk `index` if its file was written or checked by this
+        process, for sending it as it is (`http/sendfile.py`); else None: read it with
+        `read_snapshot_chunk`, which checks it (then this gives the file).
+
+        Snapshot chunks never change, so one check per process and chunk stands for the
+        responses after it: checking every response cost a read and a crc32 of each 10 MB
+        body, most of a warm sync's CPU.
+        """
+        if index not in self._checked:
+            return None
+        return self._snapshot_name(index), self._snapshot_sums[index][0]
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""

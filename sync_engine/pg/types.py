@@ -10,7 +10,7 @@ takes a `PgType` (`ColumnInfo.pg_type` for a column); nothing else spells type n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Postgres's SQL names for the messages it prints ("invalid input syntax for type integer").
 _SQL_NAMES: dict[str, str] = {
@@ -28,7 +28,7 @@ _SQL_NAMES: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class PgType:
     """A Postgres type: `name` is the scalar (element) type's typname (`int4`, `text`, an
     enum's own name); `array` for an array of it (any number of dimensions, as in
@@ -37,6 +37,27 @@ class PgType:
     name: str
     array: bool = False
     enum: bool = False
+    # The compiler compares and hashes types at every node (type groups, cast tables): the
+    # hash is computed once, equality compares fields without building tuples.
+    _hash: int = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.name, self.array, self.enum)))
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, PgType):
+            return NotImplemented
+        return (
+            self._hash == other._hash
+            and self.name == other.name
+            and self.array == other.array
+            and self.enum == other.enum
+        )
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def element(self) -> PgType:

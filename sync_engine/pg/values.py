@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
 from functools import total_ordering
+from typing import Any
 
 from .types import (
     BOOL,
@@ -54,6 +55,15 @@ from .types import (
 )
 
 Parser = Callable[[str], object]
+
+Value = Any
+"""A SQL value as the where evaluator holds it: int, float, Decimal, bool, str, bytes,
+uuid.UUID, date / datetime / time (or `PgInfinity`, `EndOfDay`), `Interval`, a tuple for an
+array (`Array`); None is SQL NULL. `Any` on purpose: the compiler picks every operation by
+its operands' `PgType`, which a static union could not follow without a cast per operator."""
+
+Array = tuple[Value, ...]
+"""An array value: nested tuples, one level per dimension; None elements are NULL."""
 
 USECS_PER_SEC = 1_000_000
 USECS_PER_DAY = 86_400 * USECS_PER_SEC

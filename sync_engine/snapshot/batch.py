@@ -25,6 +25,7 @@ returned to be run again in a later batch.
 from __future__ import annotations
 
 import asyncio
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from psycopg import pq, sql
 from ..log.entries import snapshot_end_message
 from ..pg.waiter import SocketWaiter
 from ..pg.xid_snapshot import XidSnapshot
+from .query import ROW_SEP
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
@@ -73,11 +75,18 @@ class SnapshotJob:
 def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -> bytes:
     parts = [
         b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
-        b"SELECT pg_current_snapshot()::text",
+        # JIT off for the transaction: a big table's estimated cost makes Postgres compile
+        # and optimise the row expressions with LLVM before the first row (a 30-column
+        # table: seconds, and a third more of Postgres's CPU in all than without).
+        b"SELECT pg_current_snapshot()::text, set_config('jit', 'off', true)",
     ]
     for job in jobs:
         if job.query is not None:
-            parts.append(sql.SQL("COPY ({}) TO STDOUT").format(job.query.sql).as_bytes(conn))
+            query = job.query
+            copy = sql.SQL("COPY ({}) TO STDOUT")
+            if query.bulk_sql is not None:  # see `_copy_bulk`
+                copy = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)")
+            parts.append(copy.format(query.bulk_sql or query.sql).as_bytes(conn))
     parts.append(b"COMMIT")
     return b";\n".join(parts)
 
@@ -167,6 +176,9 @@ async def _run(
 
 #: Rows joined into one block as they arrive (see `_copy`).
 ROW_GROUP = 256
+#: The first chunk of a snapshot is cut at this size (or `chunk_bytes` if smaller): a
+#: client's first byte must not wait for 10 MB of rows, however wide they are.
+FIRST_CHUNK = 1 << 20
 
 
 async def _copy(
@@ -174,29 +186,50 @@ async def _copy(
 ) -> tuple[int, bytes]:
     """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries).
 
-    The inner loop is the per-row cost of every snapshot (libpq hands COPY data one row at
-    a time), so it does little else: libpq's buffer is drained until it is empty or a chunk
-    is full. Rows are joined into blocks of `ROW_GROUP` as they come: holding a chunk's
-    60,000 row objects until the chunk is full cost four times the reading itself (fresh
-    memory for each chunk, released again after it), while short-lived rows reuse the same
-    few blocks of memory. Waiting for the socket returns to the event loop, so other work
-    interleaves with a long snapshot at least once per socket read.
+    A full chunk is written (and announced) by a task while the next one is read, so
+    Postgres is not left waiting on a full socket while the engine writes; one write at
+    a time, so at most about two chunks are in memory.
     """
     query = job.query
     assert query is not None
+    writer = _ChunkWriter(job, fsync)
+    try:
+        if query.bulk_sql is not None:
+            tail = await _copy_bulk(c, query, writer, chunk_bytes)
+        else:
+            tail = await _copy_rows(c, query, writer, chunk_bytes)
+        await writer.drain()
+    finally:
+        writer.cancel()
+    return writer.count, tail
+
+
+async def _copy_rows(
+    c: SocketWaiter, query: RowQuery, writer: _ChunkWriter, chunk_bytes: int
+) -> bytes:
+    """One COPY line per row (a shape with a where clause, order or limit).
+
+    The inner loop is the per-row cost of every such snapshot (libpq hands COPY data one
+    row at a time), so it does little else: libpq's buffer is drained until it is empty
+    or a chunk is full. Rows are joined into blocks of `ROW_GROUP` as they come: holding a
+    chunk's 60,000 row objects until the chunk is full cost four times the reading itself
+    (fresh memory for each chunk, released again after it), while short-lived rows reuse
+    the same few blocks of memory. Waiting for the socket returns to the event loop, so
+    other work interleaves with a long snapshot at least once per socket read.
+    """
     get_copy_data = c.pgconn.get_copy_data
     overhead = query.line_overhead()
     rows: list[bytes | memoryview] = []  # bytes from psycopg's C libpq binding
     append = rows.append
     blocks: list[bytes] = []
     size = 0
-    index = 0
+    limit = min(chunk_bytes, FIRST_CHUNK)
     while True:
         nbytes, data = get_copy_data(1)
         while nbytes > 0:
             append(data)
             size += nbytes + overhead
-            if size >= chunk_bytes:
+            if size >= limit:
                 break
             if len(rows) >= ROW_GROUP:
                 blocks.append(b"".join(rows))
@@ -205,18 +238,100 @@ async def _copy(
         if nbytes > 0:  # a chunk is full
             blocks.append(b"".join(rows))
             rows.clear()
-            await _write(job, index, query.finish_block(blocks), fsync)
+            await writer.put(query.finish_block(blocks))
             blocks = []
-            index += 1
-            if job.error is None and not job.cancelled():
-                job.on_chunk(index, False)
-            size = 0
+            size, limit = 0, chunk_bytes
         elif nbytes == 0:
             await c.readable()
         else:
             break
     blocks.append(b"".join(rows))
-    return index, query.finish_block(blocks)
+    return query.finish_block(blocks)
+
+
+async def _copy_bulk(
+    c: SocketWaiter, query: RowQuery, writer: _ChunkWriter, chunk_bytes: int
+) -> bytes:
+    """Many rows per COPY line (`RowQuery.bulk_sql`, in COPY's binary format): a whole-table
+    snapshot.
+
+    Binary, because its one text field comes as it is: the text format doubles every
+    backslash, and a wide row's JSON values are full of them (`\\"` in each jsonb
+    rendered as a string); undoing that was the biggest share of the engine's CPU, and
+    Postgres escaped it first. Whole lines go into the chunk while they fit; the line that
+    crosses the chunk's size is split into its rows (C-level), so chunks end by size as
+    with one row per line.
+    """
+    get_copy_data = c.pgconn.get_copy_data
+    per_row = query.line_overhead() + 1  # a row has no line terminator here
+    units: list[bytes | memoryview] = []
+    size = 0
+    limit = min(chunk_bytes, FIRST_CHUNK)
+    while True:
+        nbytes, data = get_copy_data(1)
+        if nbytes == 0:
+            await c.readable()
+            continue
+        if nbytes < 0:
+            break
+        line = data if isinstance(data, bytes) else bytes(data)  # bytes from the C binding
+        at = len(_BINARY_HEADER) if line.startswith(_BINARY_HEADER) else 0
+        fields, length = _FIELD.unpack_from(line, at) if nbytes >= at + 6 else (-1, -1)
+        if fields != 1 or length < 0:  # the trailer, or a block range without rows (NULL)
+            continue
+        at += 6
+        count = line.count(ROW_SEP, at) + 1
+        grow = length + count * per_row
+        if size + grow < limit:
+            units.append(memoryview(line)[at:])
+            size += grow
+            continue
+        for row in line[at:].split(ROW_SEP):
+            units.append(row)
+            size += len(row) + per_row
+            if size >= limit:
+                await writer.put(query.finish_units(units))
+                size, limit = 0, chunk_bytes
+    return query.finish_units(units)
+
+
+#: COPY's binary format: the signature, flags and header extension length (all zero),
+#: at the start of the first line; each line then holds a field count and a length.
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_FIELD = struct.Struct(">hi")
+
+
+class _ChunkWriter:
+    """Writes a job's full chunks in order, each by a task while the next one is read."""
+
+    def __init__(self, job: SnapshotJob, fsync: bool) -> None:
+        self.job = job
+        self.fsync = fsync
+        self.count = 0  # chunks handed over
+        self._task: asyncio.Task[None] | None = None
+
+    async def put(self, data: bytes) -> None:
+        await self.drain()
+        self._task = asyncio.ensure_future(self._write(self.count, data))
+        self.count += 1
+
+    async def _write(self, index: int, data: bytes) -> None:
+        job = self.job
+        await _write(job, index, data, self.fsync)
+        if job.error is None and not job.cancelled():
+            job.on_chunk(index + 1, False)
+
+    async def drain(self) -> None:
+        """Wait for the chunk being written (its failure is in `job.error`)."""
+        task, self._task = self._task, None
+        if task is not None:
+            await task
+
+    def cancel(self) -> None:
+        """The COPY failed: the write in progress is not awaited (its shape is discarded)."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
 
 
 async def _finish(job: SnapshotJob, index: int, tail: bytes, end: bytes, fsync: bool) -> None:

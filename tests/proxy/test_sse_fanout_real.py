@@ -22,6 +22,7 @@ import psycopg
 import pytest
 
 from proxy.config.loader import build_config
+from proxy.http.handlers import FORWARDER
 from proxy.upstream import sse
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
@@ -30,17 +31,24 @@ from tests.support.waiting import wait_until_async
 SHAPE = "/v1/shape?table=items"
 
 
-@pytest.fixture
-def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
-    """The engine through its CLI; SSE streams end after 2 s, so tests see several."""
+def _engine(db_url: str, data: Path, secret: str, sse_timeout: float) -> EngineProcess:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
         conn.execute("INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')")
-    process = EngineProcess(
-        db_url, tmp_path / "data", "--secret", engine_secret,
-        "--long-poll-timeout", "3", "--sse-timeout", "2", "--no-fsync",
-    )  # fmt: skip
+    args = ["--secret", secret, "--long-poll-timeout", "3", "--no-fsync"]
+    process = EngineProcess(db_url, data, *args, "--sse-timeout", str(sse_timeout))
     process.start()
+    return process
+
+
+@pytest.fixture
+def engine(
+    db_url: str, tmp_path: Path, engine_secret: str, request: pytest.FixtureRequest
+) -> Iterator[EngineProcess]:
+    """The engine through its CLI; SSE streams end after 2 s (so tests see several), or
+    after the seconds a test asks for (indirect parametrisation)."""
+    sse_timeout = getattr(request, "param", 2)
+    process = _engine(db_url, tmp_path / "data", engine_secret, sse_timeout)
     try:
         yield process
     finally:
@@ -368,3 +376,30 @@ async def test_clients_leaving_do_not_disturb_the_others(proxy: Any, db_url: str
     finally:
         for client in clients:
             await client.stop()
+
+
+@pytest.mark.parametrize("engine", [60], indirect=True)
+async def test_the_engine_stream_ends_when_its_last_client_leaves(
+    engine: EngineProcess, db_url: str, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """Nobody reads it: the shared stream (and its engine request) goes at once, not when the
+    engine's 60 s run out (aiohttp's test server cancels a handler whose client went away,
+    as the proxy's server does)."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=30)  # above the engine's keep-alive gap
+    proxy = await make_proxy(build_config(config, environ))
+    forwarder = proxy.app[FORWARDER]
+    token = proxy.tokens.make()
+    handle, offset = await _sync(proxy, token)
+    clients = [SseClient(proxy, token, handle, offset).start() for _ in range(3)]
+    await _open(clients)
+    assert forwarder.shared_streams == 1
+    await clients[0].stop()
+    _insert(db_url, (60, "still read"))
+    await _all_have(clients[1:], ["60"])
+    assert forwarder.shared_streams == 1
+    for client in clients[1:]:
+        await client.stop()
+    await wait_until_async(
+        lambda: forwarder.shared_streams == 0, timeout=5, message="the unread stream is closed"
+    )

@@ -22,7 +22,9 @@ One job a module:
 - `text`      type output functions (`::text`, `||`, concat) and LIKE;
 - `arrays`    array operators and functions, ANY/ALL;
 - `expr`      `Expr`, the typed compiled node, and the closures that combine them;
-- `compiler`  the AST walk that checks each node and builds its `Expr`;
+- `compiler`  the AST walk that checks each node and builds its `Expr`: coercion, casts,
+              the collation's text rules;
+- `operators` operator expressions (comparisons, arithmetic, `||`, arrays, IN, LIKE, ...);
 - `functions` the table of supported functions;
 - `index`     the equality / IN keys the router files shapes under;
 - `collation` which text semantics the table's collations let the engine reproduce;

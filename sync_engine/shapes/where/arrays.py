@@ -6,11 +6,12 @@ Arrays are nested tuples; NULL elements are `None`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+
+from sync_engine.pg.values import Value
 
 
-def flatten(value: Any) -> list[Any]:
-    out: list[Any] = []
+def flatten(value: Value) -> list[Value]:
+    out: list[Value] = []
     for item in value:
         if isinstance(item, tuple):
             out.extend(flatten(item))
@@ -19,7 +20,7 @@ def flatten(value: Any) -> list[Any]:
     return out
 
 
-def array_contains(a: Any, b: Any) -> bool:
+def array_contains(a: Value, b: Value) -> bool:
     """a @> b: every element of b is in a; NULL elements never match (Postgres rule)."""
     have = [x for x in flatten(a) if x is not None]
     for x in flatten(b):
@@ -28,12 +29,12 @@ def array_contains(a: Any, b: Any) -> bool:
     return True
 
 
-def array_overlaps(a: Any, b: Any) -> bool:
+def array_overlaps(a: Value, b: Value) -> bool:
     have = [x for x in flatten(a) if x is not None]
     return any(x is not None and x in have for x in flatten(b))
 
 
-def array_ndims(a: Any) -> int | None:
+def array_ndims(a: Value) -> int | None:
     if not a:
         return None
     dims = 0
@@ -43,13 +44,13 @@ def array_ndims(a: Any) -> int | None:
     return dims
 
 
-def array_subscript(a: Any, index: int) -> Any:
+def array_subscript(a: Value, index: int) -> Value:
     if not a or isinstance(a[0], tuple) or not 1 <= index <= len(a):
         return None
     return a[index - 1]
 
 
-def array_slice(a: Any, lo: int | None, hi: int | None) -> Any:
+def array_slice(a: Value, lo: int | None, hi: int | None) -> Value:
     """`a[lo:hi]`: slices the first dimension (the others are taken whole, as Postgres
     does when only one dimension is written); an empty slice is the empty array."""
     if not a:
@@ -59,7 +60,7 @@ def array_slice(a: Any, lo: int | None, hi: int | None) -> Any:
     return tuple(a[lo - 1 : hi]) if lo <= hi else ()
 
 
-def _shape(a: Any) -> tuple[int, ...]:
+def _shape(a: Value) -> tuple[int, ...]:
     dims = []
     while isinstance(a, tuple) and a:
         dims.append(len(a))
@@ -71,7 +72,7 @@ def _incompatible() -> ValueError:
     return ValueError("cannot concatenate incompatible arrays")
 
 
-def array_cat(a: Any, b: Any) -> Any:
+def array_cat(a: Value, b: Value) -> Value:
     """`array || array` / array_cat with Postgres's dimension rules: equal dimensions
     concatenate along the first, one less adds an element (row), anything else fails."""
     if a is None:
@@ -92,30 +93,32 @@ def array_cat(a: Any, b: Any) -> Any:
     raise _incompatible()
 
 
-def array_append(a: Any, x: Any) -> Any:
+def array_append(a: Value, x: Value) -> Value:
     if a and isinstance(a[0], tuple):
         raise ValueError("argument must be empty or one-dimensional array")
     return (*(a or ()), x)
 
 
-def array_prepend(x: Any, a: Any) -> Any:
+def array_prepend(x: Value, a: Value) -> Value:
     if a and isinstance(a[0], tuple):
         raise ValueError("argument must be empty or one-dimensional array")
     return (x, *(a or ()))
 
 
-def array_ndims_nullable(a: Any) -> Any:
+def array_ndims_nullable(a: Value) -> Value:
     return None if a is None else array_ndims(a)
 
 
-def subscript_nullable(a: Any, i: Any) -> Any:
+def subscript_nullable(a: Value, i: Value) -> Value:
     return None if a is None or i is None else array_subscript(a, i)
 
 
-def quantified_op(op: Callable[[Any, Any], Any], is_all: bool) -> Callable[[Any, Any], Any]:
+def quantified_op(
+    op: Callable[[Value, Value], Value], is_all: bool
+) -> Callable[[Value, Value], Value]:
     """`x op ANY(arr)` / `x op ALL(arr)` with Postgres's NULL rules."""
 
-    def quantified(value: Any, array: Any) -> Any:
+    def quantified(value: Value, array: Value) -> Value:
         if array is None:
             return None
         items = flatten(array)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
 
 from sync_engine.pg.types import (
     BOOL,
@@ -26,6 +25,7 @@ from sync_engine.pg.types import (
     VARCHAR,
     PgType,
 )
+from sync_engine.pg.values import Value
 
 from .datetimes import (
     date_to_ts,
@@ -40,7 +40,7 @@ from .resolution import INT_TYPES, NUMERIC_ORDER
 from .semantics import float4_to_numeric, identity, to_float4, to_float8, to_int, to_numeric
 
 # Implicit (and explicit) scalar conversions: (from, to) -> (function, index-exact).
-IMPLICIT_CASTS: dict[tuple[PgType, PgType], tuple[Callable[[Any], Any], bool]] = {}
+IMPLICIT_CASTS: dict[tuple[PgType, PgType], tuple[Callable[[Value], Value], bool]] = {}
 for _i, _src in enumerate(NUMERIC_ORDER):
     for _dst in NUMERIC_ORDER[_i + 1 :]:
         if _dst in INT_TYPES:
@@ -59,7 +59,7 @@ IMPLICIT_CASTS[(DATE, TIMESTAMPTZ)] = (date_to_ts, False)  # then to tz: see Com
 IMPLICIT_CASTS[(TIMESTAMP, TIMESTAMPTZ)] = (ts_to_tstz, False)
 
 
-EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Any], Any]] = {
+EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Value], Value]] = {
     **{(s, d): to_int(d) for s in NUMERIC_ORDER for d in INT_TYPES if s != d},
     **{(s, NUMERIC): to_numeric for s in NUMERIC_ORDER if s != NUMERIC},
     (FLOAT4, NUMERIC): float4_to_numeric,

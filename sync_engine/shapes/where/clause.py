@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from pglast import ast
 from pglast.enums import SortByDir
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.types import BOOL, UNKNOWN
-from sync_engine.pg.values import UnrepresentableValue
+from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .compiler import Compiler
 from .errors import WhereError
@@ -33,7 +32,7 @@ class Where:
     source: str
     sql: str
     referenced_columns: frozenset[str]
-    index: tuple[str, frozenset[Any]] | None
+    index: tuple[str, frozenset[Value]] | None
     _fn: Eval = field(repr=False, compare=False)
 
     def matches(self, row: Mapping[str, str | None]) -> bool:

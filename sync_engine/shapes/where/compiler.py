@@ -1,7 +1,9 @@
 """The compiler: walks the pglast AST once, checking each node and building its `Expr`.
 
 Each `_<NodeType>` method handles one node type; anything without a method is refused with a
-`WhereError` naming the construct.
+`WhereError` naming the construct. Operator expressions are compiled in `operators.py`; the
+methods here are what every node shares: coercion to a type, casts, and the collation's
+text rules.
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from decimal import Decimal
-from typing import Any
 
 from pglast import ast
-from pglast.enums import A_Expr_Kind, BoolExprType, BoolTestType, MinMaxOp, NullTestType
+from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo
@@ -22,11 +23,8 @@ from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
     DATE,
-    FLOAT8,
-    INT2,
     INT4,
     INT8,
-    INTERVAL,
     NUMERIC,
     TEXT,
     TIMESTAMPTZ,
@@ -34,20 +32,14 @@ from sync_engine.pg.types import (
     VARCHAR,
     PgType,
 )
+from sync_engine.pg.values import Value
 
+from . import operators
 from .arrays import (
-    array_append,
-    array_cat,
-    array_contains,
-    array_overlaps,
-    array_prepend,
-    flatten,
-    quantified_op,
     subscript_nullable,
 )
 from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS
 from .collation import SQL_ONLY, text_rules
-from .datetimes import DATETIME_OPS, neg_interval
 from .errors import WhereError, error_at
 from .expr import (
     Cache,
@@ -58,67 +50,30 @@ from .expr import (
     apply_nullable,
     bool_expr,
     cached_column_eval,
-    col_const_compare,
     column_eval,
     const,
-    in_list,
     or_expr,
     slice_expr,
 )
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
-from .index import indexable, keyset
 from .parse import construct_name
 from .resolution import (
     CAST_TARGET_NAMES,
-    FLOAT_TYPES,
-    INT_TYPES,
     JSON_TYPES,
-    NUMERIC_ORDER,
     ORDERED_TYPES,
     STRING_TYPES,
-    TEMPORAL_TYPES,
-    common_numeric,
     common_type,
-    fits_operand,
 )
 from .semantics import (
-    COMPARISONS,
-    arith_func,
-    checked_int,
     comparison_op,
-    float_pow,
     identity,
-    sqrt,
-    wrap_shift,
 )
 from .text import (
     bool_text,
     bool_text_from_raw,
     case_mapping,
-    like_function,
-    like_regex,
     text_output,
 )
-
-JSON_OPERATORS = frozenset({"->", "->>", "#>", "#>>", "?", "?|", "?&", "@?", "@@", "#-"})
-
-
-LIKE_OPERATORS = {
-    "~~": (False, False),
-    "!~~": (False, True),
-    "~~*": (True, False),
-    "!~~*": (True, True),
-}
-
-
-# Decimal's `-x` / `abs(x)` round to the context's 28 digits; numeric never rounds.
-_NEGATE: dict[PgType, Callable[[Any], Any]] = {
-    INTERVAL: neg_interval,
-    NUMERIC: Decimal.copy_negate,
-}
-
-FLIPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
-"""The comparison with its operands swapped (`1 < x` is `x > 1`)."""
 
 
 class Compiler:
@@ -147,7 +102,7 @@ class Compiler:
 
     # -- entry points --
 
-    def compile(self, node: Any) -> Expr:
+    def compile(self, node: ast.Node) -> Expr:
         method = getattr(self, "_" + type(node).__name__, None)
         if method is None:
             raise error_at(f"{construct_name(node)} is not supported", node)
@@ -199,8 +154,8 @@ class Compiler:
     def _no_conversion(self, expr: Expr, target: PgType) -> WhereError:
         return error_at(f"cannot convert {expr.type.sql_name} to {target.sql_name}", expr.node)
 
-    def _map_array(self, expr: Expr, target: PgType, func: Callable[[Any], Any]) -> Expr:
-        def conv(a: Any) -> Any:
+    def _map_array(self, expr: Expr, target: PgType, func: Callable[[Value], Value]) -> Expr:
+        def conv(a: Value) -> Value:
             return tuple(
                 None if x is None else conv(x) if isinstance(x, tuple) else func(x) for x in a
             )
@@ -217,7 +172,7 @@ class Compiler:
             return const(target, None, expr.node)
         if target.enum or (target.array and target.element.enum):
             if target.array:
-                value: Any = pgv.parse_array(expr.text, identity)
+                value: Value = pgv.parse_array(expr.text, identity)
             else:
                 value = expr.text
             return const(target, value, expr.node)
@@ -227,7 +182,7 @@ class Compiler:
         except ValueError as e:
             raise error_at(str(e), expr.node) from None
 
-    def unify(self, exprs: Sequence[Expr], what: str, node: Any) -> tuple[PgType, list[Expr]]:
+    def unify(self, exprs: Sequence[Expr], what: str, node: ast.Node) -> tuple[PgType, list[Expr]]:
         """Convert operands to one common type (Postgres's UNION/CASE-style resolution)."""
         typ = UNKNOWN
         for e in exprs:
@@ -328,7 +283,7 @@ class Compiler:
     def _BooleanTest(self, node: ast.BooleanTest) -> Expr:
         arg = self.to_bool(self.compile(node.arg), "IS TRUE")
         f = arg.fn
-        tests: dict[Any, Callable[[Any], bool]] = {
+        tests: dict[BoolTestType, Callable[[Value], bool]] = {
             BoolTestType.IS_TRUE: lambda v: v is True,
             BoolTestType.IS_NOT_TRUE: lambda v: v is not True,
             BoolTestType.IS_FALSE: lambda v: v is False,
@@ -339,428 +294,12 @@ class Compiler:
         test = tests[node.booltesttype]
         return bool_expr(lambda row, cache: test(f(row, cache)), node)
 
-    # -- operators --
+    # -- operators (operators.py) --
 
     def _A_Expr(self, node: ast.A_Expr) -> Expr:
-        names = [n.sval for n in node.name]
-        if len(names) != 1:
-            raise error_at(f"qualified operator {'.'.join(names)} is not supported", node)
-        name = names[0]
-        kind = node.kind
-        handlers: dict[Any, Callable[[ast.A_Expr, str], Expr]] = {
-            A_Expr_Kind.AEXPR_OP: self._operator,
-            A_Expr_Kind.AEXPR_OP_ANY: self._any_all,
-            A_Expr_Kind.AEXPR_OP_ALL: self._any_all,
-            A_Expr_Kind.AEXPR_DISTINCT: self._distinct,
-            A_Expr_Kind.AEXPR_NOT_DISTINCT: self._distinct,
-            A_Expr_Kind.AEXPR_NULLIF: self._nullif,
-            A_Expr_Kind.AEXPR_IN: self._in,
-            A_Expr_Kind.AEXPR_LIKE: self._like_expr,
-            A_Expr_Kind.AEXPR_ILIKE: self._like_expr,
-            A_Expr_Kind.AEXPR_BETWEEN: self._between,
-            A_Expr_Kind.AEXPR_NOT_BETWEEN: self._between,
-            A_Expr_Kind.AEXPR_BETWEEN_SYM: self._between,
-            A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM: self._between,
-        }
-        handler = handlers.get(kind)
-        if handler is None:
-            raise error_at(
-                f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node
-            )
-        return handler(node, name)
+        return operators.compile_operator(self, node)
 
-    def _operator(self, node: ast.A_Expr, name: str) -> Expr:
-        if name in JSON_OPERATORS:
-            raise error_at(f"JSON operator {name} is not supported", node)
-        if node.lexpr is None:
-            return self._prefix(node, name, self.compile(node.rexpr))
-        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
-        for side in (left, right):
-            if side.type in JSON_TYPES:
-                raise error_at(
-                    f"JSON operators are not supported ({side.type.sql_name} {name})", node
-                )
-        if name in COMPARISONS:
-            return self.comparison(name, left, right, node)
-        if name in LIKE_OPERATORS:
-            ignore_case, negate = LIKE_OPERATORS[name]
-            return self.like(left, right, None, ignore_case, negate, node)
-        if name in ("@>", "<@", "&&"):
-            return self._array_op(name, left, right, node)
-        if name == "||":
-            return self._concat_op(left, right, node)
-        return self._arithmetic(name, left, right, node)
-
-    def comparison(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
-        typ = self.common(left.type, right.type, node)
-        if typ is None or (typ.enum and not self.allow_enums):
-            raise self._operator_error(name, left, right, node)
-        if typ == UNKNOWN:
-            typ = TEXT
-        if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
-            raise self._operator_error(name, left, right, node)
-        left, right = self.coerce(left, typ), self.coerce(right, typ)
-        op = self.compare_fn(name, typ, node)
-        if left.is_const and not right.is_const:
-            left, right = right, left
-            op = self.compare_fn(
-                {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(name, name), typ, node
-            )
-        index = None
-        if name == "=" and right.is_const and left.column is not None and left.raw:
-            index = (left.column, frozenset() if right.value is None else keyset([right.value]))
-        if right.is_const and left.unary is not None and right.value is not None:
-            expr = col_const_compare(left, right.value, op, node)
-        else:
-            expr = apply(BOOL, op, [left, right], node)
-        return replace(expr, index=index) if index and indexable(index[1]) else expr
-
-    def _operator_error(self, name: str, left: Expr, right: Expr, node: Any) -> WhereError:
-        for side in (left, right):
-            if side.type.enum and not self.allow_enums:
-                return error_at(
-                    f"enum values can only be compared after a cast to text "
-                    f"(operator {name} on {side.type.sql_name})",
-                    node,
-                )
-        return error_at(
-            f"operator does not exist: {left.type.sql_name} {name} {right.type.sql_name}", node
-        )
-
-    def _prefix(self, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
-        if arg.type == UNKNOWN:
-            arg = self.coerce(arg, NUMERIC if name != "~" else INT8)
-        typ = arg.type
-        if name == "~" and typ in INT_TYPES:
-            return apply(typ, operator.invert, [arg], node)
-        if typ in NUMERIC_ORDER or (typ == INTERVAL and name in "+-"):
-            funcs: dict[str, Callable[[Any], Any]] = {
-                "+": identity,
-                "-": _NEGATE.get(typ, operator.neg),
-                "@": Decimal.copy_abs if typ == NUMERIC else abs,
-                "|/": sqrt,
-            }
-            if name in funcs:
-                rtype = FLOAT8 if name == "|/" else typ
-                if name == "|/":
-                    arg = self.coerce(arg, FLOAT8)
-                func = funcs[name]
-                if typ in INT_TYPES and name in ("-", "@"):
-                    func = checked_int(typ, func)
-                return apply(rtype, func, [arg], node)
-        raise error_at(f"operator does not exist: {name} {typ.sql_name}", node)
-
-    def _arithmetic(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
-        dated = self._datetime_arithmetic(name, left, right, node)
-        if dated is not None:
-            return dated
-        lt, rt = left.type, right.type
-        if lt == UNKNOWN:
-            left = self.coerce(left, rt if rt in NUMERIC_ORDER else NUMERIC)
-        if right.type == UNKNOWN:
-            right = self.coerce(right, left.type if left.type in NUMERIC_ORDER else NUMERIC)
-        lt, rt = left.type, right.type
-        if lt not in NUMERIC_ORDER or rt not in NUMERIC_ORDER:
-            raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
-        if name in ("&", "|", "#", "<<", ">>"):
-            return self._bitwise(name, left, right, node)
-        if name == "^":
-            typ = (
-                NUMERIC
-                if NUMERIC in (lt, rt) and not FLOAT_TYPES & {lt, rt} - {NUMERIC}
-                else FLOAT8
-            )
-            if typ == NUMERIC:
-                # power_var picks its result scale by rules the engine does not reproduce
-                raise error_at("operator ^ on numeric is not supported (cast to float8)", node)
-            return apply(typ, float_pow, [self.coerce(left, typ), self.coerce(right, typ)], node)
-        typ = common_numeric(lt, rt)
-        left, right = self.coerce(left, typ), self.coerce(right, typ)
-        arith = arith_func(name, typ)
-        if arith is None:
-            raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
-        return apply(typ, arith, [left, right], node)
-
-    def _datetime_arithmetic(self, name: str, left: Expr, right: Expr, node: Any) -> Expr | None:
-        """Date/time operators, resolving an untyped literal like Postgres: first as the
-        other operand's type (so `ts - '1 day'` fails as in Postgres), then any match."""
-        lt, rt = left.type, right.type
-        if not ({lt, rt} & TEMPORAL_TYPES):
-            return None
-        candidates = [(a, b) for (op, a, b) in DATETIME_OPS if op == name]
-        exact = [c for c in candidates if fits_operand(lt, c[0]) and fits_operand(rt, c[1])]
-        chosen = None
-        if exact:
-            chosen = exact[0]
-        elif UNKNOWN in (lt, rt):
-            other = rt if lt == UNKNOWN else lt
-            same = (other, other)
-            if same in candidates:
-                chosen = same
-            else:
-                fits = [
-                    c
-                    for c in candidates
-                    if (lt == UNKNOWN or fits_operand(lt, c[0]))
-                    and (rt == UNKNOWN or fits_operand(rt, c[1]))
-                ]
-                chosen = fits[0] if fits else None
-        if chosen is None:
-            raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
-        rtype, func = DATETIME_OPS[(name, *chosen)]
-        return apply(
-            rtype, func, [self.coerce(left, chosen[0]), self.coerce(right, chosen[1])], node
-        )
-
-    def _bitwise(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
-        if left.type not in INT_TYPES or right.type not in INT_TYPES:
-            raise error_at(
-                f"operator does not exist: {left.type.sql_name} {name} {right.type.sql_name}", node
-            )
-        if name in ("<<", ">>"):
-            typ = left.type
-            right = self.coerce(right, INT4) if right.type == INT2 else right
-            shift = operator.lshift if name == "<<" else operator.rshift
-            return apply(typ, wrap_shift(typ, shift), [left, right], node)
-        typ = common_numeric(left.type, right.type)
-        funcs = {"&": operator.and_, "|": operator.or_, "#": operator.xor}
-        return apply(typ, funcs[name], [self.coerce(left, typ), self.coerce(right, typ)], node)
-
-    def _concat_op(self, left: Expr, right: Expr, node: Any) -> Expr:
-        if left.type.array or right.type.array:
-            return self._array_concat(left, right, node)
-        lt, rt = left.type, right.type
-        if lt == rt == UNKNOWN or lt in STRING_TYPES or rt in STRING_TYPES:
-            # textanycat / anytextcat: the other operand goes through its ::text cast
-            # (bool reads "true", not concat()'s "t")
-            parts = [
-                self.as_text(e) if e.type in STRING_TYPES or e.type == UNKNOWN
-                else self._cast_to_text(e, TEXT, node)
-                for e in (left, right)
-            ]  # fmt: skip
-            return apply(TEXT, operator.add, parts, node)
-        raise error_at(f"operator does not exist: {lt.sql_name} || {rt.sql_name}", node)
-
-    def _array_concat(self, left: Expr, right: Expr, node: Any) -> Expr:
-        if left.type.array and right.type.array:
-            typ, (left, right) = self.unify([left, right], "array ||", node)
-            return apply_nullable(typ, array_cat, [left, right], node)
-        # An untyped literal (or NULL) beside an array is read as that array type, as
-        # Postgres's operator resolution does (so `ia || '5'` fails like in Postgres).
-        if left.type.array:
-            if right.type == UNKNOWN:
-                right = self.coerce(right, left.type)
-                return apply_nullable(left.type, array_cat, [left, right], node)
-            right = self.coerce(right, left.type.element)
-            return apply_nullable(left.type, array_append, [left, right], node)
-        if left.type == UNKNOWN:
-            left = self.coerce(left, right.type)
-            return apply_nullable(right.type, array_cat, [left, right], node)
-        left = self.coerce(left, right.type.element)
-        return apply_nullable(right.type, array_prepend, [left, right], node)
-
-    def _array_op(self, name: str, left: Expr, right: Expr, node: Any) -> Expr:
-        if not (left.type.array or right.type.array):
-            raise self._operator_error(name, left, right, node)
-        typ = self.common(left.type, right.type, node)
-        if typ is None or (typ.element.enum and not self.allow_enums):
-            raise self._operator_error(name, left, right, node)
-        left, right = self.coerce(left, typ), self.coerce(right, typ)
-        if typ.element in STRING_TYPES:
-            self.require_text_equality(name, node)
-        if name == "@>":
-            return apply(BOOL, array_contains, [left, right], node)
-        if name == "<@":
-            return apply(BOOL, lambda a, b: array_contains(b, a), [left, right], node)
-        return apply(BOOL, array_overlaps, [left, right], node)
-
-    def _any_all(self, node: ast.A_Expr, name: str) -> Expr:
-        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
-        is_all = node.kind == A_Expr_Kind.AEXPR_OP_ALL
-        if right.type == UNKNOWN:
-            elem = left.type if left.type != UNKNOWN else TEXT
-            right = self.coerce(right, elem.array_of())
-        if not right.type.array:
-            raise error_at(
-                f"op ANY/ALL (array) requires array on right side, not {right.type.sql_name}", node
-            )
-        probe = Expr(right.type.element, lambda _r, _c: None, node=node.rexpr)
-        if name in COMPARISONS:
-            typ = self.common(left.type, probe.type, node)
-            if (
-                typ is None
-                or (typ.enum and not self.allow_enums)
-                or (name not in ("=", "<>") and typ not in ORDERED_TYPES)
-            ):
-                raise self._operator_error(name, left, probe, node)
-            left = self.coerce(left, typ)
-            right = self.coerce(right, typ.array_of())
-            op = self.compare_fn(name, typ, node)
-        elif name in LIKE_OPERATORS:
-            ignore_case, negate = LIKE_OPERATORS[name]
-            left = self.coerce(self._like_subject(left, node), TEXT)
-            right = self.coerce(right, TEXT.array_of())
-            op = like_function(self.fold(ignore_case, node), negate)
-        else:
-            raise error_at(f"operator {name} is not supported with ANY/ALL", node)
-        expr = apply_nullable(BOOL, quantified_op(op, is_all), [left, right], node)
-        if (
-            not is_all
-            and name == "="
-            and right.is_const
-            and right.value is not None
-            and left.column is not None
-            and left.raw
-        ):
-            keys = [v for v in flatten(right.value) if v is not None]
-            if indexable(keys):
-                return replace(expr, index=(left.column, keyset(keys)))
-        return expr
-
-    def _distinct(self, node: ast.A_Expr, name: str) -> Expr:
-        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
-        typ = self.common(left.type, right.type, node)
-        if name != "=" or typ is None or (typ.enum and not self.allow_enums):
-            raise self._operator_error(name, left, right, node)
-        typ = TEXT if typ == UNKNOWN else typ
-        left, right = self.coerce(left, typ), self.coerce(right, typ)
-        eq = self.compare_fn("=", typ, node)
-        lf, rf = left.fn, right.fn
-        want_distinct: bool = node.kind == A_Expr_Kind.AEXPR_DISTINCT
-
-        def distinct(row: Row, cache: Cache) -> bool:
-            a, b = lf(row, cache), rf(row, cache)
-            if a is None or b is None:
-                same = a is None and b is None
-            else:
-                same = bool(eq(a, b))
-            return same != want_distinct
-
-        return bool_expr(distinct, node)
-
-    def _nullif(self, node: ast.A_Expr, name: str) -> Expr:
-        left, right = self.compile(node.lexpr), self.compile(node.rexpr)
-        typ, (left, right) = self.unify([left, right], "NULLIF", node)
-        eq = self.compare_fn("=", typ, node)
-        lf, rf = left.fn, right.fn
-
-        def nullif(row: Row, cache: Cache) -> Any:
-            a, b = lf(row, cache), rf(row, cache)  # both evaluated, as in Postgres
-            if a is None:
-                return None
-            return None if b is not None and eq(a, b) else a
-
-        return Expr(typ, nullif, node=node)
-
-    def _in(self, node: ast.A_Expr, name: str) -> Expr:
-        if isinstance(node.rexpr, ast.SubLink):
-            return self._SubLink(node.rexpr)
-        left = self.compile(node.lexpr)
-        items = [self.compile(x) for x in node.rexpr]
-        typ, converted = self.unify([left, *items], "IN", node)
-        if typ.enum and not self.allow_enums:
-            raise self._operator_error(name, left, items[0], node)
-        left, items = converted[0], converted[1:]
-        expr = in_list(left, items, self.compare_fn("=", typ, node), node)
-        if name == "<>":
-            return apply(BOOL, operator.not_, [expr], node)
-        consts = [i.value for i in items if i.is_const]
-        if len(consts) == len(items) and left.column is not None and left.raw:
-            keys = [v for v in consts if v is not None]
-            if indexable(keys):
-                return replace(expr, index=(left.column, keyset(keys)))
-        return expr
-
-    def _between(self, node: ast.A_Expr, name: str) -> Expr:
-        value = self.compile(node.lexpr)
-        lo, hi = (self.compile(x) for x in node.rexpr)
-        typ, (value, lo, hi) = self.unify([value, lo, hi], "BETWEEN", node)
-        if typ not in ORDERED_TYPES:
-            raise self._operator_error(">=", value, lo, node)
-        ge, le = self.compare_fn(">=", typ, node), self.compare_fn("<=", typ, node)
-        kind = node.kind
-        symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
-        negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
-        first = and_expr(
-            [apply(BOOL, ge, [value, lo], node), apply(BOOL, le, [value, hi], node)], node
-        )
-        expr = first
-        if symmetric:
-            second = and_expr(
-                [apply(BOOL, ge, [value, hi], node), apply(BOOL, le, [value, lo], node)], node
-            )
-            expr = or_expr([first, second], node)
-        return apply(BOOL, operator.not_, [expr], node) if negate else expr
-
-    def _like_expr(self, node: ast.A_Expr, name: str) -> Expr:
-        ignore_case, negate = LIKE_OPERATORS[name]
-        left = self.compile(node.lexpr)
-        rnode = node.rexpr
-        escape: Expr | None = None
-        if isinstance(rnode, ast.FuncCall) and [n.sval for n in rnode.funcname] == [
-            "pg_catalog",
-            "like_escape",
-        ]:
-            pattern = self.compile(rnode.args[0])
-            escape = self.coerce(self.compile(rnode.args[1]), TEXT)
-        else:
-            pattern = self.compile(rnode)
-        return self.like(left, pattern, escape, ignore_case, negate, node)
-
-    def like(
-        self,
-        left: Expr,
-        pattern: Expr,
-        escape: Expr | None,
-        ignore_case: bool,
-        negate: bool,
-        node: Any,
-    ) -> Expr:
-        for e in (left, pattern):
-            if e.type not in STRING_TYPES and e.type != UNKNOWN:
-                raise error_at(
-                    f"operator does not exist: {left.type.sql_name} ~~ {pattern.type.sql_name}",
-                    node,
-                )
-        left = self._like_subject(left, node)
-        left, pattern = self.coerce(left, TEXT), self.coerce(pattern, TEXT)
-        if escape is not None and not escape.is_const:
-            raise error_at("LIKE ... ESCAPE needs a constant escape character", node)
-        esc = "\\" if escape is None else escape.value
-        if escape is not None and esc is not None and len(esc) > 1:
-            raise error_at("invalid escape string", node)
-        self.require_text_equality("LIKE", node)
-        fold = self.fold(ignore_case, node)
-        if pattern.is_const and pattern.value is not None:
-            try:
-                regex = like_regex(pattern.value, esc or None, fold=fold)
-            except ValueError as e:
-                raise error_at(str(e), node) from None
-            match = regex.fullmatch
-
-            def test(text: str) -> bool:
-                return (match(text) is None) if negate else (match(text) is not None)
-
-            if fold is not None:
-                # ASCII text: case-insensitive matching of the lowered pattern restricted to
-                # ASCII letters is exactly "lower the text, then match"; no copy per row.
-                ascii_match = re.compile(regex.pattern, re.DOTALL | re.IGNORECASE | re.ASCII)
-                fast, folded = ascii_match.fullmatch, fold
-
-                def test_folded(text: str) -> bool:
-                    m = fast(text) if text.isascii() else match(folded(text))
-                    return (m is None) if negate else (m is not None)
-
-                return apply(BOOL, test_folded, [left], node)
-            return apply(BOOL, test, [left], node)
-        return apply(BOOL, like_function(fold, negate, esc or None), [left, pattern], node)
-
-    def _like_subject(self, left: Expr, node: Any) -> Expr:
-        """The text LIKE matches: a char(n) column keeps its padding (bpcharlike matches
-        `'ab  '`, so `'ab  '::char(4) LIKE 'ab'` is false), unlike its cast to text."""
-        return self.padded(left, node, "LIKE")
-
-    def padded(self, expr: Expr, node: Any, what: str) -> Expr:
+    def padded(self, expr: Expr, node: ast.Node, what: str) -> Expr:
         """A char(n) column's value with its padding, as text (what its output function
         prints); other expressions unchanged. The engine keeps char(n) values trimmed, so a
         char(n) expression that is not a plain column is refused where padding matters."""
@@ -773,13 +312,13 @@ class Compiler:
 
     # -- collation-dependent text semantics (see collation.py) --
 
-    def fold(self, ignore_case: bool, node: Any) -> Callable[[str], str] | None:
+    def fold(self, ignore_case: bool, node: ast.Node) -> Callable[[str], str] | None:
         """ILIKE's `lower`, or None for LIKE; refused where the collation's is unknown."""
         if not ignore_case:
             return None
         return self.case_function("lower", node, "ILIKE")
 
-    def case_function(self, which: str, node: Any, what: str = "") -> Callable[[str], str]:
+    def case_function(self, which: str, node: ast.Node, what: str = "") -> Callable[[str], str]:
         kind = self.text_rules.case_map
         if kind is None:
             raise error_at(
@@ -789,7 +328,7 @@ class Compiler:
             )
         return case_mapping(kind, which)
 
-    def require_text_ordering(self, op: str, typ: PgType, node: Any) -> None:
+    def require_text_ordering(self, op: str, typ: PgType, node: ast.Node) -> None:
         if typ in STRING_TYPES and not self.text_rules.ordering:
             raise error_at(
                 f"text comparison {op} is not supported under {self.text_rules.blocker} "
@@ -797,7 +336,7 @@ class Compiler:
                 node,
             )
 
-    def common(self, a: PgType, b: PgType, node: Any) -> PgType | None:
+    def common(self, a: PgType, b: PgType, node: ast.Node) -> PgType | None:
         """`common_type`, refusing char(n) beside varchar: Postgres compares those as
         char(n) in an operator (`'ab '::varchar = 'ab  '::char(4)` is true) but as varchar
         in an IN list of constants, which the engine does not tell apart."""
@@ -808,7 +347,7 @@ class Compiler:
             )
         return common_type(a, b)
 
-    def compare_fn(self, name: str, typ: PgType, node: Any) -> Callable[[Any, Any], Any]:
+    def compare_fn(self, name: str, typ: PgType, node: ast.Node) -> Callable[[Value, Value], Value]:
         """The comparison `name` on `typ`, refused on text where the collation forbids it."""
         base = typ.element if typ.array else typ
         if base in STRING_TYPES:
@@ -818,7 +357,7 @@ class Compiler:
                 self.require_text_ordering(name, base, node)
         return comparison_op(name, typ)
 
-    def require_text_equality(self, op: str, node: Any) -> None:
+    def require_text_equality(self, op: str, node: ast.Node) -> None:
         if not self.text_rules.equality:
             raise error_at(
                 f"text {op} is not supported under {self.text_rules.blocker} "
@@ -833,7 +372,7 @@ class Compiler:
         arg = self.compile(node.arg)
         return self.cast(arg, target, node)
 
-    def cast(self, arg: Expr, target: PgType, node: Any) -> Expr:
+    def cast(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         """An explicit cast: implicit conversions, text output, text input, numeric casts."""
         src = arg.type
         if src == target:
@@ -841,7 +380,7 @@ class Compiler:
         if src == UNKNOWN:
             return replace(self.coerce(arg, target), node=node)
         if target in (TEXT, VARCHAR):
-            return self._cast_to_text(arg, target, node)
+            return self.cast_to_text(arg, target, node)
         if src in STRING_TYPES:
             parser = pgv.input_parser(target)
             return replace(apply(target, parser, [arg], node), column=None)
@@ -854,14 +393,14 @@ class Compiler:
                 pass
         raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
 
-    def _cast_to_text(self, arg: Expr, target: PgType, node: Any) -> Expr:
+    def cast_to_text(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         src = arg.type
         if src in JSON_TYPES and not arg.raw:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         if arg.raw and arg.column is not None:
             col = arg.column
             if src == BOOL:
-                func: Callable[[str], Any] = bool_text_from_raw
+                func: Callable[[str], Value] = bool_text_from_raw
             elif src == BPCHAR:
                 func = pgv.output_parser(BPCHAR)
             else:
@@ -946,7 +485,7 @@ class Compiler:
         typ, args = self.unify([self.compile(a) for a in node.args], "COALESCE", node)
         fns = [a.fn for a in args]
 
-        def coalesce(row: Row, cache: Cache) -> Any:
+        def coalesce(row: Row, cache: Cache) -> Value:
             for f in fns:
                 v = f(row, cache)
                 if v is not None:
@@ -965,7 +504,7 @@ class Compiler:
         greatest = node.op == MinMaxOp.IS_GREATEST
         better = self.compare_fn(">" if greatest else "<", typ, node)
 
-        def minmax(row: Row, cache: Cache) -> Any:
+        def minmax(row: Row, cache: Cache) -> Value:
             best = None
             for f in fns:
                 v = f(row, cache)
@@ -1009,17 +548,17 @@ class Compiler:
             "subqueries are not supported yet (only `value IN (SELECT ...)` will be)", node
         )
 
-    def _SQLValueFunction(self, node: Any) -> Expr:
+    def _SQLValueFunction(self, node: ast.Node) -> Expr:
         raise error_at(
             "non-deterministic functions (CURRENT_DATE, CURRENT_TIMESTAMP, ...) are not supported",
             node,
         )
 
-    def _CaseExpr(self, node: Any) -> Expr:
+    def _CaseExpr(self, node: ast.Node) -> Expr:
         raise error_at("CASE expressions are not supported", node)
 
-    def _CollateClause(self, node: Any) -> Expr:
+    def _CollateClause(self, node: ast.Node) -> Expr:
         raise error_at("COLLATE is not supported", node)
 
-    def _RowExpr(self, node: Any) -> Expr:
+    def _RowExpr(self, node: ast.Node) -> Expr:
         raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)

@@ -11,14 +11,18 @@ incompatible types) is left to `parse_where` when a shape is created: a 400 then
 
 from __future__ import annotations
 
-from typing import Any
-
 from pglast import ast
 from pglast.enums import A_Expr_Kind
 
-from .compiler import JSON_OPERATORS, LIKE_OPERATORS
 from .errors import error_at
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
+from .operators import (
+    A_EXPR_HANDLERS,
+    BINARY_OPERATORS,
+    JSON_OPERATORS,
+    LIKE_OPERATORS,
+    PREFIX_OPERATORS,
+)
 from .parse import construct_name, deparse, parse_clause
 from .resolution import CAST_TARGET_NAMES
 from .semantics import COMPARISONS
@@ -29,18 +33,6 @@ _NODES = (
     ast.MinMaxExpr, ast.FuncCall, ast.TypeName, ast.String, ast.Integer, ast.Float,
     ast.Boolean, ast.A_Indices,
 )  # fmt: skip
-_BINARY = frozenset(
-    {*COMPARISONS, *LIKE_OPERATORS, "@>", "<@", "&&", "||", "+", "-", "*", "/", "%", "^",
-     "&", "|", "#", "<<", ">>"}
-)  # fmt: skip
-_PREFIX = frozenset({"+", "-", "@", "|/", "~"})
-_KINDS = frozenset(
-    {A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL,
-     A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT, A_Expr_Kind.AEXPR_NULLIF,
-     A_Expr_Kind.AEXPR_IN, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE,
-     A_Expr_Kind.AEXPR_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_BETWEEN_SYM,
-     A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM}
-)  # fmt: skip
 
 
 def check_where_constructs(where_sql: str) -> None:
@@ -50,7 +42,7 @@ def check_where_constructs(where_sql: str) -> None:
     root = stmt.whereClause
     if root is None:
         raise error_at("malformed query ending with SQL clauses")
-    stack: list[Any] = [root]
+    stack: list[object] = [root]
     while stack:
         node = stack.pop()
         if isinstance(node, tuple):
@@ -90,12 +82,12 @@ def _check_operator(node: ast.A_Expr) -> None:
     if len(names) != 1:
         raise error_at(f"qualified operator {'.'.join(names)} is not supported", node)
     name, kind = names[0], node.kind
-    if kind not in _KINDS:
+    if kind not in A_EXPR_HANDLERS:
         raise error_at(f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node)
     if name in JSON_OPERATORS:
         raise error_at(f"JSON operator {name} is not supported", node)
     if kind == A_Expr_Kind.AEXPR_OP:
-        allowed = _PREFIX if node.lexpr is None else _BINARY
+        allowed = PREFIX_OPERATORS if node.lexpr is None else BINARY_OPERATORS
         if name not in allowed:
             raise error_at(f"operator {name} is not supported", node)
     elif kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
@@ -22,43 +21,44 @@ from sync_engine.pg.types import (
     TIMESTAMPTZ,
     PgType,
 )
+from sync_engine.pg.values import Value
 
 
-def date_to_ts(value: Any) -> Any:
+def date_to_ts(value: Value) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
     return datetime.combine(value, time(0))
 
 
-def ts_to_tstz(value: Any) -> Any:
+def ts_to_tstz(value: Value) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
     return value.replace(tzinfo=UTC)
 
 
-def tstz_to_ts(value: Any) -> Any:
+def tstz_to_ts(value: Value) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
     return value.astimezone(UTC).replace(tzinfo=None)
 
 
-def ts_to_date(value: Any) -> Any:
+def ts_to_date(value: Value) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
     return value.date()
 
 
-def ts_to_time(value: Any) -> Any:
+def ts_to_time(value: Value) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return None  # Postgres: an infinite timestamp cast to time is NULL
     return value.time()
 
 
-def tstz_to_date(value: Any) -> Any:
+def tstz_to_date(value: Value) -> Value:
     return ts_to_date(tstz_to_ts(value))
 
 
-def tstz_to_time(value: Any) -> Any:
+def tstz_to_time(value: Value) -> Value:
     return ts_to_time(tstz_to_ts(value))
 
 
@@ -68,7 +68,7 @@ def _beyond_python() -> pgv.UnrepresentableValue:
     return pgv.UnrepresentableValue("date/time result outside years 1-9999 is not supported")
 
 
-def add_interval(value: Any, iv: pgv.Interval) -> Any:
+def add_interval(value: Value, iv: pgv.Interval) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
     try:
@@ -79,7 +79,7 @@ def add_interval(value: Any, iv: pgv.Interval) -> Any:
         raise _beyond_python() from None
 
 
-def add_days(value: Any, days: int) -> Any:
+def add_days(value: Value, days: int) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
     try:
@@ -133,7 +133,7 @@ def time_add(t: time, iv: pgv.Interval) -> time:
     return time(secs // 3600, secs // 60 % 60, secs % 60, us)
 
 
-def ts_diff(a: Any, b: Any) -> pgv.Interval:
+def ts_diff(a: Value, b: Value) -> pgv.Interval:
     """timestamp - timestamp: the microseconds, then justify_hours (timestamp_mi)."""
     if isinstance(a, pgv.PgInfinity) or isinstance(b, pgv.PgInfinity):
         raise ValueError("cannot subtract infinite timestamps")
@@ -227,7 +227,7 @@ def justify_interval(iv: pgv.Interval) -> pgv.Interval:
 
 
 # Binary operators by (operator, left, right) -> (result type, function).
-def date_plus_time(d: Any, t: time) -> Any:
+def date_plus_time(d: Value, t: time) -> Value:
     if isinstance(d, pgv.PgInfinity):
         return d  # an infinite date stays infinite as a timestamp
     if isinstance(t, pgv.EndOfDay):
@@ -238,7 +238,7 @@ def date_plus_time(d: Any, t: time) -> Any:
     return datetime.combine(d, t)
 
 
-DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Any, Any], Any]]] = {
+DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Value, Value], Value]]] = {
     ("+", DATE, INT4): (DATE, lambda d, n: add_days(d, n)),
     ("+", INT4, DATE): (DATE, lambda n, d: add_days(d, n)),
     ("-", DATE, INT4): (DATE, lambda d, n: add_days(d, -n)),

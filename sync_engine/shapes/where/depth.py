@@ -37,7 +37,7 @@ def tree_depth(root: object, *, stop_after: int) -> int:
                 if deepest > stop_after:
                     return deepest
             stack.extend((getattr(node, attr), depth) for attr in node.__slots__)
-        elif isinstance(node, tuple | list):
+        elif isinstance(node, tuple):  # pglast holds sequences of nodes in tuples
             stack.extend((item, depth) for item in node)
     return deepest
 

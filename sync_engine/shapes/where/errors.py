@@ -6,8 +6,6 @@ Clauses are parsed inside `PREFIX + clause`; pglast reports positions in that st
 
 from __future__ import annotations
 
-from typing import Any
-
 PREFIX = "SELECT 1 WHERE "
 
 
@@ -17,7 +15,7 @@ class WhereError(ValueError):
     located: bool = False
 
 
-def error_at(message: str, node: Any = None) -> WhereError:
+def error_at(message: str, node: object = None) -> WhereError:
     """Build an error, prefixed with the clause-relative location of `node` when known."""
     loc = getattr(node, "location", None) if node is not None else None
     if isinstance(loc, int) and loc >= len(PREFIX):

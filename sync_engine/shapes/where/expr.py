@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+from pglast import ast
 
 from sync_engine.pg.types import (
     BOOL,
     PgType,
 )
+from sync_engine.pg.values import Value
 
 from .arrays import array_slice
 from .errors import error_at
@@ -22,10 +24,10 @@ from .index import indexable, keyset
 Row = Mapping[str, "str | None"]
 
 
-Cache = dict[str, Any]
+Cache = dict[str, Value]
 
 
-Eval = Callable[[Row, Cache], Any]
+Eval = Callable[[Row, Cache], Value]
 
 
 @dataclass(frozen=True)
@@ -43,27 +45,27 @@ class Expr:
     type: PgType
     fn: Eval
     is_const: bool = False
-    value: Any = None
+    value: Value = None
     column: str | None = None
-    unary: Callable[[str], Any] | None = None
+    unary: Callable[[str], Value] | None = None
     unary_of: str | None = None
     raw: bool = False
     text: str | None = None
     param: int | None = None
-    index: tuple[str, frozenset[Any]] | None = None
-    node: Any = None
+    index: tuple[str, frozenset[Value]] | None = None
+    node: ast.Node | None = None
 
 
-def const(pg_type: PgType, value: Any, node: Any = None) -> Expr:
+def const(pg_type: PgType, value: Value, node: ast.Node | None = None) -> Expr:
     return Expr(pg_type, lambda _row, _cache: value, is_const=True, value=value, node=node)
 
 
-def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
+def null_safe(func: Callable[..., Value], args: Sequence[Expr]) -> Expr | Eval:
     """An evaluator applying `func` to the arguments' values, NULL if any is NULL."""
     if len(args) == 1:
         (f,) = (a.fn for a in args)
 
-        def one(row: Row, cache: Cache) -> Any:
+        def one(row: Row, cache: Cache) -> Value:
             a = f(row, cache)
             return None if a is None else func(a)
 
@@ -75,13 +77,13 @@ def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
             if b is None:
                 return lambda _row, _cache: None
 
-            def two_const(row: Row, cache: Cache) -> Any:
+            def two_const(row: Row, cache: Cache) -> Value:
                 a = f1(row, cache)
                 return None if a is None else func(a, b)
 
             return two_const
 
-        def two(row: Row, cache: Cache) -> Any:
+        def two(row: Row, cache: Cache) -> Value:
             # Postgres evaluates every argument before a strict function sees a NULL, so
             # an error in `b` is raised even when `a` is NULL (and so do we).
             a = f1(row, cache)
@@ -91,7 +93,7 @@ def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
         return two
     fns = [a.fn for a in args]
 
-    def many(row: Row, cache: Cache) -> Any:
+    def many(row: Row, cache: Cache) -> Value:
         vals = [f(row, cache) for f in fns]
         return None if None in vals else func(*vals)
 
@@ -103,7 +105,9 @@ def null_safe(func: Callable[..., Any], args: Sequence[Expr]) -> Expr | Eval:
 EVAL_ERRORS = (ArithmeticError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
-def apply(pg_type: PgType, func: Callable[..., Any], args: Sequence[Expr], node: Any) -> Expr:
+def apply(
+    pg_type: PgType, func: Callable[..., Value], args: Sequence[Expr], node: ast.Node | None
+) -> Expr:
     """A strict (NULL in, NULL out) function of `args`, folded when all are constant."""
     if all(a.is_const for a in args):
         vals = [a.value for a in args]
@@ -118,7 +122,7 @@ def apply(pg_type: PgType, func: Callable[..., Any], args: Sequence[Expr], node:
         name = args[0].unary_of
         assert name is not None
 
-        def unary(text: str) -> Any:
+        def unary(text: str) -> Value:
             value = inner(text)  # None when an inner step yields NULL (infinity::time)
             return None if value is None else func(value)
 
@@ -128,18 +132,18 @@ def apply(pg_type: PgType, func: Callable[..., Any], args: Sequence[Expr], node:
     return Expr(pg_type, fn, node=node)
 
 
-def column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
-    def get(row: Row, _cache: Cache) -> Any:
+def column_eval(name: str, parse: Callable[[str], Value]) -> Eval:
+    def get(row: Row, _cache: Cache) -> Value:
         text = row.get(name)
         return None if text is None else parse(text)
 
     return get
 
 
-def cached_column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
+def cached_column_eval(name: str, parse: Callable[[str], Value]) -> Eval:
     """Column value parsed at most once per row, for columns referenced several times."""
 
-    def get(row: Row, cache: Cache) -> Any:
+    def get(row: Row, cache: Cache) -> Value:
         try:
             return cache[name]
         except KeyError:
@@ -150,16 +154,16 @@ def cached_column_eval(name: str, parse: Callable[[str], Any]) -> Eval:
     return get
 
 
-def bool_expr(fn: Eval, node: Any) -> Expr:
+def bool_expr(fn: Eval, node: ast.Node | None) -> Expr:
     return Expr(BOOL, fn, node=node)
 
 
-def and_expr(args: list[Expr], node: Any) -> Expr:
+def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     fns = [a.fn for a in args]
     if len(fns) == 2:
         f1, f2 = fns
 
-        def and2(row: Row, cache: Cache) -> Any:
+        def and2(row: Row, cache: Cache) -> Value:
             a = f1(row, cache)
             if a is False:
                 return False
@@ -171,8 +175,8 @@ def and_expr(args: list[Expr], node: Any) -> Expr:
         fn: Eval = and2
     else:
 
-        def and_n(row: Row, cache: Cache) -> Any:
-            result: Any = True
+        def and_n(row: Row, cache: Cache) -> Value:
+            result: Value = True
             for f in fns:
                 v = f(row, cache)
                 if v is False:
@@ -187,11 +191,11 @@ def and_expr(args: list[Expr], node: Any) -> Expr:
     return Expr(BOOL, fn, index=index, node=node)
 
 
-def or_expr(args: list[Expr], node: Any) -> Expr:
+def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     fns = [a.fn for a in args]
 
-    def or_n(row: Row, cache: Cache) -> Any:
-        result: Any = False
+    def or_n(row: Row, cache: Cache) -> Value:
+        result: Value = False
         for f in fns:
             v = f(row, cache)
             if v is True:
@@ -202,12 +206,14 @@ def or_expr(args: list[Expr], node: Any) -> Expr:
 
     index = None
     if all(a.index is not None for a in args) and len({a.index[0] for a in args if a.index}) == 1:
-        keys: frozenset[Any] = frozenset().union(*(a.index[1] for a in args if a.index))
+        keys: frozenset[Value] = frozenset().union(*(a.index[1] for a in args if a.index))
         index = (args[0].index[0] if args[0].index else "", keys)
     return Expr(BOOL, or_n, index=index, node=node)
 
 
-def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: Any) -> Expr:
+def in_list(
+    left: Expr, items: list[Expr], eq: Callable[[Value, Value], Value], node: ast.Node | None
+) -> Expr:
     """`x IN (...)` evaluated in Postgres's order (transformAExprIn): with more than one
     constant item, those form one `= ANY(array)` tested first; the items that read columns
     follow one by one (`OR x = item`), stopping at the first true; each evaluated in full."""
@@ -220,7 +226,7 @@ def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: 
         hashed = keyset(present) if indexable(present) else None
         rest = [i.fn for i in items if not i.is_const]
 
-        def in_consts(v: Any) -> Any:
+        def in_consts(v: Value) -> Value:
             if v is None:
                 return None
             if hashed is not None:
@@ -232,7 +238,7 @@ def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: 
 
         if not rest:
 
-            def only_consts(row: Row, cache: Cache) -> Any:
+            def only_consts(row: Row, cache: Cache) -> Value:
                 return in_consts(lf(row, cache))
 
             return bool_expr(only_consts, node)
@@ -241,9 +247,9 @@ def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: 
         first = None
         rest = [i.fn for i in items]
 
-    def in_exprs(row: Row, cache: Cache) -> Any:
+    def in_exprs(row: Row, cache: Cache) -> Value:
         v = lf(row, cache)
-        result: Any = False if first is None else first(v)
+        result: Value = False if first is None else first(v)
         if result is True:
             return True
         for f in rest:
@@ -258,7 +264,7 @@ def in_list(left: Expr, items: list[Expr], eq: Callable[[Any, Any], Any], node: 
 
 
 def apply_nullable(
-    pg_type: PgType, func: Callable[..., Any], args: Sequence[Expr], node: Any
+    pg_type: PgType, func: Callable[..., Value], args: Sequence[Expr], node: ast.Node | None
 ) -> Expr:
     """Like `apply` but `func` sees NULL arguments itself (array functions, ANY/ALL)."""
     fns = [a.fn for a in args]
@@ -268,14 +274,16 @@ def apply_nullable(
         except EVAL_ERRORS as e:
             raise error_at(str(e) or type(e).__name__, node) from None
 
-    def run(row: Row, cache: Cache) -> Any:
+    def run(row: Row, cache: Cache) -> Value:
         return func(*(f(row, cache) for f in fns))
 
     return Expr(pg_type, run, node=node)
 
 
-def slice_expr(arg: Expr, lo: Expr, hi: Expr, lo_open: bool, hi_open: bool, node: Any) -> Expr:
-    def sliced(a: Any, lo_v: Any, hi_v: Any) -> Any:
+def slice_expr(
+    arg: Expr, lo: Expr, hi: Expr, lo_open: bool, hi_open: bool, node: ast.Node | None
+) -> Expr:
+    def sliced(a: Value, lo_v: Value, hi_v: Value) -> Value:
         if a is None or (lo_v is None and not lo_open) or (hi_v is None and not hi_open):
             return None
         return array_slice(a, lo_v, hi_v)
@@ -283,13 +291,15 @@ def slice_expr(arg: Expr, lo: Expr, hi: Expr, lo_open: bool, hi_open: bool, node
     return apply_nullable(arg.type, sliced, [arg, lo, hi], node)
 
 
-def col_const_compare(left: Expr, value: Any, op: Callable[[Any, Any], Any], node: Any) -> Expr:
+def col_const_compare(
+    left: Expr, value: Value, op: Callable[[Value, Value], Value], node: ast.Node | None
+) -> Expr:
     """`col op const` as one closure: read, parse, compare; the hot path of the router."""
     name = left.unary_of
     parse = left.unary
     assert name is not None and parse is not None
 
-    def compare(row: Row, _cache: Cache) -> Any:
+    def compare(row: Row, _cache: Cache) -> Value:
         text = row.get(name)
         if text is None:
             return None

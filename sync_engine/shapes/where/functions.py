@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from pglast import ast
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.types import BPCHAR, FLOAT8, INT4, INTERVAL, NUMERIC, TEXT, UNKNOWN
+from sync_engine.pg.values import Value
 
+from . import operators
 from .arrays import array_append, array_cat, array_ndims_nullable, array_prepend
 from .datetimes import justify_days, justify_hours, justify_interval
 from .errors import error_at
@@ -22,6 +26,9 @@ from .semantics import checked_int
 
 if TYPE_CHECKING:
     from .compiler import Compiler
+
+Builder = Callable[["Compiler", list[Expr], ast.Node], Expr]
+"""Checks a function call's arguments and builds its `Expr`."""
 
 NON_DETERMINISTIC = frozenset(
     {
@@ -69,10 +76,10 @@ AGGREGATES = frozenset(
 )
 
 
-def _case_func(which: str) -> Callable[[Compiler, list[Expr], Any], Expr]:
+def _case_func(which: str) -> Builder:
     """upper() / lower(): the collation's per-character mapping (see collation.py)."""
 
-    def build(c: Compiler, args: list[Expr], node: Any) -> Expr:
+    def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         func = c.case_function(which, node)
         return apply(TEXT, func, [c.coerce(_textual(c, args[0]), TEXT)], node)
 
@@ -85,7 +92,7 @@ def _textual(c: Compiler, e: Expr) -> Expr:
     return e
 
 
-def _concat_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
+def _concat_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     # concat() prints each argument with its output function: char(n) keeps its padding
     parts = [c.as_text(c.padded(a, node, "concat()")) for a in args]
     fns = [p.fn for p in parts]
@@ -101,17 +108,17 @@ def _concat_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
     return Expr(TEXT, concat, node=node)
 
 
-def _like_builder(ignore_case: bool) -> Callable[[Compiler, list[Expr], Any], Expr]:
-    def build(c: Compiler, args: list[Expr], node: Any) -> Expr:
+def _like_builder(ignore_case: bool) -> Builder:
+    def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         # like(text, text): a char(n) argument is cast to text (padding trimmed) first
         subject = c.coerce(args[0], TEXT) if args[0].type == BPCHAR else args[0]
-        return c.like(subject, args[1], None, ignore_case, False, node)
+        return operators.like(c, subject, args[1], None, ignore_case, False, node)
 
     return build
 
 
-def _array_builder(kind: str) -> Callable[[Compiler, list[Expr], Any], Expr]:
-    def build(c: Compiler, args: list[Expr], node: Any) -> Expr:
+def _array_builder(kind: str) -> Builder:
+    def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         a, b = args
         if kind == "cat":
             typ, (a, b) = c.unify([a, b], "array_cat", node)
@@ -131,24 +138,24 @@ def _array_builder(kind: str) -> Callable[[Compiler, list[Expr], Any], Expr]:
     return build
 
 
-def _ndims_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
+def _ndims_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     if not args[0].type.array:
         raise error_at(f"function array_ndims({args[0].type.sql_name}) does not exist", node)
     return apply_nullable(INT4, array_ndims_nullable, args, node)
 
 
-def _justify_builder(func: Callable[[pgv.Interval], pgv.Interval]) -> Any:
-    def build(c: Compiler, args: list[Expr], node: Any) -> Expr:
+def _justify_builder(func: Callable[[pgv.Interval], pgv.Interval]) -> Builder:
+    def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         return apply(INTERVAL, func, [c.coerce(args[0], INTERVAL)], node)
 
     return build
 
 
-def _abs_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
+def _abs_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     arg = args[0] if args[0].type != UNKNOWN else c.coerce(args[0], FLOAT8)
     if arg.type not in NUMERIC_ORDER:
         raise error_at(f"function abs({arg.type.sql_name}) does not exist", node)
-    func: Callable[[Any], Any] = abs
+    func: Callable[[Value], Value] = abs
     if arg.type in INT_TYPES:
         func = checked_int(arg.type, abs)
     elif arg.type == NUMERIC:
@@ -156,7 +163,7 @@ def _abs_builder(c: Compiler, args: list[Expr], node: Any) -> Expr:
     return apply(arg.type, func, [arg], node)
 
 
-FUNCTIONS: dict[tuple[str, int], Callable[[Compiler, list[Expr], Any], Expr]] = {
+FUNCTIONS: dict[tuple[str, int], Builder] = {
     ("lower", 1): _case_func("lower"),
     ("upper", 1): _case_func("upper"),
     ("concat", -1): _concat_builder,

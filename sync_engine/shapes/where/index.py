@@ -7,17 +7,17 @@ A shape's `Where.index` is `(column, keys)`; a change can only match the shape w
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.values import Value
 
 
-def keyset(values: Iterable[Any]) -> frozenset[Any]:
+def keyset(values: Iterable[Value]) -> frozenset[Value]:
     return frozenset(values)
 
 
-def indexable(values: Iterable[Any]) -> bool:
+def indexable(values: Iterable[Value]) -> bool:
     """Index keys must hash consistently with `==` (no NaN, no unhashable values)."""
     try:
         for v in values:

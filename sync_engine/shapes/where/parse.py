@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
@@ -36,7 +35,7 @@ MAX_WHERE_DEPTH = 100  # the proxy forwards clauses of up to 64 (proxy/limits/cl
 MAX_TOKEN_RUN = 1_000
 
 
-def construct_name(node: Any) -> str:
+def construct_name(node: object) -> str:
     names = {
         "CaseExpr": "CASE expression",
         "SubLink": "subquery",
@@ -51,7 +50,7 @@ def construct_name(node: Any) -> str:
     return names.get(type(node).__name__, type(node).__name__)
 
 
-def parse_clause(sql: str, prefix: str = PREFIX) -> Any:
+def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     """Parse `prefix + sql` with pglast, rejecting extra statements and clauses.
 
     Syntax errors say where as Electric does: `At location N` with N the 1-based character
@@ -109,7 +108,7 @@ def sql_text(node: ast.Node) -> str:
     return text
 
 
-def deparse(node: Any, source: str) -> str:
+def deparse(node: ast.Node, source: str) -> str:
     """The node as SQL, checked to parse back to the same tree (`source` is the clause the
     node was parsed from, before any `$n` substitution).
 
@@ -133,7 +132,7 @@ def deparse(node: Any, source: str) -> str:
     return text
 
 
-def child_nodes(node: Any) -> Iterable[tuple[str, Any]]:
+def child_nodes(node: ast.Node) -> Iterable[tuple[str, ast.Node | tuple[object, ...]]]:
     """(member, value) for each member of `node` holding a node or a tuple."""
     for member in node:
         value = getattr(node, member)
@@ -141,10 +140,10 @@ def child_nodes(node: Any) -> Iterable[tuple[str, Any]]:
             yield member, value
 
 
-def count_columns(root: Any) -> dict[str, int]:
+def count_columns(root: ast.Node) -> dict[str, int]:
     """References per column name, so multiply-used columns get a per-row cache."""
     counts: dict[str, int] = {}
-    stack = [root]
+    stack: list[object] = [root]
     while stack:
         node = stack.pop()
         if isinstance(node, tuple):
@@ -160,13 +159,15 @@ def count_columns(root: Any) -> dict[str, int]:
     return counts
 
 
-def substitute_params(root: Any, params: Mapping[str, str], types: Mapping[int, PgType]) -> None:
+def substitute_params(
+    root: ast.Node, params: Mapping[str, str], types: Mapping[int, PgType]
+) -> None:
     """Replace each `$n` under `root` with `CAST('<value>' AS <type>)`, a constant node."""
 
-    def cast(node: Any) -> Any:
+    def cast(node: object) -> object:
         return param_cast(node, params, types) if isinstance(node, ast.ParamRef) else node
 
-    stack = [root]
+    stack: list[object] = [root]
     while stack:
         node = stack.pop()
         if isinstance(node, tuple):
@@ -183,7 +184,9 @@ def substitute_params(root: Any, params: Mapping[str, str], types: Mapping[int, 
                 stack.append(value)
 
 
-def param_cast(node: ast.ParamRef, params: Mapping[str, str], types: Mapping[int, PgType]) -> Any:
+def param_cast(
+    node: ast.ParamRef, params: Mapping[str, str], types: Mapping[int, PgType]
+) -> ast.TypeCast:
     n = node.number
     typ = types.get(n, TEXT)
     return ast.TypeCast(
@@ -193,13 +196,14 @@ def param_cast(node: ast.ParamRef, params: Mapping[str, str], types: Mapping[int
 
 
 @functools.cache
-def _type_name(base: str, array: bool) -> Any:
+def _type_name(base: str, array: bool) -> ast.TypeName:
     """The TypeName node the parser builds for `base[]`: SQL-standard names come out
     qualified (`timestamp` is `pg_catalog.timestamp`), so `deparse`'s round trip holds."""
     if re.fullmatch(r"[a-z_][a-z0-9_]*", base):
         try:
             stmt = parse_sql(f"SELECT NULL::{base}{'[]' if array else ''}")[0].stmt
-            return stmt.targetList[0].val.typeName
+            type_name: ast.TypeName = stmt.targetList[0].val.typeName
+            return type_name
         except ParseError:  # a reserved word (an enum named "user"): spelled as is below
             pass
     return ast.TypeName(

@@ -12,7 +12,6 @@ import operator
 import sys
 from collections.abc import Callable
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
-from typing import Any
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
@@ -23,10 +22,11 @@ from sync_engine.pg.types import (
     NUMERIC,
     PgType,
 )
+from sync_engine.pg.values import Value
 
 from .resolution import FLOAT_TYPES, INT_TYPES
 
-COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
+COMPARISONS: dict[str, Callable[[Value, Value], Value]] = {
     "=": operator.eq,
     "<>": operator.ne,
     "<": operator.lt,
@@ -36,25 +36,24 @@ COMPARISONS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-DECIMAL_CONTEXT = Context(prec=60)
 #: + - * and % on numeric are exact in Postgres; with this context they are in Python too
 #: (no rounding, no traps: Infinity - Infinity is NaN, as in Postgres).
 EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
 NUMERIC_NAN = Decimal("NaN")
 
 
-def identity(value: Any) -> Any:
+def identity(value: Value) -> Value:
     return value
 
 
-def nan_key(x: Any) -> tuple[int, Any]:
+def nan_key(x: Value) -> tuple[int, Value]:
     return (1, 0) if x != x else (0, x)
 
 
-def nan_aware(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+def nan_aware(op: Callable[[Value, Value], Value]) -> Callable[[Value, Value], Value]:
     """Postgres orders NaN above every number and NaN = NaN; Python does neither."""
 
-    def cmp(a: Any, b: Any) -> Any:
+    def cmp(a: Value, b: Value) -> Value:
         if a != a or b != b:
             return op(nan_key(a), nan_key(b))
         return op(a, b)
@@ -62,7 +61,7 @@ def nan_aware(op: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     return cmp
 
 
-def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Any, Any], Any]:
+def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Value, Value], Value]:
     op = COMPARISONS[op_name]
     return nan_aware(op) if pg_type in FLOAT_TYPES else op
 
@@ -165,13 +164,6 @@ def _exact(op: Callable[[Context, Decimal, Decimal], Decimal]) -> Callable[..., 
     return run
 
 
-def float_result(value: float, *inputs: float) -> float:
-    """Postgres's float overflow check: an infinite result from finite inputs is an error."""
-    if math.isinf(value) and not any(math.isinf(x) for x in inputs):
-        raise OverflowError("value out of range: overflow")
-    return value
-
-
 def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
     """float4/float8 `+ - * /` with Postgres's overflow and underflow errors."""
     ops: dict[str, Callable[[float, float], float]] = {
@@ -209,10 +201,10 @@ def round_half_away(value: Decimal) -> int:
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def to_int(pg_type: PgType) -> Callable[[Any], int]:
+def to_int(pg_type: PgType) -> Callable[[Value], int]:
     check = pgv.int_range_check(pg_type)
 
-    def conv(value: Any) -> int:
+    def conv(value: Value) -> int:
         if isinstance(value, bool):
             return int(value)
         if isinstance(value, int):
@@ -230,7 +222,7 @@ def to_int(pg_type: PgType) -> Callable[[Any], int]:
     return conv
 
 
-def to_numeric(value: Any) -> Decimal:
+def to_numeric(value: Value) -> Decimal:
     """int / float8 -> numeric; float8 goes through `%.15g` text as in Postgres."""
     if isinstance(value, float):
         if math.isnan(value):
@@ -246,13 +238,13 @@ def float4_to_numeric(value: float) -> Decimal:
     return Decimal(f"{value:.6g}")
 
 
-def to_float8(value: Any) -> float:
+def to_float8(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
         return pgv.parse_float8(str(value))  # numeric -> float8 is float8in(numeric_out)
     return float(value)
 
 
-def to_float4(value: Any) -> float:
+def to_float4(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
         return pgv.parse_float4(str(value))
     result = float(value)
@@ -303,9 +295,9 @@ def wrap_shift(typ: PgType, shift: Callable[[int, int], int]) -> Callable[[int, 
     return run
 
 
-def arith_func(name: str, typ: PgType) -> Callable[..., Any] | None:
+def arith_func(name: str, typ: PgType) -> Callable[..., Value] | None:
     if typ in INT_TYPES:
-        funcs: dict[str, Callable[..., Any]] = {
+        funcs: dict[str, Callable[..., Value]] = {
             "+": operator.add,
             "-": operator.sub,
             "*": operator.mul,

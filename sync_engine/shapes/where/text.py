@@ -13,7 +13,6 @@ import string
 from collections.abc import Callable
 from datetime import time
 from decimal import Decimal
-from typing import Any
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
@@ -33,6 +32,7 @@ from sync_engine.pg.types import (
     UUID,
     PgType,
 )
+from sync_engine.pg.values import Value
 
 from .datetimes import tstz_to_ts
 from .resolution import INT_TYPES, STRING_TYPES
@@ -112,21 +112,21 @@ def time_text(t: time) -> str:
     return f"{t.hour:02d}:{t.minute:02d}:{t.second:02d}{_trim_fraction(t.microsecond)}"
 
 
-def _special_text(value: Any) -> str | None:
+def _special_text(value: Value) -> str | None:
     if isinstance(value, pgv.PgInfinity):
         return "infinity" if value.sign > 0 else "-infinity"
     return None
 
 
-def date_text(value: Any) -> str:
+def date_text(value: Value) -> str:
     return _special_text(value) or value.isoformat()
 
 
-def timestamp_text(value: Any) -> str:
+def timestamp_text(value: Value) -> str:
     return _special_text(value) or f"{value.date().isoformat()} {time_text(value.time())}"
 
 
-def timestamptz_text(value: Any) -> str:
+def timestamptz_text(value: Value) -> str:
     return _special_text(value) or timestamp_text(tstz_to_ts(value)) + "+00"
 
 
@@ -141,8 +141,8 @@ def numeric_text(value: Decimal) -> str:
 _ARRAY_QUOTE_RE = re.compile(r'[{},"\\\s]')
 
 
-def array_text(elem_out: Callable[[Any], str]) -> Callable[[Any], str]:
-    def out(value: Any) -> str:
+def array_text(elem_out: Callable[[Value], str]) -> Callable[[Value], str]:
+    def out(value: Value) -> str:
         parts = []
         for item in value:
             if item is None:
@@ -159,7 +159,7 @@ def array_text(elem_out: Callable[[Any], str]) -> Callable[[Any], str]:
     return out
 
 
-TEXT_OUT: dict[PgType, Callable[[Any], str]] = {
+TEXT_OUT: dict[PgType, Callable[[Value], str]] = {
     **{t: str for t in INT_TYPES},
     **{t: identity for t in (*STRING_TYPES, JSON, JSONB, UNKNOWN)},
     NUMERIC: numeric_text,
@@ -176,7 +176,7 @@ TEXT_OUT: dict[PgType, Callable[[Any], str]] = {
 }
 
 
-def text_output(pg_type: PgType) -> Callable[[Any], str] | None:
+def text_output(pg_type: PgType) -> Callable[[Value], str] | None:
     """The type's output function (what concat() uses), or None when unsupported."""
     if pg_type.enum:
         return identity
@@ -273,7 +273,7 @@ def case_mapping(kind: str, which: str) -> Callable[[str], str]:
     ASCII text takes Python's own str.upper/lower, which map ASCII exactly so."""
     ascii_case = str.upper if which == "upper" else str.lower
     if kind == "ascii":
-        table: Any = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
+        table: Value = _ASCII_UPPER if which == "upper" else _ASCII_LOWER
     else:
         upper, lower = _unicode_tables()
         table = upper if which == "upper" else lower

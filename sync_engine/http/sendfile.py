@@ -1,0 +1,129 @@
+"""A big snapshot chunk's response, `[` + the chunk file + `]`, its file sent by the kernel.
+
+Snapshot chunk files are immutable and their bytes were checked (see
+`ShapeLog.snapshot_chunk_file`), so a response need not pass through Python: reading a
+10 MB chunk, joining it into a body and writing that to the socket was most of a warm
+sync's engine CPU and a good share of a cold one's. `os.sendfile` hands the file's cached
+pages to the socket instead. aiohttp's `FileResponse` does that too, but not on uvloop
+(whose loop has no `sendfile`: it falls back to reading chunks), and it cannot frame the
+file with `[` and `]`.
+
+The file is sent on the event loop, non-blocking, from a duplicate of the connection's
+socket descriptor: should the transport close the socket meanwhile (the client went
+away), its descriptor number may be reused at once, but the duplicate still names this
+connection, and sending to it fails instead of writing into another one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+
+from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
+
+logger = logging.getLogger(__name__)
+
+
+def open_chunk(path: str) -> int | None:
+    """A descriptor of the chunk file, or None (gone: the caller reads it the checked way)."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+class ChunkFileResponse(web.StreamResponse):
+    """200 with body `[` + `size` bytes of the open file `fd` + `]`; closes `fd`."""
+
+    def __init__(self, fd: int, size: int, headers: Mapping[str, str]) -> None:
+        super().__init__(status=200, headers=headers)
+        self.content_type = "application/json"
+        self.charset = "utf-8"
+        self.content_length = size + 2
+        self._size = size
+        self._close_fd = weakref.finalize(self, os.close, fd)  # also if never prepared
+        self._fd = fd
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:
+            return await super().prepare(request)
+        try:
+            writer = await super().prepare(request)
+            if writer is None or request.method == "HEAD":
+                return writer
+            await self.write(b"[")
+            transport = request.transport
+            sock = transport.get_extra_info("socket") if transport is not None else None
+            if transport is None or sock is None or transport.get_extra_info("sslcontext"):
+                await self.write(await asyncio.to_thread(_read, self._fd, self._size))
+            else:
+                await _flushed(transport, writer)
+                out = os.dup(sock.fileno())
+                try:
+                    await _sendfile(out, self._fd, self._size)
+                except BaseException:
+                    transport.close()  # the body is short of its length: end the connection
+                    raise
+                finally:
+                    os.close(out)
+            await self.write(b"]")
+            return writer
+        finally:
+            self._close_fd()
+
+
+def _read(fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0)
+    if len(data) != size:
+        raise ConnectionResetError(f"chunk file shorter than its {size} bytes")
+    return data
+
+
+async def _flushed(transport: asyncio.Transport, writer: AbstractStreamWriter) -> None:
+    """Wait until the transport has handed everything written so far to the kernel, so the
+    file's bytes follow them on the socket (normally at once: `[` and the headers are
+    small and the client has read the previous response)."""
+    if not transport.get_write_buffer_size():
+        return
+    high, low = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(0, 0)  # the protocol pauses until the buffer is empty
+    try:
+        while transport.get_write_buffer_size():
+            await writer.drain()
+            if transport.is_closing():
+                raise ConnectionResetError("connection closed")
+            await asyncio.sleep(0)
+    finally:
+        transport.set_write_buffer_limits(high, low)
+
+
+async def _sendfile(out: int, fd: int, size: int) -> None:
+    loop = asyncio.get_running_loop()
+    offset = 0
+    while offset < size:
+        try:
+            sent = os.sendfile(out, fd, offset, size - offset)
+        except BlockingIOError:
+            await _writable(loop, out)
+            continue
+        if sent == 0:
+            raise ConnectionResetError(f"chunk file shorter than its {size} bytes")
+        offset += sent
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)

@@ -1,0 +1,547 @@
+"""Operator expressions (pglast `A_Expr`): what each operator accepts and how it evaluates.
+
+Comparisons, arithmetic (numeric, date/time, bitwise), `||`, the array operators, ANY/ALL,
+IS [NOT] DISTINCT FROM, NULLIF, IN, BETWEEN and LIKE / ILIKE. Each function takes the
+`Compiler` for what is shared (compiling operands, coercion, the collation's text rules) and
+returns the operator's `Expr`; `A_EXPR_HANDLERS` says which expression kinds exist at all
+(`constructs.py` refuses the others without a schema).
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from dataclasses import replace
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from pglast import ast
+from pglast.enums import A_Expr_Kind
+
+from sync_engine.pg.types import (
+    BOOL,
+    FLOAT8,
+    INT2,
+    INT4,
+    INT8,
+    INTERVAL,
+    NUMERIC,
+    TEXT,
+    UNKNOWN,
+    PgType,
+)
+from sync_engine.pg.values import Value
+
+from .arrays import (
+    array_append,
+    array_cat,
+    array_contains,
+    array_overlaps,
+    array_prepend,
+    flatten,
+    quantified_op,
+)
+from .datetimes import DATETIME_OPS, neg_interval
+from .errors import WhereError, error_at
+from .expr import (
+    Cache,
+    Expr,
+    Row,
+    and_expr,
+    apply,
+    apply_nullable,
+    bool_expr,
+    col_const_compare,
+    in_list,
+    or_expr,
+)
+from .index import indexable, keyset
+from .resolution import (
+    FLOAT_TYPES,
+    INT_TYPES,
+    JSON_TYPES,
+    NUMERIC_ORDER,
+    ORDERED_TYPES,
+    STRING_TYPES,
+    TEMPORAL_TYPES,
+    common_numeric,
+    fits_operand,
+)
+from .semantics import (
+    COMPARISONS,
+    arith_func,
+    checked_int,
+    float_pow,
+    identity,
+    sqrt,
+    wrap_shift,
+)
+from .text import (
+    like_function,
+    like_regex,
+)
+
+if TYPE_CHECKING:
+    from .compiler import Compiler
+
+JSON_OPERATORS = frozenset({"->", "->>", "#>", "#>>", "?", "?|", "?&", "@?", "@@", "#-"})
+"""Refused with their own message: the engine does not evaluate JSON."""
+
+LIKE_OPERATORS = {
+    "~~": (False, False),
+    "!~~": (False, True),
+    "~~*": (True, False),
+    "!~~*": (True, True),
+}
+"""LIKE's operator names: (ignore case, negate)."""
+
+ARRAY_OPERATORS = frozenset({"@>", "<@", "&&"})
+
+BITWISE_OPERATORS = frozenset({"&", "|", "#", "<<", ">>"})
+
+ARITHMETIC_OPERATORS = frozenset({"+", "-", "*", "/", "%", "^", *BITWISE_OPERATORS})
+
+BINARY_OPERATORS = frozenset(
+    {*COMPARISONS, *LIKE_OPERATORS, *ARRAY_OPERATORS, "||", *ARITHMETIC_OPERATORS}
+)
+"""Every binary operator the engine evaluates (on some types)."""
+
+PREFIX_OPERATORS = frozenset({"+", "-", "@", "|/", "~"})
+
+# Decimal's `-x` / `abs(x)` round to the context's 28 digits; numeric never rounds.
+_NEGATE: dict[PgType, Callable[[Value], Value]] = {
+    INTERVAL: neg_interval,
+    NUMERIC: Decimal.copy_negate,
+}
+
+FLIPPED = {"<": ">", ">": "<", "<=": ">=", ">=": "<="}
+"""The comparison with its operands swapped (`1 < x` is `x > 1`)."""
+
+
+def compile_operator(c: Compiler, node: ast.A_Expr) -> Expr:
+    names = [n.sval for n in node.name]
+    if len(names) != 1:
+        raise error_at(f"qualified operator {'.'.join(names)} is not supported", node)
+    name = names[0]
+    kind = node.kind
+    handler = A_EXPR_HANDLERS.get(kind)
+    if handler is None:
+        raise error_at(f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node)
+    return handler(c, node, name)
+
+
+def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    if name in JSON_OPERATORS:
+        raise error_at(f"JSON operator {name} is not supported", node)
+    if node.lexpr is None:
+        return _prefix(c, node, name, c.compile(node.rexpr))
+    left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    for side in (left, right):
+        if side.type in JSON_TYPES:
+            raise error_at(f"JSON operators are not supported ({side.type.sql_name} {name})", node)
+    if name in COMPARISONS:
+        return comparison(c, name, left, right, node)
+    if name in LIKE_OPERATORS:
+        ignore_case, negate = LIKE_OPERATORS[name]
+        return like(c, left, right, None, ignore_case, negate, node)
+    if name in ARRAY_OPERATORS:
+        return _array_op(c, name, left, right, node)
+    if name == "||":
+        return _concat(c, left, right, node)
+    return _arithmetic(c, name, left, right, node)
+
+
+def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    typ = c.common(left.type, right.type, node)
+    if typ is None or (typ.enum and not c.allow_enums):
+        raise _operator_error(c, name, left, right, node)
+    if typ == UNKNOWN:
+        typ = TEXT
+    if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
+        raise _operator_error(c, name, left, right, node)
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
+    op = c.compare_fn(name, typ, node)
+    if left.is_const and not right.is_const:
+        left, right = right, left
+        op = c.compare_fn(FLIPPED.get(name, name), typ, node)
+    index = None
+    if name == "=" and right.is_const and left.column is not None and left.raw:
+        index = (left.column, frozenset() if right.value is None else keyset([right.value]))
+    if right.is_const and left.unary is not None and right.value is not None:
+        expr = col_const_compare(left, right.value, op, node)
+    else:
+        expr = apply(BOOL, op, [left, right], node)
+    return replace(expr, index=index) if index and indexable(index[1]) else expr
+
+
+def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> WhereError:
+    for side in (left, right):
+        if side.type.enum and not c.allow_enums:
+            return error_at(
+                f"enum values can only be compared after a cast to text "
+                f"(operator {name} on {side.type.sql_name})",
+                node,
+            )
+    return error_at(
+        f"operator does not exist: {left.type.sql_name} {name} {right.type.sql_name}", node
+    )
+
+
+def _prefix(c: Compiler, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
+    if arg.type == UNKNOWN:
+        arg = c.coerce(arg, NUMERIC if name != "~" else INT8)
+    typ = arg.type
+    if name == "~" and typ in INT_TYPES:
+        return apply(typ, operator.invert, [arg], node)
+    if typ in NUMERIC_ORDER or (typ == INTERVAL and name in "+-"):
+        funcs: dict[str, Callable[[Value], Value]] = {
+            "+": identity,
+            "-": _NEGATE.get(typ, operator.neg),
+            "@": Decimal.copy_abs if typ == NUMERIC else abs,
+            "|/": sqrt,
+        }
+        if name in funcs:
+            rtype = FLOAT8 if name == "|/" else typ
+            if name == "|/":
+                arg = c.coerce(arg, FLOAT8)
+            func = funcs[name]
+            if typ in INT_TYPES and name in ("-", "@"):
+                func = checked_int(typ, func)
+            return apply(rtype, func, [arg], node)
+    raise error_at(f"operator does not exist: {name} {typ.sql_name}", node)
+
+
+def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    dated = _datetime_arithmetic(c, name, left, right, node)
+    if dated is not None:
+        return dated
+    lt, rt = left.type, right.type
+    if lt == UNKNOWN:
+        left = c.coerce(left, rt if rt in NUMERIC_ORDER else NUMERIC)
+    if right.type == UNKNOWN:
+        right = c.coerce(right, left.type if left.type in NUMERIC_ORDER else NUMERIC)
+    lt, rt = left.type, right.type
+    if lt not in NUMERIC_ORDER or rt not in NUMERIC_ORDER:
+        raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
+    if name in BITWISE_OPERATORS:
+        return _bitwise(c, name, left, right, node)
+    if name == "^":
+        typ = NUMERIC if NUMERIC in (lt, rt) and not FLOAT_TYPES & {lt, rt} - {NUMERIC} else FLOAT8
+        if typ == NUMERIC:
+            # power_var picks its result scale by rules the engine does not reproduce
+            raise error_at("operator ^ on numeric is not supported (cast to float8)", node)
+        return apply(typ, float_pow, [c.coerce(left, typ), c.coerce(right, typ)], node)
+    typ = common_numeric(lt, rt)
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
+    arith = arith_func(name, typ)
+    if arith is None:
+        raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
+    return apply(typ, arith, [left, right], node)
+
+
+def _datetime_arithmetic(
+    c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node
+) -> Expr | None:
+    """Date/time operators, resolving an untyped literal like Postgres: first as the
+    other operand's type (so `ts - '1 day'` fails as in Postgres), then any match."""
+    lt, rt = left.type, right.type
+    if not ({lt, rt} & TEMPORAL_TYPES):
+        return None
+    candidates = [(a, b) for (op, a, b) in DATETIME_OPS if op == name]
+    exact = [c for c in candidates if fits_operand(lt, c[0]) and fits_operand(rt, c[1])]
+    chosen = None
+    if exact:
+        chosen = exact[0]
+    elif UNKNOWN in (lt, rt):
+        other = rt if lt == UNKNOWN else lt
+        same = (other, other)
+        if same in candidates:
+            chosen = same
+        else:
+            fits = [
+                c
+                for c in candidates
+                if (lt == UNKNOWN or fits_operand(lt, c[0]))
+                and (rt == UNKNOWN or fits_operand(rt, c[1]))
+            ]
+            chosen = fits[0] if fits else None
+    if chosen is None:
+        raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
+    rtype, func = DATETIME_OPS[(name, *chosen)]
+    return apply(rtype, func, [c.coerce(left, chosen[0]), c.coerce(right, chosen[1])], node)
+
+
+def _bitwise(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    if left.type not in INT_TYPES or right.type not in INT_TYPES:
+        raise error_at(
+            f"operator does not exist: {left.type.sql_name} {name} {right.type.sql_name}", node
+        )
+    if name in ("<<", ">>"):
+        typ = left.type
+        right = c.coerce(right, INT4) if right.type == INT2 else right
+        shift = operator.lshift if name == "<<" else operator.rshift
+        return apply(typ, wrap_shift(typ, shift), [left, right], node)
+    typ = common_numeric(left.type, right.type)
+    funcs = {"&": operator.and_, "|": operator.or_, "#": operator.xor}
+    return apply(typ, funcs[name], [c.coerce(left, typ), c.coerce(right, typ)], node)
+
+
+def _concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    if left.type.array or right.type.array:
+        return _array_concat(c, left, right, node)
+    lt, rt = left.type, right.type
+    if lt == rt == UNKNOWN or lt in STRING_TYPES or rt in STRING_TYPES:
+        # textanycat / anytextcat: the other operand goes through its ::text cast
+        # (bool reads "true", not concat()'s "t")
+        def text_of(e: Expr) -> Expr:
+            if e.type in STRING_TYPES or e.type == UNKNOWN:
+                return c.as_text(e)
+            return c.cast_to_text(e, TEXT, node)
+
+        return apply(TEXT, operator.add, [text_of(left), text_of(right)], node)
+    raise error_at(f"operator does not exist: {lt.sql_name} || {rt.sql_name}", node)
+
+
+def _array_concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    if left.type.array and right.type.array:
+        typ, (left, right) = c.unify([left, right], "array ||", node)
+        return apply_nullable(typ, array_cat, [left, right], node)
+    # An untyped literal (or NULL) beside an array is read as that array type, as
+    # Postgres's operator resolution does (so `ia || '5'` fails like in Postgres).
+    if left.type.array:
+        if right.type == UNKNOWN:
+            right = c.coerce(right, left.type)
+            return apply_nullable(left.type, array_cat, [left, right], node)
+        right = c.coerce(right, left.type.element)
+        return apply_nullable(left.type, array_append, [left, right], node)
+    if left.type == UNKNOWN:
+        left = c.coerce(left, right.type)
+        return apply_nullable(right.type, array_cat, [left, right], node)
+    left = c.coerce(left, right.type.element)
+    return apply_nullable(right.type, array_prepend, [left, right], node)
+
+
+def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    if not (left.type.array or right.type.array):
+        raise _operator_error(c, name, left, right, node)
+    typ = c.common(left.type, right.type, node)
+    if typ is None or (typ.element.enum and not c.allow_enums):
+        raise _operator_error(c, name, left, right, node)
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
+    if typ.element in STRING_TYPES:
+        c.require_text_equality(name, node)
+    if name == "@>":
+        return apply(BOOL, array_contains, [left, right], node)
+    if name == "<@":
+        return apply(BOOL, lambda a, b: array_contains(b, a), [left, right], node)
+    return apply(BOOL, array_overlaps, [left, right], node)
+
+
+def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    is_all = node.kind == A_Expr_Kind.AEXPR_OP_ALL
+    if right.type == UNKNOWN:
+        elem = left.type if left.type != UNKNOWN else TEXT
+        right = c.coerce(right, elem.array_of())
+    if not right.type.array:
+        raise error_at(
+            f"op ANY/ALL (array) requires array on right side, not {right.type.sql_name}", node
+        )
+    probe = Expr(right.type.element, lambda _r, _c: None, node=node.rexpr)
+    if name in COMPARISONS:
+        typ = c.common(left.type, probe.type, node)
+        if (
+            typ is None
+            or (typ.enum and not c.allow_enums)
+            or (name not in ("=", "<>") and typ not in ORDERED_TYPES)
+        ):
+            raise _operator_error(c, name, left, probe, node)
+        left = c.coerce(left, typ)
+        right = c.coerce(right, typ.array_of())
+        op = c.compare_fn(name, typ, node)
+    elif name in LIKE_OPERATORS:
+        ignore_case, negate = LIKE_OPERATORS[name]
+        left = c.coerce(_like_subject(c, left, node), TEXT)
+        right = c.coerce(right, TEXT.array_of())
+        op = like_function(c.fold(ignore_case, node), negate)
+    else:
+        raise error_at(f"operator {name} is not supported with ANY/ALL", node)
+    expr = apply_nullable(BOOL, quantified_op(op, is_all), [left, right], node)
+    if (
+        not is_all
+        and name == "="
+        and right.is_const
+        and right.value is not None
+        and left.column is not None
+        and left.raw
+    ):
+        keys = [v for v in flatten(right.value) if v is not None]
+        if indexable(keys):
+            return replace(expr, index=(left.column, keyset(keys)))
+    return expr
+
+
+def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    typ = c.common(left.type, right.type, node)
+    if name != "=" or typ is None or (typ.enum and not c.allow_enums):
+        raise _operator_error(c, name, left, right, node)
+    typ = TEXT if typ == UNKNOWN else typ
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
+    eq = c.compare_fn("=", typ, node)
+    lf, rf = left.fn, right.fn
+    want_distinct: bool = node.kind == A_Expr_Kind.AEXPR_DISTINCT
+
+    def distinct(row: Row, cache: Cache) -> bool:
+        a, b = lf(row, cache), rf(row, cache)
+        if a is None or b is None:
+            same = a is None and b is None
+        else:
+            same = bool(eq(a, b))
+        return same != want_distinct
+
+    return bool_expr(distinct, node)
+
+
+def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    typ, (left, right) = c.unify([left, right], "NULLIF", node)
+    eq = c.compare_fn("=", typ, node)
+    lf, rf = left.fn, right.fn
+
+    def nullif(row: Row, cache: Cache) -> Value:
+        a, b = lf(row, cache), rf(row, cache)  # both evaluated, as in Postgres
+        if a is None:
+            return None
+        return None if b is not None and eq(a, b) else a
+
+    return Expr(typ, nullif, node=node)
+
+
+def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    if isinstance(node.rexpr, ast.SubLink):
+        return c.compile(node.rexpr)
+    left = c.compile(node.lexpr)
+    items = [c.compile(x) for x in node.rexpr]
+    typ, converted = c.unify([left, *items], "IN", node)
+    if typ.enum and not c.allow_enums:
+        raise _operator_error(c, name, left, items[0], node)
+    left, items = converted[0], converted[1:]
+    expr = in_list(left, items, c.compare_fn("=", typ, node), node)
+    if name == "<>":
+        return apply(BOOL, operator.not_, [expr], node)
+    consts = [i.value for i in items if i.is_const]
+    if len(consts) == len(items) and left.column is not None and left.raw:
+        keys = [v for v in consts if v is not None]
+        if indexable(keys):
+            return replace(expr, index=(left.column, keyset(keys)))
+    return expr
+
+
+def _between(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    value = c.compile(node.lexpr)
+    lo, hi = (c.compile(x) for x in node.rexpr)
+    typ, (value, lo, hi) = c.unify([value, lo, hi], "BETWEEN", node)
+    if typ not in ORDERED_TYPES:
+        raise _operator_error(c, ">=", value, lo, node)
+    ge, le = c.compare_fn(">=", typ, node), c.compare_fn("<=", typ, node)
+    kind = node.kind
+    symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
+    negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
+    first = and_expr([apply(BOOL, ge, [value, lo], node), apply(BOOL, le, [value, hi], node)], node)
+    expr = first
+    if symmetric:
+        second = and_expr(
+            [apply(BOOL, ge, [value, hi], node), apply(BOOL, le, [value, lo], node)], node
+        )
+        expr = or_expr([first, second], node)
+    return apply(BOOL, operator.not_, [expr], node) if negate else expr
+
+
+def _like_expr(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    ignore_case, negate = LIKE_OPERATORS[name]
+    left = c.compile(node.lexpr)
+    rnode = node.rexpr
+    escape: Expr | None = None
+    if isinstance(rnode, ast.FuncCall) and [n.sval for n in rnode.funcname] == [
+        "pg_catalog",
+        "like_escape",
+    ]:
+        pattern = c.compile(rnode.args[0])
+        escape = c.coerce(c.compile(rnode.args[1]), TEXT)
+    else:
+        pattern = c.compile(rnode)
+    return like(c, left, pattern, escape, ignore_case, negate, node)
+
+
+def like(
+    c: Compiler,
+    left: Expr,
+    pattern: Expr,
+    escape: Expr | None,
+    ignore_case: bool,
+    negate: bool,
+    node: ast.Node,
+) -> Expr:
+    for e in (left, pattern):
+        if e.type not in STRING_TYPES and e.type != UNKNOWN:
+            raise error_at(
+                f"operator does not exist: {left.type.sql_name} ~~ {pattern.type.sql_name}",
+                node,
+            )
+    left = _like_subject(c, left, node)
+    left, pattern = c.coerce(left, TEXT), c.coerce(pattern, TEXT)
+    if escape is not None and not escape.is_const:
+        raise error_at("LIKE ... ESCAPE needs a constant escape character", node)
+    esc = "\\" if escape is None else escape.value
+    if escape is not None and esc is not None and len(esc) > 1:
+        raise error_at("invalid escape string", node)
+    c.require_text_equality("LIKE", node)
+    fold = c.fold(ignore_case, node)
+    if pattern.is_const and pattern.value is not None:
+        try:
+            regex = like_regex(pattern.value, esc or None, fold=fold)
+        except ValueError as e:
+            raise error_at(str(e), node) from None
+        match = regex.fullmatch
+
+        def test(text: str) -> bool:
+            return (match(text) is None) if negate else (match(text) is not None)
+
+        if fold is not None:
+            # ASCII text: case-insensitive matching of the lowered pattern restricted to
+            # ASCII letters is exactly "lower the text, then match"; no copy per row.
+            ascii_match = re.compile(regex.pattern, re.DOTALL | re.IGNORECASE | re.ASCII)
+            fast, folded = ascii_match.fullmatch, fold
+
+            def test_folded(text: str) -> bool:
+                m = fast(text) if text.isascii() else match(folded(text))
+                return (m is None) if negate else (m is not None)
+
+            return apply(BOOL, test_folded, [left], node)
+        return apply(BOOL, test, [left], node)
+    return apply(BOOL, like_function(fold, negate, esc or None), [left, pattern], node)
+
+
+def _like_subject(c: Compiler, left: Expr, node: ast.Node) -> Expr:
+    """The text LIKE matches: a char(n) column keeps its padding (bpcharlike matches
+    `'ab  '`, so `'ab  '::char(4) LIKE 'ab'` is false), unlike its cast to text."""
+    return c.padded(left, node, "LIKE")
+
+
+A_EXPR_HANDLERS: dict[A_Expr_Kind, Callable[[Compiler, ast.A_Expr, str], Expr]] = {
+    A_Expr_Kind.AEXPR_OP: _operator,
+    A_Expr_Kind.AEXPR_OP_ANY: _any_all,
+    A_Expr_Kind.AEXPR_OP_ALL: _any_all,
+    A_Expr_Kind.AEXPR_DISTINCT: _distinct,
+    A_Expr_Kind.AEXPR_NOT_DISTINCT: _distinct,
+    A_Expr_Kind.AEXPR_NULLIF: _nullif,
+    A_Expr_Kind.AEXPR_IN: _in,
+    A_Expr_Kind.AEXPR_LIKE: _like_expr,
+    A_Expr_Kind.AEXPR_ILIKE: _like_expr,
+    A_Expr_Kind.AEXPR_BETWEEN: _between,
+    A_Expr_Kind.AEXPR_NOT_BETWEEN: _between,
+    A_Expr_Kind.AEXPR_BETWEEN_SYM: _between,
+    A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM: _between,
+}

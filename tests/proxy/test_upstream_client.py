@@ -1,0 +1,374 @@
+"""The proxy's engine client (`proxy.upstream.client`): a keep-alive pool over httptools.
+
+Against the real `sync-engine` (a subprocess on a real Postgres): whole answers reuse one
+connection, a large snapshot streams with backpressure (reading pauses while nobody reads and
+every byte arrives afterwards), a cancelled request closes its connection, a long-poll that
+outlasts the first-byte timeout is a 504, and no error or log line carries the secret.
+Against small raw servers (behaviour the engine never shows on purpose): a keep-alive
+connection the server dropped is retried once for a GET and never for a POST, a body that
+stalls or is cut short fails as a body error, garbage is a 502, chunked and read-until-close
+bodies, HEAD answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from yarl import URL
+
+from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.upstream.client import (
+    HIGH_WATER,
+    BodyTimeout,
+    BodyTruncated,
+    UpstreamOptions,
+    UpstreamPool,
+    UpstreamResponse,
+)
+from tests.support.engine_process import EngineProcess, free_port
+from tests.support.waiting import wait_until_async
+
+SECRET = "client-test-secret-0123456789abcdef"
+ROWS = 12_000  # ~5 MB of JSON: the first answer (~1 MB) passes the body buffer's high-water mark
+
+OPTIONS = UpstreamOptions(connect_timeout=5, first_byte_timeout=10, retry_after=2, max_age_cap=60)
+
+
+def _options(first_byte_timeout: float) -> UpstreamOptions:
+    return UpstreamOptions(
+        connect_timeout=5, first_byte_timeout=first_byte_timeout, retry_after=2, max_age_cap=60
+    )
+
+
+@pytest.fixture
+def engine(db_url: str, tmp_path: Path) -> Iterator[str]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
+        conn.execute(
+            f"INSERT INTO items SELECT g, repeat('x', 400) FROM generate_series(1, {ROWS}) g"
+        )
+    process = EngineProcess(
+        db_url, tmp_path / "data", "--secret", SECRET, "--long-poll-timeout", "20", "--no-fsync"
+    )
+    process.start()
+    try:
+        yield process.url
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[UpstreamPool]:
+    pool = UpstreamPool(8)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def shape_url(base: str, **params: str) -> URL:
+    return (
+        URL(base).with_path("/v1/shape").with_query({"table": "items", **params, "secret": SECRET})
+    )
+
+
+async def read_all(response: UpstreamResponse) -> bytes:
+    return b"".join([chunk async for chunk in response.content.iter_any()])
+
+
+async def follow_to_tip(pool: UpstreamPool, base: str) -> tuple[str, str]:
+    """Read the shape until up-to-date; returns (handle, offset) at the tip."""
+    params = {"offset": "-1"}
+    for _ in range(20):
+        response = await pool.request("GET", shape_url(base, **params), {}, None, OPTIONS)
+        await read_all(response)
+        response.release()
+        handle, offset = response.headers["electric-handle"], response.headers["electric-offset"]
+        if "electric-up-to-date" in response.headers:
+            return handle, offset
+        params = {"offset": offset, "handle": handle}
+    raise AssertionError("never up to date")
+
+
+# --- the real engine ---------------------------------------------------------------------
+
+
+async def test_large_body_pauses_reading_until_read_and_arrives_whole(
+    engine: str, pool: UpstreamPool
+) -> None:
+    response = await pool.request("GET", shape_url(engine, offset="-1"), {}, None, OPTIONS)
+    assert response.status == 200
+    # Nobody reads: the connection stops reading once the buffer passes its high-water mark
+    # (plus at most one socket read), instead of buffering the whole snapshot.
+    await wait_until_async(lambda: response.content.reading_paused, message="reading paused")
+    assert response.content.buffered <= HIGH_WATER + 256 * 1024
+    body = await read_all(response)
+    response.release()
+    assert len(body) > HIGH_WATER
+    assert pool.idle_connections == 1  # read whole: the connection is kept for reuse
+    # Every byte arrived: the same answer read without pausing is identical.
+    again = await pool.request("GET", shape_url(engine, offset="-1"), {}, None, OPTIONS)
+    assert await read_all(again) == body
+    again.release()
+    assert [m for m in json.loads(body) if "key" in m]
+
+
+async def test_whole_answers_reuse_one_connection(engine: str, pool: UpstreamPool) -> None:
+    handle, offset = await follow_to_tip(pool, engine)
+    for _ in range(3):
+        url = shape_url(engine, offset=offset, handle=handle)
+        response = await pool.request("GET", url, {"accept": "application/json"}, None, OPTIONS)
+        assert response.status == 200
+        assert response.content_length is not None
+        body = await response.content.readexactly(response.content_length)
+        response.release()
+        assert json.loads(body)[-1]["headers"]["control"] == "up-to-date"
+    assert pool.open_connections == 1
+
+
+async def test_cancelled_request_closes_its_engine_connection(
+    engine: str, pool: UpstreamPool
+) -> None:
+    handle, offset = await follow_to_tip(pool, engine)
+    live = shape_url(engine, offset=offset, handle=handle, live="true")
+    task = asyncio.create_task(pool.request("GET", live, {}, None, OPTIONS))
+    await wait_until_async(
+        lambda: pool.open_connections == 1 and pool.idle_connections == 0,
+        message="the long-poll is on its connection",
+    )
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert pool.open_connections == 0  # closed, not returned half-answered to the pool
+    # The pool still works afterwards.
+    handle2, _ = await follow_to_tip(pool, engine)
+    assert handle2 == handle
+
+
+async def test_long_poll_past_first_byte_timeout_is_504_without_secret(
+    engine: str, pool: UpstreamPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    handle, offset = await follow_to_tip(pool, engine)
+    live = shape_url(engine, offset=offset, handle=handle, live="true")
+    with pytest.raises(UpstreamTimeout) as caught:
+        await pool.request("GET", live, {}, None, _options(first_byte_timeout=0.3))
+    assert caught.value.status == 504 and caught.value.reason == "upstream_timeout"
+    assert pool.open_connections == 0
+    for text in (str(caught.value), repr(caught.value), caplog.text):
+        assert SECRET not in text and "127.0.0.1" not in text
+
+
+async def test_unreachable_engine_is_502_without_secret(
+    pool: UpstreamPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    url = shape_url(f"http://127.0.0.1:{free_port()}", offset="-1")
+    with pytest.raises(UpstreamError) as caught:
+        await pool.request("GET", url, {}, None, OPTIONS)
+    assert caught.value.status == 502 and caught.value.reason == "upstream_unreachable"
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    for text in (str(caught.value), repr(caught.value), caplog.text):
+        assert SECRET not in text
+
+
+# --- raw servers: what the engine does not do on purpose ---------------------------------
+
+Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server running `serve(reader, writer, connection_number)` per connection."""
+
+    def __init__(self, serve: Serve) -> None:
+        self.serve = serve
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> RawServer:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                await self.serve(reader, writer, self.connections)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    def url(self, path: str = "/v1/shape") -> URL:
+        assert self.server is not None
+        port = self.server.sockets[0].getsockname()[1]
+        return URL(f"http://127.0.0.1:{port}{path}").with_query({"secret": SECRET})
+
+
+async def read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            await reader.readexactly(int(line.split(b":")[1]))
+    return head
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+async def test_stale_keep_alive_connection_is_retried_once_for_get(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)  # the second request on this connection: drop it unanswered
+
+    async with RawServer(serve) as server:
+        for _ in range(3):
+            response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+            assert await response.content.readexactly(2) == b"ok"
+            response.release()
+        assert server.connections == 3  # each reuse found the connection dropped: one retry
+
+
+async def test_stale_keep_alive_connection_is_not_retried_for_post(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)
+
+    async with RawServer(serve) as server:
+        response = await pool.request("POST", server.url(), {}, b"{}", OPTIONS)
+        await response.content.readexactly(2)
+        response.release()
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("POST", server.url(), {}, b"{}", OPTIONS)
+        assert caught.value.reason == "upstream_error" and SECRET not in str(caught.value)
+        assert server.connections == 1
+
+
+async def test_body_that_stalls_fails_after_the_idle_timeout(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nfirst bytes")
+        await writer.drain()
+        await reader.read()  # until the client gives up
+
+    async with RawServer(serve) as server:
+        response = await pool.request(
+            "GET", server.url(), {}, None, _options(first_byte_timeout=0.3)
+        )
+        chunks = response.content.iter_any()
+        assert await anext(chunks) == b"first bytes"
+        with pytest.raises(BodyTimeout):
+            await anext(chunks)
+        response.close()
+        assert pool.open_connections == 0
+
+
+async def test_body_cut_short_fails_and_is_not_reused(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
+
+    async with RawServer(serve) as server:
+        response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+        with pytest.raises(BodyTruncated):
+            await response.content.readexactly(100)
+        response.release()
+        assert pool.open_connections == 0
+
+
+async def test_garbage_instead_of_an_answer_is_502(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with RawServer(serve) as server:
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("GET", server.url(), {}, None, OPTIONS)
+        assert caught.value.reason == "upstream_error" and SECRET not in str(caught.value)
+        assert pool.open_connections == 0
+
+
+async def test_chunked_and_read_until_close_bodies(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        head = await read_request(reader)
+        if b"chunked" in head:
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Encoding: gzip\r\n\r\n"
+                b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+            )
+            await writer.drain()
+            await read_request(reader)  # kept alive: a second request comes on it
+            writer.write(OK)
+            await writer.drain()
+        else:
+            writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
+
+    async with RawServer(serve) as server:
+        chunked = server.url().update_query(kind="chunked")
+        response = await pool.request("GET", chunked, {}, None, OPTIONS)
+        assert response.content_length is None
+        assert response.headers["Content-Encoding"] == "gzip"  # passed through, not decoded
+        assert await read_all(response) == b"hello world"
+        response.release()
+        response = await pool.request("GET", chunked, {}, None, OPTIONS)
+        assert await read_all(response) == b"ok"
+        response.release()
+        assert server.connections == 1
+
+        response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+        assert await response.content.read(5) == b"until"  # the first bytes of a longer body
+        assert await response.content.read(100) == b" the end"  # the rest, up to its end
+        response.release()
+        assert server.connections == 2
+
+
+async def test_head_answer_has_no_body(pool: UpstreamPool) -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await read_request(reader)
+            if head.startswith(b"HEAD"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n")
+            else:
+                writer.write(OK)
+            await writer.drain()
+
+    async with RawServer(serve) as server:
+        response = await pool.request("HEAD", server.url(), {}, None, OPTIONS)
+        assert response.status == 200 and response.content_length == 1234
+        assert response.content.is_eof()
+        response.release()
+        response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+        assert await read_all(response) == b"ok"
+        response.release()
+
+
+async def test_request_headers_with_line_breaks_are_not_sent(pool: UpstreamPool) -> None:
+    seen: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        seen.append(await read_request(reader))
+        writer.write(OK)
+        await writer.drain()
+
+    async with RawServer(serve) as server:
+        headers = {"accept": "application/json", "traceparent": "x\r\nInjected: yes"}
+        response = await pool.request("GET", server.url(), headers, None, OPTIONS)
+        await read_all(response)
+        response.release()
+    assert b"accept: application/json\r\n" in seen[0]
+    assert b"Injected" not in seen[0]
