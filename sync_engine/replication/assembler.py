@@ -50,6 +50,10 @@ Deliver = Callable[[Shape, Xid, Lsn, list[Change]], None]
 
 _H: Final = XLOGDATA_HEADER  # the pgoutput message's position in a raw XLogData message
 _Row = pgoutput.Insert | pgoutput.Update | pgoutput.Delete
+# Read once: reading a member off its Enum class costs ~1 µs on Python 3.11.
+_INSERT: Final = ChangeKind.INSERT
+_UPDATE: Final = ChangeKind.UPDATE
+_DELETE: Final = ChangeKind.DELETE
 
 
 class _Relation:
@@ -212,13 +216,13 @@ class TransactionAssembler:
         old_t: tuple[TupleValue, ...] | None
         new_t: tuple[TupleValue, ...] | None
         if isinstance(msg, pgoutput.Insert):
-            kind, old_t, new_t = ChangeKind.INSERT, None, msg.new
+            kind, old_t, new_t = _INSERT, None, msg.new
         elif isinstance(msg, pgoutput.Update):
-            kind, old_t, new_t = ChangeKind.UPDATE, msg.old, msg.new
+            kind, old_t, new_t = _UPDATE, msg.old, msg.new
             if old_t is None:
                 old_t = new_t  # no old row (identity not FULL at the time): treat as in place
         else:
-            kind, old_t, new_t = ChangeKind.DELETE, msg.old, None
+            kind, old_t, new_t = _DELETE, msg.old, None
         shapes = self.router.candidates(oid, rel.positions, old_t, new_t)
         if not shapes:
             return

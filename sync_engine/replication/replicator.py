@@ -39,7 +39,7 @@ from .assembler import TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .slot import slot_confirmed_lsn
 from .stream import ReplicationStream
-from .transactions import Fate, ParkedShapes, admit, fate
+from .transactions import APPEND, PARKED, ParkedShapes, admit, fate
 from .wal import Lsn, Xid
 
 __all__ = ["ReplicationState", "Replicator"]
@@ -247,9 +247,9 @@ class Replicator:
     def _deliver(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
         """A committed transaction's changes to `shape`, from the assembler."""
         what = fate(shape, xid, lsn, changes)
-        if what is Fate.APPEND:
+        if what is APPEND:
             self._append(shape, xid, lsn, changes)
-        elif what is Fate.PARKED:
+        elif what is PARKED:
             self._parked.add(shape)
 
     def release_pending(self, shape: Shape) -> None:
@@ -260,7 +260,7 @@ class Replicator:
             for xid, lsn, changes in parked:
                 if shape.rotated:  # `_append` rotated it (an unrepresentable value)
                     break
-                if admit(shape, Xid(xid), Lsn(lsn)) is Fate.APPEND:
+                if admit(shape, Xid(xid), Lsn(lsn)) is APPEND:
                     self._append(shape, Xid(xid), Lsn(lsn), changes)
         except LogWriteError as exc:
             # Not confirmed (they were parked): the stream replays them after the pause.
