@@ -15,6 +15,14 @@ a fresh data directory so every shape is new):
 - `identical`: N clients asking for the same new shape `bucket = N`.
 Time = start of the storm until the last client is up-to-date.
 
+Storms 10x larger (issue 13, bar 3): `S6 storm of N small shapes`, N = 1,000 and 10,000
+distinct shapes of 100 rows each (table `storm100`), the same clients but each connected
+(one `/v1/health` request) before the storm, so the engine's listen backlog (128) does not
+turn 10,000 simultaneous connects into SYN retries. Targets: 1,000 in < 1 s, 10,000 in
+< 10 s, engine CPU per shape flat from 1,000 to 10,000. `--baseline DIR` runs the same arms
+with the engine of another checkout (e.g. a worktree at the session's base commit) in turn
+with this one, so before and after are measured side by side in one run.
+
 The N clients are `_common.RawHTTP` connections (one keep-alive connection each), not
 aiohttp's client: on this 2-core machine the load generator shares the cores with the
 engine and Postgres, and aiohttp's client cost ~0.7 ms of CPU per shape here (two
@@ -27,7 +35,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from pathlib import Path
 
+import _common
 import aiohttp
 import psycopg
 from _common import (
@@ -44,12 +54,13 @@ from _common import (
 )
 
 
-async def follow_raw(port: int, path: str) -> int:
-    """GET `path` (an `offset=-1` request) and follow it to up-to-date on one connection.
+async def follow_raw(port: int, path: str, client: RawHTTP | None = None) -> int:
+    """GET `path` (an `offset=-1` request) and follow it to up-to-date on one connection
+    (`client`'s if given, then closed).
 
     Returns the number of 503s, each retried after its Retry-After as Electric's client does.
     """
-    client = RawHTTP("127.0.0.1", port)
+    client = client or RawHTTP("127.0.0.1", port)
     unavailable = 0
     query = "offset=-1"
     base = path.replace("offset=-1", "").rstrip("&")
@@ -69,28 +80,45 @@ async def follow_raw(port: int, path: str) -> int:
         client.close()
 
 
-async def storm(pg: Postgres, engine: EngineProcess, buckets: list[int]) -> dict[str, float]:
+async def storm(
+    pg: Postgres,
+    engine: EngineProcess,
+    buckets: list[int],
+    table: str = "storm",
+    connect_first: bool = False,
+) -> dict[str, float]:
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
     times: list[float] = []
     unavailable = 0
+    clients: list[RawHTTP | None] = [None] * len(buckets)
+    if connect_first:
+        sem = asyncio.Semaphore(100)
+
+        async def connect(i: int) -> None:
+            async with sem:
+                client = RawHTTP("127.0.0.1", engine.port)
+                await client.get("/v1/health")
+                clients[i] = client
+
+        await asyncio.gather(*(connect(i) for i in range(len(buckets))))
     e0, p0, c0 = engine.cpu(), pg.cpu(), time.process_time()
     t0 = time.perf_counter()
 
-    async def one(b: int) -> None:
+    async def one(i: int, b: int) -> None:
         nonlocal unavailable
-        path = (f"/v1/shape?table=storm&where=bucket%20%3D%20{b}"
+        path = (f"/v1/shape?table={table}&where=bucket%20%3D%20{b}"
                 f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
-        unavailable += await follow_raw(engine.port, path)
+        unavailable += await follow_raw(engine.port, path, clients[i])
         times.append(time.perf_counter() - t0)
 
-    await asyncio.wait_for(asyncio.gather(*(one(b) for b in buckets)), 300)
+    await asyncio.wait_for(asyncio.gather(*(one(i, b) for i, b in enumerate(buckets))), 300)
     total = time.perf_counter() - t0
     client_cpu = time.process_time() - c0
     with psycopg.connect(pg.url, autocommit=True) as conn:
         snapshots = conn.execute(
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query ILIKE "
-            "'%storm%' AND query NOT ILIKE '%pg_stat_statements%'"
+            f"'%{table}%' AND query NOT ILIKE '%pg_stat_statements%'"
         ).fetchone()[0]  # type: ignore[index]
     return {"total": total, "mean": sum(times) / len(times), "p99": pct(times, 0.99),
             "snapshots": float(snapshots), "503": float(unavailable),
@@ -98,61 +126,139 @@ async def storm(pg: Postgres, engine: EngineProcess, buckets: list[int]) -> dict
             "client_cpu": client_cpu, "rss": engine.rss()}  # fmt: skip
 
 
-async def run(quick: bool, n: int | None = None) -> list[Row]:
+async def classic(stack: Stack, quick: bool, n: int | None) -> list[Row]:
+    """The first bar's storm: N shapes of 500 rows, distinct against identical."""
     n = n or (300 if quick else 1000)
-    stack = Stack()
     rows: list[Row] = []
     res: dict[str, dict[str, float]] = {}
+    pg = stack.add(Postgres(stat_statements=True))
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE storm (id int PRIMARY KEY, bucket int, payload text)")
+        conn.execute("INSERT INTO storm SELECT i, i / 500, 'payload ' || md5(i::text) "
+                     "FROM generate_series(0, %s) i", ((n + 1) * 500 - 1,))  # fmt: skip
+        conn.execute("CREATE INDEX ON storm (bucket)")
+        conn.execute("ALTER TABLE storm REPLICA IDENTITY FULL")
+        conn.execute("VACUUM ANALYZE storm")
+    arms = {
+        "distinct": ([], list(range(n))),
+        "distinct, no limit": (["--max-initial-syncs", "0"], list(range(n))),
+        "identical": ([], [n] * n),
+    }
+    for name, (extra, buckets) in arms.items():
+        engine = EngineProcess(pg.url, *extra)
+        try:
+            await engine.wait_ready()
+            # Publish the table first (one shape on it): a storm on a table not yet in
+            # the publication can deadlock the engine (docs/benchmarks.md, S6), and the
+            # first publication of a table is a one-off, not what this scenario measures.
+            async with aiohttp.ClientSession() as s:
+                await follow(s, f"{engine.url}/v1/shape?table=storm&where=bucket%20%3D%20-1"
+                                f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
+            res[name] = await storm(pg, engine, buckets)
+        finally:
+            engine.stop()
+        r = res[name]
+        print(f"    S6 {name}: {r['total']:.2f} s, {r['snapshots']:.0f} snapshot queries, "
+              f"{r['503']:.0f} 503s", flush=True)  # fmt: skip
+    label = f"S6 storm of {n:,} new shapes (500 rows each)"
+    d, i = res["distinct"], res["identical"]
+    target = n == 1000
+    rows.append(Row(label, "time until all synced (mean / p99 per client)",
+                    [(a, f"{fmt(r['total'], 's')} ({fmt(r['mean'])} / {fmt(r['p99'])})")
+                     for a, r in res.items()],
+                    f"identical/distinct {i['total'] / d['total']:.2f}",
+                    "distinct < 2 s at N=1,000 (design)" if target else "",
+                    verdict(d["total"] < 2) if target else ""))  # fmt: skip
+    rows.append(Row(label, "snapshot queries in Postgres (503s retried)",
+                    [(a, f"{r['snapshots']:.0f} ({r['503']:.0f})") for a, r in res.items()],
+                    "", "identical: 1 query (anchors S6)",
+                    verdict(i["snapshots"] <= 1)))  # fmt: skip
+    rows.append(Row(label, "CPU s engine / Postgres / client, engine RSS MiB",
+                    [(a, f"{fmt(r['engine_cpu'])} / {fmt(r['pg_cpu'])} / "
+                         f"{fmt(r['client_cpu'])}, {fmt(r['rss'])}")
+                     for a, r in res.items()], "", "", ""))  # fmt: skip
+    return rows
+
+
+#: Rows per shape in the storms of small shapes.
+SMALL_ROWS = 100
+
+
+def engine_at(root: str | None, url: str, *extra: str) -> EngineProcess:
+    """An engine run from checkout `root` (None: this one)."""
+    if root is None:
+        return EngineProcess(url, *extra)
+    saved = _common.ROOT
+    _common.ROOT = Path(root).resolve()
     try:
-        pg = stack.add(Postgres(stat_statements=True))
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE storm (id int PRIMARY KEY, bucket int, payload text)")
-            conn.execute("INSERT INTO storm SELECT i, i / 500, 'payload ' || md5(i::text) "
-                         "FROM generate_series(0, %s) i", ((n + 1) * 500 - 1,))  # fmt: skip
-            conn.execute("CREATE INDEX ON storm (bucket)")
-            conn.execute("ALTER TABLE storm REPLICA IDENTITY FULL")
-            conn.execute("VACUUM ANALYZE storm")
-        arms = {
-            "distinct": ([], list(range(n))),
-            "distinct, no limit": (["--max-initial-syncs", "0"], list(range(n))),
-            "identical": ([], [n] * n),
-        }
-        for name, (extra, buckets) in arms.items():
-            engine = EngineProcess(pg.url, *extra)
+        return EngineProcess(url, *extra)
+    finally:
+        _common.ROOT = saved
+
+
+async def small_storms(stack: Stack, sizes: list[int], baseline: str | None) -> list[Row]:
+    """Storms of N distinct 100-row shapes, this engine and (`baseline`) another in turn."""
+    rows: list[Row] = []
+    pg = stack.add(Postgres(stat_statements=True))
+    top = max(sizes)
+    with psycopg.connect(pg.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE storm100 (id int PRIMARY KEY, bucket int, payload text)")
+        conn.execute("INSERT INTO storm100 SELECT i, i / %s, 'payload ' || md5(i::text) "
+                     "FROM generate_series(0, %s) i",
+                     (SMALL_ROWS, (top + 1) * SMALL_ROWS - 1))  # fmt: skip
+        conn.execute("CREATE INDEX ON storm100 (bucket)")
+        conn.execute("ALTER TABLE storm100 REPLICA IDENTITY FULL")
+        conn.execute("VACUUM ANALYZE storm100")
+    engines = {"after": None} if baseline is None else {"before": baseline, "after": None}
+    res: dict[int, dict[str, dict[str, float]]] = {}
+    for n in sizes:
+        res[n] = {}
+        for name, root in engines.items():
+            engine = engine_at(root, pg.url)
             try:
                 await engine.wait_ready()
-                # Publish the table first (one shape on it): a storm on a table not yet in
-                # the publication can deadlock the engine (docs/benchmarks.md, S6), and the
-                # first publication of a table is a one-off, not what this scenario measures.
-                async with aiohttp.ClientSession() as s:
-                    await follow(s, f"{engine.url}/v1/shape?table=storm&where=bucket%20%3D%20-1"
+                async with aiohttp.ClientSession() as s:  # publish the table first (see above)
+                    await follow(s, f"{engine.url}/v1/shape?table=storm100&where=bucket%20%3D%20-1"
                                     f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
-                res[name] = await storm(pg, engine, buckets)
+                r = res[n][name] = await storm(pg, engine, list(range(n)), "storm100", True)
             finally:
                 engine.stop()
-            r = res[name]
-            print(f"    S6 {name}: {r['total']:.2f} s, {r['snapshots']:.0f} snapshot queries, "
-                  f"{r['503']:.0f} 503s", flush=True)  # fmt: skip
-        label = f"S6 storm of {n:,} new shapes (500 rows each)"
-        d, i = res["distinct"], res["identical"]
-        target = n == 1000
+            print(f"    S6 {n:,} small, {name}: {r['total']:.2f} s, engine "
+                  f"{r['engine_cpu'] / n * 1e6:.0f} µs/shape", flush=True)  # fmt: skip
+        label = f"S6 storm of {n:,} new shapes ({SMALL_ROWS} rows each)"
+        limit = 1.0 if n <= 1000 else 10.0
+        after = res[n]["after"]
+        ratio = ""
+        if "before" in res[n]:
+            ratio = f"after/before {after['total'] / res[n]['before']['total']:.2f}"
         rows.append(Row(label, "time until all synced (mean / p99 per client)",
                         [(a, f"{fmt(r['total'], 's')} ({fmt(r['mean'])} / {fmt(r['p99'])})")
-                         for a, r in res.items()],
-                        f"identical/distinct {i['total'] / d['total']:.2f}",
-                        "distinct < 2 s at N=1,000 (design)" if target else "",
-                        verdict(d["total"] < 2) if target else ""))  # fmt: skip
-        rows.append(Row(label, "snapshot queries in Postgres (503s retried)",
-                        [(a, f"{r['snapshots']:.0f} ({r['503']:.0f})") for a, r in res.items()],
-                        "", "identical: 1 query (anchors S6)",
-                        verdict(i["snapshots"] <= 1)))  # fmt: skip
-        rows.append(Row(label, "CPU s engine / Postgres / client, engine RSS MiB",
-                        [(a, f"{fmt(r['engine_cpu'])} / {fmt(r['pg_cpu'])} / "
-                             f"{fmt(r['client_cpu'])}, {fmt(r['rss'])}")
-                         for a, r in res.items()], "", "", ""))  # fmt: skip
+                         for a, r in res[n].items()], ratio,
+                        f"< {limit:.0f} s", verdict(after["total"] < limit)))  # fmt: skip
+        rows.append(Row(label, "engine CPU per shape µs; CPU s engine / Postgres / client; RSS MiB",
+                        [(a, f"{r['engine_cpu'] / n * 1e6:.0f}; {fmt(r['engine_cpu'])} / "
+                             f"{fmt(r['pg_cpu'])} / {fmt(r['client_cpu'])}; {fmt(r['rss'])}")
+                         for a, r in res[n].items()], "", "", ""))  # fmt: skip
+    if len(sizes) > 1:
+        lo, hi = min(sizes), max(sizes)
+        per = {a: (res[hi][a]["engine_cpu"] / hi) / (res[lo][a]["engine_cpu"] / lo)
+               for a in engines}  # fmt: skip
+        rows.append(Row(f"S6 storms of {lo:,} and {hi:,} new shapes ({SMALL_ROWS} rows each)",
+                        f"engine CPU per shape, {hi:,} / {lo:,}",
+                        [(a, f"{v:.2f}") for a, v in per.items()], "",
+                        "flat (<= 1.2)", verdict(per["after"] <= 1.2)))  # fmt: skip
+    return rows
+
+
+async def run(quick: bool, n: int | None = None, baseline: str | None = None,
+              only_small: bool = False) -> list[Row]:  # fmt: skip
+    stack = Stack()
+    try:
+        rows = [] if only_small else await classic(stack, quick, n)
+        sizes = [1000] if quick else [1000, 10_000]
+        return rows + await small_storms(stack, sizes, baseline)
     finally:
         stack.close()
-    return rows
 
 
 if __name__ == "__main__":
@@ -161,6 +267,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--n", type=int, default=None)
+    ap.add_argument("--baseline", help="another checkout whose engine runs side by side")
+    ap.add_argument("--only-small", action="store_true", help="only the 100-row storms")
     a = ap.parse_args()
     print(machine())
-    print(table(asyncio.run(run(a.quick, a.n))))
+    print(table(asyncio.run(run(a.quick, a.n, a.baseline, a.only_small))))

@@ -40,7 +40,8 @@ from .settings import Settings
 PROG = "sync-engine"
 _ENV = "SYNC_ENGINE_"
 T = TypeVar("T")
-log = logging.getLogger("sync_engine")
+# Not __name__: run as `python -m sync_engine` this module is `__main__`.
+logger = logging.getLogger("sync_engine")
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -273,8 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         from .preflight import PermanentError, check_database
 
         try:
-            check_database(settings.database_url,
-                           flag="--database-url or SYNC_ENGINE_DATABASE_URL")  # fmt: skip
+            check_database(settings.database_url, flag="--database-url or SYNC_ENGINE_DATABASE_URL")
         except PermanentError as exc:
             fail(PROG, f"cannot use the database: {exc}", 1)
         except KeyboardInterrupt:
@@ -285,9 +285,12 @@ def main(argv: list[str] | None = None) -> None:
 def check_settings(settings: Settings) -> None:
     """Everything about the flags that can be wrong before anything connects or listens."""
     if not re.fullmatch(r"[a-z0-9_]{1,40}", settings.replication_stream_id):
-        fail(PROG, "--replication-stream-id may use only a-z, 0-9 and _ (1-40 characters),"
-                   " as Postgres slot names do (flag --replication-stream-id, env"
-                   " SYNC_ENGINE_REPLICATION_STREAM_ID)")  # fmt: skip
+        fail(
+            PROG,
+            "--replication-stream-id may use only a-z, 0-9 and _ (1-40 characters),"
+            " as Postgres slot names do (flag --replication-stream-id, env"
+            " SYNC_ENGINE_REPLICATION_STREAM_ID)",
+        )
     from .admin.api import MIN_TOKEN_LENGTH
     from .preflight import check_data_dir, check_registry
     from .tenants.dburl import check_database_url
@@ -295,19 +298,28 @@ def check_settings(settings: Settings) -> None:
     from .tenants.store import store_has_sources
 
     if settings.admin_token is not None and len(settings.admin_token) < MIN_TOKEN_LENGTH:
-        fail(PROG, f"--admin-token must be at least {MIN_TOKEN_LENGTH} characters (flag"
-                   " --admin-token, env SYNC_ENGINE_ADMIN_TOKEN)")  # fmt: skip
+        fail(
+            PROG,
+            f"--admin-token must be at least {MIN_TOKEN_LENGTH} characters (flag"
+            " --admin-token, env SYNC_ENGINE_ADMIN_TOKEN)",
+        )
     if settings.database_url:
         try:
             check_database_url(settings.database_url)
         except InvalidInput as exc:
             message = exc.message.replace("database_url", "--database-url", 1)
-            fail(PROG, f"{message} (flag --database-url, env SYNC_ENGINE_DATABASE_URL or"
-                       " DATABASE_URL)")  # fmt: skip
+            fail(
+                PROG,
+                f"{message} (flag --database-url, env SYNC_ENGINE_DATABASE_URL or DATABASE_URL)",
+            )
     problem = check_data_dir(settings.data_dir)
     if problem is not None:
-        fail(PROG, f"cannot use the data directory {settings.data_dir} ({problem}): give one the"
-                   " engine can write, with --data-dir or SYNC_ENGINE_DATA_DIR", 1)  # fmt: skip
+        fail(
+            PROG,
+            f"cannot use the data directory {settings.data_dir} ({problem}): give one the"
+            " engine can write, with --data-dir or SYNC_ENGINE_DATA_DIR",
+            1,
+        )
     problem = check_registry(settings.data_dir)
     if problem is not None:
         fail(PROG, problem, 1)
@@ -316,9 +328,12 @@ def check_settings(settings: Settings) -> None:
         and settings.admin_token is None
         and not store_has_sources(settings.data_dir)
     ):
-        fail(PROG, "--database-url (or SYNC_ENGINE_DATABASE_URL, DATABASE_URL) is required,"
-                   " unless sources are registered (start with --admin-token to register"
-                   " them)")  # fmt: skip
+        fail(
+            PROG,
+            "--database-url (or SYNC_ENGINE_DATABASE_URL, DATABASE_URL) is required,"
+            " unless sources are registered (start with --admin-token to register"
+            " them)",
+        )
 
 
 def serve(
@@ -348,7 +363,7 @@ def serve(
         web.run_app(
             app,
             sock=engine_sock,
-            print=lambda *_: log.info("listening on %s (Shape API: %s/v1/shape)", url, url),
+            print=lambda *_: logger.info("listening on %s (Shape API: %s/v1/shape)", url, url),
             access_log=None,
             shutdown_timeout=2,
             loop=loop,
@@ -356,13 +371,13 @@ def serve(
     except Exception as exc:
         # Not a mistake checked above: a bug or an environment we did not foresee. The
         # traceback goes into the log (one record), the exit status says it failed.
-        log.critical("stopped by an unexpected error: %s", exc, exc_info=True)
+        logger.critical("stopped by an unexpected error: %s", exc, exc_info=True)
         raise SystemExit(1) from None
-    log.info("stopped")
+    logger.info("stopped")
 
 
 async def _log_shutdown(app: web.Application) -> None:
-    log.info("shutting down: closing held requests and replication")
+    logger.info("shutting down: closing held requests and replication")
 
 
 def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:
@@ -376,7 +391,7 @@ def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:
         await runner.setup()
         for sock in socks:
             await web.SockSite(runner, sock).start()
-        log.info("admin API and dashboard listening on %s/", url_of(socks))
+        logger.info("admin API and dashboard listening on %s/", url_of(socks))
         yield
         await runner.cleanup()
 

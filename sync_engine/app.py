@@ -17,7 +17,7 @@ from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.server import EngineApplication
 from .http.shape import ShapeView
 from .settings import Settings
-from .source import Source, SourceConfig
+from .source import Source, SourceConfig, SourceState
 from .tenants.manager import SourceManager
 
 SOURCES = web.AppKey("sources", dict)
@@ -99,11 +99,15 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     view = ShapeView(settings, find_source)
 
     async def options(request: web.Request) -> web.StreamResponse:
-        resp = web.Response(status=204, headers={"access-control-max-age": "86400",
-                                                 "connection": "keep-alive"})  # fmt: skip
+        resp = web.Response(
+            status=204, headers={"access-control-max-age": "86400", "connection": "keep-alive"}
+        )
         wanted = request.headers.get("access-control-request-headers", "")
-        allowed = [x.strip() for x in wanted.split(",")
-                   if x.strip().lower() in ("if-none-match", "traceparent")]  # fmt: skip
+        allowed = [
+            x.strip()
+            for x in wanted.split(",")
+            if x.strip().lower() in ("if-none-match", "traceparent")
+        ]
         if allowed:
             resp.headers["access-control-allow-headers"] = ", ".join(allowed)
         return resp
@@ -111,16 +115,16 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     async def health(request: web.Request) -> web.StreamResponse:
         srcs: dict[str, Source] = request.app[SOURCES]
         states = {sid: s.state for sid, s in srcs.items()}
-        active = bool(states) and all(v == "active" for v in states.values())
+        active = bool(states) and all(v is SourceState.ACTIVE for v in states.values())
         if not states and manager.has_sources():
             active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}
         status = 200 if active else 202
-        paused = [s.replicator.write_error for s in srcs.values() if s.replicator.write_error]
+        paused = [s.write_error for s in srcs.values() if s.write_error]
         if paused:  # shape logs cannot be written (disk full): serving, not replicating
             body, status = {"status": "waiting", "message": paused[0]}, 503
-        return json_response(status, body,
-                             {"cache-control": "no-cache, no-store, must-revalidate"})  # fmt: skip
+        no_cache = {"cache-control": "no-cache, no-store, must-revalidate"}
+        return json_response(status, body, no_cache)
 
     async def root(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)

@@ -187,12 +187,18 @@ def configure_logging(
     """Send every log line to stderr in the chosen format. Called only from a `__main__`."""
     name = str(level).upper()
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-        fail(prog, f"--log-level {level!r} is not DEBUG, INFO, WARNING or ERROR"
-                   f" (flag --log-level, env {env_prefix}LOG_LEVEL)")  # fmt: skip
+        fail(
+            prog,
+            f"--log-level {level!r} is not DEBUG, INFO, WARNING or ERROR"
+            f" (flag --log-level, env {env_prefix}LOG_LEVEL)",
+        )
     fmt = str(log_format).lower()
     if fmt not in LOG_FORMATS:
-        fail(prog, f"--log-format {log_format!r} is not text, json or auto"
-                   f" (flag --log-format, env {env_prefix}LOG_FORMAT)")  # fmt: skip
+        fail(
+            prog,
+            f"--log-format {log_format!r} is not text, json or auto"
+            f" (flag --log-format, env {env_prefix}LOG_FORMAT)",
+        )
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler()
@@ -217,11 +223,16 @@ def listen(
     `change` names the flag and variable a person edits, e.g. "--port or SYNC_ENGINE_PORT".
     """
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)  # fmt: skip
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
     except socket.gaierror as exc:
-        fail(prog, f"cannot listen for {what} on {host}: unknown address ({exc.strerror});"
-                   f" change {change}", 1)  # fmt: skip
+        fail(
+            prog,
+            f"cannot listen for {what} on {host}: unknown address ({exc.strerror});"
+            f" change {change}",
+            1,
+        )
     addresses = list(dict.fromkeys((family, address) for family, _, _, _, address in infos))
     socks: list[socket.socket] = []
     for family, address in addresses:
@@ -237,13 +248,20 @@ def listen(
                 continue
             for s in socks:
                 s.close()
-            fail(prog, f"cannot listen for {what} on {host}:{port}: {_why(exc, host, port)};"
-                       f" change {change}", 1)  # fmt: skip
+            fail(
+                prog,
+                f"cannot listen for {what} on {host}:{port}: {_why(exc, host, port)};"
+                f" change {change}",
+                1,
+            )
         sock.set_inheritable(False)
         socks.append(sock)
     if not socks:
-        fail(prog, f"cannot listen for {what} on {host}:{port}: no usable address; change"
-                   f" {change}", 1)  # fmt: skip
+        fail(
+            prog,
+            f"cannot listen for {what} on {host}:{port}: no usable address; change {change}",
+            1,
+        )
     return socks
 
 

@@ -23,7 +23,7 @@ import psycopg
 from .tenants.dburl import describe_target
 from .tenants.diagnose import explain
 
-log = logging.getLogger("sync_engine")
+logger = logging.getLogger(__name__)
 
 #: Errors that go away by themselves: Postgres is starting, restarting or busy.
 _TRANSIENT = (
@@ -52,7 +52,7 @@ def check_data_dir(path: Path) -> str | None:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # Full, not unusable: the engine serves what it has and resumes when space returns.
-            log.warning("the data directory %s is full; writes resume when space returns", path)
+            logger.warning("the data directory %s is full; writes resume when space returns", path)
             try:
                 probe.unlink(missing_ok=True)
             except OSError:
@@ -129,6 +129,8 @@ def check_database(
             if not _is_transient(diagnosis.code, raw):
                 hint = "" if diagnosis.code != "other" else f"; fix {flag}"
                 raise PermanentError(f"{diagnosis.message}{hint}") from None
-            log.warning("database %s not reachable yet (%s); retrying in %g s", target, raw, delay)
+            logger.warning(
+                "database %s not reachable yet (%s); retrying in %g s", target, raw, delay
+            )
             sleep(delay)
             delay = min(delay * 2, max_delay)

@@ -1,56 +1,60 @@
 """One Postgres database served by the engine: its slot, publication, shapes and snapshots.
 
-The engine serves one source in single-database mode; with registered sources it runs one
-`Source` per database, each with its own connections, replication task and shape
-directory, so a slow or broken database cannot stall another.
+The engine serves one source in single-database mode; with registered sources (`tenants/`)
+it runs one `Source` per database, each with its own connections, replication task and
+shape directory, so a slow or broken database cannot stall another.
+
+A `Source` puts together its parts (`tables`, `registry`, `replicator`, `snapshots`) and
+gives `http/` the few things it asks of them: resolve a request's shape (creating it, with
+its snapshot, if new), find one by handle or definition, delete one, and the replication
+position (`global_lsn`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import shutil
-import time
-from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 import psycopg.sql
 from psycopg import AsyncConnection
 from psycopg_pool import ConnectionPool
 
-from .errors import InvalidRequest, ServiceUnavailable
-from .http.params import ShapeRequest
-from .pg.catalog import TableInfo, load_table
-from .pg.publication import (
-    PublicationError,
-    add_table,
-    ensure_publication,
-    wait_for_older_transactions,
-)
+from .errors import ServiceUnavailable
+from .pg.catalog import TableInfo
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.replicator import Replicator
 from .replication.slot import ensure_slot
+from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
-from .shapes.shape import Shape, ShapeDefinition
+from .shapes.shape import Shape, ShapeHandle
 from .single_flight import single_flight
 from .snapshot import errors as snapshot_errors
 from .snapshot.batch import SnapshotJob
 from .snapshot.errors import to_engine_error
 from .snapshot.query import row_json_sql
 from .snapshot.scheduler import SnapshotScheduler
+from .tables import Tables
 
-log = logging.getLogger(__name__)
-T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
-#: Seconds a table's "still there" check (`Source._table_unchanged`) is trusted.
-TABLE_CHECK_TTL = 1.0
+
+class SourceState(enum.StrEnum):
+    """Whether a source serves: CONNECTING until its slot and publication are ready, ERROR
+    while it cannot reach or use its database (`Source.error` says why)."""
+
+    CONNECTING = "connecting"
+    ACTIVE = "active"
+    ERROR = "error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +91,7 @@ class Source:
         self.registry = ShapeRegistry(
             config.data_dir / "shapes", config.chunk_bytes, self.router, fsync=config.fsync
         )
+        self.tables = Tables(self.dsn, config.publication_name, self.registry)
         self.replicator = Replicator(
             self.dsn,
             config.slot_name,
@@ -96,14 +101,8 @@ class Source:
             fsync=config.fsync,
             on_state=self._on_replication_state,
         )
-        self.state = "connecting"
+        self.state = SourceState.CONNECTING
         self.error: str | None = None
-        self._conn: AsyncConnection[Any] | None = None
-        self._conn_lock = asyncio.Lock()
-        self._table_cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
-        self._table_lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
-        self._table_checks: dict[int, asyncio.Future[bool]] = {}
-        self._table_checked: dict[int, float] = {}  # oid -> when last seen unchanged
         # New shapes' snapshots, in batches on up to max_concurrent_snapshots connections.
         self.snapshots = SnapshotScheduler(
             self.dsn,
@@ -123,8 +122,8 @@ class Source:
             open=False,
             name=f"subsets-{config.source_id}",
         )
+        self._creating: dict[ShapeDefinition, asyncio.Future[Shape]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._published: set[int] = set()
         self._main: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
@@ -141,9 +140,7 @@ class Source:
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.snapshots.close()
         await asyncio.to_thread(self.snapshot_pool.close, 5.0)
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        await self.tables.close()
 
     async def destroy(self) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
@@ -184,38 +181,35 @@ class Source:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                reported, self.state, self.error = self.error, "error", _describe(exc)
+                reported, self.state, self.error = self.error, SourceState.ERROR, _describe(exc)
                 problem = describe_failure(exc)
                 where = f"source {self.config.source_id} ({redact_dsn(self.config.database_url)})"
                 if not problem.permanent:
-                    log.warning("%s not ready: %s; retrying in %.1f s", where, self.error, delay)
+                    logger.warning("%s not ready: %s; retrying in %.1f s", where, self.error, delay)
                 elif self.error != reported:  # once, not every retry
-                    log.error("%s cannot start: %s. This will not fix itself: %s. Retrying"
-                              " every 10 s.", where, self.error, problem.fix)  # fmt: skip
+                    logger.error(
+                        "%s cannot start: %s. This will not fix itself: %s. Retrying every 10 s.",
+                        where,
+                        self.error,
+                        problem.fix,
+                    )
                 await asyncio.sleep(10.0 if problem.permanent else delay)
                 delay = min(delay * 2, 10.0)
-        checker = asyncio.create_task(self._check_schemas_forever())
+        checker = asyncio.create_task(
+            self.tables.check_schemas_forever(self.config.schema_check_interval)
+        )
         self._tasks.add(checker)
         await self.replicator.run()
 
     async def _prepare(self) -> None:
-        conn = await self._connection()
-        cur = await conn.execute("SHOW wal_level")
-        row = await cur.fetchone()
-        if row is None or row[0] != "logical":
-            raise RuntimeError(
-                f"wal_level is {row[0] if row else '?'}, not logical: set wal_level = logical"
-                " in postgresql.conf (or ALTER SYSTEM) and restart Postgres"
-            )
-        await ensure_publication(conn, self.config.publication_name)
+        await self.tables.prepare()
         created = await ensure_slot(self.dsn, self.config.slot_name)
         loaded = self.registry.load()
         if created and loaded:
             self.registry.rotate_all("replication slot was (re)created; changes may be lost")
-        self._published = set()
-        self.state, self.error = "active", None
+        self.state, self.error = SourceState.ACTIVE, None
         self.ready.set()
-        log.info(
+        logger.info(
             "source %s ready: %d shapes loaded, slot %s",
             self.config.source_id,
             len(self.registry),
@@ -224,109 +218,9 @@ class Source:
 
     def _on_replication_state(self, state: str, reason: str | None) -> None:
         if state == "active":
-            self.state, self.error = "active", None
+            self.state, self.error = SourceState.ACTIVE, None
         else:
-            self.state, self.error = "error", reason
-
-    async def _connection(self) -> AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
-        return self._conn
-
-    # -- catalog --------------------------------------------------------------------------
-
-    async def lookup_table(self, schema: str, name: str) -> TableInfo | None:
-        now = time.monotonic()
-        key = (schema, name)
-        hit = self._table_cache.get(key)
-        if hit is not None and now - hit[0] < 2.0:
-            return hit[1]
-        # A storm of first requests for a table asks the catalog once (each lookup is three
-        # queries on the one catalog connection, so they would queue).
-
-        async def load() -> TableInfo | None:
-            table = await self._on_catalog(lambda conn: load_table(conn, schema, name))
-            if table is not None:  # a table created right after a miss is found at once
-                self._table_cache[key] = (now, table)
-            return table
-
-        return await single_flight(self._table_lookups, key, load)
-
-    # -- shapes ---------------------------------------------------------------------------
-
-    async def resolve(self, req: ShapeRequest) -> Shape:
-        """The shape for a request's definition, created (with its snapshot) if new."""
-        shape = self.registry.cached(req)
-        if shape is not None and (req.offset is None or not req.offset.is_before_all):
-            return shape
-        if shape is not None and await self._table_unchanged(shape):
-            return shape
-        await self._wait_ready()
-        definition, table, columns = await self.registry.describe(req, self.lookup_table)
-        existing = self.registry.by_definition.get(definition)
-        if existing is None and self.config.max_shapes is not None:
-            if len(self.registry) >= self.config.max_shapes:
-                raise ServiceUnavailable("Shape limit reached for this source", retry_after=10)
-        with self._admission(definition, existing):
-            shape = await self.registry.get_or_create(
-                definition, table, columns, self._publish, self._start_snapshot
-            )
-        self.registry.remember(req, shape)
-        return shape
-
-    async def _table_unchanged(self, shape: Shape) -> bool:
-        """Whether a shape's table is still there under its name, for a client starting at -1.
-
-        A new client of a table dropped (or dropped and created again) since the shape was
-        made gets the table's 400 (or a new shape) within `TABLE_CHECK_TTL`, not the old rows
-        until the periodic schema check notices. One query on the catalog connection per
-        table and TTL (concurrent checks share it): asking on every request doubled the
-        latency of `-1` requests for existing shapes. With the database unreachable the
-        intact log is served.
-        """
-        t = shape.table
-        now = time.monotonic()
-        checked = self._table_checked.get(t.oid)
-        if checked is not None and now - checked < TABLE_CHECK_TTL:
-            return True
-        try:
-            there = await single_flight(self._table_checks, t.oid, lambda: self._table_there(t))
-        except ServiceUnavailable:
-            return True
-        if there:
-            self._table_checked[t.oid] = now
-            return True
-        self._table_checked.pop(t.oid, None)
-        self.forget_table(t)
-        self.registry.rotate_table(t.oid, "table dropped or renamed")
-        return False
-
-    async def _table_there(self, t: TableInfo) -> bool:
-        async def ask(conn: AsyncConnection[Any]) -> Any:
-            cur = await conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-                (t.oid,),
-            )
-            return await cur.fetchone()
-
-        row = await self._on_catalog(ask)
-        return row is not None and (row[0], row[1]) == (t.schema, t.name)
-
-    async def _on_catalog(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """`work` on the catalog connection; once more on a new one if that one had died
-        (Postgres restarted since it was last used), else 503 Database is unreachable."""
-        async with self._conn_lock:
-            for attempt in range(2):
-                try:
-                    conn = await self._connection()
-                    return await work(conn)
-                except psycopg.OperationalError as exc:
-                    if attempt or self._conn is None or not self._conn.broken:
-                        raise ServiceUnavailable(
-                            "Database is unreachable", retry_after=1, code="database_unreachable"
-                        ) from exc
-        raise AssertionError("unreachable")
+            self.state, self.error = SourceState.ERROR, reason
 
     async def _wait_ready(self) -> None:
         if self.ready.is_set():
@@ -338,51 +232,121 @@ class Source:
                 f"Source is not ready: {self.error or 'connecting'}", retry_after=5
             ) from None
 
+    # -- what http/ asks ------------------------------------------------------------------
+
+    @property
+    def global_lsn(self) -> int:
+        """The LSN of the last transaction the replication stream delivered."""
+        return self.replicator.global_lsn
+
+    @property
+    def write_error(self) -> str | None:
+        """Why shape logs cannot be written (disk full): replication is paused meanwhile."""
+        return self.replicator.write_error
+
+    @property
+    def parked_requests(self) -> int:
+        """Requests waiting for one of this source's shapes to change (long-polls, SSE)."""
+        return sum(shape.waiting for shape in self.registry.by_handle.values())
+
+    async def describe(self, params: ShapeParams) -> Described:
+        """The definition the parameters ask for, checked against the catalog."""
+        return await self.registry.describe(params, self.tables.lookup)
+
+    async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
+        """The shape of a definition, created (with its snapshot) if new.
+
+        `from_start`: the client starts at `-1`, so the table is checked to be still there
+        (see `Tables.still_there`); a client further on keeps its shape until rotated.
+        """
+        shape = self.registry.cached(params)
+        if shape is not None and not from_start:
+            return shape
+        if shape is not None and await self.tables.still_there(shape.table):
+            return shape
+        await self._wait_ready()
+        described = await self.describe(params)
+        definition = described.definition
+        existing = self.registry.current(definition)
+        if existing is None and self.config.max_shapes is not None:
+            if len(self.registry) >= self.config.max_shapes:
+                raise ServiceUnavailable("Shape limit reached for this source", retry_after=10)
+        with self._admission(definition, existing):
+            shape = await self._get_or_create(described)
+        self.registry.remember(params, shape)
+        return shape
+
+    def shape(self, handle: str) -> Shape | None:
+        """The live shape with this handle, if any."""
+        return self.registry.by_handle.get(ShapeHandle(handle))
+
+    def current(self, definition: ShapeDefinition) -> Shape | None:
+        """The live shape of a definition, if any."""
+        return self.registry.current(definition)
+
+    def current_handle(self, shape: Shape) -> ShapeHandle | None:
+        """The handle that now serves a (rotated) shape's definition, if one does."""
+        current = self.registry.current(shape.definition)
+        return current.handle if current is not None else None
+
+    def delete(self, shape: Shape, reason: str) -> None:
+        """Retire a shape: its clients get a 409 and refetch under a new handle."""
+        self.registry.rotate(shape, reason)
+
+    def table_changed(self, table: TableInfo, *, dropped: bool) -> None:
+        """A query found a table changed (or `dropped`, then its shapes are rotated)."""
+        self.tables.changed(table, dropped=dropped, reason="table dropped")
+
+    # -- creating shapes ------------------------------------------------------------------
+
+    def is_creating(self, definition: ShapeDefinition) -> bool:
+        """Whether a shape of `definition` is being created (requests for it join that)."""
+        return definition in self._creating
+
     def _admission(
         self, definition: ShapeDefinition, existing: Shape | None
     ) -> AbstractContextManager[None]:
         """Hook for limits on new shapes, held while one is created; admits everything here."""
         return nullcontext()
 
-    async def _publish(self, table: TableInfo) -> None:
-        if table.oid in self._published:
-            return
-        async with self._conn_lock:
-            if table.oid in self._published:  # published while this request waited
-                return
-            conn = await self._connection()
-            try:
-                added = await add_table(
-                    conn,
-                    self.config.publication_name,
-                    table.schema,
-                    table.name,
-                    table.replica_identity,
-                )
-            except PublicationError as exc:
-                raise InvalidRequest({"table": [str(exc)]}) from None
-            if added:
-                await wait_for_older_transactions(conn)
-        self._published.add(table.oid)
-        self._table_cache.pop((table.schema, table.name), None)
+    async def _get_or_create(self, described: Described) -> Shape:
+        """The live shape of the definition, or a new one whose snapshot is submitted.
 
-    def _start_snapshot(self, shape: Shape) -> None:
-        self.snapshots.submit(shape)
+        Single-flight: N concurrent requests for the same new definition share one creation
+        (one publication change, one snapshot query).
+        """
+        definition = described.definition
+        shape = self.registry.current(definition)
+        if shape is not None and not shape.rotated:
+            return shape
+
+        async def create() -> Shape:
+            await self.tables.publish(described.table)
+            created = self.registry.create(definition, described.table, described.columns)
+            self.snapshots.submit(created)
+            return created
+
+        return await single_flight(self._creating, definition, create)
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None
-        if shape.definition.log_mode == "full":
+        if shape.definition.log_mode is LogMode.FULL:
             query = row_json_sql(
                 shape.table, shape.columns, shape.pk, shape.where.sql if shape.where else None
             )
         return SnapshotJob(
             log=shape.log,
             query=query,
-            on_snapshot=lambda text: self._snapshot_known(shape, text),
+            on_snapshot=lambda snapshot: self._snapshot_taken(shape, snapshot),
             on_chunk=shape.snapshot_progress,
             cancelled=lambda: shape.rotated,
             record=shape_record(shape),
         )
+
+    def _snapshot_taken(self, shape: Shape, snapshot: XidSnapshot) -> None:
+        shape.snapshot_taken(snapshot)
+        if not shape.rotated:
+            self.replicator.release_pending(shape)
 
     def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
         """Discard the shape; its waiting requests get the answer `to_engine_error` picks."""
@@ -397,55 +361,14 @@ class Source:
         )
         what = snapshot_errors.kind(exc)
         if what == "transient":
-            log.warning("snapshot of shape %s failed: %s", shape.handle, _describe(exc))
+            logger.warning("snapshot of shape %s failed: %s", shape.handle, _describe(exc))
         else:  # the request's fault or a schema change: no row values in the log either
-            log.info("snapshot of shape %s failed: %s", shape.handle, snapshot_errors.describe(exc))
+            logger.info(
+                "snapshot of shape %s failed: %s", shape.handle, snapshot_errors.describe(exc)
+            )
         if what in ("table_gone", "schema_changed"):
-            self.forget_table(t)
-        if what == "table_gone":
-            self.registry.rotate_table(t.oid, "table dropped")
+            self.tables.changed(t, dropped=what == "table_gone", reason="table dropped")
         self.registry.rotate(shape, f"snapshot failed: {snapshot_errors.describe(exc)}")
-
-    def forget_table(self, table: TableInfo) -> None:
-        """Drop what is cached about a table that changed, so the next request looks again."""
-        self._table_cache.pop((table.schema, table.name), None)
-        self._published.discard(table.oid)
-
-    def _snapshot_known(self, shape: Shape, snapshot: XidSnapshot) -> None:
-        shape.snapshot_taken(snapshot)
-        if not shape.rotated:
-            self.replicator.release_pending(shape)
-
-    # -- schema drift ---------------------------------------------------------------------
-
-    async def _check_schemas_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.schema_check_interval)
-            try:
-                await self.check_schemas()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("schema check failed: %s", exc)
-
-    async def check_schemas(self) -> None:
-        """Rotate shapes whose table was dropped, renamed or altered without any DML since."""
-        seen: dict[int, TableInfo | None] = {}
-        for shape in list(self.registry.by_handle.values()):
-            t = shape.table
-            if t.oid not in seen:
-                async with self._conn_lock:
-                    conn = await self._connection()
-                    current = await load_table(conn, t.schema, t.name)
-                seen[t.oid] = current
-            current = seen[t.oid]
-            if current is None or current.oid != t.oid:
-                self.registry.rotate(shape, "table dropped or renamed")
-                self._published.discard(t.oid)
-            elif [(c.name, c.type_oid) for c in current.columns] != [
-                (c.name, c.type_oid) for c in t.columns
-            ]:
-                self.registry.rotate(shape, "table schema changed")
 
 
 async def _drop_slot(conn: AsyncConnection[Any], slot: str) -> None:

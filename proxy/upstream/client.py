@@ -187,6 +187,7 @@ class UpstreamBody:
     async def read(self, limit: int) -> bytes:
         """The rest of the body, or its first `limit` bytes when it is longer."""
         while self._size < limit and not self._eof:
+            self._conn.resume()  # the reader wants more than the high-water mark holds
             await self._wait()
         data = self._take()
         if len(data) > limit:
@@ -200,6 +201,7 @@ class UpstreamBody:
         while self._size < n:
             if self._eof:
                 raise BodyTruncated()
+            self._conn.resume()  # the reader wants more than the high-water mark holds
             await self._wait()
         data = self._take()
         if len(data) > n:  # more than asked (never for a whole body): keep the rest

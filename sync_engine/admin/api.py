@@ -33,7 +33,7 @@ from ..tenants.errors import DuplicateName, InvalidInput, SourceError, UnknownSo
 from ..tenants.manager import SourceManager
 from ..tenants.store import SourceRecord
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MANAGER = web.AppKey("admin_source_manager", SourceManager)
 ADMIN_SETTINGS = web.AppKey("admin_settings", Settings)
@@ -97,7 +97,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
         return _error(exc.status, code, exc.reason)
     except Exception:
-        log.exception("admin request %s %s failed", request.method, request.path)
+        logger.exception("admin request %s %s failed", request.method, request.path)
         return _error(500, "internal_error", "internal error; see the engine's log")
 
 
@@ -113,8 +113,11 @@ def _token_middleware(token: str) -> Any:
                 value = request.headers.get("x-admin-token", "")
             got = hashlib.sha256(value.strip().encode()).digest()
             if not value or not hmac.compare_digest(got, want):
-                resp = _error(401, "unauthorized", "missing or wrong admin token: send"
-                              " 'Authorization: Bearer <admin token>'")  # fmt: skip
+                resp = _error(
+                    401,
+                    "unauthorized",
+                    "missing or wrong admin token: send 'Authorization: Bearer <admin token>'",
+                )
                 resp.headers["www-authenticate"] = 'Bearer realm="shapegate-admin"'
                 return resp
         return await handler(request)
@@ -134,8 +137,9 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
         raise InvalidInput("body", "request body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise InvalidInput(unknown[0], f"unknown field {unknown[0]!r}; allowed: "
-                           + ", ".join(allowed))  # fmt: skip
+        raise InvalidInput(
+            unknown[0], f"unknown field {unknown[0]!r}; allowed: " + ", ".join(allowed)
+        )
     return data
 
 
@@ -157,8 +161,9 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
         return body
 
     async def info(request: web.Request) -> web.StreamResponse:
-        return _json(200, {"engine_url": engine_url, "version": __version__,
-                           "sources": len(manager.records)})  # fmt: skip
+        return _json(
+            200, {"engine_url": engine_url, "version": __version__, "sources": len(manager.records)}
+        )
 
     async def list_sources(request: web.Request) -> web.StreamResponse:
         return _json(200, {"sources": [status(r) for r in manager.all()]})
@@ -204,8 +209,10 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
     async def delete_source(request: web.Request) -> web.StreamResponse:
         rec = manager.get(request.match_info["id"])
         warnings = await manager.delete(rec.source_id)
-        return _json(200, {"source_id": rec.source_id, "name": rec.name, "deleted": True,
-                           "warnings": warnings})  # fmt: skip
+        return _json(
+            200,
+            {"source_id": rec.source_id, "name": rec.name, "deleted": True, "warnings": warnings},
+        )
 
     async def dashboard(request: web.Request) -> web.StreamResponse:
         return web.Response(body=_static("index.html"), content_type="text/html", charset="utf-8")

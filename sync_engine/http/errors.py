@@ -25,8 +25,7 @@ from ..errors import (
 )
 from ..log.entries import MUST_REFETCH_BODY
 
-log = logging.getLogger(__name__)
-JSON = "application/json; charset=utf-8"
+logger = logging.getLogger(__name__)
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -55,13 +54,10 @@ def error_response(exc: EngineError) -> web.Response:
     if isinstance(exc, NotFound):
         return json_response(404, {"message": exc.message})
     if isinstance(exc, ShapeGone):
-        headers = {
-            "cache-control": (
-                "public, max-age=60, must-revalidate"
-                if exc.current_handle
-                else "public, max-age=1, must-revalidate"
-            )
-        }
+        # A CDN may keep the 409 a minute when it names the new handle (every client of the
+        # old one must go there), a second when it does not.
+        max_age = 60 if exc.current_handle else 1
+        headers = {"cache-control": f"public, max-age={max_age}, must-revalidate"}
         if exc.current_handle:
             headers["electric-handle"] = exc.current_handle
         return web.Response(
@@ -76,7 +72,7 @@ def error_response(exc: EngineError) -> web.Response:
         if exc.code:
             body["code"] = exc.code
         return json_response(503, body, {"retry-after": str(exc.retry_after)})
-    log.error("unmapped engine error %r", exc)
+    logger.error("unmapped engine error %r", exc)
     return json_response(500, {"error": "Internal server error"})
 
 
@@ -96,13 +92,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except (ConnectionResetError, TimeoutError) as exc:
         if request.transport is None or request.transport.is_closing():
             # The client went away: an everyday event, not an error, and nobody to answer.
-            log.debug("client went away during %s %s: %r", request.method, request.path, exc)
+            logger.debug("client went away during %s %s: %r", request.method, request.path, exc)
             return web.Response(status=499)
-        log.exception("error serving %s", request.path)
+        logger.exception("error serving %s", request.path)
         return json_response(500, {"error": "Internal server error"})
     except (RequestPayloadError, BadHttpMessage) as exc:
-        log.info("unreadable request body for %s: %s", request.path, type(exc).__name__)
+        logger.info("unreadable request body for %s: %s", request.path, type(exc).__name__)
         return json_response(400, {"message": "Malformed request body"})
     except Exception:
-        log.exception("error serving %s", request.path)
+        logger.exception("error serving %s", request.path)
         return json_response(500, {"error": "Internal server error"})

@@ -30,21 +30,16 @@ def next_cursor(request_cursor: int, long_poll_timeout: float, now: float | None
 def cache_control(
     *,
     method: str,
-    status: int,
     before_all: bool,
     live: bool,
     sse: bool,
     sse_timeout: float,
     max_age: int,
     stale_age: int,
-    has_handle: bool = True,
 ) -> str:
+    """The cache-control of a 200 shape response (errors: `errors.py`, 409 included)."""
     if method not in ("GET", "HEAD", "OPTIONS"):
         return "no-cache"
-    if status == 409:
-        return f"public, max-age={60 if has_handle else 1}, must-revalidate"
-    if status >= 400:
-        return "no-store"
     if before_all:
         return "public, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746"
     if live and sse:

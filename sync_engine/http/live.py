@@ -8,7 +8,6 @@ client's next request then gets the 409).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -22,10 +21,9 @@ if TYPE_CHECKING:
     from ..log.offsets import LogOffset
     from ..settings import Settings
     from ..shapes.shape import Shape
-    from ..source import Source
     from .params import ShapeRequest
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 KEEPALIVE = b": keep-alive\n\n"
 
 
@@ -34,7 +32,7 @@ def sse_frame(message: bytes) -> bytes:
 
 
 async def serve_sse(
-    request: web.Request, s: Settings, source: Source, shape: Shape, req: ShapeRequest
+    request: web.Request, s: Settings, shape: Shape, req: ShapeRequest
 ) -> web.StreamResponse:
     assert req.offset is not None
     offset = req.offset
@@ -45,7 +43,6 @@ async def serve_sse(
             "content-type": "text/event-stream",
             "cache-control": h.cache_control(
                 method=request.method,
-                status=200,
                 before_all=False,
                 live=True,
                 sse=True,
@@ -66,7 +63,7 @@ async def serve_sse(
     try:
         await _stream(resp, s, shape, offset)
     except ConnectionResetError as exc:  # the client went away: nothing to answer, no error
-        log.debug("SSE client of shape %s went away: %r", shape.handle, exc)
+        logger.debug("SSE client of shape %s went away: %r", shape.handle, exc)
     return resp
 
 
@@ -77,20 +74,22 @@ async def _stream(resp: web.StreamResponse, s: Settings, shape: Shape, offset: L
         await _write_batch(resp, entries, end.tx)
         await resp.write_eof()
         return
+
+    def fresh() -> bool:
+        nonlocal entries, end
+        if shape.rotated:
+            return True
+        entries, end = shape.log.read_after(offset, whole_transactions=True)
+        return bool(entries)
+
     while not shape.rotated:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        try:
-            await asyncio.wait_for(asyncio.shield(shape.changed()), min(remaining, s.sse_keepalive))
-        except TimeoutError:
+        if not await shape.wait_until(fresh, min(remaining, s.sse_keepalive)):
             if deadline - time.monotonic() > 0:
                 await resp.write(KEEPALIVE)
-            continue
-        if shape.rotated:
-            break
-        entries, end = shape.log.read_after(offset, whole_transactions=True)
-        if entries:
+        elif not shape.rotated:
             await _write_batch(resp, entries, end.tx)
             offset = end
     await resp.write_eof()

@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from multidict import MultiMapping
 
 from ..errors import InvalidRequest
 from ..log.offsets import InvalidOffset, LogOffset, parse_offset
+from ..shapes.definition import LogMode, Replica, ShapeParams
 from . import limits
 
 _PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
@@ -39,7 +41,6 @@ _SINGLE = (
     "subset__order_by",
     "subset__params",
 )
-MAX_WHERE_BYTES = limits.MAX_WHERE_BYTES
 _NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 
 
@@ -54,33 +55,20 @@ class SubsetRequest:
 
 @dataclass(frozen=True, slots=True)
 class ShapeRequest:
-    table: str
+    """A `/v1/shape` request: the shape asked for, where in its log, and how to wait."""
+
+    shape: ShapeParams
     offset: LogOffset | None  # None means `now`
     handle: str | None
     live: bool = False
     live_sse: bool = False
     cursor: int = 0
-    where: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    columns: str | None = None
-    replica: str = "default"
-    log_mode: str = "full"
     subset: SubsetRequest | None = None
 
     @property
-    def is_now(self) -> bool:
-        return self.offset is None
-
-    def definition_key(self) -> tuple[object, ...]:
-        """The raw definition parameters, as a cache key for resolving the shape quickly."""
-        return (
-            self.table,
-            self.where,
-            tuple(sorted(self.params.items())),
-            self.columns,
-            self.replica,
-            self.log_mode,
-        )
+    def from_start(self) -> bool:
+        """The client starts at `-1` (a new client, or one refetching after a 409)."""
+        return self.offset is not None and self.offset.is_before_all
 
 
 def _flag(value: str | None) -> bool:
@@ -192,31 +180,38 @@ def parse_shape_request(
     table = _blank(q.get("table"))
     if table is None:
         raise InvalidRequest({"table": ["can't be blank"]})
-    replica = q.get("replica") or "default"
-    if replica not in ("default", "full"):
-        raise InvalidRequest({"replica": ["is invalid"]})
-    log_mode = q.get("log") or "full"
-    if log_mode not in ("full", "changes_only"):
-        raise InvalidRequest({"log": ["is invalid"]})
+    try:
+        replica = Replica(q.get("replica") or "default")
+    except ValueError:
+        raise InvalidRequest({"replica": ["is invalid"]}) from None
+    try:
+        log_mode = LogMode(q.get("log") or "full")
+    except ValueError:
+        raise InvalidRequest({"log": ["is invalid"]}) from None
     where = _blank(q.get("where"))
-    if where is not None and len(where.encode()) > MAX_WHERE_BYTES:
-        raise InvalidRequest({"where": [f"is bigger than maximum size ({MAX_WHERE_BYTES} bytes)"]})
+    if where is not None and len(where.encode()) > limits.MAX_WHERE_BYTES:
+        raise InvalidRequest(
+            {"where": [f"is bigger than maximum size ({limits.MAX_WHERE_BYTES} bytes)"]}
+        )
     cursor_raw = q.get("cursor", "")
     cursor = int(cursor_raw) if cursor_raw.isdigit() and len(cursor_raw) < 19 else 0
 
     subset = _parse_subset(q, subset_params, subset_body) if has_subset else None
-    return ShapeRequest(
+    shape = ShapeParams(
         table=table,
-        offset=offset,
-        handle=handle,
-        live=live,
-        live_sse=live_sse,
-        cursor=cursor,
         where=where,
         params=_numbered(params, "params") if params else {},
         columns=_blank(q.get("columns")),
         replica=replica,
         log_mode=log_mode,
+    )
+    return ShapeRequest(
+        shape=shape,
+        offset=offset,
+        handle=handle,
+        live=live,
+        live_sse=live_sse,
+        cursor=cursor,
         subset=subset,
     )
 
@@ -247,8 +242,6 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
 def _parse_subset(
     q: Mapping[str, str], bracket_params: dict[str, str], body: Mapping[str, Any]
 ) -> SubsetRequest:
-    import orjson
-
     where = body.get("where", q.get("subset__where"))
     if where is not None and not isinstance(where, str):
         raise _subset_error("where", "is invalid")
@@ -271,8 +264,10 @@ def _parse_subset(
         raise _subset_error("params", "values must be strings, numbers or booleans")
     params = {str(k): "" if v is None else str(v) for k, v in raw_params.items()}
     for name, text in (("where", where), ("order_by", order_by)):
-        if text is not None and len(text.encode()) > MAX_WHERE_BYTES:
-            raise _subset_error(name, f"is bigger than maximum size ({MAX_WHERE_BYTES} bytes)")
+        if text is not None and len(text.encode()) > limits.MAX_WHERE_BYTES:
+            raise _subset_error(
+                name, f"is bigger than maximum size ({limits.MAX_WHERE_BYTES} bytes)"
+            )
     if any(len(v) > limits.DEFAULT_LENGTH for v in params.values()):
         raise _subset_error(
             "params", f"is too long (the limit is {limits.DEFAULT_LENGTH} characters)"

@@ -11,11 +11,12 @@ Which part of the log a request gets (protocol sheet 3.9):
 from __future__ import annotations
 
 import asyncio
-import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from multidict import MultiDict
 
 from ..errors import BadBody, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
@@ -24,6 +25,7 @@ from ..snapshot.subset import build_subset_query, serve_subset
 from . import headers as h
 from . import limits
 from .errors import json_response
+from .live import serve_sse
 from .params import ShapeRequest, parse_shape_request
 from .sendfile import ChunkFileResponse, open_chunk
 
@@ -32,13 +34,18 @@ if TYPE_CHECKING:
     from ..shapes.shape import Shape
     from ..source import Source
 
+#: Bytes of a POST body read.
 MAX_BODY = 8 * 1024 * 1024
+#: Seconds a request waits for a snapshot chunk before a 503 asks it to come back.
+SNAPSHOT_WAIT = 60.0
+
+FindSource = Callable[[web.Request], Awaitable["Source"]]
 
 
 class ShapeView:
     """Holds what every shape request needs: settings and the way to find a source."""
 
-    def __init__(self, settings: Settings, find_source: Any) -> None:
+    def __init__(self, settings: Settings, find_source: FindSource) -> None:
         self.settings = settings
         self.find_source = find_source
 
@@ -54,14 +61,13 @@ class ShapeView:
     async def delete(self, request: web.Request) -> web.StreamResponse:
         if not self.settings.allow_delete:
             return json_response(405, {"message": "DELETE not allowed"})
-        source: Source = await self.find_source(request)
+        source = await self.find_source(request)
         handle = request.query.get("handle") or None
         if "table" in request.query:
-            q = dict(request.query)
-            q["offset"] = "-1"
-            req = parse_shape_request(_multi(q))
-            definition, _, _ = await source.registry.describe(req, source.lookup_table)
-            shape = source.registry.by_definition.get(definition)
+            # the definition's parameters (the first of any given twice), from its start
+            req = parse_shape_request(MultiDict({**request.query, "offset": "-1"}))
+            described = await source.describe(req.shape)
+            shape = source.current(described.definition)
             if shape is None:
                 return json_response(404, {"message": "No existing shape found"})
             if handle is not None and handle != shape.handle:
@@ -69,39 +75,36 @@ class ShapeView:
                     {"handle": ["The specified shape definition and handle do not match."]}
                 )
         elif handle is not None:
-            found = source.registry.by_handle.get(handle)
+            found = source.shape(handle)
             if found is None:
                 return json_response(404, {"message": "No existing shape found"})
             shape = found
         else:
             raise InvalidRequest({"table": ["can't be blank"]})
-        source.registry.rotate(shape, "deleted through the API")
+        source.delete(shape, "deleted through the API")
         return web.Response(status=202, headers={"cache-control": "no-cache"})
 
     # -- the common path ------------------------------------------------------------------
 
     async def _serve(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
-        source: Source = await self.find_source(request)
+        source = await self.find_source(request)
         req = parse_shape_request(request.query, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
-            _, _, columns = await source.registry.describe(req, source.lookup_table)
-            subset = build_subset_query(columns, req)
-            shape = await source.resolve(req)
+            described = await source.describe(req.shape)
+            subset = build_subset_query(described.columns, req)
+            shape = await source.resolve(req.shape, from_start=req.from_start)
             return await serve_subset(request, source, shape, req, subset)
-        shape = await source.resolve(req)
+        shape = await source.resolve(req.shape, from_start=req.from_start)
         if req.handle is not None and req.handle != shape.handle:
             raise ShapeGone(shape.handle)
         if req.live and req.live_sse:
-            from .live import serve_sse
-
-            return await serve_sse(request, self.settings, source, shape, req)
+            return await serve_sse(request, self.settings, shape, req)
         return await self._serve_log(request, source, shape, req)
 
     async def _serve_log(
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
     ) -> web.StreamResponse:
-        s = self.settings
         if req.offset is None:  # offset=now
             latest = shape.log.latest_offset
             return self._respond(
@@ -112,7 +115,7 @@ class ShapeView:
                 latest,
                 up_to_date=True,
                 has_data=False,
-                gls=max(source.replicator.global_lsn, latest.tx),
+                gls=max(source.global_lsn, latest.tx),
             )
         offset = req.offset
         if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
@@ -131,35 +134,35 @@ class ShapeView:
                     file=chunk if isinstance(chunk, tuple) else None,
                 )
         await self._check_bounds(source, shape, offset)
-        entries, end = shape.log.read_after(offset)
-        deadline = time.monotonic() + s.long_poll_timeout
-        while not entries and req.live and not shape.rotated:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                end = max(offset, shape.log.latest_offset)
-                return self._respond(
-                    request,
-                    shape,
-                    req,
-                    [],
-                    end,
-                    up_to_date=True,
-                    has_data=False,
-                    gls=max(source.replicator.global_lsn, end.tx),
-                )
-            try:
-                await asyncio.wait_for(asyncio.shield(shape.changed()), remaining)
-            except TimeoutError:
-                continue
-            if not shape.rotated:  # a rotated shape's files are being deleted
-                entries, end = shape.log.read_after(offset)
+        entries: list[bytes] = []
+        end = offset
+
+        def grew() -> bool:
+            nonlocal entries, end
+            if shape.rotated:  # a rotated shape's files are being deleted
+                return True
+            entries, end = shape.log.read_after(offset)
+            return bool(entries) or not req.live
+
+        if not await shape.wait_until(grew, self.settings.long_poll_timeout):
+            # A live request at the tip, and nothing came: up to date, no data.
+            end = max(offset, shape.log.latest_offset)
+            return self._respond(
+                request,
+                shape,
+                req,
+                [],
+                end,
+                up_to_date=True,
+                has_data=False,
+                gls=max(source.global_lsn, end.tx),
+            )
         if shape.rotated:
-            current = source.registry.by_definition.get(shape.definition)
-            raise ShapeGone(current.handle if current else None)
+            raise ShapeGone(source.current_handle(shape))
         end = max(end, offset) if not entries else end
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)
-        gls = end.tx if entries and req.live else max(source.replicator.global_lsn, end.tx)
+        gls = end.tx if entries and req.live else max(source.global_lsn, end.tx)
         return self._respond(
             request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls
         )
@@ -169,46 +172,33 @@ class ShapeView:
 
         A big chunk already checked comes as its file (path, size), sent as it is.
         """
-        log = shape.log
-        deadline = time.monotonic() + 60
-        while log.snapshot_chunks <= index and not log.snapshot_complete:
-            if shape.rotated:
-                if shape.snapshot_error is not None:
-                    raise shape.snapshot_error
-                raise ShapeGone(None)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
-            try:
-                await asyncio.wait_for(asyncio.shield(shape.changed()), remaining)
-            except TimeoutError:
-                pass
-        if index >= log.snapshot_chunks:
+        shape_log = shape.log
+
+        def written() -> bool:
+            return shape_log.snapshot_chunks > index or shape_log.snapshot_complete
+
+        if not await shape.wait_until(lambda: written() or shape.rotated, SNAPSHOT_WAIT):
+            raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
+        if not written():  # rotated
+            raise shape.snapshot_error or ShapeGone(None)
+        if index >= shape_log.snapshot_chunks:
             return None
-        fresh = log.fresh_snapshot_chunk(index)
+        fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
             return fresh
-        return log.snapshot_chunk_file(index) or await asyncio.to_thread(
-            log.read_snapshot_chunk, index
+        return shape_log.snapshot_chunk_file(index) or await asyncio.to_thread(
+            shape_log.read_snapshot_chunk, index
         )
 
     async def _check_bounds(self, source: Source, shape: Shape, offset: LogOffset) -> None:
         """An offset beyond anything seen (e.g. from another engine) waits, then is a 400."""
 
         def in_bounds() -> bool:
-            return offset.tx <= max(shape.log.last_lsn, source.replicator.global_lsn)
+            return offset.is_virtual or offset.tx <= max(shape.log.last_lsn, source.global_lsn)
 
-        if offset.is_virtual or in_bounds():
-            return
-        deadline = time.monotonic() + self.settings.out_of_bounds_wait
-        while not in_bounds():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise InvalidRequest({"offset": ["out of bounds for this shape"]})
-            try:
-                await asyncio.wait_for(asyncio.shield(shape.changed()), min(remaining, 0.5))
-            except TimeoutError:
-                pass
+        # The stream's position is not announced on the shape: polled.
+        if not await shape.wait_until(in_bounds, self.settings.out_of_bounds_wait, poll=0.5):
+            raise InvalidRequest({"offset": ["out of bounds for this shape"]})
 
     def _respond(
         self,
@@ -231,7 +221,6 @@ class ShapeView:
             "electric-has-data": "true" if has_data else "false",
             "cache-control": h.cache_control(
                 method=request.method,
-                status=200,
                 before_all=req.offset == BEFORE_ALL,
                 live=req.live,
                 sse=False,
@@ -285,9 +274,3 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
         raise BadBody("Request body must be a JSON object")
     limits.check_body(data)
     return data
-
-
-def _multi(d: dict[str, str]) -> Any:
-    from multidict import MultiDict
-
-    return MultiDict(d)

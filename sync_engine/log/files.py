@@ -1,17 +1,17 @@
 """A shape's log on disk: snapshot chunks, then transaction chunks, append-only, self-checking.
 
-One flat directory per shape (directory operations are what a storm of new shapes pays
-for, so there are no subdirectories):
+Every shape's files lie in one flat directory, named after its handle (creating files is
+what a storm of new shapes pays for, so a shape has no directory of its own):
 
-    snapshot.00000.json       snapshot chunks: JSON items joined by commas, no brackets, so a
-                              response body is `[` + file + `]`
-    snapshot.complete         written last: the number of snapshot chunks with each one's
-                              size and crc32, the shape's handle, definition and table
-                              description, and the xmin/xmax/xip of its snapshot (one JSON
-                              object)
-    log.00000000.log          transaction chunks: framed records (`framing.py`), each one
-                              transaction's entries for this shape (or the part of it that
-                              fits in the chunk), with a length and a crc32
+    <handle>.snapshot.00000.json  snapshot chunks but the last: JSON items joined by commas,
+                                  no brackets, so a response body is `[` + chunk + `]`
+    pack.<time>-<n>.pack          the last snapshot chunk and the completion marker (each
+                                  chunk's size and crc32, the shape's handle, definition,
+                                  table description, and the xmin/xmax/xip of its snapshot)
+                                  of the shapes whose snapshot finished together (`packs.py`)
+    <handle>.log.00000000.log     transaction chunks: framed records (`framing.py`), each one
+                                  transaction's entries for this shape (or the part of it
+                                  that fits in the chunk), with a length and a crc32
 
 This module owns every write to these files. Its promises:
 
@@ -37,10 +37,10 @@ This module owns every write to these files. Its promises:
   after an op-0 entry that does not end its transaction.
 
 Finished chunks never change, which is what makes `(handle, offset)` responses immutable
-and cacheable. A snapshot without its `snapshot.complete` marker is discarded on load, so
+and cacheable. A snapshot without its marker in a pack is discarded on load (`store.py`), so
 its chunks need no atomic rename. Every file created costs an inode allocation, which is
-what a storm of new shapes waits on: a new shape creates its directory, one chunk and the
-marker.
+what a storm of new shapes waits on: a small new shape creates no file of its own, only its
+share of its batch's pack.
 """
 
 from __future__ import annotations
@@ -68,8 +68,7 @@ from .framing import (
     scan,
 )
 from .offsets import SNAPSHOT_END, LogOffset
-
-SNAPSHOT_COMPLETE = "snapshot.complete"
+from .packs import PackedChunk
 
 #: Snapshot chunks up to this size are kept in memory once written (see `_fresh`).
 FRESH_CHUNK_MAX = 1 << 20
@@ -148,14 +147,17 @@ def _after_key(offset: LogOffset) -> int:
 class ShapeLog:
     """Append and read one shape's entries. All methods are synchronous file I/O.
 
-    Appends and reads of the transaction log happen on the event loop thread (they are
-    small); snapshot chunks are written by the snapshot thread, which only ever creates new
-    files, so the two never touch the same file.
+    `path` is the directory and the handle: the shape's files are `<path>.*` (see the
+    module docstring). Appends and reads of the transaction log happen on the event loop
+    thread (they are small); snapshot chunks are written by the snapshot batch, which only
+    ever creates new files, so the two never touch the same file.
     """
 
-    def __init__(self, directory: Path, chunk_bytes: int, fsync: bool = True) -> None:
-        self.directory = directory
-        self._dir = str(directory)  # paths by string (pathlib is slower)
+    def __init__(self, path: Path, chunk_bytes: int, fsync: bool = True) -> None:
+        self.directory = path.parent
+        self.handle = path.name
+        self._dir = str(self.directory)  # paths by string (pathlib is slower)
+        self._prefix = str(path)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
         self._chunks: list[_Chunk] = []  # chunks with published records
@@ -172,6 +174,10 @@ class ShapeLog:
         self.last_lsn = 0
         # What the marker recorded besides the count.
         self.marker: dict[str, Any] | None = None
+        #: Where the last snapshot chunk lies, once the snapshot is packed (`packs.py`).
+        self.packed: PackedChunk | None = None
+        #: Set when the shape is retired (`store.ShapeStore.retire`): its files go.
+        self.retired = False
         # Each snapshot chunk's (size, crc32): from the writes, or the marker once loaded.
         self._snapshot_sums: dict[int, tuple[int, int]] = {}
         # Snapshot chunks whose file this process wrote or read and checked since loading.
@@ -186,39 +192,58 @@ class ShapeLog:
     # -- creation and loading -------------------------------------------------------------
 
     def create(self) -> None:
-        self.directory.mkdir(exist_ok=True)
+        """Make sure the directory exists (for a log made outside a `store.ShapeStore`,
+        which creates the directory once for all its shapes)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
 
-    def load(self) -> None:
-        """Rebuild the index from the files, checking them (see `_load_transactions`).
+    def restore_snapshot(self, marker: dict[str, Any], packed: PackedChunk) -> None:
+        """Take a finished snapshot back from its marker (found in a pack by `store.py`),
+        checking that every chunk is there with the size the marker says.
 
         Raises `LogDamaged` when the snapshot cannot be used.
         """
-        done = self.directory / SNAPSHOT_COMPLETE
-        if done.exists():
-            text = done.read_bytes()
+        try:
+            sums = [(int(size), int(crc)) for size, crc in marker["sums"]]
+            count = int(marker["chunks"])
+        except (KeyError, TypeError, ValueError):
+            raise LogDamaged(f"{self._prefix}: unreadable snapshot marker") from None
+        if len(sums) != count or count < 1:
+            raise LogDamaged(f"{self._prefix}: {count} chunks but {len(sums)} checksums")
+        in_files = sums if packed.size == 0 else sums[:-1]  # a big last chunk: a file too
+        for i, (size, _) in enumerate(in_files):
+            path = self._snapshot_name(i)
             try:
-                marker = orjson.loads(text)
-                sums = marker["sums"]
-                count = int(marker["chunks"])
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-                raise LogDamaged(f"{done}: unreadable snapshot marker") from None
-            if len(sums) != count:
-                raise LogDamaged(f"{done}: {count} chunks but {len(sums)} checksums")
-            for i, (size, crc) in enumerate(sums):
-                path = self._snapshot_name(i)
-                try:
-                    actual = os.stat(path).st_size
-                except FileNotFoundError:
-                    raise LogDamaged(f"{path}: missing") from None
-                if actual != size:
-                    raise LogDamaged(f"{path}: {actual} bytes, the marker says {size}")
-                self._snapshot_sums[i] = (int(size), int(crc))
-            self.marker = marker
-            self.snapshot_chunks = count
-            self.snapshot_complete = True
-        self._load_transactions()
+                actual = os.stat(path).st_size
+            except FileNotFoundError:
+                raise LogDamaged(f"{path}: missing") from None
+            if actual != size:
+                raise LogDamaged(f"{path}: {actual} bytes, the marker says {size}")
+        if packed.size not in (0, sums[-1][0]):
+            raise LogDamaged(f"{packed.pack.path}: {self.handle}'s chunk size differs")
+        self._snapshot_sums = dict(enumerate(sums))
+        self.marker = marker
+        self.packed = packed
+        self.snapshot_chunks = count
+        self.snapshot_complete = True
 
-    def _load_transactions(self) -> None:
+    def load_transactions(self, paths: list[str] | None = None) -> None:
+        """Index the transaction chunks `paths` (all of the shape's, found by the caller; by
+        listing the directory when None), checking them (see `_load_transactions`)."""
+        if paths is None:
+            paths = [str(p) for p in self.directory.glob(f"{self.handle}.log.*.log")]
+        self._load_transactions(sorted(paths))
+
+    def own_files(self) -> list[str]:
+        """The files only this shape uses (not its pack): what retiring it deletes."""
+        inline = self._inline_index()
+        names = [self._snapshot_name(i) for i in self._snapshot_sums if i != inline]
+        last = self._tail.index if self._tail is not None else -1
+        for chunk in self._chunks:
+            last = max(last, chunk.index)
+        names += [self._log_name(i) for i in range(last + 1)]
+        return names
+
+    def _load_transactions(self, paths: list[str]) -> None:
         """Index the transaction chunks; cut back to the last whole transaction before the
         first record that is torn or damaged (or a transaction that never ended).
 
@@ -226,7 +251,6 @@ class ShapeLog:
         of the LSNs cut, and the replicator retires the shape if the slot will not send
         them again (it was confirmed past them: the damage hit durable data).
         """
-        paths = sorted(str(p) for p in self.directory.glob("log.*.log"))
         chunks: list[_Chunk] = []
         tx_end: tuple[int, int, int] | None = None  # (chunk, records, end) of the last whole tx
         last_good_lsn = 0
@@ -281,37 +305,42 @@ class ShapeLog:
 
     # -- snapshot -------------------------------------------------------------------------
 
-    def snapshot_chunk_path(self, index: int) -> Path:
-        return self.directory / f"snapshot.{index:05d}.json"
-
     def _snapshot_name(self, index: int) -> str:
-        return f"{self._dir}/snapshot.{index:05d}.json"
+        return f"{self._prefix}.snapshot.{index:05d}.json"
 
     def _log_name(self, index: int) -> str:
-        return f"{self._dir}/log.{index:08d}.log"
+        return f"{self._prefix}.log.{index:08d}.log"
 
     def write_snapshot_chunk(self, index: int, data: bytes) -> None:
-        """Only creates a new file; the chunk is read only once it is announced.
+        """A snapshot chunk but the last (see `finish_snapshot`), in a file of its own.
 
-        A failed write removes the file (the snapshot fails; its shape is discarded)."""
+        Only creates a new file; the chunk is read only once it is announced. A failed
+        write removes the file (the snapshot fails; its shape is discarded)."""
         self._write_file(self._snapshot_name(index), data)
         self._snapshot_sums[index] = (len(data), zlib.crc32(data))
         self._checked.add(index)
 
-    def mark_snapshot_complete(self, count: int, record: dict[str, object]) -> None:
-        """Durable marker only: the loop learns of completion through `on_chunk`.
+    def finish_snapshot(self, count: int, last: bytes, record: dict[str, object]) -> bytes:
+        """The completion marker of a snapshot of `count` chunks whose last one is `last`:
+        what goes into the pack beside it (`store.PackBuilder`).
 
         `record` (handle, definition, table, snapshot) is what loading the shape needs.
         """
+        self._snapshot_sums[count - 1] = (len(last), zlib.crc32(last))
         sums = [self._snapshot_sums[i] for i in range(count)]
-        data = orjson.dumps({"chunks": count, "sums": sums, **record})
-        self._write_file(f"{self._dir}/{SNAPSHOT_COMPLETE}", data)
-        if self.fsync:  # the directory entries of the chunks and the marker
-            fd = os.open(self._dir, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        return orjson.dumps({"chunks": count, "sums": sums, **record})
+
+    def _inline_index(self) -> int:
+        """The index of the chunk kept in the pack (-1: none; a big last chunk is a file)."""
+        if self.packed is None or self.packed.size == 0:
+            return -1
+        return self.snapshot_chunks - 1
+
+    def packed_snapshot(self, count: int, packed: PackedChunk) -> None:
+        """The pack holding the last chunk is durable: the snapshot can be read whole."""
+        self.packed = packed
+        self.snapshot_chunks = count
+        self.snapshot_complete = True
 
     def _write_file(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -332,17 +361,27 @@ class ShapeLog:
 
     def read_snapshot_chunk(self, index: int) -> bytes:
         """The chunk's bytes, checked against the size and crc32 they were written with."""
-        path = self._snapshot_name(index)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            self._damaged(f"{path}: {exc.strerror}")
+        packed = self.packed
+        if packed is not None and index == self._inline_index():
+            path = packed.pack.path
+            try:
+                with open(path, "rb") as f:
+                    f.seek(packed.offset)
+                    data = f.read(packed.size)
+            except OSError as exc:
+                self._damaged(f"{path}: {exc.strerror}")
+        else:
+            path = self._snapshot_name(index)
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                self._damaged(f"{path}: {exc.strerror}")
         expected = self._snapshot_sums.get(index)
         if expected is None:
-            self._damaged(f"{path}: no checksum recorded")
+            self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         elif len(data) != expected[0] or zlib.crc32(data) != expected[1]:
-            self._damaged(f"{path}: content does not match its checksum")
+            self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
         self._checked.add(index)
         return data
 
@@ -355,7 +394,7 @@ class ShapeLog:
         responses after it: checking every response cost a read and a crc32 of each 10 MB
         body, most of a warm sync's CPU.
         """
-        if index not in self._checked:
+        if index not in self._checked or index == self._inline_index():
             return None
         return self._snapshot_name(index), self._snapshot_sums[index][0]
 

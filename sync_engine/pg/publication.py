@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 class PublicationError(Exception):
@@ -35,15 +35,6 @@ async def ensure_publication(conn: AsyncConnection[Any], name: str) -> None:
             await conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name)))
         except psycopg.errors.DuplicateObject:
             pass
-
-
-async def published_tables(conn: AsyncConnection[Any], name: str) -> set[int]:
-    cur = await conn.execute(
-        "SELECT prrelid FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
-        " WHERE p.pubname = %s",
-        (name,),
-    )
-    return {int(r[0]) for r in await cur.fetchall()}
 
 
 async def add_table(
@@ -104,7 +95,7 @@ async def wait_for_older_transactions(conn: AsyncConnection[Any], timeout: float
         if int(row[0]) >= horizon:
             return True
         if time.monotonic() > deadline:
-            log.warning("transactions older than a new publication entry are still running")
+            logger.warning("transactions older than a new publication entry are still running")
             return False
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)

@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 from ..log.files import LogWriteError
 from ..pg.values import UnrepresentableValue
-from ..shapes.changes import Change, convert_change, encode_entries
+from ..shapes.changes import Change, Message, convert_change, encode_entries
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import ShapeRouter
 from ..shapes.shape import Shape
@@ -275,7 +275,7 @@ class Replicator:
 
     def _append(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
         """Stage one transaction's changes in the shape's log (`fate` said to append)."""
-        items: list[tuple[int, dict[str, object]]] = []
+        items: list[tuple[int, Message]] = []
         try:
             for kind, old, new, op in changes:
                 items.extend(convert_change(shape, kind, old, new, op=op))

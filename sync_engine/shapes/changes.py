@@ -13,6 +13,7 @@ This is where the protocol's change semantics live:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..log.entries import build_key, change_message
@@ -26,6 +27,18 @@ Row = Mapping[str, str | None]
 Change = tuple[str, Row | None, Row | None, int]
 
 
+@dataclass(slots=True)
+class Message:
+    """One log entry a change becomes in a shape, before it is serialised."""
+
+    key: str
+    operation: str
+    value: dict[str, str | None]
+    old_value: dict[str, str | None] | None = None
+    key_change_to: str | None = None
+    key_change_from: str | None = None
+
+
 def _project(row: Row, columns: tuple[str, ...]) -> dict[str, str | None]:
     return {c: row.get(c) for c in columns}
 
@@ -37,8 +50,8 @@ def convert_change(
     new: Row | None,
     *,
     op: int,
-) -> list[tuple[int, dict[str, object]]]:
-    """The `(op, message fields)` a change produces in `shape`; serialised by `encode_entries`."""
+) -> list[tuple[int, Message]]:
+    """The `(op, message)` a change produces in `shape`; serialised by `encode_entries`."""
     where = shape.where
     cols = shape.column_names
     if kind == "insert":
@@ -64,16 +77,16 @@ def convert_change(
     new_key = build_key(shape.key_prefix, shape.pk, new)
     if old_key != new_key:
         delete = _msg(shape, "delete", old, _delete_value(shape, old), key=old_key)
-        delete["key_change_to"] = new_key
+        delete.key_change_to = new_key
         insert = _msg(shape, "insert", new, _project(new, cols), key=new_key)
-        insert["key_change_from"] = old_key
+        insert.key_change_from = old_key
         return [(op, delete), (op + 1, insert)]
     changed = [c for c in cols if old.get(c) != new.get(c)]
     if not changed:
         return []
     if shape.definition.replica == "full":
         msg = _msg(shape, "update", new, _project(new, cols), key=new_key)
-        msg["old_value"] = {c: old.get(c) for c in changed}
+        msg.old_value = {c: old.get(c) for c in changed}
     else:
         value = {c: new.get(c) for c in shape.pk}
         for c in changed:
@@ -90,38 +103,36 @@ def _delete_value(shape: Shape, old: Row) -> dict[str, str | None]:
 
 def _msg(
     shape: Shape, operation: str, row: Row, value: dict[str, str | None], key: str | None = None
-) -> dict[str, object]:
-    return {
-        "key": key if key is not None else build_key(shape.key_prefix, shape.pk, row),
-        "operation": operation,
-        "value": value,
-    }
+) -> Message:
+    return Message(
+        key=key if key is not None else build_key(shape.key_prefix, shape.pk, row),
+        operation=operation,
+        value=value,
+    )
 
 
 def encode_entries(
-    shape: Shape, items: list[tuple[int, dict[str, object]]], *, txid: int, lsn: int
+    shape: Shape, items: list[tuple[int, Message]], *, txid: int, lsn: int
 ) -> list[tuple[int, bytes]]:
     """Serialise a transaction's converted changes, marking the shape's last one `last`."""
-    out: list[tuple[int, bytes]] = []
     last_i = len(items) - 1
     relation = shape.relation
-    for i, (op, m) in enumerate(items):
-        out.append(
-            (
-                op,
-                change_message(
-                    str(m["key"]),
-                    str(m["operation"]),
-                    relation,
-                    m["value"],  # type: ignore[arg-type]
-                    txid=txid,
-                    lsn=lsn,
-                    op_position=op,
-                    last=i == last_i,
-                    old_value=m.get("old_value"),  # type: ignore[arg-type]
-                    key_change_to=m.get("key_change_to"),  # type: ignore[arg-type]
-                    key_change_from=m.get("key_change_from"),  # type: ignore[arg-type]
-                ),
-            )
+    return [
+        (
+            op,
+            change_message(
+                m.key,
+                m.operation,
+                relation,
+                m.value,
+                txid=txid,
+                lsn=lsn,
+                op_position=op,
+                last=i == last_i,
+                old_value=m.old_value,
+                key_change_to=m.key_change_to,
+                key_change_from=m.key_change_from,
+            ),
         )
-    return out
+        for i, (op, m) in enumerate(items)
+    ]

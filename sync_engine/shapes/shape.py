@@ -19,10 +19,11 @@ snapshot's error), and the next request for the definition makes a new shape and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NewType, TypeAlias
 
@@ -30,9 +31,21 @@ import orjson
 
 from ..log.entries import relation_prefix
 from ..pg.xid_snapshot import XidSnapshot
+from .definition import ShapeDefinition
 
 #: The shape's snapshot (the name other modules still import).
 SnapshotInfo = XidSnapshot
+
+__all__ = [
+    "HandleFactory",
+    "ParkedTransaction",
+    "Shape",
+    "ShapeDefinition",
+    "ShapeHandle",
+    "ShapeState",
+    "SnapshotInfo",
+    "schema_header",
+]
 
 if TYPE_CHECKING:
     from ..errors import EngineError
@@ -60,40 +73,6 @@ class ShapeState(enum.Enum):
 # `park` run for every replicated transaction a shape gets (S4/replication_cpu "matches one").
 _SNAPSHOTTING = ShapeState.SNAPSHOTTING
 _GONE = ShapeState.GONE
-
-
-@dataclass(frozen=True, slots=True)
-class ShapeDefinition:
-    table_oid: int
-    schema: str
-    table: str
-    where: str | None
-    columns: tuple[str, ...]
-    replica: str = "default"
-    log_mode: str = "full"
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "table_oid": self.table_oid,
-            "schema": self.schema,
-            "table": self.table,
-            "where": self.where,
-            "columns": list(self.columns),
-            "replica": self.replica,
-            "log_mode": self.log_mode,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> ShapeDefinition:
-        return cls(
-            table_oid=int(data["table_oid"]),  # type: ignore[call-overload]
-            schema=str(data["schema"]),
-            table=str(data["table"]),
-            where=None if data["where"] is None else str(data["where"]),
-            columns=tuple(data["columns"]),  # type: ignore[arg-type]
-            replica=str(data["replica"]),
-            log_mode=str(data["log_mode"]),
-        )
 
 
 class HandleFactory:
@@ -169,6 +148,8 @@ class Shape:
     _state: ShapeState = field(init=False, default=ShapeState.SNAPSHOTTING)
     _error: EngineError | None = field(init=False, default=None)
     _parked: list[ParkedTransaction] = field(init=False, default_factory=list)
+    #: Requests waiting in `wait_until` now (long-polls and SSE streams at the tip).
+    waiting: int = field(init=False, default=0)
     _changed: asyncio.Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
@@ -269,6 +250,35 @@ class Shape:
         if self._changed is None or self._changed.done():
             self._changed = asyncio.get_running_loop().create_future()
         return self._changed
+
+    async def wait_until(
+        self, condition: Callable[[], bool], timeout: float, *, poll: float | None = None
+    ) -> bool:
+        """Wait until `condition()` holds, checked now and at each append, snapshot progress
+        or rotation of the shape (and every `poll` seconds, for what the shape does not
+        announce), or until `timeout` seconds ran out; returns `condition()`.
+
+        The request is counted in `waiting` meanwhile. Every waiter shares one future,
+        shielded: a waiter that times out does not cancel it for the others.
+        """
+        if condition():
+            return True
+        deadline = time.monotonic() + timeout
+        self.waiting += 1
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        asyncio.shield(self.changed()),
+                        remaining if poll is None else min(poll, remaining),
+                    )
+                if condition():
+                    return True
+        finally:
+            self.waiting -= 1
 
     def notify(self) -> None:
         fut = self._changed

@@ -17,6 +17,12 @@ before the batch started, so its stream parks until that snapshot's xid horizon 
 Long snapshots return to the loop at every socket read, and big chunk files (or any file
 when fsync is on) are written in the default executor, so the loop keeps serving.
 
+The files are the log's (`log/`): a snapshot's chunks but the last are files of their own,
+and the last chunks with the completion markers of the shapes that finished together go
+into one pack (`log/packs.py`), written in a worker thread: a storm's small shapes cost one
+file per batch, not three each. A pack is written when the batch ends, when a big snapshot
+fills a chunk, or when its first shape has waited `PACK_WAIT` for Postgres's next rows.
+
 When one shape's query fails (e.g. an error at run time in its where clause), Postgres skips
 the rest of the string: the shapes before it are done, that one fails, the ones after it are
 returned to be run again in a later batch.
@@ -34,6 +40,7 @@ import psycopg
 from psycopg import pq, sql
 
 from ..log.entries import snapshot_end_message
+from ..log.store import PackBuilder
 from ..pg.waiter import SocketWaiter
 from ..pg.xid_snapshot import XidSnapshot
 from .query import ROW_SEP
@@ -44,6 +51,8 @@ if TYPE_CHECKING:
 
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20
+#: Seconds a finished snapshot waits for more to share its pack while Postgres is busy.
+PACK_WAIT = 0.02
 
 
 class SnapshotBehind(Exception):
@@ -137,7 +146,21 @@ async def _run(
     must_see: Sequence[int] = (),
 ) -> list[SnapshotJob]:
     await c.flush()
-    await asyncio.to_thread(_create_directories, jobs)  # while Postgres starts on the batch
+    packer = _Packer(fsync)
+    try:
+        return await _read_results(c, jobs, chunk_bytes, fsync, must_see, packer)
+    finally:
+        await packer.close()
+
+
+async def _read_results(
+    c: SocketWaiter,
+    jobs: Sequence[SnapshotJob],
+    chunk_bytes: int,
+    fsync: bool,
+    must_see: Sequence[int],
+    packer: _Packer,
+) -> list[SnapshotJob]:
     # One result per statement, then None once the whole string is done.
     _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # BEGIN
     res = await c.result()
@@ -155,14 +178,14 @@ async def _run(
         job.record["snapshot"] = record
     for i, job in enumerate(jobs):
         if job.query is None:
-            await _finish(job, 0, b"", end, fsync)
+            packer.add(job, 1, end)
             continue
         res = await c.result()
         if res is not None and res.status == pq.ExecStatus.COPY_OUT:
-            index, tail = await _copy(c, job, chunk_bytes, fsync)
+            index, tail = await _copy(c, job, chunk_bytes, fsync, packer)
             res = await c.result()
             if res is not None and res.status == pq.ExecStatus.COMMAND_OK:
-                await _finish(job, index, tail, end, fsync)
+                packer.add(job, index + 1, tail + b"," + end if tail else end)
                 continue
         job.error = _error(res)
         await _rollback(c)
@@ -182,7 +205,7 @@ FIRST_CHUNK = 1 << 20
 
 
 async def _copy(
-    c: SocketWaiter, job: SnapshotJob, chunk_bytes: int, fsync: bool
+    c: SocketWaiter, job: SnapshotJob, chunk_bytes: int, fsync: bool, packer: _Packer
 ) -> tuple[int, bytes]:
     """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries).
 
@@ -195,9 +218,10 @@ async def _copy(
     writer = _ChunkWriter(job, fsync)
     try:
         if query.bulk_sql is not None:
+            packer.flush()  # a whole table: likely big, the small ones before need not wait
             tail = await _copy_bulk(c, query, writer, chunk_bytes)
         else:
-            tail = await _copy_rows(c, query, writer, chunk_bytes)
+            tail = await _copy_rows(c, query, writer, chunk_bytes, packer)
         await writer.drain()
     finally:
         writer.cancel()
@@ -205,7 +229,7 @@ async def _copy(
 
 
 async def _copy_rows(
-    c: SocketWaiter, query: RowQuery, writer: _ChunkWriter, chunk_bytes: int
+    c: SocketWaiter, query: RowQuery, writer: _ChunkWriter, chunk_bytes: int, packer: _Packer
 ) -> bytes:
     """One COPY line per row (a shape with a where clause, order or limit).
 
@@ -236,12 +260,15 @@ async def _copy_rows(
                 rows.clear()
             nbytes, data = get_copy_data(1)
         if nbytes > 0:  # a chunk is full
+            packer.flush()  # a big snapshot: the small ones before it need not wait
             blocks.append(b"".join(rows))
             rows.clear()
             await writer.put(query.finish_block(blocks))
             blocks = []
             size, limit = 0, chunk_bytes
         elif nbytes == 0:
+            if packer.due():
+                packer.flush()
             await c.readable()
         else:
             break
@@ -334,38 +361,61 @@ class _ChunkWriter:
             self._task = None
 
 
-async def _finish(job: SnapshotJob, index: int, tail: bytes, end: bytes, fsync: bool) -> None:
-    """Write the last chunk and the completion marker (one worker-thread call), announce.
+class _Packer:
+    """The batch's finished snapshots on their way into packs (`log.store.PackBuilder`).
 
-    Creating a file is an inode allocation, which on a busy ext4 (many files deleted in the
-    last minutes) costs the calling thread hundreds of microseconds in the kernel: the
-    event loop hands that to a thread, where it overlaps with the loop's own work.
+    A job is `done`, and its shape hears that its snapshot is complete, only once the pack
+    holding its last chunk is written (and fsynced, with `fsync`).
     """
-    if job.error is not None or job.cancelled():
-        return
-    data = tail + b"," + end if tail else end
-    try:
-        await asyncio.to_thread(_write_last, job.log, index, data, job.record)
-    except OSError as exc:
-        job.error = exc
-        return
-    job.log.remember_snapshot_chunk(index, data)
-    job.done = True
-    job.on_chunk(index + 1, True)
 
+    def __init__(self, fsync: bool) -> None:
+        self.fsync = fsync
+        self.loop = asyncio.get_running_loop()
+        self._builder = PackBuilder()
+        self._jobs: list[tuple[SnapshotJob, int]] = []
+        self._since = 0.0
+        self._writing: set[asyncio.Task[None]] = set()
 
-def _write_last(log: ShapeLog, index: int, data: bytes, record: dict[str, object]) -> None:
-    log.write_snapshot_chunk(index, data)
-    log.mark_snapshot_complete(index + 1, record)
+    def add(self, job: SnapshotJob, count: int, last: bytes) -> None:
+        """`job`'s snapshot of `count` chunks is read; `last` is its last chunk."""
+        if job.error is not None or job.cancelled():
+            return
+        if not self._jobs:
+            self._since = self.loop.time()
+        self._builder.add(job.log, count, last, job.record)
+        self._jobs.append((job, count))
 
+    def due(self) -> bool:
+        return bool(self._jobs) and self.loop.time() - self._since >= PACK_WAIT
 
-def _create_directories(jobs: Sequence[SnapshotJob]) -> None:
-    """In a worker thread: the batch's shape directories (see `_finish` on why)."""
-    for job in jobs:
+    def flush(self) -> None:
+        """Start writing what is pending as one pack (in a worker thread)."""
+        if not self._jobs:
+            return
+        builder, jobs = self._builder, self._jobs
+        self._builder, self._jobs = PackBuilder(), []
+        task = self.loop.create_task(self._write(builder, jobs))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write(self, builder: PackBuilder, jobs: list[tuple[SnapshotJob, int]]) -> None:
         try:
-            job.log.create()
+            await asyncio.to_thread(builder.write, self.fsync)
         except OSError as exc:
-            job.error = exc
+            for job, _ in jobs:
+                job.error = exc
+            return
+        builder.publish()
+        for job, count in jobs:
+            if not job.cancelled():
+                job.done = True
+                job.on_chunk(count, True)
+
+    async def close(self) -> None:
+        """Write what is pending and wait for every pack of the batch."""
+        self.flush()
+        while self._writing:
+            await asyncio.gather(*self._writing)
 
 
 async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None:

@@ -99,10 +99,9 @@ def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineErr
     """A failed subset query: blamed on the subset's where (no row values), or transient."""
     what = snapshot_errors.kind(exc)
     if what == "table_gone":
-        source.forget_table(shape.table)
-        source.registry.rotate_table(shape.table.oid, "table dropped")
+        source.table_changed(shape.table, dropped=True)
     elif what == "schema_changed":
-        source.forget_table(shape.table)
+        source.table_changed(shape.table, dropped=False)
     return snapshot_errors.to_engine_error(
         exc, field="where", schema=shape.table.schema, table=shape.table.name, subset=True
     )

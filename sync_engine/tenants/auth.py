@@ -40,8 +40,9 @@ class SourceAuth:
         if self._dummy is None:
             self._dummy = await asyncio.to_thread(_dummy_hashes)
 
-    async def check(self, record: SourceRecord | None, secret: str | None,
-                    now: float | None = None) -> bool:  # fmt: skip
+    async def check(
+        self, record: SourceRecord | None, secret: str | None, now: float | None = None
+    ) -> bool:
         """True when `secret` is a valid secret of `record` (None: unknown source)."""
         now = time.time() if now is None else now
         given = secret or ""

@@ -32,12 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         # Options work before or after the command; after it, only what is given overrides.
         c = OneLineParser(add_help=False)
         d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
-        c.add_argument("--admin-url", default=d(default_url),
-                       help="the engine's admin listener (default http://127.0.0.1:3100)."
-                            " Env: SYNC_ENGINE_ADMIN_URL")  # fmt: skip
-        c.add_argument("--admin-token", default=d(os.environ.get(_ENV + "ADMIN_TOKEN")),
-                       help="the engine's --admin-token. Env: SYNC_ENGINE_ADMIN_TOKEN"
-                            " (prefer it: flags show up in `ps`)")  # fmt: skip
+        c.add_argument(
+            "--admin-url",
+            default=d(default_url),
+            help="the engine's admin listener (default http://127.0.0.1:3100)."
+            " Env: SYNC_ENGINE_ADMIN_URL",
+        )
+        c.add_argument(
+            "--admin-token",
+            default=d(os.environ.get(_ENV + "ADMIN_TOKEN")),
+            help="the engine's --admin-token. Env: SYNC_ENGINE_ADMIN_TOKEN"
+            " (prefer it: flags show up in `ps`)",
+        )
         c.add_argument(
             "--json",
             action="store_true",
@@ -56,13 +62,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub_common = common(True)
-    add = sub.add_parser("add", parents=[sub_common], help="register a database; prints its"
-                         " source_id and secret (the secret is shown only once)")  # fmt: skip
+    add = sub.add_parser(
+        "add",
+        parents=[sub_common],
+        help="register a database; prints its source_id and secret (the secret is shown only once)",
+    )
     add.add_argument("--name", required=True, help="a unique name, e.g. shop-production")
-    add.add_argument("--database-url", required=True,
-                     help="postgresql://user:password@host:5432/dbname; the role needs"
-                          " REPLICATION, CREATE on the database and must own the synced"
-                          " tables")  # fmt: skip
+    add.add_argument(
+        "--database-url",
+        required=True,
+        help="postgresql://user:password@host:5432/dbname; the role needs"
+        " REPLICATION, CREATE on the database and must own the synced"
+        " tables",
+    )
     add.add_argument("--max-shapes", type=int, help="per-source shape limit (default: engine's)")
     add.add_argument(
         "--max-initial-syncs",
@@ -78,20 +90,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="issue a new secret; the old one keeps working for --grace-period",
     )
     rot.add_argument("source_id")
-    rot.add_argument("--grace-period", type=float, default=0, metavar="SECONDS",
-                     help="seconds the old secret stays valid (default 0: it stops at once;"
-                          " at most 30 days)")  # fmt: skip
-    for name, text in (("pause", "stop replicating (the slot is kept: Postgres keeps WAL)"),
-                       ("resume", "start replicating again")):  # fmt: skip
+    rot.add_argument(
+        "--grace-period",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="seconds the old secret stays valid (default 0: it stops at once; at most 30 days)",
+    )
+    for name, text in (
+        ("pause", "stop replicating (the slot is kept: Postgres keeps WAL)"),
+        ("resume", "start replicating again"),
+    ):
         sp = sub.add_parser(name, parents=[sub_common], help=text)
         sp.add_argument("source_id")
-    delete = sub.add_parser("delete", parents=[sub_common],
-                            help="stop the source, drop its slot and publication, delete its"
-                                 " shape logs")  # fmt: skip
+    delete = sub.add_parser(
+        "delete",
+        parents=[sub_common],
+        help="stop the source, drop its slot and publication, delete its shape logs",
+    )
     delete.add_argument("source_id")
-    delete.add_argument("--yes", "-y", action="store_true",
-                        help="do not ask for confirmation (needed when stdin is not a"
-                             " terminal)")  # fmt: skip
+    delete.add_argument(
+        "--yes",
+        "-y",
+        action="store_true",
+        help="do not ask for confirmation (needed when stdin is not a terminal)",
+    )
     return p
 
 
@@ -105,9 +128,12 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
         args.admin_url.rstrip("/") + path,
         data=data,
         method=method,
-        headers={"authorization": f"Bearer {args.admin_token}",
-                 "content-type": "application/json", "accept": "application/json"},
-    )  # fmt: skip
+        headers={
+            "authorization": f"Bearer {args.admin_token}",
+            "content-type": "application/json",
+            "accept": "application/json",
+        },
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:  # noqa: S310 (checked: http or https)
             return json.loads(resp.read() or b"null")
@@ -120,8 +146,10 @@ def _request(args: argparse.Namespace, method: str, path: str, body: Any = None)
         raise CliError(f"{exc.code}: {message}") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise CliError(f"cannot reach the admin API at {args.admin_url} ({reason}); is the"
-                       " engine running with --admin-token?") from None  # fmt: skip
+        raise CliError(
+            f"cannot reach the admin API at {args.admin_url} ({reason}); is the"
+            " engine running with --admin-token?"
+        ) from None
 
 
 def _lag(n: int | None) -> str:
@@ -136,8 +164,9 @@ def _lag(n: int | None) -> str:
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]  # fmt: skip
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -161,16 +190,22 @@ def _details(s: dict[str, Any]) -> str:
         ("shapes", str(s["shape_count"])),
         ("replication lag", _lag(s.get("replication_lag_bytes"))),
         ("initial syncs", str(s.get("initial_syncs_in_progress", 0))),
-        ("limits", f"max_shapes={s['limits']['max_shapes'] or '-'}"
-                   f" max_initial_syncs={s['limits']['max_initial_syncs'] or '-'}"),
+        (
+            "limits",
+            f"max_shapes={s['limits']['max_shapes'] or '-'}"
+            f" max_initial_syncs={s['limits']['max_initial_syncs'] or '-'}",
+        ),
         ("slot / publication", f"{s['slot_name']} / {s['publication_name']}"),
         ("created", s["created_at"]),
         ("secret rotated", s.get("secret_rotated_at") or "-"),
         ("old secret valid until", s.get("previous_secret_expires_at") or "-"),
-        ("last error", _short(s.get("last_error"), 200)
-         + (f" ({s['last_error_at']})" if s.get("last_error_at") else "")),
+        (
+            "last error",
+            _short(s.get("last_error"), 200)
+            + (f" ({s['last_error_at']})" if s.get("last_error_at") else ""),
+        ),
         ("shape URL", s.get("shape_url", "-")),
-    ]  # fmt: skip
+    ]
     width = max(len(k) for k, _ in fields)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in fields)
 
@@ -200,10 +235,16 @@ def run(args: argparse.Namespace) -> str:
         if args.json:
             return json.dumps(res, indent=2)
         rows = [
-            [s["source_id"], s["name"], s["state"], str(s["shape_count"]),
-             _lag(s.get("replication_lag_bytes")), _short(s.get("error") or s.get("last_error"))]
+            [
+                s["source_id"],
+                s["name"],
+                s["state"],
+                str(s["shape_count"]),
+                _lag(s.get("replication_lag_bytes")),
+                _short(s.get("error") or s.get("last_error")),
+            ]
             for s in res["sources"]
-        ]  # fmt: skip
+        ]
         if not rows:
             return "No sources registered. Add one: sync-engine sources add --name NAME --database-url URL"  # noqa: E501
         return _table(rows, ["SOURCE_ID", "NAME", "STATE", "SHAPES", "LAG", "ERROR"])
@@ -212,8 +253,12 @@ def run(args: argparse.Namespace) -> str:
         s = _request(args, "GET", f"/api/sources/{sid}")
         return json.dumps(s, indent=2) if args.json else _details(s)
     if cmd == "rotate-secret":
-        s = _request(args, "POST", f"/api/sources/{sid}/rotate-secret",
-                     {"grace_period_seconds": args.grace_period})  # fmt: skip
+        s = _request(
+            args,
+            "POST",
+            f"/api/sources/{sid}/rotate-secret",
+            {"grace_period_seconds": args.grace_period},
+        )
         if args.json:
             return json.dumps(s, indent=2)
         until = s.get("previous_secret_expires_at")

@@ -31,16 +31,21 @@ def check_database_url(url: object) -> str:
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
         if scheme not in _SCHEMES:
-            raise InvalidInput("database_url", f"database_url must start with postgresql:// or"
-                               f" postgres://, not {scheme}://")  # fmt: skip
+            raise InvalidInput(
+                "database_url",
+                f"database_url must start with postgresql:// or postgres://, not {scheme}://",
+            )
         try:
             parts = urlsplit(url)
             _ = parts.port  # raises ValueError on a bad port
         except ValueError as exc:
             raise InvalidInput("database_url", f"database_url is not a valid URL: {exc}") from None
     elif "=" not in url:
-        raise InvalidInput("database_url", "database_url is not a Postgres connection string:"
-                           " use postgresql://user:password@host:5432/dbname")  # fmt: skip
+        raise InvalidInput(
+            "database_url",
+            "database_url is not a Postgres connection string:"
+            " use postgresql://user:password@host:5432/dbname",
+        )
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error as exc:
@@ -49,8 +54,11 @@ def check_database_url(url: object) -> str:
             "database_url", f"database_url is not a valid Postgres connection string: {reason}"
         ) from None
     if "replication" in params:
-        raise InvalidInput("database_url", "database_url must not set `replication`: the engine"
-                           " opens its replication connections itself")  # fmt: skip
+        raise InvalidInput(
+            "database_url",
+            "database_url must not set `replication`: the engine"
+            " opens its replication connections itself",
+        )
     return url
 
 

@@ -12,31 +12,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from psycopg import AsyncConnection
 
 from ..errors import ServiceUnavailable
-from ..source import Source, SourceConfig
+from ..source import Source, SourceConfig, SourceState
 from .diagnose import Diagnosis, explain
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape, ShapeDefinition
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 LAG_INTERVAL = 5.0
 
 
 class ManagedSource(Source):
-    def __init__(self, config: SourceConfig, database_url: str,
-                 max_initial_syncs: int | None) -> None:  # fmt: skip
+    def __init__(
+        self, config: SourceConfig, database_url: str, max_initial_syncs: int | None
+    ) -> None:
         super().__init__(config)
         self._database_url = database_url
         self.max_initial_syncs = max_initial_syncs
         self.lag_bytes: int | None = None
-        self.lag_checked_at: float | None = None
         self._reserved = 0
 
     async def start(self) -> None:
@@ -48,7 +49,7 @@ class ManagedSource(Source):
 
     @property
     def diagnosis(self) -> Diagnosis | None:
-        if self.state != "error" or not self.error:
+        if self.state is not SourceState.ERROR or not self.error:
             return None
         return explain(self.error, self._database_url)
 
@@ -70,7 +71,7 @@ class ManagedSource(Source):
     def _admission(self, definition: ShapeDefinition, existing: Shape | None) -> Iterator[None]:
         """At most `max_initial_syncs` shapes of this source take their snapshot at once."""
         limit = self.max_initial_syncs
-        joining = definition in self.registry._creating
+        joining = self.is_creating(definition)
         if limit is None or (existing is not None and not existing.rotated) or joining:
             yield
             return
@@ -92,24 +93,24 @@ class ManagedSource(Source):
     async def _watch_lag(self) -> None:
         while True:
             await asyncio.sleep(LAG_INTERVAL if self.lag_bytes is not None else 1.0)
-            if self.state != "active":
+            if self.state is not SourceState.ACTIVE:
                 continue
             try:
                 await asyncio.wait_for(self.refresh_lag(), 5)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.debug("lag check of source %s failed: %s", self.config.source_id, exc)
+                logger.debug("lag check of source %s failed: %s", self.config.source_id, exc)
 
     async def refresh_lag(self) -> int | None:
-        async with self._conn_lock:
-            conn = await self._connection()
+        async def ask(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
             cur = await conn.execute(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
                 " FROM pg_replication_slots WHERE slot_name = %s",
                 (self.config.slot_name,),
             )
-            row = await cur.fetchone()
+            return await cur.fetchone()
+
+        row = await self.tables.on_catalog(ask)
         self.lag_bytes = max(0, int(row[0])) if row and row[0] is not None else None
-        self.lag_checked_at = time.time()
         return self.lag_bytes

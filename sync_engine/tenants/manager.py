@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ServiceUnavailable, Unauthorized
+from ..log.store import count_on_disk
 from ..settings import Settings
-from ..source import SourceConfig
+from ..source import SourceConfig, SourceState
 from .auth import SourceAuth, parse_source_id
 from .credentials import hash_secret, new_secret
 from .dburl import check_database_url
@@ -27,7 +28,7 @@ from .errors import InvalidInput, UnknownSource
 from .managed import ManagedSource
 from .store import SourceRecord, SourceStore
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
@@ -44,8 +45,11 @@ def check_name(name: object) -> str:
         raise InvalidInput("name", "name is required")
     name = name.strip()
     if not _NAME.match(name):
-        raise InvalidInput("name", "name must be 1-64 characters: letters, digits, space, '.',"
-                           " '_' or '-', starting with a letter or digit")  # fmt: skip
+        raise InvalidInput(
+            "name",
+            "name must be 1-64 characters: letters, digits, space, '.',"
+            " '_' or '-', starting with a letter or digit",
+        )
     return name
 
 
@@ -63,8 +67,10 @@ def check_grace(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
         raise InvalidInput("grace_period_seconds", "grace_period_seconds must be a number")
     if not 0 <= value <= MAX_GRACE_SECONDS:
-        raise InvalidInput("grace_period_seconds", "grace_period_seconds must be between 0 and"
-                           f" {MAX_GRACE_SECONDS} (30 days)")  # fmt: skip
+        raise InvalidInput(
+            "grace_period_seconds",
+            f"grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS} (30 days)",
+        )
     return float(value)
 
 
@@ -91,7 +97,7 @@ class SourceManager:
             if not rec.paused:
                 await self._start_source(rec)
         if self.records:
-            log.info("%d registered sources (%d running)", len(self.records), len(self.running))
+            logger.info("%d registered sources (%d running)", len(self.records), len(self.running))
         self._watcher = asyncio.create_task(self._watch_states(), name="source-states")
 
     async def stop(self) -> None:
@@ -102,7 +108,7 @@ class SourceManager:
             try:
                 self.persist_states()  # the states as they were when the engine stopped
             except Exception:
-                log.exception("could not record source states")
+                logger.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
         if self.store is not None:
@@ -158,8 +164,9 @@ class SourceManager:
         if rec is None:  # deleted meanwhile
             raise Unauthorized()
         if rec.paused:
-            raise ServiceUnavailable("Source is paused; an operator must resume it",
-                                     retry_after=30, code="source_paused")  # fmt: skip
+            raise ServiceUnavailable(
+                "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
+            )
         source = self.running.get(rec.source_id)
         if source is None:
             raise ServiceUnavailable("Source is starting", retry_after=5)
@@ -197,7 +204,7 @@ class SourceManager:
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, None)
             await self._start_source(rec)
-        log.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
+        logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
         return rec, secret
 
     async def rotate_secret(self, source_id: str, grace: object) -> tuple[SourceRecord, str]:
@@ -209,8 +216,12 @@ class SourceManager:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
-        log.info("source %s (%s): secret rotated, old secret valid for %ds more",
-                 rec.name, rec.source_id, grace_s)  # fmt: skip
+        logger.info(
+            "source %s (%s): secret rotated, old secret valid for %ds more",
+            rec.name,
+            rec.source_id,
+            grace_s,
+        )
         return rec, secret
 
     async def pause(self, source_id: str) -> SourceRecord:
@@ -222,7 +233,7 @@ class SourceManager:
             source = self.running.pop(rec.source_id, None)
             if source is not None:
                 await source.stop()
-        log.info("source %s (%s) paused", rec.name, rec.source_id)
+        logger.info("source %s (%s) paused", rec.name, rec.source_id)
         return rec
 
     async def resume(self, source_id: str) -> SourceRecord:
@@ -233,7 +244,7 @@ class SourceManager:
             self._persisted[rec.source_id] = ("connecting", None)
             if rec.source_id not in self.running:
                 await self._start_source(rec)
-        log.info("source %s (%s) resumed", rec.name, rec.source_id)
+        logger.info("source %s (%s) resumed", rec.name, rec.source_id)
         return rec
 
     async def delete(self, source_id: str) -> list[str]:
@@ -248,8 +259,8 @@ class SourceManager:
             self._store().delete(rec.source_id)
             self._persisted.pop(rec.source_id, None)
         for w in warnings:
-            log.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
-        log.info("source %s (%s) deleted", rec.name, rec.source_id)
+            logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
+        logger.info("source %s (%s) deleted", rec.name, rec.source_id)
         return warnings
 
     # -- state ----------------------------------------------------------------------------
@@ -262,7 +273,7 @@ class SourceManager:
         if source is None:
             return rec.state, None, None
         diag = source.diagnosis
-        if source.state == "error":
+        if source.state is SourceState.ERROR:
             return "error", diag.message if diag else source.error, diag.code if diag else None
         return source.state, None, None
 
@@ -306,7 +317,7 @@ class SourceManager:
     def _shapes_on_disk(self, rec: SourceRecord) -> int:
         d = self.source_dir(rec.source_id) / "shapes"
         try:
-            return sum(1 for p in d.iterdir() if (p / "snapshot.complete").exists())
+            return count_on_disk(d)
         except OSError:
             return 0
 
@@ -316,7 +327,7 @@ class SourceManager:
             try:
                 self.persist_states()
             except Exception:
-                log.exception("could not record source states")
+                logger.exception("could not record source states")
 
     def persist_states(self) -> None:
         reg = self._store()
@@ -335,6 +346,8 @@ class SourceManager:
             )
             if state != previous:
                 if error:
-                    log.warning("source %s (%s) is %s: %s", rec.name, rec.source_id, state, error)
+                    logger.warning(
+                        "source %s (%s) is %s: %s", rec.name, rec.source_id, state, error
+                    )
                 else:
-                    log.info("source %s (%s) is %s", rec.name, rec.source_id, state)
+                    logger.info("source %s (%s) is %s", rec.name, rec.source_id, state)

@@ -170,9 +170,17 @@ class SourceStore:
                 "INSERT INTO sources (source_id, name, database_url, secret_hash, state,"
                 " paused, max_shapes, max_initial_syncs, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)",
-                (rec.source_id, name, database_url, secret_hash, max_shapes, max_initial_syncs,
-                 now, now),
-            )  # fmt: skip
+                (
+                    rec.source_id,
+                    name,
+                    database_url,
+                    secret_hash,
+                    max_shapes,
+                    max_initial_syncs,
+                    now,
+                    now,
+                ),
+            )
         except sqlite3.IntegrityError:
             raise DuplicateName(f"a source named {name!r} already exists") from None
         return rec

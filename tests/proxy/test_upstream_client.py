@@ -240,6 +240,26 @@ async def test_stale_keep_alive_connection_is_retried_once_for_get(pool: Upstrea
         assert server.connections == 3  # each reuse found the connection dropped: one retry
 
 
+async def test_whole_body_larger_than_the_high_water_mark_is_read(pool: UpstreamPool) -> None:
+    # The forwarder reads answers up to 1 MiB (up to 16 MiB when it caches them) in one
+    # `readexactly`; reading pauses past the high-water mark, and must go on for that reader.
+    body = bytes(range(256)) * (3 * HIGH_WATER // 256)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        for _ in range(2):
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+
+    async with RawServer(serve) as server:
+        response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+        assert await asyncio.wait_for(response.content.readexactly(len(body)), 10) == body
+        response.release()
+        response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+        assert await asyncio.wait_for(response.content.read(len(body) + 1), 10) == body
+        response.release()
+
+
 async def test_stale_keep_alive_connection_is_not_retried_for_post(pool: UpstreamPool) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)

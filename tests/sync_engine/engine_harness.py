@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from sync_engine.app import SOURCES
 from sync_engine.settings import Settings
 from tests.support.engine_process import apply_messages
+from tests.support.waiting import wait_until_async
 
 
 @dataclass
@@ -35,6 +36,14 @@ class Engine:
     @property
     def source(self) -> Any:
         return self.client.app[SOURCES]["default"]
+
+    def parked(self) -> int:
+        """Requests waiting for a shape to change (long-polls and SSE streams at the tip)."""
+        return int(self.source.parked_requests)
+
+    async def until_parked(self, count: int = 1) -> None:
+        """Wait until at least `count` requests are parked (instead of sleeping a while)."""
+        await wait_until_async(lambda: self.parked() >= count, message=f"{count} parked")
 
     async def sync(self, **params: Any) -> tuple[dict[str, dict[str, Any]], str, str]:
         """Follow a shape from -1 to up-to-date like a client; returns rows, handle, offset."""

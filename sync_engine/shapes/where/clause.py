@@ -15,14 +15,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .errors import WhereError
 from .expr import Eval
-from .parse import (
-    construct_name,
-    count_columns,
-    deparse,
-    parse_clause,
-    sql_text,
-    substitute_params,
-)
+from .parse import construct_name, count_columns, deparse, parse_clause, sql_text, substitute_params
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,7 @@ from sync_engine.pg.types import (
 from sync_engine.pg.values import Value
 
 from . import operators
-from .arrays import (
-    subscript_nullable,
-)
+from .arrays import subscript_nullable
 from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS
 from .collation import SQL_ONLY, text_rules
 from .errors import WhereError, error_at
@@ -57,23 +55,9 @@ from .expr import (
 )
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .parse import construct_name
-from .resolution import (
-    CAST_TARGET_NAMES,
-    JSON_TYPES,
-    ORDERED_TYPES,
-    STRING_TYPES,
-    common_type,
-)
-from .semantics import (
-    comparison_op,
-    identity,
-)
-from .text import (
-    bool_text,
-    bool_text_from_raw,
-    case_mapping,
-    text_output,
-)
+from .resolution import CAST_TARGET_NAMES, JSON_TYPES, ORDERED_TYPES, STRING_TYPES, common_type
+from .semantics import comparison_op, identity
+from .text import bool_text, bool_text_from_raw, case_mapping, text_output
 
 
 class Compiler:

@@ -11,16 +11,7 @@ from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.types import (
-    DATE,
-    FLOAT8,
-    INT4,
-    INTERVAL,
-    TIME,
-    TIMESTAMP,
-    TIMESTAMPTZ,
-    PgType,
-)
+from sync_engine.pg.types import DATE, FLOAT8, INT4, INTERVAL, TIME, TIMESTAMP, TIMESTAMPTZ, PgType
 from sync_engine.pg.values import Value
 
 

@@ -11,10 +11,7 @@ from dataclasses import dataclass
 
 from pglast import ast
 
-from sync_engine.pg.types import (
-    BOOL,
-    PgType,
-)
+from sync_engine.pg.types import BOOL, PgType
 from sync_engine.pg.values import Value
 
 from .arrays import array_slice

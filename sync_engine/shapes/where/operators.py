@@ -68,19 +68,8 @@ from .resolution import (
     common_numeric,
     fits_operand,
 )
-from .semantics import (
-    COMPARISONS,
-    arith_func,
-    checked_int,
-    float_pow,
-    identity,
-    sqrt,
-    wrap_shift,
-)
-from .text import (
-    like_function,
-    like_regex,
-)
+from .semantics import COMPARISONS, arith_func, checked_int, float_pow, identity, sqrt, wrap_shift
+from .text import like_function, like_regex
 
 if TYPE_CHECKING:
     from .compiler import Compiler

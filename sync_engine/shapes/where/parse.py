@@ -22,10 +22,7 @@ from pglast.enums import SetOperation
 from pglast.parser import ParseError, fingerprint
 from pglast.stream import RawStream
 
-from sync_engine.pg.types import (
-    TEXT,
-    PgType,
-)
+from sync_engine.pg.types import TEXT, PgType
 
 from .depth import longest_token_run, too_deep_message, tree_depth
 from .errors import PREFIX, WhereError

@@ -14,14 +14,7 @@ from collections.abc import Callable
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.types import (
-    FLOAT4,
-    INT2,
-    INT4,
-    INT8,
-    NUMERIC,
-    PgType,
-)
+from sync_engine.pg.types import FLOAT4, INT2, INT4, INT8, NUMERIC, PgType
 from sync_engine.pg.values import Value
 
 from .resolution import FLOAT_TYPES, INT_TYPES

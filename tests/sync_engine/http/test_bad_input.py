@@ -3,6 +3,10 @@
 Never a 500, never a cached error (`cache-control: no-store`), and never a side effect: a
 rejected request creates no shape and leaves the database alone, so a correct request
 afterwards syncs exactly the rows that are there.
+
+Each validation rule is tested case by case without Postgres (`test_params.py` for the
+request's form, `tests/sync_engine/shapes/test_definition.py` for the catalog checks); here a
+few cases of each go through the real engine, to prove the status, body and lack of effect.
 """
 
 from __future__ import annotations
@@ -22,16 +26,13 @@ import psycopg
 import pytest
 
 from sync_engine.app import SOURCES, build_app
-from sync_engine.settings import Settings
 from tests.support.engine_process import EngineProcess
 from tests.support.fuzz_inputs import loud_log_lines
-from tests.sync_engine.engine_harness import Engine
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 ITEMS_KEYS = ['"public"."items"/"1"', '"public"."items"/"2"', '"public"."items"/"3"']
 SECRET = "s3cr3t-Value-that-must-never-leak-9f2c"
-SECRET_SETTINGS = Settings(long_poll_timeout=2.0, sse_timeout=4.0, sse_keepalive=1.0, fsync=False,
-                           out_of_bounds_wait=1.0, schema_check_interval=0.5, allow_delete=True,
-                           secret=SECRET)  # fmt: skip
+SECRET_SETTINGS = replace(SETTINGS, secret=SECRET)
 
 
 def make_items(engine: Engine) -> None:
@@ -98,7 +99,6 @@ async def bad(engine: Engine, params: Any, expected: int = 400, **kw: Any) -> An
     "params",
     [
         pytest.param({"table": "items"}, id="missing"),
-        pytest.param({"table": "items", "offset": ""}, id="blank"),
     ],
 )
 async def test_offset_is_required(engine: Engine, params: dict[str, str]) -> None:
@@ -110,8 +110,7 @@ async def test_offset_is_required(engine: Engine, params: dict[str, str]) -> Non
 
 @pytest.mark.parametrize(
     "offset",
-    ["10", "1_2_3", "0_-1", "-1_-1", "-2", "abc", "1_2 ", " 0_0", "0_", "_0", "0_infinity",
-     "1.5_0", "0x10_0", "1e3_0", "9" * 200 + "_0", "0_" + "9" * 200, "9" * 5000],
+    ["abc", "9" * 5000],
     ids=lambda o: o if len(o) < 20 else f"long-{len(o)}",
 )  # fmt: skip
 async def test_invalid_offset_format(engine: Engine, offset: str) -> None:
@@ -121,8 +120,8 @@ async def test_invalid_offset_format(engine: Engine, offset: str) -> None:
     await assert_untouched(engine)
 
 
-@pytest.mark.parametrize("offset", ["0_0", "0_inf", "26800584_4"])
-@pytest.mark.parametrize("handle", [None, ""], ids=["missing", "blank"])
+@pytest.mark.parametrize("offset", ["26800584_4"])
+@pytest.mark.parametrize("handle", [None], ids=["missing"])
 async def test_real_offset_needs_a_handle(engine: Engine, offset: str, handle: str | None) -> None:
     make_items(engine)
     params = {"table": "items", "offset": offset}
@@ -137,21 +136,10 @@ async def test_real_offset_needs_a_handle(engine: Engine, offset: str, handle: s
     ("params", "field", "message"),
     [
         ({"offset": "-1", "live": "true"}, "live", "can't be true when offset == -1"),
-        ({"offset": "-1", "live": ""}, "live", "can't be true when offset == -1"),
-        ({"offset": "now", "live": "true"}, "live", "can't be true when offset is 'now'"),
-        ({"offset": "now", "live": "1"}, "live", "can't be true when offset is 'now'"),
-        ({"offset": "-1", "live_sse": "true"}, "live_sse",
-         "can't be true unless live is also true"),
         ({"offset": "0_0", "handle": "h", "live_sse": "true"}, "live_sse",
          "can't be true unless live is also true"),
-        ({"offset": "0_0", "handle": "h", "live": "false", "live_sse": "true"}, "live_sse",
-         "can't be true unless live is also true"),
-        ({"offset": "0_0", "handle": "h", "experimental_live_sse": "true"}, "live_sse",
-         "can't be true unless live is also true"),
     ],
-    ids=["live-with-minus-1", "bare-live-with-minus-1", "live-with-now", "live=1-with-now",
-         "sse-with-minus-1-no-live", "sse-without-live", "sse-with-live-false",
-         "experimental-sse-without-live"],
+    ids=["live-with-minus-1", "sse-without-live"],
 )  # fmt: skip
 async def test_live_flag_conflicts(
     engine: Engine, params: dict[str, str], field: str, message: str
@@ -169,23 +157,10 @@ async def test_live_flag_conflicts(
     ("table", "fragment"),
     [
         pytest.param(None, "can't be blank", id="missing"),
-        pytest.param("", "can't be blank", id="blank"),
         pytest.param("nope", 'Table "public"."nope" does not exist', id="unknown"),
-        pytest.param("other.items", 'Table "other"."items" does not exist', id="unknown-schema"),
         pytest.param("items_view", 'Table "public"."items_view" does not exist', id="view"),
         pytest.param("Mixed", 'Table "public"."mixed" does not exist', id="unquoted-downcased"),
         pytest.param('"items"x', "", id="junk-after-quote"),
-        pytest.param('"items', "", id="unterminated-quote"),
-        pytest.param('""', "zero-length", id="empty-quoted"),
-        pytest.param("public.", "", id="empty-name"),
-        pytest.param(".items", "", id="empty-schema"),
-        pytest.param("my-table", "special characters", id="unquoted-special"),
-        pytest.param("items;drop", "special characters", id="unquoted-semicolon"),
-        pytest.param("1items", "special characters", id="unquoted-leading-digit"),
-        pytest.param("a" * 64, "too long", id="too-long"),
-        pytest.param("a.b.c", "too many delimiters", id="too-many-dots"),
-        pytest.param('"public"."items".x', "too many delimiters", id="too-many-dots-quoted"),
-        pytest.param("public..items", "", id="double-dot"),
     ],
 )
 async def test_bad_table(engine: Engine, table: str | None, fragment: str) -> None:
@@ -223,8 +198,7 @@ async def test_repeated_table(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize(
-    "params", [{"replica": "weird"}, {"replica": "FULL"}, {"log": "weird"}, {"log": "changes"}],
-    ids=["replica=weird", "replica=FULL", "log=weird", "log=changes"],
+    "params", [{"replica": "FULL"}], ids=["replica=FULL"],
 )  # fmt: skip
 async def test_bad_enum_params(engine: Engine, params: dict[str, str]) -> None:
     make_items(engine)
@@ -240,14 +214,7 @@ async def test_bad_enum_params(engine: Engine, params: dict[str, str]) -> None:
     ("columns", "fragment"),
     [
         pytest.param("id,nope", "not found on the table: nope", id="unknown"),
-        pytest.param('"id","Title"', "not found on the table: Title", id="quoted-case-kept"),
-        pytest.param('""', "zero-length", id="empty-quoted"),
-        pytest.param("id,,title", "zero-length", id="empty-between-commas"),
-        pytest.param("id,", "zero-length", id="trailing-comma"),
         pytest.param("title", "must include all primary key columns, missing: id", id="no-pk"),
-        pytest.param("title,n", "missing: id", id="no-pk-two-cols"),
-        pytest.param("id,ti-tle", "special characters", id="unquoted-special"),
-        pytest.param('"id', "", id="unterminated-quote"),
         pytest.param("id; DROP TABLE items", "", id="injection"),
     ],
 )
@@ -265,26 +232,12 @@ async def test_bad_columns(engine: Engine, columns: str, fragment: str) -> None:
     ("where", "fragment"),
     [
         pytest.param("nope = 1", "unknown reference nope", id="unknown-column"),
-        pytest.param("items.nope = 1", "nope", id="unknown-qualified-column"),
         pytest.param("n + 1", "must return a boolean", id="non-boolean"),
-        pytest.param("title", "must return a boolean", id="text-column"),
-        pytest.param("n = ", "", id="syntax-error"),
         pytest.param("n = 'abc'", "", id="bad-int-literal"),
-        pytest.param("title = 1 +", "", id="dangling-operator"),
-        pytest.param("pg_sleep(1) IS NULL", "", id="unsupported-function"),
         pytest.param("pg_read_file('/etc/passwd') = ''", "", id="file-read-function"),
-        pytest.param("1=1) OR (1=1", "", id="paren-breakout"),
         pytest.param("n = 1; DROP TABLE items", "", id="statement-injection"),
-        pytest.param("x = 1; DROP TABLE items", "", id="statement-injection-unknown-col"),
         pytest.param("n = 1 -- comment", "", id="trailing-comment-ok-or-not"),
         pytest.param("id IN (SELECT id FROM items)", "", id="in-subquery"),
-        pytest.param("(SELECT count(*) FROM items) > 0", "", id="scalar-subquery"),
-        pytest.param("EXISTS (SELECT 1 FROM pg_authid)", "", id="exists-subquery"),
-        pytest.param("now() > '2020-01-01'", "", id="now"),
-        pytest.param("random() < 0.5", "", id="random"),
-        pytest.param("count(*) > 1", "", id="aggregate"),
-        pytest.param("n > 1 ORDER BY n", "", id="trailing-order-by"),
-        pytest.param("n > 1 LIMIT 1", "", id="trailing-limit"),
     ],
 )
 async def test_bad_where(engine: Engine, where: str, fragment: str) -> None:
@@ -306,16 +259,9 @@ async def test_bad_where(engine: Engine, where: str, fragment: str) -> None:
 @pytest.mark.parametrize(
     ("where", "params", "field", "fragment"),
     [
-        pytest.param("n > $1", {}, "where", "$1", id="missing-$1"),
         pytest.param("n > $1 AND n < $2", {"params[1]": "1"}, "where", "$2", id="missing-$2"),
-        pytest.param("n > $1", {"params[2]": "1"}, "params", "sequentially", id="starts-at-2"),
-        pytest.param("n > $1", {"params[0]": "1"}, "params", "sequentially", id="starts-at-0"),
         pytest.param("n > $1", {"params[1]": "1", "params[3]": "3"}, "params", "sequentially",
                      id="gap"),
-        pytest.param("n > $1", {"params[a]": "1"}, "params", "numbers", id="non-numeric-key"),
-        pytest.param("n > $1", {"params[]": "1"}, "params", "", id="empty-key"),
-        pytest.param("n > $1", {"params[-1]": "1"}, "params", "", id="negative-key"),
-        pytest.param("n > $1", {"params": '{"1": "1"}'}, "params", "", id="json-params"),
         pytest.param("n > $1", {"params[1]": "1 OR 1=1"}, "where", "", id="bad-int-param"),
     ],
 )  # fmt: skip
@@ -824,15 +770,25 @@ async def test_dropped_table_new_shape_is_a_400_at_once(engine: Engine, caplog: 
     await assert_untouched(engine)
 
 
-async def test_dropped_table_existing_shape_is_a_400_within_a_second(engine: Engine) -> None:
+@pytest.fixture
+async def unchecked(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    """An engine whose periodic schema check does not run during a test."""
+    settings = replace(
+        SETTINGS, database_url=db_url, data_dir=tmp_path / "data", schema_check_interval=3600
+    )
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    yield Engine(client, db_url, tmp_path / "data")
+
+
+async def test_dropped_table_existing_shape_is_a_400_within_a_second(unchecked: Engine) -> None:
     """New clients of an existing shape: its table's existence is checked (trusted for 1 s),
     so after DROP TABLE they get the 400 within a second, never a 503, and not for the 10 s
     of the periodic schema check; a table created again under the name is a new shape."""
+    engine = unchecked  # the periodic schema check is not what is tested here
     make_items(engine)
     engine.sql("CREATE TABLE gone (id int PRIMARY KEY, n int)")
     engine.sql("INSERT INTO gone VALUES (1, 1)")
-    for task in engine.source._tasks:  # the periodic schema check: not what is tested here
-        task.cancel()
     _, handle, _ = await engine.sync(table="gone")
     engine.sql("DROP TABLE gone")
     dropped = time.monotonic()

@@ -16,6 +16,7 @@ import orjson
 import pytest
 from aiohttp import ClientResponse
 
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import Engine, apply
 
 KEY = '"public"."items"/"{}"'.format
@@ -129,7 +130,7 @@ async def test_sse_streams_a_change_then_up_to_date(engine: Engine, flags: dict[
     assert REQUIRED_EXPOSED <= exposed(h)
     assert "electric-schema" not in h
 
-    await asyncio.sleep(0.3)
+    await engine.until_parked()
     engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
     msgs = await sse.messages_until_up_to_date()
     assert len(msgs) == 2, msgs
@@ -175,7 +176,7 @@ async def test_sse_resume_from_global_last_seen_lsn_redelivers_nothing(engine: E
     rows, handle, offset = await engine.sync(table="items")
     flags = {"live_sse": "true", "experimental_live_sse": "true"}
     sse = await open_sse(engine, flags, table="items", handle=handle, offset=offset)
-    await asyncio.sleep(0.3)
+    await engine.until_parked()
     # a transaction with several operations: offsets lsn_0, lsn_2, lsn_4
     engine.sql(
         "WITH a AS (INSERT INTO items VALUES (4, 't4', 40)), "
@@ -268,7 +269,7 @@ async def test_changes_only_skips_the_snapshot(engine: Engine) -> None:
         )
 
     task = asyncio.create_task(live())
-    await asyncio.sleep(0.3)
+    await engine.until_parked()
     engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
     status, h, body = await task
     assert status == 200
@@ -435,7 +436,7 @@ async def test_delete_by_definition(engine: Engine) -> None:
     defn = {"table": "items", "where": "n > $1", "params[1]": "5"}
     _, handle, offset = await engine.sync(**defn)
     parked = asyncio.create_task(engine.get(**defn, offset=offset, handle=handle, live="true"))
-    await asyncio.sleep(0.3)
+    await engine.until_parked()
     status, h, raw = await request(engine, "DELETE", params=defn)
     assert status == 202, raw
     status, _, body = await parked
@@ -582,8 +583,11 @@ async def test_client_disconnecting_mid_long_poll(
     caplog.set_level(logging.WARNING)
     params = {"table": "items", "offset": offset, "handle": handle, "live": "true"}
     for _ in range(3):
+        # (whether the server lets go of a request whose client left at once or only at the
+        # long-poll timeout, none is parked before the next)
+        await wait_until_async(lambda: engine.parked() == 0, message="no request parked")
         task = asyncio.create_task(engine.client.get("/v1/shape", params=params))
-        await asyncio.sleep(0.3)
+        await engine.until_parked()
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -599,7 +603,7 @@ async def test_client_disconnecting_mid_long_poll(
     assert [m["key"] for m in body if "key" in m] == [KEY(4)]
     apply(rows, body)
     task = asyncio.create_task(engine.get(**{**params, "offset": h["electric-offset"]}))
-    await asyncio.sleep(0.3)
+    await engine.until_parked()
     engine.sql("INSERT INTO items VALUES (5, 't5', 50)")
     status, h, body = await task
     assert status == 200 and [m["key"] for m in body if "key" in m] == [KEY(5)]
@@ -614,7 +618,7 @@ async def test_many_long_polls_get_the_same_insert(engine: Engine) -> None:
         asyncio.create_task(engine.get(table="items", offset=offset, handle=handle, live="true"))
         for _ in range(30)
     ]
-    await asyncio.sleep(0.5)
+    await engine.until_parked(30)
     assert not any(t.done() for t in polls)
     engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
     results = await asyncio.gather(*polls)

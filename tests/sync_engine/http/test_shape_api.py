@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
 
 
@@ -56,7 +57,7 @@ async def test_live_insert_update_delete(engine: Engine) -> None:
         return await engine.get(table="items", offset=offset, handle=handle, live="true", cursor="")
 
     task = asyncio.create_task(live())
-    await asyncio.sleep(0.3)
+    await engine.until_parked()
     engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
     status, h, body = await task
     assert status == 200
@@ -193,7 +194,7 @@ async def test_truncate_rotates_the_shape(engine: Engine) -> None:
     make_items(engine)
     _, handle, offset = await engine.sync(table="items")
     task = asyncio.create_task(engine.get(table="items", offset=offset, handle=handle, live="true"))
-    await asyncio.sleep(0.2)
+    await engine.until_parked()
     engine.sql("TRUNCATE items")
     status, h, body = await task
     assert status == 409
@@ -245,12 +246,12 @@ async def test_dropped_table_rotates_and_then_is_unknown(engine: Engine) -> None
     make_items(engine)
     _, handle, offset = await engine.sync(table="items")
     engine.sql("DROP TABLE items")
-    for _ in range(20):  # the schema check runs every 0.5 s in tests
-        status, h, body = await engine.get(table="items", offset=offset, handle=handle)
-        if status != 200:
-            break
-        await asyncio.sleep(0.2)
-    assert status in (400, 409)
+
+    async def answered() -> int:  # the schema check runs every 0.5 s in tests
+        status, _, _ = await engine.get(table="items", offset=offset, handle=handle)
+        return 0 if status == 200 else status
+
+    assert await wait_until_async(answered, interval=0.2) in (400, 409)
     status, _, body = await engine.get(table="items", offset="-1")
     assert status == 400
     assert "does not exist" in body["errors"]["table"][0]

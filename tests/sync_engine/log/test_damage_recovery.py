@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from sync_engine.app import SOURCES, build_app
-from sync_engine.log import files
 from sync_engine.log.framing import HEADER_SIZE, encode_record
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
@@ -61,8 +61,12 @@ async def _synced_shape_with_log(engine: Engine) -> tuple[str, str, Path]:
         engine.sql("UPDATE items SET v = v + 1, t = repeat('x', 100) WHERE id = %s", (i % 5 + 1,))
     engine.sql("INSERT INTO items VALUES (100, 0, 'last')")
     offset, _ = await _follow(engine, handle, offset, until='"100"')
-    shape_dir = engine.data_dir / "sources" / "default" / "shapes" / handle
-    return handle, offset, shape_dir
+    return handle, offset, _shapes(engine)
+
+
+def _shapes(engine: Engine) -> Path:
+    """The directory of the source's shape logs: `<handle>.*` files and packs."""
+    return engine.data_dir / "sources" / "default" / "shapes"
 
 
 def _flip_middle(path: Path) -> None:
@@ -77,14 +81,14 @@ async def test_damage_found_on_load_retires_the_shape(
     """The slot was confirmed past the damaged transactions, so replay cannot repair the
     log: the shape is retired, the old handle gets a 409 and a refetch is exact."""
     first = await _start(aiohttp_client, db_url, tmp_path / "data")
-    handle, _, shape_dir = await _synced_shape_with_log(first)
+    handle, _, shapes = await _synced_shape_with_log(first)
     await first.client.close()  # sends the slot its last confirmed position
-    _flip_middle(shape_dir / "log.00000000.log")
+    _flip_middle(shapes / f"{handle}.log.00000000.log")
 
     second = await _start(aiohttp_client, db_url, tmp_path / "data")
     status, h, body = await second.get(table="items", handle=handle, offset="0_inf")
     assert status == 409 and body == [{"headers": {"control": "must-refetch"}}]
-    assert not shape_dir.exists()
+    await wait_until_async(lambda: not list(shapes.glob(f"{handle}.*")), message="files gone")
     rows, new_handle, _ = await second.sync(table="items")
     assert new_handle != handle and rows == _expected(second)
 
@@ -93,8 +97,8 @@ async def test_damage_found_while_serving_gives_409_then_an_exact_refetch(
     aiohttp_client: Any, db_url: str, tmp_path: Path
 ) -> None:
     engine = await _start(aiohttp_client, db_url, tmp_path / "data")
-    handle, offset, shape_dir = await _synced_shape_with_log(engine)
-    _flip_middle(shape_dir / "log.00000000.log")
+    handle, offset, shapes = await _synced_shape_with_log(engine)
+    _flip_middle(shapes / f"{handle}.log.00000000.log")
     status, _, body = await engine.get(table="items", handle=handle, offset="0_inf")
     assert status == 409 and body == [{"headers": {"control": "must-refetch"}}]
     status, _, _ = await engine.get(table="items", handle=handle, offset=offset, live="true")
@@ -111,13 +115,13 @@ async def test_a_damaged_snapshot_chunk_is_never_served(
     first.sql("INSERT INTO items SELECT g, 0, repeat('y', 50) FROM generate_series(1, 40) g")
     _, handle, _ = await first.sync(table="items")
     await first.client.close()
-    shape_dir = first.data_dir / "sources" / "default" / "shapes" / handle
-    _flip_middle(shape_dir / "snapshot.00000.json")
-    files._fresh.clear()  # a new process: chunks just written are no longer in memory
+    (pack,) = _shapes(first).glob("*.pack")  # its one chunk: in the pack, beside its marker
+    _flip_middle(pack)
 
-    second = await _start(aiohttp_client, db_url, tmp_path / "data")
-    status, _, body = await second.get(table="items", offset="-1")
+    second = await _start(aiohttp_client, db_url, tmp_path / "data")  # discards the shape
+    status, _, body = await second.get(table="items", handle=handle, offset="0_0")
     assert status == 409 and body == [{"headers": {"control": "must-refetch"}}]
+    assert list(_shapes(second).iterdir()) == []
     rows, new_handle, _ = await second.sync(table="items")
     assert new_handle != handle and rows == _expected(second)
 
@@ -128,7 +132,7 @@ async def test_a_torn_tail_the_slot_will_resend_is_repaired_by_replay(
     """A crash in the middle of an append leaves part of a record the slot was never
     confirmed past: the restart cuts it and the replay fills it in; same handle, no 409."""
     first = await _start(aiohttp_client, db_url, tmp_path / "data")
-    handle, offset, shape_dir = await _synced_shape_with_log(first)
+    handle, offset, shapes = await _synced_shape_with_log(first)
     await first.client.close()
     first.sql("INSERT INTO items VALUES (200, 0, 'while down')")
     (confirmed,) = first.sql(
@@ -136,7 +140,7 @@ async def test_a_torn_tail_the_slot_will_resend_is_repaired_by_replay(
         " WHERE database = current_database()"
     )[0]
     record, _ = encode_record(int(confirmed), [(0, b'{"key":"torn","value":{}}')])
-    chunk = sorted(shape_dir.glob("log.*.log"))[-1]
+    chunk = sorted(shapes.glob(f"{handle}.log.*.log"))[-1]
     with open(chunk, "ab") as f:
         f.write(record[: HEADER_SIZE + 10])
 

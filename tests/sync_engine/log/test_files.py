@@ -12,9 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sync_engine.log.files import SNAPSHOT_COMPLETE, LogDamaged, LogWriteError, ShapeLog
+from sync_engine.log.files import LogDamaged, LogWriteError, ShapeLog
 from sync_engine.log.framing import HEADER_SIZE, scan
 from sync_engine.log.offsets import SNAPSHOT_END, LogOffset
+from sync_engine.log.store import PackBuilder, ShapeStore
 
 
 def _entry(lsn: int, i: int, size: int = 20) -> bytes:
@@ -46,15 +47,14 @@ def _read_all(log: ShapeLog, offset: LogOffset = SNAPSHOT_END) -> tuple[list[byt
 
 
 def _new(tmp_path: Path, chunk_bytes: int = 1 << 20) -> ShapeLog:
-    log = ShapeLog(tmp_path / "shape", chunk_bytes, fsync=False)
-    log.directory.mkdir(parents=True)
-    return log
+    (tmp_path / "shapes").mkdir(parents=True)
+    return ShapeLog(tmp_path / "shapes" / "shape", chunk_bytes, fsync=False)
 
 
 def _reload(log: ShapeLog) -> ShapeLog:
     log.close()
-    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
-    again.load()
+    again = ShapeLog(log.directory / log.handle, log.chunk_bytes, fsync=False)
+    again.load_transactions()
     return again
 
 
@@ -65,7 +65,7 @@ def test_an_append_is_invisible_until_published(tmp_path: Path) -> None:
     assert log.latest_offset == SNAPSHOT_END
     assert log.last_lsn == 100  # a replay of it is skipped meanwhile
     files, token = log.take_dirty()  # a new chunk: its directory entry is synced too
-    assert files == {str(log.directory / "log.00000000.log"), str(log.directory)}
+    assert files == {str(log.directory / "shape.log.00000000.log"), str(log.directory)}
     log.publish(token)
     assert log.read_after(SNAPSHOT_END) == ([e for _, e in _tx(100)], LogOffset(100, 2))
     assert _reload(log).read_after(SNAPSHOT_END)[0] == [e for _, e in _tx(100)]
@@ -75,12 +75,12 @@ def test_rollback_cuts_the_staged_bytes_off(tmp_path: Path) -> None:
     log = _new(tmp_path)
     log.append_transaction(100, _tx(100))
     _commit(log)
-    size = os.path.getsize(tmp_path / "shape" / "log.00000000.log")
+    size = os.path.getsize(tmp_path / "shapes" / "shape.log.00000000.log")
     log.append_transaction(200, _tx(200))
     _, stale = log.take_dirty()
     log.rollback()
     assert not log.publish(stale)  # a token from before the rollback publishes nothing
-    assert os.path.getsize(tmp_path / "shape" / "log.00000000.log") == size
+    assert os.path.getsize(tmp_path / "shapes" / "shape.log.00000000.log") == size
     assert log.last_lsn == 100
     # the replay appends it again, once
     log.append_transaction(200, _tx(200))
@@ -94,14 +94,14 @@ def test_a_torn_tail_is_cut_back_to_the_last_whole_transaction(tmp_path: Path) -
     for lsn in (100, 200, 300):
         log.append_transaction(lsn, _tx(lsn))
     _commit(log)
-    path = tmp_path / "shape" / "log.00000000.log"
+    path = tmp_path / "shapes" / "shape.log.00000000.log"
     good = os.path.getsize(path)
     log.append_transaction(400, _tx(400, size=500))
     log.close()
     with open(path, "r+b") as f:  # the crash came in the middle of the write
         f.truncate(good + HEADER_SIZE + 100)
-    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
-    again.load()
+    again = ShapeLog(log.directory / log.handle, log.chunk_bytes, fsync=False)
+    again.load_transactions()
     assert again.damage is not None
     assert os.path.getsize(path) == good
     assert again.latest_offset == LogOffset(300, 2) and again.last_lsn == 300
@@ -115,12 +115,12 @@ def test_a_torn_transaction_across_chunks_is_cut_whole(tmp_path: Path) -> None:
     _commit(log)
     log.append_transaction(200, _tx(200, n=40, size=60))  # spans several chunks
     log.close()
-    files = sorted((tmp_path / "shape").glob("log.*.log"))
+    files = sorted((tmp_path / "shapes").glob("shape.log.*.log"))
     assert len(files) >= 3
     os.truncate(files[-1], os.path.getsize(files[-1]) - 1)
-    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
-    again.load()
-    assert sorted((tmp_path / "shape").glob("log.*.log")) == files[:1]
+    again = ShapeLog(log.directory / log.handle, log.chunk_bytes, fsync=False)
+    again.load_transactions()
+    assert sorted((tmp_path / "shapes").glob("shape.log.*.log")) == files[:1]
     assert _read_all(again)[0] == [e for _, e in _tx(100)]
     assert again.repaired_from == 200
 
@@ -136,14 +136,14 @@ def test_a_flipped_byte_inside_a_chunk_is_detected_on_load(tmp_path: Path, where
         log.append_transaction(lsn, _tx(lsn))
     _commit(log)
     log.close()
-    path = tmp_path / "shape" / "log.00000000.log"
+    path = tmp_path / "shapes" / "shape.log.00000000.log"
     data = bytearray(path.read_bytes())
     at = int(len(data) * where)
     damaged = sum(1 for start, *_ in scan(bytes(data)).records if start <= at) - 1
     data[at] ^= 0x20
     path.write_bytes(bytes(data))
-    again = ShapeLog(log.directory, log.chunk_bytes, fsync=False)
-    again.load()
+    again = ShapeLog(log.directory / log.handle, log.chunk_bytes, fsync=False)
+    again.load_transactions()
     assert again.damage is not None and "mismatch" in again.damage
     # the damaged record's LSN when its header is intact, else just after the last good one
     assert again.repaired_from in (lsns[damaged], (lsns[damaged - 1] if damaged else 0) + 1)
@@ -158,7 +158,7 @@ def test_damage_found_while_reading_retires_the_shape_and_serves_nothing(tmp_pat
     _commit(log)
     damaged: list[str] = []
     log.on_damage = damaged.append
-    path = tmp_path / "shape" / "log.00000000.log"
+    path = tmp_path / "shapes" / "shape.log.00000000.log"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -169,32 +169,33 @@ def test_damage_found_while_reading_retires_the_shape_and_serves_nothing(tmp_pat
     log2 = _new(tmp_path / "b")
     log2.append_transaction(100, _tx(100))
     _commit(log2)
-    os.truncate(log2.directory / "log.00000000.log", 10)
+    os.truncate(log2.directory / "shape.log.00000000.log", 10)
     with pytest.raises(LogDamaged):
         log2.read_after(SNAPSHOT_END)
 
 
 def test_snapshot_chunks_are_checked(tmp_path: Path) -> None:
-    log = _new(tmp_path)
+    store = ShapeStore(tmp_path / "shapes", 1 << 20, fsync=False)
+    (tmp_path / "shapes").mkdir()
+    log = store.new_log("h")
     chunk = b'{"key":"a","value":{}}' * 50
     log.write_snapshot_chunk(0, chunk)
-    log.write_snapshot_chunk(1, chunk)
-    log.mark_snapshot_complete(2, {"handle": "h"})
-    again = _reload(log)
-    assert again.snapshot_complete and again.read_snapshot_chunk(1) == chunk
-    path = tmp_path / "shape" / "snapshot.00001.json"
+    pack = PackBuilder()
+    pack.add(log, 2, chunk, {"handle": "h"})
+    pack.write(fsync=False)
+    assert pack.publish() == [log]
+    (again,) = store.load()
+    assert again.snapshot_complete and again.snapshot_chunks == 2
+    assert again.read_snapshot_chunk(0) == again.read_snapshot_chunk(1) == chunk
+    path = tmp_path / "shapes" / "h.snapshot.00000.json"
     data = bytearray(path.read_bytes())
     data[300] ^= 0x01
     path.write_bytes(bytes(data))
     with pytest.raises(LogDamaged):
-        again.read_snapshot_chunk(1)  # same size: found by its checksum
+        again.read_snapshot_chunk(0)  # same size: found by its checksum
     os.truncate(path, 100)
-    with pytest.raises(LogDamaged):
-        _reload(log)  # a size that differs from the marker's is found on load
-    marker = tmp_path / "shape" / SNAPSHOT_COMPLETE
-    marker.write_bytes(b"2")  # the layout from before checksums
-    with pytest.raises(LogDamaged):
-        _reload(log)
+    assert store.load() == []  # a size that differs from the marker's is found on load
+    assert os.listdir(tmp_path / "shapes") == []  # and the shape is discarded
 
 
 def test_big_transactions_are_cut_into_chunk_sized_responses(tmp_path: Path) -> None:
@@ -255,16 +256,15 @@ def test_a_full_disk_fails_the_append_whole_and_then_recovers(tmp_path: Path) ->
     _mount_tmpfs(mnt, "1m,nr_inodes=1000")
     try:
         log = ShapeLog(mnt / "shape", 1 << 20, fsync=True)
-        log.create()
         log.append_transaction(100, _tx(100))
         _commit(log)
-        size = os.path.getsize(mnt / "shape" / "log.00000000.log")
+        size = os.path.getsize(mnt / "shape.log.00000000.log")
         filler = mnt / "filler"
         _fill(filler)
         with pytest.raises(LogWriteError) as info:
             log.append_transaction(200, _tx(200, n=20, size=1000))
         assert info.value.disk_full
-        assert os.path.getsize(mnt / "shape" / "log.00000000.log") == size
+        assert os.path.getsize(mnt / "shape.log.00000000.log") == size
         assert log.last_lsn == 100 and log.latest_offset == LogOffset(100, 2)
         assert _read_all(log)[0] == [e for _, e in _tx(100)]
         filler.unlink()

@@ -22,6 +22,7 @@ from sync_engine.app import MANAGER, build_app
 from sync_engine.settings import Settings
 from sync_engine.tenants.manager import SourceManager
 from tests.support.engine_process import apply_messages
+from tests.support.waiting import wait_until_async
 
 PGBIN = next(
     (d for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -141,6 +142,14 @@ class MultiEngine:
                                       {"name": name, "database_url": url, **extra})  # fmt: skip
         assert status == 201, body
         return body  # type: ignore[no-any-return]
+
+    def parked(self, source_id: str) -> int:
+        """Requests of a source waiting for one of its shapes to change."""
+        return self.manager.running[source_id].parked_requests
+
+    async def until_parked(self, source_id: str, count: int = 1) -> None:
+        """Wait until at least `count` requests of the source are parked."""
+        await wait_until_async(lambda: self.parked(source_id) >= count, message="parked")
 
     async def wait_state(self, source_id: str, state: str, timeout: float = 30,
                          code: str | None = None) -> dict[str, Any]:  # fmt: skip

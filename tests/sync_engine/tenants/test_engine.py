@@ -73,7 +73,7 @@ async def test_two_databases_isolated_and_delete(
     # B keeps syncing: a live request sees a new row.
     live = asyncio.create_task(engine.follow(b["source_id"], b["secret"], handle_b, offset_b,
                                              rows_b, table="items"))  # fmt: skip
-    await asyncio.sleep(0.3)
+    await engine.until_parked(b["source_id"])
     sql(url_b, "INSERT INTO items VALUES (4, 'b4')")
     await live
     assert sorted(r["name"] for r in rows_b.values()) == ["b1", "b2", "b3", "b4"]

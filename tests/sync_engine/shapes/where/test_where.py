@@ -139,6 +139,13 @@ def test_enums_allowed_in_subsets() -> None:
     assert where("mood::text = 'happy'").matches({"mood": "happy"})
 
 
+def test_text_cast_to_an_enum_in_a_subset() -> None:
+    """A text column cast to the enum (an I/O cast in Postgres) is compiled, not a crash."""
+    w = where("mood = name::mood", allow_enums=True, live=False)
+    assert w.sql == "mood = CAST(name AS mood)"
+    assert "unsupported type mood" in error("mood::text = name::mood")
+
+
 def test_oversized_clause_rejected() -> None:
     assert "bigger than maximum size" in error("id = 1 OR " * 10_000 + "true")
 

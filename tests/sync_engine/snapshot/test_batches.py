@@ -82,6 +82,7 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
 
     from sync_engine.log.files import ShapeLog
     from sync_engine.pg.catalog import load_table
+    from sync_engine.pg.xid_snapshot import XidSnapshot
     from sync_engine.snapshot.batch import SnapshotJob, run_batch
     from sync_engine.snapshot.query import row_json_sql
 
@@ -92,12 +93,11 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
         )
         table = await load_table(conn, "public", "items")
         assert table is not None
-        snapshots: list[str] = []
+        snapshots: list[XidSnapshot] = []
         progress: list[tuple[int, int, bool]] = []
 
         def job(i: int, where: str) -> SnapshotJob:
             log = ShapeLog(tmp_path / str(i), 1 << 20, fsync=False)
-            log.create()
             return SnapshotJob(
                 log=log,
                 query=row_json_sql(table, table.columns, table.pk, where),
@@ -122,15 +122,13 @@ async def test_run_batch_reports_done_failed_and_not_run(db_url: str, tmp_path: 
         assert jobs[2].done
 
 
-async def test_shape_directories_of_both_layouts_load_after_a_restart(
+async def test_new_shapes_are_packed_and_load_after_a_restart(
     aiohttp_client: Any, db_url: str, tmp_path: Any
 ) -> None:
-    """A new shape writes its description into `snapshot.complete` and loads after a
-    restart; a directory from before the checksummed layout (`meta.json`, `snapshot.json`, a
-    bare count) is discarded: its clients get a 409 and refetch."""
+    """Small new shapes cost one file together: their snapshots and markers are packed; after
+    a restart they load under the same handles. A shape directory of the layout before
+    packs is discarded (its clients get a 409 and refetch)."""
     from dataclasses import replace
-
-    import orjson
 
     from sync_engine.app import SOURCES, build_app
 
@@ -139,34 +137,27 @@ async def test_shape_directories_of_both_layouts_load_after_a_restart(
     await client.app[SOURCES]["default"].ready.wait()
     first = Engine(client, db_url, tmp_path / "data")
     make_items(first, 30)
-    _, new_handle, new_offset = await first.sync(table="items", where="n = 1")
-    _, old_handle, old_offset = await first.sync(table="items", where="n = 2")
+    synced = await asyncio.gather(*(first.sync(table="items", where=f"n = {n}") for n in range(3)))
     await client.close()
     shapes = tmp_path / "data" / "sources" / "default" / "shapes"
-    assert sorted(p.name for p in (shapes / new_handle).iterdir()) == [
-        "snapshot.00000.json",
-        "snapshot.complete",
-    ]
-    old = shapes / old_handle
-    marker = orjson.loads((old / "snapshot.complete").read_bytes())
-    (old / "meta.json").write_bytes(
-        orjson.dumps({k: marker[k] for k in ("handle", "definition", "table")})
-    )
-    (old / "snapshot.json").write_bytes(orjson.dumps(marker["snapshot"]))
-    (old / "snapshot.complete").write_bytes(str(marker["chunks"]).encode())
-    first.sql("INSERT INTO items VALUES (101, 'one', 1), (102, 'two', 2)")
+    names = sorted(p.name for p in shapes.iterdir())
+    assert all(n.endswith(".pack") for n in names) and 1 <= len(names) <= 3, names
+    old = shapes / "1-1"
+    old.mkdir()
+    (old / "snapshot.complete").write_bytes(b"1")
+    first.sql("INSERT INTO items VALUES (100, 'zero', 0), (101, 'one', 1), (102, 'two', 2)")
 
     client2 = await aiohttp_client(build_app(settings))
     await client2.app[SOURCES]["default"].ready.wait()
     second = Engine(client2, db_url, tmp_path / "data")
-    status, h, body = await second.get(
-        table="items", where="n = 1", offset=new_offset, handle=new_handle, live="true"
-    )
-    assert status == 200 and h["electric-handle"] == new_handle, body
-    assert [m["value"]["title"] for m in body if "value" in m] == ["one"]
-    status, h, body = await second.get(
-        table="items", where="n = 2", offset=old_offset, handle=old_handle
-    )
+    for n, (_, handle, offset) in enumerate(synced):
+        status, h, body = await second.get(
+            table="items", where=f"n = {n}", offset=offset, handle=handle, live="true"
+        )
+        assert status == 200 and h["electric-handle"] == handle, body
+        expected = ["zero", "one", "two"][n]
+        assert [m["value"]["title"] for m in body if "value" in m] == [expected]
+    status, h, body = await second.get(table="items", where="n = 2", offset="0_0", handle="1-1")
     assert status == 409 and body == [{"headers": {"control": "must-refetch"}}]
     assert not old.exists()
 

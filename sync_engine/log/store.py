@@ -1,0 +1,226 @@
+"""A source's shape logs on disk: new logs, finished snapshots packed, loading, retiring.
+
+All of a source's shapes share one flat directory (`files.py` lists the names). This module
+owns the files no single shape owns, the packs (`packs.py`): a batch of snapshots ends with
+one `PackBuilder` write, loading reads the packs to find every shape whose snapshot finished,
+and retiring a shape deletes its own files and marks it retired in its pack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .files import LogDamaged, ShapeLog
+from .packs import (
+    MAGIC,
+    SUFFIX,
+    Pack,
+    PackedChunk,
+    append_retired,
+    encode_shape,
+    new_pack_path,
+    scan_pack,
+    write_new,
+)
+
+logger = logging.getLogger(__name__)
+
+#: A last chunk bigger than this is a file of its own, like the others (sent with sendfile,
+#: see `ShapeLog.snapshot_chunk_file`); the pack then holds only the marker.
+PACK_INLINE_MAX = 1 << 20
+
+#: A shape found in a pack: the pack, its marker, where its last chunk lies (offset, size).
+_Found = tuple[Pack, dict[str, Any], int, int]
+
+
+class ShapeStore:
+    """The directory of one source's shape logs."""
+
+    def __init__(self, directory: Path, chunk_bytes: int, fsync: bool = True) -> None:
+        self.directory = directory
+        self.chunk_bytes = chunk_bytes
+        self.fsync = fsync
+
+    def new_log(self, handle: str) -> ShapeLog:
+        """An empty log for a new shape (it creates no file until it writes)."""
+        return ShapeLog(self.directory / handle, self.chunk_bytes, self.fsync)
+
+    def load(self) -> list[ShapeLog]:
+        """Every shape whose snapshot finished, checked (`ShapeLog.restore_snapshot`,
+        `load_transactions`); the files of every other shape are deleted."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        names = sorted(os.listdir(self.directory))
+        files: dict[str, list[str]] = {}
+        found: dict[str, _Found] = {}
+        base = str(self.directory)
+        for name in names:
+            path = f"{base}/{name}"
+            if name.endswith(SUFFIX):
+                self._read_pack(path, found)
+            elif os.path.isdir(path):  # a layout older than packs: not loaded
+                logger.warning("deleting %s: shape directory of an older layout", path)
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                files.setdefault(name.split(".", 1)[0], []).append(path)
+        logs: list[ShapeLog] = []
+        for handle, (pack, marker, offset, size) in found.items():
+            log = self.new_log(handle)
+            own = files.pop(handle, [])
+            try:
+                log.restore_snapshot(marker, PackedChunk(pack, offset, size))
+                log.load_transactions([p for p in own if ".log." in p])
+            except (LogDamaged, OSError) as exc:
+                logger.warning("discarding shape %s: %s", handle, exc)
+                log.close()
+                pack.live.discard(handle)
+                _delete(own, pack.path, handle, not pack.live)
+                continue
+            logs.append(log)
+        for paths in files.values():  # snapshots that never finished, retired shapes
+            for path in paths:
+                _unlink(path)
+        return logs
+
+    def _read_pack(self, path: str, found: dict[str, _Found]) -> None:
+        with open(path, "rb") as f:
+            contents = scan_pack(f.read())
+        if contents.error is not None:
+            logger.warning("%s: %s; the shapes after it are discarded", path, contents.error)
+        pack = Pack(path)
+        for entry in contents.entries:
+            if entry.handle not in contents.retired:
+                pack.live.add(entry.handle)
+                found[entry.handle] = (pack, entry.marker, entry.offset, entry.size)
+        if not pack.live:
+            _unlink(path)
+
+    def retire(self, log: ShapeLog) -> None:
+        retire(log)
+
+
+def retire(log: ShapeLog) -> None:
+    """Delete a retired shape's files and mark it retired in its pack (on the event loop;
+    the file work runs in the default executor when a loop is running).
+
+    Called again once the shape's pack is written (it was retired while its snapshot was
+    being packed), it only marks it retired in the pack.
+    """
+    paths: list[str] = []
+    if not log.retired:
+        log.retired = True
+        log.close()
+        paths = log.own_files()
+    pack_path, last = _leave_pack(log)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        _delete(paths, pack_path, log.handle, last)
+        return
+    loop.run_in_executor(None, _delete, paths, pack_path, log.handle, last)
+
+
+def _leave_pack(log: ShapeLog) -> tuple[str | None, bool]:
+    """Take `log` out of its pack's live set: (the pack's path, whether it was the last)."""
+    if log.packed is None:
+        return None, False
+    pack = log.packed.pack
+    pack.live.discard(log.handle)
+    return pack.path, not pack.live
+
+
+def _delete(paths: list[str], pack_path: str | None, handle: str, last: bool) -> None:
+    for path in paths:
+        _unlink(path)
+    if pack_path is not None:
+        if last:
+            _unlink(pack_path)
+        else:
+            append_retired(pack_path, handle)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+@dataclass(eq=False, slots=True)
+class _Entry:
+    log: ShapeLog
+    count: int
+    chunk: bytes
+    offset: int = 0
+
+
+class PackBuilder:
+    """The snapshots of a batch that finished since the last pack, written as one pack.
+
+    `add` on the event loop, `write` in a worker thread (one file, one fsync), then
+    `publish` on the event loop makes the snapshots readable; nothing is visible before.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[_Entry] = []
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._path: str | None = None
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, log: ShapeLog, count: int, last: bytes, record: dict[str, object]) -> None:
+        """`log`'s snapshot of `count` chunks, all but `last` already written."""
+        if self._path is None:
+            self._path = new_pack_path(str(log.directory))
+            self._parts.append(MAGIC)
+            self._size = len(MAGIC)
+        inline = last if len(last) <= PACK_INLINE_MAX else b""
+        rec, chunk_at = encode_shape(log.finish_snapshot(count, last, record), inline)
+        self._entries.append(_Entry(log, count, last, self._size + chunk_at))
+        self._parts.append(rec)
+        self._size += len(rec)
+
+    def write(self, fsync: bool) -> None:
+        """Create the pack file (in a worker thread); raises OSError, leaving no file."""
+        if self._path is None:
+            return
+        for e in self._entries:
+            if len(e.chunk) > PACK_INLINE_MAX:
+                e.log.write_snapshot_chunk(e.count - 1, e.chunk)
+        write_new(self._path, b"".join(self._parts), fsync)
+
+    def publish(self) -> list[ShapeLog]:
+        """The pack is durable: its snapshots become readable. Returns the logs published
+        (a shape retired meanwhile is marked retired in the pack instead)."""
+        if self._path is None:
+            return []
+        pack = Pack(self._path, {e.log.handle for e in self._entries})
+        published: list[ShapeLog] = []
+        for e in self._entries:
+            inline = len(e.chunk) if len(e.chunk) <= PACK_INLINE_MAX else 0
+            e.log.packed_snapshot(e.count, PackedChunk(pack, e.offset, inline))
+            if e.log.retired:  # retired while the pack was written: leave it again
+                retire(e.log)
+                continue
+            e.log.remember_snapshot_chunk(e.count - 1, e.chunk)
+            published.append(e.log)
+        self._parts = []
+        return published
+
+
+def count_on_disk(directory: Path) -> int:
+    """How many shapes' snapshots finished in `directory` (read from its packs, for reports
+    about a source that may not be running)."""
+    count = 0
+    for path in directory.glob(f"*{SUFFIX}"):
+        with open(path, "rb") as f:
+            contents = scan_pack(f.read())
+        count += len({e.handle for e in contents.entries} - contents.retired)
+    return count

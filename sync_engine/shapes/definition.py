@@ -1,0 +1,191 @@
+"""What a client asks for (`ShapeParams`) and what identifies a shape (`ShapeDefinition`).
+
+`describe` checks a request's parameters against the catalog and turns them into the
+definition: the table by oid, the canonical where clause with its params substituted, the
+selected columns sorted, `replica` and `log` mode. Two requests that differ only in spelling
+(quoting, spacing, column order) get the same definition, so they share one shape. The
+messages of `InvalidRequest` are Electric's, which clients and docs already show people.
+Nothing here knows HTTP: `http/params.py` builds the `ShapeParams` from a query string.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..errors import InvalidRequest
+from ..pg.catalog import ColumnInfo, TableInfo
+from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from .where import Where, WhereError, parse_where
+
+#: `(schema, name) -> the table, or None when there is none`; the catalog's cached lookup.
+TableLookup = Callable[[str, str], Awaitable[TableInfo | None]]
+
+
+class Replica(enum.StrEnum):
+    """`replica=`: what an update or delete carries (see `shapes/changes.py`)."""
+
+    DEFAULT = "default"
+    FULL = "full"
+
+
+class LogMode(enum.StrEnum):
+    """`log=`: `full` starts with a snapshot of the rows, `changes_only` with none."""
+
+    FULL = "full"
+    CHANGES_ONLY = "changes_only"
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeParams:
+    """A shape as a client asks for it, checked for form but not against the catalog."""
+
+    table: str
+    where: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    columns: str | None = None
+    replica: Replica = Replica.DEFAULT
+    log_mode: LogMode = LogMode.FULL
+
+    def key(self) -> tuple[object, ...]:
+        """The raw parameters, as a cache key for resolving the shape quickly."""
+        return (
+            self.table,
+            self.where,
+            tuple(sorted(self.params.items())),
+            self.columns,
+            self.replica,
+            self.log_mode,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeDefinition:
+    """What identifies a shape: only what changes its log's content."""
+
+    table_oid: int
+    schema: str
+    table: str
+    where: str | None
+    columns: tuple[str, ...]
+    replica: Replica = Replica.DEFAULT
+    log_mode: LogMode = LogMode.FULL
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "table_oid": self.table_oid,
+            "schema": self.schema,
+            "table": self.table,
+            "where": self.where,
+            "columns": list(self.columns),
+            "replica": self.replica.value,
+            "log_mode": self.log_mode.value,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> ShapeDefinition:
+        """From `to_json`'s form (raises ValueError or TypeError when it is not that)."""
+        oid, columns, where = data["table_oid"], data["columns"], data["where"]
+        if not isinstance(oid, int) or not isinstance(columns, list):
+            raise TypeError("not a shape definition")
+        return cls(
+            table_oid=oid,
+            schema=str(data["schema"]),
+            table=str(data["table"]),
+            where=None if where is None else str(where),
+            columns=tuple(str(c) for c in columns),
+            replica=Replica(str(data["replica"])),
+            log_mode=LogMode(str(data["log_mode"])),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Described:
+    """A request's definition, with the catalog's table, the columns chosen and the where."""
+
+    definition: ShapeDefinition
+    table: TableInfo
+    columns: tuple[ColumnInfo, ...]
+    where: Where | None
+
+
+async def describe(params: ShapeParams, lookup: TableLookup) -> Described:
+    """Validate the parameters against the catalog; InvalidRequest names what is wrong."""
+    try:
+        schema, name = parse_relation(params.table)
+    except InvalidIdentifier as e:
+        raise InvalidRequest({"table": [str(e)]}) from None
+    table = await lookup(schema, name)
+    if table is None or table.kind not in ("r", "p"):
+        raise InvalidRequest(
+            {
+                "table": [
+                    f'Table "{schema}"."{name}" does not exist. If the table name contains'
+                    " capitals or special characters you must quote it."
+                ]
+            }
+        )
+    chosen = choose_columns(table, params.columns)
+    where = None
+    if params.where is not None:
+        try:
+            where = parse_where(params.where, dict(params.params), table.column_map)
+        except WhereError as e:
+            raise InvalidRequest({"where": [str(e)]}) from None
+    # params without a where are ignored, as upstream does
+    definition = ShapeDefinition(
+        table_oid=table.oid,
+        schema=table.schema,
+        table=table.name,
+        where=where.source if where is not None else None,
+        columns=tuple(sorted(c.name for c in chosen)),
+        replica=params.replica,
+        log_mode=params.log_mode,
+    )
+    return Described(definition, table, chosen, where)
+
+
+def choose_columns(table: TableInfo, columns: str | None) -> tuple[ColumnInfo, ...]:
+    """The columns a `columns=` list selects (all when None), in the table's order."""
+    if columns is None:
+        chosen = table.columns
+    else:
+        try:
+            names = parse_columns(columns)
+        except InvalidIdentifier as e:
+            raise InvalidRequest({"columns": [str(e)]}) from None
+        by_name = table.column_map
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise InvalidRequest(
+                {
+                    "columns": [
+                        "The following columns are not found on the table: " + ", ".join(missing)
+                    ]
+                }
+            )
+        lacking = [p for p in table.pk if p not in names]
+        if lacking:
+            raise InvalidRequest(
+                {
+                    "columns": [
+                        "The list of columns must include all primary key columns,"
+                        " missing: " + ", ".join(lacking)
+                    ]
+                }
+            )
+        wanted = set(names)
+        chosen = tuple(c for c in table.columns if c.name in wanted)
+    generated = [c.name for c in chosen if c.generated]
+    if generated:
+        raise InvalidRequest(
+            {
+                "columns": [
+                    "Generated columns cannot be replicated by PostgreSQL 15: "
+                    + ", ".join(generated)
+                    + " (leave them out with the columns parameter)"
+                ]
+            }
+        )
+    return chosen

@@ -1,0 +1,218 @@
+"""A source's tables: catalog lookups, publication membership and schema drift.
+
+Everything here runs on the source's one catalog connection (`on_catalog`), apart from the
+replication stream and the snapshot connections:
+- `lookup`: a table by name, cached for a few seconds; a storm of first requests for one
+  table asks the catalog once;
+- `still_there`: whether a shape's table is still there under its name, for a client
+  starting at `-1` (trusted for `TABLE_CHECK_TTL`);
+- `publish`: add a table to the publication before its first shape's snapshot;
+- `check_schemas`: every `schema_check_interval`, rotate the shapes whose table was dropped,
+  renamed or altered (a change without DML since never reaches the replication stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import AsyncConnection
+
+from .errors import InvalidRequest, ServiceUnavailable
+from .pg.catalog import TableInfo, load_table
+from .pg.publication import (
+    PublicationError,
+    add_table,
+    ensure_publication,
+    wait_for_older_transactions,
+)
+from .shapes.registry import ShapeRegistry
+from .single_flight import single_flight
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Seconds a table found by `lookup` is trusted.
+LOOKUP_TTL = 2.0
+#: Seconds a table's "still there" check (`Tables.still_there`) is trusted.
+TABLE_CHECK_TTL = 1.0
+
+
+class Tables:
+    def __init__(self, dsn: str, publication: str, registry: ShapeRegistry) -> None:
+        self.dsn = dsn
+        self.publication = publication
+        self.registry = registry
+        self._conn: AsyncConnection[Any] | None = None
+        self._conn_lock = asyncio.Lock()
+        self._cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
+        self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
+        self._checks: dict[int, asyncio.Future[bool]] = {}
+        self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
+        self._published: set[int] = set()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    # -- the catalog connection -----------------------------------------------------------
+
+    async def _connection(self) -> AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+        return self._conn
+
+    async def on_catalog(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+        """`work` on the catalog connection; once more on a new one if that one had died
+        (Postgres restarted since it was last used), else 503 Database is unreachable."""
+        async with self._conn_lock:
+            for attempt in range(2):
+                try:
+                    conn = await self._connection()
+                    return await work(conn)
+                except psycopg.OperationalError as exc:
+                    if attempt or self._conn is None or not self._conn.broken:
+                        raise ServiceUnavailable(
+                            "Database is unreachable", retry_after=1, code="database_unreachable"
+                        ) from exc
+        raise AssertionError("unreachable")
+
+    async def prepare(self) -> None:
+        """Check `wal_level` and make the publication (raises when the database cannot serve)."""
+        async with self._conn_lock:
+            conn = await self._connection()
+            cur = await conn.execute("SHOW wal_level")
+            row = await cur.fetchone()
+            if row is None or row[0] != "logical":
+                raise RuntimeError(
+                    f"wal_level is {row[0] if row else '?'}, not logical: set wal_level ="
+                    " logical in postgresql.conf (or ALTER SYSTEM) and restart Postgres"
+                )
+            await ensure_publication(conn, self.publication)
+        self._published = set()
+
+    # -- lookups --------------------------------------------------------------------------
+
+    async def lookup(self, schema: str, name: str) -> TableInfo | None:
+        """The table `schema.name`, or None; asks the catalog at most every `LOOKUP_TTL`."""
+        now = time.monotonic()
+        key = (schema, name)
+        hit = self._cache.get(key)
+        if hit is not None and now - hit[0] < LOOKUP_TTL:
+            return hit[1]
+        # A storm of first requests for a table asks the catalog once (each lookup is three
+        # queries on the one catalog connection, so they would queue).
+
+        async def load() -> TableInfo | None:
+            table = await self.on_catalog(lambda conn: load_table(conn, schema, name))
+            if table is not None:  # a table created right after a miss is found at once
+                self._cache[key] = (now, table)
+            return table
+
+        return await single_flight(self._lookups, key, load)
+
+    async def still_there(self, table: TableInfo) -> bool:
+        """Whether a shape's table is still there under its name, for a client starting at -1.
+
+        A new client of a table dropped (or dropped and created again) since the shape was
+        made gets the table's 400 (or a new shape) within `TABLE_CHECK_TTL`, not the old rows
+        until the periodic schema check notices: the table's shapes are rotated here. One
+        query on the catalog connection per table and TTL (concurrent checks share it):
+        asking on every request doubled the latency of `-1` requests for existing shapes.
+        With the database unreachable the intact log is served.
+        """
+        now = time.monotonic()
+        checked = self._checked.get(table.oid)
+        if checked is not None and now - checked < TABLE_CHECK_TTL:
+            return True
+        try:
+            there = await single_flight(self._checks, table.oid, lambda: self._there(table))
+        except ServiceUnavailable:
+            return True
+        if there:
+            self._checked[table.oid] = now
+            return True
+        self._checked.pop(table.oid, None)
+        self.changed(table, dropped=True, reason="table dropped or renamed")
+        return False
+
+    async def _there(self, t: TableInfo) -> bool:
+        async def ask(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
+            cur = await conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_class c"
+                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
+                (t.oid,),
+            )
+            return await cur.fetchone()
+
+        row = await self.on_catalog(ask)
+        return row is not None and (row[0], row[1]) == (t.schema, t.name)
+
+    def changed(self, table: TableInfo, *, dropped: bool = False, reason: str = "") -> None:
+        """A table changed: forget what is cached about it, so the next request looks again;
+        when it was dropped, its shapes are rotated (`reason`)."""
+        self._cache.pop((table.schema, table.name), None)
+        self._published.discard(table.oid)
+        if dropped:
+            self.registry.rotate_table(table.oid, reason)
+
+    # -- publishing -----------------------------------------------------------------------
+
+    async def publish(self, table: TableInfo) -> None:
+        """Make sure the publication has `table` before a shape of it takes its snapshot.
+
+        A table just added waits for the transactions that were running before, whose
+        changes the slot would not send (`wait_for_older_transactions`).
+        """
+        if table.oid in self._published:
+            return
+        async with self._conn_lock:
+            if table.oid in self._published:  # published while this request waited
+                return
+            conn = await self._connection()
+            try:
+                added = await add_table(
+                    conn, self.publication, table.schema, table.name, table.replica_identity
+                )
+            except PublicationError as exc:
+                raise InvalidRequest({"table": [str(exc)]}) from None
+            if added:
+                await wait_for_older_transactions(conn)
+        self._published.add(table.oid)
+        self._cache.pop((table.schema, table.name), None)
+
+    # -- schema drift ---------------------------------------------------------------------
+
+    async def check_schemas_forever(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_schemas()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("schema check failed: %s", exc)
+
+    async def check_schemas(self) -> None:
+        """Rotate shapes whose table was dropped, renamed or altered without any DML since."""
+        seen: dict[int, TableInfo | None] = {}
+        for shape in list(self.registry.by_handle.values()):
+            t = shape.table
+            if t.oid not in seen:
+                async with self._conn_lock:
+                    conn = await self._connection()
+                    current = await load_table(conn, t.schema, t.name)
+                seen[t.oid] = current
+            current = seen[t.oid]
+            if current is None or current.oid != t.oid:
+                self.registry.rotate(shape, "table dropped or renamed")
+                self._published.discard(t.oid)
+            elif [(c.name, c.type_oid) for c in current.columns] != [
+                (c.name, c.type_oid) for c in t.columns
+            ]:
+                self.registry.rotate(shape, "table schema changed")

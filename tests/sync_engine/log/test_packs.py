@@ -1,0 +1,123 @@
+"""Snapshot packs: many shapes' last chunks and markers in one file, checked, retired, loaded.
+
+Real files in a temporary directory, no Postgres: what a restart finds after packs were
+written, shapes retired, or bytes torn or damaged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sync_engine.log.files import LogDamaged, ShapeLog
+from sync_engine.log.packs import MAGIC, encode_retired, encode_shape, scan_pack
+from sync_engine.log.store import PackBuilder, ShapeStore, count_on_disk
+
+
+def _store(tmp_path: Path) -> ShapeStore:
+    (tmp_path / "shapes").mkdir(exist_ok=True)
+    return ShapeStore(tmp_path / "shapes", 1 << 20, fsync=False)
+
+
+def _chunk(handle: str) -> bytes:
+    return b'{"key":"' + handle.encode() + b'","value":{}}'
+
+
+def _pack(store: ShapeStore, *handles: str) -> list[ShapeLog]:
+    """One pack holding a one-chunk snapshot for each handle."""
+    builder = PackBuilder()
+    logs = [store.new_log(h) for h in handles]
+    for log in logs:
+        builder.add(log, 1, _chunk(log.handle), {"handle": log.handle, "n": 1})
+    builder.write(fsync=False)
+    assert builder.publish() == logs
+    return logs
+
+
+def test_records_round_trip_and_a_torn_tail_is_dropped() -> None:
+    rec_a, at_a = encode_shape(b'{"handle":"a"}', b"chunk a")
+    rec_b, _ = encode_shape(b'{"handle":"b"}', b"chunk b")
+    data = MAGIC + rec_a + encode_retired("x") + rec_b
+    contents = scan_pack(data)
+    assert [e.handle for e in contents.entries] == ["a", "b"] and contents.retired == {"x"}
+    first = contents.entries[0]
+    assert data[first.offset : first.offset + first.size] == b"chunk a"
+    assert first.offset == len(MAGIC) + at_a and contents.error is None
+    torn = scan_pack(data[:-3])
+    assert [e.handle for e in torn.entries] == ["a"] and "torn" in (torn.error or "")
+    damaged = bytearray(data)
+    damaged[len(MAGIC) + 12] ^= 0x01
+    assert scan_pack(bytes(damaged)).entries == []
+    assert scan_pack(b"not a pack").error == "not a snapshot pack"
+
+
+def test_shapes_of_one_pack_load_with_their_markers_and_one_file(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _pack(store, "1-1", "1-2", "1-3")
+    assert len(os.listdir(store.directory)) == 1
+    loaded = {log.handle: log for log in store.load()}
+    assert sorted(loaded) == ["1-1", "1-2", "1-3"]
+    for handle, log in loaded.items():
+        assert log.snapshot_complete and log.snapshot_chunks == 1
+        assert log.marker is not None and log.marker["n"] == 1
+        assert log.read_snapshot_chunk(0) == _chunk(handle)
+    assert count_on_disk(store.directory) == 3
+
+
+def test_retired_shapes_stay_retired_and_the_last_one_deletes_the_pack(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    a, b = _pack(store, "1-1", "1-2")
+    b.append_transaction(100, [(0, b'{"key":"k","value":{}}')])
+    _, token = b.take_dirty()
+    b.publish(token)
+    store.retire(b)
+    assert [log.handle for log in store.load()] == ["1-1"]
+    assert not list(store.directory.glob("1-2.*"))  # its transaction log is gone too
+    store.retire(a)
+    assert os.listdir(store.directory) == [] and store.load() == []
+
+
+def test_a_shape_retired_while_its_pack_was_written_is_not_loaded(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    builder = PackBuilder()
+    logs = [store.new_log(h) for h in ("1-1", "1-2")]
+    for log in logs:
+        builder.add(log, 1, _chunk(log.handle), {"handle": log.handle})
+    builder.write(fsync=False)
+    store.retire(logs[1])
+    assert builder.publish() == logs[:1]
+    assert [log.handle for log in store.load()] == ["1-1"]
+
+
+def test_files_of_unfinished_snapshots_and_damaged_shapes_are_deleted(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    unfinished = store.new_log("1-9")
+    unfinished.write_snapshot_chunk(0, _chunk("x") * 10)  # its pack was never written
+    big = store.new_log("1-5")
+    big.write_snapshot_chunk(0, _chunk("y") * 10)
+    builder = PackBuilder()
+    builder.add(big, 2, _chunk("1-5"), {"handle": "1-5"})
+    builder.write(fsync=False)
+    builder.publish()
+    assert [log.handle for log in store.load()] == ["1-5"]
+    assert not list(store.directory.glob("1-9.*"))
+    os.truncate(store.directory / "1-5.snapshot.00000.json", 5)
+    assert store.load() == []  # its first chunk does not have the marker's size
+    assert os.listdir(store.directory) == []
+
+
+def test_a_packed_chunk_damaged_after_loading_is_never_served(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    _pack(store, "1-1")
+    (log,) = store.load()
+    damage: list[str] = []
+    log.on_damage = damage.append
+    (pack,) = store.directory.glob("*.pack")
+    data = bytearray(pack.read_bytes())
+    data[-3] ^= 0x01  # inside the chunk, the last bytes of the pack
+    pack.write_bytes(bytes(data))
+    with pytest.raises(LogDamaged):
+        log.read_snapshot_chunk(0)
+    assert damage and "checksum" in damage[0]
