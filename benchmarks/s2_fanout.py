@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import psycopg
@@ -78,7 +78,7 @@ class SseStream(asyncio.Protocol):
         return self
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's (run_all) is no subclass
         self._transport = transport
         transport.write(self.request)
 
