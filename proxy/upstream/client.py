@@ -506,6 +506,7 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._all: set[_Connection] = set()  # open or opening, busy or idle
 
     @property
     def open_connections(self) -> int:
@@ -563,6 +564,8 @@ class UpstreamPool:
 
     async def _connect(self, key: tuple[str, int, bool], options: UpstreamOptions) -> _Connection:
         while self._open >= self.size:
+            if self._close_one_idle():  # an idle connection (of another engine URL) makes room
+                break
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -579,6 +582,7 @@ class UpstreamPool:
         self._open += 1
         host, port, tls = key
         conn = _Connection(self, key)
+        self._all.add(conn)
         try:
             async with asyncio.timeout(options.connect_timeout):
                 await self.loop.create_connection(
@@ -599,7 +603,17 @@ class UpstreamPool:
             raise
         return conn  # (asyncio and uvloop set TCP_NODELAY on TCP connections)
 
+    def _close_one_idle(self) -> bool:
+        for idle in self._idle.values():
+            while idle:
+                conn = idle.pop()
+                if not conn.lost:
+                    conn.close()
+                    return True
+        return False
+
     def _lost_one(self, conn: _Connection) -> None:
+        self._all.discard(conn)
         conn.lost = True
         if conn.transport is not None:
             conn.transport.close()
@@ -633,6 +647,7 @@ class UpstreamPool:
 
     def forget(self, conn: _Connection) -> None:
         """`conn` is closed: free its slot (called once per connection)."""
+        self._all.discard(conn)
         self._release_slot()
 
     def _sweep(self) -> None:
@@ -651,15 +666,14 @@ class UpstreamPool:
             self._sweeper = self.loop.call_later(self.keepalive / 3, self._sweep)
 
     async def close(self) -> None:
-        """Close every idle connection (app shutdown); busy ones close with their request."""
+        """Close every connection (app shutdown); requests still running fail as broken."""
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
         self._idle.clear()
+        for conn in list(self._all):
+            conn.close()
 
 
 def _serialize(method: str, url: URL, headers: Mapping[str, str], body: bytes | None) -> bytes:

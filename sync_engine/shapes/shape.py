@@ -225,8 +225,7 @@ class Shape:
 
     def snapshot_progress(self, chunks: int, complete: bool) -> None:
         """`chunks` snapshot chunks are readable (all of them when `complete`): wake readers."""
-        self.log.snapshot_chunks = max(self.log.snapshot_chunks, chunks)
-        self.log.snapshot_complete = complete
+        self.log.chunks_readable(chunks, complete)
         self.notify()
 
     def snapshot_failed(self, error: EngineError) -> None:
