@@ -46,10 +46,12 @@ _SHAPE_PATHS = ("/v1/shape", "/shapes/")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _check_path(request: web.Request) -> None:
+def _check_path(request: web.Request) -> str:
+    """The raw path when it is served (then it equals the decoded path), else a 404."""
     raw = request.raw_path.split("?", 1)[0]
     if raw not in _EXACT_PATHS and not _NAMED_SHAPE_PATH.match(raw):
         raise NotFound("not_found", "no such path")
+    return raw
 
 
 @lru_cache(maxsize=256)
@@ -82,8 +84,8 @@ async def handle_request(request: web.Request, handler: Handler) -> web.StreamRe
     app = request.app
     response: web.StreamResponse | None = None
     try:
-        _check_path(request)
-        if request.path.startswith(_SHAPE_PATHS):
+        # (not `request.path`: decoding it costs a yarl parse and memory per held request)
+        if _check_path(request).startswith(_SHAPE_PATHS):
             context.shape = True
             cors = app[HOLDER].current.loaded.config.cors
             allowed, context.cors = _cors_for(

@@ -424,8 +424,11 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         now = self._loop.time()
         deadline = self._last_read + self._timeout
-        if self._paused or now < deadline:
-            self._timer = self._loop.call_at(max(deadline, now + 0.05), self._check_timeout)
+        if self._paused:  # our own backpressure, not the engine's silence: check again later
+            self._timer = self._loop.call_at(now + self._timeout, self._check_timeout)
+            return
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_timeout)
             return
         if self._headers_waiter is not None:
             self._fail_headers(_Failed(TimeoutError()))
@@ -506,6 +509,7 @@ class UpstreamPool:
         self._sweeper: asyncio.TimerHandle | None = None
         self._ssl: ssl.SSLContext | None = None
         self._closed = False
+        self._all: set[_Connection] = set()  # open or opening, busy or idle
 
     @property
     def open_connections(self) -> int:
@@ -563,6 +567,8 @@ class UpstreamPool:
 
     async def _connect(self, key: tuple[str, int, bool], options: UpstreamOptions) -> _Connection:
         while self._open >= self.size:
+            if self._close_one_idle():  # an idle connection (of another engine URL) makes room
+                break
             waiter = self.loop.create_future()
             self._waiters.append(waiter)
             try:
@@ -579,6 +585,7 @@ class UpstreamPool:
         self._open += 1
         host, port, tls = key
         conn = _Connection(self, key)
+        self._all.add(conn)
         try:
             async with asyncio.timeout(options.connect_timeout):
                 await self.loop.create_connection(
@@ -599,7 +606,17 @@ class UpstreamPool:
             raise
         return conn  # (asyncio and uvloop set TCP_NODELAY on TCP connections)
 
+    def _close_one_idle(self) -> bool:
+        for idle in self._idle.values():
+            while idle:
+                conn = idle.pop()
+                if not conn.lost:
+                    conn.close()
+                    return True
+        return False
+
     def _lost_one(self, conn: _Connection) -> None:
+        self._all.discard(conn)
         conn.lost = True
         if conn.transport is not None:
             conn.transport.close()
@@ -633,6 +650,7 @@ class UpstreamPool:
 
     def forget(self, conn: _Connection) -> None:
         """`conn` is closed: free its slot (called once per connection)."""
+        self._all.discard(conn)
         self._release_slot()
 
     def _sweep(self) -> None:
@@ -651,15 +669,14 @@ class UpstreamPool:
             self._sweeper = self.loop.call_later(self.keepalive / 3, self._sweep)
 
     async def close(self) -> None:
-        """Close every idle connection (app shutdown); busy ones close with their request."""
+        """Close every connection (app shutdown); requests still running fail as broken."""
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        for idle in self._idle.values():
-            for conn in idle:
-                conn.close()
         self._idle.clear()
+        for conn in list(self._all):
+            conn.close()
 
 
 def _serialize(method: str, url: URL, headers: Mapping[str, str], body: bytes | None) -> bytes:

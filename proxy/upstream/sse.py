@@ -17,8 +17,9 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
 - a client behind what the stream remembers is not joined: `forward` sends it to the
   engine on its own, which answers it with its catch-up and ends that stream; the client
   reconnects from there and joins;
-- a client that reads too slowly (more than `LAG_LIMIT` unsent bytes) is cut off: it
-  reconnects from its last up-to-date, as the real client does, and catches up as above.
+- a client that reads too slowly (more than `LAG_LIMIT` unsent bytes besides the latest
+  write, and besides its catch-up until it has read that) is cut off: it reconnects from
+  its last up-to-date, as the real client does, and catches up as above.
 
 The stream lives as long as the engine's (the engine ends it after its SSE timeout, or when
 the shape rotates); then every client's stream ends cleanly and each reconnects, usually all
@@ -125,11 +126,14 @@ def stream_spec(
 class _Subscriber:
     """One client attached to a stream: its transport, and how its time there ended."""
 
-    __slots__ = ("chunked", "done", "transport")
+    __slots__ = ("chunked", "done", "grace", "transport")
 
-    def __init__(self, transport: asyncio.Transport, chunked: bool) -> None:
+    def __init__(self, transport: asyncio.Transport, chunked: bool, grace: int) -> None:
         self.transport = transport
         self.chunked = chunked
+        #: The catch-up it was written on joining: it may still be unsent, on top of the lag
+        #: limit, until the client has once read down to the limit.
+        self.grace = grace
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def end(self, reason: str) -> None:
@@ -263,8 +267,11 @@ class SharedStream:
                 dropped.append((sub, "gone"))
                 continue
             transport.write(chunked if sub.chunked else frame)
-            if transport.get_write_buffer_size() > limit:
+            unsent = transport.get_write_buffer_size()
+            if unsent > limit + sub.grace:
                 dropped.append((sub, "lagged"))
+            elif sub.grace and unsent <= LAG_LIMIT:
+                sub.grace = 0
         for sub, reason in dropped:
             self.subscribers.discard(sub)
             sub.end(reason)
@@ -463,7 +470,7 @@ async def serve(
     if stream.finished:
         reason = "ended"
     else:
-        sub = _Subscriber(transport, chunked)
+        sub = _Subscriber(transport, chunked, len(missed))
         stream.subscribers.add(sub)
         try:
             reason = await sub.done

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -18,7 +18,7 @@ from multidict import MultiMapping
 
 from ..errors import InvalidRequest
 from ..log.offsets import InvalidOffset, LogOffset, parse_offset
-from ..shapes.definition import LogMode, Replica, ShapeParams
+from ..shapes.definition import LogMode, Replica, ShapeParams, SubsetParams
 from . import limits
 
 _PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
@@ -45,15 +45,6 @@ _NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 
 
 @dataclass(frozen=True, slots=True)
-class SubsetRequest:
-    where: str | None = None
-    params: dict[str, str] = field(default_factory=dict)
-    limit: int | None = None
-    offset: int | None = None
-    order_by: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class ShapeRequest:
     """A `/v1/shape` request: the shape asked for, where in its log, and how to wait."""
 
@@ -63,7 +54,7 @@ class ShapeRequest:
     live: bool = False
     live_sse: bool = False
     cursor: int = 0
-    subset: SubsetRequest | None = None
+    subset: SubsetParams | None = None
 
     @property
     def from_start(self) -> bool:
@@ -241,7 +232,7 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
 
 def _parse_subset(
     q: Mapping[str, str], bracket_params: dict[str, str], body: Mapping[str, Any]
-) -> SubsetRequest:
+) -> SubsetParams:
     where = body.get("where", q.get("subset__where"))
     if where is not None and not isinstance(where, str):
         raise _subset_error("where", "is invalid")
@@ -284,6 +275,6 @@ def _parse_subset(
             params = _numbered(params, "params")
         except InvalidRequest as e:
             raise InvalidRequest({"subset": e.errors}) from None
-    return SubsetRequest(
+    return SubsetParams(
         where=where or None, params=params, limit=limit, offset=offset, order_by=order_by or None
     )

@@ -21,13 +21,14 @@ from multidict import MultiDict
 from ..errors import BadBody, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
-from ..snapshot.subset import build_subset_query, serve_subset
+from ..snapshot.subset import build_subset_query
 from . import headers as h
 from . import limits
 from .errors import json_response
 from .live import serve_sse
 from .params import ShapeRequest, parse_shape_request
 from .sendfile import ChunkFileResponse, open_chunk
+from .subset import serve_subset
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -92,9 +93,9 @@ class ShapeView:
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
             described = await source.describe(req.shape)
-            subset = build_subset_query(described.columns, req)
+            subset = build_subset_query(described.columns, req.subset)
             shape = await source.resolve(req.shape, from_start=req.from_start)
-            return await serve_subset(request, source, shape, req, subset)
+            return await serve_subset(source, shape, req, subset)
         shape = await source.resolve(req.shape, from_start=req.from_start)
         if req.handle is not None and req.handle != shape.handle:
             raise ShapeGone(shape.handle)

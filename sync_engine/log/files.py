@@ -57,6 +57,7 @@ from typing import Any, NamedTuple, NoReturn
 import orjson
 from cachetools import LRUCache
 
+from ..errors import ShapeGone
 from .fds import close_fd, write_fd
 from .framing import (
     KEY_TX_END,
@@ -80,13 +81,8 @@ _fresh: LRUCache[str, bytes] = LRUCache(maxsize=16 << 20, getsizeof=len)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
-try:
-    from ..errors import ShapeGone as _Gone
-except ImportError:  # pragma: no cover - the log is also usable without the engine
-    _Gone = Exception  # type: ignore[misc,assignment]
 
-
-class LogDamaged(_Gone):
+class LogDamaged(ShapeGone):
     """A shape log holds bytes that fail their check: the shape cannot be served.
 
     A `ShapeGone` (409 must-refetch): by the time a reader sees it, `on_damage` has
@@ -339,8 +335,13 @@ class ShapeLog:
     def packed_snapshot(self, count: int, packed: PackedChunk) -> None:
         """The pack holding the last chunk is durable: the snapshot can be read whole."""
         self.packed = packed
-        self.snapshot_chunks = count
-        self.snapshot_complete = True
+        self.chunks_readable(count, complete=True)
+
+    def chunks_readable(self, count: int, complete: bool) -> None:
+        """`count` snapshot chunks are written (all of them when `complete`): readers may
+        read them."""
+        self.snapshot_chunks = max(self.snapshot_chunks, count)
+        self.snapshot_complete = self.snapshot_complete or complete
 
     def _write_file(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)

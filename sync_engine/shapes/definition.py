@@ -61,6 +61,19 @@ class ShapeParams:
 
 
 @dataclass(frozen=True, slots=True)
+class SubsetParams:
+    """A subset snapshot asked for inside a shape: rows of the shape that also match `where`,
+    in `order_by` order, `limit` of them after `offset` (checked for form, not yet against the
+    table: `snapshot/subset.py`)."""
+
+    where: str | None = None
+    params: Mapping[str, str] = field(default_factory=dict)
+    limit: int | None = None
+    offset: int | None = None
+    order_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ShapeDefinition:
     """What identifies a shape: only what changes its log's content."""
 

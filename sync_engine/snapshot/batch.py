@@ -21,7 +21,8 @@ The files are the log's (`log/`): a snapshot's chunks but the last are files of 
 and the last chunks with the completion markers of the shapes that finished together go
 into one pack (`log/packs.py`), written in a worker thread: a storm's small shapes cost one
 file per batch, not three each. A pack is written when the batch ends, when a big snapshot
-fills a chunk, or when its first shape has waited `PACK_WAIT` for Postgres's next rows.
+fills a chunk, or once its first shape has waited `PACK_WAIT` (for Postgres's next rows, or
+for the engine to read the rest of the batch).
 
 When one shape's query fails (e.g. an error at run time in its where clause), Postgres skips
 the rest of the string: the shapes before it are done, that one fails, the ones after it are
@@ -34,10 +35,11 @@ import asyncio
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import pq, sql
+from psycopg.rows import TupleRow
 
 from ..log.entries import snapshot_end_message
 from ..log.store import PackBuilder
@@ -48,6 +50,9 @@ from .query import ROW_SEP
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
     from .query import RowQuery
+
+#: A snapshot connection: autocommit, idle between batches (`scheduler.py` keeps them).
+Connection = psycopg.AsyncConnection[TupleRow]
 
 #: Chunk files at least this big are written in the executor, not on the loop.
 BIG_WRITE = 1 << 20
@@ -81,7 +86,7 @@ class SnapshotJob:
     done: bool = False
 
 
-def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -> bytes:
+def batch_sql(jobs: Sequence[SnapshotJob], conn: Connection) -> bytes:
     parts = [
         b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         # JIT off for the transaction: a big table's estimated cost makes Postgres compile
@@ -100,7 +105,7 @@ def batch_sql(jobs: Sequence[SnapshotJob], conn: psycopg.AsyncConnection[Any]) -
     return b";\n".join(parts)
 
 
-def send_batch(conn: psycopg.AsyncConnection[Any], jobs: Sequence[SnapshotJob]) -> None:
+def send_batch(conn: Connection, jobs: Sequence[SnapshotJob]) -> None:
     """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes).
 
     Synchronous on purpose: a storm's requests are all handled in one pass of the event loop
@@ -111,7 +116,7 @@ def send_batch(conn: psycopg.AsyncConnection[Any], jobs: Sequence[SnapshotJob]) 
 
 
 async def run_batch(
-    conn: psycopg.AsyncConnection[Any],
+    conn: Connection,
     jobs: Sequence[SnapshotJob],
     chunk_bytes: int,
     fsync: bool,
@@ -384,6 +389,8 @@ class _Packer:
             self._since = self.loop.time()
         self._builder.add(job.log, count, last, job.record)
         self._jobs.append((job, count))
+        if self.due():  # the engine is busy reading: the first ones have waited enough
+            self.flush()
 
     def due(self) -> bool:
         return bool(self._jobs) and self.loop.time() - self._since >= PACK_WAIT

@@ -2,7 +2,7 @@
 
 Stitching with the replication stream follows Electric: the transaction's
 `pg_current_snapshot()` is reported before any row is read, and the stream then skips every
-transaction already visible in it (see `SnapshotInfo.visible`).
+transaction already visible in it (see `pg.xid_snapshot.XidSnapshot.visible`).
 
 Postgres renders each row's values as JSON (what `row_to_json` of the columns cast to text
 gives, built by concatenation, see `_value_json`) and the key's variable part; Python adds
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 _OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet"})
 
 
-def _text_expr(col: ColumnInfo) -> sql.Composable:
+def text_expr(col: ColumnInfo) -> sql.Composable:
     """The column as Postgres text, exactly as pgoutput renders it (keys must agree)."""
     ident = sql.Identifier(col.name)
     if col.type_name in _OUTPUT_FUNCTION_TYPES:
@@ -208,7 +208,7 @@ def _value_json(columns: Sequence[ColumnInfo]) -> sql.Composable | None:
     pieces: list[str | sql.Composable] = []  # constant text or an expression
     for i, c in enumerate(columns):
         pieces.append(("{" if i == 0 else ",") + '"' + c.name + '":')
-        text = _text_expr(c)
+        text = text_expr(c)
         if c.type_name in _PLAIN_VALUE_TYPES and c.not_null:
             pieces += ['"', text, '"']
         elif c.type_name in _PLAIN_VALUE_TYPES:
@@ -240,10 +240,10 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
     plain = all(by_name[p].type_name in _PLAIN_KEY_TYPES for p in pk)
     value = _value_json(columns)
     if value is not None:
-        refs: list[sql.Composable] = [_text_expr(by_name[p]) for p in pk]
+        refs: list[sql.Composable] = [text_expr(by_name[p]) for p in pk]
     else:
         inner = sql.SQL(", ").join(
-            sql.SQL("{v} AS {n}").format(v=_text_expr(c), n=sql.Identifier(c.name)) for c in columns
+            sql.SQL("{v} AS {n}").format(v=text_expr(c), n=sql.Identifier(c.name)) for c in columns
         )
         refs = [sql.SQL("r.{}").format(sql.Identifier(p)) for p in pk]
     if plain:

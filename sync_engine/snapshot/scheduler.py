@@ -27,18 +27,18 @@ import logging
 import select
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from psycopg import AsyncConnection, pq
 
 from . import errors as snapshot_errors
-from .batch import SnapshotBehind, SnapshotJob, run_batch, send_batch
+from .batch import Connection, SnapshotBehind, SnapshotJob, run_batch, send_batch
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Most shapes in one batch (one transaction, one query string).
 BATCH_MAX = 128
@@ -74,13 +74,14 @@ class SnapshotScheduler:
         self._seen_xids = seen_xids
         # Shapes whose batch was run again because its snapshot missed one (see `_run`).
         self._behind: weakref.WeakKeyDictionary[Shape, int] = weakref.WeakKeyDictionary()
+        self._runs_behind = 0
         self._queue: deque[Shape] = deque()
-        self._idle: list[tuple[AsyncConnection[Any], float]] = []
+        self._idle: list[tuple[Connection, float]] = []
         self._connections = 0  # open or opening
         self._in_flight = 0
         self._flush_pending = False
         self._reaper: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         self._closed = False
         # Shapes already run again once because their connection died (see `_run`).
         self._retried: weakref.WeakSet[Shape] = weakref.WeakSet()
@@ -97,7 +98,18 @@ class SnapshotScheduler:
 
     @property
     def waiting(self) -> int:
+        """Shapes queued for a batch."""
         return len(self._queue)
+
+    @property
+    def idle_connections(self) -> int:
+        """Open connections waiting for a batch."""
+        return len(self._idle)
+
+    @property
+    def batches_run_again(self) -> int:
+        """Batches abandoned because their snapshot missed a delivered transaction."""
+        return self._runs_behind
 
     async def close(self) -> None:
         self._closed = True
@@ -125,7 +137,7 @@ class SnapshotScheduler:
             if eager and self._in_flight and len(self._queue) < self._threshold():
                 break
             conn, _ = self._idle.pop()
-            if _closed_by_server(conn):  # e.g. Postgres restarted while it was idle
+            if closed_by_server(conn):  # e.g. Postgres restarted while it was idle
                 self._discard(conn)
                 continue
             batch = self._take()
@@ -149,7 +161,7 @@ class SnapshotScheduler:
                 batch.append(shape)
         return batch
 
-    def _start(self, conn: AsyncConnection[Any], batch: list[Shape]) -> None:
+    def _start(self, conn: Connection, batch: list[Shape]) -> None:
         jobs = [self._make_job(shape) for shape in batch]
         # Taken before the query goes out: these commits precede the snapshot.
         must_see: Sequence[int] = ()
@@ -170,7 +182,7 @@ class SnapshotScheduler:
 
     async def _run(
         self,
-        conn: AsyncConnection[Any],
+        conn: Connection,
         batch: list[Shape],
         jobs: list[SnapshotJob],
         must_see: Sequence[int] = (),
@@ -189,7 +201,8 @@ class SnapshotScheduler:
         except SnapshotBehind as exc:
             # No job heard of this snapshot: close the connection (its backend is still
             # running the batch) and run the same shapes again in a moment.
-            log.info("snapshot batch of %d shapes run again: %s", len(batch), exc)
+            logger.info("snapshot batch of %d shapes run again: %s", len(batch), exc)
+            self._runs_behind += 1
             self._in_flight -= 1
             self._discard(conn)
             for shape in reversed(batch):
@@ -235,7 +248,7 @@ class SnapshotScheduler:
             conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
         except Exception as exc:
             self._connections -= 1
-            log.warning("could not open a snapshot connection: %s", exc)
+            logger.warning("could not open a snapshot connection: %s", exc)
             if self._connections == 0:  # nothing could ever take them: fail the waiting
                 waiting, self._queue = self._queue, deque()
                 for shape in waiting:
@@ -248,13 +261,13 @@ class SnapshotScheduler:
         self._release(conn)
         self._launch(eager=False)
 
-    def _release(self, conn: AsyncConnection[Any]) -> None:
+    def _release(self, conn: Connection) -> None:
         loop = asyncio.get_running_loop()
         self._idle.append((conn, loop.time()))
         if self._reaper is None and not self._closed:
             self._reaper = loop.call_later(IDLE_CLOSE / 4, self._reap)
 
-    def _discard(self, conn: AsyncConnection[Any]) -> None:
+    def _discard(self, conn: Connection) -> None:
         self._connections -= 1
         self._spawn(conn.close())
 
@@ -262,7 +275,7 @@ class SnapshotScheduler:
         """Close every idle connection: one just died under a batch, so they likely did too.
 
         A terminated backend (Postgres restarting, `pg_terminate_backend`) only gets a
-        signal; until it has exited, its idle connection looks alive to `_closed_by_server`.
+        signal; until it has exited, its idle connection looks alive to `closed_by_server`.
         The shapes retried after one connection died must not meet another dead one (their
         one retry would be lost and their requests get a 503), so the retry runs on a
         connection opened after the death. Closing healthy idle connections (when only this
@@ -283,13 +296,13 @@ class SnapshotScheduler:
         if self._idle and not self._closed:
             self._reaper = asyncio.get_running_loop().call_later(IDLE_CLOSE / 4, self._reap)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
 
-def _closed_by_server(conn: AsyncConnection[Any]) -> bool:
+def closed_by_server(conn: Connection) -> bool:
     """Whether an idle connection was closed by the server (restart, terminated backend).
 
     An idle connection has nothing to read unless the server is saying goodbye (an error

@@ -16,18 +16,17 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
-from aiohttp import web
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
+from ..shapes.definition import SubsetParams
 from ..shapes.where import WhereError, parse_order_by, parse_where
 from . import errors as snapshot_errors
 from .query import RowQuery, row_json_sql
 
 if TYPE_CHECKING:
-    from ..http.params import ShapeRequest
     from ..pg.catalog import ColumnInfo
     from ..shapes.shape import Shape
     from ..source import Source
@@ -43,15 +42,15 @@ class SubsetQuery:
     offset: int | None
 
 
-def build_subset_query(columns: Sequence[ColumnInfo], req: ShapeRequest) -> SubsetQuery:
+def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
     """Validate the subset against the shape's columns (raises InvalidRequest)."""
-    sub = req.subset
-    assert sub is not None
     cols = {c.name: c for c in columns}
     where_sql = None
     if sub.where:
         try:
-            where_sql = parse_where(sub.where, sub.params, cols, allow_enums=True, live=False).sql
+            where_sql = parse_where(
+                sub.where, dict(sub.params), cols, allow_enums=True, live=False
+            ).sql
         except WhereError as e:
             raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
     order = None
@@ -107,13 +106,18 @@ def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineErr
     )
 
 
-async def serve_subset(
-    request: web.Request, source: Source, shape: Shape, req: ShapeRequest, subset: SubsetQuery
-) -> web.StreamResponse:
-    if req.handle is not None and req.handle != shape.handle:
-        from ..errors import ShapeGone
+@dataclass(frozen=True, slots=True)
+class SubsetResult:
+    """The subset's rows (log messages, marked) and the snapshot and WAL position they saw."""
 
-        raise ShapeGone(shape.handle)
+    snapshot: XidSnapshot
+    lsn: int
+    mark: int
+    messages: list[Any]
+
+
+async def run_subset(source: Source, shape: Shape, subset: SubsetQuery) -> SubsetResult:
+    """Run the subset query in one REPEATABLE READ transaction (raises EngineError)."""
     rows_query, query = _query(shape, subset)
     try:
         snap, lsn, rows = await asyncio.to_thread(_run, source.snapshot_pool, rows_query, query)
@@ -123,33 +127,10 @@ async def serve_subset(
         raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
     except psycopg.Error as exc:
         raise _subset_error(source, shape, exc) from None
-    snapshot = XidSnapshot.parse(snap)
     mark = random.randint(0, 2**31 - 1)
-    data: list[Any] = []
+    messages: list[Any] = []
     for text in rows:
         msg = orjson.loads(text)
         msg["headers"]["snapshot_mark"] = mark
-        data.append(msg)
-    body = {
-        "metadata": {
-            "xmin": str(snapshot.xmin),
-            "xmax": str(snapshot.xmax),
-            "xip_list": [str(x) for x in sorted(snapshot.xip)],
-            "database_lsn": str(lsn),
-            "snapshot_mark": mark,
-        },
-        "data": data,
-    }
-    offset = req.offset if req.offset is not None and not req.offset.is_before_all else None
-    return web.Response(
-        body=orjson.dumps(body),
-        content_type="application/json",
-        charset="utf-8",
-        headers={
-            "cache-control": "no-cache",
-            "electric-snapshot": "true",
-            "electric-handle": shape.handle,
-            "electric-schema": shape.schema_json,
-            "electric-offset": str(offset if offset is not None else shape.log.latest_offset),
-        },
-    )
+        messages.append(msg)
+    return SubsetResult(XidSnapshot.parse(snap), lsn, mark, messages)

@@ -23,7 +23,6 @@ import pytest
 
 from proxy.config.loader import build_config
 from proxy.http.handlers import FORWARDER
-from proxy.upstream import sse
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until_async
@@ -261,13 +260,10 @@ async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
             await client.stop()
 
 
-async def test_a_slow_reader_is_cut_off_and_resumes_exactly(
-    proxy: Any, db_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_slow_reader_is_cut_off_and_resumes_exactly(proxy: Any, db_url: str) -> None:
     """A client that stops reading is disconnected once too much is waiting for it (the
-    others are not held up); reconnecting from its last offset, it misses and repeats nothing."""
-    monkeypatch.setattr(sse, "LAG_LIMIT", 32 * 1024)
-    monkeypatch.setattr(sse, "SEND_BUFFER", 16 * 1024)
+    others are not held up); reconnecting from its last offset, it misses and repeats nothing.
+    With the proxy's own limits: 2 MB of changes overflow what a client may leave unread."""
     token = proxy.tokens.make()
     handle, offset = await _sync(proxy, token)
     readers = [SseClient(proxy, token, handle, offset).start() for _ in range(3)]

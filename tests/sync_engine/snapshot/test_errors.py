@@ -100,11 +100,11 @@ async def test_a_retry_after_a_killed_connection_runs_on_a_fresh_one(
     not yet acted on): here the idle check never notices, as under load. The batch dies on
     one killed connection; its one retry must not be spent on another killed idle one."""
     monkeypatch.setattr(
-        snapshots, "_closed_by_server", lambda conn: conn.pgconn.status != pq.ConnStatus.OK
+        snapshots, "closed_by_server", lambda conn: conn.pgconn.status != pq.ConnStatus.OK
     )
     make_items(engine)
     await engine.sync(table="items", where="n > 0")  # snapshot connections now open and idle
-    assert len(engine.source.snapshots._idle) > 1
+    assert engine.source.snapshots.idle_connections > 1
     engine.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"

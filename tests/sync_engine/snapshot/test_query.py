@@ -8,7 +8,7 @@ from psycopg import sql
 
 from sync_engine.pg.catalog import load_table
 from sync_engine.pg.session import with_display_settings
-from sync_engine.snapshot.query import _text_expr, row_json_sql
+from sync_engine.snapshot.query import row_json_sql, text_expr
 
 TABLE = """
 CREATE TABLE tt (id int PRIMARY KEY, "Weird Name" text, "it's" text, t text, b bool,
@@ -52,7 +52,7 @@ async def test_values_match_row_to_json(db_url: str) -> None:
                     "SELECT row_to_json(r)::text FROM (SELECT {cols} FROM {rel}) r"
                 ).format(
                     cols=sql.SQL(", ").join(
-                        sql.SQL("{} AS {}").format(_text_expr(c), sql.Identifier(c.name))
+                        sql.SQL("{} AS {}").format(text_expr(c), sql.Identifier(c.name))
                         for c in columns
                     ),
                     rel=relation,

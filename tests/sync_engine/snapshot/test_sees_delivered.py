@@ -14,18 +14,11 @@ ones the stream delivered, as if Postgres had sent its commit and not yet shown 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import psycopg
 
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import Engine
-
-
-async def _until(condition: object, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_snapshot_waits_for_a_delivered_commit_to_be_visible(engine: Engine) -> None:
@@ -41,7 +34,11 @@ async def test_a_snapshot_waits_for_a_delivered_commit_to_be_visible(engine: Eng
         answer = asyncio.ensure_future(engine.get(table="items", where="id > 0", offset="-1"))
         # The engine notices its snapshot cannot see the transaction and takes it again
         # (before the fix, it answered at once with the snapshot that missed it).
-        await _until(lambda: answer.done() or len(getattr(source.snapshots, "_behind", ())) > 0)
+        await wait_until_async(
+            lambda: answer.done() or source.snapshots.batches_run_again > 0,
+            timeout=20,
+            message="the batch to be run again",
+        )
         held.commit()
     status, _, body = await asyncio.wait_for(answer, 30)
     assert status == 200, body
