@@ -22,6 +22,7 @@ once (`failures.Retries`).
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import time
@@ -38,14 +39,22 @@ from .assembler import TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .slot import slot_confirmed_lsn
 from .stream import ReplicationStream
-from .transactions import Fate, ParkedShapes, admit, fate
+from .transactions import APPEND, PARKED, ParkedShapes, admit, fate
 from .wal import Lsn, Xid
 
-__all__ = ["Replicator"]
+__all__ = ["ReplicationState", "Replicator"]
 
 logger = logging.getLogger(__name__)
 
 PROBE_BYTES = 64 * 1024
+
+
+class ReplicationState(enum.StrEnum):
+    """What the loop reports through `on_state` (with a reason unless ACTIVE)."""
+
+    ACTIVE = "active"
+    CONNECTING = "connecting"  # (re)connecting after a failure
+    DISK_FULL = "disk_full"  # paused: shape logs cannot be written
 
 
 def _fsync_paths(paths: set[str]) -> None:
@@ -79,6 +88,13 @@ def _probe_write(directory: str) -> None:
 
 
 class Replicator:
+    """One source's replication: `run` streams its slot into its shapes' logs until cancelled.
+
+    Also the way in for the rest of the engine: `release_pending` when a shape's snapshot
+    horizon is known, `global_lsn` and `recent_xids` for requests and snapshots,
+    `write_error` for /v1/health.
+    """
+
     def __init__(
         self,
         dsn: str,
@@ -88,7 +104,7 @@ class Replicator:
         router: ShapeRouter,
         *,
         fsync: bool = True,
-        on_state: Callable[[str, str | None], None] | None = None,
+        on_state: Callable[[ReplicationState, str | None], None] | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -148,7 +164,7 @@ class Replicator:
                     await self._check_repaired_shapes()
                 self.connected.set()
                 if self.write_error is None:
-                    self.on_state("active", None)
+                    self.on_state(ReplicationState.ACTIVE, None)
                 took = retries.started(started_at)
                 if took is not None:
                     logger.info(
@@ -183,7 +199,7 @@ class Replicator:
                         problem.reason,
                         retry.wait,
                     )
-                self.on_state("connecting", problem.reason)
+                self.on_state(ReplicationState.CONNECTING, problem.reason)
                 await asyncio.sleep(retry.wait)
             finally:
                 self.assembler.reset()
@@ -231,9 +247,9 @@ class Replicator:
     def _deliver(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
         """A committed transaction's changes to `shape`, from the assembler."""
         what = fate(shape, xid, lsn, changes)
-        if what is Fate.APPEND:
+        if what is APPEND:
             self._append(shape, xid, lsn, changes)
-        elif what is Fate.PARKED:
+        elif what is PARKED:
             self._parked.add(shape)
 
     def release_pending(self, shape: Shape) -> None:
@@ -244,7 +260,7 @@ class Replicator:
             for xid, lsn, changes in parked:
                 if shape.rotated:  # `_append` rotated it (an unrepresentable value)
                     break
-                if admit(shape, Xid(xid), Lsn(lsn)) is Fate.APPEND:
+                if admit(shape, Xid(xid), Lsn(lsn)) is APPEND:
                     self._append(shape, Xid(xid), Lsn(lsn), changes)
         except LogWriteError as exc:
             # Not confirmed (they were parked): the stream replays them after the pause.
@@ -330,7 +346,7 @@ class Replicator:
                 self.write_error,
                 self.registry.directory,
             )
-            self.on_state("disk_full", self.write_error)
+            self.on_state(ReplicationState.DISK_FULL, self.write_error)
         else:
             logger.debug("shape log write failed again: %s", exc)
 
@@ -355,4 +371,4 @@ class Replicator:
                 time.monotonic() - self._write_error_since,
             )
             self.write_error = None
-            self.on_state("active", None)
+            self.on_state(ReplicationState.ACTIVE, None)

@@ -191,10 +191,6 @@ class ReplicationStream:
         """The LSN last recorded by :meth:`ack`, reported to the server as flushed."""
         return self._flushed_lsn
 
-    @property
-    def started(self) -> bool:
-        return self._conn is not None and not self._conn.closed
-
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:

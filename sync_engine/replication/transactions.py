@@ -18,12 +18,23 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..shapes.changes import Change
 from .wal import Lsn, Xid
 
-__all__ = ["ChangeKind", "Fate", "ParkedShapes", "admit", "fate"]
+__all__ = [
+    "APPEND",
+    "GONE",
+    "IN_SNAPSHOT",
+    "PARKED",
+    "REPLAYED",
+    "ChangeKind",
+    "Fate",
+    "ParkedShapes",
+    "admit",
+    "fate",
+]
 
 
 class ChangeKind(enum.StrEnum):
@@ -42,6 +53,15 @@ class Fate(enum.Enum):
     REPLAYED = "replayed"
     IN_SNAPSHOT = "in_snapshot"
     APPEND = "append"
+
+
+# The members, read once: on Python 3.11 reading a member off its Enum class costs about as
+# much as the rest of a transaction's bookkeeping, and these run for each one a shape gets.
+GONE: Final = Fate.GONE
+PARKED: Final = Fate.PARKED
+REPLAYED: Final = Fate.REPLAYED
+IN_SNAPSHOT: Final = Fate.IN_SNAPSHOT
+APPEND: Final = Fate.APPEND
 
 
 class _Log(Protocol):
@@ -67,20 +87,25 @@ def fate(shape: Target, xid: Xid, lsn: Lsn, changes: list[Change]) -> Fate:
     """The fate of a transaction just read from the stream, for one shape it touched;
     parks it on the shape (`Fate.PARKED`) while the shape's horizon is unknown."""
     if shape.rotated:
-        return Fate.GONE
+        return GONE
     if shape.park(xid, lsn, changes):
-        return Fate.PARKED
-    return admit(shape, xid, lsn)
+        return PARKED
+    # `admit`, inlined: this runs for every transaction a shape gets
+    if lsn <= shape.log.last_lsn:
+        return REPLAYED
+    if shape.in_snapshot(xid):
+        return IN_SNAPSHOT
+    return APPEND
 
 
 def admit(shape: Target, xid: Xid, lsn: Lsn) -> Fate:
     """`Fate.APPEND`, or why a shape whose horizon is known must not append the transaction
     (parked ones are handed to this once the horizon is known)."""
     if lsn <= shape.log.last_lsn:
-        return Fate.REPLAYED
+        return REPLAYED
     if shape.in_snapshot(xid):
-        return Fate.IN_SNAPSHOT
-    return Fate.APPEND
+        return IN_SNAPSHOT
+    return APPEND
 
 
 class Parked(Protocol):

@@ -19,6 +19,7 @@ from sync_engine.replication.pgoutput import (
     LogicalMessage,
     Origin,
     PgoutputDecodeError,
+    Probe,
     Relation,
     RelationColumn,
     Truncate,
@@ -296,9 +297,7 @@ def test_raw_readers_agree_with_the_decoder() -> None:
     assert read_row_oid(pad + insert(16384, "1"), len(pad)) == (16384,)
 
 
-def _answer_of_decoded(
-    payload: bytes, probes: list[tuple[int, object, dict[object, set[int]]]]
-) -> bool:
+def _answer_of_decoded(payload: bytes, probes: list[Probe]) -> bool:
     """What probing the fully decoded rows answers: does a probed column's value, parsed,
     have a non-empty entry?"""
     msg = decode(payload)
@@ -311,7 +310,7 @@ def _answer_of_decoded(
             if not isinstance(value, str):
                 continue
             try:
-                key = value if parse is None else parse(value)  # type: ignore[operator]
+                key = value if parse is None else parse(value)
             except ValueError:
                 continue
             if by_key.get(key):
@@ -340,13 +339,13 @@ def test_row_may_match_answers_as_probing_the_decoded_rows() -> None:
                 payload += old + tuple_data(*row())
             payload += b"N" + tuple_data(*row())
         positions = sorted(rng.sample(range(ncols), rng.randint(0, ncols)))
-        probes = [
+        probes: list[Probe] = [
             (p, rng.choice([None, int]), {rng.choice(["3", 3, 7, "x"]): rng.choice([set(), {1}])})
             for p in positions
         ]
         at = rng.randint(0, 30)
         buf = bytes(at) + payload
-        assert row_may_match(buf, at, probes) == _answer_of_decoded(payload, probes), payload  # type: ignore[arg-type]
+        assert row_may_match(buf, at, probes) == _answer_of_decoded(payload, probes), payload
 
 
 def test_row_may_match_defers_to_the_decoder_when_in_doubt() -> None:

@@ -166,19 +166,23 @@ async def test_stream_decodes_acks_and_resumes(setup_db: str) -> None:
     row1 = ("1", TITLE, "12.50", "t", None)
     row1b = ("1", "one", "25.00", "t", None)
     row2 = ("2", "two", "-0.01", None, "n")
+    # pgoutput sends a table's Relation before its first change in a session, and again
+    # whenever the table's relcache entry was invalidated meanwhile: TRUNCATE does (a new
+    # relfilenode), and so may a concurrent autovacuum, so a repeat may come anywhere.
     shape = [type(m).__name__ for m in msgs]
-    assert shape == [
-        "Begin", "Relation", "Insert", "Insert", "Commit",
+    assert shape[:2] == ["Begin", "Relation"]
+    assert shape[shape.index("Truncate") - 1] == "Relation"
+    relations = [m for m in msgs if isinstance(m, Relation)]
+    assert all(r == relation for r in relations)
+    changes = [m for m in msgs if not isinstance(m, Relation)]
+    assert [type(m).__name__ for m in changes] == [
+        "Begin", "Insert", "Insert", "Commit",
         "Begin", "Update", "Delete", "Commit",
-        "Begin", "Relation", "Truncate", "Commit",
+        "Begin", "Truncate", "Commit",
     ]  # fmt: skip
-    # TRUNCATE gives the table a new relfilenode; the relcache invalidation makes pgoutput
-    # send the (unchanged) Relation again before the Truncate.
-    b1, rel, i1, i2, c1, b2, u, d, c2, b3, rel2, t, c3 = msgs
+    b1, i1, i2, c1, b2, u, d, c2, b3, t, c3 = changes
     assert isinstance(b1, Begin) and isinstance(b2, Begin) and isinstance(b3, Begin)
     assert [b1.xid, b2.xid, b3.xid] == [xid1, xid2, xid3]
-    assert rel == relation
-    assert rel2 == relation
     assert i1 == Insert(oid, row1)
     assert i2 == Insert(oid, row2)
     assert u == Update(oid, old=row1, new=row1b)
@@ -193,7 +197,7 @@ async def test_stream_decodes_acks_and_resumes(setup_db: str) -> None:
     # messages with a zero start; a Commit's start is its end LSN
     lsns = [lsn for lsn, m in got if not isinstance(m, Relation)]
     assert lsns == sorted(lsns) and 0 not in lsns
-    assert [lsn for lsn, m in got if isinstance(m, Relation)] == [0, 0]
+    assert [lsn for lsn, m in got if isinstance(m, Relation)] == [0] * len(relations)
     assert [lsn for lsn, m in got if isinstance(m, Commit)] == [
         c.end_lsn for c in (c1, c2, c3) if isinstance(c, Commit)
     ]
@@ -206,7 +210,8 @@ async def test_stream_decodes_acks_and_resumes(setup_db: str) -> None:
     await stream.start()
     try:
         again = await read_messages(stream, commits=3)
-        assert [type(m) for _, m in again] == [type(m) for m in msgs]  # nothing was acked
+        resent = [type(m) for _, m in again if not isinstance(m, Relation)]
+        assert resent == [type(m) for m in changes]  # nothing was acked
         stream.ack(c1.end_lsn)
         await stream.send_status()
         assert await wait_confirmed(db_url, c1.end_lsn) == c1.end_lsn

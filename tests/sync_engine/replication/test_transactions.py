@@ -65,11 +65,14 @@ def test_what_the_snapshot_holds_is_not_appended_again() -> None:
     shape = FakeShape(in_snapshot_xids={700})
     assert admit(shape, Xid(700), Lsn(5000)) is Fate.IN_SNAPSHOT
     assert admit(shape, Xid(701), Lsn(6000)) is Fate.APPEND
+    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.IN_SNAPSHOT
+    assert fate(shape, Xid(701), Lsn(6000), CHANGES) is Fate.APPEND
 
 
 def test_the_replay_check_comes_before_visibility() -> None:
     shape = FakeShape(in_snapshot_xids={700}, log=FakeLog(last_lsn=9000))
     assert admit(shape, Xid(700), Lsn(5000)) is Fate.REPLAYED
+    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.REPLAYED
 
 
 def test_ack_stops_before_the_oldest_parked_transaction() -> None:
