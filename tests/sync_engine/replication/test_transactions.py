@@ -21,6 +21,7 @@ class FakeShape:
 
     horizon_known: bool = True
     rotated: bool = False
+    past_xmax: bool = False
     in_snapshot_xids: set[int] = field(default_factory=set)
     log: FakeLog = field(default_factory=FakeLog)
     parked: list[tuple[int, int, list[Change]]] = field(default_factory=list)
@@ -52,6 +53,14 @@ def test_a_shape_whose_snapshot_is_running_parks_the_transaction() -> None:
     shape = FakeShape(horizon_known=False)
     assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.PARKED
     assert shape.parked == [(700, 5000, CHANGES)]
+
+
+def test_a_shape_past_its_snapshot_appends_or_replays_without_asking_the_snapshot() -> None:
+    shape = FakeShape(past_xmax=True, in_snapshot_xids={700}, log=FakeLog(last_lsn=5000))
+    assert fate(shape, Xid(700), Lsn(6000), CHANGES) is Fate.APPEND
+    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.REPLAYED
+    shape.rotated = True
+    assert fate(shape, Xid(700), Lsn(6000), CHANGES) is Fate.GONE
 
 
 def test_what_the_log_already_holds_is_a_replay() -> None:
