@@ -12,9 +12,9 @@ Scenarios (see docs/benchmarks.md and ../shared/reference/performance-anchors.md
   7 one user's 1,000 long-polls vs another's sync       s7_starvation.py
   8 10,000-20,000 live clients: proxy, SSE, nginx edge   s8_many_clients.py
 Each scenario starts (and stops) its own Postgres and processes; every arm of a row is
-measured in the same run. `--quick` uses smaller sizes (about 3 minutes in all); the default
-full run takes about 15-20 minutes on 2 cores. A scenario that fails is reported as a row and
-the others still run.
+measured in the same run. `--quick` uses smaller sizes (about 5 minutes in all on a loaded
+machine); the default full run takes about 15-20 minutes on 2 cores (S8 about 6 of them).
+A scenario that fails is reported as a row and the others still run.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def scenarios() -> dict[int, tuple[str, object]]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smaller sizes (~3 minutes)")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (~5 minutes)")
     ap.add_argument("--only", default="", help="comma-separated scenario numbers")
     ap.add_argument("--markdown", type=Path, help="also write the report to this file")
     args = ap.parse_args()

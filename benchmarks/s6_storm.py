@@ -107,8 +107,7 @@ async def storm(
 
     async def one(i: int, b: int) -> None:
         nonlocal unavailable
-        path = (f"/v1/shape?table={table}&where=bucket%20%3D%20{b}"
-                f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
+        path = f"/v1/shape?table={table}&where=bucket%20%3D%20{b}&secret={ENGINE_SECRET}&offset=-1"
         unavailable += await follow_raw(engine.port, path, clients[i])
         times.append(time.perf_counter() - t0)
 
@@ -184,28 +183,33 @@ async def classic(stack: Stack, quick: bool, n: int | None) -> list[Row]:
 SMALL_ROWS = 100
 
 
-def engine_at(root: str | None, url: str, *extra: str) -> EngineProcess:
+def engine_at(root: str | None, url: str, *extra: str, fsync: bool = False) -> EngineProcess:
     """An engine run from checkout `root` (None: this one)."""
     if root is None:
-        return EngineProcess(url, *extra)
+        return EngineProcess(url, *extra, fsync=fsync)
     saved = _common.ROOT
     _common.ROOT = Path(root).resolve()
     try:
-        return EngineProcess(url, *extra)
+        return EngineProcess(url, *extra, fsync=fsync)
     finally:
         _common.ROOT = saved
 
 
-async def small_storms(stack: Stack, sizes: list[int], baseline: str | None) -> list[Row]:
-    """Storms of N distinct 100-row shapes, this engine and (`baseline`) another in turn."""
+async def small_storms(
+    stack: Stack, sizes: list[int], baseline: str | None, fsync: bool = False
+) -> list[Row]:
+    """Storms of N distinct 100-row shapes, this engine and (`baseline`) another in turn
+    (`fsync`: the engine's default durability; the other benchmarks run `--no-fsync`)."""
     rows: list[Row] = []
     pg = stack.add(Postgres(stat_statements=True))
     top = max(sizes)
     with psycopg.connect(pg.url, autocommit=True) as conn:
         conn.execute("CREATE TABLE storm100 (id int PRIMARY KEY, bucket int, payload text)")
-        conn.execute("INSERT INTO storm100 SELECT i, i / %s, 'payload ' || md5(i::text) "
-                     "FROM generate_series(0, %s) i",
-                     (SMALL_ROWS, (top + 1) * SMALL_ROWS - 1))  # fmt: skip
+        conn.execute(
+            "INSERT INTO storm100 SELECT i, i / %s, 'payload ' || md5(i::text) "
+            "FROM generate_series(0, %s) i",
+            (SMALL_ROWS, (top + 1) * SMALL_ROWS - 1),
+        )
         conn.execute("CREATE INDEX ON storm100 (bucket)")
         conn.execute("ALTER TABLE storm100 REPLICA IDENTITY FULL")
         conn.execute("VACUUM ANALYZE storm100")
@@ -214,49 +218,92 @@ async def small_storms(stack: Stack, sizes: list[int], baseline: str | None) -> 
     for n in sizes:
         res[n] = {}
         for name, root in engines.items():
-            engine = engine_at(root, pg.url)
+            engine = engine_at(root, pg.url, fsync=fsync)
             try:
                 await engine.wait_ready()
                 async with aiohttp.ClientSession() as s:  # publish the table first (see above)
-                    await follow(s, f"{engine.url}/v1/shape?table=storm100&where=bucket%20%3D%20-1"
-                                    f"&secret={ENGINE_SECRET}&offset=-1")  # fmt: skip
+                    await follow(
+                        s,
+                        f"{engine.url}/v1/shape?table=storm100&where=bucket%20%3D%20-1"
+                        f"&secret={ENGINE_SECRET}&offset=-1",
+                    )
                 r = res[n][name] = await storm(pg, engine, list(range(n)), "storm100", True)
             finally:
                 engine.stop()
-            print(f"    S6 {n:,} small, {name}: {r['total']:.2f} s, engine "
-                  f"{r['engine_cpu'] / n * 1e6:.0f} µs/shape", flush=True)  # fmt: skip
-        label = f"S6 storm of {n:,} new shapes ({SMALL_ROWS} rows each)"
+            print(
+                f"    S6 {n:,} small, {name}: {r['total']:.2f} s, engine "
+                f"{r['engine_cpu'] / n * 1e6:.0f} µs/shape",
+                flush=True,
+            )
+        label = f"S6 storm of {n:,} new shapes ({SMALL_ROWS} rows each{', fsync' if fsync else ''})"
         limit = 1.0 if n <= 1000 else 10.0
         after = res[n]["after"]
-        ratio = ""
+        ratio = cpu_ratio = ""
         if "before" in res[n]:
-            ratio = f"after/before {after['total'] / res[n]['before']['total']:.2f}"
-        rows.append(Row(label, "time until all synced (mean / p99 per client)",
-                        [(a, f"{fmt(r['total'], 's')} ({fmt(r['mean'])} / {fmt(r['p99'])})")
-                         for a, r in res[n].items()], ratio,
-                        f"< {limit:.0f} s", verdict(after["total"] < limit)))  # fmt: skip
-        rows.append(Row(label, "engine CPU per shape µs; CPU s engine / Postgres / client; RSS MiB",
-                        [(a, f"{r['engine_cpu'] / n * 1e6:.0f}; {fmt(r['engine_cpu'])} / "
-                             f"{fmt(r['pg_cpu'])} / {fmt(r['client_cpu'])}; {fmt(r['rss'])}")
-                         for a, r in res[n].items()], "", "", ""))  # fmt: skip
+            before = res[n]["before"]
+            ratio = f"after/before {after['total'] / before['total']:.2f}"
+            cpu_ratio = f"after/before {after['engine_cpu'] / before['engine_cpu']:.2f}"
+        rows.append(
+            Row(
+                label,
+                "time until all synced (mean / p99 per client)",
+                [
+                    (a, f"{fmt(r['total'], 's')} ({fmt(r['mean'])} / {fmt(r['p99'])})")
+                    for a, r in res[n].items()
+                ],
+                ratio,
+                f"< {limit:.0f} s",
+                verdict(after["total"] < limit),
+            )
+        )
+        rows.append(
+            Row(
+                label,
+                "engine CPU per shape µs; CPU s engine / Postgres / client; RSS MiB",
+                [
+                    (
+                        a,
+                        f"{r['engine_cpu'] / n * 1e6:.0f}; {fmt(r['engine_cpu'])} / "
+                        f"{fmt(r['pg_cpu'])} / {fmt(r['client_cpu'])}; {fmt(r['rss'])}",
+                    )
+                    for a, r in res[n].items()
+                ],
+                cpu_ratio,
+                "",
+                "",
+            )
+        )
     if len(sizes) > 1:
         lo, hi = min(sizes), max(sizes)
-        per = {a: (res[hi][a]["engine_cpu"] / hi) / (res[lo][a]["engine_cpu"] / lo)
-               for a in engines}  # fmt: skip
-        rows.append(Row(f"S6 storms of {lo:,} and {hi:,} new shapes ({SMALL_ROWS} rows each)",
-                        f"engine CPU per shape, {hi:,} / {lo:,}",
-                        [(a, f"{v:.2f}") for a, v in per.items()], "",
-                        "flat (<= 1.2)", verdict(per["after"] <= 1.2)))  # fmt: skip
+        per = {
+            a: (res[hi][a]["engine_cpu"] / hi) / (res[lo][a]["engine_cpu"] / lo) for a in engines
+        }
+        rows.append(
+            Row(
+                f"S6 storms of {lo:,} and {hi:,} new shapes ({SMALL_ROWS} rows each)",
+                f"engine CPU per shape, {hi:,} / {lo:,}",
+                [(a, f"{v:.2f}") for a, v in per.items()],
+                "",
+                "flat (<= 1.2)",
+                verdict(per["after"] <= 1.2),
+            )
+        )
     return rows
 
 
-async def run(quick: bool, n: int | None = None, baseline: str | None = None,
-              only_small: bool = False) -> list[Row]:  # fmt: skip
+async def run(
+    quick: bool,
+    n: int | None = None,
+    baseline: str | None = None,
+    only_small: bool = False,
+    fsync: bool = False,
+    sizes: list[int] | None = None,
+) -> list[Row]:
     stack = Stack()
     try:
         rows = [] if only_small else await classic(stack, quick, n)
-        sizes = [1000] if quick else [1000, 10_000]
-        return rows + await small_storms(stack, sizes, baseline)
+        sizes = sizes or ([1000] if quick else [1000, 10_000])
+        return rows + await small_storms(stack, sizes, baseline, fsync)
     finally:
         stack.close()
 
@@ -269,6 +316,9 @@ if __name__ == "__main__":
     ap.add_argument("--n", type=int, default=None)
     ap.add_argument("--baseline", help="another checkout whose engine runs side by side")
     ap.add_argument("--only-small", action="store_true", help="only the 100-row storms")
+    ap.add_argument("--fsync", action="store_true", help="100-row storms with fsync on")
+    ap.add_argument("--sizes", help="100-row storm sizes, e.g. 1000,10000")
     a = ap.parse_args()
     print(machine())
-    print(table(asyncio.run(run(a.quick, a.n, a.baseline, a.only_small))))
+    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
+    print(table(asyncio.run(run(a.quick, a.n, a.baseline, a.only_small, a.fsync, sizes))))

@@ -424,8 +424,11 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         now = self._loop.time()
         deadline = self._last_read + self._timeout
-        if self._paused or now < deadline:
-            self._timer = self._loop.call_at(max(deadline, now + 0.05), self._check_timeout)
+        if self._paused:  # our own backpressure, not the engine's silence: check again later
+            self._timer = self._loop.call_at(now + self._timeout, self._check_timeout)
+            return
+        if now < deadline:
+            self._timer = self._loop.call_at(deadline, self._check_timeout)
             return
         if self._headers_waiter is not None:
             self._fail_headers(_Failed(TimeoutError()))

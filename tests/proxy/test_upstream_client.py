@@ -296,6 +296,23 @@ async def test_body_that_stalls_fails_after_the_idle_timeout(pool: UpstreamPool)
         assert pool.open_connections == 0
 
 
+async def test_time_paused_by_a_slow_reader_is_not_an_engine_timeout(pool: UpstreamPool) -> None:
+    body = b"x" * (4 * HIGH_WATER)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        await writer.drain()
+        await reader.read()
+
+    async with RawServer(serve) as server:
+        response = await pool.request("GET", server.url(), {}, None, _options(0.3))
+        await wait_until_async(lambda: response.content.reading_paused, message="paused")
+        await asyncio.sleep(0.6)  # the stimulus: twice the timeout without reading
+        assert await read_all(response) == body
+        response.release()
+
+
 async def test_body_cut_short_fails_and_is_not_reused(pool: UpstreamPool) -> None:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
         await read_request(reader)
