@@ -2,10 +2,10 @@
 
 A change flows through the modules in this order::
 
-    slot -> stream --raw XLogData--> assembler --(shape, xid, lsn, changes)--> replicator
-                                      pgoutput: Begin/Commit read     transactions.fate: park,
-                                      raw, rows probed or decoded;    skip or append; flush,
-                                      shapes.router: which shapes     publish, then ack
+    slot -> stream --raw XLogData--> assembler --(changes per shape, xid, lsn)--> replicator
+                                     pgoutput: Begin/Commit read   transactions.sort_out: park,
+                                     raw, rows probed or decoded;  skip or append; flush,
+                                     shapes.router: which shapes   publish, then ack
 
 - `wal`: `Lsn` and `Xid`, and the ``X/Y`` text form of an LSN.
 - `slot`: create the slot, read where it resumes.

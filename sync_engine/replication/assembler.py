@@ -7,8 +7,8 @@ columns the router's equality indexes need (one dict probe each, `pgoutput.row_m
 unless some shape may want it. Only those rows, and the rare other messages, become
 `pgoutput` objects (`handle`), with the same effect as if every message had been decoded.
 
-At each Commit the changes collected for a shape go to `deliver(shape, xid, lsn, changes)`
-(the replicator's: park, apply or skip them). Relation messages check the shapes' table
+At each Commit the changes collected per shape go to `deliver(touched, xid, lsn)` (the
+replicator's: park, apply or skip them). Relation messages check the shapes' table
 descriptions (a changed table rotates them) and Truncate rotates the table's shapes.
 """
 
@@ -45,8 +45,8 @@ __all__ = ["RECENT_XIDS", "Deliver", "TransactionAssembler"]
 #: How many of the last transactions' xids `TransactionAssembler.recent_xids` keeps.
 RECENT_XIDS: Final = 256
 
-Deliver = Callable[[Shape, Xid, Lsn, list[Change]], None]
-"""Where a committed transaction's changes to one shape go: (shape, xid, commit LSN, changes)."""
+Deliver = Callable[[dict[Shape, list[Change]], Xid, Lsn], None]
+"""Where a committed transaction goes: (its changes per shape, xid, commit LSN)."""
 
 _H: Final = XLOGDATA_HEADER  # the pgoutput message's position in a raw XLogData message
 _Row = pgoutput.Insert | pgoutput.Update | pgoutput.Delete
@@ -246,10 +246,7 @@ class TransactionAssembler:
         """End of the transaction committed at `lsn`: deliver what it touched."""
         self.transactions_seen += 1
         if self._touched:
-            xid = self.xid
-            deliver = self._deliver
-            for shape, changes in self._touched.items():
-                deliver(shape, xid, lsn, changes)
+            self._deliver(self._touched, self.xid, lsn)
             self._touched = {}
         self.in_transaction = False
         if lsn > self.global_lsn:

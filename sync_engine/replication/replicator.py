@@ -1,7 +1,7 @@
 """The replication loop: the source's slot -> shape logs, durably, then the ack.
 
 One task per source reads the slot (`stream`) in batches; the `assembler` turns each
-batch into committed transactions per shape, and each goes where `transactions.fate`
+batch into committed transactions per shape, and each goes where `transactions.sort_out`
 says: parked on its shape, skipped, or appended to the shape's log with offsets
 `<commit lsn>_<op>`. Appends are staged: after a batch the loop fsyncs the touched log
 files, then publishes what they hold (readers see it, live requests wake) and only then
@@ -39,7 +39,7 @@ from .assembler import TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .slot import slot_confirmed_lsn
 from .stream import ReplicationStream
-from .transactions import APPEND, PARKED, ParkedShapes, admit, fate
+from .transactions import APPEND, ParkedShapes, admit, sort_out
 from .wal import Lsn, Xid
 
 __all__ = ["ReplicationState", "Replicator"]
@@ -244,13 +244,13 @@ class Replicator:
 
     # -- shape log writes: stage, flush, pause while they fail -----------------------------
 
-    def _deliver(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
-        """A committed transaction's changes to `shape`, from the assembler."""
-        what = fate(shape, xid, lsn, changes)
-        if what is APPEND:
-            self._append(shape, xid, lsn, changes)
-        elif what is PARKED:
+    def _deliver(self, touched: dict[Shape, list[Change]], xid: Xid, lsn: Lsn) -> None:
+        """A committed transaction's changes per shape, from the assembler."""
+        to_append, parked = sort_out(touched, xid, lsn)
+        for shape in parked:
             self._parked.add(shape)
+        for shape, changes in to_append:
+            self._append(shape, xid, lsn, changes)
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
@@ -274,7 +274,7 @@ class Replicator:
             task.add_done_callback(self._background.discard)
 
     def _append(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
-        """Stage one transaction's changes in the shape's log (`fate` said to append)."""
+        """Stage one transaction's changes in the shape's log (`sort_out` said to append)."""
         items: list[tuple[int, Message]] = []
         try:
             for kind, old, new, op in changes:

@@ -1,6 +1,7 @@
 """What becomes of a committed transaction on its way into a shape's log: the rules, pure.
 
-For each shape a transaction touched (see `fate`):
+For each shape a transaction touched (see `sort_out`, and `admit` once a parked one is
+released):
 
 - the shape is gone (rotated): dropped;
 - its snapshot's xid horizon is not known yet: *parked* on the shape, as only the horizon
@@ -17,8 +18,8 @@ of them, or a crash would lose them (`ParkedShapes.ack_horizon`).
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
-from typing import Final, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol, TypeVar
 
 from ..shapes.changes import Change
 from .wal import Lsn, Xid
@@ -33,7 +34,7 @@ __all__ = [
     "Fate",
     "ParkedShapes",
     "admit",
-    "fate",
+    "sort_out",
 ]
 
 
@@ -88,24 +89,34 @@ class Target(Protocol):
     def in_snapshot(self, xid: int) -> bool: ...
 
 
-def fate(shape: Target, xid: Xid, lsn: Lsn, changes: list[Change]) -> Fate:
-    """The fate of a transaction just read from the stream, for one shape it touched;
-    parks it on the shape (`Fate.PARKED`) while the shape's horizon is unknown."""
-    if shape.rotated:
-        return GONE
-    if shape.past_xmax:
-        # The common case, without the calls: a shape that saw a transaction past its
-        # snapshot is ACTIVE (`park` says False) and so is every later one (`in_snapshot`
-        # says False). This runs for each shape of each transaction (S5: every ILIKE shape).
-        return REPLAYED if lsn <= shape.log.last_lsn else APPEND
-    if shape.park(xid, lsn, changes):
-        return PARKED
-    # `admit`, inlined: this runs for every transaction a shape gets
-    if lsn <= shape.log.last_lsn:
-        return REPLAYED
-    if shape.in_snapshot(xid):
-        return IN_SNAPSHOT
-    return APPEND
+_S = TypeVar("_S", bound=Target)
+
+
+def sort_out(
+    touched: Mapping[_S, list[Change]], xid: Xid, lsn: Lsn
+) -> tuple[list[tuple[_S, list[Change]]], list[_S]]:
+    """A transaction just read from the stream, with its changes per shape it touched: the
+    shapes to append it to (with their changes), and those it was parked on (their horizon
+    is unknown). Gone shapes, replays and what the snapshot holds are left out.
+
+    One loop over the shapes, the rules of `admit` written out: a write to a table with
+    many unindexed shapes (`ILIKE`, say) comes here with every one of them.
+    """
+    append: list[tuple[_S, list[Change]]] = []
+    parked: list[_S] = []
+    for shape, changes in touched.items():
+        if shape.rotated:
+            continue
+        if shape.past_xmax:
+            # The common case, without the calls: a shape that saw a transaction past its
+            # snapshot is ACTIVE (`park` says False) and nothing later is in its snapshot.
+            if lsn > shape.log.last_lsn:
+                append.append((shape, changes))
+        elif shape.park(xid, lsn, changes):
+            parked.append(shape)
+        elif lsn > shape.log.last_lsn and not shape.in_snapshot(xid):
+            append.append((shape, changes))
+    return append, parked
 
 
 def admit(shape: Target, xid: Xid, lsn: Lsn) -> Fate:

@@ -172,7 +172,7 @@ def _insert(db_url: str, *rows: tuple[int, str]) -> None:
             conn.execute("INSERT INTO items VALUES (%s, 'org-a', %s)", (id_, title))
 
 
-async def _all_have(clients: list[SseClient], ids: list[str], timeout: float = 20) -> None:
+async def _all_have(clients: list[SseClient], ids: list[str], timeout: float = 60) -> None:
     await wait_until_async(
         lambda: all(len(c.ids()) >= len(ids) for c in clients),
         timeout=timeout,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sync_engine.replication.transactions import Fate, ParkedShapes, admit, fate
+from sync_engine.replication.transactions import Fate, ParkedShapes, admit, sort_out
 from sync_engine.replication.wal import Lsn, Xid
 from sync_engine.shapes.changes import Change
 
@@ -37,51 +37,61 @@ class FakeShape:
 
 
 CHANGES: list[Change] = [("insert", None, {"id": "1"}, 0)]
+OTHER: list[Change] = [("delete", {"id": "2"}, None, 2)]
 
 
-def test_a_transaction_for_a_shape_with_a_known_horizon_is_appended() -> None:
-    assert fate(FakeShape(), Xid(700), Lsn(5000), CHANGES) is Fate.APPEND
+def _sort_out(*shapes: FakeShape, xid: int = 700, lsn: int = 5000) -> tuple[list[int], list[int]]:
+    """`sort_out` of a transaction touching `shapes`, by their positions: (append, parked)."""
+    touched = {shape: CHANGES if i % 2 == 0 else OTHER for i, shape in enumerate(shapes)}
+    append, parked = sort_out(touched, Xid(xid), Lsn(lsn))
+    for shape, changes in append:
+        assert changes is touched[shape]
+    return [shapes.index(s) for s, _ in append], [shapes.index(s) for s in parked]
+
+
+def test_a_transaction_for_shapes_with_a_known_horizon_is_appended() -> None:
+    assert _sort_out(FakeShape(), FakeShape()) == ([0, 1], [])
 
 
 def test_a_gone_shape_gets_nothing_not_even_parked() -> None:
-    shape = FakeShape(horizon_known=False, rotated=True)
-    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.GONE
-    assert shape.parked == []
+    gone = FakeShape(horizon_known=False, rotated=True)
+    assert _sort_out(gone, FakeShape()) == ([1], [])
+    assert gone.parked == []
 
 
 def test_a_shape_whose_snapshot_is_running_parks_the_transaction() -> None:
-    shape = FakeShape(horizon_known=False)
-    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.PARKED
-    assert shape.parked == [(700, 5000, CHANGES)]
+    running = FakeShape(horizon_known=False)
+    assert _sort_out(FakeShape(), running) == ([0], [1])
+    assert running.parked == [(700, 5000, OTHER)]
 
 
 def test_a_shape_past_its_snapshot_appends_or_replays_without_asking_the_snapshot() -> None:
     shape = FakeShape(past_xmax=True, in_snapshot_xids={700}, log=FakeLog(last_lsn=5000))
-    assert fate(shape, Xid(700), Lsn(6000), CHANGES) is Fate.APPEND
-    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.REPLAYED
+    assert _sort_out(shape, lsn=6000) == ([0], [])
+    assert _sort_out(shape, lsn=5000) == ([], [])
     shape.rotated = True
-    assert fate(shape, Xid(700), Lsn(6000), CHANGES) is Fate.GONE
+    assert _sort_out(shape, lsn=6000) == ([], [])
 
 
 def test_what_the_log_already_holds_is_a_replay() -> None:
     shape = FakeShape(log=FakeLog(last_lsn=5000))
-    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.REPLAYED
-    assert fate(shape, Xid(700), Lsn(4000), CHANGES) is Fate.REPLAYED
-    assert fate(shape, Xid(701), Lsn(5001), CHANGES) is Fate.APPEND
+    assert _sort_out(shape, lsn=5000) == ([], [])
+    assert _sort_out(shape, lsn=4000) == ([], [])
+    assert _sort_out(shape, lsn=5001) == ([0], [])
+    assert admit(shape, Xid(700), Lsn(5000)) is Fate.REPLAYED
 
 
 def test_what_the_snapshot_holds_is_not_appended_again() -> None:
     shape = FakeShape(in_snapshot_xids={700})
+    assert _sort_out(shape, xid=700) == ([], [])
+    assert _sort_out(shape, xid=701, lsn=6000) == ([0], [])
     assert admit(shape, Xid(700), Lsn(5000)) is Fate.IN_SNAPSHOT
     assert admit(shape, Xid(701), Lsn(6000)) is Fate.APPEND
-    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.IN_SNAPSHOT
-    assert fate(shape, Xid(701), Lsn(6000), CHANGES) is Fate.APPEND
 
 
 def test_the_replay_check_comes_before_visibility() -> None:
     shape = FakeShape(in_snapshot_xids={700}, log=FakeLog(last_lsn=9000))
     assert admit(shape, Xid(700), Lsn(5000)) is Fate.REPLAYED
-    assert fate(shape, Xid(700), Lsn(5000), CHANGES) is Fate.REPLAYED
 
 
 def test_ack_stops_before_the_oldest_parked_transaction() -> None:
