@@ -81,7 +81,7 @@ def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> floa
             log=log,
             snapshot=snap,
         )
-        registry._add(shape)
+        registry.add(shape)
     rep = Replicator("", "", "", registry, router, fsync=False)
     # The Relation message comes first in the stream; feed it outside the timing.
     rep.handle_batch([m for m in payloads if m[XLOGDATA_HEADER] == RELATION])

@@ -73,7 +73,7 @@ def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
             snapshot=snap,
         )
         shape.past_xmax = True
-        registry._add(shape)
+        registry.add(shape)
     return Replicator("", "", "", registry, router, fsync=False)
 
 

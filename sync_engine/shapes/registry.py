@@ -149,10 +149,12 @@ class ShapeRegistry:
             columns=columns,
             log=shape_log,
         )
-        self._add(shape)
+        self.add(shape)
         return shape
 
-    def _add(self, shape: Shape) -> None:
+    def add(self, shape: Shape) -> None:
+        """Register a shape built elsewhere (by `create`, `load`, or a benchmark or test that
+        builds its own) so the router and both lookups find it."""
         # A log that finds damage when read retires its shape (the request gets a 409).
         shape.log.on_damage = lambda reason: self.rotate(shape, reason)
         self.by_handle[shape.handle] = shape
@@ -171,7 +173,7 @@ class ShapeRegistry:
                 logger.exception("discarding unreadable shape %s", shape_log.handle)
                 self.store.retire(shape_log)
                 continue
-            self._add(shape)
+            self.add(shape)
             loaded.append(shape)
         return loaded
 

@@ -28,6 +28,11 @@ class Where:
     index: tuple[str, frozenset[Value]] | None
     _fn: Eval = field(repr=False, compare=False)
 
+    def value(self, row: Mapping[str, str | None]) -> object:
+        """The clause's SQL value for `row`: True, False or None (NULL), unlike `matches`
+        which folds NULL into "no match". Errors propagate (Postgres would fail the query)."""
+        return self._fn(row, {})
+
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """True only when the clause is SQL-true for `row` (Postgres text values).
 

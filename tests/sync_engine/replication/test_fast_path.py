@@ -172,7 +172,7 @@ def _make_shape(
         log=log,
         snapshot=SnapshotInfo(0, 1, frozenset()),
     )
-    registry._add(shape)
+    registry.add(shape)
     return shape
 
 

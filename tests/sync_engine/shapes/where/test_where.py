@@ -289,7 +289,7 @@ ROW = {
 def test_evaluation(sql: str, expected: bool | None) -> None:
     w = where(sql)
     assert w.matches(ROW) is (expected is True)
-    assert w._fn(ROW, {}) is expected
+    assert w.value(ROW) is expected
 
 
 @pytest.mark.parametrize(
@@ -318,7 +318,7 @@ def test_evaluation(sql: str, expected: bool | None) -> None:
 )
 def test_three_valued_logic(sql: str, row: dict[str, str | None], result: bool | None) -> None:
     w = where(sql)
-    assert w._fn(row, {}) is result
+    assert w.value(row) is result
     assert w.matches(row) is (result is True)
 
 
