@@ -30,7 +30,7 @@ from yarl import URL
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
-from tests.support.engine_process import EngineProcess, apply_messages
+from tests.support.engine_process import EngineProcess, apply_messages, sync_through
 from tests.support.fuzz_inputs import ITEMS_DDL, loud_log_lines, shape_requests
 
 SEED = int(os.environ.get("PROXY_FUZZ_SEED", "20261203"))
@@ -224,20 +224,6 @@ def fuzz_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[Eng
         engine.stop()
 
 
-async def _sync(proxy: Any, token: str) -> tuple[dict[str, Any], str, str]:
-    rows: dict[str, Any] = {}
-    path = "/v1/shape?table=items&offset=-1"
-    for _ in range(50):
-        reply = await proxy.get(path, token=token)
-        assert reply.status == 200, reply.body
-        apply_messages(rows, reply.json())
-        handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
-        if "electric-up-to-date" in reply.headers:
-            return rows, handle, offset
-        path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
-    raise AssertionError("never up to date")
-
-
 async def test_proxy_fuzz_no_5xx_json_4xx_and_still_syncing(
     fuzz_engine: EngineProcess,
     db_url: str,
@@ -263,7 +249,7 @@ async def test_proxy_fuzz_no_5xx_json_4xx_and_still_syncing(
         "wrong_aud": make(sub="x", aud="someone-else"),
         "alg_none": "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ4In0.",
     }
-    _, handle, offset = await _sync(proxy, tokens["admin"])
+    _, handle, offset = await sync_through(proxy, tokens["admin"])
     live = (handle, offset)
 
     rng = random.Random(SEED)
@@ -371,7 +357,7 @@ async def test_proxy_fuzz_no_5xx_json_4xx_and_still_syncing(
     async with aiohttp.ClientSession() as s, s.get(f"{fuzz_engine.url}/v1/health") as resp:
         assert resp.status == 200
     member = make(sub="after-the-fuzz", org_id="org-a")  # a fresh principal: fresh limits
-    rows, m_handle, m_offset = await _sync(proxy, member)
+    rows, m_handle, m_offset = await sync_through(proxy, member)
     assert sorted(int(r["id"]) for r in rows.values()) == list(range(2, 21, 2))
     poll = asyncio.create_task(
         proxy.get(

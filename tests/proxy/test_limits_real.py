@@ -24,7 +24,7 @@ from yarl import URL
 import proxy.limits.upstream as upstream_limits
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
-from tests.support.engine_process import EngineProcess, apply_messages
+from tests.support.engine_process import EngineProcess, apply_messages, sync_through
 
 HOLD = 4  # the engine's long-poll hold, seconds
 
@@ -55,20 +55,6 @@ def _config(engine_url: str, idp: Any, **limits: Any) -> dict[str, Any]:
     return config
 
 
-async def _sync(proxy: Any, token: str, extra: str = "") -> tuple[dict[str, Any], str, str]:
-    rows: dict[str, Any] = {}
-    path = f"/v1/shape?table=items&offset=-1{extra}"
-    for _ in range(50):
-        reply = await proxy.get(path, token=token)
-        assert reply.status == 200, reply.body
-        apply_messages(rows, reply.json())
-        handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
-        if "electric-up-to-date" in reply.headers:
-            return rows, handle, offset
-        path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
-    raise AssertionError("never up to date")
-
-
 def _assert_429(reply: Any) -> None:
     assert reply.status == 429, reply.body
     assert int(reply.headers["Retry-After"]) >= 1
@@ -85,7 +71,7 @@ async def test_one_user_over_its_long_poll_cap_gets_429s_and_another_user_syncs_
     )
     mallory = proxy.tokens.make(sub="mallory", org_id="org-a")
     alice = proxy.tokens.make(sub="alice", org_id="org-b")
-    _, handle, offset = await _sync(proxy, mallory)
+    _, handle, offset = await sync_through(proxy, mallory)
     live = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
 
     # Four distinct long-polls are held by the engine ...
@@ -107,7 +93,7 @@ async def test_one_user_over_its_long_poll_cap_gets_429s_and_another_user_syncs_
 
     # Another user's initial sync is not held up by mallory's polls.
     started = time.monotonic()
-    rows, _, _ = await _sync(proxy, alice, extra="&cache-buster=fresh")
+    rows, _, _ = await sync_through(proxy, alice, extra="&cache-buster=fresh")
     assert time.monotonic() - started < HOLD / 2
     assert sorted(int(r["id"]) for r in rows.values()) == list(range(1, 31, 2))
 
@@ -179,7 +165,7 @@ async def test_pool_wait_is_bounded_then_503_with_retry_after(
     config["upstream"]["pool_size"] = 2
     proxy = await make_proxy(build_config(config, environ))
     users = [proxy.tokens.make(sub=f"u{i}", org_id="org-a") for i in range(3)]
-    _, handle, offset = await _sync(proxy, users[0])
+    _, handle, offset = await sync_through(proxy, users[0])
     live = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
     held = [
         asyncio.create_task(proxy.get(f"{live}&cache-buster={i}", token=users[i])) for i in range(2)
@@ -215,7 +201,7 @@ async def test_engine_url_over_the_engine_limit_is_a_414_and_long_subsets_go_as_
     assert reply.headers["Cache-Control"] == "no-store"
 
     # A subset clause as long goes in a POST body to the engine instead (else this is a 414).
-    _, handle, _ = await _sync(proxy, admin)
+    _, handle, _ = await sync_through(proxy, admin)
 
     def subset(n: int) -> tuple[str, str]:
         clause = f"title <> '{'<' * n}' AND id <= 3"

@@ -17,7 +17,7 @@ import pytest
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
-from tests.support.engine_process import EngineProcess, apply_messages
+from tests.support.engine_process import EngineProcess, apply_messages, sync_through
 
 
 @pytest.fixture
@@ -39,21 +39,6 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
         engine.stop()
 
 
-async def _sync(proxy: Any, token: str) -> tuple[dict[str, dict[str, Any]], str, str]:
-    """Follow the shape like ShapeStream does until up-to-date."""
-    rows: dict[str, dict[str, Any]] = {}
-    path = "/v1/shape?table=items&offset=-1"
-    for _ in range(50):
-        reply = await proxy.get(path, token=token)
-        assert reply.status == 200, reply.body
-        apply_messages(rows, reply.json())
-        handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
-        if "electric-up-to-date" in reply.headers:
-            return rows, handle, offset
-        path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
-    raise AssertionError("never up to date")
-
-
 async def test_two_orgs_and_admin_through_proxy_and_real_engine(
     real_engine: str,
     db_url: str,
@@ -70,9 +55,9 @@ async def test_two_orgs_and_admin_through_proxy_and_real_engine(
     bob = proxy.tokens.make(sub="bob", org_id="org-b")
     admin = proxy.tokens.make(sub="root", role="admin")
 
-    a_rows, a_handle, a_offset = await _sync(proxy, alice)
-    b_rows, b_handle, b_offset = await _sync(proxy, bob)
-    admin_rows, _, _ = await _sync(proxy, admin)
+    a_rows, a_handle, a_offset = await sync_through(proxy, alice)
+    b_rows, b_handle, b_offset = await sync_through(proxy, bob)
+    admin_rows, _, _ = await sync_through(proxy, admin)
     assert sorted(r["title"] for r in a_rows.values()) == ["a1", "a2"]
     assert sorted(r["title"] for r in b_rows.values()) == ["b1"]
     assert sorted(r["title"] for r in admin_rows.values()) == ["a1", "a2", "b1"]
@@ -121,7 +106,7 @@ async def test_twenty_live_clients_share_one_engine_request_per_write(
     config["upstream"].update(first_byte_timeout=10)
     proxy = await make_proxy(build_config(config, environ))
     tokens = [proxy.tokens.make(sub=f"user-{i % 2}", org_id="org-a") for i in range(20)]
-    _, handle, offset = await _sync(proxy, tokens[0])
+    _, handle, offset = await sync_through(proxy, tokens[0])
     path = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
     before = _upstream_requests((await proxy.get("/metrics")).body.decode())
     polls = [asyncio.create_task(proxy.get(path, token=t)) for t in tokens]

@@ -89,3 +89,21 @@ def apply_messages(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any
             rows[m["key"]].update(m["value"])
         elif op == "delete":
             rows.pop(m["key"], None)
+
+
+async def sync_through(
+    proxy: Any, token: str, extra: str = ""
+) -> tuple[dict[str, dict[str, Any]], str, str]:
+    """Follow the `items` shape through `proxy` as ShapeStream does, from -1 to up-to-date;
+    returns the rows, the handle and the offset. `extra`: more query parameters."""
+    rows: dict[str, dict[str, Any]] = {}
+    path = f"/v1/shape?table=items&offset=-1{extra}"
+    for _ in range(50):
+        reply = await proxy.get(path, token=token)
+        assert reply.status == 200, reply.body
+        apply_messages(rows, reply.json())
+        handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
+        if "electric-up-to-date" in reply.headers:
+            return rows, handle, offset
+        path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
+    raise AssertionError("never up to date")
