@@ -17,6 +17,7 @@ from psycopg import pq
 from sync_engine.errors import InvalidRequest, ServiceUnavailable, ShapeGone
 from sync_engine.snapshot import scheduler as snapshots
 from sync_engine.snapshot.errors import to_engine_error
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import Engine
 from tests.sync_engine.http.test_bad_input import assert_untouched, make_items, request
 
@@ -103,8 +104,12 @@ async def test_a_retry_after_a_killed_connection_runs_on_a_fresh_one(
         snapshots, "closed_by_server", lambda conn: conn.pgconn.status != pq.ConnStatus.OK
     )
     make_items(engine)
-    await engine.sync(table="items", where="n > 0")  # snapshot connections now open and idle
-    assert engine.source.snapshots.idle_connections > 1
+    await engine.sync(table="items", where="n > 0")
+    # The first snapshot opened the pool; its other connections finish opening in the
+    # background (under load, after the first batch is done) and then sit idle.
+    await wait_until_async(
+        lambda: engine.source.snapshots.idle_connections > 1, message="idle snapshot connections"
+    )
     engine.sql(
         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
         " WHERE datname = current_database() AND pid <> pg_backend_pid()"
