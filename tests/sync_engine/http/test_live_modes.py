@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp import ClientResponse
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import Engine, apply
@@ -519,6 +520,37 @@ async def test_health(engine: Engine) -> None:
     assert h["cache-control"] == "no-cache, no-store, must-revalidate"
     status, _, raw = await request(engine, "HEAD", path="/v1/health")
     assert status == 200 and raw == b""
+
+
+async def parked_metric(engine: Engine) -> float:
+    """`sync_engine_parked_requests` from `/metrics`, read with Prometheus's own parser."""
+    status, h, raw = await request(engine, path="/metrics")
+    assert status == 200 and h["content-type"].startswith("text/plain")
+    assert h["cache-control"] == "no-store"
+    families = {f.name: f for f in text_string_to_metric_families(raw.decode())}
+    family = families["sync_engine_parked_requests"]
+    assert family.type == "gauge"
+    [sample] = family.samples
+    return sample.value
+
+
+async def test_metrics_count_the_parked_live_requests(engine: Engine) -> None:
+    """What an operator watches (and end-to-end tests wait on): held long-polls are counted
+    while they wait, and no longer once they are answered."""
+    make_items(engine)
+    _, handle, offset = await engine.sync(table="items")
+    assert await parked_metric(engine) == 0
+    live = {"table": "items", "offset": offset, "handle": handle, "live": "true"}
+    polls = [asyncio.create_task(engine.get(**live)) for _ in range(3)]
+    await wait_until_async(
+        lambda: parked_metric(engine), message="/metrics counting a parked request"
+    )
+    await engine.until_parked(3)
+    assert await parked_metric(engine) == 3
+    engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
+    for status, _, body in await asyncio.gather(*polls):
+        assert status == 200, body
+    assert await parked_metric(engine) == 0
 
 
 async def test_cors_expose_headers_on_every_200(engine: Engine) -> None:
