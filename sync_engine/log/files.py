@@ -179,7 +179,8 @@ class ShapeLog:
         # Snapshot chunks whose file this process wrote or read and checked since loading.
         self._checked: set[int] = set()
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
-        #: may have cut. The cut is only a repair if the slot sends that transaction again.
+        #: may have cut. The cut is only a repair if the slot sends that transaction again;
+        #: cleared by `repair_checked` once the replicator has asked the slot.
         self.repaired_from: int | None = None
         self.damage: str | None = None  # what `load` found wrong, if anything
         #: Called (with the reason) when a read finds damage; the registry retires the shape.
@@ -238,6 +239,11 @@ class ShapeLog:
             last = max(last, chunk.index)
         names += [self._log_name(i) for i in range(last + 1)]
         return names
+
+    def repair_checked(self) -> None:
+        """The replicator compared `repaired_from` with the slot (the cut transactions are
+        replayed, or the shape was retired): nothing is left to check."""
+        self.repaired_from = None
 
     def _load_transactions(self, paths: list[str]) -> None:
         """Index the transaction chunks; cut back to the last whole transaction before the

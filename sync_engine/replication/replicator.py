@@ -145,6 +145,12 @@ class Replicator:
     def changes_seen(self) -> int:
         return self.assembler.changes_seen
 
+    @property
+    def unflushed(self) -> bool:
+        """Whether appends were staged since the last `flush` (invisible to readers until it
+        runs): the stream loop, and a benchmark driving `handle_batch` itself, flush then."""
+        return bool(self._dirty)
+
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -239,7 +245,7 @@ class Replicator:
                     self.registry.rotate(shape, "its log was damaged past what can be replayed")
                 else:
                     logger.info("shape %s: torn log tail cut, replaying it", shape.handle)
-                shape.log.repaired_from = None
+                shape.log.repair_checked()
         self._slot_checked = True
 
     # -- shape log writes: stage, flush, pause while they fail -----------------------------

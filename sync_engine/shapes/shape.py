@@ -33,9 +33,6 @@ from ..log.entries import relation_prefix
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import ShapeDefinition
 
-#: The shape's snapshot (the name other modules still import).
-SnapshotInfo = XidSnapshot
-
 __all__ = [
     "HandleFactory",
     "ParkedTransaction",
@@ -43,7 +40,6 @@ __all__ = [
     "ShapeDefinition",
     "ShapeHandle",
     "ShapeState",
-    "SnapshotInfo",
     "schema_header",
 ]
 
