@@ -28,12 +28,14 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: scenario -> (base's arguments, this checkout's arguments), script first.
+#: scenario -> (base's arguments, this checkout's arguments), script first; `{base}` is the
+#: base checkout's path.
 SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     "s3": (["initial_sync.py"], ["initial_sync.py", "--only", "narrow"]),
     "s4": (["s4_backlog.py"], ["s4_backlog.py"]),
     "s5": (["s5_routing.py"], ["s5_routing.py"]),
-    "s6": (["s6_storm.py"], ["s6_storm.py"]),
+    # this checkout's S6 also runs its 100-row storms with the base's engine side by side
+    "s6": (["s6_storm.py"], ["s6_storm.py", "--baseline", "{base}"]),
     "rep": (["replication_cpu.py"], ["replication_cpu.py"]),
 }
 
@@ -115,6 +117,7 @@ def main() -> int:
     print(f"before/after: base {head} ({base}) vs this checkout {this} ({ROOT}); {loadavg()}")
     for name in args.only.split(","):
         base_argv, this_argv = SCENARIOS[name]
+        this_argv = [a.format(base=base) for a in this_argv]
         for k in range(args.rounds):
             sides = [("base " + head, base, base_argv), ("main " + this, ROOT, this_argv)]
             for side, checkout, argv in sides if k % 2 == 0 else sides[::-1]:
