@@ -34,6 +34,11 @@ SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     "s3": (["initial_sync.py"], ["initial_sync.py", "--only", "narrow"]),
     "s4": (["s4_backlog.py"], ["s4_backlog.py"]),
     "s5": (["s5_routing.py"], ["s5_routing.py"]),
+    # without the 10,000-shape arm (creating 10,000 shapes over HTTP takes minutes per side)
+    "s5-small": (
+        ["s5_routing.py", "--sizes", "100,1000"],
+        ["s5_routing.py", "--sizes", "100,1000"],
+    ),
     # this checkout's S6 also runs its 100-row storms with the base's engine side by side
     "s6": (["s6_storm.py"], ["s6_storm.py", "--baseline", "{base}"]),
     "rep": (["replication_cpu.py"], ["replication_cpu.py"]),
