@@ -35,11 +35,12 @@ from _common import PG_BIN, Postgres, Row, Stack, fmt, remove_later, verdict
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import load_table
+from sync_engine.pg.xid_snapshot import XidSnapshot
 from sync_engine.replication.replicator import Replicator
 from sync_engine.replication.stream import ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
-from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo
+from sync_engine.shapes.shape import Shape, ShapeDefinition
 from sync_engine.shapes.where import parse_where
 
 PUB = "bench_pub"
@@ -51,7 +52,7 @@ def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
     router = ShapeRouter()
     registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
     (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
-    snap = SnapshotInfo(0, 1, frozenset())  # every WAL transaction is after it
+    snap = XidSnapshot(0, 1, frozenset())  # every WAL transaction is after it
     for k in range(n_shapes):
         definition = ShapeDefinition(
             table_oid=table.oid,  # type: ignore[attr-defined]
@@ -87,7 +88,7 @@ async def drain(url: str, slot: str, rep: Replicator, commits: int) -> tuple[flo
         while rep.transactions_seen - first < commits:
             batch = await stream.read_raw(timeout=5.0)
             last_end = rep.handle_batch(batch)
-            if rep._dirty:
+            if rep.unflushed:
                 await rep.flush()
             if last_end:
                 stream.ack(last_end)

@@ -28,12 +28,23 @@ aiohttp's client: on this 2-core machine the load generator shares the cores wit
 engine and Postgres, and aiohttp's client cost ~0.7 ms of CPU per shape here (two
 requests) against ~0.45 ms for RawHTTP, a quarter of all the CPU a storm uses. Client CPU
 is reported with the engine's and Postgres's.
+
+`--profile DIR` attaches py-spy (`pip install py-spy`) to each engine for the storm only
+(from the first request to the last client up-to-date), writing one raw (collapsed-stack)
+file per storm into DIR: `py-spy record --nonblocking` (Python frames only, idle ones left
+out, the engine not paused); sum the lines under a function for its share of the engine's
+busy CPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +63,9 @@ from _common import (
     pct,
     verdict,
 )
+
+#: Set by `--profile`: the directory py-spy's collapsed stacks are written to.
+PROFILE_DIR: Path | None = None
 
 
 async def follow_raw(port: int, path: str, client: RawHTTP | None = None) -> int:
@@ -80,6 +94,28 @@ async def follow_raw(port: int, path: str, client: RawHTTP | None = None) -> int
         client.close()
 
 
+def start_profile(engine: EngineProcess, name: str) -> subprocess.Popen[bytes] | None:
+    """py-spy recording `engine` into PROFILE_DIR (None when not profiling)."""
+    if PROFILE_DIR is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    out = PROFILE_DIR / f"{name}-{engine.pid}.txt"
+    proc = subprocess.Popen(
+        [spy, "record", "--pid", str(engine.pid), "--rate", "1000", "--nonblocking",
+         "--format", "raw", "--output", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)  # py-spy attaches before the storm starts
+    return proc
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+
+
 async def storm(
     pg: Postgres,
     engine: EngineProcess,
@@ -102,6 +138,7 @@ async def storm(
                 clients[i] = client
 
         await asyncio.gather(*(connect(i) for i in range(len(buckets))))
+    spy = start_profile(engine, f"{table}-{len(buckets)}")
     e0, p0, c0 = engine.cpu(), pg.cpu(), time.process_time()
     t0 = time.perf_counter()
 
@@ -114,6 +151,8 @@ async def storm(
     await asyncio.wait_for(asyncio.gather(*(one(i, b) for i, b in enumerate(buckets))), 300)
     total = time.perf_counter() - t0
     client_cpu = time.process_time() - c0
+    engine_cpu = engine.cpu() - e0
+    stop_profile(spy)
     with psycopg.connect(pg.url, autocommit=True) as conn:
         snapshots = conn.execute(
             "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query ILIKE "
@@ -121,7 +160,7 @@ async def storm(
         ).fetchone()[0]  # type: ignore[index]
     return {"total": total, "mean": sum(times) / len(times), "p99": pct(times, 0.99),
             "snapshots": float(snapshots), "503": float(unavailable),
-            "engine_cpu": engine.cpu() - e0, "pg_cpu": pg.cpu() - p0,
+            "engine_cpu": engine_cpu, "pg_cpu": pg.cpu() - p0,
             "client_cpu": client_cpu, "rss": engine.rss()}  # fmt: skip
 
 
@@ -318,7 +357,10 @@ if __name__ == "__main__":
     ap.add_argument("--only-small", action="store_true", help="only the 100-row storms")
     ap.add_argument("--fsync", action="store_true", help="100-row storms with fsync on")
     ap.add_argument("--sizes", help="100-row storm sizes, e.g. 1000,10000")
+    ap.add_argument("--profile", help="directory for py-spy profiles of each storm's engine")
     a = ap.parse_args()
+    if a.profile:
+        PROFILE_DIR = Path(os.path.abspath(a.profile))
     print(machine())
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
     print(table(asyncio.run(run(a.quick, a.n, a.baseline, a.only_small, a.fsync, sizes))))

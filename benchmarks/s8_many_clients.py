@@ -11,6 +11,9 @@ and then at 16 writes/s (5 s; `--quick`: 3 s). Arms, each with a fresh engine an
   collapsing identical URLs) -> proxy -> engine. nginx at the edge may only store answers the
   proxy marks `public`, so this arm's policy serves the shape anonymously (docs/cdn.md §3);
   the proxy arms use S2's policy (JWT, `{{org_id}}` claim in the filter).
+Experimental arms, not run unless named: the nginx arm with some of the shipped directives
+replaced (`NGINX_VARIANTS`), e.g. `--arms nginx,nginx-lt0` measures the shipped cache lock
+against `proxy_cache_lock_timeout 0s` (collapsing left to the proxy) side by side.
 
 The load is real: every client is a TCP connection that holds a live request (or an SSE
 stream) and asks again when answered. The clients are `asyncio.Protocol`s parsing HTTP with
@@ -83,6 +86,23 @@ PUBLIC_TABLES = {
 }
 PATH = "/v1/shape?table=items"
 ARMS = ("long-poll", "sse", "nginx")
+#: Experimental nginx-edge arms (not run by default): the shipped tier with some directives
+#: replaced, measured side by side with `nginx` (`--arms nginx,nginx-lt0,...`).
+NGINX_VARIANTS: dict[str, dict[str, str]] = {
+    "nginx": {},
+    # Waiters do not wait on nginx's lock: they go to the proxy at once, uncached, where the
+    # proxy's collapsing joins them to the one request in flight (woken at once, no 500 ms
+    # poll). The keep-alive pool to the proxy must then hold every client's connection.
+    "nginx-lt0": {"proxy_cache_lock_timeout": "0s", "keepalive": "20000"},
+    # Waiters wait at most 100 ms on the lock (one poll), then join the proxy's flight.
+    "nginx-lt100": {"proxy_cache_lock_timeout": "100ms", "keepalive": "20000"},
+    # No lock at all: every request not in the cache goes to the proxy.
+    "nginx-nolock": {"proxy_cache_lock": "off", "keepalive": "20000"},
+    # The shipped tier plus an open-file cache for cache files (fewer syscalls per HIT).
+    "nginx-ofc": {"open_file_cache": "max=1000 inactive=10s"},
+    # The shipped tier with its directory (the cache files) on tmpfs.
+    "nginx-shm": {"_dir": "/dev/shm"},
+}
 CLIENTS_PER_WORKER = 5000
 #: Highest latency bin (ms); anything later counts here.
 MAX_BIN = 60_000
@@ -382,11 +402,13 @@ class EdgeNginx:
     proxy). Changed for N clients only: connections per worker, `reuseport` to spread the
     clients over both workers, the access log off (as in the other scenarios)."""
 
-    def __init__(self, upstream_port: int, n: int) -> None:
+    def __init__(self, upstream_port: int, n: int, overrides: dict[str, str] | None = None) -> None:
         from _common import free_port
 
         self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-edge-"))
+        overrides = dict(overrides or {})
+        base = overrides.pop("_dir", None)
+        self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-edge-", dir=base))
         self.dir.chmod(0o755)  # workers run as nobody when started by root
         sys.path.insert(0, str(ROOT / "config" / "nginx"))
         from render import render
@@ -398,6 +420,12 @@ class EdgeNginx:
             f"listen 127.0.0.1:{self.port};",
             f"listen 127.0.0.1:{self.port} reuseport backlog=4096;",
         )
+        for directive, value in overrides.items():
+            text, count = re.subn(
+                rf"^(\s*){directive} [^;]*;", rf"\g<1>{directive} {value};", text, flags=re.M
+            )
+            if not count:  # not in the shipped file: add it to the server block
+                text = text.replace("    listen ", f"    {directive} {value};\n    listen ", 1)
         site.write_text(text)
         main = conf.read_text()
         conns = min(19_000, n + 2_000)
@@ -493,7 +521,7 @@ async def run_arm(
     try:
         engine = stack.add(EngineProcess(pg.url))
         await engine.wait_ready()
-        public = arm == "nginx"
+        public = arm in NGINX_VARIANTS
         proxy = stack.add(
             ProxyProcess(
                 engine.url,
@@ -505,8 +533,8 @@ async def run_arm(
         await proxy.wait_ready()
         servers: dict[str, Any] = {"proxy": proxy, "engine": engine}
         front_port, front_url = proxy.port, proxy.url
-        if arm == "nginx":
-            edge = stack.add(EdgeNginx(proxy.port, n))
+        if arm in NGINX_VARIANTS:
+            edge = stack.add(EdgeNginx(proxy.port, n, NGINX_VARIANTS[arm]))
             await edge.wait_ready()
             servers["nginx"] = edge
             front_port, front_url = edge.port, edge.url
@@ -602,7 +630,7 @@ async def run_arm(
 
 def largest_size(arm: str, top: int) -> int:
     """The proxy arms hold every client in one process: keep under its descriptor limit."""
-    if arm == "nginx":
+    if arm in NGINX_VARIANTS:
         return top
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     return min(top, hard - 500)
@@ -772,21 +800,23 @@ def rows(
             )
         )
     for k, rate in enumerate(rates):
-        largest = {}
+        largest: dict[str, str] = {}
         for a, by_n in results.items():
             ok = [
                 n
                 for n, r in by_n.items()
                 if len(r["phases"]) > k and r["phases"][k].percentile(n, 0.99) < 1000
             ]
-            largest[a] = max(ok, default=0)
+            largest[a] = (
+                f"{max(ok):,}" if ok else f"< {min(by_n, default=0):,}"  # none of the sizes tried
+            )
         tried = sorted({n for by_n in results.values() for n in by_n})
         out.append(
             Row(
                 "S8 live clients",
                 f"largest N (of {', '.join(f'{n:,}' for n in tried)})"
                 f" with p99 < 1 s, {rate} write/s",
-                [(a, f"{v:,}") for a, v in largest.items()],
+                list(largest.items()),
                 "",
                 "reported (issue 13)",
                 "",

@@ -66,7 +66,7 @@ async def _prepare_stream(request: web.Request, resp: web.StreamResponse) -> Non
 
 
 def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> web.Application:
-    """The public app (/v1/shape, /v1/health).
+    """The public app (/v1/shape, /v1/health, /metrics).
 
     Sources: the single database of `--database-url` ("default"), and the registered
     sources of `<data-dir>/sources.db` run by the app's `SourceManager` (`app[MANAGER]`,
@@ -126,6 +126,26 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         no_cache = {"cache-control": "no-cache, no-store, must-revalidate"}
         return json_response(status, body, no_cache)
 
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        """Prometheus text: live requests (long-polls, SSE streams) waiting for a change, over
+        every source; what an operator watches for held connections, and what end-to-end
+        tests wait on instead of sleeping (the engine runs as a subprocess there). Behind
+        `--secret` when one is set, as `/v1/shape` is (a CDN tier forwards `/` to the engine).
+        """
+        if settings.secret is not None:
+            given = request.query.get("secret") or request.query.get("api_secret") or ""
+            if not hmac.compare_digest(given.encode(), settings.secret.encode()):
+                raise Unauthorized()
+        srcs: list[Source] = [*request.app[SOURCES].values(), *manager.running.values()]
+        parked = sum(s.parked_requests for s in srcs)
+        text = (
+            "# HELP sync_engine_parked_requests Live requests waiting for their shape to change\n"
+            "# TYPE sync_engine_parked_requests gauge\n"
+            f"sync_engine_parked_requests {parked}\n"
+        )
+        no_cache = {"cache-control": "no-store"}
+        return web.Response(text=text, content_type="text/plain", headers=no_cache)
+
     async def root(request: web.Request) -> web.StreamResponse:
         return web.Response(status=200)
 
@@ -135,6 +155,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         app.router.add_delete(path, view.delete)
         app.router.add_route("OPTIONS", path, options)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/", root)
 
     async def lifespan(app: web.Application) -> AsyncIterator[None]:

@@ -8,10 +8,13 @@ each primary-key value wrapped in double quotes with `/` doubled, NULL written a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import orjson
 
 from ..pg.xid_snapshot import XidSnapshot
+
+_dumps = orjson.dumps
 
 
 def quote_ident(name: str) -> str:
@@ -31,37 +34,47 @@ def build_key(prefix: str, pk: Sequence[str], row: Mapping[str, str | None]) -> 
     return "/".join(parts)
 
 
-def change_message(
-    key: str,
-    operation: str,
-    relation: tuple[str, str],
-    value: Mapping[str, str | None],
-    *,
-    txid: int,
-    lsn: int,
-    op_position: int,
-    last: bool,
-    old_value: Mapping[str, str | None] | None = None,
-    key_change_to: str | None = None,
-    key_change_from: str | None = None,
-) -> bytes:
-    headers: dict[str, object] = {
-        "operation": operation,
-        "relation": relation,
-        "txids": [txid],
-        "lsn": str(lsn),
-        "op_position": op_position,
-    }
-    if last:
-        headers["last"] = True
-    if key_change_to is not None:
-        headers["key_change_to"] = key_change_to
-    if key_change_from is not None:
-        headers["key_change_from"] = key_change_from
-    msg: dict[str, object] = {"key": key, "value": value, "headers": headers}
-    if old_value is not None:
-        msg["old_value"] = old_value
-    return orjson.dumps(msg)
+ChangeEntry: TypeAlias = tuple[
+    int, str, str, Mapping[str, str | None], Mapping[str, str | None] | None, str | None, str | None
+]
+"""One log entry of a change, before it is serialised: (op position, key, operation, value,
+old_value, key_change_to, key_change_from); the last three are None when absent."""
+
+
+def change_messages(
+    relation: tuple[str, str], txid: int, lsn: int, entries: Sequence[ChangeEntry]
+) -> list[tuple[int, bytes]]:
+    """One transaction's entries for one shape as `(op, JSON line)`, the last one marked
+    `"last": true` (what tells the client the transaction ends there).
+
+    A transaction at a time, so that what its entries share (the relation, txids, LSN) is
+    built once: this runs for every change a shape gets.
+    """
+    txids = [txid]
+    lsn_text = str(lsn)
+    last_i = len(entries) - 1
+    out: list[tuple[int, bytes]] = []
+    for i, (op, key, operation, value, old_value, key_change_to, key_change_from) in enumerate(
+        entries
+    ):
+        headers: dict[str, object] = {
+            "operation": operation,
+            "relation": relation,
+            "txids": txids,
+            "lsn": lsn_text,
+            "op_position": op,
+        }
+        if i == last_i:
+            headers["last"] = True
+        if key_change_to is not None:
+            headers["key_change_to"] = key_change_to
+        if key_change_from is not None:
+            headers["key_change_from"] = key_change_from
+        msg: dict[str, object] = {"key": key, "value": value, "headers": headers}
+        if old_value is not None:
+            msg["old_value"] = old_value
+        out.append((op, _dumps(msg)))
+    return out
 
 
 def up_to_date_message(global_last_seen_lsn: int) -> bytes:

@@ -52,7 +52,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NoReturn, TypeAlias
 
 import orjson
 from cachetools import LRUCache
@@ -119,12 +119,9 @@ class _Chunk:
         return _offset(self.lasts[-1])
 
 
-class _Staged(NamedTuple):
-    chunk: _Chunk
-    start: int
-    end: int
-    last_key: int
-    lsn: int
+#: A record written but not yet published: (its chunk, start, end, key of its last entry,
+#: commit LSN). A plain tuple: one is made for every append.
+_Staged: TypeAlias = tuple[_Chunk, int, int, int, int]
 
 
 def _offset(key: int) -> LogOffset:
@@ -179,7 +176,8 @@ class ShapeLog:
         # Snapshot chunks whose file this process wrote or read and checked since loading.
         self._checked: set[int] = set()
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
-        #: may have cut. The cut is only a repair if the slot sends that transaction again.
+        #: may have cut. The cut is only a repair if the slot sends that transaction again;
+        #: cleared by `repair_checked` once the replicator has asked the slot.
         self.repaired_from: int | None = None
         self.damage: str | None = None  # what `load` found wrong, if anything
         #: Called (with the reason) when a read finds damage; the registry retires the shape.
@@ -238,6 +236,11 @@ class ShapeLog:
             last = max(last, chunk.index)
         names += [self._log_name(i) for i in range(last + 1)]
         return names
+
+    def repair_checked(self) -> None:
+        """The replicator compared `repaired_from` with the slot (the cut transactions are
+        replayed, or the shape was retired): nothing is left to check."""
+        self.repaired_from = None
 
     def _load_transactions(self, paths: list[str]) -> None:
         """Index the transaction chunks; cut back to the last whole transaction before the
@@ -452,7 +455,7 @@ class ShapeLog:
             self.rollback()
             raise LogWriteError(exc.errno, f"writing {tail.path}: {exc.strerror}") from exc
         tail.end = end = start + len(record)
-        self._staged.append(_Staged(tail, start, end, last_key, lsn))
+        self._staged.append((tail, start, end, last_key, lsn))
         self._dirty.add(tail.path)
         if not start:  # a new file: its directory entry must be durable too
             self._dirty.add(self._dir)
@@ -484,16 +487,15 @@ class ShapeLog:
             return False
         staged, self._staged = self._staged[:count], self._staged[count:]
         chunks = self._chunks
-        for rec in staged:
-            chunk = rec.chunk
+        for chunk, start, end, last_key, lsn in staged:
             if not chunks or chunks[-1] is not chunk:
                 chunks.append(chunk)
-                self._chunk_lasts.append(rec.last_key)
-            chunk.starts.append(rec.start)
-            chunk.lasts.append(rec.last_key)
-            chunk.size = rec.end
-            self._chunk_lasts[-1] = rec.last_key
-            self._published_lsn = rec.lsn
+                self._chunk_lasts.append(last_key)
+            chunk.starts.append(start)
+            chunk.lasts.append(last_key)
+            chunk.size = end
+            self._chunk_lasts[-1] = last_key
+            self._published_lsn = lsn
         return True
 
     def rollback(self) -> None:
@@ -508,8 +510,8 @@ class ShapeLog:
         self._generation += 1
         self.last_lsn = self._published_lsn
         touched: dict[str, _Chunk] = {}
-        for rec in staged:
-            touched[rec.chunk.path] = rec.chunk
+        for chunk, *_ in staged:
+            touched[chunk.path] = chunk
         if self._tail is not None:
             touched[self._tail.path] = self._tail
         published = {c.path for c in self._chunks}

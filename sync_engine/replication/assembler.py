@@ -4,8 +4,9 @@ The hot path of the engine: during catch-up `handle_batch` runs for every messag
 stream. Most changes match no shape, so it works on the raw XLogData messages: Begin and
 Commit are read from their fixed-size layouts, and a row is only decoded as far as the
 columns the router's equality indexes need (one dict probe each, `pgoutput.row_may_match`)
-unless some shape may want it. Only those rows, and the rare other messages, become
-`pgoutput` objects (`handle`), with the same effect as if every message had been decoded.
+unless some shape may want it; those rows are read whole where they lie
+(`pgoutput.read_row`). Only the rare other messages become `pgoutput` objects (`handle`),
+with the same effect as if every message had been decoded.
 
 At each Commit the changes collected per shape go to `deliver(touched, xid, lsn)` (the
 replicator's: park, apply or skip them). Relation messages check the shapes' table
@@ -18,7 +19,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, cast
 
-from ..shapes.changes import Change, Row
+from ..shapes.changes import Change, ChangeKind, Row
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import RowPlan, ShapeRouter
 from ..shapes.shape import Shape
@@ -33,11 +34,11 @@ from .pgoutput import (
     TupleValue,
     read_begin,
     read_commit,
+    read_row,
     read_row_oid,
     row_may_match,
 )
 from .stream import XLOGDATA_HEADER
-from .transactions import ChangeKind
 from .wal import Lsn, Xid
 
 __all__ = ["RECENT_XIDS", "Deliver", "TransactionAssembler"]
@@ -49,7 +50,6 @@ Deliver = Callable[[dict[Shape, list[Change]], Xid, Lsn], None]
 """Where a committed transaction goes: (its changes per shape, xid, commit LSN)."""
 
 _H: Final = XLOGDATA_HEADER  # the pgoutput message's position in a raw XLogData message
-_Row = pgoutput.Insert | pgoutput.Update | pgoutput.Delete
 # Read once: reading a member off its Enum class costs ~1 µs on Python 3.11.
 _INSERT: Final = ChangeKind.INSERT
 _UPDATE: Final = ChangeKind.UPDATE
@@ -111,8 +111,9 @@ class TransactionAssembler:
 
         Begin, Commit and rows that no shape can want are handled from the bytes: a row
         costs its relation id, the indexed columns' values and one dict probe per indexed
-        column. Rows some shape may want, tables with unindexed shapes and every other
-        message kind go through `pgoutput.decode` and `handle`.
+        column. Rows some shape may want, and those of tables with unindexed shapes, are
+        read whole (`pgoutput.read_row`); every other message kind goes through
+        `pgoutput.decode` and `handle`.
         """
         router = self.router
         if self._plans_version != router.version:
@@ -130,7 +131,8 @@ class TransactionAssembler:
                     self.op += 2
                     self.changes_seen += 1
                     continue
-                self._row_change(cast(_Row, pgoutput.decode(buf[_H:])))
+                kind, oid, old, new = read_row(buf, _H)
+                self._row_change(kind, oid, old, new)
             elif kind == BEGIN:
                 self.xid = read_begin(buf, _H)[2]
                 self.in_transaction = True
@@ -158,8 +160,12 @@ class TransactionAssembler:
 
     def handle(self, msg: pgoutput.Message) -> Lsn:
         """Apply one decoded message; returns the end LSN when it was a commit, else 0."""
-        if isinstance(msg, _Row):
-            self._row_change(msg)
+        if isinstance(msg, pgoutput.Insert):
+            self._row_change(INSERT, msg.relation_oid, None, msg.new)
+        elif isinstance(msg, pgoutput.Update):
+            self._row_change(UPDATE, msg.relation_oid, msg.old, msg.new)
+        elif isinstance(msg, pgoutput.Delete):
+            self._row_change(DELETE, msg.relation_oid, msg.old, None)
         elif isinstance(msg, pgoutput.Begin):
             self.in_transaction = True
             self.xid = msg.xid
@@ -202,45 +208,51 @@ class TransactionAssembler:
                 for shape in shapes:
                     self.registry.rotate(shape, "table schema changed")
 
-    def _row_change(self, msg: _Row) -> None:
+    def _row_change(
+        self,
+        kind: int,
+        oid: int,
+        old_t: tuple[TupleValue, ...] | None,
+        new_t: tuple[TupleValue, ...] | None,
+    ) -> None:
+        """A row change some shape may want (`pgoutput.read_row`'s fields): routed, and
+        collected for each shape it may belong to until the commit."""
         op = self.op
-        self.op += 2
+        self.op = op + 2
         self.rows_decoded += 1
-        oid = msg.relation_oid
-        if not self.router.has_table(oid):
-            return
         rel = self._relations.get(oid)
-        if rel is None:
+        if rel is None or not self.router.has_table(oid):
             return
         self.changes_seen += 1
-        old_t: tuple[TupleValue, ...] | None
-        new_t: tuple[TupleValue, ...] | None
-        if isinstance(msg, pgoutput.Insert):
-            kind, old_t, new_t = _INSERT, None, msg.new
-        elif isinstance(msg, pgoutput.Update):
-            kind, old_t, new_t = _UPDATE, msg.old, msg.new
+        change_kind: ChangeKind
+        if kind == INSERT:
+            change_kind = _INSERT
+        elif kind == UPDATE:
+            change_kind = _UPDATE
             if old_t is None:
                 old_t = new_t  # no old row (identity not FULL at the time): treat as in place
         else:
-            kind, old_t, new_t = _DELETE, msg.old, None
+            change_kind = _DELETE
         shapes = self.router.candidates(oid, rel.positions, old_t, new_t)
         if not shapes:
             return
-        old: dict[str, TupleValue] | None = None
-        new: dict[str, TupleValue] | None = None
-        if old_t is not None:
-            old = dict(zip(rel.names, old_t, strict=False))
-        if new_t is not None:
-            new = dict(zip(rel.names, new_t, strict=False))
+        names = rel.names
+        old = None if old_t is None else dict(zip(names, old_t, strict=False))
+        new = None if new_t is None else dict(zip(names, new_t, strict=False))
         if new is not None and old is not None:
             for k, v in new.items():
                 if v is UNCHANGED_TOAST:
                     new[k] = old.get(k)
         # (Rows hold Postgres text or None; an unchanged TOASTed value stays the sentinel
         # only when there is no old row to take it from.)
-        change: Change = (kind, cast("Row | None", old), cast("Row | None", new), op)
+        change: Change = (change_kind, cast("Row | None", old), cast("Row | None", new), op)
+        touched = self._touched
         for shape in shapes:
-            self._touched.setdefault(shape, []).append(change)
+            changes = touched.get(shape)
+            if changes is None:
+                touched[shape] = [change]
+            else:
+                changes.append(change)
 
     def _commit(self, lsn: Lsn) -> None:
         """End of the transaction committed at `lsn`: deliver what it touched."""

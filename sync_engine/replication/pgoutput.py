@@ -26,9 +26,10 @@ and xids are `wal.Lsn` and `wal.Xid`.
 
 This module is the only one that knows the wire format. Besides the full decoder it
 offers the replicator's fast path (`read_begin`, `read_commit`, `read_row_oid`,
-`row_may_match`): most messages of a busy stream are Begin/Commit or rows no shape wants,
-and those are read straight from the stream's buffer at a given payload position, without
-building message objects or decoding values no one looks at.
+`row_may_match`, `read_row`): most messages of a busy stream are Begin/Commit or rows no
+shape wants, and those are read straight from the stream's buffer at a given payload
+position, without building message objects or decoding values no one looks at; the rows
+some shape may want are read there too (`read_row`, the same parser as `decode`'s).
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ __all__ = [
     "Probe",
     "Relation",
     "RelationColumn",
+    "RowFields",
     "Truncate",
     "TupleValue",
     "Type",
@@ -67,6 +69,7 @@ __all__ = [
     "decode",
     "read_begin",
     "read_commit",
+    "read_row",
     "read_row_oid",
     "row_may_match",
 ]
@@ -345,12 +348,17 @@ def _tuple_data(buf: bytes, pos: int) -> tuple[tuple[TupleValue, ...], int]:
     return tuple(values), pos
 
 
-def _decode_insert(buf: bytes) -> tuple[Message, int]:
+# Rows are read at a position `at` of a buffer (0 for `decode`'s payload; the XLogData
+# header's size for the fast path's raw messages, see `read_row`): one parser for both.
+
+
+def _read_insert(buf: bytes, at: int) -> tuple[int, tuple[TupleValue, ...], int]:
+    """An Insert's (relation oid, new row, end position)."""
     # The most frequent message: _tuple_data() inlined (same loop), header in one unpack.
-    oid, kind, n = _oid_kind_count(buf, 1)
+    oid, kind, n = _oid_kind_count(buf, at + 1)
     if kind != b"N":
         raise PgoutputDecodeError(f"Insert: expected 'N' tuple, got {kind!r}")
-    pos = 8
+    pos = at + 8
     values: list[TupleValue] = []
     append = values.append
     for _ in range(n):
@@ -362,37 +370,50 @@ def _decode_insert(buf: bytes) -> tuple[Message, int]:
         elif kind_byte == _NULL:
             append(None)
             pos += 1
-        else:
-            return _decode_insert_slow(buf)
-    return _new_insert(oid, tuple(values)), pos
+        else:  # unchanged TOAST or an invalid kind (rare): the general loop
+            new, pos = _tuple_data(buf, at + 6)
+            return oid, new, pos
+    return oid, tuple(values), pos
 
 
-def _decode_insert_slow(buf: bytes) -> tuple[Message, int]:
-    """Insert with unchanged-TOAST or invalid value kinds (rare): the general loop."""
-    (oid,) = _u32(buf, 1)
-    new, pos = _tuple_data(buf, 6)
-    return _new_insert(oid, new), pos
-
-
-def _decode_update(buf: bytes) -> tuple[Message, int]:
-    oid, kind = _oid_kind(buf, 1)
+def _read_update(
+    buf: bytes, at: int
+) -> tuple[int, tuple[TupleValue, ...] | None, tuple[TupleValue, ...], int]:
+    """An Update's (relation oid, old row or key or None, new row, end position)."""
+    oid, kind = _oid_kind(buf, at + 1)
     old: tuple[TupleValue, ...] | None = None
-    pos = 6
+    pos = at + 6
     if kind == b"K" or kind == b"O":
-        old, pos = _tuple_data(buf, 6)
+        old, pos = _tuple_data(buf, pos)
         kind = buf[pos : pos + 1]
         pos += 1
     if kind != b"N":
         raise PgoutputDecodeError(f"Update: expected 'N' tuple, got {kind!r}")
     new, pos = _tuple_data(buf, pos)
+    return oid, old, new, pos
+
+
+def _read_delete(buf: bytes, at: int) -> tuple[int, tuple[TupleValue, ...], int]:
+    """A Delete's (relation oid, old row or key, end position)."""
+    oid, kind = _oid_kind(buf, at + 1)
+    if kind != b"K" and kind != b"O":
+        raise PgoutputDecodeError(f"Delete: expected 'K' or 'O' tuple, got {kind!r}")
+    old, pos = _tuple_data(buf, at + 6)
+    return oid, old, pos
+
+
+def _decode_insert(buf: bytes) -> tuple[Message, int]:
+    oid, new, pos = _read_insert(buf, 0)
+    return _new_insert(oid, new), pos
+
+
+def _decode_update(buf: bytes) -> tuple[Message, int]:
+    oid, old, new, pos = _read_update(buf, 0)
     return _new_update(oid, old, new), pos
 
 
 def _decode_delete(buf: bytes) -> tuple[Message, int]:
-    oid, kind = _oid_kind(buf, 1)
-    if kind != b"K" and kind != b"O":
-        raise PgoutputDecodeError(f"Delete: expected 'K' or 'O' tuple, got {kind!r}")
-    old, pos = _tuple_data(buf, 6)
+    oid, old, pos = _read_delete(buf, 0)
     return _new_delete(oid, old), pos
 
 
@@ -521,6 +542,47 @@ read_commit: Final = _COMMIT.unpack_from
 
 read_row_oid: Final = _ROW_OID.unpack_from
 """``read_row_oid(buf, pos)``: ``(relation_oid,)`` of an Insert, Update or Delete."""
+
+RowFields: TypeAlias = tuple[
+    int, int, "tuple[TupleValue, ...] | None", "tuple[TupleValue, ...] | None"
+]
+"""What `read_row` reads: (kind byte, relation oid, old row, new row)."""
+
+
+def read_row(buf: bytes, at: int) -> RowFields:
+    """The Insert, Update or Delete at ``at`` of ``buf`` (it ends the buffer), as
+    ``(kind, relation_oid, old, new)``: the fields of the `Insert`, `Update` or `Delete`
+    that `decode(buf[at:])` returns (``kind`` is `INSERT`, `UPDATE` or `DELETE`; an Insert
+    has no ``old``, a Delete no ``new``), without the copy and the message object.
+
+    Raises `PgoutputDecodeError` as `decode` does.
+    """
+    kind = buf[at]
+    try:
+        if kind == INSERT:
+            oid, new, end = _read_insert(buf, at)
+            if end == len(buf):
+                return kind, oid, None, new
+        elif kind == UPDATE:
+            oid, old, new, end = _read_update(buf, at)
+            if end == len(buf):
+                return kind, oid, old, new
+        elif kind == DELETE:
+            oid, old, end = _read_delete(buf, at)
+            if end == len(buf):
+                return kind, oid, old, None
+        else:
+            raise PgoutputDecodeError(f"not a row message: {bytes((kind,))!r}")
+    except PgoutputDecodeError:
+        raise
+    except Exception as exc:
+        # Malformed or truncated (cold path): `decode`'s error, which says it for the
+        # message alone (not for the buffer around it).
+        decode(buf[at:])
+        raise PgoutputDecodeError(f"malformed pgoutput {bytes((kind,))!r} message") from exc
+    decode(buf[at:])  # trailing bytes: the same
+    raise PgoutputDecodeError(f"malformed pgoutput {bytes((kind,))!r} message")
+
 
 Probe: TypeAlias = tuple[int, Callable[[str], object] | None, Mapping[object, Sized]]
 """One indexed column of a table: its position in the row, the parser from its text to the

@@ -29,9 +29,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ..log.entries import change_messages
 from ..log.files import LogWriteError
 from ..pg.values import UnrepresentableValue
-from ..shapes.changes import Change, Message, convert_change, encode_entries
+from ..shapes.changes import Change, ChangeEntry, convert_change
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import ShapeRouter
 from ..shapes.shape import Shape
@@ -145,6 +146,12 @@ class Replicator:
     def changes_seen(self) -> int:
         return self.assembler.changes_seen
 
+    @property
+    def unflushed(self) -> bool:
+        """Whether appends were staged since the last `flush` (invisible to readers until it
+        runs): the stream loop, and a benchmark driving `handle_batch` itself, flush then."""
+        return bool(self._dirty)
+
     # -- the loop -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -239,7 +246,7 @@ class Replicator:
                     self.registry.rotate(shape, "its log was damaged past what can be replayed")
                 else:
                     logger.info("shape %s: torn log tail cut, replaying it", shape.handle)
-                shape.log.repaired_from = None
+                shape.log.repair_checked()
         self._slot_checked = True
 
     # -- shape log writes: stage, flush, pause while they fail -----------------------------
@@ -275,10 +282,10 @@ class Replicator:
 
     def _append(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
         """Stage one transaction's changes in the shape's log (`sort_out` said to append)."""
-        items: list[tuple[int, Message]] = []
+        entries: list[ChangeEntry] = []
         try:
             for kind, old, new, op in changes:
-                items.extend(convert_change(shape, kind, old, new, op=op))
+                convert_change(shape, kind, old, new, op, entries)
         except UnrepresentableValue:
             # The where clause read a value Postgres holds but the engine cannot (a BC date,
             # a year past 9999): guessing could lose or invent a row, so clients refetch a
@@ -293,10 +300,9 @@ class Replicator:
             )
             self.registry.rotate(shape, "where clause read an unrepresentable value")
             return
-        if not items:
-            return
-        shape.log.append_transaction(lsn, encode_entries(shape, items, txid=xid, lsn=lsn))
-        self._dirty.add(shape)
+        if entries:
+            shape.log.append_transaction(lsn, change_messages(shape.relation, xid, lsn, entries))
+            self._dirty.add(shape)
 
     async def flush(self) -> None:
         """fsync what was appended, publish it, then wake the waiters of the shapes that grew.

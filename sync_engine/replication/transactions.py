@@ -30,20 +30,11 @@ __all__ = [
     "IN_SNAPSHOT",
     "PARKED",
     "REPLAYED",
-    "ChangeKind",
     "Fate",
     "ParkedShapes",
     "admit",
     "sort_out",
 ]
-
-
-class ChangeKind(enum.StrEnum):
-    """What a row change did (`Change`'s first field)."""
-
-    INSERT = "insert"
-    UPDATE = "update"
-    DELETE = "delete"
 
 
 class Fate(enum.Enum):

@@ -8,131 +8,111 @@ This is where the protocol's change semantics live:
   reverse a delete; an update that changes no selected column is dropped;
 - a primary-key change becomes a delete (`key_change_to`) at op `n` and an insert
   (`key_change_from`) at op `n + 1`, which is why ops are numbered 0, 2, 4 ...
+
+`convert_change` runs for every change a shape gets (the replicator's "matches one" cost),
+so it appends plain `ChangeEntry` tuples to the caller's list, which `log.entries` then
+serialises a transaction at a time: no object per entry, no list per change.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
-from ..log.entries import build_key, change_message
+from ..log.entries import ChangeEntry, build_key
 
 if TYPE_CHECKING:
     from .shape import Shape
 
+__all__ = ["Change", "ChangeEntry", "ChangeKind", "Row", "convert_change"]
+
+
+class ChangeKind(enum.StrEnum):
+    """What a row change did (`Change`'s first field)."""
+
+    INSERT = "insert"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+# Read once: on Python 3.11 reading a member off its Enum class costs ~1 µs, and these are
+# compared (by identity) for every change a shape gets.
+_INSERT: Final = ChangeKind.INSERT
+_DELETE: Final = ChangeKind.DELETE
+
 Row = Mapping[str, str | None]
 #: One row change of a transaction, as the replicator collects it: (kind, old row, new row,
-#: its op position); `kind` is "insert", "update" or "delete".
-Change = tuple[str, Row | None, Row | None, int]
-
-
-@dataclass(slots=True)
-class Message:
-    """One log entry a change becomes in a shape, before it is serialised."""
-
-    key: str
-    operation: str
-    value: dict[str, str | None]
-    old_value: dict[str, str | None] | None = None
-    key_change_to: str | None = None
-    key_change_from: str | None = None
-
-
-def _project(row: Row, columns: tuple[str, ...]) -> dict[str, str | None]:
-    return {c: row.get(c) for c in columns}
+#: its op position). An insert has no old row, a delete no new row.
+Change = tuple[ChangeKind, Row | None, Row | None, int]
 
 
 def convert_change(
     shape: Shape,
-    kind: str,
+    kind: ChangeKind,
     old: Row | None,
     new: Row | None,
-    *,
     op: int,
-) -> list[tuple[int, Message]]:
-    """The `(op, message)` a change produces in `shape`; serialised by `encode_entries`."""
+    out: list[ChangeEntry],
+) -> None:
+    """Append the entries (none, one, or two for a key change) the change produces in
+    `shape` to `out`; `log.entries.change_messages` serialises them."""
     where = shape.where
-    cols = shape.column_names
-    if kind == "insert":
+    if kind is _INSERT:
         assert new is not None
-        if where is not None and not where.matches(new):
-            return []
-        return [(op, _msg(shape, "insert", new, _project(new, cols)))]
-    if kind == "delete":
+        if where is None or where.matches(new):
+            out.append(_insert(shape, op, new, None))
+        return
+    if kind is _DELETE:
         assert old is not None
-        if where is not None and not where.matches(old):
-            return []
-        return [(op, _msg(shape, "delete", old, _delete_value(shape, old)))]
+        if where is None or where.matches(old):
+            out.append(_delete(shape, op, old, None))
+        return
     assert old is not None and new is not None
     old_in = where is None or where.matches(old)
     new_in = where is None or where.matches(new)
-    if not old_in and not new_in:
-        return []
     if not old_in:
-        return [(op, _msg(shape, "insert", new, _project(new, cols)))]
+        if new_in:
+            out.append(_insert(shape, op, new, None))
+        return
     if not new_in:
-        return [(op, _msg(shape, "delete", old, _delete_value(shape, old)))]
-    old_key = build_key(shape.key_prefix, shape.pk, old)
-    new_key = build_key(shape.key_prefix, shape.pk, new)
+        out.append(_delete(shape, op, old, None))
+        return
+    prefix = shape.key_prefix
+    pk = shape.pk
+    old_key = build_key(prefix, pk, old)
+    new_key = build_key(prefix, pk, new)
     if old_key != new_key:
-        delete = _msg(shape, "delete", old, _delete_value(shape, old), key=old_key)
-        delete.key_change_to = new_key
-        insert = _msg(shape, "insert", new, _project(new, cols), key=new_key)
-        insert.key_change_from = old_key
-        return [(op, delete), (op + 1, insert)]
+        out.append(_delete(shape, op, old, old_key, key_change_to=new_key))
+        out.append(_insert(shape, op + 1, new, new_key, key_change_from=old_key))
+        return
+    cols = shape.column_names
     changed = [c for c in cols if old.get(c) != new.get(c)]
     if not changed:
-        return []
+        return
     if shape.definition.replica == "full":
-        msg = _msg(shape, "update", new, _project(new, cols), key=new_key)
-        msg.old_value = {c: old.get(c) for c in changed}
+        value = {c: new.get(c) for c in cols}
+        out.append((op, new_key, "update", value, {c: old.get(c) for c in changed}, None, None))
     else:
-        value = {c: new.get(c) for c in shape.pk}
+        value = {c: new.get(c) for c in pk}
         for c in changed:
             value[c] = new.get(c)
-        msg = _msg(shape, "update", new, value, key=new_key)
-    return [(op, msg)]
+        out.append((op, new_key, "update", value, None, None, None))
 
 
-def _delete_value(shape: Shape, old: Row) -> dict[str, str | None]:
-    if shape.definition.replica == "full":
-        return _project(old, shape.column_names)
-    return {c: old.get(c) for c in shape.pk}
+def _insert(
+    shape: Shape, op: int, new: Row, key: str | None, key_change_from: str | None = None
+) -> ChangeEntry:
+    if key is None:
+        key = build_key(shape.key_prefix, shape.pk, new)
+    value = {c: new.get(c) for c in shape.column_names}
+    return (op, key, "insert", value, None, None, key_change_from)
 
 
-def _msg(
-    shape: Shape, operation: str, row: Row, value: dict[str, str | None], key: str | None = None
-) -> Message:
-    return Message(
-        key=key if key is not None else build_key(shape.key_prefix, shape.pk, row),
-        operation=operation,
-        value=value,
-    )
-
-
-def encode_entries(
-    shape: Shape, items: list[tuple[int, Message]], *, txid: int, lsn: int
-) -> list[tuple[int, bytes]]:
-    """Serialise a transaction's converted changes, marking the shape's last one `last`."""
-    last_i = len(items) - 1
-    relation = shape.relation
-    return [
-        (
-            op,
-            change_message(
-                m.key,
-                m.operation,
-                relation,
-                m.value,
-                txid=txid,
-                lsn=lsn,
-                op_position=op,
-                last=i == last_i,
-                old_value=m.old_value,
-                key_change_to=m.key_change_to,
-                key_change_from=m.key_change_from,
-            ),
-        )
-        for i, (op, m) in enumerate(items)
-    ]
+def _delete(
+    shape: Shape, op: int, old: Row, key: str | None, key_change_to: str | None = None
+) -> ChangeEntry:
+    if key is None:
+        key = build_key(shape.key_prefix, shape.pk, old)
+    cols = shape.column_names if shape.definition.replica == "full" else shape.pk
+    return (op, key, "delete", {c: old.get(c) for c in cols}, None, key_change_to, None)

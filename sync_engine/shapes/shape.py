@@ -33,9 +33,6 @@ from ..log.entries import relation_prefix
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import ShapeDefinition
 
-#: The shape's snapshot (the name other modules still import).
-SnapshotInfo = XidSnapshot
-
 __all__ = [
     "HandleFactory",
     "ParkedTransaction",
@@ -43,7 +40,6 @@ __all__ = [
     "ShapeDefinition",
     "ShapeHandle",
     "ShapeState",
-    "SnapshotInfo",
     "schema_header",
 ]
 
@@ -139,6 +135,8 @@ class Shape:
     snapshot: XidSnapshot | None = None
     schema_json: str = field(init=False, default="")
     key_prefix: str = field(init=False, default="")
+    #: (schema, table), as each change's `relation` header says it.
+    relation: tuple[str, str] = field(init=False, default=("", ""))
     column_names: tuple[str, ...] = field(init=False, default=())
     pk: tuple[str, ...] = field(init=False, default=())
     #: Set once a transaction at or past the snapshot's xmax was seen: every later one is
@@ -158,15 +156,12 @@ class Shape:
     def __post_init__(self) -> None:
         self.schema_json = schema_header(self.columns)
         self.key_prefix = relation_prefix(self.table.schema, self.table.name)
+        self.relation = (self.table.schema, self.table.name)
         self.column_names = tuple(c.name for c in self.columns)
         # A table without a primary key is keyed by all (selected) columns.
         self.pk = self.table.pk or self.column_names
         if self.snapshot is not None:
             self._state = ShapeState.ACTIVE
-
-    @property
-    def relation(self) -> tuple[str, str]:
-        return (self.table.schema, self.table.name)
 
     # -- lifecycle ------------------------------------------------------------------------
 

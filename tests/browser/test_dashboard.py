@@ -15,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,8 @@ from typing import Any
 
 import psycopg
 import pytest
+
+from tests.support.waiting import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -73,15 +74,20 @@ def engine_process(tmp_path: Path) -> Iterator[tuple[str, str]]:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     admin = f"http://127.0.0.1:{admin_port}"
+
+    def admin_up() -> bool:
+        try:
+            _get(admin + "/api/info", TOKEN)
+            return True
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "engine.log").read_text()
+            return False
+
     try:
-        for _ in range(100):
-            try:
-                _get(admin + "/api/info", TOKEN)
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError((tmp_path / "engine.log").read_text()) from None
-                time.sleep(0.1)
+        try:
+            wait_until(admin_up, timeout=60, interval=0.1, message="the admin API")
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}:\n{(tmp_path / 'engine.log').read_text()}") from None
         yield f"http://127.0.0.1:{port}", admin
     finally:
         proc.terminate()

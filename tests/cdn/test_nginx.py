@@ -31,6 +31,8 @@ import psycopg
 import pytest
 from aiohttp import web
 
+from tests.support.engine_process import until_parked
+
 ROOT = Path(__file__).resolve().parents[2]
 RENDER = ROOT / "config" / "nginx" / "render.py"
 NODE_SCRIPT = Path(__file__).with_name("sync_through_cdn.mjs")
@@ -195,7 +197,9 @@ async def stack(db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     counter.session = aiohttp.ClientSession(auto_decompress=False)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", counter.handle)
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a client (nginx) that leaves ends its engine request too, as a
+    # proxy should; otherwise an SSE stream kept cleanup waiting ~20 s for a keep-alive.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", pass_port).start()
     scratch = _scratch_dir()
@@ -290,6 +294,7 @@ async def test_concurrent_live_long_polls_collapse_into_one_engine_request(stack
         # Past nginx's 5 s default lock timeout/age, and still inside the engine's hold.
         await asyncio.sleep(6.5)
         assert not any(p.done() for p in polls)
+        await until_parked(stack.counter.engine, SECRET)  # (nginx's one engine request)
         stack.sql("INSERT INTO items VALUES (100, 'inserted while 20 clients wait')")
         replies = await asyncio.wait_for(asyncio.gather(*polls), HOLD + 10)
         elapsed = time.monotonic() - started
@@ -398,7 +403,7 @@ async def test_npm_client_syncs_through_nginx(stack: Stack) -> None:
             assert line, (await proc.stderr.read()).decode() if proc.stderr else ""
             initial = json.loads(line)
             assert initial["phase"] == "initial"
-            await asyncio.sleep(0.5)  # let it go live
+            await until_parked(stack.counter.engine, SECRET)  # its live request is held
             stack.sql(insert)
             line = await asyncio.wait_for(proc.stdout.readline(), 40)
             assert line, (await proc.stderr.read()).decode() if proc.stderr else ""

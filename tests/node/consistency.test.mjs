@@ -5,7 +5,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { useCluster, show, sortBy, sleep, settlesWithin } from './harness.mjs'
+import { useCluster, show, sortBy, settlesWithin } from './harness.mjs'
 
 const cluster = useCluster()
 const T = { timeout: 60_000 }
@@ -140,10 +140,9 @@ test('the Shape keeps syncing across a restart of the sync service', T, async (t
   await env.until(shape, (r) => r.length === 2, { message: 'live insert before the restart' })
 
   // graceful restart; a change lands while the service is down
-  const restarting = env.engine.restart()
-  await sleep(100)
+  await env.engine.down()
   await env.sql(`INSERT INTO items VALUES (3, 'while down'); UPDATE items SET title = 'edited while down' WHERE id = 1;`)
-  await restarting
+  await env.engine.up()
 
   await env.until(shape, (r) => r.length === 3 && r.find((x) => x.id === 1)?.title === 'edited while down', {
     timeout: 25_000,

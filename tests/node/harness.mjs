@@ -328,10 +328,26 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
     logTail: (n = 4000) => `--- engine log (tail) ---\n${log.slice(-n)}`,
     /** Stop the process (SIGTERM, SIGKILL after `graceMs`) and start it again: same port, same data dir. */
     async restart({ graceMs = 10_000 } = {}) {
+      await engine.down({ graceMs })
+      await engine.up()
+    },
+    /** The first half of `restart`: the process has exited when this returns. */
+    async down({ graceMs = 10_000 } = {}) {
       await kill(graceMs)
+    },
+    /** The second half of `restart`: same port, same data dir; returns once healthy. */
+    async up() {
       append('\n[harness] restarting engine\n')
       spawnProcess()
       await waitHealthy()
+    },
+    /** Live requests (long-polls, SSE streams) the engine holds: its /metrics gauge. */
+    async parked() {
+      const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(5_000) })
+      const text = await res.text()
+      const line = text.split('\n').find((l) => l.startsWith('sync_engine_parked_requests '))
+      if (res.status !== 200 || !line) throw new Error(`engine /metrics: ${res.status} ${text}`)
+      return Number(line.split(' ')[1])
     },
     // Everything the engine wrote is thrown away, so there is no point waiting for a graceful
     // shutdown (which takes ~2 s with a replication stream open): SIGTERM, then SIGKILL soon.
@@ -585,6 +601,15 @@ export class TestEnv {
       },
     )
     return last
+  }
+
+  /** Wait until the engine holds at least `count` live requests (long-polls, SSE streams). */
+  async untilParked(count = 1, { timeout = 15_000 } = {}) {
+    await waitFor(async () => (await this.engine.parked()) >= count, {
+      timeout,
+      message: `${count} live request(s) held by the engine`,
+      details: () => this.logTail(),
+    })
   }
 
   async close() {

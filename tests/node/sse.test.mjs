@@ -41,8 +41,8 @@ test('SSE: initial sync, then live insert, update and delete', T, async (t) => {
     [{ id: 1, body: 'hello', stars: 1n }, { id: 2, body: 'world', stars: 2n }],
   )
 
-  // give the client time to open its SSE connection, so the changes below go over it
-  await sleep(300)
+  // the client's SSE connection is open (the engine holds it), so the changes below go over it
+  await env.untilParked()
   await env.sql(`INSERT INTO notes VALUES (3, 'over sse', 3)`)
   await env.until(shape, (r) => r.some((x) => x.id === 3), { message: 'insert over SSE' })
   await env.sql(`UPDATE notes SET body = 'HELLO' WHERE id = 1`)

@@ -18,6 +18,7 @@ from proxy.config.loader import build_config
 from proxy.upstream.cache import CachedResponse, ResponseCache
 from proxy.upstream.headers import shared_ttl
 from tests.proxy.proxy_fakes import ORIGIN
+from tests.support.waiting import wait_until_async
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 LIVE = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&cursor=1"
@@ -36,6 +37,15 @@ def _metric(text: str, name: str) -> float:
 
 async def _metrics(proxy: Any) -> str:
     return (await proxy.get("/metrics")).body.decode()
+
+
+async def _until_joined(proxy: Any, count: int) -> None:
+    """Wait until `count` clients joined an engine request already in flight."""
+
+    async def joined() -> bool:
+        return _metric(await _metrics(proxy), "shape_proxy_collapsed_requests_total") >= count
+
+    await wait_until_async(joined, message=f"{count} clients joining the flight")
 
 
 async def test_fifty_identical_long_polls_make_one_upstream_request(proxy: Any) -> None:
@@ -135,7 +145,7 @@ async def test_a_client_leaving_does_not_cancel_the_shared_request(proxy: Any) -
         gone = asyncio.create_task(leaver.get(url, headers=headers))
         kept = asyncio.create_task(stayer.get(url, headers=headers))
         await asyncio.wait_for(proxy.engine.started.wait(), 5)
-        await asyncio.sleep(0.1)
+        await _until_joined(proxy, 1)  # one started the engine request, the other joined it
         gone.cancel()
         await leaver.close()
         async with await kept as resp:
@@ -152,7 +162,7 @@ async def test_the_last_client_leaving_cancels_the_shared_request(proxy: Any) ->
     session = aiohttp.ClientSession()
     tasks = [asyncio.create_task(session.get(url, headers=headers)) for _ in range(3)]
     await asyncio.wait_for(proxy.engine.started.wait(), 5)
-    await asyncio.sleep(0.1)
+    await _until_joined(proxy, 2)
     for task in tasks:
         task.cancel()
     await session.close()

@@ -365,7 +365,9 @@ async def test_proxy_fuzz_no_5xx_json_4xx_and_still_syncing(
             token=member,
         )
     )
-    await asyncio.sleep(0.3)
+    # (an engine request the fuzz left behind may still be held too; then the insert may
+    # come before this poll parks, and the poll or the next one returns it at once)
+    await fuzz_engine.until_parked()
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO items (id, org_id, title) VALUES (100, 'org-a', 'after the fuzz')"

@@ -18,11 +18,12 @@ import pytest
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess, apply_messages, sync_through
+from tests.support.waiting import wait_until_async
 
 
 @pytest.fixture
-def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str]:
-    """`sync-engine` started through its CLI against a fresh database; yields its base URL."""
+def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
+    """`sync-engine` started through its CLI against a fresh database."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
         conn.execute(
@@ -34,20 +35,20 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
     )  # fmt: skip
     engine.start()
     try:
-        yield engine.url
+        yield engine
     finally:
         engine.stop()
 
 
 async def test_two_orgs_and_admin_through_proxy_and_real_engine(
-    real_engine: str,
+    real_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
     environ: dict[str, str],
     make_proxy: Any,
     engine_secret: str,
 ) -> None:
-    config = base_config(real_engine, str(idp_server.make_url("/jwks.json")))
+    config = base_config(real_engine.url, str(idp_server.make_url("/jwks.json")))
     # The first-byte timeout must exceed the engine's long-poll hold (3 s here).
     config["upstream"].update(first_byte_timeout=10)
     proxy = await make_proxy(build_config(config, environ))
@@ -72,7 +73,7 @@ async def test_two_orgs_and_admin_through_proxy_and_real_engine(
 
     a_live = asyncio.create_task(live(alice, a_handle, a_offset))
     b_live = asyncio.create_task(live(bob, b_handle, b_offset))
-    await asyncio.sleep(0.5)
+    await real_engine.until_parked(2)  # both held by the engine (two shapes: not collapsed)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("INSERT INTO items VALUES (4, 'org-a', 'a3')")
     a_reply, b_reply = await asyncio.gather(a_live, b_live)
@@ -86,31 +87,53 @@ async def test_two_orgs_and_admin_through_proxy_and_real_engine(
 
     # The engine really checks the secret the proxy adds: without it, nothing.
     async with aiohttp.ClientSession() as session:
-        async with session.get(f"{real_engine}/v1/shape?table=items&offset=-1") as resp:
+        async with session.get(f"{real_engine.url}/v1/shape?table=items&offset=-1") as resp:
             assert resp.status == 401
 
 
-def _upstream_requests(metrics_text: str) -> float:
+def _counter(metrics_text: str, name: str) -> float:
     for line in metrics_text.splitlines():
-        if line.startswith("shape_proxy_upstream_requests_total "):
+        if line.startswith(f"{name}_total "):
             return float(line.split()[1])
-    raise AssertionError("no upstream request counter")
+    raise AssertionError(f"no {name} counter")
+
+
+def _upstream_requests(metrics_text: str) -> float:
+    return _counter(metrics_text, "shape_proxy_upstream_requests")
+
+
+def _collapsed_requests(metrics_text: str) -> float:
+    return _counter(metrics_text, "shape_proxy_collapsed_requests")
 
 
 async def test_twenty_live_clients_share_one_engine_request_per_write(
-    real_engine: str, db_url: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+    real_engine: EngineProcess,
+    db_url: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
 ) -> None:
     """Collapsing on the real path: one insert reaches 20 long-polling clients of one shape
     (two users with the same org, so the same enforced filter) for at most 2 engine requests."""
-    config = base_config(real_engine, str(idp_server.make_url("/jwks.json")))
+    config = base_config(real_engine.url, str(idp_server.make_url("/jwks.json")))
     config["upstream"].update(first_byte_timeout=10)
     proxy = await make_proxy(build_config(config, environ))
     tokens = [proxy.tokens.make(sub=f"user-{i % 2}", org_id="org-a") for i in range(20)]
     _, handle, offset = await sync_through(proxy, tokens[0])
     path = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor="
-    before = _upstream_requests((await proxy.get("/metrics")).body.decode())
+    metrics = (await proxy.get("/metrics")).body.decode()
+    before, collapsed_before = _upstream_requests(metrics), _collapsed_requests(metrics)
     polls = [asyncio.create_task(proxy.get(path, token=t)) for t in tokens]
-    await asyncio.sleep(0.5)
+
+    async def all_twenty_held() -> bool:
+        """Every client's request is at the proxy (it started an engine request or joined
+        one) and each engine request it sent is parked in the engine."""
+        metrics = (await proxy.get("/metrics")).body.decode()
+        sent = _upstream_requests(metrics) - before
+        joined = _collapsed_requests(metrics) - collapsed_before
+        return sent + joined >= 20 and await real_engine.parked_requests() >= sent
+
+    await wait_until_async(all_twenty_held, timeout=30, message="20 long-polls held")
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("INSERT INTO items VALUES (10, 'org-a', 'fan-out')")
     replies = await asyncio.gather(*polls)

@@ -11,12 +11,19 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.waiting import wait_until, wait_until_async
+
 ROOT = Path(__file__).resolve().parents[2]
+#: How long `start` waits for `/v1/health` 200. It returns as soon as the engine is healthy;
+#: the bound is for a CI machine at load 16, where a cold start has taken over 20 s.
+START_TIMEOUT = 60.0
 
 
 def free_port() -> int:
@@ -40,7 +47,14 @@ class EngineProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> None:
+    @property
+    def secret(self) -> str | None:
+        """The `--secret` the engine was started with, if any (for `/metrics`)."""
+        args = list(self.extra_args)
+        return args[args.index("--secret") + 1] if "--secret" in args else None
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to be healthy; its output goes to `log`."""
         args = [sys.executable, "-m", "sync_engine", "--database-url", self.db_url,
                 "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args]  # fmt: skip
         with self.log.open("ab") as log:
@@ -48,18 +62,46 @@ class EngineProcess:
                 args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError("engine exited:\n" + self.log.read_text()[-3000:])
-            try:
-                with urllib.request.urlopen(self.url + "/v1/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("engine did not become healthy:\n" + self.log.read_text()[-3000:])
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
+        """Spawn and wait for `/v1/health` 200. On failure (the engine exits, or is not
+        healthy within `timeout`) the process is killed, never left behind, and the
+        AssertionError shows what the engine printed."""
+        self.spawn()
+        try:
+            wait_until(self._healthy, timeout=timeout, interval=0.1, message="/v1/health 200")
+        except BaseException as exc:
+            self.stop()
+            if isinstance(exc, AssertionError):
+                raise AssertionError(f"{exc}; the engine printed:\n{self.log_tail()}") from None
+            raise
+
+    def _healthy(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"engine exited with status {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(self.url + "/v1/health", timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:  # not listening yet, or 202/503 (HTTPError is an OSError)
+            return False
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of what the engine printed (stdout and stderr)."""
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return "(no output)"
+
+    async def parked_requests(self) -> int:
+        """The engine's `sync_engine_parked_requests` gauge (`/metrics`): live requests
+        (long-polls, SSE streams) waiting for their shape to change."""
+        return await parked_requests(self.url, self.secret)
+
+    async def until_parked(self, count: int = 1, timeout: float = 30.0) -> int:
+        """Wait until at least `count` live requests are parked in the engine (instead of
+        sleeping a while and hoping); returns how many are."""
+        return await until_parked(self.url, self.secret, count, timeout)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown code runs, as in a crash."""
@@ -68,6 +110,7 @@ class EngineProcess:
         self.proc.wait()
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 10 s; the process is gone when this returns."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -75,6 +118,35 @@ class EngineProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+async def parked_requests(url: str, secret: str | None = None) -> int:
+    """`sync_engine_parked_requests` from the `/metrics` of the engine at `url`."""
+    params = {} if secret is None else {"secret": secret}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url + "/metrics", params=params) as resp,
+    ):
+        text = await resp.text()
+        assert resp.status == 200, text
+    for family in text_string_to_metric_families(text):
+        if family.name == "sync_engine_parked_requests":
+            return int(family.samples[0].value)
+    raise AssertionError(f"no sync_engine_parked_requests in {url}/metrics")
+
+
+async def until_parked(
+    url: str, secret: str | None = None, count: int = 1, timeout: float = 30.0
+) -> int:
+    """Wait until at least `count` live requests are parked in the engine at `url`."""
+
+    async def parked() -> int:
+        n = await parked_requests(url, secret)
+        return n if n >= count else 0
+
+    return await wait_until_async(
+        parked, timeout=timeout, interval=0.02, message=f"{count} parked in the engine"
+    )
 
 
 def apply_messages(rows: dict[str, dict[str, Any]], messages: list[dict[str, Any]]) -> None:

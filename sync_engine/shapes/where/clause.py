@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -13,9 +14,20 @@ from sync_engine.pg.types import BOOL, UNKNOWN
 from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .compiler import Compiler
-from .errors import WhereError
-from .expr import Eval
-from .parse import construct_name, count_columns, deparse, parse_clause, sql_text, substitute_params
+from .depth import longest_token_run
+from .errors import PREFIX, WhereError
+from .expr import Eval, Expr
+from .parse import (
+    MAX_TOKEN_RUN,
+    MAX_WHERE_SIZE,
+    construct_name,
+    count_columns,
+    deparse,
+    parse_clause,
+    sql_text,
+    substitute_params,
+)
+from .template import Skeleton, Template, Templates, cache_key, make_template, skeleton
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,10 @@ class Where:
             return False
 
 
+#: Templates of the clauses seen, shared by every table (the key holds the columns).
+TEMPLATES = Templates()
+
+
 def parse_where(
     sql: str,
     params: Mapping[str, str],
@@ -68,27 +84,114 @@ def parse_where(
 
     `live=False` is for a clause only Postgres evaluates (a subset query): what is refused
     only because live filtering could not reproduce it (text ordering or case mapping under
-    a collation the engine does not know) is accepted, and `matches` must not be used."""
+    a collation the engine does not know) is accepted, and `matches` must not be used.
+
+    The same as `full_parse`, faster for a clause of a form seen before (`template.py`)."""
+    full = functools.partial(
+        full_parse,
+        sql,
+        params,
+        columns,
+        allow_enums=allow_enums,
+        allow_subqueries=allow_subqueries,
+        live=live,
+    )
+    # (the size limits first: libpg_query must not meet a clause that overflows its stack)
+    if params or len(sql) > MAX_WHERE_SIZE or longest_token_run(sql) > MAX_TOKEN_RUN:
+        return full()
+    shape = skeleton(PREFIX + sql)
+    if shape is None:
+        return full()
+    key = cache_key(shape, columns, (allow_enums, allow_subqueries, live))
+    template = TEMPLATES.get(key)
+    holes = template.fill(shape.values) if template is not None else None
+    if template is not None and holes is not None:
+        where = _from_template(template, shape, holes, columns, allow_enums, allow_subqueries, live)
+        if where is not None:
+            TEMPLATES.hits += 1
+            return where
+    return full(learn=(shape, key) if template is None else None)
+
+
+def _from_template(
+    template: Template,
+    shape: Skeleton,
+    holes: tuple[int, ...],
+    columns: Mapping[str, ColumnInfo],
+    allow_enums: bool,
+    allow_subqueries: bool,
+    live: bool,
+) -> Where | None:
+    """The clause from its form's template; None when the full path must tell: the text
+    does not parse back to the clause, or the compile fails (the error's location would be
+    the template's, not the clause's)."""
+    text = template.text(holes)
+    again = skeleton(PREFIX + text)
+    if again is None or again.key != shape.key or again.values != shape.values:
+        return None
+    compiler = Compiler(
+        {},
+        columns,
+        allow_enums=allow_enums,
+        allow_subqueries=allow_subqueries,
+        ref_counts=template.ref_counts,
+        live=live,
+    )
+    try:
+        return _finish(compiler, template.tree(holes), text)
+    except WhereError:
+        return None
+
+
+def full_parse(
+    sql: str,
+    params: Mapping[str, str],
+    columns: Mapping[str, ColumnInfo],
+    *,
+    allow_enums: bool = False,
+    allow_subqueries: bool = False,
+    live: bool = True,
+    learn: tuple[Skeleton, object] | None = None,
+) -> Where:
+    """`parse_where` the long way: parse with pglast, check, compile, deparse. `learn`: the
+    clause's skeleton and cache key, to leave a template for clauses of the same form."""
     stmt = parse_clause(sql)
     clause = stmt.whereClause
     if clause is None:
         raise WhereError("malformed query ending with SQL clauses")
+    ref_counts = count_columns(clause)
     compiler = Compiler(
         params,
         columns,
         allow_enums=allow_enums,
         allow_subqueries=allow_subqueries,
-        ref_counts=count_columns(clause),
+        ref_counts=ref_counts,
         live=live,
     )
-    expr = compiler.compile(clause)
+    expr = _check(compiler, compiler.compile(clause))
+    if params:  # without params, a `$n` has already failed to compile
+        substitute_params(stmt, params, compiler.param_types)
+    text = deparse(stmt.whereClause, sql)
+    if learn is not None and not params:
+        template = make_template(clause, PREFIX + sql, learn[0], text, ref_counts)
+        if template is not None:
+            TEMPLATES.put(learn[1], template)
+    return _where(compiler, expr, text)
+
+
+def _finish(compiler: Compiler, clause: ast.Node, text: str) -> Where:
+    return _where(compiler, _check(compiler, compiler.compile(clause)), text)
+
+
+def _check(compiler: Compiler, expr: Expr) -> Expr:
     if expr.type == UNKNOWN and expr.text is not None:
         expr = compiler.coerce(expr, BOOL)
     if expr.type != BOOL:
         raise WhereError("WHERE clause must return a boolean")
-    if params:  # without params, a `$n` has already failed to compile
-        substitute_params(stmt, params, compiler.param_types)
-    text = deparse(stmt.whereClause, sql)
+    return expr
+
+
+def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
     fn = expr.fn
     if expr.is_const:
         value = expr.value

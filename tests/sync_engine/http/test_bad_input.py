@@ -28,6 +28,7 @@ import pytest
 from sync_engine.app import SOURCES, build_app
 from tests.support.engine_process import EngineProcess
 from tests.support.fuzz_inputs import loud_log_lines
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 ITEMS_KEYS = ['"public"."items"/"1"', '"public"."items"/"2"', '"public"."items"/"3"']
@@ -676,16 +677,15 @@ async def test_right_secret_is_accepted(secured: Engine) -> None:
     assert status == 200 and orjson.loads(raw) == {"status": "active"}
     status, _, _ = await request(secured, "OPTIONS", params={"table": "items"})
     assert status == 204
+    # /metrics is behind the secret, like the shapes (a CDN tier forwards it)
+    for params in ({}, {"secret": "wrong"}):
+        status, _, raw = await request(secured, path="/metrics", params=params)
+        assert status == 401 and b"sync_engine" not in raw
+    status, _, raw = await request(secured, path="/metrics", params={"secret": SECRET})
+    assert status == 200 and b"\nsync_engine_parked_requests 0\n" in raw
 
 
 # -- where clauses that only fail when Postgres runs them ----------------------------------------
-
-
-async def wait_until(condition: Any, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition never became true"
-        await asyncio.sleep(0.02)
 
 
 def shape_dirs(engine: Engine) -> list[str]:
@@ -698,7 +698,7 @@ async def assert_discarded(engine: Engine) -> None:
     source = engine.source
     assert len(source.registry) == 0 and not source.registry.by_definition
     assert not source.router.tables()
-    await wait_until(lambda: shape_dirs(engine) == [])
+    await wait_until_async(lambda: shape_dirs(engine) == [], message="no shape directory left")
 
 
 RUNTIME_ERRORS = [
@@ -839,7 +839,11 @@ async def test_clients_going_away_are_quiet(engine_proc: EngineProcess) -> None:
         with contextlib.suppress(TimeoutError):  # a long-poll given up on
             await asyncio.wait_for(session.get(base, params=live), 0.5)
         engine_proc_sql(engine_proc, "INSERT INTO items VALUES (2, 't2', 20)")  # data to write
-        await wait_until(lambda: engine_proc.log.read_text().count("went away") >= 2, timeout=30)
+        await wait_until_async(
+            lambda: engine_proc.log.read_text().count("went away") >= 2,
+            timeout=30,
+            message="two 'went away' lines in the engine's log",
+        )
         async with session.get(base, params={"table": "items", "offset": "-1"}) as resp:
             assert resp.status == 200
     assert not loud_log_lines(engine_proc.log.read_text()), engine_proc.log.read_text()[-3000:]

@@ -1,16 +1,19 @@
 """Convergence under concurrent writes, with and without the engine SIGKILLed midway.
 
-A writer makes random inserts, updates, deletes and primary-key changes while 20 clients
-with different `where` clauses follow their shapes over HTTP (handling 409s and connection
-errors as the real client does). When the writer stops, each client's rows must equal
-`SELECT ... WHERE <same clause>` — nothing lost, nothing duplicated.
+A writer commits a fixed number of transactions of random inserts, updates, deletes and
+primary-key changes while 20 clients with different `where` clauses follow their shapes over
+HTTP (handling 409s and connection errors as the real client does). When the writer stops,
+each client's rows must equal `SELECT ... WHERE <same clause>` — nothing lost, nothing
+duplicated. The test counts transactions, not seconds: a loaded CI machine makes it slower,
+never weaker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,12 @@ import psycopg
 import pytest
 
 from tests.support.engine_process import EngineProcess
+from tests.support.waiting import WaitTimeout, wait_until_async
+
+#: Transactions the writer commits (1-3 random statements each).
+TRANSACTIONS = 300
+#: With the engine killed: transactions committed while it is down, before it restarts.
+WHILE_DOWN = 20
 
 WHERES: list[tuple[str | None, dict[str, str]]] = [
     (None, {}),
@@ -123,14 +132,19 @@ def expected_rows(
         }
 
 
-async def write_randomly(db_url: str, seconds: float, seed: int) -> int:
+@dataclass
+class Progress:
+    """Transactions the writer has committed so far (what the test waits on)."""
+
+    committed: int = 0
+
+
+async def write_randomly(db_url: str, transactions: int, seed: int, progress: Progress) -> None:
     rng = random.Random(seed)
     words = ["abc", "bcd", "cde", "ABx", "aBc", "zzz", "a", "b/c"]
-    txns = 0
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         next_id = 1000
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
+        while progress.committed < transactions:
             async with conn.transaction():
                 for _ in range(rng.randint(1, 3)):
                     ids = [
@@ -168,9 +182,8 @@ async def write_randomly(db_url: str, seconds: float, seed: int) -> int:
                         await conn.execute(
                             "UPDATE items SET id = %s WHERE id = %s", (next_id, ids[0])
                         )
-            txns += 1
-            await asyncio.sleep(rng.random() * 0.004)
-    return txns
+            progress.committed += 1
+            await asyncio.sleep(rng.random() * 0.004)  # pacing: writes interleave with reads
 
 
 async def _converge(db_url: str, tmp_path: Path, kill_midway: bool) -> None:
@@ -187,30 +200,44 @@ async def _converge(db_url: str, tmp_path: Path, kill_midway: bool) -> None:
     try:
         async with aiohttp.ClientSession() as session:
             tasks = [asyncio.create_task(f.run(session, stop)) for f in followers]
-            writer = asyncio.create_task(write_randomly(db_url, 6.0, seed=7))
+            progress = Progress()
+            writer = asyncio.create_task(write_randomly(db_url, TRANSACTIONS, 7, progress))
+
+            async def committed(count: int) -> bool:
+                if writer.done():
+                    writer.result()  # surface the writer's failure
+                return progress.committed >= count
+
             if kill_midway:
-                await asyncio.sleep(3.0)
+                await wait_until_async(
+                    lambda: committed(TRANSACTIONS // 2), timeout=120, message="half the writes"
+                )
                 engine.kill()
-                await asyncio.sleep(0.5)
+                down_from = progress.committed
+                await wait_until_async(
+                    lambda: committed(down_from + WHILE_DOWN),
+                    timeout=60,
+                    message=f"{WHILE_DOWN} transactions while the engine is down",
+                )
                 await asyncio.to_thread(engine.start)
-            txns = await writer
-            assert txns > 100
+            await writer
+            assert progress.committed == TRANSACTIONS
             with psycopg.connect(db_url) as conn:
                 row = conn.execute("SELECT (pg_current_wal_lsn() - '0/0')::bigint").fetchone()
                 assert row is not None
                 final_lsn = int(row[0])
-            # one more write so every shape's up-to-date moves past the final state
-            deadline = time.monotonic() + 30
             expected = [expected_rows(db_url, w, p) for w, p in WHERES]
-            while time.monotonic() < deadline:
-                if all(
-                    f.rows == e and f.up_to_date for f, e in zip(followers, expected, strict=True)
-                ):
-                    break
+
+            def converged() -> bool:
                 for t in tasks:
                     if t.done():
                         t.result()  # surface assertion errors from a follower
-                await asyncio.sleep(0.2)
+                pairs = zip(followers, expected, strict=True)
+                return all(f.rows == e and f.up_to_date for f, e in pairs)
+
+            # On timeout the assertions below say what differs, client by client.
+            with contextlib.suppress(WaitTimeout):
+                await wait_until_async(converged, timeout=60, interval=0.05)
             stop.set()
             for t in tasks:
                 t.cancel()
@@ -233,11 +260,11 @@ async def _converge(db_url: str, tmp_path: Path, kill_midway: bool) -> None:
         engine.stop()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 async def test_twenty_clients_converge_under_random_writes(db_url: str, tmp_path: Path) -> None:
     await _converge(db_url, tmp_path, kill_midway=False)
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 async def test_converge_with_engine_sigkilled_midway(db_url: str, tmp_path: Path) -> None:
     await _converge(db_url, tmp_path, kill_midway=True)

@@ -19,13 +19,14 @@ import pytest
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import TableInfo, load_table
+from sync_engine.pg.xid_snapshot import XidSnapshot
 from sync_engine.replication import pgoutput
 from sync_engine.replication.replicator import Replicator
 from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter, key_parser
-from sync_engine.shapes.shape import Shape, ShapeDefinition, SnapshotInfo
+from sync_engine.shapes.shape import Shape, ShapeDefinition
 from sync_engine.shapes.where import index_key, parse_where
 
 SLOT = "fast_path"
@@ -170,7 +171,7 @@ def _make_shape(
         where=parse_where(where, {}, table.column_map),
         columns=table.columns,
         log=log,
-        snapshot=SnapshotInfo(0, 1, frozenset()),
+        snapshot=XidSnapshot(0, 1, frozenset()),
     )
     registry.add(shape)
     return shape

@@ -28,6 +28,7 @@ from sync_engine.replication.pgoutput import (
     decode,
     read_begin,
     read_commit,
+    read_row,
     read_row_oid,
     row_may_match,
 )
@@ -295,6 +296,47 @@ def test_raw_readers_agree_with_the_decoder() -> None:
     assert read_begin(pad + b, len(pad)) == dataclasses.astuple(decode(b))
     assert read_commit(pad + c, len(pad)) == dataclasses.astuple(decode(c))
     assert read_row_oid(pad + insert(16384, "1"), len(pad)) == (16384,)
+
+
+ROWS = [
+    insert(1, "abc", None, UNCHANGED_TOAST),
+    insert(2, "x", "é", ""),
+    insert(5),
+    b"U" + struct.pack("!I", 10) + b"N" + tuple_data("1", "x"),
+    b"U" + struct.pack("!I", 1) + b"O" + tuple_data("a", None) + b"N" + tuple_data("b", "u"),
+    b"U" + struct.pack("!I", 1) + b"K" + tuple_data("a") + b"N" + tuple_data(UNCHANGED_TOAST),
+    b"D" + struct.pack("!I", 1) + b"K" + tuple_data("a", None),
+    b"D" + struct.pack("!I", 77) + b"O" + tuple_data("9", "z"),
+]
+
+
+@pytest.mark.parametrize("payload", ROWS, ids=lambda p: chr(p[0]))
+def test_read_row_reads_what_the_decoder_decodes(payload: bytes) -> None:
+    pad = b"w" + bytes(24)
+    kind, oid, old, new = read_row(pad + payload, len(pad))
+    msg = decode(payload)
+    assert kind == payload[0]
+    assert isinstance(msg, Insert | Update | Delete)
+    assert oid == msg.relation_oid
+    assert old == (None if isinstance(msg, Insert) else msg.old)
+    assert new == (None if isinstance(msg, Delete) else msg.new)
+
+
+@pytest.mark.parametrize("payload", [*ROWS, insert(1, "hello")], ids=lambda p: chr(p[0]))
+def test_read_row_rejects_what_the_decoder_rejects(payload: bytes) -> None:
+    pad = bytes(25)
+    for bad in [payload[:cut] for cut in range(1, len(payload))] + [payload + b"\0"]:
+        with pytest.raises(PgoutputDecodeError) as decoded:
+            decode(bad)
+        with pytest.raises(PgoutputDecodeError) as read:
+            read_row(pad + bad, len(pad))
+        assert str(read.value) == str(decoded.value)  # about the message, not the buffer
+
+
+@pytest.mark.parametrize("payload", GOOD[:6] + GOOD[9:], ids=lambda p: chr(p[0]))
+def test_read_row_reads_only_rows(payload: bytes) -> None:
+    with pytest.raises(PgoutputDecodeError, match="not a row message"):
+        read_row(bytes(25) + payload, 25)
 
 
 def _answer_of_decoded(payload: bytes, probes: list[Probe]) -> bool:

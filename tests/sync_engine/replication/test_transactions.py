@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from sync_engine.replication.transactions import Fate, ParkedShapes, admit, sort_out
 from sync_engine.replication.wal import Lsn, Xid
-from sync_engine.shapes.changes import Change
+from sync_engine.shapes.changes import Change, ChangeKind
 
 
 @dataclass
@@ -36,8 +36,8 @@ class FakeShape:
         return xid in self.in_snapshot_xids
 
 
-CHANGES: list[Change] = [("insert", None, {"id": "1"}, 0)]
-OTHER: list[Change] = [("delete", {"id": "2"}, None, 2)]
+CHANGES: list[Change] = [(ChangeKind.INSERT, None, {"id": "1"}, 0)]
+OTHER: list[Change] = [(ChangeKind.DELETE, {"id": "2"}, None, 2)]
 
 
 def _sort_out(*shapes: FakeShape, xid: int = 700, lsn: int = 5000) -> tuple[list[int], list[int]]:

@@ -7,12 +7,14 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.support.waiting import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "cli-test-admin-token-0123456789"
@@ -36,14 +38,20 @@ def admin_url(tmp_path: Path) -> Iterator[str]:
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{admin_port}"
+
+    def admin_up() -> bool:
+        try:
+            urllib.request.urlopen(url + "/", timeout=2).close()
+            return True
+        except OSError:
+            assert proc.poll() is None, (tmp_path / "engine.log").read_text()
+            return False
+
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(url + "/", timeout=2).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "engine.log").read_text()
-                time.sleep(0.1)
+        try:
+            wait_until(admin_up, timeout=60, interval=0.1, message="the admin API")
+        except WaitTimeout as exc:
+            raise AssertionError(f"{exc}:\n{(tmp_path / 'engine.log').read_text()}") from None
         yield url
     finally:
         proc.terminate()
@@ -71,11 +79,13 @@ def test_cli_manages_sources(admin_url: str, make_db: Callable[[], str]) -> None
     assert "Registered source 'cli-b'" in out.stdout and "shown only once" in out.stdout
     assert "curl -i" in out.stdout and "pw-hidden" not in out.stdout
 
-    for _ in range(100):
-        listing = json.loads(cli(admin_url, "list", "--json").stdout)
-        if all(s["state"] == "active" for s in listing["sources"]):
-            break
-        time.sleep(0.2)
+    def listing_when_active() -> dict[str, Any]:
+        listing: dict[str, Any] = json.loads(cli(admin_url, "list", "--json").stdout)
+        return listing if all(s["state"] == "active" for s in listing["sources"]) else {}
+
+    listing = wait_until(
+        listing_when_active, timeout=60, interval=0.2, message="both sources active"
+    )
     assert [s["name"] for s in listing["sources"]] == ["cli-a", "cli-b"]
     assert all(s["state"] == "active" for s in listing["sources"])
     table = cli(admin_url, "list").stdout.splitlines()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import Cluster, MultiEngine, free_port, sql
 
 
@@ -33,11 +34,16 @@ async def test_wal_level_replica_then_fixed(
     await engine.wait_state(good["source_id"], "active")
     rows, _, _ = await engine.sync(good["source_id"], good["secret"], table="items")
     assert list(rows.values()) == [{"id": "1"}]
-    await asyncio.sleep(1.5)  # the state watcher records the error
-    status, listing = await engine.api("GET", "/api/sources")
-    by_name = {s["name"]: s for s in listing["sources"]}
-    assert by_name["replica-only"]["last_error"] and "wal_level" in by_name["replica-only"][
-        "last_error"]  # fmt: skip
+
+    async def recorded_error() -> str:
+        status, listing = await engine.api("GET", "/api/sources")
+        assert status == 200, listing
+        error = {s["name"]: s for s in listing["sources"]}["replica-only"]["last_error"]
+        return str(error) if error else ""
+
+    # the state watcher (every second) records the error for the listing
+    last_error = await wait_until_async(recorded_error, message="the error in the listing")
+    assert "wal_level" in last_error
 
     # fix the setting the way an operator would, restart Postgres: active on its own
     replica_cluster.sql("ALTER SYSTEM SET wal_level = logical")
