@@ -213,7 +213,8 @@ def start_processes(
     }  # fmt: skip
     ports: dict[str, int] = {}
     env = {**os.environ, "ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}
-    for arm, extra in ARMS.items():
+    for arm, python, root in arms(args):
+        extra = ARMS[arm.split("@")[0]]
         port = free_port()
         ports[arm] = port
         config = {**base, "server": {"host": "127.0.0.1", "port": port}, **extra}
@@ -221,9 +222,9 @@ def start_processes(
         path.write_text(json.dumps(config))  # JSON is YAML
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "proxy", "--config", str(path), "--log-level", "WARNING"],
+                [python, "-m", "proxy", "--config", str(path), "--log-level", "WARNING"],
                 env=env,
-                cwd=ROOT,
+                cwd=root,
             )
         )
     return procs, upstream_url, ports, base
@@ -234,6 +235,16 @@ ARMS: dict[str, dict[str, object]] = {
     "off": {"collapse": False, "cache": {"max_bytes": 0}},
     "on": {"collapse": True, "cache": {"max_bytes": 256 * 1024 * 1024}},
 }
+
+
+def arms(args: argparse.Namespace) -> list[tuple[str, str, Path]]:
+    """(arm, python, checkout) per proxy: this checkout's, and `--baseline`'s as `<arm>@base`
+    (its own .venv) for a before/after measured side by side in one run."""
+    out = [(arm, sys.executable, ROOT) for arm in ARMS]
+    if args.baseline is not None:
+        python = str(args.baseline / ".venv" / "bin" / "python")
+        out += [(f"{arm}@base", python, args.baseline) for arm in ARMS]
+    return out
 
 
 async def catch_up(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> str:
@@ -397,7 +408,8 @@ async def measure(
         r = statistics.median(rps[name])
         m = statistics.median(lat[name]) * 1000
         label = {"direct": "direct", "off": "proxy (collapse+cache off)",
-                 "on": "proxy (collapse+cache on; repeats are cache hits)"}[name]  # fmt: skip
+                 "on": "proxy (collapse+cache on; repeats are cache hits)"
+                 }.get(name, "baseline checkout")  # fmt: skip
         print(f"  {name:<8}{r:>10.0f}{r / d:>8.2f}   {m:>8.2f} ms{'':>11}{m - dm:>6.2f} ms"
               f"   {label}")  # fmt: skip
     print("  target: proxy/direct >= 0.75")
@@ -430,6 +442,9 @@ def main() -> None:
     parser.add_argument("--fanout", default="200,1000", help="fan-out client counts ('' skips)")
     parser.add_argument("--writes", type=int, default=10, help="fan-out writes (1 per second)")
     parser.add_argument("--no-fanout-off", action="store_true", help="skip the uncollapsed arm")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout whose proxies run beside (arms @base)"
+    )
     parser.add_argument("--serve-upstream", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_upstream:
@@ -442,7 +457,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             procs, upstream_url, ports, config = start_processes(args, Path(tmp))
-            pids = {arm: proc.pid for arm, proc in zip(ARMS, procs[1:], strict=True)}
+            names = [arm for arm, _, _ in arms(args)]
+            pids = {arm: proc.pid for arm, proc in zip(names, procs[1:], strict=True)}
             try:
                 asyncio.run(measure(args, upstream_url, ports, pids, config))
             finally:

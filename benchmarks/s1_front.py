@@ -20,9 +20,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import sys
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import _common
 import aiohttp
 import psycopg
 from _common import (
@@ -129,7 +132,18 @@ async def prepare(pg: Postgres, proxy: ProxyProcess, auth: dict[str, str]) -> di
     }  # fmt: skip
 
 
-async def run(quick: bool) -> list[Row]:
+def baseline_proxy(root: Path, upstream: str) -> ProxyProcess:
+    """The proxy of another checkout (its own .venv), same settings as the "proxy" arm: for
+    a before/after measured side by side in one run."""
+    saved = sys.executable, _common.ROOT
+    sys.executable, _common.ROOT = str(root / ".venv" / "bin" / "python"), root
+    try:
+        return ProxyProcess(upstream, TABLES, collapse=False, cache_bytes=0)
+    finally:
+        sys.executable, _common.ROOT = saved
+
+
+async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
     stack = Stack()
     rows: list[Row] = []
     try:
@@ -148,12 +162,15 @@ async def run(quick: bool) -> list[Row]:
                                          cache_bytes=256 * 1024 * 1024))  # fmt: skip
         nginx = stack.add(NginxProcess(engine.port, cache=False))
         nginx_c = stack.add(NginxProcess(engine.port, cache=True))
-        for p in (proxy, proxy_c, nginx, nginx_c):
+        base = stack.add(baseline_proxy(baseline, engine.url)) if baseline else None
+        for p in (proxy, proxy_c, nginx, nginx_c, *((base,) if base else ())):
             await p.wait_ready()
         auth = {"Authorization": f"Bearer {token(**CLAIMS)}"}
         kinds = await prepare(pg, proxy, auth)
         fronts = {"direct": None, "proxy": proxy, "proxy+cache": proxy_c, "nginx": nginx,
                   "nginx+cache": nginx_c}  # fmt: skip
+        if base is not None:
+            fronts["proxy@base"] = base
         for kind, pairs in kinds.items():
             big = kind.startswith("10 MiB")
             direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, pairs)
@@ -165,6 +182,8 @@ async def run(quick: bool) -> list[Row]:
                 "nginx": (direct.replace(engine.url, nginx.url), {}),
                 "nginx+cache": (direct.replace(engine.url, nginx_c.url), {}),
             }
+            if base is not None:
+                targets["proxy@base"] = (f"{base.url}/v1/shape?{query}", auth)
             if big:
                 n, conc, rounds, lat_n = (12, 2, 1, 5) if quick else (40, 2, 2, 15)
             else:
@@ -217,10 +236,13 @@ async def run(quick: bool) -> list[Row]:
             eng = {a: eng_cpu[a] / max(count[a], 1) * 1e6 for a in targets}
             gen = {a: gen_cpu[a] / max(count[a], 1) * 1e6 for a in targets}
             versus = per["proxy"] / max(per["nginx"], 1e-9)
+            note = f"proxy/nginx {versus:.2f}x"
+            if "proxy@base" in per:
+                note += f" (base {per['proxy@base'] / max(per['nginx'], 1e-9):.2f}x)"
             rows.append(Row(label, "front CPU µs/req (engine; load generator µs/req)",
                             [(a, f"{fmt(per.get(a, 0.0))} ({fmt(eng[a])}; {fmt(gen[a])})")
                              for a in targets],
-                            f"proxy/nginx {versus:.1f}x",
+                            note,
                             "" if big else "<= 1.5x nginx (issue 13)",
                             "" if big else verdict(versus <= 1.5)))  # fmt: skip
     finally:
@@ -233,6 +255,7 @@ if __name__ == "__main__":
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--baseline", type=Path, help="another checkout whose proxy runs beside")
     a = ap.parse_args()
     print(machine())
-    print(table(asyncio.run(run(a.quick))))
+    print(table(asyncio.run(run(a.quick, a.baseline))))

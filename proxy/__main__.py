@@ -15,16 +15,16 @@ import gc
 import json
 import logging
 import os
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from aiohttp import web
-
-from proxy.app import create_app
+from proxy.app import ProxyApp, create_app
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.devtoken import TokenError, mint
 from proxy.explain import explain, format_report, load_for_explain
+from proxy.http.serve import serve_until_signalled
 from proxy.logs import configure_logging
 from sync_engine.console import (
     OneLineParser,
@@ -46,6 +46,8 @@ LISTEN_BACKLOG = 4096
 #: Net new container objects between first-generation collections (CPython's default is 700).
 #: Above the ~200k-400k objects that 10,000 held long-polls keep alive (see `tune_gc`).
 GC_GEN0_THRESHOLD = 500_000
+#: Seconds answers in progress get to finish at shutdown before they are cut.
+SHUTDOWN_TIMEOUT = 5.0
 
 
 def _serve_parser() -> argparse.ArgumentParser:
@@ -171,7 +173,7 @@ def _token(argv: list[str]) -> None:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed (it roughly halves the per-request cost of aiohttp), else asyncio's."""
+    """uvloop when installed (its transports and callbacks cost about half of asyncio's)."""
     try:
         import uvloop
     except ImportError:
@@ -201,10 +203,6 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
-async def _freeze_after_start(app: web.Application) -> None:
-    tune_gc()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["explain"]:
@@ -225,30 +223,40 @@ def main(argv: Sequence[str] | None = None) -> None:
         backlog=LISTEN_BACKLOG,
     )
     app = create_app(loaded, config_path=args.config, sighup=True)
-    app.on_startup.append(_freeze_after_start)
-    app.on_shutdown.append(_log_shutdown)
     url = url_of(sock)
     upstream = loaded.config.upstream.url
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
     try:
-        web.run_app(
-            app,
-            loop=new_event_loop(),
-            sock=sock,
-            access_log=None,
-            handler_cancellation=True,
-            backlog=LISTEN_BACKLOG,
-            shutdown_timeout=5,
-            print=lambda *_: log.info("listening on %s (engine: %s)", url, upstream),
+        loop.run_until_complete(
+            _serve(app, sock, lambda: log.info("listening on %s (engine: %s)", url, upstream))
         )
     except Exception as exc:
         # A bug or an unforeseen environment: one log record with the traceback, exit 1.
         log.critical("stopped by an unexpected error: %s", exc, exc_info=True)
         raise SystemExit(1) from None
+    finally:
+        loop.close()
     log.info("stopped")
 
 
-async def _log_shutdown(app: web.Application) -> None:
-    log.info("shutting down: closing held requests")
+async def _serve(
+    app: ProxyApp, socks: list[socket.socket], on_listening: Callable[[], None]
+) -> None:
+    """Start the app's resources, serve until SIGINT/SIGTERM, then close them."""
+    await app.start()
+    try:
+        tune_gc()
+        await serve_until_signalled(
+            app,
+            socks,
+            backlog=LISTEN_BACKLOG,
+            shutdown_timeout=SHUTDOWN_TIMEOUT,
+            on_listening=on_listening,
+            on_stopping=lambda: log.info("shutting down: closing held requests"),
+        )
+    finally:
+        await app.stop()
 
 
 if __name__ == "__main__":

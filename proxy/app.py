@@ -1,31 +1,38 @@
-"""Build the proxy's aiohttp application: routes, middleware, long-lived resources.
+"""The proxy's application: routes, the per-request concerns, long-lived resources.
+
+`ProxyApp` is served by the proxy's own HTTP/1.1 server (`proxy.http.protocol`); `handle` is
+every request's way in: request id, exact routing, origin check, error rendering, access log
+and metrics (what aiohttp's middleware did), then the route's handler (`proxy.http.handlers`).
+`on_prepare` runs just before any answer's headers go out: request id, CORS, merged Vary.
 
 The engine connection pool, the `Forwarder` (in-flight collapsed requests and the response
 cache), the `ClientSession` for JWKS fetches and the runtime holder (config, verifier, JWKS
-caches, reload watcher) are created in one `cleanup_ctx` generator and closed in reverse order.
-The cache size is read at start (a reload does not resize it); `collapse` and the policy
-follow reloads. Nothing is module-global: two apps in one process (as in the tests) share nothing.
+caches, reload watcher) are created by `start` and closed by `stop` in reverse order. The
+cache size is read at start (a reload does not resize it); `collapse` and the policy follow
+reloads. Nothing is module-global: two apps in one process (as in the tests) share nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from types import MappingProxyType
+from typing import TypeVar, cast
 
-from aiohttp import web
+import aiohttp
 
 from proxy.config.loader import LoadedConfig
 from proxy.errors import Forbidden, NotFound, ProxyError
-from proxy.http.context import CONTEXT, RequestContext, new_request_id
-from proxy.http.errors import error_response, render_http_exception, render_proxy_error
-from proxy.http.handlers import ADMISSION, FORWARDER, HOLDER, METRICS, SESSION, add_routes
+from proxy.http import handlers
+from proxy.http.context import RequestContext, new_request_id
+from proxy.http.errors import error_response, render_http_error, render_proxy_error
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
-from proxy.http.server import HANDLER_ARGS, ProxyApplication
+from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
 from proxy.logs import ACCESS_LOGGER, access_level, redact_query
 from proxy.metrics import Metrics
@@ -33,20 +40,30 @@ from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
 from proxy.upstream.client import UpstreamPool, make_session
 from proxy.upstream.forward import Forwarder
+from sync_engine.http.parser_refusals import Refusal
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger(ACCESS_LOGGER)
+
+T = TypeVar("T")
 
 #: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
 #: means `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are 404s, never a second way in.
 _EXACT_PATHS = frozenset({"/v1/shape", "/v1/health", "/healthz", "/metrics"})
 _NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
 _SHAPE_PATHS = ("/v1/shape", "/shapes/")
+_NAMED_PREFIX = len("/shapes/")
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Request], Awaitable[StreamResponse]]
+#: The routes answering GET only (anything else, HEAD too, is a 405).
+_GET_ONLY: dict[str, Handler] = {
+    "/healthz": handlers.healthz,
+    "/v1/health": handlers.engine_health,
+    "/metrics": handlers.metrics,
+}
 
 
-def _check_path(request: web.Request) -> str:
+def _check_path(request: Request) -> str:
     """The raw path when it is served (then it equals the decoded path), else a 404."""
     raw = request.raw_path.split("?", 1)[0]
     if raw not in _EXACT_PATHS and not _NAMED_SHAPE_PATH.match(raw):
@@ -76,46 +93,11 @@ def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
     return merge_vary(existing, *extra)
 
 
-@web.middleware
-async def handle_request(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, exact routing, origin check, error rendering, access log and metrics."""
-    context = RequestContext(request_id=new_request_id(request.headers.get("X-Request-Id")))
-    request[CONTEXT] = context
-    app = request.app
-    response: web.StreamResponse | None = None
-    try:
-        # (not `request.path`: decoding it costs a yarl parse and memory per held request)
-        if _check_path(request).startswith(_SHAPE_PATHS):
-            context.shape = True
-            cors = app[HOLDER].current.loaded.config.cors
-            allowed, context.cors = _cors_for(
-                request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials
-            )
-            if not allowed:
-                raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
-        response = await handler(request)
-    except ProxyError as exc:
-        context.outcome, context.reason = "refused", exc.reason
-        response = render_proxy_error(exc)
-        if exc.status >= 500:
-            context.outcome = "error"
-    except web.HTTPException as exc:
-        response = render_http_exception(exc)
-        context.outcome, context.reason = "refused", f"http_{exc.status}"
-    except Exception:
-        logger.exception("unexpected error handling request %s", context.request_id)
-        context.outcome, context.reason = "error", "internal_error"
-        response = error_response(500, "internal_error", "internal error")
-    finally:
-        _log_access(request, app[METRICS], context, response)
-    return response
-
-
 def _log_access(
-    request: web.Request,
+    request: Request,
     metrics: Metrics,
     context: RequestContext,
-    response: web.StreamResponse | None,
+    response: StreamResponse | None,
 ) -> None:
     duration = time.monotonic() - context.started
     status = response.status if response is not None else 499
@@ -134,7 +116,7 @@ def _log_access(
             "request_id": context.request_id,
             "method": request.method,
             "path": request.raw_path.split("?", 1)[0],
-            "query": redact_query(request.rel_url.query.items()),
+            "query": redact_query(request.query.items()),
             "status": status,
             "outcome": context.outcome,
             "reason": context.reason,
@@ -148,20 +130,147 @@ def _log_access(
     )
 
 
-async def _decorate(request: web.Request, response: web.StreamResponse) -> None:
-    """Signal run just before headers go out: request id, CORS, merged Vary."""
-    context = request.get(CONTEXT)
-    if context is None:
-        return
-    headers = response.headers
-    headers["X-Request-Id"] = context.request_id
-    if context.cors is not None:
-        headers.update(context.cors)
-    if context.shape:
-        existing = tuple(headers.getall("Vary", ()))
-        vary = _shape_vary(existing, context.cors is not None, context.shared)
-        if vary:
-            headers["Vary"] = vary
+class ProxyApp:
+    """One proxy: its resources (after `start`), its request handling and its hooks."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        config_path: str | Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        sighup: bool = False,
+    ) -> None:
+        self.loaded = loaded
+        self.config_path = Path(config_path) if config_path is not None else None
+        self.environ = environ
+        self.sighup = sighup
+        #: Request bodies over this many bytes are refused (413) where a route reads them.
+        self.max_body = loaded.config.server.max_body_bytes
+        self.metrics = Metrics()
+        self._holder: RuntimeHolder | None = None
+        self._forwarder: Forwarder | None = None
+        self._admission: Admission | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    # --- state -----------------------------------------------------------------------------
+
+    @property
+    def holder(self) -> RuntimeHolder:
+        assert self._holder is not None, "start() first"
+        return self._holder
+
+    @property
+    def forwarder(self) -> Forwarder:
+        assert self._forwarder is not None, "start() first"
+        return self._forwarder
+
+    @property
+    def admission(self) -> Admission:
+        assert self._admission is not None, "start() first"
+        return self._admission
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "start() first"
+        return self._session
+
+    def __getitem__(self, key: StateKey[T]) -> T:
+        """`app[FORWARDER]` and the like (`proxy.http.handlers`' keys), for tests and tools."""
+        return cast(T, getattr(self, key.name))
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the long-lived resources (in the running event loop)."""
+        loaded = self.loaded
+        stack = contextlib.AsyncExitStack()
+        session = make_session(loaded.config.upstream.pool_size)  # JWKS fetches
+        stack.push_async_callback(session.close)
+        pool = UpstreamPool(loaded.config.upstream.pool_size)  # the engine's requests
+        stack.push_async_callback(pool.close)
+        cache_config = loaded.config.cache
+        forwarder = Forwarder(
+            pool,
+            ResponseCache(cache_config.max_bytes, cache_config.max_entry_bytes),
+            self.metrics,
+        )
+        stack.push_async_callback(forwarder.close)
+        holder = RuntimeHolder(
+            loaded, session, self.metrics, path=self.config_path, environ=self.environ
+        )
+        await stack.enter_async_context(holder.watching(sighup=self.sighup))
+        self._session, self._forwarder, self._holder = session, forwarder, holder
+        # Per-principal limits; one pool slot per upstream connection (sized at start).
+        self._admission = Admission(loaded.config.upstream.pool_size)
+        self._stack = stack
+
+    async def stop(self) -> None:
+        """Close what `start` created, in reverse order."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    # --- requests ----------------------------------------------------------------------------
+
+    async def handle(self, request: Request) -> StreamResponse:
+        """Request id, exact routing, origin check, error rendering, access log and metrics."""
+        context = request.context
+        context.request_id = new_request_id(request.headers.get("X-Request-Id"))
+        response: StreamResponse | None = None
+        try:
+            path = _check_path(request)
+            if path.startswith(_SHAPE_PATHS):
+                context.shape = True
+                cors = self.holder.current.loaded.config.cors
+                allowed, context.cors = _cors_for(
+                    request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials
+                )
+                if not allowed:
+                    raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
+                name = path[_NAMED_PREFIX:] if path.startswith("/shapes/") else None
+                response = await handlers.serve(request, shape_name=name)
+            else:
+                if request.method != "GET":
+                    raise HttpError(405)
+                response = await _GET_ONLY[path](request)
+        except ProxyError as exc:
+            context.outcome, context.reason = "refused", exc.reason
+            response = render_proxy_error(exc)
+            if exc.status >= 500:
+                context.outcome = "error"
+        except HttpError as exc:
+            response = render_http_error(exc)
+            context.outcome, context.reason = "refused", f"http_{exc.status}"
+        except Exception:
+            logger.exception("unexpected error handling request %s", context.request_id)
+            context.outcome, context.reason = "error", "internal_error"
+            response = error_response(500, "internal_error", "internal error")
+        finally:
+            _log_access(request, self.metrics, context, response)
+        return response
+
+    def on_prepare(self, request: Request, response: StreamResponse) -> None:
+        """Run just before headers go out: request id, CORS, merged Vary."""
+        context = request.context
+        headers = response.headers
+        headers["X-Request-Id"] = context.request_id
+        if context.cors is not None:
+            headers.update(context.cors)
+        if context.shape:
+            existing = tuple(headers.getall("Vary", ()))
+            vary = _shape_vary(existing, context.cors is not None, context.shared)
+            if vary:
+                headers["Vary"] = vary
+
+    def refused(self, refusal: Refusal) -> Response:
+        """The answer to a request the HTTP parser refused (`proxy.http.protocol`)."""
+        return error_response(refusal.status, refusal.reason, refusal.message)
+
+    def crashed(self) -> Response:
+        """The answer when handling itself failed (a bug): nothing about internals."""
+        return error_response(500, "internal_error", "internal error")
 
 
 def create_app(
@@ -170,46 +279,6 @@ def create_app(
     config_path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     sighup: bool = False,
-) -> web.Application:
+) -> ProxyApp:
     """The proxy app for an already validated config (the CLI fails fast before this)."""
-    app = ProxyApplication(  # its server answers requests the HTTP parser refused in JSON
-        middlewares=[handle_request],
-        client_max_size=loaded.config.server.max_body_bytes,
-        handler_args=HANDLER_ARGS,
-    )
-    metrics = Metrics()
-    app[METRICS] = metrics
-
-    async def resources(app: web.Application) -> AsyncIterator[None]:
-        session = make_session(loaded.config.upstream.pool_size)  # JWKS fetches
-        app[SESSION] = session
-        pool = UpstreamPool(loaded.config.upstream.pool_size)  # the engine's requests
-        cache_config = loaded.config.cache
-        forwarder = Forwarder(
-            pool,
-            ResponseCache(cache_config.max_bytes, cache_config.max_entry_bytes),
-            metrics,
-        )
-        app[FORWARDER] = forwarder
-        # Per-principal limits; one pool slot per upstream connection (sized at start).
-        app[ADMISSION] = Admission(loaded.config.upstream.pool_size)
-        holder = RuntimeHolder(
-            loaded,
-            session,
-            metrics,
-            path=Path(config_path) if config_path is not None else None,
-            environ=environ,
-        )
-        app[HOLDER] = holder
-        try:
-            async with holder.watching(sighup=sighup):
-                yield
-        finally:
-            await forwarder.close()
-            await pool.close()
-            await session.close()
-
-    app.cleanup_ctx.append(resources)
-    app.on_response_prepare.append(_decorate)
-    add_routes(app)
-    return app
+    return ProxyApp(loaded, config_path=config_path, environ=environ, sighup=sighup)

@@ -33,7 +33,7 @@ from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.replicator import Replicator
 from .replication.slot import ensure_slot
-from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams
+from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams, describe
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeHandle
@@ -251,7 +251,7 @@ class Source:
 
     async def describe(self, params: ShapeParams) -> Described:
         """The definition the parameters ask for, checked against the catalog."""
-        return await self.registry.describe(params, self.tables.lookup)
+        return await describe(params, self.tables.lookup)
 
     async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
         """The shape of a definition, created (with its snapshot) if new.
@@ -322,7 +322,7 @@ class Source:
 
         async def create() -> Shape:
             await self.tables.publish(described.table)
-            created = self.registry.create(definition, described.table, described.columns)
+            created = self.registry.create(described)
             self.snapshots.submit(created)
             return created
 

@@ -9,14 +9,12 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 _SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
 
 
 @dataclass(slots=True)
 class RequestContext:
-    """Mutable only by the handling of its own request."""
+    """Mutable only by the handling of its own request (`Request.context`)."""
 
     request_id: str
     started: float = field(default_factory=time.monotonic)
@@ -31,9 +29,6 @@ class RequestContext:
     cors: Mapping[str, str] | None = None
     live: bool = False
     cache: str = "-"  # "hit", "revalidated", "collapsed" (see upstream.respond.Outcome) or "-"
-
-
-CONTEXT = web.RequestKey("shape_proxy_context", RequestContext)
 
 
 #: Request ids are this process's random prefix plus a counter: unique across processes and

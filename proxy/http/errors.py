@@ -5,9 +5,9 @@ names the parameter at fault when there is one (nested for subsets, as Electric 
 `{"subset": {"where": [...]}}`), and a 400 about a parameter says `"Invalid request"` as
 Electric's does. The proxy adds its stable machine-readable reason as `"code"`. Every refusal
 has `cache-control: no-store` (no cache may keep it), `WWW-Authenticate` on 401 and
-`Retry-After` on 502/503/504. aiohttp's own HTTP errors (unknown route, body too large) are
-rendered the same way, and anything unexpected is a bare 500 that says nothing about
-internals.
+`Retry-After` on 502/503/504. The server's own HTTP errors (method not allowed, body too
+large) are rendered the same way, and anything unexpected is a bare 500 that says nothing
+about internals.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import json
 import logging
 from typing import Any
 
-from aiohttp import web
-
 from proxy.errors import ProxyError, Unauthenticated
+from proxy.http.wire import HttpError, Response, json_response
 
 logger = logging.getLogger(__name__)
 
-_AIOHTTP_REASONS = {
+_HTTP_REASONS = {
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -55,7 +54,7 @@ def error_response(
     retry_after: int | None = None,
     www_authenticate: bool = False,
     field: str | None = None,
-) -> web.Response:
+) -> Response:
     headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -63,10 +62,10 @@ def error_response(
         error = "invalid_request" if reason == "missing_token" else "invalid_token"
         headers["WWW-Authenticate"] = f'Bearer realm="shape-proxy", error="{error}"'
     body = error_body(status, reason, message, field)
-    return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+    return json_response(body, status=status, headers=headers)
 
 
-def render_proxy_error(exc: ProxyError) -> web.Response:
+def render_proxy_error(exc: ProxyError) -> Response:
     return error_response(
         exc.status,
         exc.reason,
@@ -77,6 +76,6 @@ def render_proxy_error(exc: ProxyError) -> web.Response:
     )
 
 
-def render_http_exception(exc: web.HTTPException) -> web.Response:
-    reason = _AIOHTTP_REASONS.get(exc.status, "http_error")
+def render_http_error(exc: HttpError) -> Response:
+    reason = _HTTP_REASONS.get(exc.status, "http_error")
     return error_response(exc.status, reason, exc.reason)

@@ -16,18 +16,18 @@ import dataclasses
 import functools
 import json
 import time
+from typing import TYPE_CHECKING
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
 from proxy.errors import BadShapeRequest, MethodNotAllowed
-from proxy.http.context import CONTEXT
 from proxy.http.headers import preflight_headers
 from proxy.http.params import parse_shape_query, parse_subset_body
+from proxy.http.wire import Request, Response, StateKey, StreamResponse, json_response
 from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
 from proxy.limits.upstream import check_fits, clean_error_response, fits
@@ -37,25 +37,22 @@ from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal
 from proxy.upstream.forward import Admit, Forwarder, Target
 from proxy.upstream.url import build_upstream_url, definition_key
 
-HOLDER = web.AppKey("holder", RuntimeHolder)
-SESSION = web.AppKey("session", aiohttp.ClientSession)
-METRICS = web.AppKey("metrics", Metrics)
-FORWARDER = web.AppKey("forwarder", Forwarder)
-ADMISSION = web.AppKey("admission", Admission)
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+
+#: What an app holds, by name (`app[FORWARDER]`): for tests and tools.
+HOLDER = StateKey[RuntimeHolder]("holder")
+SESSION = StateKey[aiohttp.ClientSession]("session")
+METRICS = StateKey[Metrics]("metrics")
+FORWARDER = StateKey[Forwarder]("forwarder")
+ADMISSION = StateKey[Admission]("admission")
 
 
-async def shape(request: web.Request) -> web.StreamResponse:
-    """`/v1/shape`: the client names the table."""
-    return await _serve(request, shape_name=None)
-
-
-async def named_shape(request: web.Request) -> web.StreamResponse:
-    """`/shapes/<name>`: the config names the table, filter and columns."""
-    return await _serve(request, shape_name=request.match_info["name"])
-
-
-async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamResponse:
+async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     """Authorise the request, then forward it: the request path of every shape request.
+
+    `shape_name` is None for `/v1/shape` (the client names the table), the name for
+    `/shapes/<name>` (the config names the table, filter and columns).
 
     Per-principal limits (`proxy.limits`) apply between the two steps: `_forward` hands the
     forwarder an `admit` callable that it awaits only when a new engine request is needed (a
@@ -63,8 +60,8 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
     engine request runs; over a limit it raises a `ProxyError` (429, or 503 after the bounded
     pool wait, with `retry_after`) that the middleware renders like any other.
     """
-    context = request[CONTEXT]
-    runtime = request.app[HOLDER].current  # this request keeps this config through a reload
+    context = request.context
+    runtime = _app(request).holder.current  # this request keeps this config through a reload
     method = request.method
     body: bytes | None = None
     if method in ("GET", "HEAD"):  # HEAD: the GET's headers without its body, as Electric
@@ -72,7 +69,7 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
     elif method == "OPTIONS":
         context.outcome = "preflight"
         max_age = runtime.loaded.config.cors.max_age
-        return web.Response(status=204, headers=preflight_headers(max_age))
+        return Response(status=204, headers=preflight_headers(max_age))
     elif method in ("POST", "DELETE"):
         prepared, body = await _prepare(request, runtime, shape_name, method=method)
     else:
@@ -85,7 +82,13 @@ async def _serve(request: web.Request, *, shape_name: str | None) -> web.StreamR
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
 
 
-def _admitter(request: web.Request, prepared: Prepared) -> Admit:
+def _app(request: Request) -> ProxyApp:
+    app = request.app
+    assert app is not None
+    return app
+
+
+def _admitter(request: Request, prepared: Prepared) -> Admit:
     """Per-principal admission for this request's engine request, if one is needed.
 
     `forward` calls it only for a new engine request (a cache hit or a joined flight is
@@ -94,19 +97,19 @@ def _admitter(request: web.Request, prepared: Prepared) -> Admit:
     principal = prepared.principal
     if principal == ANONYMOUS:
         principal = f"{ANONYMOUS} {request.remote}"
-    return functools.partial(request.app[ADMISSION].admit, principal, prepared.limits)
+    return functools.partial(_app(request).admission.admit, principal, prepared.limits)
 
 
 async def _forward(
-    request: web.Request,
+    request: Request,
     runtime: Runtime,
     prepared: Prepared,
     method: str,
     body: bytes | None,
     admit: Admit | None = None,
-) -> web.StreamResponse:
+) -> StreamResponse:
     """Send the authorised request upstream and record how it went in the request context."""
-    context = request[CONTEXT]
+    context = request.context
     target = Target(
         method=method,
         cacheable=method != "HEAD",
@@ -120,7 +123,7 @@ async def _forward(
         handle=prepared.handle,
         initial=prepared.initial,
     )
-    outcome = await request.app[FORWARDER].forward(
+    outcome = await _app(request).forwarder.forward(
         request, target, runtime.options, context.request_id, admit
     )
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
@@ -137,7 +140,7 @@ async def _forward(
 _ANONYMOUS_KEY = b"anonymous"
 
 
-async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str | None) -> Prepared:
+async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | None) -> Prepared:
     """`_prepare` for a GET, remembered per (Authorization, query) under this config.
 
     A repeated pair was already authorised: its result is reused until the token expires
@@ -148,10 +151,10 @@ async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str |
     key = None
     if cache is not None:
         digest = TokenVerifier.digest(authorization) if authorization else _ANONYMOUS_KEY
-        key = (digest, shape_name or "", request.rel_url.raw_query_string)
+        key = (digest, shape_name or "", request.query_string)
         prepared = cache.get(key)
         if prepared is not None and prepared.expires > time.time():
-            request.app[METRICS].token_cache_lookup(True)
+            _app(request).metrics.token_cache_lookup(True)
             return prepared
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
     if cache is not None and key is not None:
@@ -159,7 +162,7 @@ async def _prepare_get(request: web.Request, runtime: Runtime, shape_name: str |
     return prepared
 
 
-async def _claims(request: web.Request, runtime: Runtime) -> tuple[Claims, bool]:
+async def _claims(request: Request, runtime: Runtime) -> tuple[Claims, bool]:
     """The verified claims and whether the caller is anonymous (no Authorization header).
 
     A request without a token is anonymous only when some rule serves anonymous callers;
@@ -178,14 +181,14 @@ async def _claims(request: web.Request, runtime: Runtime) -> tuple[Claims, bool]
 
 
 async def _prepare(
-    request: web.Request, runtime: Runtime, shape_name: str | None, *, method: str
+    request: Request, runtime: Runtime, shape_name: str | None, *, method: str
 ) -> tuple[Prepared, bytes | None]:
     """Authenticate, parse, authorise and build the upstream URL (raises `ProxyError`).
 
     Returns the prepared request and, for a POST, the subset body to send upstream.
     """
     config = runtime.loaded.config
-    query = list(request.rel_url.query.items())
+    query = list(request.query.items())
     refuse_token_in_query(query)
     claims, anonymous = await _claims(request, runtime)
     shape_request = parse_shape_query(query)
@@ -249,51 +252,38 @@ async def _prepare(
     return prepared, body
 
 
-async def engine_health(request: web.Request) -> web.StreamResponse:
+async def engine_health(request: Request) -> StreamResponse:
     """`GET /v1/health`: the engine's own health answer (body and status), no token needed.
 
     Electric clients and tools probe this path; the proxy's own liveness is `/healthz`.
     """
-    context = request[CONTEXT]
+    context = request.context
     context.outcome = "health"
-    runtime = request.app[HOLDER].current
+    app = _app(request)
+    runtime = app.holder.current
     base = URL(runtime.loaded.config.upstream.url)
     url = base.with_path(base.path.rstrip("/") + "/v1/health")
     target = Target(method="GET", url=url, url_text=str(url), shared=True, cacheable=False)
-    outcome = await request.app[FORWARDER].forward(
-        request, target, runtime.options, context.request_id
-    )
+    outcome = await app.forwarder.forward(request, target, runtime.options, context.request_id)
     context.upstream_status = outcome.upstream_status
     return outcome.response
 
 
-async def healthz(request: web.Request) -> web.Response:
+async def healthz(request: Request) -> StreamResponse:
     """Liveness plus config state: a failed reload shows here while the old config serves."""
-    request[CONTEXT].outcome = "health"
-    holder = request.app[HOLDER]
+    request.context.outcome = "health"
+    holder = _app(request).holder
     body = {
         "status": "ok",
         "config_loaded_at": holder.current.loaded_at,
         "config_error": holder.last_error,
     }
-    return web.Response(
-        text=json.dumps(body),
-        content_type="application/json",
-        headers={"Cache-Control": "no-store"},
+    return json_response(json.dumps(body), headers={"Cache-Control": "no-store"})
+
+
+async def metrics(request: Request) -> StreamResponse:
+    request.context.outcome = "metrics"
+    payload = generate_latest(_app(request).metrics.registry)
+    return Response(
+        body=payload, headers={"Cache-Control": "no-store", "Content-Type": CONTENT_TYPE_LATEST}
     )
-
-
-async def metrics(request: web.Request) -> web.Response:
-    request[CONTEXT].outcome = "metrics"
-    payload = generate_latest(request.app[METRICS].registry)
-    response = web.Response(body=payload, headers={"Cache-Control": "no-store"})
-    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return response
-
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_route("*", "/v1/shape", shape)
-    app.router.add_route("*", "/shapes/{name}", named_shape)
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/v1/health", engine_health, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)

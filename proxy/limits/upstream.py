@@ -126,11 +126,11 @@ def clean_error_response(response: object, secret: str | None) -> None:
     """Clean the body of a whole engine error answer in place, before it is sent.
 
     The engine sends its errors with a Content-Length, so they arrive here whole (a
-    `web.Response` with bytes); a streamed answer (a snapshot, a live body) is not an error.
+    `Response` with bytes); a streamed answer (a snapshot, a live body) is not an error.
     """
-    from aiohttp import web
+    from proxy.http.wire import Response
 
-    if isinstance(response, web.Response) and isinstance(response.body, bytes):
+    if isinstance(response, Response) and isinstance(response.body, bytes):
         cleaned = sanitise_error_body(response.body, secret)
         if cleaned is not response.body:
             response.body = cleaned

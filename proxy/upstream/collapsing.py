@@ -16,9 +16,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-
 from proxy.errors import ProxyError
+from proxy.http.wire import Request
 from proxy.upstream.cache import CacheKey
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
@@ -164,7 +163,7 @@ class Flights:
 
 
 async def wait(
-    flight: Flight, request: web.Request, options: UpstreamOptions, *, joined: bool
+    flight: Flight, request: Request, options: UpstreamOptions, *, joined: bool
 ) -> Outcome:
     """One client's side of a flight: its own response, written at its own pace."""
     while flight.head is None and not flight.finished:

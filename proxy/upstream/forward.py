@@ -29,10 +29,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
 from cachetools import LRUCache
 from yarl import URL
 
+from proxy.http.wire import Request
 from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
 from proxy.upstream import collapsing, sse
@@ -120,7 +120,7 @@ class Forwarder:
 
     async def forward(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         options: UpstreamOptions,
         request_id: str,
@@ -168,7 +168,7 @@ class Forwarder:
 
     async def _open(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         options: UpstreamOptions,
         request_id: str,
@@ -279,7 +279,7 @@ class Forwarder:
 
     async def _admitted_direct(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         options: UpstreamOptions,
         request_id: str,
@@ -295,7 +295,7 @@ class Forwarder:
 
     async def _direct(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         options: UpstreamOptions,
         request_id: str,
@@ -357,7 +357,7 @@ class Forwarder:
 
     async def _collapsed(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         key: CacheKey,
         options: UpstreamOptions,
@@ -374,7 +374,7 @@ class Forwarder:
 
     async def _join(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         flight_key: CacheKey,
         store_key: CacheKey,
@@ -413,7 +413,7 @@ class Forwarder:
 
     async def _shared_sse(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         options: UpstreamOptions,
         request_id: str,
@@ -452,7 +452,7 @@ class Forwarder:
         return None
 
     async def _open_shared(
-        self, request: web.Request, target: Target, options: UpstreamOptions, request_id: str
+        self, request: Request, target: Target, options: UpstreamOptions, request_id: str
     ) -> UpstreamResponse:
         """A shared stream's engine request: the first client's, minus what is its own."""
         request_headers = upstream_request_headers(request.headers, request_id)
@@ -465,7 +465,7 @@ class Forwarder:
 
     async def _revalidate(
         self,
-        request: web.Request,
+        request: Request,
         target: Target,
         key: CacheKey,
         entry: CachedResponse,

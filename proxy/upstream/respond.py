@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aiohttp import web
-
+from proxy.http.wire import Response, StreamResponse
 from proxy.upstream.cache import CachedResponse
 from proxy.upstream.headers import Head
 
@@ -18,7 +17,7 @@ from proxy.upstream.headers import Head
 class Outcome:
     """What happened to one forwarded request, for the access log and metrics."""
 
-    response: web.StreamResponse
+    response: StreamResponse
     upstream_status: int | None = None
     #: "hit" (served from the response cache), "revalidated" (cached body, the engine
     #: confirmed it with a 304), "collapsed" (shared another client's engine request), or "-".
@@ -28,25 +27,25 @@ class Outcome:
     failure: tuple[str, str] | None = None
 
 
-def complete(head: Head, body: bytes) -> web.Response:
-    """A whole answer in one write (aiohttp copies the headers proxy into its own dict)."""
-    return web.Response(
+def complete(head: Head, body: bytes) -> Response:
+    """A whole answer in one write (the headers proxy is copied into its own dict)."""
+    return Response(
         status=head.status, reason=head.reason, body=body, headers=head.response_headers
     )
 
 
-def streaming(head: Head) -> web.StreamResponse:
+def streaming(head: Head) -> StreamResponse:
     """A response whose body follows chunk by chunk; the caller prepares and writes it."""
-    response = web.StreamResponse(status=head.status, reason=head.reason)
+    response = StreamResponse(status=head.status, reason=head.reason)
     response.headers.extend(head.response_headers)
     if head.content_length is not None:
         response.content_length = head.content_length
     return response
 
 
-def from_cache(entry: CachedResponse, age: float) -> web.Response:
+def from_cache(entry: CachedResponse, age: float) -> Response:
     """A cached answer, with `Age` (RFC 9111 §5.1) when it is at least a second old."""
-    response = web.Response(
+    response = Response(
         status=entry.status, reason=entry.reason, body=entry.body, headers=entry.response_headers
     )
     if age >= 1:

@@ -41,10 +41,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 
-from aiohttp import web
 from yarl import URL
 
 from proxy.errors import ProxyError
+from proxy.http.wire import Request, StreamResponse
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
 from proxy.upstream.respond import Outcome, complete
@@ -142,7 +142,7 @@ class _Subscriber:
 
 
 def _chunk(frame: bytes) -> bytes:
-    """`frame` as one HTTP/1.1 chunk (the framing aiohttp's writer uses)."""
+    """`frame` as one HTTP/1.1 chunk (the framing `StreamResponse.write` uses)."""
     return b"%x\r\n" % len(frame) + frame + b"\r\n"
 
 
@@ -388,11 +388,11 @@ class SharedStreams:
             stream.end(reason)
 
 
-def _client_headers(head: Head, spec: StreamSpec) -> web.StreamResponse:
+def _client_headers(head: Head, spec: StreamSpec) -> StreamResponse:
     """The stream's headers, with the ones the engine computes per request made this
     client's: its own offset (its position until its first up-to-date), a cursor past its
     own, an ETag naming both."""
-    response = web.StreamResponse(status=head.status, reason=head.reason)
+    response = StreamResponse(status=head.status, reason=head.reason)
     headers = response.headers
     headers.extend(head.response_headers)
     if "electric-offset" in headers:
@@ -419,7 +419,7 @@ def _next_cursor(engine_cursor: str, request_cursor: int) -> int:
 
 async def serve(
     stream: SharedStream,
-    request: web.Request,
+    request: Request,
     spec: StreamSpec,
     options: UpstreamOptions,
     *,
@@ -489,7 +489,7 @@ def _bound_send_buffer(transport: asyncio.BaseTransport) -> None:
 
 
 async def _finish(
-    response: web.StreamResponse, request: web.Request, outcome: Outcome, reason: str
+    response: StreamResponse, request: Request, outcome: Outcome, reason: str
 ) -> Outcome:
     """End a client's stream the way its shared stream ended for it."""
     transport = request.transport

@@ -17,10 +17,10 @@ from ..log.files import ShapeLog
 from ..log.store import ShapeStore
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.xid_snapshot import XidSnapshot
-from .definition import Described, ShapeDefinition, ShapeParams, TableLookup, describe
+from .definition import Described, ShapeDefinition, ShapeParams
 from .router import ShapeRouter
 from .shape import HandleFactory, Shape
-from .where import Where, parse_where
+from .where import parse_where
 
 logger = logging.getLogger(__name__)
 
@@ -96,9 +96,6 @@ class ShapeRegistry:
         # Its keys per shape, so retiring a shape does not scan all 20,000 (a dropped table
         # with thousands of shapes did that thousands of times on the event loop).
         self._request_keys: dict[Shape, set[tuple[object, ...]]] = {}
-        # Where clauses parsed while describing a request, reused when the shape is made
-        # (parsing costs ~0.3 ms, a real share of creating a small shape).
-        self._parsed_where: LRUCache[tuple[int, str], Where] = LRUCache(maxsize=1_000)
 
     def __len__(self) -> int:
         return len(self.by_handle)
@@ -116,37 +113,24 @@ class ShapeRegistry:
         self._by_request[key] = shape
         self._request_keys.setdefault(shape, set()).add(key)
 
-    async def describe(self, params: ShapeParams, lookup: TableLookup) -> Described:
-        """`definition.describe`, keeping the parsed where clause for the shape's creation
-        (parsing costs ~0.3 ms, a real share of creating a small shape)."""
-        described = await describe(params, lookup)
-        if described.where is not None:
-            self._parsed_where[(described.table.oid, described.where.source)] = described.where
-        return described
-
     # -- creation -------------------------------------------------------------------------
 
     def current(self, definition: ShapeDefinition) -> Shape | None:
         """The live shape of a definition, if there is one."""
         return self.by_definition.get(definition)
 
-    def create(
-        self, definition: ShapeDefinition, table: TableInfo, columns: tuple[ColumnInfo, ...]
-    ) -> Shape:
-        """A new shape (SNAPSHOTTING), routed at once so the stream parks its transactions."""
+    def create(self, described: Described) -> Shape:
+        """A new shape (SNAPSHOTTING) of a request's definition, its where clause the one
+        `describe` compiled, routed at once so the stream parks its transactions."""
+        definition = described.definition
         handle = self.handles.new(definition)
         shape_log = self.store.new_log(handle)
-        where = None
-        if definition.where is not None:
-            where = self._parsed_where.get((table.oid, definition.where)) or parse_where(
-                definition.where, {}, table.column_map
-            )
         shape = Shape(
             handle=handle,
             definition=definition,
-            table=table,
-            where=where,
-            columns=columns,
+            table=described.table,
+            where=described.where,
+            columns=described.columns,
             log=shape_log,
         )
         self.add(shape)

@@ -197,7 +197,9 @@ async def stack(db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
     counter.session = aiohttp.ClientSession(auto_decompress=False)
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", counter.handle)
-    runner = web.AppRunner(app, access_log=None)
+    # handler_cancellation: a client (nginx) that leaves ends its engine request too, as a
+    # proxy should; otherwise an SSE stream kept cleanup waiting ~20 s for a keep-alive.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", pass_port).start()
     scratch = _scratch_dir()

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import logging
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import jwt
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
+from yarl import URL
 
-from proxy.app import create_app
+from proxy.app import ProxyApp, create_app
 from proxy.config.loader import LoadedConfig, build_config
+from proxy.http.serve import Server
 from proxy.logs import JsonFormatter
 from tests.proxy.proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
 
@@ -116,10 +118,43 @@ class Reply:
         return json.loads(self.body)
 
 
+class ProxyTestServer(BaseTestServer):
+    """The proxy's own server (`proxy.http.serve`) on a free port, for aiohttp's TestClient."""
+
+    def __init__(self, app: ProxyApp) -> None:
+        super().__init__()
+        self.app = app
+        self._server: Server | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None
+
+    async def start_server(self, loop: Any = None, **kwargs: Any) -> None:
+        if self._server is not None:
+            return
+        await self.app.start()
+        sock = self.socket_factory(self.host, self.port or 0, socket.AF_INET)
+        self.host, self.port = sock.getsockname()[:2]
+        self._server = Server(self.app)
+        await self._server.start([sock])
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def _make_runner(self, **kwargs: Any) -> Any:
+        raise NotImplementedError("the proxy has its own server")
+
+    async def close(self) -> None:
+        if self._server is not None and not self._closed:
+            self._closed = True
+            await self._server.shutdown(timeout=1.0)
+            await self.app.stop()
+
+
 @dataclass
 class ProxyHarness:
     client: TestClient
-    app: web.Application
+    app: ProxyApp
     engine: FakeEngine
     secret: str
     tokens: Tokens
@@ -197,10 +232,7 @@ def make_proxy(
 ) -> Callable[..., Any]:
     async def make(loaded: LoadedConfig, **kwargs: Any) -> ProxyHarness:
         app = create_app(loaded, **kwargs)
-        # As in production (`__main__`): aiohttp's access log would print raw query strings.
-        client = await aiohttp_client(
-            await aiohttp_server(app, access_log=None), auto_decompress=False
-        )
+        client = await aiohttp_client(ProxyTestServer(app), auto_decompress=False)
         return ProxyHarness(client, app, engine, engine_secret, tokens)
 
     return make

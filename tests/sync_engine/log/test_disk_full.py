@@ -18,7 +18,6 @@ import asyncio
 import os
 import random
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -193,17 +192,6 @@ async def _wait_for(what: str, check: Any, timeout: float) -> float:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _start_unhealthy(engine: EngineProcess) -> None:
-    """Start the engine without waiting for 200: with the disk full it answers 503."""
-    args = [sys.executable, "-m", "sync_engine", "--database-url", engine.db_url,
-            "--port", str(engine.port), "--data-dir", str(engine.data_dir), *engine.extra_args]  # fmt: skip
-    with engine.log.open("ab") as log:
-        engine.proc = subprocess.Popen(
-            args, cwd=Path(__file__).resolve().parents[3], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-
-
 @pytest.mark.timeout(240)
 async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Path) -> None:
     mnt = tmp_path / "data"
@@ -233,21 +221,33 @@ async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Pat
             tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
             await _wait_for("followers up to date", lambda: all(f.live for f in followers), 30)
 
+            async def rows_written(count: int, phase: str) -> None:
+                """Wait until the writer inserted `count` more rows (about 200 a second when
+                idle): a phase of the test is counted in writes, not seconds, so a loaded
+                machine makes it slower, not weaker."""
+                target = counter[0] + count
+                await _wait_for(f"{count} rows written {phase}", lambda: counter[0] >= target, 120)
+
             # 1. The disk fills while rows are written.
             writer = asyncio.create_task(_write(db_url, stop_writer, counter))
-            await asyncio.sleep(1.0)
+            await rows_written(200, "before the disk fills")
             await asyncio.to_thread(_fill, filler)
             await _wait_for("health 503", lambda: _health(engine.url)[0] == 503, 30)
             status, body = _health(engine.url)
             assert body["status"] == "waiting" and "disk is full" in body["message"]
             before = sum(f.statuses[200] for f in followers)
-            await asyncio.sleep(4.0)  # writes while full
+            await rows_written(800, "while the disk is full")
+            # still served: the live requests of every follower are answered (2 s long-polls)
+            await _wait_for(
+                "followers answered while full",
+                lambda: sum(f.statuses[200] for f in followers) > before,
+                30,
+            )
             async with session.get(
                 engine.url + "/v1/shape",
                 params={"table": "items", "where": "id > 7", "offset": "-1"},
             ) as r:
                 assert r.status == 503 and "retry-after" in r.headers, await r.text()
-            assert sum(f.statuses[200] for f in followers) > before  # still served
             log_text = engine.log.read_text()
             assert len(_errors(log_text)) == 1, log_text[-3000:]
             assert "cannot write shape logs (the disk is full" in _errors(log_text)[0]
@@ -262,15 +262,15 @@ async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Pat
             # 3. Full again, and the engine is SIGKILLed while full, then restarted.
             stop_writer.clear()
             writer = asyncio.create_task(_write(db_url, stop_writer, counter))
-            await asyncio.sleep(1.0)
+            await rows_written(200, "before the disk fills again")
             await asyncio.to_thread(_fill, filler)
             await _wait_for("health 503", lambda: _health(engine.url)[0] == 503, 30)
-            await asyncio.sleep(2.0)
+            await rows_written(400, "while full, before the SIGKILL")
             engine.kill()
-            await asyncio.sleep(1.0)
-            _start_unhealthy(engine)
+            await rows_written(200, "while the engine is down")
+            engine.spawn()  # not start(): with the disk full it answers 503, not 200
             await _wait_for("503 after restart", lambda: _health(engine.url)[0] == 503, 30)
-            await asyncio.sleep(2.0)
+            await rows_written(400, "after the restart, still full")
             stop_writer.set()
             await writer
             filler.unlink()

@@ -1,0 +1,470 @@
+"""One client connection of the proxy: llhttp (through httptools) parses, the app answers.
+
+An `asyncio.Protocol` per connection, with no reader task: the parser's callbacks build a
+`Request` as bytes arrive, and each complete request gets one task running the app's
+`handle`. What a connection does, in the order a request meets it:
+
+- limits: a request target over `MAX_REQUEST_TARGET` bytes is a 414, a header (name and
+  value) over `MAX_HEADER_FIELD` or more than `MAX_HEADERS` headers a 431, and anything the
+  parser refuses (or a repeated `Host`, `Content-Length`... header, a NUL in a value) a 400:
+  the shared answers of `sync_engine.http.parser_refusals`, in the proxy's JSON, nothing of
+  the request quoted, one INFO line, then the connection closes;
+- `Expect: 100-continue` is answered at once (the body is read before the handler runs);
+  a body over the app's limit is read and dropped, and `Request.read()` answers 413;
+- keep-alive as the client asks (HTTP/1.1 by default, HTTP/1.0 with `Connection:
+  keep-alive`); pipelined requests are answered one at a time, in order, and reading pauses
+  while `PIPELINE_LIMIT` requests wait; an idle connection closes after `KEEPALIVE_TIMEOUT`;
+- the client going away (reset, or its end of the connection closed) cancels the task of
+  the request it was waiting for: a held long-poll lets go of its flight at once;
+- backpressure: a response's `write` waits while the transport's buffer is over its high
+  mark (`pause_writing` / `resume_writing`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+import httptools
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy.http.wire import Request, Response, Writer
+from sync_engine.http.parser_refusals import (
+    MAX_HEADER_FIELD,
+    MAX_HEADERS,
+    MAX_REQUEST_TARGET,
+    Refusal,
+    refusal,
+)
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an idle keep-alive connection stays open (aiohttp's default).
+KEEPALIVE_TIMEOUT = 75.0
+#: Complete requests queued behind the one being answered before reading pauses.
+PIPELINE_LIMIT = 8
+#: Bytes of request head (line and headers) read before the limits above must have tripped:
+#: a guard against one endless header line, which the parser would otherwise buffer.
+_MAX_HEAD_BYTES = MAX_REQUEST_TARGET + MAX_HEADERS * (MAX_HEADER_FIELD + 4) + 4
+
+#: The shared answers (`parser_refusals.refusal` takes aiohttp's exceptions as its input).
+URI_TOO_LONG = refusal(LineTooLong("", MAX_REQUEST_TARGET))
+HEADER_TOO_LARGE = refusal(LineTooLong("", MAX_HEADER_FIELD))
+TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
+BAD_METHOD = refusal(BadHttpMethod(""))
+MALFORMED = refusal(None)
+EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
+
+#: Headers a request may carry once (as aiohttp's parser: a second one is a 400).
+_SINGLETONS = frozenset(
+    {
+        "content-length",
+        "content-location",
+        "content-range",
+        "content-type",
+        "etag",
+        "host",
+        "max-forwards",
+        "server",
+        "transfer-encoding",
+        "user-agent",
+    }
+)
+
+
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class _Answered(Exception):
+    """Raised in a parser callback: the request is answered without reading further."""
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: the request is answered with `refusal`."""
+
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+class Connection(asyncio.Protocol, Writer):
+    """One client connection (see the module doc)."""
+
+    __slots__ = (
+        "_app",
+        "_body",
+        "_body_size",
+        "_drain",
+        "_expect_failed",
+        "_head_bytes",
+        "_headers",
+        "_idle",
+        "_in_head",
+        "_in_message",
+        "_loop",
+        "_on_close",
+        "_parser",
+        "_paused_reading",
+        "_queue",
+        "_request",
+        "_task",
+        "_too_large",
+        "_transport",
+        "_url",
+        "_writing_paused",
+        "closing",
+    )
+
+    def __init__(self, app: ProxyApp, on_close: Callable[[Connection], None] | None = None) -> None:
+        self._app = app
+        self._on_close = on_close
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        #: Made when a request starts arriving, dropped between requests: a connection that
+        #: holds a long-poll keeps no parser (about 900 bytes, and a reference cycle).
+        self._parser: httptools.HttpRequestParser | None = None
+        self._in_message = False
+        self._url: list[bytes] = []
+        self._headers: list[tuple[str, str]] = []
+        self._head_bytes = 0
+        self._in_head = False
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._too_large = False
+        self._expect_failed = False
+        self._request: Request | None = None  # being parsed
+        self._queue: list[Request | Refusal] = []  # (a deque is 600 bytes even when empty)
+        self._task: asyncio.Task[None] | None = None  # answering the oldest request
+        self._idle: asyncio.TimerHandle | None = None
+        self._writing_paused = False
+        self._paused_reading = False
+        self._drain: asyncio.Future[None] | None = None
+        #: Finish the request being answered, then close (server shutdown).
+        self.closing = False
+
+    # --- Writer --------------------------------------------------------------------------
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._transport
+
+    async def drain(self) -> None:
+        if self._transport is None:
+            raise ConnectionResetError("the client went away")
+        if not self._writing_paused:
+            return
+        if self._drain is None:
+            self._drain = self._loop.create_future()
+        await asyncio.shield(self._drain)
+        if self._transport is None:
+            raise ConnectionResetError("the client went away")
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter, self._drain = self._drain, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- connection ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
+        self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._parser = None  # (it refers back to this protocol: no cycle left for the collector)
+        self._cancel_idle()
+        self._queue.clear()
+        self._wake_drain()
+        if self._task is not None:
+            self._task.cancel()  # the client went away: its held request lets go at once
+            self._task = None
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def eof_received(self) -> bool | None:
+        return None  # the client closed its side: treated as gone (close, as aiohttp did)
+
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            if self.closing or self._transport is None:
+                return  # no further request is read on this connection
+            parser = self._parser = httptools.HttpRequestParser(self)
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            # A request asking to switch protocols is answered as plain HTTP; nothing after
+            # it on this connection is read.
+            self.closing = True
+            self._pause_reading()
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, _Answered):
+                self._in_head = False
+                self.closing = True
+                self._pause_reading()
+                if self._task is None:
+                    self._next()
+                return
+            self._refuse(cause.refusal if isinstance(cause, _Refused) else MALFORMED)
+        except httptools.HttpParserInvalidMethodError:
+            self._refuse(BAD_METHOD)
+        except httptools.HttpParserError:
+            self._refuse(MALFORMED)
+        else:
+            if self._in_head and self._head_bytes > _MAX_HEAD_BYTES:
+                self._refuse(HEADER_TOO_LARGE)
+            elif not self._in_message:
+                self._parser = None
+
+    # --- parser callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._cancel_idle()
+        self._url = []
+        self._headers = []
+        self._head_bytes = 0
+        self._in_head = True
+        self._body = []
+        self._body_size = 0
+        self._too_large = False
+        self._expect_failed = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url.append(url)
+        if sum(map(len, self._url)) > MAX_REQUEST_TARGET:
+            raise _Refused(URI_TOO_LONG)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) + len(value) > MAX_HEADER_FIELD:
+            raise _Refused(HEADER_TOO_LARGE)
+        headers = self._headers
+        if len(headers) >= MAX_HEADERS:
+            raise _Refused(TOO_MANY_HEADERS)
+        text = value.decode("utf-8", "surrogateescape").rstrip(" \t")
+        if "\x00" in text:
+            raise _Refused(MALFORMED)
+        headers.append((name.decode("utf-8", "surrogateescape"), text))
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        pairs = self._headers
+        headers = CIMultiDict(pairs)
+        if len(headers) != len({name.lower() for name, _ in pairs}):
+            for name in _SINGLETONS:
+                if len(headers.getall(name, ())) > 1:
+                    raise _Refused(MALFORMED)
+        parser = self._parser
+        assert parser is not None
+        target = b"".join(self._url)
+        query = b""
+        try:
+            parsed = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            # (origin-form targets llhttp accepted but the URL parser does not: the query is
+            # what follows the first "?", up to a "#")
+            query = target.partition(b"?")[2].partition(b"#")[0]
+        else:
+            query = parsed.query or b""
+        version = parser.get_http_version()
+        request = Request(
+            method=parser.get_method().decode("ascii", "surrogateescape"),
+            raw_path=target.decode("utf-8", "surrogateescape"),
+            query_string=query.decode("utf-8", "surrogateescape"),
+            headers=CIMultiDictProxy(headers),
+            version=(1, 0) if version == "1.0" else (1, 1),
+            keep_alive=parser.should_keep_alive(),
+            writer=self,
+            app=self._app,
+        )
+        self._request = request
+        length = headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self._app.max_body:
+            # Not read at all: answered now (413 where a route reads bodies), then closed.
+            request.body_too_large = True
+            request.keep_alive = False
+            self._request = None
+            self._queue.append(request)
+            raise _Answered
+        expect = headers.get("Expect")
+        if expect is not None and request.version >= (1, 1) and self._transport is not None:
+            if expect.lower() == "100-continue":
+                if not self._too_large:
+                    self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            else:
+                self._expect_failed = True
+
+    def on_body(self, body: bytes) -> None:
+        if self._too_large:
+            return
+        self._body_size += len(body)
+        if self._body_size > self._app.max_body:
+            self._too_large = True
+            self._body = []
+        else:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        request = self._request
+        if request is None:
+            return
+        self._request = None
+        request.body = b"".join(self._body)
+        request.body_too_large = self._too_large
+        self._body = []
+        if self._expect_failed:  # an expectation other than 100-continue: not met
+            self._refuse(EXPECTATION_FAILED)
+            return
+        self._queue.append(request)
+        if self._task is None:
+            self._next()
+        elif len(self._queue) >= PIPELINE_LIMIT:
+            self._pause_reading()
+
+    # --- answering -----------------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Answer the oldest queued request, or wait for one."""
+        transport = self._transport
+        if transport is None:
+            return
+        if not self._queue:
+            if self.closing:
+                transport.close()
+                return
+            self._resume_reading()
+            self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
+            return
+        item = self._queue.pop(0)
+        if isinstance(item, Request):
+            self._task = self._loop.create_task(self._answer(item))
+        else:
+            self._send_refusal(item)
+
+    async def _answer(self, request: Request) -> None:
+        try:
+            try:
+                response = await self._app.handle(request)
+            except Exception:
+                logger.exception("unhandled error answering a request")
+                response = self._app.crashed()
+                response.force_close()
+            transport = self._transport
+            if transport is None:
+                return
+            if not response.prepared:
+                assert isinstance(response, Response)
+                transport.write(response.serialize(request))
+            else:
+                try:
+                    await response.write_eof()
+                except ConnectionError:
+                    request.keep_alive = False
+        except asyncio.CancelledError:
+            if self._transport is not None:  # cancelled by shutdown, not by the client
+                self._transport.close()
+            return
+        finally:
+            if self._task is asyncio.current_task():
+                self._task = None
+        if not request.keep_alive:
+            self.closing = True
+            self._queue.clear()
+        self._next()
+
+    def _refuse(self, answer: Refusal) -> None:
+        """The parser refused the request being read: answer it after those before it."""
+        self._in_head = False
+        self.closing = True
+        self._pause_reading()
+        # A scanner's first bytes are not worth a line above DEBUG (as aiohttp did).
+        level = logging.DEBUG if answer is BAD_METHOD else logging.INFO
+        logger.log(
+            level,
+            "refused a malformed request from %s: %s %s",
+            self._peer(),
+            answer.status,
+            answer.message,
+        )
+        self._queue.append(answer)
+        if self._task is None:
+            self._next()
+
+    def _send_refusal(self, answer: Refusal) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        response = self._app.refused(answer)
+        response.force_close()
+        placeholder = Request("GET", "", "", _NO_HEADERS, (1, 1), False, self, None)
+        transport.write(response.serialize(placeholder))
+        self._queue.clear()
+        transport.close()
+
+    def _peer(self) -> str | None:
+        if self._transport is None:
+            return None
+        peer = self._transport.get_extra_info("peername")
+        if isinstance(peer, (list, tuple)) and peer:
+            return str(peer[0])
+        return None
+
+    # --- flow ----------------------------------------------------------------------------
+
+    def _pause_reading(self) -> None:
+        if not self._paused_reading and self._transport is not None:
+            self._paused_reading = True
+            self._transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._paused_reading and self._transport is not None and not self.closing:
+            self._paused_reading = False
+            self._transport.resume_reading()
+
+    def _cancel_idle(self) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def _idle_close(self) -> None:
+        self._idle = None
+        if self._transport is not None and self._task is None and not self._queue:
+            self._transport.close()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task answering a request right now, if any."""
+        return self._task
+
+    def shut_down(self) -> None:
+        """Server shutdown: close now if idle, else after the request being answered."""
+        self.closing = True
+        self._queue.clear()
+        self._pause_reading()
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Server shutdown, out of time: cancel the request being answered and close."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,114 @@
+"""The proxy's own HTTP/1.1 server, byte for byte: keep-alive, pipelining, HTTP/1.0,
+`Expect: 100-continue`, an oversized body, HEAD, a malformed request after a good one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+
+async def _exchange(proxy: Any, data: bytes, *, until_closed: bool = True) -> bytes:
+    """Send raw bytes; read until the proxy closes the connection (or 5 s of silence)."""
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(data)
+    await writer.drain()
+    out = b""
+    try:
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 5 if until_closed else 1)
+            if not chunk:
+                break
+            out += chunk
+    except TimeoutError:
+        out += b"<open>"
+    writer.close()
+    return out
+
+
+def _answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
+    """Split a stream of Content-Length answers into (status, headers, body)."""
+    answers = []
+    while raw.startswith(b"HTTP/"):
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        answers.append((int(lines[0].split()[1]), headers, rest[:length]))
+        raw = rest[length:]
+    return answers
+
+
+async def test_pipelined_requests_are_answered_in_order_on_one_connection(proxy: Any) -> None:
+    raw = await _exchange(
+        proxy,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: first-request-1\r\n\r\n"
+        b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: third-request-3\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    answers = _answers(raw)
+    assert [status for status, _, _ in answers] == [200, 404, 200]
+    assert answers[0][1]["x-request-id"] == "first-request-1"
+    assert answers[2][1]["x-request-id"] == "third-request-3"
+    assert answers[2][1]["connection"] == "close"
+    assert json.loads(answers[1][2])["code"] == "not_found"
+
+
+async def test_http_1_0_closes_unless_asked_to_keep_alive(proxy: Any) -> None:
+    closed = await _exchange(proxy, b"GET /healthz HTTP/1.0\r\n\r\n")
+    assert closed.startswith(b"HTTP/1.0 200 ") and not closed.endswith(b"<open>")
+    kept = await _exchange(
+        proxy, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", until_closed=False
+    )
+    assert kept.startswith(b"HTTP/1.0 200 ") and kept.endswith(b"<open>")
+    assert b"\r\nConnection: keep-alive\r\n" in kept
+
+
+async def test_expect_100_continue_gets_the_interim_answer_first(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    body = b'{"where": "id > 0"}'
+    raw = await _exchange(
+        proxy,
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Expect: 100-continue\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+        % len(body)
+        + body,
+    )
+    assert raw.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 ")
+    status = int(raw.split(b"\r\n\r\n", 1)[1].split()[1])
+    assert status < 500
+
+
+async def test_a_body_over_the_limit_is_refused_without_reading_it(proxy: Any) -> None:
+    token = proxy.tokens.make()
+    raw = await _exchange(
+        proxy,
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 999999999\r\n\r\n{",
+    )
+    (status, headers, body), *_ = _answers(raw)
+    assert status == 413 and json.loads(body)["code"] == "payload_too_large"
+    assert headers["connection"] == "close"
+
+
+async def test_head_gets_headers_without_a_body(proxy: Any) -> None:
+    raw = await _exchange(
+        proxy, b"HEAD /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 405 ") and rest == b""
+
+
+async def test_a_malformed_request_after_a_good_one_gets_json_then_close(proxy: Any) -> None:
+    raw = await _exchange(
+        proxy,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nBad header\r\n\r\n",
+    )
+    answers = _answers(raw)
+    assert [status for status, _, _ in answers] == [200, 400]
+    assert answers[1][1]["content-type"].startswith("application/json")
+    assert answers[1][1]["connection"] == "close"
