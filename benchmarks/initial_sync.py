@@ -2,7 +2,7 @@
 Postgres's own COPY as JSON.
 
 Run alone: `.venv/bin/python benchmarks/initial_sync.py [--quick] [--only narrow|10m|wide]
-[--rows N]`.
+[--rows N] [--rounds N]`.
 
 Tables (one Postgres for the run):
 - `big`: narrow rows (id bigint, title text, n int), 1M (200,000 with `--quick`);
@@ -18,9 +18,9 @@ Arms of each table, measured side by side in one run on the same database:
 - engine warm: a second client of the same shape (the shape log exists);
 - for `big` only: proxy (collapsing and cache off: the forwarding cost) and the shipped
   nginx tier, second pass (the first pass fills its cache).
-COPY and cold alternate (three rounds for `big` in the full run, one otherwise) and report
-their medians and range. CPU: engine, Postgres (all backends) and this load generator
-(the HTTP client reading the bodies).
+COPY and cold alternate (three rounds for `big` and `wide` in the full run, one otherwise,
+or `--rounds`) and report their medians and range. CPU: engine, Postgres (all backends) and
+this load generator (the HTTP client reading the bodies).
 Targets (issue 13 bar 5): cold <= 1.0x COPY; warm >= 10x faster than cold; engine RSS <=
 150 MiB; time to first byte <= 0.5 s.
 """
@@ -354,21 +354,23 @@ async def fronts(stack: Stack, engine: EngineProcess, label: str, direct: str,
                verdict(warm_s / proxied.seconds >= 0.8))  # fmt: skip
 
 
-def specs(quick: bool, rows_n: int | None = None) -> dict[str, Spec]:
+def specs(quick: bool, rows_n: int | None = None, rounds: int | None = None) -> dict[str, Spec]:
+    many = rounds or (1 if quick else 3)
     return {
-        "narrow": Spec("big", rows_n or (200_000 if quick else 1_000_000), 1 if quick else 3,
-                       fronts=True),
-        "wide": Spec("wide", 50_000 if quick else 300_000, 1, fronts=False),
-        **({} if quick else {"10m": Spec("big10m", 10_000_000, 1, fronts=False)}),
+        "narrow": Spec("big", rows_n or (200_000 if quick else 1_000_000), many, fronts=True),
+        "wide": Spec("wide", 50_000 if quick else 300_000, many, fronts=False),
+        **({} if quick else {"10m": Spec("big10m", 10_000_000, rounds or 1, fronts=False)}),
     }  # fmt: skip
 
 
-async def run(quick: bool, rows_n: int | None = None, only: str | None = None) -> list[Row]:
+async def run(
+    quick: bool, rows_n: int | None = None, only: str | None = None, rounds: int | None = None
+) -> list[Row]:
     stack = Stack()
     out: list[Row] = []
     try:
         pg = stack.add(Postgres())
-        for name, spec in specs(quick, rows_n).items():
+        for name, spec in specs(quick, rows_n, rounds).items():
             if only is None or name == only:
                 out += await measure(pg, spec)
     finally:
@@ -383,6 +385,7 @@ if __name__ == "__main__":
     ap.add_argument("--rows", type=int, default=None, help="narrow rows (default 1M)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", choices=["narrow", "wide", "10m"], default=None)
+    ap.add_argument("--rounds", type=int, default=None, help="COPY/cold rounds per table")
     a = ap.parse_args()
     try:
         import uvloop
@@ -391,4 +394,4 @@ if __name__ == "__main__":
     except ImportError:
         pass
     print(machine())
-    print(table(asyncio.run(run(a.quick, a.rows, a.only))))
+    print(table(asyncio.run(run(a.quick, a.rows, a.only, a.rounds))))

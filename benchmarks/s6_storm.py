@@ -33,7 +33,8 @@ is reported with the engine's and Postgres's.
 (from the first request to the last client up-to-date), writing one raw (collapsed-stack)
 file per storm into DIR: `py-spy record --nonblocking` (Python frames only, idle ones left
 out, the engine not paused); sum the lines under a function for its share of the engine's
-busy CPU.
+busy CPU. `S6_PROFILE_ARGS` adds py-spy flags (e.g. `--gil`: only samples holding the GIL,
+which tells CPU from waiting for the GIL).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def start_profile(engine: EngineProcess, name: str) -> subprocess.Popen[bytes] |
     out = PROFILE_DIR / f"{name}-{engine.pid}.txt"
     proc = subprocess.Popen(
         [spy, "record", "--pid", str(engine.pid), "--rate", "1000", "--nonblocking",
-         "--format", "raw", "--output", str(out)],
+         "--format", "raw", "--output", str(out),
+         *os.environ.get("S6_PROFILE_ARGS", "").split()],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(1.0)  # py-spy attaches before the storm starts

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -107,6 +106,7 @@ class Connection(asyncio.Protocol, Writer):
         "_headers",
         "_idle",
         "_in_head",
+        "_in_message",
         "_loop",
         "_on_close",
         "_parser",
@@ -126,7 +126,10 @@ class Connection(asyncio.Protocol, Writer):
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        #: Made when a request starts arriving, dropped between requests: a connection that
+        #: holds a long-poll keeps no parser (about 900 bytes, and a reference cycle).
+        self._parser: httptools.HttpRequestParser | None = None
+        self._in_message = False
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
@@ -136,7 +139,7 @@ class Connection(asyncio.Protocol, Writer):
         self._too_large = False
         self._expect_failed = False
         self._request: Request | None = None  # being parsed
-        self._queue: deque[Request | Refusal] = deque()
+        self._queue: list[Request | Refusal] = []  # (a deque is 600 bytes even when empty)
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         self._idle: asyncio.TimerHandle | None = None
         self._writing_paused = False
@@ -198,7 +201,9 @@ class Connection(asyncio.Protocol, Writer):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None:
-            return
+            if self.closing or self._transport is None:
+                return  # no further request is read on this connection
+            parser = self._parser = httptools.HttpRequestParser(self)
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -225,10 +230,13 @@ class Connection(asyncio.Protocol, Writer):
         else:
             if self._in_head and self._head_bytes > _MAX_HEAD_BYTES:
                 self._refuse(HEADER_TOO_LARGE)
+            elif not self._in_message:
+                self._parser = None
 
     # --- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._cancel_idle()
         self._url = []
         self._headers = []
@@ -314,6 +322,7 @@ class Connection(asyncio.Protocol, Writer):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         request = self._request
         if request is None:
             return
@@ -344,7 +353,7 @@ class Connection(asyncio.Protocol, Writer):
             self._resume_reading()
             self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
             return
-        item = self._queue.popleft()
+        item = self._queue.pop(0)
         if isinstance(item, Request):
             self._task = self._loop.create_task(self._answer(item))
         else:
@@ -384,6 +393,7 @@ class Connection(asyncio.Protocol, Writer):
     def _refuse(self, answer: Refusal) -> None:
         """The parser refused the request being read: answer it after those before it."""
         self._in_head = False
+        self.closing = True
         self._pause_reading()
         # A scanner's first bytes are not worth a line above DEBUG (as aiohttp did).
         level = logging.DEBUG if answer is BAD_METHOD else logging.INFO

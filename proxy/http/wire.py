@@ -268,6 +268,7 @@ class StreamResponse:
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
         transport.write(self._head(request, None))
+        self.headers.clear()  # sent: a held stream keeps none of them
         return self
 
     async def write(self, data: bytes) -> None:

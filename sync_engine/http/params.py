@@ -41,6 +41,7 @@ _SINGLE = (
     "subset__order_by",
     "subset__params",
 )
+_SINGLE_SET = frozenset(_SINGLE)
 _NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 
 
@@ -88,26 +89,42 @@ def parse_shape_request(
 ) -> ShapeRequest:
     """Validate a `/v1/shape` request's parameters; raises InvalidRequest naming the field."""
     limits.check_query(query)
-    for name in _SINGLE:
-        if len(query.getall(name, [])) > 1:
-            raise InvalidRequest({name: ["must be given at most once"]})
-    for k, v in query.items():
-        if "\x00" in v and (k in _SINGLE or k.startswith(("params[", "subset__"))):
+    # One pass over the query (a storm's requests each come through here): the first value
+    # of each single-valued parameter, and which of them came more than once.
+    q: dict[str, str] = {}
+    repeated = False
+    items = list(query.items())
+    for k, v in items:
+        if k in _SINGLE_SET:
+            if k in q:
+                repeated = True
+            else:
+                q[k] = v
+    if repeated:
+        for name in _SINGLE:  # the first in this order is the one named, as before
+            if len(query.getall(name, [])) > 1:
+                raise InvalidRequest({name: ["must be given at most once"]})
+    for k, v in items:
+        if "\x00" in v and (k in _SINGLE_SET or k.startswith(("params[", "subset__"))):
             field = "params" if k.startswith("params[") else k
             raise InvalidRequest({field: ["must not contain NUL bytes"]})
-    q: dict[str, str] = {k: query[k] for k in _SINGLE if k in query}
     params: dict[str, str] = {}
     subset_params: dict[str, str] = {}
-    has_subset = any(k.startswith("subset__") for k in query)
-    for k, v in query.items():
-        m = _PARAM_KEY.match(k)
-        if m:
-            if m.group(1) in params:
-                raise InvalidRequest({"params": [f"params[{m.group(1)}] is given more than once"]})
-            params[m.group(1)] = v
-        m = _SUBSET_PARAM_KEY.match(k)
-        if m:
-            subset_params[m.group(1)] = v
+    has_subset = False
+    for k, v in items:
+        if k.startswith("params["):
+            m = _PARAM_KEY.match(k)
+            if m:
+                if m.group(1) in params:
+                    raise InvalidRequest(
+                        {"params": [f"params[{m.group(1)}] is given more than once"]}
+                    )
+                params[m.group(1)] = v
+        elif k.startswith("subset__"):
+            has_subset = True
+            m = _SUBSET_PARAM_KEY.match(k)
+            if m:
+                subset_params[m.group(1)] = v
     if "params" in query:
         raise InvalidRequest({"params": ["must be given as params[1]=value&params[2]=..."]})
 

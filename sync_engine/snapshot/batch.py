@@ -32,7 +32,6 @@ returned to be run again in a later batch.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -45,7 +44,7 @@ from ..log.entries import snapshot_end_message
 from ..log.store import PackBuilder
 from ..pg.waiter import SocketWaiter
 from ..pg.xid_snapshot import XidSnapshot
-from .query import ROW_SEP
+from .bulk import Exported, Split, head_sql, read_bulk
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
@@ -86,33 +85,50 @@ class SnapshotJob:
     done: bool = False
 
 
-def batch_sql(jobs: Sequence[SnapshotJob], conn: Connection) -> bytes:
+def batch_pieces(
+    jobs: Sequence[SnapshotJob], conn: Connection, split: Split | None = None
+) -> list[bytes]:
+    """The batch's query strings: the first is sent at once, each next one once the
+    whole-table snapshot that ends the one before is read.
+
+    A whole-table snapshot (`bulk.read_bulk`) runs its head in the string and its tail
+    after, so the statements behind it wait for the tail; the transaction (holding the
+    snapshot a second backend imports) ends only after the last tail. Without one, the
+    batch is one string.
+    """
+    bulk = any(job.query is not None and job.query.bulk is not None for job in jobs)
     parts = [
         b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         # JIT off for the transaction: a big table's estimated cost makes Postgres compile
         # and optimise the row expressions with LLVM before the first row (a 30-column
         # table: seconds, and a third more of Postgres's CPU in all than without).
-        b"SELECT pg_current_snapshot()::text, set_config('jit', 'off', true)",
+        b"SELECT pg_current_snapshot()::text, set_config('jit', 'off', true)"
+        + (b", pg_export_snapshot()" if bulk and split is not None else b""),
     ]
+    pieces: list[bytes] = []
     for job in jobs:
-        if job.query is not None:
-            query = job.query
-            copy = sql.SQL("COPY ({}) TO STDOUT")
-            if query.bulk_sql is not None:  # see `_copy_bulk`
-                copy = sql.SQL("COPY ({}) TO STDOUT (FORMAT binary)")
-            parts.append(copy.format(query.bulk_sql or query.sql).as_bytes(conn))
+        if job.query is None:
+            continue
+        if job.query.bulk is not None:
+            parts.append(head_sql(job.query.bulk, split).as_bytes(conn))
+            if split is not None:
+                pieces.append(b";\n".join(parts))
+                parts = []
+        else:
+            parts.append(sql.SQL("COPY ({}) TO STDOUT").format(job.query.sql).as_bytes(conn))
     parts.append(b"COMMIT")
-    return b";\n".join(parts)
+    pieces.append(b";\n".join(parts))
+    return pieces
 
 
-def send_batch(conn: Connection, jobs: Sequence[SnapshotJob]) -> None:
+def send_batch(conn: Connection, jobs: Sequence[SnapshotJob], split: Split | None = None) -> None:
     """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes).
 
     Synchronous on purpose: a storm's requests are all handled in one pass of the event loop
     before any task started meanwhile runs, so batches are sent from that pass and Postgres
-    works on them while the engine is still taking requests.
+    works on them while the engine is still taking requests. `split`: as `run_batch`'s.
     """
-    conn.pgconn.send_query(batch_sql(jobs, conn))
+    conn.pgconn.send_query(batch_pieces(jobs, conn, split)[0])
 
 
 async def run_batch(
@@ -123,39 +139,32 @@ async def run_batch(
     *,
     sent: bool = False,
     must_see: Sequence[int] = (),
+    split: Split | None = None,
 ) -> list[SnapshotJob]:
     """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
 
-    `sent`: `send_batch` already queued the query. `must_see`: xids of transactions the
-    replication stream delivered before the query was sent; raises `SnapshotBehind` (before
-    any job hears of the snapshot) when the snapshot does not see one of them, leaving the
-    connection mid-query (the caller closes it). Marks each job `done` or sets its
-    `error`; returns the jobs that did not run because an earlier one failed (to be
-    retried). Raises when the connection itself fails, in which case every job not `done`
-    is to be retried or failed by the caller.
+    `sent`: `send_batch` already queued the query (with the same `split`). `split`: big
+    whole-table snapshots are read by two backends (see `bulk.py`); None: by this one.
+    `must_see`: xids of transactions the replication stream delivered before the query was
+    sent; raises `SnapshotBehind` (before any job hears of the snapshot) when the snapshot
+    does not see one of them, leaving the connection mid-query (the caller closes it).
+    Marks each job `done` or sets its `error`; returns the jobs that did not run because
+    an earlier one failed (to be retried). Raises when the connection itself fails, in
+    which case every job not `done` is to be retried or failed by the caller.
     """
     c = SocketWaiter(conn.pgconn)
+    pieces = batch_pieces(jobs, conn, split)
     if not sent:
-        send_batch(conn, jobs)
+        conn.pgconn.send_query(pieces[0])
     try:
-        return await _run(c, jobs, chunk_bytes, fsync, must_see)
+        await c.flush()
+        packer = _Packer(fsync)
+        try:
+            return await _read_results(c, jobs, chunk_bytes, fsync, must_see, packer, pieces, split)
+        finally:
+            await packer.close()
     finally:
         c.unwatch()
-
-
-async def _run(
-    c: SocketWaiter,
-    jobs: Sequence[SnapshotJob],
-    chunk_bytes: int,
-    fsync: bool,
-    must_see: Sequence[int] = (),
-) -> list[SnapshotJob]:
-    await c.flush()
-    packer = _Packer(fsync)
-    try:
-        return await _read_results(c, jobs, chunk_bytes, fsync, must_see, packer)
-    finally:
-        await packer.close()
 
 
 async def _read_results(
@@ -165,13 +174,19 @@ async def _read_results(
     fsync: bool,
     must_see: Sequence[int],
     packer: _Packer,
+    pieces: list[bytes],
+    split: Split | None,
 ) -> list[SnapshotJob]:
     # One result per statement, then None once the whole string is done.
     _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # BEGIN
     res = await c.result()
     _expect(res, pq.ExecStatus.TUPLES_OK)
     assert res is not None
-    snapshot = XidSnapshot.parse((res.get_value(0, 0) or b"").decode())
+    current = (res.get_value(0, 0) or b"").decode()
+    snapshot = XidSnapshot.parse(current)
+    exported = None
+    if res.nfields > 2:
+        exported = Exported(current, (res.get_value(0, 2) or b"").decode())
     if must_see:
         unseen = snapshot.invisible(must_see)
         if unseen:
@@ -181,16 +196,20 @@ async def _read_results(
     for job in jobs:
         job.on_snapshot(snapshot)
         job.record["snapshot"] = record
+    sent = 1
     for i, job in enumerate(jobs):
         if job.query is None:
             packer.add(job, 1, end)
             continue
         res = await c.result()
         if res is not None and res.status == pq.ExecStatus.COPY_OUT:
-            index, tail = await _copy(c, job, chunk_bytes, fsync, packer)
-            res = await c.result()
+            index, tail, res = await _copy(c, job, chunk_bytes, fsync, packer, split, exported)
             if res is not None and res.status == pq.ExecStatus.COMMAND_OK:
                 packer.add(job, index + 1, tail + b"," + end if tail else end)
+                if job.query.bulk is not None and sent < len(pieces):
+                    c.pgconn.send_query(pieces[sent])  # what follows its tail
+                    sent += 1
+                    await c.flush()
                 continue
         job.error = _error(res)
         await _rollback(c)
@@ -210,9 +229,16 @@ FIRST_CHUNK = 1 << 20
 
 
 async def _copy(
-    c: SocketWaiter, job: SnapshotJob, chunk_bytes: int, fsync: bool, packer: _Packer
-) -> tuple[int, bytes]:
-    """Read one COPY's rows into chunk files; returns (chunks written, the tail's entries).
+    c: SocketWaiter,
+    job: SnapshotJob,
+    chunk_bytes: int,
+    fsync: bool,
+    packer: _Packer,
+    split: Split | None,
+    exported: Exported | None,
+) -> tuple[int, bytes, pq.abc.PGresult | None]:
+    """Read one shape's rows into chunk files; returns (chunks written, the last chunk's
+    entries, the final result of its last COPY).
 
     A full chunk is written (and announced) by a task while the next one is read, so
     Postgres is not left waiting on a full socket while the engine writes; one write at
@@ -222,15 +248,20 @@ async def _copy(
     assert query is not None
     writer = _ChunkWriter(job, fsync)
     try:
-        if query.bulk_sql is not None:
+        if query.bulk is not None:
             packer.flush()  # a whole table: likely big, the small ones before need not wait
-            tail = await _copy_bulk(c, query, writer, chunk_bytes)
+            tail, res, failed = await read_bulk(
+                c, query, writer.put, chunk_bytes, FIRST_CHUNK, split, exported
+            )
+            if failed is not None and job.error is None:
+                job.error = failed  # rows are missing: the shape must not complete
         else:
             tail = await _copy_rows(c, query, writer, chunk_bytes, packer)
+            res = await c.result()
         await writer.drain()
     finally:
         writer.cancel()
-    return writer.count, tail
+    return writer.count, tail, res
 
 
 async def _copy_rows(
@@ -279,58 +310,6 @@ async def _copy_rows(
             break
     blocks.append(b"".join(rows))
     return query.finish_block(blocks)
-
-
-async def _copy_bulk(
-    c: SocketWaiter, query: RowQuery, writer: _ChunkWriter, chunk_bytes: int
-) -> bytes:
-    """Many rows per COPY line (`RowQuery.bulk_sql`, in COPY's binary format): a whole-table
-    snapshot.
-
-    Binary, because its one text field comes as it is: the text format doubles every
-    backslash, and a wide row's JSON values are full of them (`\\"` in each jsonb
-    rendered as a string); undoing that was the biggest share of the engine's CPU, and
-    Postgres escaped it first. Whole lines go into the chunk while they fit; the line that
-    crosses the chunk's size is split into its rows (C-level), so chunks end by size as
-    with one row per line.
-    """
-    get_copy_data = c.pgconn.get_copy_data
-    per_row = query.line_overhead() + 1  # a row has no line terminator here
-    units: list[bytes | memoryview] = []
-    size = 0
-    limit = min(chunk_bytes, FIRST_CHUNK)
-    while True:
-        nbytes, data = get_copy_data(1)
-        if nbytes == 0:
-            await c.readable()
-            continue
-        if nbytes < 0:
-            break
-        line = data if isinstance(data, bytes) else bytes(data)  # bytes from the C binding
-        at = len(_BINARY_HEADER) if line.startswith(_BINARY_HEADER) else 0
-        fields, length = _FIELD.unpack_from(line, at) if nbytes >= at + 6 else (-1, -1)
-        if fields != 1 or length < 0:  # the trailer, or a block range without rows (NULL)
-            continue
-        at += 6
-        count = line.count(ROW_SEP, at) + 1
-        grow = length + count * per_row
-        if size + grow < limit:
-            units.append(memoryview(line)[at:])
-            size += grow
-            continue
-        for row in line[at:].split(ROW_SEP):
-            units.append(row)
-            size += len(row) + per_row
-            if size >= limit:
-                await writer.put(query.finish_units(units))
-                size, limit = 0, chunk_bytes
-    return query.finish_units(units)
-
-
-#: COPY's binary format: the signature, flags and header extension length (all zero),
-#: at the start of the first line; each line then holds a field count and a length.
-_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
-_FIELD = struct.Struct(">hi")
 
 
 class _ChunkWriter:

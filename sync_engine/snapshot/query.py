@@ -8,6 +8,8 @@ Postgres renders each row's values as JSON (what `row_to_json` of the columns ca
 gives, built by concatenation, see `_value_json`) and the key's variable part; Python adds
 the constant parts. COPY's text format doubles
 backslashes (JSON text holds no tabs or newlines), so un-escaping is one `bytes.replace`.
+A whole-table snapshot (`BulkRows`) comes in the binary format with the constant parts
+between its rows already written by Postgres, so the engine only joins lines.
 """
 
 from __future__ import annotations
@@ -40,18 +42,13 @@ def text_expr(col: ColumnInfo) -> sql.Composable:
     return sql.SQL("{c}::text").format(c=ident)
 
 
-#: Between the rows of a `bulk_sql` line, and between a row's key part and value.
-ROW_SEP, FIELD_SEP = b"\x1e", b"\x1f"
-#: Heap pages per `bulk_sql` line: ~250 kB of table, a few hundred kB of JSON.
+#: Heap pages per `BulkRows` line: ~250 kB of table, a few hundred kB of JSON.
 BULK_PAGES = 32
 
 
 # Primary-key types whose text never needs JSON escaping nor `/` doubling: keys for them
 # are assembled in Python from the bare value, which keeps the bytes Postgres sends small.
 _PLAIN_KEY_TYPES = frozenset({"int2", "int4", "int8", "uuid", "numeric", "date", "oid"})
-
-
-_Composed = sql.Composed  # `RowQuery.sql` hides the module inside the class
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,14 +64,19 @@ class RowQuery:
     plain_key: bool
     key_open: bytes
     suffix: bytes
-    #: The same rows for a whole-table snapshot, many per COPY line (see `bulk_rows_sql`):
+    #: The same rows for a whole-table snapshot, many per COPY line (see `BulkRows`):
     #: None when the shape has a where clause, an order or a limit, or is not on a plain
     #: table. Subsets and the differential tests read `sql`.
-    bulk_sql: _Composed | None = None
+    bulk: BulkRows | None = None
 
     @property
     def _middle(self) -> bytes:
-        return (b'\\""' if self.plain_key else b"") + b',"value":'
+        return _middle(self.plain_key)
+
+    @property
+    def row_sep(self) -> bytes:
+        """Between two entries: the first one's end, a comma, the next one's start."""
+        return self.suffix + b"," + (self.key_open if self.plain_key else b'{"key":')
 
     def line_overhead(self) -> int:
         """Bytes a finished entry adds to its COPY line (for cutting chunks by size)."""
@@ -107,21 +109,22 @@ class RowQuery:
         return data.replace(b"\t", self._middle).replace(b"\n", self.suffix + b"," + head)
 
     def finish_units(self, units: list[bytes | memoryview]) -> bytes:
-        """Rows of `bulk_sql` (`key \\x1f value`, several per unit joined by `\\x1e`, as
-        COPY's binary format sends them: nothing escaped) -> entries joined by commas, as
-        `finish_block`. Consumes `units`.
+        """Entries of `bulk` lines (each one or more entries but their first and last
+        constant parts, joined by `row_sep`, as COPY's binary format sends them: nothing
+        escaped) -> entries joined by commas, as `finish_block`. Consumes `units`.
 
-        The separators are control characters COPY leaves alone and JSON text never holds
-        raw; the constant parts go into the one join (the first and last unit are small).
+        Postgres writes the constant parts between entries (`BulkRows.line`, `sep`), so a
+        chunk costs the engine one C-level join (replacing one-byte separators here took
+        two more passes over every chunk, the largest share of the engine's CPU).
         """
         if not units:
             return b""
         head = self.key_open if self.plain_key else b'{"key":'
         units[0] = head + units[0]
         units[-1] = bytes(units[-1]) + self.suffix
-        data = ROW_SEP.join(units)
+        data = self.row_sep.join(units)
         units.clear()
-        return data.replace(FIELD_SEP, self._middle).replace(ROW_SEP, self.suffix + b"," + head)
+        return data
 
     def assemble(self, key: bytes, value: bytes) -> bytes:
         """The entry JSON from the query's two fields (already free of COPY escaping)."""
@@ -164,8 +167,8 @@ def row_json_sql(
         source = sql.SQL("({}) AS {}").format(inner_q, sql.Identifier(table.name))
     query = sql.Composed([sql.SQL(t.head), source, sql.SQL(t.tail)])
     bulk = None
-    if t.bulk is not None and not where_sql and (order_by, limit, offset) == (None, None, None):
-        bulk = sql.Composed([sql.SQL(t.bulk)])
+    if not where_sql and (order_by, limit, offset) == (None, None, None):
+        bulk = t.bulk
     return RowQuery(query, t.plain, t.key_open, t.suffix, bulk)
 
 
@@ -177,7 +180,7 @@ class _Template:
     plain: bool
     key_open: bytes
     suffix: bytes
-    bulk: str | None  # the whole-table query of `bulk_rows_sql`
+    bulk: BulkRows | None  # the whole-table query
 
 
 # Types whose text output never needs JSON escaping (digits, letters, `-+:. `), so their
@@ -227,6 +230,11 @@ def _value_json(columns: Sequence[ColumnInfo]) -> sql.Composable | None:
     return sql.SQL(" || ").join(sql.Literal(p) if isinstance(p, str) else p for p in merged)
 
 
+def _middle(plain_key: bool) -> bytes:
+    """Between an entry's key part and its value."""
+    return (b'\\""' if plain_key else b"") + b',"value":'
+
+
 @functools.lru_cache(maxsize=256)
 def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, ...]) -> _Template:
     """The parts of a table's snapshot query that do not depend on the where clause.
@@ -266,65 +274,101 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
         )
         tail = ") r"
     bulk = None
-    if table.kind == "r":
-        line = sql.SQL("{key} || {sep} || {value}").format(
-            key=key,
-            sep=sql.Literal(FIELD_SEP.decode()),
-            value=value if value is not None else sql.SQL("row_to_json(r)::text"),
-        )
-        bulk = bulk_rows_sql(relation, line, None if value is not None else inner).as_string(None)
     key_open = b'{"key":' + orjson.dumps(prefix + '/"')[:-1]
     suffix = (
         b',"headers":{"operation":"insert","relation":'
         + orjson.dumps([table.schema, table.name])
         + b"}}"
     )
+    if table.kind == "r":
+        line = sql.SQL("{key} || {middle} || {value}").format(
+            key=key,
+            middle=sql.Literal(_middle(plain).decode()),
+            value=value if value is not None else sql.SQL("row_to_json(r)::text"),
+        )
+        sep = suffix + b"," + (key_open if plain else b'{"key":')
+        bulk = BulkRows(
+            relation.as_string(None),
+            line.as_string(None),
+            sql.Literal(sep.decode()).as_string(None),
+            None if value is not None else inner.as_string(None),
+        )
     return _Template(
         head.as_string(None), tail, relation.as_string(None), plain, key_open, suffix, bulk
     )
 
 
-def bulk_rows_sql(
-    relation: sql.Composable, line: sql.Composable, columns: sql.Composable | None
-) -> sql.Composed:
-    """A whole table's snapshot lines, `BULK_PAGES` heap pages' rows per result row.
+@dataclass(frozen=True, slots=True)
+class BulkRows:
+    """A whole table's snapshot as lines of rows, one line per `BULK_PAGES` heap pages.
 
     libpq hands COPY data over one line at a time and that costs the engine ~0.35 µs per
     line before any work of its own (more than the rest of the pipeline together): rows
     of a block of pages are joined in Postgres by `string_agg` instead, the blocks read by
     TID range scans (the seq scan's order and cost; Postgres's CPU per row went slightly
-    down). Pages past `pg_relation_size` hold nothing the transaction's snapshot sees (it
-    was taken first and holds VACUUM back). `ONLY`: a table with inheritance children
-    (`relhassubclass`) is read row by row, as a plain `SELECT` reads it, by the second
-    branch instead (a one-time filter skips it otherwise). A block range without rows
-    gives NULL. `columns`: the inner select of `row_to_json(r)` (see `_value_json`).
+    down). A block without rows gives a NULL line: lines are blocks, so blocks read by
+    two backends (see `lines_sql`) are put back in order by counting lines.
     """
-    regclass = sql.SQL("{}::regclass").format(sql.Literal(relation.as_string(None)))
-    children = sql.SQL(
-        "(SELECT c.relhassubclass FROM pg_catalog.pg_class c WHERE c.oid = {})"
-    ).format(regclass)
-    pages = sql.Literal(BULK_PAGES)
-    # Qualified and aliased: the table's own columns may be called anything.
-    in_block = sql.SQL(
-        "ONLY {rel} AS _shapegate_rows WHERE ctid >= ('(' || _shapegate_pages.first || ',0)')::tid"
-        " AND ctid < ('(' || (_shapegate_pages.first + {n}) || ',0)')::tid"
-    ).format(rel=relation, n=pages)
-    if columns is None:
-        blocks_of, all_of = in_block, sql.SQL("{}").format(relation)
-    else:
-        blocks_of = sql.SQL("(SELECT {} FROM {}) r").format(columns, in_block)
-        all_of = sql.SQL("(SELECT {} FROM {}) r").format(columns, relation)
-    return sql.SQL(
-        "SELECT (SELECT string_agg({line}, {sep}) FROM {blocks_of}) FROM generate_series(0, "
-        "CASE WHEN {children} THEN -1 ELSE pg_relation_size({regclass}) / "
-        "current_setting('block_size')::int END, {n}) AS _shapegate_pages(first) "
-        "UNION ALL SELECT {line} FROM {all_of} WHERE {children}"
-    ).format(
-        line=line,
-        sep=sql.Literal(ROW_SEP.decode()),
-        blocks_of=blocks_of,
-        children=children,
-        regclass=regclass,
-        n=pages,
-        all_of=all_of,
-    )
+
+    relation: str  # `"schema"."table"`
+    #: One row's entry but its constant start and end (see `RowQuery.finish_units`).
+    line: str
+    #: Between the rows of a line: the constant end and start of entries (an SQL literal).
+    #: JSON strings hold no raw `"`, so it cannot occur within an entry.
+    sep: str
+    columns: str | None  # the inner select of `row_to_json(r)` (see `_value_json`)
+
+    def lines_sql(
+        self, first: int = 0, every: int = 1, below: int | None = None, *, children: bool = True
+    ) -> sql.Composed:
+        """Lines of the blocks `first`, `first + every`, ... (counted in `BULK_PAGES`
+        pages) that start below page `below` (None: to the table's end).
+
+        Pages past `pg_relation_size` hold nothing the transaction's snapshot sees (it was
+        taken first and holds VACUUM back), and a later read of the size is only larger.
+        `ONLY`: a table with inheritance children (`relhassubclass`) is read row by row, as
+        a plain `SELECT` reads it, by the second branch when `children` (a one-time filter
+        skips it otherwise); its block lines are then none.
+        """
+        relation = sql.SQL(self.relation)
+        regclass = sql.SQL("{}::regclass").format(sql.Literal(self.relation))
+        has_children = sql.SQL(
+            "(SELECT c.relhassubclass FROM pg_catalog.pg_class c WHERE c.oid = {})"
+        ).format(regclass)
+        pages = sql.Literal(BULK_PAGES)
+        # Qualified and aliased: the table's own columns may be called anything.
+        in_block = sql.SQL(
+            "ONLY {rel} AS _shapegate_rows"
+            " WHERE ctid >= ('(' || _shapegate_pages.first || ',0)')::tid"
+            " AND ctid < ('(' || (_shapegate_pages.first + {n}) || ',0)')::tid"
+        ).format(rel=relation, n=pages)
+        line = sql.SQL(self.line)
+        blocks_of: sql.Composable = in_block
+        all_of: sql.Composable = relation
+        if self.columns is not None:
+            columns = sql.SQL(self.columns)
+            blocks_of = sql.SQL("(SELECT {} FROM {}) r").format(columns, in_block)
+            all_of = sql.SQL("(SELECT {} FROM {}) r").format(columns, relation)
+        last: sql.Composable = sql.SQL(
+            "pg_relation_size({}) / current_setting('block_size')::int"
+        ).format(regclass)
+        if below is not None:
+            last = sql.SQL("LEAST({}, {})").format(last, sql.Literal(below - 1))
+        query = sql.SQL(
+            "SELECT (SELECT string_agg({line}, {sep}) FROM {blocks_of}) FROM generate_series("
+            "{first}, CASE WHEN {children} THEN -1 ELSE {last} END, {step}) "
+            "AS _shapegate_pages(first)"
+        ).format(
+            line=line,
+            sep=sql.SQL(self.sep),
+            blocks_of=blocks_of,
+            first=sql.Literal(first * BULK_PAGES),
+            children=has_children,
+            last=last,
+            step=sql.Literal(every * BULK_PAGES),
+        )
+        if children:
+            query = sql.SQL("{} UNION ALL SELECT {} FROM {} WHERE {}").format(
+                query, line, all_of, has_children
+            )
+        return query

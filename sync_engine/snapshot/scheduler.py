@@ -34,6 +34,7 @@ from psycopg import AsyncConnection, pq
 
 from . import errors as snapshot_errors
 from .batch import Connection, SnapshotBehind, SnapshotJob, run_batch, send_batch
+from .bulk import Split
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape
@@ -65,6 +66,8 @@ class SnapshotScheduler:
         seen_xids: Callable[[], Sequence[int]] | None = None,
     ) -> None:
         self.dsn = dsn
+        # Big whole-table snapshots get a second backend (a connection beyond the pool).
+        self._split = Split(dsn)
         self.max_connections = max(1, max_connections)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
@@ -171,7 +174,7 @@ class SnapshotScheduler:
             must_see = tuple(self._seen_xids())
         self._in_flight += 1
         try:
-            send_batch(conn, jobs)
+            send_batch(conn, jobs, self._split)
         except Exception as exc:
             self._in_flight -= 1
             self._discard(conn)
@@ -191,7 +194,13 @@ class SnapshotScheduler:
         healthy = False
         try:
             retry = await run_batch(
-                conn, jobs, self.chunk_bytes, self.fsync, sent=True, must_see=must_see
+                conn,
+                jobs,
+                self.chunk_bytes,
+                self.fsync,
+                sent=True,
+                must_see=must_see,
+                split=self._split,
             )
             healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except asyncio.CancelledError:

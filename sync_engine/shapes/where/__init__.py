@@ -29,6 +29,8 @@ One job a module:
 - `index`     the equality / IN keys the router files shapes under;
 - `collation` which text semantics the table's collations let the engine reproduce;
 - `constructs` `check_where_constructs`, the schema-free check for policy filters;
+- `template`  clauses of a form seen before (the same parse tree but for integer literals)
+              built without pglast's parse and deparse, exactly as the full path would;
 - `clause`    the public entry points `parse_where`, `parse_order_by`, `Where`.
 """
 

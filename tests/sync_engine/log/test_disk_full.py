@@ -18,7 +18,6 @@ import asyncio
 import os
 import random
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -193,17 +192,6 @@ async def _wait_for(what: str, check: Any, timeout: float) -> float:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _start_unhealthy(engine: EngineProcess) -> None:
-    """Start the engine without waiting for 200: with the disk full it answers 503."""
-    args = [sys.executable, "-m", "sync_engine", "--database-url", engine.db_url,
-            "--port", str(engine.port), "--data-dir", str(engine.data_dir), *engine.extra_args]  # fmt: skip
-    with engine.log.open("ab") as log:
-        engine.proc = subprocess.Popen(
-            args, cwd=Path(__file__).resolve().parents[3], stdout=log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-
-
 @pytest.mark.timeout(240)
 async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Path) -> None:
     mnt = tmp_path / "data"
@@ -280,7 +268,7 @@ async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Pat
             await rows_written(400, "while full, before the SIGKILL")
             engine.kill()
             await rows_written(200, "while the engine is down")
-            _start_unhealthy(engine)
+            engine.spawn()  # not start(): with the disk full it answers 503, not 200
             await _wait_for("503 after restart", lambda: _health(engine.url)[0] == 503, 30)
             await rows_written(400, "after the restart, still full")
             stop_writer.set()
