@@ -113,6 +113,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default=",".join(SCENARIOS))
     ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    ap.add_argument("--main-first", action="store_true", help="this checkout first in odd rounds")
     args = ap.parse_args()
     base = args.base.resolve()
     head = subprocess.run(["git", "-C", str(base), "rev-parse", "--short", "HEAD"],
@@ -125,7 +126,7 @@ def main() -> int:
         this_argv = [a.format(base=base) for a in this_argv]
         for k in range(args.rounds):
             sides = [("base " + head, base, base_argv), ("main " + this, ROOT, this_argv)]
-            for side, checkout, argv in sides if k % 2 == 0 else sides[::-1]:
+            for side, checkout, argv in sides if (k % 2 == 0) != args.main_first else sides[::-1]:
                 run(f"{name} round {k + 1} {side}", checkout, argv, args.timeout)
     return 0
 
