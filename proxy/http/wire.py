@@ -280,7 +280,10 @@ class StreamResponse:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if self.chunked:  # (three pieces in one writev: the body is not copied)
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
         await request.writer.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
@@ -297,7 +300,7 @@ class StreamResponse:
             return
         if self.chunked:
             if data:
-                transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n"))
             else:
                 transport.write(b"0\r\n\r\n")
         elif data:
