@@ -244,10 +244,12 @@ class StreamResponse:
         request.keep_alive = keep_alive
         reason = self.reason or _REASONS.get(status, "Unknown")
         version = "1.1" if request.version >= (1, 1) else "1.0"
-        lines = [f"HTTP/{version} {status} {reason}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        # ("Name: value" lines joined in C: a third of a cache hit's time went to a
+        # per-header f-string here)
+        block = "\r\n".join(map(": ".join, headers.items()))
+        return f"HTTP/{version} {status} {reason}\r\n{block}\r\n\r\n".encode(
+            "utf-8", "surrogateescape"
+        )
 
     def force_close(self) -> None:
         """Close the connection after this answer."""
