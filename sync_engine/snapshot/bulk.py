@@ -35,7 +35,7 @@ from psycopg import pq, sql
 from psycopg.rows import TupleRow
 
 from ..pg.waiter import SocketWaiter
-from .query import BULK_PAGES, ROW_SEP, BulkRows, RowQuery
+from .query import BULK_PAGES, BulkRows, RowQuery
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class CopyLines:
     """The lines of one binary COPY of `BulkRows` lines, as they arrive.
 
     `next` gives a block's rows as `(line, start)` (`line[start:]` are the rows joined by
-    `ROW_SEP`), None for a block without rows, and None with `ended` set at the end.
+    `RowQuery.row_sep`), None for a block without rows, and None with `ended` set at the end.
     """
 
     def __init__(self, c: SocketWaiter) -> None:
@@ -135,19 +135,22 @@ class _Chunks:
         self.query = query
         self.put = put
         self.chunk_bytes = size
-        self.per_row = query.line_overhead() + 1  # a row has no line terminator here
+        # Bytes an entry adds to its row in the line: its constant end and start, a comma.
+        self.sep = query.row_sep
+        self.per_row = len(self.sep)
         self.units: list[bytes | memoryview] = []
         self.size = 0
         self.limit = min(size, first)
 
     async def add(self, line: bytes, at: int) -> None:
-        count = line.count(ROW_SEP, at) + 1
-        grow = len(line) - at + count * self.per_row
+        # The entries' bytes and a comma each, as a row-by-row cut counts them, plus one per
+        # separator: chunks are cut where they were cut when separators were one byte.
+        grow = len(line) - at + self.per_row + line.count(self.sep, at)
         if self.size + grow < self.limit:
             self.units.append(memoryview(line)[at:])
             self.size += grow
             return
-        for row in line[at:].split(ROW_SEP):
+        for row in line[at:].split(self.sep):
             self.units.append(row)
             self.size += len(row) + self.per_row
             if self.size >= self.limit:

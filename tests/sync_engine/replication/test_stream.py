@@ -418,15 +418,18 @@ async def test_linger_coalesces_reads_of_a_busy_flow(setup_db: str) -> None:
     db_url = setup_db
     await ensure_slot(db_url, SLOT)
     # Every flow counts as busy at once, and never ends: reads come at most every `linger`.
-    async with ReplicationStream(
-        db_url, SLOT, PUB, linger=0.5, busy_after=0.0, flow_gap=3600.0
-    ) as stream:
+    async with (
+        ReplicationStream(db_url, SLOT, PUB, linger=0.5, busy_after=0.0, flow_gap=3600.0) as stream,
+        await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn,
+    ):
         assert await stream.read_raw(timeout=0) == []
         await run_txn(db_url, "INSERT INTO items VALUES (1)")
         await _read_raw_commits(stream, 1)
         t0 = time.monotonic()  # the previous read returned
+        # four transactions well inside `linger`: on one open connection, since a connection
+        # each took over 0.5 s in all under CI load
         for i in range(2, 6):
-            await run_txn(db_url, f"INSERT INTO items VALUES ({i})")
+            await conn.execute(f"INSERT INTO items VALUES ({i})")
         raw, reads = await _read_raw_commits(stream, 4)
         assert time.monotonic() - t0 >= 0.45  # it waited for more
         assert reads == 1 and len(raw) == 12  # Begin, Insert, Commit x 4 in one read
