@@ -3,8 +3,9 @@
 Captures ~200k real pgoutput payloads from a throwaway PostgreSQL (100k inserts of narrow
 rows in one transaction, then 100k updates with REPLICA IDENTITY FULL, so old and new
 tuples) through ``ReplicationStream``, then times ``pgoutput.decode`` over them (best of
-several passes) and prints µs per message, overall and per message type. It also prints
-the catch-up read rate of the stream itself.
+several passes) and prints µs per message, overall and per message type, and for rows also
+``pgoutput.read_row`` (how the replicator reads a row some shape may want, without the
+message object). It also prints the catch-up read rate of the stream itself.
 
     .venv/bin/python benchmarks/decode_pgoutput.py                 # own throwaway cluster
     .venv/bin/python benchmarks/decode_pgoutput.py --dsn postgresql://...   # existing server
@@ -33,7 +34,7 @@ from psycopg import sql
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sync_engine.replication.pgoutput import Commit, decode  # noqa: E402
+from sync_engine.replication.pgoutput import Commit, decode, read_row  # noqa: E402
 from sync_engine.replication.slot import ensure_slot  # noqa: E402
 from sync_engine.replication.stream import ReplicationStream  # noqa: E402
 
@@ -105,6 +106,19 @@ def time_decode(payloads: list[bytes], repeat: int) -> tuple[float, float]:
     return wall, cpu
 
 
+def time_read_row(payloads: list[bytes], repeat: int) -> tuple[float, float]:
+    """As `time_decode`, with `read_row`: how the replicator reads a row some shape may want
+    (at its position in the raw XLogData message; here at 0)."""
+    wall = cpu = float("inf")
+    for _ in range(repeat):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for p in payloads:
+            read_row(p, 0)
+        wall = min(wall, time.perf_counter() - t0)
+        cpu = min(cpu, time.process_time() - c0)
+    return wall, cpu
+
+
 async def run(dsn: str, rows: int, repeat: int) -> None:
     payloads, read_s = await capture(dsn, rows)
     n = len(payloads)
@@ -127,6 +141,12 @@ async def run(dsn: str, rows: int, repeat: int) -> None:
             f"  {kind}: {len(subset):,} messages, {wall / len(subset) * 1e6:.3f} µs/message wall,"
             f" {cpu / len(subset) * 1e6:.3f} µs CPU"
         )
+        if kind in "IUD":
+            wall, cpu = time_read_row(subset, repeat)
+            print(
+                f"  {kind} with read_row (the replicator's): {wall / len(subset) * 1e6:.3f}"
+                f" µs/message wall, {cpu / len(subset) * 1e6:.3f} µs CPU"
+            )
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ unknown (a shape restored from before collations were recorded) makes them all r
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -69,6 +70,13 @@ def _rules_of(collation: str) -> TextRules:
 
 def text_rules(columns: Iterable[ColumnInfo]) -> TextRules:
     """The meet of the rules of every collatable column."""
+    return _text_rules(tuple(columns))
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_rules(columns: tuple[ColumnInfo, ...]) -> TextRules:
+    """`text_rules`, once per table: every clause compiled asks (~12 µs for 3 columns, 10x
+    that for a 30-column table), and the answer depends only on the columns (frozen)."""
     result: TextRules | None = None
     for col in columns:
         if col.pg_type.element not in STRING_TYPES:
