@@ -244,10 +244,12 @@ class StreamResponse:
         request.keep_alive = keep_alive
         reason = self.reason or _REASONS.get(status, "Unknown")
         version = "1.1" if request.version >= (1, 1) else "1.0"
-        lines = [f"HTTP/{version} {status} {reason}\r\n"]
-        lines.extend(f"{name}: {value}\r\n" for name, value in headers.items())
-        lines.append("\r\n")
-        return "".join(lines).encode("utf-8", "surrogateescape")
+        # ("Name: value" lines joined in C: a third of a cache hit's time went to a
+        # per-header f-string here)
+        block = "\r\n".join(map(": ".join, headers.items()))
+        return f"HTTP/{version} {status} {reason}\r\n{block}\r\n\r\n".encode(
+            "utf-8", "surrogateescape"
+        )
 
     def force_close(self) -> None:
         """Close the connection after this answer."""
@@ -280,7 +282,10 @@ class StreamResponse:
         transport = request.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("the client went away")
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if self.chunked:  # (three pieces in one writev: the body is not copied)
+            transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            transport.write(data)
         await request.writer.drain()
 
     async def write_eof(self, data: bytes = b"") -> None:
@@ -297,7 +302,7 @@ class StreamResponse:
             return
         if self.chunked:
             if data:
-                transport.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data))
+                transport.writelines((b"%x\r\n" % len(data), data, b"\r\n0\r\n\r\n"))
             else:
                 transport.write(b"0\r\n\r\n")
         elif data:
