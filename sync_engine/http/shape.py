@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 from multidict import MultiDict
 
-from ..errors import BadBody, InvalidRequest, ServiceUnavailable, ShapeGone
+from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from ..snapshot.subset import build_subset_query
@@ -99,9 +99,14 @@ class ShapeView:
         shape = await source.resolve(req.shape, from_start=req.from_start)
         if req.handle is not None and req.handle != shape.handle:
             raise ShapeGone(shape.handle)
-        if req.live and req.live_sse:
-            return await serve_sse(request, self.settings, shape, req)
-        return await self._serve_log(request, source, shape, req)
+        try:
+            if req.live and req.live_sse:
+                return await serve_sse(request, self.settings, shape, req)
+            return await self._serve_log(request, source, shape, req)
+        except ShapeGone as gone:
+            if gone.current_handle is not None:
+                raise
+            raise ShapeGone(await _successor(source, req)) from None
 
     async def _serve_log(
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
@@ -253,6 +258,19 @@ class ShapeView:
         return web.Response(
             body=body, headers=hdrs, content_type="application/json", charset="utf-8"
         )
+
+
+async def _successor(source: Source, req: ShapeRequest) -> str | None:
+    """The handle a client told to refetch should go to, for a 409 that has none yet (its
+    shape was rotated, by a TRUNCATE say, while the request waited). Electric names the new
+    handle on every 409, and its client warns of a proxy stripping headers when it is
+    missing, so the shape now serving the definition is created here: the client's refetch
+    would create it a moment later anyway. None when that fails (the table was dropped,
+    say): the refetch then gets the reason."""
+    try:
+        return (await source.resolve(req.shape, from_start=True)).handle
+    except EngineError:
+        return None
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:

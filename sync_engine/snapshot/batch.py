@@ -10,7 +10,10 @@ crawled exactly when many were wanted. Here one simple-protocol query carries a 
     COPY (<shape 1>) TO STDOUT; ...; COPY (<shape n>) TO STDOUT; COMMIT
 
 and its results are read on the event loop from a non-blocking libpq connection (waits are
-`add_reader` futures, rows are drained without awaiting per row). Every shape of a batch
+`add_reader` futures, rows are drained without awaiting per row). A whole-table shape ends
+the string after its first pages (`bulk.py`: the rest of a big table is read by this backend
+and a second one that imports the exported snapshot); what follows it, and the COMMIT, go
+in the next string (`batch_pieces`). Every shape of a batch
 shares the transaction's snapshot, which is correct: each was registered with the router
 before the batch started, so its stream parks until that snapshot's xid horizon is known.
 
