@@ -28,12 +28,19 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-#: scenario -> (base's arguments, this checkout's arguments), script first.
+#: scenario -> (base's arguments, this checkout's arguments), script first; `{base}` is the
+#: base checkout's path.
 SCENARIOS: dict[str, tuple[list[str], list[str]]] = {
     "s3": (["initial_sync.py"], ["initial_sync.py", "--only", "narrow"]),
     "s4": (["s4_backlog.py"], ["s4_backlog.py"]),
     "s5": (["s5_routing.py"], ["s5_routing.py"]),
-    "s6": (["s6_storm.py"], ["s6_storm.py"]),
+    # without the 10,000-shape arm (creating 10,000 shapes over HTTP takes minutes per side)
+    "s5-small": (
+        ["s5_routing.py", "--sizes", "100,1000"],
+        ["s5_routing.py", "--sizes", "100,1000"],
+    ),
+    # this checkout's S6 also runs its 100-row storms with the base's engine side by side
+    "s6": (["s6_storm.py"], ["s6_storm.py", "--baseline", "{base}"]),
     "rep": (["replication_cpu.py"], ["replication_cpu.py"]),
 }
 
@@ -106,6 +113,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--only", default=",".join(SCENARIOS))
     ap.add_argument("--timeout", type=float, default=900.0, help="per run, seconds")
+    ap.add_argument("--main-first", action="store_true", help="this checkout first in odd rounds")
     args = ap.parse_args()
     base = args.base.resolve()
     head = subprocess.run(["git", "-C", str(base), "rev-parse", "--short", "HEAD"],
@@ -115,9 +123,10 @@ def main() -> int:
     print(f"before/after: base {head} ({base}) vs this checkout {this} ({ROOT}); {loadavg()}")
     for name in args.only.split(","):
         base_argv, this_argv = SCENARIOS[name]
+        this_argv = [a.format(base=base) for a in this_argv]
         for k in range(args.rounds):
             sides = [("base " + head, base, base_argv), ("main " + this, ROOT, this_argv)]
-            for side, checkout, argv in sides if k % 2 == 0 else sides[::-1]:
+            for side, checkout, argv in sides if (k % 2 == 0) != args.main_first else sides[::-1]:
                 run(f"{name} round {k + 1} {side}", checkout, argv, args.timeout)
     return 0
 
