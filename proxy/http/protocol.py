@@ -274,15 +274,10 @@ class Connection(asyncio.Protocol, Writer):
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)
-        query = b""
         try:
-            parsed = httptools.parse_url(target)
+            query = httptools.parse_url(target).query or b""
         except httptools.HttpParserInvalidURLError:
-            # (origin-form targets llhttp accepted but the URL parser does not: the query is
-            # what follows the first "?", up to a "#")
-            query = target.partition(b"?")[2].partition(b"#")[0]
-        else:
-            query = parsed.query or b""
+            raise _Refused(MALFORMED) from None  # (no target llhttp accepts was seen here)
         version = parser.get_http_version()
         request = Request(
             method=parser.get_method().decode("ascii", "surrogateescape"),

@@ -222,12 +222,13 @@ class StreamResponse:
                 keep_alive = False
         else:
             length = body_length
-            if "Content-Length" in headers:
-                if status in _EMPTY_BODY_STATUS:
-                    del headers["Content-Length"]
-            elif body_length or (status != 304 and request.method != "HEAD"):
+            if "Content-Length" not in headers and (
+                body_length or (status != 304 and request.method != "HEAD")
+            ):
                 headers["Content-Length"] = str(body_length)
         if empty:
+            if status in _EMPTY_BODY_STATUS:  # (a HEAD answer keeps the GET's length)
+                headers.popall("Content-Length", None)
             headers.popall("Transfer-Encoding", None)
         elif length != 0:
             headers.setdefault("Content-Type", "application/octet-stream")

@@ -8,8 +8,9 @@ Postgres renders each row's values as JSON (what `row_to_json` of the columns ca
 gives, built by concatenation, see `_value_json`) and the key's variable part; Python adds
 the constant parts. COPY's text format doubles
 backslashes (JSON text holds no tabs or newlines), so un-escaping is one `bytes.replace`.
-A whole-table snapshot (`BulkRows`) comes in the binary format with the constant parts
-between its rows already written by Postgres, so the engine only joins lines.
+A whole-table snapshot (`BulkRows`) comes in the binary format, its rows separated by
+control characters (compact) or, for wide rows, by the constant parts already written by
+Postgres, so the engine only joins lines.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def text_expr(col: ColumnInfo) -> sql.Composable:
     return sql.SQL("{c}::text").format(c=ident)
 
 
+#: Between the rows of a compact `BulkRows` line, and between a row's key part and value.
+ROW_SEP, FIELD_SEP = b"\x1e", b"\x1f"
 #: Heap pages per `BulkRows` line: ~250 kB of table, a few hundred kB of JSON.
 BULK_PAGES = 32
 
@@ -108,14 +111,22 @@ class RowQuery:
         data = b"".join(parts)
         return data.replace(b"\t", self._middle).replace(b"\n", self.suffix + b"," + head)
 
-    def finish_units(self, units: list[bytes | memoryview]) -> bytes:
-        """Entries of `bulk` lines (each one or more entries but their first and last
-        constant parts, joined by `row_sep`, as COPY's binary format sends them: nothing
-        escaped) -> entries joined by commas, as `finish_block`. Consumes `units`.
+    def expand(self, line: bytes, start: int) -> bytes:
+        """A compact `bulk` line's rows (`line[start:]`: `key \x1f value` joined by
+        `\x1e`) as the full form has them (see `finish_units`): C-level replaces. The
+        separators are control characters COPY leaves alone and JSON text never holds raw."""
+        return line[start:].replace(FIELD_SEP, self._middle).replace(ROW_SEP, self.row_sep)
 
-        Postgres writes the constant parts between entries (`BulkRows.line`, `sep`), so a
-        chunk costs the engine one C-level join (replacing one-byte separators here took
-        two more passes over every chunk, the largest share of the engine's CPU).
+    def finish_units(self, units: list[bytes | memoryview]) -> bytes:
+        """Entries of full `bulk` lines (each one or more entries but their first and last
+        constant parts, joined by `row_sep`, as COPY's binary format sends them: nothing
+        escaped; see `expand`) -> entries joined by commas, as `finish_block`. Consumes
+        `units`.
+
+        For wide rows Postgres writes the constant parts between entries (`BulkRows.line`,
+        `sep`), so a chunk costs the engine one C-level join: the two replaces of `expand`
+        were the largest share of the engine's CPU on a 30-column table, while on narrow
+        rows the constants nearly triple what crosses the socket (see `bulk.FULL_ROWS`).
         """
         if not units:
             return b""
@@ -286,11 +297,17 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
             middle=sql.Literal(_middle(plain).decode()),
             value=value if value is not None else sql.SQL("row_to_json(r)::text"),
         )
+        compact = sql.SQL("{key} || {sep} || {value}").format(
+            key=key,
+            sep=sql.Literal(FIELD_SEP.decode()),
+            value=value if value is not None else sql.SQL("row_to_json(r)::text"),
+        )
         sep = suffix + b"," + (key_open if plain else b'{"key":')
         bulk = BulkRows(
             relation.as_string(None),
             line.as_string(None),
             sql.Literal(sep.decode()).as_string(None),
+            compact.as_string(None),
             None if value is not None else inner.as_string(None),
         )
     return _Template(
@@ -316,13 +333,22 @@ class BulkRows:
     #: Between the rows of a line: the constant end and start of entries (an SQL literal).
     #: JSON strings hold no raw `"`, so it cannot occur within an entry.
     sep: str
+    #: The compact form of `line`: `key part \x1f value`, rows joined by `\x1e`.
+    compact_line: str
     columns: str | None  # the inner select of `row_to_json(r)` (see `_value_json`)
 
     def lines_sql(
-        self, first: int = 0, every: int = 1, below: int | None = None, *, children: bool = True
+        self,
+        first: int = 0,
+        every: int = 1,
+        below: int | None = None,
+        *,
+        children: bool = True,
+        full: bool = False,
     ) -> sql.Composed:
         """Lines of the blocks `first`, `first + every`, ... (counted in `BULK_PAGES`
-        pages) that start below page `below` (None: to the table's end).
+        pages) that start below page `below` (None: to the table's end), compact or
+        `full` (see `RowQuery.finish_units`).
 
         Pages past `pg_relation_size` hold nothing the transaction's snapshot sees (it was
         taken first and holds VACUUM back), and a later read of the size is only larger.
@@ -342,7 +368,7 @@ class BulkRows:
             " WHERE ctid >= ('(' || _shapegate_pages.first || ',0)')::tid"
             " AND ctid < ('(' || (_shapegate_pages.first + {n}) || ',0)')::tid"
         ).format(rel=relation, n=pages)
-        line = sql.SQL(self.line)
+        line = sql.SQL(self.line if full else self.compact_line)
         blocks_of: sql.Composable = in_block
         all_of: sql.Composable = relation
         if self.columns is not None:
@@ -360,7 +386,7 @@ class BulkRows:
             "AS _shapegate_pages(first)"
         ).format(
             line=line,
-            sep=sql.SQL(self.sep),
+            sep=sql.SQL(self.sep) if full else sql.Literal(ROW_SEP.decode()),
             blocks_of=blocks_of,
             first=sql.Literal(first * BULK_PAGES),
             children=has_children,

@@ -7,6 +7,8 @@ import asyncio
 import json
 from typing import Any
 
+from tests.proxy.proxy_fakes import ORIGIN
+
 
 async def _exchange(proxy: Any, data: bytes, *, until_closed: bool = True) -> bytes:
     """Send raw bytes; read until the proxy closes the connection (or 5 s of silence)."""
@@ -112,3 +114,14 @@ async def test_a_malformed_request_after_a_good_one_gets_json_then_close(proxy: 
     assert [status for status, _, _ in answers] == [200, 400]
     assert answers[1][1]["content-type"].startswith("application/json")
     assert answers[1][1]["connection"] == "close"
+
+
+async def test_a_204_preflight_has_no_content_length(proxy: Any) -> None:
+    raw = await _exchange(
+        proxy,
+        b"OPTIONS /v1/shape HTTP/1.1\r\nHost: x\r\nOrigin: " + ORIGIN.encode() + b"\r\n"
+        b"Access-Control-Request-Method: GET\r\nConnection: close\r\n\r\n",
+    )
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 204 ")
+    assert b"content-length" not in head.lower() and rest == b""

@@ -48,6 +48,13 @@ def _create_odd(db_url: str) -> None:
             """INSERT INTO "we""ird" SELECT repeat('k/', 50) || g || '\\', g
                FROM generate_series(1, 20000) g"""
         )
+        columns = ", ".join(f"c{i} text" for i in range(12))
+        conn.execute(f"CREATE TABLE wide (id int PRIMARY KEY, {columns}, j jsonb)")
+        values = ", ".join(f"repeat('w\\\\\"', {i}) || g" for i in range(12))
+        conn.execute(
+            f"""INSERT INTO wide SELECT g, {values}, jsonb_build_object('g', g, 'q', 'x"y')
+                FROM generate_series(1, 10000) g"""
+        )
         conn.execute("CREATE TABLE parent (id int PRIMARY KEY, v text)")
         conn.execute("CREATE TABLE child (extra int) INHERITS (parent)")
         conn.execute("INSERT INTO parent SELECT g, 'p' || g FROM generate_series(1, 8000) g")
@@ -103,20 +110,25 @@ async def test_a_split_snapshot_equals_one_backends_byte_for_byte(
     db_url: str, tmp_path: Path, head_pages: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Head sizes that make either backend read the table's last block: the same chunks,
-    every row once (a parent's rows, its child's included, come row by row in the head)."""
+    every row once (a parent's rows, its child's included, come row by row in the head);
+    narrow rows come compact, wide ones with the constant parts between them."""
     _create_odd(db_url)
     caplog.set_level(logging.DEBUG, logger="sync_engine.snapshot.bulk")
-    for table, rows in (("odd", 20000), ("we\"ird", 20000), ("parent", 10000)):  # fmt: skip
+    fulls = []
+    for table, rows in (("odd", 20000), ("we\"ird", 20000), ("wide", 10000), ("parent", 10000)):  # fmt: skip
         _, one = await _snapshot(db_url, table, tmp_path / f"one-{table}", None)
         caplog.clear()
         _, two = await _snapshot(
             db_url, table, tmp_path / f"two-{table}", Split(db_url, head_pages)
         )
-        assert any("read by two backends" in r.message for r in caplog.records), caplog.text
+        logs = [r.message for r in caplog.records if "read by two backends" in r.message]
+        assert logs, caplog.text
+        fulls.append("full: True" in logs[0])
         assert len(one) > 10
         assert two == one
         keys = _keys(two)
         assert len(keys) == len(set(keys)) == rows
+    assert fulls == [False, True, True, False]  # "we\"ird" has 100-byte keys
 
 
 async def test_a_table_changed_during_a_split_snapshot_is_read_as_of_its_snapshot(
