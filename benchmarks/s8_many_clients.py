@@ -26,8 +26,9 @@ workers' own CPU is measured from /proc like every other process and reported.
 
 Per arm and rate: p50 / p99 commit-to-client over every (client, write) pair (a write not
 delivered to 99% of the clients makes p99 infinite), engine requests per write (the proxy's
-`shape_proxy_upstream_requests_total`, plus the engine connections held open: an uncollapsed
-SSE client keeps one engine stream that every write is written to), CPU ms per write of each
+`shape_proxy_upstream_requests_total`, plus the live requests the engine holds, from its
+/metrics gauge: an uncollapsed SSE client keeps one engine stream that every write is
+written to), CPU ms per write of each
 process, and RSS growth per held client of the proxy, the engine (and nginx) between "shape
 synced, no client" and "every client held, processes idle".
 
@@ -384,6 +385,21 @@ async def stop_workers(workers: list[Worker]) -> None:
             await w.proc.wait()
 
 
+async def engine_parked(engine: Any) -> int:
+    """Live requests (long-polls, SSE streams) the engine holds: its /metrics gauge."""
+    import aiohttp
+
+    url = (
+        f"{engine.url}/metrics?secret={engine.secret}" if engine.secret else f"{engine.url}/metrics"
+    )
+    async with aiohttp.ClientSession() as s, s.get(url) as resp:
+        text = await resp.text()
+    for line in text.splitlines():
+        if line.startswith("sync_engine_parked_requests "):
+            return int(float(line.split()[1]))
+    return 0
+
+
 def established(port: int) -> int:
     """TCP connections whose local end is `port` (held by the server listening on it)."""
     hexport = f":{port:04X}"
@@ -552,7 +568,7 @@ async def run_arm(
         connect_s = time.monotonic() - t0
         await wait_idle(servers)
         rss1 = {name: p.rss() for name, p in servers.items()}
-        held_engine = established(engine.port)
+        held_engine = await engine_parked(engine)
         phases: list[Phase] = []
         async with await psycopg.AsyncConnection.connect(pg.url, autocommit=True) as conn:
             await conn.execute(SYNC_COMMIT)
@@ -575,7 +591,7 @@ async def run_arm(
                     )
                     t_next += 1.0 / rate
                     await asyncio.sleep(max(0.0, t_next - time.monotonic()))
-                phase.engine_conns = established(engine.port)
+                phase.engine_conns = await engine_parked(engine)
                 # Every delivery arrives, or the clients fell behind for good.
                 deadline = time.monotonic() + 10
                 reports: list[dict[str, Any]] = []
@@ -607,7 +623,7 @@ async def run_arm(
                     f"    S8 {arm} N={n:,} {rate} w/s: p50 {phase.percentile(n, 0.5):.0f} ms "
                     f"p99 {phase.percentile(n, 0.99):.0f} ms delivered "
                     f"{phase.delivered(n):.4f} req/write {phase.up_requests:.2f} engine "
-                    f"conns {phase.engine_conns} cpu ms/write "
+                    f"held {phase.engine_conns} cpu ms/write "
                     + " ".join(f"{k} {v:.0f}" for k, v in phase.cpu.items())
                     + f" errors {phase.errors}",
                     flush=True,
@@ -679,7 +695,7 @@ async def run(
 
 def engine_per_write(arm: str, phase: Phase) -> float:
     """Engine requests per write; an SSE arm's engine streams each carry every write (the
-    connections held also count the proxy's idle keep-alive ones: at most one or two)."""
+    engine's gauge of held live requests, sampled after the writes)."""
     if arm == "sse":
         return max(phase.up_requests, phase.engine_conns)
     return phase.up_requests
@@ -726,7 +742,7 @@ def rows(
             out.append(
                 Row(
                     label,
-                    f"engine requests per write, {rate} write/s (engine connections held)",
+                    f"engine requests per write, {rate} write/s (engine requests held)",
                     [(a, f"{fmt(p.up_requests)} ({p.engine_conns:,})") for a, p in per.items()],
                     "",
                     "<= 2 in every arm (issue 13)",
