@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol, cast
 
 import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -36,9 +36,6 @@ from proxy.policy.evaluate import Claims, evaluate, subset_body
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
 from proxy.upstream.forward import Admit, Forwarder, Target
 from proxy.upstream.url import build_upstream_url, definition_key
-
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
 
 #: What an app holds, by name (`app[FORWARDER]`): for tests and tools.
 HOLDER = StateKey[RuntimeHolder]("holder")
@@ -82,10 +79,24 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
 
 
-def _app(request: Request) -> ProxyApp:
+class Services(Protocol):
+    """What the handlers use of the app answering them (`proxy.app.ProxyApp`, which routes
+    to them and so sits above this module)."""
+
+    @property
+    def holder(self) -> RuntimeHolder: ...
+    @property
+    def forwarder(self) -> Forwarder: ...
+    @property
+    def admission(self) -> Admission: ...
+    @property
+    def metrics(self) -> Metrics: ...
+
+
+def _app(request: Request) -> Services:
     app = request.app
     assert app is not None
-    return app
+    return cast(Services, app)
 
 
 def _admitter(request: Request, prepared: Prepared) -> Admit:

@@ -21,21 +21,26 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
 
 from proxy.http.context import RequestContext
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
-
 T = TypeVar("T")
 
 #: Statuses whose answers never have a body (RFC 9110 §6.4.1).
 _EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
+
+
+class Owner(Protocol):
+    """The application answering a request, as far as the wire needs it: the wire sits
+    below the app (`proxy.app.ProxyApp` is the one implementation) and must not import it."""
+
+    def on_prepare(self, request: Request, response: StreamResponse) -> None:
+        """Run just before a response's headers go out."""
 
 
 class Writer:
@@ -87,7 +92,7 @@ class Request:
         version: tuple[int, int],
         keep_alive: bool,
         writer: Writer,
-        app: ProxyApp | None,
+        app: Owner | None,
     ) -> None:
         self.method = method
         #: The request target as sent (path, query and fragment; never normalised).
