@@ -235,10 +235,12 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
             per = {a: front_cpu[a] / max(count[a], 1) * 1e6 for a in targets if fronts[a]}
             eng = {a: eng_cpu[a] / max(count[a], 1) * 1e6 for a in targets}
             gen = {a: gen_cpu[a] / max(count[a], 1) * 1e6 for a in targets}
-            versus = per["proxy"] / max(per["nginx"], 1e-9)
-            note = f"proxy/nginx {versus:.2f}x"
-            if "proxy@base" in per:
-                note += f" (base {per['proxy@base'] / max(per['nginx'], 1e-9):.2f}x)"
+            # (a few large answers can leave nginx's CPU below the clock tick: no ratio then)
+            measured = per["nginx"] > 0
+            versus = per["proxy"] / per["nginx"] if measured else float("inf")
+            note = f"proxy/nginx {versus:.2f}x" if measured else "nginx CPU below the tick"
+            if "proxy@base" in per and measured:
+                note += f" (base {per['proxy@base'] / per['nginx']:.2f}x)"
             rows.append(Row(label, "front CPU µs/req (engine; load generator µs/req)",
                             [(a, f"{fmt(per.get(a, 0.0))} ({fmt(eng[a])}; {fmt(gen[a])})")
                              for a in targets],
