@@ -27,7 +27,7 @@ from .parse import (
     sql_text,
     substitute_params,
 )
-from .template import Skeleton, Template, Templates, cache_key, make_template, skeleton
+from .template import Pending, Skeleton, Template, Templates, cache_key, skeleton
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,7 @@ def full_parse(
         substitute_params(stmt, params, compiler.param_types)
     text = deparse(stmt.whereClause, sql)
     if learn is not None and not params:
-        template = make_template(clause, PREFIX + sql, learn[0], text, ref_counts)
-        if template is not None:
-            TEMPLATES.put(learn[1], template)
+        TEMPLATES.put(learn[1], Pending(clause, PREFIX + sql, learn[0], text, ref_counts))
     return _where(compiler, expr, text)
 
 

@@ -3,7 +3,9 @@
 A storm of new shapes `bucket = 1`, `bucket = 2`, ... spent most of each clause's ~370 µs in
 pglast: building Python nodes for the parse tree (~100 µs) and printing the tree back as SQL
 (~130 µs). Both are the same work for every clause of one form, so the first clause of a
-form leaves a `Template` and the others are built from it (~100 µs, most of it the compile).
+form leaves what its `Template` needs (`Pending`), the second makes it, and the others are
+built from it (~100 µs, most of it the compile). Making a template costs about another parse
+and deparse, so a form seen once (a new string constant each time) does not pay for it.
 
 Why the result is exactly `full_parse`'s (the full path):
 - The key is libpg_query's own parse tree of the statement (its JSON, from C in ~15 µs)
@@ -262,19 +264,43 @@ def make_template(
     return template
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What `make_template` needs, kept from the first clause of a form: the template is
+    made only when a second clause of that form comes. Making it costs about a parse and a
+    deparse, wasted on the many forms seen once (`name = 'x' AND n > 0` for every `x`)."""
+
+    where: ast.Node
+    statement: str
+    shape: Skeleton
+    text: str
+    ref_counts: Mapping[str, int]
+
+    def make(self) -> Template | None:
+        return make_template(self.where, self.statement, self.shape, self.text, self.ref_counts)
+
+
 class Templates:
     """Templates by (skeleton key, columns, flags), the least recently used dropped."""
 
     def __init__(self, maxsize: int = 512) -> None:
-        self._cache: LRUCache[object, Template] = LRUCache(maxsize=maxsize)
+        self._cache: LRUCache[object, Template | Pending] = LRUCache(maxsize=maxsize)
         #: Clauses built from a template (tests check the fast path was taken).
         self.hits = 0
 
     def get(self, key: object) -> Template | None:
-        return self._cache.get(key)
+        """The form's template, made now if its first clause left only a `Pending`."""
+        entry = self._cache.get(key)
+        if isinstance(entry, Pending):
+            entry = entry.make()
+            if entry is None:
+                del self._cache[key]  # the next clause of the form leaves a new `Pending`
+            else:
+                self._cache[key] = entry
+        return entry
 
-    def put(self, key: object, template: Template) -> None:
-        self._cache[key] = template
+    def put(self, key: object, entry: Template | Pending) -> None:
+        self._cache[key] = entry
 
     def __len__(self) -> int:
         return len(self._cache)
