@@ -50,6 +50,7 @@ def bearer_token(headers: Mapping[str, str]) -> str:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise Unauthenticated("invalid_token", "the Authorization header must be 'Bearer <token>'")
-    if len(token) > MAX_TOKEN_LENGTH or " " in token:
+    # (a JWT is ASCII; anything else, bytes that are not UTF-8 included, is no token)
+    if len(token) > MAX_TOKEN_LENGTH or " " in token or not token.isascii():
         raise Unauthenticated("invalid_token", "the bearer token is malformed")
     return token

@@ -118,8 +118,11 @@ class TokenVerifier:
 
     @staticmethod
     def digest(token: str) -> bytes:
-        """The cache key of a token: its SHA-256, so caches never hold the token itself."""
-        return hashlib.sha256(token.encode()).digest()
+        """The cache key of a token: its SHA-256, so caches never hold the token itself.
+
+        Of its bytes as sent: header values are decoded with `surrogateescape`, so a header
+        that is not UTF-8 must not fail here (it is refused as a malformed token later)."""
+        return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
     async def verify(self, token: str, *, digest: bytes | None = None) -> Claims:
         """Return the verified claims of `token`, or raise `Unauthenticated`."""

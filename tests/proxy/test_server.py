@@ -125,3 +125,15 @@ async def test_a_204_preflight_has_no_content_length(proxy: Any) -> None:
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 204 ")
     assert b"content-length" not in head.lower() and rest == b""
+
+
+async def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(proxy: Any) -> None:
+    raw = await _exchange(
+        proxy,
+        b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer \xff\xfe.\xc3\x28\r\nConnection: close\r\n\r\n",
+    )
+    [(status, headers, body)] = _answers(raw)
+    assert status == 401
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body)["code"] == "invalid_token"
