@@ -38,6 +38,7 @@ from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id
 from proxy.http.errors import render_proxy_error
+from proxy.http.protocol import JOIN_BELOW
 from proxy.http.wire import Request, Response, StreamResponse, http_date
 from proxy.limits.admission import Permit
 from proxy.runtime import Prepared, Runtime
@@ -68,7 +69,7 @@ class FastConnection(Protocol):
     """The client connection a fast answer goes back to (`proxy.http.protocol.Connection`)."""
 
     def fast_answered(self, request: Request, response: Response) -> None: ...
-    def fast_written(self, request: Request, data: bytes) -> None: ...
+    def fast_written(self, request: Request, head: bytes, body: list[bytes]) -> None: ...
     def fast_handover(
         self,
         request: Request,
@@ -250,11 +251,14 @@ class FastAnswer:
         head = self._head
         if self._done or head is None:
             return
-        body = head.body.take_all()
-        if len(body) < self._length:  # (as `readexactly` finds it: a 502, connection dropped)
+        length = self._length
+        chunks = head.body.take_chunks()  # (a large body is written as it came: no copy)
+        size = sum(map(len, chunks))
+        if size < length:  # (as `readexactly` finds it: a 502, connection dropped)
             self.on_failed(BodyTruncated(), False)
             return
-        body = body[: self._length] if len(body) > self._length else body
+        if size > length or (len(chunks) > 1 and length < JOIN_BELOW):
+            chunks = [b"".join(chunks)[:length]]
         upstream = head.response() if not self._plain else None
         if upstream is not None:
             upstream.release()  # the connection goes back to the pool
@@ -264,8 +268,9 @@ class FastAnswer:
         request = self._request
         try:
             if upstream is None:
-                self._client.fast_written(request, self._plain_answer(head, body))
+                self._client.fast_written(request, self._plain_answer(head, length), chunks)
                 return
+            body = b"".join(chunks)
             forwarder = self._app.forwarder
             target = handlers.target_of(self._prepared, "GET", None)
             head_ = forwarder.head(upstream, self._runtime.options, target, True)
@@ -278,11 +283,12 @@ class FastAnswer:
             response = self._app.crashed()
         self._respond(response)
 
-    def _plain_answer(self, head: RawHead, body: bytes) -> bytes:
+    def _plain_answer(self, head: RawHead, length: int) -> bytes:
         """The bytes `Forwarder.relay`, `ProxyApp.on_prepare` and `Response.serialize` make of
         a 200 without Vary with a whole body, made directly from the engine's raw headers (in
         the same order: the engine's kept ones, Cache-Control, X-Request-Id, CORS, Vary,
-        Content-Length, Content-Type when there is none, Date, Connection)."""
+        Content-Length, Content-Type when there is none, Date, Connection), without the
+        body (`length` bytes)."""
         request = self._request
         context = request.context
         app = self._app
@@ -308,8 +314,8 @@ class FastAnswer:
         vary = app.shape_vary(request)
         if vary:
             lines.append(f"Vary: {vary}")
-        lines.append(f"Content-Length: {len(body)}")
-        if body and not typed:
+        lines.append(f"Content-Length: {length}")
+        if length and not typed:
             lines.append("Content-Type: application/octet-stream")
         lines.append(f"Date: {http_date()}")
         if request.version == (1, 0):
@@ -331,7 +337,6 @@ class FastAnswer:
                 b"\r\n" if kept else b"",
                 "\r\n".join(lines).encode("utf-8", "surrogateescape"),
                 b"\r\n\r\n",
-                body,
             )
         )
 

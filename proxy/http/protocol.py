@@ -48,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: Seconds an idle keep-alive connection stays open (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
+#: A fast answer's body below this size goes out in one write with its head, joined if it
+#: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
+JOIN_BELOW = 64 * 1024
 #: Complete requests queued behind the one being answered before reading pauses.
 PIPELINE_LIMIT = 8
 #: Bytes of request head (line and headers) read before the limits above must have tripped:
@@ -385,13 +388,18 @@ class Connection(asyncio.Protocol, Writer):
         transport.write(data)
         self._finished(request)
 
-    def fast_written(self, request: Request, data: bytes) -> None:
+    def fast_written(self, request: Request, head: bytes, body: list[bytes]) -> None:
         """The fast answer of the oldest request, as bytes: write it, go on to the next."""
         self._fast = None
         transport = self._transport
         if transport is None:
             return
-        transport.write(data)
+        if len(body) == 1 and len(body[0]) < JOIN_BELOW:
+            transport.write(head + body[0])
+        elif body:
+            transport.writelines((head, *body))
+        else:
+            transport.write(head)
         self._finished(request)
 
     def fast_handover(

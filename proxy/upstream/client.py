@@ -161,6 +161,14 @@ class UpstreamBody:
         """Everything received and not read yet, at once."""
         return self._take() if self._chunks else b""
 
+    def take_chunks(self) -> list[bytes]:
+        """Everything received and not read yet, as it arrived (no copy)."""
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._conn.resume()
+        return chunks
+
     def finish(self) -> None:
         self._eof = True
         self._wake()
