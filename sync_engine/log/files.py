@@ -49,13 +49,13 @@ import bisect
 import errno
 import os
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
 import orjson
-from cachetools import LRUCache
 
 from ..errors import ShapeGone
 from .fds import close_fd, write_fd
@@ -74,10 +74,42 @@ from .packs import PackedChunk
 #: Snapshot chunks up to this size are kept in memory once written (see `_fresh`).
 FRESH_CHUNK_MAX = 1 << 20
 
+
+class _RecentChunks:
+    """Chunks by path, at most `max_bytes` of them, the least recently used dropped first.
+
+    An OrderedDict: cachetools' LRUCache did the same in Python at ~3 µs a lookup and more
+    an insert (which in a storm also drops one), twice per new shape.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, path: str) -> bytes | None:
+        data = self._chunks.get(path)
+        if data is not None:
+            self._chunks.move_to_end(path)
+        return data
+
+    def put(self, path: str, data: bytes) -> None:
+        if len(data) > self.max_bytes:
+            return
+        old = self._chunks.pop(path, None)
+        if old is not None:
+            self._bytes -= len(old)
+        self._chunks[path] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            _, dropped = self._chunks.popitem(last=False)
+            self._bytes -= len(dropped)
+
+
 # Small snapshot chunks just written, by path: a new shape's first reader (usually waiting
 # for it) is answered without reading the file back, from a thread, on a cold page. Only
 # touched from the event loop; bounded in bytes.
-_fresh: LRUCache[str, bytes] = LRUCache(maxsize=16 << 20, getsizeof=len)
+_fresh = _RecentChunks(16 << 20)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -420,7 +452,7 @@ class ShapeLog:
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
         if len(data) <= FRESH_CHUNK_MAX:
-            _fresh[self._snapshot_name(index)] = data
+            _fresh.put(self._snapshot_name(index), data)
 
     def fresh_snapshot_chunk(self, index: int) -> bytes | None:
         """The chunk if it was written recently and is small, else None (read the file)."""

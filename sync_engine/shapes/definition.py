@@ -123,10 +123,38 @@ class Described:
     where: Where | None
 
 
+#: `parse_relation` of the table texts seen (a storm names one table 10,000 times).
+_relations: dict[str, tuple[str, str]] = {}
+#: A definition's sorted column names by the identity of the (immutable) columns chosen,
+#: kept in the entry so the id cannot be reused while it lives: a table's shapes share it.
+_column_names: dict[int, tuple[tuple[ColumnInfo, ...], tuple[str, ...]]] = {}
+
+
+def _relation(text: str) -> tuple[str, str]:
+    relation = _relations.get(text)
+    if relation is None:
+        relation = parse_relation(text)  # raises InvalidIdentifier (not remembered)
+        if len(_relations) >= 1024:
+            _relations.clear()
+        _relations[text] = relation
+    return relation
+
+
+def _sorted_names(chosen: tuple[ColumnInfo, ...]) -> tuple[str, ...]:
+    known = _column_names.get(id(chosen))
+    if known is not None and known[0] is chosen:
+        return known[1]
+    names = tuple(sorted(c.name for c in chosen))
+    if len(_column_names) >= 1024:
+        _column_names.clear()
+    _column_names[id(chosen)] = (chosen, names)
+    return names
+
+
 async def describe(params: ShapeParams, lookup: TableLookup) -> Described:
     """Validate the parameters against the catalog; InvalidRequest names what is wrong."""
     try:
-        schema, name = parse_relation(params.table)
+        schema, name = _relation(params.table)
     except InvalidIdentifier as e:
         raise InvalidRequest({"table": [str(e)]}) from None
     table = await lookup(schema, name)
@@ -152,7 +180,7 @@ async def describe(params: ShapeParams, lookup: TableLookup) -> Described:
         schema=table.schema,
         table=table.name,
         where=where.source if where is not None else None,
-        columns=tuple(sorted(c.name for c in chosen)),
+        columns=_sorted_names(chosen),
         replica=params.replica,
         log_mode=params.log_mode,
     )

@@ -275,3 +275,23 @@ def test_a_full_disk_fails_the_append_whole_and_then_recovers(tmp_path: Path) ->
         assert _read_all(_reload(log))[0] == [e for _, e in _tx(100) + _tx(200, 20, 1000)]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_recent_small_chunks_are_kept_in_memory_up_to_a_bound_least_recent_dropped(
+    tmp_path: Path,
+) -> None:
+    store = ShapeStore(tmp_path, 1 << 20, fsync=False)
+    chunk = b"x" * (1 << 20)  # 1 MiB each; 16 MiB are kept in all
+    logs = [store.new_log(f"1-{i}") for i in range(20)]
+    logs[0].remember_snapshot_chunk(0, chunk)
+    for log in logs[1:16]:
+        log.remember_snapshot_chunk(0, chunk)
+    assert logs[0].fresh_snapshot_chunk(0) == chunk  # read: now the most recent
+    for log in logs[16:]:
+        log.remember_snapshot_chunk(0, chunk)
+    assert logs[0].fresh_snapshot_chunk(0) == chunk
+    assert [log.fresh_snapshot_chunk(0) is None for log in logs[1:6]] == [True] * 4 + [False]
+    assert all(log.fresh_snapshot_chunk(0) == chunk for log in logs[16:])
+    too_big = store.new_log("2-0")
+    too_big.remember_snapshot_chunk(0, b"x" * ((1 << 20) + 1))  # over the per-chunk limit
+    assert too_big.fresh_snapshot_chunk(0) is None
