@@ -43,10 +43,20 @@ def scenarios() -> dict[int, tuple[str, object]]:
     import s7_starvation
     import s8_many_clients
 
+    async def s3(quick: bool) -> list[Row]:
+        """S3 with fewer COPY/cold rounds where a round is long: 3 for the 1M narrow table
+        (~2 s a round), 2 for the wide one (~20-50 s), 1 for 10M (~50-60 s)."""
+        if quick:
+            return await initial_sync.run(True)
+        rows: list[Row] = []
+        for only, rounds in (("narrow", 3), ("wide", 2), ("10m", 1)):
+            rows += await initial_sync.run(False, only=only, rounds=rounds)
+        return rows
+
     return {
         1: ("proxy vs direct vs nginx", s1_front.run),
         2: ("live fan-out", s2_fanout.run),
-        3: ("initial sync", initial_sync.run),
+        3: ("initial sync", s3),
         4: ("replication backlog drain", s4_backlog.run),
         5: ("one write among many shapes", s5_routing.run),
         6: ("shape-creation storm", s6_storm.run),
@@ -78,6 +88,7 @@ def main() -> int:
     ]
     print("\n".join(head), flush=True)
     rows: list[Row] = []
+    took: list[str] = []
     for number, (name, run) in scenarios().items():
         if number not in chosen:
             continue
@@ -92,7 +103,9 @@ def main() -> int:
             traceback.print_exc()
             rows.append(Row(f"S{number} {name}", "FAILED", [("error", repr(exc)[:200])]))
         print(f"  scenario {number} done in {time.perf_counter() - t0:.0f} s", flush=True)
-    total = f"total {time.perf_counter() - started:.0f} s, {load()} at the end"
+        took.append(f"S{number} {time.perf_counter() - t0:.0f} s")
+    total = (f"total {time.perf_counter() - started:.0f} s ({', '.join(took)}), "
+             f"{load()} at the end")  # fmt: skip
     report = "\n".join([*head, "", table(rows), "", total])
     print()
     print(report)

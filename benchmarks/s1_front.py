@@ -82,7 +82,8 @@ async def load(url: str, headers: dict[str, str], n: int, concurrency: int,
             for _ in counter:
                 if time.perf_counter() > deadline:
                     return
-                nbytes += await _get(client, path, headers)
+                size = await _get(client, path, headers)  # (not `nbytes += await`: the
+                nbytes += size  # read of nbytes before the await would lose other workers' adds)
                 done += 1
         finally:
             client.close()

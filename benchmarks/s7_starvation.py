@@ -17,14 +17,18 @@ nothing). Arms, measured in turn in one run:
   their `Retry-After`, as Electric's client does;
 - `abused, no limits` (full run only): the same against a proxy whose limits are raised out of
   the way, to show what the limits prevent (the victim waits for a pooled connection: 503s
-  after the 5 s pool wait, retried).
-The target: the victim's initial-sync p99 under abuse within 2x of its idle p99.
+  after the 5 s pool wait, retried). Two victim syncs, each cut off at `UNLIMITED_CAP`
+  (10 s) and then reported as ">10 s": waiting them out (minutes) shows nothing more.
+The victim stays within its own limits (`VICTIM_SYNCS_PER_S`: the fairness promise is to a
+user who does), in both arms alike. The target: the victim's initial-sync p99 under abuse
+within 2x of its idle p99.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import time
 from collections import Counter
@@ -49,11 +53,22 @@ from proxy.limits.config import LimitsConfig
 TABLES = {"items": {"allow": [{"all_rows": True}]}}
 POOL_SIZE = 512
 ABUSERS = 1000
-#: In the no-limits arm a sync can wait for minutes: each is cut off (and counted) at this.
-UNLIMITED_CAP = 30.0
+#: In the no-limits arm a sync can wait for minutes: each is cut off (and counted) at this,
+#: and the arm is reported as ">UNLIMITED_CAP s" (it only shows what the limits prevent).
+UNLIMITED_CAP = 10.0
+#: Victim syncs in the no-limits arm (each may take the whole cap).
+UNLIMITED_SYNCS = 2
 NO_LIMITS = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
 #: The defaults a proxy gets without a `limits:` section.
 SHIPPED_LIMITS = LimitsConfig().model_dump()
+#: The victim stays within its own limits: an initial sync of this shape is two engine
+#: requests (the snapshot, then the up-to-date answer; both `private`, so neither is served
+#: from the proxy's cache), so it starts at most this many syncs per second: 80% of its rate.
+#: Back to back, 500 syncs were ~1,000 engine requests in 3-5 s, past the 500-request burst
+#: and 100/s: ~1% of them got the victim's own 429 `rate_limited` (Retry-After 1 s), with
+#: or without an abuser; the idle arm, run in halves of 250 with a pause between, fitted in
+#: the burst. That was the "victim p99 ~1 s under abuse" of the full runs until 2026-12-03.
+VICTIM_SYNCS_PER_S = 0.8 * SHIPPED_LIMITS["rate"] / 2
 
 
 async def initial_sync(client: RawHTTP, auth: dict[str, str], n: int) -> tuple[float, int]:
@@ -75,13 +90,17 @@ async def initial_sync(client: RawHTTP, auth: dict[str, str], n: int) -> tuple[f
 
 
 async def victim(port: int, n: int, cap: float = 60.0) -> tuple[list[float], int]:
-    """`n` initial syncs one after another; one that takes longer than `cap` counts as `cap`."""
+    """`n` initial syncs one after another, starting at most `VICTIM_SYNCS_PER_S` a second;
+    one that takes longer than `cap` counts as `cap`."""
     client = RawHTTP("127.0.0.1", port)
     auth = {"Authorization": f"Bearer {token(sub='victim')}"}
     times: list[float] = []
     retries = 0
+    started = -math.inf
     try:
         for i in range(n):
+            await asyncio.sleep(max(0.0, started + 1 / VICTIM_SYNCS_PER_S - time.perf_counter()))
+            started = time.perf_counter()
             n_id = int(time.time() * 1000) * 1000 + i
             try:
                 took, r = await asyncio.wait_for(initial_sync(client, auth, n_id), cap)
@@ -237,7 +256,9 @@ async def run(quick: bool) -> list[Row]:
                 engine.url, TABLES, collapse=True, cache_bytes=64 << 20,
                 extra={"upstream": {"pool_size": POOL_SIZE}, "limits": NO_LIMITS}))  # fmt: skip
             await open_proxy.wait_ready()
-            unlimited, u_retries, u_statuses = await _abused(open_proxy, 5, cap=UNLIMITED_CAP)
+            unlimited, u_retries, u_statuses = await _abused(
+                open_proxy, UNLIMITED_SYNCS, cap=UNLIMITED_CAP
+            )
             worst = pct(unlimited, 0.99)
             shown = f">{UNLIMITED_CAP:.0f} s" if worst >= UNLIMITED_CAP else fmt(worst * 1000, "ms")
             arms.append(("abused, no limits", shown))

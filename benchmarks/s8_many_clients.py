@@ -21,8 +21,12 @@ stream) and asks again when answered. The clients are `asyncio.Protocol`s parsin
 hold at most 20,000 file descriptors here), each bound to its own 127.0.0.x source address.
 Every client samples latency: the writer puts the time it sent the INSERT into the row
 (`title = @<phase>:<unix time>`), a client that receives the row subtracts it from its receive
-time and counts the result in a 1 ms histogram (no per-sample records cross processes). The
-workers' own CPU is measured from /proc like every other process and reported.
+time and counts the result in a 1 ms histogram (no per-sample records cross processes). Every
+client also checks that it gets each change once and in order (row ids grow with every write;
+a repeated or reordered row is a client error). A worker's clients receive the same bytes for
+a write, so each distinct piece is parsed (JSON) once per worker and each client only checks
+and counts its rows. The workers' own CPU is measured from /proc like every other process and
+reported.
 
 Per arm and rate: p50 / p99 commit-to-client over every (client, write) pair (a write not
 delivered to 99% of the clients makes p99 infinite), engine requests per write (the proxy's
@@ -41,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import re
@@ -107,14 +112,27 @@ NGINX_VARIANTS: dict[str, dict[str, str]] = {
 CLIENTS_PER_WORKER = 5000
 #: Highest latency bin (ms); anything later counts here.
 MAX_BIN = 60_000
-TITLE = re.compile(rb'"title":\s*"@(\d+):(\d+\.\d+)"')
+#: A row's title: `@<phase>:<unix time the INSERT was sent>`.
+TITLE = re.compile(rb"@(\d+):(\d+\.\d+)\Z")
 SCRIPT = Path(__file__).resolve()
 #: Reconnections in flight (the loop keeps only weak references to tasks).
 RECONNECTS: set[asyncio.Future[None]] = set()
-LSN = re.compile(rb'"global_last_seen_lsn":\s*"?(\d+)')
 
 
 # --- the load generator (runs in worker processes) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """The inserted rows one received piece carries, in the order received."""
+
+    #: (the histogram of the row's phase, the time its INSERT was sent) per row.
+    rows: tuple[tuple[list[int], float], ...]
+    first_id: int  # 0: no rows
+    last_id: int
+    in_order: bool  # the row ids increase within the piece
+    #: An SSE piece that ends with an up-to-date: its `global_last_seen_lsn`.
+    up_to_date: int | None
 
 
 class Load:
@@ -129,18 +147,58 @@ class Load:
         self.connected = self.responses = 0
         self.errors: dict[str, int] = {}
         self.stopping = False
+        self.frames: dict[bytes, Frame] = {}
 
     def error(self, kind: str) -> None:
         self.errors[kind] = self.errors.get(kind, 0) + 1
 
-    def record(self, data: bytes, now: float) -> None:
-        """Count the latency of every row of `data` (runs once per client per write)."""
-        hists = self.hist
-        for phase, sent in TITLE.findall(data):
-            hist = hists.get(phase)
+    def frame(self, data: bytes) -> Frame:
+        """What `data` (an SSE piece of whole events, or a long-poll body) carries, parsed
+        once per worker: every client of a worker receives the same bytes for a write, so
+        the JSON is read once and each client only checks and counts the rows."""
+        frame = self.frames.get(data)
+        if frame is None:
+            if len(self.frames) > 512:
+                self.frames.clear()
+            frame = self.frames[data] = self._parse(data)
+        return frame
+
+    def _parse(self, data: bytes) -> Frame:
+        if self.sse:
+            messages = []
+            for block in data.split(b"\n\n"):
+                lines = [x[5:].strip() for x in block.split(b"\n") if x.startswith(b"data:")]
+                if lines:
+                    messages.append(json.loads(b"\n".join(lines)))
+        else:
+            messages = json.loads(data) if data.strip() else []
+        rows: list[tuple[list[int], float]] = []
+        ids: list[int] = []
+        up_to_date: int | None = None
+        for message in messages:
+            headers = message.get("headers", {})
+            if headers.get("control") == "up-to-date":
+                lsn = int(headers.get("global_last_seen_lsn") or 0)
+                up_to_date = lsn if lsn > 0 else up_to_date
+                continue
+            up_to_date = None  # (only an up-to-date that ends the piece is a resume point)
+            title = (message.get("value") or {}).get("title") or ""
+            match = TITLE.match(title.encode())
+            if headers.get("operation") != "insert" or match is None:
+                continue
+            phase, sent = match.groups()
+            hist = self.hist.get(phase)
             if hist is None:
-                hist = hists[phase] = [0] * (MAX_BIN + 1)
-            ms = int((now - float(sent)) * 1000)
+                hist = self.hist[phase] = [0] * (MAX_BIN + 1)
+            rows.append((hist, float(sent)))
+            ids.append(int(message["value"]["id"]))
+        in_order = all(a < b for a, b in itertools.pairwise(ids))
+        return Frame(tuple(rows), ids[0] if ids else 0, ids[-1] if ids else 0, in_order, up_to_date)
+
+    def record(self, frame: Frame, now: float) -> None:
+        """Count the latency of every row of `frame` (runs once per client per write)."""
+        for hist, sent in frame.rows:
+            ms = int((now - sent) * 1000)
             hist[ms if 0 <= ms < MAX_BIN else (0 if ms < 0 else MAX_BIN)] += 1
 
     def report(self) -> dict[str, Any]:
@@ -165,7 +223,13 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser: Any = None
         self.body: list[bytes] = []
-        self.sse_tail = self.control = b""
+        self.sse_tail = b""
+        #: The last row id received: ids grow with every write, so a client that gets a row
+        #: twice or out of order sees an id that does not (counted as an error).
+        self.last_id = 0
+        #: SSE: where to resume (the last up-to-date's lsn) and the last row id before it.
+        self.resume_lsn: int | None = None
+        self.resume_id = 0
         self.next_offset: str | None = None
         self.next_cursor: str | None = None
         self.ever_connected = False
@@ -233,18 +297,27 @@ class Client(asyncio.Protocol):
                 self.sse_tail = data
                 return
             done, self.sse_tail = data[: end + 2], data[end + 2 :]
-        if b'"@' in done:
-            self.load.record(done, now)
-        if b"lsn" in done[-64:]:  # an up-to-date ends the piece: read when the stream ends
-            self.control = done
+        self.receive(done, now)
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Check and count the rows of `data` (every change once, in order), and note an
+        SSE resume point."""
+        load = self.load
+        frame = load.frame(data)
+        if frame.rows:
+            if frame.first_id <= self.last_id or not frame.in_order:
+                load.error("row repeated or out of order")
+            self.last_id = frame.last_id
+            load.record(frame, now)
+        if frame.up_to_date is not None:
+            self.resume_lsn, self.resume_id = frame.up_to_date, self.last_id
 
     def resume(self) -> None:
-        """An SSE client resumes from the last up-to-date's `<global_last_seen_lsn>_0`."""
-        if self.control:
-            lsns = LSN.findall(self.control)
-            if lsns:
-                self.offset = f"{lsns[-1].decode()}_0"
-            self.control = b""
+        """An SSE client resumes from the last up-to-date's `<global_last_seen_lsn>_0`, the
+        rows after it not yet applied (as the real client applies on up-to-date)."""
+        if self.resume_lsn is not None:
+            self.offset = f"{self.resume_lsn}_0"
+            self.last_id = self.resume_id
 
     def on_message_complete(self) -> None:
         load = self.load
@@ -259,8 +332,7 @@ class Client(asyncio.Protocol):
             body = b"".join(self.body)
             self.body.clear()
             if status == 200:
-                if b'"@' in body:
-                    load.record(body, time.time())
+                self.receive(body, time.time())
                 if self.next_offset:
                     self.offset = self.next_offset
                 if self.next_cursor:

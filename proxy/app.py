@@ -28,9 +28,10 @@ import aiohttp
 
 from proxy.config.loader import LoadedConfig
 from proxy.errors import Forbidden, NotFound, ProxyError
-from proxy.http import handlers
+from proxy.http import fastlane, handlers
 from proxy.http.context import RequestContext, new_request_id
 from proxy.http.errors import error_response, render_http_error, render_proxy_error
+from proxy.http.fastlane import FastAnswer, FastConnection
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
 from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
@@ -98,9 +99,11 @@ def _log_access(
     metrics: Metrics,
     context: RequestContext,
     response: StreamResponse | None,
+    status: int = 499,
 ) -> None:
     duration = time.monotonic() - context.started
-    status = response.status if response is not None else 499
+    if response is not None:
+        status = response.status
     kind = "live" if context.live else "other"
     metrics.request_done(context.outcome, context.reason or "-", kind, duration)
     level = access_level(status, live=context.live)
@@ -140,8 +143,12 @@ class ProxyApp:
         config_path: str | Path | None = None,
         environ: Mapping[str, str] | None = None,
         sighup: bool = False,
+        fast_lane: bool = True,
     ) -> None:
         self.loaded = loaded
+        #: Repeated shape GETs forwarded by callbacks when they qualify (`proxy.http.fastlane`);
+        #: off, every request takes `handle` (the tests compare the two, byte for byte).
+        self.fast_lane = fast_lane
         self.config_path = Path(config_path) if config_path is not None else None
         self.environ = environ
         self.sighup = sighup
@@ -216,25 +223,35 @@ class ProxyApp:
 
     async def handle(self, request: Request) -> StreamResponse:
         """Request id, exact routing, origin check, error rendering, access log and metrics."""
+        request.context.request_id = new_request_id(request.headers.get("X-Request-Id"))
+        return await self.answer(request, self._route(request))
+
+    async def _route(self, request: Request) -> StreamResponse:
+        path = _check_path(request)
+        if path.startswith(_SHAPE_PATHS):
+            request.context.shape = True
+            allowed, request.context.cors = self.cors_for(request)
+            if not allowed:
+                raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
+            name = path[_NAMED_PREFIX:] if path.startswith("/shapes/") else None
+            return await handlers.serve(request, shape_name=name)
+        if request.method != "GET":
+            raise HttpError(405)
+        return await _GET_ONLY[path](request)
+
+    def cors_for(self, request: Request) -> tuple[bool, Mapping[str, str] | None]:
+        """Whether the request's Origin may use the proxy, and the CORS headers it gets."""
+        cors = self.holder.current.loaded.config.cors
+        return _cors_for(
+            request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials
+        )
+
+    async def answer(self, request: Request, work: Awaitable[StreamResponse]) -> StreamResponse:
+        """`work`'s response, or the rendered error it raised; then the access log line."""
         context = request.context
-        context.request_id = new_request_id(request.headers.get("X-Request-Id"))
         response: StreamResponse | None = None
         try:
-            path = _check_path(request)
-            if path.startswith(_SHAPE_PATHS):
-                context.shape = True
-                cors = self.holder.current.loaded.config.cors
-                allowed, context.cors = _cors_for(
-                    request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials
-                )
-                if not allowed:
-                    raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
-                name = path[_NAMED_PREFIX:] if path.startswith("/shapes/") else None
-                response = await handlers.serve(request, shape_name=name)
-            else:
-                if request.method != "GET":
-                    raise HttpError(405)
-                response = await _GET_ONLY[path](request)
+            response = await work
         except ProxyError as exc:
             context.outcome, context.reason = "refused", exc.reason
             response = render_proxy_error(exc)
@@ -250,6 +267,25 @@ class ProxyApp:
         finally:
             _log_access(request, self.metrics, context, response)
         return response
+
+    def shape_vary(self, request: Request) -> str:
+        """The `Vary` a shape answer gets when the engine sent none (see `on_prepare`)."""
+        context = request.context
+        return _shape_vary((), context.cors is not None, context.shared)
+
+    def answered(
+        self, request: Request, response: StreamResponse | None, *, status: int = 499
+    ) -> None:
+        """Record a request answered outside `answer` (`proxy.http.fastlane`): the access
+        log line and metrics. Without a response, `status` (499: the client went away)."""
+        _log_access(request, self.metrics, request.context, response, status)
+
+    def answer_fast(self, request: Request, connection: FastConnection) -> FastAnswer | None:
+        """Start answering `request` by callbacks, without a task, if it can be
+        (`proxy.http.fastlane`); None: `handle` answers it."""
+        if not self.fast_lane or self._holder is None or request.method != "GET":
+            return None
+        return fastlane.start(self, request, connection)
 
     def on_prepare(self, request: Request, response: StreamResponse) -> None:
         """Run just before headers go out: request id, CORS, merged Vary."""
@@ -279,6 +315,9 @@ def create_app(
     config_path: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     sighup: bool = False,
+    fast_lane: bool = True,
 ) -> ProxyApp:
     """The proxy app for an already validated config (the CLI fails fast before this)."""
-    return ProxyApp(loaded, config_path=config_path, environ=environ, sighup=sighup)
+    return ProxyApp(
+        loaded, config_path=config_path, environ=environ, sighup=sighup, fast_lane=fast_lane
+    )

@@ -35,6 +35,7 @@ from proxy.metrics import Metrics
 from proxy.policy.evaluate import Claims, evaluate, subset_body
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
 from proxy.upstream.forward import Admit, Forwarder, Target
+from proxy.upstream.respond import Outcome
 from proxy.upstream.url import build_upstream_url, definition_key
 
 #: What an app holds, by name (`app[FORWARDER]`): for tests and tools.
@@ -105,10 +106,16 @@ def _admitter(request: Request, prepared: Prepared) -> Admit:
     `forward` calls it only for a new engine request (a cache hit or a joined flight is
     free). Requests without a subject are charged to their client address.
     """
-    principal = prepared.principal
-    if principal == ANONYMOUS:
-        principal = f"{ANONYMOUS} {request.remote}"
-    return functools.partial(_app(request).admission.admit, principal, prepared.limits)
+    return functools.partial(
+        _app(request).admission.admit, principal(request, prepared), prepared.limits
+    )
+
+
+def principal(request: Request, prepared: Prepared) -> str:
+    """Who the request is charged to: requests without a subject, to their client address."""
+    if prepared.principal == ANONYMOUS:
+        return f"{ANONYMOUS} {request.remote}"
+    return prepared.principal
 
 
 async def _forward(
@@ -121,7 +128,16 @@ async def _forward(
 ) -> StreamResponse:
     """Send the authorised request upstream and record how it went in the request context."""
     context = request.context
-    target = Target(
+    target = target_of(prepared, method, body)
+    outcome = await _app(request).forwarder.forward(
+        request, target, runtime.options, context.request_id, admit
+    )
+    return finish(request, runtime, outcome)
+
+
+def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
+    """What to ask the engine for an authorised request."""
+    return Target(
         method=method,
         cacheable=method != "HEAD",
         url=prepared.url,
@@ -134,9 +150,11 @@ async def _forward(
         handle=prepared.handle,
         initial=prepared.initial,
     )
-    outcome = await _app(request).forwarder.forward(
-        request, target, runtime.options, context.request_id, admit
-    )
+
+
+def finish(request: Request, runtime: Runtime, outcome: Outcome) -> StreamResponse:
+    """The client's response from a forwarded request's outcome, noted in its context."""
+    context = request.context
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
@@ -148,7 +166,7 @@ async def _forward(
 
 
 #: The prepared-request cache's stand-in for "no Authorization header" (a real key is a hash).
-_ANONYMOUS_KEY = b"anonymous"
+ANONYMOUS_KEY = b"anonymous"
 
 
 async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | None) -> Prepared:
@@ -161,7 +179,7 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     cache = runtime.prepared
     key = None
     if cache is not None:
-        digest = TokenVerifier.digest(authorization) if authorization else _ANONYMOUS_KEY
+        digest = TokenVerifier.digest(authorization) if authorization else ANONYMOUS_KEY
         key = (digest, shape_name or "", request.query_string)
         prepared = cache.get(key)
         if prepared is not None and prepared.expires > time.time():

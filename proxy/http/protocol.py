@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.http.wire import Request, Response, Writer
+from proxy.http.wire import Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
     MAX_HEADER_FIELD,
     MAX_HEADERS,
@@ -42,11 +42,15 @@ from sync_engine.http.parser_refusals import (
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
+    from proxy.http.fastlane import FastAnswer
 
 logger = logging.getLogger(__name__)
 
 #: Seconds an idle keep-alive connection stays open (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
+#: A fast answer's body below this size goes out in one write with its head, joined if it
+#: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
+JOIN_BELOW = 64 * 1024
 #: Complete requests queued behind the one being answered before reading pauses.
 PIPELINE_LIMIT = 8
 #: Bytes of request head (line and headers) read before the limits above must have tripped:
@@ -102,6 +106,7 @@ class Connection(asyncio.Protocol, Writer):
         "_body_size",
         "_drain",
         "_expect_failed",
+        "_fast",
         "_head_bytes",
         "_headers",
         "_idle",
@@ -141,6 +146,8 @@ class Connection(asyncio.Protocol, Writer):
         self._request: Request | None = None  # being parsed
         self._queue: list[Request | Refusal] = []  # (a deque is 600 bytes even when empty)
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
+        #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
+        self._fast: FastAnswer | None = None
         self._idle: asyncio.TimerHandle | None = None
         self._writing_paused = False
         self._paused_reading = False
@@ -192,6 +199,9 @@ class Connection(asyncio.Protocol, Writer):
         if self._task is not None:
             self._task.cancel()  # the client went away: its held request lets go at once
             self._task = None
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.cancel()
         if self._on_close is not None:
             self._on_close(self)
 
@@ -219,7 +229,7 @@ class Connection(asyncio.Protocol, Writer):
                 self._in_head = False
                 self.closing = True
                 self._pause_reading()
-                if self._task is None:
+                if not self._busy:
                     self._next()
                 return
             self._refuse(cause.refusal if isinstance(cause, _Refused) else MALFORMED)
@@ -329,7 +339,7 @@ class Connection(asyncio.Protocol, Writer):
             self._refuse(EXPECTATION_FAILED)
             return
         self._queue.append(request)
-        if self._task is None:
+        if not self._busy:
             self._next()
         elif len(self._queue) >= PIPELINE_LIMIT:
             self._pause_reading()
@@ -350,14 +360,72 @@ class Connection(asyncio.Protocol, Writer):
             return
         item = self._queue.pop(0)
         if isinstance(item, Request):
-            self._task = self._loop.create_task(self._answer(item))
+            self._fast = self._app.answer_fast(item, self)
+            if self._fast is None:
+                self._task = self._loop.create_task(self._answer(item))
         else:
             self._send_refusal(item)
 
-    async def _answer(self, request: Request) -> None:
+    @property
+    def _busy(self) -> bool:
+        return self._task is not None or self._fast is not None
+
+    # --- answered by callbacks (`proxy.http.fastlane`) -----------------------------------
+
+    def fast_answered(self, request: Request, response: Response) -> None:
+        """The fast answer of the oldest request is ready: write it, go on to the next one."""
+        self._fast = None
+        transport = self._transport
+        if transport is None:
+            return
+        try:
+            data = response.serialize(request)
+        except Exception:
+            logger.exception("unhandled error answering a request")
+            response = self._app.crashed()
+            response.force_close()
+            data = response.serialize(request)
+        transport.write(data)
+        self._finished(request)
+
+    def fast_written(self, request: Request, head: bytes, body: list[bytes]) -> None:
+        """The fast answer of the oldest request, as bytes: write it, go on to the next."""
+        self._fast = None
+        transport = self._transport
+        if transport is None:
+            return
+        if len(body) == 1 and len(body[0]) < JOIN_BELOW:
+            transport.write(head + body[0])
+        elif body:
+            transport.writelines((head, *body))
+        else:
+            transport.write(head)
+        self._finished(request)
+
+    def fast_handover(
+        self,
+        request: Request,
+        answering: Callable[[], Awaitable[StreamResponse]],
+        cleanup: Callable[[], None] | None = None,
+    ) -> None:
+        """The fast answer needs a task after all: `answering()` makes the response, and
+        `cleanup` runs when that task is over (even if it was cancelled before it began)."""
+        self._fast = None
+        if self._transport is None:
+            if cleanup is not None:
+                cleanup()
+            return
+        task = self._task = self._loop.create_task(self._answer(request, answering))
+        if cleanup is not None:
+            task.add_done_callback(lambda _: cleanup())
+
+    async def _answer(
+        self, request: Request, answering: Callable[[], Awaitable[StreamResponse]] | None = None
+    ) -> None:
         try:
             try:
-                response = await self._app.handle(request)
+                work = self._app.handle(request) if answering is None else answering()
+                response = await work
             except Exception:
                 logger.exception("unhandled error answering a request")
                 response = self._app.crashed()
@@ -380,6 +448,9 @@ class Connection(asyncio.Protocol, Writer):
         finally:
             if self._task is asyncio.current_task():
                 self._task = None
+        self._finished(request)
+
+    def _finished(self, request: Request) -> None:
         if not request.keep_alive:
             self.closing = True
             self._queue.clear()
@@ -400,7 +471,7 @@ class Connection(asyncio.Protocol, Writer):
             answer.message,
         )
         self._queue.append(answer)
-        if self._task is None:
+        if not self._busy:
             self._next()
 
     def _send_refusal(self, answer: Refusal) -> None:
@@ -441,12 +512,14 @@ class Connection(asyncio.Protocol, Writer):
 
     def _idle_close(self) -> None:
         self._idle = None
-        if self._transport is not None and self._task is None and not self._queue:
+        if self._transport is not None and not self._busy and not self._queue:
             self._transport.close()
 
     @property
-    def task(self) -> asyncio.Task[None] | None:
-        """The task answering a request right now, if any."""
+    def answering(self) -> asyncio.Future[None] | None:
+        """Done when the request being answered right now is (None: nothing is)."""
+        if self._fast is not None:
+            return self._fast.finished()
         return self._task
 
     def shut_down(self) -> None:
@@ -454,12 +527,15 @@ class Connection(asyncio.Protocol, Writer):
         self.closing = True
         self._queue.clear()
         self._pause_reading()
-        if self._task is None and self._transport is not None:
+        if not self._busy and self._transport is not None:
             self._transport.close()
 
     def abort(self) -> None:
         """Server shutdown, out of time: cancel the request being answered and close."""
         if self._task is not None:
             self._task.cancel()
+        fast, self._fast = self._fast, None
+        if fast is not None:
+            fast.cancel()
         if self._transport is not None:
             self._transport.close()

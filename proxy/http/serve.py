@@ -52,7 +52,7 @@ class Server:
             server.close()
         for conn in list(self._connections):
             conn.shut_down()
-        answering = [conn.task for conn in self._connections if conn.task is not None]
+        answering = [a for conn in self._connections if (a := conn.answering) is not None]
         if answering:
             await asyncio.wait(answering, timeout=timeout)
         for conn in list(self._connections):

@@ -174,6 +174,11 @@ class _Clock:
 _CLOCK = _Clock()
 
 
+def http_date() -> str:
+    """Now, as a `Date` header value (formatted once per second)."""
+    return _CLOCK.now()
+
+
 class StreamResponse:
     """A response whose body is written piece by piece after `prepare`."""
 

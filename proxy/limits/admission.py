@@ -67,6 +67,13 @@ class _Slots:
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
+    def take_now(self) -> bool:
+        """A slot if one is free with nobody waiting before us."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
     async def take(self, timeout: float) -> bool:
         if self.free > 0 and not self._waiters:
             self.free -= 1
@@ -190,6 +197,22 @@ class Admission:
                 "All connections to the sync engine are in use; retry later",
                 retry_after=self._spread(limits.retry_after),
             )
+        return Permit(self, principal)
+
+    def admit_now(self, principal: str, limits: LimitSettings) -> Permit | None:
+        """`admit` for a known principal when it needs no wait and refuses nothing, without
+        a coroutine (`proxy.http.fastlane`); None: call `admit`, which waits or refuses.
+        Nothing is charged when it answers None."""
+        state = self._states.get(principal)
+        if state is None or state.active >= limits.max_concurrent:
+            return None
+        if not self._slots.take_now():
+            return None
+        state.rate, state.burst = limits.rate, limits.burst
+        if state.bucket.take(limits.rate, limits.burst, self._clock()) > 0:
+            self._slots.release()  # (nobody waited: the slot goes back to the free ones)
+            return None
+        state.active += 1
         return Permit(self, principal)
 
     def _spread(self, retry_after: int) -> int:

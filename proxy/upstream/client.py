@@ -30,14 +30,14 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast
 
 import aiohttp
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.metrics import Metrics
 
 #: Seconds an idle connection is kept for reuse (below the engine's keep-alive timeout, so a
@@ -97,6 +97,13 @@ def connection_failed(options: UpstreamOptions) -> UpstreamError:
     )
 
 
+def failure_error(error: Exception, options: UpstreamOptions) -> ProxyError:
+    """The 504 or 502 for a request that failed before its headers (`Listener.on_failed`)."""
+    if isinstance(error, TimeoutError):
+        return _timed_out(options)
+    return connection_failed(options)
+
+
 def _timed_out(options: UpstreamOptions) -> UpstreamTimeout:
     return UpstreamTimeout(
         "upstream_timeout",
@@ -111,15 +118,27 @@ def _unreachable(options: UpstreamOptions) -> UpstreamError:
     )
 
 
+class Listener(Protocol):
+    """Told of one engine answer by callbacks (`_Connection.send_to`), in this order:
+    `on_headers` once the headers arrived, then `on_complete` once the whole body did; or
+    `on_failed` instead, at any point before `on_complete` (`retry`: nothing at all came
+    back on a reused connection, so sending the request again on a new one is safe)."""
+
+    def on_headers(self, head: RawHead) -> None: ...
+    def on_complete(self) -> None: ...
+    def on_failed(self, error: Exception, retry: bool) -> None: ...
+
+
 class UpstreamBody:
     """A response body as it arrives, read by one consumer (`readexactly` or `iter_any`)."""
 
-    __slots__ = ("_chunks", "_conn", "_eof", "_error", "_size", "_waiter")
+    __slots__ = ("_chunks", "_conn", "_eof", "_error", "_high", "_size", "_waiter")
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._size = 0
+        self._high = HIGH_WATER
         self._eof = False
         self._error: BodyError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -129,9 +148,26 @@ class UpstreamBody:
     def feed(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        if self._size > HIGH_WATER:
+        if self._size > self._high:
             self._conn.pause()
         self._wake()
+
+    def expect_whole(self, length: int) -> None:
+        """The consumer takes the body only once all `length` bytes are in (`take_all`):
+        keep reading until then instead of pausing at the high-water mark."""
+        self._high = max(HIGH_WATER, length)
+
+    def take_all(self) -> bytes:
+        """Everything received and not read yet, at once."""
+        return self._take() if self._chunks else b""
+
+    def take_chunks(self) -> list[bytes]:
+        """Everything received and not read yet, as it arrived (no copy)."""
+        chunks = list(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._conn.resume()
+        return chunks
 
     def finish(self) -> None:
         self._eof = True
@@ -260,6 +296,49 @@ class UpstreamResponse:
         if conn is not None:
             conn.close()
 
+    def unlisten(self) -> None:
+        """Stop telling the listener of `send_to`: the body is read from `content` instead."""
+        if self._conn is not None:
+            self._conn.unlisten()
+
+
+class RawHead:
+    """An engine answer's status and headers as llhttp gave them (bytes, in order), and its
+    body as it arrives: what a `Listener` gets, before any `UpstreamResponse` is made."""
+
+    __slots__ = ("_conn", "body", "raw", "reason", "status")
+
+    def __init__(
+        self, conn: _Connection, status: int, reason: bytes, raw: list[bytes], body: UpstreamBody
+    ) -> None:
+        self._conn = conn
+        self.status = status
+        self.reason = reason
+        #: name, value, name, value... (llhttp refuses CR/LF inside names and values)
+        self.raw = raw
+        self.body = body
+
+    def release(self) -> None:
+        """`UpstreamResponse.release` for an answer read whole from its `body`."""
+        if self.body._eof and self.body._error is None:
+            self._conn.done()
+        else:
+            self._conn.close()
+
+    def response(self) -> UpstreamResponse:
+        """The same answer as an `UpstreamResponse` (decoded headers in a `CIMultiDict`)."""
+        raw = self.raw
+        # One decode for the whole block.
+        flat = b"\n".join(raw).decode("utf-8", "surrogateescape").split("\n") if raw else []
+        headers = CIMultiDict(zip(flat[::2], flat[1::2], strict=True))
+        return UpstreamResponse(
+            self._conn,
+            self.status,
+            self.reason.decode("utf-8", "surrogateescape"),
+            CIMultiDictProxy(headers),
+            self.body,
+        )
+
 
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to the engine, carrying one request at a time."""
@@ -270,6 +349,7 @@ class _Connection(asyncio.Protocol):
         "_headers_waiter",
         "_keep_alive",
         "_last_read",
+        "_listener",
         "_loop",
         "_paused",
         "_raw_headers",
@@ -297,6 +377,8 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._body: UpstreamBody | None = None
         self._headers_waiter: asyncio.Future[UpstreamResponse] | None = None
+        #: Told of the answer by callbacks instead (`send_to`): no future, no task.
+        self._listener: Listener | None = None
         self._raw_headers: list[bytes] = []  # name, value, name, value...
         self._reason = b""
         self._head_only = False
@@ -313,7 +395,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # (uvloop's is not a subclass)
 
     def data_received(self, data: bytes) -> None:
-        if self._headers_waiter is None and self._body is None:
+        if self._headers_waiter is None and self._body is None and self._listener is None:
             self.close()  # bytes nobody asked for: the connection cannot be trusted
             return
         self._received = True
@@ -332,7 +414,7 @@ class _Connection(asyncio.Protocol):
             self.pool.forget(self)
         self._cancel_timer()
         body = self._body
-        if self._headers_waiter is not None:
+        if self._headers_waiter is not None or (self._listener is not None and body is None):
             # Nothing at all received on a reused connection: the engine closed it while it
             # sat in the pool; a retry on a new connection is safe for idempotent methods.
             self._fail_headers(_Failed(Exception(), retry=self.used and not self._received))
@@ -340,7 +422,7 @@ class _Connection(asyncio.Protocol):
             if self._reads_until_close():
                 self._message_done()
             else:
-                body.fail(BodyTruncated())
+                self._fail_body(BodyTruncated())
 
     # --- httptools callbacks ------------------------------------------------------------
 
@@ -352,7 +434,8 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         waiter = self._headers_waiter
-        if waiter is None:
+        listener = self._listener
+        if waiter is None and (listener is None or self._body is not None):
             raise httptools.HttpParserError("unexpected response")
         status = self.parser.get_status_code()
         raw = self._raw_headers
@@ -363,23 +446,17 @@ class _Connection(asyncio.Protocol):
         self._headers_waiter = None
         # (llhttp answers this only until the message is complete)
         self._keep_alive = self.parser.should_keep_alive()
-        # One decode for the whole block (llhttp refuses CR/LF inside names and values).
-        flat = b"\n".join(raw).decode("utf-8", "surrogateescape").split("\n") if raw else []
-        headers = CIMultiDict(zip(flat[::2], flat[1::2], strict=True))
         body = UpstreamBody(self)
         self._body = body
-        response = UpstreamResponse(
-            self,
-            status,
-            self._reason.decode("utf-8", "surrogateescape"),
-            CIMultiDictProxy(headers),
-            body,
-        )
+        if listener is not None:  # (a GET: never head-only)
+            listener.on_headers(RawHead(self, status, self._reason, raw, body))
+            return
+        response = RawHead(self, status, self._reason, raw, body).response()
         if self._head_only:
             # llhttp cannot be told that a HEAD answer has no body: end it here and never
             # reuse the connection (see `done`).
             self._message_done()
-        if not waiter.done():
+        if waiter is not None and not waiter.done():
             waiter.set_result(response)
 
     def on_body(self, body: bytes) -> None:
@@ -409,11 +486,33 @@ class _Connection(asyncio.Protocol):
         self.transport.write(data)
         return waiter
 
+    def unlisten(self) -> None:
+        self._listener = None
+
+    def send_to(self, data: bytes, timeout: float, listener: Listener) -> None:
+        """`send` for a GET whose answer is told to `listener` by callbacks (see `Listener`)."""
+        assert self.transport is not None
+        self.used = True
+        self._head_only = False
+        self._received = False
+        self._reason = b""
+        self._raw_headers = []
+        self._body = None
+        self._listener = listener
+        self._timeout = timeout
+        self._last_read = now = self._loop.time()
+        self._timer = self._loop.call_at(now + timeout, self._check_timeout)
+        self.transport.write(data)
+
     def _message_done(self) -> None:
         self._cancel_timer()
         body = self._body
         if body is not None:
             body.finish()
+            listener = self._listener
+            if listener is not None:
+                self._listener = None
+                listener.on_complete()
 
     def _reads_until_close(self) -> bool:
         """A body without Content-Length or chunked framing ends when the connection does."""
@@ -430,10 +529,10 @@ class _Connection(asyncio.Protocol):
         if now < deadline:
             self._timer = self._loop.call_at(deadline, self._check_timeout)
             return
-        if self._headers_waiter is not None:
+        if self._awaiting_headers:
             self._fail_headers(_Failed(TimeoutError()))
         elif self._body is not None:
-            self._body.fail(BodyTimeout())
+            self._fail_body(BodyTimeout())
         self.close()
 
     def _cancel_timer(self) -> None:
@@ -441,17 +540,33 @@ class _Connection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    @property
+    def _awaiting_headers(self) -> bool:
+        return self._headers_waiter is not None or (
+            self._listener is not None and self._body is None
+        )
+
     def _fail_headers(self, failure: _Failed) -> None:
         waiter, self._headers_waiter = self._headers_waiter, None
-        if waiter is not None and not waiter.done():
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.on_failed(failure.error, failure.retry)
+        elif waiter is not None and not waiter.done():
             waiter.set_exception(failure)
+
+    def _fail_body(self, error: BodyError) -> None:
+        assert self._body is not None
+        self._body.fail(error)
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.on_failed(error, False)
 
     def _broken(self) -> None:
         """The engine sent something llhttp refused: fail the request, drop the connection."""
-        if self._headers_waiter is not None:
+        if self._awaiting_headers:
             self._fail_headers(_Failed(Exception()))
         elif self._body is not None:
-            self._body.fail(BodyTruncated())
+            self._fail_body(BodyTruncated())
         self.close()
 
     # --- flow control and lifetime ------------------------------------------------------
@@ -481,10 +596,10 @@ class _Connection(asyncio.Protocol):
 
     def close(self) -> None:
         self._cancel_timer()
-        if self._body is not None and not self._body._eof:
-            self._body.fail(BodyTruncated())
-        if self._headers_waiter is not None:
+        if self._awaiting_headers:
             self._fail_headers(_Failed(Exception()))
+        elif self._body is not None and not self._body._eof:
+            self._fail_body(BodyTruncated())
         if self.transport is not None:
             self.transport.close()
         if not self.lost:
@@ -531,7 +646,7 @@ class UpstreamPool:
     ) -> UpstreamResponse:
         """Send one request; return once its headers arrived (raises `ProxyError`)."""
         data = _serialize(method, url, headers, body)
-        key = (url.raw_host or "", url.port or 0, url.scheme == "https")
+        key = key_of(url)
         head_only = method == "HEAD"
         conn = await self._acquire(key, options)
         try:
@@ -553,9 +668,20 @@ class UpstreamPool:
 
     @staticmethod
     def _translate(failure: _Failed, options: UpstreamOptions) -> Exception:
-        if isinstance(failure.error, TimeoutError):
-            return _timed_out(options)
-        return connection_failed(options)
+        return failure_error(failure.error, options)
+
+    def take_idle(self, key: tuple[str, int, bool]) -> _Connection | None:
+        """An idle kept-alive connection to `key` (see `key_of`), if there is one now."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.lost:
+                continue
+            if conn.transport is None or conn.transport.is_closing():
+                conn.close()  # (the engine's close is on its way)
+                continue
+            return conn
+        return None
 
     async def _acquire(self, key: tuple[str, int, bool], options: UpstreamOptions) -> _Connection:
         idle = self._idle.get(key)
@@ -679,24 +805,42 @@ class UpstreamPool:
             conn.close()
 
 
-def _serialize(method: str, url: URL, headers: Mapping[str, str], body: bytes | None) -> bytes:
-    """The request head (and body) as bytes. Header values with CR/LF are dropped."""
+def key_of(url: URL) -> tuple[str, int, bool]:
+    """The pool's key for an engine URL: host, port, TLS."""
+    return (url.raw_host or "", url.port or 0, url.scheme == "https")
+
+
+def request_line(method: str, url: URL) -> str:
+    """The request line and `Host` header of a request to `url`."""
     host = url.raw_host or ""
     port = url.port
     if port is not None and port != (443 if url.scheme == "https" else 80):
         host = f"{host}:{port}"
-    lines = [f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {host}\r\n"]
+    return f"{method} {url.raw_path_qs} HTTP/1.1\r\nHost: {host}\r\n"
+
+
+def header_lines(headers: Mapping[str, str]) -> list[str]:
+    """`Name: value` lines (CRLF-terminated); header values with CR/LF are dropped."""
+    lines = []
     for name, value in headers.items():
         if "\r" in value or "\n" in value:
             continue
         lines.append(f"{name}: {value}\r\n")
+    return lines
+
+
+def _serialize(method: str, url: URL, headers: Mapping[str, str], body: bytes | None) -> bytes:
+    """The request head (and body) as bytes. Header values with CR/LF are dropped."""
+    lines = [request_line(method, url), *header_lines(headers)]
+    # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes: a
+    # strict encode raised here, and the client got a 500)
     if body is not None:
         lines.append(f"Content-Length: {len(body)}\r\n\r\n")
-        return "".join(lines).encode("utf-8") + body
+        return "".join(lines).encode("utf-8", "surrogateescape") + body
     if method in ("POST", "PUT", "PATCH"):
         lines.append("Content-Length: 0\r\n")
     lines.append("\r\n")
-    return "".join(lines).encode("utf-8")
+    return "".join(lines).encode("utf-8", "surrogateescape")
 
 
 async def send(

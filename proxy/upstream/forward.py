@@ -187,7 +187,7 @@ class Forwarder:
             options,
         )
 
-    def _head(
+    def head(
         self,
         upstream: UpstreamResponse,
         options: UpstreamOptions,
@@ -197,18 +197,7 @@ class Forwarder:
         raw = upstream.headers
         values = tuple(raw.getall("Cache-Control", ()))
         live = target.live
-        memo_key = (values, options.max_age_cap, live, options.live_max_age, target.shared)
-        rewritten = self._cache_control.get(memo_key)
-        if rewritten is None:
-            ttl = shared_ttl(values, live=live, live_max_age=options.live_max_age)
-            if target.shared:
-                # Every caller gets these bytes: Electric's own headers, CDN sharing included.
-                client_value = ", ".join(values) if values else "no-cache"
-            else:
-                client_value = private_cache_control(values, options.max_age_cap)
-            rewritten = (client_value, ttl)
-            self._cache_control[memo_key] = rewritten
-        cache_control, ttl = rewritten
+        cache_control, ttl = self.cache_control(values, options, live, target.shared)
         if not (cacheable and options.cache) or upstream.status != 200:
             ttl = 0.0  # errors, 409 must-refetch, 304 (per client) and POSTs are never kept
         elif not live and not target.initial and "electric-up-to-date" in raw:
@@ -225,6 +214,25 @@ class Forwarder:
         )
         self._observe(target, head)
         return head
+
+    def cache_control(
+        self, values: tuple[str, ...], options: UpstreamOptions, live: bool, shared: bool
+    ) -> tuple[str, float]:
+        """(client-facing Cache-Control, seconds a shared cache may keep the answer) for the
+        engine's Cache-Control `values` (see `upstream.headers`); each distinct one rewritten
+        once."""
+        memo_key = (values, options.max_age_cap, live, options.live_max_age, shared)
+        rewritten = self._cache_control.get(memo_key)
+        if rewritten is None:
+            ttl = shared_ttl(values, live=live, live_max_age=options.live_max_age)
+            if shared:
+                # Every caller gets these bytes: Electric's own headers, CDN sharing included.
+                client_value = ", ".join(values) if values else "no-cache"
+            else:
+                client_value = private_cache_control(values, options.max_age_cap)
+            rewritten = (client_value, ttl)
+            self._cache_control[memo_key] = rewritten
+        return rewritten
 
     def _observe(self, target: Target, head: Head) -> None:
         """Drop cached answers the engine's answer shows to be dead (see `upstream.cache`).
@@ -302,9 +310,21 @@ class Forwarder:
         key: CacheKey | None,
     ) -> Outcome:
         upstream = await self._open(request, target, options, request_id)
+        return await self.relay(request, target, options, upstream, key)
+
+    async def relay(
+        self,
+        request: Request,
+        target: Target,
+        options: UpstreamOptions,
+        upstream: UpstreamResponse,
+        key: CacheKey | None,
+    ) -> Outcome:
+        """The client's answer from an engine answer whose headers arrived (`_direct`'s second
+        half, also where `proxy.http.fastlane` hands over an answer too long to take whole)."""
         whole = False
         try:
-            head = self._head(upstream, options, target, cacheable=key is not None)
+            head = self.head(upstream, options, target, cacheable=key is not None)
             if target.method == "HEAD":  # headers only; Content-Length says what a GET would send
                 whole = True
                 bodiless = complete(head, b"")
@@ -397,7 +417,7 @@ class Forwarder:
         flight, joined = self._flights.join(
             flight_key,
             lambda: self._open(request, target, options, request_id, if_none_match),
-            lambda upstream: self._head(upstream, options, target, cacheable=True),
+            lambda upstream: self.head(upstream, options, target, cacheable=True),
             on_complete,
         )
         if permit is not None:
@@ -432,7 +452,7 @@ class Forwarder:
             stream, joined = self._streams.join(
                 spec,
                 lambda: self._open_shared(request, target, options, request_id),
-                lambda upstream: self._head(upstream, options, target, cacheable=False),
+                lambda upstream: self.head(upstream, options, target, cacheable=False),
             )
             if permit is not None:
                 if joined or stream.task is None:

@@ -57,6 +57,28 @@ def upstream_request_headers(client: Mapping[str, str], request_id: str) -> dict
     return headers
 
 
+_FORWARDED = frozenset(FORWARDED_REQUEST_HEADERS)
+
+
+def upstream_request_lines(client: Iterable[tuple[str, str]], request_id: str) -> str:
+    """`upstream_request_headers` as request header lines, in one pass over the client's
+    headers (`proxy.http.fastlane`): the same names (lower case, allowlist order), the first
+    value of each, values with CR/LF dropped, then the request id."""
+    found: dict[str, str] = {}
+    for name, value in client:
+        lower = name.lower()
+        if lower in _FORWARDED and lower not in found:
+            found[lower] = value
+    lines = [
+        f"{name}: {found[name]}\r\n"
+        for name in FORWARDED_REQUEST_HEADERS
+        if name in found and "\r" not in found[name] and "\n" not in found[name]
+    ]
+    if "\r" not in request_id and "\n" not in request_id:
+        lines.append(f"x-request-id: {request_id}\r\n")
+    return "".join(lines)
+
+
 def _kept(name: str) -> bool:
     lower = name.lower()
     return lower not in _DROPPED_RESPONSE_HEADERS and not lower.startswith("access-control-")
@@ -84,6 +106,20 @@ def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple
         if keep:
             kept.append(item)
     return kept
+
+
+#: `_kept` by raw header name, for `proxy.http.fastlane` (names as the engine sent them).
+_KEPT_RAW: dict[bytes, bool] = {}
+
+
+def kept_raw(name: bytes) -> bool:
+    """`upstream_response_headers`' rule for one header name as llhttp gave it."""
+    keep = _KEPT_RAW.get(name)
+    if keep is None:
+        keep = _kept(name.decode("utf-8", "surrogateescape"))
+        if len(_KEPT_RAW) < _KEPT_MAX:
+            _KEPT_RAW[name] = keep
+    return keep
 
 
 def client_response_headers(

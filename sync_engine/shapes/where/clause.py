@@ -14,7 +14,7 @@ from sync_engine.pg.types import BOOL, UNKNOWN
 from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .compiler import Compiler
-from .depth import longest_token_run
+from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
 from .expr import Eval, Expr
 from .parse import (
@@ -97,7 +97,7 @@ def parse_where(
         live=live,
     )
     # (the size limits first: libpg_query must not meet a clause that overflows its stack)
-    if params or len(sql) > MAX_WHERE_SIZE or longest_token_run(sql) > MAX_TOKEN_RUN:
+    if params or len(sql) > MAX_WHERE_SIZE or runs_longer_than(sql, MAX_TOKEN_RUN):
         return full()
     shape = skeleton(PREFIX + sql)
     if shape is None:
@@ -106,7 +106,9 @@ def parse_where(
     template = TEMPLATES.get(key)
     holes = template.fill(shape.values) if template is not None else None
     if template is not None and holes is not None:
-        where = _from_template(template, shape, holes, columns, allow_enums, allow_subqueries, live)
+        where = _from_template(
+            template, sql, shape, holes, columns, allow_enums, allow_subqueries, live
+        )
         if where is not None:
             TEMPLATES.hits += 1
             return where
@@ -115,6 +117,7 @@ def parse_where(
 
 def _from_template(
     template: Template,
+    sql: str,
     shape: Skeleton,
     holes: tuple[int, ...],
     columns: Mapping[str, ColumnInfo],
@@ -122,13 +125,14 @@ def _from_template(
     allow_subqueries: bool,
     live: bool,
 ) -> Where | None:
-    """The clause from its form's template; None when the full path must tell: the text
-    does not parse back to the clause, or the compile fails (the error's location would be
-    the template's, not the clause's)."""
+    """The clause `sql` (of skeleton `shape`) from its form's template; None when the full
+    path must tell: the text does not parse back to the clause, or the compile fails (the
+    error's location would be the template's, not the clause's)."""
     text = template.text(holes)
-    again = skeleton(PREFIX + text)
-    if again is None or again.key != shape.key or again.values != shape.values:
-        return None
+    if text != sql:  # (the same text has the same skeleton: nothing to check)
+        again = skeleton(PREFIX + text)
+        if again is None or again.key != shape.key or again.values != shape.values:
+            return None
     compiler = Compiler(
         {},
         columns,

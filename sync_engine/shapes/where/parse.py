@@ -24,7 +24,7 @@ from pglast.stream import RawStream
 
 from sync_engine.pg.types import TEXT, PgType
 
-from .depth import longest_token_run, too_deep_message, tree_depth
+from .depth import runs_longer_than, too_deep_message, tree_depth
 from .errors import PREFIX, WhereError
 
 MAX_WHERE_SIZE = 65_536
@@ -56,7 +56,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     what = "WHERE clause" if prefix == PREFIX else "ORDER BY clause"
     if len(sql) > MAX_WHERE_SIZE:
         raise WhereError(f"{what} is bigger than maximum size ({MAX_WHERE_SIZE} bytes)")
-    if longest_token_run(sql) > MAX_TOKEN_RUN:
+    if runs_longer_than(sql, MAX_TOKEN_RUN):
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
     statement = prefix + sql
     try:

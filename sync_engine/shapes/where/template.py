@@ -172,7 +172,11 @@ def _fill(node: object, trie: Trie | int, holes: tuple[int, ...]) -> object:
     if isinstance(trie, int):
         assert isinstance(node, ast.A_Const)
         const = _copy(node)
-        const.val = ast.Integer(ival=holes[trie])
+        # (as `ast.Integer(ival=...)` and `const.val = ...` would set them, unchecked: the
+        # value is an int, the member a node)
+        value = ast.Integer.__new__(ast.Integer)
+        object.__setattr__(value, "ival", holes[trie])
+        object.__setattr__(const, "val", value)
         return const
     if isinstance(node, tuple):
         items = list(node)
@@ -306,8 +310,25 @@ class Templates:
         return len(self._cache)
 
 
+class _Key:
+    """A cache key hashed once: the columns in it are dataclasses hashed field by field, and
+    a plain tuple is hashed again at every lookup of the LRU cache (three times a hit)."""
+
+    __slots__ = ("_hash", "parts")
+
+    def __init__(self, parts: tuple[object, ...]) -> None:
+        self.parts = parts
+        self._hash = hash(parts)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Key) and self._hash == other._hash and self.parts == other.parts
+
+
 def cache_key(
     shape: Skeleton, columns: Mapping[str, ColumnInfo], flags: tuple[bool, ...]
 ) -> object:
     """What the compiled result depends on besides the holes' values."""
-    return (shape.key, tuple(columns.items()), flags)
+    return _Key((shape.key, tuple(columns.items()), flags))

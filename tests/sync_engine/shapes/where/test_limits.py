@@ -9,6 +9,7 @@ through parse, compile, deparse, evaluation and index extraction.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 import pytest
@@ -22,7 +23,7 @@ from sync_engine.shapes.where import (
     parse_order_by,
     parse_where,
 )
-from sync_engine.shapes.where.depth import longest_token_run
+from sync_engine.shapes.where.depth import longest_token_run, runs_longer_than
 
 COLUMNS = {
     "id": ColumnInfo("id", 1, 0, "int4", None, "b", -1, 0, False, 0),
@@ -132,6 +133,21 @@ def test_order_by_is_bounded_too() -> None:
 )
 def test_token_scan_counts_literals_and_comments_as_one_token(sql: str, longest: int) -> None:
     assert longest_token_run(sql) == longest
+
+
+def test_the_run_never_exceeds_the_text_length_so_short_texts_skip_the_scan() -> None:
+    # runs_longer_than skips the scan for texts no longer than the limit: sound only if no
+    # text's run exceeds its length (brackets, one-character tokens, nesting, quotes)
+    texts = [build(n) for build in DEEP.values() for n in (1, 5, 40)]
+    texts += ["(" * 50, "[[[[", "a", "((a,b),(c))", "x'" + "'" * 9, "$a$ $a$ (((", "-- c\n("]
+    texts += [
+        "".join(random.Random(seed).choices("()[],; ab'\"$-/*\n", k=60)) for seed in range(300)
+    ]
+    for text in texts:
+        run = longest_token_run(text)
+        assert run <= len(text), text
+        for limit in (0, run - 1, run, len(text) - 1, len(text)):
+            assert runs_longer_than(text, limit) == (run > limit), (text, limit)
 
 
 # --- Electric's error positions ---------------------------------------------------------------

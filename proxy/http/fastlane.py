@@ -1,0 +1,389 @@
+"""The fast lane: a repeated shape GET forwarded by callbacks, with no task or coroutine.
+
+Why: on two cores the proxy's CPU per forwarded request is what bounds its throughput, and in
+CPython the task, the chain of a dozen coroutines and the futures between them were a large
+part of it (issue 13, bar 4: proxy CPU per uncached forward <= 1.5x nginx's). A request
+whose every decision is already made takes this lane; everything else, and anything
+unusual on the way, goes through `ProxyApp.handle` as before. A request takes it when:
+
+- it is a `GET /v1/shape` whose (token digest, query) was authorised before under the
+  current config and has not expired (`Runtime.prepared`: the token, claims, policy and
+  upstream URL are those of that decision), its Origin is allowed, and it is neither SSE
+  nor a subset sent as a POST;
+- the config sends it straight to the engine: collapsing off, and no response cache;
+- its principal is admitted at once (`Admission.admit_now`: under its limits, a pool slot
+  free) and a kept-alive engine connection is idle (`UpstreamPool.take_idle`).
+
+Then the request goes out on that connection and `FastAnswer` is told of the answer by the
+connection's callbacks (`upstream.client.Listener`). A whole answer (Content-Length up to
+`WHOLE_BODY_LIMIT`) is built exactly as `Forwarder.relay` builds it, with the same header
+rules, error scrubbing, context and access log, and written by the client connection. An
+answer to stream (chunked, or longer) is handed over to a task running `Forwarder.relay`.
+If nothing came back on the reused connection (the engine closed it while idle), the request
+starts again through `handle`, which retries on a new connection. A client that goes away
+closes the engine connection and frees the permit at once, as a cancelled task would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Protocol
+
+from proxy.auth.claims import TokenVerifier
+from proxy.errors import ProxyError
+from proxy.http import handlers
+from proxy.http.context import new_request_id
+from proxy.http.errors import render_proxy_error
+from proxy.http.protocol import JOIN_BELOW
+from proxy.http.wire import Request, Response, StreamResponse, http_date
+from proxy.limits.admission import Permit
+from proxy.runtime import Prepared, Runtime
+from proxy.upstream.client import (
+    BodyTruncated,
+    RawHead,
+    UpstreamResponse,
+    connection_failed,
+    failure_error,
+    key_of,
+    request_line,
+)
+from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
+from proxy.upstream.forward import Target
+from proxy.upstream.headers import kept_raw, upstream_request_lines
+from proxy.upstream.respond import Outcome, complete
+
+if TYPE_CHECKING:
+    from proxy.app import ProxyApp
+    from proxy.upstream.client import _Connection as EngineConnection
+
+logger = logging.getLogger(__name__)
+
+_SHAPE_PATH = "/v1/shape"
+
+
+class FastConnection(Protocol):
+    """The client connection a fast answer goes back to (`proxy.http.protocol.Connection`)."""
+
+    def fast_answered(self, request: Request, response: Response) -> None: ...
+    def fast_written(self, request: Request, head: bytes, body: list[bytes]) -> None: ...
+    def fast_handover(
+        self,
+        request: Request,
+        answering: Callable[[], Awaitable[StreamResponse]],
+        cleanup: Callable[[], None] | None = None,
+    ) -> None: ...
+
+
+def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer | None:
+    """Send `request` to the engine by the fast lane, or None if it does not qualify."""
+    path, _, _ = request.raw_path.partition("?")
+    if path != _SHAPE_PATH:
+        return None
+    runtime = app.holder.current
+    options = runtime.options
+    forwarder = app.forwarder
+    cache = runtime.prepared
+    if cache is None or options.collapse or (options.cache and forwarder.cache.enabled):
+        return None
+    headers = request.headers
+    authorization = headers.get("Authorization")
+    digest = TokenVerifier.digest(authorization) if authorization else handlers.ANONYMOUS_KEY
+    prepared = cache.get((digest, "", request.query_string))
+    if prepared is None or prepared.expires <= time.time():
+        return None
+    if prepared.sse or prepared.upstream_body is not None:
+        return None
+    allowed, cors = app.cors_for(request)
+    if not allowed:
+        return None
+    url = prepared.url
+    request_id = new_request_id(headers.get("X-Request-Id"))
+    lines = upstream_request_lines(headers.items(), request_id)
+    # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
+    data = f"{request_line('GET', url)}{lines}\r\n".encode("utf-8", "surrogateescape")
+    engine = forwarder.pool.take_idle(key_of(url))
+    if engine is None:
+        return None
+    permit = app.admission.admit_now(handlers.principal(request, prepared), prepared.limits)
+    if permit is None:
+        forwarder.pool.put_back(engine)
+        return None
+    # Committed: from here on this request is answered by the callbacks below.
+    context = request.context
+    context.request_id = request_id
+    context.shape = True
+    context.cors = cors
+    context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
+    context.live = prepared.live
+    context.shared = prepared.shared
+    metrics = app.metrics
+    metrics.token_cache_lookup(True)
+    answer = FastAnswer(app, client, request, runtime, prepared, permit, engine)
+    metrics.upstream_sent()
+    try:
+        engine.send_to(data, options.first_byte_timeout, answer)
+    except Exception:  # (the engine connection was closing): `handle` answers instead
+        logger.debug("a kept-alive engine connection could not be written to", exc_info=True)
+        answer.cancel_quietly()
+        return None
+    return answer
+
+
+class FastAnswer:
+    """One request on the fast lane, told of its engine answer (`upstream.client.Listener`)."""
+
+    __slots__ = (
+        "_app",
+        "_client",
+        "_done",
+        "_engine",
+        "_finished",
+        "_head",
+        "_length",
+        "_permit",
+        "_plain",
+        "_prepared",
+        "_request",
+        "_runtime",
+        "_sent",
+    )
+
+    def __init__(
+        self,
+        app: ProxyApp,
+        client: FastConnection,
+        request: Request,
+        runtime: Runtime,
+        prepared: Prepared,
+        permit: Permit,
+        engine: EngineConnection,
+    ) -> None:
+        self._app = app
+        self._client = client
+        self._request = request
+        self._runtime = runtime
+        self._prepared = prepared
+        self._permit = permit
+        self._engine: EngineConnection | None = engine
+        self._head: RawHead | None = None
+        self._length = 0
+        self._plain = False
+        self._done = False
+        self._finished: asyncio.Future[None] | None = None
+        self._sent = time.monotonic()
+
+    def finished(self) -> asyncio.Future[None]:
+        """Done once this request is answered, handed over or given up (server shutdown)."""
+        if self._finished is None:
+            self._finished = asyncio.get_running_loop().create_future()
+            if self._done:
+                self._finished.set_result(None)
+        return self._finished
+
+    def _end(self) -> None:
+        self._done = True
+        self._engine = None
+        self._permit.release()
+        finished = self._finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
+
+    def _target(self) -> Target:
+        return handlers.target_of(self._prepared, "GET", None)
+
+    # --- Listener --------------------------------------------------------------------------
+
+    def on_headers(self, head: RawHead) -> None:
+        if self._done:
+            return
+        app = self._app
+        app.metrics.upstream_answered(head.status, time.monotonic() - self._sent)
+        raw = head.raw
+        length: int | None = None
+        plain = head.status == 200  # (else the general answer below: errors are scrubbed)
+        for i in range(0, len(raw), 2):
+            name = raw[i].lower()
+            if name == b"content-length":
+                value = raw[i + 1]
+                length = int(value) if value.isdigit() else None
+            elif name == b"vary" or name == b"transfer-encoding":
+                plain = False  # (Vary is merged with the proxy's; a body to stream is not plain)
+        if length is not None and length <= WHOLE_BODY_LIMIT:
+            self._head = head
+            self._length = length
+            self._plain = plain
+            head.body.expect_whole(length)
+            return
+        # A body to stream: `Forwarder.relay` in a task, as the request's answer.
+        response = head.response()
+        response.unlisten()
+        self._done = True
+        self._engine = None
+        request = self._request
+        self._client.fast_handover(
+            request,
+            lambda: app.answer(request, self._relay(response)),
+            partial(self._handed_over, response),
+        )
+        finished = self._finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
+
+    async def _relay(self, upstream: UpstreamResponse) -> StreamResponse:
+        try:
+            outcome = await self._app.forwarder.relay(
+                self._request, self._target(), self._runtime.options, upstream, None
+            )
+        finally:
+            self._permit.release()
+        return handlers.finish(self._request, self._runtime, outcome)
+
+    def _handed_over(self, upstream: UpstreamResponse) -> None:
+        """The relay's task is over, or was cancelled before it began: free what is held."""
+        upstream.close()  # (a no-op once the relay released or closed it)
+        self._permit.release()
+
+    def on_complete(self) -> None:
+        head = self._head
+        if self._done or head is None:
+            return
+        length = self._length
+        chunks = head.body.take_chunks()  # (a large body is written as it came: no copy)
+        size = sum(map(len, chunks))
+        if size < length:  # (as `readexactly` finds it: a 502, connection dropped)
+            self.on_failed(BodyTruncated(), False)
+            return
+        if size > length or (len(chunks) > 1 and length < JOIN_BELOW):
+            chunks = [b"".join(chunks)[:length]]
+        upstream = head.response() if not self._plain else None
+        if upstream is not None:
+            upstream.release()  # the connection goes back to the pool
+        else:
+            head.release()
+        self._end()
+        request = self._request
+        try:
+            if upstream is None:
+                self._client.fast_written(request, self._plain_answer(head, length), chunks)
+                return
+            body = b"".join(chunks)
+            forwarder = self._app.forwarder
+            target = handlers.target_of(self._prepared, "GET", None)
+            head_ = forwarder.head(upstream, self._runtime.options, target, True)
+            response: StreamResponse = handlers.finish(
+                request, self._runtime, Outcome(complete(head_, body), head_.status)
+            )
+        except Exception:
+            logger.exception("unexpected error handling request %s", request.context.request_id)
+            request.context.outcome, request.context.reason = "error", "internal_error"
+            response = self._app.crashed()
+        self._respond(response)
+
+    def _plain_answer(self, head: RawHead, length: int) -> bytes:
+        """The bytes `Forwarder.relay`, `ProxyApp.on_prepare` and `Response.serialize` make of
+        a 200 without Vary with a whole body, made directly from the engine's raw headers (in
+        the same order: the engine's kept ones, Cache-Control, X-Request-Id, CORS, Vary,
+        Content-Length, Content-Type when there is none, Date, Connection), without the
+        body (`length` bytes)."""
+        request = self._request
+        context = request.context
+        app = self._app
+        raw = head.raw
+        kept: list[bytes] = []
+        cache_control: list[str] = []
+        typed = False
+        for i in range(0, len(raw), 2):
+            name = raw[i]
+            if kept_raw(name):
+                kept.append(name + b": " + raw[i + 1])
+                if not typed and name.lower() == b"content-type":
+                    typed = True
+            elif name.lower() == b"cache-control":
+                cache_control.append(raw[i + 1].decode("utf-8", "surrogateescape"))
+        prepared = self._prepared
+        client_cache_control, _ = app.forwarder.cache_control(
+            tuple(cache_control), self._runtime.options, prepared.live, prepared.shared
+        )
+        lines = [f"Cache-Control: {client_cache_control}", f"X-Request-Id: {context.request_id}"]
+        if context.cors is not None:
+            lines.extend(map(": ".join, context.cors.items()))
+        vary = app.shape_vary(request)
+        if vary:
+            lines.append(f"Vary: {vary}")
+        lines.append(f"Content-Length: {length}")
+        if length and not typed:
+            lines.append("Content-Type: application/octet-stream")
+        lines.append(f"Date: {http_date()}")
+        if request.version == (1, 0):
+            version = b"HTTP/1.0 200 "
+            if request.keep_alive:
+                lines.append("Connection: keep-alive")
+        else:
+            version = b"HTTP/1.1 200 "
+            if not request.keep_alive:
+                lines.append("Connection: close")
+        context.upstream_status = 200
+        app.answered(request, None, status=200)
+        return b"".join(
+            (
+                version,
+                head.reason or b"OK",
+                b"\r\n",
+                b"\r\n".join(kept),
+                b"\r\n" if kept else b"",
+                "\r\n".join(lines).encode("utf-8", "surrogateescape"),
+                b"\r\n\r\n",
+            )
+        )
+
+    def on_failed(self, error: Exception, retry: bool) -> None:
+        if self._done:
+            return
+        head, engine = self._head, self._engine
+        self._end()
+        if engine is not None:
+            engine.close()  # (already closing when the engine failed; never reused after)
+        request = self._request
+        if retry and head is None:
+            # Nothing came back on a kept-alive connection the engine had closed: the whole
+            # request again through `handle`, which retries on a new connection.
+            self._client.fast_handover(request, partial(self._app.handle, request))
+            return
+        options = self._runtime.options
+        failure = failure_error(error, options) if head is None else connection_failed(options)
+        self._refused(failure)
+
+    # --- the answer ------------------------------------------------------------------------
+
+    def _refused(self, exc: ProxyError) -> None:
+        context = self._request.context
+        context.outcome, context.reason = "refused", exc.reason
+        if exc.status >= 500:
+            context.outcome = "error"
+        self._respond(render_proxy_error(exc))
+
+    def _respond(self, response: StreamResponse) -> None:
+        assert isinstance(response, Response)
+        self._app.answered(self._request, response)
+        self._client.fast_answered(self._request, response)
+
+    def cancel_quietly(self) -> None:
+        """Give up before anything was sent: free what is held, log nothing."""
+        engine = self._engine
+        self._end()
+        if engine is not None:
+            engine.close()
+
+    def cancel(self) -> None:
+        """The client went away: drop the engine request now (the engine sees it go)."""
+        if self._done:
+            return
+        engine = self._engine
+        self._end()
+        if engine is not None:
+            engine.close()
+        self._app.answered(self._request, None)

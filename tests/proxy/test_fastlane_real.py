@@ -1,0 +1,204 @@
+"""The fast lane (`proxy.http.fastlane`) against the real engine: byte for byte what the
+general path answers, and a client going away mid long-poll still lets go of the engine.
+
+Two proxies in front of one `sync-engine`, both with collapsing and the response cache off
+(where the fast lane applies): one with the fast lane, one without. Each request is sent
+twice to each (the first authorises it through the general path, the repeat can take the
+fast lane), and every answer is compared raw: status line, headers in order, body. Only
+`Date` may differ (it ticks), and `electric-cursor` (the engine's clock-based live cursor,
+also the last part of a live answer's ETag).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import proxy.http.fastlane as fastlane
+from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import ORIGIN, base_config
+from tests.support.engine_process import EngineProcess, sync_through
+from tests.support.waiting import wait_until_async
+
+
+@pytest.fixture
+def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
+        conn.execute("INSERT INTO items SELECT i, 'org-' || (i % 2), 't' || i FROM "
+                     "generate_series(1, 40) i")  # fmt: skip
+        conn.execute("CREATE TABLE posts (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO posts VALUES (1, 'hello'), (2, 'world')")
+        conn.execute("CREATE TABLE blob (id int PRIMARY KEY, payload text)")
+        conn.execute("INSERT INTO blob SELECT i, repeat(md5(i::text), 5) "
+                     "FROM generate_series(1, 3000) i")  # fmt: skip
+    engine = EngineProcess(
+        db_url, tmp_path / "data",
+        "--secret", engine_secret, "--long-poll-timeout", "3", "--no-fsync",
+    )  # fmt: skip
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+@pytest.fixture
+def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The raw paths of the requests the fast lane took."""
+    taken: list[str] = []
+    start = fastlane.start
+
+    def spy(app: Any, request: Any, client: Any) -> Any:
+        answer = start(app, request, client)
+        if answer is not None:
+            taken.append(request.raw_path)
+        return answer
+
+    monkeypatch.setattr(fastlane, "start", spy)
+    return taken
+
+
+async def _pair(
+    real_engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> tuple[Any, Any]:
+    config = base_config(real_engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["collapse"] = False
+    config["cache"] = {"max_bytes": 0}
+    for table in ("posts", "blob"):
+        config["tables"][table] = {"allow": [{"name": "public", "anonymous": True,
+                                              "all_rows": True}]}  # fmt: skip
+    loaded = build_config(config, environ)
+    fast = await make_proxy(loaded)
+    general = await make_proxy(loaded, fast_lane=False)
+    return fast, general
+
+
+async def _ask(proxy: Any, head: bytes) -> bytes:
+    """One request on its own connection; the whole answer as sent (Content-Length framed)."""
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head)
+        raw = await reader.readuntil(b"\r\n\r\n")
+        length = re.search(rb"\r\nContent-Length: (\d+)\r\n", raw)
+        if length is not None:
+            raw += await reader.readexactly(int(length.group(1)))
+        return raw
+    finally:
+        writer.close()
+
+
+def _normal(raw: bytes) -> bytes:
+    raw = re.sub(rb"\r\nDate: [^\r]*", b"\r\nDate: -", raw)
+    raw = re.sub(rb"\r\nelectric-cursor: [^\r]*", b"\r\nelectric-cursor: -", raw)
+    return re.sub(rb'(\r\netag: "[^:"]*:[^:"]*:[^:"]*):\d+"', rb'\1:-"', raw)  # (live: + cursor)
+
+
+def _request(target: str, *headers: str, version: str = "1.1") -> bytes:
+    lines = [f"GET {target} HTTP/{version}", "Host: proxy.test", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_the_fast_lane_answers_byte_for_byte_as_the_general_path(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    rows, handle, offset = await sync_through(general, alice)
+    assert len(rows) == 20
+    etag_reply = await general.get("/v1/shape?table=items&offset=-1", token=alice)
+    etag = etag_reply.headers["ETag"]
+    auth = f"Authorization: Bearer {alice}"
+    rid = "X-Request-Id: fast-lane-test-0001"
+    shape = "/v1/shape?table=items"
+    cases = {
+        "initial": _request(f"{shape}&offset=-1", auth, rid),
+        "catch-up": _request(f"{shape}&offset=-1&handle={handle}", auth, rid),
+        "behind the tip, live": _request(
+            f"{shape}&offset=0_0&handle={handle}&live=true", auth, rid
+        ),
+        "cors": _request(f"{shape}&offset=-1", auth, rid, f"Origin: {ORIGIN}"),
+        "http/1.0 keep-alive": _request(
+            f"{shape}&offset=-1", auth, rid, "Connection: keep-alive", version="1.0"
+        ),
+        "http/1.0": _request(f"{shape}&offset=-1", auth, rid, version="1.0"),
+        "connection close": _request(f"{shape}&offset=-1", auth, rid, "Connection: close"),
+        "no request id": _request(f"{shape}&offset=-1", auth, "Accept: application/json"),
+        "304": _request(f"{shape}&offset=-1", auth, rid, f"If-None-Match: {etag}"),
+        "gone handle (409)": _request(f"{shape}&offset=0_0&handle=1-2", auth, rid),
+        "anonymous, shared": _request("/v1/shape?table=posts&offset=-1", rid),
+        # ~600 KB from the engine in many reads: written as it came (writev, no join).
+        "large body": _request("/v1/shape?table=blob&offset=-1", rid),
+        # A header that is not UTF-8 goes on as the bytes it was (it once made a 500).
+        "not utf-8": _request(f"{shape}&offset=-1", auth, rid).replace(
+            b"\r\n\r\n", b"\r\nUser-Agent: caf\xe9 \xff\r\n\r\n"
+        ),
+    }
+    for name, head in cases.items():
+        for attempt in range(2):
+            taken = len(fast_lane_taken)
+            fast_raw = await _ask(fast, head)
+            if attempt == 1:  # (a repeat: authorised before, so on the fast lane)
+                assert len(fast_lane_taken) == taken + 1, name
+            general_raw = await _ask(general, head)
+            if name == "no request id":  # (each proxy makes up its own)
+                fast_raw = re.sub(rb"X-Request-Id: \w+", b"X-Request-Id: -", fast_raw)
+                general_raw = re.sub(rb"X-Request-Id: \w+", b"X-Request-Id: -", general_raw)
+            assert _normal(fast_raw) == _normal(general_raw), (name, attempt)
+    assert (await _ask(fast, cases["not utf-8"])).startswith(b"HTTP/1.1 200 ")
+    assert len(await _ask(fast, cases["large body"])) > 500_000
+    secret = real_engine.secret
+    assert secret is not None
+    for name, head in cases.items():
+        assert secret.encode() not in await _ask(fast, head), name
+
+
+async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    db_url: str,
+) -> None:
+    fast, _ = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    _, handle, offset = await sync_through(fast, alice)
+    live = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true"
+    head = _request(live, f"Authorization: Bearer {alice}")
+    # The first long-poll authorises the request (general path) and ends with the engine's
+    # hold (3 s, nothing changes); the second is held by the fast lane.
+    first = await _ask(fast, head)
+    assert first.startswith(b"HTTP/1.1 200 ")
+    server = fast.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(head)
+    await writer.drain()
+    await real_engine.until_parked(1)
+    assert fast_lane_taken == [live]
+    writer.close()  # the client goes away: the engine request must go too
+
+    async def let_go() -> bool:
+        return await real_engine.parked_requests() == 0
+
+    await wait_until_async(let_go, timeout=10, message="the engine let go of the long-poll")
+    # And the proxy still serves: a change reaches the next long-poll (on a new engine
+    # connection: the dropped one was the only one kept).
+    task = asyncio.create_task(_ask(fast, head))
+    await real_engine.until_parked(1)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (1001, 'org-1', 'live row')")
+    answer = await asyncio.wait_for(task, 10)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"live row" in answer
