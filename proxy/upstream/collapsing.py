@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from proxy.errors import ProxyError
 from proxy.http.wire import Request
+from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.cache import CacheKey
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
@@ -57,16 +58,16 @@ class Flight:
         self.waiters = 0
         self.task: asyncio.Task[None] | None = None
         self._body: bytes | None = None
-        # An Event rather than a shared Future: each waiter waits on its own future, so a
-        # waiter being cancelled never cancels the others' wait.
-        self._changed = asyncio.Event()
+        # Each waiter waits on a future of its own (see `upstream.broadcast`), so a waiter
+        # being cancelled never cancels the others' wait.
+        self._changed = Broadcast()
 
     def notify(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        self._changed.notify()
 
-    async def changed(self) -> None:
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """Done at the next change (headers, a chunk, the end): await it."""
+        return self._changed.wait()
 
     def body(self) -> bytes:
         if self._body is None:

@@ -45,6 +45,7 @@ from yarl import URL
 
 from proxy.errors import ProxyError
 from proxy.http.wire import Request, StreamResponse
+from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
 from proxy.upstream.respond import Outcome, complete
@@ -189,14 +190,14 @@ class SharedStream:
         self._first = 0  # events before this index were dropped from the history
         self._history_bytes = 0
         self._parser = EventParser(spec.position, self.positions)
-        self._changed = asyncio.Event()
+        self._changed = Broadcast()
 
     def notify(self) -> None:
-        self._changed.set()
-        self._changed.clear()
+        self._changed.notify()
 
-    async def changed(self) -> None:
-        await self._changed.wait()
+    def changed(self) -> asyncio.Future[None]:
+        """Done at the next change (headers, the end): await it."""
+        return self._changed.wait()
 
     # --- positions ---------------------------------------------------------------------
 
