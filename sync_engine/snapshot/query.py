@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import orjson
-from psycopg import sql
+from psycopg import pq, sql
 
 from ..log.entries import relation_prefix
 
@@ -408,16 +408,8 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
         )
         sep = suffix + b"," + (key_open if plain else b'{"key":')
         raw_value = _raw_value(columns)
-        if raw_value is None or value is None:
-            bulk = BulkRows(
-                relation.as_string(None),
-                line.as_string(None),
-                sql.Literal(sep.decode()).as_string(None),
-                compact.as_string(None),
-                sql.Literal(ROW_SEP.decode()).as_string(None),
-                None if value is not None else inner.as_string(None),
-            )
-        else:
+        pre_image = None
+        if raw_value is not None and value is not None:
             # The same lines' pre-images (`json_from_raw`): the key's text (plain: the bare
             # values, the closing quote of its JSON string inside; else the whole string),
             # the value object, the constants in between.
@@ -429,7 +421,7 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
             else:
                 raw_key = [_RAW_QUOTE, _raw_text(key_text), _RAW_QUOTE]
                 raw_middle = b',"value":'.translate(_TO_RAW)
-            bulk = BulkRows(
+            pre_image = BulkRows(
                 relation.as_string(None),
                 _raw_sql([*raw_key, raw_middle, *raw_value]).as_string(None),
                 _raw_sql([sep.translate(_TO_RAW)]).as_string(None),
@@ -438,6 +430,15 @@ def _template(table: TableInfo, columns: tuple[ColumnInfo, ...], pk: tuple[str, 
                 None,
                 raw=True,
             )
+        bulk = BulkRows(
+            relation.as_string(None),
+            line.as_string(None),
+            sql.Literal(sep.decode()).as_string(None),
+            compact.as_string(None),
+            sql.Literal(ROW_SEP.decode()).as_string(None),
+            None if value is not None else inner.as_string(None),
+            pre_image=pre_image,
+        )
     return _Template(
         head.as_string(None), tail, relation.as_string(None), plain, key_open, suffix, bulk
     )
@@ -468,6 +469,17 @@ class BulkRows:
     #: Lines are pre-images in a bytea (`json_from_raw` makes them the JSON they stand for):
     #: the constant parts as always, but every value as Postgres's text, unescaped.
     raw: bool = False
+    #: The same lines as pre-images, where the value is built by concatenation (see
+    #: `for_connection`).
+    pre_image: BulkRows | None = None
+
+    def for_connection(self, pgconn: pq.abc.PGconn) -> BulkRows:
+        """The form to read on `pgconn`: the pre-images where its text comes as UTF-8, whose
+        bytes never include the constant parts' stand-ins (in, say, LATIN1 text `ÿ` is
+        0xff), else these lines."""
+        if self.pre_image is not None and pgconn.parameter_status(b"client_encoding") == b"UTF8":
+            return self.pre_image
+        return self
 
     def lines_sql(
         self,

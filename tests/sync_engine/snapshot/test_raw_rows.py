@@ -13,6 +13,7 @@ import orjson
 import psycopg
 import pytest
 from psycopg import AsyncConnection, pq, sql
+from psycopg.conninfo import make_conninfo
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import load_table
@@ -97,14 +98,17 @@ FROM generate_series(1, 3000) g
 """
 
 
-async def _chunks(url: str, table: str, directory: Path, split: Split | None) -> list[bytes]:
+async def _chunks(
+    url: str, table: str, directory: Path, split: Split | None, raw: list[bool]
+) -> list[bytes]:
     """The table's whole-table snapshot by `run_batch`, its chunks, the last one without its
-    snapshot-end message."""
+    snapshot-end message; `raw` gets whether its lines came as pre-images."""
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
         info = await load_table(conn, "public", table)
         assert info is not None
         query = row_json_sql(info, info.columns, info.pk, None)
-        assert query.bulk is not None and query.bulk.raw
+        assert query.bulk is not None and query.bulk.pre_image is not None
+        raw.append(query.bulk.for_connection(conn.pgconn).raw)
         counts: list[int] = []
         directory.mkdir()
         job = SnapshotJob(
@@ -148,8 +152,31 @@ async def test_a_whole_table_of_every_type_equals_the_row_by_row_entries(
         conn.execute(ROWS)
     split = None if head_pages is None else Split(url, head_pages)
     caplog.set_level(logging.DEBUG, logger="sync_engine.snapshot.bulk")
-    chunks = await _chunks(url, "every", tmp_path / "bulk", split)
+    raw: list[bool] = []
+    chunks = await _chunks(url, "every", tmp_path / "bulk", split, raw)
+    assert raw == [True]
     if split is not None:
         assert "read by two backends (full: True)" in caplog.text
     assert len(chunks) > 10
     assert b",".join(chunks) == await _row_by_row(url, "every")
+
+
+async def test_text_in_another_encoding_comes_as_it_always_came(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A session whose client encoding is not UTF-8 gets no pre-images (`ÿ` is 0xff in
+    LATIN1, the stand-in of a quote): the lines it always got, the same entries as row by
+    row in that encoding."""
+    url = make_conninfo(with_display_settings(db_url), client_encoding="LATIN1")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE latin (id int PRIMARY KEY, t text, j jsonb, pad text)")
+        conn.execute(
+            """INSERT INTO latin SELECT g, 'ÿþúé "q" \\ ' || g, jsonb_build_object('ÿ', g),
+                 repeat('p', 300) FROM generate_series(1, 3000) g"""
+        )
+    raw: list[bool] = []
+    chunks = await _chunks(url, "latin", tmp_path / "bulk", Split(url, 32), raw)
+    assert raw == [False]
+    whole = b",".join(chunks)
+    assert whole == await _row_by_row(url, "latin")
+    assert "ÿþúé".encode("latin-1") in whole
