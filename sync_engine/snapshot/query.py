@@ -54,6 +54,8 @@ BULK_PAGES = 32
 # in a bytea whose constant parts hold these bytes, which no UTF-8 text holds, for a
 # structural `"` and `\\` and the compact separators (`json_from_raw`).
 _RAW_QUOTE, _RAW_BACKSLASH, _RAW_FIELD, _RAW_ROW = b"\xff", b"\xfe", b"\xfc", b"\xfb"
+#: A NULL value, between the two quotes a value always has in the pre-image.
+_RAW_NULL = b"\xfa"
 #: What a control character becomes in the first translation: it marks that a value held
 #: one (rare), and the line is then escaped the slow way.
 _CONTROL_MARK = b"\xfd"
@@ -79,6 +81,8 @@ def json_from_raw(raw: bytes) -> bytes:
     after. Postgres escaped them at ~13 ns a byte (a wide table's jsonb: a third of its
     CPU); here two replaces and one translation cost ~3 ns a byte.
     """
+    if _RAW_NULL in raw:
+        raw = raw.replace(_RAW_QUOTE + _RAW_NULL + _RAW_QUOTE, b"null")
     if b"\\" in raw:
         raw = raw.replace(b"\\", b"\\\\")
     raw = raw.replace(b'"', b'\\"')
@@ -294,20 +298,18 @@ def _raw_text(text: sql.Composable) -> sql.Composable:
 
 def _raw_value(columns: Sequence[ColumnInfo]) -> _Raw | None:
     """The pre-image of `_value_json`'s object: `{"a":"<text>","b":null}` with the values'
-    text unescaped and the constants' `"` as `_RAW_QUOTE` (None where `_value_json` is)."""
+    text unescaped, the constants' `"` as `_RAW_QUOTE` and a NULL as `_RAW_NULL` between
+    its quotes (None where `_value_json` is)."""
     if not all(_SAFE_NAME.fullmatch(c.name) for c in columns):
         return None
-    quote, null = _bytea(_RAW_QUOTE), _bytea(b"null")
+    null = _bytea(_RAW_NULL)
     pieces: _Raw = []
     for i, c in enumerate(columns):
         pieces.append((("{" if i == 0 else ",") + '"' + c.name + '":').encode().translate(_TO_RAW))
         text = _raw_text(text_expr(c))
-        if c.not_null:
-            pieces += [_RAW_QUOTE, text, _RAW_QUOTE]
-        else:
-            pieces.append(
-                sql.SQL("coalesce({q} || {t} || {q}, {n})").format(q=quote, t=text, n=null)
-            )
+        if not c.not_null:  # the quotes stay constant: fewer concatenations per value
+            text = sql.SQL("coalesce({t}, {n})").format(t=text, n=null)
+        pieces += [_RAW_QUOTE, text, _RAW_QUOTE]
     pieces.append(b"}")
     return pieces
 

@@ -53,6 +53,8 @@ def test_a_value_is_escaped_as_postgres_escapes_it() -> None:
     assert json_from_raw(raw) == b",".join(escape_json(t) for t in texts)
     assert json_from_raw(raw) == b",".join(orjson.dumps(t) for t in texts)
     assert json_from_raw(b"\xff\xfe\xfc\xfb") == b'"\\\x1f\x1e'  # the constants' own bytes
+    null = b"\xff\xfa\xff"  # a NULL: its marker between the quotes every value has
+    assert json_from_raw(b"{\xffa\xff:" + null + b",\xffb\xff:\xffx\xff}") == b'{"a":null,"b":"x"}'
 
 
 TYPES = """
