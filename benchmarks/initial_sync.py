@@ -257,9 +257,12 @@ def _range(xs: list[float]) -> str:
     return f"{fmt(min(xs), 's')}-{fmt(max(xs), 's')}"
 
 
-async def measure(pg: Postgres, spec: Spec) -> list[Row]:
+async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
     create_table(pg.url, spec)
-    copy_json_seconds(pg.url, spec.table)  # warm Postgres's buffers for every arm
+    # Warm Postgres's buffers for every arm. `run_all` skips it for 10M rows (15-60 s): just
+    # after create_table's VACUUM a first COPY of that table was not slower than a second.
+    if warm:
+        copy_json_seconds(pg.url, spec.table)
     pairs = [("table", spec.table), ("offset", "-1")]
     stack = Stack()
     copies: list[float] = []
@@ -364,7 +367,11 @@ def specs(quick: bool, rows_n: int | None = None, rounds: int | None = None) -> 
 
 
 async def run(
-    quick: bool, rows_n: int | None = None, only: str | None = None, rounds: int | None = None
+    quick: bool,
+    rows_n: int | None = None,
+    only: str | None = None,
+    rounds: int | None = None,
+    warm: bool = True,
 ) -> list[Row]:
     stack = Stack()
     out: list[Row] = []
@@ -372,7 +379,7 @@ async def run(
         pg = stack.add(Postgres())
         for name, spec in specs(quick, rows_n, rounds).items():
             if only is None or name == only:
-                out += await measure(pg, spec)
+                out += await measure(pg, spec, warm)
     finally:
         stack.close()
     return out

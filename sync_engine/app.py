@@ -45,18 +45,22 @@ async def common_headers(request: web.Request, handler: Handler) -> web.StreamRe
     return resp
 
 
+_SERVER = f"shapegate/{__version__}"
+
+
 def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
-    resp.headers["electric-server"] = f"shapegate/{__version__}"
-    if "x-request-id" not in resp.headers:
+    headers = resp.headers
+    headers["electric-server"] = _SERVER
+    if "x-request-id" not in headers:
         given = request.headers.get("x-request-id")
-        resp.headers["x-request-id"] = new_request_id() if given is None else given
+        headers["x-request-id"] = new_request_id() if given is None else given
     if resp.status == 401:
         return
     origins = request.headers.getall("origin", [])
-    resp.headers["access-control-allow-origin"] = origins[0] if len(origins) == 1 else "*"
-    resp.headers["access-control-expose-headers"] = EXPOSE_HEADERS
+    headers["access-control-allow-origin"] = origins[0] if len(origins) == 1 else "*"
+    headers["access-control-expose-headers"] = EXPOSE_HEADERS
     is_shape = request.path.rstrip("/").endswith("/shape")
-    resp.headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
+    headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
 
 
 async def _prepare_stream(request: web.Request, resp: web.StreamResponse) -> None:
@@ -81,6 +85,8 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     app[MANAGER] = manager
     app.on_response_prepare.append(_prepare_stream)
 
+    secret = settings.secret.encode() if settings.secret is not None else None
+
     async def find_source(request: web.Request) -> Source:
         """The source a request is for, after checking its credentials."""
         srcs: dict[str, Source] = request.app[SOURCES]
@@ -88,8 +94,8 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         given = q.get("secret") or q.get("api_secret") or q.get("source_secret")
         if manager.has_sources() and ("source_id" in q or "default" not in srcs):
             return await manager.authenticate(q.get("source_id"), given)
-        if settings.secret is not None:
-            if given is None or not hmac.compare_digest(given.encode(), settings.secret.encode()):
+        if secret is not None:
+            if given is None or not hmac.compare_digest(given.encode(), secret):
                 raise Unauthorized()
         source = srcs.get("default")
         if source is None:

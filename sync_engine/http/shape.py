@@ -49,6 +49,26 @@ class ShapeView:
     def __init__(self, settings: Settings, find_source: FindSource) -> None:
         self.settings = settings
         self.find_source = find_source
+        # `cache-control` by (method, before all, live): a function of the settings only.
+        self._cache_control: dict[tuple[str, bool, bool], str] = {}
+
+    def _cache_control_of(self, method: str, before_all: bool, live: bool) -> str:
+        key = (method, before_all, live)
+        value = self._cache_control.get(key)
+        if value is None:
+            s = self.settings
+            value = h.cache_control(
+                method=method,
+                before_all=before_all,
+                live=live,
+                sse=False,
+                sse_timeout=s.sse_timeout,
+                max_age=s.max_age,
+                stale_age=s.stale_age,
+            )
+            if len(self._cache_control) < 64:  # (methods are few; any text is a method)
+                self._cache_control[key] = value
+        return value
 
     # -- entry points ---------------------------------------------------------------------
 
@@ -219,33 +239,26 @@ class ShapeView:
         gls: int,
         file: tuple[str, int] | None = None,
     ) -> web.StreamResponse:
-        s = self.settings
         offset_text = str(end)
+        method = request.method
         hdrs = {
             "electric-handle": shape.handle,
             "electric-offset": offset_text,
             "electric-has-data": "true" if has_data else "false",
-            "cache-control": h.cache_control(
-                method=request.method,
-                before_all=req.offset == BEFORE_ALL,
-                live=req.live,
-                sse=False,
-                sse_timeout=s.sse_timeout,
-                max_age=s.max_age,
-                stale_age=s.stale_age,
-            ),
+            "cache-control": self._cache_control_of(method, req.offset == BEFORE_ALL, req.live),
         }
         if not req.live:
             hdrs["electric-schema"] = shape.schema_json
         else:
-            hdrs["electric-cursor"] = str(h.next_cursor(req.cursor, s.long_poll_timeout))
+            timeout = self.settings.long_poll_timeout
+            hdrs["electric-cursor"] = str(h.next_cursor(req.cursor, timeout))
         if up_to_date:
             hdrs["electric-up-to-date"] = ""
             items = [*items, up_to_date_message(gls)]
         request_offset = "now" if req.offset is None else str(req.offset)
         tag = h.etag(shape.handle, request_offset, offset_text, no_change=not has_data)
         hdrs["etag"] = tag
-        if request.method in ("GET", "HEAD") and h.if_none_match_hits(
+        if method in ("GET", "HEAD") and h.if_none_match_hits(
             request.headers.get("if-none-match"), tag
         ):
             return web.Response(status=304, headers=hdrs)
@@ -255,9 +268,8 @@ class ShapeView:
             items = [shape.log.read_snapshot_chunk(end.op)]  # raises LogDamaged
         # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
         body = b"".join((b"[", b",".join(items), b"]"))
-        return web.Response(
-            body=body, headers=hdrs, content_type="application/json", charset="utf-8"
-        )
+        hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
+        return web.Response(body=body, headers=hdrs)
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:

@@ -44,12 +44,15 @@ class ShapeStore:
 
     def __init__(self, directory: Path, chunk_bytes: int, fsync: bool = True) -> None:
         self.directory = directory
+        self._directory_text = str(directory)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
 
     def new_log(self, handle: str) -> ShapeLog:
         """An empty log for a new shape (it creates no file until it writes)."""
-        return ShapeLog(self.directory / handle, self.chunk_bytes, self.fsync)
+        return ShapeLog.in_directory(
+            self.directory, self._directory_text, handle, self.chunk_bytes, self.fsync
+        )
 
     def load(self) -> list[ShapeLog]:
         """Every shape whose snapshot finished, checked (`ShapeLog.restore_snapshot`,

@@ -30,8 +30,25 @@ def shape_record(shape: Shape) -> dict[str, object]:
     return {
         "handle": shape.handle,
         "definition": shape.definition.to_json(),
-        "table": table_to_json(shape.table),
+        "table": _table_json(shape.table),
     }
+
+
+#: `table_to_json` by the id of the (immutable) table, kept in the entry so the id cannot
+#: be reused while the entry lives: the shapes of a storm share one table.
+_tables: dict[int, tuple[TableInfo, dict[str, object]]] = {}
+
+
+def _table_json(t: TableInfo) -> dict[str, object]:
+    """`table_to_json(t)`, shared by every record of `t` (serialised, never changed)."""
+    known = _tables.get(id(t))
+    if known is not None and known[0] is t:
+        return known[1]
+    data = table_to_json(t)
+    if len(_tables) >= 1024:
+        _tables.clear()
+    _tables[id(t)] = (t, data)
+    return data
 
 
 def table_to_json(t: TableInfo) -> dict[str, object]:

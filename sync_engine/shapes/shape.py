@@ -19,7 +19,6 @@ snapshot's error), and the next request for the definition makes a new shape and
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import hashlib
 import time
@@ -83,8 +82,24 @@ class HandleFactory:
         return ShapeHandle(f"{int.from_bytes(digest, 'big')}-{now}")
 
 
+#: `schema_header` by the id of its columns tuple (kept in the entry, so the id cannot be
+#: reused while the entry lives): every shape of a table shares the table's tuple.
+_schemas: dict[int, tuple[tuple[ColumnInfo, ...], str]] = {}
+
+
 def schema_header(columns: tuple[ColumnInfo, ...]) -> str:
     """The `electric-schema` header: column -> {type, dims?, pk_index?, not_null?, modifiers}."""
+    known = _schemas.get(id(columns))
+    if known is not None and known[0] is columns:
+        return known[1]
+    text = _schema_header(columns)
+    if len(_schemas) >= 4096:
+        _schemas.clear()
+    _schemas[id(columns)] = (columns, text)
+    return text
+
+
+def _schema_header(columns: tuple[ColumnInfo, ...]) -> str:
     out: dict[str, dict[str, object]] = {}
     for c in columns:
         d: dict[str, object] = {"type": c.base_type}
@@ -251,23 +266,21 @@ class Shape:
         or rotation of the shape (and every `poll` seconds, for what the shape does not
         announce), or until `timeout` seconds ran out; returns `condition()`.
 
-        The request is counted in `waiting` meanwhile. Every waiter shares one future,
-        shielded: a waiter that times out does not cancel it for the others.
+        The request is counted in `waiting` meanwhile. Every waiter shares one future and
+        only ever takes its own callback off it: a waiter that times out (or whose client
+        goes away) does not cancel it for the others.
         """
         if condition():
             return True
-        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         self.waiting += 1
         try:
             while True:
-                remaining = deadline - time.monotonic()
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     return False
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        asyncio.shield(self.changed()),
-                        remaining if poll is None else min(poll, remaining),
-                    )
+                await _woken(self.changed(), remaining if poll is None else min(poll, remaining))
                 if condition():
                     return True
         finally:
@@ -278,3 +291,26 @@ class Shape:
         if fut is not None and not fut.done():
             fut.set_result(None)
         self._changed = None
+
+
+async def _woken(changed: asyncio.Future[None], delay: float) -> None:
+    """Return once `changed` is resolved or `delay` seconds have passed.
+
+    One future and one timer per wait, where `asyncio.wait_for(asyncio.shield(changed))`
+    made a task, two futures, a timer and four callbacks, and woke the request after three
+    turns of the event loop instead of two: a storm of new shapes waits once per shape.
+    """
+    loop = changed.get_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake(_: object = None) -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    changed.add_done_callback(wake)
+    timer = loop.call_later(delay, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        changed.remove_done_callback(wake)

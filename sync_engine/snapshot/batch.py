@@ -124,14 +124,19 @@ def batch_pieces(
     return pieces
 
 
-def send_batch(conn: Connection, jobs: Sequence[SnapshotJob], split: Split | None = None) -> None:
-    """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes).
+def send_batch(
+    conn: Connection, jobs: Sequence[SnapshotJob], split: Split | None = None
+) -> list[bytes]:
+    """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes);
+    returns the batch's query strings (`batch_pieces`), for `run_batch`.
 
     Synchronous on purpose: a storm's requests are all handled in one pass of the event loop
     before any task started meanwhile runs, so batches are sent from that pass and Postgres
     works on them while the engine is still taking requests. `split`: as `run_batch`'s.
     """
-    conn.pgconn.send_query(batch_pieces(jobs, conn, split)[0])
+    pieces = batch_pieces(jobs, conn, split)
+    conn.pgconn.send_query(pieces[0])
+    return pieces
 
 
 async def run_batch(
@@ -143,10 +148,12 @@ async def run_batch(
     sent: bool = False,
     must_see: Sequence[int] = (),
     split: Split | None = None,
+    pieces: list[bytes] | None = None,
 ) -> list[SnapshotJob]:
     """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
 
-    `sent`: `send_batch` already queued the query (with the same `split`). `split`: big
+    `sent`: `send_batch` already queued the query (with the same `split`; `pieces`: what it
+    returned, so the strings are not composed twice). `split`: big
     whole-table snapshots are read by two backends (see `bulk.py`); None: by this one.
     `must_see`: xids of transactions the replication stream delivered before the query was
     sent; raises `SnapshotBehind` (before any job hears of the snapshot) when the snapshot
@@ -156,7 +163,8 @@ async def run_batch(
     which case every job not `done` is to be retried or failed by the caller.
     """
     c = SocketWaiter(conn.pgconn)
-    pieces = batch_pieces(jobs, conn, split)
+    if pieces is None:
+        pieces = batch_pieces(jobs, conn, split)
     if not sent:
         conn.pgconn.send_query(pieces[0])
     try:

@@ -35,7 +35,7 @@ from psycopg import pq, sql
 from psycopg.rows import TupleRow
 
 from ..pg.waiter import SocketWaiter
-from .query import BULK_PAGES, ROW_SEP, BulkRows, RowQuery
+from .query import BULK_PAGES, ROW_SEP, BulkRows, RowQuery, json_from_raw
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +138,8 @@ class _Chunks:
         self, query: RowQuery, put: Callable[[bytes], Awaitable[None]], size: int, first: int
     ) -> None:
         self.query = query
+        assert query.bulk is not None
+        self.raw = query.bulk.raw
         self.put = put
         self.chunk_bytes = size
         # Bytes an entry adds to its row in the line: its constant end and start, a comma.
@@ -149,6 +151,8 @@ class _Chunks:
         self.limit = min(size, first)
 
     async def add(self, line: bytes, at: int, full: bool) -> None:
+        if self.raw:
+            line, at = json_from_raw(line[at:]), 0
         if full:
             seps = line.count(self.sep, at)
         else:

@@ -174,14 +174,14 @@ class SnapshotScheduler:
             must_see = tuple(self._seen_xids())
         self._in_flight += 1
         try:
-            send_batch(conn, jobs, self._split)
+            pieces = send_batch(conn, jobs, self._split)
         except Exception as exc:
             self._in_flight -= 1
             self._discard(conn)
             for shape in batch:
                 self._on_failed(shape, exc)
             return
-        self._spawn(self._run(conn, batch, jobs, must_see))
+        self._spawn(self._run(conn, batch, jobs, must_see, pieces))
 
     async def _run(
         self,
@@ -189,6 +189,7 @@ class SnapshotScheduler:
         batch: list[Shape],
         jobs: list[SnapshotJob],
         must_see: Sequence[int] = (),
+        pieces: list[bytes] | None = None,
     ) -> None:
         retry: list[SnapshotJob] = []
         healthy = False
@@ -201,6 +202,7 @@ class SnapshotScheduler:
                 sent=True,
                 must_see=must_see,
                 split=self._split,
+                pieces=pieces,
             )
             healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except asyncio.CancelledError:

@@ -52,6 +52,7 @@ from .expr import (
     const,
     or_expr,
     slice_expr,
+    with_node,
 )
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .parse import construct_name
@@ -97,7 +98,7 @@ class Compiler:
             if e.located or not isinstance(getattr(node, "location", None), int):
                 raise
             raise error_at(str(e), node) from None
-        return expr if expr.node is not None else replace(expr, node=node)
+        return expr if expr.node is not None else with_node(expr, node)
 
     def to_bool(self, expr: Expr, what: str) -> Expr:
         if expr.type == BOOL:

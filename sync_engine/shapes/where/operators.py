@@ -55,6 +55,7 @@ from .expr import (
     col_const_compare,
     in_list,
     or_expr,
+    with_index,
 )
 from .index import indexable, keyset
 from .resolution import (
@@ -161,7 +162,7 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
         expr = col_const_compare(left, right.value, op, node)
     else:
         expr = apply(BOOL, op, [left, right], node)
-    return replace(expr, index=index) if index and indexable(index[1]) else expr
+    return with_index(expr, index) if index and indexable(index[1]) else expr
 
 
 def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> WhereError:
