@@ -49,8 +49,6 @@ from proxy.upstream.client import (
     UpstreamResponse,
     connection_failed,
     failure_error,
-    key_of,
-    request_line,
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import Target
@@ -155,12 +153,11 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     allowed, cors = app.cors_for(request)
     if not allowed:
         return None
-    url = prepared.url
     request_id = new_request_id(headers.get("X-Request-Id"))
     lines = upstream_request_lines(headers.items(), request_id)
     # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
-    data = f"{request_line('GET', url)}{lines}\r\n".encode("utf-8", "surrogateescape")
-    engine = forwarder.pool.take_idle(key_of(url))
+    data = f"{prepared.request_line}{lines}\r\n".encode("utf-8", "surrogateescape")
+    engine = forwarder.pool.take_idle(prepared.pool_key)
     if engine is None:
         return None
     permit = app.admission.admit_now(handlers.principal(request, prepared), prepared.limits)
