@@ -474,12 +474,13 @@ class BulkRows:
     pre_image: BulkRows | None = None
 
     def for_connection(self, pgconn: pq.abc.PGconn) -> BulkRows:
-        """The form to read on `pgconn`: the pre-images where its text comes as UTF-8, whose
-        bytes never include the constant parts' stand-ins (in, say, LATIN1 text `ÿ` is
-        0xff), else these lines."""
-        if self.pre_image is not None and pgconn.parameter_status(b"client_encoding") == b"UTF8":
-            return self.pre_image
-        return self
+        """The form to read on `pgconn`: the pre-images where its text is UTF-8 (the
+        database's, so validated, and the session's), whose bytes never include the
+        constant parts' stand-ins (in LATIN1 text `ÿ` is 0xff; an SQL_ASCII database takes
+        any bytes), else these lines."""
+        status = pgconn.parameter_status
+        utf8 = status(b"server_encoding") == status(b"client_encoding") == b"UTF8"
+        return self.pre_image if self.pre_image is not None and utf8 else self
 
     def lines_sql(
         self,

@@ -180,3 +180,26 @@ async def test_text_in_another_encoding_comes_as_it_always_came(
     whole = b",".join(chunks)
     assert whole == await _row_by_row(url, "latin")
     assert "ÿþúé".encode("latin-1") in whole
+
+
+async def test_a_database_that_takes_any_bytes_gets_no_pre_images(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An SQL_ASCII database stores text bytes unchecked: it gets no pre-images, whatever
+    the session's encoding, and the same entries as row by row."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE DATABASE anybytes ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+            " TEMPLATE template0"
+        )
+    url = make_conninfo(with_display_settings(db_url), dbname="anybytes", client_encoding="UTF8")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE bytes (id int PRIMARY KEY, t text)")
+        conn.execute(
+            r"""INSERT INTO bytes SELECT g, 'é "q" \ ' || chr(9) || g
+                FROM generate_series(1, 500) g"""
+        )
+    raw: list[bool] = []
+    chunks = await _chunks(url, "bytes", tmp_path / "bulk", None, raw)
+    assert raw == [False]
+    assert b",".join(chunks) == await _row_by_row(url, "bytes")
