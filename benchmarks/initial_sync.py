@@ -19,7 +19,8 @@ Arms of each table, measured side by side in one run on the same database:
 - for `big` only: proxy (collapsing and cache off: the forwarding cost) and the shipped
   nginx tier, second pass (the first pass fills its cache).
 COPY and cold alternate (three rounds for `big` and `wide` in the full run, one otherwise,
-or `--rounds`) and report their medians and range. CPU: engine, Postgres (all backends) and
+or `--rounds`) and report their medians and range, and the range of the load average
+before the arms. CPU: engine, Postgres (all backends), COPY's reader (this process) and
 this load generator (the HTTP client reading the bodies).
 Targets (issue 13 bar 5): cold <= 1.0x COPY; warm >= 10x faster than cold; engine RSS <=
 150 MiB; time to first byte <= 0.5 s.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import threading
 import time
@@ -91,14 +93,21 @@ def create_table(url: str, spec: Spec) -> None:
 
 def copy_json_seconds(url: str, table: str) -> tuple[float, int]:
     """`COPY (SELECT row_to_json(t) ...)` read to the end: (seconds, bytes)."""
+    seconds, n, _ = copy_json(url, table)
+    return seconds, n
+
+
+def copy_json(url: str, table: str) -> tuple[float, int, float]:
+    """`COPY (SELECT row_to_json(t) ...)` read to the end: (seconds, bytes, this process's
+    CPU seconds reading it)."""
     with psycopg.connect(url) as conn:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         n = 0
         query = f"COPY (SELECT row_to_json(t) FROM {table} t) TO STDOUT"
         with conn.cursor().copy(query) as copy:
             for data in copy:
                 n += len(data)
-        return time.perf_counter() - t0, n
+        return time.perf_counter() - t0, n, time.process_time() - c0
 
 
 class PeakRSS:
@@ -257,13 +266,17 @@ def _range(xs: list[float]) -> str:
     return f"{fmt(min(xs), 's')}-{fmt(max(xs), 's')}"
 
 
-async def measure(pg: Postgres, spec: Spec) -> list[Row]:
+async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
     create_table(pg.url, spec)
-    copy_json_seconds(pg.url, spec.table)  # warm Postgres's buffers for every arm
+    # Warm Postgres's buffers for every arm. `run_all` skips it for 10M rows (15-60 s): just
+    # after create_table's VACUUM a first COPY of that table was not slower than a second.
+    if warm:
+        copy_json_seconds(pg.url, spec.table)
     pairs = [("table", spec.table), ("offset", "-1")]
     stack = Stack()
     copies: list[float] = []
     colds: list[Sync] = []
+    loads: list[float] = []  # the 1-minute load average before each arm
     peak = 0.0
     try:
         # COPY and cold sync alternate for `rounds` rounds and each reports its median: a
@@ -272,7 +285,8 @@ async def measure(pg: Postgres, spec: Spec) -> list[Row]:
         # last one stays for the warm arms.
         for i in range(spec.rounds):
             pg0 = pg.cpu()
-            copy_s, copy_bytes = copy_json_seconds(pg.url, spec.table)
+            loads.append(os.getloadavg()[0])
+            copy_s, copy_bytes, copy_client_cpu = copy_json(pg.url, spec.table)
             copy_pg_cpu = pg.cpu() - pg0
             copies.append(copy_s)
             engine = EngineProcess(pg.url)
@@ -283,6 +297,7 @@ async def measure(pg: Postgres, spec: Spec) -> list[Row]:
                 await engine.wait_ready()
                 direct = ProxyProcess.build_direct_url(TABLES, engine.url, {"sub": "u1"}, pairs)
                 e0, pg0 = engine.cpu(), pg.cpu()
+                loads.append(os.getloadavg()[0])
                 rss = PeakRSS(engine)
                 try:
                     cold = await sync(direct)
@@ -304,6 +319,7 @@ async def measure(pg: Postgres, spec: Spec) -> list[Row]:
         label = f"S3 initial sync {spec.rows:,} rows" + (" (wide)" if spec.table == "wide" else "")
         spread = (f"; median of {spec.rounds}: COPY {_range(copies)}, cold "
                   f"{_range([c.seconds for c in colds])}") if spec.rounds > 1 else ""  # fmt: skip
+        spread += f"; load {min(loads):.1f}-{max(loads):.1f}"
         last_cold = colds[-1]
         out = [
             Row(label, f"wall time to up-to-date ({last_cold.nbytes / 1e6:.0f} MB, "
@@ -321,7 +337,7 @@ async def measure(pg: Postgres, spec: Spec) -> list[Row]:
                 "", "TTFB <= 0.5 s, RSS <= 150 MiB (issue 13)",
                 verdict(ttfb <= 0.5 and peak <= 150)),
             Row(label, "CPU s: engine (Postgres) / load generator",
-                [("COPY", f"({fmt(copy_pg_cpu)})"),
+                [("COPY", f"({fmt(copy_pg_cpu)}) / {fmt(copy_client_cpu)}"),
                  ("cold", f"{fmt(cold_cpu)} ({fmt(cold_pg_cpu)}) / {fmt(last_cold.client_cpu)}"),
                  ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
                  ("rows/s cold", fmt(spec.rows / cold_s)),
@@ -364,7 +380,11 @@ def specs(quick: bool, rows_n: int | None = None, rounds: int | None = None) -> 
 
 
 async def run(
-    quick: bool, rows_n: int | None = None, only: str | None = None, rounds: int | None = None
+    quick: bool,
+    rows_n: int | None = None,
+    only: str | None = None,
+    rounds: int | None = None,
+    warm: bool = True,
 ) -> list[Row]:
     stack = Stack()
     out: list[Row] = []
@@ -372,7 +392,7 @@ async def run(
         pg = stack.add(Postgres())
         for name, spec in specs(quick, rows_n, rounds).items():
             if only is None or name == only:
-                out += await measure(pg, spec)
+                out += await measure(pg, spec, warm)
     finally:
         stack.close()
     return out

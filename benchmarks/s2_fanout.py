@@ -1,6 +1,7 @@
 """S2: live fan-out: N clients on one shape through the proxy, one insert per second.
 
-Run alone: `.venv/bin/python benchmarks/s2_fanout.py [--quick] [--sizes 200,1000,2000]`.
+Run alone: `.venv/bin/python benchmarks/s2_fanout.py [--quick] [--sizes 200,1000,2000]
+[--writes N]`.
 
 An engine (default 20 s long-poll hold) on a 500-row shape and a proxy in front of it, both
 started afresh for every arm (so nothing an earlier arm abandoned is still being answered),
@@ -334,10 +335,13 @@ def _sse_rows(n: int, c: dict[str, float], d: dict[str, float] | None) -> list[R
 
 
 async def run(
-    quick: bool, sizes: list[int] | None = None, only: list[str] | None = None
+    quick: bool,
+    sizes: list[int] | None = None,
+    only: list[str] | None = None,
+    writes: int | None = None,
 ) -> list[Row]:
     sizes = sizes or ([200, 1000] if quick else [200, 1000, 2000])
-    writes = 5 if quick else 10
+    writes = writes or (5 if quick else 10)
     stack = Stack()
     rows: list[Row] = []
     try:
@@ -447,8 +451,9 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sizes", default="")
     ap.add_argument("--arms", default="", help="comma-separated subset of " + ",".join(ARMS))
+    ap.add_argument("--writes", type=int, default=None, help="writes per arm (1 a second)")
     a = ap.parse_args()
     sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else None
     only = a.arms.split(",") if a.arms else None
     print(machine())
-    print(table(asyncio.run(run(a.quick, sizes, only))))
+    print(table(asyncio.run(run(a.quick, sizes, only, a.writes))))

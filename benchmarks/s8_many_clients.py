@@ -890,13 +890,20 @@ def rows(
     for k, rate in enumerate(rates):
         largest: dict[str, str] = {}
         for a, by_n in results.items():
-            ok = [
-                n
-                for n, r in by_n.items()
-                if len(r["phases"]) > k and r["phases"][k].percentile(n, 0.99) < 1000
-            ]
-            largest[a] = (
-                f"{max(ok):,}" if ok else f"< {min(by_n, default=0):,}"  # none of the sizes tried
+            # The largest size that passed with every smaller size passing too: one noisy
+            # sample (a pass above a miss) does not lift it; a pass above a miss is shown.
+            passed = {
+                n: len(r["phases"]) > k and r["phases"][k].percentile(n, 0.99) < 1000
+                for n, r in sorted(by_n.items())
+            }
+            held = 0
+            for n, good in passed.items():
+                if not good:
+                    break
+                held = n
+            above = [f"{n:,}" for n, good in passed.items() if good and n > held]
+            largest[a] = (f"{held:,}" if held else f"< {min(by_n, default=0):,}") + (
+                f" (also passed: {', '.join(above)})" if above else ""
             )
         tried = sorted({n for by_n in results.values() for n in by_n})
         out.append(

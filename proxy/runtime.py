@@ -63,6 +63,10 @@ class Prepared:
     limits: LimitSettings = field(default_factory=LimitSettings)
     #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.
     upstream_body: bytes | None = None
+    #: The engine GET's request line and Host header, and its connection pool's key, made
+    #: once per decision (`proxy.http.fastlane` sends it as is).
+    request_line: str = ""
+    pool_key: tuple[str, int, bool] = ("", 0, False)
 
 
 ANONYMOUS = "anonymous"

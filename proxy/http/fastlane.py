@@ -31,6 +31,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from operator import itemgetter
 from typing import TYPE_CHECKING, Protocol
 
 from proxy.auth.claims import TokenVerifier
@@ -48,8 +49,6 @@ from proxy.upstream.client import (
     UpstreamResponse,
     connection_failed,
     failure_error,
-    key_of,
-    request_line,
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import Target
@@ -63,6 +62,60 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SHAPE_PATH = "/v1/shape"
+
+
+class _Layout:
+    """Where things are in an engine answer's raw headers, for one sequence of header names
+    (the engine sends the same names in the same order for each kind of answer): worked out
+    once per sequence instead of once per answer."""
+
+    __slots__ = ("cache_control", "kept", "length", "plain", "typed")
+
+    def __init__(self, names: tuple[bytes, ...]) -> None:
+        lower = [name.lower() for name in names]
+        #: Raw index of the first Content-Length value (-1: none).
+        self.length = next(
+            (2 * i + 1 for i, name in enumerate(lower) if name == b"content-length"), -1
+        )
+        #: Raw indexes of the Cache-Control values.
+        self.cache_control = tuple(
+            2 * i + 1 for i, name in enumerate(lower) if name == b"cache-control"
+        )
+        kept = [i for i, name in enumerate(names) if kept_raw(name)]
+        #: The engine sent a Content-Type (kept as it is).
+        self.typed = any(lower[i] == b"content-type" for i in kept)
+        #: No Vary (merged with the proxy's own) and no framing but Content-Length.
+        self.plain = b"vary" not in lower and b"transfer-encoding" not in lower
+        #: raw -> the kept headers as `Name: value` lines joined by CRLF, each line ending in
+        #: CRLF (b"" when none).
+        self.kept = _kept_lines([j for i in kept for j in (2 * i, 2 * i + 1)])
+
+
+def _kept_lines(indexes: list[int]) -> Callable[[list[bytes]], bytes]:
+    if not indexes:
+        return lambda raw: b""
+    pick = itemgetter(*indexes)  # (2 or more indexes: it returns a tuple)
+
+    def lines(raw: list[bytes]) -> bytes:
+        picked = iter(pick(raw))
+        return b"\r\n".join(map(b": ".join, zip(picked, picked, strict=True))) + b"\r\n"
+
+    return lines
+
+
+#: Layouts by header-name sequence (a handful in practice; bounded against an odd engine).
+_LAYOUTS: dict[tuple[bytes, ...], _Layout] = {}
+_LAYOUTS_MAX = 256
+
+
+def _plan(raw: list[bytes]) -> _Layout:
+    names = tuple(raw[::2])
+    layout = _LAYOUTS.get(names)
+    if layout is None:
+        layout = _Layout(names)
+        if len(_LAYOUTS) < _LAYOUTS_MAX:
+            _LAYOUTS[names] = layout
+    return layout
 
 
 class FastConnection(Protocol):
@@ -100,12 +153,11 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     allowed, cors = app.cors_for(request)
     if not allowed:
         return None
-    url = prepared.url
     request_id = new_request_id(headers.get("X-Request-Id"))
     lines = upstream_request_lines(headers.items(), request_id)
     # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
-    data = f"{request_line('GET', url)}{lines}\r\n".encode("utf-8", "surrogateescape")
-    engine = forwarder.pool.take_idle(key_of(url))
+    data = f"{prepared.request_line}{lines}\r\n".encode("utf-8", "surrogateescape")
+    engine = forwarder.pool.take_idle(prepared.pool_key)
     if engine is None:
         return None
     permit = app.admission.admit_now(handlers.principal(request, prepared), prepared.limits)
@@ -143,6 +195,7 @@ class FastAnswer:
         "_engine",
         "_finished",
         "_head",
+        "_layout",
         "_length",
         "_permit",
         "_plain",
@@ -170,6 +223,7 @@ class FastAnswer:
         self._permit = permit
         self._engine: EngineConnection | None = engine
         self._head: RawHead | None = None
+        self._layout: _Layout | None = None
         self._length = 0
         self._plain = False
         self._done = False
@@ -203,15 +257,14 @@ class FastAnswer:
         app = self._app
         app.metrics.upstream_answered(head.status, time.monotonic() - self._sent)
         raw = head.raw
+        plan = _plan(raw)
+        self._layout = plan
         length: int | None = None
-        plain = head.status == 200  # (else the general answer below: errors are scrubbed)
-        for i in range(0, len(raw), 2):
-            name = raw[i].lower()
-            if name == b"content-length":
-                value = raw[i + 1]
-                length = int(value) if value.isdigit() else None
-            elif name == b"vary" or name == b"transfer-encoding":
-                plain = False  # (Vary is merged with the proxy's; a body to stream is not plain)
+        if plan.length >= 0:
+            value = raw[plan.length]
+            length = int(value) if value.isdigit() else None
+        # (else the general answer below: errors are scrubbed, Vary merged)
+        plain = head.status == 200 and plan.plain
         if length is not None and length <= WHOLE_BODY_LIMIT:
             self._head = head
             self._length = length
@@ -293,20 +346,13 @@ class FastAnswer:
         context = request.context
         app = self._app
         raw = head.raw
-        kept: list[bytes] = []
-        cache_control: list[str] = []
-        typed = False
-        for i in range(0, len(raw), 2):
-            name = raw[i]
-            if kept_raw(name):
-                kept.append(name + b": " + raw[i + 1])
-                if not typed and name.lower() == b"content-type":
-                    typed = True
-            elif name.lower() == b"cache-control":
-                cache_control.append(raw[i + 1].decode("utf-8", "surrogateescape"))
+        plan = self._layout
+        assert plan is not None
+        kept = plan.kept(raw)
         prepared = self._prepared
+        cache_control = tuple(raw[i].decode("utf-8", "surrogateescape") for i in plan.cache_control)
         client_cache_control, _ = app.forwarder.cache_control(
-            tuple(cache_control), self._runtime.options, prepared.live, prepared.shared
+            cache_control, self._runtime.options, prepared.live, prepared.shared
         )
         lines = [f"Cache-Control: {client_cache_control}", f"X-Request-Id: {context.request_id}"]
         if context.cors is not None:
@@ -315,7 +361,7 @@ class FastAnswer:
         if vary:
             lines.append(f"Vary: {vary}")
         lines.append(f"Content-Length: {length}")
-        if length and not typed:
+        if length and not plan.typed:
             lines.append("Content-Type: application/octet-stream")
         lines.append(f"Date: {http_date()}")
         if request.version == (1, 0):
@@ -333,8 +379,7 @@ class FastAnswer:
                 version,
                 head.reason or b"OK",
                 b"\r\n",
-                b"\r\n".join(kept),
-                b"\r\n" if kept else b"",
+                kept,
                 "\r\n".join(lines).encode("utf-8", "surrogateescape"),
                 b"\r\n\r\n",
             )

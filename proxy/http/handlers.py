@@ -34,6 +34,7 @@ from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import Claims, evaluate, subset_body
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
+from proxy.upstream.client import key_of, request_line
 from proxy.upstream.forward import Admit, Forwarder, Target
 from proxy.upstream.respond import Outcome
 from proxy.upstream.url import build_upstream_url, definition_key
@@ -274,6 +275,8 @@ async def _prepare(
         expires=expires,
         limits=resolve(config.limits, decision.limits),
         upstream_body=upstream_body,
+        request_line=request_line("GET", url),
+        pool_key=key_of(url),
     )
     body = None
     if post:

@@ -357,6 +357,7 @@ class _Connection(asyncio.Protocol):
         "_received",
         "_timeout",
         "_timer",
+        "_timer_at",
         "idle_since",
         "key",
         "lost",
@@ -385,7 +386,10 @@ class _Connection(asyncio.Protocol):
         self._keep_alive = False
         self._received = False
         self._paused = False
+        #: One timer per connection, left running between requests and moved only when a
+        #: request needs it sooner (a timer made and cancelled per request cost more).
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._timeout = 0.0
         self._last_read = 0.0
 
@@ -482,7 +486,7 @@ class _Connection(asyncio.Protocol):
         self._headers_waiter = waiter
         self._timeout = timeout
         self._last_read = now = self._loop.time()
-        self._timer = self._loop.call_at(now + timeout, self._check_timeout)
+        self._arm(now + timeout)
         self.transport.write(data)
         return waiter
 
@@ -501,11 +505,10 @@ class _Connection(asyncio.Protocol):
         self._listener = listener
         self._timeout = timeout
         self._last_read = now = self._loop.time()
-        self._timer = self._loop.call_at(now + timeout, self._check_timeout)
+        self._arm(now + timeout)
         self.transport.write(data)
 
     def _message_done(self) -> None:
-        self._cancel_timer()
         body = self._body
         if body is not None:
             body.finish()
@@ -519,15 +522,27 @@ class _Connection(asyncio.Protocol):
         names = {n.lower() for n in self._raw_headers[::2]}
         return b"content-length" not in names and b"transfer-encoding" not in names
 
+    def _arm(self, deadline: float) -> None:
+        """Make sure `_check_timeout` runs by `deadline`."""
+        if self._timer is not None:
+            if self._timer_at <= deadline:
+                return  # (it checks the deadline of the moment, and moves on if need be)
+            self._timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._check_timeout)
+        self._timer_at = deadline
+
     def _check_timeout(self) -> None:
         self._timer = None
+        body = self._body
+        if not self._awaiting_headers and (body is None or body._eof):
+            return  # no request in progress: nothing to time
         now = self._loop.time()
         deadline = self._last_read + self._timeout
         if self._paused:  # our own backpressure, not the engine's silence: check again later
-            self._timer = self._loop.call_at(now + self._timeout, self._check_timeout)
+            self._arm(now + self._timeout)
             return
         if now < deadline:
-            self._timer = self._loop.call_at(deadline, self._check_timeout)
+            self._arm(deadline)
             return
         if self._awaiting_headers:
             self._fail_headers(_Failed(TimeoutError()))

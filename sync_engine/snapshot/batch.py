@@ -113,7 +113,8 @@ def batch_pieces(
         if job.query is None:
             continue
         if job.query.bulk is not None:
-            parts.append(head_sql(job.query.bulk, split).as_bytes(conn))
+            rows = job.query.bulk.for_connection(conn.pgconn)
+            parts.append(head_sql(rows, split).as_bytes(conn))
             if split is not None:
                 pieces.append(b";\n".join(parts))
                 parts = []

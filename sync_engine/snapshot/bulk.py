@@ -35,7 +35,7 @@ from psycopg import pq, sql
 from psycopg.rows import TupleRow
 
 from ..pg.waiter import SocketWaiter
-from .query import BULK_PAGES, ROW_SEP, BulkRows, RowQuery
+from .query import BULK_PAGES, ROW_SEP, BulkRows, RowQuery, json_from_raw
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +135,15 @@ class _Chunks:
     """
 
     def __init__(
-        self, query: RowQuery, put: Callable[[bytes], Awaitable[None]], size: int, first: int
+        self,
+        query: RowQuery,
+        raw: bool,
+        put: Callable[[bytes], Awaitable[None]],
+        size: int,
+        first: int,
     ) -> None:
         self.query = query
+        self.raw = raw  # lines are pre-images (`BulkRows.raw`)
         self.put = put
         self.chunk_bytes = size
         # Bytes an entry adds to its row in the line: its constant end and start, a comma.
@@ -149,6 +155,8 @@ class _Chunks:
         self.limit = min(size, first)
 
     async def add(self, line: bytes, at: int, full: bool) -> None:
+        if self.raw:
+            line, at = json_from_raw(line[at:]), 0
         if full:
             seps = line.count(self.sep, at)
         else:
@@ -190,9 +198,9 @@ async def read_bulk(
     last COPY on `c` (COMMAND_OK, or its error) and the second backend's error, if it
     failed mid-way (the rows are then incomplete: the job must fail).
     """
-    bulk = query.bulk
-    assert bulk is not None
-    chunks = _Chunks(query, put, chunk_bytes, first_chunk)
+    assert query.bulk is not None
+    bulk = query.bulk.for_connection(c.pgconn)  # as `batch.batch_pieces` chose for the head
+    chunks = _Chunks(query, bulk.raw, put, chunk_bytes, first_chunk)
     head = CopyLines(c)
     helper: _Helper | None = None
     try:

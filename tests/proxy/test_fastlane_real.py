@@ -23,6 +23,7 @@ import pytest
 import proxy.http.fastlane as fastlane
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import ORIGIN, base_config
+from tests.proxy.test_upstream_client import OK, RawServer, read_request
 from tests.support.engine_process import EngineProcess, sync_through
 from tests.support.waiting import wait_until_async
 
@@ -202,3 +203,69 @@ async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
         conn.execute("INSERT INTO items VALUES (1001, 'org-1', 'live row')")
     answer = await asyncio.wait_for(task, 10)
     assert answer.startswith(b"HTTP/1.1 200 ") and b"live row" in answer
+
+
+async def test_a_kept_alive_engine_connection_found_closed_is_retried(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
+) -> None:
+    """An engine that drops a kept-alive connection as the next request arrives (the race
+    with its idle timeout; the real engine cannot be made to lose it on purpose): a request
+    on the fast lane that gets nothing back starts again on a new connection, as the general
+    path retries."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)  # the next request on this connection: dropped unanswered
+
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        for _ in range(3):
+            reply = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
+            assert (reply.status, reply.body) == (200, b"ok")
+        assert len(fast_lane_taken) == 2  # the repeats; each found its connection dropped
+        assert server.connections == 3
+
+
+async def test_an_answer_to_stream_is_handed_over_to_a_task(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
+) -> None:
+    """A chunked answer, and one longer than is taken whole, leave the fast lane for the
+    general path's streaming relay once their headers are in (an engine that streams
+    answers on purpose: a fake)."""
+    big = b"x" * (3 * 1024 * 1024)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await read_request(reader)
+            if b"offset=-1" in head:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                writer.write(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+            await writer.drain()
+
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        for _ in range(2):
+            reply = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
+            assert (reply.status, reply.body) == (200, b"hello world")
+            assert reply.headers["Transfer-Encoding"] == "chunked"
+            reply = await proxy.get("/v1/shape?table=items&offset=0_0&handle=h-1", token=alice)
+            assert (reply.status, len(reply.body)) == (200, len(big))
+            assert reply.body == big
+        assert len(fast_lane_taken) == 2  # the repeats took it, then went on in a task
+        assert server.connections <= 2  # (and the engine connections were kept alive)

@@ -137,3 +137,22 @@ async def test_a_token_that_is_not_utf8_is_refused_not_a_server_error(proxy: Any
     assert status == 401
     assert headers["content-type"].startswith("application/json")
     assert json.loads(body)["code"] == "invalid_token"
+
+
+async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_timeout(
+    proxy: Any, monkeypatch: Any
+) -> None:
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "KEEPALIVE_TIMEOUT", 0.2)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    for _ in range(3):  # requests in a row keep it open; each answered on the same connection
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+    # Then idle: the proxy closes it (a hang fails the wait; it does not pass late).
+    assert await asyncio.wait_for(reader.read(), 30) == b""
+    writer.close()

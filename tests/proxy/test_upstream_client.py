@@ -296,6 +296,29 @@ async def test_body_that_stalls_fails_after_the_idle_timeout(pool: UpstreamPool)
         assert pool.open_connections == 0
 
 
+async def test_a_reused_connection_times_out_by_the_new_requests_timeout(
+    pool: UpstreamPool,
+) -> None:
+    """A connection keeps one timer between requests: a later request with a shorter
+    first-byte timeout still times out by its own, not by the earlier request's."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)
+        await reader.read()  # the second request is never answered
+
+    async with RawServer(serve) as server:
+        response = await pool.request("GET", server.url(), {}, None, _options(3600))
+        assert await response.content.readexactly(2) == b"ok"
+        response.release()
+        second = pool.request("GET", server.url(), {}, None, _options(first_byte_timeout=0.3))
+        with pytest.raises(UpstreamTimeout):  # (wait_for: a hang fails, it does not pass late)
+            await asyncio.wait_for(second, 60)
+        assert server.connections == 1
+
+
 async def test_time_paused_by_a_slow_reader_is_not_an_engine_timeout(pool: UpstreamPool) -> None:
     body = b"x" * (4 * HIGH_WATER)
 
