@@ -293,7 +293,7 @@ async def small_storms(
                     for a, r in res[n].items()
                 ],
                 ratio,
-                f"< {limit:.0f} s",
+                f"< {limit:.0f} s (issue 13)",
                 verdict(after["total"] < limit),
             )
         )
@@ -325,7 +325,7 @@ async def small_storms(
                 f"engine CPU per shape, {hi:,} / {lo:,}",
                 [(a, f"{v:.2f}") for a, v in per.items()],
                 "",
-                "flat (<= 1.2)",
+                "flat (<= 1.2) (issue 13)",
                 verdict(per["after"] <= 1.2),
             )
         )
