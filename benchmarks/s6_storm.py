@@ -147,7 +147,8 @@ async def storm(
     async def one(i: int, b: int) -> None:
         nonlocal unavailable
         path = f"/v1/shape?table={table}&where=bucket%20%3D%20{b}&secret={ENGINE_SECRET}&offset=-1"
-        unavailable += await follow_raw(engine.port, path, clients[i])
+        refused = await follow_raw(engine.port, path, clients[i])
+        unavailable += refused  # (not `+= await`: that reads the total before awaiting)
         times.append(time.perf_counter() - t0)
 
     await asyncio.wait_for(asyncio.gather(*(one(i, b) for i, b in enumerate(buckets))), 300)
