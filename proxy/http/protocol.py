@@ -110,7 +110,6 @@ class Connection(asyncio.Protocol, Writer):
         "_head_bytes",
         "_headers",
         "_idle",
-        "_idle_since",
         "_in_head",
         "_in_message",
         "_loop",
@@ -149,11 +148,7 @@ class Connection(asyncio.Protocol, Writer):
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
         self._fast: FastAnswer | None = None
-        #: One keep-alive timer, left running while requests come and go: it closes the
-        #: connection once it has been idle (`_idle_since`) for `KEEPALIVE_TIMEOUT`, else looks
-        #: again when that would be (a timer made and cancelled per request cost more).
         self._idle: asyncio.TimerHandle | None = None
-        self._idle_since: float | None = None  # (None: a request is being read or answered)
         self._writing_paused = False
         self._paused_reading = False
         self._drain: asyncio.Future[None] | None = None
@@ -193,7 +188,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
-        self._became_idle()
+        self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -252,7 +247,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def on_message_begin(self) -> None:
         self._in_message = True
-        self._idle_since = None
+        self._cancel_idle()
         self._url = []
         self._headers = []
         self._head_bytes = 0
@@ -361,7 +356,7 @@ class Connection(asyncio.Protocol, Writer):
                 transport.close()
                 return
             self._resume_reading()
-            self._became_idle()
+            self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
             return
         item = self._queue.pop(0)
         if isinstance(item, Request):
@@ -515,20 +510,9 @@ class Connection(asyncio.Protocol, Writer):
             self._idle.cancel()
             self._idle = None
 
-    def _became_idle(self) -> None:
-        self._idle_since = now = self._loop.time()
-        if self._idle is None:
-            self._idle = self._loop.call_at(now + KEEPALIVE_TIMEOUT, self._idle_close)
-
     def _idle_close(self) -> None:
         self._idle = None
-        since = self._idle_since
-        if self._transport is None or since is None or self._busy or self._queue:
-            return  # (busy: the timer starts again when the connection is idle again)
-        deadline = since + KEEPALIVE_TIMEOUT
-        if self._loop.time() < deadline:
-            self._idle = self._loop.call_at(deadline, self._idle_close)
-        else:
+        if self._transport is not None and not self._busy and not self._queue:
             self._transport.close()
 
     @property
