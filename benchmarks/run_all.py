@@ -13,7 +13,8 @@ Scenarios (see docs/benchmarks.md and ../shared/reference/performance-anchors.md
   8 10,000-20,000 live clients: proxy, SSE, nginx edge   s8_many_clients.py
 Each scenario starts (and stops) its own Postgres and processes; every arm of a row is
 measured in the same run. `--quick` uses smaller sizes (about 5 minutes in all on a loaded
-machine); the default full run takes about 15-20 minutes on 2 cores (S8 about 6 of them).
+machine); the default full run took 11 minutes on the quiet 2-core machine (S2, S3 and S8
+2-3 minutes each) and 19-23 minutes with other sessions' load.
 A scenario that fails is reported as a row and the others still run.
 """
 
