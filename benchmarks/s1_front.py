@@ -7,12 +7,17 @@ One engine on a throwaway Postgres, and in front of it, all at once:
 - proxy: `python -m proxy` with collapsing and its cache off (the forwarding cost);
 - proxy+cache: the proxy with both on (repeats are answered from its cache);
 - nginx: the shipped config/nginx tier with `proxy_cache off` (forwarding only);
-- nginx+cache: the shipped config as is (repeats are cache hits).
+- nginx+cache: the shipped config as is (repeats are cache hits);
+- floor: `floor_forwarder.py`, a bare forwarder on the proxy's stack (uvloop, httptools both
+  ways, kept-alive engine connections, the engine request the proxy sends) doing nothing
+  else: what a Python forwarder costs before any auth, policy, logging or metrics (issue 13,
+  bar 4). Sent the engine URL, as nginx is; not run for the 10 MiB chunk.
 Answers: a small live answer (one row, `live=true` behind the tip: answered at once), a ~1 KiB
 catch-up (non-live, a few rows), and a 10 MiB snapshot chunk (`offset=-1` of a ~15 MB table).
 Each arm gets the same fixed number of requests at a fixed concurrency (arms in turn, best of
 the rounds), then a median latency at concurrency 1. CPU per request is read from /proc for
-the front process (proxy or nginx master + workers) and the engine.
+the front process (proxy or nginx master + workers) and the engine; the CPU row's ratios are
+proxy/nginx, floor/nginx and proxy/floor.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,12 +38,14 @@ from _common import (
     EngineProcess,
     NginxProcess,
     Postgres,
+    Process,
     ProxyProcess,
     RawHTTP,
     Row,
     Stack,
     fmt,
     follow,
+    free_port,
     token,
     verdict,
 )
@@ -133,6 +141,28 @@ async def prepare(pg: Postgres, proxy: ProxyProcess, auth: dict[str, str]) -> di
     }  # fmt: skip
 
 
+class FloorProcess(Process):
+    """`floor_forwarder.py` in front of the engine at `engine_port`."""
+
+    def __init__(self, engine_port: int) -> None:
+        self.port = free_port()
+        self.log = Path(f"/tmp/shapegate-bench-floor-{self.port}.log")
+        script = Path(__file__).resolve().parent / "floor_forwarder.py"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), str(self.port), f"127.0.0.1:{engine_port}"],
+                stdout=out, stderr=out,
+            )  # fmt: skip
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self) -> None:
+        await self.wait_http("/v1/health")
+
+    def stop(self) -> None:
+        super().stop()
+        self.log.unlink(missing_ok=True)
+
+
 def baseline_proxy(root: Path, upstream: str) -> ProxyProcess:
     """The proxy of another checkout (its own .venv), same settings as the "proxy" arm: for
     a before/after measured side by side in one run."""
@@ -163,13 +193,14 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
                                          cache_bytes=256 * 1024 * 1024))  # fmt: skip
         nginx = stack.add(NginxProcess(engine.port, cache=False))
         nginx_c = stack.add(NginxProcess(engine.port, cache=True))
+        floor = stack.add(FloorProcess(engine.port))
         base = stack.add(baseline_proxy(baseline, engine.url)) if baseline else None
-        for p in (proxy, proxy_c, nginx, nginx_c, *((base,) if base else ())):
+        for p in (proxy, proxy_c, nginx, nginx_c, floor, *((base,) if base else ())):
             await p.wait_ready()
         auth = {"Authorization": f"Bearer {token(**CLAIMS)}"}
         kinds = await prepare(pg, proxy, auth)
         fronts = {"direct": None, "proxy": proxy, "proxy+cache": proxy_c, "nginx": nginx,
-                  "nginx+cache": nginx_c}  # fmt: skip
+                  "nginx+cache": nginx_c, "floor": floor}  # fmt: skip
         if base is not None:
             fronts["proxy@base"] = base
         for kind, pairs in kinds.items():
@@ -183,6 +214,8 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
                 "nginx": (direct.replace(engine.url, nginx.url), {}),
                 "nginx+cache": (direct.replace(engine.url, nginx_c.url), {}),
             }
+            if not big:
+                targets["floor"] = (direct.replace(engine.url, floor.url), {})
             if base is not None:
                 targets["proxy@base"] = (f"{base.url}/v1/shape?{query}", auth)
             if big:
@@ -240,6 +273,9 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
             measured = per["nginx"] > 0
             versus = per["proxy"] / per["nginx"] if measured else float("inf")
             note = f"proxy/nginx {versus:.2f}x" if measured else "nginx CPU below the tick"
+            if "floor" in per and measured and per["floor"] > 0:
+                note += (f", floor/nginx {per['floor'] / per['nginx']:.2f}x, "
+                         f"proxy/floor {per['proxy'] / per['floor']:.2f}x")  # fmt: skip
             if "proxy@base" in per and measured:
                 note += f" (base {per['proxy@base'] / per['nginx']:.2f}x)"
             rows.append(Row(label, "front CPU µs/req (engine; load generator µs/req)",

@@ -61,7 +61,7 @@ async def test_syntax_error_body_is_electrics(engine: Engine) -> None:
     body = await _error(engine, where="1 x 1")
     assert body == {
         "message": "Invalid request",
-        "errors": {"where": ['At location 18: syntax error at or near "x"']},
+        "errors": {"where": ['At location 17: syntax error at or near "x"']},
     }
 
 
