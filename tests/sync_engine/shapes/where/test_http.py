@@ -65,6 +65,16 @@ async def test_syntax_error_body_is_electrics(engine: Engine) -> None:
     }
 
 
+async def test_subquery_in_a_shape_where_is_refused_as_not_supported_yet(engine: Engine) -> None:
+    """Not as "not allowed in subsets": the shape's where is not a subset."""
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner text)")
+    engine.sql("CREATE TABLE allowed (id int PRIMARY KEY)")
+    body = await _error(engine, where="id IN (SELECT id FROM allowed)")
+    assert body["message"] == "Invalid request"
+    (message,) = body["errors"]["where"]
+    assert message.startswith("At location 3: subqueries are not supported yet"), message
+
+
 async def test_deep_and_huge_clauses_are_400s_naming_the_limit(engine: Engine) -> None:
     engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner text)")
     for where in ["- " * 500 + "id = 1", "NOT " * 500 + "true", "id" + "+1" * 500 + " = 1"]:
