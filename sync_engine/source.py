@@ -240,6 +240,11 @@ class Source:
         return self.replicator.global_lsn
 
     @property
+    def readable_lsn(self) -> int:
+        """The LSN through which every commit read is in its shapes' logs (`Replicator`)."""
+        return self.replicator.readable_lsn
+
+    @property
     def write_error(self) -> str | None:
         """Why shape logs cannot be written (disk full): replication is paused meanwhile."""
         return self.replicator.write_error

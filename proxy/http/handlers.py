@@ -32,12 +32,24 @@ from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
 from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics
-from proxy.policy.evaluate import Claims, evaluate, subset_body
+from proxy.policy.evaluate import (
+    Claims,
+    evaluate,
+    evaluate_delete_by_handle,
+    is_delete_by_handle,
+    subset_body,
+)
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
+from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
 from proxy.upstream.forward import Admit, Forwarder, Target
 from proxy.upstream.respond import Outcome
-from proxy.upstream.url import build_upstream_url, definition_key
+from proxy.upstream.url import (
+    build_delete_by_handle_url,
+    build_upstream_url,
+    definition_key,
+    handle_definition_key,
+)
 
 #: What an app holds, by name (`app[FORWARDER]`): for tests and tools.
 HOLDER = StateKey[RuntimeHolder]("holder")
@@ -222,6 +234,8 @@ async def _prepare(
     refuse_token_in_query(query)
     claims, anonymous = await _claims(request, runtime)
     shape_request = parse_shape_query(query)
+    if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
+        return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
     post = method == "POST"
     if post:
         if shape_request.subset is not None:
@@ -284,6 +298,46 @@ async def _prepare(
     return prepared, body
 
 
+def _prepare_delete_by_handle(
+    runtime: Runtime, claims: Claims, anonymous: bool, shape_request: ShapeRequest
+) -> Prepared:
+    """`DELETE /v1/shape?handle=H` with no definition, for a caller who may delete any shape.
+
+    On success the forwarder retires H in the response cache (its DELETE rule), so no
+    answer of the deleted shape is served again.
+    """
+    config = runtime.loaded.config
+    rule = evaluate_delete_by_handle(runtime.loaded.policy, claims, anonymous=anonymous)
+    handle = dict(shape_request.protocol)["handle"]
+    secret = runtime.loaded.upstream_secret
+    url = build_delete_by_handle_url(
+        config.upstream.url,
+        handle,
+        source_id=config.upstream.source_id,
+        secret=secret.get_secret_value() if secret is not None else None,
+    )
+    check_fits(url)
+    sub = claims.get("sub")
+    return Prepared(
+        url=url,
+        url_text=str(url),
+        subject=str(sub) if sub is not None else None,
+        table="",
+        rule=rule.name,
+        principal=principal_of(claims),
+        live=False,
+        sse=False,
+        shared=False,
+        definition=handle_definition_key(handle, source_id=config.upstream.source_id),
+        handle=handle,
+        initial=False,
+        expires=time.time(),
+        limits=resolve(config.limits, rule.limits),
+        request_line=request_line("DELETE", url),
+        pool_key=key_of(url),
+    )
+
+
 async def engine_health(request: Request) -> StreamResponse:
     """`GET /v1/health`: the engine's own health answer (body and status), no token needed.
 
@@ -299,6 +353,16 @@ async def engine_health(request: Request) -> StreamResponse:
     outcome = await app.forwarder.forward(request, target, runtime.options, context.request_id)
     context.upstream_status = outcome.upstream_status
     return outcome.response
+
+
+async def root(request: Request) -> StreamResponse:
+    """`GET /`: an empty 200, as the engine and Electric answer it.
+
+    Electric's client test suites (and tools) probe the server's root before anything else and
+    stop unless it is a 2xx; the proxy must not be told apart from the engine there.
+    """
+    request.context.outcome = "health"
+    return Response(status=200, headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: Request) -> StreamResponse:

@@ -288,6 +288,56 @@ def evaluate(
     )
 
 
+def is_delete_by_handle(request: ShapeRequest, shape_name: str | None) -> bool:
+    """`DELETE /v1/shape?handle=H` with no shape definition: Electric deletes that shape.
+
+    Electric's own client test suite clears shapes this way (the handle alone, since the
+    definition may hold more than a table).
+    """
+    return (
+        shape_name is None
+        and request.table is None
+        and request.where is None
+        and not request.params
+        and request.columns is None
+        and request.replica is None
+        and request.subset is None
+        and "handle" in dict(request.protocol)
+    )
+
+
+def evaluate_delete_by_handle(
+    policy: CompiledPolicy, claims: Claims, *, anonymous: bool = False
+) -> CompiledRule:
+    """Authorise deleting a shape named only by its handle; returns the catch-all rule.
+
+    A handle does not say which table or rows it holds, so the caller must be allowed to
+    delete every shape there is: the policy has a catch-all `*.*` table, and for these
+    claims every table, pattern and named shape selects a rule that allows DELETE with all
+    rows and all columns. Otherwise the answer is the 400 a table-less request always got.
+    """
+    refused = BadShapeRequest(
+        "missing_table",
+        "the table parameter is required (a DELETE by handle alone needs a rule that lets "
+        "this caller delete every shape)",
+        field="table",
+    )
+    catch_all = next(
+        (p for p in policy.patterns if p.pattern.schema == "*" and p.pattern.table == "*"), None
+    )
+    if catch_all is None:
+        raise refused
+    everything = [*policy.tables.values(), *policy.patterns, *policy.shapes.values()]
+    for table in everything:
+        try:
+            rule = _select_rule(table, claims, anonymous=anonymous)
+        except (Forbidden, Unauthenticated):
+            raise refused from None
+        if not rule.delete or rule.template is not None or rule.columns is not None:
+            raise refused
+    return _select_rule(catch_all, claims, anonymous=anonymous)
+
+
 def subset_body(subset: SubsetRequest) -> bytes:
     """The JSON body for a POST subset request: only the subset keys, never shape keys.
 

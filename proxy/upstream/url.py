@@ -64,6 +64,25 @@ def build_upstream_url(
     return root.with_path(root.path.rstrip("/") + SHAPE_PATH).with_query(query)
 
 
+def build_delete_by_handle_url(
+    base: str, handle: str, *, source_id: str | None, secret: str | None
+) -> URL:
+    """The engine URL for `DELETE /v1/shape?handle=H` (see `evaluate_delete_by_handle`)."""
+    query: list[tuple[str, str]] = [("handle", handle)]
+    if source_id is not None:
+        query.append(("source_id", source_id))
+    if secret is not None:
+        query.append(("secret", secret))
+    root = URL(base)
+    return root.with_path(root.path.rstrip("/") + SHAPE_PATH).with_query(query)
+
+
+def handle_definition_key(handle: str, *, source_id: str | None) -> str:
+    """A definition key for a shape known only by its handle: no cached answer has it, so
+    the response cache drops only that handle's answers when it is deleted."""
+    return json.dumps(["handle", source_id, handle], separators=(",", ":"))
+
+
 def definition_key(decision: Decision, *, source_id: str | None) -> str:
     """What identifies the engine shape a decision asks for, as one string.
 

@@ -141,7 +141,7 @@ class ShapeView:
                 latest,
                 up_to_date=True,
                 has_data=False,
-                gls=max(source.global_lsn, latest.tx),
+                gls=_watermark(source, shape, latest),
             )
         offset = req.offset
         if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
@@ -181,14 +181,14 @@ class ShapeView:
                 end,
                 up_to_date=True,
                 has_data=False,
-                gls=max(source.global_lsn, end.tx),
+                gls=_watermark(source, shape, end),
             )
         if shape.rotated:
             raise ShapeGone(source.current_handle(shape))
         end = max(end, offset) if not entries else end
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)
-        gls = end.tx if entries and req.live else max(source.global_lsn, end.tx)
+        gls = end.tx if entries and req.live else _watermark(source, shape, end)
         return self._respond(
             request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls
         )
@@ -305,3 +305,15 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
         raise BadBody("Request body must be a JSON object")
     limits.check_body(data)
     return data
+
+
+def _watermark(source: Source, shape: Shape, end: LogOffset) -> int:
+    """The up-to-date's `global_last_seen_lsn` for a response read up to `end`.
+
+    It promises that every change of the shape committed at or before it has been delivered
+    (pglite-sync drops later changes at or below it), so it may run past `end` only as far as
+    the commits readable in every log, and not at all while this shape has appends to publish.
+    """
+    if shape.log.has_unpublished:
+        return end.tx
+    return max(source.readable_lsn, end.tx)

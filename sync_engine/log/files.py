@@ -521,6 +521,11 @@ class ShapeLog:
                     pass
             del self._needs_cut[path]
 
+    @property
+    def has_unpublished(self) -> bool:
+        """Whether appends are staged but not yet readable (waiting for their fsync)."""
+        return bool(self._staged)
+
     def take_dirty(self) -> tuple[set[str], tuple[int, int]]:
         """The files to fsync before `publish(token)` makes what is staged now visible."""
         dirty, self._dirty = self._dirty, set()

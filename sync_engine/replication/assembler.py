@@ -79,6 +79,9 @@ class TransactionAssembler:
         self._deliver = deliver
         #: The LSN of the last commit read (whatever it touched).
         self.global_lsn = Lsn(0)
+        #: The LSN of the commit read last in this stream session (unlike `global_lsn` it
+        #: starts again at 0 on reconnect, so it never names a commit not yet read again).
+        self.session_lsn = Lsn(0)
         self.changes_seen = 0
         self.transactions_seen = 0
         #: Rows decoded in full (`handle`, or some shape may want them; the rest are probed).
@@ -104,6 +107,7 @@ class TransactionAssembler:
         self.in_transaction = False
         self._touched = {}
         self.op = 0
+        self.session_lsn = Lsn(0)
 
     def handle_batch(self, messages: Sequence[bytes]) -> Lsn:
         """Apply raw XLogData messages (`ReplicationStream.read_raw`); returns the end LSN
@@ -147,6 +151,7 @@ class TransactionAssembler:
                 else:  # _commit() without changes to deliver
                     self.transactions_seen += 1
                     self.in_transaction = False
+                    self.session_lsn = commit_lsn
                     if commit_lsn > self.global_lsn:
                         self.global_lsn = commit_lsn
             else:
@@ -261,5 +266,6 @@ class TransactionAssembler:
             self._deliver(self._touched, self.xid, lsn)
             self._touched = {}
         self.in_transaction = False
+        self.session_lsn = lsn
         if lsn > self.global_lsn:
             self.global_lsn = lsn

@@ -127,11 +127,24 @@ class Replicator:
         self._write_error_since = 0.0
         self._failure: LogWriteError | None = None  # a background flush's failed write
         self._slot_checked = False
+        self._readable_lsn = Lsn(0)
 
     @property
     def global_lsn(self) -> Lsn:
         """The LSN of the last commit read from the stream."""
         return self.assembler.global_lsn
+
+    @property
+    def readable_lsn(self) -> Lsn:
+        """The LSN through which every commit read is readable in its shapes' logs.
+
+        What an up-to-date may promise (`global_last_seen_lsn`): clients such as pglite-sync
+        drop a later change at or below it as already applied. `global_lsn` runs ahead of it
+        while a commit's appends wait for their fsync and publish; a shape still holding
+        unpublished appends (parked changes released after its snapshot) is behind it too
+        (`ShapeLog.has_unpublished`).
+        """
+        return self._readable_lsn
 
     @property
     def recent_xids(self) -> deque[Xid]:
@@ -219,6 +232,7 @@ class Replicator:
         while True:
             batch = await stream.read_raw(timeout=1.0)
             last_end = self.handle_batch(batch) if batch else 0
+            read_through = self.assembler.session_lsn
             idle = not self.assembler.in_transaction and not batch
             # What may be confirmed once this flush is done: computed first, so that a
             # transaction released from a shape's parking meanwhile is not confirmed
@@ -228,6 +242,9 @@ class Replicator:
                 await self.flush()
             if self._failure is not None:
                 raise self._failure
+            # Every commit read so far is published (or parked for a snapshot in progress).
+            if read_through > self._readable_lsn:
+                self._readable_lsn = read_through
             if self.write_error is not None and (last_end or idle):
                 self._writes_ok()
             if last_end or idle:

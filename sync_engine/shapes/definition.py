@@ -171,7 +171,11 @@ async def describe(params: ShapeParams, lookup: TableLookup) -> Described:
     where = None
     if params.where is not None:
         try:
-            where = parse_where(params.where, dict(params.params), table.column_map)
+            # A shape's where is where Electric takes `x IN (SELECT ...)` (subsets never do):
+            # refused as not supported yet, not as "not allowed in subsets".
+            where = parse_where(
+                params.where, dict(params.params), table.column_map, allow_subqueries=True
+            )
         except WhereError as e:
             raise InvalidRequest({"where": [str(e)]}) from None
     # params without a where are ignored, as upstream does

@@ -125,6 +125,45 @@ async def test_delete_forwarded_when_the_rule_allows_it(open_proxy: Any) -> None
     assert refused.status == 403 and refused.json()["code"] == "delete_not_allowed"
 
 
+def _catch_all(config_data: dict[str, Any], **extra_tables: Any) -> dict[str, Any]:
+    data = copy.deepcopy(config_data)
+    data["tables"] = {"*.*": {"allow": [{"name": "everyone", **PUBLIC}]}, **extra_tables}
+    data.pop("shapes", None)
+    return data
+
+
+async def test_delete_by_handle_alone_for_a_caller_who_may_delete_every_shape(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str], engine_secret: str
+) -> None:
+    """Electric's client suite clears shapes with `DELETE /v1/shape?handle=H` (no table)."""
+    proxy = await make_proxy(build_config(_catch_all(config_data), environ))
+    reply = await proxy.request("DELETE", "/v1/shape?handle=h-1")
+    assert reply.status == 202, reply.body
+    seen = proxy.engine.requests[-1]
+    assert seen.method == "DELETE"
+    # The handle, and what the proxy always adds; no table, nothing else from the client.
+    assert dict(seen.url.query) == {"handle": "h-1", "source_id": "src-1", "secret": engine_secret}
+
+
+async def test_delete_by_handle_alone_refused_unless_every_shape_is_deletable(
+    make_proxy: Any,
+    open_proxy: Any,
+    config_data: dict[str, Any],
+    environ: dict[str, str],
+) -> None:
+    # No catch-all table: a handle may name a shape of a table this caller may not delete.
+    reply = await open_proxy.request("DELETE", "/v1/shape?handle=h-1")
+    assert reply.status == 400 and reply.json()["code"] == "missing_table"
+    # A catch-all, but one table's rule filters rows: still refused.
+    own = {"name": "own", "anonymous": True, "where": "visible = true", "delete": True}
+    narrowed = _catch_all(config_data, notes={"allow": [own]})
+    proxy = await make_proxy(build_config(narrowed, environ))
+    before = len(proxy.engine.requests)
+    reply = await proxy.request("DELETE", "/v1/shape?handle=h-1")
+    assert reply.status == 400 and reply.json()["code"] == "missing_table"
+    assert len(proxy.engine.requests) == before
+
+
 @pytest.mark.parametrize(("status", "state"), [(200, "active"), (202, "starting")])
 async def test_v1_health_is_the_engines_answer(open_proxy: Any, status: int, state: str) -> None:
     open_proxy.engine.health = (status, state)

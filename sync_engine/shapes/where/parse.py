@@ -50,8 +50,9 @@ def construct_name(node: object) -> str:
 def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     """Parse `prefix + sql` with pglast, rejecting extra statements and clauses.
 
-    Syntax errors say where as Electric does: `At location N` with N the 1-based character
-    position in the statement parsed, `SELECT 1 WHERE <clause>` (libpg_query's cursorpos).
+    Syntax errors say where as Electric does: `At location N` with N the 0-based character
+    offset of the offending token in the statement parsed, `SELECT 1 WHERE <clause>` (so
+    `1 x 1` is "At location 17", the figure Electric's own client integration suite expects).
     """
     what = "WHERE clause" if prefix == PREFIX else "ORDER BY clause"
     if len(sql) > MAX_WHERE_SIZE:
@@ -68,7 +69,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
             index = len(statement)
         if index is None:
             raise WhereError(str(message)) from None
-        raise WhereError(f"At location {index + 1}: {message}") from None
+        raise WhereError(f"At location {index}: {message}") from None
     except RecursionError:
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH)) from None
     if len(stmts) > 1 and prefix == PREFIX:

@@ -61,8 +61,18 @@ async def test_syntax_error_body_is_electrics(engine: Engine) -> None:
     body = await _error(engine, where="1 x 1")
     assert body == {
         "message": "Invalid request",
-        "errors": {"where": ['At location 18: syntax error at or near "x"']},
+        "errors": {"where": ['At location 17: syntax error at or near "x"']},
     }
+
+
+async def test_subquery_in_a_shape_where_is_refused_as_not_supported_yet(engine: Engine) -> None:
+    """Not as "not allowed in subsets": the shape's where is not a subset."""
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner text)")
+    engine.sql("CREATE TABLE allowed (id int PRIMARY KEY)")
+    body = await _error(engine, where="id IN (SELECT id FROM allowed)")
+    assert body["message"] == "Invalid request"
+    (message,) = body["errors"]["where"]
+    assert message.startswith("At location 3: subqueries are not supported yet"), message
 
 
 async def test_deep_and_huge_clauses_are_400s_naming_the_limit(engine: Engine) -> None:

@@ -157,10 +157,10 @@ def test_the_run_never_exceeds_the_text_length_so_short_texts_skip_the_scan() ->
     ("sql", "message"),
     [
         # libpg_query's cursorpos (1-based) in the statement parsed, `SELECT 1 WHERE <clause>`
-        ("1 x 1", 'At location 18: syntax error at or near "x"'),
-        ("id = = 1", 'At location 21: syntax error at or near "="'),
-        ("é x", 'At location 18: syntax error at or near "x"'),
-        ("id = ", "At location 21: syntax error at end of input"),
+        ("1 x 1", 'At location 17: syntax error at or near "x"'),
+        ("id = = 1", 'At location 20: syntax error at or near "="'),
+        ("é x", 'At location 17: syntax error at or near "x"'),
+        ("id = ", "At location 20: syntax error at end of input"),
         ("id = 1; SELECT 1", 'unescaped ";" causing statement split'),
         # semantic errors are relative to the clause (0-based), as Electric's validator does
         ("foo = 1", "At location 0: unknown reference foo"),

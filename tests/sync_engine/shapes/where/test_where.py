@@ -95,7 +95,7 @@ def test_referenced_columns() -> None:
         ("id = 1 LIMIT 1", "malformed query ending with SQL clauses"),
         ("id = 1 GROUP BY id", "malformed query ending with SQL clauses"),
         ("id = 1 UNION SELECT 2", "malformed query ending with SQL clauses"),
-        ("1=1) OR (1=1", 'At location 19: syntax error at or near ")"'),
+        ("1=1) OR (1=1", 'At location 18: syntax error at or near ")"'),
         ("id = 'abc'", 'At location 3: invalid input syntax for type integer: "abc"'),
         ("at > 'nope'", 'invalid input syntax for type timestamp with time zone: "nope"'),
         ("CASE WHEN flag THEN true END", "At location 0: CASE expressions are not supported"),
