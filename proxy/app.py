@@ -50,7 +50,7 @@ T = TypeVar("T")
 
 #: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
 #: means `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are 404s, never a second way in.
-_EXACT_PATHS = frozenset({"/v1/shape", "/v1/health", "/healthz", "/metrics"})
+_EXACT_PATHS = frozenset({"/", "/v1/shape", "/v1/health", "/healthz", "/metrics"})
 _NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
 _SHAPE_PATHS = ("/v1/shape", "/shapes/")
 _NAMED_PREFIX = len("/shapes/")
@@ -58,6 +58,7 @@ _NAMED_PREFIX = len("/shapes/")
 Handler = Callable[[Request], Awaitable[StreamResponse]]
 #: The routes answering GET only (anything else, HEAD too, is a 405).
 _GET_ONLY: dict[str, Handler] = {
+    "/": handlers.root,
     "/healthz": handlers.healthz,
     "/v1/health": handlers.engine_health,
     "/metrics": handlers.metrics,

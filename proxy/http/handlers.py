@@ -355,6 +355,16 @@ async def engine_health(request: Request) -> StreamResponse:
     return outcome.response
 
 
+async def root(request: Request) -> StreamResponse:
+    """`GET /`: an empty 200, as the engine and Electric answer it.
+
+    Electric's client test suites (and tools) probe the server's root before anything else and
+    stop unless it is a 2xx; the proxy must not be told apart from the engine there.
+    """
+    request.context.outcome = "health"
+    return Response(status=200, headers={"Cache-Control": "no-store"})
+
+
 async def healthz(request: Request) -> StreamResponse:
     """Liveness plus config state: a failed reload shows here while the old config serves."""
     request.context.outcome = "health"

@@ -150,7 +150,8 @@ class UpstreamBody:
         self._size += len(data)
         if self._size > self._high:
             self._conn.pause()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def expect_whole(self, length: int) -> None:
         """The consumer takes the body only once all `length` bytes are in (`take_all`):
@@ -171,7 +172,8 @@ class UpstreamBody:
 
     def finish(self) -> None:
         self._eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self, error: BodyError) -> None:
         if not self._eof and self._error is None:  # the first cause is the one reported
