@@ -214,6 +214,36 @@ async def test_two_users_taking_turns_on_one_connection_each_get_their_own_rows(
         assert orgs == {org}
 
 
+async def test_origins_in_turn_get_the_general_paths_cors_answer(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    """The fast lane remembers each Origin's CORS answer per config: an allowed origin, one
+    that is not and none at all, in turn, answer as the general path does (a refused origin
+    never takes the fast lane)."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    shape = "/v1/shape?table=items&offset=-1"
+    auth = f"Authorization: Bearer {alice}"
+    rid = "X-Request-Id: fast-lane-test-0003"
+    origins = [f"Origin: {ORIGIN}", "Origin: https://not-allowed.test", None]
+    for _ in range(3):
+        for origin in origins:
+            head = _request(shape, auth, rid, *([origin] if origin else []))
+            taken = len(fast_lane_taken)
+            fast_raw = await _ask(fast, head)
+            took = len(fast_lane_taken) > taken
+            general_raw = await _ask(general, head)
+            assert _normal(fast_raw) == _normal(general_raw), origin
+            if origin is not None and "not-allowed" in origin:
+                assert not took
+                assert not fast_raw.startswith(b"HTTP/1.1 200 ")
+    assert len(fast_lane_taken) >= 4  # (the allowed and the absent origin, after the first)
+
+
 async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
     real_engine: EngineProcess,
     idp_server: Any,
