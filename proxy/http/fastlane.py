@@ -44,6 +44,7 @@ from proxy.http.wire import Request, Response, StreamResponse, http_date
 from proxy.limits.admission import Permit
 from proxy.runtime import Prepared, Runtime
 from proxy.upstream.client import (
+    HIGH_WATER,
     BodyTruncated,
     RawHead,
     UpstreamResponse,
@@ -86,21 +87,22 @@ class _Layout:
         self.typed = any(lower[i] == b"content-type" for i in kept)
         #: No Vary (merged with the proxy's own) and no framing but Content-Length.
         self.plain = b"vary" not in lower and b"transfer-encoding" not in lower
-        #: raw -> the kept headers as `Name: value` lines joined by CRLF, each line ending in
-        #: CRLF (b"" when none).
-        self.kept = _kept_lines([j for i in kept for j in (2 * i, 2 * i + 1)])
+        #: raw -> the kept headers as `Name: value` lines, each ending in CRLF (b"" when none).
+        self.kept = _kept_lines(names, kept)
 
 
-def _kept_lines(indexes: list[int]) -> Callable[[list[bytes]], bytes]:
-    if not indexes:
+def _kept_lines(names: tuple[bytes, ...], kept: list[int]) -> Callable[[list[bytes]], bytes]:
+    """The kept headers' lines of an answer with these header `names`: the names are the
+    layout's own (it is looked up by the exact name sequence), so they go into a template
+    once and each answer's values are put in by one `%` (any `%` in a name is escaped)."""
+    if not kept:
         return lambda raw: b""
-    pick = itemgetter(*indexes)  # (2 or more indexes: it returns a tuple)
-
-    def lines(raw: list[bytes]) -> bytes:
-        picked = iter(pick(raw))
-        return b"\r\n".join(map(b": ".join, zip(picked, picked, strict=True))) + b"\r\n"
-
-    return lines
+    template = b"".join(names[i].replace(b"%", b"%%") + b": %b\r\n" for i in kept)
+    if len(kept) == 1:
+        index = 2 * kept[0] + 1
+        return lambda raw: template % (raw[index],)
+    pick = itemgetter(*(2 * i + 1 for i in kept))  # (2 or more indexes: it returns a tuple)
+    return lambda raw: template % pick(raw)
 
 
 #: Layouts by header-name sequence (a handful in practice; bounded against an odd engine).
@@ -120,6 +122,9 @@ def _plan(raw: list[bytes]) -> _Layout:
 
 class FastConnection(Protocol):
     """The client connection a fast answer goes back to (`proxy.http.protocol.Connection`)."""
+
+    #: (Authorization, `TokenVerifier.digest` of it) of its last fast-lane request.
+    fast_token: tuple[str, bytes] | None
 
     def fast_answered(self, request: Request, response: Response) -> None: ...
     def fast_written(self, request: Request, head: bytes, body: list[bytes]) -> None: ...
@@ -144,9 +149,20 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         return None
     headers = request.headers
     authorization = headers.get("Authorization")
-    digest = TokenVerifier.digest(authorization) if authorization else handlers.ANONYMOUS_KEY
-    prepared = cache.get((digest, "", request.query_string))
-    if prepared is None or prepared.expires <= time.time():
+    if not authorization:
+        digest = handlers.ANONYMOUS_KEY
+    else:
+        known = client.fast_token
+        if known is not None and known[0] == authorization:
+            digest = known[1]
+        else:
+            digest = TokenVerifier.digest(authorization)
+            client.fast_token = (authorization, digest)
+    try:  # (`cache[key]` is one Python-level call fewer than `get`, which nests it)
+        prepared = cache[(digest, "", request.query_string)]
+    except KeyError:
+        return None
+    if prepared.expires <= time.time():
         return None
     if prepared.sse or prepared.upstream_body is not None:
         return None
@@ -154,7 +170,7 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     if not allowed:
         return None
     request_id = new_request_id(headers.get("X-Request-Id"))
-    lines = upstream_request_lines(headers.items(), request_id)
+    lines = upstream_request_lines(headers, request_id)
     # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
     data = f"{prepared.request_line}{lines}\r\n".encode("utf-8", "surrogateescape")
     engine = forwarder.pool.take_idle(prepared.pool_key)
@@ -269,7 +285,8 @@ class FastAnswer:
             self._head = head
             self._length = length
             self._plain = plain
-            head.body.expect_whole(length)
+            if length > HIGH_WATER:  # (below it the body is read whole anyway)
+                head.body.expect_whole(length)
             return
         # A body to stream: `Forwarder.relay` in a task, as the request's answer.
         response = head.response()
@@ -350,39 +367,37 @@ class FastAnswer:
         assert plan is not None
         kept = plan.kept(raw)
         prepared = self._prepared
-        cache_control = tuple(raw[i].decode("utf-8", "surrogateescape") for i in plan.cache_control)
+        at = plan.cache_control
+        cache_control = (
+            (raw[at[0]].decode("utf-8", "surrogateescape"),)
+            if len(at) == 1
+            else tuple([raw[i].decode("utf-8", "surrogateescape") for i in at])
+        )
         client_cache_control, _ = app.forwarder.cache_control(
             cache_control, self._runtime.options, prepared.live, prepared.shared
         )
-        lines = [f"Cache-Control: {client_cache_control}", f"X-Request-Id: {context.request_id}"]
-        if context.cors is not None:
-            lines.extend(map(": ".join, context.cors.items()))
+        cors = context.cors
+        cors_lines = ""
+        if cors:
+            cors_lines = "".join([f"{name}: {value}\r\n" for name, value in cors.items()])
         vary = app.shape_vary(request)
-        if vary:
-            lines.append(f"Vary: {vary}")
-        lines.append(f"Content-Length: {length}")
-        if length and not plan.typed:
-            lines.append("Content-Type: application/octet-stream")
-        lines.append(f"Date: {http_date()}")
+        vary_line = f"Vary: {vary}\r\n" if vary else ""
+        typed = "Content-Type: application/octet-stream\r\n" if length and not plan.typed else ""
         if request.version == (1, 0):
             version = b"HTTP/1.0 200 "
-            if request.keep_alive:
-                lines.append("Connection: keep-alive")
+            connection = "Connection: keep-alive\r\n" if request.keep_alive else ""
         else:
             version = b"HTTP/1.1 200 "
-            if not request.keep_alive:
-                lines.append("Connection: close")
+            connection = "" if request.keep_alive else "Connection: close\r\n"
         context.upstream_status = 200
         app.answered(request, None, status=200)
+        lines = (
+            f"Cache-Control: {client_cache_control}\r\nX-Request-Id: {context.request_id}\r\n"
+            f"{cors_lines}{vary_line}Content-Length: {length}\r\n{typed}"
+            f"Date: {http_date()}\r\n{connection}\r\n"
+        )
         return b"".join(
-            (
-                version,
-                head.reason or b"OK",
-                b"\r\n",
-                kept,
-                "\r\n".join(lines).encode("utf-8", "surrogateescape"),
-                b"\r\n\r\n",
-            )
+            (version, head.reason or b"OK", b"\r\n", kept, lines.encode("utf-8", "surrogateescape"))
         )
 
     def on_failed(self, error: Exception, retry: bool) -> None:

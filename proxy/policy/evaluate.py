@@ -131,7 +131,8 @@ def _find_table(
             )
         return table, table.table
     if request.table is None:
-        raise BadShapeRequest("missing_table", "the table parameter is required", field="table")
+        # Electric's (and the engine's) words for a request without a table
+        raise BadShapeRequest("missing_table", "can't be blank", field="table")
     key = _table_key(request.table)
     found = policy.tables.get(key)
     if found is not None:

@@ -136,7 +136,8 @@ class UpstreamBody:
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
-        self._chunks: deque[bytes] = deque()
+        #: (a list, not a deque: an empty deque is 760 bytes, and chunks are mostly taken at once)
+        self._chunks: list[bytes] = []
         self._size = 0
         self._high = HIGH_WATER
         self._eof = False
@@ -150,7 +151,8 @@ class UpstreamBody:
         self._size += len(data)
         if self._size > self._high:
             self._conn.pause()
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def expect_whole(self, length: int) -> None:
         """The consumer takes the body only once all `length` bytes are in (`take_all`):
@@ -163,15 +165,15 @@ class UpstreamBody:
 
     def take_chunks(self) -> list[bytes]:
         """Everything received and not read yet, as it arrived (no copy)."""
-        chunks = list(self._chunks)
-        self._chunks.clear()
+        chunks, self._chunks = self._chunks, []
         self._size = 0
         self._conn.resume()
         return chunks
 
     def finish(self) -> None:
         self._eof = True
-        self._wake()
+        if self._waiter is not None:
+            self._wake()
 
     def fail(self, error: BodyError) -> None:
         if not self._eof and self._error is None:  # the first cause is the one reported
@@ -198,7 +200,7 @@ class UpstreamBody:
 
     def _take(self) -> bytes:
         chunks = self._chunks
-        data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         chunks.clear()
         self._size = 0
         self._conn.resume()

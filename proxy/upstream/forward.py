@@ -29,7 +29,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from cachetools import LRUCache
 from yarl import URL
 
 from proxy.http.wire import Request
@@ -87,6 +86,7 @@ Admit = Callable[[], Awaitable[Permit]]
 
 #: (engine cache-control values, max-age cap, live request, live max-age, shared answer)
 _MemoKey = tuple[tuple[str, ...], int | None, bool, float, bool]
+_MEMO_MAX = 256
 
 
 class Forwarder:
@@ -101,8 +101,9 @@ class Forwarder:
         self.metrics = metrics
         self._flights = Flights()
         self._streams = sse.SharedStreams()
-        # Engine cache-control values repeat (a handful of shapes); rewrite each once.
-        self._cache_control: LRUCache[_MemoKey, tuple[str, float]] = LRUCache(maxsize=256)
+        # Engine cache-control values repeat (a handful of shapes); rewrite each once. A
+        # plain dict emptied when full: an LRU's lookup cost more than the rewrite it saves.
+        self._cache_control: dict[_MemoKey, tuple[str, float]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -231,6 +232,8 @@ class Forwarder:
             else:
                 client_value = private_cache_control(values, options.max_age_cap)
             rewritten = (client_value, ttl)
+            if len(self._cache_control) >= _MEMO_MAX:
+                self._cache_control.clear()
             self._cache_control[memo_key] = rewritten
         return rewritten
 

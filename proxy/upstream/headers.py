@@ -57,22 +57,16 @@ def upstream_request_headers(client: Mapping[str, str], request_id: str) -> dict
     return headers
 
 
-_FORWARDED = frozenset(FORWARDED_REQUEST_HEADERS)
-
-
-def upstream_request_lines(client: Iterable[tuple[str, str]], request_id: str) -> str:
-    """`upstream_request_headers` as request header lines, in one pass over the client's
-    headers (`proxy.http.fastlane`): the same names (lower case, allowlist order), the first
-    value of each, values with CR/LF dropped, then the request id."""
-    found: dict[str, str] = {}
-    for name, value in client:
-        lower = name.lower()
-        if lower in _FORWARDED and lower not in found:
-            found[lower] = value
+def upstream_request_lines(client: Mapping[str, str], request_id: str) -> str:
+    """`upstream_request_headers` as request header lines (`proxy.http.fastlane`): `client`
+    is the request's case-insensitive headers (`CIMultiDictProxy`), so each name's lookup
+    is one C call and gives its first value, as there; lines whose value holds CR or LF are
+    dropped, as `client.header_lines` drops them."""
+    get = client.get
     lines = [
-        f"{name}: {found[name]}\r\n"
+        f"{name}: {value}\r\n"
         for name in FORWARDED_REQUEST_HEADERS
-        if name in found and "\r" not in found[name] and "\n" not in found[name]
+        if (value := get(name)) is not None and "\r" not in value and "\n" not in value
     ]
     if "\r" not in request_id and "\n" not in request_id:
         lines.append(f"x-request-id: {request_id}\r\n")

@@ -12,6 +12,7 @@ also the last part of a live answer's ETag).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -164,6 +165,53 @@ async def test_the_fast_lane_answers_byte_for_byte_as_the_general_path(
     assert secret is not None
     for name, head in cases.items():
         assert secret.encode() not in await _ask(fast, head), name
+
+
+async def _ask_in_turn(proxy: Any, heads: list[bytes]) -> list[bytes]:
+    """The requests one after the other on one kept-alive connection; the answers as sent."""
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    answers = []
+    try:
+        for head in heads:
+            writer.write(head)
+            raw = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"\r\nContent-Length: (\d+)\r\n", raw)
+            assert length is not None
+            answers.append(raw + await reader.readexactly(int(length.group(1))))
+        return answers
+    finally:
+        writer.close()
+
+
+async def test_two_users_taking_turns_on_one_connection_each_get_their_own_rows(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    """The fast lane remembers the connection's last token: another token on the same
+    connection must be looked up as itself, never answered with the previous user's rows."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    tokens = {
+        "org-1": fast.tokens.make(sub="alice", org_id="org-1"),
+        "org-0": fast.tokens.make(sub="bob", org_id="org-0"),
+    }
+    rid = "X-Request-Id: fast-lane-test-0002"
+    turns = ["org-1", "org-0", "org-1", "org-0", "org-0", "org-1"]
+    heads = [
+        _request("/v1/shape?table=items&offset=-1", f"Authorization: Bearer {tokens[org]}", rid)
+        for org in turns
+    ]
+    fast_answers = await _ask_in_turn(fast, heads)
+    assert len(fast_lane_taken) == len(turns) - 2  # (each user's first goes the general way)
+    general_answers = await _ask_in_turn(general, heads)
+    for org, fast_raw, general_raw in zip(turns, fast_answers, general_answers, strict=True):
+        assert _normal(fast_raw) == _normal(general_raw), org
+        body = json.loads(fast_raw.split(b"\r\n\r\n", 1)[1])
+        orgs = {item["value"]["org_id"] for item in body if "value" in item}
+        assert orgs == {org}
 
 
 async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(

@@ -208,6 +208,15 @@ async def test_errors_have_electrics_shape(open_proxy: Any) -> None:
     assert hidden.json()["code"] == "column_not_allowed"
     assert hidden.json()["errors"]["columns"] == [hidden.json()["message"]]
 
+    # No table: the engine's (Electric's) body, plus the proxy's code.
+    no_table = await open_proxy.get("/v1/shape?offset=-1", token=token)
+    assert no_table.status == 400
+    assert no_table.json() == {
+        "message": "Invalid request",
+        "errors": {"table": ["can't be blank"]},
+        "code": "missing_table",
+    }
+
     unknown = await open_proxy.get("/v1/shape?table=items&offset=-1&table=x", token=token)
     assert unknown.status == 400 and unknown.json()["code"] == "repeated_parameter"
     assert set(unknown.json()) >= {"message", "code"}

@@ -1,0 +1,71 @@
+"""How the proxy reads a request's header block (`proxy.http.protocol`): the engine gets the
+values without their trailing blanks, a NUL in a value or a repeated `Host` is a 400, and
+bytes that are not UTF-8 go on as they came."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+
+async def _raw(proxy: Any, head: bytes) -> tuple[int, bytes]:
+    """One request on its own connection: the status and the body (the connection closes)."""
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        writer.write(head)
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+    top, _, body = raw.partition(b"\r\n\r\n")
+    return int(top.split(b" ", 2)[1]), body
+
+
+def _head(*headers: bytes) -> bytes:
+    lines = [b"GET /v1/shape?table=items&offset=-1 HTTP/1.1", b"Host: proxy.test", *headers]
+    return b"\r\n".join([*lines, b"Connection: close", b"", b""])
+
+
+async def test_trailing_blanks_are_dropped_from_every_value(proxy: Any) -> None:
+    token = proxy.tokens.make(sub="alice", org_id="org-1")
+    status, _ = await _raw(
+        proxy,
+        _head(
+            b"Authorization: Bearer " + token.encode() + b" \t ",
+            b"User-Agent: agent one\t",
+            b"Accept: */*  ",
+            b"If-None-Match:",
+            b"Traceparent: 00-abc-def-01 ",
+        ),
+    )
+    assert status == 200
+    seen = proxy.engine.requests[-1].headers
+    assert seen["User-Agent"] == "agent one"
+    assert seen["Accept"] == "*/*"
+    assert seen["Traceparent"] == "00-abc-def-01"
+
+
+async def test_a_value_that_is_not_utf8_goes_on_as_its_bytes(proxy: Any) -> None:
+    token = proxy.tokens.make(sub="alice", org_id="org-1")
+    auth = b"Authorization: Bearer " + token.encode()
+    status, _ = await _raw(proxy, _head(auth, b"User-Agent: caf\xe9 \xff  "))
+    assert status == 200
+    seen = proxy.engine.requests[-1].headers
+    assert seen["User-Agent"].encode("utf-8", "surrogateescape") == b"caf\xe9 \xff"
+
+
+async def test_a_nul_in_a_value_or_a_second_host_is_a_400(proxy: Any) -> None:
+    token = proxy.tokens.make(sub="alice", org_id="org-1")
+    auth = b"Authorization: Bearer " + token.encode()
+    for head in (
+        _head(auth, b"User-Agent: a\x00b"),
+        _head(auth, b"Host: other.test"),
+        _head(auth, b"host: other.test"),
+    ):
+        before = len(proxy.engine.requests)
+        status, body = await _raw(proxy, head)
+        assert status == 400, head
+        assert "message" in json.loads(body)
+        assert len(proxy.engine.requests) == before  # nothing reached the engine
