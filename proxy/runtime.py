@@ -93,6 +93,11 @@ class Runtime:
     options: UpstreamOptions
     #: (token digest, named shape or "", raw query string) -> Prepared, for GET requests.
     prepared: LRUCache[tuple[bytes, str, str], Prepared] | None
+    #: Origin header (None: none) -> `ProxyApp.cors_for`'s answer under this config, for the
+    #: fast lane (`proxy.http.fastlane`; bounded there): the answer depends on nothing else.
+    fast_cors: dict[str | None, tuple[bool, Mapping[str, str] | None]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 class RuntimeHolder:

@@ -105,6 +105,10 @@ def _kept_lines(names: tuple[bytes, ...], kept: list[int]) -> Callable[[list[byt
     return lambda raw: template % pick(raw)
 
 
+#: `Runtime.fast_cors`: at most this many origins remembered per config (any header value).
+_CORS_MAX = 256
+_UNKNOWN: tuple[bool, None] = (False, None)
+
 #: Layouts by header-name sequence (a handful in practice; bounded against an odd engine).
 _LAYOUTS: dict[tuple[bytes, ...], _Layout] = {}
 _LAYOUTS_MAX = 256
@@ -166,7 +170,13 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         return None
     if prepared.sse or prepared.upstream_body is not None:
         return None
-    allowed, cors = app.cors_for(request)
+    origin = headers.get("Origin")
+    known_cors = runtime.fast_cors.get(origin, _UNKNOWN)
+    if known_cors is _UNKNOWN:  # (the same config's answer for the same Origin: kept)
+        known_cors = app.cors_for(request)
+        if len(runtime.fast_cors) < _CORS_MAX:
+            runtime.fast_cors[origin] = known_cors
+    allowed, cors = known_cors
     if not allowed:
         return None
     request_id = new_request_id(headers.get("X-Request-Id"))

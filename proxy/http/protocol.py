@@ -110,6 +110,7 @@ class Connection(asyncio.Protocol, Writer):
         "_head_bytes",
         "_headers",
         "_idle",
+        "_idle_since",
         "_in_head",
         "_in_message",
         "_loop",
@@ -149,7 +150,12 @@ class Connection(asyncio.Protocol, Writer):
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
         self._fast: FastAnswer | None = None
+        #: The keep-alive timer, and when the connection last became idle: the timer is left
+        #: running across a request answered by the fast lane (made and cancelled per request
+        #: it cost ~1 µs) and moved on when it fires early; a request answered by a task
+        #: cancels it, so no timer is held under a held long-poll.
         self._idle: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         self._writing_paused = False
         self._paused_reading = False
         self._drain: asyncio.Future[None] | None = None
@@ -192,6 +198,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
+        self._idle_since = self._loop.time()
         self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -251,8 +258,7 @@ class Connection(asyncio.Protocol, Writer):
     # --- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_message = True
-        self._cancel_idle()
+        self._in_message = True  # (the keep-alive timer lets the connection be meanwhile)
         self._url = []
         self._headers = []
         self._head_bytes = 0
@@ -362,12 +368,15 @@ class Connection(asyncio.Protocol, Writer):
                 transport.close()
                 return
             self._resume_reading()
-            self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
+            self._idle_since = self._loop.time()
+            if self._idle is None:
+                self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
             return
         item = self._queue.pop(0)
         if isinstance(item, Request):
             self._fast = self._app.answer_fast(item, self)
             if self._fast is None:
+                self._cancel_idle()
                 self._task = self._loop.create_task(self._answer(item))
         else:
             self._send_refusal(item)
@@ -421,6 +430,7 @@ class Connection(asyncio.Protocol, Writer):
             if cleanup is not None:
                 cleanup()
             return
+        self._cancel_idle()
         task = self._task = self._loop.create_task(self._answer(request, answering))
         if cleanup is not None:
             task.add_done_callback(lambda _: cleanup())
@@ -518,8 +528,13 @@ class Connection(asyncio.Protocol, Writer):
 
     def _idle_close(self) -> None:
         self._idle = None
-        if self._transport is not None and not self._busy and not self._queue:
-            self._transport.close()
+        if self._transport is None or self._busy or self._queue or self._in_message:
+            return  # (in use: `_next` arms it again once the connection is idle)
+        left = self._idle_since + KEEPALIVE_TIMEOUT - self._loop.time()
+        if left > 0:  # (it was armed before the fast-lane requests since)
+            self._idle = self._loop.call_later(left, self._idle_close)
+            return
+        self._transport.close()
 
     @property
     def answering(self) -> asyncio.Future[None] | None:

@@ -214,6 +214,70 @@ async def test_two_users_taking_turns_on_one_connection_each_get_their_own_rows(
         assert orgs == {org}
 
 
+async def test_origins_in_turn_get_the_general_paths_cors_answer(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    """The fast lane remembers each Origin's CORS answer per config: an allowed origin, one
+    that is not and none at all, in turn, answer as the general path does (a refused origin
+    never takes the fast lane)."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    shape = "/v1/shape?table=items&offset=-1"
+    auth = f"Authorization: Bearer {alice}"
+    rid = "X-Request-Id: fast-lane-test-0003"
+    origins = [f"Origin: {ORIGIN}", "Origin: https://not-allowed.test", None]
+    for _ in range(3):
+        for origin in origins:
+            head = _request(shape, auth, rid, *([origin] if origin else []))
+            taken = len(fast_lane_taken)
+            fast_raw = await _ask(fast, head)
+            took = len(fast_lane_taken) > taken
+            general_raw = await _ask(general, head)
+            assert _normal(fast_raw) == _normal(general_raw), origin
+            if origin is not None and "not-allowed" in origin:
+                assert not took
+                assert not fast_raw.startswith(b"HTTP/1.1 200 ")
+    assert len(fast_lane_taken) >= 4  # (the allowed and the absent origin, after the first)
+
+
+async def test_a_kept_alive_connection_on_the_fast_lane_closes_only_once_idle_for_the_timeout(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The keep-alive timer runs on across fast-lane requests: it must neither close a
+    connection that was busy since it was armed nor leave an idle one open."""
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "KEEPALIVE_TIMEOUT", 0.6)
+    fast, _ = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    head = _request("/v1/shape?table=items&offset=-1", f"Authorization: Bearer {alice}")
+    server = fast.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        for _ in range(5):  # idle 0.4 s between requests: 2 s in all, never 0.6 s in a row
+            writer.write(head)
+            raw = await reader.readuntil(b"\r\n\r\n")
+            assert raw.startswith(b"HTTP/1.1 200 ")
+            length = re.search(rb"\r\nContent-Length: (\d+)\r\n", raw)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
+            await asyncio.sleep(0.4)  # the stimulus: idle for less than the timeout
+        assert len(fast_lane_taken) >= 4
+        # Then idle: the proxy closes it (a hang fails the wait; it does not pass late).
+        assert await asyncio.wait_for(reader.read(), 30) == b""
+    finally:
+        writer.close()
+
+
 async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
     real_engine: EngineProcess,
     idp_server: Any,
