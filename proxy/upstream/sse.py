@@ -53,6 +53,10 @@ from proxy.upstream.sse_events import INF_OP, Event, EventParser, Key, Positions
 
 logger = logging.getLogger(__name__)
 
+#: The engine's SSE header naming the log's last entry when the stream opened (its
+#: `electric-offset` is the client's own offset; `sync_engine.http.headers.LOG_END_HEADER`).
+LOG_END_HEADER = "shapegate-log-end"
+
 #: Recent events a stream keeps for clients joining behind it (bytes, and count).
 HISTORY_BYTES = 2 * 1024 * 1024
 HISTORY_EVENTS = 20_000
@@ -202,8 +206,9 @@ class SharedStream:
     # --- positions ---------------------------------------------------------------------
 
     def learn_head(self, head: Head) -> None:
-        """The engine's `electric-offset` names the log's last entry, a transaction's end."""
-        latest = offset_key(head.get("electric-offset") or "")
+        """The engine's `shapegate-log-end` (an older engine: `electric-offset`) names the
+        log's last entry when the stream opened, a transaction's end."""
+        latest = offset_key(head.get(LOG_END_HEADER) or head.get("electric-offset") or "")
         if latest is None:
             return
         tx, op, _ = latest
@@ -396,6 +401,7 @@ def _client_headers(head: Head, spec: StreamSpec) -> StreamResponse:
     response = StreamResponse(status=head.status, reason=head.reason)
     headers = response.headers
     headers.extend(head.response_headers)
+    headers.popall(LOG_END_HEADER, None)  # (the fan-out's, not the client's)
     if "electric-offset" in headers:
         headers["electric-offset"] = spec.offset
     if "electric-cursor" in headers:

@@ -51,7 +51,12 @@ async def serve_sse(
                 stale_age=s.stale_age,
             ),
             "electric-handle": shape.handle,
-            "electric-offset": str(max(offset, latest)),
+            # The client adopts this offset when the stream opens, before any event: it must
+            # be where this stream starts, or a stream cut before its first up-to-date (say
+            # `forceDisconnectAndRefresh`) would resume past changes it never processed.
+            "electric-offset": str(offset),
+            # Where the log ended at open (a transaction's end), for the proxy's SSE fan-out.
+            h.LOG_END_HEADER: str(max(offset, latest)),
             "electric-cursor": str(h.next_cursor(req.cursor, s.long_poll_timeout)),
             "electric-has-data": "true",
             "etag": h.etag(shape.handle, str(offset), str(max(offset, latest)), no_change=True),

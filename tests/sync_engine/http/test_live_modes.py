@@ -157,6 +157,34 @@ async def test_sse_streams_a_change_then_up_to_date(engine: Engine, flags: dict[
     sse.resp.close()
 
 
+async def test_sse_opened_behind_the_tip_names_its_own_offset(engine: Engine) -> None:
+    """The client adopts an SSE answer's `electric-offset` when the stream opens, before any
+    event; a stream cut before its first up-to-date (`forceDisconnectAndRefresh`, a dropped
+    connection) resumes from there. Naming the log's end would skip the changes the cut
+    stream carried but the client never processed: they must come again."""
+    make_items(engine)
+    rows, handle, offset = await engine.sync(table="items")
+    engine.sql("INSERT INTO items VALUES (4, 't4', 40)")
+    await wait_until_async(
+        lambda: _has_change(engine, handle, offset), message="the insert in the shape log"
+    )
+    flags = {"live_sse": "true", "experimental_live_sse": "true"}
+    sse = await open_sse(engine, flags, table="items", handle=handle, offset=offset)
+    h = lower(sse.resp.headers)
+    assert h["electric-offset"] == offset
+    assert h["shapegate-log-end"] != offset  # (where the log ended, for the proxy's fan-out)
+    sse.resp.close()  # cut before anything was processed
+    again = await open_sse(engine, flags, table="items", handle=handle, offset=h["electric-offset"])
+    msgs = await again.messages_until_up_to_date()
+    again.resp.close()
+    assert [m["key"] for m in msgs if "key" in m] == [KEY(4)]
+
+
+async def _has_change(engine: Engine, handle: str, offset: str) -> bool:
+    status, _, body = await engine.get(table="items", handle=handle, offset=offset)
+    return status == 200 and any("key" in m for m in body)
+
+
 async def test_sse_keepalives_then_closes_by_itself(engine: Engine) -> None:
     make_items(engine, 1)
     _, handle, offset = await engine.sync(table="items")
