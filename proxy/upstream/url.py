@@ -56,19 +56,20 @@ def build_upstream_url(
             query.append(("subset__offset", str(subset.offset)))
         if subset.order_by is not None:
             query.append(("subset__order_by", subset.order_by))
-    if source_id is not None:
-        query.append(("source_id", source_id))
-    if secret is not None:
-        query.append(("secret", secret))
-    root = URL(base)
-    return root.with_path(root.path.rstrip("/") + SHAPE_PATH).with_query(query)
+    return _shape_url(base, query, source_id, secret)
 
 
 def build_delete_by_handle_url(
     base: str, handle: str, *, source_id: str | None, secret: str | None
 ) -> URL:
     """The engine URL for `DELETE /v1/shape?handle=H` (see `evaluate_delete_by_handle`)."""
-    query: list[tuple[str, str]] = [("handle", handle)]
+    return _shape_url(base, [("handle", handle)], source_id, secret)
+
+
+def _shape_url(
+    base: str, query: list[tuple[str, str]], source_id: str | None, secret: str | None
+) -> URL:
+    """`base`'s shape endpoint with `query`, then the source's credentials (added last)."""
     if source_id is not None:
         query.append(("source_id", source_id))
     if secret is not None:
