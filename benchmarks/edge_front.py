@@ -594,6 +594,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
             calls0 = {a: await d.calls() for a, d in deciders.items()}
             cpu = {a: 0.0 for a in targets}
             eng = {a: 0.0 for a in targets}
+            decider_cpu = {a: 0.0 for a in deciders}
             count = {a: 0 for a in targets}
             per_round: dict[str, list[float]] = {a: [] for a in targets}
             rps: dict[str, list[float]] = {a: [] for a in targets}
@@ -604,8 +605,11 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 for arm in order:
                     url, hs = targets[arm]
                     f0, e0 = fronts[arm].cpu(), engine.cpu()
+                    d0 = deciders[arm].cpu() if arm in deciders else 0.0
                     rate, done = await load(url, hs, n)
                     df = fronts[arm].cpu() - f0
+                    if arm in deciders:
+                        decider_cpu[arm] += deciders[arm].cpu() - d0
                     cpu[arm] += df
                     eng[arm] += engine.cpu() - e0
                     count[arm] += done
@@ -636,8 +640,10 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 f"({calls['edge']} decider calls for {cached} requests); "
                 f"edge-miss: {calls['edge-miss']} calls for {count['edge-miss']}"
             )
+            in_decider = decider_cpu["edge-miss"] / count["edge-miss"] * 1e6
             lines.append(f"a cache miss costs ~{per['edge-miss'] - per['edge']:.0f} µs of front "
-                         f"CPU above a hit (edge-miss - edge)")  # fmt: skip
+                         f"CPU above a hit (edge-miss - edge), {in_decider:.0f} µs of it in the "
+                         f"decider (aiohttp, the token verified, policy, engine URL)")  # fmt: skip
             miss, hitc, base = per["edge-miss"], per["edge"], per["nginx"]
             if miss > hitc:
                 need = (miss - 1.5 * base) / (miss - hitc)
