@@ -21,6 +21,13 @@ class SocketWaiter:
     calls. It is unregistered when it turns readable while nobody waits (the caller is
     writing a chunk, say), else the level-triggered loop would spin on it meanwhile, and by
     `unwatch`, which the owner calls when it is done with the connection.
+
+    libpq closes the socket itself when it finds the connection lost (in `consume_input`),
+    and the kernel hands its number to the next socket opened: often an accepted HTTP
+    connection. A registration left on the old number would then fire for that client's
+    socket (uvloop cannot even remove it once a transport owns the number) and spin the
+    loop. So a failed `consume_input` unwatches at once, before anything else runs on the
+    loop, and owners that drive libpq themselves call `lost` when one of their calls fails.
     """
 
     def __init__(self, pgconn: pq.abc.PGconn) -> None:
@@ -33,8 +40,15 @@ class SocketWaiter:
     def unwatch(self) -> None:
         """Stop watching the socket (before the connection is closed or handed on)."""
         if self._watching:
-            self.loop.remove_reader(self.fd)
             self._watching = False
+            try:
+                self.loop.remove_reader(self.fd)
+            except (RuntimeError, ValueError, OSError):  # the number was reused meanwhile
+                pass
+
+    def lost(self) -> None:
+        """The connection failed (libpq may have closed the socket): stop watching now."""
+        self.unwatch()
 
     def abort(self, exc: BaseException) -> None:
         """Wake a pending `wait_readable` with `exc` (the connection is being closed)."""
@@ -75,7 +89,11 @@ class SocketWaiter:
     async def readable(self) -> None:
         """Wait until the socket is readable, then let libpq read what arrived."""
         await self.wait_readable()
-        self.pgconn.consume_input()
+        try:
+            self.pgconn.consume_input()
+        except BaseException:
+            self.lost()
+            raise
 
     async def writable(self) -> None:
         """Wait until the socket takes more output (a separate registration: writes never

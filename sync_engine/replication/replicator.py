@@ -173,6 +173,7 @@ class Replicator:
         logs cannot be written."""
         retries = Retries()
         while True:
+            wait = 0.0
             if self.write_error is not None:
                 await self._wait_for_space()
             stream = ReplicationStream(self.dsn, self.slot, self.publication)
@@ -220,13 +221,15 @@ class Replicator:
                         retry.wait,
                     )
                 self.on_state(ReplicationState.CONNECTING, problem.reason)
-                await asyncio.sleep(retry.wait)
+                wait = retry.wait
             finally:
                 self.assembler.reset()
                 try:
                     await stream.close()
                 except Exception:
                     logger.debug("error closing replication stream", exc_info=True)
+            if wait:  # after closing: a dead connection is not kept through the wait
+                await asyncio.sleep(wait)
 
     async def _consume(self, stream: ReplicationStream) -> None:
         while True:

@@ -487,6 +487,8 @@ class ReplicationStream:
             f"{what} (slot {self.slot!r})" + (f": {exc}" if exc else "")
         )
         self._failed = err
+        if self._sockets is not None:
+            self._sockets.lost()  # before the loop runs again (see `SocketWaiter`)
         logger.debug("%s", err)  # the caller logs what it does about it
         return err
 

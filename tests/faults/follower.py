@@ -1,0 +1,149 @@
+"""A shape client that counts instead of trusting, and a writer that survives outages.
+
+`Follower` follows a shape over HTTP as the real client does (offset -1, catch up, live;
+409: start again from -1; 503 and connection errors: retry) and checks what it gets: every
+body parses, an insert is new, each update raises `v` by exactly one (the writer only ever
+increments it), so a lost or repeated change shows as a count, not as a coincidence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import aiohttp
+import orjson
+import psycopg
+
+#: Pause before retrying after a 503 or a connection error (as the client backs off).
+RETRY_PAUSE = 0.1
+
+
+class Follower:
+    def __init__(self, base: str, where: str | None = None) -> None:
+        self.base = base
+        self.q = {"table": "items", **({"where": where} if where else {})}
+        self.where = where
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.handle: str | None = None
+        self.offset = "-1"
+        self.live = False
+        self.lost = 0
+        self.duplicated = 0
+        self.invalid_json = 0
+        self.resets = 0
+        self.statuses: Counter[int] = Counter()
+        self.bad_bodies: list[bytes] = []  # error bodies that are not JSON objects
+
+    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            q = dict(self.q, offset=self.offset)
+            if self.handle and self.offset != "-1":
+                q["handle"] = self.handle
+            if self.live:
+                q["live"] = "true"
+            try:
+                async with session.get(
+                    self.base + "/v1/shape", params=q, timeout=aiohttp.ClientTimeout(total=15)
+                ) as r:
+                    body = await r.read()
+                    self.statuses[r.status] += 1
+                    if r.status == 409:
+                        self.rows.clear()
+                        self.handle = r.headers.get("electric-handle")
+                        self.offset, self.live = "-1", False
+                        self.resets += 1
+                        continue
+                    if r.status != 200:
+                        if not _is_json_object(body):
+                            self.bad_bodies.append(body[:300])
+                        await asyncio.sleep(RETRY_PAUSE)
+                        continue
+                    try:
+                        messages = orjson.loads(body)
+                    except orjson.JSONDecodeError:
+                        self.invalid_json += 1
+                        await asyncio.sleep(RETRY_PAUSE)
+                        continue
+                    self._apply(messages)
+                    self.handle = r.headers["electric-handle"]
+                    self.offset = r.headers["electric-offset"]
+                    self.live = "electric-up-to-date" in r.headers
+            except (TimeoutError, aiohttp.ClientError):
+                await asyncio.sleep(RETRY_PAUSE)
+
+    def _apply(self, messages: list[dict[str, Any]]) -> None:
+        for m in messages:
+            if "key" not in m:
+                continue
+            op, key, value = m["headers"]["operation"], m["key"], m["value"]
+            if op == "insert":
+                if key in self.rows:
+                    self.duplicated += 1
+                self.rows[key] = dict(value)
+            elif op == "update":
+                row = self.rows.get(key)
+                if row is None:
+                    self.lost += 1
+                    continue
+                step = int(value.get("v", row["v"])) - int(row["v"])
+                if step < 1:
+                    self.duplicated += 1
+                elif step > 1:
+                    self.lost += step - 1
+                row.update(value)
+            else:
+                self.rows.pop(key, None)
+
+    def counts(self) -> dict[str, int]:
+        return {"lost": self.lost, "duplicated": self.duplicated,
+                "invalid_json": self.invalid_json, "bad_error_bodies": len(self.bad_bodies)}  # fmt: skip
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(body), (dict, list))
+    except orjson.JSONDecodeError:
+        return False
+
+
+def expected_rows(db_url: str, where: str | None) -> dict[str, dict[str, Any]]:
+    """What `SELECT` says the shape holds, keyed as the engine keys rows."""
+    sql = "SELECT id::text, v::text FROM items" + (f" WHERE {where}" if where else "")
+    with psycopg.connect(db_url) as conn:
+        return {
+            f'"public"."items"/"{i}"': {"id": i, "v": v}
+            for i, v in conn.execute(sql.encode()).fetchall()
+        }
+
+
+class Writer:
+    """Commits small transactions (an insert and an increment of `v`) until stopped; while
+    Postgres is down it reconnects and goes on. `committed` counts what Postgres confirmed."""
+
+    def __init__(self, db_url: str, first_id: int = 10_000) -> None:
+        self.db_url = db_url
+        self.next_id = first_id
+        self.committed = 0
+        self.failures = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.db_url, autocommit=True, connect_timeout=2
+                ) as conn:
+                    while not stop.is_set():
+                        async with conn.transaction():
+                            self.next_id += 1
+                            await conn.execute("INSERT INTO items VALUES (%s, 0)", (self.next_id,))
+                            await conn.execute(
+                                "UPDATE items SET v = v + 1 WHERE id = %s",
+                                (self.next_id % 20 + 1,),
+                            )
+                        self.committed += 1
+                        await asyncio.sleep(0.005)  # pacing: writes interleave with reads
+            except psycopg.OperationalError:
+                self.failures += 1  # Postgres down: the transaction did not commit
+                await asyncio.sleep(RETRY_PAUSE)

@@ -1,0 +1,100 @@
+"""Postgres restarted under a running engine (fast, and immediate as in a crash), and
+unreachable meanwhile: the engine recovers by itself and loses nothing.
+
+The real path: the engine as a process, a private Postgres cluster stopped with `pg_ctl`
+while a writer commits and clients follow two shapes over HTTP. While Postgres is down a
+new shape gets a 503 with a JSON body and `Retry-After` (not a 500, not a hang), existing
+shapes are still served from their logs; once it is back, every follower ends equal to
+`SELECT`, every change seen exactly once, without a 409 (the slot survived, so the logs
+are still whole).
+
+An immediate stop is a crash: the slot's confirmed position goes back to the last
+checkpoint, so the engine is sent transactions it already has and must skip them; and
+libpq closes the dead connections' sockets, whose numbers the next accepted HTTP
+connection gets (a registration left on one spun the event loop, and every request hung).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.faults.cluster import FaultCluster, StopMode
+from tests.faults.follower import Follower, Writer, expected_rows
+from tests.support.engine_process import EngineProcess
+from tests.support.waiting import wait_until_async
+
+WHERES = [None, "id % 2 = 0"]
+
+
+async def _committed(writer: Writer, count: int, what: str) -> None:
+    target = writer.committed + count
+    await wait_until_async(lambda: writer.committed >= target, timeout=60, message=what)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_postgres_restart_under_the_engine_loses_nothing(
+    cluster: FaultCluster, tmp_path: Path, mode: StopMode
+) -> None:
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    await asyncio.to_thread(engine.start)
+    followers = [Follower(engine.url, w) for w in WHERES]
+    writer = Writer(cluster.url)
+    stop_followers, stop_writer = asyncio.Event(), asyncio.Event()
+    try:
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
+            await wait_until_async(
+                lambda: all(f.live for f in followers), timeout=30, message="followers live"
+            )
+            writing = asyncio.create_task(writer.run(stop_writer))
+            await _committed(writer, 30, "writes before the stop")
+
+            await asyncio.to_thread(cluster.stop_server, mode)
+            # A new shape cannot be made: a quick 503 with a JSON body saying why.
+            async with session.get(
+                engine.url + "/v1/shape",
+                params={"table": "items", "where": "id > 5", "offset": "-1"},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as r:
+                body = await r.read()
+                assert r.status == 503, body
+                assert "retry-after" in r.headers
+                assert isinstance(orjson.loads(body)["message"], str)
+            # An existing shape is still served from its log.
+            async with session.get(
+                engine.url + "/v1/shape",
+                params={"table": "items", "offset": "-1"},
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as r:
+                assert r.status == 200, await r.text()
+            await asyncio.to_thread(cluster.start)
+
+            await _committed(writer, 30, "writes after the restart")
+            stop_writer.set()
+            await writing
+            expected = [expected_rows(cluster.url, w) for w in WHERES]
+            await wait_until_async(
+                lambda: all(f.rows == e for f, e in zip(followers, expected, strict=True)),
+                timeout=60,
+                message="followers equal to SELECT",
+            )
+            stop_followers.set()
+            await asyncio.gather(*tasks)
+        for f in followers:
+            assert f.counts() == {"lost": 0, "duplicated": 0, "invalid_json": 0,
+                                  "bad_error_bodies": 0}, (f.where, f.bad_bodies)  # fmt: skip
+            assert f.resets == 0, f.statuses
+            assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+        log = engine.log_tail(200_000)
+        assert "Exception in callback" not in log, log[-3000:]
+        assert "Traceback" not in log.replace('"traceback"', "Traceback"), log[-3000:]
+    finally:
+        stop_writer.set()
+        stop_followers.set()
+        engine.stop()
