@@ -135,10 +135,11 @@ def _int_param(name: str, value: object, minimum: int) -> int | None:
     return number
 
 
-def _subset_params(raw: object) -> dict[int, str]:
-    """Subset params as the engine reads them: a JSON object or array, scalar values."""
+def _subset_params(raw: object, *, from_url: bool) -> dict[int, str]:
+    """Subset params as the engine reads them: a JSON object or array, scalar values (in the
+    URL as JSON text; in a POST body as JSON itself, where a string is not an object)."""
     field = "subset.params"
-    if isinstance(raw, str):
+    if isinstance(raw, str) and from_url:
         try:
             raw = json.loads(raw)
         except (ValueError, RecursionError):  # deep nesting: a 400, not a 500
@@ -163,7 +164,7 @@ def _parse_subset(values: dict[str, str]) -> SubsetRequest | None:
     if not keys:
         return None
     if "subset__params" in values:
-        params = _subset_params(values["subset__params"])
+        params = _subset_params(values["subset__params"], from_url=True)
     else:
         bracketed: dict[str, str] = {}
         for key, value in values.items():
@@ -237,7 +238,7 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
     raw_params = data.get("params")
     return SubsetRequest(
         where=where,
-        params={str(k): v for k, v in _subset_params(raw_params).items()}
+        params={str(k): v for k, v in _subset_params(raw_params, from_url=False).items()}
         if raw_params is not None
         else {},
         limit=_int_param("limit", data.get("limit"), 1),

@@ -72,6 +72,23 @@ SAME_ANSWER = [
     "offset=-1&live=true",
 ]
 
+#: (method, path and query, body) sent to both, for what is not a GET query string.
+SAME_ANSWER_OTHERWISE = [
+    ("PUT", "/v1/shape?table=items&offset=-1", None),
+    ("GET", "/v1/shapes?table=items&offset=-1", None),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": 5}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": "x"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": {"1": [1]}}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": ["1"]}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$2", "params": ["1"]}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": "x", "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": True, "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": 0, "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"offset": -1, "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": 1}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id > 0\x00 OR true"}),
+]
+
 
 @pytest.fixture
 def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
@@ -118,6 +135,16 @@ async def test_refusals_are_the_engines(
             got = _comparable(reply.status, reply.body)
             if got != expected:
                 differences.append((query, expected, got))
+        for method, target, body in SAME_ANSWER_OTHERWISE:
+            data = json.dumps(body).encode() if body is not None else None
+            async with session.request(
+                method, f"{engine.url}{target}&secret={engine_secret}", data=data
+            ) as resp:
+                expected = _comparable(resp.status, await resp.read())
+            reply = await proxy.request(method, target, token=admin, data=data)
+            got = _comparable(reply.status, reply.body)
+            if got != expected:
+                differences.append((f"{method} {target} {body}", expected, got))
     assert differences == []
 
 
