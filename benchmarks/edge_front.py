@@ -201,6 +201,8 @@ daemon off;
 worker_processes auto;
 pid {dir}/nginx.pid;
 error_log {dir}/error.log error;
+# The maps below are regexes over the query string: JIT-compiled, each costs far less.
+pcre_jit on;
 events {{ worker_connections 4096; }}
 http {{
     client_body_temp_path {dir}/client_body;
@@ -286,14 +288,115 @@ http {{
 """
 
 
+def _single_process(conf: str) -> str:
+    return conf.replace("worker_processes auto;", "worker_processes 1;\nmaster_process off;")
+
+
+def _start_nginx(directory: Path, conf: Path,
+                 callgrind: bool) -> tuple[subprocess.Popen[bytes], Path]:  # fmt: skip
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    err = str(directory / "error.log")
+    subprocess.run([nginx, "-t", "-q", "-c", str(conf), "-e", err], check=True)
+    cmd = [nginx, "-c", str(conf), "-e", err]
+    if callgrind:
+        out_file = directory / "callgrind.out"
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_file}", *cmd]
+    log = directory / "nginx.out"
+    with log.open("wb") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=out), log
+
+
+class PlainNginxCallgrind(Process):
+    """The shipped config/nginx tier as S1 runs it (`proxy_cache off`, no access log), as
+    one process under callgrind."""
+
+    def __init__(self, engine_port: int) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="shapegate-bench-edge-plain-"))
+        sys.path.insert(0, str(_common.ROOT / "config" / "nginx"))
+        from render import render
+
+        conf = render(self.dir, f"127.0.0.1:{self.port}", f"127.0.0.1:{engine_port}")
+        site = self.dir / "shapegate.conf"
+        text = site.read_text().replace("access_log /dev/stdout shapegate;", "access_log off;")
+        site.write_text(text.replace("proxy_cache shapegate;", "proxy_cache off;"))
+        main = conf.read_text()
+        conf.write_text(_single_process(main[main.index("daemon off;") :]))  # (no `user`)
+        self.proc, self.log = _start_nginx(self.dir, conf, True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    async def wait_ready(self) -> None:
+        await self.wait_http("/v1/health", timeout=120)
+
+    def stop(self) -> None:
+        super().stop()
+        remove_later(self.dir)
+
+
+def _callgrind_control(flag: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
+
+
+def _callgrind_total(out: Path) -> int:
+    """The instruction total of the newest dump next to `out` (one per `-d`)."""
+    dumps = sorted(out.parent.glob(out.name + ".*"), key=lambda p: p.stat().st_mtime)
+    for line in dumps[-1].read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise RuntimeError(f"no totals in {dumps[-1]}")
+
+
+async def callgrind_instructions(front: Process, directory: Path, url: str,
+                                 headers: list[dict[str, str]], n: int) -> float:  # fmt: skip
+    """User-space instructions per request of a process under callgrind: counters zeroed,
+    n requests, counters dumped (independent of the machine's load; the kernel's share of
+    the work, sockets and files, is not in it)."""
+    _callgrind_control("-z", front.pid)
+    _, done = await load(url, headers, n)
+    _callgrind_control("-d", front.pid)
+    return _callgrind_total(directory / "callgrind.out") / done
+
+
+def _start_strace(pid: int) -> tuple[subprocess.Popen[bytes], Path]:
+    """strace -c on the nginx workers under `pid`."""
+    workers = [p for p in _common.tree(pid)
+               if b"worker process" in Path(f"/proc/{p}/cmdline").read_bytes()]  # fmt: skip
+    out = Path(tempfile.mkstemp(prefix="shapegate-bench-edge-strace-")[1])
+    cmd = ["strace", "-c", "-f", "-o", str(out), *(a for p in workers for a in ("-p", str(p)))]
+    return subprocess.Popen(cmd, stderr=subprocess.DEVNULL), out
+
+
+def _stop_strace(tracer: subprocess.Popen[bytes], out: Path) -> dict[str, int]:
+    tracer.send_signal(2)
+    tracer.wait(30)
+    counts: dict[str, int] = {}
+    for line in out.read_text().splitlines():
+        parts = line.split()  # % time, seconds, usecs/call, calls, [errors], syscall
+        if len(parts) >= 5 and parts[0][0].isdigit() and parts[-1] != "total":
+            counts[parts[-1]] = int(parts[3])
+    out.unlink()
+    return counts
+
+
+async def syscalls_per_request(front: Process, url: str, headers: list[dict[str, str]],
+                               n: int) -> dict[str, float]:  # fmt: skip
+    """System calls per request of an nginx's workers (strace -c while n requests run)."""
+    tracer, out = _start_strace(front.pid)
+    await asyncio.sleep(1.0)  # (attached)
+    _, done = await load(url, headers, n)
+    return {name: calls / done for name, calls in _stop_strace(tracer, out).items()}
+
+
 class EdgeNginx(Process):
     """nginx with auth_request to `decider` (its decisions cached unless `cache=False`); with
     `static_query`, no auth_request at all and that engine query for every request (the
     edge's maps and header rules alone, to split its cost from the decision lookup's)."""
 
     def __init__(self, engine_port: int, decider: DeciderProcess, *, cache: bool,
-                 static_query: str | None = None,
-                 open_file_cache: bool = False) -> None:  # fmt: skip
+                 static_query: str | None = None, open_file_cache: bool = False,
+                 callgrind: bool = False) -> None:  # fmt: skip
+        """`callgrind`: one process (no master, one worker) under valgrind's callgrind, to
+        count its instructions per request (`callgrind_instructions`)."""
         self.port = free_port()
         self.decider = decider
         self.static = static_query
@@ -314,7 +417,9 @@ class EdgeNginx(Process):
                   "auth_request /_edge_decide;\n"
                   "            auth_request_set $edge_query $upstream_http_x_edge_query;"),
         ))  # fmt: skip
-        if os.geteuid() == 0:
+        if callgrind:
+            conf.write_text(_single_process(conf.read_text()))
+        elif os.geteuid() == 0:
             import grp
             import pwd
 
@@ -323,13 +428,7 @@ class EdgeNginx(Process):
             conf.write_text(f"user nobody {group};\n" + conf.read_text())
             for path in (self.dir, cache_dir):
                 os.chown(path, user.pw_uid, user.pw_gid)
-        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-        err = str(self.dir / "error.log")
-        subprocess.run([nginx, "-t", "-q", "-c", str(conf), "-e", err], check=True)
-        self.log = self.dir / "nginx.out"
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([nginx, "-c", str(conf), "-e", err],
-                                         stdout=out, stderr=out)  # fmt: skip
+        self.proc, self.log = _start_nginx(self.dir, conf, callgrind)
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def wait_ready(self) -> None:
@@ -389,7 +488,46 @@ async def check_pitfalls(edge: EdgeNginx, query: str, auth: dict[str, str]) -> l
     return out
 
 
-async def run(rounds: int, n: int) -> None:
+async def profile(engine: EngineProcess, dec: DeciderProcess, stack: Stack,
+                  fronts: dict[str, tuple[Process, str, list[dict[str, str]]]],
+                  direct: str, query: str, decided: str, users: list[dict[str, str]],
+                  n: int) -> None:  # fmt: skip
+    """Load-independent counts for the catch-up answer: user-space instructions per request
+    (each front as one process under callgrind) and system calls per request (strace -c on
+    the measured fronts' workers)."""
+    plain = stack.add(PlainNginxCallgrind(engine.port))
+    edges = {
+        "edge": stack.add(EdgeNginx(engine.port, dec, cache=True, callgrind=True)),
+        "edge+ofc": stack.add(EdgeNginx(engine.port, dec, cache=True, open_file_cache=True,
+                                        callgrind=True)),
+    }  # fmt: skip
+    edges["edge-static"] = stack.add(EdgeNginx(engine.port, dec, cache=False, callgrind=True,
+                                               static_query=decided))  # fmt: skip
+    cg: dict[str, tuple[Process, Path, str, list[dict[str, str]]]] = {
+        "nginx": (plain, plain.dir, direct.replace(engine.url, plain.url), [{}] * len(users)),
+        **{a: (e, e.dir, f"{e.url}/v1/shape?{query}", users) for a, e in edges.items()},
+    }
+    for front, *_ in cg.values():
+        await front.wait_ready()
+    instr = {}
+    for arm, (front, directory, url, hs) in cg.items():
+        await load(url, hs, 200)  # warm-up (fills the decision cache)
+        instr[arm] = await callgrind_instructions(front, directory, url, hs, n)
+    calls = {}
+    for arm, (front, url, hs) in fronts.items():
+        await load(url, hs, 200)
+        calls[arm] = await syscalls_per_request(front, url, hs, n)
+    print(f"## load-independent counts, 1 KiB catch-up, {n} requests per arm")
+    print("| arm | user-space instructions/req (callgrind) | system calls/req (strace) | "
+          "the calls |\n|---|---|---|---|")  # fmt: skip
+    for arm in cg:
+        top = sorted(calls[arm].items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{name} {v:.2f}" for name, v in top if v >= 0.05)
+        print(f"| {arm} | {instr[arm] / 1000:.1f}K | {sum(calls[arm].values()):.2f} | {shown} |")
+    print()
+
+
+async def run(rounds: int, n: int, profile_n: int) -> None:
     stack = Stack()
     try:
         pg = stack.add(Postgres())
@@ -456,6 +594,7 @@ async def run(rounds: int, n: int) -> None:
             calls0 = {a: await d.calls() for a, d in deciders.items()}
             cpu = {a: 0.0 for a in targets}
             eng = {a: 0.0 for a in targets}
+            decider_cpu = {a: 0.0 for a in deciders}
             count = {a: 0 for a in targets}
             per_round: dict[str, list[float]] = {a: [] for a in targets}
             rps: dict[str, list[float]] = {a: [] for a in targets}
@@ -466,8 +605,11 @@ async def run(rounds: int, n: int) -> None:
                 for arm in order:
                     url, hs = targets[arm]
                     f0, e0 = fronts[arm].cpu(), engine.cpu()
+                    d0 = deciders[arm].cpu() if arm in deciders else 0.0
                     rate, done = await load(url, hs, n)
                     df = fronts[arm].cpu() - f0
+                    if arm in deciders:
+                        decider_cpu[arm] += deciders[arm].cpu() - d0
                     cpu[arm] += df
                     eng[arm] += engine.cpu() - e0
                     count[arm] += done
@@ -498,8 +640,10 @@ async def run(rounds: int, n: int) -> None:
                 f"({calls['edge']} decider calls for {cached} requests); "
                 f"edge-miss: {calls['edge-miss']} calls for {count['edge-miss']}"
             )
+            in_decider = decider_cpu["edge-miss"] / count["edge-miss"] * 1e6
             lines.append(f"a cache miss costs ~{per['edge-miss'] - per['edge']:.0f} µs of front "
-                         f"CPU above a hit (edge-miss - edge)")  # fmt: skip
+                         f"CPU above a hit (edge-miss - edge), {in_decider:.0f} µs of it in the "
+                         f"decider (aiohttp, the token verified, policy, engine URL)")  # fmt: skip
             miss, hitc, base = per["edge-miss"], per["edge"], per["nginx"]
             if miss > hitc:
                 need = (miss - 1.5 * base) / (miss - hitc)
@@ -518,7 +662,16 @@ async def run(rounds: int, n: int) -> None:
             client.close()
             shown = {k: hdrs.get(k) for k in ("cache-control", "vary", "etag")}
             print(f"- {arm} answer headers: {shown}")
-        print(f"(edge nginx error log: {(edge.dir / 'error.log').read_text()[-600:]!r})")
+        print(f"(edge nginx error log: {(edge.dir / 'error.log').read_text()[-600:]!r})\n")
+        if profile_n:
+            direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, first)
+            traced: dict[str, tuple[Process, str, list[dict[str, str]]]] = {
+                "nginx": (nginx, direct.replace(engine.url, nginx.url), [{}] * conc),
+                **{a: (f, f"{f.url}/v1/shape?{q}", users)
+                   for a, f in (("edge", edge), ("edge+ofc", edge_ofc),
+                                ("edge-static", edge_static))},
+            }  # fmt: skip
+            await profile(engine, dec, stack, traced, direct, q, decided, users, profile_n)
     finally:
         stack.close()
 
@@ -531,9 +684,12 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=4000, help="requests per arm per round")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 1,500")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="then count instructions (callgrind) and system calls (strace) "
+                    "per request over N requests per arm")  # fmt: skip
     a = ap.parse_args(argv)
     rounds, n = (2, 1500) if a.quick else (a.rounds, a.n)
-    asyncio.run(run(rounds, n))
+    asyncio.run(run(rounds, n, a.profile))
 
 
 if __name__ == "__main__":

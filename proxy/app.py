@@ -69,7 +69,7 @@ def _check_path(request: Request) -> str:
     """The raw path when it is served (then it equals the decoded path), else a 404."""
     raw = request.raw_path.split("?", 1)[0]
     if raw not in _EXACT_PATHS and not _NAMED_SHAPE_PATH.match(raw):
-        raise NotFound("not_found", "no such path")
+        raise NotFound("not_found", "Not Found")  # the engine's (aiohttp's) words
     return raw
 
 

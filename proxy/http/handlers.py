@@ -84,7 +84,7 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     elif method in ("POST", "DELETE"):
         prepared, body = await _prepare(request, runtime, shape_name, method=method)
     else:
-        raise MethodNotAllowed("method_not_allowed", f"{method} is not supported here")
+        raise MethodNotAllowed("method_not_allowed", "Method Not Allowed")  # the engine's words
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
     context.shared = prepared.shared

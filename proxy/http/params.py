@@ -1,21 +1,27 @@
 """Query string (and POST subset body) -> `ShapeRequest`. Pure; raises `BadShapeRequest`.
 
-Every parameter must appear at most once: Plug keeps the last duplicate while yarl's `.get()`
-returns the first, so `table=a&table=b` could be checked as `a` and served as `b`. Only
-the protocol parameters listed below pass through to the engine; shape-defining parameters are
-parsed so the policy can check them; anything else is dropped.
+The parameters the engine reads must each appear at most once (Plug keeps the last duplicate
+while yarl's `.get()` returns the first, so `table=a&table=b` could be checked as `a` and
+served as `b`); the proxy rebuilds the upstream URL from what it parsed, so a repeated
+parameter it does not read (`cache-buster`, an unknown one) is harmless and is not refused.
+Only the protocol parameters listed below pass through to the engine; shape-defining
+parameters are parsed so the policy can check them; anything else is dropped.
+
+Refusals say what the engine says for the same input (`sync_engine.http.params`), in the same
+order: repeated parameters, then NUL bytes (which would cut a clause short in the SQL parser,
+so that the proxy would check and send less than the client wrote), then the values.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from proxy.errors import BadShapeRequest
 from proxy.policy.sql import parse_identifier_list
 from proxy.shape_request import ShapeRequest, SubsetRequest
+from sync_engine.http.limits import MAX_PARAMS
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -33,72 +39,144 @@ PROTOCOL_PARAMS = (
 _SUBSET_SCALARS = ("subset__where", "subset__limit", "subset__offset", "subset__order_by")
 #: Accepted and dropped: Electric's server ignores them, and they cannot be checked.
 _SUBSET_IGNORED = ("subset__where_expr", "subset__order_by_expr")
-_PARAM_KEY = re.compile(r"^params\[(\d{1,4})\]$")
-_SUBSET_PARAM_KEY = re.compile(r"^subset__params\[(\d{1,4})\]$")
+#: What the engine reads at most once, in the order it names the first repeated one.
+_SINGLE = (
+    "table",
+    "offset",
+    "handle",
+    "live",
+    "live_sse",
+    "experimental_live_sse",
+    "cursor",
+    "where",
+    "columns",
+    "replica",
+    "log",
+    "subset__where",
+    "subset__limit",
+    "subset__offset",
+    "subset__order_by",
+    "subset__params",
+)
+_SINGLE_SET = frozenset(_SINGLE)
+_PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
+_SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
+_NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 MAX_VALUE_LENGTH = 8192
+#: LIMIT and OFFSET are bigint in Postgres (the engine's bound and words).
+_MAX_BIGINT = 2**63 - 1
+
+
+def _invalid(reason: str, field: str, message: str) -> BadShapeRequest:
+    return BadShapeRequest(reason, message, field=field)
 
 
 def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """The first value of each parameter, after the engine's checks of repeats and NULs."""
     pairs = list(items)
-    counts = Counter(name for name, _ in pairs)
-    repeated = sorted(name for name, n in counts.items() if n > 1)
-    if repeated:
-        raise BadShapeRequest(
-            "repeated_parameter", f"parameter given more than once: {', '.join(repeated)}"
-        )
+    values: dict[str, str] = {}
+    repeated: list[str] = []
+    for name, value in pairs:
+        if name in values:
+            repeated.append(name)
+        else:
+            values[name] = value
+    for name in _SINGLE:
+        if name in repeated:
+            raise _invalid("repeated_parameter", name, "must be given at most once")
+    for name in repeated:
+        match = _PARAM_KEY.match(name)
+        if match:
+            raise _invalid(
+                "repeated_parameter", "params", f"params[{match.group(1)}] is given more than once"
+            )
+    for name, value in pairs:
+        if "\x00" in value and (name in _SINGLE_SET or name.startswith(("params[", "subset__"))):
+            field = "params" if name.startswith("params[") else name
+            raise _invalid("nul_byte", field, "must not contain NUL bytes")
     for name, value in pairs:
         if len(value) > MAX_VALUE_LENGTH or len(name) > 128:
             raise BadShapeRequest("parameter_too_long", f"parameter {name[:40]!r} is too long")
     # Electric treats empty strings as absent.
-    return {name: value for name, value in pairs if value != ""}
+    return {name: value for name, value in values.items() if value != ""}
 
 
-def _int_param(name: str, value: str | int | None, minimum: int) -> int | None:
-    if value is None:
+def _numbered(params: Mapping[str, str], field: str) -> dict[int, str]:
+    """`{"1": a, "2": b}` -> `{1: a, 2: b}`: numbers as keys, 1..n without a gap."""
+    if len(params) > MAX_PARAMS:
+        raise _invalid(
+            "invalid_params", field, f"has too many parameters (the limit is {MAX_PARAMS})"
+        )
+    if not all(_NUMBER.match(key) for key in params):
+        raise _invalid("invalid_params", field, "Parameters can only use numbers as keys")
+    numbered = {int(key): value for key, value in params.items()}
+    if sorted(numbered) != list(range(1, len(params) + 1)):
+        raise _invalid(
+            "invalid_params", field, "Parameters must be numbered sequentially, starting from 1"
+        )
+    return numbered
+
+
+def _int_param(name: str, value: object, minimum: int) -> int | None:
+    """A subset limit or offset, refused in the engine's words."""
+    field = f"subset.{name}"
+    if value is None or value == "":
         return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise _invalid("invalid_subset", field, "is invalid")
     try:
         number = int(value)
-    except (TypeError, ValueError):
-        raise BadShapeRequest("invalid_subset", f"{name} must be an integer") from None
-    if number < minimum or number > 10**9:
-        raise BadShapeRequest("invalid_subset", f"{name} must be >= {minimum}")
+    except (ValueError, OverflowError):  # "abc", "1.5", NaN, Infinity
+        raise _invalid("invalid_subset", field, "is invalid") from None
+    if number < minimum:
+        raise _invalid("invalid_subset", field, f"must be greater than or equal to {minimum}")
+    if number > _MAX_BIGINT:
+        raise _invalid("invalid_subset", field, f"must be less than or equal to {_MAX_BIGINT}")
     return number
 
 
-def _subset_params(raw: object, name: str) -> dict[str, str]:
-    if isinstance(raw, str):
+def _subset_params(raw: object, *, from_url: bool) -> dict[int, str]:
+    """Subset params as the engine reads them: a JSON object or array, scalar values (in the
+    URL as JSON text; in a POST body as JSON itself, where a string is not an object)."""
+    field = "subset.params"
+    if isinstance(raw, str) and from_url:
         try:
             raw = json.loads(raw)
         except (ValueError, RecursionError):  # deep nesting: a 400, not a 500
-            raise BadShapeRequest("invalid_subset", f"{name} must be a JSON object") from None
+            raise _invalid("invalid_subset", field, "is invalid JSON") from None
+    if isinstance(raw, list):
+        raw = {str(i + 1): value for i, value in enumerate(raw)}
     if not isinstance(raw, dict):
-        raise BadShapeRequest("invalid_subset", f"{name} must be a JSON object")
-    out: dict[str, str] = {}
-    for key, value in raw.items():
-        if not str(key).isdigit() or isinstance(value, dict | list) or value is None:
-            raise BadShapeRequest("invalid_subset", f"{name} maps numbers to scalar values")
-        out[str(int(key))] = value if isinstance(value, str) else json.dumps(value)
-    return out
+        raise _invalid("invalid_subset", field, "must be an object")
+    if any(isinstance(value, dict | list) for value in raw.values()):
+        raise _invalid("invalid_subset", field, "values must be strings, numbers or booleans")
+    texts = {
+        str(key): "" if value is None else value if isinstance(value, str) else json.dumps(value)
+        for key, value in raw.items()
+    }
+    if any("\x00" in text for text in texts.values()):
+        raise _invalid("nul_byte", "subset.where", "must not contain NUL bytes")
+    return _numbered(texts, field) if texts else {}
 
 
 def _parse_subset(values: dict[str, str]) -> SubsetRequest | None:
     keys = [k for k in values if k.startswith("subset__")]
     if not keys:
         return None
-    params: dict[str, str] = {}
     if "subset__params" in values:
-        params = _subset_params(values["subset__params"], "subset__params")
-    for key, value in values.items():
-        match = _SUBSET_PARAM_KEY.match(key)
-        if match:
-            if "subset__params" in values:
-                raise BadShapeRequest("invalid_subset", "give subset__params in one form only")
-            params[str(int(match.group(1)))] = value
+        params = _subset_params(values["subset__params"], from_url=True)
+    else:
+        bracketed: dict[str, str] = {}
+        for key, value in values.items():
+            match = _SUBSET_PARAM_KEY.match(key)
+            if match:
+                bracketed[match.group(1)] = value
+        params = _numbered(bracketed, "subset.params") if bracketed else {}
     return SubsetRequest(
         where=values.get("subset__where"),
-        params=params,
-        limit=_int_param("subset__limit", values.get("subset__limit"), 1),
-        offset=_int_param("subset__offset", values.get("subset__offset"), 0),
+        params={str(k): v for k, v in params.items()},
+        limit=_int_param("limit", values.get("subset__limit"), 1),
+        offset=_int_param("offset", values.get("subset__offset"), 0),
         order_by=values.get("subset__order_by"),
     )
 
@@ -106,19 +184,20 @@ def _parse_subset(values: dict[str, str]) -> SubsetRequest | None:
 def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
     """Parse a `/v1/shape` query string (as decoded name/value pairs)."""
     values = _one_each(items)
-    params: dict[int, str] = {}
+    bracketed: dict[str, str] = {}
     for key, value in values.items():
         match = _PARAM_KEY.match(key)
         if match:
-            params[int(match.group(1))] = value
+            bracketed[match.group(1)] = value
     if "params" in values:
-        raise BadShapeRequest("invalid_params", "give params as params[1]=..., params[2]=...")
+        raise _invalid("invalid_params", "params", "must be given as params[1]=value&params[2]=...")
+    params = _numbered(bracketed, "params") if bracketed else {}
     columns = None
     if "columns" in values:
         try:
             columns = parse_identifier_list(values["columns"])
         except ValueError as exc:
-            raise BadShapeRequest("invalid_columns", f"columns: {exc}") from None
+            raise _invalid("invalid_columns", "columns", str(exc)) from None
     return ShapeRequest(
         table=values.get("table"),
         where=values.get("where"),
@@ -151,11 +230,18 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
         raise BadShapeRequest("invalid_body", f"unexpected body keys: {', '.join(unknown)}")
     for key in ("where", "order_by"):
         if key in data and data[key] is not None and not isinstance(data[key], str):
-            raise BadShapeRequest("invalid_body", f"{key} must be a string")
+            raise _invalid("invalid_subset", f"subset.{key}", "is invalid")
+    where = data.get("where") or None
+    order_by = data.get("order_by") or None
+    if "\x00" in (where or "") + (order_by or ""):
+        raise _invalid("nul_byte", "subset.where", "must not contain NUL bytes")
+    raw_params = data.get("params")
     return SubsetRequest(
-        where=data.get("where") or None,
-        params=_subset_params(data["params"], "params") if data.get("params") else {},
+        where=where,
+        params={str(k): v for k, v in _subset_params(raw_params, from_url=False).items()}
+        if raw_params is not None
+        else {},
         limit=_int_param("limit", data.get("limit"), 1),
         offset=_int_param("offset", data.get("offset"), 0),
-        order_by=data.get("order_by") or None,
+        order_by=order_by,
     )

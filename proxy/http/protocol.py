@@ -6,7 +6,8 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
 
 - limits: a request target over `MAX_REQUEST_TARGET` bytes is a 414, a header (name and
   value) over `MAX_HEADER_FIELD` or more than `MAX_HEADERS` headers a 431, and anything the
-  parser refuses (or a repeated `Host`, `Content-Length`... header, a NUL in a value) a 400:
+  parser refuses (or a repeated `Host`, `Content-Length`... header, a NUL in a value, a second
+  `Authorization`) a 400:
   the shared answers of `sync_engine.http.parser_refusals`, in the proxy's JSON, nothing of
   the request quoted, one INFO line, then the connection closes;
 - `Expect: 100-continue` is answered at once (the body is read before the handler runs);
@@ -64,6 +65,11 @@ TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
 EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
+#: Two `Authorization` headers: which one is the caller? A front that reads the last one and
+#: a proxy that reads the first would each authorise a different principal, so neither is.
+REPEATED_AUTHORIZATION = Refusal(
+    400, "bad_request", "Malformed HTTP request: more than one Authorization header"
+)
 
 #: Headers a request may carry once (as aiohttp's parser: a second one is a 400).
 _SINGLETONS = frozenset(
@@ -293,6 +299,8 @@ class Connection(asyncio.Protocol, Writer):
             for name in _SINGLETONS:
                 if len(headers.getall(name, ())) > 1:
                     raise _Refused(MALFORMED)
+            if len(headers.getall("authorization", ())) > 1:
+                raise _Refused(REPEATED_AUTHORIZATION)
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)

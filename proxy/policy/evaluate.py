@@ -17,7 +17,7 @@ from proxy.config.model import ClaimMatch
 from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
 from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
-from proxy.policy.sql import ClauseCache, parse_table_name
+from proxy.policy.sql import ClauseCache, ClientClause, parse_table_name
 from proxy.policy.tables import format_table
 from proxy.shape_request import ShapeRequest, SubsetRequest
 
@@ -150,17 +150,18 @@ def _table_key(text: str) -> tuple[str, str]:
         raise BadShapeRequest("invalid_table", str(exc), field="table") from None
 
 
-def _numbered(params: Mapping[Any, str], count: int, what: str) -> tuple[str, ...]:
-    """`params` as a tuple for `$1..$count`; exactly those keys, or a 400."""
-    keys = {str(k) for k in params}
-    if keys != {str(i) for i in range(1, count + 1)}:
-        raise BadShapeRequest(
-            "invalid_params",
-            f"{what} must be numbered 1..n, one for each $n",
-            field="subset.params" if what.startswith("subset") else "params",
-        )
-    by_text = {str(k): v for k, v in params.items()}
-    return tuple(by_text[str(i)] for i in range(1, count + 1))
+def _ordered(params: Mapping[Any, str]) -> tuple[str, ...]:
+    """Params numbered 1..n (checked by `http.params`) as the tuple for `$1..$n`."""
+    by_number = {int(k): v for k, v in params.items()}
+    return tuple(by_number[i] for i in range(1, len(by_number) + 1))
+
+
+def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
+    """A `$n` with no param: the engine's error (`At location L: parameter $n was not
+    provided`), said before the enforced params shift the client's numbers."""
+    missing = clause.missing_param(given)
+    if missing is not None:
+        raise BadShapeRequest("invalid_params", missing, field=field)
 
 
 def _build_where(
@@ -169,22 +170,21 @@ def _build_where(
     enforced_params = tuple(_param_from_claim(claims, p) for p in rule.claim_paths)
     enforced_sql = rule.template.sql if rule.template else None
     if request.where is None:
-        if request.params:
-            raise BadShapeRequest(
-                "params_without_where", "params are only accepted with a where", field="params"
-            )
+        # Params without a where mean nothing to the engine, which ignores them: so does
+        # the proxy (they never reach the engine, whose `$1..$n` are the enforced ones).
         return enforced_sql, enforced_params
     if rule.client_where == "forbid":
         raise Forbidden(
             "client_where_not_allowed", "this shape does not accept a client where", field="where"
         )
+    client_params = _ordered(request.params)
     if rule.client_where == "passthrough":
         # No enforced filter and no hidden column (checked at load): the engine checks it.
-        return request.where, _numbered(request.params, len(request.params), "params")
+        return request.where, client_params
     clause = clauses.client_where(
         request.where, rule.columns, param_offset=len(enforced_params), what="where"
     )
-    client_params = _numbered(request.params, clause.param_count, "params")
+    _refuse_missing(clause, len(client_params), "where")
     where = f"({enforced_sql}) AND ({clause.sql})" if enforced_sql else f"({clause.sql})"
     return where, enforced_params + client_params
 
@@ -197,20 +197,19 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
     if rule.client_where == "passthrough":
         return subset
     where = None
+    params: Mapping[str, str] = {}
     if subset.where is not None:
         clause = clauses.client_where(subset.where, rule.columns, what="subset where")
-        _numbered(subset.params, clause.param_count, "subset params")
+        _refuse_missing(clause, len(subset.params), "subset.where")
         where = clause.sql
-    elif subset.params:
-        raise BadShapeRequest(
-            "params_without_where", "subset params need a subset where", field="subset.params"
-        )
+        params = subset.params
+    # (subset params without a subset where: ignored, as the engine ignores them)
     order_by = None
     if subset.order_by is not None:
         order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
     return SubsetRequest(
         where=where,
-        params=subset.params,
+        params=params,
         limit=subset.limit,
         offset=subset.offset,
         order_by=order_by,
@@ -256,9 +255,7 @@ def evaluate(
     if columns is None:
         columns = rule.column_order
     if request.replica not in (None, "default", "full"):
-        raise BadShapeRequest(
-            "invalid_replica", "replica must be 'default' or 'full'", field="replica"
-        )
+        raise BadShapeRequest("invalid_replica", "is invalid", field="replica")
     if request.replica == "full" and not rule.replica_full:
         raise Forbidden(
             "replica_full_not_allowed",

@@ -21,8 +21,12 @@ from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
 from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
+from sync_engine.pg.identifiers import parse_columns, parse_relation
 
 MAX_CLAUSE_LENGTH = 4096
+#: Where pglast parses a client clause: locations in it minus this are the client's (as the
+#: engine counts them, `sync_engine.shapes.where.errors.PREFIX`).
+_PREFIX = "SELECT 1 WHERE "
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
@@ -66,6 +70,16 @@ class ClientClause:
 
     sql: str
     param_count: int
+    #: Each `$n` of the client's text (before the shift) with its location in that text, in
+    #: the order the parser met them: what `missing_param` names, as the engine would.
+    param_refs: tuple[tuple[int, int], ...] = ()
+
+    def missing_param(self, given: int) -> str | None:
+        """The engine's error for the first `$n` beyond the `given` params, if any."""
+        for number, location in self.param_refs:
+            if number > given:
+                return f"At location {location}: parameter ${number} was not provided"
+        return None
 
 
 def parse_identifier(text: str) -> str:
@@ -103,21 +117,19 @@ def _split_outside_quotes(text: str, sep: str) -> list[str]:
 
 
 def parse_identifier_list(text: str) -> tuple[str, ...]:
-    """A comma-separated column list (`id,"Title"`) as exact column names."""
-    names = tuple(parse_identifier(part) for part in _split_outside_quotes(text, ","))
-    if len(set(names)) != len(names):
-        raise ValueError("a column is listed twice")
-    return names
+    """A client's comma-separated column list (`id,"Title"`) as exact column names.
+
+    Read by the engine's own parser (`sync_engine.pg.identifiers`), so a list means the same
+    columns to both and is refused in the same words (ValueError). A column listed twice
+    counts once, as the engine reads it.
+    """
+    return tuple(dict.fromkeys(parse_columns(text)))
 
 
 def parse_table_name(text: str) -> tuple[str, str]:
-    """`items`, `public.items` or `"Sch"."Tab"` -> (schema, table); schema defaults to public."""
-    parts = _split_outside_quotes(text, ".")
-    if len(parts) == 1:
-        return ("public", parse_identifier(parts[0]))
-    if len(parts) == 2:
-        return (parse_identifier(parts[0]), parse_identifier(parts[1]))
-    raise ValueError(f"invalid table name {text!r}")
+    """A client's `items`, `public.items` or `"Sch"."Tab"` -> (schema, table), read by the
+    engine's own parser (schema defaults to public; ValueError in the engine's words)."""
+    return parse_relation(text)
 
 
 def quote_identifier(name: str) -> str:
@@ -163,9 +175,11 @@ def _walk(node: object) -> Iterator[ast.Node]:
             yield from _walk(item)
 
 
-def _check_tree(root: object, allowed_columns: Collection[str] | None, what: str) -> int:
-    """Refuse disallowed node types and columns; return the highest `$n` used."""
-    highest = 0
+def _check_tree(
+    root: object, allowed_columns: Collection[str] | None, what: str
+) -> list[tuple[int, int]]:
+    """Refuse disallowed node types and columns; return each `$n` and its location."""
+    refs: list[tuple[int, int]] = []
     for node in _walk(root):
         kind = type(node).__name__
         if kind not in _ALLOWED_NODES:
@@ -184,8 +198,18 @@ def _check_tree(root: object, allowed_columns: Collection[str] | None, what: str
                     "column_not_allowed", f"{what}: column {name!r} may not be referenced"
                 )
         elif isinstance(node, ast.ParamRef):
-            highest = max(highest, node.number)
-    return highest
+            refs.append((node.number, node.location - len(_PREFIX)))
+    return refs
+
+
+def _refuse_nul(clause: str, what: str) -> None:
+    """pglast hands the text to a C parser that stops at a NUL byte: what follows would be
+    neither checked nor sent, so the proxy would serve less of a filter than the client wrote.
+    Refused as the engine refuses it."""
+    if "\x00" in clause:
+        raise BadShapeRequest(
+            "nul_byte", "must not contain NUL bytes", field=what.replace(" ", ".")
+        )
 
 
 def _shift_params(root: object, offset: int) -> None:
@@ -220,21 +244,27 @@ def check_client_where(
     """
     if len(clause) > MAX_CLAUSE_LENGTH:
         raise BadShapeRequest("where_too_long", f"{what} is longer than {MAX_CLAUSE_LENGTH}")
+    _refuse_nul(clause, what)
     try:
-        stmt = _parse_select(f"SELECT 1 WHERE {clause}")
+        stmt = _parse_select(_PREFIX + clause)
     except ValueError as exc:
         raise BadShapeRequest("invalid_where", f"{what} {exc}") from None
     where = stmt.whereClause
     _check_depth(where, what)
-    highest = _check_tree(where, allowed_columns, what)
+    refs = _check_tree(where, allowed_columns, what)
     _shift_params(where, param_offset)
-    return ClientClause(sql=_deparse(where, what), param_count=highest)
+    return ClientClause(
+        sql=_deparse(where, what),
+        param_count=max((number for number, _ in refs), default=0),
+        param_refs=tuple(refs),
+    )
 
 
 def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what: str) -> str:
     """Validate a client `ORDER BY` list and return it deparsed."""
     if len(clause) > MAX_CLAUSE_LENGTH:
         raise BadShapeRequest("order_by_too_long", f"{what} is too long")
+    _refuse_nul(clause, what)
     try:
         stmts = parse_sql(f"SELECT 1 ORDER BY {clause}")
     except ParseError:
@@ -245,8 +275,7 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     if stmt.fromClause or stmt.limitCount or stmt.limitOffset or stmt.lockingClause or stmt.op:
         raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
     _check_depth(stmt.sortClause, what)
-    highest = _check_tree(stmt.sortClause, allowed_columns, what)
-    if highest:
+    if _check_tree(stmt.sortClause, allowed_columns, what):
         raise BadShapeRequest("invalid_order_by", f"{what} may not use parameters")
     return ", ".join(_deparse(item, what) for item in stmt.sortClause)
 
@@ -267,6 +296,8 @@ def compile_template(template: str) -> CompiledTemplate:
         return f"${paths.index(path) + 1}"
 
     sql = _PLACEHOLDER.sub(number, template)
+    if "\x00" in sql:
+        raise ValueError("a NUL byte in a where template")
     if "{{" in sql or "}}" in sql:
         raise ValueError("malformed {{claim}} placeholder")
     stmt = _parse_select(f"SELECT 1 WHERE {sql}")

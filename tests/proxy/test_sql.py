@@ -88,11 +88,34 @@ def test_identifiers() -> None:
     assert parse_identifier_list('"a,b"') == ("a,b",)
     assert parse_table_name("Items") == ("public", "items")
     assert parse_table_name('"Sch"."T.x"') == ("Sch", "T.x")
-    for bad in ("", '"', "a b", "a,a", '"x"y"'):
+    assert parse_identifier_list("id,title,id") == ("id", "title")  # as the engine reads it
+    for bad in ("", '"', "a b", '"x"y"', "ÀBC"):
         with pytest.raises(ValueError):
             parse_identifier_list(bad)
-    with pytest.raises(ValueError):
-        parse_table_name("a.b.c")
+    for bad in ("a.b.c", "Ítems", '"', "items."):
+        with pytest.raises(ValueError):
+            parse_table_name(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a.b.c", "Invalid relation identifier, too many delimiters: a.b.c"),
+        ("items\ufffd", "Invalid unquoted identifier contains special characters: items\ufffd"),
+        ('"items', 'Invalid identifier, unterminated quote: "items'),
+        ('""', "Invalid zero-length delimited identifier"),
+        ("a" * 64, "Identifier is too long (max length is 63)"),
+    ],
+)
+def test_table_names_are_refused_in_the_engines_words(text: str, message: str) -> None:
+    """The proxy reads `table` and `columns` with the engine's parser: same names, same errors."""
+    from sync_engine.pg.identifiers import parse_relation
+
+    with pytest.raises(ValueError) as proxy_error:
+        parse_table_name(text)
+    with pytest.raises(ValueError) as engine_error:
+        parse_relation(text)
+    assert str(proxy_error.value) == str(engine_error.value) == message
 
 
 def test_clause_cache_parses_each_text_once_and_remembers_refusals() -> None:

@@ -1,0 +1,179 @@
+"""A client cannot tell the proxy from the engine where the policy does not narrow: the same
+malformed request gets the same status and the same error body (less the proxy's `code`),
+and the same rows when it is valid. Real path: proxy -> `sync-engine` -> PostgreSQL.
+
+Each query below is sent twice: straight to the engine (with its secret) and through the
+proxy under a rule that allows every row and column (an admin). Found by probing: the proxy
+used to answer many of these in its own words (`subset__limit must be >= 1`), refuse what
+the engine accepts (params the where does not use, a column listed twice, a JSON-array
+`subset__params`), and let a NUL byte cut a where clause short in its SQL parser, serving
+rows the rest of the clause would have filtered out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess
+
+#: Query strings (after `/v1/shape?table=items&`), as a client would send them.
+SAME_ANSWER = [
+    # repeated parameters
+    "offset=-1&table=x",
+    "offset=-1&where=id>1&where=id>2",
+    "offset=-1&where=id>$1&params[1]=1&params[1]=2",
+    "offset=-1&cache-buster=1&cache-buster=2",
+    "offset=-1&foo=1&foo=2",
+    # NUL bytes: refused, never cut short
+    "offset=-1&where=id>0%00 OR true",
+    "offset=-1&where=title=%27%00%27",
+    "offset=-1&subset__where=id>0%00 OR true",
+    "offset=-1&subset__order_by=id%00",
+    "offset=-1&handle=%00",
+    # params
+    "offset=-1&where=id>$1&params[1]=1&params[2]=2",
+    "offset=-1&where=id>$2&params[1]=1",
+    "offset=-1&where=id>1&params[1]=1",
+    "offset=-1&where=id>$1&params[2]=1",
+    "offset=-1&where=id>$1&params[x]=1",
+    "offset=-1&where=id>$1",
+    "offset=-1&params[1]=1",
+    "offset=-1&params=x",
+    # subsets
+    "offset=-1&subset__where=id>$1",
+    "offset=-1&subset__where=id>$2&subset__params[1]=1",
+    "offset=-1&subset__where=id>1&subset__params[1]=1",
+    "offset=-1&subset__params[1]=1",
+    "offset=-1&subset__where=id>$1&subset__params=[1]",
+    "offset=-1&subset__where=id>$1&subset__params=nojson",
+    "offset=-1&subset__where=id>$1&subset__params=5",
+    "offset=-1&subset__limit=-1&subset__order_by=id",
+    "offset=-1&subset__limit=abc&subset__order_by=id",
+    "offset=-1&subset__limit=99999999999999999999&subset__order_by=id",
+    "offset=-1&subset__offset=-5&subset__order_by=id",
+    "offset=-1&subset__limit=2",
+    # identifiers, replica, log, offsets
+    "offset=-1&columns=id,id",
+    "offset=-1&columns=id,%FF",
+    "offset=-1&columns=nosuch",
+    "offset=-1&replica=bogus",
+    "offset=-1&log=bogus",
+    "offset=abc",
+    "offset=0_0",
+    "offset=-1&live=true",
+]
+
+#: (method, path and query, body) sent to both, for what is not a GET query string.
+SAME_ANSWER_OTHERWISE = [
+    ("PUT", "/v1/shape?table=items&offset=-1", None),
+    ("GET", "/v1/shapes?table=items&offset=-1", None),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": 5}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": "x"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": {"1": [1]}}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": ["1"]}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$2", "params": ["1"]}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": "x", "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": True, "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": 0, "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"offset": -1, "order_by": "id"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"limit": 1}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id > 0\x00 OR true"}),
+]
+
+
+@pytest.fixture
+def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
+        conn.execute("INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')")
+    engine = EngineProcess(
+        db_url, tmp_path / "data", "--secret", engine_secret, "--long-poll-timeout", "1"
+    )
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+def _comparable(status: int, body: bytes) -> Any:
+    if status >= 400:
+        answer = json.loads(body)
+        answer.pop("code", None)  # the proxy's machine-readable reason, on top of Electric's
+        return status, answer
+    return status, None  # rows are compared below, for the valid requests
+
+
+async def test_refusals_are_the_engines(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    engine_secret: str,
+) -> None:
+    proxy = await make_proxy(
+        build_config(base_config(engine.url, str(idp_server.make_url("/jwks.json"))), environ)
+    )
+    admin = proxy.tokens.make(sub="root", role="admin")
+    differences = []
+    async with aiohttp.ClientSession() as session:
+        for query in SAME_ANSWER:
+            target = f"/v1/shape?table=items&{query}".replace(" ", "%20")
+            direct = f"{engine.url}{target}&secret={engine_secret}"
+            async with session.get(aiohttp.client.URL(direct, encoded=True)) as resp:
+                expected = _comparable(resp.status, await resp.read())
+            reply = await proxy.raw_get(target, admin)
+            got = _comparable(reply.status, reply.body)
+            if got != expected:
+                differences.append((query, expected, got))
+        for method, target, body in SAME_ANSWER_OTHERWISE:
+            data = json.dumps(body).encode() if body is not None else None
+            async with session.request(
+                method, f"{engine.url}{target}&secret={engine_secret}", data=data
+            ) as resp:
+                expected = _comparable(resp.status, await resp.read())
+            reply = await proxy.request(method, target, token=admin, data=data)
+            got = _comparable(reply.status, reply.body)
+            if got != expected:
+                differences.append((f"{method} {target} {body}", expected, got))
+    assert differences == []
+
+
+async def test_a_nul_byte_never_shortens_a_members_where(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`id > 0\\0 AND false` used to be checked and sent as `id > 0`: every row of the org."""
+    proxy = await make_proxy(
+        build_config(base_config(engine.url, str(idp_server.make_url("/jwks.json"))), environ)
+    )
+    member = proxy.tokens.make(org_id="org-a")
+    for query in (
+        "where=id > 0%00 AND false",
+        "subset__where=id > 0%00 AND false",
+        "subset__order_by=id%00, title",
+    ):
+        reply = await proxy.raw_get(
+            f"/v1/shape?table=items&offset=-1&{query.replace(' ', '%20')}", member
+        )
+        assert reply.status == 400, reply.body
+        errors = reply.json()["errors"]
+        assert list(errors.values()) == [["must not contain NUL bytes"]]
+    for body in ({"where": "id > 0\x00 AND false"}, {"where": "id > $1", "params": ["0\x00"]}):
+        post = await proxy.request(
+            "POST",
+            "/v1/shape?table=items&offset=-1",
+            token=member,
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        assert post.status == 400, post.body
+        assert post.json()["errors"] == {"subset": {"where": ["must not contain NUL bytes"]}}
