@@ -52,9 +52,20 @@ def _flag(name: str) -> bool:
     return (_env(name, "") or "").lower() in ("1", "true", "yes", "on")
 
 
-def _num(name: str, convert: Callable[[str], T], what: str, flag: str, default: T) -> T:
-    """A flag's default from SYNC_ENGINE_<name>, or one line naming the variable if bad."""
+def _num(
+    name: str,
+    convert: Callable[[str], T],
+    what: str,
+    flag: str,
+    default: T,
+    electric: str | None = None,
+) -> T:
+    """A flag's default from SYNC_ENGINE_<name>, else from Electric's own variable for the
+    same setting (`electric`, so an Electric deployment's environment carries over), or one
+    line naming the variable if bad."""
     value = env_value(os.environ, _ENV + name, convert, what, prog=PROG, flag=flag)
+    if value is None and electric:
+        value = env_value(os.environ, electric, convert, what, prog=PROG, flag=flag)
     return default if value is None else value
 
 
@@ -120,15 +131,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-age",
         type=whole_number,
-        default=_num("MAX_AGE", whole_number, "a whole number of seconds", "--max-age", 60),
-        help="cache max-age for catch-up responses (default 60). Env: SYNC_ENGINE_MAX_AGE",
+        default=_num(
+            "MAX_AGE",
+            whole_number,
+            "a whole number of seconds",
+            "--max-age",
+            60,
+            electric="ELECTRIC_CACHE_MAX_AGE",
+        ),
+        help="cache max-age for catch-up responses (default 60). Env: SYNC_ENGINE_MAX_AGE"
+        " or Electric's ELECTRIC_CACHE_MAX_AGE",
     )
     p.add_argument(
         "--stale-age",
         type=whole_number,
-        default=_num("STALE_AGE", whole_number, "a whole number of seconds", "--stale-age", 300),
+        default=_num(
+            "STALE_AGE",
+            whole_number,
+            "a whole number of seconds",
+            "--stale-age",
+            300,
+            electric="ELECTRIC_CACHE_STALE_AGE",
+        ),
         help="stale-while-revalidate for catch-up responses (default 300)."
-        " Env: SYNC_ENGINE_STALE_AGE",
+        " Env: SYNC_ENGINE_STALE_AGE or Electric's ELECTRIC_CACHE_STALE_AGE",
     )
     p.add_argument(
         "--chunk-bytes",
@@ -139,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
             "a whole number of bytes",
             "--chunk-bytes",
             10 * 1024 * 1024,
+            electric="ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD",
         ),
         help="size at which log and snapshot chunks are cut (default 10 MiB)."
-        " Env: SYNC_ENGINE_CHUNK_BYTES",
+        " Env: SYNC_ENGINE_CHUNK_BYTES or Electric's ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD",
     )
     p.add_argument(
         "--max-shapes",

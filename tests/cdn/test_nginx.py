@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.engine_process import until_parked
+from tests.support.waiting import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
 RENDER = ROOT / "config" / "nginx" / "render.py"
@@ -152,7 +154,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _start_engine(db_url: str, port: int, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def _start_engine(
+    db_url: str, port: int, data_dir: Path, log: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL)")
         conn.execute("INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 5) g")
@@ -160,7 +164,7 @@ def _start_engine(db_url: str, port: int, data_dir: Path, log: Path) -> subproce
         [sys.executable, "-m", "sync_engine", "--database-url", db_url, "--port", str(port),
          "--data-dir", str(data_dir), "--secret", SECRET, "--long-poll-timeout", str(HOLD),
          "--no-fsync"],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
         stdout=log.open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -188,11 +192,11 @@ def _scratch_dir() -> Path:
     return scratch
 
 
-@pytest.fixture
-async def stack(db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+@asynccontextmanager
+async def _stack(db_url: str, tmp_path: Path, engine_env: dict[str, str]) -> AsyncIterator[Stack]:
     engine_port, pass_port, nginx_port = _free_port(), _free_port(), _free_port()
     engine_log, nginx_log = tmp_path / "engine.log", tmp_path / "nginx.log"
-    engine = _start_engine(db_url, engine_port, tmp_path / "data", engine_log)
+    engine = _start_engine(db_url, engine_port, tmp_path / "data", engine_log, engine_env)
     counter = CountingPassThrough(f"http://127.0.0.1:{engine_port}")
     counter.session = aiohttp.ClientSession(auto_decompress=False)
     app = web.Application()
@@ -217,6 +221,21 @@ async def stack(db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
         # Whatever happened, the engine secret (which is in every upstream URL) never reaches
         # nginx's logs.
         assert SECRET not in _read(nginx_log)
+
+
+@pytest.fixture
+async def stack(db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with _stack(db_url, tmp_path, {}) as s:
+        yield s
+
+
+@pytest.fixture
+async def electric_test_stack(db_url: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    """The stack with the catch-up lifetimes Electric's own cache test runs with, set the way
+    an Electric deployment sets them (max-age 1 s, stale-while-revalidate 3 s)."""
+    env = {"ELECTRIC_CACHE_MAX_AGE": "1", "ELECTRIC_CACHE_STALE_AGE": "3"}
+    async with _stack(db_url, tmp_path, env) as s:
+        yield s
 
 
 async def _get(
@@ -282,6 +301,64 @@ async def test_second_client_of_initial_chunk_is_a_cache_hit(stack: Stack) -> No
         )  # fmt: skip
     assert stack.counter.count(x="auth") == 1
     assert stack.counter.credentials[-1] == (None, None)
+
+
+async def test_stale_while_revalidate_follows_the_engines_window(
+    electric_test_stack: Stack,
+) -> None:
+    """Past max-age but inside the engine's stale-while-revalidate, the stale copy is served
+    at once and one background request refreshes it; past that window the cache asks first
+    (If-None-Match) and the engine's 304 revalidates it. Electric's cache test checks this
+    (STALE, then REVALIDATED) under its own header name, X-Proxy-Cache."""
+    stack = electric_test_stack
+    async with aiohttp.ClientSession() as s:
+        await _catch_up(stack, s)
+        tip = {"offset": stack.offset, "handle": stack.handle}  # the catch-up at the tip
+        status, headers, _ = await _get(s, stack.url(**tip))
+        assert (status, headers["X-Proxy-Cache"]) == (200, "MISS")
+        status, headers, _ = await _get(s, stack.url(**tip))
+        assert status == 200
+        assert headers["cache-control"] == "public, max-age=1, stale-while-revalidate=3"
+        assert headers["X-Proxy-Cache"] == headers["X-Cache-Status"] == "HIT"
+        assert stack.counter.count(**tip) == 1
+
+        await asyncio.sleep(2)  # the stimulus: past max-age (1 s), inside max-age + 3 s
+        status, headers, body = await _get(s, stack.url(**tip))
+        assert (status, headers["X-Proxy-Cache"]) == (200, "STALE")
+        assert json.loads(body)[-1]["headers"]["control"] == "up-to-date"
+        # ... and the refresh went to the engine in the background: a 304, nothing changed.
+        await wait_until_async(lambda: stack.counter.count(**tip) == 2, message="refresh")
+        assert stack.counter.seen[-1][1] == 304
+
+        await asyncio.sleep(5)  # the stimulus: past the refreshed copy's 1 + 3 s
+        status, headers, body = await _get(s, stack.url(**tip))
+        assert (status, headers["X-Proxy-Cache"]) == (200, "REVALIDATED")
+        assert json.loads(body)[-1]["headers"]["control"] == "up-to-date"
+        assert stack.counter.count(**tip) == 3
+        assert stack.counter.seen[-1][1] == 304
+
+
+async def test_a_stale_live_answer_is_refreshed_before_answering(
+    electric_test_stack: Stack,
+) -> None:
+    """Live answers are never refreshed in the background: nginx would hold the client's
+    connection until the refresh (a long-poll, up to the hold) ends, delaying the client's
+    next request on it. An expired live answer is fetched again first (not STALE)."""
+    stack = electric_test_stack
+    async with aiohttp.ClientSession() as s:
+        await _catch_up(stack, s)
+        stack.sql("INSERT INTO items VALUES (6, 'six')")
+        live = {"offset": stack.offset, "handle": stack.handle, "live": "true", "cursor": "1"}
+        status, headers, body = await _get(s, stack.url(**live))
+        assert (status, headers["X-Proxy-Cache"]) == (200, "MISS")
+        assert headers["cache-control"] == "public, max-age=5, stale-while-revalidate=5"
+        assert [r["id"] for r in _inserts(body)] == ["6"]
+
+        await asyncio.sleep(6)  # the stimulus: past max-age (5 s), inside max-age + 5 s
+        status, headers, body = await _get(s, stack.url(**live))
+        assert status == 200
+        assert headers["X-Proxy-Cache"] in ("EXPIRED", "REVALIDATED")
+        assert stack.counter.count(**live) == 2
 
 
 async def test_concurrent_live_long_polls_collapse_into_one_engine_request(stack: Stack) -> None:
