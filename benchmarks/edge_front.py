@@ -21,10 +21,14 @@ every round:
   `decide` (aiohttp on uvloop calling the proxy's `TokenVerifier`, `parse_shape_query`,
   `evaluate`, `build_upstream_url`); on a cache hit it is not called at all. Its CPU counts
   with nginx's for the arm. Cache-Control is made private and `Vary: Authorization` added in
-  nginx (what the proxy's header rules would have to become);
+  nginx (what the proxy's header rules would have to become). Refusals (401, 403, and the
+  500 auth_request makes of anything else) are replayed through the proxy by `error_page`,
+  for its own status and JSON body (the pitfall probes compare them with the proxy's);
 - edge-miss: the same nginx config with the decision cache off: every request is a miss
   (an nginx subrequest plus a full decision, the token verified each time), which prices a
   cache miss;
+- edge-miss-known: the same, the decider keeping verified tokens (the proxy's token cache):
+  a miss for a new shape of a known token;
 - edge+ofc: the edge with `open_file_cache` in its decision location (a cache hit then skips
   the open/fstat/close of the decision's cache file; it still reads it);
 - edge-static: the edge's nginx without auth_request, the decided query written into its
@@ -223,7 +227,7 @@ http {{
 
     upstream edge_engine {{ server {engine}; keepalive 64; }}
     upstream edge_decider {{ server {decider}; keepalive 64; }}
-
+{proxy_upstream}
 {strip}
 {volatile}
     # The proxy's Cache-Control rule, roughly: a caller's rows are private.
@@ -258,8 +262,8 @@ http {{
             proxy_hide_header Cache-Control;
             add_header Cache-Control $edge_cache_control;
             add_header Vary Authorization;
-        }}
-
+{replay}        }}
+{replay_location}
         location = /_edge_decide {{
             internal;
             proxy_pass http://edge_decider/decide?$edge_req_key;
@@ -394,9 +398,11 @@ class EdgeNginx(Process):
 
     def __init__(self, engine_port: int, decider: DeciderProcess, *, cache: bool,
                  static_query: str | None = None, open_file_cache: bool = False,
-                 callgrind: bool = False) -> None:  # fmt: skip
+                 callgrind: bool = False, proxy_port: int | None = None) -> None:  # fmt: skip
         """`callgrind`: one process (no master, one worker) under valgrind's callgrind, to
-        count its instructions per request (`callgrind_instructions`)."""
+        count its instructions per request (`callgrind_instructions`). `proxy_port`: refusals
+        (401, 403, and auth_request's 500) are replayed through the proxy there, for its
+        status and JSON body (error_page to a named location)."""
         self.port = free_port()
         self.decider = decider
         self.static = static_query
@@ -410,6 +416,14 @@ class EdgeNginx(Process):
             decider=f"127.0.0.1:{decider.port}", port=self.port,
             strip=_strip_maps(VOLATILE), volatile=_volatile_maps(VOLATILE),
             decision_cache="edge_decisions" if cache else "off", ttl=DECISION_TTL,
+            proxy_upstream=(f"    upstream edge_proxy {{ server 127.0.0.1:{proxy_port}; "
+                            "keepalive 16; }\n" if proxy_port else ""),
+            replay="            error_page 401 403 500 = @edge_proxy;\n" if proxy_port else "",
+            replay_location=("        location @edge_proxy {\n"
+                             "            proxy_pass http://edge_proxy;\n"
+                             "            proxy_http_version 1.1;\n"
+                             '            proxy_set_header Connection "";\n'
+                             "        }\n" if proxy_port else ""),
             # (nginx's file cache opens its files through open_file_cache when one is set)
             open_file_cache="open_file_cache max=100000 inactive=60s;\n"
             "            open_file_cache_valid 60s;" if open_file_cache else "",
@@ -468,23 +482,28 @@ async def load(url: str, headers: list[dict[str, str]], n: int) -> tuple[float, 
     return done / (time.perf_counter() - t0), done
 
 
-async def check_pitfalls(edge: EdgeNginx, query: str, auth: dict[str, str]) -> list[str]:
-    """What the edge front answers to requests a product must get right."""
-    client = RawHTTP("127.0.0.1", edge.port)
+async def check_pitfalls(edge: EdgeNginx, proxy: ProxyProcess, query: str,
+                         auth: dict[str, str]) -> list[str]:  # fmt: skip
+    """What the edge front answers to requests a product must get right, against the proxy
+    (refusals are replayed through the proxy by error_page)."""
+    clients = RawHTTP("127.0.0.1", edge.port), RawHTTP("127.0.0.1", proxy.port)
     cases = {
         "no token": ("", {}),
         "other table": (query.replace("table=items", "table=secrets"), auth),
         "repeated table": (query + "&table=blob", auth),
         "encoded volatile (%6Fffset)": (query.replace("offset=", "%6Fffset=", 1), auth),
         "bad columns (a 400 in the proxy)": (query + "&columns=%22", auth),
+        "OFFSET=-1 (upper case: not volatile)": (query + "&OFFSET=-1", auth),
     }  # fmt: skip
     out = []
     try:
         for label, (q, h) in cases.items():
-            status, _, body = await client.get(f"/v1/shape?{q}", h)
-            out.append(f"{label}: {status} {body[:60]!r}")
+            (es, _, eb), (ps, _, pb) = [await c.get(f"/v1/shape?{q}", h) for c in clients]
+            same = "same as the proxy" if (es, eb) == (ps, pb) else f"proxy: {ps} {pb[:50]!r}"
+            out.append(f"{label}: edge {es} {eb[:70]!r} ({same})")
     finally:
-        client.close()
+        for c in clients:
+            c.close()
     return out
 
 
@@ -545,16 +564,20 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
         env = {"ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}
         dec = stack.add(DeciderProcess(engine.url, cfg, env, use_token_cache=True))
         dec_miss = stack.add(DeciderProcess(engine.url, cfg, env, use_token_cache=False))
-        for p in (proxy, nginx, dec, dec_miss):
+        dec_known = stack.add(DeciderProcess(engine.url, cfg, env, use_token_cache=True))
+        for p in (proxy, nginx, dec, dec_miss, dec_known):
             await p.wait_ready()
-        edge = stack.add(EdgeNginx(engine.port, dec, cache=True))
-        edge_miss = stack.add(EdgeNginx(engine.port, dec_miss, cache=False))
-        edge_ofc = stack.add(EdgeNginx(engine.port, dec, cache=True, open_file_cache=True))
+        pp = proxy.port
+        edge = stack.add(EdgeNginx(engine.port, dec, cache=True, proxy_port=pp))
+        edge_miss = stack.add(EdgeNginx(engine.port, dec_miss, cache=False, proxy_port=pp))
+        edge_known = stack.add(EdgeNginx(engine.port, dec_known, cache=False, proxy_port=pp))
+        edge_ofc = stack.add(EdgeNginx(engine.port, dec, cache=True, open_file_cache=True,
+                                       proxy_port=pp))  # fmt: skip
         decided = ProxyProcess.build_direct_url(TABLES, engine.url, {"sub": "u1", **CLAIMS},
                                                 [("table", "items")]).split("?", 1)[1]  # fmt: skip
         decided = decided.replace("$", "%24")  # (nginx would read `$1` as a variable)
         edge_static = stack.add(EdgeNginx(engine.port, dec, cache=False, static_query=decided))
-        for p in (edge, edge_ofc, edge_miss, edge_static):
+        for p in (edge, edge_ofc, edge_miss, edge_known, edge_static):
             await p.wait_ready()
         auth = {"Authorization": f"Bearer {token(**CLAIMS)}"}
         kinds = await prepare(pg, proxy, auth)
@@ -565,9 +588,10 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
         print(_common.machine())
         print(f"{rounds} rounds x {n} requests per arm, c = {conc} (one token per connection)\n")
         fronts: dict[str, Process] = {"nginx": nginx, "edge": edge, "edge+ofc": edge_ofc,
-                                      "edge-miss": edge_miss, "edge-static": edge_static,
+                                      "edge-miss": edge_miss, "edge-miss-known": edge_known,
+                                      "edge-static": edge_static,
                                       "proxy": proxy}  # fmt: skip
-        deciders = {"edge": dec, "edge-miss": dec_miss}
+        deciders = {"edge": dec, "edge-miss": dec_miss, "edge-miss-known": dec_known}
         results: list[str] = []
         for kind, pairs in kinds.items():
             direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, pairs)
@@ -577,6 +601,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 "edge": (f"{edge.url}/v1/shape?{query}", users),
                 "edge+ofc": (f"{edge_ofc.url}/v1/shape?{query}", users),
                 "edge-miss": (f"{edge_miss.url}/v1/shape?{query}", users),
+                "edge-miss-known": (f"{edge_known.url}/v1/shape?{query}", users),
                 "edge-static": (f"{edge_static.url}/v1/shape?{query}", users),
                 "proxy": (f"{proxy.url}/v1/shape?{query}", users),
             }
@@ -594,6 +619,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
             calls0 = {a: await d.calls() for a, d in deciders.items()}
             cpu = {a: 0.0 for a in targets}
             eng = {a: 0.0 for a in targets}
+            decider_cpu = {a: 0.0 for a in deciders}
             count = {a: 0 for a in targets}
             per_round: dict[str, list[float]] = {a: [] for a in targets}
             rps: dict[str, list[float]] = {a: [] for a in targets}
@@ -604,8 +630,11 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 for arm in order:
                     url, hs = targets[arm]
                     f0, e0 = fronts[arm].cpu(), engine.cpu()
+                    d0 = deciders[arm].cpu() if arm in deciders else 0.0
                     rate, done = await load(url, hs, n)
                     df = fronts[arm].cpu() - f0
+                    if arm in deciders:
+                        decider_cpu[arm] += deciders[arm].cpu() - d0
                     cpu[arm] += df
                     eng[arm] += engine.cpu() - e0
                     count[arm] += done
@@ -625,7 +654,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
             ratios = {a: [x / y for x, y in zip(per_round[a], per_round["nginx"], strict=True)]
                       for a in targets}  # fmt: skip
             lines.append("")
-            for a in ("edge", "edge+ofc", "edge-miss", "edge-static", "proxy"):
+            for a in ("edge", "edge+ofc", "edge-miss", "edge-miss-known", "edge-static", "proxy"):
                 lines.append(f"{a}/nginx per round: "
                              + " ".join(f"{x:.2f}" for x in ratios[a])
                              + f" (overall {per[a] / per['nginx']:.2f}x)")  # fmt: skip
@@ -636,8 +665,14 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 f"({calls['edge']} decider calls for {cached} requests); "
                 f"edge-miss: {calls['edge-miss']} calls for {count['edge-miss']}"
             )
+            in_decider = decider_cpu["edge-miss"] / count["edge-miss"] * 1e6
             lines.append(f"a cache miss costs ~{per['edge-miss'] - per['edge']:.0f} µs of front "
-                         f"CPU above a hit (edge-miss - edge)")  # fmt: skip
+                         f"CPU above a hit (edge-miss - edge), {in_decider:.0f} µs of it in the "
+                         f"decider (aiohttp, the token verified, policy, engine URL)")  # fmt: skip
+            known = decider_cpu["edge-miss-known"] / count["edge-miss-known"] * 1e6
+            lines.append(f"a miss for a token the decider has verified before (a new shape): "
+                         f"~{per['edge-miss-known'] - per['edge']:.0f} µs above a hit, "
+                         f"{known:.0f} µs in the decider")  # fmt: skip
             miss, hitc, base = per["edge-miss"], per["edge"], per["nginx"]
             if miss > hitc:
                 need = (miss - 1.5 * base) / (miss - hitc)
@@ -648,7 +683,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
         first = kinds["1 KiB catch-up"]
         q = "&".join(f"{k}={v}" for k, v in first)
         print("## pitfalls probed on the edge front")
-        for line in await check_pitfalls(edge, q, users[0]):
+        for line in await check_pitfalls(edge, proxy, q, users[0]):
             print("- " + line)
         for arm, url in (("proxy", proxy.url), ("edge", edge.url)):
             client = RawHTTP("127.0.0.1", int(url.rsplit(":", 1)[1]))

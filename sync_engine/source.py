@@ -32,7 +32,7 @@ from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.replicator import Replicator
-from .replication.slot import ensure_slot
+from .replication.slot import SlotState, drop_lost_slot, ensure_slot, slot_state
 from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams, describe
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
@@ -100,6 +100,7 @@ class Source:
             self.router,
             fsync=config.fsync,
             on_state=self._on_replication_state,
+            replace_slot_if_gone=self._replace_slot_if_gone,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -203,10 +204,9 @@ class Source:
 
     async def _prepare(self) -> None:
         await self.tables.prepare()
-        created = await ensure_slot(self.dsn, self.config.slot_name)
-        loaded = self.registry.load()
-        if created and loaded:
-            self.registry.rotate_all("replication slot was (re)created; changes may be lost")
+        self.registry.load()
+        if not await self._replace_slot_if_gone():
+            await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
         self.state, self.error = SourceState.ACTIVE, None
         self.ready.set()
         logger.info(
@@ -215,6 +215,47 @@ class Source:
             len(self.registry),
             self.config.slot_name,
         )
+
+    async def _replace_slot_if_gone(self) -> bool:
+        """Make a new slot if the slot is gone (dropped) or lost (invalidated): the changes
+        since the engine last read it are gone with it, so every shape is retired first,
+        on disk (a crash after the new slot exists must not load them again), and new
+        shapes wait meanwhile (a snapshot taken before the new slot exists would miss the
+        changes in between). Returns whether the slot was replaced.
+
+        Called at start and whenever the replication stream fails (`Replicator`).
+        """
+        slot = self.config.slot_name
+        state = await slot_state(self.dsn, slot)
+        if state is SlotState.OK:
+            return False
+        had = len(self.registry)
+        was_ready = self.ready.is_set()
+        self.ready.clear()
+        try:
+            reason = f"replication slot {state.value}; changes since it was last read are gone"
+            if had:
+                logger.error(
+                    "replication slot %r is %s (%s): %d shapes retired, their clients refetch"
+                    " (409); making the slot again",
+                    slot,
+                    state.value,
+                    "invalidated: Postgres removed WAL it still needed, see max_slot_wal_keep_size"
+                    if state is SlotState.LOST
+                    else "dropped",
+                    had,
+                )
+            await self.registry.retire_all(reason)
+            if state is SlotState.LOST:
+                await drop_lost_slot(self.dsn, slot)
+            await ensure_slot(self.dsn, slot)
+            # Shapes made while the slot was being replaced may have a snapshot older
+            # than the new slot.
+            await self.registry.retire_all(reason)
+        finally:
+            if was_ready:
+                self.ready.set()
+        return True
 
     def _on_replication_state(self, state: str, reason: str | None) -> None:
         if state == "active":

@@ -26,6 +26,7 @@ from .packs import (
     encode_shape,
     new_pack_path,
     scan_pack,
+    sync_directory,
     write_new,
 )
 
@@ -106,6 +107,15 @@ class ShapeStore:
     def retire(self, log: ShapeLog) -> None:
         retire(log)
 
+    async def settle(self) -> None:
+        """Wait until every retirement asked for so far is on disk (files deleted, packs
+        marked), synced when `fsync`: before the engine does something that makes the
+        retired shapes wrong to load again (a new replication slot)."""
+        while _pending:
+            await asyncio.gather(*list(_pending), return_exceptions=True)
+        if self.fsync:
+            await asyncio.to_thread(_sync_packs, str(self.directory))
+
 
 def retire(log: ShapeLog) -> None:
     """Delete a retired shape's files and mark it retired in its pack (on the event loop;
@@ -125,7 +135,32 @@ def retire(log: ShapeLog) -> None:
     except RuntimeError:
         _delete(paths, pack_path, log.handle, last)
         return
-    loop.run_in_executor(None, _delete, paths, pack_path, log.handle, last)
+    done = loop.run_in_executor(None, _delete, paths, pack_path, log.handle, last)
+    _pending.add(done)
+    done.add_done_callback(_pending.discard)
+
+
+#: Retirements whose files are being deleted in the executor (`ShapeStore.settle`).
+_pending: set[asyncio.Future[None]] = set()
+
+
+def _sync_packs(directory: str) -> None:
+    """fsync every pack (their retirement records) and the directory (its deletions)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if name.endswith(SUFFIX):
+            try:
+                fd = os.open(f"{directory}/{name}", os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    sync_directory(directory)
 
 
 def _leave_pack(log: ShapeLog) -> tuple[str | None, bool]:

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..log.entries import change_messages
 from ..log.files import LogWriteError
@@ -106,6 +106,7 @@ class Replicator:
         *,
         fsync: bool = True,
         on_state: Callable[[ReplicationState, str | None], None] | None = None,
+        replace_slot_if_gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -114,6 +115,8 @@ class Replicator:
         self.router = router
         self.fsync = fsync
         self.on_state = on_state or (lambda state, reason: None)
+        #: Asked after a failure: makes a new slot (retiring every shape) if it is gone.
+        self.replace_slot_if_gone = replace_slot_if_gone
         self.connected = asyncio.Event()
         self.assembler = TransactionAssembler(registry, router, self._deliver)
         #: Apply raw XLogData messages; returns the end LSN of the last commit among them.
@@ -201,6 +204,8 @@ class Replicator:
             except Exception as exc:
                 self.connected.clear()
                 self._rollback_staged()
+                if await self._slot_replaced():
+                    continue  # a new slot: stream from it at once
                 problem = describe_failure(exc)
                 retry = retries.failed(problem, time.monotonic(), started_at)
                 if problem.permanent:
@@ -230,6 +235,18 @@ class Replicator:
                     logger.debug("error closing replication stream", exc_info=True)
             if wait:  # after closing: a dead connection is not kept through the wait
                 await asyncio.sleep(wait)
+
+    async def _slot_replaced(self) -> bool:
+        """Whether the slot was gone (dropped, invalidated) and has been made again."""
+        if self.replace_slot_if_gone is None:
+            return False
+        try:
+            return await self.replace_slot_if_gone()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Postgres unreachable, say: the stream's retries go on
+            logger.debug("could not check the replication slot: %s", exc)
+            return False
 
     async def _consume(self, stream: ReplicationStream) -> None:
         while True:

@@ -221,3 +221,9 @@ class ShapeRegistry:
     def rotate_all(self, reason: str) -> None:
         for shape in list(self.by_handle.values()):
             self.rotate(shape, reason)
+
+    async def retire_all(self, reason: str) -> None:
+        """`rotate_all`, and return once the retirements are on disk: a crash right after
+        must not bring the shapes back (see `ShapeStore.settle`)."""
+        self.rotate_all(reason)
+        await self.store.settle()

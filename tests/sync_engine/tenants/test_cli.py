@@ -67,7 +67,9 @@ def cli(admin_url: str, *args: str, token: str = TOKEN) -> subprocess.CompletedP
                           stdin=subprocess.DEVNULL)  # fmt: skip
 
 
-def test_cli_manages_sources(admin_url: str, make_db: Callable[[], str]) -> None:
+def test_cli_manages_sources(make_db: Callable[[], str], admin_url: str) -> None:
+    # make_db first: its databases are dropped after the engine stopped (a running engine
+    # makes its slot again when it is dropped under it, and a slot blocks DROP DATABASE).
     url = make_db().replace("postgres@", "postgres:pw-hidden@")
     out = cli(admin_url, "add", "--name", "cli-a", "--database-url", url, "--json")
     assert out.returncode == 0, out.stderr
