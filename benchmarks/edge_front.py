@@ -27,6 +27,8 @@ every round:
 - edge-miss: the same nginx config with the decision cache off: every request is a miss
   (an nginx subrequest plus a full decision, the token verified each time), which prices a
   cache miss;
+- edge-miss-known: the same, the decider keeping verified tokens (the proxy's token cache):
+  a miss for a new shape of a known token;
 - edge+ofc: the edge with `open_file_cache` in its decision location (a cache hit then skips
   the open/fstat/close of the decision's cache file; it still reads it);
 - edge-static: the edge's nginx without auth_request, the decided query written into its
@@ -562,18 +564,20 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
         env = {"ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}
         dec = stack.add(DeciderProcess(engine.url, cfg, env, use_token_cache=True))
         dec_miss = stack.add(DeciderProcess(engine.url, cfg, env, use_token_cache=False))
-        for p in (proxy, nginx, dec, dec_miss):
+        dec_known = stack.add(DeciderProcess(engine.url, cfg, env, use_token_cache=True))
+        for p in (proxy, nginx, dec, dec_miss, dec_known):
             await p.wait_ready()
         pp = proxy.port
         edge = stack.add(EdgeNginx(engine.port, dec, cache=True, proxy_port=pp))
         edge_miss = stack.add(EdgeNginx(engine.port, dec_miss, cache=False, proxy_port=pp))
+        edge_known = stack.add(EdgeNginx(engine.port, dec_known, cache=False, proxy_port=pp))
         edge_ofc = stack.add(EdgeNginx(engine.port, dec, cache=True, open_file_cache=True,
                                        proxy_port=pp))  # fmt: skip
         decided = ProxyProcess.build_direct_url(TABLES, engine.url, {"sub": "u1", **CLAIMS},
                                                 [("table", "items")]).split("?", 1)[1]  # fmt: skip
         decided = decided.replace("$", "%24")  # (nginx would read `$1` as a variable)
         edge_static = stack.add(EdgeNginx(engine.port, dec, cache=False, static_query=decided))
-        for p in (edge, edge_ofc, edge_miss, edge_static):
+        for p in (edge, edge_ofc, edge_miss, edge_known, edge_static):
             await p.wait_ready()
         auth = {"Authorization": f"Bearer {token(**CLAIMS)}"}
         kinds = await prepare(pg, proxy, auth)
@@ -584,9 +588,10 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
         print(_common.machine())
         print(f"{rounds} rounds x {n} requests per arm, c = {conc} (one token per connection)\n")
         fronts: dict[str, Process] = {"nginx": nginx, "edge": edge, "edge+ofc": edge_ofc,
-                                      "edge-miss": edge_miss, "edge-static": edge_static,
+                                      "edge-miss": edge_miss, "edge-miss-known": edge_known,
+                                      "edge-static": edge_static,
                                       "proxy": proxy}  # fmt: skip
-        deciders = {"edge": dec, "edge-miss": dec_miss}
+        deciders = {"edge": dec, "edge-miss": dec_miss, "edge-miss-known": dec_known}
         results: list[str] = []
         for kind, pairs in kinds.items():
             direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, pairs)
@@ -596,6 +601,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 "edge": (f"{edge.url}/v1/shape?{query}", users),
                 "edge+ofc": (f"{edge_ofc.url}/v1/shape?{query}", users),
                 "edge-miss": (f"{edge_miss.url}/v1/shape?{query}", users),
+                "edge-miss-known": (f"{edge_known.url}/v1/shape?{query}", users),
                 "edge-static": (f"{edge_static.url}/v1/shape?{query}", users),
                 "proxy": (f"{proxy.url}/v1/shape?{query}", users),
             }
@@ -648,7 +654,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
             ratios = {a: [x / y for x, y in zip(per_round[a], per_round["nginx"], strict=True)]
                       for a in targets}  # fmt: skip
             lines.append("")
-            for a in ("edge", "edge+ofc", "edge-miss", "edge-static", "proxy"):
+            for a in ("edge", "edge+ofc", "edge-miss", "edge-miss-known", "edge-static", "proxy"):
                 lines.append(f"{a}/nginx per round: "
                              + " ".join(f"{x:.2f}" for x in ratios[a])
                              + f" (overall {per[a] / per['nginx']:.2f}x)")  # fmt: skip
@@ -663,6 +669,10 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
             lines.append(f"a cache miss costs ~{per['edge-miss'] - per['edge']:.0f} µs of front "
                          f"CPU above a hit (edge-miss - edge), {in_decider:.0f} µs of it in the "
                          f"decider (aiohttp, the token verified, policy, engine URL)")  # fmt: skip
+            known = decider_cpu["edge-miss-known"] / count["edge-miss-known"] * 1e6
+            lines.append(f"a miss for a token the decider has verified before (a new shape): "
+                         f"~{per['edge-miss-known'] - per['edge']:.0f} µs above a hit, "
+                         f"{known:.0f} µs in the decider")  # fmt: skip
             miss, hitc, base = per["edge-miss"], per["edge"], per["nginx"]
             if miss > hitc:
                 need = (miss - 1.5 * base) / (miss - hitc)

@@ -99,8 +99,12 @@ class ResponseCache:
         self._by_handle: dict[str, set[CacheKey]] = {}
         self._by_definition: dict[str, set[CacheKey]] = {}
         self._indexed = 0
-        #: Handles the engine said are gone (409, DELETE): their answers are never kept again.
-        self._retired: LRUCache[str, bool] = LRUCache(maxsize=_RETIRED_HANDLES)
+        #: (definition, handle) pairs the engine said are gone (409, DELETE): their answers
+        #: are never kept again. By pair, not by handle alone: a 409 answers a request that
+        #: named a handle for a definition, and a caller who names another caller's handle
+        #: with its own definition gets a 409 too (a mismatch), which says nothing about the
+        #: other caller's shape and must not stop its answers being cached.
+        self._retired: LRUCache[tuple[str | None, str], bool] = LRUCache(maxsize=_RETIRED_HANDLES)
 
     @property
     def enabled(self) -> bool:
@@ -124,7 +128,7 @@ class ResponseCache:
             return False
         if entry.expires_at <= self._timer():
             return False
-        if entry.handle is not None and entry.handle in self._retired:
+        if entry.handle is not None and (entry.definition, entry.handle) in self._retired:
             return False
         self._entries.expire()
         self._entries[key] = entry
@@ -137,22 +141,28 @@ class ResponseCache:
             self._prune()
         return True
 
-    def retired(self, handle: str) -> bool:
-        return handle in self._retired
+    def retired(self, definition: str | None, handle: str) -> bool:
+        return (definition, handle) in self._retired
 
-    def retire(self, handle: str) -> int:
-        """The engine says `handle` is gone: drop its answers and the initial answers of its
-        definitions, and never keep an answer of it again. Returns how many were dropped."""
-        self._retired[handle] = True
+    def retire(self, definition: str | None, handle: str) -> int:
+        """The engine says `handle` of `definition` is gone: drop its answers and the
+        definition's initial answers, and never keep an answer of it again. Answers of the
+        handle under another definition (there are none, unless a request named a handle
+        that was not its shape's) are left alone. Returns how many were dropped."""
+        self._retired[(definition, handle)] = True
         dropped = 0
-        definitions = set()
-        for key in self._by_handle.pop(handle, ()):
-            entry = self._entries.pop(key, None)
-            if entry is not None:
+        keys = self._by_handle.get(handle, set())
+        for key in list(keys):
+            entry = self._entries.get(key)
+            if entry is None:
+                keys.discard(key)
+            elif entry.definition == definition:
+                del self._entries[key]
+                keys.discard(key)
                 dropped += 1
-                if entry.definition is not None:
-                    definitions.add(entry.definition)
-        for definition in definitions:
+        if not keys:
+            self._by_handle.pop(handle, None)
+        if dropped and definition is not None:
             dropped += self.evict_definition(definition, initial_only=True)
         return dropped
 

@@ -250,14 +250,15 @@ class Forwarder:
             return
         handle = head.get("electric-handle")
         if head.status == 409:
-            dropped = self.cache.retire(target.handle) if target.handle else 0
+            dropped = self.cache.retire(definition, target.handle) if target.handle else 0
             dropped += self.cache.evict_definition(definition, initial_only=True)
             if handle is not None:
                 dropped += self.cache.evict_definition(definition, keep_handle=handle)
         elif target.method == "DELETE" and head.status < 300:
-            dropped = sum(self.cache.retire(h) for h in self.cache.handles_of(definition))
+            handles = self.cache.handles_of(definition)
+            dropped = sum(self.cache.retire(definition, h) for h in handles)
             if target.handle is not None:
-                dropped += self.cache.retire(target.handle)
+                dropped += self.cache.retire(definition, target.handle)
             dropped += self.cache.evict_definition(definition)
         elif head.status == 200 and target.initial and handle is not None:
             dropped = self.cache.evict_definition(definition, keep_handle=handle)

@@ -409,7 +409,7 @@ def test_retiring_a_handle_drops_its_answers_and_the_definitions_initial_ones() 
     cache.put(keys["chunk"], _shape_entry("h1", initial=False))
     cache.put(keys["other"], _shape_entry("h0", initial=False))  # an older handle's chunk
     cache.put(keys["elsewhere"], _shape_entry("x1", initial=True, definition="e"))
-    assert cache.retire("h1") == 2
+    assert cache.retire("d", "h1") == 2
     assert cache.get(keys["init"]) is None and cache.get(keys["chunk"]) is None
     assert cache.get(keys["other"]) is not None  # not named by the 409: kept
     assert cache.get(keys["elsewhere"]) is not None  # another shape: untouched
@@ -417,6 +417,21 @@ def test_retiring_a_handle_drops_its_answers_and_the_definitions_initial_ones() 
     # A new handle seen for the definition drops the answers of every other handle.
     assert cache.evict_definition("d", keep_handle="h2") == 1
     assert cache.get(keys["other"]) is None
+
+
+def test_a_409_for_a_handle_named_with_another_definition_leaves_its_shape_cached() -> None:
+    """Bob names Alice's handle with his own definition: the engine's 409 (a mismatch) must
+    neither drop Alice's cached answers nor stop them being cached (it did: retired by
+    handle alone, any caller who learnt a handle could turn the cache off for its shape)."""
+    cache = ResponseCache(1_000_000, 100_000, timer=lambda: 1.0)
+    alice = ("GET", "alice-chunk", "", "", "")
+    cache.put(alice, _shape_entry("h-alice", initial=False, definition="alice"))
+    assert cache.retire("bob", "h-alice") == 0
+    assert cache.get(alice) is not None
+    later = ("GET", "alice-next", "", "", "")
+    assert cache.put(later, _shape_entry("h-alice", initial=False, definition="alice"))
+    assert cache.retire("alice", "h-alice") == 2  # the engine says so for Alice's definition
+    assert not cache.put(later, _shape_entry("h-alice", initial=False, definition="alice"))
 
 
 def test_cache_indexes_forget_entries_the_lru_dropped() -> None:
