@@ -277,6 +277,13 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     _check_depth(stmt.sortClause, what)
     if _check_tree(stmt.sortClause, allowed_columns, what):
         raise BadShapeRequest("invalid_order_by", f"{what} may not use parameters")
+    for item in stmt.sortClause:
+        if isinstance(item.node, ast.A_Const):
+            # `ORDER BY 2` names the second column of the SELECT, whichever it is: the
+            # column check above never sees it. (The engine refuses it too, in these words.)
+            raise BadShapeRequest(
+                "invalid_order_by", "A_Const expressions are not allowed in ORDER BY clauses"
+            )
     return ", ".join(_deparse(item, what) for item in stmt.sortClause)
 
 
