@@ -191,8 +191,12 @@ def _build_where(
         request.where, rule.columns, param_offset=len(enforced_params), what="where"
     )
     _refuse_missing(clause, len(client_params), "where")
-    where = f"({enforced_sql}) AND ({clause.sql})" if enforced_sql else f"({clause.sql})"
-    return where, enforced_params + client_params
+    if enforced_sql is None:
+        # Nothing to AND it with: the text as the client wrote it, which the engine parses
+        # into the very tree checked here (both use pglast), so its errors locate the
+        # client's own text; with an enforced filter, only the regenerated clause goes in.
+        return request.where, client_params
+    return f"({enforced_sql}) AND ({clause.sql})", enforced_params + client_params
 
 
 def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
