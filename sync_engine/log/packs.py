@@ -67,6 +67,7 @@ class PackContents(NamedTuple):
     entries: list[PackEntry]
     retired: set[str]
     error: str | None  # what stopped the scan early (a torn or damaged record)
+    end: int = 0  # where the last whole record ends (0: not a pack)
 
 
 def new_pack_path(directory: str) -> str:
@@ -95,14 +96,14 @@ def scan_pack(data: bytes) -> PackContents:
     view = memoryview(data)
     while pos < len(data):
         if pos + _HEAD.size > len(data):
-            return PackContents(entries, retired, f"torn record at byte {pos}")
+            return PackContents(entries, retired, f"torn record at byte {pos}", pos)
         length, crc = _HEAD.unpack_from(data, pos)
         start = pos + _HEAD.size
         end = start + length
         if end > len(data) or length < 1:
-            return PackContents(entries, retired, f"torn record at byte {pos}")
+            return PackContents(entries, retired, f"torn record at byte {pos}", pos)
         if zlib.crc32(view[start:end]) != crc:
-            return PackContents(entries, retired, f"damaged record at byte {pos}")
+            return PackContents(entries, retired, f"damaged record at byte {pos}", pos)
         kind = data[start : start + 1]
         if kind == _RETIRED:
             retired.add(data[start + 1 : end].decode())
@@ -113,12 +114,12 @@ def scan_pack(data: bytes) -> PackContents:
                 marker = orjson.loads(view[start + 5 : chunk_at])
                 handle = str(marker["handle"])
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                return PackContents(entries, retired, f"unreadable marker at byte {pos}")
+                return PackContents(entries, retired, f"unreadable marker at byte {pos}", pos)
             entries.append(PackEntry(handle, marker, chunk_at, end - chunk_at))
         else:
-            return PackContents(entries, retired, f"unknown record at byte {pos}")
+            return PackContents(entries, retired, f"unknown record at byte {pos}", pos)
         pos = end
-    return PackContents(entries, retired, None)
+    return PackContents(entries, retired, None, pos)
 
 
 def write_new(path: str, data: bytes, fsync: bool) -> None:

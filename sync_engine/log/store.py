@@ -96,6 +96,14 @@ class ShapeStore:
             contents = scan_pack(f.read())
         if contents.error is not None:
             logger.warning("%s: %s; the shapes after it are discarded", path, contents.error)
+            if contents.end:
+                # Cut it there: a shape retired later appends its record at the end, where
+                # a scan stopped by the garbage would never see it (the shape would come
+                # back on the next load).
+                with open(path, "r+b") as f:
+                    f.truncate(contents.end)
+                    if self.fsync:
+                        os.fsync(f.fileno())
         pack = Pack(path)
         for entry in contents.entries:
             if entry.handle not in contents.retired:
@@ -113,8 +121,15 @@ class ShapeStore:
         retired shapes wrong to load again (a new replication slot)."""
         while _pending:
             await asyncio.gather(*list(_pending), return_exceptions=True)
-        if self.fsync:
-            await asyncio.to_thread(_sync_packs, str(self.directory))
+        if self.fsync and _touched:
+            packs = list(_touched)
+            _touched.clear()
+            await asyncio.to_thread(_sync_packs, str(self.directory), packs)
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether a retirement may not be on disk yet (see `settle`)."""
+        return bool(_pending) or (self.fsync and bool(_touched))
 
 
 def retire(log: ShapeLog) -> None:
@@ -142,25 +157,25 @@ def retire(log: ShapeLog) -> None:
 
 #: Retirements whose files are being deleted in the executor (`ShapeStore.settle`).
 _pending: set[asyncio.Future[None]] = set()
+#: Packs a retirement changed (deleted, or a record appended) and not synced since.
+_touched: set[str] = set()
 
 
-def _sync_packs(directory: str) -> None:
-    """fsync every pack (their retirement records) and the directory (its deletions)."""
+def _sync_packs(directory: str, packs: list[str]) -> None:
+    """fsync the packs (their retirement records) and the directory (its deletions)."""
+    for path in packs:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     try:
-        names = os.listdir(directory)
+        sync_directory(directory)
     except FileNotFoundError:
-        return
-    for name in names:
-        if name.endswith(SUFFIX):
-            try:
-                fd = os.open(f"{directory}/{name}", os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    sync_directory(directory)
+        pass
 
 
 def _leave_pack(log: ShapeLog) -> tuple[str | None, bool]:
@@ -176,6 +191,7 @@ def _delete(paths: list[str], pack_path: str | None, handle: str, last: bool) ->
     for path in paths:
         _unlink(path)
     if pack_path is not None:
+        _touched.add(pack_path)
         if last:
             _unlink(pack_path)
         else:

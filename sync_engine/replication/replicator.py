@@ -268,6 +268,10 @@ class Replicator:
             if self.write_error is not None and (last_end or idle):
                 self._writes_ok()
             if last_end or idle:
+                if self.registry.store.unsettled:
+                    # A shape retired by what was read (TRUNCATE, a schema change) must
+                    # not come back after a crash once the slot is past it.
+                    await self.registry.store.settle()
                 # Idle and nothing half-done: everything up to wal_end is processed.
                 stream.ack(ack)
 

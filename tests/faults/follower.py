@@ -97,8 +97,12 @@ class Follower:
                 self.rows.pop(key, None)
 
     def counts(self) -> dict[str, int]:
-        return {"lost": self.lost, "duplicated": self.duplicated,
-                "invalid_json": self.invalid_json, "bad_error_bodies": len(self.bad_bodies)}  # fmt: skip
+        return {
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+            "invalid_json": self.invalid_json,
+            "bad_error_bodies": len(self.bad_bodies),
+        }
 
 
 def _is_json_object(body: bytes) -> bool:
@@ -122,8 +126,9 @@ class Writer:
     """Commits small transactions (an insert and an increment of `v`) until stopped; while
     Postgres is down it reconnects and goes on. `committed` counts what Postgres confirmed."""
 
-    def __init__(self, db_url: str, first_id: int = 10_000) -> None:
+    def __init__(self, db_url: str, first_id: int = 10_000, rows: int = 20) -> None:
         self.db_url = db_url
+        self.rows = rows  # `v` is incremented on ids 1..rows in turn
         self.next_id = first_id
         self.committed = 0
         self.failures = 0
@@ -140,7 +145,7 @@ class Writer:
                             await conn.execute("INSERT INTO items VALUES (%s, 0)", (self.next_id,))
                             await conn.execute(
                                 "UPDATE items SET v = v + 1 WHERE id = %s",
-                                (self.next_id % 20 + 1,),
+                                (self.next_id % self.rows + 1,),
                             )
                         self.committed += 1
                         await asyncio.sleep(0.005)  # pacing: writes interleave with reads

@@ -87,8 +87,12 @@ async def test_postgres_restart_under_the_engine_loses_nothing(
             stop_followers.set()
             await asyncio.gather(*tasks)
         for f in followers:
-            assert f.counts() == {"lost": 0, "duplicated": 0, "invalid_json": 0,
-                                  "bad_error_bodies": 0}, (f.where, f.bad_bodies)  # fmt: skip
+            assert f.counts() == {
+                "lost": 0,
+                "duplicated": 0,
+                "invalid_json": 0,
+                "bad_error_bodies": 0,
+            }, (f.where, f.bad_bodies)
             assert f.resets == 0, f.statuses
             assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
         log = engine.log_tail(200_000)

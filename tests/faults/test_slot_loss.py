@@ -70,8 +70,12 @@ async def _followed(
             stop_followers.set()
             await asyncio.gather(writing, *tasks, return_exceptions=True)
     for f in followers:
-        assert f.counts() == {"lost": 0, "duplicated": 0, "invalid_json": 0,
-                              "bad_error_bodies": 0}, (f.where, f.bad_bodies)  # fmt: skip
+        assert f.counts() == {
+            "lost": 0,
+            "duplicated": 0,
+            "invalid_json": 0,
+            "bad_error_bodies": 0,
+        }, (f.where, f.bad_bodies)
         assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
 
 
@@ -120,8 +124,10 @@ async def test_an_invalidated_slot_retires_every_shape_and_is_made_again(
             engine.proc.send_signal(signal.SIGSTOP)  # the slot falls behind
             try:
                 for _ in range(4):  # WAL far past max_slot_wal_keep_size, then a checkpoint
-                    cluster.query("INSERT INTO items VALUES (-1, 0); DELETE FROM items"
-                                  " WHERE id = -1; SELECT pg_switch_wal()")  # fmt: skip
+                    cluster.query(
+                        "INSERT INTO items VALUES (-1, 0); DELETE FROM items"
+                        " WHERE id = -1; SELECT pg_switch_wal()"
+                    )
                 cluster.query("CHECKPOINT")
                 assert cluster.query(
                     "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (SLOT,)

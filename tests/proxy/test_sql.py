@@ -136,3 +136,12 @@ def test_clause_cache_parses_each_text_once_and_remembers_refusals() -> None:
         with pytest.raises(BadShapeRequest):
             cache.client_where("1=1) OR (1=1", cols, what="where")
     assert cache.order_by("id desc", cols, what="order_by") == "id DESC"
+
+
+@pytest.mark.parametrize("clause", ["2", "4 DESC", "id, 3", "1 NULLS FIRST"])
+def test_positional_order_by_is_refused(clause: str) -> None:
+    """A position names a column of the engine's SELECT without naming it: the column check
+    could not see which one, so it is refused before the engine (which refuses it too)."""
+    with pytest.raises(BadShapeRequest) as info:
+        check_order_by(clause, {"id", "title"}, what="subset order_by")
+    assert info.value.message == "A_Const expressions are not allowed in ORDER BY clauses"

@@ -121,3 +121,18 @@ def test_a_packed_chunk_damaged_after_loading_is_never_served(tmp_path: Path) ->
     with pytest.raises(LogDamaged):
         log.read_snapshot_chunk(0)
     assert damage and "checksum" in damage[0]
+
+
+def test_a_retirement_after_a_torn_tail_is_not_lost(tmp_path: Path) -> None:
+    """A crash in the middle of appending a retirement record leaves a torn tail. Loading
+    cuts it off, so the next retirement's record lands where the next load reads it;
+    behind the torn bytes it was never seen, and the retired shape came back."""
+    store = _store(tmp_path)
+    _pack(store, "1-1", "1-2")
+    (pack,) = store.directory.glob("*.pack")
+    with open(pack, "ab") as f:
+        f.write(encode_retired("1-2")[:5])  # torn: 1-2 was not retired after all
+    loaded = {log.handle: log for log in store.load()}
+    assert sorted(loaded) == ["1-1", "1-2"]
+    store.retire(loaded["1-1"])
+    assert [log.handle for log in store.load()] == ["1-2"]
