@@ -271,7 +271,7 @@ def evaluate(
     `anonymous: true`, else refused with a 401 (sign in). `delete` asks to delete the shape
     (`DELETE /v1/shape`), which the rule must allow. Raises `Forbidden` (403) when the policy
     refuses and `BadShapeRequest` (400) when the request is malformed in a way only the
-    policy can see (e.g. params for a missing where).
+    policy can see (e.g. a `$n` in a client where with no param for it).
     """
     try:
         table, upstream_table = _find_table(policy, request, shape_name)
