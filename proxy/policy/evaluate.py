@@ -17,7 +17,13 @@ from proxy.config.model import ClaimMatch
 from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
 from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
-from proxy.policy.sql import ClauseCache, ClientClause, parse_table_name
+from proxy.policy.sql import (
+    ClauseCache,
+    ClientClause,
+    parse_table_name,
+    quote_identifier,
+    tables_read_by,
+)
 from proxy.policy.tables import format_table
 from proxy.shape_request import ShapeRequest, SubsetRequest
 
@@ -185,8 +191,12 @@ def _build_where(
         request.where, rule.columns, param_offset=len(enforced_params), what="where"
     )
     _refuse_missing(clause, len(client_params), "where")
-    where = f"({enforced_sql}) AND ({clause.sql})" if enforced_sql else f"({clause.sql})"
-    return where, enforced_params + client_params
+    if enforced_sql is None:
+        # Nothing to AND it with: the text as the client wrote it, which the engine parses
+        # into the very tree checked here (both use pglast), so its errors locate the
+        # client's own text; with an enforced filter, only the regenerated clause goes in.
+        return request.where, client_params
+    return f"({enforced_sql}) AND ({clause.sql})", enforced_params + client_params
 
 
 def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
@@ -216,6 +226,36 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
     )
 
 
+def _check_subquery_tables(
+    policy: CompiledPolicy, claims: Claims, request: ShapeRequest, *, anonymous: bool
+) -> None:
+    """A clause forwarded as written may read other tables through a subquery: each must be
+    one these claims may sync whole (all rows, all columns), else it could leak what the
+    policy hides there."""
+    texts = [(request.where, False)]
+    if request.subset is not None:
+        texts += [(request.subset.where, False), (request.subset.order_by, True)]
+    for text, order_by in texts:
+        if text is None:
+            continue
+        for schema, name in tables_read_by(text, order_by=order_by):
+            try:
+                table, _ = _find_table(
+                    policy,
+                    ShapeRequest(table=f"{quote_identifier(schema)}.{quote_identifier(name)}"),
+                    None,
+                )
+                rule = _select_rule(table, claims, anonymous=anonymous)
+            except (Forbidden, Unauthenticated, BadShapeRequest):
+                rule = None
+            if rule is None or rule.template is not None or rule.columns is not None:
+                raise Forbidden(
+                    "subquery_not_allowed",
+                    f"a subquery may not read {schema}.{name} for this caller",
+                    field="where",
+                )
+
+
 def evaluate(
     policy: CompiledPolicy,
     claims: Claims,
@@ -231,7 +271,7 @@ def evaluate(
     `anonymous: true`, else refused with a 401 (sign in). `delete` asks to delete the shape
     (`DELETE /v1/shape`), which the rule must allow. Raises `Forbidden` (403) when the policy
     refuses and `BadShapeRequest` (400) when the request is malformed in a way only the
-    policy can see (e.g. params for a missing where).
+    policy can see (e.g. a `$n` in a client where with no param for it).
     """
     try:
         table, upstream_table = _find_table(policy, request, shape_name)
@@ -243,6 +283,8 @@ def evaluate(
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
     where, params = _build_where(rule, claims, request, policy.clauses)
+    if rule.client_where == "passthrough":
+        _check_subquery_tables(policy, claims, request, anonymous=anonymous)
     columns = request.columns
     if rule.columns is not None and columns is not None:
         hidden = [c for c in columns if c not in rule.columns]

@@ -260,6 +260,27 @@ def check_client_where(
     )
 
 
+def tables_read_by(clause: str, *, order_by: bool = False) -> tuple[tuple[str, str], ...]:
+    """The tables a clause forwarded as written (a `passthrough` rule) would read through a
+    subquery, as (schema, table); none for text that does not parse (the engine answers it).
+
+    The engine refuses subqueries today, but Electric plans `IN (SELECT ...)`: the policy
+    checks these tables so a subquery cannot read one the caller may not sync.
+    """
+    lowered = clause.lower()
+    if "select" not in lowered and "table" not in lowered:  # `IN (TABLE t)` reads t too
+        return ()
+    try:
+        stmts = parse_sql(("SELECT 1 ORDER BY " if order_by else _PREFIX) + clause)
+    except ParseError:
+        return ()
+    return tuple(
+        (node.schemaname or "public", node.relname)
+        for node in _walk(stmts)
+        if isinstance(node, ast.RangeVar)
+    )
+
+
 def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what: str) -> str:
     """Validate a client `ORDER BY` list and return it deparsed."""
     if len(clause) > MAX_CLAUSE_LENGTH:

@@ -48,6 +48,11 @@ SAME_ANSWER = [
     "offset=-1&where=id>$1",
     "offset=-1&params[1]=1",
     "offset=-1&params=x",
+    # the engine's own errors about a where it got: located in the client's text
+    "offset=-1&where=nosuchcol>1",
+    "offset=-1&where=id>$1&params[1]=abc",
+    "offset=-1&where=id  >  'x'",
+    "offset=-1&where=title = 1 --",
     # subsets
     "offset=-1&subset__where=id>$1",
     "offset=-1&subset__where=id>$2&subset__params[1]=1",

@@ -157,6 +157,16 @@ async def test_random_filters_return_exactly_the_policys_rows(
             got = {m["value"]["id"]: m["value"] for m in reply.json()["data"]}
             assert got == _expected(conn, clause, params), clause
 
+            # A subset of a filtered shape: the member's filter, the shape's and the subset's.
+            if followers[:-1]:
+                _, outer, outer_params = rng.choice(followers[:-1])
+                if not outer_params and not params:
+                    both = f"&where={quote(outer)}&subset__where={quote(clause)}"
+                    reply = await proxy.get(f"/v1/shape?table=items&offset=-1{both}", token=member)
+                    assert reply.status == 200, (outer, clause, reply.body)
+                    got = {m["value"]["id"]: m["value"] for m in reply.json()["data"]}
+                    assert got == _expected(conn, f"({outer}) AND ({clause})", []), both
+
             hidden = await proxy.get(
                 f"/v1/shape?table=items&offset=-1&where={quote(f'({clause}) OR salary > 0')}",
                 token=member,

@@ -113,6 +113,36 @@ async def test_passthrough_where_reaches_the_engine_as_written(open_proxy: Any) 
     assert seen["where"] == where and seen["params[1]"] == "x"
 
 
+@pytest.mark.parametrize(
+    "where",
+    [
+        "id IN (SELECT id FROM items)",  # items: filtered for members, closed to anonymous
+        "EXISTS (SELECT 1 FROM notes WHERE body = 'x')",  # notes: each owner's own rows
+        "id IN (SELECT id FROM app.user_x)",  # a pattern whose rule filters rows
+        "id IN (TABLE items)",  # ...and `TABLE t` reads t as well
+        "true; SELECT * FROM items",
+    ],
+)
+async def test_a_passthrough_subquery_may_not_read_what_the_caller_may_not_sync(
+    open_proxy: Any, where: str
+) -> None:
+    """A passthrough rule forwards the where as written, so a subquery in it (Electric plans
+    `IN (SELECT ...)`) could read rows the policy hides in another table: it is forwarded only
+    when the caller may sync every table it reads whole."""
+    for query in (f"where={quote(where)}", f"subset__where={quote(where)}"):
+        reply = await open_proxy.get(f"/v1/shape?table=posts&offset=-1&{query}")
+        assert reply.status == 403, (query, reply.body)
+        assert reply.json()["code"] == "subquery_not_allowed"
+    order_by = quote(f"(SELECT count(*) FROM items WHERE {where[:2]} > 0)")
+    reply = await open_proxy.get(f"/v1/shape?table=posts&offset=-1&subset__order_by={order_by}")
+    assert reply.status == 403, reply.body
+    assert open_proxy.engine.requests == []
+    # A table the caller may sync whole (public.* is open to anyone) may be read.
+    open_table = quote("id IN (TABLE secrets)")
+    reply = await open_proxy.get(f"/v1/shape?table=posts&offset=-1&where={open_table}")
+    assert reply.status == 200, reply.body
+
+
 async def test_delete_forwarded_when_the_rule_allows_it(open_proxy: Any) -> None:
     reply = await open_proxy.request("DELETE", "/v1/shape?table=posts&handle=h-1")
     assert reply.status == 202
