@@ -97,8 +97,13 @@ def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     for name, value in pairs:
         if len(value) > MAX_VALUE_LENGTH or len(name) > 128:
             raise BadShapeRequest("parameter_too_long", f"parameter {name[:40]!r} is too long")
-    # Electric treats empty strings as absent.
-    return {name: value for name, value in values.items() if value != ""}
+    # Electric treats empty strings as absent, except a param's value (`title = $1` may well
+    # compare with the empty string).
+    return {
+        name: value
+        for name, value in values.items()
+        if value != "" or name.startswith(("params[", "subset__params["))
+    }
 
 
 def _numbered(params: Mapping[str, str], field: str) -> dict[int, str]:
