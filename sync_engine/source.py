@@ -32,7 +32,7 @@ from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.replicator import Replicator
-from .replication.slot import SlotState, drop_lost_slot, ensure_slot, slot_state
+from .replication.slot import SlotState, ensure_slot, slot_state
 from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams, describe
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
@@ -203,9 +203,9 @@ class Source:
         await self.replicator.run()
 
     async def _prepare(self) -> None:
-        await self.tables.prepare()
+        publication_created = await self.tables.prepare()
         self.registry.load()
-        if not await self._replace_slot_if_gone():
+        if not await self._replace_slot_if_gone(publication_created=publication_created):
             await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
         self.state, self.error = SourceState.ACTIVE, None
         self.ready.set()
@@ -216,38 +216,51 @@ class Source:
             self.config.slot_name,
         )
 
-    async def _replace_slot_if_gone(self) -> bool:
-        """Make a new slot if the slot is gone (dropped) or lost (invalidated): the changes
-        since the engine last read it are gone with it, so every shape is retired first,
-        on disk (a crash after the new slot exists must not load them again), and new
-        shapes wait meanwhile (a snapshot taken before the new slot exists would miss the
-        changes in between). Returns whether the slot was replaced.
+    async def _replace_slot_if_gone(self, *, publication_created: bool = False) -> bool:
+        """Make a new slot if the slot is gone (dropped), lost (invalidated), or its
+        publication was dropped (and made again: what the slot decoded meanwhile is not
+        to be trusted, as Electric does). The changes since the engine last read the slot
+        are gone with it, so every shape is retired first, on disk (a crash after the new
+        slot exists must not load them again), and new shapes wait meanwhile (a snapshot
+        taken before the new slot exists would miss the changes in between). Returns
+        whether the slot was replaced.
 
         Called at start and whenever the replication stream fails (`Replicator`).
         """
         slot = self.config.slot_name
         state = await slot_state(self.dsn, slot)
-        if state is SlotState.OK:
+        if not publication_created and not await self.tables.publication_exists():
+            publication_created = await self.tables.prepare()
+        if state is SlotState.OK and not publication_created:
             return False
         had = len(self.registry)
         was_ready = self.ready.is_set()
         self.ready.clear()
         try:
-            reason = f"replication slot {state.value}; changes since it was last read are gone"
+            if publication_created and state is SlotState.OK:
+                why = f"its publication {self.config.publication_name} was dropped"
+            elif state is SlotState.LOST:
+                why = (
+                    "invalidated: Postgres removed WAL it still needed, see max_slot_wal_keep_size"
+                )
+            else:
+                why = "dropped"
+            reason = f"replication slot replaced ({why}); changes since it was last read are gone"
             if had:
                 logger.error(
                     "replication slot %r is %s (%s): %d shapes retired, their clients refetch"
                     " (409); making the slot again",
                     slot,
-                    state.value,
-                    "invalidated: Postgres removed WAL it still needed, see max_slot_wal_keep_size"
-                    if state is SlotState.LOST
-                    else "dropped",
+                    "missing" if state is SlotState.MISSING else "unusable",
+                    why,
                     had,
                 )
             await self.registry.retire_all(reason)
-            if state is SlotState.LOST:
-                await drop_lost_slot(self.dsn, slot)
+            if state is not SlotState.MISSING:
+                async with await AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=5
+                ) as conn:
+                    await _drop_slot(conn, slot)
             await ensure_slot(self.dsn, slot)
             # Shapes made while the slot was being replaced may have a snapshot older
             # than the new slot.

@@ -28,6 +28,7 @@ from .pg.publication import (
     PublicationError,
     add_table,
     ensure_publication,
+    publication_exists,
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
@@ -82,8 +83,13 @@ class Tables:
                         ) from exc
         raise AssertionError("unreachable")
 
-    async def prepare(self) -> None:
-        """Check `wal_level` and make the publication (raises when the database cannot serve)."""
+    async def publication_exists(self) -> bool:
+        """Whether the publication is there (someone may have dropped it)."""
+        return await self.on_catalog(lambda conn: publication_exists(conn, self.publication))
+
+    async def prepare(self) -> bool:
+        """Check `wal_level` and make the publication (raises when the database cannot
+        serve); True when it had to be created."""
         async with self._conn_lock:
             conn = await self._connection()
             cur = await conn.execute("SHOW wal_level")
@@ -93,8 +99,9 @@ class Tables:
                     f"wal_level is {row[0] if row else '?'}, not logical: set wal_level ="
                     " logical in postgresql.conf (or ALTER SYSTEM) and restart Postgres"
                 )
-            await ensure_publication(conn, self.publication)
+            created = await ensure_publication(conn, self.publication)
         self._published = set()
+        return created
 
     # -- lookups --------------------------------------------------------------------------
 

@@ -28,13 +28,20 @@ class PublicationError(Exception):
     """A table could not be published; the message says why and what to do."""
 
 
-async def ensure_publication(conn: AsyncConnection[Any], name: str) -> None:
+async def publication_exists(conn: AsyncConnection[Any], name: str) -> bool:
     cur = await conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (name,))
-    if await cur.fetchone() is None:
+    return await cur.fetchone() is not None
+
+
+async def ensure_publication(conn: AsyncConnection[Any], name: str) -> bool:
+    """Create the publication unless it exists; True if this call created it."""
+    if not await publication_exists(conn, name):
         try:
             await conn.execute(sql.SQL("CREATE PUBLICATION {}").format(sql.Identifier(name)))
+            return True
         except psycopg.errors.DuplicateObject:
             pass
+    return False
 
 
 async def add_table(

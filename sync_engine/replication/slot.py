@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 
@@ -11,7 +10,7 @@ from psycopg import sql
 
 from .wal import Lsn, parse_lsn
 
-__all__ = ["SlotState", "drop_lost_slot", "ensure_slot", "slot_confirmed_lsn", "slot_state"]
+__all__ = ["SlotState", "ensure_slot", "slot_confirmed_lsn", "slot_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,32 +35,6 @@ async def slot_state(dsn: str, slot: str) -> SlotState:
     if row is None:
         return SlotState.MISSING
     return SlotState.LOST if row[0] == "lost" else SlotState.OK
-
-
-async def drop_lost_slot(dsn: str, slot: str) -> None:
-    """Drop an invalidated slot (so that `ensure_slot` can make it again), once its
-    walsender, which Postgres terminates when it invalidates the slot, has let go."""
-    async with await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=5
-    ) as conn:
-        for _ in range(50):
-            cur = await conn.execute(
-                "SELECT active_pid, wal_status FROM pg_replication_slots WHERE slot_name = %s",
-                (slot,),
-            )
-            row = await cur.fetchone()
-            if row is None or row[1] != "lost":
-                return
-            if row[0] is not None:
-                await conn.execute("SELECT pg_terminate_backend(%s)", (row[0],))
-            try:
-                await conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-                return
-            except psycopg.errors.ObjectInUse:
-                await asyncio.sleep(0.1)
-            except psycopg.errors.UndefinedObject:
-                return
-    raise RuntimeError(f"replication slot {slot} is invalidated but still in use")
 
 
 async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:

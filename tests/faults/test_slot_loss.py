@@ -135,7 +135,7 @@ async def test_an_invalidated_slot_retires_every_shape_and_is_made_again(
             finally:
                 engine.proc.send_signal(signal.SIGCONT)
         assert cluster.query("SELECT wal_status FROM pg_replication_slots") != [("lost",)]
-        assert "is lost (invalidated" in engine.log_tail(100_000)
+        assert "is unusable (invalidated" in engine.log_tail(100_000)
     finally:
         engine.stop()
         cluster.stop()
@@ -174,5 +174,22 @@ async def test_a_slot_dropped_while_the_engine_was_down_retires_its_shapes(
             await task
         assert again.handle != first.handle
         assert again.rows == expected_rows(cluster.url, None)
+    finally:
+        engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_dropped_publication_retires_every_shape_and_is_made_again(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """Without its publication the slot cannot decode, and made again empty it would publish
+    none of the loaded shapes' tables: the shapes would stay silently stale. As Electric
+    does, a publication made again means a new slot and every shape retired."""
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    try:
+        async with _followed(cluster, engine):
+            cluster.query("DROP PUBLICATION shapegate_pub_default")
+        assert cluster.query("SELECT count(*) FROM pg_publication") == [(1,)]
+        assert "its publication shapegate_pub_default was dropped" in engine.log_tail(100_000)
     finally:
         engine.stop()
