@@ -301,7 +301,11 @@ def main(argv: list[str] | None = None) -> None:
         from .preflight import PermanentError, check_database
 
         try:
-            check_database(settings.database_url, flag="--database-url or SYNC_ENGINE_DATABASE_URL")
+            check_database(
+                settings.database_url,
+                flag="--database-url or SYNC_ENGINE_DATABASE_URL",
+                wait=False,  # serve 503s while Postgres is not up; the source retries
+            )
         except PermanentError as exc:
             fail(PROG, f"cannot use the database: {exc}", 1)
         except KeyboardInterrupt:

@@ -108,11 +108,15 @@ def check_database(
     flag: str,
     max_delay: float = 10.0,
     sleep: Callable[[float], None] = time.sleep,
+    wait: bool = True,
 ) -> None:
     """Return once the database is usable; raise PermanentError when a person must act.
 
     Transient failures are logged as a warning with the next delay and retried forever
-    (the engine is meant to start before or with its database).
+    (the engine is meant to start before or with its database). With `wait=False` the
+    first transient failure returns instead: the engine then serves (503 with a JSON body
+    until its source is ready) while the source retries by itself, rather than holding
+    its bound port silent, where every request hung until Postgres came up.
     """
     delay = 1.0
     target = describe_target(url)
@@ -130,7 +134,13 @@ def check_database(
                 hint = "" if diagnosis.code != "other" else f"; fix {flag}"
                 raise PermanentError(f"{diagnosis.message}{hint}") from None
             logger.warning(
-                "database %s not reachable yet (%s); retrying in %g s", target, raw, delay
+                "database %s not reachable yet (%s); retrying in %g s%s",
+                target,
+                raw,
+                delay,
+                "" if wait else " (answering 503 meanwhile)",
             )
+            if not wait:
+                return
             sleep(delay)
             delay = min(delay * 2, max_delay)

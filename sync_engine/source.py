@@ -195,7 +195,7 @@ class Source:
                         problem.fix,
                     )
                 await asyncio.sleep(10.0 if problem.permanent else delay)
-                delay = min(delay * 2, 10.0)
+                delay = min(delay * 2, 5.0)
         checker = asyncio.create_task(
             self.tables.check_schemas_forever(self.config.schema_check_interval)
         )

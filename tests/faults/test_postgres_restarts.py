@@ -17,6 +17,7 @@ connection gets (a registration left on one spun the event loop, and every reque
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 
 import aiohttp
@@ -102,3 +103,53 @@ async def test_postgres_restart_under_the_engine_loses_nothing(
         stop_writer.set()
         stop_followers.set()
         engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_an_engine_started_before_postgres_answers_503_meanwhile(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """Started while Postgres is down, the engine answers at once: health not 200, a shape
+    503 with a JSON body and `Retry-After`; it used to hold its port silent (every request
+    hung) until Postgres came up. Once it is up the engine serves by itself."""
+    await asyncio.to_thread(cluster.stop_server, "fast")
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    engine.spawn()
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def health() -> int:
+                try:
+                    async with session.get(
+                        engine.url + "/v1/health", timeout=aiohttp.ClientTimeout(total=2)
+                    ) as r:
+                        return r.status
+                except (aiohttp.ClientError, TimeoutError):
+                    return 0
+
+            assert await wait_until_async(health, timeout=30, message="an answer") != 200
+            async with session.get(
+                engine.url + "/v1/shape",
+                params={"table": "items", "offset": "-1"},
+                timeout=aiohttp.ClientTimeout(total=15),
+            ) as r:
+                body = await r.read()
+                assert r.status == 503 and "retry-after" in r.headers, body
+                assert isinstance(orjson.loads(body)["message"], str)
+            await asyncio.to_thread(cluster.start)
+            await wait_until_async(
+                lambda: _is(health(), 200), timeout=30, message="health 200 once Postgres is up"
+            )
+            follower = Follower(engine.url)
+            stop = asyncio.Event()
+            task = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(lambda: follower.live, timeout=30, message="synced")
+            stop.set()
+            await task
+        assert follower.rows == expected_rows(cluster.url, None)
+    finally:
+        engine.stop()
+
+
+async def _is(status: Awaitable[int], expected: int) -> bool:
+    return await status == expected
