@@ -77,7 +77,8 @@ class ClientClause:
     def missing_param(self, given: int) -> str | None:
         """The engine's error for the first `$n` beyond the `given` params, if any."""
         for number, location in self.param_refs:
-            if number > given:
+            # ($0 too: shifted past the enforced params it would name one of them)
+            if number > given or number < 1:
                 return f"At location {location}: parameter ${number} was not provided"
         return None
 

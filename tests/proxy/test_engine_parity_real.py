@@ -46,6 +46,9 @@ SAME_ANSWER = [
     "offset=-1&where=id>$1&params[2]=1",
     "offset=-1&where=id>$1&params[x]=1",
     "offset=-1&where=id>$1",
+    "offset=-1&where=id=$0",
+    "offset=-1&where=id=$0&params[1]=1",
+    "offset=-1&subset__where=id=$0",
     "offset=-1&params[1]=1",
     "offset=-1&params=x",
     "offset=-1&where=title=$1&params[1]=",
@@ -159,7 +162,7 @@ async def test_refusals_are_the_engines(
     assert differences == []
 
 
-async def test_a_nul_byte_never_shortens_a_members_where(
+async def test_a_members_where_is_never_shortened_nor_shifted_onto_the_policys_params(
     engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
 ) -> None:
     """`id > 0\\0 AND false` used to be checked and sent as `id > 0`: every row of the org."""
@@ -167,6 +170,13 @@ async def test_a_nul_byte_never_shortens_a_members_where(
         build_config(base_config(engine.url, str(idp_server.make_url("/jwks.json"))), environ)
     )
     member = proxy.tokens.make(org_id="org-a")
+    # `$0` was shifted past the enforced params into `$1`: the member's own org claim.
+    for query in ("where=org_id = $0", "subset__where=org_id = $0"):
+        reply = await proxy.raw_get(
+            f"/v1/shape?table=items&offset=-1&{query.replace(' ', '%20')}", member
+        )
+        assert reply.status == 400, reply.body
+        assert "parameter $0 was not provided" in reply.body.decode()
     for query in (
         "where=id > 0%00 AND false",
         "subset__where=id > 0%00 AND false",
