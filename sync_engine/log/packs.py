@@ -19,6 +19,7 @@ is deleted once all its shapes are retired.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 import struct
@@ -153,13 +154,23 @@ def sync_directory(directory: str) -> None:
 
 
 def append_retired(path: str, handle: str) -> None:
-    """Best effort, as deleting a retired shape's files is: a shape whose retirement is lost
-    in a crash comes back on load, and is found gone or stale there like any other."""
+    """Append the record that retires `handle`: whole, or not at all (a short write, on a
+    full disk, is cut back and raises OSError, to be tried again: a retirement that never
+    reaches the pack brings the shape back on the next load, stale). A pack already gone
+    needs no record."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
-        os.write(fd, encode_retired(handle))
+        start = os.lseek(fd, 0, os.SEEK_END)
+        record = encode_retired(handle)
+        try:
+            written = os.pwrite(fd, record, start)
+            if written != len(record):
+                raise OSError(errno.ENOSPC, "short write")
+        except OSError:
+            os.ftruncate(fd, start)
+            raise
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import LogDamaged, ShapeLog
+from .files import LogDamaged, LogWriteError, ShapeLog
 from .packs import (
     MAGIC,
     SUFFIX,
@@ -118,9 +118,13 @@ class ShapeStore:
     async def settle(self) -> None:
         """Wait until every retirement asked for so far is on disk (files deleted, packs
         marked), synced when `fsync`: before the engine does something that makes the
-        retired shapes wrong to load again (a new replication slot)."""
+        retired shapes wrong to load again (a new replication slot, confirming the slot
+        past what retired them). Raises `LogWriteError` while a pack cannot be marked (a
+        full disk): the caller pauses as for any failed write, and tries again."""
         while _pending:
             await asyncio.gather(*list(_pending), return_exceptions=True)
+        if _failed:
+            await asyncio.to_thread(_retry_failed)
         if self.fsync and _touched:
             packs = list(_touched)
             _touched.clear()
@@ -129,7 +133,7 @@ class ShapeStore:
     @property
     def unsettled(self) -> bool:
         """Whether a retirement may not be on disk yet (see `settle`)."""
-        return bool(_pending) or (self.fsync and bool(_touched))
+        return bool(_pending) or bool(_failed) or (self.fsync and bool(_touched))
 
 
 def retire(log: ShapeLog) -> None:
@@ -159,6 +163,20 @@ def retire(log: ShapeLog) -> None:
 _pending: set[asyncio.Future[None]] = set()
 #: Packs a retirement changed (deleted, or a record appended) and not synced since.
 _touched: set[str] = set()
+#: Retirement records that could not be appended (a full disk), by pack: tried again by
+#: `ShapeStore.settle`.
+_failed: dict[str, list[str]] = {}
+
+
+def _retry_failed() -> None:
+    for path, handles in list(_failed.items()):
+        while handles:
+            try:
+                append_retired(path, handles[0])
+            except OSError as exc:
+                raise LogWriteError(exc.errno, f"marking a shape retired in {path}: {exc}") from exc
+            handles.pop(0)
+        del _failed[path]
 
 
 def _sync_packs(directory: str, packs: list[str]) -> None:
@@ -194,8 +212,12 @@ def _delete(paths: list[str], pack_path: str | None, handle: str, last: bool) ->
         _touched.add(pack_path)
         if last:
             _unlink(pack_path)
+            _failed.pop(pack_path, None)
         else:
-            append_retired(pack_path, handle)
+            try:
+                append_retired(pack_path, handle)
+            except OSError:
+                _failed.setdefault(pack_path, []).append(handle)
 
 
 def _unlink(path: str) -> None:

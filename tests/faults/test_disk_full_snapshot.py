@@ -17,6 +17,8 @@ import orjson
 import psycopg
 import pytest
 
+from sync_engine.log.files import LogWriteError, ShapeLog
+from sync_engine.log.store import PackBuilder, ShapeStore
 from tests.faults.follower import Follower, expected_rows
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until_async
@@ -94,3 +96,51 @@ async def test_a_snapshot_that_fills_the_disk_is_a_503_then_whole(
     finally:
         engine.stop()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_a_retirement_the_full_disk_refused_is_written_once_space_is_back(
+    tmp_path: Path,
+) -> None:
+    """Retiring a shape appends a record to its pack; on a full disk that append fails.
+    It used to be dropped: the shape came back on the next load, stale (the slot had moved
+    past what retired it). Now it is cut back whole, `settle` (which the replication loop
+    awaits before confirming the slot) raises until it is written, and it is written once
+    space is back."""
+    mnt = tmp_path / "shapes"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        store = ShapeStore(mnt, 1 << 20, fsync=True)
+        logs = _pack_ending_on_a_page(store, ("1-1", "1-2"))
+        filler = mnt / "filler"
+        await asyncio.to_thread(_fill, filler, 0)
+        store.retire(logs[0])
+        with pytest.raises(LogWriteError) as info:
+            await store.settle()
+        assert info.value.disk_full and store.unsettled
+        filler.unlink()
+        await store.settle()
+        assert not store.unsettled
+        assert [log.handle for log in store.load()] == ["1-2"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _pack_ending_on_a_page(store: ShapeStore, handles: tuple[str, ...]) -> list[ShapeLog]:
+    """A pack of one small snapshot per handle, padded to end on a 4 KiB page boundary (an
+    append then needs a new page: on a full disk, it fails)."""
+    pad = 0
+    while True:
+        builder = PackBuilder()
+        logs = [store.new_log(h) for h in handles]
+        for i, log in enumerate(logs):
+            chunk = b'{"key":"' + b"k" * (pad if i == 0 else 0) + b'"}'
+            builder.add(log, 1, chunk, {"handle": log.handle})
+        builder.write(fsync=True)
+        (pack,) = store.directory.glob("*.pack")
+        size = pack.stat().st_size
+        if size % 4096 == 0:
+            builder.publish()
+            return logs
+        pack.unlink()
+        pad += 4096 - size % 4096  # (the marker's size field may grow a digit: again)
