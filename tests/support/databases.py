@@ -19,8 +19,15 @@ def create_database(server_url: str) -> tuple[str, str]:
 
 
 def drop_database(server_url: str, dbname: str) -> None:
-    """Drop a test database, its replication slots and any backend still connected."""
+    """Drop a test database, its replication slots and any backend still connected.
+
+    New connections are refused first: an engine still running makes its slot again when
+    it is dropped under it, and a slot blocks DROP DATABASE.
+    """
     with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(dbname))
+        )
         conn.execute(
             "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
             " WHERE database = %s AND active_pid IS NOT NULL",
@@ -32,6 +39,11 @@ def drop_database(server_url: str, dbname: str) -> None:
             ).fetchall()
             if not rows:
                 break
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE database = %s AND active_pid IS NOT NULL",
+                (dbname,),
+            )
             for slot, active in rows:
                 if not active:
                     try:
