@@ -88,6 +88,13 @@ def _probe_write(directory: str) -> None:
             pass
 
 
+async def _close(stream: ReplicationStream) -> None:
+    try:
+        await stream.close()
+    except Exception:
+        logger.debug("error closing replication stream", exc_info=True)
+
+
 class Replicator:
     """One source's replication: `run` streams its slot into its shapes' logs until cancelled.
 
@@ -204,6 +211,7 @@ class Replicator:
             except Exception as exc:
                 self.connected.clear()
                 self._rollback_staged()
+                await _close(stream)  # its walsender lets go of the slot, if it may be dropped
                 if await self._slot_replaced():
                     continue  # a new slot: stream from it at once
                 problem = describe_failure(exc)
@@ -229,10 +237,7 @@ class Replicator:
                 wait = retry.wait
             finally:
                 self.assembler.reset()
-                try:
-                    await stream.close()
-                except Exception:
-                    logger.debug("error closing replication stream", exc_info=True)
+                await _close(stream)
             if wait:  # after closing: a dead connection is not kept through the wait
                 await asyncio.sleep(wait)
 
