@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sync_engine.app import SOURCES, build_app
-from sync_engine.log.framing import HEADER_SIZE, encode_record
+from sync_engine.log.framing import HEADER_SIZE, encode_record, encode_records
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine
 
@@ -153,5 +153,36 @@ async def test_a_torn_tail_the_slot_will_resend_is_repaired_by_replay(
         confirmed,
         [(m["headers"]["lsn"], m["headers"]["op_position"]) for m in messages if "key" in m],
     )
+    rows, same, _ = await second.sync(table="items")
+    assert same == handle and rows == _expected(second)
+
+
+async def test_a_transaction_cut_short_between_records_is_cut_back_and_replayed(
+    aiohttp_client: Any, db_url: str, tmp_path: Path
+) -> None:
+    """A big transaction is written as several records; a crash after the first ones leaves
+    whole, valid records of a transaction that never ended. They are not served (a client
+    would see half a transaction): the restart cuts them off and the slot sends the
+    transaction again; same handle, no 409."""
+    first = await _start(aiohttp_client, db_url, tmp_path / "data")
+    handle, offset, shapes = await _synced_shape_with_log(first)
+    await first.client.close()
+    first.sql("INSERT INTO items VALUES (300, 0, 'while down')")
+    (confirmed,) = first.sql(
+        "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots"
+        " WHERE database = current_database()"
+    )[0]
+    entries = [(op, b'{"key":"half","value":{}}') for op in range(1, 40)]
+    records = encode_records(int(confirmed), entries, 256, 0)
+    assert len(records) > 2
+    chunk = sorted(shapes.glob(f"{handle}.log.*.log"))[-1]
+    with open(chunk, "ab") as f:
+        for _, record, _ in records[:-1]:  # every record but the one that ends it
+            f.write(record)
+
+    second = await _start(aiohttp_client, db_url, tmp_path / "data")
+    assert b"half" not in chunk.read_bytes()
+    _, messages = await _follow(second, handle, offset, until='"300"')
+    assert [m["key"] for m in messages if "key" in m] == ['"public"."items"/"300"']
     rows, same, _ = await second.sync(table="items")
     assert same == handle and rows == _expected(second)
