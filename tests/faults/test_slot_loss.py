@@ -193,3 +193,45 @@ async def test_a_dropped_publication_retires_every_shape_and_is_made_again(
         assert "its publication shapegate_pub_default was dropped" in engine.log_tail(100_000)
     finally:
         engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_slot_invalidated_while_the_engine_was_down_retires_its_shapes(
+    tmp_path: Path,
+) -> None:
+    cluster = FaultCluster(max_slot_wal_keep_size="1MB")
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    try:
+        cluster.start()
+        cluster.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
+        cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g")
+        await asyncio.to_thread(engine.start)
+        async with aiohttp.ClientSession() as session:
+            first = Follower(engine.url)
+            stop = asyncio.Event()
+            task = asyncio.create_task(first.run(session, stop))
+            await wait_until_async(lambda: first.live, timeout=30, message="synced")
+            stop.set()
+            await task
+            engine.kill()
+            for _ in range(4):
+                cluster.query("UPDATE items SET v = v + 1 WHERE id = 3; SELECT pg_switch_wal()")
+            cluster.query("CHECKPOINT")
+            assert cluster.query("SELECT wal_status FROM pg_replication_slots") == [("lost",)]
+            await asyncio.to_thread(engine.start)
+            async with session.get(
+                engine.url + "/v1/shape",
+                params={"table": "items", "handle": first.handle, "offset": first.offset},
+            ) as r:
+                assert r.status == 409, await r.text()
+            again = Follower(engine.url)
+            stop.clear()
+            task = asyncio.create_task(again.run(session, stop))
+            await wait_until_async(lambda: again.live, timeout=30, message="refetched")
+            stop.set()
+            await task
+        assert again.rows == expected_rows(cluster.url, None)
+        assert cluster.query("SELECT wal_status FROM pg_replication_slots") != [("lost",)]
+    finally:
+        engine.stop()
+        cluster.stop()
