@@ -15,13 +15,17 @@ so that the proxy would check and send less than the client wrote), then the val
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable, Mapping
 
 from proxy.errors import BadShapeRequest
 from proxy.policy.sql import parse_identifier_list
 from proxy.shape_request import ShapeRequest, SubsetRequest
 from sync_engine.http.limits import MAX_PARAMS
+from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
+from sync_engine.http.params import PARAM_NUMBER as _NUMBER
+from sync_engine.http.params import SINGLE_PARAMS as _SINGLE
+from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
+from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -39,29 +43,6 @@ PROTOCOL_PARAMS = (
 _SUBSET_SCALARS = ("subset__where", "subset__limit", "subset__offset", "subset__order_by")
 #: Accepted and dropped: Electric's server ignores them, and they cannot be checked.
 _SUBSET_IGNORED = ("subset__where_expr", "subset__order_by_expr")
-#: What the engine reads at most once, in the order it names the first repeated one.
-_SINGLE = (
-    "table",
-    "offset",
-    "handle",
-    "live",
-    "live_sse",
-    "experimental_live_sse",
-    "cursor",
-    "where",
-    "columns",
-    "replica",
-    "log",
-    "subset__where",
-    "subset__limit",
-    "subset__offset",
-    "subset__order_by",
-    "subset__params",
-)
-_SINGLE_SET = frozenset(_SINGLE)
-_PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
-_SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
-_NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 MAX_VALUE_LENGTH = 8192
 #: LIMIT and OFFSET are bigint in Postgres (the engine's bound and words).
 _MAX_BIGINT = 2**63 - 1

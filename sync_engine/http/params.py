@@ -21,9 +21,11 @@ from ..log.offsets import InvalidOffset, LogOffset, parse_offset
 from ..shapes.definition import LogMode, Replica, ShapeParams, SubsetParams
 from . import limits
 
-_PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
-_SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
-_SINGLE = (
+#: `params[N]` and `subset__params[N]` keys; the proxy reads them with the same patterns.
+PARAM_KEY = re.compile(r"\Aparams\[([^\]]*)\]\Z")
+SUBSET_PARAM_KEY = re.compile(r"\Asubset__params\[([^\]]*)\]\Z")
+#: What the engine reads at most once, in the order it names the first repeated one.
+SINGLE_PARAMS = (
     "table",
     "offset",
     "handle",
@@ -41,8 +43,8 @@ _SINGLE = (
     "subset__order_by",
     "subset__params",
 )
-_SINGLE_SET = frozenset(_SINGLE)
-_NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
+SINGLE_PARAMS_SET = frozenset(SINGLE_PARAMS)
+PARAM_NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 #: By value (a dict lookup; calling the enum costs ~1 µs).
 _REPLICAS = {str(m.value): m for m in Replica}
 _LOG_MODES = {str(m.value): m for m in LogMode}
@@ -78,7 +80,7 @@ def _blank(value: str | None) -> str | None:
 def _numbered(items: Mapping[str, str], field_name: str) -> dict[str, str]:
     limits.check_params_count(items, field_name)
     keys = list(items)
-    if not all(_NUMBER.match(k) for k in keys):
+    if not all(PARAM_NUMBER.match(k) for k in keys):
         raise InvalidRequest({field_name: ["Parameters can only use numbers as keys"]})
     if sorted(int(k) for k in keys) != list(range(1, len(keys) + 1)):
         raise InvalidRequest(
@@ -117,7 +119,7 @@ def parse_shape_request(
                 "order_by_expr",
             ):
                 subset_body[k] = v
-            elif k != "subset" and isinstance(v, str) and k in _SINGLE:
+            elif k != "subset" and isinstance(v, str) and k in SINGLE_PARAMS:
                 limit = limits.MAX_LENGTH.get(k, limits.DEFAULT_LENGTH)
                 if len(v) > limit:
                     raise limits.too_long(k, limit)
@@ -210,7 +212,7 @@ def _plain(items: list[tuple[str, str]]) -> dict[str, str] | None:
     for k, v in items:
         if k.startswith(("params", "subset__")):
             return None
-        if k in _SINGLE_SET:
+        if k in SINGLE_PARAMS_SET:
             if k in q or "\x00" in v:
                 return None
             q[k] = v
@@ -234,23 +236,23 @@ def _checked(
     q: dict[str, str] = {}
     repeated = False
     for k, v in items:
-        if k in _SINGLE_SET:
+        if k in SINGLE_PARAMS_SET:
             if k in q:
                 repeated = True
             else:
                 q[k] = v
     if repeated:
-        for name in _SINGLE:  # the first in this order is the one named, as before
+        for name in SINGLE_PARAMS:  # the first in this order is the one named, as before
             if len(query.getall(name, [])) > 1:
                 raise InvalidRequest({name: ["must be given at most once"]})
     for k, v in items:
-        if "\x00" in v and (k in _SINGLE_SET or k.startswith(("params[", "subset__"))):
+        if "\x00" in v and (k in SINGLE_PARAMS_SET or k.startswith(("params[", "subset__"))):
             field = "params" if k.startswith("params[") else k
             raise InvalidRequest({field: ["must not contain NUL bytes"]})
     has_subset = False
     for k, v in items:
         if k.startswith("params["):
-            m = _PARAM_KEY.match(k)
+            m = PARAM_KEY.match(k)
             if m:
                 if m.group(1) in params:
                     raise InvalidRequest(
@@ -259,7 +261,7 @@ def _checked(
                 params[m.group(1)] = v
         elif k.startswith("subset__"):
             has_subset = True
-            m = _SUBSET_PARAM_KEY.match(k)
+            m = SUBSET_PARAM_KEY.match(k)
             if m:
                 subset_params[m.group(1)] = v
     if "params" in query:
