@@ -17,6 +17,8 @@ import aiohttp
 import orjson
 import psycopg
 
+from tests.support.waiting import wait_until_async
+
 #: Pause before retrying after a 503 or a connection error (as the client backs off).
 RETRY_PAUSE = 0.1
 
@@ -159,3 +161,27 @@ class Writer:
             except psycopg.OperationalError:
                 self.failures += 1  # Postgres down: the transaction did not commit
                 await asyncio.sleep(RETRY_PAUSE)
+
+
+async def until_equal(
+    followers: list[Follower], expected: list[dict[str, dict[str, Any]]], timeout: float
+) -> None:
+    """Wait until each follower's rows equal its `expected` rows; on timeout, fail saying
+    how they differ (rows missing, extra, different; the follower's counts)."""
+
+    def equal() -> bool:
+        return all(f.rows == e for f, e in zip(followers, expected, strict=True))
+
+    try:
+        await wait_until_async(equal, timeout=timeout, interval=0.1, message="rows as SELECT")
+    except AssertionError:
+        raise AssertionError(
+            "; ".join(
+                f"{f.where!r}: {len(f.rows)} rows, {len(e)} expected, {len(e.keys() - f.rows)}"
+                f" missing, {len(f.rows.keys() - e)} extra,"
+                f" {sum(f.rows[k] != e[k] for k in e.keys() & f.rows)} different,"
+                f" counts {f.counts()}, statuses {dict(f.statuses)}"
+                for f, e in zip(followers, expected, strict=True)
+                if f.rows != e
+            )
+        ) from None
