@@ -32,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.auth.claims import TokenVerifier
 from proxy.errors import ProxyError
@@ -114,13 +114,25 @@ _LAYOUTS: dict[tuple[bytes, ...], _Layout] = {}
 _LAYOUTS_MAX = 256
 
 
+#: The last answer's header names and layout: the engine sends answer after answer with the
+#: same names, and comparing two lists of names is cheaper than hashing a tuple of them (new
+#: bytes objects each time) for the dict lookup.
+_LAST: list[Any] = [None, None]
+
+
 def _plan(raw: list[bytes]) -> _Layout:
-    names = tuple(raw[::2])
-    layout = _LAYOUTS.get(names)
+    names = raw[::2]
+    last = _LAST
+    if names == last[0]:
+        known: _Layout = last[1]
+        return known
+    key = tuple(names)
+    layout = _LAYOUTS.get(key)
     if layout is None:
-        layout = _Layout(names)
+        layout = _Layout(key)
         if len(_LAYOUTS) < _LAYOUTS_MAX:
-            _LAYOUTS[names] = layout
+            _LAYOUTS[key] = layout
+    last[0], last[1] = names, layout
     return layout
 
 
