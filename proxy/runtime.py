@@ -71,6 +71,9 @@ class Prepared:
 
 ANONYMOUS = "anonymous"
 
+#: How often the key sets are checked for their TTL (`RuntimeHolder.watching`), seconds.
+KEYS_POLL_INTERVAL = 1.0
+
 
 def principal_of(claims: Mapping[str, Any]) -> str:
     """A stable name for who is asking: `<iss> <sub>` for a token, "anonymous" without one.
@@ -127,9 +130,7 @@ class RuntimeHolder:
         for cfg in loaded.config.issuers:
             source: KeySource
             if cfg.jwks_url is not None:
-                cache = self._jwks.get(cfg.jwks_url) or JwksCache(
-                    cfg.jwks_url, self._session, on_fetch=self._metrics.jwks_fetch
-                )
+                cache = self._jwks.get(cfg.jwks_url) or self._new_jwks(cfg.jwks_url)
                 cache.configure(
                     ttl=cfg.jwks_ttl,
                     refetch_cooldown=cfg.jwks_refetch_cooldown,
@@ -170,6 +171,25 @@ class RuntimeHolder:
             options=options,
             prepared=prepared,
         )
+
+    def _new_jwks(self, url: str) -> JwksCache:
+        cache = JwksCache(url, self._session, on_fetch=self._metrics.jwks_fetch)
+        cache.on_keys_changed(self._keys_changed)
+        return cache
+
+    def _keys_changed(self) -> None:
+        """An issuer dropped or changed a key: forget every token verified so far, and every
+        request prepared from one, so a token signed by that key is checked again (and
+        refused) on its next request. Tokens of the keys still there verify again."""
+        runtime = self.current
+        runtime.verifier.forget()
+        if runtime.prepared is not None:
+            runtime.prepared.clear()
+
+    async def refresh_keys(self) -> None:
+        """Refetch the key sets older than their TTL (`JwksCache.refresh_if_due`)."""
+        for cache in list(self._jwks.values()):
+            await cache.refresh_if_due()
 
     def _stamp(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -225,11 +245,23 @@ class RuntimeHolder:
                 if self.changed_on_disk():
                     self.reload()
 
-        task = asyncio.create_task(poll()) if self.path is not None else None
+        async def refresh_keys() -> None:
+            # Without this a key set is refetched only when a token needs verifying; while
+            # every request hits the caches, a key removed at the issuer would stay trusted.
+            while True:
+                await asyncio.sleep(KEYS_POLL_INTERVAL)
+                try:
+                    await self.refresh_keys()
+                except Exception:  # (a fetch failure is handled inside; this is a bug)
+                    logger.exception("background JWKS refresh failed")
+
+        tasks = [asyncio.create_task(refresh_keys())]
+        if self.path is not None:
+            tasks.append(asyncio.create_task(poll()))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

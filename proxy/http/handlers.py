@@ -198,8 +198,10 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
         if prepared is not None and prepared.expires > time.time():
             _app(request).metrics.token_cache_lookup(True)
             return prepared
+    epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
-    if cache is not None and key is not None:
+    if cache is not None and key is not None and epoch == runtime.verifier.epoch:
+        # (not when the issuer's keys changed meanwhile: the token may be one they dropped)
         cache[key] = prepared
     return prepared
 

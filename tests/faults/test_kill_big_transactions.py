@@ -15,8 +15,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.faults.follower import Follower, expected_rows
 from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower, expected_rows
 from tests.support.waiting import wait_until_async
 
 WHERES = [None, "id % 2 = 0", "v > 1"]

@@ -19,8 +19,8 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.faults.follower import Follower, Writer, expected_rows
 from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower, Writer, expected_rows
 from tests.support.waiting import wait_until_async
 
 ROWS = 150

@@ -25,8 +25,8 @@ import orjson
 import pytest
 
 from tests.faults.cluster import FaultCluster, StopMode
-from tests.faults.follower import Follower, Writer, expected_rows
 from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower, Writer, expected_rows
 from tests.support.waiting import wait_until_async
 
 WHERES = [None, "id % 2 = 0"]

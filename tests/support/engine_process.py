@@ -167,7 +167,8 @@ async def sync_through(
     proxy: Any, token: str, extra: str = ""
 ) -> tuple[dict[str, dict[str, Any]], str, str]:
     """Follow the `items` shape through `proxy` as ShapeStream does, from -1 to up-to-date;
-    returns the rows, the handle and the offset. `extra`: more query parameters."""
+    returns the rows, the handle and the offset. `extra`: more query parameters (such as
+    `&where=...`), sent with every request, as the client sends its shape's parameters."""
     rows: dict[str, dict[str, Any]] = {}
     path = f"/v1/shape?table=items&offset=-1{extra}"
     for _ in range(50):
@@ -177,5 +178,5 @@ async def sync_through(
         handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
         if "electric-up-to-date" in reply.headers:
             return rows, handle, offset
-        path = f"/v1/shape?table=items&offset={offset}&handle={handle}"
+        path = f"/v1/shape?table=items&offset={offset}&handle={handle}{extra}"
     raise AssertionError("never up to date")

@@ -31,6 +31,7 @@ import psycopg
 import pytest
 
 from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower, expected_rows
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up (CI runs as root)"
@@ -40,91 +41,8 @@ WHERES = [None, "id % 2 = 0", "v > 0", "id % 3 = 1"]
 BODY = 4000
 
 
-class Follower:
-    """A shape client that counts, instead of trusting: every body must parse, inserts
-    must be new, each update must raise `v` by exactly one."""
-
-    def __init__(self, base: str, where: str | None) -> None:
-        self.base = base
-        self.q = {"table": "items", **({"where": where} if where else {})}
-        self.rows: dict[str, dict[str, Any]] = {}
-        self.handle: str | None = None
-        self.offset = "-1"
-        self.live = False
-        self.lost = 0
-        self.duplicated = 0
-        self.invalid_json = 0
-        self.statuses: Counter[int] = Counter()
-        self.resets = 0
-        self.biggest = 0
-
-    async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            q = dict(self.q, offset=self.offset)
-            if self.handle and self.offset != "-1":
-                q["handle"] = self.handle
-            if self.live:
-                q["live"] = "true"
-            try:
-                async with session.get(
-                    self.base + "/v1/shape", params=q, timeout=aiohttp.ClientTimeout(total=10)
-                ) as r:
-                    body = await r.read()
-                    self.statuses[r.status] += 1
-                    if r.status == 409:
-                        self.rows.clear()
-                        self.handle = r.headers.get("electric-handle")
-                        self.offset, self.live = "-1", False
-                        self.resets += 1
-                        continue
-                    if r.status != 200:
-                        await asyncio.sleep(0.2)
-                        continue
-                    try:
-                        messages = orjson.loads(body)
-                    except orjson.JSONDecodeError:
-                        self.invalid_json += 1
-                        await asyncio.sleep(0.2)
-                        continue
-                    self.biggest = max(self.biggest, len(body))
-                    self._apply(messages)
-                    self.handle = r.headers["electric-handle"]
-                    self.offset = r.headers["electric-offset"]
-                    self.live = "electric-up-to-date" in r.headers
-            except (TimeoutError, aiohttp.ClientError):
-                await asyncio.sleep(0.2)
-
-    def _apply(self, messages: list[dict[str, Any]]) -> None:
-        for m in messages:
-            if "key" not in m:
-                continue
-            op, key, value = m["headers"]["operation"], m["key"], m["value"]
-            if op == "insert":
-                if key in self.rows:
-                    self.duplicated += 1
-                self.rows[key] = dict(value)
-            elif op == "update":
-                row = self.rows.get(key)
-                if row is None:
-                    self.lost += 1
-                    continue
-                step = int(value["v"]) - int(row["v"])
-                if step < 1:
-                    self.duplicated += 1
-                elif step > 1:
-                    self.lost += step - 1
-                row.update(value)
-            else:
-                self.rows.pop(key, None)
-
-
 def _expected(db_url: str, where: str | None) -> dict[str, dict[str, Any]]:
-    sql = "SELECT id::text, v::text, body FROM items" + (f" WHERE {where}" if where else "")
-    with psycopg.connect(db_url) as conn:
-        return {
-            f'"public"."items"/"{i}"': {"id": i, "v": v, "body": b}
-            for i, v, b in conn.execute(sql).fetchall()
-        }
+    return expected_rows(db_url, where, ("id", "v", "body"))
 
 
 async def _write(db_url: str, stop: asyncio.Event, counter: list[int]) -> None:

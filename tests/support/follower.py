@@ -1,6 +1,7 @@
 """A shape client that counts instead of trusting, and a writer that survives outages.
 
-`Follower` follows a shape over HTTP as the real client does (offset -1, catch up, live;
+Shared by the fault probes (tests/faults) and the disk-full test of the log
+(tests/sync_engine/log). `Follower` follows a shape over HTTP as the real client does (offset -1, catch up, live;
 409: start again from -1; 503 and connection errors: retry) and checks what it gets: every
 body parses, an insert is new, each update raises `v` by exactly one (the writer only ever
 increments it), so a lost or repeated change shows as a count, not as a coincidence.
@@ -21,9 +22,9 @@ RETRY_PAUSE = 0.1
 
 
 class Follower:
-    def __init__(self, base: str, where: str | None = None) -> None:
+    def __init__(self, base: str, where: str | None = None, table: str = "items") -> None:
         self.base = base
-        self.q = {"table": "items", **({"where": where} if where else {})}
+        self.q = {"table": table, **({"where": where} if where else {})}
         self.where = where
         self.rows: dict[str, dict[str, Any]] = {}
         self.handle: str | None = None
@@ -35,6 +36,7 @@ class Follower:
         self.resets = 0
         self.statuses: Counter[int] = Counter()
         self.bad_bodies: list[bytes] = []  # error bodies that are not JSON objects
+        self.biggest = 0  # the biggest 200 body, in bytes
 
     async def run(self, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -66,6 +68,7 @@ class Follower:
                         self.invalid_json += 1
                         await asyncio.sleep(RETRY_PAUSE)
                         continue
+                    self.biggest = max(self.biggest, len(body))
                     self._apply(messages)
                     self.handle = r.headers["electric-handle"]
                     self.offset = r.headers["electric-offset"]
@@ -112,13 +115,17 @@ def _is_json_object(body: bytes) -> bool:
         return False
 
 
-def expected_rows(db_url: str, where: str | None) -> dict[str, dict[str, Any]]:
-    """What `SELECT` says the shape holds, keyed as the engine keys rows."""
-    sql = "SELECT id::text, v::text FROM items" + (f" WHERE {where}" if where else "")
+def expected_rows(
+    db_url: str, where: str | None, columns: tuple[str, ...] = ("id", "v"), table: str = "items"
+) -> dict[str, dict[str, Any]]:
+    """What `SELECT` says the shape holds (its `columns`, as text, the first being the
+    primary key), keyed as the engine keys rows."""
+    select = ", ".join(f"{c}::text" for c in columns)
+    sql = f"SELECT {select} FROM {table}" + (f" WHERE {where}" if where else "")
     with psycopg.connect(db_url) as conn:
         return {
-            f'"public"."items"/"{i}"': {"id": i, "v": v}
-            for i, v in conn.execute(sql.encode()).fetchall()
+            f'"public"."{table}"/"{row[0]}"': dict(zip(columns, row, strict=True))
+            for row in conn.execute(sql.encode()).fetchall()
         }
 
 
