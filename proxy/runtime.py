@@ -27,6 +27,7 @@ from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.limits.config import LimitSettings
 from proxy.metrics import Metrics
+from proxy.policy.sql import CombinedWhere
 from proxy.upstream.client import UpstreamOptions
 
 logger = logging.getLogger(__name__)
@@ -67,9 +68,17 @@ class Prepared:
     #: once per decision (`proxy.http.fastlane` sends it as is).
     request_line: str = ""
     pool_key: tuple[str, int, bool] = ("", 0, False)
+    #: A client's where ANDed with the enforced one: the engine's 400s about it are put
+    #: back in the client's terms (`proxy.http.handlers.finish`). Such a request is kept in
+    #: `Runtime.remapped`, not `Runtime.prepared`, so the fast lane (which relays the
+    #: engine's errors as they are) never takes it.
+    combined: CombinedWhere | None = None
 
 
 ANONYMOUS = "anonymous"
+
+#: How often the key sets are checked for their TTL (`RuntimeHolder.watching`), seconds.
+KEYS_POLL_INTERVAL = 1.0
 
 
 def principal_of(claims: Mapping[str, Any]) -> str:
@@ -93,6 +102,8 @@ class Runtime:
     options: UpstreamOptions
     #: (token digest, named shape or "", raw query string) -> Prepared, for GET requests.
     prepared: LRUCache[tuple[bytes, str, str], Prepared] | None
+    #: The same, for the requests whose engine errors are remapped (`Prepared.combined`).
+    remapped: LRUCache[tuple[bytes, str, str], Prepared] | None = None
     #: Origin header (None: none) -> `ProxyApp.cors_for`'s answer under this config, for the
     #: fast lane (`proxy.http.fastlane`; bounded there): the answer depends on nothing else.
     fast_cors: dict[str | None, tuple[bool, Mapping[str, str] | None]] = field(
@@ -127,9 +138,7 @@ class RuntimeHolder:
         for cfg in loaded.config.issuers:
             source: KeySource
             if cfg.jwks_url is not None:
-                cache = self._jwks.get(cfg.jwks_url) or JwksCache(
-                    cfg.jwks_url, self._session, on_fetch=self._metrics.jwks_fetch
-                )
+                cache = self._jwks.get(cfg.jwks_url) or self._new_jwks(cfg.jwks_url)
                 cache.configure(
                     ttl=cfg.jwks_ttl,
                     refetch_cooldown=cfg.jwks_refetch_cooldown,
@@ -160,16 +169,35 @@ class RuntimeHolder:
         )
         # An LRU, not a TTL cache: each entry carries its own expiry (`Prepared.expires`),
         # checked on use, and an LRU lookup is several times cheaper on this per-request path.
-        prepared: LRUCache[tuple[bytes, str, str], Prepared] | None = (
-            LRUCache(maxsize=server.token_cache_size) if server.token_cache_size else None
-        )
+        size = server.token_cache_size
         return Runtime(
             loaded=loaded,
             verifier=verifier,
             loaded_at=time.time(),
             options=options,
-            prepared=prepared,
+            prepared=LRUCache(maxsize=size) if size else None,
+            remapped=LRUCache(maxsize=size) if size else None,
         )
+
+    def _new_jwks(self, url: str) -> JwksCache:
+        cache = JwksCache(url, self._session, on_fetch=self._metrics.jwks_fetch)
+        cache.on_keys_changed(self._keys_changed)
+        return cache
+
+    def _keys_changed(self) -> None:
+        """An issuer dropped or changed a key: forget every token verified so far, and every
+        request prepared from one, so a token signed by that key is checked again (and
+        refused) on its next request. Tokens of the keys still there verify again."""
+        runtime = self.current
+        runtime.verifier.forget()
+        for cache in (runtime.prepared, runtime.remapped):
+            if cache is not None:
+                cache.clear()
+
+    async def refresh_keys(self) -> None:
+        """Refetch the key sets older than their TTL (`JwksCache.refresh_if_due`)."""
+        for cache in list(self._jwks.values()):
+            await cache.refresh_if_due()
 
     def _stamp(self) -> tuple[int, int, int] | None:
         if self.path is None:
@@ -225,11 +253,23 @@ class RuntimeHolder:
                 if self.changed_on_disk():
                     self.reload()
 
-        task = asyncio.create_task(poll()) if self.path is not None else None
+        async def refresh_keys() -> None:
+            # Without this a key set is refetched only when a token needs verifying; while
+            # every request hits the caches, a key removed at the issuer would stay trusted.
+            while True:
+                await asyncio.sleep(KEYS_POLL_INTERVAL)
+                try:
+                    await self.refresh_keys()
+                except Exception:  # (a fetch failure is handled inside; this is a bug)
+                    logger.exception("background JWKS refresh failed")
+
+        tasks = [asyncio.create_task(refresh_keys())]
+        if self.path is not None:
+            tasks.append(asyncio.create_task(poll()))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

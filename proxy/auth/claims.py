@@ -115,6 +115,15 @@ class TokenVerifier:
             TTLCache(maxsize=cache_size, ttl=cache_ttl, timer=clock) if cache_size else None
         )
         self._on_cache = on_cache or (lambda _hit: None)
+        #: Bumped by `forget`: a result worked out from claims verified before it must not be
+        #: remembered after it.
+        self.epoch = 0
+
+    def forget(self) -> None:
+        """Drop every verified token: a key they were verified with may be gone."""
+        self.epoch += 1
+        if self._cache is not None:
+            self._cache.clear()
 
     @staticmethod
     def digest(token: str) -> bytes:
@@ -134,8 +143,9 @@ class TokenVerifier:
                 self._on_cache(True)
                 return cached[0]
             self._on_cache(False)
+        epoch = self.epoch
         claims = await self._verify(token)
-        if self._cache is not None:
+        if self._cache is not None and epoch == self.epoch:
             self._cache[digest] = (claims, float(claims["exp"]))
         return claims
 

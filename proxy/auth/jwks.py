@@ -9,7 +9,13 @@ Behaviour:
 - an unknown `kid` triggers at most one refetch per `refetch_cooldown` seconds;
 - fetches are single-flight: concurrent callers wait for the same fetch;
 - a failed fetch keeps the last good key set (stale-if-error) and is not retried for
-  `error_backoff` seconds, so a down IdP costs at most one request per backoff period.
+  `error_backoff` seconds, so a down IdP costs at most one request per backoff period;
+- a fetched key set that drops a key, or changes one (same kid, other material), calls the
+  `on_keys_changed` listeners at once: whatever remembers tokens verified with the old set
+  (the verified-token cache, the prepared-request cache) must forget them, or a removed key
+  keeps working for as long as they keep an entry;
+- `refresh_if_due` refetches a key set older than `ttl` without a token asking, so a key
+  removed at the issuer stops working even while every request is a cache hit.
 """
 
 from __future__ import annotations
@@ -61,6 +67,16 @@ class JwksCache:
         self._last_unknown_refetch = float("-inf")
         self._generation = 0
         self._lock = asyncio.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_keys_changed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a fetch removes or changes a key that was in the set."""
+        self._listeners.append(listener)
+
+    async def refresh_if_due(self) -> None:
+        """Refetch a key set fetched before and now older than `ttl` (background refresh)."""
+        if self._fetched_at is not None and self._needs_refresh(self._clock()):
+            await self._refresh()
 
     def configure(self, *, ttl: float, refetch_cooldown: float, timeout: float) -> None:
         """Apply new timings after a config reload, keeping the cached keys."""
@@ -138,11 +154,17 @@ class JwksCache:
                     len(self._keys),
                 )
                 return
-            self._keys = keys
+            old, self._keys = self._keys, keys
             self._prepared = {}
             self._fetched_at = self._clock()
             self._failed_at = float("-inf")
             self._on_fetch("ok")
+            if any(keys.get(kid) != jwk for kid, jwk in old.items()):
+                logger.info(
+                    "JWKS of %s dropped or changed a key; verified tokens forgotten", self.url
+                )
+                for listener in self._listeners:
+                    listener()
 
     async def _fetch(self) -> dict[str | None, dict[str, Any]]:
         timeout = aiohttp.ClientTimeout(total=self._timeout)

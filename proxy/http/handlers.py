@@ -19,6 +19,7 @@ import time
 from typing import Protocol, cast
 
 import aiohttp
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
@@ -39,6 +40,7 @@ from proxy.policy.evaluate import (
     is_delete_by_handle,
     subset_body,
 )
+from proxy.policy.sql import CombinedWhere, remap_where_error
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
@@ -145,7 +147,27 @@ async def _forward(
     outcome = await _app(request).forwarder.forward(
         request, target, runtime.options, context.request_id, admit
     )
-    return finish(request, runtime, outcome)
+    return finish(request, runtime, outcome, prepared.combined)
+
+
+def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> None:
+    """Put the engine's errors about a combined where (a whole JSON error answer) in terms of
+    the client's own where, in place (`proxy.policy.sql.remap_where_error`)."""
+    if not isinstance(response, Response) or not isinstance(response.body, bytes):
+        return
+    try:
+        answer = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    messages = errors.get("where") if isinstance(errors, dict) else None
+    if not isinstance(messages, list):
+        return
+    remapped = [remap_where_error(m, combined) if isinstance(m, str) else m for m in messages]
+    if remapped != messages:
+        assert isinstance(errors, dict)
+        errors["where"] = remapped
+        response.body = orjson.dumps(answer)  # (as the engine writes it: compact)
 
 
 def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
@@ -165,12 +187,19 @@ def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
     )
 
 
-def finish(request: Request, runtime: Runtime, outcome: Outcome) -> StreamResponse:
-    """The client's response from a forwarded request's outcome, noted in its context."""
+def finish(
+    request: Request, runtime: Runtime, outcome: Outcome, combined: CombinedWhere | None = None
+) -> StreamResponse:
+    """The client's response from a forwarded request's outcome, noted in its context.
+
+    `combined`: the client's where went to the engine ANDed with the enforced one; a 400
+    about it is said in terms of the client's own where (`remap_where_errors`)."""
     context = request.context
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
+        if combined is not None and outcome.upstream_status == 400:
+            remap_where_errors(outcome.response, combined)
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
     if outcome.failure is not None:
@@ -189,18 +218,21 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     (bounded by the token-cache TTL) instead of redoing every step.
     """
     authorization = request.headers.get("Authorization")
-    cache = runtime.prepared
+    cache, remapped = runtime.prepared, runtime.remapped
     key = None
-    if cache is not None:
+    if cache is not None and remapped is not None:
         digest = TokenVerifier.digest(authorization) if authorization else ANONYMOUS_KEY
         key = (digest, shape_name or "", request.query_string)
-        prepared = cache.get(key)
+        prepared = cache.get(key) or remapped.get(key)
         if prepared is not None and prepared.expires > time.time():
             _app(request).metrics.token_cache_lookup(True)
             return prepared
+    epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
-    if cache is not None and key is not None:
-        cache[key] = prepared
+    if cache is not None and remapped is not None and key is not None:
+        if epoch == runtime.verifier.epoch:
+            # (not when the issuer's keys changed meanwhile: the token may be one they dropped)
+            (cache if prepared.combined is None else remapped)[key] = prepared
     return prepared
 
 
@@ -291,6 +323,7 @@ async def _prepare(
         upstream_body=upstream_body,
         request_line=request_line("GET", url),
         pool_key=key_of(url),
+        combined=decision.combined,
     )
     body = None
     if post:

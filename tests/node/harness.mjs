@@ -23,7 +23,7 @@
 
 import { after, before } from 'node:test'
 import { spawn, execFile, spawnSync } from 'node:child_process'
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -46,8 +46,12 @@ export { ShapeStream, Shape }
 }
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
-/** 'proxy' when the tests run through the auth proxy (SHAPEGATE_NODE_VIA=proxy), else 'direct'. */
-export const VIA = process.env.SHAPEGATE_NODE_VIA === 'proxy' ? 'proxy' : 'direct'
+/**
+ * 'proxy' when the tests run through the auth proxy (SHAPEGATE_NODE_VIA=proxy), 'cdn' through
+ * the shipped nginx cache tier in front of the proxy (SHAPEGATE_NODE_VIA=cdn; run for
+ * chaos.test.mjs by tests/cdn/test_chaos_through_nginx.py), else 'direct'.
+ */
+export const VIA = ['proxy', 'cdn'].includes(process.env.SHAPEGATE_NODE_VIA) ? process.env.SHAPEGATE_NODE_VIA : 'direct'
 const OPEN_CONFIG = join(REPO_ROOT, 'config', 'examples', 'open.yaml')
 const DEV_POSTGRES = join(REPO_ROOT, 'scripts', 'dev-postgres')
 export const PYTHON = process.env.PYTHON || join(REPO_ROOT, '.venv', 'bin', 'python')
@@ -201,6 +205,29 @@ export async function startCluster() {
   return { dir, port, url, stop: () => stopCluster(dir) }
 }
 
+/** The directory of the Postgres server binaries scripts/dev-postgres uses (same search). */
+function pgBinDir() {
+  const found = spawnSync('bash', ['-c',
+    'for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do ' +
+      '[ -x "$d/initdb" ] && { echo "$d"; exit 0; }; done; ' +
+      'command -v initdb >/dev/null 2>&1 && dirname "$(command -v initdb)"'], { encoding: 'utf8' })
+  const dir = found.stdout.trim()
+  if (!dir) throw new Error('no PostgreSQL server binaries found')
+  return dir
+}
+
+/**
+ * Restart a cluster from startCluster on its own directory and port: `fast` is a clean
+ * shutdown, `immediate` is as a crash (no checkpoint; replication slots go back to their
+ * last checkpointed position). Returns once it accepts connections again.
+ */
+export async function restartCluster(dir, port, mode = 'fast') {
+  const pgCtl = join(pgBinDir(), 'pg_ctl')
+  const asPg = process.getuid?.() === 0 ? ['runuser', ['-u', 'postgres', '--', pgCtl]] : [pgCtl, []]
+  await run(asPg[0], [...asPg[1], '-D', join(dir, 'data'), '-m', mode, '-w', 'stop'], { timeout: 60_000 })
+  await run(DEV_POSTGRES, ['start', dir, String(port)], { timeout: 90_000 })
+}
+
 async function stopCluster(dir) {
   try {
     await run(DEV_POSTGRES, ['stop', dir], { timeout: 30_000 })
@@ -335,6 +362,12 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
     async down({ graceMs = 10_000 } = {}) {
       await kill(graceMs)
     },
+    /** SIGKILL, as a crash: nothing flushed, nothing closed. The process has exited when this returns. */
+    async kill() {
+      if (!proc || proc.exited) return
+      proc.child.kill('SIGKILL')
+      await settlesWithin(proc.exitP, 10_000)
+    },
     /** The second half of `restart`: same port, same data dir; returns once healthy. */
     async up() {
       append('\n[harness] restarting engine\n')
@@ -383,18 +416,106 @@ export async function startProxy(engineUrl) {
   writeFileSync(configPath, stdout)
   const port = await freePort()
   let log = ''
-  const child = spawn(
-    PYTHON,
-    ['-m', 'proxy', '--config', configPath, '--port', String(port), '--log-level', 'WARNING'],
-    { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-  )
-  liveEngines.add(child)
   const append = (chunk) => {
     log += chunk.toString()
     if (log.length > 200_000) log = log.slice(-100_000)
   }
-  child.stdout.on('data', append)
-  child.stderr.on('data', append)
+  let proc = null // { child, exitP, exited }
+  function spawnProcess() {
+    const child = spawn(
+      PYTHON,
+      ['-m', 'proxy', '--config', configPath, '--port', String(port), '--log-level', 'WARNING'],
+      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+    )
+    liveEngines.add(child)
+    child.stdout.on('data', append)
+    child.stderr.on('data', append)
+    const p = { child, exited: null }
+    p.exitP = new Promise((r) =>
+      child.on('exit', (code, signal) => {
+        p.exited = { code, signal }
+        liveEngines.delete(child)
+        append(`\n[harness] proxy exited: ${JSON.stringify(p.exited)}\n`)
+        r()
+      }),
+    )
+    proc = p
+  }
+  const baseUrl = `http://127.0.0.1:${port}`
+  async function waitHealthy() {
+    await waitFor(
+      async () => {
+        if (proc.exited) throw new Error(`proxy exited early: ${JSON.stringify(proc.exited)}`)
+        const res = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) })
+        await res.arrayBuffer()
+        return res.status === 200
+      },
+      { timeout: 30_000, interval: 100, message: 'proxy /healthz 200', details: () => proxy.logTail() },
+    )
+  }
+  const proxy = {
+    port,
+    baseUrl,
+    shapeUrl: `${baseUrl}/v1/shape`,
+    logTail: (n = 3000) => `--- proxy log (tail) ---\n${log.slice(-n)}`,
+    /** SIGKILL, as a crash. The process has exited when this returns. */
+    async kill() {
+      if (!proc || proc.exited) return
+      proc.child.kill('SIGKILL')
+      await settlesWithin(proc.exitP, 10_000)
+    },
+    /** Start it again after `kill`: same port, same config; returns once healthy. */
+    async up() {
+      append('\n[harness] restarting proxy\n')
+      spawnProcess()
+      await waitHealthy()
+    },
+    async stop() {
+      if (proc && !proc.exited) {
+        proc.child.kill('SIGTERM')
+        if (!(await settlesWithin(proc.exitP, 3_000))) {
+          proc.child.kill('SIGKILL')
+          await settlesWithin(proc.exitP, 5_000)
+        }
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  spawnProcess()
+  try {
+    await waitHealthy()
+  } catch (e) {
+    await proxy.stop()
+    throw e
+  }
+  return proxy
+}
+
+// ---------------------------------------------------------------------------------------------
+// nginx cache tier (SHAPEGATE_NODE_VIA=cdn)
+
+/**
+ * The shipped nginx tier (config/nginx/render.py --run: the real config, the real nginx) on a
+ * free port in front of `upstreamBaseUrl`, its cache in a temp directory.
+ */
+export async function startNginx(upstreamBaseUrl) {
+  installExitHook()
+  // Not 0700: started as root, nginx's workers run as nobody and need the directory.
+  const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-nginx-'))
+  chmodSync(dir, 0o755)
+  const port = await freePort()
+  const upstream = new URL(upstreamBaseUrl).host
+  // Its output to a file: nginx opens /dev/stdout for its access log, which fails on a pipe.
+  const logPath = join(dir, 'nginx.out')
+  const out = openSync(logPath, 'w')
+  const child = spawn(
+    PYTHON,
+    [join(REPO_ROOT, 'config', 'nginx', 'render.py'), '--dir', join(dir, 'nginx'),
+      '--listen', `127.0.0.1:${port}`, '--engine', upstream, '--run'],
+    { cwd: REPO_ROOT, stdio: ['ignore', out, out] },
+  )
+  closeSync(out)
+  liveEngines.add(child)
   let exited = null
   const exitP = new Promise((r) =>
     child.on('exit', (code, signal) => {
@@ -404,15 +525,21 @@ export async function startProxy(engineUrl) {
     }),
   )
   const baseUrl = `http://127.0.0.1:${port}`
-  const proxy = {
+  const nginx = {
     port,
     baseUrl,
     shapeUrl: `${baseUrl}/v1/shape`,
-    logTail: (n = 3000) => `--- proxy log (tail) ---\n${log.slice(-n)}`,
+    logTail: (n = 3000) => {
+      let log = ''
+      try {
+        log = readFileSync(logPath, 'utf8')
+      } catch {}
+      return `--- nginx (tail) ---\n${log.slice(-n)}`
+    },
     async stop() {
       if (!exited) {
         child.kill('SIGTERM')
-        if (!(await settlesWithin(exitP, 3_000))) {
+        if (!(await settlesWithin(exitP, 5_000))) {
           child.kill('SIGKILL')
           await settlesWithin(exitP, 5_000)
         }
@@ -423,18 +550,18 @@ export async function startProxy(engineUrl) {
   try {
     await waitFor(
       async () => {
-        if (exited) throw new Error(`proxy exited early: ${JSON.stringify(exited)}`)
-        const res = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) })
+        if (exited) throw new Error(`nginx exited early: ${JSON.stringify(exited)}`)
+        const res = await fetch(`${baseUrl}/v1/health`, { signal: AbortSignal.timeout(2_000) })
         await res.arrayBuffer()
         return res.status === 200
       },
-      { timeout: 30_000, interval: 100, message: 'proxy /healthz 200', details: () => proxy.logTail() },
+      { timeout: 30_000, interval: 100, message: 'nginx /v1/health 200', details: () => nginx.logTail() },
     )
   } catch (e) {
-    await proxy.stop()
+    await nginx.stop()
     throw e
   }
-  return proxy
+  return nginx
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -463,6 +590,10 @@ export function useCluster() {
     get url() {
       return state.cluster.url
     },
+    /** Restart this file's Postgres (`fast` or `immediate`); see restartCluster. */
+    restart(mode = 'fast') {
+      return restartCluster(state.cluster.dir, state.cluster.port, mode)
+    },
     /** A fresh database and an engine on it; both torn down after `t`. */
     async newEnv(t, { engineArgs = [] } = {}) {
       if (!state.cluster) throw new Error('cluster not started (before hook failed?)')
@@ -480,9 +611,13 @@ export function useCluster() {
       debug('engine starting', dbName)
       env.engine = await startEngine(dbUrl, { extraArgs: engineArgs })
       debug('engine ready', env.engine.baseUrl)
-      if (VIA === 'proxy') {
+      if (VIA === 'proxy' || VIA === 'cdn') {
         env.proxy = await startProxy(env.engine.baseUrl)
         debug('proxy ready', env.proxy.baseUrl)
+      }
+      if (VIA === 'cdn') {
+        env.nginx = await startNginx(env.proxy.baseUrl)
+        debug('nginx ready', env.nginx.baseUrl)
       }
       return env
     },
@@ -522,18 +657,23 @@ export class TestEnv {
     this.dbUrl = dbUrl
     this.engine = null
     this.proxy = null // set when the tests run through the proxy
+    this.nginx = null // set when they run through the nginx tier (in front of the proxy)
     this.aborters = []
     this.requests = [] // every request the client made: {url, status, contentType}
   }
 
-  /** Where clients connect: the proxy's /v1/shape when running through it, else the engine's. */
+  /** Where clients connect: nginx's or the proxy's /v1/shape when running through them, else the engine's. */
   get shapeUrl() {
-    return (this.proxy ?? this.engine).shapeUrl
+    return (this.nginx ?? this.proxy ?? this.engine).shapeUrl
   }
 
   /** The engine's log tail, and the proxy's when there is one (for failure messages). */
   logTail() {
-    return this.engine.logTail() + (this.proxy ? `\n${this.proxy.logTail()}` : '')
+    return (
+      this.engine.logTail() +
+      (this.proxy ? `\n${this.proxy.logTail()}` : '') +
+      (this.nginx ? `\n${this.nginx.logTail()}` : '')
+    )
   }
 
   /** Run SQL (psql) in the test database. */
@@ -614,6 +754,7 @@ export class TestEnv {
 
   async close() {
     for (const a of this.aborters) a.abort()
+    if (this.nginx) await this.nginx.stop()
     if (this.proxy) await this.proxy.stop()
     if (this.engine) await this.engine.stop()
   }

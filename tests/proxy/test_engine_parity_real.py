@@ -101,6 +101,44 @@ SAME_ANSWER_OTHERWISE = [
 ]
 
 
+#: Where clauses the engine refuses (or, for the last ones, accepts), sent by a member whose
+#: rule ANDs them with `org_id = $n`: the answer must be the engine's to the clause alone.
+MEMBER_SAME_ANSWER = [
+    "where=id>$1&params[1]=abc",
+    "where=title=$1 AND id>$2&params[1]=x&params[2]=abc",
+    "where=id  >  'x'",
+    "where=title = 1 --",
+    "where=title = 1 -- c%0A AND id > 0",
+    "where=id > 1 AND title ~~ 5",
+    "where=id >",
+    "where=1 x 1",
+    "where=id + 1",
+    "where=id = $1::int&params[1]=q",
+    "where=id IN (1,'a')",
+    "where=id = ANY($1)&params[1]={1,x}",
+    "where=id::text ~ 'a'",
+    "where=title",
+    "where=id",
+    "where=1",
+    "where='abc'",
+    "where=null",
+    "where=NOT title",
+    "where=title AND id > 1",
+    "where=(title AND true) OR id > 1",
+    "where=id > 1 OR title",
+    "where=id > $2&params[1]=1",
+    "where=id = $0&params[1]=1",
+    "subset__where=id  >  'x'",
+    "subset__where=title = 1",
+    "subset__where=title",
+    "subset__where=id >",
+    # accepted: the same rows as the engine's for the clause ANDed with org_id = 'org-a'
+    "where=title = 'a1' -- comment",
+    "where=id > $1 OR title = $2&params[1]=5&params[2]=a1",
+    "where=(id > 0)",
+]
+
+
 @pytest.fixture
 def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -159,6 +197,50 @@ async def test_refusals_are_the_engines(
             got = _comparable(reply.status, reply.body)
             if got != expected:
                 differences.append((f"{method} {target} {body}", expected, got))
+    assert differences == []
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["collapsed", "fast-lane"])
+async def test_a_members_where_errors_are_the_engines_for_the_clause_alone(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    engine_secret: str,
+    direct: bool,
+) -> None:
+    """The engine gets a member's where ANDed with the enforced filter. Its errors used to
+    name positions in that combined text and the proxy's renumbered `$n` (`At location 24`
+    for the client's `id>$1`, 'argument of AND must be type boolean' for a clause that is not
+    a boolean); they must be what the engine says of the clause alone (rows: the engine's
+    rows for `(clause) AND org_id = 'org-a'`). `direct`: no collapsing and no response cache,
+    where a repeated request may take the fast lane, which relays the engine's answer as is."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    if direct:
+        config.update(collapse=False, cache={"max_bytes": 0})
+    proxy = await make_proxy(build_config(config, environ))
+    member = proxy.tokens.make(org_id="org-a")
+    differences = []
+    async with aiohttp.ClientSession() as session:
+        for query in MEMBER_SAME_ANSWER:
+            target = f"/v1/shape?table=items&offset=-1&{query}".replace(" ", "%20")
+            direct = f"{engine.url}{target}&secret={engine_secret}"
+            async with session.get(aiohttp.client.URL(direct, encoded=True)) as resp:
+                status, answer = _comparable(resp.status, await resp.read())
+            if status == 200:  # the member's rows of it
+                answer = [row for row in answer if '"org_id": "org-a"' in row]
+            for attempt in range(2):  # the second is one the proxy already authorised
+                reply = await proxy.raw_get(target, member)
+                got = _comparable(reply.status, reply.body)
+                if got != (status, answer):
+                    differences.append((query, attempt, (status, answer), got))
+        body = json.dumps({"where": "id  >  'x'"}).encode()
+        target = "/v1/shape?table=items&offset=-1"
+        async with session.post(f"{engine.url}{target}&secret={engine_secret}", data=body) as resp:
+            expected = _comparable(resp.status, await resp.read())
+        reply = await proxy.request("POST", target, token=member, data=body)
+        if _comparable(reply.status, reply.body) != expected:
+            differences.append(("POST", expected, _comparable(reply.status, reply.body)))
     assert differences == []
 
 

@@ -122,3 +122,72 @@ async def test_jwks_never_reachable_is_503(
     assert reply.status == 503 and reply.json()["code"] == "keys_unavailable"
     assert reply.headers["Retry-After"] == "5"
     assert proxy.engine.requests == []
+
+
+async def test_a_key_dropped_from_the_jwks_stops_working_once_fetched(
+    proxy: Any, idp: FakeIdp, signing_key: KeyPair, other_key: KeyPair
+) -> None:
+    """Verified tokens (and the requests prepared from them) are remembered for minutes; a key
+    the issuer drops must stop working as soon as the proxy has the new key set, not when
+    those caches expire. Tokens of the keys still published keep working."""
+    idp.keys = [signing_key, other_key]
+    dropped = proxy.tokens.make()
+    kept = proxy.tokens.make(key=other_key, sub="user-2")
+    for _ in range(2):  # the second round is answered from the caches
+        assert (await proxy.get(SHAPE, token=dropped)).status == 200
+        assert (await proxy.get(SHAPE, token=kept)).status == 200
+    fetches = idp.fetches
+    idp.keys = [other_key]
+    # A token with a kid the proxy does not know makes it fetch the key set now.
+    stranger = proxy.tokens.make(key=KeyPair.generate("key-z"))
+    assert (await proxy.get(SHAPE, token=stranger)).status == 401
+    assert idp.fetches == fetches + 1
+    reply = await proxy.get(SHAPE, token=dropped)
+    assert reply.status == 401 and reply.json()["code"] == "unknown_key"
+    assert (await proxy.get(SHAPE, token=kept)).status == 200
+    assert (await proxy.get("/v1/shape?table=items&offset=0_0&handle=h1", token=kept)).status == 200
+
+
+async def _short_ttl_proxy(make_proxy: Any, config_data: dict[str, Any], environ: Any) -> Any:
+    from proxy.config.loader import build_config
+
+    config_data["issuers"][0]["jwks_ttl"] = 0.3
+    return await make_proxy(build_config(config_data, environ))
+
+
+async def test_a_dropped_key_stops_working_while_every_request_is_a_cache_hit(
+    make_proxy: Any,
+    config_data: dict[str, Any],
+    environ: dict[str, str],
+    idp: FakeIdp,
+    other_key: KeyPair,
+) -> None:
+    """No new token needs verifying, so nothing would refetch the keys on demand: the key set
+    is refreshed in the background once its TTL is over."""
+    proxy = await _short_ttl_proxy(make_proxy, config_data, environ)
+    dropped = proxy.tokens.make()
+    assert (await proxy.get(SHAPE, token=dropped)).status == 200
+    idp.keys = [other_key]
+
+    async def refused() -> bool:
+        return (await proxy.get(SHAPE, token=dropped)).status == 401
+
+    await _eventually(refused)
+    assert (await proxy.get(SHAPE, token=proxy.tokens.make(key=other_key))).status == 200
+
+
+async def test_a_key_replaced_under_the_same_kid_stops_working(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str], idp: FakeIdp
+) -> None:
+    proxy = await _short_ttl_proxy(make_proxy, config_data, environ)
+    old = proxy.tokens.make()
+    assert (await proxy.get(SHAPE, token=old)).status == 200
+    replacement = KeyPair.generate("key-1")  # same kid, new material
+    idp.keys = [replacement]
+
+    async def refused() -> bool:
+        reply = await proxy.get(SHAPE, token=old)
+        return reply.status == 401 and reply.json()["code"] == "invalid_signature"
+
+    await _eventually(refused)
+    assert (await proxy.get(SHAPE, token=proxy.tokens.make(key=replacement))).status == 200

@@ -332,6 +332,42 @@ async def test_post_bad_json(engine: Engine, body: bytes, fragment: str) -> None
     await assert_untouched(engine)
 
 
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        pytest.param(b"{not json", {"error": "Invalid JSON in request body"}, id="invalid-json"),
+        pytest.param(b"\xff\xfe", {"error": "Invalid JSON in request body"}, id="not-utf8"),
+        pytest.param(b"[1, 2]", {"error": "Request body must be a JSON object"}, id="array"),
+        pytest.param(b"null", {"error": "Request body must be a JSON object"}, id="null"),
+    ],
+)
+async def test_post_body_errors_say_what_electric_says(
+    engine: Engine, body: bytes, expected: dict[str, str]
+) -> None:
+    """Electric's ServeShapePlug.parse_body answers a POST body that is not JSON with
+    `{"error": "Invalid JSON in request body", "details": <the decoder's message>}` and one that
+    is JSON but not an object with `{"error": "Request body must be a JSON object"}` (its
+    `error` key, not the `message` of its parameter errors): the same words here, so a client
+    or proxy reading Electric's bodies reads the engine's."""
+    make_items(engine)
+    status, headers, raw = await request(
+        engine, "POST", params={"table": "items", "offset": "-1"}, data=body,
+        headers={"content-type": "application/json"},
+    )  # fmt: skip
+    out = assert_client_error(status, headers, raw)
+    if "Invalid JSON" in expected["error"]:
+        assert isinstance(out.pop("details"), str), out
+    assert out == expected
+    # A subset the body gets wrong is a parameter error, Electric's nested form.
+    status, headers, raw = await request(
+        engine, "POST", params={"table": "items", "offset": "-1"}, json={"where": "nope = 1"}
+    )
+    out = assert_client_error(status, headers, raw)
+    assert out["message"] == "Invalid request" and set(out["errors"]) == {"subset"}, out
+    assert set(out["errors"]["subset"]) == {"where"}, out
+    await assert_untouched(engine)
+
+
 async def test_post_body_too_large_is_413(engine: Engine) -> None:
     make_items(engine)
     body = b'{"where": "' + b"x" * (9 * 1024 * 1024) + b'"}'

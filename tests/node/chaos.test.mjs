@@ -1,0 +1,483 @@
+// Chaos: real clients follow a table while two writers change it at random and the test breaks
+// things underneath them: the engine SIGKILLed and started again on its data dir, the proxy
+// SIGKILLed and started again (SHAPEGATE_NODE_VIA=proxy), Postgres restarted fast and
+// immediate (as a crash), and sometimes a TRUNCATE (a shape rotation, 409 must-refetch).
+//
+// What must hold, whatever happened: once the faults and the writers have stopped, every
+// client holds exactly the rows of its shape (`SELECT` with its where and columns), within a
+// bounded wait; no client was ever handed a change its view could not take (an insert of a
+// key it holds, an update or delete of a key it does not hold, a change at or before one it
+// already applied); no client saw an error; and every client is still live afterwards.
+//
+// Seeded: CHAOS_SEED=<n> repeats a run's choices (writes, faults, their order and gaps; the
+// timing between processes is not reproducible). The seed is printed at the start.
+// CHAOS_FAULTS=engine-kill,truncate,pg-fast picks the faults (in that order) instead.
+//
+//   CHAOS_SEED=123 PYTHON=$PWD/.venv/bin/python node --test tests/node/chaos.test.mjs
+
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { PGlite } from '@electric-sql/pglite'
+import { electricSync } from '@electric-sql/pglite-sync'
+import { useCluster, VIA, ShapeStream, Shape, psql, sleep, show, waitFor, withTimeout } from './harness.mjs'
+
+const cluster = useCluster()
+const SEED = process.env.CHAOS_SEED ? Number(process.env.CHAOS_SEED) : Math.floor(Math.random() * 2 ** 31)
+const WRITE_MS = Number(process.env.CHAOS_WRITE_MS || 24_000) // how long the writers run
+const CONVERGE_MS = 45_000 // the bounded wait for every client to hold its shape's rows
+const IDS = 80 // the key space: small, so writes keep hitting rows that exist
+
+// mulberry32: a small seeded PRNG
+function prng(seed) {
+  let a = seed >>> 0
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0
+    let t = a
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+  const int = (lo, hi) => lo + Math.floor(next() * (hi - lo + 1)) // inclusive
+  const pick = (xs) => xs[Math.floor(next() * xs.length)]
+  return { next, int, pick }
+}
+
+const STATUSES = ['open', 'closed', 'gone']
+const quote = (s) => `'${s.replace(/'/g, "''")}'`
+
+function randomTitle(r) {
+  const parts = ['it\'s', 'a/b', '"q"', 'ü☃', 'back\\slash', 'x', '', 'comma,sep', '%_']
+  let t = `${r.pick(parts)} ${r.int(0, 9999)}`
+  if (r.next() < 0.05) t += ' ' + 'y'.repeat(r.int(2000, 6000)) // crosses --chunk-bytes
+  return t
+}
+
+function row(r, id) {
+  return `(${id}, ${r.int(1, 4)}, ${quote(r.pick(STATUSES))}, ${r.int(0, 100)}, ${quote(randomTitle(r))})`
+}
+
+/** One random statement (a few of them form a transaction). */
+function statement(r) {
+  const id = r.int(1, IDS)
+  switch (r.pick(['insert', 'insert', 'upsert', 'move', 'move', 'n', 'grp', 'delete', 'reinsert', 'rekey', 'bulk'])) {
+    case 'insert':
+      return `INSERT INTO items VALUES ${row(r, id)} ON CONFLICT (id) DO NOTHING;`
+    case 'upsert':
+      return `INSERT INTO items VALUES ${row(r, id)} ON CONFLICT (id) DO UPDATE SET n = EXCLUDED.n, status = EXCLUDED.status;`
+    case 'move': // in and out of `status = 'open'`
+      return `UPDATE items SET status = CASE WHEN status = 'open' THEN ${quote(r.pick(['closed', 'gone']))} ELSE 'open' END WHERE id = ${id};`
+    case 'n': // in and out of `n > 50`, and the title sometimes
+      return r.next() < 0.5
+        ? `UPDATE items SET n = ${r.int(0, 100)} WHERE id = ${id};`
+        : `UPDATE items SET n = ${r.int(0, 100)}, title = ${quote(randomTitle(r))} WHERE id = ${id};`
+    case 'grp': // many rows at once, in and out of `grp IN (1, 2)`
+      return `UPDATE items SET grp = ${r.int(1, 4)}, n = (n + ${r.int(1, 60)}) % 101 WHERE id % ${r.int(5, 9)} = ${r.int(0, 4)};`
+    case 'delete':
+      return `DELETE FROM items WHERE id = ${id};`
+    case 'reinsert': // same key deleted and inserted again in one transaction
+      return `DELETE FROM items WHERE id = ${id}; INSERT INTO items VALUES ${row(r, id)};`
+    case 'bulk': // every row at once: many in and out of `n > 50` in one transaction
+      return `UPDATE items SET n = (n * 7 + ${r.int(0, 100)}) % 101;`
+    case 'rekey': { // a primary key change: a delete and an insert for the clients
+      const to = r.int(1, IDS)
+      return `UPDATE items SET id = ${to} WHERE id = ${id} AND NOT EXISTS (SELECT 1 FROM items WHERE id = ${to});`
+    }
+  }
+}
+
+function transaction(r) {
+  const n = r.next() < 0.6 ? 1 : r.int(2, 4)
+  const body = Array.from({ length: n }, () => statement(r)).join('\n')
+  return `BEGIN;\n${body}\nCOMMIT;`
+}
+
+// The clients: both live modes, where-shapes, a column projection, replica full.
+const SHAPES = [
+  { name: 'all/long-poll', params: { table: 'items' } },
+  { name: 'all/sse', params: { table: 'items' }, liveSse: true },
+  { name: 'open/long-poll', params: { table: 'items', where: `status = 'open'` } },
+  { name: 'n>50,columns/sse', params: { table: 'items', where: 'n > 50', columns: ['id', 'n', 'status'] }, liveSse: true },
+  { name: 'grp=$1|$2,full/long-poll', params: { table: 'items', where: 'grp = $1 OR grp = $2', params: { 1: '1', 2: '2' }, replica: 'full' } },
+  { name: 'late:open/sse', params: { table: 'items', where: `status = 'open'` }, liveSse: true, late: true },
+  { name: 'resumed:all/long-poll', params: { table: 'items' }, resumable: true },
+  { name: 'resumed:n>50/sse', params: { table: 'items', where: 'n > 50' }, liveSse: true, resumable: true },
+]
+
+/** What `SELECT` says the shape holds: rows as the client parses them, sorted by id. */
+async function expectedRows(env, spec) {
+  const cols = spec.params.columns ?? ['id', 'grp', 'status', 'n', 'title']
+  let where = spec.params.where ?? 'true'
+  for (const [k, v] of Object.entries(spec.params.params ?? {})) where = where.replaceAll(`$${k}`, quote(v))
+  const out = await env.query(`SELECT ${cols.join(', ')} FROM items WHERE ${where} ORDER BY id`)
+  const ints = new Set(['id', 'grp', 'n'])
+  return out.map((vals) => Object.fromEntries(cols.map((c, i) => [c, ints.has(c) && vals[i] !== null ? Number(vals[i]) : vals[i]])))
+}
+
+/** A fetch that keeps the client's last requests (url, status) for failure messages. */
+function recordingFetch(requests) {
+  return async (input, init) => {
+    const entry = { at: Date.now(), url: String(input).replace(/^http:\/\/[^/]+/, ''), status: null }
+    requests.push(entry)
+    if (requests.length > 60) requests.shift()
+    try {
+      const res = await fetch(input, init)
+      entry.status = res.status
+      return res
+    } catch (e) {
+      entry.status = `${e.name}: ${e.cause?.code ?? e.message}`
+      throw e
+    }
+  }
+}
+
+/**
+ * A view of the rows kept from a stream's messages, as an app's own store would; it records
+ * every message it could not take. `state` is what a persisting app saves at each up-to-date
+ * (pglite-sync does): the view, and the stream's handle and offset to resume from.
+ */
+class View {
+  constructor(name) {
+    this.name = name
+    this.rows = new Map()
+    this.last = null // [lsn, op_position] of the last change applied since the last refetch
+    this.announced = -1n // the highest global_last_seen_lsn of an up-to-date so far
+    this.violations = []
+    this.counts = { messages: 0, refetches: 0, refetchedAt: [] }
+    this.saved = null
+  }
+
+  follow(stream) {
+    stream.subscribe(
+      (messages) => this.apply(stream, messages),
+      (err) => this.violations.push(`subscriber error: ${err?.message ?? err}`),
+    )
+  }
+
+  apply(stream, messages) {
+    for (const m of messages) {
+      this.counts.messages++
+      const control = m.headers?.control
+      if (control === 'must-refetch') {
+        this.counts.refetches++
+        this.counts.refetchedAt.push(Date.now())
+        this.rows.clear()
+        this.last = null
+        continue
+      }
+      if (control === 'up-to-date') {
+        // A promise that every change committed at or before it was delivered: pglite-sync
+        // drops any later change whose lsn is not above it.
+        const gls = m.headers.global_last_seen_lsn
+        if (gls !== undefined && BigInt(gls) > this.announced) this.announced = BigInt(gls)
+        this.saved = {
+          rows: new Map(this.rows), last: this.last, announced: this.announced,
+          handle: stream.shapeHandle, offset: stream.lastOffset,
+        }
+      }
+      if (control) continue
+      const { operation, lsn, op_position: op } = m.headers
+      const where = `${this.name}: ${operation} ${m.key}${lsn ? ` at ${lsn}/${op}` : ''} (handle ${stream.shapeHandle})`
+      if (lsn !== undefined) {
+        const pos = [BigInt(lsn), Number(op)]
+        const last = this.last
+        if (last && (pos[0] < last[0] || (pos[0] === last[0] && pos[1] <= last[1]))) {
+          this.violations.push(`${where}: not after the change applied before it (${last[0]}/${last[1]})`)
+        }
+        this.last = pos
+        if (pos[0] <= this.announced) {
+          this.violations.push(`${where}: at or below the global_last_seen_lsn ${this.announced} of an earlier up-to-date`)
+        }
+      }
+      const rows = this.rows
+      if (operation === 'insert') {
+        if (rows.has(m.key)) this.violations.push(`${where}: insert of a key the view holds ${show(rows.get(m.key))}`)
+        rows.set(m.key, { ...m.value })
+      } else if (operation === 'update') {
+        if (!rows.has(m.key)) this.violations.push(`${where}: update of a key the view does not hold`)
+        rows.set(m.key, { ...rows.get(m.key), ...m.value })
+      } else if (operation === 'delete') {
+        if (!rows.has(m.key)) this.violations.push(`${where}: delete of a key the view does not hold`)
+        rows.delete(m.key)
+      }
+      if (this.violations.length > 50) this.violations.length = 50
+    }
+  }
+
+  /** Back to the last saved state (an app restarting from what it persisted). */
+  restore() {
+    const saved = this.saved
+    this.rows = saved ? new Map(saved.rows) : new Map()
+    this.last = saved?.last ?? null
+    this.announced = saved?.announced ?? -1n
+    return saved
+  }
+
+  sorted() {
+    return [...this.rows.values()].sort((a, b) => a.id - b.id)
+  }
+}
+
+/**
+ * A client: ShapeStream + Shape (whose rows are checked), and a View of the same messages.
+ * With `spec.resumable`, `stop()` ends it and `resume()` starts a new ShapeStream from the
+ * handle and offset saved at the last up-to-date, its view back to that state: an app that
+ * was closed and opened again (its Shape is not checked: it cannot be seeded with rows).
+ */
+function startClient(env, spec) {
+  const errors = []
+  const requests = []
+  const view = new View(spec.name)
+  let aborter
+  let stream
+  let shape = null
+  const open = (resumeFrom) => {
+    aborter = new AbortController()
+    env.aborters.push(aborter)
+    stream = new ShapeStream({
+      url: env.shapeUrl,
+      params: spec.params,
+      liveSse: spec.liveSse ?? false,
+      signal: aborter.signal,
+      fetchClient: recordingFetch(requests),
+      ...(resumeFrom ? { handle: resumeFrom.handle, offset: resumeFrom.offset } : {}),
+      // retry soon after an outage (the default waits up to 32 s), so the test stays short
+      backoffOptions: { initialDelay: 100, maxDelay: 2_000, multiplier: 1.5 },
+      onError: (err) => {
+        errors.push(`${err?.status ?? ''} ${err?.message ?? err}`)
+      },
+    })
+    view.follow(stream)
+  }
+  open(null)
+  if (!spec.resumable) shape = new Shape(stream)
+  const sorted = (rows) => [...rows].sort((a, b) => a.id - b.id)
+  return {
+    spec,
+    get stream() {
+      return stream
+    },
+    shape,
+    errors,
+    view,
+    violations: view.violations,
+    counts: view.counts,
+    ready: () => (shape ? shape.rows : waitFor(() => stream.isUpToDate, { timeout: 20_000, message: `${spec.name} up to date` })),
+    rows: () => (shape ? sorted(shape.currentRows) : view.sorted()),
+    viewRows: () => view.sorted(),
+    stop() {
+      aborter.abort()
+    },
+    resume() {
+      const from = view.restore()
+      open(from && from.offset ? from : null)
+      return from
+    },
+    requests: () => requests.map((r) => `  +${r.at % 100000} ${r.status} ${r.url}`).join('\n'),
+  }
+}
+
+const COLUMNS = 'id int4 PRIMARY KEY, grp int4 NOT NULL, status text NOT NULL, n int4 NOT NULL, title text NOT NULL'
+
+/**
+ * @electric-sql/pglite-sync keeping a PGlite table in sync (it persists its handle, offset and
+ * last LSN, and drops changes at or below that LSN): unsubscribed for a while and subscribed
+ * again, like the resumable clients.
+ */
+async function startPglite(env, t) {
+  const pg = await PGlite.create({ extensions: { electric: electricSync() } })
+  t.after(() => pg.close().catch(() => {}))
+  await pg.exec(`CREATE TABLE items (${COLUMNS})`)
+  const errors = []
+  const requests = []
+  const options = {
+    shape: {
+      url: env.shapeUrl,
+      params: { table: 'items' },
+      fetchClient: recordingFetch(requests),
+      backoffOptions: { initialDelay: 100, maxDelay: 2_000, multiplier: 1.5 },
+      onError: (err) => {
+        errors.push(`${err?.status ?? ''} ${err?.message ?? err}`)
+      },
+    },
+    table: 'items',
+    primaryKey: ['id'],
+    shapeKey: 'chaos_items',
+  }
+  let sub = await pg.electric.syncShapeToTable(options)
+  await waitFor(() => sub.isUpToDate, { timeout: 20_000, message: 'pglite-sync up to date' })
+  let rows = []
+  return {
+    spec: { name: 'pglite-sync:all', params: { table: 'items' } },
+    errors,
+    violations: [],
+    counts: { messages: 0, refetches: 0, refetchedAt: [] },
+    shape: null,
+    stream: { get isUpToDate() { return sub.isUpToDate }, get shapeHandle() { return sub.stream?.shapeHandle } },
+    async refresh() {
+      rows = (await pg.query('SELECT id, grp, status, n, title FROM items ORDER BY id')).rows.map((x) => ({ ...x }))
+    },
+    rows: () => rows,
+    viewRows: () => rows,
+    stop() {
+      sub.unsubscribe()
+    },
+    async resume() {
+      sub = await pg.electric.syncShapeToTable(options)
+      return { handle: 'persisted', offset: 'persisted' }
+    },
+    requests: () => requests.map((r) => `  +${r.at % 100000} ${r.status} ${r.url}`).join('\n'),
+  }
+}
+
+async function writer(env, r, stopAt, stats) {
+  while (Date.now() < stopAt) {
+    try {
+      await psql(env.dbUrl, transaction(r), { timeout: 10_000 })
+      stats.committed++
+    } catch {
+      stats.failed++ // Postgres down, a deadlock with the other writer, a key clash: fine
+      await sleep(100)
+    }
+    await sleep(r.int(10, 120))
+  }
+}
+
+test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { timeout: 170_000 }, async (t) => {
+  console.log(`# chaos seed ${SEED} (CHAOS_SEED=${SEED} repeats its choices)`)
+  const r = prng(SEED)
+  const env = await cluster.newEnv(t, { engineArgs: ['--chunk-bytes', '8192'] })
+  const seedRows = Array.from({ length: 40 }, (_, i) => row(r, i + 1)).join(',\n')
+  await env.sql(`
+    CREATE TABLE items (${COLUMNS});
+    INSERT INTO items VALUES ${seedRows};`)
+
+  const clients = SHAPES.filter((s) => !s.late).map((s) => startClient(env, s))
+  await Promise.all(clients.map((c) => withTimeout(c.ready(), 20_000, `${c.spec.name}: initial sync\n${env.logTail()}`)))
+  clients.push(await startPglite(env, t))
+  const resumable = clients.filter((c) => c.spec.resumable || c.spec.name.startsWith('pglite'))
+
+  // the faults, in a seeded order with seeded gaps
+  const faults = ['engine-kill', 'engine-kill', 'pg-fast', 'pg-immediate', 'engine-kill+pg-immediate']
+  if (VIA !== 'direct') faults.push('proxy-kill', 'proxy-kill')
+  if (r.next() < 0.5) faults.push('truncate')
+  if (process.env.CHAOS_FAULTS) faults.splice(0, faults.length, ...process.env.CHAOS_FAULTS.split(','))
+  for (let i = faults.length - 1; i > 0; i--) {
+    const j = r.int(0, i)
+    ;[faults[i], faults[j]] = [faults[j], faults[i]]
+  }
+  const gaps = faults.map(() => r.int(100, 2_500))
+  const downFor = faults.map(() => r.int(0, 1_500))
+  console.log(`# faults: ${faults.map((f, i) => `${f} (after ${gaps[i]} ms, down ${downFor[i]} ms)`).join(', ')}`)
+
+  const started = Date.now()
+  const stopAt = started + WRITE_MS
+  const stats = { committed: 0, failed: 0 }
+  const writers = [writer(env, prng(SEED + 1), stopAt, stats), writer(env, prng(SEED + 2), stopAt, stats)]
+  const log = []
+  const note = (what) => log.push(`+${Date.now() - started} ms ${what}`)
+
+  for (let i = 0; i < faults.length; i++) {
+    await sleep(gaps[i])
+    const f = faults[i]
+    note(`${f} start`)
+    if (f === 'engine-kill') {
+      await env.engine.kill()
+      await sleep(downFor[i])
+      await env.engine.up()
+    } else if (f === 'proxy-kill') {
+      await env.proxy.kill()
+      await sleep(downFor[i])
+      await env.proxy.up()
+    } else if (f === 'engine-kill+pg-immediate') { // Postgres crashes while the engine is down
+      await env.engine.kill()
+      await cluster.restart('immediate')
+      await sleep(downFor[i])
+      await env.engine.up()
+    } else if (f === 'pg-fast' || f === 'pg-immediate') {
+      await cluster.restart(f === 'pg-fast' ? 'fast' : 'immediate')
+    } else if (f === 'truncate') {
+      await psql(env.dbUrl, `BEGIN; TRUNCATE items; INSERT INTO items VALUES ${row(r, 1)}, ${row(r, 2)}; COMMIT;`)
+    }
+    note(`${f} done`)
+    if (i === 1) {
+      clients.push(...SHAPES.filter((s) => s.late).map((s) => startClient(env, s)))
+      note('late client started')
+    }
+    // the apps that persist their rows are closed for a while and opened again
+    if (i === 0) {
+      for (const c of resumable) c.stop()
+      note('resumable clients stopped')
+    }
+    if (i === faults.length - 2 || (faults.length < 2 && i === faults.length - 1)) {
+      for (const c of resumable) {
+        const from = await c.resume()
+        note(`${c.spec.name} resumed at ${from?.handle} ${from?.offset}`)
+      }
+    }
+  }
+  await Promise.all(writers)
+  note(`writers done: ${stats.committed} transactions committed, ${stats.failed} failed`)
+  console.log(`# ${log.join('; ')}`)
+
+  const report = (c, expected) =>
+    `${c.spec.name}: Shape ${c.rows().length} rows, view ${c.viewRows().length}, table ${expected.length}\n` +
+    `first difference: ${firstDifference(c.rows(), expected)}\n` +
+    `shape.error: ${c.shape?.error} isUpToDate: ${c.stream.isUpToDate} handle: ${c.stream.shapeHandle} ` +
+    `errors: ${show(c.errors)} violations: ${show(c.violations.slice(0, 5))}\n` +
+    `requests:\n${c.requests()}`
+
+  async function converge(label) {
+    const deadline = Date.now() + CONVERGE_MS
+    for (const c of clients) {
+      let expected = []
+      await waitFor(
+        async () => {
+          expected = await expectedRows(env, c.spec)
+          await c.refresh?.()
+          const want = canon(expected)
+          return canon(c.rows()) === want && canon(c.viewRows()) === want
+        },
+        {
+          timeout: Math.max(1_000, deadline - Date.now()),
+          interval: 200,
+          message: `${label}: ${c.spec.name} to hold exactly its shape's rows (seed ${SEED})`,
+          details: () => `${report(c, expected)}\nfaults: ${log.join('; ')}\n${env.logTail()}`,
+        },
+      )
+    }
+  }
+  await converge('after the faults')
+
+  // Still live: a write now reaches every client whose shape it touches.
+  await env.sql(`INSERT INTO items VALUES (1000, 1, 'open', 99, 'after the storm')
+                 ON CONFLICT (id) DO UPDATE SET grp = 1, status = 'open', n = 99;`)
+  await converge('a write after the faults')
+  for (const c of clients) {
+    assert.deepEqual(c.violations, [], `${c.spec.name} was handed changes its view could not take (seed ${SEED})`)
+    assert.deepEqual(c.errors, [], `${c.spec.name} saw errors (seed ${SEED})`)
+    if (c.shape) assert.equal(c.shape.error, false, `${c.spec.name}: shape.error`)
+  }
+  if (process.env.CHAOS_ENGINE_LOG) {
+    const { writeFileSync } = await import('node:fs')
+    writeFileSync(process.env.CHAOS_ENGINE_LOG, env.engine.log() + (env.proxy ? env.proxy.logTail(100_000) : ''))
+  }
+  console.log(`# clients: ${clients.map((c) => `${c.spec.name} ${c.counts.messages} msgs, ${c.counts.refetches} refetches` +
+    (c.counts.refetchedAt.length ? ` (at +${c.counts.refetchedAt.map((x) => x - started).join(', +')} ms)` : '')).join('; ')}`)
+})
+
+function firstDifference(actual, expected) {
+  const byId = new Map(expected.map((x) => [x.id, x]))
+  for (const a of actual) {
+    const e = byId.get(a.id)
+    if (!e) return `client has ${show(a)}, table has no such row`
+    if (canon([a]) !== canon([e])) return `client ${show(a)} vs table ${show(e)}`
+  }
+  const have = new Set(actual.map((x) => x.id))
+  const missing = expected.find((x) => !have.has(x.id))
+  return missing ? `client lacks ${show(missing)}` : 'none'
+}
+
+/** Rows as text with each row's keys sorted (the client's key order is not the table's). */
+function canon(rows) {
+  return show(rows.map((x) => Object.keys(x).sort().map((k) => [k, x[k]])))
+}
