@@ -359,7 +359,7 @@ class Connection(asyncio.Protocol, Writer):
             self._refuse(EXPECTATION_FAILED)
             return
         self._queue.append(request)
-        if not self._busy:
+        if self._task is None and self._fast is None:  # (not `_busy`: one call fewer)
             self._next()
         elif len(self._queue) >= PIPELINE_LIMIT:
             self._pause_reading()
@@ -375,7 +375,8 @@ class Connection(asyncio.Protocol, Writer):
             if self.closing:
                 transport.close()
                 return
-            self._resume_reading()
+            if self._paused_reading:
+                self._resume_reading()
             self._idle_since = self._loop.time()
             if self._idle is None:
                 self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)

@@ -223,7 +223,11 @@ class Admission:
         return self._jitter(retry_after, 2 * retry_after)
 
     def _release(self, principal: str) -> None:
-        self._slots.release()
+        slots = self._slots
+        if slots._waiters:
+            slots.release()
+        else:
+            slots.free += 1  # (`_Slots.release` with nobody waiting, inline)
         state = self._states.get(principal)
         if state is not None:
             state.active -= 1

@@ -472,7 +472,15 @@ class _Connection(asyncio.Protocol):
             self._body.feed(body)
 
     def on_message_complete(self) -> None:
-        self._message_done()
+        body = self._body  # (`_message_done`, inline: once per answer)
+        if body is not None:
+            body._eof = True
+            if body._waiter is not None:
+                body._wake()
+            listener = self._listener
+            if listener is not None:
+                self._listener = None
+                listener.on_complete()
 
     # --- the request --------------------------------------------------------------------
 
