@@ -82,4 +82,8 @@ def render_proxy_error(exc: ProxyError) -> Response:
 
 def render_http_error(exc: HttpError) -> Response:
     reason = _HTTP_REASONS.get(exc.status, "http_error")
+    if exc.status == 413:  # a POST body over the limit: in Electric's (and the engine's) words
+        body = json.dumps({"error": "Request body too large", "code": reason})
+        headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
+        return json_response(body, status=413, headers=headers)
     return error_response(exc.status, reason, exc.reason)
