@@ -33,6 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import _common
 import psycopg
 import s1_front
 from _common import (
@@ -43,10 +44,12 @@ from _common import (
     ProxyProcess,
     Stack,
     machine,
+    remove_later,
     token,
     tree,
 )
 from _common import load as machine_load
+from edge_front import PlainNginxCallgrind, _callgrind_control, _callgrind_total
 
 TICK = os.sysconf("SC_CLK_TCK")
 #: What a front's CPU samples are grouped by (`_binary`).
@@ -152,8 +155,85 @@ async def profile(front: Process, url: str, headers: dict[str, str], n: int,
     return _shares(out, keep is not None)
 
 
+class _UnderCallgrind:
+    """While inside, `sys.executable` runs Python under callgrind (for `ProxyProcess` and
+    `FloorProcess`, which start `sys.executable`): one output file per process in `dir`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.count = 0
+        self.saved = sys.executable
+        self.root: Path | None = None
+
+    def __call__(self, root: Path | None) -> _UnderCallgrind:
+        """The next process is another checkout's (its .venv, its directory), if `root`."""
+        self.root = root
+        return self
+
+    def __enter__(self) -> Path:
+        self.count += 1
+        out = self.dir / f"callgrind{self.count}.out"
+        wrapper = self.dir / f"python{self.count}"
+        python = self.saved if self.root is None else str(self.root / ".venv" / "bin" / "python")
+        wrapper.write_text(f"#!/bin/sh\nexec valgrind --tool=callgrind --callgrind-out-file="
+                           f"{out} {python} \"$@\"\n")  # fmt: skip
+        wrapper.chmod(0o755)
+        sys.executable = str(wrapper)
+        return out
+
+    def __exit__(self, *_: object) -> None:
+        sys.executable = self.saved
+
+
+async def _instructions(front: Process, out: Path, url: str, headers: dict[str, str], n: int,
+                        concurrency: int) -> float:  # fmt: skip
+    """User-space instructions per request of `front` (under callgrind), n requests."""
+    await s1_front.load(url, headers, 50, concurrency, 300)
+    _callgrind_control("-z", front.pid)
+    _, done, _ = await s1_front.load(url, headers, n, concurrency, 300)
+    _callgrind_control("-d", front.pid)
+    return _callgrind_total(out) / max(done, 1)
+
+
+async def callgrind_counts(stack: Stack, engine: EngineProcess, proxy: ProxyProcess,
+                           targets: dict[str, tuple[str, dict[str, str]]], n: int,
+                           baseline: Path | None) -> None:  # fmt: skip
+    """User-space instructions per request of each front, each as one process under
+    callgrind (nginx: one worker, no master), at c = 32 and c = 1 (load-independent; the
+    kernel's share is not in it: see the system calls above)."""
+    directory = Path(tempfile.mkdtemp(prefix="shapegate-bench-split-cg-"))
+    wrap = _UnderCallgrind(directory)
+    nginx = stack.add(PlainNginxCallgrind(engine.port))
+    fronts: dict[str, tuple[Process, Path]] = {"nginx": (nginx, nginx.dir / "callgrind.out")}
+    with wrap(None) as out:
+        fronts["floor"] = (stack.add(s1_front.FloorProcess(engine.port)), out)
+    with wrap(None) as out:
+        fronts["proxy"] = (stack.add(ProxyProcess(engine.url, s1_front.TABLES, collapse=False,
+                                                  cache_bytes=0)), out)  # fmt: skip
+    if baseline is not None:
+        with wrap(baseline) as out:
+            root, _common.ROOT = _common.ROOT, baseline  # (`s1_front.baseline_proxy`'s way)
+            try:
+                base = ProxyProcess(engine.url, s1_front.TABLES, collapse=False, cache_bytes=0)
+            finally:
+                _common.ROOT = root
+            fronts["proxy@base"] = (stack.add(base), out)
+    for front, _ in fronts.values():
+        path = "/healthz" if isinstance(front, ProxyProcess) else "/v1/health"
+        await front.wait_http(path, timeout=300)
+    print("\nUser-space instructions per request (callgrind, each front one process):")
+    print("| arm | c = 32 | c = 1 |\n|---|---|---|")
+    for arm, (front, out) in fronts.items():
+        url, headers = targets[arm]
+        url = f"{front.url}/v1/{url.split('/v1/', 1)[1]}"  # (the same request, to this one)
+        many = await _instructions(front, out, url, headers, n, 32)
+        one = await _instructions(front, out, url, headers, max(n // 4, 100), 1)
+        print(f"| {arm} | {many / 1000:.1f}K | {one / 1000:.1f}K |")
+    remove_later(directory)
+
+
 async def run(n: int, rounds: int, kinds: list[str], baseline: Path | None,
-              keep_dir: Path | None = None) -> None:  # fmt: skip
+              keep_dir: Path | None = None, callgrind: int = 0) -> None:  # fmt: skip
     stack = Stack()
     try:
         pg = stack.add(Postgres())
@@ -243,6 +323,8 @@ async def run(n: int, rounds: int, kinds: list[str], baseline: Path | None,
                     cells = [share.get(b, 0.0) * total for b in _BINARIES]
                     print(f"| {arm} | " + " | ".join(f"{x:.1f}" for x in cells)
                           + f" | {total - sum(cells):.1f} |")  # fmt: skip
+            if callgrind:
+                await callgrind_counts(stack, engine, proxy, targets, callgrind, baseline)
     finally:
         stack.close()
 
@@ -254,7 +336,10 @@ if __name__ == "__main__":
     ap.add_argument("--kinds", default="live,catch-up")
     ap.add_argument("--baseline", type=Path, help="another checkout whose proxy runs beside")
     ap.add_argument("--keep", type=Path, help="keep the perf recordings in this directory")
+    ap.add_argument("--callgrind", type=int, default=0, metavar="N",
+                    help="then count user-space instructions per request over N requests "
+                         "with each front under callgrind (slow: minutes)")  # fmt: skip
     a = ap.parse_args()
     if a.keep:
         a.keep.mkdir(parents=True, exist_ok=True)
-    sys.exit(asyncio.run(run(a.n, a.rounds, a.kinds.split(","), a.baseline, a.keep)))
+    sys.exit(asyncio.run(run(a.n, a.rounds, a.kinds.split(","), a.baseline, a.keep, a.callgrind)))

@@ -27,6 +27,7 @@ from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.limits.config import LimitSettings
 from proxy.metrics import Metrics
+from proxy.policy.sql import CombinedWhere
 from proxy.upstream.client import UpstreamOptions
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,11 @@ class Prepared:
     #: once per decision (`proxy.http.fastlane` sends it as is).
     request_line: str = ""
     pool_key: tuple[str, int, bool] = ("", 0, False)
+    #: A client's where ANDed with the enforced one: the engine's 400s about it are put
+    #: back in the client's terms (`proxy.http.handlers.finish`). Such a request is kept in
+    #: `Runtime.remapped`, not `Runtime.prepared`, so the fast lane (which relays the
+    #: engine's errors as they are) never takes it.
+    combined: CombinedWhere | None = None
 
 
 ANONYMOUS = "anonymous"
@@ -96,6 +102,8 @@ class Runtime:
     options: UpstreamOptions
     #: (token digest, named shape or "", raw query string) -> Prepared, for GET requests.
     prepared: LRUCache[tuple[bytes, str, str], Prepared] | None
+    #: The same, for the requests whose engine errors are remapped (`Prepared.combined`).
+    remapped: LRUCache[tuple[bytes, str, str], Prepared] | None = None
     #: Origin header (None: none) -> `ProxyApp.cors_for`'s answer under this config, for the
     #: fast lane (`proxy.http.fastlane`; bounded there): the answer depends on nothing else.
     fast_cors: dict[str | None, tuple[bool, Mapping[str, str] | None]] = field(
@@ -161,15 +169,14 @@ class RuntimeHolder:
         )
         # An LRU, not a TTL cache: each entry carries its own expiry (`Prepared.expires`),
         # checked on use, and an LRU lookup is several times cheaper on this per-request path.
-        prepared: LRUCache[tuple[bytes, str, str], Prepared] | None = (
-            LRUCache(maxsize=server.token_cache_size) if server.token_cache_size else None
-        )
+        size = server.token_cache_size
         return Runtime(
             loaded=loaded,
             verifier=verifier,
             loaded_at=time.time(),
             options=options,
-            prepared=prepared,
+            prepared=LRUCache(maxsize=size) if size else None,
+            remapped=LRUCache(maxsize=size) if size else None,
         )
 
     def _new_jwks(self, url: str) -> JwksCache:
@@ -183,8 +190,9 @@ class RuntimeHolder:
         refused) on its next request. Tokens of the keys still there verify again."""
         runtime = self.current
         runtime.verifier.forget()
-        if runtime.prepared is not None:
-            runtime.prepared.clear()
+        for cache in (runtime.prepared, runtime.remapped):
+            if cache is not None:
+                cache.clear()
 
     async def refresh_keys(self) -> None:
         """Refetch the key sets older than their TTL (`JwksCache.refresh_if_due`)."""

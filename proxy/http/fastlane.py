@@ -29,10 +29,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from operator import itemgetter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.auth.claims import TokenVerifier
 from proxy.errors import ProxyError
@@ -47,6 +47,7 @@ from proxy.upstream.client import (
     HIGH_WATER,
     BodyTruncated,
     RawHead,
+    UpstreamOptions,
     UpstreamResponse,
     connection_failed,
     failure_error,
@@ -114,13 +115,36 @@ _LAYOUTS: dict[tuple[bytes, ...], _Layout] = {}
 _LAYOUTS_MAX = 256
 
 
+#: The lines of a plain answer that depend only on the engine's Cache-Control, the decision
+#: (live, shared), the CORS headers (by identity: `Runtime.fast_cors` keeps one mapping per
+#: Origin) and the config: (engine Cache-Control, live, shared, id of the CORS headers) ->
+#: (the config's options, the CORS headers, the lines up to the request id, those from it to
+#: the Content-Length value). `_plain_answer` checks the options and CORS headers are the
+#: same objects, so a reload or a reused id never gets another config's lines.
+_LINES: dict[
+    tuple[bytes, bool, bool, int], tuple[UpstreamOptions, Mapping[str, str] | None, str, str]
+] = {}
+_LINES_MAX = 256
+
+#: The last answer's header names and layout: the engine sends answer after answer with the
+#: same names, and comparing two lists of names is cheaper than hashing a tuple of them (new
+#: bytes objects each time) for the dict lookup.
+_LAST: list[Any] = [None, None]
+
+
 def _plan(raw: list[bytes]) -> _Layout:
-    names = tuple(raw[::2])
-    layout = _LAYOUTS.get(names)
+    names = raw[::2]
+    last = _LAST
+    if names == last[0]:
+        known: _Layout = last[1]
+        return known
+    key = tuple(names)
+    layout = _LAYOUTS.get(key)
     if layout is None:
-        layout = _Layout(names)
+        layout = _Layout(key)
         if len(_LAYOUTS) < _LAYOUTS_MAX:
-            _LAYOUTS[names] = layout
+            _LAYOUTS[key] = layout
+    last[0], last[1] = names, layout
     return layout
 
 
@@ -199,9 +223,9 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     context.live = prepared.live
     context.shared = prepared.shared
     metrics = app.metrics
-    metrics.token_cache_lookup(True)
+    metrics.token_cache["hit"] += 1  # (`token_cache_lookup(True)` and `upstream_sent()`,
+    metrics.upstream_requests += 1  # inline)
     answer = FastAnswer(app, client, request, runtime, prepared, permit, engine)
-    metrics.upstream_sent()
     try:
         engine.send_to(data, options.first_byte_timeout, answer)
     except Exception:  # (the engine connection was closing): `handle` answers instead
@@ -377,21 +401,36 @@ class FastAnswer:
         assert plan is not None
         kept = plan.kept(raw)
         prepared = self._prepared
-        at = plan.cache_control
-        cache_control = (
-            (raw[at[0]].decode("utf-8", "surrogateescape"),)
-            if len(at) == 1
-            else tuple([raw[i].decode("utf-8", "surrogateescape") for i in at])
-        )
-        client_cache_control, _ = app.forwarder.cache_control(
-            cache_control, self._runtime.options, prepared.live, prepared.shared
-        )
+        options = self._runtime.options
         cors = context.cors
-        cors_lines = ""
-        if cors:
-            cors_lines = "".join([f"{name}: {value}\r\n" for name, value in cors.items()])
-        vary = app.shape_vary(request)
-        vary_line = f"Vary: {vary}\r\n" if vary else ""
+        at = plan.cache_control
+        key = None
+        lines_of = None
+        if len(at) == 1:  # (the engine's answers carry one Cache-Control)
+            key = (raw[at[0]], prepared.live, prepared.shared, id(cors))
+            lines_of = _LINES.get(key)
+            if lines_of is not None and (lines_of[0] is not options or lines_of[1] is not cors):
+                lines_of = None  # (another config, or another CORS answer under the same id)
+        if lines_of is None:
+            cache_control = tuple([raw[i].decode("utf-8", "surrogateescape") for i in at])
+            client_cache_control, _ = app.forwarder.cache_control(
+                cache_control, options, prepared.live, prepared.shared
+            )
+            cors_lines = ""
+            if cors:
+                cors_lines = "".join([f"{name}: {value}\r\n" for name, value in cors.items()])
+            vary = app.shape_vary(request)
+            vary_line = f"Vary: {vary}\r\n" if vary else ""
+            lines_of = (
+                options,
+                cors,
+                f"Cache-Control: {client_cache_control}\r\nX-Request-Id: ",
+                f"\r\n{cors_lines}{vary_line}Content-Length: ",
+            )
+            if key is not None:
+                if len(_LINES) >= _LINES_MAX:
+                    _LINES.clear()
+                _LINES[key] = lines_of
         typed = "Content-Type: application/octet-stream\r\n" if length and not plan.typed else ""
         if request.version == (1, 0):
             version = b"HTTP/1.0 200 "
@@ -402,8 +441,7 @@ class FastAnswer:
         context.upstream_status = 200
         app.answered(request, None, status=200)
         lines = (
-            f"Cache-Control: {client_cache_control}\r\nX-Request-Id: {context.request_id}\r\n"
-            f"{cors_lines}{vary_line}Content-Length: {length}\r\n{typed}"
+            f"{lines_of[2]}{context.request_id}{lines_of[3]}{length}\r\n{typed}"
             f"Date: {http_date()}\r\n{connection}\r\n"
         )
         return b"".join(

@@ -12,21 +12,26 @@ until the token's `exp` (bounded by the token-cache TTL).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
 from typing import Protocol, cast
 
 import aiohttp
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
-from proxy.errors import BadShapeRequest, MethodNotAllowed
-from proxy.http.headers import preflight_headers
-from proxy.http.params import parse_shape_query, parse_subset_body
+from proxy.errors import MethodNotAllowed
+from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
+from proxy.http.params import (
+    check_as_the_engine,
+    engine_body,
+    parse_post_request,
+    parse_shape_query,
+)
 from proxy.http.wire import Request, Response, StateKey, StreamResponse, json_response
 from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
@@ -39,6 +44,7 @@ from proxy.policy.evaluate import (
     is_delete_by_handle,
     subset_body,
 )
+from proxy.policy.sql import CombinedWhere, remap_where_error
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
@@ -80,7 +86,7 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     elif method == "OPTIONS":
         context.outcome = "preflight"
         max_age = runtime.loaded.config.cors.max_age
-        return Response(status=204, headers=preflight_headers(max_age))
+        return Response(status=204, headers=_preflight(request, max_age))
     elif method in ("POST", "DELETE"):
         prepared, body = await _prepare(request, runtime, shape_name, method=method)
     else:
@@ -91,6 +97,23 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+
+
+def _preflight(request: Request, max_age: int) -> dict[str, str]:
+    """A preflight's headers: as the engine does, `Access-Control-Allow-Headers` echoes the
+    requested headers it allows (here the proxy's list, which has `authorization` for the
+    token) and is left out when none was asked for."""
+    headers = preflight_headers(max_age)
+    wanted = request.headers.get("Access-Control-Request-Headers", "")
+    allowed = [
+        name.strip()
+        for name in wanted.split(",")
+        if name.strip().lower() in ALLOWED_REQUEST_HEADERS
+    ]
+    headers.pop("Access-Control-Allow-Headers", None)
+    if allowed:
+        headers["Access-Control-Allow-Headers"] = ", ".join(allowed)
+    return headers
 
 
 class Services(Protocol):
@@ -145,7 +168,27 @@ async def _forward(
     outcome = await _app(request).forwarder.forward(
         request, target, runtime.options, context.request_id, admit
     )
-    return finish(request, runtime, outcome)
+    return finish(request, runtime, outcome, prepared.combined)
+
+
+def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> None:
+    """Put the engine's errors about a combined where (a whole JSON error answer) in terms of
+    the client's own where, in place (`proxy.policy.sql.remap_where_error`)."""
+    if not isinstance(response, Response) or not isinstance(response.body, bytes):
+        return
+    try:
+        answer = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    messages = errors.get("where") if isinstance(errors, dict) else None
+    if not isinstance(messages, list):
+        return
+    remapped = [remap_where_error(m, combined) if isinstance(m, str) else m for m in messages]
+    if remapped != messages:
+        assert isinstance(errors, dict)
+        errors["where"] = remapped
+        response.body = orjson.dumps(answer)  # (as the engine writes it: compact)
 
 
 def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
@@ -165,12 +208,19 @@ def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
     )
 
 
-def finish(request: Request, runtime: Runtime, outcome: Outcome) -> StreamResponse:
-    """The client's response from a forwarded request's outcome, noted in its context."""
+def finish(
+    request: Request, runtime: Runtime, outcome: Outcome, combined: CombinedWhere | None = None
+) -> StreamResponse:
+    """The client's response from a forwarded request's outcome, noted in its context.
+
+    `combined`: the client's where went to the engine ANDed with the enforced one; a 400
+    about it is said in terms of the client's own where (`remap_where_errors`)."""
     context = request.context
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
+        if combined is not None and outcome.upstream_status == 400:
+            remap_where_errors(outcome.response, combined)
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
     if outcome.failure is not None:
@@ -189,20 +239,21 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     (bounded by the token-cache TTL) instead of redoing every step.
     """
     authorization = request.headers.get("Authorization")
-    cache = runtime.prepared
+    cache, remapped = runtime.prepared, runtime.remapped
     key = None
-    if cache is not None:
+    if cache is not None and remapped is not None:
         digest = TokenVerifier.digest(authorization) if authorization else ANONYMOUS_KEY
         key = (digest, shape_name or "", request.query_string)
-        prepared = cache.get(key)
+        prepared = cache.get(key) or remapped.get(key)
         if prepared is not None and prepared.expires > time.time():
             _app(request).metrics.token_cache_lookup(True)
             return prepared
     epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
-    if cache is not None and key is not None and epoch == runtime.verifier.epoch:
-        # (not when the issuer's keys changed meanwhile: the token may be one they dropped)
-        cache[key] = prepared
+    if cache is not None and remapped is not None and key is not None:
+        if epoch == runtime.verifier.epoch:
+            # (not when the issuer's keys changed meanwhile: the token may be one they dropped)
+            (cache if prepared.combined is None else remapped)[key] = prepared
     return prepared
 
 
@@ -235,17 +286,15 @@ async def _prepare(
     query = list(request.query.items())
     refuse_token_in_query(query)
     claims, anonymous = await _claims(request, runtime)
-    shape_request = parse_shape_query(query)
+    post = method == "POST"
+    posted = engine_body(await request.read()) if post else None
+    if shape_name is None and method != "DELETE":
+        # The engine's own checks first, so a request wrong in several ways is refused for
+        # what the engine would name first (an offset before a table, say).
+        check_as_the_engine(query, posted)
+    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
-    post = method == "POST"
-    if post:
-        if shape_request.subset is not None:
-            raise BadShapeRequest(
-                "invalid_subset", "give subset parameters in the body or the URL", field="subset"
-            )
-        raw = await request.read()
-        shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(raw))
     decision = evaluate(
         runtime.loaded.policy,
         claims,
@@ -293,6 +342,7 @@ async def _prepare(
         upstream_body=upstream_body,
         request_line=request_line("GET", url),
         pool_key=key_of(url),
+        combined=decision.combined,
     )
     body = None
     if post:

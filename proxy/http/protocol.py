@@ -265,8 +265,10 @@ class Connection(asyncio.Protocol, Writer):
 
     def on_message_begin(self) -> None:
         self._in_message = True  # (the keep-alive timer lets the connection be meanwhile)
-        self._url = []
-        self._headers = []
+        if self._url:
+            self._url = []
+        if self._headers:
+            self._headers = []
         self._head_bytes = 0
         self._in_head = True
         self._body = []
@@ -304,20 +306,24 @@ class Connection(asyncio.Protocol, Writer):
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)
+        # Not kept while the request is answered: a held long-poll would keep the list of
+        # header pairs and the target's bytes, which `Request` already has in its own form.
+        self._url = []
+        self._headers = []
         try:
             query = httptools.parse_url(target).query or b""
         except httptools.HttpParserInvalidURLError:
             raise _Refused(MALFORMED) from None  # (no target llhttp accepts was seen here)
         version = parser.get_http_version()
-        request = Request(
-            method=parser.get_method().decode("ascii", "surrogateescape"),
-            raw_path=target.decode("utf-8", "surrogateescape"),
-            query_string=query.decode("utf-8", "surrogateescape"),
-            headers=CIMultiDictProxy(headers),
-            version=(1, 0) if version == "1.0" else (1, 1),
-            keep_alive=parser.should_keep_alive(),
-            writer=self,
-            app=self._app,
+        request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
+            parser.get_method().decode("ascii", "surrogateescape"),
+            target.decode("utf-8", "surrogateescape"),
+            query.decode("utf-8", "surrogateescape"),
+            CIMultiDictProxy(headers),
+            (1, 0) if version == "1.0" else (1, 1),
+            parser.should_keep_alive(),
+            self,
+            self._app,
         )
         self._request = request
         length = headers.get("Content-Length")
@@ -359,7 +365,7 @@ class Connection(asyncio.Protocol, Writer):
             self._refuse(EXPECTATION_FAILED)
             return
         self._queue.append(request)
-        if not self._busy:
+        if self._task is None and self._fast is None:  # (not `_busy`: one call fewer)
             self._next()
         elif len(self._queue) >= PIPELINE_LIMIT:
             self._pause_reading()
@@ -375,7 +381,8 @@ class Connection(asyncio.Protocol, Writer):
             if self.closing:
                 transport.close()
                 return
-            self._resume_reading()
+            if self._paused_reading:
+                self._resume_reading()
             self._idle_since = self._loop.time()
             if self._idle is None:
                 self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)

@@ -174,9 +174,9 @@ class _Clock:
 _CLOCK = _Clock()
 
 
-def http_date() -> str:
-    """Now, as a `Date` header value (formatted once per second)."""
-    return _CLOCK.now()
+#: Now, as a `Date` header value (formatted once per second); `_CLOCK.now` itself, one
+#: call fewer per answer.
+http_date: Callable[[], str] = _CLOCK.now
 
 
 class StreamResponse:

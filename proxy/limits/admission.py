@@ -206,12 +206,14 @@ class Admission:
         state = self._states.get(principal)
         if state is None or state.active >= limits.max_concurrent:
             return None
-        if not self._slots.take_now():
+        slots = self._slots
+        if slots.free <= 0 or slots._waiters:  # (`_Slots.take_now`, inline)
             return None
-        state.rate, state.burst = limits.rate, limits.burst
-        if state.bucket.take(limits.rate, limits.burst, self._clock()) > 0:
-            self._slots.release()  # (nobody waited: the slot goes back to the free ones)
-            return None
+        rate, burst = limits.rate, limits.burst
+        state.rate, state.burst = rate, burst
+        if state.bucket.take(rate, burst, self._clock()) > 0:
+            return None  # (no slot was taken yet)
+        slots.free -= 1
         state.active += 1
         return Permit(self, principal)
 
@@ -221,7 +223,11 @@ class Admission:
         return self._jitter(retry_after, 2 * retry_after)
 
     def _release(self, principal: str) -> None:
-        self._slots.release()
+        slots = self._slots
+        if slots._waiters:
+            slots.release()
+        else:
+            slots.free += 1  # (`_Slots.release` with nobody waiting, inline)
         state = self._states.get(principal)
         if state is not None:
             state.active -= 1

@@ -19,19 +19,23 @@ class TokenBucket:
         self._tokens = float(capacity)
         self._updated = now
 
-    def _refill(self, rate: float, capacity: float, now: float) -> None:
-        # The rate and capacity come with each call: a config reload changes them in place.
-        elapsed = max(0.0, now - self._updated)
-        self._tokens = min(float(capacity), self._tokens + elapsed * rate)
-        self._updated = now
-
     def take(self, rate: float, capacity: float, now: float) -> float:
         """Take one token: 0.0 on success, else the seconds until one is available."""
-        self._refill(rate, capacity, now)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        # Refilled first. The rate and capacity come with each call: a config reload changes
+        # them in place. (Inline, with comparisons instead of max/min: this runs for every
+        # request sent to the engine.)
+        elapsed = now - self._updated
+        tokens = self._tokens
+        if elapsed > 0.0:
+            tokens += elapsed * rate
+        if tokens > capacity:
+            tokens = float(capacity)
+        self._updated = now
+        if tokens >= 1.0:
+            self._tokens = tokens - 1.0
             return 0.0
-        return (1.0 - self._tokens) / rate
+        self._tokens = tokens
+        return (1.0 - tokens) / rate
 
     def full(self, rate: float, capacity: float, now: float) -> bool:
         """Would the bucket be full at `now`? (A full, idle bucket need not be kept.)"""

@@ -20,6 +20,7 @@ from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
 from proxy.policy.sql import (
     ClauseCache,
     ClientClause,
+    CombinedWhere,
     parse_table_name,
     quote_identifier,
     tables_read_by,
@@ -48,6 +49,11 @@ class Decision:
     #: headers may stay public so a CDN shares it.
     shared: bool = False
     limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
+    #: The client's `columns` as written, sent as is when the rule hides no column.
+    columns_text: str | None = None
+    #: Set when a client's where was ANDed with the enforced one: how to put the engine's
+    #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
+    combined: CombinedWhere | None = None
 
 
 def claim_value(claims: Claims, path: str) -> Any:
@@ -127,7 +133,7 @@ def _find_table(
         table = policy.shapes.get(shape_name)
         if table is None:
             raise Forbidden("unknown_shape", f"there is no named shape {shape_name!r}")
-        if request.where is not None or request.params or request.columns is not None:
+        if request.where is not None or request.params or request.columns_text is not None:
             raise BadShapeRequest(
                 "named_shape_definition", "a named shape takes no where, params or columns"
             )
@@ -172,13 +178,13 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
 
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
-) -> tuple[str | None, tuple[str, ...]]:
+) -> tuple[str | None, tuple[str, ...], CombinedWhere | None]:
     enforced_params = tuple(_param_from_claim(claims, p) for p in rule.claim_paths)
     enforced_sql = rule.template.sql if rule.template else None
     if request.where is None:
         # Params without a where mean nothing to the engine, which ignores them: so does
         # the proxy (they never reach the engine, whose `$1..$n` are the enforced ones).
-        return enforced_sql, enforced_params
+        return enforced_sql, enforced_params, None
     if rule.client_where == "forbid":
         raise Forbidden(
             "client_where_not_allowed", "this shape does not accept a client where", field="where"
@@ -186,17 +192,19 @@ def _build_where(
     client_params = _ordered(request.params)
     if rule.client_where == "passthrough":
         # No enforced filter and no hidden column (checked at load): the engine checks it.
-        return request.where, client_params
-    clause = clauses.client_where(
-        request.where, rule.columns, param_offset=len(enforced_params), what="where"
-    )
+        return request.where, client_params, None
+    clause = clauses.client_where(request.where, rule.columns, what="where")
     _refuse_missing(clause, len(client_params), "where")
     if enforced_sql is None:
         # Nothing to AND it with: the text as the client wrote it, which the engine parses
         # into the very tree checked here (both use pglast), so its errors locate the
-        # client's own text; with an enforced filter, only the regenerated clause goes in.
-        return request.where, client_params
-    return f"({enforced_sql}) AND ({clause.sql})", enforced_params + client_params
+        # client's own text.
+        return request.where, client_params, None
+    # The client's clause first, as written, with its own `$1..$k`; the enforced filter's
+    # params after them. The engine's errors about the client's part then name what the
+    # client sent, once the leading "(" is taken off their locations (`remap_where_error`).
+    combined = clauses.combined(clause, enforced_sql, len(client_params))
+    return combined.sql, client_params + enforced_params, combined
 
 
 def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
@@ -211,7 +219,9 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
     if subset.where is not None:
         clause = clauses.client_where(subset.where, rule.columns, what="subset where")
         _refuse_missing(clause, len(subset.params), "subset.where")
-        where = clause.sql
+        # As written: the engine parses it into the tree checked here, and its errors then
+        # locate what the client sent (the regenerated text moves every position).
+        where = clause.text
         params = subset.params
     # (subset params without a subset where: ignored, as the engine ignores them)
     order_by = None
@@ -282,10 +292,16 @@ def evaluate(
     rule = _select_rule(table, claims, anonymous=anonymous)
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
-    where, params = _build_where(rule, claims, request, policy.clauses)
+    where, params, combined = _build_where(rule, claims, request, policy.clauses)
     if rule.client_where == "passthrough":
         _check_subquery_tables(policy, claims, request, anonymous=anonymous)
     columns = request.columns
+    columns_text = None
+    if request.columns_error is not None and rule.columns is not None:
+        raise BadShapeRequest("invalid_columns", request.columns_error, field="columns")
+    if rule.columns is None and request.columns_text is not None:
+        # Nothing hidden: the list goes as written, and the engine reads (or refuses) it.
+        columns, columns_text = None, request.columns_text
     if rule.columns is not None and columns is not None:
         hidden = [c for c in columns if c not in rule.columns]
         if hidden:
@@ -319,12 +335,14 @@ def evaluate(
         where=where,
         params=params,
         columns=columns,
+        columns_text=columns_text,
         queryable_columns=rule.column_order,
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,
         shared=table.shared,
         limits=rule.limits,
+        combined=combined,
     )
 
 
@@ -339,7 +357,7 @@ def is_delete_by_handle(request: ShapeRequest, shape_name: str | None) -> bool:
         and request.table is None
         and request.where is None
         and not request.params
-        and request.columns is None
+        and request.columns_text is None
         and request.replica is None
         and request.subset is None
         and "handle" in dict(request.protocol)
@@ -393,4 +411,6 @@ def subset_body(subset: SubsetRequest) -> bytes:
         value = getattr(subset, key)
         if value is not None:
             body[key] = value
+    if not body:  # a subset of nothing in particular: still a subset to the engine
+        body["where"] = None
     return json.dumps(body, separators=(",", ":")).encode()

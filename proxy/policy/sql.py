@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 from pglast import ast, parse_sql
-from pglast.parser import ParseError
+from pglast.enums import BoolExprType
+from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
 from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 from sync_engine.pg.identifiers import parse_columns, parse_relation
+from sync_engine.shapes.where import parse as where_parse
+from sync_engine.shapes.where.errors import WhereError
 
 MAX_CLAUSE_LENGTH = 4096
 #: Where pglast parses a client clause: locations in it minus this are the client's (as the
@@ -73,6 +76,12 @@ class ClientClause:
     #: Each `$n` of the client's text (before the shift) with its location in that text, in
     #: the order the parser met them: what `missing_param` names, as the engine would.
     param_refs: tuple[tuple[int, int], ...] = ()
+    #: The clause as the client wrote it (checked: it parses into the tree `sql` came from).
+    text: str = ""
+    #: Location of the clause's root node in `text`, unless the root is an AND (which the
+    #: parser flattens into the AND it is combined with) or has none.
+    root_at: int | None = None
+    root_and: bool = False
 
     def missing_param(self, given: int) -> str | None:
         """The engine's error for the first `$n` beyond the `given` params, if any."""
@@ -121,10 +130,11 @@ def parse_identifier_list(text: str) -> tuple[str, ...]:
     """A client's comma-separated column list (`id,"Title"`) as exact column names.
 
     Read by the engine's own parser (`sync_engine.pg.identifiers`), so a list means the same
-    columns to both and is refused in the same words (ValueError). A column listed twice
-    counts once, as the engine reads it.
+    columns to both and is refused in the same words (ValueError). A column listed twice is
+    kept twice: the engine counts it once, and names it as listed when it refuses the list
+    (`The following columns are not found on the table: x, x`).
     """
-    return tuple(dict.fromkeys(parse_columns(text)))
+    return tuple(parse_columns(text))
 
 
 def parse_table_name(text: str) -> tuple[str, str]:
@@ -249,16 +259,129 @@ def check_client_where(
     try:
         stmt = _parse_select(_PREFIX + clause)
     except ValueError as exc:
-        raise BadShapeRequest("invalid_where", f"{what} {exc}") from None
+        message = _syntax_error(clause, what, f"{what} {exc}")
+        raise BadShapeRequest("invalid_where", message) from None
     where = stmt.whereClause
     _check_depth(where, what)
     refs = _check_tree(where, allowed_columns, what)
+    if isinstance(where, ast.A_Const) and where.isnull:
+        # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
+        # filter it would become a boolean and match nothing, a 200 the engine never gives.
+        raise BadShapeRequest("invalid_where", "WHERE clause must return a boolean")
     _shift_params(where, param_offset)
     return ClientClause(
         sql=_deparse(where, what),
         param_count=max((number for number, _ in refs), default=0),
         param_refs=tuple(refs),
+        text=clause,
+        root_at=_root_location(where),
+        root_and=isinstance(where, ast.BoolExpr) and where.boolop == BoolExprType.AND_EXPR,
     )
+
+
+def _root_location(where: ast.Node) -> int | None:
+    if isinstance(where, ast.BoolExpr) and where.boolop == BoolExprType.AND_EXPR:
+        return None
+    location = getattr(where, "location", None)
+    if not isinstance(location, int) or location < len(_PREFIX):
+        return None
+    return location - len(_PREFIX)
+
+
+def _syntax_error(clause: str, what: str, fallback: str) -> str:
+    """The engine's words for a clause that does not parse (`At location N: syntax error
+    ...`, located as Electric locates it), so a client hears what the engine would say."""
+    try:
+        where_parse.parse_clause(clause)
+    except WhereError as exc:
+        return str(exc)
+    except Exception:  # (the engine's parser failing otherwise: keep the proxy's words)
+        return fallback
+    return fallback
+
+
+@dataclass(frozen=True, slots=True)
+class CombinedWhere:
+    """A client's where ANDed with the enforced one, as the engine gets it.
+
+    `(<client text>) AND (<enforced, its $n after the client's>)`: the client's own text and
+    its own `$1..$k`, so what the engine says about them (`At location N: ...`) is about what
+    the client sent, once `client_at` is taken off the location (`remap_where_error`).
+    """
+
+    sql: str
+    #: Where the client's text starts in `sql` (None: the client's clause had to be
+    #: regenerated, and locations in it are not the client's).
+    client_at: int | None
+    client_length: int
+    #: Location of the client's root node in `sql` (None: it has none, or it is an AND, which
+    #: the parser flattens into the joining AND), and of the joining AND (None: flattened).
+    #: The engine's "argument of AND must be type boolean" at either is about the client's
+    #: whole clause, of which it says, when it gets it alone, that it "must return a
+    #: boolean"; another error at the AND is the client's root failing to become a boolean,
+    #: which the engine, given the clause alone, says without a location.
+    root_at: int | None
+    and_at: int | None
+
+
+_POSITIONS = re.compile(r'"(?:location|stmt_location|stmt_len)":-?[0-9]+')
+
+
+def _shape_of(where: str) -> str:
+    """The parse tree of a where clause without positions (equal: same meaning)."""
+    return _POSITIONS.sub("", parse_sql_json(_PREFIX + where))
+
+
+def shift_template(sql: str, offset: int) -> str:
+    """An enforced where (policy text, `$1..$m`) with its `$n` moved to `$offset+1...`."""
+    if not offset:
+        return sql
+    where = _parse_select(_PREFIX + sql).whereClause
+    _shift_params(where, offset)
+    return _deparse(where, "where")
+
+
+def combine_where(clause: ClientClause, enforced: str) -> CombinedWhere:
+    """`(client) AND (enforced)` with the client's text verbatim when that is provably the
+    same tree as the regenerated one (it always is for a clause that parsed alone; a trailing
+    `--` comment gets a newline so it cannot swallow the closing parenthesis), else with the
+    regenerated clause. `enforced` already has its `$n` after the client's params."""
+    canonical = f"({clause.sql}) AND ({enforced})"
+    text = clause.text
+    end = "\n" if "--" in text else ""
+    verbatim = f"({text}{end}) AND ({enforced})"
+    try:
+        same = _shape_of(verbatim) == _shape_of(canonical)
+    except ParseError:
+        same = False
+    if same:
+        root_at = None if clause.root_at is None else 1 + clause.root_at
+        and_at = None if clause.root_and else 1 + len(text) + len(end) + 2
+        return CombinedWhere(verbatim, 1, len(text), root_at, and_at)
+    return CombinedWhere(canonical, None, len(clause.sql), None, None)
+
+
+_LOCATED = re.compile(r"^At location (\d+): (.*)$", re.DOTALL)
+_AND_NOT_BOOLEAN = re.compile(r"^argument of AND must be type boolean, not type .*$", re.DOTALL)
+
+
+def remap_where_error(message: str, combined: CombinedWhere) -> str:
+    """The engine's error about a combined where, in terms of the client's own where: a
+    location in the client's text counted from its start; the joining AND's "argument must
+    be boolean" as the engine says it of a whole where. Errors located in the enforced
+    filter stay as they are (they are the policy's, not the client's)."""
+    match = _LOCATED.match(message)
+    if match is None or combined.client_at is None:
+        return message
+    at, rest = int(match.group(1)), match.group(2)
+    if at in (combined.root_at, combined.and_at) and _AND_NOT_BOOLEAN.match(rest):
+        return "WHERE clause must return a boolean"
+    if at == combined.and_at:
+        return rest
+    start = combined.client_at
+    if start <= at <= start + combined.client_length:
+        return f"At location {at - start}: {rest}"
+    return message
 
 
 def tables_read_by(clause: str, *, order_by: bool = False) -> tuple[tuple[str, str], ...]:
@@ -353,6 +476,7 @@ class ClauseCache:
 
     def __init__(self, maxsize: int = 4096) -> None:
         self._memo: LRUCache[_ClauseKey, ClientClause | str | ProxyError] = LRUCache(maxsize)
+        self._combined: LRUCache[_ClauseKey, CombinedWhere] = LRUCache(maxsize)
 
     def _get(
         self, key: _ClauseKey, compute: Callable[[], ClientClause | str]
@@ -387,6 +511,18 @@ class ClauseCache:
         )
         assert isinstance(result, ClientClause)
         return result
+
+    def combined(
+        self, clause: ClientClause, enforced_sql: str, client_params: int
+    ) -> CombinedWhere:
+        """`combine_where` of a checked client clause and an enforced template whose `$n`
+        go after the client's `client_params`, memoised."""
+        key = ("combined", clause.text, None, client_params, enforced_sql)
+        found = self._combined.get(key)
+        if found is None:
+            found = combine_where(clause, shift_template(enforced_sql, client_params))
+            self._combined[key] = found
+        return found
 
     def order_by(self, clause: str, allowed_columns: frozenset[str] | None, *, what: str) -> str:
         key = ("order_by", clause, allowed_columns, 0, what)

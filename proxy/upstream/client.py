@@ -167,7 +167,9 @@ class UpstreamBody:
         """Everything received and not read yet, as it arrived (no copy)."""
         chunks, self._chunks = self._chunks, []
         self._size = 0
-        self._conn.resume()
+        conn = self._conn
+        if conn._paused:
+            conn.resume()
         return chunks
 
     def finish(self) -> None:
@@ -470,7 +472,15 @@ class _Connection(asyncio.Protocol):
             self._body.feed(body)
 
     def on_message_complete(self) -> None:
-        self._message_done()
+        body = self._body  # (`_message_done`, inline: once per answer)
+        if body is not None:
+            body._eof = True
+            if body._waiter is not None:
+                body._wake()
+            listener = self._listener
+            if listener is not None:
+                self._listener = None
+                listener.on_complete()
 
     # --- the request --------------------------------------------------------------------
 
@@ -783,7 +793,10 @@ class UpstreamPool:
             conn.close()
             return
         conn.idle_since = self.loop.time()
-        self._idle.setdefault(conn.key, []).append(conn)
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
+        idle.append(conn)
         if self._waiters:  # someone waits for a slot: an idle connection serves as well
             waiter = self._waiters.popleft()
             if not waiter.done():

@@ -98,6 +98,54 @@ SAME_ANSWER_OTHERWISE = [
     ("POST", "/v1/shape?table=items&offset=-1", {"offset": -1, "order_by": "id"}),
     ("POST", "/v1/shape?table=items&offset=-1", {"limit": 1}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id > 0\x00 OR true"}),
+    # bodies the engine cannot read, in its words (`{"error": ...}`), before the query's errors
+    ("POST", "/v1/shape?table=items&offset=-1", b"[1, 2]"),
+    ("POST", "/v1/shape?table=items&offset=-1", b"{not json"),
+    ("POST", "/v1/shape?table=items&offset=abc", b"null"),
+    ("POST", "/v1/shape?table=items&offset=-1", b"\xff\xfe"),
+    # URL and body subsets merge (the body's keys win); a body's table counts without one
+    ("POST", "/v1/shape?table=items&offset=-1&subset__where=id>5", {"where": "id > 1"}),
+    ("POST", "/v1/shape?table=items&offset=-1&subset__order_by=id", {"limit": 1}),
+    ("POST", "/v1/shape?offset=-1", {"table": "items", "where": "id > 1"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"subset": {"where": "id > 1"}}),
+]
+
+
+#: Where clauses the engine refuses (or, for the last ones, accepts), sent by a member whose
+#: rule ANDs them with `org_id = $n`: the answer must be the engine's to the clause alone.
+MEMBER_SAME_ANSWER = [
+    "where=id>$1&params[1]=abc",
+    "where=title=$1 AND id>$2&params[1]=x&params[2]=abc",
+    "where=id  >  'x'",
+    "where=title = 1 --",
+    "where=title = 1 -- c%0A AND id > 0",
+    "where=id > 1 AND title ~~ 5",
+    "where=id >",
+    "where=1 x 1",
+    "where=id + 1",
+    "where=id = $1::int&params[1]=q",
+    "where=id IN (1,'a')",
+    "where=id = ANY($1)&params[1]={1,x}",
+    "where=id::text ~ 'a'",
+    "where=title",
+    "where=id",
+    "where=1",
+    "where='abc'",
+    "where=null",
+    "where=NOT title",
+    "where=title AND id > 1",
+    "where=(title AND true) OR id > 1",
+    "where=id > 1 OR title",
+    "where=id > $2&params[1]=1",
+    "where=id = $0&params[1]=1",
+    "subset__where=id  >  'x'",
+    "subset__where=title = 1",
+    "subset__where=title",
+    "subset__where=id >",
+    # accepted: the same rows as the engine's for the clause ANDed with org_id = 'org-a'
+    "where=title = 'a1' -- comment",
+    "where=id > $1 OR title = $2&params[1]=5&params[2]=a1",
+    "where=(id > 0)",
 ]
 
 
@@ -150,7 +198,11 @@ async def test_refusals_are_the_engines(
             if got != expected:
                 differences.append((query, expected, got))
         for method, target, body in SAME_ANSWER_OTHERWISE:
-            data = json.dumps(body).encode() if body is not None else None
+            data = (
+                (body if isinstance(body, bytes) else json.dumps(body).encode())
+                if body is not None
+                else None
+            )
             async with session.request(
                 method, f"{engine.url}{target}&secret={engine_secret}", data=data
             ) as resp:
@@ -158,7 +210,51 @@ async def test_refusals_are_the_engines(
             reply = await proxy.request(method, target, token=admin, data=data)
             got = _comparable(reply.status, reply.body)
             if got != expected:
-                differences.append((f"{method} {target} {body}", expected, got))
+                differences.append((f"{method} {target} {body!r}", expected, got))
+    assert differences == []
+
+
+@pytest.mark.parametrize("direct", [False, True], ids=["collapsed", "fast-lane"])
+async def test_a_members_where_errors_are_the_engines_for_the_clause_alone(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    engine_secret: str,
+    direct: bool,
+) -> None:
+    """The engine gets a member's where ANDed with the enforced filter. Its errors used to
+    name positions in that combined text and the proxy's renumbered `$n` (`At location 24`
+    for the client's `id>$1`, 'argument of AND must be type boolean' for a clause that is not
+    a boolean); they must be what the engine says of the clause alone (rows: the engine's
+    rows for `(clause) AND org_id = 'org-a'`). `direct`: no collapsing and no response cache,
+    where a repeated request may take the fast lane, which relays the engine's answer as is."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    if direct:
+        config.update(collapse=False, cache={"max_bytes": 0})
+    proxy = await make_proxy(build_config(config, environ))
+    member = proxy.tokens.make(org_id="org-a")
+    differences = []
+    async with aiohttp.ClientSession() as session:
+        for query in MEMBER_SAME_ANSWER:
+            target = f"/v1/shape?table=items&offset=-1&{query}".replace(" ", "%20")
+            direct = f"{engine.url}{target}&secret={engine_secret}"
+            async with session.get(aiohttp.client.URL(direct, encoded=True)) as resp:
+                status, answer = _comparable(resp.status, await resp.read())
+            if status == 200:  # the member's rows of it
+                answer = [row for row in answer if '"org_id": "org-a"' in row]
+            for attempt in range(2):  # the second is one the proxy already authorised
+                reply = await proxy.raw_get(target, member)
+                got = _comparable(reply.status, reply.body)
+                if got != (status, answer):
+                    differences.append((query, attempt, (status, answer), got))
+        body = json.dumps({"where": "id  >  'x'"}).encode()
+        target = "/v1/shape?table=items&offset=-1"
+        async with session.post(f"{engine.url}{target}&secret={engine_secret}", data=body) as resp:
+            expected = _comparable(resp.status, await resp.read())
+        reply = await proxy.request("POST", target, token=member, data=body)
+        if _comparable(reply.status, reply.body) != expected:
+            differences.append(("POST", expected, _comparable(reply.status, reply.body)))
     assert differences == []
 
 

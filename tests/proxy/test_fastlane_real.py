@@ -68,12 +68,16 @@ def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 async def _pair(
-    real_engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    **cache: Any,
 ) -> tuple[Any, Any]:
     config = base_config(real_engine.url, str(idp_server.make_url("/jwks.json")))
     config["upstream"].update(first_byte_timeout=10)
     config["collapse"] = False
-    config["cache"] = {"max_bytes": 0}
+    config["cache"] = {"max_bytes": 0, **cache}
     for table in ("posts", "blob"):
         config["tables"][table] = {"allow": [{"name": "public", "anonymous": True,
                                               "all_rows": True}]}  # fmt: skip
@@ -242,6 +246,42 @@ async def test_origins_in_turn_get_the_general_paths_cors_answer(
                 assert not took
                 assert not fast_raw.startswith(b"HTTP/1.1 200 ")
     assert len(fast_lane_taken) >= 4  # (the allowed and the absent origin, after the first)
+
+
+async def test_two_configs_in_one_process_each_get_their_own_cache_control(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    """The fast lane remembers a plain answer's Cache-Control and Vary lines by the engine's
+    Cache-Control and the decision, for one config only (a reload makes a new one): two apps
+    capping `max-age` differently, asked in turn, each answer as their own general path."""
+    capped = await _pair(real_engine, idp_server, environ, make_proxy, max_age_cap=7)
+    uncapped = await _pair(real_engine, idp_server, environ, make_proxy, max_age_cap=None)
+    alice = capped[0].tokens.make(sub="alice", org_id="org-1")
+    _, handle, _ = await sync_through(capped[1], alice)
+    head = _request(
+        f"/v1/shape?table=items&offset=-1&handle={handle}",
+        f"Authorization: Bearer {alice}",
+        "X-Request-Id: fast-lane-test-0005",
+    )
+    seen = set()
+    for _ in range(3):
+        for fast, general in (capped, uncapped):
+            taken = len(fast_lane_taken)
+            fast_raw = await _ask(fast, head)
+            general_raw = await _ask(general, head)
+            assert _normal(fast_raw) == _normal(general_raw)
+            line = re.search(rb"\r\nCache-Control: ([^\r]*)", fast_raw)
+            assert line is not None
+            seen.add(line.group(1))
+            if len(fast_lane_taken) > taken:
+                assert fast_raw.startswith(b"HTTP/1.1 200 ")
+    assert len(fast_lane_taken) >= 4  # (each app's repeats)
+    assert len(seen) == 2  # (the two caps differ: the test compares two different answers)
+    assert any(b"max-age=7" in value for value in seen)
 
 
 async def test_a_kept_alive_connection_on_the_fast_lane_closes_only_once_idle_for_the_timeout(

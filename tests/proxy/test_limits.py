@@ -48,6 +48,16 @@ def test_bucket_never_holds_more_than_its_capacity() -> None:
     assert bucket.take(1.0, 2, 1000.0) > 0
 
 
+def test_bucket_follows_a_smaller_capacity_and_a_clock_that_steps_back() -> None:
+    bucket = TokenBucket(5, now=10.0)
+    # A reload lowered the burst to 2: at most 2 tokens now, even with no time elapsed.
+    assert [bucket.take(1.0, 2, 10.0) for _ in range(2)] == [0.0, 0.0]
+    assert bucket.take(1.0, 2, 10.0) == pytest.approx(1.0)
+    # An earlier `now` refills nothing (and takes nothing away).
+    assert bucket.take(1.0, 2, 9.0) == pytest.approx(1.0)
+    assert bucket.take(1.0, 2, 10.0) == 0.0  # one second after 9.0: one token
+
+
 def test_retry_after_is_whole_seconds_at_least_one() -> None:
     assert retry_after_seconds(0.01) == 1
     assert retry_after_seconds(1.0) == 1

@@ -39,8 +39,9 @@ def test_member_gets_enforced_filter_and_columns(policy: Any) -> None:
 
 def test_client_where_is_anded_and_renumbered(policy: Any) -> None:
     d = decide(policy, "table=items&offset=-1&where=title ILIKE $1&params[1]=%25x", MEMBER)
-    assert d.where == "(org_id = $1) AND (title ILIKE $2)"
-    assert d.params == ("org-a", "%x")
+    # The client's clause as written with its own $1; the enforced filter after it.
+    assert d.where == "(title ILIKE $1) AND (org_id = $2)"
+    assert d.params == ("%x", "org-a")
 
 
 def test_client_params_cannot_override_enforced(policy: Any) -> None:
@@ -48,9 +49,9 @@ def test_client_params_cannot_override_enforced(policy: Any) -> None:
     # engine's $1 stays the enforced claim value.
     d = decide(policy, "table=items&offset=-1&params[1]=org-b", MEMBER)
     assert d.where == "org_id = $1" and d.params == ("org-a",)
-    # With a where the client's $1 is its own, shifted past the enforced one.
+    # With a where the client's $1 is its own; the enforced one comes after it.
     d = decide(policy, "table=items&offset=-1&where=org_id = $1&params[1]=org-b", MEMBER)
-    assert d.where == "(org_id = $1) AND (org_id = $2)" and d.params == ("org-a", "org-b")
+    assert d.where == "(org_id = $1) AND (org_id = $2)" and d.params == ("org-b", "org-a")
 
 
 def test_where_breakout_refused(policy: Any) -> None:
@@ -172,7 +173,7 @@ def test_upstream_url_built_from_scratch(policy: Any) -> None:
         and len(q.getall("secret")) == 1
     )
     assert q["where"] == "org_id = $1" and q["params[1]"] == "org-a"
-    assert q["columns"] == '"id","org_id","title"' and q["subset__where"] == "id > 1"
+    assert q["columns"] == '"id","org_id","title"' and q["subset__where"] == "id>1"
     assert [k for k in q if k in ("offset", "handle", "live", "cursor")] == [
         "offset",
         "handle",

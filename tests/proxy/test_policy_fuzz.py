@@ -5,8 +5,9 @@ Thousands of random query strings (repeated, percent-encoded, case-varied and un
 values with NUL bytes, quotes, comments, breakouts, unicode, huge numbers) are parsed and
 evaluated for a member of `org-a`, whose rule enforces `org_id = $1` and hides `salary`.
 Every outcome must be either a `ProxyError` with a 4xx status, or an upstream URL that:
-has one value per parameter; starts its where with the enforced filter, parenthesised and
-ANDed, its `$1` bound to the member's own claim; selects only visible columns; carries the
+has one value per parameter; ends its where with the enforced filter, parenthesised and
+ANDed after the client's clause, its `$n` (after the client's params) bound to the member's
+own claim; selects only visible columns; carries the
 proxy's source id and secret and nothing of the client's; and no NUL byte in what the
 engine reads.
 """
@@ -19,12 +20,16 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from pglast import ast, parse_sql
+from pglast.enums import BoolExprType
+from pglast.stream import RawStream
 from yarl import URL
 
 from proxy.config.loader import build_config
 from proxy.errors import ProxyError
 from proxy.http.params import parse_shape_query
 from proxy.policy.evaluate import evaluate
+from proxy.policy.sql import _walk
 from proxy.upstream.url import build_upstream_url
 from tests.proxy.proxy_fakes import base_config
 
@@ -75,8 +80,24 @@ def _check(url: URL) -> None:
     assert query["secret"] == SECRET and query["source_id"] == "src-1"
     assert "api_secret" not in query
     where = query["where"]
-    assert where == "org_id = $1" or where.startswith("(org_id = $1) AND ("), where
-    assert query["params[1]"] == "org-a"
+    # The client's clause first (its own `$1..$k`), the enforced filter last, its `$k+1`
+    # bound to the member's own claim; no `$n` of the client's reaches that param.
+    numbers = sorted(int(name[7:-1]) for name in query if name.startswith("params["))
+    assert numbers == list(range(1, len(numbers) + 1)), numbers
+    enforced = len(numbers)
+    assert query[f"params[{enforced}]"] == "org-a"
+    if where != "org_id = $1":
+        assert where.endswith(f") AND (org_id = ${enforced})"), where
+        tree = parse_sql("SELECT 1 WHERE " + where)[0].stmt.whereClause
+        assert isinstance(tree, ast.BoolExpr) and tree.boolop == BoolExprType.AND_EXPR, where
+        assert RawStream()(tree.args[-1]) == f"org_id = ${enforced}", where
+        client_refs = [
+            node.number
+            for arg in tree.args[:-1]
+            for node in _walk(arg)
+            if isinstance(node, ast.ParamRef)
+        ]
+        assert all(1 <= number < enforced for number in client_refs), where
     visible = {'"id"', '"org_id"', '"title"'}
     assert set(query["columns"].split(",")) <= visible
     assert set(query["queryable_columns"].split(",")) == visible

@@ -54,6 +54,9 @@ for _i, _src in enumerate(NUMERIC_ORDER):
 for _src in (VARCHAR, BPCHAR, NAME):
     IMPLICIT_CASTS[(_src, TEXT)] = (identity, True)
 IMPLICIT_CASTS[(TEXT, VARCHAR)] = (identity, True)
+# text -> char(n) (a list such as COALESCE(ch, t) is char(n)): the engine keeps char(n)
+# values without their trailing blanks, which char(n) comparisons ignore.
+IMPLICIT_CASTS[(TEXT, BPCHAR)] = (lambda v: str(v).rstrip(" "), False)
 IMPLICIT_CASTS[(DATE, TIMESTAMP)] = (date_to_ts, False)
 IMPLICIT_CASTS[(DATE, TIMESTAMPTZ)] = (date_to_ts, False)  # then to tz: see Compiler.coerce
 IMPLICIT_CASTS[(TIMESTAMP, TIMESTAMPTZ)] = (ts_to_tstz, False)

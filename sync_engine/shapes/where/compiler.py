@@ -56,7 +56,14 @@ from .expr import (
 )
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .parse import construct_name
-from .resolution import CAST_TARGET_NAMES, JSON_TYPES, ORDERED_TYPES, STRING_TYPES, common_type
+from .resolution import (
+    CAST_TARGET_NAMES,
+    JSON_TYPES,
+    ORDERED_TYPES,
+    STRING_TYPES,
+    common_type,
+    select_common,
+)
 from .semantics import comparison_op, identity
 from .text import bool_text, bool_text_from_raw, case_mapping, text_output
 
@@ -168,10 +175,11 @@ class Compiler:
             raise error_at(str(e), expr.node) from None
 
     def unify(self, exprs: Sequence[Expr], what: str, node: ast.Node) -> tuple[PgType, list[Expr]]:
-        """Convert operands to one common type (Postgres's UNION/CASE-style resolution)."""
+        """Convert a list of values to one type (Postgres's `select_common_type`, as for
+        UNION, CASE and COALESCE; see `select_common`)."""
         typ = UNKNOWN
         for e in exprs:
-            common = self.common(typ, e.type, node)
+            common = self.common(typ, e.type, node, of_list=True)
             if common is None:
                 raise error_at(
                     f"{what} types {typ.sql_name} and {e.type.sql_name} cannot be matched",
@@ -321,16 +329,19 @@ class Compiler:
                 node,
             )
 
-    def common(self, a: PgType, b: PgType, node: ast.Node) -> PgType | None:
-        """`common_type`, refusing char(n) beside varchar: Postgres compares those as
-        char(n) in an operator (`'ab '::varchar = 'ab  '::char(4)` is true) but as varchar
-        in an IN list of constants, which the engine does not tell apart."""
+    def common(
+        self, a: PgType, b: PgType, node: ast.Node, *, of_list: bool = False
+    ) -> PgType | None:
+        """The type an operator compares `a` and `b` as (`common_type`), or with `of_list`
+        the type a list of values takes (`select_common`); refusing char(n) beside varchar,
+        which Postgres compares as char(n) in an operator (`'ab '::varchar = 'ab  '::char(4)`
+        is true) but as varchar in a list starting with the varchar."""
         pair = {a.element if a.array else a, b.element if b.array else b}
         if pair == {BPCHAR, VARCHAR}:
             raise error_at(
                 "comparing char(n) with varchar is not supported (cast one side to text)", node
             )
-        return common_type(a, b)
+        return select_common(a, b) if of_list else common_type(a, b)
 
     def compare_fn(self, name: str, typ: PgType, node: ast.Node) -> Callable[[Value, Value], Value]:
         """The comparison `name` on `typ`, refused on text where the collation forbids it."""

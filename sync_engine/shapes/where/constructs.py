@@ -23,7 +23,7 @@ from .operators import (
     LIKE_OPERATORS,
     PREFIX_OPERATORS,
 )
-from .parse import construct_name, deparse, parse_clause
+from .parse import construct_name, deparse, parse_clause, walk
 from .resolution import CAST_TARGET_NAMES
 from .semantics import COMPARISONS
 
@@ -42,16 +42,8 @@ def check_where_constructs(where_sql: str) -> None:
     root = stmt.whereClause
     if root is None:
         raise error_at("malformed query ending with SQL clauses")
-    stack: list[object] = [root]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, tuple):
-            stack.extend(node)
-            continue
-        if not isinstance(node, ast.Node):
-            continue
+    for node in walk(root):
         _check_node(node)
-        stack.extend(getattr(node, attr) for attr in node.__slots__)
     deparse(root, where_sql)
 
 

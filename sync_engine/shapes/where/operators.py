@@ -396,7 +396,14 @@ def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
-    typ, (left, right) = c.unify([left, right], "NULLIF", node)
+    # NULLIF(a, b) is `a = b` with its operator resolved as for `=` (not as a list):
+    # NULLIF(ch, t) compares, and answers, as text.
+    typ = c.common(left.type, right.type, node)
+    if typ is None:
+        raise _operator_error(c, "=", left, right, node)
+    if typ == UNKNOWN:
+        typ = TEXT
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
     lf, rf = left.fn, right.fn
 
@@ -410,40 +417,54 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 
 def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    """`x IN (...)` as Postgres's transformAExprIn builds it: with more than one constant
+    item, those are one `x = ANY(ARRAY[...])` typed by the list rule (`Compiler.unify`, the
+    left side first); every other item is its own `x = item`, its operator resolved for
+    that pair alone (`' ' IN (t, ch)` compares ch as char(n)); all OR'ed in that order."""
     if isinstance(node.rexpr, ast.SubLink):
         return c.compile(node.rexpr)
     left = c.compile(node.lexpr)
     items = [c.compile(x) for x in node.rexpr]
-    typ, converted = c.unify([left, *items], "IN", node)
-    if typ.enum and not c.allow_enums:
-        raise _operator_error(c, name, left, items[0], node)
-    left, items = converted[0], converted[1:]
-    expr = in_list(left, items, c.compare_fn("=", typ, node), node)
+    consts = [i for i in items if i.is_const]
+    parts: list[Expr] = []
+    singles = items
+    if len(consts) > 1:
+        parts.append(_in_constants(c, left, consts, node))
+        singles = [i for i in items if not i.is_const]
+    parts += [comparison(c, "=", left, item, node) for item in singles]
+    expr = parts[0] if len(parts) == 1 else or_expr(parts, node)
     if name == "<>":
         return apply(BOOL, operator.not_, [expr], node)
-    consts = [i.value for i in items if i.is_const]
-    if len(consts) == len(items) and left.column is not None and left.raw:
-        keys = [v for v in consts if v is not None]
-        if indexable(keys):
-            return replace(expr, index=(left.column, keyset(keys)))
+    return expr
+
+
+def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr) -> Expr:
+    typ, converted = c.unify([left, *consts], "IN", node)
+    if typ.enum and not c.allow_enums:
+        raise _operator_error(c, "=", left, consts[0], node)
+    left, items = converted[0], converted[1:]
+    expr = in_list(left, items, c.compare_fn("=", typ, node), node)
+    keys = [i.value for i in items if i.value is not None]
+    if left.column is not None and left.raw and indexable(keys):
+        return replace(expr, index=(left.column, keyset(keys)))
     return expr
 
 
 def _between(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    """transformAExprBetween: `x >= lo AND x <= hi` (with SYMMETRIC, OR the swapped pair),
+    each comparison's operator resolved for its own pair, as if written out."""
     value = c.compile(node.lexpr)
     lo, hi = (c.compile(x) for x in node.rexpr)
-    typ, (value, lo, hi) = c.unify([value, lo, hi], "BETWEEN", node)
-    if typ not in ORDERED_TYPES:
-        raise _operator_error(c, ">=", value, lo, node)
-    ge, le = c.compare_fn(">=", typ, node), c.compare_fn("<=", typ, node)
     kind = node.kind
     symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
     negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
-    first = and_expr([apply(BOOL, ge, [value, lo], node), apply(BOOL, le, [value, hi], node)], node)
+    first = and_expr(
+        [comparison(c, ">=", value, lo, node), comparison(c, "<=", value, hi, node)], node
+    )
     expr = first
     if symmetric:
         second = and_expr(
-            [apply(BOOL, ge, [value, hi], node), apply(BOOL, le, [value, lo], node)], node
+            [comparison(c, ">=", value, hi, node), comparison(c, "<=", value, lo, node)], node
         )
         expr = or_expr([first, second], node)
     return apply(BOOL, operator.not_, [expr], node) if negate else expr

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
@@ -138,22 +138,26 @@ def child_nodes(node: ast.Node) -> Iterable[tuple[str, ast.Node | tuple[object, 
             yield member, value
 
 
-def count_columns(root: ast.Node) -> dict[str, int]:
-    """References per column name, so multiply-used columns get a per-row cache."""
-    counts: dict[str, int] = {}
+def walk(root: ast.Node) -> Iterator[ast.Node]:
+    """Every node under `root`, itself included (depth first, children in reverse)."""
     stack: list[object] = [root]
     while stack:
         node = stack.pop()
         if isinstance(node, tuple):
             stack.extend(node)
-            continue
-        if not isinstance(node, ast.Node):
-            continue
+        elif isinstance(node, ast.Node):
+            yield node
+            stack.extend(value for _, value in child_nodes(node))
+
+
+def count_columns(root: ast.Node) -> dict[str, int]:
+    """References per column name, so multiply-used columns get a per-row cache."""
+    counts: dict[str, int] = {}
+    for node in walk(root):
         if isinstance(node, ast.ColumnRef):
             field = node.fields[0] if len(node.fields) == 1 else None
             if isinstance(field, ast.String) and field.sval is not None:
                 counts[field.sval] = counts.get(field.sval, 0) + 1
-        stack.extend(value for _, value in child_nodes(node))
     return counts
 
 

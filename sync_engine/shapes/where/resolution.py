@@ -94,6 +94,26 @@ def common_type(a: PgType, b: PgType) -> PgType | None:
     return common_scalar(a, b)
 
 
+def select_common(a: PgType, b: PgType) -> PgType | None:
+    """Postgres's `select_common_type`, one more type at a time: how COALESCE, GREATEST/LEAST,
+    ARRAY[...], array concatenation and IN's list of constants pick one type. It differs
+    from an operator's resolution (`common_type`): the earlier type stays unless the later
+    one converts from it implicitly and not back. So numbers widen along NUMERIC_ORDER with
+    float4 beside numeric staying float4 (`f4 IN (1.5, 2.1)` compares as float4, where
+    `f4 = 2.1` compares as float8), and char(n) first keeps the list char(n)
+    (`COALESCE(ch, t)` is char(n); `COALESCE(t, ch)` is text)."""
+    if a.array and b.array:
+        elem = select_common(a.element, b.element)
+        return None if elem is None else elem.array_of()
+    if a.array or b.array:
+        return common_type(a, b)
+    if a in NUMERIC_ORDER and b in NUMERIC_ORDER:
+        return max(a, b, key=NUMERIC_ORDER.index)
+    if a == BPCHAR and b in STRING_TYPES:
+        return BPCHAR
+    return common_type(a, b)
+
+
 def fits_operand(actual: PgType, wanted: PgType) -> bool:
     """Whether an operand of type `actual` implicitly converts to the operator's `wanted`."""
     if actual == wanted:

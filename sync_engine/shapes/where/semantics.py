@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import operator
-import sys
 from collections.abc import Callable
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 
@@ -107,13 +106,13 @@ def num_div(a: Decimal, b: Decimal) -> Decimal:
         q += 1
     if (num < 0) != (den < 0):
         q = -q
-    return numeric_result(Decimal(q).scaleb(-rscale))
+    return numeric_result(Decimal(q).scaleb(-rscale, EXACT))  # (the default context rounds)
 
 
 def _base10000(x: Decimal) -> tuple[int, int]:
     """(weight, first digit) of a nonzero finite numeric in Postgres's base-10000 digits."""
     weight = x.copy_abs().adjusted() // 4
-    first = int(x.copy_abs().scaleb(-4 * weight))
+    first = int(x.copy_abs().scaleb(-4 * weight, EXACT))
     return weight, first
 
 
@@ -186,12 +185,14 @@ def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
 
 def _float_div(a: float, b: float) -> float:
     if b == 0.0:
+        if math.isnan(a):
+            return math.nan  # float8_div: NaN / 0 is NaN, not an error
         raise ZeroDivisionError("division by zero")
     return a / b
 
 
 def round_half_away(value: Decimal) -> int:
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP, context=EXACT))
 
 
 def to_int(pg_type: PgType) -> Callable[[Value], int]:
@@ -273,16 +274,19 @@ def float_pow(a: float, b: float) -> float:
         raise OverflowError("value out of range: overflow")
     if result == 0.0 and a != 0.0:
         raise OverflowError("value out of range: underflow")
-    if result != 0.0 and abs(result) < sys.float_info.min:
-        raise OverflowError("value out of range: overflow")  # pow() sets ERANGE (glibc)
+    # A subnormal result is returned as it is: glibc's pow() sets ERANGE only when the
+    # result underflows to zero, so Postgres's "ERANGE and finite" branch does not fire.
     return result
 
 
 def wrap_shift(typ: PgType, shift: Callable[[int, int], int]) -> Callable[[int, int], int]:
+    """int2shl & co. are C's `a << n`: an int2 is promoted to int first, and the machine
+    takes the count modulo the width it shifts in (32 for int2 and int4, 64 for int8)."""
     bits = {INT2: 16, INT4: 32, INT8: 64}[typ]
+    width = 64 if typ == INT8 else 32
 
     def run(a: int, n: int) -> int:
-        result = shift(a, n % bits) & ((1 << bits) - 1)
+        result = shift(a, n % width) & ((1 << bits) - 1)
         return result - (1 << bits) if result >= 1 << (bits - 1) else result
 
     return run
