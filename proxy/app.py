@@ -41,6 +41,8 @@ from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
 from proxy.upstream.client import UpstreamPool, make_session
 from proxy.upstream.forward import Forwarder
+from sync_engine.http.headers import ALLOW_METHODS_SHAPE as ENGINE_ALLOW_METHODS
+from sync_engine.http.headers import EXPOSE_HEADERS as ENGINE_EXPOSE_HEADERS
 from sync_engine.http.parser_refusals import Refusal
 
 logger = logging.getLogger(__name__)
@@ -73,6 +75,15 @@ def _check_path(request: Request) -> str:
     return raw
 
 
+#: Electric's CORS on every shape answer (the engine's, `sync_engine.app`), which an open
+#: config (`allow_origins: ["*"]`, no credentials) gives exactly: a client cannot tell the
+#: proxy from the engine there.
+_ENGINE_CORS = {
+    "Access-Control-Expose-Headers": ENGINE_EXPOSE_HEADERS,
+    "Access-Control-Allow-Methods": ENGINE_ALLOW_METHODS,
+}
+
+
 @lru_cache(maxsize=256)
 def _cors_for(
     origin: str | None, allow_origins: tuple[str, ...], credentials: bool
@@ -80,8 +91,17 @@ def _cors_for(
     """(allowed, CORS headers) for an Origin under one config; the same few origins repeat."""
     if not origin_allowed(origin, allow_origins):
         return False, None
+    if "*" in allow_origins and not credentials:
+        # As the engine (Electric) answers: the Origin, or `*` without one.
+        echoed = {"Access-Control-Allow-Origin": origin if origin is not None else "*"}
+        return True, MappingProxyType({**echoed, **_ENGINE_CORS})
     headers = cors_headers(origin, allow_origins, credentials=credentials)
     return True, MappingProxyType(headers) if headers is not None else None
+
+
+def _echoes_origin(cors: Mapping[str, str] | None) -> bool:
+    """The answer names the request's Origin (so it varies with it), not `*` or nothing."""
+    return cors is not None and cors.get("Access-Control-Allow-Origin", "*") != "*"
 
 
 @lru_cache(maxsize=256)
@@ -272,7 +292,7 @@ class ProxyApp:
     def shape_vary(self, request: Request) -> str:
         """The `Vary` a shape answer gets when the engine sent none (see `on_prepare`)."""
         context = request.context
-        return _shape_vary((), context.cors is not None, context.shared)
+        return _shape_vary((), _echoes_origin(context.cors), context.shared)
 
     def answered(
         self, request: Request, response: StreamResponse | None, *, status: int = 499
@@ -296,8 +316,16 @@ class ProxyApp:
         if context.cors is not None:
             headers.update(context.cors)
         if context.shape:
+            if "electric-server" not in headers and self._forwarder is not None:
+                server = self._forwarder.server_name  # (the engine's name, as it gives it)
+                if server is not None:
+                    headers["electric-server"] = server
+            if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
+                # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
+                # would mean nothing, and the engine sends none.
+                return
             existing = tuple(headers.getall("Vary", ()))
-            vary = _shape_vary(existing, context.cors is not None, context.shared)
+            vary = _shape_vary(existing, _echoes_origin(context.cors), context.shared)
             if vary:
                 headers["Vary"] = vary
 

@@ -54,6 +54,19 @@ class BadShapeRequest(ProxyError):
     status = 400
 
 
+class EngineRefusal(BadShapeRequest):
+    """What the engine itself says of a malformed request, in its own body (`body`), said
+    by the proxy first so the client hears the engine's answer in the engine's order."""
+
+    def __init__(self, reason: str, message: str, *, body: dict[str, object], status: int = 400):
+        super().__init__(reason, message)
+        self.body = body
+        self.status = status
+
+    def copy(self) -> EngineRefusal:
+        return EngineRefusal(self.reason, self.message, body=self.body, status=self.status)
+
+
 class Unauthenticated(ProxyError):
     """No usable bearer token: the client should (re)authenticate."""
 

@@ -30,6 +30,11 @@ class ShapeRequest:
     where: str | None = None
     params: Mapping[int, str] = field(default_factory=dict)
     columns: tuple[str, ...] | None = None
+    #: `columns` as the client wrote it, and the engine's words for it when it does not parse
+    #: (then `columns` is None): said only if the policy needs the list, else the engine
+    #: reads the text itself, after the table (as it refuses them: a missing table first).
+    columns_text: str | None = None
+    columns_error: str | None = None
     replica: str | None = None
     #: Allow-listed protocol parameters (offset, handle, live, cursor...), in a fixed order.
     protocol: tuple[tuple[str, str], ...] = ()

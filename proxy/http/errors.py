@@ -16,7 +16,7 @@ import json
 import logging
 from typing import Any
 
-from proxy.errors import ProxyError, Unauthenticated
+from proxy.errors import EngineRefusal, ProxyError, Unauthenticated
 from proxy.http.wire import HttpError, Response, json_response
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,10 @@ def error_response(
 
 
 def render_proxy_error(exc: ProxyError) -> Response:
+    if isinstance(exc, EngineRefusal):  # the engine's own words and body, plus `code`
+        headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
+        body = json.dumps({**exc.body, "code": exc.reason})
+        return json_response(body, status=exc.status, headers=headers)
     return error_response(
         exc.status,
         exc.reason,
@@ -78,4 +82,8 @@ def render_proxy_error(exc: ProxyError) -> Response:
 
 def render_http_error(exc: HttpError) -> Response:
     reason = _HTTP_REASONS.get(exc.status, "http_error")
+    if exc.status == 413:  # a POST body over the limit: in Electric's (and the engine's) words
+        body = json.dumps({"error": "Request body too large", "code": reason})
+        headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
+        return json_response(body, status=413, headers=headers)
     return error_response(exc.status, reason, exc.reason)

@@ -12,7 +12,6 @@ until the token's `exp` (bounded by the token-cache TTL).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import time
@@ -25,9 +24,14 @@ from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
-from proxy.errors import BadShapeRequest, MethodNotAllowed
-from proxy.http.headers import preflight_headers
-from proxy.http.params import parse_shape_query, parse_subset_body
+from proxy.errors import MethodNotAllowed
+from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
+from proxy.http.params import (
+    check_as_the_engine,
+    engine_body,
+    parse_post_request,
+    parse_shape_query,
+)
 from proxy.http.wire import Request, Response, StateKey, StreamResponse, json_response
 from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
@@ -82,7 +86,7 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     elif method == "OPTIONS":
         context.outcome = "preflight"
         max_age = runtime.loaded.config.cors.max_age
-        return Response(status=204, headers=preflight_headers(max_age))
+        return Response(status=204, headers=_preflight(request, max_age))
     elif method in ("POST", "DELETE"):
         prepared, body = await _prepare(request, runtime, shape_name, method=method)
     else:
@@ -93,6 +97,23 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+
+
+def _preflight(request: Request, max_age: int) -> dict[str, str]:
+    """A preflight's headers: as the engine does, `Access-Control-Allow-Headers` echoes the
+    requested headers it allows (here the proxy's list, which has `authorization` for the
+    token) and is left out when none was asked for."""
+    headers = preflight_headers(max_age)
+    wanted = request.headers.get("Access-Control-Request-Headers", "")
+    allowed = [
+        name.strip()
+        for name in wanted.split(",")
+        if name.strip().lower() in ALLOWED_REQUEST_HEADERS
+    ]
+    headers.pop("Access-Control-Allow-Headers", None)
+    if allowed:
+        headers["Access-Control-Allow-Headers"] = ", ".join(allowed)
+    return headers
 
 
 class Services(Protocol):
@@ -265,17 +286,15 @@ async def _prepare(
     query = list(request.query.items())
     refuse_token_in_query(query)
     claims, anonymous = await _claims(request, runtime)
-    shape_request = parse_shape_query(query)
+    post = method == "POST"
+    posted = engine_body(await request.read()) if post else None
+    if shape_name is None and method != "DELETE":
+        # The engine's own checks first, so a request wrong in several ways is refused for
+        # what the engine would name first (an offset before a table, say).
+        check_as_the_engine(query, posted)
+    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
-    post = method == "POST"
-    if post:
-        if shape_request.subset is not None:
-            raise BadShapeRequest(
-                "invalid_subset", "give subset parameters in the body or the URL", field="subset"
-            )
-        raw = await request.read()
-        shape_request = dataclasses.replace(shape_request, subset=parse_subset_body(raw))
     decision = evaluate(
         runtime.loaded.policy,
         claims,

@@ -14,18 +14,25 @@ so that the proxy would check and send less than the client wrote), then the val
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 
-from proxy.errors import BadShapeRequest
-from proxy.policy.sql import parse_identifier_list
+import orjson
+from multidict import MultiDict
+
+from proxy.errors import BadShapeRequest, EngineRefusal
+from proxy.policy.sql import parse_identifier_list, parse_table_name
 from proxy.shape_request import ShapeRequest, SubsetRequest
+from sync_engine.errors import BadBody, InvalidRequest
+from sync_engine.http import limits as engine_limits
 from sync_engine.http.limits import MAX_PARAMS
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
 from sync_engine.http.params import PARAM_NUMBER as _NUMBER
 from sync_engine.http.params import SINGLE_PARAMS as _SINGLE
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
+from sync_engine.http.params import parse_shape_request as engine_parse
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -145,9 +152,10 @@ def _subset_params(raw: object, *, from_url: bool) -> dict[int, str]:
     return _numbered(texts, field) if texts else {}
 
 
-def _parse_subset(values: dict[str, str]) -> SubsetRequest | None:
-    keys = [k for k in values if k.startswith("subset__")]
-    if not keys:
+def _parse_subset(values: dict[str, str], present: bool) -> SubsetRequest | None:
+    """The subset of a query string; `present`: some `subset__*` parameter came, even empty
+    (`subset__offset=`), which makes the request a subset request to the engine."""
+    if not present:
         return None
     if "subset__params" in values:
         params = _subset_params(values["subset__params"], from_url=True)
@@ -169,6 +177,7 @@ def _parse_subset(values: dict[str, str]) -> SubsetRequest | None:
 
 def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
     """Parse a `/v1/shape` query string (as decoded name/value pairs)."""
+    items = list(items)
     values = _one_each(items)
     bracketed: dict[str, str] = {}
     for key, value in values.items():
@@ -178,20 +187,27 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
     if "params" in values:
         raise _invalid("invalid_params", "params", "must be given as params[1]=value&params[2]=...")
     params = _numbered(bracketed, "params") if bracketed else {}
-    columns = None
+    if "table" in values:  # (the engine reads the table's name before its columns)
+        try:
+            parse_table_name(values["table"])
+        except ValueError as exc:
+            raise _invalid("invalid_table", "table", str(exc)) from None
+    columns = columns_error = None
     if "columns" in values:
         try:
             columns = parse_identifier_list(values["columns"])
         except ValueError as exc:
-            raise _invalid("invalid_columns", "columns", str(exc)) from None
+            columns_error = str(exc)  # (refused by the policy if it needs the list)
     return ShapeRequest(
         table=values.get("table"),
         where=values.get("where"),
         params=params,
         columns=columns,
+        columns_text=values.get("columns"),
+        columns_error=columns_error,
         replica=values.get("replica"),
         protocol=tuple((k, values[k]) for k in PROTOCOL_PARAMS if k in values),
-        subset=_parse_subset(values),
+        subset=_parse_subset(values, any(name.startswith("subset__") for name, _ in items)),
     )
 
 
@@ -231,3 +247,151 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
         offset=_int_param("offset", data.get("offset"), 0),
         order_by=order_by,
     )
+
+
+#: The engine's cap on a POST body (`sync_engine.http.shape`), bytes.
+ENGINE_MAX_BODY = 8 * 1024 * 1024
+
+
+#: The proxy's `code` for the engine's refusal of a parameter, by field (and words).
+_REASONS = {
+    "table": "invalid_table",
+    "offset": "invalid_offset",
+    "handle": "invalid_handle",
+    "live": "invalid_live",
+    "live_sse": "invalid_live",
+    "replica": "invalid_replica",
+    "log": "invalid_log",
+    "where": "invalid_where",
+    "params": "invalid_params",
+    "subset": "invalid_subset",
+    "columns": "invalid_columns",
+    "query": "too_many_parameters",
+    "body": "invalid_body",
+}
+
+
+def _reason(errors: Mapping[str, object]) -> tuple[str, str]:
+    """(the proxy's code, the message) of the engine's first complaint."""
+    field, messages = next(iter(errors.items()), ("", []))
+    while isinstance(messages, Mapping):  # {"subset": {"offset": [...]}}
+        messages = next(iter(messages.values()), [])
+    message = str(messages[0]) if isinstance(messages, list) and messages else ""
+    if "at most once" in message or "more than once" in message:
+        return "repeated_parameter", message
+    if "NUL bytes" in message:
+        return "nul_byte", message
+    if "is too long" in message:
+        return "parameter_too_long", message
+    if field == "table" and message == "can't be blank":
+        return "missing_table", message
+    return _REASONS.get(field, "invalid_request"), message
+
+
+def _refusal(exc: InvalidRequest | BadBody) -> EngineRefusal:
+    if isinstance(exc, BadBody):
+        body: dict[str, object] = {"error": exc.message}
+        if exc.details:
+            body["details"] = exc.details
+        reason = "payload_too_large" if exc.status == 413 else "invalid_body"
+        return EngineRefusal(reason, exc.message, body=body, status=exc.status)
+    reason, message = _reason(exc.errors)
+    return EngineRefusal(
+        reason, message or exc.message, body={"message": exc.message, "errors": exc.errors}
+    )
+
+
+def engine_body(raw: bytes) -> dict[str, object] | None:
+    """A POST body read as the engine reads it (`sync_engine.http.shape._json_body`): None
+    when empty, else a JSON object, or its refusal in its words."""
+    try:
+        if len(raw) > ENGINE_MAX_BODY:
+            raise BadBody("Request body too large", 413)
+        if not raw.strip():
+            return None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            if "depth limit" in str(exc):
+                raise engine_limits.too_deep() from None
+            raise BadBody("Invalid JSON in request body", details=str(exc)) from None
+        if not isinstance(data, dict):
+            raise BadBody("Request body must be a JSON object")
+        engine_limits.check_body(data)
+    except (InvalidRequest, BadBody) as exc:
+        raise _refusal(exc) from None
+    return data
+
+
+def check_as_the_engine(
+    items: Iterable[tuple[str, str]], body: Mapping[str, object] | None = None
+) -> None:
+    """Refuse what the engine's own parameter checks refuse (`sync_engine.http.params`), in
+    their order and words: query size and repeats, then offset, handle, live, table, replica,
+    log, the subset, the params. The proxy's own parsing and the policy come after, so a
+    request wrong in several ways gets the engine's first complaint, not another one."""
+    try:
+        engine_parse(MultiDict(items), dict(body) if body is not None else None)
+    except (InvalidRequest, BadBody) as exc:
+        raise _refusal(exc) from None
+
+
+#: Keys of a POST body that are the subset's (the engine's reading, `parse_shape_request`).
+_SUBSET_BODY_KEYS = (
+    "where",
+    "params",
+    "limit",
+    "offset",
+    "order_by",
+    "where_expr",
+    "order_by_expr",
+)
+
+
+def parse_post_request(
+    items: Iterable[tuple[str, str]], body: Mapping[str, object] | None
+) -> ShapeRequest:
+    """A POST `/v1/shape` (query string and JSON body, already passed `check_as_the_engine`)
+    read as the engine reads it: the body's subset keys (top level, or under `subset`) over
+    the URL's `subset__*`, and a shape parameter (`table`, `columns`...) given as a string in
+    the body only when the URL lacks it. The policy then checks the whole, as for a GET; the
+    engine gets the shape in the URL and only the checked subset in the body."""
+    pairs = list(items)
+    subset_body: dict[str, object] = {}
+    extra: list[tuple[str, str]] = []
+    if body:
+        nested = body.get("subset")
+        if isinstance(nested, Mapping):
+            subset_body.update(nested)
+        present = {name for name, _ in pairs}
+        for key, value in body.items():
+            if key in _SUBSET_BODY_KEYS:
+                subset_body[key] = value
+            elif key != "subset" and isinstance(value, str) and key in _SINGLE_SET:
+                if key not in present:
+                    extra.append((key, value))
+                    present.add(key)
+    has_subset = bool(subset_body) or any(name.startswith("subset__") for name, _ in pairs)
+    if not has_subset:  # (a body `subset__where` counts only for a request with a subset)
+        extra = [(k, v) for k, v in extra if not k.startswith("subset__")]
+    request = parse_shape_query([*pairs, *extra])
+    if not subset_body:
+        return request
+    url = request.subset or SubsetRequest()
+    where = subset_body.get("where", url.where)
+    order_by = subset_body.get("order_by", url.order_by)
+    if "params" in subset_body and subset_body["params"] is not None:
+        raw_params = subset_body["params"]
+        params = {str(k): v for k, v in _subset_params(raw_params, from_url=False).items()}
+    else:
+        params = dict(url.params)
+    limit = subset_body["limit"] if "limit" in subset_body else url.limit
+    offset = subset_body["offset"] if "offset" in subset_body else url.offset
+    subset = SubsetRequest(
+        where=where if isinstance(where, str) and where else None,
+        params=params,
+        limit=_int_param("limit", limit, 1),
+        offset=_int_param("offset", offset, 0),
+        order_by=order_by if isinstance(order_by, str) and order_by else None,
+    )
+    return dataclasses.replace(request, subset=subset)

@@ -49,6 +49,8 @@ class Decision:
     #: headers may stay public so a CDN shares it.
     shared: bool = False
     limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
+    #: The client's `columns` as written, sent as is when the rule hides no column.
+    columns_text: str | None = None
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
@@ -131,7 +133,7 @@ def _find_table(
         table = policy.shapes.get(shape_name)
         if table is None:
             raise Forbidden("unknown_shape", f"there is no named shape {shape_name!r}")
-        if request.where is not None or request.params or request.columns is not None:
+        if request.where is not None or request.params or request.columns_text is not None:
             raise BadShapeRequest(
                 "named_shape_definition", "a named shape takes no where, params or columns"
             )
@@ -294,6 +296,12 @@ def evaluate(
     if rule.client_where == "passthrough":
         _check_subquery_tables(policy, claims, request, anonymous=anonymous)
     columns = request.columns
+    columns_text = None
+    if request.columns_error is not None and rule.columns is not None:
+        raise BadShapeRequest("invalid_columns", request.columns_error, field="columns")
+    if rule.columns is None and request.columns_text is not None:
+        # Nothing hidden: the list goes as written, and the engine reads (or refuses) it.
+        columns, columns_text = None, request.columns_text
     if rule.columns is not None and columns is not None:
         hidden = [c for c in columns if c not in rule.columns]
         if hidden:
@@ -327,6 +335,7 @@ def evaluate(
         where=where,
         params=params,
         columns=columns,
+        columns_text=columns_text,
         queryable_columns=rule.column_order,
         replica=request.replica,
         protocol=request.protocol,
@@ -348,7 +357,7 @@ def is_delete_by_handle(request: ShapeRequest, shape_name: str | None) -> bool:
         and request.table is None
         and request.where is None
         and not request.params
-        and request.columns is None
+        and request.columns_text is None
         and request.replica is None
         and request.subset is None
         and "handle" in dict(request.protocol)
@@ -402,4 +411,6 @@ def subset_body(subset: SubsetRequest) -> bytes:
         value = getattr(subset, key)
         if value is not None:
             body[key] = value
+    if not body:  # a subset of nothing in particular: still a subset to the engine
+        body["where"] = None
     return json.dumps(body, separators=(",", ":")).encode()

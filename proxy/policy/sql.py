@@ -130,10 +130,11 @@ def parse_identifier_list(text: str) -> tuple[str, ...]:
     """A client's comma-separated column list (`id,"Title"`) as exact column names.
 
     Read by the engine's own parser (`sync_engine.pg.identifiers`), so a list means the same
-    columns to both and is refused in the same words (ValueError). A column listed twice
-    counts once, as the engine reads it.
+    columns to both and is refused in the same words (ValueError). A column listed twice is
+    kept twice: the engine counts it once, and names it as listed when it refuses the list
+    (`The following columns are not found on the table: x, x`).
     """
-    return tuple(dict.fromkeys(parse_columns(text)))
+    return tuple(parse_columns(text))
 
 
 def parse_table_name(text: str) -> tuple[str, str]:

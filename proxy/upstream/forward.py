@@ -101,6 +101,9 @@ class Forwarder:
         self.metrics = metrics
         self._flights = Flights()
         self._streams = sse.SharedStreams()
+        #: The engine's `electric-server` value, once it has answered: the proxy's own
+        #: answers on shape paths carry it too, as every engine answer does.
+        self.server_name: str | None = None
         # Engine cache-control values repeat (a handful of shapes); rewrite each once. A
         # plain dict emptied when full: an LRU's lookup cost more than the rewrite it saves.
         self._cache_control: dict[_MemoKey, tuple[str, float]] = {}
@@ -196,6 +199,8 @@ class Forwarder:
         cacheable: bool,
     ) -> Head:
         raw = upstream.headers
+        if self.server_name is None:
+            self.server_name = raw.get("electric-server")
         values = tuple(raw.getall("Cache-Control", ()))
         live = target.live
         cache_control, ttl = self.cache_control(values, options, live, target.shared)

@@ -35,7 +35,9 @@ def build_upstream_url(
     if decision.where is not None:
         query.append(("where", decision.where))
     query.extend((f"params[{i}]", value) for i, value in enumerate(decision.params, start=1))
-    if decision.columns is not None:
+    if decision.columns_text is not None:
+        query.append(("columns", decision.columns_text))
+    elif decision.columns is not None:
         query.append(("columns", ",".join(quote_identifier(c) for c in decision.columns)))
     if decision.queryable_columns is not None:
         query.append(
@@ -56,6 +58,9 @@ def build_upstream_url(
             query.append(("subset__offset", str(subset.offset)))
         if subset.order_by is not None:
             query.append(("subset__order_by", subset.order_by))
+        if not any(name.startswith("subset__") for name, _ in query):
+            # A subset of nothing in particular (`subset__offset=`): still a subset request.
+            query.append(("subset__where", ""))
     return _shape_url(base, query, source_id, secret)
 
 
@@ -99,7 +104,7 @@ def definition_key(decision: Decision, *, source_id: str | None) -> str:
             decision.table,
             decision.where,
             decision.params,
-            decision.columns,
+            decision.columns_text if decision.columns_text is not None else decision.columns,
             decision.queryable_columns,
             decision.replica or "default",
             protocol.get("log", "full"),

@@ -98,6 +98,16 @@ SAME_ANSWER_OTHERWISE = [
     ("POST", "/v1/shape?table=items&offset=-1", {"offset": -1, "order_by": "id"}),
     ("POST", "/v1/shape?table=items&offset=-1", {"limit": 1}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id > 0\x00 OR true"}),
+    # bodies the engine cannot read, in its words (`{"error": ...}`), before the query's errors
+    ("POST", "/v1/shape?table=items&offset=-1", b"[1, 2]"),
+    ("POST", "/v1/shape?table=items&offset=-1", b"{not json"),
+    ("POST", "/v1/shape?table=items&offset=abc", b"null"),
+    ("POST", "/v1/shape?table=items&offset=-1", b"\xff\xfe"),
+    # URL and body subsets merge (the body's keys win); a body's table counts without one
+    ("POST", "/v1/shape?table=items&offset=-1&subset__where=id>5", {"where": "id > 1"}),
+    ("POST", "/v1/shape?table=items&offset=-1&subset__order_by=id", {"limit": 1}),
+    ("POST", "/v1/shape?offset=-1", {"table": "items", "where": "id > 1"}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"subset": {"where": "id > 1"}}),
 ]
 
 
@@ -188,7 +198,11 @@ async def test_refusals_are_the_engines(
             if got != expected:
                 differences.append((query, expected, got))
         for method, target, body in SAME_ANSWER_OTHERWISE:
-            data = json.dumps(body).encode() if body is not None else None
+            data = (
+                (body if isinstance(body, bytes) else json.dumps(body).encode())
+                if body is not None
+                else None
+            )
             async with session.request(
                 method, f"{engine.url}{target}&secret={engine_secret}", data=data
             ) as resp:
@@ -196,7 +210,7 @@ async def test_refusals_are_the_engines(
             reply = await proxy.request(method, target, token=admin, data=data)
             got = _comparable(reply.status, reply.body)
             if got != expected:
-                differences.append((f"{method} {target} {body}", expected, got))
+                differences.append((f"{method} {target} {body!r}", expected, got))
     assert differences == []
 
 

@@ -135,4 +135,5 @@ async def test_deeply_nested_json_is_a_400(proxy: Any, query: str, body: bytes |
         method, f"/v1/shape?table=items&offset=-1&log=changes_only{query}", token=token, data=body
     )
     assert reply.status == 400, reply.body
-    assert b"JSON" in reply.body  # the message, or the engine's words under `errors`
+    # the message, or the engine's words under `errors`
+    assert b"JSON" in reply.body or b"nested too deeply" in reply.body

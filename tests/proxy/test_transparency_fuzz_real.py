@@ -1,0 +1,313 @@
+"""Seeded differential fuzz: the same requests straight to the engine and through the proxy
+under the open policy (config/examples/open.yaml) must get the same answers.
+
+Real path: proxy -> `sync-engine` (no secret, so both get byte-identical query strings) ->
+PostgreSQL. A generator makes valid and malformed requests: repeated and oddly-cased
+parameters, percent-encoded names and values, empty and huge values, bad offsets and handles,
+column lists with quotes, `params[n]` variants, subset parameters, POST bodies, HEAD, OPTIONS
+preflights with various Origins and request headers, If-None-Match. For each, the status, the
+JSON error body (less the proxy's `code`), the rows of a valid answer, and every header a
+client reads (electric-*, cache-control, etag, content-type, access-control-*, vary) must be
+the same, except `electric-cursor` (time-based) whose presence only is compared.
+
+Bounded: `PROXY_TRANSPARENCY_FUZZ_ROUNDS` requests (default 250; about 20 s here).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import psycopg
+import pytest
+import yaml
+from yarl import URL
+
+from proxy.config.loader import build_config
+from tests.support.engine_process import EngineProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+SEED = int(os.environ.get("PROXY_TRANSPARENCY_FUZZ_SEED", "20261204"))
+ROUNDS = int(os.environ.get("PROXY_TRANSPARENCY_FUZZ_ROUNDS", "250"))
+
+#: Headers a client reads, compared by value (lower-case names).
+READ_HEADERS = (
+    "cache-control",
+    "etag",
+    "content-type",
+    "vary",
+    "retry-after",
+    "location",
+    "allow",
+)
+PRESENCE_ONLY = ("electric-cursor",)
+#: Not compared (comma-separated names; none by default).
+IGNORED = os.environ.get("PROXY_TRANSPARENCY_FUZZ_IGNORE", "").split(",")
+
+
+@pytest.fixture
+def engine(db_url: str, tmp_path: Path) -> Iterator[EngineProcess]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(
+            'CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, "Mixed" int)'
+        )
+        conn.execute(
+            "INSERT INTO items VALUES (1, 'org-a', 'a1', 1), (2, 'org-b', 'b1', 2), "
+            "(3, 'org-a', NULL, NULL)"
+        )
+        conn.execute("CREATE TABLE other (k text PRIMARY KEY, v jsonb)")
+        conn.execute("""INSERT INTO other VALUES ('x', '{"a": 1}')""")
+    engine = EngineProcess(db_url, tmp_path / "data", "--long-poll-timeout", "1")
+    engine.start()
+    try:
+        yield engine
+    finally:
+        engine.stop()
+
+
+TABLES = ["items", "items", "items", "public.items", '"items"', "ITEMS", "other", "nosuch",
+          "", " items", "public.", "a.b.c", '"it""ems"', "items%00", "%69tems"]  # fmt: skip
+OFFSETS = ["-1", "-1", "-1", "now", "0_0", "abc", "-2", "0_inf", "1_0", "99999999999999999999_0",
+           "", "-1 ", "0_-1", "-1.0"]  # fmt: skip
+WHERES = ["id > 1", "id > $1", "title = $1 AND id > $2", "org_id = 'org-a'", "id >", "nosuch = 1",
+          "\"Mixed\" = 1", "Mixed = 1", "title ILIKE '%a%'", "id IN (1, 2)", "id = ANY($1)",
+          "1=1) OR (1=1", "title", "null", "id > 1 -- c", "id > 1; SELECT 1", "$1", "true",
+          "(SELECT 1) = 1", "lower(title) = 'a1'", "id = $0", "x" * 5000, "'", "id > 0\x00"]  # fmt: skip
+PARAM_VALUES = ["1", "abc", "", "{1,2}", "org-a", "2", "-1", "1e3", "x" * 300]
+COLUMNS = ["id", "id,title", '"id","title"', "id,id", "title", "'id'", '"Mixed",id', "Mixed,id",
+           "id, title", "", "id,", '"id', "*", "id,nosuch"]  # fmt: skip
+NAME_VARIANTS = {"table": ["Table", "TABLE", "%74able", "table "], "offset": ["Offset", "%6Fffset"],
+                 "where": ["WHERE", "wh%65re"]}  # fmt: skip
+ORIGINS = [None, "https://app.example.com", "null", "http://evil.example", ""]
+
+
+def _enc(value: str, rng: random.Random) -> str:
+    """Percent-encode a value the way some client would: fully, minimally, or with `+`."""
+    style = rng.random()
+    if style < 0.6:
+        return quote(value, safe="")
+    if style < 0.8:
+        return quote(value, safe="$,()'=<>*\"").replace("%20", "+")
+    return quote(value, safe="$,()'=<>*\"[]")
+
+
+def _query(rng: random.Random, handles: list[str]) -> str:
+    pairs: list[tuple[str, str]] = []
+    if rng.random() < 0.95:
+        pairs.append(("table", rng.choice(TABLES)))
+    if rng.random() < 0.9:
+        pairs.append(("offset", rng.choice(OFFSETS)))
+    if handles and rng.random() < 0.4:
+        pairs.append(("handle", rng.choice(handles)))
+        pairs.append(("offset", "0_0"))
+    elif rng.random() < 0.1:
+        pairs.append(("handle", rng.choice(["bogus", "", "1-2", "x" * 200])))
+    if rng.random() < 0.35:
+        pairs.append(("where", rng.choice(WHERES)))
+        for n in range(1, rng.randint(0, 3) + 1):
+            key = rng.choice([f"params[{n}]", f"params[{n}]", f"params[0{n}]", "params[x]"])
+            pairs.append((key, rng.choice(PARAM_VALUES)))
+        if rng.random() < 0.1:
+            pairs.append(("params", rng.choice(['{"1":"2"}', "[1]", "x", '{"1":5}'])))
+    if rng.random() < 0.25:
+        pairs.append(("columns", rng.choice(COLUMNS)))
+    if rng.random() < 0.1:
+        pairs.append(("replica", rng.choice(["full", "default", "bogus", "FULL"])))
+    if rng.random() < 0.1:
+        pairs.append(("log", rng.choice(["changes_only", "full", "bogus"])))
+    if rng.random() < 0.1:
+        pairs.append(("cache-buster", str(rng.randint(0, 9))))
+    if rng.random() < 0.05:
+        pairs.append(("live", rng.choice(["false", "bogus", "1", "True"])))
+    if rng.random() < 0.04:
+        pairs.append(("live", "true"))  # held up to 1 s
+    if rng.random() < 0.05:
+        pairs.append(("cursor", rng.choice(["1", "abc", ""])))
+    if rng.random() < 0.15:
+        pairs.append(("subset__where", rng.choice(WHERES[:10])))
+        if rng.random() < 0.5:
+            pairs.append(("subset__params[1]", rng.choice(PARAM_VALUES)))
+    if rng.random() < 0.1:
+        pairs.append(("subset__limit", rng.choice(["1", "0", "-1", "abc", "2"])))
+        pairs.append(("subset__order_by", rng.choice(["id", "id DESC", "nosuch", "1", "title"])))
+    if rng.random() < 0.05:
+        pairs.append(("subset__offset", rng.choice(["1", "-1", "x"])))
+    if rng.random() < 0.08:
+        pairs.append((rng.choice(["foo", "experimental_compaction", "expired_handle"]), "1"))
+    if pairs and rng.random() < 0.15:  # a parameter repeated
+        pairs.append(rng.choice(pairs))
+    rng.shuffle(pairs)
+    parts = []
+    for name, value in pairs:
+        if name in NAME_VARIANTS and rng.random() < 0.08:
+            name = rng.choice(NAME_VARIANTS[name]).replace(" ", "%20")
+            parts.append(f"{name}={_enc(value, rng)}")
+            continue
+        enc_name = quote(name, safe="[]") if rng.random() < 0.8 else quote(name, safe="")
+        if rng.random() < 0.03:
+            parts.append(enc_name)  # a name without `=`
+        else:
+            parts.append(f"{enc_name}={_enc(value, rng)}")
+    if rng.random() < 0.05:
+        parts.append(rng.choice(["", "&", "=", "%zz=1", "a=%zz"]))
+    return "&".join(parts)
+
+
+def _request(rng: random.Random, handles: list[str], etags: list[str]) -> dict[str, Any]:
+    method = rng.choices(["GET", "HEAD", "POST", "OPTIONS"], weights=[80, 6, 8, 6])[0]
+    headers: dict[str, str] = {}
+    origin = rng.choice(ORIGINS)
+    if origin is not None:
+        headers["Origin"] = origin
+    body: bytes | None = None
+    if method == "OPTIONS":
+        if rng.random() < 0.8:
+            headers["Access-Control-Request-Method"] = rng.choice(["GET", "POST", "DELETE", "PUT"])
+        if rng.random() < 0.5:
+            headers["Access-Control-Request-Headers"] = rng.choice(
+                ["content-type", "authorization", "if-none-match, content-type", "x-custom"]
+            )
+    if method == "POST":
+        headers["Content-Type"] = "application/json"
+        body = rng.choice(
+            [
+                b'{"where": "id > 1"}',
+                b'{"where": "id > $1", "params": {"1": "1"}}',
+                b'{"where": "id > $1", "params": ["1"]}',
+                b'{"order_by": "id", "limit": 1}',
+                b'{"where": 5}',
+                b"not json",
+                b"",
+                b"[]",
+                b'{"table": "other"}',
+                b'{"where": "nosuch > 1"}',
+            ]
+        )
+    if etags and rng.random() < 0.1:
+        headers["If-None-Match"] = rng.choice([*etags, '"nope"', "*"])
+    return {"method": method, "query": _query(rng, handles), "headers": headers, "body": body}
+
+
+def _rows(body: bytes) -> Any:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return ("not json", body[:200])
+    messages = answer["data"] if isinstance(answer, dict) and "data" in answer else answer
+    if not isinstance(messages, list):
+        return answer
+    rows = sorted(json.dumps([m.get("key"), m.get("value")]) for m in messages if "key" in m)
+    controls = sorted(json.dumps(m["headers"].get("control")) for m in messages if "key" not in m)
+    return rows, controls
+
+
+def _comparable(status: int, headers: Any, body: bytes, method: str, query: str = "") -> Any:
+    seen = {}
+    for name in READ_HEADERS:
+        values = headers.getall(name, [])
+        if name == "vary":
+            # The proxy adds `Vary: Origin` where it echoes an Origin into a cacheable answer
+            # (else a shared cache hands one origin's CORS answer to another); the engine
+            # adds no Vary at all.
+            values = sorted(
+                {v.strip().lower() for value in values for v in value.split(",")} - {"origin"}
+            )
+        seen[name] = values
+    for name in {
+        n.lower() for n in headers if n.lower().startswith(("electric-", "access-control-"))
+    }:
+        seen[name] = headers.getall(name)
+        if name == "access-control-expose-headers":
+            seen[name] = sorted(
+                {v.strip().lower() for value in seen[name] for v in value.split(",")}
+            )
+        if name == "access-control-allow-headers":
+            # The proxy allows more request headers than the engine (its token in
+            # Authorization, a POST's Content-Type): compared on the engine's own list.
+            seen[name] = sorted(
+                {v.strip().lower() for value in seen[name] for v in value.split(",")}
+                & {"if-none-match", "traceparent"}
+            )
+            if not seen[name]:
+                del seen[name]
+    if "now" in query and seen.get("etag"):
+        # (offset=now: the ETag ends with the time it was made, in milliseconds)
+        seen["etag"] = [value.rsplit(":", 1)[0] for value in seen["etag"]]
+    for name in PRESENCE_ONLY:
+        if name in seen:
+            seen[name] = ["(present)"]
+    for name in list(seen):
+        if name in IGNORED:
+            del seen[name]
+    if status >= 400 and body:
+        try:
+            answer = json.loads(body)
+            if isinstance(answer, dict):
+                answer.pop("code", None)
+        except ValueError:
+            answer = ("not json", body[:200])
+    elif method in ("HEAD", "OPTIONS") or status in (204, 304):
+        answer = body
+    else:
+        answer = _rows(body)
+    return status, answer, seen
+
+
+async def _send(session: aiohttp.ClientSession, base: str, req: dict[str, Any]) -> Any:
+    path = "/v1/shape" + (f"?{req['query']}" if req["query"] else "")
+    async with session.request(
+        req["method"],
+        URL(base + path, encoded=True),
+        headers=req["headers"],
+        data=req["body"],
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        allow_redirects=False,
+    ) as resp:
+        body = await resp.read()
+        return resp.status, resp.headers, body
+
+
+async def test_the_proxy_answers_as_the_engine_under_the_open_policy(
+    engine: EngineProcess, make_proxy: Any
+) -> None:
+    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
+    config["upstream"]["url"] = engine.url
+    proxy = await make_proxy(build_config(config, {}))
+    base = str(proxy.client.make_url(""))
+    rng = random.Random(SEED)
+    handles: list[str] = []
+    etags: list[str] = []
+    differences = []
+    async with aiohttp.ClientSession() as session:
+        # The proxy's own answers name the engine (`electric-server`) once it has answered.
+        assert (await _send(session, base, {"method": "GET", "query": "table=items&offset=-1",
+                                            "headers": {}, "body": None}))[0] == 200  # fmt: skip
+        for round_ in range(ROUNDS):
+            req = _request(rng, handles, etags)
+            d_status, d_headers, d_body = await _send(session, engine.url, req)
+            p_status, p_headers, p_body = await _send(session, base, req)
+            expected = _comparable(d_status, d_headers, d_body, req["method"], req["query"])
+            got = _comparable(p_status, p_headers, p_body, req["method"], req["query"])
+            if got != expected:
+                differences.append((round_, req, expected, got))
+            handle = d_headers.get("electric-handle")
+            if handle and handle not in handles:
+                handles.append(handle)
+            etag = d_headers.get("etag")
+            if etag and etag not in etags:
+                etags.append(etag)
+    for round_, req, (e_status, e_answer, e_seen), (g_status, g_answer, g_seen) in differences[:15]:
+        print("DIFFERENCE", round_, req["method"], req["query"][:300], req["headers"])
+        if (e_status, e_answer) != (g_status, g_answer):
+            print("  engine:", e_status, str(e_answer)[:300])
+            print("  proxy: ", g_status, str(g_answer)[:300])
+        for name in sorted(set(e_seen) | set(g_seen)):
+            if e_seen.get(name) != g_seen.get(name):
+                print("  header", name, e_seen.get(name), "|", g_seen.get(name))
+    assert not differences, f"{len(differences)} of {ROUNDS} requests answered differently"
