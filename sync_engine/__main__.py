@@ -227,6 +227,20 @@ def build_parser() -> argparse.ArgumentParser:
         " Env: SYNC_ENGINE_PUBLIC_URL",
     )
     p.add_argument(
+        "--replication-timeout",
+        type=positive_number,
+        default=_num(
+            "REPLICATION_TIMEOUT",
+            positive_number,
+            "a positive number of seconds",
+            "--replication-timeout",
+            30.0,
+        ),
+        help="seconds the replication stream may hear nothing from Postgres, not even an"
+        " answer to a keepalive it asked for (a stopped server, a network partition),"
+        " before it is reconnected (default 30). Env: SYNC_ENGINE_REPLICATION_TIMEOUT",
+    )
+    p.add_argument(
         "--replication-stream-id",
         default=_env("REPLICATION_STREAM_ID", "default"),
         help="names the database-mode slot and publication (shapegate_slot_<id>,"
@@ -259,6 +273,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         admin_port=args.admin_port,
         public_url=args.public_url or None,
         replication_stream_id=args.replication_stream_id,
+        replication_timeout=args.replication_timeout,
     )
 
 

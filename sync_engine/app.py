@@ -177,6 +177,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
                     max_concurrent_snapshots=settings.max_concurrent_snapshots,
                     fsync=settings.fsync,
                     schema_check_interval=settings.schema_check_interval,
+                    replication_timeout=settings.replication_timeout,
                     stream_id=settings.replication_stream_id,
                 )
             )

@@ -25,6 +25,9 @@ class Settings:
     max_concurrent_snapshots: int = 8
     out_of_bounds_wait: float = 10.0
     schema_check_interval: float = 10.0
+    # Seconds the replication stream may hear nothing from Postgres (not even an answer to
+    # a keepalive it asked for) before it counts as lost and is reconnected.
+    replication_timeout: float = 30.0
     # Names the database-mode slot and publication; slot names are per Postgres cluster.
     replication_stream_id: str = "default"
     # Registered sources (see sync_engine/tenants): limits per source, and the admin listener.

@@ -67,6 +67,7 @@ class SourceConfig:
     max_shapes: int | None = None
     fsync: bool = True
     schema_check_interval: float = 10.0
+    replication_timeout: float = 30.0  # see `Settings.replication_timeout`
     # Names the slot and publication; the source id unless set (slot names are per cluster).
     stream_id: str | None = None
 
@@ -101,6 +102,7 @@ class Source:
             fsync=config.fsync,
             on_state=self._on_replication_state,
             replace_slot_if_gone=self._replace_slot_if_gone,
+            silence_timeout=config.replication_timeout,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None

@@ -9,6 +9,13 @@ replication stream and the snapshot connections:
 - `publish`: add a table to the publication before its first shape's snapshot;
 - `check_schemas`: every `schema_check_interval`, rotate the shapes whose table was dropped,
   renamed or altered (a change without DML since never reaches the replication stream).
+
+Each use of the catalog connection is bounded in time (`CATALOG_TIMEOUT`, longer for
+`publish`): a Postgres that stops answering without closing anything (its processes
+stopped, a network partition) must get requests a 503, not hold them (and, through the
+connection's lock, every request after them) until it wakes up. The connection of a call
+that ran out of time is given up (its query cancelled in the background), and the next
+call opens another.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -41,6 +49,16 @@ T = TypeVar("T")
 LOOKUP_TTL = 2.0
 #: Seconds a table's "still there" check (`Tables.still_there`) is trusted.
 TABLE_CHECK_TTL = 1.0
+#: Seconds a catalog query (with waiting for the connection) may take before a 503.
+CATALOG_TIMEOUT = 5.0
+#: Seconds `publish` may take: adding a table waits for locks and older transactions.
+PUBLISH_TIMEOUT = 30.0
+
+
+def _not_answering() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Database is not answering", retry_after=5, code="database_unreachable"
+    )
 
 
 class Tables:
@@ -55,6 +73,7 @@ class Tables:
         self._checks: dict[int, asyncio.Future[bool]] = {}
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
         self._published: set[int] = set()
+        self._closing: set[asyncio.Future[None]] = set()  # given-up connections closing
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -70,18 +89,78 @@ class Tables:
 
     async def on_catalog(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
         """`work` on the catalog connection; once more on a new one if that one had died
-        (Postgres restarted since it was last used), else 503 Database is unreachable."""
-        async with self._conn_lock:
+        (Postgres restarted since it was last used), else 503 Database is unreachable; 503
+        Database is not answering after `CATALOG_TIMEOUT`."""
+
+        async def attempts() -> T:
             for attempt in range(2):
                 try:
-                    conn = await self._connection()
-                    return await work(conn)
+                    return await work(await self._connection())
                 except psycopg.OperationalError as exc:
                     if attempt or self._conn is None or not self._conn.broken:
                         raise ServiceUnavailable(
                             "Database is unreachable", retry_after=1, code="database_unreachable"
                         ) from exc
-        raise AssertionError("unreachable")
+            raise AssertionError("unreachable")
+
+        return await self._bounded(attempts, CATALOG_TIMEOUT)
+
+    async def _on_connection(
+        self, work: Callable[[AsyncConnection[Any]], Awaitable[T]], timeout: float
+    ) -> T:
+        """`work` on the catalog connection, within `timeout` (see `_bounded`)."""
+
+        async def run() -> T:
+            return await work(await self._connection())
+
+        return await self._bounded(run, timeout)
+
+    async def _bounded(self, work: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """`work` (on the catalog connection, `_connection()`), holding it alone, within
+        `timeout` seconds (waiting for it included), else `ServiceUnavailable`. The
+        connection of work that ran out of time is given up: the next call opens another,
+        and the work is cancelled in the background (psycopg then cancels its query, or
+        closes the connection)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._conn_lock.acquire()
+        except TimeoutError:
+            raise _not_answering() from None
+        try:
+            task = asyncio.ensure_future(work())
+            try:
+                done, _ = await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0))
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            if not done:
+                self._give_up(task)
+                logger.warning(
+                    "the database did not answer a catalog query in %.0f s: answering 503",
+                    timeout,
+                )
+                raise _not_answering()
+            return task.result()
+        finally:
+            self._conn_lock.release()
+
+    def _give_up(self, task: asyncio.Future[Any]) -> None:
+        """Forget the connection `task` is stuck on; cancel it, and close the connection
+        once the cancellation is through."""
+        conn, self._conn = self._conn, None
+
+        def done(_: asyncio.Future[Any]) -> None:
+            if not task.cancelled():
+                task.exception()  # retrieved: it was answered with a 503 already
+            if conn is not None and not conn.closed:
+                closing = asyncio.ensure_future(conn.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+
+        task.add_done_callback(done)
+        task.cancel()
 
     async def publication_exists(self) -> bool:
         """Whether the publication is there (someone may have dropped it)."""
@@ -90,8 +169,8 @@ class Tables:
     async def prepare(self) -> bool:
         """Check `wal_level` and make the publication (raises when the database cannot
         serve); True when it had to be created."""
-        async with self._conn_lock:
-            conn = await self._connection()
+
+        async def work(conn: AsyncConnection[Any]) -> bool:
             cur = await conn.execute("SHOW wal_level")
             row = await cur.fetchone()
             if row is None or row[0] != "logical":
@@ -99,7 +178,9 @@ class Tables:
                     f"wal_level is {row[0] if row else '?'}, not logical: set wal_level ="
                     " logical in postgresql.conf (or ALTER SYSTEM) and restart Postgres"
                 )
-            created = await ensure_publication(conn, self.publication)
+            return await ensure_publication(conn, self.publication)
+
+        created = await self._on_connection(work, PUBLISH_TIMEOUT)
         self._published = set()
         return created
 
@@ -178,10 +259,10 @@ class Tables:
         """
         if table.oid in self._published:
             return
-        async with self._conn_lock:
+
+        async def work(conn: AsyncConnection[Any]) -> None:
             if table.oid in self._published:  # published while this request waited
                 return
-            conn = await self._connection()
             try:
                 added = await add_table(
                     conn, self.publication, table.schema, table.name, table.replica_identity
@@ -190,6 +271,8 @@ class Tables:
                 raise InvalidRequest({"table": [str(exc)]}) from None
             if added:
                 await wait_for_older_transactions(conn)
+
+        await self._on_connection(work, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
 
@@ -211,10 +294,9 @@ class Tables:
         for shape in list(self.registry.by_handle.values()):
             t = shape.table
             if t.oid not in seen:
-                async with self._conn_lock:
-                    conn = await self._connection()
-                    current = await load_table(conn, t.schema, t.name)
-                seen[t.oid] = current
+                seen[t.oid] = await self._on_connection(
+                    partial(load_table, schema=t.schema, name=t.name), CATALOG_TIMEOUT
+                )
             current = seen[t.oid]
             if current is None or current.oid != t.oid:
                 self.registry.rotate(shape, "table dropped or renamed")

@@ -265,8 +265,10 @@ class Connection(asyncio.Protocol, Writer):
 
     def on_message_begin(self) -> None:
         self._in_message = True  # (the keep-alive timer lets the connection be meanwhile)
-        self._url = []
-        self._headers = []
+        if self._url:
+            self._url = []
+        if self._headers:
+            self._headers = []
         self._head_bytes = 0
         self._in_head = True
         self._body = []
@@ -304,6 +306,10 @@ class Connection(asyncio.Protocol, Writer):
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)
+        # Not kept while the request is answered: a held long-poll would keep the list of
+        # header pairs and the target's bytes, which `Request` already has in its own form.
+        self._url = []
+        self._headers = []
         try:
             query = httptools.parse_url(target).query or b""
         except httptools.HttpParserInvalidURLError:

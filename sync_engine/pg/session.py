@@ -19,16 +19,32 @@ DISPLAY_SETTINGS = {
 }
 
 
+#: TCP keepalives and a bound on unacknowledged sends, unless the database URL sets its own:
+#: a connection to a server behind a network partition fails within about half a minute
+#: (its idle probes or its writes go unanswered) instead of the kernel's 15 minutes or more.
+#: A stopped server's kernel still answers them: the replication stream also asks for
+#: replies of its own (`replication.stream`), and catalog queries are bounded (`tables`).
+TCP_SETTINGS = {
+    "keepalives": "1",
+    "keepalives_idle": "10",
+    "keepalives_interval": "5",
+    "keepalives_count": "3",
+    "tcp_user_timeout": "30000",
+}
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def with_display_settings(dsn: str, application_name: str = "shapegate") -> str:
     opts = " ".join(f"-c {k}={_escape(v)}" for k, v in DISPLAY_SETTINGS.items())
-    existing = conninfo_to_dict(dsn).get("options")
+    given = conninfo_to_dict(dsn)
+    existing = given.get("options")
     if existing:
         opts = f"{existing} {opts}"
-    return make_conninfo(dsn, options=opts, application_name=application_name)
+    tcp = {k: v for k, v in TCP_SETTINGS.items() if k not in given}
+    return make_conninfo(dsn, options=opts, application_name=application_name, **tcp)
 
 
 def redact_dsn(dsn: str) -> str:

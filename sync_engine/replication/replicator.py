@@ -39,7 +39,7 @@ from ..shapes.shape import Shape
 from .assembler import TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .slot import slot_confirmed_lsn
-from .stream import ReplicationStream
+from .stream import SILENCE_TIMEOUT, ReplicationStream
 from .transactions import APPEND, ParkedShapes, admit, sort_out
 from .wal import Lsn, Xid
 
@@ -114,6 +114,7 @@ class Replicator:
         fsync: bool = True,
         on_state: Callable[[ReplicationState, str | None], None] | None = None,
         replace_slot_if_gone: Callable[[], Awaitable[bool]] | None = None,
+        silence_timeout: float = SILENCE_TIMEOUT,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -121,6 +122,8 @@ class Replicator:
         self.registry = registry
         self.router = router
         self.fsync = fsync
+        #: Seconds the stream may hear nothing before it counts as lost (`ReplicationStream`).
+        self.silence_timeout = silence_timeout
         self.on_state = on_state or (lambda state, reason: None)
         #: Asked after a failure: makes a new slot (retiring every shape) if it is gone.
         self.replace_slot_if_gone = replace_slot_if_gone
@@ -186,7 +189,9 @@ class Replicator:
             wait = 0.0
             if self.write_error is not None:
                 await self._wait_for_space()
-            stream = ReplicationStream(self.dsn, self.slot, self.publication)
+            stream = ReplicationStream(
+                self.dsn, self.slot, self.publication, silence_timeout=self.silence_timeout
+            )
             started_at: float | None = None
             try:
                 await stream.start()

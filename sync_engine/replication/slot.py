@@ -14,6 +14,10 @@ __all__ = ["SlotState", "ensure_slot", "slot_confirmed_lsn", "slot_state"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds to connect (a server that takes the connection and never answers: stopped, or
+#: behind a partition) before giving up; the caller retries.
+CONNECT_TIMEOUT = 5
+
 
 class SlotState(enum.StrEnum):
     """Whether the slot can still send every change since the engine last confirmed one."""
@@ -26,7 +30,7 @@ class SlotState(enum.StrEnum):
 async def slot_state(dsn: str, slot: str) -> SlotState:
     """The slot's state; raises `psycopg.Error` when the database cannot be asked."""
     async with await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=5
+        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
     ) as conn:
         cur = await conn.execute(
             "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
@@ -39,7 +43,9 @@ async def slot_state(dsn: str, slot: str) -> SlotState:
 
 async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:
     """The slot's `confirmed_flush_lsn`: where a new stream starts (None: no such slot)."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+    ) as conn:
         cur = await conn.execute(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
             (slot,),
@@ -61,7 +67,9 @@ async def ensure_slot(dsn: str, slot: str) -> bool:
     would silently read the wrong changes. A concurrent creator winning the race counts as
     "exists".
     """
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+    ) as conn:
         cur = await conn.execute(
             "SELECT database, plugin, slot_type, current_database()"
             " FROM pg_replication_slots WHERE slot_name = %s",
@@ -77,7 +85,9 @@ async def ensure_slot(dsn: str, slot: str) -> bool:
             )
         return False
 
-    rconn = await psycopg.AsyncConnection.connect(dsn, replication="database", autocommit=True)
+    rconn = await psycopg.AsyncConnection.connect(
+        dsn, replication="database", autocommit=True, connect_timeout=CONNECT_TIMEOUT
+    )
     try:
         query = sql.SQL("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT").format(
             sql.Identifier(slot)

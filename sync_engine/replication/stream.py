@@ -34,6 +34,12 @@ Why it looks like this:
   read, and a status update goes out at least every ``status_interval`` seconds while the
   caller keeps calling ``read_batch`` (so ``wal_sender_timeout`` never fires on a live
   consumer).
+* **A silent server is a lost stream.** A server that stops answering closes nothing (its
+  processes stopped, a network partition): the socket stays open and quiet, and an idle
+  walsender sends nothing of its own. So a stream that has heard nothing for half of
+  ``silence_timeout`` asks for a reply (a status update with replyRequested), and fails
+  with :class:`ReplicationConnectionError`, like a closed one, when nothing comes in the
+  other half; connecting and ``START_REPLICATION`` are bounded by it too.
 
 Gotcha: never use ``async with conn`` on a replication connection; its exit sends COMMIT
 while COPY is active. :meth:`ReplicationStream.close` uses ``await conn.close()``.
@@ -70,6 +76,9 @@ _K = ord("k")
 
 _PG_EPOCH_UNIX = 946_684_800  # 2000-01-01T00:00:00Z as a Unix timestamp
 _CLOSE_STATUS_TIMEOUT = 2.0  # seconds allowed for the final status update on close()
+#: Seconds the server may send nothing (not even an answer to a keepalive request) before
+#: the stream counts as lost.
+SILENCE_TIMEOUT = 30.0
 # Read coalescing (see ReplicationStream's `linger`): a flow is "busy" once reads have kept
 # finding data, never `FLOW_GAP` apart, for `BUSY_AFTER`; then a read that finds
 # fewer than `_LINGER_BELOW` messages waits until `linger` after the previous read.
@@ -134,6 +143,7 @@ class ReplicationStream:
         linger: float = 0.001,
         busy_after: float = BUSY_AFTER,
         flow_gap: float = FLOW_GAP,
+        silence_timeout: float = SILENCE_TIMEOUT,
     ) -> None:
         """``start_lsn`` 0 means "from the slot's confirmed_flush_lsn". ``messages`` adds
         the ``messages 'true'`` option so ``pg_logical_emit_message`` payloads ('M') are
@@ -154,6 +164,11 @@ class ReplicationStream:
         """
         if status_interval <= 0:
             raise ValueError("status_interval must be positive")
+        if silence_timeout <= 0:
+            raise ValueError("silence_timeout must be positive")
+        self.silence_timeout = silence_timeout
+        self._last_heard = 0.0  # when the server last sent anything
+        self._asked_at: float | None = None  # a reply asked for and not yet heard
         if linger < 0:
             raise ValueError("linger must not be negative")
         self.linger = linger
@@ -202,11 +217,19 @@ class ReplicationStream:
         if self._conn is not None:
             raise RuntimeError("ReplicationStream.start() called twice")
         try:
-            conn = await psycopg.AsyncConnection.connect(
-                self.dsn, replication="database", autocommit=True
-            )
+            async with asyncio.timeout(self.silence_timeout):
+                conn = await psycopg.AsyncConnection.connect(
+                    self.dsn,
+                    replication="database",
+                    autocommit=True,
+                    connect_timeout=max(2, int(self.silence_timeout)),
+                )
         except psycopg.Error as exc:
             raise ReplicationConnectionError(f"cannot open replication connection: {exc}") from exc
+        except TimeoutError:
+            raise ReplicationConnectionError(
+                f"cannot open replication connection: no answer in {self.silence_timeout:g} s"
+            ) from None
         publications = _quote_literal(_quote_ident_text(self.publication))
         options = f"proto_version '1', publication_names {publications}"
         if self.messages:
@@ -215,7 +238,14 @@ class ReplicationStream:
             sql.Identifier(self.slot), sql.SQL(format_lsn(self.start_lsn)), sql.SQL(options)
         )
         try:
-            cur = await conn.execute(query)
+            try:
+                async with asyncio.timeout(self.silence_timeout):
+                    cur = await conn.execute(query)
+            except TimeoutError:
+                raise ReplicationConnectionError(
+                    f"START_REPLICATION on slot {self.slot!r}: no answer in"
+                    f" {self.silence_timeout:g} s"
+                ) from None
             result = cur.pgresult
             if (
                 result is None
@@ -240,7 +270,7 @@ class ReplicationStream:
             await conn.close()
             raise ReplicationConnectionError(f"replication connection lost: {exc}") from exc
         self._conn = conn
-        self._last_status = _monotonic()
+        self._last_status = self._last_heard = _monotonic()
         logger.debug(
             "replication started: slot=%r publication=%r from %s",
             self.slot,
@@ -310,6 +340,8 @@ class ReplicationStream:
                 raise self._fail("sending a standby status update failed", exc) from exc
             self._last_status = _monotonic()
             self._reply_due = False
+            if reply and self._asked_at is None:
+                self._asked_at = self._last_status
             logger.debug("status update sent: flushed=%s", format_lsn(lsn))
 
     # ------------------------------------------------------------------ reading
@@ -403,6 +435,19 @@ class ReplicationStream:
                     raise self._fail("replication connection lost", exc) from exc
                 continue
             wait = self._last_status + self.status_interval - now
+            half = self.silence_timeout / 2
+            if self._asked_at is None:
+                if now - self._last_heard >= half:
+                    await self.send_status(reply=True)  # a live server answers at once
+                    continue
+                wait = min(wait, self._last_heard + half - now)
+            elif now - self._asked_at >= half:
+                raise self._fail(
+                    f"the server stopped answering (nothing received for"
+                    f" {now - self._last_heard:.0f} s, not even a keepalive asked for)"
+                )
+            else:
+                wait = min(wait, self._asked_at + half - now)
             if deadline is not None:
                 if now >= deadline:
                     return out
@@ -423,6 +468,7 @@ class ReplicationStream:
         get_copy_data = pgconn.get_copy_data
         append = out.append
         start = len(out)
+        heard = False
         try:
             while len(out) < limit:
                 nbytes, data = get_copy_data(1)
@@ -430,6 +476,7 @@ class ReplicationStream:
                     if nbytes == 0:  # no complete message buffered
                         break
                     raise self._stream_ended(pgconn)
+                heard = True
                 kind = data[0]
                 if kind == _W:
                     append(bytes(data))
@@ -444,6 +491,9 @@ class ReplicationStream:
         except psycopg.Error as exc:
             raise self._fail("reading the replication stream failed", exc) from exc
         finally:
+            if heard:
+                self._last_heard = _monotonic()
+                self._asked_at = None
             if len(out) > start:
                 end = _XLOGDATA.unpack_from(out[-1], 1)[1]
                 if end > self._wal_end:

@@ -86,6 +86,10 @@ class SnapshotJob:
     record: dict[str, object]  # written in the completion marker, with the snapshot
     error: BaseException | None = None
     done: bool = False
+    #: `on_snapshot` was called: the shape's horizon is this batch's snapshot (its log may
+    #: hold changes filtered by it, its clients chunks of it), so the job can never be run
+    #: again under another snapshot; if it fails, its shape must be discarded.
+    announced: bool = False
 
 
 def batch_pieces(
@@ -205,16 +209,18 @@ async def _read_results(
             raise SnapshotBehind(f"snapshot {snapshot} does not see delivered xids {unseen}")
     end = snapshot_end_message(snapshot)
     record = snapshot.to_json()
-    for job in jobs:
-        job.on_snapshot(snapshot)
-        job.record["snapshot"] = record
     sent = 1
     for i, job in enumerate(jobs):
         if job.query is None:
+            _announce(job, snapshot, record)
             packer.add(job, 1, end)
             continue
         res = await c.result()
         if res is not None and res.status == pq.ExecStatus.COPY_OUT:
+            # Each job hears of the snapshot as its rows start, not before: a job after a
+            # failed one (not run, so retried in another batch) must not have its horizon
+            # set (and changes filtered by it) by a snapshot it does not get the rows of.
+            _announce(job, snapshot, record)
             index, tail, res = await _copy(c, job, chunk_bytes, fsync, packer, split, exported)
             if res is not None and res.status == pq.ExecStatus.COMMAND_OK:
                 packer.add(job, index + 1, tail + b"," + end if tail else end)
@@ -231,6 +237,12 @@ async def _read_results(
     if error is not None:
         raise _error(error)
     return []
+
+
+def _announce(job: SnapshotJob, snapshot: XidSnapshot, record: dict[str, object]) -> None:
+    job.announced = True
+    job.on_snapshot(snapshot)
+    job.record["snapshot"] = record
 
 
 #: Rows joined into one block as they arrive (see `_copy`).

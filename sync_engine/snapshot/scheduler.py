@@ -234,9 +234,11 @@ class SnapshotScheduler:
             # The connection failed under the batch (Postgres restarting, a terminated
             # backend): shapes that failed with it get one more try on a fresh connection
             # before their requests are told to come back later. A query's own error (the
-            # request's fault) is not retried.
+            # request's fault) is not retried, nor a shape whose snapshot was announced:
+            # its clients may hold chunks of that snapshot, which another one's chunks
+            # (rows moved meanwhile) would not continue; it is discarded (a 409).
             for shape, job in zip(batch, jobs, strict=True):
-                if job.done or id(job) in again or shape in self._retried:
+                if job.done or id(job) in again or shape in self._retried or job.announced:
                     continue
                 if job.error is None or snapshot_errors.kind(job.error) == "transient":
                     self._retried.add(shape)

@@ -137,6 +137,7 @@ class SourceManager:
             max_shapes=rec.max_shapes if rec.max_shapes is not None else s.max_shapes,
             fsync=s.fsync,
             schema_check_interval=s.schema_check_interval,
+            replication_timeout=s.replication_timeout,
         )
 
     def _initial_syncs_limit(self, rec: SourceRecord) -> int | None:

@@ -3,6 +3,9 @@ shared test cluster other tests use."""
 
 from __future__ import annotations
 
+import os
+import signal
+from pathlib import Path
 from typing import Literal
 
 import psycopg
@@ -31,3 +34,24 @@ class FaultCluster(Cluster):
         with psycopg.connect(self.url, autocommit=True) as conn:
             cur = conn.execute(sql.encode(), params)
             return cur.fetchall() if cur.description else []
+
+    def pids(self) -> list[int]:
+        """The postmaster's pid, then its children's (backends, walsenders, workers)."""
+        postmaster = int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def signal(self, pids: list[int], sig: signal.Signals) -> None:
+        """Send `sig` to each of `pids` that still runs."""
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass

@@ -11,7 +11,8 @@
 //
 // Seeded: CHAOS_SEED=<n> repeats a run's choices (writes, faults, their order and gaps; the
 // timing between processes is not reproducible). The seed is printed at the start.
-// CHAOS_FAULTS=engine-kill,truncate,pg-fast picks the faults (in that order) instead.
+// CHAOS_FAULTS=engine-kill,truncate,pg-fast picks the faults (in that order) instead;
+// CHAOS_ROUNDS=3 repeats them (with CHAOS_WRITE_MS=60000, say, for a longer run).
 //
 //   CHAOS_SEED=123 PYTHON=$PWD/.venv/bin/python node --test tests/node/chaos.test.mjs
 
@@ -19,7 +20,9 @@ import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { PGlite } from '@electric-sql/pglite'
 import { electricSync } from '@electric-sql/pglite-sync'
-import { useCluster, VIA, ShapeStream, Shape, psql, sleep, show, waitFor, withTimeout } from './harness.mjs'
+import { createHmac, randomBytes } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
+import { useCluster, VIA, ShapeStream, Shape, psql, sleep, show, startProxy, waitFor, withTimeout } from './harness.mjs'
 
 const cluster = useCluster()
 const SEED = process.env.CHAOS_SEED ? Number(process.env.CHAOS_SEED) : Math.floor(Math.random() * 2 ** 31)
@@ -103,10 +106,34 @@ const SHAPES = [
   { name: 'resumed:n>50/sse', params: { table: 'items', where: 'n > 50' }, liveSse: true, resumable: true },
 ]
 
+// Through the proxy, users with tokens under a row policy too: each sees its organisation's rows
+// only (`grp = org_id`), rows moving between organisations included, whatever the faults.
+const JWT_SECRET = randomBytes(24).toString('hex')
+const ISSUER = 'https://chaos.test/'
+const POLICY = {
+  issuers: [{ issuer: ISSUER, audience: 'shapegate', algorithms: ['HS256'], keys: [{ secret_env: 'CHAOS_JWT_SECRET' }] }],
+  tables: {
+    items: { allow: [{ name: 'member', where: 'grp = {{org_id}}', client_where: 'validated', sse: true }] },
+  },
+}
+const POLICY_SHAPES = [
+  { name: 'org 1/long-poll', params: { table: 'items' }, org: 1 },
+  { name: 'org 2,open/sse', params: { table: 'items', where: `status = 'open'` }, liveSse: true, org: 2 },
+  { name: 'org 3,n>50/long-poll', params: { table: 'items', where: 'n > 50' }, org: 3 },
+]
+
+function token(sub, org) {
+  const b64 = (x) => Buffer.from(JSON.stringify(x)).toString('base64url')
+  const now = Math.floor(Date.now() / 1000)
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ iss: ISSUER, aud: 'shapegate', sub, org_id: org, iat: now, exp: now + 3600 })}`
+  return `${body}.${createHmac('sha256', JWT_SECRET).update(body).digest('base64url')}`
+}
+
 /** What `SELECT` says the shape holds: rows as the client parses them, sorted by id. */
 async function expectedRows(env, spec) {
   const cols = spec.params.columns ?? ['id', 'grp', 'status', 'n', 'title']
   let where = spec.params.where ?? 'true'
+  if (spec.org !== undefined) where = `(${where}) AND grp = ${spec.org}`
   for (const [k, v] of Object.entries(spec.params.params ?? {})) where = where.replaceAll(`$${k}`, quote(v))
   const out = await env.query(`SELECT ${cols.join(', ')} FROM items WHERE ${where} ORDER BY id`)
   const ints = new Set(['id', 'grp', 'n'])
@@ -136,8 +163,10 @@ function recordingFetch(requests) {
  * (pglite-sync does): the view, and the stream's handle and offset to resume from.
  */
 class View {
-  constructor(name) {
+  constructor(name, requests) {
     this.name = name
+    this.requests = requests // the client's recent requests, kept at its first violation
+    this.requestsAtViolation = null
     this.rows = new Map()
     this.last = null // [lsn, op_position] of the last change applied since the last refetch
     this.announced = -1n // the highest global_last_seen_lsn of an up-to-date so far
@@ -199,6 +228,9 @@ class View {
         if (!rows.has(m.key)) this.violations.push(`${where}: delete of a key the view does not hold`)
         rows.delete(m.key)
       }
+      if (this.violations.length && !this.requestsAtViolation) {
+        this.requestsAtViolation = this.requests.map((r) => `  +${r.at % 100000} ${r.status} ${r.url}`).join('\n')
+      }
       if (this.violations.length > 50) this.violations.length = 50
     }
   }
@@ -226,7 +258,7 @@ class View {
 function startClient(env, spec) {
   const errors = []
   const requests = []
-  const view = new View(spec.name)
+  const view = new View(spec.name, requests)
   let aborter
   let stream
   let shape = null
@@ -234,7 +266,8 @@ function startClient(env, spec) {
     aborter = new AbortController()
     env.aborters.push(aborter)
     stream = new ShapeStream({
-      url: env.shapeUrl,
+      url: spec.url ?? env.shapeUrl,
+      ...(spec.org !== undefined ? { headers: { Authorization: `Bearer ${token(`user-${spec.org}`, spec.org)}` } } : {}),
       params: spec.params,
       liveSse: spec.liveSse ?? false,
       signal: aborter.signal,
@@ -346,6 +379,9 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
   console.log(`# chaos seed ${SEED} (CHAOS_SEED=${SEED} repeats its choices)`)
   const r = prng(SEED)
   const env = await cluster.newEnv(t, { engineArgs: ['--chunk-bytes', '8192'] })
+  if (process.env.CHAOS_ENGINE_LOG) {
+    t.after(() => writeFileSync(process.env.CHAOS_ENGINE_LOG, env.engine.log() + (env.proxy ? env.proxy.logTail(100_000) : '')))
+  }
   const seedRows = Array.from({ length: 40 }, (_, i) => row(r, i + 1)).join(',\n')
   await env.sql(`
     CREATE TABLE items (${COLUMNS});
@@ -354,6 +390,15 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
   const clients = SHAPES.filter((s) => !s.late).map((s) => startClient(env, s))
   await Promise.all(clients.map((c) => withTimeout(c.ready(), 20_000, `${c.spec.name}: initial sync\n${env.logTail()}`)))
   clients.push(await startPglite(env, t))
+  let policyProxy = null
+  if (VIA !== 'direct') {
+    // not behind nginx: the shared tier drops Authorization, as it must
+    policyProxy = await startProxy(env.engine.baseUrl, { config: POLICY, env: { CHAOS_JWT_SECRET: JWT_SECRET } })
+    t.after(() => policyProxy.stop())
+    const policyClients = POLICY_SHAPES.map((s) => startClient(env, { ...s, url: policyProxy.shapeUrl }))
+    await Promise.all(policyClients.map((c) => withTimeout(c.ready(), 20_000, `${c.spec.name}: initial sync\n${policyProxy.logTail()}`)))
+    clients.push(...policyClients)
+  }
   const resumable = clients.filter((c) => c.spec.resumable || c.spec.name.startsWith('pglite'))
 
   // the faults, in a seeded order with seeded gaps
@@ -361,6 +406,7 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
   if (VIA !== 'direct') faults.push('proxy-kill', 'proxy-kill')
   if (r.next() < 0.5) faults.push('truncate')
   if (process.env.CHAOS_FAULTS) faults.splice(0, faults.length, ...process.env.CHAOS_FAULTS.split(','))
+  for (let round = 1; round < Number(process.env.CHAOS_ROUNDS || 1); round++) faults.push(...faults.slice(0))
   for (let i = faults.length - 1; i > 0; i--) {
     const j = r.int(0, i)
     ;[faults[i], faults[j]] = [faults[j], faults[i]]
@@ -385,9 +431,9 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
       await sleep(downFor[i])
       await env.engine.up()
     } else if (f === 'proxy-kill') {
-      await env.proxy.kill()
+      await Promise.all([env.proxy.kill(), policyProxy?.kill()])
       await sleep(downFor[i])
-      await env.proxy.up()
+      await Promise.all([env.proxy.up(), policyProxy?.up()])
     } else if (f === 'engine-kill+pg-immediate') { // Postgres crashes while the engine is down
       await env.engine.kill()
       await cluster.restart('immediate')
@@ -441,7 +487,11 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
           timeout: Math.max(1_000, deadline - Date.now()),
           interval: 200,
           message: `${label}: ${c.spec.name} to hold exactly its shape's rows (seed ${SEED})`,
-          details: () => `${report(c, expected)}\nfaults: ${log.join('; ')}\n${env.logTail()}`,
+          details: () =>
+            `${report(c, expected)}\nfaults: ${log.join('; ')}\n` +
+            clients.filter((x) => x.violations.length).map((x) =>
+              `${x.spec.name} violations: ${show(x.violations.slice(0, 3))}\nits requests then:\n${x.view?.requestsAtViolation}`).join('\n') +
+            `\n${env.logTail()}`,
         },
       )
     }
@@ -453,13 +503,13 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
                  ON CONFLICT (id) DO UPDATE SET grp = 1, status = 'open', n = 99;`)
   await converge('a write after the faults')
   for (const c of clients) {
-    assert.deepEqual(c.violations, [], `${c.spec.name} was handed changes its view could not take (seed ${SEED})`)
+    assert.deepEqual(
+      c.violations, [],
+      `${c.spec.name} was handed changes its view could not take (seed ${SEED}); its requests then:\n` +
+        `${c.view?.requestsAtViolation}\nfaults: ${log.join('; ')}`,
+    )
     assert.deepEqual(c.errors, [], `${c.spec.name} saw errors (seed ${SEED})`)
     if (c.shape) assert.equal(c.shape.error, false, `${c.spec.name}: shape.error`)
-  }
-  if (process.env.CHAOS_ENGINE_LOG) {
-    const { writeFileSync } = await import('node:fs')
-    writeFileSync(process.env.CHAOS_ENGINE_LOG, env.engine.log() + (env.proxy ? env.proxy.logTail(100_000) : ''))
   }
   console.log(`# clients: ${clients.map((c) => `${c.spec.name} ${c.counts.messages} msgs, ${c.counts.refetches} refetches` +
     (c.counts.refetchedAt.length ? ` (at +${c.counts.refetchedAt.map((x) => x - started).join(', +')} ms)` : '')).join('; ')}`)

@@ -400,19 +400,26 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
 /**
  * Start `$PYTHON -m proxy` under config/examples/open.yaml with its upstream set to `engineUrl`.
  * The config is rewritten by Python's own YAML loader (as JSON, which is YAML) so the test runs
- * exactly the shipped policy with one field changed.
+ * exactly the shipped policy with one field changed. `config` (an object) runs a test's own
+ * policy instead, `env` adds to its environment (the secrets its config names).
  */
-export async function startProxy(engineUrl) {
+export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
   installExitHook()
   const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-proxy-'))
   const configPath = join(dir, 'proxy.json')
-  const { stdout } = await run(PYTHON, [
-    '-c',
-    'import json, sys, yaml; d = yaml.safe_load(open(sys.argv[1])); ' +
-      'd["upstream"]["url"] = sys.argv[2]; print(json.dumps(d))',
-    OPEN_CONFIG,
-    engineUrl,
-  ])
+  let stdout
+  if (config) {
+    // a test's own policy (an object; JSON is YAML), its upstream set to the engine
+    stdout = JSON.stringify({ ...config, upstream: { ...(config.upstream ?? {}), url: engineUrl } })
+  } else {
+    ;({ stdout } = await run(PYTHON, [
+      '-c',
+      'import json, sys, yaml; d = yaml.safe_load(open(sys.argv[1])); ' +
+        'd["upstream"]["url"] = sys.argv[2]; print(json.dumps(d))',
+      OPEN_CONFIG,
+      engineUrl,
+    ]))
+  }
   writeFileSync(configPath, stdout)
   const port = await freePort()
   let log = ''
@@ -425,7 +432,7 @@ export async function startProxy(engineUrl) {
     const child = spawn(
       PYTHON,
       ['-m', 'proxy', '--config', configPath, '--port', String(port), '--log-level', 'WARNING'],
-      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
+      { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     )
     liveEngines.add(child)
     child.stdout.on('data', append)

@@ -156,3 +156,70 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time
     # Then idle: the proxy closes it (a hang fails the wait; it does not pass late).
     assert await asyncio.wait_for(reader.read(), 30) == b""
     writer.close()
+
+
+class _HoldingApp:
+    """The least an app must be for `Connection`: every request is held until `release`."""
+
+    max_body = 1024
+
+    def __init__(self) -> None:
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def answer_fast(self, request: Any, connection: Any) -> None:
+        return None
+
+    async def handle(self, request: Any) -> Any:
+        from proxy.http.wire import Response
+
+        self.held.set()
+        await self.release.wait()
+        return Response(status=204)
+
+    def on_prepare(self, request: Any, response: Any) -> None:
+        pass
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.out = b""
+
+    def write(self, data: bytes) -> None:
+        self.out += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+async def test_a_held_request_keeps_no_parser_header_list_or_target_pieces() -> None:
+    """While a request is answered (a held long-poll, for minutes), its connection keeps
+    neither the parser nor the raw header pairs and target pieces it was parsed from: the
+    `Request` has what it needs (bar 4: memory per held long-poll)."""
+    from proxy.http.protocol import Connection
+
+    app = _HoldingApp()
+    conn = Connection(app)  # type: ignore[arg-type]
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(
+        b"GET /v1/shape?table=items&offset=-1&live=true HTTP/1.1\r\nHost: proxy.test\r\n"
+        b"Authorization: Bearer abc\r\nUser-Agent: node\r\n\r\n"
+    )
+    await asyncio.wait_for(app.held.wait(), 5)
+    assert conn._parser is None
+    assert conn._headers == []
+    assert conn._url == []
+    app.release.set()
+    for _ in range(100):
+        if transport.out:
+            break
+        await asyncio.sleep(0)
+    assert transport.out.startswith(b"HTTP/1.1 204 ")
+    conn.connection_lost(None)

@@ -1,10 +1,11 @@
 """A shape client that counts instead of trusting, and a writer that survives outages.
 
 Shared by the fault probes (tests/faults) and the disk-full test of the log
-(tests/sync_engine/log). `Follower` follows a shape over HTTP as the real client does (offset -1, catch up, live;
-409: start again from -1; 503 and connection errors: retry) and checks what it gets: every
-body parses, an insert is new, each update raises `v` by exactly one (the writer only ever
-increments it), so a lost or repeated change shows as a count, not as a coincidence.
+(tests/sync_engine/log). `Follower` follows a shape over HTTP as the real client does
+(offset -1, catch up, live; 409: start again from -1; 503 and connection errors: retry) and
+checks what it gets: every body parses, an insert is new, an update and a delete find their
+row, each update raises `v` by exactly one (when the writer only ever increments it), so a
+lost or repeated change shows as a count, not as a coincidence.
 """
 
 from __future__ import annotations
@@ -17,13 +18,20 @@ import aiohttp
 import orjson
 import psycopg
 
+from tests.support.waiting import wait_until_async
+
 #: Pause before retrying after a 503 or a connection error (as the client backs off).
 RETRY_PAUSE = 0.1
 
 
 class Follower:
-    def __init__(self, base: str, where: str | None = None, table: str = "items") -> None:
+    def __init__(
+        self, base: str, where: str | None = None, table: str = "items", *, increments: bool = True
+    ) -> None:
+        """`increments`: the writers only ever raise `v` by one, so each update is checked
+        to do exactly that; without, an update is only checked to find its row."""
         self.base = base
+        self.increments = increments
         self.q = {"table": table, **({"where": where} if where else {})}
         self.where = where
         self.rows: dict[str, dict[str, Any]] = {}
@@ -90,14 +98,17 @@ class Follower:
                 if row is None:
                     self.lost += 1
                     continue
+                if not self.increments:
+                    row.update(value)
+                    continue
                 step = int(value.get("v", row["v"])) - int(row["v"])
                 if step < 1:
                     self.duplicated += 1
                 elif step > 1:
                     self.lost += step - 1
                 row.update(value)
-            else:
-                self.rows.pop(key, None)
+            elif self.rows.pop(key, None) is None:
+                self.duplicated += 1  # a delete of a row it does not have: seen twice?
 
     def counts(self) -> dict[str, int]:
         return {
@@ -159,3 +170,27 @@ class Writer:
             except psycopg.OperationalError:
                 self.failures += 1  # Postgres down: the transaction did not commit
                 await asyncio.sleep(RETRY_PAUSE)
+
+
+async def until_equal(
+    followers: list[Follower], expected: list[dict[str, dict[str, Any]]], timeout: float
+) -> None:
+    """Wait until each follower's rows equal its `expected` rows; on timeout, fail saying
+    how they differ (rows missing, extra, different; the follower's counts)."""
+
+    def equal() -> bool:
+        return all(f.rows == e for f, e in zip(followers, expected, strict=True))
+
+    try:
+        await wait_until_async(equal, timeout=timeout, interval=0.1, message="rows as SELECT")
+    except AssertionError:
+        raise AssertionError(
+            "; ".join(
+                f"{f.where!r}: {len(f.rows)} rows, {len(e)} expected, {len(e.keys() - f.rows)}"
+                f" missing, {len(f.rows.keys() - e)} extra,"
+                f" {sum(f.rows[k] != e[k] for k in e.keys() & f.rows)} different,"
+                f" counts {f.counts()}, statuses {dict(f.statuses)}"
+                for f, e in zip(followers, expected, strict=True)
+                if f.rows != e
+            )
+        ) from None

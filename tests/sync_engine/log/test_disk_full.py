@@ -3,8 +3,9 @@
 The real path: the engine as a subprocess with its data directory on a 20 MiB tmpfs that
 fills up while a writer keeps committing rows of 4 kB to a real Postgres; clients follow
 four shapes over HTTP. While the disk is full: health says 503, new shapes get 503 with
-Retry-After, followers keep getting valid answers, and the engine logs one ERROR. Space
-is freed and the engine resumes by itself; then the disk fills again and the engine is
+Retry-After, followers keep getting valid answers, the slot is not confirmed past what is
+on disk, and the engine logs one ERROR. Space is freed and the engine resumes by itself;
+then the disk fills again and the engine is
 SIGKILLed while full and restarted. Every follower ends equal to `SELECT`, every update
 seen exactly once (each one increments `v`, so a lost or repeated one shows), every body
 was valid JSON, and a fresh client from `offset=-1` gets the same rows.
@@ -91,6 +92,16 @@ def _errors(log_text: str) -> list[str]:
     ]
 
 
+def _confirmed_lsn(db_url: str) -> str:
+    with psycopg.connect(db_url) as conn:
+        row = conn.execute(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots"
+            " WHERE database = current_database()"
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _health(url: str) -> tuple[int, dict[str, Any]]:
     try:
         with urllib.request.urlopen(url + "/v1/health", timeout=2) as resp:
@@ -154,7 +165,11 @@ async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Pat
             status, body = _health(engine.url)
             assert body["status"] == "waiting" and "disk is full" in body["message"]
             before = sum(f.statuses[200] for f in followers)
+            confirmed = _confirmed_lsn(db_url)
             await rows_written(800, "while the disk is full")
+            # Every transaction touches a shape and none can be written: the slot is not
+            # confirmed past any of them (Postgres keeps them to send again).
+            assert _confirmed_lsn(db_url) == confirmed
             # still served: the live requests of every follower are answered (2 s long-polls)
             await _wait_for(
                 "followers answered while full",

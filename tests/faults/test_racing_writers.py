@@ -1,0 +1,125 @@
+"""Two writers racing on the same few rows while the engine is SIGKILLed and restarted.
+
+The writers move rows in and out of the shapes' where clauses, delete and insert a key
+again in one transaction, change primary keys, and collide (unique violations, deadlocks:
+rolled back). Clients follow five shapes over HTTP, resuming with their handle and offset
+across each restart. Each must end equal to `SELECT`, every insert new, every update and
+delete finding its row, every body whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import aiohttp
+import psycopg
+import pytest
+
+from tests.faults.cluster import FaultCluster
+from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower, expected_rows, until_equal
+from tests.support.waiting import wait_until_async
+
+KEYS = 40
+COLUMNS = ("id", "v", "g")
+WHERES = [None, "g = 0", "g IN (1, 2)", "v % 3 = 0", "id < 20 AND g <> 3"]
+KILLS = 3
+
+
+async def _race(db_url: str, seed: int, stop: asyncio.Event, counts: list[int]) -> None:
+    """Random small transactions on keys 1..KEYS until stopped; failed ones roll back."""
+    rng = random.Random(seed)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        while not stop.is_set():
+            k, k2 = rng.randint(1, KEYS), rng.randint(1, KEYS)
+            try:
+                async with conn.transaction():
+                    for _ in range(rng.randint(1, 3)):
+                        op = rng.random()
+                        if op < 0.3:  # in or out of the where clauses
+                            await conn.execute(
+                                "UPDATE items SET g = %s WHERE id = %s", (rng.randint(0, 3), k)
+                            )
+                        elif op < 0.5:
+                            await conn.execute("UPDATE items SET v = v + 1 WHERE id = %s", (k,))
+                        elif op < 0.65:  # the same key deleted and made again
+                            await conn.execute("DELETE FROM items WHERE id = %s", (k,))
+                            await conn.execute(
+                                "INSERT INTO items VALUES (%s, %s, %s)",
+                                (k, rng.randint(0, 9), rng.randint(0, 3)),
+                            )
+                        elif op < 0.8:  # a primary key change
+                            await conn.execute("UPDATE items SET id = %s WHERE id = %s", (k2, k))
+                        elif op < 0.9:
+                            await conn.execute("DELETE FROM items WHERE id = %s", (k,))
+                        else:
+                            await conn.execute(
+                                "INSERT INTO items VALUES (%s, 0, %s) ON CONFLICT (id) DO"
+                                " UPDATE SET v = items.v + 1, g = EXCLUDED.g",
+                                (k, rng.randint(0, 3)),
+                            )
+                counts[0] += 1
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+                counts[1] += 1
+            await asyncio.sleep(0.002)
+
+
+async def _committed(counts: list[int], more: int, what: str) -> None:
+    target = counts[0] + more
+    await wait_until_async(lambda: counts[0] >= target, timeout=60, message=what)
+
+
+@pytest.mark.timeout(180)
+async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_path: Path) -> None:
+    cluster.query("ALTER TABLE items ADD COLUMN g int NOT NULL DEFAULT 0")
+    cluster.query(
+        f"INSERT INTO items SELECT g, g % 5, g % 4 FROM generate_series(21, {KEYS}) g".replace(
+            "%", "%%"
+        )
+    )
+    args = ("--long-poll-timeout", "2", "--chunk-bytes", "4096")
+    engine = EngineProcess(cluster.url, tmp_path / "data", *args)
+    await asyncio.to_thread(engine.start)
+    followers = [Follower(engine.url, w, increments=False) for w in WHERES]
+    stop_followers, stop_writers = asyncio.Event(), asyncio.Event()
+    counts = [0, 0]  # committed, rolled back
+    try:
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
+            await wait_until_async(
+                lambda: all(f.live for f in followers), timeout=30, message="followers live"
+            )
+            writers = [
+                asyncio.create_task(_race(cluster.url, seed, stop_writers, counts))
+                for seed in (1, 2)
+            ]
+            for _ in range(KILLS):
+                await _committed(counts, 150, "races")
+                engine.kill()
+                await _committed(counts, 50, "races while down")
+                await asyncio.to_thread(engine.start)
+            await _committed(counts, 150, "races after")
+            stop_writers.set()
+            await asyncio.gather(*writers)
+            expected = [expected_rows(cluster.url, w, COLUMNS) for w in WHERES]
+            await until_equal(followers, expected, timeout=60)
+            stop_followers.set()
+            await asyncio.gather(*tasks)
+        for f in followers:
+            assert f.counts() == {
+                "lost": 0,
+                "duplicated": 0,
+                "invalid_json": 0,
+                "bad_error_bodies": 0,
+            }, (f.where, f.statuses, f.bad_bodies[:1])
+            assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+        print(
+            f"\nracing: {counts[0]} committed, {counts[1]} rolled back,"
+            f" resets {[f.resets for f in followers]}"
+        )
+    finally:
+        stop_writers.set()
+        stop_followers.set()
+        engine.stop()
