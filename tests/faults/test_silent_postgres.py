@@ -26,7 +26,7 @@ import pytest
 
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower, Writer, expected_rows, until_equal
+from tests.support.follower import Follower, Writer, expected_rows, follow_all, until_equal
 from tests.support.waiting import wait_until_async
 
 WHERES = [None, "id % 2 = 0"]
@@ -60,10 +60,7 @@ async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
     stopped: list[int] = []
     try:
         async with aiohttp.ClientSession() as session:
-            tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
-            await wait_until_async(
-                lambda: all(f.live for f in followers), timeout=30, message="followers live"
-            )
+            tasks = await follow_all(session, followers, stop_followers)
             writing = asyncio.create_task(writer.run(stop_writer))
             await wait_until_async(lambda: writer.committed >= 20, timeout=30, message="writes")
             if what == "postgres":
@@ -108,13 +105,7 @@ async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
             await task
         assert fresh.rows == expected_rows(cluster.url, "id > 5")
         for f in followers:
-            assert f.counts() == {
-                "lost": 0,
-                "duplicated": 0,
-                "invalid_json": 0,
-                "bad_error_bodies": 0,
-            }, (f.where, f.bad_bodies[:1])
-            assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+            f.assert_clean()
     finally:
         cluster.signal(stopped, signal.SIGCONT)
         stop_writer.set()
