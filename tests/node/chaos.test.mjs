@@ -24,6 +24,15 @@ import { createHmac, randomBytes } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { useCluster, VIA, ShapeStream, Shape, psql, sleep, show, startProxy, waitFor, withTimeout } from './harness.mjs'
 
+// CHAOS_TRACE_PROMISES=1: say where a promise rejected without a handler was made (slow).
+if (process.env.CHAOS_TRACE_PROMISES) {
+  const { createHook } = await import('node:async_hooks')
+  const made = new WeakMap()
+  Error.stackTraceLimit = 30
+  createHook({ init(id, type, trigger, resource) { if (type === 'PROMISE') made.set(resource, new Error('made here').stack) } }).enable()
+  process.on('unhandledRejection', (reason, promise) => console.log(`# unhandled rejection (${reason}) of a promise ${made.get(promise)}`))
+}
+
 const cluster = useCluster()
 const SEED = process.env.CHAOS_SEED ? Number(process.env.CHAOS_SEED) : Math.floor(Math.random() * 2 ** 31)
 const WRITE_MS = Number(process.env.CHAOS_WRITE_MS || 24_000) // how long the writers run
