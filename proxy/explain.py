@@ -110,7 +110,13 @@ async def explain(
         rule=decision.rule,
         where=decision.where,
         params=list(decision.params),
-        columns=list(decision.columns) if decision.columns is not None else None,
+        columns=(
+            decision.columns_text
+            if decision.columns_text is not None
+            else list(decision.columns)
+            if decision.columns is not None
+            else None
+        ),
         shared=decision.shared,
         upstream_url=mask_url(upstream),
     )

@@ -71,13 +71,17 @@ class _Layout:
     (the engine sends the same names in the same order for each kind of answer): worked out
     once per sequence instead of once per answer."""
 
-    __slots__ = ("cache_control", "kept", "length", "plain", "typed")
+    __slots__ = ("cache_control", "kept", "length", "plain", "server", "typed")
 
     def __init__(self, names: tuple[bytes, ...]) -> None:
         lower = [name.lower() for name in names]
         #: Raw index of the first Content-Length value (-1: none).
         self.length = next(
             (2 * i + 1 for i, name in enumerate(lower) if name == b"content-length"), -1
+        )
+        #: Raw index of the first electric-server value (-1: none).
+        self.server = next(
+            (2 * i + 1 for i, name in enumerate(lower) if name == b"electric-server"), -1
         )
         #: Raw indexes of the Cache-Control values.
         self.cache_control = tuple(
@@ -119,10 +123,13 @@ _LAYOUTS_MAX = 256
 #: (live, shared), the CORS headers (by identity: `Runtime.fast_cors` keeps one mapping per
 #: Origin) and the config: (engine Cache-Control, live, shared, id of the CORS headers) ->
 #: (the config's options, the CORS headers, the lines up to the request id, those from it to
-#: the Content-Length value). `_plain_answer` checks the options and CORS headers are the
-#: same objects, so a reload or a reused id never gets another config's lines.
+#: the CORS lines' end, those from there to the Content-Length value: `electric-server` goes
+#: in between when the engine's answer lacks it). `_plain_answer` checks the options and
+#: CORS headers are the same objects, so a reload or a reused id never gets another config's
+#: lines.
 _LINES: dict[
-    tuple[bytes, bool, bool, int], tuple[UpstreamOptions, Mapping[str, str] | None, str, str]
+    tuple[bytes, bool, bool, int],
+    tuple[UpstreamOptions, Mapping[str, str] | None, str, str, str],
 ] = {}
 _LINES_MAX = 256
 
@@ -390,9 +397,10 @@ class FastAnswer:
     def _plain_answer(self, head: RawHead, length: int) -> bytes:
         """The bytes `Forwarder.relay`, `ProxyApp.on_prepare` and `Response.serialize` make of
         a 200 without Vary with a whole body, made directly from the engine's raw headers (in
-        the same order: the engine's kept ones, Cache-Control, X-Request-Id, CORS, Vary,
-        Content-Length, Content-Type when there is none, Date, Connection), without the
-        body (`length` bytes)."""
+        the same order: the engine's kept ones, Cache-Control, X-Request-Id, CORS,
+        electric-server when the engine's are lacking it, Vary unless no-store, Content-Length,
+        Content-Type when there is none, Date, Connection), without the body (`length`
+        bytes)."""
         request = self._request
         context = request.context
         app = self._app
@@ -419,13 +427,16 @@ class FastAnswer:
             cors_lines = ""
             if cors:
                 cors_lines = "".join([f"{name}: {value}\r\n" for name, value in cors.items()])
-            vary = app.shape_vary(request)
-            vary_line = f"Vary: {vary}\r\n" if vary else ""
+            vary_line = ""
+            if "no-store" not in client_cache_control:  # (no cache keeps it: no Vary)
+                vary = app.shape_vary(request)
+                vary_line = f"Vary: {vary}\r\n" if vary else ""
             lines_of = (
                 options,
                 cors,
                 f"Cache-Control: {client_cache_control}\r\nX-Request-Id: ",
-                f"\r\n{cors_lines}{vary_line}Content-Length: ",
+                f"\r\n{cors_lines}",
+                f"{vary_line}Content-Length: ",
             )
             if key is not None:
                 if len(_LINES) >= _LINES_MAX:
@@ -438,11 +449,20 @@ class FastAnswer:
         else:
             version = b"HTTP/1.1 200 "
             connection = "" if request.keep_alive else "Connection: close\r\n"
+        # The engine's name, as `Forwarder.head` learns it and `ProxyApp.on_prepare` adds it
+        # to an answer that lacks it (the engine's answers carry it: the first branch).
+        server = ""
+        forwarder = app.forwarder
+        if plan.server >= 0:
+            if forwarder.server_name is None:
+                forwarder.server_name = raw[plan.server].decode("utf-8", "surrogateescape")
+        elif forwarder.server_name is not None:
+            server = f"electric-server: {forwarder.server_name}\r\n"
         context.upstream_status = 200
         app.answered(request, None, status=200)
         lines = (
-            f"{lines_of[2]}{context.request_id}{lines_of[3]}{length}\r\n{typed}"
-            f"Date: {http_date()}\r\n{connection}\r\n"
+            f"{lines_of[2]}{context.request_id}{lines_of[3]}{server}{lines_of[4]}{length}\r\n"
+            f"{typed}Date: {http_date()}\r\n{connection}\r\n"
         )
         return b"".join(
             (version, head.reason or b"OK", b"\r\n", kept, lines.encode("utf-8", "surrogateescape"))

@@ -15,6 +15,9 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
 - keep-alive as the client asks (HTTP/1.1 by default, HTTP/1.0 with `Connection:
   keep-alive`); pipelined requests are answered one at a time, in order, and reading pauses
   while `PIPELINE_LIMIT` requests wait; an idle connection closes after `KEEPALIVE_TIMEOUT`;
+- a request must arrive in full (head and body) within `REQUEST_READ_TIMEOUT` of its first
+  byte, or the connection is closed (a slow-loris client trickling a head or stalling a body
+  would otherwise hold its socket for good, and enough of them exhaust the descriptors);
 - the client going away (reset, or its end of the connection closed) cancels the task of
   the request it was waiting for: a held long-poll lets go of its flight at once;
 - backpressure: a response's `write` waits while the transport's buffer is over its high
@@ -49,6 +52,12 @@ logger = logging.getLogger(__name__)
 
 #: Seconds an idle keep-alive connection stays open (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
+#: Seconds a request may take to arrive in full from its first byte (nginx's
+#: client_header_timeout and client_body_timeout are 60 s each). Checked by the keep-alive
+#: timer, which is not moved per request: on a new connection it first fires after this
+#: long, between requests after `KEEPALIVE_TIMEOUT`, so a request begun on a connection idle
+#: for a while may take up to `KEEPALIVE_TIMEOUT` before it is cut.
+REQUEST_READ_TIMEOUT = 30.0
 #: A fast answer's body below this size goes out in one write with its head, joined if it
 #: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
 JOIN_BELOW = 64 * 1024
@@ -120,6 +129,7 @@ class Connection(asyncio.Protocol, Writer):
         "_in_head",
         "_in_message",
         "_loop",
+        "_message_began",
         "_on_close",
         "_parser",
         "_paused_reading",
@@ -143,6 +153,7 @@ class Connection(asyncio.Protocol, Writer):
         #: holds a long-poll keeps no parser (about 900 bytes, and a reference cycle).
         self._parser: httptools.HttpRequestParser | None = None
         self._in_message = False
+        self._message_began = 0.0  # (loop time of the first byte of the request being read)
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
@@ -205,7 +216,7 @@ class Connection(asyncio.Protocol, Writer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self._idle_since = self._loop.time()
-        self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
+        self._idle = self._loop.call_later(REQUEST_READ_TIMEOUT, self._idle_close)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -264,7 +275,8 @@ class Connection(asyncio.Protocol, Writer):
     # --- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._in_message = True  # (the keep-alive timer lets the connection be meanwhile)
+        self._in_message = True
+        self._message_began = self._loop.time()
         if self._url:
             self._url = []
         if self._headers:
@@ -543,9 +555,22 @@ class Connection(asyncio.Protocol, Writer):
 
     def _idle_close(self) -> None:
         self._idle = None
-        if self._transport is None or self._busy or self._queue or self._in_message:
+        if self._transport is None or self._busy or self._queue:
             return  # (in use: `_next` arms it again once the connection is idle)
-        left = self._idle_since + KEEPALIVE_TIMEOUT - self._loop.time()
+        now = self._loop.time()
+        if self._in_message:  # a request still arriving: given until its own deadline
+            left = self._message_began + REQUEST_READ_TIMEOUT - now
+            if left > 0:
+                self._idle = self._loop.call_later(left, self._idle_close)
+                return
+            logger.debug(
+                "closed a connection from %s: its request did not arrive within %s s",
+                self._peer(),
+                REQUEST_READ_TIMEOUT,
+            )
+            self._transport.close()
+            return
+        left = self._idle_since + KEEPALIVE_TIMEOUT - now
         if left > 0:  # (it was armed before the fast-lane requests since)
             self._idle = self._loop.call_later(left, self._idle_close)
             return

@@ -67,13 +67,6 @@ class _Slots:
     def waiting(self) -> int:
         return sum(1 for w in self._waiters if not w.done())
 
-    def take_now(self) -> bool:
-        """A slot if one is free with nobody waiting before us."""
-        if self.free > 0 and not self._waiters:
-            self.free -= 1
-            return True
-        return False
-
     async def take(self, timeout: float) -> bool:
         if self.free > 0 and not self._waiters:
             self.free -= 1
@@ -207,7 +200,7 @@ class Admission:
         if state is None or state.active >= limits.max_concurrent:
             return None
         slots = self._slots
-        if slots.free <= 0 or slots._waiters:  # (`_Slots.take_now`, inline)
+        if slots.free <= 0 or slots._waiters:  # (no slot free now, or others wait first)
             return None
         rate, burst = limits.rate, limits.burst
         state.rate, state.burst = rate, burst

@@ -261,7 +261,10 @@ class SnapshotScheduler:
             conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
         except Exception as exc:
             self._connections -= 1
-            logger.warning("could not open a snapshot connection: %s", exc)
+            # Said once per outage, when the last attempt fails, not once per connection
+            # (all of them are opened at once, and fail together).
+            log = logger.warning if self._connections == 0 else logger.debug
+            log("could not open a snapshot connection: %s", exc)
             if self._connections == 0:  # nothing could ever take them: fail the waiting
                 waiting, self._queue = self._queue, deque()
                 for shape in waiting:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Literal
 
@@ -55,3 +56,68 @@ class FaultCluster(Cluster):
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
+
+
+class PartitionedCluster(FaultCluster):
+    """A `FaultCluster` in a network namespace of its own, reached over a veth pair: the
+    link can be cut (`partition`) so that packets are dropped silently, nothing closed or
+    refused, as in a network partition, then restored (`heal`). Needs root."""
+
+    def __init__(self, **settings: str) -> None:
+        super().__init__(**settings)
+        n = self.port % 250 + 1
+        self.ns, self.host_if, self.ns_if = (
+            f"sgf{self.port}",
+            f"sgfa{self.port}",
+            f"sgfb{self.port}",
+        )
+        self.host_ip, self.ns_ip = f"10.231.{n}.1", f"10.231.{n}.2"
+        self.url = f"postgresql://postgres@{self.ns_ip}:{self.port}/postgres"
+        with open(self.dir / "data" / "pg_hba.conf", "a") as f:
+            f.write(f"host all all {self.host_ip}/32 trust\n")
+        ip = ("ip", "netns", "exec", self.ns, "ip")
+        for cmd in (
+            ("ip", "netns", "add", self.ns),
+            ("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if),
+            ("ip", "link", "set", self.ns_if, "netns", self.ns),
+            ("ip", "addr", "add", f"{self.host_ip}/30", "dev", self.host_if),
+            ("ip", "link", "set", self.host_if, "up"),
+            (*ip, "addr", "add", f"{self.ns_ip}/30", "dev", self.ns_if),
+            (*ip, "link", "set", self.ns_if, "up"),
+            (*ip, "link", "set", "lo", "up"),
+        ):
+            subprocess.run(cmd, check=True, capture_output=True)
+
+    def start(self) -> None:
+        assert PGBIN is not None
+        subprocess.run(
+            ("ip", "netns", "exec", self.ns, "runuser", "-u", "postgres", "--",
+             str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
+             str(self.dir / "server.log"), "-w", "-t", "30", "-o",
+             f"-p {self.port} -c listen_addresses={self.ns_ip}"
+             f" -c unix_socket_directories={self.dir}", "start"),
+            check=True, capture_output=True,
+        )  # fmt: skip
+
+    def _link(self, state: str) -> None:
+        subprocess.run(
+            ("ip", "netns", "exec", self.ns, "ip", "link", "set", self.ns_if, state),
+            check=True,
+            capture_output=True,
+        )
+
+    def partition(self) -> None:
+        """Cut the link: every packet either way is dropped, no error to anyone."""
+        self._link("down")
+
+    def heal(self) -> None:
+        self._link("up")
+
+    def stop(self) -> None:
+        try:
+            self.heal()
+        except subprocess.CalledProcessError:
+            pass
+        super().stop()
+        subprocess.run(("ip", "link", "del", self.host_if), check=False, capture_output=True)
+        subprocess.run(("ip", "netns", "del", self.ns), check=False, capture_output=True)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import FaultCluster, PartitionedCluster
 from tests.sync_engine.tenants.harness import PGBIN
+
+C = TypeVar("C", bound=FaultCluster)
 
 
 @pytest.fixture
@@ -15,7 +19,20 @@ def cluster() -> Iterator[FaultCluster]:
     """A running private cluster (wal_level=logical) with an `items (id, v)` table of 20 rows."""
     if PGBIN is None:
         pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-    made = FaultCluster()
+    yield from _with_items(FaultCluster())
+
+
+@pytest.fixture
+def partitioned() -> Iterator[PartitionedCluster]:
+    """`cluster`, in a network namespace whose link can be cut; its walsenders give up on a
+    silent client after 5 s (wal_sender_timeout), so a healed partition is streamed again
+    soon. Needs root."""
+    if PGBIN is None or os.geteuid() != 0:
+        pytest.skip("needs root and PostgreSQL server binaries (a network namespace)")
+    yield from _with_items(PartitionedCluster(wal_sender_timeout="'5s'"))
+
+
+def _with_items(made: C) -> Iterator[C]:
     try:
         made.start()
         made.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")

@@ -79,13 +79,7 @@ async def test_kills_during_big_transactions_lose_and_repeat_nothing(
             stop_followers.set()
             await asyncio.gather(*tasks)
         for f in followers:
-            assert f.counts() == {
-                "lost": 0,
-                "duplicated": 0,
-                "invalid_json": 0,
-                "bad_error_bodies": 0,
-            }, f.where
-            assert f.resets == 0, (f.where, f.statuses)
+            f.assert_clean(resets=False)
     finally:
         stop_writer.set()
         stop_followers.set()

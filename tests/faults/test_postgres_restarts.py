@@ -26,7 +26,7 @@ import pytest
 
 from tests.faults.cluster import FaultCluster, StopMode
 from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower, Writer, expected_rows
+from tests.support.follower import Follower, Writer, expected_rows, follow_all
 from tests.support.waiting import wait_until_async
 
 WHERES = [None, "id % 2 = 0"]
@@ -49,10 +49,7 @@ async def test_postgres_restart_under_the_engine_loses_nothing(
     stop_followers, stop_writer = asyncio.Event(), asyncio.Event()
     try:
         async with aiohttp.ClientSession() as session:
-            tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
-            await wait_until_async(
-                lambda: all(f.live for f in followers), timeout=30, message="followers live"
-            )
+            tasks = await follow_all(session, followers, stop_followers)
             writing = asyncio.create_task(writer.run(stop_writer))
             await _committed(writer, 30, "writes before the stop")
             # A shape made after the last checkpoint: an immediate stop sends the slot back
@@ -95,14 +92,7 @@ async def test_postgres_restart_under_the_engine_loses_nothing(
             stop_followers.set()
             await asyncio.gather(*tasks)
         for f in followers:
-            assert f.counts() == {
-                "lost": 0,
-                "duplicated": 0,
-                "invalid_json": 0,
-                "bad_error_bodies": 0,
-            }, (f.where, f.bad_bodies)
-            assert f.resets == 0, f.statuses
-            assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+            f.assert_clean(resets=False)
         log = engine.log_tail(200_000)
         assert "Exception in callback" not in log, log[-3000:]
         assert "Traceback" not in log.replace('"traceback"', "Traceback"), log[-3000:]

@@ -19,7 +19,7 @@ import pytest
 
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower, expected_rows, until_equal
+from tests.support.follower import Follower, expected_rows, follow_all, until_equal
 from tests.support.waiting import wait_until_async
 
 KEYS = 40
@@ -87,10 +87,7 @@ async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_pat
     counts = [0, 0]  # committed, rolled back
     try:
         async with aiohttp.ClientSession() as session:
-            tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
-            await wait_until_async(
-                lambda: all(f.live for f in followers), timeout=30, message="followers live"
-            )
+            tasks = await follow_all(session, followers, stop_followers)
             writers = [
                 asyncio.create_task(_race(cluster.url, seed, stop_writers, counts))
                 for seed in (1, 2)
@@ -108,13 +105,7 @@ async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_pat
             stop_followers.set()
             await asyncio.gather(*tasks)
         for f in followers:
-            assert f.counts() == {
-                "lost": 0,
-                "duplicated": 0,
-                "invalid_json": 0,
-                "bad_error_bodies": 0,
-            }, (f.where, f.statuses, f.bad_bodies[:1])
-            assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+            f.assert_clean()
         print(
             f"\nracing: {counts[0]} committed, {counts[1]} rolled back,"
             f" resets {[f.resets for f in followers]}"

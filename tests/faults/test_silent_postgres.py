@@ -1,6 +1,6 @@
-"""A silent Postgres: its processes stopped (SIGSTOP), then continued. Nothing answers and
-nothing is closed: the kernel takes a connection's packets (new connections too) and no
-reply ever comes, as behind a network partition.
+"""A silent Postgres: its processes stopped (SIGSTOP), then continued, or its network link
+cut (packets dropped in a network namespace), then restored. Nothing answers and nothing
+is closed: a connection's packets (new connections too) get no reply.
 
 Requests must not hang: meanwhile a new shape gets a 503 with a JSON body and Retry-After,
 an existing shape's first request is served from its log, and the replication stream,
@@ -24,9 +24,9 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import FaultCluster, PartitionedCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower, Writer, expected_rows, until_equal
+from tests.support.follower import Follower, Writer, expected_rows, follow_all, until_equal
 from tests.support.waiting import wait_until_async
 
 WHERES = [None, "id % 2 = 0"]
@@ -44,12 +44,17 @@ async def _get(session: aiohttp.ClientSession, url: str, **params: str) -> tuple
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("what", ["postgres", "walsender"])
-async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
-    cluster: FaultCluster, tmp_path: Path, what: str
+@pytest.mark.parametrize("what", ["postgres", "walsender", "partition"])
+async def test_a_silent_postgres_gets_answers_and_is_followed_again(
+    request: pytest.FixtureRequest, tmp_path: Path, what: str
 ) -> None:
     """`postgres`: every process of the cluster stopped; `walsender`: only the one sending
-    the engine's replication stream (new connections are answered: a new shape is made)."""
+    the engine's replication stream (new connections are answered: a new shape is made);
+    `partition`: the cluster's network link cut (packets dropped, not even the kernel
+    answers)."""
+    cluster: FaultCluster = request.getfixturevalue(
+        "partitioned" if what == "partition" else "cluster"
+    )
     engine = EngineProcess(
         cluster.url, tmp_path / "data", "--long-poll-timeout", "2", "--replication-timeout", "4"
     )
@@ -60,13 +65,13 @@ async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
     stopped: list[int] = []
     try:
         async with aiohttp.ClientSession() as session:
-            tasks = [asyncio.create_task(f.run(session, stop_followers)) for f in followers]
-            await wait_until_async(
-                lambda: all(f.live for f in followers), timeout=30, message="followers live"
-            )
+            tasks = await follow_all(session, followers, stop_followers)
             writing = asyncio.create_task(writer.run(stop_writer))
             await wait_until_async(lambda: writer.committed >= 20, timeout=30, message="writes")
-            if what == "postgres":
+            if what == "partition":
+                assert isinstance(cluster, PartitionedCluster)
+                cluster.partition()
+            elif what == "postgres":
                 stopped = cluster.pids()
             else:
                 stopped = [int(pid) for (pid,) in cluster.query(WALSENDER)]  # type: ignore[call-overload]
@@ -77,7 +82,7 @@ async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
                 _get(session, engine.url, table="items", offset="-1"),
             )
             status, body, retry_after = new
-            if what == "postgres":
+            if what != "walsender":
                 assert status == 503 and retry_after, (status, body)
                 assert isinstance(orjson.loads(body)["message"], str)
             else:
@@ -90,6 +95,8 @@ async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
             )
 
             cluster.signal(stopped, signal.SIGCONT)
+            if isinstance(cluster, PartitionedCluster):
+                cluster.heal()
             target = writer.committed + 20
             await wait_until_async(
                 lambda: writer.committed >= target, timeout=60, message="writes after"
@@ -108,13 +115,7 @@ async def test_a_stopped_postgres_gets_answers_and_is_followed_again(
             await task
         assert fresh.rows == expected_rows(cluster.url, "id > 5")
         for f in followers:
-            assert f.counts() == {
-                "lost": 0,
-                "duplicated": 0,
-                "invalid_json": 0,
-                "bad_error_bodies": 0,
-            }, (f.where, f.bad_bodies[:1])
-            assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+            f.assert_clean()
     finally:
         cluster.signal(stopped, signal.SIGCONT)
         stop_writer.set()

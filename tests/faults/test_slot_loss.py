@@ -70,13 +70,7 @@ async def _followed(
             stop_followers.set()
             await asyncio.gather(writing, *tasks, return_exceptions=True)
     for f in followers:
-        assert f.counts() == {
-            "lost": 0,
-            "duplicated": 0,
-            "invalid_json": 0,
-            "bad_error_bodies": 0,
-        }, (f.where, f.bad_bodies)
-        assert not [s for s in f.statuses if s >= 500 and s != 503], f.statuses
+        f.assert_clean()
 
 
 def _drop_slot(cluster: FaultCluster) -> Callable[[], bool]:

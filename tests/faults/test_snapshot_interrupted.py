@@ -120,13 +120,7 @@ async def test_a_snapshot_interrupted_mid_stream_is_never_served_in_part(
             await until_equal([follower], [expected_rows(cluster.url, where, COLUMNS)], 60)
             stop_followers.set()
             await task
-        assert follower.counts() == {
-            "lost": 0,
-            "duplicated": 0,
-            "invalid_json": 0,
-            "bad_error_bodies": 0,
-        }, (follower.statuses, follower.bad_bodies[:1])
-        assert not [s for s in follower.statuses if s >= 500 and s != 503], follower.statuses
+        follower.assert_clean()
     finally:
         _resume(paused)
         stop_writer.set()

@@ -81,12 +81,19 @@ SAME_ANSWER = [
     "offset=abc",
     "offset=0_0",
     "offset=-1&live=true",
+    # the engine's order: offset, handle, live before the table; a table before its columns
+    "offset=abc&table=a.b.c",
+    "offset=0_0&columns=%22id",
+    "offset=-1&columns=id,nosuch,nosuch",
+    # an empty subset parameter still makes a subset request
+    "offset=-1&subset__offset=",
 ]
 
 #: (method, path and query, body) sent to both, for what is not a GET query string.
 SAME_ANSWER_OTHERWISE = [
     ("PUT", "/v1/shape?table=items&offset=-1", None),
     ("GET", "/v1/shapes?table=items&offset=-1", None),
+    ("GET", "/v1/shape?table=a.b.c&offset=-1&columns=%22id", None),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": 5}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": "x"}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": {"1": [1]}}),

@@ -386,6 +386,52 @@ async def test_a_kept_alive_engine_connection_found_closed_is_retried(
         assert server.connections == 3
 
 
+async def test_answers_without_electric_server_or_with_no_store_match_the_general_path(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
+) -> None:
+    """The general path adds the engine's `electric-server` (learnt from an earlier answer) to
+    an answer that lacks it and gives a `no-store` answer no `Vary`; the fast lane builds its
+    answers itself, so it must do the same (the real engine always names itself and sends
+    `no-store` only on errors, so a scripted engine shows it)."""
+    answers = {
+        b"handle=named": b"electric-server: engine/9\r\nCache-Control: public, max-age=60\r\n",
+        b"handle=unnamed": b"Cache-Control: public, max-age=60\r\n",
+        b"handle=unstored": b"Cache-Control: no-store\r\n",
+    }
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            head = await read_request(reader)
+            extra = next(v for k, v in answers.items() if k in head.split(b"\r\n", 1)[0])
+            writer.write(b"HTTP/1.1 200 OK\r\n" + extra + b"Content-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        loaded = build_config(config, environ)
+        fast = await make_proxy(loaded)
+        general = await make_proxy(loaded, fast_lane=False)
+        alice = fast.tokens.make(sub="alice", org_id="org-1")
+        seen = []
+        for handle in ("named", "unnamed", "unstored"):
+            head = _request(
+                f"/v1/shape?table=items&offset=0_0&handle={handle}",
+                f"Authorization: Bearer {alice}",
+                "X-Request-Id: fast-lane-test-0006",
+            )
+            for _ in range(2):
+                fast_raw, general_raw = await _ask(fast, head), await _ask(general, head)
+                assert _normal(fast_raw) == _normal(general_raw), handle
+                seen.append(fast_raw)
+        assert len(fast_lane_taken) == 3  # (each handle's repeat)
+        assert all(b"\r\nelectric-server: engine/9\r\n" in raw for raw in seen)
+        assert b"\r\nVary:" in seen[3] and b"\r\nVary:" not in seen[5]
+
+
 async def test_an_answer_to_stream_is_handed_over_to_a_task(
     idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
 ) -> None:

@@ -54,6 +54,10 @@ VALUES = [
     "0_0", "now", "99999999999999999999", "-5", "true", "", "\u202e", "'", '"', "\\", "%",
     "id IN (SELECT id FROM secrets)", "(SELECT 1) = 1", "upper(title) = 'A'", "title",
     "salary DESC", "id; DROP TABLE items",
+    # sent as written under the enforced filter: comments and quotes must not reach past it
+    "id > 0 -- ) OR (true", "id > 0 --", "title = '--'", "id > 0 /* ) OR (true */",
+    "title = $$) OR (true$$", "title = E'\\'' OR true --'", "id > 0 --\r", "(id > 0))",
+    "id > 0 /* unterminated", "title = U&'\\0041'",
 ]  # fmt: skip
 
 

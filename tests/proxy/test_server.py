@@ -158,6 +158,67 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_keep_alive_time
     writer.close()
 
 
+async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
+    """What the proxy sent before closing; a connection still open after `seconds` fails."""
+    return await asyncio.wait_for(reader.read(), seconds)
+
+
+async def test_a_request_head_that_never_completes_is_cut_off(proxy: Any, monkeypatch: Any) -> None:
+    """Slow loris: a head sent in part (or one header line at a time, for ever) must not hold
+    the connection open past the request deadline, however busy the trickle keeps it."""
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 0.5)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
+    assert await _closed_within(reader, 10) == b""
+    writer.close()
+
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /healthz HTTP/1.1\r\n")
+
+    async def trickle() -> None:
+        for i in range(200):  # 20 s of one header every 0.1 s
+            writer.write(b"X-Trickle-%d: a\r\n" % i)
+            await asyncio.sleep(0.1)
+
+    trickling = asyncio.ensure_future(trickle())
+    try:
+        assert await _closed_within(reader, 10) == b""
+    finally:
+        trickling.cancel()
+        writer.close()
+
+
+async def test_a_stalled_request_body_is_cut_off(proxy: Any, monkeypatch: Any) -> None:
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 0.5)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+    )
+    assert await _closed_within(reader, 10) == b""
+    writer.close()
+
+
+async def test_a_slow_request_within_the_deadline_is_answered(proxy: Any, monkeypatch: Any) -> None:
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 3.0)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    for piece in (b"GET /healthz HT", b"TP/1.1\r\nHost: x\r\n", b"\r\n"):
+        writer.write(piece)
+        await asyncio.sleep(0.3)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    assert head.startswith(b"HTTP/1.1 200 ")
+    writer.close()
+
+
 class _HoldingApp:
     """The least an app must be for `Connection`: every request is held until `release`."""
 

@@ -110,6 +110,18 @@ class Follower:
             elif self.rows.pop(key, None) is None:
                 self.duplicated += 1  # a delete of a row it does not have: seen twice?
 
+    def assert_clean(self, *, resets: bool = True) -> None:
+        """Nothing lost, repeated or broken was served, and no error but 503 (`resets`
+        False: not even a 409)."""
+        assert self.counts() == {
+            "lost": 0,
+            "duplicated": 0,
+            "invalid_json": 0,
+            "bad_error_bodies": 0,
+        }, (self.where, dict(self.statuses), self.bad_bodies[:1])
+        assert not [s for s in self.statuses if s >= 500 and s != 503], self.statuses
+        assert resets or not self.resets, (self.where, self.statuses)
+
     def counts(self) -> dict[str, int]:
         return {
             "lost": self.lost,
@@ -170,6 +182,17 @@ class Writer:
             except psycopg.OperationalError:
                 self.failures += 1  # Postgres down: the transaction did not commit
                 await asyncio.sleep(RETRY_PAUSE)
+
+
+async def follow_all(
+    session: aiohttp.ClientSession, followers: list[Follower], stop: asyncio.Event
+) -> list[asyncio.Task[None]]:
+    """Start every follower (until `stop`) and wait until each is live (up to date)."""
+    tasks = [asyncio.create_task(f.run(session, stop)) for f in followers]
+    await wait_until_async(
+        lambda: all(f.live for f in followers), timeout=30, message="followers live"
+    )
+    return tasks
 
 
 async def until_equal(

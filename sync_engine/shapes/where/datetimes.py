@@ -62,6 +62,11 @@ def _beyond_python() -> pgv.UnrepresentableValue:
 def add_interval(value: Value, iv: pgv.Interval) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
+    if value.tzinfo is not None and value.tzinfo is not UTC:
+        # Postgres adds months and days in the session's zone (UTC for the engine), not in
+        # the offset a literal was written with: '1999-12-31 12:00-12'::timestamptz - '1 mon'
+        # is 1999-12-01 00:00 UTC, not 1999-11-30 12:00-12.
+        value = value.astimezone(UTC)
     try:
         if iv.months:
             value = pgv.add_months(value, iv.months)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 
@@ -304,6 +306,45 @@ async def reply_time(db_url: str) -> object:
         row = await cur.fetchone()
     assert row is not None, "the slot has no walsender"
     return row[0]
+
+
+async def test_a_live_server_is_asked_and_answers(setup_db: str) -> None:
+    """An idle stream with a short silence timeout asks for replies and gets them: quiet
+    is not silence."""
+    db_url = setup_db
+    await ensure_slot(db_url, SLOT)
+    async with ReplicationStream(db_url, SLOT, PUB, silence_timeout=0.4) as stream:
+        end = time.monotonic() + 2.0
+        while time.monotonic() < end:
+            assert await stream.read_batch(timeout=0.3) == []
+        xid = await run_txn(db_url, "INSERT INTO items VALUES (1)")
+        got = await read_messages(stream, commits=1)
+        assert isinstance(got[0][1], Begin) and got[0][1].xid == xid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to stop the walsender (CI is root)")
+async def test_a_silent_server_is_a_lost_stream(setup_db: str) -> None:
+    """A walsender that stops answering (SIGSTOP: its socket stays open and quiet, as behind
+    a network partition) fails the stream: it asks for a reply after half the silence
+    timeout and none comes. The stream used to wait on the quiet socket for ever."""
+    db_url = setup_db
+    await ensure_slot(db_url, SLOT)
+    stream = ReplicationStream(db_url, SLOT, PUB, silence_timeout=1.0)
+    await stream.start()
+    try:
+        assert await stream.read_batch(timeout=0.1) == []
+        _, pid = await slot_row(db_url)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(ReplicationConnectionError, match="stopped answering"):
+                async with asyncio.timeout(30):
+                    while True:
+                        await stream.read_batch(timeout=0.5)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    finally:
+        await stream.close()
 
 
 async def test_logical_messages_option(setup_db: str) -> None:

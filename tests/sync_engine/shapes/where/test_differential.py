@@ -497,6 +497,8 @@ REGRESSIONS = [
     "f4 IN (1.5, 2.5, 0.1) OR f4 NOT IN (0.1, 100)",  # IN's constants are float4 here
     "i8 IN (f8, 4611686018427387905) OR i8 BETWEEN f8 AND 4611686018427387903",
     "NULLIF(ch, t) IS NULL",  # NULLIF compares as `=` does: as text
+    # months are added in the session's zone, not the literal's offset (Dec 31 - 1 mon):
+    "(('1999-12-31 12:00:00.5-12'::timestamptz - iv) + iv) < d",
 ]
 
 
@@ -619,9 +621,10 @@ def test_live_filtering_equals_postgres(table: Table) -> None:
     pairs = 0
     refused: dict[str, int] = {}
     disagreements: list[tuple[str, list[dict[str, str | None]]]] = []
+    unrepresentable: list[str] = []
     seed = int(os.environ.get("WHERE_DIFF_SEED", SEED))  # another seed explores further
     built_from_templates = TEMPLATES.hits
-    for clause, variant in clauses_and_variants(seed, CLAUSES):
+    for clause, _variant in clauses_and_variants(seed, CLAUSES):
         try:
             where = parse_where(clause, {}, columns)
         except WhereError as e:
@@ -633,10 +636,11 @@ def test_live_filtering_equals_postgres(table: Table) -> None:
         try:
             got = {i for i, row in rows.items() if where.matches(row)}
         except UnrepresentableValue:
-            # The rows avoid dates the engine cannot represent (see DATES), but a variant's
-            # larger integers can move date arithmetic past year 9999; `matches` must then
-            # raise rather than guess (test_unrepresentable.py): not a disagreement.
-            assert variant, clause
+            # The rows avoid dates the engine cannot represent (see DATES), but arithmetic
+            # (a variant's larger integers, `interval '100 years' * f8`) can leave years
+            # 1-9999; `matches` must then raise rather than guess (test_unrepresentable.py):
+            # not a disagreement, but counted: it must stay rare.
+            unrepresentable.append(clause)
             continue
         pairs += len(rows)
         if got != expected:
@@ -649,6 +653,7 @@ def test_live_filtering_equals_postgres(table: Table) -> None:
         if got != expected:
             disagreements.append((where.sql, [rows[i] for i in sorted(got ^ expected)[:3]]))
     assert not disagreements, (len(disagreements), disagreements[:5])
+    assert len(unrepresentable) <= CLAUSES // 50, unrepresentable
     assert pairs >= MIN_PAIRS, (pairs, refused)
     assert TEMPLATES.hits - built_from_templates >= CLAUSES // 4  # the variants took that path
     print(f"where differential: {pairs} (clause, row) pairs, 0 disagreements, seed {seed}")
