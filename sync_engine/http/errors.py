@@ -27,6 +27,8 @@ from ..log.entries import MUST_REFETCH_BODY
 
 logger = logging.getLogger(__name__)
 
+DATABASE_UNREACHABLE = "database_unreachable"
+
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
     h = {"cache-control": "no-store", "surrogate-control": "no-store"}
@@ -71,6 +73,11 @@ def error_response(exc: EngineError) -> web.Response:
         body = {"message": exc.message}
         if exc.code:
             body["code"] = exc.code
+        if exc.code == DATABASE_UNREACHABLE:
+            # Electric's words for it are under `error` (ServeShapePlug's handler for a
+            # DBConnection.ConnectionError): `{"code": "database_unreachable", "error":
+            # "Database is unreachable"}`; `message` stays, as on every other 503.
+            body["error"] = "Database is unreachable"
         return json_response(503, body, {"retry-after": str(exc.retry_after)})
     logger.error("unmapped engine error %r", exc)
     return json_response(500, {"error": "Internal server error"})
