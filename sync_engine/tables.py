@@ -90,10 +90,14 @@ class Tables:
             self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
         return self._conn
 
-    async def on_catalog(self, work: Callable[[AsyncConnection[Any]], Awaitable[T]]) -> T:
+    async def on_catalog(
+        self,
+        work: Callable[[AsyncConnection[Any]], Awaitable[T]],
+        timeout: float = CATALOG_TIMEOUT,
+    ) -> T:
         """`work` on the catalog connection; once more on a new one if that one had died
         (Postgres restarted since it was last used), else 503 Database is unreachable; 503
-        Database is not answering after `CATALOG_TIMEOUT`."""
+        Database is not answering after `timeout`."""
 
         async def attempts() -> T:
             for attempt in range(2):
@@ -106,7 +110,7 @@ class Tables:
                         ) from exc
             raise AssertionError("unreachable")
 
-        return await self._bounded(attempts, CATALOG_TIMEOUT)
+        return await self._bounded(attempts, timeout)
 
     async def _on_connection(
         self, work: Callable[[AsyncConnection[Any]], Awaitable[T]], timeout: float
@@ -273,7 +277,9 @@ class Tables:
             if added:
                 await wait_for_older_transactions(conn)
 
-        await self._on_connection(work, PUBLISH_TIMEOUT)
+        # (a connection found dead, Postgres restarted since it was last used, is replaced
+        # once: a 503 otherwise, never the 400 of a table that cannot be published)
+        await self.on_catalog(work, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
 

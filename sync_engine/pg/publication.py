@@ -81,6 +81,8 @@ async def add_table(
             f" (to set REPLICA IDENTITY FULL and add it to publication {publication}),"
             f" or a DBA must do both: {exc.diag.message_primary}"
         ) from exc
+    except psycopg.OperationalError:
+        raise  # the connection, not the table (Postgres restarted): the caller retries
     except psycopg.Error as exc:
         raise PublicationError(
             f'cannot publish table "{schema}"."{table}": {exc.diag.message_primary or exc}'

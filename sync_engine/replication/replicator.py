@@ -242,6 +242,12 @@ class Replicator:
                 wait = retry.wait
             finally:
                 self.assembler.reset()
+                # The next stream sends again from the slot's confirmed position: older
+                # transactions than a shape's last one come again, and those a shape has no
+                # entry for must meet its snapshot's visibility test again (`past_xmax`
+                # skipped it: a replayed one its snapshot holds was appended twice).
+                for shape in self.registry.by_handle.values():
+                    shape.past_xmax = False
                 await _close(stream)
             if wait:  # after closing: a dead connection is not kept through the wait
                 await asyncio.sleep(wait)
