@@ -49,8 +49,11 @@ T = TypeVar("T")
 LOOKUP_TTL = 2.0
 #: Seconds a table's "still there" check (`Tables.still_there`) is trusted.
 TABLE_CHECK_TTL = 1.0
-#: Seconds a catalog query (with waiting for the connection) may take before a 503.
+#: Seconds a catalog query may take before a 503.
 CATALOG_TIMEOUT = 5.0
+#: Seconds a call may wait for the catalog connection (others' queries before it) before a
+#: 503: a storm of first requests for many tables queues there.
+QUEUE_TIMEOUT = 20.0
 #: Seconds `publish` may take: adding a table waits for locks and older transactions.
 PUBLISH_TIMEOUT = 30.0
 
@@ -117,21 +120,19 @@ class Tables:
 
     async def _bounded(self, work: Callable[[], Awaitable[T]], timeout: float) -> T:
         """`work` (on the catalog connection, `_connection()`), holding it alone, within
-        `timeout` seconds (waiting for it included), else `ServiceUnavailable`. The
-        connection of work that ran out of time is given up: the next call opens another,
-        and the work is cancelled in the background (psycopg then cancels its query, or
-        closes the connection)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        `timeout` seconds once it has it (and `QUEUE_TIMEOUT` to get it), else
+        `ServiceUnavailable`. The connection of work that ran out of time is given up: the
+        next call opens another, and the work is cancelled in the background (psycopg then
+        cancels its query, or closes the connection)."""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(QUEUE_TIMEOUT):
                 await self._conn_lock.acquire()
         except TimeoutError:
             raise _not_answering() from None
         try:
             task = asyncio.ensure_future(work())
             try:
-                done, _ = await asyncio.wait({task}, timeout=max(deadline - loop.time(), 0))
+                done, _ = await asyncio.wait({task}, timeout=timeout)
             except asyncio.CancelledError:
                 task.cancel()
                 raise
