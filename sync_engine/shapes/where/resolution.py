@@ -100,7 +100,7 @@ def select_common(a: PgType, b: PgType) -> PgType | None:
     from an operator's resolution (`common_type`): the earlier type stays unless the later
     one converts from it implicitly and not back. So numbers widen along NUMERIC_ORDER with
     float4 beside numeric staying float4 (`f4 IN (1.5, 2.1)` compares as float4, where
-    `f4 = 2.1` compares as float8), and char(n) first keeps the list char(n)
+    `f4 = 2.1` compares as float8), and char(n) or varchar first keeps the list so
     (`COALESCE(ch, t)` is char(n); `COALESCE(t, ch)` is text)."""
     if a.array and b.array:
         elem = select_common(a.element, b.element)
@@ -109,8 +109,10 @@ def select_common(a: PgType, b: PgType) -> PgType | None:
         return common_type(a, b)
     if a in NUMERIC_ORDER and b in NUMERIC_ORDER:
         return max(a, b, key=NUMERIC_ORDER.index)
-    if a == BPCHAR and b in STRING_TYPES:
-        return BPCHAR
+    if a in (BPCHAR, VARCHAR) and b in STRING_TYPES:
+        # (varchar kept too: ARRAY[vc, t] is varchar[], and `ch = ANY(ARRAY[vc, t])`
+        # compares as char(n), which `Compiler.common` then refuses as for `ch = vc`)
+        return a
     return common_type(a, b)
 
 

@@ -434,6 +434,11 @@ class Grammar:
             return f"{r.choice(pool)} {kw} {lo} AND {hi}"
         items = ", ".join(r.choice(pool) for _ in range(r.randint(1, 4)))
         left = r.choice(pool[:6] if pool is numbers else pool[:3])
+        if r.random() < 0.3:
+            op = r.choice(["=", "<>", "<", ">="] if pool is numbers else ["=", "<>"])
+            return f"{left} {op} {r.choice(['ANY', 'ALL'])}(ARRAY[{items}])"
+        if r.random() < 0.2:
+            return f"{r.choice(['greatest', 'least', 'coalesce'])}({left}, {items}) = {left}"
         return f"{left} {r.choice(['IN', 'NOT IN'])} ({items})"
 
     def _like(self, d: int) -> str:
@@ -497,6 +502,7 @@ REGRESSIONS = [
     "f4 IN (1.5, 2.5, 0.1) OR f4 NOT IN (0.1, 100)",  # IN's constants are float4 here
     "i8 IN (f8, 4611686018427387905) OR i8 BETWEEN f8 AND 4611686018427387903",
     "NULLIF(ch, t) IS NULL",  # NULLIF compares as `=` does: as text
+    "ch = ANY(ARRAY[t, 'ab ']) OR f4 = ANY(ARRAY[1.5, 0.1])",  # text[], numeric[]
     # months are added in the session's zone, not the literal's offset (Dec 31 - 1 mon):
     "(('1999-12-31 12:00:00.5-12'::timestamptz - iv) + iv) < d",
 ]
@@ -665,3 +671,7 @@ def test_char_n_list_refused_where_padding_matters(table: Table) -> None:
     _conn, columns, _rows = table
     with pytest.raises(WhereError, match="LIKE on a char\\(n\\) expression is not supported"):
         parse_where("COALESCE(ch, t) LIKE 'a%'", {}, columns)
+    # ARRAY[vc, t] is varchar[] (first type stays), so this compares as char(n) = varchar,
+    # refused as `ch = vc` is (it had compared as text: seed 131)
+    with pytest.raises(WhereError, match="comparing char\\(n\\) with varchar"):
+        parse_where("ch = ANY(ARRAY[vc, t, 'ab '])", {}, columns)
