@@ -183,8 +183,15 @@ class TransactionAssembler:
         elif isinstance(msg, pgoutput.Relation):
             self._relation(msg)
         elif isinstance(msg, pgoutput.Truncate):
+            # A TRUNCATE sent again after a reconnect (from the slot's confirmed position)
+            # must not rotate the shapes made after it: their snapshot saw it committed.
+            xid = self.xid
             for oid in msg.relation_oids:
-                self.registry.rotate_table(oid, "table truncated")
+                self.registry.rotate_table(
+                    oid,
+                    "table truncated",
+                    keep=lambda s: s.snapshot is not None and s.in_snapshot(xid),
+                )
         return Lsn(0)
 
     def _refresh_plans(self) -> None:

@@ -9,6 +9,7 @@ catalog and the where parser.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from cachetools import LRUCache
@@ -214,9 +215,13 @@ class ShapeRegistry:
                 del self._by_request[key]
         self.store.retire(shape.log)  # its files go, in the executor
 
-    def rotate_table(self, oid: int, reason: str) -> None:
+    def rotate_table(
+        self, oid: int, reason: str, keep: Callable[[Shape], bool] | None = None
+    ) -> None:
+        """Rotate the shapes of table `oid`, but those `keep` says to keep."""
         for shape in [s for s in self.by_handle.values() if s.definition.table_oid == oid]:
-            self.rotate(shape, reason)
+            if keep is None or not keep(shape):
+                self.rotate(shape, reason)
 
     def rotate_all(self, reason: str) -> None:
         for shape in list(self.by_handle.values()):

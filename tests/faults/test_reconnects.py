@@ -84,3 +84,39 @@ async def test_a_new_shape_after_a_postgres_restart_is_not_a_400(
             assert status in (200, 503), body
     finally:
         engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_replayed_truncate_does_not_rotate_the_shapes_made_after_it(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """The slot sends a TRUNCATE again after a lost stream (confirmed only with the next
+    status update); it used to rotate the shapes made after it too, whose snapshots hold
+    it: every client of the table refetched again, once per reconnect."""
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    await asyncio.to_thread(engine.start)
+    follower = Follower(engine.url, increments=False)
+    stop = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession() as session:
+            tasks = await follow_all(session, [follower], stop)
+            first = follower.handle
+            cluster.query("TRUNCATE items")
+            cluster.query("INSERT INTO items VALUES (1, 5)")
+            await wait_until_async(
+                lambda: follower.resets == 1 and follower.live and follower.handle != first,
+                message="refetched after the TRUNCATE",
+            )
+            cluster.query(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE active_pid IS NOT NULL"
+            )
+            cluster.query("INSERT INTO items VALUES (2, 6)")
+            await until_equal([follower], [expected_rows(cluster.url, None)], 30)
+            stop.set()
+            await asyncio.gather(*tasks)
+        assert follower.resets == 1, follower.statuses
+        follower.assert_clean()
+    finally:
+        stop.set()
+        engine.stop()
