@@ -18,19 +18,18 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 
-import orjson
 from multidict import MultiDict
 
 from proxy.errors import BadShapeRequest, EngineRefusal
 from proxy.policy.sql import parse_identifier_list, parse_table_name
 from proxy.shape_request import ShapeRequest, SubsetRequest
 from sync_engine.errors import BadBody, InvalidRequest
-from sync_engine.http import limits as engine_limits
 from sync_engine.http.limits import MAX_PARAMS
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
 from sync_engine.http.params import PARAM_NUMBER as _NUMBER
 from sync_engine.http.params import SINGLE_PARAMS as _SINGLE
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
+from sync_engine.http.params import SUBSET_BODY_KEYS, parse_json_body
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
 from sync_engine.http.params import parse_shape_request as engine_parse
 
@@ -249,10 +248,6 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
     )
 
 
-#: The engine's cap on a POST body (`sync_engine.http.shape`), bytes.
-ENGINE_MAX_BODY = 8 * 1024 * 1024
-
-
 #: The proxy's `code` for the engine's refusal of a parameter, by field (and words).
 _REASONS = {
     "table": "invalid_table",
@@ -302,25 +297,12 @@ def _refusal(exc: InvalidRequest | BadBody) -> EngineRefusal:
 
 
 def engine_body(raw: bytes) -> dict[str, object] | None:
-    """A POST body read as the engine reads it (`sync_engine.http.shape._json_body`): None
-    when empty, else a JSON object, or its refusal in its words."""
+    """A POST body read as the engine reads it (`sync_engine.http.params.parse_json_body`):
+    None when empty, else a JSON object, or its refusal in its words."""
     try:
-        if len(raw) > ENGINE_MAX_BODY:
-            raise BadBody("Request body too large", 413)
-        if not raw.strip():
-            return None
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            if "depth limit" in str(exc):
-                raise engine_limits.too_deep() from None
-            raise BadBody("Invalid JSON in request body", details=str(exc)) from None
-        if not isinstance(data, dict):
-            raise BadBody("Request body must be a JSON object")
-        engine_limits.check_body(data)
+        return parse_json_body(raw)
     except (InvalidRequest, BadBody) as exc:
         raise _refusal(exc) from None
-    return data
 
 
 def check_as_the_engine(
@@ -334,18 +316,6 @@ def check_as_the_engine(
         engine_parse(MultiDict(items), dict(body) if body is not None else None)
     except (InvalidRequest, BadBody) as exc:
         raise _refusal(exc) from None
-
-
-#: Keys of a POST body that are the subset's (the engine's reading, `parse_shape_request`).
-_SUBSET_BODY_KEYS = (
-    "where",
-    "params",
-    "limit",
-    "offset",
-    "order_by",
-    "where_expr",
-    "order_by_expr",
-)
 
 
 def parse_post_request(
@@ -365,7 +335,7 @@ def parse_post_request(
             subset_body.update(nested)
         present = {name for name, _ in pairs}
         for key, value in body.items():
-            if key in _SUBSET_BODY_KEYS:
+            if key in SUBSET_BODY_KEYS:
                 subset_body[key] = value
             elif key != "subset" and isinstance(value, str) and key in _SINGLE_SET:
                 if key not in present:

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from multidict import MultiMapping
 
-from ..errors import InvalidRequest
+from ..errors import BadBody, InvalidRequest
 from ..log.offsets import InvalidOffset, LogOffset, parse_offset
 from ..shapes.definition import LogMode, Replica, ShapeParams, SubsetParams
 from . import limits
@@ -109,15 +109,7 @@ def parse_shape_request(
         if isinstance(nested, dict):
             subset_body.update(nested)
         for k, v in body.items():
-            if k in (
-                "where",
-                "params",
-                "limit",
-                "offset",
-                "order_by",
-                "where_expr",
-                "order_by_expr",
-            ):
+            if k in SUBSET_BODY_KEYS:
                 subset_body[k] = v
             elif k != "subset" and isinstance(v, str) and k in SINGLE_PARAMS:
                 limit = limits.MAX_LENGTH.get(k, limits.DEFAULT_LENGTH)
@@ -340,3 +332,30 @@ def _parse_subset(
     return SubsetParams(
         where=where or None, params=params, limit=limit, offset=offset, order_by=order_by or None
     )
+
+
+#: Bytes of a POST body the engine reads at most.
+MAX_BODY = 8 * 1024 * 1024
+
+#: Keys of a POST body that are the subset's (beside a nested `subset` object).
+SUBSET_BODY_KEYS = ("where", "params", "limit", "offset", "order_by", "where_expr", "order_by_expr")
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any] | None:
+    """A POST body as the engine reads it: None when empty, else a JSON object, refused in
+    Electric's words (`BadBody`) otherwise. The proxy reads bodies with this too, so both
+    refuse the same body the same way."""
+    if len(raw) > MAX_BODY:
+        raise BadBody("Request body too large", 413)
+    if not raw.strip():
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        if "depth limit" in str(exc):  # orjson's own limit (1,024 levels), far above ours
+            raise limits.too_deep() from None
+        raise BadBody("Invalid JSON in request body", details=str(exc)) from None
+    if not isinstance(data, dict):
+        raise BadBody("Request body must be a JSON object")
+    limits.check_body(data)
+    return data

@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 from multidict import MultiDict
 
@@ -23,10 +22,9 @@ from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from ..snapshot.subset import build_subset_query
 from . import headers as h
-from . import limits
 from .errors import json_response
 from .live import serve_sse
-from .params import ShapeRequest, parse_shape_request
+from .params import MAX_BODY, ShapeRequest, parse_json_body, parse_shape_request
 from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
 
@@ -35,8 +33,6 @@ if TYPE_CHECKING:
     from ..shapes.shape import Shape
     from ..source import Source
 
-#: Bytes of a POST body read.
-MAX_BODY = 8 * 1024 * 1024
 #: Seconds a request waits for a snapshot chunk before a 503 asks it to come back.
 SNAPSHOT_WAIT = 60.0
 
@@ -290,21 +286,7 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
         return None
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadBody("Request body too large", 413)
-    raw = await request.content.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise BadBody("Request body too large", 413)
-    if not raw.strip():
-        return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        if "depth limit" in str(exc):  # orjson's own limit (1,024 levels), far above ours
-            raise limits.too_deep() from None
-        raise BadBody("Invalid JSON in request body", details=str(exc)) from None
-    if not isinstance(data, dict):
-        raise BadBody("Request body must be a JSON object")
-    limits.check_body(data)
-    return data
+    return parse_json_body(await request.content.read(MAX_BODY + 1))
 
 
 def _watermark(source: Source, shape: Shape, end: LogOffset) -> int:
