@@ -78,10 +78,9 @@ class ClientClause:
     param_refs: tuple[tuple[int, int], ...] = ()
     #: The clause as the client wrote it (checked: it parses into the tree `sql` came from).
     text: str = ""
-    #: Location of the clause's root node in `text`, unless the root is an AND (which the
-    #: parser flattens into the AND it is combined with) or has none.
+    #: Location of the clause's root node in `text`, unless the root is an AND (always a
+    #: boolean) or has none.
     root_at: int | None = None
-    root_and: bool = False
 
     def missing_param(self, given: int) -> str | None:
         """The engine's error for the first `$n` beyond the `given` params, if any."""
@@ -275,7 +274,6 @@ def check_client_where(
         param_refs=tuple(refs),
         text=clause,
         root_at=_root_location(where),
-        root_and=isinstance(where, ast.BoolExpr) and where.boolop == BoolExprType.AND_EXPR,
     )
 
 
@@ -304,8 +302,9 @@ def _syntax_error(clause: str, what: str, fallback: str) -> str:
 class CombinedWhere:
     """A client's where ANDed with the enforced one, as the engine gets it.
 
-    `(<client text>) AND (<enforced, its $n after the client's>)`: the client's own text and
-    its own `$1..$k`, so what the engine says about them (`At location N: ...`) is about what
+    `(<enforced>) AND COALESCE(NULLIF((<enforced>) IS TRUE, true), (<client text>))`, the
+    enforced filter's `$n` after the client's own `$1..$k` (`guarded_where`). The client's text
+    is kept as written, so what the engine says about it (`At location N: ...`) is about what
     the client sent, once `client_at` is taken off the location (`remap_where_error`).
     """
 
@@ -314,14 +313,12 @@ class CombinedWhere:
     #: regenerated, and locations in it are not the client's).
     client_at: int | None
     client_length: int
-    #: Location of the client's root node in `sql` (None: it has none, or it is an AND, which
-    #: the parser flattens into the joining AND), and of the joining AND (None: flattened).
-    #: The engine's "argument of AND must be type boolean" at either is about the client's
-    #: whole clause, of which it says, when it gets it alone, that it "must return a
-    #: boolean"; another error at the AND is the client's root failing to become a boolean,
-    #: which the engine, given the clause alone, says without a location.
+    #: Location of the client's root node in `sql` (None: it has none, or it is an AND), and
+    #: of the guarding COALESCE. The engine's "COALESCE types boolean and X cannot be
+    #: matched" at either is the client's clause not being a boolean, of which it says, when
+    #: it gets the clause alone, that it "must return a boolean".
     root_at: int | None
-    and_at: int | None
+    guard_at: int | None
 
 
 _POSITIONS = re.compile(r'"(?:location|stmt_location|stmt_len)":-?[0-9]+')
@@ -341,42 +338,64 @@ def shift_template(sql: str, offset: int) -> str:
     return _deparse(where, "where")
 
 
+def guarded_where(enforced: str, client: str) -> str:
+    """`enforced AND client`, written so that Postgres never evaluates `client` on a row
+    `enforced` excludes.
+
+    Postgres orders the conjuncts of a plain AND by its own cost estimates, not by the text:
+    a client clause that is cheaper than (or as cheap as) the enforced filter runs first on
+    every row the scan meets, other tenants' included. A clause that can fail on some values
+    (`id::int2 > 0`, `1/(id-42) = 1`) then fails the whole snapshot for a row the caller may
+    not see: a 400 or a 200 that says whether such a hidden row exists, an oracle on rows
+    outside the policy. COALESCE evaluates its arguments in order and only as far as needed
+    (documented, like CASE), so the client's clause is reached only for rows the enforced
+    filter admits. The enforced filter also stands alone first, so Postgres can still use an
+    index for it. For a row, the result is the same as `enforced AND client`: false where
+    `enforced` is not true, else the client's clause.
+    """
+    return f"({enforced}) AND COALESCE(NULLIF(({enforced}) IS TRUE, true), ({client}))"
+
+
 def combine_where(clause: ClientClause, enforced: str) -> CombinedWhere:
-    """`(client) AND (enforced)` with the client's text verbatim when that is provably the
-    same tree as the regenerated one (it always is for a clause that parsed alone; a trailing
-    `--` comment gets a newline so it cannot swallow the closing parenthesis), else with the
-    regenerated clause. `enforced` already has its `$n` after the client's params."""
-    canonical = f"({clause.sql}) AND ({enforced})"
+    """`guarded_where` of the enforced filter and the client's clause, with the client's
+    text verbatim when that is provably the same tree as the regenerated one (it always is
+    for a clause that parsed alone; a trailing `--` comment gets a newline so it cannot
+    swallow the closing parenthesis), else with the regenerated clause. `enforced` already
+    has its `$n` after the client's params."""
+    canonical = guarded_where(enforced, clause.sql)
     text = clause.text
     end = "\n" if "--" in text else ""
-    verbatim = f"({text}{end}) AND ({enforced})"
+    verbatim = guarded_where(enforced, text + end)
     try:
         same = _shape_of(verbatim) == _shape_of(canonical)
     except ParseError:
         same = False
-    if same:
-        root_at = None if clause.root_at is None else 1 + clause.root_at
-        and_at = None if clause.root_and else 1 + len(text) + len(end) + 2
-        return CombinedWhere(verbatim, 1, len(text), root_at, and_at)
-    return CombinedWhere(canonical, None, len(clause.sql), None, None)
+    if not same:
+        return CombinedWhere(canonical, None, len(clause.sql), None, None)
+    client_at = len(verbatim) - len(text + end) - len("))")
+    root_at = None if clause.root_at is None else client_at + clause.root_at
+    guard_at = len(f"({enforced}) AND ")
+    return CombinedWhere(verbatim, client_at, len(text), root_at, guard_at)
 
 
 _LOCATED = re.compile(r"^At location (\d+): (.*)$", re.DOTALL)
-_AND_NOT_BOOLEAN = re.compile(r"^argument of AND must be type boolean, not type .*$", re.DOTALL)
+_NOT_BOOLEAN = re.compile(r"^COALESCE types boolean and .* cannot be matched$", re.DOTALL)
 
 
 def remap_where_error(message: str, combined: CombinedWhere) -> str:
     """The engine's error about a combined where, in terms of the client's own where: a
-    location in the client's text counted from its start; the joining AND's "argument must
-    be boolean" as the engine says it of a whole where. Errors located in the enforced
-    filter stay as they are (they are the policy's, not the client's)."""
+    location in the client's text counted from its start; the guard's "types cannot be
+    matched" as the engine says it of a whole where that is not a boolean. Errors located
+    in the enforced filter stay as they are (they are the policy's, not the client's)."""
     match = _LOCATED.match(message)
     if match is None or combined.client_at is None:
         return message
     at, rest = int(match.group(1)), match.group(2)
-    if at in (combined.root_at, combined.and_at) and _AND_NOT_BOOLEAN.match(rest):
+    if at in (combined.root_at, combined.guard_at) and _NOT_BOOLEAN.match(rest):
         return "WHERE clause must return a boolean"
-    if at == combined.and_at:
+    if at == combined.guard_at:
+        # (the client's root failing to become a boolean, which the engine, given the
+        # clause alone, says without a location)
         return rest
     start = combined.client_at
     if start <= at <= start + combined.client_length:

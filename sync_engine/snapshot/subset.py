@@ -62,9 +62,28 @@ def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> Subs
     return SubsetQuery(where_sql, order, sub.limit, sub.offset)
 
 
+def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:
+    """The shape's where AND the subset's, written so that Postgres never evaluates the
+    subset's on a row outside the shape.
+
+    Postgres orders a plain AND's conjuncts by its cost estimates, not by the text: a subset
+    clause cheaper than the shape's where would run first on every row the scan meets, and
+    one that fails on some values (`id::int2 > 0` past 32767) would fail the query because of
+    a row outside the shape. Behind an auth proxy the shape's where holds the policy's
+    filter, so that failure would tell a caller whether a row it may not see exists.
+    COALESCE evaluates its arguments in order and only as far as needed, so the subset's
+    clause is reached only for rows the shape holds; the shape's where also stands alone
+    first, so an index can still serve it. The rows are those of `shape AND subset`.
+    """
+    if shape_where and subset_where:
+        return (
+            f"({shape_where}) AND COALESCE(NULLIF(({shape_where}) IS TRUE, true), ({subset_where}))"
+        )
+    return shape_where or subset_where
+
+
 def _query(shape: Shape, subset: SubsetQuery) -> tuple[RowQuery, sql.Composed]:
-    conds = [c for c in (shape.where.sql if shape.where else None, subset.where_sql) if c]
-    where_sql = " AND ".join(f"({c})" for c in conds) if conds else None
+    where_sql = within_shape(shape.where.sql if shape.where else None, subset.where_sql)
     rows = row_json_sql(
         shape.table,
         shape.columns,

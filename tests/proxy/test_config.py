@@ -155,7 +155,9 @@ def test_cli_explain(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["allowed"] is True and report["rule"] == "owner"
-    assert report["where"] == "(done = false) AND (owner_id = $1)"
+    assert report["where"] == (
+        "(owner_id = $1) AND COALESCE(NULLIF((owner_id = $1) IS TRUE, true), (done = false))"
+    )
     assert report["params"] == ["u1"]
     assert "secret=[REDACTED]" in report["upstream_url"]
     assert ENV["ENGINE_SECRET"] not in out.stdout + out.stderr

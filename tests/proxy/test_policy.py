@@ -39,8 +39,12 @@ def test_member_gets_enforced_filter_and_columns(policy: Any) -> None:
 
 def test_client_where_is_anded_and_renumbered(policy: Any) -> None:
     d = decide(policy, "table=items&offset=-1&where=title ILIKE $1&params[1]=%25x", MEMBER)
-    # The client's clause as written with its own $1; the enforced filter after it.
-    assert d.where == "(title ILIKE $1) AND (org_id = $2)"
+    # The client's clause as written with its own $1, reached only for rows the enforced
+    # filter (its param after the client's) admits: `guarded_where`.
+    assert (
+        d.where
+        == "(org_id = $2) AND COALESCE(NULLIF((org_id = $2) IS TRUE, true), (title ILIKE $1))"
+    )
     assert d.params == ("%x", "org-a")
 
 
@@ -51,7 +55,10 @@ def test_client_params_cannot_override_enforced(policy: Any) -> None:
     assert d.where == "org_id = $1" and d.params == ("org-a",)
     # With a where the client's $1 is its own; the enforced one comes after it.
     d = decide(policy, "table=items&offset=-1&where=org_id = $1&params[1]=org-b", MEMBER)
-    assert d.where == "(org_id = $1) AND (org_id = $2)" and d.params == ("org-b", "org-a")
+    assert d.params == ("org-b", "org-a")
+    assert (
+        d.where == "(org_id = $2) AND COALESCE(NULLIF((org_id = $2) IS TRUE, true), (org_id = $1))"
+    )
 
 
 def test_where_breakout_refused(policy: Any) -> None:

@@ -84,22 +84,23 @@ def _check(url: URL) -> None:
     assert query["secret"] == SECRET and query["source_id"] == "src-1"
     assert "api_secret" not in query
     where = query["where"]
-    # The client's clause first (its own `$1..$k`), the enforced filter last, its `$k+1`
-    # bound to the member's own claim; no `$n` of the client's reaches that param.
+    # The enforced filter first, its `$k+1` bound to the member's own claim, then the
+    # client's clause (its own `$1..$k`) guarded by it (`guarded_where`): reached only for
+    # rows the enforced filter admits. No `$n` of the client's reaches that param.
     numbers = sorted(int(name[7:-1]) for name in query if name.startswith("params["))
     assert numbers == list(range(1, len(numbers) + 1)), numbers
     enforced = len(numbers)
     assert query[f"params[{enforced}]"] == "org-a"
     if where != "org_id = $1":
-        assert where.endswith(f") AND (org_id = ${enforced})"), where
+        assert where.startswith(f"(org_id = ${enforced}) AND COALESCE("), where
         tree = parse_sql("SELECT 1 WHERE " + where)[0].stmt.whereClause
         assert isinstance(tree, ast.BoolExpr) and tree.boolop == BoolExprType.AND_EXPR, where
-        assert RawStream()(tree.args[-1]) == f"org_id = ${enforced}", where
+        first, guard = tree.args
+        assert RawStream()(first) == f"org_id = ${enforced}", where
+        assert isinstance(guard, ast.CoalesceExpr) and len(guard.args) == 2, where
+        assert RawStream()(guard.args[0]) == f"NULLIF((org_id = ${enforced} IS TRUE), TRUE)", where
         client_refs = [
-            node.number
-            for arg in tree.args[:-1]
-            for node in _walk(arg)
-            if isinstance(node, ast.ParamRef)
+            node.number for node in _walk(guard.args[1]) if isinstance(node, ast.ParamRef)
         ]
         assert all(1 <= number < enforced for number in client_refs), where
     visible = {'"id"', '"org_id"', '"title"'}
