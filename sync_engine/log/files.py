@@ -58,7 +58,7 @@ from typing import Any, NoReturn, TypeAlias
 import orjson
 
 from ..errors import ShapeGone
-from .fds import close_fd, write_fd
+from .fds import close_fd, write_fd, write_new_file
 from .framing import (
     KEY_TX_END,
     FramingError,
@@ -396,9 +396,7 @@ class ShapeLog:
     def _write_file(self, path: str, data: bytes) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_new_file(fd, data)
             if self.fsync:
                 os.fsync(fd)
         except BaseException:

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from .fds import write_new_file
+
 MAGIC = b"SGPACK1\n"
 SUFFIX = ".pack"
 _HEAD = struct.Struct("<II")
@@ -128,9 +130,7 @@ def write_new(path: str, data: bytes, fsync: bool) -> None:
     write removes the file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_new_file(fd, data)
         if fsync:
             os.fsync(fd)
     except BaseException:

@@ -12,6 +12,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from sync_engine.log import fds
 from sync_engine.log.files import LogDamaged, LogWriteError, ShapeLog
 from sync_engine.log.framing import HEADER_SIZE, scan
 from sync_engine.log.offsets import SNAPSHOT_END, LogOffset
@@ -198,6 +199,40 @@ def test_snapshot_chunks_are_checked(tmp_path: Path) -> None:
     os.truncate(path, 100)
     assert store.load() == []  # a size that differs from the marker's is found on load
     assert os.listdir(tmp_path / "shapes") == []  # and the shape is discarded
+
+
+def test_big_chunk_files_are_written_in_pieces_and_read_back_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new file's page cache is sized by the write: chunk files and packs go to the kernel
+    `WRITE_PIECE` bytes at a time (see `fds.WRITE_PIECE`), and a short write (the kernel
+    took less) is continued, so the file holds every byte and passes its check."""
+    sizes: list[int] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes | memoryview) -> int:
+        sizes.append(len(data))
+        return real_write(fd, bytes(data)[: 7 * len(data) // 8 or 1])  # short, as the kernel may
+
+    monkeypatch.setattr(os, "write", write)
+    store = ShapeStore(tmp_path / "shapes", 1 << 20, fsync=False)
+    (tmp_path / "shapes").mkdir()
+    log = store.new_log("h")
+    big = b"".join(b'{"key":"%d","value":{"t":"row %d"}},' % (i, i) for i in range(60_000))
+    assert len(big) > 20 * fds.WRITE_PIECE
+    log.write_snapshot_chunk(0, big)
+    assert sizes and max(sizes) <= fds.WRITE_PIECE and sum(sizes) > len(big)
+    assert (tmp_path / "shapes" / "h.snapshot.00000.json").read_bytes() == big
+    sizes.clear()
+    last = big[: 2 * fds.WRITE_PIECE + 5]  # inlined in the pack
+    pack = PackBuilder()
+    pack.add(log, 2, last, {"handle": "h"})
+    pack.write(fsync=False)
+    assert sizes and max(sizes) <= fds.WRITE_PIECE
+    assert pack.publish() == [log]
+    monkeypatch.undo()
+    (again,) = store.load()
+    assert again.read_snapshot_chunk(0) == big and again.read_snapshot_chunk(1) == last
 
 
 def test_big_transactions_are_cut_into_chunk_sized_responses(tmp_path: Path) -> None:
