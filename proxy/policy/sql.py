@@ -23,6 +23,7 @@ from pglast.stream import RawStream
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
 from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 from sync_engine.pg.identifiers import parse_columns, parse_relation
+from sync_engine.shapes.where import guarded_and
 from sync_engine.shapes.where import parse as where_parse
 from sync_engine.shapes.where.errors import WhereError
 
@@ -303,7 +304,7 @@ class CombinedWhere:
     """A client's where ANDed with the enforced one, as the engine gets it.
 
     `(<enforced>) AND COALESCE(NULLIF((<enforced>) IS TRUE, true), (<client text>))`, the
-    enforced filter's `$n` after the client's own `$1..$k` (`guarded_where`). The client's text
+    enforced filter's `$n` after the client's own `$1..$k` (`guarded_and`). The client's text
     is kept as written, so what the engine says about it (`At location N: ...`) is about what
     the client sent, once `client_at` is taken off the location (`remap_where_error`).
     """
@@ -338,34 +339,17 @@ def shift_template(sql: str, offset: int) -> str:
     return _deparse(where, "where")
 
 
-def guarded_where(enforced: str, client: str) -> str:
-    """`enforced AND client`, written so that Postgres never evaluates `client` on a row
-    `enforced` excludes.
-
-    Postgres orders the conjuncts of a plain AND by its own cost estimates, not by the text:
-    a client clause that is cheaper than (or as cheap as) the enforced filter runs first on
-    every row the scan meets, other tenants' included. A clause that can fail on some values
-    (`id::int2 > 0`, `1/(id-42) = 1`) then fails the whole snapshot for a row the caller may
-    not see: a 400 or a 200 that says whether such a hidden row exists, an oracle on rows
-    outside the policy. COALESCE evaluates its arguments in order and only as far as needed
-    (documented, like CASE), so the client's clause is reached only for rows the enforced
-    filter admits. The enforced filter also stands alone first, so Postgres can still use an
-    index for it. For a row, the result is the same as `enforced AND client`: false where
-    `enforced` is not true, else the client's clause.
-    """
-    return f"({enforced}) AND COALESCE(NULLIF(({enforced}) IS TRUE, true), ({client}))"
-
-
 def combine_where(clause: ClientClause, enforced: str) -> CombinedWhere:
-    """`guarded_where` of the enforced filter and the client's clause, with the client's
+    """`guarded_and` of the enforced filter and the client's clause (so that Postgres never
+    evaluates the client's clause on a row the policy hides), with the client's
     text verbatim when that is provably the same tree as the regenerated one (it always is
     for a clause that parsed alone; a trailing `--` comment gets a newline so it cannot
     swallow the closing parenthesis), else with the regenerated clause. `enforced` already
     has its `$n` after the client's params."""
-    canonical = guarded_where(enforced, clause.sql)
+    canonical = guarded_and(enforced, clause.sql)
     text = clause.text
     end = "\n" if "--" in text else ""
-    verbatim = guarded_where(enforced, text + end)
+    verbatim = guarded_and(enforced, text + end)
     try:
         same = _shape_of(verbatim) == _shape_of(canonical)
     except ParseError:

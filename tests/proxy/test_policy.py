@@ -40,7 +40,7 @@ def test_member_gets_enforced_filter_and_columns(policy: Any) -> None:
 def test_client_where_is_anded_and_renumbered(policy: Any) -> None:
     d = decide(policy, "table=items&offset=-1&where=title ILIKE $1&params[1]=%25x", MEMBER)
     # The client's clause as written with its own $1, reached only for rows the enforced
-    # filter (its param after the client's) admits: `guarded_where`.
+    # filter (its param after the client's) admits: `guarded_and`.
     assert (
         d.where
         == "(org_id = $2) AND COALESCE(NULLIF((org_id = $2) IS TRUE, true), (title ILIKE $1))"
