@@ -13,12 +13,9 @@ rows the rest of the clause would have filtered out.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 
 from proxy.config.loader import build_config
@@ -157,18 +154,11 @@ MEMBER_SAME_ANSWER = [
 
 
 @pytest.fixture
-def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
-        conn.execute("INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')")
-    engine = EngineProcess(
-        db_url, tmp_path / "data", "--secret", engine_secret, "--long-poll-timeout", "1"
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+        "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')",
     )
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 def _comparable(status: int, body: bytes) -> Any:
