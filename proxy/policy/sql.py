@@ -23,7 +23,7 @@ from pglast.stream import RawStream
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
 from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 from sync_engine.pg.identifiers import parse_columns, parse_relation
-from sync_engine.shapes.where import guarded_and
+from sync_engine.shapes.where import check_where_constructs, guarded_and
 from sync_engine.shapes.where import parse as where_parse
 from sync_engine.shapes.where.errors import WhereError
 
@@ -34,12 +34,18 @@ _PREFIX = "SELECT 1 WHERE "
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
-#: Parse-tree node types a client clause may contain. Anything else (sub-selects, function
-#: calls, row comparisons with sub-links...) is refused: it could read other tables or act as
-#: an oracle on hidden columns.
+#: Parse-tree node types a client clause may contain. Anything else (sub-selects, row
+#: comparisons with sub-links...) is refused: it could read other tables or act as an oracle
+#: on hidden columns. Function calls are allowed only as the engine evaluates them
+#: (`_check_functions`): pure functions of their arguments, which reference only visible
+#: columns, and evaluated only for rows the enforced filter admits (`guarded_and`).
 _ALLOWED_NODES = frozenset(
     {
         "A_Expr",
+        "FuncCall",
+        "MinMaxExpr",
+        "A_Indirection",
+        "A_Indices",
         "BoolExpr",
         "NullTest",
         "BooleanTest",
@@ -213,6 +219,25 @@ def _check_tree(
     return refs
 
 
+def _check_functions(where: object, clause: str, what: str) -> None:
+    """Refuse a clause calling a function (or using an array subscript, GREATEST...) the
+    engine does not evaluate, in the engine's own words: the engine's schema-free check
+    (`check_where_constructs`) on the client's text. Only clauses with such nodes are
+    checked; the rest are left to the engine, as before."""
+    if not any(
+        isinstance(n, ast.FuncCall | ast.MinMaxExpr | ast.A_Indirection) for n in _walk(where)
+    ):
+        return
+    try:
+        check_where_constructs(clause)
+    except WhereError as exc:
+        raise BadShapeRequest("invalid_where", str(exc), field=_FIELDS[what]) from None
+
+
+#: The field of the engine's error body that names each kind of client clause.
+_FIELDS = {"where": "where", "subset where": "subset.where"}
+
+
 def _refuse_nul(clause: str, what: str) -> None:
     """pglast hands the text to a C parser that stops at a NUL byte: what follows would be
     neither checked nor sent, so the proxy would serve less of a filter than the client wrote.
@@ -264,6 +289,7 @@ def check_client_where(
     where = stmt.whereClause
     _check_depth(where, what)
     refs = _check_tree(where, allowed_columns, what)
+    _check_functions(where, clause, what)
     if isinstance(where, ast.A_Const) and where.isnull:
         # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
         # filter it would become a boolean and match nothing, a 200 the engine never gives.

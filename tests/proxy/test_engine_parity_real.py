@@ -146,10 +146,20 @@ MEMBER_SAME_ANSWER = [
     "subset__where=title = 1",
     "subset__where=title",
     "subset__where=id >",
+    # functions: refused as the engine refuses them, in its words
+    "where=now() > '2020-01-01'",
+    "where=pg_sleep(1) IS NULL",
+    "where=lower(id) = 'a'",
+    "where=title[1] = 'a'",
+    "subset__where=pg_read_file('x') = ''",
     # accepted: the same rows as the engine's for the clause ANDed with org_id = 'org-a'
     "where=title = 'a1' -- comment",
     "where=id > $1 OR title = $2&params[1]=5&params[2]=a1",
     "where=(id > 0)",
+    "where=lower(title) = 'a1'",
+    "where=upper(title) = 'A1' OR abs(id) = 2",
+    "where=greatest(id, 0) = 1 AND concat(title, id) = 'a11'",
+    "subset__where=lower(title) = 'a1'",
 ]
 
 
