@@ -38,7 +38,8 @@ ATOMS = [
     "title LIKE '{c}%'", "title ILIKE '%{C}%'", "title = 't{n}'", "title > 't{n}'",
     "org_id = 'org-b'", "org_id <> 'org-a'", "org_id IN ('org-a', 'org-b')",
     "COALESCE(title, 'none') = 'none'", "title IS DISTINCT FROM 't{n}'", "true", "false",
-    "id = $1", "id < $1",
+    "id = $1", "id < $1", "lower(title) = 't{n}'", "upper(title) LIKE 'T{k}%'",
+    "greatest(id, {n}) = {n}", "abs(id - 20) < {n}",
 ]  # fmt: skip
 
 
