@@ -201,7 +201,7 @@ def _build_where(
         # client's own text.
         return request.where, client_params, None
     # The client's clause as written, with its own `$1..$k`, reached only for rows the
-    # enforced filter admits (`guarded_where`); the enforced filter's params after the
+    # enforced filter admits (`guarded_and`); the enforced filter's params after the
     # client's. The engine's errors about the client's part then name what the client
     # sent, once its offset is taken off their locations (`remap_where_error`).
     combined = clauses.combined(clause, enforced_sql, len(client_params))

@@ -23,6 +23,7 @@ from pglast.stream import RawStream
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
 from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 from sync_engine.pg.identifiers import parse_columns, parse_relation
+from sync_engine.shapes.where import check_where_constructs, guarded_and
 from sync_engine.shapes.where import parse as where_parse
 from sync_engine.shapes.where.errors import WhereError
 
@@ -33,12 +34,18 @@ _PREFIX = "SELECT 1 WHERE "
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
-#: Parse-tree node types a client clause may contain. Anything else (sub-selects, function
-#: calls, row comparisons with sub-links...) is refused: it could read other tables or act as
-#: an oracle on hidden columns.
+#: Parse-tree node types a client clause may contain. Anything else (sub-selects, row
+#: comparisons with sub-links...) is refused: it could read other tables or act as an oracle
+#: on hidden columns. Function calls are allowed only as the engine evaluates them
+#: (`_check_functions`): pure functions of their arguments, which reference only visible
+#: columns, and evaluated only for rows the enforced filter admits (`guarded_and`).
 _ALLOWED_NODES = frozenset(
     {
         "A_Expr",
+        "FuncCall",
+        "MinMaxExpr",
+        "A_Indirection",
+        "A_Indices",
         "BoolExpr",
         "NullTest",
         "BooleanTest",
@@ -212,6 +219,25 @@ def _check_tree(
     return refs
 
 
+def _check_functions(where: object, clause: str, what: str) -> None:
+    """Refuse a clause calling a function (or using an array subscript, GREATEST...) the
+    engine does not evaluate, in the engine's own words: the engine's schema-free check
+    (`check_where_constructs`) on the client's text. Only clauses with such nodes are
+    checked; the rest are left to the engine, as before."""
+    if not any(
+        isinstance(n, ast.FuncCall | ast.MinMaxExpr | ast.A_Indirection) for n in _walk(where)
+    ):
+        return
+    try:
+        check_where_constructs(clause)
+    except WhereError as exc:
+        raise BadShapeRequest("invalid_where", str(exc), field=_FIELDS[what]) from None
+
+
+#: The field of the engine's error body that names each kind of client clause.
+_FIELDS = {"where": "where", "subset where": "subset.where"}
+
+
 def _refuse_nul(clause: str, what: str) -> None:
     """pglast hands the text to a C parser that stops at a NUL byte: what follows would be
     neither checked nor sent, so the proxy would serve less of a filter than the client wrote.
@@ -263,6 +289,7 @@ def check_client_where(
     where = stmt.whereClause
     _check_depth(where, what)
     refs = _check_tree(where, allowed_columns, what)
+    _check_functions(where, clause, what)
     if isinstance(where, ast.A_Const) and where.isnull:
         # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
         # filter it would become a boolean and match nothing, a 200 the engine never gives.
@@ -303,7 +330,7 @@ class CombinedWhere:
     """A client's where ANDed with the enforced one, as the engine gets it.
 
     `(<enforced>) AND COALESCE(NULLIF((<enforced>) IS TRUE, true), (<client text>))`, the
-    enforced filter's `$n` after the client's own `$1..$k` (`guarded_where`). The client's text
+    enforced filter's `$n` after the client's own `$1..$k` (`guarded_and`). The client's text
     is kept as written, so what the engine says about it (`At location N: ...`) is about what
     the client sent, once `client_at` is taken off the location (`remap_where_error`).
     """
@@ -338,34 +365,17 @@ def shift_template(sql: str, offset: int) -> str:
     return _deparse(where, "where")
 
 
-def guarded_where(enforced: str, client: str) -> str:
-    """`enforced AND client`, written so that Postgres never evaluates `client` on a row
-    `enforced` excludes.
-
-    Postgres orders the conjuncts of a plain AND by its own cost estimates, not by the text:
-    a client clause that is cheaper than (or as cheap as) the enforced filter runs first on
-    every row the scan meets, other tenants' included. A clause that can fail on some values
-    (`id::int2 > 0`, `1/(id-42) = 1`) then fails the whole snapshot for a row the caller may
-    not see: a 400 or a 200 that says whether such a hidden row exists, an oracle on rows
-    outside the policy. COALESCE evaluates its arguments in order and only as far as needed
-    (documented, like CASE), so the client's clause is reached only for rows the enforced
-    filter admits. The enforced filter also stands alone first, so Postgres can still use an
-    index for it. For a row, the result is the same as `enforced AND client`: false where
-    `enforced` is not true, else the client's clause.
-    """
-    return f"({enforced}) AND COALESCE(NULLIF(({enforced}) IS TRUE, true), ({client}))"
-
-
 def combine_where(clause: ClientClause, enforced: str) -> CombinedWhere:
-    """`guarded_where` of the enforced filter and the client's clause, with the client's
+    """`guarded_and` of the enforced filter and the client's clause (so that Postgres never
+    evaluates the client's clause on a row the policy hides), with the client's
     text verbatim when that is provably the same tree as the regenerated one (it always is
     for a clause that parsed alone; a trailing `--` comment gets a newline so it cannot
     swallow the closing parenthesis), else with the regenerated clause. `enforced` already
     has its `$n` after the client's params."""
-    canonical = guarded_where(enforced, clause.sql)
+    canonical = guarded_and(enforced, clause.sql)
     text = clause.text
     end = "\n" if "--" in text else ""
-    verbatim = guarded_where(enforced, text + end)
+    verbatim = guarded_and(enforced, text + end)
     try:
         same = _shape_of(verbatim) == _shape_of(canonical)
     except ParseError:

@@ -22,7 +22,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
-from ..shapes.where import WhereError, parse_order_by, parse_where
+from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
 from . import errors as snapshot_errors
 from .query import RowQuery, row_json_sql
 
@@ -63,22 +63,11 @@ def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> Subs
 
 
 def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:
-    """The shape's where AND the subset's, written so that Postgres never evaluates the
-    subset's on a row outside the shape.
-
-    Postgres orders a plain AND's conjuncts by its cost estimates, not by the text: a subset
-    clause cheaper than the shape's where would run first on every row the scan meets, and
-    one that fails on some values (`id::int2 > 0` past 32767) would fail the query because of
-    a row outside the shape. Behind an auth proxy the shape's where holds the policy's
-    filter, so that failure would tell a caller whether a row it may not see exists.
-    COALESCE evaluates its arguments in order and only as far as needed, so the subset's
-    clause is reached only for rows the shape holds; the shape's where also stands alone
-    first, so an index can still serve it. The rows are those of `shape AND subset`.
-    """
+    """The shape's where AND the subset's, the subset's evaluated only for rows the shape
+    holds (`guarded_and`): behind an auth proxy the shape's where holds the policy's filter,
+    and a subset clause failing on a row outside it would tell the caller that row exists."""
     if shape_where and subset_where:
-        return (
-            f"({shape_where}) AND COALESCE(NULLIF(({shape_where}) IS TRUE, true), ({subset_where}))"
-        )
+        return guarded_and(shape_where, subset_where)
     return shape_where or subset_where
 
 

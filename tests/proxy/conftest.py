@@ -11,9 +11,11 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jwt
+import psycopg
 import pytest
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from yarl import URL
@@ -23,6 +25,7 @@ from proxy.config.loader import LoadedConfig, build_config
 from proxy.http.serve import Server
 from proxy.logs import JsonFormatter
 from tests.proxy.proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
+from tests.support.engine_process import EngineProcess
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +41,31 @@ def other_key() -> KeyPair:
 @pytest.fixture
 def engine_secret() -> str:
     return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture
+def start_engine(
+    db_url: str, tmp_path: Path, engine_secret: str
+) -> Iterator[Callable[..., EngineProcess]]:
+    """`start_engine(*setup_sql)`: run the statements on the test database, then start a real
+    `sync-engine` on it (the test's secret, 1 s long-polls unless `args` say otherwise);
+    stopped at teardown."""
+    started: list[EngineProcess] = []
+
+    def start(
+        *setup_sql: str, args: tuple[str, ...] = ("--long-poll-timeout", "1")
+    ) -> EngineProcess:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            for statement in setup_sql:
+                conn.execute(statement)
+        engine = EngineProcess(db_url, tmp_path / "data", "--secret", engine_secret, *args)
+        started.append(engine)
+        engine.start()
+        return engine
+
+    yield start
+    for engine in started:
+        engine.stop()
 
 
 @pytest.fixture

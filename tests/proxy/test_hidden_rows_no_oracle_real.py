@@ -12,8 +12,6 @@ the member, as a shape's where and as a subset's where.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -33,23 +31,13 @@ PROBES = ["id::int2 > 0", "id::int2 <> 7", "(id * 100000)::int4 > 0"]
 
 
 @pytest.fixture
-def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
-        conn.execute(
-            "INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'org-b' ELSE 'org-a' END,"
-            " CASE WHEN i % 5 = 0 THEN 'public' ELSE 't' || i END"
-            " FROM generate_series(1, 200) i"
-        )
-        conn.execute("ANALYZE items")
-    engine = EngineProcess(
-        db_url, tmp_path / "data", "--secret", engine_secret, "--long-poll-timeout", "1"
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+        "INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'org-b' ELSE 'org-a' END,"
+        " CASE WHEN i % 5 = 0 THEN 'public' ELSE 't' || i END FROM generate_series(1, 200) i",
+        "ANALYZE items",
     )
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 def _expected(conn: psycopg.Connection[Any], probe: str) -> dict[str, dict[str, Any]]:

@@ -40,7 +40,7 @@ def test_member_gets_enforced_filter_and_columns(policy: Any) -> None:
 def test_client_where_is_anded_and_renumbered(policy: Any) -> None:
     d = decide(policy, "table=items&offset=-1&where=title ILIKE $1&params[1]=%25x", MEMBER)
     # The client's clause as written with its own $1, reached only for rows the enforced
-    # filter (its param after the client's) admits: `guarded_where`.
+    # filter (its param after the client's) admits: `guarded_and`.
     assert (
         d.where
         == "(org_id = $2) AND COALESCE(NULLIF((org_id = $2) IS TRUE, true), (title ILIKE $1))"
@@ -64,6 +64,25 @@ def test_client_params_cannot_override_enforced(policy: Any) -> None:
 def test_where_breakout_refused(policy: Any) -> None:
     with pytest.raises(BadShapeRequest):
         decide(policy, "table=items&offset=-1&where=1=1) OR (1=1", MEMBER)
+
+
+def test_client_where_functions_are_the_engines_and_see_only_visible_columns(
+    policy: Any,
+) -> None:
+    d = decide(policy, "table=items&offset=-1&where=lower(title) = 'a' OR abs(id) = 1", MEMBER)
+    assert d.where is not None and "(lower(title) = 'a' OR abs(id) = 1)" in d.where
+    with pytest.raises(Forbidden) as hidden:  # a hidden column inside a call: still hidden
+        decide(policy, "table=items&offset=-1&where=abs(salary) > 0", MEMBER)
+    assert hidden.value.reason == "column_not_allowed"
+    for call, words in [
+        ("pg_read_file('/etc/passwd') = ''", "unknown or unsupported function pg_read_file/1"),
+        ("now() > '2020-01-01'", "non-deterministic function now() is not supported"),
+        ("pg_catalog.pg_sleep(1) IS NULL", "unknown or unsupported function pg_sleep/1"),
+    ]:
+        with pytest.raises(BadShapeRequest) as refused:
+            decide(policy, f"table=items&offset=-1&where={call}", MEMBER)
+        assert words in refused.value.message, call
+        assert refused.value.field == "where"
 
 
 def test_admin_sees_all_rows(policy: Any) -> None:

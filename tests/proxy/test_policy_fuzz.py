@@ -85,7 +85,7 @@ def _check(url: URL) -> None:
     assert "api_secret" not in query
     where = query["where"]
     # The enforced filter first, its `$k+1` bound to the member's own claim, then the
-    # client's clause (its own `$1..$k`) guarded by it (`guarded_where`): reached only for
+    # client's clause (its own `$1..$k`) guarded by it (`guarded_and`): reached only for
     # rows the enforced filter admits. No `$n` of the client's reaches that param.
     numbers = sorted(int(name[7:-1]) for name in query if name.startswith("params["))
     assert numbers == list(range(1, len(numbers) + 1)), numbers

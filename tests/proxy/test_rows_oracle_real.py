@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -40,7 +38,8 @@ ATOMS = [
     "title LIKE '{c}%'", "title ILIKE '%{C}%'", "title = 't{n}'", "title > 't{n}'",
     "org_id = 'org-b'", "org_id <> 'org-a'", "org_id IN ('org-a', 'org-b')",
     "COALESCE(title, 'none') = 'none'", "title IS DISTINCT FROM 't{n}'", "true", "false",
-    "id = $1", "id < $1",
+    "id = $1", "id < $1", "lower(title) = 't{n}'", "upper(title) LIKE 'T{k}%'",
+    "greatest(id, {n}) = {n}", "abs(id - 20) < {n}",
 ]  # fmt: skip
 
 
@@ -66,24 +65,13 @@ def _params(clause: str, rng: random.Random) -> list[str]:
 
 
 @pytest.fixture
-def engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[EngineProcess]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, salary int)"
-        )
-        conn.execute(
-            "INSERT INTO items SELECT i, CASE WHEN i % 3 = 0 THEN 'org-b' ELSE 'org-a' END,"
-            " CASE WHEN i % 7 = 0 THEN NULL WHEN i % 2 = 0 THEN 'T' || i ELSE 't' || i END,"
-            " i * 100 FROM generate_series(1, 40) i"
-        )
-    engine = EngineProcess(
-        db_url, tmp_path / "data", "--secret", engine_secret, "--long-poll-timeout", "1"
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, salary int)",
+        "INSERT INTO items SELECT i, CASE WHEN i % 3 = 0 THEN 'org-b' ELSE 'org-a' END,"
+        " CASE WHEN i % 7 = 0 THEN NULL WHEN i % 2 = 0 THEN 'T' || i ELSE 't' || i END,"
+        " i * 100 FROM generate_series(1, 40) i",
     )
-    engine.start()
-    try:
-        yield engine
-    finally:
-        engine.stop()
 
 
 def _expected(conn: psycopg.Connection[Any], clause: str, params: list[str]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ One job a module:
 - `index`     the equality / IN keys the router files shapes under;
 - `collation` which text semantics the table's collations let the engine reproduce;
 - `constructs` `check_where_constructs`, the schema-free check for policy filters;
+- `guard`     `guarded_and`: `first AND then` with `then` never evaluated where `first` fails;
 - `template`  clauses of a form seen before (the same parse tree but for integer literals)
               built without pglast's parse and deparse, exactly as the full path would;
 - `clause`    the public entry points `parse_where`, `parse_order_by`, `Where`.
@@ -37,6 +38,7 @@ One job a module:
 from .clause import Where, parse_order_by, parse_where
 from .constructs import check_where_constructs
 from .errors import WhereError
+from .guard import guarded_and
 from .index import index_key
 from .parse import MAX_WHERE_DEPTH, MAX_WHERE_SIZE
 from .text import like_regex
@@ -47,6 +49,7 @@ __all__ = [
     "Where",
     "WhereError",
     "check_where_constructs",
+    "guarded_and",
     "index_key",
     "like_regex",
     "parse_order_by",

@@ -33,7 +33,7 @@ from pglast.parser import scan
 from sync_engine.pg.catalog import ColumnInfo, load_table
 from sync_engine.pg.session import with_display_settings
 from sync_engine.pg.values import UnrepresentableValue
-from sync_engine.shapes.where import WhereError, parse_where
+from sync_engine.shapes.where import WhereError, guarded_and, parse_where
 from sync_engine.shapes.where.clause import TEMPLATES
 
 SEED = 20261203
@@ -675,3 +675,63 @@ def test_char_n_list_refused_where_padding_matters(table: Table) -> None:
     # refused as `ch = vc` is (it had compared as text: seed 131)
     with pytest.raises(WhereError, match="comparing char\\(n\\) with varchar"):
         parse_where("ch = ANY(ARRAY[vc, t, 'ab '])", {}, columns)
+
+
+def _verdicts(conn: psycopg.Connection[Any], sql: str) -> dict[int, str]:
+    """Postgres's verdict on `sql` for each row alone: true, false, null or error."""
+    return dict(conn.execute("SELECT rid, verdict FROM verdicts(%s)", (sql,)).fetchall())
+
+
+#: Second halves that fail on some rows (overflow, division by zero, a bad cast) and hold on
+#: others: what a caller behind the guard could use as an oracle without it.
+FAILING = ["i4::int2 > 0", "1 / (i4 % 7) = 0", "(i8 * 1000000000000)::int4 > 0",
+           "t::int4 > 0", "i2 + 32767::int2 > 0"]  # fmt: skip
+
+
+def test_guarded_and_keeps_the_rows_of_and_and_never_evaluates_its_second_half_outside(
+    table: Table,
+) -> None:
+    """`guarded_and(first, then)` (the proxy's client where under the policy's, a subset's
+    where under its shape's): Postgres and the engine keep exactly the rows where both hold,
+    and the query fails only where `first` fails or `then` fails on a row `first` admits."""
+    conn, columns, rows = table
+    rng = random.Random(SEED + 7)
+    grammar = Grammar(rng)
+    firsts = ["id % 3 = 0", "i4 IS NULL", "b"] + [grammar.bool_(2) for _ in range(20)]
+    thens = FAILING + [grammar.bool_(2) for _ in range(20)]
+    checked = shielded = 0
+    for first in firsts:
+        for then in rng.sample(thens, 8) + FAILING:
+            try:
+                guarded = parse_where(guarded_and(first, then), {}, columns)
+                first_sql = parse_where(first, {}, columns).sql
+                then_sql = parse_where(then, {}, columns).sql
+            except WhereError:
+                continue
+            first_verdicts = _verdicts(conn, first_sql)
+            admitted = {i for i, v in first_verdicts.items() if v == "true"}
+            then_verdicts = _verdicts(conn, then_sql)
+            expected = {i for i in admitted if then_verdicts[i] == "true"}
+            fails_inside = any(then_verdicts[i] == "error" for i in admitted) or any(
+                v == "error" for v in first_verdicts.values()
+            )
+            fails_outside = any(
+                v == "error" for i, v in then_verdicts.items() if i not in admitted
+            )
+            try:
+                got_pg = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {guarded.sql}")}
+            except psycopg.Error:
+                # (only `first` itself, or `then` on a row `first` admits, may fail it)
+                assert fails_inside, (first, then)
+            else:
+                assert got_pg == expected, (first, then)
+                shielded += fails_outside
+            try:
+                got = {i for i, row in rows.items() if guarded.matches(row)}
+            except UnrepresentableValue:
+                continue
+            # (a row on which `then` fails matches nothing, in the engine as in Electric)
+            assert got == expected, (first, then, sorted(got ^ expected)[:3])
+            checked += 1
+    assert checked >= 100, checked
+    assert shielded >= 10, shielded  # the guard did keep failing rows out of the query
