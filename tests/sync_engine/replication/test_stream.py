@@ -494,7 +494,9 @@ async def test_linger_coalesces_reads_of_a_busy_flow(setup_db: str) -> None:
         assert reads == 1 and len(raw) == 12  # Begin, Insert, Commit x 4 in one read
         await run_txn(db_url, "INSERT INTO items VALUES (6)")
         t0 = time.monotonic()
-        assert len(await stream.read_raw(timeout=0)) in (0, 3)  # timeout 0: never waits
+        # timeout 0 never waits: none, some (Postgres may send a transaction's messages in
+        # more than one segment under load) or all three of its messages
+        assert len(await stream.read_raw(timeout=0)) <= 3
         assert time.monotonic() - t0 < 0.25
         await asyncio.sleep(0.6)  # a caller slower than `linger` is not held up either
         await run_txn(db_url, "INSERT INTO items VALUES (7)")
