@@ -24,13 +24,16 @@ _open: OrderedDict[str, int] = OrderedDict()
 #: The kernel sizes a new file's page-cache folios by the write (ext4 large folios, Linux
 #: 6.x): one 10 MB write gets 2 MiB folios, taken from the page allocator's biggest free
 #: blocks. On a VM whose balloon reports free memory to the host (Firecracker, free page
-#: reporting: blocks of 2 MiB and up) those are exactly the blocks the host took back, so
-#: copying into them faults every 4 KiB page in the host. Measured on the Intel Xeon VM
-#: (2026-12-04): 11.5 µs per page written in 10 MiB writes, 2-6 µs in 4-64 KiB writes; a
-#: cold initial sync of 1M rows took 0.25-0.30 s of engine CPU writing its 158 MB of chunk
-#: files, 0.09-0.10 s with 64 KiB writes (docs/benchmarks.md, "Bar 5 on the Intel Xeon
-#: VM"). 64 KiB costs 160 system calls per 10 MB chunk, ~0.2 ms.
-WRITE_PIECE = 64 << 10
+#: reporting of blocks of 2 MiB and up) those are the blocks the host took back, so copying
+#: into them faults every 4 KiB page in the host. Measured on the Intel Xeon VM
+#: (2026-12-04): 11.5 µs per page written in 10 MiB writes, 2-6 µs in 4-64 KiB writes
+#: while the guest has recently used memory free; a cold initial sync of 1M rows took
+#: 0.67-0.75 s of engine CPU, 0.33-0.36 s with 64-256 KiB writes. When no recently used
+#: memory is left (10M rows: 1.6 GB of new files) every size costs about the same, and
+#: 64 KiB cost more than 256 KiB (smaller folios: more work per byte writing and sending
+#: them), hence 256 KiB: 40 system calls per 10 MB chunk (docs/benchmarks.md, "Bar 5 on
+#: the Intel Xeon VM").
+WRITE_PIECE = 256 << 10
 
 
 def write_new_file(fd: int, data: bytes) -> None:
