@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -203,6 +204,23 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
 
 
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; returns the limit now in force.
+
+    Every held client (a long-poll, an SSE stream) is a socket, and so is every engine
+    connection: a proxy started under a default soft limit of 1,024 (systemd's, and many a
+    shell's) would refuse the 1,025th client with EMFILE, while the hard limit the operator
+    set (often 524,288) goes unused. Go and Node lift it themselves for the same reason."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # (an infinite hard limit the kernel caps: keep the soft one)
+        return soft
+    return hard
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["explain"]:
@@ -213,6 +231,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _serve_parser().parse_args(args_list)
     configure_logging(args.log_level, args.log_format)
     loaded = _load(args.config)
+    open_files = raise_open_file_limit()
     server = loaded.config.server
     sock = listen(
         args.host or server.host,
@@ -229,7 +248,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     asyncio.set_event_loop(loop)
     try:
         loop.run_until_complete(
-            _serve(app, sock, lambda: log.info("listening on %s (engine: %s)", url, upstream))
+            _serve(
+                app,
+                sock,
+                lambda: log.info(
+                    "listening on %s (engine: %s; open files limit %s)", url, upstream, open_files
+                ),
+            )
         )
     except Exception as exc:
         # A bug or an unforeseen environment: one log record with the traceback, exit 1.

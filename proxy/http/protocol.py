@@ -323,10 +323,17 @@ class Connection(asyncio.Protocol, Writer):
         self._url = []
         self._headers = []
         try:
-            query = httptools.parse_url(target).query or b""
+            url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             raise _Refused(MALFORMED) from None  # (no target llhttp accepts was seen here)
+        query = url.query or b""
+        if target[:1] != b"/" and url.schema is not None:
+            # The absolute form (`GET http://host/v1/shape?...`), which a server must accept
+            # (RFC 9112, 3.2.2) and the engine does: served as its path and query.
+            target = (url.path or b"/") + (b"?" + query if url.query is not None else b"")
         version = parser.get_http_version()
+        if version == "1.1" and "Host" not in headers:
+            raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
         request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
             parser.get_method().decode("ascii", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),

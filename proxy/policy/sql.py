@@ -231,11 +231,7 @@ def _check_functions(where: object, clause: str, what: str) -> None:
     try:
         check_where_constructs(clause)
     except WhereError as exc:
-        raise BadShapeRequest("invalid_where", str(exc), field=_FIELDS[what]) from None
-
-
-#: The field of the engine's error body that names each kind of client clause.
-_FIELDS = {"where": "where", "subset where": "subset.where"}
+        raise BadShapeRequest("invalid_where", str(exc), field=what.replace(" ", ".")) from None
 
 
 def _refuse_nul(clause: str, what: str) -> None:

@@ -298,3 +298,40 @@ def test_engine_unknown_host(tmp_path: Path) -> None:
     out = run(ENGINE, "--database-url", "postgresql://x/y", "--data-dir", str(tmp_path),
               "--host", "no-such-host.invalid")  # fmt: skip
     one_line_failure(out, "no-such-host.invalid", "--host")
+
+
+def test_proxy_lifts_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """A proxy started under a low soft limit (systemd's 1,024) would refuse clients past
+    it with EMFILE while the hard limit goes unused: it lifts the soft limit at start."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"hard limit {hard}: nothing to lift")
+
+    def low_soft_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    port = _free_port()
+    config = str(_proxy_config(tmp_path, port))
+    proc = subprocess.Popen(
+        [*PROXY, "--config", config], cwd=ROOT, env=_env(CLI_TEST_JWT_SECRET=JWT_SECRET),
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=low_soft_limit,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
+        [line] = [x for x in limits if x.startswith("Max open files")]
+        expected = str(hard) if hard != resource.RLIM_INFINITY else "unlimited"
+        assert line.split()[3] == expected, line
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert f"open files limit {hard}".encode() in err, err[-500:]

@@ -284,3 +284,22 @@ async def test_a_held_request_keeps_no_parser_header_list_or_target_pieces() -> 
         await asyncio.sleep(0)
     assert transport.out.startswith(b"HTTP/1.1 204 ")
     conn.connection_lost(None)
+
+
+async def test_http_1_1_without_host_is_refused_as_the_engine_refuses_it(proxy: Any) -> None:
+    raw = await _exchange(proxy, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
+    [(status, headers, body)] = _answers(raw)
+    assert status == 400 and headers["connection"] == "close"
+    assert json.loads(body)["message"] == "Malformed HTTP request"
+    # HTTP/1.0 has no Host requirement (RFC 9112, 3.2)
+    [(status, _, _)] = _answers(await _exchange(proxy, b"GET /healthz HTTP/1.0\r\n\r\n"))
+    assert status == 200
+
+
+async def test_an_absolute_form_target_is_served_as_its_path_and_query(proxy: Any) -> None:
+    raw = await _exchange(
+        proxy,
+        b"GET http://elsewhere.example/healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET HTTPS://elsewhere.example/nowhere?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    assert [status for status, _, _ in _answers(raw)] == [200, 404]
