@@ -48,7 +48,6 @@ from __future__ import annotations
 import bisect
 import errno
 import os
-import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from typing import Any, NoReturn, TypeAlias
 import orjson
 
 from ..errors import ShapeGone
+from .checksum import crc32
 from .fds import close_fd, write_fd, write_new_file
 from .framing import (
     KEY_TX_END,
@@ -363,7 +363,7 @@ class ShapeLog:
         Only creates a new file; the chunk is read only once it is announced. A failed
         write removes the file (the snapshot fails; its shape is discarded)."""
         self._write_file(self._snapshot_name(index), data)
-        self._snapshot_sums[index] = (len(data), zlib.crc32(data))
+        self._snapshot_sums[index] = (len(data), crc32(data))
         self._checked.add(index)
 
     def finish_snapshot(self, count: int, last: bytes, record: dict[str, object]) -> bytes:
@@ -372,7 +372,7 @@ class ShapeLog:
 
         `record` (handle, definition, table, snapshot) is what loading the shape needs.
         """
-        self._snapshot_sums[count - 1] = (len(last), zlib.crc32(last))
+        self._snapshot_sums[count - 1] = (len(last), crc32(last))
         sums = [self._snapshot_sums[i] for i in range(count)]
         return orjson.dumps({"chunks": count, "sums": sums, **record})
 
@@ -429,7 +429,7 @@ class ShapeLog:
         expected = self._snapshot_sums.get(index)
         if expected is None:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
-        elif len(data) != expected[0] or zlib.crc32(data) != expected[1]:
+        elif len(data) != expected[0] or crc32(data) != expected[1]:
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
         self._checked.add(index)
         return data

@@ -8,18 +8,20 @@ when the transaction crosses a chunk boundary):
     body   = entry*,  entry = u32 op | u32 json length | json
     flags  = 1 when the record holds the transaction's last entry
 
-crc32 is zlib's; the header's own checksum covers its first 20 bytes, so a record's length
-and LSN are known to be real before its body is read: when a body is damaged, its LSN
-still says from where the slot must send transactions again to repair it. All integers are
-little-endian. A record is only trusted whole: a reader that finds a short, unparseable or
-mismatching record reports it instead of serving any of its bytes.
+crc32 is zlib's (computed by `checksum`); the header's own checksum covers its first 20
+bytes, so a record's length and LSN are known to be real before its body is read: when a
+body is damaged, its LSN still says from where the slot must send transactions again to
+repair it. All integers are little-endian. A record is only trusted whole: a reader that
+finds a short, unparseable or mismatching record reports it instead of serving any of its
+bytes.
 """
 
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field
+
+from .checksum import crc32
 
 _HEAD = struct.Struct("<IIQI")  # body length, body crc32, commit LSN, flags
 _HEAD_CRC = struct.Struct("<I")
@@ -35,7 +37,7 @@ _head_crc_unpack = _HEAD_CRC.unpack_from
 _HS = _HEAD.size
 _entry_unpack = _ENTRY.unpack_from
 _entry_pack = _ENTRY.pack
-_crc32 = zlib.crc32
+_crc32 = crc32
 
 
 class FramingError(ValueError):

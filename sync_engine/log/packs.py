@@ -24,12 +24,12 @@ import itertools
 import os
 import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import orjson
 
+from .checksum import crc32
 from .fds import write_new_file
 
 MAGIC = b"SGPACK1\n"
@@ -80,13 +80,13 @@ def new_pack_path(directory: str) -> str:
 def encode_shape(marker: bytes, chunk: bytes) -> tuple[bytes, int]:
     """A shape's record, and where its chunk starts inside the record."""
     payload = _SHAPE + _U32.pack(len(marker)) + marker + chunk
-    head = _HEAD.pack(len(payload), zlib.crc32(payload))
+    head = _HEAD.pack(len(payload), crc32(payload))
     return head + payload, len(head) + len(payload) - len(chunk)
 
 
 def encode_retired(handle: str) -> bytes:
     payload = _RETIRED + handle.encode()
-    return _HEAD.pack(len(payload), zlib.crc32(payload)) + payload
+    return _HEAD.pack(len(payload), crc32(payload)) + payload
 
 
 def scan_pack(data: bytes) -> PackContents:
@@ -105,7 +105,7 @@ def scan_pack(data: bytes) -> PackContents:
         end = start + length
         if end > len(data) or length < 1:
             return PackContents(entries, retired, f"torn record at byte {pos}", pos)
-        if zlib.crc32(view[start:end]) != crc:
+        if crc32(view[start:end]) != crc:
             return PackContents(entries, retired, f"damaged record at byte {pos}", pos)
         kind = data[start : start + 1]
         if kind == _RETIRED:
