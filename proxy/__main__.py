@@ -15,7 +15,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -34,6 +33,7 @@ from sync_engine.console import (
     fail,
     listen,
     port_number,
+    raise_open_file_limit,
     url_of,
 )
 
@@ -202,23 +202,6 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
-
-
-def raise_open_file_limit() -> int:
-    """Lift the soft limit on open files to the hard one; returns the limit now in force.
-
-    Every held client (a long-poll, an SSE stream) is a socket, and so is every engine
-    connection: a proxy started under a default soft limit of 1,024 (systemd's, and many a
-    shell's) would refuse the 1,025th client with EMFILE, while the hard limit the operator
-    set (often 524,288) goes unused. Go and Node lift it themselves for the same reason."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):  # (an infinite hard limit the kernel caps: keep the soft one)
-        return soft
-    return hard
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -32,6 +32,7 @@ from .console import (
     listen,
     port_number,
     positive_number,
+    raise_open_file_limit,
     url_of,
     whole_number,
 )
@@ -296,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level, args.log_format, prog=PROG, env_prefix=_ENV)
     settings = settings_from_args(args)
     check_settings(settings)
+    open_files = raise_open_file_limit()
     engine_sock = listen(
         settings.host,
         settings.port,
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
             fail(PROG, f"cannot use the database: {exc}", 1)
         except KeyboardInterrupt:
             fail(PROG, "interrupted while waiting for the database", 130)
-    serve(settings, engine_sock, admin_sock)
+    serve(settings, engine_sock, admin_sock, open_files)
 
 
 def check_settings(settings: Settings) -> None:
@@ -383,7 +385,10 @@ def check_settings(settings: Settings) -> None:
 
 
 def serve(
-    settings: Settings, engine_sock: list[socket.socket], admin_sock: list[socket.socket] | None
+    settings: Settings,
+    engine_sock: list[socket.socket],
+    admin_sock: list[socket.socket] | None,
+    open_files: int | None = None,
 ) -> None:
     """Run the engine (and the admin listener) on already bound sockets until a signal."""
     from .app import build_app
@@ -414,7 +419,12 @@ def serve(
         web.run_app(
             app,
             sock=engine_sock,
-            print=lambda *_: logger.info("listening on %s (Shape API: %s/v1/shape)", url, url),
+            print=lambda *_: logger.info(
+                "listening on %s (Shape API: %s/v1/shape; open files limit %s)",
+                url,
+                url,
+                open_files,
+            ),
             access_log=None,
             shutdown_timeout=2,
             loop=loop,

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import resource
 import socket
 import sys
 import time
@@ -279,3 +280,22 @@ def url_of(socks: list[socket.socket]) -> str:
     """`http://host:port` of the first listening socket (the real port when 0 was asked)."""
     host, port = socks[0].getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def raise_open_file_limit() -> int:
+    """Lift the soft limit on open files to the hard one; returns the limit now in force.
+
+    Every held client (a long-poll, an SSE stream) is a socket, and so is every connection
+    to the engine or to Postgres, and every open chunk file: a service started under a
+    default soft limit of 1,024 (systemd's, and many a shell's) would refuse the 1,025th
+    client with EMFILE, while the hard limit the operator set (often 524,288) goes unused.
+    Go and Node lift it themselves for the same reason. Called before anything sizes itself
+    by the limit (the engine's cache of open chunk files, `log/fds.py`)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or (hard != resource.RLIM_INFINITY and soft >= hard):
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):  # (an infinite hard limit the kernel caps: keep the soft one)
+        return soft
+    return hard

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,31 +301,32 @@ def test_engine_unknown_host(tmp_path: Path) -> None:
     one_line_failure(out, "no-such-host.invalid", "--host")
 
 
-def test_proxy_lifts_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
-    """A proxy started under a low soft limit (systemd's 1,024) would refuse clients past
-    it with EMFILE while the hard limit goes unused: it lifts the soft limit at start."""
+def _soft_open_files_after_start(
+    cmd: list[str], port: int, health: str, message: str, **env: str
+) -> None:
+    """Start `cmd` under a soft open-files limit of 256; once `health` answers on `port`,
+    its soft limit must be the hard one, and its log must say so in `message`."""
     import resource
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY and hard <= 256:
         pytest.skip(f"hard limit {hard}: nothing to lift")
 
     def low_soft_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
-    port = _free_port()
-    config = str(_proxy_config(tmp_path, port))
     proc = subprocess.Popen(
-        [*PROXY, "--config", config], cwd=ROOT, env=_env(CLI_TEST_JWT_SECRET=JWT_SECRET),
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        preexec_fn=low_soft_limit,
+        cmd, cwd=ROOT, env=_env(**env), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, preexec_fn=low_soft_limit,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2):
                     break
+            except urllib.error.HTTPError:
+                break  # (answering, if not healthy: started)
             except OSError:
                 time.sleep(0.1)
         limits = Path(f"/proc/{proc.pid}/limits").read_text().splitlines()
@@ -334,4 +336,18 @@ def test_proxy_lifts_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    assert f"open files limit {hard}".encode() in err, err[-500:]
+    assert f"{message} {expected}".encode() in err, err[-500:]
+
+
+def test_both_programs_lift_their_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """Started under a low soft limit (systemd's 1,024), either program would refuse
+    clients past it with EMFILE while the hard limit goes unused: both lift it at start."""
+    port = _free_port()
+    config = str(_proxy_config(tmp_path, port))
+    _soft_open_files_after_start([*PROXY, "--config", config], port, "/healthz",
+                                 "open files limit", CLI_TEST_JWT_SECRET=JWT_SECRET)  # fmt: skip
+    port = _free_port()
+    engine = [*ENGINE, "--data-dir", str(tmp_path / "engine"), "--port", str(port),
+              "--admin-port", "0"]  # fmt: skip
+    _soft_open_files_after_start(engine, port, "/v1/health", "open files limit",
+                                 SYNC_ENGINE_ADMIN_TOKEN="a-long-enough-admin-token")  # fmt: skip
