@@ -167,6 +167,8 @@ def interval_mul(iv: pgv.Interval, factor: float) -> pgv.Interval:
 
 
 def date_minus_date(a: date, b: date) -> int:
+    if isinstance(a, pgv.PgInfinity) or isinstance(b, pgv.PgInfinity):
+        raise ValueError("cannot subtract infinite dates")  # (Postgres's date_mi)
     return (a - b).days
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pglast import ast
+from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import BOOL, PgType
 from sync_engine.pg.values import Value
@@ -173,7 +174,46 @@ def bool_expr(fn: Eval, node: ast.Node | None) -> Expr:
     return Expr(BOOL, fn, node=node)
 
 
+#: Operators Postgres's planner folds on constants: comparisons, LIKE and arithmetic, all
+#: immutable for the literal types they can take here.
+_FOLDED_OPERATORS = frozenset(
+    {"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "+", "-", "*", "/", "%"}
+)
+_FOLDED_KINDS = (A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE)
+
+
+def folded_by_planner(node: ast.Node | None) -> bool:
+    """True when Postgres's planner certainly turns `node` into a constant before reading a
+    row: literals, and NOT/AND/OR, IS [NOT] NULL / TRUE ..., comparisons, LIKE and arithmetic
+    of them. The engine folds more (casts, functions), but some of those are only stable in
+    Postgres (they depend on TimeZone: `date::timestamptz`, `timestamptz + interval`), which
+    its planner leaves to run per row, in order: only what this admits may decide an AND or
+    an OR without evaluating its other arguments."""
+    if isinstance(node, ast.A_Const):
+        return True
+    if isinstance(node, ast.BoolExpr):
+        return all(folded_by_planner(a) for a in node.args)
+    if isinstance(node, ast.NullTest | ast.BooleanTest):
+        return folded_by_planner(node.arg)
+    if isinstance(node, ast.A_Expr) and node.kind in _FOLDED_KINDS and len(node.name) == 1:
+        return (
+            getattr(node.name[0], "sval", None) in _FOLDED_OPERATORS
+            and (node.lexpr is None or folded_by_planner(node.lexpr))
+            and folded_by_planner(node.rexpr)
+        )
+    return False
+
+
 def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
+    # Postgres's planner simplifies AND before any row is read (eval_const_expressions,
+    # simplify_and_arguments): a constant false makes it false, so the other arguments are
+    # never evaluated (a row on which one would fail still gets false), and constant trues
+    # are dropped (a constant has nothing to fail on a row, so dropping one is always safe).
+    if any(a.is_const and a.value is False and folded_by_planner(a.node) for a in args):
+        return const(BOOL, False, node)
+    args = [a for a in args if not (a.is_const and a.value is True)] or [const(BOOL, True)]
+    if len(args) == 1:
+        return with_node(args[0], node)
     fns = [a.fn for a in args]
     if len(fns) == 2:
         f1, f2 = fns
@@ -207,6 +247,14 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
 
 
 def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
+    # As `and_expr`: a constant true makes it true before any row is read, so the other
+    # arguments are never evaluated (`x / 0 = 1 OR true` is true on every row, as in
+    # Postgres); constant falses are dropped (simplify_or_arguments).
+    if any(a.is_const and a.value is True and folded_by_planner(a.node) for a in args):
+        return const(BOOL, True, node)
+    args = [a for a in args if not (a.is_const and a.value is False)] or [const(BOOL, False)]
+    if len(args) == 1:
+        return with_node(args[0], node)
     fns = [a.fn for a in args]
 
     def or_n(row: Row, cache: Cache) -> Value:

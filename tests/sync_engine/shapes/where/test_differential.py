@@ -469,6 +469,16 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # Postgres folds `x OR true` to true and `x AND false` to false before reading a row, so
+    # x, which fails on -infinity dates ("cannot subtract infinite dates"), is never
+    # evaluated; the engine evaluated it and called such rows no match (seed 791)
+    "(d - CAST('2024-01-01' AS date)) < CAST('0' AS float4) OR NOT 'ǰ' ILIKE '%ς'",
+    "(d - CAST('2024-01-01' AS date)) < 0 OR true",
+    "NOT ((d - CAST('2024-01-01' AS date)) < 0 AND 1 = 2)",
+    # ... but only what its planner folds: a stable constant (TimeZone, DateStyle) is
+    # evaluated per row, in order, so x fails first there
+    "(d - CAST('2024-01-01' AS date)) < 0 OR CAST(CAST('2024-01-01' AS date) AS timestamptz)"
+    " > CAST('2000-01-01' AS timestamptz)",
     "upper(t) = 'STRASSE'",  # Python's full case mapping made 'straße' match live
     "lower(t) = 'istanbul'",  # and missed 'İstanbul'
     "t || NULL IS NULL",  # a NULL operand raised instead of giving NULL
