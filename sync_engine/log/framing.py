@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-from .checksum import crc32
+from .checksum import crc32 as _crc32
 
 _HEAD = struct.Struct("<IIQI")  # body length, body crc32, commit LSN, flags
 _HEAD_CRC = struct.Struct("<I")
@@ -37,7 +37,6 @@ _head_crc_unpack = _HEAD_CRC.unpack_from
 _HS = _HEAD.size
 _entry_unpack = _ENTRY.unpack_from
 _entry_pack = _ENTRY.pack
-_crc32 = crc32
 
 
 class FramingError(ValueError):

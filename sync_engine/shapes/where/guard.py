@@ -13,7 +13,7 @@ its constant folding touches only row-independent parts), so in
 where `first` is true. `first` also stands alone as a conjunct, so an index can still serve
 it. For every row the result is that of `first AND then` when `first` is true, and false
 otherwise, so the rows a WHERE keeps are the same. The engine evaluates it as Postgres does
-(COALESCE and AND short-circuit in `compiler`), so live changes are routed alike.
+(COALESCE and AND short-circuit in `expr`), so live changes are routed alike.
 """
 
 from __future__ import annotations
