@@ -192,17 +192,29 @@ def _walk(node: object) -> Iterator[ast.Node]:
             yield from _walk(item)
 
 
+#: Node types whose use the engine's own check decides (`_check_functions`).
+_ENGINE_CHECKED = frozenset({"FuncCall", "MinMaxExpr", "A_Indirection"})
+#: An ORDER BY list has no such check (the engine orders by plain columns): none of them.
+_ORDER_BY_NODES = _ALLOWED_NODES - _ENGINE_CHECKED - {"A_Indices"}
+
+
 def _check_tree(
-    root: object, allowed_columns: Collection[str] | None, what: str
-) -> list[tuple[int, int]]:
-    """Refuse disallowed node types and columns; return each `$n` and its location."""
+    root: object,
+    allowed_columns: Collection[str] | None,
+    what: str,
+    allowed_nodes: frozenset[str] = _ALLOWED_NODES,
+) -> tuple[list[tuple[int, int]], bool]:
+    """Refuse disallowed node types and columns; return each `$n` and its location, and
+    whether the tree calls functions (or subscripts, GREATEST...) for `_check_functions`."""
     refs: list[tuple[int, int]] = []
+    calls = False
     for node in _walk(root):
         kind = type(node).__name__
-        if kind not in _ALLOWED_NODES:
+        if kind not in allowed_nodes:
             raise BadShapeRequest(
                 "unsupported_where", f"{what}: {kind} is not allowed in a client clause"
             )
+        calls = calls or kind in _ENGINE_CHECKED
         if isinstance(node, ast.ColumnRef):
             fields = node.fields
             if len(fields) != 1 or not isinstance(fields[0], ast.String):
@@ -216,18 +228,14 @@ def _check_tree(
                 )
         elif isinstance(node, ast.ParamRef):
             refs.append((node.number, node.location - len(_PREFIX)))
-    return refs
+    return refs, calls
 
 
-def _check_functions(where: object, clause: str, what: str) -> None:
+def _check_functions(clause: str, what: str) -> None:
     """Refuse a clause calling a function (or using an array subscript, GREATEST...) the
     engine does not evaluate, in the engine's own words: the engine's schema-free check
     (`check_where_constructs`) on the client's text. Only clauses with such nodes are
     checked; the rest are left to the engine, as before."""
-    if not any(
-        isinstance(n, ast.FuncCall | ast.MinMaxExpr | ast.A_Indirection) for n in _walk(where)
-    ):
-        return
     try:
         check_where_constructs(clause)
     except WhereError as exc:
@@ -284,8 +292,9 @@ def check_client_where(
         raise BadShapeRequest("invalid_where", message) from None
     where = stmt.whereClause
     _check_depth(where, what)
-    refs = _check_tree(where, allowed_columns, what)
-    _check_functions(where, clause, what)
+    refs, calls = _check_tree(where, allowed_columns, what)
+    if calls:
+        _check_functions(clause, what)
     if isinstance(where, ast.A_Const) and where.isnull:
         # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
         # filter it would become a boolean and match nothing, a 200 the engine never gives.
@@ -445,7 +454,8 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     if stmt.fromClause or stmt.limitCount or stmt.limitOffset or stmt.lockingClause or stmt.op:
         raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
     _check_depth(stmt.sortClause, what)
-    if _check_tree(stmt.sortClause, allowed_columns, what):
+    refs, _ = _check_tree(stmt.sortClause, allowed_columns, what, _ORDER_BY_NODES)
+    if refs:
         raise BadShapeRequest("invalid_order_by", f"{what} may not use parameters")
     for item in stmt.sortClause:
         if isinstance(item.node, ast.A_Const):

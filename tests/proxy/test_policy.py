@@ -83,6 +83,10 @@ def test_client_where_functions_are_the_engines_and_see_only_visible_columns(
             decide(policy, f"table=items&offset=-1&where={call}", MEMBER)
         assert words in refused.value.message, call
         assert refused.value.field == "where"
+    # (an ORDER BY list still takes plain columns only: the engine orders by nothing else)
+    with pytest.raises(BadShapeRequest) as ordered:
+        decide(policy, "table=items&offset=-1&subset__order_by=lower(title)", MEMBER)
+    assert "FuncCall is not allowed" in ordered.value.message
 
 
 def test_admin_sees_all_rows(policy: Any) -> None:
