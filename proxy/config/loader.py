@@ -9,6 +9,7 @@ what a failure means: exit at start-up, keep the last good config on reload.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +22,46 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 from pydantic import SecretStr, ValidationError
 
-from proxy.config.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig, StaticKey
+from proxy.config.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig, StaticKey, YamlWord
 from proxy.policy.compiled import CompiledPolicy, compile_policy
 
 MAX_CONFIG_BYTES = 1024 * 1024
 
 StaticKeyMaterial = PublicKeyTypes | bytes
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_WORD_TAG = "!shapegate/yaml-1.1-bool-word"
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` with YAML 1.2's booleans: only true/false (any case) are booleans.
+
+    The YAML 1.1 words yes/no/on/off stay text, as `YamlWord`, so a claim condition
+    `country: NO` is a load error instead of a comparison with false (`model.YamlWord`).
+    """
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_Loader.add_implicit_resolver(
+    _WORD_TAG,
+    re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"),
+    list("yYnNoO"),
+)
+_Loader.add_constructor(
+    _WORD_TAG,
+    lambda loader, node: YamlWord(loader.construct_scalar(node)),  # type: ignore[arg-type]
+)
+
+
+def parse_yaml(raw: bytes | str) -> Any:
+    """Parse config YAML with YAML 1.2 booleans (see `_Loader`); raises `yaml.YAMLError`."""
+    return yaml.load(raw, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
 class ConfigError(Exception):
@@ -121,7 +156,7 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> L
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: file is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = yaml.safe_load(raw)
+        data = parse_yaml(raw)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -41,6 +41,32 @@ _SHAPE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 #: A claim value a condition compares against.
 Scalar = str | int | bool
+
+
+class YamlWord(str):
+    """A plain (unquoted) yes, no, on or off in the YAML file (PyYAML read them as booleans).
+
+    YAML 1.1 reads these as booleans (`country: NO` is false: the "Norway problem"); the
+    loader keeps them as this text so that where it matters, in a claim condition, a rule is
+    refused at load rather than silently comparing against a boolean the operator did not
+    write. Elsewhere (a boolean setting such as `collapse: yes`) it reads as the word.
+    """
+
+
+def _no_yaml_words(when: object) -> object:
+    if not isinstance(when, dict):
+        return when
+    for path, value in when.items():
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, YamlWord):
+                raise ValueError(
+                    f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for a "
+                    f"boolean): write true or false for a boolean, or quote it "
+                    f"({str(item)!r}) for the text"
+                )
+    return when
+
+
 EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
 
 
@@ -201,6 +227,11 @@ class DenyRule(_Model):
     when: dict[str, ClaimMatch] = Field(min_length=1)
     reason: str | None = None
 
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_words(cls, value: object) -> object:
+        return _no_yaml_words(value)
+
 
 class AccessRule(_Model):
     """Who may sync a table, which rows and columns, and what the client may add."""
@@ -209,6 +240,12 @@ class AccessRule(_Model):
     when: dict[str, ClaimMatch] = Field(
         default_factory=dict, description="claim path -> value or any-of list; all must match"
     )
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_words(cls, value: object) -> object:
+        return _no_yaml_words(value)
+
     anonymous: bool = Field(
         default=False,
         description="also serve requests without a token (the anonymous principal has no "

@@ -9,11 +9,13 @@ no `anonymous` rule serves is an `Unauthenticated`. The enforced filter is alway
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from proxy.config.model import ClaimMatch
+from proxy.config.model import ClaimMatch, Scalar
 from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
 from proxy.limits.config import RuleLimits
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
@@ -30,6 +32,7 @@ from proxy.shape_request import ShapeRequest, SubsetRequest
 
 Claims = Mapping[str, Any]
 _MISSING = object()
+_AMBIGUOUS = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,31 +60,138 @@ class Decision:
 
 
 def claim_value(claims: Claims, path: str) -> Any:
-    """Look up `path` in the claims: the exact key first (URL-shaped claim names), then dots."""
-    if path in claims:
-        return claims[path]
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return _MISSING
-        value = value[part]
-    return value
+    """Look up `path` in the claims: the exact key (URL-shaped claim names such as
+    `https://example.com/roles`) or, for a dotted path, the nested one.
+
+    When both exist and say different things (`{"org.id": 1, "org": {"id": 2}}`) the path is
+    ambiguous and the answer is `_AMBIGUOUS`: which of the two the operator meant is not
+    known, so no allow rule matches on it, every deny rule naming it does, and a filter that
+    binds it refuses (fail closed).
+    """
+    exact = claims[path] if path in claims else _MISSING
+    nested: Any = _MISSING
+    if "." in path:
+        nested = claims
+        for part in path.split("."):
+            if not isinstance(nested, Mapping) or part not in nested:
+                nested = _MISSING
+                break
+            nested = nested[part]
+    if exact is _MISSING:
+        return nested
+    if nested is not _MISSING and not _same_json(exact, nested):
+        return _AMBIGUOUS
+    return exact
+
+
+def _same_json(a: object, b: object) -> bool:
+    """Equal as JSON values: types kept apart (`true` is not `1`, `"1"` is not `1`)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return a == b
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
 
 
 def _norm(value: object) -> str:
+    """A claim value as the text of a filter parameter."""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
-def _matches(claims: Claims, when: Mapping[str, ClaimMatch]) -> bool:
+# Claim conditions (`when:`) -- what an operator who writes `role: admin`, `org_id: 7` or
+# `mfa: false` expects, failing closed where a token's claim is not what the rule names:
+#
+# - An allow rule's condition matches only a claim of the same JSON type and value: a string
+#   equal code point for code point, a number numerically equal (7 and 7.0), a boolean. `"7"`
+#   does not match 7, `"true"` does not match true, `"Admin"` does not match admin: a token
+#   whose claim has another type or spelling gains nothing. A list claim matches when one of
+#   its scalar items does (`roles: [admin, dev]`). A missing, null or object claim, or a path
+#   the claims answer two ways (`claim_value`), matches nothing.
+# - A deny rule's condition matches every claim an allow condition would, and also what
+#   could be the same value written another way: the same text after Unicode NFKC, case
+#   folding and trimming (`"ADMIN"`, fullwidth `admin`), a number written as text (`"7"`,
+#   `"7.0"`), a boolean as text or 0/1 (`"false"`, `0`, `"no"`). A claim the rule cannot
+#   compare -- null, an object, a list holding one, an ambiguous path -- matches too: present
+#   but unreadable is refused, not waved through. Only a missing claim (or an empty list) does
+#   not match a deny condition: a rule that must see a claim says so in its allow `when`, or
+#   the issuer's `require`.
+_TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
+_FALSE_WORDS = frozenset({"false", "f", "no", "n", "off", "0"})
+
+
+def _strict(actual: object, expected: Scalar) -> bool:
+    if isinstance(expected, bool) or isinstance(actual, bool):
+        return type(actual) is bool and actual is expected
+    if isinstance(expected, int):
+        return isinstance(actual, int | float) and actual == expected
+    return isinstance(actual, str) and actual == expected
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold().strip()
+
+
+def _as_number(value: object) -> Decimal | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        text = repr(value)
+    elif isinstance(value, str):
+        text = _fold(value)
+    else:
+        return None
+    try:
+        number = Decimal(text)
+    except (InvalidOperation, ValueError):
+        return None
+    return number if number.is_finite() else None
+
+
+def _loose(actual: object, expected: Scalar) -> bool:
+    if actual is None or isinstance(actual, Mapping | list) or actual is _AMBIGUOUS:
+        return True  # present but not comparable: a deny fails closed
+    if _strict(actual, expected):
+        return True
+    if isinstance(expected, bool):
+        words = _TRUE_WORDS if expected else _FALSE_WORDS
+        if isinstance(actual, bool):
+            return False
+        if isinstance(actual, int | float):
+            return actual == (1 if expected else 0)
+        return isinstance(actual, str) and _fold(actual) in words
+    if isinstance(expected, int):
+        number = _as_number(actual)
+        return number is not None and number == expected
+    text = _norm(actual) if isinstance(actual, bool) else actual
+    if isinstance(text, str):
+        return _fold(text) == _fold(expected)
+    number = _as_number(actual)  # a number, against a string condition "7"
+    return number is not None and number == _as_number(expected)
+
+
+def _condition_matches(actual: object, expected: ClaimMatch, *, deny: bool) -> bool:
+    wanted = expected if isinstance(expected, list) else [expected]
+    items = actual if isinstance(actual, list) else [actual]
+    compare = _loose if deny else _strict
+    return any(compare(item, want) for item in items for want in wanted)
+
+
+def _matches(claims: Claims, when: Mapping[str, ClaimMatch], *, deny: bool = False) -> bool:
     for path, expected in when.items():
         actual = claim_value(claims, path)
-        if actual is _MISSING or actual is None:
+        if actual is _MISSING:
             return False
-        have = {_norm(v) for v in actual} if isinstance(actual, list) else {_norm(actual)}
-        want = {_norm(v) for v in expected} if isinstance(expected, list) else {_norm(expected)}
-        if not have & want:
+        if actual is _AMBIGUOUS or actual is None or isinstance(actual, Mapping):
+            if deny:
+                continue  # fail closed: this condition holds
+            return False
+        if not _condition_matches(actual, expected, deny=deny):
             return False
     return True
 
@@ -98,6 +208,11 @@ def _pg_array(values: list[Any]) -> str:
 
 def _param_from_claim(claims: Claims, path: str) -> str:
     value = claim_value(claims, path)
+    if value is _AMBIGUOUS:
+        raise Forbidden(
+            "claim_ambiguous",
+            f"the token's {path!r} claim is given both as a key and as a nested path",
+        )
     if value is _MISSING or value is None:
         raise Forbidden("missing_claim", f"the token has no {path!r} claim, which this shape needs")
     if isinstance(value, list):
@@ -115,7 +230,7 @@ def _sign_in() -> Unauthenticated:
 
 def _select_rule(table: CompiledTable, claims: Claims, *, anonymous: bool) -> CompiledRule:
     for deny in table.deny:
-        if _matches(claims, deny.when):
+        if _matches(claims, deny.when, deny=True):
             raise Forbidden("denied_by_rule", f"access to this shape is denied ({deny.reason})")
     for rule in table.allow:
         if (rule.anonymous or not anonymous) and _matches(claims, rule.when):

@@ -1,0 +1,146 @@
+"""Claim conditions compare JSON values, not their text: a token cannot dodge a deny rule or
+gain an allow rule by sending a claim of another type, case or spelling.
+
+The proxy used to compare `str(claim)` with `str(condition)` (booleans as "true"/"false"):
+`suspended: 1`, `"TRUE"`, `null` or `{"since": ...}` all slipped past a `suspended: true`
+deny rule, `"BANNED"` past `role: banned`, `0.0` past `tier: 0`; and `"true"` gained an
+allow rule written `mfa: true`, `"7"` one written `level: 7`. Now an allow condition needs the
+same type and value (7 and 7.0 are one number; a list claim matches by an item), and a deny
+condition also matches what could be the same value written another way, or a claim it
+cannot read (`proxy.policy.evaluate`). Real tokens (RS256 from the fake identity provider),
+the real proxy, a real engine and Postgres: the rows each token gets are checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from proxy.config.loader import ConfigError, build_config, parse_yaml
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess
+
+SHAPE = "/v1/shape?table=items&offset=-1"
+ALL = {"1", "2", "3"}
+ORG_A = {"1", "3"}
+
+#: (claims added to a member of org-a's token, expected status, code or the row ids)
+CASES: list[tuple[str, dict[str, Any], int, object]] = [
+    # -- still served as before
+    ("member", {}, 200, ORG_A),
+    ("member, role in a list", {"role": ["viewer", "member"]}, 200, ORG_A),
+    ("suspended false", {"suspended": False}, 200, ORG_A),
+    ("suspended missing, empty list", {"suspended": []}, 200, ORG_A),
+    ("admin with mfa", {"role": "admin", "mfa": True}, 200, ALL),
+    ("level 7", {"role": "guest", "level": 7}, 200, ALL),
+    ("level 7.0 is the number 7", {"role": "guest", "level": 7.0}, 200, ALL),
+    ("tier 1", {"tier": 1}, 200, ORG_A),
+    # -- deny rules: other spellings of the denied value
+    ("suspended true", {"suspended": True}, 403, "denied_by_rule"),
+    ("suspended 1", {"suspended": 1}, 403, "denied_by_rule"),
+    ("suspended 'TRUE'", {"suspended": "TRUE"}, 403, "denied_by_rule"),
+    ("suspended 'yes'", {"suspended": "yes"}, 403, "denied_by_rule"),
+    ("suspended in a list", {"suspended": [False, "true"]}, 403, "denied_by_rule"),
+    ("role 'BANNED'", {"role": ["member", "BANNED"]}, 403, "denied_by_rule"),
+    (
+        "role fullwidth",
+        {"role": ["member", "\uff42\uff41\uff4e\uff4e\uff45\uff44"]},
+        403,
+        "denied_by_rule",
+    ),
+    ("role ' banned '", {"role": ["member", " banned "]}, 403, "denied_by_rule"),
+    ("tier 0.0", {"tier": 0.0}, 403, "denied_by_rule"),
+    ("tier '0'", {"tier": "0"}, 403, "denied_by_rule"),
+    ("tier '-0.0'", {"tier": "-0.0"}, 403, "denied_by_rule"),
+    ("mfa 'false' on an admin", {"role": "admin", "mfa": "false"}, 403, "denied_by_rule"),
+    ("mfa 0 on an admin", {"role": "admin", "mfa": 0}, 403, "denied_by_rule"),
+    # -- deny rules: a claim present but unreadable
+    ("suspended null", {"suspended": None}, 403, "denied_by_rule"),
+    ("suspended an object", {"suspended": {"since": "2026"}}, 403, "denied_by_rule"),
+    ("suspended a list of objects", {"suspended": [{"v": True}]}, 403, "denied_by_rule"),
+    (
+        "a dotted key shadowing the nested claim",
+        {"account.status": "active", "account": {"status": "closed"}},
+        403,
+        "denied_by_rule",
+    ),
+    # -- allow rules: no gain from another type or spelling
+    ("mfa 'true' on an admin", {"role": "admin", "mfa": "true"}, 403, "no_matching_rule"),
+    ("mfa 1 on an admin", {"role": "admin", "mfa": 1}, 403, "no_matching_rule"),
+    ("role 'Admin'", {"role": "Admin", "mfa": True}, 403, "no_matching_rule"),
+    ("level '7'", {"role": "guest", "level": "7"}, 403, "no_matching_rule"),
+    ("level true", {"role": "guest", "level": True}, 403, "no_matching_rule"),
+    ("level [7] in a list", {"role": "guest", "level": [7]}, 200, ALL),
+    ("level nested list", {"role": "guest", "level": [[7]]}, 403, "no_matching_rule"),
+    (
+        "a dotted key shadowing a nested allow claim",
+        {"role": "guest", "staff.ok": True, "staff": {"ok": False}},
+        403,
+        "no_matching_rule",
+    ),
+]
+
+
+def _policy(config: dict[str, Any]) -> None:
+    config["tables"]["items"] = {
+        "deny": [
+            {"when": {"suspended": True}},
+            {"when": {"role": "banned"}},
+            {"when": {"tier": 0}},
+            {"when": {"role": "admin", "mfa": False}},
+            {"when": {"account.status": "closed"}},
+        ],
+        "allow": [
+            {"name": "admin", "when": {"role": "admin", "mfa": True}, "all_rows": True},
+            {"name": "level7", "when": {"level": 7}, "all_rows": True},
+            {"name": "staff", "when": {"staff.ok": True}, "all_rows": True},
+            {"name": "member", "when": {"role": "member"}, "where": "org_id = {{org_id}}"},
+        ],
+    }
+
+
+@pytest.fixture
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+        "INSERT INTO items VALUES (1, 'org-a', 'a'), (2, 'org-b', 'b'), (3, 'org-a', 'c')",
+    )
+
+
+async def test_claim_types_neither_dodge_a_deny_nor_gain_an_allow(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    _policy(config)
+    proxy = await make_proxy(build_config(config, environ))
+    wrong = []
+    for name, claims, status, expected in CASES:
+        reply = await proxy.get(SHAPE, token=proxy.tokens.make(**claims))
+        if reply.status == 200:
+            got: object = {m["value"]["id"] for m in reply.json() if "value" in m}
+        else:
+            got = reply.json().get("code")
+        if (reply.status, got) != (status, expected):
+            wrong.append((name, reply.status, got))
+    assert not wrong
+
+
+def test_yaml_1_1_boolean_words_in_a_condition_are_refused_at_load() -> None:
+    """`country: NO` is false to YAML 1.1 readers (PyYAML's safe_load): the rule compared
+    claims with a boolean the operator never wrote. Now a load error; quoted, the text."""
+    base = "upstream: {url: 'http://127.0.0.1:1'}\ntables:\n  items:\n"
+    for word in ("NO", "yes", "off", "On"):
+        text = (
+            base + f"    deny: [{{when: {{country: {word}}}}}]\n    allow: [{{all_rows: true}}]\n"
+        )
+        with pytest.raises(ConfigError, match="write true or false for a boolean, or quote it"):
+            build_config(parse_yaml(text), {})
+    quoted = base + "    deny: [{when: {country: 'NO'}}]\n    allow: [{all_rows: true}]\n"
+    loaded = build_config(parse_yaml(quoted), {})
+    assert loaded.policy.tables[("public", "items")].deny[0].when == {"country": "NO"}
+    # booleans spelt true/false, and settings that read the words, are unchanged
+    flags = "collapse: no\n" + base + "    allow: [{all_rows: yes, sse: false}]\n"
+    loaded = build_config(parse_yaml(flags), {})
+    assert loaded.config.collapse is False
+    assert loaded.config.tables["items"].allow[0].all_rows is True
