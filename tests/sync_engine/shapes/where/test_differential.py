@@ -469,6 +469,12 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # NULLIF(a, b) on a pair with its own `=` (int2 = int4) answers a as int2: `@` of -32768
+    # overflows in Postgres; the engine answered int4 and matched those rows (seed 379)
+    "32768 = (@ (NULLIF(i2, 65535)))",
+    "NULLIF(i2, 65535) + i2 > 0",
+    "NULLIF(f4, 1.5::float8) * 3 = 0.3",
+    "NULLIF(d, '2024-01-01 12:00'::timestamp) + 1 > '2024-01-01'",
     # Postgres folds `x OR true` to true and `x AND false` to false before reading a row, so
     # x, which fails on -infinity dates ("cannot subtract infinite dates"), is never
     # evaluated; the engine evaluated it and called such rows no match (seed 791)
