@@ -310,6 +310,10 @@ class Source:
         """Requests waiting for one of this source's shapes to change (long-polls, SSE)."""
         return sum(shape.waiting for shape in self.registry.by_handle.values())
 
+    async def database_answers(self) -> bool:
+        """Whether Postgres answers at all (`Tables.answers`)."""
+        return await self.tables.answers()
+
     async def describe(self, params: ShapeParams) -> Described:
         """The definition the parameters ask for, checked against the catalog."""
         return await describe(params, self.tables.lookup)

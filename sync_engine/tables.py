@@ -8,7 +8,9 @@ replication stream and the snapshot connections:
   starting at `-1` (trusted for `TABLE_CHECK_TTL`);
 - `publish`: add a table to the publication before its first shape's snapshot;
 - `check_schemas`: every `schema_check_interval`, rotate the shapes whose table was dropped,
-  renamed or altered (a change without DML since never reaches the replication stream).
+  renamed or altered (a change without DML since never reaches the replication stream);
+- `answers`: whether Postgres answers at all (a request waiting for a snapshot that does
+  not come asks, see `http/shape.py`), on a connection of its own.
 
 Each use of the catalog connection is bounded in time (`CATALOG_TIMEOUT`, longer for
 `publish`): a Postgres that stops answering without closing anything (its processes
@@ -56,9 +58,14 @@ CATALOG_TIMEOUT = 5.0
 QUEUE_TIMEOUT = 20.0
 #: Seconds `publish` may take: adding a table waits for locks and older transactions.
 PUBLISH_TIMEOUT = 30.0
+#: Seconds `answers` gives Postgres to accept a connection and answer `SELECT 1`.
+PROBE_TIMEOUT = 5.0
+#: Seconds an answer to that probe is trusted (requests waiting meanwhile share it).
+PROBE_TTL = 2.0
 
 
-def _not_answering() -> ServiceUnavailable:
+def not_answering() -> ServiceUnavailable:
+    """The 503 for a database that does not answer (stopped, or behind a partition)."""
     return ServiceUnavailable(
         "Database is not answering", retry_after=5, code="database_unreachable"
     )
@@ -77,6 +84,8 @@ class Tables:
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
         self._published: set[int] = set()
         self._closing: set[asyncio.Future[None]] = set()  # given-up connections closing
+        self._probes: dict[None, asyncio.Future[bool]] = {}
+        self._answered_at = -PROBE_TTL  # (monotonic) when Postgres last answered `answers`
 
     async def close(self) -> None:
         if self._conn is not None:
@@ -132,7 +141,7 @@ class Tables:
             async with asyncio.timeout(QUEUE_TIMEOUT):
                 await self._conn_lock.acquire()
         except TimeoutError:
-            raise _not_answering() from None
+            raise not_answering() from None
         try:
             task = asyncio.ensure_future(work())
             try:
@@ -146,7 +155,7 @@ class Tables:
                     "the database did not answer a catalog query in %.0f s: answering 503",
                     timeout,
                 )
-                raise _not_answering()
+                raise not_answering()
             return task.result()
         finally:
             self._conn_lock.release()
@@ -166,6 +175,40 @@ class Tables:
 
         task.add_done_callback(done)
         task.cancel()
+
+    async def answers(self) -> bool:
+        """Whether Postgres accepts a connection and answers `SELECT 1` within
+        `PROBE_TIMEOUT`: False when it is stopped, behind a partition or refusing
+        connections (restarting). An error Postgres sends (too many clients, say) is an
+        answer. Asked on a new connection, not the catalog's, which may be busy with a long
+        `publish`; at most once per `PROBE_TTL` when it answers, and once at a time."""
+        if time.monotonic() - self._answered_at < PROBE_TTL:
+            return True
+        return await single_flight(self._probes, None, self._probe)
+
+    async def _probe(self) -> bool:
+        conn: AsyncConnection[Any] | None = None
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                conn = await AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=int(PROBE_TIMEOUT)
+                )
+                await conn.execute("SELECT 1")
+            answered = True
+        except TimeoutError:
+            answered = False
+        except psycopg.Error as exc:
+            answered = exc.sqlstate is not None
+        finally:
+            if conn is not None:
+                closing = asyncio.ensure_future(conn.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        if answered:
+            self._answered_at = time.monotonic()
+        else:
+            logger.warning("the database did not answer a new connection in %.0f s", PROBE_TIMEOUT)
+        return answered
 
     async def publication_exists(self) -> bool:
         """Whether the publication is there (someone may have dropped it)."""

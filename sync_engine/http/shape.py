@@ -21,6 +21,7 @@ from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, S
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from ..snapshot.subset import build_subset_query
+from ..tables import not_answering
 from . import headers as h
 from .errors import json_response
 from .live import serve_sse
@@ -35,6 +36,10 @@ if TYPE_CHECKING:
 
 #: Seconds a request waits for a snapshot chunk before a 503 asks it to come back.
 SNAPSHOT_WAIT = 60.0
+#: Seconds a request waits for a snapshot chunk before it asks whether Postgres answers at
+#: all (and then again every as many): a silent one (stopped, behind a partition) gets the
+#: request a 503 within this and `tables.PROBE_TIMEOUT`, a slow one keeps it waiting.
+SNAPSHOT_QUIET = 2.0
 
 FindSource = Callable[[web.Request], Awaitable["Source"]]
 
@@ -142,7 +147,7 @@ class ShapeView:
         offset = req.offset
         if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
             index = 0 if offset.is_before_all else offset.op + 1
-            chunk = await self._snapshot_chunk(shape, index)
+            chunk = await self._snapshot_chunk(source, shape, index)
             if chunk is not None:
                 return self._respond(
                     request,
@@ -189,18 +194,33 @@ class ShapeView:
             request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls
         )
 
-    async def _snapshot_chunk(self, shape: Shape, index: int) -> bytes | tuple[str, int] | None:
+    async def _snapshot_chunk(
+        self, source: Source, shape: Shape, index: int
+    ) -> bytes | tuple[str, int] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
-        A big chunk already checked comes as its file (path, size), sent as it is.
+        A big chunk already checked comes as its file (path, size), sent as it is. While
+        the chunk does not come, the request asks every `SNAPSHOT_QUIET` seconds whether
+        Postgres answers: a snapshot query sent into a silent database (its table lookup
+        was cached, so nothing asked Postgres before) would otherwise hold the request for
+        all of `SNAPSHOT_WAIT`, past every client's patience. A slow query on a live
+        database (a big table, a lock in the way) is waited for.
         """
         shape_log = shape.log
 
         def written() -> bool:
             return shape_log.snapshot_chunks > index or shape_log.snapshot_complete
 
-        if not await shape.wait_until(lambda: written() or shape.rotated, SNAPSHOT_WAIT):
-            raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
+        def ready() -> bool:
+            return written() or shape.rotated
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + SNAPSHOT_WAIT
+        while not await shape.wait_until(ready, min(SNAPSHOT_QUIET, deadline - loop.time())):
+            if loop.time() >= deadline:
+                raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
+            if not await source.database_answers() and not ready():
+                raise not_answering()
         if not written():  # rotated
             raise shape.snapshot_error or ShapeGone(None)
         if index >= shape_log.snapshot_chunks:

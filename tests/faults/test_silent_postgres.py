@@ -22,6 +22,7 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 
 from tests.faults.cluster import FaultCluster, PartitionedCluster
@@ -120,4 +121,89 @@ async def test_a_silent_postgres_gets_answers_and_is_followed_again(
         cluster.signal(stopped, signal.SIGCONT)
         stop_writer.set()
         stop_followers.set()
+        engine.stop()
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("what", ["postgres", "partition"])
+async def test_a_new_shape_of_a_table_just_looked_up_gets_a_503_not_a_hang(
+    request: pytest.FixtureRequest, tmp_path: Path, what: str
+) -> None:
+    """A new shape of a table whose lookup the engine still trusts (`LOOKUP_TTL`) asks
+    Postgres nothing before its snapshot, which an idle snapshot connection sends into
+    the silence. Its request must still be answered (a 503 with a JSON body and
+    Retry-After), and the same shape served once Postgres answers again.
+
+    Before: the request waited for chunk 0 for 60 s (`SNAPSHOT_WAIT`): longer than any
+    client waits (here `ANSWER_WITHIN`)."""
+    cluster: FaultCluster = request.getfixturevalue(
+        "partitioned" if what == "partition" else "cluster"
+    )
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    await asyncio.to_thread(engine.start)
+    stopped: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            # the table published, looked up again (publishing forgets the lookup), and
+            # the snapshot connections opened and idle
+            for where in ("id > 10", "id > 15"):
+                first = await _get(session, engine.url, table="items", where=where, offset="-1")
+                assert first[0] == 200, first
+            if isinstance(cluster, PartitionedCluster):
+                cluster.partition()
+            else:
+                stopped = cluster.pids()
+                cluster.signal(stopped, signal.SIGSTOP)
+            status, body, retry_after = await _get(
+                session, engine.url, table="items", where="id > 5", offset="-1"
+            )
+            assert status == 503 and retry_after, (status, body)
+            answer = orjson.loads(body)
+            assert answer["code"] == "database_unreachable", answer
+            assert isinstance(answer["message"], str), answer
+            # (the request went past the table lookup: it was not the catalog that hung)
+            assert "did not answer a catalog query" not in engine.log_tail(100_000)
+
+            cluster.signal(stopped, signal.SIGCONT)
+            if isinstance(cluster, PartitionedCluster):
+                cluster.heal()
+            follower = Follower(engine.url, "id > 5")
+            stop = asyncio.Event()
+            task = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(lambda: follower.live, timeout=60, message="the new shape")
+            stop.set()
+            await task
+        assert follower.rows == expected_rows(cluster.url, "id > 5")
+        follower.assert_clean()
+    finally:
+        cluster.signal(stopped, signal.SIGCONT)
+        engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """Postgres alive but slow: a new shape's snapshot query waits for a lock held by
+    another transaction (here for 12 s, past the engine's check for a silent database).
+    The request waits for it and gets the rows, not a 503."""
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    await asyncio.to_thread(engine.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = await _get(session, engine.url, table="items", offset="-1")
+            assert first[0] == 200, first
+            with psycopg.connect(cluster.url) as locker:
+                locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+                asking = asyncio.create_task(
+                    _get(session, engine.url, table="items", where="id > 5", offset="-1")
+                )
+                await asyncio.sleep(12)
+                assert not asking.done(), asking.result()
+                locker.commit()
+            status, body, _ = await asking
+            assert status == 200, (status, body)
+            rows = {m["value"]["id"]: m["value"]["v"] for m in orjson.loads(body) if "key" in m}
+            assert rows == {str(i): "0" for i in range(6, 21)}
+    finally:
         engine.stop()
