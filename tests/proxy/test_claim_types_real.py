@@ -65,6 +65,12 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
         403,
         "denied_by_rule",
     ),
+    (
+        "a dotted path through a value that is not an object",
+        {"account": "closed"},
+        403,
+        "denied_by_rule",
+    ),
     # -- a filter's claim Postgres cannot hold: the proxy's refusal, not the engine's
     ("org_id with a NUL", {"org_id": "org-a\x00"}, 403, "claim_unusable"),
     ("org_id list with a NUL", {"org_id": ["org-a", "b\x00"]}, 403, "claim_unusable"),
