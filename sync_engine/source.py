@@ -37,6 +37,7 @@ from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams,
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
 from .shapes.shape import Shape, ShapeHandle
+from .shapes.where.zones import ZoneAgreement
 from .single_flight import single_flight
 from .snapshot import errors as snapshot_errors
 from .snapshot.batch import SnapshotJob
@@ -93,6 +94,7 @@ class Source:
             config.data_dir / "shapes", config.chunk_bytes, self.router, fsync=config.fsync
         )
         self.tables = Tables(self.dsn, config.publication_name, self.registry)
+        self.zones = ZoneAgreement(self.tables.on_catalog)
         self.replicator = Replicator(
             self.dsn,
             config.slot_name,
@@ -316,7 +318,7 @@ class Source:
 
     async def describe(self, params: ShapeParams) -> Described:
         """The definition the parameters ask for, checked against the catalog."""
-        return await describe(params, self.tables.lookup)
+        return await describe(params, self.tables.lookup, self.zones.problem)
 
     async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
         """The shape of a definition, created (with its snapshot) if new.

@@ -196,12 +196,21 @@ def _matches(claims: Claims, when: Mapping[str, ClaimMatch], *, deny: bool = Fal
     return True
 
 
-def _pg_array(values: list[Any]) -> str:
+def _text_param(value: object, path: str) -> str:
+    text = _norm(value)
+    if "\x00" in text:
+        # Postgres text holds no NUL: the engine would refuse the params, in words about
+        # params the client never sent.
+        raise Forbidden("claim_unusable", f"claim {path!r} holds a NUL character")
+    return text
+
+
+def _pg_array(values: list[Any], path: str) -> str:
     items = []
     for v in values:
         if isinstance(v, dict | list) or v is None:
             raise Forbidden("claim_unusable", "a claim list may hold only scalar values")
-        text = _norm(v).replace("\\", "\\\\").replace('"', '\\"')
+        text = _text_param(v, path).replace("\\", "\\\\").replace('"', '\\"')
         items.append(f'"{text}"')
     return "{" + ",".join(items) + "}"
 
@@ -216,10 +225,10 @@ def _param_from_claim(claims: Claims, path: str) -> str:
     if value is _MISSING or value is None:
         raise Forbidden("missing_claim", f"the token has no {path!r} claim, which this shape needs")
     if isinstance(value, list):
-        return _pg_array(value)
+        return _pg_array(value, path)
     if isinstance(value, dict):
         raise Forbidden("claim_unusable", f"claim {path!r} is an object, not a value")
-    return _norm(value)
+    return _text_param(value, path)
 
 
 def _sign_in() -> Unauthenticated:

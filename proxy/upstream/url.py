@@ -15,9 +15,20 @@ from proxy.policy.evaluate import Decision
 from proxy.policy.sql import quote_identifier
 
 SHAPE_PATH = "/v1/shape"
-#: Query parameters whose value must never be shown (Electric's own redaction list).
+#: Query parameters whose value must never be shown (Electric's own redaction list, plus
+#: `source_secret`: Electric Cloud's old name for `secret`, which the engine still reads).
 SECRET_PARAMS = frozenset(
-    {"secret", "api_secret", "token", "access_token", "id_token", "api_key", "password", "jwt"}
+    {
+        "secret",
+        "api_secret",
+        "source_secret",
+        "token",
+        "access_token",
+        "id_token",
+        "api_key",
+        "password",
+        "jwt",
+    }
 )
 MASK = "[REDACTED]"
 

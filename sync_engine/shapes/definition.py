@@ -11,7 +11,7 @@ Nothing here knows HTTP: `http/params.py` builds the `ShapeParams` from a query 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from ..errors import InvalidRequest
@@ -21,6 +21,7 @@ from .where import Where, WhereError, parse_where
 
 #: `(schema, name) -> the table, or None when there is none`; the catalog's cached lookup.
 TableLookup = Callable[[str, str], Awaitable[TableInfo | None]]
+ZoneProblem = Callable[[Iterable[str]], Awaitable[str | None]]
 
 
 class Replica(enum.StrEnum):
@@ -151,8 +152,13 @@ def _sorted_names(chosen: tuple[ColumnInfo, ...]) -> tuple[str, ...]:
     return names
 
 
-async def describe(params: ShapeParams, lookup: TableLookup) -> Described:
-    """Validate the parameters against the catalog; InvalidRequest names what is wrong."""
+async def describe(
+    params: ShapeParams, lookup: TableLookup, zone_problem: ZoneProblem
+) -> Described:
+    """Validate the parameters against the catalog; InvalidRequest names what is wrong.
+
+    `zone_problem` says why Postgres cannot be trusted to read a zone an AT TIME ZONE in the
+    where names as the engine does (`where.zones.ZoneAgreement.problem`), or None."""
     try:
         schema, name = _relation(params.table)
     except InvalidIdentifier as e:
@@ -178,6 +184,10 @@ async def describe(params: ShapeParams, lookup: TableLookup) -> Described:
             )
         except WhereError as e:
             raise InvalidRequest({"where": [str(e)]}) from None
+        if where.zones:
+            problem = await zone_problem(where.zones)
+            if problem is not None:
+                raise InvalidRequest({"where": [problem]})
     # params without a where are ignored, as upstream does
     definition = ShapeDefinition(
         table_oid=table.oid,

@@ -65,6 +65,9 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
         403,
         "denied_by_rule",
     ),
+    # -- a filter's claim Postgres cannot hold: the proxy's refusal, not the engine's
+    ("org_id with a NUL", {"org_id": "org-a\x00"}, 403, "claim_unusable"),
+    ("org_id list with a NUL", {"org_id": ["org-a", "b\x00"]}, 403, "claim_unusable"),
     # -- allow rules: no gain from another type or spelling
     ("mfa 'true' on an admin", {"role": "admin", "mfa": "true"}, 403, "no_matching_rule"),
     ("mfa 1 on an admin", {"role": "admin", "mfa": 1}, 403, "no_matching_rule"),

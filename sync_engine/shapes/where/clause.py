@@ -39,6 +39,9 @@ class Where:
     referenced_columns: frozenset[str]
     index: tuple[str, frozenset[Value]] | None
     _fn: Eval = field(repr=False, compare=False)
+    #: The zones its AT TIME ZONEs name: Postgres must read them as the engine does before
+    #: a shape uses the clause (zones.ZoneAgreement).
+    zones: frozenset[str] = frozenset()
 
     def value(self, row: Mapping[str, str | None]) -> object:
         """The clause's SQL value for `row`: True, False or None (NULL), unlike `matches`
@@ -204,6 +207,7 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
         referenced_columns=frozenset(compiler.referenced),
         index=expr.index,
         _fn=fn,
+        zones=frozenset(compiler.zones),
     )
 
 

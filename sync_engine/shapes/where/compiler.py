@@ -91,6 +91,7 @@ class Compiler:
         # text semantics are then Postgres's own business, nothing to reproduce.
         self.text_rules = text_rules(columns.values()) if live else SQL_ONLY
         self.referenced: set[str] = set()
+        self.zones: set[str] = set()  # AT TIME ZONE's zones (zone files' names)
 
     # -- entry points --
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.types import DATE, FLOAT8, INT4, INTERVAL, TIME, TIMESTAMP, TIMESTAMPTZ, PgType
@@ -272,3 +272,33 @@ DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Value, Va
     ("*", INTERVAL, FLOAT8): (INTERVAL, interval_mul),
     ("*", FLOAT8, INTERVAL): (INTERVAL, lambda f, i: interval_mul(i, f)),
 }
+
+
+# -- AT TIME ZONE (zones.py says which zones) ------------------------------------------
+
+
+def local_to_tstz(zone: tzinfo, value: Value) -> Value:
+    """timezone(zone, timestamp): the instant at which `zone`'s clocks show `value`.
+
+    A local time that a transition skips or repeats has two readings. Postgres
+    (DetermineTimeZoneOffset) takes the reading from before a spring-forward gap and the one
+    after a fall-back overlap: in both cases the later of the two instants.
+    """
+    if isinstance(value, pgv.PgInfinity):
+        return value
+    try:
+        first = value.replace(tzinfo=zone, fold=0).astimezone(UTC)
+        second = value.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise _beyond_python() from None
+    return max(first, second)
+
+
+def tstz_to_local(zone: tzinfo, value: Value) -> Value:
+    """timezone(zone, timestamptz): what `zone`'s clocks showed at the instant `value`."""
+    if isinstance(value, pgv.PgInfinity):
+        return value
+    try:
+        return value.astimezone(zone).replace(tzinfo=None)
+    except (OverflowError, ValueError):
+        raise _beyond_python() from None

@@ -13,16 +13,34 @@ from typing import TYPE_CHECKING
 from pglast import ast
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.types import BPCHAR, FLOAT8, INT4, INTERVAL, NUMERIC, TEXT, UNKNOWN
+from sync_engine.pg.types import (
+    BPCHAR,
+    DATE,
+    FLOAT8,
+    INT4,
+    INTERVAL,
+    NUMERIC,
+    TEXT,
+    TIMESTAMP,
+    TIMESTAMPTZ,
+    UNKNOWN,
+)
 from sync_engine.pg.values import Value
 
 from . import operators
 from .arrays import array_append, array_cat, array_ndims_nullable, array_prepend
-from .datetimes import justify_days, justify_hours, justify_interval
+from .datetimes import (
+    justify_days,
+    justify_hours,
+    justify_interval,
+    local_to_tstz,
+    tstz_to_local,
+)
 from .errors import error_at
-from .expr import Cache, Expr, Row, apply, apply_nullable
+from .expr import Cache, Expr, Row, apply, apply_nullable, const
 from .resolution import INT_TYPES, NUMERIC_ORDER, STRING_TYPES
 from .semantics import checked_int
+from .zones import zone, zone_key
 
 if TYPE_CHECKING:
     from .compiler import Compiler
@@ -163,6 +181,45 @@ def _abs_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     return apply(arg.type, func, [arg], node)
 
 
+def _timezone_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
+    """`x AT TIME ZONE 'Area/Location'` (timezone(zone, x)) for timestamp and timestamptz.
+
+    The zone must be a constant full zone name: see datetimes.py for why abbreviations and
+    POSIX specs, which Postgres reads by rules of its own, are refused rather than guessed.
+    """
+    zone_arg, subject = args
+    if zone_arg.type not in STRING_TYPES and zone_arg.type != UNKNOWN:
+        raise error_at(
+            f"AT TIME ZONE takes a zone name, not {zone_arg.type.sql_name}", zone_arg.node
+        )
+    if not zone_arg.is_const:
+        raise error_at("AT TIME ZONE needs a constant zone name", zone_arg.node)
+    if subject.type in (UNKNOWN, DATE):
+        subject = c.coerce(subject, TIMESTAMPTZ)  # Postgres's preferred datetime type
+    if subject.type == TIMESTAMP:
+        result, convert = TIMESTAMPTZ, local_to_tstz
+    elif subject.type == TIMESTAMPTZ:
+        result, convert = TIMESTAMP, tstz_to_local
+    else:
+        raise error_at(
+            f"AT TIME ZONE is supported on timestamp and timestamptz, not {subject.type.sql_name}",
+            node,
+        )
+    name = c.coerce(zone_arg, TEXT).value
+    if name is None:
+        return const(result, None, node)
+    key = zone_key(str(name))
+    if key is None:
+        raise error_at(
+            f'time zone "{name}" is not supported: use a full zone name such as'
+            " 'America/New_York', or 'UTC'",
+            zone_arg.node,
+        )
+    c.zones.add(key)  # Postgres must read it as the engine does (zones.ZoneAgreement)
+    tz = zone(key)
+    return apply(result, lambda value: convert(tz, value), [subject], node)
+
+
 FUNCTIONS: dict[tuple[str, int], Builder] = {
     ("lower", 1): _case_func("lower"),
     ("upper", 1): _case_func("upper"),
@@ -176,4 +233,5 @@ FUNCTIONS: dict[tuple[str, int], Builder] = {
     ("justify_hours", 1): _justify_builder(justify_hours),
     ("justify_interval", 1): _justify_builder(justify_interval),
     ("abs", 1): _abs_builder,
+    ("timezone", 2): _timezone_builder,
 }

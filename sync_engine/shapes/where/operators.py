@@ -21,13 +21,18 @@ from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import (
     BOOL,
+    DATE,
+    FLOAT4,
     FLOAT8,
     INT2,
     INT4,
     INT8,
     INTERVAL,
+    NAME,
     NUMERIC,
     TEXT,
+    TIMESTAMP,
+    TIMESTAMPTZ,
     UNKNOWN,
     PgType,
 )
@@ -394,18 +399,49 @@ def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     return bool_expr(distinct, node)
 
 
+#: Pairs of types with an `=` of their own (int24eq, float48eq, date_eq_timestamp, ...):
+#: `a = b` on them converts neither argument, so NULLIF(a, b) answers a as it is.
+CROSS_TYPE_EQUALS = frozenset(
+    (a, b)
+    for group in (
+        (INT2, INT4, INT8),
+        (FLOAT4, FLOAT8),
+        (DATE, TIMESTAMP, TIMESTAMPTZ),
+        (NAME, TEXT),
+    )
+    for a in group
+    for b in group
+    if a != b
+)
+
+
 def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
-    # NULLIF(a, b) is `a = b` with its operator resolved as for `=` (not as a list):
-    # NULLIF(ch, t) compares, and answers, as text.
+    # NULLIF(a, b) is `a = b` with its operator resolved as for `=` (not as a list), and
+    # answers that operator's first argument: a converted to the operator's type, unless
+    # the pair has an `=` of its own. NULLIF(ch, t) compares, and answers, as text;
+    # NULLIF(i2, 65535) is int2 (so `@` of it overflows at -32768, as in Postgres).
     typ = c.common(left.type, right.type, node)
     if typ is None:
         raise _operator_error(c, "=", left, right, node)
     if typ == UNKNOWN:
         typ = TEXT
+    answer = left if (left.type, right.type) in CROSS_TYPE_EQUALS else None
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
     lf, rf = left.fn, right.fn
+    if answer is not None:
+        # The comparison is the common type's (the same verdict as the cross-type `=`:
+        # these conversions are exact), the answer the first argument's own value.
+        af = answer.fn
+
+        def nullif_as_is(row: Row, cache: Cache) -> Value:
+            a, b = af(row, cache), rf(row, cache)  # both evaluated, as in Postgres
+            if a is None:
+                return None
+            return None if b is not None and eq(lf(row, cache), b) else a
+
+        return Expr(answer.type, nullif_as_is, node=node)
 
     def nullif(row: Row, cache: Cache) -> Value:
         a, b = lf(row, cache), rf(row, cache)  # both evaluated, as in Postgres

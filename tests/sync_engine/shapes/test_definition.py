@@ -6,6 +6,7 @@ sends a few of these through the real engine and Postgres.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
@@ -58,8 +59,12 @@ async def lookup(schema: str, name: str) -> TableInfo | None:
     return TABLES.get((schema, name))
 
 
+async def no_zones(zones: Iterable[str]) -> str | None:
+    raise AssertionError(f"no AT TIME ZONE here, but asked about {zones}")
+
+
 async def described(**params: Any) -> Described:
-    return await describe(ShapeParams(**params), lookup)
+    return await describe(ShapeParams(**params), lookup, no_zones)
 
 
 async def refused(**params: Any) -> dict[str, Any]:

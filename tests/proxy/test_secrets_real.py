@@ -1,0 +1,58 @@
+"""Secrets a client puts in a query never reach a log line or an answer (real proxy, real
+engine).
+
+`source_secret` is Electric Cloud's old name for `secret` (the engine still reads it): an
+old client configuration sends its source secret in the URL under that name. The proxy drops
+the parameter (it sets the engine's credentials itself) but logged it as sent, in the access
+line's `query` field and in its text.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+
+from proxy.config.loader import build_config
+from proxy.logs import JsonFormatter
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess
+
+CLIENT_SECRET = "client-held-secret-5d1f0c"
+
+
+@pytest.fixture
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+        "INSERT INTO items VALUES (1, 'org-a', 'a')",
+    )
+
+
+@pytest.mark.parametrize("name", ["source_secret", "secret", "api_secret", "SOURCE_SECRET"])
+async def test_a_secret_in_the_query_is_never_logged(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make()
+    for query in (
+        f"table=items&offset=-1&{name}={CLIENT_SECRET}",  # served
+        f"table=nosuch&offset=-1&{name}={CLIENT_SECRET}",  # refused by the policy
+        f"table=items&offset=bogus&{name}={CLIENT_SECRET}",  # refused by the engine
+    ):
+        reply = await proxy.get(f"/v1/shape?{query}", token=token)
+        assert CLIENT_SECRET not in reply.body.decode() + repr(list(reply.headers.items()))
+    access = [r for r in caplog.records if r.name == "proxy.access"]
+    assert len(access) == 3 and [r.status for r in access] == [200, 403, 400]  # type: ignore[attr-defined]
+    formatter = JsonFormatter()
+    for record in caplog.records:
+        for line in (formatter.format(record), repr(record.__dict__)):
+            assert CLIENT_SECRET not in line, line

@@ -1,0 +1,197 @@
+"""`AT TIME ZONE` (timezone(zone, x)) in a where: the engine's readings are Postgres's.
+
+Differential: rows at and around every offset change of a set of zones chosen for their
+awkward history (half-hour and 30-minute daylight saving, a skipped day, a change of
+standard time, local mean time before 1900, rules projected past 2037), each compared with
+what Postgres itself computes for the same row. Then the HTTP path: live rows equal the
+snapshot's, names the engine does not take are 400s, and `ZoneAgreement` refuses a zone
+whose readings differ from Postgres's (as with another tzdata release).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_engine.pg.catalog import load_table
+from sync_engine.pg.session import with_display_settings
+from sync_engine.shapes.where import WhereError, parse_where
+from sync_engine.shapes.where import zones as zones_module
+from sync_engine.shapes.where.zones import ZoneAgreement, zone, zone_key
+from tests.sync_engine.engine_harness import Engine, apply
+
+ZONES = [
+    "America/New_York",
+    "Europe/Paris",
+    "Australia/Lord_Howe",  # daylight saving of 30 minutes
+    "Asia/Kolkata",  # +05:30, and +05:53:20 local mean time
+    "Pacific/Apia",  # skipped 2011-12-30 when it crossed the date line
+    "Europe/Moscow",  # 2014: standard time changed from +4 to +3, neither daylight time
+    "America/Sao_Paulo",  # daylight saving ended in 2019
+    "Africa/Casablanca",  # daylight saving suspended every Ramadan
+    "Etc/GMT+5",  # POSIX sign: five hours behind UTC
+    "UTC",
+    "europe/paris",  # Postgres finds zone files whatever the case
+]
+
+
+def _instants() -> list[datetime]:
+    """Each zone's offset changes in a few eras, with the seconds and hours around them."""
+    out = {datetime(1850, 6, 1, tzinfo=UTC), datetime(2150, 7, 1, 12, tzinfo=UTC)}
+    around = [timedelta(seconds=s) for s in (-3601, -1, 0, 1, 1799, 3600, 5400)]
+    for name in ZONES:
+        for at, _before, _after in zones_module._transitions(zone(zone_key(name) or "UTC")):
+            if at.year in (1890, 1911, 1942, 1996, 2011, 2014, 2019, 2024, 2045, 2099):
+                out.update(at + d for d in around)
+    return sorted(out)
+
+
+@pytest.fixture
+def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
+    url = with_display_settings(db_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE d (id int PRIMARY KEY, ts timestamp, tz timestamptz)")
+        instants = _instants()
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO d VALUES (%s, %s, %s)",
+                [(i, at.replace(tzinfo=None), at) for i, at in enumerate(instants)]
+                + [(len(instants), None, None), (len(instants) + 1, "infinity", "-infinity")],
+            )
+        conn.execute("ALTER TABLE d ADD COLUMN local timestamp, ADD COLUMN instant timestamptz")
+        async def columns() -> Any:
+            async with await psycopg.AsyncConnection.connect(url) as aconn:
+                info = await load_table(aconn, "public", "d")
+            assert info is not None
+            return info.column_map
+
+        yield conn, asyncio.run(columns())
+
+
+def _rows(conn: psycopg.Connection[Any]) -> list[dict[str, str | None]]:
+    names = ("id", "ts", "tz", "local", "instant")
+    select = ", ".join(f"CASE WHEN {n} IS NULL THEN NULL ELSE concat({n}, '') END" for n in names)
+    return [dict(zip(names, r, strict=True)) for r in conn.execute(f"SELECT {select} FROM d")]
+
+
+@pytest.mark.parametrize("name", ZONES)
+def test_readings_equal_postgres(table: tuple[psycopg.Connection[Any], Any], name: str) -> None:
+    conn, columns = table
+    # Postgres's own readings, written next to each row
+    conn.execute(
+        "UPDATE d SET local = tz AT TIME ZONE %(z)s, instant = ts AT TIME ZONE %(z)s",
+        {"z": name},
+    )
+    literal = "'" + name + "'"
+    clauses = [
+        f"tz AT TIME ZONE {literal} = local",
+        f"ts AT TIME ZONE {literal} = instant",
+        f"timezone({literal}, tz) IS NOT DISTINCT FROM local",
+        f"timezone({literal}, ts) IS NOT DISTINCT FROM instant",
+    ]
+    rows = _rows(conn)
+    for clause in clauses:
+        where = parse_where(clause, {}, columns)
+        assert where.zones == {zone_key(name)}
+        expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
+        got = {int(str(r["id"])) for r in rows if where.matches(r)}
+        assert got == expected, (clause, sorted(got ^ expected)[:5])
+    # every finite row is read the same by both (the NULL row and the infinities aside)
+    assert len(expected) >= len(rows) - 2
+
+
+def test_constant_folding_and_literals_equal_postgres(
+    table: tuple[psycopg.Connection[Any], Any],
+) -> None:
+    """Untyped literals and dates take timestamptz, as Postgres's preferred type."""
+    conn, columns = table
+    for clause in [
+        "'2024-03-10 02:30' AT TIME ZONE 'America/New_York' = '2024-03-09 21:30'",
+        "'2024-03-10 02:30'::timestamp AT TIME ZONE 'America/New_York' < tz",
+        "'2024-11-03 01:30'::timestamp AT TIME ZONE 'America/New_York' < tz",
+        "'2024-03-31'::date AT TIME ZONE 'Europe/Paris' = '2024-03-31 02:00'",
+        "NULL::timestamp AT TIME ZONE 'Europe/Paris' IS NULL",
+        "tz AT TIME ZONE NULL IS NULL",
+    ]:
+        where = parse_where(clause, {}, columns)
+        expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
+        got = {int(str(r["id"])) for r in _rows(conn) if where.matches(r)}
+        assert got == expected, clause
+
+
+@pytest.mark.parametrize(
+    ("clause", "message"),
+    [
+        ("tz AT TIME ZONE 'EST' IS NULL", 'time zone "EST" is not supported'),
+        ("tz AT TIME ZONE 'CET' IS NULL", 'time zone "CET" is not supported'),
+        ("tz AT TIME ZONE 'UTC+3' IS NULL", 'time zone "UTC+3" is not supported'),
+        ("tz AT TIME ZONE 'Nowhere/Atlantis' IS NULL", 'time zone "Nowhere/Atlantis"'),
+        ("tz AT TIME ZONE 'posix/Europe/Paris' IS NULL", "is not supported"),
+        ("tz AT TIME ZONE local::text IS NULL", "needs a constant zone name"),
+        ("tz AT TIME ZONE interval '1 hour' IS NULL", "takes a zone name, not interval"),
+        ("id AT TIME ZONE 'UTC' IS NULL", "not integer"),
+    ],
+)
+def test_names_the_engine_cannot_read_as_postgres_are_refused(
+    table: tuple[psycopg.Connection[Any], Any], clause: str, message: str
+) -> None:
+    _conn, columns = table
+    with pytest.raises(WhereError, match=message.replace("+", "\\+")):
+        parse_where(clause, {}, columns)
+
+
+async def test_agreement_with_postgres(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def on_catalog(work: Any) -> Any:
+        async with await psycopg.AsyncConnection.connect(with_display_settings(db_url)) as c:
+            return await work(c)
+
+    agreement = ZoneAgreement(on_catalog)
+    assert await agreement.problem(["Europe/Paris", "Pacific/Apia", "UTC"]) is None
+    # Another tzdata release: the engine reading Berlin's rules where Postgres reads Paris's
+    berlin = zone("Europe/Berlin")
+    monkeypatch.setattr(zones_module, "zone", lambda key: berlin)
+    fresh = ZoneAgreement(on_catalog)
+    problem = await fresh.problem(["Europe/Paris"])
+    assert problem is not None and 'time zone "Europe/Paris" is read differently' in problem
+
+
+async def test_live_rows_equal_the_snapshot(engine: Engine) -> None:
+    engine.sql("CREATE TABLE ev (id int PRIMARY KEY, at timestamp)")
+    where = "at AT TIME ZONE 'America/New_York' >= '2024-03-10 07:00:00+00'"
+    engine.sql("INSERT INTO ev VALUES (1, '2024-03-10 01:59:59'), (2, '2024-03-10 02:00:00')")
+    rows, handle, offset = await engine.sync(table="ev", where=where)
+    assert {r["id"] for r in rows.values()} == {"2"}  # 02:00 does not exist: read as EST
+    # a gap, an overlap, and the marker
+    engine.sql(
+        "INSERT INTO ev VALUES (3, '2024-03-10 02:30'), (4, '2024-11-03 01:30'),"
+        " (5, '2024-03-10 01:30'), (6, '2024-03-10 03:00'), (99, '2030-01-01')"
+    )
+    for _ in range(50):
+        status, h, body = await engine.get(
+            table="ev", where=where, offset=offset, handle=handle, live="true"
+        )
+        assert status == 200, body
+        apply(rows, body)
+        offset = h["electric-offset"]
+        if any(r["id"] == "99" for r in rows.values()):
+            break
+    snapshot = {str(r[0]) for r in engine.sql(f"SELECT id FROM ev WHERE {where}")}
+    assert {r["id"] for r in rows.values()} == snapshot == {"2", "3", "4", "6", "99"}
+
+
+async def test_refusals_are_400s(engine: Engine) -> None:
+    engine.sql("CREATE TABLE ev (id int PRIMARY KEY, at timestamp)")
+    status, _h, body = await engine.get(
+        table="ev", offset="-1", where="at AT TIME ZONE 'EST' > now()"
+    )
+    assert status == 400 and "where" in body["errors"], body
+    status, _h, body = await engine.get(
+        table="ev", offset="-1", where="at AT TIME ZONE 'EST' > '2024-01-01'"
+    )
+    assert status == 400, body
+    assert 'time zone "EST" is not supported' in body["errors"]["where"][0], body
