@@ -181,3 +181,18 @@ async def test_an_sse_answers_etag_as_the_engines(
         direct = await _sse_head(f"{engine.url}/v1/shape?{query}&secret={engine_secret}")
         proxied = await _sse_head(f"{base}/v1/shape?{query}")
         assert proxied["etag"].rsplit(":", 1)[0] == direct["etag"].rsplit(":", 1)[0], offset
+
+
+async def test_head_on_health_and_root_as_the_engine(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """The engine's GET routes answer HEAD (aiohttp's), as load balancers and monitors probe
+    health; the proxy answered 405 on `/v1/health` and `/`."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    async with aiohttp.ClientSession() as session:
+        for path in ("/v1/health", "/"):
+            answers = []
+            for url in (engine.url + path, base + path):
+                async with session.head(url) as resp:
+                    answers.append((resp.status, await resp.read()))
+            assert answers[1] == answers[0] == (200, b""), path
