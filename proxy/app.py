@@ -61,7 +61,8 @@ _SHAPE_PATHS = ("/v1/shape", "/shapes/")
 _NAMED_PREFIX = len("/shapes/")
 
 Handler = Callable[[Request], Awaitable[StreamResponse]]
-#: The routes answering GET only (anything else, HEAD too, is a 405).
+#: The routes answering GET (and HEAD, its headers without the body, as the engine's routes
+#: do: load balancers and monitors probe health with HEAD); anything else is a 405.
 _GET_ONLY: dict[str, Handler] = {
     "/": handlers.root,
     "/healthz": handlers.healthz,
@@ -271,7 +272,7 @@ class ProxyApp:
                 raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
             name = path[_NAMED_PREFIX:] if path.startswith("/shapes/") else None
             return await handlers.serve(request, shape_name=name)
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):
             raise HttpError(405)
         return await _GET_ONLY[path](request)
 

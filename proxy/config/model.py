@@ -57,6 +57,8 @@ def _no_yaml_words(when: object) -> object:
     if not isinstance(when, dict):
         return when
     for path, value in when.items():
+        if value == []:
+            raise ValueError(f"{path}: an empty list matches no token: give at least one value")
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, YamlWord):
                 raise ValueError(

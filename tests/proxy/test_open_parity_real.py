@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 import yaml
 
@@ -145,3 +146,53 @@ async def test_post_bodies_up_to_the_engines_limit(
             assert answers[1] == answers[0], (len(body), answers[1])
             statuses.append(answers[0][0])
     assert statuses == [200, 400, 413]
+
+
+async def _sse_head(url: str) -> Any:
+    """An SSE answer's headers (the stream itself is left at once)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(url, headers={"Accept": "text/event-stream"}) as resp,
+    ):
+        assert resp.status == 200
+        return resp.headers
+
+
+async def test_an_sse_answers_etag_as_the_engines(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, db_url: str
+) -> None:
+    """The engine's SSE ETag names the log's end when the stream opened
+    (`handle:offset:max(offset, log end):time`); the proxy's named the client's offset twice."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    status, headers, _ = await _get(f"{base}/v1/shape?table=items&offset=-1")
+    handle, start = headers["electric-handle"], headers["electric-offset"]
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (3, 'org-a', 'c')")
+    for _ in range(30):  # (until the change is in the shape's log: 1 s long-polls)
+        status, headers, _ = await _get(
+            f"{base}/v1/shape?table=items&offset={start}&handle={handle}&live=true"
+        )
+        if headers["electric-offset"] != start:
+            break
+    end = headers["electric-offset"]
+    assert end != start
+    for offset in (start, end):
+        query = f"table=items&offset={offset}&handle={handle}&live=true&live_sse=true"
+        direct = await _sse_head(f"{engine.url}/v1/shape?{query}&secret={engine_secret}")
+        proxied = await _sse_head(f"{base}/v1/shape?{query}")
+        assert proxied["etag"].rsplit(":", 1)[0] == direct["etag"].rsplit(":", 1)[0], offset
+
+
+async def test_head_on_health_and_root_as_the_engine(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """The engine's GET routes answer HEAD (aiohttp's), as load balancers and monitors probe
+    health; the proxy answered 405 on `/v1/health` and `/`."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    async with aiohttp.ClientSession() as session:
+        for path in ("/v1/health", "/"):
+            answers = []
+            for url in (engine.url + path, base + path):
+                async with session.head(url) as resp:
+                    answers.append((resp.status, await resp.read()))
+            assert answers[1] == answers[0] == (200, b""), path
