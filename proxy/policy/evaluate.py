@@ -85,13 +85,22 @@ def claim_value(claims: Claims, path: str) -> Any:
             nested = nested[part]
     if exact is _MISSING:
         return nested
-    if nested is not _MISSING and (nested is _UNREADABLE or not _same_json(exact, nested)):
+    if nested is not _MISSING and (nested is _UNREADABLE or not _same_value(exact, nested)):
         return _AMBIGUOUS
     return exact
 
 
 #: Claim lookups that found something no condition can compare (`claim_value`).
 _UNUSABLE = (_AMBIGUOUS, _UNREADABLE)
+
+
+def _same_value(a: object, b: object) -> bool:
+    """`_same_json`, with values nested too deep to compare (a token's JSON may nest as
+    deep as its parser allows) taken as different."""
+    try:
+        return _same_json(a, b)
+    except RecursionError:
+        return False
 
 
 def _same_json(a: object, b: object) -> bool:
