@@ -51,14 +51,18 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 T = TypeVar("T")
 
 #: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
-#: means `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are 404s, never a second way in.
-_EXACT_PATHS = frozenset({"/", "/v1/shape", "/v1/health", "/healthz", "/metrics"})
+#: means `/v1//shape`, `/v1/Shape` and `/v1/%73hape` are 404s, never a second way in.
+#: `/v1/shape/` is the engine's second route for shapes (Electric's router ignores a trailing
+#: slash too): a client configured with it syncs through the proxy as it does direct, under
+#: the same policy (the engine request's path is the proxy's own, `/v1/shape`).
+_EXACT_PATHS = frozenset({"/", "/v1/shape", "/v1/shape/", "/v1/health", "/healthz", "/metrics"})
 _NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
 _SHAPE_PATHS = ("/v1/shape", "/shapes/")
 _NAMED_PREFIX = len("/shapes/")
 
 Handler = Callable[[Request], Awaitable[StreamResponse]]
-#: The routes answering GET only (anything else, HEAD too, is a 405).
+#: The routes answering GET (and HEAD, its headers without the body, as the engine's routes
+#: do: load balancers and monitors probe health with HEAD); anything else is a 405.
 _GET_ONLY: dict[str, Handler] = {
     "/": handlers.root,
     "/healthz": handlers.healthz,
@@ -84,17 +88,23 @@ _ENGINE_CORS = {
 }
 
 
+_ENGINE_CORS_OTHER = {**_ENGINE_CORS, "Access-Control-Allow-Methods": "GET, HEAD"}
+
+
 @lru_cache(maxsize=256)
 def _cors_for(
-    origin: str | None, allow_origins: tuple[str, ...], credentials: bool
+    origin: str | None, allow_origins: tuple[str, ...], credentials: bool, shape: bool = True
 ) -> tuple[bool, Mapping[str, str] | None]:
-    """(allowed, CORS headers) for an Origin under one config; the same few origins repeat."""
+    """(allowed, CORS headers) for an Origin under one config; the same few origins repeat.
+
+    `shape`: the headers of a shape route's answer; else of any other answer (health, root,
+    a 404), which offers the engine's methods there, `GET, HEAD`."""
     if not origin_allowed(origin, allow_origins):
         return False, None
     if "*" in allow_origins and not credentials:
         # As the engine (Electric) answers: the Origin, or `*` without one.
         echoed = {"Access-Control-Allow-Origin": origin if origin is not None else "*"}
-        return True, MappingProxyType({**echoed, **_ENGINE_CORS})
+        return True, MappingProxyType({**echoed, **(_ENGINE_CORS if shape else _ENGINE_CORS_OTHER)})
     headers = cors_headers(origin, allow_origins, credentials=credentials)
     return True, MappingProxyType(headers) if headers is not None else None
 
@@ -248,23 +258,31 @@ class ProxyApp:
         return await self.answer(request, self._route(request))
 
     async def _route(self, request: Request) -> StreamResponse:
+        raw = request.raw_path.split("?", 1)[0]
+        # Every answer, a 404 or the engine's health too, carries CORS for an allowed Origin
+        # as the engine's do (else a browser cannot read it); the methods offered are the
+        # engine's for the path (`sync_engine.app._decorate`).
+        allowed, request.context.cors = self.cors_for(
+            request, shape=raw.rstrip("/").endswith("/shape") or raw.startswith("/shapes/")
+        )
         path = _check_path(request)
         if path.startswith(_SHAPE_PATHS):
             request.context.shape = True
-            allowed, request.context.cors = self.cors_for(request)
             if not allowed:
                 raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
             name = path[_NAMED_PREFIX:] if path.startswith("/shapes/") else None
             return await handlers.serve(request, shape_name=name)
-        if request.method != "GET":
+        if request.method not in ("GET", "HEAD"):
             raise HttpError(405)
         return await _GET_ONLY[path](request)
 
-    def cors_for(self, request: Request) -> tuple[bool, Mapping[str, str] | None]:
+    def cors_for(
+        self, request: Request, *, shape: bool = True
+    ) -> tuple[bool, Mapping[str, str] | None]:
         """Whether the request's Origin may use the proxy, and the CORS headers it gets."""
         cors = self.holder.current.loaded.config.cors
         return _cors_for(
-            request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials
+            request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials, shape
         )
 
     async def answer(self, request: Request, work: Awaitable[StreamResponse]) -> StreamResponse:
@@ -315,11 +333,12 @@ class ProxyApp:
         headers["X-Request-Id"] = context.request_id
         if context.cors is not None:
             headers.update(context.cors)
+        if "electric-server" not in headers and self._forwarder is not None:
+            # (the engine's name, as it gives it, on every answer as the engine's)
+            server = self._forwarder.server_name
+            if server is not None:
+                headers["electric-server"] = server
         if context.shape:
-            if "electric-server" not in headers and self._forwarder is not None:
-                server = self._forwarder.server_name  # (the engine's name, as it gives it)
-                if server is not None:
-                    headers["electric-server"] = server
             if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
                 # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
                 # would mean nothing, and the engine sends none.

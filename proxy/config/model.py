@@ -57,6 +57,8 @@ def _no_yaml_words(when: object) -> object:
     if not isinstance(when, dict):
         return when
     for path, value in when.items():
+        if value == []:
+            raise ValueError(f"{path}: an empty list matches no token: give at least one value")
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, YamlWord):
                 raise ValueError(
@@ -186,6 +188,17 @@ class CorsConfig(_Model):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
     max_age: int = Field(default=86400, ge=0)
+
+    @model_validator(mode="after")
+    def _no_credentials_for_everyone(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            # Browsers refuse `*` with credentials, so the proxy would echo each Origin: every
+            # site on the web could then send credentialed requests and read the answers.
+            raise ValueError(
+                "allow_credentials: true needs the origins listed, not '*' (every site could "
+                "send credentialed requests and read the answers)"
+            )
+        return self
 
 
 class CacheConfig(_Model):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 from typing import Protocol, cast
 
@@ -25,6 +26,7 @@ from yarl import URL
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
 from proxy.errors import MethodNotAllowed
+from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
     check_as_the_engine,
@@ -56,6 +58,8 @@ from proxy.upstream.url import (
     definition_key,
     handle_definition_key,
 )
+
+logger = logging.getLogger(__name__)
 
 #: What an app holds, by name (`app[FORWARDER]`): for tests and tools.
 HOLDER = StateKey[RuntimeHolder]("holder")
@@ -216,6 +220,24 @@ def finish(
     `combined`: the client's where went to the engine ANDed with the enforced one; a 400
     about it is said in terms of the client's own where (`remap_where_errors`)."""
     context = request.context
+    if outcome.upstream_status == 401:
+        # The engine refused the proxy's own credentials (`upstream.secret_env`, `source_id`):
+        # nothing the client can mend with its token, so not a 401 (on which Electric's
+        # client asks the app for a new token and tries again, for ever), but a gateway error
+        # it retries after a while, and an ERROR line for the operator.
+        logger.error(
+            "the sync engine refused the proxy's credentials (401): check upstream.secret_env "
+            "and upstream.source_id (request %s)",
+            context.request_id,
+        )
+        context.upstream_status = 401
+        context.outcome, context.reason = "error", "upstream_unauthorized"
+        return error_response(
+            502,
+            "upstream_unauthorized",
+            "the proxy could not authenticate to the sync engine",
+            retry_after=runtime.options.retry_after,
+        )
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)

@@ -33,6 +33,7 @@ from proxy.shape_request import ShapeRequest, SubsetRequest
 Claims = Mapping[str, Any]
 _MISSING = object()
 _AMBIGUOUS = object()
+_UNREADABLE = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,22 +67,40 @@ def claim_value(claims: Claims, path: str) -> Any:
     When both exist and say different things (`{"org.id": 1, "org": {"id": 2}}`) the path is
     ambiguous and the answer is `_AMBIGUOUS`: which of the two the operator meant is not
     known, so no allow rule matches on it, every deny rule naming it does, and a filter that
-    binds it refuses (fail closed).
+    binds it refuses (fail closed). A dotted path that runs into a value it cannot go into
+    (`{"account": "closed"}` for `account.status`) is `_UNREADABLE`, treated the same way:
+    the claim is there, in a form the rule did not expect.
     """
     exact = claims[path] if path in claims else _MISSING
     nested: Any = _MISSING
     if "." in path:
         nested = claims
         for part in path.split("."):
-            if not isinstance(nested, Mapping) or part not in nested:
+            if not isinstance(nested, Mapping):
+                nested = _UNREADABLE
+                break
+            if part not in nested:
                 nested = _MISSING
                 break
             nested = nested[part]
     if exact is _MISSING:
         return nested
-    if nested is not _MISSING and not _same_json(exact, nested):
+    if nested is not _MISSING and (nested is _UNREADABLE or not _same_value(exact, nested)):
         return _AMBIGUOUS
     return exact
+
+
+#: Claim lookups that found something no condition can compare (`claim_value`).
+_UNUSABLE = (_AMBIGUOUS, _UNREADABLE)
+
+
+def _same_value(a: object, b: object) -> bool:
+    """`_same_json`, with values nested too deep to compare (a token's JSON may nest as
+    deep as its parser allows) taken as different."""
+    try:
+        return _same_json(a, b)
+    except RecursionError:
+        return False
 
 
 def _same_json(a: object, b: object) -> bool:
@@ -117,10 +136,10 @@ def _norm(value: object) -> str:
 #   could be the same value written another way: the same text after Unicode NFKC, case
 #   folding and trimming (`"ADMIN"`, fullwidth `admin`), a number written as text (`"7"`,
 #   `"7.0"`), a boolean as text or 0/1 (`"false"`, `0`, `"no"`). A claim the rule cannot
-#   compare -- null, an object, a list holding one, an ambiguous path -- matches too: present
-#   but unreadable is refused, not waved through. Only a missing claim (or an empty list) does
-#   not match a deny condition: a rule that must see a claim says so in its allow `when`, or
-#   the issuer's `require`.
+#   compare -- null, an object, a list holding one, an ambiguous path, a dotted path through a
+#   value that is not an object -- matches too: present but unreadable is refused, not waved
+#   through. Only a missing claim (or an empty list) does not match a deny condition: a rule
+#   that must see a claim says so in its allow `when`, or the issuer's `require`.
 _TRUE_WORDS = frozenset({"true", "t", "yes", "y", "on", "1"})
 _FALSE_WORDS = frozenset({"false", "f", "no", "n", "off", "0"})
 
@@ -154,7 +173,7 @@ def _as_number(value: object) -> Decimal | None:
 
 
 def _loose(actual: object, expected: Scalar) -> bool:
-    if actual is None or isinstance(actual, Mapping | list) or actual is _AMBIGUOUS:
+    if actual is None or isinstance(actual, Mapping | list) or actual in _UNUSABLE:
         return True  # present but not comparable: a deny fails closed
     if _strict(actual, expected):
         return True
@@ -187,7 +206,7 @@ def _matches(claims: Claims, when: Mapping[str, ClaimMatch], *, deny: bool = Fal
         actual = claim_value(claims, path)
         if actual is _MISSING:
             return False
-        if actual is _AMBIGUOUS or actual is None or isinstance(actual, Mapping):
+        if actual in _UNUSABLE or actual is None or isinstance(actual, Mapping):
             if deny:
                 continue  # fail closed: this condition holds
             return False
@@ -222,6 +241,8 @@ def _param_from_claim(claims: Claims, path: str) -> str:
             "claim_ambiguous",
             f"the token's {path!r} claim is given both as a key and as a nested path",
         )
+    if value is _UNREADABLE:
+        raise Forbidden("claim_unusable", f"the token's {path!r} claim cannot be read as a value")
     if value is _MISSING or value is None:
         raise Forbidden("missing_claim", f"the token has no {path!r} claim, which this shape needs")
     if isinstance(value, list):

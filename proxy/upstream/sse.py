@@ -407,9 +407,26 @@ def _client_headers(head: Head, spec: StreamSpec) -> StreamResponse:
     if "electric-cursor" in headers:
         headers["electric-cursor"] = str(_next_cursor(headers["electric-cursor"], spec.cursor))
     if "etag" in headers:
+        # The engine's: `handle:offset:max(offset, log end at open):time`.
         handle = head.get("electric-handle") or ""
-        headers["etag"] = f'"{handle}:{spec.offset}:{spec.offset}:{time.monotonic_ns()}"'
+        end = _later(spec.offset, head.get(LOG_END_HEADER))
+        headers["etag"] = f'"{handle}:{spec.offset}:{end}:{time.monotonic_ns()}"'
     return response
+
+
+def _later(offset: str, log_end: str | None) -> str:
+    """The later of two offsets as the engine orders them (`0_inf` after `0_0`), as text."""
+
+    def order(text: str) -> tuple[int, int] | None:
+        tx, sep, op = text.partition("_")
+        if not sep or not tx.isdigit() or not (op.isdigit() or op == "inf"):
+            return None
+        return int(tx), (1 << 64) if op == "inf" else int(op)
+
+    if log_end is None:
+        return offset
+    mine, theirs = order(offset), order(log_end)
+    return log_end if mine is not None and theirs is not None and theirs > mine else offset
 
 
 def _next_cursor(engine_cursor: str, request_cursor: int) -> int:

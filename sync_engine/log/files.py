@@ -62,6 +62,7 @@ from .fds import close_fd, write_fd, write_new_file
 from .framing import (
     KEY_TX_END,
     FramingError,
+    chunk_start,
     encode_record,
     encode_records,
     iter_entries,
@@ -302,14 +303,24 @@ class ShapeLog:
         last_good_lsn = 0
         head = 0  # LSN of a transaction's first record not yet followed by its end
         cut_from = 0  # lowest LSN cut, when known
+        prev_size = 0
         for n, path in enumerate(paths):
             if path != self._log_name(n):
                 break  # a gap in the numbering: what follows is cut
             with open(path, "rb") as f:
                 data = f.read()
+            result = scan(data)
+            if n and result.prev_size is not None and result.prev_size != prev_size:
+                # The chunk before lost records at its end (or gained some): intact records
+                # only, cut at a boundary, which its own scan cannot tell. Cut from there.
+                self.damage = (
+                    f"{paths[n - 1]}: {prev_size} bytes, the next chunk says {result.prev_size}"
+                )
+                cut_from = head
+                break
+            prev_size = len(data)
             chunk = _Chunk(path, n)
             chunks.append(chunk)
-            result = scan(data)
             for start, end, last_key, lsn, ends_tx in result.records:
                 chunk.starts.append(start)
                 chunk.lasts.append(last_key)
@@ -486,6 +497,7 @@ class ShapeLog:
                 if new_chunk:
                     close_fd(tail.path)  # finished: never written again
                     index = tail.index + 1
+                    record = chunk_start(record, tail.end)  # (how long the finished one is)
                     tail = self._tail = _Chunk(self._log_name(index), index)
                 self._write(tail, record, last_key, lsn)
         self.last_lsn = lsn

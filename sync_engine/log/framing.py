@@ -6,14 +6,18 @@ when the transaction crosses a chunk boundary):
     record = header | body
     header = u32 body length | u32 body crc32 | u64 commit LSN | u32 flags | u32 header crc32
     body   = entry*,  entry = u32 op | u32 json length | json
-    flags  = 1 when the record holds the transaction's last entry
+    flags  = bit 0 (1): the record holds the transaction's last entry;
+             bit 1 (2): the record is the first of its chunk file, and bits 2-31 hold the
+             size of the chunk file before it (when under 1 GiB)
 
 crc32 is zlib's (computed by `checksum`); the header's own checksum covers its first 20
 bytes, so a record's length and LSN are known to be real before its body is read: when a
 body is damaged, its LSN still says from where the slot must send transactions again to
-repair it. All integers are little-endian. A record is only trusted whole: a reader that
-finds a short, unparseable or mismatching record reports it instead of serving any of its
-bytes.
+repair it. A chunk file cut short at a record boundary (a lost write, a partial copy) has
+only intact records: the next chunk's first record says how long it was (`chunk_start`),
+so `load` finds the hole. All integers are little-endian. A record is only trusted whole:
+a reader that finds a short, unparseable or mismatching record reports it instead of
+serving any of its bytes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ _ENTRY = struct.Struct("<II")  # op, json length
 HEADER_SIZE = _HEAD.size + _HEAD_CRC.size  # 24
 ENTRY_HEADER_SIZE = _ENTRY.size  # 8
 FLAG_TX_END = 1
+#: The record starts a chunk file and `flags >> PREV_SHIFT` is the previous file's size.
+FLAG_PREV = 2
+PREV_SHIFT = 2
+PREV_MAX = (1 << (32 - PREV_SHIFT)) - 1
 KEY_TX_END = 0xFFFFFFFF
 _head_unpack = _HEAD.unpack_from
 _head_pack = _HEAD.pack
@@ -94,6 +102,17 @@ def _record(lsn: int, parts: list[bytes], flags: int) -> bytes:
     return head + _HEAD_CRC.pack(_crc32(head)) + body
 
 
+def chunk_start(record: bytes, prev_size: int) -> bytes:
+    """`record` (one `encode_record(s)` made) as the first record of a chunk file whose
+    predecessor is `prev_size` bytes long: its header says so. Unchanged for a size that
+    does not fit (no check then)."""
+    if prev_size > PREV_MAX:
+        return record
+    length, crc, lsn, flags = _head_unpack(record, 0)
+    head = _head_pack(length, crc, lsn, flags | FLAG_PREV | (prev_size << PREV_SHIFT))
+    return head + _head_crc_pack(_crc32(head)) + record[HEADER_SIZE:]
+
+
 def _header(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
     """(body length, body crc, lsn, flags) of the header at `pos`, None if it fails its
     checksum. The caller makes sure HEADER_SIZE bytes are there."""
@@ -113,6 +132,9 @@ class ScanResult:
     error_lsn: int = 0
     """The LSN in the first bad record's header when the header itself is intact, else 0:
     the transactions cut from there on are that one and later ones."""
+    prev_size: int | None = None
+    """The size of the chunk file before this one, as its first record says (`chunk_start`);
+    None when it does not say."""
 
 
 def scan(data: bytes) -> ScanResult:
@@ -129,6 +151,8 @@ def scan(data: bytes) -> ScanResult:
             return _problem(result, pos, "record header checksum mismatch")
         length, crc, lsn, flags = head
         result.error_lsn = lsn
+        if not pos and flags & FLAG_PREV:
+            result.prev_size = flags >> PREV_SHIFT
         body = pos + HEADER_SIZE
         end = body + length
         if end > n:

@@ -4,12 +4,22 @@ The rows come from one REPEATABLE READ transaction whose snapshot is returned as
 the client can drop live changes it already saw in the subset. The subset's `where` is parsed
 and checked like the shape's (enums allowed, no subqueries) and ANDed with it; ORDER BY is
 limited to plain columns; LIMIT/OFFSET are integers rendered as literals.
+
+The query runs on a pooled connection in a worker thread. While it has not answered, the
+request asks every `SUBSET_QUIET` seconds whether Postgres answers at all
+(`Source.database_answers`): a silent one (stopped, behind a partition) gets the request a
+503, and the query's socket is shut down so that its thread is freed (a few threads stuck
+there would stall every file read and write the engine does in threads); a slow query on a
+live database is waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,6 +33,7 @@ from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
 from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
+from ..tables import not_answering
 from . import errors as snapshot_errors
 from .query import RowQuery, row_json_sql
 
@@ -85,21 +96,88 @@ def _query(shape: Shape, subset: SubsetQuery) -> tuple[RowQuery, sql.Composed]:
     return rows, rows.sql
 
 
+#: Seconds a subset query runs before the request asks whether Postgres answers at all
+#: (and again every as many).
+SUBSET_QUIET = 2.0
+
+
+class _Running:
+    """The connection a subset query runs on, while it runs: `abandon` shuts its socket
+    down (from the event loop), so that the thread waiting on it gets an error."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: psycopg.Connection[Any] | None = None
+        self.abandoned = False
+
+    def running(self, conn: psycopg.Connection[Any] | None) -> None:
+        with self._lock:
+            self._conn = conn
+            if conn is not None and self.abandoned:
+                self._shut(conn)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self.abandoned = True
+            if self._conn is not None:
+                self._shut(self._conn)
+
+    @staticmethod
+    def _shut(conn: psycopg.Connection[Any]) -> None:
+        try:
+            dup = os.dup(conn.pgconn.socket)
+        except (OSError, psycopg.Error):
+            return
+        with socket.socket(fileno=dup) as sock:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
 def _run(
-    pool: ConnectionPool[Any], rows_query: RowQuery, query: sql.Composed
+    pool: ConnectionPool[Any], rows_query: RowQuery, query: sql.Composed, running: _Running
 ) -> tuple[str, int, list[bytes]]:
     with pool.connection() as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        row = conn.execute(
-            "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
-        ).fetchone()
-        assert row is not None
-        rows = [
-            rows_query.assemble(str(k).encode(), str(v).encode())
-            for k, v in conn.execute(query).fetchall()
-        ]
-        conn.execute("COMMIT")
+        running.running(conn)
+        try:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = conn.execute(
+                "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
+            ).fetchone()
+            assert row is not None
+            rows = [
+                rows_query.assemble(str(k).encode(), str(v).encode())
+                for k, v in conn.execute(query).fetchall()
+            ]
+            conn.execute("COMMIT")
+        finally:
+            running.running(None)
     return str(row[0]), int(row[1]), rows
+
+
+async def _bounded_run(
+    source: Source, rows_query: RowQuery, query: sql.Composed
+) -> tuple[str, int, list[bytes]]:
+    """`_run` in a worker thread; a 503 (and the query abandoned) once Postgres is found
+    not to answer at all."""
+    running = _Running()
+    task = asyncio.ensure_future(
+        asyncio.to_thread(_run, source.snapshot_pool, rows_query, query, running)
+    )
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=SUBSET_QUIET)
+        if done:
+            return task.result()
+        if not await source.database_answers() and not task.done():
+            running.abandon()
+            task.add_done_callback(_retrieve)
+            raise not_answering()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # (answered with a 503 already)
 
 
 def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineError:
@@ -128,7 +206,7 @@ async def run_subset(source: Source, shape: Shape, subset: SubsetQuery) -> Subse
     """Run the subset query in one REPEATABLE READ transaction (raises EngineError)."""
     rows_query, query = _query(shape, subset)
     try:
-        snap, lsn, rows = await asyncio.to_thread(_run, source.snapshot_pool, rows_query, query)
+        snap, lsn, rows = await _bounded_run(source, rows_query, query)
     except psycopg.OperationalError as exc:
         if snapshot_errors.kind(exc) != "transient":
             raise _subset_error(source, shape, exc) from None

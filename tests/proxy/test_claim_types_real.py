@@ -65,6 +65,12 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
         403,
         "denied_by_rule",
     ),
+    (
+        "a dotted path through a value that is not an object",
+        {"account": "closed"},
+        403,
+        "denied_by_rule",
+    ),
     # -- a filter's claim Postgres cannot hold: the proxy's refusal, not the engine's
     ("org_id with a NUL", {"org_id": "org-a\x00"}, 403, "claim_unusable"),
     ("org_id list with a NUL", {"org_id": ["org-a", "b\x00"]}, 403, "claim_unusable"),
@@ -139,6 +145,9 @@ def test_yaml_1_1_boolean_words_in_a_condition_are_refused_at_load() -> None:
         )
         with pytest.raises(ConfigError, match="write true or false for a boolean, or quote it"):
             build_config(parse_yaml(text), {})
+    empty = base + "    deny: [{when: {country: []}}]\n    allow: [{all_rows: true}]\n"
+    with pytest.raises(ConfigError, match="an empty list matches no token"):
+        build_config(parse_yaml(empty), {})
     quoted = base + "    deny: [{when: {country: 'NO'}}]\n    allow: [{all_rows: true}]\n"
     loaded = build_config(parse_yaml(quoted), {})
     assert loaded.policy.tables[("public", "items")].deny[0].when == {"country": "NO"}

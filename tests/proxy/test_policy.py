@@ -211,3 +211,21 @@ def test_upstream_url_built_from_scratch(policy: Any) -> None:
         "cursor",
     ]
     assert "topsecret" not in mask_url(url) and "secret=[REDACTED]" in mask_url(url)
+
+
+def test_a_claim_nested_too_deep_to_compare_is_ambiguous_not_an_error(policy: Any) -> None:
+    """`{"a.b": X, "a": {"b": X}}` compares the two by recursion: nested past what the stack
+    takes (a token's JSON nests as deep as its parser allows, ~1,000 levels) it raised
+    RecursionError (a 500); now the path is ambiguous, so a deny naming it holds."""
+    import json
+    import sys
+
+    from proxy.policy.evaluate import _AMBIGUOUS, claim_value
+
+    deep = json.loads("[" * 400 + "]" * 400)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        assert claim_value({"a.b": deep, "a": {"b": deep}}, "a.b") is _AMBIGUOUS
+    finally:
+        sys.setrecursionlimit(limit)

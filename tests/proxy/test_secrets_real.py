@@ -56,3 +56,28 @@ async def test_a_secret_in_the_query_is_never_logged(
     for record in caplog.records:
         for line in (formatter.format(record), repr(record.__dict__)):
             assert CLIENT_SECRET not in line, line
+
+
+async def test_an_engine_refusing_the_proxys_secret_is_a_502_not_a_401(
+    engine: EngineProcess,
+    idp_server: Any,
+    make_proxy: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong `upstream.secret_env` made every answer the engine's 401: Electric's client
+    takes a 401 for its own token (asks the app for a new one and tries again, for ever), and
+    nothing told the operator. Now a 502 the client retries later, and an ERROR line."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    wrong = "not-the-engine-secret-" + "x" * 16
+    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": wrong}))
+    token = proxy.tokens.make()
+    for query in ("table=items&offset=-1", "table=items&offset=-1&subset__where=id>0"):
+        reply = await proxy.get(f"/v1/shape?{query}", token=token)
+        assert reply.status == 502, reply.body
+        assert reply.json()["code"] == "upstream_unauthorized"
+        assert reply.headers["Retry-After"] == "2" and reply.headers["Cache-Control"] == "no-store"
+        assert "WWW-Authenticate" not in reply.headers
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and all("refused the proxy's credentials" in m for m in errors)
+    for record in caplog.records:
+        assert wrong not in JsonFormatter().format(record)

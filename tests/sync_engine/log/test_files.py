@@ -128,6 +128,34 @@ def test_a_torn_transaction_across_chunks_is_cut_whole(tmp_path: Path) -> None:
     assert again.repaired_from == 200
 
 
+def test_a_chunk_cut_at_a_record_boundary_is_found_by_the_next_chunk(tmp_path: Path) -> None:
+    """A chunk file that lost its last records whole (a lost write, a partial copy) holds
+    only intact records; the next chunk's first record says how long it was, so the hole
+    is found and everything from it cut (never served around). Before, the log was served
+    without the lost transactions."""
+    lsns = range(100, 4000, 100)
+    full = [e for lsn in lsns for _, e in _tx(lsn, size=30)]
+    for boundary in range(1, 6):
+        log = _new(tmp_path / str(boundary), chunk_bytes=1000)
+        for lsn in lsns:
+            log.append_transaction(lsn, _tx(lsn, size=30))
+            _commit(log)
+        log.close()
+        files = sorted(log.directory.glob("shape.log.*.log"))
+        assert len(files) >= 3
+        records = scan(files[1].read_bytes()).records
+        assert len(records) > boundary
+        os.truncate(files[1], records[-boundary][0])  # the last `boundary` records lost
+        again = _reload(log)
+        lost = records[-boundary][3]
+        assert again.damage is not None and again.repaired_from is not None
+        assert again.repaired_from <= lost
+        served = _read_all(again)[0]
+        assert served == full[: len(served)]  # a prefix, and none of the lost part
+        assert all(int(orjson.loads(e)["key"][1:].split("-")[0]) < lost for e in served)
+        assert sorted(log.directory.glob("shape.log.*.log")) == files[:2]
+
+
 @pytest.mark.parametrize("where", [0.005, 0.3, 0.5, 0.9, 0.999])
 def test_a_flipped_byte_inside_a_chunk_is_detected_on_load(tmp_path: Path, where: float) -> None:
     """Wherever it is (a length, an LSN, a value), load finds it, serves nothing from that

@@ -1,0 +1,142 @@
+"""Clients that go away mid-answer: a big snapshot chunk cut off while the kernel sends its
+file, SSE streams and long-polls dropped while they wait or while changes flow, connections
+reset (RST) instead of closed. The engine must hold nothing for them afterwards (no file
+descriptor, no parked request), keep its replication going, and serve the next client whole.
+
+Real path: the engine as a process on a private Postgres cluster; raw sockets for the
+clients that vanish (a RST needs SO_LINGER 0), a writer committing all along.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.faults.cluster import FaultCluster
+from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower, Writer, expected_rows, until_equal
+from tests.support.waiting import wait_until_async
+
+ROWS = 20_000
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+async def _vanish(port: int, target: str, read: int, *, reset: bool) -> None:
+    """Send a GET for `target`, read about `read` bytes of the answer, then go away: a RST
+    (`reset`) or a plain close."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    got = 0
+    try:
+        while got < read:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            if not data:
+                break
+            got += len(data)
+    except TimeoutError:
+        pass
+    sock = writer.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+@pytest.mark.timeout(240)
+async def test_clients_that_vanish_mid_answer_leave_nothing_behind(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, %s) g", (ROWS,))
+    cluster.query("ALTER TABLE items ADD COLUMN pad text NOT NULL DEFAULT repeat('x', 200)")
+    engine = EngineProcess(
+        cluster.url, tmp_path / "data", "--long-poll-timeout", "3", "--chunk-bytes", "1000000"
+    )
+    await asyncio.to_thread(engine.start)
+    assert engine.proc is not None
+    pid = engine.proc.pid
+    writer = Writer(cluster.url, first_id=100_000)
+    stop_writer = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession() as session:
+            follower = Follower(engine.url, "id % 7 = 0", increments=True)
+            stop = asyncio.Event()
+            following = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(lambda: follower.live, timeout=60, message="live")
+            async with session.get(
+                engine.url + "/v1/shape", params={"table": "items", "offset": "-1"}
+            ) as r:
+                assert r.status == 200
+                handle = r.headers["electric-handle"]
+                await r.read()
+            writing = asyncio.create_task(writer.run(stop_writer))
+            await wait_until_async(lambda: writer.committed >= 20, timeout=30, message="writes")
+            baseline = _fds(pid)
+
+            base = f"/v1/shape?table=items&handle={handle}"
+            vanishing = []
+            for i in range(60):
+                reset = i % 2 == 0
+                kind = i % 3
+                if kind == 0:  # a big snapshot chunk (a file sent by the kernel), cut off
+                    target, read = f"/v1/shape?table=items&offset=-1&x={i}", 20_000
+                elif kind == 1:  # an SSE stream at the tip, dropped while changes flow
+                    target, read = f"{base}&offset=now&live=true&live_sse=true&x={i}", 2_000
+                else:  # a long-poll at the tip, dropped while it waits
+                    target, read = f"{base}&offset=now&live=true&x={i}", 1
+                vanishing.append(_vanish(engine.port, target, read, reset=reset))
+            await asyncio.gather(*vanishing)
+
+            # nothing held for them: no descriptor (allow a few for the engine's own churn),
+            # no parked request but the follower's
+            await wait_until_async(
+                lambda: _fds(pid) <= baseline + 5,
+                timeout=30,
+                message=f"descriptors back near {baseline}",
+            )
+            await wait_until_async(
+                lambda: _parked_at_most(engine, 1), timeout=30, message="parked requests"
+            )
+            stop_writer.set()
+            await writing
+            # replication went on, and a new client gets the whole snapshot
+            await until_equal(
+                [follower], [expected_rows(cluster.url, "id % 7 = 0", ("id", "v", "pad"))], 60
+            )
+            stop.set()
+            await following
+            rows: dict[str, object] = {}
+            params = {"table": "items", "offset": "-1"}
+            while True:
+                async with session.get(engine.url + "/v1/shape", params=params) as r:
+                    assert r.status == 200, await r.read()
+                    for m in orjson.loads(await r.read()):
+                        if "key" in m:
+                            rows[m["key"]] = m["value"]["id"] if "value" in m else None
+                    if "electric-up-to-date" in r.headers:
+                        break
+                    params = {
+                        "table": "items",
+                        "offset": r.headers["electric-offset"],
+                        "handle": r.headers["electric-handle"],
+                    }
+            (count,), *_ = cluster.query("SELECT count(*) FROM items")
+            assert len(rows) == count
+        follower.assert_clean()
+        assert "Traceback" not in engine.log_tail(1_000_000)
+    finally:
+        stop_writer.set()
+        engine.stop()
+
+
+async def _parked_at_most(engine: EngineProcess, n: int) -> bool:
+    return await engine.parked_requests() <= n
