@@ -97,6 +97,17 @@ def _translate(exc: Exception) -> Unauthenticated:
     return Unauthenticated("invalid_token", "the token is malformed or invalid")
 
 
+def _media_type(value: str) -> str:
+    lower = value.strip().lower()
+    return lower.removeprefix("application/") if "/" in lower else lower
+
+
+def _same_typ(given: object, wanted: str) -> bool:
+    """`typ` compared as RFC 7515 §4.1.9 says: a media type, case-insensitively, with its
+    `application/` prefix optional (`at+jwt`, `AT+JWT` and `application/at+jwt` are one)."""
+    return isinstance(given, str) and _media_type(given) == _media_type(wanted)
+
+
 class TokenVerifier:
     """Verifies tokens of the configured issuers, with a cache of verified claims."""
 
@@ -163,7 +174,7 @@ class TokenVerifier:
         algorithm = header.get("alg")
         if not isinstance(algorithm, str) or algorithm not in config.algorithms:
             raise Unauthenticated("algorithm_not_allowed", "the token algorithm is not allowed")
-        if config.typ is not None and header.get("typ") != config.typ:
+        if config.typ is not None and not _same_typ(header.get("typ"), config.typ):
             raise Unauthenticated("invalid_token_type", "the token has the wrong typ header")
         kid = header.get("kid")
         if kid is not None and not isinstance(kid, str):

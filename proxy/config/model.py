@@ -189,6 +189,17 @@ class CorsConfig(_Model):
     allow_credentials: bool = False
     max_age: int = Field(default=86400, ge=0)
 
+    @model_validator(mode="after")
+    def _no_credentials_for_everyone(self) -> CorsConfig:
+        if self.allow_credentials and "*" in self.allow_origins:
+            # Browsers refuse `*` with credentials, so the proxy would echo each Origin: every
+            # site on the web could then send credentialed requests and read the answers.
+            raise ValueError(
+                "allow_credentials: true needs the origins listed, not '*' (every site could "
+                "send credentialed requests and read the answers)"
+            )
+        return self
+
 
 class CacheConfig(_Model):
     """The proxy's own response cache, and how cache headers are made safe for clients.

@@ -85,13 +85,22 @@ def claim_value(claims: Claims, path: str) -> Any:
             nested = nested[part]
     if exact is _MISSING:
         return nested
-    if nested is not _MISSING and (nested is _UNREADABLE or not _same_json(exact, nested)):
+    if nested is not _MISSING and (nested is _UNREADABLE or not _same_value(exact, nested)):
         return _AMBIGUOUS
     return exact
 
 
 #: Claim lookups that found something no condition can compare (`claim_value`).
 _UNUSABLE = (_AMBIGUOUS, _UNREADABLE)
+
+
+def _same_value(a: object, b: object) -> bool:
+    """`_same_json`, with values nested too deep to compare (a token's JSON may nest as
+    deep as its parser allows) taken as different."""
+    try:
+        return _same_json(a, b)
+    except RecursionError:
+        return False
 
 
 def _same_json(a: object, b: object) -> bool:
@@ -375,10 +384,12 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
 
 def _check_subquery_tables(
     policy: CompiledPolicy, claims: Claims, request: ShapeRequest, *, anonymous: bool
-) -> None:
+) -> bool:
     """A clause forwarded as written may read other tables through a subquery: each must be
     one these claims may sync whole (all rows, all columns), else it could leak what the
-    policy hides there."""
+    policy hides there. True when every table read is also shared (the same for everyone):
+    else the answer depends on who asks, and a shared cache must not hand it to others."""
+    shared = True
     texts = [(request.where, False)]
     if request.subset is not None:
         texts += [(request.subset.where, False), (request.subset.order_by, True)]
@@ -401,6 +412,8 @@ def _check_subquery_tables(
                     f"a subquery may not read {schema}.{name} for this caller",
                     field="where",
                 )
+            shared = shared and table.shared
+    return shared
 
 
 def evaluate(
@@ -430,8 +443,11 @@ def evaluate(
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
     where, params, combined = _build_where(rule, claims, request, policy.clauses)
+    shared = table.shared
     if rule.client_where == "passthrough":
-        _check_subquery_tables(policy, claims, request, anonymous=anonymous)
+        # A clause that reads other tables answers by what the caller may read there too:
+        # shared (publicly cacheable) only when every table it reads is.
+        shared = _check_subquery_tables(policy, claims, request, anonymous=anonymous) and shared
     columns = request.columns
     columns_text = None
     if request.columns_error is not None and rule.columns is not None:
@@ -477,7 +493,7 @@ def evaluate(
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,
-        shared=table.shared,
+        shared=shared,
         limits=rule.limits,
         combined=combined,
     )

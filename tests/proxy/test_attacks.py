@@ -301,3 +301,24 @@ async def test_two_authorization_headers_are_refused(proxy: Any, second: str) ->
     )
     assert member.encode() not in raw and other.encode() not in raw
     assert proxy.engine.requests == []
+
+
+async def test_typ_header_compared_as_a_media_type(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str]
+) -> None:
+    """RFC 7515 §4.1.9: `typ` is a media type, compared case-insensitively, `application/`
+    optional. It was compared as text: an issuer writing `AT+JWT` or `application/at+jwt`
+    was refused for a config saying `at+jwt`. Anything else is still refused."""
+    from proxy.config.loader import build_config
+
+    config_data["issuers"][0]["typ"] = "at+jwt"
+    proxy = await make_proxy(build_config(config_data, environ))
+    for typ in ("at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT"):
+        token = proxy.tokens.make(headers={"typ": typ})
+        assert (await proxy.get(SHAPE, token=token)).status == 200, typ
+    proxy.engine.requests.clear()
+    for typ in ("JWT", "jwt", "at+jwt2", "application/jwt", "", 5):
+        token = proxy.tokens.make(headers={"typ": typ})
+        assert_refused(await proxy.get(SHAPE, token=token), 401, "invalid_token_type", proxy)
+    token = proxy.tokens.make(headers={"typ": None})
+    assert (await proxy.get(SHAPE, token=token)).status == 401

@@ -78,6 +78,10 @@ def _base() -> dict[str, Any]:
         ),
         (lambda c: c.update(tables={}), "give at least one entry under tables or shapes"),
         (lambda c: c["tables"].update({"a.b.c": c["tables"]["items"]}), "tables.a.b.c"),
+        (
+            lambda c: c.update(cors={"allow_origins": ["*"], "allow_credentials": True}),
+            "cors: Value error, allow_credentials: true needs the origins listed",
+        ),
     ],
 )
 def test_errors_name_the_field(mutate: Any, message: str) -> None:

@@ -211,3 +211,45 @@ def test_upstream_url_built_from_scratch(policy: Any) -> None:
         "cursor",
     ]
     assert "topsecret" not in mask_url(url) and "secret=[REDACTED]" in mask_url(url)
+
+
+def test_a_claim_nested_too_deep_to_compare_is_ambiguous_not_an_error(policy: Any) -> None:
+    """`{"a.b": X, "a": {"b": X}}` compares the two by recursion: nested past what the stack
+    takes (a token's JSON nests as deep as its parser allows, ~1,000 levels) it raised
+    RecursionError (a 500); now the path is ambiguous, so a deny naming it holds."""
+    import json
+    import sys
+
+    from proxy.policy.evaluate import _AMBIGUOUS, claim_value
+
+    deep = json.loads("[" * 400 + "]" * 400)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        assert claim_value({"a.b": deep, "a": {"b": deep}}, "a.b") is _AMBIGUOUS
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_a_shared_answer_stops_being_shared_when_its_clause_reads_a_private_table() -> None:
+    """Passthrough: an admin's `where=id IN (SELECT id FROM audit)` on a table everyone may
+    read kept the table's public cache headers, so a CDN could hand what it reveals of an
+    admin-only table to anyone asking the same URL. (The engine refuses subqueries today;
+    Electric serves `IN (SELECT ...)`.)"""
+    from proxy.config.loader import build_config
+
+    config = base_config("http://engine:3000", "https://idp/jwks.json")
+    config["tables"] = {
+        "open": {"allow": [{"anonymous": True, "all_rows": True, "client_where": "passthrough"}]},
+        "pub": {"allow": [{"anonymous": True, "all_rows": True}]},
+        "audit": {"allow": [{"when": {"role": "admin"}, "all_rows": True}]},
+    }
+    policy = build_config(config, {"ENGINE_SECRET": "s" * 20}).policy
+    admin = {"sub": "root", "role": "admin"}
+    assert decide(policy, "table=open&offset=-1&where=id > 1", admin).shared
+    assert decide(policy, "table=open&offset=-1&where=id IN (SELECT id FROM pub)", admin).shared
+    reading = "table=open&offset=-1&where=id IN (SELECT id FROM audit)"
+    assert not decide(policy, reading, admin).shared
+    with pytest.raises(Exception) as refused:  # (and anyone else may not ask at all)
+        decide(policy, reading, {}, anonymous=True)
+    assert getattr(refused.value, "reason", "") == "subquery_not_allowed"

@@ -41,7 +41,7 @@ from .errors import WhereError
 from .guard import guarded_and
 from .index import index_key
 from .parse import MAX_WHERE_DEPTH, MAX_WHERE_SIZE
-from .text import like_regex
+from .text import like_pattern
 
 __all__ = [
     "MAX_WHERE_DEPTH",
@@ -51,7 +51,7 @@ __all__ = [
     "check_where_constructs",
     "guarded_and",
     "index_key",
-    "like_regex",
+    "like_pattern",
     "parse_order_by",
     "parse_where",
 ]

@@ -75,7 +75,7 @@ from .resolution import (
     fits_operand,
 )
 from .semantics import COMPARISONS, arith_func, checked_int, float_pow, identity, sqrt, wrap_shift
-from .text import like_function, like_regex
+from .text import like_function, like_pattern
 
 if TYPE_CHECKING:
     from .compiler import Compiler
@@ -548,23 +548,28 @@ def like(
     fold = c.fold(ignore_case, node)
     if pattern.is_const and pattern.value is not None:
         try:
-            regex = like_regex(pattern.value, esc or None, fold=fold)
-        except ValueError as e:
-            raise error_at(str(e), node) from None
-        match = regex.fullmatch
-
-        def test(text: str) -> bool:
-            return (match(text) is None) if negate else (match(text) is not None)
-
-        if fold is not None:
+            compiled = like_pattern(pattern.value, esc or None, fold=fold)
             # ASCII text: case-insensitive matching of the lowered pattern restricted to
             # ASCII letters is exactly "lower the text, then match"; no copy per row.
-            ascii_match = re.compile(regex.pattern, re.DOTALL | re.IGNORECASE | re.ASCII)
-            fast, folded = ascii_match.fullmatch, fold
+            ascii_ci = (
+                None
+                if fold is None
+                else like_pattern(
+                    pattern.value, esc or None, fold=fold, flags=re.IGNORECASE | re.ASCII
+                )
+            )
+        except ValueError as e:
+            raise error_at(str(e), node) from None
+        match = compiled.matches
+
+        def test(text: str) -> bool:
+            return match(text) != negate
+
+        if fold is not None and ascii_ci is not None:
+            fast, folded = ascii_ci.matches, fold
 
             def test_folded(text: str) -> bool:
-                m = fast(text) if text.isascii() else match(folded(text))
-                return (m is None) if negate else (m is not None)
+                return (fast(text) if text.isascii() else match(folded(text))) != negate
 
             return apply(BOOL, test_folded, [left], node)
         return apply(BOOL, test, [left], node)

@@ -481,6 +481,10 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # char(n) to text trims the padding, and a cast after it read the column's padded text
+    # again ('ß   '::char(4)::text::varchar was 'ß   ', not 'ß'; seed 933)
+    "CAST(CAST(ch AS text) AS varchar) NOT IN ('ıi', t, CAST(e AS text), vc)",
+    "(ch::text::varchar || '|') = (t || '|')",
     # NULLIF(a, b) on a pair with its own `=` (int2 = int4) answers a as int2: `@` of -32768
     # overflows in Postgres; the engine answered int4 and matched those rows (seed 379)
     "32768 = (@ (NULLIF(i2, 65535)))",
