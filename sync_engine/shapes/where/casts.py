@@ -6,16 +6,21 @@ equality (so an index key on the converted value is still a key on the column's 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from decimal import Decimal
 
+from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
     DATE,
     FLOAT4,
     FLOAT8,
+    INT2,
     INT4,
+    INT8,
+    INTERVAL,
     NAME,
     NUMERIC,
     TEXT,
@@ -25,7 +30,7 @@ from sync_engine.pg.types import (
     VARCHAR,
     PgType,
 )
-from sync_engine.pg.values import Value
+from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .datetimes import (
     date_to_ts,
@@ -79,3 +84,69 @@ EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Value], Value]] = {
     (DATE, TIMESTAMPTZ): lambda v: ts_to_tstz(date_to_ts(v)),
     (TIMESTAMP, TIMESTAMPTZ): ts_to_tstz,
 }
+
+
+# --- text input of a value read from a row ------------------------------------------------------
+
+#: What `text::date` (and the other date/time types, and interval) reads exactly as Postgres
+#: does: the ISO forms Postgres itself prints. Postgres's date/time input takes far more
+#: ('Jan 2 2024', 'epoch', 'today', '2024-01-02 24:00:00', zone names, Julian days, '.5' as
+#: an interval, ...), which the engine's parsers do not follow; on any other text the answer
+#: is unknown, so the cast raises UnrepresentableValue (the shape is rotated and its new
+#: snapshot is exact) rather than guess "invalid" (or read a Unicode digit Postgres refuses).
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_CLOCK = r"(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
+_OFFSET = r"(?:[+-](?:0\d|1[0-5])(?::[0-5]\d)?)?"
+_STRICT_TEXT_INPUT: dict[PgType, re.Pattern[str]] = {
+    DATE: re.compile(rf"{_DATE}|-?infinity", re.ASCII),
+    TIMESTAMP: re.compile(rf"{_DATE}(?:[ T]{_CLOCK}{_OFFSET})?|-?infinity", re.ASCII),
+    TIMESTAMPTZ: re.compile(rf"{_DATE}(?:[ T]{_CLOCK}{_OFFSET})?|-?infinity", re.ASCII),
+    TIME: re.compile(rf"{_CLOCK}|24:00(?::00(?:\.0{{1,6}})?)?", re.ASCII),
+    INTERVAL: re.compile(
+        r"P(?!$)(?:-?\d{1,6}Y)?(?:-?\d{1,6}M)?(?:-?\d{1,6}D)?"
+        r"(?:T(?=-?\d)(?:-?\d{1,6}H)?(?:-?\d{1,6}M)?(?:-?\d{1,6}(?:\.\d{1,6})?S)?)?",
+        re.ASCII,
+    ),
+}
+#: Number input the engine's parsers refuse but some Postgres reads: a hexadecimal float
+#: (strtod), 'nan(...)' (glibc's strtod), and from Postgres 16 on, integers and numerics in
+#: hex, octal or binary and with underscores between digits.
+_MAYBE_NUMBER = re.compile(
+    r"\s*[+-]?(?:0[xXoObB]|nan\()|.*\d_\d", re.ASCII | re.DOTALL | re.IGNORECASE
+)
+_NUMBER_TYPES = (INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8)
+
+
+def _unknown_text_input(target: PgType, text: str) -> UnrepresentableValue:
+    return UnrepresentableValue(
+        f'text "{text[:40]}" cast to {target.sql_name}: a form the engine does not read '
+        "exactly as Postgres does"
+    )
+
+
+def text_input_cast(target: PgType) -> Callable[[str], Value]:
+    """The cast of a string-typed value (a row's, not a literal's) to `target`."""
+    parser = pgv.input_parser(target)
+    strict = _STRICT_TEXT_INPUT.get(target)
+    if strict is not None:
+
+        def strict_parse(text: str) -> Value:
+            if not strict.fullmatch(text):
+                raise _unknown_text_input(target, text)
+            return parser(text)
+
+        return strict_parse
+    if target in _NUMBER_TYPES:
+
+        def number_parse(text: str) -> Value:
+            try:
+                return parser(text)
+            except UnrepresentableValue:
+                raise
+            except ValueError:
+                if _MAYBE_NUMBER.match(text):
+                    raise _unknown_text_input(target, text) from None
+                raise
+
+        return number_parse
+    return parser

@@ -36,7 +36,7 @@ from sync_engine.pg.values import Value
 
 from . import operators
 from .arrays import subscript_nullable
-from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS
+from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS, text_input_cast
 from .collation import SQL_ONLY, text_rules
 from .errors import WhereError, error_at
 from .expr import (
@@ -379,7 +379,7 @@ class Compiler:
         if target in (TEXT, VARCHAR):
             return self.cast_to_text(arg, target, node)
         if src in STRING_TYPES:
-            parser = pgv.input_parser(target)
+            parser = text_input_cast(target)
             return replace(apply(target, parser, [arg], node), column=None)
         if (src, target) in EXPLICIT_CASTS:
             return replace(apply(target, EXPLICIT_CASTS[(src, target)], [arg], node), column=None)
