@@ -26,8 +26,11 @@ This module owns every write to these files. Its promises:
   a torn tail; a bad disk may damage anything). That is a repair when the slot sends the
   cut transactions again, which the replicator checks (`repaired_from`) before it
   streams: if the slot was confirmed past them the shape is retired (clients get 409 and
-  refetch). Snapshot chunks cannot be replayed: a size that differs from the marker's
-  raises `LogDamaged` on load (the shape is discarded). Reads check records again, and
+  refetch). A file cut short between two records has only intact ones: the next chunk's
+  first record says how long the one before it is (`framing.chunk_start`), and the last
+  one's size when last made durable is noted on it (`DURABLE_SIZE`). Snapshot chunks
+  cannot be replayed: a size that differs from the marker's raises `LogDamaged` on load
+  (the shape is discarded). Reads check records again, and
   snapshot chunks against the marker's crc32; a mismatch retires the shape (`on_damage`)
   and the request gets a 409, never a broken body.
 * **Chunks end by size, also inside a transaction** (as Electric's log does): a response
@@ -113,6 +116,33 @@ class _RecentChunks:
 _fresh = _RecentChunks(16 << 20)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+#: Extended attribute of a transaction chunk file: its size (decimal) when it was last made
+#: durable. A file found shorter on load lost records that were durable (the slot may be
+#: past them), which its own records cannot tell when the cut fell between two of them: the
+#: log is cut there as damaged. Best effort: not kept where the filesystem has no user
+#: attributes (or a copy dropped them), and then not checked.
+DURABLE_SIZE = "user.shapegate.durable"
+
+
+def is_log_chunk(path: str) -> bool:
+    return path.endswith(".log") and ".log." in path
+
+
+def note_durable_size(target: int | str, size: int) -> None:
+    """Record that `target` (a chunk file's descriptor or path) was durable at `size` bytes
+    (after an fsync, or cut back to that size)."""
+    try:
+        os.setxattr(target, DURABLE_SIZE, b"%d" % size)
+    except OSError:
+        pass
+
+
+def _durable_size(path: str) -> int | None:
+    try:
+        return int(os.getxattr(path, DURABLE_SIZE))
+    except (OSError, ValueError):
+        return None
 
 
 class LogDamaged(ShapeGone):
@@ -304,6 +334,7 @@ class ShapeLog:
         head = 0  # LSN of a transaction's first record not yet followed by its end
         cut_from = 0  # lowest LSN cut, when known
         prev_size = 0
+        lost_tail = False  # the last chunk read lost durable records at its end
         for n, path in enumerate(paths):
             if path != self._log_name(n):
                 break  # a gap in the numbering: what follows is cut
@@ -319,6 +350,7 @@ class ShapeLog:
                 cut_from = head
                 break
             prev_size = len(data)
+            durable = _durable_size(path)
             chunk = _Chunk(path, n)
             chunks.append(chunk)
             for start, end, last_key, lsn, ends_tx in result.records:
@@ -334,21 +366,28 @@ class ShapeLog:
                 self.damage = f"{path}: {result.error} at byte {result.error_at}"
                 cut_from = head or result.error_lsn
                 break
+            if durable is not None and len(data) < durable:
+                # Intact records, but fewer than were durable: some were lost at its end.
+                self.damage = f"{path}: {len(data)} bytes, {durable} were made durable"
+                lost_tail = True
+                cut_from = head
+                break
         else:
             cut_from = head
         if tx_end is None:
             keep_chunks, keep_records, keep_end = 0, 0, 0
         else:
             keep_chunks, keep_records, keep_end = tx_end[0] + 1, tx_end[1], tx_end[2]
-        cut = False
+        cut = lost_tail
         for n, path in enumerate(paths):
             if n >= keep_chunks:
                 os.unlink(path)
                 cut = True
-            elif n == keep_chunks - 1 and os.stat(path).st_size != keep_end:
+            elif n == keep_chunks - 1 and (lost_tail or os.stat(path).st_size != keep_end):
                 with open(path, "r+b") as f:
                     f.truncate(keep_end)
                     os.fsync(f.fileno())
+                    note_durable_size(f.fileno(), keep_end)
                 chunk = chunks[n]
                 del chunk.starts[keep_records:], chunk.lasts[keep_records:]
                 chunk.size = chunk.end = keep_end
@@ -524,6 +563,7 @@ class ShapeLog:
         for path, size in list(self._needs_cut.items()):
             if size:
                 os.truncate(path, size)
+                note_durable_size(path, size)
             else:
                 try:
                     os.unlink(path)
@@ -582,6 +622,7 @@ class ShapeLog:
             try:
                 if path in published:
                     os.truncate(path, chunk.size)
+                    note_durable_size(path, chunk.size)
                 else:
                     close_fd(path)
                     os.unlink(path)

@@ -30,7 +30,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ..log.entries import change_messages
-from ..log.files import LogWriteError
+from ..log.files import LogWriteError, is_log_chunk, note_durable_size
 from ..pg.values import UnrepresentableValue
 from ..shapes.changes import Change, ChangeEntry, convert_change
 from ..shapes.registry import ShapeRegistry
@@ -65,7 +65,11 @@ def _fsync_paths(paths: set[str]) -> None:
         except FileNotFoundError:
             continue  # rotated meanwhile
         try:
+            # (a chunk file notes how long it was durable: `load` finds it cut shorter)
+            size = os.fstat(fd).st_size if is_log_chunk(path) else None
             os.fsync(fd)
+            if size is not None:
+                note_durable_size(fd, size)
         finally:
             os.close(fd)
 

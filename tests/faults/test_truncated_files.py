@@ -38,6 +38,7 @@ def _victim(data: Path, which: str) -> Path:
     packs = sorted(data.rglob("*.pack"))
     found = {
         "last log chunk": logs[-1:],
+        "last log chunk, whole records": logs[-1:],
         "first log chunk": logs[:1],
         "snapshot chunk": snapshot_chunks[:1],
         "pack": packs[-1:],
@@ -48,19 +49,28 @@ def _victim(data: Path, which: str) -> Path:
 
 
 def _cut_at(victim: Path, which: str) -> int:
-    """Where to cut: a log chunk at the start of its middle record (the first chunk: whole
-    records lost, nothing torn) or inside it (the last: a torn record); others in half."""
+    """Where to cut: a log chunk at the start of its middle record (whole records lost,
+    nothing torn) or inside it (`last log chunk`: a torn record); others in half."""
     size = victim.stat().st_size
     if "log" not in which:
         return size // 2
     records = scan(victim.read_bytes()).records
     assert len(records) > 2, records
     start = records[len(records) // 2][0]
-    return start if which == "first log chunk" else start + HEADER_SIZE + 5
+    return start + HEADER_SIZE + 5 if which == "last log chunk" else start
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("which", ["last log chunk", "first log chunk", "snapshot chunk", "pack"])
+@pytest.mark.parametrize(
+    "which",
+    [
+        "last log chunk",
+        "last log chunk, whole records",
+        "first log chunk",
+        "snapshot chunk",
+        "pack",
+    ],
+)
 async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around(
     cluster: FaultCluster, tmp_path: Path, which: str
 ) -> None:
@@ -79,6 +89,13 @@ async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around
             await wait_until_async(lambda: writer.committed >= 80, timeout=60, message="writes")
             stop_writer.set()
             await writing
+            # a last log chunk of three records or more (to cut one in its middle)
+            for _ in range(20):
+                logs = sorted(data.rglob("*.log.*.log"))
+                if len(scan(logs[-1].read_bytes()).records) >= 3:
+                    break
+                cluster.query("UPDATE items SET v = v + 1 WHERE id = 1")
+                await asyncio.sleep(0.3)
             await until_equal([follower], [expected_rows(cluster.url, None)], 30)
 
             def confirmed() -> bool:

@@ -403,7 +403,10 @@ class Compiler:
             else:
                 func = identity
             fn = column_eval(col, func)
-            exact = src in STRING_TYPES or src.enum
+            # Only a value that is the column's own text may stand for the column (an outer
+            # cast reads the column again, an index keys on its text): char(n) to text trims
+            # the padding, so ch::text::varchar read 'ß   ' where Postgres has 'ß' (seed 933)
+            exact = func is identity and (src in STRING_TYPES or src.enum)
             return Expr(
                 target,
                 fn,

@@ -17,6 +17,7 @@ from sync_engine.log.files import LogDamaged, LogWriteError, ShapeLog
 from sync_engine.log.framing import HEADER_SIZE, scan
 from sync_engine.log.offsets import SNAPSHOT_END, LogOffset
 from sync_engine.log.store import PackBuilder, ShapeStore
+from sync_engine.replication.replicator import _fsync_paths
 
 
 def _entry(lsn: int, i: int, size: int = 20) -> bytes:
@@ -154,6 +155,38 @@ def test_a_chunk_cut_at_a_record_boundary_is_found_by_the_next_chunk(tmp_path: P
         assert served == full[: len(served)]  # a prefix, and none of the lost part
         assert all(int(orjson.loads(e)["key"][1:].split("-")[0]) < lost for e in served)
         assert sorted(log.directory.glob("shape.log.*.log")) == files[:2]
+
+
+def test_the_last_chunk_cut_at_a_record_boundary_is_found_by_its_durable_size(
+    tmp_path: Path,
+) -> None:
+    """The last chunk file has no next one to say how long it was: the size it was made
+    durable at (noted by the replicator's fsync) does. Cut shorter at a record boundary, it
+    is found and the log cut from there; cut back by the engine itself (a rollback, a torn
+    tail), it is not damage the next time."""
+    log = _new(tmp_path, chunk_bytes=1 << 20)
+    for lsn in range(100, 1100, 100):
+        log.append_transaction(lsn, _tx(lsn))
+    files, token = log.take_dirty()
+    _fsync_paths(files)
+    log.publish(token)
+    log.close()
+    (path,) = log.directory.glob("shape.log.*.log")
+    records = scan(path.read_bytes()).records
+    os.truncate(path, records[-3][0])  # the last three transactions lost whole
+    again = _reload(log)
+    assert again.damage is not None
+    assert again.repaired_from is not None and again.repaired_from <= records[-3][3]
+    assert _read_all(again)[0] == [e for lsn in range(100, 800, 100) for _, e in _tx(lsn)]
+    # cut back to its last whole transaction: the next load finds nothing wrong
+    assert _reload(again).damage is None
+    # a rollback's cut is no damage either
+    again.append_transaction(800, _tx(800))
+    files, token = again.take_dirty()
+    _fsync_paths(files)
+    again.append_transaction(900, _tx(900))
+    again.rollback()
+    assert _reload(again).damage is None
 
 
 @pytest.mark.parametrize("where", [0.005, 0.3, 0.5, 0.9, 0.999])

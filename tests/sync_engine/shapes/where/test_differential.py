@@ -73,7 +73,8 @@ WORDS = [
 INTS = ["0", "1", "-1", "2", "7", "-7", "100", "32767", "-32768", "2147483647", "-2147483648",
         "9223372036854775807", "-9223372036854775808", "4611686018427387904"]  # fmt: skip
 NUMS = ["0", "1.5", "-1.5", "0.1", "NaN", "1e-30", "123456789012345678901234567890.123456789",
-        "-0.000000000000000000001", "2.5", "-2.5", "1", "3.14159265358979", "1e20"]  # fmt: skip
+        "-0.000000000000000000001", "2.5", "-2.5", "1", "3.14159265358979", "1e20", "Infinity",
+        "-Infinity"]  # fmt: skip
 FLOATS = ["0", "-0", "0.1", "1.5", "-2.5", "NaN", "Infinity", "-Infinity", "1e308", "-1e308",
           "1e-310", "3.4e38", "2.5", "1", "100", "1e15", "123456.789"]  # fmt: skip
 # Left out on purpose: dates before 0001-01-01 or after 9999-12-31 are valid in Postgres but
@@ -481,6 +482,10 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # char(n) to text trims the padding, and a cast after it read the column's padded text
+    # again ('ß   '::char(4)::text::varchar was 'ß   ', not 'ß'; seed 933)
+    "CAST(CAST(ch AS text) AS varchar) NOT IN ('ıi', t, CAST(e AS text), vc)",
+    "(ch::text::varchar || '|') = (t || '|')",
     # NULLIF(a, b) on a pair with its own `=` (int2 = int4) answers a as int2: `@` of -32768
     # overflows in Postgres; the engine answered int4 and matched those rows (seed 379)
     "32768 = (@ (NULLIF(i2, 65535)))",

@@ -92,3 +92,13 @@ async def test_refused_construct_is_named(engine: Engine) -> None:
     assert "operator ^ on numeric is not supported" in body["errors"]["where"][0]
     status, _h, _b = await engine.get(table="docs", offset="-1", where="owner = 'a'")
     assert status == 200  # equality does not depend on the (deterministic) collation
+
+
+async def test_char_n_through_casts_live_equals_the_snapshot(engine: Engine) -> None:
+    """char(n) compared as itself, as text, and as text cast again (the router's index and
+    the live filter both): a row arriving live matches exactly where Postgres says."""
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner char(6))")
+    for where in ["owner = 'ß'", "owner::text = 'ß'", "owner::text::varchar = 'ß'",
+                  "owner::text::varchar IN ('ß', 'x')", "(owner::text::varchar || '|') = 'ß|'"]:  # fmt: skip
+        live = await _live_rows(engine, f"({where}) OR owner = 'marker'", ["ß", "ß ", "ßß", " ß"])
+        assert live == {"ß     "}, where
