@@ -109,6 +109,15 @@ def _cors_for(
     return True, MappingProxyType(headers) if headers is not None else None
 
 
+def request_origin(request: Request) -> str | None:
+    """The request's one Origin; None without one, and with several (as the engine, which
+    then answers `*`: no browser sends two, and none of them is the caller's)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and len(request.headers.getall("Origin")) > 1:
+        return None
+    return origin
+
+
 def _echoes_origin(cors: Mapping[str, str] | None) -> bool:
     """The answer names the request's Origin (so it varies with it), not `*` or nothing."""
     return cors is not None and cors.get("Access-Control-Allow-Origin", "*") != "*"
@@ -282,7 +291,7 @@ class ProxyApp:
         """Whether the request's Origin may use the proxy, and the CORS headers it gets."""
         cors = self.holder.current.loaded.config.cors
         return _cors_for(
-            request.headers.get("Origin"), tuple(cors.allow_origins), cors.allow_credentials, shape
+            request_origin(request), tuple(cors.allow_origins), cors.allow_credentials, shape
         )
 
     async def answer(self, request: Request, work: Awaitable[StreamResponse]) -> StreamResponse:

@@ -202,6 +202,8 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     if prepared.sse or prepared.upstream_body is not None:
         return None
     origin = headers.get("Origin")
+    if origin is not None and len(headers.getall("Origin")) > 1:
+        return None  # (several: `ProxyApp.request_origin` decides, in `handle`)
     known_cors = runtime.fast_cors.get(origin, _UNKNOWN)
     if known_cors is _UNKNOWN:  # (the same config's answer for the same Origin: kept)
         known_cors = app.cors_for(request)

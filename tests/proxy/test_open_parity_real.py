@@ -20,6 +20,7 @@ import aiohttp
 import psycopg
 import pytest
 import yaml
+from multidict import CIMultiDict
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
@@ -45,7 +46,7 @@ def engine(start_engine: Any) -> EngineProcess:
     )
 
 
-async def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+async def _get(url: str, headers: Any = None) -> tuple[int, Any, bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.get(url, headers=headers or {}, allow_redirects=False) as resp,
@@ -102,10 +103,21 @@ async def test_cors_on_every_answer_as_the_engine(
     base = await _open_proxy(engine, engine_secret, make_proxy)
     # (the proxy names the engine in `electric-server` once the engine has answered it)
     assert (await _get(f"{base}/v1/shape?table=items&offset=-1"))[0] == 200
-    for path in ("/v1/health", "/v1/nosuch", "/v1/shape/x", "/v1//shape?table=items&offset=-1"):
-        for origin in (ORIGIN, None):
-            headers = {"Origin": origin} if origin else {}
-            e_status, e_headers, _ = await _get(engine.url + path, headers)
+    two = CIMultiDict([("Origin", ORIGIN), ("Origin", "https://other.example")])
+    for path in (
+        "/v1/health",
+        "/v1/nosuch",
+        "/v1/shape/x",
+        "/v1//shape?table=items&offset=-1",
+        "/v1/shape?table=items&offset=-1",
+    ):
+        for origin in (ORIGIN, None, two):
+            # (two Origin headers: the engine answers `*`, the proxy echoed the first)
+            headers = origin if isinstance(origin, CIMultiDict) else {"Origin": origin or ""}
+            if origin is None:
+                headers = {}
+            secret = f"&secret={engine_secret}" if "?" in path else ""
+            e_status, e_headers, _ = await _get(engine.url + path + secret, headers)
             p_status, p_headers, _ = await _get(base + path, headers)
             assert p_status == e_status, path
             for name in CORS:
