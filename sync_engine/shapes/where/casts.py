@@ -124,9 +124,33 @@ def _unknown_text_input(target: PgType, text: str) -> UnrepresentableValue:
     )
 
 
+#: An array whose lower bounds are not 1 prints them (`[0:1]={1,2}`); the engine's arrays
+#: keep no bounds, and Postgres's `=`, subscripts, slices, `||` and text output depend on
+#: them: `'[0:1]={1,2}'::int4[] = '{1,2}'` is false, and its [1] is 2.
+ARRAY_BOUNDS_REFUSED = "arrays with explicit bounds ('[0:1]={...}') are not supported"
+
+
+def has_array_bounds(text: str) -> bool:
+    return text.lstrip()[:1] == "["
+
+
+def bounds_refused(parse: Callable[[str], Value]) -> Callable[[str], Value]:
+    """`parse` for an array's text, raising UnrepresentableValue on explicit bounds (a row's
+    value: Postgres holds it, the engine cannot; see `Where.matches`)."""
+
+    def parse_bounded(text: str) -> Value:
+        if has_array_bounds(text):
+            raise UnrepresentableValue(ARRAY_BOUNDS_REFUSED)
+        return parse(text)
+
+    return parse_bounded
+
+
 def text_input_cast(target: PgType) -> Callable[[str], Value]:
     """The cast of a string-typed value (a row's, not a literal's) to `target`."""
     parser = pgv.input_parser(target)
+    if target.array:
+        return bounds_refused(parser)
     strict = _STRICT_TEXT_INPUT.get(target)
     if strict is not None:
 

@@ -36,7 +36,14 @@ from sync_engine.pg.values import Value
 
 from . import operators
 from .arrays import subscript_nullable
-from .casts import EXPLICIT_CASTS, IMPLICIT_CASTS, text_input_cast
+from .casts import (
+    ARRAY_BOUNDS_REFUSED,
+    EXPLICIT_CASTS,
+    IMPLICIT_CASTS,
+    bounds_refused,
+    has_array_bounds,
+    text_input_cast,
+)
 from .collation import SQL_ONLY, text_rules
 from .errors import WhereError, error_at
 from .expr import (
@@ -163,6 +170,8 @@ class Compiler:
                 raise error_at(f"type conflict for ${expr.param}", expr.node)
         if expr.text is None:
             return const(target, None, expr.node)
+        if target.array and has_array_bounds(expr.text):
+            raise error_at(ARRAY_BOUNDS_REFUSED, expr.node)
         if target.enum or (target.array and target.element.enum):
             if target.array:
                 value: Value = pgv.parse_array(expr.text, identity)
@@ -201,6 +210,8 @@ class Compiler:
         self.referenced.add(col.name)
         typ = col.pg_type
         parse = pgv.output_parser(typ)
+        if typ.array:
+            parse = bounds_refused(parse)
         if self.ref_counts.get(col.name, 0) > 1:
             return Expr(
                 typ, cached_column_eval(col.name, parse), column=col.name, raw=True, node=node
