@@ -123,10 +123,47 @@ def time_micros(t: time) -> int:
     return ((t.hour * 60 + t.minute) * 60 + t.second) * pgv.USECS_PER_SEC + t.microsecond
 
 
-def time_add(t: time, iv: pgv.Interval) -> time:
-    micros = (time_micros(t) + iv.micros) % pgv.USECS_PER_DAY
+def _wrap64(n: int) -> int:
+    """C int64 arithmetic as Postgres is built (-fwrapv): wraps instead of overflowing."""
+    return (n + 2**63) % 2**64 - 2**63
+
+
+def _time_of(micros: int) -> time:
+    # time_pl_interval: result -= result / USECS_PER_DAY * USECS_PER_DAY (C division), then
+    # a negative result gets a day added: the same as Python's floor modulo.
+    micros %= pgv.USECS_PER_DAY
     secs, us = divmod(micros, pgv.USECS_PER_SEC)
     return time(secs // 3600, secs // 60 % 60, secs % 60, us)
+
+
+def time_add(t: time, iv: pgv.Interval) -> time:
+    """time + interval: only the interval's microseconds count, and their sum with the time
+    is not checked for overflow in Postgres (it wraps: `'23:59:59.999999' + 2562047788
+    hours` is a time after midnight, not an error)."""
+    return _time_of(_wrap64(time_micros(t) + iv.micros))
+
+
+def time_sub(t: time, iv: pgv.Interval) -> time:
+    """time - interval: Postgres subtracts the microseconds (it never negates the whole
+    interval, whose months may not negate: '-178956970 years -8 mons')."""
+    return _time_of(_wrap64(time_micros(t) - iv.micros))
+
+
+def sub_interval(value: Value, iv: pgv.Interval) -> Value:
+    """timestamp - interval: timestamp + (-interval). An interval whose negation overflows
+    (-2147483648 months) is an error from an infinite timestamp in Postgres 17, which
+    checks it, but gives the infinity back in Postgres 15, which does not; a finite one is
+    out of range either way."""
+    try:
+        negated = neg_interval(iv)
+    except OverflowError:
+        if isinstance(value, pgv.PgInfinity):
+            raise pgv.UnrepresentableValue(
+                "infinite timestamp minus an interval whose negation overflows: "
+                "Postgres versions differ"
+            ) from None
+        raise
+    return add_interval(value, negated)
 
 
 def ts_diff(a: Value, b: Value) -> pgv.Interval:
@@ -144,12 +181,13 @@ def _tsround(x: float) -> float:
 
 def interval_mul(iv: pgv.Interval, factor: float) -> pgv.Interval:
     """interval * float8, step for step as Postgres's interval_mul (timestamp.c)."""
+    # FLOAT8_FITS_IN_INT32: -2^31 <= x < 2^31, so 2147483647.5 months is 2147483647
     months_f = iv.months * factor
-    if math.isnan(months_f) or not INT32[0] <= months_f <= INT32[1]:
+    if math.isnan(months_f) or not -(2.0**31) <= months_f < 2.0**31:
         raise OverflowError("interval out of range")
     months = int(months_f)
     days_f = iv.days * factor
-    if math.isnan(days_f) or not INT32[0] <= days_f <= INT32[1]:
+    if math.isnan(days_f) or not -(2.0**31) <= days_f < 2.0**31:
         raise OverflowError("interval out of range")
     days = int(days_f)
     month_remainder_days = _tsround((iv.months * factor - months) * pgv.DAYS_PER_MONTH)
@@ -160,6 +198,9 @@ def interval_mul(iv: pgv.Interval, factor: float) -> pgv.Interval:
         days += int(sec_remainder / 86_400)
         sec_remainder -= int(sec_remainder / 86_400) * 86_400
     days += int(month_remainder_days)
+    if not INT32[0] <= days <= INT32[1]:
+        # the remainders carried into days: Postgres 15 lets them wrap, 17 raises
+        raise pgv.UnrepresentableValue("interval * float8: days out of range (versions differ)")
     micros_f = round(iv.micros * factor + sec_remainder * pgv.USECS_PER_SEC)
     if math.isnan(micros_f) or not -(2.0**63) <= micros_f < 2.0**63:
         raise OverflowError("interval out of range")
@@ -246,21 +287,21 @@ DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Value, Va
     ("+", DATE, INTERVAL): (TIMESTAMP, lambda d, i: add_interval(date_to_ts(d), i)),
     ("-", DATE, INTERVAL): (
         TIMESTAMP,
-        lambda d, i: add_interval(date_to_ts(d), neg_interval(i)),
+        lambda d, i: sub_interval(date_to_ts(d), i),
     ),
     ("+", TIMESTAMP, INTERVAL): (TIMESTAMP, add_interval),
-    ("-", TIMESTAMP, INTERVAL): (TIMESTAMP, lambda t, i: add_interval(t, neg_interval(i))),
+    ("-", TIMESTAMP, INTERVAL): (TIMESTAMP, sub_interval),
     ("+", INTERVAL, TIMESTAMP): (TIMESTAMP, lambda i, t: add_interval(t, i)),
     ("+", TIMESTAMPTZ, INTERVAL): (TIMESTAMPTZ, add_interval),
     ("-", TIMESTAMPTZ, INTERVAL): (
         TIMESTAMPTZ,
-        lambda t, i: add_interval(t, neg_interval(i)),
+        sub_interval,
     ),
     ("+", INTERVAL, TIMESTAMPTZ): (TIMESTAMPTZ, lambda i, t: add_interval(t, i)),
     ("-", TIMESTAMP, TIMESTAMP): (INTERVAL, ts_diff),
     ("-", TIMESTAMPTZ, TIMESTAMPTZ): (INTERVAL, ts_diff),
     ("+", TIME, INTERVAL): (TIME, time_add),
-    ("-", TIME, INTERVAL): (TIME, lambda t, i: time_add(t, neg_interval(i))),
+    ("-", TIME, INTERVAL): (TIME, time_sub),
     ("+", INTERVAL, INTERVAL): (
         INTERVAL,
         interval_add,
