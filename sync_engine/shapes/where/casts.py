@@ -108,6 +108,42 @@ _STRICT_TEXT_INPUT: dict[PgType, re.Pattern[str]] = {
         re.ASCII,
     ),
 }
+#: Interval literals the engine reads exactly as Postgres does (checked against Postgres on
+#: thousands of such strings): whole numbers with units, fractional seconds of up to 6
+#: digits, a clock (hours unbounded), '@' and 'ago', a lone number (seconds), or ISO 8601
+#: with whole fields. Postgres
+#: reads fractions of other units by cascading rules of its own ('1.5 us' is 1 microsecond,
+#: '1.0000005 years' 1 year) and a bare number before a clock as days ('1 1:00'), which the
+#: engine read otherwise; such literals are refused.
+_IV_UNITS = (
+    r"(?:microseconds?|us|usecs?|milliseconds?|ms|msecs?|seconds?|s|secs?|minutes?|m|mins?"
+    r"|hours?|h|hrs?|days?|d|weeks?|w|months?|mons?|years?|y|yrs?|decades?|centuries"
+    r"|century|millennium|millennia)"
+)
+_IV_TOKEN = (
+    rf"(?:[+-]?\d{{1,10}}\s*{_IV_UNITS}|[+-]?\d{{1,9}}\.\d{{1,6}}\s*(?:seconds?|s|secs?)"
+    r"|[+-]?\d{1,4}:[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?)"
+)
+_IV_ISO = (
+    r"P(?!$)(?:-?\d{1,6}Y)?(?:-?\d{1,6}M)?(?:-?\d{1,6}D)?"
+    r"(?:T(?=-?\d)(?:-?\d{1,6}H)?(?:-?\d{1,6}M)?(?:-?\d{1,6}(?:\.\d{1,6})?S)?)?"
+)
+_INTERVAL_LITERAL = re.compile(
+    rf"\s*(?:[+-]?\d{{1,9}}(?:\.\d{{1,6}})?|(?:@\s*)?{_IV_TOKEN}(?:\s+{_IV_TOKEN})*(?:\s+ago)?|{_IV_ISO})\s*",
+    re.ASCII | re.IGNORECASE,
+)
+
+
+def interval_literal(text: str) -> Value:
+    """An interval literal or parameter, if written in a form read exactly (ValueError)."""
+    if not _INTERVAL_LITERAL.fullmatch(text):
+        raise ValueError(
+            f'interval literal "{text[:40]}" is not supported: write whole numbers with units'
+            " ('1 day 12 hours', '1.5 seconds'), a clock ('36:00:00') or ISO 8601 ('P1DT12H')"
+        )
+    return pgv.parse_interval(text)
+
+
 #: Number input the engine's parsers refuse but some Postgres reads: a hexadecimal float
 #: (strtod), 'nan(...)' (glibc's strtod), and from Postgres 16 on, integers and numerics in
 #: hex, octal or binary and with underscores between digits.

@@ -8,6 +8,7 @@ text rules.
 
 from __future__ import annotations
 
+import functools
 import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,7 @@ from sync_engine.pg.types import (
     DATE,
     INT4,
     INT8,
+    INTERVAL,
     NUMERIC,
     TEXT,
     TIMESTAMPTZ,
@@ -42,6 +44,7 @@ from .casts import (
     IMPLICIT_CASTS,
     bounds_refused,
     has_array_bounds,
+    interval_literal,
     text_input_cast,
 )
 from .collation import SQL_ONLY, text_rules
@@ -179,7 +182,13 @@ class Compiler:
                 value = expr.text
             return const(target, value, expr.node)
         try:
-            parser = pgv.input_parser(target)
+            parser: Callable[[str], Value]
+            if target == INTERVAL:
+                parser = interval_literal
+            elif target.array and target.element == INTERVAL:
+                parser = functools.partial(pgv.parse_array, element=interval_literal)
+            else:
+                parser = pgv.input_parser(target)
             return const(target, parser(expr.text), expr.node)
         except ValueError as e:
             raise error_at(str(e), expr.node) from None
