@@ -182,11 +182,58 @@ def bounds_refused(parse: Callable[[str], Value]) -> Callable[[str], Value]:
     return parse_bounded
 
 
+def _regular(value: Value, top: bool = True) -> bool:
+    """A Postgres array: sub-arrays of one shape at each level (none empty below the top),
+    never beside scalars. The engine's parser also reads '{{1},{2,3}}', '{{}}' and
+    '{{a,b},c}', which Postgres refuses as malformed."""
+    if not isinstance(value, tuple):
+        return True
+    if not value:
+        return top
+    subs = [isinstance(x, tuple) for x in value]
+    if not any(subs):
+        return True
+    if not all(subs):
+        return False
+    shape = _shape_of(value[0])
+    return all(_regular(x, False) and _shape_of(x) == shape for x in value)
+
+
+def _shape_of(value: Value) -> tuple[int, ...]:
+    dims = []
+    while isinstance(value, tuple) and value:
+        dims.append(len(value))
+        value = value[0]
+    return tuple(dims)
+
+
+def _flat(value: Value) -> list[Value]:
+    out: list[Value] = []
+    for x in value:
+        out.extend(_flat(x) if isinstance(x, tuple) else [x])
+    return out
+
+
+def _array_text_input(target: PgType, parser: Callable[[str], Value]) -> Callable[[str], Value]:
+    def parse(text: str) -> Value:
+        if has_array_bounds(text):
+            raise UnrepresentableValue(ARRAY_BOUNDS_REFUSED)
+        value = parser(text)
+        if not _regular(value):
+            raise ValueError(f'malformed array literal: "{text[:40]}"')
+        if any(isinstance(x, str) and '"' in x for x in _flat(value)):
+            # '{"a\\"b"}' holds a quote, '{a"b}' is malformed: the parsed value cannot tell
+            raise _unknown_text_input(target, text)
+        return value
+
+    return parse
+
+
 def text_input_cast(target: PgType) -> Callable[[str], Value]:
     """The cast of a string-typed value (a row's, not a literal's) to `target`."""
     parser = pgv.input_parser(target)
     if target.array:
-        return bounds_refused(parser)
+        return _array_text_input(target, parser)
     strict = _STRICT_TEXT_INPUT.get(target)
     if strict is not None:
 

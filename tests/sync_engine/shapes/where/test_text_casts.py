@@ -40,6 +40,9 @@ ODD = [
     "12:00", "12:00:00.1234567", "24:00", "24:00:00", "24:00:01", "23:59:60", "12:00 PM",
     "040506", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
     "32768", "-9223372036854775808", "00012",
+    # arrays: Postgres refuses the ragged, the empty inner and a quote inside a bare element
+    "{1,2}", "{ 1 , 2 }", "{{1},{2,3}}", "{{}}", "{{1,2},3}", '{a"b}', '{"a\\"b",c}', "{a b}",
+    "{{a,b},{c,d}}", "{NULL,null}", '{"NULL"}', "[0:1]={1,2}",
 ]  # fmt: skip
 
 CLAUSES = [
@@ -50,6 +53,8 @@ CLAUSES = [
     "t::timestamptz < '2024-01-02 03:04:05+03'", "t::time IS NOT NULL", "t::time > '12:00'",
     "t::interval IS NOT NULL", "t::interval > '1 hour'", "t::uuid IS NOT NULL",
     "t::date::text LIKE '%-%'", "t::interval::text LIKE 'P%'",
+    "t::int4[] IS NOT NULL", "t::text[] IS NOT NULL", "array_ndims(t::text[]) = 2",
+    "(t::text[])[1] = 'a'",
 ]  # fmt: skip
 
 
