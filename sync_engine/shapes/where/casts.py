@@ -6,6 +6,7 @@ equality (so an index key on the converted value is still a key on the column's 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from decimal import Decimal
@@ -150,6 +151,7 @@ def interval_literal(text: str) -> Value:
 _MAYBE_NUMBER = re.compile(
     r"\s*[+-]?(?:0[xXoObB]|nan\()|.*\d_\d", re.ASCII | re.DOTALL | re.IGNORECASE
 )
+_SIGNED_NAN = re.compile(r"\s*[+-]nan\s*", re.ASCII | re.IGNORECASE)
 _NUMBER_TYPES = (INT2, INT4, INT8, NUMERIC, FLOAT4, FLOAT8)
 
 
@@ -251,6 +253,8 @@ def text_input_cast(target: PgType) -> Callable[[str], Value]:
             except UnrepresentableValue:
                 raise
             except ValueError:
+                if target in (FLOAT4, FLOAT8) and _SIGNED_NAN.fullmatch(text):
+                    return math.nan  # strtod reads a signed NaN; Postgres prints it NaN
                 if _MAYBE_NUMBER.match(text):
                     raise _unknown_text_input(target, text) from None
                 raise
