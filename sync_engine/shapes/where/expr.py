@@ -124,7 +124,14 @@ EVAL_ERRORS = (ArithmeticError, ValueError, TypeError, AttributeError, KeyError,
 def apply(
     pg_type: PgType, func: Callable[..., Value], args: Sequence[Expr], node: ast.Node | None
 ) -> Expr:
-    """A strict (NULL in, NULL out) function of `args`, folded when all are constant."""
+    """A strict (NULL in, NULL out) function of `args`, folded when all are constant.
+
+    A constant NULL argument makes it a constant NULL, as Postgres's planner folds a strict
+    function with a NULL constant input (evaluate_function) before any row is read: the
+    other arguments are never evaluated, so `NULL::int4 / t::int4` is NULL even on rows
+    where t is no integer (the engine raised there and called the row no match)."""
+    if any(a.is_const and a.value is None for a in args):
+        return const(pg_type, None, node)
     if all(a.is_const for a in args):
         vals = [a.value for a in args]
         if any(v is None for v in vals):
