@@ -22,6 +22,7 @@ from .operators import (
     JSON_OPERATORS,
     LIKE_OPERATORS,
     PREFIX_OPERATORS,
+    REGEX_OPERATORS,
 )
 from .parse import construct_name, deparse, parse_clause, walk
 from .resolution import CAST_TARGET_NAMES
@@ -79,6 +80,10 @@ def _check_operator(node: ast.A_Expr) -> None:
     if name in JSON_OPERATORS:
         raise error_at(f"JSON operator {name} is not supported", node)
     if kind == A_Expr_Kind.AEXPR_OP:
+        if node.lexpr is not None and name in REGEX_OPERATORS:
+            raise error_at(
+                f"regular expression operator {name} is not supported (LIKE and ILIKE are)", node
+            )
         allowed = PREFIX_OPERATORS if node.lexpr is None else BINARY_OPERATORS
         if name not in allowed:
             raise error_at(f"operator {name} is not supported", node)

@@ -102,6 +102,9 @@ BINARY_OPERATORS = frozenset(
 )
 """Every binary operator the engine evaluates (on some types)."""
 
+REGEX_OPERATORS = frozenset({"~", "~*", "!~", "!~*"})
+"""Postgres's regular expressions (ARE), which Python's `re` does not reproduce: refused."""
+
 PREFIX_OPERATORS = frozenset({"+", "-", "@", "|/", "~"})
 
 # Decimal's `-x` / `abs(x)` round to the context's 28 digits; numeric never rounds.
@@ -131,6 +134,12 @@ def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         raise error_at(f"JSON operator {name} is not supported", node)
     if node.lexpr is None:
         return _prefix(c, node, name, c.compile(node.rexpr))
+    if name in REGEX_OPERATORS:
+        raise error_at(
+            f"regular expression operator {name} is not supported (LIKE and ILIKE are)", node
+        )
+    if name not in BINARY_OPERATORS:
+        raise error_at(f"operator {name} is not supported", node)
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
     for side in (left, right):
         if side.type in JSON_TYPES:

@@ -60,6 +60,7 @@ def test_accepted(sql: str) -> None:
         ("CASE WHEN a THEN b END", "CASE expression"),
         ("a ~ '^x'", "operator ~"),
         ("a->>'k' = 'v'", "JSON operator ->>"),
+        ("a ~ 'v'", "regular expression operator ~ is not supported"),
         ("md5(a) = 'x'", "md5/1"),
         ("ilike(a, 'x%')", "ilike/2"),
         ("now() > a", "now()"),
