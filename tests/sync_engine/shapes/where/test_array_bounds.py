@@ -10,17 +10,16 @@ bounds is refused with a WhereError.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from sync_engine.pg.catalog import load_table
 from sync_engine.pg.session import with_display_settings
 from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import WhereError, parse_where
+from tests.sync_engine.shapes.where.columns import VERDICT_FUNCTION, column_map
 
 ARRAYS = ["{1,2}", "[0:1]={1,2}", "[2:3]={1,2}", "[-1:0]={2,1}", "{}", "{{1,2},{3,4}}",
           "[0:1][1:2]={{1,2},{3,4}}", "{NULL,1}"]  # fmt: skip
@@ -36,24 +35,12 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, dict[int,
     url = with_display_settings(db_url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE d (id int PRIMARY KEY, ia int4[], t text)")
-        conn.execute(
-            "CREATE FUNCTION verdict(clause text, rid int) RETURNS text AS $$ "
-            "DECLARE res boolean; BEGIN "
-            "EXECUTE 'SELECT (' || clause || ') FROM d WHERE id = $1' INTO res USING rid; "
-            "RETURN coalesce(res::text, 'null'); "
-            "EXCEPTION WHEN others THEN RETURN 'error'; END $$ LANGUAGE plpgsql"
-        )
+        conn.execute(VERDICT_FUNCTION)
         for i, a in enumerate(ARRAYS):
             conn.execute("INSERT INTO d VALUES (%s, %s::int4[], %s)", (i, a, a))
         texts = {int(r[0]): r[1] for r in conn.execute("SELECT id, ia::text FROM d")}
 
-        async def columns() -> Any:
-            async with await psycopg.AsyncConnection.connect(url) as aconn:
-                info = await load_table(aconn, "public", "d")
-            assert info is not None
-            return info.column_map
-
-        yield conn, asyncio.run(columns()), texts
+        yield conn, column_map(url), texts
 
 
 def test_arrays_with_bounds_give_postgres_verdict_or_none(

@@ -10,7 +10,6 @@ whose readings differ from Postgres's (as with another tzdata release).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,12 +17,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_engine.pg.catalog import load_table
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
 from sync_engine.shapes.where import zones as zones_module
 from sync_engine.shapes.where.zones import ZoneAgreement, zone, zone_key
 from tests.sync_engine.engine_harness import Engine, apply
+from tests.sync_engine.shapes.where.columns import column_map
 
 ZONES = [
     "America/New_York",
@@ -64,13 +63,8 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
                 + [(len(instants), None, None), (len(instants) + 1, "infinity", "-infinity")],
             )
         conn.execute("ALTER TABLE d ADD COLUMN local timestamp, ADD COLUMN instant timestamptz")
-        async def columns() -> Any:
-            async with await psycopg.AsyncConnection.connect(url) as aconn:
-                info = await load_table(aconn, "public", "d")
-            assert info is not None
-            return info.column_map
 
-        yield conn, asyncio.run(columns())
+        yield conn, column_map(url)
 
 
 def _rows(conn: psycopg.Connection[Any]) -> list[dict[str, str | None]]:

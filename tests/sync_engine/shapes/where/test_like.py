@@ -9,7 +9,6 @@ replication loop, one such row stopped every shape of the source.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import signal
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_engine.pg.catalog import load_table
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
 from tests.sync_engine.engine_harness import Engine, apply
+from tests.sync_engine.shapes.where.columns import column_map
 
 ALPHABET = "aAb%_\\!é"
 
@@ -39,13 +38,7 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, dict[int,
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO d VALUES (%s, %s)", list(texts.items()))
 
-        async def columns() -> Any:
-            async with await psycopg.AsyncConnection.connect(url) as aconn:
-                info = await load_table(aconn, "public", "d")
-            assert info is not None
-            return info.column_map
-
-        yield conn, asyncio.run(columns()), texts
+        yield conn, column_map(url), texts
 
 
 def _literal(text: str) -> str:

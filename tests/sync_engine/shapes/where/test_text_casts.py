@@ -13,7 +13,6 @@ the shape; its new snapshot is exact). Each verdict here is Postgres's, or that.
 # ruff: noqa: RUF001  (Unicode digits are the point)
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Iterator
 from typing import Any
@@ -21,10 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_engine.pg.catalog import load_table
 from sync_engine.pg.session import with_display_settings
 from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import parse_where
+from tests.sync_engine.shapes.where.columns import VERDICT_FUNCTION, column_map
 
 ODD = [
     "1", " 1", "+1", "-0", "1e3", "1.5", " -2 ", "0x10", "0X1p3", "-0x10", " 0x10 ", "0x",
@@ -71,23 +70,11 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, dict[int,
         texts[i] = rng.choice([f"{y}-{m}-{d}{clock}", clock.strip() or "00:00"])
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE d (id int PRIMARY KEY, t text)")
-        conn.execute(
-            "CREATE FUNCTION verdict(clause text, rid int) RETURNS text AS $$ "
-            "DECLARE res boolean; BEGIN "
-            "EXECUTE 'SELECT (' || clause || ') FROM d WHERE id = $1' INTO res USING rid; "
-            "RETURN coalesce(res::text, 'null'); "
-            "EXCEPTION WHEN others THEN RETURN 'error'; END $$ LANGUAGE plpgsql"
-        )
+        conn.execute(VERDICT_FUNCTION)
         with conn.cursor() as cur:
             cur.executemany("INSERT INTO d VALUES (%s, %s)", list(texts.items()))
 
-        async def columns() -> Any:
-            async with await psycopg.AsyncConnection.connect(url) as aconn:
-                info = await load_table(aconn, "public", "d")
-            assert info is not None
-            return info.column_map
-
-        yield conn, asyncio.run(columns()), texts
+        yield conn, column_map(url), texts
 
 
 def test_text_casts_give_postgres_verdict_or_none(
