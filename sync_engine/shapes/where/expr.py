@@ -186,16 +186,29 @@ def bool_expr(fn: Eval, node: ast.Node | None) -> Expr:
 _FOLDED_OPERATORS = frozenset(
     {"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "+", "-", "*", "/", "%"}
 )
-_FOLDED_KINDS = (A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE)
+_FOLDED_KINDS = (
+    A_Expr_Kind.AEXPR_OP,
+    A_Expr_Kind.AEXPR_LIKE,
+    A_Expr_Kind.AEXPR_ILIKE,
+    A_Expr_Kind.AEXPR_OP_ANY,
+    A_Expr_Kind.AEXPR_OP_ALL,
+)
+#: Types whose input, casts among each other and operators above are all immutable in
+#: Postgres (no TimeZone, DateStyle or other setting read), so the planner folds them.
+_IMMUTABLE_TYPES = frozenset(
+    {"int2", "int4", "int8", "numeric", "float4", "float8", "text", "varchar", "bool"}
+)
 
 
 def folded_by_planner(node: ast.Node | None) -> bool:
     """True when Postgres's planner certainly turns `node` into a constant before reading a
-    row: literals, and NOT/AND/OR, IS [NOT] NULL / TRUE ..., comparisons, LIKE and arithmetic
-    of them. The engine folds more (casts, functions), but some of those are only stable in
-    Postgres (they depend on TimeZone: `date::timestamptz`, `timestamptz + interval`), which
-    its planner leaves to run per row, in order: only what this admits may decide an AND or
-    an OR without evaluating its other arguments."""
+    row: literals; casts of them to numbers, text and bool (a cast of a string literal
+    to an array of those too: the parser converts it); ARRAY[...] of such and subscripts
+    of those; and NOT/AND/OR, IS [NOT] NULL / TRUE ..., comparisons (ANY/ALL too), LIKE and
+    arithmetic of them. The engine folds more (casts, functions), but some of those are only
+    stable in Postgres (they depend on TimeZone: `date::timestamptz`, `timestamptz +
+    interval`), which its planner leaves to run per row, in order: only what this admits
+    may decide an AND or an OR without evaluating its other arguments."""
     if isinstance(node, ast.A_Const):
         return True
     if isinstance(node, ast.BoolExpr):
@@ -208,7 +221,29 @@ def folded_by_planner(node: ast.Node | None) -> bool:
             and (node.lexpr is None or folded_by_planner(node.lexpr))
             and folded_by_planner(node.rexpr)
         )
+    if isinstance(node, ast.TypeCast):
+        return _folded_cast(node)
+    if isinstance(node, ast.A_ArrayExpr):
+        return all(folded_by_planner(e) for e in node.elements or ())
+    if isinstance(node, ast.A_Indirection):
+        return folded_by_planner(node.arg) and all(
+            isinstance(i, ast.A_Indices)
+            and all(x is None or folded_by_planner(x) for x in (i.lidx, i.uidx))
+            for i in node.indirection
+        )
     return False
+
+
+def _folded_cast(node: ast.TypeCast) -> bool:
+    type_name = node.typeName
+    names = [getattr(n, "sval", "") for n in type_name.names]
+    if type_name.typmods or names[-1] not in _IMMUTABLE_TYPES or len(names) > 2:
+        return False
+    if len(names) == 2 and names[0] != "pg_catalog":
+        return False
+    if type_name.arrayBounds:  # only a string literal, which the parser reads into a constant
+        return isinstance(node.arg, ast.A_Const) and isinstance(node.arg.val, ast.String)
+    return folded_by_planner(node.arg)
 
 
 def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:

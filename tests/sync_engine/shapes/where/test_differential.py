@@ -482,6 +482,12 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # Postgres folds a comparison over ANY/ALL of constant arrays (a cast string literal, its
+    # slice) to true, so the OR is true without reading `- i8`, which overflows on the
+    # minimum int8 (seed 1817); the engine evaluated it and called those rows no match
+    "- i8 <> ANY(ARRAY[i4, i2]) OR 4611686018427387904 + 2 <> ALL((CAST('{{1,2},{3,4}}' AS int4[]))[:2])",
+    "(- i8 > 0 AND false) OR (1::int8 = ANY(ARRAY[1, 2]::int8[]) AND NOT - i8 < 0)",
+    "- i8 > 0 OR (ARRAY[1, 2])[1] = 1",
     # char(n) to text trims the padding, and a cast after it read the column's padded text
     # again ('ß   '::char(4)::text::varchar was 'ß   ', not 'ß'; seed 933)
     "CAST(CAST(ch AS text) AS varchar) NOT IN ('ıi', t, CAST(e AS text), vc)",
