@@ -97,7 +97,7 @@ EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Value], Value]] = {
 #: snapshot is exact) rather than guess "invalid" (or read a Unicode digit Postgres refuses).
 _DATE = r"\d{4}-\d{2}-\d{2}"
 _CLOCK = r"(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
-_OFFSET = r"(?:[+-](?:0\d|1[0-5])(?::[0-5]\d)?)?"
+_OFFSET = r"(?:[+-](?:0\d|1[0-5])(?::[0-5]\d)?|Z)?"  # Z: UTC, as in JavaScript's toISOString()
 _STRICT_TEXT_INPUT: dict[PgType, re.Pattern[str]] = {
     DATE: re.compile(rf"{_DATE}|-?infinity", re.ASCII),
     TIMESTAMP: re.compile(rf"{_DATE}(?:[ T]{_CLOCK}{_OFFSET})?|-?infinity", re.ASCII),

@@ -32,6 +32,10 @@ ODD = [
     "2024-01-02", "01/02/2024", "02.01.2024", "2024-1-2", "20240102", "Jan 2 2024",
     "2024-01-02 BC", "epoch", "today", "allballs", "2024-02-30", " 2024-01-02 ",
     "2024-01-02T03:04:05", "2024-01-02 03:04:05+02", "2024-01-02 03:04:05 America/New_York",
+    # JavaScript's toISOString(): the engine read these before, and must again (a row it
+    # cannot read rotates its shape)
+    "2024-01-02T03:04:05.123Z", "2024-01-02T03:04:05Z", "2024-01-02 03:04:05z",
+    "9999-12-31T23:59:59.999999Z", "0001-01-01T00:00:00Z", "2024-01-02Z", "2024-01-02T03Z",
     "2024-01-02 24:00:00", "2024-01-02 03:04:05.9999995", "2024-01-02 23:59:59.999999-15:59",
     "0001-01-01 00:00", "9999-12-31 23:59:59.999999+14:30", "0000-01-01", "J2451187", "1/2/24",
     "1 day", "P1D", "P-1Y2M-3DT4H-5M6.5S", "PT", "P1MT", "P999999DT999999H", "@ 1 hour ago",
@@ -117,3 +121,19 @@ def test_text_postgres_reads_is_not_called_no_match(
     _conn, columns, _texts = table
     with pytest.raises(UnrepresentableValue):
         parse_where(clause, {}, columns).matches({"id": "0", "t": text})
+
+
+def test_javascript_iso_strings_are_read(
+    table: tuple[psycopg.Connection[Any], Any, dict[int, str]],
+) -> None:
+    """toISOString()'s form ('...T03:04:05.123Z') is read, not left unknown: an unknown
+    value rotates its shape, and apps store timestamps as text this way (e13bc5a made it
+    unknown; the engine had read it before)."""
+    conn, columns, texts = table
+    for clause in ["t::timestamptz > '2024-01-02 03:04:05+00'", "t::timestamp > '2024-01-02'"]:
+        where = parse_where(clause, {}, columns)
+        for text in ["2024-01-02T03:04:05.123Z", "2024-01-02T03:04:05Z"]:
+            (expected,) = conn.execute(
+                f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", (text,)
+            ).fetchone()
+            assert where.value({"id": "0", "t": text}) is expected, (clause, text)
