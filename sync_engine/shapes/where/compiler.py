@@ -280,7 +280,10 @@ class Compiler:
     def _BoolExpr(self, node: ast.BoolExpr) -> Expr:
         if node.boolop == BoolExprType.NOT_EXPR:
             arg = self.to_bool(self.compile(node.args[0]), "NOT")
-            return apply(BOOL, operator.not_, [arg], node)
+            result = apply(BOOL, operator.not_, [arg], node)
+            if arg.planner_folded and result.is_const:  # (see expr.planner_const)
+                return const(BOOL, result.value, node, folded=True)
+            return result
         what = "AND" if node.boolop == BoolExprType.AND_EXPR else "OR"
         args = [self.to_bool(self.compile(a), what) for a in node.args]
         return and_expr(args, node) if what == "AND" else or_expr(args, node)

@@ -52,6 +52,7 @@ class Expr:
     param: int | None = None
     index: tuple[str, frozenset[Value]] | None = None
     node: ast.Node | None = None
+    planner_folded: bool = False
 
 
 def with_node(expr: Expr, node: ast.Node | None) -> Expr:
@@ -72,8 +73,27 @@ def with_index(expr: Expr, index: tuple[str, frozenset[Value]] | None) -> Expr:
     return new
 
 
-def const(pg_type: PgType, value: Value, node: ast.Node | None = None) -> Expr:
-    return Expr(pg_type, lambda _row, _cache: value, is_const=True, value=value, node=node)
+def const(
+    pg_type: PgType, value: Value, node: ast.Node | None = None, *, folded: bool = False
+) -> Expr:
+    """A constant; `folded`: one Postgres's planner also makes before reading a row (an
+    AND or OR it simplified to a constant, see `planner_const`)."""
+    return Expr(
+        pg_type,
+        lambda _row, _cache: value,
+        is_const=True,
+        value=value,
+        node=node,
+        planner_folded=folded,
+    )
+
+
+def planner_const(expr: Expr) -> bool:
+    """`expr` is a constant that Postgres's planner also makes before reading a row: its
+    text is (`folded_by_planner`), or it is an AND/OR the planner simplified to a constant
+    (`x OR (NOT 's' ILIKE 'a' OR e IS NULL)` is true before any row, though `e IS NULL` is
+    not a constant), or the NOT of one."""
+    return expr.is_const and (expr.planner_folded or folded_by_planner(expr.node))
 
 
 def null_safe(func: Callable[..., Value], args: Sequence[Expr]) -> Expr | Eval:
@@ -251,8 +271,8 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # simplify_and_arguments): a constant false makes it false, so the other arguments are
     # never evaluated (a row on which one would fail still gets false), and constant trues
     # are dropped (a constant has nothing to fail on a row, so dropping one is always safe).
-    if any(a.is_const and a.value is False and folded_by_planner(a.node) for a in args):
-        return const(BOOL, False, node)
+    if any(a.value is False and planner_const(a) for a in args):
+        return const(BOOL, False, node, folded=True)
     args = [a for a in args if not (a.is_const and a.value is True)] or [const(BOOL, True)]
     if len(args) == 1:
         return with_node(args[0], node)
@@ -292,8 +312,8 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # As `and_expr`: a constant true makes it true before any row is read, so the other
     # arguments are never evaluated (`x / 0 = 1 OR true` is true on every row, as in
     # Postgres); constant falses are dropped (simplify_or_arguments).
-    if any(a.is_const and a.value is True and folded_by_planner(a.node) for a in args):
-        return const(BOOL, True, node)
+    if any(a.value is True and planner_const(a) for a in args):
+        return const(BOOL, True, node, folded=True)
     args = [a for a in args if not (a.is_const and a.value is False)] or [const(BOOL, False)]
     if len(args) == 1:
         return with_node(args[0], node)

@@ -482,6 +482,11 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # an OR (or the NOT of an AND) that the planner simplifies to a constant inside another
+    # OR decides it too, though not all of its own arguments are constants: Postgres never
+    # evaluates f8 ^ 0.5, which fails on a negative f8 (seed 2131)
+    "(f8 ^ 0.5) >= -1.5 OR (NOT 's' ~~* 'a\\_b' OR e IS NULL)",
+    "(f8 ^ 0.5) >= -1.5 OR NOT ('s' ~~* 'a\\_b' AND e IS NULL)",
     # Postgres folds a comparison over ANY/ALL of constant arrays (a cast string literal, its
     # slice) to true, so the OR is true without reading `- i8`, which overflows on the
     # minimum int8 (seed 1817); the engine evaluated it and called those rows no match
