@@ -212,6 +212,9 @@ _FOLDED_KINDS = (
     A_Expr_Kind.AEXPR_ILIKE,
     A_Expr_Kind.AEXPR_OP_ANY,
     A_Expr_Kind.AEXPR_OP_ALL,
+    A_Expr_Kind.AEXPR_NULLIF,
+    A_Expr_Kind.AEXPR_DISTINCT,
+    A_Expr_Kind.AEXPR_NOT_DISTINCT,
 )
 #: Types whose input, casts among each other and operators above are all immutable in
 #: Postgres (no TimeZone, DateStyle or other setting read), so the planner folds them.

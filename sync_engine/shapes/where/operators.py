@@ -58,6 +58,7 @@ from .expr import (
     apply_nullable,
     bool_expr,
     col_const_compare,
+    const,
     in_list,
     or_expr,
     with_index,
@@ -392,10 +393,16 @@ def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if name != "=" or typ is None or (typ.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
     typ = TEXT if typ == UNKNOWN else typ
+    stable = TIMESTAMPTZ in (left.type, right.type) and left.type != right.type
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
     lf, rf = left.fn, right.fn
     want_distinct: bool = node.kind == A_Expr_Kind.AEXPR_DISTINCT
+    if left.is_const and right.is_const and not stable:
+        # a constant, as Postgres's planner makes it (its `=` immutable; see _nullif)
+        a, b = left.value, right.value
+        same = a is None and b is None if a is None or b is None else bool(eq(a, b))
+        return const(BOOL, same != want_distinct, node)
 
     def distinct(row: Row, cache: Cache) -> bool:
         a, b = lf(row, cache), rf(row, cache)
@@ -436,8 +443,18 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if typ == UNKNOWN:
         typ = TEXT
     answer = left if (left.type, right.type) in CROSS_TYPE_EQUALS else None
+    stable = TIMESTAMPTZ in (left.type, right.type) and left.type != right.type
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
+    if left.is_const and right.is_const and not stable:
+        # Postgres's planner evaluates a NULLIF of constants (its `=` immutable: not one of
+        # a date or timestamp with a timestamptz, which reads TimeZone) before any row, so
+        # NULLIF(7, 7) = i4 * i2 is NULL without i4 * i2 ever overflowing (seed 2238)
+        a, b = left.value, right.value
+        value = None if a is None or (b is not None and eq(a, b)) else a
+        if answer is not None and value is not None:
+            value = answer.value
+        return const(typ if answer is None else answer.type, value, node)
     lf, rf = left.fn, right.fn
     if answer is not None:
         # The comparison is the common type's (the same verdict as the cross-type `=`:

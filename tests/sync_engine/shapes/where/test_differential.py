@@ -482,6 +482,11 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # NULLIF of constants is a constant (NULL here), so the strict = around it is NULL before
+    # any row and i4 * i2, which overflows on some rows, is never evaluated (seed 2238)
+    "(NULLIF(7, 7)) = (i4 * i2) OR NULLIF(ts, tz) IS NOT NULL",
+    "i4 * i2 > 0 OR NULLIF(2, 7) = 2",
+    "i4 * i2 > 0 OR 1 IS DISTINCT FROM 2",
     # an OR (or the NOT of an AND) that the planner simplifies to a constant inside another
     # OR decides it too, though not all of its own arguments are constants: Postgres never
     # evaluates f8 ^ 0.5, which fails on a negative f8 (seed 2131)
