@@ -393,7 +393,7 @@ def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if name != "=" or typ is None or (typ.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
     typ = TEXT if typ == UNKNOWN else typ
-    stable = TIMESTAMPTZ in (left.type, right.type) and left.type != right.type
+    stable = _stable_equality(left.type, right.type)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
     lf, rf = left.fn, right.fn
@@ -431,6 +431,12 @@ CROSS_TYPE_EQUALS = frozenset(
 )
 
 
+def _stable_equality(a: PgType, b: PgType) -> bool:
+    """Whether `a = b` reads a setting in Postgres (a date or timestamp against a timestamptz
+    reads TimeZone): such an `=` of constants is left by the planner to run per row."""
+    return TIMESTAMPTZ in (a, b) and a != b
+
+
 def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
     # NULLIF(a, b) is `a = b` with its operator resolved as for `=` (not as a list), and
@@ -443,7 +449,7 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if typ == UNKNOWN:
         typ = TEXT
     answer = left if (left.type, right.type) in CROSS_TYPE_EQUALS else None
-    stable = TIMESTAMPTZ in (left.type, right.type) and left.type != right.type
+    stable = _stable_equality(left.type, right.type)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
     if left.is_const and right.is_const and not stable:
