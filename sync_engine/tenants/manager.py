@@ -74,6 +74,12 @@ def check_grace(value: object) -> float:
     return float(value)
 
 
+def _paused() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
+    )
+
+
 class SourceManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -165,12 +171,11 @@ class SourceManager:
         if rec is None:  # deleted meanwhile
             raise Unauthorized()
         if rec.paused:
-            raise ServiceUnavailable(
-                "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
-            )
+            raise _paused()
         source = self.running.get(rec.source_id)
         if source is None:
             raise ServiceUnavailable("Source is starting", retry_after=5)
+        source.admit()
         return source
 
     # -- management -----------------------------------------------------------------------
@@ -233,6 +238,7 @@ class SourceManager:
             self._persisted[rec.source_id] = ("paused", None)
             source = self.running.pop(rec.source_id, None)
             if source is not None:
+                await source.end_requests(_paused)
                 await source.stop()
         logger.info("source %s (%s) paused", rec.name, rec.source_id)
         return rec
@@ -255,7 +261,10 @@ class SourceManager:
             del self.records[rec.source_id]  # from here on its requests get 401
             self.auth.forget()
             source = self.running.pop(rec.source_id, None) or self._make_source(rec)
-            source.registry.rotate_all("source deleted")  # held requests: 409, then 401
+            # Held requests get a 409 (their shapes are gone), then 401; none of them may
+            # still use a connection when the source stops.
+            source.registry.rotate_all("source deleted")
+            await source.end_requests(Unauthorized)
             warnings = await source.destroy()
             self._store().delete(rec.source_id)
             self._persisted.pop(rec.source_id, None)
