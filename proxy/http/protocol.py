@@ -16,8 +16,11 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
   keep-alive`); pipelined requests are answered one at a time, in order, and reading pauses
   while `PIPELINE_LIMIT` requests wait; an idle connection closes after `KEEPALIVE_TIMEOUT`;
 - a request must arrive in full (head and body) within `REQUEST_READ_TIMEOUT` of its first
-  byte, or the connection is closed (a slow-loris client trickling a head or stalling a body
-  would otherwise hold its socket for good, and enough of them exhaust the descriptors);
+  byte, or it is answered 408 and the connection closed (a slow-loris client trickling a head
+  or stalling a body would otherwise hold its socket for good, and enough of them exhaust the
+  descriptors);
+- HTTP/1.0 and HTTP/1.1 only: an HTTP/0.9 request line is a 400, an HTTP/2.0 one a 505, a
+  transfer coding other than chunked a 501, `Transfer-Encoding` on HTTP/1.0 a 400;
 - the client going away (reset, or its end of the connection closed) cancels the task of
   the request it was waiting for: a held long-poll lets go of its flight at once;
 - backpressure: a response's `write` waits while the transport's buffer is over its high
@@ -74,6 +77,29 @@ TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
 EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
+#: Request lines llhttp reads but the proxy does not serve (both were answered `HTTP/1.1 200`
+#: before, which neither client can read): HTTP/0.9 (no version, or `HTTP/0.9`), which has
+#: no request line as RFC 9112 defines it, and `HTTP/2.0` in HTTP/1 framing, a major version
+#: not supported (RFC 9110, 15.6.6). Versions llhttp refuses itself (`HTTP/1.2`) are a 400.
+HTTP_0_9 = Refusal(400, "bad_request", "Malformed HTTP request: HTTP/0.9 is not supported")
+VERSION_NOT_SUPPORTED = Refusal(
+    505,
+    "http_version_not_supported",
+    "HTTP version not supported: the proxy speaks HTTP/1.0 and HTTP/1.1",
+)
+#: A transfer coding other than `chunked` (`Transfer-Encoding: gzip, chunked`): llhttp
+#: reads the body as plain chunked, which it is not (RFC 9112, 6.1: a 501).
+UNKNOWN_TRANSFER_CODING = Refusal(
+    501, "not_implemented", "Unsupported Transfer-Encoding: only chunked is implemented"
+)
+#: `Transfer-Encoding` on an HTTP/1.0 request: its framing is faulty (RFC 9112, 6.1).
+TRANSFER_ENCODING_IN_HTTP_1_0 = Refusal(
+    400, "bad_request", "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request"
+)
+#: A request that did not arrive in full within `REQUEST_READ_TIMEOUT` of its first byte.
+REQUEST_TIMEOUT = Refusal(
+    408, "request_timeout", "Request timeout: the request did not arrive in time"
+)
 #: Two `Authorization` headers: which one is the caller? A front that reads the last one and
 #: a proxy that reads the first would each authorise a different principal, so neither is.
 REPEATED_AUTHORIZATION = Refusal(
@@ -332,8 +358,18 @@ class Connection(asyncio.Protocol, Writer):
             # (RFC 9112, 3.2.2) and the engine does: served as its path and query.
             target = (url.path or b"/") + (b"?" + query if url.query is not None else b"")
         version = parser.get_http_version()
-        if version == "1.1" and "Host" not in headers:
-            raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
+        if version == "1.1":
+            if "Host" not in headers:
+                raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
+        elif version != "1.0":
+            raise _Refused(HTTP_0_9 if version == "0.9" else VERSION_NOT_SUPPORTED)
+        coding = headers.get("Transfer-Encoding")
+        if coding is not None:
+            if version == "1.0":
+                raise _Refused(TRANSFER_ENCODING_IN_HTTP_1_0)
+            # (llhttp has refused any list whose last coding is not chunked)
+            if any(c.strip() not in ("", "chunked") for c in coding.lower().split(",")):
+                raise _Refused(UNKNOWN_TRANSFER_CODING)
         request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
             parser.get_method().decode("ascii", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),
@@ -575,7 +611,10 @@ class Connection(asyncio.Protocol, Writer):
                 self._peer(),
                 REQUEST_READ_TIMEOUT,
             )
-            self._transport.close()
+            self._in_message = False
+            self._parser = None
+            self.closing = True
+            self._send_refusal(REQUEST_TIMEOUT)  # (a 408 in JSON, then closed)
             return
         left = self._idle_since + KEEPALIVE_TIMEOUT - now
         if left > 0:  # (it was armed before the fast-lane requests since)
