@@ -91,11 +91,13 @@ class SourceManager:
         self._lock = asyncio.Lock()
         self._persisted: dict[str, tuple[str, str | None]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._ever_registered = False
 
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store = SourceStore(self.path)
+        self._ever_registered = self.store.ever_had_sources()
         await self.auth.prepare()
         for rec in self.store.all():
             self.records[rec.source_id] = rec
@@ -122,7 +124,10 @@ class SourceManager:
             self.store = None
 
     def has_sources(self) -> bool:
-        return bool(self.records)
+        """Whether requests naming a `source_id` are for registered sources: once one was
+        ever registered here. Deleting the last one must not send its clients' requests to
+        the engine's single database (`--database-url`), which may need no secret."""
+        return bool(self.records) or self._ever_registered
 
     def _store(self) -> SourceStore:
         if self.store is None:
@@ -208,6 +213,7 @@ class SourceManager:
                 name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
             )
             self.records[rec.source_id] = rec
+            self._ever_registered = True
             self._persisted[rec.source_id] = (rec.state, None)
             await self._start_source(rec)
         logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)

@@ -80,3 +80,32 @@ async def test_delete_while_clients_wait_ends_them_and_cleans_postgres(
     sql(url_b, "INSERT INTO items VALUES (2, 'b2')")
     await live
     assert sorted(r["name"] for r in rows_b.values()) == ["b1", "b2"]
+
+
+async def test_clients_of_the_last_deleted_source_never_reach_the_single_database(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """The engine also serves one database of its own (`--database-url`, here without a
+    secret). Once the last registered source was deleted, its clients' requests (source_id
+    and secret) used to go to that database and get its rows; they get the 401, also after
+    a restart."""
+    url_default, url_a = make_db(), make_db()
+    _items(url_default, ["not-yours"])
+    _items(url_a, ["a1"])
+    engine = await engines(database_url=url_default).start()
+    a = await engine.add("alpha", url_a)
+    await engine.wait_state(a["source_id"], "active")
+    rows, _, _ = await engine.sync(a["source_id"], a["secret"], table="items")
+    assert [r["name"] for r in rows.values()] == ["a1"]
+
+    status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+    assert status == 200, body
+    for _ in range(2):
+        for sid in (a["source_id"], "00000000-0000-4000-8000-000000000000", "junk"):
+            status, _, got = await engine.get(sid, a["secret"], table="items", offset="-1")
+            assert (status, got) == (401, UNAUTHORIZED), (sid, status, got)
+        # without a source_id a request is for the engine's own database, as before
+        rows, _, _ = await engine.sync(None, "", table="items")
+        assert [r["name"] for r in rows.values()] == ["not-yours"]
+        await engine.close()
+        engine = await engines(engine.data_dir, database_url=url_default).start()
