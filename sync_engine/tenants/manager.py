@@ -189,7 +189,9 @@ class SourceManager:
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
         if rec is None:
-            raise UnknownSource(f"no source with id {source_id}")
+            if sid is None:  # not echoed: it can be anything (a NUL, 5000 characters)
+                raise UnknownSource("no such source: a source id is a uuid")
+            raise UnknownSource(f"no source with id {sid}")
         return rec
 
     def all(self) -> list[SourceRecord]:
