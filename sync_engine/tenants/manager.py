@@ -74,6 +74,12 @@ def check_grace(value: object) -> float:
     return float(value)
 
 
+def _paused() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
+    )
+
+
 class SourceManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -85,11 +91,13 @@ class SourceManager:
         self._lock = asyncio.Lock()
         self._persisted: dict[str, tuple[str, str | None]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._ever_registered = False
 
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store = SourceStore(self.path)
+        self._ever_registered = self.store.ever_had_sources()
         await self.auth.prepare()
         for rec in self.store.all():
             self.records[rec.source_id] = rec
@@ -116,7 +124,10 @@ class SourceManager:
             self.store = None
 
     def has_sources(self) -> bool:
-        return bool(self.records)
+        """Whether requests naming a `source_id` are for registered sources: once one was
+        ever registered here. Deleting the last one must not send its clients' requests to
+        the engine's single database (`--database-url`), which may need no secret."""
+        return bool(self.records) or self._ever_registered
 
     def _store(self) -> SourceStore:
         if self.store is None:
@@ -165,12 +176,11 @@ class SourceManager:
         if rec is None:  # deleted meanwhile
             raise Unauthorized()
         if rec.paused:
-            raise ServiceUnavailable(
-                "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
-            )
+            raise _paused()
         source = self.running.get(rec.source_id)
         if source is None:
             raise ServiceUnavailable("Source is starting", retry_after=5)
+        source.admit()
         return source
 
     # -- management -----------------------------------------------------------------------
@@ -179,7 +189,9 @@ class SourceManager:
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
         if rec is None:
-            raise UnknownSource(f"no source with id {source_id}")
+            if sid is None:  # not echoed: it can be anything (a NUL, 5000 characters)
+                raise UnknownSource("no such source: a source id is a uuid")
+            raise UnknownSource(f"no source with id {sid}")
         return rec
 
     def all(self) -> list[SourceRecord]:
@@ -203,6 +215,7 @@ class SourceManager:
                 name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
             )
             self.records[rec.source_id] = rec
+            self._ever_registered = True
             self._persisted[rec.source_id] = (rec.state, None)
             await self._start_source(rec)
         logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
@@ -233,6 +246,7 @@ class SourceManager:
             self._persisted[rec.source_id] = ("paused", None)
             source = self.running.pop(rec.source_id, None)
             if source is not None:
+                await source.end_requests(_paused)
                 await source.stop()
         logger.info("source %s (%s) paused", rec.name, rec.source_id)
         return rec
@@ -255,7 +269,10 @@ class SourceManager:
             del self.records[rec.source_id]  # from here on its requests get 401
             self.auth.forget()
             source = self.running.pop(rec.source_id, None) or self._make_source(rec)
-            source.registry.rotate_all("source deleted")  # held requests: 409, then 401
+            # Held requests get a 409 (their shapes are gone), then 401; none of them may
+            # still use a connection when the source stops.
+            source.registry.rotate_all("source deleted")
+            await source.end_requests(Unauthorized)
             warnings = await source.destroy()
             self._store().delete(rec.source_id)
             self._persisted.pop(rec.source_id, None)

@@ -5,6 +5,10 @@ secret's hash and when it stops working (rotation grace period), last known stat
 error, paused flag, per-source limits and timestamps. The file is created readable by its
 owner only, since connection strings carry passwords. Every method is one short
 transaction; a failed one changes nothing.
+
+A deleted source leaves its id in `deleted_sources`: once a source was ever registered, a
+request naming a `source_id` is for a registered source (or a 401), never for the engine's
+single database, even after the last source is deleted (see `SourceManager.has_sources`).
 """
 
 from __future__ import annotations
@@ -36,9 +40,13 @@ CREATE TABLE IF NOT EXISTS sources (
     max_initial_syncs INTEGER,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS deleted_sources (
+    source_id TEXT PRIMARY KEY,
+    deleted_at REAL NOT NULL
+);
 """
-_VERSION = 1
+_VERSION = 2
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
     " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
@@ -118,8 +126,7 @@ class SourceStore:
                 f"{path} was written by a newer shapegate (schema {version} > {_VERSION})"
             )
         if version != _VERSION:  # no write when it is current: a full disk must not stop a start
-            self._db.execute(_SCHEMA)
-            self._db.execute(f"PRAGMA user_version={_VERSION}")
+            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={_VERSION}; COMMIT;")
 
     def close(self) -> None:
         self._db.close()
@@ -141,6 +148,13 @@ class SourceStore:
 
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM sources").fetchone()[0])
+
+    def ever_had_sources(self) -> bool:
+        """Whether a source was ever registered here (and maybe deleted since)."""
+        row = self._db.execute(
+            "SELECT EXISTS (SELECT 1 FROM sources) OR EXISTS (SELECT 1 FROM deleted_sources)"
+        ).fetchone()
+        return bool(row[0])
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -235,9 +249,19 @@ class SourceStore:
             )
 
     def delete(self, source_id: str) -> None:
-        cur = self._db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
-        if cur.rowcount == 0:
-            raise UnknownSource(f"no source with id {source_id}")
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = self._db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
+            if cur.rowcount == 0:
+                raise UnknownSource(f"no source with id {source_id}")
+            self._db.execute(
+                "INSERT OR REPLACE INTO deleted_sources (source_id, deleted_at) VALUES (?, ?)",
+                (source_id, time.time()),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
 
 def store_has_sources(data_dir: Path) -> bool:

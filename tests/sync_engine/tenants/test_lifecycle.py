@@ -1,0 +1,111 @@
+"""Sources paused, deleted or changed while their clients are connected, on real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from tests.sync_engine.tenants.harness import MultiEngine, sql
+
+UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
+
+
+def _items(url: str, names: list[str]) -> None:
+    sql(url, "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
+    for i, n in enumerate(names, 1):
+        sql(url, "INSERT INTO items VALUES (%s, %s)", (i, n))
+
+
+async def _sse(
+    engine: MultiEngine, source_id: str, secret: str, **params: Any
+) -> tuple[int, bytes]:
+    assert engine.client is not None
+    q = {k: str(v) for k, v in params.items()}
+    q |= {"source_id": source_id, "secret": secret, "live": "true", "live_sse": "true"}
+    resp = await engine.client.get("/v1/shape", params=q)
+    return resp.status, await resp.read()
+
+
+async def test_delete_while_clients_wait_ends_them_and_cleans_postgres(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """Deleting a source with a long-poll and an SSE stream held: the long-poll gets a 409,
+    the stream ends, their refetch gets 401, and the slot and publication are dropped.
+    (The woken long-poll used to make a new shape on the source being stopped, whose
+    connection closed under it; the deletion then could not connect to drop the slot and
+    publication, left them behind with a warning, and the long-poll sometimes got a 500.)
+    Another source keeps streaming meanwhile."""
+    url_a, url_b = make_db(), make_db()
+    _items(url_a, ["a1"])
+    _items(url_b, ["b1"])
+    engine = await engines().start()
+    a = await engine.add("alpha", url_a)
+    b = await engine.add("beta", url_b)
+    await engine.wait_state(a["source_id"], "active")
+    await engine.wait_state(b["source_id"], "active")
+    _, handle_a, offset_a = await engine.sync(a["source_id"], a["secret"], table="items")
+    rows_b, handle_b, offset_b = await engine.sync(b["source_id"], b["secret"], table="items")
+    status, info = await engine.api("GET", f"/api/sources/{a['source_id']}")
+    slot, pub = info["slot_name"], info["publication_name"]
+    assert sql(url_a, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+
+    long_poll = asyncio.create_task(engine.get(a["source_id"], a["secret"], table="items",
+                                               offset=offset_a, handle=handle_a, live="true"))  # fmt: skip
+    stream = asyncio.create_task(_sse(engine, a["source_id"], a["secret"], table="items",
+                                      offset=offset_a, handle=handle_a))  # fmt: skip
+    await engine.until_parked(a["source_id"], 2)
+
+    status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+    assert status == 200 and body["deleted"] is True, body
+    assert body["warnings"] == [], body["warnings"]
+
+    status, headers, got = await long_poll
+    assert (status, got) == (409, [{"headers": {"control": "must-refetch"}}]), (status, got)
+    status, raw = await stream
+    assert status == 200 and b"b1" not in raw and b"a1" not in raw, raw
+    # the client's refetch (with or without the handle the 409 named)
+    refetch = {"handle": headers["electric-handle"]} if "electric-handle" in headers else {}
+    status, _, got = await engine.get(a["source_id"], a["secret"], table="items", offset="-1",
+                                      **refetch)  # fmt: skip
+    assert (status, got) == (401, UNAUTHORIZED)
+    assert sql(url_a, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)) == []
+    assert sql(url_a, "SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)) == []
+    assert not (engine.data_dir / "sources" / a["source_id"]).exists()
+
+    # The other source is unaffected: a live request sees a new row.
+    live = asyncio.create_task(engine.follow(b["source_id"], b["secret"], handle_b, offset_b,
+                                             rows_b, table="items"))  # fmt: skip
+    await engine.until_parked(b["source_id"])
+    sql(url_b, "INSERT INTO items VALUES (2, 'b2')")
+    await live
+    assert sorted(r["name"] for r in rows_b.values()) == ["b1", "b2"]
+
+
+async def test_clients_of_the_last_deleted_source_never_reach_the_single_database(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """The engine also serves one database of its own (`--database-url`, here without a
+    secret). Once the last registered source was deleted, its clients' requests (source_id
+    and secret) used to go to that database and get its rows; they get the 401, also after
+    a restart."""
+    url_default, url_a = make_db(), make_db()
+    _items(url_default, ["not-yours"])
+    _items(url_a, ["a1"])
+    engine = await engines(database_url=url_default).start()
+    a = await engine.add("alpha", url_a)
+    await engine.wait_state(a["source_id"], "active")
+    rows, _, _ = await engine.sync(a["source_id"], a["secret"], table="items")
+    assert [r["name"] for r in rows.values()] == ["a1"]
+
+    status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+    assert status == 200, body
+    for _ in range(2):
+        for sid in (a["source_id"], "00000000-0000-4000-8000-000000000000", "junk"):
+            status, _, got = await engine.get(sid, a["secret"], table="items", offset="-1")
+            assert (status, got) == (401, UNAUTHORIZED), (sid, status, got)
+        # without a source_id a request is for the engine's own database, as before
+        rows, _, _ = await engine.sync(None, "", table="items")
+        assert [r["name"] for r in rows.values()] == ["not-yours"]
+        await engine.close()
+        engine = await engines(engine.data_dir, database_url=url_default).start()
