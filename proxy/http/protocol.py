@@ -138,6 +138,26 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
+class _UpgradeBody:
+    """Parser callbacks for the body of a request that asked to upgrade: its pieces go to the
+    connection as a body's would; the head it was fed and anything after the body do not."""
+
+    __slots__ = ("_connection", "_done")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._done = False
+
+    def on_body(self, body: bytes) -> None:
+        if not self._done:
+            self._connection.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._done:
+            self._done = True
+            self._connection.upgrade_body_read()
+
+
 class Connection(asyncio.Protocol, Writer):
     """One client connection (see the module doc)."""
 
@@ -164,6 +184,7 @@ class Connection(asyncio.Protocol, Writer):
         "_task",
         "_too_large",
         "_transport",
+        "_upgrading",
         "_url",
         "_writing_paused",
         "closing",
@@ -189,6 +210,9 @@ class Connection(asyncio.Protocol, Writer):
         self._too_large = False
         self._expect_failed = False
         self._request: Request | None = None  # being parsed
+        #: A request asking to upgrade whose body is still to be read (`_UpgradeBody`), and
+        #: that body's framing as a header line.
+        self._upgrading: tuple[Request, bytes] | None = None
         self._queue: list[Request | Refusal] = []  # (a deque is 600 bytes even when empty)
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
@@ -273,9 +297,12 @@ class Connection(asyncio.Protocol, Writer):
             self._head_bytes += len(data)
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # A request asking to switch protocols is answered as plain HTTP; nothing after
-            # it on this connection is read.
+            # it (and its body) on this connection is read.
+            if self._upgrading is not None:
+                self._read_upgrade_body(data[exc.args[0] :])
+                return
             self.closing = True
             self._pause_reading()
         except httptools.HttpParserCallbackError as exc:
@@ -389,6 +416,19 @@ class Connection(asyncio.Protocol, Writer):
             self._request = None
             self._queue.append(request)
             raise _Answered
+        if (coding is not None or (length is not None and length != "0")) and (
+            parser.should_upgrade()
+        ):
+            # llhttp ends a request asking to upgrade (`Connection: Upgrade`, as `curl --http2`
+            # sends) at its head and leaves its body to the new protocol: the body was dropped
+            # and a POST answered as bodiless (the whole shape, not its subset). A server that
+            # does not upgrade must read it as usual (RFC 9110, 7.8): `_read_upgrade_body`.
+            if coding is not None:
+                framing = b"Transfer-Encoding: chunked"
+            else:
+                framing = b"Content-Length: " + str(length).encode()
+            self._upgrading = (request, framing)
+            self._request = None
         expect = headers.get("Expect")
         if expect is not None and request.version >= (1, 1) and self._transport is not None:
             if expect.lower() == "100-continue":
@@ -424,6 +464,24 @@ class Connection(asyncio.Protocol, Writer):
             self._next()
         elif len(self._queue) >= PIPELINE_LIMIT:
             self._pause_reading()
+
+    def _read_upgrade_body(self, rest: bytes) -> None:
+        """Read the body of a request that asked to upgrade (llhttp stopped at its head) with
+        a parser of its own, fed a head with the same framing; nothing after it is read."""
+        assert self._upgrading is not None
+        request, framing = self._upgrading
+        self._upgrading = None
+        self._request = request
+        self._in_message = True
+        self.closing = True
+        parser = self._parser = httptools.HttpRequestParser(_UpgradeBody(self))
+        parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+        self.data_received(rest)
+
+    def upgrade_body_read(self) -> None:
+        """The body of a request that asked to upgrade is in (`_UpgradeBody`)."""
+        self._pause_reading()
+        self.on_message_complete()
 
     # --- answering -----------------------------------------------------------------------
 

@@ -265,6 +265,12 @@ class _Transport:
     def close(self) -> None:
         pass
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
@@ -380,3 +386,59 @@ async def test_a_transfer_coding_other_than_chunked_is_not_implemented(proxy: An
             + chunked,
         )
         assert _answers(raw)[0][0] == 200, coding
+
+
+class _RecordingApp(_HoldingApp):
+    """Answers each request 204 at once, keeping it."""
+
+    def refused(self, refusal: Any) -> Any:
+        from proxy.http.wire import Response
+
+        return Response(status=refusal.status)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+        self.release.set()
+
+    async def handle(self, request: Any) -> Any:
+        self.requests.append(request)
+        return await super().handle(request)
+
+
+async def test_the_body_of_a_request_asking_to_upgrade_is_read_piece_by_piece() -> None:
+    """llhttp stops at the head of a request with `Connection: Upgrade`; its body (in the
+    same read, in later ones, chunked or not) must still reach the request, and nothing after
+    it is read as another request (the connection closes after the answer)."""
+    from proxy.http.protocol import Connection
+
+    head = (
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    )
+    body = b'{"where": "id > 1"}'
+    cases = [
+        (b"Content-Length: %d\r\n\r\n" % len(body), body),
+        (
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            b"5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (body[:5], len(body) - 5, body[5:]),
+        ),
+    ]
+    for framing, payload in cases:
+        for cut in (0, 3, len(payload) // 2, len(payload)):
+            app = _RecordingApp()
+            conn = Connection(app)  # type: ignore[arg-type]
+            transport = _Transport()
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            conn.data_received(head + framing + payload[:cut])
+            for i in range(cut, len(payload)):
+                conn.data_received(payload[i : i + 1])
+            conn.data_received(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(100):
+                if transport.out:
+                    break
+                await asyncio.sleep(0)
+            assert [r.body for r in app.requests] == [body], (framing, cut)
+            assert transport.out.startswith(b"HTTP/1.1 204 ")
+            assert transport.out.count(b"HTTP/1.1") == 1
+            conn.connection_lost(None)
