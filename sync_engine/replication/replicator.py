@@ -348,14 +348,17 @@ class Replicator:
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries)
         except UnrepresentableValue:
-            # The where clause read a value Postgres holds but the engine cannot (a BC date,
-            # a year past 9999): guessing could lose or invent a row, so clients refetch a
+            # The where clause read a value Postgres holds but the engine cannot read exactly
+            # (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
+            # array with bounds): guessing could lose or invent a row, so clients refetch a
             # snapshot Postgres filters exactly. Each later change to such a row rotates the
-            # new shape again (no loop: one rotation per such change).
+            # new shape again (no loop: one rotation per such change; its replays are in the
+            # new shape's snapshot, `admit`, tests/faults/test_reconnects.py).
             # (the exception's message holds the row's value: not logged)
             logger.warning(
-                "shape %s of table %s.%s rotated: its where clause read a date or timestamp "
-                "outside years 1-9999, which only Postgres can compare",
+                "shape %s of table %s.%s rotated: its where clause read a value only Postgres "
+                "can evaluate (a date outside years 1-9999, or a text cast in a form the engine "
+                "does not read exactly as Postgres)",
                 shape.handle,
                 *shape.relation,
             )
