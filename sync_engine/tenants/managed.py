@@ -47,7 +47,8 @@ class ManagedSource(Source):
         self.max_initial_syncs = max_initial_syncs
         self.lag_bytes: int | None = None
         self._reserved = 0
-        self._requests: set[asyncio.Task[Any]] = set()
+        # The requests in flight, each with the secret hash it authenticated with.
+        self._requests: dict[asyncio.Task[Any], str | None] = {}
         self._closed: Callable[[], EngineError] | None = None
 
     async def start(self) -> None:
@@ -57,14 +58,33 @@ class ManagedSource(Source):
 
     # -- the requests it serves --------------------------------------------------------
 
-    def admit(self) -> None:
-        """Count the current request (its task) as this source's until it ends."""
+    def admit(self, secret_hash: str | None = None) -> None:
+        """Count the current request (its task) as this source's until it ends, with the
+        hash of the secret it authenticated with (see `revoke`)."""
         if self._closed is not None:
             raise self._closed()
         task = asyncio.current_task()
         if task is not None and task not in self._requests:
-            self._requests.add(task)
-            task.add_done_callback(self._requests.discard)
+            self._requests[task] = secret_hash
+            task.add_done_callback(self._forget_request)
+
+    def _forget_request(self, task: asyncio.Task[Any]) -> None:
+        self._requests.pop(task, None)
+
+    def revoke(self, valid_hashes: list[str]) -> int:
+        """Cut off the requests in flight that authenticated with a secret no longer valid
+        (rotated, or its grace period over): a long-poll or SSE stream opened with it must
+        not go on receiving changes. Their clients' next request gets the 401."""
+        stale = [t for t, h in self._requests.items() if h not in valid_hashes and not t.done()]
+        for t in stale:
+            t.cancel()
+        if stale:
+            logger.info(
+                "source %s: %d requests made with a revoked secret cut off",
+                self.config.source_id,
+                len(stale),
+            )
+        return len(stale)
 
     @property
     def requests_in_flight(self) -> int:
@@ -76,7 +96,7 @@ class ManagedSource(Source):
         """Refuse new work (`error()`), give the requests in flight `timeout` seconds to
         finish, then cancel the rest and wait for them to unwind. Call it before `stop()`."""
         self._closed = error
-        pending = {t for t in self._requests if not t.done()}
+        pending = {t for t in list(self._requests) if not t.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout)
         if pending:

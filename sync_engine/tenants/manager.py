@@ -92,6 +92,7 @@ class SourceManager:
         self._persisted: dict[str, tuple[str, str | None]] = {}
         self._watcher: asyncio.Task[None] | None = None
         self._ever_registered = False
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -104,11 +105,15 @@ class SourceManager:
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
                 await self._start_source(rec)
+            self._revoke_at_expiry(rec)
         if self.records:
             logger.info("%d registered sources (%d running)", len(self.records), len(self.running))
         self._watcher = asyncio.create_task(self._watch_states(), name="source-states")
 
     async def stop(self) -> None:
+        for timer in self._expiries.values():
+            timer.cancel()
+        self._expiries.clear()
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -170,17 +175,18 @@ class SourceManager:
         """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
-        if not await self.auth.check(rec, secret):
+        matched = await self.auth.matched(rec, secret)
+        if matched is None:
             raise Unauthorized()
         rec = self.records.get(sid) if sid is not None else None
-        if rec is None:  # deleted meanwhile
-            raise Unauthorized()
+        if rec is None or matched not in rec.valid_hashes(time.time()):
+            raise Unauthorized()  # deleted, or the secret rotated, while it was checked
         if rec.paused:
             raise _paused()
         source = self.running.get(rec.source_id)
         if source is None:
             raise ServiceUnavailable("Source is starting", retry_after=5)
-        source.admit()
+        source.admit(matched)
         return source
 
     # -- management -----------------------------------------------------------------------
@@ -230,6 +236,8 @@ class SourceManager:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
+            self._revoke(rec.source_id)
+            self._revoke_at_expiry(rec)
         logger.info(
             "source %s (%s): secret rotated, old secret valid for %ds more",
             rec.name,
@@ -280,6 +288,35 @@ class SourceManager:
             logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
         logger.info("source %s (%s) deleted", rec.name, rec.source_id)
         return warnings
+
+    # -- revoked secrets ------------------------------------------------------------------
+
+    def _revoke(self, source_id: str) -> None:
+        """End the source's requests whose secret is no longer valid (`ManagedSource.revoke`)."""
+        self._expiries.pop(source_id, None)
+        rec = self.records.get(source_id)
+        if rec is None:
+            return
+        now = time.time()
+        expires = rec.previous_secret_expires_at
+        if expires is not None and now < expires:  # the timer ran early (clocks differ)
+            self._revoke_at_expiry(rec)
+        source = self.running.get(source_id)
+        if source is not None:
+            source.revoke(rec.valid_hashes(now))
+
+    def _revoke_at_expiry(self, rec: SourceRecord) -> None:
+        """When the previous secret's grace period ends, end the requests made with it too."""
+        old = self._expiries.pop(rec.source_id, None)
+        if old is not None:
+            old.cancel()
+        expires = rec.previous_secret_expires_at
+        if expires is None:
+            return
+        delay = max(0.0, expires - time.time())
+        loop = asyncio.get_running_loop()
+        # a hair late rather than early: `valid_hashes` must no longer list the old one
+        self._expiries[rec.source_id] = loop.call_later(delay + 0.01, self._revoke, rec.source_id)
 
     # -- state ----------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import MultiEngine, sql
 
 UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
@@ -109,3 +110,70 @@ async def test_clients_of_the_last_deleted_source_never_reach_the_single_databas
         assert [r["name"] for r in rows.values()] == ["not-yours"]
         await engine.close()
         engine = await engines(engine.data_dir, database_url=url_default).start()
+
+
+async def _outcome(task: asyncio.Task[Any]) -> object:
+    """What a request task came to: (status, headers, body), or its exception's type name
+    (the connection was cut)."""
+    try:
+        return await task
+    except Exception as exc:  # aiohttp.ClientPayloadError, ServerDisconnectedError, ...
+        return type(exc).__name__
+
+
+async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """A long-poll or SSE stream opened with a secret goes on no longer than the secret
+    works: rotated without a grace period, at once; with one, when it ends. They used to
+    stay open (up to the long-poll or SSE timeout) and deliver the changes made after."""
+    url = make_db()
+    _items(url, ["x1"])
+    engine = await engines(long_poll_timeout=60.0, sse_timeout=60.0).start()
+    src = await engine.add("rotating", url)
+    sid, first = src["source_id"], src["secret"]
+    await engine.wait_state(sid, "active")
+    rows, handle, offset = await engine.sync(sid, first, table="items")
+    at = {"table": "items", "offset": offset, "handle": handle}
+
+    def long_poll(secret: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(engine.get(sid, secret, live="true", **at))
+
+    def stream(secret: str) -> asyncio.Task[Any]:
+        return asyncio.create_task(_sse(engine, sid, secret, **at))
+
+    # Rotated with a grace period: requests made with the old secret during it end with it.
+    old_lp, old_sse = long_poll(first), stream(first)
+    await engine.until_parked(sid, 2)
+    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret",
+                                    {"grace_period_seconds": 6})  # fmt: skip
+    assert status == 200, body
+    second = body["secret"]
+    in_grace_lp = long_poll(first)  # opened with the old secret, during the grace period
+    new_lp = long_poll(second)
+    await engine.until_parked(sid, 4)  # all four held: the grace period is not over
+    await wait_until_async(lambda: old_lp.done() and old_sse.done() and in_grace_lp.done(),
+                           timeout=20, message="old-secret requests end with the grace")  # fmt: skip
+    assert engine.manager.running[sid].parked_requests == 1  # the new secret's long-poll
+    sql(url, "INSERT INTO items VALUES (2, 'x2')")
+    status, _, got = await new_lp
+    assert status == 200 and any(m.get("value", {}).get("name") == "x2" for m in got), got
+    for task in (old_lp, old_sse, in_grace_lp):
+        outcome = await _outcome(task)
+        assert "x2" not in str(outcome), outcome
+    status, _, got = await engine.get(sid, first, table="items", offset="-1")
+    assert (status, got) == (401, UNAUTHORIZED)
+
+    # Rotated without one: the requests made with the old secret end at once.
+    _, handle, offset = await engine.sync(sid, second, table="items")
+    at = {"table": "items", "offset": offset, "handle": handle}
+    lp, sse = long_poll(second), stream(second)
+    await engine.until_parked(sid, 2)
+    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
+    assert status == 200, body
+    await wait_until_async(lambda: lp.done() and sse.done(), timeout=20,
+                           message="requests end when their secret is rotated")  # fmt: skip
+    sql(url, "INSERT INTO items VALUES (3, 'x3')")
+    for task in (lp, sse):
+        outcome = await _outcome(task)
+        assert "x3" not in str(outcome), outcome
