@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.tenants.harness import MultiEngine, sql
+from tests.sync_engine.tenants.harness import Cluster, MultiEngine, sql
 
 UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
 
@@ -177,3 +177,66 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     for task in (lp, sse):
         outcome = await _outcome(task)
         assert "x3" not in str(outcome), outcome
+
+
+def _slots(url: str) -> set[str]:
+    return {r[0] for r in sql(url, "SELECT slot_name FROM pg_replication_slots")}
+
+
+def _pubs(url: str) -> set[str]:
+    return {r[0] for r in sql(url, "SELECT pubname FROM pg_publication")}
+
+
+async def test_a_source_deleted_while_its_database_is_down_is_cleaned_up_when_it_is_back(
+    engines: Callable[..., MultiEngine],
+) -> None:
+    """Deleting a source whose Postgres is down cannot drop its slot then; the engine used to
+    give up with a warning, and the slot made Postgres keep WAL forever. It retries until the
+    database is back, also after a restart (the deletion is recorded before the cleanup, so
+    a crash mid-deletion leaves a cleanup to finish, never a source half there)."""
+    cluster = Cluster("logical")
+    try:
+        cluster.start()
+        url = cluster.url
+        _items(url, ["x1"])
+        engine = await engines().start()
+        a = await engine.add("alpha", url)
+        c = await engine.add("gamma", url)
+        await engine.wait_state(a["source_id"], "active")
+        await engine.wait_state(c["source_id"], "active")
+        await engine.sync(a["source_id"], a["secret"], table="items")
+        await engine.sync(c["source_id"], c["secret"], table="items")
+        names = {}
+        for src in (a, c):
+            _, info = await engine.api("GET", f"/api/sources/{src['source_id']}")
+            names[src["source_id"]] = (info["slot_name"], info["publication_name"])
+        assert {s for s, _ in names.values()} <= _slots(url)
+
+        # While the engine runs: deleted while down, cleaned up once the database is back.
+        cluster.stop_server()
+        status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+        assert status == 200 and body["deleted"] and body["warnings"], body
+        cluster.start()
+        slot, pub = names[a["source_id"]]
+        await wait_until_async(lambda: slot not in _slots(url) and pub not in _pubs(url),
+                               timeout=60, interval=0.5, message="the slot dropped")  # fmt: skip
+        await engine.wait_state(c["source_id"], "active", timeout=60)
+
+        # Across a restart: deleted while down, cleaned up when the engine starts again.
+        cluster.stop_server()
+        status, body = await engine.api("DELETE", f"/api/sources/{c['source_id']}")
+        assert status == 200 and body["deleted"] and body["warnings"], body
+        await engine.close()
+        cluster.start()
+        engine = await engines(engine.data_dir).start()
+        slot, pub = names[c["source_id"]]
+        await wait_until_async(lambda: slot not in _slots(url) and pub not in _pubs(url),
+                               timeout=60, interval=0.5, message="the slot dropped")  # fmt: skip
+        status, _ = await engine.api("GET", f"/api/sources/{c['source_id']}")
+        assert status == 404
+        status, _, got = await engine.get(c["source_id"], c["secret"], table="items", offset="-1")
+        assert (status, got) == (401, UNAUTHORIZED)
+        assert not (engine.data_dir / "sources" / c["source_id"]).exists()
+        assert not (engine.data_dir / "sources" / a["source_id"]).exists()
+    finally:
+        cluster.stop()
