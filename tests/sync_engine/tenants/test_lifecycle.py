@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -280,3 +281,36 @@ async def test_deleting_a_source_does_not_make_the_others_verify_their_secrets_a
     assert len(checks) == 1
     status, _, got = await engine.get(a["source_id"], a["secret"], table="items", offset="-1")
     assert (status, got) == (401, UNAUTHORIZED)
+
+
+async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scrypt check runs in a thread; a rotation without grace period may land meanwhile.
+    The request used to be let in with the secret that had just stopped working."""
+    url = make_db()
+    _items(url, ["x1"])
+    engine = await engines().start()
+    src = await engine.add("racy", url)
+    sid, old = src["source_id"], src["secret"]
+    await engine.wait_state(sid, "active")
+    entered, gate = threading.Event(), threading.Event()
+    real = auth_module._verify_all
+
+    def held(secret: str, hashes: list[str]) -> list[bool]:
+        if secret == old:
+            entered.set()
+            gate.wait(30)
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", held)
+    request = asyncio.create_task(engine.get(sid, old, table="items", offset="-1"))
+    await wait_until_async(entered.is_set, message="the secret is being checked")
+    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
+    assert status == 200, body
+    gate.set()
+    status, _, got = await request
+    assert (status, got) == (401, UNAUTHORIZED)
+    assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200
