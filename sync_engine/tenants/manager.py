@@ -293,7 +293,8 @@ class SourceManager:
             self._store().delete(rec.source_id)
             del self.records[rec.source_id]
             self._persisted.pop(rec.source_id, None)
-            self.auth.forget()
+            # (its verified secrets need no forgetting: they match no valid hash any more;
+            # forgetting all of them sent every client of every source through scrypt again)
             timer = self._expiries.pop(rec.source_id, None)
             if timer is not None:
                 timer.cancel()

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from sync_engine.tenants import auth as auth_module
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import Cluster, MultiEngine, sql
 
@@ -240,3 +244,73 @@ async def test_a_source_deleted_while_its_database_is_down_is_cleaned_up_when_it
         assert not (engine.data_dir / "sources" / a["source_id"]).exists()
     finally:
         cluster.stop()
+
+
+async def test_deleting_a_source_does_not_make_the_others_verify_their_secrets_again(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verified secret is remembered, so its requests skip the (deliberately slow, two at a
+    time) scrypt check. Deleting one source used to forget every source's, sending all their
+    clients through scrypt at once, queued behind each other."""
+    url_a, url_b = make_db(), make_db()
+    _items(url_a, ["a1"])
+    _items(url_b, ["b1"])
+    engine = await engines().start()
+    a = await engine.add("alpha", url_a)
+    b = await engine.add("beta", url_b)
+    await engine.wait_state(a["source_id"], "active")
+    await engine.wait_state(b["source_id"], "active")
+    checks: list[int] = []
+    real = auth_module._verify_all
+
+    def counted(secret: str, hashes: list[str]) -> list[bool]:
+        checks.append(len(hashes))
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", counted)
+    for _ in range(2):
+        status, _, _ = await engine.get(b["source_id"], b["secret"], table="items", offset="-1")
+        assert status == 200
+    assert len(checks) == 1  # verified once, then remembered
+    status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+    assert status == 200, body
+    status, _, _ = await engine.get(b["source_id"], b["secret"], table="items", offset="-1")
+    assert status == 200
+    assert len(checks) == 1
+    status, _, got = await engine.get(a["source_id"], a["secret"], table="items", offset="-1")
+    assert (status, got) == (401, UNAUTHORIZED)
+
+
+async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scrypt check runs in a thread; a rotation without grace period may land meanwhile.
+    The request used to be let in with the secret that had just stopped working."""
+    url = make_db()
+    _items(url, ["x1"])
+    engine = await engines().start()
+    src = await engine.add("racy", url)
+    sid, old = src["source_id"], src["secret"]
+    await engine.wait_state(sid, "active")
+    entered, gate = threading.Event(), threading.Event()
+    real = auth_module._verify_all
+
+    def held(secret: str, hashes: list[str]) -> list[bool]:
+        if secret == old:
+            entered.set()
+            gate.wait(30)
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", held)
+    request = asyncio.create_task(engine.get(sid, old, table="items", offset="-1"))
+    await wait_until_async(entered.is_set, message="the secret is being checked")
+    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
+    assert status == 200, body
+    gate.set()
+    status, _, got = await request
+    assert (status, got) == (401, UNAUTHORIZED)
+    assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200
