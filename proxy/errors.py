@@ -11,6 +11,7 @@ machine-readable `code`) and `no-store` caching.
     ├── NotFound                   404  unknown path (exact routes only)
     ├── MethodNotAllowed           405  e.g. DELETE on /v1/shape
     ├── PayloadTooLarge            413  POST subset body too large
+    ├── UnsupportedMediaType       415  POST body in a content coding the proxy cannot read
     └── UpstreamError              502  engine unreachable or broke the connection
         ├── ServiceUnavailable     503  keys or config unavailable; retry later
         └── UpstreamTimeout        504  engine did not answer in time
@@ -95,6 +96,12 @@ class PayloadTooLarge(ProxyError):
     """POST body over the configured cap."""
 
     status = 413
+
+
+class UnsupportedMediaType(ProxyError):
+    """A POST body in a content coding the proxy does not decode (`br`, `zstd`...)."""
+
+    status = 415
 
 
 class UpstreamError(ProxyError):

@@ -14,7 +14,8 @@ from . import __version__
 from .errors import ServiceUnavailable, Unauthorized
 from .http.errors import error_middleware, json_response
 from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
-from .http.server import EngineApplication
+from .http.live import LiveConnection
+from .http.parser_refusals import RefusingApplication
 from .http.shape import ShapeView
 from .settings import Settings
 from .source import Source, SourceConfig, SourceState
@@ -78,7 +79,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     for a registered source once any is registered; otherwise, and always when none is,
     requests go to the single database exactly as without a registry.
     """
-    app = EngineApplication(middlewares=[common_headers, error_middleware])
+    # The engine's connections (`http.server.EngineRequestHandler`) that also tell a held
+    # live request when its client has gone.
+    app = RefusingApplication(LiveConnection, middlewares=[common_headers, error_middleware])
     app[SETTINGS] = settings
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)

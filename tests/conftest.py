@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -19,14 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.databases import create_database, drop_database
+from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +34,7 @@ def pg_server_url() -> Iterator[str]:
     # deleted afterwards, also when starting it failed.
     tmp = tempfile.mkdtemp(prefix="shapegate-test-pg-")
     try:
-        port = _free_port()
+        port = free_port()
         out = subprocess.run(
             [str(ROOT / "scripts" / "dev-postgres"), "start", tmp, str(port)],
             check=True,

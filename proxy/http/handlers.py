@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import time
+import zlib
 from typing import Protocol, cast
 
 import aiohttp
@@ -25,7 +26,7 @@ from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
-from proxy.errors import MethodNotAllowed
+from proxy.errors import BadShapeRequest, MethodNotAllowed, UnsupportedMediaType
 from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
@@ -34,7 +35,14 @@ from proxy.http.params import (
     parse_post_request,
     parse_shape_query,
 )
-from proxy.http.wire import Request, Response, StateKey, StreamResponse, json_response
+from proxy.http.wire import (
+    HttpError,
+    Request,
+    Response,
+    StateKey,
+    StreamResponse,
+    json_response,
+)
 from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
 from proxy.limits.upstream import check_fits, clean_error_response, fits
@@ -309,7 +317,7 @@ async def _prepare(
     refuse_token_in_query(query)
     claims, anonymous = await _claims(request, runtime)
     post = method == "POST"
-    posted = engine_body(await request.read()) if post else None
+    posted = engine_body(await _read_body(request, config.server.max_body_bytes)) if post else None
     if shape_name is None and method != "DELETE":
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
@@ -370,6 +378,46 @@ async def _prepare(
     if post:
         body = subset_body(decision.subset) if decision.subset else b"{}"
     return prepared, body
+
+
+#: Content codings of a POST body the proxy decodes, as the engine's server (aiohttp) does:
+#: zlib's window bits for each (`deflate` with or without its zlib header, as aiohttp reads it).
+_DECODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """A POST body, decoded from its `Content-Encoding` (gzip or deflate, as the engine
+    decodes them; identity as is), at most `limit` bytes once decoded: a body read as JSON
+    whatever its coding said (the proxy answered a gzip body "Invalid JSON" where the engine
+    served it, and read a `br` one as if it were plain)."""
+    raw = await request.read()
+    coding = request.headers.get("Content-Encoding")
+    if coding is None:
+        return raw
+    coding = coding.strip().lower()
+    if coding in ("", "identity"):
+        return raw
+    wbits = _DECODED.get(coding)
+    if wbits is None:
+        raise UnsupportedMediaType(
+            "unsupported_content_encoding",
+            "Unsupported Content-Encoding: a request body may be gzip, deflate or identity",
+        )
+    if not raw:
+        return raw
+    if not wbits:  # (deflate: zlib's header, or raw deflate as some clients send it)
+        wbits = zlib.MAX_WBITS if raw[0] & 0x0F == 8 else -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    try:
+        body = decoder.decompress(raw, limit + 1)  # (a bomb stops here: bounded output)
+    except zlib.error:
+        body = None
+    if body is not None and len(body) > limit:
+        raise HttpError(413, "Request Entity Too Large")
+    if body is None or not decoder.eof or decoder.unused_data:
+        # (the engine's words for a body its server cannot read)
+        raise BadShapeRequest("bad_request", "Malformed request body")
+    return body
 
 
 def _prepare_delete_by_handle(

@@ -16,8 +16,11 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
   keep-alive`); pipelined requests are answered one at a time, in order, and reading pauses
   while `PIPELINE_LIMIT` requests wait; an idle connection closes after `KEEPALIVE_TIMEOUT`;
 - a request must arrive in full (head and body) within `REQUEST_READ_TIMEOUT` of its first
-  byte, or the connection is closed (a slow-loris client trickling a head or stalling a body
-  would otherwise hold its socket for good, and enough of them exhaust the descriptors);
+  byte, or it is answered 408 and the connection closed (a slow-loris client trickling a head
+  or stalling a body would otherwise hold its socket for good, and enough of them exhaust the
+  descriptors);
+- HTTP/1.0 and HTTP/1.1 only: an HTTP/0.9 request line is a 400, an HTTP/2.0 one a 505, a
+  transfer coding other than chunked a 501, `Transfer-Encoding` on HTTP/1.0 a 400;
 - the client going away (reset, or its end of the connection closed) cancels the task of
   the request it was waiting for: a held long-poll lets go of its flight at once;
 - backpressure: a response's `write` waits while the transport's buffer is over its high
@@ -74,6 +77,29 @@ TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
 EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
+#: Request lines llhttp reads but the proxy does not serve (both were answered `HTTP/1.1 200`
+#: before, which neither client can read): HTTP/0.9 (no version, or `HTTP/0.9`), which has
+#: no request line as RFC 9112 defines it, and `HTTP/2.0` in HTTP/1 framing, a major version
+#: not supported (RFC 9110, 15.6.6). Versions llhttp refuses itself (`HTTP/1.2`) are a 400.
+HTTP_0_9 = Refusal(400, "bad_request", "Malformed HTTP request: HTTP/0.9 is not supported")
+VERSION_NOT_SUPPORTED = Refusal(
+    505,
+    "http_version_not_supported",
+    "HTTP version not supported: the proxy speaks HTTP/1.0 and HTTP/1.1",
+)
+#: A transfer coding other than `chunked` (`Transfer-Encoding: gzip, chunked`): llhttp
+#: reads the body as plain chunked, which it is not (RFC 9112, 6.1: a 501).
+UNKNOWN_TRANSFER_CODING = Refusal(
+    501, "not_implemented", "Unsupported Transfer-Encoding: only chunked is implemented"
+)
+#: `Transfer-Encoding` on an HTTP/1.0 request: its framing is faulty (RFC 9112, 6.1).
+TRANSFER_ENCODING_IN_HTTP_1_0 = Refusal(
+    400, "bad_request", "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request"
+)
+#: A request that did not arrive in full within `REQUEST_READ_TIMEOUT` of its first byte.
+REQUEST_TIMEOUT = Refusal(
+    408, "request_timeout", "Request timeout: the request did not arrive in time"
+)
 #: Two `Authorization` headers: which one is the caller? A front that reads the last one and
 #: a proxy that reads the first would each authorise a different principal, so neither is.
 REPEATED_AUTHORIZATION = Refusal(
@@ -112,6 +138,26 @@ class _Refused(Exception):
         self.refusal = refusal
 
 
+class _UpgradeBody:
+    """Parser callbacks for the body of a request that asked to upgrade: its pieces go to the
+    connection as a body's would; the head it was fed and anything after the body do not."""
+
+    __slots__ = ("_connection", "_done")
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self._done = False
+
+    def on_body(self, body: bytes) -> None:
+        if not self._done:
+            self._connection.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._done:
+            self._done = True
+            self._connection.upgrade_body_read()
+
+
 class Connection(asyncio.Protocol, Writer):
     """One client connection (see the module doc)."""
 
@@ -138,6 +184,7 @@ class Connection(asyncio.Protocol, Writer):
         "_task",
         "_too_large",
         "_transport",
+        "_upgrading",
         "_url",
         "_writing_paused",
         "closing",
@@ -163,6 +210,9 @@ class Connection(asyncio.Protocol, Writer):
         self._too_large = False
         self._expect_failed = False
         self._request: Request | None = None  # being parsed
+        #: A request asking to upgrade whose body is still to be read (`_UpgradeBody`), and
+        #: that body's framing as a header line.
+        self._upgrading: tuple[Request, bytes] | None = None
         self._queue: list[Request | Refusal] = []  # (a deque is 600 bytes even when empty)
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
@@ -247,9 +297,12 @@ class Connection(asyncio.Protocol, Writer):
             self._head_bytes += len(data)
         try:
             parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
             # A request asking to switch protocols is answered as plain HTTP; nothing after
-            # it on this connection is read.
+            # it (and its body) on this connection is read.
+            if self._upgrading is not None:
+                self._read_upgrade_body(data[exc.args[0] :])
+                return
             self.closing = True
             self._pause_reading()
         except httptools.HttpParserCallbackError as exc:
@@ -332,8 +385,18 @@ class Connection(asyncio.Protocol, Writer):
             # (RFC 9112, 3.2.2) and the engine does: served as its path and query.
             target = (url.path or b"/") + (b"?" + query if url.query is not None else b"")
         version = parser.get_http_version()
-        if version == "1.1" and "Host" not in headers:
-            raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
+        if version == "1.1":
+            if "Host" not in headers:
+                raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
+        elif version != "1.0":
+            raise _Refused(HTTP_0_9 if version == "0.9" else VERSION_NOT_SUPPORTED)
+        coding = headers.get("Transfer-Encoding")
+        if coding is not None:
+            if version == "1.0":
+                raise _Refused(TRANSFER_ENCODING_IN_HTTP_1_0)
+            # (llhttp has refused any list whose last coding is not chunked)
+            if any(c.strip() not in ("", "chunked") for c in coding.lower().split(",")):
+                raise _Refused(UNKNOWN_TRANSFER_CODING)
         request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
             parser.get_method().decode("ascii", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),
@@ -353,6 +416,19 @@ class Connection(asyncio.Protocol, Writer):
             self._request = None
             self._queue.append(request)
             raise _Answered
+        if (coding is not None or (length is not None and length != "0")) and (
+            parser.should_upgrade()
+        ):
+            # llhttp ends a request asking to upgrade (`Connection: Upgrade`, as `curl --http2`
+            # sends) at its head and leaves its body to the new protocol: the body was dropped
+            # and a POST answered as bodiless (the whole shape, not its subset). A server that
+            # does not upgrade must read it as usual (RFC 9110, 7.8): `_read_upgrade_body`.
+            if coding is not None:
+                framing = b"Transfer-Encoding: chunked"
+            else:
+                framing = b"Content-Length: " + str(length).encode()
+            self._upgrading = (request, framing)
+            self._request = None
         expect = headers.get("Expect")
         if expect is not None and request.version >= (1, 1) and self._transport is not None:
             if expect.lower() == "100-continue":
@@ -388,6 +464,24 @@ class Connection(asyncio.Protocol, Writer):
             self._next()
         elif len(self._queue) >= PIPELINE_LIMIT:
             self._pause_reading()
+
+    def _read_upgrade_body(self, rest: bytes) -> None:
+        """Read the body of a request that asked to upgrade (llhttp stopped at its head) with
+        a parser of its own, fed a head with the same framing; nothing after it is read."""
+        assert self._upgrading is not None
+        request, framing = self._upgrading
+        self._upgrading = None
+        self._request = request
+        self._in_message = True
+        self.closing = True
+        parser = self._parser = httptools.HttpRequestParser(_UpgradeBody(self))
+        parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
+        self.data_received(rest)
+
+    def upgrade_body_read(self) -> None:
+        """The body of a request that asked to upgrade is in (`_UpgradeBody`)."""
+        self._pause_reading()
+        self.on_message_complete()
 
     # --- answering -----------------------------------------------------------------------
 
@@ -575,7 +669,10 @@ class Connection(asyncio.Protocol, Writer):
                 self._peer(),
                 REQUEST_READ_TIMEOUT,
             )
-            self._transport.close()
+            self._in_message = False
+            self._parser = None
+            self.closing = True
+            self._send_refusal(REQUEST_TIMEOUT)  # (a 408 in JSON, then closed)
             return
         left = self._idle_since + KEEPALIVE_TIMEOUT - now
         if left > 0:  # (it was armed before the fast-lane requests since)

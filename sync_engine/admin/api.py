@@ -133,13 +133,14 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidInput("body", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # `[[[[...` nested deeper than the parser goes
+        raise InvalidInput("body", "request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise InvalidInput("body", "request body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise InvalidInput(
-            unknown[0], f"unknown field {unknown[0]!r}; allowed: " + ", ".join(allowed)
-        )
+        known = "allowed: " + ", ".join(allowed) if allowed else "this request takes none"
+        raise InvalidInput(unknown[0], f"unknown field {unknown[0]!r}; {known}")
     return data
 
 

@@ -4,18 +4,25 @@ The client resumes from `<global_last_seen_lsn>_0`, so every up-to-date names th
 last delivered transaction; reading by transaction makes that offset exact. Keep-alive
 comments fill silences, the stream ends after `sse_timeout` or when the shape rotates (the
 client's next request then gets the 409).
+
+A request held at the tip (a long-poll or an SSE stream) is let go as soon as its client's
+connection closes (`LiveConnection`, `client_gone`), not at the end of its timeout: the
+server does not cancel handlers (a write in progress, a shape being created, must finish),
+so without this a reconnect storm multiplied the held waiters, each for its 20 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ..log.entries import up_to_date_message
 from . import headers as h
+from .server import EngineRequestHandler
 
 if TYPE_CHECKING:
     from ..log.offsets import LogOffset
@@ -25,6 +32,39 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 KEEPALIVE = b": keep-alive\n\n"
+
+
+class LiveConnection(EngineRequestHandler):
+    """The engine's connection, which tells the requests held on it when its client has gone
+    (`client_gone`): aiohttp, without `handler_cancellation`, lets a handler run on."""
+
+    __slots__ = ("_gone",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gone: asyncio.Future[None] | None = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        gone = self._gone
+        if gone is not None and not gone.done():
+            gone.set_result(None)
+
+    def gone(self) -> asyncio.Future[None]:
+        """Resolved once the connection is lost: one per connection, made when first asked."""
+        gone = self._gone
+        if gone is None:
+            gone = self._gone = asyncio.get_running_loop().create_future()
+            if self.transport is None:  # lost (or closed by the server) already
+                gone.set_result(None)
+        return gone
+
+
+def client_gone(request: web.Request) -> asyncio.Future[None] | None:
+    """A future resolved when `request`'s client has closed its connection (None when the
+    request did not come through a `LiveConnection`, as in tests of the app alone)."""
+    protocol = request.protocol
+    return protocol.gone() if isinstance(protocol, LiveConnection) else None
 
 
 def sse_frame(message: bytes) -> bytes:
@@ -66,13 +106,19 @@ async def serve_sse(
     )
     await resp.prepare(request)
     try:
-        await _stream(resp, s, shape, offset)
+        await _stream(resp, s, shape, offset, client_gone(request))
     except ConnectionResetError as exc:  # the client went away: nothing to answer, no error
         logger.debug("SSE client of shape %s went away: %r", shape.handle, exc)
     return resp
 
 
-async def _stream(resp: web.StreamResponse, s: Settings, shape: Shape, offset: LogOffset) -> None:
+async def _stream(
+    resp: web.StreamResponse,
+    s: Settings,
+    shape: Shape,
+    offset: LogOffset,
+    gone: asyncio.Future[None] | None,
+) -> None:
     deadline = time.monotonic() + s.sse_timeout
     entries, end = shape.log.read_after(offset, whole_transactions=True)
     if entries:
@@ -91,7 +137,9 @@ async def _stream(resp: web.StreamResponse, s: Settings, shape: Shape, offset: L
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        if not await shape.wait_until(fresh, min(remaining, s.sse_keepalive)):
+        if not await shape.wait_until(fresh, min(remaining, s.sse_keepalive), gone=gone):
+            if gone is not None and gone.done():
+                return  # the client has gone: nobody to write to
             if deadline - time.monotonic() > 0:
                 await resp.write(KEEPALIVE)
         elif not shape.rotated:

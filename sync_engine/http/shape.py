@@ -24,7 +24,7 @@ from ..snapshot.subset import build_subset_query
 from ..tables import not_answering
 from . import headers as h
 from .errors import json_response
-from .live import serve_sse
+from .live import client_gone, serve_sse
 from .params import MAX_BODY, ShapeRequest, parse_json_body, parse_shape_request
 from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
@@ -147,7 +147,7 @@ class ShapeView:
         offset = req.offset
         if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
             index = 0 if offset.is_before_all else offset.op + 1
-            chunk = await self._snapshot_chunk(source, shape, index)
+            chunk = await self._snapshot_chunk(request, source, shape, index)
             if chunk is not None:
                 return self._respond(
                     request,
@@ -171,7 +171,10 @@ class ShapeView:
             entries, end = shape.log.read_after(offset)
             return bool(entries) or not req.live
 
-        if not await shape.wait_until(grew, self.settings.long_poll_timeout):
+        gone = client_gone(request) if req.live else None
+        if not await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone):
+            if gone is not None and gone.done():
+                raise ConnectionResetError("the client went away")  # nobody to answer
             # A live request at the tip, and nothing came: up to date, no data.
             end = max(offset, shape.log.latest_offset)
             return self._respond(
@@ -195,7 +198,7 @@ class ShapeView:
         )
 
     async def _snapshot_chunk(
-        self, source: Source, shape: Shape, index: int
+        self, request: web.Request, source: Source, shape: Shape, index: int
     ) -> bytes | tuple[str, int] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
@@ -204,7 +207,7 @@ class ShapeView:
         Postgres answers: a snapshot query sent into a silent database (its table lookup
         was cached, so nothing asked Postgres before) would otherwise hold the request for
         all of `SNAPSHOT_WAIT`, past every client's patience. A slow query on a live
-        database (a big table, a lock in the way) is waited for.
+        database (a big table, a lock in the way) is waited for, while its client is there.
         """
         shape_log = shape.log
 
@@ -214,9 +217,14 @@ class ShapeView:
         def ready() -> bool:
             return written() or shape.rotated
 
+        gone = None if ready() else client_gone(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SNAPSHOT_WAIT
-        while not await shape.wait_until(ready, min(SNAPSHOT_QUIET, deadline - loop.time())):
+        while not await shape.wait_until(
+            ready, min(SNAPSHOT_QUIET, deadline - loop.time()), gone=gone
+        ):
+            if gone is not None and gone.done():
+                raise ConnectionResetError("the client went away")
             if loop.time() >= deadline:
                 raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
             if not await source.database_answers() and not ready():
@@ -302,11 +310,21 @@ async def _successor(source: Source, req: ShapeRequest) -> str | None:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    """The whole body, up to `MAX_BODY`: read until its end, as its bytes come (in as many
+    reads as the network and the chunked framing cut it into; one `read(n)` returns what
+    has arrived so far, and parsing that alone read a long body's first segment)."""
     if not request.can_read_body:
         return None
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadBody("Request body too large", 413)
-    return parse_json_body(await request.content.read(MAX_BODY + 1))
+    pieces = []
+    size = 0
+    async for piece in request.content.iter_any():
+        size += len(piece)
+        if size > MAX_BODY:  # (chunked: no length said so before)
+            raise BadBody("Request body too large", 413)
+        pieces.append(piece)
+    return parse_json_body(b"".join(pieces))
 
 
 def _watermark(source: Source, shape: Shape, end: LogOffset) -> int:

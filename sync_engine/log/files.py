@@ -28,7 +28,9 @@ This module owns every write to these files. Its promises:
   streams: if the slot was confirmed past them the shape is retired (clients get 409 and
   refetch). A file cut short between two records has only intact ones: the next chunk's
   first record says how long the one before it is (`framing.chunk_start`), and the last
-  one's size when last made durable is noted on it (`DURABLE_SIZE`). Snapshot chunks
+  one's size when last made durable is noted on it (`DURABLE_SIZE`). A chunk file deleted
+  outright leaves a gap in the numbering, or, the last one, a finished chunk noted as
+  having a next one (`NEXT_CHUNK`). Snapshot chunks
   cannot be replayed: a size that differs from the marker's raises `LogDamaged` on load
   (the shape is discarded). Reads check records again, and
   snapshot chunks against the marker's crc32; a mismatch retires the shape (`on_damage`)
@@ -125,6 +127,12 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 DURABLE_SIZE = "user.shapegate.durable"
 
 
+#: Extended attribute of a finished transaction chunk file: a next chunk was begun after it
+#: (made durable with the next chunk's first records). A last chunk found with it lost its
+#: next one (deleted outright): the log is cut there as damaged. Best effort, as above.
+NEXT_CHUNK = "user.shapegate.next"
+
+
 def is_log_chunk(path: str) -> bool:
     return path.endswith(".log") and ".log." in path
 
@@ -136,6 +144,24 @@ def note_durable_size(target: int | str, size: int) -> None:
         os.setxattr(target, DURABLE_SIZE, b"%d" % size)
     except OSError:
         pass
+
+
+def _note_next_chunk(path: str, begun: bool) -> None:
+    try:
+        if begun:
+            os.setxattr(path, NEXT_CHUNK, b"1")
+        else:
+            os.removexattr(path, NEXT_CHUNK)
+    except OSError:
+        pass
+
+
+def _has_next_chunk(path: str) -> bool:
+    try:
+        os.getxattr(path, NEXT_CHUNK)
+    except OSError:
+        return False
+    return True
 
 
 def _durable_size(path: str) -> int | None:
@@ -337,7 +363,10 @@ class ShapeLog:
         lost_tail = False  # the last chunk read lost durable records at its end
         for n, path in enumerate(paths):
             if path != self._log_name(n):
-                break  # a gap in the numbering: what follows is cut
+                # a gap in the numbering (a chunk deleted): what follows is cut
+                self.damage = f"{self._log_name(n)}: missing"
+                cut_from = head
+                break
             with open(path, "rb") as f:
                 data = f.read()
             result = scan(data)
@@ -374,6 +403,10 @@ class ShapeLog:
                 break
         else:
             cut_from = head
+            if paths and _has_next_chunk(paths[-1]):
+                # The last chunk had a next one, deleted: the log is cut from its end.
+                self.damage = f"{self._log_name(len(paths))}: missing"
+                lost_tail = True
         if tx_end is None:
             keep_chunks, keep_records, keep_end = 0, 0, 0
         else:
@@ -383,11 +416,14 @@ class ShapeLog:
             if n >= keep_chunks:
                 os.unlink(path)
                 cut = True
-            elif n == keep_chunks - 1 and (lost_tail or os.stat(path).st_size != keep_end):
+            elif n == keep_chunks - 1 and (
+                lost_tail or len(paths) > keep_chunks or os.stat(path).st_size != keep_end
+            ):
                 with open(path, "r+b") as f:
                     f.truncate(keep_end)
                     os.fsync(f.fileno())
                     note_durable_size(f.fileno(), keep_end)
+                _note_next_chunk(path, False)  # the last chunk now: appends go on in it
                 chunk = chunks[n]
                 del chunk.starts[keep_records:], chunk.lasts[keep_records:]
                 chunk.size = chunk.end = keep_end
@@ -535,6 +571,9 @@ class ShapeLog:
             ):
                 if new_chunk:
                     close_fd(tail.path)  # finished: never written again
+                    # (noted, and made durable with the next chunk's first records)
+                    _note_next_chunk(tail.path, True)
+                    self._dirty.add(tail.path)
                     index = tail.index + 1
                     record = chunk_start(record, tail.end)  # (how long the finished one is)
                     tail = self._tail = _Chunk(self._log_name(index), index)
@@ -630,7 +669,10 @@ class ShapeLog:
                 pass
             except OSError:
                 self._needs_cut[path] = chunk.size if path in published else 0
-        self._tail = self._last_published()
+        old_tail, tail = self._tail, self._last_published()
+        self._tail = tail
+        if tail is not None and tail is not old_tail:
+            _note_next_chunk(tail.path, False)  # its next chunk was cut: the last again
 
     def close(self) -> None:
         """Release the open chunk file (a retired shape's files are being deleted)."""

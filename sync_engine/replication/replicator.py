@@ -142,6 +142,9 @@ class Replicator:
         #: Why shape log writes fail (disk full, ...) while replication is paused, else None.
         self.write_error: str | None = None
         self._write_error_since = 0.0
+        # Seconds to wait before the next space probe: grows while writes fail again after
+        # a probe succeeded (the probe's 64 kB fit, a bigger transaction does not).
+        self._space_delay = 0.0
         self._failure: LogWriteError | None = None  # a background flush's failed write
         self._slot_checked = False
         self._readable_lsn = Lsn(0)
@@ -348,14 +351,17 @@ class Replicator:
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries)
         except UnrepresentableValue:
-            # The where clause read a value Postgres holds but the engine cannot (a BC date,
-            # a year past 9999): guessing could lose or invent a row, so clients refetch a
+            # The where clause read a value Postgres holds but the engine cannot read exactly
+            # (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
+            # array with bounds): guessing could lose or invent a row, so clients refetch a
             # snapshot Postgres filters exactly. Each later change to such a row rotates the
-            # new shape again (no loop: one rotation per such change).
+            # new shape again (no loop: one rotation per such change; its replays are in the
+            # new shape's snapshot, `admit`, tests/faults/test_reconnects.py).
             # (the exception's message holds the row's value: not logged)
             logger.warning(
-                "shape %s of table %s.%s rotated: its where clause read a date or timestamp "
-                "outside years 1-9999, which only Postgres can compare",
+                "shape %s of table %s.%s rotated: its where clause read a value only Postgres "
+                "can evaluate (a date outside years 1-9999, or a text cast in a form the engine "
+                "does not read exactly as Postgres)",
                 shape.handle,
                 *shape.relation,
             )
@@ -415,12 +421,17 @@ class Replicator:
             )
             self.on_state(ReplicationState.DISK_FULL, self.write_error)
         else:
+            # The probe succeeded, the writes did not: without a growing pause the stream
+            # was started again at once, ten times a second, each time replaying the slot.
+            self._space_delay = min(max(FIRST_DELAY, self._space_delay * 2), MAX_DELAY)
             logger.debug("shape log write failed again: %s", exc)
 
     async def _wait_for_space(self) -> None:
         """Probe with a small write, backing off up to MAX_DELAY, until it succeeds."""
         delay = FIRST_DELAY
         directory = str(self.registry.directory)
+        if self._space_delay:
+            await asyncio.sleep(self._space_delay)
         while True:
             try:
                 await asyncio.to_thread(_probe_write, directory)
@@ -438,4 +449,5 @@ class Replicator:
                 time.monotonic() - self._write_error_since,
             )
             self.write_error = None
+            self._space_delay = 0.0
             self.on_state(ReplicationState.ACTIVE, None)

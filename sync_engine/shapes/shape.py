@@ -260,11 +260,18 @@ class Shape:
         return self._changed
 
     async def wait_until(
-        self, condition: Callable[[], bool], timeout: float, *, poll: float | None = None
+        self,
+        condition: Callable[[], bool],
+        timeout: float,
+        *,
+        poll: float | None = None,
+        gone: asyncio.Future[None] | None = None,
     ) -> bool:
         """Wait until `condition()` holds, checked now and at each append, snapshot progress
         or rotation of the shape (and every `poll` seconds, for what the shape does not
-        announce), or until `timeout` seconds ran out; returns `condition()`.
+        announce), or until `timeout` seconds ran out, or until `gone` is resolved (the
+        request's client closed its connection: nobody would read the answer); returns
+        `condition()`.
 
         The request is counted in `waiting` meanwhile. Every waiter shares one future and
         only ever takes its own callback off it: a waiter that times out (or whose client
@@ -278,9 +285,10 @@ class Shape:
         try:
             while True:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 or (gone is not None and gone.done()):
                     return False
-                await _woken(self.changed(), remaining if poll is None else min(poll, remaining))
+                delay = remaining if poll is None else min(poll, remaining)
+                await _woken(self.changed(), delay, gone)
                 if condition():
                     return True
         finally:
@@ -293,8 +301,10 @@ class Shape:
         self._changed = None
 
 
-async def _woken(changed: asyncio.Future[None], delay: float) -> None:
-    """Return once `changed` is resolved or `delay` seconds have passed.
+async def _woken(
+    changed: asyncio.Future[None], delay: float, gone: asyncio.Future[None] | None = None
+) -> None:
+    """Return once `changed` (or `gone`) is resolved or `delay` seconds have passed.
 
     One future and one timer per wait, where `asyncio.wait_for(asyncio.shield(changed))`
     made a task, two futures, a timer and four callbacks, and woke the request after three
@@ -308,9 +318,13 @@ async def _woken(changed: asyncio.Future[None], delay: float) -> None:
             waiter.set_result(None)
 
     changed.add_done_callback(wake)
+    if gone is not None:
+        gone.add_done_callback(wake)
     timer = loop.call_later(delay, wake)
     try:
         await waiter
     finally:
         timer.cancel()
         changed.remove_done_callback(wake)
+        if gone is not None:
+            gone.remove_done_callback(wake)

@@ -44,6 +44,12 @@ class SourceAuth:
         self, record: SourceRecord | None, secret: str | None, now: float | None = None
     ) -> bool:
         """True when `secret` is a valid secret of `record` (None: unknown source)."""
+        return await self.matched(record, secret, now) is not None
+
+    async def matched(
+        self, record: SourceRecord | None, secret: str | None, now: float | None = None
+    ) -> str | None:
+        """The hash of `record` that `secret` matches and that is valid now, else None."""
         now = time.time() if now is None else now
         given = secret or ""
         source_id = record.source_id if record is not None else ""
@@ -51,7 +57,7 @@ class SourceAuth:
         valid = record.valid_hashes(now) if record is not None else []
         remembered = self._verified.get(fp)
         if remembered is not None and remembered in valid:
-            return True
+            return remembered
         await self.prepare()
         assert self._dummy is not None
         candidates = [*valid, *self._dummy][:2]
@@ -59,11 +65,11 @@ class SourceAuth:
             results = await asyncio.to_thread(_verify_all, given, candidates)
         matched = next((h for h, ok in zip(candidates, results, strict=True) if ok), None)
         if matched is None or matched not in valid or not secret:
-            return False
+            return None
         if len(self._verified) >= _CACHE_MAX:
             self._verified.clear()
         self._verified[fp] = matched
-        return True
+        return matched
 
     def forget(self) -> None:
         self._verified.clear()

@@ -6,7 +6,7 @@ with the password replaced by `****`.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -15,6 +15,8 @@ from .errors import InvalidInput
 
 _SCHEMES = ("postgres", "postgresql")
 _MAX_LEN = 4096
+#: Connection parameters whose values are secrets: never shown.
+_SECRET_KEYS = ("password", "sslpassword")
 
 
 def check_database_url(url: object) -> str:
@@ -28,6 +30,8 @@ def check_database_url(url: object) -> str:
     url = url.strip()
     if len(url) > _MAX_LEN:
         raise InvalidInput("database_url", f"database_url is longer than {_MAX_LEN} characters")
+    if "\0" in url:  # libpq takes C strings: no connection could ever be made with it
+        raise InvalidInput("database_url", "database_url must not contain a NUL character")
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
         if scheme not in _SCHEMES:
@@ -71,30 +75,50 @@ def _clean(exc: Exception, url: str) -> str:
 
 
 def redact_url(url: str) -> str:
-    """The connection string with any password replaced by ****."""
-    if "://" in url:
-        try:
-            parts = urlsplit(url)
-            netloc = parts.netloc
-            if "@" in netloc:
-                userinfo, host = netloc.rsplit("@", 1)
-                if ":" in userinfo:
-                    userinfo = userinfo.split(":", 1)[0] + ":****"
-                netloc = f"{userinfo}@{host}"
-            query = urlencode(
-                [(k, "****" if k.lower() == "password" else v) for k, v in parse_qsl(parts.query)],
-                safe="*",
-            )
-            return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-        except ValueError:
-            return "<invalid connection string>"
+    """The connection string with any password (and sslpassword) replaced by ****.
+
+    A URL is shown as written, its secrets masked, when Python reads its password where
+    libpq does; where they disagree (`postgresql://u:123?x@h/d` is password `123?x` to
+    libpq, host `u` port 123 to `urlsplit`), it is shown as libpq's key=value pairs, so no
+    part of a password can show.
+    """
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error:
+        params = {}
+    if "://" in url:
+        try:
+            shown, masked = _redact_uri(url)
+        except ValueError:
+            return "<invalid connection string>"
+        secrets = {str(params[k]) for k in _SECRET_KEYS if params.get(k)}
+        if secrets <= masked:
+            return shown
+    elif not params:
         return "<invalid connection string>"
-    if "password" in params:
-        params["password"] = "****"  # noqa: S105
-    return " ".join(f"{k}={v}" for k, v in params.items())
+    return " ".join(f"{k}={'****' if k in _SECRET_KEYS else v}" for k, v in params.items())
+
+
+def _redact_uri(url: str) -> tuple[str, set[str]]:
+    """The URL with its secrets masked, and the secret values masked (as urlsplit reads them)."""
+    masked: set[str] = set()
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        if ":" in userinfo:
+            user, password = userinfo.split(":", 1)
+            masked.add(unquote(password))
+            userinfo = user + ":****"
+        netloc = f"{userinfo}@{host}"
+    pairs = []
+    for k, v in parse_qsl(parts.query):
+        if k.lower() in _SECRET_KEYS:
+            masked.add(v)
+            v = "****"
+        pairs.append((k, v))
+    query = urlencode(pairs, safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)), masked
 
 
 def describe_target(url: str) -> str:

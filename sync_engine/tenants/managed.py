@@ -5,29 +5,37 @@ Each one has its own connections, replication task and shape directory (as every
 - a limit on initial syncs (shape snapshots) in progress: a request that would start one
   more is answered 503 with Retry-After instead of queueing without bound;
 - the replication lag of its slot (bytes of WAL not yet confirmed), polled every few seconds;
-- its error explained as a reason a person can act on (`diagnose.explain`).
+- its error explained as a reason a person can act on (`diagnose.explain`);
+- the requests it is serving, so that pausing or deleting it ends them before its
+  connections close (`admit`, `end_requests`): a request still using a connection that
+  `stop()` closes hangs on it, and the event loop keeps watching the closed socket's number,
+  which breaks whatever connection (of any source) the kernel gives that number next.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
-from ..errors import ServiceUnavailable
+from ..errors import EngineError, ServiceUnavailable
 from ..source import Source, SourceConfig, SourceState
 from .diagnose import Diagnosis, explain
 
 if TYPE_CHECKING:
+    from ..shapes.definition import Described, ShapeParams
     from ..shapes.shape import Shape, ShapeDefinition
 
 logger = logging.getLogger(__name__)
 
 LAG_INTERVAL = 5.0
+#: Seconds requests get to finish on their own when their source is paused or deleted,
+#: before they are cut off; and then for the cut-off ones to unwind.
+END_REQUESTS_WAIT = 5.0
 
 
 class ManagedSource(Source):
@@ -39,11 +47,81 @@ class ManagedSource(Source):
         self.max_initial_syncs = max_initial_syncs
         self.lag_bytes: int | None = None
         self._reserved = 0
+        # The requests in flight, each with the secret hash it authenticated with.
+        self._requests: dict[asyncio.Task[Any], str | None] = {}
+        self._closed: Callable[[], EngineError] | None = None
 
     async def start(self) -> None:
         await super().start()
         task = asyncio.create_task(self._watch_lag(), name=f"lag-{self.config.source_id}")
         self._tasks.add(task)
+
+    # -- the requests it serves --------------------------------------------------------
+
+    def admit(self, secret_hash: str | None = None) -> None:
+        """Count the current request (its task) as this source's until it ends, with the
+        hash of the secret it authenticated with (see `revoke`)."""
+        if self._closed is not None:
+            raise self._closed()
+        task = asyncio.current_task()
+        if task is not None and task not in self._requests:
+            self._requests[task] = secret_hash
+            task.add_done_callback(self._forget_request)
+
+    def _forget_request(self, task: asyncio.Task[Any]) -> None:
+        self._requests.pop(task, None)
+
+    def revoke(self, valid_hashes: list[str]) -> int:
+        """Cut off the requests in flight that authenticated with a secret no longer valid
+        (rotated, or its grace period over): a long-poll or SSE stream opened with it must
+        not go on receiving changes. Their clients' next request gets the 401."""
+        stale = [t for t, h in self._requests.items() if h not in valid_hashes and not t.done()]
+        for t in stale:
+            t.cancel()
+        if stale:
+            logger.info(
+                "source %s: %d requests made with a revoked secret cut off",
+                self.config.source_id,
+                len(stale),
+            )
+        return len(stale)
+
+    @property
+    def requests_in_flight(self) -> int:
+        return len(self._requests)
+
+    async def end_requests(
+        self, error: Callable[[], EngineError], timeout: float = END_REQUESTS_WAIT
+    ) -> None:
+        """Refuse new work (`error()`), give the requests in flight `timeout` seconds to
+        finish, then cancel the rest and wait for them to unwind. Call it before `stop()`."""
+        self._closed = error
+        pending = {t for t in list(self._requests) if not t.done()}
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        if pending:
+            logger.info(
+                "source %s: cutting off %d requests still in flight",
+                self.config.source_id,
+                len(pending),
+            )
+            for t in pending:
+                t.cancel()
+            await asyncio.wait(pending, timeout=END_REQUESTS_WAIT)
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise self._closed()
+
+    async def describe(self, params: ShapeParams) -> Described:
+        self._check_open()
+        return await super().describe(params)
+
+    async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
+        # A request woken by its source's deletion asks for the shape that replaces its
+        # own (`http.shape._successor`): none is made on a source that is going away.
+        self._check_open()
+        return await super().resolve(params, from_start=from_start)
 
     # -- what the admin API shows --------------------------------------------------------
 

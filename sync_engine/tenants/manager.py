@@ -31,6 +31,9 @@ from .store import SourceRecord, SourceStore
 logger = logging.getLogger(__name__)
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Seconds between attempts to drop a deleted source's slot and publication (doubling).
+CLEANUP_RETRY_FIRST = 5.0
+CLEANUP_RETRY_MAX = 300.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
 
@@ -74,6 +77,12 @@ def check_grace(value: object) -> float:
     return float(value)
 
 
+def _paused() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
+    )
+
+
 class SourceManager:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -85,22 +94,36 @@ class SourceManager:
         self._lock = asyncio.Lock()
         self._persisted: dict[str, tuple[str, str | None]] = {}
         self._watcher: asyncio.Task[None] | None = None
+        self._ever_registered = False
+        self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._cleanups: dict[str, asyncio.Task[None]] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store = SourceStore(self.path)
+        self._ever_registered = self.store.ever_had_sources()
         await self.auth.prepare()
         for rec in self.store.all():
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
                 await self._start_source(rec)
+            self._revoke_at_expiry(rec)
+        for source_id, database_url in self.store.cleanup_pending():
+            self._start_cleanup(source_id, database_url, retry_first=False)
         if self.records:
             logger.info("%d registered sources (%d running)", len(self.records), len(self.running))
         self._watcher = asyncio.create_task(self._watch_states(), name="source-states")
 
     async def stop(self) -> None:
+        for timer in self._expiries.values():
+            timer.cancel()
+        self._expiries.clear()
+        cleanups = list(self._cleanups.values())
+        for task in cleanups:
+            task.cancel()
+        await asyncio.gather(*cleanups, return_exceptions=True)
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -116,7 +139,10 @@ class SourceManager:
             self.store = None
 
     def has_sources(self) -> bool:
-        return bool(self.records)
+        """Whether requests naming a `source_id` are for registered sources: once one was
+        ever registered here. Deleting the last one must not send its clients' requests to
+        the engine's single database (`--database-url`), which may need no secret."""
+        return bool(self.records) or self._ever_registered
 
     def _store(self) -> SourceStore:
         if self.store is None:
@@ -159,18 +185,18 @@ class SourceManager:
         """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
-        if not await self.auth.check(rec, secret):
+        matched = await self.auth.matched(rec, secret)
+        if matched is None:
             raise Unauthorized()
         rec = self.records.get(sid) if sid is not None else None
-        if rec is None:  # deleted meanwhile
-            raise Unauthorized()
+        if rec is None or matched not in rec.valid_hashes(time.time()):
+            raise Unauthorized()  # deleted, or the secret rotated, while it was checked
         if rec.paused:
-            raise ServiceUnavailable(
-                "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
-            )
+            raise _paused()
         source = self.running.get(rec.source_id)
         if source is None:
             raise ServiceUnavailable("Source is starting", retry_after=5)
+        source.admit(matched)
         return source
 
     # -- management -----------------------------------------------------------------------
@@ -179,7 +205,9 @@ class SourceManager:
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
         if rec is None:
-            raise UnknownSource(f"no source with id {source_id}")
+            if sid is None:  # not echoed: it can be anything (a NUL, 5000 characters)
+                raise UnknownSource("no such source: a source id is a uuid")
+            raise UnknownSource(f"no source with id {sid}")
         return rec
 
     def all(self) -> list[SourceRecord]:
@@ -203,6 +231,7 @@ class SourceManager:
                 name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
             )
             self.records[rec.source_id] = rec
+            self._ever_registered = True
             self._persisted[rec.source_id] = (rec.state, None)
             await self._start_source(rec)
         logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
@@ -217,6 +246,8 @@ class SourceManager:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
+            self._revoke(rec.source_id)
+            self._revoke_at_expiry(rec)
         logger.info(
             "source %s (%s): secret rotated, old secret valid for %ds more",
             rec.name,
@@ -233,6 +264,7 @@ class SourceManager:
             self._persisted[rec.source_id] = ("paused", None)
             source = self.running.pop(rec.source_id, None)
             if source is not None:
+                await source.end_requests(_paused)
                 await source.stop()
         logger.info("source %s (%s) paused", rec.name, rec.source_id)
         return rec
@@ -249,20 +281,96 @@ class SourceManager:
         return rec
 
     async def delete(self, source_id: str) -> list[str]:
-        """Remove a source: stop it, drop its slot and publication, delete its shape logs."""
+        """Remove a source: stop it, drop its slot and publication, delete its shape logs.
+
+        The deletion is recorded first (its requests get 401 from then on, also after a
+        crash); its slot and publication are dropped next, and if that fails (the database
+        is unreachable, the engine is killed) the engine tries again, every few minutes
+        while it runs and at each start, until they are gone (`_cleanup`).
+        """
         async with self._lock:
             rec = self.get(source_id)
-            del self.records[rec.source_id]  # from here on its requests get 401
-            self.auth.forget()
-            source = self.running.pop(rec.source_id, None) or self._make_source(rec)
-            source.registry.rotate_all("source deleted")  # held requests: 409, then 401
-            warnings = await source.destroy()
             self._store().delete(rec.source_id)
+            del self.records[rec.source_id]
             self._persisted.pop(rec.source_id, None)
+            # (its verified secrets need no forgetting: they match no valid hash any more;
+            # forgetting all of them sent every client of every source through scrypt again)
+            timer = self._expiries.pop(rec.source_id, None)
+            if timer is not None:
+                timer.cancel()
+            source = self.running.pop(rec.source_id, None) or self._make_source(rec)
+            # Held requests get a 409 (their shapes are gone), then 401; none of them may
+            # still use a connection when the source stops.
+            source.registry.rotate_all("source deleted")
+            await source.end_requests(Unauthorized)
+            warnings = await source.destroy()
+            if not warnings:
+                self._store().cleaned(rec.source_id)
         for w in warnings:
             logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
+        if warnings:
+            self._start_cleanup(rec.source_id, rec.database_url, retry_first=True)
+            warnings = [f"{w} The engine keeps trying to drop them." for w in warnings]
         logger.info("source %s (%s) deleted", rec.name, rec.source_id)
         return warnings
+
+    def _start_cleanup(self, source_id: str, database_url: str, *, retry_first: bool) -> None:
+        if source_id in self._cleanups:
+            return
+        task = asyncio.create_task(
+            self._cleanup(source_id, database_url, retry_first), name=f"cleanup-{source_id}"
+        )
+        self._cleanups[source_id] = task
+        task.add_done_callback(lambda _: self._cleanups.pop(source_id, None))
+
+    async def _cleanup(self, source_id: str, database_url: str, retry_first: bool) -> None:
+        """Drop a deleted source's slot and publication (and shape logs) until that works."""
+        ghost = SourceRecord(source_id=source_id, name="", database_url=database_url,
+                             secret_hash="")  # fmt: skip
+        delay = CLEANUP_RETRY_FIRST
+        if retry_first:
+            await asyncio.sleep(delay)
+        while True:
+            problems = await self._make_source(ghost).destroy()
+            if not problems:
+                self._store().cleaned(source_id)
+                logger.info(
+                    "deleted source %s: its replication slot and publication are dropped now",
+                    source_id,
+                )
+                return
+            logger.info("deleted source %s: %s (retrying)", source_id, problems[0])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CLEANUP_RETRY_MAX)
+
+    # -- revoked secrets ------------------------------------------------------------------
+
+    def _revoke(self, source_id: str) -> None:
+        """End the source's requests whose secret is no longer valid (`ManagedSource.revoke`)."""
+        self._expiries.pop(source_id, None)
+        rec = self.records.get(source_id)
+        if rec is None:
+            return
+        now = time.time()
+        expires = rec.previous_secret_expires_at
+        if expires is not None and now < expires:  # the timer ran early (clocks differ)
+            self._revoke_at_expiry(rec)
+        source = self.running.get(source_id)
+        if source is not None:
+            source.revoke(rec.valid_hashes(now))
+
+    def _revoke_at_expiry(self, rec: SourceRecord) -> None:
+        """When the previous secret's grace period ends, end the requests made with it too."""
+        old = self._expiries.pop(rec.source_id, None)
+        if old is not None:
+            old.cancel()
+        expires = rec.previous_secret_expires_at
+        if expires is None:
+            return
+        delay = max(0.0, expires - time.time())
+        loop = asyncio.get_running_loop()
+        # a hair late rather than early: `valid_hashes` must no longer list the old one
+        self._expiries[rec.source_id] = loop.call_later(delay + 0.01, self._revoke, rec.source_id)
 
     # -- state ----------------------------------------------------------------------------
 

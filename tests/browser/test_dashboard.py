@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -23,18 +22,13 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.waiting import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 ARTIFACTS = ROOT / "test-artifacts"
 TOKEN = "browser-test-admin-token-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _chromium() -> str:
@@ -63,7 +57,7 @@ def _get(url: str, token: str) -> Any:
 @pytest.fixture
 def engine_process(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(engine URL, admin URL) of a real engine process with an empty source registry."""
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
     env.pop("SYNC_ENGINE_DATABASE_URL", None)

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.engine_process import until_parked
+from tests.support.ports import free_port
 from tests.support.waiting import wait_until_async
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,12 +42,6 @@ SECRET = "cdn-test-engine-secret-4f1d2c"
 HOLD = 10  # engine long-poll hold (s): longer than nginx's 5 s lock default on purpose
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -129,19 +123,22 @@ def _inserts(body: bytes) -> list[dict[str, Any]]:
     return [m["value"] for m in json.loads(body) if m.get("headers", {}).get("operation")]
 
 
-async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, ok: int = 200) -> None:
+async def _wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, server: str = "") -> None:
+    """Until `url` answers 200 from a server whose `Server` header starts with `server`: a
+    health check answered by anything else on the port (a process that got the same port)
+    must not count as this one being up."""
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
             assert proc.poll() is None, _tail(log)
             try:
                 async with s.get(url) as r:
-                    if r.status == ok:
+                    if r.status == 200 and r.headers.get("Server", "").startswith(server):
                         return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} never answered {ok}:\n" + _tail(log))
+    raise AssertionError(f"{url} never answered 200 (Server: {server}...):\n" + _tail(log))
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -194,7 +191,7 @@ def _scratch_dir() -> Path:
 
 @asynccontextmanager
 async def _stack(db_url: str, tmp_path: Path, engine_env: dict[str, str]) -> AsyncIterator[Stack]:
-    engine_port, pass_port, nginx_port = _free_port(), _free_port(), _free_port()
+    engine_port, pass_port, nginx_port = free_port(), free_port(), free_port()
     engine_log, nginx_log = tmp_path / "engine.log", tmp_path / "nginx.log"
     engine = _start_engine(db_url, engine_port, tmp_path / "data", engine_log, engine_env)
     counter = CountingPassThrough(f"http://127.0.0.1:{engine_port}")
@@ -210,7 +207,9 @@ async def _stack(db_url: str, tmp_path: Path, engine_env: dict[str, str]) -> Asy
     nginx = _start_nginx(scratch, nginx_port, pass_port, nginx_log)
     try:
         await _wait_http(f"http://127.0.0.1:{engine_port}/v1/health", engine, engine_log)
-        await _wait_http(f"http://127.0.0.1:{nginx_port}/v1/health", nginx, nginx_log)
+        await _wait_http(
+            f"http://127.0.0.1:{nginx_port}/v1/health", nginx, nginx_log, server="nginx"
+        )
         yield Stack(f"http://127.0.0.1:{nginx_port}", counter, db_url, nginx_log, engine_log)
     finally:
         _stop(nginx)

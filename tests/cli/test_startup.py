@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ENGINE = [sys.executable, "-m", "sync_engine"]
 PROXY = [sys.executable, "-m", "proxy"]
@@ -29,12 +31,6 @@ def _harness() -> Any:
     from tests.sync_engine.tenants import harness
 
     return harness
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -181,7 +177,7 @@ def test_engine_wal_level_replica_is_permanent(tmp_path: Path, cluster_harness: 
 def test_engine_waits_for_postgres_that_is_not_up_yet(tmp_path: Path, cluster_harness: Any) -> None:
     """Connection refused is retried with "retrying in N s"; once Postgres is up, it serves."""
     cluster = cluster_harness.Cluster("logical")
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "engine.log"
     with log.open("w") as f:
         proc = subprocess.Popen([*ENGINE, "--database-url", cluster.url, "--data-dir",
@@ -342,11 +338,11 @@ def _soft_open_files_after_start(
 def test_both_programs_lift_their_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
     """Started under a low soft limit (systemd's 1,024), either program would refuse
     clients past it with EMFILE while the hard limit goes unused: both lift it at start."""
-    port = _free_port()
+    port = free_port()
     config = str(_proxy_config(tmp_path, port))
     _soft_open_files_after_start([*PROXY, "--config", config], port, "/healthz",
                                  "open files limit", CLI_TEST_JWT_SECRET=JWT_SECRET)  # fmt: skip
-    port = _free_port()
+    port = free_port()
     engine = [*ENGINE, "--data-dir", str(tmp_path / "engine"), "--port", str(port),
               "--admin-port", "0"]  # fmt: skip
     _soft_open_files_after_start(engine, port, "/v1/health", "open files limit",

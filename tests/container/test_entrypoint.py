@@ -28,6 +28,8 @@ import jwt
 import psycopg
 import pytest
 
+from tests.support.ports import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "scripts" / "container-entrypoint"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -54,12 +56,6 @@ tables:
       - name: everyone
         all_rows: true
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _non_loopback_address() -> str | None:
@@ -175,7 +171,7 @@ def start_container(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Conta
     started: list[Container] = []
 
     def start(**env_overrides: str) -> Container:
-        engine_port, proxy_port = _free_port(), _free_port()
+        engine_port, proxy_port = free_port(), free_port()
         config = tmp_path / f"proxy-{engine_port}.yaml"
         config.write_text(
             PROXY_CONFIG.format(engine_port=engine_port, issuer=ISSUER, audience=AUDIENCE)

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import aiohttp
 import orjson
+import psycopg
 import pytest
 
+from sync_engine.http.shape import SNAPSHOT_QUIET
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, Writer, expected_rows, until_equal
@@ -140,3 +142,101 @@ async def test_clients_that_vanish_mid_answer_leave_nothing_behind(
 
 async def _parked_at_most(engine: EngineProcess, n: int) -> bool:
     return await engine.parked_requests() <= n
+
+
+async def _park(port: int, target: str) -> asyncio.StreamWriter:
+    """Send a GET for `target` on a raw connection and leave it open (the answer unread)."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    return writer
+
+
+def _close(writer: asyncio.StreamWriter, *, reset: bool) -> None:
+    sock = writer.get_extra_info("socket")
+    if reset and sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+@pytest.mark.timeout(180)
+async def test_a_parked_live_request_is_let_go_when_its_client_closes(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """A long-poll or SSE stream held at the tip is given up as soon as its client's
+    connection closes (FIN or RST), not at the end of its long-poll timeout: a reconnect
+    storm would otherwise multiply the held waiters. A client that stays gets its change."""
+    # Timeouts far past the test's waits: only the client's going can let the requests go.
+    engine = EngineProcess(
+        cluster.url, tmp_path / "data", "--long-poll-timeout", "900", "--sse-timeout", "900"
+    )
+    await asyncio.to_thread(engine.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            params = {"table": "items", "offset": "-1"}
+            while True:
+                async with session.get(engine.url + "/v1/shape", params=params) as r:
+                    assert r.status == 200, await r.read()
+                    await r.read()
+                    params = {
+                        "table": "items",
+                        "offset": r.headers["electric-offset"],
+                        "handle": r.headers["electric-handle"],
+                    }
+                    if "electric-up-to-date" in r.headers:
+                        break
+            tip = "/v1/shape?" + "&".join(f"{k}={v}" for k, v in params.items())
+
+            async def stay() -> list[dict[str, object]]:
+                async with session.get(
+                    engine.url + tip + "&live=true&cursor=still",
+                    timeout=aiohttp.ClientTimeout(total=120),
+                ) as r:
+                    assert r.status == 200, await r.read()
+                    return list(orjson.loads(await r.read()))
+
+            still = asyncio.create_task(stay())
+            await engine.until_parked(1, timeout=60)
+            gone = [await _park(engine.port, f"{tip}&live=true&cursor={i}") for i in range(6)] + [
+                await _park(engine.port, f"{tip}&live=true&live_sse=true&x={i}") for i in range(2)
+            ]
+            await engine.until_parked(1 + len(gone), timeout=60)
+
+            for i, writer in enumerate(gone):
+                _close(writer, reset=i % 2 == 0)
+            # Let go at once (the old engine held them 900 s): only the client that stayed.
+            await wait_until_async(
+                lambda: _parked_at_most(engine, 1), timeout=60, message="parked back to 1"
+            )
+            assert await engine.parked_requests() == 1
+            assert not still.done()
+
+            cluster.query("INSERT INTO items VALUES (21, 7)")
+            got = await still
+            assert [m["value"] for m in got if "key" in m] == [{"id": "21", "v": "7"}]
+
+            # A request waiting for a new shape's snapshot (a lock in its query's way) whose
+            # client goes is let go too (the old engine held it for its 60 s).
+            with psycopg.connect(cluster.url) as locker:
+                locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+                waiting = await _park(engine.port, "/v1/shape?table=items&offset=-1&where=v>0")
+                await engine.until_parked(1, timeout=60)
+                _close(waiting, reset=False)
+                await wait_until_async(
+                    lambda: _parked_at_most(engine, 0), timeout=30, message="no parked request"
+                )
+                # and stays let go: the old engine's request parked again after each of its
+                # 2 s checks that Postgres answers (`SNAPSHOT_QUIET`), while the lock held
+                loop = asyncio.get_running_loop()
+                watch_until = loop.time() + 3 * SNAPSHOT_QUIET
+                while loop.time() < watch_until:
+                    assert await engine.parked_requests() == 0
+            async with session.get(
+                engine.url + "/v1/shape", params={"table": "items", "offset": "-1", "where": "v>0"}
+            ) as r:
+                assert r.status == 200, await r.read()
+                rows = [m["value"]["id"] for m in orjson.loads(await r.read()) if "key" in m]
+                assert rows == ["21"]
+        assert "Traceback" not in engine.log_tail(1_000_000)
+    finally:
+        engine.stop()

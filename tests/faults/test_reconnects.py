@@ -120,3 +120,63 @@ async def test_a_replayed_truncate_does_not_rotate_the_shapes_made_after_it(
     finally:
         stop.set()
         engine.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_a_replayed_change_of_an_unreadable_row_rotates_its_shape_once(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """A change to a row whose value the where clause reads but the engine cannot read
+    exactly (here a text cast to date in a form only Postgres reads) rotates the shape: its
+    clients refetch a snapshot Postgres filtered. The slot sends that change again after a
+    lost stream and after an engine crash (it is confirmed only with a later status update):
+    the replay must not rotate the shape made after it, whose snapshot holds the change, or
+    such a row would rotate its shape again at every reconnect."""
+    cluster.query("ALTER TABLE items ADD COLUMN t text")
+    cluster.query("UPDATE items SET t = '2024-01-0' || (id %% 9 + 1) WHERE id <= 10")
+    where = "t::date > '2000-01-01'"
+    columns = ("id", "v", "t")
+    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    await asyncio.to_thread(engine.start)
+    follower = Follower(engine.url, where, increments=False)
+    stop = asyncio.Event()
+    try:
+        async with aiohttp.ClientSession() as session:
+            tasks = await follow_all(session, [follower], stop)
+            first = follower.handle
+            # a form of date only Postgres reads: the shape is rotated
+            cluster.query("UPDATE items SET t = 'Jan 2 2024' WHERE id = 15")
+            (change_end,), *_ = cluster.query("SELECT (pg_current_wal_lsn() - '0/0')::bigint")
+            await wait_until_async(
+                lambda: follower.resets == 1 and follower.live and follower.handle != first,
+                timeout=30,
+                message="refetched after the unreadable change",
+            )
+            second = follower.handle
+            assert '"public"."items"/"15"' in follower.rows
+
+            # the stream lost: the slot sends the change again
+            cluster.query(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE active_pid IS NOT NULL"
+            )
+            cluster.query("INSERT INTO items VALUES (100, 0, '2024-02-01')")
+            await until_equal([follower], [expected_rows(cluster.url, where, columns)], 30)
+            # and the engine crashed: sent again on restart, if not confirmed yet
+            (confirmed,), *_ = cluster.query(
+                "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots"
+            )
+            replayed = isinstance(confirmed, int) and isinstance(change_end, int)
+            replayed = replayed and confirmed < change_end
+            engine.kill()
+            await asyncio.to_thread(engine.start)
+            cluster.query("INSERT INTO items VALUES (101, 0, '2024-02-02')")
+            await until_equal([follower], [expected_rows(cluster.url, where, columns)], 30)
+            stop.set()
+            await asyncio.gather(*tasks)
+        assert follower.resets == 1, (follower.statuses, replayed)
+        assert follower.handle == second
+        follower.assert_clean()
+    finally:
+        stop.set()
+        engine.stop()

@@ -1,5 +1,6 @@
-"""A shape's file cut short while the engine was down (a torn write the disk lost, a
-restore from a partial copy): found on restart, and no client is served around the hole.
+"""A shape's file cut short (or deleted) while the engine was down (a torn write the disk
+lost, a restore from a partial copy): found on restart, and no client is served around the
+hole.
 
 The engine (small chunks: a snapshot of several chunk files, a log of several) serves a
 shape a follower has synced live; the engine is SIGKILLed once the slot is confirmed past
@@ -39,6 +40,7 @@ def _victim(data: Path, which: str) -> Path:
     found = {
         "last log chunk": logs[-1:],
         "last log chunk, whole records": logs[-1:],
+        "last log chunk, deleted": logs[-1:],
         "first log chunk": logs[:1],
         "snapshot chunk": snapshot_chunks[:1],
         "pack": packs[-1:],
@@ -66,6 +68,7 @@ def _cut_at(victim: Path, which: str) -> int:
     [
         "last log chunk",
         "last log chunk, whole records",
+        "last log chunk, deleted",
         "first log chunk",
         "snapshot chunk",
         "pack",
@@ -110,7 +113,10 @@ async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around
             await following
             engine.kill()
             victim = _victim(data, which)
-            os.truncate(victim, _cut_at(victim, which))
+            if which.endswith("deleted"):
+                victim.unlink()
+            else:
+                os.truncate(victim, _cut_at(victim, which))
 
             await asyncio.to_thread(engine.start)
             # more changes after the restart, as a live app would see

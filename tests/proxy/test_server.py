@@ -165,6 +165,14 @@ async def _closed_within(reader: asyncio.StreamReader, seconds: float) -> bytes:
     return await asyncio.wait_for(reader.read(), seconds)
 
 
+def _assert_timed_out(raw: bytes) -> None:
+    """A 408 in JSON, then the connection closed (it was closed with no answer before)."""
+    [(status, headers, body)] = _answers(raw)
+    assert (status, headers["connection"]) == (408, "close")
+    assert headers["cache-control"] == "no-store"
+    assert json.loads(body)["code"] == "request_timeout"
+
+
 async def test_a_request_head_that_never_completes_is_cut_off(proxy: Any, monkeypatch: Any) -> None:
     """Slow loris: a head sent in part (or one header line at a time, for ever) must not hold
     the connection open past the request deadline, however busy the trickle keeps it."""
@@ -174,7 +182,7 @@ async def test_a_request_head_that_never_completes_is_cut_off(proxy: Any, monkey
     server = proxy.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # and never the blank line
-    assert await _closed_within(reader, 10) == b""
+    _assert_timed_out(await _closed_within(reader, 10))
     writer.close()
 
     reader, writer = await asyncio.open_connection(server.host, server.port)
@@ -187,7 +195,7 @@ async def test_a_request_head_that_never_completes_is_cut_off(proxy: Any, monkey
 
     trickling = asyncio.ensure_future(trickle())
     try:
-        assert await _closed_within(reader, 10) == b""
+        _assert_timed_out(await _closed_within(reader, 10))
     finally:
         trickling.cancel()
         writer.close()
@@ -203,7 +211,7 @@ async def test_a_stalled_request_body_is_cut_off(proxy: Any, monkeypatch: Any) -
         b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
         b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
     )
-    assert await _closed_within(reader, 10) == b""
+    _assert_timed_out(await _closed_within(reader, 10))
     writer.close()
 
 
@@ -257,6 +265,12 @@ class _Transport:
     def close(self) -> None:
         pass
 
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
 
@@ -305,3 +319,126 @@ async def test_an_absolute_form_target_is_served_as_its_path_and_query(proxy: An
         b"GET HTTPS://elsewhere.example/nowhere?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     assert [status for status, _, _ in _answers(raw)] == [200, 404]
+
+
+async def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
+    proxy: Any, monkeypatch: Any
+) -> None:
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(protocol, "KEEPALIVE_TIMEOUT", 0.5)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    assert await _closed_within(reader, 10) == b""  # no request began: nothing to answer
+    writer.close()
+
+
+async def test_http_0_9_and_2_0_request_lines_are_refused_not_answered_as_1_1(proxy: Any) -> None:
+    """llhttp reads `GET /x` (no version), `HTTP/0.9` and `HTTP/2.0` request lines as if
+    they were HTTP/1.x: they were answered `HTTP/1.1 200` with a body, which such a client
+    cannot read. In JSON now: HTTP/0.9 a 400, HTTP/2.0 a 505; versions llhttp refuses itself
+    stay a 400."""
+    for line, status_code, code in (
+        (b"GET /healthz\r\n\r\n", 400, "bad_request"),
+        (b"GET /v1/shape?table=items&offset=-1\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/0.9\r\nHost: x\r\n\r\n", 400, "bad_request"),
+        (b"GET /healthz HTTP/2.0\r\nHost: x\r\n\r\n", 505, "http_version_not_supported"),
+        (
+            b"GET /v1/shape?table=items&offset=-1 HTTP/2.0\r\n\r\n",
+            505,
+            "http_version_not_supported",
+        ),
+    ):
+        [(status, headers, body)] = _answers(await _exchange(proxy, line))
+        assert (status, headers["connection"]) == (status_code, "close"), line
+        assert json.loads(body)["code"] == code
+    for line in (b"GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", b"GET /healthz HTTP/3.0\r\n\r\n"):
+        [(status, _, _)] = _answers(await _exchange(proxy, line))
+        assert status == 400, line
+    [(status, _, _)] = _answers(await _exchange(proxy, b"GET /healthz HTTP/1.0\r\n\r\n"))
+    assert status == 200
+
+
+async def test_a_transfer_coding_other_than_chunked_is_not_implemented(proxy: Any) -> None:
+    """`Transfer-Encoding: gzip, chunked` was read as plain chunked (a 200 for a body that
+    is gzip): a 501 now (RFC 9112, 6.1). Transfer-Encoding on HTTP/1.0 is a 400."""
+    post = b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+    chunked = b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    for coding in (b"gzip, chunked", b"deflate,chunked", b"identity, chunked", b"x, CHUNKED"):
+        raw = await _exchange(proxy, post + b"Transfer-Encoding: " + coding + chunked)
+        [(status, headers, body)] = _answers(raw)
+        assert (status, headers["connection"]) == (501, "close"), coding
+        assert json.loads(body)["code"] == "not_implemented"
+    raw = await _exchange(
+        proxy, b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked" + chunked
+    )
+    assert _answers(raw)[0][0] == 501
+    raw = await _exchange(proxy, b"POST /healthz HTTP/1.0\r\nTransfer-Encoding: chunked" + chunked)
+    [(status, _, body)] = _answers(raw)
+    assert status == 400 and "HTTP/1.0" in json.loads(body)["message"]
+    # chunked alone (any case), and a list whose extra elements are empty, still read
+    for coding in (b"chunked", b"Chunked", b" , chunked"):
+        raw = await _exchange(
+            proxy,
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: "
+            + coding
+            + chunked,
+        )
+        assert _answers(raw)[0][0] == 200, coding
+
+
+class _RecordingApp(_HoldingApp):
+    """Answers each request 204 at once, keeping it."""
+
+    def refused(self, refusal: Any) -> Any:
+        from proxy.http.wire import Response
+
+        return Response(status=refusal.status)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+        self.release.set()
+
+    async def handle(self, request: Any) -> Any:
+        self.requests.append(request)
+        return await super().handle(request)
+
+
+async def test_the_body_of_a_request_asking_to_upgrade_is_read_piece_by_piece() -> None:
+    """llhttp stops at the head of a request with `Connection: Upgrade`; its body (in the
+    same read, in later ones, chunked or not) must still reach the request, and nothing after
+    it is read as another request (the connection closes after the answer)."""
+    from proxy.http.protocol import Connection
+
+    head = (
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n"
+    )
+    body = b'{"where": "id > 1"}'
+    cases = [
+        (b"Content-Length: %d\r\n\r\n" % len(body), body),
+        (
+            b"Transfer-Encoding: chunked\r\n\r\n",
+            b"5\r\n%s\r\n%x\r\n%s\r\n0\r\n\r\n" % (body[:5], len(body) - 5, body[5:]),
+        ),
+    ]
+    for framing, payload in cases:
+        for cut in (0, 3, len(payload) // 2, len(payload)):
+            app = _RecordingApp()
+            conn = Connection(app)  # type: ignore[arg-type]
+            transport = _Transport()
+            conn.connection_made(transport)  # type: ignore[arg-type]
+            conn.data_received(head + framing + payload[:cut])
+            for i in range(cut, len(payload)):
+                conn.data_received(payload[i : i + 1])
+            conn.data_received(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(100):
+                if transport.out:
+                    break
+                await asyncio.sleep(0)
+            assert [r.body for r in app.requests] == [body], (framing, cut)
+            assert transport.out.startswith(b"HTTP/1.1 204 ")
+            assert transport.out.count(b"HTTP/1.1") == 1
+            conn.connection_lost(None)

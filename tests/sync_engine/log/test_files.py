@@ -189,6 +189,77 @@ def test_the_last_chunk_cut_at_a_record_boundary_is_found_by_its_durable_size(
     assert _reload(again).damage is None
 
 
+def _sync_and_publish(log: ShapeLog) -> None:
+    files, token = log.take_dirty()
+    _fsync_paths(files)
+    log.publish(token)
+
+
+@pytest.mark.parametrize("deleted", ["last", "middle", "first"])
+def test_a_deleted_chunk_file_is_found_on_load(tmp_path: Path, deleted: str) -> None:
+    """A transaction chunk deleted outright (not cut short) is missing from the log: a
+    finished chunk notes that a next one exists (`NEXT_CHUNK`), so a missing last chunk is
+    found as a gap in the numbering is. The log is served up to the hole, never around it,
+    and says from which LSN the slot must replay (else the replicator retires the shape)."""
+    log = _new(tmp_path, chunk_bytes=1000)
+    lsns = [lsn * 100 for lsn in range(1, 41)]
+    full = []
+    for lsn in lsns:
+        log.append_transaction(lsn, _tx(lsn, size=30))
+        full += [e for _, e in _tx(lsn, size=30)]
+        _sync_and_publish(log)
+    log.close()
+    files = sorted(log.directory.glob("shape.log.*.log"))
+    assert len(files) >= 3
+    victim = {"last": files[-1], "middle": files[1], "first": files[0]}[deleted]
+    first_lost = scan(victim.read_bytes()).records[0][3]
+    victim.unlink()
+    again = _reload(log)
+    assert again.damage is not None
+    assert again.repaired_from is not None and again.repaired_from <= first_lost
+    served = _read_all(again)[0]
+    assert served == full[: len(served)]  # a prefix, and none of the lost part
+    assert all(int(orjson.loads(e)["key"][1:].split("-")[0]) < first_lost for e in served)
+    # cut back to what is whole: the next load finds nothing wrong, and appends go on
+    again = _reload(again)
+    assert again.damage is None
+    again.append_transaction(9000, _tx(9000, size=30))
+    _sync_and_publish(again)
+    assert _read_all(again)[0] == served + [e for _, e in _tx(9000, size=30)]
+    assert _reload(again).damage is None
+
+
+@pytest.mark.parametrize("spanning", [True, False])
+def test_a_chunk_rolled_back_to_is_no_deleted_chunk(tmp_path: Path, spanning: bool) -> None:
+    """A rollback of the records that began a new chunk makes the one before it the last
+    again: it is not taken for a chunk whose next one was deleted, whether the rolled back
+    transaction had records in it too (`spanning`) or began the new chunk whole."""
+    log = _new(tmp_path, chunk_bytes=1000)
+    n = 4 if spanning else 1  # (one entry cannot be split across chunks)
+
+    def chunks() -> list[Path]:
+        return sorted(log.directory.glob("shape.log.*.log"))
+
+    lsn = 100
+    while True:
+        size = chunks()[-1].stat().st_size if chunks() else 0
+        count = len(chunks())
+        log.append_transaction(lsn, _tx(lsn, n=n, size=30))
+        lsn += 100
+        if count >= 2 and len(chunks()) == 3:
+            break
+        _sync_and_publish(log)
+    assert (chunks()[1].stat().st_size > size) == spanning
+    log.rollback()  # (its fsync failed)
+    assert len(chunks()) == 2
+    assert _reload(log).damage is None
+    log.append_transaction(lsn, _tx(lsn, n=n, size=30))
+    _sync_and_publish(log)
+    again = _reload(log)
+    assert again.damage is None
+    assert again.last_lsn == lsn
+
+
 @pytest.mark.parametrize("where", [0.005, 0.3, 0.5, 0.9, 0.999])
 def test_a_flipped_byte_inside_a_chunk_is_detected_on_load(tmp_path: Path, where: float) -> None:
     """Wherever it is (a length, an LSN, a value), load finds it, serves nothing from that

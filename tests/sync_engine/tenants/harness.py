@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -22,6 +21,7 @@ from sync_engine.app import MANAGER, build_app
 from sync_engine.settings import Settings
 from sync_engine.tenants.manager import SourceManager
 from tests.support.engine_process import apply_messages
+from tests.support.ports import free_port
 from tests.support.waiting import wait_until_async
 
 PGBIN = next(
@@ -29,12 +29,6 @@ PGBIN = next(
      if (d / "initdb").exists()),
     None,
 )  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Cluster:
@@ -70,6 +64,11 @@ class Cluster:
         self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
                   str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30",
                   "restart")  # fmt: skip
+
+    def stop_server(self) -> None:
+        """Stop Postgres at once (as a crash would), keeping the cluster to start again."""
+        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
+                  "-w", "stop")  # fmt: skip
 
     def stop(self) -> None:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,21 +13,16 @@ from typing import Any
 
 import pytest
 
+from tests.support.ports import free_port
 from tests.support.waiting import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[3]
 TOKEN = "cli-test-admin-token-0123456789"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def admin_url(tmp_path: Path) -> Iterator[str]:
-    port, admin_port = _free_port(), _free_port()
+    port, admin_port = free_port(), free_port()
     env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
     env.pop("DATABASE_URL", None)
     log = open(tmp_path / "engine.log", "w")

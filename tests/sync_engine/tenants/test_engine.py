@@ -252,6 +252,33 @@ async def test_bad_input_is_4xx_and_changes_nothing(
         ("POST", "/api/sources", None, b'{"name": "y", "database_url": ', 400, "invalid_request"),
         ("POST", "/api/sources", None, b"[1, 2]", 400, "invalid_request"),
         ("POST", "/api/sources", None, b"\xff\xfe", 400, "invalid_request"),
+        # nested deeper than the JSON parser goes (was a 500)
+        ("POST", "/api/sources", None, b"[" * 60000, 400, "invalid_request"),
+        (
+            "POST",
+            "/api/sources",
+            None,
+            b'{"a":' * 10000 + b"1" + b"}" * 10000,
+            400,
+            "invalid_request",
+        ),
+        (
+            "POST",
+            f"/api/sources/{sid}/rotate-secret",
+            None,
+            b'{"grace_period_seconds":' + b'{"a":' * 9000 + b"1" + b"}" * 9001,
+            400,
+            "invalid_request",
+        ),
+        # a NUL no connection could be made with (was registered, then failed forever)
+        (
+            "POST",
+            "/api/sources",
+            {"name": "nul", "database_url": url + "\x00x"},
+            None,
+            400,
+            "invalid_request",
+        ),
         ("GET", "/api/sources/00000000-0000-4000-8000-000000000000", None, None, 404, "not_found"),
         ("GET", "/api/sources/nonsense", None, None, 404, "not_found"),
         (

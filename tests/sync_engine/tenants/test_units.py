@@ -37,17 +37,23 @@ def test_secrets_are_long_random_and_hashed_with_salt() -> None:
         ("postgresql://h/db?password=pw&sslmode=require",
          "postgresql://h/db?password=****&sslmode=require"),
         ("host=h user=u password=pw dbname=d", "user=u password=**** dbname=d host=h"),
+        # an sslpassword (the client key's passphrase) is a secret too
+        ("postgresql://u@h/d?sslpassword=s3cr3t", "postgresql://u@h/d?sslpassword=****"),
+        ("host=h sslpassword=s3cr3t", "host=h sslpassword=****"),
+        # libpq reads password 123?x where urlsplit sees host u, port 123: no part shows
+        ("postgresql://u:123?x@h/d", "user=u password=**** dbname=d host=h"),
     ],
 )  # fmt: skip
 def test_redact_url(url: str, want: str) -> None:
     assert redact_url(url) == want
+    check_database_url(url)  # all of them are accepted
 
 
 @pytest.mark.parametrize(
     "bad",
     [None, "", "   ", 42, "not a url", "mysql://u@h/d", "http://h/d", "postgresql://h:99999/d",
      "postgresql://h/d?bogus=1", "postgresql://u:p@[::1/d", "postgresql://h/d?replication=1",
-     "x" * 5000],
+     "x" * 5000, "postgresql://u:s3cr3t@h/d\x00", "host=h dbname=d\x00"],
 )  # fmt: skip
 def test_invalid_database_urls_are_refused(bad: object) -> None:
     with pytest.raises(InvalidInput) as info:
