@@ -43,6 +43,7 @@ from .casts import (
     EXPLICIT_CASTS,
     IMPLICIT_CASTS,
     bounds_refused,
+    datetime_input,
     has_array_bounds,
     interval_literal,
     text_input_cast,
@@ -208,7 +209,7 @@ class Compiler:
             elif target.array and target.element == INTERVAL:
                 parser = functools.partial(pgv.parse_array, element=interval_literal)
             else:
-                parser = pgv.input_parser(target)
+                parser = datetime_input(target)
             return const(target, parser(expr.text), expr.node)
         except ValueError as e:
             raise error_at(str(e), expr.node) from None
