@@ -310,11 +310,21 @@ async def _successor(source: Source, req: ShapeRequest) -> str | None:
 
 
 async def _json_body(request: web.Request) -> dict[str, Any] | None:
+    """The whole body, up to `MAX_BODY`: read until its end, as its bytes come (in as many
+    reads as the network and the chunked framing cut it into; one `read(n)` returns what
+    has arrived so far, and parsing that alone read a long body's first segment)."""
     if not request.can_read_body:
         return None
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise BadBody("Request body too large", 413)
-    return parse_json_body(await request.content.read(MAX_BODY + 1))
+    pieces = []
+    size = 0
+    async for piece in request.content.iter_any():
+        size += len(piece)
+        if size > MAX_BODY:  # (chunked: no length said so before)
+            raise BadBody("Request body too large", 413)
+        pieces.append(piece)
+    return parse_json_body(b"".join(pieces))
 
 
 def _watermark(source: Source, shape: Shape, end: LogOffset) -> int:

@@ -31,6 +31,9 @@ from .store import SourceRecord, SourceStore
 logger = logging.getLogger(__name__)
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Seconds between attempts to drop a deleted source's slot and publication (doubling).
+CLEANUP_RETRY_FIRST = 5.0
+CLEANUP_RETRY_MAX = 300.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
 
 
@@ -93,6 +96,7 @@ class SourceManager:
         self._watcher: asyncio.Task[None] | None = None
         self._ever_registered = False
         self._expiries: dict[str, asyncio.TimerHandle] = {}
+        self._cleanups: dict[str, asyncio.Task[None]] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -106,6 +110,8 @@ class SourceManager:
             if not rec.paused:
                 await self._start_source(rec)
             self._revoke_at_expiry(rec)
+        for source_id, database_url in self.store.cleanup_pending():
+            self._start_cleanup(source_id, database_url, retry_first=False)
         if self.records:
             logger.info("%d registered sources (%d running)", len(self.records), len(self.running))
         self._watcher = asyncio.create_task(self._watch_states(), name="source-states")
@@ -114,6 +120,10 @@ class SourceManager:
         for timer in self._expiries.values():
             timer.cancel()
         self._expiries.clear()
+        cleanups = list(self._cleanups.values())
+        for task in cleanups:
+            task.cancel()
+        await asyncio.gather(*cleanups, return_exceptions=True)
         if self._watcher is not None:
             self._watcher.cancel()
             await asyncio.gather(self._watcher, return_exceptions=True)
@@ -271,23 +281,67 @@ class SourceManager:
         return rec
 
     async def delete(self, source_id: str) -> list[str]:
-        """Remove a source: stop it, drop its slot and publication, delete its shape logs."""
+        """Remove a source: stop it, drop its slot and publication, delete its shape logs.
+
+        The deletion is recorded first (its requests get 401 from then on, also after a
+        crash); its slot and publication are dropped next, and if that fails (the database
+        is unreachable, the engine is killed) the engine tries again, every few minutes
+        while it runs and at each start, until they are gone (`_cleanup`).
+        """
         async with self._lock:
             rec = self.get(source_id)
-            del self.records[rec.source_id]  # from here on its requests get 401
-            self.auth.forget()
+            self._store().delete(rec.source_id)
+            del self.records[rec.source_id]
+            self._persisted.pop(rec.source_id, None)
+            # (its verified secrets need no forgetting: they match no valid hash any more;
+            # forgetting all of them sent every client of every source through scrypt again)
+            timer = self._expiries.pop(rec.source_id, None)
+            if timer is not None:
+                timer.cancel()
             source = self.running.pop(rec.source_id, None) or self._make_source(rec)
             # Held requests get a 409 (their shapes are gone), then 401; none of them may
             # still use a connection when the source stops.
             source.registry.rotate_all("source deleted")
             await source.end_requests(Unauthorized)
             warnings = await source.destroy()
-            self._store().delete(rec.source_id)
-            self._persisted.pop(rec.source_id, None)
+            if not warnings:
+                self._store().cleaned(rec.source_id)
         for w in warnings:
             logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
+        if warnings:
+            self._start_cleanup(rec.source_id, rec.database_url, retry_first=True)
+            warnings = [f"{w} The engine keeps trying to drop them." for w in warnings]
         logger.info("source %s (%s) deleted", rec.name, rec.source_id)
         return warnings
+
+    def _start_cleanup(self, source_id: str, database_url: str, *, retry_first: bool) -> None:
+        if source_id in self._cleanups:
+            return
+        task = asyncio.create_task(
+            self._cleanup(source_id, database_url, retry_first), name=f"cleanup-{source_id}"
+        )
+        self._cleanups[source_id] = task
+        task.add_done_callback(lambda _: self._cleanups.pop(source_id, None))
+
+    async def _cleanup(self, source_id: str, database_url: str, retry_first: bool) -> None:
+        """Drop a deleted source's slot and publication (and shape logs) until that works."""
+        ghost = SourceRecord(source_id=source_id, name="", database_url=database_url,
+                             secret_hash="")  # fmt: skip
+        delay = CLEANUP_RETRY_FIRST
+        if retry_first:
+            await asyncio.sleep(delay)
+        while True:
+            problems = await self._make_source(ghost).destroy()
+            if not problems:
+                self._store().cleaned(source_id)
+                logger.info(
+                    "deleted source %s: its replication slot and publication are dropped now",
+                    source_id,
+                )
+                return
+            logger.info("deleted source %s: %s (retrying)", source_id, problems[0])
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, CLEANUP_RETRY_MAX)
 
     # -- revoked secrets ------------------------------------------------------------------
 

@@ -9,6 +9,9 @@ transaction; a failed one changes nothing.
 A deleted source leaves its id in `deleted_sources`: once a source was ever registered, a
 request naming a `source_id` is for a registered source (or a 401), never for the engine's
 single database, even after the last source is deleted (see `SourceManager.has_sources`).
+Its connection string stays there until its replication slot and publication are dropped
+(`cleanup_pending`, `cleaned`): the deletion is recorded first, so a crash or an unreachable
+database mid-deletion leaves a cleanup to finish, never a source half there.
 """
 
 from __future__ import annotations
@@ -46,7 +49,9 @@ CREATE TABLE IF NOT EXISTS deleted_sources (
     deleted_at REAL NOT NULL
 );
 """
-_VERSION = 2
+# Columns added to `deleted_sources` in schema 3 (ALTER TABLE for a schema-2 store).
+_DELETED_COLUMNS = {"database_url": "TEXT", "cleaned": "INTEGER NOT NULL DEFAULT 1"}
+_VERSION = 3
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
     " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
@@ -126,7 +131,20 @@ class SourceStore:
                 f"{path} was written by a newer shapegate (schema {version} > {_VERSION})"
             )
         if version != _VERSION:  # no write when it is current: a full disk must not stop a start
-            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version={_VERSION}; COMMIT;")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                have = {r[1] for r in self._db.execute("PRAGMA table_info(deleted_sources)")}
+                for column, kind in _DELETED_COLUMNS.items():
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE deleted_sources ADD COLUMN {column} {kind}")
+                self._db.execute(f"PRAGMA user_version={_VERSION}")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -248,20 +266,38 @@ class SourceStore:
                 (state, now, source_id),
             )
 
-    def delete(self, source_id: str) -> None:
+    def delete(self, source_id: str, *, cleaned: bool = False) -> SourceRecord:
+        """Remove the source; unless `cleaned`, keep its connection string until `cleaned()`
+        says its slot and publication are dropped (`cleanup_pending` lists it meanwhile)."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            cur = self._db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
-            if cur.rowcount == 0:
-                raise UnknownSource(f"no source with id {source_id}")
+            rec = self.get(source_id)
+            self._db.execute("DELETE FROM sources WHERE source_id = ?", (source_id,))
             self._db.execute(
-                "INSERT OR REPLACE INTO deleted_sources (source_id, deleted_at) VALUES (?, ?)",
-                (source_id, time.time()),
+                "INSERT OR REPLACE INTO deleted_sources (source_id, deleted_at, database_url,"
+                " cleaned) VALUES (?, ?, ?, ?)",
+                (source_id, time.time(), None if cleaned else rec.database_url, int(cleaned)),
             )
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+        return rec
+
+    def cleanup_pending(self) -> list[tuple[str, str]]:
+        """(source_id, database_url) of deleted sources whose slot may still exist."""
+        rows = self._db.execute(
+            "SELECT source_id, database_url FROM deleted_sources"
+            " WHERE cleaned = 0 AND database_url IS NOT NULL ORDER BY deleted_at"
+        )
+        return [(r[0], r[1]) for r in rows.fetchall()]
+
+    def cleaned(self, source_id: str) -> None:
+        """The deleted source's slot and publication are gone: forget its connection string."""
+        self._db.execute(
+            "UPDATE deleted_sources SET cleaned = 1, database_url = NULL WHERE source_id = ?",
+            (source_id,),
+        )
 
 
 def store_has_sources(data_dir: Path) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from datetime import datetime
 from decimal import Decimal
 
 from sync_engine.pg import values as pgv
@@ -99,10 +100,10 @@ _DATE = r"\d{4}-\d{2}-\d{2}"
 _CLOCK = r"(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
 _OFFSET = r"(?:[+-](?:0\d|1[0-5])(?::[0-5]\d)?|Z)?"  # Z: UTC, as in JavaScript's toISOString()
 _STRICT_TEXT_INPUT: dict[PgType, re.Pattern[str]] = {
-    DATE: re.compile(rf"{_DATE}|-?infinity", re.ASCII),
+    DATE: re.compile(rf"{_DATE}(?:[ T]{_CLOCK}{_OFFSET})?|-?infinity", re.ASCII),
     TIMESTAMP: re.compile(rf"{_DATE}(?:[ T]{_CLOCK}{_OFFSET})?|-?infinity", re.ASCII),
     TIMESTAMPTZ: re.compile(rf"{_DATE}(?:[ T]{_CLOCK}{_OFFSET})?|-?infinity", re.ASCII),
-    TIME: re.compile(rf"{_CLOCK}|24:00(?::00(?:\.0{{1,6}})?)?", re.ASCII),
+    TIME: re.compile(rf"(?:{_DATE} )?{_CLOCK}{_OFFSET}|24:00(?::00(?:\.0{{1,6}})?)?", re.ASCII),
     INTERVAL: re.compile(
         r"P(?!$)(?:-?\d{1,6}Y)?(?:-?\d{1,6}M)?(?:-?\d{1,6}D)?"
         r"(?:T(?=-?\d)(?:-?\d{1,6}H)?(?:-?\d{1,6}M)?(?:-?\d{1,6}(?:\.\d{1,6})?S)?)?",
@@ -133,6 +134,39 @@ _INTERVAL_LITERAL = re.compile(
     rf"\s*(?:[+-]?\d{{1,9}}(?:\.\d{{1,6}})?|(?:@\s*)?{_IV_TOKEN}(?:\s+{_IV_TOKEN})*(?:\s+ago)?|{_IV_ISO})\s*",
     re.ASCII | re.IGNORECASE,
 )
+
+
+#: A date with a time of day, which date input reads (the time and any offset dropped once
+#: checked: '2024-01-02 25:00' fails), and a time of day after a date (with a space: not
+#: 'T', which time input refuses), which time input reads (the date checked, then dropped).
+_DATE_WITH_CLOCK = re.compile(rf"\s*{_DATE}[ T]{_CLOCK}{_OFFSET}\s*", re.ASCII)
+_CLOCK_AFTER_DATE = re.compile(rf"\s*({_DATE}) ({_CLOCK}{_OFFSET})\s*", re.ASCII)
+
+
+def _date_input(text: str) -> Value:
+    if _DATE_WITH_CLOCK.fullmatch(text):
+        value = pgv.parse_timestamp(text)
+        assert isinstance(value, datetime)
+        return value.date()
+    return pgv.parse_date(text)
+
+
+def _time_input(text: str) -> Value:
+    m = _CLOCK_AFTER_DATE.fullmatch(text)
+    if m:
+        pgv.parse_date(m[1])  # ValueError where the date is none ('2024-02-30')
+        return pgv.parse_time(m[2])
+    return pgv.parse_time(text)
+
+
+def datetime_input(target: PgType) -> Callable[[str], Value]:
+    """Postgres's input of `target` as far as the engine reads it: `pgv.input_parser`, and for
+    date and time also a date with a time of day (see _DATE_WITH_CLOCK); ValueError."""
+    if target == DATE:
+        return _date_input
+    if target == TIME:
+        return _time_input
+    return pgv.input_parser(target)
 
 
 def interval_literal(text: str) -> Value:
@@ -233,9 +267,19 @@ def _array_text_input(target: PgType, parser: Callable[[str], Value]) -> Callabl
 
 def text_input_cast(target: PgType) -> Callable[[str], Value]:
     """The cast of a string-typed value (a row's, not a literal's) to `target`."""
-    parser = pgv.input_parser(target)
     if target.array:
-        return _array_text_input(target, parser)
+        element = target.element
+        if element in _STRICT_TEXT_INPUT:
+            # each element as a scalar's text: '{"Jan 2 2024"}'::date[] is no less read by
+            # Postgres than 'Jan 2 2024'::date (the engine called such rows no match)
+            strict_element = text_input_cast(element)
+
+            def parse_elements(text: str) -> Value:
+                return pgv.parse_array(text, strict_element, target)
+
+            return _array_text_input(target, parse_elements)
+        return _array_text_input(target, pgv.input_parser(target))
+    parser = datetime_input(target)
     strict = _STRICT_TEXT_INPUT.get(target)
     if strict is not None:
 

@@ -43,6 +43,7 @@ from .casts import (
     EXPLICIT_CASTS,
     IMPLICIT_CASTS,
     bounds_refused,
+    datetime_input,
     has_array_bounds,
     interval_literal,
     text_input_cast,
@@ -50,6 +51,7 @@ from .casts import (
 from .collation import SQL_ONLY, text_rules
 from .errors import WhereError, error_at
 from .expr import (
+    EVAL_ERRORS,
     Cache,
     Expr,
     Row,
@@ -62,8 +64,10 @@ from .expr import (
     const,
     or_expr,
     slice_expr,
+    with_folded,
     with_node,
 )
+from .folding import planner_folds
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .parse import construct_name
 from .resolution import (
@@ -102,6 +106,8 @@ class Compiler:
         self.text_rules = text_rules(columns.values()) if live else SQL_ONLY
         self.referenced: set[str] = set()
         self.zones: set[str] = set()  # AT TIME ZONE's zones (zone files' names)
+        # every node compiled so far (by id), for what the planner folds (folding.py)
+        self.compiled: dict[int, Expr] = {}
 
     # -- entry points --
 
@@ -116,7 +122,22 @@ class Compiler:
             if e.located or not isinstance(getattr(node, "location", None), int):
                 raise
             raise error_at(str(e), node) from None
-        return expr if expr.node is not None else with_node(expr, node)
+        expr = expr if expr.node is not None else with_node(expr, node)
+        if not expr.planner_folded and planner_folds(node, expr, self.compiled):
+            expr = self._planner_constant(expr, node)
+        self.compiled[id(node)] = expr
+        return expr
+
+    def _planner_constant(self, expr: Expr, node: ast.Node) -> Expr:
+        """`expr` as the constant Postgres's planner makes of it (see folding.py): its
+        inputs are all constants, so it reads no row."""
+        if expr.is_const:
+            return with_folded(expr)
+        try:
+            value = expr.fn({}, {})
+        except EVAL_ERRORS as e:
+            raise error_at(str(e) or type(e).__name__, node) from None
+        return const(expr.type, value, expr.node, folded=True)
 
     def to_bool(self, expr: Expr, what: str) -> Expr:
         if expr.type == BOOL:
@@ -188,7 +209,7 @@ class Compiler:
             elif target.array and target.element == INTERVAL:
                 parser = functools.partial(pgv.parse_array, element=interval_literal)
             else:
-                parser = pgv.input_parser(target)
+                parser = datetime_input(target)
             return const(target, parser(expr.text), expr.node)
         except ValueError as e:
             raise error_at(str(e), expr.node) from None

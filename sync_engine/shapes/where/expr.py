@@ -10,7 +10,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from pglast import ast
-from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import BOOL, PgType
 from sync_engine.pg.values import Value
@@ -73,6 +72,14 @@ def with_index(expr: Expr, index: tuple[str, frozenset[Value]] | None) -> Expr:
     return new
 
 
+def with_folded(expr: Expr) -> Expr:
+    """`dataclasses.replace(expr, planner_folded=True)`, as `with_node`."""
+    new = object.__new__(type(expr))
+    new.__dict__.update(expr.__dict__)
+    new.__dict__["planner_folded"] = True
+    return new
+
+
 def const(
     pg_type: PgType, value: Value, node: ast.Node | None = None, *, folded: bool = False
 ) -> Expr:
@@ -89,11 +96,13 @@ def const(
 
 
 def planner_const(expr: Expr) -> bool:
-    """`expr` is a constant that Postgres's planner also makes before reading a row: its
-    text is (`folded_by_planner`), or it is an AND/OR the planner simplified to a constant
+    """`expr` is a constant that Postgres's planner also makes before reading a row (the
+    compiler marks those: folding.py), or an AND/OR the planner simplified to a constant
     (`x OR (NOT 's' ILIKE 'a' OR e IS NULL)` is true before any row, though `e IS NULL` is
-    not a constant), or the NOT of one."""
-    return expr.is_const and (expr.planner_folded or folded_by_planner(expr.node))
+    not a constant). The engine folds more (stable casts and operators, which Postgres
+    leaves to run per row, in order): only these may decide an AND or an OR without
+    evaluating its other arguments."""
+    return expr.is_const and expr.planner_folded
 
 
 def null_safe(func: Callable[..., Value], args: Sequence[Expr]) -> Expr | Eval:
@@ -201,74 +210,6 @@ def bool_expr(fn: Eval, node: ast.Node | None) -> Expr:
     return Expr(BOOL, fn, node=node)
 
 
-#: Operators Postgres's planner folds on constants: comparisons, LIKE and arithmetic, all
-#: immutable for the literal types they can take here.
-_FOLDED_OPERATORS = frozenset(
-    {"=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "+", "-", "*", "/", "%"}
-)
-_FOLDED_KINDS = (
-    A_Expr_Kind.AEXPR_OP,
-    A_Expr_Kind.AEXPR_LIKE,
-    A_Expr_Kind.AEXPR_ILIKE,
-    A_Expr_Kind.AEXPR_OP_ANY,
-    A_Expr_Kind.AEXPR_OP_ALL,
-    A_Expr_Kind.AEXPR_NULLIF,
-    A_Expr_Kind.AEXPR_DISTINCT,
-    A_Expr_Kind.AEXPR_NOT_DISTINCT,
-)
-#: Types whose input, casts among each other and operators above are all immutable in
-#: Postgres (no TimeZone, DateStyle or other setting read), so the planner folds them.
-_IMMUTABLE_TYPES = frozenset(
-    {"int2", "int4", "int8", "numeric", "float4", "float8", "text", "varchar", "bool"}
-)
-
-
-def folded_by_planner(node: ast.Node | None) -> bool:
-    """True when Postgres's planner certainly turns `node` into a constant before reading a
-    row: literals; casts of them to numbers, text and bool (a cast of a string literal
-    to an array of those too: the parser converts it); ARRAY[...] of such and subscripts
-    of those; and NOT/AND/OR, IS [NOT] NULL / TRUE ..., comparisons (ANY/ALL too), LIKE and
-    arithmetic of them. The engine folds more (casts, functions), but some of those are only
-    stable in Postgres (they depend on TimeZone: `date::timestamptz`, `timestamptz +
-    interval`), which its planner leaves to run per row, in order: only what this admits
-    may decide an AND or an OR without evaluating its other arguments."""
-    if isinstance(node, ast.A_Const):
-        return True
-    if isinstance(node, ast.BoolExpr):
-        return all(folded_by_planner(a) for a in node.args)
-    if isinstance(node, ast.NullTest | ast.BooleanTest):
-        return folded_by_planner(node.arg)
-    if isinstance(node, ast.A_Expr) and node.kind in _FOLDED_KINDS and len(node.name) == 1:
-        return (
-            getattr(node.name[0], "sval", None) in _FOLDED_OPERATORS
-            and (node.lexpr is None or folded_by_planner(node.lexpr))
-            and folded_by_planner(node.rexpr)
-        )
-    if isinstance(node, ast.TypeCast):
-        return _folded_cast(node)
-    if isinstance(node, ast.A_ArrayExpr):
-        return all(folded_by_planner(e) for e in node.elements or ())
-    if isinstance(node, ast.A_Indirection):
-        return folded_by_planner(node.arg) and all(
-            isinstance(i, ast.A_Indices)
-            and all(x is None or folded_by_planner(x) for x in (i.lidx, i.uidx))
-            for i in node.indirection
-        )
-    return False
-
-
-def _folded_cast(node: ast.TypeCast) -> bool:
-    type_name = node.typeName
-    names = [getattr(n, "sval", "") for n in type_name.names]
-    if type_name.typmods or names[-1] not in _IMMUTABLE_TYPES or len(names) > 2:
-        return False
-    if len(names) == 2 and names[0] != "pg_catalog":
-        return False
-    if type_name.arrayBounds:  # only a string literal, which the parser reads into a constant
-        return isinstance(node.arg, ast.A_Const) and isinstance(node.arg.val, ast.String)
-    return folded_by_planner(node.arg)
-
-
 def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # Postgres's planner simplifies AND before any row is read (eval_const_expressions,
     # simplify_and_arguments): a constant false makes it false, so the other arguments are
@@ -276,6 +217,8 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # are dropped (a constant has nothing to fail on a row, so dropping one is always safe).
     if any(a.value is False and planner_const(a) for a in args):
         return const(BOOL, False, node, folded=True)
+    if all(planner_const(a) for a in args):  # only trues and NULLs
+        return const(BOOL, None if any(a.value is None for a in args) else True, node, folded=True)
     args = [a for a in args if not (a.is_const and a.value is True)] or [const(BOOL, True)]
     if len(args) == 1:
         return with_node(args[0], node)
@@ -317,6 +260,8 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # Postgres); constant falses are dropped (simplify_or_arguments).
     if any(a.value is True and planner_const(a) for a in args):
         return const(BOOL, True, node, folded=True)
+    if all(planner_const(a) for a in args):  # only falses and NULLs
+        return const(BOOL, None if any(a.value is None for a in args) else False, node, folded=True)
     args = [a for a in args if not (a.is_const and a.value is False)] or [const(BOOL, False)]
     if len(args) == 1:
         return with_node(args[0], node)

@@ -61,8 +61,10 @@ from .expr import (
     const,
     in_list,
     or_expr,
+    planner_const,
     with_index,
 )
+from .folding import mark, reads_zone, strict_folds
 from .index import indexable, keyset
 from .resolution import (
     FLOAT_TYPES,
@@ -499,19 +501,22 @@ def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if len(consts) > 1:
         parts.append(_in_constants(c, left, consts, node))
         singles = [i for i in items if not i.is_const]
-    parts += [comparison(c, "=", left, item, node) for item in singles]
+    parts += [_folded_comparison(comparison(c, "=", left, i, node), left, i) for i in singles]
     expr = parts[0] if len(parts) == 1 else or_expr(parts, node)
-    if name == "<>":
-        return apply(BOOL, operator.not_, [expr], node)
-    return expr
+    return _negated(expr, node) if name == "<>" else expr
 
 
 def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr) -> Expr:
     typ, converted = c.unify([left, *consts], "IN", node)
     if typ.enum and not c.allow_enums:
         raise _operator_error(c, "=", left, consts[0], node)
+    folds = all(planner_const(e) for e in (left, *consts)) and not reads_zone(
+        [e.type for e in (left, *consts)]
+    )
     left, items = converted[0], converted[1:]
     expr = in_list(left, items, c.compare_fn("=", typ, node), node)
+    if folds:  # `x = ANY(ARRAY[...])` of constants, immutable: the planner's constant
+        return const(BOOL, expr.fn({}, {}), node, folded=True)
     keys = [i.value for i in items if i.value is not None]
     if left.column is not None and left.raw and indexable(keys):
         return replace(expr, index=(left.column, keyset(keys)))
@@ -520,22 +525,34 @@ def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr)
 
 def _between(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     """transformAExprBetween: `x >= lo AND x <= hi` (with SYMMETRIC, OR the swapped pair),
-    each comparison's operator resolved for its own pair, as if written out."""
+    each comparison's operator resolved for its own pair, as if written out; each a
+    constant where Postgres's planner folds it, so it may decide the AND / OR (seed 2411:
+    `'ab' BETWEEN SYMMETRIC 'ß' AND 'ab'` is true before any row)."""
     value = c.compile(node.lexpr)
     lo, hi = (c.compile(x) for x in node.rexpr)
     kind = node.kind
     symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
     negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
-    first = and_expr(
-        [comparison(c, ">=", value, lo, node), comparison(c, "<=", value, hi, node)], node
-    )
+
+    def compare(op: str, bound: Expr) -> Expr:
+        return _folded_comparison(comparison(c, op, value, bound, node), value, bound)
+
+    first = and_expr([compare(">=", lo), compare("<=", hi)], node)
     expr = first
     if symmetric:
-        second = and_expr(
-            [comparison(c, ">=", value, hi, node), comparison(c, "<=", value, lo, node)], node
-        )
+        second = and_expr([compare(">=", hi), compare("<=", lo)], node)
         expr = or_expr([first, second], node)
-    return apply(BOOL, operator.not_, [expr], node) if negate else expr
+    return _negated(expr, node) if negate else expr
+
+
+def _folded_comparison(expr: Expr, left: Expr, right: Expr) -> Expr:
+    """A comparison (strict) of `left` and `right`, marked where the planner folds it."""
+    return mark(expr, strict_folds(expr, [left, right], not reads_zone([left.type, right.type])))
+
+
+def _negated(expr: Expr, node: ast.Node) -> Expr:
+    """NOT `expr`: a planner's constant when `expr` is one."""
+    return mark(apply(BOOL, operator.not_, [expr], node), planner_const(expr))
 
 
 def _like_expr(c: Compiler, node: ast.A_Expr, name: str) -> Expr:

@@ -65,6 +65,11 @@ class Cluster:
                   str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30",
                   "restart")  # fmt: skip
 
+    def stop_server(self) -> None:
+        """Stop Postgres at once (as a crash would), keeping the cluster to start again."""
+        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
+                  "-w", "stop")  # fmt: skip
+
     def stop(self) -> None:
         try:
             self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",

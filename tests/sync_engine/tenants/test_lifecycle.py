@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from sync_engine.tenants import auth as auth_module
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.tenants.harness import MultiEngine, sql
+from tests.sync_engine.tenants.harness import Cluster, MultiEngine, sql
 
 UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
 
@@ -177,3 +181,136 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     for task in (lp, sse):
         outcome = await _outcome(task)
         assert "x3" not in str(outcome), outcome
+
+
+def _slots(url: str) -> set[str]:
+    return {r[0] for r in sql(url, "SELECT slot_name FROM pg_replication_slots")}
+
+
+def _pubs(url: str) -> set[str]:
+    return {r[0] for r in sql(url, "SELECT pubname FROM pg_publication")}
+
+
+async def test_a_source_deleted_while_its_database_is_down_is_cleaned_up_when_it_is_back(
+    engines: Callable[..., MultiEngine],
+) -> None:
+    """Deleting a source whose Postgres is down cannot drop its slot then; the engine used to
+    give up with a warning, and the slot made Postgres keep WAL forever. It retries until the
+    database is back, also after a restart (the deletion is recorded before the cleanup, so
+    a crash mid-deletion leaves a cleanup to finish, never a source half there)."""
+    cluster = Cluster("logical")
+    try:
+        cluster.start()
+        url = cluster.url
+        _items(url, ["x1"])
+        engine = await engines().start()
+        a = await engine.add("alpha", url)
+        c = await engine.add("gamma", url)
+        await engine.wait_state(a["source_id"], "active")
+        await engine.wait_state(c["source_id"], "active")
+        await engine.sync(a["source_id"], a["secret"], table="items")
+        await engine.sync(c["source_id"], c["secret"], table="items")
+        names = {}
+        for src in (a, c):
+            _, info = await engine.api("GET", f"/api/sources/{src['source_id']}")
+            names[src["source_id"]] = (info["slot_name"], info["publication_name"])
+        assert {s for s, _ in names.values()} <= _slots(url)
+
+        # While the engine runs: deleted while down, cleaned up once the database is back.
+        cluster.stop_server()
+        status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+        assert status == 200 and body["deleted"] and body["warnings"], body
+        cluster.start()
+        slot, pub = names[a["source_id"]]
+        await wait_until_async(lambda: slot not in _slots(url) and pub not in _pubs(url),
+                               timeout=60, interval=0.5, message="the slot dropped")  # fmt: skip
+        await engine.wait_state(c["source_id"], "active", timeout=60)
+
+        # Across a restart: deleted while down, cleaned up when the engine starts again.
+        cluster.stop_server()
+        status, body = await engine.api("DELETE", f"/api/sources/{c['source_id']}")
+        assert status == 200 and body["deleted"] and body["warnings"], body
+        await engine.close()
+        cluster.start()
+        engine = await engines(engine.data_dir).start()
+        slot, pub = names[c["source_id"]]
+        await wait_until_async(lambda: slot not in _slots(url) and pub not in _pubs(url),
+                               timeout=60, interval=0.5, message="the slot dropped")  # fmt: skip
+        status, _ = await engine.api("GET", f"/api/sources/{c['source_id']}")
+        assert status == 404
+        status, _, got = await engine.get(c["source_id"], c["secret"], table="items", offset="-1")
+        assert (status, got) == (401, UNAUTHORIZED)
+        assert not (engine.data_dir / "sources" / c["source_id"]).exists()
+        assert not (engine.data_dir / "sources" / a["source_id"]).exists()
+    finally:
+        cluster.stop()
+
+
+async def test_deleting_a_source_does_not_make_the_others_verify_their_secrets_again(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A verified secret is remembered, so its requests skip the (deliberately slow, two at a
+    time) scrypt check. Deleting one source used to forget every source's, sending all their
+    clients through scrypt at once, queued behind each other."""
+    url_a, url_b = make_db(), make_db()
+    _items(url_a, ["a1"])
+    _items(url_b, ["b1"])
+    engine = await engines().start()
+    a = await engine.add("alpha", url_a)
+    b = await engine.add("beta", url_b)
+    await engine.wait_state(a["source_id"], "active")
+    await engine.wait_state(b["source_id"], "active")
+    checks: list[int] = []
+    real = auth_module._verify_all
+
+    def counted(secret: str, hashes: list[str]) -> list[bool]:
+        checks.append(len(hashes))
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", counted)
+    for _ in range(2):
+        status, _, _ = await engine.get(b["source_id"], b["secret"], table="items", offset="-1")
+        assert status == 200
+    assert len(checks) == 1  # verified once, then remembered
+    status, body = await engine.api("DELETE", f"/api/sources/{a['source_id']}")
+    assert status == 200, body
+    status, _, _ = await engine.get(b["source_id"], b["secret"], table="items", offset="-1")
+    assert status == 200
+    assert len(checks) == 1
+    status, _, got = await engine.get(a["source_id"], a["secret"], table="items", offset="-1")
+    assert (status, got) == (401, UNAUTHORIZED)
+
+
+async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The scrypt check runs in a thread; a rotation without grace period may land meanwhile.
+    The request used to be let in with the secret that had just stopped working."""
+    url = make_db()
+    _items(url, ["x1"])
+    engine = await engines().start()
+    src = await engine.add("racy", url)
+    sid, old = src["source_id"], src["secret"]
+    await engine.wait_state(sid, "active")
+    entered, gate = threading.Event(), threading.Event()
+    real = auth_module._verify_all
+
+    def held(secret: str, hashes: list[str]) -> list[bool]:
+        if secret == old:
+            entered.set()
+            gate.wait(30)
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", held)
+    request = asyncio.create_task(engine.get(sid, old, table="items", offset="-1"))
+    await wait_until_async(entered.is_set, message="the secret is being checked")
+    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
+    assert status == 200, body
+    gate.set()
+    status, _, got = await request
+    assert (status, got) == (401, UNAUTHORIZED)
+    assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200

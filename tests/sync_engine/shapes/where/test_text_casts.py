@@ -46,6 +46,12 @@ ODD = [
     # arrays: Postgres refuses the ragged, the empty inner and a quote inside a bare element
     "{1,2}", "{ 1 , 2 }", "{{1},{2,3}}", "{{}}", "{{1,2},3}", '{a"b}', '{"a\\"b",c}', "{a b}",
     "{{a,b},{c,d}}", "{NULL,null}", '{"NULL"}', "[0:1]={1,2}",
+    # a date with a time of day: date input drops the time (once checked), time input the date
+    "2024-01-02 03:04:05", "2024-02-30 03:04:05", "2024-01-02 25:00", "2024-01-02 03:04",
+    "2024-01-02T03:04:05.5+05:30", "03:04:05Z", "03:04:05-15:59", "2024-01-02 03:04:05Z",
+    "2024-01-02 23:59:60", "2024-01-02 03:04:05.9999999", "2024-01-02T24:00",
+    "{2024-01-02}", '{"2024-01-02 03:04:05"}', '{"Jan 2 2024"}', "{12:00}",
+    '{"2024-01-02 12:00"}', '{"2024-02-30 12:00"}', "{allballs}",
 ]  # fmt: skip
 
 CLAUSES = [
@@ -57,7 +63,8 @@ CLAUSES = [
     "t::interval IS NOT NULL", "t::interval > '1 hour'", "t::uuid IS NOT NULL",
     "t::date::text LIKE '%-%'", "t::interval::text LIKE 'P%'",
     "t::int4[] IS NOT NULL", "t::text[] IS NOT NULL", "array_ndims(t::text[]) = 2",
-    "(t::text[])[1] = 'a'",
+    "(t::text[])[1] = 'a'", "t::date[] IS NOT NULL", "(t::date[])[1] > '2024-01-01'",
+    "t::time[] IS NOT NULL", "(t::time[])[1] < '12:00'", "t::timestamp[] IS NOT NULL",
 ]  # fmt: skip
 
 
@@ -137,3 +144,33 @@ def test_javascript_iso_strings_are_read(
                 f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", (text,)
             ).fetchone()
             assert where.value({"id": "0", "t": text}) is expected, (clause, text)
+
+
+def test_a_date_with_a_time_of_day_is_read(
+    table: tuple[psycopg.Connection[Any], Any, dict[int, str]],
+) -> None:
+    """'2024-01-02 03:04:05'::date is 2024-01-02 and '2024-01-02 03:04:05'::time 03:04:05 in
+    Postgres: a row's text in those forms is read (it was unknown, which rotates the shape on
+    each such row), and a literal is too (it was refused as invalid input)."""
+    conn, columns, _texts = table
+    cases = [
+        ("t::date = '2024-01-02'", ["2024-01-02 03:04:05", "2024-01-02T03:04:05.123Z",
+                                    "2024-01-02 03:04:05+02", "2024-01-02 00:00"]),
+        ("t::time = '03:04:05'", ["2024-01-02 03:04:05", "2024-01-02 03:04:05+02", "03:04:05Z"]),
+    ]  # fmt: skip
+    for clause, texts in cases:
+        where = parse_where(clause, {}, columns)
+        for text in texts:
+            (expected,) = conn.execute(
+                f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", (text,)
+            ).fetchone()
+            assert expected is True
+            assert where.value({"id": "0", "t": text}) is True, (clause, text)
+    for literal in ["t::date = '2024-01-02 03:04:05'", "t::time = '2024-01-02 03:04:05+02'",
+                    "t::date = $1"]:  # fmt: skip
+        where = parse_where(literal, {"1": "2024-01-02T03:04:05Z"}, columns)
+        (expected,) = conn.execute(
+            f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", ("2024-01-02 03:04:05",)
+        ).fetchone()
+        assert expected is True
+        assert where.value({"id": "0", "t": "2024-01-02 03:04:05"}) is True, literal
