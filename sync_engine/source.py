@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import select
 import shutil
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -47,6 +48,32 @@ from .snapshot.scheduler import SnapshotScheduler
 from .tables import Tables
 
 logger = logging.getLogger(__name__)
+
+
+def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
+    """Whether an idle connection may still be used: nothing to read on it. The server
+    writes only when asked, so an idle connection with something to read was closed by it
+    (a Postgres restart: its FATAL message, then the end). One poll(), no round trip."""
+    if conn.closed:
+        return False
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return not poller.poll(0)
+
+
+class _SubsetPool(ConnectionPool[psycopg.Connection[Any]]):
+    """The subset queries' pool: hands out no connection Postgres has closed (a restart):
+    it is closed and replaced. It handed them out, and their query failed as a 503
+    "Database is unreachable" from a database that answered. (A silent Postgres, stopped or
+    behind a partition, is found by the query's own watch: `snapshot/subset.py`.)"""
+
+    def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        while True:
+            conn = super().getconn(timeout)
+            if _looks_alive(conn):
+                return conn
+            conn.close()
+            self.putconn(conn)  # (discarded, being closed)
 
 
 class SourceState(enum.StrEnum):
@@ -119,7 +146,7 @@ class Source:
             seen_xids=lambda: self.replicator.recent_xids,
         )
         # Synchronous connections for subset queries, used from worker threads.
-        self.snapshot_pool: ConnectionPool[Any] = ConnectionPool(
+        self.snapshot_pool: ConnectionPool[Any] = _SubsetPool(
             self.dsn,
             min_size=0,
             max_size=config.max_concurrent_snapshots,

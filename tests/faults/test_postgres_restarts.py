@@ -150,3 +150,33 @@ async def test_an_engine_started_before_postgres_answers_503_meanwhile(
 
 async def _is(status: Awaitable[int], expected: int) -> bool:
     return await status == expected
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+async def test_a_subset_after_a_postgres_restart_is_answered(
+    cluster: FaultCluster, tmp_path: Path, mode: StopMode
+) -> None:
+    """A subset query after Postgres restarted, once it is up again: answered. Its pooled
+    connection had died with the restart and was handed out as it was: a 503 'Database is
+    unreachable' from a database that answered."""
+    engine = EngineProcess(cluster.url, tmp_path / "data")
+    await asyncio.to_thread(engine.start)
+    params = {"table": "items", "offset": "-1", "subset__where": "id > 15"}
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def subset() -> tuple[int, bytes]:
+                async with session.get(engine.url + "/v1/shape", params=params) as r:
+                    return r.status, await r.read()
+
+            status, body = await subset()
+            assert status == 200, body
+            before = [m["value"] for m in orjson.loads(body)["data"]]
+            await asyncio.to_thread(cluster.stop_server, mode)
+            await asyncio.to_thread(cluster.start)
+            status, body = await subset()
+            assert status == 200, body
+            assert [m["value"] for m in orjson.loads(body)["data"]] == before
+    finally:
+        engine.stop()
