@@ -86,15 +86,24 @@ class Tables:
         self._closing: set[asyncio.Future[None]] = set()  # given-up connections closing
         self._probes: dict[None, asyncio.Future[bool]] = {}
         self._answered_at = -PROBE_TTL  # (monotonic) when Postgres last answered `answers`
+        self._closed = False
 
     async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
+        """Close the catalog connection once the work on it is through (each is bounded by
+        its timeout): closed under a query, its socket's wait stayed registered, the query
+        hung until its timeout and the next connection given that descriptor number failed
+        at once. Later work gets a 503 and opens nothing."""
+        self._closed = True
+        async with self._conn_lock:
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
 
     # -- the catalog connection -----------------------------------------------------------
 
     async def _connection(self) -> AsyncConnection[Any]:
+        if self._closed:
+            raise ServiceUnavailable("The source is stopping", retry_after=1)
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
         return self._conn

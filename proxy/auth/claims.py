@@ -11,7 +11,10 @@ the signature check runs once per token rather than once per long-poll.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -108,6 +111,58 @@ def _same_typ(given: object, wanted: str) -> bool:
     return isinstance(given, str) and _media_type(given) == _media_type(wanted)
 
 
+def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    names = [name for name, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError("a repeated member name")
+    return dict(pairs)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # (NaN, Infinity: Python's json reads them)
+
+
+def _json_object(segment: str) -> dict[str, Any]:
+    """A token's header or payload as RFC 7519 has it (section 7.2): base64url of UTF-8 JSON
+    (RFC 8259: no NaN), an object, no member name twice (ValueError otherwise)."""
+    try:
+        raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = json.loads(
+            raw.decode("utf-8"), object_pairs_hook=_no_repeats, parse_constant=_no_constant
+        )
+    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(str(exc)) from None
+    if not isinstance(value, dict):
+        raise ValueError("not an object")
+    return value
+
+
+#: The registered claims that are NumericDates (RFC 7519 section 2): JSON numbers. pyjwt
+#: reads them with `int()`, so it took `"nbf": "0"` and `"iat": true` as dates.
+_DATES = ("exp", "nbf", "iat")
+
+
+def _strict(token: str) -> None:
+    """Refuse what pyjwt's reading is lenient about, so the proxy and the issuer cannot read
+    one token two ways: a claim or header member given twice (pyjwt keeps the last one; an
+    issuer's checks may have read the first), a header or payload that is not UTF-8 (pyjwt
+    reads UTF-16 and a byte order mark), and a NumericDate that is not a JSON number."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return  # (pyjwt refuses it in its own words)
+    try:
+        _json_object(parts[0])
+        payload = _json_object(parts[1])
+    except ValueError:
+        raise Unauthenticated("invalid_token", "the token is malformed or invalid") from None
+    for name in _DATES:
+        value = payload.get(name)
+        if name in payload and (isinstance(value, bool) or not isinstance(value, int | float)):
+            if name == "exp":
+                raise Unauthenticated("invalid_token", "the token exp claim is not a number")
+            raise Unauthenticated("invalid_claims", f"the token {name} claim must be a number")
+
+
 class TokenVerifier:
     """Verifies tokens of the configured issuers, with a cache of verified claims."""
 
@@ -161,6 +216,7 @@ class TokenVerifier:
         return claims
 
     async def _verify(self, token: str) -> Claims:
+        _strict(token)
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})

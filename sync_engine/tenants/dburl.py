@@ -6,6 +6,7 @@ with the password replaced by `****`.
 
 from __future__ import annotations
 
+import re
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
@@ -16,7 +17,15 @@ from .errors import InvalidInput
 _SCHEMES = ("postgres", "postgresql")
 _MAX_LEN = 4096
 #: Connection parameters whose values are secrets: never shown.
-_SECRET_KEYS = ("password", "sslpassword")
+_SECRET_KEYS = (
+    "password",
+    "sslpassword",
+    "oauth_client_secret",
+    "scram_client_key",
+    "scram_server_key",
+)
+#: libpq's connection parameter names: quoted in its messages, they are safe to show.
+_KEYWORDS = frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
 
 
 def check_database_url(url: object) -> str:
@@ -67,11 +76,13 @@ def check_database_url(url: object) -> str:
 
 
 def _clean(exc: Exception, url: str) -> str:
-    # psycopg may quote the whole string, password included: never echo it back.
+    # libpq quotes the part it could not read, which may be the whole string or a password
+    # (`missing "=" after "<a password>"`, `invalid percent-encoded token: "<a password>"`):
+    # never echo it back, unless it is a parameter name.
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if url in text:
         text = text.replace(f'"{url}"', "the URL").replace(url, "the URL")
-    return text
+    return re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] in _KEYWORDS or m[1] == "=" else '"…"', text)
 
 
 def redact_url(url: str) -> str:

@@ -156,3 +156,75 @@ def test_yaml_1_1_boolean_words_in_a_condition_are_refused_at_load() -> None:
     loaded = build_config(parse_yaml(flags), {})
     assert loaded.config.collapse is False
     assert loaded.config.tables["items"].allow[0].all_rows is True
+
+
+def _signed(key: Any, header: bytes, payload: bytes) -> str:
+    """A token signed (RS256) over the exact header and payload bytes given."""
+    import base64
+
+    from jwt.algorithms import RSAAlgorithm
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    signing_input = f"{b64(header)}.{b64(payload)}"
+    signature = RSAAlgorithm(RSAAlgorithm.SHA256).sign(signing_input.encode(), key.private)
+    return f"{signing_input}.{b64(signature)}"
+
+
+async def test_a_token_is_read_one_way_only(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """pyjwt is lenient where an issuer's own checks may not be: a claim given twice (it keeps
+    the last: an org-a member's token with a second `org_id` got org-b's rows), a payload in
+    UTF-16 or after a byte order mark, `"nbf": "0"` (read with `int()`), `true` as a date.
+    RFC 7519 (7.2, 2) has UTF-8 JSON and NumericDates as numbers; all are refused now."""
+    import json
+
+    from tests.proxy.proxy_fakes import AUDIENCE, ISSUER, now
+
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    _policy(config)
+    proxy = await make_proxy(build_config(config, environ))
+    key = proxy.tokens.key
+    header = json.dumps({"alg": "RS256", "kid": key.kid}).encode()
+    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "role": "member"}
+    claims.update(iat=now(), exp=now() + 600, org_id="org-a")
+    payload = json.dumps(claims).encode()
+    assert payload.endswith(b'"org_id": "org-a"}')
+
+    def with_claim(name: str, value: str) -> bytes:
+        return payload[:-1] + f', "{name}": {value}}}'.encode()
+
+    cases: dict[str, tuple[Any, ...]] = {
+        "plain": (header, payload, 200, ORG_A),
+        "org_id twice": (header, with_claim("org_id", '"org-b"'), 401, "invalid_token"),
+        "role twice": (header, with_claim("role", '"admin"'), 401, "invalid_token"),
+        "kid twice": (header[:-1] + b', "kid": "other"}', payload, 401, "invalid_token"),
+        "utf-16 payload": (header, payload.decode().encode("utf-16"), 401, "invalid_token"),
+        "bom payload": (header, b"\xef\xbb\xbf" + payload, 401, "invalid_token"),
+        "bom header": (b"\xef\xbb\xbf" + header, payload, 401, "invalid_token"),
+        "nbf a string": (header, with_claim("nbf", '"0"'), 401, "invalid_claims"),
+        "nbf true": (header, with_claim("nbf", "true"), 401, "invalid_claims"),
+        "nbf NaN": (header, with_claim("nbf", "NaN"), 401, "invalid_token"),
+        "iat true": (header, payload.replace(b'"iat": ', b'"iat": true, "x": '), 401),
+        "exp true": (header, payload.replace(b'"exp": ', b'"exp": true, "x": '), 401),
+    }
+    wrong = []
+    for name, (head, body, status, *expected) in cases.items():
+        token = _signed(key, head, body)
+        proxy.tokens.issued.append(token)
+        reply = await proxy.get(SHAPE, token=token)
+        if reply.status == 200:
+            got: object = {m["value"]["id"] for m in reply.json() if "value" in m}
+        else:
+            got = reply.json().get("code")
+        if reply.status != status or (expected and got != expected[0]):
+            wrong.append((name, reply.status, got))
+    assert not wrong
+    # the dates' own words
+    token = _signed(key, header, payload.replace(b'"iat": ', b'"iat": true, "x": '))
+    proxy.tokens.issued.append(token)
+    assert (await proxy.get(SHAPE, token=token)).json()["message"] == (
+        "the token iat claim must be a number"
+    )

@@ -301,7 +301,11 @@ DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Value, Va
     ("-", TIMESTAMP, TIMESTAMP): (INTERVAL, ts_diff),
     ("-", TIMESTAMPTZ, TIMESTAMPTZ): (INTERVAL, ts_diff),
     ("+", TIME, INTERVAL): (TIME, time_add),
+    ("+", INTERVAL, TIME): (TIME, lambda i, t: time_add(t, i)),
     ("-", TIME, INTERVAL): (TIME, time_sub),
+    # time_mi_time: the microseconds between them, no months or days
+    ("-", TIME, TIME): (INTERVAL, lambda a, b: pgv.Interval(0, 0, time_micros(a) - time_micros(b))),
+    ("+", INTERVAL, DATE): (TIMESTAMP, lambda i, d: add_interval(date_to_ts(d), i)),
     ("+", INTERVAL, INTERVAL): (
         INTERVAL,
         interval_add,

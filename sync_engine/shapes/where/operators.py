@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from dataclasses import replace
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pglast import ast
 from pglast.enums import A_Expr_Kind
@@ -197,11 +197,15 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
 
 def _prefix(c: Compiler, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
     if arg.type == UNKNOWN:
-        arg = c.coerce(arg, NUMERIC if name != "~" else INT8)
+        # Postgres: `- '1'` and `~ '1'` are ambiguous, `@ '1'`, `+ '1'` and `|/ '1'` float8
+        # (the engine had read numeric: `@ '0.1' * 3 = 0.3` was true, false in Postgres)
+        if name in ("-", "~"):
+            raise error_at(f"operator is not unique: {name} unknown", node)
+        arg = c.coerce(arg, FLOAT8)
     typ = arg.type
     if name == "~" and typ in INT_TYPES:
         return apply(typ, operator.invert, [arg], node)
-    if typ in NUMERIC_ORDER or (typ == INTERVAL and name in "+-"):
+    if typ in NUMERIC_ORDER or (typ == INTERVAL and name == "-"):  # no `+ interval`
         funcs: dict[str, Callable[[Value], Value]] = {
             "+": identity,
             "-": _NEGATE.get(typ, operator.neg),
@@ -224,6 +228,22 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
     if dated is not None:
         return dated
     lt, rt = left.type, right.type
+    if lt == rt == UNKNOWN:
+        if name != "^":  # (Postgres has one `^` on float8 and one on numeric: float8 wins)
+            raise error_at(f"operator is not unique: unknown {name} unknown", node)
+        left, right = c.coerce(left, FLOAT8), c.coerce(right, FLOAT8)
+    if name in ("<<", ">>") and UNKNOWN in (lt, rt):
+        # int2/int4/int8 << int4: an unknown shift count is int4; an unknown shifted value
+        # takes the count's type only where that is int4 (Postgres: `'1' << i2` is not
+        # unique, `'1' << i8` does not exist)
+        if rt == UNKNOWN:
+            right = c.coerce(right, INT4)
+        elif rt == INT4:
+            left = c.coerce(left, INT4)
+        else:
+            problem = "is not unique" if rt == INT2 else "does not exist"
+            raise error_at(f"operator {problem}: unknown {name} {rt.sql_name}", node)
+    lt = left.type
     if lt == UNKNOWN:
         left = c.coerce(left, rt if rt in NUMERIC_ORDER else NUMERIC)
     if right.type == UNKNOWN:
@@ -247,6 +267,23 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
     return apply(typ, arith, [left, right], node)
 
 
+def unknown_datetime_operands(
+    name: str, lt: PgType, rt: PgType
+) -> tuple[PgType, PgType] | Literal[False] | None:
+    """`known op unknown` or `unknown op known` with a date/time type: the operand types
+    Postgres's operator resolution picks (checked against it: the same type where it has
+    such an operator, else interval), None where it finds the operator not unique, False
+    where the engine has no rule of its own here."""
+    known = rt if lt == UNKNOWN else lt
+    if name not in ("+", "-") or known not in TEMPORAL_TYPES:
+        return False
+    if name == "-" or known == INTERVAL:
+        return None if known == DATE and name == "+" else (known, known)
+    if known == DATE:
+        return None  # date + integer, date + interval, date + time: ambiguous
+    return (known, INTERVAL) if rt == UNKNOWN else (INTERVAL, known)
+
+
 def _datetime_arithmetic(
     c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node
 ) -> Expr | None:
@@ -258,7 +295,14 @@ def _datetime_arithmetic(
     candidates = [(a, b) for (op, a, b) in DATETIME_OPS if op == name]
     exact = [c for c in candidates if fits_operand(lt, c[0]) and fits_operand(rt, c[1])]
     chosen = None
-    if exact:
+    pair = unknown_datetime_operands(name, lt, rt) if UNKNOWN in (lt, rt) else False
+    if pair is None:
+        raise error_at(f"operator is not unique: {lt.sql_name} {name} {rt.sql_name}", node)
+    if isinstance(pair, tuple):
+        # Postgres's choice: `tm - '1'` is time - time, `tm + '2024-01-01'` time + interval
+        # (the engine had read '1' as an interval, '2024-01-01' as a date)
+        chosen = pair
+    elif exact:
         chosen = exact[0]
     elif UNKNOWN in (lt, rt):
         other = rt if lt == UNKNOWN else lt
@@ -286,6 +330,8 @@ def _bitwise(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) ->
         )
     if name in ("<<", ">>"):
         typ = left.type
+        if right.type == INT8:  # the count is int4 (an int2 one converts)
+            raise error_at(f"operator does not exist: {typ.sql_name} {name} bigint", node)
         right = c.coerce(right, INT4) if right.type == INT2 else right
         shift = operator.lshift if name == "<<" else operator.rshift
         return apply(typ, wrap_shift(typ, shift), [left, right], node)
@@ -430,7 +476,10 @@ CROSS_TYPE_EQUALS = frozenset(
     for a in group
     for b in group
     if a != b
-)
+) | {(FLOAT4, t) for t in (INT2, INT4, INT8, NUMERIC)}
+"""(and float4 = an integer or numeric is float48eq, which converts only the right side:
+NULLIF(f4, i4) is real, not double precision, so its text is '0.1', not
+'0.10000000149011612'; the other way round both go to float8)"""
 
 
 def _stable_equality(a: PgType, b: PgType) -> bool:

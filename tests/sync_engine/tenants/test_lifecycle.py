@@ -44,7 +44,8 @@ async def test_delete_while_clients_wait_ends_them_and_cleans_postgres(
     url_a, url_b = make_db(), make_db()
     _items(url_a, ["a1"])
     _items(url_b, ["b1"])
-    engine = await engines().start()
+    # held requests must still be held when the deletion comes, however loaded the machine
+    engine = await engines(long_poll_timeout=60.0, sse_timeout=60.0).start()
     a = await engine.add("alpha", url_a)
     b = await engine.add("beta", url_b)
     await engine.wait_state(a["source_id"], "active")

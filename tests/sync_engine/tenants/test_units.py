@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from sync_engine.tenants import auth as auth_module
 from sync_engine.tenants.auth import SourceAuth, parse_source_id
 from sync_engine.tenants.credentials import hash_secret, new_secret, verify_secret
 from sync_engine.tenants.dburl import check_database_url, redact_url
 from sync_engine.tenants.diagnose import explain
 from sync_engine.tenants.errors import DuplicateName, InvalidInput, UnknownSource
 from sync_engine.tenants.store import SourceStore, store_has_sources
+from tests.support.waiting import wait_until_async
 
 URL = "postgresql://app:s3cr3t-pw@db.example.com:5432/shop"
 
@@ -40,6 +44,8 @@ def test_secrets_are_long_random_and_hashed_with_salt() -> None:
         # an sslpassword (the client key's passphrase) is a secret too
         ("postgresql://u@h/d?sslpassword=s3cr3t", "postgresql://u@h/d?sslpassword=****"),
         ("host=h sslpassword=s3cr3t", "host=h sslpassword=****"),
+        ("postgresql://h/d?oauth_client_id=c&oauth_client_secret=s3cr3t",
+         "postgresql://h/d?oauth_client_id=c&oauth_client_secret=****"),
         # libpq reads password 123?x where urlsplit sees host u, port 123: no part shows
         ("postgresql://u:123?x@h/d", "user=u password=**** dbname=d host=h"),
     ],
@@ -62,10 +68,20 @@ def test_invalid_database_urls_are_refused(bad: object) -> None:
     assert "s3cr3t" not in info.value.message
 
 
-def test_invalid_url_message_never_echoes_the_password() -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "postgresql://u:s3cr3t@h/d?nope=1",
+        # libpq quotes what it could not read: here the password itself
+        "host=h user=u s3cr3t",
+        "postgresql://u:s3cr3t%ZZ@h/d",
+        "host=h password=x s3cr3t=1",
+    ],
+)
+def test_invalid_url_message_never_echoes_the_password(bad: str) -> None:
     with pytest.raises(InvalidInput) as info:
-        check_database_url("postgresql://u:s3cr3t@h/d?nope=1")
-    assert "s3cr3t" not in info.value.message
+        check_database_url(bad)
+    assert "s3cr3t" not in info.value.message, info.value.message
 
 
 def test_valid_database_urls() -> None:
@@ -164,3 +180,42 @@ def test_parse_source_id() -> None:
     assert parse_source_id("00000000-0000-4000-8000-000000000000")
     for bad in (None, "", "default", "x" * 100, "1234"):
         assert parse_source_id(bad) is None
+
+
+async def test_secret_checks_take_turns_by_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flood of wrong secrets for one source (or for made-up ids) waits behind itself: the
+    free workers go to each source waiting in turn, not to the flood's next check (the
+    checks used to wait in one queue, first come first served)."""
+    reg = SourceStore(tmp_path / "sources.db")
+    secret_a, secret_b = new_secret(), new_secret()
+    rec_a = reg.create("a", URL, hash_secret(secret_a))
+    rec_b = reg.create("b", URL, hash_secret(secret_b))
+    auth = SourceAuth(concurrency=1)
+    await auth.prepare()
+    order: list[str] = []
+    go = threading.Semaphore(0)
+    real = auth_module._verify_all
+
+    def held(secret: str, hashes: list[str]) -> list[bool]:
+        order.append(secret)
+        assert go.acquire(timeout=30)
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", held)
+    flood = [asyncio.create_task(auth.check(rec_a, f"wrong-{i}")) for i in range(4)]
+    flood += [asyncio.create_task(auth.check(None, f"made-up-{i}")) for i in range(3)]
+    await wait_until_async(lambda: len(order) == 1 and auth.waiting == 6, message="queued")
+    legit = asyncio.create_task(auth.check(rec_b, secret_b))
+    await wait_until_async(lambda: auth.waiting == 7, message="the legit check queued")
+    for n in (2, 3):
+        go.release()
+        await wait_until_async(lambda: len(order) == n, message="the next check runs")  # noqa: B023
+    # one turn for each source waiting: the made-up ids', then b's (was 8th of 8)
+    assert order == ["wrong-0", "made-up-0", secret_b], order
+    for _ in range(6):
+        go.release()
+    assert await legit
+    assert not any(await asyncio.gather(*flood))
+    assert auth.waiting == 0 and auth._running == 0

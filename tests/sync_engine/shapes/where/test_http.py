@@ -102,3 +102,12 @@ async def test_char_n_through_casts_live_equals_the_snapshot(engine: Engine) -> 
                   "owner::text::varchar IN ('ß', 'x')", "(owner::text::varchar || '|') = 'ß|'"]:  # fmt: skip
         live = await _live_rows(engine, f"({where}) OR owner = 'marker'", ["ß", "ß ", "ßß", " ß"])
         assert live == {"ß     "}, where
+
+
+async def test_a_malformed_enum_array_literal_is_a_400(engine: Engine) -> None:
+    """`e = ANY('x')` raised a ValueError past the where checks (a 500)."""
+    engine.sql("CREATE TYPE mood AS ENUM ('sad', 'ok')")
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner text, m mood)")
+    for where in ["m = ANY('x')", "m::text = ANY('x')", "COALESCE(m, 'x')::text = 'x'"]:
+        body = await _error(engine, where=where)
+        assert body["message"] == "Invalid request", body

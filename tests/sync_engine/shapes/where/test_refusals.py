@@ -1,0 +1,70 @@
+"""Clauses Postgres refuses when it plans the snapshot are refused by the engine up front.
+
+A clause the engine accepted but Postgres cannot plan makes a shape whose snapshot fails
+(a 400 only then, or a 500 where the engine's own check raised something other than a
+WhereError). Found by compiling every operator, function and cast over every pair of the
+differential table's columns and a set of literals, and asking Postgres to EXPLAIN each
+clause the engine accepted: untyped literals on both sides of arithmetic, shift counts that
+are not int4, unknown operands beside date/time types, `+ interval`, enum labels the engine
+cannot check. Each case here: the engine refuses it, and Postgres does too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from sync_engine.pg.session import with_display_settings
+from sync_engine.shapes.where import WhereError, parse_where
+from tests.sync_engine.shapes.where.columns import column_map
+
+REFUSED = [
+    ("(i4 << i8) IS NULL", "operator does not exist: integer << bigint"),
+    ("(i8 >> 2147483648) IS NULL", "operator does not exist: bigint >> bigint"),
+    ("('1' << i2) IS NULL", "operator is not unique: unknown << smallint"),
+    ("('1' >> i8) IS NULL", "operator does not exist: unknown >> bigint"),
+    ("('1' + '1') IS NULL", "operator is not unique: unknown \\+ unknown"),
+    ("(NULL * NULL) IS NULL", "operator is not unique: unknown \\* unknown"),
+    ("('6' % '4') = 2", "operator is not unique: unknown % unknown"),
+    ("('1' & '1') = 1", "operator is not unique: unknown & unknown"),
+    ("(- '1') IS NULL", "operator is not unique: - unknown"),
+    ("(~ NULL) IS NULL", "operator is not unique: ~ unknown"),
+    ("(+ iv) IS NULL", "operator does not exist: \\+ interval"),
+    ("(d + '1') IS NULL", "operator is not unique: date \\+ unknown"),
+    ("(NULL + d) IS NULL", "operator is not unique: unknown \\+ date"),
+    # time + unknown is time + interval, time - unknown time - time (the engine had read
+    # them as time + date and time - interval)
+    ("(tm + '2024-01-01') IS NULL", "interval literal"),
+    ("(tm - '1') IS NULL", "invalid input syntax for type time"),
+    # Postgres checks an enum label; the engine does not know the labels, so it refuses
+    # them all (a valid one too: NULLIF(e, 'sad'); e::text = 'sad' is the way)
+    ("COALESCE(e, 'x')::text = 'x'", "a literal of enum type mood is not supported"),
+    ("NULLIF(e, 'glad') IS NULL", "a literal of enum type mood is not supported"),
+    ("e = ANY('x')", "enum"),  # raised ValueError, not WhereError (a 500)
+]
+
+
+@pytest.fixture
+def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
+    url = with_display_settings(db_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+        conn.execute(
+            "CREATE TABLE d (id int PRIMARY KEY, i2 int2, i4 int4, i8 int8, d date, tm time,"
+            " iv interval, e mood)"
+        )
+        yield conn, column_map(url)
+
+
+@pytest.mark.parametrize(("clause", "message"), REFUSED)
+def test_refused_as_postgres_refuses(
+    table: tuple[psycopg.Connection[Any], Any], clause: str, message: str
+) -> None:
+    conn, columns = table
+    with pytest.raises(WhereError, match=message):
+        parse_where(clause, {}, columns)
+    with pytest.raises(psycopg.Error):
+        conn.execute(f"EXPLAIN SELECT id FROM d WHERE {clause}")
