@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import fcntl
 import gc
 import logging
 import os
 import re
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -297,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level, args.log_format, prog=PROG, env_prefix=_ENV)
     settings = settings_from_args(args)
     check_settings(settings)
+    lock_data_dir(settings.data_dir)
     open_files = raise_open_file_limit()
     engine_sock = listen(
         settings.host,
@@ -328,6 +332,62 @@ def main(argv: list[str] | None = None) -> None:
         except KeyboardInterrupt:
             fail(PROG, "interrupted while waiting for the database", 130)
     serve(settings, engine_sock, admin_sock, open_files)
+
+
+#: Seconds a second engine on a data directory waits for the first one to stop.
+LOCK_WAIT = 60.0
+_data_dir_lock: list[int] = []  # the lock's descriptor, open as long as the process runs
+
+
+def lock_data_dir(data_dir: Path, wait: float = LOCK_WAIT) -> None:
+    """Hold `<data-dir>/engine.lock` (flock, released by the kernel when the process ends,
+    however it ends) before touching the shape logs: a second engine on the same directory
+    (a restart that began before the old process was gone, a second container on a shared
+    volume) would load the logs once, know nothing of what the first appends after, and on
+    taking over the slot write over it. It waits for the first to stop, up to `wait`
+    seconds, then exits."""
+    path = data_dir / "engine.lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # serve what there is (`preflight`)
+            logger.warning("cannot create %s (the disk is full): not locked", path)
+            return
+        fail(PROG, f"cannot use the data directory {data_dir} ({exc.strerror})", 1)
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            pass
+        if not said:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            logger.warning(
+                "the data directory %s is in use by another engine (pid %s): waiting up to"
+                " %.0f s for it to stop",
+                data_dir,
+                holder,
+                wait,
+            )
+            said = True
+        if time.monotonic() >= deadline:
+            fail(
+                PROG,
+                f"the data directory {data_dir} is in use by another engine: stop it, or give"
+                " this one another --data-dir (SYNC_ENGINE_DATA_DIR)",
+                1,
+            )
+        time.sleep(0.1)
+    _data_dir_lock.append(fd)
+    try:  # (who holds it, for the message above; not on a full disk)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass
+    if said:
+        logger.info("the other engine has stopped: the data directory %s is this one's", data_dir)
 
 
 def check_settings(settings: Settings) -> None:

@@ -24,7 +24,8 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
 - the client going away (reset, or its end of the connection closed) cancels the task of
   the request it was waiting for: a held long-poll lets go of its flight at once;
 - backpressure: a response's `write` waits while the transport's buffer is over its high
-  mark (`pause_writing` / `resume_writing`).
+  mark (`pause_writing` / `resume_writing`), for up to `SEND_TIMEOUT`, then the connection
+  is dropped (a client that stops reading).
 """
 
 from __future__ import annotations
@@ -61,6 +62,11 @@ KEEPALIVE_TIMEOUT = 75.0
 #: long, between requests after `KEEPALIVE_TIMEOUT`, so a request begun on a connection idle
 #: for a while may take up to `KEEPALIVE_TIMEOUT` before it is cut.
 REQUEST_READ_TIMEOUT = 30.0
+#: Seconds a response may wait for its client to read (the connection's buffer over its high
+#: mark) before the connection is dropped: a client that stops reading held its socket, and
+#: for a streamed answer an engine connection, for good (nginx's send_timeout is 60 s). An
+#: idle connection whose last answer was never read is dropped when its keep-alive ends.
+SEND_TIMEOUT = 60.0
 #: A fast answer's body below this size goes out in one write with its head, joined if it
 #: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
 JOIN_BELOW = 64 * 1024
@@ -245,7 +251,17 @@ class Connection(asyncio.Protocol, Writer):
             return
         if self._drain is None:
             self._drain = self._loop.create_future()
-        await asyncio.shield(self._drain)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drain), SEND_TIMEOUT)
+        except TimeoutError:
+            if self._transport is not None:
+                logger.debug(
+                    "dropped a connection from %s: it read nothing for %s s",
+                    self._peer(),
+                    SEND_TIMEOUT,
+                )
+                self._transport.abort()
+            raise ConnectionResetError("the client stopped reading") from None
         if self._transport is None:
             raise ConnectionResetError("the client went away")
 
@@ -480,6 +496,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def upgrade_body_read(self) -> None:
         """The body of a request that asked to upgrade is in (`_UpgradeBody`)."""
+        self._parser = None  # (nothing after the body is read: `closing` is set)
         self._pause_reading()
         self.on_message_complete()
 
@@ -678,7 +695,10 @@ class Connection(asyncio.Protocol, Writer):
         if left > 0:  # (it was armed before the fast-lane requests since)
             self._idle = self._loop.call_later(left, self._idle_close)
             return
-        self._transport.close()
+        if self._transport.get_write_buffer_size():
+            self._transport.abort()  # (its last answer is still unread: `close` would wait)
+        else:
+            self._transport.close()
 
     @property
     def answering(self) -> asyncio.Future[None] | None:

@@ -302,8 +302,12 @@ class SourceManager:
             # Held requests get a 409 (their shapes are gone), then 401; none of them may
             # still use a connection when the source stops.
             source.registry.rotate_all("source deleted")
-            await source.end_requests(Unauthorized)
-            warnings = await source.destroy()
+            try:
+                await source.end_requests(Unauthorized)
+                warnings = await source.destroy()
+            except Exception as exc:  # recorded as deleted: the cleanup is tried again
+                logger.exception("cleaning up deleted source %s failed", rec.source_id)
+                warnings = [f"could not drop its replication slot and publication ({exc})."]
             if not warnings:
                 self._store().cleaned(rec.source_id)
         for w in warnings:

@@ -442,3 +442,67 @@ async def test_the_body_of_a_request_asking_to_upgrade_is_read_piece_by_piece() 
             assert transport.out.startswith(b"HTTP/1.1 204 ")
             assert transport.out.count(b"HTTP/1.1") == 1
             conn.connection_lost(None)
+
+
+async def test_a_client_that_stops_reading_is_dropped(proxy: Any, monkeypatch: Any) -> None:
+    """A client that asks for a large answer and reads none of it held its connection, and
+    the engine's answer being relayed, for good: the response waited on the full buffer
+    forever. Now the connection is dropped once nothing was read for `SEND_TIMEOUT`."""
+    import socket
+
+    import proxy.http.protocol as protocol
+    from tests.support.waiting import wait_until_async
+
+    monkeypatch.setattr(protocol, "SEND_TIMEOUT", 0.5, raising=False)
+    proxy.engine.body_size = 20_000_000
+    server = proxy.client.server
+    token = proxy.tokens.make()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, (server.host, server.port))
+    try:
+        request = (
+            f"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        )
+        await loop.sock_sendall(sock, request.encode())
+        connections = proxy.client.server._server
+
+        def dropped() -> bool:
+            return connections.connections == 0
+
+        await wait_until_async(dropped, timeout=30, message="the unread connection dropped")
+        # what the client can still read ends well short of the answer
+        got = b""
+        try:
+            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 1 << 20), 10):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        assert got.startswith(b"HTTP/1.1 200 ") and len(got) < 20_000_000
+    finally:
+        sock.close()
+
+
+async def test_bytes_after_an_upgrade_body_are_not_read() -> None:
+    """After the body of a request asking to upgrade (here empty, `Content-Length: 00`), the
+    bytes are the other protocol's: not parsed as a request, not answered 400."""
+    from proxy.http.protocol import Connection
+
+    app = _RecordingApp()
+    conn = Connection(app)  # type: ignore[arg-type]
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nContent-Length: 00\r\n\r\n\x00\x01 not HTTP\r\n\r\n"
+    )
+    for _ in range(100):
+        if transport.out:
+            break
+        await asyncio.sleep(0)
+    assert [r.body for r in app.requests] == [b""]
+    assert transport.out.startswith(b"HTTP/1.1 204 ") and transport.out.count(b"HTTP/1.1") == 1
+    conn.connection_lost(None)
