@@ -496,6 +496,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def upgrade_body_read(self) -> None:
         """The body of a request that asked to upgrade is in (`_UpgradeBody`)."""
+        self._parser = None  # (nothing after the body is read: `closing` is set)
         self._pause_reading()
         self.on_message_complete()
 
