@@ -506,3 +506,21 @@ async def test_bytes_after_an_upgrade_body_are_not_read() -> None:
     assert [r.body for r in app.requests] == [b""]
     assert transport.out.startswith(b"HTTP/1.1 204 ") and transport.out.count(b"HTTP/1.1") == 1
     conn.connection_lost(None)
+
+
+async def test_an_answer_to_a_request_asking_to_upgrade_says_the_connection_closes(
+    proxy: Any,
+) -> None:
+    """The connection closes after answering a request with `Connection: Upgrade` (nothing
+    after it is read); the answer did not say so, so a client keeping the connection for its
+    next request lost that request."""
+    token = proxy.tokens.make()
+    for head in (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\n",
+    ):
+        raw = await _exchange(proxy, head)
+        [(status, headers, _)] = _answers(raw)
+        assert (status, headers.get("connection")) == (200, "close"), head
