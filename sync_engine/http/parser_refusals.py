@@ -9,18 +9,27 @@ and its own `RefusingRequestHandler` subclass, whose `refused` renders the answe
 service's JSON: 414 for a request target over `MAX_REQUEST_TARGET`, 431 for headers over
 `MAX_HEADER_FIELD` or `MAX_HEADERS`, 400 for anything else malformed, nothing of the request
 quoted, logged as one INFO line. A handler's own crash (a bug) still gets a bare 500.
+
+The engine's app also refuses what the parser reads but a careful server does not serve
+(`unserved`: HTTP/0.9 a 400, HTTP/2.0 a 505, a transfer coding other than chunked a 501,
+`Transfer-Encoding` on HTTP/1.0 a 400, as the proxy does), answers in HTTP/1.1 status lines,
+and hands a body to its handler class's `request_body` (the engine's decodes its
+Content-Encoding: sync_engine/http/server.py).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.web_protocol import ERROR, RequestHandler
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +45,9 @@ HANDLER_ARGS: dict[str, Any] = {
     "max_line_size": MAX_REQUEST_TARGET,
     "max_field_size": MAX_HEADER_FIELD,
     "max_headers": MAX_HEADERS,
+    # A body's Content-Encoding is decoded by the handler class's `request_body` (aiohttp's
+    # own decoder reads a gzip body cut short as a shorter body, and knows no `x-gzip`).
+    "auto_decompress": False,
 }
 
 
@@ -69,6 +81,43 @@ def refusal(exc: BaseException | None) -> Refusal:
     return Refusal(400, "bad_request", "Malformed HTTP request")
 
 
+#: Requests aiohttp's parser (llhttp) reads but a careful server refuses, answered as the proxy
+#: answers them (proxy/http/protocol.py): an HTTP/0.9 request line (no version), which has no
+#: request line as RFC 9112 defines it, and `HTTP/2.0` in HTTP/1 framing, a major version not
+#: supported (RFC 9110, 15.6.6), were answered `HTTP/0.9 200` / `HTTP/2.0 200`.
+HTTP_0_9 = Refusal(400, "bad_request", "Malformed HTTP request: HTTP/0.9 is not supported")
+VERSION_NOT_SUPPORTED = Refusal(
+    505,
+    "http_version_not_supported",
+    "HTTP version not supported: the server speaks HTTP/1.0 and HTTP/1.1",
+)
+#: A transfer coding other than `chunked` (`Transfer-Encoding: gzip, chunked`): llhttp
+#: reads the body as plain chunked, which it is not (RFC 9112, 6.1: a 501).
+UNKNOWN_TRANSFER_CODING = Refusal(
+    501, "not_implemented", "Unsupported Transfer-Encoding: only chunked is implemented"
+)
+#: `Transfer-Encoding` on an HTTP/1.0 request: its framing is faulty (RFC 9112, 6.1).
+TRANSFER_ENCODING_IN_HTTP_1_0 = Refusal(
+    400, "bad_request", "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request"
+)
+
+
+def unserved(message: Any) -> Refusal | None:
+    """The refusal of a parsed request (`RawRequestMessage`) whose version or framing the
+    parser accepted but the server does not serve; None for one it serves. Called only for a
+    request that is not plain HTTP/1.1 or is chunked (`RefusingApplication._make_request`)."""
+    version = message.version
+    if version[0] != 1:
+        return HTTP_0_9 if version[0] == 0 else VERSION_NOT_SUPPORTED
+    if version[1] == 0 and "Transfer-Encoding" in message.headers:
+        return TRANSFER_ENCODING_IN_HTTP_1_0
+    if message.chunked:
+        codings = message.headers.get("Transfer-Encoding", "").split(",")
+        if [c.strip().lower() for c in codings] != ["chunked"]:
+            return UNKNOWN_TRANSFER_CODING
+    return None
+
+
 class RefusingRequestHandler(RequestHandler):
     """A connection whose parser refusals (status < 500) are answered by `refused`."""
 
@@ -77,6 +126,11 @@ class RefusingRequestHandler(RequestHandler):
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         """The service's response for a refused request (it is closed after)."""
         raise NotImplementedError
+
+    def request_body(self, message: Any, payload: StreamReader) -> StreamReader:
+        """The body a handler reads, for a request that has one (aiohttp's parser does not
+        decode its Content-Encoding here: `HANDLER_ARGS`); as received by default."""
+        return payload
 
     def server_error(
         self, request: Any, status: int, exc: BaseException | None, message: str | None
@@ -93,9 +147,14 @@ class RefusingRequestHandler(RequestHandler):
     ) -> web.StreamResponse:
         if status >= 500:
             return self.server_error(request, status, exc, message)
-        answer = refusal(exc)
         # A scanner's first bytes are not worth a line above DEBUG (as aiohttp does).
         level = logging.DEBUG if isinstance(exc, BadHttpMethod) else logging.INFO
+        return self.refuse(request, refusal(exc), level)
+
+    def refuse(
+        self, request: Any, answer: Refusal, level: int = logging.INFO
+    ) -> web.StreamResponse:
+        """Answer `request` with `answer` (logged at `level`) and close the connection."""
         logger.log(
             level,
             "refused a malformed request from %s: %s %s",
@@ -111,6 +170,16 @@ class RefusingRequestHandler(RequestHandler):
 
 
 _HANDLER_CLASS = web.AppKey("refusing_handler_class", type)
+#: The message of a request the parser refused, answered in HTTP/1.1 (aiohttp's says
+#: HTTP/1.0, so its refusals' status lines did, as the proxy's do not).
+_ERROR_1_1 = ERROR._replace(version=HttpVersion11)
+
+
+class _RefusedRequest(web.Request):
+    """A request the server answers with `refusal` (`unserved`), no handler run."""
+
+    ATTRS = web.Request.ATTRS | frozenset(["refusal"])
+    refusal: Refusal
 
 
 class _RefusingServer(web.Server):
@@ -142,3 +211,42 @@ with warnings.catch_warnings():
             assert isinstance(server, _RefusingServer)
             server.handler_class = self[_HANDLER_CLASS]
             return server
+
+        def _make_request(
+            self,
+            message: Any,
+            payload: StreamReader,
+            protocol: RequestHandler,
+            writer: Any,
+            task: Any,
+            _cls: type[web.Request] = web.Request,
+        ) -> web.Request:
+            # (two cheap checks for a plain HTTP/1.1 request without a body)
+            if message.version is not HttpVersion11 or message.chunked:
+                if message is ERROR:
+                    message = _ERROR_1_1
+                else:
+                    answer = unserved(message)
+                    if answer is not None:
+                        message = message._replace(version=HttpVersion11)
+                        request = super()._make_request(
+                            message, payload, protocol, writer, task, _RefusedRequest
+                        )
+                        assert isinstance(request, _RefusedRequest)
+                        request.refusal = answer
+                        return request
+            if payload is not EMPTY_PAYLOAD:
+                assert isinstance(protocol, RefusingRequestHandler)
+                payload = protocol.request_body(message, payload)
+            return super()._make_request(message, payload, protocol, writer, task, _cls)
+
+        def _handle(self, request: web.Request) -> Coroutine[Any, Any, web.StreamResponse]:
+            # (not a coroutine itself: no frame more per request)
+            if type(request) is _RefusedRequest:
+                return self._refuse(request)
+            return super()._handle(request)
+
+        async def _refuse(self, request: _RefusedRequest) -> web.StreamResponse:
+            protocol = request.protocol
+            assert isinstance(protocol, RefusingRequestHandler)
+            return protocol.refuse(request, request.refusal)

@@ -8,11 +8,14 @@ crash (a bug) gets its traceback and a bare 500, as every other engine error doe
 from __future__ import annotations
 
 import logging
+import zlib
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
+import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from .errors import json_response
@@ -21,12 +24,86 @@ from .parser_refusals import Refusal, RefusingApplication, RefusingRequestHandle
 logger = logging.getLogger(__name__)
 
 
+#: Content codings of a request body the engine decodes (zlib's window bits; 0 for
+#: `deflate`: with its zlib header, or raw as some clients send it). `x-gzip` is gzip
+#: (RFC 9110, 8.4.1.3). The proxy (proxy/http/handlers.py `_read_body`) reads the same.
+_DECODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
+#: Bytes decoded per step: a small body in one, a bomb never more than this ahead of its
+#: reader (which stops at its limit, `params.MAX_BODY`: a 413).
+_DECODE_STEP = 64 * 1024
+_UNSUPPORTED_CODING = orjson.dumps(
+    {"message": "Unsupported Content-Encoding: a request body may be gzip, deflate or identity"}
+).decode()
+
+
+class _DecodedBody(StreamReader):
+    """A request body decoded from its Content-Encoding as its reader asks for it.
+
+    Where a reader would wait for the parser to feed it, it reads the raw body's next piece
+    and decodes it (at most `_DECODE_STEP` bytes out). A body that is not the whole of one
+    stream in its coding (cut short, undecodable, bytes after its end) is a
+    `ContentEncodingError` when read: the engine's 400 "Malformed request body", as the
+    proxy's. A body in a coding the engine does not decode is a 415 when read.
+    """
+
+    __slots__ = ("_decoder", "_raw", "_wbits")
+
+    def __init__(self, raw: StreamReader, wbits: int | None, loop: Any) -> None:
+        super().__init__(raw._protocol, raw._low_water, loop=loop)
+        self._raw = raw
+        self._wbits = wbits
+        self._decoder: Any = None
+
+    async def _wait(self, func_name: str) -> None:
+        if self._wbits is None:
+            raise web.HTTPUnsupportedMediaType(
+                text=_UNSUPPORTED_CODING, content_type="application/json"
+            )
+        decoder = self._decoder
+        if decoder is not None and decoder.unconsumed_tail:
+            data = decoder.unconsumed_tail
+        else:
+            data = await self._raw.readany()
+            if not data:
+                if decoder is not None and not decoder.eof:
+                    self._fail("cut short")
+                self.feed_eof()
+                return
+        if decoder is None:
+            wbits = self._wbits
+            if not wbits:
+                wbits = zlib.MAX_WBITS if data[0] & 0x0F == 8 else -zlib.MAX_WBITS
+            decoder = self._decoder = zlib.decompressobj(wbits)
+        try:
+            out = decoder.decompress(data, _DECODE_STEP)
+        except zlib.error:
+            self._fail("undecodable")
+        if decoder.unused_data:
+            self._fail("bytes after its end")
+        if out:
+            self.feed_data(out)
+
+    def _fail(self, why: str) -> NoReturn:
+        exc = ContentEncodingError(f"request body in its Content-Encoding {why}")
+        self.set_exception(exc)
+        raise exc
+
+
 class EngineRequestHandler(RefusingRequestHandler):
     __slots__ = ()
 
+    def request_body(self, message: Any, payload: StreamReader) -> StreamReader:
+        coding = message.headers.get("Content-Encoding")
+        if coding is None:
+            return payload
+        coding = coding.strip().lower()
+        if coding in ("", "identity"):
+            return payload
+        return _DecodedBody(payload, _DECODED.get(coding), self._loop)
+
     def log_exception(self, *args: Any, **kw: Any) -> None:
-        # After a handler answered a request whose body turned out unreadable (bad chunking,
-        # not really gzip), aiohttp drains the rest and logs the body's error as unhandled.
+        # After a handler answered a request whose body turned out unreadable (bad chunking),
+        # aiohttp drains the rest and logs the body's error as unhandled.
         exc = kw.get("exc_info")
         if isinstance(exc, RequestPayloadError | HttpProcessingError):
             logger.info("dropped the unreadable rest of a request body: %s", type(exc).__name__)
