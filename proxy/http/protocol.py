@@ -432,19 +432,22 @@ class Connection(asyncio.Protocol, Writer):
             self._request = None
             self._queue.append(request)
             raise _Answered
-        if (coding is not None or (length is not None and length != "0")) and (
-            parser.should_upgrade()
-        ):
-            # llhttp ends a request asking to upgrade (`Connection: Upgrade`, as `curl --http2`
-            # sends) at its head and leaves its body to the new protocol: the body was dropped
-            # and a POST answered as bodiless (the whole shape, not its subset). A server that
-            # does not upgrade must read it as usual (RFC 9110, 7.8): `_read_upgrade_body`.
-            if coding is not None:
-                framing = b"Transfer-Encoding: chunked"
-            else:
-                framing = b"Content-Length: " + str(length).encode()
-            self._upgrading = (request, framing)
-            self._request = None
+        if parser.should_upgrade():
+            # A request asking to upgrade (`Connection: Upgrade`, as `curl --http2` sends) is
+            # answered as plain HTTP and the connection closed after it: its answer says so
+            # (it did not, and a client reusing the connection lost its next request).
+            request.keep_alive = False
+            if coding is not None or (length is not None and length != "0"):
+                # llhttp ends such a request at its head and leaves its body to the new
+                # protocol: the body was dropped and a POST answered as bodiless (the whole
+                # shape, not its subset). A server that does not upgrade must read it as
+                # usual (RFC 9110, 7.8): `_read_upgrade_body`.
+                if coding is not None:
+                    framing = b"Transfer-Encoding: chunked"
+                else:
+                    framing = b"Content-Length: " + str(length).encode()
+                self._upgrading = (request, framing)
+                self._request = None
         expect = headers.get("Expect")
         if expect is not None and request.version >= (1, 1) and self._transport is not None:
             if expect.lower() == "100-continue":
@@ -496,6 +499,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def upgrade_body_read(self) -> None:
         """The body of a request that asked to upgrade is in (`_UpgradeBody`)."""
+        self._parser = None  # (nothing after the body is read: `closing` is set)
         self._pause_reading()
         self.on_message_complete()
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..errors import EngineError
 from ..log.entries import up_to_date_message
 from . import headers as h
 from .server import EngineRequestHandler
@@ -104,12 +105,30 @@ async def serve_sse(
             "x-accel-buffering": "no",
         },
     )
+    # Read before the headers go: a log found damaged now is a plain 409.
+    first = shape.log.read_after(offset, whole_transactions=True)
     await resp.prepare(request)
+    # From here on an error cannot be answered (the 200 is sent): the stream ends, whole.
+    # Answered by the middleware, it was a second response written into this one's body.
     try:
-        await _stream(resp, s, shape, offset, client_gone(request))
+        await _stream(resp, s, shape, offset, client_gone(request), first)
     except ConnectionResetError as exc:  # the client went away: nothing to answer, no error
         logger.debug("SSE client of shape %s went away: %r", shape.handle, exc)
+    except EngineError as exc:  # its log found damaged (the shape is retired): a 409 next
+        logger.info("SSE stream of shape %s ended: %s", shape.handle, exc)
+        await _end(resp)
+    except Exception:
+        logger.exception("SSE stream of shape %s failed", shape.handle)
+        if request.transport is not None:
+            request.transport.close()  # (no well-formed end to give it)
     return resp
+
+
+async def _end(resp: web.StreamResponse) -> None:
+    try:
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass
 
 
 async def _stream(
@@ -118,9 +137,10 @@ async def _stream(
     shape: Shape,
     offset: LogOffset,
     gone: asyncio.Future[None] | None,
+    first: tuple[list[bytes], LogOffset],
 ) -> None:
     deadline = time.monotonic() + s.sse_timeout
-    entries, end = shape.log.read_after(offset, whole_transactions=True)
+    entries, end = first
     if entries:
         await _write_batch(resp, entries, end.tx)
         await resp.write_eof()

@@ -569,15 +569,20 @@ class ShapeLog:
             for new_chunk, record, last_key in encode_records(
                 lsn, entries, self.chunk_bytes, tail.end
             ):
-                if new_chunk:
-                    close_fd(tail.path)  # finished: never written again
-                    # (noted, and made durable with the next chunk's first records)
-                    _note_next_chunk(tail.path, True)
-                    self._dirty.add(tail.path)
-                    index = tail.index + 1
-                    record = chunk_start(record, tail.end)  # (how long the finished one is)
-                    tail = self._tail = _Chunk(self._log_name(index), index)
+                if not new_chunk:
+                    self._write(tail, record, last_key, lsn)
+                    continue
+                finished = tail
+                close_fd(finished.path)  # never written again
+                index = finished.index + 1
+                record = chunk_start(record, finished.end)  # (how long the finished one is)
+                tail = self._tail = _Chunk(self._log_name(index), index)
                 self._write(tail, record, last_key, lsn)
+                # The next chunk exists now: noted on the finished one (never the other way
+                # round, which a crash between the two would leave as a deleted chunk), made
+                # durable with the next chunk's first records.
+                _note_next_chunk(finished.path, True)
+                self._dirty.add(finished.path)
         self.last_lsn = lsn
 
     def _write(self, tail: _Chunk, record: bytes, last_key: int, lsn: int) -> None:

@@ -89,10 +89,15 @@ FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
 
+# An array column is one whose type is its element type's array type (`typarray`), not
+# any type in category 'A': int2vector and oidvector are in it, with an element type, but
+# their text is `1 2`, not an array literal. Called arrays, the schema header said
+# `{"type":"int2","dims":1}` and Electric's client parsed `1 2` as one int2: NaN. Electric
+# calls them `{"type":"int2vector"}` (no dims), and the client keeps the text.
 _COLUMNS_SQL = """
 SELECT a.attname, a.attnum, a.atttypid, t.typname,
-       CASE WHEN t.typcategory = 'A' THEN et.typname END AS elem,
-       CASE WHEN t.typcategory = 'A' THEN et.typtype ELSE t.typtype END AS kind,
+       CASE WHEN et.typarray = t.oid THEN et.typname END AS elem,
+       CASE WHEN et.typarray = t.oid THEN et.typtype ELSE t.typtype END AS kind,
        a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
        a.attcollation = 100 AS default_collation, to_jsonb(co)
 FROM pg_attribute a

@@ -47,12 +47,23 @@ def with_display_settings(dsn: str, application_name: str = "shapegate") -> str:
     return make_conninfo(dsn, options=opts, application_name=application_name, **tcp)
 
 
+#: libpq connection parameters whose values are secrets: the password, the client key's
+#: passphrase, an OAuth client secret, SCRAM keys. Never logged or shown.
+SECRET_PARAMS = (
+    "password",
+    "sslpassword",
+    "oauth_client_secret",
+    "scram_client_key",
+    "scram_server_key",
+)
+
+
 def redact_dsn(dsn: str) -> str:
-    """The connection string without its password, for logs and error messages."""
+    """The connection string without its secrets (and `options`), for logs and errors."""
     try:
         params = conninfo_to_dict(dsn)
     except Exception:
         return "<unparseable connection string>"
-    params.pop("password", None)
-    params.pop("options", None)
+    for key in (*SECRET_PARAMS, "options"):
+        params.pop(key, None)
     return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})

@@ -12,18 +12,11 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from ..pg.session import SECRET_PARAMS as _SECRET_KEYS
 from .errors import InvalidInput
 
 _SCHEMES = ("postgres", "postgresql")
 _MAX_LEN = 4096
-#: Connection parameters whose values are secrets: never shown.
-_SECRET_KEYS = (
-    "password",
-    "sslpassword",
-    "oauth_client_secret",
-    "scram_client_key",
-    "scram_server_key",
-)
 #: libpq's connection parameter names: quoted in its messages, they are safe to show.
 _KEYWORDS = frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
 

@@ -484,3 +484,43 @@ async def test_a_client_that_stops_reading_is_dropped(proxy: Any, monkeypatch: A
         assert got.startswith(b"HTTP/1.1 200 ") and len(got) < 20_000_000
     finally:
         sock.close()
+
+
+async def test_bytes_after_an_upgrade_body_are_not_read() -> None:
+    """After the body of a request asking to upgrade (here empty, `Content-Length: 00`), the
+    bytes are the other protocol's: not parsed as a request, not answered 400."""
+    from proxy.http.protocol import Connection
+
+    app = _RecordingApp()
+    conn = Connection(app)  # type: ignore[arg-type]
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn.data_received(
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        b"Upgrade: websocket\r\nContent-Length: 00\r\n\r\n\x00\x01 not HTTP\r\n\r\n"
+    )
+    for _ in range(100):
+        if transport.out:
+            break
+        await asyncio.sleep(0)
+    assert [r.body for r in app.requests] == [b""]
+    assert transport.out.startswith(b"HTTP/1.1 204 ") and transport.out.count(b"HTTP/1.1") == 1
+    conn.connection_lost(None)
+
+
+async def test_an_answer_to_a_request_asking_to_upgrade_says_the_connection_closes(
+    proxy: Any,
+) -> None:
+    """The connection closes after answering a request with `Connection: Upgrade` (nothing
+    after it is read); the answer did not say so, so a client keeping the connection for its
+    next request lost that request."""
+    token = proxy.tokens.make()
+    for head in (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Authorization: Bearer " + token.encode() + b"\r\n"
+        b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\n",
+    ):
+        raw = await _exchange(proxy, head)
+        [(status, headers, _)] = _answers(raw)
+        assert (status, headers.get("connection")) == (200, "close"), head

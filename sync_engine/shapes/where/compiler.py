@@ -395,8 +395,13 @@ class Compiler:
         return select_common(a, b) if of_list else common_type(a, b)
 
     def compare_fn(self, name: str, typ: PgType, node: ast.Node) -> Callable[[Value, Value], Value]:
-        """The comparison `name` on `typ`, refused on text where the collation forbids it."""
+        """The comparison `name` on `typ`, refused on text where the collation forbids it,
+        and on json and jsonb (jsonb's `=` is not their text's: `'{"a":1}'` equals
+        `'{"a": 1}'`; json has none): IN, NULLIF, IS DISTINCT FROM and ANY compared their
+        text."""
         base = typ.element if typ.array else typ
+        if base in JSON_TYPES:
+            raise error_at(f"JSON operators are not supported ({base.sql_name} {name})", node)
         if base in STRING_TYPES:
             if name in ("=", "<>"):
                 self.require_text_equality(name, node)

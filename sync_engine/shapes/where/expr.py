@@ -80,6 +80,16 @@ def with_folded(expr: Expr) -> Expr:
     return new
 
 
+def unfolded(expr: Expr) -> Expr:
+    """`expr` as a constant Postgres's planner does not make (see `with_folded`)."""
+    if not expr.planner_folded:
+        return expr
+    new = object.__new__(type(expr))
+    new.__dict__.update(expr.__dict__)
+    new.__dict__["planner_folded"] = False
+    return new
+
+
 def const(
     pg_type: PgType, value: Value, node: ast.Node | None = None, *, folded: bool = False
 ) -> Expr:
@@ -219,9 +229,12 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
         return const(BOOL, False, node, folded=True)
     if all(planner_const(a) for a in args):  # only trues and NULLs
         return const(BOOL, None if any(a.value is None for a in args) else True, node, folded=True)
+    # (a dropped constant the planner leaves to run per row keeps the rest from being one
+    # of its constants: `stable_true AND NULL` stays an AND in Postgres, not NULL)
+    stable = any(a.is_const and a.value is True and not planner_const(a) for a in args)
     args = [a for a in args if not (a.is_const and a.value is True)] or [const(BOOL, True)]
     if len(args) == 1:
-        return with_node(args[0], node)
+        return with_node(unfolded(args[0]) if stable else args[0], node)
     fns = [a.fn for a in args]
     if len(fns) == 2:
         f1, f2 = fns
@@ -262,9 +275,12 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
         return const(BOOL, True, node, folded=True)
     if all(planner_const(a) for a in args):  # only falses and NULLs
         return const(BOOL, None if any(a.value is None for a in args) else False, node, folded=True)
+    # (a dropped constant the planner leaves to run per row keeps the rest from being one
+    # of its constants: `stable_true AND NULL` stays an AND in Postgres, not NULL)
+    stable = any(a.is_const and a.value is False and not planner_const(a) for a in args)
     args = [a for a in args if not (a.is_const and a.value is False)] or [const(BOOL, False)]
     if len(args) == 1:
-        return with_node(args[0], node)
+        return with_node(unfolded(args[0]) if stable else args[0], node)
     fns = [a.fn for a in args]
 
     def or_n(row: Row, cache: Cache) -> Value:

@@ -382,6 +382,8 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     if typ is None or (typ.element.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
+    if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
+        raise error_at(f"JSON operators are not supported ({typ.element.sql_name}[] {name})", node)
     if typ.element in STRING_TYPES:
         c.require_text_equality(name, node)
     if name == "@>":

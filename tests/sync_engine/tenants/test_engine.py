@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import MultiEngine, sql
 
 UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
@@ -350,6 +355,25 @@ async def test_passwords_are_never_shown(
     for path in ("/api/sources", f"/api/sources/{src['source_id']}"):
         status, body = await engine.api("GET", path)
         assert "hunter2" not in str(body) and src["secret"] not in str(body)
+
+
+async def test_secret_connection_parameters_never_reach_the_log(
+    engines: Callable[..., MultiEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A source that cannot connect is logged with its connection string (so the operator
+    sees which one): the client key's passphrase and an OAuth client secret are left out,
+    like the password."""
+    engine = await engines().start()
+    port = free_port()  # nothing listens there
+    url = (f"postgresql://u:pw-hunter2@127.0.0.1:{port}/d"
+           "?sslpassword=ssl-hunter3&oauth_client_secret=oauth-hunter4")  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        src = await engine.add("unreachable", url)
+        await engine.wait_state(src["source_id"], "error")
+        await wait_until_async(lambda: "not ready" in caplog.text, message="logged")
+    assert "not ready" in caplog.text and str(port) in caplog.text
+    for secret in ("pw-hunter2", "ssl-hunter3", "oauth-hunter4"):
+        assert secret not in caplog.text
 
 
 async def test_single_database_mode_next_to_registered_sources(

@@ -860,6 +860,12 @@ CONSTANT_REGRESSIONS: list[str] = [
     " CAST('2024-03-10 02:30:00+00' AS timestamptz) AND CAST('1999-12-31 12:00:00.5' AS timestamp)",
     "CAST('2024-01-01' AS date) NOT BETWEEN CAST(NULL AS timestamptz) AND CAST(NULL AS timestamptz)"
     " IS NOT TRUE",
+    # an AND / OR keeping a constant the planner leaves to run per row is no constant, even
+    # once the engine dropped that one (seed 138 of this test)
+    "(CAST('2024-01-01 03:30:00+00' AS timestamptz) < CAST('infinity' AS timestamp)"
+    " AND CAST(NULL AS text) !~~* 'ﬁ%') IS NOT TRUE",
+    "(CAST('2024-01-01 03:30:00+00' AS timestamptz) > CAST('infinity' AS timestamp)"
+    " OR NULL::bool) IS NOT TRUE",
     # guards (these held before): stable ones stay unfolded, so FAILS fails first
     "CAST('2024-01-01' AS date) < CAST('2024-01-01 00:00+00' AS timestamptz)",
     "CAST('2024-01-01' AS date)::text = '2024-01-01'",
