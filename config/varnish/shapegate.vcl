@@ -29,6 +29,12 @@ sub vcl_recv {
     if (req.url ~ "[?&]live=true(&|$)" && req.url ~ "[?&]live_sse=true(&|$)") {
         return (pipe);               # SSE: streamed as is, never cached, never collapsed
     }
+    if (req.url !~ "[?&]live=true(&|$)" && req.url ~ "[?&]cursor=") {
+        # A stream's refresh (forceDisconnectAndRefresh, a resume after pause): a catch-up
+        # that must reach the engine, not the stream's cached catch-up (as config/nginx's
+        # $shapegate_refresh).
+        return (pass);
+    }
     # Canonical key: sort the query string, drop nothing (every parameter matters).
     set req.url = std.querysort(req.url);
     return (hash);

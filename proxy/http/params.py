@@ -85,11 +85,14 @@ def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
         if len(value) > MAX_VALUE_LENGTH or len(name) > 128:
             raise BadShapeRequest("parameter_too_long", f"parameter {name[:40]!r} is too long")
     # Electric treats empty strings as absent, except a param's value (`title = $1` may well
-    # compare with the empty string).
+    # compare with the empty string) and `cursor`: a stream's refresh before its first live
+    # answer sends `cursor=`, which tells a cache behind the proxy (nginx) that it is a
+    # refresh; without it the refresh is the stream's cached catch-up URL (the engine, as
+    # Electric, reads an empty cursor as none).
     return {
         name: value
         for name, value in values.items()
-        if value != "" or name.startswith(("params[", "subset__params["))
+        if value != "" or name == "cursor" or name.startswith(("params[", "subset__params["))
     }
 
 

@@ -233,3 +233,21 @@ async def test_access_log_is_json_with_request_id(proxy: Any, caplog: Any) -> No
     assert line["request_id"] == reply.headers["X-Request-Id"]
     assert line["status"] == 200 and line["subject"] == "user-1" and line["rule"] == "member"
     assert "client-secret-x" not in json.dumps(line) and "secret=[REDACTED]" in line["query"]
+
+
+async def test_an_empty_cursor_is_forwarded_as_sent(proxy: Any) -> None:
+    """A stream's refresh before its first live answer is a non-live request with `cursor=`:
+    the proxy dropped the empty value (as Electric drops empty parameters), so upstream it
+    was the stream's catch-up URL, which a cache between the proxy and the engine (nginx's
+    tier) had kept: the refresh got an old up-to-date. Found by suites (pglite-sync's
+    syncShapesToTables). Other empty parameters are still dropped."""
+    token = proxy.tokens.make()
+    reply = await proxy.get(
+        "/v1/shape?table=items&offset=0_inf&handle=h-1&cursor=&log=full&cache-buster=",
+        token=token,
+    )
+    assert reply.status == 200
+    [seen] = proxy.engine.requests
+    assert seen.url.query.getall("cursor") == [""]
+    assert "cache-buster" not in seen.url.query
+    assert "cursor=&" in seen.url.raw_query_string + "&"

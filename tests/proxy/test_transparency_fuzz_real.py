@@ -7,17 +7,23 @@ parameters, percent-encoded names and values, empty and huge values, bad offsets
 column lists with quotes, `params[n]` variants, subset parameters, POST bodies, HEAD, OPTIONS
 preflights with various Origins and request headers, If-None-Match. For each, the status, the
 JSON error body (less the proxy's `code`), the rows of a valid answer, and every header a
-client reads (electric-*, cache-control, etag, content-type, access-control-*, vary) must be
-the same, except `electric-cursor` (time-based) whose presence only is compared.
+client reads (electric-*, cache-control, etag, content-type, content-encoding,
+access-control-*, vary) must be the same, except `electric-cursor` (time-based) whose presence
+only is compared. Other protocol parameters with odd values (Unicode, `&`, `;`), request
+headers a client or a hop may add (Accept-Encoding, `Connection: Upgrade` as curl --http2
+sends it, If-None-Match, Range, cookies, forwarding headers) and compressed POST bodies are
+drawn too.
 
 Bounded: `PROXY_TRANSPARENCY_FUZZ_ROUNDS` requests (default 250; about 20 s here).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +45,7 @@ ROUNDS = int(os.environ.get("PROXY_TRANSPARENCY_FUZZ_ROUNDS", "250"))
 #: Headers a client reads, compared by value (lower-case names).
 READ_HEADERS = (
     "cache-control",
+    "content-encoding",
     "etag",
     "content-type",
     "vary",
@@ -85,6 +92,25 @@ COLUMNS = ["id", "id,title", '"id","title"', "id,id", "title", "'id'", '"Mixed",
 NAME_VARIANTS = {"table": ["Table", "TABLE", "%74able", "table "], "offset": ["Offset", "%6Fffset"],
                  "where": ["WHERE", "wh%65re"]}  # fmt: skip
 ORIGINS = [None, "https://app.example.com", "null", "http://evil.example", ""]
+#: Other protocol parameters, and values a client could put in any of them.
+EXTRA_NAMES = ["live_sse", "experimental_live_sse", "expired_handle", "subset__where_expr",
+               "subset__order_by_expr", "api_secret", "secret", "source_id", "queryable_columns",
+               "subset__params", "params[1]", "live", "handle", "columns", "replica", "log"]  # fmt: skip
+EXTRA_VALUES = ["1", "true", "", "x", "é", "日本", "\u202e", "\U0001f600", "\ufeff", "İ", "-1", "now",
+                "0_0", '{"1":"a"}', "id", "id > 1", "%", "a&b", "a=b", "a+b", "a;b"]  # fmt: skip
+#: Request headers a client (or something on the way) may add.
+HEADER_SETS: list[dict[str, str]] = [
+    {"Accept-Encoding": "gzip"}, {"Accept-Encoding": "gzip, deflate, br"}, {"Accept-Encoding": "*"},
+    {"Accept-Encoding": "identity"}, {"Accept": "text/event-stream"}, {"Accept": "application/xml"},
+    {"If-None-Match": "*"}, {"If-None-Match": 'W/"x"'}, {"Range": "bytes=0-10"}, {"Cookie": "a=b"},
+    {"Authorization": "Bearer garbage"}, {"Authorization": "Basic dTpw"}, {"X-Forwarded-For": "1.2.3.4"},
+    {"Forwarded": "for=1.2.3.4"}, {"Cache-Control": "no-cache"}, {"Pragma": "no-cache"},
+    {"Connection": "close"}, {"Connection": "Upgrade", "Upgrade": "websocket"},
+    {"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c", "HTTP2-Settings": "AAMAAABkAAQ"},
+    {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"},
+    {"X-Request-Id": "abc"}, {"X-Request-Id": "x" * 300}, {"TE": "trailers"}, {"Max-Forwards": "0"},
+    {"Host": "evil.example"}, {"If-Match": "*"}, {"Accept-Language": "fr"},
+]  # fmt: skip
 
 
 def _enc(value: str, rng: random.Random) -> str:
@@ -140,6 +166,8 @@ def _query(rng: random.Random, handles: list[str]) -> str:
         pairs.append(("subset__offset", rng.choice(["1", "-1", "x"])))
     if rng.random() < 0.08:
         pairs.append((rng.choice(["foo", "experimental_compaction", "expired_handle"]), "1"))
+    for _ in range(rng.choice([0, 0, 0, 0, 1, 2])):
+        pairs.append((rng.choice(EXTRA_NAMES), rng.choice(EXTRA_VALUES)))
     if pairs and rng.random() < 0.15:  # a parameter repeated
         pairs.append(rng.choice(pairs))
     rng.shuffle(pairs)
@@ -191,8 +219,17 @@ def _request(rng: random.Random, handles: list[str], etags: list[str]) -> dict[s
                 b'{"where": "nosuch > 1"}',
             ]
         )
+    if body and rng.random() < 0.2:  # a compressed body (the engine's server decodes it)
+        coding = rng.choice(["gzip", "deflate", "identity", "GZIP"])
+        headers["Content-Encoding"] = coding
+        if coding.lower() == "gzip":
+            body = gzip.compress(body)
+        elif coding == "deflate":
+            body = zlib.compress(body)
     if etags and rng.random() < 0.1:
         headers["If-None-Match"] = rng.choice([*etags, '"nope"', "*"])
+    for _ in range(rng.choice([0, 0, 1, 2])):
+        headers.update(rng.choice(HEADER_SETS))
     return {"method": method, "query": _query(rng, handles), "headers": headers, "body": body}
 
 
