@@ -482,6 +482,9 @@ class Grammar:
 
 #: The disagreements found by hand and by earlier runs of this test, kept as fixed cases.
 REGRESSIONS = [
+    # NULLIF(NULL, b) is NULL before any row: b (ch::int4, no integer on most rows) is never
+    # evaluated (seed 3855)
+    "id IS DISTINCT FROM (NULLIF((CAST('{}' AS int4[]))[1], CAST(ch AS int4)))",
     # IN's list takes one type, its left side does not: `=` between them is resolved as an
     # operator (float8 here), so the float4 16777216 is not 16777217 (the engine converted
     # the left side to float4 too)
