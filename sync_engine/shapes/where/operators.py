@@ -503,6 +503,10 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         typ = TEXT
     answer = left if (left.type, right.type) in CROSS_TYPE_EQUALS else None
     stable = _stable_equality(left.type, right.type)
+    if planner_const(left) and left.value is None:
+        # NULLIF(NULL, b) is NULL before any row, b never evaluated (seed 283 of the
+        # constants test: b was a timestamptz + interval, which the planner leaves per row)
+        return const(typ if answer is None else answer.type, None, node, folded=True)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     eq = c.compare_fn("=", typ, node)
     if left.is_const and right.is_const and not stable:
@@ -564,8 +568,15 @@ def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr)
     folds = all(planner_const(e) for e in (left, *consts)) and not reads_zone(
         [e.type for e in (left, *consts)]
     )
-    left, items = converted[0], converted[1:]
-    expr = in_list(left, items, c.compare_fn("=", typ, node), node)
+    # The array takes the list's type; the left side does not (transformAExprIn): its `=`
+    # with the elements is resolved as an operator, so 16777217 IN (16777217::float4, 1.5)
+    # compares 16777217 with the float4 16777216 as float8 (false), as numeric IN (...,
+    # float4) does (the engine converted the left side to float4 too: seed 363)
+    op_type = c.common(left.type, typ, node) or typ
+    op_type = typ if op_type == UNKNOWN else op_type
+    left = c.coerce(left, op_type)
+    items = [c.coerce(i, op_type) for i in converted[1:]]
+    expr = in_list(left, items, c.compare_fn("=", op_type, node), node)
     if folds:  # `x = ANY(ARRAY[...])` of constants, immutable: the planner's constant
         return const(BOOL, expr.fn({}, {}), node, folded=True)
     keys = [i.value for i in items if i.value is not None]
