@@ -41,9 +41,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.http.wire import Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
+    HTTP_0_9,
     MAX_HEADER_FIELD,
     MAX_HEADERS,
     MAX_REQUEST_TARGET,
+    TRANSFER_ENCODING_IN_HTTP_1_0,
+    UNKNOWN_TRANSFER_CODING,
+    VERSION_NOT_SUPPORTED,
     Refusal,
     refusal,
 )
@@ -83,25 +87,6 @@ TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
 EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
-#: Request lines llhttp reads but the proxy does not serve (both were answered `HTTP/1.1 200`
-#: before, which neither client can read): HTTP/0.9 (no version, or `HTTP/0.9`), which has
-#: no request line as RFC 9112 defines it, and `HTTP/2.0` in HTTP/1 framing, a major version
-#: not supported (RFC 9110, 15.6.6). Versions llhttp refuses itself (`HTTP/1.2`) are a 400.
-HTTP_0_9 = Refusal(400, "bad_request", "Malformed HTTP request: HTTP/0.9 is not supported")
-VERSION_NOT_SUPPORTED = Refusal(
-    505,
-    "http_version_not_supported",
-    "HTTP version not supported: the proxy speaks HTTP/1.0 and HTTP/1.1",
-)
-#: A transfer coding other than `chunked` (`Transfer-Encoding: gzip, chunked`): llhttp
-#: reads the body as plain chunked, which it is not (RFC 9112, 6.1: a 501).
-UNKNOWN_TRANSFER_CODING = Refusal(
-    501, "not_implemented", "Unsupported Transfer-Encoding: only chunked is implemented"
-)
-#: `Transfer-Encoding` on an HTTP/1.0 request: its framing is faulty (RFC 9112, 6.1).
-TRANSFER_ENCODING_IN_HTTP_1_0 = Refusal(
-    400, "bad_request", "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request"
-)
 #: A request that did not arrive in full within `REQUEST_READ_TIMEOUT` of its first byte.
 REQUEST_TIMEOUT = Refusal(
     408, "request_timeout", "Request timeout: the request did not arrive in time"
@@ -400,6 +385,9 @@ class Connection(asyncio.Protocol, Writer):
             # The absolute form (`GET http://host/v1/shape?...`), which a server must accept
             # (RFC 9112, 3.2.2) and the engine does: served as its path and query.
             target = (url.path or b"/") + (b"?" + query if url.query is not None else b"")
+        # Request lines and framings llhttp reads but neither server serves are refused in
+        # the engine's words (sync_engine/http/parser_refusals.py), so a client cannot tell
+        # the two apart by them.
         version = parser.get_http_version()
         if version == "1.1":
             if "Host" not in headers:

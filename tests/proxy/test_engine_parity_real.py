@@ -391,6 +391,14 @@ async def test_a_compressed_post_body_is_read_as_the_engine_reads_it(
     body = json.dumps({"where": "id > 1"}).encode()
     raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     target = "/v1/shape?table=items&offset=-1"
+    refused = [
+        ("br", body),
+        ("zstd", body),
+        ("gzip, identity", gzip.compress(body)),
+        ("gzip", gzip.compress(body)[:-6]),  # (cut short: the engine served the whole shape)
+        ("gzip", gzip.compress(body) + b"trailing"),
+        ("gzip", gzip.compress(b'{"where": "' + b" " * (9 * 1024 * 1024) + b'"}')),  # 9 MiB
+    ]
     same = [
         ("gzip", gzip.compress(body)),
         ("GZIP", gzip.compress(body)),
@@ -400,6 +408,7 @@ async def test_a_compressed_post_body_is_read_as_the_engine_reads_it(
         ("gzip", gzip.compress(b"[1, 2]")),
         ("gzip", gzip.compress(b"{not json")),
         ("gzip", b"not gzip at all"),
+        *refused,
     ]
     differences = []
     # (a connection each: the engine closes one after a body its server could not read)
@@ -416,16 +425,7 @@ async def test_a_compressed_post_body_is_read_as_the_engine_reads_it(
                 differences.append((coding, data[:20], expected, got))
     assert differences == []
     answers = {}
-    for coding, data in (
-        ("br", body),
-        ("zstd", body),
-        ("gzip, identity", gzip.compress(body)),
-        ("gzip", gzip.compress(body)[:-6]),  # (cut short: the engine reads what it can)
-        ("gzip", gzip.compress(body) + b"trailing"),
-        # (9 MiB once decoded, 9 KB sent: the engine says 413 too, but reads only as much of
-        # a body as its first read gets, so it is not asked here)
-        ("gzip", gzip.compress(b'{"where": "' + b" " * (9 * 1024 * 1024) + b'"}')),
-    ):
+    for coding, data in refused:
         headers = {"Content-Encoding": coding, "Content-Type": "application/json"}
         reply = await proxy.request("POST", target, token=admin, data=data, headers=headers)
         answers[coding, len(data)] = (reply.status, reply.json()["code"])
