@@ -235,7 +235,8 @@ class Source:
 
     async def _prepare(self) -> None:
         publication_created = await self.tables.prepare()
-        self.registry.load()
+        for shape in self.registry.load():
+            await self._check_zones(shape)
         if not await self._replace_slot_if_gone(publication_created=publication_created):
             await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
         self.state, self.error = SourceState.ACTIVE, None
@@ -246,6 +247,19 @@ class Source:
             len(self.registry),
             self.config.slot_name,
         )
+
+    async def _check_zones(self, shape: Shape) -> None:
+        """Rotate a restored shape whose where's AT TIME ZONEs this Postgres no longer reads
+        as the engine does: a new shape is checked when it is made (`describe`), but either
+        side's time zone data can change between two runs (a new tzdata in the engine's image,
+        a Postgres upgrade, the URL now naming another server), and the shape would go on
+        filtering live rows by rules its snapshots no longer follow. Its clients get a 409,
+        and a new request for it the 400 that says why."""
+        zones = shape.where.zones if shape.where is not None else frozenset()
+        if zones:
+            problem = await self.zones.problem(zones)
+            if problem is not None:
+                self.registry.rotate(shape, problem)
 
     async def _replace_slot_if_gone(self, *, publication_created: bool = False) -> bool:
         """Make a new slot if the slot is gone (dropped), lost (invalidated), or its

@@ -74,11 +74,13 @@ class ShapeView:
     # -- entry points ---------------------------------------------------------------------
 
     async def get(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, None)
+        return await self._serve(request, await self.find_source(request), None)
 
     async def post(self, request: web.Request) -> web.StreamResponse:
-        body = await _json_body(request)
-        return await self._serve(request, body)
+        # Credentials first, as for every other request: a caller without them gets the same
+        # 401 whatever its body holds, and never makes the engine read and parse a body.
+        source = await self.find_source(request)
+        return await self._serve(request, source, await _json_body(request))
 
     async def delete(self, request: web.Request) -> web.StreamResponse:
         if not self.settings.allow_delete:
@@ -108,8 +110,9 @@ class ShapeView:
 
     # -- the common path ------------------------------------------------------------------
 
-    async def _serve(self, request: web.Request, body: dict[str, Any] | None) -> web.StreamResponse:
-        source = await self.find_source(request)
+    async def _serve(
+        self, request: web.Request, source: Source, body: dict[str, Any] | None
+    ) -> web.StreamResponse:
         req = parse_shape_request(request.query, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.

@@ -695,6 +695,35 @@ async def test_secret_checked_before_validation(secured: Engine) -> None:
         assert "nope" not in raw.decode()
 
 
+async def test_a_post_without_the_secret_is_a_401_whatever_its_body(secured: Engine) -> None:
+    """The body of a POST is read only once its credentials are right: without them, a
+    malformed, oversized or compressed-garbage body gets the same 401 as a GET (it got the
+    body's 400 or 413, and the engine read and parsed it for an unknown caller)."""
+    make_items(secured)
+    json_type = {"Content-Type": "application/json"}
+    bodies = [
+        (b"{nope", json_type),
+        (b"[1, 2]", json_type),
+        (b'{"where": "' + b" " * (9 * 1024 * 1024) + b'"}', json_type),
+        (b"\x1f\x8b\x08\x00", {**json_type, "Content-Encoding": "gzip"}),
+        (b'{"where": "id > 1"}', {"Content-Type": "text/plain"}),
+    ]
+    for auth in ({}, {"secret": "wrong"}):
+        for data, headers in bodies:
+            status, _, raw = await request(
+                secured, "POST", params={"table": "items", "offset": "-1", **auth},
+                data=data, headers=headers,
+            )  # fmt: skip
+            assert status == 401, (auth, data[:20], raw)
+            assert set(orjson.loads(raw)) == {"message"}
+    # With the secret, the same bodies are read and refused for what they are.
+    status, _, raw = await request(
+        secured, "POST", params={"table": "items", "offset": "-1", "secret": SECRET},
+        data=b"{nope", headers=json_type,
+    )  # fmt: skip
+    assert status == 400, raw
+
+
 async def test_right_secret_is_accepted(secured: Engine) -> None:
     make_items(secured)
     for key in ("secret", "api_secret"):

@@ -11,17 +11,20 @@ whose readings differ from Postgres's (as with another tzdata release).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
+from sync_engine.app import SOURCES, build_app
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
 from sync_engine.shapes.where import zones as zones_module
 from sync_engine.shapes.where.zones import ZoneAgreement, zone, zone_key
-from tests.sync_engine.engine_harness import Engine, apply
+from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
 from tests.sync_engine.shapes.where.columns import column_map
 
 ZONES = [
@@ -189,3 +192,32 @@ async def test_refusals_are_400s(engine: Engine) -> None:
     )
     assert status == 400, body
     assert 'time zone "EST" is not supported' in body["errors"]["where"][0], body
+
+
+async def test_a_restored_shape_is_rotated_when_postgres_reads_its_zone_differently(
+    aiohttp_client: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shape is checked when it is made; after a restart its zones are checked again, as
+    either side's tz data may have changed between the runs (here: the engine now reads
+    Berlin's rules for Paris, as another tzdata release could). Every request for it is a
+    400 then (its where is described anew each time); the restored shape is retired rather
+    than kept, unreadable, and fed every change of its table."""
+    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
+    where = "at AT TIME ZONE 'Europe/Paris' >= '2024-03-31 01:30:00'"
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    first = Engine(client, db_url, tmp_path / "data")
+    first.sql("CREATE TABLE ev (id int PRIMARY KEY, at timestamptz)")
+    first.sql("INSERT INTO ev VALUES (1, '2024-03-31 00:30:00+00')")
+    _, handle, offset = await first.sync(table="ev", where=where)
+    await client.close()
+
+    berlin = zone("Europe/Berlin")
+    monkeypatch.setattr(zones_module, "zone", lambda key: berlin)
+    client2 = await aiohttp_client(build_app(settings))
+    await client2.app[SOURCES]["default"].ready.wait()
+    second = Engine(client2, db_url, tmp_path / "data")
+    assert second.source.shape(handle) is None  # retired at load
+    for params in ({"offset": offset, "handle": handle, "live": "true"}, {"offset": "-1"}):
+        status, _, body = await second.get(table="ev", where=where, **params)
+        assert status == 400 and 'time zone "Europe/Paris" is read differently' in str(body)
