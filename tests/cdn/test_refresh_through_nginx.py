@@ -12,29 +12,10 @@ engine and through the proxy in `make test`; here through nginx.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
+from tests.cdn.node_through_nginx import ROOT, run_through_nginx
 
-import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
 TEST = ROOT / "tests" / "node" / "multi-shape-refresh.test.mjs"
 
 
 def test_a_live_clients_refresh_is_not_answered_from_the_cache() -> None:
-    node = shutil.which("node")
-    if node is None or not (ROOT / "tests/node/node_modules/@electric-sql/pglite-sync").is_dir():
-        pytest.fail("needs node and `make node-deps` (cd tests/node && npm ci)")
-    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
-        pytest.fail("nginx is not installed: apt-get install -y nginx-light")
-    env = {**os.environ, "SHAPEGATE_NODE_VIA": "cdn", "PYTHON": sys.executable}
-    proc = subprocess.run(
-        [node, "--test", "--test-concurrency=1", str(TEST)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-20000:]
-    assert "# pass 1" in out and "cdn:" in out, out[-5000:]
+    run_through_nginx(TEST, "@electric-sql/pglite-sync", timeout=300)

@@ -95,6 +95,17 @@ def sql(url: str, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         return cur.fetchall() if cur.description else []
 
 
+#: What any request with wrong or missing credentials gets, whatever is wrong.
+UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
+
+
+def make_items(url: str, names: list[str]) -> None:
+    """An `items` table in the database at `url`, one row per name (ids from 1)."""
+    sql(url, "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
+    for i, n in enumerate(names, 1):
+        sql(url, "INSERT INTO items VALUES (%s, %s)", (i, n))
+
+
 class MultiEngine:
     def __init__(self, data_dir: Path, **overrides: Any) -> None:
         self.data_dir = data_dir

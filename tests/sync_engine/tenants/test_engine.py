@@ -11,23 +11,15 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.tenants.harness import MultiEngine, sql
-
-UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
-
-
-def _items(url: str, names: list[str]) -> None:
-    sql(url, "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
-    for i, n in enumerate(names, 1):
-        sql(url, "INSERT INTO items VALUES (%s, %s)", (i, n))
+from tests.sync_engine.tenants.harness import UNAUTHORIZED, MultiEngine, make_items, sql
 
 
 async def test_two_databases_isolated_and_delete(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
     url_a, url_b = make_db(), make_db()
-    _items(url_a, ["a1", "a2"])
-    _items(url_b, ["b1", "b2", "b3"])
+    make_items(url_a, ["a1", "a2"])
+    make_items(url_b, ["b1", "b2", "b3"])
     engine = await engines().start()
     a = await engine.add("alpha", url_a)
     b = await engine.add("beta", url_b)
@@ -91,7 +83,7 @@ async def test_secret_rotation_with_grace_period(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
     url = make_db()
-    _items(url, ["x"])
+    make_items(url, ["x"])
     engine = await engines().start()
     src = await engine.add("rotating", url)
     sid, old = src["source_id"], src["secret"]
@@ -123,8 +115,8 @@ async def test_restart_keeps_sources_states_and_shapes(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
     url_a, url_b = make_db(), make_db()
-    _items(url_a, ["a1"])
-    _items(url_b, ["b1"])
+    make_items(url_a, ["a1"])
+    make_items(url_b, ["b1"])
     engine = await engines().start()
     a = await engine.add("alpha", url_a)
     b = await engine.add("beta", url_b)
@@ -380,8 +372,8 @@ async def test_single_database_mode_next_to_registered_sources(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
     url_default, url_reg = make_db(), make_db()
-    _items(url_default, ["default-row"])
-    _items(url_reg, ["registered-row"])
+    make_items(url_default, ["default-row"])
+    make_items(url_reg, ["registered-row"])
     engine = engines(database_url=url_default, secret="engine-wide-secret")
     await engine.start()
     assert engine.client is not None

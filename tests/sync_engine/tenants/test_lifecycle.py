@@ -11,15 +11,7 @@ import pytest
 
 from sync_engine.tenants import auth as auth_module
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.tenants.harness import Cluster, MultiEngine, sql
-
-UNAUTHORIZED = {"message": "Unauthorized - Invalid API secret"}
-
-
-def _items(url: str, names: list[str]) -> None:
-    sql(url, "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
-    for i, n in enumerate(names, 1):
-        sql(url, "INSERT INTO items VALUES (%s, %s)", (i, n))
+from tests.sync_engine.tenants.harness import UNAUTHORIZED, Cluster, MultiEngine, make_items, sql
 
 
 async def _sse(
@@ -42,8 +34,8 @@ async def test_delete_while_clients_wait_ends_them_and_cleans_postgres(
     publication, left them behind with a warning, and the long-poll sometimes got a 500.)
     Another source keeps streaming meanwhile."""
     url_a, url_b = make_db(), make_db()
-    _items(url_a, ["a1"])
-    _items(url_b, ["b1"])
+    make_items(url_a, ["a1"])
+    make_items(url_b, ["b1"])
     # held requests must still be held when the deletion comes, however loaded the machine
     engine = await engines(long_poll_timeout=60.0, sse_timeout=60.0).start()
     a = await engine.add("alpha", url_a)
@@ -96,8 +88,8 @@ async def test_clients_of_the_last_deleted_source_never_reach_the_single_databas
     and secret) used to go to that database and get its rows; they get the 401, also after
     a restart."""
     url_default, url_a = make_db(), make_db()
-    _items(url_default, ["not-yours"])
-    _items(url_a, ["a1"])
+    make_items(url_default, ["not-yours"])
+    make_items(url_a, ["a1"])
     engine = await engines(database_url=url_default).start()
     a = await engine.add("alpha", url_a)
     await engine.wait_state(a["source_id"], "active")
@@ -133,7 +125,7 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     works: rotated without a grace period, at once; with one, when it ends. They used to
     stay open (up to the long-poll or SSE timeout) and deliver the changes made after."""
     url = make_db()
-    _items(url, ["x1"])
+    make_items(url, ["x1"])
     engine = await engines(long_poll_timeout=60.0, sse_timeout=60.0).start()
     src = await engine.add("rotating", url)
     sid, first = src["source_id"], src["secret"]
@@ -203,7 +195,7 @@ async def test_a_source_deleted_while_its_database_is_down_is_cleaned_up_when_it
     try:
         cluster.start()
         url = cluster.url
-        _items(url, ["x1"])
+        make_items(url, ["x1"])
         engine = await engines().start()
         a = await engine.add("alpha", url)
         c = await engine.add("gamma", url)
@@ -256,8 +248,8 @@ async def test_deleting_a_source_does_not_make_the_others_verify_their_secrets_a
     time) scrypt check. Deleting one source used to forget every source's, sending all their
     clients through scrypt at once, queued behind each other."""
     url_a, url_b = make_db(), make_db()
-    _items(url_a, ["a1"])
-    _items(url_b, ["b1"])
+    make_items(url_a, ["a1"])
+    make_items(url_b, ["b1"])
     engine = await engines().start()
     a = await engine.add("alpha", url_a)
     b = await engine.add("beta", url_b)
@@ -292,7 +284,7 @@ async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
     """The scrypt check runs in a thread; a rotation without grace period may land meanwhile.
     The request used to be let in with the secret that had just stopped working."""
     url = make_db()
-    _items(url, ["x1"])
+    make_items(url, ["x1"])
     engine = await engines().start()
     src = await engine.add("racy", url)
     sid, old = src["source_id"], src["secret"]
