@@ -177,6 +177,8 @@ class Collations:
         for named, oid in NAMED.items():
             if ident == oid and oid != DEFAULT_OID:
                 return f'collation "{named}"'
+        if isinstance(ident, str):
+            return f"{self.rules(ident).blocker} of column {ident[1:]} (recorded without its OID)"
         return self.rules(ident).blocker
 
 

@@ -382,3 +382,19 @@ def test_collation_derivation_equals_postgres(database: str) -> None:
     assert verdicts.get("agrees", 0) >= 100, verdicts
     assert verdicts.get("refused as Postgres", 0) >= 20, verdicts
     print(f"collation differential (seed {seed}): {verdicts}")
+
+
+def test_columns_recorded_by_an_older_engine() -> None:
+    """A table saved by an engine that recorded only `provider|collate|ctype|deterministic`
+    (restored shapes): each column keeps its own rules, but which collation it is and the
+    database default are unknown, so two such columns meeting and literals alone are
+    refused rather than guessed."""
+    old = "c|C.UTF-8|C.UTF-8|t"
+    columns = {
+        n: ColumnInfo(n, 1, 0, "text", None, "b", -1, 0, False, None, False, old) for n in "ab"
+    }
+    parse_where("a < 'x' AND upper(b) = 'X' AND a LIKE b AND a COLLATE \"C\" < b", {}, columns)
+    with pytest.raises(WhereError, match=r"could not determine which collation .* column a"):
+        parse_where("a = b", {}, columns)
+    with pytest.raises(WhereError, match=r"database default collation \(unknown here\)"):
+        parse_where("'a' < 'b'", {}, columns)
