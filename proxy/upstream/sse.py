@@ -19,6 +19,9 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
 - a client behind what the stream remembers is not joined: `forward` sends it to the
   engine on its own, which answers it with its catch-up and ends that stream; the client
   reconnects from there and joins;
+- an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
+  `content-encoding`) is shared only by requests identical to the first, offset included,
+  each getting every byte of it from the start; any other goes to the engine on its own;
 - a client that reads too slowly (more than `LAG_LIMIT` unsent bytes besides the latest
   write, and besides its catch-up until it has read that) is cut off: it reconnects from
   its last up-to-date, as the real client does, and catches up as above.
@@ -432,8 +435,13 @@ class SharedStreams:
                 stream.head = head
                 reason = "ended"
                 return
-            stream.raw = not event_stream
-            stream.learn_head(head)
+            # Bytes the fan-out cannot read as events (not an event stream, or compressed: a
+            # client reading from the middle of a gzip stream gets nothing it can decode):
+            # shared only by identical requests, each given every byte from the start.
+            encoding = (head.get("content-encoding") or "identity").strip().lower()
+            stream.raw = not event_stream or encoding != "identity"
+            if not stream.raw:  # (raw keys follow the start: they must stay as they are)
+                stream.learn_head(head)
             stream.head = head
             stream.notify()
             try:
