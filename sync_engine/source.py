@@ -17,6 +17,7 @@ import enum
 import logging
 import select
 import shutil
+import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +46,13 @@ from .snapshot.batch import SnapshotJob
 from .snapshot.errors import to_engine_error
 from .snapshot.query import row_json_sql
 from .snapshot.scheduler import SnapshotScheduler
+from .stopping import cancel_and_wait
 from .tables import Tables
 
 logger = logging.getLogger(__name__)
+
+#: Seconds `destroy` gives Postgres to drop the slot and publication (then it is retried).
+DROP_WAIT = 30.0
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -68,8 +73,11 @@ class _SubsetPool(ConnectionPool[psycopg.Connection[Any]]):
     behind a partition, is found by the query's own watch: `snapshot/subset.py`.)"""
 
     def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
+        # One deadline for all the tries: a Postgres closing each new connection at once
+        # must not keep a caller here (and a worker thread busy) for ever.
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
-            conn = super().getconn(timeout)
+            conn = super().getconn(max(0.0, deadline - time.monotonic()))
             if _looks_alive(conn):
                 return conn
             conn.close()
@@ -166,10 +174,10 @@ class Source:
         self._main = asyncio.create_task(self._run(), name=f"source-{self.config.source_id}")
 
     async def stop(self) -> None:
+        """Stop its tasks and close its connections: within seconds whatever state Postgres
+        and the connections are in (each wait is bounded, see `stopping.cancel_and_wait`)."""
         tasks = [t for t in (self._main, *self._tasks) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks, f"source {self.config.source_id}")
         await self.snapshots.close()
         await asyncio.to_thread(self.snapshot_pool.close, 5.0)
         await self.tables.close()
@@ -184,19 +192,23 @@ class Source:
         slot, pub = self.config.slot_name, self.config.publication_name
         problems: list[str] = []
         try:
-            async with await AsyncConnection.connect(
-                self.dsn, autocommit=True, connect_timeout=5
-            ) as conn:
-                await _drop_slot(conn, slot)
-                await conn.execute(
-                    psycopg.sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
-                        psycopg.sql.Identifier(pub)
+            # A Postgres that accepts the connection and then stops answering (a partition)
+            # must not hold the deletion: it is retried (`SourceManager._cleanup`).
+            async with asyncio.timeout(DROP_WAIT):
+                async with await AsyncConnection.connect(
+                    self.dsn, autocommit=True, connect_timeout=5
+                ) as conn:
+                    await _drop_slot(conn, slot)
+                    await conn.execute(
+                        psycopg.sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                            psycopg.sql.Identifier(pub)
+                        )
                     )
-                )
         except Exception as exc:
+            why = f"no answer in {DROP_WAIT:g} s" if isinstance(exc, TimeoutError) else None
             problems.append(
                 f"could not drop replication slot {slot} and publication {pub}"
-                f" ({_describe(exc)}); a slot left behind makes Postgres keep WAL, so drop"
+                f" ({why or _describe(exc)}); a slot left behind makes Postgres keep WAL, so drop"
                 f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
                 f" IF EXISTS {pub};"
             )
@@ -325,7 +337,8 @@ class Source:
         if self.ready.is_set():
             return
         try:
-            await asyncio.wait_for(self.ready.wait(), 5)
+            async with asyncio.timeout(5):  # (3.11's wait_for can drop a cancellation)
+                await self.ready.wait()
         except TimeoutError:
             raise ServiceUnavailable(
                 f"Source is not ready: {self.error or 'connecting'}", retry_after=5

@@ -62,6 +62,10 @@ PUBLISH_TIMEOUT = 30.0
 PROBE_TIMEOUT = 5.0
 #: Seconds an answer to that probe is trusted (requests waiting meanwhile share it).
 PROBE_TTL = 2.0
+#: Seconds `close` lets the catalog work in progress finish before cancelling it, and then
+#: waits for it to let go of the connection.
+CLOSE_GRACE = 2.0
+CLOSE_WAIT = 15.0
 
 
 def not_answering() -> ServiceUnavailable:
@@ -69,6 +73,11 @@ def not_answering() -> ServiceUnavailable:
     return ServiceUnavailable(
         "Database is not answering", retry_after=5, code="database_unreachable"
     )
+
+
+def stopping() -> ServiceUnavailable:
+    """The 503 for catalog work asked for (or cut off) while the source stops."""
+    return ServiceUnavailable("The source is stopping", retry_after=1)
 
 
 class Tables:
@@ -87,23 +96,48 @@ class Tables:
         self._probes: dict[None, asyncio.Future[bool]] = {}
         self._answered_at = -PROBE_TTL  # (monotonic) when Postgres last answered `answers`
         self._closed = False
+        self._work: asyncio.Future[Any] | None = None  # the work holding the connection
 
     async def close(self) -> None:
-        """Close the catalog connection once the work on it is through (each is bounded by
-        its timeout): closed under a query, its socket's wait stayed registered, the query
-        hung until its timeout and the next connection given that descriptor number failed
-        at once. Later work gets a 503 and opens nothing."""
+        """Close the catalog connection once the work on it is through: closed under a
+        query, its socket's wait stayed registered, the query hung until its timeout and the
+        next connection given that descriptor number failed at once. The work in progress
+        gets `CLOSE_GRACE` seconds to finish, then is cancelled (psycopg cancels its query,
+        within seconds): a `publish` may wait 30 s for older transactions, and a stop must
+        not. Later work gets a 503 and opens nothing."""
         self._closed = True
-        async with self._conn_lock:
+        work = self._work
+        if work is not None:
+            await asyncio.wait({work}, timeout=CLOSE_GRACE)
+            work.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_WAIT):
+                await self._conn_lock.acquire()
+        except TimeoutError:
+            # Still not through: the connection is closed when it is (never under it).
+            left, self._conn = self._conn, None
+            if left is not None and work is not None:
+                logger.warning("catalog work did not end within %.0f s of the stop", CLOSE_WAIT)
+                work.add_done_callback(lambda _: self._close_later(left))
+            return
+        try:
             conn, self._conn = self._conn, None
             if conn is not None:
                 await conn.close()
+        finally:
+            self._conn_lock.release()
+
+    def _close_later(self, conn: AsyncConnection[Any]) -> None:
+        if not conn.closed:
+            closing = asyncio.ensure_future(conn.close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
 
     # -- the catalog connection -----------------------------------------------------------
 
     async def _connection(self) -> AsyncConnection[Any]:
         if self._closed:
-            raise ServiceUnavailable("The source is stopping", retry_after=1)
+            raise stopping()
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
         return self._conn
@@ -152,12 +186,19 @@ class Tables:
         except TimeoutError:
             raise not_answering() from None
         try:
-            task = asyncio.ensure_future(work())
+            if self._closed:  # (it waited for the connection while the source stopped)
+                raise stopping()
+            task: asyncio.Future[T] = asyncio.ensure_future(work())
+            self._work = task
             try:
                 done, _ = await asyncio.wait({task}, timeout=timeout)
             except asyncio.CancelledError:
                 task.cancel()
                 raise
+            finally:
+                self._work = None
+            if task.cancelled():  # by `close`, not this caller
+                raise stopping()
             if not done:
                 self._give_up(task)
                 logger.warning(

@@ -13,10 +13,15 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
 - a client at the stream's start or anywhere within what it remembers joins at once (one
   write of what it missed, then the live events);
 - a client ahead of the stream (its offset came from a write the stream has yet to
-  deliver) joins too and gets only what follows its offset, as from the engine;
+  deliver: say the stream is a late client's catch-up, opened behind changes the others
+  already had from the stream before) joins too and gets only what follows its offset, as
+  from the engine: until the stream passes its offset, each read is filtered for it;
 - a client behind what the stream remembers is not joined: `forward` sends it to the
   engine on its own, which answers it with its catch-up and ends that stream; the client
   reconnects from there and joins;
+- an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
+  `content-encoding`) is shared only by requests identical to the first, offset included,
+  each getting every byte of it from the start; any other goes to the engine on its own;
 - a client that reads too slowly (more than `LAG_LIMIT` unsent bytes besides the latest
   write, and besides its catch-up until it has read that) is cut off: it reconnects from
   its last up-to-date, as the real client does, and catches up as above.
@@ -131,14 +136,18 @@ def stream_spec(
 class _Subscriber:
     """One client attached to a stream: its transport, and how its time there ended."""
 
-    __slots__ = ("chunked", "done", "grace", "transport")
+    __slots__ = ("chunked", "done", "grace", "position", "transport")
 
-    def __init__(self, transport: asyncio.Transport, chunked: bool, grace: int) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, chunked: bool, grace: int, position: Key
+    ) -> None:
         self.transport = transport
         self.chunked = chunked
         #: The catch-up it was written on joining: it may still be unsent, on top of the lag
         #: limit, until the client has once read down to the limit.
         self.grace = grace
+        #: Its offset; it matters only while the client is ahead of the stream.
+        self.position = position
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def end(self, reason: str) -> None:
@@ -155,6 +164,7 @@ class SharedStream:
     """One engine SSE stream and the clients reading it. Event loop thread only."""
 
     __slots__ = (
+        "_ahead",
         "_changed",
         "_datas",
         "_first",
@@ -186,7 +196,10 @@ class SharedStream:
         self.raw = False  # a 200 that is not an event stream: only identical requests share
         self.failure: ProxyError | None = None
         self.finished = False
+        #: Clients reading every event as it comes (all of it is after their position).
         self.subscribers: set[_Subscriber] = set()
+        #: Clients ahead of the stream: events up to their position are not theirs.
+        self._ahead: set[_Subscriber] = set()
         self.members = 0  # clients waiting for it or reading it
         self.task: asyncio.Task[None] | None = None
         self._keys: list[Key] = []
@@ -229,6 +242,24 @@ class SharedStream:
         start = bisect.bisect_right(self._keys, self.positions.canonical(position), self._first)
         return b"".join(self._datas[start:])
 
+    # --- clients -----------------------------------------------------------------------
+
+    def add(self, sub: _Subscriber) -> None:
+        """Attach a client that has had every remembered event after its position.
+
+        The next events have keys after the last one: all of them are the client's unless it
+        is ahead of the stream, in which case the events up to its position are not (it had
+        them from an earlier stream) and are held back from it until the stream passes it.
+        """
+        if self.positions.canonical(sub.position) > self._last_key():
+            self._ahead.add(sub)
+        else:
+            self.subscribers.add(sub)
+
+    def remove(self, sub: _Subscriber) -> None:
+        self.subscribers.discard(sub)
+        self._ahead.discard(sub)
+
     # --- events ------------------------------------------------------------------------
 
     def feed(self, piece: bytes) -> None:
@@ -246,6 +277,8 @@ class SharedStream:
         self._trim()
         frame = b"".join(event.data for event in events) + comments
         self._fan_out(frame)
+        if self._ahead:
+            self._fan_out_ahead(events, comments)
 
     def _next_raw_key(self) -> Key:
         tx, op, n = self._last_key()
@@ -282,12 +315,40 @@ class SharedStream:
             self.subscribers.discard(sub)
             sub.end(reason)
 
+    def _fan_out_ahead(self, events: list[Event], comments: bytes) -> None:
+        """Give each client ahead of the stream the events of this read after its position;
+        one that the stream has now passed reads every event from here on."""
+        keys = [event.key for event in events]
+        canonical = self.positions.canonical
+        passed: list[_Subscriber] = []
+        for sub in list(self._ahead):
+            start = bisect.bisect_right(keys, canonical(sub.position))
+            frame = b"".join(event.data for event in events[start:]) + comments
+            if start < len(events):
+                passed.append(sub)
+            if not frame:
+                continue
+            transport = sub.transport
+            if transport.is_closing():
+                self._ahead.discard(sub)
+                sub.end("gone")
+                continue
+            transport.write(_chunk(frame) if sub.chunked else frame)
+            if transport.get_write_buffer_size() > LAG_LIMIT + len(frame):
+                self._ahead.discard(sub)
+                sub.end("lagged")
+        for sub in passed:
+            if sub in self._ahead:
+                self._ahead.discard(sub)
+                self.subscribers.add(sub)
+
     def end(self, reason: str) -> None:
         """The engine stream is over: every client's ends too."""
         self.finished = True
-        for sub in self.subscribers:
+        for sub in self.subscribers | self._ahead:
             sub.end(reason)
         self.subscribers.clear()
+        self._ahead.clear()
         self.notify()
 
 
@@ -374,8 +435,13 @@ class SharedStreams:
                 stream.head = head
                 reason = "ended"
                 return
-            stream.raw = not event_stream
-            stream.learn_head(head)
+            # Bytes the fan-out cannot read as events (not an event stream, or compressed: a
+            # client reading from the middle of a gzip stream gets nothing it can decode):
+            # shared only by identical requests, each given every byte from the start.
+            encoding = (head.get("content-encoding") or "identity").strip().lower()
+            stream.raw = not event_stream or encoding != "identity"
+            if not stream.raw:  # (raw keys follow the start: they must stay as they are)
+                stream.learn_head(head)
             stream.head = head
             stream.notify()
             try:
@@ -494,12 +560,12 @@ async def serve(
     if stream.finished:
         reason = "ended"
     else:
-        sub = _Subscriber(transport, chunked, len(missed))
-        stream.subscribers.add(sub)
+        sub = _Subscriber(transport, chunked, len(missed), spec.position)
+        stream.add(sub)
         try:
             reason = await sub.done
         finally:
-            stream.subscribers.discard(sub)
+            stream.remove(sub)
     return await _finish(response, request, outcome, reason)
 
 

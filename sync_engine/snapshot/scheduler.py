@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 from psycopg import AsyncConnection, pq
 
+from ..stopping import STOP_WAIT, cancel_and_wait
 from . import errors as snapshot_errors
 from .batch import Connection, SnapshotBehind, SnapshotJob, run_batch, send_batch
 from .bulk import Split
@@ -118,11 +119,10 @@ class SnapshotScheduler:
         self._closed = True
         if self._reaper is not None:
             self._reaper.cancel()
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.gather(*list(self._tasks), return_exceptions=True)  # closing connections
+        await cancel_and_wait(list(self._tasks), "snapshot batches")
+        closing = list(self._tasks)  # the connections of the batches cancelled
+        if closing:
+            await asyncio.wait(closing, timeout=STOP_WAIT)
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             await conn.close()

@@ -174,7 +174,10 @@ class ManagedSource(Source):
             if self.state is not SourceState.ACTIVE:
                 continue
             try:
-                await asyncio.wait_for(self.refresh_lag(), 5)
+                # Not `asyncio.wait_for`: on Python 3.11 it drops a cancellation that comes
+                # as the query ends, and this loop then outlived the source's stop.
+                async with asyncio.timeout(5):
+                    await self.refresh_lag()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

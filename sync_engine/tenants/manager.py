@@ -21,6 +21,7 @@ from ..errors import ServiceUnavailable, Unauthorized
 from ..log.store import count_on_disk
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
+from ..stopping import cancel_and_wait
 from .auth import SourceAuth, parse_source_id
 from .credentials import hash_secret, new_secret
 from .dburl import check_database_url
@@ -120,13 +121,9 @@ class SourceManager:
         for timer in self._expiries.values():
             timer.cancel()
         self._expiries.clear()
-        cleanups = list(self._cleanups.values())
-        for task in cleanups:
-            task.cancel()
-        await asyncio.gather(*cleanups, return_exceptions=True)
+        await cancel_and_wait(list(self._cleanups.values()), "deleted sources' cleanups")
         if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+            await cancel_and_wait([self._watcher], "source states")
         if self.store is not None:
             try:
                 self.persist_states()  # the states as they were when the engine stopped

@@ -53,3 +53,35 @@ async def test_closing_the_catalog_connection_under_a_query_lets_it_finish(
     with pytest.raises(ServiceUnavailable):
         await tables.on_catalog(quick)
     assert tables._conn is None  # nothing reopened
+
+
+@pytest.mark.timeout(90)
+async def test_closing_under_a_long_catalog_query_cuts_it_off(db_url: str, tmp_path: Path) -> None:
+    """A source stopped while its catalog connection runs something long (a `publish`
+    waits up to 30 s for older transactions) stops within seconds: the work gets
+    `CLOSE_GRACE` to finish, then is cancelled (its query too) and answered with a 503.
+    `close` used to wait for the work's own timeout, so a stop (engine, pause, delete)
+    could take 30 s, a request's timeout that had nothing to do with it."""
+    registry = ShapeRegistry(tmp_path / "shapes", 1 << 20, ShapeRouter(), fsync=False)
+    tables = Tables(db_url, "unused_publication", registry)
+    started = asyncio.Event()
+
+    async def long(conn: AsyncConnection[Any]) -> None:
+        started.set()
+        await conn.execute("SELECT pg_sleep(40)")
+
+    work = asyncio.create_task(tables.on_catalog(long, timeout=60))
+    await started.wait()
+    closing = asyncio.create_task(tables.close())
+    done, _ = await asyncio.wait({closing}, timeout=15)
+    assert done, "close waited for the long query"
+    closing.result()
+    with pytest.raises(ServiceUnavailable, match="stopping"):
+        await asyncio.wait_for(work, 15)
+    # its query was cancelled in Postgres, not left running
+    async with await AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(40)'"
+            " AND state = 'active'"
+        )
+        assert await cur.fetchone() == (0,)

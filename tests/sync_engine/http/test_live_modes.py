@@ -10,6 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -17,8 +20,9 @@ import pytest
 from aiohttp import ClientResponse
 from prometheus_client.parser import text_string_to_metric_families
 
+from sync_engine.app import SOURCES, build_app
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.engine_harness import Engine, apply
+from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
 
 KEY = '"public"."items"/"{}"'.format
 REQUIRED_EXPOSED = {
@@ -178,6 +182,69 @@ async def test_sse_opened_behind_the_tip_names_its_own_offset(engine: Engine) ->
     msgs = await again.messages_until_up_to_date()
     again.resp.close()
     assert [m["key"] for m in msgs if "key" in m] == [KEY(4)]
+
+
+@pytest.fixture
+async def small_chunks(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    """The engine fixture's settings with 2 kB log chunks (a backlog of a few rows spans chunks)."""
+    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data", chunk_bytes=2000)
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    yield Engine(client, db_url, tmp_path / "data")
+
+
+async def _catch_up_responses(engine: Engine, handle: str, offset: str) -> tuple[int, set[str]]:
+    """Non-live requests from `offset` to up-to-date: how many, and the keys they carried."""
+    keys: set[str] = set()
+    for n in range(1, 100):
+        status, h, body = await engine.get(table="items", handle=handle, offset=offset)
+        assert status == 200, body
+        keys |= {m["key"] for m in body if "key" in m}
+        if "electric-up-to-date" in h:
+            return n, keys
+        offset = h["electric-offset"]
+    raise AssertionError("never up to date")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the engine ends an SSE stream opened behind the tip after one chunk "
+    "(sync_engine/http/live.py, owned by sse; /work/bugs-for-attack.md, suites ~22:50 UTC)",
+)
+async def test_sse_opened_chunks_behind_the_tip_stays_open(small_chunks: Engine) -> None:
+    """A client that goes live over SSE a few chunks behind the tip (say, its catch-up came
+    from a cache) gets the backlog and then live changes on ONE stream. Ending the stream after
+    each chunk gave it one stream of a few ms per chunk, and client 1.5.28 counts a stream under
+    1 s as a buffering proxy: after three in a row it falls back to long polling for good."""
+    engine = small_chunks
+    make_items(engine, 1)
+    _, handle, offset = await engine.sync(table="items")
+    pad = "x" * 600
+    for i in range(2, 14):  # 12 transactions of ~0.7 kB: several 2 kB chunks
+        engine.sql("INSERT INTO items VALUES (%s, %s, %s)", (i, pad, i))
+    expected = {KEY(i) for i in range(2, 14)}
+
+    async def all_in_the_log() -> bool:
+        return (await _catch_up_responses(engine, handle, offset))[1] == expected
+
+    await wait_until_async(all_in_the_log, message="the 12 inserts in the shape log")
+    chunks, _ = await _catch_up_responses(engine, handle, offset)
+    assert chunks >= 3, f"the backlog spans only {chunks} chunk(s): the test proves nothing"
+
+    flags = {"live_sse": "true", "experimental_live_sse": "true"}
+    sse = await open_sse(engine, flags, table="items", handle=handle, offset=offset, cursor="")
+    got: set[str] = set()
+    try:
+        while got != expected:
+            msgs = await sse.messages_until_up_to_date()
+            got |= {m["key"] for m in msgs if "key" in m}
+        assert got == expected
+        # still the same stream, now at the tip: a new change arrives on it
+        engine.sql("INSERT INTO items VALUES (99, 'live', 99)")
+        msgs = await sse.messages_until_up_to_date()
+        assert [m["key"] for m in msgs if "key" in m] == [KEY(99)]
+    finally:
+        sse.resp.close()
 
 
 async def _has_change(engine: Engine, handle: str, offset: str) -> bool:

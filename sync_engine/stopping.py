@@ -1,0 +1,55 @@
+"""Ending background tasks on shutdown within a bounded time.
+
+A stop (engine, pause, delete of a source) cancels its tasks and waits for them; a task
+that misses its cancellation would hold it for ever. Python 3.11's `asyncio.wait_for`
+drops a cancellation that arrives while what it waits for has just finished (it returns
+the result instead): a loop around it then goes on, and a stop waiting for it hung (a
+clean-clone CI, 300 s, in a source's lag watcher). `cancel_and_wait` cancels again the
+tasks still running, every `RECANCEL` seconds, and gives up on them after `timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: Seconds a stop waits for its tasks to end before it goes on without them.
+STOP_WAIT = 10.0
+#: Seconds between cancellations of a task that has not ended yet.
+RECANCEL = 1.0
+
+
+async def cancel_and_wait(
+    tasks: Iterable[asyncio.Future[Any]], what: str, timeout: float = STOP_WAIT
+) -> set[asyncio.Future[Any]]:
+    """Cancel `tasks` and wait until they end, at most `timeout` seconds; returns those
+    still running then (logged, as `what`). Their exceptions are retrieved (not logged)."""
+    tasks = list(tasks)
+    pending = {t for t in tasks if not t.done()}
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while pending:
+        for t in pending:
+            t.cancel()
+        left = deadline - loop.time()
+        if left <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(RECANCEL, left))
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()
+    if pending:
+        names = sorted(t.get_name() if isinstance(t, asyncio.Task) else "?" for t in pending)
+        logger.warning(
+            "%s: %d tasks did not end within %.0f s of their cancellation (%s); going on"
+            " without them",
+            what,
+            len(pending),
+            timeout,
+            ", ".join(names),
+        )
+    return pending

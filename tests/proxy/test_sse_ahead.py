@@ -1,0 +1,171 @@
+"""A client ahead of the shared SSE stream it joins gets only what follows its offset.
+
+The case behind a duplicate the npm client saw through the proxy (`sse-fanout.test.mjs`,
+"got 1,2,3,103,4,5,5,6,..."): after the engine ends its SSE streams (`--sse-timeout`), the
+clients of a shape reconnect one by one. One that is still at the offset before a change
+opens a shared stream, and the engine answers it with that change as its catch-up; another
+client, which already had the change from the stream before, reconnects at the offset after
+it and joins the same shared stream before the catch-up has arrived. The fan-out wrote every
+event to every client, so the second one got the change a second time.
+
+Here the engine is a fake that holds its catch-up until the test lets it go: both clients'
+streams are open when it arrives, every time (the real path: `test_sse_fanout_real.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+
+SHAPE = "/v1/shape?table=items&handle=h-1"
+
+
+def _batch(lsn: int, *ids: int) -> bytes:
+    """One transaction's SSE events (ops 0, 2, ...) and its up-to-date, as the engine sends."""
+    events = [
+        b"data: "
+        + orjson.dumps(
+            {
+                "key": f'"public"."items"/"{id_}"',
+                "value": {"id": str(id_), "org_id": "org-a", "title": "t"},
+                "headers": {"operation": "insert", "lsn": str(lsn), "op_position": 2 * i},
+            }
+        )
+        + b"\n\n"
+        for i, id_ in enumerate(ids)
+    ]
+    up_to_date = {"headers": {"control": "up-to-date", "global_last_seen_lsn": str(lsn)}}
+    return b"".join(events) + b"data: " + orjson.dumps(up_to_date) + b"\n\n"
+
+
+class GatedEngine:
+    """An engine whose SSE answer from offset 100_0 is the catch-up of transaction 200 (its
+    log's end), sent only once `release` is set; it then ends the stream, as the engine ends
+    a catch-up. Offset 200_0 is at the log's end: held, then transaction 300 live."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.later = asyncio.Event()
+        self.requests: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/shape", self.shape)
+        return app
+
+    async def shape(self, request: web.Request) -> web.StreamResponse:
+        offset = request.query["offset"]
+        self.requests.append(offset)
+        assert request.query.get("live_sse") == "true", request.url
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "public, max-age=59",
+                "electric-handle": "h-1",
+                "electric-offset": offset,
+                "shapegate-log-end": "200_2" if offset == "100_0" else offset,
+                "electric-cursor": "123",
+                "electric-has-data": "true",
+            }
+        )
+        await resp.prepare(request)
+        if offset == "100_0":
+            await self.release.wait()
+            await resp.write(_batch(200, 5, 6))
+        else:
+            await self.later.wait()
+            await resp.write(_batch(300, 7))
+        await resp.write_eof()
+        return resp
+
+
+async def _open(proxy: Any, token: str, offset: str) -> Any:
+    """An SSE request through the proxy, its headers read (the proxy has attached it)."""
+    resp = await proxy.client.get(
+        f"{SHAPE}&offset={offset}&live=true&live_sse=true&cursor=",
+        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+    )
+    assert resp.status == 200, await resp.text()
+    return resp
+
+
+def _ids(body: bytes) -> list[str]:
+    ids = []
+    for block in body.split(b"\n\n"):
+        if block.startswith(b"data: "):
+            message = orjson.loads(block[6:])
+            if message["headers"].get("operation") == "insert":
+                ids.append(message["value"]["id"])
+    return ids
+
+
+async def test_a_client_ahead_of_a_shared_catch_up_does_not_get_it_again(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    engine = GatedEngine()
+    server = await aiohttp_server(engine.app(), access_log=None)
+    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make()
+    behind = await _open(proxy, token, "100_0")  # opens the shared stream: a catch-up
+    # Had transaction 200 already (from an earlier stream), in both spellings of its end.
+    ahead = [await _open(proxy, token, "200_0"), await _open(proxy, token, "200_2")]
+    assert engine.requests == ["100_0"]  # they share the first one's engine stream
+    engine.release.set()
+    assert _ids(await behind.read()) == ["5", "6"]
+    for resp in ahead:
+        assert _ids(await resp.read()) == []  # was ["5", "6"]: a second time
+    # The catch-up is over; the next stream (from 200_0) is live: all three get 7, once.
+    streams = [await _open(proxy, token, "200_0") for _ in range(3)]
+    engine.later.set()
+    for resp in streams:
+        assert _ids(await resp.read()) == ["7"]
+    assert engine.requests == ["100_0", "200_0"]
+
+
+async def test_a_client_ahead_gets_the_part_of_a_read_after_its_offset(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """The stream's next read holds transactions 200 and 300; a client at 200_0 gets 300."""
+    engine = GatedEngine()
+
+    async def shape(request: web.Request) -> web.StreamResponse:
+        engine.requests.append(request.query["offset"])
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "public, max-age=59",
+                "electric-handle": "h-1",
+                "electric-offset": request.query["offset"],
+                "electric-cursor": "123",
+            }
+        )
+        await resp.prepare(request)
+        await engine.release.wait()
+        await resp.write(_batch(200, 5, 6) + _batch(300, 7))
+        await engine.later.wait()
+        await resp.write(_batch(400, 8))
+        await resp.write_eof()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/shape", shape)
+    server = await aiohttp_server(app, access_log=None)
+    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make()
+    behind = await _open(proxy, token, "100_0")
+    ahead = await _open(proxy, token, "200_0")
+    further = await _open(proxy, token, "300_0")
+    engine.release.set()
+    engine.later.set()
+    assert _ids(await behind.read()) == ["5", "6", "7", "8"]
+    assert _ids(await ahead.read()) == ["7", "8"]
+    assert _ids(await further.read()) == ["8"]
+    assert engine.requests == ["100_0"]

@@ -1,0 +1,63 @@
+"""Stopping a source (engine stop, pause, delete) finishes, whatever its connections are
+doing when it comes, on real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+from tests.support.waiting import wait_until_async
+from tests.sync_engine.tenants.harness import MultiEngine, make_items, sql
+
+#: Seconds a stop may take here: its own waits are a few seconds at most.
+STOP_WITHIN = 20.0
+
+
+def _terminate_backends(url: str) -> None:
+    """Postgres ends every connection to the database (as `DROP DATABASE ... WITH (FORCE)`
+    or an administrator does): the replication stream, the catalog and snapshot ones."""
+    sql(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+             " WHERE datname = current_database() AND pid <> pg_backend_pid()")  # fmt: skip
+
+
+async def test_a_source_stopped_as_its_lag_query_returns_stops(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The stop of a source whose replication lag query (`ManagedSource._watch_lag`) comes
+    back, after Postgres terminated its connections, in the very loop pass in which the stop
+    cancels the source's tasks. `asyncio.wait_for` (Python 3.11) returned the query's
+    outcome and dropped the cancellation; the watcher went on polling every second and the
+    stop waited for it for ever: a clean-clone CI hung 300 s in this file's neighbour's
+    teardown (the test database dropped under the engine, then the engine stopped)."""
+    url = make_db()
+    make_items(url, ["a"])
+    engine = await engines().start()
+    src = await engine.add("lagged", url)
+    sid = src["source_id"]
+    await engine.wait_state(sid, "active")
+    source = engine.manager.running[sid]
+    stopping: list[asyncio.Task[None]] = []
+    lag_query = source.refresh_lag
+
+    async def lag_query_then_stop() -> int | None:
+        await asyncio.to_thread(_terminate_backends, url)
+        try:
+            return await lag_query()
+        finally:
+            # Its first step runs before the watcher hears that the query is done.
+            if not stopping:
+                stopping.append(asyncio.ensure_future(source.stop()))
+
+    monkeypatch.setattr(source, "refresh_lag", lag_query_then_stop)
+    await wait_until_async(lambda: stopping, timeout=30, message="the lag query")
+    done, _ = await asyncio.wait(stopping, timeout=STOP_WITHIN)
+    if not done:  # let the fixture's engine stop finish: cancel the watcher once more
+        for task in source._tasks:
+            task.cancel()
+        await asyncio.wait(stopping, timeout=STOP_WITHIN)
+    assert done, f"the source did not stop within {STOP_WITHIN:g} s"
+    stopping[0].result()
