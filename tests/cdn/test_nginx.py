@@ -11,6 +11,7 @@ purpose) to show that the tier never caches errors even from a misbehaving origi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -385,6 +386,31 @@ async def test_concurrent_live_long_polls_collapse_into_one_engine_request(stack
     assert len(bodies) == 1
     assert sorted(h["X-Cache-Status"] for _, h, _ in replies) == ["HIT"] * (n - 1) + ["MISS"]
     assert stack.counter.count(live="true") == 1
+
+
+async def test_a_long_poll_whose_client_left_is_stored_for_the_next_asker(stack: Stack) -> None:
+    """nginx keeps fetching a cacheable request whose client has gone (it ignores the client's
+    abort for anything it may store) and holds the cache lock meanwhile; the client re-asking
+    that URL waits behind it. It used to throw that answer away when it came (sending it to the
+    gone client failed), so the waiter went to the engine itself afterwards: one more engine
+    request, a MISS, and with no change a second full hold. With `proxy_ignore_client_abort on`
+    the answer is stored and the waiter gets it from the cache."""
+    async with aiohttp.ClientSession() as s:
+        await _catch_up(stack, s)
+        live = {"offset": stack.offset, "handle": stack.handle, "live": "true", "cursor": "7"}
+        gone = asyncio.create_task(_get(s, stack.url(**live)))
+        await until_parked(stack.counter.engine, SECRET)  # its request is held in the engine
+        gone.cancel()  # the client leaves
+        with contextlib.suppress(asyncio.CancelledError):
+            await gone
+        async with aiohttp.ClientSession() as again:  # the client asks the same URL again
+            asking = asyncio.create_task(_get(again, stack.url(**live)))
+            stack.sql("INSERT INTO items VALUES (101, 'while the first asker was gone')")
+            status, headers, body = await asyncio.wait_for(asking, HOLD + 10)
+    assert status == 200
+    assert _inserts(body) == [{"id": "101", "title": "while the first asker was gone"}]
+    assert headers["X-Cache-Status"] == "HIT"
+    assert stack.counter.count(**live) == 1
 
 
 async def test_409_is_cached_as_the_engine_says_and_errors_are_not(stack: Stack) -> None:
