@@ -17,8 +17,8 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
   already had from the stream before) joins too and gets only what follows its offset, as
   from the engine: until the stream passes its offset, each read is filtered for it;
 - a client behind what the stream remembers is not joined: `forward` sends it to the
-  engine on its own, which answers it with its catch-up and ends that stream; the client
-  reconnects from there and joins;
+  engine on its own, which answers it with its catch-up and then keeps that stream live
+  until its SSE timeout (unshared); the client reconnects from there and joins;
 - an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
   `content-encoding`) is shared only by requests identical to the first, offset included,
   each getting every byte of it from the start; any other goes to the engine on its own;
