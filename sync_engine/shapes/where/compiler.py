@@ -388,13 +388,12 @@ class Compiler:
         if isinstance(node, ast.ColumnRef):
             ident = column_ident(self.columns[node.fields[0].sval])  # (checked: one field)
             return NO_COLLATION if ident is None else CollState(IMPLICIT, ident)
+        if isinstance(node, (ast.A_Const, ast.ParamRef)):  # (no inputs)
+            return DEFAULT_IMPLICIT if _collatable(expr.type) else NO_COLLATION
         inputs = self._merged(self._input_states(node), node)
         if isinstance(node, ast.CollateClause):
             return CollState(EXPLICIT, self._named_collation(node))
-        typ = expr.type
-        if not (
-            typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)
-        ):
+        if not _collatable(expr.type):
             return NO_COLLATION
         return inputs if inputs.strength > 0 else DEFAULT_IMPLICIT
 
@@ -481,11 +480,8 @@ class Compiler:
     def _CollateClause(self, node: ast.CollateClause) -> Expr:
         self._named_collation(node)
         arg = self.compile(node.arg)
-        typ = arg.type
-        if not (
-            typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)
-        ):
-            raise error_at(f"collations are not supported by type {typ.sql_name}", node)
+        if not _collatable(arg.type):
+            raise error_at(f"collations are not supported by type {arg.type.sql_name}", node)
         return with_node(arg, node)
 
     # -- collation-dependent text semantics --
@@ -764,3 +760,8 @@ class Compiler:
 
     def _RowExpr(self, node: ast.Node) -> Expr:
         raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)
+
+
+def _collatable(typ: PgType) -> bool:
+    """A type with a collation (or an untyped literal, which takes one as text)."""
+    return typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)

@@ -676,6 +676,10 @@ def like(
     if escape is not None and not escape.is_const:
         raise error_at("LIKE ... ESCAPE needs a constant escape character", node)
     esc = "\\" if escape is None else escape.value
+    if escape is not None and esc is None:
+        # like_escape(pattern, NULL) is NULL (strict), and so is LIKE of it: the engine
+        # read ESCAPE NULL as "no escape character" and matched `a LIKE 'a' ESCAPE NULL`
+        pattern = const(TEXT, None, pattern.node)
     if escape is not None and esc is not None and len(esc) > 1:
         raise error_at("invalid escape string", node)
     c.require_text_equality("LIKE", node, state)
