@@ -17,8 +17,8 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
   already had from the stream before) joins too and gets only what follows its offset, as
   from the engine: until the stream passes its offset, each read is filtered for it;
 - a client behind what the stream remembers is not joined: `forward` sends it to the
-  engine on its own, which answers it with its catch-up and ends that stream; the client
-  reconnects from there and joins;
+  engine on its own, which answers it with its catch-up and then keeps that stream live
+  until its SSE timeout (unshared); the client reconnects from there and joins;
 - an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
   `content-encoding`) is shared only by requests identical to the first, offset included,
   each getting every byte of it from the start; any other goes to the engine on its own;
@@ -243,6 +243,20 @@ class SharedStream:
         return b"".join(self._datas[start:])
 
     # --- clients -----------------------------------------------------------------------
+
+    def attach(
+        self, transport: asyncio.Transport, chunked: bool, position: Key
+    ) -> _Subscriber | None:
+        """Write a client that may join (`can_join`) what it missed, then subscribe it to
+        what follows; None when the stream is over (what it missed was all there was)."""
+        missed = self.events_after(position)
+        if missed:
+            transport.write(_chunk(missed) if chunked else missed)
+        if self.finished:
+            return None
+        sub = _Subscriber(transport, chunked, len(missed), position)
+        self.add(sub)
+        return sub
 
     def add(self, sub: _Subscriber) -> None:
         """Attach a client that has had every remembered event after its position.
@@ -554,14 +568,10 @@ async def serve(
         transport.close()  # it reconnects from its offset and catches up
         outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
-    missed = stream.events_after(spec.position)
-    if missed:
-        transport.write(_chunk(missed) if chunked else missed)
-    if stream.finished:
+    sub = stream.attach(transport, chunked, spec.position)
+    if sub is None:
         reason = "ended"
     else:
-        sub = _Subscriber(transport, chunked, len(missed), spec.position)
-        stream.add(sub)
         try:
             reason = await sub.done
         finally:

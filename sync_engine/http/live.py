@@ -142,9 +142,12 @@ async def _stream(
     deadline = time.monotonic() + s.sse_timeout
     entries, end = first
     if entries:
+        # Behind the tip: the first chunk, then on from its end (the loop drains the rest at
+        # once, then waits at the tip). Ended here, a client chunks behind got one stream of
+        # a few ms per chunk, and client 1.5.28 takes three short streams in a row for a
+        # buffering proxy and falls back to long polling for good.
         await _write_batch(resp, entries, end.tx)
-        await resp.write_eof()
-        return
+        offset = end
 
     def fresh() -> bool:
         nonlocal entries, end

@@ -37,10 +37,14 @@ class ColumnInfo:
     pk_index: int | None
     generated: bool = False
     collation: str | None = None
-    """For collatable types, the column's effective collation as
-    `provider|collate|ctype|deterministic` (`c|C.UTF-8|C.UTF-8|t`; the database default
-    resolved): text ordering, `upper`/`lower` and ILIKE depend on it, and the where
-    compiler only accepts them under collations it reproduces exactly."""
+    """For collatable types, the column's effective collation, its OID and the database
+    default collation, as
+    `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic`
+    (`c|C|C|t|950|c|C.UTF-8|C.UTF-8|t`; a default-collated column has its database's
+    collation and OID 100): text ordering, `upper`/`lower` and ILIKE depend on it, and the
+    where compiler derives which collation each operation uses as Postgres does and only
+    accepts them under collations it reproduces exactly (shapes/where/collation.py). One
+    string, so that what is recorded of a shape's table keeps it whole."""
 
     @property
     def base_type(self) -> str:
@@ -99,7 +103,7 @@ SELECT a.attname, a.attnum, a.atttypid, t.typname,
        CASE WHEN et.typarray = t.oid THEN et.typname END AS elem,
        CASE WHEN et.typarray = t.oid THEN et.typtype ELSE t.typtype END AS kind,
        a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
-       a.attcollation = 100 AS default_collation, to_jsonb(co)
+       a.attcollation, to_jsonb(co)
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
@@ -134,7 +138,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     cols = []
     for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
         aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r[:10]
-        is_default, own = r[10], r[11]
+        coll_oid, own = r[10], r[11]
         cols.append(
             ColumnInfo(
                 name=aname,
@@ -148,7 +152,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 not_null=bool(notnull),
                 pk_index=pk.index(aname) if aname in pk else None,
                 generated=bool(generated),
-                collation=_collation(database if is_default else own),
+                collation=_column_collation(coll_oid, own, database),
             )
         )
     return TableInfo(
@@ -160,6 +164,16 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         kind=kind,
         replica_identity=replident,
     )
+
+
+def _column_collation(oid: int, own: dict[str, Any] | None, database: dict[str, Any]) -> str | None:
+    """`ColumnInfo.collation` of a column whose attcollation is `oid` (0: not collatable)."""
+    if not oid:
+        return None
+    desc = _collation(database if oid == 100 else own)
+    if desc is None:
+        return None
+    return f"{desc}|{oid}|{_collation(database)}"
 
 
 def _collation(row: dict[str, Any] | None) -> str | None:

@@ -57,11 +57,6 @@ async def _engine_catch_up(stack: Stack, handle: str, offset: str) -> tuple[int,
     raise AssertionError("never up to date")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine ends an SSE stream opened behind the tip after one chunk "
-    "(sync_engine/http/live.py, owned by sse; /work/bugs-for-attack.md, suites ~22:50 UTC)",
-)
 async def test_a_client_the_cache_puts_chunks_behind_stays_on_sse(
     small_chunk_stack: Stack,
 ) -> None:

@@ -48,7 +48,22 @@ from .casts import (
     interval_literal,
     text_input_cast,
 )
-from .collation import SQL_ONLY, text_rules
+from .collation import (
+    CONFLICT,
+    DEFAULT_IMPLICIT,
+    EXPLICIT,
+    IMPLICIT,
+    NAMED,
+    NO_COLLATION,
+    SQL_ONLY,
+    CollState,
+    ExplicitMismatch,
+    Ident,
+    TextRules,
+    collations,
+    column_ident,
+    merge_all,
+)
 from .errors import WhereError, error_at
 from .expr import (
     EVAL_ERRORS,
@@ -64,12 +79,13 @@ from .expr import (
     const,
     or_expr,
     slice_expr,
+    with_coll,
     with_folded,
     with_node,
 )
 from .folding import planner_folds
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
-from .parse import construct_name
+from .parse import child_nodes, construct_name
 from .resolution import (
     CAST_TARGET_NAMES,
     JSON_TYPES,
@@ -103,7 +119,10 @@ class Compiler:
         self.param_types: dict[int, PgType] = {}
         # Only Postgres evaluates a clause that is not live (a subset query): the collation's
         # text semantics are then Postgres's own business, nothing to reproduce.
-        self.text_rules = text_rules(columns.values()) if live else SQL_ONLY
+        self.live = live
+        self.collations = collations(columns.values())
+        # each compiled node's collation (by id), as Postgres derives it (collation.py)
+        self.states: dict[int, CollState] = {}
         self.referenced: set[str] = set()
         self.zones: set[str] = set()  # AT TIME ZONE's zones (zone files' names)
         # every node compiled so far (by id), for what the planner folds (folding.py)
@@ -125,6 +144,10 @@ class Compiler:
         expr = expr if expr.node is not None else with_node(expr, node)
         if not expr.planner_folded and planner_folds(node, expr, self.compiled):
             expr = self._planner_constant(expr, node)
+        state = self._derive(node, expr)
+        self.states[id(node)] = state
+        if state is not NO_COLLATION:
+            expr = with_coll(expr, state)
         self.compiled[id(node)] = expr
         return expr
 
@@ -354,28 +377,142 @@ class Compiler:
         col = expr.column
         return Expr(TEXT, column_eval(col, identity), unary=identity, unary_of=col, node=node)
 
-    # -- collation-dependent text semantics (see collation.py) --
+    # -- collations (see collation.py) --
 
-    def fold(self, ignore_case: bool, node: ast.Node) -> Callable[[str], str] | None:
+    def _derive(self, node: ast.Node, expr: Expr) -> CollState:
+        """The collation of `node` (compiled to `expr`), from its inputs' as
+        assign_collations_walker derives it: a column's own, an explicit COLLATE's, else
+        the inputs' merged (which raises on two different explicit ones), else for a text
+        result the default. An untyped literal counts as default text wherever it is used
+        (as a number it meets no operation that reads a collation)."""
+        if isinstance(node, ast.ColumnRef):
+            ident = column_ident(self.columns[node.fields[0].sval])  # (checked: one field)
+            return NO_COLLATION if ident is None else CollState(IMPLICIT, ident)
+        if isinstance(node, (ast.A_Const, ast.ParamRef)):  # (no inputs)
+            return DEFAULT_IMPLICIT if _collatable(expr.type) else NO_COLLATION
+        inputs = self._merged(self._input_states(node), node)
+        if isinstance(node, ast.CollateClause):
+            return CollState(EXPLICIT, self._named_collation(node))
+        if not _collatable(expr.type):
+            return NO_COLLATION
+        return inputs if inputs.strength > 0 else DEFAULT_IMPLICIT
+
+    def _input_states(self, node: ast.Node) -> list[CollState]:
+        """The states of the nearest compiled nodes under `node`."""
+        out = []
+        stack: list[object] = [v for _, v in child_nodes(node)]
+        stack.reverse()
+        while stack:  # (in the clause's order: an error names the first one first)
+            n = stack.pop()
+            if isinstance(n, tuple):
+                stack.extend(reversed(n))
+            elif isinstance(n, ast.Node):
+                state = self.states.get(id(n))
+                if state is None:
+                    stack.extend(reversed([v for _, v in child_nodes(n)]))
+                elif state is not NO_COLLATION:
+                    out.append(state)
+        return out
+
+    def _merged(self, states: Sequence[CollState], node: ast.Node) -> CollState:
+        try:
+            return merge_all(states)
+        except ExplicitMismatch as e:
+            raise error_at(
+                "collation mismatch between explicit collations "
+                f"{self._quoted(e.a)} and {self._quoted(e.b)}",
+                node,
+            ) from None
+
+    def _quoted(self, ident: Ident | None) -> str:
+        return next((f'"{n}"' for n, oid in NAMED.items() if oid == ident), f'"{ident}"')
+
+    def state_of(self, expr: Expr) -> CollState:
+        """The collation `expr` carries: its own, or that of the node it was compiled from
+        (an operand converted inside an operator keeps its node)."""
+        if expr.coll is not None:
+            return expr.coll
+        if expr.node is not None:
+            state = self.states.get(id(expr.node))
+            if state is not None:
+                return state
+        if expr.type in STRING_TYPES or expr.type == UNKNOWN:
+            return DEFAULT_IMPLICIT  # (text an operator made of a non-text operand)
+        return NO_COLLATION
+
+    def input_collation(self, operands: Sequence[Expr], node: ast.Node) -> CollState:
+        """The collation an operation on `operands` uses (their states merged)."""
+        return self._merged([self.state_of(e) for e in operands], node)
+
+    def rules(self, state: CollState, what: str, node: ast.Node) -> TextRules:
+        """The text rules of the collation `what` uses; refused on a conflict, where
+        Postgres cannot tell which collation to use either."""
+        if not self.live:
+            if state.strength == CONFLICT:
+                raise self._conflict(state, what, node)
+            return SQL_ONLY
+        if state.strength == CONFLICT:
+            raise self._conflict(state, what, node)
+        return self.collations.rules(state.ident)
+
+    def _conflict(self, state: CollState, what: str, node: ast.Node) -> WhereError:
+        names = self.collations.name(state.ident), self.collations.name(state.other)
+        return error_at(
+            f"could not determine which collation to use for {what}: its operands have "
+            f"different implicit collations ({names[0]} and {names[1]}); "
+            "use the COLLATE clause to set the collation explicitly",
+            node,
+        )
+
+    def _named_collation(self, node: ast.CollateClause) -> int:
+        names = [n.sval for n in node.collname]
+        if len(names) == 2 and names[0] == "pg_catalog":
+            names = names[1:]
+        oid = NAMED.get(names[0]) if len(names) == 1 else None
+        if oid is None:
+            raise error_at(
+                f'COLLATE "{".".join(names)}" is not supported '
+                '(only "C", "POSIX" and "default" are)',
+                node,
+            )
+        return oid
+
+    def _CollateClause(self, node: ast.CollateClause) -> Expr:
+        self._named_collation(node)
+        arg = self.compile(node.arg)
+        if not _collatable(arg.type):
+            raise error_at(f"collations are not supported by type {arg.type.sql_name}", node)
+        return with_node(arg, node)
+
+    # -- collation-dependent text semantics --
+
+    def fold(
+        self, ignore_case: bool, node: ast.Node, state: CollState
+    ) -> Callable[[str], str] | None:
         """ILIKE's `lower`, or None for LIKE; refused where the collation's is unknown."""
         if not ignore_case:
             return None
-        return self.case_function("lower", node, "ILIKE")
+        return self.case_function("lower", node, state, "ILIKE")
 
-    def case_function(self, which: str, node: ast.Node, what: str = "") -> Callable[[str], str]:
-        kind = self.text_rules.case_map
+    def case_function(
+        self, which: str, node: ast.Node, state: CollState, what: str = ""
+    ) -> Callable[[str], str]:
+        what = what or which + "()"
+        rules = self.rules(state, what if what == "ILIKE" else f"{what} function", node)
+        kind = rules.case_map
         if kind is None:
             raise error_at(
-                f"{what or which + '()'} is not supported under {self.text_rules.blocker} "
+                f"{what} is not supported under {rules.blocker} "
                 "(live filtering reproduces case mapping only for C, POSIX and C.UTF-8 ctypes)",
                 node,
             )
         return case_mapping(kind, which)
 
-    def require_text_ordering(self, op: str, typ: PgType, node: ast.Node) -> None:
-        if typ in STRING_TYPES and not self.text_rules.ordering:
+    def require_text_ordering(self, op: str, state: CollState, node: ast.Node) -> None:
+        rules = self.rules(state, "string comparison", node)
+        if not rules.ordering:
             raise error_at(
-                f"text comparison {op} is not supported under {self.text_rules.blocker} "
+                f"text comparison {op} is not supported under {rules.blocker} "
                 "(live filtering orders text by code point: C, POSIX and C.UTF-8 collations)",
                 node,
             )
@@ -394,8 +531,11 @@ class Compiler:
             )
         return select_common(a, b) if of_list else common_type(a, b)
 
-    def compare_fn(self, name: str, typ: PgType, node: ast.Node) -> Callable[[Value, Value], Value]:
-        """The comparison `name` on `typ`, refused on text where the collation forbids it,
+    def compare_fn(
+        self, name: str, typ: PgType, node: ast.Node, state: CollState
+    ) -> Callable[[Value, Value], Value]:
+        """The comparison `name` on `typ` under the collation `state` (its operands',
+        `input_collation`), refused on text where the collation forbids it,
         and on json and jsonb (jsonb's `=` is not their text's: `'{"a":1}'` equals
         `'{"a": 1}'`; json has none): IN, NULLIF, IS DISTINCT FROM and ANY compared their
         text."""
@@ -404,15 +544,19 @@ class Compiler:
             raise error_at(f"JSON operators are not supported ({base.sql_name} {name})", node)
         if base in STRING_TYPES:
             if name in ("=", "<>"):
-                self.require_text_equality(name, node)
+                self.require_text_equality(name, node, state)
             else:
-                self.require_text_ordering(name, base, node)
+                self.require_text_ordering(name, state, node)
         return comparison_op(name, typ)
 
-    def require_text_equality(self, op: str, node: ast.Node) -> None:
-        if not self.text_rules.equality:
+    def require_text_equality(self, op: str, node: ast.Node, state: CollState) -> None:
+        """Byte equality (`=`, or LIKE, which needs no collation: a conflict is fine)."""
+        if op == "LIKE" and state.strength == CONFLICT:
+            return
+        rules = self.rules(state, "string comparison", node)
+        if not rules.equality:
             raise error_at(
-                f"text {op} is not supported under {self.text_rules.blocker} "
+                f"text {op} is not supported under {rules.blocker} "
                 "(live filtering compares text byte for byte: deterministic collations only)",
                 node,
             )
@@ -550,14 +694,16 @@ class Compiler:
         return Expr(typ, coalesce, node=node)
 
     def _MinMaxExpr(self, node: ast.MinMaxExpr) -> Expr:
-        typ, args = self.unify([self.compile(a) for a in node.args], "GREATEST/LEAST", node)
+        compiled = [self.compile(a) for a in node.args]
+        state = self.input_collation(compiled, node)
+        typ, args = self.unify(compiled, "GREATEST/LEAST", node)
         if typ not in ORDERED_TYPES:
             raise error_at(
                 f"could not identify a comparison function for type {typ.sql_name}", node
             )
         fns = [a.fn for a in args]
         greatest = node.op == MinMaxOp.IS_GREATEST
-        better = self.compare_fn(">" if greatest else "<", typ, node)
+        better = self.compare_fn(">" if greatest else "<", typ, node, state)
 
         def minmax(row: Row, cache: Cache) -> Value:
             best = None
@@ -612,8 +758,10 @@ class Compiler:
     def _CaseExpr(self, node: ast.Node) -> Expr:
         raise error_at("CASE expressions are not supported", node)
 
-    def _CollateClause(self, node: ast.Node) -> Expr:
-        raise error_at("COLLATE is not supported", node)
-
     def _RowExpr(self, node: ast.Node) -> Expr:
         raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)
+
+
+def _collatable(typ: PgType) -> bool:
+    """A type with a collation (or an untyped literal, which takes one as text)."""
+    return typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)

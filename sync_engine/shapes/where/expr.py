@@ -15,6 +15,7 @@ from sync_engine.pg.types import BOOL, PgType
 from sync_engine.pg.values import Value
 
 from .arrays import array_slice
+from .collation import CollState
 from .errors import error_at
 from .index import indexable, keyset
 
@@ -52,6 +53,9 @@ class Expr:
     index: tuple[str, frozenset[Value]] | None = None
     node: ast.Node | None = None
     planner_folded: bool = False
+    coll: CollState | None = None
+    """The collation Postgres derives for the node this Expr was compiled from (set by
+    `Compiler.compile`; None on Exprs built inside a node: see `Compiler.state_of`)."""
 
 
 def with_node(expr: Expr, node: ast.Node | None) -> Expr:
@@ -61,6 +65,14 @@ def with_node(expr: Expr, node: ast.Node | None) -> Expr:
     new = object.__new__(type(expr))
     new.__dict__.update(expr.__dict__)
     new.__dict__["node"] = node
+    return new
+
+
+def with_coll(expr: Expr, coll: CollState) -> Expr:
+    """`dataclasses.replace(expr, coll=coll)`, as `with_node`."""
+    new = object.__new__(type(expr))
+    new.__dict__.update(expr.__dict__)
+    new.__dict__["coll"] = coll
     return new
 
 

@@ -98,7 +98,7 @@ def _case_func(which: str) -> Builder:
     """upper() / lower(): the collation's per-character mapping (see collation.py)."""
 
     def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
-        func = c.case_function(which, node)
+        func = c.case_function(which, node, c.input_collation(args, node))
         return apply(TEXT, func, [c.coerce(_textual(c, args[0]), TEXT)], node)
 
     return build
@@ -129,8 +129,9 @@ def _concat_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
 def _like_builder(ignore_case: bool) -> Builder:
     def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         # like(text, text): a char(n) argument is cast to text (padding trimmed) first
+        state = c.input_collation(args, node)
         subject = c.coerce(args[0], TEXT) if args[0].type == BPCHAR else args[0]
-        return operators.like(c, subject, args[1], None, ignore_case, False, node)
+        return operators.like(c, subject, args[1], None, ignore_case, False, node, state)
 
     return build
 

@@ -47,6 +47,7 @@ from .arrays import (
     flatten,
     quantified_op,
 )
+from .collation import CollState
 from .datetimes import DATETIME_OPS, neg_interval
 from .errors import WhereError, error_at
 from .expr import (
@@ -66,6 +67,7 @@ from .expr import (
 )
 from .folding import mark, reads_zone, strict_folds
 from .index import indexable, keyset
+from .parse import walk
 from .resolution import (
     FLOAT_TYPES,
     INT_TYPES,
@@ -160,6 +162,7 @@ def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 
 def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    state = c.input_collation([left, right], node)
     typ = c.common(left.type, right.type, node)
     if typ is None or (typ.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
@@ -168,10 +171,10 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
     if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
         raise _operator_error(c, name, left, right, node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
-    op = c.compare_fn(name, typ, node)
+    op = c.compare_fn(name, typ, node, state)
     if left.is_const and not right.is_const:
         left, right = right, left
-        op = c.compare_fn(FLIPPED.get(name, name), typ, node)
+        op = c.compare_fn(FLIPPED.get(name, name), typ, node, state)
     index = None
     if name == "=" and right.is_const and left.column is not None and left.raw:
         index = (left.column, frozenset() if right.value is None else keyset([right.value]))
@@ -381,11 +384,12 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     typ = c.common(left.type, right.type, node)
     if typ is None or (typ.element.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
+    state = c.input_collation([left, right], node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
         raise error_at(f"JSON operators are not supported ({typ.element.sql_name}[] {name})", node)
     if typ.element in STRING_TYPES:
-        c.require_text_equality(name, node)
+        c.require_text_equality(name, node, state)
     if name == "@>":
         return apply(BOOL, array_contains, [left, right], node)
     if name == "<@":
@@ -395,6 +399,7 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
 
 def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    state = c.input_collation([left, right], node)
     is_all = node.kind == A_Expr_Kind.AEXPR_OP_ALL
     if right.type == UNKNOWN:
         elem = left.type if left.type != UNKNOWN else TEXT
@@ -414,12 +419,12 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
             raise _operator_error(c, name, left, probe, node)
         left = c.coerce(left, typ)
         right = c.coerce(right, typ.array_of())
-        op = c.compare_fn(name, typ, node)
+        op = c.compare_fn(name, typ, node, state)
     elif name in LIKE_OPERATORS:
         ignore_case, negate = LIKE_OPERATORS[name]
         left = c.coerce(_like_subject(c, left, node), TEXT)
         right = c.coerce(right, TEXT.array_of())
-        op = like_function(c.fold(ignore_case, node), negate)
+        op = like_function(c.fold(ignore_case, node, state), negate)
     else:
         raise error_at(f"operator {name} is not supported with ANY/ALL", node)
     expr = apply_nullable(BOOL, quantified_op(op, is_all), [left, right], node)
@@ -439,13 +444,14 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    state = c.input_collation([left, right], node)
     typ = c.common(left.type, right.type, node)
     if name != "=" or typ is None or (typ.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
     typ = TEXT if typ == UNKNOWN else typ
     stable = _stable_equality(left.type, right.type)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
-    eq = c.compare_fn("=", typ, node)
+    eq = c.compare_fn("=", typ, node, state)
     lf, rf = left.fn, right.fn
     want_distinct: bool = node.kind == A_Expr_Kind.AEXPR_DISTINCT
     if left.is_const and right.is_const and not stable:
@@ -492,6 +498,7 @@ def _stable_equality(a: PgType, b: PgType) -> bool:
 
 def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    state = c.input_collation([left, right], node)
     # NULLIF(a, b) is `a = b` with its operator resolved as for `=` (not as a list), and
     # answers that operator's first argument: a converted to the operator's type, unless
     # the pair has an `=` of its own. NULLIF(ch, t) compares, and answers, as text;
@@ -508,7 +515,7 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         # constants test: b was a timestamptz + interval, which the planner leaves per row)
         return const(typ if answer is None else answer.type, None, node, folded=True)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
-    eq = c.compare_fn("=", typ, node)
+    eq = c.compare_fn("=", typ, node, state)
     if left.is_const and right.is_const and not stable:
         # Postgres's planner evaluates a NULLIF of constants (its `=` immutable: not one of
         # a date or timestamp with a timestamptz, which reads TimeZone) before any row, so
@@ -550,18 +557,27 @@ def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         return c.compile(node.rexpr)
     left = c.compile(node.lexpr)
     items = [c.compile(x) for x in node.rexpr]
-    consts = [i for i in items if i.is_const]
+    # "constant" is Postgres's: reads no column (contain_vars_of_level), however the engine
+    # folds it: coalesce('ä', a) is its own `x = item` (seed 30 of the collation test: as
+    # a list element, its collation was not compared with x's)
+    var_free = [not _reads_columns(x) for x in node.rexpr]
+    consts = [i for i, free in zip(items, var_free, strict=True) if free]
     parts: list[Expr] = []
     singles = items
     if len(consts) > 1:
         parts.append(_in_constants(c, left, consts, node))
-        singles = [i for i in items if not i.is_const]
+        singles = [i for i, free in zip(items, var_free, strict=True) if not free]
     parts += [_folded_comparison(comparison(c, "=", left, i, node), left, i) for i in singles]
     expr = parts[0] if len(parts) == 1 else or_expr(parts, node)
     return _negated(expr, node) if name == "<>" else expr
 
 
+def _reads_columns(node: ast.Node) -> bool:
+    return any(isinstance(n, ast.ColumnRef) for n in walk(node))
+
+
 def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr) -> Expr:
+    state = c.input_collation([left, *consts], node)
     typ, converted = c.unify([left, *consts], "IN", node)
     if typ.enum and not c.allow_enums:
         raise _operator_error(c, "=", left, consts[0], node)
@@ -576,11 +592,11 @@ def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr)
     op_type = typ if op_type == UNKNOWN else op_type
     left = c.coerce(left, op_type)
     items = [c.coerce(i, op_type) for i in converted[1:]]
-    expr = in_list(left, items, c.compare_fn("=", op_type, node), node)
+    expr = in_list(left, items, c.compare_fn("=", op_type, node, state), node)
     if folds:  # `x = ANY(ARRAY[...])` of constants, immutable: the planner's constant
         return const(BOOL, expr.fn({}, {}), node, folded=True)
     keys = [i.value for i in items if i.value is not None]
-    if left.column is not None and left.raw and indexable(keys):
+    if all(i.is_const for i in items) and left.column is not None and left.raw and indexable(keys):
         return replace(expr, index=(left.column, keyset(keys)))
     return expr
 
@@ -627,10 +643,13 @@ def _like_expr(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         "like_escape",
     ]:
         pattern = c.compile(rnode.args[0])
-        escape = c.coerce(c.compile(rnode.args[1]), TEXT)
+        escape = c.compile(rnode.args[1])
+        state = c.input_collation([left, pattern, escape], node)
+        escape = c.coerce(escape, TEXT)
     else:
         pattern = c.compile(rnode)
-    return like(c, left, pattern, escape, ignore_case, negate, node)
+        state = c.input_collation([left, pattern], node)
+    return like(c, left, pattern, escape, ignore_case, negate, node, state)
 
 
 def like(
@@ -641,7 +660,11 @@ def like(
     ignore_case: bool,
     negate: bool,
     node: ast.Node,
+    state: CollState | None = None,
 ) -> Expr:
+    """LIKE / ILIKE under the collation `state` (by default, `left`'s and `pattern`'s)."""
+    if state is None:
+        state = c.input_collation([left, pattern], node)
     for e in (left, pattern):
         if e.type not in STRING_TYPES and e.type != UNKNOWN:
             raise error_at(
@@ -653,10 +676,14 @@ def like(
     if escape is not None and not escape.is_const:
         raise error_at("LIKE ... ESCAPE needs a constant escape character", node)
     esc = "\\" if escape is None else escape.value
+    if escape is not None and esc is None:
+        # like_escape(pattern, NULL) is NULL (strict), and so is LIKE of it: the engine
+        # read ESCAPE NULL as "no escape character" and matched `a LIKE 'a' ESCAPE NULL`
+        pattern = const(TEXT, None, pattern.node)
     if escape is not None and esc is not None and len(esc) > 1:
         raise error_at("invalid escape string", node)
-    c.require_text_equality("LIKE", node)
-    fold = c.fold(ignore_case, node)
+    c.require_text_equality("LIKE", node, state)
+    fold = c.fold(ignore_case, node, state)
     if pattern.is_const and pattern.value is not None:
         try:
             compiled = like_pattern(pattern.value, esc or None, fold=fold)

@@ -83,6 +83,21 @@ def test_like_verdicts_equal_postgres(
         assert where.matches({"id": str(i), "t": t}) == expected_one, t
 
 
+def test_escape_null_makes_like_null(
+    table: tuple[psycopg.Connection[Any], Any, dict[int, str]],
+) -> None:
+    """`t LIKE p ESCAPE NULL` is NULL (like_escape is strict): no row matches, nor with NOT.
+    The engine read ESCAPE NULL as "no escape character" and matched `t LIKE 'a'`."""
+    conn, columns, texts = table
+    for clause in ["t LIKE 'a' ESCAPE NULL", "t NOT LIKE 'a' ESCAPE NULL",
+                   "t ILIKE '%' ESCAPE NULL", "(t LIKE 'a' ESCAPE NULL) IS NULL",
+                   "NOT (t LIKE 'b%' ESCAPE NULL) OR t = 'a'"]:  # fmt: skip
+        where = parse_where(clause, {}, columns)
+        expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
+        got = {i for i, t in texts.items() if where.matches({"id": str(i), "t": t})}
+        assert got == expected, (clause, sorted(got ^ expected)[:5])
+
+
 def _alarm(_signum: int, _frame: FrameType | None) -> None:
     raise TimeoutError("LIKE evaluation did not finish")
 
