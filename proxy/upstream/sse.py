@@ -244,6 +244,20 @@ class SharedStream:
 
     # --- clients -----------------------------------------------------------------------
 
+    def attach(
+        self, transport: asyncio.Transport, chunked: bool, position: Key
+    ) -> _Subscriber | None:
+        """Write a client that may join (`can_join`) what it missed, then subscribe it to
+        what follows; None when the stream is over (what it missed was all there was)."""
+        missed = self.events_after(position)
+        if missed:
+            transport.write(_chunk(missed) if chunked else missed)
+        if self.finished:
+            return None
+        sub = _Subscriber(transport, chunked, len(missed), position)
+        self.add(sub)
+        return sub
+
     def add(self, sub: _Subscriber) -> None:
         """Attach a client that has had every remembered event after its position.
 
@@ -554,14 +568,10 @@ async def serve(
         transport.close()  # it reconnects from its offset and catches up
         outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
-    missed = stream.events_after(spec.position)
-    if missed:
-        transport.write(_chunk(missed) if chunked else missed)
-    if stream.finished:
+    sub = stream.attach(transport, chunked, spec.position)
+    if sub is None:
         reason = "ended"
     else:
-        sub = _Subscriber(transport, chunked, len(missed), spec.position)
-        stream.add(sub)
         try:
             reason = await sub.done
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import orjson
 import pytest
 
@@ -74,6 +76,132 @@ def _head(offset: str) -> Head:
         status=200,
         reason="OK",
         headers=(("electric-offset", offset), ("content-type", "text/event-stream")),
+        content_length=None,
+        cache_control="public, max-age=59",
+        ttl=0.0,
+    )
+
+
+class _Transport:
+    """What `attach` and the fan-out use of a client's transport: every byte kept."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+def _changes(data: bytes) -> list[tuple[int, int]]:
+    """The (lsn, op) of each change event in `data`, which must be whole events."""
+    assert data == b"" or data.endswith(b"\n\n"), data[-80:]
+    out = []
+    for block in data.split(b"\n\n")[:-1]:
+        assert block.startswith(b"data: "), block
+        headers = orjson.loads(block[6:])["headers"]
+        if "op_position" in headers:
+            out.append((int(headers["lsn"]), headers["op_position"]))
+    return out
+
+
+def _engine_after(change: tuple[int, int], offset: str) -> bool:
+    """Whether the engine serves `change` to a request at `offset` (files.py `_after_key`)."""
+    tx_text, _, op_text = offset.partition("_")
+    tx = int(tx_text)
+    if tx == 0:
+        return True
+    if op_text in ("0", "inf"):
+        return change[0] > tx
+    return change > (tx, int(op_text))
+
+
+async def test_every_client_gets_exactly_the_changes_after_its_offset_whatever_the_timing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A seeded model check of the fan-out: an engine stream opened at some offset, its bytes
+    cut at random places, clients joining between reads at random offsets (behind, within,
+    ahead of the stream, in every spelling, mid-transaction), a small history. Every client
+    it lets join must end with exactly the changes the engine would serve from its offset,
+    in order, as whole events (one it refuses goes to the engine: never wrong, only unshared).
+    """
+    rng = random.Random(20261204)
+    joined = ahead = 0
+    for _ in range(400):
+        monkeypatch.setattr(sse, "HISTORY_BYTES", rng.choice([400, 1500, 1 << 20]))
+        log = [(100 * k, rng.randint(1, 3)) for k in range(1, 13)]  # (lsn, ops): 0, 2, ...
+        changes = [(lsn, 2 * i) for lsn, n in log for i in range(n)]
+        offsets = ["0_inf"] + [
+            f"{lsn}_{spelling}"
+            for lsn, n in log
+            for spelling in ["0", "inf", *(str(2 * i) for i in range(n))]
+        ]
+        start = rng.choice(offsets[: len(offsets) // 2])
+        stream = _stream(start)
+        # The log's end when the stream opened: max(offset, last entry), as the engine says.
+        start_tx = int(start.partition("_")[0])
+        at_open = rng.choice([(lsn, 2 * (n - 1)) for lsn, n in log if lsn >= start_tx])
+        start_op = start.partition("_")[2]
+        start_key = (start_tx, 1 << 62 if start_op in ("0", "inf") else int(start_op))
+        log_end = start if start_key > at_open else f"{at_open[0]}_{at_open[1]}"
+        stream.learn_head(_log_end_head(log_end))
+        # The engine's stream: the changes after `start`, in batches of whole transactions
+        # (the first one may begin mid-transaction), each with its up-to-date.
+        sent = [c for c in changes if _engine_after(c, start)]
+        body = b""
+        i = 0
+        while i < len(sent):
+            lsns = sorted({lsn for lsn, _ in sent[i:]})
+            last = rng.choice(lsns[:3])
+            batch = [c for c in sent[i:] if c[0] <= last]
+            i += len(batch)
+            body += b"".join(_change_event(lsn, op) for lsn, op in batch) + _up_to_date(last)
+        cuts = sorted(rng.sample(range(1, len(body)), min(len(body) - 1, rng.randint(0, 12))))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        clients: list[tuple[str, _Transport]] = []
+        for piece in [*pieces, b""]:
+            for _ in range(rng.randint(0, 2)):
+                offset = rng.choice(offsets)
+                wanted = [c for c in changes if _engine_after(c, offset)]
+                if not stream.can_join(offset_key(offset) or (0, 0, 0)):
+                    continue  # (the engine serves it: behind, or not known not to be)
+                assert set(wanted) <= set(sent), (start, offset)  # it would miss some
+                transport = _Transport()
+                position = offset_key(offset)
+                assert position is not None
+                ahead += stream.positions.canonical(position) > stream._last_key()
+                stream.attach(transport, False, position)  # type: ignore[arg-type]
+                clients.append((offset, transport))
+            if piece:
+                stream.feed(piece)
+        stream.end("ended")
+        for offset, transport in clients:
+            wanted = [c for c in changes if _engine_after(c, offset)]
+            assert _changes(bytes(transport.data)) == wanted, (start, log_end, offset)
+        joined += len(clients)
+    assert joined > 1000 and ahead > 200, (joined, ahead)  # (the cases are all there)
+
+
+def _change_event(lsn: int, op: int) -> bytes:
+    message = {"key": f"k{lsn}.{op}", "headers": {"lsn": str(lsn), "op_position": op}}
+    return b"data: " + orjson.dumps(message) + b"\n\n"
+
+
+def _up_to_date(lsn: int) -> bytes:
+    message = {"headers": {"control": "up-to-date", "global_last_seen_lsn": str(lsn)}}
+    return b"data: " + orjson.dumps(message) + b"\n\n"
+
+
+def _log_end_head(offset: str) -> Head:
+    return Head(
+        status=200,
+        reason="OK",
+        headers=(("shapegate-log-end", offset), ("content-type", "text/event-stream")),
         content_length=None,
         cache_control="public, max-age=59",
         ttl=0.0,
