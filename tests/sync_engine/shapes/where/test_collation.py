@@ -310,6 +310,11 @@ def test_conflicting_collations_are_refused_like_postgres(database: str) -> None
                        "a COLLATE \"POSIX\" = b", "a < d", "d > v", "(a || d) < 'b'",
                        "a = 'a' AND b = 'a'", "a IN ('a', 'b') OR b IN ('A', 'B')"]:  # fmt: skip
             assert _verdict(conn, "cp", columns, rows, clause) == "agrees", clause
+        # a subset's where (only Postgres evaluates it) fails there too: refused alike
+        with pytest.raises(WhereError, match="could not determine which collation to use"):
+            parse_where("a < b", {}, columns, live=False)
+        subset = parse_where('a < b COLLATE "C" AND upper(d) < a', {}, columns, live=False)
+        conn.execute(f"SELECT id FROM cp WHERE {subset.sql}").fetchall()
         with pytest.raises(WhereError, match='explicit collations "C" and "POSIX"'):
             parse_where('a COLLATE "C" < b COLLATE "POSIX"', {}, columns)
         with pytest.raises(WhereError, match="collations are not supported by type integer"):

@@ -111,3 +111,24 @@ async def test_a_malformed_enum_array_literal_is_a_400(engine: Engine) -> None:
     for where in ["m = ANY('x')", "m::text = ANY('x')", "COALESCE(m, 'x')::text = 'x'"]:
         body = await _error(engine, where=where)
         assert body["message"] == "Invalid request", body
+
+
+async def test_collations_derived_per_operation(engine: Engine) -> None:
+    """Each operation uses the collation Postgres derives for it: a column's own ("C":
+    ASCII-only case mapping) over a literal's default, an explicit COLLATE over both; two
+    columns of different collations meeting where one is needed are a 400, as Postgres
+    fails on them ("could not determine which collation to use")."""
+    engine.sql(
+        'CREATE TABLE docs (id int PRIMARY KEY, owner text COLLATE "C", other text COLLATE "POSIX")'
+    )
+    body = await _error(engine, where="owner < other")
+    (message,) = body["errors"]["where"]
+    assert "could not determine which collation to use for string comparison" in message
+    body = await _error(engine, where='owner COLLATE "C" = other COLLATE "POSIX"')
+    (message,) = body["errors"]["where"]
+    assert 'collation mismatch between explicit collations "C" and "POSIX"' in message
+    words = ["äb", "ÄB", "Ab", "b"]
+    live = await _live_rows(engine, "upper(owner) = 'äB' OR owner < 'B' OR owner = 'marker'", words)
+    assert live == {"äb", "Ab"}
+    where = "upper(owner COLLATE \"default\") = 'ÄB' OR owner = 'marker'"  # (C.UTF-8 here)
+    assert await _live_rows(engine, where, words) == {"äb", "ÄB"}
