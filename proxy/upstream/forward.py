@@ -478,6 +478,8 @@ class Forwarder:
                 return result
             if result is sse.Result.DIRECT:
                 return None
+            if result is sse.Result.BEHIND:
+                spec = sse.behind(spec)  # a catch-up stream, then that one
         return None
 
     async def _open_shared(

@@ -16,9 +16,13 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
   deliver: say the stream is a late client's catch-up, opened behind changes the others
   already had from the stream before) joins too and gets only what follows its offset, as
   from the engine: until the stream passes its offset, each read is filtered for it;
-- a client behind what the stream remembers is not joined: `forward` sends it to the
-  engine on its own, which answers it with its catch-up and then keeps that stream live
-  until its SSE timeout (unshared); the client reconnects from there and joins;
+- a client behind what the stream remembers is not joined: it gets a stream of its own
+  from its offset (shared with any client behind at that same offset), which the engine
+  answers with the catch-up, then live; as soon as that stream has delivered a whole batch
+  that the shape's stream can take on from (an up-to-date within or ahead of what it
+  remembers), it ends cleanly (its engine request too): the client reconnects from that
+  up-to-date and joins the shape's stream. Else the engine would hold one more stream for
+  the whole SSE timeout (it no longer ends a stream after the catch-up);
 - an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
   `content-encoding`) is shared only by requests identical to the first, offset included,
   each getting every byte of it from the start; any other goes to the engine on its own;
@@ -93,6 +97,7 @@ class Result(Enum):
 
     RETRY = "retry"  # the stream ended before this client joined: join the next one
     DIRECT = "direct"  # this client cannot share this stream: one engine stream of its own
+    BEHIND = "behind"  # behind what the stream remembers: a catch-up stream (`behind`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +110,15 @@ class StreamSpec:
     offset: str
     position: Key
     cursor: int
+    #: A catch-up stream's: the key of the stream its clients go on to once caught up.
+    handover: tuple[object, ...] | None = None
+
+
+def behind(spec: StreamSpec) -> StreamSpec:
+    """The spec of the catch-up stream for a client behind the stream of `spec.key`: shared
+    only by clients at the same offset, ended once they can join that stream."""
+    key = (*spec.key, "from", spec.offset)
+    return StreamSpec(key, spec.offset, spec.position, spec.cursor, spec.key)
 
 
 def stream_spec(
@@ -175,6 +189,7 @@ class SharedStream:
         "failure",
         "finished",
         "floor",
+        "handover",
         "head",
         "key",
         "members",
@@ -191,6 +206,7 @@ class SharedStream:
         self.positions = Positions()
         #: Every event after `floor` is remembered.
         self.floor: Key = spec.position
+        self.handover = spec.handover
         self.head: Head | None = None
         self.body: bytes | None = None  # a non-200 answer, whole
         self.raw = False  # a 200 that is not an event stream: only identical requests share
@@ -424,6 +440,18 @@ class SharedStreams:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    def _caught_up(self, stream: SharedStream) -> bool:
+        """Whether a catch-up stream's clients, having just had an up-to-date (its last
+        event), can join the stream it hands over to."""
+        last = stream._last_key()
+        if last[1] != INF_OP or last[2] != 0 or last == stream.floor:
+            return False
+        assert stream.handover is not None
+        target = self._streams.get(stream.handover)
+        if target is None or target.finished or target.raw or target.head is None:
+            return False
+        return target.head.status == 200 and target.can_join(last)
+
     async def _run(self, stream: SharedStream, open_: Opener, make_head: HeadMaker) -> None:
         """The engine request: headers, then every read fanned out, until it ends."""
         upstream: UpstreamResponse | None = None
@@ -461,6 +489,9 @@ class SharedStreams:
             try:
                 async for piece in upstream.content.iter_any():
                     stream.feed(piece)
+                    if stream.handover is not None and self._caught_up(stream):
+                        reason = "ended"  # (its clients reconnect and join that stream)
+                        return
             except BodyError as exc:
                 logger.warning("shared SSE stream broke (%s)", type(exc).__name__)
                 return
@@ -547,7 +578,7 @@ async def serve(
     if stream.raw and not identical:
         return Result.DIRECT
     if not stream.can_join(spec.position):
-        return Result.DIRECT
+        return Result.BEHIND if stream.handover is None else Result.DIRECT
     missed = stream.events_after(spec.position)
     if stream.finished and not missed:
         return Result.RETRY  # nothing for it in an ended stream: the next one

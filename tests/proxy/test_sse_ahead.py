@@ -22,6 +22,7 @@ from aiohttp import web
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
+from tests.support.waiting import wait_until_async
 
 SHAPE = "/v1/shape?table=items&handle=h-1"
 
@@ -169,3 +170,72 @@ async def test_a_client_ahead_gets_the_part_of_a_read_after_its_offset(
     assert _ids(await ahead.read()) == ["7", "8"]
     assert _ids(await further.read()) == ["8"]
     assert engine.requests == ["100_0"]
+
+
+class CatchUpEngine:
+    """Keeps every SSE stream open, as the engine does since it goes on after a catch-up:
+    from 300_0 (the tip) it waits for `live`, then sends transaction 400; from 100_0 it
+    sends transactions 200 and 300 (the catch-up) and then waits at the tip for ever. It
+    notes each request whose client (the proxy) went away."""
+
+    def __init__(self) -> None:
+        self.live = asyncio.Event()
+        self.requests: list[str] = []
+        self.closed: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/shape", self.shape)
+        return app
+
+    async def shape(self, request: web.Request) -> web.StreamResponse:
+        offset = request.query["offset"]
+        self.requests.append(offset)
+        resp = web.StreamResponse(
+            headers={
+                "content-type": "text/event-stream",
+                "cache-control": "public, max-age=59",
+                "electric-handle": "h-1",
+                "electric-offset": offset,
+                "shapegate-log-end": "300_0",
+                "electric-cursor": "123",
+            }
+        )
+        await resp.prepare(request)
+        try:
+            if offset == "100_0":
+                await resp.write(_batch(200, 5) + _batch(300, 6))
+                while True:
+                    await resp.write(b": keep-alive\n\n")
+                    await asyncio.sleep(0.05)
+            await self.live.wait()
+            await resp.write(_batch(400, 7))
+            await asyncio.Event().wait()
+        except (ConnectionError, asyncio.CancelledError):
+            self.closed.append(offset)
+            raise
+        return resp
+
+
+async def test_a_client_behind_is_caught_up_then_joins_the_shared_stream(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """A client behind the shared stream's history gets the engine's catch-up on a stream of
+    its own, which ends (and its engine request with it) once the client can join the shared
+    stream: it does not hold a second engine stream until the SSE timeout."""
+    engine = CatchUpEngine()
+    server = await aiohttp_server(engine.app(), access_log=None)
+    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make()
+    at_tip = await _open(proxy, token, "300_0")
+    behind = await _open(proxy, token, "100_0")
+    # its catch-up, then the end of that stream (it used to stay open: a timeout here)
+    assert _ids(await asyncio.wait_for(behind.read(), 20)) == ["5", "6"]
+    await wait_until_async(lambda: engine.closed == ["100_0"], message="its engine request closed")
+    rejoined = await _open(proxy, token, "300_0")  # from its last up-to-date: shared
+    assert engine.requests == ["300_0", "100_0"]
+    engine.live.set()
+    for resp in (at_tip, rejoined):
+        assert _ids(await resp.content.readuntil(b'"global_last_seen_lsn":"400"}}\n\n')) == ["7"]
+        resp.close()
