@@ -37,10 +37,10 @@ class ColumnInfo:
     pk_index: int | None
     generated: bool = False
     collation: str | None = None
-    """For collatable types, the column's effective collation, its OID and the database
-    default collation, as
-    `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic`
-    (`c|C|C|t|950|c|C.UTF-8|C.UTF-8|t`; a default-collated column has its database's
+    """For collatable types, the column's effective collation, its OID, the database
+    default collation and the database encoding, as
+    `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic|encoding`
+    (`c|C|C|t|950|c|C.UTF-8|C.UTF-8|t|UTF8`; a default-collated column has its database's
     collation and OID 100): text ordering, `upper`/`lower` and ILIKE depend on it, and the
     where compiler derives which collation each operation uses as Postgres does and only
     accepts them under collations it reproduces exactly (shapes/where/collation.py). One
@@ -114,7 +114,10 @@ ORDER BY a.attnum
 
 # to_jsonb: the locale columns differ between Postgres versions (datlocprovider from 15,
 # daticulocale 15-16, datlocale from 17); missing keys read as None.
-_DATABASE_SQL = "SELECT to_jsonb(d) FROM pg_database d WHERE datname = current_database()"
+_DATABASE_SQL = """
+SELECT to_jsonb(d) || jsonb_build_object('encoding_name', pg_encoding_to_char(d.encoding))
+FROM pg_database d WHERE datname = current_database()
+"""
 
 _PK_SQL = """
 SELECT a.attname
@@ -173,7 +176,7 @@ def _column_collation(oid: int, own: dict[str, Any] | None, database: dict[str, 
     desc = _collation(database if oid == 100 else own)
     if desc is None:
         return None
-    return f"{desc}|{oid}|{_collation(database)}"
+    return f"{desc}|{oid}|{_collation(database)}|{database.get('encoding_name') or ''}"
 
 
 def _collation(row: dict[str, Any] | None) -> str | None:

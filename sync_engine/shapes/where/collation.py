@@ -25,12 +25,13 @@ everywhere else:
 - equality and LIKE: byte equality, which holds for every deterministic collation.
 
 A collatable column's `ColumnInfo.collation` (catalog.py) is
-`provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic`:
+`provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic|encoding`:
 its own collation (the database default resolved), the collation's OID (100 for the
-default) and the database default's. A column recorded before the OID and the database
-default were (four fields) keeps its own rules but counts as a collation of its own (a
-second such column conflicts with it) and tells nothing of the default; one recorded
-before collations were (None) has unknown rules: what depends on them is refused.
+default), the database default's and the database encoding (for `ucs_basic`). A column
+recorded before the OID and the database default were (four fields) keeps its own rules
+but counts as a collation of its own (a second such column conflicts with it) and tells
+nothing of the default; one recorded before collations were (None) has unknown rules:
+what depends on them is refused.
 """
 
 from __future__ import annotations
@@ -51,8 +52,12 @@ C_OID = 950
 POSIX_OID = 951
 
 #: Collations a COLLATE clause may name (their OIDs are fixed in every Postgres); others
-#: (`ucs_basic`, libc and ICU locales, user-defined ones) the engine cannot look up.
+#: (libc and ICU locales, user-defined ones) the engine cannot look up.
 NAMED = {"C": C_OID, "POSIX": POSIX_OID, "default": DEFAULT_OID}
+#: ...and `ucs_basic`, code point order with ASCII-only case mapping (libc "C" up to
+#: Postgres 16, builtin "C" from 17), which exists only in UTF8 databases and whose OID
+#: initdb assigns: an explicit COLLATE names it (explicit ones are compared by name).
+UCS_BASIC = "ucs_basic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +169,11 @@ class Collations:
 
     rules_by_ident: dict[Ident, TextRules]
     default: TextRules
+    utf8: bool = False
+    """The database's encoding is UTF8 (False: not, or not known)."""
 
     def rules(self, ident: Ident | None) -> TextRules:
-        if ident in (C_OID, POSIX_OID):
+        if ident in (C_OID, POSIX_OID, UCS_BASIC):
             return C_RULES
         if ident == DEFAULT_OID:
             return self.default
@@ -177,6 +184,8 @@ class Collations:
         for named, oid in NAMED.items():
             if ident == oid and oid != DEFAULT_OID:
                 return f'collation "{named}"'
+        if ident == UCS_BASIC:
+            return f'collation "{UCS_BASIC}"'
         if isinstance(ident, str):
             return f"{self.rules(ident).blocker} of column {ident[1:]} (recorded without its OID)"
         return self.rules(ident).blocker
@@ -191,6 +200,7 @@ def _collations(columns: tuple[ColumnInfo, ...]) -> Collations:
     """`collations`, once per table (every clause compiled asks; the columns are frozen)."""
     by_ident: dict[Ident, TextRules] = {}
     default = UNKNOWN_DEFAULT
+    utf8 = False
     for col in columns:
         ident = column_ident(col)
         if ident is None:
@@ -203,7 +213,8 @@ def _collations(columns: tuple[ColumnInfo, ...]) -> Collations:
         if parts[5]:
             rules = _rules_of(*parts[5:9])
             default = replace(rules, blocker=f"the database default {rules.blocker}")
-    return Collations(by_ident, default)
+        utf8 = utf8 or parts[9] == "UTF8"
+    return Collations(by_ident, default, utf8)
 
 
 def text_rules(columns: Iterable[ColumnInfo]) -> TextRules:

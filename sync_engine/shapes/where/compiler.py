@@ -56,6 +56,7 @@ from .collation import (
     NAMED,
     NO_COLLATION,
     SQL_ONLY,
+    UCS_BASIC,
     CollState,
     ExplicitMismatch,
     Ident,
@@ -464,18 +465,20 @@ class Compiler:
             node,
         )
 
-    def _named_collation(self, node: ast.CollateClause) -> int:
+    def _named_collation(self, node: ast.CollateClause) -> Ident:
         names = [n.sval for n in node.collname]
         if len(names) == 2 and names[0] == "pg_catalog":
             names = names[1:]
         oid = NAMED.get(names[0]) if len(names) == 1 else None
-        if oid is None:
-            raise error_at(
-                f'COLLATE "{".".join(names)}" is not supported '
-                '(only "C", "POSIX" and "default" are)',
-                node,
-            )
-        return oid
+        if oid is not None:
+            return oid
+        if names == [UCS_BASIC] and self.collations.utf8:
+            return UCS_BASIC
+        raise error_at(
+            f'COLLATE "{".".join(names)}" is not supported (only "C", "POSIX", "default" and,'
+            ' in a UTF8 database whose table has a text column, "ucs_basic" are)',
+            node,
+        )
 
     def _CollateClause(self, node: ast.CollateClause) -> Expr:
         self._named_collation(node)

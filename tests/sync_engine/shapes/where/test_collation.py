@@ -83,16 +83,17 @@ def test_collations_are_read_from_the_catalog(collated: tuple[Any, str]) -> None
     conn, url = collated
     ctype = _cluster_ctype(conn)
     default = f"c|{ctype}|{ctype}|t"
+    db = f"{default}|UTF8"  # (the database default and encoding, on every text column)
     oid = conn.execute("SELECT oid FROM pg_collation WHERE collname = 'und-x-icu'").fetchone()
     ci = conn.execute("SELECT oid FROM pg_collation WHERE collname = 'ci'").fetchone()
     assert oid is not None and ci is not None
-    assert asyncio.run(_columns(url, "d"))["t"].collation == f"{default}|100|{default}"
+    assert asyncio.run(_columns(url, "d"))["t"].collation == f"{default}|100|{db}"
     assert asyncio.run(_columns(url, "d"))["n"].collation is None
-    assert asyncio.run(_columns(url, "c"))["t"].collation == f"c|C|C|t|950|{default}"
-    assert asyncio.run(_columns(url, "icu"))["t"].collation == f"i|und|und|t|{oid[0]}|{default}"
+    assert asyncio.run(_columns(url, "c"))["t"].collation == f"c|C|C|t|950|{db}"
+    assert asyncio.run(_columns(url, "icu"))["t"].collation == f"i|und|und|t|{oid[0]}|{db}"
     assert (
         asyncio.run(_columns(url, "nd"))["t"].collation
-        == f"i|und-u-ks-level2|und-u-ks-level2|f|{ci[0]}|{default}"
+        == f"i|und-u-ks-level2|und-u-ks-level2|f|{ci[0]}|{db}"
     )
 
 
@@ -276,7 +277,8 @@ def test_literals_take_the_database_default_collation(database: str) -> None:
         for clause in ["a < 'B'", "'B' > a", "a BETWEEN 'A' AND 'b'", "upper(a) = 'Ä'",
                        "'a' COLLATE \"C\" < 'B'", "i::text COLLATE \"POSIX\" < '5'",
                        "greatest(a, 'B') = 'B'", "lower('Ä' COLLATE \"C\") = 'Ä'",
-                       "'a' < 'B' COLLATE \"C\"", "a ILIKE 'Ä%'"]:  # fmt: skip
+                       "'a' < 'B' COLLATE \"C\"", "a ILIKE 'Ä%'", "'a' COLLATE ucs_basic < 'B'",
+                       "upper('ä' COLLATE pg_catalog.ucs_basic) = 'ä'"]:  # fmt: skip
             assert _verdict(conn, "onlyc", columns, rows, clause) == "agrees", clause
         verdict = _verdict(conn, "onlyc", columns, rows, "a < 'B' COLLATE \"default\"")
         assert verdict == ("refused" if icu else "agrees")
@@ -403,3 +405,29 @@ def test_columns_recorded_by_an_older_engine() -> None:
         parse_where("a = b", {}, columns)
     with pytest.raises(WhereError, match=r"database default collation \(unknown here\)"):
         parse_where("'a' < 'b'", {}, columns)
+
+
+def test_ucs_basic_only_in_utf8_databases(pg_server_url: str) -> None:
+    """`ucs_basic` (code point order, ASCII case mapping) exists only in UTF8 databases:
+    elsewhere Postgres fails on `COLLATE ucs_basic`, and the engine refuses it."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").format(
+                pgsql.Identifier(name)
+            )
+        )
+    try:
+        url = with_display_settings(pg_server_url.rpartition("/")[0] + "/" + name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
+            conn.execute("INSERT INTO t VALUES (1, 'a')")
+            columns = _engine_columns(url, "t")
+            assert _verdict(conn, "t", columns, _rows(conn, "t"), "a COLLATE ucs_basic < 'B'") == (
+                "refused as Postgres"
+            )
+            assert _verdict(conn, "t", columns, _rows(conn, "t"), "a COLLATE \"C\" < 'B'") == (
+                "agrees"
+            )
+    finally:
+        drop_database(pg_server_url, name)
