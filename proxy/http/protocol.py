@@ -18,7 +18,7 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
 - a request must arrive in full (head and body) within `REQUEST_READ_TIMEOUT` of its first
   byte, or it is answered 408 and the connection closed (a slow-loris client trickling a head
   or stalling a body would otherwise hold its socket for good, and enough of them exhaust the
-  descriptors);
+  descriptors); a new connection on which no request begins within it is closed unanswered;
 - HTTP/1.0 and HTTP/1.1 only: an HTTP/0.9 request line is a 400, an HTTP/2.0 one a 505, a
   transfer coding other than chunked a 501, `Transfer-Encoding` on HTTP/1.0 a 400;
 - the client going away (reset, or its end of the connection closed) cancels the task of
@@ -61,10 +61,11 @@ logger = logging.getLogger(__name__)
 #: Seconds an idle keep-alive connection stays open (aiohttp's default).
 KEEPALIVE_TIMEOUT = 75.0
 #: Seconds a request may take to arrive in full from its first byte (nginx's
-#: client_header_timeout and client_body_timeout are 60 s each). Checked by the keep-alive
-#: timer, which is not moved per request: on a new connection it first fires after this
-#: long, between requests after `KEEPALIVE_TIMEOUT`, so a request begun on a connection idle
-#: for a while may take up to `KEEPALIVE_TIMEOUT` before it is cut.
+#: client_header_timeout and client_body_timeout are 60 s each), and a new connection may
+#: wait before its first request begins (it is closed then, without an answer). Checked by
+#: the keep-alive timer, which is not moved per request: on a new connection it first fires
+#: after this long, between requests after `KEEPALIVE_TIMEOUT`, so a request begun on a
+#: connection idle for a while may take up to `KEEPALIVE_TIMEOUT` before it is cut.
 REQUEST_READ_TIMEOUT = 30.0
 #: Seconds a response may wait for its client to read (the connection's buffer over its high
 #: mark) before the connection is dropped: a client that stops reading held its socket, and
@@ -681,6 +682,19 @@ class Connection(asyncio.Protocol, Writer):
             self._parser = None
             self.closing = True
             self._send_refusal(REQUEST_TIMEOUT)  # (a 408 in JSON, then closed)
+            return
+        if not self._message_began:
+            # No request ever began on this connection: it is not idle between requests, it
+            # holds a socket without asking anything (a slow-loris client, a port scan), so
+            # it gets the request deadline, not the keep-alive. Closed without an answer (no
+            # request to answer), as an idle keep-alive connection is. Checked here, when the
+            # timer armed at `connection_made` fires: nothing per request.
+            logger.debug(
+                "closed a connection from %s: no request began within %s s",
+                self._peer(),
+                REQUEST_READ_TIMEOUT,
+            )
+            self._transport.close()
             return
         left = self._idle_since + KEEPALIVE_TIMEOUT - now
         if left > 0:  # (it was armed before the fast-lane requests since)

@@ -334,6 +334,38 @@ async def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
     writer.close()
 
 
+async def test_a_connection_that_sends_nothing_gets_the_request_deadline_not_the_keep_alive(
+    proxy: Any, monkeypatch: Any
+) -> None:
+    """A connection that never begins a request was held for the whole keep-alive (75 s),
+    not the request deadline (30 s): a slow-loris client that opens sockets and sends
+    nothing held each one 2.5 times longer than one trickling a head. Closed unanswered at
+    the request deadline now; a connection idle after an answer keeps its keep-alive."""
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(protocol, "KEEPALIVE_TIMEOUT", 600.0)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        assert await _closed_within(reader, 20) == b""  # (held 600 s before)
+    finally:
+        writer.close()
+
+    # after a request, idle between requests: the keep-alive, not the request deadline
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    try:
+        for _ in range(2):
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            await asyncio.sleep(1.5)  # past the request deadline (and its first timer)
+    finally:
+        writer.close()
+
+
 async def test_http_0_9_and_2_0_request_lines_are_refused_not_answered_as_1_1(proxy: Any) -> None:
     """llhttp reads `GET /x` (no version), `HTTP/0.9` and `HTTP/2.0` request lines as if
     they were HTTP/1.x: they were answered `HTTP/1.1 200` with a body, which such a client

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from pathlib import Path
 
 import orjson
@@ -21,6 +22,7 @@ from sync_engine.pg.session import with_display_settings
 from sync_engine.snapshot.batch import SnapshotJob, run_batch
 from sync_engine.snapshot.bulk import Split
 from sync_engine.snapshot.query import json_from_raw, row_json_sql
+from tests.support.databases import drop_database
 
 CHUNK = 50_000
 END = b',{"headers":{"control":"snapshot-end"'
@@ -183,23 +185,31 @@ async def test_text_in_another_encoding_comes_as_it_always_came(
 
 
 async def test_a_database_that_takes_any_bytes_gets_no_pre_images(
-    db_url: str, tmp_path: Path
+    db_url: str, pg_server_url: str, tmp_path: Path
 ) -> None:
     """An SQL_ASCII database stores text bytes unchecked: it gets no pre-images, whatever
     the session's encoding, and the same entries as row by row."""
+    # (a name of its own, dropped after: a second run on a kept cluster, TEST_DATABASE_URL,
+    # found `anybytes` there already)
+    name = f"anybytes_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
-            "CREATE DATABASE anybytes ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
-            " TEMPLATE template0"
+            sql.SQL(
+                "CREATE DATABASE {} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C'"
+                " TEMPLATE template0"
+            ).format(sql.Identifier(name))
         )
-    url = make_conninfo(with_display_settings(db_url), dbname="anybytes", client_encoding="UTF8")
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE bytes (id int PRIMARY KEY, t text)")
-        conn.execute(
-            r"""INSERT INTO bytes SELECT g, 'é "q" \ ' || chr(9) || g
-                FROM generate_series(1, 500) g"""
-        )
-    raw: list[bool] = []
-    chunks = await _chunks(url, "bytes", tmp_path / "bulk", None, raw)
-    assert raw == [False]
-    assert b",".join(chunks) == await _row_by_row(url, "bytes")
+    try:
+        url = make_conninfo(with_display_settings(db_url), dbname=name, client_encoding="UTF8")
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE bytes (id int PRIMARY KEY, t text)")
+            conn.execute(
+                r"""INSERT INTO bytes SELECT g, 'é "q" \ ' || chr(9) || g
+                    FROM generate_series(1, 500) g"""
+            )
+        raw: list[bool] = []
+        chunks = await _chunks(url, "bytes", tmp_path / "bulk", None, raw)
+        assert raw == [False]
+        assert b",".join(chunks) == await _row_by_row(url, "bytes")
+    finally:
+        drop_database(pg_server_url, name)
