@@ -17,6 +17,7 @@ import enum
 import logging
 import select
 import shutil
+import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds `destroy` gives Postgres to drop the slot and publication (then it is retried).
 DROP_WAIT = 30.0
+#: Seconds `stop` waits for the subset pool to close (it gives its workers 5).
+POOL_CLOSE_WAIT = 10.0
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -179,8 +182,35 @@ class Source:
         tasks = [t for t in (self._main, *self._tasks) if t is not None]
         await cancel_and_wait(tasks, f"source {self.config.source_id}")
         await self.snapshots.close()
-        await asyncio.to_thread(self.snapshot_pool.close, 5.0)
+        await self._close_subset_pool()
         await self.tables.close()
+
+    async def _close_subset_pool(self) -> None:
+        """Close the subset pool (it waits up to 5 s for its workers) in a thread of its
+        own: the default executor's few threads may all be running subset queries, slow
+        ones included (their requests are gone, the queries go on), and the close would
+        queue behind them."""
+        loop = asyncio.get_running_loop()
+        closed: asyncio.Future[None] = loop.create_future()
+
+        def close() -> None:
+            try:
+                self.snapshot_pool.close(5.0)
+            except Exception:
+                logger.exception("closing the subset pool of source %s", self.config.source_id)
+            finally:
+                try:
+                    loop.call_soon_threadsafe(_resolve, closed)
+                except RuntimeError:  # the loop is closed: nobody waits
+                    pass
+
+        name = f"close-subsets-{self.config.source_id}"
+        threading.Thread(target=close, name=name, daemon=True).start()
+        try:
+            async with asyncio.timeout(POOL_CLOSE_WAIT):
+                await closed
+        except TimeoutError:
+            logger.warning("source %s: its subset pool did not close", self.config.source_id)
 
     async def destroy(self) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
@@ -490,6 +520,11 @@ class Source:
         if what in ("table_gone", "schema_changed"):
             self.tables.changed(t, dropped=what == "table_gone", reason="table dropped")
         self.registry.rotate(shape, f"snapshot failed: {snapshot_errors.describe(exc)}")
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def _drop_slot(conn: AsyncConnection[Any], slot: str) -> None:
