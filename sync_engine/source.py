@@ -31,11 +31,13 @@ from psycopg_pool import ConnectionPool
 
 from .errors import ServiceUnavailable
 from .pg.catalog import TableInfo
+from .pg.row_where import rows_match
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.replicator import Replicator
 from .replication.slot import SlotState, ensure_slot, slot_state
+from .shapes.changes import Row
 from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams, describe
 from .shapes.registry import ShapeRegistry, shape_record
 from .shapes.router import ShapeRouter
@@ -52,6 +54,8 @@ from .tables import Tables
 
 logger = logging.getLogger(__name__)
 
+#: Rows the engine cannot read that Postgres is asked about per use of the catalog connection.
+ROWS_PER_ASK = 100
 #: Seconds `destroy` gives Postgres to drop the slot and publication (then it is retried).
 DROP_WAIT = 30.0
 #: Seconds `stop` waits for the subset pool to close (it gives its workers 5).
@@ -143,6 +147,7 @@ class Source:
             on_state=self._on_replication_state,
             replace_slot_if_gone=self._replace_slot_if_gone,
             silence_timeout=config.replication_timeout,
+            evaluate=self._rows_match,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -180,7 +185,7 @@ class Source:
         """Stop its tasks and close its connections: within seconds whatever state Postgres
         and the connections are in (each wait is bounded, see `stopping.cancel_and_wait`)."""
         tasks = [t for t in (self._main, *self._tasks) if t is not None]
-        await cancel_and_wait(tasks, f"source {self.config.source_id}")
+        await cancel_and_wait([*tasks, *self.replicator.tasks], f"source {self.config.source_id}")
         await self.snapshots.close()
         await self._close_subset_pool()
         await self.tables.close()
@@ -356,6 +361,24 @@ class Source:
             if was_ready:
                 self.ready.set()
         return True
+
+    async def _rows_match(self, shape: Shape, rows: list[Row]) -> list[bool]:
+        """Whether each row (as a change carries it) matches the shape's where clause, by
+        Postgres, on the catalog connection (`pg/row_where.py`): for rows the engine cannot
+        read exactly. A few at a time, each call within the catalog timeout."""
+        where = shape.where
+        assert where is not None
+        answers: list[bool] = []
+        for i in range(0, len(rows), ROWS_PER_ASK):
+            part = rows[i : i + ROWS_PER_ASK]
+
+            async def ask(conn: AsyncConnection[Any], part: list[Row] = part) -> list[bool]:
+                return await rows_match(
+                    conn, shape.table, where.sql, where.referenced_columns, part
+                )
+
+            answers += await self.tables.on_catalog(ask)
+        return answers
 
     def _on_replication_state(self, state: str, reason: str | None) -> None:
         if state == "active":

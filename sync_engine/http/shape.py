@@ -337,6 +337,7 @@ def _watermark(source: Source, shape: Shape, end: LogOffset) -> int:
     (pglite-sync drops later changes at or below it), so it may run past `end` only as far as
     the commits readable in every log, and not at all while this shape has appends to publish.
     """
-    if shape.log.has_unpublished:
+    if shape.log.has_unpublished or shape.held:
+        # (held: transactions wait for Postgres's answer on a row, to come after `end`)
         return end.tx
     return max(source.readable_lsn, end.tx)

@@ -86,7 +86,7 @@ class UnrepresentableValue(ValueError):
 
     Not a data error: Postgres accepts the value, so an evaluator meeting it cannot say
     what Postgres would answer. `Where.matches` lets it through instead of reading it as
-    "no match", and the replicator rotates the shape (a fresh snapshot is exact).
+    "no match", and the replicator asks Postgres about that row (`pg/row_where.py`).
     """
 
 

@@ -29,10 +29,12 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+from ..errors import ServiceUnavailable
 from ..log.entries import change_messages
 from ..log.files import LogWriteError, is_log_chunk, note_durable_size
+from ..pg.row_where import Unevaluable
 from ..pg.values import UnrepresentableValue
-from ..shapes.changes import Change, ChangeEntry, convert_change
+from ..shapes.changes import Change, ChangeEntry, Row, convert_change
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import ShapeRouter
 from ..shapes.shape import Shape
@@ -92,6 +94,44 @@ def _probe_write(directory: str) -> None:
             pass
 
 
+def _unreadable_rows(shape: Shape, changes: list[Change]) -> list[Row]:
+    """The rows of `changes` on which the shape's where clause cannot tell (old and new
+    ones alike), in order."""
+    where = shape.where
+    if where is None:
+        return []
+    rows: list[Row] = []
+    for _kind, old, new, _op in changes:
+        for row in (old, new):
+            if row is None:
+                continue
+            try:
+                where.matches(row)
+            except UnrepresentableValue:
+                rows.append(row)
+    return rows
+
+
+def _answered(shape: Shape, rows: list[Row], answers: list[bool]) -> Callable[[Row], bool]:
+    """The shape's `matches`, with Postgres's answers for the rows it cannot tell (by
+    identity: those very row objects of the transaction)."""
+    where = shape.where
+    assert where is not None
+    decided = {id(row): answer for row, answer in zip(rows, answers, strict=True)}
+
+    def matches(row: Row) -> bool:
+        try:
+            return where.matches(row)
+        except UnrepresentableValue:
+            return decided[id(row)]
+
+    return matches
+
+
+#: Asks Postgres whether each row matches the shape's where clause.
+Evaluate = Callable[[Shape, list[Row]], Awaitable[list[bool]]]
+
+
 async def _close(stream: ReplicationStream) -> None:
     try:
         await stream.close()
@@ -119,6 +159,7 @@ class Replicator:
         on_state: Callable[[ReplicationState, str | None], None] | None = None,
         replace_slot_if_gone: Callable[[], Awaitable[bool]] | None = None,
         silence_timeout: float = SILENCE_TIMEOUT,
+        evaluate: Evaluate | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -131,6 +172,11 @@ class Replicator:
         self.on_state = on_state or (lambda state, reason: None)
         #: Asked after a failure: makes a new slot (retiring every shape) if it is gone.
         self.replace_slot_if_gone = replace_slot_if_gone
+        #: Asks Postgres whether rows match a shape's where clause (`pg/row_where.py`), for
+        #: rows the engine cannot read exactly; None: such a shape is rotated instead.
+        self.evaluate = evaluate
+        # Shapes holding transactions for Postgres's answer, each with its task (`_settle`).
+        self._holding: dict[Shape, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
         self.assembler = TransactionAssembler(registry, router, self._deliver)
         #: Apply raw XLogData messages; returns the end LSN of the last commit among them.
@@ -280,7 +326,7 @@ class Replicator:
             # What may be confirmed once this flush is done: computed first, so that a
             # transaction released from a shape's parking meanwhile is not confirmed
             # before it is durable.
-            ack = self._parked.ack_horizon(Lsn(last_end or stream.wal_end))
+            ack = self.held_horizon(self._parked.ack_horizon(Lsn(last_end or stream.wal_end)))
             if self._dirty:
                 await self.flush()
             if self._failure is not None:
@@ -321,7 +367,11 @@ class Replicator:
         for shape in parked:
             self._parked.add(shape)
         for shape, changes in to_append:
-            self._append(shape, xid, lsn, changes)
+            if shape.held:  # behind a transaction waiting for Postgres's answer
+                shape.hold(xid, lsn, changes)
+                self._start_settling(shape)
+            else:
+                self._append(shape, xid, lsn, changes)
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
@@ -332,7 +382,11 @@ class Replicator:
                 if shape.rotated:  # `_append` rotated it (an unrepresentable value)
                     break
                 if admit(shape, Xid(xid), Lsn(lsn)) is APPEND:
-                    self._append(shape, Xid(xid), Lsn(lsn), changes)
+                    if shape.held:
+                        shape.hold(xid, lsn, changes)
+                        self._start_settling(shape)
+                    else:
+                        self._append(shape, Xid(xid), Lsn(lsn), changes)
         except LogWriteError as exc:
             # Not confirmed (they were parked): the stream replays them after the pause.
             self._failure = exc  # the stream loop pauses replication at its next batch
@@ -353,23 +407,126 @@ class Replicator:
         except UnrepresentableValue:
             # The where clause read a value Postgres holds but the engine cannot read exactly
             # (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
-            # array with bounds): guessing could lose or invent a row, so clients refetch a
-            # snapshot Postgres filters exactly. Each later change to such a row rotates the
-            # new shape again (no loop: one rotation per such change; its replays are in the
-            # new shape's snapshot, `admit`, tests/faults/test_reconnects.py).
+            # array with bounds): guessing could lose or invent a row. Postgres is asked
+            # about those rows (`_settle`), and the shape's transactions wait meanwhile.
+            # Rotating it instead never finished while such a row kept changing: each change
+            # rotated the new shape again before its clients were up to date.
             # (the exception's message holds the row's value: not logged)
-            logger.warning(
-                "shape %s of table %s.%s rotated: its where clause read a value only Postgres "
-                "can evaluate (a date outside years 1-9999, or a text cast in a form the engine "
-                "does not read exactly as Postgres)",
-                shape.handle,
-                *shape.relation,
-            )
-            self.registry.rotate(shape, "where clause read an unrepresentable value")
+            if self.evaluate is None:
+                self._rotate_unreadable(shape)
+                return
+            shape.hold(xid, lsn, changes)
+            self._start_settling(shape)
             return
         if entries:
             shape.log.append_transaction(lsn, change_messages(shape.relation, xid, lsn, entries))
             self._dirty.add(shape)
+
+    def _rotate_unreadable(self, shape: Shape) -> None:
+        logger.warning(
+            "shape %s of table %s.%s rotated: its where clause read a value only Postgres "
+            "can evaluate (a date outside years 1-9999, or a text cast in a form the engine "
+            "does not read exactly as Postgres), and Postgres could not be asked",
+            shape.handle,
+            *shape.relation,
+        )
+        self.registry.rotate(shape, "where clause read an unrepresentable value")
+
+    # -- rows only Postgres can evaluate the where clause on -------------------------------
+
+    @property
+    def holding(self) -> int:
+        """Shapes whose transactions wait for Postgres's answer on some row."""
+        return len(self._holding)
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """Its tasks besides `run` (held transactions settling, flushes), for a stop."""
+        return [*self._holding.values(), *self._background]
+
+    def _start_settling(self, shape: Shape) -> None:
+        if shape not in self._holding:
+            task = asyncio.get_running_loop().create_task(
+                self._settle(shape), name=f"settle-{shape.handle}"
+            )
+            self._holding[shape] = task
+
+    def held_horizon(self, lsn: Lsn) -> Lsn:
+        """`lsn`, or just before the oldest transaction held for Postgres's answer: the
+        slot must send it again if the engine stops before it is in the log."""
+        for shape in self._holding:
+            if shape.held and not shape.rotated:
+                lsn = Lsn(min(lsn, shape.held[0][1] - 1))
+        return lsn
+
+    async def _settle(self, shape: Shape) -> None:
+        """Append the shape's held transactions in order, asking Postgres whether the rows
+        the engine cannot read match the where clause. Until Postgres answers (it may be
+        restarting) they wait, with backoff; if it cannot be asked about a row at all, the
+        shape is rotated as it used to be."""
+        try:
+            await self._settle_held(shape)
+        finally:
+            # Forgotten in the step that saw nothing held (no await since): a transaction
+            # held after it starts another task (`_start_settling`).
+            if self._holding.get(shape) is asyncio.current_task():
+                del self._holding[shape]
+
+    async def _settle_held(self, shape: Shape) -> None:
+        evaluate = self.evaluate
+        assert evaluate is not None
+        delay = FIRST_DELAY
+        while shape.held and not shape.rotated:
+            entry = shape.held[0]
+            xid, lsn, changes = entry
+            unreadable = _unreadable_rows(shape, changes)
+            try:
+                answers = await evaluate(shape, unreadable) if unreadable else []
+            except asyncio.CancelledError:
+                raise
+            except ServiceUnavailable as exc:  # Postgres unreachable: the transactions wait
+                logger.info(
+                    "shape %s: Postgres could not evaluate its where clause on a row (%s);"
+                    " retrying in %.1f s",
+                    shape.handle,
+                    exc.message,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_DELAY)
+                continue
+            except Exception as exc:  # (Unevaluable says why; anything else: its kind only,
+                # a message may hold the row's values)
+                why = str(exc) if isinstance(exc, Unevaluable) else type(exc).__name__
+                logger.info("shape %s: %s", shape.handle, why)
+                self._rotate_unreadable(shape)
+                return
+            if shape.rotated or not shape.held or shape.held[0] is not entry:
+                continue  # (one sent again after a cut-back came before it: that first)
+            matches = _answered(shape, unreadable, answers)
+            entries: list[ChangeEntry] = []
+            for kind, old, new, op in changes:
+                convert_change(shape, kind, old, new, op, entries, matches)
+            if entries:
+                try:
+                    messages = change_messages(shape.relation, Xid(xid), Lsn(lsn), entries)
+                    shape.log.append_transaction(Lsn(lsn), messages)
+                    self._dirty.add(shape)
+                except LogWriteError as exc:
+                    self._failure = exc  # the stream loop pauses replication
+                    self._rollback_staged()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_DELAY)
+                    continue
+                # Held (the slot not confirmed past it) until it is durable and published:
+                # a failed flush or stream cuts it back, and it is appended again.
+                await self.flush()
+                if shape.log.last_lsn < lsn:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_DELAY)
+                    continue
+            delay = FIRST_DELAY
+            shape.release_held(entry)
 
     async def flush(self) -> None:
         """fsync what was appended, publish it, then wake the waiters of the shapes that grew.

@@ -17,7 +17,7 @@ serialises a transaction at a time: no object per entry, no list per change.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Final
 
 from ..log.entries import ChangeEntry, build_key
@@ -54,23 +54,28 @@ def convert_change(
     new: Row | None,
     op: int,
     out: list[ChangeEntry],
+    matches: Callable[[Row], bool] | None = None,
 ) -> None:
     """Append the entries (none, one, or two for a key change) the change produces in
-    `shape` to `out`; `log.entries.change_messages` serialises them."""
+    `shape` to `out`; `log.entries.change_messages` serialises them. `matches`: whether a
+    row is in the shape, if not the where clause's own `matches` (which raises
+    `UnrepresentableValue` on a value the engine cannot read exactly)."""
     where = shape.where
+    if where is not None and matches is None:
+        matches = where.matches
     if kind is _INSERT:
         assert new is not None
-        if where is None or where.matches(new):
+        if matches is None or matches(new):
             out.append(_insert(shape, op, new, None))
         return
     if kind is _DELETE:
         assert old is not None
-        if where is None or where.matches(old):
+        if matches is None or matches(old):
             out.append(_delete(shape, op, old, None))
         return
     assert old is not None and new is not None
-    old_in = where is None or where.matches(old)
-    new_in = where is None or where.matches(new)
+    old_in = matches is None or matches(old)
+    new_in = matches is None or matches(new)
     if not old_in:
         if new_in:
             out.append(_insert(shape, op, new, None))

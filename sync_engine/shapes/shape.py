@@ -164,6 +164,9 @@ class Shape:
     _state: ShapeState = field(init=False, default=ShapeState.SNAPSHOTTING)
     _error: EngineError | None = field(init=False, default=None)
     _parked: list[ParkedTransaction] = field(init=False, default_factory=list)
+    #: Transactions held until Postgres has evaluated the where clause on rows the engine
+    #: cannot read exactly (`hold`), in commit order; later ones wait behind them.
+    _held: list[ParkedTransaction] = field(init=False, default_factory=list)
     #: Requests waiting in `wait_until` now (long-polls and SSE streams at the tip).
     waiting: int = field(init=False, default=0)
     _changed: asyncio.Future[None] | None = field(init=False, default=None)
@@ -205,6 +208,35 @@ class Shape:
         if not self._parked or self._parked[-1][1] < lsn:
             self._parked.append((xid, lsn, changes))
         return True
+
+    @property
+    def held(self) -> Sequence[ParkedTransaction]:
+        """Transactions held for Postgres's answer on some of their rows (see `hold`)."""
+        return self._held
+
+    def hold(self, xid: int, lsn: int, changes: list[Change]) -> bool:
+        """Keep a transaction, to be appended once Postgres has said which of its rows
+        match the where clause (the engine cannot read one of them exactly). Every later
+        transaction of the shape is held behind it, so the log stays in commit order; one
+        the slot sends again after its append was cut back (a failed write or stream)
+        takes its place in that order. False when it is held already."""
+        if self.rotated:
+            return False
+        held = self._held
+        i = len(held)
+        while i and held[i - 1][1] >= lsn:
+            if held[i - 1][1] == lsn:
+                return False
+            i -= 1
+        held.insert(i, (xid, lsn, changes))
+        return True
+
+    def release_held(self, entry: ParkedTransaction) -> None:
+        """A held transaction is in the log for good (published: durable)."""
+        for i, held in enumerate(self._held):
+            if held is entry:
+                del self._held[i]
+                return
 
     def snapshot_taken(self, snapshot: XidSnapshot) -> None:
         """The snapshot query ran: its `pg_current_snapshot()` is the shape's xid horizon."""
@@ -248,6 +280,7 @@ class Shape:
         self._state = ShapeState.GONE
         self.rotated = True
         self._parked = []
+        self._held = []
         self.notify()
         return True
 
