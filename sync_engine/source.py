@@ -31,7 +31,7 @@ from psycopg_pool import ConnectionPool
 
 from .errors import ServiceUnavailable
 from .pg.catalog import TableInfo
-from .pg.row_where import rows_match
+from .pg.row_where import RowDataError, row_matches, rows_match
 from .pg.session import redact_dsn, with_display_settings
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
@@ -368,16 +368,25 @@ class Source:
         read exactly. A few at a time, each call within the catalog timeout."""
         where = shape.where
         assert where is not None
+        table, clause, referenced = shape.table, where.sql, where.referenced_columns
         answers: list[bool] = []
         for i in range(0, len(rows), ROWS_PER_ASK):
             part = rows[i : i + ROWS_PER_ASK]
 
             async def ask(conn: AsyncConnection[Any], part: list[Row] = part) -> list[bool]:
-                return await rows_match(
-                    conn, shape.table, where.sql, where.referenced_columns, part
-                )
+                return await rows_match(conn, table, clause, referenced, part)
 
-            answers += await self.tables.on_catalog(ask)
+            try:
+                answers += await self.tables.on_catalog(ask)
+                continue
+            except RowDataError:  # the clause fails on one of them: one by one
+                pass
+            for row in part:
+
+                async def ask_one(conn: AsyncConnection[Any], row: Row = row) -> bool:
+                    return await row_matches(conn, table, clause, referenced, row)
+
+                answers.append(await self.tables.on_catalog(ask_one))
         return answers
 
     def _on_replication_state(self, state: str, reason: str | None) -> None:

@@ -10,12 +10,12 @@ which may have changed since):
 
     SELECT (<where>) IS TRUE FROM (SELECT ($1::text::<table>).*) AS <table>
 
-`$1` is a bind parameter: the row's values as a record literal of the table's row type,
-read back by Postgres's input functions (typmods and domains included) under the same
-session settings the replication stream wrote them with. `<where>` is the engine's own
-deparse of the validated clause (as in the snapshot query), never request text. A row on
-which the clause fails (division by zero, a value that does not cast) does not match, as
-`Where.matches` has it.
+(several rows at once over `unnest($1::text[])`). `$1` is a bind parameter: the row's
+values as a record literal of the table's row type, read back by Postgres's input functions
+(typmods and domains included) under the same session settings the replication stream
+wrote them with. `<where>` is the engine's own deparse of the validated clause (as in the
+snapshot query), never request text. A row on which the clause fails (division by zero, a
+value that does not cast) does not match, as `Where.matches` has it.
 """
 
 from __future__ import annotations
@@ -60,16 +60,25 @@ def record_literal(table: TableInfo, row: Mapping[str, object], referenced: froz
     return "(" + ",".join(parts) + ")"
 
 
-def _queries(table: TableInfo, where_sql: str) -> tuple[sql.Composed, sql.Composed]:
-    """(the clause on a row, the row's cast alone)."""
-    rowtype = sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
-    # The clause as it is, its `%` doubled: the query has a parameter.
-    clause = sql.SQL(where_sql.replace("%", "%%"))
-    ask = sql.SQL("SELECT ({}) IS TRUE FROM (SELECT (%s::text::{}).*) AS {}").format(
-        clause, rowtype, sql.Identifier(table.name)
-    )
-    cast = sql.SQL("SELECT (%s::text::{}) IS NULL").format(rowtype)
-    return ask, cast
+class RowDataError(Exception):
+    """The clause (or a row's cast) failed on one of the rows asked about together: ask
+    about them one at a time (`row_matches`)."""
+
+
+def _rowtype(table: TableInfo) -> sql.Composed:
+    return sql.SQL("{}.{}").format(sql.Identifier(table.schema), sql.Identifier(table.name))
+
+
+def _clause(where_sql: str) -> sql.SQL:
+    return sql.SQL(where_sql.replace("%", "%%"))  # (the query has a parameter)
+
+
+def _is_data_error(exc: psycopg.Error) -> bool:
+    return exc.sqlstate is not None and exc.sqlstate.startswith("22")
+
+
+def _unevaluable(exc: psycopg.Error) -> Unevaluable:
+    return Unevaluable(f"Postgres could not evaluate the clause ({exc.sqlstate})")
 
 
 async def rows_match(
@@ -79,33 +88,59 @@ async def rows_match(
     referenced: frozenset[str],
     rows: Sequence[Mapping[str, object]],
 ) -> list[bool]:
-    """Whether each row matches the clause, by Postgres (see the module docstring).
+    """Whether each row matches the clause, by Postgres, in one query (see the module
+    docstring; the clause is evaluated in a scope of its own, where only the row's columns
+    are visible). Raises `RowDataError` when the clause or a cast fails on some row,
+    `Unevaluable` when Postgres cannot be asked this way; a connection failure
+    (psycopg.OperationalError) propagates, to be retried."""
+    literals = [record_literal(table, row, referenced) for row in rows]
+    query = sql.SQL(
+        "SELECT (SELECT ({}) IS TRUE FROM (SELECT (shapegate_rows.shapegate_row::text::{}).*)"
+        " AS {}) FROM unnest(%s::text[]) WITH ORDINALITY AS shapegate_rows(shapegate_row, n)"
+        " ORDER BY shapegate_rows.n"
+    ).format(_clause(where_sql), _rowtype(table), sql.Identifier(table.name))
+    try:
+        cur = await conn.execute(query, (literals,))
+        return [bool(r[0]) for r in await cur.fetchall()]
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        if _is_data_error(exc):
+            raise RowDataError() from None
+        raise _unevaluable(exc) from exc
 
-    Raises `Unevaluable` when a row cannot be given to Postgres as the table's row; a
-    connection failure (psycopg.OperationalError) propagates, to be retried."""
-    ask, cast = _queries(table, where_sql)
-    answers = []
-    for row in rows:
-        literal = record_literal(table, row, referenced)
-        try:
-            cur = await conn.execute(ask, (literal,))
-            got = await cur.fetchone()
-            answers.append(bool(got and got[0]))
-            continue
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            if exc.sqlstate is None or not exc.sqlstate.startswith("22"):
-                why = f"Postgres could not evaluate the clause ({exc.sqlstate})"
-                raise Unevaluable(why) from exc
-        # A data error: the clause's own (no match), or the row's cast (the table changed)?
-        try:
-            await conn.execute(cast, (literal,))
-        except psycopg.OperationalError:
-            raise
-        except psycopg.Error as exc:
-            raise Unevaluable(
-                f"the change does not read as a row of the table: {exc.sqlstate}"
-            ) from exc
-        answers.append(False)
-    return answers
+
+async def row_matches(
+    conn: AsyncConnection[Any],
+    table: TableInfo,
+    where_sql: str,
+    referenced: frozenset[str],
+    row: Mapping[str, object],
+) -> bool:
+    """`rows_match` for one row: a data error of the clause on it is no match (as
+    `Where.matches` has it); one of the row's cast (the table's row type changed) is
+    `Unevaluable`."""
+    literal = record_literal(table, row, referenced)
+    ask = sql.SQL("SELECT ({}) IS TRUE FROM (SELECT (%s::text::{}).*) AS {}").format(
+        _clause(where_sql), _rowtype(table), sql.Identifier(table.name)
+    )
+    try:
+        cur = await conn.execute(ask, (literal,))
+        got = await cur.fetchone()
+        return bool(got and got[0])
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        if not _is_data_error(exc):
+            raise _unevaluable(exc) from exc
+    try:  # the clause's own error, or the row's cast?
+        await conn.execute(
+            sql.SQL("SELECT (%s::text::{}) IS NULL").format(_rowtype(table)), (literal,)
+        )
+    except psycopg.OperationalError:
+        raise
+    except psycopg.Error as exc:
+        raise Unevaluable(
+            f"the change does not read as a row of the table ({exc.sqlstate})"
+        ) from exc
+    return False

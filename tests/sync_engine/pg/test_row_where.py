@@ -12,7 +12,7 @@ import pytest
 from psycopg import AsyncConnection
 
 from sync_engine.pg.catalog import load_table
-from sync_engine.pg.row_where import Unevaluable, rows_match
+from sync_engine.pg.row_where import RowDataError, Unevaluable, row_matches, rows_match
 from sync_engine.pg.session import with_display_settings
 
 NOTES = ['"quoted"', "back\\slash", "a,b", "(paren)", " spaced ", "", None, 'x"\\"y']
@@ -56,6 +56,7 @@ async def test_answers_are_postgres_answers_on_the_table_row(db_url: str, where:
         want = [r[0] for r in await cur.fetchall()]
         referenced = frozenset({"t", "note", "d", "g"} & set(where.replace("(", " ").split()))
         assert await rows_match(conn, table, where, referenced, rows) == want
+        assert [await row_matches(conn, table, where, referenced, r) for r in rows] == want
         # The stream does not send generated columns: NULL unless the clause reads them.
         sent = [{k: v for k, v in r.items() if k != "g"} for r in rows]
         if "g" in referenced:
@@ -73,10 +74,14 @@ async def test_an_error_of_the_clause_is_no_match_and_a_changed_table_unevaluabl
         table = await load_table(conn, "public", "items")
         assert table is not None
         rows: list[dict[str, str | None]] = [{"id": "1", "v": "0"}, {"id": "2", "v": "5"}]
-        where = "10 / v > 1"
-        assert await rows_match(conn, table, where, frozenset({"v"}), rows) == [False, True]
+        where, v = "10 / v > 1", frozenset({"v"})
+        with pytest.raises(RowDataError):  # together: one of them fails
+            await rows_match(conn, table, where, v, rows)
+        assert [await row_matches(conn, table, where, v, r) for r in rows] == [False, True]
         with pytest.raises(psycopg.errors.DivisionByZero):  # (Postgres itself fails on it)
             await conn.execute(f"SELECT {where} FROM (SELECT 0 AS v) AS items")
         await conn.execute("ALTER TABLE items ADD COLUMN w int")  # the row type changed
+        with pytest.raises(RowDataError):
+            await rows_match(conn, table, where, v, rows)
         with pytest.raises(Unevaluable):
-            await rows_match(conn, table, where, frozenset({"v"}), rows)
+            await row_matches(conn, table, where, v, rows[1])
