@@ -17,7 +17,6 @@ import enum
 import logging
 import select
 import shutil
-import threading
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -49,7 +48,7 @@ from .snapshot.batch import SnapshotJob
 from .snapshot.errors import to_engine_error
 from .snapshot.query import row_json_sql
 from .snapshot.scheduler import SnapshotScheduler
-from .stopping import cancel_and_wait
+from .stopping import cancel_and_wait, in_own_thread
 from .tables import Tables
 
 logger = logging.getLogger(__name__)
@@ -60,6 +59,8 @@ ROWS_PER_ASK = 100
 DROP_WAIT = 30.0
 #: Seconds `stop` waits for the subset pool to close (it gives its workers 5).
 POOL_CLOSE_WAIT = 10.0
+#: Seconds `destroy` waits for the shape logs to be deleted (it goes on in the background).
+RMTREE_WAIT = 60.0
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -192,30 +193,14 @@ class Source:
 
     async def _close_subset_pool(self) -> None:
         """Close the subset pool (it waits up to 5 s for its workers) in a thread of its
-        own: the default executor's few threads may all be running subset queries, slow
-        ones included (their requests are gone, the queries go on), and the close would
-        queue behind them."""
-        loop = asyncio.get_running_loop()
-        closed: asyncio.Future[None] = loop.create_future()
-
-        def close() -> None:
-            try:
-                self.snapshot_pool.close(5.0)
-            except Exception:
-                logger.exception("closing the subset pool of source %s", self.config.source_id)
-            finally:
-                try:
-                    loop.call_soon_threadsafe(_resolve, closed)
-                except RuntimeError:  # the loop is closed: nobody waits
-                    pass
-
-        name = f"close-subsets-{self.config.source_id}"
-        threading.Thread(target=close, name=name, daemon=True).start()
-        try:
-            async with asyncio.timeout(POOL_CLOSE_WAIT):
-                await closed
-        except TimeoutError:
-            logger.warning("source %s: its subset pool did not close", self.config.source_id)
+        own (`stopping.in_own_thread`): the default executor's threads may all be running
+        subset queries, slow ones included (their requests are gone, the queries go on),
+        and the close queued behind them."""
+        await in_own_thread(
+            lambda: self.snapshot_pool.close(5.0),
+            f"closing the subset pool of source {self.config.source_id}",
+            POOL_CLOSE_WAIT,
+        )
 
     async def destroy(self) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
@@ -247,7 +232,11 @@ class Source:
                 f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
                 f" IF EXISTS {pub};"
             )
-        await asyncio.to_thread(shutil.rmtree, self.config.data_dir, True)
+        # (not in the default executor, which subset queries may hold: `in_own_thread`)
+        data_dir = self.config.data_dir
+        await in_own_thread(
+            lambda: shutil.rmtree(data_dir, True), f"deleting {data_dir}", RMTREE_WAIT
+        )
         return problems
 
     async def _run(self) -> None:
@@ -552,11 +541,6 @@ class Source:
         if what in ("table_gone", "schema_changed"):
             self.tables.changed(t, dropped=what == "table_gone", reason="table dropped")
         self.registry.rotate(shape, f"snapshot failed: {snapshot_errors.describe(exc)}")
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
 
 
 async def _drop_slot(conn: AsyncConnection[Any], slot: str) -> None:

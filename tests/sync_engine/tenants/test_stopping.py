@@ -66,13 +66,15 @@ async def test_a_source_stopped_as_its_lag_query_returns_stops(
     stopping[0].result()
 
 
-async def test_a_source_paused_while_its_subset_queries_wait_on_a_lock_stops(
-    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+@pytest.mark.parametrize("how", ["pause", "delete"])
+async def test_a_source_paused_or_deleted_while_its_subset_queries_wait_on_a_lock_stops(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str], how: str
 ) -> None:
     """Subset queries run in the event loop's default executor, whose few threads (CPUs +
-    4) they can all hold: here each waits in Postgres for a lock. Pausing the source cuts
-    their requests off, but the queries go on; its stop closed the subset pool in that
-    same executor, behind them, and waited until the lock was released."""
+    4) they can all hold: here each waits in Postgres for a lock. Pausing or deleting the
+    source cuts their requests off, but the queries go on; its stop closed the subset pool
+    (and a deletion removed the shape logs) in that same executor, behind them, and waited
+    until the lock was released."""
     url = make_db()
     make_items(url, ["a", "b", "c"])
     engine = await engines().start()
@@ -96,11 +98,15 @@ async def test_a_source_paused_while_its_subset_queries_wait_on_a_lock_stops(
         await wait_until_async(
             lambda: _waiting_on_locks(url) >= pooled, timeout=30, message="queries waiting"
         )
-        pausing = asyncio.create_task(engine.api("POST", f"/api/sources/{sid}/pause"))
-        done, _ = await asyncio.wait({pausing}, timeout=STOP_WITHIN + 10)
-        assert done, f"the pause did not finish within {STOP_WITHIN + 10:g} s"
-        status, body = pausing.result()
-        assert status == 200 and body["paused"] is True, body
+        if how == "pause":
+            stopping = asyncio.create_task(engine.api("POST", f"/api/sources/{sid}/pause"))
+        else:
+            stopping = asyncio.create_task(engine.api("DELETE", f"/api/sources/{sid}"))
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_WITHIN + 10)
+        assert done, f"the {how} did not finish within {STOP_WITHIN + 10:g} s"
+        status, body = stopping.result()
+        assert status == 200, body
+        assert body["paused" if how == "pause" else "deleted"] is True, body
     finally:
         locker.rollback()
         locker.close()
