@@ -46,13 +46,17 @@ from .snapshot.batch import SnapshotJob
 from .snapshot.errors import to_engine_error
 from .snapshot.query import row_json_sql
 from .snapshot.scheduler import SnapshotScheduler
-from .stopping import cancel_and_wait
+from .stopping import cancel_and_wait, in_own_thread
 from .tables import Tables
 
 logger = logging.getLogger(__name__)
 
 #: Seconds `destroy` gives Postgres to drop the slot and publication (then it is retried).
 DROP_WAIT = 30.0
+#: Seconds `stop` waits for the subset pool to close (it gives its workers 5).
+POOL_CLOSE_WAIT = 10.0
+#: Seconds `destroy` waits for the shape logs to be deleted (it goes on in the background).
+RMTREE_WAIT = 60.0
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -179,8 +183,19 @@ class Source:
         tasks = [t for t in (self._main, *self._tasks) if t is not None]
         await cancel_and_wait(tasks, f"source {self.config.source_id}")
         await self.snapshots.close()
-        await asyncio.to_thread(self.snapshot_pool.close, 5.0)
+        await self._close_subset_pool()
         await self.tables.close()
+
+    async def _close_subset_pool(self) -> None:
+        """Close the subset pool (it waits up to 5 s for its workers) in a thread of its
+        own (`stopping.in_own_thread`): the default executor's threads may all be running
+        subset queries, slow ones included (their requests are gone, the queries go on),
+        and the close queued behind them."""
+        await in_own_thread(
+            lambda: self.snapshot_pool.close(5.0),
+            f"closing the subset pool of source {self.config.source_id}",
+            POOL_CLOSE_WAIT,
+        )
 
     async def destroy(self) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
@@ -212,7 +227,11 @@ class Source:
                 f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
                 f" IF EXISTS {pub};"
             )
-        await asyncio.to_thread(shutil.rmtree, self.config.data_dir, True)
+        # (not in the default executor, which subset queries may hold: `in_own_thread`)
+        data_dir = self.config.data_dir
+        await in_own_thread(
+            lambda: shutil.rmtree(data_dir, True), f"deleting {data_dir}", RMTREE_WAIT
+        )
         return problems
 
     async def _run(self) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -53,3 +54,38 @@ async def cancel_and_wait(
             ", ".join(names),
         )
     return pending
+
+
+async def in_own_thread(fn: Callable[[], object], name: str, timeout: float) -> bool:
+    """Run `fn` in a thread of its own and wait for it, at most `timeout` seconds; returns
+    whether it finished (it goes on in the background otherwise). For the blocking steps
+    of a stop: `asyncio.to_thread`'s default executor has few threads (CPUs + 4), which
+    other work can all hold (subset queries waiting on a lock, say), and a stop queued
+    behind them waited as long as they did."""
+    loop = asyncio.get_running_loop()
+    finished: asyncio.Future[None] = loop.create_future()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            logger.exception("%s failed", name)
+        finally:
+            try:
+                loop.call_soon_threadsafe(_resolve, finished)
+            except RuntimeError:  # the loop is closed: nobody waits
+                pass
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    try:
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(finished)
+        return True
+    except TimeoutError:
+        logger.warning("%s did not finish within %.0f s; going on without it", name, timeout)
+        return False
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

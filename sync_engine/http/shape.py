@@ -163,7 +163,7 @@ class ShapeView:
                     gls=0,
                     file=chunk if isinstance(chunk, tuple) else None,
                 )
-        await self._check_bounds(source, shape, offset)
+        await self._check_bounds(request, source, shape, offset)
         entries: list[bytes] = []
         end = offset
 
@@ -243,14 +243,24 @@ class ShapeView:
             shape_log.read_snapshot_chunk, index
         )
 
-    async def _check_bounds(self, source: Source, shape: Shape, offset: LogOffset) -> None:
-        """An offset beyond anything seen (e.g. from another engine) waits, then is a 400."""
+    async def _check_bounds(
+        self, request: web.Request, source: Source, shape: Shape, offset: LogOffset
+    ) -> None:
+        """An offset beyond anything seen (e.g. from another engine) waits, then is a 400;
+        the wait ends when its client goes away (nobody to answer)."""
 
         def in_bounds() -> bool:
             return offset.is_virtual or offset.tx <= max(shape.log.last_lsn, source.global_lsn)
 
+        if in_bounds():
+            return
+        gone = client_gone(request)
         # The stream's position is not announced on the shape: polled.
-        if not await shape.wait_until(in_bounds, self.settings.out_of_bounds_wait, poll=0.5):
+        if not await shape.wait_until(
+            in_bounds, self.settings.out_of_bounds_wait, poll=0.5, gone=gone
+        ):
+            if gone is not None and gone.done():
+                raise ConnectionResetError("the client went away")  # nobody to answer
             raise InvalidRequest({"offset": ["out of bounds for this shape"]})
 
     def _respond(

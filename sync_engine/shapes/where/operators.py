@@ -169,6 +169,10 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
     if typ == UNKNOWN:
         typ = TEXT
     if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
+        if typ.array and typ.element in ORDERED_TYPES:  # (Postgres has these; not the engine)
+            raise error_at(
+                f"comparing arrays with {name} is not supported (compare their elements)", node
+            )
         raise _operator_error(c, name, left, right, node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     op = c.compare_fn(name, typ, node, state)

@@ -53,11 +53,6 @@ async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncItera
     yield Engine(client, db_url, tmp_path / "data")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fix is in sync_engine/http/shape.py (faults'): /work/bugs-for-faults.md, "
-    "'a request beyond the log is held after its client left'; remove this mark with it",
-)
 @pytest.mark.parametrize("live", [False, True], ids=["catch-up", "live"])
 async def test_a_request_beyond_the_log_is_let_go_when_its_client_leaves(
     engine: Engine, live: bool

@@ -4,8 +4,11 @@ doing when it comes, on real Postgres."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from typing import Any
 
+import psycopg
 import pytest
 
 from tests.support.waiting import wait_until_async
@@ -61,3 +64,56 @@ async def test_a_source_stopped_as_its_lag_query_returns_stops(
         await asyncio.wait(stopping, timeout=STOP_WITHIN)
     assert done, f"the source did not stop within {STOP_WITHIN:g} s"
     stopping[0].result()
+
+
+@pytest.mark.parametrize("how", ["pause", "delete"])
+async def test_a_source_paused_or_deleted_while_its_subset_queries_wait_on_a_lock_stops(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str], how: str
+) -> None:
+    """Subset queries run in the event loop's default executor, whose few threads (CPUs +
+    4) they can all hold: here each waits in Postgres for a lock. Pausing or deleting the
+    source cuts their requests off, but the queries go on; its stop closed the subset pool
+    (and a deletion removed the shape logs) in that same executor, behind them, and waited
+    until the lock was released."""
+    url = make_db()
+    make_items(url, ["a", "b", "c"])
+    engine = await engines().start()
+    src = await engine.add("locked", url)
+    sid, secret = src["source_id"], src["secret"]
+    await engine.wait_state(sid, "active")
+    await engine.sync(sid, secret, table="items")
+    threads = min(32, (os.cpu_count() or 1) + 4)  # ThreadPoolExecutor's default
+    locker = psycopg.connect(url)
+    subsets: list[asyncio.Task[Any]] = []
+    try:
+        locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        subsets = [
+            asyncio.create_task(
+                engine.get(sid, secret, table="items", offset="-1", subset__where=f"id > {i}")
+            )
+            for i in range(threads)
+        ]
+        # every pooled connection waits for the lock; the other threads for a connection
+        pooled = min(threads, engine.manager.running[sid].snapshot_pool.max_size)
+        await wait_until_async(
+            lambda: _waiting_on_locks(url) >= pooled, timeout=30, message="queries waiting"
+        )
+        if how == "pause":
+            stopping = asyncio.create_task(engine.api("POST", f"/api/sources/{sid}/pause"))
+        else:
+            stopping = asyncio.create_task(engine.api("DELETE", f"/api/sources/{sid}"))
+        done, _ = await asyncio.wait({stopping}, timeout=STOP_WITHIN + 10)
+        assert done, f"the {how} did not finish within {STOP_WITHIN + 10:g} s"
+        status, body = stopping.result()
+        assert status == 200, body
+        assert body["paused" if how == "pause" else "deleted"] is True, body
+    finally:
+        locker.rollback()
+        locker.close()
+        if subsets:
+            await asyncio.wait(subsets, timeout=60)
+
+
+def _waiting_on_locks(url: str) -> int:
+    rows = sql(url, "SELECT count(*) FROM pg_locks WHERE NOT granted")
+    return int(rows[0][0])

@@ -431,3 +431,38 @@ def test_ucs_basic_only_in_utf8_databases(pg_server_url: str) -> None:
             )
     finally:
         drop_database(pg_server_url, name)
+
+
+def test_text_order_equals_postgres_across_code_points(db_url: str) -> None:
+    """Text `<`, `=` and `>` under the cluster's C.UTF-8 (code point order in the engine):
+    random strings over all of Unicode (astral planes, combining marks, U+FFFF, U+FFFD,
+    controls) mixed with near-equal ASCII, compared pairwise by Postgres and by a live
+    clause."""
+    rng = random.Random(5)
+    points = [c for c in range(1, 0x110000) if not 0xD800 <= c < 0xE000]
+    usual = [0x41, 0x61, 0xE9, 0x20, 0x7F, 0x80, 0x300, 0xFFFD, 0xFFFF, 0x10000, 0x10FFFF]
+
+    def word() -> str:
+        return "".join(
+            chr(rng.choice(points) if rng.random() < 0.5 else rng.choice(usual))
+            for _ in range(rng.randint(0, 3))
+        )
+
+    url = with_display_settings(db_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        if _cluster_ctype(conn) not in ("C.UTF-8", "C.utf8"):
+            pytest.skip("code point order is the C.UTF-8 one")
+        conn.execute("CREATE TABLE p (id int PRIMARY KEY, x text, y text)")
+        pairs = {i: (word(), word()) for i in range(20_000)}
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO p VALUES (%s, %s, %s)", [(i, *p) for i, p in pairs.items()]
+            )
+        columns = _engine_columns(url, "p")
+        for clause in ["x < y", "x = y", "x > y OR y IS NULL", "greatest(x, y) = x"]:
+            where = parse_where(clause, {}, columns)
+            expected = {r[0] for r in conn.execute(f"SELECT id FROM p WHERE {where.sql}")}
+            got = {
+                i for i, (x, y) in pairs.items() if where.matches({"id": str(i), "x": x, "y": y})
+            }
+            assert got == expected, (clause, [ascii(pairs[i]) for i in sorted(got ^ expected)[:5]])
