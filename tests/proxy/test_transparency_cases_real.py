@@ -7,7 +7,8 @@ If-None-Match on GET and HEAD, request targets near the engine's length limit, q
 `schema.name` forms, the secret's own parameter names, the routes beside the shape's.
 
 Found so far: the proxy's `GET /` said `Cache-Control: no-store` where the engine's root has
-none. Probed and the same both ways (so not all kept here): HTTP/1.0 requests, a snapshot
+none; a DELETE by handle alone was answered `private, no-cache` with `Vary: Authorization`
+under a policy where no caller differs (a DELETE naming its table kept the engine's headers). Probed and the same both ways (so not all kept here): HTTP/1.0 requests, a snapshot
 followed chunk by chunk (3 KB chunks), absolute-form targets, `;` separators, invalid UTF-8
 in each parameter, `Expect: 100-continue`.
 
@@ -56,7 +57,7 @@ def engine(start_engine: Any) -> EngineProcess:
         'CREATE SCHEMA "Odd.Schema"',
         'CREATE TABLE "Odd.Schema"."we""ird" (id int PRIMARY KEY, v text)',
         """INSERT INTO "Odd.Schema"."we""ird" VALUES (1, 'x')""",
-        args=("--long-poll-timeout", "1", "--sse-timeout", "2"),
+        args=("--long-poll-timeout", "1", "--sse-timeout", "2", "--allow-delete"),
     )
 
 
@@ -313,3 +314,33 @@ async def test_live_answers_with_data_are_the_engines(
             answers.append(_comparable(status, headers, raw, method))
     assert answers[1] == answers[0]
     assert answers[0][0] == 200
+
+
+DELETES = [
+    "/v1/shape?handle=HANDLE",
+    "/v1/shape?handle=HANDLE&offset=-1",
+    "/v1/shape?table=items&handle=HANDLE",
+    "/v1/shape?table=items",
+    "/v1/shape?handle=nosuch",
+    "/v1/shape",
+]
+
+
+@pytest.mark.parametrize("target", DELETES)
+async def test_deletes_are_answered_as_the_engine_answers(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, target: str
+) -> None:
+    """Each DELETE straight and through the proxy, on a shape made for it each time."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for url in (lambda t: _direct(engine, engine_secret, t), lambda t: base + t):
+            status, headers, _ = await _send(
+                session, "GET", base + "/v1/shape?table=items&offset=-1", {}, None
+            )
+            assert status == 200
+            deleting = target.replace("HANDLE", headers["electric-handle"])
+            status, headers, raw = await _send(session, "DELETE", url(deleting), {}, None)
+            answers.append(_comparable(status, headers, raw, "DELETE"))
+    assert answers[1] == answers[0]
+    assert answers[0][0] == (400 if target == "/v1/shape" else 404 if "nosuch" in target else 202)
