@@ -49,6 +49,7 @@ from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import (
     Claims,
+    delete_by_handle_shared,
     evaluate,
     evaluate_delete_by_handle,
     is_delete_by_handle,
@@ -449,7 +450,9 @@ def _prepare_delete_by_handle(
         principal=principal_of(claims),
         live=False,
         sse=False,
-        shared=False,
+        # (as a DELETE naming its table: its engine headers as they are where no caller
+        # differs, e.g. the open policy; they said `private, no-cache` and `Vary` there)
+        shared=delete_by_handle_shared(runtime.loaded.policy),
         definition=handle_definition_key(handle, source_id=config.upstream.source_id),
         handle=handle,
         initial=False,
@@ -481,10 +484,11 @@ async def root(request: Request) -> StreamResponse:
     """`GET /`: an empty 200, as the engine and Electric answer it.
 
     Electric's client test suites (and tools) probe the server's root before anything else and
-    stop unless it is a 2xx; the proxy must not be told apart from the engine there.
+    stop unless it is a 2xx; the proxy must not be told apart from the engine there: no
+    `Cache-Control` either (the engine's has none; the proxy's said `no-store`).
     """
     request.context.outcome = "health"
-    return Response(status=200, headers={"Cache-Control": "no-store"})
+    return Response(status=200)
 
 
 async def healthz(request: Request) -> StreamResponse:

@@ -549,6 +549,14 @@ def evaluate_delete_by_handle(
     return _select_rule(catch_all, claims, anonymous=anonymous)
 
 
+def delete_by_handle_shared(policy: CompiledPolicy) -> bool:
+    """Whether a DELETE by handle alone is answered the same whoever asks: every table,
+    pattern and named shape is `shared` (as a DELETE naming its table is then). Its answer
+    then keeps the engine's headers; else it is private (`private, no-cache`, `Vary`)."""
+    everything = [*policy.tables.values(), *policy.patterns, *policy.shapes.values()]
+    return all(table.shared for table in everything)
+
+
 def subset_body(subset: SubsetRequest) -> bytes:
     """The JSON body for a POST subset request: only the subset keys, never shape keys.
 

@@ -169,7 +169,17 @@ async def test_delete_by_handle_alone_for_a_caller_who_may_delete_every_shape(
     proxy = await make_proxy(build_config(_catch_all(config_data), environ))
     reply = await proxy.request("DELETE", "/v1/shape?handle=h-1")
     assert reply.status == 202, reply.body
-    seen = proxy.engine.requests[-1]
+    # Rules the same for everyone: the engine's headers (it was `private, no-cache`), as a
+    # DELETE naming its table gets; with signed-in callers only it is private.
+    assert reply.headers["Cache-Control"] == "no-cache"
+    signed_in = _catch_all(config_data)
+    signed_in["tables"]["*.*"]["allow"][0]["anonymous"] = False
+    private = await make_proxy(build_config(signed_in, environ))
+    token = private.tokens.make(sub="u1")
+    reply = await private.request("DELETE", "/v1/shape?handle=h-1", token=token)
+    assert reply.status == 202, reply.body
+    assert reply.headers["Cache-Control"].startswith("private")
+    seen = private.engine.requests[-1]
     assert seen.method == "DELETE"
     # The handle, and what the proxy always adds; no table, nothing else from the client.
     assert dict(seen.url.query) == {"handle": "h-1", "source_id": "src-1", "secret": engine_secret}

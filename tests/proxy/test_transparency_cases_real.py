@@ -1,0 +1,346 @@
+"""Odd-but-legal and malformed requests, each sent straight to the engine (with its secret) and
+through the proxy under the open policy (config/examples/open.yaml, the secret injected by
+the proxy): the status, the JSON error body (less the proxy's `code`), the rows, and every
+protocol header a client reads must be the same. Hand-picked where the seeded fuzz
+(test_transparency_fuzz_real.py, no secret) does not go: SSE streams, live requests with data,
+If-None-Match on GET and HEAD, request targets near the engine's length limit, quoted
+`schema.name` forms, the secret's own parameter names, the routes beside the shape's.
+
+Found so far: the proxy's `GET /` said `Cache-Control: no-store` where the engine's root has
+none; a DELETE by handle alone was answered `private, no-cache` with `Vary: Authorization`
+under a policy where no caller differs (a DELETE naming its table kept the engine's headers). Probed and the same both ways (so not all kept here): HTTP/1.0 requests, a snapshot
+followed chunk by chunk (3 KB chunks), absolute-form targets, `;` separators, invalid UTF-8
+in each parameter, `Expect: 100-continue`.
+
+Real path: proxy -> `sync-engine` -> PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+import yaml
+from yarl import URL
+
+from proxy.config.loader import build_config
+from tests.proxy.test_transparency_fuzz_real import _comparable
+from tests.support.engine_process import EngineProcess, parked_requests
+from tests.support.waiting import wait_until_async
+
+ROOT = Path(__file__).resolve().parents[2]
+#: The protocol headers compared (with those of `_comparable`: cache-control, etag, vary,
+#: content-type, every electric-* and access-control-* header).
+PROTOCOL = (
+    "electric-handle",
+    "electric-offset",
+    "electric-schema",
+    "electric-cursor",
+    "electric-up-to-date",
+    "cache-control",
+    "etag",
+    "vary",
+    "content-type",
+)
+
+
+@pytest.fixture
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        'CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, "Mixed" int)',
+        "INSERT INTO items VALUES (1, 'org-a', 'a1', 1), (2, 'org-b', 'b1', 2)",
+        'CREATE SCHEMA "Odd.Schema"',
+        'CREATE TABLE "Odd.Schema"."we""ird" (id int PRIMARY KEY, v text)',
+        """INSERT INTO "Odd.Schema"."we""ird" VALUES (1, 'x')""",
+        args=("--long-poll-timeout", "1", "--sse-timeout", "2", "--allow-delete"),
+    )
+
+
+async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any) -> str:
+    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
+    config["upstream"]["url"] = engine.url
+    config["upstream"]["secret_env"] = "ENGINE_SECRET"
+    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    return str(proxy.client.make_url("")).rstrip("/")
+
+
+async def _send(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+) -> tuple[int, Any, bytes]:
+    async with session.request(
+        method,
+        URL(url, encoded=True),
+        headers=headers,
+        data=body,
+        skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+        allow_redirects=False,
+    ) as resp:
+        raw = await asyncio.wait_for(resp.read(), 30)
+        return resp.status, resp.headers, raw
+
+
+def _sse_rows(raw: bytes) -> bytes:
+    """An SSE body as its data events (rows and controls), keep-alives dropped."""
+    events = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    return json.dumps(events, sort_keys=True).encode()
+
+
+def _direct(engine: EngineProcess, secret: str, target: str) -> str:
+    joiner = "&" if "?" in target else "?"
+    return f"{engine.url}{target}{joiner}secret={secret}"
+
+
+Case = tuple[str, str, dict[str, str], bytes | None]
+
+
+def _cases(handle: str, offset: str, etag: str) -> list[Case]:
+    shape = f"/v1/shape?table=items&handle={handle}"
+    long_where = "id%20IN%20(" + ",".join(str(i) for i in range(1500)) + ")"
+    return [
+        # repeated, empty and unknown parameters
+        ("GET", "/v1/shape?table=items&offset=-1&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=items&table=items&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&where=", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&columns=", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&replica=", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&handle=", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&live=", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&foo=&bar", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&=x", {}, None),
+        ("GET", "/v1/shape?table=&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=items&offset=", {}, None),
+        # table names, percent-encoded and quoted
+        ("GET", "/v1/shape?table=%69tems&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=public.items&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=%22public%22.%22items%22&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=public.%22items%22&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=%22public.items%22&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=%22Odd.Schema%22.%22we%22%22ird%22&offset=-1", {}, None),
+        ("GET", '/v1/shape?table="Odd.Schema"."we""ird"&offset=-1', {}, None),
+        ("GET", "/v1/shape?table=Odd.Schema.we%22ird&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&columns=%22id%22,%22Mixed%22", {}, None),
+        ("GET", '/v1/shape?table=items&offset=-1&columns="id","title"', {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&columns=id,%22Mi%22%22xed%22", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&columns=ID,title", {}, None),
+        # offsets and modes
+        ("GET", "/v1/shape?table=items&offset=now", {}, None),
+        ("GET", f"{shape}&offset=now", {}, None),
+        ("GET", f"{shape}&offset=now&live=true", {}, None),
+        ("GET", f"{shape}&offset={offset}", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&cursor=123", {}, None),
+        ("GET", f"{shape}&offset=0_inf", {}, None),
+        ("GET", f"{shape}&offset=-1&live=true", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&live_sse=true", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&experimental_live_sse=true", {}, None),
+        ("GET", f"{shape}&offset=-1&live=true&live_sse=true", {}, None),
+        ("GET", f"{shape}&offset={offset}&live_sse=true", {}, None),
+        ("GET", f"{shape}&offset=now&live=true&live_sse=true", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&live_sse=false", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&live_sse=1", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&replica=full", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&replica=FULL", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&log=changes_only", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&experimental_compaction=true", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&expired_handle=abc", {}, None),
+        # subsets
+        ("GET", "/v1/shape?table=items&offset=-1&subset__where=id%3E1", {}, None),
+        ("GET", f"{shape}&offset={offset}&subset__where=id%3E1", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&subset__limit=1&subset__order_by=id", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&subset__order_by=%22Mixed%22", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&subset__where_expr=x", {}, None),
+        ("POST", "/v1/shape?table=items&offset=-1", {}, b'{"where": "id > 1"}'),
+        (
+            "POST",
+            "/v1/shape?table=items&offset=-1",
+            {"Content-Type": "application/json"},
+            b'{"order_by": "id", "limit": 1, "offset": 1}',
+        ),
+        ("POST", "/v1/shape?table=items&offset=-1", {}, b"{}"),
+        ("POST", "/v1/shape?table=items&offset=-1", {}, None),
+        ("POST", f"{shape}&offset={offset}", {}, b'{"where": "id > 1"}'),
+        ("POST", "/v1/shape?table=items&offset=-1", {"Content-Type": "text/plain"}, b"{}"),
+        # conditional requests, HEAD, OPTIONS
+        ("GET", "/v1/shape?table=items&offset=-1", {"If-None-Match": etag}, None),
+        ("HEAD", "/v1/shape?table=items&offset=-1", {"If-None-Match": etag}, None),
+        ("GET", "/v1/shape?table=items&offset=-1", {"If-None-Match": f"W/{etag}"}, None),
+        ("GET", "/v1/shape?table=items&offset=-1", {"If-None-Match": f'"x", {etag}'}, None),
+        ("GET", "/v1/shape?table=items&offset=-1", {"If-None-Match": "*"}, None),
+        ("HEAD", "/v1/shape?table=items&offset=-1", {}, None),
+        ("HEAD", f"{shape}&offset={offset}&live=true", {}, None),
+        ("HEAD", "/v1/shape?table=nosuch&offset=-1", {}, None),
+        ("OPTIONS", "/v1/shape?table=items&offset=-1", {}, None),
+        (
+            "OPTIONS",
+            "/v1/shape",
+            {
+                "Origin": "https://a.example",
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": "if-none-match",
+            },
+            None,
+        ),
+        (
+            "OPTIONS",
+            "/v1/shape?table=items",
+            {"Origin": "https://a.example", "Access-Control-Request-Method": "DELETE"},
+            None,
+        ),
+        ("GET", "/v1/shape?table=items&offset=-1", {"Origin": "https://a.example"}, None),
+        # long request targets: under, at and over the engine's limit
+        ("GET", f"/v1/shape?table=items&offset=-1&where={long_where}", {}, None),
+        (
+            "GET",
+            "/v1/shape?table=items&offset=-1&where=" + "(" * 2000 + "id" + ")" * 2000,
+            {},
+            None,
+        ),
+        ("GET", "/v1/shape?table=items&offset=-1&where=id%3E0" + "%20OR%20id%3E0" * 560, {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&where=id%3E1&pad=" + "x" * 7900, {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&pad=" + "x" * 9000, {}, None),
+        # the credentials' own names, sent by a client
+        ("GET", "/v1/shape?table=items&offset=-1&source_id=x", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&api_secret=x", {}, None),
+        # routes and methods (the root: an empty 200 without Cache-Control, as the engine's;
+        # the proxy's said `no-store`)
+        ("GET", "/", {}, None),
+        ("HEAD", "/", {}, None),
+        ("GET", "/", {"Origin": "https://a.example"}, None),
+        ("GET", "/v1/health", {}, None),
+        ("HEAD", "/v1/health", {}, None),
+        ("GET", "/v1/nosuch", {}, None),
+        ("GET", "/v1/shape", {}, None),
+        ("GET", "/v1/shape/?table=items&offset=-1", {}, None),
+        ("PATCH", "/v1/shape?table=items&offset=-1", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1", {"Accept": "text/event-stream"}, None),
+    ]
+
+
+async def test_hand_picked_requests_are_answered_as_the_engine_answers(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    differences = []
+    async with aiohttp.ClientSession() as session:
+        status, headers, _ = await _send(
+            session, "GET", base + "/v1/shape?table=items&offset=-1", {}, None
+        )
+        assert status == 200
+        handle = headers["electric-handle"]
+        etag = headers["etag"]
+        status, headers, _ = await _send(
+            session, "GET", f"{base}/v1/shape?table=items&offset=0_0&handle={handle}", {}, None
+        )
+        assert status == 200
+        offset = headers["electric-offset"]
+        for method, target, req_headers, body in _cases(handle, offset, etag):
+            answers = []
+            for url in (_direct(engine, engine_secret, target), base + target):
+                status, headers, raw = await _send(session, method, url, req_headers, body)
+                if headers.get("content-type", "").startswith("text/event-stream"):
+                    raw = _sse_rows(raw)
+                answers.append(_comparable(status, headers, raw, method))
+            expected, got = answers
+            if got != expected:
+                differences.append((method, target[:200], req_headers, expected, got))
+    for method, target, req_headers, expected, got in differences:
+        print("DIFFERENCE", method, target, req_headers)
+        print("  engine:", str(expected)[:600])
+        print("  proxy: ", str(got)[:600])
+    assert differences == []
+
+
+LIVE_CASES = [
+    ("GET", "live=true", {}),
+    ("GET", "live=true&cursor=5", {}),
+    ("GET", "live=true&live_sse=true", {}),
+    ("GET", "live=true&experimental_live_sse=true", {}),
+    ("HEAD", "live=true", {}),
+    ("GET", "live=true&replica=full", {}),
+    ("GET", "live=true&where=id%3E2&live_sse=true", {}),
+]
+
+
+@pytest.mark.parametrize("case", LIVE_CASES, ids=[c[1] + str(c[2]) for c in LIVE_CASES])
+async def test_live_answers_with_data_are_the_engines(
+    engine: EngineProcess,
+    engine_secret: str,
+    make_proxy: Any,
+    case: tuple[str, str, dict[str, str]],
+) -> None:
+    """A live request parked at the tip, straight and through the proxy, answered by the same
+    commit: the same status, headers and messages."""
+    method, extra, req_headers = case
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    defining = [p for p in extra.split("&") if p.split("=")[0] in ("replica", "columns", "where")]
+    query = "&".join(["table=items", *defining])
+    async with aiohttp.ClientSession() as session:
+        offset, handle = "-1", ""
+        while True:  # to the tip, straight
+            target = f"/v1/shape?{query}&offset={offset}" + (f"&handle={handle}" if handle else "")
+            _, headers, _ = await _send(
+                session, "GET", _direct(engine, engine_secret, target), {}, None
+            )
+            handle, offset = headers["electric-handle"], headers["electric-offset"]
+            if "electric-up-to-date" in headers:
+                break
+        before = await parked_requests(engine.url, engine_secret)
+        target = f"/v1/shape?table=items&handle={handle}&offset={offset}&{extra}"
+        waiting = [
+            asyncio.ensure_future(_send(session, method, url, req_headers, None))
+            for url in (_direct(engine, engine_secret, target), base + target)
+        ]
+
+        async def both_parked() -> bool:
+            return await parked_requests(engine.url, engine_secret) >= before + 2
+
+        await wait_until_async(both_parked, timeout=20, message="both parked in the engine")
+        with psycopg.connect(engine.db_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (10, 'org-a', 'ten', 10)")
+        answers = []
+        for task in waiting:
+            status, headers, raw = await task
+            if headers.get("content-type", "").startswith("text/event-stream"):
+                raw = _sse_rows(raw)
+            answers.append(_comparable(status, headers, raw, method))
+    assert answers[1] == answers[0]
+    assert answers[0][0] == 200
+
+
+DELETES = [
+    "/v1/shape?handle=HANDLE",
+    "/v1/shape?handle=HANDLE&offset=-1",
+    "/v1/shape?table=items&handle=HANDLE",
+    "/v1/shape?table=items",
+    "/v1/shape?handle=nosuch",
+    "/v1/shape",
+]
+
+
+@pytest.mark.parametrize("target", DELETES)
+async def test_deletes_are_answered_as_the_engine_answers(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, target: str
+) -> None:
+    """Each DELETE straight and through the proxy, on a shape made for it each time."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    answers = []
+    async with aiohttp.ClientSession() as session:
+        for url in (lambda t: _direct(engine, engine_secret, t), lambda t: base + t):
+            status, headers, _ = await _send(
+                session, "GET", base + "/v1/shape?table=items&offset=-1", {}, None
+            )
+            assert status == 200
+            deleting = target.replace("HANDLE", headers["electric-handle"])
+            status, headers, raw = await _send(session, "DELETE", url(deleting), {}, None)
+            answers.append(_comparable(status, headers, raw, "DELETE"))
+    assert answers[1] == answers[0]
+    assert answers[0][0] == (400 if target == "/v1/shape" else 404 if "nosuch" in target else 202)
