@@ -18,6 +18,7 @@ import logging
 import select
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,6 +172,15 @@ class Source:
             open=False,
             name=f"subsets-{config.source_id}",
         )
+        # The threads subset queries run in (`snapshot/subset.py`), one per pooled
+        # connection: not the event loop's default executor, whose few threads (CPUs + 4)
+        # the whole engine shares (the replicator's fsync, snapshot chunk writes, secret
+        # checks). Subset queries of this source waiting on a lock, or just slow, held them
+        # all and stalled every source's replication.
+        self.subset_executor = ThreadPoolExecutor(
+            max_workers=config.max_concurrent_snapshots,
+            thread_name_prefix=f"subset-{config.source_id}",
+        )
         self._creating: dict[ShapeDefinition, asyncio.Future[Shape]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
@@ -188,14 +198,17 @@ class Source:
         tasks = [t for t in (self._main, *self._tasks) if t is not None]
         await cancel_and_wait([*tasks, *self.replicator.tasks], f"source {self.config.source_id}")
         await self.snapshots.close()
+        # Without waiting: a query still running goes on until Postgres answers (its request
+        # is gone; the pool's close below gives it 5 s); those not started yet never start.
+        self.subset_executor.shutdown(wait=False, cancel_futures=True)
         await self._close_subset_pool()
         await self.tables.close()
 
     async def _close_subset_pool(self) -> None:
         """Close the subset pool (it waits up to 5 s for its workers) in a thread of its
-        own (`stopping.in_own_thread`): the default executor's threads may all be running
-        subset queries, slow ones included (their requests are gone, the queries go on),
-        and the close queued behind them."""
+        own (`stopping.in_own_thread`), not in the default executor, which other work may
+        hold (it once held this source's subset queries too: the close queued behind
+        them)."""
         await in_own_thread(
             lambda: self.snapshot_pool.close(5.0),
             f"closing the subset pool of source {self.config.source_id}",
@@ -232,7 +245,7 @@ class Source:
                 f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
                 f" IF EXISTS {pub};"
             )
-        # (not in the default executor, which subset queries may hold: `in_own_thread`)
+        # (not in the default executor, which other work may hold: `in_own_thread`)
         data_dir = self.config.data_dir
         await in_own_thread(
             lambda: shutil.rmtree(data_dir, True), f"deleting {data_dir}", RMTREE_WAIT

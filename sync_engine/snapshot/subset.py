@@ -5,12 +5,16 @@ the client can drop live changes it already saw in the subset. The subset's `whe
 and checked like the shape's (enums allowed, no subqueries) and ANDed with it; ORDER BY is
 limited to plain columns; LIMIT/OFFSET are integers rendered as literals.
 
-The query runs on a pooled connection in a worker thread. While it has not answered, the
-request asks every `SUBSET_QUIET` seconds whether Postgres answers at all
+The query runs on a pooled connection in a thread of the source's own executor
+(`Source.subset_executor`, as many threads as the pool has connections), never in the event
+loop's default executor: that one's few threads (CPUs + 4) are shared by every source's
+fsync, snapshot chunk writes and secret checks, and a few subset queries of one source
+waiting on a lock held them all and stalled replication of every source. While it has not
+answered, the request asks every `SUBSET_QUIET` seconds whether Postgres answers at all
 (`Source.database_answers`): a silent one (stopped, behind a partition) gets the request a
-503, and the query's socket is shut down so that its thread is freed (a few threads stuck
-there would stall every file read and write the engine does in threads); a slow query on a
-live database is waited for.
+503, and the query's socket is shut down so that its thread is freed (threads stuck there
+would leave this source's subset queries none); a slow query on a live database is waited
+for.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
 from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
-from ..tables import not_answering
+from ..tables import not_answering, stopping
 from . import errors as snapshot_errors
 from .query import RowQuery, row_json_sql
 
@@ -159,15 +163,21 @@ def _run(
 async def _bounded_run(
     source: Source, rows_query: RowQuery, query: sql.Composed
 ) -> tuple[str, int, list[bytes]]:
-    """`_run` in a worker thread; a 503 (and the query abandoned) once Postgres is found
-    not to answer at all."""
+    """`_run` in a thread of the source's subset executor; a 503 (and the query abandoned)
+    once Postgres is found not to answer at all, or when the source stops first."""
     running = _Running()
-    task = asyncio.ensure_future(
-        asyncio.to_thread(_run, source.snapshot_pool, rows_query, query, running)
-    )
+    loop = asyncio.get_running_loop()
+    try:
+        task = loop.run_in_executor(
+            source.subset_executor, _run, source.snapshot_pool, rows_query, query, running
+        )
+    except RuntimeError:  # the executor is shut down: the source stopped
+        raise stopping() from None
     while True:
         done, _ = await asyncio.wait({task}, timeout=SUBSET_QUIET)
         if done:
+            if task.cancelled():  # not started before the source stopped
+                raise stopping()
             return task.result()
         if not await source.database_answers() and not task.done():
             running.abandon()

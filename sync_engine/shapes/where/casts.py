@@ -94,8 +94,9 @@ EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Value], Value]] = {
 #: does: the ISO forms Postgres itself prints. Postgres's date/time input takes far more
 #: ('Jan 2 2024', 'epoch', 'today', '2024-01-02 24:00:00', zone names, Julian days, '.5' as
 #: an interval, ...), which the engine's parsers do not follow; on any other text the answer
-#: is unknown, so the cast raises UnrepresentableValue (the shape is rotated and its new
-#: snapshot is exact) rather than guess "invalid" (or read a Unicode digit Postgres refuses).
+#: is unknown, so the cast raises UnrepresentableValue rather than guess "invalid" (or read a
+#: Unicode digit Postgres refuses): the replicator then asks Postgres whether the row matches
+#: (`pg/row_where.py`), and rotates the shape only where Postgres cannot be asked.
 _DATE = r"\d{4}-\d{2}-\d{2}"
 _CLOCK = r"(?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
 _OFFSET = r"(?:[+-](?:0\d|1[0-5])(?::[0-5]\d)?|Z)?"  # Z: UTC, as in JavaScript's toISOString()
