@@ -70,11 +70,12 @@ async def test_a_source_stopped_as_its_lag_query_returns_stops(
 async def test_a_source_paused_or_deleted_while_its_subset_queries_wait_on_a_lock_stops(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str], how: str
 ) -> None:
-    """Subset queries run in the event loop's default executor, whose few threads (CPUs +
-    4) they can all hold: here each waits in Postgres for a lock. Pausing or deleting the
-    source cuts their requests off, but the queries go on; its stop closed the subset pool
-    (and a deletion removed the shape logs) in that same executor, behind them, and waited
-    until the lock was released."""
+    """Subset queries each hold a thread while they wait in Postgres, here for a lock (they
+    ran in the event loop's default executor, CPUs + 4 threads, until 1031361 gave each
+    source one of its own). Pausing or deleting the source cuts their requests off, but the
+    queries go on; its stop closed the subset pool (and a deletion removed the shape logs)
+    in that same executor, behind them, and waited until the lock was released: both now
+    run in a thread of their own."""
     url = make_db()
     make_items(url, ["a", "b", "c"])
     engine = await engines().start()
