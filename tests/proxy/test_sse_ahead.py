@@ -20,29 +20,10 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.config.loader import build_config
-from tests.proxy.proxy_fakes import base_config
+from tests.proxy.sse_fakes import proxy_in_front, sse_batch, sse_headers
 from tests.support.waiting import wait_until_async
 
 SHAPE = "/v1/shape?table=items&handle=h-1"
-
-
-def _batch(lsn: int, *ids: int) -> bytes:
-    """One transaction's SSE events (ops 0, 2, ...) and its up-to-date, as the engine sends."""
-    events = [
-        b"data: "
-        + orjson.dumps(
-            {
-                "key": f'"public"."items"/"{id_}"',
-                "value": {"id": str(id_), "org_id": "org-a", "title": "t"},
-                "headers": {"operation": "insert", "lsn": str(lsn), "op_position": 2 * i},
-            }
-        )
-        + b"\n\n"
-        for i, id_ in enumerate(ids)
-    ]
-    up_to_date = {"headers": {"control": "up-to-date", "global_last_seen_lsn": str(lsn)}}
-    return b"".join(events) + b"data: " + orjson.dumps(up_to_date) + b"\n\n"
 
 
 class GatedEngine:
@@ -55,33 +36,21 @@ class GatedEngine:
         self.later = asyncio.Event()
         self.requests: list[str] = []
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/shape", self.shape)
-        return app
-
     async def shape(self, request: web.Request) -> web.StreamResponse:
         offset = request.query["offset"]
         self.requests.append(offset)
         assert request.query.get("live_sse") == "true", request.url
+        log_end = "200_2" if offset == "100_0" else offset
         resp = web.StreamResponse(
-            headers={
-                "content-type": "text/event-stream",
-                "cache-control": "public, max-age=59",
-                "electric-handle": "h-1",
-                "electric-offset": offset,
-                "shapegate-log-end": "200_2" if offset == "100_0" else offset,
-                "electric-cursor": "123",
-                "electric-has-data": "true",
-            }
+            headers=sse_headers(offset, {"shapegate-log-end": log_end, "electric-has-data": "true"})
         )
         await resp.prepare(request)
         if offset == "100_0":
             await self.release.wait()
-            await resp.write(_batch(200, 5, 6))
+            await resp.write(sse_batch(200, 5, 6))
         else:
             await self.later.wait()
-            await resp.write(_batch(300, 7))
+            await resp.write(sse_batch(300, 7))
         await resp.write_eof()
         return resp
 
@@ -110,10 +79,9 @@ async def test_a_client_ahead_of_a_shared_catch_up_does_not_get_it_again(
     aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
     engine = GatedEngine()
-    server = await aiohttp_server(engine.app(), access_log=None)
-    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
-    proxy = await make_proxy(build_config(config, environ))
-    token = proxy.tokens.make()
+    proxy, token = await proxy_in_front(
+        engine.shape, aiohttp_server, idp_server, environ, make_proxy
+    )
     behind = await _open(proxy, token, "100_0")  # opens the shared stream: a catch-up
     # Had transaction 200 already (from an earlier stream), in both spellings of its end.
     ahead = [await _open(proxy, token, "200_0"), await _open(proxy, token, "200_2")]
@@ -138,29 +106,16 @@ async def test_a_client_ahead_gets_the_part_of_a_read_after_its_offset(
 
     async def shape(request: web.Request) -> web.StreamResponse:
         engine.requests.append(request.query["offset"])
-        resp = web.StreamResponse(
-            headers={
-                "content-type": "text/event-stream",
-                "cache-control": "public, max-age=59",
-                "electric-handle": "h-1",
-                "electric-offset": request.query["offset"],
-                "electric-cursor": "123",
-            }
-        )
+        resp = web.StreamResponse(headers=sse_headers(request.query["offset"]))
         await resp.prepare(request)
         await engine.release.wait()
-        await resp.write(_batch(200, 5, 6) + _batch(300, 7))
+        await resp.write(sse_batch(200, 5, 6) + sse_batch(300, 7))
         await engine.later.wait()
-        await resp.write(_batch(400, 8))
+        await resp.write(sse_batch(400, 8))
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/v1/shape", shape)
-    server = await aiohttp_server(app, access_log=None)
-    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
-    proxy = await make_proxy(build_config(config, environ))
-    token = proxy.tokens.make()
+    proxy, token = await proxy_in_front(shape, aiohttp_server, idp_server, environ, make_proxy)
     behind = await _open(proxy, token, "100_0")
     ahead = await _open(proxy, token, "200_0")
     further = await _open(proxy, token, "300_0")
@@ -183,33 +138,19 @@ class CatchUpEngine:
         self.requests: list[str] = []
         self.closed: list[str] = []
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/shape", self.shape)
-        return app
-
     async def shape(self, request: web.Request) -> web.StreamResponse:
         offset = request.query["offset"]
         self.requests.append(offset)
-        resp = web.StreamResponse(
-            headers={
-                "content-type": "text/event-stream",
-                "cache-control": "public, max-age=59",
-                "electric-handle": "h-1",
-                "electric-offset": offset,
-                "shapegate-log-end": "300_0",
-                "electric-cursor": "123",
-            }
-        )
+        resp = web.StreamResponse(headers=sse_headers(offset, {"shapegate-log-end": "300_0"}))
         await resp.prepare(request)
         try:
             if offset == "100_0":
-                await resp.write(_batch(200, 5) + _batch(300, 6))
+                await resp.write(sse_batch(200, 5) + sse_batch(300, 6))
                 while True:
                     await resp.write(b": keep-alive\n\n")
                     await asyncio.sleep(0.05)
             await self.live.wait()
-            await resp.write(_batch(400, 7))
+            await resp.write(sse_batch(400, 7))
             await asyncio.Event().wait()
         except (ConnectionError, asyncio.CancelledError):
             self.closed.append(offset)
@@ -224,10 +165,9 @@ async def test_a_client_behind_is_caught_up_then_joins_the_shared_stream(
     its own, which ends (and its engine request with it) once the client can join the shared
     stream: it does not hold a second engine stream until the SSE timeout."""
     engine = CatchUpEngine()
-    server = await aiohttp_server(engine.app(), access_log=None)
-    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
-    proxy = await make_proxy(build_config(config, environ))
-    token = proxy.tokens.make()
+    proxy, token = await proxy_in_front(
+        engine.shape, aiohttp_server, idp_server, environ, make_proxy
+    )
     at_tip = await _open(proxy, token, "300_0")
     behind = await _open(proxy, token, "100_0")
     # its catch-up, then the end of that stream (it used to stay open: a timeout here)

@@ -18,20 +18,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.config.loader import build_config
-from tests.proxy.proxy_fakes import base_config
+from tests.proxy.sse_fakes import proxy_in_front, sse_batch, sse_headers
 
 SHAPE = "/v1/shape?table=items&handle=h-1"
-
-
-def _batch(lsn: int, id_: int) -> bytes:
-    change = {
-        "key": f'"public"."items"/"{id_}"',
-        "value": {"id": str(id_), "org_id": "org-a", "title": "t"},
-        "headers": {"operation": "insert", "lsn": str(lsn), "op_position": 0},
-    }
-    up_to_date = {"headers": {"control": "up-to-date", "global_last_seen_lsn": str(lsn)}}
-    return b"data: " + orjson.dumps(change) + b"\n\ndata: " + orjson.dumps(up_to_date) + b"\n\n"
 
 
 class GzipEngine:
@@ -41,31 +30,18 @@ class GzipEngine:
         self.release = asyncio.Event()
         self.requests: list[str] = []
 
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/shape", self.shape)
-        return app
-
     async def shape(self, request: web.Request) -> web.StreamResponse:
         offset = request.query["offset"]
         self.requests.append(offset)
         resp = web.StreamResponse(
-            headers={
-                "content-type": "text/event-stream",
-                "content-encoding": "gzip",
-                "cache-control": "public, max-age=59",
-                "electric-handle": "h-1",
-                "electric-offset": offset,
-                "shapegate-log-end": offset,
-                "electric-cursor": "123",
-            }
+            headers=sse_headers(offset, {"content-encoding": "gzip", "shapegate-log-end": offset})
         )
         await resp.prepare(request)
         gzip = zlib.compressobj(wbits=31)
         if offset == "100_2":
-            await resp.write(gzip.compress(_batch(200, 5)) + gzip.flush(zlib.Z_SYNC_FLUSH))
+            await resp.write(gzip.compress(sse_batch(200, 5)) + gzip.flush(zlib.Z_SYNC_FLUSH))
             await self.release.wait()
-        await resp.write(gzip.compress(_batch(300, 6)) + gzip.flush())
+        await resp.write(gzip.compress(sse_batch(300, 6)) + gzip.flush())
         await resp.write_eof()
         return resp
 
@@ -97,10 +73,9 @@ async def test_a_compressed_event_stream_is_shared_whole_by_identical_requests(
     aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
     engine = GzipEngine()
-    server = await aiohttp_server(engine.app(), access_log=None)
-    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
-    proxy = await make_proxy(build_config(config, environ))
-    token = proxy.tokens.make()
+    proxy, token = await proxy_in_front(
+        engine.shape, aiohttp_server, idp_server, environ, make_proxy
+    )
     first = await _open(proxy, token, "100_2")  # (the log's end: its last op, 2)
     start = await first.content.readany()  # the first transaction has gone out to it
     assert start
