@@ -194,6 +194,17 @@ def bool_text_from_raw(text: str) -> str:
     return "true" if text in ("t", "true") else "false"
 
 
+INET = PgType("inet")
+
+
+def inet_text(text: str) -> str:
+    """text(inet) of an inet's output: with its netmask length always ('10.0.0.1/32'), where
+    the output leaves out a full one ('10.0.0.1')."""
+    if "/" in text:
+        return text
+    return text + ("/128" if ":" in text else "/32")
+
+
 class LikePattern:
     """A LIKE pattern, matched in time linear in the pattern times the text, as Postgres's
     MatchText does, never exponential.
