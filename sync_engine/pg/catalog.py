@@ -37,14 +37,18 @@ class ColumnInfo:
     pk_index: int | None
     generated: bool = False
     collation: str | None = None
-    """For collatable types, the column's effective collation, its OID, the database
-    default collation and the database encoding, as
+    """The column's effective collation, its OID, the database default collation and the
+    database encoding, as
     `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic|encoding`
     (`c|C|C|t|950|c|C.UTF-8|C.UTF-8|t|UTF8`; a default-collated column has its database's
-    collation and OID 100): text ordering, `upper`/`lower` and ILIKE depend on it, and the
-    where compiler derives which collation each operation uses as Postgres does and only
-    accepts them under collations it reproduces exactly (shapes/where/collation.py). One
-    string, so that what is recorded of a shape's table keeps it whole."""
+    collation and OID 100; a column of a type without collations has its first four fields
+    empty and OID 0, `||||0|c|C|C|t|UTF8`, so that a table without text columns still tells
+    the database default, which literals and text computed from numbers take): text
+    ordering, `upper`/`lower` and ILIKE depend on it, and the where compiler derives which
+    collation each operation uses as Postgres does and only accepts them under collations
+    it reproduces exactly (shapes/where/collation.py). One string, so that what is
+    recorded of a shape's table keeps it whole. None: recorded by an engine that did not
+    record it (for a column without collations, before this form)."""
 
     @property
     def base_type(self) -> str:
@@ -170,13 +174,15 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
 
 
 def _column_collation(oid: int, own: dict[str, Any] | None, database: dict[str, Any]) -> str | None:
-    """`ColumnInfo.collation` of a column whose attcollation is `oid` (0: not collatable)."""
+    """`ColumnInfo.collation` of a column whose attcollation is `oid` (0: not collatable,
+    whose own four fields are then empty: it still tells the database default)."""
+    db = f"{_collation(database)}|{database.get('encoding_name') or ''}" if database else None
     if not oid:
-        return None
+        return None if db is None else f"||||0|{db}"
     desc = _collation(database if oid == 100 else own)
     if desc is None:
         return None
-    return f"{desc}|{oid}|{_collation(database)}|{database.get('encoding_name') or ''}"
+    return f"{desc}|{oid}|{db}"
 
 
 def _collation(row: dict[str, Any] | None) -> str | None:

@@ -27,7 +27,9 @@ everywhere else:
 A collatable column's `ColumnInfo.collation` (catalog.py) is
 `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic|encoding`:
 its own collation (the database default resolved), the collation's OID (100 for the
-default), the database default's and the database encoding (for `ucs_basic`). A column
+default), the database default's and the database encoding (for `ucs_basic`); a column of
+any other type has the last five (`||||0|...`), so a table without text columns knows the
+default too (`i::text < '5'` uses it). A column
 recorded before the OID and the database default were (four fields) keeps its own rules
 but counts as a collation of its own (a second such column conflicts with it) and tells
 nothing of the default; one recorded before collations were (None) has unknown rules:
@@ -203,14 +205,14 @@ def _collations(columns: tuple[ColumnInfo, ...]) -> Collations:
     utf8 = False
     for col in columns:
         ident = column_ident(col)
-        if ident is None:
-            continue
         if col.collation is None:
-            by_ident[ident] = UNKNOWN
+            if ident is not None:
+                by_ident[ident] = UNKNOWN
             continue
         parts = [*_parts(col.collation), "", "", "", "", "", "", "", "", ""]
-        by_ident[ident] = _rules_of(*parts[:4])
-        if parts[5]:
+        if ident is not None:
+            by_ident[ident] = _rules_of(*parts[:4])
+        if parts[5]:  # (every column of any type recorded since the default was)
             rules = _rules_of(*parts[5:9])
             default = replace(rules, blocker=f"the database default {rules.blocker}")
         utf8 = utf8 or parts[9] == "UTF8"

@@ -476,7 +476,7 @@ class Compiler:
             return UCS_BASIC
         raise error_at(
             f'COLLATE "{".".join(names)}" is not supported (only "C", "POSIX", "default" and,'
-            ' in a UTF8 database whose table has a text column, "ucs_basic" are)',
+            ' in a UTF8 database, "ucs_basic" are)',
             node,
         )
 

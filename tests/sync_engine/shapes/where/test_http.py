@@ -132,3 +132,42 @@ async def test_collations_derived_per_operation(engine: Engine) -> None:
     assert live == {"äb", "Ab"}
     where = "upper(owner COLLATE \"default\") = 'ÄB' OR owner = 'marker'"  # (C.UTF-8 here)
     assert await _live_rows(engine, where, words) == {"äb", "ÄB"}
+
+
+async def test_a_table_without_text_columns_filters_text_by_the_database_default(
+    engine: Engine,
+) -> None:
+    """`n::text < '5'` on a table with no text column: the text takes the database default
+    collation (C.UTF-8 in the test cluster), which the engine now learns from the catalog;
+    it was a 400 ("the database default collation (unknown here)"). Live rows equal
+    Postgres's."""
+    engine.sql("CREATE TABLE nums (id int PRIMARY KEY, n int)")
+    where = "n::text < '5' OR upper(n::text || 'é') = '7É'"
+    rows, handle, offset = await engine.sync(table="nums", where=where)
+    assert rows == {}
+    values = [-3, 0, 4, 5, 7, 10, 45, 49, 50, 123, None]
+    for i, n in enumerate(values):
+        engine.sql("INSERT INTO nums VALUES (%s, %s)", (i, n))
+    expected = {str(r[0]) for r in engine.sql(f"SELECT id FROM nums WHERE {where}")}
+    assert expected == {"0", "1", "2", "4", "5", "6", "7", "9"}
+    for _ in range(50):
+        status, h, body = await engine.get(
+            table="nums", where=where, offset=offset, handle=handle, live="true"
+        )
+        assert status == 200, body
+        apply(rows, body)
+        offset = h["electric-offset"]
+        if {r["id"] for r in rows.values()} >= expected:
+            break
+    engine.sql("INSERT INTO nums VALUES (99, 6)")  # a marker that does not match...
+    engine.sql("INSERT INTO nums VALUES (100, 1)")  # ...and one that does, after it
+    for _ in range(50):
+        status, h, body = await engine.get(
+            table="nums", where=where, offset=offset, handle=handle, live="true"
+        )
+        assert status == 200, body
+        apply(rows, body)
+        offset = h["electric-offset"]
+        if "100" in {r["id"] for r in rows.values()}:
+            break
+    assert {r["id"] for r in rows.values()} == expected | {"100"}
