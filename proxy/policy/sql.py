@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.enums import BoolExprType
-from pglast.parser import ParseError, parse_sql_json
+from pglast.parser import ParseError, parse_sql_json, scan
 from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
@@ -62,6 +62,7 @@ _ALLOWED_NODES = frozenset(
         "A_ArrayExpr",
         "CoalesceExpr",
         "SortBy",
+        "CollateClause",
     }
 )
 
@@ -194,8 +195,9 @@ def _walk(node: object) -> Iterator[ast.Node]:
 
 #: Node types whose use the engine's own check decides (`_check_functions`).
 _ENGINE_CHECKED = frozenset({"FuncCall", "MinMaxExpr", "A_Indirection"})
-#: An ORDER BY list has no such check (the engine orders by plain columns): none of them.
-_ORDER_BY_NODES = _ALLOWED_NODES - _ENGINE_CHECKED - {"A_Indices"}
+#: An ORDER BY list has no such check (the engine orders by plain columns): none of them, and
+#: no COLLATE (which the engine refuses there, `_refuse_order_by_collate`).
+_ORDER_BY_NODES = _ALLOWED_NODES - _ENGINE_CHECKED - {"A_Indices", "CollateClause"}
 
 
 def _check_tree(
@@ -237,9 +239,41 @@ def _check_functions(clause: str, what: str) -> None:
     (`check_where_constructs`) on the client's text. Only clauses with such nodes are
     checked; the rest are left to the engine, as before."""
     try:
-        check_where_constructs(clause)
+        check_where_constructs(without_collate(clause))
     except WhereError as exc:
         raise BadShapeRequest("invalid_where", str(exc), field=what.replace(" ", ".")) from None
+
+
+def _is_word(token: object) -> bool:
+    """An identifier or a keyword (a name may be either: `COLLATE ucs_basic`, `"C"`)."""
+    name = getattr(token, "name", "")
+    return name == "IDENT" or getattr(token, "kind", "") != "NO_KEYWORD"
+
+
+def without_collate(clause: str) -> str:
+    """`clause` with each `COLLATE <name>` blanked out (spaces, so every other location in it
+    stays where it was), for the engine's schema-free check (`check_where_constructs`), which
+    refuses COLLATE outright: which collations the engine evaluates exactly is known only
+    with the table (`parse_where` decides then, refusing the others in its own words)."""
+    if "collate" not in clause.lower():
+        return clause
+    try:
+        tokens = scan(clause)
+    except ParseError:
+        return clause  # (the check then refuses it in the engine's words)
+    chars = list(clause)
+    names = [i for i, token in enumerate(tokens) if token.name == "COLLATE"]
+    for i in names:
+        last = i + 1  # the collation's name: one word, or words joined by dots
+        if last >= len(tokens) or not _is_word(tokens[last]):
+            continue  # (not a COLLATE clause the parser accepted: left to the check)
+        while last + 2 < len(tokens) and tokens[last + 1].name == "ASCII_46":
+            if not _is_word(tokens[last + 2]):
+                break
+            last += 2
+        for at in range(tokens[i].start, tokens[last].end + 1):
+            chars[at] = " "
+    return "".join(chars)
 
 
 def _refuse_nul(clause: str, what: str) -> None:
@@ -454,6 +488,7 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     if stmt.fromClause or stmt.limitCount or stmt.limitOffset or stmt.lockingClause or stmt.op:
         raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
     _check_depth(stmt.sortClause, what)
+    _refuse_order_by_collate(stmt.sortClause)
     refs, _ = _check_tree(stmt.sortClause, allowed_columns, what, _ORDER_BY_NODES)
     if refs:
         raise BadShapeRequest("invalid_order_by", f"{what} may not use parameters")
@@ -465,6 +500,36 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
                 "invalid_order_by", "A_Const expressions are not allowed in ORDER BY clauses"
             )
     return ", ".join(_deparse(item, what) for item in stmt.sortClause)
+
+
+def _refuse_order_by_collate(sort: object) -> None:
+    """The engine orders by plain columns and refuses a COLLATE there: in its words."""
+    for node in _walk(sort):
+        if isinstance(node, ast.CollateClause):
+            at = node.location - len("SELECT 1 ORDER BY ")
+            raise BadShapeRequest(
+                "invalid_order_by",
+                f"At location {at}: COLLATE expressions are not allowed in ORDER BY clauses",
+            )
+
+
+#: Collations a policy filter may name: those the engine evaluates exactly on any database
+#: (code point order), so a filter that loads never fails a request for its collation.
+TEMPLATE_COLLATIONS = frozenset({"C", "POSIX"})
+
+
+def _check_template_collations(where: object) -> None:
+    for node in _walk(where):
+        if isinstance(node, ast.CollateClause):
+            names = [n.sval for n in node.collname]
+            if len(names) == 2 and names[0] == "pg_catalog":
+                names = names[1:]
+            if len(names) != 1 or names[0] not in TEMPLATE_COLLATIONS:
+                raise ValueError(
+                    f'COLLATE "{".".join(names)}" is not supported in a policy filter: only '
+                    'COLLATE "C" and "POSIX" are, which the engine evaluates exactly on any '
+                    "database (others depend on the database's locale)"
+                )
 
 
 def compile_template(template: str) -> CompiledTemplate:
@@ -488,6 +553,7 @@ def compile_template(template: str) -> CompiledTemplate:
     if "{{" in sql or "}}" in sql:
         raise ValueError("malformed {{claim}} placeholder")
     stmt = _parse_select(f"SELECT 1 WHERE {sql}")
+    _check_template_collations(stmt.whereClause)
     used = {node.number for node in _walk(stmt.whereClause) if isinstance(node, ast.ParamRef)}
     if used != set(range(1, len(paths) + 1)):
         raise ValueError(

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpRequestParser, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import ERROR, RequestHandler
+from aiohttp.web_protocol import ERROR, RequestHandler, RequestPayloadError, _ErrInfo
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,60 @@ def unserved(message: Any) -> Refusal | None:
 
 
 class RefusingRequestHandler(RequestHandler):
-    """A connection whose parser refusals (status < 500) are answered by `refused`."""
+    """A connection whose parser refusals (status < 500) are answered by `refused`.
+
+    Its parser stops after each complete request and `data_received` feeds it on, one request
+    at a time: llhttp parses every request of a packet in one call, and aiohttp's parser
+    raised for a malformed one with the valid requests before it still inside it (never
+    returned), so a valid request followed in the same packet by a malformed one got no
+    answer, only the 400 for the second. Now each is queued before the next is parsed: the
+    valid ones are answered in order, then the refusal (as the proxy does).
+    """
 
     __slots__ = ()
+
+    def __init__(self, manager: Any, *, loop: Any, **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        # As aiohttp makes it (web_protocol.RequestHandler.__init__), but for the queue size
+        # the parser pauses at: 1, so it returns one request per call.
+        self._parser = HttpRequestParser(
+            self,
+            loop,
+            self._read_bufsize,
+            max_line_size=kwargs.get("max_line_size", 8190),
+            max_field_size=kwargs.get("max_field_size", 8190),
+            max_headers=kwargs.get("max_headers", 128),
+            payload_exception=RequestPayloadError,
+            auto_decompress=kwargs.get("auto_decompress", True),
+            max_msg_queue_size=1,
+        )
+
+    def data_received(self, data: bytes) -> None:
+        messages = self._messages
+        before = len(messages)
+        super().data_received(data)
+        # The parser stopped after a request (the rest of the packet kept as its tail): on
+        # with the next, until it has no whole request left, has refused one (it refuses
+        # every call after), or the connection's queue is full (aiohttp pauses reading then
+        # and calls this again, with no data, as the queue drains).
+        while (
+            before < len(messages) < self._max_msg_queue_size
+            and not isinstance(messages[-1][0], _ErrInfo)
+            and self._parser is not None
+            and self._payload_parser is None
+            and not self._upgraded
+        ):
+            before = len(messages)
+            super().data_received(b"")
+
+    async def finish_response(self, request: Any, resp: Any, start_time: Any) -> Any:
+        upgraded = self._upgraded
+        answer = await super().finish_response(request, resp, start_time)
+        if upgraded and not self._upgraded and self._messages:
+            # aiohttp fed the requests behind a declined upgrade to the parser itself, which
+            # returned the first: the rest as `data_received` does.
+            self.data_received(b"")
+        return answer
 
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         """The service's response for a refused request (it is closed after)."""

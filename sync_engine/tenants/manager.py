@@ -25,7 +25,7 @@ from ..stopping import cancel_and_wait
 from .auth import SourceAuth, parse_source_id
 from .credentials import hash_secret, new_secret
 from .dburl import check_database_url
-from .errors import InvalidInput, UnknownSource
+from .errors import DuplicateName, InvalidInput, UnknownSource
 from .managed import ManagedSource
 from .store import SourceRecord, SourceStore
 
@@ -76,6 +76,24 @@ def check_grace(value: object) -> float:
             f"grace_period_seconds must be between 0 and {MAX_GRACE_SECONDS} (30 days)",
         )
     return float(value)
+
+
+def _duplicate(same: SourceRecord, retry: bool) -> DuplicateName:
+    sid = same.source_id
+    if same.secret_delivered:
+        hint = (
+            f"if the answer that created it was lost, give it a new secret:"
+            f" POST /api/sources/{sid}/rotate-secret (sync-engine sources rotate-secret {sid})"
+        )
+    else:
+        hint = (
+            "its creation's answer was never sent; to get a secret of it, send the same"
+            " database_url and limits again (or delete it)"
+        )
+    what = "with other settings " if not retry and not same.secret_delivered else ""
+    return DuplicateName(
+        f"a source named {same.name!r} already exists {what}(source_id {sid}); {hint}", sid
+    )
 
 
 def _paused() -> ServiceUnavailable:
@@ -216,7 +234,17 @@ class SourceManager:
         database_url: object,
         max_shapes: object = None,
         max_initial_syncs: object = None,
-    ) -> tuple[SourceRecord, str]:
+    ) -> tuple[SourceRecord, str, bool]:
+        """A new source and its secret, and False; or, for a retry of a creation whose
+        answer was never sent (the engine was killed before it, its client left), that
+        source with a new secret, and True.
+
+        A retry is the same request again: same name, database URL and limits, for a
+        source whose secret was never delivered (`secret_delivered`). Nobody can hold its
+        old secret, so replacing it takes nothing from anyone, and the operator does not
+        have to find and rotate it. Anything else with a taken name is a 409 naming the
+        source that has it (and how to get a secret of it when that answer was lost).
+        """
         name = check_name(name)
         url = check_database_url(database_url)
         shapes_limit = check_limit("max_shapes", max_shapes)
@@ -224,7 +252,27 @@ class SourceManager:
         secret = new_secret()
         secret_hash = await asyncio.to_thread(hash_secret, secret)
         async with self._lock:
-            rec = self._store().create(
+            store = self._store()
+            same = store.find_name(name)
+            if same is not None:
+                retry = (same.database_url, same.max_shapes, same.max_initial_syncs) == (
+                    url,
+                    shapes_limit,
+                    syncs_limit,
+                )
+                if same.secret_delivered or not retry:
+                    raise _duplicate(same, retry)
+                rec = store.rotate_secret(same.source_id, secret_hash, 0)
+                self.records[rec.source_id] = rec
+                self._revoke(rec.source_id)
+                self._revoke_at_expiry(rec)
+                logger.info(
+                    "source %s (%s): created again (the first answer was not sent): new secret",
+                    rec.name,
+                    rec.source_id,
+                )
+                return rec, secret, True
+            rec = store.create(
                 name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
             )
             self.records[rec.source_id] = rec
@@ -232,7 +280,16 @@ class SourceManager:
             self._persisted[rec.source_id] = (rec.state, None)
             await self._start_source(rec)
         logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
-        return rec, secret
+        return rec, secret, False
+
+    def secret_delivered(self, source_id: str) -> None:
+        """The answer carrying a secret of the source was sent: a retry of its creation is
+        a 409 from now on (`create`)."""
+        rec = self.records.get(source_id)
+        if rec is None or rec.secret_delivered:
+            return
+        self._store().mark_delivered(source_id)
+        self.records[source_id] = replace(rec, secret_delivered=True)
 
     async def rotate_secret(self, source_id: str, grace: object) -> tuple[SourceRecord, str]:
         grace_s = check_grace(grace)
@@ -410,6 +467,7 @@ class SourceManager:
             "last_error": rec.last_error,
             "last_error_at": iso(rec.last_error_at),
             "paused": rec.paused,
+            "secret_delivered": rec.secret_delivered,
             "shape_count": shape_count,
             "replication_lag_bytes": source.lag_bytes if source and state == "active" else None,
             "initial_syncs_in_progress": source.initial_syncs_in_progress() if source else 0,

@@ -154,6 +154,35 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     reg.close()
 
 
+def test_a_store_of_schema_3_is_upgraded_its_sources_delivered(tmp_path: Path) -> None:
+    """Sources registered before `secret_delivered` existed had their answers sent (as far
+    as anyone can tell): a retry of their creation stays a 409."""
+    import sqlite3
+
+    from sync_engine.tenants import store as store_module
+
+    path = tmp_path / "sources.db"
+    db = sqlite3.connect(path)
+    schema = store_module._SCHEMA.replace("    secret_delivered INTEGER NOT NULL DEFAULT 1,\n", "")
+    assert "secret_delivered" not in schema
+    db.executescript(schema)
+    db.execute("INSERT INTO sources (source_id, name, database_url, secret_hash, created_at,"
+               " updated_at) VALUES ('00000000-0000-4000-8000-000000000001', 'old', ?, 'h',"
+               " 1, 1)", (URL,))  # fmt: skip
+    db.execute("PRAGMA user_version=3")
+    db.commit()
+    db.close()
+    reg = SourceStore(path)
+    (old,) = reg.all()
+    assert old.name == "old" and old.secret_delivered
+    new = reg.create("new", URL, "h2")
+    assert not new.secret_delivered and not reg.get(new.source_id).secret_delivered
+    reg.mark_delivered(new.source_id)
+    assert reg.get(new.source_id).secret_delivered
+    assert reg.find_name("NEW") == reg.get(new.source_id)
+    reg.close()
+
+
 async def test_auth_checks(tmp_path: Path) -> None:
     reg = SourceStore(tmp_path / "sources.db")
     secret, other = new_secret(), new_secret()
