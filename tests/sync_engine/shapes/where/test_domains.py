@@ -82,9 +82,7 @@ def table(db_url: str) -> tuple[psycopg.Connection[Any], dict[str, ColumnInfo], 
     conn = psycopg.connect(url, autocommit=True)
     conn.execute(TABLE)
     columns = _columns(url)
-    select = ", ".join(
-        f"CASE WHEN {n} IS NULL THEN NULL ELSE concat({n}, '') END" for n in columns
-    )
+    select = ", ".join(f"CASE WHEN {n} IS NULL THEN NULL ELSE concat({n}, '') END" for n in columns)
     rows = {
         int(r[0]): dict(zip(columns, r, strict=True))
         for r in conn.execute(f"SELECT {select} FROM x")  # (names of this file's table)
