@@ -249,6 +249,15 @@ def _param_from_claim(claims: Claims, path: str) -> str:
         return _pg_array(value, path)
     if isinstance(value, dict):
         raise Forbidden("claim_unusable", f"claim {path!r} is an object, not a value")
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        # Bound where the filter wants an array (`= ANY({{orgs}})`), Postgres would read this
+        # text as an array literal (`{org-a,org-b}`): a one-value claim holding many. A list
+        # must come as a JSON array (bound element by element, each quoted).
+        raise Forbidden(
+            "claim_unusable",
+            f"the token's {path!r} claim is text in Postgres's array syntax; "
+            "a list claim must be a JSON array",
+        )
     return _text_param(value, path)
 
 
