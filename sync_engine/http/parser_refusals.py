@@ -165,15 +165,6 @@ class RefusingRequestHandler(RequestHandler):
             before = len(messages)
             super().data_received(b"")
 
-    async def finish_response(self, request: Any, resp: Any, start_time: Any) -> Any:
-        upgraded = self._upgraded
-        answer = await super().finish_response(request, resp, start_time)
-        if upgraded and not self._upgraded and self._messages:
-            # aiohttp fed the requests behind a declined upgrade to the parser itself, which
-            # returned the first: the rest as `data_received` does.
-            self.data_received(b"")
-        return answer
-
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         """The service's response for a refused request (it is closed after)."""
         raise NotImplementedError
@@ -226,7 +217,49 @@ _HANDLER_CLASS = web.AppKey("refusing_handler_class", type)
 _ERROR_1_1 = ERROR._replace(version=HttpVersion11)
 
 
-class _RefusedRequest(web.Request):
+class _Request(web.Request):
+    """The engine's request: the head of its answer says what the proxy's would.
+
+    After aiohttp has made the head (`StreamResponse._prepare_headers`) and before the app's
+    `on_response_prepare` hooks: no `Server` header (aiohttp's named Python's and its own
+    versions, where the proxy and nginx send none); `Connection` as the connection really
+    is: an explicit `keep-alive` (Electric's on SSE answers and preflights) only where the
+    client asked for it in HTTP/1.0 and gets it, and an HTTP/1.0 answer whose length is
+    not known (an SSE stream) closes its connection, its body's only end (it said
+    `keep-alive`, and to a client that asked for it kept the connection open after the
+    stream: that client never saw its end). A request asking to upgrade (`Connection:
+    Upgrade`, as `curl --http2` sends) is answered as plain HTTP and its connection closed
+    after the answer, nothing after it read: the proxy's rule (proxy/http/protocol.py).
+    """
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers.popall("Server", None)
+        if self._message.upgrade:
+            response.force_close()
+            if self.version >= HttpVersion11:
+                headers["Connection"] = "close"
+        elif (
+            self.version < HttpVersion11
+            and "Content-Length" not in headers
+            and response.status not in (204, 304)
+            and self.method != "HEAD"
+        ):
+            response.force_close()
+        connection = headers.get("Connection")
+        if connection is not None and connection.lower() == "keep-alive":
+            # (set by a handler; aiohttp's own is right: HTTP/1.0 asked and kept)
+            if self.version < HttpVersion11:
+                if not response.keep_alive:
+                    del headers["Connection"]
+            elif response.keep_alive:
+                del headers["Connection"]
+            else:
+                headers["Connection"] = "close"
+        await super()._prepare_hook(response)
+
+
+class _RefusedRequest(_Request):
     """A request the server answers with `refusal` (`unserved`), no handler run."""
 
     ATTRS = web.Request.ATTRS | frozenset(["refusal"])
@@ -270,7 +303,7 @@ with warnings.catch_warnings():
             protocol: RequestHandler,
             writer: Any,
             task: Any,
-            _cls: type[web.Request] = web.Request,
+            _cls: type[web.Request] = _Request,
         ) -> web.Request:
             # (two cheap checks for a plain HTTP/1.1 request without a body)
             if message.version is not HttpVersion11 or message.chunked:

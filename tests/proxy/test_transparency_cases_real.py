@@ -358,6 +358,12 @@ PIPELINED_TAILS = {
     "bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
     "closing": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    # answered as plain HTTP, then the connection closes: what follows is not read
+    "upgrade": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "upgrade-h2c": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings"
+    b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "http-1.0": b"GET /v1/health HTTP/1.0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 

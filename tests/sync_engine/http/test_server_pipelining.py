@@ -126,11 +126,12 @@ async def test_requests_split_across_packets_are_answered(engine: Engine) -> Non
     assert [status for status, _, _ in responses(raw)] == [200, 200]
 
 
-async def test_requests_behind_a_declined_upgrade_are_answered(engine: Engine) -> None:
-    """aiohttp feeds what follows an upgrade request it did not upgrade to the parser itself
-    (web_protocol.RequestHandler.finish_response), which now returns one request a call."""
+async def test_a_declined_upgrade_closes_its_connection_after_its_answer(engine: Engine) -> None:
+    """Answered as plain HTTP, `Connection: close`, nothing after it read (as the proxy)."""
     await _items(engine)
-    upgrade = SHAPE.replace(b"\r\n\r\n", b"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-    closing = SHAPE.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
-    answers = await exchange(engine, upgrade + SHAPE + SHAPE + closing)
-    assert [status for status, _, _ in answers] == [200] * 4
+    for upgrade in (b"Connection: Upgrade\r\nUpgrade: websocket", b"Connection: Upgrade, "
+                    b"HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ"):  # fmt: skip
+        asking = SHAPE.replace(b"\r\n\r\n", b"\r\n" + upgrade + b"\r\n\r\n")
+        answers = await exchange(engine, SHAPE + asking + SHAPE)
+        assert [status for status, _, _ in answers] == [200, 200]
+        assert answers[1][1]["connection"] == "close"
