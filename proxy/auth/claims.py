@@ -1,9 +1,11 @@
 """Verify a bearer JWT and return its claims.
 
 Per issuer: pinned algorithms (never the token header's word alone), exact `iss` and `aud`,
-`exp` required, `nbf`/`iat` checked with leeway, a maximum lifetime (`exp - iat`), an optional
-`typ`. The issuer is read from the unverified payload only to pick the key set, which is
-allowed (RFC 8725 §3.2: key selection) because the signature and `iss` are then verified.
+`exp` and a non-empty `sub` required (the subject is who the proxy serves: per-principal
+limits, logs and `{{sub}}` filters all need it; RFC 9068 and OpenID Connect require it
+too), `nbf`/`iat` checked with leeway, a maximum lifetime (`exp - iat`), an optional `typ`.
+The issuer is read from the unverified payload only to pick the key set, which is allowed
+(RFC 8725 §3.2: key selection) because the signature and `iss` are then verified.
 
 Verified tokens are cached by SHA-256 of the token until their `exp` (or the cache TTL), so
 the signature check runs once per token rather than once per long-poll.
@@ -90,6 +92,9 @@ _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 
 def _translate(exc: Exception) -> Unauthenticated:
+    if isinstance(exc, jwt.MissingRequiredClaimError) and exc.claim in _NAMED_CLAIMS:
+        # (a registered or configured claim name, never a value: safe to say which)
+        return Unauthenticated("missing_claim", f"the token lacks the required {exc.claim} claim")
     if isinstance(exc, jwt.DecodeError) and "crypto padding" in str(exc):
         # The signature segment is not valid base64url (one character changed or cut):
         # the same answer as a signature that decodes but does not match.
@@ -98,6 +103,13 @@ def _translate(exc: Exception) -> Unauthenticated:
         if isinstance(exc, cls):
             return Unauthenticated(reason, message)
     return Unauthenticated("invalid_token", "the token is malformed or invalid")
+
+
+#: Claims every token must carry, whatever the issuer's `require:` adds.
+_ALWAYS_REQUIRED = ("exp", "iss", "aud", "sub")
+#: Claim names a refusal may name (the registered ones; a configured `require:` name is
+#: the operator's, and said as "a required claim").
+_NAMED_CLAIMS = frozenset({"exp", "iss", "aud", "sub", "iat", "nbf", "jti"})
 
 
 def _media_type(value: str) -> str:
@@ -236,7 +248,7 @@ class TokenVerifier:
         if kid is not None and not isinstance(kid, str):
             raise Unauthenticated("invalid_token", "the token is malformed or invalid")
         key = await issuer.keys.get_key(kid, algorithm)
-        required = ["exp", "iss", "aud", *config.require]
+        required = [*_ALWAYS_REQUIRED, *config.require]
         if config.max_lifetime is not None:
             required.append("iat")
         try:
@@ -253,6 +265,9 @@ class TokenVerifier:
             raise _translate(exc) from None
         if not isinstance(claims.get("exp"), int | float):
             raise Unauthenticated("invalid_token", "the token exp claim is not a number")
+        if not claims["sub"]:
+            # (pyjwt checks it is a string; an empty one names nobody)
+            raise Unauthenticated("invalid_claims", "the token sub claim must not be empty")
         if config.max_lifetime is not None:
             iat = claims.get("iat")
             if not isinstance(iat, int | float) or claims["exp"] - iat > config.max_lifetime:

@@ -104,6 +104,28 @@ async def test_missing_exp(proxy: Any) -> None:
     assert_refused(await proxy.get(SHAPE, token=token), 401, "missing_claim", proxy)
 
 
+@pytest.mark.parametrize(
+    ("claims", "drop", "reason", "message"),
+    [
+        ({}, ("sub",), "missing_claim", "the token lacks the required sub claim"),
+        ({"sub": ""}, (), "invalid_claims", "the token sub claim must not be empty"),
+    ],
+    ids=["no-sub", "empty-sub"],
+)
+async def test_a_token_must_name_its_subject(
+    proxy: Any, claims: dict[str, Any], drop: tuple[str, ...], reason: str, message: str
+) -> None:
+    """A token without a subject names nobody: per-principal limits, logs and `{{sub}}`
+    filters all need one (RFC 9068 and OpenID Connect require `sub`). It was served (the
+    member's rows, charged to the client's address) unless the issuer's `require:` named
+    `sub`; now a 401 saying which claim, whatever the issuer's `require:` says."""
+    token = proxy.tokens.make(drop=drop, **claims)
+    reply = await proxy.get(SHAPE, token=token)
+    assert_refused(reply, 401, reason, proxy)
+    assert reply.json()["message"] == message
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer ")
+
+
 async def test_bad_signature(proxy: Any) -> None:
     token = proxy.tokens.make()
     head, _body, sig = token.split(".")

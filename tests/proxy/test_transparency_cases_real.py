@@ -32,6 +32,7 @@ from proxy.config.loader import build_config
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
+from tests.sync_engine.http.test_server_pipelining import responses
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The protocol headers compared (with those of `_comparable`: cache-control, etag, vary,
@@ -344,3 +345,67 @@ async def test_deletes_are_answered_as_the_engine_answers(
             answers.append(_comparable(status, headers, raw, "DELETE"))
     assert answers[1] == answers[0]
     assert answers[0][0] == (400 if target == "/v1/shape" else 404 if "nosuch" in target else 202)
+
+
+_SHAPE_REQUEST = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+#: What follows two valid requests in one packet (ids: what it is).
+PIPELINED_TAILS = {
+    "bad-header": b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+    "no-host": b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\n\r\n",
+    "garbage": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+    "long-target": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http-2.0": b"GET /v1/shape?table=items&offset=-1 HTTP/2.0\r\nHost: x\r\n\r\n",
+    "bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "closing": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    # answered as plain HTTP, then the connection closes: what follows is not read
+    "upgrade": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "upgrade-h2c": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings"
+    b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "http-1.0": b"GET /v1/health HTTP/1.0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+async def _raw_exchange(base: str, data: bytes) -> list[Any]:
+    """`data` in one write to the server at `base`; each answer until it closes, as status,
+    JSON body less the proxy's `code` (rows for a shape's), content-type and connection."""
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    answers = []
+    for status, headers, body in responses(raw):
+        answer = json.loads(body) if body else None
+        if isinstance(answer, dict):
+            answer.pop("code", None)
+        elif isinstance(answer, list):
+            answer = sorted(m["key"] for m in answer if "key" in m)
+        answers.append(
+            (status, answer, headers.get("content-type"), headers.get("connection", "keep-alive"))
+        )
+    return answers
+
+
+@pytest.mark.parametrize("tail", list(PIPELINED_TAILS))
+async def test_pipelined_requests_are_answered_alike(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, tail: str
+) -> None:
+    """Two valid requests and what follows them in one packet, raw, straight to the engine and
+    through the proxy: the same answers in the same order. The engine answered a valid
+    request followed in the same packet by a malformed one with the 400 alone (aiohttp's
+    parser; sync_engine/http/parser_refusals.py), the proxy both."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    target = b"/v1/shape?table=items&offset=-1"
+    direct = target + b"&secret=" + engine_secret.encode()
+    answers = [
+        await _raw_exchange(engine.url, (_SHAPE_REQUEST % direct) * 2 + PIPELINED_TAILS[tail]),
+        await _raw_exchange(base, (_SHAPE_REQUEST % target) * 2 + PIPELINED_TAILS[tail]),
+    ]
+    assert answers[1] == answers[0]
+    assert [a[0] for a in answers[0][:2]] == [200, 200]
+    assert len(answers[0]) == 3

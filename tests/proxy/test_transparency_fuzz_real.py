@@ -52,6 +52,8 @@ READ_HEADERS = (
     "retry-after",
     "location",
     "allow",
+    "server",
+    "connection",
 )
 PRESENCE_ONLY = ("electric-cursor",)
 #: Not compared (comma-separated names; none by default).

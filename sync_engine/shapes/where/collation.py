@@ -43,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.types import PgType
 
 from .resolution import STRING_TYPES
 
@@ -156,8 +157,11 @@ def _rules_of(provider: str, collate: str, ctype: str, deterministic: str) -> Te
 
 
 def column_ident(col: ColumnInfo) -> Ident | None:
-    """The column's collation (None: not collatable)."""
-    if col.pg_type.element not in STRING_TYPES:
+    """The column's collation (None: not collatable). A domain's is collatable as its
+    base type is (`d::text` of a domain over text COLLATE "C" is "C")."""
+    if col.pg_type.element not in STRING_TYPES and (
+        col.type_kind != "d" or PgType(col.domain_base or "") not in STRING_TYPES
+    ):
         return None
     parts = _parts(col.collation) if col.collation is not None else []
     if len(parts) >= 5 and parts[4].isdigit():

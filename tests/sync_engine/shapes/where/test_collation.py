@@ -322,9 +322,7 @@ def test_a_table_without_text_columns_knows_the_database_default(
     try:
         url = with_display_settings(pg_server_url.rpartition("/")[0] + "/" + name)
         with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE nt (id int PRIMARY KEY, i int, n numeric, b bool, ia int[])"
-            )
+            conn.execute("CREATE TABLE nt (id int PRIMARY KEY, i int, n numeric, b bool, ia int[])")
             for i in range(25):
                 conn.execute(
                     "INSERT INTO nt VALUES (%s, %s, %s, %s, %s)",
@@ -333,7 +331,9 @@ def test_a_table_without_text_columns_knows_the_database_default(
             columns = _engine_columns(url, "nt")
             rows = {  # (the values' text, as the replication stream carries them)
                 int(r[0]): dict(zip(["id", "i", "n", "b", "ia"], r, strict=True))
-                for r in conn.execute("SELECT id::text, i::text, n::text, b::text, ia::text FROM nt")
+                for r in conn.execute(
+                    "SELECT id::text, i::text, n::text, b::text, ia::text FROM nt"
+                )
             }
             verdicts = {c: _verdict(conn, "nt", columns, rows, c) for c in NO_TEXT_CLAUSES}
             for clause in NO_TEXT_ANY_DEFAULT:
