@@ -216,6 +216,10 @@ def _matches(claims: Claims, when: Mapping[str, ClaimMatch], *, deny: bool = Fal
 
 
 def _text_param(value: object, path: str) -> str:
+    if isinstance(value, float) and value.is_integer():
+        # JSON has one kind of number: `7.0` is the number 7 (as conditions read it), bound
+        # as "7" so an integer column reads it (it refused "7.0") and a text one matches "7".
+        value = int(value)
     text = _norm(value)
     if "\x00" in text:
         # Postgres text holds no NUL: the engine would refuse the params, in words about

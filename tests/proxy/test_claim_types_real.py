@@ -83,6 +83,11 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
     ("orgs array text, dims", {"role": "multi", "orgs": " [1:2]={a,org-b}"}, 403, "claim_unusable"),
     ("orgs a list of array text", {"role": "multi", "orgs": ["{org-a,org-b}"]}, 200, set()),
     ("org_id array text", {"org_id": "{org-a}"}, 403, "claim_unusable"),
+    # -- a number claim is a JSON number: 1.0 is 1 (it was bound as "1.0", which an int
+    #    column refused: a 400)
+    ("row 1.0", {"role": "one", "row": 1.0}, 200, {"1"}),
+    ("row 1", {"role": "one", "row": 1}, 200, {"1"}),
+    ("row 2.5", {"role": "one", "row": 2.5}, 400, None),
     # -- allow rules: no gain from another type or spelling
     ("mfa 'true' on an admin", {"role": "admin", "mfa": "true"}, 403, "no_matching_rule"),
     ("mfa 1 on an admin", {"role": "admin", "mfa": 1}, 403, "no_matching_rule"),
@@ -115,6 +120,7 @@ def _policy(config: dict[str, Any]) -> None:
             {"name": "staff", "when": {"staff.ok": True}, "all_rows": True},
             {"name": "member", "when": {"role": "member"}, "where": "org_id = {{org_id}}"},
             {"name": "multi", "when": {"role": "multi"}, "where": "org_id = ANY({{orgs}})"},
+            {"name": "one", "when": {"role": "one"}, "where": "id = {{row}}"},
         ],
     }
 
