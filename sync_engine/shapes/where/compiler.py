@@ -267,6 +267,13 @@ class Compiler:
         if len(parts) != 1 or parts[0] not in self.columns:
             raise error_at(f"unknown reference {'.'.join(parts)}", node)
         col = self.columns[parts[0]]
+        if col.generated and self.live:
+            # (every change would lack it: the shape could only be rotated on each one)
+            raise error_at(
+                f"column {col.name} is a generated column, which PostgreSQL 15 does not"
+                " replicate: a shape's where cannot read it",
+                node,
+            )
         self.referenced.add(col.name)
         typ = col.pg_type
         parse = pgv.output_parser(typ)
