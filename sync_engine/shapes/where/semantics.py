@@ -53,8 +53,32 @@ def nan_aware(op: Callable[[Value, Value], Value]) -> Callable[[Value, Value], V
     return cmp
 
 
+class _NaN:
+    """The one NaN of `nan_marked` values: equal to itself (by identity), as Postgres's
+    NaN is to NaN, where Python's float and Decimal NaN equal nothing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+NAN_MARK = _NaN()
+
+
+def nan_marked(value: Value) -> Value:
+    """An array (nested tuples) with each NaN element replaced by `NAN_MARK`: compared
+    with `==` or `in`, its elements then follow Postgres's `=` (NaN = NaN)."""
+    if isinstance(value, tuple):
+        return tuple(nan_marked(x) for x in value)
+    return NAN_MARK if value != value else value
+
+
 def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Value, Value], Value]:
     op = COMPARISONS[op_name]
+    if pg_type.array and pg_type.element in FLOAT_TYPES:
+        # (arrays are only compared for equality: array_eq with the elements' `=`)
+        return lambda a, b: op(nan_marked(a), nan_marked(b))
     return nan_aware(op) if pg_type in FLOAT_TYPES else op
 
 
