@@ -22,8 +22,8 @@ from ..log.store import count_on_disk
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from ..stopping import cancel_and_wait
-from .auth import SourceAuth, parse_source_id
-from .credentials import hash_secret, new_secret
+from .auth import Overloaded, SourceAuth, parse_source_id
+from .credentials import hash_secret, is_slow, new_secret
 from .dburl import check_database_url
 from .errors import DuplicateName, InvalidInput, UnknownSource
 from .managed import ManagedSource
@@ -122,13 +122,13 @@ class SourceManager:
     async def start(self) -> None:
         self.store = SourceStore(self.path)
         self._ever_registered = self.store.ever_had_sources()
-        await self.auth.prepare()
         for rec in self.store.all():
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
                 await self._start_source(rec)
             self._revoke_at_expiry(rec)
+        await self._refresh_auth()
         for source_id, database_url in self.store.cleanup_pending():
             self._start_cleanup(source_id, database_url, retry_first=False)
         if self.records:
@@ -149,9 +149,20 @@ class SourceManager:
                 logger.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
+        self.auth.close()
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    async def _refresh_auth(self) -> None:
+        """Scrypt dummies while a source has a scrypt hash (registered before schema 4)."""
+        self.auth.slow_dummies = any(
+            is_slow(h)
+            for r in self.records.values()
+            for h in (r.secret_hash, r.previous_secret_hash)
+            if h is not None
+        )
+        await self.auth.prepare()
 
     def has_sources(self) -> bool:
         """Whether requests naming a `source_id` are for registered sources: once one was
@@ -200,7 +211,14 @@ class SourceManager:
         """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
-        matched = await self.auth.matched(rec, secret)
+        try:
+            matched = await self.auth.matched(rec, secret)
+        except Overloaded:
+            raise ServiceUnavailable(
+                "Too many secret checks are waiting; retry shortly",
+                retry_after=2,
+                code="secret_checks_busy",
+            ) from None
         if matched is None:
             raise Unauthorized()
         rec = self.records.get(sid) if sid is not None else None
@@ -250,7 +268,7 @@ class SourceManager:
         shapes_limit = check_limit("max_shapes", max_shapes)
         syncs_limit = check_limit("max_initial_syncs", max_initial_syncs)
         secret = new_secret()
-        secret_hash = await asyncio.to_thread(hash_secret, secret)
+        secret_hash = hash_secret(secret)
         async with self._lock:
             store = self._store()
             same = store.find_name(name)
@@ -266,6 +284,7 @@ class SourceManager:
                 self.records[rec.source_id] = rec
                 self._revoke(rec.source_id)
                 self._revoke_at_expiry(rec)
+                await self._refresh_auth()
                 logger.info(
                     "source %s (%s): created again (the first answer was not sent): new secret",
                     rec.name,
@@ -278,6 +297,7 @@ class SourceManager:
             self.records[rec.source_id] = rec
             self._ever_registered = True
             self._persisted[rec.source_id] = (rec.state, None)
+            await self._refresh_auth()
             await self._start_source(rec)
         logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
         return rec, secret, False
@@ -295,13 +315,14 @@ class SourceManager:
         grace_s = check_grace(grace)
         self.get(source_id)
         secret = new_secret()
-        secret_hash = await asyncio.to_thread(hash_secret, secret)
+        secret_hash = hash_secret(secret)
         async with self._lock:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
             self._revoke(rec.source_id)
             self._revoke_at_expiry(rec)
+            await self._refresh_auth()
         logger.info(
             "source %s (%s): secret rotated, old secret valid for %ds more",
             rec.name,
@@ -347,6 +368,7 @@ class SourceManager:
             self._store().delete(rec.source_id)
             del self.records[rec.source_id]
             self._persisted.pop(rec.source_id, None)
+            await self._refresh_auth()
             # (its verified secrets need no forgetting: they match no valid hash any more;
             # forgetting all of them sent every client of every source through scrypt again)
             timer = self._expiries.pop(rec.source_id, None)
