@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -149,6 +150,13 @@ def _json_object(segment: str) -> dict[str, Any]:
     return value
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 #: The registered claims that are NumericDates (RFC 7519 section 2): JSON numbers. pyjwt
 #: reads them with `int()`, so it took `"nbf": "0"` and `"iat": true` as dates.
 _DATES = ("exp", "nbf", "iat")
@@ -169,10 +177,16 @@ def _strict(token: str) -> None:
         raise Unauthenticated("invalid_token", "the token is malformed or invalid") from None
     for name in _DATES:
         value = payload.get(name)
-        if name in payload and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if name not in payload:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             if name == "exp":
                 raise Unauthenticated("invalid_token", "the token exp claim is not a number")
             raise Unauthenticated("invalid_claims", f"the token {name} claim must be a number")
+        if not _finite(value):
+            # (JSON allows any number of digits: `"exp": 1e999` reads as infinity, a
+            # 400-digit integer as one no float holds, and every deadline is a float)
+            raise Unauthenticated("invalid_claims", f"the token {name} claim is out of range")
 
 
 class TokenVerifier:
