@@ -286,7 +286,9 @@ def float_pow(a: float, b: float) -> float:
         return 1.0 if a == 1.0 else math.nan
     if a == 0.0 and b < 0.0:
         raise ValueError("zero raised to a negative power is undefined")
-    if a < 0.0 and math.floor(b) != b:
+    # (C's floor(±Inf) is ±Inf: an infinite power passes; Python's math.floor raises on it,
+    # and (-8) ^ 'Infinity' failed where Postgres answers Infinity)
+    if a < 0.0 and math.isfinite(b) and math.floor(b) != b:
         raise ValueError("a negative number raised to a non-integer power yields a complex result")
     if math.isinf(a) or math.isinf(b):
         return math.pow(a, b)  # C99 / POSIX special values, as Postgres spells them out
