@@ -258,13 +258,15 @@ def float4_to_numeric(value: float) -> Decimal:
 
 def to_float8(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
-        return pgv.parse_float8(str(value))  # numeric -> float8 is float8in(numeric_out)
+        # numeric -> float8 is float8in(numeric_out), and numeric_out has no "-0": a
+        # numeric zero is never negative (-(0::numeric), 0 * -1, '-0'::numeric are 0)
+        return pgv.parse_float8(str(value.copy_abs() if value.is_zero() else value))
     return float(value)
 
 
 def to_float4(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
-        return pgv.parse_float4(str(value))
+        return pgv.parse_float4(str(value.copy_abs() if value.is_zero() else value))
     result = float(value)
     narrowed = pgv.round_float4(result)
     if narrowed == 0.0 and result != 0.0:
