@@ -166,6 +166,16 @@ def num_mod(a: Decimal, b: Decimal) -> Decimal:
     return EXACT.remainder(a, b)
 
 
+def pg_numeric(value: Decimal) -> Decimal:
+    """`value` as Postgres holds a numeric: with a display scale of 0 or more. numeric_in
+    reads '1e100' as a 1 and 100 zeros (scale 0), where Decimal keeps an exponent of 100,
+    and the scale decides what follows: 1e100 * 1e-100 has scale 100 in Postgres ('1.000...')
+    and was 1 here; 1e100 * 1.5 prints a '.0'."""
+    if value.is_finite() and int(value.as_tuple().exponent) > 0:
+        return value.quantize(Decimal(1), context=EXACT)
+    return value
+
+
 def numeric_result(value: Decimal) -> Decimal:
     """Postgres's numeric range: at most 131072 digits before the decimal point."""
     if value.is_finite() and value and value.adjusted() >= 131072:
@@ -245,7 +255,7 @@ def to_numeric(value: Value) -> Decimal:
     if isinstance(value, float):
         if math.isnan(value):
             return NUMERIC_NAN
-        return Decimal(f"{value:.15g}")
+        return pg_numeric(Decimal(f"{value:.15g}"))
     return Decimal(value)
 
 
@@ -253,7 +263,7 @@ def float4_to_numeric(value: float) -> Decimal:
     """float4 -> numeric goes through `%.6g` text (FLT_DIG digits)."""
     if math.isnan(value):
         return NUMERIC_NAN
-    return Decimal(f"{value:.6g}")
+    return pg_numeric(Decimal(f"{value:.6g}"))
 
 
 def to_float8(value: Value) -> float:
