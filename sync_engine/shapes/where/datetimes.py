@@ -77,9 +77,14 @@ def add_interval(value: Value, iv: pgv.Interval) -> Value:
         # is 1999-12-01 00:00 UTC, not 1999-11-30 12:00-12.
         value = _in_utc(value)
     try:
+        # months, then days, then the time, each step in range as in timestamp_pl_interval:
+        # '2024-01-01' - (3000000 days -72000000 hours) fails in Postgres (year 6190 BC on
+        # the way) where the sum of the two is no change
         if iv.months:
             value = pgv.add_months(value, iv.months)
-        return value + timedelta(days=iv.days, microseconds=iv.micros)
+        if iv.days:
+            value = value + timedelta(days=iv.days)
+        return value + timedelta(microseconds=iv.micros)
     except (OverflowError, ValueError):
         raise _beyond_python() from None
 
