@@ -62,9 +62,6 @@ from proxy.upstream.sse_events import INF_OP, Event, EventParser, Key, Positions
 
 logger = logging.getLogger(__name__)
 
-#: The engine's SSE header naming the log's last entry when the stream opened (its
-#: `electric-offset` is the client's own offset; `sync_engine.http.headers.LOG_END_HEADER`).
-LOG_END_HEADER = "shapegate-log-end"
 
 #: Recent events a stream keeps for clients joining behind it (bytes, and count).
 HISTORY_BYTES = 2 * 1024 * 1024
@@ -235,14 +232,13 @@ class SharedStream:
     # --- positions ---------------------------------------------------------------------
 
     def learn_head(self, head: Head) -> None:
-        """The engine's `shapegate-log-end` (an older engine: `electric-offset`) names the
-        log's last entry when the stream opened, a transaction's end."""
-        latest = offset_key(head.get(LOG_END_HEADER) or head.get("electric-offset") or "")
+        """The engine's SSE ETag names the log's last entry when the stream opened, a
+        transaction's end (`log_end`): no op of its transaction comes after it."""
+        latest = offset_key(log_end(head) or "")
         if latest is None:
             return
         tx, op, _ = latest
         if tx > 0 and op < INF_OP:
-            # max(request offset, log's last entry): no op of `tx` comes after `op`.
             self.positions.transaction_ends(tx, op)
 
     def can_join(self, position: Key) -> bool:
@@ -512,32 +508,23 @@ def _client_headers(head: Head, spec: StreamSpec) -> StreamResponse:
     response = StreamResponse(status=head.status, reason=head.reason)
     headers = response.headers
     headers.extend(head.response_headers)
-    headers.popall(LOG_END_HEADER, None)  # (the fan-out's, not the client's)
     if "electric-offset" in headers:
         headers["electric-offset"] = spec.offset
     if "electric-cursor" in headers:
         headers["electric-cursor"] = str(_next_cursor(headers["electric-cursor"], spec.cursor))
     if "etag" in headers:
-        # The engine's: `handle:offset:max(offset, log end at open):time`.
+        # The engine's: `handle:offset:log end at open:time`.
         handle = head.get("electric-handle") or ""
-        end = _later(spec.offset, head.get(LOG_END_HEADER))
+        end = log_end(head) or spec.offset
         headers["etag"] = f'"{handle}:{spec.offset}:{end}:{time.monotonic_ns()}"'
     return response
 
 
-def _later(offset: str, log_end: str | None) -> str:
-    """The later of two offsets as the engine orders them (`0_inf` after `0_0`), as text."""
-
-    def order(text: str) -> tuple[int, int] | None:
-        tx, sep, op = text.partition("_")
-        if not sep or not tx.isdigit() or not (op.isdigit() or op == "inf"):
-            return None
-        return int(tx), (1 << 64) if op == "inf" else int(op)
-
-    if log_end is None:
-        return offset
-    mine, theirs = order(offset), order(log_end)
-    return log_end if mine is not None and theirs is not None and theirs > mine else offset
+def log_end(head: Head) -> str | None:
+    """Where the log ended when the engine's SSE stream opened: the third field of its ETag,
+    `"handle:offset:log end:time"` (sync_engine/http/live.py); None if it has none."""
+    parts = (head.get("etag") or "").removeprefix("W/").strip('"').split(":")
+    return parts[2] if len(parts) == 4 else None
 
 
 def _next_cursor(engine_cursor: str, request_cursor: int) -> int:

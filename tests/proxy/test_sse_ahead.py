@@ -42,7 +42,7 @@ class GatedEngine:
         assert request.query.get("live_sse") == "true", request.url
         log_end = "200_2" if offset == "100_0" else offset
         resp = web.StreamResponse(
-            headers=sse_headers(offset, {"shapegate-log-end": log_end, "electric-has-data": "true"})
+            headers=sse_headers(offset, {"electric-has-data": "true"}, log_end)
         )
         await resp.prepare(request)
         if offset == "100_0":
@@ -141,7 +141,7 @@ class CatchUpEngine:
     async def shape(self, request: web.Request) -> web.StreamResponse:
         offset = request.query["offset"]
         self.requests.append(offset)
-        resp = web.StreamResponse(headers=sse_headers(offset, {"shapegate-log-end": "300_0"}))
+        resp = web.StreamResponse(headers=sse_headers(offset, log_end="300_0"))
         await resp.prepare(request)
         try:
             if offset == "100_0":
