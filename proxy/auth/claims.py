@@ -137,13 +137,18 @@ def _no_constant(name: str) -> Any:
 
 def _json_object(segment: str) -> dict[str, Any]:
     """A token's header or payload as RFC 7519 has it (section 7.2): base64url of UTF-8 JSON
-    (RFC 8259: no NaN), an object, no member name twice (ValueError otherwise)."""
+    (RFC 8259: no NaN), an object, no member name twice, no string that is not Unicode text
+    (a lone surrogate escaped as `\\ud800`: I-JSON, RFC 7493, forbids it; the proxy would
+    otherwise bind "org-\\ud800a" as "org-a", the surrogate dropped on the way to the engine)
+    (ValueError otherwise)."""
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(
             raw.decode("utf-8"), object_pairs_hook=_no_repeats, parse_constant=_no_constant
         )
-    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        if b"\\u" in raw:  # (only an escape can spell a surrogate)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (binascii.Error, UnicodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
     if not isinstance(value, dict):
         raise ValueError("not an object")
