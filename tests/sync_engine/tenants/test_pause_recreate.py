@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tests.support.engine_process import apply_messages
+from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import UNAUTHORIZED, MultiEngine, make_items, sql
 
 
@@ -104,3 +105,45 @@ async def test_a_source_registered_again_on_the_same_database_after_its_deletion
     assert status == 409, (status, got)
     fresh, _, _ = await engine.sync(new["source_id"], new["secret"], table="items")
     assert sorted(r["name"] for r in fresh.values()) == ["a2", "a3"]
+
+
+async def test_a_source_paused_and_deleted_in_the_middle_of_a_snapshot(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """A big initial sync in progress when its source is paused: the request ends (not a
+    hang), after resume a client gets every row exactly once; deleted in the middle of one:
+    the deletion drops the slot and publication without a warning."""
+    url = make_db()
+    sql(url, "CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
+    sql(url, "INSERT INTO items SELECT g, 'row ' || g || repeat('x', 200) FROM"
+             " generate_series(1, 150000) g")  # fmt: skip
+    engine = await engines().start()
+    a = await engine.add("big", url)
+    sid, secret = a["source_id"], a["secret"]
+    await engine.wait_state(sid, "active")
+
+    async def started() -> bool:
+        return engine.manager.running[sid].initial_syncs_in_progress() > 0
+
+    first = asyncio.create_task(engine.get(sid, secret, table="items", offset="-1"))
+    await wait_until_async(started, message="the snapshot runs")
+    status, body = await asyncio.wait_for(engine.api("POST", f"/api/sources/{sid}/pause"), 60)
+    assert status == 200, body
+    done, _ = await asyncio.wait({first}, timeout=30)
+    assert done, "the snapshot's request hangs after the pause"
+    status, body = await engine.api("POST", f"/api/sources/{sid}/resume")
+    assert status == 200
+    await engine.wait_state(sid, "active")
+    rows, _, _ = await engine.sync(sid, secret, table="items")
+    assert len(rows) == 150000
+    assert sorted(int(r["id"]) for r in rows.values()) == list(range(1, 150001))
+
+    second = asyncio.create_task(engine.get(sid, secret, table="items", where="id > 5",
+                                            offset="-1"))  # fmt: skip
+    await wait_until_async(started, message="another snapshot runs")
+    status, body = await asyncio.wait_for(engine.api("DELETE", f"/api/sources/{sid}"), 60)
+    assert status == 200 and body["warnings"] == [], body
+    done, _ = await asyncio.wait({second}, timeout=30)
+    assert done, "the snapshot's request hangs after the deletion"
+    assert sql(url, "SELECT slot_name FROM pg_replication_slots") == []
+    assert sql(url, "SELECT pubname FROM pg_publication") == []
