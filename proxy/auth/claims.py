@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -136,17 +137,29 @@ def _no_constant(name: str) -> Any:
 
 def _json_object(segment: str) -> dict[str, Any]:
     """A token's header or payload as RFC 7519 has it (section 7.2): base64url of UTF-8 JSON
-    (RFC 8259: no NaN), an object, no member name twice (ValueError otherwise)."""
+    (RFC 8259: no NaN), an object, no member name twice, no string that is not Unicode text
+    (a lone surrogate escaped as `\\ud800`: I-JSON, RFC 7493, forbids it; the proxy would
+    otherwise bind "org-\\ud800a" as "org-a", the surrogate dropped on the way to the engine)
+    (ValueError otherwise)."""
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(
             raw.decode("utf-8"), object_pairs_hook=_no_repeats, parse_constant=_no_constant
         )
-    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        if b"\\u" in raw:  # (only an escape can spell a surrogate)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (binascii.Error, UnicodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 #: The registered claims that are NumericDates (RFC 7519 section 2): JSON numbers. pyjwt
@@ -169,10 +182,16 @@ def _strict(token: str) -> None:
         raise Unauthenticated("invalid_token", "the token is malformed or invalid") from None
     for name in _DATES:
         value = payload.get(name)
-        if name in payload and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if name not in payload:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             if name == "exp":
                 raise Unauthenticated("invalid_token", "the token exp claim is not a number")
             raise Unauthenticated("invalid_claims", f"the token {name} claim must be a number")
+        if not _finite(value):
+            # (JSON allows any number of digits: `"exp": 1e999` reads as infinity, a
+            # 400-digit integer as one no float holds, and every deadline is a float)
+            raise Unauthenticated("invalid_claims", f"the token {name} claim is out of range")
 
 
 class TokenVerifier:

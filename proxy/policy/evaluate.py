@@ -225,6 +225,15 @@ def _text_param(value: object, path: str) -> str:
         # Postgres text holds no NUL: the engine would refuse the params, in words about
         # params the client never sent.
         raise Forbidden("claim_unusable", f"claim {path!r} holds a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (`"\ud800"` in the token's JSON): no UTF-8 text, and the URL
+            # builder drops it, so "org-\ud800a" was bound as "org-a", another org's value.
+            raise Forbidden(
+                "claim_unusable", f"claim {path!r} is not valid Unicode text"
+            ) from None
     return text
 
 

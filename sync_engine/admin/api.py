@@ -160,7 +160,8 @@ def _token_middleware(token: str) -> Any:
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer":
                 value = request.headers.get("x-admin-token", "")
-            got = hashlib.sha256(value.strip().encode()).digest()
+            # a header's bytes that are not UTF-8 come as surrogates: back to those bytes
+            got = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
             if not value or not hmac.compare_digest(got, want):
                 resp = _error(
                     401,

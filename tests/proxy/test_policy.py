@@ -255,3 +255,13 @@ def test_a_shared_answer_stops_being_shared_when_its_clause_reads_a_private_tabl
     with pytest.raises(Exception) as refused:  # (and anyone else may not ask at all)
         decide(policy, reading, {}, anonymous=True)
     assert getattr(refused.value, "reason", "") == "subquery_not_allowed"
+
+
+def test_a_claim_that_is_not_unicode_text_is_never_bound(policy: Any) -> None:
+    """A lone surrogate cannot reach the engine (the URL builder drops it: "org-\\ud800a" was
+    bound as "org-a"). Tokens holding one are refused as malformed first; this is the
+    policy's own refusal, for claims from anywhere."""
+    for claims in ({**MEMBER, "org_id": "org-\ud800a"}, {**MEMBER, "org_id": ["\udfff"]}):
+        with pytest.raises(Forbidden) as refused:
+            decide(policy, "table=items&offset=-1", claims)
+        assert refused.value.reason == "claim_unusable"

@@ -95,7 +95,7 @@ from .resolution import (
     common_type,
     select_common,
 )
-from .semantics import comparison_op, identity
+from .semantics import comparison_op, identity, pg_numeric
 from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
 
 
@@ -310,7 +310,7 @@ class Compiler:
                 if -(2**63) <= n < 2**63:
                     return const(INT8, n, node)
                 return const(NUMERIC, Decimal(n), node)
-            return const(NUMERIC, Decimal(text), node)
+            return const(NUMERIC, pg_numeric(Decimal(text)), node)
         if isinstance(val, ast.Boolean):
             return const(BOOL, bool(val.boolval), node)
         if isinstance(val, ast.String):

@@ -9,90 +9,15 @@ to get a new secret (rotate-secret), as before.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.ports import free_port
-from tests.support.waiting import WaitTimeout, wait_until
-from tests.sync_engine.tenants.harness import make_items
-
-ROOT = Path(__file__).resolve().parents[3]
-TOKEN = "crash-test-admin-token-0123456789"
-
-
-class AdminEngine:
-    """`python -m sync_engine` with an admin listener and no single database."""
-
-    def __init__(self, data_dir: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        full = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN, **(env or {})}
-        full.pop("DATABASE_URL", None)
-        self.log = log
-        with log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "sync_engine", "--port", str(self.port), "--admin-port",
-                 str(self.admin_port), "--data-dir", str(data_dir), "--no-fsync"],
-                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        try:
-            wait_until(self._up, timeout=60, interval=0.1, message="the admin API")
-        except WaitTimeout as exc:
-            self.stop()
-            raise AssertionError(f"{exc}:\n{log.read_text()}") from None
-
-    def _up(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/", timeout=2).close()
-            return True
-        except OSError:
-            return False
-
-    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.admin_port}{path}",
-            data=json.dumps(body).encode() if body is not None else None,
-            method=method,
-            headers={"authorization": f"Bearer {TOKEN}", "content-type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read())
-
-    def shape_status(self, source_id: str, secret: str) -> int:
-        q = f"table=items&offset=-1&source_id={source_id}&secret={secret}"
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.port}/v1/shape?{q}", timeout=30
-            ) as resp:
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+from tests.support.waiting import wait_until
+from tests.sync_engine.tenants.harness import AdminEngine, make_items
 
 
 @pytest.fixture
@@ -100,7 +25,7 @@ def engines(tmp_path: Path) -> Iterator[Callable[..., AdminEngine]]:
     made: list[AdminEngine] = []
 
     def make(env: dict[str, str] | None = None) -> AdminEngine:
-        engine = AdminEngine(tmp_path / "data", tmp_path / "engine.log", env)
+        engine = AdminEngine(tmp_path / "data", tmp_path / "engine.log", env=env)
         made.append(engine)
         return engine
 

@@ -65,7 +65,10 @@ def test_redact_url(url: str, want: str) -> None:
     "bad",
     [None, "", "   ", 42, "not a url", "mysql://u@h/d", "http://h/d", "postgresql://h:99999/d",
      "postgresql://h/d?bogus=1", "postgresql://u:p@[::1/d", "postgresql://h/d?replication=1",
-     "x" * 5000, "postgresql://u:s3cr3t@h/d\x00", "host=h dbname=d\x00"],
+     "x" * 5000, "postgresql://u:s3cr3t@h/d\x00", "host=h dbname=d\x00",
+     # not UTF-8 (were a 500: UnicodeEncodeError / UnicodeDecodeError inside psycopg)
+     "postgresql://h/d\ud800", "postgresql://u:s3cr3t\ud800@h/d", "host=h dbname=\udcff",
+     "postgresql://%ff@h/d", "postgresql://h/%ed%a0%80", "postgresql://u@h/d?password=%ff"],
 )  # fmt: skip
 def test_invalid_database_urls_are_refused(bad: object) -> None:
     with pytest.raises(InvalidInput) as info:
