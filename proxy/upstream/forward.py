@@ -147,7 +147,10 @@ class Forwarder:
             return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
         key: CacheKey = (
-            "GET",
+            # (an answer every caller shares keeps the engine's public cache headers, one
+            # private to its caller does not: never one for the other, though the URL is
+            # the same, e.g. a named shape and a table rule reading the same rows)
+            "GET" if target.shared else "GET private",
             target.url_text,
             headers.get("Accept-Encoding", ""),
             headers.get("Accept", ""),
