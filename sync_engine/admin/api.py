@@ -230,15 +230,15 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
             data.get("max_shapes"),
             data.get("max_initial_syncs"),
         )
-        body = status(rec)
-        body["secret"] = secret
-        body["secret_notice"] = _ONCE
-        if again:
-            body["secret_notice"] += (
-                " This source was created by an earlier request whose answer was never sent;"
-                " it has a new secret now."
-            )
         try:
+            body = status(rec)
+            body["secret"] = secret
+            body["secret_notice"] = _ONCE
+            if again:
+                body["secret_notice"] += (
+                    " This source was created by an earlier request whose answer was never"
+                    " sent; it has a new secret now."
+                )
             await _hold_before_answer("create")
             resp = _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
             return await _deliver(request, resp, manager, rec.source_id)

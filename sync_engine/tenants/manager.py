@@ -291,8 +291,12 @@ class SourceManager:
                     self._ever_registered = True
                     self._persisted[rec.source_id] = (rec.state, None)
                     self._answering[rec.source_id] = asyncio.Event()
-                    await self._refresh_auth()
-                    await self._start_source(rec)
+                    try:
+                        await self._refresh_auth()
+                        await self._start_source(rec)
+                    except BaseException:
+                        self.answer_ended(rec.source_id)  # no answer will carry its secret
+                        raise
                     logger.info(
                         "source %s (%s) registered for %s",
                         rec.name,
