@@ -79,6 +79,9 @@ class Target:
     handle: str | None = None
     #: offset=-1 or now: the answer names whatever handle is current for the definition.
     initial: bool = False
+    #: When the caller's token expires (wall clock; None: anonymous): a shared SSE stream
+    #: ends cleanly then, and the client reconnects with a fresh token (or gets its 401).
+    deadline: float | None = None
 
 
 #: Admits one new engine request (per-principal limits): raises 429/503, or returns the
@@ -491,7 +494,13 @@ class Forwarder:
                 self.metrics.collapsed_request()
             try:
                 result = await sse.serve(
-                    stream, request, spec, options, joined=joined, started=started
+                    stream,
+                    request,
+                    spec,
+                    options,
+                    joined=joined,
+                    started=started,
+                    deadline=target.deadline,
                 )
             finally:
                 self._streams.leave(stream)
