@@ -115,15 +115,18 @@ async def _deliver(
 
 
 async def _hold_before_answer(point: str) -> None:
-    """Tests only: with SHAPEGATE_TEST_HOLD_ADMIN=<point>:<file>, write `file` and wait for
-    ever at `point` (so a test can SIGKILL the engine there). Unset (production): nothing."""
+    """Tests only: with SHAPEGATE_TEST_HOLD_ADMIN=<point>:<file>, write `file` at `point`
+    and wait there until it is removed (or the engine is killed there). Unset (production):
+    nothing."""
     hold = os.environ.get(_HOLD_ENV)
     if not hold:
         return
     where, _, path = hold.partition(":")
     if where == point and path:
-        await asyncio.to_thread(Path(path).write_text, point)
-        await asyncio.Event().wait()
+        held = Path(path)
+        await asyncio.to_thread(held.write_text, point)
+        while await asyncio.to_thread(held.exists):  # noqa: ASYNC110 (a test's file)
+            await asyncio.sleep(0.05)
 
 
 @web.middleware
@@ -227,17 +230,20 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
             data.get("max_shapes"),
             data.get("max_initial_syncs"),
         )
-        body = status(rec)
-        body["secret"] = secret
-        body["secret_notice"] = _ONCE
-        if again:
-            body["secret_notice"] += (
-                " This source was created by an earlier request whose answer was never sent;"
-                " it has a new secret now."
-            )
-        await _hold_before_answer("create")
-        resp = _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
-        return await _deliver(request, resp, manager, rec.source_id)
+        try:
+            body = status(rec)
+            body["secret"] = secret
+            body["secret_notice"] = _ONCE
+            if again:
+                body["secret_notice"] += (
+                    " This source was created by an earlier request whose answer was never"
+                    " sent; it has a new secret now."
+                )
+            await _hold_before_answer("create")
+            resp = _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
+            return await _deliver(request, resp, manager, rec.source_id)
+        finally:
+            manager.answer_ended(rec.source_id)
 
     async def show_source(request: web.Request) -> web.StreamResponse:
         return _json(200, status(manager.get(request.match_info["id"])))

@@ -32,6 +32,8 @@ from .store import SourceRecord, SourceStore
 logger = logging.getLogger(__name__)
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Seconds a retried creation waits for the same creation's answer still being sent.
+ANSWER_WAIT = 30.0
 #: Seconds between attempts to drop a deleted source's slot and publication (doubling).
 CLEANUP_RETRY_FIRST = 5.0
 CLEANUP_RETRY_MAX = 300.0
@@ -78,9 +80,11 @@ def check_grace(value: object) -> float:
     return float(value)
 
 
-def _duplicate(same: SourceRecord, retry: bool) -> DuplicateName:
+def _duplicate(same: SourceRecord, retry: bool, busy: bool = False) -> DuplicateName:
     sid = same.source_id
-    if same.secret_delivered:
+    if busy:
+        hint = "it is being created by another request right now; retry in a few seconds"
+    elif same.secret_delivered:
         hint = (
             f"if the answer that created it was lost, give it a new secret:"
             f" POST /api/sources/{sid}/rotate-secret (sync-engine sources rotate-secret {sid})"
@@ -116,6 +120,8 @@ class SourceManager:
         self._ever_registered = False
         self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
+        # Sources whose creation's answer is being sent: set when that request is over.
+        self._answering: dict[str, asyncio.Event] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -269,10 +275,35 @@ class SourceManager:
         syncs_limit = check_limit("max_initial_syncs", max_initial_syncs)
         secret = new_secret()
         secret_hash = hash_secret(secret)
-        async with self._lock:
-            store = self._store()
-            same = store.find_name(name)
-            if same is not None:
+        for _ in range(3):
+            async with self._lock:
+                store = self._store()
+                same = store.find_name(name)
+                if same is None:
+                    rec = store.create(
+                        name,
+                        url,
+                        secret_hash,
+                        max_shapes=shapes_limit,
+                        max_initial_syncs=syncs_limit,
+                    )
+                    self.records[rec.source_id] = rec
+                    self._ever_registered = True
+                    self._persisted[rec.source_id] = (rec.state, None)
+                    self._answering[rec.source_id] = asyncio.Event()
+                    try:
+                        await self._refresh_auth()
+                        await self._start_source(rec)
+                    except BaseException:
+                        self.answer_ended(rec.source_id)  # no answer will carry its secret
+                        raise
+                    logger.info(
+                        "source %s (%s) registered for %s",
+                        rec.name,
+                        rec.source_id,
+                        rec.redacted_url,
+                    )
+                    return rec, secret, False
                 retry = (same.database_url, same.max_shapes, same.max_initial_syncs) == (
                     url,
                     shapes_limit,
@@ -280,27 +311,37 @@ class SourceManager:
                 )
                 if same.secret_delivered or not retry:
                     raise _duplicate(same, retry)
-                rec = store.rotate_secret(same.source_id, secret_hash, 0)
-                self.records[rec.source_id] = rec
-                self._revoke(rec.source_id)
-                self._revoke_at_expiry(rec)
-                await self._refresh_auth()
-                logger.info(
-                    "source %s (%s): created again (the first answer was not sent): new secret",
-                    rec.name,
-                    rec.source_id,
-                )
-                return rec, secret, True
-            rec = store.create(
-                name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
-            )
-            self.records[rec.source_id] = rec
-            self._ever_registered = True
-            self._persisted[rec.source_id] = (rec.state, None)
-            await self._refresh_auth()
-            await self._start_source(rec)
-        logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
-        return rec, secret, False
+                answering = self._answering.get(same.source_id)
+                if answering is None:
+                    rec = store.rotate_secret(same.source_id, secret_hash, 0)
+                    self.records[rec.source_id] = rec
+                    self._answering[rec.source_id] = asyncio.Event()
+                    self._revoke(rec.source_id)
+                    self._revoke_at_expiry(rec)
+                    await self._refresh_auth()
+                    logger.info(
+                        "source %s (%s): created again, its first answer unsent: new secret",
+                        rec.name,
+                        rec.source_id,
+                    )
+                    return rec, secret, True
+            # The same creation is being answered right now (a double submit, a retry
+            # before the first gave up): its secret must not be replaced under it. Wait
+            # for that answer, then it is a 409 (sent) or this one takes over (not sent).
+            try:
+                async with asyncio.timeout(ANSWER_WAIT):
+                    await answering.wait()
+            except TimeoutError:
+                break
+        assert same is not None
+        raise _duplicate(same, True, busy=True)
+
+    def answer_ended(self, source_id: str) -> None:
+        """The request that created the source (or gave it a new secret on a retry) is
+        over, its answer sent (`secret_delivered` first) or not."""
+        event = self._answering.pop(source_id, None)
+        if event is not None:
+            event.set()
 
     def secret_delivered(self, source_id: str) -> None:
         """The answer carrying a secret of the source was sent: a retry of its creation is

@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.proxy.proxy_fakes import KeyPair, now
+from tests.proxy.proxy_fakes import FakeIdp, KeyPair, now
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 
@@ -370,3 +370,26 @@ async def test_a_date_no_float_holds_is_a_401_not_a_500(
     reply = await proxy.get(SHAPE, token=proxy.tokens.make(**{claim: value}))
     assert_refused(reply, 401, "invalid_claims", proxy)
     assert reply.json()["message"] == f"the token {claim} claim is out of range"
+
+
+@pytest.mark.parametrize("kid", ["key-1", "key-2"])
+async def test_keys_named_by_the_token_are_never_used(
+    proxy: Any, other_key: KeyPair, aiohttp_server: Any, kid: str
+) -> None:
+    """A token signed with the attacker's key, which it embeds (`jwk`, `x5c`) and points at
+    (`jku`, `x5u` on a server serving that key): only the issuer's own JWKS is consulted, and
+    the attacker's server is never asked. A guard (RFC 8725 §3.10)."""
+    attacker = FakeIdp(keys=[KeyPair(kid, other_key.private)])
+    server = await aiohttp_server(attacker.app(), access_log=None)
+    url = str(server.make_url("/jwks.json"))
+    headers = {
+        "kid": kid,
+        "jwk": KeyPair(kid, other_key.private).public_jwk(),
+        "jku": url,
+        "x5u": url,
+        "x5c": ["MIIB"],
+    }
+    token = proxy.tokens.make(key=other_key, headers=headers, role="admin")
+    reason = "invalid_signature" if kid == "key-1" else "unknown_key"
+    assert_refused(await proxy.get(SHAPE, token=token), 401, reason, proxy)
+    assert attacker.fetches == 0
