@@ -491,9 +491,12 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     try:
         stmt = where_parse.parse_clause(clause, _ORDER_BY_PREFIX)
     except WhereError as exc:
+        if "nested too deeply" in str(exc):  # (the proxy's own, lower, limit: its words)
+            raise BadShapeRequest("too_deep", too_deep_message(what)) from None
         raise BadShapeRequest("invalid_order_by", str(exc)) from None
     if stmt.whereClause is not None or not stmt.sortClause:
         raise BadShapeRequest("invalid_order_by", "malformed query ending with SQL clauses")
+    _check_depth(stmt.sortClause, what)
     for item in stmt.sortClause:
         _check_sort_item(item, allowed_columns, what)
     return ", ".join(_deparse(item, what) for item in stmt.sortClause)

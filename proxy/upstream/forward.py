@@ -79,6 +79,9 @@ class Target:
     handle: str | None = None
     #: offset=-1 or now: the answer names whatever handle is current for the definition.
     initial: bool = False
+    #: When the caller's token expires (wall clock; None: anonymous): a shared SSE stream
+    #: ends cleanly then, and the client reconnects with a fresh token (or gets its 401).
+    deadline: float | None = None
 
 
 #: Admits one new engine request (per-principal limits): raises 429/503, or returns the
@@ -147,7 +150,10 @@ class Forwarder:
             return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
         key: CacheKey = (
-            "GET",
+            # (an answer every caller shares keeps the engine's public cache headers, one
+            # private to its caller does not: never one for the other, though the URL is
+            # the same, e.g. a named shape and a table rule reading the same rows)
+            "GET" if target.shared else "GET private",
             target.url_text,
             headers.get("Accept-Encoding", ""),
             headers.get("Accept", ""),
@@ -488,7 +494,13 @@ class Forwarder:
                 self.metrics.collapsed_request()
             try:
                 result = await sse.serve(
-                    stream, request, spec, options, joined=joined, started=started
+                    stream,
+                    request,
+                    spec,
+                    options,
+                    joined=joined,
+                    started=started,
+                    deadline=target.deadline,
                 )
             finally:
                 self._streams.leave(stream)

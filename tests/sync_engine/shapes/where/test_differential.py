@@ -607,6 +607,10 @@ REGRESSIONS = [
     # a numeric's scale is never negative: 1e3 and f8 1e15 as numeric have scale 0, so
     # times 1.5 they print '.0' (Decimal kept exponents 3 and 15)
     "(1e3 * num)::text LIKE '%.%' OR (f8::numeric * 1.5)::text LIKE '%.0'",
+    # a NULL the planner leaves to run per row (the cast reads TimeZone) does not spare the
+    # other operand: tz - tz fails on an infinite tz (seed 85 of test_special_values.py)
+    "CAST(CAST('infinity' AS timestamptz) AS time) + (tz - tz) IS NULL",
+    "(tz - tz) + CAST(CAST('infinity' AS timestamptz) AS time) IS NULL",
 ]
 
 

@@ -16,7 +16,6 @@ import psycopg
 import pytest
 from psycopg import sql as pgsql
 
-from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import parse_where
 from tests.sync_engine.shapes.where.columns import column_map
 
@@ -35,7 +34,9 @@ def test_string_constants_read_back_exactly(db_url: str, conforming: str) -> Non
                 pgsql.Identifier(str(dbname)), pgsql.SQL(conforming)
             )
         )
-    with psycopg.connect(with_display_settings(db_url), autocommit=True) as conn:
+    # (not the engine's session settings, which now set it on whatever the database says:
+    # the deparse must not depend on that)
+    with psycopg.connect(db_url, autocommit=True) as conn:
         assert conn.execute("SHOW standard_conforming_strings").fetchone() == (conforming,)
         conn.execute("CREATE TABLE d (id int PRIMARY KEY, t text)")
         with conn.cursor() as cur:
