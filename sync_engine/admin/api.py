@@ -23,6 +23,7 @@ import hmac
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -142,6 +143,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(status, exc.code, exc.message, field, source_id=sid)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", f"request body is larger than {MAX_BODY} bytes")
+    except sqlite3.Error as exc:  # a full disk, an I/O error: the store is as it was
+        logger.warning("admin request %s %s: sources.db not written: %s", request.method,
+                       request.path, exc)  # fmt: skip
+        resp = _error(
+            503,
+            "store_unavailable",
+            f"the engine could not write its sources registry (sources.db in its data"
+            f" directory): {exc}; nothing was changed. Free space there and retry.",
+        )
+        resp.headers["retry-after"] = "10"
+        return resp
     except (RequestPayloadError, BadHttpMessage):  # cut short, bad chunking
         return _error(400, "invalid_request", "the request body could not be read")
     except web.HTTPException as exc:
