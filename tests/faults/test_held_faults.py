@@ -45,10 +45,7 @@ def _sql(url: str, statements: str) -> None:
         conn.execute(statements.encode())
 
 
-SENT = (
-    "SELECT coalesce(bool_and(sent_lsn >= pg_current_wal_lsn()), false)"
-    " FROM pg_stat_replication"
-)
+SENT = "SELECT coalesce(bool_and(sent_lsn >= pg_current_wal_lsn()), false) FROM pg_stat_replication"
 
 
 def _refused(url: str) -> bool:
@@ -118,8 +115,7 @@ async def test_a_change_before_a_held_one_cut_back_by_a_full_disk_is_not_lost(
             # B used to show up alone here, A never after it
             try:
                 await wait_until_async(
-                    lambda: follower.rows.get('"public"."items"/"2"', {}).get("t")
-                    == "Jan 2 2024",
+                    lambda: follower.rows.get('"public"."items"/"2"', {}).get("t") == "Jan 2 2024",
                     timeout=5,
                     message="B served while the disk is full",
                 )
