@@ -204,6 +204,8 @@ CASES = [
 async def test_damaged_files_are_never_served(
     pg: FaultCluster, tmp_path: Path, when: str, target: str, how: str
 ) -> None:
+    if how == "chmod 000" and shutil.which("setpriv") is None:
+        pytest.skip("needs setpriv (util-linux) to run the engine without CAP_DAC_OVERRIDE")
     db = Db(pg)
     for table in ("d", "o"):
         db.query(f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)")
@@ -212,7 +214,8 @@ async def test_damaged_files_are_never_served(
     data.mkdir()
     engine = EngineProcess(
         db.url, data, "--long-poll-timeout", "1", "--chunk-bytes", "1500",
-        "--replication-stream-id", db.name, wrapper=NO_DAC_OVERRIDE,
+        "--replication-stream-id", db.name,
+        wrapper=NO_DAC_OVERRIDE if shutil.which("setpriv") else (),
     )  # fmt: skip
     await asyncio.to_thread(engine.start)
     npm = NpmClient(engine.url, "d")
