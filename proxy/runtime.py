@@ -60,6 +60,9 @@ class Prepared:
     handle: str | None
     initial: bool
     expires: float  # the token's exp (wall clock), or the cache TTL when anonymous
+    #: The token's `exp` (wall clock); None for an anonymous request. A live answer (an SSE
+    #: stream) is not given past it.
+    token_exp: float | None = None
     #: The per-principal limits of the rule that allowed it (`proxy.limits`).
     limits: LimitSettings = field(default_factory=LimitSettings)
     #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.

@@ -1,9 +1,11 @@
 """Verify a bearer JWT and return its claims.
 
 Per issuer: pinned algorithms (never the token header's word alone), exact `iss` and `aud`,
-`exp` required, `nbf`/`iat` checked with leeway, a maximum lifetime (`exp - iat`), an optional
-`typ`. The issuer is read from the unverified payload only to pick the key set, which is
-allowed (RFC 8725 §3.2: key selection) because the signature and `iss` are then verified.
+`exp` and a non-empty `sub` required (the subject is who the proxy serves: per-principal
+limits, logs and `{{sub}}` filters all need it; RFC 9068 and OpenID Connect require it
+too), `nbf`/`iat` checked with leeway, a maximum lifetime (`exp - iat`), an optional `typ`.
+The issuer is read from the unverified payload only to pick the key set, which is allowed
+(RFC 8725 §3.2: key selection) because the signature and `iss` are then verified.
 
 Verified tokens are cached by SHA-256 of the token until their `exp` (or the cache TTL), so
 the signature check runs once per token rather than once per long-poll.
@@ -15,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -90,6 +93,9 @@ _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 
 def _translate(exc: Exception) -> Unauthenticated:
+    if isinstance(exc, jwt.MissingRequiredClaimError) and exc.claim in _NAMED_CLAIMS:
+        # (a registered or configured claim name, never a value: safe to say which)
+        return Unauthenticated("missing_claim", f"the token lacks the required {exc.claim} claim")
     if isinstance(exc, jwt.DecodeError) and "crypto padding" in str(exc):
         # The signature segment is not valid base64url (one character changed or cut):
         # the same answer as a signature that decodes but does not match.
@@ -98,6 +104,13 @@ def _translate(exc: Exception) -> Unauthenticated:
         if isinstance(exc, cls):
             return Unauthenticated(reason, message)
     return Unauthenticated("invalid_token", "the token is malformed or invalid")
+
+
+#: Claims every token must carry, whatever the issuer's `require:` adds.
+_ALWAYS_REQUIRED = ("exp", "iss", "aud", "sub")
+#: Claim names a refusal may name (the registered ones; a configured `require:` name is
+#: the operator's, and said as "a required claim").
+_NAMED_CLAIMS = frozenset({"exp", "iss", "aud", "sub", "iat", "nbf", "jti"})
 
 
 def _media_type(value: str) -> str:
@@ -124,17 +137,29 @@ def _no_constant(name: str) -> Any:
 
 def _json_object(segment: str) -> dict[str, Any]:
     """A token's header or payload as RFC 7519 has it (section 7.2): base64url of UTF-8 JSON
-    (RFC 8259: no NaN), an object, no member name twice (ValueError otherwise)."""
+    (RFC 8259: no NaN), an object, no member name twice, no string that is not Unicode text
+    (a lone surrogate escaped as `\\ud800`: I-JSON, RFC 7493, forbids it; the proxy would
+    otherwise bind "org-\\ud800a" as "org-a", the surrogate dropped on the way to the engine)
+    (ValueError otherwise)."""
     try:
         raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
         value = json.loads(
             raw.decode("utf-8"), object_pairs_hook=_no_repeats, parse_constant=_no_constant
         )
-    except (binascii.Error, UnicodeDecodeError, RecursionError) as exc:
+        if b"\\u" in raw:  # (only an escape can spell a surrogate)
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (binascii.Error, UnicodeError, RecursionError) as exc:
         raise ValueError(str(exc)) from None
     if not isinstance(value, dict):
         raise ValueError("not an object")
     return value
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 #: The registered claims that are NumericDates (RFC 7519 section 2): JSON numbers. pyjwt
@@ -157,10 +182,16 @@ def _strict(token: str) -> None:
         raise Unauthenticated("invalid_token", "the token is malformed or invalid") from None
     for name in _DATES:
         value = payload.get(name)
-        if name in payload and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if name not in payload:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
             if name == "exp":
                 raise Unauthenticated("invalid_token", "the token exp claim is not a number")
             raise Unauthenticated("invalid_claims", f"the token {name} claim must be a number")
+        if not _finite(value):
+            # (JSON allows any number of digits: `"exp": 1e999` reads as infinity, a
+            # 400-digit integer as one no float holds, and every deadline is a float)
+            raise Unauthenticated("invalid_claims", f"the token {name} claim is out of range")
 
 
 class TokenVerifier:
@@ -236,7 +267,7 @@ class TokenVerifier:
         if kid is not None and not isinstance(kid, str):
             raise Unauthenticated("invalid_token", "the token is malformed or invalid")
         key = await issuer.keys.get_key(kid, algorithm)
-        required = ["exp", "iss", "aud", *config.require]
+        required = [*_ALWAYS_REQUIRED, *config.require]
         if config.max_lifetime is not None:
             required.append("iat")
         try:
@@ -253,6 +284,9 @@ class TokenVerifier:
             raise _translate(exc) from None
         if not isinstance(claims.get("exp"), int | float):
             raise Unauthenticated("invalid_token", "the token exp claim is not a number")
+        if not claims["sub"]:
+            # (pyjwt checks it is a string; an empty one names nobody)
+            raise Unauthenticated("invalid_claims", "the token sub claim must not be empty")
         if config.max_lifetime is not None:
             iat = claims.get("iat")
             if not isinstance(iat, int | float) or claims["exp"] - iat > config.max_lifetime:

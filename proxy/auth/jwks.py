@@ -9,7 +9,11 @@ Behaviour:
 - an unknown `kid` triggers at most one refetch per `refetch_cooldown` seconds;
 - fetches are single-flight: concurrent callers wait for the same fetch;
 - a failed fetch keeps the last good key set (stale-if-error) and is not retried for
-  `error_backoff` seconds, so a down IdP costs at most one request per backoff period;
+  `error_backoff` seconds, so a down IdP costs at most one request per backoff period; but
+  for `max_stale` (24 h) at most: keys the issuer may have revoked meanwhile do not work for
+  ever, the issuer is then unavailable (503) until it answers again;
+- a key set the issuer publishes without a usable signing key (`{"keys": []}`) is the issuer's
+  word, not a failed fetch: every token of its old keys stops working;
 - a fetched key set that drops a key, or changes one (same kid, other material), calls the
   `on_keys_changed` listeners at once: whatever remembers tokens verified with the old set
   (the verified-token cache, the prepared-request cache) must forget them, or a removed key
@@ -35,6 +39,8 @@ from proxy.errors import ServiceUnavailable, Unauthenticated
 
 logger = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1024 * 1024
+#: How long the last good key set is served while every fetch fails (dioxus-clerk's figure).
+MAX_STALE = 24 * 3600.0
 
 
 class JwksCache:
@@ -51,6 +57,7 @@ class JwksCache:
         error_backoff: float = 10,
         clock: Callable[[], float] = time.monotonic,
         on_fetch: Callable[[str], None] | None = None,
+        max_stale: float = MAX_STALE,
     ) -> None:
         self.url = url
         self._session = session
@@ -58,6 +65,7 @@ class JwksCache:
         self._cooldown = refetch_cooldown
         self._timeout = timeout
         self._error_backoff = min(error_backoff, ttl)
+        self._max_stale = max(max_stale, ttl)
         self._clock = clock
         self._on_fetch = on_fetch or (lambda _result: None)
         self._keys: dict[str | None, dict[str, Any]] = {}
@@ -92,6 +100,11 @@ class JwksCache:
         now = self._clock()
         if self._needs_refresh(now):
             await self._refresh()
+        if self._fetched_at is not None and self._clock() - self._fetched_at > self._max_stale:
+            # Every fetch failed for that long: the keys may have been revoked meanwhile.
+            raise ServiceUnavailable(
+                "keys_unavailable", "the token issuer's keys cannot be fetched", retry_after=5
+            )
         jwk = self._lookup(kid)
         if jwk is None and self._clock() - self._last_unknown_refetch >= self._cooldown:
             self._last_unknown_refetch = self._clock()
@@ -178,7 +191,11 @@ class JwksCache:
 
 
 def parse_jwks(raw: bytes) -> dict[str | None, dict[str, Any]]:
-    """Usable signing keys of a JWKS document by kid; symmetric (`oct`) keys are ignored."""
+    """Usable signing keys of a JWKS document by kid; symmetric (`oct`) keys are ignored.
+
+    A document with none (`{"keys": []}`, or only encryption keys) is an empty key set: the
+    issuer's word that no token of its old keys is good any more (ValueError is for what is
+    no JWKS document at all)."""
     data = json.loads(raw)
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
         raise ValueError("not a JWKS document")
@@ -193,6 +210,4 @@ def parse_jwks(raw: bytes) -> dict[str | None, dict[str, Any]]:
         except PyJWTError:
             continue
         keys[jwk.get("kid")] = jwk
-    if not keys:
-        raise ValueError("JWKS document has no usable signing keys")
     return keys

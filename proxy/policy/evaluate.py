@@ -216,11 +216,24 @@ def _matches(claims: Claims, when: Mapping[str, ClaimMatch], *, deny: bool = Fal
 
 
 def _text_param(value: object, path: str) -> str:
+    if isinstance(value, float) and value.is_integer():
+        # JSON has one kind of number: `7.0` is the number 7 (as conditions read it), bound
+        # as "7" so an integer column reads it (it refused "7.0") and a text one matches "7".
+        value = int(value)
     text = _norm(value)
     if "\x00" in text:
         # Postgres text holds no NUL: the engine would refuse the params, in words about
         # params the client never sent.
         raise Forbidden("claim_unusable", f"claim {path!r} holds a NUL character")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (`"\ud800"` in the token's JSON): no UTF-8 text, and the URL
+            # builder drops it, so "org-\ud800a" was bound as "org-a", another org's value.
+            raise Forbidden(
+                "claim_unusable", f"claim {path!r} is not valid Unicode text"
+            ) from None
     return text
 
 
@@ -249,6 +262,15 @@ def _param_from_claim(claims: Claims, path: str) -> str:
         return _pg_array(value, path)
     if isinstance(value, dict):
         raise Forbidden("claim_unusable", f"claim {path!r} is an object, not a value")
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+        # Bound where the filter wants an array (`= ANY({{orgs}})`), Postgres would read this
+        # text as an array literal (`{org-a,org-b}`): a one-value claim holding many. A list
+        # must come as a JSON array (bound element by element, each quoted).
+        raise Forbidden(
+            "claim_unusable",
+            f"the token's {path!r} claim is text in Postgres's array syntax; "
+            "a list claim must be a JSON array",
+        )
     return _text_param(value, path)
 
 

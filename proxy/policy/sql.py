@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 from pglast import ast, parse_sql
-from pglast.enums import BoolExprType
-from pglast.parser import ParseError, parse_sql_json
+from pglast.enums import BoolExprType, SortByDir
+from pglast.parser import ParseError, parse_sql_json, scan
 from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
@@ -26,6 +26,7 @@ from sync_engine.pg.identifiers import parse_columns, parse_relation
 from sync_engine.shapes.where import check_where_constructs, guarded_and
 from sync_engine.shapes.where import parse as where_parse
 from sync_engine.shapes.where.errors import WhereError
+from sync_engine.shapes.where.parse import construct_name
 
 MAX_CLAUSE_LENGTH = 4096
 #: Where pglast parses a client clause: locations in it minus this are the client's (as the
@@ -62,6 +63,7 @@ _ALLOWED_NODES = frozenset(
         "A_ArrayExpr",
         "CoalesceExpr",
         "SortBy",
+        "CollateClause",
     }
 )
 
@@ -173,6 +175,7 @@ def _parse_select(sql: str) -> ast.SelectStmt:
         "valuesLists",
         "limitCount",
         "limitOffset",
+        "sortClause",
         "intoClause",
         "larg",
         "rarg",
@@ -194,8 +197,6 @@ def _walk(node: object) -> Iterator[ast.Node]:
 
 #: Node types whose use the engine's own check decides (`_check_functions`).
 _ENGINE_CHECKED = frozenset({"FuncCall", "MinMaxExpr", "A_Indirection"})
-#: An ORDER BY list has no such check (the engine orders by plain columns): none of them.
-_ORDER_BY_NODES = _ALLOWED_NODES - _ENGINE_CHECKED - {"A_Indices"}
 
 
 def _check_tree(
@@ -237,9 +238,41 @@ def _check_functions(clause: str, what: str) -> None:
     (`check_where_constructs`) on the client's text. Only clauses with such nodes are
     checked; the rest are left to the engine, as before."""
     try:
-        check_where_constructs(clause)
+        check_where_constructs(without_collate(clause))
     except WhereError as exc:
         raise BadShapeRequest("invalid_where", str(exc), field=what.replace(" ", ".")) from None
+
+
+def _is_word(token: object) -> bool:
+    """An identifier or a keyword (a name may be either: `COLLATE ucs_basic`, `"C"`)."""
+    name = getattr(token, "name", "")
+    return name == "IDENT" or getattr(token, "kind", "") != "NO_KEYWORD"
+
+
+def without_collate(clause: str) -> str:
+    """`clause` with each `COLLATE <name>` blanked out (spaces, so every other location in it
+    stays where it was), for the engine's schema-free check (`check_where_constructs`), which
+    refuses COLLATE outright: which collations the engine evaluates exactly is known only
+    with the table (`parse_where` decides then, refusing the others in its own words)."""
+    if "collate" not in clause.lower():
+        return clause
+    try:
+        tokens = scan(clause)
+    except ParseError:
+        return clause  # (the check then refuses it in the engine's words)
+    chars = list(clause)
+    names = [i for i, token in enumerate(tokens) if token.name == "COLLATE"]
+    for i in names:
+        last = i + 1  # the collation's name: one word, or words joined by dots
+        if last >= len(tokens) or not _is_word(tokens[last]):
+            continue  # (not a COLLATE clause the parser accepted: left to the check)
+        while last + 2 < len(tokens) and tokens[last + 1].name == "ASCII_46":
+            if not _is_word(tokens[last + 2]):
+                break
+            last += 2
+        for at in range(tokens[i].start, tokens[last].end + 1):
+            chars[at] = " "
+    return "".join(chars)
 
 
 def _refuse_nul(clause: str, what: str) -> None:
@@ -439,32 +472,75 @@ def tables_read_by(clause: str, *, order_by: bool = False) -> tuple[tuple[str, s
     )
 
 
+#: Where pglast parses a client ORDER BY list (as the engine does).
+_ORDER_BY_PREFIX = "SELECT 1 ORDER BY "
+
+
 def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what: str) -> str:
-    """Validate a client `ORDER BY` list and return it deparsed."""
+    """Validate a client `ORDER BY` list and return it deparsed.
+
+    The engine orders by plain columns only (`sync_engine.shapes.where.clause.
+    parse_order_by`), each `ASC`/`DESC`, `NULLS FIRST`/`LAST`: the proxy accepts exactly that,
+    and refuses the rest in the engine's words, read by the engine's parser (so an
+    expression, a subquery, a position like `2`, a parameter never reach it); a plain column
+    the rule hides is a 403, named or not (whether it exists is not told).
+    """
     if len(clause) > MAX_CLAUSE_LENGTH:
         raise BadShapeRequest("order_by_too_long", f"{what} is too long")
     _refuse_nul(clause, what)
     try:
-        stmts = parse_sql(f"SELECT 1 ORDER BY {clause}")
-    except ParseError:
-        raise BadShapeRequest("invalid_order_by", f"{what} does not parse") from None
-    stmt = stmts[0].stmt if len(stmts) == 1 else None
-    if not isinstance(stmt, ast.SelectStmt) or stmt.whereClause or not stmt.sortClause:
-        raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
-    if stmt.fromClause or stmt.limitCount or stmt.limitOffset or stmt.lockingClause or stmt.op:
-        raise BadShapeRequest("invalid_order_by", f"{what} must be an ORDER BY list")
+        stmt = where_parse.parse_clause(clause, _ORDER_BY_PREFIX)
+    except WhereError as exc:
+        if "nested too deeply" in str(exc):  # (the proxy's own, lower, limit: its words)
+            raise BadShapeRequest("too_deep", too_deep_message(what)) from None
+        raise BadShapeRequest("invalid_order_by", str(exc)) from None
+    if stmt.whereClause is not None or not stmt.sortClause:
+        raise BadShapeRequest("invalid_order_by", "malformed query ending with SQL clauses")
     _check_depth(stmt.sortClause, what)
-    refs, _ = _check_tree(stmt.sortClause, allowed_columns, what, _ORDER_BY_NODES)
-    if refs:
-        raise BadShapeRequest("invalid_order_by", f"{what} may not use parameters")
     for item in stmt.sortClause:
-        if isinstance(item.node, ast.A_Const):
-            # `ORDER BY 2` names the second column of the SELECT, whichever it is: the
-            # column check above never sees it. (The engine refuses it too, in these words.)
-            raise BadShapeRequest(
-                "invalid_order_by", "A_Const expressions are not allowed in ORDER BY clauses"
-            )
+        _check_sort_item(item, allowed_columns, what)
     return ", ".join(_deparse(item, what) for item in stmt.sortClause)
+
+
+def _check_sort_item(item: ast.SortBy, allowed_columns: Collection[str] | None, what: str) -> None:
+    node = item.node
+    location = getattr(node, "location", None)
+    at = ""
+    if isinstance(location, int) and location >= len(_ORDER_BY_PREFIX):
+        at = f"At location {location - len(_ORDER_BY_PREFIX)}: "
+    if isinstance(node, ast.ParamRef):
+        message = f"{at}parameter ${node.number} is not supported in ORDER BY clauses"
+        raise BadShapeRequest("invalid_order_by", message)
+    if not isinstance(node, ast.ColumnRef):
+        message = f"{at}{construct_name(node)} expressions are not allowed in ORDER BY clauses"
+        raise BadShapeRequest("invalid_order_by", message)
+    names = [getattr(field, "sval", "*") for field in node.fields]
+    if len(names) != 1 or not isinstance(node.fields[0], ast.String):
+        raise BadShapeRequest("invalid_order_by", f"{at}unknown reference {'.'.join(names)}")
+    if allowed_columns is not None and names[0] not in allowed_columns:
+        raise Forbidden("column_not_allowed", f"{what}: column {names[0]!r} may not be referenced")
+    if item.sortby_dir == SortByDir.SORTBY_USING:
+        message = f"{at}ORDER BY ... USING is not allowed in ORDER BY clauses"
+        raise BadShapeRequest("invalid_order_by", message)
+
+
+#: Collations a policy filter may name: those the engine evaluates exactly on any database
+#: (code point order), so a filter that loads never fails a request for its collation.
+TEMPLATE_COLLATIONS = frozenset({"C", "POSIX"})
+
+
+def _check_template_collations(where: object) -> None:
+    for node in _walk(where):
+        if isinstance(node, ast.CollateClause):
+            names = [n.sval for n in node.collname]
+            if len(names) == 2 and names[0] == "pg_catalog":
+                names = names[1:]
+            if len(names) != 1 or names[0] not in TEMPLATE_COLLATIONS:
+                raise ValueError(
+                    f'COLLATE "{".".join(names)}" is not supported in a policy filter: only '
+                    'COLLATE "C" and "POSIX" are, which the engine evaluates exactly on any '
+                    "database (others depend on the database's locale)"
+                )
 
 
 def compile_template(template: str) -> CompiledTemplate:
@@ -488,6 +564,7 @@ def compile_template(template: str) -> CompiledTemplate:
     if "{{" in sql or "}}" in sql:
         raise ValueError("malformed {{claim}} placeholder")
     stmt = _parse_select(f"SELECT 1 WHERE {sql}")
+    _check_template_collations(stmt.whereClause)
     used = {node.number for node in _walk(stmt.whereClause) if isinstance(node, ast.ParamRef)}
     if used != set(range(1, len(paths) + 1)):
         raise ValueError(

@@ -37,7 +37,8 @@ from multidict import CIMultiDictProxy
 
 from proxy.upstream.headers import client_response_headers
 
-#: What identifies an upstream answer: (method, URL text, accept-encoding, accept, if-none-match).
+#: What identifies an upstream answer: (method, and "private" when it is its caller's only;
+#: URL text, accept-encoding, accept, if-none-match).
 CacheKey = tuple[str, str, str, str, str]
 
 #: Rough fixed cost of an entry (objects, key, header tuples) added to its body size.

@@ -27,10 +27,11 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from yarl import URL
 
+from proxy.errors import ProxyError
 from proxy.http.wire import Request
 from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
@@ -78,6 +79,9 @@ class Target:
     handle: str | None = None
     #: offset=-1 or now: the answer names whatever handle is current for the definition.
     initial: bool = False
+    #: When the caller's token expires (wall clock; None: anonymous): a shared SSE stream
+    #: ends cleanly then, and the client reconnects with a fresh token (or gets its 401).
+    deadline: float | None = None
 
 
 #: Admits one new engine request (per-principal limits): raises 429/503, or returns the
@@ -146,7 +150,10 @@ class Forwarder:
             return await self._admitted_direct(request, target, options, request_id, None, admit)
         headers = request.headers
         key: CacheKey = (
-            "GET",
+            # (an answer every caller shares keeps the engine's public cache headers, one
+            # private to its caller does not: never one for the other, though the URL is
+            # the same, e.g. a named shape and a table rule reading the same rows)
+            "GET" if target.shared else "GET private",
             target.url_text,
             headers.get("Accept-Encoding", ""),
             headers.get("Accept", ""),
@@ -456,11 +463,26 @@ class Forwarder:
         spec = sse.stream_spec(target.url, request.headers, target.shared, options)
         if spec is None:
             return None
-        for _ in range(3):  # a stream that ends as this client arrives: join the next one
-            permit = await admit() if admit is not None and spec.key not in self._streams else None
+        started: sse.Started | None = None
+        tries = 0
+        while tries < 3:  # a stream that ends as this client arrives: join the next one
+            tries += 1
+            try:
+                permit = (
+                    await admit() if admit is not None and spec.key not in self._streams else None
+                )
+            except ProxyError:
+                if started is None:
+                    raise
+                # (its headers went out: it ends cleanly, and is refused when it reconnects)
+                return await sse.end_started(request, started)
+            # (a client going on from an earlier stream opens the next from where it is)
+            opening = target if started is None else replace(
+                target, url=target.url.update_query(offset=spec.offset)
+            )  # fmt: skip
             stream, joined = self._streams.join(
                 spec,
-                lambda: self._open_shared(request, target, options, request_id),
+                functools.partial(self._open_shared, request, opening, options, request_id),
                 lambda upstream: self.head(upstream, options, target, cacheable=False),
             )
             if permit is not None:
@@ -471,15 +493,29 @@ class Forwarder:
             if joined:
                 self.metrics.collapsed_request()
             try:
-                result = await sse.serve(stream, request, spec, options, joined=joined)
+                result = await sse.serve(
+                    stream,
+                    request,
+                    spec,
+                    options,
+                    joined=joined,
+                    started=started,
+                    deadline=target.deadline,
+                )
             finally:
                 self._streams.leave(stream)
             if isinstance(result, Outcome):
                 return result
-            if result is sse.Result.DIRECT:
+            if isinstance(result, sse.Continue):
+                spec, started, tries = result.spec, result.started, 0
+            elif started is not None:  # (RETRY: the next stream, as any client)
+                continue
+            elif result is sse.Result.DIRECT:
                 return None
-            if result is sse.Result.BEHIND:
+            elif result is sse.Result.BEHIND:
                 spec = sse.behind(spec)  # a catch-up stream, then that one
+        if started is not None:  # (three streams ended as it arrived: it ends too)
+            return await sse.end_started(request, started)
         return None
 
     async def _open_shared(

@@ -20,9 +20,9 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
   from its offset (shared with any client behind at that same offset), which the engine
   answers with the catch-up, then live; as soon as that stream has delivered a whole batch
   that the shape's stream can take on from (an up-to-date within or ahead of what it
-  remembers), it ends cleanly (its engine request too): the client reconnects from that
-  up-to-date and joins the shape's stream. Else the engine would hold one more stream for
-  the whole SSE timeout (it no longer ends a stream after the catch-up);
+  remembers), it ends (its engine request too) and its clients' responses go on, on the
+  shape's stream, from that up-to-date (as below). Else the engine would hold one more
+  stream for the whole SSE timeout (it no longer ends a stream after the catch-up);
 - an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
   `content-encoding`) is shared only by requests identical to the first, offset included,
   each getting every byte of it from the start; any other goes to the engine on its own;
@@ -32,10 +32,19 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
 
 The stream lives as long as the engine's (the engine ends it after its SSE timeout, or when
 the shape rotates); then every client's stream ends cleanly and each reconnects, usually all
-to the next shared stream. An engine answer other than a 200 event stream (409 must-refetch,
-400, 503...) is given only to the clients whose request was identical, offset included; the
-others are retried. Events are written straight to each client's transport in one loop (no
-task wakes per client), framed once per read for every client.
+to the next shared stream; but a client whose response began less than `MIN_CLIENT_STREAM`
+ago (it joined just before the end, or came through a catch-up stream) is not ended: its
+response goes on, on the shape's next stream, from the last event it had (`Continue`),
+opening that stream if nobody has. Electric's client takes three streams shorter than 1 s in
+a row for a buffering proxy and falls back to long-polling for good; the engine's own
+streams each last its SSE timeout. If the next stream cannot take it (the engine answers a
+409 after a rotation, or the stream starts past it), the response ends cleanly there and
+the client reconnects and gets that answer.
+
+An engine answer other than a 200 event stream (409 must-refetch, 400, 503...) is given
+only to the clients whose request was identical, offset included; the others are retried.
+Events are written straight to each client's transport in one loop (no task wakes per
+client), framed once per read for every client.
 """
 
 from __future__ import annotations
@@ -62,9 +71,6 @@ from proxy.upstream.sse_events import INF_OP, Event, EventParser, Key, Positions
 
 logger = logging.getLogger(__name__)
 
-#: The engine's SSE header naming the log's last entry when the stream opened (its
-#: `electric-offset` is the client's own offset; `sync_engine.http.headers.LOG_END_HEADER`).
-LOG_END_HEADER = "shapegate-log-end"
 
 #: Recent events a stream keeps for clients joining behind it (bytes, and count).
 HISTORY_BYTES = 2 * 1024 * 1024
@@ -76,6 +82,13 @@ LAG_LIMIT = 256 * 1024
 SEND_BUFFER = 256 * 1024
 #: A non-200 engine answer is read whole to be shared; a larger one fails the stream.
 ERROR_BODY_LIMIT = 1024 * 1024
+#: Seconds a client's stream lasts at least: when the engine stream it reads ends sooner
+#: after the client joined (it joined just before the engine's SSE timeout, or read a
+#: catch-up stream that handed it over), the client's response goes on, on the next stream
+#: of its shape from its position. Electric's client (1.5.28: 1 s, measured from its
+#: request) counts shorter streams and after three in a row falls back to long-polling for
+#: good, taking them for a buffering proxy.
+MIN_CLIENT_STREAM = 2.0
 #: Query parameters that place a request in the log (per client), or that the engine ignores
 #: (`cache-buster`, `expired_handle`: Electric drops unknown parameters, so they never change
 #: its answer). Every other parameter is part of what clients must share to share a stream.
@@ -100,6 +113,25 @@ class Result(Enum):
     BEHIND = "behind"  # behind what the stream remembers: a catch-up stream (`behind`)
 
 
+@dataclass(slots=True)
+class Started:
+    """A client's response whose headers went out: it goes on over the next stream."""
+
+    response: StreamResponse
+    outcome: Outcome
+    chunked: bool
+    since: float  # (monotonic) when its headers went out
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """The stream a client read ended too soon after it joined (`MIN_CLIENT_STREAM`): its
+    response goes on, on the stream of `spec` (its shape's, from where the client is)."""
+
+    spec: StreamSpec
+    started: Started
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
     """One client's SSE request: what it shares with others (`key`) and what is its own."""
@@ -112,6 +144,14 @@ class StreamSpec:
     cursor: int
     #: A catch-up stream's: the key of the stream its clients go on to once caught up.
     handover: tuple[object, ...] | None = None
+
+
+def key_offset(key: Key) -> str | None:
+    """The `offset` that names position `key` (None for a key between positions)."""
+    tx, op, n = key
+    if n != 0 or tx <= 0:
+        return None
+    return f"{tx}_0" if op == INF_OP else f"{tx}_{op}"
 
 
 def behind(spec: StreamSpec) -> StreamSpec:
@@ -235,14 +275,13 @@ class SharedStream:
     # --- positions ---------------------------------------------------------------------
 
     def learn_head(self, head: Head) -> None:
-        """The engine's `shapegate-log-end` (an older engine: `electric-offset`) names the
-        log's last entry when the stream opened, a transaction's end."""
-        latest = offset_key(head.get(LOG_END_HEADER) or head.get("electric-offset") or "")
+        """The engine's SSE ETag names the log's last entry when the stream opened, a
+        transaction's end (`log_end`): no op of its transaction comes after it."""
+        latest = offset_key(log_end(head) or "")
         if latest is None:
             return
         tx, op, _ = latest
         if tx > 0 and op < INF_OP:
-            # max(request offset, log's last entry): no op of `tx` comes after `op`.
             self.positions.transaction_ends(tx, op)
 
     def can_join(self, position: Key) -> bool:
@@ -373,9 +412,13 @@ class SharedStream:
                 self.subscribers.add(sub)
 
     def end(self, reason: str) -> None:
-        """The engine stream is over: every client's ends too."""
+        """The engine stream is over: every client's ends too (its position: where it is)."""
         self.finished = True
-        for sub in self.subscribers | self._ahead:
+        last = self._last_key()
+        for sub in self.subscribers:
+            sub.position = last
+            sub.end(reason)
+        for sub in self._ahead:
             sub.end(reason)
         self.subscribers.clear()
         self._ahead.clear()
@@ -512,32 +555,23 @@ def _client_headers(head: Head, spec: StreamSpec) -> StreamResponse:
     response = StreamResponse(status=head.status, reason=head.reason)
     headers = response.headers
     headers.extend(head.response_headers)
-    headers.popall(LOG_END_HEADER, None)  # (the fan-out's, not the client's)
     if "electric-offset" in headers:
         headers["electric-offset"] = spec.offset
     if "electric-cursor" in headers:
         headers["electric-cursor"] = str(_next_cursor(headers["electric-cursor"], spec.cursor))
     if "etag" in headers:
-        # The engine's: `handle:offset:max(offset, log end at open):time`.
+        # The engine's: `handle:offset:log end at open:time`.
         handle = head.get("electric-handle") or ""
-        end = _later(spec.offset, head.get(LOG_END_HEADER))
+        end = log_end(head) or spec.offset
         headers["etag"] = f'"{handle}:{spec.offset}:{end}:{time.monotonic_ns()}"'
     return response
 
 
-def _later(offset: str, log_end: str | None) -> str:
-    """The later of two offsets as the engine orders them (`0_inf` after `0_0`), as text."""
-
-    def order(text: str) -> tuple[int, int] | None:
-        tx, sep, op = text.partition("_")
-        if not sep or not tx.isdigit() or not (op.isdigit() or op == "inf"):
-            return None
-        return int(tx), (1 << 64) if op == "inf" else int(op)
-
-    if log_end is None:
-        return offset
-    mine, theirs = order(offset), order(log_end)
-    return log_end if mine is not None and theirs is not None and theirs > mine else offset
+def log_end(head: Head) -> str | None:
+    """Where the log ended when the engine's SSE stream opened: the third field of its ETag,
+    `"handle:offset:log end:time"` (sync_engine/http/live.py); None if it has none."""
+    parts = (head.get("etag") or "").removeprefix("W/").strip('"').split(":")
+    return parts[2] if len(parts) == 4 else None
 
 
 def _next_cursor(engine_cursor: str, request_cursor: int) -> int:
@@ -559,11 +593,17 @@ async def serve(
     options: UpstreamOptions,
     *,
     joined: bool,
-) -> Outcome | Result:
-    """One client's side of a shared stream, or why it cannot have one."""
+    started: Started | None = None,
+    deadline: float | None = None,
+) -> Outcome | Result | Continue:
+    """One client's side of a shared stream, or why it cannot have one; `started`: the
+    client's response goes on from an earlier stream (`Continue`); `deadline` (wall clock):
+    its token's expiry, where its stream ends cleanly (never before `MIN_CLIENT_STREAM`)."""
     while stream.head is None and not stream.finished:
         await stream.changed()
     head = stream.head
+    if started is not None:
+        return await _go_on(stream, request, spec, started, deadline)
     identical = spec.offset == stream.offset
     if head is None:  # the engine request failed before any headers
         if not identical:
@@ -599,15 +639,78 @@ async def serve(
         transport.close()  # it reconnects from its offset and catches up
         outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
-    sub = stream.attach(transport, chunked, spec.position)
-    if sub is None:
+    started = Started(response, outcome, chunked, time.monotonic())
+    return await _read(stream, request, spec, started, deadline)
+
+
+async def _go_on(
+    stream: SharedStream,
+    request: Request,
+    spec: StreamSpec,
+    started: Started,
+    deadline: float | None,
+) -> Outcome | Result | Continue:
+    """A client's response, begun on an earlier stream, goes on on this one; where it cannot
+    (the engine answered otherwise: a 409 after a rotation, say), it ends cleanly there and
+    the client reconnects to get that answer."""
+    head = stream.head
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        started.outcome.failure = ("client_gone", "client_disconnected")
+        return started.outcome
+    if head is None or head.status != 200 or stream.raw or not stream.can_join(spec.position):
+        return await _finish(started.response, request, started.outcome, "ended")
+    if stream.finished and not stream.events_after(spec.position):
+        return Result.RETRY
+    return await _read(stream, request, spec, started, deadline)
+
+
+async def _read(
+    stream: SharedStream,
+    request: Request,
+    spec: StreamSpec,
+    started: Started,
+    deadline: float | None,
+) -> Outcome | Continue:
+    """A client's time on `stream`: what it missed, then every event until one of them
+    ends; a clean end too soon after the client's response began goes on (`Continue`).
+    At `deadline` (its token's expiry) it ends cleanly between two reads of the stream,
+    each written whole: the client buffers a batch until its up-to-date, so a batch cut
+    there is one it has not applied, and it reconnects from its last up-to-date."""
+    transport = request.transport
+    assert transport is not None
+    sub = stream.attach(transport, started.chunked, spec.position)
+    position = spec.position
+    if sub is None:  # (the stream is over: it got what it missed, if anything)
         reason = "ended"
+        last = stream._last_key()
+        if stream.positions.canonical(position) < last:
+            position = last
     else:
         try:
-            reason = await sub.done
+            if deadline is None:
+                reason = await sub.done
+            else:
+                # (a token that expired within its issuer's leeway still gets a stream that
+                # is not short: else its client reconnects at once, again and again)
+                lasted = time.monotonic() - started.since
+                wait = max(deadline - time.time(), MIN_CLIENT_STREAM - lasted)
+                await asyncio.wait((sub.done,), timeout=wait)
+                reason = sub.done.result() if sub.done.done() else "expired"
         finally:
             stream.remove(sub)
-    return await _finish(response, request, outcome, reason)
+        position = sub.position
+    if reason == "ended" and time.monotonic() - started.since < MIN_CLIENT_STREAM:
+        offset = key_offset(position) if position != spec.position else spec.offset
+        if offset is not None and not transport.is_closing():
+            key = spec.handover if spec.handover is not None else spec.key
+            return Continue(StreamSpec(key, offset, position, spec.cursor), started)
+    return await _finish(started.response, request, started.outcome, reason)
+
+
+async def end_started(request: Request, started: Started) -> Outcome:
+    """End a client's response begun on an earlier stream cleanly (it reconnects)."""
+    return await _finish(started.response, request, started.outcome, "ended")
 
 
 def _bound_send_buffer(transport: asyncio.BaseTransport) -> None:
@@ -624,7 +727,7 @@ async def _finish(
 ) -> Outcome:
     """End a client's stream the way its shared stream ended for it."""
     transport = request.transport
-    if reason == "ended":
+    if reason in ("ended", "expired"):
         try:
             await response.write_eof()
         except ConnectionError:

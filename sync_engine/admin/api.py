@@ -17,17 +17,23 @@ than the one that creates a secret.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from .. import __version__
+from ..http.parser_refusals import Refusal, RefusingApplication, RefusingRequestHandler
 from ..settings import Settings
 from ..tenants.errors import DuplicateName, InvalidInput, SourceError, UnknownSource
 from ..tenants.manager import SourceManager
@@ -39,6 +45,7 @@ MANAGER = web.AppKey("admin_source_manager", SourceManager)
 ADMIN_SETTINGS = web.AppKey("admin_settings", Settings)
 MAX_BODY = 64 * 1024
 MIN_TOKEN_LENGTH = 16
+_HOLD_ENV = "SHAPEGATE_TEST_HOLD_ADMIN"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,22 +71,65 @@ def _json(status: int, body: object, headers: dict[str, str] | None = None) -> w
     )
 
 
-def _error(status: int, code: str, message: str, field: str | None = None) -> web.Response:
+def _error(
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    *,
+    source_id: str | None = None,
+) -> web.Response:
     body: dict[str, Any] = {"error": code, "message": message}
     if field is not None:
         body["field"] = field
+    if source_id is not None:  # a 409 duplicate_name: the source that has the name
+        body["source_id"] = source_id
     return _json(status, body)
 
 
-@web.middleware
-async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    resp = await handler(request)
+def _secure(resp: web.StreamResponse) -> None:
     resp.headers.setdefault("cache-control", "no-store")
     resp.headers["x-content-type-options"] = "nosniff"
     resp.headers["x-frame-options"] = "DENY"
     resp.headers["referrer-policy"] = "no-referrer"
     resp.headers["content-security-policy"] = _CSP
+
+
+@web.middleware
+async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse:
+    resp = await handler(request)
+    if not resp.prepared:
+        _secure(resp)
     return resp
+
+
+async def _deliver(
+    request: web.Request, resp: web.Response, manager: SourceManager, source_id: str
+) -> web.Response:
+    """Send an answer carrying a source's secret, then record that it was sent: until
+    then a retry of the source's creation gets a new secret (`SourceManager.create`). Sent
+    means written to the connection; a client gone before that raises here (logged, no
+    answer) and leaves the source undelivered."""
+    _secure(resp)
+    await resp.prepare(request)
+    await resp.write_eof()
+    manager.secret_delivered(source_id)
+    return resp
+
+
+async def _hold_before_answer(point: str) -> None:
+    """Tests only: with SHAPEGATE_TEST_HOLD_ADMIN=<point>:<file>, write `file` at `point`
+    and wait there until it is removed (or the engine is killed there). Unset (production):
+    nothing."""
+    hold = os.environ.get(_HOLD_ENV)
+    if not hold:
+        return
+    where, _, path = hold.partition(":")
+    if where == point and path:
+        held = Path(path)
+        await asyncio.to_thread(held.write_text, point)
+        while await asyncio.to_thread(held.exists):  # noqa: ASYNC110 (a test's file)
+            await asyncio.sleep(0.05)
 
 
 @web.middleware
@@ -88,14 +138,23 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except SourceError as exc:
         status = next((v for k, v in _STATUS.items() if isinstance(exc, k)), 400)
-        return _error(status, exc.code, exc.message, getattr(exc, "field", None))
+        field, sid = getattr(exc, "field", None), getattr(exc, "source_id", None)
+        return _error(status, exc.code, exc.message, field, source_id=sid)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", f"request body is larger than {MAX_BODY} bytes")
+    except (RequestPayloadError, BadHttpMessage):  # cut short, bad chunking
+        return _error(400, "invalid_request", "the request body could not be read")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+            exc.status, "http_error"
+        )
         return _error(exc.status, code, exc.reason)
+    except ConnectionResetError:  # the client left before its answer was sent
+        logger.info("admin request %s %s: the client left before the answer", request.method,
+                    request.path)  # fmt: skip
+        return web.Response(status=499)
     except Exception:
         logger.exception("admin request %s %s failed", request.method, request.path)
         return _error(500, "internal_error", "internal error; see the engine's log")
@@ -111,7 +170,8 @@ def _token_middleware(token: str) -> Any:
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer":
                 value = request.headers.get("x-admin-token", "")
-            got = hashlib.sha256(value.strip().encode()).digest()
+            # a header's bytes that are not UTF-8 come as surrogates: back to those bytes
+            got = hashlib.sha256(value.strip().encode("utf-8", "surrogateescape")).digest()
             if not value or not hmac.compare_digest(got, want):
                 resp = _error(
                     401,
@@ -126,6 +186,11 @@ def _token_middleware(token: str) -> Any:
 
 
 async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise web.HTTPUnsupportedMediaType(
+            reason="the request body must be sent as is, without a Content-Encoding"
+        )
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -144,13 +209,27 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
     return data
 
 
+class _AdminConnection(RefusingRequestHandler):
+    """A connection of the admin listener: requests its HTTP parser refuses (a malformed
+    request line, a header over the limits, bad chunking) get the admin API's JSON error,
+    nothing of the request quoted, one INFO line (aiohttp answered text quoting the request's
+    first bytes and logged a traceback at ERROR)."""
+
+    __slots__ = ()
+
+    def refused(self, refusal: Refusal) -> web.StreamResponse:
+        return _error(refusal.status, refusal.reason, refusal.message)
+
+
 def build_admin_app(settings: Settings, manager: SourceManager) -> web.Application:
     """The admin app, sharing the engine app's `SourceManager` (`app[MANAGER]` there)."""
     token = settings.admin_token
     if not token or len(token) < MIN_TOKEN_LENGTH:
         raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} characters")
-    app = web.Application(
-        middlewares=[_headers, _errors, _token_middleware(token)], client_max_size=MAX_BODY
+    app = RefusingApplication(
+        _AdminConnection,
+        middlewares=[_headers, _errors, _token_middleware(token)],
+        client_max_size=MAX_BODY,
     )
     app[MANAGER] = manager
     app[ADMIN_SETTINGS] = settings
@@ -171,16 +250,26 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
 
     async def create_source(request: web.Request) -> web.StreamResponse:
         data = await _body(request, ("name", "database_url", "max_shapes", "max_initial_syncs"))
-        rec, secret = await manager.create(
+        rec, secret, again = await manager.create(
             data.get("name"),
             data.get("database_url"),
             data.get("max_shapes"),
             data.get("max_initial_syncs"),
         )
-        body = status(rec)
-        body["secret"] = secret
-        body["secret_notice"] = _ONCE
-        return _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
+        try:
+            body = status(rec)
+            body["secret"] = secret
+            body["secret_notice"] = _ONCE
+            if again:
+                body["secret_notice"] += (
+                    " This source was created by an earlier request whose answer was never"
+                    " sent; it has a new secret now."
+                )
+            await _hold_before_answer("create")
+            resp = _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
+            return await _deliver(request, resp, manager, rec.source_id)
+        finally:
+            manager.answer_ended(rec.source_id)
 
     async def show_source(request: web.Request) -> web.StreamResponse:
         return _json(200, status(manager.get(request.match_info["id"])))
@@ -193,7 +282,7 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
         body = status(rec)
         body["secret"] = secret
         body["secret_notice"] = _ONCE
-        return _json(200, body)
+        return await _deliver(request, _json(200, body), manager, rec.source_id)
 
     async def pause(request: web.Request) -> web.StreamResponse:
         sid = request.match_info["id"]

@@ -96,12 +96,14 @@ async def serve_sse(
             # be where this stream starts, or a stream cut before its first up-to-date (say
             # `forceDisconnectAndRefresh`) would resume past changes it never processed.
             "electric-offset": str(offset),
-            # Where the log ended at open (a transaction's end), for the proxy's SSE fan-out.
-            h.LOG_END_HEADER: str(max(offset, latest)),
             "electric-cursor": str(h.next_cursor(req.cursor, s.long_poll_timeout)),
             "electric-has-data": "true",
-            "etag": h.etag(shape.handle, str(offset), str(max(offset, latest)), no_change=True),
-            "connection": "keep-alive",
+            # `handle:offset:<log end>:time`: where the log ended when the stream opened (a
+            # transaction's end, never the client's offset: a forged one past the log's end
+            # would teach the proxy's SSE fan-out a wrong transaction end). The fan-out reads
+            # it from here (`proxy.upstream.sse`): no header of its own, none a client sees
+            # that the proxy's clients do not.
+            "etag": h.etag(shape.handle, str(offset), str(latest), no_change=True),
             "x-accel-buffering": "no",
         },
     )

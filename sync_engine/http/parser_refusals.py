@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpRequestParser, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.web_protocol import ERROR, RequestHandler
+from aiohttp.web_protocol import ERROR, RequestHandler, RequestPayloadError, _ErrInfo
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,51 @@ def unserved(message: Any) -> Refusal | None:
 
 
 class RefusingRequestHandler(RequestHandler):
-    """A connection whose parser refusals (status < 500) are answered by `refused`."""
+    """A connection whose parser refusals (status < 500) are answered by `refused`.
+
+    Its parser stops after each complete request and `data_received` feeds it on, one request
+    at a time: llhttp parses every request of a packet in one call, and aiohttp's parser
+    raised for a malformed one with the valid requests before it still inside it (never
+    returned), so a valid request followed in the same packet by a malformed one got no
+    answer, only the 400 for the second. Now each is queued before the next is parsed: the
+    valid ones are answered in order, then the refusal (as the proxy does).
+    """
 
     __slots__ = ()
+
+    def __init__(self, manager: Any, *, loop: Any, **kwargs: Any) -> None:
+        super().__init__(manager, loop=loop, **kwargs)
+        # As aiohttp makes it (web_protocol.RequestHandler.__init__), but for the queue size
+        # the parser pauses at: 1, so it returns one request per call.
+        self._parser = HttpRequestParser(
+            self,
+            loop,
+            self._read_bufsize,
+            max_line_size=kwargs.get("max_line_size", 8190),
+            max_field_size=kwargs.get("max_field_size", 8190),
+            max_headers=kwargs.get("max_headers", 128),
+            payload_exception=RequestPayloadError,
+            auto_decompress=kwargs.get("auto_decompress", True),
+            max_msg_queue_size=1,
+        )
+
+    def data_received(self, data: bytes) -> None:
+        messages = self._messages
+        before = len(messages)
+        super().data_received(data)
+        # The parser stopped after a request (the rest of the packet kept as its tail): on
+        # with the next, until it has no whole request left, has refused one (it refuses
+        # every call after), or the connection's queue is full (aiohttp pauses reading then
+        # and calls this again, with no data, as the queue drains).
+        while (
+            before < len(messages) < self._max_msg_queue_size
+            and not isinstance(messages[-1][0], _ErrInfo)
+            and self._parser is not None
+            and self._payload_parser is None
+            and not self._upgraded
+        ):
+            before = len(messages)
+            super().data_received(b"")
 
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         """The service's response for a refused request (it is closed after)."""
@@ -175,7 +217,49 @@ _HANDLER_CLASS = web.AppKey("refusing_handler_class", type)
 _ERROR_1_1 = ERROR._replace(version=HttpVersion11)
 
 
-class _RefusedRequest(web.Request):
+class _Request(web.Request):
+    """The engine's request: the head of its answer says what the proxy's would.
+
+    After aiohttp has made the head (`StreamResponse._prepare_headers`) and before the app's
+    `on_response_prepare` hooks: no `Server` header (aiohttp's named Python's and its own
+    versions, where the proxy and nginx send none); `Connection` as the connection really
+    is: an explicit `keep-alive` (Electric's on SSE answers and preflights) only where the
+    client asked for it in HTTP/1.0 and gets it, and an HTTP/1.0 answer whose length is
+    not known (an SSE stream) closes its connection, its body's only end (it said
+    `keep-alive`, and to a client that asked for it kept the connection open after the
+    stream: that client never saw its end). A request asking to upgrade (`Connection:
+    Upgrade`, as `curl --http2` sends) is answered as plain HTTP and its connection closed
+    after the answer, nothing after it read: the proxy's rule (proxy/http/protocol.py).
+    """
+
+    async def _prepare_hook(self, response: web.StreamResponse) -> None:
+        headers = response.headers
+        headers.popall("Server", None)
+        if self._message.upgrade:
+            response.force_close()
+            if self.version >= HttpVersion11:
+                headers["Connection"] = "close"
+        elif (
+            self.version < HttpVersion11
+            and "Content-Length" not in headers
+            and response.status not in (204, 304)
+            and self.method != "HEAD"
+        ):
+            response.force_close()
+        connection = headers.get("Connection")
+        if connection is not None and connection.lower() == "keep-alive":
+            # (set by a handler; aiohttp's own is right: HTTP/1.0 asked and kept)
+            if self.version < HttpVersion11:
+                if not response.keep_alive:
+                    del headers["Connection"]
+            elif response.keep_alive:
+                del headers["Connection"]
+            else:
+                headers["Connection"] = "close"
+        await super()._prepare_hook(response)
+
+
+class _RefusedRequest(_Request):
     """A request the server answers with `refusal` (`unserved`), no handler run."""
 
     ATTRS = web.Request.ATTRS | frozenset(["refusal"])
@@ -219,7 +303,7 @@ with warnings.catch_warnings():
             protocol: RequestHandler,
             writer: Any,
             task: Any,
-            _cls: type[web.Request] = web.Request,
+            _cls: type[web.Request] = _Request,
         ) -> web.Request:
             # (two cheap checks for a plain HTTP/1.1 request without a body)
             if message.version is not HttpVersion11 or message.chunked:

@@ -37,14 +37,24 @@ class ColumnInfo:
     pk_index: int | None
     generated: bool = False
     collation: str | None = None
-    """For collatable types, the column's effective collation, its OID, the database
-    default collation and the database encoding, as
+    """The column's effective collation, its OID, the database default collation and the
+    database encoding, as
     `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic|encoding`
     (`c|C|C|t|950|c|C.UTF-8|C.UTF-8|t|UTF8`; a default-collated column has its database's
-    collation and OID 100): text ordering, `upper`/`lower` and ILIKE depend on it, and the
-    where compiler derives which collation each operation uses as Postgres does and only
-    accepts them under collations it reproduces exactly (shapes/where/collation.py). One
-    string, so that what is recorded of a shape's table keeps it whole."""
+    collation and OID 100; a column of a type without collations has its first four fields
+    empty and OID 0, `||||0|c|C|C|t|UTF8`, so that a table without text columns still tells
+    the database default, which literals and text computed from numbers take): text
+    ordering, `upper`/`lower` and ILIKE depend on it, and the where compiler derives which
+    collation each operation uses as Postgres does and only accepts them under collations
+    it reproduces exactly (shapes/where/collation.py). One string, so that what is
+    recorded of a shape's table keeps it whole. None: recorded by an engine that did not
+    record it (for a column without collations, before this form)."""
+    domain_base: str | None = None
+    """For a column whose scalar (element) type is a domain: the typname of the type under
+    it, through domains over domains (`bool` for a domain over boolean, `_int4` for a
+    domain over int4[]). A domain's casts and its collatability are its base type's:
+    `d::text` of a domain over boolean is 'true' (text(boolean)), not its output 't'. None
+    for other columns, and for domains described by an engine that did not record it."""
 
     @property
     def base_type(self) -> str:
@@ -103,11 +113,23 @@ SELECT a.attname, a.attnum, a.atttypid, t.typname,
        CASE WHEN et.typarray = t.oid THEN et.typname END AS elem,
        CASE WHEN et.typarray = t.oid THEN et.typtype ELSE t.typtype END AS kind,
        a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
-       a.attcollation, to_jsonb(co)
+       a.attcollation, to_jsonb(co), base.typname
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
 LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> 100
+LEFT JOIN LATERAL (
+    WITH RECURSIVE under(oid, typtype, typbasetype, typname, depth) AS (
+        SELECT s.oid, s.typtype, s.typbasetype, s.typname, 0 FROM pg_type s
+        WHERE s.oid = CASE WHEN et.typarray = t.oid THEN et.oid ELSE t.oid END
+          AND s.typtype = 'd'
+        UNION ALL
+        SELECT b.oid, b.typtype, b.typbasetype, b.typname, u.depth + 1
+        FROM under u JOIN pg_type b ON b.oid = u.typbasetype
+        WHERE u.typtype = 'd' AND u.depth < 100
+    )
+    SELECT typname FROM under WHERE typtype <> 'd' LIMIT 1
+) base ON true
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """
@@ -141,7 +163,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     cols = []
     for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
         aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r[:10]
-        coll_oid, own = r[10], r[11]
+        coll_oid, own, domain_base = r[10], r[11], r[12]
         cols.append(
             ColumnInfo(
                 name=aname,
@@ -156,6 +178,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 pk_index=pk.index(aname) if aname in pk else None,
                 generated=bool(generated),
                 collation=_column_collation(coll_oid, own, database),
+                domain_base=domain_base,
             )
         )
     return TableInfo(
@@ -170,13 +193,15 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
 
 
 def _column_collation(oid: int, own: dict[str, Any] | None, database: dict[str, Any]) -> str | None:
-    """`ColumnInfo.collation` of a column whose attcollation is `oid` (0: not collatable)."""
+    """`ColumnInfo.collation` of a column whose attcollation is `oid` (0: not collatable,
+    whose own four fields are then empty: it still tells the database default)."""
+    db = f"{_collation(database)}|{database.get('encoding_name') or ''}" if database else None
     if not oid:
-        return None
+        return None if db is None else f"||||0|{db}"
     desc = _collation(database if oid == 100 else own)
     if desc is None:
         return None
-    return f"{desc}|{oid}|{_collation(database)}|{database.get('encoding_name') or ''}"
+    return f"{desc}|{oid}|{db}"
 
 
 def _collation(row: dict[str, Any] | None) -> str | None:

@@ -16,6 +16,15 @@ DISPLAY_SETTINGS = {
     "IntervalStyle": "iso_8601",
     "bytea_output": "hex",
     "extra_float_digits": "1",
+    # How Postgres reads the SQL the engine sends, fixed whatever a database or role sets
+    # (`ALTER DATABASE ... SET`): the engine parses and deparses clauses with pglast under
+    # these defaults and evaluates live rows by them, so the snapshot must be read the same.
+    # Off, the first reads a backslash in '...' as an escape (a quote could end a string
+    # early); on, the second turns `x = NULL` into `x IS NULL`; off, the third reads NULL
+    # in an array literal as the string 'NULL'.
+    "standard_conforming_strings": "on",
+    "transform_null_equals": "off",
+    "array_nulls": "on",
 }
 
 

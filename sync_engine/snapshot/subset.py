@@ -190,8 +190,17 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()  # (answered with a 503 already)
 
 
+#: Postgres's words for an ORDER BY column of a type without an ordering (json, point,
+#: xml, ...): the column's type is all they name, and the order_by is at fault.
+_NO_ORDERING = "could not identify an ordering operator for type "
+
+
 def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineError:
-    """A failed subset query: blamed on the subset's where (no row values), or transient."""
+    """A failed subset query: blamed on the subset's where (no row values) or its order_by
+    (a column that cannot be ordered), or transient."""
+    message = exc.diag.message_primary or ""
+    if exc.sqlstate == "42883" and message.startswith(_NO_ORDERING):
+        return InvalidRequest({"subset": {"order_by": [message]}})
     what = snapshot_errors.kind(exc)
     if what == "table_gone":
         source.table_changed(shape.table, dropped=True)

@@ -226,7 +226,16 @@ def run(args: argparse.Namespace) -> str:
             body["max_shapes"] = args.max_shapes
         if args.max_initial_syncs is not None:
             body["max_initial_syncs"] = args.max_initial_syncs
-        s = _request(args, "POST", "/api/sources", body)
+        try:
+            s = _request(args, "POST", "/api/sources", body)
+        except CliError as exc:
+            if str(exc).startswith("cannot reach"):
+                raise CliError(
+                    f"{exc}\nIf the engine stopped while registering it, the source may exist"
+                    " without anyone having its secret: run the same command again once the"
+                    " engine is back, and it is given a new secret."
+                ) from None
+            raise
         if args.json:
             return json.dumps(s, indent=2)
         return f"Registered source {s['name']!r}.\n\n{_details(s)}\n{_secret_block(s)}"

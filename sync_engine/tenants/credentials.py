@@ -1,9 +1,21 @@
 """Source secrets: generated, hashed for storage, verified in constant time.
 
 A secret is `secrets.token_urlsafe(32)` (256 random bits, 43 URL-safe characters). Only a
-salted scrypt hash is stored (`scrypt$n$r$p$<salt>$<hash>`, base64url), so a copy of
-`sources.db` does not give access. Verification always does the same scrypt work and
-compares digests with `hmac.compare_digest`.
+salted hash is stored, so a copy of `sources.db` does not give access:
+
+    sha256$<salt>$<sha256(salt + secret)>           secrets issued from schema 4 on
+    scrypt$n$r$p$<salt>$<scrypt(secret)>            secrets issued before (still accepted)
+
+A slow hash (scrypt) protects guessable passwords; a secret of 256 random bits cannot be
+found from its SHA-256 by any amount of work, so it gains nothing there, and it made every
+request whose secret was not yet known cost ~50 ms of CPU in a worker thread: a flood of
+wrong secrets then queued in front of good requests and kept the CPUs busy. SHA-256 takes
+a microsecond, on the event loop. (GitHub's and most API keys are stored the same way.)
+An old scrypt hash is replaced by rotating the source's secret.
+
+Verification always does the same work for a kind of hash and compares digests with
+`hmac.compare_digest`. Secrets are encoded with `surrogatepass`: whatever string a request
+decoded to is hashed, never an exception.
 """
 
 from __future__ import annotations
@@ -19,6 +31,7 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 _MAXMEM = 64 * 1024 * 1024
 _DKLEN = 32
+FAST = "sha256"
 
 
 def new_secret() -> str:
@@ -33,18 +46,37 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+def _bytes(secret: str) -> bytes:
+    return secret.encode("utf-8", "surrogatepass")
+
+
 def _derive(secret: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
     return hashlib.scrypt(secret, salt=salt, n=n, r=r, p=p, maxmem=_MAXMEM, dklen=_DKLEN)
 
 
-def hash_secret(secret: str) -> str:
+def hash_secret(secret: str, *, slow: bool = False) -> str:
+    """The stored form of a secret: salted SHA-256 (`slow`: scrypt, as before schema 4)."""
     salt = os.urandom(16)
-    digest = _derive(secret.encode(), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    if slow:
+        digest = _derive(_bytes(secret), salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+        return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    return f"{FAST}${_b64(salt)}${_b64(hashlib.sha256(salt + _bytes(secret)).digest())}"
+
+
+def is_slow(stored: str) -> bool:
+    """Whether checking a secret against `stored` takes scrypt work (run it in a thread)."""
+    return not stored.startswith(FAST + "$")
 
 
 def verify_secret(secret: str, stored: str) -> bool:
-    """True when `secret` hashes to `stored`; same work whatever the answer."""
+    """True when `secret` hashes to `stored`; same work whatever the answer (for its kind)."""
+    if not is_slow(stored):
+        try:
+            _, salt, digest = stored.split("$")
+            salt_b, want = _unb64(salt), _unb64(digest)
+        except ValueError:
+            salt_b, want = b"\0" * 16, b"\1" * 32
+        return hmac.compare_digest(hashlib.sha256(salt_b + _bytes(secret)).digest(), want)
     try:
         kind, n, r, p, salt, digest = stored.split("$")
         if kind != "scrypt":
@@ -53,5 +85,5 @@ def verify_secret(secret: str, stored: str) -> bool:
         salt_b, want = _unb64(salt), _unb64(digest)
     except ValueError:
         params, salt_b, want = (SCRYPT_N, SCRYPT_R, SCRYPT_P), b"\0" * 16, b"\1" * _DKLEN
-    got = _derive(secret.encode(), salt_b, *params)
+    got = _derive(_bytes(secret), salt_b, *params)
     return hmac.compare_digest(got, want)

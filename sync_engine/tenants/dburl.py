@@ -34,6 +34,10 @@ def check_database_url(url: object) -> str:
         raise InvalidInput("database_url", f"database_url is longer than {_MAX_LEN} characters")
     if "\0" in url:  # libpq takes C strings: no connection could ever be made with it
         raise InvalidInput("database_url", "database_url must not contain a NUL character")
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in the JSON): not text libpq reads
+        raise InvalidInput("database_url", "database_url must be valid Unicode text") from None
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()
         if scheme not in _SCHEMES:
@@ -58,6 +62,12 @@ def check_database_url(url: object) -> str:
         reason = _clean(exc, url)
         raise InvalidInput(
             "database_url", f"database_url is not a valid Postgres connection string: {reason}"
+        ) from None
+    except UnicodeDecodeError:  # a percent-escape that is not UTF-8 (`%ff`)
+        raise InvalidInput(
+            "database_url",
+            "database_url is not a valid Postgres connection string: a percent-encoded part"
+            " is not UTF-8",
         ) from None
     if "replication" in params:
         raise InvalidInput(

@@ -31,3 +31,7 @@ class UnknownSource(SourceError):
 
 class DuplicateName(SourceError):
     code = "duplicate_name"
+
+    def __init__(self, message: str, source_id: str | None = None) -> None:
+        super().__init__(message)
+        self.source_id = source_id

@@ -22,16 +22,18 @@ from ..log.store import count_on_disk
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from ..stopping import cancel_and_wait
-from .auth import SourceAuth, parse_source_id
-from .credentials import hash_secret, new_secret
+from .auth import Overloaded, SourceAuth, parse_source_id
+from .credentials import hash_secret, is_slow, new_secret
 from .dburl import check_database_url
-from .errors import InvalidInput, UnknownSource
+from .errors import DuplicateName, InvalidInput, UnknownSource
 from .managed import ManagedSource
 from .store import SourceRecord, SourceStore
 
 logger = logging.getLogger(__name__)
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Seconds a retried creation waits for the same creation's answer still being sent.
+ANSWER_WAIT = 30.0
 #: Seconds between attempts to drop a deleted source's slot and publication (doubling).
 CLEANUP_RETRY_FIRST = 5.0
 CLEANUP_RETRY_MAX = 300.0
@@ -78,6 +80,26 @@ def check_grace(value: object) -> float:
     return float(value)
 
 
+def _duplicate(same: SourceRecord, retry: bool, busy: bool = False) -> DuplicateName:
+    sid = same.source_id
+    if busy:
+        hint = "it is being created by another request right now; retry in a few seconds"
+    elif same.secret_delivered:
+        hint = (
+            f"if the answer that created it was lost, give it a new secret:"
+            f" POST /api/sources/{sid}/rotate-secret (sync-engine sources rotate-secret {sid})"
+        )
+    else:
+        hint = (
+            "its creation's answer was never sent; to get a secret of it, send the same"
+            " database_url and limits again (or delete it)"
+        )
+    what = "with other settings " if not retry and not same.secret_delivered else ""
+    return DuplicateName(
+        f"a source named {same.name!r} already exists {what}(source_id {sid}); {hint}", sid
+    )
+
+
 def _paused() -> ServiceUnavailable:
     return ServiceUnavailable(
         "Source is paused; an operator must resume it", retry_after=30, code="source_paused"
@@ -98,19 +120,21 @@ class SourceManager:
         self._ever_registered = False
         self._expiries: dict[str, asyncio.TimerHandle] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
+        # Sources whose creation's answer is being sent: set when that request is over.
+        self._answering: dict[str, asyncio.Event] = {}
 
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.store = SourceStore(self.path)
         self._ever_registered = self.store.ever_had_sources()
-        await self.auth.prepare()
         for rec in self.store.all():
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
                 await self._start_source(rec)
             self._revoke_at_expiry(rec)
+        await self._refresh_auth()
         for source_id, database_url in self.store.cleanup_pending():
             self._start_cleanup(source_id, database_url, retry_first=False)
         if self.records:
@@ -131,9 +155,20 @@ class SourceManager:
                 logger.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
+        self.auth.close()
         if self.store is not None:
             self.store.close()
             self.store = None
+
+    async def _refresh_auth(self) -> None:
+        """Scrypt dummies while a source has a scrypt hash (registered before schema 4)."""
+        self.auth.slow_dummies = any(
+            is_slow(h)
+            for r in self.records.values()
+            for h in (r.secret_hash, r.previous_secret_hash)
+            if h is not None
+        )
+        await self.auth.prepare()
 
     def has_sources(self) -> bool:
         """Whether requests naming a `source_id` are for registered sources: once one was
@@ -182,7 +217,14 @@ class SourceManager:
         """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
         sid = parse_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
-        matched = await self.auth.matched(rec, secret)
+        try:
+            matched = await self.auth.matched(rec, secret)
+        except Overloaded:
+            raise ServiceUnavailable(
+                "Too many secret checks are waiting; retry shortly",
+                retry_after=2,
+                code="secret_checks_busy",
+            ) from None
         if matched is None:
             raise Unauthorized()
         rec = self.records.get(sid) if sid is not None else None
@@ -216,35 +258,112 @@ class SourceManager:
         database_url: object,
         max_shapes: object = None,
         max_initial_syncs: object = None,
-    ) -> tuple[SourceRecord, str]:
+    ) -> tuple[SourceRecord, str, bool]:
+        """A new source and its secret, and False; or, for a retry of a creation whose
+        answer was never sent (the engine was killed before it, its client left), that
+        source with a new secret, and True.
+
+        A retry is the same request again: same name, database URL and limits, for a
+        source whose secret was never delivered (`secret_delivered`). Nobody can hold its
+        old secret, so replacing it takes nothing from anyone, and the operator does not
+        have to find and rotate it. Anything else with a taken name is a 409 naming the
+        source that has it (and how to get a secret of it when that answer was lost).
+        """
         name = check_name(name)
         url = check_database_url(database_url)
         shapes_limit = check_limit("max_shapes", max_shapes)
         syncs_limit = check_limit("max_initial_syncs", max_initial_syncs)
         secret = new_secret()
-        secret_hash = await asyncio.to_thread(hash_secret, secret)
-        async with self._lock:
-            rec = self._store().create(
-                name, url, secret_hash, max_shapes=shapes_limit, max_initial_syncs=syncs_limit
-            )
-            self.records[rec.source_id] = rec
-            self._ever_registered = True
-            self._persisted[rec.source_id] = (rec.state, None)
-            await self._start_source(rec)
-        logger.info("source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url)
-        return rec, secret
+        secret_hash = hash_secret(secret)
+        for _ in range(3):
+            async with self._lock:
+                store = self._store()
+                same = store.find_name(name)
+                if same is None:
+                    rec = store.create(
+                        name,
+                        url,
+                        secret_hash,
+                        max_shapes=shapes_limit,
+                        max_initial_syncs=syncs_limit,
+                    )
+                    self.records[rec.source_id] = rec
+                    self._ever_registered = True
+                    self._persisted[rec.source_id] = (rec.state, None)
+                    self._answering[rec.source_id] = asyncio.Event()
+                    try:
+                        await self._refresh_auth()
+                        await self._start_source(rec)
+                    except BaseException:
+                        self.answer_ended(rec.source_id)  # no answer will carry its secret
+                        raise
+                    logger.info(
+                        "source %s (%s) registered for %s",
+                        rec.name,
+                        rec.source_id,
+                        rec.redacted_url,
+                    )
+                    return rec, secret, False
+                retry = (same.database_url, same.max_shapes, same.max_initial_syncs) == (
+                    url,
+                    shapes_limit,
+                    syncs_limit,
+                )
+                if same.secret_delivered or not retry:
+                    raise _duplicate(same, retry)
+                answering = self._answering.get(same.source_id)
+                if answering is None:
+                    rec = store.rotate_secret(same.source_id, secret_hash, 0)
+                    self.records[rec.source_id] = rec
+                    self._answering[rec.source_id] = asyncio.Event()
+                    self._revoke(rec.source_id)
+                    self._revoke_at_expiry(rec)
+                    await self._refresh_auth()
+                    logger.info(
+                        "source %s (%s): created again, its first answer unsent: new secret",
+                        rec.name,
+                        rec.source_id,
+                    )
+                    return rec, secret, True
+            # The same creation is being answered right now (a double submit, a retry
+            # before the first gave up): its secret must not be replaced under it. Wait
+            # for that answer, then it is a 409 (sent) or this one takes over (not sent).
+            try:
+                async with asyncio.timeout(ANSWER_WAIT):
+                    await answering.wait()
+            except TimeoutError:
+                break
+        assert same is not None
+        raise _duplicate(same, True, busy=True)
+
+    def answer_ended(self, source_id: str) -> None:
+        """The request that created the source (or gave it a new secret on a retry) is
+        over, its answer sent (`secret_delivered` first) or not."""
+        event = self._answering.pop(source_id, None)
+        if event is not None:
+            event.set()
+
+    def secret_delivered(self, source_id: str) -> None:
+        """The answer carrying a secret of the source was sent: a retry of its creation is
+        a 409 from now on (`create`)."""
+        rec = self.records.get(source_id)
+        if rec is None or rec.secret_delivered:
+            return
+        self._store().mark_delivered(source_id)
+        self.records[source_id] = replace(rec, secret_delivered=True)
 
     async def rotate_secret(self, source_id: str, grace: object) -> tuple[SourceRecord, str]:
         grace_s = check_grace(grace)
         self.get(source_id)
         secret = new_secret()
-        secret_hash = await asyncio.to_thread(hash_secret, secret)
+        secret_hash = hash_secret(secret)
         async with self._lock:
             rec = self.get(source_id)
             rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
             self._revoke(rec.source_id)
             self._revoke_at_expiry(rec)
+            await self._refresh_auth()
         logger.info(
             "source %s (%s): secret rotated, old secret valid for %ds more",
             rec.name,
@@ -290,6 +409,7 @@ class SourceManager:
             self._store().delete(rec.source_id)
             del self.records[rec.source_id]
             self._persisted.pop(rec.source_id, None)
+            await self._refresh_auth()
             # (its verified secrets need no forgetting: they match no valid hash any more;
             # forgetting all of them sent every client of every source through scrypt again)
             timer = self._expiries.pop(rec.source_id, None)
@@ -410,6 +530,7 @@ class SourceManager:
             "last_error": rec.last_error,
             "last_error_at": iso(rec.last_error_at),
             "paused": rec.paused,
+            "secret_delivered": rec.secret_delivered,
             "shape_count": shape_count,
             "replication_lag_bytes": source.lag_bytes if source and state == "active" else None,
             "initial_syncs_in_progress": source.initial_syncs_in_progress() if source else 0,

@@ -12,6 +12,11 @@ single database, even after the last source is deleted (see `SourceManager.has_s
 Its connection string stays there until its replication slot and publication are dropped
 (`cleanup_pending`, `cleaned`): the deletion is recorded first, so a crash or an unreachable
 database mid-deletion leaves a cleanup to finish, never a source half there.
+
+A source is created with `secret_delivered` 0 and marked 1 once the answer carrying a
+secret of it was sent (`mark_delivered`): a source still at 0 is one whose creation's
+answer may have been lost (the engine killed before it, the client gone), and a retry of
+the same creation is given a new secret instead of a 409 (`SourceManager.create`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ CREATE TABLE IF NOT EXISTS sources (
     last_error TEXT,
     last_error_at REAL,
     paused INTEGER NOT NULL DEFAULT 0,
+    secret_delivered INTEGER NOT NULL DEFAULT 1,
     max_shapes INTEGER,
     max_initial_syncs INTEGER,
     created_at REAL NOT NULL,
@@ -49,13 +55,17 @@ CREATE TABLE IF NOT EXISTS deleted_sources (
     deleted_at REAL NOT NULL
 );
 """
-# Columns added to `deleted_sources` in schema 3 (ALTER TABLE for a schema-2 store).
-_DELETED_COLUMNS = {"database_url": "TEXT", "cleaned": "INTEGER NOT NULL DEFAULT 1"}
-_VERSION = 3
+# Columns added since schema 2 (ALTER TABLE for an older store): `deleted_sources`'
+# in schema 3, `sources.secret_delivered` in schema 4 (older sources: delivered).
+_ADDED_COLUMNS = {
+    "deleted_sources": {"database_url": "TEXT", "cleaned": "INTEGER NOT NULL DEFAULT 1"},
+    "sources": {"secret_delivered": "INTEGER NOT NULL DEFAULT 1"},
+}
+_VERSION = 4
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
     " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
-    " max_shapes,"
+    " secret_delivered, max_shapes,"
     " max_initial_syncs, created_at, updated_at"
 )
 
@@ -73,6 +83,8 @@ class SourceRecord:
     last_error: str | None = None
     last_error_at: float | None = None
     paused: bool = False
+    #: False from its creation until the answer carrying its first secret was sent
+    secret_delivered: bool = True
     max_shapes: int | None = None
     max_initial_syncs: int | None = None
     created_at: float = 0.0
@@ -107,6 +119,7 @@ def _record(row: sqlite3.Row) -> SourceRecord:
         last_error=row["last_error"],
         last_error_at=row["last_error_at"],
         paused=bool(row["paused"]),
+        secret_delivered=bool(row["secret_delivered"]),
         max_shapes=row["max_shapes"],
         max_initial_syncs=row["max_initial_syncs"],
         created_at=row["created_at"],
@@ -136,10 +149,11 @@ class SourceStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                have = {r[1] for r in self._db.execute("PRAGMA table_info(deleted_sources)")}
-                for column, kind in _DELETED_COLUMNS.items():
-                    if column not in have:
-                        self._db.execute(f"ALTER TABLE deleted_sources ADD COLUMN {column} {kind}")
+                for table, columns in _ADDED_COLUMNS.items():
+                    have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                    for column, kind in columns.items():
+                        if column not in have:
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
                 self._db.execute(f"PRAGMA user_version={_VERSION}")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -164,6 +178,14 @@ class SourceStore:
             raise UnknownSource(f"no source with id {source_id}")
         return _record(row)
 
+    def find_name(self, name: str) -> SourceRecord | None:
+        """The source with this name (compared case-insensitively, as names are unique)."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM sources WHERE name = ?",  # noqa: S608
+            (name,),
+        ).fetchone()
+        return None if row is None else _record(row)
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM sources").fetchone()[0])
 
@@ -186,12 +208,14 @@ class SourceStore:
         max_initial_syncs: int | None = None,
         now: float | None = None,
     ) -> SourceRecord:
+        """A new source, its secret not yet delivered (`secret_delivered` marks that)."""
         now = time.time() if now is None else now
         rec = SourceRecord(
             source_id=str(uuid.uuid4()),
             name=name,
             database_url=database_url,
             secret_hash=secret_hash,
+            secret_delivered=False,
             max_shapes=max_shapes,
             max_initial_syncs=max_initial_syncs,
             created_at=now,
@@ -200,8 +224,8 @@ class SourceStore:
         try:
             self._db.execute(
                 "INSERT INTO sources (source_id, name, database_url, secret_hash, state,"
-                " paused, max_shapes, max_initial_syncs, created_at, updated_at)"
-                " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)",
+                " paused, secret_delivered, max_shapes, max_initial_syncs, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)",
                 (
                     rec.source_id,
                     name,
@@ -239,6 +263,12 @@ class SourceStore:
             previous_secret_expires_at=expires,
             secret_rotated_at=now,
             updated_at=now,
+        )
+
+    def mark_delivered(self, source_id: str) -> None:
+        """The answer carrying the source's first secret was sent."""
+        self._db.execute(
+            "UPDATE sources SET secret_delivered = 1 WHERE source_id = ?", (source_id,)
         )
 
     def set_paused(self, source_id: str, paused: bool) -> SourceRecord:

@@ -413,6 +413,48 @@ async def test_a_long_poll_whose_client_left_is_stored_for_the_next_asker(stack:
     assert stack.counter.count(**live) == 1
 
 
+async def test_a_slow_initial_request_whose_client_left_is_stored_for_the_next_asker(
+    stack: Stack,
+) -> None:
+    """The same for a slow `offset=-1` (a big table's snapshot; here the table is locked): its
+    client leaving must not throw the answer away. Without `proxy_ignore_client_abort on` the
+    next asker of that URL waited behind the lock for the whole snapshot, then went to the
+    engine itself (a MISS and a second engine request)."""
+    url = stack.url(offset="-1")
+    locker = await psycopg.AsyncConnection.connect(stack.db_url)
+    try:
+        await locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        async with aiohttp.ClientSession() as s:
+            gone = asyncio.create_task(_get(s, url))
+
+            async def engine_blocked_on_the_lock() -> bool:
+                async with await psycopg.AsyncConnection.connect(
+                    stack.db_url, autocommit=True
+                ) as probe:
+                    cur = await probe.execute(
+                        "SELECT count(*) FROM pg_stat_activity"
+                        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                    )
+                    row = await cur.fetchone()
+                    return row is not None and row[0] > 0
+
+            await wait_until_async(engine_blocked_on_the_lock, timeout=30, interval=0.05,
+                                   message="the engine's snapshot waiting on the lock")  # fmt: skip
+            gone.cancel()  # the client leaves
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+            async with aiohttp.ClientSession() as again:  # another client asks the same URL
+                asking = asyncio.create_task(_get(again, url))
+                await locker.commit()  # the snapshot can go on
+                status, headers, body = await asyncio.wait_for(asking, 30)
+    finally:
+        await locker.close()
+    assert status == 200
+    assert len(_inserts(body)) == 5
+    assert headers["X-Cache-Status"] == "HIT"
+    assert stack.counter.count(offset="-1") == 1
+
+
 async def test_409_is_cached_as_the_engine_says_and_errors_are_not(stack: Stack) -> None:
     async with aiohttp.ClientSession() as s:
         await _catch_up(stack, s)

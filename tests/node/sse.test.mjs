@@ -6,7 +6,7 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { useCluster, sleep, show } from './harness.mjs'
+import { useCluster, sleep, show, VIA } from './harness.mjs'
 
 const cluster = useCluster()
 const T = { timeout: 60_000 }
@@ -100,4 +100,38 @@ test('SSE: the Shape keeps up across server-side stream timeouts', T, async (t) 
   assert.ok(sseRequests(env).length >= 2, `expected several SSE connections: ${show(env.requests.map((r) => r.url))}`)
   assert.deepEqual(warnings.filter((w) => /Falling back to long polling/.test(w)), [])
   assert.deepEqual(errors, [])
+})
+
+// Through the proxy, a client's SSE stream is one of the shape's shared engine streams, which
+// the engine ends after its SSE timeout counted from when *it* opened: a client that joined
+// just before that got a stream of a few ms. Client 1.5.28 counts streams shorter than 1 s
+// and after three in a row falls back to long polling for good. Here every engine stream is
+// shorter than that (--sse-timeout 0.6), so every client stream was: the proxy now goes on
+// with a client's response over the shape's next stream until it has lasted 2 s. (Straight to
+// an engine set up like this the client falls back: the engine's setting, not run here.)
+test(`${VIA}: SSE clients never get short streams from the shared fan-out`, T, async (t) => {
+  if (VIA === 'direct') return t.skip('the engine\'s own streams are as long as its --sse-timeout')
+  const warnings = captureWarnings(t)
+  const env = await cluster.newEnv(t, { engineArgs: ['--sse-timeout', '0.6'] })
+  await env.sql(`
+    CREATE TABLE notes (id int4 PRIMARY KEY, body text);
+    INSERT INTO notes VALUES (1, 'one');`)
+
+  const clients = [1, 2, 3].map(() => env.shape({ params: { table: 'notes' }, liveSse: true }))
+  for (const { shape } of clients) assert.deepEqual(await env.rows(shape), [{ id: 1, body: 'one' }])
+  for (let i = 2; i <= 5; i++) {
+    await sleep(1_500) // several engine streams end meanwhile
+    await env.sql(`INSERT INTO notes VALUES (${i}, 'n${i}')`)
+    for (const { shape } of clients) {
+      await env.until(shape, (r) => r.some((x) => x.id === i), { message: `change ${i}` })
+    }
+  }
+  for (const { shape, errors } of clients) {
+    assert.deepEqual(shape.currentRows.map((r) => r.id).sort(), [1, 2, 3, 4, 5])
+    assert.deepEqual(errors, [])
+  }
+  assert.deepEqual(warnings.filter((w) => /Falling back to long polling/.test(w)), [])
+  // and live data kept coming over SSE, not long polls
+  const late = env.requests.slice(-6).map((r) => new URL(r.url).searchParams)
+  assert.ok(late.every((q) => q.get('live') !== 'true' || q.get('live_sse') === 'true'), show(env.requests.slice(-6).map((r) => r.url)))
 })

@@ -35,14 +35,18 @@ def sse_batch(lsn: int, *ids: int) -> bytes:
     return b"".join(events) + b"data: " + orjson.dumps(up_to_date) + b"\n\n"
 
 
-def sse_headers(offset: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The headers of the engine's SSE answer for shape `h-1` from `offset`, and `extra`."""
+def sse_headers(
+    offset: str, extra: dict[str, str] | None = None, log_end: str | None = None
+) -> dict[str, str]:
+    """The headers of the engine's SSE answer for shape `h-1` from `offset`, and `extra`; its
+    ETag names where the log ended when it opened (`log_end`, by default `offset`)."""
     return {
         "content-type": "text/event-stream",
         "cache-control": "public, max-age=59",
         "electric-handle": "h-1",
         "electric-offset": offset,
         "electric-cursor": "123",
+        "etag": f'"h-1:{offset}:{log_end or offset}:1"',
         **(extra or {}),
     }
 

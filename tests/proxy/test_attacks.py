@@ -14,7 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.proxy.proxy_fakes import KeyPair, now
+from tests.proxy.proxy_fakes import FakeIdp, KeyPair, now
 
 SHAPE = "/v1/shape?table=items&offset=-1"
 
@@ -102,6 +102,28 @@ async def test_bad_claims(proxy: Any, claims: Callable[[], dict[str, Any]], reas
 async def test_missing_exp(proxy: Any) -> None:
     token = proxy.tokens.make(drop=("exp",))
     assert_refused(await proxy.get(SHAPE, token=token), 401, "missing_claim", proxy)
+
+
+@pytest.mark.parametrize(
+    ("claims", "drop", "reason", "message"),
+    [
+        ({}, ("sub",), "missing_claim", "the token lacks the required sub claim"),
+        ({"sub": ""}, (), "invalid_claims", "the token sub claim must not be empty"),
+    ],
+    ids=["no-sub", "empty-sub"],
+)
+async def test_a_token_must_name_its_subject(
+    proxy: Any, claims: dict[str, Any], drop: tuple[str, ...], reason: str, message: str
+) -> None:
+    """A token without a subject names nobody: per-principal limits, logs and `{{sub}}`
+    filters all need one (RFC 9068 and OpenID Connect require `sub`). It was served (the
+    member's rows, charged to the client's address) unless the issuer's `require:` named
+    `sub`; now a 401 saying which claim, whatever the issuer's `require:` says."""
+    token = proxy.tokens.make(drop=drop, **claims)
+    reply = await proxy.get(SHAPE, token=token)
+    assert_refused(reply, 401, reason, proxy)
+    assert reply.json()["message"] == message
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer ")
 
 
 async def test_bad_signature(proxy: Any) -> None:
@@ -322,3 +344,52 @@ async def test_typ_header_compared_as_a_media_type(
         assert_refused(await proxy.get(SHAPE, token=token), 401, "invalid_token_type", proxy)
     token = proxy.tokens.make(headers={"typ": None})
     assert (await proxy.get(SHAPE, token=token)).status == 401
+
+
+@pytest.mark.parametrize("max_lifetime", [7200, None])
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [("exp", 10**400), ("exp", 2**1024), ("nbf", -(10**400)), ("iat", -(2**1024))],
+    ids=["exp-400-digits", "exp-2^1024", "nbf-400-digits", "iat-2^1024"],
+)
+async def test_a_date_no_float_holds_is_a_401_not_a_500(
+    make_proxy: Any,
+    config_data: dict[str, Any],
+    environ: dict[str, str],
+    claim: str,
+    value: int,
+    max_lifetime: int | None,
+) -> None:
+    """JSON numbers have any number of digits. An `exp` past what a float holds, under an
+    issuer without `max_lifetime`, passed every check and then failed turning the deadline
+    into a float: a 500. Every NumericDate must be a finite number a float holds."""
+    from proxy.config.loader import build_config
+
+    config_data["issuers"][0]["max_lifetime"] = max_lifetime
+    proxy = await make_proxy(build_config(config_data, environ))
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(**{claim: value}))
+    assert_refused(reply, 401, "invalid_claims", proxy)
+    assert reply.json()["message"] == f"the token {claim} claim is out of range"
+
+
+@pytest.mark.parametrize("kid", ["key-1", "key-2"])
+async def test_keys_named_by_the_token_are_never_used(
+    proxy: Any, other_key: KeyPair, aiohttp_server: Any, kid: str
+) -> None:
+    """A token signed with the attacker's key, which it embeds (`jwk`, `x5c`) and points at
+    (`jku`, `x5u` on a server serving that key): only the issuer's own JWKS is consulted, and
+    the attacker's server is never asked. A guard (RFC 8725 §3.10)."""
+    attacker = FakeIdp(keys=[KeyPair(kid, other_key.private)])
+    server = await aiohttp_server(attacker.app(), access_log=None)
+    url = str(server.make_url("/jwks.json"))
+    headers = {
+        "kid": kid,
+        "jwk": KeyPair(kid, other_key.private).public_jwk(),
+        "jku": url,
+        "x5u": url,
+        "x5c": ["MIIB"],
+    }
+    token = proxy.tokens.make(key=other_key, headers=headers, role="admin")
+    reason = "invalid_signature" if kid == "key-1" else "unknown_key"
+    assert_refused(await proxy.get(SHAPE, token=token), 401, reason, proxy)
+    assert attacker.fetches == 0

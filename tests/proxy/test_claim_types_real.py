@@ -74,6 +74,26 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
     # -- a filter's claim Postgres cannot hold: the proxy's refusal, not the engine's
     ("org_id with a NUL", {"org_id": "org-a\x00"}, 403, "claim_unusable"),
     ("org_id list with a NUL", {"org_id": ["org-a", "b\x00"]}, 403, "claim_unusable"),
+    # a lone surrogate (valid JSON, `\ud800`, no Unicode text) was dropped on the way to the
+    # engine: "org-\ud800a" synced org-a's rows. Such a token is malformed (I-JSON)
+    ("org_id with a lone surrogate", {"org_id": "org-\ud800a"}, 401, "invalid_token"),
+    ("orgs list with a lone surrogate", {"role": "multi", "orgs": ["org-\udfffa"]}, 401,
+     "invalid_token"),
+    ("a lone surrogate in another claim", {"note": "\udfff"}, 401, "invalid_token"),
+    # -- a list claim is a JSON array, never text that Postgres reads as an array literal:
+    #    `org_id = ANY({{orgs}})` with orgs "{org-a,org-b}" served both orgs (a one-value
+    #    claim, perhaps a user-named org, holding many)
+    ("orgs a list", {"role": "multi", "orgs": ["org-a"]}, 200, ORG_A),
+    ("orgs a list of two", {"role": "multi", "orgs": ["org-a", "org-b"]}, 200, ALL),
+    ("orgs array text", {"role": "multi", "orgs": "{org-a,org-b}"}, 403, "claim_unusable"),
+    ("orgs array text, dims", {"role": "multi", "orgs": " [1:2]={a,org-b}"}, 403, "claim_unusable"),
+    ("orgs a list of array text", {"role": "multi", "orgs": ["{org-a,org-b}"]}, 200, set()),
+    ("org_id array text", {"org_id": "{org-a}"}, 403, "claim_unusable"),
+    # -- a number claim is a JSON number: 1.0 is 1 (it was bound as "1.0", which an int
+    #    column refused: a 400)
+    ("row 1.0", {"role": "one", "row": 1.0}, 200, {"1"}),
+    ("row 1", {"role": "one", "row": 1}, 200, {"1"}),
+    ("row 2.5", {"role": "one", "row": 2.5}, 400, None),
     # -- allow rules: no gain from another type or spelling
     ("mfa 'true' on an admin", {"role": "admin", "mfa": "true"}, 403, "no_matching_rule"),
     ("mfa 1 on an admin", {"role": "admin", "mfa": 1}, 403, "no_matching_rule"),
@@ -105,6 +125,8 @@ def _policy(config: dict[str, Any]) -> None:
             {"name": "level7", "when": {"level": 7}, "all_rows": True},
             {"name": "staff", "when": {"staff.ok": True}, "all_rows": True},
             {"name": "member", "when": {"role": "member"}, "where": "org_id = {{org_id}}"},
+            {"name": "multi", "when": {"role": "multi"}, "where": "org_id = ANY({{orgs}})"},
+            {"name": "one", "when": {"role": "one"}, "where": "id = {{row}}"},
         ],
     }
 

@@ -439,3 +439,32 @@ def test_cache_indexes_forget_entries_the_lru_dropped() -> None:
     for i in range(2_000):
         cache.put(("GET", str(i), "", "", ""), _shape_entry(f"h{i}", initial=False))
     assert len(cache._by_handle) < 100  # pruned as entries fall out of the byte bound
+
+
+async def test_an_answer_kept_for_everyone_is_not_served_to_a_private_rule(
+    make_proxy: Any, config_data: Any, environ: Any
+) -> None:
+    """Two rules sending the same engine URL, one whose answer every caller shares (anonymous,
+    all rows: the engine's public cache headers) and one that depends on who asks (members:
+    made private): each gets its own cache entry and engine request, never the other's
+    headers. A member was served the anonymous rule's cached answer, `public` (a CDN would
+    then serve that URL to callers the member rule distinguishes)."""
+    config_data["tables"]["items"] = {
+        "allow": [{"name": "member", "when": {"role": "member"}, "all_rows": True}]
+    }
+    config_data["shapes"] = {
+        "all-items": {
+            "table": "items",
+            "allow": [{"name": "anyone", "anonymous": True, "all_rows": True}],
+        }
+    }
+    proxy = await make_proxy(build_config(config_data, environ))
+    anonymous = await proxy.get("/shapes/all-items?offset=-1")
+    assert anonymous.status == 200, anonymous.body
+    assert anonymous.headers["Cache-Control"].startswith("public")
+    member = await proxy.get(SHAPE, token=proxy.tokens.make(role="member"))
+    assert member.status == 200, member.body
+    assert not member.headers["Cache-Control"].startswith("public"), member.headers
+    assert len([r for r in proxy.engine.requests if r.url.query.get("offset") == "-1"]) == 2
+    again = await proxy.get("/shapes/all-items?offset=-1")  # (still kept for its callers)
+    assert again.headers["Cache-Control"] == anonymous.headers["Cache-Control"]

@@ -86,7 +86,9 @@ def test_client_where_functions_are_the_engines_and_see_only_visible_columns(
     # (an ORDER BY list still takes plain columns only: the engine orders by nothing else)
     with pytest.raises(BadShapeRequest) as ordered:
         decide(policy, "table=items&offset=-1&subset__order_by=lower(title)", MEMBER)
-    assert "FuncCall is not allowed" in ordered.value.message
+    assert ordered.value.message == (  # (in the engine's words)
+        "At location 0: FuncCall expressions are not allowed in ORDER BY clauses"
+    )
 
 
 def test_admin_sees_all_rows(policy: Any) -> None:
@@ -253,3 +255,13 @@ def test_a_shared_answer_stops_being_shared_when_its_clause_reads_a_private_tabl
     with pytest.raises(Exception) as refused:  # (and anyone else may not ask at all)
         decide(policy, reading, {}, anonymous=True)
     assert getattr(refused.value, "reason", "") == "subquery_not_allowed"
+
+
+def test_a_claim_that_is_not_unicode_text_is_never_bound(policy: Any) -> None:
+    """A lone surrogate cannot reach the engine (the URL builder drops it: "org-\\ud800a" was
+    bound as "org-a"). Tokens holding one are refused as malformed first; this is the
+    policy's own refusal, for claims from anywhere."""
+    for claims in ({**MEMBER, "org_id": "org-\ud800a"}, {**MEMBER, "org_id": ["\udfff"]}):
+        with pytest.raises(Forbidden) as refused:
+            decide(policy, "table=items&offset=-1", claims)
+        assert refused.value.reason == "claim_unusable"

@@ -58,6 +58,9 @@ VALUES = [
     "id > 0 -- ) OR (true", "id > 0 --", "title = '--'", "id > 0 /* ) OR (true */",
     "title = $$) OR (true$$", "title = E'\\'' OR true --'", "id > 0 --\r", "(id > 0))",
     "id > 0 /* unterminated", "title = U&'\\0041'",
+    # COLLATE goes to the engine (which decides which collations it evaluates), columns checked
+    'title COLLATE "C" > $1', "salary::text COLLATE \"C\" > '1'", 'id COLLATE "C"',
+    "title COLLATE pg_catalog.\"POSIX\" < 'b' -- ) OR (true",
 ]  # fmt: skip
 
 

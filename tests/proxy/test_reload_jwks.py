@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from proxy.config.loader import load_config
@@ -191,3 +192,49 @@ async def test_a_key_replaced_under_the_same_kid_stops_working(
 
     await _eventually(refused)
     assert (await proxy.get(SHAPE, token=proxy.tokens.make(key=replacement))).status == 200
+
+
+async def test_an_issuer_emptying_its_key_set_stops_its_old_keys(
+    make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str], idp: FakeIdp
+) -> None:
+    """`{"keys": []}` is the issuer's word that no key is good any more. It was taken for a
+    failed fetch, so the last key set stayed in use for ever (stale-if-error) and tokens of
+    the withdrawn keys kept working."""
+    proxy = await _short_ttl_proxy(make_proxy, config_data, environ)
+    token = proxy.tokens.make()
+    assert (await proxy.get(SHAPE, token=token)).status == 200
+    idp.keys = []
+
+    async def refused() -> bool:
+        reply = await proxy.get(SHAPE, token=token)
+        return reply.status == 401 and reply.json()["code"] == "unknown_key"
+
+    await _eventually(refused)
+
+
+async def test_stale_keys_are_served_for_a_day_at_most(
+    idp: FakeIdp, idp_server: Any, signing_key: KeyPair
+) -> None:
+    """While the issuer's JWKS cannot be fetched the last good keys keep working (a short
+    outage must not lock every user out), but not for ever: the issuer may have revoked them
+    meanwhile. Past a day (`MAX_STALE`) the issuer is unavailable (503) until it answers."""
+    import aiohttp
+
+    from proxy.auth.jwks import JwksCache
+    from proxy.errors import ServiceUnavailable
+
+    now = [1000.0]
+    async with aiohttp.ClientSession() as session:
+        cache = JwksCache(
+            str(idp_server.make_url("/jwks.json")), session, ttl=300, clock=lambda: now[0]
+        )
+        assert (await cache.get_key("key-1", "RS256")) is not None
+        idp.down = True
+        now[0] += 24 * 3600 - 1
+        assert (await cache.get_key("key-1", "RS256")) is not None  # stale, still served
+        now[0] += 2
+        with pytest.raises(ServiceUnavailable):
+            await cache.get_key("key-1", "RS256")
+        idp.down = False
+        now[0] += 20  # past the error backoff: the next call fetches again
+        assert (await cache.get_key("key-1", "RS256")) is not None

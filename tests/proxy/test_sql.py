@@ -146,3 +146,21 @@ def test_positional_order_by_is_refused(clause: str) -> None:
     with pytest.raises(BadShapeRequest) as info:
         check_order_by(clause, {"id", "title"}, what="subset order_by")
     assert info.value.message == "A_Const expressions are not allowed in ORDER BY clauses"
+
+
+@pytest.mark.parametrize(
+    ("clause", "blanked"),
+    [
+        ("title COLLATE \"C\" > 'a'", "title             > 'a'"),
+        ("upper(t COLLATE pg_catalog.\"C\") = $1", "upper(t" + " " * 23 + ") = $1"),
+        ("é COLLATE ucs_basic = 'collate'", "é                   = 'collate'"),
+        ("title = 'COLLATE \"C\"'", "title = 'COLLATE \"C\"'"),
+    ],
+)
+def test_without_collate_blanks_only_collate_clauses_keeping_locations(
+    clause: str, blanked: str
+) -> None:
+    from proxy.policy.sql import without_collate
+
+    assert without_collate(clause) == blanked
+    assert len(without_collate(clause)) == len(clause)

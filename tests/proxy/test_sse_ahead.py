@@ -18,8 +18,10 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
+from proxy.upstream import sse
 from tests.proxy.sse_fakes import proxy_in_front, sse_batch, sse_headers
 from tests.support.waiting import wait_until_async
 
@@ -42,7 +44,7 @@ class GatedEngine:
         assert request.query.get("live_sse") == "true", request.url
         log_end = "200_2" if offset == "100_0" else offset
         resp = web.StreamResponse(
-            headers=sse_headers(offset, {"shapegate-log-end": log_end, "electric-has-data": "true"})
+            headers=sse_headers(offset, {"electric-has-data": "true"}, log_end)
         )
         await resp.prepare(request)
         if offset == "100_0":
@@ -76,8 +78,14 @@ def _ids(body: bytes) -> list[str]:
 
 
 async def test_a_client_ahead_of_a_shared_catch_up_does_not_get_it_again(
-    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+    aiohttp_server: Any,
+    idp_server: Any,
+    environ: Any,
+    make_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # (streams that end at once, as the engine's did after a catch-up: each client's with it)
+    monkeypatch.setattr(sse, "MIN_CLIENT_STREAM", 0.0)
     engine = GatedEngine()
     proxy, token = await proxy_in_front(
         engine.shape, aiohttp_server, idp_server, environ, make_proxy
@@ -99,9 +107,14 @@ async def test_a_client_ahead_of_a_shared_catch_up_does_not_get_it_again(
 
 
 async def test_a_client_ahead_gets_the_part_of_a_read_after_its_offset(
-    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+    aiohttp_server: Any,
+    idp_server: Any,
+    environ: Any,
+    make_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The stream's next read holds transactions 200 and 300; a client at 200_0 gets 300."""
+    monkeypatch.setattr(sse, "MIN_CLIENT_STREAM", 0.0)  # (as above)
     engine = GatedEngine()
 
     async def shape(request: web.Request) -> web.StreamResponse:
@@ -141,7 +154,7 @@ class CatchUpEngine:
     async def shape(self, request: web.Request) -> web.StreamResponse:
         offset = request.query["offset"]
         self.requests.append(offset)
-        resp = web.StreamResponse(headers=sse_headers(offset, {"shapegate-log-end": "300_0"}))
+        resp = web.StreamResponse(headers=sse_headers(offset, log_end="300_0"))
         await resp.prepare(request)
         try:
             if offset == "100_0":
@@ -163,19 +176,23 @@ async def test_a_client_behind_is_caught_up_then_joins_the_shared_stream(
 ) -> None:
     """A client behind the shared stream's history gets the engine's catch-up on a stream of
     its own, which ends (and its engine request with it) once the client can join the shared
-    stream: it does not hold a second engine stream until the SSE timeout."""
+    stream: it does not hold a second engine stream until the SSE timeout. The client's
+    response goes on, on the shared stream (it used to end there: a stream of a few ms,
+    and Electric's client falls back to long-polling after three short ones in a row)."""
     engine = CatchUpEngine()
     proxy, token = await proxy_in_front(
         engine.shape, aiohttp_server, idp_server, environ, make_proxy
     )
     at_tip = await _open(proxy, token, "300_0")
     behind = await _open(proxy, token, "100_0")
-    # its catch-up, then the end of that stream (it used to stay open: a timeout here)
-    assert _ids(await asyncio.wait_for(behind.read(), 20)) == ["5", "6"]
+    caught_up = await asyncio.wait_for(
+        behind.content.readuntil(b'"global_last_seen_lsn":"300"}}\n\n'), 20
+    )
+    assert _ids(caught_up) == ["5", "6"]
     await wait_until_async(lambda: engine.closed == ["100_0"], message="its engine request closed")
-    rejoined = await _open(proxy, token, "300_0")  # from its last up-to-date: shared
     assert engine.requests == ["300_0", "100_0"]
     engine.live.set()
-    for resp in (at_tip, rejoined):
+    for resp in (at_tip, behind):
         assert _ids(await resp.content.readuntil(b'"global_last_seen_lsn":"400"}}\n\n')) == ["7"]
         resp.close()
+    assert engine.requests == ["300_0", "100_0"]

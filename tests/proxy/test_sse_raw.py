@@ -33,9 +33,7 @@ class GzipEngine:
     async def shape(self, request: web.Request) -> web.StreamResponse:
         offset = request.query["offset"]
         self.requests.append(offset)
-        resp = web.StreamResponse(
-            headers=sse_headers(offset, {"content-encoding": "gzip", "shapegate-log-end": offset})
-        )
+        resp = web.StreamResponse(headers=sse_headers(offset, {"content-encoding": "gzip"}))
         await resp.prepare(request)
         gzip = zlib.compressobj(wbits=31)
         if offset == "100_2":

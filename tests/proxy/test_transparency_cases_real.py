@@ -32,6 +32,7 @@ from proxy.config.loader import build_config
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
+from tests.sync_engine.http.test_server_pipelining import responses
 
 ROOT = Path(__file__).resolve().parents[2]
 #: The protocol headers compared (with those of `_comparable`: cache-control, etag, vary,
@@ -50,14 +51,16 @@ PROTOCOL = (
 
 
 @pytest.fixture
-def engine(start_engine: Any) -> EngineProcess:
+def engine(start_engine: Any, request: pytest.FixtureRequest) -> EngineProcess:
+    """The engine (extra arguments by indirect parametrization)."""
+    extra: tuple[str, ...] = getattr(request, "param", ())
     return start_engine(
         'CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, "Mixed" int)',
         "INSERT INTO items VALUES (1, 'org-a', 'a1', 1), (2, 'org-b', 'b1', 2)",
         'CREATE SCHEMA "Odd.Schema"',
         'CREATE TABLE "Odd.Schema"."we""ird" (id int PRIMARY KEY, v text)',
         """INSERT INTO "Odd.Schema"."we""ird" VALUES (1, 'x')""",
-        args=("--long-poll-timeout", "1", "--sse-timeout", "2", "--allow-delete"),
+        args=("--long-poll-timeout", "1", "--sse-timeout", "2", "--allow-delete", *extra),
     )
 
 
@@ -102,8 +105,9 @@ def _direct(engine: EngineProcess, secret: str, target: str) -> str:
 Case = tuple[str, str, dict[str, str], bytes | None]
 
 
-def _cases(handle: str, offset: str, etag: str) -> list[Case]:
+def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> list[Case]:
     shape = f"/v1/shape?table=items&handle={handle}"
+    catch_up = f"{shape}&offset=0_0"
     long_where = "id%20IN%20(" + ",".join(str(i) for i in range(1500)) + ")"
     return [
         # repeated, empty and unknown parameters
@@ -169,6 +173,23 @@ def _cases(handle: str, offset: str, etag: str) -> list[Case]:
         ("POST", "/v1/shape?table=items&offset=-1", {}, None),
         ("POST", f"{shape}&offset={offset}", {}, b'{"where": "id > 1"}'),
         ("POST", "/v1/shape?table=items&offset=-1", {"Content-Type": "text/plain"}, b"{}"),
+        # what Electric's client sends besides: its last handle as `expired_handle` after a
+        # 409, a cursor on every request after the first, `offset=now` with a handle
+        ("GET", f"/v1/shape?table=items&offset=-1&expired_handle={handle}", {}, None),
+        ("GET", f"{shape}&offset=-1&expired_handle={handle}", {}, None),
+        ("GET", f"{catch_up}&cursor=123", {}, None),
+        ("GET", f"{catch_up}&cursor=", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&cursor=99999999999", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&cursor=abc", {}, None),
+        ("GET", f"{shape}&offset=now&live=true&cursor=5", {}, None),
+        ("GET", "/v1/shape?table=items&offset=now&handle=nosuch", {}, None),
+        ("GET", "/v1/shape?table=items&offset=now&live=true", {}, None),
+        # revalidating a catch-up (a browser's cache, a CDN): 304 with the engine's headers
+        ("GET", catch_up, {"If-None-Match": catch_up_etag}, None),
+        ("HEAD", catch_up, {"If-None-Match": catch_up_etag}, None),
+        ("GET", catch_up, {"If-None-Match": f"W/{catch_up_etag}"}, None),
+        ("GET", catch_up, {"If-None-Match": catch_up_etag, "Origin": "https://a.example"}, None),
+        ("GET", f"{shape}&offset={offset}", {"If-None-Match": catch_up_etag}, None),
         # conditional requests, HEAD, OPTIONS
         ("GET", "/v1/shape?table=items&offset=-1", {"If-None-Match": etag}, None),
         ("HEAD", "/v1/shape?table=items&offset=-1", {"If-None-Match": etag}, None),
@@ -241,8 +262,8 @@ async def test_hand_picked_requests_are_answered_as_the_engine_answers(
             session, "GET", f"{base}/v1/shape?table=items&offset=0_0&handle={handle}", {}, None
         )
         assert status == 200
-        offset = headers["electric-offset"]
-        for method, target, req_headers, body in _cases(handle, offset, etag):
+        offset, catch_up_etag = headers["electric-offset"], headers["etag"]
+        for method, target, req_headers, body in _cases(handle, offset, etag, catch_up_etag):
             answers = []
             for url in (_direct(engine, engine_secret, target), base + target):
                 status, headers, raw = await _send(session, method, url, req_headers, body)
@@ -344,3 +365,226 @@ async def test_deletes_are_answered_as_the_engine_answers(
             answers.append(_comparable(status, headers, raw, "DELETE"))
     assert answers[1] == answers[0]
     assert answers[0][0] == (400 if target == "/v1/shape" else 404 if "nosuch" in target else 202)
+
+
+_SHAPE_REQUEST = b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n"
+#: What follows two valid requests in one packet (ids: what it is).
+PIPELINED_TAILS = {
+    "bad-header": b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
+    "no-host": b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\n\r\n",
+    "garbage": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+    "long-target": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http-2.0": b"GET /v1/shape?table=items&offset=-1 HTTP/2.0\r\nHost: x\r\n\r\n",
+    "bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "closing": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    # answered as plain HTTP, then the connection closes: what follows is not read
+    "upgrade": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: websocket\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    "upgrade-h2c": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings"
+    b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "http-1.0": b"GET /v1/health HTTP/1.0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+}
+
+
+async def _raw_exchange(base: str, data: bytes) -> list[Any]:
+    """`data` in one write to the server at `base`; each answer until it closes, as status,
+    JSON body less the proxy's `code` (rows for a shape's), content-type and connection."""
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    answers = []
+    for status, headers, body in responses(raw):
+        answer = json.loads(body) if body else None
+        if isinstance(answer, dict):
+            answer.pop("code", None)
+        elif isinstance(answer, list):
+            answer = sorted(m["key"] for m in answer if "key" in m)
+        answers.append(
+            (status, answer, headers.get("content-type"), headers.get("connection", "keep-alive"))
+        )
+    return answers
+
+
+@pytest.mark.parametrize("tail", list(PIPELINED_TAILS))
+async def test_pipelined_requests_are_answered_alike(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, tail: str
+) -> None:
+    """Two valid requests and what follows them in one packet, raw, straight to the engine and
+    through the proxy: the same answers in the same order. The engine answered a valid
+    request followed in the same packet by a malformed one with the 400 alone (aiohttp's
+    parser; sync_engine/http/parser_refusals.py), the proxy both."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    target = b"/v1/shape?table=items&offset=-1"
+    direct = target + b"&secret=" + engine_secret.encode()
+    answers = [
+        await _raw_exchange(engine.url, (_SHAPE_REQUEST % direct) * 2 + PIPELINED_TAILS[tail]),
+        await _raw_exchange(base, (_SHAPE_REQUEST % target) * 2 + PIPELINED_TAILS[tail]),
+    ]
+    assert answers[1] == answers[0]
+    assert [a[0] for a in answers[0][:2]] == [200, 200]
+    assert len(answers[0]) == 3
+
+
+async def _to_the_tip(session: aiohttp.ClientSession, url: Any, query: str) -> tuple[str, str]:
+    """Follow the shape of `query` (straight to the engine: `url(target)`) to up-to-date."""
+    offset, handle = "-1", ""
+    while True:
+        target = f"/v1/shape?{query}&offset={offset}" + (f"&handle={handle}" if handle else "")
+        status, headers, _ = await _send(session, "GET", url(target), {}, None)
+        assert status == 200
+        handle, offset = headers["electric-handle"], headers["electric-offset"]
+        if "electric-up-to-date" in headers:
+            return handle, offset
+
+
+@pytest.mark.parametrize("live", ["live=true", "live=true&live_sse=true"], ids=["poll", "sse"])
+async def test_a_rotation_is_answered_alike(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, live: str
+) -> None:
+    """Live requests parked at the tip, straight and through the proxy, when the shape
+    rotates (TRUNCATE): the same 409 must-refetch for a long-poll, the same clean end for an
+    SSE stream; then what the client does next, the same answers: its old handle again
+    (409), the new shape with `expired_handle`, and the new shape's catch-up."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+
+    def direct(target: str) -> str:
+        return _direct(engine, engine_secret, target)
+
+    async with aiohttp.ClientSession() as session:
+        handle, offset = await _to_the_tip(session, direct, "table=items")
+        before = await parked_requests(engine.url, engine_secret)
+        target = f"/v1/shape?table=items&handle={handle}&offset={offset}&{live}&cursor=7"
+        waiting = [
+            asyncio.ensure_future(_send(session, "GET", url, {}, None))
+            for url in (direct(target), base + target)
+        ]
+
+        async def both_parked() -> bool:
+            return await parked_requests(engine.url, engine_secret) >= before + 2
+
+        await wait_until_async(both_parked, timeout=20, message="both parked in the engine")
+        with psycopg.connect(engine.db_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE items")
+        answers = []
+        for task in waiting:
+            status, headers, raw = await task
+            if headers.get("content-type", "").startswith("text/event-stream"):
+                raw = _sse_rows(raw)
+            answers.append(_comparable(status, headers, raw, "GET"))
+        assert answers[1] == answers[0]
+        assert answers[0][:2] == ((200, ([], [])) if "sse" in live else (409, answers[0][1]))
+        new_handle = ""
+        cases = [
+            f"/v1/shape?table=items&handle={handle}&offset={offset}",
+            f"/v1/shape?table=items&handle={handle}&offset={offset}&{live}",
+            f"/v1/shape?table=items&handle={handle}&offset=-1",
+            f"/v1/shape?table=items&offset=-1&expired_handle={handle}",
+        ]
+        differences = []
+        for target in cases:
+            seen = []
+            for url in (direct(target), base + target):
+                status, headers, raw = await _send(session, "GET", url, {}, None)
+                seen.append(_comparable(status, headers, raw, "GET"))
+                if status == 409:
+                    new_handle = headers.get("electric-handle", new_handle)
+            if seen[1] != seen[0]:
+                differences.append((target, *seen))
+            if len(cases) == 4 and target == cases[-1]:
+                assert new_handle, seen  # (a 409 names the shape to refetch)
+                cases += [
+                    f"/v1/shape?table=items&handle={new_handle}&offset=-1&expired_handle={handle}",
+                    f"/v1/shape?table=items&handle={new_handle}&offset=0_0",
+                ]
+    assert differences == []
+
+
+@pytest.mark.parametrize("engine", [("--max-shapes", "1")], indirect=True, ids=["max-shapes"])
+async def test_a_503_is_answered_alike(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """The engine's 503 (its shape limit reached): status, JSON body, Retry-After and cache
+    headers, straight and through the proxy, for GET and HEAD."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    async with aiohttp.ClientSession() as session:
+        status, _, _ = await _send(
+            session, "GET", _direct(engine, engine_secret, "/v1/shape?table=items&offset=-1"),
+            {}, None,
+        )  # fmt: skip
+        assert status == 200
+        differences = []
+        for method, target in [
+            ("GET", "/v1/shape?table=items&offset=-1&where=id%3E0"),
+            ("HEAD", "/v1/shape?table=items&offset=-1&where=id%3E0"),
+            ("GET", "/v1/shape?table=items&offset=-1&columns=id"),
+            ("GET", "/v1/shape?table=items&offset=-1&where=id%3E0&Origin=x"),
+        ]:
+            seen = []
+            for url in (_direct(engine, engine_secret, target), base + target):
+                status, headers, raw = await _send(
+                    session, method, url, {"Origin": "https://a.example"}, None
+                )
+                seen.append(_comparable(status, headers, raw, method))
+            assert seen[0][0] == 503, seen[0]
+            if seen[1] != seen[0]:
+                differences.append((method, target, *seen))
+    assert differences == []
+
+
+async def _leave_mid_body(url: str, after: int) -> None:
+    """Ask for `url` raw and close the connection once `after` bytes of the answer came."""
+    parsed = URL(url)
+    reader, writer = await asyncio.open_connection(parsed.host, parsed.port)
+    try:
+        writer.write(f"GET {parsed.raw_path_qs} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await writer.drain()
+        got = 0
+        while got < after:
+            piece = await asyncio.wait_for(reader.read(65536), 30)
+            assert piece, "closed before the body"
+            got += len(piece)
+    finally:
+        writer.transport.abort()  # (a reset, as a closed tab's)
+
+
+async def test_a_client_leaving_mid_body_changes_nobody_elses_answer(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """A large initial sync whose client leaves after its first 64 KB, alone and while a
+    second client's identical request shares its engine request: the second client, and
+    the next one, get the whole answer, as straight from the engine (nothing cut short,
+    cached or shared half-written)."""
+    with psycopg.connect(engine.db_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO items SELECT i, 'org-a', repeat('x', 400), i "
+            "FROM generate_series(100, 8100) i"
+        )
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    target = "/v1/shape?table=items&offset=-1"
+    async with aiohttp.ClientSession() as session:
+        for where in ("", "&where=id%3E0", "&where=id%3E1"):
+            direct = _direct(engine, engine_secret, target + where)
+            expected = _comparable(*await _send(session, "GET", direct, {}, None), "GET")
+            assert expected[0] == 200 and len(expected[1][0]) > 1000  # (a chunk of ~1 MB)
+            for url in (direct, base + target + where):
+                # (each case a URL nobody asked before: `cache-buster`, which the engine
+                # ignores, as Electric does)
+                # together: one leaves while the other's identical request is under way
+                other = asyncio.ensure_future(
+                    _send(session, "GET", url + "&cache-buster=t", {}, None)
+                )
+                await _leave_mid_body(url + "&cache-buster=t", 65536)
+                together = _comparable(*await other, "GET")
+                # alone: it leaves, then the next client asks
+                await _leave_mid_body(url + "&cache-buster=a", 65536)
+                alone = _comparable(
+                    *await _send(session, "GET", url + "&cache-buster=a", {}, None), "GET"
+                )
+                assert together == expected
+                assert alone == expected

@@ -52,6 +52,8 @@ READ_HEADERS = (
     "retry-after",
     "location",
     "allow",
+    "server",
+    "connection",
 )
 PRESENCE_ONLY = ("electric-cursor",)
 #: Not compared (comma-separated names; none by default).
@@ -275,6 +277,15 @@ def _comparable(status: int, headers: Any, body: bytes, method: str, query: str 
             )
             if not seen[name]:
                 del seen[name]
+    # Framing: a body of known length as Content-Length or chunked (a client streaming the
+    # body, or waiting on its length, sees the difference); none on a 204/304/HEAD.
+    seen["framing"] = [
+        "chunked"
+        if "chunked" in headers.get("transfer-encoding", "").lower()
+        else "length"
+        if "content-length" in headers
+        else "none"
+    ]
     if seen.get("etag"):
         # (a no-change answer's ETag ends with the time it was made: `h:req:resp:time`)
         seen["etag"] = [

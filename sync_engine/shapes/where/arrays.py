@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from sync_engine.pg.values import Value
 
+from .semantics import nan_marked
+
 
 def flatten(value: Value) -> list[Value]:
     out: list[Value] = []
@@ -21,17 +23,18 @@ def flatten(value: Value) -> list[Value]:
 
 
 def array_contains(a: Value, b: Value) -> bool:
-    """a @> b: every element of b is in a; NULL elements never match (Postgres rule)."""
-    have = [x for x in flatten(a) if x is not None]
-    for x in flatten(b):
+    """a @> b: every element of b is in a; NULL elements never match (Postgres rule). The
+    elements compare with their type's `=`: NaN equals NaN (`'{NaN}'::float8[] @> '{NaN}'`)."""
+    have = [x for x in flatten(nan_marked(a)) if x is not None]
+    for x in flatten(nan_marked(b)):
         if x is None or x not in have:
             return False
     return True
 
 
 def array_overlaps(a: Value, b: Value) -> bool:
-    have = [x for x in flatten(a) if x is not None]
-    return any(x is not None and x in have for x in flatten(b))
+    have = [x for x in flatten(nan_marked(a)) if x is not None]
+    return any(x is not None and x in have for x in flatten(nan_marked(b)))
 
 
 def array_ndims(a: Value) -> int | None:

@@ -44,7 +44,15 @@ from .datetimes import (
     tstz_to_ts,
 )
 from .resolution import INT_TYPES, NUMERIC_ORDER
-from .semantics import float4_to_numeric, identity, to_float4, to_float8, to_int, to_numeric
+from .semantics import (
+    float4_to_numeric,
+    identity,
+    pg_numeric,
+    to_float4,
+    to_float8,
+    to_int,
+    to_numeric,
+)
 
 # Implicit (and explicit) scalar conversions: (from, to) -> (function, index-exact).
 IMPLICIT_CASTS: dict[tuple[PgType, PgType], tuple[Callable[[Value], Value], bool]] = {}
@@ -162,12 +170,27 @@ def _time_input(text: str) -> Value:
 
 def datetime_input(target: PgType) -> Callable[[str], Value]:
     """Postgres's input of `target` as far as the engine reads it: `pgv.input_parser`, and for
-    date and time also a date with a time of day (see _DATE_WITH_CLOCK); ValueError."""
+    date and time also a date with a time of day (see _DATE_WITH_CLOCK); numerics with a
+    scale of 0 or more (`pg_numeric`); ValueError."""
     if target == DATE:
         return _date_input
     if target == TIME:
         return _time_input
-    return pgv.input_parser(target)
+    parser = pgv.input_parser(target)
+    if target.element == NUMERIC:
+        return _numeric_scaled(parser)
+    return parser
+
+
+def _numeric_scaled(parser: Callable[[str], Value]) -> Callable[[str], Value]:
+    """`parser`'s numerics (an array's too) as Postgres holds them (`pg_numeric`)."""
+
+    def scaled(value: Value) -> Value:
+        if isinstance(value, tuple):
+            return tuple(scaled(x) for x in value)
+        return pg_numeric(value) if isinstance(value, Decimal) else value
+
+    return lambda text: scaled(parser(text))
 
 
 def interval_literal(text: str) -> Value:
@@ -279,7 +302,7 @@ def text_input_cast(target: PgType) -> Callable[[str], Value]:
                 return pgv.parse_array(text, strict_element, target)
 
             return _array_text_input(target, parse_elements)
-        return _array_text_input(target, pgv.input_parser(target))
+        return _array_text_input(target, datetime_input(target))
     parser = datetime_input(target)
     strict = _STRICT_TEXT_INPUT.get(target)
     if strict is not None:

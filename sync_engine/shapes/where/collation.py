@@ -27,7 +27,9 @@ everywhere else:
 A collatable column's `ColumnInfo.collation` (catalog.py) is
 `provider|collate|ctype|deterministic|oid|dbprovider|dbcollate|dbctype|dbdeterministic|encoding`:
 its own collation (the database default resolved), the collation's OID (100 for the
-default), the database default's and the database encoding (for `ucs_basic`). A column
+default), the database default's and the database encoding (for `ucs_basic`); a column of
+any other type has the last five (`||||0|...`), so a table without text columns knows the
+default too (`i::text < '5'` uses it). A column
 recorded before the OID and the database default were (four fields) keeps its own rules
 but counts as a collation of its own (a second such column conflicts with it) and tells
 nothing of the default; one recorded before collations were (None) has unknown rules:
@@ -41,6 +43,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.types import PgType
 
 from .resolution import STRING_TYPES
 
@@ -154,8 +157,11 @@ def _rules_of(provider: str, collate: str, ctype: str, deterministic: str) -> Te
 
 
 def column_ident(col: ColumnInfo) -> Ident | None:
-    """The column's collation (None: not collatable)."""
-    if col.pg_type.element not in STRING_TYPES:
+    """The column's collation (None: not collatable). A domain's is collatable as its
+    base type is (`d::text` of a domain over text COLLATE "C" is "C")."""
+    if col.pg_type.element not in STRING_TYPES and (
+        col.type_kind != "d" or PgType(col.domain_base or "") not in STRING_TYPES
+    ):
         return None
     parts = _parts(col.collation) if col.collation is not None else []
     if len(parts) >= 5 and parts[4].isdigit():
@@ -203,14 +209,14 @@ def _collations(columns: tuple[ColumnInfo, ...]) -> Collations:
     utf8 = False
     for col in columns:
         ident = column_ident(col)
-        if ident is None:
-            continue
         if col.collation is None:
-            by_ident[ident] = UNKNOWN
+            if ident is not None:
+                by_ident[ident] = UNKNOWN
             continue
         parts = [*_parts(col.collation), "", "", "", "", "", "", "", "", ""]
-        by_ident[ident] = _rules_of(*parts[:4])
-        if parts[5]:
+        if ident is not None:
+            by_ident[ident] = _rules_of(*parts[:4])
+        if parts[5]:  # (every column of any type recorded since the default was)
             rules = _rules_of(*parts[5:9])
             default = replace(rules, blocker=f"the database default {rules.blocker}")
         utf8 = utf8 or parts[9] == "UTF8"

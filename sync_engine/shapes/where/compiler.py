@@ -95,8 +95,8 @@ from .resolution import (
     common_type,
     select_common,
 )
-from .semantics import comparison_op, identity
-from .text import bool_text, bool_text_from_raw, case_mapping, text_output
+from .semantics import comparison_op, identity, pg_numeric
+from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
 
 
 class Compiler:
@@ -267,6 +267,13 @@ class Compiler:
         if len(parts) != 1 or parts[0] not in self.columns:
             raise error_at(f"unknown reference {'.'.join(parts)}", node)
         col = self.columns[parts[0]]
+        if col.generated and self.live:
+            # (every change would lack it: the shape could only be rotated on each one)
+            raise error_at(
+                f"column {col.name} is a generated column, which PostgreSQL 15 does not"
+                " replicate: a shape's where cannot read it",
+                node,
+            )
         self.referenced.add(col.name)
         typ = col.pg_type
         parse = pgv.output_parser(typ)
@@ -303,7 +310,7 @@ class Compiler:
                 if -(2**63) <= n < 2**63:
                     return const(INT8, n, node)
                 return const(NUMERIC, Decimal(n), node)
-            return const(NUMERIC, Decimal(text), node)
+            return const(NUMERIC, pg_numeric(Decimal(text)), node)
         if isinstance(val, ast.Boolean):
             return const(BOOL, bool(val.boolval), node)
         if isinstance(val, ast.String):
@@ -476,7 +483,7 @@ class Compiler:
             return UCS_BASIC
         raise error_at(
             f'COLLATE "{".".join(names)}" is not supported (only "C", "POSIX", "default" and,'
-            ' in a UTF8 database whose table has a text column, "ucs_basic" are)',
+            ' in a UTF8 database, "ucs_basic" are)',
             node,
         )
 
@@ -598,12 +605,16 @@ class Compiler:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         if arg.raw and arg.column is not None:
             col = arg.column
-            if src == BOOL:
-                func: Callable[[str], Value] = bool_text_from_raw
-            elif src == BPCHAR:
+            func: Callable[[str], Value] = identity
+            # the cast is the type's (a domain's: its base type's) cast function where it
+            # has one (pg_cast), else its output function: the column's text
+            cast_from = self._cast_source(col, node)
+            if cast_from == BOOL:
+                func = bool_text_from_raw
+            elif cast_from == BPCHAR:
                 func = pgv.output_parser(BPCHAR)
-            else:
-                func = identity
+            elif cast_from == INET:
+                func = inet_text
             fn = column_eval(col, func)
             # Only a value that is the column's own text may stand for the column (an outer
             # cast reads the column again, an index keys on its text): char(n) to text trims
@@ -624,6 +635,22 @@ class Compiler:
         if src == BOOL:
             out = bool_text
         return replace(apply(target, out, [arg], node), column=None)
+
+    def _cast_source(self, column: str, node: ast.Node) -> PgType:
+        """The type whose cast to text applies to `column`: its own, or for a domain (not
+        an array of one, whose text is its elements' output) the type under it."""
+        col = self.columns[column]
+        if col.type_kind != "d" or col.is_array:
+            return col.pg_type
+        if col.domain_base is None:
+            raise error_at(
+                f"casting a value of domain {col.type_name} is not supported here (its base"
+                " type is not known)",
+                node,
+            )
+        if col.domain_base.startswith("_"):  # (a domain over an array: array_out)
+            return PgType(col.domain_base[1:], array=True)
+        return PgType(col.domain_base)
 
     def as_text(self, expr: Expr) -> Expr:
         if expr.type in STRING_TYPES or expr.type == UNKNOWN:

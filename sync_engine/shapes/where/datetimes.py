@@ -30,7 +30,16 @@ def ts_to_tstz(value: Value) -> Value:
 def tstz_to_ts(value: Value) -> Value:
     if isinstance(value, pgv.PgInfinity):
         return value
-    return value.astimezone(UTC).replace(tzinfo=None)
+    return _in_utc(value).replace(tzinfo=None)
+
+
+def _in_utc(value: datetime) -> datetime:
+    """An aware datetime in UTC; one written with an offset can leave Python's years in UTC
+    ('9999-12-31 23:00-12' is in year 10000), which Postgres holds."""
+    try:
+        return value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise _beyond_python() from None
 
 
 def ts_to_date(value: Value) -> Value:
@@ -66,11 +75,16 @@ def add_interval(value: Value, iv: pgv.Interval) -> Value:
         # Postgres adds months and days in the session's zone (UTC for the engine), not in
         # the offset a literal was written with: '1999-12-31 12:00-12'::timestamptz - '1 mon'
         # is 1999-12-01 00:00 UTC, not 1999-11-30 12:00-12.
-        value = value.astimezone(UTC)
+        value = _in_utc(value)
     try:
+        # months, then days, then the time, each step in range as in timestamp_pl_interval:
+        # '2024-01-01' - (3000000 days -72000000 hours) fails in Postgres (year 6190 BC on
+        # the way) where the sum of the two is no change
         if iv.months:
             value = pgv.add_months(value, iv.months)
-        return value + timedelta(days=iv.days, microseconds=iv.micros)
+        if iv.days:
+            value = value + timedelta(days=iv.days)
+        return value + timedelta(microseconds=iv.micros)
     except (OverflowError, ValueError):
         raise _beyond_python() from None
 

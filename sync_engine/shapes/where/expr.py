@@ -141,8 +141,15 @@ def null_safe(func: Callable[..., Value], args: Sequence[Expr]) -> Expr | Eval:
         f1, f2 = args[0].fn, args[1].fn
         if args[1].is_const:
             b = args[1].value
-            if b is None:
+            if b is None and planner_const(args[1]):
                 return lambda _row, _cache: None
+            if b is None:  # (a NULL the planner leaves to run per row: `a` still runs)
+
+                def after(row: Row, cache: Cache) -> Value:
+                    f1(row, cache)
+                    return None
+
+                return after
 
             def two_const(row: Row, cache: Cache) -> Value:
                 a = f1(row, cache)
@@ -180,8 +187,11 @@ def apply(
     A constant NULL argument makes it a constant NULL, as Postgres's planner folds a strict
     function with a NULL constant input (evaluate_function) before any row is read: the
     other arguments are never evaluated, so `NULL::int4 / t::int4` is NULL even on rows
-    where t is no integer (the engine raised there and called the row no match)."""
-    if any(a.is_const and a.value is None for a in args):
+    where t is no integer (the engine raised there and called the row no match). Only a
+    NULL the planner makes: a stable one (`'infinity'::timestamptz::time`, which reads
+    TimeZone) is NULL only when the row runs, after the other arguments ran (and failed,
+    `(tz - tz)` on an infinite tz)."""
+    if any(planner_const(a) and a.value is None for a in args):
         return const(pg_type, None, node)
     if all(a.is_const for a in args):
         vals = [a.value for a in args]

@@ -111,6 +111,8 @@ def _textual(c: Compiler, e: Expr) -> Expr:
 
 
 def _concat_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
+    if not args:  # (VARIADIC "any": one argument at least)
+        raise error_at("function concat() does not exist", node)
     # concat() prints each argument with its output function: char(n) keeps its padding
     parts = [c.as_text(c.padded(a, node, "concat()")) for a in args]
     fns = [p.fn for p in parts]

@@ -18,15 +18,23 @@ def keyset(values: Iterable[Value]) -> frozenset[Value]:
 
 
 def indexable(values: Iterable[Value]) -> bool:
-    """Index keys must hash consistently with `==` (no NaN, no unhashable values)."""
+    """Index keys must hash consistently with `==` (no NaN, also none inside an array:
+    `(nan,)` equals itself as one object but not another such tuple, as NaN does not;
+    no unhashable values)."""
     try:
         for v in values:
-            if v != v:
+            if _has_nan(v):
                 return False
             hash(v)
     except TypeError:
         return False
     return True
+
+
+def _has_nan(v: Value) -> bool:
+    if isinstance(v, tuple):
+        return any(_has_nan(x) for x in v)
+    return bool(v != v)
 
 
 def index_key(column: ColumnInfo, text: str | None) -> object:

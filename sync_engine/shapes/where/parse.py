@@ -100,9 +100,25 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     return stmt
 
 
+class SqlStream(RawStream):
+    r"""pglast's RawStream, but a string constant holding a backslash is written as an
+    escape string (`E'a\\b'` for a\b), which Postgres reads the same whatever
+    `standard_conforming_strings` says. A database or role may set it `off`, and then
+    Postgres reads a backslash in a plain '...' as an escape: the deparse of the parameter
+    `\' AS text)) OR true) OR true --` closed its string early, and a subset's where ran
+    `... OR true` outside the shape's where (every row of the table)."""
+
+    def write_quoted_string(self, s: str) -> None:
+        if "\\" in s:
+            escaped = s.replace("\\", "\\\\").replace("'", "''")
+            self.write(f"E'{escaped}'")  # type: ignore[no-untyped-call]
+        else:
+            super().write_quoted_string(s)  # type: ignore[no-untyped-call]
+
+
 def sql_text(node: ast.Node) -> str:
     """The node as SQL text (pglast's deparser; no check, see `deparse`)."""
-    text: str = RawStream()(node)
+    text: str = SqlStream()(node)  # type: ignore[no-untyped-call]
     return text
 
 

@@ -53,8 +53,32 @@ def nan_aware(op: Callable[[Value, Value], Value]) -> Callable[[Value, Value], V
     return cmp
 
 
+class _NaN:
+    """The one NaN of `nan_marked` values: equal to itself (by identity), as Postgres's
+    NaN is to NaN, where Python's float and Decimal NaN equal nothing."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NaN"
+
+
+NAN_MARK = _NaN()
+
+
+def nan_marked(value: Value) -> Value:
+    """An array (nested tuples) with each NaN element replaced by `NAN_MARK`: compared
+    with `==` or `in`, its elements then follow Postgres's `=` (NaN = NaN)."""
+    if isinstance(value, tuple):
+        return tuple(nan_marked(x) for x in value)
+    return NAN_MARK if value != value else value
+
+
 def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Value, Value], Value]:
     op = COMPARISONS[op_name]
+    if pg_type.array and pg_type.element in FLOAT_TYPES:
+        # (arrays are only compared for equality: array_eq with the elements' `=`)
+        return lambda a, b: op(nan_marked(a), nan_marked(b))
     return nan_aware(op) if pg_type in FLOAT_TYPES else op
 
 
@@ -142,6 +166,16 @@ def num_mod(a: Decimal, b: Decimal) -> Decimal:
     return EXACT.remainder(a, b)
 
 
+def pg_numeric(value: Decimal) -> Decimal:
+    """`value` as Postgres holds a numeric: with a display scale of 0 or more. numeric_in
+    reads '1e100' as a 1 and 100 zeros (scale 0), where Decimal keeps an exponent of 100,
+    and the scale decides what follows: 1e100 * 1e-100 has scale 100 in Postgres ('1.000...')
+    and was 1 here; 1e100 * 1.5 prints a '.0'."""
+    if value.is_finite() and int(value.as_tuple().exponent) > 0:
+        return value.quantize(Decimal(1), context=EXACT)
+    return value
+
+
 def numeric_result(value: Decimal) -> Decimal:
     """Postgres's numeric range: at most 131072 digits before the decimal point."""
     if value.is_finite() and value and value.adjusted() >= 131072:
@@ -221,7 +255,7 @@ def to_numeric(value: Value) -> Decimal:
     if isinstance(value, float):
         if math.isnan(value):
             return NUMERIC_NAN
-        return Decimal(f"{value:.15g}")
+        return pg_numeric(Decimal(f"{value:.15g}"))
     return Decimal(value)
 
 
@@ -229,18 +263,20 @@ def float4_to_numeric(value: float) -> Decimal:
     """float4 -> numeric goes through `%.6g` text (FLT_DIG digits)."""
     if math.isnan(value):
         return NUMERIC_NAN
-    return Decimal(f"{value:.6g}")
+    return pg_numeric(Decimal(f"{value:.6g}"))
 
 
 def to_float8(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
-        return pgv.parse_float8(str(value))  # numeric -> float8 is float8in(numeric_out)
+        # numeric -> float8 is float8in(numeric_out), and numeric_out has no "-0": a
+        # numeric zero is never negative (-(0::numeric), 0 * -1, '-0'::numeric are 0)
+        return pgv.parse_float8(str(value.copy_abs() if value.is_zero() else value))
     return float(value)
 
 
 def to_float4(value: Value) -> float:
     if isinstance(value, Decimal) and value.is_finite():
-        return pgv.parse_float4(str(value))
+        return pgv.parse_float4(str(value.copy_abs() if value.is_zero() else value))
     result = float(value)
     narrowed = pgv.round_float4(result)
     if narrowed == 0.0 and result != 0.0:
@@ -262,7 +298,9 @@ def float_pow(a: float, b: float) -> float:
         return 1.0 if a == 1.0 else math.nan
     if a == 0.0 and b < 0.0:
         raise ValueError("zero raised to a negative power is undefined")
-    if a < 0.0 and math.floor(b) != b:
+    # (C's floor(±Inf) is ±Inf: an infinite power passes; Python's math.floor raises on it,
+    # and (-8) ^ 'Infinity' failed where Postgres answers Infinity)
+    if a < 0.0 and math.isfinite(b) and math.floor(b) != b:
         raise ValueError("a negative number raised to a non-integer power yields a complex result")
     if math.isinf(a) or math.isinf(b):
         return math.pow(a, b)  # C99 / POSIX special values, as Postgres spells them out

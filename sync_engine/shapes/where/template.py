@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from pglast import ast
 from pglast.parser import ParseError, parse_sql_json
-from pglast.stream import RawStream
 
 from sync_engine.pg.catalog import ColumnInfo
 
 from .errors import PREFIX
+from .parse import SqlStream
 
 #: One step from a node to a child: an attribute name, or an index into a tuple.
 Step = str | int
@@ -252,7 +252,7 @@ def make_template(
     template = Template(where, tuple(fixed), holes, (text,), ref_counts)
     if hole_values:
         marks = tuple((_MARK + i) * (-1 if v < 0 else 1) for i, v in enumerate(hole_values))
-        marked: str = RawStream()(template.tree(marks))
+        marked: str = SqlStream()(template.tree(marks))  # type: ignore[no-untyped-call]
         cut = [marked]
         for mark in marks:
             head, sep, tail = cut[-1].partition(str(mark))

@@ -32,7 +32,7 @@ from sync_engine.pg.types import (
     UUID,
     PgType,
 )
-from sync_engine.pg.values import Value
+from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .datetimes import tstz_to_ts
 from .resolution import INT_TYPES, STRING_TYPES
@@ -194,6 +194,17 @@ def bool_text_from_raw(text: str) -> str:
     return "true" if text in ("t", "true") else "false"
 
 
+INET = PgType("inet")
+
+
+def inet_text(text: str) -> str:
+    """text(inet) of an inet's output: with its netmask length always ('10.0.0.1/32'), where
+    the output leaves out a full one ('10.0.0.1')."""
+    if "/" in text:
+        return text
+    return text + ("/128" if ":" in text else "/32")
+
+
 class LikePattern:
     """A LIKE pattern, matched in time linear in the pattern times the text, as Postgres's
     MatchText does, never exponential.
@@ -277,9 +288,94 @@ def like_function(
     def like(text: str, pattern: str) -> bool:
         if fold is not None:
             text = fold(text)
-        return like_pattern(pattern, escape, fold=fold).matches(text) != negate
+        try:
+            compiled = like_pattern(pattern, escape, fold=fold)
+        except ValueError:
+            # A pattern ending in its escape character fails only where matching reaches
+            # that end with text left: `'b' LIKE 'a\'` is false, `'ab' LIKE 'a\'` fails.
+            tokens = _like_tokens(pattern, escape, fold)
+            return (_match_text(text, tokens, 0, 0, 0) == _LIKE_TRUE) != negate
+        return compiled.matches(text) != negate
 
     return like
+
+
+_PERCENT, _UNDERSCORE, _LONE_ESCAPE = object(), object(), object()
+_LIKE_TRUE, _LIKE_FALSE, _LIKE_ABORT = 1, 0, -1
+#: Levels of `%` the emulation follows (Python's stack); deeper, the answer is Postgres's.
+_MAX_LIKE_DEPTH = 200
+
+
+def _like_tokens(
+    pattern: str, escape: str | None, fold: Callable[[str], str] | None
+) -> list[object]:
+    """The pattern as MatchText reads it: literal characters (ILIKE: lowered), `%`, `_`,
+    and an escape character with nothing after it."""
+    tokens: list[object] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if escape and ch == escape:
+            i += 1
+            if i >= len(pattern):
+                tokens.append(_LONE_ESCAPE)
+                break
+            tokens.append(fold(pattern[i]) if fold else pattern[i])
+        elif ch == "%":
+            tokens.append(_PERCENT)
+        elif ch == "_":
+            tokens.append(_UNDERSCORE)
+        else:
+            tokens.append(fold(ch) if fold else ch)
+        i += 1
+    return tokens
+
+
+def _match_text(t: str, p: list[object], ti: int, pi: int, depth: int) -> int:
+    """Postgres's MatchText (like_match.c), step for step, for the patterns whose failure
+    depends on the text: the same order of search, the same early ABORT, so it fails
+    ("LIKE pattern must not end with escape character", a ValueError) exactly where
+    Postgres does, and otherwise answers as it does."""
+    if depth > _MAX_LIKE_DEPTH:
+        raise UnrepresentableValue("a LIKE pattern nested beyond what the engine follows")
+    tlen, plen = len(t), len(p)
+    while ti < tlen and pi < plen:
+        tok = p[pi]
+        if tok is _LONE_ESCAPE:
+            raise ValueError("LIKE pattern must not end with escape character")
+        if tok is _PERCENT:
+            pi += 1
+            while pi < plen:
+                if p[pi] is _PERCENT:
+                    pi += 1
+                elif p[pi] is _UNDERSCORE:
+                    if ti >= tlen:
+                        return _LIKE_ABORT
+                    ti += 1
+                    pi += 1
+                else:
+                    break
+            if pi >= plen:
+                return _LIKE_TRUE
+            first = p[pi]
+            if first is _LONE_ESCAPE:
+                raise ValueError("LIKE pattern must not end with escape character")
+            while ti < tlen:
+                if t[ti] == first:
+                    matched = _match_text(t, p, ti, pi, depth + 1)
+                    if matched != _LIKE_FALSE:
+                        return matched
+                ti += 1
+            return _LIKE_ABORT
+        if tok is not _UNDERSCORE and tok != t[ti]:
+            return _LIKE_FALSE
+        ti += 1
+        pi += 1
+    if ti < tlen:
+        return _LIKE_FALSE
+    while pi < plen and p[pi] is _PERCENT:
+        pi += 1
+    return _LIKE_TRUE if pi >= plen else _LIKE_ABORT
 
 
 # --- case mapping ---------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
 from sync_engine.pg.session import TCP_SETTINGS, redact_dsn, with_display_settings
+from tests.sync_engine.engine_harness import Engine
 
 
 def test_keepalives_are_added_unless_the_url_sets_them() -> None:
@@ -37,3 +39,32 @@ def test_redact_dsn_drops_every_secret_parameter() -> None:
         "user": "u", "host": "db.example", "port": "5433", "dbname": "app", "sslmode": "require",
     }  # fmt: skip
     assert redact_dsn("postgresql://u@h/d?sslpassword") == "<unparseable connection string>"
+
+
+async def test_a_database_cannot_change_how_the_engine_s_sql_is_read(engine: Engine) -> None:
+    """A database (or role) may set how Postgres reads SQL. With these three settings off
+    their defaults, the snapshot of `v = NULL` returned the row whose v is NULL (live
+    changes, evaluated by the engine, never match it), `'{NULL}'::text[]` was an array of
+    the string 'NULL', and a backslash in '...' was an escape."""
+    dbname = str(conninfo_to_dict(engine.db_url)["dbname"])
+    with psycopg.connect(engine.db_url, autocommit=True) as conn:
+        for setting, value in [
+            ("transform_null_equals", "on"),
+            ("array_nulls", "off"),
+            ("standard_conforming_strings", "off"),
+        ]:
+            conn.execute(
+                pgsql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    pgsql.Identifier(dbname), pgsql.Identifier(setting), pgsql.Literal(value)
+                )
+            )
+    engine.sql("CREATE TABLE t (id int PRIMARY KEY, v text, a text[])")
+    engine.sql(
+        "INSERT INTO t VALUES (1, NULL, '{x}'), (2, %s, ARRAY[NULL]), (3, 'b', NULL)", ("a\\b",)
+    )
+    rows, _handle, _offset = await engine.sync(table="t", where="v = NULL")
+    assert rows == {}
+    rows, _handle, _offset = await engine.sync(table="t", where="a = '{NULL}'")
+    assert [r["id"] for r in rows.values()] == ["2"]
+    rows, _handle, _offset = await engine.sync(table="t", where="v = 'a\\b'")
+    assert [r["id"] for r in rows.values()] == ["2"]

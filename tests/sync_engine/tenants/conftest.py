@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+from sync_engine.tenants import manager as manager_module
+from sync_engine.tenants.credentials import hash_secret
 from tests.support.databases import create_database, drop_database
 from tests.sync_engine.tenants.harness import Cluster, MultiEngine
 
@@ -50,3 +53,10 @@ async def engines(tmp_path: Path) -> AsyncIterator[Callable[..., MultiEngine]]:
     yield make
     for engine in made:
         await engine.close()
+
+
+@pytest.fixture
+def scrypt_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources registered in the test get scrypt hashes, as those registered before schema 4
+    (checked in worker threads, queued, remembered once verified)."""
+    monkeypatch.setattr(manager_module, "hash_secret", partial(hash_secret, slow=True))

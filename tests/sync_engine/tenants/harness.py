@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +27,7 @@ from sync_engine.settings import Settings
 from sync_engine.tenants.manager import SourceManager
 from tests.support.engine_process import apply_messages
 from tests.support.ports import free_port
-from tests.support.waiting import wait_until_async
+from tests.support.waiting import WaitTimeout, wait_until, wait_until_async
 
 PGBIN = next(
     (d for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
@@ -216,3 +221,76 @@ class MultiEngine:
 
 
 apply = apply_messages
+
+
+ROOT = Path(__file__).resolve().parents[3]
+PROCESS_TOKEN = "process-test-admin-token-0123456789"
+
+
+class AdminEngine:
+    """`python -m sync_engine` as a process, with an admin listener and no single database."""
+
+    def __init__(self, data_dir: Path, log: Path, *args: str,
+                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+        self.port, self.admin_port = free_port(), free_port()
+        full = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": PROCESS_TOKEN, **(env or {})}
+        full.pop("DATABASE_URL", None)
+        self.log = log
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sync_engine", "--port", str(self.port), "--admin-port",
+                 str(self.admin_port), "--data-dir", str(data_dir), "--no-fsync", *args],
+                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_until(self._up, timeout=60, interval=0.1, message="the admin API")
+        except WaitTimeout as exc:
+            self.stop()
+            raise AssertionError(f"{exc}:\n{log.read_text()}") from None
+
+    def _up(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/", timeout=2).close()
+            return True
+        except OSError:
+            return False
+
+    def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}{path}",
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={
+                "authorization": f"Bearer {PROCESS_TOKEN}",
+                "content-type": "application/json",
+            },
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def shape_status(self, source_id: str, secret: str) -> int:
+        q = f"table=items&offset=-1&source_id={source_id}&secret={secret}"
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/v1/shape?{q}", timeout=30
+            ) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as exc:
+            return int(exc.code)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -243,6 +243,7 @@ async def test_deleting_a_source_does_not_make_the_others_verify_their_secrets_a
     engines: Callable[..., MultiEngine],
     make_db: Callable[[], str],
     monkeypatch: pytest.MonkeyPatch,
+    scrypt_secrets: None,
 ) -> None:
     """A verified secret is remembered, so its requests skip the (deliberately slow, two at a
     time) scrypt check. Deleting one source used to forget every source's, sending all their
@@ -280,6 +281,7 @@ async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
     engines: Callable[..., MultiEngine],
     make_db: Callable[[], str],
     monkeypatch: pytest.MonkeyPatch,
+    scrypt_secrets: None,
 ) -> None:
     """The scrypt check runs in a thread; a rotation without grace period may land meanwhile.
     The request used to be let in with the secret that had just stopped working."""

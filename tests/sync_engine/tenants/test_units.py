@@ -13,7 +13,7 @@ import pytest
 
 from sync_engine.tenants import auth as auth_module
 from sync_engine.tenants.auth import SourceAuth, parse_source_id
-from sync_engine.tenants.credentials import hash_secret, new_secret, verify_secret
+from sync_engine.tenants.credentials import hash_secret, is_slow, new_secret, verify_secret
 from sync_engine.tenants.dburl import check_database_url, redact_url
 from sync_engine.tenants.diagnose import explain
 from sync_engine.tenants.errors import DuplicateName, InvalidInput, UnknownSource
@@ -26,11 +26,17 @@ URL = "postgresql://app:s3cr3t-pw@db.example.com:5432/shop"
 def test_secrets_are_long_random_and_hashed_with_salt() -> None:
     a, b = new_secret(), new_secret()
     assert a != b and len(a) >= 43
-    h1, h2 = hash_secret(a), hash_secret(a)
-    assert h1 != h2 and h1.startswith("scrypt$") and a not in h1
-    assert verify_secret(a, h1) and verify_secret(a, h2)
-    assert not verify_secret(b, h1)
+    for slow, kind in ((False, "sha256$"), (True, "scrypt$")):
+        h1, h2 = hash_secret(a, slow=slow), hash_secret(a, slow=slow)
+        assert h1 != h2 and h1.startswith(kind) and a not in h1
+        assert is_slow(h1) == slow
+        assert verify_secret(a, h1) and verify_secret(a, h2)
+        assert not verify_secret(b, h1)
+        assert not verify_secret(a + "x", h1) and not verify_secret(a[:-1], h1)
+        assert not verify_secret("", h1) and not verify_secret("\x00", h1)
+        assert not verify_secret("\udcff" + a, h1)  # any decoded string: False, not an error
     assert not verify_secret(a, "garbage")
+    assert not verify_secret(a, "sha256$garbage")
 
 
 @pytest.mark.parametrize(
@@ -59,7 +65,10 @@ def test_redact_url(url: str, want: str) -> None:
     "bad",
     [None, "", "   ", 42, "not a url", "mysql://u@h/d", "http://h/d", "postgresql://h:99999/d",
      "postgresql://h/d?bogus=1", "postgresql://u:p@[::1/d", "postgresql://h/d?replication=1",
-     "x" * 5000, "postgresql://u:s3cr3t@h/d\x00", "host=h dbname=d\x00"],
+     "x" * 5000, "postgresql://u:s3cr3t@h/d\x00", "host=h dbname=d\x00",
+     # not UTF-8 (were a 500: UnicodeEncodeError / UnicodeDecodeError inside psycopg)
+     "postgresql://h/d\ud800", "postgresql://u:s3cr3t\ud800@h/d", "host=h dbname=\udcff",
+     "postgresql://%ff@h/d", "postgresql://h/%ed%a0%80", "postgresql://u@h/d?password=%ff"],
 )  # fmt: skip
 def test_invalid_database_urls_are_refused(bad: object) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -154,6 +163,35 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     reg.close()
 
 
+def test_a_store_of_schema_3_is_upgraded_its_sources_delivered(tmp_path: Path) -> None:
+    """Sources registered before `secret_delivered` existed had their answers sent (as far
+    as anyone can tell): a retry of their creation stays a 409."""
+    import sqlite3
+
+    from sync_engine.tenants import store as store_module
+
+    path = tmp_path / "sources.db"
+    db = sqlite3.connect(path)
+    schema = store_module._SCHEMA.replace("    secret_delivered INTEGER NOT NULL DEFAULT 1,\n", "")
+    assert "secret_delivered" not in schema
+    db.executescript(schema)
+    db.execute("INSERT INTO sources (source_id, name, database_url, secret_hash, created_at,"
+               " updated_at) VALUES ('00000000-0000-4000-8000-000000000001', 'old', ?, 'h',"
+               " 1, 1)", (URL,))  # fmt: skip
+    db.execute("PRAGMA user_version=3")
+    db.commit()
+    db.close()
+    reg = SourceStore(path)
+    (old,) = reg.all()
+    assert old.name == "old" and old.secret_delivered
+    new = reg.create("new", URL, "h2")
+    assert not new.secret_delivered and not reg.get(new.source_id).secret_delivered
+    reg.mark_delivered(new.source_id)
+    assert reg.get(new.source_id).secret_delivered
+    assert reg.find_name("NEW") == reg.get(new.source_id)
+    reg.close()
+
+
 async def test_auth_checks(tmp_path: Path) -> None:
     reg = SourceStore(tmp_path / "sources.db")
     secret, other = new_secret(), new_secret()
@@ -190,9 +228,10 @@ async def test_secret_checks_take_turns_by_source(
     checks used to wait in one queue, first come first served)."""
     reg = SourceStore(tmp_path / "sources.db")
     secret_a, secret_b = new_secret(), new_secret()
-    rec_a = reg.create("a", URL, hash_secret(secret_a))
-    rec_b = reg.create("b", URL, hash_secret(secret_b))
+    rec_a = reg.create("a", URL, hash_secret(secret_a, slow=True))
+    rec_b = reg.create("b", URL, hash_secret(secret_b, slow=True))
     auth = SourceAuth(concurrency=1)
+    auth.slow_dummies = True  # a source has a scrypt hash: made-up ids cost scrypt too
     await auth.prepare()
     order: list[str] = []
     go = threading.Semaphore(0)
@@ -219,3 +258,50 @@ async def test_secret_checks_take_turns_by_source(
     assert await legit
     assert not any(await asyncio.gather(*flood))
     assert auth.waiting == 0 and auth._running == 0
+
+
+async def test_slow_checks_are_bounded_shared_and_given_up_when_nobody_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the bounds (per source, in all) a check is refused at once with `Overloaded`;
+    identical checks waiting at once share one; a check whose requests all left gives its
+    place up. A remembered secret never waits."""
+    reg = SourceStore(tmp_path / "sources.db")
+    secret_a = new_secret()
+    rec_a = reg.create("a", URL, hash_secret(secret_a, slow=True))
+    rec_b = reg.create("b", URL, hash_secret(new_secret(), slow=True))
+    auth = SourceAuth(concurrency=1, max_waiting_per_source=3, max_waiting=5)
+    auth.slow_dummies = True
+    await auth.prepare()
+    assert await auth.check(rec_a, secret_a)  # remembered from now on
+    calls: list[str] = []
+    go = threading.Event()
+    real = auth_module._verify_all
+
+    def held(secret: str, hashes: list[str]) -> list[bool]:
+        calls.append(secret)
+        assert go.wait(30)
+        return real(secret, hashes)
+
+    monkeypatch.setattr(auth_module, "_verify_all", held)
+    a = [asyncio.create_task(auth.check(rec_a, f"a-{i}")) for i in range(3)]
+    await wait_until_async(lambda: calls == ["a-0"] and auth.waiting == 2, message="a queued")
+    with pytest.raises(auth_module.Overloaded):
+        await auth.check(rec_a, "a-3")  # 3 of a's already
+    shared = [asyncio.create_task(auth.check(rec_a, "a-1")) for _ in range(5)]  # joins a-1's
+    b = [asyncio.create_task(auth.check(rec_b, f"b-{i}")) for i in range(2)]
+    await wait_until_async(lambda: auth.active == 5, message="b's queued")
+    with pytest.raises(auth_module.Overloaded):
+        await auth.check(rec_b, "b-2")  # 5 in all
+    with pytest.raises(auth_module.Overloaded):
+        await auth.check(None, "made-up")
+    assert await auth.check(rec_a, secret_a)  # remembered: no wait, no refusal
+    b[1].cancel()  # its request left: its place is free again
+    await wait_until_async(lambda: auth.active == 4, message="b-1 gave its place up")
+    late = asyncio.create_task(auth.check(None, "made-up"))
+    await wait_until_async(lambda: auth.active == 5, message="made-up queued")
+    go.set()
+    assert not any(await asyncio.gather(*a, *shared, b[0], late))
+    assert sorted(calls) == ["a-0", "a-1", "a-2", "b-0", "made-up"]  # a-1 checked once
+    assert auth.active == 0 and auth.waiting == 0 and auth._running == 0
+    auth.close()

@@ -88,7 +88,7 @@ def test_collations_are_read_from_the_catalog(collated: tuple[Any, str]) -> None
     ci = conn.execute("SELECT oid FROM pg_collation WHERE collname = 'ci'").fetchone()
     assert oid is not None and ci is not None
     assert asyncio.run(_columns(url, "d"))["t"].collation == f"{default}|100|{db}"
-    assert asyncio.run(_columns(url, "d"))["n"].collation is None
+    assert asyncio.run(_columns(url, "d"))["n"].collation == f"||||0|{db}"
     assert asyncio.run(_columns(url, "c"))["t"].collation == f"c|C|C|t|950|{db}"
     assert asyncio.run(_columns(url, "icu"))["t"].collation == f"i|und|und|t|{oid[0]}|{db}"
     assert (
@@ -285,6 +285,67 @@ def test_literals_take_the_database_default_collation(database: str) -> None:
         if icu:
             with pytest.raises(WhereError, match='default collation "ICU en-US"'):
                 parse_where("'a' < 'B'", {}, columns)
+
+
+# Clauses on a table without text columns: the literals and the text made of numbers take
+# the database default collation, which only the database's own description tells.
+NO_TEXT_CLAUSES = [
+    "i::text < '5'", "i::text >= '10'", "greatest(i::text, '9') = '9'", "'a' < 'B'",
+    "upper('ä') = 'Ä'", "lower(i::text || 'É') = i::text || 'é'", "i::text ILIKE '1%'",
+    "i::text BETWEEN '1' AND '2'", "n::text > '1.5'", "b::text < 't'", "ia::text < '{2}'",
+    "i::text < ANY(ARRAY['3', '7'])", "'ß' ILIKE 'SS'",
+]  # fmt: skip
+# ... and ones that do not depend on it (an explicit collation; equality, deterministic)
+NO_TEXT_ANY_DEFAULT = [
+    "'a' COLLATE ucs_basic < 'B'", "i::text COLLATE \"C\" < '5'",
+    "upper(i::text || 'ä' COLLATE \"POSIX\") = i::text || 'ä'",
+    "i::text = '5' OR i::text LIKE '1_' OR i::text IN ('-2', '7')",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("default", ["c", "icu", "cluster"])
+def test_a_table_without_text_columns_knows_the_database_default(
+    pg_server_url: str, default: str
+) -> None:
+    """A table with no text columns: `i::text < '5'` and literal comparisons use the
+    database default, which the engine learns from the catalog (pg_database) for every
+    column: evaluated as Postgres does under "C" and the cluster's C.UTF-8, refused naming
+    the ICU default. The engine refused them all before (it learnt the default only from a
+    text column: "the database default collation (unknown here)")."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    options = DATABASES.get(default, "")
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL("CREATE DATABASE {} TEMPLATE template0 ").format(pgsql.Identifier(name))
+            + pgsql.SQL(options)  # (a constant of this file)
+        )
+    try:
+        url = with_display_settings(pg_server_url.rpartition("/")[0] + "/" + name)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE nt (id int PRIMARY KEY, i int, n numeric, b bool, ia int[])")
+            for i in range(25):
+                conn.execute(
+                    "INSERT INTO nt VALUES (%s, %s, %s, %s, %s)",
+                    (i, i * 3 - 20 if i % 7 else None, i / 4, i % 3 == 0, [i % 4, i]),
+                )
+            columns = _engine_columns(url, "nt")
+            rows = {  # (the values' text, as the replication stream carries them)
+                int(r[0]): dict(zip(["id", "i", "n", "b", "ia"], r, strict=True))
+                for r in conn.execute(
+                    "SELECT id::text, i::text, n::text, b::text, ia::text FROM nt"
+                )
+            }
+            verdicts = {c: _verdict(conn, "nt", columns, rows, c) for c in NO_TEXT_CLAUSES}
+            for clause in NO_TEXT_ANY_DEFAULT:
+                assert _verdict(conn, "nt", columns, rows, clause) == "agrees", clause
+        if default == "icu":
+            assert set(verdicts.values()) == {"refused"}, verdicts
+            with pytest.raises(WhereError, match='database default collation "ICU en-US"'):
+                parse_where("i::text < '5'", {}, columns)
+        else:
+            assert set(verdicts.values()) == {"agrees"}, verdicts
+    finally:
+        drop_database(pg_server_url, name)
 
 
 def test_conflicting_collations_are_refused_like_postgres(database: str) -> None:

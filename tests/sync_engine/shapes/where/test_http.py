@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+from psycopg import sql as pgsql
+from psycopg.conninfo import conninfo_to_dict
+
 from tests.sync_engine.engine_harness import Engine, apply
 
 
@@ -132,3 +136,130 @@ async def test_collations_derived_per_operation(engine: Engine) -> None:
     assert live == {"äb", "Ab"}
     where = "upper(owner COLLATE \"default\") = 'ÄB' OR owner = 'marker'"  # (C.UTF-8 here)
     assert await _live_rows(engine, where, words) == {"äb", "ÄB"}
+
+
+async def _live_ids(engine: Engine, table: str, where: str, inserts: list[str]) -> set[str]:
+    """Sync the shape of `table` (empty), run the `inserts` (the matching row of the
+    highest id written last), follow it live until that row arrives; the ids the client
+    then has, checked equal to Postgres's."""
+    rows, handle, offset = await engine.sync(table=table, where=where)
+    assert rows == {}
+    for sql in inserts:
+        engine.sql(sql)
+    expected = {str(r[0]) for r in engine.sql(f"SELECT id FROM {table} WHERE {where}")}
+    last = str(max(int(r[0]) for r in engine.sql(f"SELECT id FROM {table} WHERE {where}")))
+    for _ in range(20):
+        status, h, body = await engine.get(
+            table=table, where=where, offset=offset, handle=handle, live="true"
+        )
+        assert status == 200, body
+        apply(rows, body)
+        offset = h["electric-offset"]
+        if last in {r["id"] for r in rows.values()}:
+            break
+    assert {r["id"] for r in rows.values()} == expected
+    return expected
+
+
+async def test_a_table_without_text_columns_filters_text_by_the_database_default(
+    engine: Engine,
+) -> None:
+    """`n::text < '5'` on a table with no text column: the text takes the database default
+    collation (C.UTF-8 in the test cluster), which the engine now learns from the catalog;
+    it was a 400 ("the database default collation (unknown here)"). Live rows equal
+    Postgres's."""
+    engine.sql("CREATE TABLE nums (id int PRIMARY KEY, n int)")
+    where = "n::text < '5' OR upper(n::text || 'é') = '7É'"
+    values = [-3, 0, 4, 5, 7, 10, 45, 49, 50, 123, None, 6, 1]
+    inserts = [f"INSERT INTO nums VALUES ({i}, {'NULL' if n is None else n})"
+               for i, n in enumerate(values)]  # fmt: skip
+    got = await _live_ids(engine, "nums", where, inserts)
+    assert got == {"0", "1", "2", "4", "5", "6", "7", "9", "12"}
+
+
+async def test_casts_of_domains_and_inet_to_text_live_equal_postgres(engine: Engine) -> None:
+    """A cast to text is the type's cast function (a domain's: its base type's): 'true' for
+    a domain over boolean, the netmask for inet. The engine matched no row live where
+    Postgres's snapshot has them (it read the output text, 't' and '10.0.0.1')."""
+    engine.sql("CREATE DOMAIN dbool AS bool")
+    engine.sql("CREATE TABLE d (id int PRIMARY KEY, db dbool, ip inet)")
+    where = "db::text = 'true' OR ip::text = '10.0.0.1/32'"
+    inserts = [
+        "INSERT INTO d VALUES (1, true, NULL), (2, false, '10.0.0.1'), (3, NULL, '10.0.0.2')",
+        "INSERT INTO d VALUES (4, false, '10.0.0.1/8'), (5, true, '::1')",
+    ]
+    assert await _live_ids(engine, "d", where, inserts) == {"1", "2", "5"}
+
+
+async def test_a_where_on_a_generated_column_is_a_400(engine: Engine) -> None:
+    """PostgreSQL 15 does not replicate generated columns: a change never carries the value
+    such a where reads, and the shape was rotated (a 409 to its clients) on every change to
+    its table, so it never stayed up to date."""
+    engine.sql(
+        "CREATE TABLE g (id int PRIMARY KEY, i int, g int GENERATED ALWAYS AS (i * 2) STORED)"
+    )
+    engine.sql("INSERT INTO g (id, i) VALUES (1, 1), (2, 5)")
+    status, _h, body = await engine.get(table="g", columns="id,i", offset="-1", where="g > 4")
+    assert status == 400, body
+    (message,) = body["errors"]["where"]
+    assert "column g is a generated column, which PostgreSQL 15 does not replicate" in message
+    rows, _handle, _offset = await engine.sync(table="g", columns="id,i", where="i > 0")
+    assert len(rows) == 2
+
+
+async def _subset(engine: Engine, **params: str) -> tuple[int, Any]:
+    resp = await engine.client.get("/v1/shape", params=params)
+    raw = await resp.read()
+    return resp.status, orjson.loads(raw) if raw else None
+
+
+async def test_a_subset_cannot_escape_the_shape_where_under_standard_conforming_strings_off(
+    engine: Engine,
+) -> None:
+    """A database (or role) may set standard_conforming_strings = off, and then Postgres
+    reads a backslash in a plain '...' as an escape. The deparse of the subset parameter
+    `\\' AS text)) OR true) OR true --` closed its string early there, and the subset query
+    ran `OR true` outside the shape's where: every row of the table (Alice's, for a shape
+    of Bob's, as a policy's where is behind the proxy). String constants holding a
+    backslash are now written as escape strings (E'...'), the same under either setting."""
+    dbname = conninfo_to_dict(engine.db_url)["dbname"]
+    engine.sql(
+        pgsql.SQL("ALTER DATABASE {} SET standard_conforming_strings = off").format(
+            pgsql.Identifier(str(dbname))
+        )
+    )
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner text)")
+    engine.sql("INSERT INTO docs VALUES (1, 'alice'), (2, 'bob'), (3, %s)", ("b\\'ob",))
+    _rows, handle, offset = await engine.sync(table="docs", where="owner = 'bob'")
+    base = {"table": "docs", "where": "owner = 'bob'", "handle": handle, "offset": offset}
+    for payload in ["\\' AS text)) OR true) OR true --", "b\\'ob", "\\", "bob"]:
+        status, body = await _subset(
+            engine, **base, subset__where="owner = $1", **{"subset__params[1]": payload}
+        )
+        assert status == 200, body
+        want = ['"public"."docs"/"2"'] if payload == "bob" else []
+        assert [m["key"] for m in body["data"]] == want, payload
+    # a literal in the clause itself, and one in the shape's own where (its snapshot)
+    status, body = await _subset(engine, **base, subset__where="owner <> 'x\\' OR true --'")
+    assert status == 200 and [m["key"] for m in body["data"]] == ['"public"."docs"/"2"']
+    rows, _h, _o = await engine.sync(table="docs", where="owner = 'b\\''ob'")
+    assert [r["id"] for r in rows.values()] == ["3"]
+
+
+async def test_a_subset_ordered_by_a_column_without_ordering_is_a_400_for_order_by(
+    engine: Engine,
+) -> None:
+    """ORDER BY a json or point column fails in Postgres ("could not identify an ordering
+    operator for type json"): a 400 naming order_by, not the where (which was blamed)."""
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, j json, p point, jb jsonb)")
+    engine.sql("INSERT INTO docs VALUES (1, '{}', '(1,1)', '{}'), (2, '[]', '(0,0)', '[]')")
+    _rows, handle, offset = await engine.sync(table="docs")
+    base = {"table": "docs", "handle": handle, "offset": offset, "subset__limit": "1"}
+    for column, typ in [("j", "json"), ("p", "point")]:
+        status, body = await _subset(engine, **base, subset__order_by=column)
+        assert status == 400, body
+        assert body["errors"] == {
+            "subset": {"order_by": [f"could not identify an ordering operator for type {typ}"]}
+        }
+    status, body = await _subset(engine, **base, subset__order_by="jb DESC")
+    assert status == 200 and [m["key"] for m in body["data"]] == ['"public"."docs"/"1"']

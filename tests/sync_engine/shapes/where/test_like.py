@@ -83,6 +83,65 @@ def test_like_verdicts_equal_postgres(
         assert where.matches({"id": str(i), "t": t}) == expected_one, t
 
 
+_PAIR_VERDICTS = """
+CREATE FUNCTION pair_verdicts(clause text) RETURNS TABLE(rid int, verdict text) AS $$
+DECLARE r record; res boolean;
+BEGIN
+  FOR r IN SELECT id FROM pairs LOOP
+    BEGIN
+      EXECUTE 'SELECT (' || clause || ') FROM pairs WHERE id = $1' INTO res USING r.id;
+      rid := r.id; verdict := coalesce(res::text, 'null'); RETURN NEXT;
+    EXCEPTION WHEN invalid_escape_sequence THEN
+      rid := r.id; verdict := 'error'; RETURN NEXT;
+    END;
+  END LOOP;
+END $$ LANGUAGE plpgsql
+"""
+
+
+def test_a_pattern_ending_in_its_escape_fails_only_where_postgres_reaches_it(
+    table: tuple[psycopg.Connection[Any], Any, dict[int, str]],
+) -> None:
+    """A pattern taken per row that ends in its escape character: Postgres fails only where
+    its matching reaches that end with text left (`'ab' LIKE 'a\\'`), and elsewhere
+    answers (`'b' LIKE 'a\\'` is false, so NOT LIKE is true; `'%\\'` fails on every
+    non-empty text, `'' LIKE '%\\'` is false). The engine failed on every row (no match
+    for NOT LIKE either). Its own MatchText follows Postgres's search order; each row's
+    verdict (true, false or the failure) compared."""
+    conn, _columns, _texts = table
+    rng = random.Random(13)
+    letters = "aAbé%_"
+    pairs = {}
+    for i in range(400):
+        escape = rng.choice(["\\", "!"])
+        body = "".join(rng.choice(letters + escape) for _ in range(rng.randint(0, 5)))
+        text = "".join(rng.choice("aAbé%_\\!") for _ in range(rng.randint(0, 6)))
+        if rng.random() < 0.5:  # texts that follow the pattern, so matching gets far
+            text = body.replace("%", "a").replace("_", "b").replace(escape, "") + text[:2]
+        pairs[i] = (text, body + escape)
+    conn.execute("CREATE TABLE pairs (id int PRIMARY KEY, t text, p text)")
+    conn.execute(_PAIR_VERDICTS)
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO pairs VALUES (%s, %s, %s)", [(i, *v) for i, v in pairs.items()]
+        )
+    columns = column_map(conn.info.dsn, "pairs")
+    seen: dict[str, int] = {}
+    for clause in ["t LIKE p", "t NOT LIKE p", "t ILIKE p", "t NOT ILIKE p",
+                   "t LIKE p ESCAPE '!'", "t NOT ILIKE p ESCAPE '!'"]:  # fmt: skip
+        where = parse_where(clause, {}, columns)
+        verdicts = dict(conn.execute("SELECT * FROM pair_verdicts(%s)", (where.sql,)).fetchall())
+        for i, (t, pattern) in pairs.items():
+            row = {"id": str(i), "t": t, "p": pattern}
+            if verdicts[i] == "error":
+                with pytest.raises(ValueError, match="must not end with escape character"):
+                    where.value(row)
+            else:
+                assert where.value(row) is (verdicts[i] == "true"), (clause, t, pattern)
+            seen[verdicts[i]] = seen.get(verdicts[i], 0) + 1
+    assert min(seen.get(v, 0) for v in ("true", "false", "error")) >= 100, seen
+
+
 def test_escape_null_makes_like_null(
     table: tuple[psycopg.Connection[Any], Any, dict[int, str]],
 ) -> None:

@@ -43,6 +43,18 @@ COLUMNS = {c.name: c for c in [_col("id", "int4"), _col("d", "date"), _col("ts",
         ("d::text::date > '2020-01-01'", {"d": "10000-01-01"}),
         # the interval's negation overflows: Postgres 15 gives the infinity back, 17 raises
         ("ts - interval '-178956970 years -8 mons' > '2020-01-01'", {"ts": "infinity"}),
+        # an offset that puts a timestamptz past year 9999 in UTC (it failed: no match)
+        (
+            "'9999-12-31 23:00-12'::timestamptz - interval '1 us' * n < ts",
+            {"n": "1", "ts": "2020-01-01"},
+        ),
+        ("('0001-01-01 00:30+01'::timestamptz + interval '1 us' * n)::text <> ''", {"n": "1"}),
+        # days are added before the time, each step in range: Postgres fails (6190 BC on the
+        # way; a row it is asked about matches nothing); the sum of the two was no change
+        (
+            "ts - interval '1 day -24 hours' * n > '2000-01-01'",
+            {"n": "3000000", "ts": "2024-01-01 00:00:00"},
+        ),
     ],
 )
 def test_unrepresentable_value_is_not_guessed(sql: str, row: dict[str, str]) -> None:

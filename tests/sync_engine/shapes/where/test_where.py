@@ -120,7 +120,7 @@ def test_referenced_columns() -> None:
         ("flag AND id", "argument of AND must be type boolean, not type integer"),
         ("NOT id", "argument of NOT must be type boolean, not type integer"),
         ("name COLLATE \"en_US\" = 'x'", 'COLLATE "en_US" is not supported'),
-        ("id COLLATE \"C\" = 1", "collations are not supported by type integer"),
+        ('id COLLATE "C" = 1', "collations are not supported by type integer"),
         # (it said "operator does not exist: integer[] < integer[]"; Postgres has one)
         ("nums < ARRAY[1]", "comparing arrays with < is not supported"),
         ("(id, name) = (1, 'x')", "row expressions"),
