@@ -150,7 +150,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             503,
             "store_unavailable",
             f"the engine could not write its sources registry (sources.db in its data"
-            f" directory): {exc}; nothing was changed. Free space there and retry.",
+            f" directory): {exc}; nothing was changed. Check that disk (free space) and"
+            f" that no other program holds the file, then retry.",
         )
         resp.headers["retry-after"] = "10"
         return resp

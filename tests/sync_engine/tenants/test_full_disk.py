@@ -1,11 +1,14 @@
-"""The data directory's disk full: the admin API answers a clear 503 and changes nothing
-(a create, a rotation, a pause, a deletion), the registered sources go on serving, and once
-there is room again everything works. Mounting a small tmpfs needs root (CI runs as root)."""
+"""sources.db cannot be written (the data directory's disk full, another program holding its
+lock): the admin API answers a clear 503 at once and changes nothing (a create, a rotation,
+a pause, a deletion), the registered sources go on serving, and once it can be written
+again everything works. Mounting a small tmpfs needs root (CI runs as root)."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import pytest
 
 from tests.sync_engine.tenants.harness import MultiEngine, make_items
 
-pytestmark = pytest.mark.skipif(
+needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up (CI runs as root)"
 )
 
@@ -32,6 +35,7 @@ def _fill(path: Path) -> None:
         os.close(fd)
 
 
+@needs_root
 @pytest.mark.timeout(120)
 async def test_admin_requests_on_a_full_disk_are_a_503_and_change_nothing(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str], tmp_path: Path
@@ -73,3 +77,28 @@ async def test_admin_requests_on_a_full_disk_are_a_503_and_change_nothing(
         if engine is not None:
             await engine.close()
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_admin_requests_while_another_program_holds_the_store_are_a_quick_503(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """An operator's sqlite3 shell holding sources.db's write lock: a write waited 10 s on
+    the event loop (every source's requests stalled), then was a 500. Now 1 s, then 503."""
+    url = make_db()
+    make_items(url, ["a1"])
+    engine = await engines().start()
+    a = await engine.add("alpha", url)
+    await engine.wait_state(a["source_id"], "active")
+    other = sqlite3.connect(engine.data_dir / "sources.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        status, got = await engine.api("POST", f"/api/sources/{a['source_id']}/pause")
+        assert status == 503 and got["error"] == "store_unavailable", got
+        assert "locked" in got["message"]
+        assert time.monotonic() - started < 9  # the old wait was 10 s
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    status, got = await engine.api("POST", f"/api/sources/{a['source_id']}/pause")
+    assert status == 200 and got["state"] == "paused"
