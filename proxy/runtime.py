@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ class Prepared:
     handle: str | None
     initial: bool
     expires: float  # the token's exp (wall clock), or the cache TTL when anonymous
+    #: The token's `exp` (wall clock); None for an anonymous request. A live answer (an SSE
+    #: stream) is not given past it.
+    token_exp: float | None = None
     #: The per-principal limits of the rule that allowed it (`proxy.limits`).
     limits: LimitSettings = field(default_factory=LimitSettings)
     #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.
@@ -131,6 +134,17 @@ class RuntimeHolder:
         self.last_error: str | None = None
         self._file_stamp = self._stamp()
         self.current = self._build(loaded)
+        #: Called when access granted before may be withdrawn (a reload, an issuer's key
+        #: dropped or changed): live answers authorised under the old state end (the app
+        #: ends its shared SSE streams: their clients reconnect and are authorised again).
+        self.on_revoke: list[Callable[[], None]] = []
+
+    def _revoked(self) -> None:
+        for callback in self.on_revoke:
+            try:
+                callback()
+            except Exception:  # (a bug in one must not stop the reload)
+                logger.exception("ending live answers after a config or key change failed")
 
     def _build(self, loaded: LoadedConfig) -> Runtime:
         issuers = []
@@ -193,6 +207,7 @@ class RuntimeHolder:
         for cache in (runtime.prepared, runtime.remapped):
             if cache is not None:
                 cache.clear()
+        self._revoked()
 
     async def refresh_keys(self) -> None:
         """Refetch the key sets older than their TTL (`JwksCache.refresh_if_due`)."""
@@ -225,6 +240,7 @@ class RuntimeHolder:
             logger.warning("server settings changed; they apply only after a restart")
         self.current = self._build(loaded)
         self.last_error = None
+        self._revoked()
         self._metrics.config_reloads.labels(result="ok").inc()
         logger.info("config reloaded from %s", self.path)
         return True

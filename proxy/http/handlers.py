@@ -218,6 +218,7 @@ def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
         definition=prepared.definition,
         handle=prepared.handle,
         initial=prepared.initial,
+        deadline=prepared.token_exp,
     )
 
 
@@ -369,6 +370,7 @@ async def _prepare(
         handle=None if initial else protocol.get("handle"),
         initial=initial,
         expires=expires,
+        token_exp=None if anonymous else float(claims["exp"]),
         limits=resolve(config.limits, decision.limits),
         upstream_body=upstream_body,
         request_line=request_line("GET", url),

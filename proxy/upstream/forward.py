@@ -79,6 +79,9 @@ class Target:
     handle: str | None = None
     #: offset=-1 or now: the answer names whatever handle is current for the definition.
     initial: bool = False
+    #: When the caller's token expires (wall clock; None: anonymous): a shared SSE stream
+    #: ends cleanly then, and the client reconnects with a fresh token (or gets its 401).
+    deadline: float | None = None
 
 
 #: Admits one new engine request (per-principal limits): raises 429/503, or returns the
@@ -117,6 +120,11 @@ class Forwarder:
     def shared_streams(self) -> int:
         """Engine SSE streams shared by this proxy's SSE clients right now."""
         return len(self._streams)
+
+    def end_streams(self) -> None:
+        """End every shared SSE stream, each client's response cleanly (access may have been
+        withdrawn: a config reload, an issuer's key dropped); they reconnect."""
+        self._streams.end_all()
 
     async def close(self) -> None:
         """Cancel shared requests and streams still running (app shutdown)."""
@@ -491,7 +499,13 @@ class Forwarder:
                 self.metrics.collapsed_request()
             try:
                 result = await sse.serve(
-                    stream, request, spec, options, joined=joined, started=started
+                    stream,
+                    request,
+                    spec,
+                    options,
+                    joined=joined,
+                    started=started,
+                    deadline=target.deadline,
                 )
             finally:
                 self._streams.leave(stream)

@@ -236,6 +236,7 @@ class SharedStream:
         "offset",
         "positions",
         "raw",
+        "revoked",
         "subscribers",
         "task",
     )
@@ -252,6 +253,7 @@ class SharedStream:
         self.raw = False  # a 200 that is not an event stream: only identical requests share
         self.failure: ProxyError | None = None
         self.finished = False
+        self.revoked = False  # ended by `SharedStreams.end_all`
         #: Clients reading every event as it comes (all of it is after their position).
         self.subscribers: set[_Subscriber] = set()
         #: Clients ahead of the stream: events up to their position are not theirs.
@@ -474,6 +476,17 @@ class SharedStreams:
         if self._streams.get(stream.key) is stream:
             del self._streams[stream.key]
 
+    def end_all(self) -> None:
+        """End every stream now: each client's response cleanly (not carried on to a next
+        stream), each engine request closed; a client arriving later starts a new one."""
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for stream in streams:
+            stream.revoked = True
+            stream.end("revoked")
+            if stream.task is not None:
+                stream.task.cancel()
+
     async def close(self) -> None:
         """Cancel the streams still running (app shutdown)."""
         tasks = [s.task for s in self._streams.values() if s.task is not None]
@@ -594,17 +607,19 @@ async def serve(
     *,
     joined: bool,
     started: Started | None = None,
+    deadline: float | None = None,
 ) -> Outcome | Result | Continue:
     """One client's side of a shared stream, or why it cannot have one; `started`: the
-    client's response goes on from an earlier stream (`Continue`)."""
+    client's response goes on from an earlier stream (`Continue`); `deadline` (wall clock):
+    its token's expiry, where its stream ends cleanly (never before `MIN_CLIENT_STREAM`)."""
     while stream.head is None and not stream.finished:
         await stream.changed()
     head = stream.head
     if started is not None:
-        return await _go_on(stream, request, spec, started)
+        return await _go_on(stream, request, spec, started, deadline)
     identical = spec.offset == stream.offset
-    if head is None:  # the engine request failed before any headers
-        if not identical:
+    if head is None:  # the engine request failed before any headers (or was ended)
+        if not identical or stream.revoked:
             return Result.RETRY
         raise (stream.failure or connection_failed(options)).copy()
     if head.status != 200:
@@ -637,11 +652,16 @@ async def serve(
         transport.close()  # it reconnects from its offset and catches up
         outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
-    return await _read(stream, request, spec, Started(response, outcome, chunked, time.monotonic()))
+    started = Started(response, outcome, chunked, time.monotonic())
+    return await _read(stream, request, spec, started, deadline)
 
 
 async def _go_on(
-    stream: SharedStream, request: Request, spec: StreamSpec, started: Started
+    stream: SharedStream,
+    request: Request,
+    spec: StreamSpec,
+    started: Started,
+    deadline: float | None,
 ) -> Outcome | Result | Continue:
     """A client's response, begun on an earlier stream, goes on on this one; where it cannot
     (the engine answered otherwise: a 409 after a rotation, say), it ends cleanly there and
@@ -655,14 +675,21 @@ async def _go_on(
         return await _finish(started.response, request, started.outcome, "ended")
     if stream.finished and not stream.events_after(spec.position):
         return Result.RETRY
-    return await _read(stream, request, spec, started)
+    return await _read(stream, request, spec, started, deadline)
 
 
 async def _read(
-    stream: SharedStream, request: Request, spec: StreamSpec, started: Started
+    stream: SharedStream,
+    request: Request,
+    spec: StreamSpec,
+    started: Started,
+    deadline: float | None,
 ) -> Outcome | Continue:
     """A client's time on `stream`: what it missed, then every event until one of them
-    ends; a clean end too soon after the client's response began goes on (`Continue`)."""
+    ends; a clean end too soon after the client's response began goes on (`Continue`).
+    At `deadline` (its token's expiry) it ends cleanly between two reads of the stream,
+    each written whole: the client buffers a batch until its up-to-date, so a batch cut
+    there is one it has not applied, and it reconnects from its last up-to-date."""
     transport = request.transport
     assert transport is not None
     sub = stream.attach(transport, started.chunked, spec.position)
@@ -674,7 +701,15 @@ async def _read(
             position = last
     else:
         try:
-            reason = await sub.done
+            if deadline is None:
+                reason = await sub.done
+            else:
+                # (a token that expired within its issuer's leeway still gets a stream that
+                # is not short: else its client reconnects at once, again and again)
+                lasted = time.monotonic() - started.since
+                wait = max(deadline - time.time(), MIN_CLIENT_STREAM - lasted)
+                await asyncio.wait((sub.done,), timeout=wait)
+                reason = sub.done.result() if sub.done.done() else "expired"
         finally:
             stream.remove(sub)
         position = sub.position
@@ -705,7 +740,7 @@ async def _finish(
 ) -> Outcome:
     """End a client's stream the way its shared stream ended for it."""
     transport = request.transport
-    if reason == "ended":
+    if reason in ("ended", "expired", "revoked"):
         try:
             await response.write_eof()
         except ConnectionError:

@@ -10,9 +10,12 @@
     DELETE /api/sources/{id}                   {source_id, deleted, warnings}
     GET    /                                   the dashboard (static HTML, CSS and JS)
 
-Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status, and
-a failed request changes nothing. Secrets and passwords never appear in responses other
-than the one that creates a secret.
+Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status (a
+503 store_unavailable when sources.db cannot be written), and a failed request changes
+nothing; malformed HTTP gets the same JSON (`_AdminConnection`). Secrets and passwords never
+appear in responses other than the ones that carry a new secret; once such an answer is
+written to its connection the source is marked `secret_delivered` (`_deliver`), until then
+the same creation sent again gets a new secret (`SourceManager.create`).
 """
 
 from __future__ import annotations
@@ -23,14 +26,18 @@ import hmac
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.web_protocol import RequestPayloadError
 
 from .. import __version__
+from ..http.parser_refusals import Refusal, RefusingApplication, RefusingRequestHandler
 from ..settings import Settings
 from ..tenants.errors import DuplicateName, InvalidInput, SourceError, UnknownSource
 from ..tenants.manager import SourceManager
@@ -139,10 +146,26 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(status, exc.code, exc.message, field, source_id=sid)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", f"request body is larger than {MAX_BODY} bytes")
+    except sqlite3.Error as exc:  # a full disk, an I/O error: the store is as it was
+        logger.warning("admin request %s %s: sources.db not written: %s", request.method,
+                       request.path, exc)  # fmt: skip
+        resp = _error(
+            503,
+            "store_unavailable",
+            f"the engine could not write its sources registry (sources.db in its data"
+            f" directory): {exc}; nothing was changed. Check that disk (free space) and"
+            f" that no other program holds the file, then retry.",
+        )
+        resp.headers["retry-after"] = "10"
+        return resp
+    except (RequestPayloadError, BadHttpMessage):  # cut short, bad chunking
+        return _error(400, "invalid_request", "the request body could not be read")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
+            exc.status, "http_error"
+        )
         return _error(exc.status, code, exc.reason)
     except ConnectionResetError:  # the client left before its answer was sent
         logger.info("admin request %s %s: the client left before the answer", request.method,
@@ -179,6 +202,11 @@ def _token_middleware(token: str) -> Any:
 
 
 async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        raise web.HTTPUnsupportedMediaType(
+            reason="the request body must be sent as is, without a Content-Encoding"
+        )
     raw = await request.read()
     if not raw.strip():
         return {}
@@ -197,13 +225,27 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
     return data
 
 
+class _AdminConnection(RefusingRequestHandler):
+    """A connection of the admin listener: requests its HTTP parser refuses (a malformed
+    request line, a header over the limits, bad chunking) get the admin API's JSON error,
+    nothing of the request quoted, one INFO line (aiohttp answered text quoting the request's
+    first bytes and logged a traceback at ERROR)."""
+
+    __slots__ = ()
+
+    def refused(self, refusal: Refusal) -> web.StreamResponse:
+        return _error(refusal.status, refusal.reason, refusal.message)
+
+
 def build_admin_app(settings: Settings, manager: SourceManager) -> web.Application:
     """The admin app, sharing the engine app's `SourceManager` (`app[MANAGER]` there)."""
     token = settings.admin_token
     if not token or len(token) < MIN_TOKEN_LENGTH:
         raise ValueError(f"the admin token must be at least {MIN_TOKEN_LENGTH} characters")
-    app = web.Application(
-        middlewares=[_headers, _errors, _token_middleware(token)], client_max_size=MAX_BODY
+    app = RefusingApplication(
+        _AdminConnection,
+        middlewares=[_headers, _errors, _token_middleware(token)],
+        client_max_size=MAX_BODY,
     )
     app[MANAGER] = manager
     app[ADMIN_SETTINGS] = settings

@@ -11,6 +11,7 @@ Which part of the log a request gets (protocol sheet 3.9):
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -300,8 +301,10 @@ class ShapeView:
         ):
             return web.Response(status=304, headers=hdrs)
         if file is not None and (fd := open_chunk(file[0])) is not None:
-            return ChunkFileResponse(fd, file[1], hdrs)  # `[` + the file + `]`
-        if file is not None:  # the file is gone: read it the checked way (a 409)
+            if shape.log.snapshot_file_unchanged(end.op, fd):
+                return ChunkFileResponse(fd, file[1], hdrs)  # `[` + the file + `]`
+            os.close(fd)
+        if file is not None:  # the file is gone or changed: read it the checked way (a 409)
             items = [shape.log.read_snapshot_chunk(end.op)]  # raises LogDamaged
         # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
         body = b"".join((b"[", b",".join(items), b"]"))

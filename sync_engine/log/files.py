@@ -73,6 +73,7 @@ from .framing import (
     iter_entries,
     key_of,
     scan,
+    seed_of,
 )
 from .offsets import SNAPSHOT_END, LogOffset
 from .packs import PackedChunk
@@ -131,6 +132,15 @@ DURABLE_SIZE = "user.shapegate.durable"
 #: (made durable with the next chunk's first records). A last chunk found with it lost its
 #: next one (deleted outright): the log is cut there as damaged. Best effort, as above.
 NEXT_CHUNK = "user.shapegate.next"
+
+
+#: What a checked snapshot chunk file was: (device, inode, size, mtime ns, ctime ns).
+_Identity: TypeAlias = tuple[int, int, int, int, int]
+
+
+def _identity(fd: int) -> _Identity:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def is_log_chunk(path: str) -> bool:
@@ -255,6 +265,7 @@ class ShapeLog:
         self.handle = handle
         self._dir = directory_text  # paths by string (pathlib is slower)
         self._prefix = f"{directory_text}/{handle}"
+        self._seed = seed_of(handle)  # (of its records' header checksums)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
         self._chunks: list[_Chunk] = []  # chunks with published records
@@ -277,8 +288,9 @@ class ShapeLog:
         self.retired = False
         # Each snapshot chunk's (size, crc32): from the writes, or the marker once loaded.
         self._snapshot_sums: dict[int, tuple[int, int]] = {}
-        # Snapshot chunks whose file this process wrote or read and checked since loading.
-        self._checked: set[int] = set()
+        # Snapshot chunks whose file this process wrote or read and checked since loading,
+        # with what the file was then (`_identity`): a file changed since is checked again.
+        self._checked: dict[int, _Identity | None] = {}
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again;
         #: cleared by `repair_checked` once the replicator has asked the slot.
@@ -369,7 +381,7 @@ class ShapeLog:
                 break
             with open(path, "rb") as f:
                 data = f.read()
-            result = scan(data)
+            result = scan(data, self._seed)
             if n and result.prev_size is not None and result.prev_size != prev_size:
                 # The chunk before lost records at its end (or gained some): intact records
                 # only, cut at a boundary, which its own scan cannot tell. Cut from there.
@@ -448,9 +460,9 @@ class ShapeLog:
 
         Only creates a new file; the chunk is read only once it is announced. A failed
         write removes the file (the snapshot fails; its shape is discarded)."""
-        self._write_file(self._snapshot_name(index), data)
+        written = self._write_file(self._snapshot_name(index), data)
         self._snapshot_sums[index] = (len(data), crc32(data))
-        self._checked.add(index)
+        self._checked[index] = written
 
     def finish_snapshot(self, count: int, last: bytes, record: dict[str, object]) -> bytes:
         """The completion marker of a snapshot of `count` chunks whose last one is `last`:
@@ -479,12 +491,13 @@ class ShapeLog:
         self.snapshot_chunks = max(self.snapshot_chunks, count)
         self.snapshot_complete = self.snapshot_complete or complete
 
-    def _write_file(self, path: str, data: bytes) -> None:
+    def _write_file(self, path: str, data: bytes) -> _Identity:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             write_new_file(fd, data)
             if self.fsync:
                 os.fsync(fd)
+            written = _identity(fd)
         except BaseException:
             os.close(fd)
             try:
@@ -493,6 +506,7 @@ class ShapeLog:
                 pass
             raise
         os.close(fd)
+        return written
 
     def read_snapshot_chunk(self, index: int) -> bytes:
         """The chunk's bytes, checked against the size and crc32 they were written with."""
@@ -505,11 +519,13 @@ class ShapeLog:
                     data = f.read(packed.size)
             except OSError as exc:
                 self._damaged(f"{path}: {exc.strerror}")
+            read = None
         else:
             path = self._snapshot_name(index)
             try:
                 with open(path, "rb") as f:
-                    data = f.read()
+                    read = _identity(f.fileno())  # (before the read: a change after it
+                    data = f.read()  # changes what it says, and the file is read again)
             except OSError as exc:
                 self._damaged(f"{path}: {exc.strerror}")
         expected = self._snapshot_sums.get(index)
@@ -517,7 +533,7 @@ class ShapeLog:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         elif len(data) != expected[0] or crc32(data) != expected[1]:
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
-        self._checked.add(index)
+        self._checked[index] = read
         return data
 
     def snapshot_chunk_file(self, index: int) -> tuple[str, int] | None:
@@ -532,6 +548,19 @@ class ShapeLog:
         if index not in self._checked or index == self._inline_index():
             return None
         return self._snapshot_name(index), self._snapshot_sums[index][0]
+
+    def snapshot_file_unchanged(self, index: int, fd: int) -> bool:
+        """Whether `fd`, chunk `index`'s file opened to be sent as it is, is the file as it
+        was checked (the same inode, size and times): one fstat. False forgets the check:
+        the chunk is then read the checked way (a file changed by anyone but the engine,
+        which never writes a chunk twice, is damaged unless its bytes still match)."""
+        try:
+            unchanged = _identity(fd) == self._checked.get(index)
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            self._checked.pop(index, None)
+        return unchanged
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
@@ -562,12 +591,12 @@ class ShapeLog:
         tail = self._tail
         if tail is None:
             tail = self._tail = _Chunk(self._log_name(0), 0)
-        record, last_key = encode_record(lsn, entries)
+        record, last_key = encode_record(lsn, entries, self._seed)
         if tail.end + len(record) <= self.chunk_bytes:  # the usual case: it fits
             self._write(tail, record, last_key, lsn)
         else:
             for new_chunk, record, last_key in encode_records(
-                lsn, entries, self.chunk_bytes, tail.end
+                lsn, entries, self.chunk_bytes, tail.end, self._seed
             ):
                 if not new_chunk:
                     self._write(tail, record, last_key, lsn)
@@ -575,7 +604,8 @@ class ShapeLog:
                 finished = tail
                 close_fd(finished.path)  # never written again
                 index = finished.index + 1
-                record = chunk_start(record, finished.end)  # (how long the finished one is)
+                # (how long the finished one is)
+                record = chunk_start(record, finished.end, self._seed)
                 tail = self._tail = _Chunk(self._log_name(index), index)
                 self._write(tail, record, last_key, lsn)
                 # The next chunk exists now: noted on the finished one (never the other way
@@ -724,7 +754,7 @@ class ShapeLog:
         if len(data) != size:
             self._damaged(f"{chunk.path}: {len(data)} bytes at {start}, expected {size}")
         try:
-            return iter_entries(data, after, out)
+            return iter_entries(data, after, out, self._seed)
         except FramingError as exc:
             self._damaged(f"{chunk.path}: {exc} (record at {start})")
 

@@ -11,13 +11,15 @@ when the transaction crosses a chunk boundary):
              size of the chunk file before it (when under 1 GiB)
 
 crc32 is zlib's (computed by `checksum`); the header's own checksum covers its first 20
-bytes, so a record's length and LSN are known to be real before its body is read: when a
-body is damaged, its LSN still says from where the slot must send transactions again to
-repair it. A chunk file cut short at a record boundary (a lost write, a partial copy) has
-only intact records: the next chunk's first record says how long it was (`chunk_start`),
-so `load` finds the hole. All integers are little-endian. A record is only trusted whole:
-a reader that finds a short, unparseable or mismatching record reports it instead of
-serving any of its bytes.
+bytes, seeded with the crc32 of the shape's handle (`seed_of`: a chunk file of another
+shape, copied over this one's, fails its check; records written before the seed, with
+none, are still read), so a record's length and LSN are known to be real before its
+body is read: when a body is damaged, its LSN still says from where the slot must send
+transactions again to repair it. A chunk file cut short at a record boundary (a lost
+write, a partial copy) has only intact records: the next chunk's first record says how
+long it was (`chunk_start`), so `load` finds the hole. All integers are little-endian. A
+record is only trusted whole: a reader that finds a short, unparseable or mismatching
+record reports it instead of serving any of its bytes.
 """
 
 from __future__ import annotations
@@ -55,8 +57,13 @@ def key_of(lsn: int, op: int) -> int:
     return (lsn << 32) | op
 
 
+def seed_of(handle: str) -> int:
+    """The seed of the header checksums of `handle`'s records."""
+    return _crc32(handle.encode())
+
+
 def encode_records(
-    lsn: int, entries: list[tuple[int, bytes]], chunk_bytes: int, used: int
+    lsn: int, entries: list[tuple[int, bytes]], chunk_bytes: int, used: int, seed: int = 0
 ) -> list[tuple[bool, bytes, int]]:
     """One transaction's entries `(op, json)` as records, cut where a chunk fills.
 
@@ -75,16 +82,16 @@ def encode_records(
         parts.append(data)
         size += ENTRY_HEADER_SIZE + len(data)
         if i == last:
-            out.append((new, _record(lsn, parts, FLAG_TX_END), key_of(lsn, op)))
+            out.append((new, _record(lsn, parts, FLAG_TX_END, seed), key_of(lsn, op)))
         elif size >= chunk_bytes and op != 0:
-            out.append((new, _record(lsn, parts, 0), key_of(lsn, op)))
+            out.append((new, _record(lsn, parts, 0, seed), key_of(lsn, op)))
             parts = []
             new = True
             size = HEADER_SIZE
     return out
 
 
-def encode_record(lsn: int, entries: list[tuple[int, bytes]]) -> tuple[bytes, int]:
+def encode_record(lsn: int, entries: list[tuple[int, bytes]], seed: int = 0) -> tuple[bytes, int]:
     """A whole transaction as one record, and the key of its last entry: what an append
     writes when the record fits in the current chunk (`encode_records` otherwise)."""
     parts: list[bytes] = []
@@ -93,16 +100,16 @@ def encode_record(lsn: int, entries: list[tuple[int, bytes]]) -> tuple[bytes, in
         parts.append(data)
     body = b"".join(parts)
     head = _head_pack(len(body), _crc32(body), lsn, FLAG_TX_END)
-    return head + _head_crc_pack(_crc32(head)) + body, (lsn << 32) | entries[-1][0]
+    return head + _head_crc_pack(_crc32(head, seed)) + body, (lsn << 32) | entries[-1][0]
 
 
-def _record(lsn: int, parts: list[bytes], flags: int) -> bytes:
+def _record(lsn: int, parts: list[bytes], flags: int, seed: int) -> bytes:
     body = b"".join(parts)
     head = _HEAD.pack(len(body), _crc32(body), lsn, flags)
-    return head + _HEAD_CRC.pack(_crc32(head)) + body
+    return head + _HEAD_CRC.pack(_crc32(head, seed)) + body
 
 
-def chunk_start(record: bytes, prev_size: int) -> bytes:
+def chunk_start(record: bytes, prev_size: int, seed: int = 0) -> bytes:
     """`record` (one `encode_record(s)` made) as the first record of a chunk file whose
     predecessor is `prev_size` bytes long: its header says so. Unchanged for a size that
     does not fit (no check then)."""
@@ -110,13 +117,16 @@ def chunk_start(record: bytes, prev_size: int) -> bytes:
         return record
     length, crc, lsn, flags = _head_unpack(record, 0)
     head = _head_pack(length, crc, lsn, flags | FLAG_PREV | (prev_size << PREV_SHIFT))
-    return head + _head_crc_pack(_crc32(head)) + record[HEADER_SIZE:]
+    return head + _head_crc_pack(_crc32(head, seed)) + record[HEADER_SIZE:]
 
 
-def _header(data: bytes, pos: int) -> tuple[int, int, int, int] | None:
+def _header(data: bytes, pos: int, seed: int) -> tuple[int, int, int, int] | None:
     """(body length, body crc, lsn, flags) of the header at `pos`, None if it fails its
-    checksum. The caller makes sure HEADER_SIZE bytes are there."""
-    if _crc32(data[pos : pos + _HS]) != _head_crc_unpack(data, pos + _HS)[0]:
+    checksum (seeded with `seed`, or none: a record of an engine before seeds). The
+    caller makes sure HEADER_SIZE bytes are there."""
+    head = data[pos : pos + _HS]
+    crc = _head_crc_unpack(data, pos + _HS)[0]
+    if _crc32(head, seed) != crc and (not seed or _crc32(head) != crc):
         return None
     return _head_unpack(data, pos)
 
@@ -137,7 +147,7 @@ class ScanResult:
     None when it does not say."""
 
 
-def scan(data: bytes) -> ScanResult:
+def scan(data: bytes, seed: int = 0) -> ScanResult:
     """Check every record of a chunk file's bytes (on load); stops at the first problem."""
     result = ScanResult()
     n = len(data)
@@ -146,7 +156,7 @@ def scan(data: bytes) -> ScanResult:
     while pos < n:
         if n - pos < HEADER_SIZE:
             return _problem(result, pos, "incomplete record header")
-        head = _header(data, pos)
+        head = _header(data, pos, seed)
         if head is None:
             return _problem(result, pos, "record header checksum mismatch")
         length, crc, lsn, flags = head
@@ -186,7 +196,7 @@ def _last_op(data: bytes, pos: int, end: int) -> int:
     return op
 
 
-def iter_entries(data: bytes, after: int, out: list[bytes]) -> bool:
+def iter_entries(data: bytes, after: int, out: list[bytes], seed: int = 0) -> bool:
     """Append the json of each entry with a key above `after` in the records `data` holds
     (whole records only) to `out`, checking each record. Returns whether the last record
     ends its transaction. Raises `FramingError` on anything but intact records."""
@@ -198,7 +208,7 @@ def iter_entries(data: bytes, after: int, out: list[bytes]) -> bool:
     while pos < n:
         if n - pos < HEADER_SIZE:
             raise FramingError("incomplete record header")
-        head = _header(data, pos)
+        head = _header(data, pos, seed)
         if head is None:
             raise FramingError("record header checksum mismatch")
         length, crc, lsn, flags = head

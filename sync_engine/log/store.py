@@ -92,8 +92,15 @@ class ShapeStore:
         return logs
 
     def _read_pack(self, path: str, found: dict[str, _Found]) -> None:
-        with open(path, "rb") as f:
-            contents = scan_pack(f.read())
+        try:
+            with open(path, "rb") as f:
+                contents = scan_pack(f.read())
+        except OSError as exc:
+            # Unreadable (permissions, an I/O error): its shapes are discarded (their own
+            # files with the other unfinished ones), not every shape of the source held
+            # up. The file is left as it is.
+            logger.warning("%s: %s; the shapes in it are discarded", path, exc.strerror)
+            return
         if contents.error is not None:
             logger.warning("%s: %s; the shapes after it are discarded", path, contents.error)
             if contents.end:

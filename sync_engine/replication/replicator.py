@@ -60,6 +60,14 @@ class ReplicationState(enum.StrEnum):
     DISK_FULL = "disk_full"  # paused: shape logs cannot be written
 
 
+#: Seconds between looks whether the stream is past a held transaction again (`_settle`).
+REDELIVERY_POLL = 0.05
+
+
+class StreamReleased(Exception):
+    """The replicator let its stream go (`Replicator._release_stream`)."""
+
+
 def _fsync_paths(paths: set[str]) -> None:
     for path in paths:
         try:
@@ -194,6 +202,13 @@ class Replicator:
         self._failure: LogWriteError | None = None  # a background flush's failed write
         self._slot_checked = False
         self._readable_lsn = Lsn(0)
+        #: The LSN of the last commit the stream delivered since appends were last cut back
+        #: (0 since: the slot sends them again). A held transaction is appended only once
+        #: the stream is past it again: before, an earlier transaction of its shape that
+        #: was cut back (a failed write or fsync) would be skipped as a replay once it came.
+        self._delivered = 0
+        #: Set when the stream should be let go (`_release_stream`): the loop closes it.
+        self._release: str | None = None
 
     @property
     def global_lsn(self) -> Lsn:
@@ -295,6 +310,7 @@ class Replicator:
                 wait = retry.wait
             finally:
                 self.assembler.reset()
+                self._delivered = 0  # the next stream starts again from the slot
                 # The next stream sends again from the slot's confirmed position: older
                 # transactions than a shape's last one come again, and those a shape has no
                 # entry for must meet its snapshot's visibility test again (`past_xmax`
@@ -319,6 +335,9 @@ class Replicator:
 
     async def _consume(self, stream: ReplicationStream) -> None:
         while True:
+            if self._release is not None:
+                why, self._release = self._release, None
+                raise StreamReleased(why)
             batch = await stream.read_raw(timeout=1.0)
             last_end = self.handle_batch(batch) if batch else 0
             read_through = self.assembler.session_lsn
@@ -363,6 +382,8 @@ class Replicator:
 
     def _deliver(self, touched: dict[Shape, list[Change]], xid: Xid, lsn: Lsn) -> None:
         """A committed transaction's changes per shape, from the assembler."""
+        if self._failure is None:  # (else the stream is replayed: not past anything)
+            self._delivered = lsn
         to_append, parked = sort_out(touched, xid, lsn)
         for shape in parked:
             self._parked.add(shape)
@@ -479,12 +500,20 @@ class Replicator:
         while shape.held and not shape.rotated:
             entry = shape.held[0]
             xid, lsn, changes = entry
+            if lsn > self._delivered:
+                # Appends were cut back since the stream delivered it (a failed write): an
+                # earlier transaction of the shape may be among them, and comes again
+                # first (held before this one, `_deliver`); appending this one now would
+                # make it look like a replay of what the log holds, and skip it.
+                await asyncio.sleep(REDELIVERY_POLL)
+                continue
             unreadable = _unreadable_rows(shape, changes)
             try:
                 answers = await evaluate(shape, unreadable) if unreadable else []
             except asyncio.CancelledError:
                 raise
             except ServiceUnavailable as exc:  # Postgres unreachable: the transactions wait
+                self._release_stream()
                 logger.info(
                     "shape %s: Postgres could not evaluate its where clause on a row (%s);"
                     " retrying in %.1f s",
@@ -503,6 +532,8 @@ class Replicator:
                 return
             if shape.rotated or not shape.held or shape.held[0] is not entry:
                 continue  # (one sent again after a cut-back came before it: that first)
+            if lsn > self._delivered:
+                continue  # (cut back while Postgres answered: the check above again)
             matches = _answered(shape, unreadable, answers)
             entries: list[ChangeEntry] = []
             for kind, old, new, op in changes:
@@ -527,6 +558,16 @@ class Replicator:
                     continue
             delay = FIRST_DELAY
             shape.release_held(entry)
+
+    def _release_stream(self) -> None:
+        """Close the replication stream (the loop starts it again, with its usual backoff):
+        a held transaction cannot be confirmed until Postgres answers about it, and a
+        Postgres shutting down (fast) waits for its walsender, which waits for the engine
+        to confirm everything it sent: neither would ever go on. Closing the stream lets
+        the shutdown finish; the slot sends the held transaction again once Postgres is
+        back (it is kept held meanwhile: nothing is lost or appended twice)."""
+        if self.connected.is_set():
+            self._release = "Postgres could not be asked about a held change"
 
     async def flush(self) -> None:
         """fsync what was appended, publish it, then wake the waiters of the shapes that grew.
@@ -557,6 +598,7 @@ class Replicator:
 
     def _rollback_staged(self) -> None:
         """Cut every append not yet published off its log (the slot replays them)."""
+        self._delivered = 0
         dirty, self._dirty = self._dirty, set()
         for shape in dirty:
             shape.log.rollback()

@@ -62,6 +62,7 @@ _ADDED_COLUMNS = {
     "sources": {"secret_delivered": "INTEGER NOT NULL DEFAULT 1"},
 }
 _VERSION = 4
+BUSY_WAIT = 1.0
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
     " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
@@ -133,7 +134,13 @@ class SourceStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        self._db = sqlite3.connect(path, timeout=10, isolation_level=None, check_same_thread=False)
+        # Only this process writes it (the CLI goes through the admin API), on the event
+        # loop: another process holding its lock (an operator's sqlite3 shell) must not
+        # stall every source's requests for long, so a write waits 1 s at most, then fails
+        # (the admin API answers 503 store_unavailable, nothing changed).
+        self._db = sqlite3.connect(
+            path, timeout=BUSY_WAIT, isolation_level=None, check_same_thread=False
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")

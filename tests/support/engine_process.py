@@ -26,11 +26,25 @@ ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT = 60.0
 
 
+#: Run a command as root without the capabilities that bypass file permissions, so that a
+#: file made unreadable (chmod 000) is unreadable to it, as to an engine that is not root.
+NO_DAC_OVERRIDE = (
+    "setpriv",
+    "--bounding-set=-dac_override,-dac_read_search",
+    "--inh-caps=-dac_override,-dac_read_search",
+    "--",
+)
+
+
 class EngineProcess:
     """`python -m sync_engine` on a free port; `start()` returns once `/v1/health` is 200."""
 
-    def __init__(self, db_url: str, data_dir: Path, *extra_args: str) -> None:
+    def __init__(
+        self, db_url: str, data_dir: Path, *extra_args: str, wrapper: tuple[str, ...] = ()
+    ) -> None:
+        """`wrapper`: a command the engine runs under (`NO_DAC_OVERRIDE`, say)."""
         self.db_url = db_url
+        self.wrapper = wrapper
         self.data_dir = data_dir
         self.extra_args = extra_args
         self.port = free_port()
@@ -49,7 +63,7 @@ class EngineProcess:
 
     def spawn(self) -> None:
         """Start the process without waiting for it to be healthy; its output goes to `log`."""
-        args = [sys.executable, "-m", "sync_engine", "--database-url", self.db_url,
+        args = [*self.wrapper, sys.executable, "-m", "sync_engine", "--database-url", self.db_url,
                 "--port", str(self.port), "--data-dir", str(self.data_dir), *self.extra_args]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(

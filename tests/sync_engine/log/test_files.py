@@ -7,6 +7,7 @@ or editing the files as a crash or a bad disk would leave them.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import orjson
@@ -14,7 +15,7 @@ import pytest
 
 from sync_engine.log import fds
 from sync_engine.log.files import LogDamaged, LogWriteError, ShapeLog
-from sync_engine.log.framing import HEADER_SIZE, scan
+from sync_engine.log.framing import HEADER_SIZE, encode_record, scan, seed_of
 from sync_engine.log.offsets import SNAPSHOT_END, LogOffset
 from sync_engine.log.store import PackBuilder, ShapeStore
 from sync_engine.replication.replicator import _fsync_paths
@@ -46,6 +47,9 @@ def _read_all(log: ShapeLog, offset: LogOffset = SNAPSHOT_END) -> tuple[list[byt
         sizes.append(sum(len(e) + 1 for e in entries))
         assert end > offset
         offset = end
+
+
+SEED = seed_of("shape")  # (the handle of `_new`'s log)
 
 
 def _new(tmp_path: Path, chunk_bytes: int = 1 << 20) -> ShapeLog:
@@ -144,7 +148,7 @@ def test_a_chunk_cut_at_a_record_boundary_is_found_by_the_next_chunk(tmp_path: P
         log.close()
         files = sorted(log.directory.glob("shape.log.*.log"))
         assert len(files) >= 3
-        records = scan(files[1].read_bytes()).records
+        records = scan(files[1].read_bytes(), SEED).records
         assert len(records) > boundary
         os.truncate(files[1], records[-boundary][0])  # the last `boundary` records lost
         again = _reload(log)
@@ -172,7 +176,7 @@ def test_the_last_chunk_cut_at_a_record_boundary_is_found_by_its_durable_size(
     log.publish(token)
     log.close()
     (path,) = log.directory.glob("shape.log.*.log")
-    records = scan(path.read_bytes()).records
+    records = scan(path.read_bytes(), SEED).records
     os.truncate(path, records[-3][0])  # the last three transactions lost whole
     again = _reload(log)
     assert again.damage is not None
@@ -212,7 +216,7 @@ def test_a_deleted_chunk_file_is_found_on_load(tmp_path: Path, deleted: str) -> 
     files = sorted(log.directory.glob("shape.log.*.log"))
     assert len(files) >= 3
     victim = {"last": files[-1], "middle": files[1], "first": files[0]}[deleted]
-    first_lost = scan(victim.read_bytes()).records[0][3]
+    first_lost = scan(victim.read_bytes(), SEED).records[0][3]
     victim.unlink()
     again = _reload(log)
     assert again.damage is not None
@@ -274,7 +278,7 @@ def test_a_flipped_byte_inside_a_chunk_is_detected_on_load(tmp_path: Path, where
     path = tmp_path / "shapes" / "shape.log.00000000.log"
     data = bytearray(path.read_bytes())
     at = int(len(data) * where)
-    damaged = sum(1 for start, *_ in scan(bytes(data)).records if start <= at) - 1
+    damaged = sum(1 for start, *_ in scan(bytes(data), SEED).records if start <= at) - 1
     data[at] ^= 0x20
     path.write_bytes(bytes(data))
     again = ShapeLog(log.directory / log.handle, log.chunk_bytes, fsync=False)
@@ -462,3 +466,40 @@ def test_recent_small_chunks_are_kept_in_memory_up_to_a_bound_least_recent_dropp
     too_big = store.new_log("2-0")
     too_big.remember_snapshot_chunk(0, b"x" * ((1 << 20) + 1))  # over the per-chunk limit
     assert too_big.fresh_snapshot_chunk(0) is None
+
+
+def test_a_chunk_file_of_another_shape_copied_over_one_is_found_on_load(tmp_path: Path) -> None:
+    """Its records are whole and intact, but not this shape's: their header checksums are
+    seeded with another handle. (They used to load, and be served as this shape's.)"""
+    log = _new(tmp_path)
+    other = ShapeLog(tmp_path / "shapes" / "other", log.chunk_bytes, fsync=False)
+    for lsn in (100, 200, 300):
+        log.append_transaction(lsn, _tx(lsn))
+        other.append_transaction(lsn, _tx(lsn))
+    _commit(log)
+    _commit(other)
+    other.close()
+    mine = tmp_path / "shapes" / "shape.log.00000000.log"
+    shutil.copyfile(tmp_path / "shapes" / "other.log.00000000.log", mine)
+    again = _reload(log)
+    assert again.damage is not None and "mismatch" in again.damage
+    assert _read_all(again)[0] == []
+    # read while running (not loaded again): found too
+    log2 = _new(tmp_path / "b")
+    log2.append_transaction(100, _tx(100))
+    _commit(log2)
+    path = tmp_path / "b" / "shapes" / "shape.log.00000000.log"
+    path.write_bytes(encode_record(100, _tx(100), seed_of("other"))[0])
+    with pytest.raises(LogDamaged):
+        log2.read_after(SNAPSHOT_END)
+
+
+def test_records_written_without_a_seed_are_still_read(tmp_path: Path) -> None:
+    """A log written by an engine before the seeded header checksums loads and reads."""
+    (tmp_path / "shapes").mkdir()
+    path = tmp_path / "shapes" / "shape.log.00000000.log"
+    path.write_bytes(b"".join(encode_record(lsn, _tx(lsn))[0] for lsn in (100, 200)))
+    log = ShapeLog(tmp_path / "shapes" / "shape", 1 << 20, fsync=False)
+    log.load_transactions()
+    assert log.damage is None
+    assert _read_all(log)[0] == [e for lsn in (100, 200) for _, e in _tx(lsn)]

@@ -110,6 +110,7 @@ def test_hostile_credentials_and_admin_requests(
     for secret in [*secrets, PASSWORD, PROCESS_TOKEN, "FUZZ-SECRET"]:
         assert secret not in text, secret
     assert "Traceback" not in text and " 500 " not in text
+    assert '"level": "error"' not in text and '"level": "critical"' not in text
 
 
 async def _hostile(engine: AdminEngine, a: dict[str, Any], b: dict[str, Any],
@@ -242,6 +243,29 @@ async def _hostile(engine: AdminEngine, a: dict[str, Any], b: dict[str, Any],
                                   b"Connection: close\r\n" + header + token + b"\r\n\r\n")  # fmt: skip
                 assert head.startswith(b"HTTP/1.1 401 "), head[:200]
                 assert b'"error": "unauthorized"' in head
+        # malformed HTTP on the admin listener: JSON, nothing quoted (was aiohttp's text, the
+        # request's first bytes quoted, a traceback at ERROR; a gzip body that is not gzip a 500)
+        auth = f"Authorization: Bearer {PROCESS_TOKEN}\r\n".encode()
+        head = b"Host: x\r\nConnection: close\r\n" + auth
+        for request, want in [
+            (b"POST /api/sources HTTP/1.1\r\n" + head + b"Content-Encoding: gzip\r\n"
+             b"Content-Length: 7\r\n\r\ngarbage", 415),
+            (b"POST /api/sources HTTP/1.1\r\n" + head + b"Content-Encoding: deflate\r\n"
+             b"Content-Length: 7\r\n\r\ngarbage", 415),
+            (b"POST /api/sources HTTP/1.1\r\n" + head + b"Transfer-Encoding: chunked\r\n\r\n"
+             b"zz\r\nabc\r\n0\r\n\r\n", 400),
+            (b"GET /api/sources/\xff HTTP/1.1\r\n" + head + b"\r\n", 400),
+            (b"FOO /api/sources HTTP/1.1\r\n" + head + b"\r\n", 400),
+            (b"GET /api/sources HTTP/1.1\r\n" + head + b"X: " + b"a" * 9000 + b"\r\n\r\n", 431),
+            (b"GET /api/sources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer FUZZ-SECRET-5"
+             + b"t" * 9000 + b"\r\n\r\n", 431),
+        ]:  # fmt: skip
+            answer = await _raw(engine.admin_port, request)
+            status_line, _, rest = answer.partition(b"\r\n")
+            assert status_line.startswith(b"HTTP/1.1 %d " % want), (request[:80], answer[:300])
+            body = json.loads(rest.partition(b"\r\n\r\n")[2])
+            assert body["error"] and body["message"], body
+            seen.append(answer.decode("utf-8", "replace"))
         async with session.get(f"{base}/metrics") as resp:
             seen.append(await resp.text())
 
