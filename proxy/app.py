@@ -247,6 +247,7 @@ class ProxyApp:
         holder = RuntimeHolder(
             loaded, session, self.metrics, path=self.config_path, environ=self.environ
         )
+        holder.on_revoke.append(forwarder.end_streams)
         await stack.enter_async_context(holder.watching(sighup=self.sighup))
         self._session, self._forwarder, self._holder = session, forwarder, holder
         # Per-principal limits; one pool slot per upstream connection (sized at start).

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +134,17 @@ class RuntimeHolder:
         self.last_error: str | None = None
         self._file_stamp = self._stamp()
         self.current = self._build(loaded)
+        #: Called when access granted before may be withdrawn (a reload, an issuer's key
+        #: dropped or changed): live answers authorised under the old state end (the app
+        #: ends its shared SSE streams: their clients reconnect and are authorised again).
+        self.on_revoke: list[Callable[[], None]] = []
+
+    def _revoked(self) -> None:
+        for callback in self.on_revoke:
+            try:
+                callback()
+            except Exception:  # (a bug in one must not stop the reload)
+                logger.exception("ending live answers after a config or key change failed")
 
     def _build(self, loaded: LoadedConfig) -> Runtime:
         issuers = []
@@ -196,6 +207,7 @@ class RuntimeHolder:
         for cache in (runtime.prepared, runtime.remapped):
             if cache is not None:
                 cache.clear()
+        self._revoked()
 
     async def refresh_keys(self) -> None:
         """Refetch the key sets older than their TTL (`JwksCache.refresh_if_due`)."""
@@ -228,6 +240,7 @@ class RuntimeHolder:
             logger.warning("server settings changed; they apply only after a restart")
         self.current = self._build(loaded)
         self.last_error = None
+        self._revoked()
         self._metrics.config_reloads.labels(result="ok").inc()
         logger.info("config reloaded from %s", self.path)
         return True

@@ -121,6 +121,11 @@ class Forwarder:
         """Engine SSE streams shared by this proxy's SSE clients right now."""
         return len(self._streams)
 
+    def end_streams(self) -> None:
+        """End every shared SSE stream, each client's response cleanly (access may have been
+        withdrawn: a config reload, an issuer's key dropped); they reconnect."""
+        self._streams.end_all()
+
     async def close(self) -> None:
         """Cancel shared requests and streams still running (app shutdown)."""
         await self._flights.close()

@@ -236,6 +236,7 @@ class SharedStream:
         "offset",
         "positions",
         "raw",
+        "revoked",
         "subscribers",
         "task",
     )
@@ -252,6 +253,7 @@ class SharedStream:
         self.raw = False  # a 200 that is not an event stream: only identical requests share
         self.failure: ProxyError | None = None
         self.finished = False
+        self.revoked = False  # ended by `SharedStreams.end_all`
         #: Clients reading every event as it comes (all of it is after their position).
         self.subscribers: set[_Subscriber] = set()
         #: Clients ahead of the stream: events up to their position are not theirs.
@@ -474,6 +476,17 @@ class SharedStreams:
         if self._streams.get(stream.key) is stream:
             del self._streams[stream.key]
 
+    def end_all(self) -> None:
+        """End every stream now: each client's response cleanly (not carried on to a next
+        stream), each engine request closed; a client arriving later starts a new one."""
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for stream in streams:
+            stream.revoked = True
+            stream.end("revoked")
+            if stream.task is not None:
+                stream.task.cancel()
+
     async def close(self) -> None:
         """Cancel the streams still running (app shutdown)."""
         tasks = [s.task for s in self._streams.values() if s.task is not None]
@@ -605,8 +618,8 @@ async def serve(
     if started is not None:
         return await _go_on(stream, request, spec, started, deadline)
     identical = spec.offset == stream.offset
-    if head is None:  # the engine request failed before any headers
-        if not identical:
+    if head is None:  # the engine request failed before any headers (or was ended)
+        if not identical or stream.revoked:
             return Result.RETRY
         raise (stream.failure or connection_failed(options)).copy()
     if head.status != 200:
@@ -727,7 +740,7 @@ async def _finish(
 ) -> Outcome:
     """End a client's stream the way its shared stream ended for it."""
     transport = request.transport
-    if reason in ("ended", "expired"):
+    if reason in ("ended", "expired", "revoked"):
         try:
             await response.write_eof()
         except ConnectionError:

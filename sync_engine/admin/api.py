@@ -10,9 +10,12 @@
     DELETE /api/sources/{id}                   {source_id, deleted, warnings}
     GET    /                                   the dashboard (static HTML, CSS and JS)
 
-Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status, and
-a failed request changes nothing. Secrets and passwords never appear in responses other
-than the one that creates a secret.
+Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status (a
+503 store_unavailable when sources.db cannot be written), and a failed request changes
+nothing; malformed HTTP gets the same JSON (`_AdminConnection`). Secrets and passwords never
+appear in responses other than the ones that carry a new secret; once such an answer is
+written to its connection the source is marked `secret_delivered` (`_deliver`), until then
+the same creation sent again gets a new secret (`SourceManager.create`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import sqlite3
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
@@ -142,6 +146,18 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return _error(status, exc.code, exc.message, field, source_id=sid)
     except web.HTTPRequestEntityTooLarge:
         return _error(413, "body_too_large", f"request body is larger than {MAX_BODY} bytes")
+    except sqlite3.Error as exc:  # a full disk, an I/O error: the store is as it was
+        logger.warning("admin request %s %s: sources.db not written: %s", request.method,
+                       request.path, exc)  # fmt: skip
+        resp = _error(
+            503,
+            "store_unavailable",
+            f"the engine could not write its sources registry (sources.db in its data"
+            f" directory): {exc}; nothing was changed. Check that disk (free space) and"
+            f" that no other program holds the file, then retry.",
+        )
+        resp.headers["retry-after"] = "10"
+        return resp
     except (RequestPayloadError, BadHttpMessage):  # cut short, bad chunking
         return _error(400, "invalid_request", "the request body could not be read")
     except web.HTTPException as exc:

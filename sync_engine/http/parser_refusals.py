@@ -102,10 +102,18 @@ TRANSFER_ENCODING_IN_HTTP_1_0 = Refusal(
 )
 
 
+#: `CONNECT host:port` (a tunnel: neither service is a forward proxy), answered as the
+#: proxy's parser answers it (the engine routed `host:port` as a path: a 404).
+CONNECT_REFUSED = Refusal(400, "bad_request", "Malformed HTTP request")
+
+
 def unserved(message: Any) -> Refusal | None:
-    """The refusal of a parsed request (`RawRequestMessage`) whose version or framing the
-    parser accepted but the server does not serve; None for one it serves. Called only for a
-    request that is not plain HTTP/1.1 or is chunked (`RefusingApplication._make_request`)."""
+    """The refusal of a parsed request (`RawRequestMessage`) whose version, framing or method
+    the parser accepted but the server does not serve; None for one it serves. Called only
+    for a request that is not plain HTTP/1.1, is chunked or asks to upgrade (CONNECT does)
+    (`RefusingApplication._make_request`)."""
+    if message.method == "CONNECT":
+        return CONNECT_REFUSED
     version = message.version
     if version[0] != 1:
         return HTTP_0_9 if version[0] == 0 else VERSION_NOT_SUPPORTED
@@ -305,8 +313,8 @@ with warnings.catch_warnings():
             task: Any,
             _cls: type[web.Request] = _Request,
         ) -> web.Request:
-            # (two cheap checks for a plain HTTP/1.1 request without a body)
-            if message.version is not HttpVersion11 or message.chunked:
+            # (three cheap checks for a plain HTTP/1.1 request without a body)
+            if message.version is not HttpVersion11 or message.chunked or message.upgrade:
                 if message is ERROR:
                     message = _ERROR_1_1
                 else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sqlite3
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -309,6 +310,7 @@ class SourceManager:
                     shapes_limit,
                     syncs_limit,
                 )
+                same = self.records.get(same.source_id, same)  # `secret_delivered` as known
                 if same.secret_delivered or not retry:
                     raise _duplicate(same, retry)
                 answering = self._answering.get(same.source_id)
@@ -349,8 +351,12 @@ class SourceManager:
         rec = self.records.get(source_id)
         if rec is None or rec.secret_delivered:
             return
-        self._store().mark_delivered(source_id)
         self.records[source_id] = replace(rec, secret_delivered=True)
+        try:
+            self._store().mark_delivered(source_id)
+        except sqlite3.Error as exc:  # a full disk: known here, not after a restart
+            logger.warning("source %s: could not record its secret as delivered: %s",
+                           source_id, exc)  # fmt: skip
 
     async def rotate_secret(self, source_id: str, grace: object) -> tuple[SourceRecord, str]:
         grace_s = check_grace(grace)

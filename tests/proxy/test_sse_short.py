@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from aiohttp import web
 
+from proxy.config.loader import load_config
+from tests.proxy.proxy_fakes import base_config
 from tests.proxy.sse_fakes import proxy_in_front, sse_batch, sse_headers
 from tests.support.waiting import wait_until_async
 
@@ -171,3 +176,37 @@ async def test_a_stream_ends_when_its_token_expires(
     assert _ids(await long.content.readuntil(UP_TO_DATE % 300)) == ["6"]
     long.close()
     assert engine.requests == ["100_0"]
+
+
+async def test_a_reload_ends_the_streams_it_may_revoke(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, tmp_path: Path
+) -> None:
+    """From policy: a config reload that removes a member's rule did not end the member's
+    open SSE stream. A reload (or an issuer's key dropped) now ends every shared stream
+    cleanly; clients reconnect and are authorised again: here, refused."""
+    engine = LiveEngine()
+    app = web.Application()
+    app.router.add_get("/v1/shape", engine.shape)
+    server = await aiohttp_server(app, access_log=None)
+    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
+    config["server"] = {"reload_interval": 0.05}
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proxy = await make_proxy(load_config(path, environ), config_path=path, environ=environ)
+    token = proxy.tokens.make()
+    stream = await _open(proxy, token, "100_0")
+    await engine.change(200, 5)
+    assert _ids(await stream.content.readuntil(UP_TO_DATE % 200)) == ["5"]
+    config["tables"]["items"]["allow"] = [
+        rule for rule in config["tables"]["items"]["allow"] if rule["name"] != "member"
+    ]
+    (tmp_path / "next.yaml").write_text(yaml.safe_dump(config))
+    os.replace(tmp_path / "next.yaml", path)
+    rest = await asyncio.wait_for(stream.read(), 20)  # a clean end, no error
+    await engine.change(300, 6)
+    assert _ids(rest) == []
+    again = await proxy.client.get(
+        f"{SHAPE}&offset=200_0&live=true&live_sse=true&cursor=",
+        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+    )
+    assert again.status == 403

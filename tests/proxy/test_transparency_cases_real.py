@@ -383,6 +383,7 @@ PIPELINED_TAILS = {
     b"Upgrade: websocket\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
     "upgrade-h2c": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings"
     b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "connect": b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
     "http-1.0": b"GET /v1/health HTTP/1.0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 

@@ -27,6 +27,7 @@ from sync_engine.pg.types import (
     INT4,
     INT8,
     INTERVAL,
+    NAME,
     NUMERIC,
     TEXT,
     TIMESTAMPTZ,
@@ -240,9 +241,33 @@ class Compiler:
                 parser = functools.partial(pgv.parse_array, element=interval_literal)
             else:
                 parser = datetime_input(target)
-            return const(target, parser(expr.text), expr.node)
+            value = parser(expr.text)
+            if target.element == NAME:
+                value = self._name_input(value, expr.node)
+            return const(target, value, expr.node)
         except ValueError as e:
             raise error_at(str(e), expr.node) from None
+
+    def _name_input(self, value: Value, node: ast.Node | None) -> Value:
+        """namein of a literal (an array's elements too): cut to NAMEDATALEN - 1 = 63 bytes
+        in the database's encoding, at a character boundary (`nm = '<70 letters>'` equals
+        the name of their first 63). Known exactly for ASCII and in a UTF8 database; a
+        longer non-ASCII literal elsewhere is refused."""
+        if isinstance(value, tuple):
+            return tuple(self._name_input(x, node) for x in value)
+        if not isinstance(value, str) or len(value) <= 15:  # (at most 4 bytes a character)
+            return value
+        if value.isascii():
+            return value[:63]
+        if not self.collations.utf8:
+            raise error_at(
+                "a name literal longer than 15 non-ASCII characters is not supported here "
+                "(the database encoding, which decides where Postgres cuts it, is not known "
+                "to be UTF8)",
+                node,
+            )
+        cut = value.encode()[:63].decode(errors="ignore")  # (a split character is dropped)
+        return cut
 
     def unify(self, exprs: Sequence[Expr], what: str, node: ast.Node) -> tuple[PgType, list[Expr]]:
         """Convert a list of values to one type (Postgres's `select_common_type`, as for

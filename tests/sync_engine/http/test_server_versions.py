@@ -74,6 +74,11 @@ REFUSED = {
         400,
         "Malformed HTTP request: Transfer-Encoding in an HTTP/1.0 request",
     ),
+    "connect": (  # (it was routed as the path `x:443`: a 404; the proxy's parser: a 400)
+        b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
+        400,
+        "Malformed HTTP request",
+    ),
     "parser-refusal": (  # (refused by the parser itself: its status line was HTTP/1.0)
         b"GET " + TARGET + b" HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
         400,

@@ -9,6 +9,9 @@ to get a new secret (rotate-secret), as before.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.support.waiting import wait_until
-from tests.sync_engine.tenants.harness import AdminEngine, make_items
+from tests.sync_engine.tenants.harness import PROCESS_TOKEN, ROOT, AdminEngine, make_items
 
 
 @pytest.fixture
@@ -116,3 +119,38 @@ def test_a_source_whose_secret_was_rotated_is_not_taken_over_by_a_retry(
     assert status == 409 and got["source_id"] == sid, got
     assert wait_until(lambda: engine.shape_status(sid, rotated["secret"]) == 200, timeout=60,
                       interval=0.2, message="the rotated secret syncs")  # fmt: skip
+
+
+def test_the_cli_says_to_run_the_same_command_again_and_that_works(
+    make_db: Callable[[], str], engines: Callable[..., AdminEngine], tmp_path: Path
+) -> None:
+    """`sync-engine sources add`, the engine killed before its answer: the CLI says the source
+    may exist and to run the same command again; once the engine is back, that gives the
+    source a secret that works."""
+    url = make_db()
+    make_items(url, ["a"])
+    held = tmp_path / "held"
+    engine = engines({"SHAPEGATE_TEST_HOLD_ADMIN": f"create:{held}"})
+    args = ("add", "--name", "shop", "--database-url", url, "--json")
+    env = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": PROCESS_TOKEN,
+           "SYNC_ENGINE_ADMIN_URL": f"http://127.0.0.1:{engine.admin_port}"}  # fmt: skip
+    command = [sys.executable, "-m", "sync_engine", "sources", *args]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_until(held.exists, timeout=30, message="the engine saved the source, not answered")
+        engine.kill()
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 1 and "run the same command again" in err, err
+
+    engine = engines()
+    env["SYNC_ENGINE_ADMIN_URL"] = f"http://127.0.0.1:{engine.admin_port}"
+    again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    made = json.loads(again.stdout)
+    assert wait_until(lambda: engine.shape_status(made["source_id"], made["secret"]) == 200,
+                      timeout=60, interval=0.2, message="the secret syncs")  # fmt: skip

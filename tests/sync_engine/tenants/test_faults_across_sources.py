@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.faults.cluster import FaultCluster
+from tests.support.engine_process import apply_messages
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import PGBIN, MultiEngine, make_items, sql
 
@@ -41,8 +42,6 @@ class Follower:
                                                     handle=handle, live="true", **self.shape)  # fmt: skip
             self.statuses.append(status)
             if status == 200:
-                from tests.support.engine_process import apply_messages
-
                 apply_messages(self.rows, body)
                 offset = h["electric-offset"]
             elif status == 409:
@@ -164,4 +163,68 @@ async def test_one_sources_postgres_stopped_restarted_or_silent_does_not_stall_t
             await f.stop()
         if stopped:
             cluster.signal(stopped, signal.SIGCONT)
+        cluster.stop()
+
+
+@pytest.mark.timeout(240)
+async def test_an_engine_restarted_while_one_sources_postgres_is_down(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """The engine starts with one source's database down: the other source serves at once
+    (its old shape, same handle, and new ones); the down one answers 503, never holds a
+    request; once its database is back, its client goes on from its offset, nothing lost."""
+    if PGBIN is None:
+        pytest.skip("no PostgreSQL server binaries")
+    cluster = FaultCluster()
+    try:
+        cluster.start()
+        url_a, url_b = cluster.url, make_db()
+        make_items(url_a, ["a1"])
+        make_items(url_b, ["b1"])
+        engine = await engines().start()
+        a = await engine.add("down", url_a)
+        b = await engine.add("up", url_b)
+        for src in (a, b):
+            await engine.wait_state(src["source_id"], "active")
+        rows_a, handle_a, offset_a = await engine.sync(a["source_id"], a["secret"], table="items")
+        rows_b, handle_b, offset_b = await engine.sync(b["source_id"], b["secret"], table="items")
+        await engine.close()
+        cluster.stop_server("immediate")
+        sql(url_b, "INSERT INTO items VALUES (2, 'b2')")
+
+        engine = await engines(engine.data_dir).start()
+        for _ in range(50):  # B's client goes on with its handle, and gets b2
+            status, h, body = await _answered(
+                engine.get(b["source_id"], b["secret"], table="items", handle=handle_b,
+                           offset=offset_b, live="true")
+            )  # fmt: skip
+            assert status == 200, (status, body)
+            apply_messages(rows_b, body)
+            offset_b = h["electric-offset"]
+            if len(rows_b) == 2:
+                break
+        assert sorted(r["name"] for r in rows_b.values()) == ["b1", "b2"]
+        fresh, _, _ = await _answered(engine.sync(b["source_id"], b["secret"], table="items",
+                                                  where="id = 2"))  # fmt: skip
+        assert [r["name"] for r in fresh.values()] == ["b2"]
+        status, h, body = await _answered(
+            engine.get(a["source_id"], a["secret"], table="items", where="id > 0", offset="-1")
+        )
+        assert status == 503 and int(h["retry-after"]) > 0, (status, body)
+
+        cluster.start()
+        sql(url_a, "INSERT INTO items VALUES (2, 'a2')")
+        await engine.wait_state(a["source_id"], "active", timeout=60)
+        for _ in range(50):
+            status, h, body = await _answered(
+                engine.get(a["source_id"], a["secret"], table="items", handle=handle_a,
+                           offset=offset_a, live="true")
+            )  # fmt: skip
+            assert status == 200, (status, body)
+            apply_messages(rows_a, body)
+            offset_a = h["electric-offset"]
+            if len(rows_a) == 2:
+                break
+        assert sorted(r["name"] for r in rows_a.values()) == ["a1", "a2"]
+    finally:
         cluster.stop()

@@ -147,3 +147,33 @@ async def test_a_source_paused_and_deleted_in_the_middle_of_a_snapshot(
     assert done, "the snapshot's request hangs after the deletion"
     assert sql(url, "SELECT slot_name FROM pg_replication_slots") == []
     assert sql(url, "SELECT pubname FROM pg_publication") == []
+
+
+async def test_two_sources_on_one_database_deleting_one_leaves_the_other_streaming(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """Each source has its own slot and publication: deleting one drops only its own, and
+    the other's live client gets the next change."""
+    url = make_db()
+    make_items(url, ["x1"])
+    engine = await engines(long_poll_timeout=60.0).start()
+    one = await engine.add("one", url)
+    two = await engine.add("two", url)
+    for src in (one, two):
+        await engine.wait_state(src["source_id"], "active")
+    await engine.sync(one["source_id"], one["secret"], table="items")
+    rows, handle, offset = await engine.sync(two["source_id"], two["secret"], table="items")
+    live = asyncio.create_task(engine.follow(two["source_id"], two["secret"], handle, offset,
+                                             rows, table="items"))  # fmt: skip
+    await engine.until_parked(two["source_id"])
+    status, body = await engine.api("DELETE", f"/api/sources/{one['source_id']}")
+    assert status == 200 and body["warnings"] == [], body
+    assert [s for (s,) in sql(url, "SELECT slot_name FROM pg_replication_slots")] == [
+        two["slot_name"]
+    ]
+    assert [p for (p,) in sql(url, "SELECT pubname FROM pg_publication")] == [
+        two["publication_name"]
+    ]
+    sql(url, "INSERT INTO items VALUES (2, 'x2')")
+    await asyncio.wait_for(live, 30)
+    assert sorted(r["name"] for r in rows.values()) == ["x1", "x2"]

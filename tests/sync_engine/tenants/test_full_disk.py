@@ -1,0 +1,104 @@
+"""sources.db cannot be written (the data directory's disk full, another program holding its
+lock): the admin API answers a clear 503 at once and changes nothing (a create, a rotation,
+a pause, a deletion), the registered sources go on serving, and once it can be written
+again everything works. Mounting a small tmpfs needs root (CI runs as root)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.sync_engine.tenants.harness import MultiEngine, make_items
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up (CI runs as root)"
+)
+
+
+def _fill(path: Path) -> None:
+    """Fill the filesystem of `path` to the last byte."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (65536, 1):
+            while True:
+                try:
+                    os.write(fd, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(fd)
+
+
+@needs_root
+@pytest.mark.timeout(120)
+async def test_admin_requests_on_a_full_disk_are_a_503_and_change_nothing(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    engine: MultiEngine | None = None
+    try:
+        url_a, url_b = make_db(), make_db()
+        make_items(url_a, ["a1"])
+        engine = await engines(mnt).start()
+        a = await engine.add("alpha", url_a)
+        sid = a["source_id"]
+        await engine.wait_state(sid, "active")
+        rows, _, _ = await engine.sync(sid, a["secret"], table="items")
+        _fill(mnt / "filler")
+        for method, path, body in [
+            ("POST", "/api/sources", {"name": "beta", "database_url": url_b}),
+            ("POST", f"/api/sources/{sid}/rotate-secret", {}),
+            ("POST", f"/api/sources/{sid}/pause", None),
+            ("DELETE", f"/api/sources/{sid}", None),
+        ]:
+            status, got = await engine.api(method, path, body)
+            assert status == 503 and got["error"] == "store_unavailable", (path, status, got)
+            assert "disk is full" in got["message"]
+        status, got = await engine.api("GET", "/api/sources")
+        assert [s["name"] for s in got["sources"]] == ["alpha"]
+        assert got["sources"][0]["state"] == "active"
+        rows, _, _ = await engine.sync(sid, a["secret"], table="items")  # still serving
+        assert [r["name"] for r in rows.values()] == ["a1"]
+        (mnt / "filler").unlink()
+        b = await engine.add("beta", url_b)
+        status, _ = await engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
+        assert status == 200
+        status, _ = await engine.api("DELETE", f"/api/sources/{b['source_id']}")
+        assert status == 200
+    finally:
+        if engine is not None:
+            await engine.close()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def test_admin_requests_while_another_program_holds_the_store_are_a_quick_503(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """An operator's sqlite3 shell holding sources.db's write lock: a write waited 10 s on
+    the event loop (every source's requests stalled), then was a 500. Now 1 s, then 503."""
+    url = make_db()
+    make_items(url, ["a1"])
+    engine = await engines().start()
+    a = await engine.add("alpha", url)
+    await engine.wait_state(a["source_id"], "active")
+    other = sqlite3.connect(engine.data_dir / "sources.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        status, got = await engine.api("POST", f"/api/sources/{a['source_id']}/pause")
+        assert status == 503 and got["error"] == "store_unavailable", got
+        assert "locked" in got["message"]
+        assert time.monotonic() - started < 9  # the old wait was 10 s
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
+    status, got = await engine.api("POST", f"/api/sources/{a['source_id']}/pause")
+    assert status == 200 and got["state"] == "paused"
