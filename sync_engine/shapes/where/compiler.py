@@ -42,6 +42,7 @@ from . import operators
 from .arrays import subscript_nullable
 from .casts import (
     ARRAY_BOUNDS_REFUSED,
+    ARRAY_SPACE_REFUSED,
     EXPLICIT_CASTS,
     IMPLICIT_CASTS,
     bounds_refused,
@@ -49,6 +50,8 @@ from .casts import (
     has_array_bounds,
     interval_literal,
     text_input_cast,
+    trailing_comma,
+    unicode_space,
 )
 from .collation import (
     CONFLICT,
@@ -222,6 +225,10 @@ class Compiler:
             return const(target, None, expr.node)
         if target.array and has_array_bounds(expr.text):
             raise error_at(ARRAY_BOUNDS_REFUSED, expr.node)
+        if target.array and unicode_space(expr.text):
+            raise error_at(ARRAY_SPACE_REFUSED, expr.node)
+        if target.array and trailing_comma(expr.text):
+            raise error_at(f'malformed array literal: "{expr.text[:40]}"', expr.node)
         if (target.enum or (target.array and target.element.enum)) and not self.allow_enums:
             # Postgres checks the label against the enum's (which the engine does not load):
             # an unknown one would fail only when the snapshot runs
