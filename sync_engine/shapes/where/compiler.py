@@ -23,6 +23,7 @@ from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
+    CHAR,
     DATE,
     INT4,
     INT8,
@@ -244,9 +245,38 @@ class Compiler:
             value = parser(expr.text)
             if target.element == NAME:
                 value = self._name_input(value, expr.node)
+            elif target.element == CHAR:
+                value = self._char_input(value, expr.node)
             return const(target, value, expr.node)
         except ValueError as e:
             raise error_at(str(e), expr.node) from None
+
+    def _char_input(self, value: Value, node: ast.Node | None) -> Value:
+        """charin of a literal, as the output text its byte has (how a row's "char" value
+        reads): a `\\ooo` octal escape, else the first byte ('abc' is 'a', '' the zero
+        byte); a byte with the high bit set prints as `\\ooo`, the zero byte as ''. The
+        first byte of a non-ASCII character is known only in a UTF8 database."""
+        if isinstance(value, tuple):
+            return tuple(self._char_input(x, node) for x in value)
+        if not isinstance(value, str):
+            return value
+        if re.fullmatch(r"\\[0-7]{3}", value):
+            byte = int(value[1:], 8) & 0xFF
+        elif not value:
+            byte = 0
+        elif value[0].isascii():
+            byte = ord(value[0])
+        elif self.collations.utf8:
+            byte = value[0].encode()[0]
+        else:
+            raise error_at(
+                'a non-ASCII "char" literal is not supported here (the database encoding '
+                "is not known to be UTF8)",
+                node,
+            )
+        if byte == 0:
+            return ""
+        return f"\\{byte:03o}" if byte >= 0x80 else chr(byte)
 
     def _name_input(self, value: Value, node: ast.Node | None) -> Value:
         """namein of a literal (an array's elements too): cut to NAMEDATALEN - 1 = 63 bytes

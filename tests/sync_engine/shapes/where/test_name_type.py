@@ -1,4 +1,8 @@
-"""`name` columns against untyped literals: namein cuts a literal to 63 bytes.
+"""`name` and `"char"` columns against untyped literals, which their input functions cut.
+
+A literal taken as a "char" is its first byte ('abc' is 'a', 'é' the first byte of its
+UTF-8, printed '\\303'), or the byte of a `\\ooo` escape; the engine compared the whole
+literal with the row's one character (`ch = 'abc'` missed the row 'a').
 
 `nm = '<70 letters>'` resolves the literal as a name, and Postgres's input function cuts
 it to NAMEDATALEN - 1 = 63 bytes (at a character boundary), so it equals the name of its
@@ -78,3 +82,29 @@ def test_a_long_non_ascii_name_literal_is_refused_outside_utf8(pg_server_url: st
             assert conn.execute(f"SELECT id FROM d WHERE {where.sql}").fetchall() == [(1,)]
     finally:
         drop_database(pg_server_url, name)
+
+
+CHAR_CLAUSES = [
+    "ch = 'abc'", "ch <> 'abc'", "ch IN ('abc', 'x')", "ch = 'é'", "ch = 'ébc'", "ch = ''",
+    "ch = '\\351'", "ch = '\\000'", "ch = '\\0000'", "ch = '\\\\351'", "ch = ANY('{abc,é}')",
+    "ch::text = 'abc'", "NULLIF(ch, 'ab') IS NULL",
+]  # fmt: skip
+
+
+def test_char_literals_are_their_first_byte(db_url: str) -> None:
+    url = with_display_settings(db_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute('CREATE TABLE d (id int PRIMARY KEY, ch "char")')
+        conn.execute(
+            "INSERT INTO d VALUES (1, 'a'), (2, 'é'), (3, E'\\\\351'), (4, ''), (5, NULL), (6, 'x')"
+        )
+        rows = {
+            r[0]: {"id": str(r[0]), "ch": r[1]} for r in conn.execute("SELECT id, ch::text FROM d")
+        }
+        assert rows[2]["ch"] == "\\303" and rows[3]["ch"] == "\\351" and rows[4]["ch"] == ""
+        columns = column_map(url)
+        for clause in CHAR_CLAUSES:
+            where = parse_where(clause, {}, columns)
+            expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
+            got = {i for i, row in rows.items() if where.matches(row)}
+            assert got == expected, (clause, sorted(got ^ expected))
