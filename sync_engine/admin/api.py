@@ -10,9 +10,12 @@
     DELETE /api/sources/{id}                   {source_id, deleted, warnings}
     GET    /                                   the dashboard (static HTML, CSS and JS)
 
-Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status, and
-a failed request changes nothing. Secrets and passwords never appear in responses other
-than the one that creates a secret.
+Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx status (a
+503 store_unavailable when sources.db cannot be written), and a failed request changes
+nothing; malformed HTTP gets the same JSON (`_AdminConnection`). Secrets and passwords never
+appear in responses other than the ones that carry a new secret; once such an answer is
+written to its connection the source is marked `secret_delivered` (`_deliver`), until then
+the same creation sent again gets a new secret (`SourceManager.create`).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ from .framing import (
     seed_of,
 )
 from .offsets import SNAPSHOT_END, LogOffset
-from .packs import PackedChunk
+from .packs import PackedChunk, append_record, encode_log_begun
 
 #: Snapshot chunks up to this size are kept in memory once written (see `_fresh`).
 FRESH_CHUNK_MAX = 1 << 20
@@ -278,6 +278,11 @@ class ShapeLog:
         self._published_lsn = 0
         self.snapshot_chunks = 0
         self.snapshot_complete = False
+        # The LSN of the first transaction ever written to the log, and whether that is
+        # recorded where a lost first chunk file is found (its marker, or an `L` record
+        # in its pack): with no chunk file left, the log would look merely empty.
+        self._first_lsn: int | None = None
+        self._begun_recorded = False
         #: Highest transaction LSN written (published or staged): replays up to it are skipped.
         self.last_lsn = 0
         # What the marker recorded besides the count.
@@ -336,11 +341,15 @@ class ShapeLog:
         self.snapshot_chunks = count
         self.snapshot_complete = True
 
-    def load_transactions(self, paths: list[str] | None = None) -> None:
+    def load_transactions(self, paths: list[str] | None = None, begun: int | None = None) -> None:
         """Index the transaction chunks `paths` (all of the shape's, found by the caller; by
-        listing the directory when None), checking them (see `_load_transactions`)."""
+        listing the directory when None), checking them (see `_load_transactions`).
+        `begun`: the LSN the log began at, as its pack says (None: it never began, or an
+        older engine wrote it)."""
         if paths is None:
             paths = [str(p) for p in self.directory.glob(f"{self.handle}.log.*.log")]
+        if begun is not None:
+            self._first_lsn, self._begun_recorded = begun, True
         self._load_transactions(sorted(paths))
 
     def own_files(self) -> list[str]:
@@ -415,7 +424,12 @@ class ShapeLog:
                 break
         else:
             cut_from = head
-            if paths and _has_next_chunk(paths[-1]):
+            if not paths and self._begun_recorded:
+                # It began, and no chunk file is left: all of it was deleted.
+                self.damage = f"{self._log_name(0)}: missing"
+                lost_tail = True
+                cut_from = self._first_lsn or 0
+            elif paths and _has_next_chunk(paths[-1]):
                 # The last chunk had a next one, deleted: the log is cut from its end.
                 self.damage = f"{self._log_name(len(paths))}: missing"
                 lost_tail = True
@@ -472,6 +486,11 @@ class ShapeLog:
         """
         self._snapshot_sums[count - 1] = (len(last), crc32(last))
         sums = [self._snapshot_sums[i] for i in range(count)]
+        if self._first_lsn is not None:  # (its log began while the snapshot was written)
+            self._begun_recorded = True
+            return orjson.dumps(
+                {"chunks": count, "sums": sums, "log_from": self._first_lsn, **record}
+            )
         return orjson.dumps({"chunks": count, "sums": sums, **record})
 
     def _inline_index(self) -> int:
@@ -484,6 +503,20 @@ class ShapeLog:
         """The pack holding the last chunk is durable: the snapshot can be read whole."""
         self.packed = packed
         self.chunks_readable(count, complete=True)
+        if self._first_lsn is not None and not self._begun_recorded:
+            self._record_log_begun(self._first_lsn)  # (it began after the marker was made)
+
+    def _record_log_begun(self, lsn: int) -> None:
+        """Note in the shape's pack that its log began at `lsn` (durable with the log's
+        next fsync). Best effort: on a full disk, tried again when chunk 0 is made again."""
+        assert self.packed is not None
+        path = self.packed.pack.path
+        try:
+            append_record(path, encode_log_begun(self.handle, lsn))
+        except OSError:
+            return
+        self._begun_recorded = True
+        self._dirty.add(path)
 
     def chunks_readable(self, count: int, complete: bool) -> None:
         """`count` snapshot chunks are written (all of them when `complete`): readers may
@@ -629,6 +662,11 @@ class ShapeLog:
         self._dirty.add(tail.path)
         if not start:  # a new file: its directory entry must be durable too
             self._dirty.add(self._dir)
+            if not tail.index and not self._begun_recorded:  # the log begins
+                if self._first_lsn is None:
+                    self._first_lsn = lsn
+                if self.packed is not None:
+                    self._record_log_begun(self._first_lsn)
 
     def _last_published(self) -> _Chunk | None:
         return self._chunks[-1] if self._chunks else None

@@ -9,6 +9,8 @@ instead of a directory, a chunk file and a marker per shape.
     pack.<time>-<n>.pack    MAGIC, then records: u32 length, u32 crc32 of the payload, payload
                             b"S" u32 marker length, marker JSON, chunk bytes: a shape
                             b"R" handle: that shape was retired (appended later)
+                            b"L" u64 LSN, handle: that shape's log began, its first
+                            transaction at LSN (appended later; `ShapeLog`)
 
 A pack is written whole and fsynced (with its directory) before any of its shapes is
 announced, so a torn pack only ever holds shapes nobody has seen: what follows the first
@@ -23,6 +25,7 @@ import errno
 import itertools
 import os
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -38,6 +41,11 @@ _HEAD = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _SHAPE = b"S"
 _RETIRED = b"R"
+_LOG_BEGUN = b"L"
+_U64 = struct.Struct("<Q")
+#: Appends to packs come from the event loop (a log begun) and from worker threads (a
+#: shape retired): one at a time, each at the end it found.
+_appending = threading.Lock()
 _names = itertools.count()
 
 
@@ -71,6 +79,7 @@ class PackContents(NamedTuple):
     retired: set[str]
     error: str | None  # what stopped the scan early (a torn or damaged record)
     end: int = 0  # where the last whole record ends (0: not a pack)
+    begun: dict[str, int] | None = None  # handle -> LSN its log began at (`L` records)
 
 
 def new_pack_path(directory: str) -> str:
@@ -89,10 +98,16 @@ def encode_retired(handle: str) -> bytes:
     return _HEAD.pack(len(payload), crc32(payload)) + payload
 
 
+def encode_log_begun(handle: str, lsn: int) -> bytes:
+    payload = _LOG_BEGUN + _U64.pack(lsn) + handle.encode()
+    return _HEAD.pack(len(payload), crc32(payload)) + payload
+
+
 def scan_pack(data: bytes) -> PackContents:
     """The shapes and retirements in a pack's bytes, up to the first bad record."""
     entries: list[PackEntry] = []
     retired: set[str] = set()
+    begun: dict[str, int] = {}
     if not data.startswith(MAGIC):
         return PackContents(entries, retired, "not a snapshot pack")
     pos = len(MAGIC)
@@ -110,6 +125,8 @@ def scan_pack(data: bytes) -> PackContents:
         kind = data[start : start + 1]
         if kind == _RETIRED:
             retired.add(data[start + 1 : end].decode())
+        elif kind == _LOG_BEGUN and length > 9:
+            begun.setdefault(data[start + 9 : end].decode(), _U64.unpack_from(data, start + 1)[0])
         elif kind == _SHAPE and length >= 5:
             (marker_len,) = _U32.unpack_from(data, start + 1)
             chunk_at = start + 5 + marker_len
@@ -122,7 +139,7 @@ def scan_pack(data: bytes) -> PackContents:
         else:
             return PackContents(entries, retired, f"unknown record at byte {pos}", pos)
         pos = end
-    return PackContents(entries, retired, None, pos)
+    return PackContents(entries, retired, None, pos, begun)
 
 
 def write_new(path: str, data: bytes, fsync: bool) -> None:
@@ -158,13 +175,22 @@ def append_retired(path: str, handle: str) -> None:
     full disk, is cut back and raises OSError, to be tried again: a retirement that never
     reaches the pack brings the shape back on the next load, stale). A pack already gone
     needs no record."""
+    append_record(path, encode_retired(handle))
+
+
+def append_record(path: str, record: bytes) -> None:
+    """Append `record` to the pack at `path`, whole or not at all (see `append_retired`)."""
+    with _appending:
+        _append(path, record)
+
+
+def _append(path: str, record: bytes) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
         start = os.lseek(fd, 0, os.SEEK_END)
-        record = encode_retired(handle)
         try:
             written = os.pwrite(fd, record, start)
             if written != len(record):

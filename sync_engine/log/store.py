@@ -36,8 +36,9 @@ logger = logging.getLogger(__name__)
 #: see `ShapeLog.snapshot_chunk_file`); the pack then holds only the marker.
 PACK_INLINE_MAX = 1 << 20
 
-#: A shape found in a pack: the pack, its marker, where its last chunk lies (offset, size).
-_Found = tuple[Pack, dict[str, Any], int, int]
+#: A shape found in a pack: the pack, its marker, where its last chunk lies (offset, size),
+#: the LSN its log began at if the pack says.
+_Found = tuple[Pack, dict[str, Any], int, int, int | None]
 
 
 class ShapeStore:
@@ -73,12 +74,12 @@ class ShapeStore:
             else:
                 files.setdefault(name.split(".", 1)[0], []).append(path)
         logs: list[ShapeLog] = []
-        for handle, (pack, marker, offset, size) in found.items():
+        for handle, (pack, marker, offset, size, begun) in found.items():
             log = self.new_log(handle)
             own = files.pop(handle, [])
             try:
                 log.restore_snapshot(marker, PackedChunk(pack, offset, size))
-                log.load_transactions([p for p in own if ".log." in p])
+                log.load_transactions([p for p in own if ".log." in p], begun)
             except (LogDamaged, OSError) as exc:
                 logger.warning("discarding shape %s: %s", handle, exc)
                 log.close()
@@ -115,7 +116,10 @@ class ShapeStore:
         for entry in contents.entries:
             if entry.handle not in contents.retired:
                 pack.live.add(entry.handle)
-                found[entry.handle] = (pack, entry.marker, entry.offset, entry.size)
+                begun = entry.marker.get("log_from")
+                if not isinstance(begun, int):
+                    begun = (contents.begun or {}).get(entry.handle)
+                found[entry.handle] = (pack, entry.marker, entry.offset, entry.size, begun)
         if not pack.live:
             _unlink(path)
 

@@ -624,6 +624,11 @@ def parse_interval(text: str) -> Interval:
 # --- arrays -------------------------------------------------------------------------------
 
 
+#: The whitespace array_in skips and trims (scanner_isspace): ASCII only. An element
+#: holding another space (NBSP, say) is printed unquoted and read with it.
+_ARRAY_SPACE = " \t\n\r\v\f"
+
+
 def parse_array(text: str, element: Parser, pg_type: PgType | None = None) -> tuple[object, ...]:
     """Array literal (`{1,2,NULL}`, `{"a b","c\\"d"}`, `{{1,2},{3,4}}`) to nested tuples.
 
@@ -631,17 +636,17 @@ def parse_array(text: str, element: Parser, pg_type: PgType | None = None) -> tu
     decoration (`[0:1]={...}`) is accepted and dropped. `pg_type` names the array type in
     the message for a malformed decoration.
     """
-    s = text.strip()
+    s = text.strip(_ARRAY_SPACE)
     if s.startswith("["):
         eq = s.find("=")
         if eq < 0:
             name = pg_type.sql_name if pg_type is not None else "array"
             raise ValueError(f'invalid input syntax for type {name}: "{text}"')
-        s = s[eq + 1 :].strip()
+        s = s[eq + 1 :].strip(_ARRAY_SPACE)
     if not s.startswith("{"):
         raise ValueError(f'malformed array literal: "{text}"')
     value, end = _parse_array_level(s, 1, element, text)
-    if s[end:].strip():
+    if s[end:].strip(_ARRAY_SPACE):
         raise ValueError(f'malformed array literal: "{text}"')
     return value
 
@@ -654,9 +659,11 @@ def _parse_array_level(
     expect_item = True
     while i < n:
         c = s[i]
-        if c.isspace():
+        if c in _ARRAY_SPACE:
             i += 1
         elif c == "}":
+            if expect_item and items:  # `{1,2,}`: a comma before the end
+                raise ValueError(f'malformed array literal: "{text}"')
             return tuple(items), i + 1
         elif c == ",":
             if expect_item:
@@ -690,7 +697,7 @@ def _parse_array_level(
                     j += 1
                 buf.append(s[j] if j < n else "")
                 j += 1
-            word = "".join(buf).strip()
+            word = "".join(buf).strip(_ARRAY_SPACE)
             items.append(None if word.upper() == "NULL" else element(word))
             i = j
             expect_item = False

@@ -74,6 +74,7 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
                 "pk_index": c.pk_index,
                 "generated": c.generated,
                 "collation": c.collation,
+                "domain_base": c.domain_base,
             }
             for c in t.columns
         ],

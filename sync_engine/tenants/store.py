@@ -21,6 +21,7 @@ the same creation is given a new secret instead of a 409 (`SourceManager.create`
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import time
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from .dburl import redact_url
 from .errors import DuplicateName, UnknownSource
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sources (
@@ -63,6 +66,16 @@ _ADDED_COLUMNS = {
 }
 _VERSION = 4
 BUSY_WAIT = 1.0
+_INSERT = (
+    "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)"
+)
+_INSERT_SCHEMA_3 = (
+    "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " max_shapes, max_initial_syncs, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)"
+)
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
     " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
@@ -150,22 +163,44 @@ class SourceStore:
             raise RuntimeError(
                 f"{path} was written by a newer shapegate (schema {version} > {_VERSION})"
             )
+        self._columns = _COLUMNS
+        #: schema 3 kept as it is (its upgrade could not be written): no `secret_delivered`
+        self._schema_3 = False
         if version != _VERSION:  # no write when it is current: a full disk must not stop a start
-            self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
-                for table, columns in _ADDED_COLUMNS.items():
-                    have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                    for column, kind in columns.items():
-                        if column not in have:
-                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-                self._db.execute(f"PRAGMA user_version={_VERSION}")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                self._upgrade()
+            except sqlite3.OperationalError as exc:
+                if version != 3:
+                    raise
+                # A full disk (or a lock held) must not stop a start after an upgrade either:
+                # run on schema 3, every source counted as delivered, until a later start
+                # can write the upgrade.
+                logger.warning(
+                    "%s: could not upgrade it to schema %d (%s); running on schema 3: a"
+                    " creation whose answer is lost must be recovered by rotating its secret",
+                    path,
+                    _VERSION,
+                    exc,
+                )
+                self._schema_3 = True
+                self._columns = _COLUMNS.replace("secret_delivered", "1 AS secret_delivered")
+
+    def _upgrade(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                for column, kind in columns.items():
+                    if column not in have:
+                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+            self._db.execute(f"PRAGMA user_version={_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def close(self) -> None:
         self._db.close()
@@ -173,12 +208,12 @@ class SourceStore:
     # -- reads ----------------------------------------------------------------------------
 
     def all(self) -> list[SourceRecord]:
-        rows = self._db.execute(f"SELECT {_COLUMNS} FROM sources ORDER BY created_at, name")  # noqa: S608
+        rows = self._db.execute(f"SELECT {self._columns} FROM sources ORDER BY created_at, name")  # noqa: S608
         return [_record(r) for r in rows.fetchall()]
 
     def get(self, source_id: str) -> SourceRecord:
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM sources WHERE source_id = ?",  # noqa: S608
+            f"SELECT {self._columns} FROM sources WHERE source_id = ?",  # noqa: S608
             (source_id,),
         ).fetchone()
         if row is None:
@@ -188,7 +223,7 @@ class SourceStore:
     def find_name(self, name: str) -> SourceRecord | None:
         """The source with this name (compared case-insensitively, as names are unique)."""
         row = self._db.execute(
-            f"SELECT {_COLUMNS} FROM sources WHERE name = ?",  # noqa: S608
+            f"SELECT {self._columns} FROM sources WHERE name = ?",  # noqa: S608
             (name,),
         ).fetchone()
         return None if row is None else _record(row)
@@ -222,7 +257,7 @@ class SourceStore:
             name=name,
             database_url=database_url,
             secret_hash=secret_hash,
-            secret_delivered=False,
+            secret_delivered=self._schema_3,
             max_shapes=max_shapes,
             max_initial_syncs=max_initial_syncs,
             created_at=now,
@@ -230,9 +265,7 @@ class SourceStore:
         )
         try:
             self._db.execute(
-                "INSERT INTO sources (source_id, name, database_url, secret_hash, state,"
-                " paused, secret_delivered, max_shapes, max_initial_syncs, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)",
+                _INSERT_SCHEMA_3 if self._schema_3 else _INSERT,
                 (
                     rec.source_id,
                     name,
@@ -274,6 +307,8 @@ class SourceStore:
 
     def mark_delivered(self, source_id: str) -> None:
         """The answer carrying the source's first secret was sent."""
+        if self._schema_3:
+            return
         self._db.execute(
             "UPDATE sources SET secret_delivered = 1 WHERE source_id = ?", (source_id,)
         )

@@ -153,6 +153,9 @@ def _damage(victim: Path, how: str, twin: Path) -> None:
     size = victim.stat().st_size
     if how == "delete":
         victim.unlink()
+    elif how == "delete them all":  # (as a log of one chunk file deleted)
+        for chunk in victim.parent.glob(victim.name.split(".", 1)[0] + ".log.*"):
+            chunk.unlink()
     elif how == "truncate to 0":
         os.truncate(victim, 0)
     elif how == "truncate mid":
@@ -182,6 +185,7 @@ def _damage(victim: Path, how: str, twin: Path) -> None:
 #: checked and since sent from its file as it is).
 CASES = [
     ("delete", "log", "restart"),
+    ("delete them all", "log", "restart"),
     ("truncate mid", "log", "running"),
     ("flip a byte", "log", "restart"),
     ("another shape's", "log", "running"),

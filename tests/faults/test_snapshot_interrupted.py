@@ -1,6 +1,6 @@
 """A big initial snapshot interrupted while it is being streamed to its client: its
-backends terminated, Postgres stopped (immediate, as a crash) and started, or the engine
-SIGKILLed and restarted.
+backends terminated, Postgres stopped (immediate, as a crash, or fast) and started, or the
+engine SIGKILLed and restarted.
 
 The engine serves a new shape's snapshot chunks as they are written, while Postgres is
 still reading the rest. Interrupted, the client must never get part of one snapshot followed
@@ -37,7 +37,7 @@ COLUMNS = ("id", "v", "pad")
 #: A where shape (read row by row) and the whole table (read by blocks, maybe two backends).
 WHERES = ["id % 2 = 0", None]
 
-Fault = Literal["immediate", "kill", "terminate"]
+Fault = Literal["fast", "immediate", "kill", "terminate"]
 #: The engine's snapshot backends, while they read.
 COPYING = (
     "SELECT pid FROM pg_stat_activity WHERE application_name = 'shapegate'"
@@ -57,8 +57,9 @@ def _resume(pids: list[int]) -> None:
 @pytest.mark.parametrize(
     ("fault", "where"),
     # (every fault on both paths held; tests/sync_engine/snapshot/test_big_snapshots.py
-    # kills the engine mid-snapshot too)
-    [("terminate", WHERES[0]), ("terminate", WHERES[1]), ("immediate", None)],
+    # kills the engine mid-snapshot too; "fast": a clean stop, whose walsender waits for
+    # the engine to confirm what it sent, while the snapshot's transactions are parked)
+    [("terminate", WHERES[0]), ("terminate", WHERES[1]), ("immediate", None), ("fast", WHERES[0])],
 )
 async def test_a_snapshot_interrupted_mid_stream_is_never_served_in_part(
     cluster: FaultCluster, tmp_path: Path, fault: Fault, where: str | None

@@ -230,13 +230,49 @@ def has_array_bounds(text: str) -> bool:
     return text.lstrip()[:1] == "["
 
 
+#: Whitespace that is not Postgres's (array_isspace, scanner_isspace: space, \t, \n, \r,
+#: \v, \f): NBSP, em space, ... Postgres keeps it in an unquoted array element (and prints
+#: such an element unquoted: `{ a}` for ARRAY[U&'\00A0a']), where the engine's array
+#: parser (pg/values.py, str.isspace) trims it: the row's element read 'a'.
+_UNICODE_SPACE = re.compile(r"[^\S\t\n\r\v\f ]")
+ARRAY_SPACE_REFUSED = "arrays holding non-ASCII whitespace are not supported"
+
+
+def unicode_space(text: str) -> bool:
+    return not text.isascii() and _UNICODE_SPACE.search(text) is not None
+
+
+def trailing_comma(text: str) -> bool:
+    """`{1,2,}`: Postgres's array_in refuses a comma before a closing brace (the engine's
+    parser read it as {1,2}). Outside quotes, escapes followed."""
+    quoted = escaped = False
+    last = ""  # the last character outside quotes that is not whitespace
+    for ch in text:
+        if escaped:
+            escaped, last = False, "x"
+        elif ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted, last = not quoted, '"'
+        elif quoted or ch in " \t\n\r\v\f":
+            continue
+        elif ch == "}" and last == ",":
+            return True
+        else:
+            last = ch
+    return False
+
+
 def bounds_refused(parse: Callable[[str], Value]) -> Callable[[str], Value]:
-    """`parse` for an array's text, raising UnrepresentableValue on explicit bounds (a row's
-    value: Postgres holds it, the engine cannot; see `Where.matches`)."""
+    """`parse` for an array's text, raising UnrepresentableValue on explicit bounds or on
+    whitespace Postgres does not trim (a row's value: Postgres holds it, the engine cannot
+    read it exactly; see `Where.matches`)."""
 
     def parse_bounded(text: str) -> Value:
         if has_array_bounds(text):
             raise UnrepresentableValue(ARRAY_BOUNDS_REFUSED)
+        if unicode_space(text):
+            raise UnrepresentableValue(ARRAY_SPACE_REFUSED)
         return parse(text)
 
     return parse_bounded
@@ -278,6 +314,10 @@ def _array_text_input(target: PgType, parser: Callable[[str], Value]) -> Callabl
     def parse(text: str) -> Value:
         if has_array_bounds(text):
             raise UnrepresentableValue(ARRAY_BOUNDS_REFUSED)
+        if unicode_space(text):
+            raise UnrepresentableValue(ARRAY_SPACE_REFUSED)
+        if trailing_comma(text):
+            raise ValueError(f'malformed array literal: "{text[:40]}"')
         value = parser(text)
         if not _regular(value):
             raise ValueError(f'malformed array literal: "{text[:40]}"')

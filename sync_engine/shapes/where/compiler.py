@@ -23,10 +23,12 @@ from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
+    CHAR,
     DATE,
     INT4,
     INT8,
     INTERVAL,
+    NAME,
     NUMERIC,
     TEXT,
     TIMESTAMPTZ,
@@ -40,6 +42,7 @@ from . import operators
 from .arrays import subscript_nullable
 from .casts import (
     ARRAY_BOUNDS_REFUSED,
+    ARRAY_SPACE_REFUSED,
     EXPLICIT_CASTS,
     IMPLICIT_CASTS,
     bounds_refused,
@@ -47,6 +50,8 @@ from .casts import (
     has_array_bounds,
     interval_literal,
     text_input_cast,
+    trailing_comma,
+    unicode_space,
 )
 from .collation import (
     CONFLICT,
@@ -220,6 +225,10 @@ class Compiler:
             return const(target, None, expr.node)
         if target.array and has_array_bounds(expr.text):
             raise error_at(ARRAY_BOUNDS_REFUSED, expr.node)
+        if target.array and unicode_space(expr.text):
+            raise error_at(ARRAY_SPACE_REFUSED, expr.node)
+        if target.array and trailing_comma(expr.text):
+            raise error_at(f'malformed array literal: "{expr.text[:40]}"', expr.node)
         if (target.enum or (target.array and target.element.enum)) and not self.allow_enums:
             # Postgres checks the label against the enum's (which the engine does not load):
             # an unknown one would fail only when the snapshot runs
@@ -240,9 +249,62 @@ class Compiler:
                 parser = functools.partial(pgv.parse_array, element=interval_literal)
             else:
                 parser = datetime_input(target)
-            return const(target, parser(expr.text), expr.node)
+            value = parser(expr.text)
+            if target.element == NAME:
+                value = self._name_input(value, expr.node)
+            elif target.element == CHAR:
+                value = self._char_input(value, expr.node)
+            return const(target, value, expr.node)
         except ValueError as e:
             raise error_at(str(e), expr.node) from None
+
+    def _char_input(self, value: Value, node: ast.Node | None) -> Value:
+        """charin of a literal, as the output text its byte has (how a row's "char" value
+        reads): a `\\ooo` octal escape, else the first byte ('abc' is 'a', '' the zero
+        byte); a byte with the high bit set prints as `\\ooo`, the zero byte as ''. The
+        first byte of a non-ASCII character is known only in a UTF8 database."""
+        if isinstance(value, tuple):
+            return tuple(self._char_input(x, node) for x in value)
+        if not isinstance(value, str):
+            return value
+        if re.fullmatch(r"\\[0-7]{3}", value):
+            byte = int(value[1:], 8) & 0xFF
+        elif not value:
+            byte = 0
+        elif value[0].isascii():
+            byte = ord(value[0])
+        elif self.collations.utf8:
+            byte = value[0].encode()[0]
+        else:
+            raise error_at(
+                'a non-ASCII "char" literal is not supported here (the database encoding '
+                "is not known to be UTF8)",
+                node,
+            )
+        if byte == 0:
+            return ""
+        return f"\\{byte:03o}" if byte >= 0x80 else chr(byte)
+
+    def _name_input(self, value: Value, node: ast.Node | None) -> Value:
+        """namein of a literal (an array's elements too): cut to NAMEDATALEN - 1 = 63 bytes
+        in the database's encoding, at a character boundary (`nm = '<70 letters>'` equals
+        the name of their first 63). Known exactly for ASCII and in a UTF8 database; a
+        longer non-ASCII literal elsewhere is refused."""
+        if isinstance(value, tuple):
+            return tuple(self._name_input(x, node) for x in value)
+        if not isinstance(value, str) or len(value) <= 15:  # (at most 4 bytes a character)
+            return value
+        if value.isascii():
+            return value[:63]
+        if not self.collations.utf8:
+            raise error_at(
+                "a name literal longer than 15 non-ASCII characters is not supported here "
+                "(the database encoding, which decides where Postgres cuts it, is not known "
+                "to be UTF8)",
+                node,
+            )
+        cut = value.encode()[:63].decode(errors="ignore")  # (a split character is dropped)
+        return cut
 
     def unify(self, exprs: Sequence[Expr], what: str, node: ast.Node) -> tuple[PgType, list[Expr]]:
         """Convert a list of values to one type (Postgres's `select_common_type`, as for

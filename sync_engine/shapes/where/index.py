@@ -12,6 +12,8 @@ from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.values import Value
 
+from .casts import unicode_space
+
 
 def keyset(values: Iterable[Value]) -> frozenset[Value]:
     return frozenset(values)
@@ -32,8 +34,11 @@ def indexable(values: Iterable[Value]) -> bool:
 
 
 def _has_nan(v: Value) -> bool:
+    """NaN, or (in an array) a text element holding whitespace Postgres keeps and the
+    router's reading of a row's array trims (casts.unicode_space): such a key would not
+    meet the row's."""
     if isinstance(v, tuple):
-        return any(_has_nan(x) for x in v)
+        return any(_has_nan(x) or (isinstance(x, str) and unicode_space(x)) for x in v)
     return bool(v != v)
 
 

@@ -136,3 +136,48 @@ def test_a_retirement_after_a_torn_tail_is_not_lost(tmp_path: Path) -> None:
     assert sorted(loaded) == ["1-1", "1-2"]
     store.retire(loaded["1-1"])
     assert [log.handle for log in store.load()] == ["1-2"]
+
+
+def _append(log: ShapeLog, lsn: int) -> None:
+    log.append_transaction(lsn, [(0, b'{"key":"k' + str(lsn).encode() + b'"}')])
+    log.publish(log.take_dirty()[1])
+
+
+@pytest.mark.parametrize("began", ["after the pack", "before the pack", "while packing"])
+def test_a_log_whose_only_chunk_file_was_deleted_is_found_on_load(
+    tmp_path: Path, began: str
+) -> None:
+    """A log deleted whole (its only chunk file) looked like a log that never began: the
+    shape loaded, served without the changes it had. Its pack now says the log began
+    (its marker, or an `L` record appended when it begins after the pack): it is found,
+    with the LSN the slot must send again from (else the replicator retires the shape)."""
+    store = _store(tmp_path)
+    log, other = store.new_log("1-1"), store.new_log("1-2")
+    builder = PackBuilder()
+    if began == "before the pack":
+        _append(log, 100)
+    for each in (log, other):
+        builder.add(each, 1, _chunk(each.handle), {"handle": each.handle})
+    if began == "while packing":
+        _append(log, 100)
+    builder.write(fsync=False)
+    builder.publish()
+    if began == "after the pack":
+        _append(log, 100)
+    _append(log, 200)
+    log.close()
+    loaded = {each.handle: each for each in store.load()}
+    assert loaded["1-1"].damage is None and loaded["1-1"].last_lsn == 200
+    assert loaded["1-2"].damage is None and loaded["1-2"].repaired_from is None
+    (chunk,) = store.directory.glob("1-1.log.*")
+    chunk.unlink()
+    loaded = {each.handle: each for each in store.load()}
+    assert loaded["1-1"].damage is not None and "missing" in loaded["1-1"].damage
+    assert loaded["1-1"].repaired_from == 100
+    assert loaded["1-2"].damage is None and loaded["1-2"].repaired_from is None
+    # a replay rebuilds it: the next load finds nothing wrong
+    again = loaded["1-1"]
+    _append(again, 100)
+    _append(again, 200)
+    again.close()
+    assert {each.handle: each for each in store.load()}["1-1"].damage is None

@@ -71,6 +71,9 @@ INPUTS: list[tuple[str, str]] = [
     ("int4[]", "{{1,2},{3,4}}"),
     ("text[]", '{"a b","c\\"d",NULL,"NULL",e}'),
     ("text[]", "{}"),
+    # Postgres trims only ASCII whitespace around an unquoted element (and prints one
+    # holding an NBSP or em space unquoted): they are part of the element
+    ("text[]", "{\u00a0a, b\u2003 ,\tc\n}"),
 ]
 
 BAD_INPUTS: list[tuple[str, str]] = [
@@ -89,6 +92,9 @@ BAD_INPUTS: list[tuple[str, str]] = [
     ("interval", "1 fortnight"),
     ("int4[]", "{1,a}"),
     ("int4[]", "1,2"),
+    ("int4[]", "{1,2,}"),  # a comma before the end
+    ("int4[]", "{{1},}"),
+    ("int4[]", "\u00a0{1}"),  # only ASCII whitespace is skipped
 ]
 
 
@@ -122,3 +128,16 @@ def test_bad_input_rejected_like_postgres(db_url: str, type_name: str, literal: 
 def test_timestamptz_output_is_aware_utc() -> None:
     value = pgv.parse_output(TIMESTAMPTZ, "2024-01-01 12:00:00.5+00")
     assert value == datetime(2024, 1, 1, 12, 0, 0, 500000, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "value", [["\u00a0a", "b\u2003", "\u3000"], ["a b", " c", "\u0085d\u00a0"], []]
+)
+def test_array_elements_read_as_postgres_has_them(db_url: str, value: list[str]) -> None:
+    """A text[] as Postgres prints it reads back element for element: whitespace other
+    than ASCII is part of an element (the engine trimmed it, so a row's `{<NBSP>a}` read
+    as `a`: where `ta @> '{a}'` matched a row Postgres does not return)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        rec = conn.execute("SELECT %s::text[]::text", (value,)).fetchone()
+    assert rec is not None
+    assert pgv.parse_output(pg_type("text[]"), rec[0]) == tuple(value), rec[0]

@@ -192,6 +192,41 @@ def test_a_store_of_schema_3_is_upgraded_its_sources_delivered(tmp_path: Path) -
     reg.close()
 
 
+def test_a_store_of_schema_3_that_cannot_be_upgraded_still_opens(tmp_path: Path) -> None:
+    """The upgrade to schema 4 cannot be written (a full disk; here another program holds the
+    lock): the engine still starts, on schema 3, every source counted as delivered (a start
+    on a full disk never wrote before schema 4 either); the next start upgrades it."""
+    import sqlite3
+
+    from sync_engine.tenants import store as store_module
+
+    path = tmp_path / "sources.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")  # as every store is
+    db.executescript(
+        store_module._SCHEMA.replace("    secret_delivered INTEGER NOT NULL DEFAULT 1,\n", "")
+    )
+    db.execute("INSERT INTO sources (source_id, name, database_url, secret_hash, created_at,"
+               " updated_at) VALUES ('00000000-0000-4000-8000-000000000001', 'old', ?, 'h',"
+               " 1, 1)", (URL,))  # fmt: skip
+    db.execute("PRAGMA user_version=3")
+    db.execute("BEGIN IMMEDIATE")  # held: the upgrade cannot be written
+    reg = SourceStore(path)
+    (old,) = reg.all()
+    assert old.name == "old" and old.secret_delivered
+    assert reg.find_name("OLD") == old and reg.get(old.source_id) == old
+    db.execute("ROLLBACK")
+    new = reg.create("new", URL, "h2")
+    assert new.secret_delivered and reg.get(new.source_id).secret_delivered
+    reg.mark_delivered(new.source_id)
+    reg.close()
+    db.close()
+    reg = SourceStore(path)  # the next start can write it
+    assert [r.name for r in reg.all()] == ["old", "new"]
+    assert not reg.create("newer", URL, "h3").secret_delivered
+    reg.close()
+
+
 async def test_auth_checks(tmp_path: Path) -> None:
     reg = SourceStore(tmp_path / "sources.db")
     secret, other = new_secret(), new_secret()
