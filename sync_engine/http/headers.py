@@ -15,10 +15,6 @@ EXPOSE_HEADERS = (
     "electric-up-to-date,electric-internal-known-error,retry-after"
 )
 ALLOW_METHODS_SHAPE = "GET, POST, HEAD, DELETE, OPTIONS"
-#: On an SSE answer: the log's last entry when the stream opened (a transaction's end). Its
-#: `electric-offset` is the request's own offset (the client adopts it before any event), so
-#: the proxy's SSE fan-out learns where the log ended from this one (`proxy.upstream.sse`).
-LOG_END_HEADER = "shapegate-log-end"
 
 
 def next_cursor(request_cursor: int, long_poll_timeout: float, now: float | None = None) -> int:

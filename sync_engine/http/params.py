@@ -268,15 +268,21 @@ def _subset_error(field_name: str, message: str) -> InvalidRequest:
     return InvalidRequest({"subset": {field_name: [message]}})
 
 
+_INTEGER_TEXT = re.compile(r"[+-]?[0-9]+", re.ASCII)
+
+
 def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool):
-        raise _subset_error(field_name, "is invalid")
-    try:
+    # As Ecto's :integer cast (Electric's): a JSON integer, or a string of ASCII digits with an
+    # optional sign. Not a bool, not a float (1.5, 1e3, 2.0), not Python's wider `int(str)`
+    # (spaces, `1_0`, non-ASCII digits).
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
         n = int(value)
-    except (TypeError, ValueError):
-        raise _subset_error(field_name, "is invalid") from None
+    else:
+        raise _subset_error(field_name, "is invalid")
     if n < minimum:
         raise _subset_error(field_name, f"must be greater than or equal to {minimum}")
     if n > _MAX_BIGINT:

@@ -401,6 +401,31 @@ async def test_post_with_bad_subset_fields(engine: Engine) -> None:
     assert sorted(rows) == ITEMS_KEYS
 
 
+async def test_subset_limit_and_offset_must_be_integers(engine: Engine) -> None:
+    """Electric casts `limit`/`offset` with Ecto's :integer: a JSON integer or a string of ASCII
+    digits. Python's `int()` took more (1.5 -> 1, 1e3, " 2 ", "1_0", Arabic-Indic digits)."""
+    make_items(engine)
+    _, handle, _ = await engine.sync(table="items")
+    shape = {"table": "items", "offset": "-1", "handle": handle}
+    for field, bad in [
+        ("limit", 1.5), ("limit", 1e3), ("limit", 2.0), ("offset", -0.0), ("limit", " 2 "),
+        ("limit", "1_0"), ("limit", "\u0663"), ("limit", "2.0"), ("offset", "0x1"),
+    ]:  # fmt: skip
+        body = {"order_by": "id", field: bad}
+        status, headers, raw = await request(engine, "POST", params=shape, json=body)
+        out = assert_client_error(status, headers, raw, names=field)
+        assert "subset" in out["errors"], (bad, out)
+        if isinstance(bad, str):
+            q = {**shape, "subset__order_by": "id", f"subset__{field}": bad}
+            status, headers, raw = await request(engine, "GET", params=q)
+            assert_client_error(status, headers, raw, names=field)
+    # What Electric takes: integers, and digit strings with a sign.
+    for field, good in [("limit", 2), ("limit", "2"), ("limit", "+2"), ("offset", "0")]:
+        body = {"order_by": "id", field: good}
+        status, _, raw = await request(engine, "POST", params=shape, json=body)
+        assert status == 200, (good, raw)
+
+
 # -- handles and offsets that do not exist ----------------------------------------------------
 
 
