@@ -41,6 +41,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.http.wire import Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
+    EXPECTATION_FAILED,
     HTTP_0_9,
     MAX_HEADER_FIELD,
     MAX_HEADERS,
@@ -87,7 +88,6 @@ HEADER_TOO_LARGE = refusal(LineTooLong("", MAX_HEADER_FIELD))
 TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
-EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
 #: A request that did not arrive in full within `REQUEST_READ_TIMEOUT` of its first byte.
 REQUEST_TIMEOUT = Refusal(
     408, "request_timeout", "Request timeout: the request did not arrive in time"

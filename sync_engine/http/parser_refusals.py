@@ -102,6 +102,9 @@ TRANSFER_ENCODING_IN_HTTP_1_0 = Refusal(
 )
 
 
+#: An `Expect` other than `100-continue` in HTTP/1.1 (RFC 9110, 10.1.1: a 417), in JSON (the
+#: engine's was aiohttp's text, `Unknown Expect: ...`); the proxy's too.
+EXPECTATION_FAILED = Refusal(417, "expectation_failed", "Only Expect: 100-continue is supported")
 #: `CONNECT host:port` (a tunnel: neither service is a forward proxy), answered as the
 #: proxy's parser answers it (the engine routed `host:port` as a path: a 404).
 CONNECT_REFUSED = Refusal(400, "bad_request", "Malformed HTTP request")
@@ -327,6 +330,18 @@ with warnings.catch_warnings():
                         assert isinstance(request, _RefusedRequest)
                         request.refusal = answer
                         return request
+            expect = message.headers.get("Expect")
+            if (
+                expect is not None
+                and message.version >= HttpVersion11
+                and expect.lower() != "100-continue"
+            ):
+                request = super()._make_request(
+                    message, payload, protocol, writer, task, _RefusedRequest
+                )
+                assert isinstance(request, _RefusedRequest)
+                request.refusal = EXPECTATION_FAILED
+                return request
             if payload is not EMPTY_PAYLOAD:
                 assert isinstance(protocol, RefusingRequestHandler)
                 payload = protocol.request_body(message, payload)

@@ -589,3 +589,58 @@ async def test_a_client_leaving_mid_body_changes_nobody_elses_answer(
                 )
                 assert together == expected
                 assert alone == expected
+
+
+#: Odd and hostile framings of one request (`T`: a shape's target), each sent raw.
+FRAMINGS = {
+    "cl-and-te": b"POST T HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "two-content-lengths": b"POST T HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+    b"Content-Length: 3\r\n\r\n{}x",
+    "te-chunked-twice": b"POST T HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n"
+    b"2\r\n{}\r\n0\r\n\r\n",
+    "te-space-before-colon": b"POST T HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n"
+    b"2\r\n{}\r\n0\r\n\r\n",
+    "obs-fold": b"GET T HTTP/1.1\r\nHost: x\r\nX-A: 1\r\n 2\r\n\r\n",
+    "lf-only": b"GET T HTTP/1.1\nHost: x\nConnection: close\n\n",
+    "bare-cr": b"GET T HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
+    "absolute-form": b"GET http://xT HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "options-star": b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "trace": b"TRACE T HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "lowercase-method": b"get T HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "two-hosts": b"GET T HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n",
+    "space-in-target": b"GET /v1/shape?table=items &offset=-1 HTTP/1.1\r\nHost: x\r\n\r\n",
+    "http-1.2": b"GET T HTTP/1.2\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "chunk-extension": b"POST T HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Connection: close\r\n\r\n2;a=b\r\n{}\r\n0\r\n\r\n",
+    "chunk-trailer": b"POST T HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"Connection: close\r\n\r\n2\r\n{}\r\n0\r\nX-T: 1\r\n\r\n",
+    "negative-length": b"POST T HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    "plus-length": b"POST T HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\nConnection: close\r\n\r\n{}",
+    "get-with-body": b"GET T HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    "head-http-1.0": b"HEAD T HTTP/1.0\r\n\r\n",
+    "header-without-colon": b"GET T HTTP/1.1\r\nHost: x\r\nNoColon\r\n\r\n",
+    "empty-header-name": b"GET T HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n",
+    "expect-unknown": b"POST T HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n"
+    b"Connection: close\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("framing", list(FRAMINGS))
+async def test_odd_framings_are_answered_alike(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, framing: str
+) -> None:
+    """Raw, straight to the engine and through the proxy: the same answers (status, JSON body
+    less the proxy's `code`, rows, content-type, connection), in the same number."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    target = b"/v1/shape?table=items&offset=-1"
+    direct = target + b"&secret=" + engine_secret.encode()
+    data = FRAMINGS[framing]
+    answers = [
+        await _raw_exchange(engine.url, data.replace(b" T ", b" " + direct + b" ").replace(
+            b"http://xT", b"http://x" + direct)),
+        await _raw_exchange(base, data.replace(b" T ", b" " + target + b" ").replace(
+            b"http://xT", b"http://x" + target)),
+    ]  # fmt: skip
+    assert answers[1] == answers[0]
+    assert answers[0]

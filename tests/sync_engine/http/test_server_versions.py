@@ -79,6 +79,12 @@ REFUSED = {
         400,
         "Malformed HTTP request",
     ),
+    "unknown-expectation": (  # (aiohttp's text `Unknown Expect: 200-ok`, the proxy's JSON)
+        b"POST " + TARGET + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Expect: 200-ok\r\nContent-Length: %d\r\n\r\n" % len(BODY) + BODY,
+        417,
+        "Only Expect: 100-continue is supported",
+    ),
     "parser-refusal": (  # (refused by the parser itself: its status line was HTTP/1.0)
         b"GET " + TARGET + b" HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
         400,
