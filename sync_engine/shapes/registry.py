@@ -8,6 +8,7 @@ catalog and the where parser.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -109,6 +110,7 @@ class ShapeRegistry:
         self.handles = HandleFactory()
         self.by_handle: dict[str, Shape] = {}
         self.by_definition: dict[ShapeDefinition, Shape] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None  # (the one shapes were added on)
         # Raw request definition -> shape, so repeat requests skip the catalog and pglast.
         # Bounded: request texts that differ only in spelling must not grow it forever.
         self._by_request: LRUCache[tuple[object, ...], Shape] = LRUCache(maxsize=20_000)
@@ -159,7 +161,12 @@ class ShapeRegistry:
         """Register a shape built elsewhere (by `create`, `load`, or a benchmark or test that
         builds its own) so the router and both lookups find it."""
         # A log that finds damage when read retires its shape (the request gets a 409).
-        shape.log.on_damage = lambda reason: self.rotate(shape, reason)
+        shape.log.on_damage = lambda reason: self._damaged(shape, reason)
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:  # (built without a loop: a test, a benchmark)
+                pass
         self.by_handle[shape.handle] = shape
         self.by_definition[shape.definition] = shape
         self.router.add(shape)
@@ -201,6 +208,22 @@ class ShapeRegistry:
         )
 
     # -- rotation -------------------------------------------------------------------------
+
+    def _damaged(self, shape: Shape, reason: str) -> None:
+        """`rotate`, on the event loop: a snapshot chunk is read (and found damaged) in a
+        worker thread too, and the registry, the router and the shape's waiters are the
+        loop's. Scheduled from a thread, it runs before the reader's own result reaches
+        the loop (both go through its queue), so the reader's 409 finds the shape gone."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self.rotate, shape, reason)
+                return
+        self.rotate(shape, reason)
 
     def rotate(self, shape: Shape, reason: str) -> None:
         """Retire a shape: waiters get 409, the next request for it makes a new handle."""

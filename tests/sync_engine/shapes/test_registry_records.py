@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 from pathlib import Path
 
 import aiohttp
 import psycopg
+import pytest
 
+from sync_engine.log.files import LogDamaged
 from sync_engine.pg.catalog import ColumnInfo, TableInfo
 from sync_engine.shapes.registry import table_from_json, table_to_json
+from sync_engine.shapes.shape import Shape
 from tests.support.engine_process import EngineProcess
 
 
@@ -65,3 +69,39 @@ async def test_a_shape_casting_a_domain_to_text_survives_a_restart(
                 assert r.headers["electric-handle"] == handle
     finally:
         engine.stop()
+
+
+async def test_damage_found_by_a_read_in_a_worker_thread_rotates_on_the_event_loop(
+    tmp_path: Path,
+) -> None:
+    """A snapshot chunk is read in a worker thread (`asyncio.to_thread`); one found
+    damaged used to rotate its shape right there: the registry's and the router's dicts
+    changed under the event loop, the shape's waiters woken from a foreign thread (a
+    future's result set off its loop). Now the rotation is the loop's; the reader's 409
+    still finds the shape gone."""
+    from sync_engine.shapes.registry import ShapeRegistry
+    from sync_engine.shapes.router import ShapeRouter
+    from tests.sync_engine.shapes.test_waiting import make_shape
+
+    registry = ShapeRegistry(tmp_path / "shapes", 1 << 20, ShapeRouter(), fsync=False)
+    shape = make_shape(tmp_path)
+    shape.log.create()
+    shape.log.write_snapshot_chunk(0, b'{"key":"a"}')
+    shape.log.chunks_readable(1, complete=False)
+    registry.add(shape)
+    (tmp_path / "1-1.snapshot.00000.json").write_bytes(b'{"key":"b"}')  # damaged
+    threads: list[str] = []
+    rotate = registry.rotate
+
+    def rotating(s: Shape, reason: str) -> None:
+        threads.append(threading.current_thread().name)
+        rotate(s, reason)
+
+    registry.rotate = rotating  # type: ignore[method-assign]
+    waiter = asyncio.create_task(shape.wait_until(lambda: shape.rotated, 30))
+    await asyncio.sleep(0)
+    with pytest.raises(LogDamaged):
+        await asyncio.to_thread(shape.log.read_snapshot_chunk, 0)
+    assert threads == [threading.main_thread().name]
+    assert shape.rotated and shape.handle not in registry.by_handle
+    assert await asyncio.wait_for(waiter, 5) is True
