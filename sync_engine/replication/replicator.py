@@ -334,6 +334,8 @@ class Replicator:
             return False
 
     async def _consume(self, stream: ReplicationStream) -> None:
+        if self._nothing_unconfirmed():
+            stream.caught_up()  # (nothing read yet: all there is to confirm is WAL it skips)
         while True:
             if self._release is not None:
                 why, self._release = self._release, None
@@ -345,7 +347,8 @@ class Replicator:
             # What may be confirmed once this flush is done: computed first, so that a
             # transaction released from a shape's parking meanwhile is not confirmed
             # before it is durable.
-            ack = self.held_horizon(self._parked.ack_horizon(Lsn(last_end or stream.wal_end)))
+            read_to = Lsn(last_end or stream.wal_end)
+            ack = self.held_horizon(self._parked.ack_horizon(read_to))
             if self._dirty:
                 await self.flush()
             if self._failure is not None:
@@ -362,6 +365,25 @@ class Replicator:
                     await self.registry.store.settle()
                 # Idle and nothing half-done: everything up to wal_end is processed.
                 stream.ack(ack)
+                if ack == read_to and self._nothing_unconfirmed():
+                    # A keepalive's WAL end may be confirmed at once until more data comes:
+                    # a stopping walsender waits for exactly that (`ReplicationStream`).
+                    stream.caught_up()
+
+    def _nothing_unconfirmed(self) -> bool:
+        """Whether everything read from the stream is durable in its shapes' logs (or needs
+        no log): no transaction half-read, parked, held for Postgres's answer, staged or
+        being flushed, and no failed write waiting to pause replication."""
+        return (
+            not self.assembler.in_transaction
+            and not self._dirty
+            and not self._holding
+            and not self._background
+            and not len(self._parked)
+            and self._failure is None
+            and self.write_error is None
+            and not self.registry.store.unsettled
+        )
 
     async def _check_repaired_shapes(self) -> None:
         """Shapes whose torn log tail was cut on load are whole again only if the slot

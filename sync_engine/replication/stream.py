@@ -34,6 +34,16 @@ Why it looks like this:
   read, and a status update goes out at least every ``status_interval`` seconds while the
   caller keeps calling ``read_batch`` (so ``wal_sender_timeout`` never fires on a live
   consumer).
+* **Idle: a keepalive's WAL end is confirmed at once.** A keepalive's WAL end is the end of
+  the last WAL record the walsender decoded; whatever it produced was sent before it. Once
+  the caller says everything it read is durable and nothing is held back
+  (:meth:`ReplicationStream.caught_up`), a keepalive that comes before any further data
+  moves the flushed position to its WAL end: nothing between the two was for this slot.
+  This matters at shutdown: a stopping walsender exits only once the reported flush
+  position equals the WAL end it sent, asking for replies meanwhile, and Postgres refuses
+  every connection until it has; answering with the stale acked position (WAL written
+  since in another database, say) played a ping-pong of thousands of keepalives until
+  the caller's next idle read confirmed the WAL end (about a second).
 * **A silent server is a lost stream.** A server that stops answering closes nothing (its
   processes stopped, a network partition): the socket stays open and quiet, and an idle
   walsender sends nothing of its own. So a stream that has heard nothing for half of
@@ -188,6 +198,9 @@ class ReplicationStream:
         self._wal_end = Lsn(0)
         self._last_status = 0.0
         self._reply_due = False
+        # The caller has everything read so far durable, nothing held (`caught_up`): until
+        # the next XLogData a keepalive's WAL end may be confirmed.
+        self._caught_up = False
         self._failed: ReplicationConnectionError | None = None
         self._reading = False
         self._send_lock = asyncio.Lock()
@@ -321,6 +334,17 @@ class ReplicationStream:
         """
         if lsn > self._flushed_lsn:
             self._flushed_lsn = lsn
+
+    def caught_up(self) -> None:
+        """Record that everything read so far is durably applied (or needs nothing), no
+        transaction is open, held or waiting, and :meth:`ack` has been told as much.
+
+        Until the next XLogData is read, a keepalive's WAL end is confirmed as flushed as it
+        comes (and a keepalive asking for a reply is answered with it): the walsender sent
+        everything the WAL before it produced, so nothing in between is for this slot. Any
+        XLogData read afterwards ends this until the caller says so again.
+        """
+        self._caught_up = True
 
     async def send_status(self, reply: bool = False) -> None:
         """Send one standby status update now: write = flush = apply = the acked LSN.
@@ -484,6 +508,9 @@ class ReplicationStream:
                     end, _, reply = _KEEPALIVE.unpack_from(data, 1)
                     if end > self._wal_end:
                         self._wal_end = end
+                    # (`out` empty: no XLogData came before it that the caller has not seen)
+                    if self._caught_up and not out and end > self._flushed_lsn:
+                        self._flushed_lsn = end
                     if reply:
                         self._reply_due = True
                 else:
@@ -495,6 +522,7 @@ class ReplicationStream:
                 self._last_heard = _monotonic()
                 self._asked_at = None
             if len(out) > start:
+                self._caught_up = False
                 end = _XLOGDATA.unpack_from(out[-1], 1)[1]
                 if end > self._wal_end:
                     self._wal_end = end

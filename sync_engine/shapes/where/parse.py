@@ -197,7 +197,10 @@ def substitute_params(
             if isinstance(value, ast.ParamRef):
                 setattr(node, member, cast(value))
             elif isinstance(value, tuple) and any(isinstance(v, ast.ParamRef) for v in value):
+                # The tuple's other members (a sibling `col = $2` beside a bare `$1`) are
+                # still to be walked: a `$n` under them must be substituted too.
                 setattr(node, member, tuple(cast(v) for v in value))
+                stack.extend(v for v in value if not isinstance(v, ast.ParamRef))
             else:
                 stack.append(value)
 

@@ -272,6 +272,50 @@ async def test_periodic_status_updates_report_acks(setup_db: str) -> None:
         assert (await slot_row(db_url))[0] == commit.end_lsn
 
 
+async def _flush_lsn(db_url: str) -> int:
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT pg_current_wal_flush_lsn()::text")
+        row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
+async def test_a_caught_up_stream_confirms_keepalives_never_past_unread_data(
+    setup_db: str,
+) -> None:
+    """Once the caller says it is caught up, a keepalive's WAL end is confirmed as it comes
+    (WAL that sent the slot nothing: a stopping walsender waits for exactly that); data read
+    since ends it until the caller says so again, so nothing read is confirmed before the
+    caller's ack."""
+    db_url = setup_db
+    await ensure_slot(db_url, SLOT)
+    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE unpublished (x int)")
+    async with ReplicationStream(db_url, SLOT, PUB, status_interval=0.2) as stream:
+        stream.caught_up()
+        await run_txn(db_url, "INSERT INTO items VALUES (1)")
+        got = await read_messages(stream, commits=1)
+        commit = got[-1][1]
+        assert isinstance(commit, Commit)
+        await run_txn(db_url, "INSERT INTO unpublished VALUES (1)")
+        past = await _flush_lsn(db_url)
+        end = time.monotonic() + 10
+        while stream.wal_end < past:  # keepalives past the commit came
+            assert time.monotonic() < end, "no keepalive past the commit"
+            assert await stream.read_batch(timeout=0.1) == []
+        assert stream.flushed_lsn < commit.commit_lsn  # not acked: never confirmed
+        stream.ack(commit.end_lsn)
+        assert stream.flushed_lsn == commit.end_lsn
+        stream.caught_up()
+        await run_txn(db_url, "INSERT INTO unpublished VALUES (2)")
+        target = await _flush_lsn(db_url)
+        end = time.monotonic() + 10
+        while stream.flushed_lsn < target:  # confirmed without an ack: nothing to read
+            assert time.monotonic() < end, "a keepalive's WAL end was not confirmed"
+            assert await stream.read_batch(timeout=0.1) == []
+        assert await wait_confirmed(db_url, target) >= target
+
+
 async def test_keepalive_requests_are_answered(setup_db: str) -> None:
     # The server asks for a reply after wal_sender_timeout / 2 of silence and drops the
     # connection after wal_sender_timeout without one; status_interval is far longer than

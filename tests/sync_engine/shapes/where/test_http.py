@@ -263,3 +263,85 @@ async def test_a_subset_ordered_by_a_column_without_ordering_is_a_400_for_order_
         }
     status, body = await _subset(engine, **base, subset__order_by="jb DESC")
     assert status == 200 and [m["key"] for m in body["data"]] == ['"public"."docs"/"1"']
+
+
+async def test_a_param_beside_a_bare_boolean_param_live_and_snapshot_equal_postgres(
+    engine: Engine,
+) -> None:
+    """`where=$1 AND org_id = $2` was a 400 ("undefined parameter"): the `$2` beside the bare
+    `$1` was never substituted in the snapshot's SQL. The proxy's guard for a client where
+    `$1` has this form, so every such member failed. Snapshot and live rows equal Postgres's
+    for the same clause with the same values bound."""
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, org_id text, x bool)")
+    engine.sql("INSERT INTO items VALUES (1, 'org-a', true), (2, 'org-b', NULL), (3, NULL, false)")
+    cases = [
+        ("$1 AND org_id = $2", {"1": "true", "2": "org-a"}),
+        ("org_id = $2 AND $1", {"1": "true", "2": "org-a"}),
+        ("COALESCE(org_id = $2, $1) OR id = 999", {"1": "false", "2": "org-b"}),
+        ("COALESCE(x AND org_id <> $2, $1) OR id = 999", {"1": "true", "2": "org-b"}),
+        ("id IN (999, $3, id * $3) AND $1 AND org_id <> $2", {"1": "true", "2": "x", "3": "1"}),
+        ("(org_id = $2) AND COALESCE(NULLIF((org_id = $2) IS TRUE, TRUE), ($1))",
+         {"1": "true", "2": "org-a"}),
+    ]  # fmt: skip
+    for n, (where, values) in enumerate(cases):
+        bound = {f"p{k}": v == "true" if v in ("true", "false") else v for k, v in values.items()}
+        pg_where = where.replace("$1", "%(p1)s::bool").replace("$2", "%(p2)s::text")
+        pg_where = pg_where.replace("$3", "%(p3)s::int")
+        query = f"SELECT id FROM items WHERE {pg_where}"
+        shape = {"table": "items", "where": where} | {f"params[{k}]": v for k, v in values.items()}
+        rows, handle, offset = await engine.sync(**shape)
+        assert {r["id"] for r in rows.values()} == {str(r[0]) for r in engine.sql(query, bound)}
+        base = 10 * (n + 1)
+        engine.sql(
+            "INSERT INTO items VALUES (%s, 'org-a', true), (%s, 'org-b', false), (%s, NULL, NULL),"
+            " (%s, 'org-a', NULL)",
+            (base, base + 1, base + 2, base + 3),
+        )
+        engine.sql("INSERT INTO items VALUES (999, 'org-a', true) ON CONFLICT (id) DO NOTHING")
+        for _ in range(50):
+            status, h, body = await engine.get(**shape, offset=offset, handle=handle, live="true")
+            assert status == 200, body
+            apply(rows, body)
+            offset = h["electric-offset"]
+            if "999" in {r["id"] for r in rows.values()}:
+                break
+        live = {r["id"] for r in rows.values()}
+        assert live == {str(r[0]) for r in engine.sql(query, bound)}, where
+        engine.sql("DELETE FROM items WHERE id = 999")
+
+
+async def test_lengths_in_a_shape_and_a_subset_equal_postgres(engine: Engine) -> None:
+    """`LENGTH(<col>)`, as @electric-sql/client's expression compiler writes it for a
+    subset's `whereExpr`, was a 400 ("unknown or unsupported function length/1"). Live rows
+    of a shape and a subset's rows equal Postgres's: characters, not bytes; char(n) without
+    its padding in length(), with it in octet_length(); bytea's bytes."""
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text, code char(4), raw bytea)")
+    where = (
+        "LENGTH(title) > 2 OR char_length(code) = 1 OR octet_length(code) = 5"
+        " OR length(raw) = 2 OR octet_length(title) = 3"
+    )
+    inserts = [
+        "INSERT INTO items VALUES (1, 'ab', 'ab', NULL), (2, 'abc', NULL, NULL)",
+        "INSERT INTO items VALUES (3, 'éé', 'x', '\\x00'), (4, 'é', 'éb', NULL)",
+        "INSERT INTO items VALUES (5, '', '', '\\x0102'), (6, NULL, ' ', '\\x'), (7, 'x ', 'a ', NULL)",
+        "INSERT INTO items VALUES (8, '😀', NULL, NULL), (9, 'e\u0301', 'ab c', '\\xffff')",
+        "INSERT INTO items VALUES (100, 'last', NULL, NULL)",
+    ]
+    got = await _live_ids(engine, "items", where, inserts)
+    assert got == {"2", "3", "4", "5", "7", "9", "100"}
+    _rows, handle, offset = await engine.sync(table="items")
+    base = {"table": "items", "handle": handle, "offset": offset}
+    for subset, value, pg_where in [
+        ("LENGTH(title) > $1", "1", "LENGTH(title) > %(p)s::int"),
+        ("length(code) = 0 OR octet_length(raw) > 1", None, None),
+        ("LENGTH(title) = LENGTH($1)", "é ", "LENGTH(title) = LENGTH(%(p)s::text)"),
+    ]:
+        params = {} if value is None else {"subset__params[1]": value}
+        status, body = await _subset(engine, **base, subset__where=subset, **params)
+        assert status == 200, body
+        query = f"SELECT id FROM items WHERE {pg_where or subset}"
+        want = {str(r[0]) for r in engine.sql(query, {"p": value})}
+        assert want and {m["value"]["id"] for m in body["data"]} == want, subset
+    status, body = await _subset(engine, **base, subset__where="length(id) > 1")
+    assert status == 400, body
+    assert "function length(integer) does not exist" in str(body)
