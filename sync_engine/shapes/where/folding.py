@@ -59,12 +59,17 @@ _IMMUTABLE_FUNCTIONS = frozenset(
         "justify_hours",
         "justify_interval",
         "like_escape",
+        "length",
+        "char_length",
+        "character_length",
+        "octet_length",
     }
 )
 #: Of those (and the casts), the strict ones: a NULL constant argument makes them NULL.
 _STRICT_FUNCTIONS = frozenset(
     {"lower", "upper", "like", "abs", "array_ndims", "justify_days", "justify_hours",
-     "justify_interval", "timezone", "like_escape"}
+     "justify_interval", "timezone", "like_escape", "length", "char_length",
+     "character_length", "octet_length"}
 )  # fmt: skip
 
 

@@ -15,15 +15,18 @@ from pglast import ast
 from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
     BPCHAR,
+    BYTEA,
     DATE,
     FLOAT8,
     INT4,
     INTERVAL,
+    NAME,
     NUMERIC,
     TEXT,
     TIMESTAMP,
     TIMESTAMPTZ,
     UNKNOWN,
+    VARCHAR,
 )
 from sync_engine.pg.values import Value
 
@@ -108,6 +111,60 @@ def _textual(c: Compiler, e: Expr) -> Expr:
     if e.type not in STRING_TYPES and e.type != UNKNOWN:
         raise error_at(f"function argument must be text, not {e.type.sql_name}", e.node)
     return e
+
+
+#: The other argument types Postgres has an overload of length() / octet_length() for
+#: (bit, tsvector, lseg, path): refused rather than reproduced.
+_OTHER_LENGTH_OVERLOADS = frozenset({"bit", "varbit", "tsvector", "lseg", "path"})
+
+
+def _length_builder(name: str, octets: bool, of_bytea: bool) -> Builder:
+    """length() / char_length() / character_length() (`octets` False) and octet_length()
+    (`octets` True), by the overload Postgres resolves to:
+
+    - text (varchar, name and an untyped literal or parameter are read as text): characters,
+      or bytes in the database encoding, which must be known to be UTF8;
+    - bpchar: bpcharlen counts the characters without the trailing spaces (the engine
+      keeps a char(n) value trimmed of exactly those), bpcharoctetlen the stored bytes
+      with the padding (a plain char(n) column only: see `Compiler.padded`);
+    - bytea (length and octet_length, not char_length): its bytes.
+
+    Other types are a 400 (bit, tsvector, lseg and path have overloads the engine does not
+    reproduce; the rest none). All are immutable and strict (NULL in, NULL out)."""
+
+    def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
+        (arg,) = args
+        if arg.type == BYTEA and of_bytea:
+            return apply(INT4, len, [arg], node)
+        if arg.type in (TEXT, VARCHAR, NAME, UNKNOWN, BPCHAR):
+            if not c.collations.utf8:
+                raise error_at(
+                    f"{name}() of text is not supported here (the database encoding, in"
+                    " which Postgres counts, is not known to be UTF8)",
+                    node,
+                )
+            if arg.type == BPCHAR:
+                if not octets:
+                    return apply(INT4, len, [arg], node)  # (kept trimmed: bpcharlen)
+                arg = c.padded(arg, node, f"{name}()")
+            else:
+                arg = c.coerce(arg, TEXT)
+            func: Callable[[str], int] = _utf8_octets if octets else len
+            return apply(INT4, func, [arg], node)
+        typ = arg.type.sql_name
+        if (
+            not arg.type.array
+            and arg.type.name in _OTHER_LENGTH_OVERLOADS
+            and (octets or name == "length")
+        ):
+            raise error_at(f"function {name}({typ}) is not supported", node)
+        raise error_at(f"function {name}({typ}) does not exist", node)
+
+    return build
+
+
+def _utf8_octets(text: str) -> int:
+    return len(text.encode())
 
 
 def _concat_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
@@ -227,6 +284,10 @@ FUNCTIONS: dict[tuple[str, int], Builder] = {
     ("lower", 1): _case_func("lower"),
     ("upper", 1): _case_func("upper"),
     ("concat", -1): _concat_builder,
+    ("length", 1): _length_builder("length", octets=False, of_bytea=True),
+    ("char_length", 1): _length_builder("char_length", octets=False, of_bytea=False),
+    ("character_length", 1): _length_builder("character_length", octets=False, of_bytea=False),
+    ("octet_length", 1): _length_builder("octet_length", octets=True, of_bytea=True),
     ("like", 2): _like_builder(False),
     ("array_cat", 2): _array_builder("cat"),
     ("array_append", 2): _array_builder("append"),

@@ -308,3 +308,40 @@ async def test_a_param_beside_a_bare_boolean_param_live_and_snapshot_equal_postg
         live = {r["id"] for r in rows.values()}
         assert live == {str(r[0]) for r in engine.sql(query, bound)}, where
         engine.sql("DELETE FROM items WHERE id = 999")
+
+
+async def test_lengths_in_a_shape_and_a_subset_equal_postgres(engine: Engine) -> None:
+    """`LENGTH(<col>)`, as @electric-sql/client's expression compiler writes it for a
+    subset's `whereExpr`, was a 400 ("unknown or unsupported function length/1"). Live rows
+    of a shape and a subset's rows equal Postgres's: characters, not bytes; char(n) without
+    its padding in length(), with it in octet_length(); bytea's bytes."""
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text, code char(4), raw bytea)")
+    where = (
+        "LENGTH(title) > 2 OR char_length(code) = 1 OR octet_length(code) = 5"
+        " OR length(raw) = 2 OR octet_length(title) = 3"
+    )
+    inserts = [
+        "INSERT INTO items VALUES (1, 'ab', 'ab', NULL), (2, 'abc', NULL, NULL)",
+        "INSERT INTO items VALUES (3, 'éé', 'x', '\\x00'), (4, 'é', 'éb', NULL)",
+        "INSERT INTO items VALUES (5, '', '', '\\x0102'), (6, NULL, ' ', '\\x'), (7, 'x ', 'a ', NULL)",
+        "INSERT INTO items VALUES (8, '😀', NULL, NULL), (9, 'e\u0301', 'ab c', '\\xffff')",
+        "INSERT INTO items VALUES (100, 'last', NULL, NULL)",
+    ]
+    got = await _live_ids(engine, "items", where, inserts)
+    assert got == {"2", "3", "4", "5", "7", "9", "100"}
+    _rows, handle, offset = await engine.sync(table="items")
+    base = {"table": "items", "handle": handle, "offset": offset}
+    for subset, value, pg_where in [
+        ("LENGTH(title) > $1", "1", "LENGTH(title) > %(p)s::int"),
+        ("length(code) = 0 OR octet_length(raw) > 1", None, None),
+        ("LENGTH(title) = LENGTH($1)", "é ", "LENGTH(title) = LENGTH(%(p)s::text)"),
+    ]:
+        params = {} if value is None else {"subset__params[1]": value}
+        status, body = await _subset(engine, **base, subset__where=subset, **params)
+        assert status == 200, body
+        query = f"SELECT id FROM items WHERE {pg_where or subset}"
+        want = {str(r[0]) for r in engine.sql(query, {"p": value})}
+        assert want and {m["value"]["id"] for m in body["data"]} == want, subset
+    status, body = await _subset(engine, **base, subset__where="length(id) > 1")
+    assert status == 400, body
+    assert "function length(integer) does not exist" in str(body)
