@@ -75,6 +75,7 @@ test: install node-deps
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict sync_engine
 	$(VENV)/bin/mypy sync_engine proxy
 

@@ -231,9 +231,7 @@ def _text_param(value: object, path: str) -> str:
         except UnicodeEncodeError:
             # A lone surrogate (`"\ud800"` in the token's JSON): no UTF-8 text, and the URL
             # builder drops it, so "org-\ud800a" was bound as "org-a", another org's value.
-            raise Forbidden(
-                "claim_unusable", f"claim {path!r} is not valid Unicode text"
-            ) from None
+            raise Forbidden("claim_unusable", f"claim {path!r} is not valid Unicode text") from None
     return text
 
 

@@ -86,7 +86,9 @@ async def test_a_client_the_cache_puts_chunks_behind_stays_on_sse(
             stack.sql(f"INSERT INTO items VALUES ({i}, repeat('x', 600))")
 
         async def in_the_log() -> bool:
-            return set(range(100, 112)) <= (await _engine_catch_up(stack, a["handle"], a["offset"]))[1]
+            return (
+                set(range(100, 112)) <= (await _engine_catch_up(stack, a["handle"], a["offset"]))[1]
+            )
 
         await wait_until_async(in_the_log, message="the 12 inserts in the shape log")
         chunks, _ = await _engine_catch_up(stack, a["handle"], a["offset"])

@@ -77,8 +77,12 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
     # a lone surrogate (valid JSON, `\ud800`, no Unicode text) was dropped on the way to the
     # engine: "org-\ud800a" synced org-a's rows. Such a token is malformed (I-JSON)
     ("org_id with a lone surrogate", {"org_id": "org-\ud800a"}, 401, "invalid_token"),
-    ("orgs list with a lone surrogate", {"role": "multi", "orgs": ["org-\udfffa"]}, 401,
-     "invalid_token"),
+    (
+        "orgs list with a lone surrogate",
+        {"role": "multi", "orgs": ["org-\udfffa"]},
+        401,
+        "invalid_token",
+    ),
     ("a lone surrogate in another claim", {"note": "\udfff"}, 401, "invalid_token"),
     # -- a list claim is a JSON array, never text that Postgres reads as an array literal:
     #    `org_id = ANY({{orgs}})` with orgs "{org-a,org-b}" served both orgs (a one-value

@@ -85,8 +85,7 @@ async def test_a_clients_collate_reaches_the_engine_within_the_policy(
 
     # A hidden column under COLLATE is still a hidden column.
     hidden = await proxy.get(
-        "/v1/shape?table=items&offset=-1&where="
-        + quote("salary::text COLLATE \"C\" > '1'"),
+        "/v1/shape?table=items&offset=-1&where=" + quote("salary::text COLLATE \"C\" > '1'"),
         token=member,
     )
     assert hidden.status == 403, hidden.body
@@ -95,7 +94,9 @@ async def test_a_clients_collate_reaches_the_engine_within_the_policy(
         "&where=" + quote("title COLLATE \"en_US\" > 'a'"),
         "&subset__order_by=" + quote('title COLLATE "C"'),
     ):
-        straight = await _engine_get(engine, proxy.secret, f"/v1/shape?table=items&offset=-1{query}")
+        straight = await _engine_get(
+            engine, proxy.secret, f"/v1/shape?table=items&offset=-1{query}"
+        )
         through = await proxy.get(f"/v1/shape?table=items&offset=-1{query}", token=member)
         assert straight[0] == through.status == 400, (query, straight, through.body)
         assert through.json()["errors"] == straight[1]["errors"], query
@@ -117,7 +118,7 @@ async def test_a_policy_filter_may_use_collate_c_and_posix(
     member_rule = config["tables"]["items"]["allow"][1]
     assert member_rule["name"] == "member"
     member_rule["where"] = (
-        "org_id COLLATE \"C\" = {{org_id}} AND title COLLATE pg_catalog.\"POSIX\" >= 'Z'"
+        'org_id COLLATE "C" = {{org_id}} AND title COLLATE pg_catalog."POSIX" >= \'Z\''
     )
     proxy = await make_proxy(build_config(config, environ))
     member = proxy.tokens.make(org_id="org-a")

@@ -72,9 +72,7 @@ async def test_no_change_carries_a_hidden_column(
         conn.execute("UPDATE items SET title = 'last' WHERE id = 9")
     changes: list[dict[str, Any]] = []
     for _ in range(20):
-        reply = await proxy.get(
-            f"{base}&handle={handle}&offset={offset}&live=true", token=member
-        )
+        reply = await proxy.get(f"{base}&handle={handle}&offset={offset}&live=true", token=member)
         assert reply.status == 200, reply.body
         changes += [m for m in reply.json() if "key" in m]
         offset = reply.headers["electric-offset"]

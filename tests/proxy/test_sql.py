@@ -152,7 +152,7 @@ def test_positional_order_by_is_refused(clause: str) -> None:
     ("clause", "blanked"),
     [
         ("title COLLATE \"C\" > 'a'", "title             > 'a'"),
-        ("upper(t COLLATE pg_catalog.\"C\") = $1", "upper(t" + " " * 23 + ") = $1"),
+        ('upper(t COLLATE pg_catalog."C") = $1', "upper(t" + " " * 23 + ") = $1"),
         ("é COLLATE ucs_basic = 'collate'", "é                   = 'collate'"),
         ("title = 'COLLATE \"C\"'", "title = 'COLLATE \"C\"'"),
     ],

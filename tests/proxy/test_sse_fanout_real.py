@@ -513,6 +513,7 @@ async def test_a_client_ahead_of_a_shared_catch_up_gets_no_change_twice(
     token = proxy.tokens.make()
     handle, old = await _sync(proxy, token)
     _insert(db_url, (70, "caught up"))
+
     # The change's LSN from a long-poll: where an SSE client resumes once it has it.
     async def change() -> list[Any]:
         path = f"{SHAPE}&handle={handle}&offset={old}&live=true&cursor="
