@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 from psycopg import sql
@@ -16,6 +18,23 @@ def create_database(server_url: str) -> tuple[str, str]:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     base, _, _ = server_url.rpartition("/")
     return dbname, f"{base}/{dbname}"
+
+
+@contextmanager
+def latin1_database(server_url: str) -> Iterator[str]:
+    """A new empty LATIN1 database (locale C) for its URL, dropped after: where the engine
+    must know the database encoding (Postgres counts, cuts and compares in it)."""
+    dbname = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").format(
+                sql.Identifier(dbname)
+            )
+        )
+    try:
+        yield f"{server_url.rpartition('/')[0]}/{dbname}"
+    finally:
+        drop_database(server_url, dbname)
 
 
 def drop_database(server_url: str, dbname: str) -> None:

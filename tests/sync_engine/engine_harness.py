@@ -61,6 +61,26 @@ class Engine:
                 return rows, handle, offset
         raise AssertionError("never up to date")
 
+    async def follow_live(
+        self,
+        rows: dict[str, dict[str, Any]],
+        handle: str,
+        offset: str,
+        until_id: str,
+        **params: Any,
+    ) -> str:
+        """Follow a shape live (up to 20 long-polls), applying each answer to `rows`, until
+        the row with id `until_id` has arrived (a marker written after the rows under test);
+        returns the offset reached."""
+        for _ in range(20):
+            status, h, body = await self.get(offset=offset, handle=handle, live="true", **params)
+            assert status == 200, body
+            apply(rows, body)
+            offset = h["electric-offset"]
+            if until_id in {r["id"] for r in rows.values()}:
+                break
+        return offset
+
 
 apply = apply_messages
 

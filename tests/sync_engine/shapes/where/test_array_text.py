@@ -12,15 +12,13 @@ read {1,2}): an error for a row's text cast, a 400 for a literal.
 
 from __future__ import annotations
 
-from typing import Any
-
 import psycopg
 import pytest
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import WhereError, parse_where
-from tests.sync_engine.engine_harness import Engine, apply
+from tests.sync_engine.engine_harness import Engine
 from tests.sync_engine.shapes.where.columns import column_map
 
 NBSP, EM = "\u00a0", "\u2003"
@@ -73,14 +71,5 @@ async def test_an_element_with_unicode_space_arrives_live_as_postgres_says(
         engine.sql("DELETE FROM d")
         rows, handle, offset = await engine.sync(table="d", where=where)
         engine.sql("INSERT INTO d VALUES (1, %s), (2, '{a}'), (99, NULL)", ([NBSP + "a"],))
-        body: Any = None
-        for _ in range(20):
-            status, h, body = await engine.get(
-                table="d", where=where, offset=offset, handle=handle, live="true"
-            )
-            assert status == 200, body
-            apply(rows, body)
-            offset = h["electric-offset"]
-            if "99" in {r["id"] for r in rows.values()}:
-                break
+        await engine.follow_live(rows, handle, offset, "99", table="d", where=where)
         assert sorted(r["id"] for r in rows.values()) == want, where

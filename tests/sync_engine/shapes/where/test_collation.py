@@ -23,7 +23,7 @@ from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
 from sync_engine.shapes.where.collation import text_rules
 from sync_engine.shapes.where.text import case_mapping
-from tests.support.databases import drop_database
+from tests.support.databases import drop_database, latin1_database
 
 
 async def _columns(url: str, table: str) -> dict[str, ColumnInfo]:
@@ -471,15 +471,8 @@ def test_columns_recorded_by_an_older_engine() -> None:
 def test_ucs_basic_only_in_utf8_databases(pg_server_url: str) -> None:
     """`ucs_basic` (code point order, ASCII case mapping) exists only in UTF8 databases:
     elsewhere Postgres fails on `COLLATE ucs_basic`, and the engine refuses it."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            pgsql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").format(
-                pgsql.Identifier(name)
-            )
-        )
-    try:
-        url = with_display_settings(pg_server_url.rpartition("/")[0] + "/" + name)
+    with latin1_database(pg_server_url) as plain_url:
+        url = with_display_settings(plain_url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id int PRIMARY KEY, a text)")
             conn.execute("INSERT INTO t VALUES (1, 'a')")
@@ -490,8 +483,6 @@ def test_ucs_basic_only_in_utf8_databases(pg_server_url: str) -> None:
             assert _verdict(conn, "t", columns, _rows(conn, "t"), "a COLLATE \"C\" < 'B'") == (
                 "agrees"
             )
-    finally:
-        drop_database(pg_server_url, name)
 
 
 def test_text_order_equals_postgres_across_code_points(db_url: str) -> None:

@@ -10,13 +10,12 @@ shape for such a row.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import psycopg
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import parse_where
-from tests.sync_engine.engine_harness import Engine, apply
+from tests.sync_engine.engine_harness import Engine
 from tests.sync_engine.shapes.where.columns import column_map
 
 FLOATS = ["NaN", "-0", "0", "1.5", "Infinity", "-Infinity", "NULL"]
@@ -64,14 +63,5 @@ async def test_a_nan_array_in_a_list_arrives_live(engine: Engine) -> None:
     where = "fa IN ('{NaN}', '{1.5}') OR id = 99"
     rows, handle, offset = await engine.sync(table="d", where=where)
     engine.sql("INSERT INTO d VALUES (1, '{NaN}'), (2, '{1.5}'), (3, '{2}'), (99, NULL)")
-    body: Any = None
-    for _ in range(20):
-        status, h, body = await engine.get(
-            table="d", where=where, offset=offset, handle=handle, live="true"
-        )
-        assert status == 200, body
-        apply(rows, body)
-        offset = h["electric-offset"]
-        if "99" in {r["id"] for r in rows.values()}:
-            break
+    await engine.follow_live(rows, handle, offset, "99", table="d", where=where)
     assert sorted(r["id"] for r in rows.values()) == ["1", "2", "99"]

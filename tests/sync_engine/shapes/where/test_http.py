@@ -148,15 +148,7 @@ async def _live_ids(engine: Engine, table: str, where: str, inserts: list[str]) 
         engine.sql(sql)
     expected = {str(r[0]) for r in engine.sql(f"SELECT id FROM {table} WHERE {where}")}
     last = str(max(int(r[0]) for r in engine.sql(f"SELECT id FROM {table} WHERE {where}")))
-    for _ in range(20):
-        status, h, body = await engine.get(
-            table=table, where=where, offset=offset, handle=handle, live="true"
-        )
-        assert status == 200, body
-        apply(rows, body)
-        offset = h["electric-offset"]
-        if last in {r["id"] for r in rows.values()}:
-            break
+    await engine.follow_live(rows, handle, offset, last, table=table, where=where)
     assert {r["id"] for r in rows.values()} == expected
     return expected
 

@@ -15,16 +15,14 @@ the rows Postgres returns.
 from __future__ import annotations
 
 import re
-import uuid
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql as pgsql
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
-from tests.support.databases import drop_database
+from tests.support.databases import latin1_database
 from tests.sync_engine.shapes.where.columns import column_map
 
 TEXTS = ["", " ", "a", "ab  ", "  x", "é", "ßß", "😀", "e\u0301", "a\t ", "日本語 ", None]
@@ -122,15 +120,8 @@ def test_length_of_text_is_refused_outside_utf8(pg_server_url: str) -> None:
     """In a LATIN1 database Postgres counts LATIN1 bytes (octet_length('é') is 1): where
     the encoding is not known to be UTF8, the text overloads are refused; bytea's counts
     bytes in any encoding."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            pgsql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").format(
-                pgsql.Identifier(name)
-            )
-        )
-    try:
-        url = with_display_settings(pg_server_url.rpartition("/")[0] + "/" + name)
+    with latin1_database(pg_server_url) as plain_url:
+        url = with_display_settings(plain_url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE d (id int PRIMARY KEY, t text, b bytea)")
             conn.execute("INSERT INTO d VALUES (1, 'é', '\\x0102')")
@@ -141,5 +132,3 @@ def test_length_of_text_is_refused_outside_utf8(pg_server_url: str) -> None:
             where = parse_where("length(b) = 2 AND octet_length(b) = 2", {}, columns)
             assert where.matches({"id": "1", "t": "é", "b": "\\x0102"})
             assert conn.execute(f"SELECT id FROM d WHERE {where.sql}").fetchall() == [(1,)]
-    finally:
-        drop_database(pg_server_url, name)

@@ -14,15 +14,12 @@ compares as text, uncut.
 
 from __future__ import annotations
 
-import uuid
-
 import psycopg
 import pytest
-from psycopg import sql as pgsql
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
-from tests.support.databases import drop_database
+from tests.support.databases import latin1_database
 from tests.sync_engine.shapes.where.columns import column_map
 
 A63 = "a" * 63
@@ -62,15 +59,8 @@ def test_name_literals_are_cut_as_namein_cuts_them(db_url: str) -> None:
 def test_a_long_non_ascii_name_literal_is_refused_outside_utf8(pg_server_url: str) -> None:
     """Where the database encoding is not UTF8, where Postgres cuts a non-ASCII literal is
     not known (LATIN1 é is one byte): refused; ASCII is cut alike in every encoding."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server_url, autocommit=True) as conn:
-        conn.execute(
-            pgsql.SQL("CREATE DATABASE {} TEMPLATE template0 ENCODING 'LATIN1' LOCALE 'C'").format(
-                pgsql.Identifier(name)
-            )
-        )
-    try:
-        url = with_display_settings(pg_server_url.rpartition("/")[0] + "/" + name)
+    with latin1_database(pg_server_url) as plain_url:
+        url = with_display_settings(plain_url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE TABLE d (id int PRIMARY KEY, nm name)")
             conn.execute("INSERT INTO d VALUES (1, %s)", (A63 + "b",))
@@ -80,8 +70,6 @@ def test_a_long_non_ascii_name_literal_is_refused_outside_utf8(pg_server_url: st
             where = parse_where(f"nm = '{A63}zz'", {}, columns)
             assert where.matches({"id": "1", "nm": A63})
             assert conn.execute(f"SELECT id FROM d WHERE {where.sql}").fetchall() == [(1,)]
-    finally:
-        drop_database(pg_server_url, name)
 
 
 CHAR_CLAUSES = [
