@@ -91,10 +91,13 @@ class ManagedSource(Source):
         return len(self._requests)
 
     async def end_requests(
-        self, error: Callable[[], EngineError], timeout: float = END_REQUESTS_WAIT
+        self, error: Callable[[], EngineError], timeout: float | None = None
     ) -> None:
         """Refuse new work (`error()`), give the requests in flight `timeout` seconds to
-        finish, then cancel the rest and wait for them to unwind. Call it before `stop()`."""
+        finish (`END_REQUESTS_WAIT`), then cancel the rest and wait for them to unwind.
+        Call it before `stop()`."""
+        if timeout is None:
+            timeout = END_REQUESTS_WAIT
         self._closed = error
         pending = {t for t in list(self._requests) if not t.done()}
         if pending:

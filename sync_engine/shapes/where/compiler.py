@@ -39,7 +39,7 @@ from sync_engine.pg.types import (
 from sync_engine.pg.values import Value
 
 from . import operators
-from .arrays import subscript_nullable
+from .arrays import array_of_arrays, subscript_nullable
 from .casts import (
     ARRAY_BOUNDS_REFUSED,
     ARRAY_SPACE_REFUSED,
@@ -749,7 +749,7 @@ class Compiler:
             raise error_at("cannot determine type of empty array", node)
         if any(e.type.array for e in elements):
             typ, elements = self.unify(elements, "ARRAY", node)
-            return apply_nullable(typ, lambda *xs: tuple(xs), elements, node)
+            return apply_nullable(typ, array_of_arrays, elements, node)
         typ, elements = self.unify(elements, "ARRAY", node)
         return apply_nullable(typ.array_of(), lambda *xs: tuple(xs), elements, node)
 

@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.support.engine_process import apply_messages
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import UNAUTHORIZED, MultiEngine, make_items, sql
@@ -20,6 +22,7 @@ async def _sse(engine: MultiEngine, sid: str, secret: str, **params: Any) -> tup
     return resp.status, await resp.read()
 
 
+@pytest.mark.usefixtures("quick_cutoff")
 async def test_a_source_paused_while_clients_are_live_answers_them_then_resumes_losing_nothing(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
@@ -39,7 +42,7 @@ async def test_a_source_paused_while_clients_are_live_answers_them_then_resumes_
 
     status, body = await asyncio.wait_for(engine.api("POST", f"/api/sources/{sid}/pause"), 30)
     assert status == 200 and body["state"] == "paused", body
-    # the held requests end within their 5 s (cut off: /work/bugs-for-faults.md asks for a
+    # the held requests end within their 0.5 s here (cut off: /work/bugs-for-faults.md asks for a
     # 503 instead); the clients' next requests get the 503
     done, _ = await asyncio.wait({long_poll, stream}, timeout=30)
     assert done == {long_poll, stream}, "a held request of the paused source hangs"
