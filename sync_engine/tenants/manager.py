@@ -33,7 +33,7 @@ from ..log.store import count_on_disk
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from ..stopping import cancel_and_wait
-from .auth import Overloaded, SourceAuth, parse_source_id
+from .auth import Overloaded, SourceAuth, canonical_source_id, parse_source_id
 from .credentials import hash_secret, is_slow, new_secret
 from .dburl import check_database_url
 from .errors import DuplicateName, InvalidInput, UnknownSource
@@ -269,8 +269,9 @@ class SourceManager:
     # -- requests -------------------------------------------------------------------------
 
     async def authenticate(self, source_id: str | None, secret: str | None) -> ManagedSource:
-        """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
-        sid = parse_source_id(source_id)
+        """The source for a /v1/shape request, or the same Unauthorized for any mistake
+        (an id not in its canonical spelling included: `canonical_source_id`)."""
+        sid = canonical_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
         try:
             matched = await self.auth.matched(rec, secret)
