@@ -126,7 +126,7 @@ class ShapeView:
             raise ShapeGone(shape.handle)
         try:
             if req.live and req.live_sse:
-                return await serve_sse(request, self.settings, shape, req)
+                return await serve_sse(request, self.settings, source, shape, req)
             return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
             if gone.current_handle is not None:
@@ -170,7 +170,7 @@ class ShapeView:
 
         def grew() -> bool:
             nonlocal entries, end
-            if shape.rotated:  # a rotated shape's files are being deleted
+            if shape.rotated or source.closing:  # (a rotated shape's files are being deleted)
                 return True
             entries, end = shape.log.read_after(offset)
             return bool(entries) or not req.live
@@ -193,6 +193,7 @@ class ShapeView:
             )
         if shape.rotated:
             raise ShapeGone(source.current_handle(shape))
+        source.check_open()  # paused while it waited: the reason, at once
         end = max(end, offset) if not entries else end
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)
@@ -219,7 +220,7 @@ class ShapeView:
             return shape_log.snapshot_chunks > index or shape_log.snapshot_complete
 
         def ready() -> bool:
-            return written() or shape.rotated
+            return written() or shape.rotated or source.closing is not None
 
         gone = None if ready() else client_gone(request)
         loop = asyncio.get_running_loop()
@@ -233,8 +234,9 @@ class ShapeView:
                 raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
             if not await source.database_answers() and not ready():
                 raise not_answering()
-        if not written():  # rotated
+        if not written() and shape.rotated:
             raise shape.snapshot_error or ShapeGone(None)
+        source.check_open()  # paused while it waited
         if index >= shape_log.snapshot_chunks:
             return None
         fresh = shape_log.fresh_snapshot_chunk(index)
@@ -253,16 +255,20 @@ class ShapeView:
         def in_bounds() -> bool:
             return offset.is_virtual or offset.tx <= max(shape.log.last_lsn, source.global_lsn)
 
+        def answered() -> bool:
+            return in_bounds() or source.closing is not None
+
         if in_bounds():
             return
         gone = client_gone(request)
         # The stream's position is not announced on the shape: polled.
         if not await shape.wait_until(
-            in_bounds, self.settings.out_of_bounds_wait, poll=0.5, gone=gone
+            answered, self.settings.out_of_bounds_wait, poll=0.5, gone=gone
         ):
             if gone is not None and gone.done():
                 raise ConnectionResetError("the client went away")  # nobody to answer
             raise InvalidRequest({"offset": ["out of bounds for this shape"]})
+        source.check_open()
 
     def _respond(
         self,
