@@ -536,6 +536,28 @@ def evaluate(
     )
 
 
+_PK_MISSING = "The list of columns must include all primary key columns, missing: "
+
+
+def rule_columns_error(message: str, rule: str, rule_columns: tuple[str, ...] | None) -> str | None:
+    """The engine's refusal of a shape's columns for want of its primary key, when the key is
+    not among the columns the policy rule shows: no request of the rule can succeed, and the
+    engine's words (about a `columns` the client may not even have sent) blame the client.
+    Then this says whose mistake it is, naming the rule (the key's columns the client may not
+    see are not named: the operator finds them in the proxy's log). None otherwise (the
+    client may add the key's columns to its own `columns`)."""
+    if rule_columns is None or not message.startswith(_PK_MISSING):
+        return None
+    missing = [name.strip() for name in message[len(_PK_MISSING) :].split(",")]
+    if all(name in rule_columns for name in missing):
+        return None
+    return (
+        f"the proxy's policy rule {rule!r} shows this table without all of its primary key "
+        "columns, which every shape must include: no request of this rule can be served until "
+        "the proxy's configuration lists them under the rule's columns"
+    )
+
+
 def is_delete_by_handle(request: ShapeRequest, shape_name: str | None) -> bool:
     """`DELETE /v1/shape?handle=H` with no shape definition: Electric deletes that shape.
 
