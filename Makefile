@@ -67,7 +67,7 @@ stop:
 	@scripts/stop-demo
 
 test: install node-deps
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25
 	@echo "node tests, straight to the engine:"
 	PYTHON=$(abspath $(PY)) node --test --test-concurrency=1 tests/node/
 	@echo "node tests, the same ones through the proxy (config/examples/open.yaml):"

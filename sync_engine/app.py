@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import itertools
+import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -17,8 +20,10 @@ from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.live import LiveConnection
 from .http.parser_refusals import RefusingApplication
 from .http.shape import ShapeView
+from .preflight import disk_full
 from .settings import Settings
 from .source import Source, SourceConfig, SourceState
+from .stopping import cancel_and_wait
 from .tenants.manager import SourceManager
 
 SOURCES = web.AppKey("sources", dict)
@@ -26,6 +31,11 @@ SETTINGS = web.AppKey("settings", Settings)
 MANAGER = web.AppKey("source_manager", SourceManager)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between tries to open the source registry while the disk is full.
+REGISTRY_RETRY = 2.0
 
 # Request ids for responses whose request had none: a random per-process prefix and a
 # counter (32 hex digits, like a uuid4's), without a getrandom() call per response.
@@ -86,6 +96,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)
     app[MANAGER] = manager
+    # Why the source registry (`sources.db`) could not be opened at start, while it cannot
+    # (a full disk): the single database is served meanwhile, registered sources are not.
+    registry = _Registry()
     app.on_response_prepare.append(_prepare_stream)
 
     secret = settings.secret.encode() if settings.secret is not None else None
@@ -95,6 +108,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         srcs: dict[str, Source] = request.app[SOURCES]
         q = request.query
         given = q.get("secret") or q.get("api_secret") or q.get("source_secret")
+        if registry.problem is not None and ("source_id" in q or "default" not in srcs):
+            # (never to the single database: it may need no secret, and is not theirs)
+            raise ServiceUnavailable(registry.problem, retry_after=10, code="registry_unavailable")
         if manager.has_sources() and ("source_id" in q or "default" not in srcs):
             return await manager.authenticate(q.get("source_id"), given)
         if secret is not None:
@@ -130,6 +146,8 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         body: dict[str, Any] = {"status": "active" if active else "starting"}
         status = 200 if active else 202
         paused = [s.write_error for s in srcs.values() if s.write_error]
+        if registry.problem is not None:
+            paused.append(registry.problem)
         if paused:  # shape logs cannot be written (disk full): serving, not replicating
             body, status = {"status": "waiting", "message": paused[0]}, 503
         no_cache = {"cache-control": "no-cache, no-store, must-revalidate"}
@@ -186,11 +204,67 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
             )
         for s in srcs.values():
             await s.start()
-        await manager.start()
+        await registry.start(manager, settings)
         yield
+        await registry.stop()
         await manager.stop()
         for s in srcs.values():
             await s.stop()
 
     app.cleanup_ctx.append(lifespan)
     return app
+
+
+class _Registry:
+    """Starts the source manager, which opens the source registry (`sources.db`, SQLite in
+    WAL mode). SQLite cannot open it at all on a full disk (its shared-memory file needs
+    space), and the engine failed to start: now it serves its single database (and the
+    shapes it has) meanwhile, answers requests for registered sources 503
+    `registry_unavailable`, and starts the manager once space returns."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = None
+        self._retry: asyncio.Task[None] | None = None
+
+    async def start(self, manager: SourceManager, settings: Settings) -> None:
+        if await self._try(manager, settings):
+            return
+        logger.warning(
+            "%s; serving the single database meanwhile, trying again every %g s",
+            self.problem,
+            REGISTRY_RETRY,
+        )
+        self._retry = asyncio.create_task(self._again(manager, settings), name="registry-open")
+
+    async def _try(self, manager: SourceManager, settings: Settings) -> bool:
+        try:
+            await manager.start()
+        except (sqlite3.Error, OSError) as exc:
+            # Opened nothing (the store failed to open) and the disk is full: wait for space.
+            # Anything else stops the engine, as before.
+            if manager.store is not None or not await asyncio.to_thread(
+                disk_full, settings.data_dir
+            ):
+                raise
+            self.problem = (
+                f"the source registry {manager.path} cannot be opened: the disk of the data"
+                f" directory is full ({exc})"
+            )
+            return False
+        if self.problem is not None:
+            logger.info("the source registry %s is open: registered sources start", manager.path)
+        self.problem = None
+        return True
+
+    async def _again(self, manager: SourceManager, settings: Settings) -> None:
+        while True:
+            await asyncio.sleep(REGISTRY_RETRY)
+            try:
+                if await self._try(manager, settings):
+                    return
+            except Exception:
+                logger.exception("opening the source registry %s failed", manager.path)
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            await cancel_and_wait([self._retry], "opening the source registry")

@@ -62,23 +62,63 @@ def check_data_dir(path: Path) -> str | None:
     return None if ok else "files written there do not read back"
 
 
+#: Bytes `disk_full` tries to write: more than SQLite's shared-memory file (32 kB) needs.
+PROBE_BYTES = 64 * 1024
+
+
+def disk_full(path: Path) -> bool:
+    """Whether the filesystem of the directory `path` has no room for a small file (a write
+    of `PROBE_BYTES` fails with ENOSPC or EDQUOT; other errors are not a full disk)."""
+    probe = path / f".space-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            data = memoryview(b"\0" * PROBE_BYTES)
+            while data:
+                data = data[os.write(fd, data) :]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return False
+
+
 def check_registry(data_dir: Path) -> str | None:
-    """None when `<data-dir>/sources.db` is absent or readable, else what is wrong with it."""
+    """None when `<data-dir>/sources.db` is absent or readable, else what is wrong with it.
+
+    On a full disk SQLite cannot open it at all (its WAL index needs space): it is then
+    read as it is on disk (`immutable`), to tell a damaged file from a full disk, and the
+    engine starts (`app._Registry` opens it once space returns)."""
     path = data_dir / "sources.db"
     if not path.exists():
         return None
     try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-        try:
-            db.execute("SELECT count(*) FROM sources").fetchone()
-        finally:
-            db.close()
+        _read_registry(f"file:{path}?mode=ro")
     except sqlite3.Error as exc:
+        if disk_full(data_dir):
+            try:
+                _read_registry(f"file:{path}?mode=ro&immutable=1")
+                return None
+            except sqlite3.Error:
+                pass
         return (
             f"cannot read the source registry {path} ({exc}): restore it from a backup, or"
             " move it away and register the sources again"
         )
     return None
+
+
+def _read_registry(uri: str) -> None:
+    db = sqlite3.connect(uri, uri=True, timeout=5)
+    try:
+        db.execute("SELECT count(*) FROM sources").fetchone()
+    finally:
+        db.close()
 
 
 def _is_transient(code: str, message: str) -> bool:

@@ -18,6 +18,7 @@ import logging
 import select
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import psycopg.sql
 from psycopg import AsyncConnection
 from psycopg_pool import ConnectionPool
 
-from .errors import ServiceUnavailable
+from .errors import EngineError, ServiceUnavailable
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
 from .pg.session import redact_dsn, with_display_settings
@@ -185,6 +186,7 @@ class Source:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._main: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self._closing: Callable[[], EngineError] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -407,6 +409,41 @@ class Source:
             raise ServiceUnavailable(
                 f"Source is not ready: {self.error or 'connecting'}", retry_after=5
             ) from None
+
+    # -- closing to requests ------------------------------------------------------------
+
+    @property
+    def closing(self) -> Callable[[], EngineError] | None:
+        """Why this source takes no more requests (paused, deleted), as the error each gets;
+        None while it serves."""
+        return self._closing
+
+    def close_to_requests(self, error: Callable[[], EngineError]) -> None:
+        """Refuse new requests with `error()`, and wake the held ones (long-polls, SSE
+        streams, requests waiting for a snapshot) to answer the same at once (`check_open`):
+        cut off at the end of a grace period instead, a client got no answer, only its
+        next request the reason."""
+        self._closing = error
+        for shape in list(self.registry.by_handle.values()):
+            shape.notify()
+
+    def check_open(self) -> None:
+        """Raise the error of `close_to_requests`, if the source was closed to requests."""
+        if self._closing is not None:
+            raise self._closing()
+
+    # The tenants' `ManagedSource` marks itself closed by setting `_closed` (its
+    # `end_requests`, for a pause or a deletion): that is `close_to_requests`.
+    @property
+    def _closed(self) -> Callable[[], EngineError] | None:
+        return self._closing
+
+    @_closed.setter
+    def _closed(self, error: Callable[[], EngineError] | None) -> None:
+        if error is None:
+            self._closing = None
+        else:
+            self.close_to_requests(error)
 
     # -- what http/ asks ------------------------------------------------------------------
 

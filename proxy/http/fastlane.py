@@ -53,8 +53,9 @@ from proxy.upstream.client import (
     failure_error,
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
-from proxy.upstream.forward import Target
+from proxy.upstream.forward import HOLD_ENDED, Forwarder, Target
 from proxy.upstream.headers import kept_raw, upstream_request_lines
+from proxy.upstream.held import MIN_HOLD
 from proxy.upstream.respond import Outcome, complete
 
 if TYPE_CHECKING:
@@ -241,6 +242,8 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         logger.debug("a kept-alive engine connection could not be written to", exc_info=True)
         answer.cancel_quietly()
         return None
+    if prepared.live:
+        answer.hold(forwarder)
     return answer
 
 
@@ -262,6 +265,7 @@ class FastAnswer:
         "_request",
         "_runtime",
         "_sent",
+        "_timer",
     )
 
     def __init__(
@@ -288,6 +292,34 @@ class FastAnswer:
         self._done = False
         self._finished: asyncio.Future[None] | None = None
         self._sent = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def hold(self, forwarder: Forwarder) -> None:
+        """A long-poll: ended as a long-poll timeout ends (`upstream.held`) when its token
+        expires or access is revoked (`Forwarder.end_streams`) before the engine answers."""
+        forwarder.fast_held.add(self)
+        deadline = self._prepared.token_exp
+        if deadline is not None:
+            wait = max(deadline - time.time(), MIN_HOLD)
+            self._timer = asyncio.get_running_loop().call_later(wait, self.revoke)
+
+    def revoke(self) -> None:
+        """The hold is over: answer as the engine's long-poll timeout, unless the engine
+        answered already."""
+        if self._done or self._head is not None:
+            return
+        forwarder = self._app.forwarder
+        target = self._target()
+        ended = forwarder.ended_long_poll(target, self._runtime.options)
+        if ended is None:
+            return
+        engine = self._engine
+        self._end()
+        if engine is not None:
+            engine.close()
+        request = self._request
+        response = handlers.finish(request, self._runtime, Outcome(ended, None, "-", HOLD_ENDED))
+        self._respond(response)
 
     def finished(self) -> asyncio.Future[None]:
         """Done once this request is answered, handed over or given up (server shutdown)."""
@@ -301,6 +333,11 @@ class FastAnswer:
         self._done = True
         self._engine = None
         self._permit.release()
+        if self._prepared.live:
+            self._app.forwarder.fast_held.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         finished = self._finished
         if finished is not None and not finished.done():
             finished.set_result(None)
@@ -336,6 +373,11 @@ class FastAnswer:
         response.unlisten()
         self._done = True
         self._engine = None
+        if self._prepared.live:
+            self._app.forwarder.fast_held.discard(self)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
         request = self._request
         self._client.fast_handover(
             request,

@@ -87,8 +87,26 @@ class CompiledPolicy:
     clauses: ClauseCache = field(default_factory=ClauseCache, compare=False, repr=False)
 
 
+def _check_columns(columns: list[str], label: str) -> None:
+    """What a rule's `columns` can be checked for without the table (the proxy has no
+    catalog): names Postgres can hold, each once. Whether they include the primary key is
+    known only to the engine, which refuses every request of a rule that omits it
+    (`rule_columns_error` then names the rule)."""
+    seen: set[str] = set()
+    for name in columns:
+        if not name or "\x00" in name or len(name.encode("utf-8", "surrogatepass")) > 63:
+            raise ValueError(
+                f"{label}: {name!r} cannot be a column name (1 to 63 bytes, no NUL; "
+                "write names exactly as Postgres stores them, without quotes)"
+            )
+        if name in seen:
+            raise ValueError(f"{label}: {name!r} is listed twice")
+        seen.add(name)
+
+
 def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
-    label = f"{where}.allow.{index}" + (f" (rule {rule.name!r})" if rule.name else "") + ".where"
+    named = f" (rule {rule.name!r})" if rule.name else ""
+    label = f"{where}.allow.{index}{named}.where"
     try:
         template = compile_template(rule.where) if rule.where is not None else None
     except ValueError as exc:
@@ -103,6 +121,8 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
             raise ValueError(
                 f"{label}: the sync engine does not accept this filter ({template.sql!r}): {exc}"
             ) from None
+    if rule.columns is not None:
+        _check_columns(rule.columns, f"{where}.allow.{index}.columns{named}")
     return CompiledRule(
         name=rule.name or f"rule{index}",
         when=MappingProxyType(dict(rule.when)),

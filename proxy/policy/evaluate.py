@@ -235,17 +235,29 @@ def _text_param(value: object, path: str) -> str:
     return text
 
 
-def _pg_array(values: list[Any], path: str) -> str:
+def _pg_array(values: list[Any], path: str, like_escape: str | None = None) -> str:
     items = []
     for v in values:
         if isinstance(v, dict | list) or v is None:
             raise Forbidden("claim_unusable", "a claim list may hold only scalar values")
-        text = _text_param(v, path).replace("\\", "\\\\").replace('"', '\\"')
+        text = _text_param(v, path)
+        if like_escape is not None:
+            text = _like_literal(text, like_escape)
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
         items.append(f'"{text}"')
     return "{" + ",".join(items) + "}"
 
 
-def _param_from_claim(claims: Claims, path: str) -> str:
+def _like_literal(text: str, escape: str) -> str:
+    """`text` as a LIKE pattern that matches `text` only: its `escape`, `%` and `_` escaped."""
+    for ch in dict.fromkeys((escape, "%", "_")):
+        text = text.replace(ch, escape + ch)
+    return text
+
+
+def _param_from_claim(claims: Claims, path: str, like_escape: str | None = None) -> str:
+    """A claim as the text of a filter parameter; `like_escape`: it is (part of) a LIKE
+    pattern, so each text gets its wildcards escaped (a claim is a literal, never a pattern)."""
     value = claim_value(claims, path)
     if value is _AMBIGUOUS:
         raise Forbidden(
@@ -257,7 +269,7 @@ def _param_from_claim(claims: Claims, path: str) -> str:
     if value is _MISSING or value is None:
         raise Forbidden("missing_claim", f"the token has no {path!r} claim, which this shape needs")
     if isinstance(value, list):
-        return _pg_array(value, path)
+        return _pg_array(value, path, like_escape)
     if isinstance(value, dict):
         raise Forbidden("claim_unusable", f"claim {path!r} is an object, not a value")
     if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
@@ -269,7 +281,8 @@ def _param_from_claim(claims: Claims, path: str) -> str:
             f"the token's {path!r} claim is text in Postgres's array syntax; "
             "a list claim must be a JSON array",
         )
-    return _text_param(value, path)
+    text = _text_param(value, path)
+    return text if like_escape is None else _like_literal(text, like_escape)
 
 
 def _sign_in() -> Unauthenticated:
@@ -344,7 +357,11 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
 ) -> tuple[str | None, tuple[str, ...], CombinedWhere | None]:
-    enforced_params = tuple(_param_from_claim(claims, p) for p in rule.claim_paths)
+    template = rule.template
+    enforced_params = tuple(
+        _param_from_claim(claims, p, template.escape_of(i) if template else None)
+        for i, p in enumerate(rule.claim_paths)
+    )
     enforced_sql = rule.template.sql if rule.template else None
     if request.where is None:
         # Params without a where mean nothing to the engine, which ignores them: so does
@@ -516,6 +533,28 @@ def evaluate(
         shared=shared,
         limits=rule.limits,
         combined=combined,
+    )
+
+
+_PK_MISSING = "The list of columns must include all primary key columns, missing: "
+
+
+def rule_columns_error(message: str, rule: str, rule_columns: tuple[str, ...] | None) -> str | None:
+    """The engine's refusal of a shape's columns for want of its primary key, when the key is
+    not among the columns the policy rule shows: no request of the rule can succeed, and the
+    engine's words (about a `columns` the client may not even have sent) blame the client.
+    Then this says whose mistake it is, naming the rule (the key's columns the client may not
+    see are not named: the operator finds them in the proxy's log). None otherwise (the
+    client may add the key's columns to its own `columns`)."""
+    if rule_columns is None or not message.startswith(_PK_MISSING):
+        return None
+    missing = [name.strip() for name in message[len(_PK_MISSING) :].split(",")]
+    if all(name in rule_columns for name in missing):
+        return None
+    return (
+        f"the proxy's policy rule {rule!r} shows this table without all of its primary key "
+        "columns, which every shape must include: no request of this rule can be served until "
+        "the proxy's configuration lists them under the rule's columns"
     )
 
 

@@ -70,10 +70,18 @@ _ALLOWED_NODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class CompiledTemplate:
-    """An enforced where with `$1..$n`; `claim_paths[i]` gives the value of `$i+1`."""
+    """An enforced where with `$1..$n`; `claim_paths[i]` gives the value of `$i+1`.
+
+    `like_escapes[i]`, when set, is the escape character of the LIKE/ILIKE pattern `$i+1` is
+    part of: the claim is bound with its `%`, `_` and that character escaped, so it matches
+    itself only (a claim `a_b%` must not widen `email LIKE {{email}}` to every row)."""
 
     sql: str
     claim_paths: tuple[str, ...]
+    like_escapes: tuple[str | None, ...] = ()
+
+    def escape_of(self, index: int) -> str | None:
+        return self.like_escapes[index] if index < len(self.like_escapes) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,7 +579,113 @@ def compile_template(template: str) -> CompiledTemplate:
             "write claim values only as {{claim.path}} placeholders, outside string literals, "
             "and no literal $n parameters"
         )
-    return CompiledTemplate(sql=sql, claim_paths=tuple(paths))
+    return _escape_like_claims(stmt.whereClause, sql, paths)
+
+
+#: Operators of LIKE and ILIKE (`NOT LIKE` is `!~~`; `LIKE ANY (...)` has the same name).
+_LIKE_OPERATORS = {"~~": "LIKE", "~~*": "ILIKE", "!~~": "NOT LIKE", "!~~*": "NOT ILIKE"}
+#: What may stand between a claim and the LIKE it is a pattern of: each keeps the claim's
+#: escaped characters next to what they escape (`substr` could cut `\%` into `%`).
+_PATTERN_FUNCTIONS = frozenset({"lower", "upper", "concat"})
+
+
+def _like_escape(rexpr: ast.Node) -> tuple[ast.Node, str | None]:
+    """The pattern of a LIKE's right side and its escape character (`\\` unless `ESCAPE`
+    says otherwise; None for `ESCAPE ''`, no escape at all, or one that is not a constant)."""
+    if isinstance(rexpr, ast.FuncCall):
+        names = [n.sval for n in rexpr.funcname]
+        if names == ["pg_catalog", "like_escape"] and len(rexpr.args or ()) == 2:
+            pattern, escape = rexpr.args
+            value = getattr(getattr(escape, "val", None), "sval", None)
+            if isinstance(escape, ast.A_Const) and isinstance(value, str) and len(value) == 1:
+                return pattern, value
+            return pattern, None
+    return rexpr, "\\"
+
+
+def _pattern_claims(node: object, label: str) -> Iterator[ast.ParamRef]:
+    """The claims in a LIKE pattern, refusing what could turn their escaped characters back
+    into wildcards (a function other than `_PATTERN_FUNCTIONS`, a CASE, a subscript...)."""
+    if isinstance(node, ast.ParamRef):
+        yield node
+        return
+    if isinstance(node, ast.A_Const | ast.ColumnRef):
+        return
+    if isinstance(node, ast.TypeCast):
+        yield from _pattern_claims(node.arg, label)
+        return
+    if isinstance(node, ast.A_Expr) and [n.sval for n in node.name] == ["||"]:
+        yield from _pattern_claims(node.lexpr, label)
+        yield from _pattern_claims(node.rexpr, label)
+        return
+    if isinstance(node, ast.FuncCall):
+        names = [n.sval for n in node.funcname]
+        if names[0] == "pg_catalog":
+            names = names[1:]
+        if len(names) == 1 and names[0] in _PATTERN_FUNCTIONS:
+            for arg in node.args or ():
+                yield from _pattern_claims(arg, label)
+            return
+    if isinstance(node, ast.CoalesceExpr):
+        for arg in node.args or ():
+            yield from _pattern_claims(arg, label)
+        return
+    if any(isinstance(sub, ast.ParamRef) for sub in _walk(node)):
+        what = construct_name(node)
+        if isinstance(node, ast.FuncCall):
+            what = ".".join(n.sval for n in node.funcname) + "()"
+        raise ValueError(
+            f"a claim in the pattern of a {label} may only be joined with text (`||`, concat), "
+            "cast or case-folded (lower, upper): the proxy binds it with its % and _ escaped, "
+            f"so that it matches itself only, and {what} could undo that"
+        )
+
+
+def _escape_like_claims(where: ast.Node, sql: str, paths: list[str]) -> CompiledTemplate:
+    """Mark each claim bound into a LIKE/ILIKE pattern to be escaped (`CompiledTemplate.
+    like_escapes`); a claim used both in a pattern and elsewhere (or in patterns with other
+    escape characters) gets one `$n` per use, the SQL then regenerated from its tree."""
+    modes: dict[int, list[tuple[ast.ParamRef, str | None]]] = {}
+    in_pattern: set[int] = set()
+    for node in _walk(where):
+        if not isinstance(node, ast.A_Expr) or node.rexpr is None:
+            continue
+        if not node.name or node.name[-1].sval not in _LIKE_OPERATORS:
+            continue
+        pattern, escape = _like_escape(node.rexpr)
+        label = _LIKE_OPERATORS[node.name[-1].sval]
+        for ref in _pattern_claims(pattern, label):
+            if escape is None:
+                raise ValueError(
+                    f"a claim in the pattern of a {label} whose ESCAPE is not one character: "
+                    "its % and _ could not be escaped, and would match other values"
+                )
+            modes.setdefault(ref.number, []).append((ref, escape))
+            in_pattern.add(id(ref))
+    if not modes:
+        return CompiledTemplate(sql=sql, claim_paths=tuple(paths))
+    for node in _walk(where):
+        if isinstance(node, ast.ParamRef) and id(node) not in in_pattern:
+            modes.setdefault(node.number, []).append((node, None))
+    claim_paths = list(paths)
+    escapes: list[str | None] = [None] * len(paths)
+    renumbered = False
+    for number, uses in sorted(modes.items()):
+        first = uses[0][1]
+        escapes[number - 1] = first
+        extra: dict[str | None, int] = {}
+        for ref, escape in uses:
+            if escape == first:
+                continue
+            if escape not in extra:
+                claim_paths.append(paths[number - 1])
+                escapes.append(escape)
+                extra[escape] = len(claim_paths)
+            ref.number = extra[escape]
+            renumbered = True
+    if renumbered:
+        sql = _deparse(where, "where")
+    return CompiledTemplate(sql=sql, claim_paths=tuple(claim_paths), like_escapes=tuple(escapes))
 
 
 _ClauseKey = tuple[str, str, frozenset[str] | None, int, str]

@@ -250,6 +250,14 @@ class UpstreamBody:
             data = data[:n]
         return data
 
+    async def read_any(self) -> bytes:
+        """Whatever arrived since the last read (waiting for some); b"" at the end."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            await self._wait()
+        return self._take()
+
     async def iter_any(self) -> AsyncIterator[bytes]:
         """Whatever arrived since the last step, until the end of the body."""
         while True:

@@ -22,6 +22,7 @@ from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.cache import CacheKey
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
+from proxy.upstream.held import Hold
 from proxy.upstream.respond import Outcome, complete, streaming
 
 logger = logging.getLogger(__name__)
@@ -42,13 +43,19 @@ class Flight:
         "failure",
         "finished",
         "head",
+        "held",
         "key",
+        "revoked",
         "task",
         "waiters",
     )
 
-    def __init__(self, key: CacheKey) -> None:
+    def __init__(self, key: CacheKey, held: bool = False) -> None:
         self.key = key
+        #: A long-poll (the engine holds it until a change comes): `Flights.end_held` ends
+        #: its wait for the headers when access may have been withdrawn.
+        self.held = held
+        self.revoked = False
         self.head: Head | None = None
         self.chunks: list[bytes] = []
         self.complete = False  # the whole body arrived
@@ -96,13 +103,20 @@ class Flights:
         return key in self._flights
 
     def join(
-        self, key: CacheKey, open_: Opener, make_head: HeadMaker, on_complete: OnComplete
+        self,
+        key: CacheKey,
+        open_: Opener,
+        make_head: HeadMaker,
+        on_complete: OnComplete,
+        *,
+        held: bool = False,
     ) -> tuple[Flight, bool]:
-        """The flight for `key`, started if there is none; True when it already existed."""
+        """The flight for `key`, started if there is none; True when it already existed.
+        `held`: a long-poll's (see `end_held`)."""
         flight = self._flights.get(key)
         joined = flight is not None
         if flight is None:
-            flight = Flight(key)
+            flight = Flight(key, held)
             self._flights[key] = flight
             flight.task = asyncio.get_running_loop().create_task(
                 self._fly(flight, open_, make_head, on_complete)
@@ -118,6 +132,17 @@ class Flights:
                 del self._flights[flight.key]
             if flight.task is not None:
                 flight.task.cancel()
+
+    def end_held(self) -> None:
+        """Access may have been withdrawn: every long-poll flight still waiting for the
+        engine's headers is forgotten (a later request starts a new one, authorised again)
+        and its waiters are woken to end their answers (`wait_head`); the engine request
+        is cancelled when the last of them leaves."""
+        for key, flight in list(self._flights.items()):
+            if flight.held and flight.head is None and not flight.finished:
+                del self._flights[key]
+                flight.revoked = True
+                flight.notify()
 
     async def close(self) -> None:
         """Cancel shared requests still running (app shutdown)."""
@@ -161,6 +186,21 @@ class Flights:
             flight.notify()
         if flight.head is not None:
             on_complete(flight)
+
+
+async def wait_head(flight: Flight, hold: Hold) -> bool:
+    """Wait for a long-poll flight's headers within `hold`: False if the hold ended first
+    (the token expired, or the flight was revoked: `Flights.end_held`)."""
+    while flight.head is None and not flight.finished:
+        if flight.revoked or hold.over():
+            return False
+        changed = flight.changed()
+        if not hold.bounded:
+            await changed
+        elif not await hold.wait(changed):
+            changed.cancel()
+            return False
+    return not (flight.revoked and flight.head is None)
 
 
 async def wait(

@@ -24,15 +24,17 @@ returning a half-read connection to the pool.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from yarl import URL
 
 from proxy.errors import ProxyError
-from proxy.http.wire import Request
+from proxy.http.wire import Request, Response, StreamResponse
 from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
 from proxy.upstream import collapsing, sse
@@ -53,6 +55,7 @@ from proxy.upstream.headers import (
     upstream_request_headers,
     upstream_response_headers,
 )
+from proxy.upstream.held import LIVE_CACHE_CONTROL, Hold, ended_long_poll
 from proxy.upstream.respond import Outcome, complete, from_cache, streaming
 
 logger = logging.getLogger(__name__)
@@ -79,9 +82,20 @@ class Target:
     handle: str | None = None
     #: offset=-1 or now: the answer names whatever handle is current for the definition.
     initial: bool = False
-    #: When the caller's token expires (wall clock; None: anonymous): a shared SSE stream
-    #: ends cleanly then, and the client reconnects with a fresh token (or gets its 401).
+    #: When the caller's token expires (wall clock; None: anonymous): a live answer (an SSE
+    #: stream, shared or not; a long-poll) ends cleanly then, and the client goes on with a
+    #: fresh token (or gets its 401). See `upstream.held`.
     deadline: float | None = None
+
+
+#: How a long-poll the proxy ended is logged (access log `outcome`, `reason`).
+HOLD_ENDED = ("ok", "hold_ended")
+
+
+class Revocable(Protocol):
+    """A live request held outside a task (`proxy.http.fastlane`)."""
+
+    def revoke(self) -> None: ...
 
 
 #: Admits one new engine request (per-principal limits): raises 429/503, or returns the
@@ -111,6 +125,13 @@ class Forwarder:
         # Engine cache-control values repeat (a handful of shapes); rewrite each once. A
         # plain dict emptied when full: an LRU's lookup cost more than the rewrite it saves.
         self._cache_control: dict[_MemoKey, tuple[str, float]] = {}
+        #: One future per live answer held straight from the engine (a long-poll waiting for
+        #: its headers, an SSE stream passed through), done by `end_streams`. (Not one
+        #: future for all: each waiter removing its callback from it is a scan.)
+        self._held_futures: set[asyncio.Future[None]] = set()
+        #: Live fast-lane requests waiting for the engine (`proxy.http.fastlane`): each has a
+        #: `revoke()` that ends it as a long-poll timeout ends.
+        self.fast_held: set[Revocable] = set()
 
     @property
     def in_flight(self) -> int:
@@ -122,9 +143,34 @@ class Forwarder:
         return len(self._streams)
 
     def end_streams(self) -> None:
-        """End every shared SSE stream, each client's response cleanly (access may have been
-        withdrawn: a config reload, an issuer's key dropped); they reconnect."""
+        """End every live answer authorised so far (access may have been withdrawn: a config
+        reload, an issuer's key dropped): every shared SSE stream and SSE stream passed
+        straight through, each client's response cleanly (they reconnect); every long-poll
+        waiting for the engine, as a long-poll timeout ends (`upstream.held`)."""
         self._streams.end_all()
+        held, self._held_futures = self._held_futures, set()
+        for future in held:
+            if not future.done():
+                future.set_result(None)
+        self._flights.end_held()
+        for fast in list(self.fast_held):
+            fast.revoke()
+
+    def hold(self, target: Target) -> Hold:
+        """The bounds of a live answer's wait for the engine (`upstream.held`): its token's
+        expiry and the next `end_streams`. Give it back with `unhold`."""
+        revoked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._held_futures.add(revoked)
+        return Hold(target.deadline, revoked)
+
+    def unhold(self, hold: Hold) -> None:
+        if hold.revoked is not None:
+            self._held_futures.discard(hold.revoked)
+
+    def ended_long_poll(self, target: Target, options: UpstreamOptions) -> Response | None:
+        """The answer to a long-poll ended by the proxy, as the engine's timeout answer."""
+        cache_control, _ = self.cache_control((LIVE_CACHE_CONTROL,), options, True, target.shared)
+        return ended_long_poll(target.url, target.method, cache_control)
 
     async def close(self) -> None:
         """Cancel shared requests and streams still running (app shutdown)."""
@@ -330,7 +376,39 @@ class Forwarder:
         request_id: str,
         key: CacheKey | None,
     ) -> Outcome:
+        if target.live and not target.sse and target.method in ("GET", "HEAD"):
+            return await self._held(request, target, options, request_id, key)
         upstream = await self._open(request, target, options, request_id)
+        return await self.relay(request, target, options, upstream, key)
+
+    async def _held(
+        self,
+        request: Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        key: CacheKey | None,
+    ) -> Outcome:
+        """A long-poll sent straight to the engine, within its `Hold`: ended by the proxy
+        as a long-poll timeout ends when the hold is over first (`upstream.held`)."""
+        hold = self.hold(target)
+        opening = asyncio.ensure_future(self._open(request, target, options, request_id))
+        try:
+            answered = await hold.wait(opening)
+        except BaseException:
+            opening.cancel()
+            raise
+        finally:
+            self.unhold(hold)
+        if not answered:
+            ended = self.ended_long_poll(target, options)
+            if ended is not None:
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+                if not opening.cancelled() and opening.exception() is None:
+                    opening.result().close()  # (it answered as it was cancelled)
+                return Outcome(ended, None, "-", HOLD_ENDED)
+        upstream = await opening
         return await self.relay(request, target, options, upstream, key)
 
     async def relay(
@@ -368,6 +446,9 @@ class Forwarder:
             response = streaming(head)
             outcome = Outcome(response, head.status)
             await response.prepare(request)
+            if target.sse and target.live and head.status == 200:
+                whole = await self._relay_held(request, target, upstream, response, outcome)
+                return outcome
             try:
                 async for chunk in upstream.content.iter_any():
                     if upstream.content.is_eof():
@@ -394,6 +475,59 @@ class Forwarder:
             else:
                 upstream.close()
 
+    async def _relay_held(
+        self,
+        request: Request,
+        target: Target,
+        upstream: UpstreamResponse,
+        response: StreamResponse,
+        outcome: Outcome,
+    ) -> bool:
+        """An SSE stream passed straight through (not shared), within its `Hold`: when the
+        caller's token expires or access is revoked, it ends between two reads of the engine
+        stream, as a shared stream ends (`upstream.sse`): the client buffers a batch until its
+        up-to-date, so a batch cut there is one it has not applied, and it reconnects from its
+        last up-to-date. A compressed stream cannot end cleanly mid-way (its client would
+        read a truncated compressed body): its connection is closed instead, which the client
+        retries the same way. True if the engine's stream was read to its end."""
+        content = upstream.content
+        identity = (upstream.headers.get("Content-Encoding") or "identity").strip().lower()
+        hold = self.hold(target)
+        try:
+            while True:
+                reading = asyncio.ensure_future(content.read_any())
+                try:
+                    answered = await hold.wait(reading)
+                finally:
+                    if not reading.done():
+                        reading.cancel()
+                if not answered:
+                    outcome.failure = HOLD_ENDED
+                    if identity != "identity":
+                        if request.transport is not None:
+                            request.transport.close()
+                        return False
+                    await response.write_eof()
+                    return False
+                chunk = reading.result()
+                if not chunk:
+                    await response.write_eof()
+                    return True
+                await response.write(chunk)
+        except BodyError as exc:
+            outcome.failure = ("error", "upstream_broken_stream")
+            logger.warning(
+                "upstream stream broke (%s); closing client connection", type(exc).__name__
+            )
+            if request.transport is not None:
+                request.transport.close()
+            return False
+        except ConnectionError:
+            outcome.failure = ("client_gone", "client_disconnected")
+            return False
+        finally:
+            self.unhold(hold)
+
     # --- collapsed: one engine request per distinct key in flight ----------------------
 
     async def _collapsed(
@@ -409,6 +543,13 @@ class Forwarder:
             request, target, key, key, options, request_id, None, admit
         )
         try:
+            if target.live and target.method == "GET":
+                # (revoked through the flight: `Flights.end_held`)
+                hold = Hold(target.deadline, None)
+                if not await collapsing.wait_head(flight, hold):
+                    ended = self.ended_long_poll(target, options)
+                    if ended is not None:
+                        return Outcome(ended, None, "-", HOLD_ENDED)
             return await collapsing.wait(flight, request, options, joined=joined)
         finally:
             self._flights.leave(flight)
@@ -440,6 +581,7 @@ class Forwarder:
             lambda: self._open(request, target, options, request_id, if_none_match),
             lambda upstream: self.head(upstream, options, target, cacheable=True),
             on_complete,
+            held=target.live,
         )
         if permit is not None:
             if joined or flight.task is None:  # another client started it while we waited

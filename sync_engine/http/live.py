@@ -2,8 +2,9 @@
 
 The client resumes from `<global_last_seen_lsn>_0`, so every up-to-date names the LSN of the
 last delivered transaction; reading by transaction makes that offset exact. Keep-alive
-comments fill silences, the stream ends after `sse_timeout` or when the shape rotates (the
-client's next request then gets the 409).
+comments fill silences, the stream ends after `sse_timeout`, when the shape rotates (the
+client's next request then gets the 409) or at once when its source is paused or deleted
+(`Source.close_to_requests`: the next request gets the 503 or 401).
 
 A request held at the tip (a long-poll or an SSE stream) is let go as soon as its client's
 connection closes (`LiveConnection`, `client_gone`), not at the end of its timeout: the
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from ..log.offsets import LogOffset
     from ..settings import Settings
     from ..shapes.shape import Shape
+    from ..source import Source
     from .params import ShapeRequest
 
 logger = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def sse_frame(message: bytes) -> bytes:
 
 
 async def serve_sse(
-    request: web.Request, s: Settings, shape: Shape, req: ShapeRequest
+    request: web.Request, s: Settings, source: Source, shape: Shape, req: ShapeRequest
 ) -> web.StreamResponse:
     assert req.offset is not None
     offset = req.offset
@@ -113,7 +115,7 @@ async def serve_sse(
     # From here on an error cannot be answered (the 200 is sent): the stream ends, whole.
     # Answered by the middleware, it was a second response written into this one's body.
     try:
-        await _stream(resp, s, shape, offset, client_gone(request), first)
+        await _stream(resp, s, source, shape, offset, client_gone(request), first)
     except ConnectionResetError as exc:  # the client went away: nothing to answer, no error
         logger.debug("SSE client of shape %s went away: %r", shape.handle, exc)
     except EngineError as exc:  # its log found damaged (the shape is retired): a 409 next
@@ -136,6 +138,7 @@ async def _end(resp: web.StreamResponse) -> None:
 async def _stream(
     resp: web.StreamResponse,
     s: Settings,
+    source: Source,
     shape: Shape,
     offset: LogOffset,
     gone: asyncio.Future[None] | None,
@@ -151,14 +154,17 @@ async def _stream(
         await _write_batch(resp, entries, end.tx)
         offset = end
 
+    def over() -> bool:
+        return shape.rotated or source.closing is not None
+
     def fresh() -> bool:
         nonlocal entries, end
-        if shape.rotated:
+        if over():
             return True
         entries, end = shape.log.read_after(offset, whole_transactions=True)
         return bool(entries)
 
-    while not shape.rotated:
+    while not over():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
@@ -167,7 +173,7 @@ async def _stream(
                 return  # the client has gone: nobody to write to
             if deadline - time.monotonic() > 0:
                 await resp.write(KEEPALIVE)
-        elif not shape.rotated:
+        elif not over():
             await _write_batch(resp, entries, end.tx)
             offset = end
     await resp.write_eof()

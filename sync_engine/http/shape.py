@@ -21,6 +21,7 @@ from multidict import MultiDict
 from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
+from ..single_flight import single_flight
 from ..snapshot.subset import build_subset_query
 from ..tables import not_answering
 from . import headers as h
@@ -31,6 +32,7 @@ from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
 
 if TYPE_CHECKING:
+    from ..log.files import ShapeLog
     from ..settings import Settings
     from ..shapes.shape import Shape
     from ..source import Source
@@ -53,6 +55,8 @@ class ShapeView:
         self.find_source = find_source
         # `cache-control` by (method, before all, live): a function of the settings only.
         self._cache_control: dict[tuple[str, bool, bool], str] = {}
+        # Snapshot chunk files being checked before a send, by (device, inode).
+        self._file_checks: dict[tuple[int, int], asyncio.Future[None]] = {}
 
     def _cache_control_of(self, method: str, before_all: bool, live: bool) -> str:
         key = (method, before_all, live)
@@ -126,7 +130,7 @@ class ShapeView:
             raise ShapeGone(shape.handle)
         try:
             if req.live and req.live_sse:
-                return await serve_sse(request, self.settings, shape, req)
+                return await serve_sse(request, self.settings, source, shape, req)
             return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
             if gone.current_handle is not None:
@@ -170,7 +174,7 @@ class ShapeView:
 
         def grew() -> bool:
             nonlocal entries, end
-            if shape.rotated:  # a rotated shape's files are being deleted
+            if shape.rotated or source.closing:  # (a rotated shape's files are being deleted)
                 return True
             entries, end = shape.log.read_after(offset)
             return bool(entries) or not req.live
@@ -193,6 +197,7 @@ class ShapeView:
             )
         if shape.rotated:
             raise ShapeGone(source.current_handle(shape))
+        source.check_open()  # paused while it waited: the reason, at once
         end = max(end, offset) if not entries else end
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)
@@ -203,10 +208,11 @@ class ShapeView:
 
     async def _snapshot_chunk(
         self, request: web.Request, source: Source, shape: Shape, index: int
-    ) -> bytes | tuple[str, int] | None:
+    ) -> bytes | tuple[int, int] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
-        A big chunk already checked comes as its file (path, size), sent as it is. While
+        A big chunk this process checked before comes as its file (an open descriptor and
+        the size), checked again and sent as it is. While
         the chunk does not come, the request asks every `SNAPSHOT_QUIET` seconds whether
         Postgres answers: a snapshot query sent into a silent database (its table lookup
         was cached, so nothing asked Postgres before) would otherwise hold the request for
@@ -219,7 +225,7 @@ class ShapeView:
             return shape_log.snapshot_chunks > index or shape_log.snapshot_complete
 
         def ready() -> bool:
-            return written() or shape.rotated
+            return written() or shape.rotated or source.closing is not None
 
         gone = None if ready() else client_gone(request)
         loop = asyncio.get_running_loop()
@@ -233,15 +239,34 @@ class ShapeView:
                 raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
             if not await source.database_answers() and not ready():
                 raise not_answering()
-        if not written():  # rotated
+        if not written() and shape.rotated:
             raise shape.snapshot_error or ShapeGone(None)
+        source.check_open()  # paused while it waited
         if index >= shape_log.snapshot_chunks:
             return None
         fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
             return fresh
-        return shape_log.snapshot_chunk_file(index) or await asyncio.to_thread(
-            shape_log.read_snapshot_chunk, index
+        file = shape_log.snapshot_chunk_file(index)
+        if file is not None and (fd := open_chunk(file[0])) is not None:
+            try:  # checked at every send: see `ShapeLog.check_snapshot_file`
+                await self._check_file(shape_log, index, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, file[1]
+        # (not checked by this process yet, or gone: read the checked way; gone is a 409)
+        return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
+
+    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int) -> None:
+        """`shape_log.check_snapshot_file` in a worker thread; requests for the same file
+        (device and inode) at the same time share one check (a herd of clients syncing the
+        same table read it once, not once each)."""
+        st = os.fstat(fd)
+        await single_flight(
+            self._file_checks,
+            (st.st_dev, st.st_ino),
+            lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd),
         )
 
     async def _check_bounds(
@@ -253,16 +278,20 @@ class ShapeView:
         def in_bounds() -> bool:
             return offset.is_virtual or offset.tx <= max(shape.log.last_lsn, source.global_lsn)
 
+        def answered() -> bool:
+            return in_bounds() or source.closing is not None
+
         if in_bounds():
             return
         gone = client_gone(request)
         # The stream's position is not announced on the shape: polled.
         if not await shape.wait_until(
-            in_bounds, self.settings.out_of_bounds_wait, poll=0.5, gone=gone
+            answered, self.settings.out_of_bounds_wait, poll=0.5, gone=gone
         ):
             if gone is not None and gone.done():
                 raise ConnectionResetError("the client went away")  # nobody to answer
             raise InvalidRequest({"offset": ["out of bounds for this shape"]})
+        source.check_open()
 
     def _respond(
         self,
@@ -275,7 +304,7 @@ class ShapeView:
         up_to_date: bool,
         has_data: bool,
         gls: int,
-        file: tuple[str, int] | None = None,
+        file: tuple[int, int] | None = None,
     ) -> web.StreamResponse:
         offset_text = str(end)
         method = request.method
@@ -299,13 +328,11 @@ class ShapeView:
         if method in ("GET", "HEAD") and h.if_none_match_hits(
             request.headers.get("if-none-match"), tag
         ):
+            if file is not None:
+                os.close(file[0])
             return web.Response(status=304, headers=hdrs)
-        if file is not None and (fd := open_chunk(file[0])) is not None:
-            if shape.log.snapshot_file_unchanged(end.op, fd):
-                return ChunkFileResponse(fd, file[1], hdrs)  # `[` + the file + `]`
-            os.close(fd)
-        if file is not None:  # the file is gone or changed: read it the checked way (a 409)
-            items = [shape.log.read_snapshot_chunk(end.op)]  # raises LogDamaged
+        if file is not None:
+            return ChunkFileResponse(file[0], file[1], hdrs)  # `[` + the file + `]`
         # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
         body = b"".join((b"[", b",".join(items), b"]"))
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)

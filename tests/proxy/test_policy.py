@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from proxy.config.loader import build_config
+from proxy.config.loader import ConfigError, build_config
 from proxy.errors import BadShapeRequest, Forbidden
 from proxy.http.params import parse_shape_query, parse_subset_body
-from proxy.policy.evaluate import Decision, evaluate
+from proxy.policy.evaluate import Decision, evaluate, rule_columns_error
 from proxy.upstream.url import build_upstream_url, mask_url
 from tests.proxy.proxy_fakes import base_config
 
@@ -265,3 +265,38 @@ def test_a_claim_that_is_not_unicode_text_is_never_bound(policy: Any) -> None:
         with pytest.raises(Forbidden) as refused:
             decide(policy, "table=items&offset=-1", claims)
         assert refused.value.reason == "claim_unusable"
+
+
+def test_a_rule_without_the_primary_key_is_named_as_the_policys_mistake() -> None:
+    """The engine refuses a shape whose columns omit its primary key, in words about the
+    client's `columns`; when the rule itself hides the key, no request can succeed and the
+    message must say so (naming the rule, not the hidden key columns)."""
+    engine = "The list of columns must include all primary key columns, missing: id, org_id"
+    message = rule_columns_error(engine, "member", ("title", "body"))
+    assert message is not None and "'member'" in message and "primary key" in message
+    assert "org_id" not in message
+    # The client left out a key column the rule shows: the engine's words are right.
+    assert rule_columns_error(engine, "member", ("id", "org_id", "title")) is None
+    assert rule_columns_error(engine, "member", None) is None
+    assert rule_columns_error(engine, "member", ("id", "title")) is not None  # (org_id hidden)
+    assert rule_columns_error("column x not found", "member", ("title",)) is None
+
+
+@pytest.mark.parametrize(
+    ("columns", "words"),
+    [
+        (["id", "title", "id"], "'id' is listed twice"),
+        (["id", ""], "cannot be a column name"),
+        (["id", "x" * 64], "cannot be a column name"),
+        (["id", '"Title"'], None),  # (a name with quotes in it is a name: exact, as stored)
+    ],
+)
+def test_rule_columns_checked_at_load(columns: list[str], words: str | None) -> None:
+    config = base_config("http://engine:3000", "https://idp/jwks.json")
+    config["tables"]["items"]["allow"][1]["columns"] = columns
+    if words is None:
+        build_config(config, {"ENGINE_SECRET": "s" * 20})
+        return
+    with pytest.raises(ConfigError, match=words) as info:
+        build_config(config, {"ENGINE_SECRET": "s" * 20})
+    assert "tables.items.allow.1.columns (rule 'member')" in str(info.value)

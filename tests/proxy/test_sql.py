@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from proxy.errors import BadShapeRequest, Forbidden
+from proxy.policy.evaluate import _like_literal, _param_from_claim
 from proxy.policy.sql import (
     check_client_where,
     check_order_by,
@@ -164,3 +165,26 @@ def test_without_collate_blanks_only_collate_clauses_keeping_locations(
 
     assert without_collate(clause) == blanked
     assert len(without_collate(clause)) == len(clause)
+
+
+def test_claims_in_like_patterns_are_bound_escaped() -> None:
+    """A claim in a LIKE/ILIKE pattern is marked to be bound with its wildcards escaped; used
+    elsewhere too, it gets a second `$n` bound as is (the filter regenerated)."""
+    plain = compile_template("email LIKE {{email}}")
+    assert (plain.sql, plain.like_escapes) == ("email LIKE $1", ("\\",))
+    mixed = compile_template("owner = {{sub}} OR email ILIKE lower({{sub}}) || '%'")
+    assert mixed.claim_paths == ("sub", "sub")
+    assert mixed.sql == "owner = $2 OR email ILIKE lower($1) || '%'"
+    assert mixed.like_escapes == ("\\", None)
+    custom = compile_template("a NOT LIKE {{x}} ESCAPE '#'")
+    assert custom.like_escapes == ("#",)
+    assert compile_template("{{x}} LIKE email").like_escapes == ()  # the column is the pattern
+    for refused in ("a LIKE {{x}} ESCAPE ''", "a LIKE substr({{x}}, 2)", "a ~~ {{x}}[1]"):
+        with pytest.raises(ValueError, match="pattern of a LIKE"):
+            compile_template(refused)
+
+
+def test_like_literal_escapes_its_wildcards() -> None:
+    assert _like_literal("a_b%c\\d", "\\") == "a\\_b\\%c\\\\d"
+    assert _like_literal("50%#_", "#") == "50#%###_"
+    assert _param_from_claim({"x": ["a_", "b"]}, "x", "\\") == '{"a\\\\_","b"}'

@@ -96,6 +96,30 @@ def array_cat(a: Value, b: Value) -> Value:
     raise _incompatible()
 
 
+#: Postgres's MAXDIM.
+MAX_DIMENSIONS = 6
+
+
+def array_of_arrays(*items: Value) -> Value:
+    """`ARRAY[a, b, ...]` of array values (ExecEvalArrayExpr's multidimensional case): a NULL
+    or empty item counts as empty; all empty is the empty array; otherwise every item must
+    have the same dimensions (an empty one beside a non-empty one fails too)."""
+    filled = [x for x in items if x]
+    if not filled:
+        return ()
+    shape = _shape(filled[0])
+    if len(filled) != len(items) or any(_shape(x) != shape for x in filled[1:]):
+        raise ValueError(
+            "multidimensional arrays must have array expressions with matching dimensions"
+        )
+    if len(shape) + 1 > MAX_DIMENSIONS:
+        raise ValueError(
+            f"number of array dimensions ({len(shape) + 1}) exceeds the maximum allowed"
+            f" ({MAX_DIMENSIONS})"
+        )
+    return tuple(items)
+
+
 def array_append(a: Value, x: Value) -> Value:
     if a and isinstance(a[0], tuple):
         raise ValueError("argument must be empty or one-dimensional array")

@@ -203,15 +203,23 @@ def _array_builder(kind: str) -> Builder:
             if not typ.array:
                 raise error_at("array_cat needs arrays", node)
             return apply_nullable(typ, array_cat, [a, b], node)
+
+        def missing() -> str:
+            return f"function array_{kind}({a.type.sql_name}, {b.type.sql_name}) does not exist"
+
         if kind == "append":
             if not a.type.array:
                 raise error_at(
                     f"function array_append({a.type.sql_name}, ...) does not exist", node
                 )
-            return apply_nullable(a.type, array_append, [a, c.coerce(b, a.type.element)], node)
+            elem = operators.compatible_element(c, [a.type.element, b.type], node, missing)
+            a, b = c.coerce(a, elem.array_of()), c.coerce(b, elem)
+            return apply_nullable(elem.array_of(), array_append, [a, b], node)
         if not b.type.array:
             raise error_at(f"function array_prepend(..., {b.type.sql_name}) does not exist", node)
-        return apply_nullable(b.type, array_prepend, [c.coerce(a, b.type.element), b], node)
+        elem = operators.compatible_element(c, [a.type, b.type.element], node, missing)
+        a, b = c.coerce(a, elem), c.coerce(b, elem.array_of())
+        return apply_nullable(elem.array_of(), array_prepend, [a, b], node)
 
     return build
 

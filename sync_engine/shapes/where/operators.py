@@ -162,6 +162,7 @@ def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 
 def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    _same_array_types(c, name, left, right, node)
     state = c.input_collation([left, right], node)
     typ = c.common(left.type, right.type, node)
     if typ is None or (typ.enum and not c.allow_enums):
@@ -367,24 +368,57 @@ def _array_concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
     if left.type.array and right.type.array:
         typ, (left, right) = c.unify([left, right], "array ||", node)
         return apply_nullable(typ, array_cat, [left, right], node)
+
     # An untyped literal (or NULL) beside an array is read as that array type, as
     # Postgres's operator resolution does (so `ia || '5'` fails like in Postgres).
+    def missing() -> str:
+        return f"operator does not exist: {left.type.sql_name} || {right.type.sql_name}"
+
     if left.type.array:
         if right.type == UNKNOWN:
             right = c.coerce(right, left.type)
             return apply_nullable(left.type, array_cat, [left, right], node)
-        right = c.coerce(right, left.type.element)
-        return apply_nullable(left.type, array_append, [left, right], node)
+        elem = compatible_element(c, [left.type.element, right.type], node, missing)
+        left, right = c.coerce(left, elem.array_of()), c.coerce(right, elem)
+        return apply_nullable(elem.array_of(), array_append, [left, right], node)
     if left.type == UNKNOWN:
         left = c.coerce(left, right.type)
         return apply_nullable(right.type, array_cat, [left, right], node)
-    left = c.coerce(left, right.type.element)
-    return apply_nullable(right.type, array_prepend, [left, right], node)
+    elem = compatible_element(c, [left.type, right.type.element], node, missing)
+    left, right = c.coerce(left, elem), c.coerce(right, elem.array_of())
+    return apply_nullable(elem.array_of(), array_prepend, [left, right], node)
+
+
+def _same_array_types(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> None:
+    """The array operators are `anyarray op anyarray`: two arrays must be of one type, with
+    no conversion (`a2a = a8a`, `vca @> ARRAY['a']`, `r8a && ARRAY[n]` do not exist in
+    Postgres; the engine had compared them as the common type)."""
+    if left.type.array and right.type.array and left.type != right.type:
+        raise _operator_error(c, name, left, right, node)
+
+
+def compatible_element(
+    c: Compiler, types: list[PgType], node: ast.Node, what: Callable[[], str]
+) -> PgType:
+    """The element type of an `anycompatible` / `anycompatiblearray` call (array_append,
+    array_prepend, `||`): the common type of the arrays' element types and the scalars, in
+    argument order (`cc || txa` is character[], `a8 || a2a` bigint[]); untyped literals
+    take it. `what` names the call for the error."""
+    typ = UNKNOWN
+    for t in types:
+        if t == UNKNOWN:
+            continue
+        common = c.common(typ, t, node, of_list=True)
+        if common is None:
+            raise error_at(what(), node)
+        typ = common
+    return TEXT if typ == UNKNOWN else typ
 
 
 def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
     if not (left.type.array or right.type.array):
         raise _operator_error(c, name, left, right, node)
+    _same_array_types(c, name, left, right, node)
     typ = c.common(left.type, right.type, node)
     if typ is None or (typ.element.enum and not c.allow_enums):
         raise _operator_error(c, name, left, right, node)
@@ -448,6 +482,7 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    _same_array_types(c, "=", left, right, node)
     state = c.input_collation([left, right], node)
     typ = c.common(left.type, right.type, node)
     if name != "=" or typ is None or (typ.enum and not c.allow_enums):
@@ -502,6 +537,7 @@ def _stable_equality(a: PgType, b: PgType) -> bool:
 
 def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    _same_array_types(c, "=", left, right, node)
     state = c.input_collation([left, right], node)
     # NULLIF(a, b) is `a = b` with its operator resolved as for `=` (not as a list), and
     # answers that operator's first argument: a converted to the operator's type, unless

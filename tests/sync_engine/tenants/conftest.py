@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sync_engine.tenants import managed as managed_module
 from sync_engine.tenants import manager as manager_module
 from sync_engine.tenants.credentials import hash_secret
 from tests.support.databases import create_database, drop_database
@@ -60,3 +61,10 @@ def scrypt_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sources registered in the test get scrypt hashes, as those registered before schema 4
     (checked in worker threads, queued, remembered once verified)."""
     monkeypatch.setattr(manager_module, "hash_secret", partial(hash_secret, slow=True))
+
+
+@pytest.fixture
+def quick_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests of a paused or deleted source are cut off after 0.5 s, not 5 s: for tests
+    whose subject is what happens around the cut-off, not how long it waits."""
+    monkeypatch.setattr(managed_module, "END_REQUESTS_WAIT", 0.5)

@@ -79,38 +79,6 @@ async def test_two_databases_isolated_and_delete(
     assert body["sources"][0]["shape_count"] == 1
 
 
-async def test_secret_rotation_with_grace_period(
-    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
-) -> None:
-    url = make_db()
-    make_items(url, ["x"])
-    engine = await engines().start()
-    src = await engine.add("rotating", url)
-    sid, old = src["source_id"], src["secret"]
-    await engine.wait_state(sid, "active")
-    assert (await engine.get(sid, old, table="items", offset="-1"))[0] == 200
-
-    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret",
-                                    {"grace_period_seconds": 3})  # fmt: skip
-    assert status == 200, body
-    new = body["secret"]
-    assert new != old and body["previous_secret_expires_at"] is not None
-    assert (await engine.get(sid, new, table="items", offset="-1"))[0] == 200
-    assert (await engine.get(sid, old, table="items", offset="-1"))[0] == 200  # in grace
-    await asyncio.sleep(3.5)
-    status, _, body = await engine.get(sid, old, table="items", offset="-1")
-    assert (status, body) == (401, UNAUTHORIZED)
-    assert (await engine.get(sid, new, table="items", offset="-1"))[0] == 200
-    status, body = await engine.api("GET", f"/api/sources/{sid}")
-    assert body["previous_secret_expires_at"] is None
-
-    # Without a grace period the old secret stops at once.
-    status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
-    newest = body["secret"]
-    assert (await engine.get(sid, new, table="items", offset="-1"))[0] == 401
-    assert (await engine.get(sid, newest, table="items", offset="-1"))[0] == 200
-
-
 async def test_restart_keeps_sources_states_and_shapes(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:

@@ -11,17 +11,29 @@ from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import Cluster, MultiEngine, free_port, sql
 
 
-async def test_wal_level_replica_then_fixed(
+async def test_reasons_for_bad_databases_then_fixed(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str], replica_cluster: Cluster
 ) -> None:
+    """wal_level replica, a role without REPLICATION, an unreachable server: each source says
+    why and what to do, none holds back a good one, and the fixed ones become active on
+    their own. (One engine for all: the engine retries a problem that will not fix itself
+    every 10 s, so the two fixed here wait that once, together.)"""
     good_url = make_db()
     sql(good_url, "CREATE TABLE items (id int PRIMARY KEY)")
     sql(good_url, "INSERT INTO items VALUES (1)")
     replica_cluster.sql("CREATE TABLE items (id int PRIMARY KEY)")
     replica_cluster.sql("INSERT INTO items VALUES (7)")
+    url = make_db()
+    role = f"norepl_{free_port()}"
+    sql(url, f"CREATE ROLE {role} LOGIN")
+    dbname = url.rsplit("/", 1)[1]
+    sql(url, f"ALTER DATABASE {dbname} OWNER TO {role}")
+    norepl_url = url.replace("postgres@", f"{role}@")
     engine = await engines().start()
     broken = await engine.add("replica-only", replica_cluster.url)
     good = await engine.add("good", good_url)
+    nope = await engine.add("nowhere", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    norepl = await engine.add("norepl", norepl_url)
 
     body = await engine.wait_state(broken["source_id"], "error", code="wal_level")
     assert "wal_level is replica, not logical" in body["error"]
@@ -29,8 +41,12 @@ async def test_wal_level_replica_then_fixed(
     status, headers, shape = await engine.get(broken["source_id"], broken["secret"],
                                               table="items", offset="-1")  # fmt: skip
     assert status == 503 and "wal_level" in shape["message"] and headers["retry-after"]
+    body = await engine.wait_state(nope["source_id"], "error", code="unreachable")
+    assert "cannot reach postgres@127.0.0.1" in body["error"]
+    body = await engine.wait_state(norepl["source_id"], "error", code="no_replication_role")
+    assert f"ALTER ROLE {role} WITH REPLICATION" in body["error"]
 
-    # the broken source does not hold back the good one
+    # the broken sources do not hold back the good one
     await engine.wait_state(good["source_id"], "active")
     rows, _, _ = await engine.sync(good["source_id"], good["secret"], table="items")
     assert list(rows.values()) == [{"id": "1"}]
@@ -45,33 +61,14 @@ async def test_wal_level_replica_then_fixed(
     last_error = await wait_until_async(recorded_error, message="the error in the listing")
     assert "wal_level" in last_error
 
-    # fix the setting the way an operator would, restart Postgres: active on its own
+    # fix them the way an operator would (restart Postgres for wal_level): active on their own
+    sql(url, f"ALTER ROLE {role} WITH REPLICATION")
     replica_cluster.sql("ALTER SYSTEM SET wal_level = logical")
     replica_cluster.restart()
+    await engine.wait_state(norepl["source_id"], "active", timeout=40)
     await engine.wait_state(broken["source_id"], "active", timeout=40)
     rows, _, _ = await engine.sync(broken["source_id"], broken["secret"], table="items")
     assert list(rows.values()) == [{"id": "7"}]
-
-
-async def test_reasons_for_unreachable_and_missing_replication_role(
-    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
-) -> None:
-    url = make_db()
-    role = f"norepl_{free_port()}"
-    sql(url, f"CREATE ROLE {role} LOGIN")
-    dbname = url.rsplit("/", 1)[1]
-    sql(url, f"ALTER DATABASE {dbname} OWNER TO {role}")
-    norepl_url = url.replace("postgres@", f"{role}@")
-    engine = await engines().start()
-    nope = await engine.add("nowhere", f"postgresql://postgres@127.0.0.1:{free_port()}/x")
-    norepl = await engine.add("norepl", norepl_url)
-    body = await engine.wait_state(nope["source_id"], "error", code="unreachable")
-    assert "cannot reach postgres@127.0.0.1" in body["error"]
-    body = await engine.wait_state(norepl["source_id"], "error", code="no_replication_role")
-    assert f"ALTER ROLE {role} WITH REPLICATION" in body["error"]
-
-    sql(url, f"ALTER ROLE {role} WITH REPLICATION")
-    await engine.wait_state(norepl["source_id"], "active", timeout=40)
     # deleting a source whose database never came up still works
     status, body = await engine.api("DELETE", f"/api/sources/{nope['source_id']}")
     assert status == 200 and body["deleted"] and body["warnings"]

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from sync_engine.tenants import auth as auth_module
+from sync_engine.tenants import manager as manager_module
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import UNAUTHORIZED, Cluster, MultiEngine, make_items, sql
 
@@ -143,9 +144,10 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     old_lp, old_sse = long_poll(first), stream(first)
     await engine.until_parked(sid, 2)
     status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret",
-                                    {"grace_period_seconds": 6})  # fmt: skip
+                                    {"grace_period_seconds": 4})  # fmt: skip
     assert status == 200, body
     second = body["secret"]
+    assert second != first and body["previous_secret_expires_at"] is not None
     in_grace_lp = long_poll(first)  # opened with the old secret, during the grace period
     new_lp = long_poll(second)
     await engine.until_parked(sid, 4)  # all four held: the grace period is not over
@@ -160,6 +162,8 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
         assert "x2" not in str(outcome), outcome
     status, _, got = await engine.get(sid, first, table="items", offset="-1")
     assert (status, got) == (401, UNAUTHORIZED)
+    status, body = await engine.api("GET", f"/api/sources/{sid}")
+    assert body["previous_secret_expires_at"] is None
 
     # Rotated without one: the requests made with the old secret end at once.
     _, handle, offset = await engine.sync(sid, second, table="items")
@@ -170,6 +174,8 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     assert status == 200, body
     await wait_until_async(lambda: lp.done() and sse.done(), timeout=20,
                            message="requests end when their secret is rotated")  # fmt: skip
+    assert (await engine.get(sid, second, table="items", offset="-1"))[0] == 401
+    assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200
     sql(url, "INSERT INTO items VALUES (3, 'x3')")
     for task in (lp, sse):
         outcome = await _outcome(task)
@@ -185,12 +191,13 @@ def _pubs(url: str) -> set[str]:
 
 
 async def test_a_source_deleted_while_its_database_is_down_is_cleaned_up_when_it_is_back(
-    engines: Callable[..., MultiEngine],
+    engines: Callable[..., MultiEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Deleting a source whose Postgres is down cannot drop its slot then; the engine used to
     give up with a warning, and the slot made Postgres keep WAL forever. It retries until the
     database is back, also after a restart (the deletion is recorded before the cleanup, so
     a crash mid-deletion leaves a cleanup to finish, never a source half there)."""
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.5)  # (5 s: the wait here)
     cluster = Cluster("logical")
     try:
         cluster.start()

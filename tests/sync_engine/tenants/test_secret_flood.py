@@ -16,7 +16,7 @@ from sync_engine.tenants import auth as auth_module
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import UNAUTHORIZED, MultiEngine, make_items, sql
 
-FLOOD = 300
+FLOOD = 100
 
 
 async def _flood_request(session: aiohttp.ClientSession, url: str, sid: str, i: int) -> Any:

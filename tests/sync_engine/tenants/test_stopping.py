@@ -67,6 +67,7 @@ async def test_a_source_stopped_as_its_lag_query_returns_stops(
 
 
 @pytest.mark.parametrize("how", ["pause", "delete"])
+@pytest.mark.usefixtures("quick_cutoff")
 async def test_a_source_paused_or_deleted_while_its_subset_queries_wait_on_a_lock_stops(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str], how: str
 ) -> None:

@@ -93,10 +93,15 @@ def test_flat_lists_do_not_count_against_the_depth() -> None:
 
 @pytest.mark.parametrize("kind", DEEP)
 def test_nesting_inside_the_limit_works_end_to_end(kind: str) -> None:
-    levels = 20
+    levels = 6 if kind == "nested arrays" else 20  # (Postgres's arrays have at most 6)
     where = parse_where(DEEP[kind](levels), {}, COLUMNS)
     assert parse_where(where.sql, {}, COLUMNS).sql == where.sql  # deparsed SQL parses back
     where.matches({"id": "1", "name": "a"})  # evaluates without raising
+
+
+def test_arrays_of_more_than_six_dimensions_are_refused_as_in_postgres() -> None:
+    """Postgres's MAXDIM: `ARRAY[...]` nested 7 deep fails every query (54000)."""
+    assert "exceeds the maximum allowed (6)" in _refused(DEEP["nested arrays"](7))
 
 
 def test_proxy_depth_limit_fits_inside_the_engine_limit() -> None:

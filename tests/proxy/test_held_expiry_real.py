@@ -1,0 +1,257 @@
+"""Held answers end no later than the caller's token `exp`, and when a reload revokes access:
+long-polls (collapsed, straight through, and on the fast lane) and SSE passed straight
+through (collapsing off). Real path: proxy -> `sync-engine` (20 s long-polls) -> Postgres.
+
+A long-poll the proxy ends is answered as the engine answers one that timed out (200, its own
+handle and offset, a fresh cursor, up-to-date, no rows): the client's next request, with a
+fresh token, gets the change written meanwhile (nothing lost), with the expired token a 401,
+after a reload that withdrew the rule a 403. An SSE stream ends cleanly. On the old code each
+was held until the engine answered: a change written after `exp` (or after the reload) was
+served to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+import yaml
+
+import proxy.http.fastlane as fastlane
+from proxy.config.loader import build_config, load_config
+from tests.proxy.proxy_fakes import base_config, now
+from tests.support.engine_process import EngineProcess, sync_through
+from tests.support.waiting import wait_until_async
+
+#: Bound for an answer the proxy should end at once (at `exp`, or on the reload); on the old
+#: code none comes before the engine's 20 s, and a change is then written to show the leak.
+ENDED_WITHIN = 12.0
+
+
+@pytest.fixture
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+        "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')",
+        args=("--no-fsync",),  # (the engine's default 20 s long-polls)
+    )
+
+
+@pytest.fixture
+def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    taken: list[str] = []
+    start = fastlane.start
+
+    def spy(app: Any, request: Any, client: Any) -> Any:
+        answer = start(app, request, client)
+        if answer is not None:
+            taken.append(request.raw_path)
+        return answer
+
+    monkeypatch.setattr(fastlane, "start", spy)
+    return taken
+
+
+def _config(engine: EngineProcess, idp_server: Any, *, collapse: bool) -> dict[str, Any]:
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=30)
+    config["issuers"][0]["leeway"] = 0
+    config["tables"]["items"]["allow"][1]["sse"] = True
+    if not collapse:
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+    return config
+
+
+async def _get(proxy: Any, path: str, token: str, **headers: str) -> tuple[int, Any, bytes]:
+    async with proxy.client.get(
+        path, headers={"Authorization": f"Bearer {token}", **headers}
+    ) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+def _ids(body: bytes) -> list[str]:
+    return [m["key"] for m in json.loads(body) if "key" in m]
+
+
+def _sse_ids(body: bytes) -> list[str]:
+    ids = []
+    for line in body.decode().splitlines():
+        if line.startswith("data:"):
+            message = json.loads(line[5:])
+            if "key" in message:
+                ids.append(message["key"])
+    return ids
+
+
+def _insert(db_url: str, *ids: int) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for id_ in ids:
+            conn.execute("INSERT INTO items VALUES (%s, 'org-a', 'new')", (id_,))
+
+
+async def _ended(tasks: list[asyncio.Task[Any]], db_url: str, leak_id: int) -> None:
+    """Wait for the held answers to end; those still held after `ENDED_WITHIN` (the old
+    code) get a change written now, which they then serve (the assertions show it)."""
+    _, pending = await asyncio.wait(tasks, timeout=ENDED_WITHIN)
+    if pending:
+        _insert(db_url, leak_id)
+        await asyncio.wait(pending, timeout=30)
+    assert all(task.done() for task in tasks), "held on after the hold ended"
+
+
+def _check_ended(reply: tuple[int, Any, bytes], handle: str, offset: str) -> str:
+    """An answer as the engine's long-poll timeout: returns its cursor."""
+    status, headers, body = reply
+    assert status == 200, (status, body)
+    assert _ids(body) == [], body  # nothing served past the end of the hold
+    assert headers["electric-handle"] == handle
+    assert headers["electric-offset"] == offset
+    assert "electric-up-to-date" in headers
+    assert json.loads(body)[-1]["headers"]["control"] == "up-to-date"
+    assert int(headers["electric-cursor"]) > 0
+    return headers["electric-cursor"]
+
+
+async def _proxies(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any, **kw: Any
+) -> dict[str, Any]:
+    """Collapsing on; collapsing and cache off (general path); the same on the fast lane."""
+    collapsed = build_config(_config(engine, idp_server, collapse=True), environ)
+    straight = build_config(_config(engine, idp_server, collapse=False), environ)
+    return {
+        "collapsed": await make_proxy(collapsed, **kw.get("collapsed", {})),
+        "direct": await make_proxy(straight, fast_lane=False, **kw.get("direct", {})),
+        "fast": await make_proxy(straight, **kw.get("fast", {})),
+    }
+
+
+async def _prime_fast_lane(fast: Any, live: str, token: str) -> None:
+    """The fast lane takes a (token, query) authorised before, on an idle engine connection:
+    authorise `live` (the client leaves at once), then leave a connection idle."""
+    with pytest.raises(asyncio.TimeoutError):
+        async with fast.client.get(
+            live,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=aiohttp.ClientTimeout(total=0.5),
+        ) as resp:
+            await resp.read()
+    assert (await _get(fast, "/v1/shape?table=items&offset=-1", token))[0] == 200
+
+
+async def test_held_answers_end_at_the_tokens_expiry(
+    engine: EngineProcess,
+    db_url: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    proxies = await _proxies(engine, idp_server, environ, make_proxy)
+    lasting = proxies["collapsed"].tokens.make(sub="lasting")
+    _, handle, offset = await sync_through(proxies["collapsed"], lasting)
+    exp = now() + 3
+    short = proxies["collapsed"].tokens.make(sub="short", exp=exp)
+    live = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&cursor=5"
+    await _prime_fast_lane(proxies["fast"], live, short)
+    sse = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true"
+
+    async def sse_stream() -> bytes:
+        async with proxies["direct"].client.get(
+            sse, headers={"Authorization": f"Bearer {short}", "Accept": "text/event-stream"}
+        ) as resp:
+            assert resp.status == 200 and resp.content_type == "text/event-stream"
+            return await resp.read()  # (a clean end, else this raises)
+
+    polls = {mode: asyncio.create_task(_get(proxy, live, short)) for mode, proxy in proxies.items()}
+    stream = asyncio.create_task(sse_stream())
+    await _ended([*polls.values(), stream], db_url, 1000)
+    assert fast_lane_taken == [live]
+    assert _sse_ids(stream.result()) == []  # ended with no change past `exp`
+    cursors = {mode: _check_ended(task.result(), handle, offset) for mode, task in polls.items()}
+    assert all(int(c) != 5 for c in cursors.values())
+
+    # Its place kept: the next request with a fresh token gets the change written meanwhile.
+    _insert(db_url, 1001)
+    fresh = proxies["collapsed"].tokens.make(sub="short")
+    for mode, proxy in proxies.items():
+        after = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
+        status, _, body = await _get(proxy, f"{after}&cursor={cursors[mode]}", fresh)
+        assert (status, _ids(body)) == (200, ['"public"."items"/"1001"']), (mode, body)
+        # The expired token, the usual 401.
+        assert time.time() > exp
+        status, _, body = await _get(proxy, f"{after}&cursor={cursors[mode]}", short)
+        assert status == 401, (mode, status, body)
+
+
+async def test_held_answers_end_when_a_reload_revokes_access(
+    engine: EngineProcess,
+    db_url: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    tmp_path: Path,
+    fast_lane_taken: list[str],
+) -> None:
+    paths = {}
+    kwargs: dict[str, Any] = {}
+    for mode in ("collapsed", "direct", "fast"):
+        config = _config(engine, idp_server, collapse=mode == "collapsed")
+        config["server"] = {"reload_interval": 0.05}
+        paths[mode] = tmp_path / f"{mode}.yaml"
+        paths[mode].write_text(yaml.safe_dump(config))
+        kwargs[mode] = {"config_path": paths[mode], "environ": environ}
+    proxies = {
+        mode: await make_proxy(
+            load_config(paths[mode], environ), **kwargs[mode], **({"fast_lane": False}
+                                                                 if mode == "direct" else {})
+        )
+        for mode in paths
+    }  # fmt: skip
+    token = proxies["collapsed"].tokens.make()
+    _, handle, offset = await sync_through(proxies["collapsed"], token)
+    live = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&cursor=5"
+    await _prime_fast_lane(proxies["fast"], live, token)
+    sse = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true"
+
+    async def sse_stream() -> bytes:
+        async with proxies["direct"].client.get(
+            sse, headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        ) as resp:
+            assert resp.status == 200
+            return await resp.read()
+
+    polls = {mode: asyncio.create_task(_get(proxy, live, token)) for mode, proxy in proxies.items()}
+    stream = asyncio.create_task(sse_stream())
+    # Every request is held by the engine (it answers at 20 s): one of each reached it.
+    await wait_until_async(lambda: engine_held(proxies) == 4, message="4 held requests")
+    for path in paths.values():
+        config = yaml.safe_load(path.read_text())
+        config["tables"]["items"]["allow"] = [
+            rule for rule in config["tables"]["items"]["allow"] if rule["name"] != "member"
+        ]
+        path.with_suffix(".next").write_text(yaml.safe_dump(config))
+        os.replace(path.with_suffix(".next"), path)
+    await _ended([*polls.values(), stream], db_url, 1000)
+    assert fast_lane_taken == [live]
+    assert _sse_ids(stream.result()) == []
+    for mode, task in polls.items():
+        cursor = _check_ended(task.result(), handle, offset)
+        status, _, _ = await _get(proxies[mode], f"{live[:-1]}{cursor}", token)
+        assert status == 403, mode  # its rule withdrawn
+
+
+def engine_held(proxies: dict[str, Any]) -> int:
+    """Engine requests the proxies have sent and not had answered (held long-polls, streams)."""
+    held = 0
+    for proxy in proxies.values():
+        pool = proxy.app.forwarder.pool
+        held += pool.open_connections - pool.idle_connections
+    return held

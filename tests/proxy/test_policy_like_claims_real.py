@@ -1,0 +1,90 @@
+"""A claim bound into a LIKE/ILIKE pattern is a literal: real proxy, engine and Postgres.
+
+`email LIKE {{email}}` and `email ILIKE '%@' || {{domain}}` must show a user their own
+rows whatever their claims hold: a `_` or `%` in the claim (`a_c@x.org`, a domain of `%`)
+matched other users' rows before (the claim's wildcards widened the filter), in the snapshot
+(Postgres) and in live changes (the engine's own LIKE). Failed on the old code: the member
+`a_c@x.org` saw `abc@x.org`'s row, and the domain `%` every row.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from proxy.config.loader import build_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess
+
+
+@pytest.fixture
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE people (id int PRIMARY KEY, email text NOT NULL, note text)",
+        "INSERT INTO people VALUES (1, 'a_c@x.org', 'mine'), (2, 'abc@x.org', 'theirs'),"
+        " (3, 'a\\c@y.org', 'backslash'), (4, 'q@x%.org', 'percent domain')",
+    )
+
+
+async def _rows(proxy: Any, table: str, token: str) -> tuple[list[str], str, str]:
+    reply = await proxy.get(f"/v1/shape?table={table}&offset=-1", token=token)
+    assert reply.status == 200, reply.body
+    notes = [m["value"]["note"] for m in reply.json() if "value" in m]
+    handle, offset = reply.headers["electric-handle"], reply.headers["electric-offset"]
+    while "electric-up-to-date" not in reply.headers:
+        reply = await proxy.get(
+            f"/v1/shape?table={table}&handle={handle}&offset={offset}", token=token
+        )
+        notes += [m["value"]["note"] for m in reply.json() if "value" in m]
+        offset = reply.headers["electric-offset"]
+    return sorted(notes), handle, offset
+
+
+async def test_a_claim_in_a_like_pattern_matches_itself_only(
+    engine: EngineProcess,
+    db_url: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+) -> None:
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["tables"] = {
+        "people": {"allow": [{"where": "email LIKE {{email}}"}]},
+    }
+    config["shapes"] = {
+        "domain": {"table": "people", "allow": [{"where": "email ILIKE '%@' || {{domain}}"}]}
+    }
+    proxy = await make_proxy(build_config(config, environ))
+
+    own = proxy.tokens.make(email="a_c@x.org", domain="%")
+    notes, handle, offset = await _rows(proxy, "people", own)
+    assert notes == ["mine"]
+    backslash = proxy.tokens.make(email="a\\c@y.org")
+    assert (await _rows(proxy, "people", backslash))[0] == ["backslash"]
+    everyone = proxy.tokens.make(email="%")
+    assert (await _rows(proxy, "people", everyone))[0] == []
+
+    reply = await proxy.get("/shapes/domain?offset=-1", token=own)
+    assert reply.status == 200, reply.body
+    assert [m["value"]["note"] for m in reply.json() if "value" in m] == []
+    literal = proxy.tokens.make(domain="x%.ORG")
+    reply = await proxy.get("/shapes/domain?offset=-1", token=literal)
+    assert [m["value"]["note"] for m in reply.json() if "value" in m] == ["percent domain"]
+
+    # Live changes, which the engine filters itself: another user's row never comes.
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO people VALUES (5, 'aXc@x.org', 'other'), (6, 'a_c@x.org', 'new')")
+    seen: list[str] = []
+    for _ in range(20):
+        reply = await proxy.get(
+            f"/v1/shape?table=people&handle={handle}&offset={offset}&live=true", token=own
+        )
+        assert reply.status == 200, reply.body
+        seen += [m["value"]["note"] for m in reply.json() if "value" in m]
+        offset = reply.headers["electric-offset"]
+        if "new" in seen:
+            break
+    assert seen == ["new"]
