@@ -26,7 +26,7 @@ from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
-from proxy.errors import BadShapeRequest, MethodNotAllowed, UnsupportedMediaType
+from proxy.errors import BadShapeRequest, MethodNotAllowed, ProxyError, UnsupportedMediaType
 from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
@@ -101,7 +101,13 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
         max_age = runtime.loaded.config.cors.max_age
         return Response(status=204, headers=_preflight(request, max_age))
     elif method in ("POST", "DELETE"):
-        prepared, body = await _prepare(request, runtime, shape_name, method=method)
+        try:
+            prepared, body = await _prepare(request, runtime, shape_name, method=method)
+        except _MalformedDelete as exc:
+            refused = await _engine_refuses_delete(request, runtime)
+            if refused is not None:
+                return refused
+            raise exc.error from None
     else:
         raise MethodNotAllowed("method_not_allowed", "Method Not Allowed")  # the engine's words
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
@@ -110,6 +116,36 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+
+
+class _MalformedDelete(Exception):
+    """A DELETE whose parameters the proxy refuses (`error`), before any policy check."""
+
+    def __init__(self, error: BadShapeRequest) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamResponse | None:
+    """The engine's 405 for a DELETE the proxy finds malformed, when the engine takes no
+    DELETE at all (run without `--allow-delete`): it says so before reading any parameter,
+    so a client hears that, not the proxy's 400. Asked with a DELETE naming nothing (which
+    an engine that takes DELETEs refuses without deleting anything); None if not a 405."""
+    context = request.context
+    base = URL(runtime.loaded.config.upstream.url)
+    url = base.with_path(base.path.rstrip("/") + "/v1/shape")
+    target = Target(method="DELETE", url=url, url_text=str(url), shared=True, cacheable=False)
+    try:
+        outcome = await _app(request).forwarder.forward(
+            request, target, runtime.options, context.request_id
+        )
+    except ProxyError:
+        return None
+    if outcome.upstream_status != 405:
+        return None
+    context.upstream_status = 405
+    context.outcome, context.reason = "refused", "method_not_allowed"
+    return outcome.response
 
 
 def _preflight(request: Request, max_age: int) -> dict[str, str]:
@@ -324,7 +360,12 @@ async def _prepare(
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
         check_as_the_engine(query, posted)
-    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+    try:
+        shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+    except BadShapeRequest as exc:
+        if method == "DELETE" and shape_name is None:
+            raise _MalformedDelete(exc) from None
+        raise
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
     decision = evaluate(
