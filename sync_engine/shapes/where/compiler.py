@@ -13,7 +13,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from pglast import ast
 from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
@@ -372,14 +372,17 @@ class Compiler:
             # The lexer makes integers beyond int4 Floats, and `-` folds into a literal
             # (`-2147483648`); Postgres then types it int4, int8 or numeric by its range.
             text = val.fval or "0"
-            if re.fullmatch(r"-?[0-9]+", text):
+            if re.fullmatch(r"-?[0-9]{1,25}", text):
                 n = int(text)
                 if -(2**31) <= n < 2**31:
                     return const(INT4, n, node)
                 if -(2**63) <= n < 2**63:
                     return const(INT8, n, node)
-                return const(NUMERIC, Decimal(n), node)
-            return const(NUMERIC, pg_numeric(Decimal(text)), node)
+            # (more digits are numeric: and Python's int() refuses over 4300 of them)
+            try:
+                return const(NUMERIC, pg_numeric(Decimal(text)), node)
+            except (InvalidOperation, ValueError):
+                raise error_at("value overflows numeric format", node) from None
         if isinstance(val, ast.Boolean):
             return const(BOOL, bool(val.boolval), node)
         if isinstance(val, ast.String):
