@@ -229,9 +229,12 @@ async def test_damaged_files_are_never_served(
         db.query(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 100) g")
     data = tmp_path / "data"
     data.mkdir()
+    # (--replication-timeout 3: after 1.5 s of silence the engine asks Postgres for a
+    # keepalive and confirms its WAL end: `restart` finds the slot confirmed within seconds,
+    # not at the next 10 s status update)
     engine = EngineProcess(
         db.url, data, "--long-poll-timeout", "1", "--chunk-bytes", "1500",
-        "--replication-stream-id", db.name,
+        "--replication-stream-id", db.name, "--replication-timeout", "3",
         wrapper=NO_DAC_OVERRIDE if shutil.which("setpriv") else (),
     )  # fmt: skip
     await asyncio.to_thread(engine.start)
