@@ -126,7 +126,8 @@ async def test_a_start_on_a_full_disk_serves_the_sources_then_writes_when_space_
         _fill(filler)
         engine = await engines(mnt).start()
         status, got = await engine.api("GET", "/api/sources")
-        assert (status, got) == (200, {"sources": []}), got
+        assert status == 200 and got["sources"] == [], got
+        assert "disk" in got["registry"]["read_only"], got  # (full, or I/O error)
         status, got = await engine.api("POST", "/api/sources", {"name": "alpha",
                                                                 "database_url": url})  # fmt: skip
         assert status == 503 and got["error"] == "store_unavailable", got
@@ -143,6 +144,7 @@ async def test_a_start_on_a_full_disk_serves_the_sources_then_writes_when_space_
         engine = await engines(mnt).start()
         status, got = await engine.api("GET", "/api/sources")
         assert [s["source_id"] for s in got["sources"]] == [sid], got
+        assert got["registry"]["read_only"], got
         rows, _, _ = await engine.sync(sid, first, table="items")
         assert [r["name"] for r in rows.values()] == ["a1"]
         for method, path in [("POST", f"/api/sources/{sid}/rotate-secret"),
@@ -157,6 +159,7 @@ async def test_a_start_on_a_full_disk_serves_the_sources_then_writes_when_space_
         status, got = await engine.api("POST", f"/api/sources/{sid}/rotate-secret")
         assert status == 200, got
         second = got["secret"]
+        assert (await engine.api("GET", "/api/info"))[1]["registry"] == {"read_only": None}
         assert (await engine.get(sid, first, table="items", offset="-1"))[0] == 401
         await engine.close()
         engine = await engines(mnt).start()
