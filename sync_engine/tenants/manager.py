@@ -163,13 +163,17 @@ class SourceManager:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if orphaned is not None:
 
-                def done(t: asyncio.Future[T]) -> None:
-                    if not t.cancelled() and t.exception() is None:
-                        orphaned(t.result())
+            def done(t: asyncio.Future[T]) -> None:
+                if t.cancelled():
+                    return
+                if t.exception() is not None:  # (retrieved: nobody else will)
+                    logger.info("a mutation whose request was cancelled failed: %s",
+                                t.exception())  # fmt: skip
+                elif orphaned is not None:
+                    orphaned(t.result())
 
-                task.add_done_callback(done)
+            task.add_done_callback(done)
             raise
 
     # -- lifetime -------------------------------------------------------------------------
