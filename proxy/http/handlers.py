@@ -53,6 +53,7 @@ from proxy.policy.evaluate import (
     evaluate,
     evaluate_delete_by_handle,
     is_delete_by_handle,
+    rule_columns_error,
     subset_body,
 )
 from proxy.policy.sql import CombinedWhere, remap_where_error
@@ -217,7 +218,7 @@ async def _forward(
     outcome = await _app(request).forwarder.forward(
         request, target, runtime.options, context.request_id, admit
     )
-    return finish(request, runtime, outcome, prepared.combined)
+    return finish(request, runtime, outcome, prepared)
 
 
 def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> None:
@@ -240,6 +241,45 @@ def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> Non
         response.body = orjson.dumps(answer)  # (as the engine writes it: compact)
 
 
+def name_the_rule(
+    response: StreamResponse, rule: str, rule_columns: tuple[str, ...], warned: set[str]
+) -> None:
+    """The engine's 400 for a shape without all its primary key columns, when the policy rule
+    hides one of them: no request of that rule can succeed, and the engine's words (about a
+    `columns` the client may not have sent) blame the client. Said in the rule's terms
+    instead (`proxy.policy.evaluate.rule_columns_error`), in place; the missing columns go to
+    the operator, in a WARNING once per rule (`warned`: those named so far under this config;
+    the client may not see their names)."""
+    if not isinstance(response, Response) or not isinstance(response.body, bytes):
+        return
+    try:
+        answer = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    messages = errors.get("columns") if isinstance(errors, dict) else None
+    if not isinstance(messages, list):
+        return
+    said = [
+        rule_columns_error(m, rule, rule_columns) if isinstance(m, str) else None for m in messages
+    ]
+    if not any(said):
+        return
+    if rule not in warned:
+        warned.add(rule)
+        logger.warning(
+            "policy rule %r shows a table without all of its primary key columns (the "
+            "engine: %s): add them to the rule's columns",
+            rule,
+            "; ".join(m for m in messages if isinstance(m, str)),
+        )
+    assert isinstance(errors, dict)
+    errors["columns"] = [new or old for new, old in zip(said, messages, strict=True)]
+    if isinstance(answer.get("message"), str) and answer["message"] in messages:
+        answer["message"] = errors["columns"][messages.index(answer["message"])]
+    response.body = orjson.dumps(answer)
+
+
 def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
     """What to ask the engine for an authorised request."""
     return Target(
@@ -259,12 +299,14 @@ def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
 
 
 def finish(
-    request: Request, runtime: Runtime, outcome: Outcome, combined: CombinedWhere | None = None
+    request: Request, runtime: Runtime, outcome: Outcome, prepared: Prepared | None = None
 ) -> StreamResponse:
     """The client's response from a forwarded request's outcome, noted in its context.
 
-    `combined`: the client's where went to the engine ANDed with the enforced one; a 400
-    about it is said in terms of the client's own where (`remap_where_errors`)."""
+    `prepared.combined`: the client's where went to the engine ANDed with the enforced one; a
+    400 about it is said in terms of the client's own where (`remap_where_errors`). A 400
+    refusing the shape's columns for want of a primary key column the rule hides is said in
+    the rule's terms (`name_the_rule`)."""
     context = request.context
     if outcome.upstream_status == 401:
         # The engine refused the proxy's own credentials (`upstream.secret_env`, `source_id`):
@@ -287,8 +329,13 @@ def finish(
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
-        if combined is not None and outcome.upstream_status == 400:
-            remap_where_errors(outcome.response, combined)
+        if prepared is not None and outcome.upstream_status == 400:
+            if prepared.combined is not None:
+                remap_where_errors(outcome.response, prepared.combined)
+            if prepared.rule_columns is not None:
+                name_the_rule(
+                    outcome.response, prepared.rule, prepared.rule_columns, runtime.warned_rules
+                )
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
     if outcome.failure is not None:
@@ -417,6 +464,7 @@ async def _prepare(
         request_line=request_line("GET", url),
         pool_key=key_of(url),
         combined=decision.combined,
+        rule_columns=decision.queryable_columns,
     )
     body = None
     if post:

@@ -95,10 +95,10 @@ class Db:
 class NpmClient:
     """The real npm client following a table (`npm_follow.mjs`): its view and its errors."""
 
-    def __init__(self, url: str, table: str) -> None:
+    def __init__(self, url: str, table: str, where: str | None = None, sse: bool = False) -> None:
         self.rows: dict[str, dict[str, Any]] | None = None
         self.errors: list[str] = []
-        self._args = ("node", str(NPM_FOLLOW), url, table)
+        self._args = ("node", str(NPM_FOLLOW), url, table, where or "-", "sse" if sse else "")
         self._proc: asyncio.subprocess.Process | None = None
         self._reading: asyncio.Task[None] | None = None
 

@@ -17,8 +17,8 @@ drawn too.
 Also drawn: SSE (`live_sse`, `experimental_live_sse`; the engine's streams last 1 s, compared
 by their events as sets: the proxy carries a client's stream that ends sooner than 2 s onto
 the next one), DELETE (the engine runs without `--allow-delete`), `params[]` and encoded
-bracket names, a parameter repeated with another value (the engine refuses a repeat of what
-it reads; the proxy must too, never check one value and send another), raw bytes and broken
+bracket names, a parameter repeated with another value (both read the last, as Electric:
+the proxy must never check one value and send another), raw bytes and broken
 percent-escapes, lower-case hex, `%2B` next to `+`, values and names at and past the length
 limits.
 
