@@ -39,7 +39,7 @@ from sync_engine.pg.types import (
 from sync_engine.pg.values import Value
 
 from . import operators
-from .arrays import array_of_arrays, subscript_nullable
+from .arrays import MAX_DIMENSIONS, array_element, array_of_arrays, array_slices
 from .casts import (
     ARRAY_BOUNDS_REFUSED,
     ARRAY_SPACE_REFUSED,
@@ -84,7 +84,6 @@ from .expr import (
     column_eval,
     const,
     or_expr,
-    slice_expr,
     with_coll,
     with_folded,
     with_node,
@@ -782,23 +781,52 @@ class Compiler:
         return None
 
     def _A_Indirection(self, node: ast.A_Indirection) -> Expr:
+        """Subscripts, all applied at once as Postgres does: one per dimension for an element
+        (`a[2][1]`; NULL with more or fewer), and if any is a slice all are (`a[1:2][1]` is
+        `a[1:2][1:1]`), cutting one dimension each (the engine had cut the first dimension
+        once per subscript, and refused `a[2][1]`)."""
         arg = self.compile(node.arg)
-        for ind in node.indirection:
+        inds = list(node.indirection)
+        for ind in inds:
             if not isinstance(ind, ast.A_Indices) or not arg.type.array:
                 raise error_at(f"{construct_name(ind)} is not supported here", node)
-            if ind.is_slice:
-                bounds = [
-                    self.coerce(self.compile(b), INT4) if b is not None else None
-                    for b in (ind.lidx, ind.uidx)
-                ]
-                lo = bounds[0] or const(INT4, None)
-                hi = bounds[1] or const(INT4, None)
-                lo_none, hi_none = bounds[0] is None, bounds[1] is None
-                arg = slice_expr(arg, lo, hi, lo_none, hi_none, node)
-            else:
-                idx = self.coerce(self.compile(ind.uidx), INT4)
-                arg = apply_nullable(arg.type.element, subscript_nullable, [arg, idx], node)
-        return arg
+        if len(inds) > MAX_DIMENSIONS:
+            raise error_at(
+                f"number of array dimensions ({len(inds)}) exceeds the maximum allowed"
+                f" ({MAX_DIMENSIONS})",
+                node,
+            )
+        index = functools.partial(self.coerce, target=INT4)
+        if not any(ind.is_slice for ind in inds):
+            idx = [index(self.compile(ind.uidx)) for ind in inds]
+
+            def element(a: Value, *i: Value) -> Value:
+                return None if a is None or None in i else array_element(a, i)
+
+            return apply_nullable(arg.type.element, element, [arg, *idx], node)
+        one = const(INT4, 1)
+        # (lower, upper) per subscript, None where omitted (the array's own bound); a
+        # subscript without a colon is 1 to it
+        pairs = [
+            (
+                index(self.compile(ind.lidx)) if ind.lidx is not None else None,
+                index(self.compile(ind.uidx)) if ind.uidx is not None else None,
+            )
+            if ind.is_slice
+            else (one, index(self.compile(ind.uidx)))
+            for ind in inds
+        ]
+        given = [b is not None for pair in pairs for b in pair]
+        exprs = [b for pair in pairs for b in pair if b is not None]
+
+        def sliced(a: Value, *values: Value) -> Value:
+            if a is None or None in values:  # (a NULL bound written: NULL)
+                return None
+            it = iter(values)
+            flat = [next(it) if g else None for g in given]
+            return array_slices(a, tuple(zip(flat[::2], flat[1::2], strict=True)))
+
+        return apply_nullable(arg.type, sliced, [arg, *exprs], node)
 
     def _CoalesceExpr(self, node: ast.CoalesceExpr) -> Expr:
         typ, args = self.unify([self.compile(a) for a in node.args], "COALESCE", node)
