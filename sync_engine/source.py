@@ -156,6 +156,7 @@ class Source:
             replace_slot_if_gone=self._replace_slot_if_gone,
             silence_timeout=config.replication_timeout,
             evaluate=self._rows_match,
+            find_ancestors=self.tables.find_ancestors,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -292,8 +293,11 @@ class Source:
 
     async def _prepare(self) -> None:
         publication_created = await self.tables.prepare()
-        for shape in self.registry.load():
+        loaded = self.registry.load()
+        for shape in loaded:
             await self._check_zones(shape)
+        # (partitions and inheritance children of their tables: routed to their shapes)
+        await self.tables.load_families({s.definition.table_oid for s in loaded})
         if not await self._replace_slot_if_gone(publication_created=publication_created):
             await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
         self.state, self.error = SourceState.ACTIVE, None

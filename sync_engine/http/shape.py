@@ -130,6 +130,8 @@ class ShapeView:
             raise ShapeGone(shape.handle)
         try:
             if req.live and req.live_sse:
+                if req.offset is not None:  # (an offset past the log: the long-poll's 400)
+                    await self._check_bounds(request, source, shape, req.offset)
                 return await serve_sse(request, self.settings, source, shape, req)
             return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
