@@ -31,6 +31,8 @@ from sync_engine.pg.types import (
     NAME,
     NUMERIC,
     TEXT,
+    TIME,
+    TIMESTAMP,
     TIMESTAMPTZ,
     UNKNOWN,
     VARCHAR,
@@ -101,6 +103,17 @@ from .resolution import (
 )
 from .semantics import comparison_op, identity, pg_numeric
 from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
+
+#: The types whose literals the engine reads in ISO 8601 only (Postgres reads more).
+_CLOCK_TYPES = frozenset({DATE, TIME, TIMESTAMP, TIMESTAMPTZ})
+#: What in such a literal Postgres may well read where the engine does not: month and day
+#: names, AM/PM, eras, special words, zone names and abbreviations, `/` dates, compact
+#: dates, Julian days (the engine's "invalid input syntax" would then not be Postgres's).
+_POSTGRES_READS = re.compile(
+    r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|mon|tue|wed|thu|fri|sat|sun"
+    r"|am|pm|bc|ad|epoch|allballs|today|tomorrow|yesterday|now|utc|gmt|z|est|edt|cst|cdt"
+    r"|mst|mdt|pst|pdt|cet|cest|bst)[a-z]*\b|[a-z]/[a-z]|\d/\d|^\s*\d{8}\b|^\s*j\d"
+)
 
 
 class Compiler:
@@ -262,7 +275,19 @@ class Compiler:
                 value = self._char_input(value, expr.node)
             return const(target, value, expr.node)
         except ValueError as e:
-            raise error_at(str(e), expr.node) from None
+            message = str(e)
+            if (
+                target.element in _CLOCK_TYPES
+                and message.startswith("invalid input syntax")
+                and _POSTGRES_READS.search(expr.text)
+            ):
+                # Postgres reads far more ('Jan 1 2024', zone names, 'epoch'); what the
+                # engine does not read is not "invalid" (it said so of 'Jan 1 2024')
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
+                    " in ISO 8601 (2024-01-31, 13:45:00, 2024-01-31 13:45:00+01)"
+                )
+            raise error_at(message, expr.node) from None
 
     def _char_input(self, value: Value, node: ast.Node | None) -> Value:
         """charin of a literal, as the output text its byte has (how a row's "char" value
