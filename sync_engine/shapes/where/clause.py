@@ -216,11 +216,18 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
     if expr.is_const:
         value = expr.value
         fn = lambda _row, _cache: value  # noqa: E731
+    index = expr.index
+    if index is not None:
+        col = compiler.columns[index[0]]
+        if col.value_type != col.pg_type:
+            # (a domain read as its base type: its keys are its base type's values, the
+            # router's keys for the column its text: the shape is not filed under them)
+            index = None
     return Where(
         source=text,
         sql=text,
         referenced_columns=frozenset(compiler.referenced),
-        index=expr.index,
+        index=index,
         _fn=fn,
         zones=frozenset(compiler.zones),
     )
