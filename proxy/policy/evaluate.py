@@ -344,6 +344,23 @@ def _refuse_unsafe_pattern(
             )
 
 
+def _pattern_shared(policy: CompiledPolicy, table: CompiledTable) -> bool:
+    """Whether `_refuse_unsafe_pattern` lets every caller through, so that a served answer
+    may be shared: every other listed table and pattern shows everyone, without a deny rule,
+    at least what this pattern shows. Else some caller is refused what another is served,
+    and a shared cache in front of the proxy must not hand the answer to the first."""
+    if table.pattern.exact:
+        return True
+    rule = table.allow[0]
+    for other in (*policy.tables.values(), *policy.patterns):
+        if other is table:
+            continue
+        first = other.allow[0]
+        if other.deny or not first.caller_independent or not _shows_at_least(first, rule):
+            return False
+    return True
+
+
 def _find_table(
     policy: CompiledPolicy, request: ShapeRequest, shape_name: str | None
 ) -> tuple[CompiledTable, str]:
@@ -491,7 +508,7 @@ def _check_subquery_tables(
                     f"a subquery may not read {schema}.{name} for this caller",
                     field="where",
                 )
-            shared = shared and table.shared
+            shared = shared and table.shared and _pattern_shared(policy, table)
     return shared
 
 
@@ -523,7 +540,7 @@ def evaluate(
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
     where, params, combined = _build_where(rule, claims, request, policy.clauses)
-    shared = table.shared
+    shared = table.shared and _pattern_shared(policy, table)
     if rule.client_where == "passthrough":
         # A clause that reads other tables answers by what the caller may read there too:
         # shared (publicly cacheable) only when every table it reads is.

@@ -323,6 +323,9 @@ def test_a_pattern_serves_only_callers_no_listed_table_shows_less() -> None:
         assert info.value.reason == "subquery_not_allowed"
     admin = decide(policy, "table=items_2024&offset=-1", ADMIN)  # every table whole for admins
     assert (admin.table, admin.where) == ('"public"."items_2024"', None)
+    # ...but not for everyone: a shared cache in front of the proxy must not keep it.
+    assert not admin.shared
+    assert decide(policy, "table=posts&offset=-1", ADMIN).shared  # (named: the same for all)
     # Named, a table keeps its own rule.
     assert decide(policy, "table=posts&offset=-1", MEMBER).where is None
     # Another pattern that shows less makes the first unsafe for that caller too.
@@ -341,3 +344,7 @@ def test_a_pattern_serves_only_callers_no_listed_table_shows_less() -> None:
         decide(policy, "table=items_2024&offset=-1", MEMBER)
     assert decide(policy, "table=items_2024&offset=-1", ADMIN).where is None
     assert decide(policy, "table=app.x&offset=-1", MEMBER).where == "org_id = $1"
+    # Patterns that show everyone everything: shared as before.
+    config["tables"] = {"public.*": {"allow": [everyone]}, "app.*": {"allow": [everyone]}}
+    policy = build_config(config, {"ENGINE_SECRET": "s" * 20}).policy
+    assert decide(policy, "table=items_2024&offset=-1", {}, anonymous=True).shared
