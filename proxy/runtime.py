@@ -76,6 +76,9 @@ class Prepared:
     #: `Runtime.remapped`, not `Runtime.prepared`, so the fast lane (which relays the
     #: engine's errors as they are) never takes it.
     combined: CombinedWhere | None = None
+    #: The columns the rule shows (None: all): the engine's refusal of a shape without its
+    #: primary key is said in the rule's terms when the rule hides a key column.
+    rule_columns: tuple[str, ...] | None = None
 
 
 ANONYMOUS = "anonymous"
@@ -112,6 +115,8 @@ class Runtime:
     fast_cors: dict[str | None, tuple[bool, Mapping[str, str] | None]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: Rules already named in a WARNING under this config (`handlers.name_the_rule`).
+    warned_rules: set[str] = field(default_factory=set, compare=False, repr=False)
 
 
 class RuntimeHolder:

@@ -10,6 +10,7 @@ one field (HMAC mixed with asymmetric algorithms, a rule with neither a filter n
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -160,6 +161,19 @@ class UpstreamConfig(_Model):
     )
     pool_size: int = Field(default=4096, ge=1, description="max upstream connections")
     retry_after: int = Field(default=2, ge=1, description="Retry-After on 502/503/504")
+
+    @field_validator("source_id")
+    @classmethod
+    def _canonical_source_id(cls, value: str | None) -> str | None:
+        """A source id as the engine writes it (lower-case uuid with hyphens): the engine
+        takes no other spelling (`ABC...`, `{...}`, `urn:uuid:...` are an unknown id, a 401
+        at the first request). Another spelling of a uuid is written the engine's way."""
+        if value is None:
+            return None
+        try:
+            return str(uuid.UUID(value.strip()))
+        except ValueError:
+            return value  # (not a uuid: the engine says what it makes of it)
 
     @field_validator("url")
     @classmethod

@@ -395,7 +395,7 @@ class FastAnswer:
             )
         finally:
             self._permit.release()
-        return handlers.finish(self._request, self._runtime, outcome)
+        return handlers.finish(self._request, self._runtime, outcome, self._prepared)
 
     def _handed_over(self, upstream: UpstreamResponse) -> None:
         """The relay's task is over, or was cancelled before it began: free what is held."""
@@ -430,7 +430,7 @@ class FastAnswer:
             target = handlers.target_of(self._prepared, "GET", None)
             head_ = forwarder.head(upstream, self._runtime.options, target, True)
             response: StreamResponse = handlers.finish(
-                request, self._runtime, Outcome(complete(head_, body), head_.status)
+                request, self._runtime, Outcome(complete(head_, body), head_.status), self._prepared
             )
         except Exception:
             logger.exception("unexpected error handling request %s", request.context.request_id)

@@ -26,7 +26,7 @@ from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
-from proxy.errors import BadShapeRequest, MethodNotAllowed, UnsupportedMediaType
+from proxy.errors import BadShapeRequest, MethodNotAllowed, ProxyError, UnsupportedMediaType
 from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
@@ -53,6 +53,7 @@ from proxy.policy.evaluate import (
     evaluate,
     evaluate_delete_by_handle,
     is_delete_by_handle,
+    rule_columns_error,
     subset_body,
 )
 from proxy.policy.sql import CombinedWhere, remap_where_error
@@ -101,7 +102,13 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
         max_age = runtime.loaded.config.cors.max_age
         return Response(status=204, headers=_preflight(request, max_age))
     elif method in ("POST", "DELETE"):
-        prepared, body = await _prepare(request, runtime, shape_name, method=method)
+        try:
+            prepared, body = await _prepare(request, runtime, shape_name, method=method)
+        except _MalformedDelete as exc:
+            refused = await _engine_refuses_delete(request, runtime)
+            if refused is not None:
+                return refused
+            raise exc.error from None
     else:
         raise MethodNotAllowed("method_not_allowed", "Method Not Allowed")  # the engine's words
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
@@ -110,6 +117,36 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+
+
+class _MalformedDelete(Exception):
+    """A DELETE whose parameters the proxy refuses (`error`), before any policy check."""
+
+    def __init__(self, error: BadShapeRequest) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamResponse | None:
+    """The engine's 405 for a DELETE the proxy finds malformed, when the engine takes no
+    DELETE at all (run without `--allow-delete`): it says so before reading any parameter,
+    so a client hears that, not the proxy's 400. Asked with a DELETE naming nothing (which
+    an engine that takes DELETEs refuses without deleting anything); None if not a 405."""
+    context = request.context
+    base = URL(runtime.loaded.config.upstream.url)
+    url = base.with_path(base.path.rstrip("/") + "/v1/shape")
+    target = Target(method="DELETE", url=url, url_text=str(url), shared=True, cacheable=False)
+    try:
+        outcome = await _app(request).forwarder.forward(
+            request, target, runtime.options, context.request_id
+        )
+    except ProxyError:
+        return None
+    if outcome.upstream_status != 405:
+        return None
+    context.upstream_status = 405
+    context.outcome, context.reason = "refused", "method_not_allowed"
+    return outcome.response
 
 
 def _preflight(request: Request, max_age: int) -> dict[str, str]:
@@ -181,7 +218,7 @@ async def _forward(
     outcome = await _app(request).forwarder.forward(
         request, target, runtime.options, context.request_id, admit
     )
-    return finish(request, runtime, outcome, prepared.combined)
+    return finish(request, runtime, outcome, prepared)
 
 
 def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> None:
@@ -204,6 +241,45 @@ def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> Non
         response.body = orjson.dumps(answer)  # (as the engine writes it: compact)
 
 
+def name_the_rule(
+    response: StreamResponse, rule: str, rule_columns: tuple[str, ...], warned: set[str]
+) -> None:
+    """The engine's 400 for a shape without all its primary key columns, when the policy rule
+    hides one of them: no request of that rule can succeed, and the engine's words (about a
+    `columns` the client may not have sent) blame the client. Said in the rule's terms
+    instead (`proxy.policy.evaluate.rule_columns_error`), in place; the missing columns go to
+    the operator, in a WARNING once per rule (`warned`: those named so far under this config;
+    the client may not see their names)."""
+    if not isinstance(response, Response) or not isinstance(response.body, bytes):
+        return
+    try:
+        answer = orjson.loads(response.body)
+    except orjson.JSONDecodeError:
+        return
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    messages = errors.get("columns") if isinstance(errors, dict) else None
+    if not isinstance(messages, list):
+        return
+    said = [
+        rule_columns_error(m, rule, rule_columns) if isinstance(m, str) else None for m in messages
+    ]
+    if not any(said):
+        return
+    if rule not in warned:
+        warned.add(rule)
+        logger.warning(
+            "policy rule %r shows a table without all of its primary key columns (the "
+            "engine: %s): add them to the rule's columns",
+            rule,
+            "; ".join(m for m in messages if isinstance(m, str)),
+        )
+    assert isinstance(errors, dict)
+    errors["columns"] = [new or old for new, old in zip(said, messages, strict=True)]
+    if isinstance(answer.get("message"), str) and answer["message"] in messages:
+        answer["message"] = errors["columns"][messages.index(answer["message"])]
+    response.body = orjson.dumps(answer)
+
+
 def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
     """What to ask the engine for an authorised request."""
     return Target(
@@ -223,12 +299,14 @@ def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
 
 
 def finish(
-    request: Request, runtime: Runtime, outcome: Outcome, combined: CombinedWhere | None = None
+    request: Request, runtime: Runtime, outcome: Outcome, prepared: Prepared | None = None
 ) -> StreamResponse:
     """The client's response from a forwarded request's outcome, noted in its context.
 
-    `combined`: the client's where went to the engine ANDed with the enforced one; a 400
-    about it is said in terms of the client's own where (`remap_where_errors`)."""
+    `prepared.combined`: the client's where went to the engine ANDed with the enforced one; a
+    400 about it is said in terms of the client's own where (`remap_where_errors`). A 400
+    refusing the shape's columns for want of a primary key column the rule hides is said in
+    the rule's terms (`name_the_rule`)."""
     context = request.context
     if outcome.upstream_status == 401:
         # The engine refused the proxy's own credentials (`upstream.secret_env`, `source_id`):
@@ -251,8 +329,13 @@ def finish(
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
-        if combined is not None and outcome.upstream_status == 400:
-            remap_where_errors(outcome.response, combined)
+        if prepared is not None and outcome.upstream_status == 400:
+            if prepared.combined is not None:
+                remap_where_errors(outcome.response, prepared.combined)
+            if prepared.rule_columns is not None:
+                name_the_rule(
+                    outcome.response, prepared.rule, prepared.rule_columns, runtime.warned_rules
+                )
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
     if outcome.failure is not None:
@@ -324,7 +407,12 @@ async def _prepare(
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
         check_as_the_engine(query, posted)
-    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+    try:
+        shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+    except BadShapeRequest as exc:
+        if method == "DELETE" and shape_name is None:
+            raise _MalformedDelete(exc) from None
+        raise
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
     decision = evaluate(
@@ -376,6 +464,7 @@ async def _prepare(
         request_line=request_line("GET", url),
         pool_key=key_of(url),
         combined=decision.combined,
+        rule_columns=decision.queryable_columns,
     )
     body = None
     if post:

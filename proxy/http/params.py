@@ -1,14 +1,14 @@
 """Query string (and POST subset body) -> `ShapeRequest`. Pure; raises `BadShapeRequest`.
 
-The parameters the engine reads must each appear at most once (Plug keeps the last duplicate
-while yarl's `.get()` returns the first, so `table=a&table=b` could be checked as `a` and
-served as `b`); the proxy rebuilds the upstream URL from what it parsed, so a repeated
-parameter it does not read (`cache-buster`, an unknown one) is harmless and is not refused.
+A repeated parameter takes its last value, as Plug decodes a query string (Electric) and as the
+engine reads it; yarl's `.get()` returns the first, so the proxy never uses it: it checks the
+last value and rebuilds the upstream URL from what it parsed, so `table=a&table=b` is checked
+and served as `b`.
 Only the protocol parameters listed below pass through to the engine; shape-defining
 parameters are parsed so the policy can check them; anything else is dropped.
 
 Refusals say what the engine says for the same input (`sync_engine.http.params`), in the same
-order: repeated parameters, then NUL bytes (which would cut a clause short in the SQL parser,
+order: NUL bytes (which would cut a clause short in the SQL parser,
 so that the proxy would check and send less than the client wrote), then the values.
 """
 
@@ -27,7 +27,6 @@ from sync_engine.errors import BadBody, InvalidRequest
 from sync_engine.http.limits import MAX_PARAMS
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
 from sync_engine.http.params import PARAM_NUMBER as _NUMBER
-from sync_engine.http.params import SINGLE_PARAMS as _SINGLE
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
 from sync_engine.http.params import SUBSET_BODY_KEYS, parse_json_body
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
@@ -59,41 +58,36 @@ def _invalid(reason: str, field: str, message: str) -> BadShapeRequest:
 
 
 def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """The first value of each parameter, after the engine's checks of repeats and NULs."""
-    pairs = list(items)
-    values: dict[str, str] = {}
-    repeated: list[str] = []
-    for name, value in pairs:
-        if name in values:
-            repeated.append(name)
-        else:
-            values[name] = value
-    for name in _SINGLE:
-        if name in repeated:
-            raise _invalid("repeated_parameter", name, "must be given at most once")
-    for name in repeated:
-        match = _PARAM_KEY.match(name)
-        if match:
-            raise _invalid(
-                "repeated_parameter", "params", f"params[{match.group(1)}] is given more than once"
-            )
-    for name, value in pairs:
+    """The value of each parameter as the engine reads it: the last of a repeated one (Plug's
+    query decoding, which Electric's server and the engine read), so the value the proxy
+    checks is the one it sends; after the engine's NUL check of the kept values (a replaced
+    value is never read)."""
+    values: dict[str, str] = dict(items)
+    for name, value in values.items():
         if "\x00" in value and (name in _SINGLE_SET or name.startswith(("params[", "subset__"))):
             field = "params" if name.startswith("params[") else name
             raise _invalid("nul_byte", field, "must not contain NUL bytes")
-    for name, value in pairs:
-        if len(value) > MAX_VALUE_LENGTH or len(name) > 128:
+    for name, value in values.items():
+        # (a name the engine does not read is dropped here, however long, as the engine
+        # ignores it: a 129-character unknown name was a 400 here, served there)
+        if len(value) > MAX_VALUE_LENGTH and (name in _SINGLE_SET or name.startswith("params[")):
             raise BadShapeRequest("parameter_too_long", f"parameter {name[:40]!r} is too long")
     # Electric treats empty strings as absent, except a param's value (`title = $1` may well
-    # compare with the empty string) and `cursor`: a stream's refresh before its first live
+    # compare with the empty string), `cursor` (a stream's refresh before its first live
     # answer sends `cursor=`, which tells a cache behind the proxy (nginx) that it is a
-    # refresh; without it the refresh is the stream's cached catch-up URL (the engine, as
-    # Electric, reads an empty cursor as none).
+    # refresh; without it the refresh is the stream's cached catch-up URL; the engine, as
+    # Electric, reads an empty cursor as none) and the flags, which the engine reads as true
+    # when present and not `false` (a bare `?live`, `experimental_live_sse=`: the proxy
+    # dropped them, so the engine got a long-poll where straight it served SSE).
     return {
         name: value
         for name, value in values.items()
-        if value != "" or name == "cursor" or name.startswith(("params[", "subset__params["))
+        if value != "" or name in _KEPT_EMPTY or name.startswith(("params[", "subset__params["))
     }
+
+
+#: Parameters whose empty value the engine reads as something other than absent.
+_KEPT_EMPTY = frozenset({"cursor", "live", "live_sse", "experimental_live_sse"})
 
 
 def _numbered(params: Mapping[str, str], field: str) -> dict[int, str]:
@@ -321,6 +315,10 @@ def check_as_the_engine(
         raise _refusal(exc) from None
 
 
+def _is_subset_param(name: str) -> bool:
+    return name == "subset__params" or _SUBSET_PARAM_KEY.match(name) is not None
+
+
 def parse_post_request(
     items: Iterable[tuple[str, str]], body: Mapping[str, object] | None
 ) -> ShapeRequest:
@@ -347,6 +345,16 @@ def parse_post_request(
     has_subset = bool(subset_body) or any(name.startswith("subset__") for name, _ in pairs)
     if not has_subset:  # (a body `subset__where` counts only for a request with a subset)
         extra = [(k, v) for k, v in extra if not k.startswith("subset__")]
+    # A URL subset value the body's replaces is never read by the engine (its `subset__limit=
+    # abc` was refused here, where the engine served the body's limit); a subset parameter
+    # left with no value stays, so that the request is still a subset request.
+    overridden = {f"subset__{k}" for k in ("where", "limit", "offset", "order_by")
+                  if k in subset_body}  # fmt: skip
+    replaced_params = subset_body.get("params") is not None
+    pairs = [
+        (name, "" if name in overridden or (replaced_params and _is_subset_param(name)) else v)
+        for name, v in pairs
+    ]
     request = parse_shape_query([*pairs, *extra])
     if not subset_body:
         return request

@@ -117,7 +117,7 @@ async def _deliver(
     _secure(resp)
     await resp.prepare(request)
     await resp.write_eof()
-    manager.secret_delivered(source_id)
+    await manager.secret_delivered(source_id)
     return resp
 
 

@@ -21,6 +21,7 @@ from multidict import MultiDict
 from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
+from ..single_flight import single_flight
 from ..snapshot.subset import build_subset_query
 from ..tables import not_answering
 from . import headers as h
@@ -31,6 +32,7 @@ from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
 
 if TYPE_CHECKING:
+    from ..log.files import ShapeLog
     from ..settings import Settings
     from ..shapes.shape import Shape
     from ..source import Source
@@ -53,6 +55,8 @@ class ShapeView:
         self.find_source = find_source
         # `cache-control` by (method, before all, live): a function of the settings only.
         self._cache_control: dict[tuple[str, bool, bool], str] = {}
+        # Snapshot chunk files being checked before a send, by (device, inode).
+        self._file_checks: dict[tuple[int, int], asyncio.Future[None]] = {}
 
     def _cache_control_of(self, method: str, before_all: bool, live: bool) -> str:
         key = (method, before_all, live)
@@ -204,10 +208,11 @@ class ShapeView:
 
     async def _snapshot_chunk(
         self, request: web.Request, source: Source, shape: Shape, index: int
-    ) -> bytes | tuple[str, int] | None:
+    ) -> bytes | tuple[int, int] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
-        A big chunk already checked comes as its file (path, size), sent as it is. While
+        A big chunk this process checked before comes as its file (an open descriptor and
+        the size), checked again and sent as it is. While
         the chunk does not come, the request asks every `SNAPSHOT_QUIET` seconds whether
         Postgres answers: a snapshot query sent into a silent database (its table lookup
         was cached, so nothing asked Postgres before) would otherwise hold the request for
@@ -242,8 +247,26 @@ class ShapeView:
         fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
             return fresh
-        return shape_log.snapshot_chunk_file(index) or await asyncio.to_thread(
-            shape_log.read_snapshot_chunk, index
+        file = shape_log.snapshot_chunk_file(index)
+        if file is not None and (fd := open_chunk(file[0])) is not None:
+            try:  # checked at every send: see `ShapeLog.check_snapshot_file`
+                await self._check_file(shape_log, index, fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd, file[1]
+        # (not checked by this process yet, or gone: read the checked way; gone is a 409)
+        return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
+
+    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int) -> None:
+        """`shape_log.check_snapshot_file` in a worker thread; requests for the same file
+        (device and inode) at the same time share one check (a herd of clients syncing the
+        same table read it once, not once each)."""
+        st = os.fstat(fd)
+        await single_flight(
+            self._file_checks,
+            (st.st_dev, st.st_ino),
+            lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd),
         )
 
     async def _check_bounds(
@@ -281,7 +304,7 @@ class ShapeView:
         up_to_date: bool,
         has_data: bool,
         gls: int,
-        file: tuple[str, int] | None = None,
+        file: tuple[int, int] | None = None,
     ) -> web.StreamResponse:
         offset_text = str(end)
         method = request.method
@@ -305,13 +328,11 @@ class ShapeView:
         if method in ("GET", "HEAD") and h.if_none_match_hits(
             request.headers.get("if-none-match"), tag
         ):
+            if file is not None:
+                os.close(file[0])
             return web.Response(status=304, headers=hdrs)
-        if file is not None and (fd := open_chunk(file[0])) is not None:
-            if shape.log.snapshot_file_unchanged(end.op, fd):
-                return ChunkFileResponse(fd, file[1], hdrs)  # `[` + the file + `]`
-            os.close(fd)
-        if file is not None:  # the file is gone or changed: read it the checked way (a 409)
-            items = [shape.log.read_snapshot_chunk(end.op)]  # raises LogDamaged
+        if file is not None:
+            return ChunkFileResponse(file[0], file[1], hdrs)  # `[` + the file + `]`
         # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
         body = b"".join((b"[", b",".join(items), b"]"))
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)

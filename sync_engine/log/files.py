@@ -143,6 +143,25 @@ def _identity(fd: int) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+#: Bytes `_file_crc` reads at a time.
+CRC_PIECE = 1 << 20
+
+
+def _file_crc(fd: int, size: int) -> int | None:
+    """crc32 of the first `size` bytes of the file `fd`, read a piece at a time (no copy of
+    a whole chunk in memory; not a mapping, whose pages past a concurrent truncation would
+    kill the process with SIGBUS); None when the file is shorter."""
+    crc = 0
+    done = 0
+    while done < size:
+        piece = os.pread(fd, min(CRC_PIECE, size - done), done)
+        if not piece:
+            return None
+        crc = crc32(piece, crc)
+        done += len(piece)
+    return crc
+
+
 def is_log_chunk(path: str) -> bool:
     return path.endswith(".log") and ".log." in path
 
@@ -293,8 +312,9 @@ class ShapeLog:
         self.retired = False
         # Each snapshot chunk's (size, crc32): from the writes, or the marker once loaded.
         self._snapshot_sums: dict[int, tuple[int, int]] = {}
-        # Snapshot chunks whose file this process wrote or read and checked since loading,
-        # with what the file was then (`_identity`): a file changed since is checked again.
+        # Snapshot chunks whose file this process wrote or read and checked since loading
+        # (with what the file was then, `_identity`): sent as their file from then on,
+        # checked again at each send (`check_snapshot_file`).
         self._checked: dict[int, _Identity | None] = {}
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again;
@@ -571,29 +591,35 @@ class ShapeLog:
 
     def snapshot_chunk_file(self, index: int) -> tuple[str, int] | None:
         """The path and size of chunk `index` if its file was written or checked by this
-        process, for sending it as it is (`http/sendfile.py`); else None: read it with
-        `read_snapshot_chunk`, which checks it (then this gives the file).
-
-        Snapshot chunks never change, so one check per process and chunk stands for the
-        responses after it: checking every response cost a read and a crc32 of each 10 MB
-        body, most of a warm sync's CPU.
-        """
+        process, for sending it as it is (`http/sendfile.py`, after `check_snapshot_file`);
+        else None: read it with `read_snapshot_chunk`, which checks it (then this gives the
+        file)."""
         if index not in self._checked or index == self._inline_index():
             return None
         return self._snapshot_name(index), self._snapshot_sums[index][0]
 
-    def snapshot_file_unchanged(self, index: int, fd: int) -> bool:
-        """Whether `fd`, chunk `index`'s file opened to be sent as it is, is the file as it
-        was checked (the same inode, size and times): one fstat. False forgets the check:
-        the chunk is then read the checked way (a file changed by anyone but the engine,
-        which never writes a chunk twice, is damaged unless its bytes still match)."""
+    def check_snapshot_file(self, index: int, fd: int) -> None:
+        """Check `fd`, chunk `index`'s file opened to be sent as it is, against the size and
+        crc32 it was written with; raises `LogDamaged` (the shape is retired: a 409) when
+        it does not match. In a worker thread.
+
+        Every send, not once per process: damage that keeps the file's times (a bad disk or
+        controller, a write below the filesystem) was sent to every client after the first
+        check. The file is read in pieces (which leaves its pages cached for the send): ~1 ms
+        for a cached 10 MiB chunk (ISA-L's crc32 and the reads); what that costs a warm
+        sync is in the commit that made it."""
+        expected = self._snapshot_sums.get(index)
+        path = self._snapshot_name(index)
+        if expected is None:
+            self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         try:
-            unchanged = _identity(fd) == self._checked.get(index)
-        except OSError:
-            unchanged = False
-        if not unchanged:
+            size = os.fstat(fd).st_size
+            crc = _file_crc(fd, size) if size == expected[0] else None
+        except OSError as exc:
+            self._damaged(f"{path}: {exc.strerror}")
+        if crc != expected[1]:
             self._checked.pop(index, None)
-        return unchanged
+            self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""

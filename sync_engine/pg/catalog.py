@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from psycopg import AsyncConnection
 
 
+#: The base types of the domains a where clause reads as their base type
+#: (ColumnInfo.value_type).
+DOMAIN_BASES = frozenset(
+    PgType(n)
+    for n in (
+        "bool", "int2", "int4", "int8", "float4", "float8", "numeric", "text", "varchar",
+        "date", "time", "timestamp", "timestamptz", "interval", "uuid",
+    )
+)  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnInfo:
     """One column of a table as Postgres describes it.
@@ -74,6 +85,23 @@ class ColumnInfo:
     def pg_type(self) -> PgType:
         """The column's type, spelled the one way the rest of the engine reads types."""
         return PgType(self.base_type, array=self.is_array, enum=self.is_enum)
+
+    @property
+    def value_type(self) -> PgType:
+        """The type a where clause reads the column as: `pg_type`, but for a (non-array)
+        column of a domain over one of `DOMAIN_BASES`, the type under the domain. Postgres
+        resolves operators and functions on a domain as on its base type (`dm = 5`,
+        `dm + 1`, `dx LIKE 'a%'`), and a domain's text is its base type's. Domains over
+        other types (char(n), whose length is the domain's; enums; arrays) and arrays of
+        domains (`posint[] = int4[]` does not exist) stay themselves, and are refused."""
+        if (
+            self.type_kind == "d"
+            and not self.is_array
+            and self.domain_base is not None
+            and PgType(self.domain_base) in DOMAIN_BASES
+        ):
+            return PgType(self.domain_base)
+        return self.pg_type
 
 
 @dataclass(frozen=True, slots=True)

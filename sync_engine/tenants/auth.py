@@ -250,3 +250,15 @@ def parse_source_id(text: str | None) -> str | None:
         return str(uuid.UUID(text))
     except ValueError:
         return None
+
+
+def canonical_source_id(text: str | None) -> str | None:
+    """`text` when it is a source id written as the engine writes them (a lower-case uuid
+    with hyphens), else None. `/v1/shape` takes only that spelling: another one of the same
+    uuid (upper case, braces, `urn:uuid:`, no hyphens) makes another URL, and so another
+    entry in a CDN's or browser's cache for the same shape of the same source, and a proxy
+    matching ids as text could be made to treat one source as two. Electric compares its
+    `database_id` as text too; a request naming another spelling gets the 401 of an
+    unknown source. (The admin API accepts any spelling: it answers with this one.)"""
+    sid = parse_source_id(text)
+    return sid if sid == text else None

@@ -49,7 +49,6 @@ class ManagedSource(Source):
         self._reserved = 0
         # The requests in flight, each with the secret hash it authenticated with.
         self._requests: dict[asyncio.Task[Any], str | None] = {}
-        self._closed: Callable[[], EngineError] | None = None
 
     async def start(self) -> None:
         await super().start()
@@ -61,8 +60,7 @@ class ManagedSource(Source):
     def admit(self, secret_hash: str | None = None) -> None:
         """Count the current request (its task) as this source's until it ends, with the
         hash of the secret it authenticated with (see `revoke`)."""
-        if self._closed is not None:
-            raise self._closed()
+        self.check_open()
         task = asyncio.current_task()
         if task is not None and task not in self._requests:
             self._requests[task] = secret_hash
@@ -98,7 +96,7 @@ class ManagedSource(Source):
         Call it before `stop()`."""
         if timeout is None:
             timeout = END_REQUESTS_WAIT
-        self._closed = error
+        self.close_to_requests(error)  # held requests answer error() at once
         pending = {t for t in list(self._requests) if not t.done()}
         if pending:
             _, pending = await asyncio.wait(pending, timeout=timeout)
@@ -112,18 +110,14 @@ class ManagedSource(Source):
                 t.cancel()
             await asyncio.wait(pending, timeout=END_REQUESTS_WAIT)
 
-    def _check_open(self) -> None:
-        if self._closed is not None:
-            raise self._closed()
-
     async def describe(self, params: ShapeParams) -> Described:
-        self._check_open()
+        self.check_open()
         return await super().describe(params)
 
     async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
         # A request woken by its source's deletion asks for the shape that replaces its
         # own (`http.shape._successor`): none is made on a source that is going away.
-        self._check_open()
+        self.check_open()
         return await super().resolve(params, from_start=from_start)
 
     # -- what the admin API shows --------------------------------------------------------

@@ -4,6 +4,13 @@ The app's lifespan starts it (load the store, start every source that is not pau
 watch states) and stops it. The admin API calls its create/rotate/pause/resume/delete;
 `/v1/shape` calls `authenticate`. Mutations are serialised by one lock; each is written to
 SQLite first, so a failed one leaves the store as it was.
+
+Every call of the store runs in a thread of its own (`_db`), one at a time, never on the
+event loop: a write's fsync on a slow disk, or a wait for another program's lock on the
+file, holds up the admin request that asked for it, not the requests of every source. A
+mutation, once begun, runs to its end even if its request is cancelled (`_whole`), so the
+records in memory never part from what the store holds: a rotation written is a rotation
+in force, an old secret never comes back.
 """
 
 from __future__ import annotations
@@ -13,17 +20,20 @@ import logging
 import re
 import sqlite3
 import time
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..errors import ServiceUnavailable, Unauthorized
 from ..log.store import count_on_disk
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from ..stopping import cancel_and_wait
-from .auth import Overloaded, SourceAuth, parse_source_id
+from .auth import Overloaded, SourceAuth, canonical_source_id, parse_source_id
 from .credentials import hash_secret, is_slow, new_secret
 from .dburl import check_database_url
 from .errors import DuplicateName, InvalidInput, UnknownSource
@@ -31,6 +41,7 @@ from .managed import ManagedSource
 from .store import SourceRecord, SourceStore
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
 #: Seconds a retried creation waits for the same creation's answer still being sent.
@@ -123,20 +134,57 @@ class SourceManager:
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         # Sources whose creation's answer is being sent: set when that request is over.
         self._answering: dict[str, asyncio.Event] = {}
+        # The store's thread (`_db`), and the mutations under way (`_whole`)
+        self._io: ThreadPoolExecutor | None = None
+        self._mutations: set[asyncio.Task[Any]] = set()
+
+    # -- the store, off the event loop ----------------------------------------------------
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` (a call of the store) in the store's thread: one thread,
+        so calls run one at a time in the order made, and the connection is used by it
+        alone (SQLite serialises a connection's calls: a read on the event loop would wait
+        for a write's fsync in another thread)."""
+        if self._io is None:
+            self._io = ThreadPoolExecutor(1, thread_name_prefix="sources-db")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._io, partial(fn, *args, **kwargs))
+
+    async def _whole(
+        self, work: Coroutine[Any, Any, T], orphaned: Callable[[T], None] | None = None
+    ) -> T:
+        """Run a mutation to its end even if the caller is cancelled (its client gone, the
+        engine stopping): cancelled between its store write and its update of the records
+        in memory, the two would part (a rotated-out secret working until a restart).
+        `orphaned(result)` is called when it ends after its caller was cancelled."""
+        task = asyncio.ensure_future(work)
+        self._mutations.add(task)
+        task.add_done_callback(self._mutations.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if orphaned is not None:
+
+                def done(t: asyncio.Future[T]) -> None:
+                    if not t.cancelled() and t.exception() is None:
+                        orphaned(t.result())
+
+                task.add_done_callback(done)
+            raise
 
     # -- lifetime -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.store = SourceStore(self.path)
-        self._ever_registered = self.store.ever_had_sources()
-        for rec in self.store.all():
+        self.store = store = await self._db(SourceStore, self.path)
+        self._ever_registered = await self._db(store.ever_had_sources)
+        for rec in await self._db(store.all):
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
             if not rec.paused:
                 await self._start_source(rec)
             self._revoke_at_expiry(rec)
         await self._refresh_auth()
-        for source_id, database_url in self.store.cleanup_pending():
+        for source_id, database_url in await self._db(store.cleanup_pending):
             self._start_cleanup(source_id, database_url, retry_first=False)
         if self.records:
             logger.info("%d registered sources (%d running)", len(self.records), len(self.running))
@@ -149,17 +197,23 @@ class SourceManager:
         await cancel_and_wait(list(self._cleanups.values()), "deleted sources' cleanups")
         if self._watcher is not None:
             await cancel_and_wait([self._watcher], "source states")
+        # mutations under way (their requests cancelled as the server stops) end first
+        await asyncio.gather(*list(self._mutations), return_exceptions=True)
         if self.store is not None:
             try:
-                self.persist_states()  # the states as they were when the engine stopped
+                async with self._lock:  # the states as they were when the engine stopped
+                    await self._persist_states()
             except Exception:
                 logger.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
         await asyncio.gather(*(s.stop() for s in running), return_exceptions=True)
         self.auth.close()
         if self.store is not None:
-            self.store.close()
+            await self._db(self.store.close)
             self.store = None
+        if self._io is not None:
+            self._io.shutdown(wait=False)
+            self._io = None
 
     async def _refresh_auth(self) -> None:
         """Scrypt dummies while a source has a scrypt hash (registered before schema 4)."""
@@ -215,8 +269,9 @@ class SourceManager:
     # -- requests -------------------------------------------------------------------------
 
     async def authenticate(self, source_id: str | None, secret: str | None) -> ManagedSource:
-        """The source for a /v1/shape request, or the same Unauthorized for any mistake."""
-        sid = parse_source_id(source_id)
+        """The source for a /v1/shape request, or the same Unauthorized for any mistake
+        (an id not in its canonical spelling included: `canonical_source_id`)."""
+        sid = canonical_source_id(source_id)
         rec = self.records.get(sid) if sid is not None else None
         try:
             matched = await self.auth.matched(rec, secret)
@@ -276,60 +331,18 @@ class SourceManager:
         syncs_limit = check_limit("max_initial_syncs", max_initial_syncs)
         secret = new_secret()
         secret_hash = hash_secret(secret)
+        same: SourceRecord | None = None
         for _ in range(3):
-            async with self._lock:
-                store = self._store()
-                same = store.find_name(name)
-                if same is None:
-                    rec = store.create(
-                        name,
-                        url,
-                        secret_hash,
-                        max_shapes=shapes_limit,
-                        max_initial_syncs=syncs_limit,
-                    )
-                    self.records[rec.source_id] = rec
-                    self._ever_registered = True
-                    self._persisted[rec.source_id] = (rec.state, None)
-                    self._answering[rec.source_id] = asyncio.Event()
-                    try:
-                        await self._refresh_auth()
-                        await self._start_source(rec)
-                    except BaseException:
-                        self.answer_ended(rec.source_id)  # no answer will carry its secret
-                        raise
-                    logger.info(
-                        "source %s (%s) registered for %s",
-                        rec.name,
-                        rec.source_id,
-                        rec.redacted_url,
-                    )
-                    return rec, secret, False
-                retry = (same.database_url, same.max_shapes, same.max_initial_syncs) == (
-                    url,
-                    shapes_limit,
-                    syncs_limit,
-                )
-                same = self.records.get(same.source_id, same)  # `secret_delivered` as known
-                if same.secret_delivered or not retry:
-                    raise _duplicate(same, retry)
-                answering = self._answering.get(same.source_id)
-                if answering is None:
-                    rec = store.rotate_secret(same.source_id, secret_hash, 0)
-                    self.records[rec.source_id] = rec
-                    self._answering[rec.source_id] = asyncio.Event()
-                    self._revoke(rec.source_id)
-                    self._revoke_at_expiry(rec)
-                    await self._refresh_auth()
-                    logger.info(
-                        "source %s (%s): created again, its first answer unsent: new secret",
-                        rec.name,
-                        rec.source_id,
-                    )
-                    return rec, secret, True
+            made, again, answering, same = await self._whole(
+                self._create_step(name, url, shapes_limit, syncs_limit, secret_hash),
+                orphaned=self._creation_orphaned,
+            )
+            if made is not None:
+                return made, secret, again
             # The same creation is being answered right now (a double submit, a retry
             # before the first gave up): its secret must not be replaced under it. Wait
             # for that answer, then it is a 409 (sent) or this one takes over (not sent).
+            assert answering is not None
             try:
                 async with asyncio.timeout(ANSWER_WAIT):
                     await answering.wait()
@@ -338,6 +351,74 @@ class SourceManager:
         assert same is not None
         raise _duplicate(same, True, busy=True)
 
+    def _creation_orphaned(
+        self, outcome: tuple[SourceRecord | None, bool, asyncio.Event | None, SourceRecord | None]
+    ) -> None:
+        """A creation done for a request cancelled meanwhile: no answer will carry it."""
+        if outcome[0] is not None:
+            self.answer_ended(outcome[0].source_id)
+
+    async def _create_step(
+        self,
+        name: str,
+        url: str,
+        shapes_limit: int | None,
+        syncs_limit: int | None,
+        secret_hash: str,
+    ) -> tuple[SourceRecord | None, bool, asyncio.Event | None, SourceRecord | None]:
+        """(the source made or given a new secret, whether it was a retry, None, None), or
+        (None, False, the event to wait for, the source with the name) when that source's
+        creation is being answered now. Raises DuplicateName for a name taken otherwise."""
+        async with self._lock:
+            store = self._store()
+            same = await self._db(store.find_name, name)
+            if same is None:
+                rec = await self._db(
+                    store.create,
+                    name,
+                    url,
+                    secret_hash,
+                    max_shapes=shapes_limit,
+                    max_initial_syncs=syncs_limit,
+                )
+                self.records[rec.source_id] = rec
+                self._ever_registered = True
+                self._persisted[rec.source_id] = (rec.state, None)
+                self._answering[rec.source_id] = asyncio.Event()
+                try:
+                    await self._refresh_auth()
+                    await self._start_source(rec)
+                except BaseException:
+                    self.answer_ended(rec.source_id)  # no answer will carry its secret
+                    raise
+                logger.info(
+                    "source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url
+                )
+                return rec, False, None, None
+            retry = (same.database_url, same.max_shapes, same.max_initial_syncs) == (
+                url,
+                shapes_limit,
+                syncs_limit,
+            )
+            same = self.records.get(same.source_id, same)  # `secret_delivered` as known
+            if same.secret_delivered or not retry:
+                raise _duplicate(same, retry)
+            answering = self._answering.get(same.source_id)
+            if answering is not None:
+                return None, False, answering, same
+            rec = await self._db(store.rotate_secret, same.source_id, secret_hash, 0)
+            self.records[rec.source_id] = rec
+            self._answering[rec.source_id] = asyncio.Event()
+            self._revoke(rec.source_id)
+            self._revoke_at_expiry(rec)
+            await self._refresh_auth()
+            logger.info(
+                "source %s (%s): created again, its first answer unsent: new secret",
+                rec.name,
+                rec.source_id,
+            )
+            return rec, True, None, None
+
     def answer_ended(self, source_id: str) -> None:
         """The request that created the source (or gave it a new secret on a retry) is
         over, its answer sent (`secret_delivered` first) or not."""
@@ -345,7 +426,7 @@ class SourceManager:
         if event is not None:
             event.set()
 
-    def secret_delivered(self, source_id: str) -> None:
+    async def secret_delivered(self, source_id: str) -> None:
         """The answer carrying a secret of the source was sent: a retry of its creation is
         a 409 from now on (`create`)."""
         rec = self.records.get(source_id)
@@ -353,7 +434,7 @@ class SourceManager:
             return
         self.records[source_id] = replace(rec, secret_delivered=True)
         try:
-            self._store().mark_delivered(source_id)
+            await self._whole(self._db(self._store().mark_delivered, source_id))
         except sqlite3.Error as exc:  # a full disk: known here, not after a restart
             logger.warning("source %s: could not record its secret as delivered: %s",
                            source_id, exc)  # fmt: skip
@@ -363,13 +444,7 @@ class SourceManager:
         self.get(source_id)
         secret = new_secret()
         secret_hash = hash_secret(secret)
-        async with self._lock:
-            rec = self.get(source_id)
-            rec = self._store().rotate_secret(rec.source_id, secret_hash, grace_s)
-            self.records[rec.source_id] = rec
-            self._revoke(rec.source_id)
-            self._revoke_at_expiry(rec)
-            await self._refresh_auth()
+        rec = await self._whole(self._rotate(source_id, secret_hash, grace_s))
         logger.info(
             "source %s (%s): secret rotated, old secret valid for %ds more",
             rec.name,
@@ -378,29 +453,21 @@ class SourceManager:
         )
         return rec, secret
 
-    async def pause(self, source_id: str) -> SourceRecord:
+    async def _rotate(self, source_id: str, secret_hash: str, grace_s: float) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = self._store().set_paused(rec.source_id, True)
+            rec = await self._db(self._store().rotate_secret, rec.source_id, secret_hash, grace_s)
             self.records[rec.source_id] = rec
-            self._persisted[rec.source_id] = ("paused", None)
-            source = self.running.pop(rec.source_id, None)
-            if source is not None:
-                await source.end_requests(_paused)
-                await source.stop()
-        logger.info("source %s (%s) paused", rec.name, rec.source_id)
+            self._revoke(rec.source_id)
+            self._revoke_at_expiry(rec)
+            await self._refresh_auth()
         return rec
 
+    async def pause(self, source_id: str) -> SourceRecord:
+        return await self._whole(self._pause(source_id))
+
     async def resume(self, source_id: str) -> SourceRecord:
-        async with self._lock:
-            rec = self.get(source_id)
-            rec = self._store().set_paused(rec.source_id, False)
-            self.records[rec.source_id] = rec
-            self._persisted[rec.source_id] = ("connecting", None)
-            if rec.source_id not in self.running:
-                await self._start_source(rec)
-        logger.info("source %s (%s) resumed", rec.name, rec.source_id)
-        return rec
+        return await self._whole(self._resume(source_id))
 
     async def delete(self, source_id: str) -> list[str]:
         """Remove a source: stop it, drop its slot and publication, delete its shape logs.
@@ -410,9 +477,36 @@ class SourceManager:
         is unreachable, the engine is killed) the engine tries again, every few minutes
         while it runs and at each start, until they are gone (`_cleanup`).
         """
+        return await self._whole(self._delete(source_id))
+
+    async def _pause(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            self._store().delete(rec.source_id)
+            rec = await self._db(self._store().set_paused, rec.source_id, True)
+            self.records[rec.source_id] = rec
+            self._persisted[rec.source_id] = ("paused", None)
+            source = self.running.pop(rec.source_id, None)
+            if source is not None:
+                await source.end_requests(_paused)
+                await source.stop()
+        logger.info("source %s (%s) paused", rec.name, rec.source_id)
+        return rec
+
+    async def _resume(self, source_id: str) -> SourceRecord:
+        async with self._lock:
+            rec = self.get(source_id)
+            rec = await self._db(self._store().set_paused, rec.source_id, False)
+            self.records[rec.source_id] = rec
+            self._persisted[rec.source_id] = ("connecting", None)
+            if rec.source_id not in self.running:
+                await self._start_source(rec)
+        logger.info("source %s (%s) resumed", rec.name, rec.source_id)
+        return rec
+
+    async def _delete(self, source_id: str) -> list[str]:
+        async with self._lock:
+            rec = self.get(source_id)
+            await self._db(self._store().delete, rec.source_id)
             del self.records[rec.source_id]
             self._persisted.pop(rec.source_id, None)
             await self._refresh_auth()
@@ -432,7 +526,7 @@ class SourceManager:
                 logger.exception("cleaning up deleted source %s failed", rec.source_id)
                 warnings = [f"could not drop its replication slot and publication ({exc})."]
             if not warnings:
-                self._store().cleaned(rec.source_id)
+                await self._db(self._store().cleaned, rec.source_id)
         for w in warnings:
             logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
         if warnings:
@@ -460,7 +554,7 @@ class SourceManager:
         while True:
             problems = await self._make_source(ghost).destroy()
             if not problems:
-                self._store().cleaned(source_id)
+                await self._db(self._store().cleaned, source_id)
                 logger.info(
                     "deleted source %s: its replication slot and publication are dropped now",
                     source_id,
@@ -562,19 +656,26 @@ class SourceManager:
         while True:
             await asyncio.sleep(1.0)
             try:
-                self.persist_states()
+                async with self._lock:
+                    await self._persist_states()
             except Exception:
                 logger.exception("could not record source states")
 
-    def persist_states(self) -> None:
+    async def _persist_states(self) -> None:
+        """Record the sources' states that changed (call it holding `_lock`: no mutation
+        replaces a record while its state is written)."""
         reg = self._store()
         for rec in list(self.records.values()):
             state, error, _ = self.live_state(rec)
             if self._persisted.get(rec.source_id) == (state, error):
                 continue
             previous = self._persisted.get(rec.source_id, ("?", None))[0]
-            self._persisted[rec.source_id] = (state, error)
-            reg.set_state(rec.source_id, state, error)
+            self._persisted[rec.source_id] = (state, error)  # (a failed write: logged once)
+            await self._db(reg.set_state, rec.source_id, state, error)
+            now = self.records.get(rec.source_id)  # (`secret_delivered` may have changed)
+            if now is None:
+                continue
+            rec = now
             self.records[rec.source_id] = replace(
                 rec,
                 state=state,

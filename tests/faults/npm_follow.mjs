@@ -1,6 +1,6 @@
 // The real npm client (@electric-sql/client's Shape) following one shape, for the fault
-// probes in Python: `node npm_follow.mjs <engine url> <table>`. It prints one JSON line per
-// change of its materialised view, `{"rows": {key: value}}`, and one per error the client
+// probes in Python: `node npm_follow.mjs <engine url> <table> [<where>|- [sse]]`. It
+// prints one JSON line per change of its materialised view, `{"rows": {key: value}}`, and one per error the client
 // reports, `{"error": "..."}`; it runs until killed. The Python side compares the last
 // `rows` line with `SELECT`.
 
@@ -12,11 +12,13 @@ const here = dirname(fileURLToPath(import.meta.url))
 const require = createRequire(join(here, '..', 'node', 'package.json'))
 const { ShapeStream, Shape } = await import(pathToFileURL(require.resolve('@electric-sql/client')))
 
-const [url, table] = process.argv.slice(2)
+// Optional: a where clause (`-` for none) and `sse` to follow live over SSE.
+const [url, table, where, mode] = process.argv.slice(2)
 const say = (o) => process.stdout.write(JSON.stringify(o) + '\n')
 const stream = new ShapeStream({
   url: `${url}/v1/shape`,
-  params: { table },
+  params: where && where !== '-' ? { table, where } : { table },
+  liveSse: mode === 'sse',
   onError: (error) => {
     say({ error: String(error && error.message ? error.message : error) })
     return {} // go on (as an app that retries would)

@@ -95,10 +95,10 @@ class Db:
 class NpmClient:
     """The real npm client following a table (`npm_follow.mjs`): its view and its errors."""
 
-    def __init__(self, url: str, table: str) -> None:
+    def __init__(self, url: str, table: str, where: str | None = None, sse: bool = False) -> None:
         self.rows: dict[str, dict[str, Any]] | None = None
         self.errors: list[str] = []
-        self._args = ("node", str(NPM_FOLLOW), url, table)
+        self._args = ("node", str(NPM_FOLLOW), url, table, where or "-", "sse" if sse else "")
         self._proc: asyncio.subprocess.Process | None = None
         self._reading: asyncio.Task[None] | None = None
 
@@ -229,9 +229,12 @@ async def test_damaged_files_are_never_served(
         db.query(f"INSERT INTO {table} SELECT g, 0 FROM generate_series(1, 100) g")
     data = tmp_path / "data"
     data.mkdir()
+    # (--replication-timeout 3: after 1.5 s of silence the engine asks Postgres for a
+    # keepalive and confirms its WAL end: `restart` finds the slot confirmed within seconds,
+    # not at the next 10 s status update)
     engine = EngineProcess(
         db.url, data, "--long-poll-timeout", "1", "--chunk-bytes", "1500",
-        "--replication-stream-id", db.name,
+        "--replication-stream-id", db.name, "--replication-timeout", "3",
         wrapper=NO_DAC_OVERRIDE if shutil.which("setpriv") else (),
     )  # fmt: skip
     await asyncio.to_thread(engine.start)

@@ -1,10 +1,11 @@
-"""Two writers racing on the same few rows while the engine is SIGKILLed and restarted.
+"""Two writers racing on the same few rows while the engine is SIGKILLed and restarted, and
+Postgres restarted (fast, immediate).
 
 The writers move rows in and out of the shapes' where clauses, delete and insert a key
 again in one transaction, change primary keys, and collide (unique violations, deadlocks:
 rolled back). Clients follow five shapes over HTTP, resuming with their handle and offset
-across each restart. Each must end equal to `SELECT`, every insert new, every update and
-delete finding its row, every body whole.
+across each restart, and the real npm client two (one live over SSE). Each must end equal
+to `SELECT`, every insert new, every update and delete finding its row, every body whole.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
 
 from tests.faults.cluster import FaultCluster
+from tests.faults.test_damaged_files import NpmClient, _npm_view
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, expected_rows, follow_all, until_equal
 from tests.support.waiting import wait_until_async
@@ -25,45 +28,63 @@ from tests.support.waiting import wait_until_async
 KEYS = 40
 COLUMNS = ("id", "v", "g")
 WHERES = [None, "g = 0", "g IN (1, 2)", "v % 3 = 0", "id < 20 AND g <> 3"]
-KILLS = 3
+#: What happens under the writers, in turn: the engine SIGKILLed (and started again after
+#: a few writes), Postgres stopped (fast: a clean shutdown; immediate: as a crash, the slot
+#: back to its last checkpointed position) and started again.
+FAULTS = ["kill", "fast", "kill", "immediate", "kill"]
+NPM_CLIENTS = [(None, False), ("g IN (1, 2)", True)]
 
 
 async def _race(db_url: str, seed: int, stop: asyncio.Event, counts: list[int]) -> None:
-    """Random small transactions on keys 1..KEYS until stopped; failed ones roll back."""
+    """Random small transactions on keys 1..KEYS until stopped; failed ones roll back. While
+    Postgres restarts it connects again (`counts[2]`: connections lost)."""
     rng = random.Random(seed)
-    async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
-        while not stop.is_set():
-            k, k2 = rng.randint(1, KEYS), rng.randint(1, KEYS)
-            try:
-                async with conn.transaction():
-                    for _ in range(rng.randint(1, 3)):
-                        op = rng.random()
-                        if op < 0.3:  # in or out of the where clauses
-                            await conn.execute(
-                                "UPDATE items SET g = %s WHERE id = %s", (rng.randint(0, 3), k)
-                            )
-                        elif op < 0.5:
-                            await conn.execute("UPDATE items SET v = v + 1 WHERE id = %s", (k,))
-                        elif op < 0.65:  # the same key deleted and made again
-                            await conn.execute("DELETE FROM items WHERE id = %s", (k,))
-                            await conn.execute(
-                                "INSERT INTO items VALUES (%s, %s, %s)",
-                                (k, rng.randint(0, 9), rng.randint(0, 3)),
-                            )
-                        elif op < 0.8:  # a primary key change
-                            await conn.execute("UPDATE items SET id = %s WHERE id = %s", (k2, k))
-                        elif op < 0.9:
-                            await conn.execute("DELETE FROM items WHERE id = %s", (k,))
-                        else:
-                            await conn.execute(
-                                "INSERT INTO items VALUES (%s, 0, %s) ON CONFLICT (id) DO"
-                                " UPDATE SET v = items.v + 1, g = EXCLUDED.g",
-                                (k, rng.randint(0, 3)),
-                            )
-                counts[0] += 1
-            except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
-                counts[1] += 1
-            await asyncio.sleep(0.002)
+    while not stop.is_set():
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                db_url, autocommit=True, connect_timeout=5
+            ) as conn:
+                await _race_on(conn, rng, stop, counts)
+        except psycopg.OperationalError:
+            counts[2] += 1
+            await asyncio.sleep(0.1)
+
+
+async def _race_on(
+    conn: psycopg.AsyncConnection[Any], rng: random.Random, stop: asyncio.Event, counts: list[int]
+) -> None:
+    while not stop.is_set():
+        k, k2 = rng.randint(1, KEYS), rng.randint(1, KEYS)
+        try:
+            async with conn.transaction():
+                for _ in range(rng.randint(1, 3)):
+                    op = rng.random()
+                    if op < 0.3:  # in or out of the where clauses
+                        await conn.execute(
+                            "UPDATE items SET g = %s WHERE id = %s", (rng.randint(0, 3), k)
+                        )
+                    elif op < 0.5:
+                        await conn.execute("UPDATE items SET v = v + 1 WHERE id = %s", (k,))
+                    elif op < 0.65:  # the same key deleted and made again
+                        await conn.execute("DELETE FROM items WHERE id = %s", (k,))
+                        await conn.execute(
+                            "INSERT INTO items VALUES (%s, %s, %s)",
+                            (k, rng.randint(0, 9), rng.randint(0, 3)),
+                        )
+                    elif op < 0.8:  # a primary key change
+                        await conn.execute("UPDATE items SET id = %s WHERE id = %s", (k2, k))
+                    elif op < 0.9:
+                        await conn.execute("DELETE FROM items WHERE id = %s", (k,))
+                    else:
+                        await conn.execute(
+                            "INSERT INTO items VALUES (%s, 0, %s) ON CONFLICT (id) DO"
+                            " UPDATE SET v = items.v + 1, g = EXCLUDED.g",
+                            (k, rng.randint(0, 3)),
+                        )
+            counts[0] += 1
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+            counts[1] += 1
+        await asyncio.sleep(0.002)
 
 
 async def _committed(counts: list[int], more: int, what: str) -> None:
@@ -83,34 +104,52 @@ async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_pat
     engine = EngineProcess(cluster.url, tmp_path / "data", *args)
     await asyncio.to_thread(engine.start)
     followers = [Follower(engine.url, w, increments=False) for w in WHERES]
+    # the real npm client, live over long-polls and over SSE
+    npms = [NpmClient(engine.url, "items", w, sse=sse) for w, sse in NPM_CLIENTS]
     stop_followers, stop_writers = asyncio.Event(), asyncio.Event()
-    counts = [0, 0]  # committed, rolled back
+    counts = [0, 0, 0]  # committed, rolled back, connections lost
     try:
+        for npm in npms:
+            await npm.start()
         async with aiohttp.ClientSession() as session:
             tasks = await follow_all(session, followers, stop_followers)
             writers = [
                 asyncio.create_task(_race(cluster.url, seed, stop_writers, counts))
                 for seed in (1, 2)
             ]
-            for _ in range(KILLS):
-                await _committed(counts, 150, "races")
-                engine.kill()
-                await _committed(counts, 50, "races while down")
-                await asyncio.to_thread(engine.start)
-            await _committed(counts, 150, "races after")
+            for fault in FAULTS:
+                await _committed(counts, 100, f"races before {fault}")
+                if fault == "kill":
+                    engine.kill()
+                    await _committed(counts, 50, "races while down")
+                    await asyncio.to_thread(engine.start)
+                else:  # Postgres restarted under the engine, its writers and clients
+                    await asyncio.to_thread(cluster.stop_server, fault)
+                    await asyncio.to_thread(cluster.start)
+            await _committed(counts, 100, "races after")
             stop_writers.set()
             await asyncio.gather(*writers)
             expected = [expected_rows(cluster.url, w, COLUMNS) for w in WHERES]
             await until_equal(followers, expected, timeout=60)
+            for npm, (where, sse) in zip(npms, NPM_CLIENTS, strict=True):
+                want = expected_rows(cluster.url, where, COLUMNS)
+                want = {k: {c: str(v) for c, v in row.items()} for k, row in want.items()}
+                await wait_until_async(
+                    lambda npm=npm, want=want: _npm_view(npm.rows) == want,
+                    timeout=60,
+                    message=f"the npm client's view of {where!r} (sse {sse}, {npm.errors[-3:]})",
+                )
             stop_followers.set()
             await asyncio.gather(*tasks)
         for f in followers:
             f.assert_clean()
         print(
-            f"\nracing: {counts[0]} committed, {counts[1]} rolled back,"
-            f" resets {[f.resets for f in followers]}"
+            f"\nracing: {counts[0]} committed, {counts[1]} rolled back, {counts[2]} connections"
+            f" lost, resets {[f.resets for f in followers]}"
         )
     finally:
+        for npm in npms:
+            await npm.stop()
         stop_writers.set()
         stop_followers.set()
         engine.stop()

@@ -9,7 +9,8 @@ the engine started again. The follower resumes from its handle and offset, and a
 starts from `-1`: each must end equal to `SELECT` with every change once (a 409 that sends
 it back to `-1` is fine; a body without the cut changes is not), every body whole.
 
-Real path: the engine as a process, a private Postgres cluster, a writer.
+Real path: the engine as a process, a private Postgres cluster (one for the module, a
+database per case), a writer.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ import pytest
 
 from sync_engine.log.framing import HEADER_SIZE, scan, seed_of
 from tests.faults.cluster import FaultCluster
+from tests.faults.test_damaged_files import Db, pg  # noqa: F401 (pg: a fixture)
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, Writer, expected_rows, until_equal
 from tests.support.waiting import wait_until_async
 
 CONFIRMED = (
     "SELECT (confirmed_flush_lsn - '0/0')::bigint, (pg_current_wal_lsn() - '0/0')::bigint"
-    " FROM pg_replication_slots"
+    " FROM pg_replication_slots WHERE database = current_database()"
 )
 
 
@@ -79,13 +81,21 @@ def _cut_at(victim: Path, which: str) -> int:
     ],
 )
 async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around(
-    cluster: FaultCluster, tmp_path: Path, which: str
+    pg: FaultCluster,  # noqa: F811 (one cluster for the module, a database per case)
+    tmp_path: Path,
+    which: str,
 ) -> None:
-    cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, 200) g")
+    db = Db(pg)
+    db.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
+    db.query("INSERT INTO items SELECT g, 0 FROM generate_series(1, 200) g")
     data = tmp_path / "data"
-    engine = EngineProcess(cluster.url, data, "--long-poll-timeout", "1", "--chunk-bytes", "1500")
+    # (a short replication timeout: the engine asks Postgres for a keepalive after 1.5 s of
+    # silence, whose WAL end it confirms: the slot is confirmed past everything within
+    # seconds, not at the next 10 s status update)
+    args = ("--long-poll-timeout", "1", "--chunk-bytes", "1500", "--replication-timeout", "3")
+    engine = EngineProcess(db.url, data, *args)
     await asyncio.to_thread(engine.start)
-    writer = Writer(cluster.url)
+    writer = Writer(db.url)
     follower = Follower(engine.url)
     try:
         async with aiohttp.ClientSession() as session:
@@ -101,17 +111,17 @@ async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around
                 logs = sorted(data.rglob("*.log.*.log"))
                 if len(scan(logs[-1].read_bytes(), _seed(logs[-1])).records) >= 3:
                     break
-                cluster.query("UPDATE items SET v = v + 1 WHERE id = 1")
+                db.query("UPDATE items SET v = v + 1 WHERE id = 1")
                 await asyncio.sleep(0.3)
-            await until_equal([follower], [expected_rows(cluster.url, None)], 30)
+            await until_equal([follower], [expected_rows(db.url, None)], 30)
 
             def confirmed() -> bool:
-                (flushed, current), *_ = cluster.query(CONFIRMED)
+                (flushed, current), *_ = db.query(CONFIRMED)
                 return (
                     isinstance(flushed, int) and isinstance(current, int) and (flushed >= current)
                 )
 
-            cluster.query("SELECT pg_switch_wal()")  # (WAL the slot can confirm past)
+            db.query("SELECT pg_switch_wal()")  # (WAL the slot can confirm past)
             await wait_until_async(confirmed, timeout=60, message="slot confirmed")
             stop.set()
             await following
@@ -135,7 +145,7 @@ async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around
             fresh = Follower(engine.url)
             stop = asyncio.Event()
             tasks = [asyncio.create_task(f.run(session, stop)) for f in (follower, fresh)]
-            expected = expected_rows(cluster.url, None)
+            expected = expected_rows(db.url, None)
             await until_equal([follower, fresh], [expected, expected], 60)
             stop.set()
             await asyncio.gather(*tasks)
@@ -145,3 +155,4 @@ async def test_a_file_cut_short_while_the_engine_was_down_is_never_served_around
         assert follower.resets == 1, follower.statuses
     finally:
         engine.stop()
+        db.drop(pg)

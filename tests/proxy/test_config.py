@@ -200,3 +200,21 @@ def test_policy_filter_the_engine_refuses_fails_to_load(
     assert str(path) in message
     assert "tables.items.allow.0 (rule 'members').where" in message
     assert construct in message
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "0F3A9C1E-5B7D-4E2A-9C3B-1D2E3F4A5B6C",
+        "{0f3a9c1e-5b7d-4e2a-9c3b-1d2e3f4a5b6c}",
+        "urn:uuid:0f3a9c1e-5b7d-4e2a-9c3b-1d2e3f4a5b6c",
+        "0f3a9c1e5b7d4e2a9c3b1d2e3f4a5b6c",
+    ],
+)
+def test_a_source_id_is_written_as_the_engine_writes_it(spelling: str) -> None:
+    """The engine takes a source id only lower-case with hyphens (another spelling is an
+    unknown id, a 401 at the first request): the proxy writes any spelling of a uuid so."""
+    data = _base()
+    data["upstream"]["source_id"] = spelling
+    loaded = build_config(data, {"ENGINE_SECRET": "e" * 32})
+    assert loaded.config.upstream.source_id == "0f3a9c1e-5b7d-4e2a-9c3b-1d2e3f4a5b6c"

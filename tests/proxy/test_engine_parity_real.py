@@ -24,8 +24,9 @@ from tests.support.engine_process import EngineProcess
 
 #: Query strings (after `/v1/shape?table=items&`), as a client would send them.
 SAME_ANSWER = [
-    # repeated parameters
-    "offset=-1&table=x",
+    # repeated parameters (the last value is read)
+    "offset=-1&table=x&table=items",
+    "offset=0_0&offset=-1",
     "offset=-1&where=id>1&where=id>2",
     "offset=-1&where=id>$1&params[1]=1&params[1]=2",
     "offset=-1&cache-buster=1&cache-buster=2",
@@ -435,3 +436,37 @@ async def test_a_compressed_post_body_is_read_as_the_engine_reads_it(
         (415, "unsupported_content_encoding"),
     ]
     assert [v[0] for v in answers.values()] == [415, 415, 415, 400, 400, 413]
+
+
+async def test_a_rule_hiding_a_key_column_is_named_not_the_client(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """From policy: a rule whose columns omit the primary key made every request a 400 in
+    the engine's words about the client's `columns` (which it may not have sent). Now the
+    400 names the rule (not the hidden key), and a WARNING tells the operator which key
+    columns are missing; a client's own `columns` without the key keeps the engine's words.
+    On the old code: "The list of columns must include all primary key columns, missing: id".
+    """
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["tables"]["items"]["allow"][1]["columns"] = ["org_id", "title"]
+    config["collapse"] = False
+    config["cache"] = {"max_bytes": 0}
+    proxy = await make_proxy(build_config(config, environ))
+    member = proxy.tokens.make()
+    for _ in range(2):  # (the second on the fast lane)
+        reply = await proxy.get("/v1/shape?table=items&offset=-1", token=member)
+        assert reply.status == 400, reply.body
+        (message,) = reply.json()["errors"]["columns"]
+        assert "'member'" in message and "primary key" in message and "id" not in message.split()
+    warnings = [r for r in caplog.records if "primary key columns" in r.getMessage()]
+    assert len(warnings) == 1 and "missing: id" in warnings[0].getMessage()
+    admin = proxy.tokens.make(sub="root", role="admin")
+    reply = await proxy.get("/v1/shape?table=items&offset=-1&columns=title", token=admin)
+    assert reply.status == 400
+    assert reply.json()["errors"]["columns"] == [
+        "The list of columns must include all primary key columns, missing: id"
+    ]

@@ -145,9 +145,6 @@ def test_named_shape(policy: Any) -> None:
 @pytest.mark.parametrize(
     "query",
     [
-        "table=a&table=b",
-        "offset=-1&offset=0_0",
-        "params[1]=a&params[1]=b",
         "params=%7B%7D",
         "subset__limit=x",
         "subset__params=nojson",

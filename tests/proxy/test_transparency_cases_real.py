@@ -6,7 +6,11 @@ protocol header a client reads must be the same. Hand-picked where the seeded fu
 If-None-Match on GET and HEAD, request targets near the engine's length limit, quoted
 `schema.name` forms, the secret's own parameter names, the routes beside the shape's.
 
-Found so far: the proxy's `GET /` said `Cache-Control: no-store` where the engine's root has
+Found so far: a bare `&live` (or `live=`), which the engine reads as true, was dropped (the
+engine got a catch-up request); an unknown parameter name over 128 characters was a 400;
+a POST body's subset value did not keep the proxy from refusing the URL's `subset__*` value
+it replaces (the engine never reads it); a repeated `subset__params[n]` was read as its first
+value (the engine reads the last: other rows); the proxy's `GET /` said `Cache-Control: no-store` where the engine's root has
 none; a DELETE by handle alone was answered `private, no-cache` with `Vary: Authorization`
 under a policy where no caller differs (a DELETE naming its table kept the engine's headers). Probed and the same both ways (so not all kept here): HTTP/1.0 requests, a snapshot
 followed chunk by chunk (3 KB chunks), absolute-form targets, `;` separators, invalid UTF-8
@@ -228,6 +232,33 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
         ("GET", "/v1/shape?table=items&offset=-1&where=id%3E0" + "%20OR%20id%3E0" * 560, {}, None),
         ("GET", "/v1/shape?table=items&offset=-1&where=id%3E1&pad=" + "x" * 7900, {}, None),
         ("GET", "/v1/shape?table=items&offset=-1&pad=" + "x" * 9000, {}, None),
+        # a flag with no value is true to the engine (the proxy dropped it: a long-poll was
+        # sent as a catch-up request); an unknown name over 128 characters, which the engine
+        # ignores (the proxy refused it); a POST whose body replaces a URL subset value the
+        # engine then never reads (the proxy refused the URL's)
+        ("GET", f"{shape}&offset={offset}&live", {}, None),
+        ("GET", f"{shape}&offset={offset}&live=&cursor=7", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&" + "x" * 129 + "=1", {}, None),
+        (  # a repeated subset param: the engine reads the last (the proxy sent the first)
+            "GET",
+            "/v1/shape?table=items&offset=-1&subset__where=id%3D%241"
+            "&subset__params[1]=1&subset__params%5B1%5D=2",
+            {},
+            None,
+        ),
+        ("GET", "/v1/shape?table=items&offset=-1&" + "y" * 300, {}, None),
+        (
+            "POST",
+            "/v1/shape?table=items&offset=-1&subset__limit=abc&subset__where=%27",
+            {"Content-Type": "application/json"},
+            b'{"order_by": "id", "limit": 1, "where": "id > 0"}',
+        ),
+        (
+            "POST",
+            "/v1/shape?table=items&offset=-1&subset__params=nojson&subset__where=id%3E%241",
+            {"Content-Type": "application/json"},
+            b'{"params": {"1": "0"}}',
+        ),
         # the credentials' own names, sent by a client
         ("GET", "/v1/shape?table=items&offset=-1&source_id=x", {}, None),
         ("GET", "/v1/shape?table=items&offset=-1&api_secret=x", {}, None),

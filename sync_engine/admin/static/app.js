@@ -77,6 +77,16 @@
     return h("span", { class: `badge state-${state}`, "data-state": state, id }, state);
   }
 
+  // A source whose creation's answer was never sent (the engine stopped, or its client
+  // left, before it): nobody has its secret.
+  const PENDING_TITLE = "The answer that created this source was never sent, so nobody has " +
+    "its secret. Send the same creation again, rotate its secret, or delete it.";
+  function pendingBadge(s) {
+    return s.secret_delivered === false
+      ? h("span", { class: "badge pending", title: PENDING_TITLE }, "no secret delivered")
+      : null;
+  }
+
   function copyButton(getText) {
     const b = h("button", { type: "button", class: "small" }, "Copy");
     b.addEventListener("click", async () => {
@@ -138,7 +148,7 @@
     return h("tr", { "data-source-id": s.source_id },
       h("td", {}, h("a", { href: `#/sources/${s.source_id}`, class: "source-link" }, s.name),
         h("span", { class: "sub" }, s.source_id)),
-      h("td", {}, badge(s.state)),
+      h("td", {}, ...[badge(s.state), pendingBadge(s)].filter(Boolean)),
       h("td", { class: "num" }, String(s.shape_count)),
       h("td", { class: "num" }, bytes(s.replication_lag_bytes)),
       h("td", { class: s.error ? "err" : "muted" }, problem
@@ -254,6 +264,11 @@
     const secret = fresh && fresh.source_id === s.source_id ? fresh : null;
     const head = h("div", { class: "bar" });
     const errBox = h("div", { class: "notice bad", id: "source-error", hidden: true });
+    const pendingBox = h("div", { class: "notice warn", id: "pending-notice", hidden: true },
+      h("strong", {}, "Nobody has this source's secret. "),
+      "The answer that created it was never sent (the engine stopped, or the client left, " +
+      "before it). To get a secret, send the same creation again (same name, database URL " +
+      "and limits), or rotate the secret below; or delete the source.");
     const dl = h("dl", { class: "details" });
     const manage = h("div", { class: "row" });
     const rotateMsg = h("p", { class: "form-error", hidden: true });
@@ -263,6 +278,7 @@
         h("span", { class: "grow" }));
       errBox.hidden = !s.error;
       errBox.textContent = s.error || "";
+      pendingBox.hidden = s.secret_delivered !== false || Boolean(secret);
       const rows = [
         ["Source ID", h("span", { class: "row" }, h("code", { id: "source-id" }, s.source_id),
           copyButton(() => s.source_id))],
@@ -333,7 +349,7 @@
     // replaceChildren (unlike h) would turn a missing notice into the text "null"
     app.replaceChildren(...[
       h("p", {}, h("a", { href: "#/" }, "← All sources")),
-      head, secretNotice, errBox,
+      head, secretNotice, pendingBox, errBox,
       h("section", { class: "card" }, h("h2", {}, "Details"), dl),
       h("section", { class: "card" }, h("h2", {}, "Use it"), usage(s, secret && secret.secret)),
       h("section", { class: "card" }, h("h2", {}, "Secret"),

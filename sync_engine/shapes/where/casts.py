@@ -179,7 +179,25 @@ def datetime_input(target: PgType) -> Callable[[str], Value]:
     parser = pgv.input_parser(target)
     if target.element == NUMERIC:
         return _numeric_scaled(parser)
+    if target in INT_TYPES:
+        return _long_int_checked(parser, target)
     return parser
+
+
+_LONG_INT = re.compile(r"\s*[+-]?0*[0-9]{20,}\s*", re.ASCII)
+
+
+def _long_int_checked(parser: Callable[[str], Value], target: PgType) -> Callable[[str], Value]:
+    """`parser`, but an integer of more than 19 digits is out of range before Python's int()
+    sees it (which refuses over 4300 digits, in its own words)."""
+
+    def parse(text: str) -> Value:
+        m = _LONG_INT.fullmatch(text)
+        if m and len(text.strip().lstrip("+-").lstrip("0")) > 19:
+            raise ValueError(f'value "{text}" is out of range for type {target.sql_name}')
+        return parser(text)
+
+    return parse
 
 
 def _numeric_scaled(parser: Callable[[str], Value]) -> Callable[[str], Value]:

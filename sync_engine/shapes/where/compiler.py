@@ -13,7 +13,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from pglast import ast
 from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
@@ -223,6 +223,13 @@ class Compiler:
                 raise error_at(f"type conflict for ${expr.param}", expr.node)
         if expr.text is None:
             return const(target, None, expr.node)
+        if target.array and not target.element.enum:
+            try:
+                pgv.input_parser(target.element)
+            except ValueError:
+                # (an array of a type the engine reads as its text, a domain or inet: its
+                # elements would compare as text, `'{true}'` unlike a row's `{t}`)
+                raise error_at(f"unsupported type {target.sql_name}", expr.node) from None
         if target.array and has_array_bounds(expr.text):
             raise error_at(ARRAY_BOUNDS_REFUSED, expr.node)
         if target.array and unicode_space(expr.text):
@@ -337,7 +344,7 @@ class Compiler:
                 node,
             )
         self.referenced.add(col.name)
-        typ = col.pg_type
+        typ = col.value_type
         parse = pgv.output_parser(typ)
         if typ.array:
             parse = bounds_refused(parse)
@@ -365,14 +372,17 @@ class Compiler:
             # The lexer makes integers beyond int4 Floats, and `-` folds into a literal
             # (`-2147483648`); Postgres then types it int4, int8 or numeric by its range.
             text = val.fval or "0"
-            if re.fullmatch(r"-?[0-9]+", text):
+            if re.fullmatch(r"-?[0-9]{1,25}", text):
                 n = int(text)
                 if -(2**31) <= n < 2**31:
                     return const(INT4, n, node)
                 if -(2**63) <= n < 2**63:
                     return const(INT8, n, node)
-                return const(NUMERIC, Decimal(n), node)
-            return const(NUMERIC, pg_numeric(Decimal(text)), node)
+            # (more digits are numeric: and Python's int() refuses over 4300 of them)
+            try:
+                return const(NUMERIC, pg_numeric(Decimal(text)), node)
+            except (InvalidOperation, ValueError):
+                raise error_at("value overflows numeric format", node) from None
         if isinstance(val, ast.Boolean):
             return const(BOOL, bool(val.boolval), node)
         if isinstance(val, ast.String):
@@ -747,11 +757,29 @@ class Compiler:
         elements = [self.compile(e) for e in (node.elements or ())]
         if not elements:
             raise error_at("cannot determine type of empty array", node)
+        domains = {self._domain_of(e) for e in elements}
+        if len(domains) == 1 and None not in domains:
+            # Every item of one domain: the array is of the domain, not of its base type
+            # (select_common_type keeps a type all items share), and `ARRAY[dm] = ARRAY[1]`
+            # does not exist in Postgres. Items of other types make it the base type's.
+            raise error_at(
+                f"an ARRAY of domain {domains.pop()} values is not supported (cast the"
+                " column to its base type)",
+                node,
+            )
         if any(e.type.array for e in elements):
             typ, elements = self.unify(elements, "ARRAY", node)
             return apply_nullable(typ, array_of_arrays, elements, node)
         typ, elements = self.unify(elements, "ARRAY", node)
         return apply_nullable(typ.array_of(), lambda *xs: tuple(xs), elements, node)
+
+    def _domain_of(self, e: Expr) -> str | None:
+        """The domain a column reference read as its base type (`value_type`) has."""
+        if e.raw and e.column is not None and isinstance(e.node, ast.ColumnRef):
+            col = self.columns[e.column]
+            if col.type_kind == "d":
+                return col.type_name
+        return None
 
     def _A_Indirection(self, node: ast.A_Indirection) -> Expr:
         arg = self.compile(node.arg)

@@ -203,6 +203,7 @@ def _array_builder(kind: str) -> Builder:
             if not typ.array:
                 raise error_at("array_cat needs arrays", node)
             return apply_nullable(typ, array_cat, [a, b], node)
+
         def missing() -> str:
             return f"function array_{kind}({a.type.sql_name}, {b.type.sql_name}) does not exist"
 

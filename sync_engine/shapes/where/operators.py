@@ -368,6 +368,7 @@ def _array_concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
     if left.type.array and right.type.array:
         typ, (left, right) = c.unify([left, right], "array ||", node)
         return apply_nullable(typ, array_cat, [left, right], node)
+
     # An untyped literal (or NULL) beside an array is read as that array type, as
     # Postgres's operator resolution does (so `ia || '5'` fails like in Postgres).
     def missing() -> str:

@@ -116,21 +116,17 @@ def num_div(a: Decimal, b: Decimal) -> Decimal:
     if b == 0:
         raise ZeroDivisionError("division by zero")
     rscale = _div_scale(a, b)
-    # a / b * 10^rscale as a ratio of integers, rounded half away from zero
-    ta, tb = a.as_tuple(), b.as_tuple()
-    num = int("".join(map(str, ta.digits))) * (-1 if ta.sign else 1)
-    den = int("".join(map(str, tb.digits))) * (-1 if tb.sign else 1)
-    shift = int(ta.exponent) - int(tb.exponent) + rscale
-    if shift >= 0:
-        num *= 10**shift
-    else:
-        den *= 10**-shift
-    q, r = divmod(abs(num), abs(den))
-    if 2 * r >= abs(den):
-        q += 1
-    if (num < 0) != (den < 0):
-        q = -q
-    return numeric_result(Decimal(q).scaleb(-rscale, EXACT))  # (the default context rounds)
+    # a / b * 10^rscale, truncated, then rounded half away from zero by its remainder; in
+    # Decimal arithmetic (exact: scaleb and divide_int of finite values), not through
+    # Python ints, whose conversion from text stops at 4300 digits
+    num = a.scaleb(rscale, EXACT)
+    q = EXACT.divide_int(num, b)
+    r = EXACT.subtract(num, EXACT.multiply(q, b))
+    if EXACT.multiply(2, r.copy_abs()) >= b.copy_abs():
+        q = EXACT.add(q, 1 if (a < 0) == (b < 0) else -1)
+    if q.is_zero():
+        q = Decimal(0)  # (numeric has no -0)
+    return numeric_result(q.scaleb(-rscale, EXACT))
 
 
 def _base10000(x: Decimal) -> tuple[int, int]:
@@ -166,11 +162,26 @@ def num_mod(a: Decimal, b: Decimal) -> Decimal:
     return EXACT.remainder(a, b)
 
 
+#: Postgres's numeric limits: digits before the decimal point (NUMERIC_WEIGHT_MAX's), and
+#: the display scale (NUMERIC_DSCALE_MAX).
+NUMERIC_MAX_DIGITS = 131072
+NUMERIC_MAX_SCALE = 16383
+_SMALLEST_SCALE = Decimal(1).scaleb(-NUMERIC_MAX_SCALE)
+
+
 def pg_numeric(value: Decimal) -> Decimal:
     """`value` as Postgres holds a numeric: with a display scale of 0 or more. numeric_in
     reads '1e100' as a 1 and 100 zeros (scale 0), where Decimal keeps an exponent of 100,
     and the scale decides what follows: 1e100 * 1e-100 has scale 100 in Postgres ('1.000...')
-    and was 1 here; 1e100 * 1.5 prints a '.0'."""
+    and was 1 here; 1e100 * 1.5 prints a '.0'.
+
+    Input beyond Postgres's range ('1e131072', '1e-16384') overflows, as numeric_in does
+    (the engine had taken seconds to expand '1e1000000000' and then matched rows)."""
+    if value.is_finite() and (
+        (value and value.adjusted() >= NUMERIC_MAX_DIGITS)
+        or -int(value.as_tuple().exponent) > NUMERIC_MAX_SCALE
+    ):
+        raise ValueError("value overflows numeric format")  # (an input error: 22003)
     if value.is_finite() and int(value.as_tuple().exponent) > 0:
         return value.quantize(Decimal(1), context=EXACT)
     return value
@@ -188,6 +199,15 @@ def _exact(op: Callable[[Context, Decimal, Decimal], Decimal]) -> Callable[..., 
         return numeric_result(op(EXACT, a, b))
 
     return run
+
+
+def numeric_mul(a: Decimal, b: Decimal) -> Decimal:
+    """numeric `*`: exact, then rounded (half away from zero) to Postgres's largest display
+    scale, as numeric_mul does (`'1e-10000' * '1e-10000'` is 0 in Postgres)."""
+    product = EXACT.multiply(a, b)
+    if product.is_finite() and -int(product.as_tuple().exponent) > NUMERIC_MAX_SCALE:
+        product = product.quantize(_SMALLEST_SCALE, rounding=ROUND_HALF_UP, context=EXACT)
+    return numeric_result(product)
 
 
 def _float_op(name: str, float4: bool) -> Callable[[float, float], float]:
@@ -345,7 +365,7 @@ def arith_func(name: str, typ: PgType) -> Callable[..., Value] | None:
         return {
             "+": _exact(Context.add),
             "-": _exact(Context.subtract),
-            "*": _exact(Context.multiply),
+            "*": numeric_mul,
             "/": num_div,
             "%": num_mod,
         }.get(name)

@@ -188,14 +188,36 @@ async def test_quoted_identifiers_keep_their_case(engine: Engine) -> None:
         assert sorted(rows) == ITEMS_KEYS
 
 
-async def test_repeated_table(engine: Engine) -> None:
+async def test_a_repeated_parameter_takes_its_last_value(engine: Engine) -> None:
+    """As Electric (Plug's query decoding): `table=items&table=other` is the shape of `other`,
+    the same shape (handle) as `table=other`; a repeated `params[1]` and `handle` likewise."""
     make_items(engine)
     engine.sql("CREATE TABLE other (id int PRIMARY KEY)")
+    engine.sql("INSERT INTO other VALUES (7)")
     status, headers, raw = await request(
         engine, params=[("table", "items"), ("table", "other"), ("offset", "-1")]
     )
-    assert_client_error(status, headers, raw, names="table")
-    await assert_untouched(engine)
+    assert status == 200, raw
+    assert [m["key"] for m in orjson.loads(raw) if "key" in m] == ['"public"."other"/"7"']
+    _, handle, offset = await engine.sync(table="other")
+    assert headers["electric-handle"] == handle
+    status, headers, raw = await request(
+        engine,
+        params=[
+            ("table", "items"),
+            ("where", "n = $1"),
+            ("params[1]", "10"),
+            ("params[1]", "20"),
+            ("offset", "-1"),
+        ],
+    )
+    assert status == 200, raw
+    assert [m["key"] for m in orjson.loads(raw) if "key" in m] == ['"public"."items"/"2"']
+    status, _, raw = await request(
+        engine,
+        params=[("table", "other"), ("offset", offset), ("handle", "nope"), ("handle", handle)],
+    )
+    assert status == 200, raw
 
 
 @pytest.mark.parametrize(
@@ -795,7 +817,9 @@ RUNTIME_ERRORS = [
     pytest.param("id / 0 = 1", "22012", id="division-by-zero"),
     pytest.param("title::int4 = 1", "22P02", id="bad-cast-of-a-row-value"),
     pytest.param("n * 2147483647 * 2 > 1", "22003", id="integer-overflow"),
-    pytest.param("ARRAY[[[[[[[1]]]]]]] IS NOT NULL", "54000", id="seven-dimensions"),
+    # Refused by the where evaluator itself since b958782, in Postgres's words (no
+    # SQLSTATE): still a 400 that is not retried and leaves nothing behind.
+    pytest.param("ARRAY[[[[[[[1]]]]]]] IS NOT NULL", "exceeds the maximum", id="seven-dimensions"),
 ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -10,9 +12,11 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from sync_engine.tenants.cli import main as cli_main
 from tests.support.ports import free_port
 from tests.support.waiting import WaitTimeout, wait_until
 
@@ -54,18 +58,34 @@ def admin_url(tmp_path: Path) -> Iterator[str]:
         assert "pw-hidden" not in (tmp_path / "engine.log").read_text()
 
 
-def cli(admin_url: str, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "SYNC_ENGINE_ADMIN_URL": admin_url, "SYNC_ENGINE_ADMIN_TOKEN": token}
+def cli_process(admin_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m sync_engine sources ...` as a process."""
+    env = {**os.environ, "SYNC_ENGINE_ADMIN_URL": admin_url, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
     return subprocess.run([sys.executable, "-m", "sync_engine", "sources", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=60,
                           stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def cli(admin_url: str, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    """The same command run in this process (`cli.main`, its environment, no terminal): a
+    process each was ~20 Python starts for this file (the first command runs as one)."""
+    env = {"SYNC_ENGINE_ADMIN_URL": admin_url, "SYNC_ENGINE_ADMIN_TOKEN": token}
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, env),
+        mock.patch.object(sys, "stdin", io.StringIO()),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        code = cli_main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_cli_manages_sources(make_db: Callable[[], str], admin_url: str) -> None:
     # make_db first: its databases are dropped after the engine stopped (a running engine
     # makes its slot again when it is dropped under it, and a slot blocks DROP DATABASE).
     url = make_db().replace("postgres@", "postgres:pw-hidden@")
-    out = cli(admin_url, "add", "--name", "cli-a", "--database-url", url, "--json")
+    out = cli_process(admin_url, "add", "--name", "cli-a", "--database-url", url, "--json")
     assert out.returncode == 0, out.stderr
     a = json.loads(out.stdout)
     assert a["secret"] and a["source_id"] and "pw-hidden" not in out.stdout

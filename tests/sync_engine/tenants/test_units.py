@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sync_engine.tenants import auth as auth_module
-from sync_engine.tenants.auth import SourceAuth, parse_source_id
+from sync_engine.tenants.auth import SourceAuth, canonical_source_id, parse_source_id
 from sync_engine.tenants.credentials import hash_secret, is_slow, new_secret, verify_secret
 from sync_engine.tenants.dburl import check_database_url, redact_url
 from sync_engine.tenants.diagnose import explain
@@ -250,9 +250,15 @@ async def test_auth_checks(tmp_path: Path) -> None:
 
 
 def test_parse_source_id() -> None:
-    assert parse_source_id("00000000-0000-4000-8000-000000000000")
+    sid = "0a000000-0000-4000-8000-00000000000b"
+    assert parse_source_id(sid) == canonical_source_id(sid) == sid
     for bad in (None, "", "default", "x" * 100, "1234"):
         assert parse_source_id(bad) is None
+        assert canonical_source_id(bad) is None
+    # the same uuid spelled otherwise: the admin API finds it, /v1/shape does not
+    for other in (sid.upper(), "{" + sid + "}", "urn:uuid:" + sid, sid.replace("-", "")):
+        assert parse_source_id(other) == sid
+        assert canonical_source_id(other) is None
 
 
 async def test_secret_checks_take_turns_by_source(

@@ -1,0 +1,133 @@
+"""A snapshot chunk damaged below the filesystem (a bad disk: its bytes change, its inode,
+size and times do not) after the engine checked it once: the next request for it gets a 409
+(the shape is retired and taken again), never the damaged rows.
+
+The engine used to check a chunk file once per process, then send it as it was for as long
+as its (inode, size, times) stayed the same: the damaged bytes went to every client, a
+changed value as valid JSON. Now every send is checked (`ShapeLog.check_snapshot_file`).
+
+The data directory is a small ext2 filesystem on a loop device: the test writes into the
+image file at the chunk's block (FIBMAP) and drops the chunk's cached pages, as a disk that
+returns other bytes would. Needs root and a loop device (skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import struct
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.faults.cluster import FaultCluster
+from tests.support.engine_process import EngineProcess
+from tests.support.waiting import wait_until_async
+
+FIBMAP = 1
+BLOCK = 4096
+
+
+def _loop_usable() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        return subprocess.run(["losetup", "-f"], capture_output=True, check=False).returncode == 0
+    except OSError:
+        return False
+
+
+pytestmark = pytest.mark.skipif(not _loop_usable(), reason="needs root and a free loop device")
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def _values(body: bytes) -> dict[str, Any]:
+    return {m["key"]: m["value"] for m in orjson.loads(body) if "key" in m}
+
+
+def _damage_below_the_filesystem(image: Path, chunk: Path, old: bytes, new: bytes) -> None:
+    """Replace `old` (its first occurrence in the file `chunk`) by `new`, same length, in
+    the filesystem's image, then drop the file's cached pages: the next read of the file
+    gets the new bytes, while its inode, size and times stay as they were."""
+    data = chunk.read_bytes()
+    at = data.index(old)
+    fd = os.open(chunk, os.O_RDONLY)
+    try:
+        (physical,) = struct.unpack("i", fcntl.ioctl(fd, FIBMAP, struct.pack("i", at // BLOCK)))
+        assert physical > 0, "no block mapped"
+        with open(image, "r+b") as f:
+            f.seek(physical * BLOCK + at % BLOCK)
+            assert f.read(len(old)) == old  # the right place
+            f.seek(physical * BLOCK + at % BLOCK)
+            f.write(new)
+            f.flush()
+            os.fsync(f.fileno())
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    assert chunk.read_bytes() == data.replace(old, new, 1), "the damage is not seen"
+
+
+@pytest.mark.timeout(120)
+async def test_a_chunk_damaged_under_its_file_times_is_a_409_not_its_rows(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    cluster.query("ALTER TABLE items ADD COLUMN t text NOT NULL DEFAULT repeat('x', 200)")
+    cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, 2000) g")
+    image, mnt = tmp_path / "disk.img", tmp_path / "data"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-b", str(BLOCK), "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    args = ("--long-poll-timeout", "2", "--chunk-bytes", "65536")
+    engine = EngineProcess(cluster.url, mnt, *args)
+    engine.log = tmp_path / "engine.log"
+    url = engine.url + "/v1/shape?table=items&offset=-1"
+    try:
+        await asyncio.to_thread(engine.start)
+        status, headers, first = _get(url)
+        assert status == 200
+        handle = headers["electric-handle"].encode()
+        await wait_until_async(
+            lambda: any(handle in p.read_bytes() for p in mnt.rglob("*.pack")),
+            message="the snapshot packed",
+        )
+        # started again: the chunk is no longer in memory, its file is read and checked once
+        engine.stop()
+        await asyncio.to_thread(engine.start)
+        for _ in range(2):  # checked, then sent as its file
+            status, headers, body = _get(url)
+            assert (status, body) == (200, first)
+        assert headers["electric-handle"].encode() == handle
+        chunk = next(mnt.rglob(f"{handle.decode()}.snapshot.00000.json"))
+        before = os.stat(chunk)
+        _damage_below_the_filesystem(image, chunk, b'"v":"0"', b'"v":"7"')
+        after = os.stat(chunk)
+        assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns
+        )  # fmt: skip
+
+        status, headers, body = _get(url)
+        changed = sorted(k for k, v in _values(body).items() if v["v"] != "0")
+        assert status == 409, f"the damaged chunk was sent: {changed}"
+        # the client's refetch: a new shape, its rows as Postgres has them (every v is 0)
+        status, headers, again = _get(url)
+        assert status == 200 and headers["electric-handle"].encode() != handle
+        assert _values(again) and {v["v"] for v in _values(again).values()} == {"0"}
+    finally:
+        engine.stop()
+        subprocess.run(["umount", str(mnt)], check=False)
