@@ -30,9 +30,15 @@ from proxy.config.loader import LoadedConfig
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http import fastlane, handlers
 from proxy.http.context import RequestContext, new_request_id
-from proxy.http.errors import error_response, render_http_error, render_proxy_error
+from proxy.http.errors import (
+    engine_response,
+    error_response,
+    render_http_error,
+    render_proxy_error,
+)
 from proxy.http.fastlane import FastAnswer, FastConnection
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
+from proxy.http.protocol import REPEATED_AUTHORIZATION, REQUEST_TIMEOUT
 from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
 from proxy.logs import ACCESS_LOGGER, access_level, redact_query
@@ -359,8 +365,12 @@ class ProxyApp:
                 headers["Vary"] = vary
 
     def refused(self, refusal: Refusal) -> Response:
-        """The answer to a request the HTTP parser refused (`proxy.http.protocol`)."""
-        return error_response(refusal.status, refusal.reason, refusal.message)
+        """The answer to a request the HTTP parser refused (`proxy.http.protocol`): the
+        engine's (sync_engine/http/parser_refusals.py) for what it refuses alike, the
+        proxy's own (with its `code`) for a slow request or two Authorization headers."""
+        if refusal in (REQUEST_TIMEOUT, REPEATED_AUTHORIZATION):
+            return error_response(refusal.status, refusal.reason, refusal.message)
+        return engine_response(refusal.status, {"message": refusal.message})
 
     def crashed(self) -> Response:
         """The answer when handling itself failed (a bug): nothing about internals."""

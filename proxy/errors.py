@@ -27,6 +27,9 @@ class ProxyError(Exception):
     """Root of the proxy's error tree; carries an HTTP status, a reason code and a message."""
 
     status: int = 500
+    #: The engine refuses the same request in the same words: rendered as the engine renders
+    #: it (compact JSON, no `code`), so that a client cannot tell the two apart.
+    engine_words: bool = False
 
     def __init__(
         self,
@@ -59,6 +62,8 @@ class EngineRefusal(BadShapeRequest):
     """What the engine itself says of a malformed request, in its own body (`body`), said
     by the proxy first so the client hears the engine's answer in the engine's order."""
 
+    engine_words = True
+
     def __init__(self, reason: str, message: str, *, body: dict[str, object], status: int = 400):
         super().__init__(reason, message)
         self.body = body
@@ -84,12 +89,14 @@ class NotFound(ProxyError):
     """Path is not one of the proxy's exact routes."""
 
     status = 404
+    engine_words = True
 
 
 class MethodNotAllowed(ProxyError):
     """Method is not served on this route (DELETE is refused on purpose)."""
 
     status = 405
+    engine_words = True
 
 
 class PayloadTooLarge(ProxyError):
@@ -102,6 +109,7 @@ class UnsupportedMediaType(ProxyError):
     """A POST body in a content coding the proxy does not decode (`br`, `zstd`...)."""
 
     status = 415
+    engine_words = True
 
 
 class UpstreamError(ProxyError):

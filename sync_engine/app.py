@@ -12,12 +12,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from . import __version__
 from .errors import ServiceUnavailable, Unauthorized
 from .http.errors import error_middleware, json_response
 from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.live import LiveConnection
+from .http.params import last
 from .http.parser_refusals import RefusingApplication
 from .http.shape import ShapeView
 from .preflight import disk_full
@@ -107,12 +109,12 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         """The source a request is for, after checking its credentials."""
         srcs: dict[str, Source] = request.app[SOURCES]
         q = request.query
-        given = q.get("secret") or q.get("api_secret") or q.get("source_secret")
+        given = _given_secret(q)
         if registry.problem is not None and ("source_id" in q or "default" not in srcs):
             # (never to the single database: it may need no secret, and is not theirs)
             raise ServiceUnavailable(registry.problem, retry_after=10, code="registry_unavailable")
         if manager.has_sources() and ("source_id" in q or "default" not in srcs):
-            return await manager.authenticate(q.get("source_id"), given)
+            return await manager.authenticate(last(q, "source_id"), given)
         if secret is not None:
             if given is None or not hmac.compare_digest(given.encode(), secret):
                 raise Unauthorized()
@@ -160,7 +162,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         `--secret` when one is set, as `/v1/shape` is (a CDN tier forwards `/` to the engine).
         """
         if settings.secret is not None:
-            given = request.query.get("secret") or request.query.get("api_secret") or ""
+            given = _given_secret(request.query) or ""
             if not hmac.compare_digest(given.encode(), settings.secret.encode()):
                 raise Unauthorized()
         srcs: list[Source] = [*request.app[SOURCES].values(), *manager.running.values()]
@@ -213,6 +215,17 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
 
     app.cleanup_ctx.append(lifespan)
     return app
+
+
+def _given_secret(query: MultiMapping[str]) -> str | None:
+    """The secret a request gives, as Electric reads it: `secret`, else `api_secret` (else
+    `source_secret`), the first of them present even if empty, its last value if repeated
+    (`conn.query_params["secret"] || conn.query_params["api_secret"]` after Plug's query
+    decoding: an empty `secret` is not absent there)."""
+    for name in ("secret", "api_secret", "source_secret"):
+        if name in query:
+            return last(query, name)
+    return None
 
 
 class _Registry:

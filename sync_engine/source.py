@@ -63,6 +63,11 @@ DROP_WAIT = 30.0
 POOL_CLOSE_WAIT = 10.0
 #: Seconds `destroy` waits for the shape logs to be deleted (it goes on in the background).
 RMTREE_WAIT = 60.0
+#: `_run`'s retries of a failed start: the first after RETRY_FIRST seconds, doubled up to
+#: RETRY_MAX; a failure only a person can fix is retried every PERMANENT_RETRY seconds.
+RETRY_FIRST = 0.5
+RETRY_MAX = 5.0
+PERMANENT_RETRY = 10.0
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -151,6 +156,7 @@ class Source:
             replace_slot_if_gone=self._replace_slot_if_gone,
             silence_timeout=config.replication_timeout,
             evaluate=self._rows_match,
+            find_ancestors=self.tables.find_ancestors,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -256,7 +262,7 @@ class Source:
 
     async def _run(self) -> None:
         """Connect (retrying with backoff), prepare slot and publication, then replicate."""
-        delay = 0.5
+        delay = RETRY_FIRST
         while True:
             try:
                 await self._prepare()
@@ -271,13 +277,14 @@ class Source:
                     logger.warning("%s not ready: %s; retrying in %.1f s", where, self.error, delay)
                 elif self.error != reported:  # once, not every retry
                     logger.error(
-                        "%s cannot start: %s. This will not fix itself: %s. Retrying every 10 s.",
+                        "%s cannot start: %s. This will not fix itself: %s. Retrying every %g s.",
                         where,
                         self.error,
                         problem.fix,
+                        PERMANENT_RETRY,
                     )
-                await asyncio.sleep(10.0 if problem.permanent else delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(PERMANENT_RETRY if problem.permanent else delay)
+                delay = min(delay * 2, RETRY_MAX)
         checker = asyncio.create_task(
             self.tables.check_schemas_forever(self.config.schema_check_interval)
         )
@@ -286,8 +293,11 @@ class Source:
 
     async def _prepare(self) -> None:
         publication_created = await self.tables.prepare()
-        for shape in self.registry.load():
+        loaded = self.registry.load()
+        for shape in loaded:
             await self._check_zones(shape)
+        # (partitions and inheritance children of their tables: routed to their shapes)
+        await self.tables.load_families({s.definition.table_oid for s in loaded})
         if not await self._replace_slot_if_gone(publication_created=publication_created):
             await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
         self.state, self.error = SourceState.ACTIVE, None

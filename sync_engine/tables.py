@@ -37,8 +37,10 @@ from .pg.catalog import TableInfo, load_table
 from .pg.publication import (
     PublicationError,
     add_table,
+    ancestors_of,
     ensure_publication,
     publication_exists,
+    publish_descendants,
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
@@ -367,6 +369,10 @@ class Tables:
                 )
             except PublicationError as exc:
                 raise InvalidRequest({"table": [str(exc)]}) from None
+            # its partitions and inheritance children: their changes come under their own
+            # relations (routed to this table's shapes), each with the old row
+            if await publish_descendants(conn, self.publication, table.oid, self.registry.router):
+                added = True
             if added:
                 await wait_for_older_transactions(conn)
 
@@ -375,6 +381,27 @@ class Tables:
         await self.on_catalog(work, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
+
+    async def load_families(self, oids: set[int]) -> None:
+        """`publish_descendants` of tables whose shapes were loaded from disk (at start)."""
+        for oid in sorted(oids):
+
+            async def work(conn: AsyncConnection[Any], oid: int = oid) -> None:
+                await publish_descendants(conn, self.publication, oid, self.registry.router)
+
+            await self.on_catalog(work, PUBLISH_TIMEOUT)
+
+    async def find_ancestors(self, oid: int) -> None:
+        """Route table `oid`'s changes to its ancestors' shapes too (`ShapeRouter.routes`):
+        asked by the replicator for a relation the stream names for the first time while
+        shaped parents exist (a partition made after their shapes)."""
+
+        async def work(conn: AsyncConnection[Any]) -> None:
+            ancestors = await ancestors_of(conn, oid)
+            if ancestors:
+                self.registry.router.add_ancestors(oid, ancestors)
+
+        await self.on_catalog(work)
 
     # -- schema drift ---------------------------------------------------------------------
 

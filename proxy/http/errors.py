@@ -3,7 +3,10 @@
 Bodies are Electric's: `{"message": "...", "errors": {"<param>": ["..."]}}`, where `errors`
 names the parameter at fault when there is one (nested for subsets, as Electric does:
 `{"subset": {"where": [...]}}`), and a 400 about a parameter says `"Invalid request"` as
-Electric's does. The proxy adds its stable machine-readable reason as `"code"`. Every refusal
+Electric's does. The proxy adds its stable machine-readable reason as `"code"`, except where
+the engine refuses the same request in the same words (a malformed parameter, body or HTTP
+message, an unknown path or method): that refusal is the engine's, byte for byte (compact
+JSON, no `code`; the access log keeps the reason). Every refusal
 has `cache-control: no-store` (no cache may keep it), `WWW-Authenticate` on 401 and
 `Retry-After` on 502/503/504. The server's own HTTP errors (method not allowed, body too
 large) are rendered the same way, and anything unexpected is a bare 500 that says nothing
@@ -15,6 +18,8 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+
+import orjson
 
 from proxy.errors import EngineRefusal, ProxyError, Unauthenticated
 from proxy.http.wire import HttpError, Response, json_response
@@ -65,11 +70,19 @@ def error_response(
     return json_response(body, status=status, headers=headers)
 
 
+def engine_response(status: int, body: dict[str, Any]) -> Response:
+    """A refusal the engine makes of the same request, as the engine renders it: its JSON,
+    compact (orjson's, as the engine's), no `code`, its headers. The access log still has
+    the proxy's reason."""
+    headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
+    return json_response(orjson.dumps(body).decode(), status=status, headers=headers)
+
+
 def render_proxy_error(exc: ProxyError) -> Response:
-    if isinstance(exc, EngineRefusal):  # the engine's own words and body, plus `code`
-        headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
-        body = json.dumps({**exc.body, "code": exc.reason})
-        return json_response(body, status=exc.status, headers=headers)
+    if isinstance(exc, EngineRefusal):  # the engine's own words and body
+        return engine_response(exc.status, exc.body)
+    if exc.engine_words:
+        return engine_response(exc.status, {"message": exc.message})
     return error_response(
         exc.status,
         exc.reason,
@@ -81,9 +94,9 @@ def render_proxy_error(exc: ProxyError) -> Response:
 
 
 def render_http_error(exc: HttpError) -> Response:
-    reason = _HTTP_REASONS.get(exc.status, "http_error")
+    """The server's own HTTP errors, each as the engine's server answers it."""
     if exc.status == 413:  # a POST body over the limit: in Electric's (and the engine's) words
-        body = json.dumps({"error": "Request body too large", "code": reason})
-        headers = {"Cache-Control": "no-store", "Surrogate-Control": "no-store"}
-        return json_response(body, status=413, headers=headers)
-    return error_response(exc.status, reason, exc.reason)
+        return engine_response(413, {"error": "Request body too large"})
+    if exc.status in _HTTP_REASONS:
+        return engine_response(exc.status, {"message": exc.reason})
+    return error_response(exc.status, "http_error", exc.reason)

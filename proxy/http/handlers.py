@@ -26,7 +26,13 @@ from yarl import URL
 
 from proxy.auth.bearer import bearer_token, refuse_token_in_query
 from proxy.auth.claims import TokenVerifier
-from proxy.errors import BadShapeRequest, MethodNotAllowed, ProxyError, UnsupportedMediaType
+from proxy.errors import (
+    BadShapeRequest,
+    EngineRefusal,
+    MethodNotAllowed,
+    ProxyError,
+    UnsupportedMediaType,
+)
 from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
@@ -104,11 +110,12 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     elif method in ("POST", "DELETE"):
         try:
             prepared, body = await _prepare(request, runtime, shape_name, method=method)
-        except _MalformedDelete as exc:
-            refused = await _engine_refuses_delete(request, runtime)
-            if refused is not None:
-                return refused
-            raise exc.error from None
+        except BadShapeRequest:
+            if method == "DELETE" and shape_name is None:
+                refused = await _engine_refuses_delete(request, runtime)
+                if refused is not None:
+                    return refused
+            raise
     else:
         raise MethodNotAllowed("method_not_allowed", "Method Not Allowed")  # the engine's words
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
@@ -119,19 +126,13 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
 
 
-class _MalformedDelete(Exception):
-    """A DELETE whose parameters the proxy refuses (`error`), before any policy check."""
-
-    def __init__(self, error: BadShapeRequest) -> None:
-        super().__init__(error.message)
-        self.error = error
-
-
 async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamResponse | None:
-    """The engine's 405 for a DELETE the proxy finds malformed, when the engine takes no
-    DELETE at all (run without `--allow-delete`): it says so before reading any parameter,
-    so a client hears that, not the proxy's 400. Asked with a DELETE naming nothing (which
-    an engine that takes DELETEs refuses without deleting anything); None if not a 405."""
+    """The engine's 405 for a DELETE the proxy refuses as malformed (a 400: its parameters,
+    or a definition the policy cannot read), when the engine takes no DELETE at all (run
+    without `--allow-delete`): it says so before reading any parameter, so a client hears
+    that, not the proxy's 400. Asked with a DELETE naming nothing (which an engine that
+    takes DELETEs refuses without deleting anything: the client's request never reaches
+    it); None if not a 405. (A 401 or 403 keeps the policy's answer.)"""
     context = request.context
     base = URL(runtime.loaded.config.upstream.url)
     url = base.with_path(base.path.rstrip("/") + "/v1/shape")
@@ -407,12 +408,15 @@ async def _prepare(
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
         check_as_the_engine(query, posted)
-    try:
-        shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
-    except BadShapeRequest as exc:
-        if method == "DELETE" and shape_name is None:
-            raise _MalformedDelete(exc) from None
-        raise
+    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+    if method == "DELETE" and shape_name is None and shape_request.table is None:
+        if "handle" not in dict(shape_request.protocol):
+            # (the engine's words for a DELETE naming nothing, before the policy's)
+            raise EngineRefusal(
+                "missing_table",
+                "can't be blank",
+                body={"message": "Invalid request", "errors": {"table": ["can't be blank"]}},
+            )
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
     decision = evaluate(
@@ -508,7 +512,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
         raise HttpError(413, "Request Entity Too Large")
     if body is None or not decoder.eof or decoder.unused_data:
         # (the engine's words for a body its server cannot read)
-        raise BadShapeRequest("bad_request", "Malformed request body")
+        raise EngineRefusal(
+            "bad_request", "Malformed request body", body={"message": "Malformed request body"}
+        )
     return body
 
 

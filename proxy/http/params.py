@@ -53,8 +53,18 @@ MAX_VALUE_LENGTH = 8192
 _MAX_BIGINT = 2**63 - 1
 
 
-def _invalid(reason: str, field: str, message: str) -> BadShapeRequest:
-    return BadShapeRequest(reason, message, field=field)
+def _invalid(reason: str, field: str, message: str) -> EngineRefusal:
+    """The engine's refusal of one parameter (`field`, dotted for a subset's: `subset.limit`),
+    in its words and body: `{"message": "Invalid request", "errors": {...}}`."""
+    errors: dict[str, object] = {}
+    node = errors
+    parts = field.split(".")
+    for part in parts[:-1]:
+        child: dict[str, object] = {}
+        node[part] = child
+        node = child
+    node[parts[-1]] = [message]
+    return EngineRefusal(reason, message, body={"message": "Invalid request", "errors": errors})
 
 
 def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Admin HTTP API for sources, and the dashboard's static files.
 
-    GET    /api/info                           engine URL and version
-    GET    /api/sources                        {"sources": [status, ...]}
+    GET    /api/info                           engine URL, version, registry
+    GET    /api/sources                        {"sources": [status, ...], "registry": {read_only}}
     POST   /api/sources                        {name, database_url[, max_shapes, max_initial_syncs]}
                                                -> 201 status + secret (shown this once)
     GET    /api/sources/{id}                   status
@@ -256,13 +256,24 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
         body["shape_url"] = f"{engine_url}/v1/shape?source_id={rec.source_id}"
         return body
 
+    def registry() -> dict[str, Any]:
+        """sources.db: open read-only (why) when it could not be opened for writing."""
+        store = manager.store
+        return {"read_only": store.read_only if store is not None else "not open"}
+
     async def info(request: web.Request) -> web.StreamResponse:
         return _json(
-            200, {"engine_url": engine_url, "version": __version__, "sources": len(manager.records)}
+            200,
+            {
+                "engine_url": engine_url,
+                "version": __version__,
+                "sources": len(manager.records),
+                "registry": registry(),
+            },
         )
 
     async def list_sources(request: web.Request) -> web.StreamResponse:
-        return _json(200, {"sources": [status(r) for r in manager.all()]})
+        return _json(200, {"sources": [status(r) for r in manager.all()], "registry": registry()})
 
     async def create_source(request: web.Request) -> web.StreamResponse:
         data = await _body(request, ("name", "database_url", "max_shapes", "max_initial_syncs"))

@@ -27,7 +27,7 @@ from ..tables import not_answering
 from . import headers as h
 from .errors import json_response
 from .live import client_gone, serve_sse
-from .params import MAX_BODY, ShapeRequest, parse_json_body, parse_shape_request
+from .params import MAX_BODY, ShapeRequest, last, parse_json_body, parse_shape_request
 from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
 
@@ -91,10 +91,13 @@ class ShapeView:
         if not self.settings.allow_delete:
             return json_response(405, {"message": "DELETE not allowed"})
         source = await self.find_source(request)
-        handle = request.query.get("handle") or None
+        handle = last(request.query, "handle") or None
         if "table" in request.query:
-            # the definition's parameters (the first of any given twice), from its start
-            req = parse_shape_request(MultiDict({**request.query, "offset": "-1"}))
+            # the definition's parameters (the last of any given twice, as Electric), from
+            # its start
+            query = MultiDict((k, v) for k, v in request.query.items() if k != "offset")
+            query["offset"] = "-1"
+            req = parse_shape_request(query)
             described = await source.describe(req.shape)
             shape = source.current(described.definition)
             if shape is None:
@@ -130,6 +133,8 @@ class ShapeView:
             raise ShapeGone(shape.handle)
         try:
             if req.live and req.live_sse:
+                if req.offset is not None:  # (an offset past the log: the long-poll's 400)
+                    await self._check_bounds(request, source, shape, req.offset)
                 return await serve_sse(request, self.settings, source, shape, req)
             return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:

@@ -16,12 +16,41 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
+if TYPE_CHECKING:
+    from ..shapes.router import ShapeRouter
+
 logger = logging.getLogger(__name__)
+
+#: Every descendant of a table (partitions, sub-partitions, inheritance children), with the
+#: chain of its ancestors up to that table, its kind, replica identity and whether the
+#: publication sends its changes.
+_DESCENDANTS = """
+WITH RECURSIVE down(relid, ancestors) AS (
+    SELECT inhrelid, ARRAY[inhparent] FROM pg_inherits WHERE inhparent = %(oid)s
+    UNION ALL
+    SELECT i.inhrelid, d.ancestors || i.inhparent
+    FROM pg_inherits i JOIN down d ON i.inhparent = d.relid
+)
+SELECT d.relid::int8, ARRAY(SELECT a::int8 FROM unnest(d.ancestors) a), c.relkind::text,
+       c.relreplident::text, n.nspname, c.relname,
+       EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = %(pub)s
+               AND t.schemaname = n.nspname AND t.tablename = c.relname)
+FROM down d JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+"""
+
+_ANCESTORS = """
+WITH RECURSIVE up(relid) AS (
+    SELECT inhparent FROM pg_inherits WHERE inhrelid = %s
+    UNION ALL
+    SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid
+)
+SELECT relid::int8 FROM up
+"""
 
 
 class PublicationError(Exception):
@@ -108,3 +137,48 @@ async def wait_for_older_transactions(conn: AsyncConnection[Any], timeout: float
             return False
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+async def publish_descendants(
+    conn: AsyncConnection[Any], publication: str, oid: int, router: ShapeRouter
+) -> bool:
+    """Make the changes of table `oid`'s descendants reach its shapes; True if a table was
+    added to the publication.
+
+    Postgres publishes a partition's changes under the partition's relation (the
+    publication is not `publish_via_partition_root`, so that a shape on one partition works)
+    and an inheritance child's under its own, while the parent's snapshot reads their rows:
+    each descendant is routed to its ancestors' shapes (`ShapeRouter.add_ancestors`), gets
+    `REPLICA IDENTITY FULL` (the old row, as its parent has; an inheritance child without
+    a primary key could not even be updated once published without one), and an inheritance
+    child is published itself (a partitioned table publishes its partitions, also later
+    ones; `ADD TABLE` of a parent takes only the children it has then).
+    """
+    cur = await conn.execute(
+        "SELECT relkind::text, relhassubclass FROM pg_class WHERE oid = %s", (oid,)
+    )
+    row = await cur.fetchone()
+    if row is None or (row[0] != "p" and not row[1]):
+        return False  # no descendants (the usual case): one catalog look-up
+    router.parents.add(oid)
+    cur = await conn.execute(_DESCENDANTS, {"oid": oid, "pub": publication})
+    added = False
+    for relid, ancestors, kind, identity, schema, name, published in await cur.fetchall():
+        ident = sql.Identifier(schema, name)
+        if kind == "r" and identity != "f":
+            await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+        if kind == "r" and not published:
+            await conn.execute(
+                sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
+                    sql.Identifier(publication), ident
+                )
+            )
+            added = True
+        router.add_ancestors(int(relid), frozenset(int(a) for a in ancestors))
+    return added
+
+
+async def ancestors_of(conn: AsyncConnection[Any], oid: int) -> frozenset[int]:
+    """The oids of table `oid`'s ancestors (partitioned tables, inheritance parents)."""
+    cur = await conn.execute(_ANCESTORS, (oid,))
+    return frozenset(int(r[0]) for r in await cur.fetchall())

@@ -29,6 +29,7 @@ from .pgoutput import (
     COMMIT,
     DELETE,
     INSERT,
+    RELATION,
     UNCHANGED_TOAST,
     UPDATE,
     TupleValue,
@@ -101,6 +102,13 @@ class TransactionAssembler:
         # router.version == self._plans_version (see handle_batch).
         self._plans: dict[int, RowPlan] = {}
         self._plans_version = -1
+        #: Messages not handled yet because the first of them, a Relation message, names a
+        #: table whose ancestors must be looked up first (`unresolved_oid`): the replicator
+        #: looks them up (`ShapeRouter.add_ancestors`) and hands these to `handle_batch`.
+        self.unhandled: Sequence[bytes] = ()
+        self.unresolved_oid = 0
+        # Tables whose ancestors were looked up (or need not be: no shaped parent then).
+        self._ancestry_known: set[int] = set()
 
     def reset(self) -> None:
         """The stream ended: forget the transaction it was in the middle of (it comes again)."""
@@ -124,7 +132,8 @@ class TransactionAssembler:
             self._refresh_plans()
         plans = self._plans
         last_end = 0
-        for buf in messages:
+        self.unhandled = ()
+        for i, buf in enumerate(messages):
             kind = buf[_H]
             if kind == INSERT or kind == UPDATE or kind == DELETE:
                 plan = plans.get(read_row_oid(buf, _H)[0])
@@ -155,6 +164,14 @@ class TransactionAssembler:
                     if commit_lsn > self.global_lsn:
                         self.global_lsn = commit_lsn
             else:
+                if kind == RELATION and router.parents:
+                    oid = read_row_oid(buf, _H)[0]
+                    if oid not in self._ancestry_known:
+                        # (maybe a partition of a shaped table, made since: its ancestors
+                        # first, or its rows would miss their shapes)
+                        self.unresolved_oid = oid
+                        self.unhandled = messages[i:]
+                        return Lsn(last_end)
                 end = self.handle(pgoutput.decode(buf[_H:]))
                 if end:
                     last_end = end
@@ -162,6 +179,10 @@ class TransactionAssembler:
                     self._refresh_plans()
                     plans = self._plans
         return Lsn(last_end)
+
+    def ancestry_resolved(self, oid: int) -> None:
+        """The ancestors of table `oid` are in the router (`unhandled` may go on)."""
+        self._ancestry_known.add(oid)
 
     def handle(self, msg: pgoutput.Message) -> Lsn:
         """Apply one decoded message; returns the end LSN when it was a commit, else 0."""
@@ -185,20 +206,22 @@ class TransactionAssembler:
         elif isinstance(msg, pgoutput.Truncate):
             # A TRUNCATE sent again after a reconnect (from the slot's confirmed position)
             # must not rotate the shapes made after it: their snapshot saw it committed.
+            # A partition's (or child's) truncation empties part of its ancestors' shapes.
             xid = self.xid
-            for oid in msg.relation_oids:
-                self.registry.rotate_table(
-                    oid,
-                    "table truncated",
-                    keep=lambda s: s.snapshot is not None and s.in_snapshot(xid),
-                )
+            for truncated in msg.relation_oids:
+                for oid in self.router.routes(truncated):
+                    self.registry.rotate_table(
+                        oid,
+                        "table truncated",
+                        keep=lambda s: s.snapshot is not None and s.in_snapshot(xid),
+                    )
         return Lsn(0)
 
     def _refresh_plans(self) -> None:
         router = self.router
         plans: dict[int, RowPlan] = {}
         for oid, rel in self._relations.items():
-            plan = router.plan(oid, rel.positions)
+            plan = router.plan_for(oid, rel.positions)
             if plan is not None:
                 plans[oid] = plan
         self._plans = plans
@@ -233,7 +256,7 @@ class TransactionAssembler:
         self.op = op + 2
         self.rows_decoded += 1
         rel = self._relations.get(oid)
-        if rel is None or not self.router.has_table(oid):
+        if rel is None or not self.router.routed(oid):
             return
         self.changes_seen += 1
         change_kind: ChangeKind
@@ -245,7 +268,7 @@ class TransactionAssembler:
                 old_t = new_t  # no old row (identity not FULL at the time): treat as in place
         else:
             change_kind = _DELETE
-        shapes = self.router.candidates(oid, rel.positions, old_t, new_t)
+        shapes = self.router.candidates_for(oid, rel.positions, old_t, new_t)
         if not shapes:
             return
         names = rel.names

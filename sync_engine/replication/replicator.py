@@ -168,6 +168,7 @@ class Replicator:
         replace_slot_if_gone: Callable[[], Awaitable[bool]] | None = None,
         silence_timeout: float = SILENCE_TIMEOUT,
         evaluate: Evaluate | None = None,
+        find_ancestors: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -183,6 +184,9 @@ class Replicator:
         #: Asks Postgres whether rows match a shape's where clause (`pg/row_where.py`), for
         #: rows the engine cannot read exactly; None: such a shape is rotated instead.
         self.evaluate = evaluate
+        #: Looks up a table's ancestors into the router (`ShapeRouter.add_ancestors`), for a
+        #: relation the stream names for the first time while shaped parents exist.
+        self.find_ancestors = find_ancestors
         # Shapes holding transactions for Postgres's answer, each with its task (`_settle`).
         self._holding: dict[Shape, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
@@ -342,6 +346,12 @@ class Replicator:
                 raise StreamReleased(why)
             batch = await stream.read_raw(timeout=1.0)
             last_end = self.handle_batch(batch) if batch else 0
+            while self.assembler.unhandled:  # a new relation: its ancestors, then on
+                rest, oid = self.assembler.unhandled, self.assembler.unresolved_oid
+                if self.find_ancestors is not None:
+                    await self.find_ancestors(oid)  # (fails: the stream is read again)
+                self.assembler.ancestry_resolved(oid)
+                last_end = self.handle_batch(rest) or last_end
             read_through = self.assembler.session_lsn
             idle = not self.assembler.in_transaction and not batch
             # What may be confirmed once this flush is done: computed first, so that a

@@ -74,12 +74,39 @@ class ShapeRouter:
     def __init__(self) -> None:
         self._tables: dict[int, _TableShapes] = {}
         self.version = 0
+        #: Partitions and inheritance children of shaped tables -> their ancestors' oids:
+        #: Postgres publishes a descendant's changes under its own relation, and the shapes
+        #: of its ancestors (whose snapshot reads its rows) get them too (`routes`).
+        self.ancestors: dict[int, frozenset[int]] = {}
+        #: Shaped tables that are (or may become) parents: partitioned tables, and tables
+        #: with inheritance children. While there are any, a relation the stream names for
+        #: the first time is looked up (`TransactionAssembler`): a partition made later.
+        self.parents: set[int] = set()
 
     def tables(self) -> set[int]:
         return set(self._tables)
 
     def has_table(self, oid: int) -> bool:
         return oid in self._tables
+
+    def add_ancestors(self, oid: int, ancestors: frozenset[int]) -> None:
+        """Route the changes of table `oid` to the shapes of `ancestors` too."""
+        known = self.ancestors.get(oid, frozenset())
+        if not ancestors <= known:
+            self.ancestors[oid] = known | ancestors
+            self.version += 1
+
+    def routes(self, oid: int) -> tuple[int, ...]:
+        """Table `oid` and its ancestors: whose shapes a change of `oid` may belong to."""
+        ancestors = self.ancestors.get(oid)
+        return (oid, *ancestors) if ancestors else (oid,)
+
+    def routed(self, oid: int) -> bool:
+        """Whether some shape may want a change of table `oid` (its own, its ancestors')."""
+        if oid in self._tables:
+            return True
+        ancestors = self.ancestors.get(oid)
+        return ancestors is not None and any(a in self._tables for a in ancestors)
 
     def shapes_by_table_info(self, oid: int) -> list[tuple[TableInfo, set[Shape]]]:
         """The shapes of table `oid` grouped by the table description they were made with."""
@@ -151,6 +178,29 @@ class ShapeRouter:
             key=lambda probe: probe[0],
         )
         return RowPlan(t.unindexed, tuple(probes))
+
+    def plan_for(self, oid: int, positions: dict[str, int]) -> RowPlan | None:
+        """`plan` of table `oid` merged with its ancestors' (`routes`), all with its column
+        positions (a descendant has its ancestors' columns, maybe in another order)."""
+        plans = [p for o in self.routes(oid) if (p := self.plan(o, positions)) is not None]
+        if len(plans) <= 1:
+            return plans[0] if plans else None
+        unindexed: set[Shape] = set().union(*(p.unindexed for p in plans))
+        probes = sorted((pr for p in plans for pr in p.probes), key=lambda probe: probe[0])
+        return RowPlan(unindexed, tuple(probes))
+
+    def candidates_for(
+        self,
+        oid: int,
+        positions: dict[str, int],
+        old: Sequence[object] | None,
+        new: Sequence[object] | None,
+    ) -> set[Shape]:
+        """`candidates` of table `oid` and of its ancestors (`routes`)."""
+        out = self.candidates(oid, positions, old, new)
+        for ancestor in self.ancestors.get(oid, ()):
+            out |= self.candidates(ancestor, positions, old, new)
+        return out
 
     def candidates(
         self,

@@ -56,8 +56,8 @@ class SourceAuth:
     def __init__(
         self,
         concurrency: int = 2,
-        max_waiting_per_source: int = MAX_WAITING_PER_SOURCE,
-        max_waiting: int = MAX_WAITING,
+        max_waiting_per_source: int | None = None,
+        max_waiting: int | None = None,
     ) -> None:
         self._dummy: tuple[str, str] = (hash_secret(new_secret()), hash_secret(new_secret()))
         self._slow_dummy: tuple[str, str] | None = None
@@ -66,8 +66,11 @@ class SourceAuth:
         self._key = os.urandom(32)
         self._verified: dict[bytes, str] = {}
         self._concurrency = concurrency
-        self._max_per_source = max_waiting_per_source
-        self._max_waiting = max_waiting
+        # (the module's values, read now: a test may lower them)
+        self._max_per_source = (
+            MAX_WAITING_PER_SOURCE if max_waiting_per_source is None else max_waiting_per_source
+        )
+        self._max_waiting = MAX_WAITING if max_waiting is None else max_waiting
         self._running = 0
         # Slow checks not finished (waiting for a thread or in one), by source and in all
         self._active: dict[str, int] = {}

@@ -38,7 +38,7 @@ from .credentials import hash_secret, is_slow, new_secret
 from .dburl import check_database_url
 from .errors import DuplicateName, InvalidInput, UnknownSource
 from .managed import ManagedSource
-from .store import SourceRecord, SourceStore
+from .store import SourceRecord, SourceStore, StoreReadOnly
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -163,13 +163,17 @@ class SourceManager:
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            if orphaned is not None:
 
-                def done(t: asyncio.Future[T]) -> None:
-                    if not t.cancelled() and t.exception() is None:
-                        orphaned(t.result())
+            def done(t: asyncio.Future[T]) -> None:
+                if t.cancelled():
+                    return
+                if t.exception() is not None:  # (retrieved: nobody else will)
+                    logger.info("a mutation whose request was cancelled failed: %s",
+                                t.exception())  # fmt: skip
+                elif orphaned is not None:
+                    orphaned(t.result())
 
-                task.add_done_callback(done)
+            task.add_done_callback(done)
             raise
 
     # -- lifetime -------------------------------------------------------------------------
@@ -203,6 +207,8 @@ class SourceManager:
             try:
                 async with self._lock:  # the states as they were when the engine stopped
                     await self._persist_states()
+            except StoreReadOnly as exc:
+                logger.warning("source states not recorded: %s", exc)
             except Exception:
                 logger.exception("could not record source states")
         running, self.running = list(self.running.values()), {}
@@ -232,8 +238,8 @@ class SourceManager:
         return bool(self.records) or self._ever_registered
 
     def _store(self) -> SourceStore:
-        if self.store is None:
-            raise RuntimeError("source manager is not started")
+        if self.store is None:  # (not started, or sources.db could not be opened at all)
+            raise sqlite3.OperationalError(f"{self.path.name} is not open")
         return self.store
 
     def source_dir(self, source_id: str) -> Path:
@@ -657,6 +663,11 @@ class SourceManager:
             await asyncio.sleep(1.0)
             try:
                 async with self._lock:
+                    store = self._store()
+                    # open read-only (a full disk at start): try to write again; the states
+                    # are recorded once it can be written
+                    if store.read_only is not None and not await self._db(store.try_writable):
+                        continue
                     await self._persist_states()
             except Exception:
                 logger.exception("could not record source states")

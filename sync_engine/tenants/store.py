@@ -28,6 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import quote
 
 from .dburl import redact_url
 from .errors import DuplicateName, UnknownSource
@@ -141,66 +142,147 @@ def _record(row: sqlite3.Row) -> SourceRecord:
     )
 
 
+class StoreReadOnly(sqlite3.OperationalError):
+    """sources.db is open read-only (it could not be opened for writing) and still cannot
+    be: nothing was written."""
+
+
 class SourceStore:
+    """sources.db. Opened for writing; when that fails at start (a full disk: SQLite cannot
+    make its WAL files; a read-only mount), opened read-only instead, the sources as they
+    are on disk (`read_only`): served as usual, every write refused (`StoreReadOnly`, the
+    admin API's 503) until the file can be opened for writing again, which each write and
+    `try_writable` attempt."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
-        # Only this process writes it (the CLI goes through the admin API), on the event
-        # loop: another process holding its lock (an operator's sqlite3 shell) must not
-        # stall every source's requests for long, so a write waits 1 s at most, then fails
-        # (the admin API answers 503 store_unavailable, nothing changed).
-        self._db = sqlite3.connect(
-            path, timeout=BUSY_WAIT, isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > _VERSION:
-            raise RuntimeError(
-                f"{path} was written by a newer shapegate (schema {version} > {_VERSION})"
-            )
+        #: why it is open read-only (None: open for writing)
+        self.read_only: str | None = None
         self._columns = _COLUMNS
         #: schema 3 kept as it is (its upgrade could not be written): no `secret_delivered`
         self._schema_3 = False
-        if version != _VERSION:  # no write when it is current: a full disk must not stop a start
-            try:
-                self._upgrade()
-            except sqlite3.OperationalError as exc:
-                if version != 3:
-                    raise
-                # A full disk (or a lock held) must not stop a start after an upgrade either:
-                # run on schema 3, every source counted as delivered, until a later start
-                # can write the upgrade.
-                logger.warning(
-                    "%s: could not upgrade it to schema %d (%s); running on schema 3: a"
-                    " creation whose answer is lost must be recovered by rotating its secret",
-                    path,
-                    _VERSION,
-                    exc,
-                )
-                self._schema_3 = True
-                self._columns = _COLUMNS.replace("secret_delivered", "1 AS secret_delivered")
-
-    def _upgrade(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            for table, columns in _ADDED_COLUMNS.items():
-                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
-                for column, kind in columns.items():
-                    if column not in have:
-                        self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
-            self._db.execute(f"PRAGMA user_version={_VERSION}")
+            self._db = self._open_writable()
+        except (sqlite3.OperationalError, OSError) as exc:
+            self._db = self._open_read_only(exc)
+            self.read_only = f"{type(exc).__name__}: {exc}"
+            logger.warning(
+                "%s cannot be opened for writing (%s): read-only, the sources as they are on"
+                " disk; adding, changing or deleting sources is refused until it can be",
+                path,
+                exc,
+            )
+
+    def _open_writable(self) -> sqlite3.Connection:
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        # Only this process writes it (the CLI goes through the admin API), in the manager's
+        # store thread: another process holding its lock (an operator's sqlite3 shell) holds
+        # an admin request up to 1 s, then it fails (503 store_unavailable, nothing changed).
+        db = sqlite3.connect(path, timeout=BUSY_WAIT, isolation_level=None,
+                             check_same_thread=False)  # fmt: skip
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            version = self._version(db)
+            schema_3 = False
+            if version != _VERSION:  # no write when it is current
+                try:
+                    _upgrade(db)
+                except sqlite3.OperationalError as exc:
+                    if version != 3:
+                        raise
+                    # A full disk (or a lock held) must not stop a start after an upgrade
+                    # either: run on schema 3, every source counted as delivered, until a
+                    # later start can write the upgrade.
+                    logger.warning(
+                        "%s: could not upgrade it to schema %d (%s); running on schema 3: a"
+                        " creation whose answer is lost must be recovered by rotating its"
+                        " secret",
+                        path,
+                        _VERSION,
+                        exc,
+                    )
+                    schema_3 = True
         except BaseException:
-            self._db.execute("ROLLBACK")
+            db.close()
             raise
-        self._db.execute("COMMIT")
+        self._run_on_schema_3(schema_3)
+        return db
+
+    def _open_read_only(self, cause: BaseException) -> sqlite3.Connection:
+        """The store as it is on disk, never written, or raise `cause`. After a clean stop
+        SQLite has removed its WAL files and the main file holds everything: it is read as
+        it is (`immutable`: no WAL index needed, which a full disk has no room for). A WAL
+        with content (a crash) must be read with it (a rotation in it not read would bring
+        an old secret back): then it opens only if its index file is still there."""
+        path = self.path
+        wal = path.with_name(path.name + "-wal")
+        main_size = path.stat().st_size if path.exists() else 0
+        wal_size = wal.stat().st_size if wal.exists() else 0
+        try:
+            if main_size == 0 and wal_size == 0:  # never written: no source registered
+                db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+                _upgrade(db)
+            else:
+                mode = "ro&immutable=1" if wal_size == 0 else "ro"
+                db = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True,
+                                     timeout=BUSY_WAIT, isolation_level=None,
+                                     check_same_thread=False)  # fmt: skip
+            db.row_factory = sqlite3.Row
+            try:
+                version = self._version(db)
+                db.execute("SELECT count(*) FROM sources").fetchone()
+            except BaseException:
+                db.close()
+                raise
+        except sqlite3.Error:
+            raise cause from None
+        if version not in (3, _VERSION):
+            db.close()
+            raise cause
+        self._run_on_schema_3(version == 3)
+        return db
+
+    def _version(self, db: sqlite3.Connection) -> int:
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        if version > _VERSION:
+            raise RuntimeError(
+                f"{self.path} was written by a newer shapegate (schema {version} > {_VERSION})"
+            )
+        return version
+
+    def _run_on_schema_3(self, schema_3: bool) -> None:
+        self._schema_3 = schema_3
+        self._columns = (
+            _COLUMNS.replace("secret_delivered", "1 AS secret_delivered") if schema_3 else _COLUMNS
+        )
+
+    def try_writable(self) -> bool:
+        """Open it for writing if it is open read-only and that works now (space returned).
+        True when it is open for writing."""
+        if self.read_only is None:
+            return True
+        try:
+            db = self._open_writable()
+        except (sqlite3.OperationalError, OSError) as exc:
+            logger.debug("%s still cannot be opened for writing: %s", self.path, exc)
+            return False
+        self._db.close()
+        self._db, self.read_only = db, None
+        logger.info("%s is open for writing again", self.path)
+        return True
+
+    def _writable(self) -> None:
+        if not self.try_writable():
+            raise StoreReadOnly(
+                f"{self.path.name} is open read-only: it could not be opened for writing at"
+                f" start ({self.read_only}) and still cannot be (is the disk full?)"
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -251,6 +333,7 @@ class SourceStore:
         now: float | None = None,
     ) -> SourceRecord:
         """A new source, its secret not yet delivered (`secret_delivered` marks that)."""
+        self._writable()
         now = time.time() if now is None else now
         rec = SourceRecord(
             source_id=str(uuid.uuid4()),
@@ -285,6 +368,7 @@ class SourceStore:
         self, source_id: str, new_hash: str, grace_seconds: float, now: float | None = None
     ) -> SourceRecord:
         """Make `new_hash` current; the old secret keeps working for `grace_seconds`."""
+        self._writable()
         now = time.time() if now is None else now
         current = self.get(source_id)
         previous, expires = (
@@ -309,11 +393,13 @@ class SourceStore:
         """The answer carrying the source's first secret was sent."""
         if self._schema_3:
             return
+        self._writable()
         self._db.execute(
             "UPDATE sources SET secret_delivered = 1 WHERE source_id = ?", (source_id,)
         )
 
     def set_paused(self, source_id: str, paused: bool) -> SourceRecord:
+        self._writable()
         now = time.time()
         cur = self._db.execute(
             "UPDATE sources SET paused = ?, state = ?, updated_at = ? WHERE source_id = ?",
@@ -325,6 +411,7 @@ class SourceStore:
 
     def set_state(self, source_id: str, state: str, error: str | None) -> None:
         """Record the state; an error is kept as `last_error` after the source recovers."""
+        self._writable()
         now = time.time()
         if error:
             self._db.execute(
@@ -341,6 +428,7 @@ class SourceStore:
     def delete(self, source_id: str, *, cleaned: bool = False) -> SourceRecord:
         """Remove the source; unless `cleaned`, keep its connection string until `cleaned()`
         says its slot and publication are dropped (`cleanup_pending` lists it meanwhile)."""
+        self._writable()
         self._db.execute("BEGIN IMMEDIATE")
         try:
             rec = self.get(source_id)
@@ -366,22 +454,46 @@ class SourceStore:
 
     def cleaned(self, source_id: str) -> None:
         """The deleted source's slot and publication are gone: forget its connection string."""
+        self._writable()
         self._db.execute(
             "UPDATE deleted_sources SET cleaned = 1, database_url = NULL WHERE source_id = ?",
             (source_id,),
         )
 
 
+def _upgrade(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+            for column, kind in columns.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        db.execute(f"PRAGMA user_version={_VERSION}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
 def store_has_sources(data_dir: Path) -> bool:
-    """Whether a store with at least one source exists there (without creating one)."""
+    """Whether a store with at least one source exists there (without creating one; read
+    as `SourceStore` does when it cannot be opened for writing, as on a full disk)."""
     path = data_dir / "sources.db"
     if not path.exists():
         return False
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    wal = path.with_name(path.name + "-wal")
+    modes = ["ro"] if wal.exists() and wal.stat().st_size else ["ro", "ro&immutable=1"]
+    for mode in modes:
         try:
-            return bool(db.execute("SELECT count(*) FROM sources").fetchone()[0])
-        finally:
-            db.close()
-    except sqlite3.Error:
-        return False
+            db = sqlite3.connect(f"file:{quote(str(path))}?mode={mode}", uri=True, timeout=5)
+            try:
+                return bool(db.execute("SELECT count(*) FROM sources").fetchone()[0])
+            finally:
+                db.close()
+        except sqlite3.Error:
+            continue
+    return False

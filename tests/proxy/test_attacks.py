@@ -23,9 +23,17 @@ def b64(data: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
 
 
+#: Refused in the engine's words and form (compact JSON, no `code`): the engine refuses the
+#: same request alike, and a client cannot tell the two apart.
+ENGINE_WORDED = frozenset({"nul_byte", "invalid_offset", "payload_too_large", "not_found"})
+
+
 def assert_refused(reply: Any, status: int, reason: str, proxy: Any) -> None:
     assert reply.status == status, reply.body
-    assert reply.json()["code"] == reason
+    if reason in ENGINE_WORDED:
+        assert "code" not in reply.json() and b": " not in reply.body, reply.body
+    else:
+        assert reply.json()["code"] == reason
     assert reply.headers["Cache-Control"] == "no-store"
     assert reply.headers["Content-Type"].startswith("application/json")
     assert proxy.engine.requests == []
@@ -231,7 +239,7 @@ async def test_oversized_post_body(proxy: Any) -> None:
         token=proxy.tokens.make(),
         data=b'{"where":"' + b"x" * 200_000 + b'"}',
     )
-    assert reply.status == 413 and reply.json()["code"] == "payload_too_large"
+    assert reply.status == 413 and reply.body == b'{"error":"Request body too large"}'
     assert proxy.engine.requests == []
 
 
@@ -251,7 +259,7 @@ async def test_oversized_post_body(proxy: Any) -> None:
 async def test_path_variants(proxy: Any, path: str) -> None:
     reply = await proxy.raw_get(path, token=proxy.tokens.make())
     assert reply.status == 404
-    assert json.loads(reply.body)["code"] == "not_found"
+    assert reply.body == b'{"message":"Not Found"}'  # (the engine's, byte for byte)
     assert reply.headers["Cache-Control"] == "no-store"
     assert proxy.engine.requests == []
 

@@ -55,7 +55,7 @@ async def test_pipelined_requests_are_answered_in_order_on_one_connection(proxy:
     assert answers[0][1]["x-request-id"] == "first-request-1"
     assert answers[2][1]["x-request-id"] == "third-request-3"
     assert answers[2][1]["connection"] == "close"
-    assert json.loads(answers[1][2])["code"] == "not_found"
+    assert answers[1][2] == b'{"message":"Not Found"}'  # (the engine's, byte for byte)
 
 
 async def test_http_1_0_closes_unless_asked_to_keep_alive(proxy: Any) -> None:
@@ -93,7 +93,7 @@ async def test_a_body_over_the_limit_is_refused_without_reading_it(proxy: Any) -
         b"Content-Length: 999999999\r\n\r\n{",
     )
     (status, headers, body), *_ = _answers(raw)
-    assert status == 413 and json.loads(body)["code"] == "payload_too_large"
+    assert status == 413 and body == b'{"error":"Request body too large"}'  # (the engine's)
     assert headers["connection"] == "close"
 
 
@@ -384,7 +384,7 @@ async def test_http_0_9_and_2_0_request_lines_are_refused_not_answered_as_1_1(pr
     ):
         [(status, headers, body)] = _answers(await _exchange(proxy, line))
         assert (status, headers["connection"]) == (status_code, "close"), line
-        assert json.loads(body)["code"] == code
+        assert list(json.loads(body)) == ["message"], code  # (the engine's form: no `code`)
     for line in (b"GET /healthz HTTP/1.2\r\nHost: x\r\n\r\n", b"GET /healthz HTTP/3.0\r\n\r\n"):
         [(status, _, _)] = _answers(await _exchange(proxy, line))
         assert status == 400, line
@@ -401,7 +401,7 @@ async def test_a_transfer_coding_other_than_chunked_is_not_implemented(proxy: An
         raw = await _exchange(proxy, post + b"Transfer-Encoding: " + coding + chunked)
         [(status, headers, body)] = _answers(raw)
         assert (status, headers["connection"]) == (501, "close"), coding
-        assert json.loads(body)["code"] == "not_implemented"
+        assert list(json.loads(body)) == ["message"]  # (the engine's form: no `code`)
     raw = await _exchange(
         proxy, b"GET /healthz HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked" + chunked
     )

@@ -26,12 +26,20 @@ RETRY_PAUSE = 0.1
 
 class Follower:
     def __init__(
-        self, base: str, where: str | None = None, table: str = "items", *, increments: bool = True
+        self,
+        base: str,
+        where: str | None = None,
+        table: str = "items",
+        *,
+        increments: bool = True,
+        sse: bool = False,
     ) -> None:
         """`increments`: the writers only ever raise `v` by one, so each update is checked
-        to do exactly that; without, an update is only checked to find its row."""
+        to do exactly that; without, an update is only checked to find its row. `sse`: once
+        live, follow over SSE as the npm client does (`_follow_sse`)."""
         self.base = base
         self.increments = increments
+        self.sse = sse
         self.q = {"table": table, **({"where": where} if where else {})}
         self.where = where
         self.rows: dict[str, dict[str, Any]] = {}
@@ -54,6 +62,16 @@ class Follower:
             if self.live:
                 q["live"] = "true"
             try:
+                if self.live and self.sse:  # (a stream ends when the follower is stopped)
+                    stream = asyncio.ensure_future(self._follow_sse(session, q))
+                    stopped = asyncio.ensure_future(stop.wait())
+                    await asyncio.wait({stream, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                    for task in (stream, stopped):
+                        task.cancel()
+                    await asyncio.gather(stream, stopped, return_exceptions=True)
+                    if not stream.cancelled() and stream.exception() is not None:
+                        raise stream.exception()  # type: ignore[misc]
+                    continue
                 async with session.get(
                     self.base + "/v1/shape", params=q, timeout=aiohttp.ClientTimeout(total=15)
                 ) as r:
@@ -83,6 +101,50 @@ class Follower:
                     self.live = "electric-up-to-date" in r.headers
             except (TimeoutError, aiohttp.ClientError):
                 await asyncio.sleep(RETRY_PAUSE)
+
+    async def _follow_sse(self, session: aiohttp.ClientSession, q: dict[str, str]) -> None:
+        """One SSE stream (`live_sse=true`), as @electric-sql/client 1.5 reads it: messages
+        are applied a batch at a time, at each up-to-date, and the stream is resumed from
+        that up-to-date's `global_last_seen_lsn` (`<lsn>_0`); a batch cut off by the end of
+        the stream (a killed engine) is dropped, and read again from the last offset."""
+        q = dict(q, live_sse="true")
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=30)
+        async with session.get(self.base + "/v1/shape", params=q, timeout=timeout) as r:
+            self.statuses[r.status] += 1
+            if r.status != 200:
+                body = await r.read()
+                if r.status == 409:
+                    self._reset(r.headers.get("electric-handle"))
+                elif not _is_json_object(body):
+                    self.bad_bodies.append(body[:300])
+                await asyncio.sleep(RETRY_PAUSE)
+                return
+            batch: list[dict[str, Any]] = []
+            async for line in r.content:
+                if not line.startswith(b"data: "):
+                    continue
+                try:
+                    m = orjson.loads(line[6:])
+                except orjson.JSONDecodeError:
+                    self.invalid_json += 1
+                    return
+                if "key" in m:
+                    batch.append(m)
+                    continue
+                control = m.get("headers", {}).get("control")
+                if control == "must-refetch":
+                    self._reset(None)
+                    return
+                if control == "up-to-date":
+                    self._apply(batch)
+                    batch = []
+                    self.offset = f"{m['headers']['global_last_seen_lsn']}_0"
+
+    def _reset(self, handle: str | None) -> None:
+        self.rows.clear()
+        self.handle = handle
+        self.offset, self.live = "-1", False
+        self.resets += 1
 
     def _apply(self, messages: list[dict[str, Any]]) -> None:
         for m in messages:

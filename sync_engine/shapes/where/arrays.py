@@ -47,20 +47,40 @@ def array_ndims(a: Value) -> int | None:
     return dims
 
 
-def array_subscript(a: Value, index: int) -> Value:
-    if not a or isinstance(a[0], tuple) or not 1 <= index <= len(a):
+def array_element(a: Value, indexes: tuple[int, ...]) -> Value:
+    """`a[i][j]...` (array_get_element): NULL unless there is one subscript per dimension,
+    each within its bounds (the lower bound is 1)."""
+    if not a or len(_shape(a)) != len(indexes):
         return None
-    return a[index - 1]
+    for i in indexes:
+        if not isinstance(a, tuple) or not 1 <= i <= len(a):
+            return None
+        a = a[i - 1]
+    return a
 
 
-def array_slice(a: Value, lo: int | None, hi: int | None) -> Value:
-    """`a[lo:hi]`: slices the first dimension (the others are taken whole, as Postgres
-    does when only one dimension is written); an empty slice is the empty array."""
-    if not a:
+def array_slices(a: Value, bounds: tuple[tuple[int | None, int | None], ...]) -> Value:
+    """`a[l1:u1][l2:u2]...` (array_get_slice): each written dimension cut to its bounds (an
+    omitted bound is the array's own), the others whole; empty when there are more
+    subscripts than dimensions or a dimension's cut is empty."""
+    shape = _shape(a)
+    if not a or len(bounds) > len(shape):
         return ()
-    lo = 1 if lo is None else max(lo, 1)
-    hi = len(a) if hi is None else min(hi, len(a))
-    return tuple(a[lo - 1 : hi]) if lo <= hi else ()
+    ranges = []
+    for (lo, hi), n in zip(bounds, shape, strict=False):
+        lo = 1 if lo is None else max(lo, 1)
+        hi = n if hi is None else min(hi, n)
+        if lo > hi:
+            return ()
+        ranges.append((lo, hi))
+
+    def cut(x: Value, depth: int) -> Value:
+        if depth == len(ranges):
+            return x
+        lo, hi = ranges[depth]
+        return tuple(cut(e, depth + 1) for e in x[lo - 1 : hi])
+
+    return cut(a, 0)
 
 
 def _shape(a: Value) -> tuple[int, ...]:
@@ -134,10 +154,6 @@ def array_prepend(x: Value, a: Value) -> Value:
 
 def array_ndims_nullable(a: Value) -> Value:
     return None if a is None else array_ndims(a)
-
-
-def subscript_nullable(a: Value, i: Value) -> Value:
-    return None if a is None or i is None else array_subscript(a, i)
 
 
 def quantified_op(

@@ -24,8 +24,10 @@ from .parse import (
     count_columns,
     deparse,
     parse_clause,
+    refuse_unencodable,
     sql_text,
     substitute_params,
+    walk,
 )
 from .template import Pending, Skeleton, Template, Templates, cache_key, skeleton
 
@@ -163,6 +165,8 @@ def full_parse(
     """`parse_where` the long way: parse with pglast, check, compile, deparse. `learn`: the
     clause's skeleton and cache key, to leave a template for clauses of the same form."""
     stmt = parse_clause(sql)
+    for value in params.values():
+        refuse_unencodable(value)
     clause = stmt.whereClause
     if clause is None:
         raise WhereError("malformed query ending with SQL clauses")
@@ -176,12 +180,23 @@ def full_parse(
         live=live,
     )
     expr = _check(compiler, compiler.compile(clause))
+    if params:
+        _refuse_unused(params, clause)
     if params:  # without params, a `$n` has already failed to compile
         substitute_params(stmt, params, compiler.param_types)
     text = deparse(stmt.whereClause, sql)
     if learn is not None and not params:
         TEMPLATES.put(learn[1], Pending(clause, PREFIX + sql, learn[0], text, ref_counts))
     return _where(compiler, expr, text)
+
+
+def _refuse_unused(params: Mapping[str, str], clause: ast.Node) -> None:
+    """A param the clause never names is an error, as in Electric (`At location 0: parameter
+    value for $2 was not used`; the first in its order of keys, text order)."""
+    used = {str(node.number) for node in walk(clause) if isinstance(node, ast.ParamRef)}
+    unused = sorted(k for k in params if k not in used)
+    if unused:
+        raise WhereError(f"At location 0: parameter value for ${unused[0]} was not used")
 
 
 def _finish(compiler: Compiler, clause: ast.Node, text: str) -> Where:
@@ -201,11 +216,18 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
     if expr.is_const:
         value = expr.value
         fn = lambda _row, _cache: value  # noqa: E731
+    index = expr.index
+    if index is not None:
+        col = compiler.columns[index[0]]
+        if col.value_type != col.pg_type:
+            # (a domain read as its base type: its keys are its base type's values, the
+            # router's keys for the column its text: the shape is not filed under them)
+            index = None
     return Where(
         source=text,
         sql=text,
         referenced_columns=frozenset(compiler.referenced),
-        index=expr.index,
+        index=index,
         _fn=fn,
         zones=frozenset(compiler.zones),
     )

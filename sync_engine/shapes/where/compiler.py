@@ -31,6 +31,8 @@ from sync_engine.pg.types import (
     NAME,
     NUMERIC,
     TEXT,
+    TIME,
+    TIMESTAMP,
     TIMESTAMPTZ,
     UNKNOWN,
     VARCHAR,
@@ -39,7 +41,7 @@ from sync_engine.pg.types import (
 from sync_engine.pg.values import Value
 
 from . import operators
-from .arrays import array_of_arrays, subscript_nullable
+from .arrays import MAX_DIMENSIONS, array_element, array_of_arrays, array_slices
 from .casts import (
     ARRAY_BOUNDS_REFUSED,
     ARRAY_SPACE_REFUSED,
@@ -84,7 +86,6 @@ from .expr import (
     column_eval,
     const,
     or_expr,
-    slice_expr,
     with_coll,
     with_folded,
     with_node,
@@ -102,6 +103,17 @@ from .resolution import (
 )
 from .semantics import comparison_op, identity, pg_numeric
 from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
+
+#: The types whose literals the engine reads in ISO 8601 only (Postgres reads more).
+_CLOCK_TYPES = frozenset({DATE, TIME, TIMESTAMP, TIMESTAMPTZ})
+#: What in such a literal Postgres may well read where the engine does not: month and day
+#: names, AM/PM, eras, special words, zone names and abbreviations, `/` dates, compact
+#: dates, Julian days (the engine's "invalid input syntax" would then not be Postgres's).
+_POSTGRES_READS = re.compile(
+    r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|mon|tue|wed|thu|fri|sat|sun"
+    r"|am|pm|bc|ad|epoch|allballs|today|tomorrow|yesterday|now|utc|gmt|z|est|edt|cst|cdt"
+    r"|mst|mdt|pst|pdt|cet|cest|bst)[a-z]*\b|[a-z]/[a-z]|\d/\d|^\s*\d{8}\b|^\s*j\d"
+)
 
 
 class Compiler:
@@ -263,7 +275,19 @@ class Compiler:
                 value = self._char_input(value, expr.node)
             return const(target, value, expr.node)
         except ValueError as e:
-            raise error_at(str(e), expr.node) from None
+            message = str(e)
+            if (
+                target.element in _CLOCK_TYPES
+                and message.startswith("invalid input syntax")
+                and _POSTGRES_READS.search(expr.text)
+            ):
+                # Postgres reads far more ('Jan 1 2024', zone names, 'epoch'); what the
+                # engine does not read is not "invalid" (it said so of 'Jan 1 2024')
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
+                    " in ISO 8601 (2024-01-31, 13:45:00, 2024-01-31 13:45:00+01)"
+                )
+            raise error_at(message, expr.node) from None
 
     def _char_input(self, value: Value, node: ast.Node | None) -> Value:
         """charin of a literal, as the output text its byte has (how a row's "char" value
@@ -782,23 +806,52 @@ class Compiler:
         return None
 
     def _A_Indirection(self, node: ast.A_Indirection) -> Expr:
+        """Subscripts, all applied at once as Postgres does: one per dimension for an element
+        (`a[2][1]`; NULL with more or fewer), and if any is a slice all are (`a[1:2][1]` is
+        `a[1:2][1:1]`), cutting one dimension each (the engine had cut the first dimension
+        once per subscript, and refused `a[2][1]`)."""
         arg = self.compile(node.arg)
-        for ind in node.indirection:
+        inds = list(node.indirection)
+        for ind in inds:
             if not isinstance(ind, ast.A_Indices) or not arg.type.array:
                 raise error_at(f"{construct_name(ind)} is not supported here", node)
-            if ind.is_slice:
-                bounds = [
-                    self.coerce(self.compile(b), INT4) if b is not None else None
-                    for b in (ind.lidx, ind.uidx)
-                ]
-                lo = bounds[0] or const(INT4, None)
-                hi = bounds[1] or const(INT4, None)
-                lo_none, hi_none = bounds[0] is None, bounds[1] is None
-                arg = slice_expr(arg, lo, hi, lo_none, hi_none, node)
-            else:
-                idx = self.coerce(self.compile(ind.uidx), INT4)
-                arg = apply_nullable(arg.type.element, subscript_nullable, [arg, idx], node)
-        return arg
+        if len(inds) > MAX_DIMENSIONS:
+            raise error_at(
+                f"number of array dimensions ({len(inds)}) exceeds the maximum allowed"
+                f" ({MAX_DIMENSIONS})",
+                node,
+            )
+        index = functools.partial(self.coerce, target=INT4)
+        if not any(ind.is_slice for ind in inds):
+            idx = [index(self.compile(ind.uidx)) for ind in inds]
+
+            def element(a: Value, *i: Value) -> Value:
+                return None if a is None or None in i else array_element(a, i)
+
+            return apply_nullable(arg.type.element, element, [arg, *idx], node)
+        one = const(INT4, 1)
+        # (lower, upper) per subscript, None where omitted (the array's own bound); a
+        # subscript without a colon is 1 to it
+        pairs = [
+            (
+                index(self.compile(ind.lidx)) if ind.lidx is not None else None,
+                index(self.compile(ind.uidx)) if ind.uidx is not None else None,
+            )
+            if ind.is_slice
+            else (one, index(self.compile(ind.uidx)))
+            for ind in inds
+        ]
+        given = [b is not None for pair in pairs for b in pair]
+        exprs = [b for pair in pairs for b in pair if b is not None]
+
+        def sliced(a: Value, *values: Value) -> Value:
+            if a is None or None in values:  # (a NULL bound written: NULL)
+                return None
+            it = iter(values)
+            flat = [next(it) if g else None for g in given]
+            return array_slices(a, tuple(zip(flat[::2], flat[1::2], strict=True)))
+
+        return apply_nullable(arg.type, sliced, [arg, *exprs], node)
 
     def _CoalesceExpr(self, node: ast.CoalesceExpr) -> Expr:
         typ, args = self.unify([self.compile(a) for a in node.args], "COALESCE", node)

@@ -221,6 +221,35 @@ def interval_mul(iv: pgv.Interval, factor: float) -> pgv.Interval:
     return pgv.Interval(months, days, int(micros_f))
 
 
+def interval_div(iv: pgv.Interval, factor: float) -> pgv.Interval:
+    """interval / float8, step for step as Postgres's interval_div (timestamp.c, with the
+    range checks 15.x has): interval_mul's steps with a quotient for each product."""
+    if factor == 0.0:
+        raise ZeroDivisionError("division by zero")
+    months_f = iv.months / factor
+    if math.isnan(months_f) or not -(2.0**31) <= months_f < 2.0**31:
+        raise OverflowError("interval out of range")
+    months = int(months_f)
+    days_f = iv.days / factor
+    if math.isnan(days_f) or not -(2.0**31) <= days_f < 2.0**31:
+        raise OverflowError("interval out of range")
+    days = int(days_f)
+    month_remainder_days = _tsround((iv.months / factor - months) * pgv.DAYS_PER_MONTH)
+    sec_remainder = _tsround(
+        (iv.days / factor - days + month_remainder_days - int(month_remainder_days)) * 86_400
+    )
+    if abs(sec_remainder) >= 86_400:
+        days += int(sec_remainder / 86_400)
+        sec_remainder -= int(sec_remainder / 86_400) * 86_400
+    days += int(month_remainder_days)
+    if not INT32[0] <= days <= INT32[1]:
+        raise pgv.UnrepresentableValue("interval / float8: days out of range (versions differ)")
+    micros_f = round(iv.micros / factor + sec_remainder * pgv.USECS_PER_SEC)
+    if math.isnan(micros_f) or not -(2.0**63) <= micros_f < 2.0**63:
+        raise OverflowError("interval out of range")
+    return pgv.Interval(months, days, int(micros_f))
+
+
 def date_minus_date(a: date, b: date) -> int:
     if isinstance(a, pgv.PgInfinity) or isinstance(b, pgv.PgInfinity):
         raise ValueError("cannot subtract infinite dates")  # (Postgres's date_mi)
@@ -330,6 +359,7 @@ DATETIME_OPS: dict[tuple[str, PgType, PgType], tuple[PgType, Callable[[Value, Va
     ),
     ("*", INTERVAL, FLOAT8): (INTERVAL, interval_mul),
     ("*", FLOAT8, INTERVAL): (INTERVAL, lambda f, i: interval_mul(i, f)),
+    ("/", INTERVAL, FLOAT8): (INTERVAL, interval_div),
 }
 
 

@@ -14,7 +14,6 @@ from pglast import ast
 from sync_engine.pg.types import BOOL, PgType
 from sync_engine.pg.values import Value
 
-from .arrays import array_slice
 from .collation import CollState
 from .errors import error_at
 from .index import indexable, keyset
@@ -389,17 +388,6 @@ def apply_nullable(
         return func(*(f(row, cache) for f in fns))
 
     return Expr(pg_type, run, node=node)
-
-
-def slice_expr(
-    arg: Expr, lo: Expr, hi: Expr, lo_open: bool, hi_open: bool, node: ast.Node | None
-) -> Expr:
-    def sliced(a: Value, lo_v: Value, hi_v: Value) -> Value:
-        if a is None or (lo_v is None and not lo_open) or (hi_v is None and not hi_open):
-            return None
-        return array_slice(a, lo_v, hi_v)
-
-    return apply_nullable(arg.type, sliced, [arg, lo, hi], node)
 
 
 def col_const_compare(

@@ -101,8 +101,11 @@ def _case_func(which: str) -> Builder:
     """upper() / lower(): the collation's per-character mapping (see collation.py)."""
 
     def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
+        # (the argument's type first: `upper(1)` does not exist, whatever the collation)
+        if args[0].type not in STRING_TYPES and args[0].type != UNKNOWN:
+            raise error_at(f"function {which}({args[0].type.sql_name}) does not exist", node)
         func = c.case_function(which, node, c.input_collation(args, node))
-        return apply(TEXT, func, [c.coerce(_textual(c, args[0]), TEXT)], node)
+        return apply(TEXT, func, [c.coerce(args[0], TEXT)], node)
 
     return build
 

@@ -46,4 +46,4 @@ def index_key(column: ColumnInfo, text: str | None) -> object:
     """Normalise a column's text value the way `Where.index` keys are normalised."""
     if text is None:
         return None
-    return pgv.output_parser(column.value_type)(text)
+    return pgv.output_parser(column.pg_type)(text)

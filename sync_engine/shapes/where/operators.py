@@ -21,6 +21,7 @@ from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import (
     BOOL,
+    BYTEA,
     DATE,
     FLOAT4,
     FLOAT8,
@@ -352,7 +353,12 @@ def _concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
     if left.type.array or right.type.array:
         return _array_concat(c, left, right, node)
     lt, rt = left.type, right.type
-    if lt == rt == UNKNOWN or lt in STRING_TYPES or rt in STRING_TYPES:
+    other = rt if lt == UNKNOWN else lt
+    if other == BYTEA:
+        raise error_at("bytea || is not supported", node)
+    # An untyped literal beside any other type is text (anytextcat / textanycat: `r4 || ''`
+    # is '1.5'; the engine had said no such operator existed)
+    if UNKNOWN in (lt, rt) or lt in STRING_TYPES or rt in STRING_TYPES:
         # textanycat / anytextcat: the other operand goes through its ::text cast
         # (bool reads "true", not concat()'s "t")
         def text_of(e: Expr) -> Expr:

@@ -47,6 +47,17 @@ def construct_name(node: object) -> str:
     return names.get(type(node).__name__, type(node).__name__)
 
 
+def refuse_unencodable(text: str) -> None:
+    """A string no UTF-8 can hold (a lone surrogate: HTTP and JSON decoding never make one,
+    a caller in the same process can) is refused as Postgres refuses such bytes, rather
+    than failing pglast's encoding with a UnicodeEncodeError."""
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise WhereError('invalid byte sequence for encoding "UTF8"') from None
+
+
 def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     """Parse `prefix + sql` with pglast, rejecting extra statements and clauses.
 
@@ -59,6 +70,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
         raise WhereError(f"{what} is bigger than maximum size ({MAX_WHERE_SIZE} bytes)")
     if runs_longer_than(sql, MAX_TOKEN_RUN):
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
+    refuse_unencodable(sql)
     statement = prefix + sql
     try:
         stmts = parse_sql(statement)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sync_engine import source as source_module
 from sync_engine.tenants import managed as managed_module
 from sync_engine.tenants import manager as manager_module
 from sync_engine.tenants.credentials import hash_secret
@@ -68,3 +69,11 @@ def quick_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Requests of a paused or deleted source are cut off after 0.5 s, not 5 s: for tests
     whose subject is what happens around the cut-off, not how long it waits."""
     monkeypatch.setattr(managed_module, "END_REQUESTS_WAIT", 0.5)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source that failed to start retries within 1 s (not 5 s backoff, 10 s for a problem
+    only a person can fix): for tests that fix the problem and wait for the source."""
+    monkeypatch.setattr(source_module, "RETRY_MAX", 1.0)
+    monkeypatch.setattr(source_module, "PERMANENT_RETRY", 1.0)

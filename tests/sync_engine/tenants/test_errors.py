@@ -6,18 +6,19 @@ import asyncio
 from collections.abc import Callable
 
 import psycopg
+import pytest
 
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import Cluster, MultiEngine, free_port, sql
 
 
+@pytest.mark.usefixtures("quick_retries")
 async def test_reasons_for_bad_databases_then_fixed(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str], replica_cluster: Cluster
 ) -> None:
     """wal_level replica, a role without REPLICATION, an unreachable server: each source says
     why and what to do, none holds back a good one, and the fixed ones become active on
-    their own. (One engine for all: the engine retries a problem that will not fix itself
-    every 10 s, so the two fixed here wait that once, together.)"""
+    their own (retried every second here, every 10 s by default: `quick_retries`)."""
     good_url = make_db()
     sql(good_url, "CREATE TABLE items (id int PRIMARY KEY)")
     sql(good_url, "INSERT INTO items VALUES (1)")
@@ -75,6 +76,7 @@ async def test_reasons_for_bad_databases_then_fixed(
     assert "pg_drop_replication_slot" in body["warnings"][0]
 
 
+@pytest.mark.usefixtures("quick_retries")
 async def test_too_few_replication_slots(engines: Callable[..., MultiEngine]) -> None:
     cluster = Cluster("logical")
     try:

@@ -75,6 +75,7 @@ async def _answered(coro: Any) -> tuple[int, dict[str, str], Any]:
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.usefixtures("quick_retries")
 async def test_one_sources_postgres_stopped_restarted_or_silent_does_not_stall_the_others(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:
@@ -167,6 +168,7 @@ async def test_one_sources_postgres_stopped_restarted_or_silent_does_not_stall_t
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.usefixtures("quick_retries")
 async def test_an_engine_restarted_while_one_sources_postgres_is_down(
     engines: Callable[..., MultiEngine], make_db: Callable[[], str]
 ) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from sync_engine.tenants.store import store_has_sources
 from tests.sync_engine.tenants.harness import MultiEngine, make_items
 
 needs_root = pytest.mark.skipif(
@@ -102,3 +103,69 @@ async def test_admin_requests_while_another_program_holds_the_store_are_a_quick_
         other.close()
     status, got = await engine.api("POST", f"/api/sources/{a['source_id']}/pause")
     assert status == 200 and got["state"] == "paused"
+
+
+@needs_root
+@pytest.mark.timeout(120)
+async def test_a_start_on_a_full_disk_serves_the_sources_then_writes_when_space_returns(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    """SQLite cannot open sources.db for writing on a disk with no space (its WAL files
+    cannot be made): the start failed, or (with the engine's own full-disk start) every
+    registered source answered 503 until space returned. Now sources.db is opened read-only:
+    the sources serve as they are on disk, writes are a 503 that change nothing, and once
+    space returns the next write works (and lasts: a restart keeps it)."""
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    filler = mnt / "filler"
+    try:
+        url = make_db()
+        make_items(url, ["a1"])
+        # 1. a first start, no sources.db yet, no space: up, nothing registered, create 503
+        _fill(filler)
+        engine = await engines(mnt).start()
+        status, got = await engine.api("GET", "/api/sources")
+        assert status == 200 and got["sources"] == [], got
+        assert "disk" in got["registry"]["read_only"], got  # (full, or I/O error)
+        status, got = await engine.api("POST", "/api/sources", {"name": "alpha",
+                                                                "database_url": url})  # fmt: skip
+        assert status == 503 and got["error"] == "store_unavailable", got
+        filler.unlink()
+        a = await engine.add("alpha", url)  # space returned: the write works
+        sid, first = a["source_id"], a["secret"]
+        await engine.wait_state(sid, "active")
+        rows, _, _ = await engine.sync(sid, first, table="items")
+        await engine.close()  # a clean stop: SQLite removes its WAL files
+
+        # 2. started again with no space: the source serves, writes are refused
+        _fill(filler)
+        assert store_has_sources(mnt)  # (an engine without --admin-token reads it too)
+        engine = await engines(mnt).start()
+        status, got = await engine.api("GET", "/api/sources")
+        assert [s["source_id"] for s in got["sources"]] == [sid], got
+        assert got["registry"]["read_only"], got
+        rows, _, _ = await engine.sync(sid, first, table="items")
+        assert [r["name"] for r in rows.values()] == ["a1"]
+        for method, path in [("POST", f"/api/sources/{sid}/rotate-secret"),
+                             ("POST", f"/api/sources/{sid}/pause"),
+                             ("DELETE", f"/api/sources/{sid}")]:  # fmt: skip
+            status, got = await engine.api(method, path)
+            assert status == 503 and got["error"] == "store_unavailable", (path, got)
+            assert "read-only" in got["message"], got
+        rows, _, _ = await engine.sync(sid, first, table="items")  # changed nothing
+        # 3. space returns: the next write works, and lasts
+        filler.unlink()
+        status, got = await engine.api("POST", f"/api/sources/{sid}/rotate-secret")
+        assert status == 200, got
+        second = got["secret"]
+        assert (await engine.api("GET", "/api/info"))[1]["registry"] == {"read_only": None}
+        assert (await engine.get(sid, first, table="items", offset="-1"))[0] == 401
+        await engine.close()
+        engine = await engines(mnt).start()
+        await engine.wait_state(sid, "active")
+        assert (await engine.get(sid, first, table="items", offset="-1"))[0] == 401
+        rows, _, _ = await engine.sync(sid, second, table="items")
+        assert [r["name"] for r in rows.values()] == ["a1"]
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

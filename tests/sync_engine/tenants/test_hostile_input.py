@@ -152,6 +152,17 @@ async def _hostile(engine: AdminEngine, a: dict[str, Any], b: dict[str, Any],
         for name in ("api_secret", "source_secret"):  # the other accepted spellings
             await expect(f"source_id={sid}&{name}={_q(secret)}", 200)
             await expect(f"source_id={sid}&{name}=FUZZ-SECRET-2", 401)
+        # a parameter given twice: its last value, as Electric (Plug's query decoding); the
+        # first was taken (a proxy or cache reading the last saw another source or secret)
+        other = b["source_id"]
+        await expect(f"source_id={other}&source_id={sid}&secret={_q(secret)}", 200)
+        await expect(f"source_id={sid}&source_id={other}&secret={_q(secret)}", 401)
+        await expect(f"source_id={sid}&secret=FUZZ-SECRET-6&secret={_q(secret)}", 200)
+        await expect(f"source_id={sid}&secret={_q(secret)}&secret=FUZZ-SECRET-6", 401)
+        # `api_secret` only when there is no `secret` (as Electric's router): an empty
+        # `secret` is a wrong one
+        await expect(f"source_id={sid}&secret=&api_secret={_q(secret)}", 401)
+        await expect(f"source_id={sid}&api_secret={_q(secret)}&secret=FUZZ-SECRET-7", 401)
 
         # seeded random: repeated, mixed and percent-encoded junk in the credential params
         rng = random.Random(1205)

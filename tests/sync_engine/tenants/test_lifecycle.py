@@ -190,6 +190,7 @@ def _pubs(url: str) -> set[str]:
     return {r[0] for r in sql(url, "SELECT pubname FROM pg_publication")}
 
 
+@pytest.mark.usefixtures("quick_retries")
 async def test_a_source_deleted_while_its_database_is_down_is_cleaned_up_when_it_is_back(
     engines: Callable[..., MultiEngine], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -163,6 +163,56 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     reg.close()
 
 
+def test_a_store_that_cannot_be_written_is_read_as_it_is_never_stale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened for writing fails (a full disk): read-only, with the WAL's content when it has
+    some (a crash left it: a rotation only there must be seen, or an old secret works
+    again), writes refused until opening for writing works again."""
+    import sqlite3
+
+    from sync_engine.tenants.store import StoreReadOnly
+
+    path = tmp_path / "data" / "sources.db"
+    writer = SourceStore(path)
+    rec = writer.create("shop", URL, "h1")
+    writer.rotate_secret(rec.source_id, "h2", 0)  # in the WAL (the writer still has it open)
+    assert (path.parent / "sources.db-wal").stat().st_size > 0
+    real = SourceStore._open_writable
+    broken = True
+
+    def open_writable(self: SourceStore) -> sqlite3.Connection:
+        if broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(self)
+
+    monkeypatch.setattr(SourceStore, "_open_writable", open_writable)
+    reader = SourceStore(path)
+    assert reader.read_only and "disk I/O error" in reader.read_only
+    assert reader.get(rec.source_id).secret_hash == "h2"
+    assert store_has_sources(path.parent)
+    with pytest.raises(StoreReadOnly):
+        reader.rotate_secret(rec.source_id, "h3", 0)
+    reader.close()
+    writer.close()  # a clean stop: the WAL is folded in and removed
+    assert not (path.parent / "sources.db-wal").exists()
+    reader = SourceStore(path)  # read as it is (immutable)
+    assert reader.read_only and reader.get(rec.source_id).secret_hash == "h2"
+    assert not reader.try_writable()
+    broken = False  # space returned: the next write opens it for writing
+    reader.rotate_secret(rec.source_id, "h3", 0)
+    assert reader.read_only is None
+    reader.close()
+    assert SourceStore(path).get(rec.source_id).secret_hash == "h3"
+
+    # never written (a first start on a full disk): no source, nothing written
+    broken = True
+    empty = SourceStore(tmp_path / "other" / "sources.db")
+    assert empty.read_only and empty.all() == [] and not empty.ever_had_sources()
+    with pytest.raises(StoreReadOnly):
+        empty.create("shop", URL, "h1")
+
+
 def test_a_store_of_schema_3_is_upgraded_its_sources_delivered(tmp_path: Path) -> None:
     """Sources registered before `secret_delivered` existed had their answers sent (as far
     as anyone can tell): a retry of their creation stays a 409."""

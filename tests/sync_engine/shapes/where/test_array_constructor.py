@@ -69,3 +69,30 @@ def test_constant_ragged_array_is_refused(table: tuple[psycopg.Connection[Any], 
     for clause in ["ARRAY['{1}'::int4[], '{1,2}'] = '{}'", "ARRAY['{1}'::int4[], '{}'] && ia"]:
         with pytest.raises(WhereError, match="matching dimensions"):
             parse_where(clause, {}, columns)
+
+
+#: Several subscripts at once: one per dimension for an element (NULL with more or fewer),
+#: and if any is a slice all are (`ia[1:2][1]` is `ia[1:2][1:1]`), each cutting its own
+#: dimension. The engine cut the first dimension once per slice subscript (`ia[1:2][2:2]`
+#: of {{1,2},{3,4}} was {} where Postgres has {{2},{4}}) and refused `ia[2][1]`.
+SUBSCRIPTS = [
+    "ia[1][1] IS NULL", "ia[2][1] = 3", "ia[1][2] = 2", "ia[1:2][1] = '{{1},{3}}'",
+    "ia[1:2][2:2] = '{{2},{4}}'", "ia[1:2][1:1] = '{}'", "ia[2:][:1] = '{{3}}'",
+    "ia[1] IS NULL", "ia[1][2][1] IS NULL", "ia[1:1][2] = '{{1,2}}'", "ia[0:5][0:5] = ia",
+    "ia[NULL:1][1] IS NULL", "(ARRAY[ia, ia])[2][1] = ia[1]", "(ARRAY[ia, ia])[1:1][2:3] IS NULL",
+]  # fmt: skip
+
+
+def test_several_subscripts_give_postgres_verdict(
+    table: tuple[psycopg.Connection[Any], Any],
+) -> None:
+    conn, columns = table
+    wrong = []
+    for clause in SUBSCRIPTS:
+        where = parse_where(clause, {}, columns)
+        for rid, text in enumerate(ROWS):
+            pg = conn.execute("SELECT verdict(%s, %s)", (where.sql, rid)).fetchone()
+            assert pg is not None
+            if where.matches({"id": str(rid), "ia": text}) != (pg[0] == "true"):
+                wrong.append((clause, text, pg[0]))
+    assert not wrong, wrong

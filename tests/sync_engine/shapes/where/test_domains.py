@@ -21,7 +21,8 @@ import pytest
 
 from sync_engine.pg.catalog import ColumnInfo, load_table
 from sync_engine.pg.session import with_display_settings
-from sync_engine.shapes.where import WhereError, index_key, parse_where
+from sync_engine.shapes.router import key_parser
+from sync_engine.shapes.where import WhereError, parse_where
 
 TABLE = r"""
 CREATE DOMAIN dbool AS bool;
@@ -144,10 +145,12 @@ def test_a_domain_over_a_known_type_reads_as_its_base_type(table: Any) -> None:
         expected = {r[0] for r in conn.execute(f"SELECT id FROM x WHERE {where.sql}")}
         got = {i for i, row in rows.items() if where.matches(row)}
         assert got == expected, (clause, sorted(got ^ expected))
-    # the router keys a change of dn as the shape's keys (both read dn as int4)
-    where = parse_where("dn = 5", {}, columns)
-    assert where.index is not None
-    assert index_key(columns["dn"], rows[1]["dn"]) in where.index[1]
+    # the router keys a change by the column's text (its parser for the column's own type,
+    # a domain's being its text): a shape keyed by dn's int4 values was never found (the
+    # rows it should get were lost: test_moves.py's `dm IN (1, 5)`), so it is not keyed
+    assert parse_where("dn = 5", {}, columns).index is None
+    parse = key_parser(columns["dn"])
+    assert (parse or str)(rows[1]["dn"]) == "5"
     # ARRAY[dn] is dint[] in Postgres, which has no `dint[] = int4[]`; the engine would
     # read it as int4[]: refused (items of other types make it int4[], as in Postgres)
     with pytest.raises(WhereError, match="an ARRAY of domain dint values is not supported"):

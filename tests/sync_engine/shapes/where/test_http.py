@@ -9,6 +9,7 @@ in a snapshot either.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -337,3 +338,44 @@ async def test_lengths_in_a_shape_and_a_subset_equal_postgres(engine: Engine) ->
     status, body = await _subset(engine, **base, subset__where="length(id) > 1")
     assert status == 400, body
     assert "function length(integer) does not exist" in str(body)
+
+
+#: Hostile where strings and params: each a 400 for `where` (or `params`), in Electric's
+#: words where it has some, answered at once (the request is time-bound).
+HOSTILE = [
+    ({"where": "(" * 3000 + "id = 1" + ")" * 3000}, "nested too deeply"),
+    ({"where": "owner = 'abc"}, "At location 23: unterminated quoted string"),
+    ({"where": "owner = 'a' /* x"}, "unterminated /* comment"),
+    ({"where": "owner = $t$abc"}, "unterminated dollar-quoted string"),
+    ({"where": "owner = E'\\xff'"}, 'invalid byte sequence for encoding "UTF8": 0xff'),
+    ({"where": "owner = U&'\\D800'"}, "invalid Unicode surrogate pair"),
+    ({"where": "id = $1"}, "At location 5: parameter $1 was not provided"),
+    ({"where": "id = $0", "params[1]": "1"}, "parameter $0 was not provided"),
+    # params given but not used: Electric's parser refuses them (the engine had ignored them)
+    ({"where": "id = 1", "params[1]": "5"}, "At location 0: parameter value for $1 was not used"),
+    (
+        {"where": "id = $2", "params[1]": "1", "params[2]": "2"},
+        "At location 0: parameter value for $1 was not used",
+    ),
+    ({"where": "id = " + "9" * 5000}, None),  # a numeric literal: fine (no rows match)
+    ({"where": "id = 1e999999"}, "value overflows numeric format"),
+    ({"where": "id::numeric = '1e1000000000'"}, "value overflows numeric format"),
+    ({"where": "id = $1", "params[1]": "9" * 5000}, "is out of range for type integer"),
+    ({"where": "id = 1; DROP TABLE docs"}, 'unescaped ";" causing statement split'),
+    ({"where": "owner = repeat('a', 1000000000)"}, "unknown or unsupported function repeat/2"),
+]
+
+
+async def test_hostile_where_strings_are_quick_400s_in_electrics_words(engine: Engine) -> None:
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, owner text)")
+    for params, message in HOSTILE:
+        status, _h, body = await asyncio.wait_for(
+            engine.get(table="docs", offset="-1", **params), timeout=10
+        )
+        if message is None:
+            assert status == 200, (params, body)
+            continue
+        assert status == 400, (str(params)[:80], body)
+        assert body["message"] == "Invalid request", body
+        (text,) = body["errors"].get("where") or body["errors"]["params"]
+        assert message in text, (str(params)[:80], text[:200])

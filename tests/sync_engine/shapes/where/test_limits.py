@@ -174,3 +174,13 @@ def test_the_run_never_exceeds_the_text_length_so_short_texts_skip_the_scan() ->
 )
 def test_error_messages_match_electric(sql: str, message: str) -> None:
     assert _refused(sql) == message
+
+
+def test_strings_no_utf8_can_hold_are_refused() -> None:
+    """A lone surrogate (HTTP and JSON decoding never make one; a caller in the process can)
+    is refused as Postgres refuses such bytes, not a UnicodeEncodeError out of pglast."""
+    for sql, params in [("name = '\ud800'", {}), ("name = $1", {"1": "\udcff"})]:
+        with pytest.raises(WhereError, match='invalid byte sequence for encoding "UTF8"'):
+            parse_where(sql, params, COLUMNS)
+    with pytest.raises(WhereError, match='invalid byte sequence for encoding "UTF8"'):
+        check_where_constructs("name = '\ud800'")

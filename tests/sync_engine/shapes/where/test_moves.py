@@ -5,8 +5,9 @@ Postgres's `SELECT ... WHERE <where>` returns, with their current values: an UPD
 takes a row into the where is an insert (the whole row), one that takes it out a delete,
 one that keeps it inside an update, and one that changes its primary key a delete of the
 old key and (if the new row matches) an insert of the new one. Seeded random
-transactions of updates (of every column type the where reads, the key included), inserts
-and deletes run under several shapes at once, each with `replica=default` and
+transactions of updates (of every column type the where reads, a domain's and the key
+included), inserts and deletes run under several shapes at once (two of them filed under
+the router's equality keys), each with `replica=default` and
 `replica=full`; the client applies the log strictly (an insert of a row it holds, or an
 update or delete of one it does not, is a protocol error) and is compared with Postgres
 after every transaction. `WHERE_MOVES_SEED` / `WHERE_MOVES_TXNS` explore further.
@@ -25,8 +26,10 @@ from tests.sync_engine.engine_harness import Engine
 
 TABLE = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
 CREATE TABLE m (id int PRIMARY KEY, i int4, n numeric, f float8, t text, c char(3), b bool,
-                d date, ts timestamptz, iv interval, u uuid, ia int4[], e mood, tm time)
+                d date, ts timestamptz, iv interval, u uuid, ia int4[], e mood, tm time,
+                dm posint)
 """
 
 VALUES: dict[str, list[str | None]] = {
@@ -44,10 +47,13 @@ VALUES: dict[str, list[str | None]] = {
     "ia": ["{}", "{1,2}", "{2}", "{NULL}", "{3,NULL}", None],
     "e": ["sad", "ok", "happy", None],
     "tm": ["00:00", "12:00", "23:59:59.999999", "24:00", None],
+    "dm": ["1", "5", "6", None],
 }  # fmt: skip
 COLUMNS = list(VALUES)
 
-#: Each shape's where, OR `id >= 1000000` (the markers, written after each transaction).
+#: Each shape's where, OR `id >= 1000000` (the markers, written after each transaction),
+#: but for the equalities the router files shapes under (INDEXED), which the markers match
+#: by their values (i = 3, dm = 1).
 WHERES = [
     "i % 3 = 0 AND b",
     "t ILIKE 'a%' OR c = 'ab'",
@@ -56,7 +62,11 @@ WHERES = [
     "iv > interval '1 day' OR u = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
     "2 = ANY(ia) OR e::text = 'ok' OR tm > '12:00'",
     "b IS NOT TRUE AND i IS DISTINCT FROM 3",
+    # equalities the router files the shape under (its index keys), one on a domain
+    "i = 3",
+    "dm IN (1, 5)",
 ]
+INDEXED = {"i = 3", "dm IN (1, 5)"}
 MARKER = 1_000_000
 SEED = 20261205
 
@@ -157,7 +167,7 @@ async def test_rows_moving_in_and_out_by_update_equal_postgres(engine: Engine) -
     next_key = [100]
     shapes = []
     for where in WHERES:
-        full = f"({where}) OR id >= {MARKER}"
+        full = where if where in INDEXED else f"({where}) OR id >= {MARKER}"
         for replica in ("default", "full"):
             params = {"table": "m", "where": full, "replica": replica}
             rows: dict[str, dict[str, Any]] = {}
@@ -175,7 +185,7 @@ async def test_rows_moving_in_and_out_by_update_equal_postgres(engine: Engine) -
     for n in range(txns):
         _transaction(engine, rng, keys, next_key)
         marker = MARKER + n
-        engine.sql("INSERT INTO m (id) VALUES (%s)", [marker])
+        engine.sql("INSERT INTO m (id, i, dm) VALUES (%s, 3, 1)", [marker])
         for shape in shapes:
             where, params, handle, offset, rows = shape
             before = set(rows)

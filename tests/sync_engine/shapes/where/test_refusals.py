@@ -96,3 +96,39 @@ def test_json_equality_is_refused(db_url: str, clause: str) -> None:
         # why: jsonb's `=` reads the values, not their text
         row = conn.execute("""SELECT j = '{"a":1}', j::text = '{"a":1}' FROM d""").fetchone()
         assert row == (True, False)
+
+
+def test_refusals_say_what_postgres_would(table: tuple[psycopg.Connection[Any], Any]) -> None:
+    """`upper(1)` blamed the collation (Postgres: no such function); 'Jan 1 2024' was
+    "invalid input syntax" (Postgres reads it; the engine reads ISO 8601 only)."""
+    conn, columns = table
+    with pytest.raises(WhereError, match="function upper\\(integer\\) does not exist"):
+        parse_where("upper(i4) = '1'", {}, columns)
+    with pytest.raises(psycopg.errors.UndefinedFunction):
+        conn.execute("SELECT 1 FROM d WHERE upper(i4) = '1'")
+    for clause, kind in [("d = 'Jan 1 2024'", "date"), ("tm = '04:05 PM'", "time")]:
+        with pytest.raises(WhereError, match=f"{kind}[a-z ]* literal .* is not supported"):
+            parse_where(clause, {}, columns)
+        conn.execute(f"SELECT 1 FROM d WHERE {clause}")  # (Postgres reads it)
+    with pytest.raises(WhereError, match='invalid input syntax for type date: "abc"'):
+        parse_where("d = 'abc'", {}, columns)  # (Postgres does not read this one either)
+
+
+def test_an_untyped_literal_beside_any_type_concatenates_as_text(
+    table: tuple[psycopg.Connection[Any], Any],
+) -> None:
+    """`i4 || ''` is anytextcat in Postgres (the value's text cast, then `||`): the engine
+    had refused it as "operator does not exist: integer || unknown"."""
+    conn, columns = table
+    conn.execute("INSERT INTO d VALUES (1, 2, 5, 7, '2024-01-01', '12:00', '1 day', 'sad')")
+    conn.execute("INSERT INTO d VALUES (2, NULL, NULL, NULL, NULL, NULL, NULL, NULL)")
+    row = {"id": "1", "i2": "2", "i4": "5", "i8": "7", "d": "2024-01-01", "tm": "12:00:00",
+           "iv": "P1D", "e": "sad"}  # fmt: skip
+    nulls = {k: None for k in row} | {"id": "2"}
+    for clause in ["i4 || '' = '5'", "'x' || i8 = 'x7'", "d || 'x' = '2024-01-01x'",
+                   "iv || '' = 'P1D'", "e || '' = 'sad'", "(NULL || i2) IS NULL",
+                   "tm || '' = '12:00:00'", "(i2 || '') IS NULL"]:  # fmt: skip
+        where = parse_where(clause, {}, columns)
+        expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
+        got = {int(r["id"]) for r in (row, nulls) if where.matches(r)}
+        assert got == expected, clause
