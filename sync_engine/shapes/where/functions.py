@@ -110,12 +110,6 @@ def _case_func(which: str) -> Builder:
     return build
 
 
-def _textual(c: Compiler, e: Expr) -> Expr:
-    if e.type not in STRING_TYPES and e.type != UNKNOWN:
-        raise error_at(f"function argument must be text, not {e.type.sql_name}", e.node)
-    return e
-
-
 #: The other argument types Postgres has an overload of length() / octet_length() for
 #: (bit, tsvector, lseg, path): refused rather than reproduced.
 _OTHER_LENGTH_OVERLOADS = frozenset({"bit", "varbit", "tsvector", "lseg", "path"})
