@@ -193,6 +193,8 @@ class Source:
         self._main: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self._closing: Callable[[], EngineError] | None = None
+        # Whether the last failure to start is one only a person can fix (`_wait_ready`).
+        self._start_permanent = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -272,6 +274,7 @@ class Source:
             except Exception as exc:
                 reported, self.state, self.error = self.error, SourceState.ERROR, _describe(exc)
                 problem = describe_failure(exc)
+                self._start_permanent = problem.permanent
                 where = f"source {self.config.source_id} ({redact_dsn(self.config.database_url)})"
                 if not problem.permanent:
                     logger.warning("%s not ready: %s; retrying in %.1f s", where, self.error, delay)
@@ -412,6 +415,9 @@ class Source:
     async def _wait_ready(self) -> None:
         if self.ready.is_set():
             return
+        if self.state is SourceState.ERROR and self._start_permanent:
+            # (waiting would not help: wal_level, a role without REPLICATION, ...)
+            raise ServiceUnavailable(f"Source is not ready: {self.error}", retry_after=5)
         try:
             async with asyncio.timeout(5):  # (3.11's wait_for can drop a cancellation)
                 await self.ready.wait()

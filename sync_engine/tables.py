@@ -39,6 +39,7 @@ from .pg.publication import (
     add_table,
     ancestors_of,
     ensure_publication,
+    make_identity_full,
     publication_exists,
     publish_descendants,
     wait_for_older_transactions,
@@ -400,6 +401,7 @@ class Tables:
             ancestors = await ancestors_of(conn, oid)
             if ancestors:
                 self.registry.router.add_ancestors(oid, ancestors)
+                await make_identity_full(conn, oid)
 
         await self.on_catalog(work)
 

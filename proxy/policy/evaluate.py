@@ -303,6 +303,64 @@ def _select_rule(table: CompiledTable, claims: Claims, *, anonymous: bool) -> Co
     raise Forbidden("no_matching_rule", "no policy rule allows this user to sync this shape")
 
 
+def _shows_at_least(rule: CompiledRule, other: CompiledRule) -> bool:
+    """`rule` shows every row and column `other` shows (for the same claims): all rows, or the
+    same filter; all columns, or at least `other`'s."""
+    rows = rule.template is None or rule.template == other.template
+    columns = rule.columns is None or (other.columns is not None and other.columns <= rule.columns)
+    return rows and columns
+
+
+def _refuse_unsafe_pattern(
+    policy: CompiledPolicy,
+    table: CompiledTable,
+    rule: CompiledRule,
+    claims: Claims,
+    *,
+    anonymous: bool,
+) -> None:
+    """A table reached only through a pattern (`public.*`) could be a partition or an
+    inheritance child (or parent) of a listed table: its rows are that table's rows. The proxy
+    has no catalog to tell, so it serves the pattern's rule only when every other listed table
+    and pattern shows these claims at least as much (fail closed): else one whose rule filters
+    rows, hides columns or refuses this caller could be read around by naming its partition.
+    A table listed by name gets its own rule (the operator says what it is)."""
+    if table.pattern.exact:
+        return
+    for other in (*policy.tables.values(), *policy.patterns):
+        if other is table:
+            continue
+        try:
+            other_rule = _select_rule(other, claims, anonymous=anonymous)
+        except (Forbidden, Unauthenticated):
+            other_rule = None
+        if other_rule is None or not _shows_at_least(other_rule, rule):
+            raise Forbidden(
+                "pattern_not_safe",
+                "this table is reached only through a table pattern, and the policy shows this "
+                "caller less of another table, of which this one could be a partition or "
+                "inheritance child (or parent): the policy must name this table to serve it",
+                field="table",
+            )
+
+
+def _pattern_shared(policy: CompiledPolicy, table: CompiledTable) -> bool:
+    """Whether `_refuse_unsafe_pattern` lets every caller through, so that a served answer
+    may be shared: every other listed table and pattern shows everyone, without a deny rule,
+    at least what this pattern shows. Else some caller is refused what another is served,
+    and a shared cache in front of the proxy must not hand the answer to the first."""
+    if table.pattern.exact:
+        return True
+    rule = table.allow[0]
+    for other in (*policy.tables.values(), *policy.patterns):
+        if other is table:
+            continue
+        first = other.allow[0]
+        if other.deny or not first.caller_independent or not _shows_at_least(first, rule):
+            return False
+    return True
+
+
 def _find_table(
     policy: CompiledPolicy, request: ShapeRequest, shape_name: str | None
 ) -> tuple[CompiledTable, str]:
@@ -441,6 +499,7 @@ def _check_subquery_tables(
                     None,
                 )
                 rule = _select_rule(table, claims, anonymous=anonymous)
+                _refuse_unsafe_pattern(policy, table, rule, claims, anonymous=anonymous)
             except (Forbidden, Unauthenticated, BadShapeRequest):
                 rule = None
             if rule is None or rule.template is not None or rule.columns is not None:
@@ -449,7 +508,7 @@ def _check_subquery_tables(
                     f"a subquery may not read {schema}.{name} for this caller",
                     field="where",
                 )
-            shared = shared and table.shared
+            shared = shared and table.shared and _pattern_shared(policy, table)
     return shared
 
 
@@ -477,10 +536,11 @@ def evaluate(
             raise _sign_in() from None
         raise
     rule = _select_rule(table, claims, anonymous=anonymous)
+    _refuse_unsafe_pattern(policy, table, rule, claims, anonymous=anonymous)
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
     where, params, combined = _build_where(rule, claims, request, policy.clauses)
-    shared = table.shared
+    shared = table.shared and _pattern_shared(policy, table)
     if rule.client_where == "passthrough":
         # A clause that reads other tables answers by what the caller may read there too:
         # shared (publicly cacheable) only when every table it reads is.

@@ -718,6 +718,13 @@ async def _read(
         if offset is not None and not transport.is_closing():
             key = spec.handover if spec.handover is not None else spec.key
             return Continue(StreamSpec(key, offset, position, spec.cursor), started)
+    if reason in ("expired", "revoked") and stream.raw:
+        # Bytes the proxy cannot cut cleanly (a compressed stream: a clean end mid-way is a
+        # truncated body its client cannot decode): the connection is closed instead, which
+        # the client retries from its last up-to-date, as after any broken stream.
+        started.outcome.failure = ("ok", "hold_ended")
+        transport.close()
+        return started.outcome
     return await _finish(started.response, request, started.outcome, reason)
 
 

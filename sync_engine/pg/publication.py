@@ -182,3 +182,29 @@ async def ancestors_of(conn: AsyncConnection[Any], oid: int) -> frozenset[int]:
     """The oids of table `oid`'s ancestors (partitioned tables, inheritance parents)."""
     cur = await conn.execute(_ANCESTORS, (oid,))
     return frozenset(int(r[0]) for r in await cur.fetchall())
+
+
+async def make_identity_full(conn: AsyncConnection[Any], oid: int) -> None:
+    """`REPLICA IDENTITY FULL` on table `oid` (a partition made after its parent's shapes)
+    unless it has it, waiting at most 2 s for the table's lock: on a busy table the
+    replication stream must not wait longer (its changes retire the shapes that need the
+    old row meanwhile, see `TransactionAssembler`)."""
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
+        " ON n.oid = c.relnamespace WHERE c.oid = %s AND c.relkind = 'r'"
+        " AND c.relreplident <> 'f'",
+        (oid,),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return
+    ident = sql.Identifier(str(row[0]), str(row[1]))
+    try:
+        await conn.execute("SET lock_timeout = '2s'")
+        await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+    except psycopg.errors.LockNotAvailable:
+        logger.warning("could not set REPLICA IDENTITY FULL on %s.%s (busy)", row[0], row[1])
+    except psycopg.errors.InsufficientPrivilege as exc:
+        logger.warning("could not set REPLICA IDENTITY FULL on %s.%s: %s", row[0], row[1], exc)
+    finally:
+        await conn.execute("RESET lock_timeout")

@@ -60,7 +60,7 @@ _DELETE: Final = ChangeKind.DELETE
 class _Relation:
     """A table as the stream describes it (its last Relation message), for building rows."""
 
-    __slots__ = ("name", "names", "oid", "positions", "schema", "type_oids")
+    __slots__ = ("full", "keys", "name", "names", "oid", "positions", "schema", "type_oids")
 
     def __init__(self, rel: pgoutput.Relation) -> None:
         self.oid = rel.oid
@@ -69,6 +69,29 @@ class _Relation:
         self.names = tuple(c.name for c in rel.columns)
         self.type_oids = tuple(c.type_oid for c in rel.columns)
         self.positions = {n: i for i, n in enumerate(self.names)}
+        #: Whether an update or delete comes with the whole old row (REPLICA IDENTITY FULL,
+        #: which the engine sets on what it publishes; not yet on a partition made since,
+        #: or an operator set it back): else with its key columns (`keys`) at most.
+        self.full = rel.replica_identity == "f"
+        self.keys = frozenset(c.name for c in rel.columns if c.is_key)
+
+
+class _Unknown:
+    """An old row's value the stream did not send (REPLICA IDENTITY not FULL): unequal to
+    any value, so every column of the new row counts as changed."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    __hash__ = object.__hash__
+
+
+_UNKNOWN: Final = _Unknown()
 
 
 class TransactionAssembler:
@@ -101,6 +124,9 @@ class TransactionAssembler:
         # Routing plans of the tables with shapes and a known Relation, valid while
         # router.version == self._plans_version (see handle_batch).
         self._plans: dict[int, RowPlan] = {}
+        # Tables with a plan whose updates and deletes come without their old row: no probe
+        # of the new row can rule a shape out (`_row_change` takes them all).
+        self._partial: set[int] = set()
         self._plans_version = -1
         #: Messages not handled yet because the first of them, a Relation message, names a
         #: table whose ancestors must be looked up first (`unresolved_oid`): the replicator
@@ -136,16 +162,24 @@ class TransactionAssembler:
         for i, buf in enumerate(messages):
             kind = buf[_H]
             if kind == INSERT or kind == UPDATE or kind == DELETE:
-                plan = plans.get(read_row_oid(buf, _H)[0])
+                oid = read_row_oid(buf, _H)[0]
+                plan = plans.get(oid)
                 if plan is None:  # no shape on the table, or no Relation seen yet
                     self.op += 2
                     continue
-                if not plan.unindexed and not row_may_match(buf, _H, plan.probes):
+                if (
+                    not plan.unindexed
+                    and (kind == INSERT or oid not in self._partial)
+                    and not row_may_match(buf, _H, plan.probes)
+                ):
                     self.op += 2
                     self.changes_seen += 1
                     continue
                 kind, oid, old, new = read_row(buf, _H)
                 self._row_change(kind, oid, old, new)
+                if self._plans_version != router.version:  # (it retired shapes)
+                    self._refresh_plans()
+                    plans = self._plans
             elif kind == BEGIN:
                 self.xid = read_begin(buf, _H)[2]
                 self.in_transaction = True
@@ -220,11 +254,15 @@ class TransactionAssembler:
     def _refresh_plans(self) -> None:
         router = self.router
         plans: dict[int, RowPlan] = {}
+        partial: set[int] = set()
         for oid, rel in self._relations.items():
             plan = router.plan_for(oid, rel.positions)
+            if plan is not None and not rel.full:
+                partial.add(oid)  # (its updates and deletes come without their old row)
             if plan is not None:
                 plans[oid] = plan
         self._plans = plans
+        self._partial = partial
         self._plans_version = router.version
 
     def _relation(self, msg: pgoutput.Relation) -> None:
@@ -268,10 +306,26 @@ class TransactionAssembler:
                 old_t = new_t  # no old row (identity not FULL at the time): treat as in place
         else:
             change_kind = _DELETE
-        shapes = self.router.candidates_for(oid, rel.positions, old_t, new_t)
+        partial = kind != INSERT and not rel.full  # its old row is the key at most
+        if partial:
+            shapes = self.router.shapes_of(oid)  # (the old row could have matched any)
+        else:
+            shapes = self.router.candidates_for(oid, rel.positions, old_t, new_t)
         if not shapes:
             return
         names = rel.names
+        if partial:
+            shapes = self._without_old_row(rel, shapes, new_t)
+            if not shapes:
+                return
+            if kind == UPDATE and old_t is new_t:  # (no old tuple: the key did not change)
+                assert new_t is not None
+                old_t = cast(
+                    "tuple[TupleValue, ...]",
+                    tuple(
+                        v if n in rel.keys else _UNKNOWN for n, v in zip(names, new_t, strict=False)
+                    ),
+                )
         old = None if old_t is None else dict(zip(names, old_t, strict=False))
         new = None if new_t is None else dict(zip(names, new_t, strict=False))
         if new is not None and old is not None:
@@ -288,6 +342,32 @@ class TransactionAssembler:
                 touched[shape] = [change]
             else:
                 changes.append(change)
+
+    def _without_old_row(
+        self, rel: _Relation, shapes: set[Shape], new_t: tuple[TupleValue, ...] | None
+    ) -> set[Shape]:
+        """The shapes that can take an update or delete whose old row is its key at most:
+        those that need no other old value. The others are retired (their clients refetch
+        a snapshot): deciding whether the old row was in a where clause on other columns,
+        or what a `replica=full` update's old values were, or an unchanged TOASTed value,
+        would be a guess, and a wrong one leaves a row a client should not have, or stale."""
+        toast = new_t is not None and any(v is UNCHANGED_TOAST for v in new_t)
+        keep: set[Shape] = set()
+        for shape in shapes:
+            where = shape.where
+            if (
+                toast
+                or shape.definition.replica == "full"
+                or (where is not None and not where.referenced_columns <= rel.keys)
+            ):
+                self.registry.rotate(
+                    shape,
+                    f'a change of "{rel.schema}"."{rel.name}" came without its old row'
+                    " (its REPLICA IDENTITY is not FULL)",
+                )
+            else:
+                keep.add(shape)
+        return keep
 
     def _commit(self, lsn: Lsn) -> None:
         """End of the transaction committed at `lsn`: deliver what it touched."""

@@ -179,6 +179,17 @@ class ShapeRouter:
         )
         return RowPlan(t.unindexed, tuple(probes))
 
+    def shapes_of(self, oid: int) -> set[Shape]:
+        """Every shape of table `oid` and of its ancestors (`routes`): what a change whose
+        old row was not sent may belong to (the index cannot be probed with it)."""
+        out: set[Shape] = set()
+        for o in self.routes(oid):
+            t = self._tables.get(o)
+            if t is not None:
+                for shapes in t.by_info.values():
+                    out |= shapes
+        return out
+
     def plan_for(self, oid: int, positions: dict[str, int]) -> RowPlan | None:
         """`plan` of table `oid` merged with its ancestors' (`routes`), all with its column
         positions (a descendant has its ancestors' columns, maybe in another order)."""

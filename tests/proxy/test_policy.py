@@ -297,3 +297,51 @@ def test_rule_columns_checked_at_load(columns: list[str], words: str | None) -> 
     with pytest.raises(ConfigError, match=words) as info:
         build_config(config, {"ENGINE_SECRET": "s" * 20})
     assert "tables.items.allow.1.columns (rule 'member')" in str(info.value)
+
+
+def test_a_pattern_serves_only_callers_no_listed_table_shows_less() -> None:
+    """A table reached only through a pattern could be a partition or inheritance child (or
+    parent) of a listed table: the pattern's rule serves it only when no other listed table
+    or pattern shows the caller less (rows, columns, or refused). Through a passthrough
+    subquery too. Named by the policy, a table keeps its own rule."""
+    config = base_config("http://engine:3000", "https://idp/jwks.json")
+    everyone = {"all_rows": True, "client_where": "passthrough", "anonymous": True}
+    config["tables"]["public.*"] = {"allow": [everyone]}
+    config["tables"]["posts"] = {"allow": [everyone]}
+    config["tables"]["notes"]["allow"].insert(0, {"when": {"role": "admin"}, "all_rows": True})
+    policy = build_config(config, {"ENGINE_SECRET": "s" * 20}).policy
+    for claims, anonymous in ((MEMBER, False), ({}, True)):
+        with pytest.raises(Forbidden) as info:
+            decide(policy, "table=items_2024&offset=-1", claims, anonymous=anonymous)
+        assert info.value.reason == "pattern_not_safe"
+        with pytest.raises(Forbidden) as info:
+            query = "table=posts&where=id IN (SELECT id FROM items_2024)"
+            decide(policy, query, claims, anonymous=anonymous)
+        assert info.value.reason == "subquery_not_allowed"
+    admin = decide(policy, "table=items_2024&offset=-1", ADMIN)  # every table whole for admins
+    assert (admin.table, admin.where) == ('"public"."items_2024"', None)
+    # ...but not for everyone: a shared cache in front of the proxy must not keep it.
+    assert not admin.shared
+    assert decide(policy, "table=posts&offset=-1", ADMIN).shared  # (named: the same for all)
+    # Named, a table keeps its own rule.
+    assert decide(policy, "table=posts&offset=-1", MEMBER).where is None
+    # Another pattern that shows less makes the first unsafe for that caller too.
+    config["tables"] = {
+        "public.*": {"allow": [everyone]},
+        "app.*": {
+            "allow": [
+                {"when": {"role": "member"}, "where": "org_id = {{org_id}}"},
+                {"all_rows": True},
+            ]
+        },
+    }
+    config.pop("shapes")
+    policy = build_config(config, {"ENGINE_SECRET": "s" * 20}).policy
+    with pytest.raises(Forbidden, match="pattern"):
+        decide(policy, "table=items_2024&offset=-1", MEMBER)
+    assert decide(policy, "table=items_2024&offset=-1", ADMIN).where is None
+    assert decide(policy, "table=app.x&offset=-1", MEMBER).where == "org_id = $1"
+    # Patterns that show everyone everything: shared as before.
+    config["tables"] = {"public.*": {"allow": [everyone]}, "app.*": {"allow": [everyone]}}
+    policy = build_config(config, {"ENGINE_SECRET": "s" * 20}).policy
+    assert decide(policy, "table=items_2024&offset=-1", {}, anonymous=True).shared

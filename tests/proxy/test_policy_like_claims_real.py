@@ -88,3 +88,29 @@ async def test_a_claim_in_a_like_pattern_matches_itself_only(
         if "new" in seen:
             break
     assert seen == ["new"]
+
+
+def test_an_escaped_claim_matches_itself_only_in_postgres_and_in_the_engine(db_url: str) -> None:
+    """`_like_literal` against Postgres's LIKE/ILIKE and the engine's own (live changes are
+    filtered by the engine): each claim matches itself, never a near miss."""
+    from proxy.policy.evaluate import _like_literal
+    from sync_engine.shapes.where.text import like_function
+
+    claims = ["a_c", "50%", "\\", "a\\_b", "%_%", "x#y", "Ünï_%", "", "__", "a\\\\%"]
+    near = ["abc", "50", "501", "", "a_b", "a\\b", "ab", "x", "ünï_%", "ÜnïX%", "_", "a\\"]
+    like = like_function(None, False)
+    ilike = like_function(str.lower, False)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for claim in claims:
+            for escape in ("\\", "#"):
+                pattern = _like_literal(claim, escape)
+                for text in [claim, *near]:
+                    got = conn.execute(
+                        "SELECT %s LIKE %s ESCAPE %s, %s ILIKE %s ESCAPE %s",
+                        (text, pattern, escape, text, pattern, escape),
+                    ).fetchone()
+                    assert got == (text == claim, text.lower() == claim.lower()), (claim, text)
+                if escape == "\\":
+                    for text in [claim, *near]:
+                        assert like(text, pattern) == (text == claim), (claim, text)
+                        assert ilike(text, pattern) == (text.lower() == claim.lower())

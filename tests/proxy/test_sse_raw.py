@@ -12,10 +12,13 @@ the engine names as the log's end turned the joiners' position past the stream's
 from __future__ import annotations
 
 import asyncio
+import time
 import zlib
 from typing import Any
 
+import aiohttp
 import orjson
+import pytest
 from aiohttp import web
 
 from tests.proxy.sse_fakes import proxy_in_front, sse_batch, sse_headers
@@ -84,3 +87,21 @@ async def test_a_compressed_event_stream_is_shared_whole_by_identical_requests(
     assert _ids(start + await first.read()) == ["5", "6"]
     assert _ids(await joiner.read()) == ["5", "6"]
     assert _ids(await other.read()) == ["6"]
+
+
+async def test_a_compressed_stream_is_closed_not_cut_short_when_its_token_expires(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """At its token's `exp` a shared stream ends cleanly between two reads (its client
+    reconnects): for a compressed one, that clean end was a truncated gzip body, which a
+    client's decoder refuses mid-way. It is closed instead (a broken stream, which the
+    client retries from its last up-to-date). On the old code: a clean end, undecodable."""
+    engine = GzipEngine()
+    proxy, _ = await proxy_in_front(engine.shape, aiohttp_server, idp_server, environ, make_proxy)
+    token = proxy.tokens.make(exp=int(time.time()) + 2)
+    resp = await _open(proxy, token, "100_2")
+    received = await resp.content.readany()
+    assert received
+    with pytest.raises(aiohttp.ClientPayloadError):  # (not a clean end)
+        received += await asyncio.wait_for(resp.content.read(), 20)
+    assert engine.requests == ["100_2"]
