@@ -448,19 +448,6 @@ class Source:
         if self._closing is not None:
             raise self._closing()
 
-    # The tenants' `ManagedSource` marks itself closed by setting `_closed` (its
-    # `end_requests`, for a pause or a deletion): that is `close_to_requests`.
-    @property
-    def _closed(self) -> Callable[[], EngineError] | None:
-        return self._closing
-
-    @_closed.setter
-    def _closed(self, error: Callable[[], EngineError] | None) -> None:
-        if error is None:
-            self._closing = None
-        else:
-            self.close_to_requests(error)
-
     # -- what http/ asks ------------------------------------------------------------------
 
     @property
