@@ -124,8 +124,11 @@ class ShapeView:
         req = parse_shape_request(request.query, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
+            # Its where and order_by may name any column of the table, as Electric's
+            # (`Shape.Subset.new` checks them against the root table's columns), not only the
+            # shape's `columns`; the rows still carry only those.
             described = await source.describe(req.shape)
-            subset = build_subset_query(described.columns, req.subset)
+            subset = build_subset_query(described.table.columns, req.subset)
             shape = await source.resolve(req.shape, from_start=req.from_start)
             return await serve_subset(source, shape, req, subset)
         shape = await source.resolve(req.shape, from_start=req.from_start)

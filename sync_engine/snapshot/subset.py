@@ -58,7 +58,8 @@ class SubsetQuery:
 
 
 def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
-    """Validate the subset against the shape's columns (raises InvalidRequest)."""
+    """Validate the subset against `columns` (raises InvalidRequest): every column of the
+    shape's table, as Electric, which names one missing in the table "unknown reference"."""
     cols = {c.name: c for c in columns}
     where_sql = None
     if sub.where:

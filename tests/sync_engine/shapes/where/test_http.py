@@ -258,6 +258,40 @@ async def test_a_subset_ordered_by_a_column_without_ordering_is_a_400_for_order_
     assert status == 200 and [m["key"] for m in body["data"]] == ['"public"."docs"/"1"']
 
 
+async def test_a_subset_may_name_table_columns_outside_the_shapes_columns(
+    engine: Engine,
+) -> None:
+    """Electric checks a subset's where and order_by against every column of the table
+    (`Shape.Subset.new`), not only the shape's `columns`: with `columns=id,title`,
+    `subset__where=n > 5` and `subset__order_by=n DESC` are answered (they were a 400,
+    "unknown reference n"), with rows carrying only id and title. A column missing from
+    the table is still a 400 in Electric's words."""
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, title text, n int)")
+    engine.sql("INSERT INTO docs VALUES (1, 'a', 9), (2, 'b', 3), (3, 'c', 7), (4, 'd', 6)")
+    _rows, handle, offset = await engine.sync(table="docs", columns="id,title")
+    base = {"table": "docs", "columns": "id,title", "handle": handle, "offset": offset}
+    status, body = await _subset(
+        engine,
+        **base,
+        subset__where="n > $1",
+        subset__order_by="n DESC",
+        subset__limit="2",
+        **{"subset__params[1]": "5"},
+    )
+    assert status == 200, body
+    assert [m["value"] for m in body["data"]] == [
+        {"id": "1", "title": "a"},
+        {"id": "3", "title": "c"},
+    ]
+    for field, value, message in [
+        ("where", "nope > 5", "At location 0: unknown reference nope"),
+        ("order_by", "nope", "At location 0: unknown reference nope"),
+    ]:
+        status, body = await _subset(engine, **base, **{f"subset__{field}": value})
+        assert status == 400, body
+        assert body["errors"] == {"subset": {field: [message]}}, body
+
+
 async def test_a_param_beside_a_bare_boolean_param_live_and_snapshot_equal_postgres(
     engine: Engine,
 ) -> None:
