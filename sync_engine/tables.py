@@ -454,7 +454,9 @@ class Tables:
     # -- families -------------------------------------------------------------------------
 
     async def check_families_forever(self, interval: float) -> None:
-        """`check_families` every `interval` seconds, or at once when kicked."""
+        """`check_families` every `interval` seconds, or at once when kicked; a failure is
+        retried, and logged once until it changes or the check succeeds."""
+        said = ""
         while True:
             try:
                 async with asyncio.timeout(interval):
@@ -464,16 +466,20 @@ class Tables:
             self.family_kick.clear()
             try:
                 await self.check_families()
+                said = ""
             except asyncio.CancelledError:
                 raise
             except ServiceUnavailable as exc:
                 logger.debug("family check: %s", exc.message)
             except Exception as exc:
-                logger.warning(
-                    "could not check the partitions and inheritance children of"
-                    " shaped tables (retrying): %s",
-                    exc,
-                )
+                if str(exc) != said:
+                    said = str(exc)
+                    logger.warning(
+                        "could not check the partitions and inheritance children of"
+                        " shaped tables (retrying every %g s): %s",
+                        interval,
+                        exc,
+                    )
 
     async def check_families(self) -> None:
         """Retire the shapes whose table's family (partitions, inheritance children) is not
