@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -235,7 +236,9 @@ class SourceStore:
         SQLite has removed its WAL files and the main file holds everything: it is read as
         it is (`immutable`: no WAL index needed, which a full disk has no room for). A WAL
         with content (a crash) must be read with it (a rotation in it not read would bring
-        an old secret back): then it opens only if its index file is still there."""
+        an old secret back): SQLite reads it when its index file is still there; when that
+        is gone too (and cannot be made: no space), the WAL is applied in memory
+        (`read_snapshot`)."""
         path = self.path
         wal = path.with_name(path.name + "-wal")
         main_size = path.stat().st_size if path.exists() else 0
@@ -256,8 +259,24 @@ class SourceStore:
             except BaseException:
                 db.close()
                 raise
-        except sqlite3.Error:
-            raise cause from None
+        except sqlite3.Error as exc:
+            try:
+                db = read_snapshot(path)
+                version = self._version(db)
+            except (sqlite3.Error, OSError) as again:
+                logger.error(
+                    "%s cannot be read either (%s; %s): it is not served until it can be"
+                    " opened for writing; if the disk has space, restore it from a backup",
+                    path,
+                    exc,
+                    again,
+                )
+                raise cause from None
+            logger.warning(
+                "%s: SQLite cannot read it in place (%s); read with its WAL applied in memory",
+                path,
+                exc,
+            )
         if version not in (*_OLDER, _VERSION):
             db.close()
             raise cause
@@ -509,6 +528,88 @@ def _upgrade(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of `data` (a multiple of 8 bytes) continuing from (s0, s1)."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _apply_wal(image: bytearray, wal: bytes) -> bytearray:
+    """The database `image` with the committed transactions of its WAL applied, as SQLite
+    reads them: frames whose salts and running checksum are right, up to the last commit
+    frame (one with the database size); anything after it is a transaction not committed
+    (or torn by a crash) and ignored, as SQLite ignores it."""
+    if len(wal) < 32:
+        return image
+    magic, _, page_size, _, salt1, salt2, c0, c1 = struct.unpack(">8I", wal[:32])
+    if magic not in _WAL_MAGIC or not 512 <= page_size <= 65536:
+        return image
+    big = magic & 1 == 1
+    s0, s1 = _wal_checksum(wal[:24], 0, 0, big)
+    if (s0, s1) != (c0, c1):
+        return image
+    pages: dict[int, bytes] = {}
+    committed: dict[int, bytes] = {}
+    size_pages: int | None = None
+    pos = 32
+    while pos + 24 + page_size <= len(wal):
+        number, commit, f1, f2, c0, c1 = struct.unpack(">6I", wal[pos : pos + 24])
+        page = wal[pos + 24 : pos + 24 + page_size]
+        if (f1, f2) != (salt1, salt2) or number == 0:
+            break
+        s0, s1 = _wal_checksum(wal[pos : pos + 8], s0, s1, big)
+        s0, s1 = _wal_checksum(page, s0, s1, big)
+        if (s0, s1) != (c0, c1):
+            break
+        pages[number] = page
+        if commit:
+            committed.update(pages)
+            pages.clear()
+            size_pages = commit
+        pos += 24 + page_size
+    if size_pages is None:
+        return image
+    out = bytearray(image[: size_pages * page_size])
+    out.extend(b"\0" * (size_pages * page_size - len(out)))
+    for number, page in committed.items():
+        if number <= size_pages:
+            out[(number - 1) * page_size : number * page_size] = page
+    return out
+
+
+def read_snapshot(path: Path) -> sqlite3.Connection:
+    """sources.db as SQLite would read it (its WAL's committed transactions included), in
+    memory, without writing a byte or holding a lock on the files.
+
+    For a store that cannot be opened for writing nor read by SQLite in place: with
+    content in its WAL, SQLite needs the WAL's index file (`-shm`), and makes it when it is
+    missing (a crash, a reboot cleaning it, a copy that left it out), which a full disk has
+    no room for. Reading the main file alone would miss what only the WAL holds (a source
+    just registered, a rotation: an old secret would work again)."""
+    image = bytearray(path.read_bytes()) if path.exists() else bytearray()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists():
+        image = _apply_wal(image, wal.read_bytes())
+    if len(image) >= 20:
+        image[18:20] = b"\1\1"  # a WAL-mode header: read it as a rollback journal one
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        if image:
+            db.deserialize(bytes(image))
+        db.row_factory = sqlite3.Row
+        db.execute("SELECT count(*) FROM sources").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def store_has_sources(data_dir: Path) -> bool:
     """Whether a store with at least one source exists there (without creating one; read
     as `SourceStore` does when it cannot be opened for writing, as on a full disk)."""
@@ -526,4 +627,11 @@ def store_has_sources(data_dir: Path) -> bool:
                 db.close()
         except sqlite3.Error:
             continue
-    return False
+    try:  # a WAL with content whose index is gone, on a full disk: SQLite cannot read it
+        db = read_snapshot(path)
+    except (sqlite3.Error, OSError):
+        return False
+    try:
+        return bool(db.execute("SELECT count(*) FROM sources").fetchone()[0])
+    finally:
+        db.close()
