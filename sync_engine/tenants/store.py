@@ -15,8 +15,11 @@ database mid-deletion leaves a cleanup to finish, never a source half there.
 
 A source is created with `secret_delivered` 0 and marked 1 once the answer carrying a
 secret of it was sent (`mark_delivered`): a source still at 0 is one whose creation's
-answer may have been lost (the engine killed before it, the client gone), and a retry of
-the same creation is given a new secret instead of a 409 (`SourceManager.create`).
+answer may have been lost (the engine killed before it, the client gone), or sent with the
+engine killed before it could record that. Until then its first secret is kept sealed
+(`pending_secret`, credentials.seal_secret), and a retry of the same creation is answered
+with that same secret (`SourceManager.create`): a client that got the first answer keeps a
+working secret. Marking it delivered, or any rotation, forgets the sealed secret.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ CREATE TABLE IF NOT EXISTS sources (
     last_error_at REAL,
     paused INTEGER NOT NULL DEFAULT 0,
     secret_delivered INTEGER NOT NULL DEFAULT 1,
+    pending_secret TEXT,
     max_shapes INTEGER,
     max_initial_syncs INTEGER,
     created_at REAL NOT NULL,
@@ -60,27 +64,31 @@ CREATE TABLE IF NOT EXISTS deleted_sources (
 );
 """
 # Columns added since schema 2 (ALTER TABLE for an older store): `deleted_sources`'
-# in schema 3, `sources.secret_delivered` in schema 4 (older sources: delivered).
+# in schema 3, `sources.secret_delivered` in schema 4 (older sources: delivered),
+# `sources.pending_secret` in schema 5.
 _ADDED_COLUMNS = {
     "deleted_sources": {"database_url": "TEXT", "cleaned": "INTEGER NOT NULL DEFAULT 1"},
-    "sources": {"secret_delivered": "INTEGER NOT NULL DEFAULT 1"},
+    "sources": {"secret_delivered": "INTEGER NOT NULL DEFAULT 1", "pending_secret": "TEXT"},
 }
-_VERSION = 4
+_VERSION = 5
+#: Older schemas a store may be used on as it is, when its upgrade cannot be written
+_OLDER = (3, 4)
 BUSY_WAIT = 1.0
-_INSERT = (
-    "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+_INSERT = {
+    5: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at,"
+    " pending_secret) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?, ?)",
+    4: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
     " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)"
-)
-_INSERT_SCHEMA_3 = (
-    "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)",
+    3: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
     " max_shapes, max_initial_syncs, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)"
-)
+    " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)",
+}
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
     " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
-    " secret_delivered, max_shapes,"
+    " secret_delivered, pending_secret, max_shapes,"
     " max_initial_syncs, created_at, updated_at"
 )
 
@@ -100,6 +108,8 @@ class SourceRecord:
     paused: bool = False
     #: False from its creation until the answer carrying its first secret was sent
     secret_delivered: bool = True
+    #: that first secret, sealed, while `secret_delivered` is False (schema 5 on)
+    pending_secret: str | None = field(default=None, repr=False)
     max_shapes: int | None = None
     max_initial_syncs: int | None = None
     created_at: float = 0.0
@@ -135,6 +145,7 @@ def _record(row: sqlite3.Row) -> SourceRecord:
         last_error_at=row["last_error_at"],
         paused=bool(row["paused"]),
         secret_delivered=bool(row["secret_delivered"]),
+        pending_secret=row["pending_secret"],
         max_shapes=row["max_shapes"],
         max_initial_syncs=row["max_initial_syncs"],
         created_at=row["created_at"],
@@ -159,8 +170,9 @@ class SourceStore:
         #: why it is open read-only (None: open for writing)
         self.read_only: str | None = None
         self._columns = _COLUMNS
-        #: schema 3 kept as it is (its upgrade could not be written): no `secret_delivered`
-        self._schema_3 = False
+        #: the schema it is used on: an older one kept as it is when its upgrade could not
+        #: be written (3: no `secret_delivered`; 4: no `pending_secret`)
+        self._schema = _VERSION
         try:
             self._db = self._open_writable()
         except (sqlite3.OperationalError, OSError) as exc:
@@ -188,30 +200,34 @@ class SourceStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
+            # forgotten values (a creation's sealed secret) are overwritten, not left in
+            # free pages of the file
+            db.execute("PRAGMA secure_delete=ON")
             version = self._version(db)
-            schema_3 = False
+            schema = _VERSION
             if version != _VERSION:  # no write when it is current
                 try:
                     _upgrade(db)
                 except sqlite3.OperationalError as exc:
-                    if version != 3:
+                    if version not in _OLDER:
                         raise
                     # A full disk (or a lock held) must not stop a start after an upgrade
-                    # either: run on schema 3, every source counted as delivered, until a
-                    # later start can write the upgrade.
+                    # either: run on the old schema until a later start can write the
+                    # upgrade.
                     logger.warning(
-                        "%s: could not upgrade it to schema %d (%s); running on schema 3: a"
+                        "%s: could not upgrade it to schema %d (%s); running on schema %d: a"
                         " creation whose answer is lost must be recovered by rotating its"
                         " secret",
                         path,
                         _VERSION,
                         exc,
+                        version,
                     )
-                    schema_3 = True
+                    schema = version
         except BaseException:
             db.close()
             raise
-        self._run_on_schema_3(schema_3)
+        self._run_on_schema(schema)
         return db
 
     def _open_read_only(self, cause: BaseException) -> sqlite3.Connection:
@@ -242,10 +258,10 @@ class SourceStore:
                 raise
         except sqlite3.Error:
             raise cause from None
-        if version not in (3, _VERSION):
+        if version not in (*_OLDER, _VERSION):
             db.close()
             raise cause
-        self._run_on_schema_3(version == 3)
+        self._run_on_schema(version)
         return db
 
     def _version(self, db: sqlite3.Connection) -> int:
@@ -256,11 +272,14 @@ class SourceStore:
             )
         return version
 
-    def _run_on_schema_3(self, schema_3: bool) -> None:
-        self._schema_3 = schema_3
-        self._columns = (
-            _COLUMNS.replace("secret_delivered", "1 AS secret_delivered") if schema_3 else _COLUMNS
-        )
+    def _run_on_schema(self, schema: int) -> None:
+        self._schema = schema
+        columns = _COLUMNS
+        if schema < 5:
+            columns = columns.replace("pending_secret", "NULL AS pending_secret")
+        if schema < 4:
+            columns = columns.replace("secret_delivered", "1 AS secret_delivered")
+        self._columns = columns
 
     def try_writable(self) -> bool:
         """Open it for writing if it is open read-only and that works now (space returned).
@@ -331,35 +350,40 @@ class SourceStore:
         max_shapes: int | None = None,
         max_initial_syncs: int | None = None,
         now: float | None = None,
+        source_id: str | None = None,
+        pending_secret: str | None = None,
     ) -> SourceRecord:
-        """A new source, its secret not yet delivered (`secret_delivered` marks that)."""
+        """A new source, its secret not yet delivered (`secret_delivered` marks that) and
+        kept as `pending_secret` (sealed) until then."""
         self._writable()
         now = time.time() if now is None else now
+        schema = self._schema
         rec = SourceRecord(
-            source_id=str(uuid.uuid4()),
+            source_id=source_id or str(uuid.uuid4()),
             name=name,
             database_url=database_url,
             secret_hash=secret_hash,
-            secret_delivered=self._schema_3,
+            secret_delivered=schema < 4,
+            pending_secret=pending_secret if schema >= 5 else None,
             max_shapes=max_shapes,
             max_initial_syncs=max_initial_syncs,
             created_at=now,
             updated_at=now,
         )
+        values: tuple[object, ...] = (
+            rec.source_id,
+            name,
+            database_url,
+            secret_hash,
+            max_shapes,
+            max_initial_syncs,
+            now,
+            now,
+        )
+        if schema >= 5:
+            values += (rec.pending_secret,)
         try:
-            self._db.execute(
-                _INSERT_SCHEMA_3 if self._schema_3 else _INSERT,
-                (
-                    rec.source_id,
-                    name,
-                    database_url,
-                    secret_hash,
-                    max_shapes,
-                    max_initial_syncs,
-                    now,
-                    now,
-                ),
-            )
+            self._db.execute(_INSERT[schema], values)
         except sqlite3.IntegrityError:
             raise DuplicateName(f"a source named {name!r} already exists") from None
         return rec
@@ -367,16 +391,19 @@ class SourceStore:
     def rotate_secret(
         self, source_id: str, new_hash: str, grace_seconds: float, now: float | None = None
     ) -> SourceRecord:
-        """Make `new_hash` current; the old secret keeps working for `grace_seconds`."""
+        """Make `new_hash` current; the old secret keeps working for `grace_seconds`. A
+        creation's sealed secret is forgotten: a retry of that creation can no longer be
+        answered with it (it is a 409)."""
         self._writable()
         now = time.time() if now is None else now
         current = self.get(source_id)
         previous, expires = (
             (current.secret_hash, now + grace_seconds) if grace_seconds > 0 else (None, None)
         )
+        pending = ", pending_secret = NULL" if self._schema >= 5 else ""
         self._db.execute(
-            "UPDATE sources SET secret_hash = ?, previous_secret_hash = ?,"
-            " previous_secret_expires_at = ?, secret_rotated_at = ?, updated_at = ?"
+            "UPDATE sources SET secret_hash = ?, previous_secret_hash = ?,"  # noqa: S608
+            f" previous_secret_expires_at = ?, secret_rotated_at = ?, updated_at = ?{pending}"
             " WHERE source_id = ?",
             (new_hash, previous, expires, now, now, source_id),
         )
@@ -387,15 +414,18 @@ class SourceStore:
             previous_secret_expires_at=expires,
             secret_rotated_at=now,
             updated_at=now,
+            pending_secret=None,
         )
 
     def mark_delivered(self, source_id: str) -> None:
-        """The answer carrying the source's first secret was sent."""
-        if self._schema_3:
+        """The answer carrying the source's first secret was sent: forget it (sealed)."""
+        if self._schema < 4:
             return
         self._writable()
+        pending = ", pending_secret = NULL" if self._schema >= 5 else ""
         self._db.execute(
-            "UPDATE sources SET secret_delivered = 1 WHERE source_id = ?", (source_id,)
+            f"UPDATE sources SET secret_delivered = 1{pending} WHERE source_id = ?",  # noqa: S608
+            (source_id,),
         )
 
     def set_paused(self, source_id: str, paused: bool) -> SourceRecord:

@@ -77,10 +77,11 @@
     return h("span", { class: `badge state-${state}`, "data-state": state, id }, state);
   }
 
-  // A source whose creation's answer was never sent (the engine stopped, or its client
-  // left, before it): nobody has its secret.
-  const PENDING_TITLE = "The answer that created this source was never sent, so nobody has " +
-    "its secret. Send the same creation again, rotate its secret, or delete it.";
+  // A source whose creation's answer was not recorded as sent (the engine stopped, or its
+  // client left, around it): maybe nobody has its secret.
+  const PENDING_TITLE = "The answer that created this source was never recorded as sent, so " +
+    "maybe nobody has its secret. Send the same creation again to get the same secret, " +
+    "rotate its secret, or delete it.";
   function pendingBadge(s) {
     return s.secret_delivered === false
       ? h("span", { class: "badge pending", title: PENDING_TITLE }, "no secret delivered")
@@ -265,10 +266,11 @@
     const head = h("div", { class: "bar" });
     const errBox = h("div", { class: "notice bad", id: "source-error", hidden: true });
     const pendingBox = h("div", { class: "notice warn", id: "pending-notice", hidden: true },
-      h("strong", {}, "Nobody has this source's secret. "),
-      "The answer that created it was never sent (the engine stopped, or the client left, " +
-      "before it). To get a secret, send the same creation again (same name, database URL " +
-      "and limits), or rotate the secret below; or delete the source.");
+      h("strong", {}, "Maybe nobody has this source's secret. "),
+      "The answer that created it was never recorded as sent (the engine stopped, or the " +
+      "client left, around it). To get its secret, send the same creation again (same name, " +
+      "database URL and limits: it answers with the same secret), or rotate the secret " +
+      "below; or delete the source.");
     const dl = h("dl", { class: "details" });
     const manage = h("div", { class: "row" });
     const rotateMsg = h("p", { class: "form-error", hidden: true });

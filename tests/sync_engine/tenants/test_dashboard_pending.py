@@ -43,8 +43,8 @@ async def test_the_dashboard_shows_a_source_whose_secret_was_never_delivered(
     assert seen["errors"] == [], seen
     assert "no secret delivered" in seen["lostRow"]
     assert "no secret delivered" not in seen["knownRow"]
-    assert "never sent" in seen["badgeTitle"]
-    assert "Nobody has this source's secret" in seen["notice"]
+    assert "never recorded as sent" in seen["badgeTitle"]
+    assert "Maybe nobody has this source's secret" in seen["notice"]
     assert "same creation again" in seen["notice"]
     # a rotation delivers a secret: the flag goes
     assert seen["noticeAfterRotate"] is False

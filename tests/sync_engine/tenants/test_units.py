@@ -396,3 +396,50 @@ async def test_slow_checks_are_bounded_shared_and_given_up_when_nobody_waits(
     assert sorted(calls) == ["a-0", "a-1", "a-2", "b-0", "made-up"]  # a-1 checked once
     assert auth.active == 0 and auth.waiting == 0 and auth._running == 0
     auth.close()
+
+
+def test_a_creations_secret_is_kept_sealed_until_delivered_and_forgotten_after() -> None:
+    """The first secret of a source whose answer was not recorded as sent is kept sealed
+    (by a key from the admin token), so that a retry of the creation gets it again; a copy
+    of sources.db does not show it, and another key does not open it."""
+    from sync_engine.tenants.credentials import seal_secret, sealing_key, unseal_secret
+
+    secret, key = new_secret(), sealing_key("admin-token-0123456789")
+    sid = "00000000-0000-4000-8000-000000000001"
+    sealed = seal_secret(secret, key, sid)
+    assert secret not in sealed and sealed != seal_secret(secret, key, sid)  # nonce
+    assert unseal_secret(sealed, key, sid) == secret
+    assert unseal_secret(sealed, sealing_key("another-token-0123456789"), sid) != secret
+    assert unseal_secret(sealed, key, sid.replace("1", "2")) != secret
+    for junk in ("", "x1$", "x1$$", "x1$!!$!!", "zz$a$b", sealed + "$"):
+        assert unseal_secret(junk, key, sid) in (None, "")
+
+
+def test_a_store_of_schema_4_is_upgraded_and_the_sealed_secret_forgotten(tmp_path: Path) -> None:
+    """Schema 5 adds `pending_secret`: a source left undelivered by schema 4 has none (a
+    retry is then a 409 that says to rotate). Marking delivered or rotating forgets it."""
+    import sqlite3
+
+    from sync_engine.tenants import store as store_module
+
+    path = tmp_path / "sources.db"
+    db = sqlite3.connect(path)
+    db.executescript(store_module._SCHEMA.replace("    pending_secret TEXT,\n", ""))
+    db.execute("INSERT INTO sources (source_id, name, database_url, secret_hash, created_at,"
+               " updated_at, secret_delivered) VALUES ('00000000-0000-4000-8000-000000000001',"
+               " 'old', ?, 'h', 1, 1, 0)", (URL,))  # fmt: skip
+    db.execute("PRAGMA user_version=4")
+    db.commit()
+    db.close()
+    reg = SourceStore(path)
+    (old,) = reg.all()
+    assert not old.secret_delivered and old.pending_secret is None
+    a = reg.create("a", URL, "h1", pending_secret="sealed-a")
+    b = reg.create("b", URL, "h2", pending_secret="sealed-b")
+    assert reg.get(a.source_id).pending_secret == "sealed-a" == a.pending_secret
+    reg.mark_delivered(a.source_id)
+    assert reg.get(a.source_id).pending_secret is None and reg.get(a.source_id).secret_delivered
+    assert reg.rotate_secret(b.source_id, "h3", 0).pending_secret is None
+    assert reg.get(b.source_id).pending_secret is None
+    reg.close()
+    assert b"sealed-" not in path.read_bytes()  # (secure_delete: not left in a free page)
