@@ -33,7 +33,7 @@ MAX_CLAUSE_LENGTH = 4096
 #: engine counts them, `sync_engine.shapes.where.errors.PREFIX`).
 _PREFIX = "SELECT 1 WHERE "
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
 #: Parse-tree node types a client clause may contain. Anything else (sub-selects, row
 #: comparisons with sub-links...) is refused: it could read other tables or act as an oracle
@@ -566,7 +566,7 @@ def compile_template(template: str) -> CompiledTemplate:
             paths.append(path)
         return f"${paths.index(path) + 1}"
 
-    sql = _PLACEHOLDER.sub(number, template)
+    sql = PLACEHOLDER.sub(number, template)
     if "\x00" in sql:
         raise ValueError("a NUL byte in a where template")
     if "{{" in sql or "}}" in sql:
