@@ -34,6 +34,24 @@
     }
   }
 
+  // The source registry (sources.db) open read-only (the engine started on a full disk):
+  // sources serve as they are, every change is refused until it can be written again.
+  const banner = document.getElementById("registry-banner");
+  function showRegistry(registry) {
+    const why = registry && registry.read_only;
+    banner.hidden = !why;
+    if (!why) return;
+    banner.replaceChildren(
+      h("strong", {}, "Read-only: the engine cannot write its sources registry. "),
+      "Registered sources are served as they are on disk, but creating, rotating, pausing, " +
+      "resuming or deleting a source is refused until it can be written (is the disk of " +
+      "the engine's data directory full?). It is retried every second. ",
+      h("span", { class: "sub", id: "registry-reason" }, `(${why})`));
+  }
+  function refreshRegistry() {
+    api("GET", "/api/info").then((i) => { info = i; }).catch(() => {});
+  }
+
   async function api(method, path, body) {
     const headers = { authorization: "Bearer " + (sessionStorage.getItem(TOKEN_KEY) || "") };
     if (body !== undefined) headers["content-type"] = "application/json";
@@ -48,7 +66,11 @@
       showLogin("The admin token was not accepted. Sign in again.");
       throw new ApiError(401, data);
     }
-    if (!resp.ok) throw new ApiError(resp.status, data);
+    if (!resp.ok) {
+      if (data && data.error === "store_unavailable" && path !== "/api/info") refreshRegistry();
+      throw new ApiError(resp.status, data);
+    }
+    if (data && data.registry) showRegistry(data.registry);
     return data;
   }
 
@@ -114,6 +136,7 @@
 
   function showLogin(message) {
     stopPolling();
+    banner.hidden = true;
     logout.hidden = true;
     document.getElementById("engine-url").textContent = "";
     const input = h("input", { id: "login-token", type: "password", autocomplete: "off",
@@ -365,6 +388,7 @@
       try {
         s = await api("GET", `/api/sources/${s.source_id}`);
         render(s);
+        refreshRegistry();
       } catch (e) {
         if (e.status === 404) location.hash = "#/";
       }

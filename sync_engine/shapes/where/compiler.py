@@ -238,8 +238,13 @@ class Compiler:
             seen = self.param_types.setdefault(expr.param, target)
             if seen != target:
                 raise error_at(f"type conflict for ${expr.param}", expr.node)
+        # (Postgres's parser reads an untyped literal into a constant of the type the
+        # context gives it, whatever the volatility of the type's input function: the
+        # result is as much the planner's constant as the literal was; `t || NULL` is
+        # textcat of a NULL constant, NULL before any row: seed 7014)
+        folded = expr.planner_folded
         if expr.text is None:
-            return const(target, None, expr.node)
+            return const(target, None, expr.node, folded=folded)
         if target.array and not target.element.enum:
             try:
                 pgv.input_parser(target.element)
@@ -278,7 +283,7 @@ class Compiler:
                 value = self._name_input(value, expr.node)
             elif target.element == CHAR:
                 value = self._char_input(value, expr.node)
-            return const(target, value, expr.node)
+            return const(target, value, expr.node, folded=folded)
         except ValueError as e:
             message = str(e)
             if (
