@@ -172,6 +172,7 @@ class Connection(asyncio.Protocol, Writer):
         "_parser",
         "_paused_reading",
         "_queue",
+        "_refused_head",
         "_request",
         "_task",
         "_too_large",
@@ -206,6 +207,8 @@ class Connection(asyncio.Protocol, Writer):
         #: that body's framing as a header line.
         self._upgrading: tuple[Request, bytes] | None = None
         self._queue: list[Request | Refusal] = []  # (a deque is 600 bytes even when empty)
+        #: The request being refused is a HEAD: its answer has no body (`_send_refusal`).
+        self._refused_head = False
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
         self._fast: FastAnswer | None = None
@@ -465,7 +468,7 @@ class Connection(asyncio.Protocol, Writer):
         request.body_too_large = self._too_large
         self._body = []
         if self._expect_failed:  # an expectation other than 100-continue: not met
-            self._refuse(EXPECTATION_FAILED)
+            self._refuse(EXPECTATION_FAILED, request.method == "HEAD")
             return
         self._queue.append(request)
         if self._task is None and self._fast is None:  # (not `_busy`: one call fewer)
@@ -609,8 +612,10 @@ class Connection(asyncio.Protocol, Writer):
             self._queue.clear()
         self._next()
 
-    def _refuse(self, answer: Refusal) -> None:
-        """The parser refused the request being read: answer it after those before it."""
+    def _refuse(self, answer: Refusal, head: bool | None = None) -> None:
+        """The parser refused the request being read (a HEAD if `head`; None: as far as the
+        parser read it): answer it after those before it."""
+        self._refused_head = self._reading_head() if head is None else head
         self._in_head = False
         self.closing = True
         self._pause_reading()
@@ -627,13 +632,28 @@ class Connection(asyncio.Protocol, Writer):
         if not self._busy:
             self._next()
 
+    def _reading_head(self) -> bool:
+        """Whether the request the parser is reading is a HEAD (its method is known once
+        its first word is read, whatever it refuses after)."""
+        parser = self._parser
+        if parser is None or not self._in_message:
+            return False
+        try:
+            return bool(parser.get_method() == b"HEAD")
+        except httptools.HttpParserError:
+            return False
+
     def _send_refusal(self, answer: Refusal) -> None:
         transport = self._transport
         if transport is None:
             return
         response = self._app.refused(answer)
         response.force_close()
-        placeholder = Request("GET", "", "", _NO_HEADERS, (1, 1), False, self, None)
+        # A HEAD's refusal (its request line or a header over the limit, a slow request...)
+        # is answered as a HEAD: the head of the JSON answer, no body (as the engine does);
+        # a client reading a HEAD answer takes a body for the start of its next answer.
+        method = "HEAD" if self._refused_head else "GET"
+        placeholder = Request(method, "", "", _NO_HEADERS, (1, 1), False, self, None)
         transport.write(response.serialize(placeholder))
         self._queue.clear()
         transport.close()
@@ -678,6 +698,7 @@ class Connection(asyncio.Protocol, Writer):
                 self._peer(),
                 REQUEST_READ_TIMEOUT,
             )
+            self._refused_head = self._reading_head()
             self._in_message = False
             self._parser = None
             self.closing = True

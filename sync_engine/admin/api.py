@@ -15,7 +15,7 @@ Errors are JSON: {"error": code, "message": reason[, "field": name]} with a 4xx 
 nothing; malformed HTTP gets the same JSON (`_AdminConnection`). Secrets and passwords never
 appear in responses other than the ones that carry a new secret; once such an answer is
 written to its connection the source is marked `secret_delivered` (`_deliver`), until then
-the same creation sent again gets a new secret (`SourceManager.create`).
+the same creation sent again is answered with the same secret (`SourceManager.create`).
 """
 
 from __future__ import annotations
@@ -108,23 +108,32 @@ async def _headers(request: web.Request, handler: Handler) -> web.StreamResponse
 
 
 async def _deliver(
-    request: web.Request, resp: web.Response, manager: SourceManager, source_id: str
+    request: web.Request,
+    resp: web.Response,
+    manager: SourceManager,
+    source_id: str,
+    hold: str | None = None,
 ) -> web.Response:
     """Send an answer carrying a source's secret, then record that it was sent: until
-    then a retry of the source's creation gets a new secret (`SourceManager.create`). Sent
-    means written to the connection; a client gone before that raises here (logged, no
-    answer) and leaves the source undelivered."""
+    then a retry of the source's creation is answered with the same secret again
+    (`SourceManager.create`). Sent means written to the connection; a client gone before
+    that raises here (logged, no answer) and leaves the source undelivered. The engine
+    killed between the two leaves it undelivered too, although its client has the
+    secret: which is why a retry gets that same secret, never a new one."""
     _secure(resp)
     await resp.prepare(request)
     await resp.write_eof()
+    if hold is not None:
+        await _hold_before_answer(hold)
     await manager.secret_delivered(source_id)
     return resp
 
 
 async def _hold_before_answer(point: str) -> None:
     """Tests only: with SHAPEGATE_TEST_HOLD_ADMIN=<point>:<file>, write `file` at `point`
-    and wait there until it is removed (or the engine is killed there). Unset (production):
-    nothing."""
+    ("create": a creation saved, its answer not yet written; "create-sent": its answer
+    written, not yet recorded as sent) and wait there until it is removed (or the engine
+    is killed there). Unset (production): nothing."""
     hold = os.environ.get(_HOLD_ENV)
     if not hold:
         return
@@ -289,12 +298,12 @@ def build_admin_app(settings: Settings, manager: SourceManager) -> web.Applicati
             body["secret_notice"] = _ONCE
             if again:
                 body["secret_notice"] += (
-                    " This source was created by an earlier request whose answer was never"
-                    " sent; it has a new secret now."
+                    " This source was created by an earlier identical request whose answer"
+                    " may not have arrived; this is the secret it was given then (unchanged)."
                 )
             await _hold_before_answer("create")
             resp = _json(201, body, {"location": f"/api/sources/{rec.source_id}"})
-            return await _deliver(request, resp, manager, rec.source_id)
+            return await _deliver(request, resp, manager, rec.source_id, hold="create-sent")
         finally:
             manager.answer_ended(rec.source_id)
 

@@ -20,6 +20,7 @@ Content-Encoding: sync_engine/http/server.py).
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -129,6 +130,10 @@ def unserved(message: Any) -> Refusal | None:
     return None
 
 
+#: The end of a request's head: its first empty line (llhttp also reads bare-LF lines).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+
 class RefusingRequestHandler(RequestHandler):
     """A connection whose parser refusals (status < 500) are answered by `refused`.
 
@@ -138,9 +143,15 @@ class RefusingRequestHandler(RequestHandler):
     returned), so a valid request followed in the same packet by a malformed one got no
     answer, only the 400 for the second. Now each is queued before the next is parsed: the
     valid ones are answered in order, then the refusal (as the proxy does).
+
+    It also keeps the bytes of the request being read (`_pending`, from its first byte; None
+    inside a body, where it loses track until the next packet), so that a refused HEAD
+    (`refused_method`) is answered without a body: the parser's error carries no method,
+    and aiohttp answered it as a GET, JSON body and all, which a client reading a HEAD
+    answer takes for the start of its next answer.
     """
 
-    __slots__ = ()
+    __slots__ = ("_body", "_pending", "_seen_requests")
 
     def __init__(self, manager: Any, *, loop: Any, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -157,11 +168,46 @@ class RefusingRequestHandler(RequestHandler):
             auto_decompress=kwargs.get("auto_decompress", True),
             max_msg_queue_size=1,
         )
+        self._pending: bytes | None = b""
+        self._body: StreamReader | None = None
+        self._seen_requests = 0
+
+    def refused_method(self) -> str:
+        """The method of the request the parser refused, as far as its bytes tell: HEAD or
+        GET (anything else is answered as a GET is, with its body)."""
+        pending = self._pending
+        if pending is not None and pending.lstrip(b"\r\n").startswith(b"HEAD "):
+            return "HEAD"
+        return "GET"
+
+    def _track(self) -> None:
+        """After the parser ran: drop a request it emitted from `_pending` (the rest of the
+        packet begins the next one); inside a body, lose track (None)."""
+        if self._request_count == self._seen_requests:
+            return
+        self._seen_requests = self._request_count
+        message, payload = self._messages[-1] if self._messages else (None, None)
+        pending = self._pending
+        if isinstance(message, _ErrInfo) or pending is None:
+            return
+        end = _HEAD_END.search(pending) if payload is EMPTY_PAYLOAD else None
+        if end is not None:
+            self._pending = pending[end.end() :]
+        else:
+            self._pending, self._body = None, payload
 
     def data_received(self, data: bytes) -> None:
         messages = self._messages
         before = len(messages)
+        if data:
+            pending = self._pending
+            if pending:
+                self._pending = pending + data
+            elif pending is not None or self._body is None or self._body.is_eof():
+                # (inside a body until its payload is whole: then a packet begins a request)
+                self._pending, self._body = data, None
         super().data_received(data)
+        self._track()
         # The parser stopped after a request (the rest of the packet kept as its tail): on
         # with the next, until it has no whole request left, has refused one (it refuses
         # every call after), or the connection's queue is full (aiohttp pauses reading then
@@ -175,6 +221,7 @@ class RefusingRequestHandler(RequestHandler):
         ):
             before = len(messages)
             super().data_received(b"")
+            self._track()
 
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         """The service's response for a refused request (it is closed after)."""
@@ -226,6 +273,7 @@ _HANDLER_CLASS = web.AppKey("refusing_handler_class", type)
 #: The message of a request the parser refused, answered in HTTP/1.1 (aiohttp's says
 #: HTTP/1.0, so its refusals' status lines did, as the proxy's do not).
 _ERROR_1_1 = ERROR._replace(version=HttpVersion11)
+_ERROR_HEAD_1_1 = _ERROR_1_1._replace(method="HEAD")
 
 
 class _Request(web.Request):
@@ -319,7 +367,9 @@ with warnings.catch_warnings():
             # (three cheap checks for a plain HTTP/1.1 request without a body)
             if message.version is not HttpVersion11 or message.chunked or message.upgrade:
                 if message is ERROR:
-                    message = _ERROR_1_1
+                    # (a refused HEAD is answered as a HEAD: no body)
+                    assert isinstance(protocol, RefusingRequestHandler)
+                    message = _ERROR_HEAD_1_1 if protocol.refused_method() == "HEAD" else _ERROR_1_1
                 else:
                     answer = unserved(message)
                     if answer is not None:

@@ -232,8 +232,8 @@ def run(args: argparse.Namespace) -> str:
             if str(exc).startswith("cannot reach"):
                 raise CliError(
                     f"{exc}\nIf the engine stopped while registering it, the source may exist"
-                    " without anyone having its secret: run the same command again once the"
-                    " engine is back, and it is given a new secret."
+                    " and its answer be lost: run the same command again once the engine is"
+                    " back, and it answers with the same source and secret."
                 ) from None
             raise
         if args.json:

@@ -87,3 +87,45 @@ def verify_secret(secret: str, stored: str) -> bool:
         params, salt_b, want = (SCRYPT_N, SCRYPT_R, SCRYPT_P), b"\0" * 16, b"\1" * _DKLEN
     got = _derive(_bytes(secret), salt_b, *params)
     return hmac.compare_digest(got, want)
+
+
+def sealing_key(admin_token: str | None) -> bytes:
+    """The key that seals a source's first secret until its answer was sent: derived from
+    the admin token (a copy of sources.db alone does not give the secret back; the admin
+    API, which only the token reaches, is the one way to ask for it again)."""
+    return hmac.new(
+        _bytes(admin_token or ""), b"shapegate: sealed secret of a creation", hashlib.sha256
+    ).digest()
+
+
+def _pad(key: bytes, source_id: str, nonce: bytes, size: int) -> bytes:
+    pad = b""
+    block = 0
+    while len(pad) < size:
+        pad += hmac.new(key, nonce + _bytes(source_id) + bytes([block]), hashlib.sha256).digest()
+        block += 1
+    return pad[:size]
+
+
+def seal_secret(secret: str, key: bytes, source_id: str) -> str:
+    """`secret` encrypted for storage (a one-time pad from HMAC-SHA256 of a random nonce):
+    `unseal_secret` with the same key and source id gives it back."""
+    raw = _bytes(secret)
+    nonce = os.urandom(16)
+    sealed = bytes(a ^ b for a, b in zip(raw, _pad(key, source_id, nonce, len(raw)), strict=True))
+    return f"x1${_b64(nonce)}${_b64(sealed)}"
+
+
+def unseal_secret(sealed: str, key: bytes, source_id: str) -> str | None:
+    """The secret `seal_secret` sealed, or None when it cannot be read (another key: the
+    admin token changed). Check it against the source's hash before using it."""
+    try:
+        kind, nonce_t, data_t = sealed.split("$")
+        if kind != "x1":
+            return None
+        nonce, data = _unb64(nonce_t), _unb64(data_t)
+        pad = _pad(key, source_id, nonce, len(data))
+        raw = bytes(a ^ b for a, b in zip(data, pad, strict=True))
+        return raw.decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return None

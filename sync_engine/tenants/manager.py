@@ -20,6 +20,7 @@ import logging
 import re
 import sqlite3
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -34,7 +35,15 @@ from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from ..stopping import cancel_and_wait
 from .auth import Overloaded, SourceAuth, canonical_source_id, parse_source_id
-from .credentials import hash_secret, is_slow, new_secret
+from .credentials import (
+    hash_secret,
+    is_slow,
+    new_secret,
+    seal_secret,
+    sealing_key,
+    unseal_secret,
+    verify_secret,
+)
 from .dburl import check_database_url
 from .errors import DuplicateName, InvalidInput, UnknownSource
 from .managed import ManagedSource
@@ -44,6 +53,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Seconds between records of what is left of grace periods under way (`_record_graces`)
+GRACE_RECORD_INTERVAL = 60.0
 #: Seconds a retried creation waits for the same creation's answer still being sent.
 ANSWER_WAIT = 30.0
 #: Seconds between attempts to drop a deleted source's slot and publication (doubling).
@@ -92,23 +103,38 @@ def check_grace(value: object) -> float:
     return float(value)
 
 
-def _duplicate(same: SourceRecord, retry: bool, busy: bool = False) -> DuplicateName:
+def _duplicate(
+    same: SourceRecord, retry: bool, busy: bool = False, lost: bool = False
+) -> DuplicateName:
     sid = same.source_id
     if busy:
         hint = "it is being created by another request right now; retry in a few seconds"
-    elif same.secret_delivered:
+    elif same.secret_delivered or lost:
         hint = (
             f"if the answer that created it was lost, give it a new secret:"
             f" POST /api/sources/{sid}/rotate-secret (sync-engine sources rotate-secret {sid})"
         )
     else:
         hint = (
-            "its creation's answer was never sent; to get a secret of it, send the same"
-            " database_url and limits again (or delete it)"
+            "its creation's answer may not have been received; to get its secret, send the"
+            " same database_url and limits again (or delete it)"
         )
-    what = "with other settings " if not retry and not same.secret_delivered else ""
+    what = "with other settings " if not retry and not same.secret_delivered and not lost else ""
     return DuplicateName(
         f"a source named {same.name!r} already exists {what}(source_id {sid}); {hint}", sid
+    )
+
+
+def _same_grace(known: SourceRecord, read: SourceRecord) -> SourceRecord:
+    """`read` (just read from the store) with the grace period this process counts for it:
+    read again, it would be counted from the wall clock, which may have been stepped."""
+    if read.previous_secret_hash != known.previous_secret_hash:
+        return read
+    return replace(
+        read,
+        previous_secret_expires_at=known.previous_secret_expires_at,
+        grace_checked_at=known.grace_checked_at,
+        previous_secret_deadline=known.previous_secret_deadline,
     )
 
 
@@ -134,6 +160,8 @@ class SourceManager:
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         # Sources whose creation's answer is being sent: set when that request is over.
         self._answering: dict[str, asyncio.Event] = {}
+        # Seals a creation's secret until its answer was recorded as sent (`create`)
+        self._seal_key = sealing_key(settings.admin_token)
         # The store's thread (`_db`), and the mutations under way (`_whole`)
         self._io: ThreadPoolExecutor | None = None
         self._mutations: set[asyncio.Task[Any]] = set()
@@ -207,6 +235,7 @@ class SourceManager:
             try:
                 async with self._lock:  # the states as they were when the engine stopped
                     await self._persist_states()
+                    await self._record_graces()
             except StoreReadOnly as exc:
                 logger.warning("source states not recorded: %s", exc)
             except Exception:
@@ -290,7 +319,7 @@ class SourceManager:
         if matched is None:
             raise Unauthorized()
         rec = self.records.get(sid) if sid is not None else None
-        if rec is None or matched not in rec.valid_hashes(time.time()):
+        if rec is None or matched not in rec.valid_hashes():
             raise Unauthorized()  # deleted, or the secret rotated, while it was checked
         if rec.paused:
             raise _paused()
@@ -322,14 +351,17 @@ class SourceManager:
         max_initial_syncs: object = None,
     ) -> tuple[SourceRecord, str, bool]:
         """A new source and its secret, and False; or, for a retry of a creation whose
-        answer was never sent (the engine was killed before it, its client left), that
-        source with a new secret, and True.
+        answer was not recorded as sent, that source with the same secret, and True.
 
         A retry is the same request again: same name, database URL and limits, for a
-        source whose secret was never delivered (`secret_delivered`). Nobody can hold its
-        old secret, so replacing it takes nothing from anyone, and the operator does not
-        have to find and rotate it. Anything else with a taken name is a 409 naming the
-        source that has it (and how to get a secret of it when that answer was lost).
+        source whose secret was never recorded as delivered (`secret_delivered`). Its
+        first answer may have been lost (the engine killed before writing it, the client
+        gone) or may have reached its client (the engine killed right after writing it):
+        either way answering with the same secret, kept sealed until then
+        (`pending_secret`), is right, and nobody's secret is replaced. Like an idempotent
+        create: nothing changes, the answer is given again. Anything else with a taken
+        name is a 409 naming the source that has it (and how to get a secret of it:
+        rotate-secret).
         """
         name = check_name(name)
         url = check_database_url(database_url)
@@ -340,11 +372,11 @@ class SourceManager:
         same: SourceRecord | None = None
         for _ in range(3):
             made, again, answering, same = await self._whole(
-                self._create_step(name, url, shapes_limit, syncs_limit, secret_hash),
+                self._create_step(name, url, shapes_limit, syncs_limit, secret, secret_hash),
                 orphaned=self._creation_orphaned,
             )
             if made is not None:
-                return made, secret, again
+                return made, again or secret, again is not None
             # The same creation is being answered right now (a double submit, a retry
             # before the first gave up): its secret must not be replaced under it. Wait
             # for that answer, then it is a 409 (sent) or this one takes over (not sent).
@@ -358,7 +390,8 @@ class SourceManager:
         raise _duplicate(same, True, busy=True)
 
     def _creation_orphaned(
-        self, outcome: tuple[SourceRecord | None, bool, asyncio.Event | None, SourceRecord | None]
+        self,
+        outcome: tuple[SourceRecord | None, str | None, asyncio.Event | None, SourceRecord | None],
     ) -> None:
         """A creation done for a request cancelled meanwhile: no answer will carry it."""
         if outcome[0] is not None:
@@ -370,15 +403,18 @@ class SourceManager:
         url: str,
         shapes_limit: int | None,
         syncs_limit: int | None,
+        secret: str,
         secret_hash: str,
-    ) -> tuple[SourceRecord | None, bool, asyncio.Event | None, SourceRecord | None]:
-        """(the source made or given a new secret, whether it was a retry, None, None), or
-        (None, False, the event to wait for, the source with the name) when that source's
-        creation is being answered now. Raises DuplicateName for a name taken otherwise."""
+    ) -> tuple[SourceRecord | None, str | None, asyncio.Event | None, SourceRecord | None]:
+        """(the source made, None, None, None); (the source of a retry, its first secret,
+        None, None); or (None, None, the event to wait for, the source with the name) when
+        that source's creation is being answered now. Raises DuplicateName for a name taken
+        otherwise (or when the first secret cannot be given again)."""
         async with self._lock:
             store = self._store()
             same = await self._db(store.find_name, name)
             if same is None:
+                source_id = str(uuid.uuid4())
                 rec = await self._db(
                     store.create,
                     name,
@@ -386,6 +422,8 @@ class SourceManager:
                     secret_hash,
                     max_shapes=shapes_limit,
                     max_initial_syncs=syncs_limit,
+                    source_id=source_id,
+                    pending_secret=seal_secret(secret, self._seal_key, source_id),
                 )
                 self.records[rec.source_id] = rec
                 self._ever_registered = True
@@ -400,7 +438,7 @@ class SourceManager:
                 logger.info(
                     "source %s (%s) registered for %s", rec.name, rec.source_id, rec.redacted_url
                 )
-                return rec, False, None, None
+                return rec, None, None, None
             retry = (same.database_url, same.max_shapes, same.max_initial_syncs) == (
                 url,
                 shapes_limit,
@@ -411,22 +449,35 @@ class SourceManager:
                 raise _duplicate(same, retry)
             answering = self._answering.get(same.source_id)
             if answering is not None:
-                return None, False, answering, same
-            rec = await self._db(store.rotate_secret, same.source_id, secret_hash, 0)
-            self.records[rec.source_id] = rec
-            self._answering[rec.source_id] = asyncio.Event()
-            self._revoke(rec.source_id)
-            self._revoke_at_expiry(rec)
-            await self._refresh_auth()
+                return None, None, answering, same
+            first = await self._first_secret(same)
+            if first is None:  # rotated since, or sealed with another admin token
+                raise _duplicate(same, retry, lost=True)
+            self._answering[same.source_id] = asyncio.Event()
             logger.info(
-                "source %s (%s): created again, its first answer unsent: new secret",
-                rec.name,
-                rec.source_id,
+                "source %s (%s): the same creation again, its answer not recorded as sent:"
+                " answered again (same secret)",
+                same.name,
+                same.source_id,
             )
-            return rec, True, None, None
+            return same, first, None, None
+
+    async def _first_secret(self, rec: SourceRecord) -> str | None:
+        """The source's first secret, sealed until its answer was recorded as sent, if it
+        is still its current secret."""
+        if rec.pending_secret is None:
+            return None
+        secret = unseal_secret(rec.pending_secret, self._seal_key, rec.source_id)
+        if secret is None:
+            return None
+        if is_slow(rec.secret_hash):
+            ok = await asyncio.to_thread(verify_secret, secret, rec.secret_hash)
+        else:
+            ok = verify_secret(secret, rec.secret_hash)
+        return secret if ok else None
 
     def answer_ended(self, source_id: str) -> None:
-        """The request that created the source (or gave it a new secret on a retry) is
+        """The request that created the source (or answered its creation again on a retry) is
         over, its answer sent (`secret_delivered` first) or not."""
         event = self._answering.pop(source_id, None)
         if event is not None:
@@ -436,9 +487,9 @@ class SourceManager:
         """The answer carrying a secret of the source was sent: a retry of its creation is
         a 409 from now on (`create`)."""
         rec = self.records.get(source_id)
-        if rec is None or rec.secret_delivered:
+        if rec is None or (rec.secret_delivered and rec.pending_secret is None):
             return
-        self.records[source_id] = replace(rec, secret_delivered=True)
+        self.records[source_id] = replace(rec, secret_delivered=True, pending_secret=None)
         try:
             await self._whole(self._db(self._store().mark_delivered, source_id))
         except sqlite3.Error as exc:  # a full disk: known here, not after a restart
@@ -488,7 +539,7 @@ class SourceManager:
     async def _pause(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = await self._db(self._store().set_paused, rec.source_id, True)
+            rec = _same_grace(rec, await self._db(self._store().set_paused, rec.source_id, True))
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = ("paused", None)
             source = self.running.pop(rec.source_id, None)
@@ -501,7 +552,7 @@ class SourceManager:
     async def _resume(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = await self._db(self._store().set_paused, rec.source_id, False)
+            rec = _same_grace(rec, await self._db(self._store().set_paused, rec.source_id, False))
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = ("connecting", None)
             if rec.source_id not in self.running:
@@ -578,9 +629,8 @@ class SourceManager:
         rec = self.records.get(source_id)
         if rec is None:
             return
-        now = time.time()
-        expires = rec.previous_secret_expires_at
-        if expires is not None and now < expires:  # the timer ran early (clocks differ)
+        now = time.monotonic()
+        if rec.in_grace(now):  # the timer ran early
             self._revoke_at_expiry(rec)
         source = self.running.get(source_id)
         if source is not None:
@@ -591,10 +641,9 @@ class SourceManager:
         old = self._expiries.pop(rec.source_id, None)
         if old is not None:
             old.cancel()
-        expires = rec.previous_secret_expires_at
-        if expires is None:
+        if rec.previous_secret_deadline is None:
             return
-        delay = max(0.0, expires - time.time())
+        delay = rec.grace_left()  # (the loop's timers are monotonic too)
         loop = asyncio.get_running_loop()
         # a hair late rather than early: `valid_hashes` must no longer list the old one
         self._expiries[rec.source_id] = loop.call_later(delay + 0.01, self._revoke, rec.source_id)
@@ -622,10 +671,8 @@ class SourceManager:
             if source is not None and source.ready.is_set()
             else self._shapes_on_disk(rec)
         )
-        now = time.time()
-        in_grace = (
-            rec.previous_secret_expires_at is not None and now < rec.previous_secret_expires_at
-        )
+        # by the wall clock as it reads now (stepped or not), from the monotonic deadline
+        expires = time.time() + rec.grace_left() if rec.in_grace() else None
         return {
             "source_id": rec.source_id,
             "name": rec.name,
@@ -648,7 +695,7 @@ class SourceManager:
             "publication_name": config.publication_name,
             "created_at": iso(rec.created_at),
             "secret_rotated_at": iso(rec.secret_rotated_at),
-            "previous_secret_expires_at": iso(rec.previous_secret_expires_at) if in_grace else None,
+            "previous_secret_expires_at": iso(expires),
         }
 
     def _shapes_on_disk(self, rec: SourceRecord) -> int:
@@ -659,6 +706,7 @@ class SourceManager:
             return 0
 
     async def _watch_states(self) -> None:
+        graces_at = time.monotonic() + GRACE_RECORD_INTERVAL
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -669,8 +717,28 @@ class SourceManager:
                     if store.read_only is not None and not await self._db(store.try_writable):
                         continue
                     await self._persist_states()
+                    if time.monotonic() >= graces_at:
+                        graces_at = time.monotonic() + GRACE_RECORD_INTERVAL
+                        await self._record_graces()
             except Exception:
                 logger.exception("could not record source states")
+
+    async def _record_graces(self) -> None:
+        """Record by the wall clock what is left of each grace period under way, as this
+        process's monotonic clock counts it (call it holding `_lock`): a later start counts
+        from there (`store.grace_deadline`), so a clock step while the engine runs is not
+        carried over, and one while it is stopped lengthens nothing."""
+        store = self._store()
+        for rec in list(self.records.values()):
+            if not rec.in_grace():
+                continue
+            now, left = time.time(), rec.grace_left()
+            await self._db(store.record_grace, rec.source_id, left, now)
+            current = self.records.get(rec.source_id)
+            if current is not None and current.previous_secret_hash == rec.previous_secret_hash:
+                self.records[rec.source_id] = replace(
+                    current, previous_secret_expires_at=now + left, grace_checked_at=now
+                )
 
     async def _persist_states(self) -> None:
         """Record the sources' states that changed (call it holding `_lock`: no mutation

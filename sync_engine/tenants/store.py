@@ -15,8 +15,11 @@ database mid-deletion leaves a cleanup to finish, never a source half there.
 
 A source is created with `secret_delivered` 0 and marked 1 once the answer carrying a
 secret of it was sent (`mark_delivered`): a source still at 0 is one whose creation's
-answer may have been lost (the engine killed before it, the client gone), and a retry of
-the same creation is given a new secret instead of a 409 (`SourceManager.create`).
+answer may have been lost (the engine killed before it, the client gone), or sent with the
+engine killed before it could record that. Until then its first secret is kept sealed
+(`pending_secret`, credentials.seal_secret), and a retry of the same creation is answered
+with that same secret (`SourceManager.create`): a client that got the first answer keeps a
+working secret. Marking it delivered, or any rotation, forgets the sealed secret.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -43,12 +47,14 @@ CREATE TABLE IF NOT EXISTS sources (
     secret_hash TEXT NOT NULL,
     previous_secret_hash TEXT,
     previous_secret_expires_at REAL,
+    grace_checked_at REAL,
     secret_rotated_at REAL,
     state TEXT NOT NULL DEFAULT 'connecting',
     last_error TEXT,
     last_error_at REAL,
     paused INTEGER NOT NULL DEFAULT 0,
     secret_delivered INTEGER NOT NULL DEFAULT 1,
+    pending_secret TEXT,
     max_shapes INTEGER,
     max_initial_syncs INTEGER,
     created_at REAL NOT NULL,
@@ -60,27 +66,39 @@ CREATE TABLE IF NOT EXISTS deleted_sources (
 );
 """
 # Columns added since schema 2 (ALTER TABLE for an older store): `deleted_sources`'
-# in schema 3, `sources.secret_delivered` in schema 4 (older sources: delivered).
+# in schema 3, `sources.secret_delivered` in schema 4 (older sources: delivered),
+# `sources.pending_secret` in schema 5, `sources.grace_checked_at` in schema 6.
 _ADDED_COLUMNS = {
     "deleted_sources": {"database_url": "TEXT", "cleaned": "INTEGER NOT NULL DEFAULT 1"},
-    "sources": {"secret_delivered": "INTEGER NOT NULL DEFAULT 1"},
+    "sources": {
+        "secret_delivered": "INTEGER NOT NULL DEFAULT 1",
+        "pending_secret": "TEXT",
+        "grace_checked_at": "REAL",
+    },
 }
-_VERSION = 4
+_VERSION = 6
+#: Older schemas a store may be used on as it is, when its upgrade cannot be written
+_OLDER = (3, 4, 5)
 BUSY_WAIT = 1.0
-_INSERT = (
-    "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+_INSERT = {
+    6: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at,"
+    " pending_secret) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?, ?)",
+    5: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at,"
+    " pending_secret) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?, ?)",
+    4: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
     " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)"
-)
-_INSERT_SCHEMA_3 = (
-    "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?)",
+    3: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
     " max_shapes, max_initial_syncs, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)"
-)
+    " VALUES (?, ?, ?, ?, 'connecting', 0, ?, ?, ?, ?)",
+}
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
-    " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
-    " secret_delivered, max_shapes,"
+    " previous_secret_expires_at, grace_checked_at, secret_rotated_at, state, last_error,"
+    " last_error_at, paused,"
+    " secret_delivered, pending_secret, max_shapes,"
     " max_initial_syncs, created_at, updated_at"
 )
 
@@ -92,7 +110,16 @@ class SourceRecord:
     database_url: str = field(repr=False)
     secret_hash: str = field(repr=False)
     previous_secret_hash: str | None = field(default=None, repr=False)
+    #: When the previous secret stops working, by the wall clock: shown, and what a later
+    #: start counts from; not what this process checks (`previous_secret_deadline`).
     previous_secret_expires_at: float | None = None
+    #: Wall clock time when `previous_secret_expires_at` was last set from this process's
+    #: monotonic deadline (schema 6 on): a start counts the time since then, never less
+    #: than 0, so a clock set back while the engine was stopped does not lengthen a grace.
+    grace_checked_at: float | None = None
+    #: When the previous secret stops working, by `time.monotonic()` in this process
+    #: (computed when read from the store or rotated: see `grace_deadline`).
+    previous_secret_deadline: float | None = field(default=None, compare=False)
     secret_rotated_at: float | None = None
     state: str = "connecting"
     last_error: str | None = None
@@ -100,6 +127,8 @@ class SourceRecord:
     paused: bool = False
     #: False from its creation until the answer carrying its first secret was sent
     secret_delivered: bool = True
+    #: that first secret, sealed, while `secret_delivered` is False (schema 5 on)
+    pending_secret: str | None = field(default=None, repr=False)
     max_shapes: int | None = None
     max_initial_syncs: int | None = None
     created_at: float = 0.0
@@ -109,20 +138,65 @@ class SourceRecord:
     def redacted_url(self) -> str:
         return redact_url(self.database_url)
 
-    def valid_hashes(self, now: float) -> list[str]:
-        """The hashes a request's secret may match now: current, and previous in its grace."""
+    def valid_hashes(self, mono: float | None = None) -> list[str]:
+        """The hashes a request's secret may match at `mono` (`time.monotonic()`, default
+        now): current, and previous in its grace period. Monotonic: the wall clock stepped
+        (NTP, an operator) neither lengthens nor shortens a grace period under way."""
         hashes = [self.secret_hash]
-        if (
-            self.previous_secret_hash is not None
-            and self.previous_secret_expires_at is not None
-            and now < self.previous_secret_expires_at
-        ):
+        if self.in_grace(mono):
+            assert self.previous_secret_hash is not None
             hashes.append(self.previous_secret_hash)
         return hashes
 
+    def in_grace(self, mono: float | None = None) -> bool:
+        """Whether the previous secret still works at `mono` (default now)."""
+        mono = time.monotonic() if mono is None else mono
+        return (
+            self.previous_secret_hash is not None
+            and self.previous_secret_deadline is not None
+            and mono < self.previous_secret_deadline
+        )
+
+    def grace_left(self, mono: float | None = None) -> float:
+        """Seconds the previous secret still works (0 when it does not)."""
+        if self.previous_secret_deadline is None:
+            return 0.0
+        mono = time.monotonic() if mono is None else mono
+        return max(0.0, self.previous_secret_deadline - mono)
+
+
+def grace_deadline(
+    expires: float | None,
+    checked: float | None,
+    rotated: float | None,
+    *,
+    wall: float | None = None,
+    mono: float | None = None,
+) -> float | None:
+    """The monotonic deadline of a grace period stored by wall clock times.
+
+    A process's monotonic clock is the one a clock step does not move, but it does not
+    survive a restart; the wall clock does, but NTP or an operator may step it. So a
+    running engine checks grace periods by the monotonic clock only, and records by the
+    wall clock what is left (`previous_secret_expires_at`, re-anchored at `grace_checked_at`
+    every minute and when it stops). A start counts the time since that record by the wall
+    clock, never less than 0: a clock set back while the engine was stopped does not
+    lengthen a grace period; a clock set forward while it was stopped cannot be told from
+    time passing and shortens it."""
+    if expires is None:
+        return None
+    wall = time.time() if wall is None else wall
+    mono = time.monotonic() if mono is None else mono
+    anchor = checked if checked is not None else rotated if rotated is not None else wall
+    left = (expires - anchor) - max(0.0, wall - anchor)
+    return mono + left
+
 
 def _record(row: sqlite3.Row) -> SourceRecord:
+    expires, checked = row["previous_secret_expires_at"], row["grace_checked_at"]
     return SourceRecord(
+        grace_checked_at=checked,
+        previous_secret_deadline=grace_deadline(expires, checked, row["secret_rotated_at"]),
         source_id=row["source_id"],
         name=row["name"],
         database_url=row["database_url"],
@@ -135,6 +209,7 @@ def _record(row: sqlite3.Row) -> SourceRecord:
         last_error_at=row["last_error_at"],
         paused=bool(row["paused"]),
         secret_delivered=bool(row["secret_delivered"]),
+        pending_secret=row["pending_secret"],
         max_shapes=row["max_shapes"],
         max_initial_syncs=row["max_initial_syncs"],
         created_at=row["created_at"],
@@ -159,8 +234,9 @@ class SourceStore:
         #: why it is open read-only (None: open for writing)
         self.read_only: str | None = None
         self._columns = _COLUMNS
-        #: schema 3 kept as it is (its upgrade could not be written): no `secret_delivered`
-        self._schema_3 = False
+        #: the schema it is used on: an older one kept as it is when its upgrade could not
+        #: be written (3: no `secret_delivered`; 4: no `pending_secret`)
+        self._schema = _VERSION
         try:
             self._db = self._open_writable()
         except (sqlite3.OperationalError, OSError) as exc:
@@ -188,30 +264,34 @@ class SourceStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
+            # forgotten values (a creation's sealed secret) are overwritten, not left in
+            # free pages of the file
+            db.execute("PRAGMA secure_delete=ON")
             version = self._version(db)
-            schema_3 = False
+            schema = _VERSION
             if version != _VERSION:  # no write when it is current
                 try:
                     _upgrade(db)
                 except sqlite3.OperationalError as exc:
-                    if version != 3:
+                    if version not in _OLDER:
                         raise
                     # A full disk (or a lock held) must not stop a start after an upgrade
-                    # either: run on schema 3, every source counted as delivered, until a
-                    # later start can write the upgrade.
+                    # either: run on the old schema until a later start can write the
+                    # upgrade.
                     logger.warning(
-                        "%s: could not upgrade it to schema %d (%s); running on schema 3: a"
+                        "%s: could not upgrade it to schema %d (%s); running on schema %d: a"
                         " creation whose answer is lost must be recovered by rotating its"
                         " secret",
                         path,
                         _VERSION,
                         exc,
+                        version,
                     )
-                    schema_3 = True
+                    schema = version
         except BaseException:
             db.close()
             raise
-        self._run_on_schema_3(schema_3)
+        self._run_on_schema(schema)
         return db
 
     def _open_read_only(self, cause: BaseException) -> sqlite3.Connection:
@@ -219,7 +299,9 @@ class SourceStore:
         SQLite has removed its WAL files and the main file holds everything: it is read as
         it is (`immutable`: no WAL index needed, which a full disk has no room for). A WAL
         with content (a crash) must be read with it (a rotation in it not read would bring
-        an old secret back): then it opens only if its index file is still there."""
+        an old secret back): SQLite reads it when its index file is still there; when that
+        is gone too (and cannot be made: no space), the WAL is applied in memory
+        (`read_snapshot`)."""
         path = self.path
         wal = path.with_name(path.name + "-wal")
         main_size = path.stat().st_size if path.exists() else 0
@@ -240,12 +322,28 @@ class SourceStore:
             except BaseException:
                 db.close()
                 raise
-        except sqlite3.Error:
-            raise cause from None
-        if version not in (3, _VERSION):
+        except sqlite3.Error as exc:
+            try:
+                db = read_snapshot(path)
+                version = self._version(db)
+            except (sqlite3.Error, OSError) as again:
+                logger.error(
+                    "%s cannot be read either (%s; %s): it is not served until it can be"
+                    " opened for writing; if the disk has space, restore it from a backup",
+                    path,
+                    exc,
+                    again,
+                )
+                raise cause from None
+            logger.warning(
+                "%s: SQLite cannot read it in place (%s); read with its WAL applied in memory",
+                path,
+                exc,
+            )
+        if version not in (*_OLDER, _VERSION):
             db.close()
             raise cause
-        self._run_on_schema_3(version == 3)
+        self._run_on_schema(version)
         return db
 
     def _version(self, db: sqlite3.Connection) -> int:
@@ -256,11 +354,16 @@ class SourceStore:
             )
         return version
 
-    def _run_on_schema_3(self, schema_3: bool) -> None:
-        self._schema_3 = schema_3
-        self._columns = (
-            _COLUMNS.replace("secret_delivered", "1 AS secret_delivered") if schema_3 else _COLUMNS
-        )
+    def _run_on_schema(self, schema: int) -> None:
+        self._schema = schema
+        columns = _COLUMNS
+        if schema < 6:
+            columns = columns.replace("grace_checked_at", "NULL AS grace_checked_at")
+        if schema < 5:
+            columns = columns.replace("pending_secret", "NULL AS pending_secret")
+        if schema < 4:
+            columns = columns.replace("secret_delivered", "1 AS secret_delivered")
+        self._columns = columns
 
     def try_writable(self) -> bool:
         """Open it for writing if it is open read-only and that works now (space returned).
@@ -331,35 +434,40 @@ class SourceStore:
         max_shapes: int | None = None,
         max_initial_syncs: int | None = None,
         now: float | None = None,
+        source_id: str | None = None,
+        pending_secret: str | None = None,
     ) -> SourceRecord:
-        """A new source, its secret not yet delivered (`secret_delivered` marks that)."""
+        """A new source, its secret not yet delivered (`secret_delivered` marks that) and
+        kept as `pending_secret` (sealed) until then."""
         self._writable()
         now = time.time() if now is None else now
+        schema = self._schema
         rec = SourceRecord(
-            source_id=str(uuid.uuid4()),
+            source_id=source_id or str(uuid.uuid4()),
             name=name,
             database_url=database_url,
             secret_hash=secret_hash,
-            secret_delivered=self._schema_3,
+            secret_delivered=schema < 4,
+            pending_secret=pending_secret if schema >= 5 else None,
             max_shapes=max_shapes,
             max_initial_syncs=max_initial_syncs,
             created_at=now,
             updated_at=now,
         )
+        values: tuple[object, ...] = (
+            rec.source_id,
+            name,
+            database_url,
+            secret_hash,
+            max_shapes,
+            max_initial_syncs,
+            now,
+            now,
+        )
+        if schema >= 5:
+            values += (rec.pending_secret,)  # (the last column of schemas 5 and 6)
         try:
-            self._db.execute(
-                _INSERT_SCHEMA_3 if self._schema_3 else _INSERT,
-                (
-                    rec.source_id,
-                    name,
-                    database_url,
-                    secret_hash,
-                    max_shapes,
-                    max_initial_syncs,
-                    now,
-                    now,
-                ),
-            )
+            self._db.execute(_INSERT[schema], values)
         except sqlite3.IntegrityError:
             raise DuplicateName(f"a source named {name!r} already exists") from None
         return rec
@@ -367,17 +475,24 @@ class SourceStore:
     def rotate_secret(
         self, source_id: str, new_hash: str, grace_seconds: float, now: float | None = None
     ) -> SourceRecord:
-        """Make `new_hash` current; the old secret keeps working for `grace_seconds`."""
+        """Make `new_hash` current; the old secret keeps working for `grace_seconds`. A
+        creation's sealed secret is forgotten: a retry of that creation can no longer be
+        answered with it (it is a 409)."""
         self._writable()
         now = time.time() if now is None else now
+        mono = time.monotonic()
         current = self.get(source_id)
-        previous, expires = (
-            (current.secret_hash, now + grace_seconds) if grace_seconds > 0 else (None, None)
+        previous, expires, deadline = (
+            (current.secret_hash, now + grace_seconds, mono + grace_seconds)
+            if grace_seconds > 0
+            else (None, None, None)
         )
+        pending = ", pending_secret = NULL" if self._schema >= 5 else ""
+        checked = ", grace_checked_at = NULL" if self._schema >= 6 else ""
         self._db.execute(
-            "UPDATE sources SET secret_hash = ?, previous_secret_hash = ?,"
-            " previous_secret_expires_at = ?, secret_rotated_at = ?, updated_at = ?"
-            " WHERE source_id = ?",
+            "UPDATE sources SET secret_hash = ?, previous_secret_hash = ?,"  # noqa: S608
+            f" previous_secret_expires_at = ?, secret_rotated_at = ?, updated_at = ?{pending}"
+            f"{checked} WHERE source_id = ?",
             (new_hash, previous, expires, now, now, source_id),
         )
         return replace(
@@ -385,17 +500,35 @@ class SourceStore:
             secret_hash=new_hash,
             previous_secret_hash=previous,
             previous_secret_expires_at=expires,
+            grace_checked_at=None,
+            previous_secret_deadline=deadline,
             secret_rotated_at=now,
             updated_at=now,
+            pending_secret=None,
+        )
+
+    def record_grace(self, source_id: str, left: float, now: float | None = None) -> None:
+        """Record that the previous secret of the source works `left` seconds more, as of
+        `now` (wall clock): what a later start counts from (`grace_deadline`)."""
+        if self._schema < 6:
+            return
+        self._writable()
+        now = time.time() if now is None else now
+        self._db.execute(
+            "UPDATE sources SET previous_secret_expires_at = ?, grace_checked_at = ?"
+            " WHERE source_id = ? AND previous_secret_hash IS NOT NULL",
+            (now + left, now, source_id),
         )
 
     def mark_delivered(self, source_id: str) -> None:
-        """The answer carrying the source's first secret was sent."""
-        if self._schema_3:
+        """The answer carrying the source's first secret was sent: forget it (sealed)."""
+        if self._schema < 4:
             return
         self._writable()
+        pending = ", pending_secret = NULL" if self._schema >= 5 else ""
         self._db.execute(
-            "UPDATE sources SET secret_delivered = 1 WHERE source_id = ?", (source_id,)
+            f"UPDATE sources SET secret_delivered = 1{pending} WHERE source_id = ?",  # noqa: S608
+            (source_id,),
         )
 
     def set_paused(self, source_id: str, paused: bool) -> SourceRecord:
@@ -479,6 +612,88 @@ def _upgrade(db: sqlite3.Connection) -> None:
     db.execute("COMMIT")
 
 
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+
+
+def _wal_checksum(data: bytes, s0: int, s1: int, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of `data` (a multiple of 8 bytes) continuing from (s0, s1)."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def _apply_wal(image: bytearray, wal: bytes) -> bytearray:
+    """The database `image` with the committed transactions of its WAL applied, as SQLite
+    reads them: frames whose salts and running checksum are right, up to the last commit
+    frame (one with the database size); anything after it is a transaction not committed
+    (or torn by a crash) and ignored, as SQLite ignores it."""
+    if len(wal) < 32:
+        return image
+    magic, _, page_size, _, salt1, salt2, c0, c1 = struct.unpack(">8I", wal[:32])
+    if magic not in _WAL_MAGIC or not 512 <= page_size <= 65536:
+        return image
+    big = magic & 1 == 1
+    s0, s1 = _wal_checksum(wal[:24], 0, 0, big)
+    if (s0, s1) != (c0, c1):
+        return image
+    pages: dict[int, bytes] = {}
+    committed: dict[int, bytes] = {}
+    size_pages: int | None = None
+    pos = 32
+    while pos + 24 + page_size <= len(wal):
+        number, commit, f1, f2, c0, c1 = struct.unpack(">6I", wal[pos : pos + 24])
+        page = wal[pos + 24 : pos + 24 + page_size]
+        if (f1, f2) != (salt1, salt2) or number == 0:
+            break
+        s0, s1 = _wal_checksum(wal[pos : pos + 8], s0, s1, big)
+        s0, s1 = _wal_checksum(page, s0, s1, big)
+        if (s0, s1) != (c0, c1):
+            break
+        pages[number] = page
+        if commit:
+            committed.update(pages)
+            pages.clear()
+            size_pages = commit
+        pos += 24 + page_size
+    if size_pages is None:
+        return image
+    out = bytearray(image[: size_pages * page_size])
+    out.extend(b"\0" * (size_pages * page_size - len(out)))
+    for number, page in committed.items():
+        if number <= size_pages:
+            out[(number - 1) * page_size : number * page_size] = page
+    return out
+
+
+def read_snapshot(path: Path) -> sqlite3.Connection:
+    """sources.db as SQLite would read it (its WAL's committed transactions included), in
+    memory, without writing a byte or holding a lock on the files.
+
+    For a store that cannot be opened for writing nor read by SQLite in place: with
+    content in its WAL, SQLite needs the WAL's index file (`-shm`), and makes it when it is
+    missing (a crash, a reboot cleaning it, a copy that left it out), which a full disk has
+    no room for. Reading the main file alone would miss what only the WAL holds (a source
+    just registered, a rotation: an old secret would work again)."""
+    image = bytearray(path.read_bytes()) if path.exists() else bytearray()
+    wal = path.with_name(path.name + "-wal")
+    if wal.exists():
+        image = _apply_wal(image, wal.read_bytes())
+    if len(image) >= 20:
+        image[18:20] = b"\1\1"  # a WAL-mode header: read it as a rollback journal one
+    db = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        if image:
+            db.deserialize(bytes(image))
+        db.row_factory = sqlite3.Row
+        db.execute("SELECT count(*) FROM sources").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
 def store_has_sources(data_dir: Path) -> bool:
     """Whether a store with at least one source exists there (without creating one; read
     as `SourceStore` does when it cannot be opened for writing, as on a full disk)."""
@@ -496,4 +711,11 @@ def store_has_sources(data_dir: Path) -> bool:
                 db.close()
         except sqlite3.Error:
             continue
-    return False
+    try:  # a WAL with content whose index is gone, on a full disk: SQLite cannot read it
+        db = read_snapshot(path)
+    except (sqlite3.Error, OSError):
+        return False
+    try:
+        return bool(db.execute("SELECT count(*) FROM sources").fetchone()[0])
+    finally:
+        db.close()

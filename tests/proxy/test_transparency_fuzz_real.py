@@ -400,8 +400,8 @@ async def _send(session: aiohttp.ClientSession, base: str, req: dict[str, Any]) 
             body = await resp.read()
             return resp.status, resp.headers, body
     except aiohttp.ClientResponseError as exc:
-        # (a HEAD whose request line is over the limit is answered with a body, by both: the
-        # parser refused the line, method and all; the client reads that as a framing error)
+        # (a framing error; a refused HEAD was answered with a body, by both, until
+        # test_head_refusals_real.py)
         return 0, CIMultiDict(), f"client error {exc.status} {exc.message[:40]}".encode()
 
 

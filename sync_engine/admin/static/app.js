@@ -34,6 +34,24 @@
     }
   }
 
+  // The source registry (sources.db) open read-only (the engine started on a full disk):
+  // sources serve as they are, every change is refused until it can be written again.
+  const banner = document.getElementById("registry-banner");
+  function showRegistry(registry) {
+    const why = registry && registry.read_only;
+    banner.hidden = !why;
+    if (!why) return;
+    banner.replaceChildren(
+      h("strong", {}, "Read-only: the engine cannot write its sources registry. "),
+      "Registered sources are served as they are on disk, but creating, rotating, pausing, " +
+      "resuming or deleting a source is refused until it can be written (is the disk of " +
+      "the engine's data directory full?). It is retried every second. ",
+      h("span", { class: "sub", id: "registry-reason" }, `(${why})`));
+  }
+  function refreshRegistry() {
+    api("GET", "/api/info").then((i) => { info = i; }).catch(() => {});
+  }
+
   async function api(method, path, body) {
     const headers = { authorization: "Bearer " + (sessionStorage.getItem(TOKEN_KEY) || "") };
     if (body !== undefined) headers["content-type"] = "application/json";
@@ -48,7 +66,11 @@
       showLogin("The admin token was not accepted. Sign in again.");
       throw new ApiError(401, data);
     }
-    if (!resp.ok) throw new ApiError(resp.status, data);
+    if (!resp.ok) {
+      if (data && data.error === "store_unavailable" && path !== "/api/info") refreshRegistry();
+      throw new ApiError(resp.status, data);
+    }
+    if (data && data.registry) showRegistry(data.registry);
     return data;
   }
 
@@ -77,10 +99,11 @@
     return h("span", { class: `badge state-${state}`, "data-state": state, id }, state);
   }
 
-  // A source whose creation's answer was never sent (the engine stopped, or its client
-  // left, before it): nobody has its secret.
-  const PENDING_TITLE = "The answer that created this source was never sent, so nobody has " +
-    "its secret. Send the same creation again, rotate its secret, or delete it.";
+  // A source whose creation's answer was not recorded as sent (the engine stopped, or its
+  // client left, around it): maybe nobody has its secret.
+  const PENDING_TITLE = "The answer that created this source was never recorded as sent, so " +
+    "maybe nobody has its secret. Send the same creation again to get the same secret, " +
+    "rotate its secret, or delete it.";
   function pendingBadge(s) {
     return s.secret_delivered === false
       ? h("span", { class: "badge pending", title: PENDING_TITLE }, "no secret delivered")
@@ -113,6 +136,7 @@
 
   function showLogin(message) {
     stopPolling();
+    banner.hidden = true;
     logout.hidden = true;
     document.getElementById("engine-url").textContent = "";
     const input = h("input", { id: "login-token", type: "password", autocomplete: "off",
@@ -265,10 +289,11 @@
     const head = h("div", { class: "bar" });
     const errBox = h("div", { class: "notice bad", id: "source-error", hidden: true });
     const pendingBox = h("div", { class: "notice warn", id: "pending-notice", hidden: true },
-      h("strong", {}, "Nobody has this source's secret. "),
-      "The answer that created it was never sent (the engine stopped, or the client left, " +
-      "before it). To get a secret, send the same creation again (same name, database URL " +
-      "and limits), or rotate the secret below; or delete the source.");
+      h("strong", {}, "Maybe nobody has this source's secret. "),
+      "The answer that created it was never recorded as sent (the engine stopped, or the " +
+      "client left, around it). To get its secret, send the same creation again (same name, " +
+      "database URL and limits: it answers with the same secret), or rotate the secret " +
+      "below; or delete the source.");
     const dl = h("dl", { class: "details" });
     const manage = h("div", { class: "row" });
     const rotateMsg = h("p", { class: "form-error", hidden: true });
@@ -363,6 +388,7 @@
       try {
         s = await api("GET", `/api/sources/${s.source_id}`);
         render(s);
+        refreshRegistry();
       } catch (e) {
         if (e.status === 404) location.hash = "#/";
       }

@@ -90,7 +90,7 @@ from .expr import (
     with_folded,
     with_node,
 )
-from .folding import planner_folds
+from .folding import coerced_folds, mark, planner_folds
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .parse import child_nodes, construct_name
 from .resolution import (
@@ -214,7 +214,11 @@ class Compiler:
         result = apply(target, func, [expr], expr.node)
         if exact and expr.column is not None:
             result = replace(result, column=expr.column)
-        return result
+        # A constant the planner made stays one through an immutable implicit cast (and a
+        # NULL through any: casts are strict): `NULL::int4 < f8 * num` is float8 `<` of a
+        # NULL constant, NULL before any row, `f8 * num` never evaluated (the engine
+        # evaluated it, it overflowed, and the row did not match; seed 7007)
+        return mark(result, coerced_folds(expr, target))
 
     def _no_conversion(self, expr: Expr, target: PgType) -> WhereError:
         return error_at(f"cannot convert {expr.type.sql_name} to {target.sql_name}", expr.node)
@@ -225,7 +229,8 @@ class Compiler:
                 None if x is None else conv(x) if isinstance(x, tuple) else func(x) for x in a
             )
 
-        return replace(apply(target, conv, [expr], expr.node), column=None)
+        result = replace(apply(target, conv, [expr], expr.node), column=None)
+        return mark(result, coerced_folds(expr, target))
 
     def _resolve_unknown(self, expr: Expr, target: PgType) -> Expr:
         """Give an untyped literal / parameter its type, parsing it with that type's rules."""
@@ -233,8 +238,13 @@ class Compiler:
             seen = self.param_types.setdefault(expr.param, target)
             if seen != target:
                 raise error_at(f"type conflict for ${expr.param}", expr.node)
+        # (Postgres's parser reads an untyped literal into a constant of the type the
+        # context gives it, whatever the volatility of the type's input function: the
+        # result is as much the planner's constant as the literal was; `t || NULL` is
+        # textcat of a NULL constant, NULL before any row: seed 7014)
+        folded = expr.planner_folded
         if expr.text is None:
-            return const(target, None, expr.node)
+            return const(target, None, expr.node, folded=folded)
         if target.array and not target.element.enum:
             try:
                 pgv.input_parser(target.element)
@@ -273,7 +283,7 @@ class Compiler:
                 value = self._name_input(value, expr.node)
             elif target.element == CHAR:
                 value = self._char_input(value, expr.node)
-            return const(target, value, expr.node)
+            return const(target, value, expr.node, folded=folded)
         except ValueError as e:
             message = str(e)
             if (
@@ -781,7 +791,7 @@ class Compiler:
         elements = [self.compile(e) for e in (node.elements or ())]
         if not elements:
             raise error_at("cannot determine type of empty array", node)
-        domains = {self._domain_of(e) for e in elements}
+        domains = {self._domain_of(e.node) for e in elements}
         if len(domains) == 1 and None not in domains:
             # Every item of one domain: the array is of the domain, not of its base type
             # (select_common_type keeps a type all items share), and `ARRAY[dm] = ARRAY[1]`
@@ -797,12 +807,21 @@ class Compiler:
         typ, elements = self.unify(elements, "ARRAY", node)
         return apply_nullable(typ.array_of(), lambda *xs: tuple(xs), elements, node)
 
-    def _domain_of(self, e: Expr) -> str | None:
-        """The domain a column reference read as its base type (`value_type`) has."""
-        if e.raw and e.column is not None and isinstance(e.node, ast.ColumnRef):
-            col = self.columns[e.column]
-            if col.type_kind == "d":
-                return col.type_name
+    def _domain_of(self, node: ast.Node | None) -> str | None:
+        """The domain Postgres types `node` as, where the engine reads it as the domain's
+        base type (`value_type`): a column of a domain, and a COALESCE, GREATEST or LEAST
+        whose arguments all have that one domain (select_common_type keeps a type all its
+        inputs share exactly, and smashes domains to their base types otherwise:
+        COALESCE(dm, dm) is dm, COALESCE(dm, 1) and NULLIF(dm, dm) are int4). The engine
+        had only known the column, so ARRAY[COALESCE(dm, dm)] = ARRAY[1] was accepted and
+        the snapshot then failed ('operator does not exist: dm[] = integer[]')."""
+        if isinstance(node, ast.ColumnRef):
+            parts = [getattr(f, "sval", "*") for f in node.fields]
+            col = self.columns.get(parts[0]) if len(parts) == 1 else None
+            return col.type_name if col is not None and col.type_kind == "d" else None
+        if isinstance(node, ast.CoalesceExpr | ast.MinMaxExpr) and node.args:
+            domains = {self._domain_of(a) for a in node.args}
+            return domains.pop() if len(domains) == 1 else None
         return None
 
     def _A_Indirection(self, node: ast.A_Indirection) -> Expr:

@@ -190,6 +190,8 @@ def _function_folds(node: ast.FuncCall, expr: Expr, args: list[Expr] | None) -> 
     types = [a.type for a in args]
     if name == "timezone":  # immutable, but a date is first cast to timestamptz
         return strict_folds(expr, args, len(types) == 2 and types[1] != DATE)
+    if name == "length" and len(args) == 2:  # length(bytea, name) is stable
+        return strict_folds(expr, args, False)
     if name in _STRICT_FUNCTIONS:
         return strict_folds(expr, args, not reads_zone(types))
     if name in _IMMUTABLE_FUNCTIONS:  # array functions: not strict

@@ -164,6 +164,98 @@ def _utf8_octets(text: str) -> int:
     return len(text.encode())
 
 
+#: pg_char_to_encoding's table (src/common/encnames.c): each name as clean_encoding_name
+#: makes it (ASCII letters and digits, lower case) -> the encoding's own name. All of them:
+#: any other name is 'invalid encoding name'.
+_ENCODING_NAMES: dict[str, str] = {
+    "abc": "WIN1258", "alt": "WIN866", "big5": "BIG5", "euccn": "EUC_CN",
+    "eucjis2004": "EUC_JIS_2004", "eucjp": "EUC_JP", "euckr": "EUC_KR", "euctw": "EUC_TW",
+    "gb18030": "GB18030", "gbk": "GBK", "iso88591": "LATIN1", "iso885910": "LATIN6",
+    "iso885913": "LATIN7", "iso885914": "LATIN8", "iso885915": "LATIN9",
+    "iso885916": "LATIN10", "iso88592": "LATIN2", "iso88593": "LATIN3", "iso88594": "LATIN4",
+    "iso88595": "ISO_8859_5", "iso88596": "ISO_8859_6", "iso88597": "ISO_8859_7",
+    "iso88598": "ISO_8859_8", "iso88599": "LATIN5", "johab": "JOHAB", "koi8": "KOI8R",
+    "koi8r": "KOI8R", "koi8u": "KOI8U", "latin1": "LATIN1", "latin10": "LATIN10",
+    "latin2": "LATIN2", "latin3": "LATIN3", "latin4": "LATIN4", "latin5": "LATIN5",
+    "latin6": "LATIN6", "latin7": "LATIN7", "latin8": "LATIN8", "latin9": "LATIN9",
+    "mskanji": "SJIS", "muleinternal": "MULE_INTERNAL", "shiftjis": "SJIS",
+    "shiftjis2004": "SHIFT_JIS_2004", "sjis": "SJIS", "sqlascii": "SQL_ASCII",
+    "tcvn": "WIN1258", "tcvn5712": "WIN1258", "uhc": "UHC", "unicode": "UTF8", "utf8": "UTF8",
+    "vscii": "WIN1258", "win": "WIN1251", "win1250": "WIN1250", "win1251": "WIN1251",
+    "win1252": "WIN1252", "win1253": "WIN1253", "win1254": "WIN1254", "win1255": "WIN1255",
+    "win1256": "WIN1256", "win1257": "WIN1257", "win1258": "WIN1258", "win866": "WIN866",
+    "win874": "WIN874", "win932": "SJIS", "win936": "GBK", "win949": "UHC", "win950": "BIG5",
+    "windows1250": "WIN1250", "windows1251": "WIN1251", "windows1252": "WIN1252",
+    "windows1253": "WIN1253", "windows1254": "WIN1254", "windows1255": "WIN1255",
+    "windows1256": "WIN1256", "windows1257": "WIN1257", "windows1258": "WIN1258",
+    "windows866": "WIN866", "windows874": "WIN874", "windows932": "SJIS",
+    "windows936": "GBK", "windows949": "UHC", "windows950": "BIG5",
+}  # fmt: skip
+#: The encodings of more than one byte a character other than UTF8, whose validation
+#: (pg_wchar.c's verifiers) the engine does not reproduce.
+_MULTIBYTE = frozenset({"BIG5", "EUC_CN", "EUC_JIS_2004", "EUC_JP", "EUC_KR", "EUC_TW",
+                        "GB18030", "GBK", "JOHAB", "MULE_INTERNAL", "SJIS", "SHIFT_JIS_2004",
+                        "UHC"})  # fmt: skip
+
+
+def _count_in_encoding(encoding: str) -> Callable[[bytes], int]:
+    """length_in_encoding's count for one encoding: pg_verify_mbstr_len, which fails on a
+    zero byte in any encoding and on a sequence the encoding does not hold (for UTF8 what
+    Python's strict decoder refuses too: overlong forms, surrogates, beyond U+10FFFF)."""
+
+    def invalid(byte: int) -> ValueError:
+        return ValueError(f'invalid byte sequence for encoding "{encoding}": 0x{byte:02x}')
+
+    def count(data: bytes) -> int:
+        if b"\0" in data:
+            raise invalid(0)
+        if encoding != "UTF8":
+            return len(data)  # (one byte a character)
+        try:
+            return len(data.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise invalid(data[e.start]) from None
+
+    return count
+
+
+def _length_in_encoding(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
+    """length(bytea, name): the characters `bytes` holds in the encoding named (stable in
+    Postgres, so never folded by its planner; strict). The name must be a constant (an
+    untyped literal or parameter); UTF8 and the encodings of one byte a character are
+    counted, the other multibyte encodings refused."""
+    data, enc = args
+    if data.type not in (BYTEA, UNKNOWN) or enc.type not in (NAME, TEXT, VARCHAR, UNKNOWN):
+        raise error_at(
+            f"function length({data.type.sql_name}, {enc.type.sql_name}) does not exist", node
+        )
+    data = c.coerce(data, BYTEA)
+    enc = c.coerce(enc, NAME) if enc.type == UNKNOWN else enc  # (text's name(): the same)
+    if not enc.is_const:
+        raise error_at("length(bytea, name) is supported with a constant encoding name", node)
+    if enc.value is None:
+        return const(INT4, None, node)  # (strict: NULL before any row)
+    name = str(enc.value)[:63]  # (namein and name(text) cut to NAMEDATALEN - 1 bytes)
+    if not name.isascii():
+        raise error_at(f'length(bytea, name): encoding name "{name}" is not supported', node)
+    encoding = _ENCODING_NAMES.get("".join(ch for ch in name.lower() if ch.isalnum()))
+    if encoding is None:
+        raise error_at(f'invalid encoding name "{name}"', node)
+    if encoding in _MULTIBYTE:
+        raise error_at(f"length(bytea, name) in encoding {encoding} is not supported", node)
+    count = _count_in_encoding(encoding)
+    if data.is_const:
+        # (stable: Postgres runs it per row; the engine refuses a constant that fails)
+        if data.value is None:
+            return const(INT4, None, node)
+        try:
+            value = count(data.value)
+        except ValueError as e:
+            raise error_at(str(e), node) from None
+        return Expr(INT4, lambda _row, _cache: value, node=node)
+    return apply(INT4, count, [data], node)
+
+
 def _concat_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     if not args:  # (VARIADIC "any": one argument at least)
         raise error_at("function concat() does not exist", node)
@@ -290,6 +382,7 @@ FUNCTIONS: dict[tuple[str, int], Builder] = {
     ("upper", 1): _case_func("upper"),
     ("concat", -1): _concat_builder,
     ("length", 1): _length_builder("length", octets=False, of_bytea=True),
+    ("length", 2): _length_in_encoding,
     ("char_length", 1): _length_builder("char_length", octets=False, of_bytea=False),
     ("character_length", 1): _length_builder("character_length", octets=False, of_bytea=False),
     ("octet_length", 1): _length_builder("octet_length", octets=True, of_bytea=True),

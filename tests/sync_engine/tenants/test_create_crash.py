@@ -1,9 +1,11 @@
-"""The engine killed (SIGKILL) after saving a new source and before answering its 201.
+"""The engine killed (SIGKILL) while answering a creation: after saving the new source and
+before its 201 was written, or after the 201 was written and before that was recorded.
 
-The source then exists and nobody has its secret. Retrying the same creation gives that
-source (same id) a new secret; the first answer's secret, which nobody holds, stops working.
-Once an answer with a secret was sent, a retry is a 409 that names the source and says how
-to get a new secret (rotate-secret), as before.
+Either way the source is recorded as not delivered (`secret_delivered: false`) and a client
+may or may not hold its secret. Retrying the same creation answers 201 with the same source
+and the same secret: a client that got the first 201 keeps a working secret (it was given a
+new one, and the 201 the client held stopped working). Once the answer was recorded as sent,
+a retry is a 409 that names the source and says how to get a new secret (rotate-secret).
 """
 
 from __future__ import annotations
@@ -40,11 +42,16 @@ def engines(tmp_path: Path) -> Iterator[Callable[..., AdminEngine]]:
 
 
 def _killed_while_creating(
-    engines: Callable[..., AdminEngine], tmp_path: Path, body: dict[str, Any]
-) -> None:
-    """POST the creation to an engine told to stop just before its answer; SIGKILL it there."""
+    engines: Callable[..., AdminEngine],
+    tmp_path: Path,
+    body: dict[str, Any],
+    point: str = "create",
+) -> object:
+    """POST the creation to an engine told to stop at `point` ("create": just before its
+    answer; "create-sent": just after it, before recording it); SIGKILL it there. The
+    answer the client got, or the OSError it got instead."""
     held = tmp_path / "held"
-    engine = engines({"SHAPEGATE_TEST_HOLD_ADMIN": f"create:{held}"})
+    engine = engines({"SHAPEGATE_TEST_HOLD_ADMIN": f"{point}:{held}"})
     outcome: list[object] = []
 
     def post() -> None:
@@ -58,48 +65,52 @@ def _killed_while_creating(
     wait_until(held.exists, timeout=30, message="the engine saved the source, not answered")
     engine.kill()
     poster.join(30)
-    assert len(outcome) == 1 and isinstance(outcome[0], OSError), outcome  # no answer
+    assert len(outcome) == 1, outcome
+    return outcome[0]
 
 
-def test_a_creation_whose_answer_was_lost_is_retried(
+def test_a_client_that_got_its_201_keeps_its_secret_when_the_engine_dies_right_after(
     make_db: Callable[[], str], engines: Callable[..., AdminEngine], tmp_path: Path
 ) -> None:
+    """Killed after the 201 was written, before it was recorded as sent: the same creation
+    sent again (a script's retry, a second click) is answered with the same source and
+    secret. It used to be given a new secret, and the one the first client held stopped
+    working."""
     url = make_db().replace("postgres@", "postgres:pw-hidden@")
     make_items(url.replace("postgres:pw-hidden@", "postgres@"), ["a"])
     body = {"name": "shop", "database_url": url, "max_shapes": 50}
-    _killed_while_creating(engines, tmp_path, body)
+    got = _killed_while_creating(engines, tmp_path, body, "create-sent")
+    assert isinstance(got, tuple) and got[0] == 201, got  # the client has its answer
+    sid, secret = got[1]["source_id"], got[1]["secret"]
 
     engine = engines()
     status, listing = engine.api("GET", "/api/sources")
-    assert status == 200 and [s["name"] for s in listing["sources"]] == ["shop"]
-    lost = listing["sources"][0]
-    assert lost["secret_delivered"] is False
+    assert [(s["source_id"], s["secret_delivered"]) for s in listing["sources"]] == [(sid, False)]
+    assert "secret" not in json.dumps(listing).replace("secret_", "")
 
     # the same request with other settings is not a retry: 409, naming the source
-    status, got = engine.api("POST", "/api/sources", {**body, "max_shapes": 51})
-    assert status == 409 and got["source_id"] == lost["source_id"], got
-    assert "same database_url and limits" in got["message"]
+    status, got409 = engine.api("POST", "/api/sources", {**body, "max_shapes": 51})
+    assert status == 409 and got409["source_id"] == sid, got409
+    assert "same database_url and limits" in got409["message"]
+    assert secret not in json.dumps(got409)
 
-    # the retry: the same source, a secret that works (was: 409 duplicate_name, no secret)
+    # the retry: the same source and the same secret (was: a new one, the first 401)
     status, again = engine.api("POST", "/api/sources", body)
-    assert status == 201, again
-    assert again["source_id"] == lost["source_id"] and again["secret"]
+    assert status == 201 and again["source_id"] == sid, again
+    assert again["secret"] == secret
     assert "pw-hidden" not in json.dumps(again)
-    sid, secret = again["source_id"], again["secret"]
     assert wait_until(lambda: engine.shape_status(sid, secret) == 200, timeout=60,
-                      interval=0.2, message="the new secret syncs")  # fmt: skip
+                      interval=0.2, message="the first client's secret syncs")  # fmt: skip
     status, listing = engine.api("GET", "/api/sources")
     assert [(s["source_id"], s["secret_delivered"]) for s in listing["sources"]] == [(sid, True)]
 
     # delivered now: the same request again is a 409 saying how to get a new secret
-    status, got = engine.api("POST", "/api/sources", body)
-    assert status == 409 and got["error"] == "duplicate_name" and got["source_id"] == sid, got
-    assert f"/api/sources/{sid}/rotate-secret" in got["message"]
+    status, got409 = engine.api("POST", "/api/sources", body)
+    assert status == 409 and got409["error"] == "duplicate_name", got409
+    assert f"/api/sources/{sid}/rotate-secret" in got409["message"]
     assert engine.shape_status(sid, secret) == 200  # and it took nothing away
-    status, rotated = engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
-    assert status == 200
-    assert engine.shape_status(sid, secret) == 401
-    assert engine.shape_status(sid, rotated["secret"]) == 200
+    engine.stop()
+    assert secret not in engine.log.read_text()  # no secret in the log
 
 
 def test_a_source_whose_secret_was_rotated_is_not_taken_over_by_a_retry(
@@ -110,7 +121,7 @@ def test_a_source_whose_secret_was_rotated_is_not_taken_over_by_a_retry(
     url = make_db()
     make_items(url, ["a"])
     body = {"name": "shop", "database_url": url}
-    _killed_while_creating(engines, tmp_path, body)
+    assert isinstance(_killed_while_creating(engines, tmp_path, body), OSError)
     engine = engines()
     sid = engine.api("GET", "/api/sources")[1]["sources"][0]["source_id"]
     status, rotated = engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})

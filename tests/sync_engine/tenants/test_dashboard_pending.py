@@ -1,15 +1,19 @@
-"""The dashboard flags a source nobody has the secret of (its creation's answer never
-sent): it was in the API only (`secret_delivered: false`), the page looked like any other
-source's. In headless Chromium against the in-process engine's admin listener."""
+"""The dashboard flags a source nobody may have the secret of (its creation's answer not
+recorded as sent), and a registry open read-only: both were in the API only, the pages
+looked as usual. In headless Chromium against the in-process engine's admin listener."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from sync_engine.tenants.store import SourceStore
 from tests.browser.test_dashboard import _chromium, _node_deps
 from tests.sync_engine.tenants.harness import TOKEN, MultiEngine, make_items
 
@@ -43,11 +47,61 @@ async def test_the_dashboard_shows_a_source_whose_secret_was_never_delivered(
     assert seen["errors"] == [], seen
     assert "no secret delivered" in seen["lostRow"]
     assert "no secret delivered" not in seen["knownRow"]
-    assert "never sent" in seen["badgeTitle"]
-    assert "Nobody has this source's secret" in seen["notice"]
+    assert "never recorded as sent" in seen["badgeTitle"]
+    assert "Maybe nobody has this source's secret" in seen["notice"]
     assert "same creation again" in seen["notice"]
     # a rotation delivers a secret: the flag goes
     assert seen["noticeAfterRotate"] is False
     assert "no secret delivered" not in seen["lostRowAfter"]
     status, body = await engine.api("GET", f"/api/sources/{rec.source_id}")
     assert status == 200 and body["secret_delivered"] is True
+
+
+async def test_the_dashboard_shows_that_the_registry_is_read_only(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """sources.db open read-only (the engine started on a full disk): the dashboard looked as
+    usual (the state was only in the API's `registry.read_only`) and a change failed with a
+    bare alert. Now a banner says so on every page until it can be written again. (The full
+    disk itself is test_full_disk's; here opening it for writing is made to fail.)"""
+    chromium = _chromium()
+    _node_deps()
+    url = make_db()
+    make_items(url, ["a1"])
+    engine = await engines().start()
+    made = await engine.add("shop", url)
+    store = engine.manager.store
+    assert store is not None
+    monkeypatch.setattr(SourceStore, "_open_writable", _disk_full)
+    store.read_only = "OperationalError: database or disk is full"
+    assert engine.admin is not None
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(Path(__file__).with_name("dashboard_read_only.mjs")),
+        env={**os.environ, "ADMIN_URL": str(engine.admin.make_url("")).rstrip("/"),
+             "ADMIN_TOKEN": TOKEN, "SOURCE_ID": made["source_id"], "CHROMIUM": chromium,
+             "PLAYWRIGHT": str(ROOT / "tests/browser/package.json")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        assert line.strip() == b"READ-ONLY SEEN", line
+        monkeypatch.undo()  # space returned: the engine opens it for writing within 1 s
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr.decode()[-3000:]
+    seen = json.loads(stdout.decode().strip().splitlines()[-1])
+    assert seen["errors"] == [], seen
+    assert "Read-only" in seen["listBanner"] and "disk is full" in seen["listBanner"], seen
+    assert seen["sourcePageBanner"] is True
+    assert any("read-only" in a for a in seen["alerts"]), seen  # the pause refused, explained
+    assert seen["bannerGone"] is True
+    assert store.read_only is None
+
+
+def _disk_full(self: SourceStore) -> sqlite3.Connection:
+    raise sqlite3.OperationalError("database or disk is full")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import stat
 import threading
 import time
@@ -137,10 +138,11 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     assert "s3cr3t" not in repr(rec) and "h1" not in repr(rec)
     with pytest.raises(DuplicateName):
         reg.create("SHOP", URL, "h2")
-    now = time.time()
-    rotated = reg.rotate_secret(rec.source_id, "h2", 60, now=now)
-    assert rotated.valid_hashes(now) == ["h2", "h1"]
+    rotated = reg.rotate_secret(rec.source_id, "h2", 60)
+    now = time.monotonic()  # (grace periods are checked by the monotonic clock)
+    assert rotated.valid_hashes(now) == ["h2", "h1"] == rotated.valid_hashes()
     assert rotated.valid_hashes(now + 61) == ["h2"]
+    assert reg.get(rec.source_id).valid_hashes(now + 59) == ["h2", "h1"]
     reg.set_state(rec.source_id, "error", "wal_level is replica")
     reg.set_state(rec.source_id, "active", None)
     reg.set_paused(rec.source_id, True)
@@ -289,8 +291,8 @@ async def test_auth_checks(tmp_path: Path) -> None:
     assert not await auth.check(rec, None)
     assert not await auth.check(rec, "")
     assert not await auth.check(None, secret)  # unknown source, same answer
-    now = time.time()
-    rotated = reg.rotate_secret(rec.source_id, hash_secret(other), 10, now=now)
+    rotated = reg.rotate_secret(rec.source_id, hash_secret(other), 10)
+    now = time.monotonic()
     assert await auth.check(rotated, other, now=now)
     assert await auth.check(rotated, secret, now=now)  # grace period
     assert not await auth.check(rotated, secret, now=now + 11)  # remembered but expired
@@ -396,3 +398,127 @@ async def test_slow_checks_are_bounded_shared_and_given_up_when_nobody_waits(
     assert sorted(calls) == ["a-0", "a-1", "a-2", "b-0", "made-up"]  # a-1 checked once
     assert auth.active == 0 and auth.waiting == 0 and auth._running == 0
     auth.close()
+
+
+def test_a_creations_secret_is_kept_sealed_until_delivered_and_forgotten_after() -> None:
+    """The first secret of a source whose answer was not recorded as sent is kept sealed
+    (by a key from the admin token), so that a retry of the creation gets it again; a copy
+    of sources.db does not show it, and another key does not open it."""
+    from sync_engine.tenants.credentials import seal_secret, sealing_key, unseal_secret
+
+    secret, key = new_secret(), sealing_key("admin-token-0123456789")
+    sid = "00000000-0000-4000-8000-000000000001"
+    sealed = seal_secret(secret, key, sid)
+    assert secret not in sealed and sealed != seal_secret(secret, key, sid)  # nonce
+    assert unseal_secret(sealed, key, sid) == secret
+    assert unseal_secret(sealed, sealing_key("another-token-0123456789"), sid) != secret
+    assert unseal_secret(sealed, key, sid.replace("1", "2")) != secret
+    for junk in ("", "x1$", "x1$$", "x1$!!$!!", "zz$a$b", sealed + "$"):
+        assert unseal_secret(junk, key, sid) in (None, "")
+
+
+def test_a_store_of_schema_4_is_upgraded_and_the_sealed_secret_forgotten(tmp_path: Path) -> None:
+    """Schema 5 adds `pending_secret`: a source left undelivered by schema 4 has none (a
+    retry is then a 409 that says to rotate). Marking delivered or rotating forgets it."""
+    import sqlite3
+
+    from sync_engine.tenants import store as store_module
+
+    path = tmp_path / "sources.db"
+    db = sqlite3.connect(path)
+    db.executescript(store_module._SCHEMA.replace("    pending_secret TEXT,\n", ""))
+    db.execute("INSERT INTO sources (source_id, name, database_url, secret_hash, created_at,"
+               " updated_at, secret_delivered) VALUES ('00000000-0000-4000-8000-000000000001',"
+               " 'old', ?, 'h', 1, 1, 0)", (URL,))  # fmt: skip
+    db.execute("PRAGMA user_version=4")
+    db.commit()
+    db.close()
+    reg = SourceStore(path)
+    (old,) = reg.all()
+    assert not old.secret_delivered and old.pending_secret is None
+    a = reg.create("a", URL, "h1", pending_secret="sealed-a")
+    b = reg.create("b", URL, "h2", pending_secret="sealed-b")
+    assert reg.get(a.source_id).pending_secret == "sealed-a" == a.pending_secret
+    reg.mark_delivered(a.source_id)
+    assert reg.get(a.source_id).pending_secret is None and reg.get(a.source_id).secret_delivered
+    assert reg.rotate_secret(b.source_id, "h3", 0).pending_secret is None
+    assert reg.get(b.source_id).pending_secret is None
+    reg.close()
+    assert b"sealed-" not in path.read_bytes()  # (secure_delete: not left in a free page)
+
+
+def _crashed_copy(tmp_path: Path, into: Path) -> tuple[str, Path]:
+    """A store whose last writes are only in its WAL (its writer still has it open, as if
+    killed), copied to `into` without its index file (`-shm`): a crash, then a reboot."""
+    import shutil
+
+    src = tmp_path / "src" / "sources.db"
+    writer = SourceStore(src)
+    first = writer.create("first", URL, "h0")
+    rec = writer.create("shop", URL, "h1")
+    writer.rotate_secret(rec.source_id, "h2", 0)
+    writer.delete(first.source_id)
+    assert (src.parent / "sources.db-wal").stat().st_size > 0
+    into.mkdir(parents=True, exist_ok=True)
+    for name in ("sources.db", "sources.db-wal"):
+        shutil.copy(src.parent / name, into / name)
+    writer.close()
+    return rec.source_id, into / "sources.db"
+
+
+def test_a_wal_is_applied_in_memory_as_sqlite_reads_it(tmp_path: Path) -> None:
+    """`read_snapshot` (the read of last resort: a WAL with content, no index file, no
+    space to make one) gives what SQLite gives: the WAL's committed transactions, a torn
+    last frame ignored."""
+    from sync_engine.tenants.store import read_snapshot
+
+    sid, path = _crashed_copy(tmp_path, tmp_path / "copy")
+    db = read_snapshot(path)
+    rows = db.execute("SELECT source_id, secret_hash FROM sources").fetchall()
+    assert [tuple(r) for r in rows] == [(sid, "h2")]
+    assert db.execute("SELECT count(*) FROM deleted_sources").fetchone()[0] == 1
+    db.close()
+    wal = path.with_name("sources.db-wal")
+    data = wal.read_bytes()
+    wal.write_bytes(data[:-100])  # the last transaction (the deletion) torn
+    db = read_snapshot(path)
+    assert db.execute("SELECT count(*) FROM sources").fetchone()[0] == 2
+    assert db.execute("SELECT secret_hash FROM sources WHERE source_id = ?",
+                      (sid,)).fetchone()[0] == "h2"  # fmt: skip
+    db.close()
+    # no valid frame: the main file alone (here it has no table yet): a clear error
+    wal.write_bytes(data[:32] + bytes(len(data) - 32))
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        read_snapshot(path)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounts a small tmpfs (CI runs as root)")
+def test_a_store_with_a_wal_and_no_index_on_a_full_disk_is_served(tmp_path: Path) -> None:
+    """A start on a full disk after a crash and a reboot: sources.db's WAL has content, its
+    index file is gone and there is no room to make it. SQLite cannot read it (disk I/O
+    error): the engine had no registry (and one without --admin-token did not start, no
+    sources found). Now it is read with the WAL applied, the rotation in it included."""
+    import subprocess
+
+    from tests.sync_engine.tenants.test_full_disk import _fill
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        sid, path = _crashed_copy(tmp_path, mnt)
+        _fill(mnt / "filler")
+        assert store_has_sources(mnt)
+        reg = SourceStore(path)
+        assert reg.read_only
+        assert [(r.source_id, r.secret_hash) for r in reg.all()] == [(sid, "h2")]
+        assert reg.ever_had_sources()
+        with pytest.raises(sqlite3.OperationalError):
+            reg.rotate_secret(sid, "h3", 0)
+        (mnt / "filler").unlink()
+        reg.rotate_secret(sid, "h3", 0)  # space returned: written
+        assert reg.read_only is None
+        reg.close()
+        assert SourceStore(path).get(sid).secret_hash == "h3"
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
