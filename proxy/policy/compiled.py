@@ -13,7 +13,13 @@ from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
-from proxy.policy.sql import ClauseCache, CompiledTemplate, compile_template, without_collate
+from proxy.policy.sql import (
+    PLACEHOLDER,
+    ClauseCache,
+    CompiledTemplate,
+    compile_template,
+    without_collate,
+)
 from proxy.policy.tables import TableKey, TablePattern, parse_table_pattern
 from sync_engine.shapes.where import WhereError, check_where_constructs
 
@@ -155,8 +161,41 @@ def _compile_table(table: str, policy: TablePolicy, where: str) -> CompiledTable
     )
 
 
+#: Claims that name a user only within the issuer that minted them (RFC 7519 §4.1.2: "locally
+#: unique in the context of the issuer"): two issuers may give two people the same `sub`.
+ISSUER_SCOPED_CLAIMS = frozenset({"sub"})
+
+
+def _check_subject_scope(rule: AccessRule, index: int, where: str, issuers: int) -> None:
+    """With several issuers, a rule that picks rows or grants access by `sub` must say whose
+    subjects it means (`when: {iss: ...}`): else a user of one issuer whose `sub` happens to
+    equal another issuer's user's (sequential ids, user names, e-mail addresses) is served
+    that user's rows (`owner = {{sub}}`) or rule (`when: {sub: ...}`)."""
+    if issuers < 2 or "iss" in rule.when:
+        return
+    named = f" (rule {rule.name!r})" if rule.name else ""
+    bound = set(PLACEHOLDER.findall(rule.where or ""))
+    for claim in sorted(ISSUER_SCOPED_CLAIMS):
+        if claim in bound or claim in rule.when:
+            use = f"binds {{{{{claim}}}}}" if claim in bound else f"matches on {claim}"
+            raise ValueError(
+                f"{where}.allow.{index}{named}: the rule {use}, and with {issuers} issuers a "
+                f"{claim} names a user only within its own issuer (RFC 7519 4.1.2): another "
+                f"issuer's user with the same {claim} would be served as that user. Say whose "
+                f"users the rule means: add iss to its when (one rule per issuer, or a list "
+                f"of the issuers whose {claim} values name the same users)"
+            )
+
+
 def compile_policy(config: ProxyConfig) -> CompiledPolicy:
     """Compile every table and named shape; raises ValueError naming the offending field."""
+    issuers = len(config.issuers)
+    for name, table_policy in (
+        *((f"tables.{n}", t) for n, t in config.tables.items()),
+        *((f"shapes.{n}", s) for n, s in config.shapes.items()),
+    ):
+        for index, rule in enumerate(table_policy.allow):
+            _check_subject_scope(rule, index, name, issuers)
     tables: dict[TableKey, CompiledTable] = {}
     patterns: list[CompiledTable] = []
     for name, table_policy in config.tables.items():

@@ -11,6 +11,7 @@ parenthesised and ANDed with the enforced filter.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ MAX_CLAUSE_LENGTH = 4096
 #: engine counts them, `sync_engine.shapes.where.errors.PREFIX`).
 _PREFIX = "SELECT 1 WHERE "
 _UNQUOTED_IDENT = re.compile(r"^[^\W\d][\w$]*$")
-_PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
+PLACEHOLDER = re.compile(r"\{\{\s*([^{}\s]+)\s*\}\}")
 
 #: Parse-tree node types a client clause may contain. Anything else (sub-selects, row
 #: comparisons with sub-links...) is refused: it could read other tables or act as an oracle
@@ -566,7 +567,7 @@ def compile_template(template: str) -> CompiledTemplate:
             paths.append(path)
         return f"${paths.index(path) + 1}"
 
-    sql = _PLACEHOLDER.sub(number, template)
+    sql = PLACEHOLDER.sub(number, template)
     if "\x00" in sql:
         raise ValueError("a NUL byte in a where template")
     if "{{" in sql or "}}" in sql:
@@ -587,6 +588,11 @@ _LIKE_OPERATORS = {"~~": "LIKE", "~~*": "ILIKE", "!~~": "NOT LIKE", "!~~*": "NOT
 #: What may stand between a claim and the LIKE it is a pattern of: each keeps the claim's
 #: escaped characters next to what they escape (`substr` could cut `\%` into `%`).
 _PATTERN_FUNCTIONS = frozenset({"lower", "upper", "concat"})
+#: Those of them that change letters: an escape character they could change (a letter, as in
+#: `ESCAPE 'A'`: `lower` makes the claim's `A%` into `a%`, a wildcard again) or make (`a`
+#: from a claim's `A`) is refused; ASCII punctuation is neither made nor changed by them.
+_CASE_FUNCTIONS = frozenset({"lower", "upper"})
+_UNCASED_ESCAPES = frozenset(string.punctuation)
 
 
 def _like_escape(rexpr: ast.Node) -> tuple[ast.Node, str | None]:
@@ -603,32 +609,36 @@ def _like_escape(rexpr: ast.Node) -> tuple[ast.Node, str | None]:
     return rexpr, "\\"
 
 
-def _pattern_claims(node: object, label: str) -> Iterator[ast.ParamRef]:
-    """The claims in a LIKE pattern, refusing what could turn their escaped characters back
-    into wildcards (a function other than `_PATTERN_FUNCTIONS`, a CASE, a subscript...)."""
+def _pattern_claims(
+    node: object, label: str, folded: bool = False
+) -> Iterator[tuple[ast.ParamRef, bool]]:
+    """The claims in a LIKE pattern, each with whether it passes through `lower`/`upper`
+    (`folded`), refusing what could turn their escaped characters back into wildcards (a
+    function other than `_PATTERN_FUNCTIONS`, a CASE, a subscript...)."""
     if isinstance(node, ast.ParamRef):
-        yield node
+        yield node, folded
         return
     if isinstance(node, ast.A_Const | ast.ColumnRef):
         return
     if isinstance(node, ast.TypeCast):
-        yield from _pattern_claims(node.arg, label)
+        yield from _pattern_claims(node.arg, label, folded)
         return
     if isinstance(node, ast.A_Expr) and [n.sval for n in node.name] == ["||"]:
-        yield from _pattern_claims(node.lexpr, label)
-        yield from _pattern_claims(node.rexpr, label)
+        yield from _pattern_claims(node.lexpr, label, folded)
+        yield from _pattern_claims(node.rexpr, label, folded)
         return
     if isinstance(node, ast.FuncCall):
         names = [n.sval for n in node.funcname]
         if names[0] == "pg_catalog":
             names = names[1:]
         if len(names) == 1 and names[0] in _PATTERN_FUNCTIONS:
+            folds = folded or names[0] in _CASE_FUNCTIONS
             for arg in node.args or ():
-                yield from _pattern_claims(arg, label)
+                yield from _pattern_claims(arg, label, folds)
             return
     if isinstance(node, ast.CoalesceExpr):
         for arg in node.args or ():
-            yield from _pattern_claims(arg, label)
+            yield from _pattern_claims(arg, label, folded)
         return
     if any(isinstance(sub, ast.ParamRef) for sub in _walk(node)):
         what = construct_name(node)
@@ -654,7 +664,14 @@ def _escape_like_claims(where: ast.Node, sql: str, paths: list[str]) -> Compiled
             continue
         pattern, escape = _like_escape(node.rexpr)
         label = _LIKE_OPERATORS[node.name[-1].sval]
-        for ref in _pattern_claims(pattern, label):
+        for ref, folded in _pattern_claims(pattern, label):
+            if folded and escape is not None and escape not in _UNCASED_ESCAPES:
+                raise ValueError(
+                    f"a claim in the pattern of a {label} goes through lower or upper, which "
+                    f"could change its escape character {escape!r} (or make one from another "
+                    "character), so its % and _ would match other values: write ESCAPE with a "
+                    "punctuation character, such as the default backslash"
+                )
             if escape is None:
                 raise ValueError(
                     f"a claim in the pattern of a {label} whose ESCAPE is not one character: "

@@ -96,7 +96,8 @@ class SourceAuth:
     async def check(
         self, record: SourceRecord | None, secret: str | None, now: float | None = None
     ) -> bool:
-        """True when `secret` is a valid secret of `record` (None: unknown source)."""
+        """True when `secret` is a valid secret of `record` (None: unknown source) at `now`
+        (`time.monotonic()`, default now)."""
         return await self.matched(record, secret, now) is not None
 
     async def matched(
@@ -104,7 +105,7 @@ class SourceAuth:
     ) -> str | None:
         """The hash of `record` that `secret` matches and that is valid now, else None.
         Raises `Overloaded` when the check would have to wait and too many already do."""
-        now = time.time() if now is None else now
+        now = time.monotonic() if now is None else now
         given = secret or ""
         source_id = record.source_id if record is not None else ""
         fp = hmac.new(

@@ -53,6 +53,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GRACE_SECONDS = 30 * 24 * 3600
+#: Seconds between records of what is left of grace periods under way (`_record_graces`)
+GRACE_RECORD_INTERVAL = 60.0
 #: Seconds a retried creation waits for the same creation's answer still being sent.
 ANSWER_WAIT = 30.0
 #: Seconds between attempts to drop a deleted source's slot and publication (doubling).
@@ -120,6 +122,19 @@ def _duplicate(
     what = "with other settings " if not retry and not same.secret_delivered and not lost else ""
     return DuplicateName(
         f"a source named {same.name!r} already exists {what}(source_id {sid}); {hint}", sid
+    )
+
+
+def _same_grace(known: SourceRecord, read: SourceRecord) -> SourceRecord:
+    """`read` (just read from the store) with the grace period this process counts for it:
+    read again, it would be counted from the wall clock, which may have been stepped."""
+    if read.previous_secret_hash != known.previous_secret_hash:
+        return read
+    return replace(
+        read,
+        previous_secret_expires_at=known.previous_secret_expires_at,
+        grace_checked_at=known.grace_checked_at,
+        previous_secret_deadline=known.previous_secret_deadline,
     )
 
 
@@ -220,6 +235,7 @@ class SourceManager:
             try:
                 async with self._lock:  # the states as they were when the engine stopped
                     await self._persist_states()
+                    await self._record_graces()
             except StoreReadOnly as exc:
                 logger.warning("source states not recorded: %s", exc)
             except Exception:
@@ -303,7 +319,7 @@ class SourceManager:
         if matched is None:
             raise Unauthorized()
         rec = self.records.get(sid) if sid is not None else None
-        if rec is None or matched not in rec.valid_hashes(time.time()):
+        if rec is None or matched not in rec.valid_hashes():
             raise Unauthorized()  # deleted, or the secret rotated, while it was checked
         if rec.paused:
             raise _paused()
@@ -523,7 +539,7 @@ class SourceManager:
     async def _pause(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = await self._db(self._store().set_paused, rec.source_id, True)
+            rec = _same_grace(rec, await self._db(self._store().set_paused, rec.source_id, True))
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = ("paused", None)
             source = self.running.pop(rec.source_id, None)
@@ -536,7 +552,7 @@ class SourceManager:
     async def _resume(self, source_id: str) -> SourceRecord:
         async with self._lock:
             rec = self.get(source_id)
-            rec = await self._db(self._store().set_paused, rec.source_id, False)
+            rec = _same_grace(rec, await self._db(self._store().set_paused, rec.source_id, False))
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = ("connecting", None)
             if rec.source_id not in self.running:
@@ -613,9 +629,8 @@ class SourceManager:
         rec = self.records.get(source_id)
         if rec is None:
             return
-        now = time.time()
-        expires = rec.previous_secret_expires_at
-        if expires is not None and now < expires:  # the timer ran early (clocks differ)
+        now = time.monotonic()
+        if rec.in_grace(now):  # the timer ran early
             self._revoke_at_expiry(rec)
         source = self.running.get(source_id)
         if source is not None:
@@ -626,10 +641,9 @@ class SourceManager:
         old = self._expiries.pop(rec.source_id, None)
         if old is not None:
             old.cancel()
-        expires = rec.previous_secret_expires_at
-        if expires is None:
+        if rec.previous_secret_deadline is None:
             return
-        delay = max(0.0, expires - time.time())
+        delay = rec.grace_left()  # (the loop's timers are monotonic too)
         loop = asyncio.get_running_loop()
         # a hair late rather than early: `valid_hashes` must no longer list the old one
         self._expiries[rec.source_id] = loop.call_later(delay + 0.01, self._revoke, rec.source_id)
@@ -657,10 +671,8 @@ class SourceManager:
             if source is not None and source.ready.is_set()
             else self._shapes_on_disk(rec)
         )
-        now = time.time()
-        in_grace = (
-            rec.previous_secret_expires_at is not None and now < rec.previous_secret_expires_at
-        )
+        # by the wall clock as it reads now (stepped or not), from the monotonic deadline
+        expires = time.time() + rec.grace_left() if rec.in_grace() else None
         return {
             "source_id": rec.source_id,
             "name": rec.name,
@@ -683,7 +695,7 @@ class SourceManager:
             "publication_name": config.publication_name,
             "created_at": iso(rec.created_at),
             "secret_rotated_at": iso(rec.secret_rotated_at),
-            "previous_secret_expires_at": iso(rec.previous_secret_expires_at) if in_grace else None,
+            "previous_secret_expires_at": iso(expires),
         }
 
     def _shapes_on_disk(self, rec: SourceRecord) -> int:
@@ -694,6 +706,7 @@ class SourceManager:
             return 0
 
     async def _watch_states(self) -> None:
+        graces_at = time.monotonic() + GRACE_RECORD_INTERVAL
         while True:
             await asyncio.sleep(1.0)
             try:
@@ -704,8 +717,28 @@ class SourceManager:
                     if store.read_only is not None and not await self._db(store.try_writable):
                         continue
                     await self._persist_states()
+                    if time.monotonic() >= graces_at:
+                        graces_at = time.monotonic() + GRACE_RECORD_INTERVAL
+                        await self._record_graces()
             except Exception:
                 logger.exception("could not record source states")
+
+    async def _record_graces(self) -> None:
+        """Record by the wall clock what is left of each grace period under way, as this
+        process's monotonic clock counts it (call it holding `_lock`): a later start counts
+        from there (`store.grace_deadline`), so a clock step while the engine runs is not
+        carried over, and one while it is stopped lengthens nothing."""
+        store = self._store()
+        for rec in list(self.records.values()):
+            if not rec.in_grace():
+                continue
+            now, left = time.time(), rec.grace_left()
+            await self._db(store.record_grace, rec.source_id, left, now)
+            current = self.records.get(rec.source_id)
+            if current is not None and current.previous_secret_hash == rec.previous_secret_hash:
+                self.records[rec.source_id] = replace(
+                    current, previous_secret_expires_at=now + left, grace_checked_at=now
+                )
 
     async def _persist_states(self) -> None:
         """Record the sources' states that changed (call it holding `_lock`: no mutation

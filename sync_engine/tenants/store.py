@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS sources (
     secret_hash TEXT NOT NULL,
     previous_secret_hash TEXT,
     previous_secret_expires_at REAL,
+    grace_checked_at REAL,
     secret_rotated_at REAL,
     state TEXT NOT NULL DEFAULT 'connecting',
     last_error TEXT,
@@ -66,16 +67,23 @@ CREATE TABLE IF NOT EXISTS deleted_sources (
 """
 # Columns added since schema 2 (ALTER TABLE for an older store): `deleted_sources`'
 # in schema 3, `sources.secret_delivered` in schema 4 (older sources: delivered),
-# `sources.pending_secret` in schema 5.
+# `sources.pending_secret` in schema 5, `sources.grace_checked_at` in schema 6.
 _ADDED_COLUMNS = {
     "deleted_sources": {"database_url": "TEXT", "cleaned": "INTEGER NOT NULL DEFAULT 1"},
-    "sources": {"secret_delivered": "INTEGER NOT NULL DEFAULT 1", "pending_secret": "TEXT"},
+    "sources": {
+        "secret_delivered": "INTEGER NOT NULL DEFAULT 1",
+        "pending_secret": "TEXT",
+        "grace_checked_at": "REAL",
+    },
 }
-_VERSION = 5
+_VERSION = 6
 #: Older schemas a store may be used on as it is, when its upgrade cannot be written
-_OLDER = (3, 4)
+_OLDER = (3, 4, 5)
 BUSY_WAIT = 1.0
 _INSERT = {
+    6: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
+    " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at,"
+    " pending_secret) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?, ?)",
     5: "INSERT INTO sources (source_id, name, database_url, secret_hash, state, paused,"
     " secret_delivered, max_shapes, max_initial_syncs, created_at, updated_at,"
     " pending_secret) VALUES (?, ?, ?, ?, 'connecting', 0, 0, ?, ?, ?, ?, ?)",
@@ -88,7 +96,8 @@ _INSERT = {
 }
 _COLUMNS = (
     "source_id, name, database_url, secret_hash, previous_secret_hash,"
-    " previous_secret_expires_at, secret_rotated_at, state, last_error, last_error_at, paused,"
+    " previous_secret_expires_at, grace_checked_at, secret_rotated_at, state, last_error,"
+    " last_error_at, paused,"
     " secret_delivered, pending_secret, max_shapes,"
     " max_initial_syncs, created_at, updated_at"
 )
@@ -101,7 +110,16 @@ class SourceRecord:
     database_url: str = field(repr=False)
     secret_hash: str = field(repr=False)
     previous_secret_hash: str | None = field(default=None, repr=False)
+    #: When the previous secret stops working, by the wall clock: shown, and what a later
+    #: start counts from; not what this process checks (`previous_secret_deadline`).
     previous_secret_expires_at: float | None = None
+    #: Wall clock time when `previous_secret_expires_at` was last set from this process's
+    #: monotonic deadline (schema 6 on): a start counts the time since then, never less
+    #: than 0, so a clock set back while the engine was stopped does not lengthen a grace.
+    grace_checked_at: float | None = None
+    #: When the previous secret stops working, by `time.monotonic()` in this process
+    #: (computed when read from the store or rotated: see `grace_deadline`).
+    previous_secret_deadline: float | None = field(default=None, compare=False)
     secret_rotated_at: float | None = None
     state: str = "connecting"
     last_error: str | None = None
@@ -120,20 +138,65 @@ class SourceRecord:
     def redacted_url(self) -> str:
         return redact_url(self.database_url)
 
-    def valid_hashes(self, now: float) -> list[str]:
-        """The hashes a request's secret may match now: current, and previous in its grace."""
+    def valid_hashes(self, mono: float | None = None) -> list[str]:
+        """The hashes a request's secret may match at `mono` (`time.monotonic()`, default
+        now): current, and previous in its grace period. Monotonic: the wall clock stepped
+        (NTP, an operator) neither lengthens nor shortens a grace period under way."""
         hashes = [self.secret_hash]
-        if (
-            self.previous_secret_hash is not None
-            and self.previous_secret_expires_at is not None
-            and now < self.previous_secret_expires_at
-        ):
+        if self.in_grace(mono):
+            assert self.previous_secret_hash is not None
             hashes.append(self.previous_secret_hash)
         return hashes
 
+    def in_grace(self, mono: float | None = None) -> bool:
+        """Whether the previous secret still works at `mono` (default now)."""
+        mono = time.monotonic() if mono is None else mono
+        return (
+            self.previous_secret_hash is not None
+            and self.previous_secret_deadline is not None
+            and mono < self.previous_secret_deadline
+        )
+
+    def grace_left(self, mono: float | None = None) -> float:
+        """Seconds the previous secret still works (0 when it does not)."""
+        if self.previous_secret_deadline is None:
+            return 0.0
+        mono = time.monotonic() if mono is None else mono
+        return max(0.0, self.previous_secret_deadline - mono)
+
+
+def grace_deadline(
+    expires: float | None,
+    checked: float | None,
+    rotated: float | None,
+    *,
+    wall: float | None = None,
+    mono: float | None = None,
+) -> float | None:
+    """The monotonic deadline of a grace period stored by wall clock times.
+
+    A process's monotonic clock is the one a clock step does not move, but it does not
+    survive a restart; the wall clock does, but NTP or an operator may step it. So a
+    running engine checks grace periods by the monotonic clock only, and records by the
+    wall clock what is left (`previous_secret_expires_at`, re-anchored at `grace_checked_at`
+    every minute and when it stops). A start counts the time since that record by the wall
+    clock, never less than 0: a clock set back while the engine was stopped does not
+    lengthen a grace period; a clock set forward while it was stopped cannot be told from
+    time passing and shortens it."""
+    if expires is None:
+        return None
+    wall = time.time() if wall is None else wall
+    mono = time.monotonic() if mono is None else mono
+    anchor = checked if checked is not None else rotated if rotated is not None else wall
+    left = (expires - anchor) - max(0.0, wall - anchor)
+    return mono + left
+
 
 def _record(row: sqlite3.Row) -> SourceRecord:
+    expires, checked = row["previous_secret_expires_at"], row["grace_checked_at"]
     return SourceRecord(
+        grace_checked_at=checked,
+        previous_secret_deadline=grace_deadline(expires, checked, row["secret_rotated_at"]),
         source_id=row["source_id"],
         name=row["name"],
         database_url=row["database_url"],
@@ -294,6 +357,8 @@ class SourceStore:
     def _run_on_schema(self, schema: int) -> None:
         self._schema = schema
         columns = _COLUMNS
+        if schema < 6:
+            columns = columns.replace("grace_checked_at", "NULL AS grace_checked_at")
         if schema < 5:
             columns = columns.replace("pending_secret", "NULL AS pending_secret")
         if schema < 4:
@@ -400,7 +465,7 @@ class SourceStore:
             now,
         )
         if schema >= 5:
-            values += (rec.pending_secret,)
+            values += (rec.pending_secret,)  # (the last column of schemas 5 and 6)
         try:
             self._db.execute(_INSERT[schema], values)
         except sqlite3.IntegrityError:
@@ -415,15 +480,19 @@ class SourceStore:
         answered with it (it is a 409)."""
         self._writable()
         now = time.time() if now is None else now
+        mono = time.monotonic()
         current = self.get(source_id)
-        previous, expires = (
-            (current.secret_hash, now + grace_seconds) if grace_seconds > 0 else (None, None)
+        previous, expires, deadline = (
+            (current.secret_hash, now + grace_seconds, mono + grace_seconds)
+            if grace_seconds > 0
+            else (None, None, None)
         )
         pending = ", pending_secret = NULL" if self._schema >= 5 else ""
+        checked = ", grace_checked_at = NULL" if self._schema >= 6 else ""
         self._db.execute(
             "UPDATE sources SET secret_hash = ?, previous_secret_hash = ?,"  # noqa: S608
             f" previous_secret_expires_at = ?, secret_rotated_at = ?, updated_at = ?{pending}"
-            " WHERE source_id = ?",
+            f"{checked} WHERE source_id = ?",
             (new_hash, previous, expires, now, now, source_id),
         )
         return replace(
@@ -431,9 +500,24 @@ class SourceStore:
             secret_hash=new_hash,
             previous_secret_hash=previous,
             previous_secret_expires_at=expires,
+            grace_checked_at=None,
+            previous_secret_deadline=deadline,
             secret_rotated_at=now,
             updated_at=now,
             pending_secret=None,
+        )
+
+    def record_grace(self, source_id: str, left: float, now: float | None = None) -> None:
+        """Record that the previous secret of the source works `left` seconds more, as of
+        `now` (wall clock): what a later start counts from (`grace_deadline`)."""
+        if self._schema < 6:
+            return
+        self._writable()
+        now = time.time() if now is None else now
+        self._db.execute(
+            "UPDATE sources SET previous_secret_expires_at = ?, grace_checked_at = ?"
+            " WHERE source_id = ? AND previous_secret_hash IS NOT NULL",
+            (now + left, now, source_id),
         )
 
     def mark_delivered(self, source_id: str) -> None:

@@ -23,7 +23,7 @@
 
 import { after, before } from 'node:test'
 import { spawn, execFile, spawnSync } from 'node:child_process'
-import { chmodSync, closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -66,16 +66,132 @@ export const DISPLAY_SETTINGS =
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
-export function freePort() {
-  return new Promise((resolveP, reject) => {
+// Ports for the servers a test starts are drawn at random from PORT_BAND, outside Linux's
+// ephemeral range (32768-60999), and never handed out twice by this process. A port from
+// `listen(0)` is free when asked for, not when the server it is given binds it (a Python
+// process takes a second or more to start under load): meanwhile any other process's
+// `bind(0)` and any outgoing connection's local port may take it, and the server then exits
+// with "port ... is already in use" (the free-port race seen under load). Drawn from the band,
+// only another server drawing from it can take it, and a start that meets that anyway is
+// retried on a new port (`startWithRetry`); a restart on its own port waits for it.
+const PORT_BAND = [15000, 21000] // (hand-started servers use 21000-27999: TEAM.md)
+const handedOut = new Set()
+
+/** Whether nothing listens on 127.0.0.1:`port` now (a listen and close). */
+function portFree(port) {
+  return new Promise((resolveP) => {
     const srv = net.createServer()
     srv.unref()
-    srv.on('error', reject)
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address()
-      srv.close(() => resolveP(port))
-    })
+    srv.once('error', () => resolveP(false))
+    srv.listen(port, '127.0.0.1', () => srv.close(() => resolveP(true)))
   })
+}
+
+export async function freePort() {
+  const [low, high] = PORT_BAND
+  for (let i = 0; i < 500; i++) {
+    const port = low + Math.floor(Math.random() * (high - low))
+    if (handedOut.has(port)) continue
+    handedOut.add(port)
+    if (await portFree(port)) return port
+  }
+  throw new Error(`no free port left in ${low}-${high}`)
+}
+
+/** Whether a server's output says it could not listen because its port was taken. */
+export const portTaken = (text) => /already in use|EADDRINUSE/i.test(text)
+
+/**
+ * Whether the socket listening on 127.0.0.1:`port` belongs to process `pid` or one of its
+ * descendants (Linux /proc; true where /proc cannot tell). A server that has not bound its
+ * port yet must not be taken for healthy because another server answers on that port.
+ */
+export function ownsListener(pid, port) {
+  let inodes
+  try {
+    const hex = port.toString(16).toUpperCase().padStart(4, '0')
+    inodes = new Set(
+      ['/proc/net/tcp', '/proc/net/tcp6']
+        .flatMap((f) => { try { return readFileSync(f, 'utf8').split('\n').slice(1) } catch { return [] } })
+        .map((l) => l.trim().split(/\s+/))
+        .filter((c) => c.length > 9 && c[1].endsWith(`:${hex}`) && c[3] === '0A')
+        .map((c) => `socket:[${c[9]}]`),
+    )
+  } catch {
+    return true
+  }
+  if (inodes.size === 0) return false
+  const pids = [pid]
+  for (let i = 0; i < pids.length && i < 64; i++) {
+    try {
+      for (const fd of readdirSync(`/proc/${pids[i]}/fd`)) {
+        try {
+          if (inodes.has(readlinkSync(`/proc/${pids[i]}/fd/${fd}`))) return true
+        } catch {}
+      }
+      for (const task of readdirSync(`/proc/${pids[i]}/task`)) {
+        const kids = readFileSync(`/proc/${pids[i]}/task/${task}/children`, 'utf8').trim()
+        if (kids) pids.push(...kids.split(/\s+/).map(Number))
+      }
+    } catch {
+      if (i === 0) return true // (no /proc here: cannot tell)
+    }
+  }
+  return false
+}
+
+/**
+ * Wait until `healthUrl` answers 200 from the process `p` ({ child, exited, out }) itself,
+ * not from another server on its port (`ownsListener`). Fails at once if it exits: with a
+ * `portTaken` error if its output says its port was taken (`startWithRetry` tries another).
+ */
+async function untilHealthy(p, healthUrl, port, what, logTail, timeout = 30_000) {
+  const deadline = Date.now() + timeout
+  let last = ''
+  for (;;) {
+    if (p.exited) {
+      if (portTaken(p.out)) throw portTakenError(what, port, logTail())
+      throw new Error(`${what} exited early: ${JSON.stringify(p.exited)}\n${logTail()}`)
+    }
+    try {
+      const res = await fetch(healthUrl, { signal: AbortSignal.timeout(2_000) })
+      await res.arrayBuffer()
+      last = `status ${res.status}`
+      if (res.status === 200) {
+        if (ownsListener(p.child.pid, port)) return
+        last = 'another server answers on its port'
+      }
+    } catch (e) {
+      last = String(e)
+    }
+    if (Date.now() > deadline) {
+      throw new Error(`timed out after ${timeout} ms waiting for ${what} ${healthUrl} 200 (${last})\n${logTail()}`)
+    }
+    await sleep(100)
+  }
+}
+
+/** An error meaning "the port was taken before the server bound it" (`startWithRetry`). */
+function portTakenError(what, port, tail) {
+  const e = new Error(`${what}: port ${port} was taken before it bound it\n${tail}`)
+  e.portTaken = true
+  return e
+}
+
+/**
+ * `start(port)` on a free port, again on a new one (up to `attempts` times) when it fails
+ * because the port was taken meanwhile (`isTaken(error)`); returns start's result.
+ */
+export async function startWithRetry(start, isTaken, { attempts = 5 } = {}) {
+  for (let attempt = 1; ; attempt++) {
+    const port = await freePort()
+    try {
+      return await start(port)
+    } catch (e) {
+      if (attempt >= attempts || !isTaken(e)) throw e
+      debug(`port ${port} was taken before the server bound it; retrying on another`)
+    }
+  }
 }
 
 /** Run a command with a hard timeout; resolves {stdout, stderr}, rejects on failure. */
@@ -189,20 +305,38 @@ function installExitHook() {
 
 export async function startCluster() {
   installExitHook()
-  const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-pg-'))
-  const port = await freePort()
-  liveClusters.add(dir)
-  let stdout
-  try {
-    ;({ stdout } = await run(DEV_POSTGRES, ['start', dir, String(port)], { timeout: 90_000 }))
-  } catch (e) {
-    await stopCluster(dir)
-    throw e
+  return startWithRetry(async (port) => {
+    const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-pg-'))
+    liveClusters.add(dir)
+    let stdout
+    try {
+      ;({ stdout } = await run(DEV_POSTGRES, ['start', dir, String(port)], { timeout: 90_000 }))
+    } catch (e) {
+      await stopCluster(dir)
+      throw e
+    }
+    const line = stdout.split('\n').find((l) => l.startsWith('DATABASE_URL='))
+    if (!line) throw new Error(`dev-postgres printed no DATABASE_URL:\n${stdout}`)
+    const url = line.slice('DATABASE_URL='.length).trim()
+    return { dir, port, url, stop: () => stopCluster(dir) }
+  }, (e) => portTaken(e.message))
+}
+
+/**
+ * `start()` again while it fails because its (fixed) port is taken, for up to `timeoutMs`:
+ * a restart keeps its port (clients hold URLs with it), and another server may hold it a
+ * moment (one whose own start is about to fail on it, then move on).
+ */
+async function onOwnPort(start, isTaken, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try {
+      return await start()
+    } catch (e) {
+      if (Date.now() > deadline || !isTaken(e)) throw e
+      await sleep(250)
+    }
   }
-  const line = stdout.split('\n').find((l) => l.startsWith('DATABASE_URL='))
-  if (!line) throw new Error(`dev-postgres printed no DATABASE_URL:\n${stdout}`)
-  const url = line.slice('DATABASE_URL='.length).trim()
-  return { dir, port, url, stop: () => stopCluster(dir) }
 }
 
 /** The directory of the Postgres server binaries scripts/dev-postgres uses (same search). */
@@ -225,7 +359,10 @@ export async function restartCluster(dir, port, mode = 'fast') {
   const pgCtl = join(pgBinDir(), 'pg_ctl')
   const asPg = process.getuid?.() === 0 ? ['runuser', ['-u', 'postgres', '--', pgCtl]] : [pgCtl, []]
   await run(asPg[0], [...asPg[1], '-D', join(dir, 'data'), '-m', mode, '-w', 'stop'], { timeout: 60_000 })
-  await run(DEV_POSTGRES, ['start', dir, String(port)], { timeout: 90_000 })
+  await onOwnPort(
+    () => run(DEV_POSTGRES, ['start', dir, String(port)], { timeout: 90_000 }),
+    (e) => portTaken(e.message),
+  )
 }
 
 async function stopCluster(dir) {
@@ -285,8 +422,8 @@ export async function psqlRows(url, query, opts) {
 export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
   installExitHook()
   const dataDir = mkdtempSync(join(tmpdir(), 'shapegate-node-engine-'))
-  const port = await freePort()
-  const args = [
+  let port = 0 // (chosen by startWithRetry; kept across restarts)
+  const args = () => [
     '-m', 'sync_engine',
     '--database-url', databaseUrl,
     '--port', String(port),
@@ -299,14 +436,18 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
     log += chunk.toString()
     if (log.length > 200_000) log = log.slice(-100_000)
   }
-  let proc = null // { child, exitP, exited }
+  let proc = null // { child, exitP, exited, out }
 
   function spawnProcess() {
-    const child = spawn(PYTHON, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn(PYTHON, args(), { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
     liveEngines.add(child)
-    child.stdout.on('data', append)
-    child.stderr.on('data', append)
-    const p = { child, exited: null }
+    const p = { child, exited: null, out: '' }
+    const collect = (chunk) => {
+      append(chunk)
+      if (p.out.length < 20_000) p.out += chunk.toString()
+    }
+    child.stdout.on('data', collect)
+    child.stderr.on('data', collect)
     p.exitP = new Promise((r) =>
       child.on('exit', (code, signal) => {
         p.exited = { code, signal }
@@ -327,29 +468,29 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
     }
   }
 
-  const baseUrl = `http://127.0.0.1:${port}`
+  const baseUrl = () => `http://127.0.0.1:${port}`
 
-  async function waitHealthy() {
+  /** Spawn it and wait for it to be healthy (`untilHealthy`). */
+  async function spawnHealthy() {
+    spawnProcess()
     try {
-      await waitFor(
-        async () => {
-          if (proc.exited) throw new Error(`engine exited early: ${JSON.stringify(proc.exited)}`)
-          const res = await fetch(`${baseUrl}/v1/health`, { signal: AbortSignal.timeout(2_000) })
-          await res.arrayBuffer()
-          return res.status === 200
-        },
-        { timeout: 30_000, interval: 100, message: 'engine /v1/health 200', details: () => engine.logTail() },
-      )
+      await untilHealthy(proc, `${baseUrl()}/v1/health`, port, 'engine', () => engine.logTail())
     } catch (e) {
-      await engine.stop()
+      await kill(500)
       throw e
     }
   }
 
   const engine = {
-    port,
-    baseUrl,
-    shapeUrl: `${baseUrl}/v1/shape`,
+    get port() {
+      return port
+    },
+    get baseUrl() {
+      return baseUrl()
+    },
+    get shapeUrl() {
+      return `${baseUrl()}/v1/shape`
+    },
     dataDir,
     log: () => log,
     logTail: (n = 4000) => `--- engine log (tail) ---\n${log.slice(-n)}`,
@@ -371,12 +512,16 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
     /** The second half of `restart`: same port, same data dir; returns once healthy. */
     async up() {
       append('\n[harness] restarting engine\n')
-      spawnProcess()
-      await waitHealthy()
+      try {
+        await onOwnPort(spawnHealthy, (e) => e.portTaken)
+      } catch (e) {
+        await engine.stop()
+        throw e
+      }
     },
     /** Live requests (long-polls, SSE streams) the engine holds: its /metrics gauge. */
     async parked() {
-      const res = await fetch(`${baseUrl}/metrics`, { signal: AbortSignal.timeout(5_000) })
+      const res = await fetch(`${baseUrl()}/metrics`, { signal: AbortSignal.timeout(5_000) })
       const text = await res.text()
       const line = text.split('\n').find((l) => l.startsWith('sync_engine_parked_requests '))
       if (res.status !== 200 || !line) throw new Error(`engine /metrics: ${res.status} ${text}`)
@@ -389,8 +534,15 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
       rmSync(dataDir, { recursive: true, force: true })
     },
   }
-  spawnProcess()
-  await waitHealthy()
+  try {
+    await startWithRetry(async (p) => {
+      port = p
+      await spawnHealthy()
+    }, (e) => e.portTaken)
+  } catch (e) {
+    await engine.stop()
+    throw e
+  }
   return engine
 }
 
@@ -421,13 +573,13 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
     ]))
   }
   writeFileSync(configPath, stdout)
-  const port = await freePort()
+  let port = 0 // (chosen by startWithRetry; kept across restarts)
   let log = ''
   const append = (chunk) => {
     log += chunk.toString()
     if (log.length > 200_000) log = log.slice(-100_000)
   }
-  let proc = null // { child, exitP, exited }
+  let proc = null // { child, exitP, exited, out }
   function spawnProcess() {
     const child = spawn(
       PYTHON,
@@ -435,9 +587,13 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
       { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     )
     liveEngines.add(child)
-    child.stdout.on('data', append)
-    child.stderr.on('data', append)
-    const p = { child, exited: null }
+    const p = { child, exited: null, out: '' }
+    const collect = (chunk) => {
+      append(chunk)
+      if (p.out.length < 20_000) p.out += chunk.toString()
+    }
+    child.stdout.on('data', collect)
+    child.stderr.on('data', collect)
     p.exitP = new Promise((r) =>
       child.on('exit', (code, signal) => {
         p.exited = { code, signal }
@@ -448,22 +604,35 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
     )
     proc = p
   }
-  const baseUrl = `http://127.0.0.1:${port}`
-  async function waitHealthy() {
-    await waitFor(
-      async () => {
-        if (proc.exited) throw new Error(`proxy exited early: ${JSON.stringify(proc.exited)}`)
-        const res = await fetch(`${baseUrl}/healthz`, { signal: AbortSignal.timeout(2_000) })
-        await res.arrayBuffer()
-        return res.status === 200
-      },
-      { timeout: 30_000, interval: 100, message: 'proxy /healthz 200', details: () => proxy.logTail() },
-    )
+  const baseUrl = () => `http://127.0.0.1:${port}`
+  async function halt() {
+    if (proc && !proc.exited) {
+      proc.child.kill('SIGTERM')
+      if (!(await settlesWithin(proc.exitP, 3_000))) {
+        proc.child.kill('SIGKILL')
+        await settlesWithin(proc.exitP, 5_000)
+      }
+    }
+  }
+  async function spawnHealthy() {
+    spawnProcess()
+    try {
+      await untilHealthy(proc, `${baseUrl()}/healthz`, port, 'proxy', () => proxy.logTail())
+    } catch (e) {
+      await halt()
+      throw e
+    }
   }
   const proxy = {
-    port,
-    baseUrl,
-    shapeUrl: `${baseUrl}/v1/shape`,
+    get port() {
+      return port
+    },
+    get baseUrl() {
+      return baseUrl()
+    },
+    get shapeUrl() {
+      return `${baseUrl()}/v1/shape`
+    },
     logTail: (n = 3000) => `--- proxy log (tail) ---\n${log.slice(-n)}`,
     /** SIGKILL, as a crash. The process has exited when this returns. */
     async kill() {
@@ -474,23 +643,18 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
     /** Start it again after `kill`: same port, same config; returns once healthy. */
     async up() {
       append('\n[harness] restarting proxy\n')
-      spawnProcess()
-      await waitHealthy()
+      await onOwnPort(spawnHealthy, (e) => e.portTaken)
     },
     async stop() {
-      if (proc && !proc.exited) {
-        proc.child.kill('SIGTERM')
-        if (!(await settlesWithin(proc.exitP, 3_000))) {
-          proc.child.kill('SIGKILL')
-          await settlesWithin(proc.exitP, 5_000)
-        }
-      }
+      await halt()
       rmSync(dir, { recursive: true, force: true })
     },
   }
-  spawnProcess()
   try {
-    await waitHealthy()
+    await startWithRetry(async (p) => {
+      port = p
+      await spawnHealthy()
+    }, (e) => e.portTaken)
   } catch (e) {
     await proxy.stop()
     throw e
@@ -507,10 +671,13 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
  */
 export async function startNginx(upstreamBaseUrl) {
   installExitHook()
+  return startWithRetry((port) => startNginxOn(upstreamBaseUrl, port), (e) => e.portTaken)
+}
+
+async function startNginxOn(upstreamBaseUrl, port) {
   // Not 0700: started as root, nginx's workers run as nobody and need the directory.
   const dir = mkdtempSync(join(tmpdir(), 'shapegate-node-nginx-'))
   chmodSync(dir, 0o755)
-  const port = await freePort()
   const upstream = new URL(upstreamBaseUrl).host
   // Its output to a file: nginx opens /dev/stdout for its access log, which fails on a pipe.
   const logPath = join(dir, 'nginx.out')
@@ -523,10 +690,23 @@ export async function startNginx(upstreamBaseUrl) {
   )
   closeSync(out)
   liveEngines.add(child)
-  let exited = null
+  const readLog = () => {
+    try {
+      return readFileSync(logPath, 'utf8')
+    } catch {
+      return ''
+    }
+  }
+  const proc = {
+    child,
+    exited: null,
+    get out() {
+      return readLog()
+    },
+  }
   const exitP = new Promise((r) =>
     child.on('exit', (code, signal) => {
-      exited = { code, signal }
+      proc.exited = { code, signal }
       liveEngines.delete(child)
       r()
     }),
@@ -536,15 +716,9 @@ export async function startNginx(upstreamBaseUrl) {
     port,
     baseUrl,
     shapeUrl: `${baseUrl}/v1/shape`,
-    logTail: (n = 3000) => {
-      let log = ''
-      try {
-        log = readFileSync(logPath, 'utf8')
-      } catch {}
-      return `--- nginx (tail) ---\n${log.slice(-n)}`
-    },
+    logTail: (n = 3000) => `--- nginx (tail) ---\n${readLog().slice(-n)}`,
     async stop() {
-      if (!exited) {
+      if (!proc.exited) {
         child.kill('SIGTERM')
         if (!(await settlesWithin(exitP, 5_000))) {
           child.kill('SIGKILL')
@@ -555,15 +729,7 @@ export async function startNginx(upstreamBaseUrl) {
     },
   }
   try {
-    await waitFor(
-      async () => {
-        if (exited) throw new Error(`nginx exited early: ${JSON.stringify(exited)}`)
-        const res = await fetch(`${baseUrl}/v1/health`, { signal: AbortSignal.timeout(2_000) })
-        await res.arrayBuffer()
-        return res.status === 200
-      },
-      { timeout: 30_000, interval: 100, message: 'nginx /v1/health 200', details: () => nginx.logTail() },
-    )
+    await untilHealthy(proc, `${baseUrl}/v1/health`, port, 'nginx', () => nginx.logTail())
   } catch (e) {
     await nginx.stop()
     throw e

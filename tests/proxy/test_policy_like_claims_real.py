@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from proxy.config.loader import build_config
+from proxy.config.loader import ConfigError, build_config
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 
@@ -114,3 +114,26 @@ def test_an_escaped_claim_matches_itself_only_in_postgres_and_in_the_engine(db_u
                     for text in [claim, *near]:
                         assert like(text, pattern) == (text == claim), (claim, text)
                         assert ilike(text, pattern) == (text.lower() == claim.lower())
+
+
+async def test_a_case_folded_claim_keeps_its_escape_character(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`email LIKE lower({{email}}) ESCAPE 'A'`: the claim `%` was bound as `A%`, which
+    `lower` made `a%`, a wildcard after the letter a: every `a...` address (`a_c@x.org`,
+    `abc@x.org`). A case-folded claim's escape must be punctuation, which case folding neither
+    changes nor makes: a letter is a load error. With `ESCAPE '!'` the claim is a literal."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["shapes"] = {}
+    for escape in ("A", "!"):
+        where = "email LIKE lower({{email}}) ESCAPE '" + escape + "'"
+        config["tables"] = {"people": {"allow": [{"where": where}]}}
+        try:
+            loaded = build_config(config, environ)
+        except ConfigError as exc:
+            assert escape == "A" and "write ESCAPE with a punctuation character" in str(exc)
+            continue
+        proxy = await make_proxy(loaded)
+        assert (await _rows(proxy, "people", proxy.tokens.make(email="%")))[0] == []
+        mine = proxy.tokens.make(email="A_C@X.ORG")
+        assert (await _rows(proxy, "people", mine))[0] == ["mine"]

@@ -138,10 +138,11 @@ def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
     assert "s3cr3t" not in repr(rec) and "h1" not in repr(rec)
     with pytest.raises(DuplicateName):
         reg.create("SHOP", URL, "h2")
-    now = time.time()
-    rotated = reg.rotate_secret(rec.source_id, "h2", 60, now=now)
-    assert rotated.valid_hashes(now) == ["h2", "h1"]
+    rotated = reg.rotate_secret(rec.source_id, "h2", 60)
+    now = time.monotonic()  # (grace periods are checked by the monotonic clock)
+    assert rotated.valid_hashes(now) == ["h2", "h1"] == rotated.valid_hashes()
     assert rotated.valid_hashes(now + 61) == ["h2"]
+    assert reg.get(rec.source_id).valid_hashes(now + 59) == ["h2", "h1"]
     reg.set_state(rec.source_id, "error", "wal_level is replica")
     reg.set_state(rec.source_id, "active", None)
     reg.set_paused(rec.source_id, True)
@@ -290,8 +291,8 @@ async def test_auth_checks(tmp_path: Path) -> None:
     assert not await auth.check(rec, None)
     assert not await auth.check(rec, "")
     assert not await auth.check(None, secret)  # unknown source, same answer
-    now = time.time()
-    rotated = reg.rotate_secret(rec.source_id, hash_secret(other), 10, now=now)
+    rotated = reg.rotate_secret(rec.source_id, hash_secret(other), 10)
+    now = time.monotonic()
     assert await auth.check(rotated, other, now=now)
     assert await auth.check(rotated, secret, now=now)  # grace period
     assert not await auth.check(rotated, secret, now=now + 11)  # remembered but expired
