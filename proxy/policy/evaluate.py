@@ -311,6 +311,21 @@ def _shows_at_least(rule: CompiledRule, other: CompiledRule) -> bool:
     return rows and columns
 
 
+def _listings(policy: CompiledPolicy, table: CompiledTable) -> list[list[CompiledTable]]:
+    """What the policy lists besides the pattern `table`, grouped by what a caller may see
+    of one table: a listed table's rules and the named shapes on it are one group (a caller
+    may see of it what the most open of them shows); so are the named shapes on a table not
+    under `tables:` with the patterns that serve that table itself (this one too: through it,
+    the table is open already). Every other pattern is a group of its own."""
+    groups: dict[tuple[str, str], list[CompiledTable]] = {}
+    for listed in (*policy.tables.values(), *policy.shapes.values()):
+        groups.setdefault(listed.key, []).append(listed)
+    for key, group in groups.items():
+        if key not in policy.tables:
+            group.extend(p for p in policy.patterns if p.pattern.matches(key))
+    return [*groups.values(), *([other] for other in policy.patterns if other is not table)]
+
+
 def _refuse_unsafe_pattern(
     policy: CompiledPolicy,
     table: CompiledTable,
@@ -322,19 +337,14 @@ def _refuse_unsafe_pattern(
     """A table reached only through a pattern (`public.*`) could be a partition or an
     inheritance child (or parent) of a listed table: its rows are that table's rows. The proxy
     has no catalog to tell, so it serves the pattern's rule only when every other listed table
-    and pattern shows these claims at least as much (fail closed): else one whose rule filters
-    rows, hides columns or refuses this caller could be read around by naming its partition.
-    A table listed by name gets its own rule (the operator says what it is)."""
+    (by its rules or a named shape on it) and pattern shows these claims at least as much
+    (fail closed): else one whose rules filter rows, hide columns or refuse this caller could
+    be read around by naming its partition. A table listed by name gets its own rule (the
+    operator says what it is)."""
     if table.pattern.exact:
         return
-    for other in (*policy.tables.values(), *policy.patterns):
-        if other is table:
-            continue
-        try:
-            other_rule = _select_rule(other, claims, anonymous=anonymous)
-        except (Forbidden, Unauthenticated):
-            other_rule = None
-        if other_rule is None or not _shows_at_least(other_rule, rule):
+    for group in _listings(policy, table):
+        if not any(_shows_caller(other, rule, claims, anonymous=anonymous) for other in group):
             raise Forbidden(
                 "pattern_not_safe",
                 "this table is reached only through a table pattern, and the policy shows this "
@@ -344,21 +354,35 @@ def _refuse_unsafe_pattern(
             )
 
 
+def _shows_caller(
+    other: CompiledTable, rule: CompiledRule, claims: Claims, *, anonymous: bool
+) -> bool:
+    """`other` serves these claims, with a rule that shows at least what `rule` shows."""
+    try:
+        other_rule = _select_rule(other, claims, anonymous=anonymous)
+    except (Forbidden, Unauthenticated):
+        return False
+    return _shows_at_least(other_rule, rule)
+
+
 def _pattern_shared(policy: CompiledPolicy, table: CompiledTable) -> bool:
     """Whether `_refuse_unsafe_pattern` lets every caller through, so that a served answer
-    may be shared: every other listed table and pattern shows everyone, without a deny rule,
-    at least what this pattern shows. Else some caller is refused what another is served,
-    and a shared cache in front of the proxy must not hand the answer to the first."""
+    may be shared: every other listed table (or a named shape on it) and pattern shows
+    everyone, without a deny rule, at least what this pattern shows. Else some caller is
+    refused what another is served, and a shared cache in front of the proxy must not hand
+    the answer to the first."""
     if table.pattern.exact:
         return True
     rule = table.allow[0]
-    for other in (*policy.tables.values(), *policy.patterns):
-        if other is table:
-            continue
-        first = other.allow[0]
-        if other.deny or not first.caller_independent or not _shows_at_least(first, rule):
-            return False
-    return True
+    return all(
+        any(
+            not other.deny
+            and other.allow[0].caller_independent
+            and _shows_at_least(other.allow[0], rule)
+            for other in group
+        )
+        for group in _listings(policy, table)
+    )
 
 
 def _find_table(

@@ -249,8 +249,12 @@ def _checked(
             m = SUBSET_PARAM_KEY.match(k)
             if m and kept[k] == i:
                 subset_params[m.group(1)] = v
-    if "params" in query:
-        raise InvalidRequest({"params": ["must be given as params[1]=value&params[2]=..."]})
+    bare = last(query, "params")
+    if bare is not None and bare.strip():
+        # `params=...` is one string where Electric's `params` field is a map
+        # (`{:map, :string}`): Ecto's cast fails with its own words, "is invalid". An empty
+        # (or blank) value is Ecto's empty value: the field keeps its default, no params.
+        raise InvalidRequest({"params": ["is invalid"]})
     return q, has_subset
 
 

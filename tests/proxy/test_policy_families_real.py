@@ -39,6 +39,12 @@ def engine(start_engine: Any) -> EngineProcess:
         "INSERT INTO notes_archive VALUES (2, 'u-2', 'someone else''s archived note')",
         "CREATE TABLE posts (id int PRIMARY KEY, title text)",
         "INSERT INTO posts VALUES (1, 'hello')",
+        "CREATE SCHEMA archive",
+        "CREATE TABLE events (id int, org_id text NOT NULL, body text, PRIMARY KEY (id, org_id))"
+        " PARTITION BY LIST (org_id)",
+        "CREATE TABLE archive.events_a PARTITION OF events FOR VALUES IN ('org-a')",
+        "CREATE TABLE archive.events_b PARTITION OF events FOR VALUES IN ('org-b')",
+        "INSERT INTO events VALUES (1, 'org-a', 'our event'), (2, 'org-b', 'their event')",
     )
 
 
@@ -81,3 +87,33 @@ async def test_a_pattern_does_not_serve_a_partition_or_child_of_a_stricter_table
     reply = await proxy.get("/v1/shape?table=items_b&offset=-1", token=admin)
     assert reply.status == 200, reply.body
     assert "theirs" in json.dumps(reply.json())
+
+
+async def test_a_pattern_does_not_serve_a_partition_of_a_table_only_a_named_shape_lists(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`events` is served only as the named shape `my-events` (a member's org's rows); its
+    partitions live in schema `archive`, which `archive.*` opens to every member. The check
+    looked at `tables:` only: `archive.events_b` handed a member of org-a every org-b event
+    (failed on the old code). A named shape lists its table too: a caller may see of it what
+    its most open listing shows, and when that is all of it the pattern serves as before."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["tables"] = {"archive.*": {"allow": [{"name": "archive", "all_rows": True}]}}
+    shape = {"table": "events", "allow": [{"where": "org_id = {{org_id}}"}]}
+    config["shapes"] = {"my-events": shape}
+    proxy = await make_proxy(build_config(config, environ))
+    member = proxy.tokens.make(sub="u-1", role="member", org_id="org-a")
+    for table in ("archive.events_b", "archive.events_a"):
+        reply = await proxy.get(f"/v1/shape?table={table}&offset=-1", token=member)
+        assert b"their event" not in reply.body
+        assert (reply.status, reply.json()["code"]) == (403, "pattern_not_safe"), reply.body
+    reply = await proxy.get("/shapes/my-events?offset=-1", token=member)
+    assert [m["value"]["body"] for m in reply.json() if "value" in m] == ["our event"]
+
+    # A named shape showing the whole table (beside a filtered one): the pattern serves.
+    config["shapes"]["all-events"] = {"table": "events", "allow": [{"all_rows": True}]}
+    proxy = await make_proxy(build_config(config, environ))
+    reply = await proxy.get("/v1/shape?table=archive.events_b&offset=-1", token=member)
+    assert reply.status == 200, reply.body
+    assert [m["value"]["body"] for m in reply.json() if "value" in m] == ["their event"]

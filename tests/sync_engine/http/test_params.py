@@ -259,12 +259,26 @@ def test_bad_enum_params(params: dict[str, str]) -> None:
         pytest.param({"params[a]": "1"}, "numbers", id="non-numeric-key"),
         pytest.param({"params[]": "1"}, "numbers", id="empty-key"),
         pytest.param({"params[-1]": "1"}, "numbers", id="negative-key"),
-        pytest.param({"params": '{"1": "1"}'}, "params[1]=value", id="json-params"),
     ],
 )
 def test_bad_params(params: dict[str, str], fragment: str) -> None:
     errors = refused({"table": "items", "offset": "-1", "where": "n > $1", **params})
     assert list(errors) == ["params"] and fragment in errors["params"][0], errors
+
+
+@pytest.mark.parametrize("value", ['{"1": "1"}', "x", "1"], ids=["json", "word", "digit"])
+def test_a_bare_params_string_is_invalid_in_electrics_words(value: str) -> None:
+    """Electric's `params` field is a map (`field(:params, {:map, :string})` in
+    Api.Params): a string does not cast, and Ecto says "is invalid"."""
+    errors = refused({"table": "items", "offset": "-1", "where": "n > $1", "params": value})
+    assert errors == {"params": ["is invalid"]}
+
+
+@pytest.mark.parametrize("value", ["", " "], ids=["empty", "blank"])
+def test_an_empty_params_is_no_params(value: str) -> None:
+    """Ecto treats an empty (or blank) value as absent: the field keeps its default `%{}`."""
+    req = parse({"table": "items", "offset": "-1", "params": value})
+    assert dict(req.shape.params) == {}
 
 
 def test_params_numbered_with_leading_zeros_are_normalised() -> None:
