@@ -392,7 +392,9 @@ def _comparable(status: int, headers: Any, body: bytes, method: str, query: str 
         answer = _rows(body)
         if BYTES:
             # (a subset's `snapshot_mark` is drawn at random per request, as Electric's)
-            answer = (answer, re.sub(rb'"snapshot_mark":\d+', b'"snapshot_mark":0', body))
+            # (rows, controls, body: the rows first still)
+            body = re.sub(rb'"snapshot_mark":\d+', b'"snapshot_mark":0', body)
+            answer = (*answer, body) if isinstance(answer, tuple) else (answer, body)
     return status, answer, seen
 
 
