@@ -245,6 +245,46 @@ def build_parser() -> argparse.ArgumentParser:
         " before it is reconnected (default 30). Env: SYNC_ENGINE_REPLICATION_TIMEOUT",
     )
     p.add_argument(
+        "--catalog-timeout",
+        type=positive_number,
+        default=_num(
+            "CATALOG_TIMEOUT",
+            positive_number,
+            "a positive number of seconds",
+            "--catalog-timeout",
+            5.0,
+        ),
+        help="seconds a catalog query (a new shape's table look-up, an existing shape's"
+        " check that its table is still there) may take before the request gets a 503: a"
+        " Postgres that is stopped or behind a network partition answers nothing"
+        " (default 5). Env: SYNC_ENGINE_CATALOG_TIMEOUT",
+    )
+    p.add_argument(
+        "--probe-timeout",
+        type=positive_number,
+        default=_num(
+            "PROBE_TIMEOUT", positive_number, "a positive number of seconds", "--probe-timeout", 5.0
+        ),
+        help="seconds a new connection may take to answer SELECT 1 when a request's snapshot"
+        " is slow to come, before the request gets a 503 (default 5)."
+        " Env: SYNC_ENGINE_PROBE_TIMEOUT",
+    )
+    p.add_argument(
+        "--family-check-interval",
+        type=positive_number,
+        default=_num(
+            "FAMILY_CHECK_INTERVAL",
+            positive_number,
+            "a positive number of seconds",
+            "--family-check-interval",
+            2.0,
+        ),
+        help="seconds between looks at the partitions and inheritance children of tables"
+        " with shapes: a shape whose table gained rows by ATTACH PARTITION or INHERIT, or"
+        " lost some by DETACH, NO INHERIT or DROP, is retired and its clients refetch"
+        " (default 2). Env: SYNC_ENGINE_FAMILY_CHECK_INTERVAL",
+    )
+    p.add_argument(
         "--replication-stream-id",
         default=_env("REPLICATION_STREAM_ID", "default"),
         help="names the database-mode slot and publication (shapegate_slot_<id>,"
@@ -278,6 +318,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         public_url=args.public_url or None,
         replication_stream_id=args.replication_stream_id,
         replication_timeout=args.replication_timeout,
+        catalog_timeout=args.catalog_timeout,
+        probe_timeout=args.probe_timeout,
+        family_check_interval=args.family_check_interval,
     )
 
 

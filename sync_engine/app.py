@@ -152,6 +152,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
             paused.append(registry.problem)
         if paused:  # shape logs cannot be written (disk full): serving, not replicating
             body, status = {"status": "waiting", "message": paused[0]}, 503
+        warnings = [w for s in srcs.values() for w in s.warnings]
+        if warnings:  # serving correctly, but an operator should act (see Source.warnings)
+            body["warnings"] = warnings
         no_cache = {"cache-control": "no-cache, no-store, must-revalidate"}
         return json_response(status, body, no_cache)
 
@@ -202,6 +205,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
                     schema_check_interval=settings.schema_check_interval,
                     replication_timeout=settings.replication_timeout,
                     stream_id=settings.replication_stream_id,
+                    family_check_interval=settings.family_check_interval,
+                    catalog_timeout=settings.catalog_timeout,
+                    probe_timeout=settings.probe_timeout,
                 )
             )
         for s in srcs.values():

@@ -28,6 +28,15 @@ class Settings:
     # Seconds the replication stream may hear nothing from Postgres (not even an answer to
     # a keepalive it asked for) before it counts as lost and is reconnected.
     replication_timeout: float = 30.0
+    # Seconds a catalog query (a table look-up, a shape's "is the table still there") may
+    # take, and a new connection may take to answer `SELECT 1` (asked when a snapshot is
+    # slow to come), before the request gets a 503: a Postgres stopped or behind a network
+    # partition answers nothing and closes nothing.
+    catalog_timeout: float = 5.0
+    probe_timeout: float = 5.0
+    # Seconds between looks at the partitions and inheritance children of shaped tables
+    # (a shape whose table's family changed is retired: its clients refetch).
+    family_check_interval: float = 2.0
     # Names the database-mode slot and publication; slot names are per Postgres cluster.
     replication_stream_id: str = "default"
     # Registered sources (see sync_engine/tenants): limits per source, and the admin listener.

@@ -119,6 +119,9 @@ class SourceConfig:
     fsync: bool = True
     schema_check_interval: float = 10.0
     replication_timeout: float = 30.0  # see `Settings.replication_timeout`
+    family_check_interval: float = 2.0  # see `Settings.family_check_interval`
+    catalog_timeout: float = 5.0  # see `Settings.catalog_timeout`
+    probe_timeout: float = 5.0  # see `Settings.probe_timeout`
     # Names the slot and publication; the source id unless set (slot names are per cluster).
     stream_id: str | None = None
 
@@ -143,7 +146,13 @@ class Source:
         self.registry = ShapeRegistry(
             config.data_dir / "shapes", config.chunk_bytes, self.router, fsync=config.fsync
         )
-        self.tables = Tables(self.dsn, config.publication_name, self.registry)
+        self.tables = Tables(
+            self.dsn,
+            config.publication_name,
+            self.registry,
+            catalog_timeout=config.catalog_timeout,
+            probe_timeout=config.probe_timeout,
+        )
         self.zones = ZoneAgreement(self.tables.on_catalog)
         self.replicator = Replicator(
             self.dsn,
@@ -292,6 +301,10 @@ class Source:
             self.tables.check_schemas_forever(self.config.schema_check_interval)
         )
         self._tasks.add(checker)
+        families = asyncio.create_task(
+            self.tables.check_families_forever(self.config.family_check_interval)
+        )
+        self._tasks.add(families)
         await self.replicator.run()
 
     async def _prepare(self) -> None:
@@ -299,8 +312,9 @@ class Source:
         loaded = self.registry.load()
         for shape in loaded:
             await self._check_zones(shape)
-        # (partitions and inheritance children of their tables: routed to their shapes)
-        await self.tables.load_families({s.definition.table_oid for s in loaded})
+        # (partitions and inheritance children of their tables: routed to their shapes,
+        # and the shapes whose table's family changed while the engine was down retired)
+        await self.tables.check_families()
         if not await self._replace_slot_if_gone(publication_created=publication_created):
             await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
         self.state, self.error = SourceState.ACTIVE, None
@@ -461,6 +475,13 @@ class Source:
         return self.replicator.readable_lsn
 
     @property
+    def warnings(self) -> list[str]:
+        """What an operator should know while it serves correctly (shown by /v1/health):
+        shaped tables whose changes come without their old row (their where shapes refetch
+        on each update and delete)."""
+        return list(self.replicator.assembler.identity_warnings.values())
+
+    @property
     def write_error(self) -> str | None:
         """Why shape logs cannot be written (disk full): replication is paused meanwhile."""
         return self.replicator.write_error
@@ -548,6 +569,8 @@ class Source:
         async def create() -> Shape:
             await self.tables.publish(described.table)
             created = self.registry.create(described)
+            # (what its snapshot is consistent with: `Tables.check_families`)
+            created.family = self.tables.family(described.table.oid)
             self.snapshots.submit(created)
             return created
 

@@ -12,7 +12,7 @@ replication stream and the snapshot connections:
 - `answers`: whether Postgres answers at all (a request waiting for a snapshot that does
   not come asks, see `http/shape.py`), on a connection of its own.
 
-Each use of the catalog connection is bounded in time (`CATALOG_TIMEOUT`, longer for
+Each use of the catalog connection is bounded in time (`catalog_timeout`, longer for
 `publish`): a Postgres that stops answering without closing anything (its processes
 stopped, a network partition) must get requests a 503, not hold them (and, through the
 connection's lock, every request after them) until it wakes up. The connection of a call
@@ -35,16 +35,20 @@ from psycopg import AsyncConnection
 from .errors import InvalidRequest, ServiceUnavailable
 from .pg.catalog import TableInfo, load_table
 from .pg.publication import (
+    Descendant,
     PublicationError,
     add_table,
     ancestors_of,
+    born_in_family,
+    descendants_of,
     ensure_publication,
     make_identity_full,
+    prepare_descendants,
     publication_exists,
-    publish_descendants,
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
+from .shapes.shape import Shape
 from .single_flight import single_flight
 
 logger = logging.getLogger(__name__)
@@ -54,14 +58,15 @@ T = TypeVar("T")
 LOOKUP_TTL = 2.0
 #: Seconds a table's "still there" check (`Tables.still_there`) is trusted.
 TABLE_CHECK_TTL = 1.0
-#: Seconds a catalog query may take before a 503.
+#: Seconds a catalog query may take before a 503 (the default of `Settings.catalog_timeout`).
 CATALOG_TIMEOUT = 5.0
 #: Seconds a call may wait for the catalog connection (others' queries before it) before a
 #: 503: a storm of first requests for many tables queues there.
 QUEUE_TIMEOUT = 20.0
 #: Seconds `publish` may take: adding a table waits for locks and older transactions.
 PUBLISH_TIMEOUT = 30.0
-#: Seconds `answers` gives Postgres to accept a connection and answer `SELECT 1`.
+#: Seconds `answers` gives Postgres to accept a connection and answer `SELECT 1` (the
+#: default of `Settings.probe_timeout`).
 PROBE_TIMEOUT = 5.0
 #: Seconds an answer to that probe is trusted (requests waiting meanwhile share it).
 PROBE_TTL = 2.0
@@ -84,8 +89,20 @@ def stopping() -> ServiceUnavailable:
 
 
 class Tables:
-    def __init__(self, dsn: str, publication: str, registry: ShapeRegistry) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        publication: str,
+        registry: ShapeRegistry,
+        *,
+        catalog_timeout: float = CATALOG_TIMEOUT,
+        probe_timeout: float = PROBE_TIMEOUT,
+    ) -> None:
         self.dsn = dsn
+        #: Seconds a catalog query may take, and `answers` may wait for Postgres, before
+        #: the 503 (`Settings.catalog_timeout`, `Settings.probe_timeout`).
+        self.catalog_timeout = catalog_timeout
+        self.probe_timeout = probe_timeout
         self.publication = publication
         self.registry = registry
         self._conn: AsyncConnection[Any] | None = None
@@ -100,6 +117,16 @@ class Tables:
         self._answered_at = -PROBE_TTL  # (monotonic) when Postgres last answered `answers`
         self._closed = False
         self._work: asyncio.Future[Any] | None = None  # the work holding the connection
+        #: Published tables -> their descendants (partitions, inheritance children) as the
+        #: engine routes them (`ShapeRouter.set_families`); a new shape records its table's
+        #: (`Shape.family`), and `check_families` retires the shapes whose family changed.
+        self.families: dict[int, frozenset[int]] = {}
+        self._partitioned: set[int] = set()  # published tables that are partitioned
+        # Tables whose family moved since `check_families` last compared their shapes'.
+        self._unsettled: set[int] = set()
+        self._families_checked = False
+        #: Set to have `check_families_forever` look now (the stream met a new relation).
+        self.family_kick = asyncio.Event()
 
     async def close(self) -> None:
         """Close the catalog connection once the work on it is through: closed under a
@@ -148,11 +175,13 @@ class Tables:
     async def on_catalog(
         self,
         work: Callable[[AsyncConnection[Any]], Awaitable[T]],
-        timeout: float = CATALOG_TIMEOUT,
+        timeout: float | None = None,
     ) -> T:
         """`work` on the catalog connection; once more on a new one if that one had died
         (Postgres restarted since it was last used), else 503 Database is unreachable; 503
-        Database is not answering after `timeout`."""
+        Database is not answering after `timeout` (`catalog_timeout` unless given)."""
+        if timeout is None:
+            timeout = self.catalog_timeout
 
         async def attempts() -> T:
             for attempt in range(2):
@@ -205,7 +234,7 @@ class Tables:
             if not done:
                 self._give_up(task)
                 logger.warning(
-                    "the database did not answer a catalog query in %.0f s: answering 503",
+                    "the database did not answer a catalog query in %g s: answering 503",
                     timeout,
                 )
                 raise not_answering()
@@ -231,7 +260,7 @@ class Tables:
 
     async def answers(self) -> bool:
         """Whether Postgres accepts a connection and answers `SELECT 1` within
-        `PROBE_TIMEOUT`: False when it is stopped, behind a partition or refusing
+        `probe_timeout`: False when it is stopped, behind a partition or refusing
         connections (restarting). An error Postgres sends (too many clients, say) is an
         answer. Asked on a new connection, not the catalog's, which may be busy with a long
         `publish`; at most once per `PROBE_TTL` when it answers, and once at a time."""
@@ -242,9 +271,9 @@ class Tables:
     async def _probe(self) -> bool:
         conn: AsyncConnection[Any] | None = None
         try:
-            async with asyncio.timeout(PROBE_TIMEOUT):
+            async with asyncio.timeout(self.probe_timeout):
                 conn = await AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=int(PROBE_TIMEOUT)
+                    self.dsn, autocommit=True, connect_timeout=max(1, round(self.probe_timeout))
                 )
                 await conn.execute("SELECT 1")
             answered = True
@@ -260,7 +289,9 @@ class Tables:
         if answered:
             self._answered_at = time.monotonic()
         else:
-            logger.warning("the database did not answer a new connection in %.0f s", PROBE_TIMEOUT)
+            logger.warning(
+                "the database did not answer a new connection in %g s", self.probe_timeout
+            )
         return answered
 
     async def publication_exists(self) -> bool:
@@ -372,10 +403,14 @@ class Tables:
                 raise InvalidRequest({"table": [str(exc)]}) from None
             # its partitions and inheritance children: their changes come under their own
             # relations (routed to this table's shapes), each with the old row
-            if await publish_descendants(conn, self.publication, table.oid, self.registry.router):
+            descendants = await descendants_of(conn, [table.oid])
+            if await prepare_descendants(conn, self.publication, descendants):
                 added = True
             if added:
                 await wait_for_older_transactions(conn)
+            if table.kind == "p":
+                self._partitioned.add(table.oid)
+            self._set_families({table.oid: frozenset(d.oid for d in descendants)})
 
         # (a connection found dead, Postgres restarted since it was last used, is replaced
         # once: a 503 otherwise, never the 400 of a table that cannot be published)
@@ -383,27 +418,172 @@ class Tables:
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
 
-    async def load_families(self, oids: set[int]) -> None:
-        """`publish_descendants` of tables whose shapes were loaded from disk (at start)."""
-        for oid in sorted(oids):
+    def _set_families(self, families: dict[int, frozenset[int]]) -> None:
+        """Record these tables' descendants and route by what is known."""
+        for oid, family in families.items():
+            if self.families.get(oid) != family:
+                self._unsettled.add(oid)
+        self.families.update(families)
+        parents = {t for t, f in self.families.items() if f or t in self._partitioned}
+        self.registry.router.set_families(self.families, parents)
 
-            async def work(conn: AsyncConnection[Any], oid: int = oid) -> None:
-                await publish_descendants(conn, self.publication, oid, self.registry.router)
-
-            await self.on_catalog(work, PUBLISH_TIMEOUT)
+    def family(self, oid: int) -> frozenset[int] | None:
+        """The descendants of published table `oid` as routed now (what a new shape of it
+        is consistent with), None if unknown."""
+        return self.families.get(oid)
 
     async def find_ancestors(self, oid: int) -> None:
         """Route table `oid`'s changes to its ancestors' shapes too (`ShapeRouter.routes`):
         asked by the replicator for a relation the stream names for the first time while
-        shaped parents exist (a partition made after their shapes)."""
+        shaped parents exist (a partition made after their shapes), before it reads the
+        relation's changes. The family check is asked to look at once (a partition attached
+        with rows needs its ancestors' shapes refetched)."""
 
-        async def work(conn: AsyncConnection[Any]) -> None:
+        async def work(conn: AsyncConnection[Any]) -> frozenset[int]:
             ancestors = await ancestors_of(conn, oid)
-            if ancestors:
-                self.registry.router.add_ancestors(oid, ancestors)
+            if ancestors & self.families.keys():
                 await make_identity_full(conn, oid)
+            return ancestors
 
-        await self.on_catalog(work)
+        ancestors = await self.on_catalog(work)
+        known = {a: self.families[a] | {oid} for a in ancestors if a in self.families}
+        if any(oid not in self.families[a] for a in known):
+            self._set_families(known)
+            self.family_kick.set()
+
+    # -- families -------------------------------------------------------------------------
+
+    async def check_families_forever(self, interval: float) -> None:
+        """`check_families` every `interval` seconds, or at once when kicked; a failure is
+        retried, and logged once until it changes or the check succeeds."""
+        said = ""
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    await self.family_kick.wait()
+            except TimeoutError:
+                pass
+            self.family_kick.clear()
+            try:
+                await self.check_families()
+                said = ""
+            except asyncio.CancelledError:
+                raise
+            except ServiceUnavailable as exc:
+                logger.debug("family check: %s", exc.message)
+            except Exception as exc:
+                if str(exc) != said:
+                    said = str(exc)
+                    logger.warning(
+                        "could not check the partitions and inheritance children of"
+                        " shaped tables (retrying every %g s): %s",
+                        interval,
+                        exc,
+                    )
+
+    async def check_families(self) -> None:
+        """Retire the shapes whose table's family (partitions, inheritance children) is not
+        what they were made with, once the new family is published and routed.
+
+        A family changes without a row change in the WAL: ATTACH PARTITION and ALTER TABLE
+        ... INHERIT bring a table's rows into its new ancestors' SELECT, DETACH, NO INHERIT
+        and DROP take them out, and a new inheritance child is not published (its changes
+        never reach the stream) until the engine adds it. Such a shape would differ from
+        `SELECT` for ever: it is retired (its clients get a 409 and refetch), except for a
+        partition made as one (`born_in_family`), whose every row reached the stream.
+
+        In this order, so that no change falls between the DDL and the retirement: (1) the
+        descendants of the shaped tables (one catalog query); (2) the new ones published,
+        with REPLICA IDENTITY FULL, and transactions older than that waited for
+        (`wait_for_older_transactions`); (3) routes switched to the new families; (4) the
+        shapes made with another family retired. A shape made after (3) takes its snapshot
+        after the new family is published and routed: the stream's later transactions reach
+        it, earlier ones are in its snapshot. A shape made before (3) records the old family
+        and is retired in (4) (or at the next check). Each shape's family is in its
+        completion record: after a restart (even a SIGKILL between (3) and (4), or DDL
+        while the engine was down) the first check, before the stream starts, compares
+        again."""
+        router = self.registry.router
+        roots = router.tables()
+        if not roots:
+            return
+        first = not self._families_checked
+        if first:  # (shapes loaded from disk: their tables' kinds, their recorded families)
+            self._partitioned |= {
+                s.definition.table_oid
+                for s in self.registry.by_handle.values()
+                if s.table.kind == "p"
+            }
+        found = await self.on_catalog(lambda conn: descendants_of(conn, roots))
+        members: dict[int, set[int]] = {r: set() for r in roots}
+        by_oid: dict[int, Descendant] = {}
+        for d in found:
+            members[d.root].add(d.oid)
+            by_oid[d.oid] = d
+        current = {r: frozenset(m) for r, m in members.items()}
+        new = [d for d in found if d.oid not in self.families.get(d.root, frozenset())]
+        if new:
+
+            async def prepare(conn: AsyncConnection[Any]) -> None:
+                if await prepare_descendants(
+                    conn, self.publication, new, identity_lock_timeout=True
+                ):
+                    await wait_for_older_transactions(conn)
+
+            await self.on_catalog(prepare, PUBLISH_TIMEOUT)
+        self._set_families(current)
+        self._families_checked = True
+        # The tables whose shapes may have been made with another family: those whose
+        # family moved since the last check (here, or by `publish`, `find_ancestors`); all
+        # at the first check. The others' shapes are not walked (100k shapes, every 2 s).
+        tables = roots if first else roots & self._unsettled
+        if not tables:
+            return
+
+        def shapes() -> list[Shape]:
+            return [
+                shape
+                for oid in tables
+                for _, of_info in router.shapes_by_table_info(oid)
+                for shape in of_info
+            ]
+
+        # which shapes were made with another family, and whether the new members are
+        # partitions made as such (their rows all reached the stream)
+        suspects: set[int] = set()
+        for shape in shapes():
+            have = current[shape.definition.table_oid]
+            if shape.family is None:  # (recorded by an older engine: trusted, as before)
+                shape.family = have
+            elif shape.family != have:
+                suspects |= have - shape.family
+        born: set[int] = set()
+        for oid in sorted(suspects):
+            d = by_oid[oid]
+
+            async def ask(conn: AsyncConnection[Any], d: Descendant = d) -> bool:
+                return await born_in_family(conn, d)
+
+            if await self.on_catalog(ask, PUBLISH_TIMEOUT):
+                born.add(oid)
+        for shape in shapes():
+            have = current[shape.definition.table_oid]
+            if shape.family is None or shape.family == have:
+                continue
+            gone, came = shape.family - have, have - shape.family
+            if gone or not came <= born:
+                names = ", ".join(
+                    sorted(f"{by_oid[o].schema}.{by_oid[o].name}" for o in came if o in by_oid)
+                )
+                why = "a partition or inheritance child " + (
+                    "left it" if gone else f"joined it, maybe with rows ({names})"
+                )
+                self.registry.rotate(shape, f"the table's family changed: {why}")
+            else:
+                shape.family = have
+        for oid in tables:
+            if self.families.get(oid) == current[oid]:  # (not moved again meanwhile)
+                self._unsettled.discard(oid)
 
     # -- schema drift ---------------------------------------------------------------------
 
@@ -424,7 +604,7 @@ class Tables:
             t = shape.table
             if t.oid not in seen:
                 seen[t.oid] = await self._on_connection(
-                    partial(load_table, schema=t.schema, name=t.name), CATALOG_TIMEOUT
+                    partial(load_table, schema=t.schema, name=t.name), self.catalog_timeout
                 )
             current = seen[t.oid]
             if current is None or current.oid != t.oid:

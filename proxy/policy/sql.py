@@ -109,8 +109,19 @@ class ClientClause:
         return None
 
 
+#: A-Z -> a-z and nothing else: what Postgres downcases in an unquoted name (in a UTF-8
+#: database, `Ärzte` stays `Ärzte`; Python's `lower` made it `ärzte`, another table).
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def ascii_lower(text: str) -> str:
+    """`text` with its ASCII letters downcased, as Postgres downcases an unquoted name."""
+    return text.translate(_ASCII_LOWER)
+
+
 def parse_identifier(text: str) -> str:
-    """One SQL identifier as Postgres reads it: unquoted is downcased, quoted keeps case."""
+    """One SQL identifier as Postgres reads it: unquoted is downcased (ASCII letters only, as
+    Postgres does in a UTF-8 database), quoted keeps case."""
     text = text.strip()
     if text.startswith('"'):
         if len(text) < 3 or not text.endswith('"') or '"' in text[1:-1].replace('""', ""):
@@ -119,7 +130,7 @@ def parse_identifier(text: str) -> str:
     else:
         if not _UNQUOTED_IDENT.match(text):
             raise ValueError(f"invalid identifier {text!r}")
-        name = text.lower()
+        name = ascii_lower(text)
     if len(name) > 63:
         raise ValueError("identifier is too long (max 63)")
     return name

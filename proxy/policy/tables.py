@@ -2,10 +2,10 @@
 
 A config key names one table (`items`, `public.items`, `"Sales"."Q1"`) or, when an unquoted
 part holds a glob character (`*`, `?`, `[...]`), every table whose schema and name match, as
-`fnmatch` matches them, case-sensitively, against the names as Postgres stores them (unquoted
-parts are lower-cased first, as Postgres does). An unqualified key means schema `public`. A
-quoted part is always literal. The client's table is parsed the same way, so what is matched is
-what the engine will read.
+`fnmatch` matches them, case-sensitively, against the names as Postgres stores them (the ASCII
+letters of unquoted parts are lower-cased first, as Postgres does: `Ärzte` is `Ärzte`). An
+unqualified key means schema `public`. A quoted part is always literal. The client's table is
+parsed the same way, so what is matched is what the engine will read.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from proxy.policy.sql import _split_outside_quotes, parse_identifier, quote_identifier
+from proxy.policy.sql import _split_outside_quotes, ascii_lower, parse_identifier, quote_identifier
+from sync_engine.pg.identifiers import parse_relation
 
 TableKey = tuple[str, str]
 
@@ -47,12 +48,24 @@ def _pattern_part(text: str) -> str:
         return parse_identifier(text)
     if not _GLOB_PART.match(text):
         raise ValueError(f"invalid table pattern part {text!r}")
-    return text.lower()
+    return ascii_lower(text)
 
 
 def parse_table_pattern(text: str) -> TablePattern:
-    """`items`, `public.*`, `*.*` or `"Sch".tab_*` -> TablePattern (raises ValueError)."""
+    """`items`, `public.*`, `*.*` or `"Sch".tab_*` -> TablePattern (raises ValueError).
+
+    An exact name is read by the engine's own parser: the engine is sent the key as written
+    (`evaluate._find_table`), so the table the rule is for is the one the engine reads (an
+    unquoted `Ärzte`, which the engine refuses and Postgres reads as `Ärzte`, is a load error:
+    quote it)."""
     parts = _split_outside_quotes(text, ".")
+    if not any(_GLOB.search(p) and not p.strip().startswith('"') for p in parts):
+        try:
+            return TablePattern(*parse_relation(text))
+        except ValueError as exc:
+            raise ValueError(
+                f"table {text!r}: {exc} (quote a name as Postgres stores it)"
+            ) from None
     if len(parts) == 1:
         return TablePattern("public", _pattern_part(parts[0]))
     if len(parts) == 2:

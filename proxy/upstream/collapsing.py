@@ -8,6 +8,19 @@ its own pace (a small complete body in one write, a large one chunk by chunk). A
 goes away leaves; the last one to leave cancels the flight, which closes the engine
 connection. An engine failure before the headers becomes each waiter's own 502/504; a failure
 mid-body truncates each streaming client's response.
+
+The last one leaving cancels it at once, live or not. Keeping a left long-poll upstream ~1 s
+so that the client's next identical request joins it was weighed and not done: the npm client
+(1.5.x) sends the same live request again after an abort only when a hidden tab becomes
+visible again (seconds or more later); its other aborts are followed by a different request
+(a refresh after `forceDisconnectAndRefresh` or a system wake is a catch-up without `live`;
+its own live-request timeout, 45 s, is past the engine's 20 s long-poll) or by none
+(unsubscribe, a closed tab). Measured with the npm client through the proxy (its fetches
+recorded): unsubscribe, forceDisconnectAndRefresh x5, requestSnapshot x5 (changes_only), SSE
+forceDisconnectAndRefresh x5: 0 of 19 aborted live requests re-sent identically within 1 s;
+only with `liveRequestTimeoutMs` (2 s) below the engine's long-poll (60 s): 4 of 5. There a
+keep would save one engine request per client per timeout; by default it would save none and
+hold an engine connection for a gone client after every closed tab.
 """
 
 from __future__ import annotations

@@ -175,7 +175,11 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         code = {404: "not_found", 405: "method_not_allowed", 415: "unsupported_media_type"}.get(
             exc.status, "http_error"
         )
-        return _error(exc.status, code, exc.reason)
+        resp = _error(exc.status, code, exc.reason)
+        allow = exc.headers.get("allow")
+        if allow is not None:  # a 405 says which methods the path takes (RFC 9110)
+            resp.headers["allow"] = allow
+        return resp
     except ConnectionResetError:  # the client left before its answer was sent
         logger.info("admin request %s %s: the client left before the answer", request.method,
                     request.path)  # fmt: skip

@@ -16,31 +16,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
-if TYPE_CHECKING:
-    from ..shapes.router import ShapeRouter
-
 logger = logging.getLogger(__name__)
 
-#: Every descendant of a table (partitions, sub-partitions, inheritance children), with the
-#: chain of its ancestors up to that table, its kind, replica identity and whether the
-#: publication sends its changes.
+#: Every descendant of the given tables (partitions, sub-partitions, inheritance children),
+#: once per (table, descendant): its kind, replica identity, whether it is a partition,
+#: and the xid that linked it to its parent when
+#: the same transaction made it (the link's and its row type's xmin agree: the raw xmin,
+#: kept through a freeze), else NULL.
 _DESCENDANTS = """
-WITH RECURSIVE down(relid, ancestors) AS (
-    SELECT inhrelid, ARRAY[inhparent] FROM pg_inherits WHERE inhparent = %(oid)s
+WITH RECURSIVE down(root, relid, parent) AS (
+    SELECT inhparent, inhrelid, inhparent FROM pg_inherits WHERE inhparent = ANY(%(roots)s)
     UNION ALL
-    SELECT i.inhrelid, d.ancestors || i.inhparent
+    SELECT d.root, i.inhrelid, i.inhparent
     FROM pg_inherits i JOIN down d ON i.inhparent = d.relid
 )
-SELECT d.relid::int8, ARRAY(SELECT a::int8 FROM unnest(d.ancestors) a), c.relkind::text,
-       c.relreplident::text, n.nspname, c.relname,
-       EXISTS (SELECT 1 FROM pg_publication_tables t WHERE t.pubname = %(pub)s
-               AND t.schemaname = n.nspname AND t.tablename = c.relname)
-FROM down d JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+SELECT DISTINCT ON (d.root, d.relid)
+       d.root::int8, d.relid::int8, c.relkind::text, c.relreplident::text, n.nspname, c.relname,
+       c.relispartition,
+       CASE WHEN i.xmin = t.xmin THEN i.xmin::text END
+FROM down d
+JOIN pg_inherits i ON i.inhrelid = d.relid AND i.inhparent = d.parent
+JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_type t ON t.oid = c.reltype
+ORDER BY d.root, d.relid
 """
 
 _ANCESTORS = """
@@ -139,43 +144,110 @@ async def wait_for_older_transactions(conn: AsyncConnection[Any], timeout: float
         delay = min(delay * 2, 0.2)
 
 
-async def publish_descendants(
-    conn: AsyncConnection[Any], publication: str, oid: int, router: ShapeRouter
+@dataclass(frozen=True, slots=True)
+class Descendant:
+    """A partition or inheritance child (at any depth) of a table with shapes (`root`)."""
+
+    root: int
+    oid: int
+    kind: str  # relkind: 'r' a table, 'p' a partitioned table, 'f' foreign
+    identity: str  # relreplident
+    schema: str
+    name: str
+    partition: bool
+    #: The xid of the transaction that made the table and linked it to its parent (CREATE
+    #: TABLE ... PARTITION OF, or CREATE, ATTACH in one transaction); None when the link
+    #: came later (ATTACH PARTITION, ALTER TABLE ... INHERIT).
+    born_xid: str | None
+
+
+async def descendants_of(conn: AsyncConnection[Any], roots: Collection[int]) -> list[Descendant]:
+    """Every descendant of the tables `roots` (one recursive query over pg_inherits: cheap
+    enough to ask every few seconds)."""
+    cur = await conn.execute(_DESCENDANTS, {"roots": sorted(roots)})
+    return [
+        Descendant(int(r[0]), int(r[1]), r[2], r[3], r[4], r[5], bool(r[6]), r[7])
+        for r in await cur.fetchall()
+    ]
+
+
+async def prepare_descendants(
+    conn: AsyncConnection[Any],
+    publication: str,
+    descendants: Iterable[Descendant],
+    *,
+    identity_lock_timeout: bool = False,
 ) -> bool:
-    """Make the changes of table `oid`'s descendants reach its shapes; True if a table was
-    added to the publication.
+    """Make descendants' changes reach the stream whole; True if a table was added to the
+    publication.
 
     Postgres publishes a partition's changes under the partition's relation (the
     publication is not `publish_via_partition_root`, so that a shape on one partition works)
     and an inheritance child's under its own, while the parent's snapshot reads their rows:
-    each descendant is routed to its ancestors' shapes (`ShapeRouter.add_ancestors`), gets
-    `REPLICA IDENTITY FULL` (the old row, as its parent has; an inheritance child without
-    a primary key could not even be updated once published without one), and an inheritance
-    child is published itself (a partitioned table publishes its partitions, also later
-    ones; `ADD TABLE` of a parent takes only the children it has then).
+    each descendant gets `REPLICA IDENTITY FULL` (the old row, as its parent has; an
+    inheritance child without a primary key could not even be updated once published
+    without one), and an inheritance child is published itself (a partitioned table
+    publishes its partitions, also later ones; `ADD TABLE` of a parent takes only the
+    children it has then). With `identity_lock_timeout` (a descendant found while the
+    application runs), the identity waits at most 2 s for the table's lock
+    (`make_identity_full`).
     """
-    cur = await conn.execute(
-        "SELECT relkind::text, relhassubclass FROM pg_class WHERE oid = %s", (oid,)
-    )
-    row = await cur.fetchone()
-    if row is None or (row[0] != "p" and not row[1]):
-        return False  # no descendants (the usual case): one catalog look-up
-    router.parents.add(oid)
-    cur = await conn.execute(_DESCENDANTS, {"oid": oid, "pub": publication})
     added = False
-    for relid, ancestors, kind, identity, schema, name, published in await cur.fetchall():
-        ident = sql.Identifier(schema, name)
-        if kind == "r" and identity != "f":
-            await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
-        if kind == "r" and not published:
+    seen: set[int] = set()
+    published: set[tuple[str, str]] | None = None
+    for d in descendants:
+        if d.kind != "r" or d.oid in seen:
+            continue
+        seen.add(d.oid)
+        if published is None:
+            cur = await conn.execute(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+                (publication,),
+            )
+            published = {(str(r[0]), str(r[1])) for r in await cur.fetchall()}
+        ident = sql.Identifier(d.schema, d.name)
+        if d.identity != "f":
+            if identity_lock_timeout:
+                await make_identity_full(conn, d.oid)
+            else:
+                await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+        if (d.schema, d.name) not in published:
             await conn.execute(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
                     sql.Identifier(publication), ident
                 )
             )
             added = True
-        router.add_ancestors(int(relid), frozenset(int(a) for a in ancestors))
     return added
+
+
+async def born_in_family(conn: AsyncConnection[Any], d: Descendant) -> bool:
+    """Whether every row partition `d` ever held reached the stream as a change of it: it
+    was made a partition by the transaction that made it (`Descendant.born_xid`), and holds
+    no row that transaction wrote (one written before the link was not published; one
+    after, maybe updated, cannot be told apart cheaply: both count). Then a shape of its
+    ancestor, made before or after it, has all of its rows from its snapshot or the stream
+    (`TransactionAssembler` routes a relation it first meets), and need not refetch. Not for
+    an inheritance child: the engine publishes it only once it finds it. False when its
+    lock is not had within 2 s (an ALTER in progress): the caller then refetches."""
+    if not d.partition or d.born_xid is None:
+        return False
+    if d.kind != "r":
+        return True  # (a partitioned table holds no rows; its partitions are asked)
+    query = sql.SQL("SELECT EXISTS (SELECT 1 FROM ONLY {} WHERE xmin = %s::xid)").format(
+        sql.Identifier(d.schema, d.name)
+    )
+    try:
+        await conn.execute("SET lock_timeout = '2s'")
+        cur = await conn.execute(query, (d.born_xid,))
+        row = await cur.fetchone()
+        return row is not None and not row[0]
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.UndefinedTable):
+        return False
+    except psycopg.errors.InsufficientPrivilege:
+        return False
+    finally:
+        await conn.execute("RESET lock_timeout")
 
 
 async def ancestors_of(conn: AsyncConnection[Any], oid: int) -> frozenset[int]:

@@ -15,6 +15,7 @@ descriptions (a changed table rotates them) and Truncate rotates the table's sha
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Final, cast
@@ -44,6 +45,8 @@ from .wal import Lsn, Xid
 
 __all__ = ["RECENT_XIDS", "Deliver", "TransactionAssembler"]
 
+logger = logging.getLogger(__name__)
+
 #: How many of the last transactions' xids `TransactionAssembler.recent_xids` keeps.
 RECENT_XIDS: Final = 256
 
@@ -60,7 +63,17 @@ _DELETE: Final = ChangeKind.DELETE
 class _Relation:
     """A table as the stream describes it (its last Relation message), for building rows."""
 
-    __slots__ = ("full", "keys", "name", "names", "oid", "positions", "schema", "type_oids")
+    __slots__ = (
+        "full",
+        "identity",
+        "keys",
+        "name",
+        "names",
+        "oid",
+        "positions",
+        "schema",
+        "type_oids",
+    )
 
     def __init__(self, rel: pgoutput.Relation) -> None:
         self.oid = rel.oid
@@ -72,6 +85,7 @@ class _Relation:
         #: Whether an update or delete comes with the whole old row (REPLICA IDENTITY FULL,
         #: which the engine sets on what it publishes; not yet on a partition made since,
         #: or an operator set it back): else with its key columns (`keys`) at most.
+        self.identity = rel.replica_identity
         self.full = rel.replica_identity == "f"
         self.keys = frozenset(c.name for c in rel.columns if c.is_key)
 
@@ -135,6 +149,10 @@ class TransactionAssembler:
         self.unresolved_oid = 0
         # Tables whose ancestors were looked up (or need not be: no shaped parent then).
         self._ancestry_known: set[int] = set()
+        #: Shaped tables (or their descendants) whose changes come without the old row
+        #: (REPLICA IDENTITY not FULL) -> the warning, logged once (`_note_identity`);
+        #: shown by /v1/health.
+        self.identity_warnings: dict[int, str] = {}
 
     def reset(self) -> None:
         """The stream ended: forget the transaction it was in the middle of (it comes again)."""
@@ -268,6 +286,8 @@ class TransactionAssembler:
     def _relation(self, msg: pgoutput.Relation) -> None:
         rel = _Relation(msg)
         self._relations[rel.oid] = rel
+        if rel.full:
+            self.identity_warnings.pop(rel.oid, None)  # (set FULL again: warn again if not)
         self._plans_version = -1  # column positions may have moved
         # Every session starts with a Relation per table, so this runs on each reconnect:
         # compare each distinct table description once, not once per shape (100k shapes
@@ -280,6 +300,25 @@ class TransactionAssembler:
             ):
                 for shape in shapes:
                     self.registry.rotate(shape, "table schema changed")
+
+    def _note_identity(self, rel: _Relation) -> None:
+        """Warn once per table (and again once it was FULL in between) that a shaped
+        table's updates and deletes come without their old row: correct, but each one
+        retires its shapes whose where clause reads non-key columns, and their clients
+        refetch (a refetch storm an operator should hear about: someone set the table's
+        REPLICA IDENTITY back, or the engine could not set it on a new partition). Said at
+        the first such change, not at its Relation message: a partition the stream names
+        before the engine set its identity FULL (`Tables.find_ancestors`) is no storm."""
+        what = {"d": "DEFAULT", "n": "NOTHING", "i": "USING INDEX"}.get(rel.identity, rel.identity)
+        table = f'"{rel.schema}"."{rel.name}"'
+        warning = (
+            f"table {table} has REPLICA IDENTITY {what}: its updates and deletes come"
+            " without their old row, so each one retires the shapes whose where clause reads"
+            " other columns than its key (their clients refetch); run ALTER TABLE"
+            f" {table} REPLICA IDENTITY FULL"
+        )
+        self.identity_warnings[rel.oid] = warning
+        logger.warning("%s", warning)
 
     def _row_change(
         self,
@@ -308,6 +347,8 @@ class TransactionAssembler:
             change_kind = _DELETE
         partial = kind != INSERT and not rel.full  # its old row is the key at most
         if partial:
+            if oid not in self.identity_warnings:
+                self._note_identity(rel)
             shapes = self.router.shapes_of(oid)  # (the old row could have matched any)
         else:
             shapes = self.router.candidates_for(oid, rel.positions, old_t, new_t)

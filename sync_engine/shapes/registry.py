@@ -29,11 +29,14 @@ logger = logging.getLogger(__name__)
 
 def shape_record(shape: Shape) -> dict[str, object]:
     """What loading `shape` after a restart needs (written in its completion marker)."""
-    return {
+    record: dict[str, object] = {
         "handle": shape.handle,
         "definition": shape.definition.to_json(),
         "table": _table_json(shape.table),
     }
+    if shape.family is not None:
+        record["family"] = sorted(shape.family)
+    return record
 
 
 #: `table_to_json` by the id of the (immutable) table, kept in the entry so the id cannot
@@ -96,6 +99,15 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         kind=str(d["kind"]),
         replica_identity=str(d["replica_identity"]),
     )
+
+
+def _family(value: object) -> frozenset[int] | None:
+    """A completion record's `family` (see `Shape.family`); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(o, int) for o in value):
+        raise TypeError("not a family")
+    return frozenset(value)
 
 
 class ShapeRegistry:
@@ -205,6 +217,7 @@ class ShapeRegistry:
             columns=tuple(c for c in table.columns if c.name in wanted),
             log=shape_log,
             snapshot=XidSnapshot.from_json(meta["snapshot"]),
+            family=_family(meta.get("family")),
         )
 
     # -- rotation -------------------------------------------------------------------------

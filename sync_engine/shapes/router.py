@@ -96,6 +96,21 @@ class ShapeRouter:
             self.ancestors[oid] = known | ancestors
             self.version += 1
 
+    def set_families(self, families: dict[int, frozenset[int]], parents: set[int]) -> None:
+        """Route by `families` (a table with shapes -> its descendants, as the catalog has
+        them now, `Tables.check_families`) from now on: a descendant's changes go to the
+        shapes of each table it is in the family of, and only those (a partition detached,
+        a child no longer inheriting, no longer reach the old parent's shapes)."""
+        ancestors: dict[int, set[int]] = {}
+        for table, descendants in families.items():
+            for d in descendants:
+                ancestors.setdefault(d, set()).add(table)
+        new = {d: frozenset(a) for d, a in ancestors.items()}
+        if new != self.ancestors:
+            self.ancestors = new
+            self.version += 1
+        self.parents = set(parents)
+
     def routes(self, oid: int) -> tuple[int, ...]:
         """Table `oid` and its ancestors: whose shapes a change of `oid` may belong to."""
         ancestors = self.ancestors.get(oid)

@@ -148,6 +148,11 @@ class Shape:
     columns: tuple[ColumnInfo, ...]
     log: ShapeLog
     snapshot: XidSnapshot | None = None
+    #: Its table's partitions and inheritance children (oids) as routed when it was made
+    #: (`Tables.family`): a shape is equal to `SELECT` only while they stay its table's
+    #: descendants (`Tables.check_families`). In its completion record; None when unknown
+    #: (recorded by an older engine).
+    family: frozenset[int] | None = None
     schema_json: str = field(init=False, default="")
     key_prefix: str = field(init=False, default="")
     #: (schema, table), as each change's `relation` header says it.

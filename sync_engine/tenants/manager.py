@@ -165,6 +165,8 @@ class SourceManager:
         # The store's thread (`_db`), and the mutations under way (`_whole`)
         self._io: ThreadPoolExecutor | None = None
         self._mutations: set[asyncio.Task[Any]] = set()
+        # Sources whose first secret was just used, being recorded as delivered (`_used`)
+        self._confirming: set[str] = set()
 
     # -- the store, off the event loop ----------------------------------------------------
 
@@ -321,6 +323,8 @@ class SourceManager:
         rec = self.records.get(sid) if sid is not None else None
         if rec is None or matched not in rec.valid_hashes():
             raise Unauthorized()  # deleted, or the secret rotated, while it was checked
+        if rec.pending_secret is not None and matched == rec.secret_hash:
+            self._used(rec.source_id)
         if rec.paused:
             raise _paused()
         source = self.running.get(rec.source_id)
@@ -482,6 +486,22 @@ class SourceManager:
         event = self._answering.pop(source_id, None)
         if event is not None:
             event.set()
+
+    def _used(self, source_id: str) -> None:
+        """A request came with the first secret of a source whose creation's answer was not
+        recorded as sent: its client has it, which is as good as that record (the secret's
+        sealed copy is erased; a retry of the creation is a 409 from then on)."""
+        if source_id in self._answering or source_id in self._confirming:
+            return  # (its answer is being sent, or this is being recorded already)
+        self._confirming.add(source_id)
+        task = asyncio.ensure_future(self.secret_delivered(source_id))
+        self._mutations.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._mutations.discard(t)
+            self._confirming.discard(source_id)
+
+        task.add_done_callback(done)
 
     async def secret_delivered(self, source_id: str) -> None:
         """The answer carrying a secret of the source was sent: a retry of its creation is

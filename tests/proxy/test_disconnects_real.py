@@ -106,8 +106,10 @@ async def _tip(session: aiohttp.ClientSession, base: str) -> tuple[str, str]:
                 return handle, offset
 
 
-@pytest.mark.parametrize("together", [1, 3], ids=["alone", "collapsed"])
-@pytest.mark.parametrize("mode", list(MODES))
+CASES = [("long-poll", 1), ("long-poll", 3), ("sse", 3), ("experimental-sse", 1)]
+
+
+@pytest.mark.parametrize(("mode", "together"), CASES, ids=[f"{m}-{n}" for m, n in CASES])
 async def test_clients_leaving_live_requests_leave_nothing_behind(
     engine: EngineProcess, engine_secret: str, make_proxy: Any, mode: str, together: int
 ) -> None:

@@ -72,6 +72,7 @@ from .collation import (
     column_ident,
     merge_all,
 )
+from .constructs import string_length, typmods_refused
 from .errors import WhereError, error_at
 from .expr import (
     EVAL_ERRORS,
@@ -680,9 +681,36 @@ class Compiler:
     # -- other expression nodes --
 
     def _TypeCast(self, node: ast.TypeCast) -> Expr:
+        sized = string_length(node.typeName)
+        if sized is not None:
+            arg = self.compile(node.arg)
+            return self._cast_to_length(arg, *sized, node)
         target = self._type_name(node.typeName)
         arg = self.compile(node.arg)
         return self.cast(arg, target, node)
+
+    def _cast_to_length(self, arg: Expr, target: PgType, n: int, node: ast.Node) -> Expr:
+        """`x::varchar(n)` and `x::char(n)` (`::char` is char(1)): the value as text (its
+        cast to text: `true` for a boolean, char(n)'s without the padding), cut to n
+        characters as an explicit cast cuts it (varchar(), bpchar() with isExplicit: no
+        error); char(n) pads to n, which the engine keeps trimmed as it keeps char(n)
+        values. Characters are counted as Postgres counts them in a UTF8 database only.
+        These were a 400 'type modifiers are not supported (bpchar)'."""
+        if not self.collations.utf8:
+            raise error_at(
+                f"casting to {target.sql_name}({n}) is not supported here (the database"
+                " encoding, in which Postgres counts characters, is not known to be UTF8)",
+                node,
+            )
+        if arg.type.array:
+            raise error_at(f"cannot cast type {arg.type.sql_name} to {target.sql_name}", node)
+        as_text = self.cast(arg, VARCHAR if arg.type == UNKNOWN else TEXT, node)
+
+        def cut(value: Value) -> Value:
+            text = str(value)[:n]
+            return text.rstrip(" ") if target == BPCHAR else text
+
+        return replace(apply(target, cut, [as_text], node), column=None, raw=False)
 
     def cast(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         """An explicit cast: implicit conversions, text output, text input, numeric casts."""
@@ -773,7 +801,7 @@ class Compiler:
         if len(names) == 2 and names[0] == "pg_catalog":
             names = names[1:]
         if tn.typmods:
-            raise error_at(f"type modifiers are not supported ({'.'.join(names)})", tn)
+            raise typmods_refused(names[-1], tn)
         if len(names) != 1 or tn.setof or tn.pct_type:
             raise error_at(f"unsupported type {'.'.join(names)}", tn)
         name = names[0]

@@ -11,10 +11,14 @@ incompatible types) is left to `parse_where` when a shape is created: a 400 then
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pglast import ast
 from pglast.enums import A_Expr_Kind
 
-from .errors import error_at
+from sync_engine.pg.types import BPCHAR, VARCHAR, PgType
+
+from .errors import WhereError, error_at
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .operators import (
     A_EXPR_HANDLERS,
@@ -100,8 +104,10 @@ def _check_type(tn: ast.TypeName) -> None:
     names = [n.sval for n in tn.names]
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
+    if string_length(tn) is not None:
+        return  # varchar(n), char(n)
     if tn.typmods:
-        raise error_at(f"type modifiers are not supported ({'.'.join(names)})", tn)
+        raise typmods_refused(names[-1], tn)
     if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGET_NAMES:
         raise error_at(f"unsupported type {'.'.join(names)}", tn)
 
@@ -129,3 +135,48 @@ def _check_function(node: ast.FuncCall) -> None:
     if name in CAST_TARGET_NAMES and n_args == 1:
         return
     raise error_at(f"unknown or unsupported function {name}/{n_args}", node)
+
+
+#: Postgres's names (format_type) of the types a cast may give a length or precision.
+SIZED_NAMES = {
+    "bpchar": "character({})", "varchar": "character varying({})", "numeric": "numeric({})",
+    "timestamp": "timestamp({}) without time zone", "timestamptz": "timestamp({}) with time zone",
+    "time": "time({}) without time zone", "timetz": "time({}) with time zone",
+    "interval": "interval with fields or a precision", "bit": "bit({})",
+    "varbit": "bit varying({})",
+}  # fmt: skip
+
+
+def sized_type_name(name: str, typmods: Sequence[ast.Node]) -> str:
+    """A type with its modifiers as Postgres prints it (`char(2)` is `character(2)`)."""
+    mods = ",".join(str(getattr(getattr(m, "val", m), "ival", "?")) for m in typmods)
+    return SIZED_NAMES.get(name, name + "({})").format(mods)
+
+
+def string_length(tn: ast.TypeName) -> tuple[PgType, int] | None:
+    """(varchar or bpchar, n) for a cast to varchar(n) or char(n), else None."""
+    names = [getattr(n, "sval", "") for n in tn.names]
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    if names not in (["varchar"], ["bpchar"]) or tn.arrayBounds or len(tn.typmods or ()) != 1:
+        return None
+    (mod,) = tn.typmods
+    n = getattr(getattr(mod, "val", mod), "ival", None)
+    if not isinstance(n, int):
+        return None
+    what = "char" if names == ["bpchar"] else "varchar"
+    if n < 1:
+        raise error_at(f"length for type {what} must be at least 1", tn)
+    if n > 10485760:
+        raise error_at(f"length for type {what} cannot exceed 10485760", tn)
+    return (VARCHAR if names == ["varchar"] else BPCHAR), n
+
+
+def typmods_refused(name: str, tn: ast.TypeName) -> WhereError:
+    """The 400 for a cast to a type with modifiers other than varchar(n) and char(n)."""
+    shown = sized_type_name(name, tn.typmods or ()) + ("[]" if tn.arrayBounds else "")
+    return error_at(
+        f"casting to {shown} is not supported (the engine applies no precision or fields;"
+        " varchar(n) and char(n) are supported)",
+        tn,
+    )

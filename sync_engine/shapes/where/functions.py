@@ -23,10 +23,12 @@ from sync_engine.pg.types import (
     NAME,
     NUMERIC,
     TEXT,
+    TIME,
     TIMESTAMP,
     TIMESTAMPTZ,
     UNKNOWN,
     VARCHAR,
+    PgType,
 )
 from sync_engine.pg.values import Value
 
@@ -338,6 +340,17 @@ def _abs_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     return apply(arg.type, func, [arg], node)
 
 
+_TIMETZ = PgType("timetz")
+
+
+def _message_name(typ: PgType) -> str:
+    return "time with time zone" if typ == _TIMETZ else typ.sql_name
+
+
+#: CoercionForm.COERCE_SQL_SYNTAX: a FuncCall the grammar made of SQL syntax (AT TIME ZONE).
+_SQL_SYNTAX = 3
+
+
 def _timezone_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     """`x AT TIME ZONE 'Area/Location'` (timezone(zone, x)) for timestamp and timestamptz.
 
@@ -345,12 +358,27 @@ def _timezone_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     POSIX specs, which Postgres reads by rules of its own, are refused rather than guessed.
     """
     zone_arg, subject = args
-    if zone_arg.type not in STRING_TYPES and zone_arg.type != UNKNOWN:
+    # (refusals name what the client wrote, and say "does not exist" only where Postgres
+    # has no timezone() for the types: it has (text | interval, timestamp | timestamptz |
+    # timetz), a time and a date read as timetz and timestamptz)
+    syntax = "AT TIME ZONE" if getattr(node, "funcformat", 0) == _SQL_SYNTAX else "timezone()"
+    zone_type, subject_type = zone_arg.type, subject.type
+    has_overload = (zone_type in STRING_TYPES or zone_type in (UNKNOWN, INTERVAL)) and (
+        subject_type in (UNKNOWN, DATE, TIMESTAMP, TIMESTAMPTZ, TIME, _TIMETZ)
+    )
+    if not has_overload:
         raise error_at(
-            f"AT TIME ZONE takes a zone name, not {zone_arg.type.sql_name}", zone_arg.node
+            f"function timezone({zone_type.sql_name}, {subject_type.sql_name}) does not exist",
+            node,
+        )
+    if zone_type == INTERVAL:
+        raise error_at(
+            f"{syntax} with an interval offset is not supported: use a zone name such as"
+            " 'America/New_York', or 'UTC'",
+            zone_arg.node,
         )
     if not zone_arg.is_const:
-        raise error_at("AT TIME ZONE needs a constant zone name", zone_arg.node)
+        raise error_at(f"{syntax} needs a constant zone name", zone_arg.node)
     if subject.type in (UNKNOWN, DATE):
         subject = c.coerce(subject, TIMESTAMPTZ)  # Postgres's preferred datetime type
     if subject.type == TIMESTAMP:
@@ -359,7 +387,8 @@ def _timezone_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         result, convert = TIMESTAMP, tstz_to_local
     else:
         raise error_at(
-            f"AT TIME ZONE is supported on timestamp and timestamptz, not {subject.type.sql_name}",
+            f"{syntax} on {_message_name(subject.type)} is not supported (on timestamp and"
+            " timestamp with time zone it is)",
             node,
         )
     name = c.coerce(zone_arg, TEXT).value

@@ -50,7 +50,11 @@ def construct_name(node: object) -> str:
 def refuse_unencodable(text: str) -> None:
     """A string no UTF-8 can hold (a lone surrogate: HTTP and JSON decoding never make one,
     a caller in the same process can) is refused as Postgres refuses such bytes, rather
-    than failing pglast's encoding with a UnicodeEncodeError."""
+    than failing pglast's encoding with a UnicodeEncodeError. So is the zero character
+    (a parameter holding U+0000), which no Postgres text holds: it was refused as "cannot be
+    written back as SQL unambiguously" (libpg_query reads a string up to it)."""
+    if "\0" in text:
+        raise WhereError('invalid byte sequence for encoding "UTF8": 0x00')
     if not text.isascii():
         try:
             text.encode()

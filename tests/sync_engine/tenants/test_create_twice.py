@@ -66,3 +66,33 @@ async def test_a_retry_waiting_for_an_answer_that_was_never_sent_takes_over(
     assert (status, body) == (401, UNAUTHORIZED)
     status, got = await engine.api("POST", "/api/sources", {"name": "lost", "database_url": url})
     assert status == 409 and got["source_id"] == rec.source_id, got  # delivered now
+
+
+async def test_a_secret_used_counts_as_delivered(
+    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+) -> None:
+    """A creation whose answer was not recorded as sent, whose secret a client then uses:
+    the client has it, so the source counts as delivered from then on (its sealed copy is
+    erased from sources.db, a retry of the creation is a 409) rather than keeping a copy of
+    the secret on disk until someone retries."""
+    url = make_db()
+    make_items(url, ["a1"])
+    engine = await engines().start()
+    rec, secret, _ = await engine.manager.create("used", url)
+    engine.manager.answer_ended(rec.source_id)  # the request is over, not recorded as sent
+    assert engine.manager.records[rec.source_id].pending_secret is not None
+    await engine.wait_state(rec.source_id, "active")
+    rows, _, _ = await engine.sync(rec.source_id, secret, table="items")
+    assert [r["name"] for r in rows.values()] == ["a1"]
+
+    async def delivered() -> bool:
+        status, body = await engine.api("GET", f"/api/sources/{rec.source_id}")
+        return bool(body["secret_delivered"])
+
+    await wait_until_async(delivered, message="counted as delivered")
+    store = engine.manager.store
+    assert store is not None
+    await wait_until_async(lambda: store.get(rec.source_id).pending_secret is None,
+                           message="the sealed copy erased")  # fmt: skip
+    status, got = await engine.api("POST", "/api/sources", {"name": "used", "database_url": url})
+    assert status == 409 and got["source_id"] == rec.source_id, got

@@ -130,8 +130,8 @@ def test_constant_folding_and_literals_equal_postgres(
         ("tz AT TIME ZONE 'Nowhere/Atlantis' IS NULL", 'time zone "Nowhere/Atlantis"'),
         ("tz AT TIME ZONE 'posix/Europe/Paris' IS NULL", "is not supported"),
         ("tz AT TIME ZONE local::text IS NULL", "needs a constant zone name"),
-        ("tz AT TIME ZONE interval '1 hour' IS NULL", "takes a zone name, not interval"),
-        ("id AT TIME ZONE 'UTC' IS NULL", "not integer"),
+        ("tz AT TIME ZONE interval '1 hour' IS NULL", "with an interval offset is not supported"),
+        ("id AT TIME ZONE 'UTC' IS NULL", "function timezone\\(unknown, integer\\) does not exist"),
     ],
 )
 def test_names_the_engine_cannot_read_as_postgres_are_refused(

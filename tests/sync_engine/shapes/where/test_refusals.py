@@ -11,6 +11,7 @@ cannot check. Each case here: the engine refuses it, and Postgres does too.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,6 +113,15 @@ def test_refusals_say_what_postgres_would(table: tuple[psycopg.Connection[Any], 
         conn.execute(f"SELECT 1 FROM d WHERE {clause}")  # (Postgres reads it)
     with pytest.raises(WhereError, match='invalid input syntax for type date: "abc"'):
         parse_where("d = 'abc'", {}, columns)  # (Postgres does not read this one either)
+    # ordering an enum: the refusal no longer suggests e::text, whose order is the text's
+    # (Postgres orders 'sad' < 'ok' < 'happy', as declared)
+    for clause in ["e < 'ok'", "e BETWEEN 'sad' AND 'ok'"]:
+        with pytest.raises(WhereError, match=r"ordering enum values .* declared order"):
+            parse_where(clause, {}, columns)
+    assert conn.execute("SELECT 'sad'::mood < 'ok', 'sad' < 'ok'::text").fetchone() == (
+        True,
+        False,
+    )
 
 
 def test_an_untyped_literal_beside_any_type_concatenates_as_text(
@@ -132,3 +142,18 @@ def test_an_untyped_literal_beside_any_type_concatenates_as_text(
         expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
         got = {int(r["id"]) for r in (row, nulls) if where.matches(r)}
         assert got == expected, clause
+
+
+def test_a_zero_character_is_refused_in_postgres_words(
+    table: tuple[psycopg.Connection[Any], Any],
+) -> None:
+    """No Postgres text holds U+0000 (a parameter bound with one fails 'invalid byte
+    sequence for encoding "UTF8": 0x00'). In a parameter it was a 400 blaming the clause
+    ('this combination of operators cannot be written back as SQL unambiguously'):
+    libpg_query read the substituted string up to it, so the SQL no longer parsed back."""
+    _conn, columns = table
+    message = re.escape('invalid byte sequence for encoding "UTF8": 0x00')
+    for clause, params in [("e::text = $1", {"1": "a\x00b"}), ("i4::text = $1", {"1": "\x00"}),
+                           ("e::text = 'a\x00'", {})]:  # fmt: skip
+        with pytest.raises(WhereError, match=message):
+            parse_where(clause, params, columns)

@@ -1,0 +1,191 @@
+"""A shaped table's family (partitions, inheritance children) changing while its shapes
+live, or while the engine is down: every shape ends equal to `SELECT`, for ever.
+
+DDL changes which rows `SELECT ... FROM parent` reads with no row change in the WAL:
+- a child made after the parent's shapes (`CREATE TABLE c () INHERITS (p)`) or an existing
+  table made one (`ALTER TABLE q INHERIT p`) was not published: its rows and its changes
+  never reached the parent's shapes (a new snapshot had them: clients were wrong for ever);
+- `ATTACH PARTITION t` brings t's rows into the root with no INSERT in the WAL;
+- `DETACH PARTITION`, `NO INHERIT` take rows out of it with no DELETE.
+The engine now looks at the families of shaped tables (`Tables.check_families`, every
+`--family-check-interval` seconds, at once when the stream names a new relation, and at
+start), publishes and routes the new members, and retires the shapes made with another
+family: their clients get a 409 and refetch a snapshot taken after that. A partition made
+as one (`CREATE TABLE ... PARTITION OF`) needs no refetch: all its rows come through the
+stream (`test_partitions.py`).
+
+A table whose REPLICA IDENTITY an operator set back to DEFAULT makes its where shapes
+refetch on every update and delete (correct, see `test_partitions.py`): the engine says so
+once in its log, and /v1/health lists it under `warnings`.
+
+Real path: the engine as a process, the real npm client and followers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from tests.faults.test_damaged_files import NpmClient
+from tests.support.engine_process import EngineProcess
+from tests.support.follower import Follower
+from tests.support.waiting import wait_until_async
+
+
+def _sql(db_url: str, *statements: str) -> None:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s.encode())
+
+
+def _select(db_url: str, table: str, where: str | None) -> list[tuple[str, ...]]:
+    q = f"SELECT id, org, v FROM {table}" + (f" WHERE {where}" if where else "")
+    with psycopg.connect(db_url) as conn:
+        return sorted(tuple(str(x) for x in row) for row in conn.execute(q.encode()).fetchall())
+
+
+def _view(rows: dict[str, dict[str, Any]] | None) -> list[tuple[str, ...]] | None:
+    if rows is None:
+        return None
+    return sorted((str(r["id"]), str(r["org"]), str(r["v"])) for r in rows.values())
+
+
+@pytest.mark.timeout(180)
+async def test_a_family_change_ends_equal_to_select(db_url: str, tmp_path: Path) -> None:
+    _sql(
+        db_url,
+        "CREATE TABLE items (id int, org text, v int NOT NULL, PRIMARY KEY (id, org))"
+        " PARTITION BY LIST (org)",
+        "CREATE TABLE items_a PARTITION OF items FOR VALUES IN ('a')",
+        "INSERT INTO items VALUES (1, 'a', 1), (2, 'a', 0)",
+        # to be attached, with its rows
+        "CREATE TABLE items_x (id int, org text, v int NOT NULL, PRIMARY KEY (id, org))",
+        "INSERT INTO items_x VALUES (10, 'x', 1), (11, 'x', 0)",
+        "CREATE TABLE p (id int PRIMARY KEY, org text NOT NULL, v int NOT NULL)",
+        "CREATE TABLE c () INHERITS (p)",
+        "INSERT INTO p VALUES (1, 'p', 1)",
+        "INSERT INTO c VALUES (2, 'c', 1)",
+        # to inherit from p later, with its rows
+        "CREATE TABLE q (id int PRIMARY KEY, org text NOT NULL, v int NOT NULL)",
+        "INSERT INTO q VALUES (30, 'q', 1), (31, 'q', 0)",
+    )
+    engine = EngineProcess(
+        db_url,
+        tmp_path / "data",
+        "--long-poll-timeout",
+        "1",
+        "--family-check-interval",
+        "0.3",
+    )
+    engine.log = tmp_path / "engine.log"
+    await asyncio.to_thread(engine.start)
+    cases = [("items", None), ("items", "v > 0"), ("items_a", None), ("p", None), ("p", "v > 0")]
+    followers = [Follower(engine.url, w, table=t, increments=False) for t, w in cases]
+    npms = {"items": NpmClient(engine.url, "items", sse=True), "p": NpmClient(engine.url, "p")}
+    stop = asyncio.Event()
+    try:
+        for npm in npms.values():
+            await npm.start()
+        async with aiohttp.ClientSession() as session:
+            tasks = [asyncio.create_task(f.run(session, stop)) for f in followers]
+            await wait_until_async(lambda: all(f.live for f in followers), message="live")
+
+            async def converged(what: str) -> None:
+                def views() -> list[Any]:
+                    return [_view(f.rows) for f in followers] + [
+                        _view(n.rows) for n in npms.values()
+                    ]
+
+                def want() -> list[Any]:
+                    return [_select(db_url, t, w) for t, w in cases] + [
+                        _select(db_url, t, None) for t in npms
+                    ]
+
+                try:
+                    await wait_until_async(lambda: views() == want(), timeout=30, message=what)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: {views()} != {want()}") from None
+
+            # 1. a new inheritance child, and a table made a child, with rows
+            _sql(
+                db_url,
+                "CREATE TABLE c2 () INHERITS (p)",
+                "INSERT INTO c2 VALUES (20, 'c2', 1), (21, 'c2', 0)",
+                "ALTER TABLE q INHERIT p",
+            )
+            await converged("new inheritance children")
+            _sql(
+                db_url, "UPDATE p SET v = v + 1 WHERE id IN (20, 31)", "DELETE FROM q WHERE id = 30"
+            )
+            await converged("the new children's changes")
+            # 2. a partition attached with its rows
+            _sql(
+                db_url,
+                "ALTER TABLE items ATTACH PARTITION items_x FOR VALUES IN ('x')",
+                # made, filled and attached in one transaction: its first rows were written
+                # before it was a partition (not published), the others after
+                "BEGIN",
+                "CREATE TABLE items_y (LIKE items)",
+                "INSERT INTO items_y VALUES (40, 'y', 1)",
+                "ALTER TABLE items ATTACH PARTITION items_y FOR VALUES IN ('y')",
+                "INSERT INTO items_y VALUES (41, 'y', 1)",
+                "COMMIT",
+            )
+            await converged("a partition attached")
+            _sql(
+                db_url,
+                "UPDATE items SET v = v + 1 WHERE id = 11",
+                "INSERT INTO items_x VALUES (12, 'x', 1)",
+            )
+            await converged("the attached partition's changes")
+            # 3. a partition detached, a child no longer inheriting
+            _sql(
+                db_url,
+                "ALTER TABLE items DETACH PARTITION items_a",
+                "ALTER TABLE c NO INHERIT p",
+            )
+            await converged("a partition detached, a child disinherited")
+            _sql(
+                db_url,
+                "INSERT INTO items_a VALUES (3, 'a', 1)",  # its own shape's; not the root's
+                "UPDATE c SET v = v + 1",
+            )
+            await converged("the detached tables' changes")
+            # 4. while the engine is down (killed): attached again, inheriting again
+            engine.kill()
+            _sql(
+                db_url,
+                "ALTER TABLE items ATTACH PARTITION items_a FOR VALUES IN ('a')",
+                "ALTER TABLE c INHERIT p",
+                "ALTER TABLE q NO INHERIT p",
+            )
+            await asyncio.to_thread(engine.start)
+            await converged("families changed while the engine was down")
+            _sql(db_url, "UPDATE items SET v = v + 1", "UPDATE p SET v = v + 1")
+            await converged("after the restart")
+            # a table set back to REPLICA IDENTITY DEFAULT: said once, and on /v1/health
+            _sql(db_url, "ALTER TABLE p REPLICA IDENTITY DEFAULT")
+            for _ in range(3):
+                _sql(db_url, "UPDATE p SET v = v + 1 WHERE id = 1")
+                await converged("REPLICA IDENTITY DEFAULT")
+            async with session.get(engine.url + "/v1/health") as r:
+                health = await r.json()
+            assert any('"public"."p" has REPLICA IDENTITY DEFAULT' in w for w in health["warnings"])
+            stop.set()
+            await asyncio.gather(*tasks)
+        for f in followers:
+            f.assert_clean()  # (they refetch: 409s)
+        for npm in npms.values():
+            assert not [e for e in npm.errors if "409" not in e], npm.errors
+        said = (tmp_path / "engine.log").read_text().count("has REPLICA IDENTITY DEFAULT")
+        assert said == 1, said
+    finally:
+        stop.set()
+        for npm in npms.values():
+            await npm.stop()
+        engine.stop()
