@@ -153,7 +153,13 @@ def _strict(actual: object, expected: Scalar) -> bool:
 
 
 def _fold(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).casefold().strip()
+    """`text` as a deny rule compares it: NFKC, case-folded, trimmed, and without format
+    characters (zero-width spaces and joiners, soft hyphens, a byte order mark: category Cf),
+    which show as nothing, survive NFKC, and made `ban\u200bned` another word than `banned`."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    if not folded.isascii():
+        folded = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    return folded.strip()
 
 
 def _as_number(value: object) -> Decimal | None:

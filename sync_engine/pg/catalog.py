@@ -26,6 +26,11 @@ DOMAIN_BASES = frozenset(
 )  # fmt: skip
 
 
+#: The element types of the domains over arrays a where clause reads as their base array
+#: type: DOMAIN_BASES but the collatable ones.
+DOMAIN_ARRAY_ELEMENTS = DOMAIN_BASES - {PgType("text"), PgType("varchar")}
+
+
 @dataclass(frozen=True, slots=True)
 class ColumnInfo:
     """One column of a table as Postgres describes it.
@@ -92,15 +97,17 @@ class ColumnInfo:
         column of a domain over one of `DOMAIN_BASES`, the type under the domain. Postgres
         resolves operators and functions on a domain as on its base type (`dm = 5`,
         `dm + 1`, `dx LIKE 'a%'`), and a domain's text is its base type's. Domains over
-        other types (char(n), whose length is the domain's; enums; arrays) and arrays of
-        domains (`posint[] = int4[]` does not exist) stay themselves, and are refused."""
-        if (
-            self.type_kind == "d"
-            and not self.is_array
-            and self.domain_base is not None
-            and PgType(self.domain_base) in DOMAIN_BASES
-        ):
-            return PgType(self.domain_base)
+        other types (char(n), whose length is the domain's; enums; arrays of text) and arrays
+        of domains (`posint[] = int4[]` does not exist) stay themselves, and are refused."""
+        if self.type_kind == "d" and not self.is_array and self.domain_base is not None:
+            if PgType(self.domain_base) in DOMAIN_BASES:
+                return PgType(self.domain_base)
+            # A domain over an array: anyarray operators and functions read it as its base
+            # array type (`da @> '{1}'`, `da[1]`, `da || 5`), and its text is the array's.
+            # Not over text or varchar arrays, whose elements' collation is the domain's.
+            element = PgType(self.domain_base[1:])
+            if self.domain_base.startswith("_") and element in DOMAIN_ARRAY_ELEMENTS:
+                return element.array_of()
         return self.pg_type
 
 

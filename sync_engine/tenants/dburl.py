@@ -16,6 +16,10 @@ from ..pg.session import SECRET_PARAMS as _SECRET_KEYS
 from .errors import InvalidInput
 
 _SCHEMES = ("postgres", "postgresql")
+#: A URL's scheme (RFC 3986): only that is a URL. Anything else with "://" in it is a
+#: keyword/value string (`host=db password=a://b`), and its text before "://" (a password)
+#: must not be quoted back as a "scheme".
+_URL_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9+.-]{0,31})://")
 _MAX_LEN = 4096
 #: libpq's connection parameter names: quoted in its messages, they are safe to show.
 _KEYWORDS = frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults())
@@ -38,8 +42,9 @@ def check_database_url(url: object) -> str:
         url.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate (`"\ud800"` in the JSON): not text libpq reads
         raise InvalidInput("database_url", "database_url must be valid Unicode text") from None
-    if "://" in url:
-        scheme = url.split("://", 1)[0].lower()
+    url_scheme = _URL_SCHEME.match(url)
+    if url_scheme is not None:
+        scheme = url_scheme.group(1).lower()
         if scheme not in _SCHEMES:
             raise InvalidInput(
                 "database_url",
@@ -49,7 +54,17 @@ def check_database_url(url: object) -> str:
             parts = urlsplit(url)
             _ = parts.port  # raises ValueError on a bad port
         except ValueError as exc:
-            raise InvalidInput("database_url", f"database_url is not a valid URL: {exc}") from None
+            # (not quoted: urlsplit's message quotes what it took for the port, which is the
+            # password's first part when the password has an unencoded / ? or #)
+            if "out of range" in str(exc):
+                message = "database_url is not a valid URL: its port is out of range 0-65535"
+            else:
+                reason = "its port is not a number" if "Port" in str(exc) else "invalid host"
+                message = (
+                    f"database_url is not a valid URL ({reason}); a password with / ? # @ : or"
+                    " % in it must be percent-encoded (/ as %2F)"
+                )
+            raise InvalidInput("database_url", message) from None
     elif "=" not in url:
         raise InvalidInput(
             "database_url",

@@ -50,6 +50,9 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
         "denied_by_rule",
     ),
     ("role ' banned '", {"role": ["member", " banned "]}, 403, "denied_by_rule"),
+    # format characters show as nothing and survive NFKC: a zero-width space, a soft hyphen
+    ("role zero-width space", {"role": ["member", "ban\u200bned"]}, 403, "denied_by_rule"),
+    ("role soft hyphen", {"role": ["member", "\ufeffban\u00adned"]}, 403, "denied_by_rule"),
     ("tier 0.0", {"tier": 0.0}, 403, "denied_by_rule"),
     ("tier '0'", {"tier": "0"}, 403, "denied_by_rule"),
     ("tier '-0.0'", {"tier": "-0.0"}, 403, "denied_by_rule"),

@@ -286,6 +286,9 @@ class Compiler:
                 value = self._char_input(value, expr.node)
             return const(target, value, expr.node, folded=folded)
         except ValueError as e:
+            refusal = self.domain_refusal(target, expr.node)
+            if refusal is not None:
+                raise refusal from None
             message = str(e)
             if (
                 target.element in _CLOCK_TYPES
@@ -299,6 +302,25 @@ class Compiler:
                     " in ISO 8601 (2024-01-31, 13:45:00, 2024-01-31 13:45:00+01)"
                 )
             raise error_at(message, expr.node) from None
+
+    def domain_refusal(self, typ: PgType, node: ast.Node | None) -> WhereError | None:
+        """The 400 for a value of a domain the engine does not read as its base type (over
+        char(n), an enum, a text array, ...), naming the domain and what works instead;
+        None when `typ` is no such domain. It had said "unsupported type dch" or, for an
+        operator, "operator does not exist: dtxa @> unknown" (Postgres has it)."""
+        if typ.array or typ.enum:
+            return None
+        for col in self.columns.values():
+            if col.type_kind == "d" and not col.is_array and col.type_name == typ.name:
+                base = col.domain_base or "?"
+                base = base[1:] + "[]" if base.startswith("_") else base
+                base = "character(n)" if base == "bpchar" else base
+                return error_at(
+                    f"values of domain {typ.name} (over {base}) are not supported here, but"
+                    f" for IS NULL and a cast to text ({col.name}::text)",
+                    node,
+                )
+        return None
 
     def _char_input(self, value: Value, node: ast.Node | None) -> Value:
         """charin of a literal, as the output text its byte has (how a row's "char" value

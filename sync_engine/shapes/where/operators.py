@@ -191,12 +191,27 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
     return with_index(expr, index) if index and indexable(index[1]) else expr
 
 
+#: The comparisons that order their operands (not `=` / `<>`).
+ORDERING = frozenset({"<", "<=", ">", ">="})
+
+
 def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> WhereError:
     for side in (left, right):
+        refusal = c.domain_refusal(side.type, node)
+        if refusal is not None:
+            return refusal
         if side.type.enum and not c.allow_enums:
+            if name in ORDERING:
+                # (e::text < 'x' is no substitute: an enum orders by its labels' declared
+                # order, pg_enum.enumsortorder, which the engine does not follow)
+                return error_at(
+                    f"ordering enum values ({side.type.sql_name} {name}) is not supported:"
+                    " an enum is ordered by its labels' declared order, not as text",
+                    node,
+                )
             return error_at(
                 f"enum values can only be compared after a cast to text "
-                f"(operator {name} on {side.type.sql_name})",
+                f"(operator {name} on {side.type.sql_name}: e::text = 'label')",
                 node,
             )
     return error_at(

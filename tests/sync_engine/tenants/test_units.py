@@ -564,3 +564,28 @@ def test_read_snapshot_reads_what_sqlite_reads(tmp_path: Path) -> None:
             mine.close()
             theirs.close()
     writer.close()
+
+
+def test_a_keyword_connection_string_whose_password_has_a_scheme_separator() -> None:
+    """`host=db password=Ab://cd` is a keyword/value string libpq reads; it was taken for a
+    URL of scheme "host=db password=ab" and refused with that text, the password's first
+    part, quoted in the 400's message."""
+    url = "host=db.example.com dbname=shop password=Pw0rd://tail"
+    assert check_database_url(url) == url
+    assert "Pw0rd" not in redact_url(url) and "tail" not in redact_url(url)
+    with pytest.raises(InvalidInput) as bad:
+        check_database_url("mysql://u:pw@h/d")
+    assert "mysql://" in bad.value.message
+
+
+def test_a_url_whose_password_has_an_unencoded_slash_is_refused_without_quoting_it() -> None:
+    """urlsplit reads `postgresql://u:Pw/x@h/d` as host `u`, port `Pw`: its message, which
+    the 400 quoted, gave the password's first part ("Port could not be cast to integer value
+    as 'Pw'")."""
+    for url in ("postgresql://u:S3cr3tPart/x@h/d", "postgresql://u:S3cr3tPart#x@h/d",
+                "postgresql://u:S3cr3tPart?x@h/d", "postgresql://[S3cr3tPart@h/d"):  # fmt: skip
+        with pytest.raises(InvalidInput) as bad:
+            check_database_url(url)
+        assert "S3cr3tPart" not in bad.value.message and "percent-encoded" in bad.value.message
+    with pytest.raises(InvalidInput, match="out of range"):
+        check_database_url("postgresql://u@h:99999/d")

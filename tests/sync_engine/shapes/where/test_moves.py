@@ -27,10 +27,11 @@ from tests.sync_engine.engine_harness import Engine
 TABLE = """
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS int4 CHECK (VALUE > 0);
+CREATE DOMAIN intarr AS int4[];
 CREATE TABLE m (id int PRIMARY KEY, i int4, n numeric, f float8, t text, c char(3), b bool,
                 d date, ts timestamptz, iv interval, u uuid, ia int4[], e mood, tm time,
                 dm posint, i8 int8, f4 float4, v varchar(5), tsn timestamp, by bytea,
-                ta text[], i2 int2)
+                ta text[], i2 int2, da intarr)
 """
 
 VALUES: dict[str, list[str | None]] = {
@@ -56,6 +57,7 @@ VALUES: dict[str, list[str | None]] = {
     "by": ["\\x41", "\\x", "\\x4142", None],
     "ta": ["{}", "{x}", '{"x y",NULL}', "{a,x}", None],
     "i2": ["0", "32767", "-32768", None],
+    "da": ["{}", "{2}", "{3,2}", "{NULL,3}", None],
 }  # fmt: skip
 COLUMNS = list(VALUES)
 
@@ -72,6 +74,7 @@ WHERES = [
     "b IS NOT TRUE AND i IS DISTINCT FROM 3",
     "f4 < 1.5 OR v LIKE 'a%' OR tsn > '2024-01-01' OR i8 = 9223372036854775807",
     "by = '\\x41' OR 'x' = ANY(ta) OR i2 + 1 > 0",
+    "da @> '{2}' OR da[1] = 3",  # a domain over int4[], read as int4[]
     # equalities the router files the shape under (its index keys), one on a domain
     "i = 3",
     "dm IN (1, 5)",

@@ -113,6 +113,15 @@ def test_refusals_say_what_postgres_would(table: tuple[psycopg.Connection[Any], 
         conn.execute(f"SELECT 1 FROM d WHERE {clause}")  # (Postgres reads it)
     with pytest.raises(WhereError, match='invalid input syntax for type date: "abc"'):
         parse_where("d = 'abc'", {}, columns)  # (Postgres does not read this one either)
+    # ordering an enum: the refusal no longer suggests e::text, whose order is the text's
+    # (Postgres orders 'sad' < 'ok' < 'happy', as declared)
+    for clause in ["e < 'ok'", "e BETWEEN 'sad' AND 'ok'"]:
+        with pytest.raises(WhereError, match=r"ordering enum values .* declared order"):
+            parse_where(clause, {}, columns)
+    assert conn.execute("SELECT 'sad'::mood < 'ok', 'sad' < 'ok'::text").fetchone() == (
+        True,
+        False,
+    )
 
 
 def test_an_untyped_literal_beside_any_type_concatenates_as_text(
