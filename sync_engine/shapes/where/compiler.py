@@ -72,7 +72,7 @@ from .collation import (
     column_ident,
     merge_all,
 )
-from .constructs import string_length, typmods_refused
+from .constructs import UNLIMITED, string_length, typmods_refused
 from .errors import WhereError, error_at
 from .expr import (
     EVAL_ERRORS,
@@ -455,6 +455,8 @@ class Compiler:
 
     def _ParamRef(self, node: ast.ParamRef) -> Expr:
         n = node.number
+        if n < 1:  # (`$0`: the engine had substituted a `params[0]` given for it)
+            raise error_at(f"there is no parameter ${n}", node)
         text = self.params.get(str(n))
         if text is None:
             raise error_at(f"parameter ${n} was not provided", node)
@@ -718,7 +720,7 @@ class Compiler:
         error); char(n) pads to n, which the engine keeps trimmed as it keeps char(n)
         values. Characters are counted as Postgres counts them in a UTF8 database only.
         These were a 400 'type modifiers are not supported (bpchar)'."""
-        if not self.collations.utf8:
+        if not self.collations.utf8 and n != UNLIMITED:
             raise error_at(
                 f"casting to {target.sql_name}({n}) is not supported here (the database"
                 " encoding, in which Postgres counts characters, is not known to be UTF8)",
