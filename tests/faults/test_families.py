@@ -156,6 +156,15 @@ async def test_a_family_change_ends_equal_to_select(db_url: str, tmp_path: Path)
                 "UPDATE c SET v = v + 1",
             )
             await converged("the detached tables' changes")
+            # a DETACH ... CONCURRENTLY interrupted: the partition is left "detach pending",
+            # which the root's SELECT no longer reads
+            with psycopg.connect(db_url) as holder:  # a transaction the detach waits for
+                holder.execute("SELECT 1 FROM items LIMIT 1")
+                with psycopg.connect(db_url, autocommit=True) as conn:
+                    conn.execute("SET statement_timeout = '300ms'")
+                    with pytest.raises(psycopg.errors.QueryCanceled):
+                        conn.execute("ALTER TABLE items DETACH PARTITION items_x CONCURRENTLY")
+            await converged("a partition left detach pending")
             # 4. while the engine is down (killed): attached again, inheriting again
             engine.kill()
             _sql(
