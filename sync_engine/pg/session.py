@@ -25,6 +25,13 @@ DISPLAY_SETTINGS = {
     "standard_conforming_strings": "on",
     "transform_null_equals": "off",
     "array_nulls": "on",
+    # Names the engine sends unqualified (`lower`, `=`, `string_agg`, `text`) resolve to
+    # Postgres's own, whatever a role or database sets: with `public` on the path, anyone
+    # who may create a function there could add a better-matching overload (`lower(varchar)`)
+    # that the snapshot query would then run with the engine's rights, and that would judge
+    # rows otherwise than the engine does on live changes (CVE-2018-1058). Tables are
+    # always named with their schema; `pg_temp` last so no temporary object shadows one.
+    "search_path": "pg_catalog,pg_temp",
 }
 
 
