@@ -48,7 +48,7 @@ from .pg.publication import (
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
-from .shapes.shape import Shape
+from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
 
 logger = logging.getLogger(__name__)
@@ -553,6 +553,11 @@ class Tables:
         suspects: set[int] = set()
         for shape in shapes():
             have = current[shape.definition.table_oid]
+            if shape.family is None and shape.family_digest is not None:
+                if shape.family_digest != family_digest(have):  # (a big family: no lists)
+                    self.registry.rotate(shape, "the table's family changed")
+                    continue
+                shape.family, shape.family_digest = have, None
             if shape.family is None:  # (recorded by an older engine: trusted, as before)
                 shape.family = have
             elif shape.family != have:

@@ -190,8 +190,12 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
         match = _PARAM_KEY.match(key)
         if match:
             bracketed[match.group(1)] = value
-    if "params" in values:
-        raise _invalid("invalid_params", "params", "must be given as params[1]=value&params[2]=...")
+    bare = values.get("params")
+    if bare is not None and bare.strip():
+        # The engine's (Electric's) words: `params` is a map there, and a bare string fails
+        # Ecto's cast, "is invalid"; an empty or blank `params=` is no params (Ecto's empty
+        # value), which the engine ignores.
+        raise _invalid("invalid_params", "params", "is invalid")
     params = _numbered(bracketed, "params") if bracketed else {}
     if "table" in values:  # (the engine reads the table's name before its columns)
         try:

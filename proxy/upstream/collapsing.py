@@ -15,8 +15,12 @@ so that the client's next identical request joins it was weighed and not done: t
 visible again (seconds or more later); its other aborts are followed by a different request
 (a refresh after `forceDisconnectAndRefresh` or a system wake is a catch-up without `live`;
 its own live-request timeout, 45 s, is past the engine's 20 s long-poll) or by none
-(unsubscribe, a closed tab). A new engine long-poll costs one parked request; a kept one
-would hold an engine connection for a client that is gone after every closed tab.
+(unsubscribe, a closed tab). Measured with the npm client through the proxy (its fetches
+recorded): unsubscribe, forceDisconnectAndRefresh x5, requestSnapshot x5 (changes_only), SSE
+forceDisconnectAndRefresh x5: 0 of 19 aborted live requests re-sent identically within 1 s;
+only with `liveRequestTimeoutMs` (2 s) below the engine's long-poll (60 s): 4 of 5. There a
+keep would save one engine request per client per timeout; by default it would save none and
+hold an engine connection for a gone client after every closed tab.
 """
 
 from __future__ import annotations

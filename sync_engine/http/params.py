@@ -289,6 +289,10 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     else:
         raise _subset_error(field_name, "is invalid")
     if n < minimum:
+        # Ecto's validate_number words for Electric's rules: `limit` greater_than: 0,
+        # `offset` greater_than_or_equal_to: 0.
+        if minimum == 1:
+            raise _subset_error(field_name, "must be greater than 0")
         raise _subset_error(field_name, f"must be greater than or equal to {minimum}")
     if n > _MAX_BIGINT:
         raise _subset_error(field_name, f"must be less than or equal to {_MAX_BIGINT}")
@@ -304,18 +308,29 @@ def _parse_subset(
     order_by = body.get("order_by", q.get("subset__order_by"))
     if order_by is not None and not isinstance(order_by, str):
         raise _subset_error("order_by", "is invalid")
+    # Electric's SubsetParams `params` is a JsonOrMapStringParams: a string (the query's
+    # `subset__params`, or a string in the body) is decoded as JSON, "params must be valid
+    # JSON" when it is not and "params must be a JSON object" when it decodes to a scalar; a
+    # map is taken as is; anything else fails Ecto's cast, "is invalid". A list (JSON or in
+    # the body) is read as $1, $2, ... here, where Electric refuses it.
     raw_params: Any = body.get("params")
     if raw_params is None and "subset__params" in q:
+        raw_params = q["subset__params"]
+    if isinstance(raw_params, str) and not raw_params.strip():
+        raw_params = None  # Ecto's empty value: the default, no params
+    if isinstance(raw_params, str):
         try:
-            raw_params = orjson.loads(q["subset__params"])
+            raw_params = orjson.loads(raw_params)
         except orjson.JSONDecodeError:
-            raise _subset_error("params", "is invalid JSON") from None
+            raise _subset_error("params", "params must be valid JSON") from None
+        if not isinstance(raw_params, dict | list):
+            raise _subset_error("params", "params must be a JSON object")
     if raw_params is None:
         raw_params = bracket_params
     if isinstance(raw_params, list):
         raw_params = {str(i + 1): v for i, v in enumerate(raw_params)}
     if not isinstance(raw_params, dict):
-        raise _subset_error("params", "must be an object")
+        raise _subset_error("params", "is invalid")
     if any(isinstance(v, dict | list) for v in raw_params.values()):
         raise _subset_error("params", "values must be strings, numbers or booleans")
     params = {str(k): "" if v is None else str(v) for k, v in raw_params.items()}

@@ -27,15 +27,20 @@ logger = logging.getLogger(__name__)
 
 #: Every descendant of the given tables (partitions, sub-partitions, inheritance children),
 #: once per (table, descendant): its kind, replica identity, whether it is a partition,
-#: and the xid that linked it to its parent when
-#: the same transaction made it (the link's and its row type's xmin agree: the raw xmin,
-#: kept through a freeze), else NULL.
+#: and the xid that linked it to its parent when the same transaction made it (the link's
+#: and its row type's xmin agree: the raw xmin, kept through a freeze), else NULL.
+#: A partition left "detach pending" by an interrupted DETACH PARTITION CONCURRENTLY is not
+#: one: its parent's SELECT no longer reads it (`inhdetachpending` is read through jsonb so
+#: that the query runs on Postgres 13 too, which has no such column).
 _DESCENDANTS = """
 WITH RECURSIVE down(root, relid, parent) AS (
-    SELECT inhparent, inhrelid, inhparent FROM pg_inherits WHERE inhparent = ANY(%(roots)s)
+    SELECT i.inhparent, i.inhrelid, i.inhparent FROM pg_inherits i
+    WHERE i.inhparent = ANY(%(roots)s)
+      AND NOT COALESCE((to_jsonb(i) ->> 'inhdetachpending')::bool, false)
     UNION ALL
     SELECT d.root, i.inhrelid, i.inhparent
     FROM pg_inherits i JOIN down d ON i.inhparent = d.relid
+    WHERE NOT COALESCE((to_jsonb(i) ->> 'inhdetachpending')::bool, false)
 )
 SELECT DISTINCT ON (d.root, d.relid)
        d.root::int8, d.relid::int8, c.relkind::text, c.relreplident::text, n.nspname, c.relname,
@@ -48,11 +53,14 @@ LEFT JOIN pg_type t ON t.oid = c.reltype
 ORDER BY d.root, d.relid
 """
 
+#: A table's ancestors (not through a "detach pending" link, as `_DESCENDANTS`).
 _ANCESTORS = """
 WITH RECURSIVE up(relid) AS (
-    SELECT inhparent FROM pg_inherits WHERE inhrelid = %s
+    SELECT i.inhparent FROM pg_inherits i
+    WHERE i.inhrelid = %s AND NOT COALESCE((to_jsonb(i) ->> 'inhdetachpending')::bool, false)
     UNION ALL
     SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid
+    WHERE NOT COALESCE((to_jsonb(i) ->> 'inhdetachpending')::bool, false)
 )
 SELECT relid::int8 FROM up
 """

@@ -21,7 +21,7 @@ from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import Described, ShapeDefinition, ShapeParams
 from .router import ShapeRouter
-from .shape import HandleFactory, Shape
+from .shape import FAMILY_LISTED, HandleFactory, Shape, family_digest
 from .where import parse_where
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,12 @@ def shape_record(shape: Shape) -> dict[str, object]:
         "table": _table_json(shape.table),
     }
     if shape.family is not None:
-        record["family"] = sorted(shape.family)
+        if len(shape.family) <= FAMILY_LISTED:
+            record["family"] = sorted(shape.family)
+        else:
+            record["family_digest"] = family_digest(shape.family)
+    elif shape.family_digest is not None:
+        record["family_digest"] = shape.family_digest
     return record
 
 
@@ -108,6 +113,15 @@ def _family(value: object) -> frozenset[int] | None:
     if not isinstance(value, list) or not all(isinstance(o, int) for o in value):
         raise TypeError("not a family")
     return frozenset(value)
+
+
+def _digest(value: object) -> str | None:
+    """A completion record's `family_digest` (see `Shape.family_digest`)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("not a family digest")
+    return value
 
 
 class ShapeRegistry:
@@ -218,6 +232,7 @@ class ShapeRegistry:
             log=shape_log,
             snapshot=XidSnapshot.from_json(meta["snapshot"]),
             family=_family(meta.get("family")),
+            family_digest=_digest(meta.get("family_digest")),
         )
 
     # -- rotation -------------------------------------------------------------------------

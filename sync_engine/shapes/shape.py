@@ -134,6 +134,18 @@ def _type_modifiers(type_name: str, mod: int) -> dict[str, object]:
     return {"type_mod": mod}
 
 
+#: A shape's completion record lists its table's descendants up to this many; beyond, it
+#: holds their digest (100k shapes of a table with 5,000 partitions must not each write
+#: 30 kB of oids): after a restart, a changed family then retires the shape (its clients
+#: refetch) even where the new members are partitions made as such.
+FAMILY_LISTED = 256
+
+
+def family_digest(family: frozenset[int]) -> str:
+    """A digest of a set of table oids (`Shape.family`)."""
+    return hashlib.sha256(",".join(map(str, sorted(family))).encode()).hexdigest()
+
+
 @dataclass(eq=False)
 class Shape:
     """A live shape: definition, handle, compiled where, log and the futures waiters wait on.
@@ -153,6 +165,9 @@ class Shape:
     #: descendants (`Tables.check_families`). In its completion record; None when unknown
     #: (recorded by an older engine).
     family: frozenset[int] | None = None
+    #: `family_digest(family)` in place of `family` when a restart brought back a shape of
+    #: a table with more descendants than a record lists (`FAMILY_LISTED`).
+    family_digest: str | None = None
     schema_json: str = field(init=False, default="")
     key_prefix: str = field(init=False, default="")
     #: (schema, table), as each change's `relation` header says it.

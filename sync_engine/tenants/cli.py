@@ -254,6 +254,14 @@ def run(args: argparse.Namespace) -> str:
             ]
             for s in res["sources"]
         ]
+        why = (res.get("registry") or {}).get("read_only")
+        if why:  # (on stderr: scripts parsing the table see it unchanged)
+            print(
+                f"warning: the engine's sources registry is read-only ({why}): sources are"
+                " served as they are, but adding, rotating, pausing or deleting them is"
+                " refused until it can be written (is the data directory's disk full?)",
+                file=sys.stderr,
+            )
         if not rows:
             return "No sources registered. Add one: sync-engine sources add --name NAME --database-url URL"  # noqa: E501
         return _table(rows, ["SOURCE_ID", "NAME", "STATE", "SHAPES", "LAG", "ERROR"])

@@ -56,19 +56,15 @@ def check_database_url(url: object) -> str:
         except ValueError as exc:
             # (not quoted: urlsplit's message quotes what it took for the port, which is the
             # password's first part when the password has an unencoded / ? or #)
-            text = str(exc)
-            reason = (
-                "its port is out of range 0-65535"
-                if "out of range" in text
-                else "its port is not a number"
-                if "Port" in text
-                else "invalid host"
-            )
-            raise InvalidInput(
-                "database_url",
-                f"database_url is not a valid URL ({reason}); a password with / ? # @ : or %"
-                " in it must be percent-encoded (/ as %2F)",
-            ) from None
+            if "out of range" in str(exc):
+                message = "database_url is not a valid URL: its port is out of range 0-65535"
+            else:
+                reason = "its port is not a number" if "Port" in str(exc) else "invalid host"
+                message = (
+                    f"database_url is not a valid URL ({reason}); a password with / ? # @ : or"
+                    " % in it must be percent-encoded (/ as %2F)"
+                )
+            raise InvalidInput("database_url", message) from None
     elif "=" not in url:
         raise InvalidInput(
             "database_url",

@@ -61,7 +61,7 @@ async def test_clients_that_vanish_mid_answer_leave_nothing_behind(
     cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, %s) g", (ROWS,))
     cluster.query("ALTER TABLE items ADD COLUMN pad text NOT NULL DEFAULT repeat('x', 200)")
     engine = EngineProcess(
-        cluster.url, tmp_path / "data", "--long-poll-timeout", "3", "--chunk-bytes", "1000000"
+        cluster.url, tmp_path / "data", "--long-poll-timeout", "1", "--chunk-bytes", "1000000"
     )
     await asyncio.to_thread(engine.start)
     assert engine.proc is not None

@@ -156,6 +156,15 @@ async def test_a_family_change_ends_equal_to_select(db_url: str, tmp_path: Path)
                 "UPDATE c SET v = v + 1",
             )
             await converged("the detached tables' changes")
+            # a DETACH ... CONCURRENTLY interrupted: the partition is left "detach pending",
+            # which the root's SELECT no longer reads
+            with psycopg.connect(db_url) as holder:  # a transaction the detach waits for
+                holder.execute("SELECT 1 FROM items LIMIT 1")
+                with psycopg.connect(db_url, autocommit=True) as conn:
+                    conn.execute("SET statement_timeout = '300ms'")
+                    with pytest.raises(psycopg.errors.QueryCanceled):
+                        conn.execute("ALTER TABLE items DETACH PARTITION items_x CONCURRENTLY")
+            await converged("a partition left detach pending")
             # 4. while the engine is down (killed): attached again, inheriting again
             engine.kill()
             _sql(
@@ -188,4 +197,49 @@ async def test_a_family_change_ends_equal_to_select(db_url: str, tmp_path: Path)
         stop.set()
         for npm in npms.values():
             await npm.stop()
+        engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_big_family_changed_while_the_engine_was_down(db_url: str, tmp_path: Path) -> None:
+    """A table with more descendants than a shape's record lists (`FAMILY_LISTED`: the
+    record holds their digest): a partition detached while the engine was down (SIGKILL)
+    still retires its shapes at start."""
+    _sql(
+        db_url,
+        "CREATE TABLE big (id int, k int, v int NOT NULL, PRIMARY KEY (id, k))"
+        " PARTITION BY LIST (k)",
+        "DO $$ BEGIN FOR i IN 1..300 LOOP EXECUTE format("
+        "'CREATE TABLE big_%s PARTITION OF big FOR VALUES IN (%s)', i, i); END LOOP; END $$",
+        "INSERT INTO big SELECT g, g, 0 FROM generate_series(1, 300) g",
+    )
+    engine = EngineProcess(db_url, tmp_path / "data", "--long-poll-timeout", "1")
+    engine.log = tmp_path / "engine.log"
+    await asyncio.to_thread(engine.start)
+    follower = Follower(engine.url, "k > 100", table="big", increments=False)
+    stop = asyncio.Event()
+
+    def rows() -> list[tuple[str, ...]]:
+        return sorted((str(r["id"]), str(r["k"]), str(r["v"])) for r in follower.rows.values())
+
+    def want() -> list[tuple[str, ...]]:
+        with psycopg.connect(db_url) as conn:
+            q = b"SELECT id, k, v FROM big WHERE k > 100"
+            return sorted(tuple(str(x) for x in r) for r in conn.execute(q).fetchall())
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            task = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(lambda: follower.live, message="live")
+            engine.kill()
+            _sql(db_url, "ALTER TABLE big DETACH PARTITION big_200")
+            await asyncio.to_thread(engine.start)
+            _sql(db_url, "UPDATE big SET v = 1 WHERE k IN (150, 200)")
+            await wait_until_async(lambda: rows() == want(), timeout=30, message="as SELECT")
+            stop.set()
+            await task
+        follower.assert_clean()
+        assert follower.resets == 1, follower.resets
+    finally:
+        stop.set()
         engine.stop()

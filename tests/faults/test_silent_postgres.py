@@ -17,7 +17,10 @@ waited forever on its quiet socket.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -26,15 +29,76 @@ import psycopg
 import pytest
 
 from tests.faults.cluster import FaultCluster, PartitionedCluster
+from tests.support.databases import create_database, drop_database
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, Writer, expected_rows, follow_all, until_equal
 from tests.support.waiting import wait_until_async
+from tests.sync_engine.tenants.harness import PGBIN
 
 WHERES = [None, "id % 2 = 0"]
-#: Long enough for the engine's own bounds (a catalog query: 5 s; the stream: 4 s here);
-#: a request still waiting then is hung (it would wait as long as Postgres is stopped).
+#: Long enough for the engine's own bounds (a catalog query and the probe of a new
+#: connection: 1 s here, 5 s by default; the stream: 2 s here); a request still waiting then
+#: is hung (it would wait as long as Postgres is stopped).
 ANSWER_WITHIN = 30
 WALSENDER = "SELECT active_pid FROM pg_replication_slots WHERE active_pid IS NOT NULL"
+#: The engine's bounds, short (the defaults, 5 s each, only made this file slow): the
+#: behaviour is the same, a request is answered 503 once they run out.
+SHORT_BOUNDS = ("--catalog-timeout", "1", "--probe-timeout", "1")
+
+
+@dataclass
+class Silenced:
+    """A database of its own (an `items (id, v)` table of 20 rows) on a cluster shared by
+    this file's tests (starting one per test cost ~3 s each): `url` is the database's."""
+
+    cluster: FaultCluster
+    url: str
+
+
+def _database(cluster: FaultCluster) -> Iterator[Silenced]:
+    dbname, url = create_database(cluster.url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
+            conn.execute("INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g")
+        yield Silenced(cluster, url)
+    finally:
+        drop_database(cluster.url, dbname)
+
+
+@pytest.fixture(scope="module")
+def shared_cluster() -> Iterator[FaultCluster]:
+    if PGBIN is None:
+        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+    made = FaultCluster()
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_partitioned() -> Iterator[PartitionedCluster]:
+    """As `partitioned` (tests/faults/conftest.py), for this file's tests."""
+    if PGBIN is None or os.geteuid() != 0:
+        pytest.skip("needs root and PostgreSQL server binaries (a network namespace)")
+    made = PartitionedCluster(wal_sender_timeout="'5s'")
+    try:
+        made.start()
+        yield made
+    finally:
+        made.stop()
+
+
+@pytest.fixture
+def silenced(shared_cluster: FaultCluster) -> Iterator[Silenced]:
+    yield from _database(shared_cluster)
+
+
+@pytest.fixture
+def partitioned_db(shared_partitioned: PartitionedCluster) -> Iterator[Silenced]:
+    yield from _database(shared_partitioned)
 
 
 async def _get(session: aiohttp.ClientSession, url: str, **params: str) -> tuple[int, bytes, str]:
@@ -53,15 +117,20 @@ async def test_a_silent_postgres_gets_answers_and_is_followed_again(
     the engine's replication stream (new connections are answered: a new shape is made);
     `partition`: the cluster's network link cut (packets dropped, not even the kernel
     answers)."""
-    cluster: FaultCluster = request.getfixturevalue(
-        "partitioned" if what == "partition" else "cluster"
-    )
+    db: Silenced = request.getfixturevalue("partitioned_db" if what == "partition" else "silenced")
+    cluster = db.cluster
     engine = EngineProcess(
-        cluster.url, tmp_path / "data", "--long-poll-timeout", "2", "--replication-timeout", "4"
+        db.url,
+        tmp_path / "data",
+        "--long-poll-timeout",
+        "1",
+        "--replication-timeout",
+        "2",
+        *SHORT_BOUNDS,
     )
     await asyncio.to_thread(engine.start)
     followers = [Follower(engine.url, w) for w in WHERES]
-    writer = Writer(cluster.url)
+    writer = Writer(db.url)
     stop_followers, stop_writer = asyncio.Event(), asyncio.Event()
     stopped: list[int] = []
     try:
@@ -104,7 +173,7 @@ async def test_a_silent_postgres_gets_answers_and_is_followed_again(
             )
             stop_writer.set()
             await writing
-            await until_equal(followers, [expected_rows(cluster.url, w) for w in WHERES], 60)
+            await until_equal(followers, [expected_rows(db.url, w) for w in WHERES], 60)
             stop_followers.set()
             await asyncio.gather(*tasks)
             # and a new shape is made again
@@ -114,7 +183,7 @@ async def test_a_silent_postgres_gets_answers_and_is_followed_again(
             await wait_until_async(lambda: fresh.live, timeout=30, message="a new shape")
             stop.set()
             await task
-        assert fresh.rows == expected_rows(cluster.url, "id > 5")
+        assert fresh.rows == expected_rows(db.url, "id > 5")
         for f in followers:
             f.assert_clean()
     finally:
@@ -141,10 +210,9 @@ async def test_a_new_shape_of_a_table_just_looked_up_gets_a_503_not_a_hang(
     client waits (here `ANSWER_WITHIN`); the subset's query waited as long as Postgres was
     stopped (in a worker thread: a few of them stalled every file read and write the engine
     does in threads)."""
-    cluster: FaultCluster = request.getfixturevalue(
-        "partitioned" if what == "partition" else "cluster"
-    )
-    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    db: Silenced = request.getfixturevalue("partitioned_db" if what == "partition" else "silenced")
+    cluster = db.cluster
+    engine = EngineProcess(db.url, tmp_path / "data", "--long-poll-timeout", "1", *SHORT_BOUNDS)
     await asyncio.to_thread(engine.start)
     stopped: list[int] = []
     try:
@@ -192,7 +260,7 @@ async def test_a_new_shape_of_a_table_just_looked_up_gets_a_503_not_a_hang(
             await wait_until_async(lambda: follower.live, timeout=60, message="the new shape")
             stop.set()
             await task
-        assert follower.rows == expected_rows(cluster.url, "id > 5")
+        assert follower.rows == expected_rows(db.url, "id > 5")
         follower.assert_clean()
     finally:
         cluster.signal(stopped, signal.SIGCONT)
@@ -201,23 +269,27 @@ async def test_a_new_shape_of_a_table_just_looked_up_gets_a_503_not_a_hang(
 
 @pytest.mark.timeout(120)
 async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
-    cluster: FaultCluster, tmp_path: Path
+    silenced: Silenced, tmp_path: Path
 ) -> None:
     """Postgres alive but slow: a new shape's snapshot query waits for a lock held by
-    another transaction (here for 12 s, past the engine's check for a silent database).
-    The request waits for it and gets the rows, not a 503."""
-    engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
+    another transaction (here for 6 s: past the engine's check for a silent database,
+    `SNAPSHOT_QUIET` + the probe's 2 s, twice). The request waits for it and gets the rows,
+    not a 503."""
+    url = silenced.url
+    engine = EngineProcess(
+        url, tmp_path / "data", "--long-poll-timeout", "1", "--probe-timeout", "2"
+    )
     await asyncio.to_thread(engine.start)
     try:
         async with aiohttp.ClientSession() as session:
             first = await _get(session, engine.url, table="items", offset="-1")
             assert first[0] == 200, first
-            with psycopg.connect(cluster.url) as locker:
+            with psycopg.connect(url) as locker:
                 locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
                 asking = asyncio.create_task(
                     _get(session, engine.url, table="items", where="id > 5", offset="-1")
                 )
-                await asyncio.sleep(12)
+                await asyncio.sleep(6)
                 assert not asking.done(), asking.result()
                 locker.commit()
             status, body, _ = await asking

@@ -3,7 +3,8 @@ alone or while sharing one engine request with others (collapsed), through the p
 the open policy: the engine's parked requests go back to what they were (no upstream
 connection left behind), those who stay still get the change, and the next client asking the
 same live request gets the answer the engine gives it straight (no group left stuck on a
-gone request).
+gone request). And the engine SIGKILLed under collapsed long-polls: each client answered at
+once, and after the restart the proxy answers as the engine does.
 
 Real path: proxy -> `sync-engine` (20 s long-polls, so nothing ends on its own during the
 test) -> PostgreSQL. Clients leave as a closed tab does: the connection reset.
@@ -155,3 +156,39 @@ async def test_clients_leaving_live_requests_leave_nothing_behind(
                 answers.append(_comparable(resp.status, resp.headers, await resp.read(), "GET"))
         assert answers[1] == answers[0]
         await wait_until_async(back_to_before, timeout=10, message="nothing left at the end")
+
+
+async def _status(client: RawClient) -> int:
+    """The status of the answer a raw client got (0: the connection closed without one)."""
+    assert client.reader is not None and client.writer is not None
+    try:
+        line = await asyncio.wait_for(client.reader.readline(), 30)
+    finally:
+        client.writer.transport.abort()
+    return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else 0
+
+
+async def test_engine_killed_under_collapsed_long_polls(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """Three clients share one parked engine long-poll through the proxy; the engine is
+    SIGKILLed: each gets an answer at once (the proxy's 502, as for an engine that is down),
+    nothing stays parked or grouped, and once the engine is back the same live request
+    gets through the proxy what it gets straight (the change made while it was down)."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    async with aiohttp.ClientSession() as session:
+        handle, offset = await _tip(session, base)
+        target = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
+        clients = [await RawClient(base, target).start() for _ in range(3)]
+        await engine.until_parked(1)
+        engine.kill()
+        assert [await _status(c) for c in clients] == [502, 502, 502]
+        with psycopg.connect(engine.db_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (4, 'd')")
+        engine.start()
+        answers = []
+        for url in (engine.url + target + f"&secret={engine_secret}", base + target):
+            async with session.get(URL(url, encoded=True)) as resp:
+                answers.append(_comparable(resp.status, resp.headers, await resp.read(), "GET"))
+        assert answers[1] == answers[0]
+        assert answers[0][0] in (200, 409), answers[0]

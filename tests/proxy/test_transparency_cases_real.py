@@ -274,6 +274,26 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
         ("GET", "/v1/shape/?table=items&offset=-1", {}, None),
         ("PATCH", "/v1/shape?table=items&offset=-1", {}, None),
         ("GET", "/v1/shape?table=items&offset=-1", {"Accept": "text/event-stream"}, None),
+        # live modes with other methods and conditions
+        ("HEAD", f"{shape}&offset={offset}&live=true&live_sse=true", {}, None),
+        ("HEAD", f"{shape}&offset={offset}&live=true&experimental_live_sse=true", {}, None),
+        ("POST", f"{shape}&offset={offset}&live=true", {}, b'{"where": "id > 1"}'),
+        ("POST", f"{shape}&offset={offset}&live=true&live_sse=true", {}, b"{}"),
+        ("GET", f"{shape}&offset={offset}&live=true", {"If-None-Match": etag}, None),
+        ("GET", f"{shape}&offset={offset}&live=true&live_sse=true", {"If-None-Match": "*"}, None),
+        ("GET", catch_up, {"Range": "bytes=0-10"}, None),
+        ("GET", catch_up, {"If-Modified-Since": "Sat, 01 Jan 2000 00:00:00 GMT"}, None),
+        ("GET", f"{shape}&offset=-1&log=changes_only", {}, None),
+        ("GET", f"{shape}&offset=now&log=changes_only", {}, None),
+        ("GET", f"{shape}&offset={offset}&log=changes_only&live=true", {}, None),
+        ("GET", "/v1/shape?table=items&offset=-1&log=changes_only&subset__where=id%3E1", {}, None),
+        (
+            "OPTIONS",
+            f"{shape}&offset={offset}&live=true&live_sse=true",
+            {"Origin": "https://a.example", "Access-Control-Request-Method": "GET"},
+            None,
+        ),
+        ("DELETE", "/v1/shape?table=items&handle=nosuch&secret=x", {}, None),
     ]
 
 

@@ -82,8 +82,12 @@ IGNORED = os.environ.get("PROXY_TRANSPARENCY_FUZZ_IGNORE", "").split(",")
 BYTES = os.environ.get("PROXY_TRANSPARENCY_FUZZ_BYTES", "1") == "1"
 
 
-@pytest.fixture
-def engine(db_url: str, tmp_path: Path) -> Iterator[EngineProcess]:
+@pytest.fixture(params=["no-secret", "secret"])
+def engine(
+    db_url: str, tmp_path: Path, engine_secret: str, request: pytest.FixtureRequest
+) -> Iterator[EngineProcess]:
+    """The engine, without a secret (both get the same query string) or with one (the
+    proxy injects it; a direct request gets it appended, as a server-side caller would)."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(
             'CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, "Mixed" int)'
@@ -94,8 +98,9 @@ def engine(db_url: str, tmp_path: Path) -> Iterator[EngineProcess]:
         )
         conn.execute("CREATE TABLE other (k text PRIMARY KEY, v jsonb)")
         conn.execute("""INSERT INTO other VALUES ('x', '{"a": 1}')""")
+    secret = ("--secret", engine_secret) if request.param == "secret" else ()
     engine = EngineProcess(
-        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--sse-timeout", "1"
+        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--sse-timeout", "1", *secret
     )
     engine.start()
     try:
@@ -422,7 +427,10 @@ async def test_the_proxy_answers_as_the_engine_under_the_open_policy(
 ) -> None:
     config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
     config["upstream"]["url"] = engine.url
-    proxy = await make_proxy(build_config(config, {}))
+    secret = engine.secret
+    if secret is not None:
+        config["upstream"]["secret_env"] = "ENGINE_SECRET"
+    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": secret or ""}))
     base = str(proxy.client.make_url(""))
     handles: list[str] = []
     etags: list[str] = []
@@ -438,7 +446,11 @@ async def test_the_proxy_answers_as_the_engine_under_the_open_policy(
                 rng = random.Random(seed)
             round_ = f"{seed}:{n}"
             req = _request(rng, handles, etags)
-            d_status, d_headers, d_body = await _send(session, engine.url, req)
+            direct = req
+            if secret is not None:  # (appended last: it wins over a client's own `secret`)
+                query = req["query"] + ("&" if req["query"] else "") + f"secret={secret}"
+                direct = {**req, "query": query}
+            d_status, d_headers, d_body = await _send(session, engine.url, direct)
             p_status, p_headers, p_body = await _send(session, base, req)
             expected = _comparable(d_status, d_headers, d_body, req["method"], req["query"])
             got = _comparable(p_status, p_headers, p_body, req["method"], req["query"])

@@ -72,7 +72,7 @@ from .collation import (
     column_ident,
     merge_all,
 )
-from .constructs import string_length, typmods_refused
+from .constructs import UNLIMITED, string_length, typmods_refused
 from .errors import WhereError, error_at
 from .expr import (
     EVAL_ERRORS,
@@ -286,6 +286,9 @@ class Compiler:
                 value = self._char_input(value, expr.node)
             return const(target, value, expr.node, folded=folded)
         except ValueError as e:
+            refusal = self.domain_refusal(target, expr.node)
+            if refusal is not None:
+                raise refusal from None
             message = str(e)
             if (
                 target.element in _CLOCK_TYPES
@@ -299,6 +302,25 @@ class Compiler:
                     " in ISO 8601 (2024-01-31, 13:45:00, 2024-01-31 13:45:00+01)"
                 )
             raise error_at(message, expr.node) from None
+
+    def domain_refusal(self, typ: PgType, node: ast.Node | None) -> WhereError | None:
+        """The 400 for a value of a domain the engine does not read as its base type (over
+        char(n), an enum, a text array, ...), naming the domain and what works instead;
+        None when `typ` is no such domain. It had said "unsupported type dch" or, for an
+        operator, "operator does not exist: dtxa @> unknown" (Postgres has it)."""
+        if typ.array or typ.enum:
+            return None
+        for col in self.columns.values():
+            if col.type_kind == "d" and not col.is_array and col.type_name == typ.name:
+                base = col.domain_base or "?"
+                base = base[1:] + "[]" if base.startswith("_") else base
+                base = "character(n)" if base == "bpchar" else base
+                return error_at(
+                    f"values of domain {typ.name} (over {base}) are not supported here, but"
+                    f" for IS NULL and a cast to text ({col.name}::text)",
+                    node,
+                )
+        return None
 
     def _char_input(self, value: Value, node: ast.Node | None) -> Value:
         """charin of a literal, as the output text its byte has (how a row's "char" value
@@ -433,6 +455,8 @@ class Compiler:
 
     def _ParamRef(self, node: ast.ParamRef) -> Expr:
         n = node.number
+        if n < 1:  # (`$0`: the engine had substituted a `params[0]` given for it)
+            raise error_at(f"there is no parameter ${n}", node)
         text = self.params.get(str(n))
         if text is None:
             raise error_at(f"parameter ${n} was not provided", node)
@@ -696,7 +720,7 @@ class Compiler:
         error); char(n) pads to n, which the engine keeps trimmed as it keeps char(n)
         values. Characters are counted as Postgres counts them in a UTF8 database only.
         These were a 400 'type modifiers are not supported (bpchar)'."""
-        if not self.collations.utf8:
+        if not self.collations.utf8 and n != UNLIMITED:
             raise error_at(
                 f"casting to {target.sql_name}({n}) is not supported here (the database"
                 " encoding, in which Postgres counts characters, is not known to be UTF8)",

@@ -153,11 +153,18 @@ def sized_type_name(name: str, typmods: Sequence[ast.Node]) -> str:
     return SIZED_NAMES.get(name, name + "({})").format(mods)
 
 
+#: A length no value reaches: `bpchar` without one (`N'..'`, `x::bpchar`) cuts nothing.
+UNLIMITED = 1 << 30
+
+
 def string_length(tn: ast.TypeName) -> tuple[PgType, int] | None:
-    """(varchar or bpchar, n) for a cast to varchar(n) or char(n), else None."""
+    """(varchar or bpchar, n) for a cast to varchar(n), char(n) or bpchar (no length:
+    `UNLIMITED`), else None."""
     names = [getattr(n, "sval", "") for n in tn.names]
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
+    if names == ["bpchar"] and not tn.typmods and not tn.arrayBounds:
+        return BPCHAR, UNLIMITED
     if names not in (["varchar"], ["bpchar"]) or tn.arrayBounds or len(tn.typmods or ()) != 1:
         return None
     (mod,) = tn.typmods

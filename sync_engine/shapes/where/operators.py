@@ -197,6 +197,9 @@ ORDERING = frozenset({"<", "<=", ">", ">="})
 
 def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> WhereError:
     for side in (left, right):
+        refusal = c.domain_refusal(side.type, node)
+        if refusal is not None:
+            return refusal
         if side.type.enum and not c.allow_enums:
             if name in ORDERING:
                 # (e::text < 'x' is no substitute: an enum orders by its labels' declared

@@ -350,13 +350,16 @@ def test_a_subset_from_the_query_and_from_a_body() -> None:
 @pytest.mark.parametrize(
     ("body", "field", "fragment"),
     [
-        ({"limit": 0, "order_by": "n"}, "limit", "greater than or equal to 1"),
+        ({"limit": 0, "order_by": "n"}, "limit", "must be greater than 0"),
         ({"offset": -1, "order_by": "n"}, "offset", "greater than or equal to 0"),
         ({"limit": "x", "order_by": "n"}, "limit", "is invalid"),
         ({"limit": True, "order_by": "n"}, "limit", "is invalid"),
         ({"limit": 5}, "order_by", "required"),
         ({"where": 5}, "where", "is invalid"),
-        ({"params": "x"}, "params", "must be an object"),
+        ({"params": "x"}, "params", "params must be valid JSON"),
+        ({"params": "5"}, "params", "params must be a JSON object"),
+        ({"params": 5}, "params", "is invalid"),
+        ({"params": True}, "params", "is invalid"),
         ({"params": {"1": [1]}}, "params", "values must be"),
         ({"limit": 2**63, "order_by": "n"}, "limit", "less than or equal to"),
     ],
@@ -365,3 +368,39 @@ def test_bad_subsets(body: dict[str, Any], field: str, fragment: str) -> None:
     errors = refused({"table": "items", "offset": "-1"}, body)
     assert list(errors) == ["subset"] and list(errors["subset"]) == [field], errors
     assert fragment in errors["subset"][field][0], errors
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nojson", "params must be valid JSON"),
+        ("{", "params must be valid JSON"),
+        ("5", "params must be a JSON object"),
+        ('"a"', "params must be a JSON object"),
+        ("null", "params must be a JSON object"),
+    ],
+)
+def test_subset_params_json_is_refused_in_electrics_words(value: str, message: str) -> None:
+    """Electric's SubsetParams `params` (JsonOrMapStringParams) decodes a string as JSON:
+    "params must be valid JSON" when it is not JSON, "params must be a JSON object" when it
+    decodes to a scalar."""
+    errors = refused({"table": "items", "offset": "-1", "subset__where": "n > $1",
+                      "subset__params": value})  # fmt: skip
+    assert errors == {"subset": {"params": [message]}}
+
+
+def test_subset_limit_below_one_in_electrics_words() -> None:
+    """Electric validates `limit` with greater_than: 0; Ecto says "must be greater than 0"."""
+    for limit in ("0", "-5"):
+        errors = refused({"table": "items", "offset": "-1", "subset__order_by": "n",
+                          "subset__limit": limit})  # fmt: skip
+        assert errors == {"subset": {"limit": ["must be greater than 0"]}}
+
+
+def test_subset_params_as_a_json_string_in_the_body_or_empty_in_the_query() -> None:
+    """A JSON object given as a string is decoded (in the body as in the query); an empty
+    `subset__params=` is Ecto's empty value: no params."""
+    req = parse({"table": "items", "offset": "-1"}, {"where": "n > $1", "params": '{"1": "5"}'})
+    assert req.subset is not None and dict(req.subset.params) == {"1": "5"}
+    req = parse({"table": "items", "offset": "-1", "subset__where": "n > 1", "subset__params": ""})
+    assert req.subset is not None and dict(req.subset.params) == {}

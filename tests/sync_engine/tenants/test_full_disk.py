@@ -169,3 +169,49 @@ async def test_a_start_on_a_full_disk_serves_the_sources_then_writes_when_space_
         assert [r["name"] for r in rows.values()] == ["a1"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@needs_root
+@pytest.mark.timeout(120)
+def test_a_crash_then_a_start_on_a_full_disk_without_the_wal_index(
+    make_db: Callable[[], str], tmp_path: Path
+) -> None:
+    """A real engine SIGKILLed right after a rotation (in sources.db's WAL only), its WAL
+    index file gone (a reboot), started again on a full disk: SQLite cannot read that WAL
+    without an index and cannot make one (disk I/O error), and the registered sources were
+    not served (503 registry_unavailable until space returned). Now the WAL is applied in
+    memory: the rotated secret is the one that works, the old one is refused."""
+    from tests.sync_engine.tenants.harness import AdminEngine
+
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
+    log = tmp_path / "engine.log"
+    engine: AdminEngine | None = None
+    try:
+        url = make_db()
+        make_items(url, ["a1"])
+        engine = AdminEngine(mnt, log)
+        status, made = engine.api("POST", "/api/sources", {"name": "shop", "database_url": url})
+        assert status == 201, made
+        sid, first = made["source_id"], made["secret"]
+        engine.stop()  # a clean stop: the registry is all in sources.db
+        engine = AdminEngine(mnt, log)
+        status, rotated = engine.api("POST", f"/api/sources/{sid}/rotate-secret", {})
+        assert status == 200, rotated
+        engine.kill()  # the rotation is only in the WAL
+        assert (mnt / "sources.db-wal").stat().st_size > 0
+        (mnt / "sources.db-shm").unlink(missing_ok=True)
+        _fill(mnt / "filler")
+        engine = AdminEngine(mnt, log)
+        status, listing = engine.api("GET", "/api/sources")
+        assert status == 200 and [s["source_id"] for s in listing["sources"]] == [sid], listing
+        assert listing["registry"]["read_only"], listing
+        assert engine.shape_status(sid, first) == 401  # rotated out: stays out
+        assert engine.shape_status(sid, rotated["secret"]) != 401  # (200, or 503: no space)
+    finally:
+        if engine is not None:
+            engine.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+    text = log.read_text()
+    assert first not in text and rotated["secret"] not in text

@@ -589,3 +589,21 @@ def test_a_url_whose_password_has_an_unencoded_slash_is_refused_without_quoting_
         assert "S3cr3tPart" not in bad.value.message and "percent-encoded" in bad.value.message
     with pytest.raises(InvalidInput, match="out of range"):
         check_database_url("postgresql://u@h:99999/d")
+
+
+def test_the_cli_list_warns_when_the_registry_is_read_only(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`sources list` said nothing of a registry open read-only (a start on a full disk):
+    the operator learnt it from the 503 of the next change. Now a warning on stderr."""
+    from sync_engine.tenants import cli
+
+    listing = {"sources": [], "registry": {"read_only": "OperationalError: disk is full"}}
+    monkeypatch.setattr(cli, "_request", lambda *a, **k: listing)
+    assert cli.main(["list"]) == 0
+    out, err = capsys.readouterr()
+    assert "No sources registered" in out and "read-only" not in out
+    assert "read-only (OperationalError: disk is full)" in err
+    listing["registry"] = {"read_only": None}
+    assert cli.main(["list"]) == 0
+    assert capsys.readouterr().err == ""

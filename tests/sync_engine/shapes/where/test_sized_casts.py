@@ -48,6 +48,10 @@ AGREE = [
     "'abc'::char(2) = ch", "vc::character varying(1) = 'a'", "CAST(vc AS character(3)) = tx",
     "vc::varchar(3) = tx::varchar(3)", "octet_length(vc::varchar(2)) = 6",
     "vc::varchar(2) || tx::char(2) = 'aba'",
+    # bpchar without a length (and N'..', a bpchar literal) cuts nothing; it was a 400
+    # "unsupported type bpchar"
+    "vc::bpchar = 'abc'", "vc::bpchar = ch", "(vc::bpchar || '|') = 'a|'", "tx = N'ab'",
+    "ch = N'ab  '", "length(tx::bpchar) = 1", "char 'ab' = tx",
 ]  # fmt: skip
 
 REFUSED = [
