@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection
 
-from ..errors import EngineError, ServiceUnavailable
+from ..errors import EngineError, ServiceUnavailable, Unauthorized
 from ..source import Source, SourceConfig, SourceState
 from .diagnose import Diagnosis, explain
 
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 LAG_INTERVAL = 5.0
+#: Seconds a request made with a revoked secret gets to answer its 401 (a held long-poll
+#: or SSE stream does at once) before it is cut off (a snapshot query it waits for, say).
+REVOKED_ANSWER_WAIT = 2.0
 #: Seconds requests get to finish on their own when their source is paused or deleted,
 #: before they are cut off; and then for the cut-off ones to unwind.
 END_REQUESTS_WAIT = 5.0
@@ -49,6 +52,8 @@ class ManagedSource(Source):
         self._reserved = 0
         # The requests in flight, each with the secret hash it authenticated with.
         self._requests: dict[asyncio.Task[Any], str | None] = {}
+        # Those whose secret was revoked since: answered 401 where they wait (`closing`)
+        self._revoked: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await super().start()
@@ -68,21 +73,64 @@ class ManagedSource(Source):
 
     def _forget_request(self, task: asyncio.Task[Any]) -> None:
         self._requests.pop(task, None)
+        self._revoked.discard(task)
 
     def revoke(self, valid_hashes: list[str]) -> int:
-        """Cut off the requests in flight that authenticated with a secret no longer valid
+        """End the requests in flight that authenticated with a secret no longer valid
         (rotated, or its grace period over): a long-poll or SSE stream opened with it must
-        not go on receiving changes. Their clients' next request gets the 401."""
+        not go on receiving changes. Each is woken and answers 401 where it waits (a
+        long-poll; an SSE stream ends), as a paused source's requests answer its 503
+        (`closing`); one that does not within `REVOKED_ANSWER_WAIT` seconds is cut off.
+        They used to be cut off at once: their clients (or a proxy in front, as a 502) saw
+        a dropped connection, not the reason."""
         stale = [t for t, h in self._requests.items() if h not in valid_hashes and not t.done()]
-        for t in stale:
+        if not stale:
+            return 0
+        self._revoked.update(stale)
+        for shape in list(self.registry.by_handle.values()):
+            shape.notify()
+        logger.info(
+            "source %s: %d requests made with a revoked secret end",
+            self.config.source_id,
+            len(stale),
+        )
+        asyncio.get_running_loop().call_later(REVOKED_ANSWER_WAIT, self._cut_off, stale)
+        return len(stale)
+
+    def _cut_off(self, revoked: list[asyncio.Task[Any]]) -> None:
+        left = [t for t in revoked if not t.done()]
+        for t in left:
             t.cancel()
-        if stale:
+        if left:
             logger.info(
                 "source %s: %d requests made with a revoked secret cut off",
                 self.config.source_id,
-                len(stale),
+                len(left),
             )
-        return len(stale)
+
+    def _revoked_here(self) -> bool:
+        """Whether the request running now (the current task) was made with a revoked
+        secret."""
+        if not self._revoked:
+            return False
+        try:
+            return asyncio.current_task() in self._revoked
+        except RuntimeError:  # (no event loop running: not a request)
+            return False
+
+    @property
+    def closing(self) -> Callable[[], EngineError] | None:
+        """As `Source.closing`, and `Unauthorized` for a request whose secret was revoked
+        while it waited (asked in the request's own task: `Shape.wait_until` conditions)."""
+        closing = super().closing
+        if closing is None and self._revoked_here():
+            return Unauthorized
+        return closing
+
+    def check_open(self) -> None:
+        super().check_open()
+        if self._revoked_here():
+            raise Unauthorized()
 
     @property
     def requests_in_flight(self) -> int:

@@ -39,6 +39,7 @@ async def test_a_clock_step_while_running_neither_cuts_nor_lengthens_a_grace_per
     src = await engine.add("shop", url)
     sid, first = src["source_id"], src["secret"]
     await engine.wait_state(sid, "active")
+    await engine.sync(sid, first, table="items")  # (its snapshot made: later requests are quick)
     status, body = await engine.api("POST", f"/api/sources/{sid}/rotate-secret",
                                     {"grace_period_seconds": 3})  # fmt: skip
     assert status == 200, body

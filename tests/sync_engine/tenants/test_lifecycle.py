@@ -124,7 +124,9 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
 ) -> None:
     """A long-poll or SSE stream opened with a secret goes on no longer than the secret
     works: rotated without a grace period, at once; with one, when it ends. They used to
-    stay open (up to the long-poll or SSE timeout) and deliver the changes made after."""
+    stay open (up to the long-poll or SSE timeout) and deliver the changes made after; then
+    they were cut off (no answer; a proxy in front answered 502). Now a long-poll is
+    answered 401 and a stream ends."""
     url = make_db()
     make_items(url, ["x1"])
     engine = await engines(long_poll_timeout=60.0, sse_timeout=60.0).start()
@@ -160,6 +162,10 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     for task in (old_lp, old_sse, in_grace_lp):
         outcome = await _outcome(task)
         assert "x2" not in str(outcome), outcome
+    # answered with the reason, not cut off (a proxy in front made a dropped one a 502)
+    for task in (old_lp, in_grace_lp):
+        assert (await _outcome(task))[:3:2] == (401, UNAUTHORIZED), await _outcome(task)
+    assert (await _outcome(old_sse))[0] == 200  # the stream ended
     status, _, got = await engine.get(sid, first, table="items", offset="-1")
     assert (status, got) == (401, UNAUTHORIZED)
     status, body = await engine.api("GET", f"/api/sources/{sid}")
@@ -180,6 +186,8 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     for task in (lp, sse):
         outcome = await _outcome(task)
         assert "x3" not in str(outcome), outcome
+    assert (await _outcome(lp))[:3:2] == (401, UNAUTHORIZED), await _outcome(lp)
+    assert (await _outcome(sse))[0] == 200
 
 
 def _slots(url: str) -> set[str]:
