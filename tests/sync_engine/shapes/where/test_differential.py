@@ -253,6 +253,9 @@ class Grammar:
             lambda: f"({self.any_scalar(d)})::text",
             lambda: f"({self.text(d)})::varchar",
             lambda: f"({self.textarr(d)})[{r.choice(['1', '2'])}]",
+            lambda: (
+                f"({self.any_scalar(d)})::{r.choice(['varchar(2)', 'char(3)', 'char', 'bpchar'])}"
+            ),
         ]
         return r.choice(forms)()
 
