@@ -22,6 +22,7 @@ import psycopg
 
 from .tenants.dburl import describe_target
 from .tenants.diagnose import explain
+from .tenants.store import read_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +107,11 @@ def check_registry(data_dir: Path) -> str | None:
                 return None
             except sqlite3.Error:
                 pass
+            try:  # content in its WAL and no index file (a crash, a reboot): read as SQLite would
+                _read_with_wal(path)
+                return None
+            except (sqlite3.Error, OSError):
+                pass
         return (
             f"cannot read the source registry {path} ({exc}): restore it from a backup, or"
             " move it away and register the sources again"
@@ -115,6 +121,16 @@ def check_registry(data_dir: Path) -> str | None:
 
 def _read_registry(uri: str) -> None:
     db = sqlite3.connect(uri, uri=True, timeout=5)
+    try:
+        db.execute("SELECT count(*) FROM sources").fetchone()
+    finally:
+        db.close()
+
+
+def _read_with_wal(path: Path) -> None:
+    """The registry with its WAL applied in memory (`store.read_snapshot`): the main file
+    alone may not even have the tables yet, and refusing it would crash-loop the engine."""
+    db = read_snapshot(path)
     try:
         db.execute("SELECT count(*) FROM sources").fetchone()
     finally:

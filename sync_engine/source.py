@@ -33,7 +33,7 @@ from psycopg_pool import ConnectionPool
 from .errors import EngineError, ServiceUnavailable
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
-from .pg.session import redact_dsn, with_display_settings
+from .pg.session import engine_conninfo, redact_dsn
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.replicator import Replicator
@@ -141,7 +141,7 @@ class SourceConfig:
 class Source:
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
-        self.dsn = with_display_settings(config.database_url)
+        self.dsn = engine_conninfo(config.database_url)
         self.router = ShapeRouter()
         self.registry = ShapeRegistry(
             config.data_dir / "shapes", config.chunk_bytes, self.router, fsync=config.fsync

@@ -28,6 +28,17 @@ DISPLAY_SETTINGS = {
 }
 
 
+#: Names the engine sends unqualified (`lower`, `=`, `string_agg`, `text`) resolve to
+#: Postgres's own, whatever a role or database sets: with `public` on the path, anyone who
+#: may create a function there could add a better-matching overload (`lower(varchar)`) that
+#: the snapshot query would run with the engine's rights, and that would judge rows otherwise
+#: than the engine does on live changes (CVE-2018-1058). The engine names every table with
+#: its schema, and `format_type` qualifies a type the path does not show; `pg_temp` is
+#: last so no temporary object shadows one. Only the engine's own sessions get this: a
+#: person's or a test's session may create unqualified objects as usual.
+ENGINE_SETTINGS = {**DISPLAY_SETTINGS, "search_path": "pg_catalog,pg_temp"}
+
+
 #: TCP keepalives and a bound on unacknowledged sends, unless the database URL sets its own:
 #: a connection to a server behind a network partition fails within about half a minute
 #: (its idle probes or its writes go unanswered) instead of the kernel's 15 minutes or more.
@@ -46,14 +57,21 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
-def with_display_settings(dsn: str, application_name: str = "shapegate") -> str:
-    opts = " ".join(f"-c {k}={_escape(v)}" for k, v in DISPLAY_SETTINGS.items())
+def with_display_settings(
+    dsn: str, application_name: str = "shapegate", settings: dict[str, str] = DISPLAY_SETTINGS
+) -> str:
+    opts = " ".join(f"-c {k}={_escape(v)}" for k, v in settings.items())
     given = conninfo_to_dict(dsn)
     existing = given.get("options")
     if existing:
         opts = f"{existing} {opts}"
     tcp = {k: v for k, v in TCP_SETTINGS.items() if k not in given}
     return make_conninfo(dsn, options=opts, application_name=application_name, **tcp)
+
+
+def engine_conninfo(dsn: str) -> str:
+    """The connection string of every session the engine opens (`ENGINE_SETTINGS`)."""
+    return with_display_settings(dsn, settings=ENGINE_SETTINGS)
 
 
 #: libpq connection parameters whose values are secrets: the password, the client key's

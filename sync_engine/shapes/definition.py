@@ -220,7 +220,11 @@ def choose_columns(table: TableInfo, columns: str | None) -> tuple[ColumnInfo, .
                     ]
                 }
             )
-        lacking = [p for p in table.pk if p not in names]
+        # A table without a primary key is keyed by all its columns (as Electric's
+        # Inspector.get_pk_cols): a subset would give rows that agree on it one key, and
+        # clients would keep one of them.
+        key = table.pk or tuple(c.name for c in table.columns)
+        lacking = [p for p in key if p not in names]
         if lacking:
             raise InvalidRequest(
                 {

@@ -72,7 +72,12 @@ class ManagedSource(Source):
     def revoke(self, valid_hashes: list[str]) -> int:
         """Cut off the requests in flight that authenticated with a secret no longer valid
         (rotated, or its grace period over): a long-poll or SSE stream opened with it must
-        not go on receiving changes. Their clients' next request gets the 401."""
+        not go on receiving changes. Their clients' next request gets the 401.
+
+        Cut off, not answered 401: behind the proxy (which injects the secret) a 401 would
+        reach the client as if its own token were bad (the TS client's `onError` refreshes
+        tokens on it; without one the stream stops), whereas a dropped connection is a 502
+        the client retries, and the retry carries the proxy's new secret."""
         stale = [t for t, h in self._requests.items() if h not in valid_hashes and not t.done()]
         for t in stale:
             t.cancel()

@@ -68,3 +68,28 @@ async def test_a_database_cannot_change_how_the_engine_s_sql_is_read(engine: Eng
     assert [r["id"] for r in rows.values()] == ["2"]
     rows, _handle, _offset = await engine.sync(table="t", where="v = 'a\\b'")
     assert [r["id"] for r in rows.values()] == ["2"]
+
+
+async def test_a_function_a_database_user_adds_is_never_run_by_the_engine(engine: Engine) -> None:
+    """A user who may create functions in `public` (any role, before PG15; the database's
+    owner still) added `public.lower(varchar)`: a better match for a varchar column than
+    Postgres's `lower(text)`, so the snapshot of `lower(name) LIKE 'hijacked%'` ran it with
+    the engine's rights and returned the row, while live changes, judged by the engine's
+    own `lower`, never matched. The engine's SQL resolves names in `pg_catalog` only."""
+    engine.sql("CREATE TABLE vt (id int PRIMARY KEY, name varchar(20))")
+    engine.sql("CREATE TABLE calls (who text)")
+    engine.sql(
+        "CREATE FUNCTION public.lower(varchar) RETURNS text LANGUAGE sql AS"
+        " $$ INSERT INTO calls VALUES (current_user) RETURNING 'hijacked' $$"
+    )
+    engine.sql("INSERT INTO vt VALUES (1, 'Alice'), (2, 'BOB')")
+    rows, handle, offset = await engine.sync(table="vt", where="lower(name) LIKE 'hijacked%'")
+    assert rows == {}
+    rows, handle, offset = await engine.sync(table="vt", where="lower(name) = 'alice'")
+    assert [r["id"] for r in rows.values()] == ["1"]
+    engine.sql("INSERT INTO vt VALUES (3, 'ALICE'), (4, 'carol')")
+    offset = await engine.follow_live(
+        rows, handle, offset, until_id="3", table="vt", where="lower(name) = 'alice'"
+    )
+    assert sorted(r["id"] for r in rows.values()) == ["1", "3"]
+    assert engine.sql("SELECT count(*) FROM calls") == [(0,)]

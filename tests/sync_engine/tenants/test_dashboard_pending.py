@@ -20,9 +20,14 @@ from tests.sync_engine.tenants.harness import TOKEN, MultiEngine, make_items
 ROOT = Path(__file__).resolve().parents[3]
 
 
-async def test_the_dashboard_shows_a_source_whose_secret_was_never_delivered(
-    engines: Callable[..., MultiEngine], make_db: Callable[[], str]
+async def test_the_dashboard_shows_an_undelivered_secret_and_a_read_only_registry(
+    engines: Callable[..., MultiEngine],
+    make_db: Callable[[], str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Both were in the API only (`secret_delivered: false`, `registry.read_only`); a
+    change refused on a read-only registry was a bare alert. (The full disk itself is
+    test_full_disk's; here opening sources.db for writing is made to fail.)"""
     chromium = _chromium()
     _node_deps()
     url_lost, url_known = make_db(), make_db()
@@ -33,7 +38,8 @@ async def test_the_dashboard_shows_a_source_whose_secret_was_never_delivered(
     # created, its answer never sent (the client gone): nobody holds its secret
     rec, _, _ = await engine.manager.create("lost", url_lost)
     engine.manager.answer_ended(rec.source_id)
-    assert engine.admin is not None
+    store = engine.manager.store
+    assert engine.admin is not None and store is not None
     proc = await asyncio.create_subprocess_exec(
         "node", str(Path(__file__).with_name("dashboard_pending.mjs")),
         env={**os.environ, "ADMIN_URL": str(engine.admin.make_url("")).rstrip("/"),
@@ -41,7 +47,21 @@ async def test_the_dashboard_shows_a_source_whose_secret_was_never_delivered(
              "CHROMIUM": chromium, "PLAYWRIGHT": str(ROOT / "tests/browser/package.json")},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    stdout, stderr = await asyncio.wait_for(proc.communicate(), 120)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 120)
+        assert line.strip() == b"PENDING SEEN", line
+        status, body = await engine.api("GET", f"/api/sources/{rec.source_id}")
+        assert status == 200 and body["secret_delivered"] is True  # (rotated in the page)
+        monkeypatch.setattr(SourceStore, "_open_writable", _disk_full)
+        store.read_only = "OperationalError: database or disk is full"
+        line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        assert line.strip() == b"READ-ONLY SEEN", line
+        monkeypatch.undo()  # space returned: the engine opens it for writing within 1 s
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
     assert proc.returncode == 0, stderr.decode()[-3000:]
     seen = json.loads(stdout.decode().strip().splitlines()[-1])
     assert seen["errors"] == [], seen
@@ -53,53 +73,11 @@ async def test_the_dashboard_shows_a_source_whose_secret_was_never_delivered(
     # a rotation delivers a secret: the flag goes
     assert seen["noticeAfterRotate"] is False
     assert "no secret delivered" not in seen["lostRowAfter"]
-    status, body = await engine.api("GET", f"/api/sources/{rec.source_id}")
-    assert status == 200 and body["secret_delivered"] is True
-
-
-async def test_the_dashboard_shows_that_the_registry_is_read_only(
-    engines: Callable[..., MultiEngine],
-    make_db: Callable[[], str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """sources.db open read-only (the engine started on a full disk): the dashboard looked as
-    usual (the state was only in the API's `registry.read_only`) and a change failed with a
-    bare alert. Now a banner says so on every page until it can be written again. (The full
-    disk itself is test_full_disk's; here opening it for writing is made to fail.)"""
-    chromium = _chromium()
-    _node_deps()
-    url = make_db()
-    make_items(url, ["a1"])
-    engine = await engines().start()
-    made = await engine.add("shop", url)
-    store = engine.manager.store
-    assert store is not None
-    monkeypatch.setattr(SourceStore, "_open_writable", _disk_full)
-    store.read_only = "OperationalError: database or disk is full"
-    assert engine.admin is not None
-    proc = await asyncio.create_subprocess_exec(
-        "node", str(Path(__file__).with_name("dashboard_read_only.mjs")),
-        env={**os.environ, "ADMIN_URL": str(engine.admin.make_url("")).rstrip("/"),
-             "ADMIN_TOKEN": TOKEN, "SOURCE_ID": made["source_id"], "CHROMIUM": chromium,
-             "PLAYWRIGHT": str(ROOT / "tests/browser/package.json")},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 120)
-        assert line.strip() == b"READ-ONLY SEEN", line
-        monkeypatch.undo()  # space returned: the engine opens it for writing within 1 s
-        stdout, stderr = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    assert proc.returncode == 0, stderr.decode()[-3000:]
-    seen = json.loads(stdout.decode().strip().splitlines()[-1])
-    assert seen["errors"] == [], seen
+    # read-only: a banner on the list and on a source's page, a refused change explained
     assert "Read-only" in seen["listBanner"] and "disk is full" in seen["listBanner"], seen
     assert seen["sourcePageBanner"] is True
-    assert any("read-only" in a for a in seen["alerts"]), seen  # the pause refused, explained
-    assert seen["bannerGone"] is True
+    assert any("read-only" in a for a in seen["alerts"]), seen
+    assert seen["bannerGone"] is True  # writable again
     assert store.read_only is None
 
 

@@ -500,6 +500,7 @@ def test_a_store_with_a_wal_and_no_index_on_a_full_disk_is_served(tmp_path: Path
     sources found). Now it is read with the WAL applied, the rotation in it included."""
     import subprocess
 
+    from sync_engine.preflight import check_registry
     from tests.sync_engine.tenants.test_full_disk import _fill
 
     mnt = tmp_path / "mnt"
@@ -509,6 +510,9 @@ def test_a_store_with_a_wal_and_no_index_on_a_full_disk_is_served(tmp_path: Path
         sid, path = _crashed_copy(tmp_path, mnt)
         _fill(mnt / "filler")
         assert store_has_sources(mnt)
+        # the engine's start check: the main file alone has no table yet (all in the WAL);
+        # it was refused ("restore it from a backup") and the engine exited, restarted, ...
+        assert check_registry(mnt) is None
         reg = SourceStore(path)
         assert reg.read_only
         assert [(r.source_id, r.secret_hash) for r in reg.all()] == [(sid, "h2")]
