@@ -124,6 +124,11 @@ class Tables:
         self._partitioned: set[int] = set()  # published tables that are partitioned
         # Tables whose family moved since `check_families` last compared their shapes'.
         self._unsettled: set[int] = set()
+        # Descendants whose REPLICA IDENTITY FULL waited in vain for their lock: retried.
+        self._identity_busy: set[int] = set()
+        self._identity_retry_at = 0.0
+        #: Seconds between family checks (`check_families_forever` sets it).
+        self.family_check_interval = 2.0
         self._families_checked = False
         #: Set to have `check_families_forever` look now (the stream met a new relation).
         self.family_kick = asyncio.Event()
@@ -404,19 +409,43 @@ class Tables:
             # its partitions and inheritance children: their changes come under their own
             # relations (routed to this table's shapes), each with the old row
             descendants = await descendants_of(conn, [table.oid])
-            if await prepare_descendants(conn, self.publication, descendants):
-                added = True
-            if added:
+            # (a busy descendant's identity is not waited for: the application's queries on
+            # it would queue behind the ALTER's lock request; it is tried again later)
+            more, unready = await prepare_descendants(
+                conn, self.publication, descendants, self._identity_busy
+            )
+            if added or more:
                 await wait_for_older_transactions(conn)
             if table.kind == "p":
                 self._partitioned.add(table.oid)
-            self._set_families({table.oid: frozenset(d.oid for d in descendants)})
+            # (a child left unpublished is not routed: `check_families` adds it once it is
+            # published, and retires the shapes made without it)
+            self._set_families({table.oid: frozenset(d.oid for d in descendants) - unready})
 
         # (a connection found dead, Postgres restarted since it was last used, is replaced
         # once: a 503 otherwise, never the 400 of a table that cannot be published)
         await self.on_catalog(work, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
+
+    async def _retry_identities(self, descendants: set[int]) -> None:
+        """Try again to set REPLICA IDENTITY FULL on the descendants whose lock was busy
+        when the engine found them: until then their updates and deletes retire the where
+        shapes of their ancestors (each client refetching), for as long as it lasts. Every
+        5 family checks, waiting 100 ms for the lock: the ALTER's lock request queues the
+        application's queries on the table behind it while it waits."""
+        self._identity_busy &= descendants
+        now = time.monotonic()
+        if not self._identity_busy or now < self._identity_retry_at:
+            return
+        self._identity_retry_at = now + 5 * self.family_check_interval
+        for oid in sorted(self._identity_busy):
+
+            async def work(conn: AsyncConnection[Any], oid: int = oid) -> bool:
+                return await make_identity_full(conn, oid, retrying=True)
+
+            if await self.on_catalog(work, PUBLISH_TIMEOUT):
+                self._identity_busy.discard(oid)
 
     def _set_families(self, families: dict[int, frozenset[int]]) -> None:
         """Record these tables' descendants and route by what is known."""
@@ -441,8 +470,8 @@ class Tables:
 
         async def work(conn: AsyncConnection[Any]) -> frozenset[int]:
             ancestors = await ancestors_of(conn, oid)
-            if ancestors & self.families.keys():
-                await make_identity_full(conn, oid)
+            if ancestors & self.families.keys() and not await make_identity_full(conn, oid):
+                self._identity_busy.add(oid)
             return ancestors
 
         ancestors = await self.on_catalog(work)
@@ -456,6 +485,7 @@ class Tables:
     async def check_families_forever(self, interval: float) -> None:
         """`check_families` every `interval` seconds, or at once when kicked; a failure is
         retried, and logged once until it changes or the check succeeds."""
+        self.family_check_interval = interval
         said = ""
         while True:
             try:
@@ -524,15 +554,23 @@ class Tables:
         new = [d for d in found if d.oid not in self.families.get(d.root, frozenset())]
         if new:
 
-            async def prepare(conn: AsyncConnection[Any]) -> None:
-                if await prepare_descendants(
-                    conn, self.publication, new, identity_lock_timeout=True
-                ):
+            async def prepare(conn: AsyncConnection[Any]) -> set[int]:
+                added, unready = await prepare_descendants(
+                    conn, self.publication, new, self._identity_busy
+                )
+                if added:
                     await wait_for_older_transactions(conn)
+                return unready
 
-            await self.on_catalog(prepare, PUBLISH_TIMEOUT)
+            unready = await self.on_catalog(prepare, PUBLISH_TIMEOUT)
+            if unready:
+                # An inheritance child that could not be published yet (its lock busy):
+                # not routed, and its parents' shapes not retired for it until it is (they
+                # would refetch without it again); looked at again at the next check.
+                current = {r: f - unready for r, f in current.items()}
         self._set_families(current)
         self._families_checked = True
+        await self._retry_identities(set(by_oid))
         # The tables whose shapes may have been made with another family: those whose
         # family moved since the last check (here, or by `publish`, `find_ancestors`); all
         # at the first check. The others' shapes are not walked (100k shapes, every 2 s).

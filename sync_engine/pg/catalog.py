@@ -21,14 +21,14 @@ DOMAIN_BASES = frozenset(
     PgType(n)
     for n in (
         "bool", "int2", "int4", "int8", "float4", "float8", "numeric", "text", "varchar",
-        "date", "time", "timestamp", "timestamptz", "interval", "uuid",
+        "date", "time", "timestamp", "timestamptz", "interval", "uuid", "bpchar",
     )
 )  # fmt: skip
 
 
 #: The element types of the domains over arrays a where clause reads as their base array
 #: type: DOMAIN_BASES but the collatable ones.
-DOMAIN_ARRAY_ELEMENTS = DOMAIN_BASES - {PgType("text"), PgType("varchar")}
+DOMAIN_ARRAY_ELEMENTS = DOMAIN_BASES - {PgType("text"), PgType("varchar"), PgType("bpchar")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +96,10 @@ class ColumnInfo:
         """The type a where clause reads the column as: `pg_type`, but for a (non-array)
         column of a domain over one of `DOMAIN_BASES`, the type under the domain. Postgres
         resolves operators and functions on a domain as on its base type (`dm = 5`,
-        `dm + 1`, `dx LIKE 'a%'`), and a domain's text is its base type's. Domains over
-        other types (char(n), whose length is the domain's; enums; arrays of text) and arrays
-        of domains (`posint[] = int4[]` does not exist) stay themselves, and are refused."""
+        `dm + 1`, `dx LIKE 'a%'`), and a domain's text is its base type's (a domain over
+        char(n) arrives padded to its length, as a char(n) column). Domains over other types
+        (enums, inet, arrays of text) and arrays of domains (`posint[] = int4[]` does not
+        exist) stay themselves, and are refused."""
         if self.type_kind == "d" and not self.is_array and self.domain_base is not None:
             if PgType(self.domain_base) in DOMAIN_BASES:
                 return PgType(self.domain_base)

@@ -183,11 +183,10 @@ async def prepare_descendants(
     conn: AsyncConnection[Any],
     publication: str,
     descendants: Iterable[Descendant],
-    *,
-    identity_lock_timeout: bool = False,
-) -> bool:
-    """Make descendants' changes reach the stream whole; True if a table was added to the
-    publication.
+    busy: set[int],
+) -> tuple[bool, set[int]]:
+    """Make descendants' changes reach the stream whole; returns whether a table was added
+    to the publication, and the inheritance children left unpublished (`busy`, below).
 
     Postgres publishes a partition's changes under the partition's relation (the
     publication is not `publish_via_partition_root`, so that a shape on one partition works)
@@ -196,11 +195,12 @@ async def prepare_descendants(
     inheritance child without a primary key could not even be updated once published
     without one), and an inheritance child is published itself (a partitioned table
     publishes its partitions, also later ones; `ADD TABLE` of a parent takes only the
-    children it has then). With `identity_lock_timeout` (a descendant found while the
-    application runs), the identity waits at most 2 s for the table's lock
-    (`make_identity_full`).
+    children it has then). The identity waits at most 2 s for the table's lock (100 ms for
+    one in `busy` already: `make_identity_full`); a table whose lock was busy is added to
+    `busy`, and left unpublished if it is an inheritance child.
     """
     added = False
+    unready: set[int] = set()
     seen: set[int] = set()
     published: set[tuple[str, str]] | None = None
     for d in descendants:
@@ -214,11 +214,14 @@ async def prepare_descendants(
             )
             published = {(str(r[0]), str(r[1])) for r in await cur.fetchall()}
         ident = sql.Identifier(d.schema, d.name)
-        if d.identity != "f":
-            if identity_lock_timeout:
-                await make_identity_full(conn, d.oid)
-            else:
-                await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+        if d.identity != "f" and not await make_identity_full(conn, d.oid, retrying=d.oid in busy):
+            busy.add(d.oid)
+            if (d.schema, d.name) not in published:
+                # Not published without its identity: a child without a primary key could
+                # not be updated (the application's writes refused). Tried again later.
+                unready.add(d.oid)
+                continue
+        busy.discard(d.oid)
         if (d.schema, d.name) not in published:
             await conn.execute(
                 sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
@@ -226,7 +229,7 @@ async def prepare_descendants(
                 )
             )
             added = True
-    return added
+    return added, unready
 
 
 async def born_in_family(conn: AsyncConnection[Any], d: Descendant) -> bool:
@@ -264,11 +267,15 @@ async def ancestors_of(conn: AsyncConnection[Any], oid: int) -> frozenset[int]:
     return frozenset(int(r[0]) for r in await cur.fetchall())
 
 
-async def make_identity_full(conn: AsyncConnection[Any], oid: int) -> None:
+async def make_identity_full(
+    conn: AsyncConnection[Any], oid: int, *, retrying: bool = False
+) -> bool:
     """`REPLICA IDENTITY FULL` on table `oid` (a partition made after its parent's shapes)
     unless it has it, waiting at most 2 s for the table's lock: on a busy table the
     replication stream must not wait longer (its changes retire the shapes that need the
-    old row meanwhile, see `TransactionAssembler`)."""
+    old row meanwhile, see `TransactionAssembler`), nor the application's queries queued
+    behind the ALTER's lock request. False when the lock was not had: the caller tries
+    again later (`retrying`: waiting 100 ms only, said at DEBUG, the first failure warned)."""
     cur = await conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
         " ON n.oid = c.relnamespace WHERE c.oid = %s AND c.relkind = 'r'"
@@ -277,14 +284,21 @@ async def make_identity_full(conn: AsyncConnection[Any], oid: int) -> None:
     )
     row = await cur.fetchone()
     if row is None:
-        return
+        return True
     ident = sql.Identifier(str(row[0]), str(row[1]))
     try:
-        await conn.execute("SET lock_timeout = '2s'")
+        await conn.execute("SET lock_timeout = '100ms'" if retrying else "SET lock_timeout = '2s'")
         await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
     except psycopg.errors.LockNotAvailable:
-        logger.warning("could not set REPLICA IDENTITY FULL on %s.%s (busy)", row[0], row[1])
+        logger.log(
+            logging.DEBUG if retrying else logging.WARNING,
+            "could not set REPLICA IDENTITY FULL on %s.%s (busy: tried again every few seconds)",
+            row[0],
+            row[1],
+        )
+        return False
     except psycopg.errors.InsufficientPrivilege as exc:
         logger.warning("could not set REPLICA IDENTITY FULL on %s.%s: %s", row[0], row[1], exc)
     finally:
         await conn.execute("RESET lock_timeout")
+    return True

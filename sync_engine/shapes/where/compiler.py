@@ -455,8 +455,6 @@ class Compiler:
 
     def _ParamRef(self, node: ast.ParamRef) -> Expr:
         n = node.number
-        if n < 1:  # (`$0`: the engine had substituted a `params[0]` given for it)
-            raise error_at(f"there is no parameter ${n}", node)
         text = self.params.get(str(n))
         if text is None:
             raise error_at(f"parameter ${n} was not provided", node)

@@ -157,13 +157,3 @@ def test_a_zero_character_is_refused_in_postgres_words(
                            ("e::text = 'a\x00'", {})]:  # fmt: skip
         with pytest.raises(WhereError, match=message):
             parse_where(clause, params, columns)
-
-
-def test_parameter_zero_does_not_exist(table: tuple[psycopg.Connection[Any], Any]) -> None:
-    """`$0` is no parameter in Postgres ("there is no parameter $0"); the engine had
-    substituted a `params[0]` given for it."""
-    conn, columns = table
-    with pytest.raises(WhereError, match=re.escape("there is no parameter $0")):
-        parse_where("i4 = $0", {"0": "1"}, columns)
-    with pytest.raises(psycopg.errors.UndefinedParameter):
-        conn.execute("PREPARE p AS SELECT 1 FROM d WHERE i4 = $0")
