@@ -4,9 +4,9 @@ A where clause the engine accepted can still fail when Postgres runs it over the
 `id / 0 = 1`, `title::int4 = 1` on a row whose title is not a number, an integer overflow,
 an `ARRAY` of seven dimensions. Retrying does not help (the same rows give the same error),
 so these are a 400 for the field at fault, never a 503 that clients retry forever. The
-message is built from the SQLSTATE and its condition name only: Postgres's own text can
-quote row values (`invalid input syntax for type integer: "<a title>"`), which belong to
-rows the requester may not be allowed to see.
+message is built from the SQLSTATE and its condition name: Postgres's own text can quote
+row values (`invalid input syntax for type integer: "<a title>"`), which belong to rows the
+requester may not be allowed to see; only a parse-time refusal (class 42) adds its words.
 
 Everything else (connection lost, Postgres restarting or out of disk, a timeout) is
 transient: a 503 with Retry-After. A table dropped since the catalog lookup is a 400 for
@@ -79,7 +79,22 @@ def describe(exc: BaseException) -> str:
 
 
 def user_message(exc: BaseException) -> str:
-    return f"Postgres could not evaluate the query over the table's rows: {describe(exc)}"
+    """The 400's text: `describe`, and for a clause Postgres refused when it parsed it
+    (SQLSTATE class 42: an undefined function or operator, a type mismatch) Postgres's own
+    words, which name only the query's functions, operators and types (parse analysis reads
+    no row), so that the requester can tell what to change. Not for any other class: a
+    data exception can quote a row's value."""
+    said = f"Postgres could not evaluate the query over the table's rows: {describe(exc)}"
+    code = sqlstate(exc)
+    if (
+        isinstance(exc, psycopg.Error)
+        and code is not None
+        and code[:2] == "42"
+        and code != INSUFFICIENT_PRIVILEGE
+        and exc.diag.message_primary
+    ):
+        said += f": {exc.diag.message_primary}"
+    return said
 
 
 def table_missing_message(schema: str, name: str) -> str:

@@ -122,3 +122,23 @@ async def test_a_retry_after_a_killed_connection_runs_on_a_fresh_one(
     assert len(rows) == 2
     engine.source.registry.rotate_all("test cleanup")
     await assert_untouched(engine)
+
+
+def test_a_clause_postgres_refuses_at_parse_time_says_why(db_url: str) -> None:
+    """A where clause the engine accepted but Postgres's parse analysis refuses (an operator
+    or function it does not have for those types) gets Postgres's words in its 400, not
+    just "undefined function (SQLSTATE 42883)": they name no row value. A data exception's
+    words, which quote one, still stay out."""
+    with psycopg.connect(db_url) as conn:
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT 1 WHERE ARRAY[1] = 'x'::text")
+        conn.rollback()
+        with pytest.raises(psycopg.Error) as data:
+            conn.execute("SELECT 'secret'::int")
+    answer = to_engine_error(refused.value, field="where", schema="public", table="items")
+    assert isinstance(answer, InvalidRequest)
+    message = answer.errors["where"][0]  # type: ignore[index]
+    assert "(SQLSTATE 42883): operator does not exist: integer[] = text" in message, message
+    answer = to_engine_error(data.value, field="where", schema="public", table="items")
+    assert isinstance(answer, InvalidRequest)
+    assert "secret" not in str(answer.errors), answer.errors
