@@ -134,15 +134,22 @@ def _int_param(name: str, value: object, minimum: int) -> int | None:
     return number
 
 
-def _subset_params(raw: object, *, from_url: bool) -> dict[int, str]:
+def _subset_params(raw: object) -> dict[int, str]:
     """Subset params as the engine reads them: a JSON object or array, scalar values (in the
-    URL as JSON text; in a POST body as JSON itself, where a string is not an object)."""
+    URL as JSON text; in a POST body as JSON itself or as JSON text in a string)."""
     field = "subset.params"
-    if isinstance(raw, str) and from_url:
+    if isinstance(raw, str):
+        # The engine (Electric's JsonOrMapStringParams) reads a string, in the URL or in a
+        # POST body, as JSON text, and a blank one as Ecto's empty value: no params. The
+        # proxy refusing what the engine takes would make it tellable from the engine.
+        if not raw.strip():
+            return {}
         try:
             raw = json.loads(raw)
         except (ValueError, RecursionError):  # deep nesting: a 400, not a 500
-            raise _invalid("invalid_subset", field, "is invalid JSON") from None
+            raise _invalid("invalid_subset", field, "params must be valid JSON") from None
+        if not isinstance(raw, dict | list):
+            raise _invalid("invalid_subset", field, "params must be a JSON object")
     if isinstance(raw, list):
         raw = {str(i + 1): value for i, value in enumerate(raw)}
     if not isinstance(raw, dict):
@@ -164,7 +171,7 @@ def _parse_subset(values: dict[str, str], present: bool) -> SubsetRequest | None
     if not present:
         return None
     if "subset__params" in values:
-        params = _subset_params(values["subset__params"], from_url=True)
+        params = _subset_params(values["subset__params"])
     else:
         bracketed: dict[str, str] = {}
         for key, value in values.items():
@@ -250,7 +257,7 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
     raw_params = data.get("params")
     return SubsetRequest(
         where=where,
-        params={str(k): v for k, v in _subset_params(raw_params, from_url=False).items()}
+        params={str(k): v for k, v in _subset_params(raw_params).items()}
         if raw_params is not None
         else {},
         limit=_int_param("limit", data.get("limit"), 1),
@@ -377,7 +384,7 @@ def parse_post_request(
     order_by = subset_body.get("order_by", url.order_by)
     if "params" in subset_body and subset_body["params"] is not None:
         raw_params = subset_body["params"]
-        params = {str(k): v for k, v in _subset_params(raw_params, from_url=False).items()}
+        params = {str(k): v for k, v in _subset_params(raw_params).items()}
     else:
         params = dict(url.params)
     limit = subset_body["limit"] if "limit" in subset_body else url.limit

@@ -106,6 +106,9 @@ class ResponseCache:
         #: with its own definition gets a 409 too (a mismatch), which says nothing about the
         #: other caller's shape and must not stop its answers being cached.
         self._retired: LRUCache[tuple[str | None, str], bool] = LRUCache(maxsize=_RETIRED_HANDLES)
+        #: Handles deleted by a handle-only DELETE (`retire_handle`): gone whatever the
+        #: definition their answers were stored under.
+        self._retired_handles: LRUCache[str, bool] = LRUCache(maxsize=_RETIRED_HANDLES)
 
     @property
     def enabled(self) -> bool:
@@ -129,7 +132,10 @@ class ResponseCache:
             return False
         if entry.expires_at <= self._timer():
             return False
-        if entry.handle is not None and (entry.definition, entry.handle) in self._retired:
+        if entry.handle is not None and (
+            (entry.definition, entry.handle) in self._retired
+            or entry.handle in self._retired_handles
+        ):
             return False
         self._entries.expire()
         self._entries[key] = entry
@@ -143,7 +149,28 @@ class ResponseCache:
         return True
 
     def retired(self, definition: str | None, handle: str) -> bool:
-        return (definition, handle) in self._retired
+        return (definition, handle) in self._retired or handle in self._retired_handles
+
+    def retire_handle(self, handle: str) -> int:
+        """A handle-only DELETE (`DELETE /v1/shape?handle=H`, no definition) succeeded: the
+        engine deleted H whatever its shape, so drop every answer of H under any definition,
+        those definitions' initial answers (they name H), and never keep an answer of H
+        again. `retire` keys by (definition, handle) and the DELETE's definition is a
+        synthetic one no answer has, so it dropped nothing. Returns how many were dropped."""
+        self._retired_handles[handle] = True
+        dropped = 0
+        definitions: set[str] = set()
+        for key in list(self._by_handle.pop(handle, set())):
+            entry = self._entries.get(key)
+            if entry is None:
+                continue
+            del self._entries[key]
+            dropped += 1
+            if entry.definition is not None:
+                definitions.add(entry.definition)
+        for definition in definitions:
+            dropped += self.evict_definition(definition, initial_only=True)
+        return dropped
 
     def retire(self, definition: str | None, handle: str) -> int:
         """The engine says `handle` of `definition` is gone: drop its answers and the

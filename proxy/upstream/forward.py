@@ -57,6 +57,7 @@ from proxy.upstream.headers import (
 )
 from proxy.upstream.held import LIVE_CACHE_CONTROL, Hold, ended_long_poll
 from proxy.upstream.respond import Outcome, complete, from_cache, streaming
+from proxy.upstream.url import is_handle_definition
 
 logger = logging.getLogger(__name__)
 
@@ -317,6 +318,8 @@ class Forwarder:
             dropped += self.cache.evict_definition(definition, initial_only=True)
             if handle is not None:
                 dropped += self.cache.evict_definition(definition, keep_handle=handle)
+        elif target.method == "DELETE" and head.status < 300 and is_handle_definition(definition):
+            dropped = self.cache.retire_handle(target.handle) if target.handle else 0
         elif target.method == "DELETE" and head.status < 300:
             handles = self.cache.handles_of(definition)
             dropped = sum(self.cache.retire(definition, h) for h in handles)

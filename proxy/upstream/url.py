@@ -94,10 +94,26 @@ def _shape_url(
     return root.with_path(root.path.rstrip("/") + SHAPE_PATH).with_query(query)
 
 
+_HANDLE_DEFINITION_PREFIX = '["handle",'
+
+
 def handle_definition_key(handle: str, *, source_id: str | None) -> str:
     """A definition key for a shape known only by its handle: no cached answer has it, so
-    the response cache drops only that handle's answers when it is deleted."""
+    on its DELETE the response cache drops that handle's answers under whatever definition
+    they were stored (`is_handle_definition`, `ResponseCache.retire_handle`)."""
     return json.dumps(["handle", source_id, handle], separators=(",", ":"))
+
+
+def is_handle_definition(definition: str) -> bool:
+    """Whether `definition` is a `handle_definition_key` (a handle-only DELETE's): three
+    items, where a shape's `definition_key` has more (and starts with its source id)."""
+    if not definition.startswith(_HANDLE_DEFINITION_PREFIX):
+        return False
+    try:
+        parsed = json.loads(definition)
+    except ValueError:
+        return False
+    return isinstance(parsed, list) and len(parsed) == 3
 
 
 def definition_key(decision: Decision, *, source_id: str | None) -> str:

@@ -26,12 +26,18 @@ import hmac
 import os
 import secrets
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 SCRYPT_N = 2**14
 SCRYPT_R = 8
 SCRYPT_P = 1
 _MAXMEM = 64 * 1024 * 1024
 _DKLEN = 32
 FAST = "sha256"
+_SEALED = "aesgcm"
 
 
 def new_secret() -> str:
@@ -91,41 +97,30 @@ def verify_secret(secret: str, stored: str) -> bool:
 
 def sealing_key(admin_token: str | None) -> bytes:
     """The key that seals a source's first secret until its answer was sent: derived from
-    the admin token (a copy of sources.db alone does not give the secret back; the admin
-    API, which only the token reaches, is the one way to ask for it again)."""
-    return hmac.new(
-        _bytes(admin_token or ""), b"shapegate: sealed secret of a creation", hashlib.sha256
-    ).digest()
-
-
-def _pad(key: bytes, source_id: str, nonce: bytes, size: int) -> bytes:
-    pad = b""
-    block = 0
-    while len(pad) < size:
-        pad += hmac.new(key, nonce + _bytes(source_id) + bytes([block]), hashlib.sha256).digest()
-        block += 1
-    return pad[:size]
+    the admin token (HKDF), so a copy of sources.db alone does not give the secret back;
+    the admin API, which only the token reaches, is the one way to ask for it again."""
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"shapegate: sealed secret"
+    ).derive(_bytes(admin_token or ""))
 
 
 def seal_secret(secret: str, key: bytes, source_id: str) -> str:
-    """`secret` encrypted for storage (a one-time pad from HMAC-SHA256 of a random nonce):
-    `unseal_secret` with the same key and source id gives it back."""
-    raw = _bytes(secret)
-    nonce = os.urandom(16)
-    sealed = bytes(a ^ b for a, b in zip(raw, _pad(key, source_id, nonce, len(raw)), strict=True))
-    return f"x1${_b64(nonce)}${_b64(sealed)}"
+    """`secret` encrypted and authenticated for storage (AES-256-GCM, a random nonce, the
+    source id as associated data: a sealed secret moved to another source does not open)."""
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(nonce, _bytes(secret), _bytes(source_id))
+    return f"{_SEALED}${_b64(nonce)}${_b64(sealed)}"
 
 
 def unseal_secret(sealed: str, key: bytes, source_id: str) -> str | None:
-    """The secret `seal_secret` sealed, or None when it cannot be read (another key: the
-    admin token changed). Check it against the source's hash before using it."""
+    """The secret `seal_secret` sealed, or None when it cannot be opened (another key: the
+    admin token changed; another source; damaged). Check it against the source's hash
+    before using it."""
     try:
         kind, nonce_t, data_t = sealed.split("$")
-        if kind != "x1":
+        if kind != _SEALED:
             return None
-        nonce, data = _unb64(nonce_t), _unb64(data_t)
-        pad = _pad(key, source_id, nonce, len(data))
-        raw = bytes(a ^ b for a, b in zip(data, pad, strict=True))
+        raw = AESGCM(key).decrypt(_unb64(nonce_t), _unb64(data_t), _bytes(source_id))
         return raw.decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, InvalidTag):
         return None

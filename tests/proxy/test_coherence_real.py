@@ -149,6 +149,33 @@ async def test_delete_through_the_proxy_rotates_the_shape_and_drops_its_answers(
     assert gone.headers["electric-handle"] == fresh.headers["electric-handle"]
 
 
+async def test_a_handle_only_delete_drops_that_handles_cached_answers(open_proxy: Any) -> None:
+    """`DELETE /v1/shape?handle=H` (no table: Electric's client tests send it) names no
+    definition, so the cache must drop H's answers whatever definition they were stored
+    under. It dropped none: the next identical live request was answered from the cache
+    (the deleted shape's rows, 200) instead of the engine's 409, and a client resyncing
+    after the rotation kept rows it should have lost."""
+    path = "/v1/shape?table=items&offset=-1"
+    first = await open_proxy.get(path)
+    old_handle = first.headers["electric-handle"]
+    offset = first.headers["electric-offset"]
+    up_to_date = await open_proxy.get(f"/v1/shape?table=items&offset={offset}&handle={old_handle}")
+    tip = up_to_date.headers["electric-offset"]
+    live = f"/v1/shape?table=items&offset={tip}&handle={old_handle}&live=true&cursor=1"
+    assert (await open_proxy.get(live)).status == 200
+    hits = await _cache_hits(open_proxy)
+    assert (await open_proxy.get(live)).status == 200
+    assert await _cache_hits(open_proxy) == hits + 1  # served from the cache
+
+    deleted = await open_proxy.request("DELETE", f"/v1/shape?handle={old_handle}")
+    assert deleted.status == 202, deleted.body
+
+    gone = await open_proxy.get(live)
+    assert gone.status == 409, gone.body
+    fresh = await open_proxy.get(path)
+    assert fresh.status == 200 and fresh.headers["electric-handle"] != old_handle
+
+
 async def test_health_and_engine_errors_come_through_as_the_engine_sent_them(
     open_proxy: Any, engine_url: str
 ) -> None:

@@ -434,6 +434,22 @@ def test_a_409_for_a_handle_named_with_another_definition_leaves_its_shape_cache
     assert not cache.put(later, _shape_entry("h-alice", initial=False, definition="alice"))
 
 
+def test_a_handle_only_delete_retires_the_handle_under_every_definition() -> None:
+    """`DELETE ?handle=H` names no definition: H's answers go whatever definition they were
+    stored under, with those definitions' initial answers, and are never kept again."""
+    cache = ResponseCache(1_000_000, 100_000, timer=lambda: 1.0)
+    keys = {name: ("GET", name, "", "", "") for name in ("init", "live", "old", "elsewhere")}
+    cache.put(keys["init"], _shape_entry("h1", initial=True))
+    cache.put(keys["live"], _shape_entry("h1", initial=False))
+    cache.put(keys["old"], _shape_entry("h0", initial=False))
+    cache.put(keys["elsewhere"], _shape_entry("x1", initial=True, definition="e"))
+    assert cache.retire_handle("h1") == 2
+    assert cache.get(keys["init"]) is None and cache.get(keys["live"]) is None
+    assert cache.get(keys["old"]) is not None and cache.get(keys["elsewhere"]) is not None
+    assert cache.retired("d", "h1") and cache.retired("other", "h1")
+    assert not cache.put(keys["live"], _shape_entry("h1", initial=False))
+
+
 def test_cache_indexes_forget_entries_the_lru_dropped() -> None:
     cache = ResponseCache(20_000, 2_000, timer=lambda: 1.0)
     for i in range(2_000):

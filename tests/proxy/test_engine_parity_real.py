@@ -70,6 +70,9 @@ SAME_ANSWER = [
     "offset=-1&subset__where=id>$1&subset__params=[1]",
     "offset=-1&subset__where=id>$1&subset__params=nojson",
     "offset=-1&subset__where=id>$1&subset__params=5",
+    # a blank subset__params is no params to the engine (Ecto's empty value), not a refusal
+    "offset=-1&subset__params=%20&subset__limit=2&subset__order_by=id",
+    "offset=-1&subset__where=id<$1&subset__params=%7B%221%22%3A%223%22%7D",
     "offset=-1&subset__limit=-1&subset__order_by=id",
     "offset=-1&subset__limit=abc&subset__order_by=id",
     "offset=-1&subset__limit=99999999999999999999&subset__order_by=id",
@@ -99,6 +102,10 @@ SAME_ANSWER_OTHERWISE = [
     ("GET", "/v1/shape?table=a.b.c&offset=-1&columns=%22id", None),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": 5}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": "x"}),
+    # a string in the body is decoded as JSON by the engine, and a blank one is no params
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id<$1", "params": '{"1": "3"}'}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id<3", "params": " "}),
+    ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": "5"}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": {"1": [1]}}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$1", "params": ["1"]}),
     ("POST", "/v1/shape?table=items&offset=-1", {"where": "id>$2", "params": ["1"]}),

@@ -386,9 +386,15 @@ def _timezone_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
     elif subject.type == TIMESTAMPTZ:
         result, convert = TIMESTAMP, tstz_to_local
     else:
+        why = (
+            " (Postgres takes the zone's offset on the day the query runs, so the answer"
+            " changes with the date)"
+            if subject.type in (TIME, _TIMETZ)
+            else ""
+        )
         raise error_at(
-            f"{syntax} on {_message_name(subject.type)} is not supported (on timestamp and"
-            " timestamp with time zone it is)",
+            f"{syntax} on {_message_name(subject.type)} is not supported{why}; on timestamp"
+            " and timestamp with time zone it is",
             node,
         )
     name = c.coerce(zone_arg, TEXT).value
