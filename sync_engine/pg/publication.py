@@ -179,6 +179,10 @@ async def descendants_of(conn: AsyncConnection[Any], roots: Collection[int]) -> 
     ]
 
 
+#: Tables the engine was refused the publication of (said once each).
+_refused: set[int] = set()
+
+
 async def prepare_descendants(
     conn: AsyncConnection[Any],
     publication: str,
@@ -223,11 +227,28 @@ async def prepare_descendants(
                 continue
         busy.discard(d.oid)
         if (d.schema, d.name) not in published:
-            await conn.execute(
-                sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
-                    sql.Identifier(publication), ident
+            try:
+                await conn.execute(
+                    sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
+                        sql.Identifier(publication), ident
+                    )
                 )
-            )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # (not fatal: the engine serves the rest; said once per table)
+                if d.oid not in _refused:
+                    _refused.add(d.oid)
+                    logger.warning(
+                        'cannot publish table "%s"."%s", an inheritance child of a table with'
+                        " shapes: its changes do not reach its parents' shapes until the"
+                        " engine's role owns it or a DBA runs ALTER PUBLICATION %s ADD TABLE"
+                        " ONLY it (%s)",
+                        d.schema,
+                        d.name,
+                        publication,
+                        exc.diag.message_primary or exc,
+                    )
+                unready.add(d.oid)
+                continue
             added = True
     return added, unready
 
@@ -298,7 +319,14 @@ async def make_identity_full(
         )
         return False
     except psycopg.errors.InsufficientPrivilege as exc:
-        logger.warning("could not set REPLICA IDENTITY FULL on %s.%s: %s", row[0], row[1], exc)
+        logger.log(
+            logging.DEBUG if retrying else logging.WARNING,
+            "could not set REPLICA IDENTITY FULL on %s.%s: %s",
+            row[0],
+            row[1],
+            exc.diag.message_primary or exc,
+        )
+        return False
     finally:
         await conn.execute("RESET lock_timeout")
     return True
