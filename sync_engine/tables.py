@@ -410,20 +410,7 @@ class Tables:
                 conn, table.oid, descendants, self._identity_busy
             )
             if refused:
-                names = ", ".join(f'"{d.schema}"."{d.name}"' for d in refused[:5])
-                raise InvalidRequest(
-                    {
-                        "table": [
-                            f'cannot publish table "{table.schema}"."{table.name}": its'
-                            f" partition {names} has no primary key and the engine's role"
-                            " does not own it, so cannot set its REPLICA IDENTITY FULL;"
-                            " published without one, Postgres would refuse the"
-                            " application's UPDATEs and DELETEs on it. A DBA must run"
-                            " ALTER TABLE ... REPLICA IDENTITY FULL on it (or give it a"
-                            " primary key)."
-                        ]
-                    }
-                )
+                raise InvalidRequest({"table": [self._refusal(table, refused[0])]})
             if busy:
                 names = ", ".join(f'"{d.schema}"."{d.name}"' for d in busy[:5])
                 raise ServiceUnavailable(
@@ -459,6 +446,28 @@ class Tables:
         await self.on_catalog(work, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
+
+    def _refusal(self, table: TableInfo, d: Descendant) -> str:
+        """The 400 for a shape on `table` whose descendant `d` the engine may not ready:
+        names `d` and what a DBA runs."""
+        child = f'"{d.schema}"."{d.name}"'
+        if d.partition:
+            return (
+                f'cannot publish table "{table.schema}"."{table.name}": its partition {child}'
+                " has no primary key and the engine's database role does not own it, so"
+                " cannot set its REPLICA IDENTITY FULL; published without one, Postgres would"
+                " refuse the application's UPDATEs and DELETEs on it. A DBA must run"
+                f" ALTER TABLE {child} REPLICA IDENTITY FULL (or make the engine's role its"
+                " owner)."
+            )
+        return (
+            f'cannot publish table "{table.schema}"."{table.name}": its inheritance child'
+            f" {child} is not owned by the engine's database role, so its changes cannot be"
+            " published, while the parent's rows include its rows. A DBA must run"
+            f" ALTER TABLE {child} REPLICA IDENTITY FULL and"
+            f" ALTER PUBLICATION {self.publication} ADD TABLE ONLY {child}"
+            " (or make the engine's role its owner)."
+        )
 
     async def _retry_identities(self, descendants: set[int]) -> None:
         """Try again to set REPLICA IDENTITY FULL on the descendants whose lock was busy

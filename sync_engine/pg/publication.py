@@ -93,11 +93,13 @@ async def add_table(
     ident = sql.Identifier(schema, table)
     try:
         cur = await conn.execute(
-            "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            "SELECT c.relreplident, c.relkind FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = %s AND c.relname = %s",
             (schema, table),
         )
         row = await cur.fetchone()
+        partitioned = row is not None and row[1] == "p"
         if row is not None:
             replica_identity = str(row[0])  # fresher than the caller's description
         if replica_identity != "f":
@@ -111,9 +113,17 @@ async def add_table(
         )
         if await cur.fetchone() is not None:
             return False
-        await conn.execute(
-            sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(publication), ident)
+        # ONLY: an inheritance parent's children are published by `prepare_descendants`,
+        # each after its REPLICA IDENTITY FULL (published without, a keyless one's UPDATEs
+        # would be refused), and one the engine may not own is said by its name, not as
+        # "must own" the parent. (A partitioned table publishes all its partitions: the
+        # caller readies them first, `ready_partitions`.)
+        add = (
+            "ALTER PUBLICATION {} ADD TABLE {}"
+            if partitioned
+            else "ALTER PUBLICATION {} ADD TABLE ONLY {}"
         )
+        await conn.execute(sql.SQL(add).format(sql.Identifier(publication), ident))
         return True
     except psycopg.errors.DuplicateObject:
         return False
@@ -300,6 +310,15 @@ SELECT pg_has_role(c.relowner, 'USAGE'), EXISTS (
 """
 
 
+#: Whether the engine's role owns table `oid` (may set its identity and publish it), or it
+#: is in a publication already (a DBA did it).
+_MAY_PUBLISH = """
+SELECT pg_has_role(c.relowner, 'USAGE')
+       OR EXISTS (SELECT 1 FROM pg_publication_rel r WHERE r.prrelid = c.oid)
+FROM pg_class c WHERE c.oid = %s
+"""
+
+
 async def ready_partitions(
     conn: AsyncConnection[Any], root: int, descendants: Iterable[Descendant], busy: set[int]
 ) -> tuple[list[Descendant], list[Descendant]]:
@@ -319,7 +338,18 @@ async def ready_partitions(
     busy_stuck: list[Descendant] = []
     refused: list[Descendant] = []
     for d in descendants:
-        if d.root != root or d.kind != "r" or not d.partition or d.identity == "f":
+        if d.root != root or d.kind != "r":
+            continue
+        if not d.partition:
+            # An inheritance child is published by itself (`prepare_descendants`, after its
+            # identity): one the engine may not publish, and nobody did, would never send
+            # its changes, while the parent's snapshot has its rows.
+            cur = await conn.execute(_MAY_PUBLISH, (d.oid,))
+            row = await cur.fetchone()
+            if not published and row is not None and not row[0]:
+                refused.append(d)
+            continue
+        if d.identity == "f":
             continue
         if await make_identity_full(conn, d.oid, retrying=d.oid in busy):
             busy.discard(d.oid)

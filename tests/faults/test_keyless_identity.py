@@ -8,6 +8,10 @@ A partitioned root publishes all its partitions at once: the engine used to add 
 the publication first and set each partition's identity after, giving up on a partition
 whose lock was busy (an open transaction had read it): that partition stayed published
 without identity, and the application's UPDATEs on it were refused until a later retry.
+An inheritance parent was added without ONLY: its children too, before their identity.
+
+The first shape on a parent with a child the engine's role does not own used to get a 400
+that named the parent ("must own" it); it names the child and the DBA's statements now.
 
 Real path: the engine as a process, followers over HTTP.
 """
@@ -76,15 +80,20 @@ async def test_keyless_tables_stay_writable_once_published(db_url: str, tmp_path
     cases = [("r", None), ("r", "b <> 'zz'"), ("p", None), ("plain", None)]
     followers = [Follower(engine.url, w, table=t, increments=False) for t, w in cases]
     stop = asyncio.Event()
-    # An application transaction that has read r1 (and holds its lock) while the first
-    # shape on r is made: the engine cannot set r1's identity meanwhile.
+    # An application transaction that has read r1 and pc (and holds their locks) while the
+    # first shapes on r and p are made: the engine cannot set their identity meanwhile.
     reader = psycopg.connect(db_url)
     reader.execute("SELECT count(*) FROM r1")
+    child_reader = psycopg.connect(db_url)
+    child_reader.execute("SELECT count(*) FROM ONLY pc")
     release = threading.Timer(4.0, reader.rollback)
     release.start()
     try:
         async with aiohttp.ClientSession() as session:
             tasks = [asyncio.create_task(f.run(session, stop)) for f in followers]
+            await wait_until_async(lambda: followers[2].live, timeout=60, message="p live")
+            child_reader.rollback()  # (pc's lock is free: an UPDATE on it must work now)
+            _sql(db_url, "UPDATE pc SET b = b || '-'")
             await wait_until_async(
                 lambda: all(f.live for f in followers), timeout=60, message="live"
             )
@@ -132,5 +141,53 @@ async def test_keyless_tables_stay_writable_once_published(db_url: str, tmp_path
     finally:
         release.cancel()
         reader.close()
+        child_reader.close()
         stop.set()
         engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_child_the_engine_may_not_publish_is_named(db_url: str, tmp_path: Path) -> None:
+    """The engine's role owns the parent, not its existing child: the first shape on the
+    parent gets a 400 naming the child and the statements a DBA runs; once run, the shape
+    works and the child's changes reach it."""
+    role = "kl_" + db_url.rsplit("/", 1)[1]
+    url = db_url.replace("postgres@", f"{role}@", 1)
+    _sql(
+        db_url,
+        f"CREATE ROLE {role} LOGIN REPLICATION",
+        f"GRANT CREATE ON DATABASE {db_url.rsplit('/', 1)[1]} TO {role}",
+        "CREATE TABLE p (a int, b text)",
+        f"ALTER TABLE p OWNER TO {role}",
+        "CREATE TABLE c () INHERITS (p)",
+        f"GRANT SELECT ON c TO {role}",
+        "INSERT INTO p VALUES (1, 'p')",
+        "INSERT INTO c VALUES (2, 'c')",
+    )
+    engine = EngineProcess(url, tmp_path / "data", "--long-poll-timeout", "1")
+    engine.log = tmp_path / "engine.log"
+    stop = asyncio.Event()
+    try:
+        await asyncio.to_thread(engine.start)
+        async with aiohttp.ClientSession() as session:
+            q = {"table": "p", "offset": "-1"}
+            async with session.get(f"{engine.url}/v1/shape", params=q) as resp:
+                assert resp.status == 400, resp.status
+                said = str((await resp.json())["errors"]["table"][0])
+            assert '"public"."c"' in said and "ADD TABLE ONLY" in said, said
+            statements = said[said.index("ALTER TABLE") : said.rindex(" (or")]
+            _sql(db_url, *statements.split(" and "))
+            follower = Follower(engine.url, None, table="p", increments=False)
+            task = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(lambda: follower.live, message="live")
+            _sql(db_url, "UPDATE c SET b = 'c+'", "DELETE FROM p WHERE a = 1")
+            await wait_until_async(
+                lambda: _view(follower.rows) == _select(db_url, "p", None), message="as SELECT"
+            )
+            stop.set()
+            await task
+        follower.assert_clean()
+    finally:
+        stop.set()
+        engine.stop()
+        _sql(db_url, "DROP TABLE c, p", f"DROP OWNED BY {role}", f"DROP ROLE {role}")
