@@ -270,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
         " Env: SYNC_ENGINE_PROBE_TIMEOUT",
     )
     p.add_argument(
+        "--snapshot-quiet",
+        type=positive_number,
+        default=_num(
+            "SNAPSHOT_QUIET",
+            positive_number,
+            "a positive number of seconds",
+            "--snapshot-quiet",
+            2.0,
+        ),
+        help="seconds a request waits for its snapshot's first rows before it asks (every as"
+        " many) whether Postgres answers at all, within --probe-timeout: a 503 if not, else it"
+        " waits on (default 2). Env: SYNC_ENGINE_SNAPSHOT_QUIET",
+    )
+    p.add_argument(
         "--family-check-interval",
         type=positive_number,
         default=_num(
@@ -320,6 +334,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         replication_timeout=args.replication_timeout,
         catalog_timeout=args.catalog_timeout,
         probe_timeout=args.probe_timeout,
+        snapshot_quiet=args.snapshot_quiet,
         family_check_interval=args.family_check_interval,
     )
 

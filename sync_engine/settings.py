@@ -34,6 +34,9 @@ class Settings:
     # partition answers nothing and closes nothing.
     catalog_timeout: float = 5.0
     probe_timeout: float = 5.0
+    # Seconds a request waits for its snapshot's first rows before it asks (every as many)
+    # whether Postgres answers at all (`probe_timeout`): 503 if not, else it waits on.
+    snapshot_quiet: float = 2.0
     # Seconds between looks at the partitions and inheritance children of shaped tables
     # (a shape whose table's family changed is retired: its clients refetch).
     family_check_interval: float = 2.0

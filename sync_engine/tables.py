@@ -45,6 +45,7 @@ from .pg.publication import (
     make_identity_full,
     prepare_descendants,
     publication_exists,
+    ready_partitions,
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
@@ -400,15 +401,46 @@ class Tables:
         async def work(conn: AsyncConnection[Any]) -> None:
             if table.oid in self._published:  # published while this request waited
                 return
+            # its partitions and inheritance children: their changes come under their own
+            # relations (routed to this table's shapes), each with the old row
+            descendants = await descendants_of(conn, [table.oid])
+            # A partitioned table publishes its partitions at once: each gets its identity
+            # first, or the application's UPDATEs on a keyless one would be refused.
+            busy, refused = await ready_partitions(
+                conn, table.oid, descendants, self._identity_busy
+            )
+            if refused:
+                names = ", ".join(f'"{d.schema}"."{d.name}"' for d in refused[:5])
+                raise InvalidRequest(
+                    {
+                        "table": [
+                            f'cannot publish table "{table.schema}"."{table.name}": its'
+                            f" partition {names} has no primary key and the engine's role"
+                            " does not own it, so cannot set its REPLICA IDENTITY FULL;"
+                            " published without one, Postgres would refuse the"
+                            " application's UPDATEs and DELETEs on it. A DBA must run"
+                            " ALTER TABLE ... REPLICA IDENTITY FULL on it (or give it a"
+                            " primary key)."
+                        ]
+                    }
+                )
+            if busy:
+                names = ", ".join(f'"{d.schema}"."{d.name}"' for d in busy[:5])
+                raise ServiceUnavailable(
+                    f'cannot publish table "{table.schema}"."{table.name}" yet: its partition'
+                    f" {names} has no primary key and its lock is busy (an open transaction"
+                    " used it), so the engine could not set its REPLICA IDENTITY FULL;"
+                    " published without one, Postgres would refuse the application's"
+                    " UPDATEs and DELETEs on it. Retry.",
+                    retry_after=1,
+                    code="partition_identity_pending",
+                )
             try:
                 added = await add_table(
                     conn, self.publication, table.schema, table.name, table.replica_identity
                 )
             except PublicationError as exc:
                 raise InvalidRequest({"table": [str(exc)]}) from None
-            # its partitions and inheritance children: their changes come under their own
-            # relations (routed to this table's shapes), each with the old row
-            descendants = await descendants_of(conn, [table.oid])
             # (a busy descendant's identity is not waited for: the application's queries on
             # it would queue behind the ALTER's lock request; it is tried again later)
             more, unready = await prepare_descendants(

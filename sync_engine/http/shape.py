@@ -41,7 +41,8 @@ if TYPE_CHECKING:
 SNAPSHOT_WAIT = 60.0
 #: Seconds a request waits for a snapshot chunk before it asks whether Postgres answers at
 #: all (and then again every as many): a silent one (stopped, behind a partition) gets the
-#: request a 503 within this and `tables.PROBE_TIMEOUT`, a slow one keeps it waiting.
+#: request a 503 within this and `Settings.probe_timeout`, a slow one keeps it waiting. The
+#: default of `Settings.snapshot_quiet`.
 SNAPSHOT_QUIET = 2.0
 
 FindSource = Callable[[web.Request], Awaitable["Source"]]
@@ -221,7 +222,7 @@ class ShapeView:
 
         A big chunk this process checked before comes as its file (an open descriptor and
         the size), checked again and sent as it is. While
-        the chunk does not come, the request asks every `SNAPSHOT_QUIET` seconds whether
+        the chunk does not come, the request asks every `snapshot_quiet` seconds whether
         Postgres answers: a snapshot query sent into a silent database (its table lookup
         was cached, so nothing asked Postgres before) would otherwise hold the request for
         all of `SNAPSHOT_WAIT`, past every client's patience. A slow query on a live
@@ -239,7 +240,7 @@ class ShapeView:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SNAPSHOT_WAIT
         while not await shape.wait_until(
-            ready, min(SNAPSHOT_QUIET, deadline - loop.time()), gone=gone
+            ready, min(self.settings.snapshot_quiet, deadline - loop.time()), gone=gone
         ):
             if gone is not None and gone.done():
                 raise ConnectionResetError("the client went away")

@@ -179,6 +179,10 @@ async def descendants_of(conn: AsyncConnection[Any], roots: Collection[int]) -> 
     ]
 
 
+#: Tables the engine was refused the publication of (said once each).
+_refused: set[int] = set()
+
+
 async def prepare_descendants(
     conn: AsyncConnection[Any],
     publication: str,
@@ -223,11 +227,28 @@ async def prepare_descendants(
                 continue
         busy.discard(d.oid)
         if (d.schema, d.name) not in published:
-            await conn.execute(
-                sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
-                    sql.Identifier(publication), ident
+            try:
+                await conn.execute(
+                    sql.SQL("ALTER PUBLICATION {} ADD TABLE ONLY {}").format(
+                        sql.Identifier(publication), ident
+                    )
                 )
-            )
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # (not fatal: the engine serves the rest; said once per table)
+                if d.oid not in _refused:
+                    _refused.add(d.oid)
+                    logger.warning(
+                        'cannot publish table "%s"."%s", an inheritance child of a table with'
+                        " shapes: its changes do not reach its parents' shapes until the"
+                        " engine's role owns it or a DBA runs ALTER PUBLICATION %s ADD TABLE"
+                        " ONLY it (%s)",
+                        d.schema,
+                        d.name,
+                        publication,
+                        exc.diag.message_primary or exc,
+                    )
+                unready.add(d.oid)
+                continue
             added = True
     return added, unready
 
@@ -267,6 +288,51 @@ async def ancestors_of(conn: AsyncConnection[Any], oid: int) -> frozenset[int]:
     return frozenset(int(r[0]) for r in await cur.fetchall())
 
 
+#: Whether the engine's role owns table `oid`, and whether the table has an index an UPDATE
+#: or DELETE can use as its replica identity (the primary key under DEFAULT, the chosen
+#: index under USING INDEX): Postgres refuses those statements on a published table that
+#: has neither that nor FULL.
+_HAS_REPLICA_INDEX = """
+SELECT pg_has_role(c.relowner, 'USAGE'), EXISTS (
+    SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisvalid
+      AND ((c.relreplident = 'd' AND i.indisprimary) OR (c.relreplident = 'i' AND i.indisreplident))
+) FROM pg_class c WHERE c.oid = %s
+"""
+
+
+async def ready_partitions(
+    conn: AsyncConnection[Any], root: int, descendants: Iterable[Descendant], busy: set[int]
+) -> tuple[list[Descendant], list[Descendant]]:
+    """Before partitioned table `root` is added to the publication, `REPLICA IDENTITY FULL`
+    on each of its partitions (`make_identity_full`); returns those still without any
+    identity, as (lock busy: worth a retry, the engine's role not their owner: a DBA's
+    work). Adding the root would publish them at once, and Postgres would then refuse the
+    application's UPDATEs and DELETEs on them
+    ("does not have a replica identity and publishes updates"). The caller must not
+    publish the root then. Both empty when the root is published already (nothing to
+    save: its partitions are published, `prepare_descendants` retries their identity).
+    (A partition attached or made later is published by Postgres at once, before the
+    engine's family check can set its identity: a window only the application's DDL can
+    close, `REPLICA IDENTITY FULL` or a primary key with the partition.)"""
+    cur = await conn.execute("SELECT 1 FROM pg_publication_rel WHERE prrelid = %s", (root,))
+    published = await cur.fetchone() is not None
+    busy_stuck: list[Descendant] = []
+    refused: list[Descendant] = []
+    for d in descendants:
+        if d.root != root or d.kind != "r" or not d.partition or d.identity == "f":
+            continue
+        if await make_identity_full(conn, d.oid, retrying=d.oid in busy):
+            busy.discard(d.oid)
+            continue
+        busy.add(d.oid)
+        cur = await conn.execute(_HAS_REPLICA_INDEX, (d.oid,))
+        row = await cur.fetchone()
+        if published or row is None or row[1]:
+            continue  # (gone meanwhile, or its UPDATEs use its key)
+        (busy_stuck if row[0] else refused).append(d)
+    return busy_stuck, refused
+
+
 async def make_identity_full(
     conn: AsyncConnection[Any], oid: int, *, retrying: bool = False
 ) -> bool:
@@ -298,7 +364,14 @@ async def make_identity_full(
         )
         return False
     except psycopg.errors.InsufficientPrivilege as exc:
-        logger.warning("could not set REPLICA IDENTITY FULL on %s.%s: %s", row[0], row[1], exc)
+        logger.log(
+            logging.DEBUG if retrying else logging.WARNING,
+            "could not set REPLICA IDENTITY FULL on %s.%s: %s",
+            row[0],
+            row[1],
+            exc.diag.message_primary or exc,
+        )
+        return False
     finally:
         await conn.execute("RESET lock_timeout")
     return True

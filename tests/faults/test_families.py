@@ -276,3 +276,49 @@ async def test_a_big_family_changed_while_the_engine_was_down(db_url: str, tmp_p
     finally:
         stop.set()
         engine.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_a_child_the_engine_may_not_publish_stops_nothing(
+    db_url: str, tmp_path: Path
+) -> None:
+    """An inheritance child made after the parent's shapes by another role than the
+    engine's: the engine may neither set its identity nor publish it. It says so once, and
+    goes on serving the parent's own changes, also after a restart (the start's family
+    check used to fail on it: the source never became ready)."""
+    role = "fam_" + db_url.rsplit("/", 1)[1]
+    url = db_url.replace("postgres@", f"{role}@", 1)
+    _sql(
+        db_url,
+        f"CREATE ROLE {role} LOGIN REPLICATION",
+        f"GRANT CREATE ON DATABASE {db_url.rsplit('/', 1)[1]} TO {role}",
+        "CREATE TABLE p (id int PRIMARY KEY, org text NOT NULL, v int NOT NULL)",
+        f"ALTER TABLE p OWNER TO {role}",
+        "INSERT INTO p VALUES (1, 'p', 1)",
+    )
+    engine = EngineProcess(url, tmp_path / "data", "--long-poll-timeout", "1",
+                           "--family-check-interval", "0.3")  # fmt: skip
+    engine.log = tmp_path / "engine.log"
+    follower = Follower(url, None, table="p", increments=False)
+    stop = asyncio.Event()
+    try:
+        await asyncio.to_thread(engine.start)
+        follower.base = engine.url
+        async with aiohttp.ClientSession() as session:
+            task = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(lambda: follower.live, message="live")
+            _sql(db_url, "CREATE TABLE c () INHERITS (p)", "INSERT INTO c VALUES (2, 'c', 1)")
+            said = "could not set REPLICA IDENTITY FULL on public.c"
+            await wait_until_async(lambda: said in engine.log_tail(100_000), message="said")
+            _sql(db_url, "UPDATE c SET v = 2")  # (the application's writes go on)
+            engine.kill()
+            await asyncio.to_thread(engine.start)
+            _sql(db_url, "INSERT INTO p VALUES (3, 'p', 1)")
+            await wait_until_async(lambda: '"public"."p"/"3"' in follower.rows, message="p's")
+            stop.set()
+            await task
+        assert engine.log_tail(1_000_000).count(said) == 2  # (once per run)
+    finally:
+        stop.set()
+        engine.stop()
+        _sql(db_url, "DROP TABLE c, p", f"DROP OWNED BY {role}", f"DROP ROLE {role}")

@@ -41,9 +41,9 @@ WHERES = [None, "id % 2 = 0"]
 #: is hung (it would wait as long as Postgres is stopped).
 ANSWER_WITHIN = 30
 WALSENDER = "SELECT active_pid FROM pg_replication_slots WHERE active_pid IS NOT NULL"
-#: The engine's bounds, short (the defaults, 5 s each, only made this file slow): the
+#: The engine's bounds, short (the defaults, 5 s and 2 s, only made this file slow): the
 #: behaviour is the same, a request is answered 503 once they run out.
-SHORT_BOUNDS = ("--catalog-timeout", "1", "--probe-timeout", "1")
+SHORT_BOUNDS = ("--catalog-timeout", "1", "--probe-timeout", "1", "--snapshot-quiet", "0.5")
 
 
 @dataclass
@@ -272,12 +272,19 @@ async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
     silenced: Silenced, tmp_path: Path
 ) -> None:
     """Postgres alive but slow: a new shape's snapshot query waits for a lock held by
-    another transaction (here for 6 s: past the engine's check for a silent database,
-    `SNAPSHOT_QUIET` + the probe's 2 s, twice). The request waits for it and gets the rows,
-    not a 503."""
+    another transaction (here for 4 s: past the engine's check for a silent database,
+    `--snapshot-quiet` 0.5 s + the probe's 2 s, and its every 0.5 s after). The request
+    waits for it and gets the rows, not a 503."""
     url = silenced.url
     engine = EngineProcess(
-        url, tmp_path / "data", "--long-poll-timeout", "1", "--probe-timeout", "2"
+        url,
+        tmp_path / "data",
+        "--long-poll-timeout",
+        "1",
+        "--probe-timeout",
+        "2",
+        "--snapshot-quiet",
+        "0.5",
     )
     await asyncio.to_thread(engine.start)
     try:
@@ -289,7 +296,7 @@ async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
                 asking = asyncio.create_task(
                     _get(session, engine.url, table="items", where="id > 5", offset="-1")
                 )
-                await asyncio.sleep(6)
+                await asyncio.sleep(4)
                 assert not asking.done(), asking.result()
                 locker.commit()
             status, body, _ = await asking
