@@ -726,6 +726,16 @@ class Connection(asyncio.Protocol, Writer):
         else:
             self._transport.close()
 
+    def waiting_since(self, now: float) -> float:
+        """Seconds this connection has waited without a request to answer: since its
+        request began arriving (a head still incomplete), or since it was opened or last
+        answered (idle); 0 while a request is answered or queued (`Server._make_room`)."""
+        if self._transport is None or self._busy or self._queue or self._upgrading:
+            return 0.0
+        if self._in_message:
+            return now - self._message_began if self._message_began else 0.0
+        return now - self._idle_since
+
     @property
     def answering(self) -> asyncio.Future[None] | None:
         """Done when the request being answered right now is (None: nothing is)."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from proxy.http.protocol import Connection
 
@@ -22,18 +23,83 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+#: File descriptors kept free of client connections beyond the engine pool: JWKS fetches,
+#: logs, the listening sockets. At least this, or an eighth of the limit.
+_FD_RESERVE = 256
+#: The fewest client connections kept, however low the file limit.
+_MIN_CONNECTIONS = 32
+#: Seconds a connection may wait without a whole request before, at the cap, it may be closed
+#: to make room (a client sends its request at once; a slow-loris client never does).
+_GRACE = 1.0
+_TOO_MANY_BODY = b'{"message":"Too many connections: try again in a moment, please."}'
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+
+
+def connection_cap(pool_size: int) -> int:
+    """The most client connections kept open: what the file limit leaves after the engine
+    pool (`upstream.pool_size`, at most half the limit) and a reserve. Without a cap,
+    connections that never finish a request (no token needed) took every descriptor: new
+    clients were reset and no engine connection could be opened."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    upstream = min(pool_size, soft // 2)
+    return max(_MIN_CONNECTIONS, soft - upstream - max(_FD_RESERVE, soft // 8))
+
+
+class _TooMany(asyncio.Protocol):
+    """A connection beyond the cap while every other one is busy: answered 503 and closed,
+    its request never read (our side ends after the answer; it is dropped a moment later:
+    closed at once with its request unread, the kernel would reset it, answer and all)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
+        transport.pause_reading()
+        transport.write(_TOO_MANY)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(_GRACE, transport.abort)
+
+
 class Server:
     """The connections of one listening socket."""
 
     def __init__(self, app: ProxyApp) -> None:
         self._app = app
-        self._connections: set[Connection] = set()
+        #: Open connections, oldest first (a dict for its order: `_make_room`).
+        self._connections: dict[Connection, None] = {}
         self._servers: list[asyncio.AbstractServer] = []
+        self._cap: int | None = None
 
-    def _connection(self) -> Connection:
-        conn = Connection(self._app, self._connections.discard)
-        self._connections.add(conn)
+    def _closed(self, conn: Connection) -> None:
+        self._connections.pop(conn, None)
+
+    def _connection(self) -> asyncio.Protocol:
+        if self._cap is None:
+            self._cap = connection_cap(self._app.loaded.config.upstream.pool_size)
+        if len(self._connections) >= self._cap and not self._make_room():
+            return _TooMany()
+        conn = Connection(self._app, self._closed)
+        self._connections[conn] = None
         return conn
+
+    def _make_room(self) -> bool:
+        """Close the connection waiting longest without a request (see `Connection.waiting`);
+        False when every one is busy or just opened. One passed over goes to the back, so a
+        round looks at each at most once."""
+        now = asyncio.get_running_loop().time()
+        for _ in range(len(self._connections)):
+            conn = next(iter(self._connections))
+            del self._connections[conn]
+            if conn.waiting_since(now) >= _GRACE:
+                conn.abort()
+                return True
+            self._connections[conn] = None
+        return False
 
     async def start(self, socks: list[socket.socket], *, backlog: int = 128) -> None:
         """Accept clients on each of `socks` (one per address the host name resolves to)."""

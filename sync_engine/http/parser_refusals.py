@@ -19,9 +19,13 @@ Content-Encoding: sync_engine/http/server.py).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import resource
+import time
 import warnings
+from collections import OrderedDict
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +134,38 @@ def unserved(message: Any) -> Refusal | None:
     return None
 
 
+#: File descriptors kept free of client connections, beyond the shape logs' own pool
+#: (`sync_engine.log.fds.MAX_OPEN`): Postgres connections (each source's replication, snapshot
+#: and catalog connections), sources.db, listening sockets. At least this, or an eighth of the
+#: limit.
+_FD_RESERVE = 256
+#: The fewest connections a listener keeps, however low the file limit.
+_MIN_CONNECTIONS = 32
+#: Seconds a new connection may take to send its first request head before, at the cap, it
+#: may be closed to make room (a client sends its head at once; a slowloris never does).
+_GRACE = 1.0
+#: A connection closed at the cap: the new one when every other is busy with a request.
+_TOO_MANY_BODY = b'{"message":"Too many connections: try again in a moment, please."}'
+_TOO_MANY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
+)
+
+
+def connection_cap() -> int:
+    """The most connections one listener keeps open: what the process's file limit leaves
+    after the shape logs' descriptors and a reserve (Postgres, sqlite, sockets). Without a
+    cap, connections that never finish a request (no secret needed) took every descriptor:
+    new clients were reset and shape logs could not be written, pausing replication."""
+    from ..log import fds  # (the log package imports nothing of http's)
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return 1 << 20
+    return max(_MIN_CONNECTIONS, soft - fds.MAX_OPEN - max(_FD_RESERVE, soft // 8))
+
+
 #: The end of a request's head: its first empty line (llhttp also reads bare-LF lines).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
@@ -171,6 +207,68 @@ class RefusingRequestHandler(RequestHandler):
         self._pending: bytes | None = b""
         self._body: StreamReader | None = None
         self._seen_requests = 0
+
+    def connection_made(self, transport: Any) -> None:
+        """Register the connection; past its listener's `connection_cap`, make room by closing
+        the connection that has waited longest without a request in progress: idle between
+        requests, or open `_GRACE` seconds without a whole request head (a slowloris). When
+        every other one is busy (held long-polls) or just opened, this one is answered 503
+        and closed: over the cap, a clear refusal rather than a reset."""
+        super().connection_made(transport)
+        manager = self._manager
+        if manager is None:
+            return
+        waiting: OrderedDict[RefusingRequestHandler, float] | None = getattr(
+            manager, "_waiting_order", None
+        )
+        if waiting is None:
+            waiting = OrderedDict()
+            manager._waiting_order = waiting  # type: ignore[attr-defined]
+            manager._connection_cap = connection_cap()  # type: ignore[attr-defined]
+        now = time.monotonic()
+        waiting[self] = now
+        cap: int = manager._connection_cap  # type: ignore[attr-defined]
+        if len(waiting) <= cap:
+            return
+        # Oldest first; one passed over goes to the back (keeping its time), so a round
+        # looks at each at most once.
+        for _ in range(len(waiting) - 1):
+            victim, since = next(iter(waiting.items()))
+            if victim is self:
+                waiting.move_to_end(victim)
+                continue
+            # Idle as aiohttp's keep-alive check sees it: waiting for a whole request head
+            # (a request being handled, or parsed and about to be, is not).
+            waiter = victim._waiter
+            idle = waiter is not None and not waiter.done() and not victim._messages
+            fresh = victim._request_count == 0 and now - since < _GRACE
+            if not idle or fresh:
+                waiting.move_to_end(victim)
+                continue
+            del waiting[victim]
+            victim.force_close()
+            if victim.transport is not None:
+                victim.transport.abort()
+            return
+        del waiting[self]
+        # Read nothing of it; answer, then end our side (FIN after the answer) and drop the
+        # connection a moment later: closed at once with its request unread, the kernel
+        # resets it and the client may never see the 503.
+        # (`_force_close` by hand: aiohttp's `force_close` closes the transport at once, before
+        # the answer is out; set, the connection's task ends without reading a request)
+        self._force_close = True
+        transport.pause_reading()
+        transport.write(_TOO_MANY)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(_GRACE, transport.abort)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        manager = self._manager
+        waiting = getattr(manager, "_waiting_order", None) if manager is not None else None
+        if waiting is not None:
+            waiting.pop(self, None)
+        super().connection_lost(exc)
 
     def refused_method(self) -> str:
         """The method of the request the parser refused, as far as its bytes tell: HEAD or

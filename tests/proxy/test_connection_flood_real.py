@@ -1,0 +1,124 @@
+"""A flood of connections that never finish a request must not lock clients out of the proxy.
+
+Anyone can open connections to the proxy (no token is read before a request arrives) and
+trickle a request head: each is held up to the 30 s request deadline, and more come. Once
+they held every file descriptor, a client that sent a whole request was reset, and the
+proxy could not open engine connections either. The proxy now keeps at most
+`connection_cap()` client connections (what its file limit leaves after the engine pool and a
+reserve) and, at the cap, closes the connection that has waited longest without a request
+(once it has had a second to send one); when every connection is busy, a new one gets a
+clear 503.
+
+Real path: `shape-proxy` (config/examples/open.yaml) under `prlimit --nofile=256` (a cap of
+32) in front of a real engine and Postgres; raw sockets for the flood.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+import yaml
+
+from tests.support.engine_process import EngineProcess
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def proxy_url(db_url: str, tmp_path: Path) -> Iterator[str]:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
+        conn.execute("INSERT INTO items VALUES (1, 'one')")
+    engine = EngineProcess(db_url, tmp_path / "data", "--no-fsync")
+    engine.start()
+    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
+    config["upstream"]["url"] = engine.url
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    port = free_port()
+    log = (tmp_path / "proxy.log").open("wb")
+    proc = subprocess.Popen(
+        ["prlimit", "--nofile=256:256", "--", sys.executable, "-m", "proxy",
+         "--config", str(path), "--port", str(port)],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _get(f"{url}/v1/health")[0] == 200, timeout=30, interval=0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        engine.stop()
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+    except OSError as exc:
+        return 0, {}, repr(exc).encode()
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def test_a_flood_of_unfinished_requests_does_not_lock_clients_out(proxy_url: str) -> None:
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(400):  # far more than the proxy's 256 file descriptors
+            sock = socket.create_connection(("127.0.0.1", _port(proxy_url)), timeout=5)
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            flood.append(sock)
+        time.sleep(1.5)  # (a connection gets 1 s to send its head before it may be closed)
+        status, _, body = _get(f"{proxy_url}/v1/shape?table=items&offset=-1")
+        assert status == 200, body
+        assert [m["value"]["title"] for m in json.loads(body) if "value" in m] == ["one"]
+    finally:
+        for sock in flood:
+            sock.close()
+
+
+def test_beyond_the_cap_with_every_connection_just_opened_a_client_gets_a_clear_503(
+    proxy_url: str,
+) -> None:
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(40):  # the cap under 256 descriptors is 32
+            sock = socket.create_connection(("127.0.0.1", _port(proxy_url)), timeout=5)
+            sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            flood.append(sock)
+        status, headers, body = _get(f"{proxy_url}/v1/health")
+        assert status == 503, body
+        assert headers["Retry-After"] == "1"
+        assert json.loads(body) == {
+            "message": "Too many connections: try again in a moment, please."
+        }
+    finally:
+        for sock in flood:
+            sock.close()
