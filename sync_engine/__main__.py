@@ -284,6 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
         " waits on (default 2). Env: SYNC_ENGINE_SNAPSHOT_QUIET",
     )
     p.add_argument(
+        "--schema-check-interval",
+        type=positive_number,
+        default=_num(
+            "SCHEMA_CHECK_INTERVAL",
+            positive_number,
+            "a positive number of seconds",
+            "--schema-check-interval",
+            10.0,
+        ),
+        help="seconds between looks at the columns and primary key"
+        " of tables with shapes: DDL that changes what SELECT returns without any row change"
+        " (a column dropped and added again, a new primary key) retires their shapes and"
+        " their clients refetch (default 10)."
+        " Env: SYNC_ENGINE_SCHEMA_CHECK_INTERVAL",
+    )
+    p.add_argument(
         "--family-check-interval",
         type=positive_number,
         default=_num(
@@ -336,6 +352,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         probe_timeout=args.probe_timeout,
         snapshot_quiet=args.snapshot_quiet,
         family_check_interval=args.family_check_interval,
+        schema_check_interval=args.schema_check_interval,
     )
 
 

@@ -694,7 +694,18 @@ class Tables:
             if current is None or current.oid != t.oid:
                 self.registry.rotate(shape, "table dropped or renamed")
                 self._published.discard(t.oid)
-            elif [(c.name, c.type_oid) for c in current.columns] != [
-                (c.name, c.type_oid) for c in t.columns
-            ]:
+            elif _shape_of(current) != _shape_of(t):
                 self.registry.rotate(shape, "table schema changed")
+
+
+def _shape_of(t: TableInfo) -> list[tuple[str, int, int, int | None]]:
+    """What of a table's description, changed, changes what a shape's rows are: each
+    column's name, type, attnum and place in the primary key. DDL that changes these may
+    write no row to the WAL, and the Relation message the stream sends next carries only
+    names and types: a column dropped and added again under the same name and type (a new
+    attnum: every row now reads its default) or a new primary key (`DROP CONSTRAINT ...
+    ADD PRIMARY KEY (id, org_id)`: rows are keyed otherwise, a row new under the new key
+    would overwrite another under the old one) are only seen here. `attnum` and `pk_index`
+    are in every table description an engine ever recorded (`table_to_json`), so an
+    upgrade compares like with like and retires nothing."""
+    return [(c.name, c.type_oid, c.attnum, c.pk_index) for c in t.columns]
