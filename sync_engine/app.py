@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
-from multidict import MultiMapping
+from multidict import CIMultiDict, MultiMapping
 
 from . import __version__
 from .errors import ServiceUnavailable, Unauthorized
@@ -70,10 +70,28 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     if resp.status == 401:
         return
     origins = request.headers.getall("origin", [])
-    headers["access-control-allow-origin"] = origins[0] if len(origins) == 1 else "*"
+    if len(origins) == 1:
+        headers["access-control-allow-origin"] = origins[0]
+        if request.method != "OPTIONS" and "no-store" not in headers.get("cache-control", ""):
+            # The answer names the caller's Origin, so a shared cache (the nginx tier, a CDN)
+            # must keep one copy per Origin: without this, one request from any origin makes
+            # the cached answer unreadable to every other origin's browsers for its lifetime.
+            # (Not on a preflight or a no-store answer, which no shared cache keeps: as the
+            # proxy, which adds the same `Vary: Origin` where it echoes an Origin.)
+            _add_vary(headers, "Origin")
+    else:
+        headers["access-control-allow-origin"] = "*"
     headers["access-control-expose-headers"] = EXPOSE_HEADERS
     is_shape = request.path.rstrip("/").endswith("/shape")
     headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
+
+
+def _add_vary(headers: CIMultiDict[str], token: str) -> None:
+    """Add `token` to the response's `Vary` (one header, no duplicate token)."""
+    present = [t.strip() for v in headers.getall("vary", []) for t in v.split(",") if t.strip()]
+    if any(t == "*" or t.lower() == token.lower() for t in present):
+        return
+    headers["vary"] = ", ".join((*present, token))
 
 
 async def _prepare_stream(request: web.Request, resp: web.StreamResponse) -> None:

@@ -303,6 +303,42 @@ async def test_second_client_of_initial_chunk_is_a_cache_hit(stack: Stack) -> No
     assert stack.counter.credentials[-1] == (None, None)
 
 
+async def test_one_origin_or_request_id_is_never_served_to_another(stack: Stack) -> None:
+    """The engine echoes a request's Origin in access-control-allow-origin (as Electric does)
+    and a client's X-Request-Id. Stored by the tier for everyone, one request from
+    https://evil.example made every shape answer unreadable to https://app.example's browsers
+    for the entry's lifetime (an hour, plus the stale window), and one client's request id was
+    replayed to all the others."""
+    evil, app = "https://evil.example", "https://app.example"
+    url = stack.url(offset="-1")
+    async with aiohttp.ClientSession() as s:
+        first = await _get(s, url, {"Origin": evil, "X-Request-Id": "first-client-id-0001"})
+        assert first[0] == 200
+        assert first[1]["access-control-allow-origin"] == evil
+        assert first[1]["x-request-id"] == "first-client-id-0001"
+
+        second = await _get(s, url, {"Origin": app, "X-Request-Id": "second-client-id-0002"})
+        assert second[0] == 200 and second[2] == first[2]
+        assert second[1]["access-control-allow-origin"] == app
+        assert second[1]["x-request-id"] == "second-client-id-0002"
+        # (the engine says so, once; nginx keeps a copy per Origin)
+        assert first[1].getall("vary") == second[1].getall("vary") == ["Origin"]
+        # The same origin again is served from the cache, under its own request id.
+        third = await _get(s, url, {"Origin": app})
+        assert third[1]["X-Cache-Status"] == "HIT"
+        assert third[1]["access-control-allow-origin"] == app
+        assert len(third[1].getall("x-request-id")) == 1
+        assert third[1]["x-request-id"] not in ("first-client-id-0001", "second-client-id-0002")
+        # No Origin (curl, a server): `*`, as the engine answers it.
+        bare = await _get(s, url)
+        assert bare[1]["access-control-allow-origin"] == "*"
+        assert bare[1]["x-request-id"] not in (
+            "first-client-id-0001",
+            "second-client-id-0002",
+            third[1]["x-request-id"],
+        )
+
+
 async def test_stale_while_revalidate_follows_the_engines_window(
     electric_test_stack: Stack,
 ) -> None:
