@@ -293,10 +293,10 @@ def build_parser() -> argparse.ArgumentParser:
             "--schema-check-interval",
             10.0,
         ),
-        help="seconds between looks at the columns and primary key"
+        help="seconds between looks at the columns, primary key and publication membership"
         " of tables with shapes: DDL that changes what SELECT returns without any row change"
-        " (a column dropped and added again, a new primary key) retires their shapes and"
-        " their clients refetch (default 10)."
+        " (a column dropped and added again, a new primary key, the table taken out of the"
+        " engine's publication) retires their shapes and their clients refetch (default 10)."
         " Env: SYNC_ENGINE_SCHEMA_CHECK_INTERVAL",
     )
     p.add_argument(

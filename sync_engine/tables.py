@@ -8,7 +8,8 @@ replication stream and the snapshot connections:
   starting at `-1` (trusted for `TABLE_CHECK_TTL`);
 - `publish`: add a table to the publication before its first shape's snapshot;
 - `check_schemas`: every `schema_check_interval`, rotate the shapes whose table was dropped,
-  renamed or altered (a change without DML since never reaches the replication stream);
+  renamed or altered (a change without DML since never reaches the replication stream),
+  or taken out of the publication (`check_published`: published again);
 - `answers`: whether Postgres answers at all (a request waiting for a snapshot that does
   not come asks, see `http/shape.py`), on a connection of its own.
 
@@ -46,6 +47,7 @@ from .pg.publication import (
     prepare_descendants,
     publication_exists,
     ready_partitions,
+    unpublished,
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
@@ -696,6 +698,49 @@ class Tables:
                 self._published.discard(t.oid)
             elif _shape_of(current) != _shape_of(t):
                 self.registry.rotate(shape, "table schema changed")
+        await self.check_published()
+
+    async def check_published(self) -> None:
+        """Retire the shapes of tables someone took out of the engine's publication
+        (`ALTER PUBLICATION ... DROP TABLE`), and publish them again.
+
+        pgoutput then sends nothing of the table, and says nothing of it either: its shapes
+        would answer "up to date" for ever without the changes since. A table counts as
+        published when it or a partition ancestor is in the publication; the inheritance
+        children the engine published for a shaped parent (its family) are looked at too.
+        The shapes go first, then the table is published again as for a first shape
+        (`publish`): a client's refetch takes its snapshot after that (a request in
+        between publishes it itself, `_published` being forgotten)."""
+        roots: dict[int, TableInfo] = {}
+        for shape in self.registry.by_handle.values():
+            roots.setdefault(shape.definition.table_oid, shape.table)
+        if not roots:
+            return
+        of: dict[int, int] = {oid: oid for oid in roots}
+        for oid in roots:
+            for member in self.families.get(oid, frozenset()):
+                of.setdefault(member, oid)
+        missing = await self.on_catalog(lambda conn: unpublished(conn, self.publication, of))
+        for oid in sorted({of[m] for m in missing}):
+            table = roots[oid]
+            logger.warning(
+                'table "%s"."%s" (or one of its inheritance children) was taken out of'
+                " publication %s: its changes since were not streamed; its shapes are"
+                " retired (their clients refetch) and it is published again",
+                table.schema,
+                table.name,
+                self.publication,
+            )
+            self._published.discard(oid)
+            self.registry.rotate_table(
+                oid, "the table was taken out of the publication: changes were not streamed"
+            )
+            try:
+                await self.publish(table)
+            except Exception as exc:  # (a new shape's request publishes it, or says why)
+                logger.warning(
+                    'could not publish "%s"."%s" again: %s', table.schema, table.name, exc
+                )
 
 
 def _shape_of(t: TableInfo) -> list[tuple[str, int, int, int | None]]:

@@ -141,6 +141,44 @@ async def add_table(
         ) from exc
 
 
+_UNPUBLISHED = """
+SELECT t.oid::int8 FROM unnest(%(oids)s::oid[]) AS t(oid)
+JOIN pg_class c ON c.oid = t.oid
+JOIN pg_publication p ON p.pubname = %(pub)s
+WHERE NOT p.puballtables
+  AND NOT EXISTS (
+    SELECT 1 FROM pg_publication_rel r
+    WHERE r.prpubid = p.oid
+      AND (r.prrelid = t.oid OR r.prrelid IN (SELECT relid FROM pg_partition_ancestors(t.oid)))
+  )
+"""
+
+#: Postgres 15+: a publication may take every table of a schema.
+_IN_PUBLISHED_SCHEMA = """
+  AND NOT EXISTS (
+    SELECT 1 FROM pg_class ac
+    JOIN pg_publication_namespace s ON s.pnnspid = ac.relnamespace AND s.pnpubid = p.oid
+    WHERE ac.oid = t.oid OR ac.oid IN (SELECT relid FROM pg_partition_ancestors(t.oid))
+  )
+"""
+# (pg_partition_ancestors says nothing of a table that is not a partition nor partitioned:
+# the table itself is asked for on its own)
+
+
+async def unpublished(
+    conn: AsyncConnection[Any], publication: str, oids: Collection[int]
+) -> set[int]:
+    """Those of the tables `oids` whose changes the publication does not send: neither
+    they nor a partition ancestor of theirs is in it (someone ran `ALTER PUBLICATION ...
+    DROP TABLE`). Tables that no longer exist, and all of them when the publication is
+    gone (the stream fails then, and `Source` makes both again), are not said."""
+    query = _UNPUBLISHED
+    if conn.info.server_version >= 150000:
+        query += _IN_PUBLISHED_SCHEMA
+    cur = await conn.execute(query, {"oids": sorted(oids), "pub": publication})
+    return {int(r[0]) for r in await cur.fetchall()}
+
+
 async def wait_for_older_transactions(conn: AsyncConnection[Any], timeout: float = 10.0) -> bool:
     """Wait until every transaction running now has ended; False on timeout."""
     cur = await conn.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text")
