@@ -122,6 +122,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     app.on_response_prepare.append(_prepare_stream)
 
     secret = settings.secret.encode() if settings.secret is not None else None
+    admin_token = settings.admin_token.encode() if settings.admin_token is not None else None
 
     async def find_source(request: web.Request) -> Source:
         """The source a request is for, after checking its credentials."""
@@ -181,11 +182,13 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         every source; what an operator watches for held connections, and what end-to-end
         tests wait on instead of sleeping (the engine runs as a subprocess there). Behind
         `--secret` when one is set, as `/v1/shape` is (a CDN tier forwards `/` to the engine).
+        With registered sources (or the admin token that registers them) it counts every
+        tenant's live requests, a signal of their activity: without `--secret` it answered
+        anyone then; now the admin token (`Authorization: Bearer`, as the admin API takes
+        it) is required, and with no admin token configured nobody reads it there.
         """
-        if settings.secret is not None:
-            given = _given_secret(request.query) or ""
-            if not hmac.compare_digest(given.encode(), settings.secret.encode()):
-                raise Unauthorized()
+        if not _may_read_metrics(request, secret, admin_token, manager.has_sources()):
+            raise Unauthorized()
         srcs: list[Source] = [*request.app[SOURCES].values(), *manager.running.values()]
         parked = sum(s.parked_requests for s in srcs)
         text = (
@@ -250,6 +253,25 @@ def _given_secret(query: MultiMapping[str]) -> str | None:
         if name in query:
             return last(query, name)
     return None
+
+
+def _may_read_metrics(
+    request: web.Request, secret: bytes | None, admin_token: bytes | None, has_sources: bool
+) -> bool:
+    """Whether `request` may read /metrics: with the `--secret` when one is set (as a shape
+    request), or with the admin token as a Bearer header when one is set; without either
+    configured, anyone may unless sources are registered (then nobody may: their activity
+    is not the public's)."""
+    if secret is not None:
+        given = _given_secret(request.query)
+        if given is not None and hmac.compare_digest(given.encode(), secret):
+            return True
+    if admin_token is not None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        token = value.strip().encode("utf-8", "surrogateescape")
+        if scheme.lower() == "bearer" and token and hmac.compare_digest(token, admin_token):
+            return True
+    return secret is None and admin_token is None and not has_sources
 
 
 class _Registry:
