@@ -28,6 +28,14 @@ from ..log.entries import MUST_REFETCH_BODY
 logger = logging.getLogger(__name__)
 
 DATABASE_UNREACHABLE = "database_unreachable"
+#: The proxy's words for a request that did not arrive in time (proxy/http/protocol.py
+#: `REQUEST_TIMEOUT`), so the two answer alike.
+REQUEST_TIMEOUT_MESSAGE = "Request timeout: the request did not arrive in time"
+
+
+class BodyTimeout(Exception):
+    """A request body did not arrive in full within `server.REQUEST_READ_TIMEOUT` of its
+    head: raised to its reader; `error_middleware` answers 408 and closes the connection."""
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -103,6 +111,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return web.Response(status=499)
         logger.exception("error serving %s", request.path)
         return json_response(500, {"error": "Internal server error"})
+    except BodyTimeout:
+        # (the proxy's answer to a request that did not arrive in time: a 408, then closed)
+        logger.info("request body from %s did not arrive in time", request.remote)
+        resp = json_response(408, {"message": REQUEST_TIMEOUT_MESSAGE, "code": "request_timeout"})
+        resp.force_close()
+        return resp
     except (RequestPayloadError, BadHttpMessage) as exc:
         logger.info("unreadable request body for %s: %s", request.path, type(exc).__name__)
         return json_response(400, {"message": "Malformed request body"})

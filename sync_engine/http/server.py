@@ -3,6 +3,12 @@
 The refusals themselves (414, 431, 400 before any handler runs) are shared with the proxy
 (`parser_refusals`); here they get the engine's body, `{"message": ...}`. A handler's own
 crash (a bug) gets its traceback and a bare 500, as every other engine error does.
+
+A request body must arrive in full within `REQUEST_READ_TIMEOUT` of its head, or its reader
+gets `BodyTimeout`: a 408 in JSON, then the connection is closed (as the proxy answers a
+request that does not arrive in time, proxy/http/protocol.py). A client trickling a body held
+its connection for as long as it trickled, and the connection cap (`parser_refusals`) counts
+a connection whose request is being handled as busy: a handful of them locked others out.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
-from .errors import json_response
+from .errors import BodyTimeout, json_response
 from .parser_refusals import Refusal, RefusingApplication, RefusingRequestHandler
 
 logger = logging.getLogger(__name__)
@@ -31,9 +37,18 @@ _DECODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate
 #: Bytes decoded per step: a small body in one, a bomb never more than this ahead of its
 #: reader (which stops at its limit, `params.MAX_BODY`: a 413).
 _DECODE_STEP = 64 * 1024
+#: Seconds a request's body may take to arrive in full after its head (the proxy's
+#: `REQUEST_READ_TIMEOUT`; nginx's client_body_timeout is 60 s between reads).
+REQUEST_READ_TIMEOUT = 30.0
 _UNSUPPORTED_CODING = orjson.dumps(
     {"message": "Unsupported Content-Encoding: a request body may be gzip, deflate or identity"}
 ).decode()
+
+
+def _deadline(payload: StreamReader) -> None:
+    """The body's time is up: a reader waiting on it (or coming later) gets `BodyTimeout`."""
+    if not payload.is_eof() and payload.exception() is None:
+        payload.set_exception(BodyTimeout("the request body did not arrive in time"))
 
 
 class _DecodedBody(StreamReader):
@@ -93,6 +108,8 @@ class EngineRequestHandler(RefusingRequestHandler):
     __slots__ = ()
 
     def request_body(self, message: Any, payload: StreamReader) -> StreamReader:
+        # (a no-op when it fires after the body has arrived)
+        self._loop.call_later(REQUEST_READ_TIMEOUT, _deadline, payload)
         coding = message.headers.get("Content-Encoding")
         if coding is None:
             return payload
