@@ -697,7 +697,18 @@ class Tables:
                 self.registry.rotate(shape, "table dropped or renamed")
                 self._published.discard(t.oid)
             elif _shape_of(current) != _shape_of(t):
+                self._cache.pop((t.schema, t.name), None)
                 self.registry.rotate(shape, "table schema changed")
+            elif t.relfilenode is not None and current.relfilenode != t.relfilenode:
+                # Rewritten: `ALTER COLUMN title TYPE text USING upper(title)` keeps every
+                # name, type and attnum and writes no row change, yet every row may read
+                # otherwise. VACUUM FULL, CLUSTER and TRUNCATE (which retires the shapes
+                # anyway) give a new relfilenode too: a refetch they did not need, the
+                # price of not missing a rewrite. Not seen: a partitioned table's partitions
+                # rewritten (its own relfilenode stays 0); an enum label renamed
+                # (`ALTER TYPE ... RENAME VALUE` rewrites nothing).
+                self._cache.pop((t.schema, t.name), None)
+                self.registry.rotate(shape, "table rewritten")
         await self.check_published()
 
     async def check_published(self) -> None:

@@ -121,6 +121,12 @@ class TableInfo:
     pk: tuple[str, ...]
     kind: str = "r"
     replica_identity: str = "d"
+    relfilenode: int | None = None
+    """`pg_class.relfilenode`: a new one when the table was rewritten (`ALTER COLUMN ...
+    TYPE ... USING`, VACUUM FULL, CLUSTER, TRUNCATE), which may change every row's values
+    with no row change in the WAL (`Tables.check_schemas` compares it). 0 for a partitioned
+    table (its partitions have the storage). None: described by an engine that did not
+    record it."""
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -134,7 +140,7 @@ class TableInfo:
 
 
 _TABLE_SQL = """
-SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident
+SELECT c.oid, n.nspname, c.relname, c.relkind, c.relreplident, c.relfilenode::int8
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s
 """
@@ -192,7 +198,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     row = await (await conn.execute(_TABLE_SQL, (schema, name))).fetchone()
     if row is None:
         return None
-    oid, nsp, rel, kind, replident = row
+    oid, nsp, rel, kind, replident, relfilenode = row
     pk = [r[0] for r in await (await conn.execute(_PK_SQL, (oid,))).fetchall()]
     db_row = await (await conn.execute(_DATABASE_SQL)).fetchone()
     database: dict[str, Any] = db_row[0] if db_row else {}
@@ -225,6 +231,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         pk=tuple(pk),
         kind=kind,
         replica_identity=replident,
+        relfilenode=relfilenode,
     )
 
 

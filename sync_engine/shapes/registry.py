@@ -69,6 +69,7 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
         "pk": list(t.pk),
         "kind": t.kind,
         "replica_identity": t.replica_identity,
+        "relfilenode": t.relfilenode,
         "columns": [
             {
                 "name": c.name,
@@ -95,6 +96,9 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
     oid, columns, pk = d["oid"], d["columns"], d["pk"]
     if not isinstance(oid, int) or not isinstance(columns, list) or not isinstance(pk, list):
         raise TypeError("not a table description")
+    relfilenode = d.get("relfilenode")  # (absent: recorded before it was)
+    if relfilenode is not None and not isinstance(relfilenode, int):
+        raise TypeError("not a table description")
     return TableInfo(
         oid=oid,
         schema=str(d["schema"]),
@@ -103,6 +107,7 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         pk=tuple(str(p) for p in pk),
         kind=str(d["kind"]),
         replica_identity=str(d["replica_identity"]),
+        relfilenode=relfilenode,
     )
 
 
