@@ -125,6 +125,9 @@ class EngineRequestHandler(RefusingRequestHandler):
         if isinstance(exc, RequestPayloadError | HttpProcessingError):
             logger.info("dropped the unreadable rest of a request body: %s", type(exc).__name__)
             return
+        if isinstance(exc, BodyTimeout):  # (the unread body of an answered request)
+            logger.info("dropped the rest of a request body that did not arrive in time")
+            return
         super().log_exception(*args, **kw)
 
     def refused(self, refusal: Refusal) -> web.StreamResponse:

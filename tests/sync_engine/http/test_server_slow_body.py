@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -74,3 +75,27 @@ async def test_a_trickling_body_is_answered_408_and_closed(port: int) -> None:
         "message": "Request timeout: the request did not arrive in time",
         "code": "request_timeout",
     }
+
+
+async def test_an_unread_trickling_body_is_dropped_quietly(
+    port: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A request answered without its body being read (a wrong secret: 401) whose body then
+    trickles past the deadline: the connection is closed, and the deadline is no error in
+    the log (aiohttp reads such a body on for a while before closing, and its deadline
+    came as an unhandled exception there)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (
+        "POST /v1/shape?table=items&offset=-1&secret=wrong HTTP/1.1\r\n"
+        "Host: engine\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"
+    )
+    writer.write(head.encode())
+    trickle = asyncio.create_task(_trickle(writer))
+    try:
+        answer = await asyncio.wait_for(reader.read(-1), 20)  # (until the engine closes it)
+    finally:
+        trickle.cancel()
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
