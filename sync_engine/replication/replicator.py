@@ -270,6 +270,14 @@ class Replicator:
                 started_at = time.monotonic()
                 if not self._slot_checked:
                     await self._check_repaired_shapes()
+                if not self._readable_lsn:
+                    # Nothing read since start: every commit before the slot's position is
+                    # in the shape logs (the slot only confirms what is durable), so that is
+                    # what an up-to-date may promise (Electric's LsnTracker is initialised
+                    # to the slot's flushed LSN), not "0".
+                    confirmed = await slot_confirmed_lsn(self.dsn, self.slot)
+                    if confirmed is not None and not self._readable_lsn:
+                        self._readable_lsn = confirmed
                 self.connected.set()
                 if self.write_error is None:
                     self.on_state(ReplicationState.ACTIVE, None)
