@@ -754,7 +754,7 @@ class Tables:
                 )
 
 
-def _shape_of(t: TableInfo) -> list[tuple[str, int, int, int | None]]:
+def _shape_of(t: TableInfo) -> list[tuple[str, int, int, int | None, bool, int]]:
     """What of a table's description, changed, changes what a shape's rows are: each
     column's name, type, attnum and place in the primary key. DDL that changes these may
     write no row to the WAL, and the Relation message the stream sends next carries only
@@ -763,5 +763,8 @@ def _shape_of(t: TableInfo) -> list[tuple[str, int, int, int | None]]:
     ADD PRIMARY KEY (id, org_id)`: rows are keyed otherwise, a row new under the new key
     would overwrite another under the old one) are only seen here. `attnum` and `pk_index`
     are in every table description an engine ever recorded (`table_to_json`), so an
-    upgrade compares like with like and retires nothing."""
-    return [(c.name, c.type_oid, c.attnum, c.pk_index) for c in t.columns]
+    upgrade compares like with like and retires nothing. `not_null` and `type_mod` change
+    no row but the `electric-schema` header (`SET NOT NULL`, `varchar(20)` to
+    `varchar(50)`, which rewrites nothing): clients that create tables from it (pglite-sync)
+    would keep the old schema for good; recorded since the first table description too."""
+    return [(c.name, c.type_oid, c.attnum, c.pk_index, c.not_null, c.type_mod) for c in t.columns]

@@ -20,6 +20,7 @@ a follower that acts as the client does.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -198,4 +199,47 @@ async def test_a_table_taken_out_of_the_publication_is_noticed(db_url: str, tmp_
             await asyncio.wait_for(task, 10)
     finally:
         stop.set()
+        await asyncio.to_thread(engine.stop)
+
+
+async def _fresh(session: aiohttp.ClientSession, url: str, table: str) -> tuple[str, Any, Any]:
+    """A new client's first request: (handle, electric-schema, rows)."""
+    async with session.get(f"{url}/v1/shape", params={"table": table, "offset": "-1"}) as r:
+        assert r.status == 200, await r.text()
+        body = await r.json()
+        return r.headers["electric-handle"], json.loads(r.headers["electric-schema"]), body
+
+
+@pytest.mark.timeout(60)
+async def test_a_not_null_or_typmod_change_reaches_the_schema(db_url: str, tmp_path: Path) -> None:
+    """`SET NOT NULL` and `varchar(20)` -> `varchar(50)` change no row (no rewrite either)
+    but the `electric-schema` header, from which clients (pglite-sync) create their tables:
+    the shape is retired, and its new handle's schema says so."""
+    _sql(
+        db_url,
+        "CREATE TABLE notes (id int PRIMARY KEY, title varchar(20))",
+        "INSERT INTO notes VALUES (1, 'a')",
+    )
+    engine = EngineProcess(
+        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "0.3"
+    )
+    engine.log = tmp_path / "engine.log"
+    await asyncio.to_thread(engine.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            old, schema, _ = await _fresh(session, engine.url, "notes")
+            assert schema["title"] == {"type": "varchar", "max_length": 20}, schema
+            _sql(
+                db_url,
+                "ALTER TABLE notes ALTER COLUMN title SET NOT NULL",
+                "ALTER TABLE notes ALTER COLUMN title TYPE varchar(50)",
+            )
+
+            async def rotated() -> bool:
+                return (await _fresh(session, engine.url, "notes"))[0] != old
+
+            await wait_until_async(rotated, timeout=10, message="shape retired")
+            _, schema, _ = await _fresh(session, engine.url, "notes")
+            assert schema["title"] == {"type": "varchar", "max_length": 50, "not_null": True}
+    finally:
         await asyncio.to_thread(engine.stop)
