@@ -704,11 +704,16 @@ class Tables:
                 # name, type and attnum and writes no row change, yet every row may read
                 # otherwise. VACUUM FULL, CLUSTER and TRUNCATE (which retires the shapes
                 # anyway) give a new relfilenode too: a refetch they did not need, the
-                # price of not missing a rewrite. Not seen: a partitioned table's partitions
-                # rewritten (its own relfilenode stays 0); an enum label renamed
-                # (`ALTER TYPE ... RENAME VALUE` rewrites nothing).
+                # price of not missing a rewrite.
                 self._cache.pop((t.schema, t.name), None)
                 self.registry.rotate(shape, "table rewritten")
+            elif _rewritten_descendant(t, current):
+                # A partitioned table's partitions rewritten (its own relfilenode stays 0).
+                self._cache.pop((t.schema, t.name), None)
+                self.registry.rotate(shape, "partition rewritten")
+            elif _renamed_enum_value(t, current):
+                self._cache.pop((t.schema, t.name), None)
+                self.registry.rotate(shape, "enum value renamed")
         await self.check_published()
 
     async def check_published(self) -> None:
@@ -752,6 +757,25 @@ class Tables:
                 logger.warning(
                     'could not publish "%s"."%s" again: %s', table.schema, table.name, exc
                 )
+
+
+def _rewritten_descendant(old: TableInfo, new: TableInfo) -> bool:
+    """Whether a descendant both descriptions know has a new relfilenode: rewritten
+    (`ALTER TABLE root ALTER COLUMN c TYPE text USING upper(c)` on a partitioned root).
+    Descendants attached or detached are `check_families`' business."""
+    if old.files is None or new.files is None:
+        return False
+    before = dict(old.files)
+    return any(before.get(oid, f) != f for oid, f in new.files)
+
+
+def _renamed_enum_value(old: TableInfo, new: TableInfo) -> bool:
+    """Whether a value of a column's enum is gone or reads otherwise (`ALTER TYPE mood
+    RENAME VALUE 'sad' TO 'happy'`: every row with it now reads 'happy', no WAL row).
+    Values added (`ADD VALUE`) change no row: nothing to retire."""
+    if old.enums is None or new.enums is None:
+        return False
+    return not set(old.enums) <= set(new.enums)
 
 
 def _shape_of(t: TableInfo) -> list[tuple[str, int, int, int | None, bool, int]]:

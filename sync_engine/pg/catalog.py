@@ -127,6 +127,16 @@ class TableInfo:
     with no row change in the WAL (`Tables.check_schemas` compares it). 0 for a partitioned
     table (its partitions have the storage). None: described by an engine that did not
     record it."""
+    files: tuple[tuple[int, int], ...] | None = None
+    """(oid, relfilenode) of every descendant (partitions at any depth, inheritance
+    children): `ALTER TABLE root ALTER COLUMN ... TYPE ... USING` on a partitioned root
+    rewrites every partition, the root's own relfilenode staying 0. None: described by an
+    engine that did not record it."""
+    enums: tuple[tuple[int, int, str], ...] | None = None
+    """(attnum, pg_enum oid, label) of every value of the enum of each column whose type is
+    an enum, an array of one or a domain over either: `ALTER TYPE ... RENAME VALUE`
+    changes what every such row reads and writes nothing to the WAL. None: described by an
+    engine that did not record it."""
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -192,6 +202,34 @@ WHERE i.indrelid = %s AND i.indisprimary
 ORDER BY k.ord
 """
 
+_FILES_SQL = """
+WITH RECURSIVE d(oid, depth) AS (
+    SELECT inhrelid, 1 FROM pg_inherits WHERE inhparent = %s
+    UNION ALL
+    SELECT i.inhrelid, d.depth + 1 FROM pg_inherits i JOIN d ON i.inhparent = d.oid
+    WHERE d.depth < 100
+)
+SELECT DISTINCT c.oid::int8, c.relfilenode::int8 FROM d JOIN pg_class c ON c.oid = d.oid
+ORDER BY 1
+"""
+
+# Each column's type, then (through arrays' element types and domains' base types) what
+# it is made of, down to an enum if any; its values by oid, in sort order.
+_ENUMS_SQL = """
+WITH RECURSIVE ty(attnum, oid, depth) AS (
+    SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
+    WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT ty.attnum, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
+           ty.depth + 1
+    FROM ty JOIN pg_type t ON t.oid = ty.oid
+    WHERE (t.typtype = 'd' OR t.typelem <> 0) AND ty.depth < 100
+)
+SELECT DISTINCT ty.attnum, e.oid::int8, e.enumlabel, e.enumsortorder
+FROM ty JOIN pg_enum e ON e.enumtypid = ty.oid
+ORDER BY ty.attnum, e.enumsortorder
+"""
+
 
 async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> TableInfo | None:
     """Describe `schema.name`, or None when no such relation exists."""
@@ -223,6 +261,8 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 domain_base=domain_base,
             )
         )
+    files = await (await conn.execute(_FILES_SQL, (oid,))).fetchall()
+    enums = await (await conn.execute(_ENUMS_SQL, (oid,))).fetchall()
     return TableInfo(
         oid=oid,
         schema=nsp,
@@ -232,6 +272,8 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         kind=kind,
         replica_identity=replident,
         relfilenode=relfilenode,
+        files=tuple((int(o), int(f)) for o, f in files),
+        enums=tuple((int(a), int(o), str(label)) for a, o, label, _ in enums),
     )
 
 

@@ -70,6 +70,8 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
         "kind": t.kind,
         "replica_identity": t.replica_identity,
         "relfilenode": t.relfilenode,
+        "files": None if t.files is None else [list(f) for f in t.files],
+        "enums": None if t.enums is None else [list(e) for e in t.enums],
         "columns": [
             {
                 "name": c.name,
@@ -108,7 +110,43 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         kind=str(d["kind"]),
         replica_identity=str(d["replica_identity"]),
         relfilenode=relfilenode,
+        files=_files(d.get("files")),
+        enums=_enums(d.get("enums")),
     )
+
+
+def _files(value: object) -> tuple[tuple[int, int], ...] | None:
+    """A table description's `files` (see `TableInfo.files`); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise TypeError("not a table description")
+    out = []
+    for f in value:
+        if not (isinstance(f, list) and len(f) == 2 and all(isinstance(x, int) for x in f)):
+            raise TypeError("not a table description")
+        out.append((f[0], f[1]))
+    return tuple(out)
+
+
+def _enums(value: object) -> tuple[tuple[int, int, str], ...] | None:
+    """A table description's `enums` (see `TableInfo.enums`); None when absent."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise TypeError("not a table description")
+    out = []
+    for e in value:
+        if not (
+            isinstance(e, list)
+            and len(e) == 3
+            and isinstance(e[0], int)
+            and isinstance(e[1], int)
+            and isinstance(e[2], str)
+        ):
+            raise TypeError("not a table description")
+        out.append((e[0], e[1], e[2]))
+    return tuple(out)
 
 
 def _family(value: object) -> frozenset[int] | None:

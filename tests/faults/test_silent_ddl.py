@@ -243,3 +243,63 @@ async def test_a_not_null_or_typmod_change_reaches_the_schema(db_url: str, tmp_p
             assert schema["title"] == {"type": "varchar", "max_length": 50, "not_null": True}
     finally:
         await asyncio.to_thread(engine.stop)
+
+
+def _values(body: Any, column: str) -> list[Any]:
+    return sorted(str(m["value"][column]) for m in body if "key" in m)
+
+
+async def _retired_to(
+    session: aiohttp.ClientSession, url: str, table: str, old: str, column: str
+) -> list[Any]:
+    """Wait for `old` to be retired; the new shape's values of `column`."""
+
+    async def rotated() -> bool:
+        return (await _fresh(session, url, table))[0] != old
+
+    await wait_until_async(rotated, timeout=10, message="shape retired")
+    return _values((await _fresh(session, url, table))[2], column)
+
+
+@pytest.mark.timeout(60)
+async def test_a_partition_rewrite_or_an_enum_rename_is_noticed(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Two DDL that change every row's value and write no row change to the WAL, unseen
+    by the table's own relfilenode: `ALTER COLUMN ... TYPE ... USING` on a partitioned root
+    rewrites its partitions (the root's relfilenode stays 0); `ALTER TYPE ... RENAME VALUE`
+    rewrites nothing. The shapes are retired: a new client reads what `SELECT` reads."""
+    _sql(
+        db_url,
+        "CREATE TABLE parts (id int PRIMARY KEY, title text) PARTITION BY RANGE (id)",
+        "CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10)",
+        "CREATE TABLE parts_2 PARTITION OF parts FOR VALUES FROM (10) TO (20)",
+        "INSERT INTO parts VALUES (1, 'a'), (11, 'b')",
+        "CREATE TYPE mood AS ENUM ('sad', 'ok')",
+        "CREATE DOMAIN dmood AS mood",
+        "CREATE TABLE feel (id int PRIMARY KEY, m mood, ms mood[], d dmood)",
+        "INSERT INTO feel VALUES (1, 'sad', '{sad,ok}', 'ok'), (2, 'ok', '{}', 'sad')",
+    )
+    engine = EngineProcess(
+        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "0.3"
+    )
+    engine.log = tmp_path / "engine.log"
+    await asyncio.to_thread(engine.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            old, _, body = await _fresh(session, engine.url, "parts")
+            assert _values(body, "title") == ["a", "b"]
+            _sql(db_url, "ALTER TABLE parts ALTER COLUMN title TYPE text USING upper(title)")
+            assert await _retired_to(session, engine.url, "parts", old, "title") == ["A", "B"]
+            old, _, body = await _fresh(session, engine.url, "feel")
+            assert _values(body, "m") == ["ok", "sad"]
+            _sql(db_url, "ALTER TYPE mood ADD VALUE 'meh'")  # (changes no row)
+            await asyncio.sleep(1)
+            assert (await _fresh(session, engine.url, "feel"))[0] == old
+            _sql(db_url, "ALTER TYPE mood RENAME VALUE 'sad' TO 'happy'")
+            assert await _retired_to(session, engine.url, "feel", old, "m") == ["happy", "ok"]
+            _, _, body = await _fresh(session, engine.url, "feel")
+            assert _values(body, "ms") == ["{happy,ok}", "{}"]
+            assert _values(body, "d") == ["happy", "ok"]
+    finally:
+        await asyncio.to_thread(engine.stop)
