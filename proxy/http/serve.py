@@ -39,16 +39,14 @@ _TOO_MANY = (
 )
 
 
-def connection_cap(pool_size: int) -> int:
-    """The most client connections kept open: what the file limit leaves after the engine
-    pool (`upstream.pool_size`, at most half the limit) and a reserve. Without a cap,
-    connections that never finish a request (no token needed) took every descriptor: new
-    clients were reset and no engine connection could be opened."""
+def descriptor_budget() -> int:
+    """The descriptors client and engine connections may hold together: the file limit less
+    a reserve. Without a cap, connections that never finish a request (no token needed) took
+    every descriptor: new clients were reset and no engine connection could be opened."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    upstream = min(pool_size, soft // 2)
-    return max(_MIN_CONNECTIONS, soft - upstream - max(_FD_RESERVE, soft // 8))
+    return max(_MIN_CONNECTIONS, soft - max(_FD_RESERVE, soft // 8))
 
 
 class _TooMany(asyncio.Protocol):
@@ -73,15 +71,20 @@ class Server:
         #: Open connections, oldest first (a dict for its order: `_make_room`).
         self._connections: dict[Connection, None] = {}
         self._servers: list[asyncio.AbstractServer] = []
-        self._cap: int | None = None
+        self._budget: int | None = None
 
     def _closed(self, conn: Connection) -> None:
         self._connections.pop(conn, None)
 
     def _connection(self) -> asyncio.Protocol:
-        if self._cap is None:
-            self._cap = connection_cap(self._app.loaded.config.upstream.pool_size)
-        if len(self._connections) >= self._cap and not self._make_room():
+        if self._budget is None:
+            self._budget = descriptor_budget()
+        # The engine connections open now, not the pool's size, count against the budget: a
+        # pool sized for thousands (the default 4,096) that collapsing keeps at a handful left
+        # 7,500 of a 20,000 limit for clients, and 10,000 held long-polls got 503s.
+        engine = self._app.forwarder.pool.open_connections
+        cap = max(_MIN_CONNECTIONS, self._budget - engine)
+        if len(self._connections) >= cap and not self._make_room():
             return _TooMany()
         conn = Connection(self._app, self._closed)
         self._connections[conn] = None
