@@ -16,6 +16,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from proxy.http.protocol import Connection
+from sync_engine.http.parser_refusals import (
+    CONNECTION_GRACE,
+    MIN_CONNECTIONS,
+    TOO_MANY_CONNECTIONS,
+)
 
 if TYPE_CHECKING:
     from proxy.app import ProxyApp
@@ -27,17 +32,6 @@ logger = logging.getLogger(__name__)
 #: listening sockets, the event loop's own (the proxy opens no files per request). A share
 #: of the limit instead (an eighth: 2,500 of 20,000) refused the benchmark's 19,500 clients.
 _FD_RESERVE = 256
-#: The fewest client connections kept, however low the file limit.
-_MIN_CONNECTIONS = 32
-#: Seconds a connection may wait without a whole request before, at the cap, it may be closed
-#: to make room (a client sends its request at once; a slow-loris client never does).
-_GRACE = 1.0
-_TOO_MANY_BODY = b'{"message":"Too many connections: try again in a moment, please."}'
-_TOO_MANY = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n"
-    b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
-)
 
 
 def descriptor_budget() -> int:
@@ -47,7 +41,7 @@ def descriptor_budget() -> int:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    return max(_MIN_CONNECTIONS, soft - _FD_RESERVE)
+    return max(MIN_CONNECTIONS, soft - _FD_RESERVE)
 
 
 class _TooMany(asyncio.Protocol):
@@ -58,10 +52,10 @@ class _TooMany(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         transport.pause_reading()
-        transport.write(_TOO_MANY)
+        transport.write(TOO_MANY_CONNECTIONS)
         if transport.can_write_eof():
             transport.write_eof()
-        asyncio.get_running_loop().call_later(_GRACE, transport.abort)
+        asyncio.get_running_loop().call_later(CONNECTION_GRACE, transport.abort)
 
 
 class Server:
@@ -84,7 +78,7 @@ class Server:
         # pool sized for thousands (the default 4,096) that collapsing keeps at a handful left
         # 7,500 of a 20,000 limit for clients, and 10,000 held long-polls got 503s.
         engine = self._app.forwarder.pool.open_connections
-        cap = max(_MIN_CONNECTIONS, self._budget - engine)
+        cap = max(MIN_CONNECTIONS, self._budget - engine)
         if len(self._connections) >= cap and not self._make_room():
             return _TooMany()
         conn = Connection(self._app, self._closed)
@@ -99,7 +93,7 @@ class Server:
         for _ in range(len(self._connections)):
             conn = next(iter(self._connections))
             del self._connections[conn]
-            if conn.waiting_since(now) >= _GRACE:
+            if conn.waiting_since(now) >= CONNECTION_GRACE:
                 conn.abort()
                 return True
             self._connections[conn] = None

@@ -139,14 +139,15 @@ def unserved(message: Any) -> Refusal | None:
 #: and catalog connections), sources.db, listening sockets. At least this, or an eighth of the
 #: limit.
 _FD_RESERVE = 256
-#: The fewest connections a listener keeps, however low the file limit.
-_MIN_CONNECTIONS = 32
+#: The fewest connections a listener keeps, however low the file limit (the proxy's too).
+MIN_CONNECTIONS = 32
 #: Seconds a new connection may take to send its first request head before, at the cap, it
 #: may be closed to make room (a client sends its head at once; a slowloris never does).
-_GRACE = 1.0
-#: A connection closed at the cap: the new one when every other is busy with a request.
+CONNECTION_GRACE = 1.0
+#: A connection closed at the cap: the new one when every other is busy with a request
+#: (the proxy answers the same).
 _TOO_MANY_BODY = b'{"message":"Too many connections: try again in a moment, please."}'
-_TOO_MANY = (
+TOO_MANY_CONNECTIONS = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n"
     b"Content-Length: %d\r\n\r\n%s" % (len(_TOO_MANY_BODY), _TOO_MANY_BODY)
@@ -163,7 +164,7 @@ def connection_cap() -> int:
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    return max(_MIN_CONNECTIONS, soft - fds.MAX_OPEN - max(_FD_RESERVE, soft // 8))
+    return max(MIN_CONNECTIONS, soft - fds.MAX_OPEN - max(_FD_RESERVE, soft // 8))
 
 
 #: The end of a request's head: its first empty line (llhttp also reads bare-LF lines).
@@ -211,9 +212,9 @@ class RefusingRequestHandler(RequestHandler):
     def connection_made(self, transport: Any) -> None:
         """Register the connection; past its listener's `connection_cap`, make room by closing
         the connection that has waited longest without a request in progress: idle between
-        requests, or open `_GRACE` seconds without a whole request head (a slowloris). When
-        every other one is busy (held long-polls) or just opened, this one is answered 503
-        and closed: over the cap, a clear refusal rather than a reset."""
+        requests, or open `CONNECTION_GRACE` seconds without a whole request head (a
+        slowloris). When every other one is busy (held long-polls) or just opened, this one
+        is answered 503 and closed: over the cap, a clear refusal rather than a reset."""
         super().connection_made(transport)
         manager = self._manager
         if manager is None:
@@ -241,7 +242,7 @@ class RefusingRequestHandler(RequestHandler):
             # (a request being handled, or parsed and about to be, is not).
             waiter = victim._waiter
             idle = waiter is not None and not waiter.done() and not victim._messages
-            fresh = victim._request_count == 0 and now - since < _GRACE
+            fresh = victim._request_count == 0 and now - since < CONNECTION_GRACE
             if not idle or fresh:
                 waiting.move_to_end(victim)
                 continue
@@ -258,10 +259,10 @@ class RefusingRequestHandler(RequestHandler):
         # the answer is out; set, the connection's task ends without reading a request)
         self._force_close = True
         transport.pause_reading()
-        transport.write(_TOO_MANY)
+        transport.write(TOO_MANY_CONNECTIONS)
         if transport.can_write_eof():
             transport.write_eof()
-        asyncio.get_running_loop().call_later(_GRACE, transport.abort)
+        asyncio.get_running_loop().call_later(CONNECTION_GRACE, transport.abort)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         manager = self._manager
