@@ -297,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
         " of tables with shapes: DDL that changes what SELECT returns without any row change"
         " (a column dropped and added again, a new primary key, the table taken out of the"
         " engine's publication) retires their shapes and their clients refetch (default 10)."
-        " Env: SYNC_ENGINE_SCHEMA_CHECK_INTERVAL",
+        " A table whose next change follows DDL is also checked before that change is"
+        " streamed. Env: SYNC_ENGINE_SCHEMA_CHECK_INTERVAL",
     )
     p.add_argument(
         "--family-check-interval",

@@ -166,6 +166,7 @@ class Source:
             silence_timeout=config.replication_timeout,
             evaluate=self._rows_match,
             find_ancestors=self.tables.find_ancestors,
+            verify_table=self.tables.verify_relation,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
