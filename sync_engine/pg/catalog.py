@@ -6,7 +6,7 @@ works from these frozen descriptions, never from ad-hoc catalog queries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .types import PgType
@@ -71,13 +71,6 @@ class ColumnInfo:
     domain over int4[]). A domain's casts and its collatability are its base type's:
     `d::text` of a domain over boolean is 'true' (text(boolean)), not its output 't'. None
     for other columns, and for domains described by an engine that did not record it."""
-    enum_labels: tuple[str, ...] | None = None
-    """For a column whose type is an enum or an array of one: the enum's labels in their
-    declared order (`pg_enum.enumsortorder`: `ALTER TYPE ... ADD VALUE 'x' BEFORE 'y'` puts
-    'x' before 'y'), by which Postgres orders its values. Filled in by
-    `TableInfo.column_map` from `TableInfo.enums` (not recorded apart: the table's record
-    keeps them); None when not known, and for other columns. A where clause compares enum
-    values only where it knows them (`shapes/where`)."""
 
     @property
     def base_type(self) -> str:
@@ -152,22 +145,35 @@ class TableInfo:
         return None
 
     @property
-    def column_map(self) -> dict[str, ColumnInfo]:
-        """The columns by name, each enum column (or array of one) with its `enum_labels`
-        (from `enums`, when recorded): what a where clause is compiled against."""
-        if not self.enums:
-            return {c.name: c for c in self.columns}
+    def column_map(self) -> ColumnMap:
+        """The columns by name, with the labels of each enum column (or array of one), from
+        `enums` when recorded: what a where clause is compiled against."""
         labels: dict[int, list[str]] = {}
-        for attnum, _oid, label in self.enums:  # (in sort order within a column)
+        for attnum, _oid, label in self.enums or ():  # (in sort order within a column)
             labels.setdefault(attnum, []).append(label)
-        return {
-            c.name: (
-                replace(c, enum_labels=tuple(labels[c.attnum]))
+        return ColumnMap(
+            {c.name: c for c in self.columns},
+            {
+                c.name: tuple(labels[c.attnum])
+                for c in self.columns
                 if c.is_enum and c.attnum in labels
-                else c
-            )
-            for c in self.columns
-        }
+            },
+        )
+
+
+class ColumnMap(dict[str, ColumnInfo]):
+    """A table's columns by name (`TableInfo.column_map`), and `enum_labels`: for each column
+    whose type is an enum or an array of one, the enum's labels in their declared order
+    (`pg_enum.enumsortorder`: `ALTER TYPE ... ADD VALUE 'x' BEFORE 'y'` puts 'x' before
+    'y'), by which Postgres orders its values. A where clause compares enum values only
+    where it knows them (`shapes/where`); a plain mapping of columns tells none. Not a
+    field of `ColumnInfo`: the table's record keeps them (`TableInfo.enums`)."""
+
+    def __init__(
+        self, columns: dict[str, ColumnInfo], enum_labels: dict[str, tuple[str, ...]]
+    ) -> None:
+        super().__init__(columns)
+        self.enum_labels = enum_labels
 
 
 _TABLE_SQL = """

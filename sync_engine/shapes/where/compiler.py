@@ -19,7 +19,7 @@ from pglast import ast
 from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.catalog import ColumnInfo, ColumnMap
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
@@ -117,6 +117,12 @@ _POSTGRES_READS = re.compile(
 )
 
 
+def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
+    """The labels of the table's enum columns, by column (`ColumnMap.enum_labels`); none
+    for a plain mapping of columns."""
+    return columns.enum_labels if isinstance(columns, ColumnMap) else {}
+
+
 class Compiler:
     """Walks the pglast AST once, checking each node and building its `Expr`."""
 
@@ -199,8 +205,11 @@ class Compiler:
         base = typ.element
         if not base.enum:
             return None
+        known = enum_labels(self.columns)
         found = {
-            c.enum_labels for c in self.columns.values() if c.is_enum and c.base_type == base.name
+            known.get(c.name)
+            for c in self.columns.values()
+            if c.is_enum and c.base_type == base.name
         }
         if len(found) != 1:
             return None
