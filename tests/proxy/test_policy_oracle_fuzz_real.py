@@ -752,10 +752,32 @@ class Follower:
 async def _fetch(proxy: Any, req: Request, token: str | None, extra: str) -> Any:
     path = req.path + extra
     if req.body is not None:
-        return await proxy.request(
+        reply = await proxy.request(
             "POST", path, token=token, data=req.body, headers={"Content-Type": "application/json"}
         )
-    return await proxy.get(path, token=token)
+    else:
+        reply = await proxy.get(path, token=token)
+    if reply.status == 200:
+        _check_caching(reply, f"{path} {req.body!r}")
+    return reply
+
+
+def _shared(reply: Any) -> bool:
+    """The answer says a shared cache may keep it (not `private`, not `no-store`): it must
+    be the same for everyone (re-asked by every other caller in `_round`)."""
+    cache_control = reply.headers.get("cache-control", "").lower()
+    return "private" not in cache_control and "no-store" not in cache_control
+
+
+def _check_caching(reply: Any, note: str) -> None:
+    """An answer for its caller only is `private` (or not kept at all) with `Vary:
+    Authorization`, so that a browser shared by two users does not hand one's answer to
+    the other."""
+    cache_control = reply.headers.get("cache-control", "").lower()
+    if _shared(reply) or "no-store" in cache_control:
+        return
+    vary = ",".join(reply.headers.getall("vary", [])).lower()
+    assert "authorization" in vary, (note, cache_control, vary)
 
 
 def _check(
@@ -939,7 +961,7 @@ async def _round(
             if req.subset is None:
                 assert synced.handle is not None and synced.offset is not None
                 followers.append(Follower(u, req, synced.rows, synced.handle, synced.offset))
-            if "public" in reply.headers.get("cache-control", ""):
+            if _shared(reply):
                 public.append((req, note, _by_id(synced.rows)))
 
         # Another user with the first one's handle and offset: an answer of the other
