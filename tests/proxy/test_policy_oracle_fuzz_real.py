@@ -700,7 +700,19 @@ class Leak(AssertionError):
 def _values(reply: Any, subset: bool) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     data = reply.json()
     messages = data["data"] if subset else data
-    values = [m["value"] for m in messages if isinstance(m, dict) and "value" in m]
+    # Every column the answer names: its rows' values, their old values (replica=full) and
+    # the columns its `electric-schema` header describes (a hidden one's name and type are
+    # not to be told either).
+    values = [
+        m[part]
+        for m in messages
+        if isinstance(m, dict)
+        for part in ("value", "old_value")
+        if isinstance(m.get(part), dict)
+    ]
+    schema = reply.headers.get("electric-schema")
+    if schema:
+        values.append(dict.fromkeys(json.loads(schema)))
     rows: dict[str, dict[str, Any]] = {}
     if subset:  # (a subset answer is whole: inserts only)
         apply_messages(rows, messages)
