@@ -301,9 +301,12 @@ class Rule:
     client_where: str
     subset: bool
     replica_full: bool
+    anonymous: bool = False
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
+        if self.anonymous:
+            out["anonymous"] = True
         if self.roles is not None:
             out["when"] = {"role": self.roles if len(self.roles) > 1 else self.roles[0]}
         if self.filter is None:
@@ -324,6 +327,8 @@ class Listing:
     key: str
     rules: list[Rule]
     deny: bool
+    #: reached through a pattern (`app.*`): may be refused (`pattern_not_safe`), never more
+    pattern: bool = False
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"allow": [r.config() for r in self.rules]}
@@ -331,14 +336,25 @@ class Listing:
             out["deny"] = [{"when": {"suspended": True}, "reason": "suspended"}]
         return out
 
-    def rule_for(self, claims: dict[str, Any]) -> Rule | None:
+    def rule_for(self, claims: dict[str, Any] | None) -> Rule | None:
+        """The rule serving `claims` (None: a request without a token)."""
+        if claims is None:  # (no claims: no deny rule matches, only anonymous rules serve)
+            return next((r for r in self.rules if r.anonymous), None)
         if self.deny and _denied(claims):
             return None
         return next((r for r in self.rules if _role_matches(claims, r.roles)), None)
 
 
+#: Filters without claims, for anonymous rules (the same text for the oracle).
+_PLAIN_FILTERS = ("id % 2 = 1", "id < 8 OR id > 20", "owner IS NOT NULL", "title LIKE 't%'")
+
+
 def _rule(rng: random.Random, table: Table, name: str, roles: list[str] | None) -> Rule:
+    anonymous = roles is None and rng.random() < 0.3
     filt = None if rng.random() < 0.25 else _combine(rng, table)
+    if anonymous and filt is not None:
+        text = rng.choice([f for f in _PLAIN_FILTERS if f.split()[0] in (*table.columns, "id")])
+        filt = Filter(text, (), lambda b, text=text: text)
     columns = None
     if rng.random() < 0.7:
         rest = [c for c in table.columns[1:] if rng.random() < 0.6]
@@ -346,7 +362,16 @@ def _rule(rng: random.Random, table: Table, name: str, roles: list[str] | None) 
     client_where = rng.choice(["validated", "validated", "validated", "forbid"])
     if filt is None and columns is None and rng.random() < 0.3:
         client_where = "passthrough"
-    return Rule(name, roles, filt, columns, client_where, rng.random() < 0.8, rng.random() < 0.4)
+    return Rule(
+        name,
+        roles,
+        filt,
+        columns,
+        client_where,
+        rng.random() < 0.8,
+        rng.random() < 0.4,
+        anonymous,
+    )
 
 
 def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
@@ -358,6 +383,10 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
             [[["admin"], ["member"]], [["member", "viewer"]], [None], [["admin"], None], [None]]
         )
         rules = [_rule(rng, table, f"r{i}", roles) for i, roles in enumerate(roles_seq)]
+        if table is DOCS and rng.random() < 0.3:
+            key = rng.choice(["app.*", "*.docs", "app.d*", "app.[dx]ocs"])
+            listings.append(Listing(table, key, rules, rng.random() < 0.5, pattern=True))
+            continue
         listings.append(Listing(table, rng.choice(table.spellings), rules, rng.random() < 0.5))
     shapes = {}
     for i in range(rng.randint(0, 2)):
@@ -614,7 +643,7 @@ def _request(
     )
 
 
-def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any]) -> Expected:
+def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any] | None) -> Expected:
     if req.table is None:
         return Expected("no such table")
     if req.listing is None:
@@ -645,7 +674,7 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any])
         return Expected("rule without the key")
     predicate = None
     if rule.filter is not None:
-        bound = _bindings(claims, rule.filter.claims)
+        bound = _bindings(claims or {}, rule.filter.claims)
         if bound is None:
             return Expected("claim unusable")
         predicate = rule.filter.oracle(bound)
@@ -657,7 +686,8 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any])
     except psycopg.Error as exc:
         return Expected(f"postgres: {str(exc).splitlines()[0]}")
     must = req.where is None or (req.where[2] and not req.params)
-    return Expected(None, rows, shown, must_serve=must and not req.named)
+    must = must and not req.named and not req.listing.pattern
+    return Expected(None, rows, shown, must_serve=must)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -670,7 +700,19 @@ class Leak(AssertionError):
 def _values(reply: Any, subset: bool) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     data = reply.json()
     messages = data["data"] if subset else data
-    values = [m["value"] for m in messages if isinstance(m, dict) and "value" in m]
+    # Every column the answer names: its rows' values, their old values (replica=full) and
+    # the columns its `electric-schema` header describes (a hidden one's name and type are
+    # not to be told either).
+    values = [
+        m[part]
+        for m in messages
+        if isinstance(m, dict)
+        for part in ("value", "old_value")
+        if isinstance(m.get(part), dict)
+    ]
+    schema = reply.headers.get("electric-schema")
+    if schema:
+        values.append(dict.fromkeys(json.loads(schema)))
     rows: dict[str, dict[str, Any]] = {}
     if subset:  # (a subset answer is whole: inserts only)
         apply_messages(rows, messages)
@@ -719,13 +761,35 @@ class Follower:
     offset: str
 
 
-async def _fetch(proxy: Any, req: Request, token: str, extra: str) -> Any:
+async def _fetch(proxy: Any, req: Request, token: str | None, extra: str) -> Any:
     path = req.path + extra
     if req.body is not None:
-        return await proxy.request(
+        reply = await proxy.request(
             "POST", path, token=token, data=req.body, headers={"Content-Type": "application/json"}
         )
-    return await proxy.get(path, token=token)
+    else:
+        reply = await proxy.get(path, token=token)
+    if reply.status == 200:
+        _check_caching(reply, f"{path} {req.body!r}")
+    return reply
+
+
+def _shared(reply: Any) -> bool:
+    """The answer says a shared cache may keep it (not `private`, not `no-store`): it must
+    be the same for everyone (re-asked by every other caller in `_round`)."""
+    cache_control = reply.headers.get("cache-control", "").lower()
+    return "private" not in cache_control and "no-store" not in cache_control
+
+
+def _check_caching(reply: Any, note: str) -> None:
+    """An answer for its caller only is `private` (or not kept at all) with `Vary:
+    Authorization`, so that a browser shared by two users does not hand one's answer to
+    the other."""
+    cache_control = reply.headers.get("cache-control", "").lower()
+    if _shared(reply) or "no-store" in cache_control:
+        return
+    vary = ",".join(reply.headers.getall("vary", [])).lower()
+    assert "authorization" in vary, (note, cache_control, vary)
 
 
 def _check(
@@ -777,7 +841,7 @@ class Synced:
     offset: str | None = None
 
 
-async def _sync(proxy: Any, req: Request, token: str, note: str) -> Synced:
+async def _sync(proxy: Any, req: Request, token: str | None, note: str) -> Synced:
     """Follow from -1 to up-to-date (a subset: one answer)."""
     if req.subset is not None:
         reply = await _fetch(proxy, req, token, "&offset=-1")
@@ -885,11 +949,13 @@ async def _round(
     if os.environ.get("PROXY_POLICY_ORACLE_DEBUG"):
         print("POLICY", seed, json.dumps(config["tables"]), json.dumps(config["shapes"]))
     proxy = await make_proxy(loaded)
-    users = [_user(rng, n) for n in range(rng.randint(3, 5))]
-    tokens = [  # (without the helper's default role and org_id when the user has none)
+    users: list[dict[str, Any] | None] = [_user(rng, n) for n in range(rng.randint(3, 5))]
+    tokens: list[str | None] = [  # (without the helper's default role and org_id)
         proxy.tokens.make(drop=tuple({"role", "org_id"} - set(claims)), **claims)
         for claims in users
     ]
+    users.append(None)  # and someone without a token
+    tokens.append(None)
     followers: list[Follower] = []
     public: list[tuple[Request, str, dict[str, dict[str, Any]]]] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -907,7 +973,7 @@ async def _round(
             if req.subset is None:
                 assert synced.handle is not None and synced.offset is not None
                 followers.append(Follower(u, req, synced.rows, synced.handle, synced.offset))
-            if "public" in reply.headers.get("cache-control", ""):
+            if _shared(reply):
                 public.append((req, note, _by_id(synced.rows)))
 
         # Another user with the first one's handle and offset: an answer of the other
