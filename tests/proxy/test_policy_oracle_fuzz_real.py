@@ -483,7 +483,9 @@ def _clause(
     return text, frozenset().union(*(p[1] for p in parts)), all(p[2] for p in parts)
 
 
-PARAM_VALUES = ["1", "5", "x", "'", "1) OR (true", "t1", "", "u1", "%", "\\", "NULL", "{1}"]
+PARAM_VALUES = [
+    "1", "5", "x", "'", "1) OR (true", "t1", "", "u1", "%", "\\", "NULL", "{1}", "org-b", "o'q",
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the oracle
@@ -562,6 +564,9 @@ class Request:
     replica_full: bool
     subset: str | None  # "get" / "post"
     body: bytes | None = None
+    #: a subset's shape where (with its own params), beside the subset's where
+    outer: tuple[str, frozenset[str], bool] | None = None
+    outer_params: tuple[str, ...] = ()
 
 
 def _columns_param(rng: random.Random, table: Table) -> tuple[str, list[str], bool]:
@@ -623,8 +628,16 @@ def _request(
         query.append(("replica", "full"))
     subset = None
     body = None
-    if rng.random() < 0.2 and where is not None:
+    outer = None
+    outer_params: list[str] = []
+    if rng.random() < 0.3 and where is not None:
         subset = rng.choice(["get", "post"])
+        if rng.random() < 0.6:  # a subset of a filtered shape, each with its own params
+            outer = _clause(rng, _atoms(schema_table, rng))
+            if "$" in outer[0]:
+                outer_params = [rng.choice(PARAM_VALUES) for _ in range(rng.choice([1, 2]))]
+            query.append(("where", outer[0]))
+            query += [(f"params[{i}]", p) for i, p in enumerate(outer_params, 1)]
         if subset == "get":
             query.append(("subset__where", where[0]))
             if params:
@@ -639,7 +652,19 @@ def _request(
         query += [(f"params[{i}]", p) for i, p in enumerate(params, 1)]
     path = "/v1/shape?" + "&".join(f"{quote(k, safe='[]')}={quote(v, safe='')}" for k, v in query)
     return Request(
-        path, table, lst, False, where, params, columns, columns_ok, replica, subset, body
+        path,
+        table,
+        lst,
+        False,
+        where,
+        params,
+        columns,
+        columns_ok,
+        replica,
+        subset,
+        body,
+        outer,
+        tuple(outer_params),
     )
 
 
@@ -656,6 +681,10 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any] 
     forbid = rule.client_where == "forbid" and req.subset is None  # (a subset may narrow)
     if req.where is not None and not req.named and forbid:
         return Expected("client where forbidden")
+    if req.outer is not None and rule.client_where == "forbid":
+        return Expected("client where forbidden")
+    if req.outer is not None and not req.outer[1] <= set(visible):
+        return Expected("hidden or unknown column in where")
     if req.subset is not None and not rule.subset:
         return Expected("subset forbidden")
     if req.replica_full and not rule.replica_full:
@@ -681,11 +710,15 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any] 
     clause = None
     if req.where is not None:
         clause = _with_params(req.where[0], req.params)
+    if req.outer is not None:
+        outer = _with_params(req.outer[0], list(req.outer_params))
+        clause = f"({outer}\n) AND ({clause}\n)"
     try:
         rows = _select(conn, table, shown, predicate, clause)
     except psycopg.Error as exc:
         return Expected(f"postgres: {str(exc).splitlines()[0]}")
     must = req.where is None or (req.where[2] and not req.params)
+    must = must and (req.outer is None or (req.outer[2] and not req.outer_params))
     must = must and not req.named and not req.listing.pattern
     return Expected(None, rows, shown, must_serve=must)
 
@@ -970,6 +1003,8 @@ async def _round(
             served = _check(req, expected, reply, followed, note, stats)
             if served is None:
                 continue
+            if req.outer is not None:
+                stats["served: a subset of a filtered shape"] += 1
             if req.subset is None:
                 assert synced.handle is not None and synced.offset is not None
                 followers.append(Follower(u, req, synced.rows, synced.handle, synced.offset))
