@@ -170,6 +170,20 @@ def connection_cap() -> int:
 #: The end of a request's head: its first empty line (llhttp also reads bare-LF lines).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 
+#: Seconds a request head may take to arrive whole from its first byte, and a new connection
+#: may wait before its first request begins (the proxy's `REQUEST_READ_TIMEOUT`; nginx's
+#: client_header_timeout is 60 s): a slowloris client sending a header byte every few
+#: seconds held its connection and a descriptor for as long as it liked.
+REQUEST_HEAD_TIMEOUT = 30.0
+_TIMEOUT_BODY = (
+    b'{"message":"Request timeout: the request did not arrive in time","code":"request_timeout"}'
+)
+_TIMEOUT_HEAD = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    % len(_TIMEOUT_BODY)
+)
+
 
 class RefusingRequestHandler(RequestHandler):
     """A connection whose parser refusals (status < 500) are answered by `refused`.
@@ -188,7 +202,7 @@ class RefusingRequestHandler(RequestHandler):
     answer takes for the start of its next answer.
     """
 
-    __slots__ = ("_body", "_pending", "_seen_requests")
+    __slots__ = ("_body", "_head_began", "_head_timer", "_pending", "_seen_requests")
 
     def __init__(self, manager: Any, *, loop: Any, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -208,6 +222,11 @@ class RefusingRequestHandler(RequestHandler):
         self._pending: bytes | None = b""
         self._body: StreamReader | None = None
         self._seen_requests = 0
+        # When the request head being read began (None: none is), and the timer that holds
+        # it to `REQUEST_HEAD_TIMEOUT` (armed at the connection's start, and when a head
+        # does not arrive whole in one packet: nothing per request otherwise).
+        self._head_began: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         """Register the connection; past its listener's `connection_cap`, make room by closing
@@ -216,6 +235,7 @@ class RefusingRequestHandler(RequestHandler):
         slowloris). When every other one is busy (held long-polls) or just opened, this one
         is answered 503 and closed: over the cap, a clear refusal rather than a reset."""
         super().connection_made(transport)
+        self._head_timer = self._loop.call_later(REQUEST_HEAD_TIMEOUT, self._head_deadline)
         manager = self._manager
         if manager is None:
             return
@@ -264,7 +284,50 @@ class RefusingRequestHandler(RequestHandler):
             transport.write_eof()
         asyncio.get_running_loop().call_later(CONNECTION_GRACE, transport.abort)
 
+    def _head_deadline(self) -> None:
+        """The head timer fired: a head still arriving after `REQUEST_HEAD_TIMEOUT` is
+        answered 408 (as the proxy answers it) and its connection closed; a connection on
+        which no request ever began is closed without an answer (nothing to answer)."""
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages:
+            # A request is being answered (or parsed, about to be): a pipelined head
+            # behind it gets its time from now.
+            if self._head_began is not None:
+                self._head_began = self._loop.time()
+                self._head_timer = self._loop.call_later(REQUEST_HEAD_TIMEOUT, self._head_deadline)
+            return
+        began = self._head_began
+        if began is None:
+            if self._request_count == 0:  # open this long, and not one byte of a request
+                logger.debug("closed a connection from %s: no request began", self._peer())
+                self.force_close()
+            return  # (idle between requests: aiohttp's keep-alive timer's business)
+        left = began + REQUEST_HEAD_TIMEOUT - self._loop.time()
+        if left > 0:
+            self._head_timer = self._loop.call_later(left, self._head_deadline)
+            return
+        logger.info(
+            "refused a request from %s: its head did not arrive within %g s",
+            self._peer(),
+            REQUEST_HEAD_TIMEOUT,
+        )
+        head = self.refused_method() == "HEAD"
+        transport.write(_TIMEOUT_HEAD if head else _TIMEOUT_HEAD + _TIMEOUT_BODY)
+        self.force_close()  # (the transport closes once the answer is written)
+
+    def _peer(self) -> str:
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None:
+            timer.cancel()
         manager = self._manager
         waiting = getattr(manager, "_waiting_order", None) if manager is not None else None
         if waiting is not None:
@@ -307,6 +370,16 @@ class RefusingRequestHandler(RequestHandler):
                 self._pending, self._body = data, None
         super().data_received(data)
         self._track()
+        if self._pending:  # a head not whole yet: held to its deadline
+            if self._head_began is None:
+                self._head_began = self._loop.time()
+            if self._head_timer is None:
+                self._head_timer = self._loop.call_later(
+                    self._head_began + REQUEST_HEAD_TIMEOUT - self._loop.time(),
+                    self._head_deadline,
+                )
+        else:
+            self._head_began = None
         # The parser stopped after a request (the rest of the packet kept as its tail): on
         # with the next, until it has no whole request left, has refused one (it refuses
         # every call after), or the connection's queue is full (aiohttp pauses reading then
