@@ -267,6 +267,11 @@ def _user(rng: random.Random, n: int) -> dict[str, Any]:
     suspended = rng.choice([_ABSENT, _ABSENT, _ABSENT, True, False, "true", "no", None])
     if suspended is not _ABSENT:
         claims["suspended"] = suspended
+    mfa = rng.choice(
+        [_ABSENT, True, True, False, "true", 1, 0, "no", None, [True], [False, "x"], "\uff34RUE"]
+    )
+    if mfa is not _ABSENT:
+        claims["mfa"] = mfa
     return claims
 
 
@@ -279,6 +284,25 @@ def _denied(claims: dict[str, Any]) -> bool:
         return False
     value = claims["suspended"]
     return value is True or value is None or value == "true"
+
+
+def _mfa_denied(claims: dict[str, Any]) -> bool:
+    """The deny rule `{mfa: false}`: false, 0, "no" (a word for false), null, or a list
+    holding one; not true, 1, "true" or a missing claim."""
+    if "mfa" not in claims:
+        return False
+    items = claims["mfa"] if isinstance(claims["mfa"], list) else [claims["mfa"]]
+    return any(
+        v is None or v is False or (type(v) is int and v == 0) or v in ("no", "false")
+        for v in items
+    )
+
+
+def _mfa(claims: dict[str, Any]) -> bool:
+    """The allow condition `mfa: true`: the boolean true, or a list holding it."""
+    value = claims.get("mfa")
+    items = value if isinstance(value, list) else [value]
+    return any(v is True for v in items)
 
 
 def _role_matches(claims: dict[str, Any], wanted: list[str] | None) -> bool:
@@ -302,6 +326,7 @@ class Rule:
     subset: bool
     replica_full: bool
     anonymous: bool = False
+    mfa: bool = False  # `when` also asks for `mfa: true`
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
@@ -309,6 +334,8 @@ class Rule:
             out["anonymous"] = True
         if self.roles is not None:
             out["when"] = {"role": self.roles if len(self.roles) > 1 else self.roles[0]}
+            if self.mfa:
+                out["when"]["mfa"] = True
         if self.filter is None:
             out["all_rows"] = True
         else:
@@ -327,6 +354,8 @@ class Listing:
     key: str
     rules: list[Rule]
     deny: bool
+    #: a second deny rule, `{mfa: false}`
+    deny_mfa: bool = False
     #: reached through a pattern (`app.*`): may be refused (`pattern_not_safe`), never more
     pattern: bool = False
 
@@ -334,15 +363,24 @@ class Listing:
         out: dict[str, Any] = {"allow": [r.config() for r in self.rules]}
         if self.deny:
             out["deny"] = [{"when": {"suspended": True}, "reason": "suspended"}]
+        if self.deny_mfa:
+            out.setdefault("deny", []).append({"when": {"mfa": False}})
         return out
 
     def rule_for(self, claims: dict[str, Any] | None) -> Rule | None:
         """The rule serving `claims` (None: a request without a token)."""
         if claims is None:  # (no claims: no deny rule matches, only anonymous rules serve)
             return next((r for r in self.rules if r.anonymous), None)
-        if self.deny and _denied(claims):
+        if (self.deny and _denied(claims)) or (self.deny_mfa and _mfa_denied(claims)):
             return None
-        return next((r for r in self.rules if _role_matches(claims, r.roles)), None)
+        return next(
+            (
+                r
+                for r in self.rules
+                if _role_matches(claims, r.roles) and (not r.mfa or _mfa(claims))
+            ),
+            None,
+        )
 
 
 #: Filters without claims, for anonymous rules (the same text for the oracle).
@@ -371,6 +409,7 @@ def _rule(rng: random.Random, table: Table, name: str, roles: list[str] | None) 
         rng.random() < 0.8,
         rng.random() < 0.4,
         anonymous,
+        roles is not None and rng.random() < 0.3,
     )
 
 
@@ -387,7 +426,15 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
             key = rng.choice(["app.*", "*.docs", "app.d*", "app.[dx]ocs"])
             listings.append(Listing(table, key, rules, rng.random() < 0.5, pattern=True))
             continue
-        listings.append(Listing(table, rng.choice(table.spellings), rules, rng.random() < 0.5))
+        listings.append(
+            Listing(
+                table,
+                rng.choice(table.spellings),
+                rules,
+                rng.random() < 0.5,
+                deny_mfa=rng.random() < 0.3,
+            )
+        )
     shapes = {}
     for i in range(rng.randint(0, 2)):
         table = rng.choice(TABLES)
