@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import resource
 import time
@@ -134,11 +135,15 @@ def unserved(message: Any) -> Refusal | None:
     return None
 
 
-#: File descriptors kept free of client connections, beyond the shape logs' own pool
-#: (`sync_engine.log.fds.MAX_OPEN`): Postgres connections (each source's replication, snapshot
-#: and catalog connections), sources.db, listening sockets. At least this, or an eighth of the
-#: limit.
-_FD_RESERVE = 256
+#: File descriptors kept free of client connections beyond those open now (counted, see
+#: `connection_cap`): what the engine may open next (a snapshot's chunk file, a chunk read
+#: for a request, a Postgres connection for a new shape's snapshot, sources.db). The shape
+#: logs' cache of open files (`sync_engine.log.fds`) gives its oldest back when a new one
+#: finds no descriptor. The proxy keeps the same reserve (proxy/http/serve.py).
+FD_RESERVE = 256
+#: Seconds a count of the open descriptors is trusted (it is taken only when the listener is
+#: more than half full: listing /proc/self/fd costs ~1 ms per 2,000 descriptors).
+_RECOUNT = 1.0
 #: The fewest connections a listener keeps, however low the file limit (the proxy's too).
 MIN_CONNECTIONS = 32
 #: Seconds a new connection may take to send its first request head before, at the cap, it
@@ -154,17 +159,49 @@ TOO_MANY_CONNECTIONS = (
 )
 
 
+class _Descriptors:
+    """What the process's descriptors hold besides client connections, counted now and then."""
+
+    #: Client connections open now (every listener's).
+    clients = 0
+    #: Descriptors open at the last count that were neither client connections nor the
+    #: shape logs' cached files (Postgres connections, listening sockets, sqlite, ...).
+    others = -1
+    counted_at = float("-inf")
+
+
+def _open_descriptors() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # (less the listing's own)
+    except OSError:
+        return None
+
+
 def connection_cap() -> int:
-    """The most connections one listener keeps open: what the process's file limit leaves
-    after the shape logs' descriptors and a reserve (Postgres, sqlite, sockets). Without a
-    cap, connections that never finish a request (no secret needed) took every descriptor:
-    new clients were reset and shape logs could not be written, pausing replication."""
+    """The most client connections the process keeps open: its file limit less what is open
+    for anything else now (the shape logs' cached files, counted exactly; Postgres
+    connections, sockets and files, counted at the first connection and again at most every
+    `_RECOUNT` seconds once more than half the room is used) and `FD_RESERVE`. Without a cap,
+    connections that never finish a request (no secret needed) took every descriptor: new
+    clients were reset and shape logs could not be written, pausing replication. It once set
+    aside the logs' whole cache (up to 4,096) and an eighth of the limit as well, whatever
+    was open: 13,400 clients at a 20,000 limit."""
     from ..log import fds  # (the log package imports nothing of http's)
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    return max(MIN_CONNECTIONS, soft - fds.MAX_OPEN - max(_FD_RESERVE, soft // 8))
+    room = soft - FD_RESERVE - fds.open_count()
+    d = _Descriptors
+    now = time.monotonic()
+    if d.others < 0 or (d.clients > (room - d.others) // 2 and now - d.counted_at >= _RECOUNT):
+        total = _open_descriptors()
+        if total is None:  # (no /proc: as much as the logs' cache may ever hold)
+            d.others = max(0, fds.MAX_OPEN - fds.open_count())
+        else:
+            d.others = max(0, total - d.clients - fds.open_count())
+        d.counted_at = now
+    return max(MIN_CONNECTIONS, room - d.others)
 
 
 #: The end of a request's head: its first empty line (llhttp also reads bare-LF lines).
@@ -245,11 +282,10 @@ class RefusingRequestHandler(RequestHandler):
         if waiting is None:
             waiting = OrderedDict()
             manager._waiting_order = waiting  # type: ignore[attr-defined]
-            manager._connection_cap = connection_cap()  # type: ignore[attr-defined]
         now = time.monotonic()
         waiting[self] = now
-        cap: int = manager._connection_cap  # type: ignore[attr-defined]
-        if len(waiting) <= cap:
+        _Descriptors.clients += 1
+        if _Descriptors.clients <= connection_cap():
             return
         # Oldest first; one passed over goes to the back (keeping its time), so a round
         # looks at each at most once.
@@ -267,11 +303,13 @@ class RefusingRequestHandler(RequestHandler):
                 waiting.move_to_end(victim)
                 continue
             del waiting[victim]
+            _Descriptors.clients -= 1
             victim.force_close()
             if victim.transport is not None:
                 victim.transport.abort()
             return
         del waiting[self]
+        _Descriptors.clients -= 1
         # Read nothing of it; answer, then end our side (FIN after the answer) and drop the
         # connection a moment later: closed at once with its request unread, the kernel
         # resets it and the client may never see the 503.
@@ -330,8 +368,8 @@ class RefusingRequestHandler(RequestHandler):
             timer.cancel()
         manager = self._manager
         waiting = getattr(manager, "_waiting_order", None) if manager is not None else None
-        if waiting is not None:
-            waiting.pop(self, None)
+        if waiting is not None and waiting.pop(self, None) is not None:
+            _Descriptors.clients -= 1
         super().connection_lost(exc)
 
     def refused_method(self) -> str:
