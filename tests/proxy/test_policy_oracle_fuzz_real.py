@@ -107,7 +107,13 @@ DOCS = Table(
 )
 TABLES = (ITEMS, NOTES, DOCS)
 #: Spellings that name no table here (another case, another schema, junk).
-WRONG = ('"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"')
+WRONG = (
+    '"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"',
+    "\u0131tems", "\uff29\uff34\uff25\uff2d\uff33", "items\u200b", '"public.items"', 'U&"items"',
+    '"items "', "public.items.x", "app.docs.id",
+)  # fmt: skip
+#: More client spellings of `items` (the engine's reading trims around names)
+ITEMS_TOO = (" items", "items\n", " public . items ", '\tpUblic."items" ')
 
 
 def _ident(name: str) -> str:
@@ -658,6 +664,8 @@ def _request(
     else:
         table = rng.choice(TABLES)
         spelling = rng.choice(table.spellings)
+        if table is ITEMS and rng.random() < 0.2:
+            spelling = rng.choice(ITEMS_TOO)
         lst = next((x for x in listings if x.table is table), None)
     query = [("table", spelling)]
     where = None
