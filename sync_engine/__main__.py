@@ -33,6 +33,7 @@ from .console import (
     env_value,
     fail,
     listen,
+    non_negative_number,
     port_number,
     positive_number,
     raise_open_file_limit,
@@ -205,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
         " no limit). Env: SYNC_ENGINE_MAX_INITIAL_SYNCS",
     )
     p.add_argument(
+        "--snapshot-timeout",
+        type=non_negative_number,
+        default=_num(
+            "SNAPSHOT_TIMEOUT",
+            non_negative_number,
+            "a non-negative number of seconds",
+            "--snapshot-timeout",
+            300.0,
+        ),
+        help="seconds a shape's snapshot query with a where clause (or a subset query) may"
+        " run in Postgres before it is cancelled: a clause cheap to send can cost seconds"
+        " per row. Its requests get 503 {code: snapshot_timeout} with Retry-After (default"
+        " 300, 0 = no limit; whole-table snapshots are not limited). Env:"
+        " SYNC_ENGINE_SNAPSHOT_TIMEOUT",
+    )
+    p.add_argument(
         "--admin-token",
         default=_env("ADMIN_TOKEN"),
         help="enables the admin listener (API + dashboard for registered sources);"
@@ -297,7 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
         " of tables with shapes: DDL that changes what SELECT returns without any row change"
         " (a column dropped and added again, a new primary key, the table taken out of the"
         " engine's publication) retires their shapes and their clients refetch (default 10)."
-        " Env: SYNC_ENGINE_SCHEMA_CHECK_INTERVAL",
+        " A table whose next change follows DDL is also checked before that change is"
+        " streamed. Env: SYNC_ENGINE_SCHEMA_CHECK_INTERVAL",
     )
     p.add_argument(
         "--family-check-interval",
@@ -351,6 +369,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         catalog_timeout=args.catalog_timeout,
         probe_timeout=args.probe_timeout,
         snapshot_quiet=args.snapshot_quiet,
+        snapshot_timeout=args.snapshot_timeout,
         family_check_interval=args.family_check_interval,
         schema_check_interval=args.schema_check_interval,
     )

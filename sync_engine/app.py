@@ -229,6 +229,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
                     family_check_interval=settings.family_check_interval,
                     catalog_timeout=settings.catalog_timeout,
                     probe_timeout=settings.probe_timeout,
+                    snapshot_timeout=settings.snapshot_timeout,
                 )
             )
         for s in srcs.values():

@@ -117,6 +117,16 @@ def positive_number(text: str) -> float:
 positive_number.__name__ = "positive number"
 
 
+def non_negative_number(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(text)
+    return value
+
+
+non_negative_number.__name__ = "non-negative number"
+
+
 def whole_number(text: str) -> int:
     value = int(text)
     if value < 0:

@@ -37,6 +37,10 @@ class Settings:
     # Seconds a request waits for its snapshot's first rows before it asks (every as many)
     # whether Postgres answers at all (`probe_timeout`): 503 if not, else it waits on.
     snapshot_quiet: float = 2.0
+    # Seconds a snapshot query with a where clause, or a subset query, may run in Postgres
+    # (its statement_timeout; 0: none): a where clause cheap to send can cost seconds per
+    # row, and up to `max_initial_syncs` of them would keep as many backends busy.
+    snapshot_timeout: float = 300.0
     # Seconds between looks at the partitions and inheritance children of shaped tables
     # (a shape whose table's family changed is retired: its clients refetch).
     family_check_interval: float = 2.0

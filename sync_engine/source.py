@@ -28,6 +28,7 @@ from typing import Any
 import psycopg
 import psycopg.sql
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from .errors import EngineError, ServiceUnavailable
@@ -99,6 +100,16 @@ class _SubsetPool(ConnectionPool[psycopg.Connection[Any]]):
             self.putconn(conn)  # (discarded, being closed)
 
 
+def _with_statement_timeout(dsn: str, seconds: float) -> str:
+    """`dsn` with a `statement_timeout` of `seconds` (0: as it was) for every statement of
+    its sessions: the subset queries' (a client's where, order and limit)."""
+    if not seconds:
+        return dsn
+    given = conninfo_to_dict(dsn).get("options")
+    limit = f"-c statement_timeout={max(1, round(seconds * 1000))}"
+    return make_conninfo(dsn, options=f"{given} {limit}" if given else limit)
+
+
 class SourceState(enum.StrEnum):
     """Whether a source serves: CONNECTING until its slot and publication are ready, ERROR
     while it cannot reach or use its database (`Source.error` says why)."""
@@ -122,6 +133,7 @@ class SourceConfig:
     family_check_interval: float = 2.0  # see `Settings.family_check_interval`
     catalog_timeout: float = 5.0  # see `Settings.catalog_timeout`
     probe_timeout: float = 5.0  # see `Settings.probe_timeout`
+    snapshot_timeout: float = 300.0  # see `Settings.snapshot_timeout`
     # Names the slot and publication; the source id unless set (slot names are per cluster).
     stream_id: str | None = None
 
@@ -166,6 +178,7 @@ class Source:
             silence_timeout=config.replication_timeout,
             evaluate=self._rows_match,
             find_ancestors=self.tables.find_ancestors,
+            verify_table=self.tables.verify_relation,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -178,10 +191,11 @@ class Source:
             make_job=self._job,
             on_failed=self._snapshot_failed,
             seen_xids=lambda: self.replicator.recent_xids,
+            statement_timeout=config.snapshot_timeout,
         )
         # Synchronous connections for subset queries, used from worker threads.
         self.snapshot_pool: ConnectionPool[Any] = _SubsetPool(
-            self.dsn,
+            _with_statement_timeout(self.dsn, config.snapshot_timeout),
             min_size=0,
             max_size=config.max_concurrent_snapshots,
             kwargs={"autocommit": True},

@@ -117,6 +117,8 @@ class Tables:
         self._published: set[int] = set()
         self._closing: set[asyncio.Future[None]] = set()  # given-up connections closing
         self._probes: dict[None, asyncio.Future[bool]] = {}
+        # The connection `verify_relation` reads the catalog on (the replicator's only).
+        self._verify_conn: AsyncConnection[Any] | None = None
         self._answered_at = -PROBE_TTL  # (monotonic) when Postgres last answered `answers`
         self._closed = False
         self._work: asyncio.Future[Any] | None = None  # the work holding the connection
@@ -144,6 +146,7 @@ class Tables:
         within seconds): a `publish` may wait 30 s for older transactions, and a stop must
         not. Later work gets a 503 and opens nothing."""
         self._closed = True
+        self._drop_verify_conn()
         work = self._work
         if work is not None:
             await asyncio.wait({work}, timeout=CLOSE_GRACE)
@@ -692,29 +695,85 @@ class Tables:
                 seen[t.oid] = await self._on_connection(
                     partial(load_table, schema=t.schema, name=t.name), self.catalog_timeout
                 )
-            current = seen[t.oid]
-            if current is None or current.oid != t.oid:
-                self.registry.rotate(shape, "table dropped or renamed")
-                self._published.discard(t.oid)
-            elif _shape_of(current) != _shape_of(t):
-                self._cache.pop((t.schema, t.name), None)
-                self.registry.rotate(shape, "table schema changed")
-            elif t.relfilenode is not None and current.relfilenode != t.relfilenode:
-                # Rewritten: `ALTER COLUMN title TYPE text USING upper(title)` keeps every
-                # name, type and attnum and writes no row change, yet every row may read
-                # otherwise. VACUUM FULL, CLUSTER and TRUNCATE (which retires the shapes
-                # anyway) give a new relfilenode too: a refetch they did not need, the
-                # price of not missing a rewrite.
-                self._cache.pop((t.schema, t.name), None)
-                self.registry.rotate(shape, "table rewritten")
-            elif _rewritten_descendant(t, current):
-                # A partitioned table's partitions rewritten (its own relfilenode stays 0).
-                self._cache.pop((t.schema, t.name), None)
-                self.registry.rotate(shape, "partition rewritten")
-            elif _renamed_enum_value(t, current):
-                self._cache.pop((t.schema, t.name), None)
-                self.registry.rotate(shape, "enum value renamed")
+            self._retire_if_changed(shape, seen[t.oid])
         await self.check_published()
+
+    def _retire_if_changed(self, shape: Shape, current: TableInfo | None) -> bool:
+        """Retire `shape` if its table, as the catalog describes it now (`current`: None
+        when no table has its name), is not what the shape was made with (`_drift`);
+        whether it was."""
+        t = shape.table
+        reason = _drift(t, current)
+        if reason is None:
+            return False
+        if current is None or current.oid != t.oid:
+            self._published.discard(t.oid)
+        self._cache.pop((t.schema, t.name), None)
+        self.registry.rotate(shape, reason)
+        return True
+
+    async def verify_relation(self, oid: int) -> None:
+        """Compare the shapes of table `oid` and of its shaped ancestors with the catalog
+        before the stream's next change of it, and retire those whose table changed.
+
+        Called for each Relation message naming a shaped table (or a descendant of one):
+        pgoutput sends one after the table's relcache entry was invalidated, before the
+        table's next change. What DDL changed is not always in the message: with REPLICA
+        IDENTITY FULL (which the engine sets) every column is flagged as key, so a new
+        primary key (`DROP CONSTRAINT items_pkey, ADD PRIMARY KEY (id, org_id)`) shows
+        nowhere, and a row new under the new key (`(1, 2)` next to `(1, 1)`) would be
+        streamed under the old one and overwrite another row in every client until the
+        periodic check (`check_schemas`). Compared here exactly as there (`_drift`).
+
+        The catalog is read now, which may be ahead of the stream: a change seen early
+        retires the shapes early (a refetch), never late. VACUUM, ANALYZE, GRANT and any
+        change of the publication also make pgoutput send the message again: one table
+        description read each (`load_table`), on a connection of its own so that the
+        stream never waits behind a `publish` holding the catalog connection for seconds.
+        """
+        router = self.registry.router
+        for table_oid in router.routes(oid):
+            groups = router.shapes_by_table_info(table_oid)
+            if not groups:
+                continue
+            names = {(info.schema, info.name) for info, _ in groups}
+            current: dict[tuple[str, str], TableInfo | None] = {}
+            for schema, name in sorted(names):
+                current[(schema, name)] = found = await self._verify_load(schema, name)
+                if found is not None and found.oid == table_oid:
+                    self._cache[(schema, name)] = (time.monotonic(), found)
+            for info, shapes in groups:
+                now = current[(info.schema, info.name)]
+                if _drift(info, now) is not None:
+                    for shape in shapes:
+                        self._retire_if_changed(shape, now)
+
+    async def _verify_load(self, schema: str, name: str) -> TableInfo | None:
+        """`load_table` on the verification connection, within `catalog_timeout` (else
+        `ServiceUnavailable`: the replicator reads the stream again)."""
+        if self._closed:
+            raise stopping()
+        conn = self._verify_conn
+        try:
+            async with asyncio.timeout(self.catalog_timeout):
+                if conn is None or conn.closed or conn.broken:
+                    conn = self._verify_conn = await AsyncConnection.connect(
+                        self.dsn, autocommit=True, connect_timeout=5
+                    )
+                return await load_table(conn, schema, name)
+        except TimeoutError:
+            self._drop_verify_conn()
+            raise not_answering() from None
+        except psycopg.Error as exc:
+            self._drop_verify_conn()
+            raise ServiceUnavailable(
+                "Database is unreachable", retry_after=1, code="database_unreachable"
+            ) from exc
+
+    def _drop_verify_conn(self) -> None:
+        conn, self._verify_conn = self._verify_conn, None
+        if conn is not None:
+            self._close_later(conn)
 
     async def check_published(self) -> None:
         """Retire the shapes of tables someone took out of the engine's publication
@@ -757,6 +816,28 @@ class Tables:
                 logger.warning(
                     'could not publish "%s"."%s" again: %s', table.schema, table.name, exc
                 )
+
+
+def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
+    """Why the rows of a shape made with table description `t` may no longer be what
+    `SELECT` returns, the table now being `current` (None: no table of that name); None
+    when nothing that matters changed."""
+    if current is None or current.oid != t.oid:
+        return "table dropped or renamed"
+    if _shape_of(current) != _shape_of(t):
+        return "table schema changed"
+    if t.relfilenode is not None and current.relfilenode != t.relfilenode:
+        # Rewritten: `ALTER COLUMN title TYPE text USING upper(title)` keeps every name,
+        # type and attnum and writes no row change, yet every row may read otherwise.
+        # VACUUM FULL, CLUSTER and TRUNCATE (which retires the shapes anyway) give a new
+        # relfilenode too: a refetch they did not need, the price of not missing a rewrite.
+        return "table rewritten"
+    if _rewritten_descendant(t, current):
+        # A partitioned table's partitions rewritten (its own relfilenode stays 0).
+        return "partition rewritten"
+    if _renamed_enum_value(t, current):
+        return "enum value renamed"
+    return None
 
 
 def _rewritten_descendant(old: TableInfo, new: TableInfo) -> bool:

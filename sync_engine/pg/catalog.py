@@ -145,8 +145,35 @@ class TableInfo:
         return None
 
     @property
-    def column_map(self) -> dict[str, ColumnInfo]:
-        return {c.name: c for c in self.columns}
+    def column_map(self) -> ColumnMap:
+        """The columns by name, with the labels of each enum column (or array of one), from
+        `enums` when recorded: what a where clause is compiled against."""
+        labels: dict[int, list[str]] = {}
+        for attnum, _oid, label in self.enums or ():  # (in sort order within a column)
+            labels.setdefault(attnum, []).append(label)
+        return ColumnMap(
+            {c.name: c for c in self.columns},
+            {
+                c.name: tuple(labels[c.attnum])
+                for c in self.columns
+                if c.is_enum and c.attnum in labels
+            },
+        )
+
+
+class ColumnMap(dict[str, ColumnInfo]):
+    """A table's columns by name (`TableInfo.column_map`), and `enum_labels`: for each column
+    whose type is an enum or an array of one, the enum's labels in their declared order
+    (`pg_enum.enumsortorder`: `ALTER TYPE ... ADD VALUE 'x' BEFORE 'y'` puts 'x' before
+    'y'), by which Postgres orders its values. A where clause compares enum values only
+    where it knows them (`shapes/where`); a plain mapping of columns tells none. Not a
+    field of `ColumnInfo`: the table's record keeps them (`TableInfo.enums`)."""
+
+    def __init__(
+        self, columns: dict[str, ColumnInfo], enum_labels: dict[str, tuple[str, ...]]
+    ) -> None:
+        super().__init__(columns)
+        self.enum_labels = enum_labels
 
 
 _TABLE_SQL = """

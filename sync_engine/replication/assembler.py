@@ -149,6 +149,14 @@ class TransactionAssembler:
         self.unresolved_oid = 0
         # Tables whose ancestors were looked up (or need not be: no shaped parent then).
         self._ancestry_known: set[int] = set()
+        #: Whether a Relation message for a shaped table stops `handle_batch` until the
+        #: table's description in the catalog was compared with its shapes'
+        #: (`unverified_oid`; the replicator sets it when it can do that).
+        self.verify_relations = False
+        #: With `unhandled`: the shaped table whose Relation message is its first message.
+        self.unverified_oid = 0
+        # The table whose Relation message, next to be handled, was verified.
+        self._verified_oid = 0
         #: Shaped tables (or their descendants) whose changes come without the old row
         #: (REPLICA IDENTITY not FULL) -> the warning, logged once (`_note_identity`);
         #: shown by /v1/health.
@@ -160,6 +168,7 @@ class TransactionAssembler:
         self._touched = {}
         self.op = 0
         self.session_lsn = Lsn(0)
+        self._verified_oid = 0
 
     def handle_batch(self, messages: Sequence[bytes]) -> Lsn:
         """Apply raw XLogData messages (`ReplicationStream.read_raw`); returns the end LSN
@@ -177,6 +186,7 @@ class TransactionAssembler:
         plans = self._plans
         last_end = 0
         self.unhandled = ()
+        self.unresolved_oid = self.unverified_oid = 0
         for i, buf in enumerate(messages):
             kind = buf[_H]
             if kind == INSERT or kind == UPDATE or kind == DELETE:
@@ -216,14 +226,23 @@ class TransactionAssembler:
                     if commit_lsn > self.global_lsn:
                         self.global_lsn = commit_lsn
             else:
-                if kind == RELATION and router.parents:
+                if kind == RELATION:
                     oid = read_row_oid(buf, _H)[0]
-                    if oid not in self._ancestry_known:
+                    if router.parents and oid not in self._ancestry_known:
                         # (maybe a partition of a shaped table, made since: its ancestors
                         # first, or its rows would miss their shapes)
                         self.unresolved_oid = oid
                         self.unhandled = messages[i:]
                         return Lsn(last_end)
+                    if self.verify_relations and oid != self._verified_oid and router.routed(oid):
+                        # Sent after the table's relcache entry was invalidated (DDL, and
+                        # also VACUUM, ANALYZE, GRANT, a publication change), before its
+                        # next change: its shapes are checked against the catalog first
+                        # (a new primary key shows in no Relation message).
+                        self.unverified_oid = oid
+                        self.unhandled = messages[i:]
+                        return Lsn(last_end)
+                    self._verified_oid = 0
                 end = self.handle(pgoutput.decode(buf[_H:]))
                 if end:
                     last_end = end
@@ -235,6 +254,11 @@ class TransactionAssembler:
     def ancestry_resolved(self, oid: int) -> None:
         """The ancestors of table `oid` are in the router (`unhandled` may go on)."""
         self._ancestry_known.add(oid)
+
+    def relation_verified(self, oid: int) -> None:
+        """The shapes of table `oid` (and its ancestors') were compared with the catalog,
+        the changed ones retired: its Relation message, first of `unhandled`, may go on."""
+        self._verified_oid = oid
 
     def handle(self, msg: pgoutput.Message) -> Lsn:
         """Apply one decoded message; returns the end LSN when it was a commit, else 0."""

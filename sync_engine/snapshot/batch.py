@@ -92,8 +92,16 @@ class SnapshotJob:
     announced: bool = False
 
 
+def is_bulk(job: SnapshotJob) -> bool:
+    """Whether `job` is a whole-table snapshot (`bulk.py`)."""
+    return job.query is not None and job.query.bulk is not None
+
+
 def batch_pieces(
-    jobs: Sequence[SnapshotJob], conn: Connection, split: Split | None = None
+    jobs: Sequence[SnapshotJob],
+    conn: Connection,
+    split: Split | None = None,
+    timeout_ms: int = 0,
 ) -> list[bytes]:
     """The batch's query strings: the first is sent at once, each next one once the
     whole-table snapshot that ends the one before is read.
@@ -102,21 +110,34 @@ def batch_pieces(
     after, so the statements behind it wait for the tail; the transaction (holding the
     snapshot a second backend imports) ends only after the last tail. Without one, the
     batch is one string.
+
+    `timeout_ms` (0: none) is each statement's `statement_timeout` (Postgres times each
+    statement of a string on its own): a where clause cheap to send can cost seconds per
+    row. Whole-table snapshots come last in a batch (`SnapshotScheduler`), and the
+    timeout is lifted before the first (`SET LOCAL statement_timeout = 0`, which
+    `_read_results` expects): their cost is the table's size, which no client chooses.
     """
-    bulk = any(job.query is not None and job.query.bulk is not None for job in jobs)
+    bulk = any(is_bulk(job) for job in jobs)
+    # (in the same column as the JIT's: the export, if any, stays the third)
+    limit = f" || set_config('statement_timeout', '{int(timeout_ms)}', true)" if timeout_ms else ""
     parts = [
         b"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         # JIT off for the transaction: a big table's estimated cost makes Postgres compile
         # and optimise the row expressions with LLVM before the first row (a 30-column
         # table: seconds, and a third more of Postgres's CPU in all than without).
         b"SELECT pg_current_snapshot()::text, set_config('jit', 'off', true)"
+        + limit.encode()
         + (b", pg_export_snapshot()" if bulk and split is not None else b""),
     ]
     pieces: list[bytes] = []
+    lifted = not timeout_ms
     for job in jobs:
         if job.query is None:
             continue
         if job.query.bulk is not None:
+            if not lifted:
+                parts.append(b"SET LOCAL statement_timeout = 0")
+                lifted = True
             rows = job.query.bulk.for_connection(conn.pgconn)
             parts.append(head_sql(rows, split).as_bytes(conn))
             if split is not None:
@@ -130,7 +151,10 @@ def batch_pieces(
 
 
 def send_batch(
-    conn: Connection, jobs: Sequence[SnapshotJob], split: Split | None = None
+    conn: Connection,
+    jobs: Sequence[SnapshotJob],
+    split: Split | None = None,
+    timeout_ms: int = 0,
 ) -> list[bytes]:
     """Queue the batch's query on `conn` without waiting (libpq sends what the socket takes);
     returns the batch's query strings (`batch_pieces`), for `run_batch`.
@@ -139,7 +163,7 @@ def send_batch(
     before any task started meanwhile runs, so batches are sent from that pass and Postgres
     works on them while the engine is still taking requests. `split`: as `run_batch`'s.
     """
-    pieces = batch_pieces(jobs, conn, split)
+    pieces = batch_pieces(jobs, conn, split, timeout_ms)
     conn.pgconn.send_query(pieces[0])
     return pieces
 
@@ -154,6 +178,7 @@ async def run_batch(
     must_see: Sequence[int] = (),
     split: Split | None = None,
     pieces: list[bytes] | None = None,
+    timeout_ms: int = 0,
 ) -> list[SnapshotJob]:
     """Snapshot `jobs` in one transaction on `conn` (an idle autocommit connection).
 
@@ -169,14 +194,16 @@ async def run_batch(
     """
     c = SocketWaiter(conn.pgconn)
     if pieces is None:
-        pieces = batch_pieces(jobs, conn, split)
+        pieces = batch_pieces(jobs, conn, split, timeout_ms)
     if not sent:
         conn.pgconn.send_query(pieces[0])
     try:
         await c.flush()
         packer = _Packer(fsync)
         try:
-            return await _read_results(c, jobs, chunk_bytes, fsync, must_see, packer, pieces, split)
+            return await _read_results(
+                c, jobs, chunk_bytes, fsync, must_see, packer, pieces, split, bool(timeout_ms)
+            )
         finally:
             await packer.close()
     finally:
@@ -192,6 +219,7 @@ async def _read_results(
     packer: _Packer,
     pieces: list[bytes],
     split: Split | None,
+    limited: bool,
 ) -> list[SnapshotJob]:
     # One result per statement, then None once the whole string is done.
     _expect(await c.result(), pq.ExecStatus.COMMAND_OK)  # BEGIN
@@ -215,6 +243,13 @@ async def _read_results(
             _announce(job, snapshot, record)
             packer.add(job, 1, end)
             continue
+        if limited and job.query.bulk is not None:  # (`batch_pieces`: the limit lifted)
+            limited = False
+            res = await c.result()
+            if res is None or res.status != pq.ExecStatus.COMMAND_OK:
+                job.error = _error(res)
+                await _rollback(c)
+                return _not_run(jobs[i + 1 :])
         res = await c.result()
         if res is not None and res.status == pq.ExecStatus.COPY_OUT:
             # Each job hears of the snapshot as its rows start, not before: a job after a

@@ -33,6 +33,12 @@ UNDEFINED_TABLE = "42P01"
 SCHEMA_CHANGED = frozenset({"42703", "42704"})
 #: Not the requester's fault: the engine's role lacks a privilege (an operator must act).
 INSUFFICIENT_PRIVILEGE = "42501"
+#: A statement cancelled: by its `statement_timeout` (`Settings.snapshot_timeout`), or by
+#: a cancel request.
+QUERY_CANCELED = "57014"
+#: Seconds a client is asked to wait before it asks again for a snapshot that ran out of
+#: time (Electric's answer to a slow snapshot query: 503 with Retry-After 10).
+TIMED_OUT_RETRY = 10
 
 Kind = Literal["user", "table_gone", "schema_changed", "transient"]
 
@@ -120,4 +126,23 @@ def to_engine_error(
         return InvalidRequest({"table": [table_missing_message(schema, table)]})
     if k == "schema_changed":
         return ShapeGone(None)
+    if timed_out(exc):
+        what = "subset" if subset else "snapshot"
+        return ServiceUnavailable(
+            f"The {what} query took too long and was cancelled (the engine's"
+            " --snapshot-timeout): its where clause costs too much over this table's rows."
+            " Please use a cheaper where clause, or one an index serves.",
+            TIMED_OUT_RETRY,
+            code="snapshot_timeout",
+        )
     return ServiceUnavailable(f"Could not take the shape's snapshot: {describe(exc)}", 5)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether `exc` is a statement cancelled by its `statement_timeout` (not by a cancel
+    request: the same SQLSTATE, told apart by Postgres's words)."""
+    return (
+        isinstance(exc, psycopg.Error)
+        and exc.sqlstate == QUERY_CANCELED
+        and "statement timeout" in (exc.diag.message_primary or "")
+    )

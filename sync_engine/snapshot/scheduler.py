@@ -34,7 +34,7 @@ from psycopg import AsyncConnection, pq
 
 from ..stopping import STOP_WAIT, cancel_and_wait
 from . import errors as snapshot_errors
-from .batch import Connection, SnapshotBehind, SnapshotJob, run_batch, send_batch
+from .batch import Connection, SnapshotBehind, SnapshotJob, is_bulk, run_batch, send_batch
 from .bulk import Split
 
 if TYPE_CHECKING:
@@ -65,8 +65,12 @@ class SnapshotScheduler:
         make_job: Callable[[Shape], SnapshotJob],
         on_failed: Callable[[Shape, BaseException], None],
         seen_xids: Callable[[], Sequence[int]] | None = None,
+        statement_timeout: float = 0.0,
     ) -> None:
         self.dsn = dsn
+        #: Milliseconds a snapshot statement other than a whole-table one may run (0: no
+        #: limit; `Settings.snapshot_timeout`): see `batch.batch_pieces`.
+        self.timeout_ms = max(0, round(statement_timeout * 1000))
         # Big whole-table snapshots get a second backend (a connection beyond the pool).
         self._split = Split(dsn)
         self.max_connections = max(1, max_connections)
@@ -165,7 +169,11 @@ class SnapshotScheduler:
         return batch
 
     def _start(self, conn: Connection, batch: list[Shape]) -> None:
-        jobs = [self._make_job(shape) for shape in batch]
+        made = [(shape, self._make_job(shape)) for shape in batch]
+        if self.timeout_ms:  # whole-table snapshots last: the timeout is lifted for them
+            made.sort(key=lambda pair: is_bulk(pair[1]))
+            batch[:] = [shape for shape, _ in made]
+        jobs = [job for _, job in made]
         # Taken before the query goes out: these commits precede the snapshot.
         must_see: Sequence[int] = ()
         if self._seen_xids is not None and all(
@@ -174,7 +182,7 @@ class SnapshotScheduler:
             must_see = tuple(self._seen_xids())
         self._in_flight += 1
         try:
-            pieces = send_batch(conn, jobs, self._split)
+            pieces = send_batch(conn, jobs, self._split, self.timeout_ms)
         except Exception as exc:
             self._in_flight -= 1
             self._discard(conn)
@@ -203,6 +211,7 @@ class SnapshotScheduler:
                 must_see=must_see,
                 split=self._split,
                 pieces=pieces,
+                timeout_ms=self.timeout_ms,
             )
             healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except asyncio.CancelledError:

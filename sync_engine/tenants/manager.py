@@ -288,6 +288,7 @@ class SourceManager:
             fsync=s.fsync,
             schema_check_interval=s.schema_check_interval,
             replication_timeout=s.replication_timeout,
+            snapshot_timeout=s.snapshot_timeout,
         )
 
     def _initial_syncs_limit(self, rec: SourceRecord) -> int | None:

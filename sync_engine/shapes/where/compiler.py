@@ -19,7 +19,7 @@ from pglast import ast
 from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.catalog import ColumnInfo, ColumnMap
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
@@ -102,7 +102,7 @@ from .resolution import (
     common_type,
     select_common,
 )
-from .semantics import comparison_op, identity, pg_numeric
+from .semantics import comparison_op, enum_comparison, identity, pg_numeric
 from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
 
 #: The types whose literals the engine reads in ISO 8601 only (Postgres reads more).
@@ -115,6 +115,12 @@ _POSTGRES_READS = re.compile(
     r"|am|pm|bc|ad|epoch|allballs|today|tomorrow|yesterday|now|utc|gmt|z|est|edt|cst|cdt"
     r"|mst|mdt|pst|pdt|cet|cest|bst)[a-z]*\b|[a-z]/[a-z]|\d/\d|^\s*\d{8}\b|^\s*j\d"
 )
+
+
+def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
+    """The labels of the table's enum columns, by column (`ColumnMap.enum_labels`); none
+    for a plain mapping of columns."""
+    return columns.enum_labels if isinstance(columns, ColumnMap) else {}
 
 
 class Compiler:
@@ -190,6 +196,38 @@ class Compiler:
             f"argument of {what} must be type boolean, not type {expr.type.sql_name}", expr.node
         )
 
+    # -- enums --
+
+    def enum_labels(self, typ: PgType) -> tuple[str, ...] | None:
+        """The labels of the enum `typ` is (or is an array of), in their declared order,
+        as the table's columns of that enum know them; None when no column tells them
+        (a table recorded before they were) or two columns' enums of that name differ."""
+        base = typ.element
+        if not base.enum:
+            return None
+        known = enum_labels(self.columns)
+        found = {
+            known.get(c.name)
+            for c in self.columns.values()
+            if c.is_enum and c.base_type == base.name
+        }
+        if len(found) != 1:
+            return None
+        return found.pop()
+
+    def enum_refused(self, typ: PgType) -> bool:
+        """Whether values of `typ` (an enum, or an array of one) cannot be compared here: the
+        engine compares enum values only knowing the enum's labels (their declared order,
+        and which labels exist), unless only Postgres evaluates the clause (`allow_enums`)."""
+        return typ.element.enum and not self.allow_enums and self.enum_labels(typ) is None
+
+    def ordered(self, typ: PgType) -> bool:
+        """Whether `<`, GREATEST & co. exist on `typ` for the engine: the ordered scalar
+        types, and an enum whose labels it knows (ordered as declared)."""
+        if typ in ORDERED_TYPES:
+            return True
+        return typ.enum and not typ.array and not self.enum_refused(typ)
+
     # -- coercion --
 
     def coerce(self, expr: Expr, target: PgType) -> Expr:
@@ -259,9 +297,9 @@ class Compiler:
             raise error_at(ARRAY_SPACE_REFUSED, expr.node)
         if target.array and trailing_comma(expr.text):
             raise error_at(f'malformed array literal: "{expr.text[:40]}"', expr.node)
-        if (target.enum or (target.array and target.element.enum)) and not self.allow_enums:
-            # Postgres checks the label against the enum's (which the engine does not load):
-            # an unknown one would fail only when the snapshot runs
+        if target.element.enum and self.enum_refused(target):
+            # Postgres checks the label against the enum's (which the engine does not know
+            # here): an unknown one would fail only when the snapshot runs
             raise error_at(
                 f"a literal of enum type {target.element.name}"
                 " is not supported (compare the enum cast to text: e::text = 'label')",
@@ -269,7 +307,7 @@ class Compiler:
             )
         try:
             parser: Callable[[str], Value]
-            if target.enum:
+            if target.enum and not target.array:
                 parser = identity
             elif target.array and target.element.enum:
                 parser = functools.partial(pgv.parse_array, element=identity)
@@ -280,6 +318,8 @@ class Compiler:
             else:
                 parser = datetime_input(target)
             value = parser(expr.text)
+            if target.element.enum:
+                self._check_labels(target, value)
             if target.element == NAME:
                 value = self._name_input(value, expr.node)
             elif target.element == CHAR:
@@ -302,6 +342,22 @@ class Compiler:
                     " in ISO 8601 (2024-01-31, 13:45:00, 2024-01-31 13:45:00+01)"
                 )
             raise error_at(message, expr.node) from None
+
+    def _check_labels(self, target: PgType, value: Value) -> None:
+        """enum_in's check of a literal of an enum (or of each element of an array of one):
+        Postgres refuses a label its enum does not have when it plans the snapshot."""
+        labels = self.enum_labels(target)
+        if labels is None:  # (allow_enums: Postgres alone evaluates, and checks)
+            return
+        stack = [value]
+        while stack:
+            v = stack.pop()
+            if isinstance(v, tuple):
+                stack.extend(v)
+            elif v is not None and v not in labels:
+                raise ValueError(
+                    f'invalid input value for enum {target.element.name}: "{str(v)[:60]}"'
+                )
 
     def domain_refusal(self, typ: PgType, node: ast.Node | None) -> WhereError | None:
         """The 400 for a value of a domain the engine does not read as its base type (over
@@ -686,6 +742,10 @@ class Compiler:
                 self.require_text_equality(name, node, state)
             else:
                 self.require_text_ordering(name, state, node)
+        if base.enum and not typ.array and name not in ("=", "<>"):
+            labels = self.enum_labels(base)
+            if labels is not None:
+                return enum_comparison(name, labels)
         return comparison_op(name, typ)
 
     def require_text_equality(self, op: str, node: ast.Node, state: CollState) -> None:
@@ -829,10 +889,10 @@ class Compiler:
         name = names[0]
         if name in CAST_TARGET_NAMES:
             typ = PgType(name)
-        elif self.allow_enums and any(
-            col.is_enum and col.base_type == name for col in self.columns.values()
-        ):
+        elif any(col.is_enum and col.base_type == name for col in self.columns.values()):
             typ = PgType(name, enum=True)
+            if self.enum_refused(typ):
+                raise error_at(f"unsupported type {name}", tn)
         else:
             raise error_at(f"unsupported type {name}", tn)
         return typ.array_of() if tn.arrayBounds else typ
@@ -939,7 +999,7 @@ class Compiler:
         compiled = [self.compile(a) for a in node.args]
         state = self.input_collation(compiled, node)
         typ, args = self.unify(compiled, "GREATEST/LEAST", node)
-        if typ not in ORDERED_TYPES:
+        if not self.ordered(typ):
             raise error_at(
                 f"could not identify a comparison function for type {typ.sql_name}", node
             )

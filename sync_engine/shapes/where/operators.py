@@ -166,11 +166,11 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
     _same_array_types(c, name, left, right, node)
     state = c.input_collation([left, right], node)
     typ = c.common(left.type, right.type, node)
-    if typ is None or (typ.enum and not c.allow_enums):
+    if typ is None or c.enum_refused(typ):
         raise _operator_error(c, name, left, right, node)
     if typ == UNKNOWN:
         typ = TEXT
-    if name not in ("=", "<>") and (typ not in ORDERED_TYPES):
+    if name not in ("=", "<>") and not c.ordered(typ):
         if typ.array and typ.element in ORDERED_TYPES:  # (Postgres has these; not the engine)
             raise error_at(
                 f"comparing arrays with {name} is not supported (compare their elements)", node
@@ -200,7 +200,7 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
         refusal = c.domain_refusal(side.type, node)
         if refusal is not None:
             return refusal
-        if side.type.enum and not c.allow_enums:
+        if c.enum_refused(side.type):
             if name in ORDERING:
                 # (e::text < 'x' is no substitute: an enum orders by its labels' declared
                 # order, pg_enum.enumsortorder, which the engine does not follow)
@@ -441,7 +441,7 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
         raise _operator_error(c, name, left, right, node)
     _same_array_types(c, name, left, right, node)
     typ = c.common(left.type, right.type, node)
-    if typ is None or (typ.element.enum and not c.allow_enums):
+    if typ is None or c.enum_refused(typ):
         raise _operator_error(c, name, left, right, node)
     state = c.input_collation([left, right], node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
@@ -470,11 +470,7 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     probe = Expr(right.type.element, lambda _r, _c: None, node=node.rexpr)
     if name in COMPARISONS:
         typ = c.common(left.type, probe.type, node)
-        if (
-            typ is None
-            or (typ.enum and not c.allow_enums)
-            or (name not in ("=", "<>") and typ not in ORDERED_TYPES)
-        ):
+        if typ is None or c.enum_refused(typ) or (name not in ("=", "<>") and not c.ordered(typ)):
             raise _operator_error(c, name, left, probe, node)
         left = c.coerce(left, typ)
         right = c.coerce(right, typ.array_of())
@@ -506,7 +502,7 @@ def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     _same_array_types(c, "=", left, right, node)
     state = c.input_collation([left, right], node)
     typ = c.common(left.type, right.type, node)
-    if name != "=" or typ is None or (typ.enum and not c.allow_enums):
+    if name != "=" or typ is None or c.enum_refused(typ):
         raise _operator_error(c, name, left, right, node)
     typ = TEXT if typ == UNKNOWN else typ
     stable = _stable_equality(left.type, right.type)
@@ -640,7 +636,7 @@ def _reads_columns(node: ast.Node) -> bool:
 def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr) -> Expr:
     state = c.input_collation([left, *consts], node)
     typ, converted = c.unify([left, *consts], "IN", node)
-    if typ.enum and not c.allow_enums:
+    if c.enum_refused(typ):
         raise _operator_error(c, "=", left, consts[0], node)
     folds = all(planner_const(e) for e in (left, *consts)) and not reads_zone(
         [e.type for e in (left, *consts)]

@@ -82,6 +82,28 @@ def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Value, Value], Val
     return nan_aware(op) if pg_type in FLOAT_TYPES else op
 
 
+def enum_comparison(op_name: str, labels: tuple[str, ...]) -> Callable[[Value, Value], Value]:
+    """An ordering comparison of enum values as Postgres's `enum_lt` & co.: by the labels'
+    declared order (`pg_enum.enumsortorder`, `labels` in that order), not as text.
+
+    A value not among `labels` was added after the clause was compiled (`ALTER TYPE ...
+    ADD VALUE`, which writes no row and retires no shape): where it sorts is unknown here,
+    so it raises `UnrepresentableValue` and the replicator asks Postgres about the row."""
+    op = COMPARISONS[op_name]
+    order = {label: i for i, label in enumerate(labels)}
+
+    def key(value: Value) -> int:
+        try:
+            return order[value]
+        except KeyError:
+            raise pgv.UnrepresentableValue(
+                "an enum value the clause was compiled without (added since): its place in"
+                " the enum's order is Postgres's to tell"
+            ) from None
+
+    return lambda a, b: op(key(a), key(b))
+
+
 def int_div(a: int, b: int) -> int:
     q = abs(a) // abs(b)
     return q if (a >= 0) == (b >= 0) else -q

@@ -43,7 +43,7 @@ from cachetools import LRUCache
 from pglast import ast
 from pglast.parser import ParseError, parse_sql_json
 
-from sync_engine.pg.catalog import ColumnInfo
+from sync_engine.pg.catalog import ColumnInfo, ColumnMap
 
 from .errors import PREFIX
 from .parse import SqlStream
@@ -331,4 +331,5 @@ def cache_key(
     shape: Skeleton, columns: Mapping[str, ColumnInfo], flags: tuple[bool, ...]
 ) -> object:
     """What the compiled result depends on besides the holes' values."""
-    return _Key((shape.key, tuple(columns.items()), flags))
+    labels = tuple(sorted(columns.enum_labels.items())) if isinstance(columns, ColumnMap) else ()
+    return _Key((shape.key, tuple(columns.items()), labels, flags))

@@ -202,3 +202,49 @@ async def test_snapshot_over_many_chunks(aiohttp_client: Any, db_url: str, tmp_p
     assert rows['"public"."items"/"7"']["title"] == "xxxxxxx\\7"
     chunks = [o for o in offsets if o.startswith("0_") and o != "0_inf"]
     assert chunks == [f"0_{k}" for k in range(len(chunks))] and len(chunks) > 5
+
+
+async def test_a_timed_batch_lifts_its_timeout_for_whole_tables(db_url: str, tmp_path: Any) -> None:
+    """With a statement timeout (`--snapshot-timeout`) a batch runs its where-clause shapes
+    under it and its whole-table shapes (last, as the scheduler orders them) without it: a
+    where clause too costly for the timeout fails alone (its error says so), the shapes
+    before it keep their rows, and a batch mixing both kinds completes."""
+    from psycopg import AsyncConnection, pq
+
+    from sync_engine.log.files import ShapeLog
+    from sync_engine.pg.catalog import load_table
+    from sync_engine.snapshot.batch import SnapshotJob, is_bulk, run_batch
+    from sync_engine.snapshot.errors import timed_out
+    from sync_engine.snapshot.query import row_json_sql
+
+    async with await AsyncConnection.connect(db_url, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
+        await conn.execute(
+            "INSERT INTO items SELECT g, 't' || g, g % 3 FROM generate_series(1, 3000) g"
+        )
+        table = await load_table(conn, "public", "items")
+        assert table is not None
+
+        def job(i: int, where: str | None) -> SnapshotJob:
+            return SnapshotJob(
+                log=ShapeLog(tmp_path / str(i), 1 << 20, fsync=False),
+                query=row_json_sql(table, table.columns, table.pk, where),
+                on_snapshot=lambda _: None,
+                on_chunk=lambda count, complete: None,
+                cancelled=lambda: False,
+                record={"handle": str(i)},
+            )
+
+        jobs = [job(0, "n = 1"), job(1, "n = 2"), job(2, None)]
+        assert [is_bulk(j) for j in jobs] == [False, False, True]
+        assert await run_batch(conn, jobs, 1 << 20, fsync=False, timeout_ms=60_000) == []
+        assert all(j.done and j.error is None for j in jobs)
+        whole = jobs[2].log.read_snapshot_chunk(0)
+        assert whole.count(b'"operation":"insert"') == 3000
+        costly = "pg_sleep(0.01)::text = ''"  # 30 s over the table's rows
+        jobs = [job(3, "n = 1"), job(4, costly), job(5, None)]
+        retry = await run_batch(conn, jobs, 1 << 20, fsync=False, timeout_ms=50)
+        assert jobs[0].done and jobs[0].error is None
+        assert jobs[1].error is not None and timed_out(jobs[1].error), jobs[1].error
+        assert retry == [jobs[2]]
+        assert conn.pgconn.transaction_status == pq.TransactionStatus.IDLE

@@ -17,7 +17,7 @@ def column_map(url: str, table: str = "d") -> dict[str, ColumnInfo]:
         async with await psycopg.AsyncConnection.connect(url) as conn:
             info = await load_table(conn, "public", table)
         assert info is not None, table
-        return dict(info.column_map)
+        return info.column_map
 
     return asyncio.run(load())
 

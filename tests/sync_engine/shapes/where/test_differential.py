@@ -94,7 +94,7 @@ INTERVALS = ["1 day", "-1 day", "24 hours", "1 mon", "30 days", "1 year 2 mons",
 TIMES = ["00:00:00", "12:00:00", "23:59:59.999999", "06:30:00", "00:00:00.000001", "24:00:00"]
 UUIDS = ["00000000-0000-0000-0000-000000000000", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
          "ffffffff-ffff-ffff-ffff-ffffffffffff"]  # fmt: skip
-MOODS = ["sad", "ok", "happy"]
+MOODS = ["sad", "meh", "ok", "happy"]  # ('meh' added BEFORE 'ok': see populate)
 PATTERNS = ["%", "_", "a%", "%s%", "%ß%", "str%", "STR%", "i%", "İ%", "%\\%%", "a\\_b", "_b%",
             "σ%", "%ς", "ﬁ%", "%e\u0301%", "", "%%", "K%", "k%", "s", "S"]  # fmt: skip
 
@@ -401,6 +401,8 @@ class Grammar:
             lambda: f"u {r.choice(['=', '<', '>='])} {self.lit(UUIDS)}",
             lambda: f"e::text {r.choice(['=', '<>'])} {self.lit(MOODS)}",
             lambda: "e IS NULL",
+            lambda: self._enum(),
+            lambda: self._enum(),
             lambda: f"({self.int_(d)} > 0) = ({self.text(d)} LIKE 'a%')",
         ]
         if depth > 0:
@@ -411,6 +413,29 @@ class Grammar:
                 lambda: f"({self.bool_(d)}) IS NOT TRUE",
             ]
         return r.choice(forms)()
+
+    def _enum(self) -> str:
+        """Enum comparisons: by the labels' declared order, 'meh' added BEFORE 'ok'."""
+        r = self.rng
+
+        def lab() -> str:
+            return self.lit(MOODS)
+
+        def arr() -> str:
+            return "'{" + ",".join(r.choice([*MOODS, "NULL"]) for _ in range(2)) + "}'"
+
+        return r.choice([
+            lambda: f"e {r.choice(['=', '<>', '<', '>', '<=', '>='])} {lab()}",
+            lambda: f"{lab()} {r.choice(['<', '>='])} e",
+            lambda: f"e {r.choice(['IN', 'NOT IN'])} ({', '.join(lab() for _ in range(3))})",
+            lambda: f"e {r.choice(['BETWEEN', 'NOT BETWEEN', 'BETWEEN SYMMETRIC'])} {lab()}"
+                    f" AND {lab()}",
+            lambda: f"{r.choice(['greatest', 'least'])}(e, {lab()}) = {lab()}",
+            lambda: f"e IS {r.choice(['', 'NOT '])}DISTINCT FROM {lab()}",
+            lambda: f"e {r.choice(['=', '<', '>='])} {r.choice(['ANY', 'ALL'])}({arr()})",
+            lambda: f"NULLIF(e, {lab()}) {r.choice(['<', '='])} {lab()}",
+            lambda: f"COALESCE(e, {lab()}) > {lab()}",
+        ])()  # fmt: skip
 
     def _cmp(self, d: int) -> str:
         a, b = self.comparable(d)
@@ -704,6 +729,7 @@ Table = tuple[psycopg.Connection[Any], dict[str, ColumnInfo], dict[int, dict[str
 def populate(conn: psycopg.Connection[Any], url: str, n_rows: int = 60) -> Table:
     """Create and fill table `d`; return its columns and every row as text output."""
     conn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
+    conn.execute("ALTER TYPE mood ADD VALUE 'meh' BEFORE 'ok'")
     conn.execute("CREATE TABLE d (" + ", ".join(f"{n} {t}" for n, t in COLUMNS) + ")")
     conn.execute(_PER_ROW_FN)
     rng = random.Random(SEED)
@@ -864,9 +890,9 @@ def test_guarded_and_keeps_the_rows_of_and_and_never_evaluates_its_second_half_o
 FAILS = "CAST(f4 AS int2) > 0"
 
 #: A column's value as a constant of the column's type (casts of a string literal, which
-#: Postgres's parser reads into a constant); enum and char(n) as text (the engine refuses
-#: casts to those).
-_CONST_TYPES = {"e": "text", "ch": "text", "vc": "varchar"}
+#: Postgres's parser reads into a constant); char(n) as text (the engine refuses casts to
+#: it), an enum as itself (`CAST('sad' AS mood)`).
+_CONST_TYPES = {"ch": "text", "vc": "varchar"}
 
 
 def constant_variant(clause: str, row: dict[str, str | None]) -> str:
