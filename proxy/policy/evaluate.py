@@ -152,13 +152,40 @@ def _strict(actual: object, expected: Scalar) -> bool:
     return isinstance(actual, str) and actual == expected
 
 
+#: Unicode's Default_Ignorable_Code_Point ranges (DerivedCoreProperties.txt, Unicode 15.1)
+#: that are not format characters (Cf): a combining grapheme joiner, variation selectors,
+#: Hangul fillers, Mongolian selectors, Khmer inherent vowels... Renderers show them as
+#: nothing, and NFKC keeps them.
+_IGNORABLE_RANGES = (
+    (0x034F, 0x034F),
+    (0x115F, 0x1160),
+    (0x17B4, 0x17B5),
+    (0x180B, 0x180F),
+    (0x3164, 0x3164),
+    (0xFE00, 0xFE0F),
+    (0xFFA0, 0xFFA0),
+    (0xFFF0, 0xFFF8),
+    (0xE0000, 0xE0FFF),
+)
+#: What `_fold` drops: those, and control characters (C0, DEL, C1), which show as nothing too.
+_INVISIBLE = {
+    code: None
+    for low, high in (*_IGNORABLE_RANGES, (0x00, 0x1F), (0x7F, 0x9F))
+    for code in range(low, high + 1)
+}
+
+
 def _fold(text: str) -> str:
-    """`text` as a deny rule compares it: NFKC, case-folded, trimmed, and without format
-    characters (zero-width spaces and joiners, soft hyphens, a byte order mark: category Cf),
-    which show as nothing, survive NFKC, and made `ban\u200bned` another word than `banned`."""
+    """`text` as a deny rule compares it: NFKC, case-folded, trimmed, and without what shows
+    as nothing: format characters (zero-width spaces and joiners, soft hyphens, a byte order
+    mark: category Cf), the other default-ignorable code points (a combining grapheme joiner,
+    variation selectors, Hangul fillers) and control characters. Each survives NFKC, and made
+    `ban\u200bned`, `ban\u034fned` or `ban\x7fned` another word than `banned`."""
     folded = unicodedata.normalize("NFKC", text).casefold()
-    if not folded.isascii():
-        folded = "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+    if not folded.isascii() or not folded.isprintable():
+        folded = "".join(
+            ch for ch in folded.translate(_INVISIBLE) if unicodedata.category(ch) != "Cf"
+        )
     return folded.strip()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import resource
 import time
@@ -134,11 +135,15 @@ def unserved(message: Any) -> Refusal | None:
     return None
 
 
-#: File descriptors kept free of client connections, beyond the shape logs' own pool
-#: (`sync_engine.log.fds.MAX_OPEN`): Postgres connections (each source's replication, snapshot
-#: and catalog connections), sources.db, listening sockets. At least this, or an eighth of the
-#: limit.
-_FD_RESERVE = 256
+#: File descriptors kept free of client connections beyond those open now (counted, see
+#: `connection_cap`): what the engine may open next (a snapshot's chunk file, a chunk read
+#: for a request, a Postgres connection for a new shape's snapshot, sources.db). The shape
+#: logs' cache of open files (`sync_engine.log.fds`) gives its oldest back when a new one
+#: finds no descriptor. The proxy keeps the same reserve (proxy/http/serve.py).
+FD_RESERVE = 256
+#: Seconds a count of the open descriptors is trusted (it is taken only when the listener is
+#: more than half full: listing /proc/self/fd costs ~1 ms per 2,000 descriptors).
+_RECOUNT = 1.0
 #: The fewest connections a listener keeps, however low the file limit (the proxy's too).
 MIN_CONNECTIONS = 32
 #: Seconds a new connection may take to send its first request head before, at the cap, it
@@ -154,21 +159,67 @@ TOO_MANY_CONNECTIONS = (
 )
 
 
+class _Descriptors:
+    """What the process's descriptors hold besides client connections, counted now and then."""
+
+    #: Client connections open now (every listener's).
+    clients = 0
+    #: Descriptors open at the last count that were neither client connections nor the
+    #: shape logs' cached files (Postgres connections, listening sockets, sqlite, ...).
+    others = -1
+    counted_at = float("-inf")
+
+
+def _open_descriptors() -> int | None:
+    try:
+        return len(os.listdir("/proc/self/fd")) - 1  # (less the listing's own)
+    except OSError:
+        return None
+
+
 def connection_cap() -> int:
-    """The most connections one listener keeps open: what the process's file limit leaves
-    after the shape logs' descriptors and a reserve (Postgres, sqlite, sockets). Without a
-    cap, connections that never finish a request (no secret needed) took every descriptor:
-    new clients were reset and shape logs could not be written, pausing replication."""
+    """The most client connections the process keeps open: its file limit less what is open
+    for anything else now (the shape logs' cached files, counted exactly; Postgres
+    connections, sockets and files, counted at the first connection and again at most every
+    `_RECOUNT` seconds once more than half the room is used) and `FD_RESERVE`. Without a cap,
+    connections that never finish a request (no secret needed) took every descriptor: new
+    clients were reset and shape logs could not be written, pausing replication. It once set
+    aside the logs' whole cache (up to 4,096) and an eighth of the limit as well, whatever
+    was open: 13,400 clients at a 20,000 limit."""
     from ..log import fds  # (the log package imports nothing of http's)
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    return max(MIN_CONNECTIONS, soft - fds.MAX_OPEN - max(_FD_RESERVE, soft // 8))
+    room = soft - FD_RESERVE - fds.open_count()
+    d = _Descriptors
+    now = time.monotonic()
+    if d.others < 0 or (d.clients > (room - d.others) // 2 and now - d.counted_at >= _RECOUNT):
+        total = _open_descriptors()
+        if total is None:  # (no /proc: as much as the logs' cache may ever hold)
+            d.others = max(0, fds.MAX_OPEN - fds.open_count())
+        else:
+            d.others = max(0, total - d.clients - fds.open_count())
+        d.counted_at = now
+    return max(MIN_CONNECTIONS, room - d.others)
 
 
 #: The end of a request's head: its first empty line (llhttp also reads bare-LF lines).
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+
+#: Seconds a request head may take to arrive whole from its first byte, and a new connection
+#: may wait before its first request begins (the proxy's `REQUEST_READ_TIMEOUT`; nginx's
+#: client_header_timeout is 60 s): a slowloris client sending a header byte every few
+#: seconds held its connection and a descriptor for as long as it liked.
+REQUEST_HEAD_TIMEOUT = 30.0
+_TIMEOUT_BODY = (
+    b'{"message":"Request timeout: the request did not arrive in time","code":"request_timeout"}'
+)
+_TIMEOUT_HEAD = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\nConnection: close\r\nContent-Length: %d\r\n\r\n"
+    % len(_TIMEOUT_BODY)
+)
 
 
 class RefusingRequestHandler(RequestHandler):
@@ -188,7 +239,7 @@ class RefusingRequestHandler(RequestHandler):
     answer takes for the start of its next answer.
     """
 
-    __slots__ = ("_body", "_pending", "_seen_requests")
+    __slots__ = ("_body", "_head_began", "_head_timer", "_pending", "_seen_requests")
 
     def __init__(self, manager: Any, *, loop: Any, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -208,6 +259,11 @@ class RefusingRequestHandler(RequestHandler):
         self._pending: bytes | None = b""
         self._body: StreamReader | None = None
         self._seen_requests = 0
+        # When the request head being read began (None: none is), and the timer that holds
+        # it to `REQUEST_HEAD_TIMEOUT` (armed at the connection's start, and when a head
+        # does not arrive whole in one packet: nothing per request otherwise).
+        self._head_began: float | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         """Register the connection; past its listener's `connection_cap`, make room by closing
@@ -216,6 +272,7 @@ class RefusingRequestHandler(RequestHandler):
         slowloris). When every other one is busy (held long-polls) or just opened, this one
         is answered 503 and closed: over the cap, a clear refusal rather than a reset."""
         super().connection_made(transport)
+        self._head_timer = self._loop.call_later(REQUEST_HEAD_TIMEOUT, self._head_deadline)
         manager = self._manager
         if manager is None:
             return
@@ -225,11 +282,10 @@ class RefusingRequestHandler(RequestHandler):
         if waiting is None:
             waiting = OrderedDict()
             manager._waiting_order = waiting  # type: ignore[attr-defined]
-            manager._connection_cap = connection_cap()  # type: ignore[attr-defined]
         now = time.monotonic()
         waiting[self] = now
-        cap: int = manager._connection_cap  # type: ignore[attr-defined]
-        if len(waiting) <= cap:
+        _Descriptors.clients += 1
+        if _Descriptors.clients <= connection_cap():
             return
         # Oldest first; one passed over goes to the back (keeping its time), so a round
         # looks at each at most once.
@@ -247,11 +303,13 @@ class RefusingRequestHandler(RequestHandler):
                 waiting.move_to_end(victim)
                 continue
             del waiting[victim]
+            _Descriptors.clients -= 1
             victim.force_close()
             if victim.transport is not None:
                 victim.transport.abort()
             return
         del waiting[self]
+        _Descriptors.clients -= 1
         # Read nothing of it; answer, then end our side (FIN after the answer) and drop the
         # connection a moment later: closed at once with its request unread, the kernel
         # resets it and the client may never see the 503.
@@ -264,11 +322,54 @@ class RefusingRequestHandler(RequestHandler):
             transport.write_eof()
         asyncio.get_running_loop().call_later(CONNECTION_GRACE, transport.abort)
 
+    def _head_deadline(self) -> None:
+        """The head timer fired: a head still arriving after `REQUEST_HEAD_TIMEOUT` is
+        answered 408 (as the proxy answers it) and its connection closed; a connection on
+        which no request ever began is closed without an answer (nothing to answer)."""
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages:
+            # A request is being answered (or parsed, about to be): a pipelined head
+            # behind it gets its time from now.
+            if self._head_began is not None:
+                self._head_began = self._loop.time()
+                self._head_timer = self._loop.call_later(REQUEST_HEAD_TIMEOUT, self._head_deadline)
+            return
+        began = self._head_began
+        if began is None:
+            if self._request_count == 0:  # open this long, and not one byte of a request
+                logger.debug("closed a connection from %s: no request began", self._peer())
+                self.force_close()
+            return  # (idle between requests: aiohttp's keep-alive timer's business)
+        left = began + REQUEST_HEAD_TIMEOUT - self._loop.time()
+        if left > 0:
+            self._head_timer = self._loop.call_later(left, self._head_deadline)
+            return
+        logger.info(
+            "refused a request from %s: its head did not arrive within %g s",
+            self._peer(),
+            REQUEST_HEAD_TIMEOUT,
+        )
+        head = self.refused_method() == "HEAD"
+        transport.write(_TIMEOUT_HEAD if head else _TIMEOUT_HEAD + _TIMEOUT_BODY)
+        self.force_close()  # (the transport closes once the answer is written)
+
+    def _peer(self) -> str:
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        timer, self._head_timer = self._head_timer, None
+        if timer is not None:
+            timer.cancel()
         manager = self._manager
         waiting = getattr(manager, "_waiting_order", None) if manager is not None else None
-        if waiting is not None:
-            waiting.pop(self, None)
+        if waiting is not None and waiting.pop(self, None) is not None:
+            _Descriptors.clients -= 1
         super().connection_lost(exc)
 
     def refused_method(self) -> str:
@@ -307,6 +408,16 @@ class RefusingRequestHandler(RequestHandler):
                 self._pending, self._body = data, None
         super().data_received(data)
         self._track()
+        if self._pending:  # a head not whole yet: held to its deadline
+            if self._head_began is None:
+                self._head_began = self._loop.time()
+            if self._head_timer is None:
+                self._head_timer = self._loop.call_later(
+                    self._head_began + REQUEST_HEAD_TIMEOUT - self._loop.time(),
+                    self._head_deadline,
+                )
+        else:
+            self._head_began = None
         # The parser stopped after a request (the rest of the packet kept as its tail): on
         # with the next, until it has no whole request left, has refused one (it refuses
         # every call after), or the connection's queue is full (aiohttp pauses reading then

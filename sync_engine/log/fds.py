@@ -52,7 +52,7 @@ def write_fd(path: str, data: bytes, position: int) -> None:
     writes, raises OSError when the kernel refuses (the caller cuts back)."""
     fd = _open.get(path)
     if fd is None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_for_append(path)
         _open[path] = fd
         if len(_open) > MAX_OPEN:
             _, old = _open.popitem(last=False)
@@ -68,6 +68,27 @@ def write_fd(path: str, data: bytes, position: int) -> None:
         if n <= 0:
             raise OSError(errno.EIO, "short write")
         written += n
+
+
+def _open_for_append(path: str) -> int:
+    """`path` opened for writing; with no descriptor left (client connections took them:
+    the connection cap counts this cache as it is, not as big as it may grow), the oldest
+    half of the cache is closed first and the open tried again."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE) or not _open:
+            raise
+    for _ in range((len(_open) + 1) // 2):
+        _, old = _open.popitem(last=False)
+        os.close(old)
+    return os.open(path, flags, 0o644)
+
+
+def open_count() -> int:
+    """Descriptors this cache holds now."""
+    return len(_open)
 
 
 def close_fd(path: str) -> None:

@@ -339,6 +339,29 @@ async def test_one_origin_or_request_id_is_never_served_to_another(stack: Stack)
         )
 
 
+async def test_a_client_request_id_is_kept_only_as_electric_keeps_it(stack: Stack) -> None:
+    """Electric (Plug.RequestId) keeps a client's X-Request-Id only when it is 20 to 200 bytes
+    long and answers any other with a fresh id; the tier answered every non-empty one with
+    itself ("abc", or a 300-byte id)."""
+    url = stack.url(offset="-1")
+    async with aiohttp.ClientSession() as s:
+        for given, kept in [
+            ("a" * 19, False),
+            ("a" * 20, True),
+            ("request-" + "x" * 192, True),  # 200 bytes
+            ("a" * 201, False),
+            ("abc", False),
+        ]:
+            status, headers, _ = await _get(s, url, {"X-Request-Id": given})
+            assert status == 200
+            assert len(headers.getall("x-request-id")) == 1
+            answered = headers["x-request-id"]
+            if kept:
+                assert answered == given
+            else:
+                assert answered != given and len(answered) == 32, answered
+
+
 async def test_stale_while_revalidate_follows_the_engines_window(
     electric_test_stack: Stack,
 ) -> None:

@@ -69,7 +69,7 @@ const quote = (s) => `'${s.replace(/'/g, "''")}'`
 function randomTitle(r) {
   const parts = ['it\'s', 'a/b', '"q"', 'ü☃', 'back\\slash', 'x', '', 'comma,sep', '%_']
   let t = `${r.pick(parts)} ${r.int(0, 9999)}`
-  if (r.next() < 0.05) t += ' ' + 'y'.repeat(r.int(2000, 6000)) // crosses --chunk-bytes
+  if (r.next() < 0.05) t += ' ' + 'y'.repeat(r.int(2000, 6000)) // crosses --chunk-bytes; TOASTed
   return t
 }
 
@@ -419,6 +419,9 @@ test(`${VIA}: real clients under faults end with exactly their shapes' rows`, { 
   const seedRows = Array.from({ length: 40 }, (_, i) => row(r, i + 1)).join(',\n')
   await env.sql(`
     CREATE TABLE items (${COLUMNS});
+    -- long titles (over 2 kB) out of line, uncompressed: an UPDATE of other columns sends them
+    -- as "unchanged TOAST" (no value), which each client must keep from before
+    ALTER TABLE items ALTER COLUMN title SET STORAGE EXTERNAL;
     INSERT INTO items VALUES ${seedRows};`)
 
   const clients = SHAPES.filter((s) => !s.late).map((s) => startClient(env, s))

@@ -53,6 +53,15 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
     # format characters show as nothing and survive NFKC: a zero-width space, a soft hyphen
     ("role zero-width space", {"role": ["member", "ban\u200bned"]}, 403, "denied_by_rule"),
     ("role soft hyphen", {"role": ["member", "\ufeffban\u00adned"]}, 403, "denied_by_rule"),
+    # other characters Unicode calls default-ignorable (shown as nothing, yet not Cf: a
+    # combining grapheme joiner, a variation selector, Hangul fillers) and control
+    # characters dodged the same rule, and were served org-a's rows
+    ("role grapheme joiner", {"role": ["member", "ban\u034fned"]}, 403, "denied_by_rule"),
+    ("role variation selector", {"role": ["member", "banned\ufe0f"]}, 403, "denied_by_rule"),
+    ("role Hangul filler", {"role": ["member", "ban\u3164ned"]}, 403, "denied_by_rule"),
+    ("role Mongolian selector", {"role": ["member", "b\u180banned"]}, 403, "denied_by_rule"),
+    ("role a DEL control", {"role": ["member", "ban\x7fned"]}, 403, "denied_by_rule"),
+    ("role a NUL", {"role": ["member", "banned\x00"]}, 403, "denied_by_rule"),
     ("tier 0.0", {"tier": 0.0}, 403, "denied_by_rule"),
     ("tier '0'", {"tier": "0"}, 403, "denied_by_rule"),
     ("tier '-0.0'", {"tier": "-0.0"}, 403, "denied_by_rule"),

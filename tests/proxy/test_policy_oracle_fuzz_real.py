@@ -25,16 +25,20 @@ first's), and every answer the proxy marks `public` (a CDN may share it) asked f
 every other user's token, which must get the same rows.
 
 `PROXY_POLICY_ORACLE_SEEDS` (comma list or `a-b`) and `PROXY_POLICY_ORACLE_REQUESTS` run
-longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed.
+longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (6). Up to
+`PROXY_POLICY_ORACLE_NPM` (3) served shapes per round are also followed by the real npm client
+(`policy_npm_shapes.mjs`), snapshot and live, and its rows compared with the oracle's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -48,7 +52,9 @@ from tests.support.engine_process import EngineProcess, apply_messages
 
 
 def _seeds() -> list[int]:
-    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "1")
+    # (CI's seed: one whose policy serves shapes, public answers, live changes and handle
+    # reuse; pick another when the generator changes)
+    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "6")
     if "-" in text:
         low, high = text.split("-")
         return list(range(int(low), int(high) + 1))
@@ -57,6 +63,9 @@ def _seeds() -> list[int]:
 
 SEEDS = _seeds()
 REQUESTS = int(os.environ.get("PROXY_POLICY_ORACLE_REQUESTS", "40"))
+#: How many served shapes per round the real npm client follows too (snapshot, then live).
+NPM_SHAPES = int(os.environ.get("PROXY_POLICY_ORACLE_NPM", "3"))
+NPM_SCRIPT = Path(__file__).with_name("policy_npm_shapes.mjs")
 
 ORGS = ["org-a", "org-b", "o'q", "b\\s", "Ärzte", "%", "org_a", " org-a", "org-a ", "x,y"]
 OWNERS = ["u1", "u2", "U1", "o'q", "%", "_1", "u\\1", '"q"']
@@ -105,7 +114,13 @@ DOCS = Table(
 )
 TABLES = (ITEMS, NOTES, DOCS)
 #: Spellings that name no table here (another case, another schema, junk).
-WRONG = ('"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"')
+WRONG = (
+    '"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"',
+    "\u0131tems", "\uff29\uff34\uff25\uff2d\uff33", "items\u200b", '"public.items"', 'U&"items"',
+    '"items "', "public.items.x", "app.docs.id",
+)  # fmt: skip
+#: More client spellings of `items` (the engine's reading trims around names)
+ITEMS_TOO = (" items", "items\n", " public . items ", '\tpUblic."items" ')
 
 
 def _ident(name: str) -> str:
@@ -267,6 +282,11 @@ def _user(rng: random.Random, n: int) -> dict[str, Any]:
     suspended = rng.choice([_ABSENT, _ABSENT, _ABSENT, True, False, "true", "no", None])
     if suspended is not _ABSENT:
         claims["suspended"] = suspended
+    mfa = rng.choice(
+        [_ABSENT, True, True, False, "true", 1, 0, "no", None, [True], [False, "x"], "\uff34RUE"]
+    )
+    if mfa is not _ABSENT:
+        claims["mfa"] = mfa
     return claims
 
 
@@ -279,6 +299,25 @@ def _denied(claims: dict[str, Any]) -> bool:
         return False
     value = claims["suspended"]
     return value is True or value is None or value == "true"
+
+
+def _mfa_denied(claims: dict[str, Any]) -> bool:
+    """The deny rule `{mfa: false}`: false, 0, "no" (a word for false), null, or a list
+    holding one; not true, 1, "true" or a missing claim."""
+    if "mfa" not in claims:
+        return False
+    items = claims["mfa"] if isinstance(claims["mfa"], list) else [claims["mfa"]]
+    return any(
+        v is None or v is False or (type(v) is int and v == 0) or v in ("no", "false")
+        for v in items
+    )
+
+
+def _mfa(claims: dict[str, Any]) -> bool:
+    """The allow condition `mfa: true`: the boolean true, or a list holding it."""
+    value = claims.get("mfa")
+    items = value if isinstance(value, list) else [value]
+    return any(v is True for v in items)
 
 
 def _role_matches(claims: dict[str, Any], wanted: list[str] | None) -> bool:
@@ -301,11 +340,17 @@ class Rule:
     client_where: str
     subset: bool
     replica_full: bool
+    anonymous: bool = False
+    mfa: bool = False  # `when` also asks for `mfa: true`
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
+        if self.anonymous:
+            out["anonymous"] = True
         if self.roles is not None:
             out["when"] = {"role": self.roles if len(self.roles) > 1 else self.roles[0]}
+            if self.mfa:
+                out["when"]["mfa"] = True
         if self.filter is None:
             out["all_rows"] = True
         else:
@@ -324,21 +369,45 @@ class Listing:
     key: str
     rules: list[Rule]
     deny: bool
+    #: a second deny rule, `{mfa: false}`
+    deny_mfa: bool = False
+    #: reached through a pattern (`app.*`): may be refused (`pattern_not_safe`), never more
+    pattern: bool = False
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {"allow": [r.config() for r in self.rules]}
         if self.deny:
             out["deny"] = [{"when": {"suspended": True}, "reason": "suspended"}]
+        if self.deny_mfa:
+            out.setdefault("deny", []).append({"when": {"mfa": False}})
         return out
 
-    def rule_for(self, claims: dict[str, Any]) -> Rule | None:
-        if self.deny and _denied(claims):
+    def rule_for(self, claims: dict[str, Any] | None) -> Rule | None:
+        """The rule serving `claims` (None: a request without a token)."""
+        if claims is None:  # (no claims: no deny rule matches, only anonymous rules serve)
+            return next((r for r in self.rules if r.anonymous), None)
+        if (self.deny and _denied(claims)) or (self.deny_mfa and _mfa_denied(claims)):
             return None
-        return next((r for r in self.rules if _role_matches(claims, r.roles)), None)
+        return next(
+            (
+                r
+                for r in self.rules
+                if _role_matches(claims, r.roles) and (not r.mfa or _mfa(claims))
+            ),
+            None,
+        )
+
+
+#: Filters without claims, for anonymous rules (the same text for the oracle).
+_PLAIN_FILTERS = ("id % 2 = 1", "id < 8 OR id > 20", "owner IS NOT NULL", "title LIKE 't%'")
 
 
 def _rule(rng: random.Random, table: Table, name: str, roles: list[str] | None) -> Rule:
+    anonymous = roles is None and rng.random() < 0.3
     filt = None if rng.random() < 0.25 else _combine(rng, table)
+    if anonymous and filt is not None:
+        text = rng.choice([f for f in _PLAIN_FILTERS if f.split()[0] in (*table.columns, "id")])
+        filt = Filter(text, (), lambda b, text=text: text)
     columns = None
     if rng.random() < 0.7:
         rest = [c for c in table.columns[1:] if rng.random() < 0.6]
@@ -346,7 +415,17 @@ def _rule(rng: random.Random, table: Table, name: str, roles: list[str] | None) 
     client_where = rng.choice(["validated", "validated", "validated", "forbid"])
     if filt is None and columns is None and rng.random() < 0.3:
         client_where = "passthrough"
-    return Rule(name, roles, filt, columns, client_where, rng.random() < 0.8, rng.random() < 0.4)
+    return Rule(
+        name,
+        roles,
+        filt,
+        columns,
+        client_where,
+        rng.random() < 0.8,
+        rng.random() < 0.4,
+        anonymous,
+        roles is not None and rng.random() < 0.3,
+    )
 
 
 def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
@@ -358,7 +437,19 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
             [[["admin"], ["member"]], [["member", "viewer"]], [None], [["admin"], None], [None]]
         )
         rules = [_rule(rng, table, f"r{i}", roles) for i, roles in enumerate(roles_seq)]
-        listings.append(Listing(table, rng.choice(table.spellings), rules, rng.random() < 0.5))
+        if table is DOCS and rng.random() < 0.3:
+            key = rng.choice(["app.*", "*.docs", "app.d*", "app.[dx]ocs"])
+            listings.append(Listing(table, key, rules, rng.random() < 0.5, pattern=True))
+            continue
+        listings.append(
+            Listing(
+                table,
+                rng.choice(table.spellings),
+                rules,
+                rng.random() < 0.5,
+                deny_mfa=rng.random() < 0.3,
+            )
+        )
     shapes = {}
     for i in range(rng.randint(0, 2)):
         table = rng.choice(TABLES)
@@ -454,7 +545,9 @@ def _clause(
     return text, frozenset().union(*(p[1] for p in parts)), all(p[2] for p in parts)
 
 
-PARAM_VALUES = ["1", "5", "x", "'", "1) OR (true", "t1", "", "u1", "%", "\\", "NULL", "{1}"]
+PARAM_VALUES = [
+    "1", "5", "x", "'", "1) OR (true", "t1", "", "u1", "%", "\\", "NULL", "{1}", "org-b", "o'q",
+]  # fmt: skip
 
 
 # ---------------------------------------------------------------------------- the oracle
@@ -533,6 +626,11 @@ class Request:
     replica_full: bool
     subset: str | None  # "get" / "post"
     body: bytes | None = None
+    #: a subset's shape where (with its own params), beside the subset's where
+    outer: tuple[str, frozenset[str], bool] | None = None
+    outer_params: tuple[str, ...] = ()
+    #: the shape's `params` as the npm client takes them (None: a subset, or not for it)
+    client: dict[str, Any] | None = None
 
 
 def _columns_param(rng: random.Random, table: Table) -> tuple[str, list[str], bool]:
@@ -569,12 +667,16 @@ def _request(
     if shapes and rng.random() < 0.15:
         name = rng.choice(sorted(shapes))
         lst = shapes[name]
-        return Request(f"/shapes/{name}?", lst.table, lst, True, None, [], None, True, False, None)
+        return Request(
+            f"/shapes/{name}?", lst.table, lst, True, None, [], None, True, False, None, client={}
+        )
     if rng.random() < 0.08:
         spelling, table, lst = rng.choice(WRONG), None, None
     else:
         table = rng.choice(TABLES)
         spelling = rng.choice(table.spellings)
+        if table is ITEMS and rng.random() < 0.2:
+            spelling = rng.choice(ITEMS_TOO)
         lst = next((x for x in listings if x.table is table), None)
     query = [("table", spelling)]
     where = None
@@ -594,8 +696,16 @@ def _request(
         query.append(("replica", "full"))
     subset = None
     body = None
-    if rng.random() < 0.2 and where is not None:
+    outer = None
+    outer_params: list[str] = []
+    if rng.random() < 0.3 and where is not None:
         subset = rng.choice(["get", "post"])
+        if rng.random() < 0.6:  # a subset of a filtered shape, each with its own params
+            outer = _clause(rng, _atoms(schema_table, rng))
+            if "$" in outer[0]:
+                outer_params = [rng.choice(PARAM_VALUES) for _ in range(rng.choice([1, 2]))]
+            query.append(("where", outer[0]))
+            query += [(f"params[{i}]", p) for i, p in enumerate(outer_params, 1)]
         if subset == "get":
             query.append(("subset__where", where[0]))
             if params:
@@ -609,12 +719,36 @@ def _request(
         query.append(("where", where[0]))
         query += [(f"params[{i}]", p) for i, p in enumerate(params, 1)]
     path = "/v1/shape?" + "&".join(f"{quote(k, safe='[]')}={quote(v, safe='')}" for k, v in query)
+    client: dict[str, Any] | None = None
+    if subset is None:
+        client = {"table": spelling}
+        if where is not None:
+            client["where"] = where[0]
+            if params:
+                client["params"] = dict(enumerate(params, 1))
+        if columns is not None:
+            client["columns"] = columns  # (the names: the client quotes them itself)
+        if replica:
+            client["replica"] = "full"
     return Request(
-        path, table, lst, False, where, params, columns, columns_ok, replica, subset, body
+        path,
+        table,
+        lst,
+        False,
+        where,
+        params,
+        columns,
+        columns_ok,
+        replica,
+        subset,
+        body,
+        outer,
+        tuple(outer_params),
+        client,
     )
 
 
-def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any]) -> Expected:
+def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any] | None) -> Expected:
     if req.table is None:
         return Expected("no such table")
     if req.listing is None:
@@ -627,6 +761,10 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any])
     forbid = rule.client_where == "forbid" and req.subset is None  # (a subset may narrow)
     if req.where is not None and not req.named and forbid:
         return Expected("client where forbidden")
+    if req.outer is not None and rule.client_where == "forbid":
+        return Expected("client where forbidden")
+    if req.outer is not None and not req.outer[1] <= set(visible):
+        return Expected("hidden or unknown column in where")
     if req.subset is not None and not rule.subset:
         return Expected("subset forbidden")
     if req.replica_full and not rule.replica_full:
@@ -645,19 +783,24 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any])
         return Expected("rule without the key")
     predicate = None
     if rule.filter is not None:
-        bound = _bindings(claims, rule.filter.claims)
+        bound = _bindings(claims or {}, rule.filter.claims)
         if bound is None:
             return Expected("claim unusable")
         predicate = rule.filter.oracle(bound)
     clause = None
     if req.where is not None:
         clause = _with_params(req.where[0], req.params)
+    if req.outer is not None:
+        outer = _with_params(req.outer[0], list(req.outer_params))
+        clause = f"({outer}\n) AND ({clause}\n)"
     try:
         rows = _select(conn, table, shown, predicate, clause)
     except psycopg.Error as exc:
         return Expected(f"postgres: {str(exc).splitlines()[0]}")
     must = req.where is None or (req.where[2] and not req.params)
-    return Expected(None, rows, shown, must_serve=must and not req.named)
+    must = must and (req.outer is None or (req.outer[2] and not req.outer_params))
+    must = must and not req.named and not req.listing.pattern
+    return Expected(None, rows, shown, must_serve=must)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -670,7 +813,19 @@ class Leak(AssertionError):
 def _values(reply: Any, subset: bool) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     data = reply.json()
     messages = data["data"] if subset else data
-    values = [m["value"] for m in messages if isinstance(m, dict) and "value" in m]
+    # Every column the answer names: its rows' values, their old values (replica=full) and
+    # the columns its `electric-schema` header describes (a hidden one's name and type are
+    # not to be told either).
+    values = [
+        m[part]
+        for m in messages
+        if isinstance(m, dict)
+        for part in ("value", "old_value")
+        if isinstance(m.get(part), dict)
+    ]
+    schema = reply.headers.get("electric-schema")
+    if schema:
+        values.append(dict.fromkeys(json.loads(schema)))
     rows: dict[str, dict[str, Any]] = {}
     if subset:  # (a subset answer is whole: inserts only)
         apply_messages(rows, messages)
@@ -719,13 +874,35 @@ class Follower:
     offset: str
 
 
-async def _fetch(proxy: Any, req: Request, token: str, extra: str) -> Any:
+async def _fetch(proxy: Any, req: Request, token: str | None, extra: str) -> Any:
     path = req.path + extra
     if req.body is not None:
-        return await proxy.request(
+        reply = await proxy.request(
             "POST", path, token=token, data=req.body, headers={"Content-Type": "application/json"}
         )
-    return await proxy.get(path, token=token)
+    else:
+        reply = await proxy.get(path, token=token)
+    if reply.status == 200:
+        _check_caching(reply, f"{path} {req.body!r}")
+    return reply
+
+
+def _shared(reply: Any) -> bool:
+    """The answer says a shared cache may keep it (not `private`, not `no-store`): it must
+    be the same for everyone (re-asked by every other caller in `_round`)."""
+    cache_control = reply.headers.get("cache-control", "").lower()
+    return "private" not in cache_control and "no-store" not in cache_control
+
+
+def _check_caching(reply: Any, note: str) -> None:
+    """An answer for its caller only is `private` (or not kept at all) with `Vary:
+    Authorization`, so that a browser shared by two users does not hand one's answer to
+    the other."""
+    cache_control = reply.headers.get("cache-control", "").lower()
+    if _shared(reply) or "no-store" in cache_control:
+        return
+    vary = ",".join(reply.headers.getall("vary", [])).lower()
+    assert "authorization" in vary, (note, cache_control, vary)
 
 
 def _check(
@@ -777,7 +954,7 @@ class Synced:
     offset: str | None = None
 
 
-async def _sync(proxy: Any, req: Request, token: str, note: str) -> Synced:
+async def _sync(proxy: Any, req: Request, token: str | None, note: str) -> Synced:
     """Follow from -1 to up-to-date (a subset: one answer)."""
     if req.subset is not None:
         reply = await _fetch(proxy, req, token, "&offset=-1")
@@ -826,6 +1003,19 @@ async def _settle(conn: psycopg.Connection[Any], engine: EngineProcess, secret: 
             if rows.get('"public"."marker"/"1"', {}).get("n") == str(n):
                 return
     raise AssertionError("the engine never saw the last write")
+
+
+def _npm_check(got: dict[str, Any], expected: Expected, note: str) -> None:
+    """The npm client's rows (values as text) against the oracle's."""
+    assert "rows" in got, (note, got)
+    rows = got["rows"]
+    for value in rows.values():
+        if not set(value) <= set(expected.columns):
+            raise Leak(f"{note}: columns {sorted(value)} beyond {expected.columns}")
+    extra = set(rows) - set(expected.rows)
+    if extra:
+        raise Leak(f"{note}: rows {sorted(extra)} beyond the oracle's")
+    assert rows == expected.rows, (note, rows, expected.rows)
 
 
 def _write(conn: psycopg.Connection[Any], rng: random.Random) -> None:
@@ -885,11 +1075,13 @@ async def _round(
     if os.environ.get("PROXY_POLICY_ORACLE_DEBUG"):
         print("POLICY", seed, json.dumps(config["tables"]), json.dumps(config["shapes"]))
     proxy = await make_proxy(loaded)
-    users = [_user(rng, n) for n in range(rng.randint(3, 5))]
-    tokens = [  # (without the helper's default role and org_id when the user has none)
+    users: list[dict[str, Any] | None] = [_user(rng, n) for n in range(rng.randint(3, 5))]
+    tokens: list[str | None] = [  # (without the helper's default role and org_id)
         proxy.tokens.make(drop=tuple({"role", "org_id"} - set(claims)), **claims)
         for claims in users
     ]
+    users.append(None)  # and someone without a token
+    tokens.append(None)
     followers: list[Follower] = []
     public: list[tuple[Request, str, dict[str, dict[str, Any]]]] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -904,11 +1096,40 @@ async def _round(
             served = _check(req, expected, reply, followed, note, stats)
             if served is None:
                 continue
+            if req.outer is not None:
+                stats["served: a subset of a filtered shape"] += 1
             if req.subset is None:
                 assert synced.handle is not None and synced.offset is not None
                 followers.append(Follower(u, req, synced.rows, synced.handle, synced.offset))
-            if "public" in reply.headers.get("cache-control", ""):
+            if _shared(reply):
                 public.append((req, note, _by_id(synced.rows)))
+
+        # The real npm client, following some of the served shapes through the proxy.
+        npm_followers = [f for f in followers if f.req.client is not None][:NPM_SHAPES]
+        npm = None
+        if npm_followers:
+            base = str(proxy.client.make_url("")).rstrip("/")
+            specs = [
+                {
+                    "url": base + f.req.path.partition("?")[0],
+                    "params": f.req.client,
+                    "token": tokens[f.user],
+                }
+                for f in npm_followers
+            ]
+            npm = await asyncio.create_subprocess_exec(
+                "node",
+                str(NPM_SCRIPT),
+                json.dumps(specs),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert npm.stdout is not None and npm.stdin is not None
+            answers = json.loads(await asyncio.wait_for(npm.stdout.readline(), 60))
+            for follower, got in zip(npm_followers, answers, strict=True):
+                note = f"seed {seed} npm client {users[follower.user]} {follower.req.client}"
+                _npm_check(got, _expect(conn, follower.req, users[follower.user]), note)
+                stats["npm client: snapshot"] += 1
 
         # Another user with the first one's handle and offset: an answer of the other
         # user's own shape (its handle, its columns) or a refetch, never the first one's.
@@ -949,6 +1170,17 @@ async def _round(
 
         _write(conn, rng)
         await _settle(conn, engine, environ["ENGINE_SECRET"])
+        if npm is not None:
+            assert npm.stdout is not None and npm.stdin is not None
+            wanted = [_expect(conn, f.req, users[f.user]) for f in npm_followers]
+            npm.stdin.write(json.dumps([w.rows for w in wanted]).encode() + b"\n")
+            await npm.stdin.drain()
+            answers = json.loads(await asyncio.wait_for(npm.stdout.readline(), 60))
+            for follower, got, expected in zip(npm_followers, answers, wanted, strict=True):
+                note = f"seed {seed} npm client live {users[follower.user]} {follower.req.client}"
+                _npm_check(got, expected, note)
+                stats["npm client: live"] += 1
+            await npm.wait()
         for follower in followers:
             note = f"seed {seed} live user {users[follower.user]} {follower.req.path}"
             expected = _expect(conn, follower.req, users[follower.user])
