@@ -50,7 +50,7 @@ from .snapshot import errors as snapshot_errors
 from .snapshot.batch import SnapshotJob
 from .snapshot.errors import to_engine_error
 from .snapshot.query import row_json_sql
-from .snapshot.scheduler import SnapshotScheduler
+from .snapshot.scheduler import Abandoned, SnapshotScheduler
 from .stopping import cancel_and_wait, in_own_thread
 from .tables import Tables
 
@@ -622,7 +622,9 @@ class Source:
             )
         )
         what = snapshot_errors.kind(exc)
-        if what == "transient":
+        if isinstance(exc, Abandoned):
+            logger.info("snapshot of shape %s cancelled: %s", shape.handle, exc)
+        elif what == "transient":
             logger.warning("snapshot of shape %s failed: %s", shape.handle, _describe(exc))
         else:  # the request's fault or a schema change: no row values in the log either
             logger.info(

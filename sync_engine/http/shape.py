@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -239,15 +240,19 @@ class ShapeView:
         gone = None if ready() else client_gone(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + SNAPSHOT_WAIT
-        while not await shape.wait_until(
-            ready, min(self.settings.snapshot_quiet, deadline - loop.time()), gone=gone
-        ):
-            if gone is not None and gone.done():
-                raise ConnectionResetError("the client went away")
-            if loop.time() >= deadline:
-                raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
-            if not await source.database_answers() and not ready():
-                raise not_answering()
+        shape.snapshot_asked_at = time.monotonic()
+        try:
+            while not await shape.wait_until(
+                ready, min(self.settings.snapshot_quiet, deadline - loop.time()), gone=gone
+            ):
+                if gone is not None and gone.done():
+                    raise ConnectionResetError("the client went away")
+                if loop.time() >= deadline:
+                    raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
+                if not await source.database_answers() and not ready():
+                    raise not_answering()
+        finally:
+            shape.snapshot_asked_at = time.monotonic()
         if not written() and shape.rotated:
             raise shape.snapshot_error or ShapeGone(None)
         source.check_open()  # paused while it waited

@@ -189,6 +189,10 @@ class Shape:
     _held: list[ParkedTransaction] = field(init=False, default_factory=list)
     #: Requests waiting in `wait_until` now (long-polls and SSE streams at the tip).
     waiting: int = field(init=False, default=0)
+    #: When (`time.monotonic`) a request last asked for a chunk of its snapshot (or stopped
+    #: waiting for one): a snapshot no request asked for in a while is cancelled in Postgres
+    #: (`snapshot.scheduler`: nobody would read it).
+    snapshot_asked_at: float = field(init=False, default_factory=time.monotonic)
     _changed: asyncio.Future[None] | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:

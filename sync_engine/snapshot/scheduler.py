@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
+import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,6 +54,17 @@ BEHIND_RETRY = 0.005
 #: Tries after which a shape's snapshot is no longer checked against delivered transactions
 #: (a safety valve: a delivered commit is visible within milliseconds).
 BEHIND_MAX_TRIES = 200
+#: Seconds without a request for any of a batch's unfinished snapshots (none waiting, none
+#: asked: `Shape.snapshot_asked_at`) after which the batch is cancelled in Postgres: a
+#: costly where clause kept a backend busy long after its client had gone. Longer than a
+#: client's pause between tries (a 503 after `http.shape.SNAPSHOT_WAIT` asks it back in 5 s).
+ABANDONED_AFTER = 30.0
+#: Seconds between looks at a running batch's requests.
+ABANDON_CHECK = 5.0
+
+
+class Abandoned(Exception):
+    """No request waits for the snapshots of a batch that was cancelled for that."""
 
 
 class SnapshotScheduler:
@@ -201,6 +213,7 @@ class SnapshotScheduler:
     ) -> None:
         retry: list[SnapshotJob] = []
         healthy = False
+        watch = _Watch(conn, batch, jobs)
         try:
             retry = await run_batch(
                 conn,
@@ -215,10 +228,12 @@ class SnapshotScheduler:
             )
             healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except asyncio.CancelledError:
+            watch.stop()
             self._in_flight -= 1
             self._discard(conn)
             raise
         except SnapshotBehind as exc:
+            watch.stop()
             # No job heard of this snapshot: close the connection (its backend is still
             # running the batch) and run the same shapes again in a moment.
             logger.info("snapshot batch of %d shapes run again: %s", len(batch), exc)
@@ -235,7 +250,23 @@ class SnapshotScheduler:
             for job in jobs:
                 if not job.done and job.error is None:
                     job.error = exc
+        watch.stop()
         self._in_flight -= 1
+        if watch.cancelled:
+            # Nobody waits for what is left: failed (their shapes retired; a request
+            # coming later makes them again), not run again. The connection is not reused
+            # (a cancel request may still be on its way to the backend).
+            logger.info(
+                "snapshot batch of %d shapes cancelled: no request waited for it in %g s",
+                len(batch),
+                ABANDONED_AFTER,
+            )
+            self._discard(conn)
+            for shape, job in zip(batch, jobs, strict=True):
+                if not job.done:
+                    self._on_failed(shape, job.error or Abandoned("no request waits for it"))
+            self._launch(eager=False)
+            return
         again = {id(j) for j in retry}
         if healthy:
             self._release(conn)
@@ -325,6 +356,45 @@ class SnapshotScheduler:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _Watch:
+    """Looks every `ABANDON_CHECK` seconds whether any request still wants a running batch's
+    unfinished snapshots; when none has for `ABANDONED_AFTER`, cancels its statement in
+    Postgres (`cancelled`)."""
+
+    def __init__(self, conn: Connection, batch: list[Shape], jobs: list[SnapshotJob]) -> None:
+        self.conn = conn
+        self.batch = batch
+        self.jobs = jobs
+        self.cancelled = False
+        self._cancel: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            ABANDON_CHECK, self._look
+        )
+
+    def _look(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        left = [s for s, j in zip(self.batch, self.jobs, strict=True) if not j.done]
+        if left and all(
+            s.waiting == 0 and now - s.snapshot_asked_at >= ABANDONED_AFTER for s in left
+        ):
+            self.cancelled = True
+            self._cancel = asyncio.ensure_future(self._send_cancel())
+            return
+        self._timer = asyncio.get_running_loop().call_later(ABANDON_CHECK, self._look)
+
+    async def _send_cancel(self) -> None:
+        try:
+            await self.conn.cancel_safe(timeout=5.0)
+        except Exception as exc:  # (the batch ends anyway; its connection is dropped)
+            logger.debug("could not cancel an abandoned snapshot batch: %s", exc)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def closed_by_server(conn: Connection) -> bool:

@@ -289,6 +289,9 @@ class SourceManager:
             schema_check_interval=s.schema_check_interval,
             replication_timeout=s.replication_timeout,
             snapshot_timeout=s.snapshot_timeout,
+            family_check_interval=s.family_check_interval,
+            catalog_timeout=s.catalog_timeout,
+            probe_timeout=s.probe_timeout,
         )
 
     def _initial_syncs_limit(self, rec: SourceRecord) -> int | None:

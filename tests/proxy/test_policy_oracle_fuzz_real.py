@@ -25,16 +25,20 @@ first's), and every answer the proxy marks `public` (a CDN may share it) asked f
 every other user's token, which must get the same rows.
 
 `PROXY_POLICY_ORACLE_SEEDS` (comma list or `a-b`) and `PROXY_POLICY_ORACLE_REQUESTS` run
-longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (6).
+longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (6). Up to
+`PROXY_POLICY_ORACLE_NPM` (3) served shapes per round are also followed by the real npm client
+(`policy_npm_shapes.mjs`), snapshot and live, and its rows compared with the oracle's.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -59,6 +63,9 @@ def _seeds() -> list[int]:
 
 SEEDS = _seeds()
 REQUESTS = int(os.environ.get("PROXY_POLICY_ORACLE_REQUESTS", "40"))
+#: How many served shapes per round the real npm client follows too (snapshot, then live).
+NPM_SHAPES = int(os.environ.get("PROXY_POLICY_ORACLE_NPM", "3"))
+NPM_SCRIPT = Path(__file__).with_name("policy_npm_shapes.mjs")
 
 ORGS = ["org-a", "org-b", "o'q", "b\\s", "Ärzte", "%", "org_a", " org-a", "org-a ", "x,y"]
 OWNERS = ["u1", "u2", "U1", "o'q", "%", "_1", "u\\1", '"q"']
@@ -107,7 +114,13 @@ DOCS = Table(
 )
 TABLES = (ITEMS, NOTES, DOCS)
 #: Spellings that name no table here (another case, another schema, junk).
-WRONG = ('"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"')
+WRONG = (
+    '"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"',
+    "\u0131tems", "\uff29\uff34\uff25\uff2d\uff33", "items\u200b", '"public.items"', 'U&"items"',
+    '"items "', "public.items.x", "app.docs.id",
+)  # fmt: skip
+#: More client spellings of `items` (the engine's reading trims around names)
+ITEMS_TOO = (" items", "items\n", " public . items ", '\tpUblic."items" ')
 
 
 def _ident(name: str) -> str:
@@ -616,6 +629,8 @@ class Request:
     #: a subset's shape where (with its own params), beside the subset's where
     outer: tuple[str, frozenset[str], bool] | None = None
     outer_params: tuple[str, ...] = ()
+    #: the shape's `params` as the npm client takes them (None: a subset, or not for it)
+    client: dict[str, Any] | None = None
 
 
 def _columns_param(rng: random.Random, table: Table) -> tuple[str, list[str], bool]:
@@ -652,12 +667,16 @@ def _request(
     if shapes and rng.random() < 0.15:
         name = rng.choice(sorted(shapes))
         lst = shapes[name]
-        return Request(f"/shapes/{name}?", lst.table, lst, True, None, [], None, True, False, None)
+        return Request(
+            f"/shapes/{name}?", lst.table, lst, True, None, [], None, True, False, None, client={}
+        )
     if rng.random() < 0.08:
         spelling, table, lst = rng.choice(WRONG), None, None
     else:
         table = rng.choice(TABLES)
         spelling = rng.choice(table.spellings)
+        if table is ITEMS and rng.random() < 0.2:
+            spelling = rng.choice(ITEMS_TOO)
         lst = next((x for x in listings if x.table is table), None)
     query = [("table", spelling)]
     where = None
@@ -700,6 +719,17 @@ def _request(
         query.append(("where", where[0]))
         query += [(f"params[{i}]", p) for i, p in enumerate(params, 1)]
     path = "/v1/shape?" + "&".join(f"{quote(k, safe='[]')}={quote(v, safe='')}" for k, v in query)
+    client: dict[str, Any] | None = None
+    if subset is None:
+        client = {"table": spelling}
+        if where is not None:
+            client["where"] = where[0]
+            if params:
+                client["params"] = dict(enumerate(params, 1))
+        if columns is not None:
+            client["columns"] = columns  # (the names: the client quotes them itself)
+        if replica:
+            client["replica"] = "full"
     return Request(
         path,
         table,
@@ -714,6 +744,7 @@ def _request(
         body,
         outer,
         tuple(outer_params),
+        client,
     )
 
 
@@ -974,6 +1005,19 @@ async def _settle(conn: psycopg.Connection[Any], engine: EngineProcess, secret: 
     raise AssertionError("the engine never saw the last write")
 
 
+def _npm_check(got: dict[str, Any], expected: Expected, note: str) -> None:
+    """The npm client's rows (values as text) against the oracle's."""
+    assert "rows" in got, (note, got)
+    rows = got["rows"]
+    for value in rows.values():
+        if not set(value) <= set(expected.columns):
+            raise Leak(f"{note}: columns {sorted(value)} beyond {expected.columns}")
+    extra = set(rows) - set(expected.rows)
+    if extra:
+        raise Leak(f"{note}: rows {sorted(extra)} beyond the oracle's")
+    assert rows == expected.rows, (note, rows, expected.rows)
+
+
 def _write(conn: psycopg.Connection[Any], rng: random.Random) -> None:
     for _ in range(12):
         table = rng.choice(TABLES)
@@ -1060,6 +1104,33 @@ async def _round(
             if _shared(reply):
                 public.append((req, note, _by_id(synced.rows)))
 
+        # The real npm client, following some of the served shapes through the proxy.
+        npm_followers = [f for f in followers if f.req.client is not None][:NPM_SHAPES]
+        npm = None
+        if npm_followers:
+            base = str(proxy.client.make_url("")).rstrip("/")
+            specs = [
+                {
+                    "url": base + f.req.path.partition("?")[0],
+                    "params": f.req.client,
+                    "token": tokens[f.user],
+                }
+                for f in npm_followers
+            ]
+            npm = await asyncio.create_subprocess_exec(
+                "node",
+                str(NPM_SCRIPT),
+                json.dumps(specs),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+            )
+            assert npm.stdout is not None and npm.stdin is not None
+            answers = json.loads(await asyncio.wait_for(npm.stdout.readline(), 60))
+            for follower, got in zip(npm_followers, answers, strict=True):
+                note = f"seed {seed} npm client {users[follower.user]} {follower.req.client}"
+                _npm_check(got, _expect(conn, follower.req, users[follower.user]), note)
+                stats["npm client: snapshot"] += 1
+
         # Another user with the first one's handle and offset: an answer of the other
         # user's own shape (its handle, its columns) or a refetch, never the first one's.
         for follower in rng.sample(followers, min(len(followers), 8)):
@@ -1099,6 +1170,17 @@ async def _round(
 
         _write(conn, rng)
         await _settle(conn, engine, environ["ENGINE_SECRET"])
+        if npm is not None:
+            assert npm.stdout is not None and npm.stdin is not None
+            wanted = [_expect(conn, f.req, users[f.user]) for f in npm_followers]
+            npm.stdin.write(json.dumps([w.rows for w in wanted]).encode() + b"\n")
+            await npm.stdin.drain()
+            answers = json.loads(await asyncio.wait_for(npm.stdout.readline(), 60))
+            for follower, got, expected in zip(npm_followers, answers, wanted, strict=True):
+                note = f"seed {seed} npm client live {users[follower.user]} {follower.req.client}"
+                _npm_check(got, expected, note)
+                stats["npm client: live"] += 1
+            await npm.wait()
         for follower in followers:
             note = f"seed {seed} live user {users[follower.user]} {follower.req.path}"
             expected = _expect(conn, follower.req, users[follower.user])
