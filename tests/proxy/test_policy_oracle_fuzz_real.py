@@ -174,11 +174,48 @@ def _filters(table: Table) -> list[Filter]:
             )
         )
     if "title" in table.columns:
+        # A claim in a LIKE pattern is a literal (its % and _ escaped): each oracle says the
+        # same without LIKE.
+        def p(b: dict[str, str]) -> str:
+            return f"{_lit(b['prefix:raw'])}::text"
+
+        found += [
+            Filter(
+                "title LIKE {{prefix}} || '%'", ("prefix",), lambda b: f"starts_with(title, {p(b)})"
+            ),
+            Filter(
+                "lower(title) LIKE lower({{prefix}}) || '%'",
+                ("prefix",),
+                lambda b: f"starts_with(lower(title), lower({p(b)}))",
+            ),
+            Filter(
+                "title ILIKE {{prefix}} || '%'",
+                ("prefix",),
+                lambda b: f"starts_with(lower(title), lower({p(b)}))",
+            ),
+            Filter(
+                "title LIKE '%' || {{prefix}} || '%'",
+                ("prefix",),
+                lambda b: f"strpos(title, {p(b)}) > 0",
+            ),
+            Filter("title LIKE {{prefix}}", ("prefix",), lambda b: f"title = {p(b)}"),
+            Filter(
+                "title NOT LIKE {{prefix}} || '%'",
+                ("prefix",),
+                lambda b: f"NOT starts_with(title, {p(b)})",
+            ),
+            Filter(
+                "title LIKE concat({{prefix}}, '%') ESCAPE '#'",
+                ("prefix",),
+                lambda b: f"starts_with(title, {p(b)})",
+            ),
+        ]
+    if "org_id" in table.columns:
         found.append(
             Filter(
-                "title LIKE {{prefix}} || '%'",
-                ("prefix",),
-                lambda b: f"starts_with(title, {_lit(b['prefix:raw'])}::text)",
+                "org_id LIKE ANY({{orgs}})",
+                ("orgs",),
+                lambda b: f"org_id = ANY({_lit(b['orgs'])}::text[])",
             )
         )
     if "n" in table.columns:
