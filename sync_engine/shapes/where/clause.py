@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pglast import ast
-from pglast.enums import SortByDir
+from pglast.enums import BoolExprType, SortByDir
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.types import BOOL, UNKNOWN
@@ -32,6 +32,13 @@ from .parse import (
 from .template import Pending, Skeleton, Template, Templates, cache_key, skeleton
 
 
+class ClauseFails(UnrepresentableValue):
+    """The where clause fails on a row where Postgres's scan would fail too (`Where.matches`):
+    the shape's snapshot cannot be taken while the row is there. An UnrepresentableValue,
+    so that the replicator asks Postgres about the row (`pg/row_where.py`), which then
+    retires the shape (`Unevaluable`) if Postgres fails on it as well."""
+
+
 @dataclass(frozen=True)
 class Where:
     """A validated, compiled where clause (see the package docstring)."""
@@ -44,6 +51,9 @@ class Where:
     #: The zones its AT TIME ZONEs name: Postgres must read them as the engine does before
     #: a shape uses the clause (zones.ZoneAgreement).
     zones: frozenset[str] = frozenset()
+    #: The clause's top-level conjuncts (`a AND (b AND c)`: a, b, c), each evaluated alone
+    #: only on a row the clause fails on (`matches`).
+    _conjuncts: tuple[Eval, ...] = field(default=(), repr=False, compare=False)
 
     def value(self, row: Mapping[str, str | None]) -> object:
         """The clause's SQL value for `row`: True, False or None (NULL), unlike `matches`
@@ -53,23 +63,47 @@ class Where:
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """True only when the clause is SQL-true for `row` (Postgres text values).
 
-        A row on which the clause fails (division by zero, overflow, a value that does not
-        cast) does not match: Postgres would have failed the whole query instead, and a
-        snapshot meeting such a row fails with a 400, so the shape never holds it. Electric
-        does the same (`WhereClause.includes_record?` is false on an evaluation error).
-        Nothing else raised here may stop the replication stream: every other exception is
-        "no match".
-
         Raises `UnrepresentableValue` when `row` holds a value Postgres accepts but the engine
         cannot represent (a BC date, a year past 9999): the answer is unknown, so the caller
-        must not guess (the replicator rotates the shape; its new snapshot is exact).
+        must not guess (the replicator asks Postgres about the row, `pg/row_where.py`).
+
+        A row on which the clause fails (division by zero, overflow, a value that does not
+        cast) is in no answer of Postgres: a snapshot meeting it fails (a 400). Where
+        Postgres's scan would certainly fail on it, `ClauseFails` (an UnrepresentableValue)
+        is raised: the replicator asks Postgres, which fails too, and the shape is retired,
+        so its clients refetch and get the snapshot's 400 (as a new client does) rather than
+        following a shape Postgres can no longer answer; Electric instead drops the row
+        silently (`WhereClause.includes_record?` is false on an error). "Certainly": every
+        top-level conjunct is true or fails. Where one is false or NULL, Postgres stops at
+        it or at a failing one by its cost order (`order_qual_clauses`), which the engine
+        does not reproduce: the row does not match, as in Postgres when it stops first.
+        Nothing else raised here may stop the replication stream: every other exception is
+        "no match".
         """
         try:
             return self._fn(row, {}) is True
         except UnrepresentableValue:
             raise
         except Exception:
-            return False
+            if self._may_stop_before_failing(row):
+                return False
+            raise ClauseFails(
+                "the where clause fails on a row (division by zero, overflow, a bad cast):"
+                " Postgres fails the shape's snapshot with it"
+            ) from None
+
+    def _may_stop_before_failing(self, row: Mapping[str, str | None]) -> bool:
+        """Whether a top-level conjunct is false or NULL on `row` (see `matches`)."""
+        for conjunct in self._conjuncts:
+            try:
+                value = conjunct(row, {})
+            except UnrepresentableValue:
+                raise
+            except Exception:
+                value = True  # (fails: Postgres goes no further either)
+            if value is not True:
+                return True
+        return False
 
 
 #: Templates of the clauses seen, shared by every table (the key holds the columns).
@@ -187,7 +221,7 @@ def full_parse(
     text = deparse(stmt.whereClause, sql)
     if learn is not None and not params:
         TEMPLATES.put(learn[1], Pending(clause, PREFIX + sql, learn[0], text, ref_counts))
-    return _where(compiler, expr, text)
+    return _where(compiler, expr, text, clause)
 
 
 def _refuse_unused(params: Mapping[str, str], clause: ast.Node) -> None:
@@ -200,7 +234,7 @@ def _refuse_unused(params: Mapping[str, str], clause: ast.Node) -> None:
 
 
 def _finish(compiler: Compiler, clause: ast.Node, text: str) -> Where:
-    return _where(compiler, _check(compiler, compiler.compile(clause)), text)
+    return _where(compiler, _check(compiler, compiler.compile(clause)), text, clause)
 
 
 def _check(compiler: Compiler, expr: Expr) -> Expr:
@@ -211,7 +245,23 @@ def _check(compiler: Compiler, expr: Expr) -> Expr:
     return expr
 
 
-def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
+def _top_conjuncts(compiler: Compiler, clause: ast.Node, whole: Eval) -> tuple[Eval, ...]:
+    """The compiled top-level conjuncts of `clause` (nested ANDs flattened, as Postgres's
+    canonicalize_qual does); the whole clause when one was not compiled on its own."""
+    stack, found = [clause], []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
+            stack.extend(reversed(node.args))
+            continue
+        expr = compiler.compiled.get(id(node))
+        if expr is None:
+            return (whole,)
+        found.append(expr.fn)
+    return tuple(found)
+
+
+def _where(compiler: Compiler, expr: Expr, text: str, clause: ast.Node) -> Where:
     fn = expr.fn
     if expr.is_const:
         value = expr.value
@@ -230,6 +280,7 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
         index=index,
         _fn=fn,
         zones=frozenset(compiler.zones),
+        _conjuncts=_top_conjuncts(compiler, clause, fn),
     )
 
 
