@@ -62,6 +62,7 @@ from .expr import (
     col_const_compare,
     const,
     in_list,
+    negation,
     or_expr,
     planner_const,
     with_index,
@@ -687,7 +688,7 @@ def _folded_comparison(expr: Expr, left: Expr, right: Expr) -> Expr:
 
 def _negated(expr: Expr, node: ast.Node) -> Expr:
     """NOT `expr`: a planner's constant when `expr` is one."""
-    return mark(apply(BOOL, operator.not_, [expr], node), planner_const(expr))
+    return mark(negation(expr, apply(BOOL, operator.not_, [expr], node)), planner_const(expr))
 
 
 def _like_expr(c: Compiler, node: ast.A_Expr, name: str) -> Expr:

@@ -411,8 +411,16 @@ class Grammar:
                 lambda: f"({self.bool_(d)} OR {self.bool_(d)})",
                 lambda: f"NOT ({self.bool_(d)})",
                 lambda: f"({self.bool_(d)}) IS NOT TRUE",
+                lambda: self._common_factor(d),
             ]
         return r.choice(forms)()
+
+    def _common_factor(self, d: int) -> str:
+        """A factor common to both arms of an OR, and NOT over OR: Postgres's planner makes
+        the factor (and each negated arm) a top-level conjunct, evaluated in cost order."""
+        a, b, c = self.bool_(d), self.bool_(d), self.bool_(d)
+        return self.rng.choice([f"(({a}) AND ({b})) OR (({c}) AND ({b}))",
+                                f"NOT (({a}) OR ({b}))"])  # fmt: skip
 
     def _enum(self) -> str:
         """Enum comparisons: by the labels' declared order, 'meh' added BEFORE 'ok'."""
