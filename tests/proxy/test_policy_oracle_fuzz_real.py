@@ -25,7 +25,7 @@ first's), and every answer the proxy marks `public` (a CDN may share it) asked f
 every other user's token, which must get the same rows.
 
 `PROXY_POLICY_ORACLE_SEEDS` (comma list or `a-b`) and `PROXY_POLICY_ORACLE_REQUESTS` run
-longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (6). Up to
+longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (14). Up to
 `PROXY_POLICY_ORACLE_NPM` (3) served shapes per round are also followed by the real npm client
 (`policy_npm_shapes.mjs`), snapshot and live, and its rows compared with the oracle's.
 """
@@ -54,7 +54,7 @@ from tests.support.engine_process import EngineProcess, apply_messages
 def _seeds() -> list[int]:
     # (CI's seed: one whose policy serves shapes, public answers, live changes and handle
     # reuse; pick another when the generator changes)
-    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "6")
+    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "14")
     if "-" in text:
         low, high = text.split("-")
         return list(range(int(low), int(high) + 1))
