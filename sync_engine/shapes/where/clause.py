@@ -16,7 +16,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr
+from .expr import Eval, Expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -287,6 +287,8 @@ def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
     from its first arm."""
 
     def text(e: Expr) -> str | None:
+        if planner_const(e):  # (the planner compares constants it made, not their text)
+            return f"\0{e.type.sql_name}:{e.value!r}"
         own = e.node is not None and compiler.compiled.get(id(e.node)) is e
         return sql_text(e.node) if own else None
 
