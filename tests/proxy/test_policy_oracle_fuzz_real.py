@@ -1167,6 +1167,7 @@ async def _round(
     environ: dict[str, str],
     make_proxy: Any,
     stats: Counter[str],
+    procs: list[asyncio.subprocess.Process],
 ) -> None:
     rng = random.Random(seed)
     listings, shapes = _policy(rng)
@@ -1234,6 +1235,7 @@ async def _round(
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
+            procs.append(npm)
             assert npm.stdout is not None and npm.stdin is not None
             answers = json.loads(await asyncio.wait_for(npm.stdout.readline(), 60))
             for follower, got in zip(npm_followers, answers, strict=True):
@@ -1336,7 +1338,14 @@ async def test_random_policies_serve_exactly_the_oracles_rows(
     make_proxy: Any,
 ) -> None:
     stats: Counter[str] = Counter()
-    for seed in SEEDS:
-        await _round(seed, engine, db_url, idp_server, environ, make_proxy, stats)
+    procs: list[asyncio.subprocess.Process] = []  # the npm clients, stopped whatever happens
+    try:
+        for seed in SEEDS:
+            await _round(seed, engine, db_url, idp_server, environ, make_proxy, stats, procs)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
     print("POLICY ORACLE", sorted(stats.items()))
     assert stats["served"] > 0, stats
