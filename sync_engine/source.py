@@ -557,20 +557,39 @@ class Source:
         """
         shape = self.registry.cached(params)
         if shape is not None and not from_start:
+            self.registry.touch(shape)
             return shape
         if shape is not None and await self.tables.still_there(shape.table):
+            self.registry.touch(shape)
             return shape
         await self._wait_ready()
         described = await self.describe(params)
         definition = described.definition
         existing = self.registry.current(definition)
-        if existing is None and self.config.max_shapes is not None:
-            if len(self.registry) >= self.config.max_shapes:
-                raise ServiceUnavailable("Shape limit reached for this source", retry_after=10)
         with self._admission(definition, existing):
             shape = await self._get_or_create(described)
         self.registry.remember(params, shape)
+        self.registry.touch(shape)
         return shape
+
+    def _make_room(self) -> None:
+        """Keep this source at `max_shapes`: a new shape first retires the least recently
+        requested shapes no client is reading now (as Electric's expiry of least recently
+        used shapes, but at once rather than once a minute, so the limit holds). Their
+        clients get a 409 and refetch. Refused (503) only when every shape is in use: a
+        request held at its tip or a snapshot being taken; those end within a long-poll.
+        """
+        limit = self.config.max_shapes
+        if limit is None or len(self.registry) < limit:
+            return
+        over = len(self.registry) - limit + 1
+        if self.registry.evict(over, f"least recently used of more than {limit} shapes") < over:
+            raise ServiceUnavailable(
+                f"Shape limit reached for this source: all {limit} shapes are in use"
+                " (max_shapes); retry shortly",
+                retry_after=5,
+                code="shape_limit_reached",
+            )
 
     def shape(self, handle: str) -> Shape | None:
         """The live shape with this handle, if any."""
@@ -618,6 +637,7 @@ class Source:
 
         async def create() -> Shape:
             await self.tables.publish(described.table)
+            self._make_room()  # (here, with no await before `create`: the count is exact)
             created = self.registry.create(described)
             # (what its snapshot is consistent with: `Tables.check_families`)
             created.family = self.tables.family(described.table.oid)
