@@ -289,8 +289,9 @@ def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
     def text(e: Expr) -> str | None:
         if planner_const(e):  # (the planner compares constants it made, not their text)
             return f"\0{e.type.sql_name}:{e.value!r}"
-        own = e.node is not None and compiler.compiled.get(id(e.node)) is e
-        return sql_text(e.node) if own else None
+        if e.node is None or compiler.compiled.get(id(e.node)) is not e:
+            return None
+        return sql_text(e.node)
 
     arms = [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
     common = set.intersection(*({text(c) for c in arm} for arm in arms)) - {None}
