@@ -29,3 +29,13 @@ async def test_delete_refusals_say_what_electric_says(engine: Engine) -> None:
         " shape definition is correct or omit the shape handle from the request to obtain a"
         " new one."
     }
+
+
+async def test_a_request_id_is_kept_only_when_20_to_200_bytes_long(engine: Engine) -> None:
+    """As Electric's Plug.RequestId (and the proxy): a client's `x-request-id` of 20 to 200
+    bytes is echoed, any other is replaced by one the engine makes (it echoed any)."""
+    for given, kept in (("abc", False), ("r" * 20, True), ("r" * 200, True), ("r" * 201, False)):
+        resp = await engine.client.get("/v1/health", headers={"x-request-id": given})
+        answered = resp.headers["x-request-id"]
+        assert (answered == given) is kept, (given, answered)
+        assert 20 <= len(answered) <= 200
