@@ -19,7 +19,7 @@ import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -39,7 +39,7 @@ class _ServerAsRun(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> AppRunner:
         kwargs["handler_cancellation"] = False
-        return await super()._make_runner(**kwargs)
+        return cast(AppRunner, await super()._make_runner(**kwargs))
 
 
 @pytest.fixture
@@ -53,10 +53,17 @@ async def served(
     yield Engine(client, db_url, tmp_path / "data"), server
 
 
+def _connections(server: _ServerAsRun) -> set[Any]:
+    """The server's open connections (aiohttp's request handlers)."""
+    runner = server.runner
+    assert runner is not None and runner.server is not None
+    return set(runner.server.connections)
+
+
 def _pending_writes(server: _ServerAsRun) -> int:
     """Bytes the engine has queued for its clients and the kernel has not taken."""
     total = 0
-    for handler in server.runner.server.connections:
+    for handler in _connections(server):
         transport = handler.transport
         if transport is not None and not transport.is_closing():
             total += transport.get_write_buffer_size()
@@ -70,7 +77,7 @@ async def test_an_sse_client_gone_while_the_engine_waits_to_write_is_not_an_erro
     engine.sql("CREATE TABLE items (id int PRIMARY KEY, payload text)")
     _rows, handle, offset = await engine.sync(table="items")
 
-    before = set(server.runner.server.connections)
+    before = _connections(server)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
@@ -79,7 +86,7 @@ async def test_an_sse_client_gone_while_the_engine_waits_to_write_is_not_an_erro
     target = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&live_sse=true"
     await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: engine\r\n\r\n".encode())
     await engine.until_parked()
-    sse = set(server.runner.server.connections) - before
+    sse = _connections(server) - before
     assert len(sse) == 1
 
     caplog.set_level(logging.DEBUG, logger="sync_engine")
@@ -91,7 +98,7 @@ async def test_an_sse_client_gone_while_the_engine_waits_to_write_is_not_an_erro
     await wait_until_async(lambda: _pending_writes(server) > 0, message="a write waiting")
     sock.close()
     await wait_until_async(
-        lambda: not sse & set(server.runner.server.connections),
+        lambda: not sse & _connections(server),
         message="the SSE connection let go",
     )
 
