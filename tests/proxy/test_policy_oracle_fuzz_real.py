@@ -25,7 +25,7 @@ first's), and every answer the proxy marks `public` (a CDN may share it) asked f
 every other user's token, which must get the same rows.
 
 `PROXY_POLICY_ORACLE_SEEDS` (comma list or `a-b`) and `PROXY_POLICY_ORACLE_REQUESTS` run
-longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (6). Up to
+longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (14). Up to
 `PROXY_POLICY_ORACLE_NPM` (3) served shapes per round are also followed by the real npm client
 (`policy_npm_shapes.mjs`), snapshot and live, and its rows compared with the oracle's.
 """
@@ -54,7 +54,7 @@ from tests.support.engine_process import EngineProcess, apply_messages
 def _seeds() -> list[int]:
     # (CI's seed: one whose policy serves shapes, public answers, live changes and handle
     # reuse; pick another when the generator changes)
-    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "6")
+    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "14")
     if "-" in text:
         low, high = text.split("-")
         return list(range(int(low), int(high) + 1))
@@ -174,11 +174,48 @@ def _filters(table: Table) -> list[Filter]:
             )
         )
     if "title" in table.columns:
+        # A claim in a LIKE pattern is a literal (its % and _ escaped): each oracle says the
+        # same without LIKE.
+        def p(b: dict[str, str]) -> str:
+            return f"{_lit(b['prefix:raw'])}::text"
+
+        found += [
+            Filter(
+                "title LIKE {{prefix}} || '%'", ("prefix",), lambda b: f"starts_with(title, {p(b)})"
+            ),
+            Filter(
+                "lower(title) LIKE lower({{prefix}}) || '%'",
+                ("prefix",),
+                lambda b: f"starts_with(lower(title), lower({p(b)}))",
+            ),
+            Filter(
+                "title ILIKE {{prefix}} || '%'",
+                ("prefix",),
+                lambda b: f"starts_with(lower(title), lower({p(b)}))",
+            ),
+            Filter(
+                "title LIKE '%' || {{prefix}} || '%'",
+                ("prefix",),
+                lambda b: f"strpos(title, {p(b)}) > 0",
+            ),
+            Filter("title LIKE {{prefix}}", ("prefix",), lambda b: f"title = {p(b)}"),
+            Filter(
+                "title NOT LIKE {{prefix}} || '%'",
+                ("prefix",),
+                lambda b: f"NOT starts_with(title, {p(b)})",
+            ),
+            Filter(
+                "title LIKE concat({{prefix}}, '%') ESCAPE '#'",
+                ("prefix",),
+                lambda b: f"starts_with(title, {p(b)})",
+            ),
+        ]
+    if "org_id" in table.columns:
         found.append(
             Filter(
-                "title LIKE {{prefix}} || '%'",
-                ("prefix",),
-                lambda b: f"starts_with(title, {_lit(b['prefix:raw'])}::text)",
+                "org_id LIKE ANY({{orgs}})",
+                ("orgs",),
+                lambda b: f"org_id = ANY({_lit(b['orgs'])}::text[])",
             )
         )
     if "n" in table.columns:
@@ -1130,6 +1167,7 @@ async def _round(
     environ: dict[str, str],
     make_proxy: Any,
     stats: Counter[str],
+    procs: list[asyncio.subprocess.Process],
 ) -> None:
     rng = random.Random(seed)
     listings, shapes = _policy(rng)
@@ -1197,6 +1235,7 @@ async def _round(
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
+            procs.append(npm)
             assert npm.stdout is not None and npm.stdin is not None
             answers = json.loads(await asyncio.wait_for(npm.stdout.readline(), 60))
             for follower, got in zip(npm_followers, answers, strict=True):
@@ -1299,7 +1338,14 @@ async def test_random_policies_serve_exactly_the_oracles_rows(
     make_proxy: Any,
 ) -> None:
     stats: Counter[str] = Counter()
-    for seed in SEEDS:
-        await _round(seed, engine, db_url, idp_server, environ, make_proxy, stats)
+    procs: list[asyncio.subprocess.Process] = []  # the npm clients, stopped whatever happens
+    try:
+        for seed in SEEDS:
+            await _round(seed, engine, db_url, idp_server, environ, make_proxy, stats, procs)
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
     print("POLICY ORACLE", sorted(stats.items()))
     assert stats["served"] > 0, stats

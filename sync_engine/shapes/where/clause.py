@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pglast import ast
-from pglast.enums import BoolExprType, SortByDir
+from pglast.enums import SortByDir
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.types import BOOL, UNKNOWN
@@ -16,7 +16,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr
+from .expr import Eval, Expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -51,9 +51,9 @@ class Where:
     #: The zones its AT TIME ZONEs name: Postgres must read them as the engine does before
     #: a shape uses the clause (zones.ZoneAgreement).
     zones: frozenset[str] = frozenset()
-    #: The clause's top-level conjuncts (`a AND (b AND c)`: a, b, c), each evaluated alone
-    #: only on a row the clause fails on (`matches`).
-    _conjuncts: tuple[Eval, ...] = field(default=(), repr=False, compare=False)
+    #: The top-level conjuncts Postgres makes of the clause (`_top_conjuncts`), each
+    #: evaluated alone only on a row the clause fails on (`matches`); None: not known.
+    _conjuncts: tuple[Conjunct, ...] | None = field(default=None, repr=False, compare=False)
 
     def value(self, row: Mapping[str, str | None]) -> object:
         """The clause's SQL value for `row`: True, False or None (NULL), unlike `matches`
@@ -74,9 +74,11 @@ class Where:
         so its clients refetch and get the snapshot's 400 (as a new client does) rather than
         following a shape Postgres can no longer answer; Electric instead drops the row
         silently (`WhereClause.includes_record?` is false on an error). "Certainly": every
-        top-level conjunct is true or fails. Where one is false or NULL, Postgres stops at
-        it or at a failing one by its cost order (`order_qual_clauses`), which the engine
-        does not reproduce: the row does not match, as in Postgres when it stops first.
+        top-level conjunct Postgres's planner makes of the clause (`_top_conjuncts`: NOT
+        pushed down, ANDs flattened, an OR's common factors pulled out) is true or fails,
+        and one fails. Where one is false or NULL, Postgres stops at it or at a failing one
+        by its cost order (`order_qual_clauses`), which the engine does not reproduce: the
+        row does not match, as in Postgres when it stops first.
         Nothing else raised here may stop the replication stream: every other exception is
         "no match".
         """
@@ -93,17 +95,24 @@ class Where:
             ) from None
 
     def _may_stop_before_failing(self, row: Mapping[str, str | None]) -> bool:
-        """Whether a top-level conjunct is false or NULL on `row` (see `matches`)."""
-        for conjunct in self._conjuncts:
+        """Whether Postgres's scan may stop on `row` before a part that fails: a top-level
+        conjunct is false or NULL, or none fails alone (see `matches`)."""
+        if self._conjuncts is None:
+            return True
+        failing = False
+        for conjunct, negated in self._conjuncts:
             try:
                 value = conjunct(row, {})
             except UnrepresentableValue:
                 raise
             except Exception:
-                value = True  # (fails: Postgres goes no further either)
+                failing = True
+                continue
+            if negated and isinstance(value, bool):
+                value = not value
             if value is not True:
                 return True
-        return False
+        return not failing
 
 
 #: Templates of the clauses seen, shared by every table (the key holds the columns).
@@ -221,7 +230,7 @@ def full_parse(
     text = deparse(stmt.whereClause, sql)
     if learn is not None and not params:
         TEMPLATES.put(learn[1], Pending(clause, PREFIX + sql, learn[0], text, ref_counts))
-    return _where(compiler, expr, text, clause)
+    return _where(compiler, expr, text)
 
 
 def _refuse_unused(params: Mapping[str, str], clause: ast.Node) -> None:
@@ -234,7 +243,7 @@ def _refuse_unused(params: Mapping[str, str], clause: ast.Node) -> None:
 
 
 def _finish(compiler: Compiler, clause: ast.Node, text: str) -> Where:
-    return _where(compiler, _check(compiler, compiler.compile(clause)), text, clause)
+    return _where(compiler, _check(compiler, compiler.compile(clause)), text)
 
 
 def _check(compiler: Compiler, expr: Expr) -> Expr:
@@ -245,23 +254,51 @@ def _check(compiler: Compiler, expr: Expr) -> Expr:
     return expr
 
 
-def _top_conjuncts(compiler: Compiler, clause: ast.Node, whole: Eval) -> tuple[Eval, ...]:
-    """The compiled top-level conjuncts of `clause` (nested ANDs flattened, as Postgres's
-    canonicalize_qual does); the whole clause when one was not compiled on its own."""
-    stack, found = [clause], []
+#: A conjunct Postgres's planner makes of the clause: a compiled node's value, negated or not.
+Conjunct = tuple[Eval, bool]
+
+
+def _top_conjuncts(compiler: Compiler, expr: Expr) -> tuple[Conjunct, ...]:
+    """The top-level conjuncts Postgres's planner makes of the clause compiled to `expr`,
+    which its scan evaluates in an order of its own (see `Where.matches`): NOT pushed down
+    through AND and OR (De Morgan, eval_const_expressions' negate_clause), ANDs flattened
+    (BETWEEN is one, NOT IN of columns one of `<>`s), and the factors common to every arm
+    of an OR pulled out as conjuncts beside it (canonicalize_qual's process_duplicate_ors:
+    `(a AND b) OR (a AND c)` is `a AND (b OR c)`)."""
+    found: list[tuple[Expr, bool]] = []
+    stack: list[tuple[Expr, bool]] = [(expr, False)]
     while stack:
-        node = stack.pop()
-        if isinstance(node, ast.BoolExpr) and node.boolop == BoolExprType.AND_EXPR:
-            stack.extend(reversed(node.args))
+        e, negated = stack.pop()
+        if e.bool_op == "not":
+            stack.append((e.parts[0], not negated))
             continue
-        expr = compiler.compiled.get(id(node))
-        if expr is None:
-            return (whole,)
-        found.append(expr.fn)
-    return tuple(found)
+        if e.bool_op == ("or" if negated else "and"):  # AND, or NOT (OR)
+            stack.extend((part, negated) for part in reversed(e.parts))
+            continue
+        if e.bool_op == "or":  # (not negated) its common factors, and itself
+            found.extend((f, False) for f in _common_factors(compiler, e))
+        found.append((e, negated))
+    return tuple((e.fn, negated) for e, negated in found)
 
 
-def _where(compiler: Compiler, expr: Expr, text: str, clause: ast.Node) -> Where:
+def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
+    """The conjuncts every arm of the OR `expr` has (compared as SQL text, as Postgres
+    compares them with `equal()`; only those compiled from a node of their own), each
+    from its first arm."""
+
+    def text(e: Expr) -> str | None:
+        if planner_const(e):  # (the planner compares constants it made, not their text)
+            return f"\0{e.type.sql_name}:{e.value!r}"
+        if e.node is None or compiler.compiled.get(id(e.node)) is not e:
+            return None
+        return sql_text(e.node)
+
+    arms = [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
+    common = set.intersection(*({text(c) for c in arm} for arm in arms)) - {None}
+    return [c for c in arms[0] if text(c) in common]
+
+
+def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
     fn = expr.fn
     if expr.is_const:
         value = expr.value
@@ -280,7 +317,7 @@ def _where(compiler: Compiler, expr: Expr, text: str, clause: ast.Node) -> Where
         index=index,
         _fn=fn,
         zones=frozenset(compiler.zones),
-        _conjuncts=_top_conjuncts(compiler, clause, fn),
+        _conjuncts=_top_conjuncts(compiler, expr),
     )
 
 
