@@ -16,7 +16,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr
+from .expr import Eval, Expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -287,8 +287,11 @@ def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
     from its first arm."""
 
     def text(e: Expr) -> str | None:
-        own = e.node is not None and compiler.compiled.get(id(e.node)) is e
-        return sql_text(e.node) if own else None
+        if planner_const(e):  # (the planner compares constants it made, not their text)
+            return f"\0{e.type.sql_name}:{e.value!r}"
+        if e.node is None or compiler.compiled.get(id(e.node)) is not e:
+            return None
+        return sql_text(e.node)
 
     arms = [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
     common = set.intersection(*({text(c) for c in arm} for arm in arms)) - {None}
