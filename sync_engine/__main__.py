@@ -179,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-shapes",
         type=whole_number,
         default=_num("MAX_SHAPES", whole_number, "a whole number", "--max-shapes", 0),
-        help="refuse new shapes beyond this many per source (503). Env: SYNC_ENGINE_MAX_SHAPES",
+        help="keep at most this many shapes per source: a new one retires the least recently"
+        " requested shapes no client is reading now (their clients refetch), and is refused"
+        " (503) only while every shape is in use. Env: SYNC_ENGINE_MAX_SHAPES",
     )
     p.add_argument(
         "--allow-delete",

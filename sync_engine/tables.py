@@ -401,6 +401,8 @@ class Tables:
         changes the slot would not send (`wait_for_older_transactions`).
         """
         if table.oid in self._published:
+            if table.replica_identity != "f" and table.kind == "r":
+                await self._restore_identity(table)
             return
 
         async def work(conn: AsyncConnection[Any]) -> None:
@@ -450,6 +452,28 @@ class Tables:
         # once: a 503 otherwise, never the 400 of a table that cannot be published)
         await self.on_catalog(work, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
+        self._cache.pop((table.schema, table.name), None)
+
+    async def _restore_identity(self, table: TableInfo) -> None:
+        """Set REPLICA IDENTITY FULL again on a published table someone set back (a DBA, a
+        migration tool), as Electric does whenever it configures a shape's table: without
+        it every UPDATE retires the table's shapes whose where reads other columns than the
+        key, their refetched shapes too, for as long as writes go on (clients never
+        settle). Best effort (the lock busy for 2 s, or a table the engine does not own:
+        the warning in /v1/health stays); the next new shape tries again."""
+
+        async def work(conn: AsyncConnection[Any]) -> bool:
+            return await make_identity_full(conn, table.oid)
+
+        try:
+            if await self.on_catalog(work, PUBLISH_TIMEOUT):
+                logger.info(
+                    'set REPLICA IDENTITY FULL again on "%s"."%s" (it had been set back)',
+                    table.schema,
+                    table.name,
+                )
+        except ServiceUnavailable:
+            pass
         self._cache.pop((table.schema, table.name), None)
 
     def _refusal(self, table: TableInfo, d: Descendant) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-_SANE_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+#: An incoming X-Request-Id is kept when it is 20 to 200 bytes long, as Electric keeps it
+#: (`Plug.RequestId`), and as the engine does: a client sees the same id either way. (Its
+#: bytes are safe to echo: the HTTP parser admits no CR, LF or NUL in a header value, and the
+#: access log is JSON.)
+_ID_BYTES = range(20, 201)
 
 
 @dataclass(slots=True)
@@ -38,7 +41,8 @@ _ID_COUNTER = itertools.count(1)
 
 
 def new_request_id(incoming: str | None) -> str:
-    """Keep a well-formed incoming X-Request-Id (for tracing across hops), else make one."""
-    if incoming and _SANE_ID.match(incoming):
+    """Keep an incoming X-Request-Id (for tracing across hops) of 20 to 200 bytes, else make
+    one (`_ID_BYTES`)."""
+    if incoming and len(incoming.encode("utf-8", "surrogateescape")) in _ID_BYTES:
         return incoming
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"

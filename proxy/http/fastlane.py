@@ -255,6 +255,7 @@ class FastAnswer:
         "_client",
         "_done",
         "_engine",
+        "_expiry",
         "_finished",
         "_head",
         "_layout",
@@ -265,7 +266,6 @@ class FastAnswer:
         "_request",
         "_runtime",
         "_sent",
-        "_timer",
     )
 
     def __init__(
@@ -292,7 +292,8 @@ class FastAnswer:
         self._done = False
         self._finished: asyncio.Future[None] | None = None
         self._sent = time.monotonic()
-        self._timer: asyncio.TimerHandle | None = None
+        #: Its key in `Forwarder.deadlines` while held with a token.
+        self._expiry: int | None = None
 
     def hold(self, forwarder: Forwarder) -> None:
         """A long-poll: ended as a long-poll timeout ends (`upstream.held`) when its token
@@ -300,8 +301,12 @@ class FastAnswer:
         forwarder.fast_held.add(self)
         deadline = self._prepared.token_exp
         if deadline is not None:
-            wait = max(deadline - time.time(), MIN_HOLD)
-            self._timer = asyncio.get_running_loop().call_later(wait, self.revoke)
+            self._expiry = forwarder.deadlines.add(max(deadline, time.time() + MIN_HOLD), self)
+
+    def expire(self) -> None:
+        """Its token expired (`upstream.held.Deadlines`)."""
+        self._expiry = None
+        self.revoke()
 
     def revoke(self) -> None:
         """The hold is over: answer as the engine's long-poll timeout, unless the engine
@@ -321,6 +326,13 @@ class FastAnswer:
         response = handlers.finish(request, self._runtime, Outcome(ended, None, "-", HOLD_ENDED))
         self._respond(response)
 
+    def _unhold(self) -> None:
+        forwarder = self._app.forwarder
+        forwarder.fast_held.discard(self)
+        if self._expiry is not None:
+            forwarder.deadlines.discard(self._expiry, self)
+            self._expiry = None
+
     def finished(self) -> asyncio.Future[None]:
         """Done once this request is answered, handed over or given up (server shutdown)."""
         if self._finished is None:
@@ -334,10 +346,7 @@ class FastAnswer:
         self._engine = None
         self._permit.release()
         if self._prepared.live:
-            self._app.forwarder.fast_held.discard(self)
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._unhold()
         finished = self._finished
         if finished is not None and not finished.done():
             finished.set_result(None)
@@ -374,10 +383,7 @@ class FastAnswer:
         self._done = True
         self._engine = None
         if self._prepared.live:
-            self._app.forwarder.fast_held.discard(self)
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            self._unhold()
         request = self._request
         self._client.fast_handover(
             request,

@@ -4,8 +4,8 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
 `Request` as bytes arrive, and each complete request gets one task running the app's
 `handle`. What a connection does, in the order a request meets it:
 
-- limits: a request target over `MAX_REQUEST_TARGET` bytes is a 414, a header (name and
-  value) over `MAX_HEADER_FIELD` or more than `MAX_HEADERS` headers a 431, and anything the
+- limits: a request target over `MAX_REQUEST_TARGET` bytes is a 414, a header name or
+  value over `MAX_HEADER_FIELD` or more than `MAX_HEADERS` headers a 431, and anything the
   parser refuses (or a repeated `Host`, `Content-Length`... header, a NUL in a value, a second
   `Authorization`) a 400:
   the shared answers of `sync_engine.http.parser_refusals`, in the proxy's JSON, nothing of
@@ -80,7 +80,7 @@ JOIN_BELOW = 64 * 1024
 PIPELINE_LIMIT = 8
 #: Bytes of request head (line and headers) read before the limits above must have tripped:
 #: a guard against one endless header line, which the parser would otherwise buffer.
-_MAX_HEAD_BYTES = MAX_REQUEST_TARGET + MAX_HEADERS * (MAX_HEADER_FIELD + 4) + 4
+_MAX_HEAD_BYTES = MAX_REQUEST_TARGET + MAX_HEADERS * (2 * MAX_HEADER_FIELD + 4) + 4
 
 #: The shared answers (`parser_refusals.refusal` takes aiohttp's exceptions as its input).
 URI_TOO_LONG = refusal(LineTooLong("", MAX_REQUEST_TARGET))
@@ -353,7 +353,9 @@ class Connection(asyncio.Protocol, Writer):
             raise _Refused(URI_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) + len(value) > MAX_HEADER_FIELD:
+        # (name and value each: the engine's parser bounds a value at the limit whatever
+        # its name's length, so a large token or cookie is served or refused alike)
+        if len(value) > MAX_HEADER_FIELD or len(name) > MAX_HEADER_FIELD:
             raise _Refused(HEADER_TOO_LARGE)
         headers = self._headers
         if len(headers) >= MAX_HEADERS:

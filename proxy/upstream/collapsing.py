@@ -35,7 +35,7 @@ from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.cache import CacheKey
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
-from proxy.upstream.held import Hold
+from proxy.upstream.held import Hold, HoldEnded
 from proxy.upstream.respond import Outcome, complete, streaming
 
 logger = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class Flights:
     def end_held(self) -> None:
         """Access may have been withdrawn: every long-poll flight still waiting for the
         engine's headers is forgotten (a later request starts a new one, authorised again)
-        and its waiters are woken to end their answers (`wait_head`); the engine request
+        and its waiters are woken to end their answers (`wait`); the engine request
         is cancelled when the last of them leaves."""
         for key, flight in list(self._flights.items()):
             if flight.held and flight.head is None and not flight.finished:
@@ -201,27 +201,34 @@ class Flights:
             on_complete(flight)
 
 
-async def wait_head(flight: Flight, hold: Hold) -> bool:
-    """Wait for a long-poll flight's headers within `hold`: False if the hold ended first
-    (the token expired, or the flight was revoked: `Flights.end_held`)."""
-    while flight.head is None and not flight.finished:
-        if flight.revoked or hold.over():
-            return False
-        changed = flight.changed()
-        if not hold.bounded:
-            await changed
-        elif not await hold.wait(changed):
-            changed.cancel()
-            return False
-    return not (flight.revoked and flight.head is None)
-
-
 async def wait(
-    flight: Flight, request: Request, options: UpstreamOptions, *, joined: bool
+    flight: Flight,
+    request: Request,
+    options: UpstreamOptions,
+    *,
+    joined: bool,
+    hold: Hold | None = None,
 ) -> Outcome:
-    """One client's side of a flight: its own response, written at its own pace."""
+    """One client's side of a flight: its own response, written at its own pace. `hold`: a
+    long-poll's; `HoldEnded` if it ended before the flight's headers came (the token
+    expired, or the flight was revoked: `Flights.end_held`). The waiter's own `Broadcast`
+    future is what the hold's end completes: no task, frame or timer more per held waiter
+    (issue 13: memory per held client)."""
     while flight.head is None and not flight.finished:
-        await flight.changed()
+        if hold is None:
+            await flight.changed()
+            continue
+        if flight.revoked or hold.over:
+            raise HoldEnded
+        changed = hold.waking = flight.changed()
+        try:
+            await changed
+        finally:
+            hold.waking = None
+    if hold is not None:
+        hold.release()
+        if flight.revoked and flight.head is None:
+            raise HoldEnded
     head = flight.head
     if head is None:
         raise (flight.failure or connection_failed(options)).copy()

@@ -55,7 +55,13 @@ from proxy.upstream.headers import (
     upstream_request_headers,
     upstream_response_headers,
 )
-from proxy.upstream.held import LIVE_CACHE_CONTROL, Hold, ended_long_poll
+from proxy.upstream.held import (
+    LIVE_CACHE_CONTROL,
+    Deadlines,
+    Hold,
+    HoldEnded,
+    ended_long_poll,
+)
 from proxy.upstream.respond import Outcome, complete, from_cache, streaming
 from proxy.upstream.url import is_handle_definition
 
@@ -126,10 +132,12 @@ class Forwarder:
         # Engine cache-control values repeat (a handful of shapes); rewrite each once. A
         # plain dict emptied when full: an LRU's lookup cost more than the rewrite it saves.
         self._cache_control: dict[_MemoKey, tuple[str, float]] = {}
-        #: One future per live answer held straight from the engine (a long-poll waiting for
-        #: its headers, an SSE stream passed through), done by `end_streams`. (Not one
-        #: future for all: each waiter removing its callback from it is a scan.)
-        self._held_futures: set[asyncio.Future[None]] = set()
+        #: The token deadlines of every held answer (`upstream.held`): one timer per tick
+        #: that has any, not one per held client.
+        self.deadlines = Deadlines()
+        #: Live answers held straight from the engine (a long-poll waiting for its headers,
+        #: an SSE stream passed through), ended by `end_streams`.
+        self._holds: set[Hold] = set()
         #: Live fast-lane requests waiting for the engine (`proxy.http.fastlane`): each has a
         #: `revoke()` that ends it as a long-poll timeout ends.
         self.fast_held: set[Revocable] = set()
@@ -149,10 +157,9 @@ class Forwarder:
         straight through, each client's response cleanly (they reconnect); every long-poll
         waiting for the engine, as a long-poll timeout ends (`upstream.held`)."""
         self._streams.end_all()
-        held, self._held_futures = self._held_futures, set()
-        for future in held:
-            if not future.done():
-                future.set_result(None)
+        holds, self._holds = self._holds, set()
+        for hold in holds:
+            hold.expire()
         self._flights.end_held()
         for fast in list(self.fast_held):
             fast.revoke()
@@ -160,13 +167,13 @@ class Forwarder:
     def hold(self, target: Target) -> Hold:
         """The bounds of a live answer's wait for the engine (`upstream.held`): its token's
         expiry and the next `end_streams`. Give it back with `unhold`."""
-        revoked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._held_futures.add(revoked)
-        return Hold(target.deadline, revoked)
+        hold = Hold(target.deadline, self.deadlines)
+        self._holds.add(hold)
+        return hold
 
     def unhold(self, hold: Hold) -> None:
-        if hold.revoked is not None:
-            self._held_futures.discard(hold.revoked)
+        self._holds.discard(hold)
+        hold.release()
 
     def ended_long_poll(self, target: Target, options: UpstreamOptions) -> Response | None:
         """The answer to a long-poll ended by the proxy, as the engine's timeout answer."""
@@ -545,16 +552,23 @@ class Forwarder:
         flight, joined = await self._join(
             request, target, key, key, options, request_id, None, admit
         )
+        # A long-poll's wait for the headers is bounded by its hold (its token's exp; a
+        # revocation comes through the flight: `Flights.end_held`).
+        hold = (
+            Hold(target.deadline, self.deadlines)
+            if target.live and target.method == "GET"
+            else None
+        )
         try:
-            if target.live and target.method == "GET":
-                # (revoked through the flight: `Flights.end_held`)
-                hold = Hold(target.deadline, None)
-                if not await collapsing.wait_head(flight, hold):
-                    ended = self.ended_long_poll(target, options)
-                    if ended is not None:
-                        return Outcome(ended, None, "-", HOLD_ENDED)
+            return await collapsing.wait(flight, request, options, joined=joined, hold=hold)
+        except HoldEnded:
+            ended = self.ended_long_poll(target, options)
+            if ended is not None:
+                return Outcome(ended, None, "-", HOLD_ENDED)
             return await collapsing.wait(flight, request, options, joined=joined)
         finally:
+            if hold is not None:
+                hold.release()
             self._flights.leave(flight)
 
     async def _join(
@@ -651,6 +665,7 @@ class Forwarder:
                     joined=joined,
                     started=started,
                     deadline=target.deadline,
+                    deadlines=self.deadlines,
                 )
             finally:
                 self._streams.leave(stream)

@@ -11,8 +11,9 @@ client's next request is the same live request with a fresh token from its heade
 (its place kept: nothing skipped, nothing repeated); an expired token there gets the usual
 401, a withdrawn rule its 403.
 
-`Hold` bounds one held request's wait: its deadline (the token's `exp` on the wall clock)
-and a revocation future (`Forwarder.end_streams`). A request whose token is already past its
+`Hold` bounds one held request's wait: its deadline (the token's `exp` on the wall clock,
+kept by `Deadlines`: no timer or task per held request) and its revocation
+(`Forwarder.end_streams`). A request whose token is already past its
 `exp` (accepted within its issuer's leeway) is still held `MIN_HOLD` seconds, so a client
 without a fresh token does not spin on answers that end at once; and so that a request the
 engine refuses (a 409 for a rotated handle, a 400) gets the engine's own answer.
@@ -21,11 +22,11 @@ engine refuses (a 409 for a rotated handle, a 400) gets the engine's own answer.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Any, Protocol
 
 from yarl import URL
 
@@ -42,47 +43,133 @@ CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z, the engine's
 
 _OFFSET = re.compile(r"(\d+)_(\d+|inf)")
 
-T = TypeVar("T")
+
+class Expiring(Protocol):
+    """A held answer `Deadlines` ends at its deadline."""
+
+    def expire(self) -> None: ...
+
+
+#: Deadlines are kept in buckets of a tenth of a second (a held answer ends at most that much
+#: after its token's `exp`): every held client whose token expires in the same tenth shares
+#: one loop timer.
+TICKS_PER_SECOND = 10
+
+
+class _Bucket:
+    __slots__ = ("items", "timer")
+
+    def __init__(self, timer: asyncio.TimerHandle) -> None:
+        self.items: set[Expiring] = set()
+        self.timer = timer
+
+
+class Deadlines:
+    """Calls `expire()` on each registered held answer at its deadline (wall clock).
+
+    Why not a loop timer, or an `asyncio.wait(..., timeout=)`, per held answer: at 10,000
+    held clients every byte per client counts (issue 13, bars 2 and 4: RSS per held client
+    <= 10 KB, a held long-poll <= 8 KB), and an `asyncio.wait` per held request (its coroutine
+    frames, a waiter future, a timer, a done-callback) cost ~2.5 KB each (S8: 7.4 -> 9.9 KB per
+    held long-poll, 9.3 -> 11.4 KB per SSE client). Here a held answer costs a set entry; one
+    timer serves every answer whose deadline falls in the same tenth of a second (held clients
+    of one user share a token, hence an `exp`). Event loop thread only.
+    """
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self) -> None:
+        self._buckets: dict[int, _Bucket] = {}
+
+    def add(self, at: float, item: Expiring) -> int:
+        """Have `item.expire()` called at `at` (wall clock; rounded up to the next tick).
+        Returns the key to `discard` it with."""
+        key = math.ceil(at * TICKS_PER_SECOND)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            delay = max(0.0, key / TICKS_PER_SECOND - time.time())
+            timer = asyncio.get_running_loop().call_later(delay, self._fire, key)
+            bucket = self._buckets[key] = _Bucket(timer)
+        bucket.items.add(item)
+        return key
+
+    def discard(self, key: int, item: Expiring) -> None:
+        """`item` no longer needs ending (answered, gone); a bucket left empty drops its timer."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return
+        bucket.items.discard(item)
+        if not bucket.items:
+            del self._buckets[key]
+            bucket.timer.cancel()
+
+    def __len__(self) -> int:
+        """Held answers registered now."""
+        return sum(len(b.items) for b in self._buckets.values())
+
+    def _fire(self, key: int) -> None:
+        bucket = self._buckets.pop(key, None)
+        if bucket is not None:
+            for item in list(bucket.items):
+                item.expire()
+
+
+class HoldEnded(Exception):
+    """A held request's hold ended before the engine answered it."""
 
 
 class Hold:
-    """How long one held request may wait for the engine: until `deadline` (wall clock; None:
-    no token) or until `revoked` is done, whichever comes first."""
+    """One held request's wait for the engine: over at its token's expiry (`deadline`, wall
+    clock; None: no token, never before `MIN_HOLD` from now) or at `expire()` (access revoked:
+    `Forwarder.end_streams`), whichever comes first. Give it back with `release()`."""
 
-    __slots__ = ("_at", "revoked")
+    __slots__ = ("_deadlines", "_key", "over", "waking")
 
-    def __init__(self, deadline: float | None, revoked: asyncio.Future[None] | None) -> None:
-        self.revoked = revoked
-        self._at: float | None = None
+    def __init__(self, deadline: float | None, deadlines: Deadlines) -> None:
+        #: Whether the hold has ended.
+        self.over = False
+        #: The future its request awaits now, completed when the hold ends.
+        self.waking: asyncio.Future[Any] | None = None
+        self._deadlines = deadlines
+        self._key: int | None = None
         if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._at = loop.time() + max(deadline - time.time(), MIN_HOLD)
+            self._key = deadlines.add(max(deadline, time.time() + MIN_HOLD), self)
 
-    @property
-    def bounded(self) -> bool:
-        """Whether anything but its answer ends the wait."""
-        return self._at is not None or self.revoked is not None
+    def expire(self) -> None:
+        """End the hold: the request waiting within it is woken (`wait` returns False)."""
+        self.over = True
+        self.release()
+        waking = self.waking
+        if waking is not None and not waking.done():
+            waking.set_result(None)
 
-    def over(self) -> bool:
-        """Whether the hold has ended (its deadline passed, or access was revoked)."""
-        if self.revoked is not None and self.revoked.done():
+    def release(self) -> None:
+        """The request no longer waits (answered, gone): its deadline is dropped."""
+        if self._key is not None:
+            self._deadlines.discard(self._key, self)
+            self._key = None
+
+    async def wait(self, waiting: asyncio.Future[Any]) -> bool:
+        """Wait for `waiting` within the hold: True if it is done, False if the hold ended
+        first (`waiting` is then left to the caller, not cancelled). (A waiter awaiting a
+        future of its own sets `waking` to it instead: `collapsing.wait`.)"""
+        if waiting.done():
             return True
-        return self._at is not None and asyncio.get_running_loop().time() >= self._at
+        if self.over:
+            return False
+        self.waking = asyncio.get_running_loop().create_future()
+        waiting.add_done_callback(self._woken)
+        try:
+            await self.waking
+        finally:
+            self.waking = None
+            waiting.remove_done_callback(self._woken)
+        return waiting.done()
 
-    async def wait(self, waiting: Awaitable[T]) -> bool:
-        """Wait for `waiting` (a future or task) within the hold: True if it is done, False
-        if the hold ended first (`waiting` is then left to the caller, not cancelled)."""
-        future = asyncio.ensure_future(waiting)
-        if future.done():
-            return True
-        watched: set[asyncio.Future[object]] = {future}  # type: ignore[arg-type]
-        if self.revoked is not None:
-            watched.add(self.revoked)  # type: ignore[arg-type]
-        timeout = None
-        if self._at is not None:
-            timeout = max(0.0, self._at - asyncio.get_running_loop().time())
-        await asyncio.wait(watched, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        return future.done()
+    def _woken(self, _: asyncio.Future[Any]) -> None:
+        waking = self.waking
+        if waking is not None and not waking.done():
+            waking.set_result(None)
 
 
 def ended_long_poll(url: URL, method: str, cache_control: str) -> Response | None:

@@ -66,6 +66,7 @@ from proxy.http.wire import Request, StreamResponse
 from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
+from proxy.upstream.held import Deadlines
 from proxy.upstream.respond import Outcome, complete
 from proxy.upstream.sse_events import INF_OP, Event, EventParser, Key, Positions, offset_key
 
@@ -207,6 +208,10 @@ class _Subscriber:
     def end(self, reason: str) -> None:
         if not self.done.done():
             self.done.set_result(reason)
+
+    def expire(self) -> None:
+        """Its token expired (`held.Deadlines`): its stream ends cleanly."""
+        self.end("expired")
 
 
 def _chunk(frame: bytes) -> bytes:
@@ -608,15 +613,17 @@ async def serve(
     joined: bool,
     started: Started | None = None,
     deadline: float | None = None,
+    deadlines: Deadlines | None = None,
 ) -> Outcome | Result | Continue:
     """One client's side of a shared stream, or why it cannot have one; `started`: the
     client's response goes on from an earlier stream (`Continue`); `deadline` (wall clock):
-    its token's expiry, where its stream ends cleanly (never before `MIN_CLIENT_STREAM`)."""
+    its token's expiry, where its stream ends cleanly (never before `MIN_CLIENT_STREAM`),
+    kept by `deadlines` (the forwarder's: one timer per tick, not one per client)."""
     while stream.head is None and not stream.finished:
         await stream.changed()
     head = stream.head
     if started is not None:
-        return await _go_on(stream, request, spec, started, deadline)
+        return await _go_on(stream, request, spec, started, deadline, deadlines)
     identical = spec.offset == stream.offset
     if head is None:  # the engine request failed before any headers (or was ended)
         if not identical or stream.revoked:
@@ -653,7 +660,7 @@ async def serve(
         outcome.failure = ("error", "shared_stream_moved_on")
         return outcome
     started = Started(response, outcome, chunked, time.monotonic())
-    return await _read(stream, request, spec, started, deadline)
+    return await _read(stream, request, spec, started, deadline, deadlines)
 
 
 async def _go_on(
@@ -662,6 +669,7 @@ async def _go_on(
     spec: StreamSpec,
     started: Started,
     deadline: float | None,
+    deadlines: Deadlines | None,
 ) -> Outcome | Result | Continue:
     """A client's response, begun on an earlier stream, goes on on this one; where it cannot
     (the engine answered otherwise: a 409 after a rotation, say), it ends cleanly there and
@@ -675,7 +683,7 @@ async def _go_on(
         return await _finish(started.response, request, started.outcome, "ended")
     if stream.finished and not stream.events_after(spec.position):
         return Result.RETRY
-    return await _read(stream, request, spec, started, deadline)
+    return await _read(stream, request, spec, started, deadline, deadlines)
 
 
 async def _read(
@@ -684,6 +692,7 @@ async def _read(
     spec: StreamSpec,
     started: Started,
     deadline: float | None,
+    deadlines: Deadlines | None,
 ) -> Outcome | Continue:
     """A client's time on `stream`: what it missed, then every event until one of them
     ends; a clean end too soon after the client's response began goes on (`Continue`).
@@ -707,9 +716,13 @@ async def _read(
                 # (a token that expired within its issuer's leeway still gets a stream that
                 # is not short: else its client reconnects at once, again and again)
                 lasted = time.monotonic() - started.since
-                wait = max(deadline - time.time(), MIN_CLIENT_STREAM - lasted)
-                await asyncio.wait((sub.done,), timeout=wait)
-                reason = sub.done.result() if sub.done.done() else "expired"
+                at = max(deadline, time.time() + MIN_CLIENT_STREAM - lasted)
+                registry = deadlines if deadlines is not None else Deadlines()
+                expiry = registry.add(at, sub)  # `sub.expire` ends it ("expired")
+                try:
+                    reason = await sub.done
+                finally:
+                    registry.discard(expiry, sub)
         finally:
             stream.remove(sub)
         position = sub.position

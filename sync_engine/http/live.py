@@ -14,7 +14,7 @@ so without this a reconnect storm multiplied the held waiters, each for its 20 s
 A stream costs bounded memory whatever its reader does: it reads the log a chunk at a time
 (never a whole transaction, which may be gigabytes) and writes it in pieces of `PIECE` bytes,
 each one waiting for the transport to drain, dropping what it has written as it goes. A reader
-that takes nothing for `server.WRITE_STALL_TIMEOUT` is cut (`EngineRequestHandler`): it
+that takes nothing for `SEND_TIMEOUT` is cut (`LiveConnection`): it
 resumes from its last up-to-date, which only ever follows a whole transaction. It wrote a
 whole transaction, read whole and joined into one more copy, per batch: ~50-75 MB a client
 that stopped reading, held as long as its connection (aiohttp has no write timeout).
@@ -53,18 +53,35 @@ PIECE = 64 * 1024
 SEND_BUFFER = 256 * 1024
 
 
+#: Seconds a client may leave the engine's writes to it paused (the transport's buffer above
+#: its high-water mark: it took less than ~48 KB meanwhile) before its connection is cut:
+#: the proxy's `SEND_TIMEOUT`; nginx's send_timeout is 60 s.
+SEND_TIMEOUT = 60.0
+
+
 class LiveConnection(EngineRequestHandler):
     """The engine's connection, which tells the requests held on it when its client has gone
-    (`client_gone`): aiohttp, without `handler_cancellation`, lets a handler run on."""
+    (`client_gone`): aiohttp, without `handler_cancellation`, lets a handler run on.
 
-    __slots__ = ("_gone",)
+    It also cuts a client that stops reading: once the transport has paused writing, the
+    client must take enough to resume it within `SEND_TIMEOUT`, or the connection is
+    aborted (its unsent bytes dropped; a handler waiting to write gets a `ConnectionError`,
+    as for a client gone). aiohttp has no write timeout: a handler waiting to drain waited
+    as long as the connection stayed open, holding its answer all along (an SSE stream, a
+    long-poll's chunk). A client cut so resumes as after any broken connection, from its
+    last offset, losing nothing.
+    """
+
+    __slots__ = ("_gone", "_stall")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._gone: asyncio.Future[None] | None = None
+        self._stall: asyncio.TimerHandle | None = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        self._unstall()
         gone = self._gone
         if gone is not None and not gone.done():
             gone.set_result(None)
@@ -77,6 +94,27 @@ class LiveConnection(EngineRequestHandler):
             if self.transport is None:  # lost (or closed by the server) already
                 gone.set_result(None)
         return gone
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self._loop.call_later(SEND_TIMEOUT, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        self._stall = None
+        transport = self.transport
+        if transport is not None and self.writing_paused:
+            logger.info("cut a client that read nothing for %g s", SEND_TIMEOUT)
+            transport.abort()
 
 
 def client_gone(request: web.Request) -> asyncio.Future[None] | None:

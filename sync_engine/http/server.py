@@ -9,18 +9,10 @@ gets `BodyTimeout`: a 408 in JSON, then the connection is closed (as the proxy a
 request that does not arrive in time, proxy/http/protocol.py). A client trickling a body held
 its connection for as long as it trickled, and the connection cap (`parser_refusals`) counts
 a connection whose request is being handled as busy: a handful of them locked others out.
-
-Likewise a client that stops reading its answer: once the transport has paused writing (its
-buffer above the high-water mark), the client must take enough to resume it within
-`WRITE_STALL_TIMEOUT`, or the connection is aborted (its unsent bytes dropped). aiohttp has
-no write timeout: a handler waiting to drain waited as long as the connection stayed open,
-holding its answer (an SSE stream, its log entries) all along. A client cut so resumes as
-after any broken connection: from its last offset, losing nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import zlib
 from functools import partial
@@ -48,9 +40,6 @@ _DECODE_STEP = 64 * 1024
 #: Seconds a request's body may take to arrive in full after its head (the proxy's
 #: `REQUEST_READ_TIMEOUT`; nginx's client_body_timeout is 60 s between reads).
 REQUEST_READ_TIMEOUT = 30.0
-#: Seconds a client may leave the engine's writes to it paused (it took less than the
-#: transport's high-minus-low water mark, ~48 KB, meanwhile) before it is cut.
-WRITE_STALL_TIMEOUT = 30.0
 _UNSUPPORTED_CODING = orjson.dumps(
     {"message": "Unsupported Content-Encoding: a request body may be gzip, deflate or identity"}
 ).decode()
@@ -116,38 +105,7 @@ class _DecodedBody(StreamReader):
 
 
 class EngineRequestHandler(RefusingRequestHandler):
-    __slots__ = ("_stall",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._stall: asyncio.TimerHandle | None = None
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._stall is None:
-            self._stall = self._loop.call_later(WRITE_STALL_TIMEOUT, self._stalled)
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._unstall()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        super().connection_lost(exc)
-        self._unstall()
-
-    def _unstall(self) -> None:
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
-
-    def _stalled(self) -> None:
-        """The client took nothing of its answer for `WRITE_STALL_TIMEOUT`: cut it (a
-        handler waiting to write to it gets a `ConnectionError`, as for a client gone)."""
-        self._stall = None
-        transport = self.transport
-        if transport is not None and self.writing_paused:
-            logger.info("cut a client that read nothing for %s s", WRITE_STALL_TIMEOUT)
-            transport.abort()
+    __slots__ = ()
 
     def request_body(self, message: Any, payload: StreamReader) -> StreamReader:
         # (a no-op when it fires after the body has arrived)

@@ -15,7 +15,9 @@ values as a record literal of the table's row type, read back by Postgres's inpu
 (typmods and domains included) under the same session settings the replication stream
 wrote them with. `<where>` is the engine's own deparse of the validated clause (as in the
 snapshot query), never request text. A row on which the clause fails (division by zero, a
-value that does not cast) does not match, as `Where.matches` has it.
+value that does not cast) is `Unevaluable`: a snapshot meeting it fails, so the shape is
+retired (its clients refetch, and get the snapshot's 400 while the row is there) rather
+than followed past a row Postgres cannot answer for (`Where.matches`, `ClauseFails`).
 """
 
 from __future__ import annotations
@@ -117,9 +119,8 @@ async def row_matches(
     referenced: frozenset[str],
     row: Mapping[str, object],
 ) -> bool:
-    """`rows_match` for one row: a data error of the clause on it is no match (as
-    `Where.matches` has it); one of the row's cast (the table's row type changed) is
-    `Unevaluable`."""
+    """`rows_match` for one row: a data error of the clause on it, or of the row's cast
+    (the table's row type changed), is `Unevaluable` (see the module docstring)."""
     literal = record_literal(table, row, referenced)
     ask = sql.SQL("SELECT ({}) IS TRUE FROM (SELECT (%s::text::{}).*) AS {}").format(
         _clause(where_sql), _rowtype(table), sql.Identifier(table.name)
@@ -143,4 +144,7 @@ async def row_matches(
         raise Unevaluable(
             f"the change does not read as a row of the table ({exc.sqlstate})"
         ) from exc
-    return False
+    raise Unevaluable(
+        "the where clause fails on a row (a data error): Postgres fails the shape's"
+        " snapshot with it, so the shape is retired"
+    )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -186,6 +187,8 @@ class ShapeRegistry:
         # Its keys per shape, so retiring a shape does not scan all 20,000 (a dropped table
         # with thousands of shapes did that thousands of times on the event loop).
         self._request_keys: dict[Shape, set[tuple[object, ...]]] = {}
+        # Every live shape, least recently requested first (`touch`, `evict`).
+        self._recency: OrderedDict[Shape, None] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.by_handle)
@@ -197,6 +200,33 @@ class ShapeRegistry:
         if shape is not None and not shape.rotated:
             return shape
         return None
+
+    def touch(self, shape: Shape) -> None:
+        """A request asked for `shape`: it is the most recently used now (`evict`)."""
+        if shape in self._recency:
+            self._recency.move_to_end(shape)
+
+    def evict(self, count: int, reason: str) -> int:
+        """Retire up to `count` of the least recently requested shapes that no client is
+        reading now, and return how many went.
+
+        In use, and kept: a shape with a request held at its tip (a long-poll or an SSE
+        stream) or whose snapshot is still being taken. Those are moved to the recent end
+        as they are passed over (they are in use), so a registry full of held shapes costs
+        one pass, not one per new shape. Retiring is a rotation: its clients get a 409 on
+        their next request and refetch, as after a DELETE, and its files go.
+        """
+        evicted = 0
+        for _ in range(len(self._recency)):
+            if evicted >= count or not self._recency:
+                break
+            shape = next(iter(self._recency))
+            if shape.waiting or not shape.log.snapshot_complete:
+                self._recency.move_to_end(shape)
+                continue
+            self.rotate(shape, reason)
+            evicted += 1
+        return evicted
 
     def remember(self, params: ShapeParams, shape: Shape) -> None:
         key = params.key()
@@ -238,6 +268,7 @@ class ShapeRegistry:
                 pass
         self.by_handle[shape.handle] = shape
         self.by_definition[shape.definition] = shape
+        self._recency[shape] = None
         self.router.add(shape)
 
     # -- loading after a restart ----------------------------------------------------------
@@ -302,6 +333,7 @@ class ShapeRegistry:
             return
         logger.info("shape %s rotated: %s", shape.handle, reason)
         self.by_handle.pop(shape.handle, None)
+        self._recency.pop(shape, None)
         if self.by_definition.get(shape.definition) is shape:
             del self.by_definition[shape.definition]
         self.router.remove(shape)

@@ -138,6 +138,9 @@ const POLICY_SHAPES = [
   { name: 'org 1/long-poll', params: { table: 'items' }, org: 1 },
   { name: 'org 2,open/sse', params: { table: 'items', where: `status = 'open'` }, liveSse: true, org: 2 },
   { name: 'org 3,n>50/long-poll', params: { table: 'items', where: 'n > 50' }, org: 3 },
+  // the policy's filter reads grp, which these columns leave out: a row moving to another
+  // organisation must still leave this client
+  { name: 'org 1,columns without grp/sse', params: { table: 'items', columns: ['id', 'n', 'title'] }, liveSse: true, org: 1 },
 ]
 
 function token(sub, org) {

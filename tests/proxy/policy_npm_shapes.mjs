@@ -8,6 +8,8 @@
 // changes arrive through the client's own long-polls) or 15 s pass, and prints the rows again.
 import readline from 'node:readline'
 
+setTimeout(() => process.exit(2), 300_000).unref() // a backstop: never outlive a test run
+
 const { ShapeStream, Shape } = await import(
   new URL('../node/node_modules/@electric-sql/client/dist/index.mjs', import.meta.url)
 )
@@ -59,7 +61,10 @@ function settled(i) {
 console.log(JSON.stringify(await Promise.all(specs.map((_, i) => settled(i)))))
 
 const lines = readline.createInterface({ input: process.stdin })
+// (the test gone, stdin closed: stop, rather than follow shapes of a dead proxy for ever)
+lines.once('close', () => process.exit(1))
 const expected = JSON.parse(await new Promise((resolve) => lines.once('line', resolve)))
+lines.removeAllListeners('close')
 lines.close()
 
 function caughtUp(i) {

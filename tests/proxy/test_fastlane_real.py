@@ -127,7 +127,7 @@ async def test_the_fast_lane_answers_byte_for_byte_as_the_general_path(
     etag_reply = await general.get("/v1/shape?table=items&offset=-1", token=alice)
     etag = etag_reply.headers["ETag"]
     auth = f"Authorization: Bearer {alice}"
-    rid = "X-Request-Id: fast-lane-test-0001"
+    rid = "X-Request-Id: fast-lane-test-id-0001"
     shape = "/v1/shape?table=items"
     cases = {
         "initial": _request(f"{shape}&offset=-1", auth, rid),
@@ -202,7 +202,7 @@ async def test_two_users_taking_turns_on_one_connection_each_get_their_own_rows(
         "org-1": fast.tokens.make(sub="alice", org_id="org-1"),
         "org-0": fast.tokens.make(sub="bob", org_id="org-0"),
     }
-    rid = "X-Request-Id: fast-lane-test-0002"
+    rid = "X-Request-Id: fast-lane-test-id-0002"
     turns = ["org-1", "org-0", "org-1", "org-0", "org-0", "org-1"]
     heads = [
         _request("/v1/shape?table=items&offset=-1", f"Authorization: Bearer {tokens[org]}", rid)
@@ -232,7 +232,7 @@ async def test_origins_in_turn_get_the_general_paths_cors_answer(
     alice = fast.tokens.make(sub="alice", org_id="org-1")
     shape = "/v1/shape?table=items&offset=-1"
     auth = f"Authorization: Bearer {alice}"
-    rid = "X-Request-Id: fast-lane-test-0003"
+    rid = "X-Request-Id: fast-lane-test-id-0003"
     origins = [f"Origin: {ORIGIN}", "Origin: https://not-allowed.test", None]
     for _ in range(3):
         for origin in origins:
@@ -265,7 +265,7 @@ async def test_two_configs_in_one_process_each_get_their_own_cache_control(
     head = _request(
         f"/v1/shape?table=items&offset=-1&handle={handle}",
         f"Authorization: Bearer {alice}",
-        "X-Request-Id: fast-lane-test-0005",
+        "X-Request-Id: fast-lane-test-id-0005",
     )
     seen = set()
     for _ in range(3):
@@ -421,7 +421,7 @@ async def test_answers_without_electric_server_or_with_no_store_match_the_genera
             head = _request(
                 f"/v1/shape?table=items&offset=0_0&handle={handle}",
                 f"Authorization: Bearer {alice}",
-                "X-Request-Id: fast-lane-test-0006",
+                "X-Request-Id: fast-lane-test-id-0006",
             )
             for _ in range(2):
                 fast_raw, general_raw = await _ask(fast, head), await _ask(general, head)

@@ -45,15 +45,15 @@ def _answers(raw: bytes) -> list[tuple[int, dict[str, str], bytes]]:
 async def test_pipelined_requests_are_answered_in_order_on_one_connection(proxy: Any) -> None:
     raw = await _exchange(
         proxy,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: first-request-1\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: first-request-0000001\r\n\r\n"
         b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n"
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: third-request-3\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Request-Id: third-request-0000003\r\n"
         b"Connection: close\r\n\r\n",
     )
     answers = _answers(raw)
     assert [status for status, _, _ in answers] == [200, 404, 200]
-    assert answers[0][1]["x-request-id"] == "first-request-1"
-    assert answers[2][1]["x-request-id"] == "third-request-3"
+    assert answers[0][1]["x-request-id"] == "first-request-0000001"
+    assert answers[2][1]["x-request-id"] == "third-request-0000003"
     assert answers[2][1]["connection"] == "close"
     assert answers[1][2] == b'{"message":"Not Found"}'  # (the engine's, byte for byte)
 

@@ -16,7 +16,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr
+from .expr import Eval, Expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -32,6 +32,13 @@ from .parse import (
 from .template import Pending, Skeleton, Template, Templates, cache_key, skeleton
 
 
+class ClauseFails(UnrepresentableValue):
+    """The where clause fails on a row where Postgres's scan would fail too (`Where.matches`):
+    the shape's snapshot cannot be taken while the row is there. An UnrepresentableValue,
+    so that the replicator asks Postgres about the row (`pg/row_where.py`), which then
+    retires the shape (`Unevaluable`) if Postgres fails on it as well."""
+
+
 @dataclass(frozen=True)
 class Where:
     """A validated, compiled where clause (see the package docstring)."""
@@ -44,6 +51,9 @@ class Where:
     #: The zones its AT TIME ZONEs name: Postgres must read them as the engine does before
     #: a shape uses the clause (zones.ZoneAgreement).
     zones: frozenset[str] = frozenset()
+    #: The top-level conjuncts Postgres makes of the clause (`_top_conjuncts`), each
+    #: evaluated alone only on a row the clause fails on (`matches`); None: not known.
+    _conjuncts: tuple[Conjunct, ...] | None = field(default=None, repr=False, compare=False)
 
     def value(self, row: Mapping[str, str | None]) -> object:
         """The clause's SQL value for `row`: True, False or None (NULL), unlike `matches`
@@ -53,23 +63,56 @@ class Where:
     def matches(self, row: Mapping[str, str | None]) -> bool:
         """True only when the clause is SQL-true for `row` (Postgres text values).
 
-        A row on which the clause fails (division by zero, overflow, a value that does not
-        cast) does not match: Postgres would have failed the whole query instead, and a
-        snapshot meeting such a row fails with a 400, so the shape never holds it. Electric
-        does the same (`WhereClause.includes_record?` is false on an evaluation error).
-        Nothing else raised here may stop the replication stream: every other exception is
-        "no match".
-
         Raises `UnrepresentableValue` when `row` holds a value Postgres accepts but the engine
         cannot represent (a BC date, a year past 9999): the answer is unknown, so the caller
-        must not guess (the replicator rotates the shape; its new snapshot is exact).
+        must not guess (the replicator asks Postgres about the row, `pg/row_where.py`).
+
+        A row on which the clause fails (division by zero, overflow, a value that does not
+        cast) is in no answer of Postgres: a snapshot meeting it fails (a 400). Where
+        Postgres's scan would certainly fail on it, `ClauseFails` (an UnrepresentableValue)
+        is raised: the replicator asks Postgres, which fails too, and the shape is retired,
+        so its clients refetch and get the snapshot's 400 (as a new client does) rather than
+        following a shape Postgres can no longer answer; Electric instead drops the row
+        silently (`WhereClause.includes_record?` is false on an error). "Certainly": every
+        top-level conjunct Postgres's planner makes of the clause (`_top_conjuncts`: NOT
+        pushed down, ANDs flattened, an OR's common factors pulled out) is true or fails,
+        and one fails. Where one is false or NULL, Postgres stops at it or at a failing one
+        by its cost order (`order_qual_clauses`), which the engine does not reproduce: the
+        row does not match, as in Postgres when it stops first.
+        Nothing else raised here may stop the replication stream: every other exception is
+        "no match".
         """
         try:
             return self._fn(row, {}) is True
         except UnrepresentableValue:
             raise
         except Exception:
-            return False
+            if self._may_stop_before_failing(row):
+                return False
+            raise ClauseFails(
+                "the where clause fails on a row (division by zero, overflow, a bad cast):"
+                " Postgres fails the shape's snapshot with it"
+            ) from None
+
+    def _may_stop_before_failing(self, row: Mapping[str, str | None]) -> bool:
+        """Whether Postgres's scan may stop on `row` before a part that fails: a top-level
+        conjunct is false or NULL, or none fails alone (see `matches`)."""
+        if self._conjuncts is None:
+            return True
+        failing = False
+        for conjunct, negated in self._conjuncts:
+            try:
+                value = conjunct(row, {})
+            except UnrepresentableValue:
+                raise
+            except Exception:
+                failing = True
+                continue
+            if negated and isinstance(value, bool):
+                value = not value
+            if value is not True:
+                return True
+        return not failing
 
 
 #: Templates of the clauses seen, shared by every table (the key holds the columns).
@@ -211,6 +254,50 @@ def _check(compiler: Compiler, expr: Expr) -> Expr:
     return expr
 
 
+#: A conjunct Postgres's planner makes of the clause: a compiled node's value, negated or not.
+Conjunct = tuple[Eval, bool]
+
+
+def _top_conjuncts(compiler: Compiler, expr: Expr) -> tuple[Conjunct, ...]:
+    """The top-level conjuncts Postgres's planner makes of the clause compiled to `expr`,
+    which its scan evaluates in an order of its own (see `Where.matches`): NOT pushed down
+    through AND and OR (De Morgan, eval_const_expressions' negate_clause), ANDs flattened
+    (BETWEEN is one, NOT IN of columns one of `<>`s), and the factors common to every arm
+    of an OR pulled out as conjuncts beside it (canonicalize_qual's process_duplicate_ors:
+    `(a AND b) OR (a AND c)` is `a AND (b OR c)`)."""
+    found: list[tuple[Expr, bool]] = []
+    stack: list[tuple[Expr, bool]] = [(expr, False)]
+    while stack:
+        e, negated = stack.pop()
+        if e.bool_op == "not":
+            stack.append((e.parts[0], not negated))
+            continue
+        if e.bool_op == ("or" if negated else "and"):  # AND, or NOT (OR)
+            stack.extend((part, negated) for part in reversed(e.parts))
+            continue
+        if e.bool_op == "or":  # (not negated) its common factors, and itself
+            found.extend((f, False) for f in _common_factors(compiler, e))
+        found.append((e, negated))
+    return tuple((e.fn, negated) for e, negated in found)
+
+
+def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
+    """The conjuncts every arm of the OR `expr` has (compared as SQL text, as Postgres
+    compares them with `equal()`; only those compiled from a node of their own), each
+    from its first arm."""
+
+    def text(e: Expr) -> str | None:
+        if planner_const(e):  # (the planner compares constants it made, not their text)
+            return f"\0{e.type.sql_name}:{e.value!r}"
+        if e.node is None or compiler.compiled.get(id(e.node)) is not e:
+            return None
+        return sql_text(e.node)
+
+    arms = [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
+    common = set.intersection(*({text(c) for c in arm} for arm in arms)) - {None}
+    return [c for c in arms[0] if text(c) in common]
+
+
 def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
     fn = expr.fn
     if expr.is_const:
@@ -230,6 +317,7 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
         index=index,
         _fn=fn,
         zones=frozenset(compiler.zones),
+        _conjuncts=_top_conjuncts(compiler, expr),
     )
 
 

@@ -86,6 +86,7 @@ from .expr import (
     cached_column_eval,
     column_eval,
     const,
+    negation,
     or_expr,
     with_coll,
     with_folded,
@@ -523,7 +524,7 @@ class Compiler:
     def _BoolExpr(self, node: ast.BoolExpr) -> Expr:
         if node.boolop == BoolExprType.NOT_EXPR:
             arg = self.to_bool(self.compile(node.args[0]), "NOT")
-            result = apply(BOOL, operator.not_, [arg], node)
+            result = negation(arg, apply(BOOL, operator.not_, [arg], node))
             if arg.planner_folded and result.is_const:  # (see expr.planner_const)
                 return const(BOOL, result.value, node, folded=True)
             return result

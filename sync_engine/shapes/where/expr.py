@@ -55,6 +55,22 @@ class Expr:
     coll: CollState | None = None
     """The collation Postgres derives for the node this Expr was compiled from (set by
     `Compiler.compile`; None on Exprs built inside a node: see `Compiler.state_of`)."""
+    bool_op: str | None = None
+    """"and", "or" or "not" where Postgres's expression is that boolean operator over
+    `parts` (`AND`/`OR`/`NOT`, and what it makes of BETWEEN and IN lists): which top-level
+    conjuncts its planner makes of a clause (`clause._top_conjuncts`)."""
+    parts: tuple[Expr, ...] = ()
+
+
+def negation(expr: Expr, result: Expr) -> Expr:
+    """`result`, the compiled `NOT expr`, noted as such (`Expr.bool_op`) unless a constant."""
+    if result.is_const:
+        return result
+    new = object.__new__(type(result))
+    new.__dict__.update(result.__dict__)
+    new.__dict__["bool_op"] = "not"
+    new.__dict__["parts"] = (expr,)
+    return new
 
 
 def with_node(expr: Expr, node: ast.Node | None) -> Expr:
@@ -285,7 +301,7 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
         fn = and_n
     indexes = [a.index for a in args if a.index is not None]
     index = min(indexes, key=lambda i: len(i[1])) if indexes else None
-    return Expr(BOOL, fn, index=index, node=node)
+    return Expr(BOOL, fn, index=index, node=node, bool_op="and", parts=tuple(args))
 
 
 def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
@@ -318,7 +334,7 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     if all(a.index is not None for a in args) and len({a.index[0] for a in args if a.index}) == 1:
         keys: frozenset[Value] = frozenset().union(*(a.index[1] for a in args if a.index))
         index = (args[0].index[0] if args[0].index else "", keys)
-    return Expr(BOOL, or_n, index=index, node=node)
+    return Expr(BOOL, or_n, index=index, node=node, bool_op="or", parts=tuple(args))
 
 
 def in_list(

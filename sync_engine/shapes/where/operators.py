@@ -62,6 +62,7 @@ from .expr import (
     col_const_compare,
     const,
     in_list,
+    negation,
     or_expr,
     planner_const,
     with_index,
@@ -256,6 +257,11 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
         if name != "^":  # (Postgres has one `^` on float8 and one on numeric: float8 wins)
             raise error_at(f"operator is not unique: unknown {name} unknown", node)
         left, right = c.coerce(left, FLOAT8), c.coerce(right, FLOAT8)
+    known = rt if lt == UNKNOWN else lt if rt == UNKNOWN else None
+    if known is not None and known != UNKNOWN and known not in NUMERIC_ORDER:
+        # (`ip << '10.0.0.0/8'` is inet's "is contained by", not a shift: reading the
+        # literal as the engine's integer said "invalid input syntax for type integer")
+        raise error_at(f"operator {name} on {known.sql_name} is not supported", node)
     if name in ("<<", ">>") and UNKNOWN in (lt, rt):
         # int2/int4/int8 << int4: an unknown shift count is int4; an unknown shifted value
         # takes the count's type only where that is int4 (Postgres: `'1' << i2` is not
@@ -687,7 +693,7 @@ def _folded_comparison(expr: Expr, left: Expr, right: Expr) -> Expr:
 
 def _negated(expr: Expr, node: ast.Node) -> Expr:
     """NOT `expr`: a planner's constant when `expr` is one."""
-    return mark(apply(BOOL, operator.not_, [expr], node), planner_const(expr))
+    return mark(negation(expr, apply(BOOL, operator.not_, [expr], node)), planner_const(expr))
 
 
 def _like_expr(c: Compiler, node: ast.A_Expr, name: str) -> Expr:

@@ -58,8 +58,7 @@ def _parse(answer: bytes) -> tuple[str, dict[str, str], bytes]:
     return lines[0], headers, body
 
 
-@pytest.mark.parametrize("method", ["GET", "HEAD"])
-async def test_a_trickling_head_is_answered_408_and_closed(port: int, method: str) -> None:
+async def _trickled(port: int, method: str) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     trickle = asyncio.create_task(
         _trickle(writer, f"{method} /v1/health HTTP/1.1\r\nHost: engine\r\nX-Slow: ".encode())
@@ -75,18 +74,28 @@ async def test_a_trickling_head_is_answered_408_and_closed(port: int, method: st
     assert headers["content-type"].startswith("application/json")
     assert headers["connection"] == "close"
     expected = orjson.dumps(
-        {"message": "Request timeout: the request did not arrive in time", "code": "request_timeout"}
+        {
+            "message": "Request timeout: the request did not arrive in time",
+            "code": "request_timeout",
+        }
     )
     assert int(headers["content-length"]) == len(expected)
     assert body == (b"" if method == "HEAD" else expected)
 
 
-async def test_a_silent_connection_is_closed(port: int) -> None:
+async def _silent(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         assert await asyncio.wait_for(reader.read(-1), 15) == b""  # closed, nothing said
     finally:
         writer.close()
+
+
+async def test_a_trickling_head_is_answered_408_and_a_silent_connection_closed(
+    port: int,
+) -> None:
+    """(at once, on one engine: GET and HEAD heads trickling, a connection saying nothing)"""
+    await asyncio.gather(_trickled(port, "GET"), _trickled(port, "HEAD"), _silent(port))
 
 
 async def test_idle_keep_alive_and_quick_requests_are_untouched(port: int) -> None:

@@ -30,7 +30,7 @@ from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import AppRunner
 
 from sync_engine.app import SOURCES, build_app
-from sync_engine.http import server as engine_server
+from sync_engine.http import live
 from tests.support.engine_process import apply_messages
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine
@@ -157,7 +157,7 @@ async def test_sse_readers_that_stop_reading_hold_a_bounded_amount_and_free_it(
 async def test_a_stalled_sse_reader_is_cut_and_resumes_losing_nothing(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(engine_server, "WRITE_STALL_TIMEOUT", 1.0, raising=False)
+    monkeypatch.setattr(live, "SEND_TIMEOUT", 1.0)
     rows, handle, offset = await _setup(engine)
     socks = await _stalled_sse_clients(engine, handle, offset)
     ports = {sock.getsockname()[1] for sock in socks}

@@ -4,10 +4,13 @@ parse_where) and Postgres's own verdict on a clause for one of its rows."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 
 import psycopg
 
 from sync_engine.pg.catalog import ColumnInfo, load_table
+from sync_engine.shapes.where import Where
+from sync_engine.shapes.where.clause import ClauseFails
 
 
 def column_map(url: str, table: str = "d") -> dict[str, ColumnInfo]:
@@ -31,3 +34,18 @@ VERDICT_FUNCTION = (
     "RETURN coalesce(res::text, 'null'); "
     "EXCEPTION WHEN others THEN RETURN 'error'; END $$ LANGUAGE plpgsql"
 )
+
+
+def engine_verdict(where: Where, row: Mapping[str, str | None]) -> str:
+    """The engine's verdict on `row` in `VERDICT_FUNCTION`'s words: 'true', 'false' (false
+    or NULL: no match), or 'error' where it says Postgres fails on the row (`ClauseFails`:
+    the shape is retired). Another UnrepresentableValue propagates."""
+    try:
+        return "true" if where.matches(row) else "false"
+    except ClauseFails:
+        return "error"
+
+
+def agrees(engine: str, postgres: str) -> bool:
+    """Whether the engine's verdict (`engine_verdict`) is Postgres's (`VERDICT_FUNCTION`)."""
+    return engine == ("false" if postgres == "null" else postgres)

@@ -164,3 +164,17 @@ def test_a_zero_character_is_refused_in_postgres_words(
                            ("e::text = 'a\x00'", {})]:  # fmt: skip
         with pytest.raises(WhereError, match=message):
             parse_where(clause, params, columns)
+
+
+def test_an_operator_on_a_type_without_arithmetic_is_named(db_url: str) -> None:
+    """`ip << '10.0.0.0/8'` (inet's "is contained by") was read as a shift of integers:
+    'invalid input syntax for type integer: "10.0.0.0/8"', blaming a valid literal."""
+    url = with_display_settings(db_url)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE d (id int PRIMARY KEY, ip inet, m money)")
+        columns = column_map(url)
+        for clause, message in [("ip << '10.0.0.0/8'", "operator << on inet is not supported"),
+                                ("m + '1' > '0'", "operator \\+ on money is not supported")]:  # fmt: skip
+            with pytest.raises(WhereError, match=message):
+                parse_where(clause, {}, columns)
+            conn.execute(f"SELECT 1 FROM d WHERE {clause}")  # (Postgres has them)

@@ -12,6 +12,7 @@ import pytest
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.shapes.where import Where, WhereError, index_key, parse_order_by, parse_where
+from sync_engine.shapes.where.clause import ClauseFails
 
 C_UTF8 = "c|C.UTF-8|C.UTF-8|t"  # the test cluster's collation (scripts/dev-postgres)
 
@@ -335,9 +336,12 @@ def test_nan_semantics_follow_postgres() -> None:
     assert where("price > 5").matches({"price": "NaN"})
 
 
-def test_evaluation_errors_do_not_match() -> None:
-    assert not where("id / 0 = 1 OR true = false").matches({"id": "5"})
-    assert not where("id * 1000000000 > 0").matches({"id": "5"})
+def test_evaluation_errors_are_postgres_failures() -> None:
+    """(they were "no match": test_failing_rows.py)"""
+    for clause in ["id / 0 = 1 OR true = false", "id * 1000000000 > 0"]:
+        with pytest.raises(ClauseFails):
+            where(clause).matches({"id": "5"})
+    assert not where("id > 5 AND id * 1000000000 > 0").matches({"id": "5"})
 
 
 def test_column_parsed_once_per_row() -> None:

@@ -1,0 +1,116 @@
+"""`--max-shapes`: a new shape retires the least recently requested idle shapes, as
+Electric expires least recently used shapes, instead of refusing every new shape for good.
+
+It was a 503 "Shape limit reached" with `Retry-After: 10` once the limit was reached, and
+since the engine never expired a shape, retrying never helped: one user of the proxy who
+asked for a few hundred distinct `where=id=N` shapes locked every other user out of every
+new shape (found by the attack probe). Now the idle shapes go (their clients get a 409 and
+refetch), the shapes clients are reading now stay, and the 503 remains only when every
+shape is in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sync_engine.app import SOURCES, build_app
+from tests.sync_engine.engine_harness import SETTINGS, Engine
+
+LIMIT = 3
+
+
+@pytest.fixture
+async def limited(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    settings = replace(
+        SETTINGS,
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        max_shapes=LIMIT,
+        long_poll_timeout=20.0,  # (held requests stay held while the test runs)
+    )
+    client = await aiohttp_client(build_app(settings))
+    await client.app[SOURCES]["default"].ready.wait()
+    yield Engine(client, db_url, tmp_path / "data")
+
+
+async def test_idle_shapes_make_room_and_held_ones_stay(limited: Engine) -> None:
+    engine = limited
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text)")
+    engine.sql("CREATE TABLE todos (id int PRIMARY KEY, title text)")
+    engine.sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 20) i")
+    engine.sql("INSERT INTO todos VALUES (1, 'bob''s todo')")
+
+    # bob follows todos live: his long-poll is held at the tip
+    rows, bob_handle, bob_offset = await engine.sync(table="todos")
+    bob_live = asyncio.create_task(
+        engine.get(table="todos", handle=bob_handle, offset=bob_offset, live="true")
+    )
+    await engine.until_parked(1)
+
+    # alice asks for more distinct shapes than the limit, one after the other
+    alice: dict[int, str] = {}
+    for i in range(1, 9):
+        status, h, body = await engine.get(table="items", where=f"id = {i}", offset="-1")
+        assert status == 200, body  # (was a 503 from the third on)
+        alice[i] = h["electric-handle"]
+        assert len(engine.source.registry) <= LIMIT
+
+    # bob's held shape was not taken: his long-poll gets the next change, no 409
+    engine.sql("INSERT INTO todos VALUES (2, 'next')")
+    status, h, body = await asyncio.wait_for(bob_live, timeout=30)
+    assert status == 200, body
+    assert [m["value"]["id"] for m in body if "value" in m] == ["2"]
+
+    # and bob's new shape is served too
+    status, h, body = await engine.get(table="todos", where="id = 1", offset="-1")
+    assert status == 200, body
+    assert len(engine.source.registry) <= LIMIT
+
+    # an evicted shape's client is told to refetch, and refetching gives the right rows
+    status, h, body = await engine.get(table="items", where="id = 1", handle=alice[1], offset="0_0")
+    assert status == 409, (status, body)
+    rows, _, _ = await engine.sync(table="items", where="id = 1")
+    assert [r["title"] for r in rows.values()] == ["item 1"]
+
+
+async def test_a_new_shape_is_refused_only_while_every_shape_is_in_use(limited: Engine) -> None:
+    engine = limited
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text)")
+    engine.sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 9) i")
+    held = []
+    for i in range(1, LIMIT + 1):
+        _, handle, offset = await engine.sync(table="items", where=f"id = {i}")
+        held.append(
+            asyncio.create_task(
+                engine.get(
+                    table="items", where=f"id = {i}", handle=handle, offset=offset, live="true"
+                )
+            )
+        )
+    await engine.until_parked(LIMIT)
+
+    status, h, body = await engine.get(table="items", where="id = 9", offset="-1")
+    assert status == 503, (status, body)
+    assert body["code"] == "shape_limit_reached" and int(h["retry-after"]) > 0, (h, body)
+    assert "max_shapes" in body["message"]
+
+    # once one of them is no longer read, it makes room
+    held[0].cancel()
+    await asyncio.gather(held[0], return_exceptions=True)
+    for _ in range(100):
+        if engine.parked() < LIMIT:
+            break
+        await asyncio.sleep(0.05)
+    status, h, body = await engine.get(table="items", where="id = 9", offset="-1")
+    assert status == 200, (status, body)
+    assert [m["value"]["id"] for m in body if "value" in m] == ["9"]
+    engine.sql("UPDATE items SET title = 'changed' WHERE id IN (2, 3)")  # (wakes the others)
+    for task in held[1:]:
+        status, _, body = await asyncio.wait_for(task, timeout=30)
+        assert status == 200, body  # (still theirs: not evicted while held)
