@@ -66,7 +66,11 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     headers["electric-server"] = _SERVER
     if "x-request-id" not in headers:
         given = request.headers.get("x-request-id")
-        headers["x-request-id"] = new_request_id() if given is None else given
+        # Kept when 20 to 200 bytes long, else a new one: Electric's Plug.RequestId (and
+        # the proxy's rule, proxy/http/context.py)
+        if given is None or not 20 <= len(given.encode("utf-8", "surrogateescape")) <= 200:
+            given = new_request_id()
+        headers["x-request-id"] = given
     if resp.status == 401:
         return
     origins = request.headers.getall("origin", [])

@@ -656,6 +656,9 @@ class Forwarder:
                     stream.task.add_done_callback(functools.partial(_release, permit))
             if joined:
                 self.metrics.collapsed_request()
+                # The stream's own key (equal): this client's copy, a tuple of the shape's
+                # parameters, is dropped while it is held (~0.4 KB per SSE client, issue 13).
+                spec = replace(spec, key=stream.key)
             try:
                 result = await sse.serve(
                     stream,

@@ -46,6 +46,12 @@ SNAPSHOT_WAIT = 60.0
 #: default of `Settings.snapshot_quiet`.
 SNAPSHOT_QUIET = 2.0
 
+#: A DELETE naming a definition and another shape's handle (Electric's words).
+_DEFINITION_MISMATCH = (
+    "The specified shape definition and handle do not match. Please ensure the shape"
+    " definition is correct or omit the shape handle from the request to obtain a new one."
+)
+
 FindSource = Callable[[web.Request], Awaitable["Source"]]
 
 
@@ -105,16 +111,15 @@ class ShapeView:
             if shape is None:
                 return json_response(404, {"message": "No existing shape found"})
             if handle is not None and handle != shape.handle:
-                raise InvalidRequest(
-                    {"handle": ["The specified shape definition and handle do not match."]}
-                )
+                # (Electric's `Response.shape_definition_mismatch`: a message, no `errors`)
+                return json_response(400, {"message": _DEFINITION_MISMATCH})
         elif handle is not None:
             found = source.shape(handle)
             if found is None:
                 return json_response(404, {"message": "No existing shape found"})
             shape = found
-        else:
-            raise InvalidRequest({"table": ["can't be blank"]})
+        else:  # (Electric's `Params.validate_for_delete`)
+            raise InvalidRequest({"handle": ["can't be blank when shape definition is missing"]})
         source.delete(shape, "deleted through the API")
         return web.Response(status=202, headers={"cache-control": "no-cache"})
 
