@@ -1,4 +1,5 @@
-"""What a held client costs the proxy: no loop timer of its own for its token's `exp`.
+"""What a held client costs the proxy: no loop timer of its own for its token's `exp`, no
+copy of its shared SSE stream's key.
 
 Issue 13 bounds the proxy's memory per held client (bar 2: <= 10 KB, bar 4: a held long-poll
 <= 8 KB). Ending held answers at the token's `exp` (`proxy.upstream.held`) first did it with an
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import time
 from typing import Any
 
@@ -101,6 +103,10 @@ async def test_held_clients_with_one_token_share_one_deadline_timer(
             lambda: _subscribed(forwarder) == CLIENTS, message="every SSE client on the stream"
         )
         assert forwarder.shared_streams == 1
+        # Each SSE client refers to its stream's key, not to a copy of its own (a tuple of
+        # the shape's parameters, ~0.4 KB per client; the old code kept one per client).
+        (stream,) = forwarder._streams._streams.values()
+        assert sys.getrefcount(stream.key) > CLIENTS
         gc.collect()
         # One deadline timer for all of them (and the engine requests' own: a handful);
         # the old code had one per held client.
