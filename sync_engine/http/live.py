@@ -10,15 +10,25 @@ A request held at the tip (a long-poll or an SSE stream) is let go as soon as it
 connection closes (`LiveConnection`, `client_gone`), not at the end of its timeout: the
 server does not cancel handlers (a write in progress, a shape being created, must finish),
 so without this a reconnect storm multiplied the held waiters, each for its 20 s.
+
+A stream costs bounded memory whatever its reader does: it reads the log a chunk at a time
+(never a whole transaction, which may be gigabytes) and writes it in pieces of `PIECE` bytes,
+each one waiting for the transport to drain, dropping what it has written as it goes. A reader
+that takes nothing for `SEND_TIMEOUT` is cut (`LiveConnection`): it
+resumes from its last up-to-date, which only ever follows a whole transaction. It wrote a
+whole transaction, read whole and joined into one more copy, per batch: ~50-75 MB a client
+that stopped reading, held as long as its connection (aiohttp has no write timeout).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 from ..errors import EngineError
@@ -35,20 +45,43 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 KEEPALIVE = b": keep-alive\n\n"
+#: Bytes of events written at once: each write waits for the transport to drain, so a reader
+#: that stops holds about this much in the engine's buffer (more only for a bigger event).
+PIECE = 64 * 1024
+#: The kernel send buffer of an SSE stream's socket (else autotuned up to megabytes of
+#: kernel memory per reader that stops), as the proxy bounds its own clients'.
+SEND_BUFFER = 256 * 1024
+
+
+#: Seconds a client may leave the engine's writes to it paused (the transport's buffer above
+#: its high-water mark: it took less than ~48 KB meanwhile) before its connection is cut:
+#: the proxy's `SEND_TIMEOUT`; nginx's send_timeout is 60 s.
+SEND_TIMEOUT = 60.0
 
 
 class LiveConnection(EngineRequestHandler):
     """The engine's connection, which tells the requests held on it when its client has gone
-    (`client_gone`): aiohttp, without `handler_cancellation`, lets a handler run on."""
+    (`client_gone`): aiohttp, without `handler_cancellation`, lets a handler run on.
 
-    __slots__ = ("_gone",)
+    It also cuts a client that stops reading: once the transport has paused writing, the
+    client must take enough to resume it within `SEND_TIMEOUT`, or the connection is
+    aborted (its unsent bytes dropped; a handler waiting to write gets a `ConnectionError`,
+    as for a client gone). aiohttp has no write timeout: a handler waiting to drain waited
+    as long as the connection stayed open, holding its answer all along (an SSE stream, a
+    long-poll's chunk). A client cut so resumes as after any broken connection, from its
+    last offset, losing nothing.
+    """
+
+    __slots__ = ("_gone", "_stall")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._gone: asyncio.Future[None] | None = None
+        self._stall: asyncio.TimerHandle | None = None
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
+        self._unstall()
         gone = self._gone
         if gone is not None and not gone.done():
             gone.set_result(None)
@@ -62,14 +95,26 @@ class LiveConnection(EngineRequestHandler):
                 gone.set_result(None)
         return gone
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._stall = self._loop.call_later(SEND_TIMEOUT, self._stalled)
 
-#: Seconds a write to an SSE stream may wait for its client to read (the proxy's
-#: `SEND_TIMEOUT`; nginx's send_timeout is 60 s) before the stream is cut.
-SEND_TIMEOUT = 60.0
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
 
+    def _unstall(self) -> None:
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
 
-class _NotReading(Exception):
-    """An SSE client did not read its stream within `SEND_TIMEOUT`."""
+    def _stalled(self) -> None:
+        self._stall = None
+        transport = self.transport
+        if transport is not None and self.writing_paused:
+            logger.info("cut a client that read nothing for %g s", SEND_TIMEOUT)
+            transport.abort()
 
 
 def client_gone(request: web.Request) -> asyncio.Future[None] | None:
@@ -119,20 +164,16 @@ async def serve_sse(
         },
     )
     # Read before the headers go: a log found damaged now is a plain 409.
-    first = shape.log.read_after(offset, whole_transactions=True)
+    first = _read(shape, offset)
     await resp.prepare(request)
+    _bound_send_buffer(request.transport)
     # From here on an error cannot be answered (the 200 is sent): the stream ends, whole.
     # Answered by the middleware, it was a second response written into this one's body.
     try:
         await _stream(resp, s, source, shape, offset, client_gone(request), first)
-    except _NotReading as exc:
-        logger.info("SSE stream of shape %s cut: %s", shape.handle, exc)
-        if request.transport is not None:
-            request.transport.abort()
-    except ConnectionError as exc:  # the client went away: nothing to answer, no error
-        # (ConnectionResetError, and aiohttp's plain ConnectionError("Connection lost") when
-        # it goes while a write waits for room: logged with a traceback at ERROR, 66 times
-        # in one probe, where nothing was wrong)
+    except ConnectionError as exc:  # the client went away (or was cut): normal, no error
+        # (aiohttp raises `ConnectionError("Connection lost")` for a client gone while the
+        # stream waited to write, a sibling of the `ConnectionResetError` of a write after)
         logger.debug("SSE client of shape %s went away: %r", shape.handle, exc)
     except EngineError as exc:  # its log found damaged (the shape is retired): a 409 next
         logger.info("SSE stream of shape %s ended: %s", shape.handle, exc)
@@ -147,8 +188,36 @@ async def serve_sse(
 async def _end(resp: web.StreamResponse) -> None:
     try:
         await resp.write_eof()
-    except ConnectionResetError:
+    except ConnectionError:
         pass
+
+
+def _bound_send_buffer(transport: asyncio.BaseTransport | None) -> None:
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+        except OSError:  # (best effort: the engine's own buffer is bounded anyway)
+            pass
+
+
+#: A read of the log: its entries, the offset it ends at, and whether that is the end of a
+#: transaction (an up-to-date may follow it).
+_Read = tuple[list[bytes], "LogOffset", bool]
+
+
+def _read(shape: Shape, offset: LogOffset) -> _Read:
+    """The entries after `offset` to the end of their log chunk (about `chunk_bytes`: a
+    transaction may span many), the offset they end at, and whether it ends a transaction:
+    its last entry says so (`"last": true`), or it is the log's end (published transactions
+    are whole)."""
+    entries, end = shape.log.read_after(offset)
+    if not entries:
+        return entries, end, True
+    if end == shape.log.latest_offset:
+        return entries, end, True
+    headers = orjson.loads(entries[-1]).get("headers")
+    return entries, end, isinstance(headers, dict) and headers.get("last") is True
 
 
 async def _stream(
@@ -158,51 +227,64 @@ async def _stream(
     shape: Shape,
     offset: LogOffset,
     gone: asyncio.Future[None] | None,
-    first: tuple[list[bytes], LogOffset],
+    first: _Read,
 ) -> None:
     deadline = time.monotonic() + s.sse_timeout
-    entries, end = first
+    entries, end, whole = first
     if entries:
         # Behind the tip: the first chunk, then on from its end (the loop drains the rest at
         # once, then waits at the tip). Ended here, a client chunks behind got one stream of
         # a few ms per chunk, and client 1.5.28 takes three short streams in a row for a
         # buffering proxy and falls back to long polling for good.
-        await _write_batch(resp, entries, end.tx)
+        await _write_entries(resp, entries, end.tx if whole else None)
         offset = end
+    mid_transaction = not whole
 
     def over() -> bool:
         return shape.rotated or source.closing is not None
 
     def fresh() -> bool:
-        nonlocal entries, end
+        nonlocal entries, end, whole
         if over():
             return True
-        entries, end = shape.log.read_after(offset, whole_transactions=True)
+        entries, end, whole = _read(shape, offset)
         return bool(entries)
 
     while not over():
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        if not await shape.wait_until(fresh, min(remaining, s.sse_keepalive), gone=gone):
+        if remaining <= 0 and not mid_transaction:  # (a transaction is never cut by time:
+            break  # one longer than a stream would be sent again by every stream)
+        if not await shape.wait_until(fresh, max(0.0, min(remaining, s.sse_keepalive)), gone=gone):
             if gone is not None and gone.done():
                 return  # the client has gone: nobody to write to
             if deadline - time.monotonic() > 0:
                 await resp.write(KEEPALIVE)
         elif not over():
-            await _write_batch(resp, entries, end.tx)
+            await _write_entries(resp, entries, end.tx if whole else None)
             offset = end
+            mid_transaction = not whole
+        entries = []  # (written: not kept while the stream waits)
     await resp.write_eof()
 
 
-async def _write_batch(resp: web.StreamResponse, entries: list[bytes], lsn: int) -> None:
-    data = b"".join(sse_frame(e) for e in entries) + sse_frame(up_to_date_message(lsn))
-    try:
-        async with asyncio.timeout(SEND_TIMEOUT):
-            await resp.write(data)
-    except TimeoutError:
-        # A client that stopped reading held its stream, and the batch waiting to be
-        # written (tens of MB for a big transaction), for as long as its connection
-        # lived. Cut as the proxy cuts one (its SEND_TIMEOUT): the client resumes from
-        # its last up-to-date.
-        raise _NotReading(f"its client read nothing in {SEND_TIMEOUT:g} s") from None
+async def _write_entries(resp: web.StreamResponse, entries: list[bytes], lsn: int | None) -> None:
+    """Write `entries` as events in pieces of about `PIECE` bytes, each waiting for the
+    transport to drain, emptying `entries` as it goes (a reader that stops holds about a
+    piece, not the chunk read); then an up-to-date naming `lsn` when it ends a transaction."""
+    entries.reverse()
+    parts: list[bytes] = []
+    size = 0
+    while entries:
+        frame = sse_frame(entries.pop())
+        parts.append(frame)
+        size += len(frame)
+        if size >= PIECE:
+            piece = b"".join(parts)
+            parts.clear()
+            size = 0
+            await resp.write(piece)
+            del piece
+    if lsn is not None:
+        parts.append(sse_frame(up_to_date_message(lsn)))
+    if parts:
+        await resp.write(b"".join(parts))
