@@ -99,6 +99,7 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     """
     context = request.context
     runtime = _app(request).holder.current  # this request keeps this config through a reload
+    epoch = _app(request).forwarder.revocations  # (and ends with it: `Target.epoch`)
     method = request.method
     body: bytes | None = None
     if method in ("GET", "HEAD"):  # HEAD: the GET's headers without its body, as Electric
@@ -123,7 +124,9 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     context.shared = prepared.shared
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
-    return await _forward(request, runtime, prepared, method, body, _admitter(request, prepared))
+    return await _forward(
+        request, runtime, prepared, method, body, _admitter(request, prepared), epoch
+    )
 
 
 async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamResponse | None:
@@ -212,10 +215,11 @@ async def _forward(
     method: str,
     body: bytes | None,
     admit: Admit | None = None,
+    epoch: int | None = None,
 ) -> StreamResponse:
     """Send the authorised request upstream and record how it went in the request context."""
     context = request.context
-    target = target_of(prepared, method, body)
+    target = target_of(prepared, method, body, epoch)
     outcome = await _app(request).forwarder.forward(
         request, target, runtime.options, context.request_id, admit
     )
@@ -281,8 +285,10 @@ def name_the_rule(
     response.body = orjson.dumps(answer)
 
 
-def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
-    """What to ask the engine for an authorised request."""
+def target_of(
+    prepared: Prepared, method: str, body: bytes | None, epoch: int | None = None
+) -> Target:
+    """What to ask the engine for an authorised request (`epoch`: `Target.epoch`)."""
     return Target(
         method=method,
         cacheable=method != "HEAD",
@@ -296,6 +302,7 @@ def target_of(prepared: Prepared, method: str, body: bytes | None) -> Target:
         handle=prepared.handle,
         initial=prepared.initial,
         deadline=prepared.token_exp,
+        epoch=epoch,
     )
 
 

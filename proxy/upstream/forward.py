@@ -93,6 +93,10 @@ class Target:
     #: stream, shared or not; a long-poll) ends cleanly then, and the client goes on with a
     #: fresh token (or gets its 401). See `upstream.held`.
     deadline: float | None = None
+    #: `Forwarder.revocations` when the request was authorised (None: not checked): a live
+    #: answer whose hold begins after a later revocation (a reload while its engine request
+    #: was on its way) is over at once, as if it had been held when access was withdrawn.
+    epoch: int | None = None
 
 
 #: How a long-poll the proxy ended is logged (access log `outcome`, `reason`).
@@ -138,6 +142,8 @@ class Forwarder:
         #: Live answers held straight from the engine (a long-poll waiting for its headers,
         #: an SSE stream passed through), ended by `end_streams`.
         self._holds: set[Hold] = set()
+        #: How many times `end_streams` ran (see `Target.epoch`).
+        self.revocations = 0
         #: Live fast-lane requests waiting for the engine (`proxy.http.fastlane`): each has a
         #: `revoke()` that ends it as a long-poll timeout ends.
         self.fast_held: set[Revocable] = set()
@@ -156,6 +162,7 @@ class Forwarder:
         reload, an issuer's key dropped): every shared SSE stream and SSE stream passed
         straight through, each client's response cleanly (they reconnect); every long-poll
         waiting for the engine, as a long-poll timeout ends (`upstream.held`)."""
+        self.revocations += 1
         self._streams.end_all()
         holds, self._holds = self._holds, set()
         for hold in holds:
@@ -168,7 +175,10 @@ class Forwarder:
         """The bounds of a live answer's wait for the engine (`upstream.held`): its token's
         expiry and the next `end_streams`. Give it back with `unhold`."""
         hold = Hold(target.deadline, self.deadlines)
-        self._holds.add(hold)
+        if target.epoch is not None and target.epoch != self.revocations:
+            hold.expire()  # (authorised before a revocation that came before its hold)
+        else:
+            self._holds.add(hold)
         return hold
 
     def unhold(self, hold: Hold) -> None:
@@ -559,6 +569,8 @@ class Forwarder:
             if target.live and target.method == "GET"
             else None
         )
+        if hold is not None and target.epoch is not None and target.epoch != self.revocations:
+            hold.expire()  # (authorised before a revocation: `Target.epoch`)
         try:
             return await collapsing.wait(flight, request, options, joined=joined, hold=hold)
         except HoldEnded:

@@ -255,3 +255,37 @@ def engine_held(proxies: dict[str, Any]) -> int:
         pool = proxy.app.forwarder.pool
         held += pool.open_connections - pool.idle_connections
     return held
+
+
+async def test_a_stream_authorised_before_a_revocation_it_missed_ends_at_once(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reload revoking access while an SSE request's engine request is on its way (its
+    hold not yet begun) ends the stream as soon as it begins: it was authorised under the
+    config the reload replaced. On the old code the hold, begun after the revocation, never
+    heard of it: the stream went on under the withdrawn rule (seen as a flake of the reload
+    test above under load)."""
+    straight = build_config(_config(engine, idp_server, collapse=False), environ)
+    proxy = await make_proxy(straight, fast_lane=False)
+    token = proxy.tokens.make()
+    _, handle, offset = await sync_through(proxy, token)
+    forwarder = proxy.app.forwarder
+    opened = forwarder._open
+
+    async def open_then_revoke(*args: Any, **kwargs: Any) -> Any:
+        upstream = await opened(*args, **kwargs)
+        forwarder.end_streams()  # (a reload landing between authorisation and the hold)
+        return upstream
+
+    monkeypatch.setattr(forwarder, "_open", open_then_revoke)
+    sse = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true"
+    async with proxy.client.get(
+        sse, headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    ) as resp:
+        assert resp.status == 200
+        body = await asyncio.wait_for(resp.read(), ENDED_WITHIN)  # (a clean end)
+    assert _sse_ids(body) == []

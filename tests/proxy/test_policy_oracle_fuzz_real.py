@@ -25,7 +25,7 @@ first's), and every answer the proxy marks `public` (a CDN may share it) asked f
 every other user's token, which must get the same rows.
 
 `PROXY_POLICY_ORACLE_SEEDS` (comma list or `a-b`) and `PROXY_POLICY_ORACLE_REQUESTS` run
-longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (14). Up to
+longer sweeps (out of tree: /work/policy-fuzz); CI runs one short seed (24). Up to
 `PROXY_POLICY_ORACLE_NPM` (3) served shapes per round are also followed by the real npm client
 (`policy_npm_shapes.mjs`), snapshot and live, and its rows compared with the oracle's.
 """
@@ -38,6 +38,7 @@ import os
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -54,7 +55,7 @@ from tests.support.engine_process import EngineProcess, apply_messages
 def _seeds() -> list[int]:
     # (CI's seed: one whose policy serves shapes, public answers, live changes and handle
     # reuse; pick another when the generator changes)
-    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "14")
+    text = os.environ.get("PROXY_POLICY_ORACLE_SEEDS", "24")
     if "-" in text:
         low, high = text.split("-")
         return list(range(int(low), int(high) + 1))
@@ -112,7 +113,20 @@ DOCS = Table(
     {"id": "int", "org_id": "text", "title": "text", "pin": "text"},
     ("app.docs", '"app".docs', '"app"."docs"', "APP.DOCS"),
 )
-TABLES = (ITEMS, NOTES, DOCS)
+EVENTS = Table(
+    "public",
+    "events",
+    ("id", "org_id", "title", "secret"),
+    {"id": "int", "org_id": "text", "title": "text", "secret": "text"},
+    ("events", "public.events", '"events"'),
+)
+#: The partitions of `events` (by id: 1-15, 16 on), in schema `app`: a pattern `app.*` or
+#: `app.events_*` reaches them, and must never show more of their rows than `events`'s own
+#: rule shows the caller (`_refuse_unsafe_pattern`).
+EVENTS_LO = Table("app", "events_lo", EVENTS.columns, EVENTS.types, ("app.events_lo",))
+EVENTS_HI = Table("app", "events_hi", EVENTS.columns, EVENTS.types, ('app."events_hi"',))
+PARTITIONS = (EVENTS_LO, EVENTS_HI)
+TABLES = (ITEMS, NOTES, DOCS, EVENTS)
 #: Spellings that name no table here (another case, another schema, junk).
 WRONG = (
     '"ITEMS"', "notes", "public.docs", "items.public", "app.items", "items;", "", '"it""ems"',
@@ -466,6 +480,8 @@ def _rule(rng: random.Random, table: Table, name: str, roles: list[str] | None) 
 
 
 def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
+    if rng.random() < 0.2:
+        return _partition_policy(rng), {}
     listings = []
     for table in TABLES:
         if rng.random() < 0.15:
@@ -478,6 +494,12 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
             key = rng.choice(["app.*", "*.docs", "app.d*", "app.[dx]ocs"])
             listings.append(Listing(table, key, rules, rng.random() < 0.5, pattern=True))
             continue
+        if table is EVENTS and rng.random() < 0.4:
+            # (besides `events` itself: a pattern over its partitions, with rules of its own)
+            roles = rng.choice([[None], [["member"]], [["admin"], None]])
+            more = [_rule(rng, table, f"p{i}", r) for i, r in enumerate(roles)]
+            key = rng.choice(["app.events_*", "app.*", "*.events_?i"])
+            listings.append(Listing(EVENTS_LO, key, more, rng.random() < 0.5, pattern=True))
         listings.append(
             Listing(
                 table,
@@ -494,6 +516,24 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
         rule.client_where = "forbid"
         shapes[f"s{i}"] = Listing(table, rng.choice(table.spellings), [rule], rng.random() < 0.5)
     return listings, shapes
+
+
+def _partition_policy(rng: random.Random) -> list[Listing]:
+    """`events` listed and its partitions reached only through a pattern whose rules are
+    copies of `events`'s (served: they show no more) or other rules (some showing more,
+    refused `pattern_not_safe`): either way, never more than `events`'s rule."""
+    roles_seq = rng.choice([[["admin"], ["member"]], [None], [["member", "viewer"]]])
+    rules = [_rule(rng, EVENTS, f"r{i}", roles) for i, roles in enumerate(roles_seq)]
+    events = Listing(EVENTS, rng.choice(EVENTS.spellings), rules, rng.random() < 0.5)
+    copies = []
+    for rule in rules:
+        if rng.random() < 0.7:
+            copies.append(Rule(**{**rule.__dict__, "name": "p" + rule.name}))
+        else:
+            copies.append(_rule(rng, EVENTS, "p" + rule.name, rule.roles))
+    key = rng.choice(["app.events_*", "app.*", "*.events_?i"])
+    partitions = Listing(EVENTS_LO, key, copies, events.deny, pattern=True)
+    return [events, partitions]
 
 
 def _config(base: dict[str, Any], listings: list[Listing], shapes: dict[str, Listing]) -> Any:
@@ -631,6 +671,9 @@ class Expected:
     columns: tuple[str, ...] = ()
     #: the proxy must serve it (no odd construct): a refusal is a finding
     must_serve: bool = False
+    #: a partition served through a pattern: the ids and columns its listed parent's rule
+    #: shows the caller, beyond which nothing may be served
+    parent: tuple[set[str], tuple[str, ...]] | None = None
 
 
 def _text(value: Any) -> Any:
@@ -681,6 +724,21 @@ class Request:
     client: dict[str, Any] | None = None
     #: junk parameters added (repeated, odd names): only "nothing beyond the policy" holds
     noisy: bool = False
+    #: for a partition of `events`: the listing of `events` itself, if any
+    parent: Listing | None = None
+
+
+def _listing_of(listings: list[Listing], table: Table) -> Listing | None:
+    """The listing the proxy serves `table` by: its exact name first, then patterns in order."""
+    exact = next((x for x in listings if x.table is table and not x.pattern), None)
+    if exact is not None:
+        return exact
+    for listing in listings:
+        if listing.pattern:
+            schema, _, name = listing.key.partition(".")
+            if fnmatchcase(table.schema, schema) and fnmatchcase(table.name, name):
+                return listing
+    return None
 
 
 def _columns_param(rng: random.Random, table: Table) -> tuple[str, list[str], bool]:
@@ -723,11 +781,11 @@ def _request(
     if rng.random() < 0.08:
         spelling, table, lst = rng.choice(WRONG), None, None
     else:
-        table = rng.choice(TABLES)
+        table = rng.choice((*TABLES, *PARTITIONS))
         spelling = rng.choice(table.spellings)
         if table is ITEMS and rng.random() < 0.2:
             spelling = rng.choice(ITEMS_TOO)
-        lst = next((x for x in listings if x.table is table), None)
+        lst = _listing_of(listings, table)
     query = [("table", spelling)]
     where = None
     params: list[str] = []
@@ -800,6 +858,9 @@ def _request(
         tuple(outer_params),
         client,
         noisy,
+        next((x for x in listings if x.table is EVENTS and not x.pattern), None)
+        if table in PARTITIONS
+        else None,
     )
 
 
@@ -855,7 +916,24 @@ def _expect(conn: psycopg.Connection[Any], req: Request, claims: dict[str, Any] 
     must = req.where is None or (req.where[2] and not req.params)
     must = must and (req.outer is None or (req.outer[2] and not req.outer_params))
     must = must and not req.named and not req.listing.pattern
-    return Expected(None, rows, shown, must_serve=must)
+    parent = None
+    if table in PARTITIONS:
+        events = req.parent
+        if events is not None:
+            prule = events.rule_for(claims)
+            if prule is None:
+                return Expected("a partition of a table this caller may not read")
+            pvisible = tuple(c for c in table.columns if c in (prule.columns or table.columns))
+            ppred = None
+            if prule.filter is not None:
+                bound = _bindings(claims or {}, prule.filter.claims)
+                ppred = "false" if bound is None else prule.filter.oracle(bound)
+            try:
+                pids = set(_select(conn, table, ("id",), ppred, None))
+            except psycopg.Error:
+                pids = set()
+            parent = (pids, pvisible)
+    return Expected(None, rows, shown, must_serve=must, parent=parent)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -906,17 +984,27 @@ def engine(start_engine: Any) -> EngineProcess:
         f"({i}, {_lit(ORGS[(i * 3) % len(ORGS)])}, {_lit(TITLES[i % len(TITLES)] or 'd')}, 'p')"
         for i in range(1, 13)
     )
+    events = ", ".join(
+        f"({i}, {_lit(ORGS[(i * 7) % len(ORGS)])}, {_lit(TITLES[(i * 3) % len(TITLES)] or 'e')},"
+        f" 's{i}')"
+        for i in range(1, 31)
+    )
     return start_engine(
         "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, owner text, title text,"
         " n int, secret text)",
         f"INSERT INTO items VALUES {items}",
         'CREATE TABLE "Notes" (id int PRIMARY KEY, owner text, "Body" text, hidden text)',
         f'INSERT INTO "Notes" VALUES {notes}',
+        "CREATE TABLE events (id int PRIMARY KEY, org_id text, title text, secret text)"
+        " PARTITION BY RANGE (id)",
         "CREATE TABLE marker (id int PRIMARY KEY, n int)",
         "INSERT INTO marker VALUES (1, 0)",
         "CREATE SCHEMA app",
         "CREATE TABLE app.docs (id int PRIMARY KEY, org_id text, title text, pin text)",
         f"INSERT INTO app.docs VALUES {docs}",
+        "CREATE TABLE app.events_lo PARTITION OF events FOR VALUES FROM (MINVALUE) TO (16)",
+        "CREATE TABLE app.events_hi PARTITION OF events FOR VALUES FROM (16) TO (MAXVALUE)",
+        f"INSERT INTO events VALUES {events}",
     )
 
 
@@ -1044,6 +1132,13 @@ def _check(
         if not set(value) <= set(expected.columns):
             raise Leak(f"{note}: columns {sorted(value)} beyond {expected.columns}")
     got = _by_id(rows)
+    if expected.parent is not None:
+        beyond = set(got) - expected.parent[0]
+        if beyond:
+            raise Leak(f"{note}: partition rows {sorted(beyond)} its parent's rule hides")
+        for value in values:
+            if not set(value) <= set(expected.parent[1]):
+                raise Leak(f"{note}: columns {sorted(value)} its parent's rule hides")
     extra = set(got) - set(expected.rows)
     if extra:
         raise Leak(f"{note}: rows {sorted(extra)} beyond the oracle's")
@@ -1080,13 +1175,16 @@ async def _sync(proxy: Any, req: Request, token: str | None, note: str) -> Synce
             continue
         if reply.status != 200:
             return Synced(reply, rows, values)
+        if reply.headers.get("electric-snapshot"):  # (junk subset params made it a subset)
+            rows, values = _values(reply, True)
+            return Synced(reply, rows, values)
         apply_messages(rows, reply.json())
         values += _values(reply, False)[1]
         handle = reply.headers["electric-handle"]
         offset = reply.headers["electric-offset"]
         if "electric-up-to-date" in reply.headers:
             return Synced(reply, rows, values, handle, offset)
-    raise AssertionError(f"{note}: never up to date")
+    raise AssertionError(f"{note}: never up to date: {dict(reply.headers)} {reply.body[:200]!r}")
 
 
 async def _settle(conn: psycopg.Connection[Any], engine: EngineProcess, secret: str) -> None:
@@ -1209,6 +1307,8 @@ async def _round(
                 continue
             if req.outer is not None:
                 stats["served: a subset of a filtered shape"] += 1
+            if req.table in PARTITIONS:
+                stats["served: a partition through a pattern"] += 1
             if req.subset is None:
                 assert synced.handle is not None and synced.offset is not None
                 followers.append(Follower(u, req, synced.rows, synced.handle, synced.offset))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pglast import ast
 from pglast.enums import SortByDir
@@ -16,7 +16,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr, planner_const
+from .expr import Eval, Expr, and_expr, or_expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -281,24 +281,52 @@ def _top_conjuncts(compiler: Compiler, expr: Expr) -> tuple[Conjunct, ...]:
     return tuple((e.fn, negated) for e, negated in found)
 
 
+def _factor_key(compiler: Compiler, e: Expr) -> str | None:
+    """What Postgres's `equal()` compares of a conjunct, as far as the engine tells: its
+    SQL text (only for one compiled from a node of its own), a constant the planner made
+    by its value (`NULL::bool` and `1 = NULL::int4` are the same constant)."""
+    if planner_const(e):
+        return f"\0{e.type.sql_name}:{e.value!r}"
+    if e.node is None or compiler.compiled.get(id(e.node)) is not e:
+        return None
+    return sql_text(e.node)
+
+
+def _arms(expr: Expr) -> list[tuple[Expr, ...]]:
+    """The conjuncts of each arm of the OR `expr`."""
+    return [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
+
+
 def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
-    """The conjuncts every arm of the OR `expr` has (compared as SQL text, as Postgres
-    compares them with `equal()`; only those compiled from a node of their own), each
-    from its first arm."""
+    """The conjuncts every arm of the OR `expr` has (`_factor_key`), each from its first
+    arm."""
+    arms = _arms(expr)
+    common = set.intersection(*({_factor_key(compiler, c) for c in arm} for arm in arms))
+    return [c for c in arms[0] if _factor_key(compiler, c) in common - {None}]
 
-    def text(e: Expr) -> str | None:
-        if planner_const(e):  # (the planner compares constants it made, not their text)
-            return f"\0{e.type.sql_name}:{e.value!r}"
-        if e.node is None or compiler.compiled.get(id(e.node)) is not e:
-            return None
-        return sql_text(e.node)
 
-    arms = [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
-    common = set.intersection(*({text(c) for c in arm} for arm in arms)) - {None}
-    return [c for c in arms[0] if text(c) in common]
+def _redundant_ors(compiler: Compiler, expr: Expr) -> Expr:
+    """`expr` with each OR reached from the top through ANDs and ORs that has an arm made
+    only of factors every arm has replaced by those factors, as canonicalize_qual's
+    process_duplicate_ors does before any row is read: `(10 / v > 1 AND t = 'x') OR
+    t = 'x'` is `t = 'x'`, true where v is 0 (the engine evaluated the division, failed,
+    and did not match the row Postgres returns)."""
+    if expr.bool_op not in ("and", "or") or expr.is_const:
+        return expr
+    parts = [_redundant_ors(compiler, p) for p in expr.parts]
+    if expr.bool_op == "or" and len(parts) > 1:
+        rebuilt = replace(expr, parts=tuple(parts))
+        common = {_factor_key(compiler, f) for f in _common_factors(compiler, rebuilt)}
+        if any(all(_factor_key(compiler, c) in common for c in arm) for arm in _arms(rebuilt)):
+            factors = _common_factors(compiler, rebuilt)
+            return factors[0] if len(factors) == 1 else and_expr(factors, expr.node)
+    if all(a is b for a, b in zip(parts, expr.parts, strict=True)):
+        return expr
+    return (and_expr if expr.bool_op == "and" else or_expr)(parts, expr.node)
 
 
 def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
+    expr = _redundant_ors(compiler, expr)
     fn = expr.fn
     if expr.is_const:
         value = expr.value

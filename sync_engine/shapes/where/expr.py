@@ -257,6 +257,16 @@ def bool_expr(fn: Eval, node: ast.Node | None) -> Expr:
     return Expr(BOOL, fn, node=node)
 
 
+def _alone(expr: Expr, arg: Expr, node: ast.Node | None, op: str) -> Expr:
+    """The AND / OR at `node` that the planner's simplification left with one argument
+    `arg` (evaluated as `expr`): its structure keeps `arg`, the node's other child, so that
+    `clause._top_conjuncts` finds it (`(a AND true) OR (b AND a)` is `a AND (true OR b)`)."""
+    new = with_node(expr, node)
+    new.__dict__["bool_op"] = op
+    new.__dict__["parts"] = (arg,)
+    return new
+
+
 def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # Postgres's planner simplifies AND before any row is read (eval_const_expressions,
     # simplify_and_arguments): a constant false makes it false, so the other arguments are
@@ -271,7 +281,7 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     stable = any(a.is_const and a.value is True and not planner_const(a) for a in args)
     args = [a for a in args if not (a.is_const and a.value is True)] or [const(BOOL, True)]
     if len(args) == 1:
-        return with_node(unfolded(args[0]) if stable else args[0], node)
+        return _alone(unfolded(args[0]) if stable else args[0], args[0], node, "and")
     fns = [a.fn for a in args]
     if len(fns) == 2:
         f1, f2 = fns
@@ -317,7 +327,7 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     stable = any(a.is_const and a.value is False and not planner_const(a) for a in args)
     args = [a for a in args if not (a.is_const and a.value is False)] or [const(BOOL, False)]
     if len(args) == 1:
-        return with_node(unfolded(args[0]) if stable else args[0], node)
+        return _alone(unfolded(args[0]) if stable else args[0], args[0], node, "or")
     fns = [a.fn for a in args]
 
     def or_n(row: Row, cache: Cache) -> Value:

@@ -47,6 +47,11 @@ CASES = [
     # two constants the planner made, equal though written otherwise: a common factor
     # (seed 4033 of the long fuzz)
     ("(10 / v > 1 AND NULL::bool) OR (t = 'x' AND 1 = NULL::int4)", False),
+    # an arm made only of common factors: the OR is those factors, the division never
+    # evaluated, and the row matches (the engine failed on it; seed 5008 of the long fuzz)
+    ("(10 / v > 1 AND t = 'x') OR t = 'x'", False),
+    ("(10 / v > 1 AND t = 'x') OR (1 = 1 AND t = 'x')", False),
+    ("t = 'x' AND ((t = 'x' AND 10 / v > 1) OR (t = 'x'))", False),
 ]
 
 
