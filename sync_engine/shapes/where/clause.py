@@ -300,6 +300,8 @@ def _arms(expr: Expr) -> list[tuple[Expr, ...]]:
 def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
     """The conjuncts every arm of the OR `expr` has (`_factor_key`), each from its first
     arm."""
+    if not any(arm.bool_op == "and" for arm in expr.parts):
+        return []  # (`a OR b OR ...`: only identical arms would share one; no deparse)
     arms = _arms(expr)
     common = set.intersection(*({_factor_key(compiler, c) for c in arm} for arm in arms))
     return [c for c in arms[0] if _factor_key(compiler, c) in common - {None}]
@@ -339,6 +341,11 @@ def _qual(compiler: Compiler, expr: Expr) -> Expr:
         return const(BOOL, False, expr.node, folded=True)
     if len(args) == 1:
         return args[0]
+    if not any(a.bool_op == "and" for a in args):  # (see _common_factors)
+        same = len(args) == len(expr.parts) and all(
+            a is b for a, b in zip(args, expr.parts, strict=True)
+        )
+        return expr if same else or_expr(args, expr.node)
     arms = [a.parts if a.bool_op == "and" else (a,) for a in args]
     keys = [[_factor_key(compiler, c) for c in arm] for arm in arms]
     common = set.intersection(*(set(k) for k in keys)) - {None}
