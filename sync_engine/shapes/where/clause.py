@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -16,7 +17,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr, and_expr, const, or_expr, planner_const
+from .expr import Eval, Expr, and_expr, apply, const, negation, or_expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -307,6 +308,17 @@ def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
     return [c for c in arms[0] if _factor_key(compiler, c) in common - {None}]
 
 
+def _not(expr: Expr) -> Expr:
+    """NOT `expr`, as Postgres's planner writes it: a constant it made, negated; NOT NOT x
+    as x."""
+    if planner_const(expr):
+        value = None if expr.value is None else not expr.value
+        return const(BOOL, value, expr.node, folded=True)
+    if expr.bool_op == "not":
+        return expr.parts[0]
+    return negation(expr, apply(BOOL, operator.not_, [expr], expr.node))
+
+
 def _qual(compiler: Compiler, expr: Expr) -> Expr:
     """The clause as Postgres's planner makes a WHERE qual of it before reading a row
     (canonicalize_qual's find_duplicate_ors, through ANDs and ORs from the top): in an OR,
@@ -317,6 +329,16 @@ def _qual(compiler: Compiler, expr: Expr) -> Expr:
     `t = 'x'`, `(-i2 > 3 AND a) OR (NULL AND b)` is `-i2 > 3 AND a`, its conjuncts then in
     Postgres's cost order: the engine had evaluated the parts Postgres drops, failed, and
     not matched rows Postgres returns (or retired the shape)."""
+    if expr.bool_op == "not" and not planner_const(expr):
+        inner = expr.parts[0]
+        if inner.bool_op == "not":  # NOT NOT x: x
+            return _qual(compiler, inner.parts[0])
+        if inner.bool_op in ("and", "or") and not planner_const(inner):
+            # De Morgan, as eval_const_expressions pushes NOT down: NOT (a OR b) is
+            # NOT a AND NOT b (`x NOT IN (1, NULL, y)` is x <> ANY... AND x <> y)
+            flipped = [_not(p) for p in inner.parts]
+            build = or_expr if inner.bool_op == "and" else and_expr
+            return _qual(compiler, build(flipped, expr.node))
     if planner_const(expr) or expr.bool_op not in ("and", "or"):
         return expr
     is_or = expr.bool_op == "or"

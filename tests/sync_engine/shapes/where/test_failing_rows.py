@@ -65,6 +65,9 @@ CASES = [
         " > '2000-01-01'::timestamp AND t = 'x')",
         True,
     ),
+    # NOT pushed down (De Morgan): `1 NOT IN (64, NULL, v)` is `1 <> ALL('{64,NULL}')` (a
+    # NULL constant) AND `1 <> v`, so its arm is false before any row (seed 7007)
+    ("(10 / v > 1 AND 1 NOT IN (64, NULL, v)) OR (t = 'x' AND 0 NOT IN (1, NULL, v))", False),
 ]
 
 
