@@ -379,7 +379,21 @@ class Replicator:
                     # changed in a way the message does not show (a new primary key under
                     # REPLICA IDENTITY FULL); its changed shapes are retired before its
                     # next change is applied. (Fails: the stream is read again.)
-                    await self.verify_table(verify)
+                    try:
+                        await self.verify_table(verify)
+                    except ServiceUnavailable as exc:
+                        # The catalog cannot be read now (Postgres stopping: new connections
+                        # refused while the walsender waits for this engine's confirmation).
+                        # A message that shows no change goes on unchecked (the periodic
+                        # schema check looks again); one that shows a change waits.
+                        if not self.assembler.relation_unchanged():
+                            raise
+                        logger.info(
+                            "table %d's description could not be checked (%s): going on,"
+                            " the periodic schema check looks again",
+                            verify,
+                            exc.message,
+                        )
                     self.assembler.relation_verified(verify)
                 else:  # a new relation: its ancestors, then on
                     oid = self.assembler.unresolved_oid
