@@ -280,7 +280,6 @@ class Replicator:
             started_at: float | None = None
             if self.position is not None:
                 stream.confirm_limit = self.position.saved
-                stream.on_confirmable = self.position.want
             self._stream = stream
             try:
                 await stream.start()
