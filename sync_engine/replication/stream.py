@@ -195,9 +195,6 @@ class ReplicationStream:
         self.messages = messages
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._flushed_lsn = self.start_lsn
-        #: The most a status update may confirm (None: no limit): what the engine saved as
-        #: confirmable in its data dir (`position.SavedPosition`).
-        self.confirm_limit: Lsn | None = None
         self._wal_end = Lsn(0)
         self._last_status = 0.0
         self._reply_due = False
@@ -357,9 +354,6 @@ class ReplicationStream:
         async with self._send_lock:
             pgconn = self._pgconn()
             lsn = self._flushed_lsn
-            limit = self.confirm_limit
-            if limit is not None and lsn > limit:
-                lsn = limit
             msg = _STATUS.pack(b"r", lsn, lsn, lsn, _pg_now_us(), 1 if reply else 0)
             try:
                 while pgconn.put_copy_data(msg) == 0:  # libpq's output buffer is full
