@@ -257,8 +257,9 @@ async def _stream(
         if not await shape.wait_until(fresh, max(0.0, min(remaining, s.sse_keepalive)), gone=gone):
             if gone is not None and gone.done():
                 return  # the client has gone: nobody to write to
-            if deadline - time.monotonic() > 0:
-                await resp.write(KEEPALIVE)
+            if deadline - time.monotonic() <= 0:
+                break  # (its time is up: mid-transaction too, if nothing more came)
+            await resp.write(KEEPALIVE)
         elif not over():
             await _write_entries(resp, entries, end.tx if whole else None)
             offset = end

@@ -310,9 +310,12 @@ def _parse_subset(
         raise _subset_error("order_by", "is invalid")
     # Electric's SubsetParams `params` is a JsonOrMapStringParams: a string (the query's
     # `subset__params`, or a string in the body) is decoded as JSON, "params must be valid
-    # JSON" when it is not and "params must be a JSON object" when it decodes to a scalar; a
-    # map is taken as is; anything else fails Ecto's cast, "is invalid". A list (JSON or in
-    # the body) is read as $1, $2, ... here, where Electric refuses it.
+    # JSON" when it is not and "params must be a JSON object" when it decodes to anything
+    # else (a list too: `["a"]` is not `{"1": "a"}` to Electric); a map is taken as is;
+    # anything else, a list in the body included, fails Ecto's cast, "is invalid". The
+    # client always sends an object (`Record<string, ...>`); a list was once read here as
+    # $1, $2, ..., a request Electric refuses, so an app that relied on it would break on
+    # Electric.
     raw_params: Any = body.get("params")
     if raw_params is None and "subset__params" in q:
         raw_params = q["subset__params"]
@@ -323,12 +326,10 @@ def _parse_subset(
             raw_params = orjson.loads(raw_params)
         except orjson.JSONDecodeError:
             raise _subset_error("params", "params must be valid JSON") from None
-        if not isinstance(raw_params, dict | list):
+        if not isinstance(raw_params, dict):
             raise _subset_error("params", "params must be a JSON object")
     if raw_params is None:
         raw_params = bracket_params
-    if isinstance(raw_params, list):
-        raw_params = {str(i + 1): v for i, v in enumerate(raw_params)}
     if not isinstance(raw_params, dict):
         raise _subset_error("params", "is invalid")
     if any(isinstance(v, dict | list) for v in raw_params.values()):

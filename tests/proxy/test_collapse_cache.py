@@ -93,7 +93,9 @@ async def test_per_client_headers_are_not_shared(proxy: Any) -> None:
     proxy.engine.hold = 0.3
     token = proxy.tokens.make()
     with_origin, without = await asyncio.gather(
-        proxy.get(LIVE, token=token, headers={"Origin": ORIGIN, "X-Request-Id": "client-a-request-0001"}),
+        proxy.get(
+            LIVE, token=token, headers={"Origin": ORIGIN, "X-Request-Id": "client-a-request-0001"}
+        ),
         proxy.get(LIVE, token=token, headers={"X-Request-Id": "client-b-request-0002"}),
     )
     assert len(_live_requests(proxy)) == 1

@@ -304,7 +304,7 @@ async def test_a_members_where_is_never_shortened_nor_shifted_onto_the_policys_p
         assert reply.status == 400, reply.body
         errors = reply.json()["errors"]
         assert list(errors.values()) == [["must not contain NUL bytes"]]
-    for body in ({"where": "id > 0\x00 AND false"}, {"where": "id > $1", "params": ["0\x00"]}):
+    for body in ({"where": "id > 0\x00 AND false"}, {"where": "id > $1", "params": {"1": "0\x00"}}):
         post = await proxy.request(
             "POST",
             "/v1/shape?table=items&offset=-1",

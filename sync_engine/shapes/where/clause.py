@@ -16,7 +16,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 from .compiler import Compiler
 from .depth import runs_longer_than
 from .errors import PREFIX, WhereError
-from .expr import Eval, Expr, planner_const
+from .expr import Eval, Expr, and_expr, const, or_expr, planner_const
 from .parse import (
     MAX_TOKEN_RUN,
     MAX_WHERE_SIZE,
@@ -281,24 +281,96 @@ def _top_conjuncts(compiler: Compiler, expr: Expr) -> tuple[Conjunct, ...]:
     return tuple((e.fn, negated) for e, negated in found)
 
 
+def _factor_key(compiler: Compiler, e: Expr) -> str | None:
+    """What Postgres's `equal()` compares of a conjunct, as far as the engine tells: its
+    SQL text (only for one compiled from a node of its own), a constant the planner made
+    by its value (`NULL::bool` and `1 = NULL::int4` are the same constant)."""
+    if planner_const(e):
+        return f"\0{e.type.sql_name}:{e.value!r}"
+    if e.node is None or compiler.compiled.get(id(e.node)) is not e:
+        return None
+    return sql_text(e.node)
+
+
+def _arms(expr: Expr) -> list[tuple[Expr, ...]]:
+    """The conjuncts of each arm of the OR `expr`."""
+    return [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
+
+
 def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
-    """The conjuncts every arm of the OR `expr` has (compared as SQL text, as Postgres
-    compares them with `equal()`; only those compiled from a node of their own), each
-    from its first arm."""
+    """The conjuncts every arm of the OR `expr` has (`_factor_key`), each from its first
+    arm."""
+    if not any(arm.bool_op == "and" for arm in expr.parts):
+        return []  # (`a OR b OR ...`: only identical arms would share one; no deparse)
+    arms = _arms(expr)
+    common = set.intersection(*({_factor_key(compiler, c) for c in arm} for arm in arms))
+    return [c for c in arms[0] if _factor_key(compiler, c) in common - {None}]
 
-    def text(e: Expr) -> str | None:
-        if planner_const(e):  # (the planner compares constants it made, not their text)
-            return f"\0{e.type.sql_name}:{e.value!r}"
-        if e.node is None or compiler.compiled.get(id(e.node)) is not e:
-            return None
-        return sql_text(e.node)
 
-    arms = [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
-    common = set.intersection(*({text(c) for c in arm} for arm in arms)) - {None}
-    return [c for c in arms[0] if text(c) in common]
+def _qual(compiler: Compiler, expr: Expr) -> Expr:
+    """The clause as Postgres's planner makes a WHERE qual of it before reading a row
+    (canonicalize_qual's find_duplicate_ors, through ANDs and ORs from the top): in an OR,
+    a constant false or NULL arm is dropped (a qual's NULL is as good as false), a constant
+    true makes it true; in an AND, a constant true is dropped, a constant false or NULL
+    makes it false; then an OR's factors common to every arm are pulled out, and an OR with
+    an arm made only of them is just them. `(10 / v > 1 AND t = 'x') OR t = 'x'` is
+    `t = 'x'`, `(-i2 > 3 AND a) OR (NULL AND b)` is `-i2 > 3 AND a`, its conjuncts then in
+    Postgres's cost order: the engine had evaluated the parts Postgres drops, failed, and
+    not matched rows Postgres returns (or retired the shape)."""
+    if planner_const(expr) or expr.bool_op not in ("and", "or"):
+        return expr
+    is_or = expr.bool_op == "or"
+    args: list[Expr] = []
+    for part in expr.parts:
+        part = _qual(compiler, part)
+        if planner_const(part):
+            if (part.value is True) == is_or:  # (OR: true; AND: false or NULL)
+                return const(BOOL, is_or, expr.node, folded=True)
+            continue
+        args.extend(part.parts if part.bool_op == expr.bool_op else (part,))
+    if not is_or:
+        if not args:
+            return const(BOOL, True, expr.node, folded=True)
+        if len(args) == 1:
+            return args[0]
+        same = len(args) == len(expr.parts) and all(
+            a is b for a, b in zip(args, expr.parts, strict=True)
+        )
+        return expr if same else and_expr(args, expr.node)
+    if not args:
+        return const(BOOL, False, expr.node, folded=True)
+    if len(args) == 1:
+        return args[0]
+    if not any(a.bool_op == "and" for a in args):  # (see _common_factors)
+        same = len(args) == len(expr.parts) and all(
+            a is b for a, b in zip(args, expr.parts, strict=True)
+        )
+        return expr if same else or_expr(args, expr.node)
+    arms = [a.parts if a.bool_op == "and" else (a,) for a in args]
+    keys = [[_factor_key(compiler, c) for c in arm] for arm in arms]
+    common = set.intersection(*(set(k) for k in keys)) - {None}
+    if not common:
+        same = len(args) == len(expr.parts) and all(
+            a is b for a, b in zip(args, expr.parts, strict=True)
+        )
+        return expr if same else or_expr(args, expr.node)
+    shortest = min(range(len(arms)), key=lambda i: len(arms[i]))
+    winners, seen = [], set()
+    for c, k in zip(arms[shortest], keys[shortest], strict=True):
+        if k in common and k not in seen:
+            seen.add(k)
+            winners.append(c)
+    rests = []
+    for arm, ks in zip(arms, keys, strict=True):
+        rest = [c for c, k in zip(arm, ks, strict=True) if k not in common]
+        if not rest:  # (this arm is the winners alone: the OR is redundant)
+            return winners[0] if len(winners) == 1 else and_expr(winners, expr.node)
+        rests.append(rest[0] if len(rest) == 1 else and_expr(rest, expr.node))
+    return and_expr([*winners, or_expr(rests, expr.node)], expr.node)
 
 
 def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
+    expr = _qual(compiler, expr)
     fn = expr.fn
     if expr.is_const:
         value = expr.value

@@ -257,6 +257,17 @@ def bool_expr(fn: Eval, node: ast.Node | None) -> Expr:
     return Expr(BOOL, fn, node=node)
 
 
+def _alone(expr: Expr, parts: list[Expr], node: ast.Node | None, op: str) -> Expr:
+    """The AND / OR at `node` that the planner's simplification left with one argument
+    `expr`: its structure keeps `parts`, its arguments to Postgres (a constant the planner
+    leaves to run per row among them, which the engine dropped), so that
+    `clause._top_conjuncts` finds it (`(a AND true) OR (b AND a)` is `a AND (true OR b)`)."""
+    new = with_node(expr, node)
+    new.__dict__["bool_op"] = op
+    new.__dict__["parts"] = tuple(parts)
+    return new
+
+
 def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # Postgres's planner simplifies AND before any row is read (eval_const_expressions,
     # simplify_and_arguments): a constant false makes it false, so the other arguments are
@@ -269,9 +280,11 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # (a dropped constant the planner leaves to run per row keeps the rest from being one
     # of its constants: `stable_true AND NULL` stays an AND in Postgres, not NULL)
     stable = any(a.is_const and a.value is True and not planner_const(a) for a in args)
+    # (Postgres's arguments: it keeps a stable constant the engine drops)
+    parts = [a for a in args if not (planner_const(a) and a.value is True)]
     args = [a for a in args if not (a.is_const and a.value is True)] or [const(BOOL, True)]
     if len(args) == 1:
-        return with_node(unfolded(args[0]) if stable else args[0], node)
+        return _alone(unfolded(args[0]) if stable else args[0], parts, node, "and")
     fns = [a.fn for a in args]
     if len(fns) == 2:
         f1, f2 = fns
@@ -301,7 +314,7 @@ def and_expr(args: list[Expr], node: ast.Node | None) -> Expr:
         fn = and_n
     indexes = [a.index for a in args if a.index is not None]
     index = min(indexes, key=lambda i: len(i[1])) if indexes else None
-    return Expr(BOOL, fn, index=index, node=node, bool_op="and", parts=tuple(args))
+    return Expr(BOOL, fn, index=index, node=node, bool_op="and", parts=tuple(parts))
 
 
 def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
@@ -315,9 +328,10 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     # (a dropped constant the planner leaves to run per row keeps the rest from being one
     # of its constants: `stable_true AND NULL` stays an AND in Postgres, not NULL)
     stable = any(a.is_const and a.value is False and not planner_const(a) for a in args)
+    parts = [a for a in args if not (planner_const(a) and a.value is False)]
     args = [a for a in args if not (a.is_const and a.value is False)] or [const(BOOL, False)]
     if len(args) == 1:
-        return with_node(unfolded(args[0]) if stable else args[0], node)
+        return _alone(unfolded(args[0]) if stable else args[0], parts, node, "or")
     fns = [a.fn for a in args]
 
     def or_n(row: Row, cache: Cache) -> Value:
@@ -334,7 +348,7 @@ def or_expr(args: list[Expr], node: ast.Node | None) -> Expr:
     if all(a.index is not None for a in args) and len({a.index[0] for a in args if a.index}) == 1:
         keys: frozenset[Value] = frozenset().union(*(a.index[1] for a in args if a.index))
         index = (args[0].index[0] if args[0].index else "", keys)
-    return Expr(BOOL, or_n, index=index, node=node, bool_op="or", parts=tuple(args))
+    return Expr(BOOL, or_n, index=index, node=node, bool_op="or", parts=tuple(parts))
 
 
 def in_list(

@@ -342,7 +342,7 @@ def test_a_subset_from_the_query_and_from_a_body() -> None:
     assert (req.subset.limit, req.subset.offset) == (10, 2)
     posted = parse(
         {"table": "items", "offset": "-1"},
-        {"where": "n > $1", "params": [5], "order_by": "n", "limit": 10},
+        {"where": "n > $1", "params": {"1": 5}, "order_by": "n", "limit": 10},
     )
     assert posted.subset is not None and dict(posted.subset.params) == {"1": "5"}
 
@@ -360,6 +360,9 @@ def test_a_subset_from_the_query_and_from_a_body() -> None:
         ({"params": "5"}, "params", "params must be a JSON object"),
         ({"params": 5}, "params", "is invalid"),
         ({"params": True}, "params", "is invalid"),
+        ({"params": [5]}, "params", "is invalid"),  # (Ecto's cast of a list: no map)
+        ({"params": []}, "params", "is invalid"),
+        ({"params": "[5]"}, "params", "params must be a JSON object"),
         ({"params": {"1": [1]}}, "params", "values must be"),
         ({"limit": 2**63, "order_by": "n"}, "limit", "less than or equal to"),
     ],
@@ -378,12 +381,15 @@ def test_bad_subsets(body: dict[str, Any], field: str, fragment: str) -> None:
         ("5", "params must be a JSON object"),
         ('"a"', "params must be a JSON object"),
         ("null", "params must be a JSON object"),
+        ("[5]", "params must be a JSON object"),
+        ('["a", "b"]', "params must be a JSON object"),
+        ("[]", "params must be a JSON object"),
     ],
 )
 def test_subset_params_json_is_refused_in_electrics_words(value: str, message: str) -> None:
     """Electric's SubsetParams `params` (JsonOrMapStringParams) decodes a string as JSON:
     "params must be valid JSON" when it is not JSON, "params must be a JSON object" when it
-    decodes to a scalar."""
+    decodes to anything else, a list included (the engine once read `[5]` as `$1 = 5`)."""
     errors = refused({"table": "items", "offset": "-1", "subset__where": "n > $1",
                       "subset__params": value})  # fmt: skip
     assert errors == {"subset": {"params": [message]}}

@@ -47,6 +47,24 @@ CASES = [
     # two constants the planner made, equal though written otherwise: a common factor
     # (seed 4033 of the long fuzz)
     ("(10 / v > 1 AND NULL::bool) OR (t = 'x' AND 1 = NULL::int4)", False),
+    # an arm made only of common factors: the OR is those factors, the division never
+    # evaluated, and the row matches (the engine failed on it; seed 5008 of the long fuzz)
+    ("(10 / v > 1 AND t = 'x') OR t = 'x'", False),
+    ("(10 / v > 1 AND t = 'x') OR (1 = 1 AND t = 'x')", False),
+    ("t = 'x' AND ((t = 'x' AND 10 / v > 1) OR (t = 'x'))", False),
+    # in a WHERE, an OR arm that is a constant NULL (or an AND holding one) is dropped: the
+    # OR is its other arm, whose conjuncts run in cost order (seed 5071 of the long fuzz)
+    ("(10 / v > 1 AND v <> 0) OR (NULL AND t = 'x')", False),
+    ("(10 / v > 1 AND v <> 0) OR (1 IN (2, NULL, 3))", False),
+    ("(10 / v > 1 AND t = 'x') OR (NULL AND t = 'y')", True),
+    # a constant Postgres leaves to run per row (timestamptz beside timestamp reads the
+    # TimeZone) is an argument of its AND: that arm is not the common factor alone, the OR
+    # stays, its division evaluated first (seed 6004 of the long fuzz)
+    (
+        "(10 / v > 1 AND t = 'x') OR ('2024-01-01 00:00+00'::timestamptz"
+        " > '2000-01-01'::timestamp AND t = 'x')",
+        True,
+    ),
 ]
 
 
