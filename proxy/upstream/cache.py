@@ -41,8 +41,12 @@ from proxy.upstream.headers import client_response_headers
 #: URL text, accept-encoding, accept, if-none-match).
 CacheKey = tuple[str, str, str, str, str]
 
-#: Rough fixed cost of an entry (objects, key, header tuples) added to its body size.
+#: Rough fixed cost of an entry (its objects, the LRU's and the indexes' slots) added to
+#: the bytes it holds.
 _ENTRY_OVERHEAD = 1024
+#: A key's text counts this many times: the entry's own, and the keys of dropped entries the
+#: indexes keep until their next prune (`_prune`: up to twice as many as there are entries).
+_KEY_COPIES = 3
 #: How many dead handles are remembered (handles are never reused; a few KB).
 _RETIRED_HANDLES = 4096
 
@@ -64,6 +68,8 @@ class CachedResponse:
     etag: str | None = None
     #: `headers` plus `Cache-Control`, built once: each hit copies it in one C call.
     response_headers: CIMultiDictProxy[str] = field(init=False, repr=False, compare=False)
+    #: What its key costs (`ResponseCache.put` sets it: the key is not part of the entry).
+    key_bytes: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
         headers = client_response_headers(self.headers, self.cache_control)
@@ -71,7 +77,20 @@ class CachedResponse:
 
     @property
     def size(self) -> int:
-        return len(self.body) + _ENTRY_OVERHEAD + sum(len(k) + len(v) for k, v in self.headers)
+        """The bytes the entry holds, as the cache's bound counts them: body, headers twice
+        (the tuples and `response_headers`), the strings it keeps, and its key. Counting the
+        body and headers only, an entry with a 7.8 KB URL (a long cache-buster) held ~44 KB
+        for ~1.8 KB counted, so the byte cap did not bound memory (attack 11:12)."""
+        return (
+            len(self.body)
+            + _ENTRY_OVERHEAD
+            + 2 * sum(len(k) + len(v) for k, v in self.headers)
+            + len(self.cache_control)
+            + len(self.definition or "")
+            + len(self.handle or "")
+            + len(self.etag or "")
+            + self.key_bytes
+        )
 
 
 class ResponseCache:
@@ -128,6 +147,8 @@ class ResponseCache:
 
     def put(self, key: CacheKey, entry: CachedResponse) -> bool:
         """Keep `entry` unless it is too large, expired or of a dead handle; True when stored."""
+        key_bytes = _KEY_COPIES * sum(len(part) for part in key)
+        object.__setattr__(entry, "key_bytes", key_bytes)
         if not self.enabled or entry.size > self.max_entry_bytes:
             return False
         if entry.expires_at <= self._timer():
@@ -144,7 +165,8 @@ class ResponseCache:
         if entry.definition is not None:
             self._by_definition.setdefault(entry.definition, set()).add(key)
         self._indexed += 1
-        if self._indexed > 2 * len(self._entries) + 256:
+        # (a small slack: with +256 a cache of few long-keyed entries kept 256 dropped keys)
+        if self._indexed > 2 * len(self._entries) + 16:
             self._prune()
         return True
 

@@ -563,6 +563,9 @@ class SharedStreams:
             if upstream is not None:
                 upstream.close()
             self._forget(stream)
+            # (a cancelled task keeps its CancelledError, whose traceback keeps this frame
+            # and `stream`: with `stream.task` a cycle only the rare cyclic collector frees)
+            stream.task = None
             stream.end(reason)
 
 

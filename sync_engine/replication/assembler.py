@@ -255,6 +255,33 @@ class TransactionAssembler:
         """The ancestors of table `oid` are in the router (`unhandled` may go on)."""
         self._ancestry_known.add(oid)
 
+    def relation_unchanged(self) -> bool:
+        """Whether the Relation message first in `unhandled` describes its table as the
+        last one for it did (names, types, identity, name), or, the first one for it, as
+        its shapes were made (names, types, name): nothing the message shows moved."""
+        if not self.unhandled:
+            return False
+        msg = pgoutput.decode(self.unhandled[0][_H:])
+        if not isinstance(msg, pgoutput.Relation):
+            return False
+        rel = _Relation(msg)
+        known = self._relations.get(msg.oid)
+        if known is None:
+            groups = self.router.shapes_by_table_info(msg.oid)
+            return bool(groups) and all(
+                tuple(c.name for c in info.columns) == rel.names
+                and tuple(c.type_oid for c in info.columns) == rel.type_oids
+                and (info.schema, info.name) == (rel.schema, rel.name)
+                for info, _ in groups
+            )
+        return (rel.schema, rel.name, rel.names, rel.type_oids, rel.identity) == (
+            known.schema,
+            known.name,
+            known.names,
+            known.type_oids,
+            known.identity,
+        )
+
     def relation_verified(self, oid: int) -> None:
         """The shapes of table `oid` (and its ancestors') were compared with the catalog,
         the changed ones retired: its Relation message, first of `unhandled`, may go on."""

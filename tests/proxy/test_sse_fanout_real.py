@@ -11,6 +11,7 @@ request the engine gets).
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from yarl import URL
 
 from proxy.config.loader import build_config
 from proxy.http.handlers import FORWARDER
+from proxy.upstream.sse import SharedStream
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until_async
@@ -411,6 +413,32 @@ async def test_the_engine_stream_ends_when_its_last_client_leaves(
     await wait_until_async(
         lambda: forwarder.shared_streams == 0, timeout=5, message="the unread stream is closed"
     )
+
+
+async def test_a_stream_its_last_client_left_is_freed_at_once(
+    engine: EngineProcess, db_url: str, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """The shared stream and what it read are freed as soon as it ends, not at the cyclic
+    collector's next pass (which the real proxy runs rarely: `tune_gc`): its cancelled task
+    kept its CancelledError, whose traceback kept the stream, which kept the task."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    proxy = await make_proxy(build_config(config, environ))
+    forwarder = proxy.app[FORWARDER]
+    token = proxy.tokens.make()
+    handle, offset = await _sync(proxy, token)
+    gc.collect()
+    gc.disable()
+    try:
+        clients = [SseClient(proxy, token, handle, offset).start() for _ in range(2)]
+        await _open(clients)
+        for client in clients:
+            await client.stop()
+        await wait_until_async(lambda: forwarder.shared_streams == 0, timeout=5)
+        await asyncio.sleep(0.1)
+        left = [o for o in gc.get_objects() if isinstance(o, SharedStream)]
+    finally:
+        gc.enable()
+    assert left == []
 
 
 class GateRelay:
