@@ -173,10 +173,18 @@ class Hold:
 
 
 def ended_long_poll(url: URL, method: str, cache_control: str) -> Response | None:
-    """The engine's answer to a long-poll at `url` that timed out with nothing new (see
-    `sync_engine/http/shape.py`, `_serve_log`): None if `url` names no handle and log offset
-    (the engine holds no such request). `cache_control` is the client-facing value of
-    `LIVE_CACHE_CONTROL` (`Forwarder.cache_control`)."""
+    """The answer to a long-poll at `url` the proxy ends itself (the token's `exp`, a
+    reload that revoked it): no rows, its own handle and offset, a fresh cursor, and *no*
+    up-to-date. None if `url` names no handle and log offset (the engine holds no such
+    request). `cache_control` is the client-facing value of `LIVE_CACHE_CONTROL`
+    (`Forwarder.cache_control`).
+
+    Not the engine's timeout answer, which says up-to-date with `global_last_seen_lsn`: the
+    engine says that only at its log's tip, where transactions are whole, and the proxy
+    cannot tell the tip from an offset inside a transaction larger than a chunk (read live
+    one chunk per request). Claimed there, the client showed half a transaction as up to
+    date and pglite-sync, trusting the watermark, dropped the rest of it for good (chaos
+    probe). Without it the client, still live, asks again from the same offset."""
     query = url.query
     handle = query.get("handle")
     match = _OFFSET.fullmatch(query.get("offset", ""))
@@ -189,15 +197,12 @@ def ended_long_poll(url: URL, method: str, cache_control: str) -> Response | Non
         cursor = int(query.get("cursor", "0") or "0")
     except ValueError:
         cursor = 0
-    body = (
-        b'[{"headers":{"control":"up-to-date","global_last_seen_lsn":"' + str(tx).encode() + b'"}}]'
-    )
+    body = b"[]"
     engine_headers = [
         ("electric-handle", handle),
         ("electric-offset", offset),
         ("electric-has-data", "false"),
         ("electric-cursor", str(next_cursor(cursor))),
-        ("electric-up-to-date", ""),
         ("etag", f'"{handle}:{offset}:{offset}:{time.monotonic_ns()}"'),
         ("content-type", "application/json; charset=utf-8"),
     ]

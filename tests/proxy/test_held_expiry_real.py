@@ -2,8 +2,9 @@
 long-polls (collapsed, straight through, and on the fast lane) and SSE passed straight
 through (collapsing off). Real path: proxy -> `sync-engine` (20 s long-polls) -> Postgres.
 
-A long-poll the proxy ends is answered as the engine answers one that timed out (200, its own
-handle and offset, a fresh cursor, up-to-date, no rows): the client's next request, with a
+A long-poll the proxy ends is answered 200 with its own handle and offset, a fresh cursor and
+no rows, but not up-to-date (the engine says that only at its tip, and the request's offset may
+lie inside a transaction: `held.ended_long_poll`): the client's next request, with a
 fresh token, gets the change written meanwhile (nothing lost), with the expired token a 401,
 after a reload that withdrew the rule a 403. An SSE stream ends cleanly. On the old code each
 was held until the engine answered: a change written after `exp` (or after the reload) was
@@ -108,14 +109,14 @@ async def _ended(tasks: list[asyncio.Task[Any]], db_url: str, leak_id: int) -> N
 
 
 def _check_ended(reply: tuple[int, Any, bytes], handle: str, offset: str) -> str:
-    """An answer as the engine's long-poll timeout: returns its cursor."""
+    """A held answer the proxy ended: no rows, the same place, no up-to-date; its cursor."""
     status, headers, body = reply
     assert status == 200, (status, body)
     assert _ids(body) == [], body  # nothing served past the end of the hold
     assert headers["electric-handle"] == handle
     assert headers["electric-offset"] == offset
-    assert "electric-up-to-date" in headers
-    assert json.loads(body)[-1]["headers"]["control"] == "up-to-date"
+    assert "electric-up-to-date" not in headers
+    assert json.loads(body) == []
     assert int(headers["electric-cursor"]) > 0
     return headers["electric-cursor"]
 
