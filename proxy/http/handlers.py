@@ -419,10 +419,11 @@ async def _prepare(
     if method == "DELETE" and shape_name is None and shape_request.table is None:
         if "handle" not in dict(shape_request.protocol):
             # (the engine's words for a DELETE naming nothing, before the policy's)
+            blank = "can't be blank when shape definition is missing"
             raise EngineRefusal(
-                "missing_table",
-                "can't be blank",
-                body={"message": "Invalid request", "errors": {"table": ["can't be blank"]}},
+                "missing_handle",
+                blank,
+                body={"message": "Invalid request", "errors": {"handle": [blank]}},
             )
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None

@@ -561,15 +561,30 @@ async def test_a_rotation_is_answered_alike(
 async def test_a_503_is_answered_alike(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
-    """The engine's 503 (its shape limit reached): status, JSON body, Retry-After and cache
-    headers, straight and through the proxy, for GET and HEAD."""
+    """The engine's 503 (its shape limit reached while its one shape is in use: a long-poll
+    held on it): status, JSON body, Retry-After and cache headers, straight and through the
+    proxy, for GET and HEAD."""
     base = await _open_proxy(engine, engine_secret, make_proxy)
     async with aiohttp.ClientSession() as session:
-        status, _, _ = await _send(
-            session, "GET", _direct(engine, engine_secret, "/v1/shape?table=items&offset=-1"),
-            {}, None,
-        )  # fmt: skip
-        assert status == 200
+        target = "/v1/shape?table=items&offset=-1"
+        for _ in range(100):  # (to its tip)
+            status, headers, _ = await _send(
+                session, "GET", _direct(engine, engine_secret, target), {}, None
+            )
+            assert status == 200
+            target = (
+                f"/v1/shape?table=items&handle={headers['electric-handle']}"
+                f"&offset={headers['electric-offset']}"
+            )
+            if "electric-up-to-date" in headers:
+                break
+        held = asyncio.create_task(
+            _send(session, "GET", _direct(engine, engine_secret, target + "&live=true"), {}, None)
+        )
+        for _ in range(200):
+            if await engine.parked_requests() >= 1:
+                break
+            await asyncio.sleep(0.05)
         differences = []
         for method, target in [
             ("GET", "/v1/shape?table=items&offset=-1&where=id%3E0"),
@@ -586,6 +601,8 @@ async def test_a_503_is_answered_alike(
             assert seen[0][0] == 503, seen[0]
             if seen[1] != seen[0]:
                 differences.append((method, target, *seen))
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
     assert differences == []
 
 
