@@ -332,10 +332,12 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
     ]
 
 
-async def _until_in_log(session: aiohttp.ClientSession, base: str, handle: str) -> None:
-    """Wait until the shape `handle` of `items` has a transaction in its log."""
+async def _until_in_log(
+    session: aiohttp.ClientSession, base: str, handle: str, query: str = "table=items"
+) -> None:
+    """Wait until the shape `handle` (of `query`) has a transaction in its log."""
     for _ in range(200):
-        target = f"{base}/v1/shape?table=items&handle={handle}&offset=0_inf"
+        target = f"{base}/v1/shape?{query}&handle={handle}&offset=0_inf"
         status, headers, raw = await _send(session, "GET", target, {}, None)
         assert status == 200, raw
         if any("key" in m for m in json.loads(raw)):
@@ -812,6 +814,7 @@ async def test_an_offset_a_shape_never_handed_out_is_the_engines_to_judge_over_s
         await wait_until_async(parked, timeout=20, message="the shared stream in the engine")
         with psycopg.connect(engine.db_url, autocommit=True) as conn:
             conn.execute("INSERT INTO items VALUES (70, 'org-a', 'seventy', 70)")
+        await _until_in_log(session, base, handle, query)
         target = f"{shape}&offset=1_0&live=true&live_sse=true"
         answers = []
         for url in (_direct(engine, engine_secret, target), base + target):
