@@ -14,10 +14,12 @@ replication stream delivers them. A clause Postgres fails to evaluate on a row (
 zero, overflow, a bad cast) counts as "not matched": the engine drops such a row from the
 shape (see `Where.matches`), and a snapshot meeting one fails with a 400 instead.
 Postgres is asked once per clause (all rows at once); only when that raises is the clause
-re-evaluated row by row in a function that catches the error per row, still as a WHERE
-(`id = $1 AND (<where>)`, the key an index condition): as a select list's value, Postgres
-evaluates the clause as written, without what its planner makes of a WHERE (an OR's
-common factors pulled out, a constant arm dropped, equivalence classes).
+re-evaluated row by row in a function that catches the error per row, still as a WHERE,
+of a one-row scan (`(SELECT ... WHERE id = $1 OFFSET 0) AS d WHERE <where>`): as a select
+list's value, Postgres evaluates the clause as written, without what its planner makes of a
+WHERE (an OR's common factors pulled out, a constant arm dropped, equivalence classes);
+as `id = $1 AND (<where>)`, an index scan drops the conjuncts its index condition implies
+(`x < ALL('{}')` is implied by anything), which the whole table's scan evaluates.
 """
 
 # ruff: noqa: RUF001  (the odd Unicode letters are the point)
@@ -823,8 +825,8 @@ BEGIN
   FOR r IN SELECT d.id FROM d LOOP
     rid := r.id;
     BEGIN  -- as a WHERE, not a select list's value (see the module docstring)
-      EXECUTE 'SELECT EXISTS (SELECT FROM d WHERE id = $1 AND (' || clause || '))'
-        INTO res USING r.id;
+      EXECUTE 'SELECT EXISTS (SELECT FROM (SELECT * FROM d WHERE id = $1 OFFSET 0) AS d'
+        ' WHERE ' || clause || ')' INTO res USING r.id;
       verdict := res::text;
     EXCEPTION WHEN others THEN
       verdict := 'error';
