@@ -156,6 +156,9 @@ class ShapeView:
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
     ) -> web.StreamResponse:
         if req.offset is None:  # offset=now
+            # Electric's `now` answer: an up-to-date at the shape's last offset that "has
+            # data" (its `no_changes` is only set by a long-poll's timeout), so its ETag is
+            # the plain `H:now:<offset>` and a repeat with If-None-Match is a 304.
             latest = shape.log.latest_offset
             return self._respond(
                 request,
@@ -164,7 +167,7 @@ class ShapeView:
                 [],
                 latest,
                 up_to_date=True,
-                has_data=False,
+                has_data=True,
                 gls=_watermark(source, shape, latest),
             )
         offset = req.offset
