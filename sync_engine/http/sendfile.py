@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
+from . import live
+
 logger = logging.getLogger(__name__)
 
 
@@ -66,7 +68,7 @@ class ChunkFileResponse(web.StreamResponse):
                 try:
                     await _sendfile(out, self._fd, self._size)
                 except BaseException:
-                    transport.close()  # the body is short of its length: end the connection
+                    transport.abort()  # the body is short of its length: end the connection
                     raise
                 finally:
                     os.close(out)
@@ -116,6 +118,11 @@ async def _sendfile(out: int, fd: int, size: int) -> None:
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until the socket `fd` takes more bytes, at most `live.SEND_TIMEOUT` seconds: a
+    client that reads nothing for that long is cut, as the transport's own writes are
+    (`LiveConnection`). The file's bytes bypass the transport, so its guard never sees them:
+    a client that stopped reading mid-chunk held the handler, the chunk file and a socket
+    descriptor for as long as it kept its connection open."""
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
@@ -124,6 +131,9 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
     loop.add_writer(fd, wake)
     try:
-        await ready
+        await asyncio.wait_for(ready, live.SEND_TIMEOUT)
+    except TimeoutError:
+        logger.info("cut a client that read nothing for %g s", live.SEND_TIMEOUT)
+        raise ConnectionResetError("the client read nothing") from None
     finally:
         loop.remove_writer(fd)
