@@ -145,6 +145,7 @@ class ShapeView:
             if req.live and req.live_sse:
                 if req.offset is not None:  # (an offset past the log: the long-poll's 400)
                     await self._check_bounds(request, source, shape, req.offset)
+                    _check_issued(shape, req.offset)
                 return await serve_sse(request, self.settings, source, shape, req)
             return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
@@ -187,6 +188,7 @@ class ShapeView:
                     file=chunk if isinstance(chunk, tuple) else None,
                 )
         await self._check_bounds(request, source, shape, offset)
+        _check_issued(shape, offset)
         entries: list[bytes] = []
         end = offset
 
@@ -359,6 +361,17 @@ class ShapeView:
         body = b"".join((b"[", b",".join(items), b"]"))
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
         return web.Response(body=body, headers=hdrs)
+
+
+def _check_issued(shape: Shape, offset: LogOffset) -> None:
+    """A real offset this shape never handed out (`Shape.issued`: below its log's first
+    transaction) is a 409 must-refetch naming the shape, as Electric answers a client whose
+    offset went backwards (api.ex, "offset regression during shape invalidation"): its
+    client drops what it holds and starts the shape again. Electric itself serves such an
+    offset, and a client that took a 409's handle without refetching (client 1.5.28's
+    `requestSnapshot`) then applies the new log over rows of the old one, for good."""
+    if offset.tx > 0 and not shape.issued(offset):
+        raise ShapeGone(shape.handle)
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:
