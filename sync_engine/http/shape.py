@@ -356,11 +356,11 @@ class ShapeView:
                 os.close(file[0])
             return web.Response(status=304, headers=hdrs)
         if file is not None:
-            return ChunkFileResponse(file[0], file[1], hdrs)  # `[` + the file + `]`
+            return ChunkFileResponse(file[0], file[1], hdrs, shape)  # `[` + the file + `]`
         # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
         body = b"".join((b"[", b",".join(items), b"]"))
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
-        return web.Response(body=body, headers=hdrs)
+        return _ShapeResponse(shape, body=body, headers=hdrs)
 
 
 def _check_issued(shape: Shape, offset: LogOffset) -> None:
@@ -372,6 +372,22 @@ def _check_issued(shape: Shape, offset: LogOffset) -> None:
     `requestSnapshot`) then applies the new log over rows of the old one, for good."""
     if offset.tx > 0 and not shape.issued(offset):
         raise ShapeGone(shape.handle)
+
+
+class _ShapeResponse(web.Response):
+    """A shape's answer whose shape counts as in use (`Shape.sending`) while its body is
+    written (aiohttp writes it in `write_eof`, waiting for the client to take it)."""
+
+    def __init__(self, shape: Shape, *, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(body=body, headers=headers)
+        self._shape = shape
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self._shape.sending += 1
+        try:
+            await super().write_eof(data)
+        finally:
+            self._shape.sending -= 1
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:

@@ -199,17 +199,20 @@ class ShapeRegistry:
         reading now, and return how many went.
 
         In use, and kept: a shape with a request held at its tip (a long-poll or an SSE
-        stream) or whose snapshot is still being taken. Those are moved to the recent end
-        as they are passed over (they are in use), so a registry full of held shapes costs
-        one pass, not one per new shape. Retiring is a rotation: its clients get a 409 on
-        their next request and refetch, as after a DELETE, and its files go.
+        stream), an answer being written (`Shape.sending`: a client reading a chunk, which
+        a slow one takes minutes over, came back to a 409 and began again, for ever under
+        a churn of new shapes) or whose snapshot is still being taken. Those are moved to
+        the recent end as they are passed over (they are in use), so a registry full of
+        held shapes costs one pass, not one per new shape. Retiring is a rotation: its
+        clients get a 409 on their next request and refetch, as after a DELETE, and its
+        files go.
         """
         evicted = 0
         for _ in range(len(self._recency)):
             if evicted >= count or not self._recency:
                 break
             shape = next(iter(self._recency))
-            if shape.waiting or not shape.log.snapshot_complete:
+            if shape.waiting or shape.sending or not shape.log.snapshot_complete:
                 self._recency.move_to_end(shape)
                 continue
             self.rotate(shape, reason)

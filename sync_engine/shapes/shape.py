@@ -190,6 +190,9 @@ class Shape:
     _held: list[ParkedTransaction] = field(init=False, default_factory=list)
     #: Requests waiting in `wait_until` now (long-polls and SSE streams at the tip).
     waiting: int = field(init=False, default=0)
+    #: Answers of it being written now (a chunk to a slow client, an SSE stream): it is in
+    #: use, as while `waiting` (`ShapeRegistry.evict` keeps it).
+    sending: int = field(init=False, default=0)
     #: When (`time.monotonic`) a request last asked for a chunk of its snapshot (or stopped
     #: waiting for one): a snapshot no request asked for in a while is cancelled in Postgres
     #: (`snapshot.scheduler`: nobody would read it).

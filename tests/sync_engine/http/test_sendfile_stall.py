@@ -85,3 +85,49 @@ async def test_a_client_that_stops_reading_a_snapshot_file_is_cut(
     assert length > 3 * (1 << 20)  # (chunk 1, sent as its file)
     # cut: the connection ended short of the body (it used to wait, then send it all)
     assert ended and len(body) < length, (ended, len(body), length)
+
+
+async def test_a_shape_whose_chunk_a_client_is_reading_is_not_evicted(
+    aiohttp_client: Any, db_url: str, tmp_path: Path
+) -> None:
+    """`--max-shapes` retires the least recently requested shapes no client is reading now:
+    a client in the middle of a chunk (a slow one takes minutes over 10 MB) was not counted
+    as reading, so a churn of new shapes retired its shape under it, and its next request
+    got a 409 and began again, for ever (attack). Its shape is in use while the answer is
+    written; the new shapes make room among the idle ones."""
+    settings = replace(
+        SETTINGS,
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        chunk_bytes=CHUNK_BYTES,
+        max_shapes=3,
+    )
+    client = await aiohttp_client(build_app(settings))
+    source = client.app[SOURCES]["default"]
+    await source.ready.wait()
+    engine = Engine(client, db_url, tmp_path / "data")
+    engine.sql("CREATE TABLE big (id int PRIMARY KEY, payload text)")
+    engine.sql("INSERT INTO big SELECT g, repeat('x', 3000) FROM generate_series(1, 2000) g")
+    status, h, _ = await engine.get(table="big", offset="-1")
+    assert status == 200
+    handle = h["electric-handle"]
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (client.server.host, client.server.port))
+        target = f"/v1/shape?table=big&offset=0_0&handle={handle}"
+        await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        shape = source.shape(handle)
+        head = await asyncio.wait_for(loop.sock_recv(sock, 1024), 10)  # (then stops reading)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        for i in range(1, 6):  # (more new shapes than the limit)
+            status, _, body = await engine.get(table="big", where=f"id = {i}", offset="-1")
+            assert status == 200, body
+        assert not shape.rotated  # (was retired by the third new shape)
+    finally:
+        sock.close()
+    status, h, _ = await engine.get(table="big", offset="0_0", handle=handle)
+    assert status == 200, h
+    assert len(source.registry) <= 3
