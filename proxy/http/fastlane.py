@@ -11,8 +11,9 @@ unusual on the way, goes through `ProxyApp.handle` as before. A request takes it
   upstream URL are those of that decision), its Origin is allowed, and it is neither SSE
   nor a subset sent as a POST;
 - the config sends it straight to the engine: collapsing off, and no response cache;
-- its principal is admitted at once (`Admission.admit_now`: under its limits, a pool slot
-  free) and a kept-alive engine connection is idle (`UpstreamPool.take_idle`).
+- its principal is admitted at once (`Admission.admit_now`: under its limits, its held
+  requests included for a live one, a pool slot free) and a kept-alive engine connection
+  is idle (`UpstreamPool.take_idle`).
 
 Then the request goes out on that connection and `FastAnswer` is told of the answer by the
 connection's callbacks (`upstream.client.Listener`). A whole answer (Content-Length up to
@@ -220,7 +221,9 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     engine = forwarder.pool.take_idle(prepared.pool_key)
     if engine is None:
         return None
-    permit = app.admission.admit_now(handlers.principal(request, prepared), prepared.limits)
+    permit = app.admission.admit_now(
+        handlers.principal(request, prepared), prepared.limits, held=prepared.live
+    )
     if permit is None:
         forwarder.pool.put_back(engine)
         return None

@@ -91,7 +91,8 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     `shape_name` is None for `/v1/shape` (the client names the table), the name for
     `/shapes/<name>` (the config names the table, filter and columns).
 
-    Per-principal limits (`proxy.limits`) apply between the two steps: `_forward` hands the
+    Per-principal limits (`proxy.limits`) apply between the two steps: a live request is
+    charged to its principal's held requests while it is open; `_forward` hands the
     forwarder an `admit` callable that it awaits only when a new engine request is needed (a
     cache hit or a request joining a flight is free) and whose permit it holds while that
     engine request runs; over a limit it raises a `ProxyError` (429, or 503 after the bounded
@@ -122,11 +123,22 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
     context.live = prepared.live
     context.shared = prepared.shared
+    # A live request holds its client connection until answered, joined or not: charged to
+    # its principal's `max_held` for that long (`Admission.hold`; 429 past it).
+    held = (
+        _app(request).admission.hold(principal(request, prepared), prepared.limits)
+        if prepared.live and method in ("GET", "HEAD")
+        else None
+    )
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
-    return await _forward(
-        request, runtime, prepared, method, body, _admitter(request, prepared), epoch
-    )
+    try:
+        return await _forward(
+            request, runtime, prepared, method, body, _admitter(request, prepared), epoch
+        )
+    finally:
+        if held is not None:
+            held.release()
 
 
 async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamResponse | None:

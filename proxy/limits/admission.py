@@ -9,6 +9,13 @@ Now every request that needs a new engine request asks `Admission.admit` first:
    `Retry-After` is the time until the next token;
 3. a connection from the shared pool (`pool_size`), waiting at most `pool_wait`, else 503.
 
+Separately, every live client request (long-poll or SSE) asks `Admission.hold` before it is
+forwarded: the principal's held client requests must be under its `max_held`, else 429 in the
+same form. This one counts clients, joiners of a flight or a shared stream included: a held
+request keeps a client connection busy (the connection cap never closes it to make room), so
+one principal repeating one live URL, free against `max_concurrent`, filled the cap and
+everyone else got 503s.
+
 The `Permit` it returns is released when that engine request is over (answer read, client
 gone, or flight finished). Answers from the cache and requests joining an identical flight
 never ask, so they are free. A principal is a token's issuer and subject, or the client
@@ -47,10 +54,11 @@ def principal_for(issuer: object, subject: object, remote: str | None) -> str:
 
 
 class _State:
-    __slots__ = ("active", "bucket", "burst", "rate")
+    __slots__ = ("active", "bucket", "burst", "held", "rate")
 
     def __init__(self, limits: LimitSettings, now: float) -> None:
         self.active = 0
+        self.held = 0
         self.bucket = TokenBucket(limits.burst, now)
         self.rate = limits.rate
         self.burst = limits.burst
@@ -105,19 +113,24 @@ class _Slots:
 
 
 class Permit:
-    """One admitted engine request; `release()` (idempotent) when it is over."""
+    """One admitted engine request (`engine`) and/or one held client request (`held`);
+    `release()` (idempotent) when it is over."""
 
-    __slots__ = ("_admission", "_principal", "_released")
+    __slots__ = ("_admission", "_engine", "_held", "_principal", "_released")
 
-    def __init__(self, admission: Admission, principal: str) -> None:
+    def __init__(
+        self, admission: Admission, principal: str, *, engine: bool = True, held: bool = False
+    ) -> None:
         self._admission = admission
         self._principal = principal
+        self._engine = engine
+        self._held = held
         self._released = False
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._admission._release(self._principal)
+            self._admission._release(self._principal, self._engine, self._held)
 
 
 class Admission:
@@ -143,6 +156,34 @@ class Admission:
         """Open engine requests charged to `principal`."""
         state = self._states.get(principal)
         return state.active if state is not None else 0
+
+    def held(self, principal: str) -> int:
+        """Live client requests `principal` holds open now."""
+        state = self._states.get(principal)
+        return state.held if state is not None else 0
+
+    def hold(self, principal: str, limits: LimitSettings) -> Permit:
+        """Charge one live client request (a long-poll, an SSE stream) to `principal` for as
+        long as it is open, or raise 429 past its `max_held` (see module doc). Charged
+        whether or not it will need an engine request of its own."""
+        state = self._states.get(principal)
+        if state is None:
+            now = self._clock()
+            if len(self._states) >= self._sweep_at:
+                self._sweep(now)
+            state = self._states[principal] = _State(limits, now)
+        if state.held >= limits.max_held:
+            raise self._too_many_held(state, limits)
+        state.held += 1
+        return Permit(self, principal, engine=False, held=True)
+
+    def _too_many_held(self, state: _State, limits: LimitSettings) -> TooManyRequests:
+        return TooManyRequests(
+            "too_many_held_requests",
+            f"Too many held requests for this client: {state.held} live requests are held "
+            f"open (limit {limits.max_held}); retry later",
+            retry_after=self._spread(limits.retry_after),
+        )
 
     @property
     def in_use(self) -> int:
@@ -192,12 +233,17 @@ class Admission:
             )
         return Permit(self, principal)
 
-    def admit_now(self, principal: str, limits: LimitSettings) -> Permit | None:
+    def admit_now(
+        self, principal: str, limits: LimitSettings, *, held: bool = False
+    ) -> Permit | None:
         """`admit` for a known principal when it needs no wait and refuses nothing, without
-        a coroutine (`proxy.http.fastlane`); None: call `admit`, which waits or refuses.
-        Nothing is charged when it answers None."""
+        a coroutine (`proxy.http.fastlane`), and with `held` (a live request) `hold` too, in
+        the same permit; None: call `hold` and `admit`, which wait or refuse. Nothing is
+        charged when it answers None."""
         state = self._states.get(principal)
         if state is None or state.active >= limits.max_concurrent:
+            return None
+        if held and state.held >= limits.max_held:
             return None
         slots = self._slots
         if slots.free <= 0 or slots._waiters:  # (no slot free now, or others wait first)
@@ -208,20 +254,26 @@ class Admission:
             return None  # (no slot was taken yet)
         slots.free -= 1
         state.active += 1
-        return Permit(self, principal)
+        if held:
+            state.held += 1
+        return Permit(self, principal, held=held)
 
     def _spread(self, retry_after: int) -> int:
         """`Retry-After` between `retry_after` and twice that, as Electric's admission 503s
         do (5-10 s): clients refused together must not all come back in the same second."""
         return self._jitter(retry_after, 2 * retry_after)
 
-    def _release(self, principal: str) -> None:
+    def _release(self, principal: str, engine: bool = True, held: bool = False) -> None:
+        state = self._states.get(principal)
+        if held and state is not None:
+            state.held -= 1
+        if not engine:
+            return
         slots = self._slots
         if slots._waiters:
             slots.release()
         else:
             slots.free += 1  # (`_Slots.release` with nobody waiting, inline)
-        state = self._states.get(principal)
         if state is not None:
             state.active -= 1
 
@@ -230,7 +282,7 @@ class Admission:
         idle = [
             key
             for key, state in self._states.items()
-            if state.active == 0 and state.bucket.full(state.rate, state.burst, now)
+            if not (state.active or state.held) and state.bucket.full(state.rate, state.burst, now)
         ]
         for key in idle:
             del self._states[key]

@@ -8,6 +8,8 @@ limits:                  # every principal (token subject, or client address whe
   retry_after: 5         # Retry-After on a 429 for too many open requests and on a 503:
                          # between this and twice this, so refused clients spread out
   pool_wait: 5           # max wait (s) for a free engine connection, then 503
+  max_held: 256          # client requests held open at once (live long-polls and SSE
+                         # streams), each client counted, identical ones joined included
 tables:
   items:
     allow:
@@ -21,6 +23,16 @@ joins an identical one already in flight, costs the engine nothing and is not ch
 `cache-buster` values make distinct engine requests, so they are charged. The defaults let an
 app hold dozens of live shapes per user, and keep one user from taking the engine connection
 pool from everyone else.
+
+`max_held` counts client requests, not engine requests: every live request (a long-poll
+waiting for a change, an SSE stream) holds a client connection for as long as it is open,
+whether it has an engine request of its own, joins an identical one in flight, or is fed by a
+shared SSE stream. Held connections are never closed to make room, so without this bound one
+principal repeating one identical live URL (each join free against `max_concurrent`) filled
+the proxy's connection cap, and every other client got 503 "Too many connections" for as long
+as it held them. Its default (256) is independent of `max_concurrent`, so a rule that lifts
+`max_concurrent` (an open config's anonymous rule) keeps it; a deployment whose clients all
+reach the proxy from one address (behind a CDN that does not collapse live requests) raises it.
 """
 
 from __future__ import annotations
@@ -40,6 +52,7 @@ class RuleLimits(_Model):
     max_concurrent: int | None = Field(default=None, ge=1)
     rate: float | None = Field(default=None, gt=0)
     burst: int | None = Field(default=None, ge=1)
+    max_held: int | None = Field(default=None, ge=1)
 
 
 class LimitsConfig(_Model):
@@ -56,6 +69,11 @@ class LimitsConfig(_Model):
     pool_wait: float = Field(
         default=5, ge=0, description="max wait for a free engine connection, then 503"
     )
+    max_held: int = Field(
+        default=256,
+        ge=1,
+        description="live client requests (long-polls, SSE) one principal may hold open at once",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +85,7 @@ class LimitSettings:
     burst: int = 500
     retry_after: int = 5
     pool_wait: float = 5.0
+    max_held: int = 256
 
 
 def resolve(global_limits: LimitsConfig, rule: RuleLimits | None) -> LimitSettings:
@@ -77,6 +96,7 @@ def resolve(global_limits: LimitsConfig, rule: RuleLimits | None) -> LimitSettin
         burst=global_limits.burst,
         retry_after=global_limits.retry_after,
         pool_wait=global_limits.pool_wait,
+        max_held=global_limits.max_held,
     )
     if rule is None:
         return base
@@ -86,4 +106,5 @@ def resolve(global_limits: LimitsConfig, rule: RuleLimits | None) -> LimitSettin
         burst=rule.burst or base.burst,
         retry_after=base.retry_after,
         pool_wait=base.pool_wait,
+        max_held=rule.max_held or base.max_held,
     )

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from ..errors import ShapeGone
 from ..snapshot.subset import SubsetQuery, run_subset
+from .live import client_gone
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape
@@ -21,11 +22,18 @@ if TYPE_CHECKING:
 
 
 async def serve_subset(
-    source: Source, shape: Shape, req: ShapeRequest, subset: SubsetQuery
+    source: Source,
+    shape: Shape,
+    req: ShapeRequest,
+    subset: SubsetQuery,
+    request: web.Request | None = None,
 ) -> web.StreamResponse:
+    """The subset's answer; `request`, when given, is watched for its client leaving, which
+    abandons the query in Postgres (`run_subset`)."""
     if req.handle is not None and req.handle != shape.handle:
         raise ShapeGone(shape.handle)
-    result = await run_subset(source, shape, subset)
+    gone = None if request is None else client_gone(request)
+    result = await run_subset(source, shape, subset, gone)
     snapshot = result.snapshot
     body = {
         "metadata": {

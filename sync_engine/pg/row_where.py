@@ -8,16 +8,24 @@ new shape was rotated again before its client was up to date. So Postgres is ask
 instead, for that row's values as the change carries them (not the table's current row,
 which may have changed since):
 
-    SELECT (<where>) IS TRUE FROM (SELECT ($1::text::<table>).*) AS <table>
+    SELECT EXISTS (SELECT FROM (SELECT ($1::text::<table>).* OFFSET 0) AS <table> WHERE <where>)
 
-(several rows at once over `unnest($1::text[])`). `$1` is a bind parameter: the row's
-values as a record literal of the table's row type, read back by Postgres's input functions
-(typmods and domains included) under the same session settings the replication stream
-wrote them with. `<where>` is the engine's own deparse of the validated clause (as in the
-snapshot query), never request text. A row on which the clause fails (division by zero, a
-value that does not cast) is `Unevaluable`: a snapshot meeting it fails, so the shape is
-retired (its clients refetch, and get the snapshot's 400 while the row is there) rather
-than followed past a row Postgres cannot answer for (`Where.matches`, `ClauseFails`).
+(several rows at once over `unnest($1::text[])`). The clause is asked as a WHERE, as the
+snapshot query has it, not as a value in a select list: Postgres's planner rewrites a
+WHERE qual before reading a row (an OR's common factors pulled out, a constant arm
+dropped, `x = 0 AND x = 1` a constant false through its equivalence classes) and then
+evaluates its conjuncts in cost order, where a select list evaluates the expression as
+written, left to right: `((10 / v > 1) AND t = 'x') OR t = 'x'` fails on v = 0 in a select
+list, never as a WHERE (the shape was retired for a row its snapshot query answers).
+OFFSET 0 keeps the row a scan of its own, under that WHERE (no pull-up, no push-down).
+`$1` is a bind parameter: the row's values as a record literal of the table's row type, read
+back by Postgres's input functions (typmods and domains included) under the same session
+settings the replication stream wrote them with. `<where>` is the engine's own deparse of
+the validated clause (as in the snapshot query), never request text. A row on which the
+clause fails (division by zero, a value that does not cast) is `Unevaluable`: a snapshot
+meeting it fails, so the shape is retired (its clients refetch, and get the snapshot's 400
+while the row is there) rather than followed past a row Postgres cannot answer for
+(`Where.matches`, `ClauseFails`).
 """
 
 from __future__ import annotations
@@ -97,10 +105,10 @@ async def rows_match(
     (psycopg.OperationalError) propagates, to be retried."""
     literals = [record_literal(table, row, referenced) for row in rows]
     query = sql.SQL(
-        "SELECT (SELECT ({}) IS TRUE FROM (SELECT (shapegate_rows.shapegate_row::text::{}).*)"
-        " AS {}) FROM unnest(%s::text[]) WITH ORDINALITY AS shapegate_rows(shapegate_row, n)"
-        " ORDER BY shapegate_rows.n"
-    ).format(_clause(where_sql), _rowtype(table), sql.Identifier(table.name))
+        "SELECT EXISTS (SELECT FROM (SELECT (shapegate_rows.shapegate_row::text::{}).*"
+        " OFFSET 0) AS {} WHERE {}) FROM unnest(%s::text[]) WITH ORDINALITY"
+        " AS shapegate_rows(shapegate_row, n) ORDER BY shapegate_rows.n"
+    ).format(_rowtype(table), sql.Identifier(table.name), _clause(where_sql))
     try:
         cur = await conn.execute(query, (literals,))
         return [bool(r[0]) for r in await cur.fetchall()]
@@ -122,9 +130,9 @@ async def row_matches(
     """`rows_match` for one row: a data error of the clause on it, or of the row's cast
     (the table's row type changed), is `Unevaluable` (see the module docstring)."""
     literal = record_literal(table, row, referenced)
-    ask = sql.SQL("SELECT ({}) IS TRUE FROM (SELECT (%s::text::{}).*) AS {}").format(
-        _clause(where_sql), _rowtype(table), sql.Identifier(table.name)
-    )
+    ask = sql.SQL(
+        "SELECT EXISTS (SELECT FROM (SELECT (%s::text::{}).* OFFSET 0) AS {} WHERE {})"
+    ).format(_rowtype(table), sql.Identifier(table.name), _clause(where_sql))
     try:
         cur = await conn.execute(ask, (literal,))
         got = await cur.fetchone()

@@ -162,10 +162,16 @@ def _run(
 
 
 async def _bounded_run(
-    source: Source, rows_query: RowQuery, query: sql.Composed
+    source: Source,
+    rows_query: RowQuery,
+    query: sql.Composed,
+    gone: asyncio.Future[None] | None = None,
 ) -> tuple[str, int, list[bytes]]:
     """`_run` in a thread of the source's subset executor; a 503 (and the query abandoned)
-    once Postgres is found not to answer at all, or when the source stops first."""
+    once Postgres is found not to answer at all, or when the source stops first. When the
+    client has gone (`gone` resolved) the query is abandoned too: its answer has no one to
+    go to, and a costly one would otherwise run on in Postgres to its end (or to
+    --snapshot-timeout), holding a backend and a thread of the subset executor."""
     running = _Running()
     loop = asyncio.get_running_loop()
     try:
@@ -175,11 +181,16 @@ async def _bounded_run(
     except RuntimeError:  # the executor is shut down: the source stopped
         raise stopping() from None
     while True:
-        done, _ = await asyncio.wait({task}, timeout=SUBSET_QUIET)
-        if done:
+        waited: set[asyncio.Future[Any]] = {task} if gone is None else {task, gone}
+        done, _ = await asyncio.wait(waited, timeout=SUBSET_QUIET, return_when="FIRST_COMPLETED")
+        if task in done:
             if task.cancelled():  # not started before the source stopped
                 raise stopping()
             return task.result()
+        if gone is not None and gone.done():
+            running.abandon()  # (its socket shut: Postgres ends the backend's query)
+            task.add_done_callback(_retrieve)
+            raise ConnectionResetError("the client went away")  # nobody to answer
         if not await source.database_answers() and not task.done():
             running.abandon()
             task.add_done_callback(_retrieve)
@@ -222,13 +233,19 @@ class SubsetResult:
     messages: list[Any]
 
 
-async def run_subset(source: Source, shape: Shape, subset: SubsetQuery) -> SubsetResult:
-    """Run the subset query in one REPEATABLE READ transaction (raises EngineError)."""
+async def run_subset(
+    source: Source, shape: Shape, subset: SubsetQuery, gone: asyncio.Future[None] | None = None
+) -> SubsetResult:
+    """Run the subset query in one REPEATABLE READ transaction (raises EngineError, or
+    ConnectionResetError once `gone`, the client's disconnection, resolves first)."""
     rows_query, query = _query(shape, subset)
     try:
-        snap, lsn, rows = await _bounded_run(source, rows_query, query)
+        snap, lsn, rows = await _bounded_run(source, rows_query, query, gone)
     except psycopg.OperationalError as exc:
-        if snapshot_errors.kind(exc) != "transient":
+        # (QueryCanceled is an OperationalError: a statement the subset pool's
+        # statement_timeout cancelled is a 503 snapshot_timeout, as a shape snapshot's is,
+        # not "Database is unreachable": the database answered)
+        if snapshot_errors.kind(exc) != "transient" or snapshot_errors.timed_out(exc):
             raise _subset_error(source, shape, exc) from None
         raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
     except psycopg.Error as exc:

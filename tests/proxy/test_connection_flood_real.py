@@ -15,6 +15,7 @@ Real path: `shape-proxy` (config/examples/open.yaml) under `prlimit --nofile=256
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
@@ -45,7 +46,11 @@ def proxy_url(db_url: str, tmp_path: Path) -> Iterator[str]:
     yield from _proxy(db_url, tmp_path, 256)
 
 
-def _proxy(db_url: str, tmp_path: Path, nofile: int) -> Iterator[str]:
+def _proxy(
+    db_url: str, tmp_path: Path, nofile: int, limits: dict[str, int] | None = None
+) -> Iterator[str]:
+    """The engine and `shape-proxy` under open.yaml (its anonymous rule's `limits` updated
+    with `limits`) and `prlimit --nofile=<nofile>`."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
         conn.execute("INSERT INTO items VALUES (1, 'one')")
@@ -53,6 +58,8 @@ def _proxy(db_url: str, tmp_path: Path, nofile: int) -> Iterator[str]:
     engine.start()
     config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
     config["upstream"]["url"] = engine.url
+    if limits is not None:
+        config["tables"]["*.*"]["allow"][0]["limits"].update(limits)
     path = tmp_path / "proxy.yaml"
     path.write_text(yaml.safe_dump(config))
     port = free_port()
@@ -133,7 +140,7 @@ def test_held_long_polls_may_use_what_the_engine_pool_does_not(db_url: str, tmp_
     limit) whatever collapsing left open: under 1,024 descriptors 256 clients were kept and the
     rest of 600 held long-polls on one shape (one engine request) got 503s; the benchmark's
     10,000 held clients under 20,000 lost 2,500. Engine connections open now are counted."""
-    gen = _proxy(db_url, tmp_path, 1024)
+    gen = _proxy(db_url, tmp_path, 1024, {"max_held": 100_000})  # (the cap, not max_held)
     proxy_url = next(gen)
     held: list[socket.socket] = []
     try:
@@ -157,5 +164,62 @@ def test_held_long_polls_may_use_what_the_engine_pool_does_not(db_url: str, tmp_
         assert refused == 0
     finally:
         for sock in held:
+            sock.close()
+        gen.close()
+
+
+def test_one_address_holding_identical_long_polls_cannot_lock_another_out(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Joining an identical request in flight costs the engine nothing, so it was free against
+    `max_concurrent`, and a held long-poll is never closed to make room: one client address
+    (an open config's anonymous principal) repeating one live URL held every connection the
+    cap allowed, and everyone else got 503 "Too many connections" for as long as it held them
+    (attack 10:58). Held client requests now count against the principal's `max_held`
+    (default 256; open.yaml lifts it for transparency, so the test sets the default back):
+    past it a 429 with Retry-After, and the cap keeps room for others. Under 600 descriptors
+    the cap is ~340: alice (127.0.0.1) sends 360."""
+    gen = _proxy(db_url, tmp_path, 600, {"max_held": 256})
+    proxy_url = next(gen)
+    port = _port(proxy_url)
+    alice: list[socket.socket] = []
+    try:
+        status, headers, _ = _get(f"{proxy_url}/v1/shape?table=items&offset=-1")
+        assert status == 200
+        handle, offset = headers["electric-handle"], headers["electric-offset"]
+        target = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
+        for _ in range(360):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            alice.append(sock)
+        time.sleep(1.0)
+        answers: list[bytes] = []
+        for sock in alice:
+            sock.setblocking(False)
+            try:
+                data = sock.recv(4096)
+            except BlockingIOError:
+                continue  # held, as a long-poll is
+            answers.append(data)
+            sock.close()  # (answered: a client waits its Retry-After before asking again)
+        held = len(alice) - len(answers)
+        assert held == 256, (held, [a[:40] for a in answers[:3]])
+        refused = [a for a in answers if a.startswith(b"HTTP/1.1 429")]
+        assert refused, [a[:40] for a in answers[:3]]
+        head, _, body = refused[0].partition(b"\r\n\r\n")
+        assert b"\r\nRetry-After: " in head and b"\r\nCache-Control: no-store" in head
+        assert json.loads(body)["code"] == "too_many_held_requests"
+        # bob: another address, another principal; served while alice holds her 256.
+        bob = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)
+        )
+        bob.request("GET", "/v1/shape?table=items&offset=-1")
+        reply = bob.getresponse()
+        body = reply.read()
+        bob.close()
+        assert reply.status == 200, body
+        assert [m["value"]["title"] for m in json.loads(body) if "value" in m] == ["one"]
+    finally:
+        for sock in alice:
             sock.close()
         gen.close()

@@ -108,6 +108,41 @@ async def test_open_requests_are_capped_per_principal_and_others_are_unaffected(
     assert admission.in_use == 0
 
 
+async def test_held_requests_are_capped_per_principal_apart_from_engine_requests() -> None:
+    """`max_held` counts client requests held open (joiners of a flight included: they ask
+    `hold` whether or not they need an engine request), separately from `max_concurrent`."""
+    admission = Admission(pool_size=100)
+    limits = LimitSettings(max_concurrent=1000, retry_after=7, max_held=2)
+    mallory = principal_for("iss", "mallory", None)
+    held = [admission.hold(mallory, limits) for _ in range(2)]
+    with pytest.raises(TooManyRequests) as info:
+        admission.hold(mallory, limits)
+    assert (info.value.status, info.value.reason) == (429, "too_many_held_requests")
+    assert 7 <= info.value.retry_after <= 14
+    assert "limit 2" in info.value.message
+    assert admission.active(mallory) == 0 and admission.in_use == 0  # no engine request
+    assert admission.admit_now(mallory, limits, held=True) is None  # the fast lane: refused
+    other = admission.hold(principal_for("iss", "alice", None), limits)  # unaffected
+    held[0].release()
+    held[0].release()  # idempotent
+    assert admission.held(mallory) == 1
+    fast = admission.admit_now(mallory, limits, held=True)  # held and engine, one permit
+    assert fast is not None and admission.held(mallory) == 2 and admission.active(mallory) == 1
+    for permit in [*held, other, fast]:
+        permit.release()
+    assert admission.held(mallory) == 0 and admission.active(mallory) == 0
+    assert admission.in_use == 0
+
+
+def test_max_held_defaults_to_256_whatever_a_rule_lifts() -> None:
+    """An open config's anonymous rule lifts `max_concurrent` (one principal per address):
+    the held bound stays unless a rule names it."""
+    base = LimitsConfig()
+    assert resolve(base, RuleLimits(max_concurrent=100_000)).max_held == 256
+    assert resolve(base, RuleLimits(max_held=5)).max_held == 5
+    assert resolve(LimitsConfig(max_held=9), None).max_held == 9
+
+
 async def test_retry_after_of_refusals_together_is_spread() -> None:
     admission = Admission(pool_size=100)
     limits = LimitSettings(max_concurrent=1, retry_after=5)

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.loader import build_config
+from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
@@ -54,18 +57,42 @@ PROTOCOL = (
 )
 
 
+_SETUP = (
+    'CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, "Mixed" int)',
+    "INSERT INTO items VALUES (1, 'org-a', 'a1', 1), (2, 'org-b', 'b1', 2)",
+    'CREATE SCHEMA "Odd.Schema"',
+    'CREATE TABLE "Odd.Schema"."we""ird" (id int PRIMARY KEY, v text)',
+    """INSERT INTO "Odd.Schema"."we""ird" VALUES (1, 'x')""",
+)
+_ARGS = ("--long-poll-timeout", "1", "--sse-timeout", "2", "--allow-delete")
+
+
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One secret for the module (the shared engine's; the conftest's is per test)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def engine(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[EngineProcess]:
+    """The engine the module's tests share (each started its own: ~2 s apiece, 50 of them):
+    what they write adds rows of their own (live cases) or retires a shape they made (DELETE
+    cases); every comparison reads the engine and the proxy at the same moment."""
+    with engine_on_a_new_database(
+        pg_server_url, tmp_path_factory.mktemp("cases") / "data", engine_secret, *_SETUP,
+        args=_ARGS,
+    ) as shared:  # fmt: skip
+        yield shared
+
+
 @pytest.fixture
-def engine(start_engine: Any, request: pytest.FixtureRequest) -> EngineProcess:
-    """The engine (extra arguments by indirect parametrization)."""
+def own_engine(start_engine: Any, request: pytest.FixtureRequest) -> EngineProcess:
+    """An engine of the test's own, for what changes the table for everyone (a TRUNCATE, a
+    large insert) or needs other flags (extra arguments by indirect parametrization)."""
     extra: tuple[str, ...] = getattr(request, "param", ())
-    return start_engine(
-        'CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, "Mixed" int)',
-        "INSERT INTO items VALUES (1, 'org-a', 'a1', 1), (2, 'org-b', 'b1', 2)",
-        'CREATE SCHEMA "Odd.Schema"',
-        'CREATE TABLE "Odd.Schema"."we""ird" (id int PRIMARY KEY, v text)',
-        """INSERT INTO "Odd.Schema"."we""ird" VALUES (1, 'x')""",
-        args=("--long-poll-timeout", "1", "--sse-timeout", "2", "--allow-delete", *extra),
-    )
+    return start_engine(*_SETUP, args=(*_ARGS, *extra))
 
 
 async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any) -> str:
@@ -297,6 +324,10 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
     ]
 
 
+#: Hand-picked cases compared at once: fewer than the engine's 32 initial syncs at a time.
+_AT_ONCE = 12
+
+
 async def test_hand_picked_requests_are_answered_as_the_engine_answers(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
@@ -314,16 +345,28 @@ async def test_hand_picked_requests_are_answered_as_the_engine_answers(
         )
         assert status == 200
         offset, catch_up_etag = headers["electric-offset"], headers["etag"]
-        for method, target, req_headers, body in _cases(handle, offset, etag, catch_up_etag):
-            answers = []
-            for url in (_direct(engine, engine_secret, target), base + target):
-                status, headers, raw = await _send(session, method, url, req_headers, body)
-                if headers.get("content-type", "").startswith("text/event-stream"):
-                    raw = _sse_rows(raw)
-                answers.append(_comparable(status, headers, raw, method))
+        room = asyncio.Semaphore(_AT_ONCE)
+
+        async def compare(method: str, target: str, req_headers: dict[str, str], body: Any) -> None:
+            """One case: straight to the engine, then through the proxy."""
+            async with room:
+                answers = []
+                for url in (_direct(engine, engine_secret, target), base + target):
+                    status, headers, raw = await _send(session, method, url, req_headers, body)
+                    if headers.get("content-type", "").startswith("text/event-stream"):
+                        raw = _sse_rows(raw)
+                    answers.append(_comparable(status, headers, raw, method))
             expected, got = answers
             if got != expected:
                 differences.append((method, target[:200], req_headers, expected, got))
+
+        # Cases side by side (most of the time was live ones waiting out the engine's hold,
+        # one after another); nothing in them writes, and the DELETE goes last, alone.
+        cases = _cases(handle, offset, etag, catch_up_etag)
+        await asyncio.gather(*(compare(*case) for case in cases if case[0] != "DELETE"))
+        for case in cases:
+            if case[0] == "DELETE":
+                await compare(*case)
     for method, target, req_headers, expected, got in differences:
         print("DIFFERENCE", method, target, req_headers)
         print("  engine:", str(expected)[:600])
@@ -377,7 +420,8 @@ async def test_live_answers_with_data_are_the_engines(
 
         await wait_until_async(both_parked, timeout=20, message="both parked in the engine")
         with psycopg.connect(engine.db_url, autocommit=True) as conn:
-            conn.execute("INSERT INTO items VALUES (10, 'org-a', 'ten', 10)")
+            row = 10 + LIVE_CASES.index(case)  # (each case a row of its own: one engine)
+            conn.execute("INSERT INTO items VALUES (%s, 'org-a', 'ten', 10)", (row,))
         answers = []
         for task in waiting:
             status, headers, raw = await task
@@ -497,12 +541,13 @@ async def _to_the_tip(session: aiohttp.ClientSession, url: Any, query: str) -> t
 
 @pytest.mark.parametrize("live", ["live=true", "live=true&live_sse=true"], ids=["poll", "sse"])
 async def test_a_rotation_is_answered_alike(
-    engine: EngineProcess, engine_secret: str, make_proxy: Any, live: str
+    own_engine: EngineProcess, engine_secret: str, make_proxy: Any, live: str
 ) -> None:
     """Live requests parked at the tip, straight and through the proxy, when the shape
     rotates (TRUNCATE): the same 409 must-refetch for a long-poll, the same clean end for an
     SSE stream; then what the client does next, the same answers: its old handle again
     (409), the new shape with `expired_handle`, and the new shape's catch-up."""
+    engine = own_engine  # (its own: see the fixture)
     base = await _open_proxy(engine, engine_secret, make_proxy)
 
     def direct(target: str) -> str:
@@ -557,13 +602,14 @@ async def test_a_rotation_is_answered_alike(
     assert differences == []
 
 
-@pytest.mark.parametrize("engine", [("--max-shapes", "1")], indirect=True, ids=["max-shapes"])
+@pytest.mark.parametrize("own_engine", [("--max-shapes", "1")], indirect=True, ids=["max-shapes"])
 async def test_a_503_is_answered_alike(
-    engine: EngineProcess, engine_secret: str, make_proxy: Any
+    own_engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     """The engine's 503 (its shape limit reached while its one shape is in use: a long-poll
     held on it): status, JSON body, Retry-After and cache headers, straight and through the
     proxy, for GET and HEAD."""
+    engine = own_engine  # (its own: see the fixture)
     base = await _open_proxy(engine, engine_secret, make_proxy)
     async with aiohttp.ClientSession() as session:
         target = "/v1/shape?table=items&offset=-1"
@@ -623,12 +669,13 @@ async def _leave_mid_body(url: str, after: int) -> None:
 
 
 async def test_a_client_leaving_mid_body_changes_nobody_elses_answer(
-    engine: EngineProcess, engine_secret: str, make_proxy: Any
+    own_engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     """A large initial sync whose client leaves after its first 64 KB, alone and while a
     second client's identical request shares its engine request: the second client, and
     the next one, get the whole answer, as straight from the engine (nothing cut short,
     cached or shared half-written)."""
+    engine = own_engine  # (its own: see the fixture)
     with psycopg.connect(engine.db_url, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO items SELECT i, 'org-a', repeat('x', 400), i "

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pglast import ast
-from pglast.enums import SortByDir
+from pglast.enums import A_Expr_Kind, NullTestType, SortByDir
 
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.pg.types import BOOL, UNKNOWN
@@ -53,7 +53,8 @@ class Where:
     #: a shape uses the clause (zones.ZoneAgreement).
     zones: frozenset[str] = frozenset()
     #: The top-level conjuncts Postgres makes of the clause (`_top_conjuncts`), each
-    #: evaluated alone only on a row the clause fails on (`matches`); None: not known.
+    #: evaluated alone only on a row the clause fails on (`matches`); None: not known, or
+    #: Postgres reads no row (a constant false of its equivalence classes).
     _conjuncts: tuple[Conjunct, ...] | None = field(default=None, repr=False, compare=False)
 
     def value(self, row: Mapping[str, str | None]) -> object:
@@ -101,12 +102,14 @@ class Where:
         if self._conjuncts is None:
             return True
         failing = False
-        for conjunct, negated in self._conjuncts:
+        for conjunct, negated, unsure in self._conjuncts:
             try:
                 value = conjunct(row, {})
             except UnrepresentableValue:
                 raise
             except Exception:
+                if unsure:  # (Postgres may evaluate another conjunct instead)
+                    return True
                 failing = True
                 continue
             if negated and isinstance(value, bool):
@@ -255,11 +258,12 @@ def _check(compiler: Compiler, expr: Expr) -> Expr:
     return expr
 
 
-#: A conjunct Postgres's planner makes of the clause: a compiled node's value, negated or not.
-Conjunct = tuple[Eval, bool]
+#: A conjunct Postgres's planner makes of the clause: a compiled node's value, negated or
+#: not, and whether its equivalence class may replace it (`_equivalence_classes`).
+Conjunct = tuple[Eval, bool, bool]
 
 
-def _top_conjuncts(compiler: Compiler, expr: Expr) -> tuple[Conjunct, ...]:
+def _top_conjuncts(keys: _Keys, expr: Expr) -> list[tuple[Expr, bool]]:
     """The top-level conjuncts Postgres's planner makes of the clause compiled to `expr`,
     which its scan evaluates in an order of its own (see `Where.matches`): NOT pushed down
     through AND and OR (De Morgan, eval_const_expressions' negate_clause), ANDs flattened
@@ -277,20 +281,98 @@ def _top_conjuncts(compiler: Compiler, expr: Expr) -> tuple[Conjunct, ...]:
             stack.extend((part, negated) for part in reversed(e.parts))
             continue
         if e.bool_op == "or":  # (not negated) its common factors, and itself
-            found.extend((f, False) for f in _common_factors(compiler, e))
+            found.extend((f, False) for f in _common_factors(keys, e))
         found.append((e, negated))
-    return tuple((e.fn, negated) for e, negated in found)
+    return found
 
 
-def _factor_key(compiler: Compiler, e: Expr) -> str | None:
-    """What Postgres's `equal()` compares of a conjunct, as far as the engine tells: its
-    SQL text (only for one compiled from a node of its own), a constant the planner made
-    by its value (`NULL::bool` and `1 = NULL::int4` are the same constant)."""
-    if planner_const(e):
-        return f"\0{e.type.sql_name}:{e.value!r}"
-    if e.node is None or compiler.compiled.get(id(e.node)) is not e:
-        return None
-    return sql_text(e.node)
+#: What Postgres's `equal()` compares of a conjunct, as far as the engine tells (`_Keys`).
+Key = tuple[object, ...]
+
+
+#: Operators and their negators (pg_operator.oprnegate), as negate_clause writes `NOT (a < b)`.
+_NEGATORS = {"=": "<>", "<>": "=", "<": ">=", ">=": "<", ">": "<=", "<=": ">",
+             "~~": "!~~", "!~~": "~~", "~~*": "!~~*", "!~~*": "~~*"}  # fmt: skip
+_A_EXPR_OPS = (A_Expr_Kind.AEXPR_OP, A_Expr_Kind.AEXPR_LIKE, A_Expr_Kind.AEXPR_ILIKE)
+#: IS TRUE and IS NOT TRUE, ... (BooleanTest), IS NULL and IS NOT NULL (NullTest).
+_BOOL_TESTS = {0: 1, 1: 0, 2: 3, 3: 2, 4: 5, 5: 4}
+
+
+def _negated_key(k: Key) -> Key:
+    """The key of NOT `k`, as eval_const_expressions' negate_clause writes it: an operator
+    with a negator is that operator (`NOT (a ILIKE b)` is `a NOT ILIKE b`), a test its
+    opposite, NOT NOT x is x."""
+    if k[0] == "op" and k[1] in _NEGATORS:
+        return ("op", _NEGATORS[k[1]], *k[2:])
+    if k[0] == "null":
+        return ("null", not k[1], k[2])
+    if k[0] == "bool":
+        return ("bool", _BOOL_TESTS[int(k[1])], k[2])  # type: ignore[call-overload]
+    if k[0] == "not":
+        return k[1]  # type: ignore[return-value]
+    return ("not", k)
+
+
+class _Keys:
+    """Keys of conjuncts: equal keys where Postgres's `equal()` finds the nodes equal (its
+    canonicalize_qual and equivalence classes compare with it), None where the engine
+    cannot tell. A constant the planner made by its value (`NULL::bool` and `1 = NULL::int4`
+    are the same constant); a comparison by its operator and operands' SQL texts, wherever
+    it was built (a written `x = y`, an IN list's `x = y`, BETWEEN's `x >= lo`); NOT of one
+    as negate_clause writes it; an AND / OR by its arguments'; any other node compiled on
+    its own by its SQL text."""
+
+    def __init__(self, compiler: Compiler) -> None:
+        self.compiler = compiler
+        self.cache: dict[int, tuple[Expr, Key | None]] = {}
+        #: operand texts that are literals (a string, a number, a cast of one)
+        self.literals: set[str] = set()
+
+    def get(self, e: Expr) -> Key | None:
+        hit = self.cache.get(id(e))
+        if hit is not None and hit[0] is e:
+            return hit[1]
+        key = self._key(e)
+        self.cache[id(e)] = (e, key)
+        return key
+
+    def _key(self, e: Expr) -> Key | None:
+        if planner_const(e):
+            return ("const", e.type.sql_name, repr(e.value))
+        if e.key is not None:
+            name, left, right = e.key
+            return ("op", name, self.operand(left), self.operand(right))
+        if e.bool_op in ("and", "or"):
+            keys = [self.get(p) for p in e.parts]
+            return None if any(k is None for k in keys) else (e.bool_op, tuple(keys))
+        if e.bool_op == "not":
+            inner = self.get(e.parts[0])
+            return None if inner is None else _negated_key(inner)
+        node = e.node
+        if node is None or self.compiler.compiled.get(id(node)) is not e:
+            return None
+        if (
+            isinstance(node, ast.A_Expr)
+            and node.kind in _A_EXPR_OPS
+            and node.lexpr is not None
+            and len(node.name) == 1
+            and not isinstance(node.rexpr, list | tuple)
+        ):
+            name = getattr(node.name[0], "sval", "")
+            return ("op", name, self.operand(node.lexpr), self.operand(node.rexpr))
+        if isinstance(node, ast.NullTest) and not node.argisrow:
+            return ("null", node.nulltesttype == NullTestType.IS_NULL, sql_text(node.arg))
+        if isinstance(node, ast.BooleanTest):
+            return ("bool", int(node.booltesttype), sql_text(node.arg))
+        return ("text", sql_text(node))
+
+    def operand(self, node: ast.Node) -> str:
+        text = sql_text(node)
+        while isinstance(node, ast.TypeCast):
+            node = node.arg
+        if isinstance(node, ast.A_Const):
+            self.literals.add(text)
+        return text
 
 
 def _arms(expr: Expr) -> list[tuple[Expr, ...]]:
@@ -298,14 +380,13 @@ def _arms(expr: Expr) -> list[tuple[Expr, ...]]:
     return [arm.parts if arm.bool_op == "and" else (arm,) for arm in expr.parts]
 
 
-def _common_factors(compiler: Compiler, expr: Expr) -> list[Expr]:
-    """The conjuncts every arm of the OR `expr` has (`_factor_key`), each from its first
-    arm."""
+def _common_factors(keys: _Keys, expr: Expr) -> list[Expr]:
+    """The conjuncts every arm of the OR `expr` has (`_Keys`), each from its first arm."""
     if not any(arm.bool_op == "and" for arm in expr.parts):
         return []  # (`a OR b OR ...`: only identical arms would share one; no deparse)
     arms = _arms(expr)
-    common = set.intersection(*({_factor_key(compiler, c) for c in arm} for arm in arms))
-    return [c for c in arms[0] if _factor_key(compiler, c) in common - {None}]
+    common = set.intersection(*({keys.get(c) for c in arm} for arm in arms))
+    return [c for c in arms[0] if keys.get(c) in common - {None}]
 
 
 def _not(expr: Expr) -> Expr:
@@ -319,7 +400,7 @@ def _not(expr: Expr) -> Expr:
     return negation(expr, apply(BOOL, operator.not_, [expr], expr.node))
 
 
-def _qual(compiler: Compiler, expr: Expr) -> Expr:
+def _qual(keys: _Keys, expr: Expr) -> Expr:
     """The clause as Postgres's planner makes a WHERE qual of it before reading a row
     (canonicalize_qual's find_duplicate_ors, through ANDs and ORs from the top): in an OR,
     a constant false or NULL arm is dropped (a qual's NULL is as good as false), a constant
@@ -332,19 +413,19 @@ def _qual(compiler: Compiler, expr: Expr) -> Expr:
     if expr.bool_op == "not" and not planner_const(expr):
         inner = expr.parts[0]
         if inner.bool_op == "not":  # NOT NOT x: x
-            return _qual(compiler, inner.parts[0])
+            return _qual(keys, inner.parts[0])
         if inner.bool_op in ("and", "or") and not planner_const(inner):
             # De Morgan, as eval_const_expressions pushes NOT down: NOT (a OR b) is
             # NOT a AND NOT b (`x NOT IN (1, NULL, y)` is x <> ANY... AND x <> y)
             flipped = [_not(p) for p in inner.parts]
             build = or_expr if inner.bool_op == "and" else and_expr
-            return _qual(compiler, build(flipped, expr.node))
+            return _qual(keys, build(flipped, expr.node))
     if planner_const(expr) or expr.bool_op not in ("and", "or"):
         return expr
     is_or = expr.bool_op == "or"
     args: list[Expr] = []
     for part in expr.parts:
-        part = _qual(compiler, part)
+        part = _qual(keys, part)
         if planner_const(part):
             if (part.value is True) == is_or:  # (OR: true; AND: false or NULL)
                 return const(BOOL, is_or, expr.node, folded=True)
@@ -369,8 +450,8 @@ def _qual(compiler: Compiler, expr: Expr) -> Expr:
         )
         return expr if same else or_expr(args, expr.node)
     arms = [a.parts if a.bool_op == "and" else (a,) for a in args]
-    keys = [[_factor_key(compiler, c) for c in arm] for arm in arms]
-    common = set.intersection(*(set(k) for k in keys)) - {None}
+    arm_keys = [[keys.get(c) for c in arm] for arm in arms]
+    common = set.intersection(*(set(k) for k in arm_keys)) - {None}
     if not common:
         same = len(args) == len(expr.parts) and all(
             a is b for a, b in zip(args, expr.parts, strict=True)
@@ -378,12 +459,12 @@ def _qual(compiler: Compiler, expr: Expr) -> Expr:
         return expr if same else or_expr(args, expr.node)
     shortest = min(range(len(arms)), key=lambda i: len(arms[i]))
     winners, seen = [], set()
-    for c, k in zip(arms[shortest], keys[shortest], strict=True):
+    for c, k in zip(arms[shortest], arm_keys[shortest], strict=True):
         if k in common and k not in seen:
             seen.add(k)
             winners.append(c)
     rests = []
-    for arm, ks in zip(arms, keys, strict=True):
+    for arm, ks in zip(arms, arm_keys, strict=True):
         rest = [c for c, k in zip(arm, ks, strict=True) if k not in common]
         if not rest:  # (this arm is the winners alone: the OR is redundant)
             return winners[0] if len(winners) == 1 else and_expr(winners, expr.node)
@@ -391,8 +472,76 @@ def _qual(compiler: Compiler, expr: Expr) -> Expr:
     return and_expr([*winners, or_expr(rests, expr.node)], expr.node)
 
 
+def _may_be_equality(keys: _Keys, e: Expr, negated: bool) -> bool:
+    """Whether the conjunct `e` (NOT `e` when `negated`) may have an `=` key (`_Keys`)."""
+    while e.bool_op == "not":
+        e, negated = e.parts[0], not negated
+    wanted = "<>" if negated else "="
+    if e.key is not None:
+        return e.key[0] == wanted
+    node = e.node
+    return (
+        isinstance(node, ast.A_Expr)
+        and node.kind == A_Expr_Kind.AEXPR_OP
+        and len(node.name) == 1
+        and getattr(node.name[0], "sval", "") == wanted
+        and keys.compiler.compiled.get(id(node)) is e
+    )
+
+
+def _equivalence_classes(keys: _Keys, found: list[tuple[Expr, bool]]) -> set[int] | None:
+    """Which top-level conjuncts Postgres's equivalence classes may replace, or None where
+    they make the clause a constant false before any row is read.
+
+    Each top-level `a = b` (mergejoinable, as nearly every `=` is) merges a and b into one
+    class; the planner then drops those conjuncts and generates its own: each member equal
+    to one constant of the class, or (none) a chain of members, and a comparison of two
+    constants folded before the scan (`(d - d) = 0 AND (d - d) = 1` is `0 = 1`, false: no
+    row is read, nothing fails; seed 8101 of the long fuzz). A conjunct of a class of three
+    or more members may so become another one (`a = X AND X = 5` is `a = 5 AND X = 5`,
+    false first where a is 3 and X fails): where it fails, the engine cannot say that
+    Postgres does. Two literals in one class: taken as a constant false (two equal ones,
+    `x = 1 AND x = 1::int8`, are not, but then a row does not match either way)."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    equalities: list[tuple[int, str]] = []
+    for i, (e, negated) in enumerate(found):
+        if not _may_be_equality(keys, e, negated):
+            continue  # (no deparse for the others)
+        k = keys.get(e)
+        if k is not None and negated:
+            k = _negated_key(k)
+        if k is None or k[0] != "op" or k[1] != "=" or k[2] == k[3]:
+            continue  # (x = x is x IS NOT NULL to the planner: no class)
+        left, right = str(k[2]), str(k[3])
+        parent[find(left)] = find(right)
+        equalities.append((i, left))
+    members: dict[str, set[str]] = {}
+    for x in parent:
+        members.setdefault(find(x), set()).add(x)
+    unsure = set()
+    for i, member in equalities:
+        group = members[find(member)]
+        if len(group & keys.literals) >= 2:
+            return None
+        if len(group) >= 3:
+            unsure.add(i)
+    return unsure
+
+
 def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
-    expr = _qual(compiler, expr)
+    keys = _Keys(compiler)
+    expr = _qual(keys, expr)
+    found = _top_conjuncts(keys, expr)
+    unsure = _equivalence_classes(keys, found)
+    conjuncts = None
+    if unsure is not None:
+        conjuncts = tuple((e.fn, negated, i in unsure) for i, (e, negated) in enumerate(found))
     fn = expr.fn
     if expr.is_const:
         value = expr.value
@@ -411,7 +560,7 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
         index=index,
         _fn=fn,
         zones=frozenset(compiler.zones),
-        _conjuncts=_top_conjuncts(compiler, expr),
+        _conjuncts=conjuncts,
     )
 
 

@@ -60,6 +60,10 @@ class Expr:
     `parts` (`AND`/`OR`/`NOT`, and what it makes of BETWEEN and IN lists): which top-level
     conjuncts its planner makes of a clause (`clause._top_conjuncts`)."""
     parts: tuple[Expr, ...] = ()
+    key: tuple[str, ast.Node, ast.Node] | None = None
+    """For a comparison Postgres's parser builds inside another construct (each `x = item`
+    of an IN list, `x >= lo` of BETWEEN): (operator, left node, right node), what `equal()`
+    finds equal to a written `x = item` (`clause._Keys`)."""
 
 
 def negation(expr: Expr, result: Expr) -> Expr:
@@ -96,6 +100,14 @@ def with_index(expr: Expr, index: tuple[str, frozenset[Value]] | None) -> Expr:
     new = object.__new__(type(expr))
     new.__dict__.update(expr.__dict__)
     new.__dict__["index"] = index
+    return new
+
+
+def with_key(expr: Expr, key: tuple[str, ast.Node, ast.Node]) -> Expr:
+    """`dataclasses.replace(expr, key=key)`, as `with_node`."""
+    new = object.__new__(type(expr))
+    new.__dict__.update(expr.__dict__)
+    new.__dict__["key"] = key
     return new
 
 

@@ -66,6 +66,7 @@ from .expr import (
     or_expr,
     planner_const,
     with_index,
+    with_key,
 )
 from .folding import mark, reads_zone, strict_folds
 from .index import indexable, keyset
@@ -383,6 +384,10 @@ def _concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
         # textanycat / anytextcat: the other operand goes through its ::text cast
         # (bool reads "true", not concat()'s "t")
         def text_of(e: Expr) -> Expr:
+            if planner_const(e) and e.value is None:
+                # (a NULL constant of any type: the strict operator is NULL before any row,
+                # the other operand never evaluated; `t || NULL::time` lost the mark)
+                return const(TEXT, None, e.node, folded=True)
             if e.type in STRING_TYPES or e.type == UNKNOWN:
                 return c.as_text(e)
             return c.cast_to_text(e, TEXT, node)
@@ -630,7 +635,16 @@ def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if len(consts) > 1:
         parts.append(_in_constants(c, left, consts, node))
         singles = [i for i, free in zip(items, var_free, strict=True) if not free]
-    parts += [_folded_comparison(comparison(c, "=", left, i, node), left, i) for i in singles]
+    single_nodes = [x for x, free in zip(node.rexpr, var_free, strict=True) if not free]
+    if len(singles) == len(items):
+        single_nodes = list(node.rexpr)
+    parts += [
+        with_key(
+            _folded_comparison(comparison(c, "=", left, i, node), left, i),
+            ("=", node.lexpr, item_node),
+        )
+        for i, item_node in zip(singles, single_nodes, strict=True)
+    ]
     expr = parts[0] if len(parts) == 1 else or_expr(parts, node)
     return _negated(expr, node) if name == "<>" else expr
 
@@ -675,13 +689,16 @@ def _between(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     symmetric = kind in (A_Expr_Kind.AEXPR_BETWEEN_SYM, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
     negate = kind in (A_Expr_Kind.AEXPR_NOT_BETWEEN, A_Expr_Kind.AEXPR_NOT_BETWEEN_SYM)
 
-    def compare(op: str, bound: Expr) -> Expr:
-        return _folded_comparison(comparison(c, op, value, bound, node), value, bound)
+    lo_node, hi_node = node.rexpr
 
-    first = and_expr([compare(">=", lo), compare("<=", hi)], node)
+    def compare(op: str, bound: Expr, bound_node: ast.Node) -> Expr:
+        expr = _folded_comparison(comparison(c, op, value, bound, node), value, bound)
+        return with_key(expr, (op, node.lexpr, bound_node))
+
+    first = and_expr([compare(">=", lo, lo_node), compare("<=", hi, hi_node)], node)
     expr = first
     if symmetric:
-        second = and_expr([compare(">=", hi), compare("<=", lo)], node)
+        second = and_expr([compare(">=", hi, hi_node), compare("<=", lo, lo_node)], node)
         expr = or_expr([first, second], node)
     return _negated(expr, node) if negate else expr
 
