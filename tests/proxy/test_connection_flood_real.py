@@ -176,9 +176,10 @@ def test_one_address_holding_identical_long_polls_cannot_lock_another_out(
     (an open config's anonymous principal) repeating one live URL held every connection the
     cap allowed, and everyone else got 503 "Too many connections" for as long as it held them
     (attack 10:58). Held client requests now count against the principal's `max_held`
-    (default 256, which open.yaml keeps): past it a 429 with Retry-After, and the cap keeps
-    room for others. Under 600 descriptors the cap is ~340: alice (127.0.0.1) sends 360."""
-    gen = _proxy(db_url, tmp_path, 600)
+    (default 256; open.yaml lifts it for transparency, so the test sets the default back):
+    past it a 429 with Retry-After, and the cap keeps room for others. Under 600 descriptors
+    the cap is ~340: alice (127.0.0.1) sends 360."""
+    gen = _proxy(db_url, tmp_path, 600, {"max_held": 256})
     proxy_url = next(gen)
     port = _port(proxy_url)
     alice: list[socket.socket] = []
