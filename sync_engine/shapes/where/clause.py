@@ -359,12 +359,37 @@ class _Keys:
             and not isinstance(node.rexpr, list | tuple)
         ):
             name = getattr(node.name[0], "sval", "")
+            if name in ("=", "<>") and node.kind == A_Expr_Kind.AEXPR_OP:
+                boolean = self._boolean_equality(name, node)
+                if boolean is not None:
+                    return boolean[0]
             return ("op", name, self.operand(node.lexpr), self.operand(node.rexpr))
         if isinstance(node, ast.NullTest) and not node.argisrow:
             return ("null", node.nulltesttype == NullTestType.IS_NULL, sql_text(node.arg))
         if isinstance(node, ast.BooleanTest):
             return ("bool", int(node.booltesttype), sql_text(node.arg))
         return ("text", sql_text(node))
+
+    def _boolean_equality(self, name: str, node: ast.A_Expr) -> tuple[Key | None] | None:
+        """`x = true` is x to the planner, `x = false` NOT x, `x <> true` NOT x
+        (eval_const_expressions' simplify_boolean_equality): the key of what it becomes,
+        so that `(false = (t LIKE 'a%'))` and `(1 > 2) = (t LIKE 'a%')` are one factor (seed
+        9125 of the long fuzz). None: not such a comparison."""
+        compiled = self.compiler.compiled
+        sides = [compiled.get(id(node.lexpr)), compiled.get(id(node.rexpr))]
+        for side, other in (sides, sides[::-1]):
+            if (
+                side is not None
+                and other is not None
+                and planner_const(side)
+                and isinstance(side.value, bool)
+                and other.type == BOOL
+            ):
+                k = self.get(other)
+                if k is None:
+                    return (None,)
+                return (_negated_key(k) if (name == "=") != side.value else k,)
+        return None
 
     def operand(self, node: ast.Node) -> str:
         text = sql_text(node)
