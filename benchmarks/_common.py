@@ -198,6 +198,31 @@ def _remove_leftovers() -> None:
     _LEFTOVERS.clear()
 
 
+def remove_leftovers_now() -> None:
+    """Delete every stopped process's directory kept so far (`remove_later`), then flush.
+
+    For a scenario whose arms must not depend on what ran before it (S3's tables): the
+    earlier arms' files otherwise stay in the page cache, dirty or not, until the run
+    ends, so a later arm starts with less free memory and others' writeback pending.
+    Call it before setting up the next arm's data, never between two measured arms.
+    """
+    _remove_leftovers()
+    os.sync()
+
+
+def settle() -> float:
+    """Flush every dirty page (`sync`) before an arm; returns the seconds it took.
+
+    The engine runs with `--no-fsync` as Postgres runs with `fsync=off`, so files written
+    by one arm (a cold sync's chunk files, a table's load) are written back by the kernel
+    30 s later, in whatever arm runs then. Flushing between arms leaves that cost out of
+    both sides instead of landing on whichever side follows.
+    """
+    t0 = time.perf_counter()
+    os.sync()
+    return time.perf_counter() - t0
+
+
 class Postgres:
     """A throwaway cluster from scripts/dev-postgres; `stat_statements` preloads the module."""
 

@@ -18,10 +18,34 @@ Arms of each table, measured side by side in one run on the same database:
 - engine warm: a second client of the same shape (the shape log exists);
 - for `big` only: proxy (collapsing and cache off: the forwarding cost) and the shipped
   nginx tier, second pass (the first pass fills its cache).
-COPY and cold alternate (three rounds for `big` and `wide` in the full run, one otherwise,
-or `--rounds`) and report their medians and range, and the range of the load average
-before the arms. CPU: engine, Postgres (all backends), COPY's reader (this process) and
-this load generator (the HTTP client reading the bodies).
+COPY and cold alternate (three rounds for `big` and `wide` and two for `big10m` in the full
+run, one with `--quick`, or `--rounds`) and report their medians and range, and the range of
+the load average before the arms. CPU: engine (its kernel share in brackets: mostly the
+page cache its chunk files go into; and the free memory in blocks the VM hands back to the
+host, `_reportable_free_gib`, when the last cold arm started), Postgres (all backends),
+COPY's reader (this process) and this load generator (the HTTP client reading the bodies).
+
+Same conditions for both sides (12-05: at 10M rows cold/COPY was 0.76-0.83 alone and
+1.37-1.42 after the other tables' arms; the engine's or Postgres's CPU for the same cold
+sync doubled):
+- the earlier arms' files (engine data directories, the previous table's cluster) are
+  deleted before a table is loaded (`remove_leftovers_now`), so a table's arms do not run
+  with the page cache of whatever ran before them;
+- after the load, `VACUUM (FREEZE, ANALYZE)` and `CHECKPOINT`: the first scan of either
+  side finds every hint bit set and no dirty buffer of the load's to write (the engine's
+  TID-range scans use all of shared_buffers and wrote ~90 MB of them at 10M rows; COPY's
+  ring-buffered seq scan did not);
+- a `sync` before every arm (`settle`, not timed): the engine runs with `--no-fsync` as
+  Postgres with `fsync=off`, so the load's and each cold sync's files would be written back
+  30 s later, in whichever arm runs then. Only the side that writes pays for such a backlog:
+  with 1.8 GB of dirty pages left before it (12-05, 10M, load 17-19), a cold sync took 38.4
+  and 27.5 s against 20.5 and 21.0 s after a sync (engine CPU 6.39 and 4.84 s against 3.70
+  and 3.90; its writer threads' kernel time 4-5x: the kernel throttles a writer once dirty
+  pages pass ~2.5 GB here), while COPY took 33.8 s against 33.2 s. Before this, the 10M
+  arm started with 1.2-1.8 GB dirty (the load, the earlier tables' arms);
+- the order alternates (COPY first in even rounds, cold first in odd ones).
+None of this removes work from either side: the engine still writes (and the kernel still
+fills pages for) every chunk file inside its timed arm, and COPY reads the same table.
 Targets (issue 13 bar 5): cold <= 1.0x COPY; warm >= 10x faster than cold; engine RSS <=
 150 MiB; time to first byte <= 0.5 s.
 """
@@ -35,6 +59,7 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -46,6 +71,8 @@ from _common import (
     Row,
     Stack,
     fmt,
+    remove_leftovers_now,
+    settle,
     token,
     verdict,
 )
@@ -88,7 +115,15 @@ def create_table(url: str, spec: Spec) -> None:
                 "FROM generate_series(1, %s) g",
                 (spec.rows,),
             )
-        conn.execute(f"VACUUM ANALYZE {spec.table}")
+        # Both sides then read a table in the same state: FREEZE sets every hint bit and the
+        # visibility map now (not in the first arm's scan, whichever side that is), and
+        # CHECKPOINT writes the load's dirty buffers now. The engine's scans (TID ranges, no
+        # ring buffer) go through all of shared_buffers, so a first cold sync otherwise
+        # wrote ~90 MB of the load's dirty buffers itself at 10M rows (pg_stat_bgwriter
+        # buffers_backend 11.7K), which COPY's ring-buffered scan never touched.
+        conn.execute(f"VACUUM (FREEZE, ANALYZE) {spec.table}")
+        conn.execute("CHECKPOINT")
+    settle()  # the load's 1-2 GB of heap and WAL written back now, not in the first arm
 
 
 def copy_json_seconds(url: str, table: str) -> tuple[float, int]:
@@ -262,11 +297,39 @@ async def sync(url: str, headers: dict[str, str] | None = None) -> Sync:
         transport.close()
 
 
+def _sys_cpu(pid: int) -> float:
+    """A process's kernel CPU seconds (all its threads): for the engine's cold sync, mostly
+    the page cache its chunk files go into."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
+def _reportable_free_gib() -> float:
+    """GiB of free memory in blocks of at least `page_reporting_order` (9: 2 MiB) pages.
+
+    On this VM (Firecracker, virtio_balloon free page reporting) such blocks are handed back
+    to the host a few seconds after they form, and the first touch of each of their pages
+    then faults in the host: filling new page cache from them cost 5-11 µs per 4 KiB page
+    (12-04), from smaller blocks (recently used, never reported) 0.7-0.8 µs. A cold sync at
+    10M rows fills 1.6 GB of chunk files: the engine's kernel CPU shows which it got.
+    """
+    try:
+        order = int(Path("/sys/module/page_reporting/parameters/page_reporting_order").read_text())
+        pages = 0
+        for line in Path("/proc/buddyinfo").read_text().splitlines():
+            counts = [int(x) for x in line.split()[4:]]
+            pages += sum(c << o for o, c in enumerate(counts) if o >= order)
+        return pages * 4096 / (1 << 30)
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def _range(xs: list[float]) -> str:
     return f"{fmt(min(xs), 's')}-{fmt(max(xs), 's')}"
 
 
 async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
+    remove_leftovers_now()  # earlier arms' files: deleted now, before this table's load
     create_table(pg.url, spec)
     # Warm Postgres's buffers for every arm. `run_all` skips it for 10M rows (15-60 s): just
     # after create_table's VACUUM a first COPY of that table was not slower than a second.
@@ -280,31 +343,38 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
     peak = 0.0
     try:
         # COPY and cold sync alternate for `rounds` rounds and each reports its median: a
-        # single ~1 s sample of either moves by 10-15% on this shared machine. Every cold
-        # round is a fresh engine (a new data directory, so a new shape and snapshot); the
-        # last one stays for the warm arms.
+        # single ~1 s sample of either moves by 10-15% on this shared machine. The order
+        # swaps every round (COPY first in even rounds, cold first in odd ones: ABBA), so
+        # neither side always runs in the state the other leaves, and every arm starts
+        # after a `sync` (`settle`). Every cold round is a fresh engine (a new data
+        # directory, so a new shape and snapshot); the last one stays for the warm arms.
         for i in range(spec.rounds):
-            pg0 = pg.cpu()
-            loads.append(os.getloadavg()[0])
-            copy_s, copy_bytes, copy_client_cpu = copy_json(pg.url, spec.table)
-            copy_pg_cpu = pg.cpu() - pg0
-            copies.append(copy_s)
-            engine = EngineProcess(pg.url)
             last = i == spec.rounds - 1
+            engine = EngineProcess(pg.url)
             if last:
                 stack.add(engine)
             try:
                 await engine.wait_ready()
                 direct = ProxyProcess.build_direct_url(TABLES, engine.url, {"sub": "u1"}, pairs)
-                e0, pg0 = engine.cpu(), pg.cpu()
-                loads.append(os.getloadavg()[0])
-                rss = PeakRSS(engine)
-                try:
-                    cold = await sync(direct)
-                finally:
-                    peak = max(peak, rss.stop())
-                cold_cpu, cold_pg_cpu = engine.cpu() - e0, pg.cpu() - pg0
-                colds.append(cold)
+                for arm in ("copy", "cold") if i % 2 == 0 else ("cold", "copy"):
+                    settle()
+                    loads.append(os.getloadavg()[0])
+                    if arm == "copy":
+                        pg0 = pg.cpu()
+                        copy_s, copy_bytes, copy_client_cpu = copy_json(pg.url, spec.table)
+                        copy_pg_cpu = pg.cpu() - pg0
+                        copies.append(copy_s)
+                        continue
+                    e0, pg0, sys0 = engine.cpu(), pg.cpu(), _sys_cpu(engine.pid)
+                    big_free = _reportable_free_gib()
+                    rss = PeakRSS(engine)
+                    try:
+                        cold = await sync(direct)
+                    finally:
+                        peak = max(peak, rss.stop())
+                    cold_cpu, cold_pg_cpu = engine.cpu() - e0, pg.cpu() - pg0
+                    cold_sys = _sys_cpu(engine.pid) - sys0
+                    colds.append(cold)
             finally:
                 if not last:
                     engine.stop()
@@ -338,7 +408,9 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                 verdict(ttfb <= 0.5 and peak <= 150)),
             Row(label, "CPU s: engine (Postgres) / load generator",
                 [("COPY", f"({fmt(copy_pg_cpu)}) / {fmt(copy_client_cpu)}"),
-                 ("cold", f"{fmt(cold_cpu)} ({fmt(cold_pg_cpu)}) / {fmt(last_cold.client_cpu)}"),
+                 ("cold", f"{fmt(cold_cpu)} [kernel {fmt(cold_sys)}; free in >= 2 MiB "
+                          f"blocks {fmt(big_free, 'GiB')}] ({fmt(cold_pg_cpu)}) / "
+                          f"{fmt(last_cold.client_cpu)}"),
                  ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
                  ("rows/s cold", fmt(spec.rows / cold_s)),
                  ("COPY json MB", fmt(copy_bytes / 1e6))], "", "", ""),
@@ -375,7 +447,7 @@ def specs(quick: bool, rows_n: int | None = None, rounds: int | None = None) -> 
     return {
         "narrow": Spec("big", rows_n or (200_000 if quick else 1_000_000), many, fronts=True),
         "wide": Spec("wide", 50_000 if quick else 300_000, many, fronts=False),
-        **({} if quick else {"10m": Spec("big10m", 10_000_000, rounds or 1, fronts=False)}),
+        **({} if quick else {"10m": Spec("big10m", 10_000_000, rounds or 2, fronts=False)}),
     }  # fmt: skip
 
 

@@ -11,6 +11,7 @@ Scenarios (see docs/benchmarks.md and ../shared/reference/performance-anchors.md
   6 storm of new shapes, distinct vs identical          s6_storm.py
   7 one user's 1,000 long-polls vs another's sync       s7_starvation.py
   8 10,000-20,000 live clients: proxy, SSE, nginx edge   s8_many_clients.py
+  9 a table joins the publication: Relation re-checks   s9_publication.py
 Each scenario starts (and stops) its own Postgres and processes; every arm of a row is
 measured in the same run. `--quick` uses smaller sizes (about 5 minutes in all on a loaded
 machine); the default full run took 11 minutes on the quiet 2-core machine (S2, S3 and S8
@@ -43,10 +44,13 @@ def scenarios() -> dict[int, tuple[str, object]]:
     import s6_storm
     import s7_starvation
     import s8_many_clients
+    import s9_publication
 
     async def s3(quick: bool) -> list[Row]:
         """S3; the 10M table without the COPY that warms Postgres's buffers first (VACUUM
-        has just read it; a first COPY was not slower than a second, and it costs 15-60 s)."""
+        has just read it; a first COPY was not slower than a second, and it costs 15-60 s).
+        Each table has a cluster of its own, and the files of every arm before it (S1, S2,
+        the earlier tables) are deleted before it is loaded (`initial_sync.measure`)."""
         if quick:
             return await initial_sync.run(True)
         rows: list[Row] = []
@@ -67,6 +71,7 @@ def scenarios() -> dict[int, tuple[str, object]]:
         6: ("shape-creation storm", s6_storm.run),
         7: ("starvation by one principal", s7_starvation.run),
         8: ("many live clients", s8_many_clients.run),
+        9: ("a table joins the publication", s9_publication.run),
     }
 
 

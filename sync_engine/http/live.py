@@ -169,6 +169,7 @@ async def serve_sse(
     _bound_send_buffer(request.transport)
     # From here on an error cannot be answered (the 200 is sent): the stream ends, whole.
     # Answered by the middleware, it was a second response written into this one's body.
+    shape.sending += 1  # (in use while it streams: `ShapeRegistry.evict` keeps it)
     try:
         await _stream(resp, s, source, shape, offset, client_gone(request), first)
     except ConnectionError as exc:  # the client went away (or was cut): normal, no error
@@ -182,6 +183,8 @@ async def serve_sse(
         logger.exception("SSE stream of shape %s failed", shape.handle)
         if request.transport is not None:
             request.transport.close()  # (no well-formed end to give it)
+    finally:
+        shape.sending -= 1
     return resp
 
 

@@ -21,9 +21,15 @@ import logging
 import os
 import weakref
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
+
+from . import live
+
+if TYPE_CHECKING:
+    from ..shapes.shape import Shape
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +43,12 @@ def open_chunk(path: str) -> int | None:
 
 
 class ChunkFileResponse(web.StreamResponse):
-    """200 with body `[` + `size` bytes of the open file `fd` + `]`; closes `fd`."""
+    """200 with body `[` + `size` bytes of the open file `fd` + `]`; closes `fd`. Its shape
+    counts as in use (`Shape.sending`) while the body is sent."""
 
-    def __init__(self, fd: int, size: int, headers: Mapping[str, str]) -> None:
+    def __init__(self, fd: int, size: int, headers: Mapping[str, str], shape: Shape) -> None:
         super().__init__(status=200, headers=headers)
+        self._shape = shape
         self.content_type = "application/json"
         self.charset = "utf-8"
         self.content_length = size + 2
@@ -55,25 +63,33 @@ class ChunkFileResponse(web.StreamResponse):
             writer = await super().prepare(request)
             if writer is None or request.method == "HEAD":
                 return writer
-            await self.write(b"[")
-            transport = request.transport
-            sock = transport.get_extra_info("socket") if transport is not None else None
-            if transport is None or sock is None or transport.get_extra_info("sslcontext"):
-                await self.write(await asyncio.to_thread(_read, self._fd, self._size))
-            else:
-                await _flushed(transport, writer)
-                out = os.dup(sock.fileno())
-                try:
-                    await _sendfile(out, self._fd, self._size)
-                except BaseException:
-                    transport.close()  # the body is short of its length: end the connection
-                    raise
-                finally:
-                    os.close(out)
-            await self.write(b"]")
+            self._shape.sending += 1
+            try:
+                await self._send_body(request, writer)
+            finally:
+                self._shape.sending -= 1
             return writer
         finally:
             self._close_fd()
+
+    async def _send_body(self, request: web.BaseRequest, writer: AbstractStreamWriter) -> None:
+        """`[`, the file, `]`."""
+        await self.write(b"[")
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if transport is None or sock is None or transport.get_extra_info("sslcontext"):
+            await self.write(await asyncio.to_thread(_read, self._fd, self._size))
+        else:
+            await _flushed(transport, writer)
+            out = os.dup(sock.fileno())
+            try:
+                await _sendfile(out, self._fd, self._size)
+            except BaseException:
+                transport.abort()  # the body is short of its length: end the connection
+                raise
+            finally:
+                os.close(out)
+        await self.write(b"]")
 
 
 def _read(fd: int, size: int) -> bytes:
@@ -116,6 +132,11 @@ async def _sendfile(out: int, fd: int, size: int) -> None:
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
+    """Wait until the socket `fd` takes more bytes, at most `live.SEND_TIMEOUT` seconds: a
+    client that reads nothing for that long is cut, as the transport's own writes are
+    (`LiveConnection`). The file's bytes bypass the transport, so its guard never sees them:
+    a client that stopped reading mid-chunk held the handler, the chunk file and a socket
+    descriptor for as long as it kept its connection open."""
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
@@ -124,6 +145,9 @@ async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
 
     loop.add_writer(fd, wake)
     try:
-        await ready
+        await asyncio.wait_for(ready, live.SEND_TIMEOUT)
+    except TimeoutError:
+        logger.info("cut a client that read nothing for %g s", live.SEND_TIMEOUT)
+        raise ConnectionResetError("the client read nothing") from None
     finally:
         loop.remove_writer(fd)

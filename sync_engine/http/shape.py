@@ -145,6 +145,7 @@ class ShapeView:
             if req.live and req.live_sse:
                 if req.offset is not None:  # (an offset past the log: the long-poll's 400)
                     await self._check_bounds(request, source, shape, req.offset)
+                    _check_issued(shape, req.offset)
                 return await serve_sse(request, self.settings, source, shape, req)
             return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
@@ -156,6 +157,9 @@ class ShapeView:
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
     ) -> web.StreamResponse:
         if req.offset is None:  # offset=now
+            # Electric's `now` answer: an up-to-date at the shape's last offset that "has
+            # data" (its `no_changes` is only set by a long-poll's timeout), so its ETag is
+            # the plain `H:now:<offset>` and a repeat with If-None-Match is a 304.
             latest = shape.log.latest_offset
             return self._respond(
                 request,
@@ -164,7 +168,7 @@ class ShapeView:
                 [],
                 latest,
                 up_to_date=True,
-                has_data=False,
+                has_data=True,
                 gls=_watermark(source, shape, latest),
             )
         offset = req.offset
@@ -184,6 +188,7 @@ class ShapeView:
                     file=chunk if isinstance(chunk, tuple) else None,
                 )
         await self._check_bounds(request, source, shape, offset)
+        _check_issued(shape, offset)
         entries: list[bytes] = []
         end = offset
 
@@ -351,11 +356,38 @@ class ShapeView:
                 os.close(file[0])
             return web.Response(status=304, headers=hdrs)
         if file is not None:
-            return ChunkFileResponse(file[0], file[1], hdrs)  # `[` + the file + `]`
+            return ChunkFileResponse(file[0], file[1], hdrs, shape)  # `[` + the file + `]`
         # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
         body = b"".join((b"[", b",".join(items), b"]"))
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
-        return web.Response(body=body, headers=hdrs)
+        return _ShapeResponse(shape, body=body, headers=hdrs)
+
+
+def _check_issued(shape: Shape, offset: LogOffset) -> None:
+    """A real offset this shape never handed out (`Shape.issued`: below its log's first
+    transaction) is a 409 must-refetch naming the shape, as Electric answers a client whose
+    offset went backwards (api.ex, "offset regression during shape invalidation"): its
+    client drops what it holds and starts the shape again. Electric itself serves such an
+    offset, and a client that took a 409's handle without refetching (client 1.5.28's
+    `requestSnapshot`) then applies the new log over rows of the old one, for good."""
+    if offset.tx > 0 and not shape.issued(offset):
+        raise ShapeGone(shape.handle)
+
+
+class _ShapeResponse(web.Response):
+    """A shape's answer whose shape counts as in use (`Shape.sending`) while its body is
+    written (aiohttp writes it in `write_eof`, waiting for the client to take it)."""
+
+    def __init__(self, shape: Shape, *, body: bytes, headers: dict[str, str]) -> None:
+        super().__init__(body=body, headers=headers)
+        self._shape = shape
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        self._shape.sending += 1
+        try:
+            await super().write_eof(data)
+        finally:
+            self._shape.sending -= 1
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:

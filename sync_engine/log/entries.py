@@ -42,17 +42,22 @@ old_value, key_change_to, key_change_from); the last three are None when absent.
 
 
 def change_messages(
-    relation: tuple[str, str], txid: int, lsn: int, entries: Sequence[ChangeEntry]
+    relation: tuple[str, str],
+    txid: int,
+    lsn: int,
+    entries: Sequence[ChangeEntry],
+    ends: bool = True,
 ) -> list[tuple[int, bytes]]:
     """One transaction's entries for one shape as `(op, JSON line)`, the last one marked
-    `"last": true` (what tells the client the transaction ends there).
+    `"last": true` (what tells the client the transaction ends there) unless `ends` is
+    False: a big transaction is encoded a part at a time, and only its last part ends it.
 
     A transaction at a time, so that what its entries share (the relation, txids, LSN) is
     built once: this runs for every change a shape gets.
     """
     txids = [txid]
     lsn_text = str(lsn)
-    last_i = len(entries) - 1
+    last_i = len(entries) - 1 if ends else -1
     out: list[tuple[int, bytes]] = []
     for i, (op, key, operation, value, old_value, key_change_to, key_change_from) in enumerate(
         entries

@@ -639,23 +639,29 @@ class ShapeLog:
             return self._chunks[-1].last_offset
         return SNAPSHOT_END
 
-    def append_transaction(self, lsn: int, entries: list[tuple[int, bytes]]) -> None:
+    def append_transaction(
+        self, lsn: int, entries: list[tuple[int, bytes]], ends: bool = True
+    ) -> None:
         """Write one transaction's entries `(op, json)` for this shape, staged.
 
-        Invisible to readers until `publish`. Raises `LogWriteError` after cutting the
-        file back when the write fails.
+        `ends` False: a part of the transaction's entries (a big one is written a part at
+        a time, so that neither it nor its encoding is held whole); more parts follow, the
+        last with `ends`. The parts are records that do not end it: `load` cuts them off
+        if the last never comes (a crash). Invisible to readers until `publish`, which the
+        replicator calls only once the whole transaction is written and durable. Raises
+        `LogWriteError` after cutting the file back when the write fails.
         """
         if not entries:
             return
         tail = self._tail
         if tail is None:
             tail = self._tail = _Chunk(self._log_name(0), 0)
-        record, last_key = encode_record(lsn, entries, self._seed)
+        record, last_key = encode_record(lsn, entries, self._seed, ends)
         if tail.end + len(record) <= self.chunk_bytes:  # the usual case: it fits
             self._write(tail, record, last_key, lsn)
         else:
             for new_chunk, record, last_key in encode_records(
-                lsn, entries, self.chunk_bytes, tail.end, self._seed
+                lsn, entries, self.chunk_bytes, tail.end, self._seed, ends
             ):
                 if not new_chunk:
                     self._write(tail, record, last_key, lsn)

@@ -63,9 +63,15 @@ def seed_of(handle: str) -> int:
 
 
 def encode_records(
-    lsn: int, entries: list[tuple[int, bytes]], chunk_bytes: int, used: int, seed: int = 0
+    lsn: int,
+    entries: list[tuple[int, bytes]],
+    chunk_bytes: int,
+    used: int,
+    seed: int = 0,
+    ends: bool = True,
 ) -> list[tuple[bool, bytes, int]]:
-    """One transaction's entries `(op, json)` as records, cut where a chunk fills.
+    """One transaction's entries `(op, json)` as records, cut where a chunk fills (`ends`
+    False: a part of its entries, more follow; the last record then does not end it).
 
     `used` is the size of the chunk the first record would go to. Returns
     `(starts_new_chunk, record, key of its last entry)` per record. A chunk ends after the
@@ -82,7 +88,8 @@ def encode_records(
         parts.append(data)
         size += ENTRY_HEADER_SIZE + len(data)
         if i == last:
-            out.append((new, _record(lsn, parts, FLAG_TX_END, seed), key_of(lsn, op)))
+            flags = FLAG_TX_END if ends else 0
+            out.append((new, _record(lsn, parts, flags, seed), key_of(lsn, op)))
         elif size >= chunk_bytes and op != 0:
             out.append((new, _record(lsn, parts, 0, seed), key_of(lsn, op)))
             parts = []
@@ -91,15 +98,18 @@ def encode_records(
     return out
 
 
-def encode_record(lsn: int, entries: list[tuple[int, bytes]], seed: int = 0) -> tuple[bytes, int]:
-    """A whole transaction as one record, and the key of its last entry: what an append
-    writes when the record fits in the current chunk (`encode_records` otherwise)."""
+def encode_record(
+    lsn: int, entries: list[tuple[int, bytes]], seed: int = 0, ends: bool = True
+) -> tuple[bytes, int]:
+    """A whole transaction as one record (`ends` False: a part of it, more follow), and the
+    key of its last entry: what an append writes when the record fits in the current chunk
+    (`encode_records` otherwise)."""
     parts: list[bytes] = []
     for op, data in entries:
         parts.append(_entry_pack(op, len(data)))
         parts.append(data)
     body = b"".join(parts)
-    head = _head_pack(len(body), _crc32(body), lsn, FLAG_TX_END)
+    head = _head_pack(len(body), _crc32(body), lsn, FLAG_TX_END if ends else 0)
     return head + _head_crc_pack(_crc32(head, seed)) + body, (lsn << 32) | entries[-1][0]
 
 

@@ -9,8 +9,13 @@ unless some shape may want it; those rows are read whole where they lie
 with the same effect as if every message had been decoded.
 
 At each Commit the changes collected per shape go to `deliver(touched, xid, lsn)` (the
-replicator's: park, apply or skip them). Relation messages check the shapes' table
-descriptions (a changed table rotates them) and Truncate rotates the table's shapes.
+replicator's: park, apply or skip them), at once: encoding them blocks the event loop for
+as long as it takes. A big transaction (`BIG_TRANSACTION` changes for its shapes, with
+`deliver_later` set) is instead handed back: `handle_batch` stops at its Commit
+(`big_commit`) and the replicator takes it (`take_commit`) and writes it a part at a time,
+serving requests and keeping the walsender's timer reset in between. Relation messages
+check the shapes' table descriptions (a changed table rotates them) and Truncate rotates
+the table's shapes.
 """
 
 from __future__ import annotations
@@ -43,12 +48,17 @@ from .pgoutput import (
 from .stream import XLOGDATA_HEADER
 from .wal import Lsn, Xid
 
-__all__ = ["RECENT_XIDS", "Deliver", "TransactionAssembler"]
+__all__ = ["BIG_TRANSACTION", "RECENT_XIDS", "Deliver", "TransactionAssembler"]
 
 logger = logging.getLogger(__name__)
 
 #: How many of the last transactions' xids `TransactionAssembler.recent_xids` keeps.
 RECENT_XIDS: Final = 256
+
+#: Changes (summed over the shapes they go to) from which a transaction is handed back to be
+#: written a part at a time (`TransactionAssembler.deliver_later`) rather than in one go:
+#: below, writing it holds the event loop for tens of milliseconds at most.
+BIG_TRANSACTION: Final = 5000
 
 Deliver = Callable[[dict[Shape, list[Change]], Xid, Lsn], None]
 """Where a committed transaction goes: (its changes per shape, xid, commit LSN)."""
@@ -155,6 +165,12 @@ class TransactionAssembler:
         self.verify_relations = False
         #: With `unhandled`: the shaped table whose Relation message is its first message.
         self.unverified_oid = 0
+        #: Whether a big transaction's Commit stops `handle_batch` (`big_commit`), to be
+        #: taken by the caller (`take_commit`) instead of delivered at once; the replicator
+        #: sets it (it writes those a part at a time, letting the event loop run between).
+        self.deliver_later = False
+        #: With `unhandled`: its first message is the Commit of a big transaction.
+        self.big_commit = False
         # The table whose Relation message, next to be handled, was verified.
         self._verified_oid = 0
         #: Shaped tables (or their descendants) whose changes come without the old row
@@ -187,6 +203,7 @@ class TransactionAssembler:
         last_end = 0
         self.unhandled = ()
         self.unresolved_oid = self.unverified_oid = 0
+        self.big_commit = False
         for i, buf in enumerate(messages):
             kind = buf[_H]
             if kind == INSERT or kind == UPDATE or kind == DELETE:
@@ -215,6 +232,14 @@ class TransactionAssembler:
                 if self._touched:
                     self._touched = {}
             elif kind == COMMIT:
+                if (
+                    self.deliver_later
+                    and self._touched
+                    and sum(map(len, self._touched.values())) >= BIG_TRANSACTION
+                ):
+                    self.big_commit = True
+                    self.unhandled = messages[i:]
+                    return Lsn(last_end)
                 _, commit_lsn, last_end, _ = read_commit(buf, _H)
                 self.recent_xids.append(self.xid)
                 if self._touched:
@@ -250,6 +275,24 @@ class TransactionAssembler:
                     self._refresh_plans()
                     plans = self._plans
         return Lsn(last_end)
+
+    def take_commit(self) -> tuple[dict[Shape, list[Change]], Xid, Lsn, Lsn]:
+        """The big transaction whose Commit is first in `unhandled` (`big_commit`): its
+        changes per shape, xid, commit LSN and end LSN, to be delivered by the caller. It
+        counts as read (as `_commit` does); `unhandled` is left with what follows it."""
+        assert self.big_commit and self.unhandled
+        _, commit, end_lsn, _ = read_commit(self.unhandled[0], _H)
+        commit_lsn = Lsn(commit)
+        touched, self._touched = self._touched, {}
+        self.recent_xids.append(self.xid)
+        self.transactions_seen += 1
+        self.in_transaction = False
+        self.session_lsn = commit_lsn
+        if commit_lsn > self.global_lsn:
+            self.global_lsn = commit_lsn
+        self.unhandled = self.unhandled[1:]
+        self.big_commit = False
+        return touched, self.xid, commit_lsn, Lsn(end_lsn)
 
     def ancestry_resolved(self, oid: int) -> None:
         """The ancestors of table `oid` are in the router (`unhandled` may go on)."""

@@ -14,6 +14,17 @@ slot keeps the WAL, existing shapes are served as they are. A small probe write,
 with backoff up to a few seconds, tells when space is back; the stream then restarts from
 the slot's confirmed position and replays what was cut back, once.
 
+A big transaction (`assembler.BIG_TRANSACTION` changes for its shapes) is not written in one
+go at its Commit, which held the event loop for tens of seconds for a million rows (no HTTP
+answer meanwhile, not even /v1/health) and, past Postgres's wal_sender_timeout, got the stream
+dropped and the transaction replayed from the start, again and again. `_deliver_big` writes
+each shape's entries a part at a time (`PART_ENTRIES`, each encoded and written before the
+next, so the encoding is never held whole), the loop serving requests in between, while a
+task sends a standby status update every `KEEPALIVE_EVERY` (any reply resets the walsender's
+timer). The parts stay staged, invisible to every reader, until all of them are written and
+fsynced; a part is a record that does not end its transaction, which `load` cuts off after a
+crash, and the slot, not confirmed past the transaction, sends it again.
+
 A lost stream (Postgres restarting, the network) is reconnected with backoff, and a
 failure someone has to fix (a dropped slot, a wrong password) is retried slowly and said
 once (`failures.Retries`).
@@ -41,7 +52,7 @@ from ..shapes.shape import Shape
 from .assembler import TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .slot import slot_confirmed_lsn
-from .stream import SILENCE_TIMEOUT, ReplicationStream
+from .stream import SILENCE_TIMEOUT, ReplicationConnectionError, ReplicationStream
 from .transactions import APPEND, ParkedShapes, admit, sort_out
 from .wal import Lsn, Xid
 
@@ -50,6 +61,10 @@ __all__ = ["ReplicationState", "Replicator"]
 logger = logging.getLogger(__name__)
 
 PROBE_BYTES = 64 * 1024
+#: Longest pause between two space probes while the disk is full: a 64 kB write is nothing,
+#: and replication resumes within a second of space coming back (MAX_DELAY, 5 s, made it
+#: wait up to 5 s, and a test of it as long, twice).
+PROBE_MAX_DELAY = 1.0
 
 
 class ReplicationState(enum.StrEnum):
@@ -62,6 +77,18 @@ class ReplicationState(enum.StrEnum):
 
 #: Seconds between looks whether the stream is past a held transaction again (`_settle`).
 REDELIVERY_POLL = 0.05
+
+#: Entries per part of a big transaction (`Replicator._append_parts`): a record of ~100 kB.
+PART_ENTRIES = 1000
+#: Seconds a big transaction's writing may hold the event loop before it lets it run.
+YIELD_EVERY = 0.02
+#: Seconds between standby status updates while data streams in (`busy_status_interval`) and
+#: while a big transaction is written and fsynced: any reply resets the walsender's
+#: wal_sender_timeout timer (60 s by default; an operator may set a few seconds). Answering
+#: the walsender's own requests is not enough: while a big transaction streams in, a request
+#: waits in the socket behind megabytes of changes the engine reads first, and a 1 s
+#: timeout ran out before the engine read it.
+KEEPALIVE_EVERY = 0.25
 
 
 class StreamReleased(Exception):
@@ -138,6 +165,51 @@ def _answered(shape: Shape, rows: list[Row], answers: list[bool]) -> Callable[[R
 
 #: Asks Postgres whether each row matches the shape's where clause.
 Evaluate = Callable[[Shape, list[Row]], Awaitable[list[bool]]]
+
+
+class _KeepAlive:
+    """While a big transaction is written: a task sends the stream a standby status update
+    every `KEEPALIVE_EVERY` (the acked position, unchanged: it only says the engine is
+    alive), and `pause` lets the event loop run every `YIELD_EVERY`."""
+
+    def __init__(self, stream: ReplicationStream | None) -> None:
+        self.stream = stream
+        self.failed: ReplicationConnectionError | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._yielded = time.monotonic()
+
+    async def __aenter__(self) -> _KeepAlive:
+        if self.stream is not None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        self._yielded = time.monotonic()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task])
+
+    async def _run(self) -> None:
+        assert self.stream is not None
+        while True:
+            await asyncio.sleep(KEEPALIVE_EVERY)
+            try:
+                await self.stream.send_status()
+            except ReplicationConnectionError as exc:  # the stream is lost: `pause` says so
+                self.failed = exc
+                return
+
+    async def pause(self) -> None:
+        """Let the loop run if it has not for `YIELD_EVERY`; raises if the stream was lost
+        meanwhile (what was staged is cut back, and the slot sends it all again)."""
+        if self.failed is not None:
+            raise self.failed
+        now = time.monotonic()
+        if now - self._yielded >= YIELD_EVERY:
+            await asyncio.sleep(0)
+            self._yielded = time.monotonic()
+            if self.failed is not None:
+                raise self.failed
 
 
 async def _close(stream: ReplicationStream) -> None:
@@ -262,12 +334,17 @@ class Replicator:
         for failures someone has to fix (they are logged as such), and pause while shape
         logs cannot be written."""
         retries = Retries()
+        self.assembler.deliver_later = True  # big transactions: `_deliver_big`
         while True:
             wait = 0.0
             if self.write_error is not None:
                 await self._wait_for_space()
             stream = ReplicationStream(
-                self.dsn, self.slot, self.publication, silence_timeout=self.silence_timeout
+                self.dsn,
+                self.slot,
+                self.publication,
+                busy_status_interval=KEEPALIVE_EVERY,
+                silence_timeout=self.silence_timeout,
             )
             started_at: float | None = None
             try:
@@ -360,6 +437,11 @@ class Replicator:
             batch = await stream.read_raw(timeout=1.0)
             last_end = self.handle_batch(batch) if batch else 0
             while self.assembler.unhandled:
+                if self.assembler.big_commit:
+                    touched, xid, lsn, end = self.assembler.take_commit()
+                    await self._deliver_big(stream, touched, xid, lsn)
+                    last_end = self.handle_batch(self.assembler.unhandled) or end
+                    continue
                 rest = self.assembler.unhandled
                 verify = self.assembler.unverified_oid
                 if verify and self.verify_table is not None:
@@ -462,6 +544,95 @@ class Replicator:
                 self._start_settling(shape)
             else:
                 self._append(shape, xid, lsn, changes)
+
+    async def _deliver_big(
+        self,
+        stream: ReplicationStream | None,
+        touched: dict[Shape, list[Change]],
+        xid: Xid,
+        lsn: Lsn,
+    ) -> None:
+        """`_deliver` for a big transaction, written a part at a time (`_append_parts`), the
+        event loop running between parts and the walsender kept from timing out; published
+        (fsynced first) once every shape has all of it, before the stream is read on.
+
+        Holds the flush lock throughout: another task's flush (a released shape's, a held
+        transaction's) would publish the parts written so far."""
+        started = time.monotonic()
+        logger.info(
+            "transaction %d: writing %d changes for %d shapes, a part at a time",
+            xid,
+            sum(map(len, touched.values())),
+            len(touched),
+        )
+        async with _KeepAlive(stream) as alive, self._flush_lock:
+            # What earlier transactions staged is published first, so that a shape whose
+            # part needs Postgres's answer (or a failed write) cuts back this one only.
+            await self._flush_staged()
+            if self._failure is not None:
+                raise self._failure
+            self._delivered = lsn
+            to_append, parked = sort_out(touched, xid, lsn)
+            for shape in parked:
+                self._parked.add(shape)
+            for shape, changes in to_append:
+                if shape.rotated:  # (meanwhile, by a request or a schema check)
+                    continue
+                if shape.held:
+                    shape.hold(xid, lsn, changes)
+                    self._start_settling(shape)
+                else:
+                    await self._append_parts(shape, xid, lsn, changes, alive)
+            await self._flush_staged()
+            if self._failure is not None:
+                raise self._failure
+        logger.info(
+            "transaction %d: %d changes delivered to %d shapes in %.1f s",
+            xid,
+            sum(map(len, touched.values())),
+            len(to_append),
+            time.monotonic() - started,
+        )
+
+    async def _append_parts(
+        self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change], alive: _KeepAlive
+    ) -> None:
+        """`_append` for a big transaction: its entries for the shape are encoded and
+        written `PART_ENTRIES` at a time, staged (see `_deliver_big`)."""
+        log = shape.log
+        relation = shape.relation
+        entries: list[ChangeEntry] = []
+        written = False
+        for kind, old, new, op in changes:
+            try:
+                convert_change(shape, kind, old, new, op, entries)
+            except UnrepresentableValue:
+                # (see `_append`) Held whole for Postgres's answer: the parts written go
+                # (nothing else of the shape's is staged: flushed before).
+                if written:
+                    log.rollback()
+                if self.evaluate is None:
+                    self._rotate_unreadable(shape)
+                    return
+                shape.hold(xid, lsn, changes)
+                self._start_settling(shape)
+                return
+            if len(entries) > PART_ENTRIES:
+                # The last entry is kept back: the last part must end the transaction (its
+                # last entry says so to the client), and a part never ends with op 0 (the
+                # offset `<lsn>_0` names the transaction's end, `log/files.py`).
+                part = entries[:-1]
+                del entries[:-1]
+                messages = change_messages(relation, xid, lsn, part, ends=False)
+                log.append_transaction(lsn, messages, ends=False)
+                self._dirty.add(shape)
+                written = True
+                await alive.pause()
+                if shape.rotated:  # its files are being deleted: nothing more written
+                    return
+        if entries:
+            log.append_transaction(lsn, change_messages(relation, xid, lsn, entries))
+            self._dirty.add(shape)
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
@@ -646,24 +817,28 @@ class Replicator:
         cuts back everything staged and leaves the error in `_failure` for the stream loop.
         """
         async with self._flush_lock:
-            dirty, self._dirty = self._dirty, set()
-            tokens = []
-            paths: set[str] = set()
-            for shape in dirty:
-                files, token = shape.log.take_dirty()
-                paths |= files
-                tokens.append((shape, token))
-            if self.fsync and paths:
-                try:
-                    await asyncio.to_thread(_fsync_paths, paths)
-                except OSError as exc:
-                    self._dirty |= dirty
-                    self._rollback_staged()
-                    self._failure = LogWriteError(exc.errno, f"fsync: {exc.strerror}")
-                    return
-            for shape, token in tokens:
-                if shape.log.publish(token):
-                    shape.notify()
+            await self._flush_staged()
+
+    async def _flush_staged(self) -> None:
+        """`flush`, the lock held."""
+        dirty, self._dirty = self._dirty, set()
+        tokens = []
+        paths: set[str] = set()
+        for shape in dirty:
+            files, token = shape.log.take_dirty()
+            paths |= files
+            tokens.append((shape, token))
+        if self.fsync and paths:
+            try:
+                await asyncio.to_thread(_fsync_paths, paths)
+            except OSError as exc:
+                self._dirty |= dirty
+                self._rollback_staged()
+                self._failure = LogWriteError(exc.errno, f"fsync: {exc.strerror}")
+                return
+        for shape, token in tokens:
+            if shape.log.publish(token):
+                shape.notify()
 
     def _rollback_staged(self) -> None:
         """Cut every append not yet published off its log (the slot replays them)."""
@@ -695,7 +870,7 @@ class Replicator:
             logger.debug("shape log write failed again: %s", exc)
 
     async def _wait_for_space(self) -> None:
-        """Probe with a small write, backing off up to MAX_DELAY, until it succeeds."""
+        """Probe with a small write, backing off up to PROBE_MAX_DELAY, until it succeeds."""
         delay = FIRST_DELAY
         directory = str(self.registry.directory)
         if self._space_delay:
@@ -707,7 +882,7 @@ class Replicator:
             except OSError as exc:
                 logger.debug("space probe failed: %s", exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY)
+            delay = min(delay * 2, PROBE_MAX_DELAY)
 
     def _writes_ok(self) -> None:
         """A flush after a write failure succeeded: leave the paused state."""

@@ -149,6 +149,7 @@ class ReplicationStream:
         start_lsn: int = 0,
         status_interval: float = 10.0,
         *,
+        busy_status_interval: float | None = None,
         messages: bool = False,
         linger: float = 0.001,
         busy_after: float = BUSY_AFTER,
@@ -158,6 +159,12 @@ class ReplicationStream:
         """``start_lsn`` 0 means "from the slot's confirmed_flush_lsn". ``messages`` adds
         the ``messages 'true'`` option so ``pg_logical_emit_message`` payloads ('M') are
         delivered too.
+
+        ``busy_status_interval`` (seconds; default ``status_interval``): how often a status
+        update goes out while data keeps coming. The walsender's own requests for one are
+        answered as they are read, but while a big transaction streams in, a request waits
+        behind the megabytes sent before it; a short ``wal_sender_timeout`` runs out first.
+        An idle stream still sends one every ``status_interval`` (many sources, few wake-ups).
 
         ``linger`` (seconds, 0 = off) trades a little latency for CPU while the stream
         is busy. The walsender sends each message as soon as it is decoded, so a reader
@@ -174,6 +181,11 @@ class ReplicationStream:
         """
         if status_interval <= 0:
             raise ValueError("status_interval must be positive")
+        if busy_status_interval is None:
+            busy_status_interval = status_interval
+        if busy_status_interval <= 0:
+            raise ValueError("busy_status_interval must be positive")
+        self.busy_status_interval = busy_status_interval
         if silence_timeout <= 0:
             raise ValueError("silence_timeout must be positive")
         self.silence_timeout = silence_timeout
@@ -430,7 +442,8 @@ class ReplicationStream:
         while True:
             self._drain(pgconn, out, max_messages)
             now = _monotonic()
-            if self._reply_due or now - self._last_status >= self.status_interval:
+            interval = self.busy_status_interval if out else self.status_interval
+            if self._reply_due or now - self._last_status >= interval:
                 await self.send_status()
                 now = _monotonic()
             if out:

@@ -13,6 +13,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cachetools import LRUCache
 
@@ -111,42 +112,29 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         kind=str(d["kind"]),
         replica_identity=str(d["replica_identity"]),
         relfilenode=relfilenode,
-        files=_files(d.get("files")),
-        enums=_enums(d.get("enums")),
+        files=_rows(d.get("files"), (int, int)),
+        enums=_rows(d.get("enums"), (int, int, str)),
     )
 
 
-def _files(value: object) -> tuple[tuple[int, int], ...] | None:
-    """A table description's `files` (see `TableInfo.files`); None when absent."""
+def _rows(value: object, kinds: tuple[type, ...]) -> tuple[tuple[Any, ...], ...] | None:
+    """A table description's list of fixed-width rows (`files`: oid and relfilenode, see
+    `TableInfo.files`; `enums`: attnum, pg_enum oid and label, `TableInfo.enums`), each
+    field of exactly its kind (`true` is no oid); None when absent. Raises TypeError when
+    the record is not that (a damaged or foreign one: its shape is discarded)."""
     if value is None:
         return None
     if not isinstance(value, list):
         raise TypeError("not a table description")
     out = []
-    for f in value:
-        if not (isinstance(f, list) and len(f) == 2 and all(isinstance(x, int) for x in f)):
-            raise TypeError("not a table description")
-        out.append((f[0], f[1]))
-    return tuple(out)
-
-
-def _enums(value: object) -> tuple[tuple[int, int, str], ...] | None:
-    """A table description's `enums` (see `TableInfo.enums`); None when absent."""
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise TypeError("not a table description")
-    out = []
-    for e in value:
+    for row in value:
         if not (
-            isinstance(e, list)
-            and len(e) == 3
-            and isinstance(e[0], int)
-            and isinstance(e[1], int)
-            and isinstance(e[2], str)
+            isinstance(row, list)
+            and len(row) == len(kinds)
+            and all(type(x) is kind for x, kind in zip(row, kinds, strict=True))
         ):
             raise TypeError("not a table description")
-        out.append((e[0], e[1], e[2]))
+        out.append(tuple(row))
     return tuple(out)
 
 
@@ -211,17 +199,20 @@ class ShapeRegistry:
         reading now, and return how many went.
 
         In use, and kept: a shape with a request held at its tip (a long-poll or an SSE
-        stream) or whose snapshot is still being taken. Those are moved to the recent end
-        as they are passed over (they are in use), so a registry full of held shapes costs
-        one pass, not one per new shape. Retiring is a rotation: its clients get a 409 on
-        their next request and refetch, as after a DELETE, and its files go.
+        stream), an answer being written (`Shape.sending`: a client reading a chunk, which
+        a slow one takes minutes over, came back to a 409 and began again, for ever under
+        a churn of new shapes) or whose snapshot is still being taken. Those are moved to
+        the recent end as they are passed over (they are in use), so a registry full of
+        held shapes costs one pass, not one per new shape. Retiring is a rotation: its
+        clients get a 409 on their next request and refetch, as after a DELETE, and its
+        files go.
         """
         evicted = 0
         for _ in range(len(self._recency)):
             if evicted >= count or not self._recency:
                 break
             shape = next(iter(self._recency))
-            if shape.waiting or not shape.log.snapshot_complete:
+            if shape.waiting or shape.sending or not shape.log.snapshot_complete:
                 self._recency.move_to_end(shape)
                 continue
             self.rotate(shape, reason)

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, NewType, TypeAlias
 import orjson
 
 from ..log.entries import relation_prefix
+from ..log.offsets import BEFORE_ALL, LogOffset
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import ShapeDefinition
 
@@ -189,11 +190,16 @@ class Shape:
     _held: list[ParkedTransaction] = field(init=False, default_factory=list)
     #: Requests waiting in `wait_until` now (long-polls and SSE streams at the tip).
     waiting: int = field(init=False, default=0)
+    #: Answers of it being written now (a chunk to a slow client, an SSE stream): it is in
+    #: use, as while `waiting` (`ShapeRegistry.evict` keeps it).
+    sending: int = field(init=False, default=0)
     #: When (`time.monotonic`) a request last asked for a chunk of its snapshot (or stopped
     #: waiting for one): a snapshot no request asked for in a while is cancelled in Postgres
     #: (`snapshot.scheduler`: nobody would read it).
     snapshot_asked_at: float = field(init=False, default_factory=time.monotonic)
     _changed: asyncio.Future[None] | None = field(init=False, default=None)
+    #: The commit LSN of its log's first transaction, once read (see `issued`).
+    _first_lsn: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.schema_json = schema_header(self.columns)
@@ -308,6 +314,31 @@ class Shape:
         self.notify()
         return True
 
+    # -- offsets --------------------------------------------------------------------------
+
+    def issued(self, offset: LogOffset) -> bool:
+        """Whether the real offset `offset` (`<lsn>_<op>`) can have been handed out for this
+        shape: every one the engine gives a client of it (its log's entries, an SSE
+        up-to-date's `<lsn>_0`, the client's own offset echoed) is at or past its log's
+        first transaction. One below that, or any on a log with no transaction yet, was
+        handed out for another shape (an earlier generation of the definition, before a
+        rotation or a wiped data dir): served from there, a client would take this log
+        without its snapshot and keep rows deleted meanwhile for good. Client 1.5.28 does
+        send one: after a 409 on a `requestSnapshot` it moves its stream to the new handle
+        at its old offset, with no must-refetch.
+
+        Reads the first transaction once per shape, and only for an offset behind the tip.
+        """
+        latest = self.log.latest_offset
+        if latest.is_virtual:  # (no transaction yet)
+            return False
+        if offset >= latest:
+            return True
+        first = self._first_lsn
+        if first is None:
+            first = self._first_lsn = _first_lsn(self.log)
+        return first is None or offset.tx >= first
+
     # -- waiting for log growth -----------------------------------------------------------
 
     def changed(self) -> asyncio.Future[None]:
@@ -356,6 +387,19 @@ class Shape:
         if fut is not None and not fut.done():
             fut.set_result(None)
         self._changed = None
+
+
+def _first_lsn(log: ShapeLog) -> int | None:
+    """The commit LSN of `log`'s first transaction (its first entry's `lsn` header); None when
+    it cannot be told (then `Shape.issued` refuses nothing, as before)."""
+    entries, _ = log.read_after(BEFORE_ALL)
+    if not entries:
+        return None
+    try:
+        headers = orjson.loads(entries[0]).get("headers")
+        return int(headers["lsn"]) if isinstance(headers, dict) else None
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return None
 
 
 async def _woken(

@@ -40,3 +40,12 @@ def _with_items(made: C) -> Iterator[C]:
         yield made
     finally:
         made.stop()
+
+
+@pytest.fixture
+def impatient() -> Iterator[FaultCluster]:
+    """`cluster`, whose walsenders drop a client that has not replied for 1 s
+    (wal_sender_timeout; 60 s by default): what a busy engine must keep replying to."""
+    if PGBIN is None:
+        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
+    yield from _with_items(FaultCluster(wal_sender_timeout="'1s'"))

@@ -209,12 +209,24 @@ async def test_truncate_rotates_the_shape(engine: Engine) -> None:
 
 
 async def test_offset_now(engine: Engine) -> None:
+    """Electric's `now` answer (api.ex `seek(%{offset: :now})`, response.ex): an up-to-date
+    at the shape's last offset with `electric-has-data: true` and the ETag `H:now:<offset>`
+    (no time suffix: only a long-poll's timeout sets `no_changes`), so a repeat is a 304."""
     make_items(engine)
     status, h, body = await engine.get(table="items", offset="now")
     assert status == 200
-    assert h["electric-has-data"] == "false"
+    assert h["electric-has-data"] == "true"
     assert "electric-up-to-date" in h and "electric-schema" in h
     assert body[-1]["headers"]["control"] == "up-to-date"
+    handle, offset = h["electric-handle"], h["electric-offset"]
+    assert h["etag"] == f'"{handle}:now:{offset}"'
+    resp = await engine.client.get(
+        "/v1/shape",
+        params={"table": "items", "offset": "now"},
+        headers={"if-none-match": h["etag"]},
+    )
+    assert resp.status == 304
+    assert resp.headers["electric-offset"] == offset
 
 
 async def test_etag_and_304(engine: Engine) -> None:

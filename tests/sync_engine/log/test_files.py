@@ -133,6 +133,36 @@ def test_a_torn_transaction_across_chunks_is_cut_whole(tmp_path: Path) -> None:
     assert again.repaired_from == 200
 
 
+def test_a_transaction_written_in_parts_is_cut_whole_if_its_last_part_never_came(
+    tmp_path: Path,
+) -> None:
+    """A big transaction is written a part at a time (`Replicator._deliver_big`); killed
+    before its last part, the parts are intact records that do not end it: cut on load,
+    and the slot sends it again from its LSN. Written whole, it reads as one."""
+    log = _new(tmp_path, chunk_bytes=1000)
+    log.append_transaction(100, _tx(100))
+    _commit(log)
+    entries = _tx(200, n=40, size=60)
+    parts = [entries[:15], entries[15:30], entries[30:]]
+    for part in parts[:2]:  # the second part spans chunks
+        log.append_transaction(200, part, ends=False)
+    assert log.read_after(LogOffset(100, 2))[0] == []
+    log.close()  # (SIGKILL: no flush, no publish, no rollback)
+    files = sorted((tmp_path / "shapes").glob("shape.log.*.log"))
+    assert len(files) >= 3
+    again = ShapeLog(log.directory / log.handle, log.chunk_bytes, fsync=False)
+    again.load_transactions()
+    assert sorted((tmp_path / "shapes").glob("shape.log.*.log")) == files[:1]
+    assert again.last_lsn == 100 and again.repaired_from == 200
+    assert _read_all(again)[0] == [e for _, e in _tx(100)]
+    for n, part in enumerate(parts):  # the slot sends it again: written whole this time
+        again.append_transaction(200, part, ends=n == len(parts) - 1)
+    _commit(again)
+    for log_now in (again, _reload(again)):
+        assert _read_all(log_now)[0] == [e for _, e in _tx(100) + entries]
+        assert log_now.latest_offset == LogOffset(200, entries[-1][0])
+
+
 def test_a_chunk_cut_at_a_record_boundary_is_found_by_the_next_chunk(tmp_path: Path) -> None:
     """A chunk file that lost its last records whole (a lost write, a partial copy) holds
     only intact records; the next chunk's first record says how long it was, so the hole

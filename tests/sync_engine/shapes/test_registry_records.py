@@ -110,3 +110,32 @@ async def test_damage_found_by_a_read_in_a_worker_thread_rotates_on_the_event_lo
     assert threads == [threading.main_thread().name]
     assert shape.rotated and shape.handle not in registry.by_handle
     assert await asyncio.wait_for(waiter, 5) is True
+
+
+@pytest.mark.parametrize(
+    ("field", "rows"),
+    [
+        ("files", [[1, 2, 3]]),
+        ("files", [[1]]),
+        ("files", [[1, "2"]]),
+        ("files", [[True, 2]]),  # (a JSON true is no oid: it read as 1)
+        ("files", [1, 2]),
+        ("files", {"1": 2}),
+        ("enums", [[1, 2]]),
+        ("enums", [[1, 2, 3]]),
+        ("enums", [[1, False, "a"]]),
+        ("enums", "a"),
+    ],
+)
+def test_a_damaged_files_or_enums_list_is_refused(field: str, rows: object) -> None:
+    """A record whose `files` or `enums` is not the list of rows `table_to_json` writes is
+    refused (its shape is discarded, its clients refetch), never loaded as something else."""
+    table = TableInfo(
+        oid=1, schema="s", name="t", columns=(), pk=(), relfilenode=5,
+        files=((2, 3), (4, 5)), enums=((1, 7, "a"), (1, 8, "b")),
+    )  # fmt: skip
+    assert table_from_json(table_to_json(table)) == table
+    record = table_to_json(table)
+    record[field] = rows
+    with pytest.raises(TypeError):
+        table_from_json(record)
