@@ -215,13 +215,8 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
         ("GET", f"{shape}&offset=now&live=true&cursor=5", {}, None),
         ("GET", "/v1/shape?table=items&offset=now&handle=nosuch", {}, None),
         ("GET", "/v1/shape?table=items&offset=now&live=true", {}, None),
-        # a real offset the shape never handed out (below its log's first transaction), in
-        # each mode; and one past its tip
+        # real offsets on a log with no transaction (never handed out), and past the tip
         ("GET", f"{shape}&offset=1_0", {}, None),
-        ("GET", f"{shape}&offset=1_0&live=true", {}, None),
-        ("HEAD", f"{shape}&offset=1_0", {}, None),
-        ("GET", f"{shape}&offset=1_inf", {}, None),
-        ("GET", f"{shape}&offset=99999999999_0", {}, None),
         ("GET", f"{shape}&offset=99999999999_0&live=true", {}, None),
         # revalidating a catch-up (a browser's cache, a CDN): 304 with the engine's headers
         ("GET", catch_up, {"If-None-Match": catch_up_etag}, None),
@@ -336,14 +331,14 @@ async def _until_in_log(
     session: aiohttp.ClientSession, base: str, handle: str, query: str = "table=items"
 ) -> None:
     """Wait until the shape `handle` (of `query`) has a transaction in its log."""
-    for _ in range(200):
-        target = f"{base}/v1/shape?{query}&handle={handle}&offset=0_inf"
-        status, headers, raw = await _send(session, "GET", target, {}, None)
+    target = f"{base}/v1/shape?{query}&handle={handle}&offset=0_inf"
+
+    async def in_log() -> bool:
+        status, _, raw = await _send(session, "GET", target, {}, None)
         assert status == 200, raw
-        if any("key" in m for m in json.loads(raw)):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the write never reached the shape's log")
+        return any("key" in m for m in json.loads(raw))
+
+    await wait_until_async(in_log, timeout=30, message="the write in the shape's log")
 
 
 #: Hand-picked cases compared at once: fewer than the engine's 32 initial syncs at a time.
@@ -362,11 +357,6 @@ async def test_hand_picked_requests_are_answered_as_the_engine_answers(
         assert status == 200
         handle = headers["electric-handle"]
         etag = headers["etag"]
-        # One transaction in the shape's log, so that it has real offsets below its first
-        # (`1_0`: never handed out for this shape) and a tip of its own.
-        with psycopg.connect(engine.db_url, autocommit=True) as conn:
-            conn.execute("INSERT INTO items VALUES (3, 'org-a', 'a3', 3)")
-        await _until_in_log(session, base, handle)
         status, headers, _ = await _send(
             session, "GET", f"{base}/v1/shape?table=items&offset=0_0&handle={handle}", {}, None
         )
@@ -789,13 +779,15 @@ async def test_odd_framings_are_answered_alike(
 
 
 async def test_an_offset_a_shape_never_handed_out_is_the_engines_to_judge_over_sse(
-    engine: EngineProcess, engine_secret: str, make_proxy: Any
+    own_engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     """An SSE client at a real offset below the shape's first transaction (`1_0`: never
     handed out for this shape; Electric's client 1.5.28 sends one after a requestSnapshot
     409), while the shape's shared stream, opened at its empty log's tip, has that
     transaction: straight and through the proxy, the same answer (the engine's 409
     must-refetch, faults2's 6db23da), never the stream's changes from there."""
+    engine = own_engine  # (its own: on the shared one, after the others, its shape was once
+    # rotated under it, a 409 at its own tip: not understood, see the report of 12-05)
     base = await _open_proxy(engine, engine_secret, make_proxy)
     query = "table=items&where=id%3C%3E-7"  # (a shape of this test's own: its log is empty)
     async with aiohttp.ClientSession() as session:
@@ -815,12 +807,21 @@ async def test_an_offset_a_shape_never_handed_out_is_the_engines_to_judge_over_s
         with psycopg.connect(engine.db_url, autocommit=True) as conn:
             conn.execute("INSERT INTO items VALUES (70, 'org-a', 'seventy', 70)")
         await _until_in_log(session, base, handle, query)
-        target = f"{shape}&offset=1_0&live=true&live_sse=true"
-        answers = []
-        for url in (_direct(engine, engine_secret, target), base + target):
-            status, headers, raw = await _send(session, "GET", url, {}, None)
-            if headers.get("content-type", "").startswith("text/event-stream"):
-                raw = _sse_rows(raw)
-            answers.append(_comparable(status, headers, raw, "GET"))
+        differences = []
+        for method, target in [
+            ("GET", f"{shape}&offset=1_0&live=true&live_sse=true"),  # (the shared stream's)
+            ("GET", f"{shape}&offset=1_0"),
+            ("HEAD", f"{shape}&offset=1_0"),
+            ("GET", f"{shape}&offset=1_inf&live=true"),
+            ("GET", f"{shape}&offset=99999999999_0"),
+        ]:
+            answers = []
+            for url in (_direct(engine, engine_secret, target), base + target):
+                status, headers, raw = await _send(session, method, url, {}, None)
+                if headers.get("content-type", "").startswith("text/event-stream"):
+                    raw = _sse_rows(raw)
+                answers.append(_comparable(status, headers, raw, method))
+            if answers[1] != answers[0]:
+                differences.append((method, target, *answers))
         await first
-    assert answers[1] == answers[0]
+    assert differences == []
