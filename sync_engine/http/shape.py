@@ -137,7 +137,7 @@ class ShapeView:
             described = await source.describe(req.shape)
             subset = build_subset_query(described.table.columns, req.subset)
             shape = await source.resolve(req.shape, from_start=req.from_start)
-            return await serve_subset(source, shape, req, subset)
+            return await serve_subset(source, shape, req, subset, request)
         shape = await source.resolve(req.shape, from_start=req.from_start)
         if req.handle is not None and req.handle != shape.handle:
             raise ShapeGone(shape.handle)
