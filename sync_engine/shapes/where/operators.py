@@ -494,6 +494,10 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     else:
         raise error_at(f"operator {name} is not supported with ANY/ALL", node)
     expr = apply_nullable(BOOL, quantified_op(op, is_all), [left, right], node)
+    if is_all and right.is_const and right.value is not None and not flatten(right.value):
+        # (true whatever the left side, unless it fails: an index scan may drop it, as
+        # implied by its index condition: `clause._implied_by_index`)
+        expr = with_key(expr, (f"{name} ALL empty", node.lexpr, node.rexpr))
     if (
         not is_all
         and name == "="
