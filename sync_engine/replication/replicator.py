@@ -61,6 +61,10 @@ __all__ = ["ReplicationState", "Replicator"]
 logger = logging.getLogger(__name__)
 
 PROBE_BYTES = 64 * 1024
+#: Longest pause between two space probes while the disk is full: a 64 kB write is nothing,
+#: and replication resumes within a second of space coming back (MAX_DELAY, 5 s, made it
+#: wait up to 5 s, and a test of it as long, twice).
+PROBE_MAX_DELAY = 1.0
 
 
 class ReplicationState(enum.StrEnum):
@@ -866,7 +870,7 @@ class Replicator:
             logger.debug("shape log write failed again: %s", exc)
 
     async def _wait_for_space(self) -> None:
-        """Probe with a small write, backing off up to MAX_DELAY, until it succeeds."""
+        """Probe with a small write, backing off up to PROBE_MAX_DELAY, until it succeeds."""
         delay = FIRST_DELAY
         directory = str(self.registry.directory)
         if self._space_delay:
@@ -878,7 +882,7 @@ class Replicator:
             except OSError as exc:
                 logger.debug("space probe failed: %s", exc)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY)
+            delay = min(delay * 2, PROBE_MAX_DELAY)
 
     def _writes_ok(self) -> None:
         """A flush after a write failure succeeded: leave the paused state."""

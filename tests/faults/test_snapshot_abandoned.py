@@ -22,32 +22,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-import psycopg
 import pytest
 
 from sync_engine.app import SOURCES, build_app
 from sync_engine.snapshot import scheduler
+from tests.faults.costly import COSTLY, busy_backends, wide_items
 from tests.sync_engine.engine_harness import SETTINGS
-
-
-def _concat(leaves: int) -> str:
-    if leaves == 1:
-        return "name"
-    return f"({_concat(leaves // 2)}||{_concat(leaves - leaves // 2)})"
-
-
-COSTLY = f"length({_concat(500)}) > 0"
-
-
-def _busy(db_url: str) -> int:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND state = 'active' AND pid <> pg_backend_pid() AND query LIKE %s",
-            ("%length(%",),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 @pytest.fixture
@@ -56,11 +36,7 @@ async def port(
 ) -> AsyncIterator[int]:
     monkeypatch.setattr(scheduler, "ABANDONED_AFTER", 1.0, raising=False)
     monkeypatch.setattr(scheduler, "ABANDON_CHECK", 0.2, raising=False)
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
-        conn.execute(
-            "INSERT INTO items SELECT g, repeat('a', 5000) FROM generate_series(1, 6000) g"
-        )
+    wide_items(db_url, 6000)
     settings = replace(
         SETTINGS, database_url=db_url, data_dir=tmp_path / "data", snapshot_timeout=0.0
     )
@@ -78,12 +54,12 @@ async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str)
     writer.write(request)
     await writer.drain()
     deadline = time.monotonic() + 10
-    while not await asyncio.to_thread(_busy, db_url):
+    while not await asyncio.to_thread(busy_backends, db_url):
         assert time.monotonic() < deadline, "the snapshot query never ran"
         await asyncio.sleep(0.1)
     writer.close()  # the client goes away
     left = time.monotonic()
-    while await asyncio.to_thread(_busy, db_url):
+    while await asyncio.to_thread(busy_backends, db_url):
         # (the query alone runs for many times this on the old code)
         assert time.monotonic() - left < 5, "the abandoned snapshot query still runs"
         await asyncio.sleep(0.1)
@@ -92,7 +68,7 @@ async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str)
     writer.write(request)
     await writer.drain()
     deadline = time.monotonic() + 10
-    while not await asyncio.to_thread(_busy, db_url):
+    while not await asyncio.to_thread(busy_backends, db_url):
         assert time.monotonic() < deadline, "the shape was not made again"
         await asyncio.sleep(0.1)
     writer.close()

@@ -24,43 +24,17 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import psycopg
 import pytest
 
+from tests.faults.costly import COSTLY, busy_backends, wide_items
 from tests.support.engine_process import EngineProcess
-
-
-def _concat(leaves: int) -> str:
-    if leaves == 1:
-        return "name"
-    return f"({_concat(leaves // 2)}||{_concat(leaves - leaves // 2)})"
-
-
-#: Costs seconds per few hundred rows: far beyond the 1 s timeout over 4,000 rows.
-COSTLY = f"length({_concat(500)}) > 0"
-
-
-def _busy_backends(db_url: str) -> int:
-    """Backends of this database running a snapshot or subset statement now."""
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND state = 'active' AND pid <> pg_backend_pid() AND query LIKE %s",
-            ("%length(%",),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 @pytest.mark.timeout(90)
 async def test_a_costly_where_is_cancelled_and_its_clients_told(
     db_url: str, tmp_path: Path
 ) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
-        conn.execute(
-            "INSERT INTO items SELECT g, repeat('a', 5000) FROM generate_series(1, 4000) g"
-        )
+    wide_items(db_url, 4000)
     engine = EngineProcess(
         db_url, tmp_path / "data", "--snapshot-timeout", "1", "--long-poll-timeout", "1"
     )
@@ -83,7 +57,7 @@ async def test_a_costly_where_is_cancelled_and_its_clients_told(
                 assert "too long" in answer["message"], answer
                 handle = r.headers.get("electric-handle")
             assert time.monotonic() - started < 12
-            assert _busy_backends(db_url) == 0  # the statement was cancelled, not left
+            assert busy_backends(db_url) == 0  # the statement was cancelled, not left
             # nothing of it is served: the handle, if named, is gone
             if handle is not None:
                 q2 = {"table": "items", "offset": "0_0", "handle": handle, "where": COSTLY}
@@ -110,6 +84,6 @@ async def test_a_costly_where_is_cancelled_and_its_clients_told(
                 # (subset.py, another owner's, still words a cancelled statement as the
                 # database unreachable: asked in /work/bugs-for-where.md)
                 assert orjson.loads(body)["code"] in ("snapshot_timeout", "database_unreachable")
-            assert _busy_backends(db_url) == 0
+            assert busy_backends(db_url) == 0
     finally:
         await asyncio.to_thread(engine.stop)
