@@ -10,8 +10,8 @@ Tables (one Postgres for the run):
 - `wide`: 30 columns (id bigint, 19 text, 10 jsonb), ~1.2 kB per row as JSON.
 
 Arms of each table, measured side by side in one run on the same database:
-- `COPY (SELECT row_to_json(t) FROM <table> t) TO STDOUT`, read by a client (the floor:
-  Postgres producing the same rows as JSON);
+- `COPY (SELECT row_to_json(t) FROM <table> t) TO STDOUT`, read by `psql` into a pipe (the
+  floor: Postgres producing the same rows as JSON; see `copy_json`);
 - engine cold: a new shape, from `offset=-1` to up-to-date over HTTP, bodies read fully; time
   to first byte (the first response's headers) and the engine's peak RSS sampled every 20 ms
   throughout;
@@ -21,8 +21,9 @@ Arms of each table, measured side by side in one run on the same database:
 COPY and cold alternate (three rounds for `big` and `wide` and two for `big10m` in the full
 run, one with `--quick`, or `--rounds`) and report their medians and range, and the range of
 the load average before the arms. CPU: engine (its kernel share in brackets: mostly the
-page cache its chunk files go into), Postgres (all backends), COPY's reader (this process)
-and this load generator (the HTTP client reading the bodies).
+page cache its chunk files go into; and the free memory in blocks the VM hands back to the
+host, `_reportable_free_gib`, when the last cold arm started), Postgres (all backends),
+COPY's reader (this process) and this load generator (the HTTP client reading the bodies).
 
 Same conditions for both sides (12-05: at 10M rows cold/COPY was 0.76-0.83 alone and
 1.37-1.42 after the other tables' arms; the engine's or Postgres's CPU for the same cold
@@ -36,7 +37,12 @@ sync doubled):
   ring-buffered seq scan did not);
 - a `sync` before every arm (`settle`, not timed): the engine runs with `--no-fsync` as
   Postgres with `fsync=off`, so the load's and each cold sync's files would be written back
-  30 s later, in whichever arm runs then;
+  30 s later, in whichever arm runs then. Only the side that writes pays for such a backlog:
+  with 1.8 GB of dirty pages left before it (12-05, 10M, load 17-19), a cold sync took 38.4
+  and 27.5 s against 20.5 and 21.0 s after a sync (engine CPU 6.39 and 4.84 s against 3.70
+  and 3.90; its writer threads' kernel time 4-5x: the kernel throttles a writer once dirty
+  pages pass ~2.5 GB here), while COPY took 33.8 s against 33.2 s. Before this, the 10M
+  arm started with 1.2-1.8 GB dirty (the load, the earlier tables' arms);
 - the order alternates (COPY first in even rounds, cold first in odd ones).
 None of this removes work from either side: the engine still writes (and the kernel still
 fills pages for) every chunk file inside its timed arm, and COPY reads the same table.
@@ -49,14 +55,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import statistics
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
 from _common import (
+    PG_BIN,
     EngineProcess,
     NginxProcess,
     Postgres,
@@ -126,16 +136,32 @@ def copy_json_seconds(url: str, table: str) -> tuple[float, int]:
 
 
 def copy_json(url: str, table: str) -> tuple[float, int, float]:
-    """`COPY (SELECT row_to_json(t) ...)` read to the end: (seconds, bytes, this process's
-    CPU seconds reading it)."""
-    with psycopg.connect(url) as conn:
-        t0, c0 = time.perf_counter(), time.process_time()
-        n = 0
-        query = f"COPY (SELECT row_to_json(t) FROM {table} t) TO STDOUT"
-        with conn.cursor().copy(query) as copy:
-            for data in copy:
-                n += len(data)
-        return time.perf_counter() - t0, n, time.process_time() - c0
+    """`COPY (SELECT row_to_json(t) ...)` read to the end: (seconds, bytes, the reader's CPU
+    seconds).
+
+    The reader is `psql` (libpq in C) writing to a pipe that this process reads in 1 MiB
+    pieces into one reused buffer, as the engine's load generator reads its bodies. psycopg
+    iterated row by row in Python here until 12-05: 5 CPU-seconds of reader per 10M rows
+    against psql's ~0.8, which on this shared 2-core machine made COPY slower whenever the
+    cores were contended, a tilt in the engine's favour (measured at 1M rows: 0.49-0.52 s
+    against 0.07-0.09 s of reader CPU).
+    """
+    cmd = [str(PG_BIN / "psql"), url, "-qAtX", "-v", "ON_ERROR_STOP=1", "-c",
+           f"\\copy (SELECT row_to_json(t) FROM {table} t) TO STDOUT"]  # fmt: skip
+    buf = bytearray(1 << 20)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0, c0 = time.perf_counter(), time.process_time()
+    n = 0
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        while got := proc.stdout.readinto(buf):
+            n += got
+    seconds = time.perf_counter() - t0
+    if proc.returncode:
+        raise RuntimeError(f"psql COPY of {table} failed ({proc.returncode})")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    psql_cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return seconds, n, psql_cpu + time.process_time() - c0
 
 
 class PeakRSS:
@@ -297,6 +323,26 @@ def _sys_cpu(pid: int) -> float:
     return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
+def _reportable_free_gib() -> float:
+    """GiB of free memory in blocks of at least `page_reporting_order` (9: 2 MiB) pages.
+
+    On this VM (Firecracker, virtio_balloon free page reporting) such blocks are handed back
+    to the host a few seconds after they form, and the first touch of each of their pages
+    then faults in the host: filling new page cache from them cost 5-11 µs per 4 KiB page
+    (12-04), from smaller blocks (recently used, never reported) 0.7-0.8 µs. A cold sync at
+    10M rows fills 1.6 GB of chunk files: the engine's kernel CPU shows which it got.
+    """
+    try:
+        order = int(Path("/sys/module/page_reporting/parameters/page_reporting_order").read_text())
+        pages = 0
+        for line in Path("/proc/buddyinfo").read_text().splitlines():
+            counts = [int(x) for x in line.split()[4:]]
+            pages += sum(c << o for o, c in enumerate(counts) if o >= order)
+        return pages * 4096 / (1 << 30)
+    except (OSError, ValueError):
+        return float("nan")
+
+
 def _range(xs: list[float]) -> str:
     return f"{fmt(min(xs), 's')}-{fmt(max(xs), 's')}"
 
@@ -339,6 +385,7 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                         copies.append(copy_s)
                         continue
                     e0, pg0, sys0 = engine.cpu(), pg.cpu(), _sys_cpu(engine.pid)
+                    big_free = _reportable_free_gib()
                     rss = PeakRSS(engine)
                     try:
                         cold = await sync(direct)
@@ -380,7 +427,8 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                 verdict(ttfb <= 0.5 and peak <= 150)),
             Row(label, "CPU s: engine (Postgres) / load generator",
                 [("COPY", f"({fmt(copy_pg_cpu)}) / {fmt(copy_client_cpu)}"),
-                 ("cold", f"{fmt(cold_cpu)} [kernel {fmt(cold_sys)}] ({fmt(cold_pg_cpu)}) / "
+                 ("cold", f"{fmt(cold_cpu)} [kernel {fmt(cold_sys)}; free in >= 2 MiB "
+                          f"blocks {fmt(big_free, 'GiB')}] ({fmt(cold_pg_cpu)}) / "
                           f"{fmt(last_cold.client_cpu)}"),
                  ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
                  ("rows/s cold", fmt(spec.rows / cold_s)),

@@ -153,15 +153,13 @@ def _strict_apply(
             del rows[key]
 
 
-def _postgres_rows(engine: Engine, where: str) -> dict[str, dict[str, Any]]:
+def _postgres_rows(conn: psycopg.Connection[Any], where: str) -> dict[str, dict[str, Any]]:
     select = ", ".join(
         f"CASE WHEN {n} IS NULL THEN NULL ELSE concat({n}, '') END" for n in ["id", *COLUMNS]
     )
     out = {}
-    # (under the engine's session settings: the values as the replication stream has them)
-    with psycopg.connect(with_display_settings(engine.db_url)) as conn:
-        for r in conn.execute(f"SELECT {select} FROM m WHERE ({where}) AND id < {MARKER}"):
-            out[r[0]] = dict(zip(["id", *COLUMNS], r, strict=True))
+    for r in conn.execute(f"SELECT {select} FROM m WHERE ({where}) AND id < {MARKER}"):
+        out[r[0]] = dict(zip(["id", *COLUMNS], r, strict=True))
     return out
 
 
@@ -195,6 +193,9 @@ async def test_rows_moving_in_and_out_by_update_equal_postgres(engine: Engine) -
                 offset = h["electric-offset"]
             shapes.append([where, params, handle, offset, rows])
     moves = 0
+    # (under the engine's session settings: the values as the replication stream has them;
+    # one connection for every comparison)
+    conn = psycopg.connect(with_display_settings(engine.db_url), autocommit=True)
     for n in range(txns):
         _transaction(engine, rng, keys, next_key)
         marker = MARKER + n
@@ -217,7 +218,7 @@ async def test_rows_moving_in_and_out_by_update_equal_postgres(engine: Engine) -
                 for v in rows.values()
                 if int(v["id"]) < MARKER
             }
-            expected = _postgres_rows(engine, where)
+            expected = _postgres_rows(conn, where)
             diff = {
                 (k, c): ((got.get(k) or {}).get(c), (expected.get(k) or {}).get(c))
                 for k in set(got) | set(expected)
@@ -226,4 +227,5 @@ async def test_rows_moving_in_and_out_by_update_equal_postgres(engine: Engine) -
             }
             assert not diff, (seed, n, where, params["replica"], diff)
             moves += len(before ^ set(rows))
+    conn.close()
     assert moves >= txns, moves  # rows did move in and out
