@@ -9,6 +9,7 @@ catalog and the where parser.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -63,6 +64,10 @@ def _table_json(t: TableInfo) -> dict[str, object]:
     return data
 
 
+#: `ColumnInfo`'s fields, as `table_to_json` records them (`table_from_json` passes them back).
+_COLUMN_FIELDS = tuple(f.name for f in dataclasses.fields(ColumnInfo))
+
+
 def table_to_json(t: TableInfo) -> dict[str, object]:
     return {
         "oid": t.oid,
@@ -74,24 +79,10 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
         "relfilenode": t.relfilenode,
         "files": None if t.files is None else [list(f) for f in t.files],
         "enums": None if t.enums is None else [list(e) for e in t.enums],
-        "columns": [
-            {
-                "name": c.name,
-                "attnum": c.attnum,
-                "type_oid": c.type_oid,
-                "type_name": c.type_name,
-                "elem_type": c.elem_type,
-                "type_kind": c.type_kind,
-                "type_mod": c.type_mod,
-                "dims": c.dims,
-                "not_null": c.not_null,
-                "pk_index": c.pk_index,
-                "generated": c.generated,
-                "collation": c.collation,
-                "domain_base": c.domain_base,
-            }
-            for c in t.columns
-        ],
+        # every field of each column, whatever it is: a field left out of a hand-written
+        # list came back as its default after a restart (a domain's base type, an enum's
+        # schema), and the shape was refused or compiled otherwise
+        "columns": [{f: getattr(c, f) for f in _COLUMN_FIELDS} for c in t.columns],
     }
 
 

@@ -676,6 +676,8 @@ def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr)
     expr = in_list(left, items, c.compare_fn("=", op_type, node, state), node)
     if folds:  # `x = ANY(ARRAY[...])` of constants, immutable: the planner's constant
         return const(BOOL, expr.fn({}, {}), node, folded=True)
+    # (the IN's text names its constants: what `equal()` finds equal in another IN alike)
+    expr = with_key(expr, ("= ANY", node.lexpr, node))
     keys = [i.value for i in items if i.value is not None]
     if all(i.is_const for i in items) and left.column is not None and left.raw and indexable(keys):
         return replace(expr, index=(left.column, keyset(keys)))

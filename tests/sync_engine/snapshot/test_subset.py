@@ -10,11 +10,16 @@ snapshot query), with Retry-After.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sync_engine.app import SOURCES, build_app
+from sync_engine.shapes.definition import ShapeParams, SubsetParams
+from sync_engine.snapshot.subset import build_subset_query, run_subset
 from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
@@ -54,3 +59,13 @@ async def test_a_subset_cancelled_by_its_statement_timeout_is_a_snapshot_timeout
     )
     assert status == 200, body
     assert sorted(m["value"]["id"] for m in body["data"]) == ["1", "2"]
+
+    # A client gone while its subset query runs abandons the query (its socket shut): the
+    # request ends at once, not when the query would (`serve_subset` watches the client).
+    source = client.app[SOURCES]["default"]
+    shape = await source.resolve(ShapeParams(table="items"))
+    subset = build_subset_query(shape.table.columns, SubsetParams(where=COSTLY))
+    gone = asyncio.get_running_loop().create_future()
+    asyncio.get_running_loop().call_later(0.05, gone.set_result, None)
+    with pytest.raises(ConnectionResetError):  # (not the statement timeout's 503)
+        await run_subset(source, shape, subset, gone)

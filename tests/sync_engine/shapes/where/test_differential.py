@@ -756,6 +756,8 @@ REGRESSIONS = [
     " OR (e IS NULL AND ((t = 'a' AND b) OR (vc = 'a' AND b)))",
     "((- i2) > 0 AND i4 BETWEEN 1 AND 7) OR (b AND i4 >= 1 AND i4 <= 7)",
     "((- i2) > 0 AND i4 NOT IN (1, i8)) OR (b AND i4 <> 1 AND i4 <> i8)",
+    # an IN list's constants are one `= ANY(...)`, as equal in both arms as the rest (9181)
+    "((- i2) > 0 AND vc IN ('ab ', t, 'ab')) OR (b IS NOT UNKNOWN AND vc IN ('ab ', t, 'ab'))",
     # `x = false` is NOT x to the planner (and `x <> true`, `x = true` x): one factor of
     # both arms however written (seed 9125)
     "((- i2) > 0 AND (1 > 2) = (vc LIKE 'a%')) OR (b AND vc NOT LIKE 'a%')",
