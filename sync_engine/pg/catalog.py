@@ -72,6 +72,13 @@ class ColumnInfo:
     `d::text` of a domain over boolean is 'true' (text(boolean)), not its output 't'. None
     for other columns, and for domains described by an engine that did not record it."""
 
+    type_schema: str | None = None
+    """For a column whose scalar (element) type is an enum: the schema of that type. The
+    where clause Postgres runs names an enum type qualified by it (`CAST('ok' AS
+    public.mood)`, a `$1` compared with the column): the engine's sessions have
+    `search_path = pg_catalog, pg_temp`, where `mood` alone names no type. None for other
+    columns, and for enums described by an engine that did not record it."""
+
     @property
     def base_type(self) -> str:
         """The scalar type name: the element type for arrays, else the type itself."""
@@ -192,7 +199,9 @@ SELECT a.attname, a.attnum, a.atttypid, t.typname,
        CASE WHEN et.typarray = t.oid THEN et.typname END AS elem,
        CASE WHEN et.typarray = t.oid THEN et.typtype ELSE t.typtype END AS kind,
        a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
-       a.attcollation, to_jsonb(co), base.typname
+       a.attcollation, to_jsonb(co), base.typname,
+       (SELECT nspname FROM pg_namespace
+        WHERE oid = CASE WHEN et.typarray = t.oid THEN et.typnamespace ELSE t.typnamespace END)
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
@@ -270,7 +279,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     cols = []
     for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
         aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r[:10]
-        coll_oid, own, domain_base = r[10], r[11], r[12]
+        coll_oid, own, domain_base, type_schema = r[10], r[11], r[12], r[13]
         cols.append(
             ColumnInfo(
                 name=aname,
@@ -286,6 +295,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 generated=bool(generated),
                 collation=_column_collation(coll_oid, own, database),
                 domain_base=domain_base,
+                type_schema=type_schema if tkind == "e" else None,
             )
         )
     files = await (await conn.execute(_FILES_SQL, (oid,))).fetchall()

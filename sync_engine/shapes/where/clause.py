@@ -25,6 +25,7 @@ from .parse import (
     count_columns,
     deparse,
     parse_clause,
+    qualify_enums,
     refuse_unencodable,
     sql_text,
     substitute_params,
@@ -231,6 +232,9 @@ def full_parse(
         _refuse_unused(params, clause)
     if params:  # without params, a `$n` has already failed to compile
         substitute_params(stmt, params, compiler.param_types)
+    schemas = {c.base_type: c.type_schema for c in columns.values() if c.is_enum and c.type_schema}
+    if schemas:
+        qualify_enums(stmt.whereClause, schemas)
     text = deparse(stmt.whereClause, sql)
     if learn is not None and not params:
         TEMPLATES.put(learn[1], Pending(clause, PREFIX + sql, learn[0], text, ref_counts))

@@ -883,6 +883,11 @@ class Compiler:
         names = [n.sval for n in tn.names]
         if len(names) == 2 and names[0] == "pg_catalog":
             names = names[1:]
+        if len(names) == 2 and any(
+            col.is_enum and [col.type_schema, col.base_type] == names
+            for col in self.columns.values()
+        ):
+            names = names[1:]  # (a column's enum, named with its schema)
         if tn.typmods:
             raise typmods_refused(names[-1], tn)
         if len(names) != 1 or tn.setof or tn.pct_type:

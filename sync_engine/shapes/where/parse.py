@@ -26,6 +26,7 @@ from sync_engine.pg.types import TEXT, PgType
 
 from .depth import runs_longer_than, too_deep_message, tree_depth
 from .errors import PREFIX, WhereError
+from .resolution import CAST_TARGET_NAMES
 
 MAX_WHERE_SIZE = 65_536
 MAX_WHERE_DEPTH = 100  # the proxy forwards clauses of up to 64 (proxy/limits/clause.py)
@@ -219,6 +220,30 @@ def substitute_params(
                 stack.extend(v for v in value if not isinstance(v, ast.ParamRef))
             else:
                 stack.append(value)
+
+
+def qualify_enums(root: ast.Node, schemas: Mapping[str, str]) -> None:
+    """Name each enum type of `schemas` (typname -> its schema) under `root` with its
+    schema, as the compiler resolved it (a cast target, or a `$n`'s type): Postgres runs
+    the clause under the engine's `search_path = pg_catalog, pg_temp`, where `mood` alone
+    is no type ("type mood does not exist": the snapshot failed, the shape was retired and
+    made again, a 409 to every request for it)."""
+    for node in walk(root):
+        if not isinstance(node, ast.TypeCast) or node.typeName is None:
+            continue
+        names = list(node.typeName.names or ())
+        if len(names) != 1:
+            continue
+        name = str(getattr(names[0], "sval", ""))
+        schema = schemas.get(name) if name not in CAST_TARGET_NAMES else None
+        if schema is not None:
+            node.typeName = ast.TypeName(
+                names=(ast.String(sval=schema), ast.String(sval=name)),
+                typemod=-1,
+                setof=False,
+                pct_type=False,
+                arrayBounds=node.typeName.arrayBounds,
+            )
 
 
 def param_cast(

@@ -153,3 +153,21 @@ async def test_live_enum_ordering_equals_the_snapshot_with_labels_added_later(
     status, _h, body = await engine.get(table="docs", offset="-1", where="m = 'glum'")
     assert status == 400, body
     assert body["errors"]["where"] == ['At location 2: invalid input value for enum mood: "glum"']
+    # An enum type the clause names (a cast, a `$1` compared with the column) is named with
+    # its schema in the query Postgres runs: the engine's sessions have search_path
+    # pg_catalog, where `mood` alone is no type. The snapshot failed ("type mood does not
+    # exist"), the shape was retired at once: a 409 to every request, for good.
+    rows, _h, _o = await engine.sync(table="docs", where="m = $1", **{"params[1]": "sad"})
+    assert {r["id"] for r in rows.values()} == {"1", "6"}
+    engine.sql("CREATE SCHEMA s; CREATE TYPE s.level AS ENUM ('low', 'high')")
+    engine.sql("CREATE TABLE jobs (id int PRIMARY KEY, lv s.level, lvs s.level[])")
+    engine.sql("INSERT INTO jobs VALUES (1, 'low', '{low}'), (2, 'high', '{high,low}')")
+    for where, params, want in [
+        ("lv = $1", {"params[1]": "high"}, {"2"}),
+        ("lv IN ($1, 'high')", {"params[1]": "low"}, {"1", "2"}),
+        ("lv = CAST('low' AS level)", {}, {"1"}),
+        ("lv < 'high'::s.level", {}, {"1"}),
+        ("lvs @> $1", {"params[1]": "{high}"}, {"2"}),
+    ]:
+        rows, _h, _o = await engine.sync(table="jobs", where=where, **params)
+        assert {r["id"] for r in rows.values()} == want, where
