@@ -20,10 +20,8 @@ Arms of each table, measured side by side in one run on the same database:
   nginx tier, second pass (the first pass fills its cache).
 COPY and cold alternate (three rounds for `big` and `wide` and two for `big10m` in the full
 run, one with `--quick`, or `--rounds`) and report their medians and range, and the range of
-the load average before the arms. CPU: engine (its kernel share in brackets: mostly the
-page cache its chunk files go into; and the free memory in blocks the VM hands back to the
-host, `_reportable_free_gib`, when the last cold arm started), Postgres (all backends),
-COPY's reader (this process) and this load generator (the HTTP client reading the bodies).
+the load average before the arms. CPU: engine (its kernel share in brackets, see below), Postgres
+(all backends), COPY's reader and this load generator (the HTTP client reading the bodies).
 
 Same conditions for both sides (12-05: at 10M rows cold/COPY was 0.76-0.83 alone and
 1.37-1.42 after the other tables' arms; the engine's or Postgres's CPU for the same cold
@@ -46,6 +44,16 @@ sync doubled):
 - the order alternates (COPY first in even rounds, cold first in odd ones).
 None of this removes work from either side: the engine still writes (and the kernel still
 fills pages for) every chunk file inside its timed arm, and COPY reads the same table.
+
+What these steps cannot make equal is this VM's memory: it is a Firecracker guest with
+free page reporting, so free memory goes back to the host, and the first touch of such a
+page faults in the host. A cold sync at 10M fills 1.6 GB of new page cache, and the
+engine's kernel CPU (in brackets) shows which memory it got: 1.4-2.1 s when the pages were
+recently used, 5.0-6.1 s when not (12-05, perf: 52% of the engine's samples in
+`copy_folio_from_iter_atomic`, ~10 µs per 4 KiB page, all in the chunk writer threads),
+which took cold/COPY at 10M from 0.65-0.83 to 0.94-1.30 (load 14-19), alone or after the
+other tables alike. COPY fills no new memory. Which state a run gets depends on the whole
+machine (other sessions' memory churn), not on the order of the arms.
 Targets (issue 13 bar 5): cold <= 1.0x COPY; warm >= 10x faster than cold; engine RSS <=
 150 MiB; time to first byte <= 0.5 s.
 """
@@ -61,7 +69,6 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import psycopg
@@ -323,26 +330,6 @@ def _sys_cpu(pid: int) -> float:
     return int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
-def _reportable_free_gib() -> float:
-    """GiB of free memory in blocks of at least `page_reporting_order` (9: 2 MiB) pages.
-
-    On this VM (Firecracker, virtio_balloon free page reporting) such blocks are handed back
-    to the host a few seconds after they form, and the first touch of each of their pages
-    then faults in the host: filling new page cache from them cost 5-11 µs per 4 KiB page
-    (12-04), from smaller blocks (recently used, never reported) 0.7-0.8 µs. A cold sync at
-    10M rows fills 1.6 GB of chunk files: the engine's kernel CPU shows which it got.
-    """
-    try:
-        order = int(Path("/sys/module/page_reporting/parameters/page_reporting_order").read_text())
-        pages = 0
-        for line in Path("/proc/buddyinfo").read_text().splitlines():
-            counts = [int(x) for x in line.split()[4:]]
-            pages += sum(c << o for o, c in enumerate(counts) if o >= order)
-        return pages * 4096 / (1 << 30)
-    except (OSError, ValueError):
-        return float("nan")
-
-
 def _range(xs: list[float]) -> str:
     return f"{fmt(min(xs), 's')}-{fmt(max(xs), 's')}"
 
@@ -385,7 +372,6 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                         copies.append(copy_s)
                         continue
                     e0, pg0, sys0 = engine.cpu(), pg.cpu(), _sys_cpu(engine.pid)
-                    big_free = _reportable_free_gib()
                     rss = PeakRSS(engine)
                     try:
                         cold = await sync(direct)
@@ -427,8 +413,7 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                 verdict(ttfb <= 0.5 and peak <= 150)),
             Row(label, "CPU s: engine (Postgres) / load generator",
                 [("COPY", f"({fmt(copy_pg_cpu)}) / {fmt(copy_client_cpu)}"),
-                 ("cold", f"{fmt(cold_cpu)} [kernel {fmt(cold_sys)}; free in >= 2 MiB "
-                          f"blocks {fmt(big_free, 'GiB')}] ({fmt(cold_pg_cpu)}) / "
+                 ("cold", f"{fmt(cold_cpu)} [kernel {fmt(cold_sys)}] ({fmt(cold_pg_cpu)}) / "
                           f"{fmt(last_cold.client_cpu)}"),
                  ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
                  ("rows/s cold", fmt(spec.rows / cold_s)),

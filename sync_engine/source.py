@@ -37,8 +37,11 @@ from .pg.row_where import RowDataError, row_matches, rows_match
 from .pg.session import engine_conninfo, redact_dsn
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
+from .replication.position import FILE_NAME as POSITION_FILE
+from .replication.position import SavedPosition, read_saved
 from .replication.replicator import Replicator
-from .replication.slot import SlotState, ensure_slot, slot_state
+from .replication.slot import SlotState, ensure_slot, slot_confirmed_lsn, slot_state
+from .replication.wal import format_lsn
 from .shapes.changes import Row
 from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams, describe
 from .shapes.registry import ShapeRegistry, shape_record
@@ -166,6 +169,9 @@ class Source:
             probe_timeout=config.probe_timeout,
         )
         self.zones = ZoneAgreement(self.tables.on_catalog)
+        #: What the slot may be told is processed: saved in the data dir first, so that a
+        #: data dir that went back in time (restored from a backup) is noticed at start.
+        self.position = SavedPosition(config.data_dir / POSITION_FILE, config.fsync)
         self.replicator = Replicator(
             self.dsn,
             config.slot_name,
@@ -179,6 +185,7 @@ class Source:
             evaluate=self._rows_match,
             find_ancestors=self.tables.find_ancestors,
             verify_table=self.tables.verify_relation,
+            position=self.position,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -331,6 +338,7 @@ class Source:
         await self.tables.check_families()
         if not await self._replace_slot_if_gone(publication_created=publication_created):
             await ensure_slot(self.dsn, self.config.slot_name)  # checks it is ours
+        await self._check_position()
         self.state, self.error = SourceState.ACTIVE, None
         self.ready.set()
         logger.info(
@@ -339,6 +347,34 @@ class Source:
             len(self.registry),
             self.config.slot_name,
         )
+
+    async def _check_position(self) -> None:
+        """Retire every shape when the slot has confirmed more than this data dir saved as
+        confirmable (`replication.position`): the data dir is older than what the engine
+        processed (restored from a backup or a VM snapshot, or writes lost under
+        `--no-fsync`), and Postgres will never send the changes in between again. Served
+        on, the old shapes would lack them for every client, new ones included, for good."""
+        confirmed = await slot_confirmed_lsn(self.dsn, self.config.slot_name)
+        if confirmed is None:
+            return
+        saved = read_saved(self.position.path)
+        if saved is not None and confirmed > saved and len(self.registry):
+            logger.error(
+                "source %s: its replication slot %s confirmed WAL up to %s, but its data dir"
+                " saved only %s: the data dir is older than what was processed (restored from"
+                " a backup? writes lost?); the changes in between are not in its shapes and"
+                " Postgres will not send them again: %d shapes retired, their clients refetch",
+                self.config.source_id,
+                self.config.slot_name,
+                format_lsn(confirmed),
+                format_lsn(saved),
+                len(self.registry),
+            )
+            await self.registry.retire_all(
+                "the engine's data is older than its replication slot: changes were lost"
+            )
+        if saved is None or confirmed > saved:
+            await asyncio.to_thread(self.position.save_now, confirmed)
 
     async def _check_zones(self, shape: Shape) -> None:
         """Rotate a restored shape whose where's AT TIME ZONEs this Postgres no longer reads

@@ -273,7 +273,10 @@ async def prepare_descendants(
                 # not be updated (the application's writes refused). Tried again later.
                 unready.add(d.oid)
                 continue
-        busy.discard(d.oid)
+        else:
+            # (Only once it has its identity: a partition, published with its root, whose
+            # lock was busy was forgotten here at once, and never got FULL.)
+            busy.discard(d.oid)
         if (d.schema, d.name) not in published:
             try:
                 await conn.execute(

@@ -51,6 +51,7 @@ from ..shapes.router import ShapeRouter
 from ..shapes.shape import Shape
 from .assembler import TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
+from .position import SavedPosition
 from .slot import slot_confirmed_lsn
 from .stream import SILENCE_TIMEOUT, ReplicationConnectionError, ReplicationStream
 from .transactions import APPEND, ParkedShapes, admit, sort_out
@@ -242,6 +243,7 @@ class Replicator:
         evaluate: Evaluate | None = None,
         find_ancestors: Callable[[int], Awaitable[None]] | None = None,
         verify_table: Callable[[int], Awaitable[None]] | None = None,
+        position: SavedPosition | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -263,6 +265,12 @@ class Replicator:
         #: Compares the shapes of a table (and its ancestors') with the catalog and retires
         #: the changed ones, for a Relation message naming it (`Tables.verify_relation`).
         self.verify_table = verify_table
+        #: What the stream may confirm, saved in the data dir first (None: no limit).
+        self.position = position
+        if position is not None:
+            position.on_saved = self._position_saved
+        self._stream: ReplicationStream | None = None
+        self._background_status: set[asyncio.Future[None]] = set()
         # Shapes holding transactions for Postgres's answer, each with its task (`_settle`).
         self._holding: dict[Shape, asyncio.Task[None]] = {}
         self.connected = asyncio.Event()
@@ -347,6 +355,10 @@ class Replicator:
                 silence_timeout=self.silence_timeout,
             )
             started_at: float | None = None
+            if self.position is not None:
+                stream.confirm_limit = self.position.saved
+                stream.on_confirmable = self.position.want
+            self._stream = stream
             try:
                 await stream.start()
                 started_at = time.monotonic()
@@ -498,6 +510,26 @@ class Replicator:
                     # A keepalive's WAL end may be confirmed at once until more data comes:
                     # a stopping walsender waits for exactly that (`ReplicationStream`).
                     stream.caught_up()
+            if self.position is not None:
+                self.position.want(stream.flushed_lsn)  # (saved first, then confirmed)
+
+    def _position_saved(self, lsn: Lsn) -> None:
+        """A later position is saved: the stream may confirm it, and says so at once (a
+        stopping walsender waits for its WAL to be confirmed)."""
+        stream = self._stream
+        if stream is None:
+            return
+        stream.confirm_limit = lsn
+        task = asyncio.ensure_future(self._send_status(stream))
+        self._background_status.add(task)
+        task.add_done_callback(self._background_status.discard)
+
+    @staticmethod
+    async def _send_status(stream: ReplicationStream) -> None:
+        try:
+            await stream.send_status()
+        except Exception as exc:  # (the stream's own loop finds it failed)
+            logger.debug("could not send a status update: %s", exc)
 
     def _nothing_unconfirmed(self) -> bool:
         """Whether everything read from the stream is durable in its shapes' logs (or needs

@@ -61,6 +61,7 @@ import asyncio
 import logging
 import struct
 import time
+from collections.abc import Callable
 from time import monotonic as _monotonic
 from types import TracebackType
 
@@ -207,6 +208,12 @@ class ReplicationStream:
         self.messages = messages
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self._flushed_lsn = self.start_lsn
+        #: The most a status update may confirm (None: no limit): what the engine saved as
+        #: confirmable in its data dir (`position.SavedPosition`).
+        self.confirm_limit: Lsn | None = None
+        #: Told each time the position to confirm moves (`ack`, a keepalive while caught
+        #: up), so that it is saved at once (`position.SavedPosition.want`).
+        self.on_confirmable: Callable[[Lsn], None] | None = None
         self._wal_end = Lsn(0)
         self._last_status = 0.0
         self._reply_due = False
@@ -346,6 +353,8 @@ class ReplicationStream:
         """
         if lsn > self._flushed_lsn:
             self._flushed_lsn = lsn
+            if self.on_confirmable is not None:
+                self.on_confirmable(lsn)
 
     def caught_up(self) -> None:
         """Record that everything read so far is durably applied (or needs nothing), no
@@ -358,6 +367,13 @@ class ReplicationStream:
         """
         self._caught_up = True
 
+    def _confirm_pending(self) -> bool:
+        """Whether more is to be confirmed than may be yet (`confirm_limit`): a reply asked
+        for then waits for the save (whose end sends it): answered with the older position,
+        a stopping walsender asked again at once, thousands of times."""
+        limit = self.confirm_limit
+        return limit is not None and self._flushed_lsn > limit
+
     async def send_status(self, reply: bool = False) -> None:
         """Send one standby status update now: write = flush = apply = the acked LSN.
 
@@ -366,6 +382,9 @@ class ReplicationStream:
         async with self._send_lock:
             pgconn = self._pgconn()
             lsn = self._flushed_lsn
+            limit = self.confirm_limit
+            if limit is not None and lsn > limit:
+                lsn = limit
             msg = _STATUS.pack(b"r", lsn, lsn, lsn, _pg_now_us(), 1 if reply else 0)
             try:
                 while pgconn.put_copy_data(msg) == 0:  # libpq's output buffer is full
@@ -443,7 +462,9 @@ class ReplicationStream:
             self._drain(pgconn, out, max_messages)
             now = _monotonic()
             interval = self.busy_status_interval if out else self.status_interval
-            if self._reply_due or now - self._last_status >= interval:
+            if (
+                self._reply_due and not self._confirm_pending()
+            ) or now - self._last_status >= interval:
                 await self.send_status()
                 now = _monotonic()
             if out:
@@ -524,6 +545,8 @@ class ReplicationStream:
                     # (`out` empty: no XLogData came before it that the caller has not seen)
                     if self._caught_up and not out and end > self._flushed_lsn:
                         self._flushed_lsn = end
+                        if self.on_confirmable is not None:
+                            self.on_confirmable(end)
                     if reply:
                         self._reply_due = True
                 else:

@@ -1,0 +1,103 @@
+"""The highest WAL position the engine may confirm to its slot, saved before it is confirmed.
+
+Postgres never sends again what a slot has confirmed. An engine started on a data dir older
+than what it confirmed (restored from a backup or a VM snapshot, or writes lost under
+`--no-fsync`) served its old shapes without the changes in between, to every client and
+every new one, for good. So the position is written to the data dir (and fsynced) before
+the stream may report it (`ReplicationStream.confirm_limit`), and at start a slot whose
+`confirmed_flush_lsn` is past the saved position means the data dir went back in time:
+every shape is retired (`Source._prepare`).
+
+One small file per source, rewritten in place (8 bytes: one sector, never torn); a save
+runs in a worker thread, one at a time, as soon as the stream has more to confirm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+from .wal import Lsn
+
+logger = logging.getLogger(__name__)
+
+FILE_NAME = "confirmable-lsn"
+_LSN = struct.Struct(">Q")
+
+
+def read_saved(path: Path) -> Lsn | None:
+    """The position saved at `path`, None when there is none (a new data dir, or one an
+    engine without this file wrote)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    if len(data) != _LSN.size:
+        return None
+    return Lsn(_LSN.unpack(data)[0])
+
+
+class SavedPosition:
+    """`saved`: what the stream may confirm; `want(lsn)` saves a later position."""
+
+    def __init__(
+        self, path: Path, fsync: bool, on_saved: Callable[[Lsn], None] | None = None
+    ) -> None:
+        self.path = path
+        self.fsync = fsync
+        self.saved = read_saved(path) or Lsn(0)
+        #: Called on the event loop once a new position is saved.
+        self.on_saved = on_saved
+        self._saving: asyncio.Future[None] | None = None
+        self._wanted = self.saved
+
+    def want(self, lsn: Lsn) -> None:
+        """Save `lsn` (if past what is saved) as soon as the save in flight, if any, is done."""
+        if lsn <= self._wanted:
+            return
+        self._wanted = lsn
+        if self._saving is None:
+            self._saving = asyncio.ensure_future(self._save())
+
+    def save_now(self, lsn: Lsn) -> None:
+        """Write `lsn` as the saved position at once (at start, nothing streaming yet)."""
+        self._write(lsn)
+        self.saved = self._wanted = lsn
+
+    async def _save(self) -> None:
+        try:
+            while self._wanted > self.saved:
+                lsn = self._wanted
+                try:
+                    await asyncio.to_thread(self._write, lsn)
+                except OSError as exc:  # (a full disk: the shape logs pause replication too)
+                    logger.warning("could not save the replication position: %s", exc)
+                    self._wanted = self.saved  # (tried again at the next `want`)
+                    return
+                self.saved = lsn
+                if self.on_saved is not None:
+                    self.on_saved(lsn)
+        finally:
+            self._saving = None
+
+    def _write(self, lsn: Lsn) -> None:
+        new = not self.path.exists()
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            os.pwrite(fd, _LSN.pack(lsn), 0)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if new and self.fsync:  # (the file's name, too, must survive a crash)
+            dfd = os.open(self.path.parent, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
