@@ -24,7 +24,12 @@ def engine_on_a_new_database(
         with psycopg.connect(db_url, autocommit=True) as conn:
             for statement in setup_sql:
                 conn.execute(statement)
-        engine = EngineProcess(db_url, data_dir, "--secret", secret, *args)
+        # (a stream id of its own: slot names are per cluster, and a test's own engine on
+        # another database of it, with the default id, took this engine's slot from under
+        # it: every shape it served was retired, a 409 at a client's own tip)
+        engine = EngineProcess(
+            db_url, data_dir, "--secret", secret, "--replication-stream-id", dbname, *args
+        )
         try:
             engine.start()
             yield engine
