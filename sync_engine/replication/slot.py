@@ -28,17 +28,32 @@ class SlotState(enum.StrEnum):
 
 
 async def slot_state(dsn: str, slot: str) -> SlotState:
-    """The slot's state; raises `psycopg.Error` when the database cannot be asked."""
+    """The slot's state; raises `psycopg.Error` when the database cannot be asked.
+
+    A slot of that name in another database of the cluster (slot names are per cluster:
+    another engine with the same `--replication-stream-id`) raises ValueError: it is not
+    this engine's to replace. Taken as missing or replaced, it was dropped from under the
+    other engine, whose walsender was terminated and whose shapes were all retired.
+    """
     async with await psycopg.AsyncConnection.connect(
         dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
     ) as conn:
         cur = await conn.execute(
-            "SELECT wal_status FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+            "SELECT wal_status, database, current_database()"
+            " FROM pg_replication_slots WHERE slot_name = %s",
+            (slot,),
         )
         row = await cur.fetchone()
     if row is None:
         return SlotState.MISSING
-    return SlotState.LOST if row[0] == "lost" else SlotState.OK
+    wal_status, database, current = row
+    if database != current:
+        raise ValueError(
+            f"replication slot {slot!r} belongs to database {database!r}, not {current!r}:"
+            " another engine uses this name on the same Postgres cluster; give each engine"
+            " its own --replication-stream-id (env SYNC_ENGINE_REPLICATION_STREAM_ID)"
+        )
+    return SlotState.LOST if wal_status == "lost" else SlotState.OK
 
 
 async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:
