@@ -227,8 +227,10 @@ class SharedStream:
         "_changed",
         "_datas",
         "_first",
+        "_first_change",
         "_history_bytes",
         "_keys",
+        "_log_end",
         "_parser",
         "body",
         "failure",
@@ -242,6 +244,7 @@ class SharedStream:
         "positions",
         "raw",
         "revoked",
+        "start_tx",
         "subscribers",
         "task",
     )
@@ -252,6 +255,13 @@ class SharedStream:
         self.positions = Positions()
         #: Every event after `floor` is remembered.
         self.floor: Key = spec.position
+        #: The transaction of the engine request's own offset (0: `0_inf`, before any).
+        self.start_tx = spec.position[0]
+        #: Opened before any transaction: the LSN of the first change it delivered, the log's
+        #: first transaction (see `can_join`).
+        self._first_change: int | None = None
+        #: The log's last entry when the engine opened it, if the log had any (`learn_head`).
+        self._log_end: Key | None = None
         self.handover = spec.handover
         self.head: Head | None = None
         self.body: bytes | None = None  # a non-200 answer, whole
@@ -290,11 +300,32 @@ class SharedStream:
         tx, op, _ = latest
         if tx > 0 and op < INF_OP:
             self.positions.transaction_ends(tx, op)
+        if tx > 0:
+            self._log_end = latest
 
     def can_join(self, position: Key) -> bool:
-        """Whether every event after `position` is remembered or still to come."""
+        """Whether every event after `position` is remembered or still to come, and
+        `position` is one the engine serves for this shape.
+
+        The engine answers a real offset below the shape's first transaction (one it never
+        handed out for this shape: an older generation's, after a rotation or a wiped data
+        dir) with a 409 must-refetch, never the log from there. A stream opened at a real
+        offset the engine accepted vouches for every position from there on; one opened
+        before any transaction (`0_inf`) only for positions from the first change it
+        delivered (the log's first transaction) on, or from the log's end when it opened
+        (the engine serves its tip and beyond). Any other goes to the engine (its own
+        catch-up stream, which hands over to this one if the engine serves it)."""
         canonical = self.positions.canonical
-        return canonical(position) >= canonical(self.floor)
+        key = canonical(position)
+        if key < canonical(self.floor):
+            return False
+        tx = position[0]
+        if tx > 0 and self.start_tx == 0:
+            first, end = self._first_change, self._log_end
+            return (first is not None and tx >= first) or (
+                end is not None and key >= canonical(end)
+            )
+        return True
 
     def _last_key(self) -> Key:
         return self._keys[-1] if len(self._keys) > self._first else self.floor
@@ -346,6 +377,12 @@ class SharedStream:
             events, comments = self._parser.feed(piece)
         if not events and not comments:
             return
+        if self._first_change is None and self.start_tx == 0:
+            for event in events:
+                tx, op, n = event.key
+                if tx > 0 and op < INF_OP and n == 0:  # (a change: up-to-dates are INF_OP)
+                    self._first_change = tx
+                    break
         for event in events:
             self._keys.append(event.key)
             self._datas.append(event.data)

@@ -48,6 +48,9 @@ KEEPALIVE = b": keep-alive\n\n"
 #: Bytes of events written at once: each write waits for the transport to drain, so a reader
 #: that stops holds about this much in the engine's buffer (more only for a bigger event).
 PIECE = 64 * 1024
+#: Bytes of the log an SSE stream reads at once (`ShapeLog.read_after`'s `max_bytes`): what
+#: a reader that stops holds besides its piece, where a whole log chunk (10 MB) it was.
+READ_BYTES = 256 * 1024
 #: The kernel send buffer of an SSE stream's socket (else autotuned up to megabytes of
 #: kernel memory per reader that stops), as the proxy bounds its own clients'.
 SEND_BUFFER = 256 * 1024
@@ -210,11 +213,11 @@ _Read = tuple[list[bytes], "LogOffset", bool]
 
 
 def _read(shape: Shape, offset: LogOffset) -> _Read:
-    """The entries after `offset` to the end of their log chunk (about `chunk_bytes`: a
-    transaction may span many), the offset they end at, and whether it ends a transaction:
+    """The entries after `offset`, about `READ_BYTES` of them (to the end of their log chunk
+    at most), the offset they end at, and whether it ends a transaction:
     its last entry says so (`"last": true`), or it is the log's end (published transactions
     are whole)."""
-    entries, end = shape.log.read_after(offset)
+    entries, end = shape.log.read_after(offset, max_bytes=READ_BYTES)
     if not entries:
         return entries, end, True
     if end == shape.log.latest_offset:

@@ -787,14 +787,17 @@ class ShapeLog:
     # -- transactions: reading ------------------------------------------------------------
 
     def read_after(
-        self, offset: LogOffset, *, whole_transactions: bool = False
+        self, offset: LogOffset, *, whole_transactions: bool = False, max_bytes: int = 0
     ) -> tuple[list[bytes], LogOffset]:
         """Published entries after `offset`, up to the end of its chunk.
 
         Returns the entries and the offset the response ends at, which may be inside a
         transaction (a big one spans chunks) unless `whole_transactions` (SSE, whose
         client resumes from `<lsn>_0`) asks to read on to the transaction's end.
-        Raises `LogDamaged` (a 409) if the bytes fail their check.
+        `max_bytes` (0: no bound) stops the read after the record that takes it past that
+        many bytes of the file (one record at least), and the offset is that record's last
+        entry's: a reader that cannot keep up (an SSE stream) holds that much of the log,
+        not the rest of a chunk. Raises `LogDamaged` (a 409) if the bytes fail their check.
         """
         after = _after_key(offset)
         lasts = self._chunk_lasts
@@ -805,16 +808,28 @@ class ShapeLog:
         while True:
             chunk = self._chunks[ci]
             ri = bisect.bisect_right(chunk.lasts, after)
+            if max_bytes:
+                starts = chunk.starts
+                rj = max(ri + 1, bisect.bisect_left(starts, starts[ri] + max_bytes, ri))
+                # (never right after an op-0 entry: `<lsn>_0` names its transaction's end)
+                while rj < len(starts) and not chunk.lasts[rj - 1] & 0xFFFFFFFF:
+                    rj += 1
+                if rj < len(starts):  # (else the rest of the chunk is within the bound)
+                    self._read_records(chunk, ri, after, out, starts[rj])
+                    return out, _offset(chunk.lasts[rj - 1])
             ends_tx = self._read_records(chunk, ri, after, out)
             ci += 1
             if not whole_transactions or ends_tx or ci >= len(self._chunks):
                 return out, chunk.last_offset
 
-    def _read_records(self, chunk: _Chunk, first: int, after: int, out: list[bytes]) -> bool:
-        """Append the entries after key `after` of records `first`.. of `chunk` to `out`;
-        returns whether the last record ends its transaction."""
+    def _read_records(
+        self, chunk: _Chunk, first: int, after: int, out: list[bytes], stop: int = 0
+    ) -> bool:
+        """Append the entries after key `after` of records `first`.. of `chunk` (up to the
+        record starting at byte `stop`, when given) to `out`; returns whether the last
+        record ends its transaction."""
         start = chunk.starts[first]
-        size = chunk.size - start
+        size = (stop or chunk.size) - start
         try:
             with open(chunk.path, "rb") as f:
                 f.seek(start)

@@ -110,6 +110,23 @@ def _engine_after(change: tuple[int, int], offset: str) -> bool:
     return change > (tx, int(op_text))
 
 
+async def test_an_offset_below_the_logs_first_transaction_is_left_to_the_engine() -> None:
+    """The engine answers a real offset below a shape's first transaction (one it never handed
+    out for this shape: an older generation's) with a 409 must-refetch (faults2's 6db23da).
+    A stream opened before any transaction (`0_inf`) must not serve one from its history:
+    it vouches only from the first change it delivered, or from the log's end at its open."""
+    stream = _stream("0_inf")
+    assert not stream.can_join(_key("50_0"))  # nothing delivered yet: the engine judges
+    stream.feed(_batch(100, 0, 1))
+    assert not stream.can_join(_key("50_0")) and not stream.can_join(_key("99_3"))
+    assert stream.can_join(_key("100_0")) and stream.can_join(_key("100_1"))
+    assert stream.can_join(_key("0_inf")) and stream.can_join(_key("200_0"))
+    opened = _stream("0_inf")
+    opened.learn_head(_log_end_head("100_1"))  # (the log had txn 100 when it opened)
+    assert opened.can_join(_key("100_0")) and opened.can_join(_key("300_0"))
+    assert not opened.can_join(_key("50_0")) and not opened.can_join(_key("99_3"))
+
+
 async def test_every_client_gets_exactly_the_changes_after_its_offset_whatever_the_timing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -130,6 +147,9 @@ async def test_every_client_gets_exactly_the_changes_after_its_offset_whatever_t
             for lsn, n in log
             for spelling in ["0", "inf", *(str(2 * i) for i in range(n))]
         ]
+        # Real offsets below the log's first transaction (txn 100): never handed out for
+        # this shape, the engine's 409; no stream may let one join.
+        unissued = ["5_0", "50_inf", "99_3"]
         start = rng.choice(offsets[: len(offsets) // 2])
         stream = _stream(start)
         # The log's end when the stream opened (its last entry), as the engine says.
@@ -152,10 +172,11 @@ async def test_every_client_gets_exactly_the_changes_after_its_offset_whatever_t
         clients: list[tuple[str, _Transport]] = []
         for piece in [*pieces, b""]:
             for _ in range(rng.randint(0, 2)):
-                offset = rng.choice(offsets)
+                offset = rng.choice(offsets + unissued)
                 wanted = [c for c in changes if _engine_after(c, offset)]
                 if not stream.can_join(offset_key(offset) or (0, 0, 0)):
                     continue  # (the engine serves it: behind, or not known not to be)
+                assert offset not in unissued, (start, offset)
                 assert set(wanted) <= set(sent), (start, offset)  # it would miss some
                 transport = _Transport()
                 position = offset_key(offset)

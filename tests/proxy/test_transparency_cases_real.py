@@ -136,7 +136,9 @@ def _direct(engine: EngineProcess, secret: str, target: str) -> str:
 Case = tuple[str, str, dict[str, str], bytes | None]
 
 
-def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> list[Case]:
+def _cases(
+    handle: str, offset: str, etag: str, catch_up_etag: str = '"x"', now_etag: str = '"x"'
+) -> list[Case]:
     shape = f"/v1/shape?table=items&handle={handle}"
     catch_up = f"{shape}&offset=0_0"
     long_where = "id%20IN%20(" + ",".join(str(i) for i in range(1500)) + ")"
@@ -215,6 +217,11 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
         ("GET", f"{shape}&offset=now&live=true&cursor=5", {}, None),
         ("GET", "/v1/shape?table=items&offset=now&handle=nosuch", {}, None),
         ("GET", "/v1/shape?table=items&offset=now&live=true", {}, None),
+        # `now` revalidated (the engine's ETag `H:now:<offset>`: a 304 while the tip stays)
+        ("GET", "/v1/shape?table=items&offset=now", {"If-None-Match": now_etag}, None),
+        ("HEAD", "/v1/shape?table=items&offset=now", {"If-None-Match": now_etag}, None),
+        ("GET", f"{shape}&offset=now", {"If-None-Match": now_etag}, None),
+        ("GET", "/v1/shape?table=items&offset=now", {"If-None-Match": f"W/{now_etag}"}, None),
         # revalidating a catch-up (a browser's cache, a CDN): 304 with the engine's headers
         ("GET", catch_up, {"If-None-Match": catch_up_etag}, None),
         ("HEAD", catch_up, {"If-None-Match": catch_up_etag}, None),
@@ -324,6 +331,20 @@ def _cases(handle: str, offset: str, etag: str, catch_up_etag: str = '"x"') -> l
     ]
 
 
+async def _until_in_log(
+    session: aiohttp.ClientSession, base: str, handle: str, query: str = "table=items"
+) -> None:
+    """Wait until the shape `handle` (of `query`) has a transaction in its log."""
+    target = f"{base}/v1/shape?{query}&handle={handle}&offset=0_inf"
+
+    async def in_log() -> bool:
+        status, _, raw = await _send(session, "GET", target, {}, None)
+        assert status == 200, raw
+        return any("key" in m for m in json.loads(raw))
+
+    await wait_until_async(in_log, timeout=30, message="the write in the shape's log")
+
+
 #: Hand-picked cases compared at once: fewer than the engine's 32 initial syncs at a time.
 _AT_ONCE = 12
 
@@ -362,7 +383,12 @@ async def test_hand_picked_requests_are_answered_as_the_engine_answers(
 
         # Cases side by side (most of the time was live ones waiting out the engine's hold,
         # one after another); nothing in them writes, and the DELETE goes last, alone.
-        cases = _cases(handle, offset, etag, catch_up_etag)
+        status, headers, _ = await _send(
+            session, "GET", _direct(engine, engine_secret, "/v1/shape?table=items&offset=now"),
+            {}, None,
+        )  # fmt: skip
+        assert status == 200
+        cases = _cases(handle, offset, etag, catch_up_etag, headers["etag"])
         await asyncio.gather(*(compare(*case) for case in cases if case[0] != "DELETE"))
         for case in cases:
             if case[0] == "DELETE":
@@ -759,3 +785,61 @@ async def test_odd_framings_are_answered_alike(
     ]  # fmt: skip
     assert answers[1] == answers[0]
     assert answers[0]
+
+
+async def test_an_offset_a_shape_never_handed_out_is_the_engines_to_judge_over_sse(
+    own_engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """An SSE client at a real offset below the shape's first transaction (`1_0`: never
+    handed out for this shape; Electric's client 1.5.28 sends one after a requestSnapshot
+    409), while the shape's shared stream, opened at its empty log's tip, has that
+    transaction: straight and through the proxy, the same answer (the engine's 409
+    must-refetch, faults2's 6db23da), never the stream's changes from there. Also the other
+    modes at such offsets, and `offset=now` asked through the proxy before the
+    write (kept by its cache) then after it, plain and with the old ETag (c8f8092)."""
+    engine = own_engine  # (its own: on the shared one, after the others, its shape was once
+    # rotated under it, a 409 at its own tip: not understood, see the report of 12-05)
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    query = "table=items&where=id%3C%3E-7"  # (a shape of this test's own: its log is empty)
+    async with aiohttp.ClientSession() as session:
+        handle, offset = await _to_the_tip(session, lambda t: base + t, query)
+        shape = f"/v1/shape?{query}&handle={handle}"
+        before = await parked_requests(engine.url, engine_secret)
+        first = asyncio.ensure_future(
+            _send(
+                session, "GET", f"{base}{shape}&offset={offset}&live=true&live_sse=true", {}, None
+            )
+        )
+
+        async def parked() -> bool:
+            return await parked_requests(engine.url, engine_secret) >= before + 1
+
+        await wait_until_async(parked, timeout=20, message="the shared stream in the engine")
+        # (`now` before the write, through the proxy: its answer may be kept, and must be
+        # revalidated once the tip moved)
+        now = f"/v1/shape?{query}&offset=now"
+        status, headers, _ = await _send(session, "GET", base + now, {}, None)
+        assert status == 200
+        now_etag = headers["etag"]
+        with psycopg.connect(engine.db_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (70, 'org-a', 'seventy', 70)")
+        await _until_in_log(session, base, handle, query)
+        differences = []
+        for method, target, req_headers in [
+            ("GET", f"{shape}&offset=1_0&live=true&live_sse=true", {}),  # (the shared stream's)
+            ("GET", f"{shape}&offset=1_0", {}),
+            ("HEAD", f"{shape}&offset=1_0", {}),
+            ("GET", f"{shape}&offset=1_inf", {}),
+            ("GET", now, {}),
+            ("GET", now, {"If-None-Match": now_etag}),
+        ]:
+            answers = []
+            for url in (_direct(engine, engine_secret, target), base + target):
+                status, headers, raw = await _send(session, method, url, req_headers, None)
+                if headers.get("content-type", "").startswith("text/event-stream"):
+                    raw = _sse_rows(raw)
+                answers.append(_comparable(status, headers, raw, method))
+            if answers[1] != answers[0]:
+                differences.append((method, target, *answers))
+        await first
+    assert differences == []
