@@ -356,7 +356,14 @@ class EngineProcess(Process):
 
 
 #: Per-principal limits raised out of the way (a load generator is one principal).
-UNLIMITED = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
+#: Per-principal limits lifted: the load generator is one principal holding up to 20,000 live
+#: requests (`max_held` counts held long-polls and SSE streams, joiners included).
+UNLIMITED = {
+    "max_concurrent": 1_000_000,
+    "rate": 1e9,
+    "burst": 1_000_000_000,
+    "max_held": 1_000_000,
+}
 
 
 class ProxyProcess(Process):

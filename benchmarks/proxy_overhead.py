@@ -47,11 +47,9 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _common import Postgres, machine  # noqa: E402
+from _common import UNLIMITED, Postgres, machine  # noqa: E402
 
 from proxy.config.loader import build_config  # noqa: E402
-
-UNLIMITED = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
 from proxy.http.params import parse_shape_query  # noqa: E402
 from proxy.policy.evaluate import evaluate  # noqa: E402
 from proxy.upstream.url import build_upstream_url  # noqa: E402

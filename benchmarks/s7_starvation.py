@@ -58,7 +58,12 @@ ABUSERS = 1000
 UNLIMITED_CAP = 10.0
 #: Victim syncs in the no-limits arm (each may take the whole cap).
 UNLIMITED_SYNCS = 2
-NO_LIMITS = {"max_concurrent": 1_000_000, "rate": 1e9, "burst": 1_000_000_000}
+NO_LIMITS = {
+    "max_concurrent": 1_000_000,
+    "rate": 1e9,
+    "burst": 1_000_000_000,
+    "max_held": 1_000_000,
+}
 #: The defaults a proxy gets without a `limits:` section.
 SHIPPED_LIMITS = LimitsConfig().model_dump()
 #: The victim stays within its own limits: an initial sync of this shape is two engine

@@ -103,7 +103,7 @@ class Where:
         if self._conjuncts is None:
             return True
         failing = False
-        for conjunct, negated, unsure in self._conjuncts:
+        for conjunct, negated, unsure, arms in self._conjuncts:
             try:
                 value = conjunct(row, {})
             except UnrepresentableValue:
@@ -111,6 +111,8 @@ class Where:
             except Exception:
                 if unsure:  # (Postgres may evaluate another conjunct instead)
                     return True
+                if arms is not None and not any(_arm_admits(arm, row) for arm in arms):
+                    return True  # (a bitmap OR of index scans never reads this row)
                 failing = True
                 continue
             if negated and isinstance(value, bool):
@@ -263,8 +265,27 @@ def _check(compiler: Compiler, expr: Expr) -> Expr:
 
 
 #: A conjunct Postgres's planner makes of the clause: a compiled node's value, negated or
-#: not, and whether its equivalence class may replace it (`_equivalence_classes`).
-Conjunct = tuple[Eval, bool, bool]
+#: not, whether its equivalence class may replace it (`_equivalence_classes`), and for an
+#: OR each of whose arms has a possible index condition, those conditions (`_index_arms`).
+IndexArm = tuple[tuple[Eval, bool], ...]
+Conjunct = tuple[Eval, bool, bool, tuple[IndexArm, ...] | None]
+
+
+def _arm_admits(arm: IndexArm, row: Mapping[str, str | None]) -> bool:
+    """Whether an index scan for this arm's conditions may return `row` (each true, or
+    failing: then the engine cannot tell)."""
+    for fn, negated in arm:
+        try:
+            value = fn(row, {})
+        except UnrepresentableValue:
+            raise
+        except Exception:  # noqa: S112  (failing: the scan may return it)
+            continue
+        if negated and isinstance(value, bool):
+            value = not value
+        if value is not True:
+            return False
+    return True
 
 
 def _top_conjuncts(keys: _Keys, expr: Expr) -> list[tuple[Expr, bool]]:
@@ -632,6 +653,38 @@ def _implied_by_index(keys: _Keys, found: list[tuple[Expr, bool]]) -> set[int]:
     return dropped
 
 
+def _index_arms(keys: _Keys, e: Expr, negated: bool) -> tuple[IndexArm, ...] | None:
+    """For a top-level OR each of whose arms has conjuncts that may be index conditions
+    (`column op literal`): those, per arm. Postgres may scan such an OR as a bitmap OR of
+    index scans, one per arm, and evaluate the OR only on the rows they return: a row none
+    of them returns is never read, and a part of the OR that fails on it fails nothing
+    (seed 9573 of the long fuzz: `(tz IS NULL AND -1 = id) OR (f4 * 3 ... AND -65535 = id)`
+    read no row). Whether it does is the planner's choice: the engine then claims no
+    failure. None: not such an OR."""
+    if e.bool_op != ("and" if negated else "or"):
+        return None
+    columns = keys.compiler.columns
+    arms: list[IndexArm] = []
+    for arm in e.parts:
+        parts = arm.parts if arm.bool_op == ("or" if negated else "and") else (arm,)
+        conditions = []
+        for p in parts:
+            k = keys.get(p)
+            if k is not None and negated:
+                k = _negated_key(k)
+            if k is None or k[0] != "op" or k[1] not in _INDEX_OPS:
+                continue
+            left, right = str(k[2]), str(k[3])
+            if (left in columns and right in keys.literals) or (
+                right in columns and left in keys.literals
+            ):
+                conditions.append((p.fn, negated))
+        if not conditions:
+            return None
+        arms.append(tuple(conditions))
+    return tuple(arms)
+
+
 def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
     keys = _Keys(compiler)
     expr = _qual(keys, expr)
@@ -641,7 +694,10 @@ def _where(compiler: Compiler, expr: Expr, text: str) -> Where:
         unsure |= _implied_by_index(keys, found)
     conjuncts = None
     if unsure is not None:
-        conjuncts = tuple((e.fn, negated, i in unsure) for i, (e, negated) in enumerate(found))
+        conjuncts = tuple(
+            (e.fn, negated, i in unsure, _index_arms(keys, e, negated))
+            for i, (e, negated) in enumerate(found)
+        )
     fn = expr.fn
     if expr.is_const:
         value = expr.value
