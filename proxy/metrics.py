@@ -13,8 +13,10 @@ Rare events (JWKS fetches, config reloads) keep the stock `Counter`.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 from bisect import bisect_left
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
@@ -25,6 +27,51 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+
+#: Headers a forwarding proxy adds: a request carrying one came from elsewhere, whatever
+#: address it arrived from (a reverse proxy on the same host connects from loopback).
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "Via")
+
+
+def metrics_refusal(
+    remote: str | None, headers: Mapping[str, str], token: str | None
+) -> tuple[str, str] | None:
+    """Why this request may not read `/metrics` (reason, message), or None if it may.
+
+    The counters show when and how many users are live and write: on the public port they
+    would be a signal of every user's activity (the engine keeps its own `/metrics` behind
+    its secret for that reason). With `metrics.token_env` set, `Authorization: Bearer <that
+    token>` is required from anyone (what Prometheus sends with `authorization:
+    credentials_file`). Without it, only a client on a loopback address, not through a
+    forwarding proxy, may read it: a scraper on the same host, tests, `curl localhost`.
+    """
+    if token is not None:
+        given = headers.get("Authorization", "")
+        scheme, _, value = given.strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode("utf-8", "surrogateescape"), token.encode()
+        ):
+            return None
+        return "metrics_token", "/metrics requires the metrics token (Authorization: Bearer)"
+    if _is_loopback(remote) and not any(name in headers for name in FORWARDING_HEADERS):
+        return None
+    return (
+        "metrics_not_local",
+        "/metrics answers local clients only unless a metrics token is configured",
+    )
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if remote is None:
+        return False
+    try:
+        address = ipaddress.ip_address(remote.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120)
 FIRST_BYTE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 20, 60)

@@ -64,6 +64,10 @@ def parse_yaml(raw: bytes | str) -> Any:
     return yaml.load(raw, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
 
 
+#: A `/metrics` token shorter than this is refused at load (a guessable token is no gate).
+METRICS_TOKEN_MIN_BYTES = 16
+
+
 class ConfigError(Exception):
     """The configuration file is unusable; the message says where and why."""
 
@@ -77,6 +81,7 @@ class LoadedConfig:
     upstream_secret: SecretStr | None
     static_keys: Mapping[str, tuple[tuple[str | None, Any], ...]] = field(default_factory=dict)
     source: str = "<memory>"
+    metrics_token: SecretStr | None = None
 
 
 def _format_validation(error: ValidationError) -> str:
@@ -132,6 +137,14 @@ def build_config(
         secret = None
         if config.upstream.secret_env is not None:
             secret = SecretStr(_env(environ, config.upstream.secret_env, "upstream.secret_env"))
+        metrics_token = None
+        if config.metrics.token_env is not None:
+            metrics_token = SecretStr(_env(environ, config.metrics.token_env, "metrics.token_env"))
+            if len(metrics_token.get_secret_value().encode()) < METRICS_TOKEN_MIN_BYTES:
+                raise ConfigError(
+                    f"metrics.token_env: the token in {config.metrics.token_env} must be at "
+                    f"least {METRICS_TOKEN_MIN_BYTES} bytes"
+                )
         keys = {
             issuer.issuer: tuple(
                 (key.kid, _static_key(key, issuer, environ, f"issuers.{i}.keys.{j}"))
@@ -142,7 +155,12 @@ def build_config(
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return LoadedConfig(
-        config=config, policy=policy, upstream_secret=secret, static_keys=keys, source=source
+        config=config,
+        policy=policy,
+        upstream_secret=secret,
+        static_keys=keys,
+        source=source,
+        metrics_token=metrics_token,
     )
 
 

@@ -196,6 +196,19 @@ class ServerConfig(_Model):
     token_cache_ttl: float = Field(default=300, gt=0)
 
 
+class MetricsConfig(_Model):
+    """Who may read `GET /metrics`: its counters show when and how many users are live and
+    write, so the public port does not hand them to anyone (the engine's `/metrics` is behind
+    its secret for the same reason)."""
+
+    token_env: EnvName | None = Field(
+        default=None,
+        description="bearer token /metrics requires (`Authorization: Bearer <token>`), from "
+        "this env var; unset: only clients on a loopback address, not through a forwarding "
+        "proxy, may read it",
+    )
+
+
 class CorsConfig(_Model):
     """Cross-origin access: an exact allowlist of origins ("*" echoes any origin)."""
 
@@ -345,6 +358,7 @@ class ProxyConfig(_Model):
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="per-principal limits (proxy.limits.config)"
     )
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("shapes")
     @classmethod

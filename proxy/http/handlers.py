@@ -31,6 +31,7 @@ from proxy.errors import (
     EngineRefusal,
     MethodNotAllowed,
     ProxyError,
+    Unauthenticated,
     UnsupportedMediaType,
 )
 from proxy.http.errors import error_response
@@ -52,7 +53,7 @@ from proxy.http.wire import (
 from proxy.limits.admission import Admission
 from proxy.limits.config import resolve
 from proxy.limits.upstream import check_fits, clean_error_response, fits
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, metrics_refusal
 from proxy.policy.evaluate import (
     Claims,
     delete_by_handle_shared,
@@ -621,6 +622,13 @@ async def healthz(request: Request) -> StreamResponse:
 
 
 async def metrics(request: Request) -> StreamResponse:
+    """Prometheus text, for whom `metrics_refusal` lets read it (config `metrics:`)."""
+    token = _app(request).holder.current.loaded.metrics_token
+    refusal = metrics_refusal(
+        request.remote, request.headers, None if token is None else token.get_secret_value()
+    )
+    if refusal is not None:
+        raise Unauthenticated(*refusal)
     request.context.outcome = "metrics"
     payload = generate_latest(_app(request).metrics.registry)
     return Response(
