@@ -41,6 +41,12 @@ _AUTH_FIX = (
     "check the user and password in the database URL and pg_hba.conf; the role needs the"
     " REPLICATION attribute (ALTER ROLE ... REPLICATION)"
 )
+#: A slot of this engine's name in another database of the cluster (another engine with
+#: the same stream id): SQLSTATE 55000 as a wrong wal_level is, with another fix.
+_SLOT_ELSEWHERE_FIX = (
+    "another engine uses this slot name on another database of the same Postgres cluster:"
+    " give each engine its own --replication-stream-id (env SYNC_ENGINE_REPLICATION_STREAM_ID)"
+)
 _PERMANENT_STATES = {
     "28000": _AUTH_FIX,
     "28P01": _AUTH_FIX,
@@ -78,6 +84,8 @@ def describe_failure(exc: BaseException) -> Failure:
     for prefix in ("connection failed: ", "connection is bad: "):
         text = text.replace(prefix, "")
     sqlstate = getattr(cause, "sqlstate", None)
+    if "was not created in this database" in text:  # (55000 too: not a wal_level matter)
+        return Failure(text, True, _SLOT_ELSEWHERE_FIX)
     if sqlstate in _PERMANENT_STATES:
         return Failure(text, True, _PERMANENT_STATES[sqlstate])
     if isinstance(cause, (RuntimeError, ValueError)) and not isinstance(cause, psycopg.Error):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+
 from sync_engine.replication.failures import (
     FIRST_DELAY,
     MAX_DELAY,
@@ -9,6 +11,7 @@ from sync_engine.replication.failures import (
     STABLE_AFTER,
     Failure,
     Retries,
+    describe_failure,
 )
 
 LOST = Failure("server closed the connection", permanent=False)
@@ -58,3 +61,14 @@ def test_a_permanent_failure_retries_slowly_and_is_reported_once_per_reason() ->
     other = Failure("permission denied", permanent=True)
     assert retries.failed(other, now=60.0, started_at=None).report is True
     assert retries.failed(LOST, now=90.0, started_at=None).report is True
+
+
+def test_a_slot_of_another_database_says_to_give_each_engine_its_own_stream_id() -> None:
+    """Postgres's 55000 for a slot made in another database (another engine with the same
+    stream id) was told as "set wal_level = logical": a fix that fixes nothing."""
+    exc = psycopg.errors.ObjectNotInPrerequisiteState(
+        'replication slot "shapegate_slot_default" was not created in this database'
+    )
+    failure = describe_failure(exc)
+    assert failure.permanent
+    assert "--replication-stream-id" in failure.fix and "wal_level" not in failure.fix
