@@ -79,24 +79,6 @@ CLOSE_GRACE = 2.0
 CLOSE_WAIT = 15.0
 
 
-class StaleDescription(ServiceUnavailable):
-    """The table a new shape was described from has changed since (`Tables.publish`): the
-    request describes it again (`http/shape.py` does, once), else a 503 to retry at once."""
-
-    def __init__(self, table: TableInfo, reason: str) -> None:
-        super().__init__(
-            f'table "{table.schema}"."{table.name}" changed while a shape of it was being made'
-            f" ({reason}): retry",
-            retry_after=1,
-            code="table_changed",
-        )
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 def not_answering() -> ServiceUnavailable:
     """The 503 for a database that does not answer (stopped, or behind a partition)."""
     return ServiceUnavailable(
@@ -129,9 +111,6 @@ class Tables:
         self._conn: AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         self._cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
-        # Catalog reads of a table for a new shape, in progress: (when begun, the read).
-        self._fresh_reads: dict[tuple[str, str], tuple[float, asyncio.Future[TableInfo | None]]]
-        self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
         self._checks: dict[int, asyncio.Future[bool]] = {}
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
@@ -368,40 +347,6 @@ class Tables:
 
         return await single_flight(self._lookups, key, load)
 
-    async def _read_since(self, schema: str, name: str, asked: float) -> TableInfo | None:
-        """The table `schema.name` as a catalog read begun at or after `asked` (monotonic)
-        found it, or None. Joins such a read in progress (or takes its cached result);
-        after one begun earlier, begins one: every caller waiting meanwhile shares it, so
-        a storm of callers makes about one read per read's duration."""
-        key = (schema, name)
-        while True:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] >= asked:
-                return hit[1]
-            running = self._fresh_reads.get(key)
-            if running is None:
-                break
-            started, read = running
-            if started >= asked:
-                return await asyncio.shield(read)
-            await asyncio.wait([read])  # (begun too early: wait for it, then look again)
-        started = time.monotonic()
-
-        async def load() -> TableInfo | None:
-            table = await self.on_catalog(lambda conn: load_table(conn, schema, name))
-            if table is not None:
-                self._cache[key] = (started, table)
-            return table
-
-        read = asyncio.ensure_future(load())
-        read.add_done_callback(_retrieve)  # (its error is seen even if no one awaits it)
-        self._fresh_reads[key] = (started, read)
-        try:
-            return await asyncio.shield(read)
-        finally:
-            if self._fresh_reads.get(key) == (started, read):
-                del self._fresh_reads[key]
-
     async def still_there(self, table: TableInfo) -> bool:
         """Whether a shape's table is still there under its name, for a client starting at -1.
 
@@ -454,20 +399,7 @@ class Tables:
 
         A table just added waits for the transactions that were running before, whose
         changes the slot would not send (`wait_for_older_transactions`).
-
-        Called once for each new shape, which must not be made from a description older
-        than its request: `lookup` trusts one for `LOOKUP_TTL` (2 s), and a table changed
-        meanwhile without a row change (`ALTER TABLE ... ADD PRIMARY KEY (code)`) gave a
-        shape keyed by the old primary key until the periodic check retired it. So the
-        table is read again here, by a read begun after this call (a storm of new shapes
-        shares one: `_read_since`); raises `StaleDescription` if it changed.
         """
-        current = await self._read_since(table.schema, table.name, time.monotonic())
-        reason = _drift(table, current)
-        if reason is not None:
-            if current is None:  # (else the read replaced the cached description)
-                self._cache.pop((table.schema, table.name), None)
-            raise StaleDescription(table, reason)
         if table.oid in self._published:
             if table.replica_identity != "f" and table.kind == "r":
                 await self._restore_identity(table)
