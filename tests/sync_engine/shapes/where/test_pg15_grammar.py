@@ -42,7 +42,8 @@ NEWER_NUMBERS = [
     "(ARRAY[1, 2])[0x1] = 1",
 ]
 
-#: Other syntax and functions of Postgres 16 and 17, and literals whose reading changed.
+#: Other syntax and functions of Postgres 16 and 17, and literals whose reading changed
+#: (Postgres 16 reads '+infinity' as a date or timestamp, Postgres 15 refuses it).
 OTHERS = [
     "js IS JSON",
     "t IS JSON OBJECT WITH UNIQUE KEYS",
@@ -61,6 +62,9 @@ OTHERS = [
     "array_shuffle(ARRAY[1]) IS NOT NULL",
     "date_add(ts, '1 day') IS NOT NULL",
     "'infinity'::interval IS NOT NULL",
+    "ts < '+infinity'",  # (Postgres 16 reads '+infinity' as infinity)
+    "'{+infinity}'::date[] IS NOT NULL",
+    "ts < 'infinity'",
     "'0x10'::int8 = i8",
     "'1_000'::numeric = i8",
     "'0x10'::float8 = 16",
