@@ -396,7 +396,7 @@ class _ShapeResponse(web.Response):
         try:
             await super().write_eof(data)
         finally:
-            self._shape.sending -= 1
+            self._shape.sent()
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:
