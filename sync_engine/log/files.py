@@ -150,22 +150,26 @@ def _identity(fd: int) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-#: Bytes `_file_crc` reads at a time.
-CRC_PIECE = 1 << 20
+#: Bytes `_file_crc` reads at a time, into one buffer: 1 MiB pieces, each a new bytes
+#: object above glibc's mmap threshold (fresh pages faulted in per piece), made the check
+#: twice as costly (perf: 2.19 -> 1.01 ms per 10 MiB chunk, ~30% of a warm sync's CPU).
+CRC_PIECE = 256 << 10
 
 
 def _file_crc(fd: int, size: int) -> int | None:
     """crc32 of the first `size` bytes of the file `fd`, read a piece at a time (no copy of
     a whole chunk in memory; not a mapping, whose pages past a concurrent truncation would
-    kill the process with SIGBUS); None when the file is shorter."""
+    kill the process with SIGBUS); None when the file is shorter. (A buffer per call: the
+    checks run in worker threads.)"""
     crc = 0
     done = 0
+    view = memoryview(bytearray(min(CRC_PIECE, size)))
     while done < size:
-        piece = os.pread(fd, min(CRC_PIECE, size - done), done)
-        if not piece:
+        n = os.preadv(fd, [view[: min(CRC_PIECE, size - done)]], done)
+        if not n:
             return None
-        crc = crc32(piece, crc)
-        done += len(piece)
+        crc = crc32(view[:n], crc)
+        done += n
     return crc
 
 
