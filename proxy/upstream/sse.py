@@ -26,9 +26,16 @@ after `p`, then every event as it arrives, so it neither misses nor repeats a ch
 - an engine answer the fan-out cannot read as events (not `text/event-stream`, or with a
   `content-encoding`) is shared only by requests identical to the first, offset included,
   each getting every byte of it from the start; any other goes to the engine on its own;
-- a client that reads too slowly (more than `LAG_LIMIT` unsent bytes besides the latest
-  write, and besides its catch-up until it has read that) is cut off: it reconnects from
-  its last up-to-date, as the real client does, and catches up as above.
+- a client that reads more slowly than the stream comes (more than `LAG_LIMIT` unsent
+  bytes besides the latest write, and besides its catch-up until it has read that) leaves
+  it, without a break in its response: it goes on, on a stream of its own (`paced`), read
+  from the engine only as fast as the client takes it, from its last up-to-date, each event
+  up to the last one it was written held back. It was cut off, and resumed from its last
+  up-to-date: a reader slower than loopback, behind a transaction of more than ~0.5 MB,
+  was cut inside it every time and never got past it. Once its own stream has delivered
+  an up-to-date that the shape's stream can take on from, it ends (as a catch-up stream
+  does) and the client goes on there, or reconnects. A client that takes nothing for
+  `SEND_TIMEOUT` is dropped, as the engine drops it.
 
 The stream lives as long as the engine's (the engine ends it after its SSE timeout, or when
 the shape rotates); then every client's stream ends cleanly and each reconnects, usually all
@@ -51,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import itertools
 import logging
 import random
 import socket
@@ -62,7 +70,7 @@ from enum import Enum
 from yarl import URL
 
 from proxy.errors import ProxyError
-from proxy.http.wire import Request, StreamResponse
+from proxy.http.wire import Request, StreamResponse, Writer
 from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
 from proxy.upstream.headers import Head
@@ -145,14 +153,15 @@ class StreamSpec:
     cursor: int
     #: A catch-up stream's: the key of the stream its clients go on to once caught up.
     handover: tuple[object, ...] | None = None
+    #: Where the engine request starts (`offset`'s position) when the client is past it,
+    #: inside a transaction (it had part of it): the events up to `position` are held back.
+    start: Key | None = None
+    #: One client's own stream, read as fast as it takes it (it fell behind the shared one).
+    paced: bool = False
 
-
-def key_offset(key: Key) -> str | None:
-    """The `offset` that names position `key` (None for a key between positions)."""
-    tx, op, n = key
-    if n != 0 or tx <= 0:
-        return None
-    return f"{tx}_0" if op == INF_OP else f"{tx}_{op}"
+    @property
+    def start_key(self) -> Key:
+        return self.start if self.start is not None else self.position
 
 
 def behind(spec: StreamSpec) -> StreamSpec:
@@ -191,18 +200,38 @@ def stream_spec(
 class _Subscriber:
     """One client attached to a stream: its transport, and how its time there ended."""
 
-    __slots__ = ("chunked", "done", "grace", "position", "transport")
+    __slots__ = (
+        "boundary",
+        "chunked",
+        "done",
+        "grace",
+        "offset",
+        "position",
+        "transport",
+        "writer",
+    )
 
     def __init__(
-        self, transport: asyncio.Transport, chunked: bool, grace: int, position: Key
+        self,
+        transport: asyncio.Transport,
+        chunked: bool,
+        grace: int,
+        position: Key,
+        resume: tuple[Key, str],
+        writer: Writer,
     ) -> None:
         self.transport = transport
+        self.writer = writer
         self.chunked = chunked
         #: The catch-up it was written on joining: it may still be unsent, on top of the lag
         #: limit, until the client has once read down to the limit.
         self.grace = grace
-        #: Its offset; it matters only while the client is ahead of the stream.
+        #: Its offset; it matters only while the client is ahead of the stream, and once it
+        #: leaves it (`SharedStream.settle`): the last event it was written.
         self.position = position
+        #: Its last up-to-date (position, offset) at or before `position`, once it leaves:
+        #: an offset the engine serves, from which a stream of its own starts.
+        self.boundary, self.offset = resume
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     def end(self, reason: str) -> None:
@@ -230,6 +259,7 @@ class SharedStream:
         "_first_change",
         "_history_bytes",
         "_keys",
+        "_last_utd",
         "_log_end",
         "_parser",
         "body",
@@ -241,6 +271,7 @@ class SharedStream:
         "key",
         "members",
         "offset",
+        "paced",
         "positions",
         "raw",
         "revoked",
@@ -253,10 +284,15 @@ class SharedStream:
         self.key = spec.key
         self.offset = spec.offset  # the engine request's own offset
         self.positions = Positions()
+        start = spec.start_key
         #: Every event after `floor` is remembered.
-        self.floor: Key = spec.position
+        self.floor: Key = start
         #: The transaction of the engine request's own offset (0: `0_inf`, before any).
-        self.start_tx = spec.position[0]
+        self.start_tx = start[0]
+        #: One client's stream, read as it takes it: no lag limit, no history to join.
+        self.paced = spec.paced
+        #: The key of the last up-to-date it delivered.
+        self._last_utd: Key | None = None
         #: Opened before any transaction: the LSN of the first change it delivered, the log's
         #: first transaction (see `can_join`).
         self._first_change: int | None = None
@@ -279,7 +315,7 @@ class SharedStream:
         self._datas: list[bytes] = []
         self._first = 0  # events before this index were dropped from the history
         self._history_bytes = 0
-        self._parser = EventParser(spec.position, self.positions)
+        self._parser = EventParser(start, self.positions)
         self._changed = Broadcast()
 
     def notify(self) -> None:
@@ -319,6 +355,8 @@ class SharedStream:
         key = canonical(position)
         if key < canonical(self.floor):
             return False
+        if self.paced:  # (its client's position came from a stream of this shape)
+            return True
         tx = position[0]
         if tx > 0 and self.start_tx == 0:
             first, end = self._first_change, self._log_end
@@ -338,18 +376,45 @@ class SharedStream:
     # --- clients -----------------------------------------------------------------------
 
     def attach(
-        self, transport: asyncio.Transport, chunked: bool, position: Key
-    ) -> _Subscriber | None:
+        self, transport: asyncio.Transport, chunked: bool, spec: StreamSpec, writer: Writer
+    ) -> _Subscriber:
         """Write a client that may join (`can_join`) what it missed, then subscribe it to
-        what follows; None when the stream is over (what it missed was all there was)."""
+        what follows; already ended ("ended") when the stream is over (what it missed was
+        all there was)."""
+        position = spec.position
         missed = self.events_after(position)
         if missed:
             transport.write(_chunk(missed) if chunked else missed)
+        resume = (spec.start_key, spec.offset)
+        sub = _Subscriber(transport, chunked, len(missed), position, resume, writer)
         if self.finished:
-            return None
-        sub = _Subscriber(transport, chunked, len(missed), position)
-        self.add(sub)
+            self.settle(sub)
+            sub.end("ended")
+        else:
+            self.add(sub)
         return sub
+
+    def settle(self, sub: _Subscriber) -> None:
+        """A client leaves the stream: its position becomes the last event it was written
+        (every event so far, or none past its own position if it was ahead), its boundary
+        the last up-to-date at or before that."""
+        canonical = self.positions.canonical
+        last = self._last_key()
+        if canonical(sub.position) < last:
+            sub.position = last
+        utd = self._last_utd
+        if utd is not None and canonical(sub.boundary) < utd <= canonical(sub.position):
+            sub.boundary, sub.offset = utd, f"{utd[0]}_0"
+
+    async def drained(self) -> None:
+        """(A paced stream) until its client has taken what it was written, but for its
+        transport's buffer (the connection's backpressure, up to `SEND_TIMEOUT`)."""
+        for sub in [*self.subscribers, *self._ahead]:
+            try:
+                await sub.writer.drain()
+            except ConnectionError:
+                self.remove(sub)
+                sub.end("gone")
 
     def add(self, sub: _Subscriber) -> None:
         """Attach a client that has had every remembered event after its position.
@@ -384,7 +449,10 @@ class SharedStream:
                     self._first_change = tx
                     break
         for event in events:
-            self._keys.append(event.key)
+            key = event.key
+            if key[1] == INF_OP and key[2] == 0 and key[0] > 0:
+                self._last_utd = key
+            self._keys.append(key)
             self._datas.append(event.data)
             self._history_bytes += len(event.data)
         self._trim()
@@ -398,9 +466,10 @@ class SharedStream:
         return (tx, op, n + 1)
 
     def _trim(self) -> None:
-        while self._history_bytes > HISTORY_BYTES or len(self._keys) - self._first > (
-            HISTORY_EVENTS
-        ):
+        limit = 0 if self.paced else HISTORY_BYTES  # (a paced stream: only its last key)
+        while (self._history_bytes > limit and len(self._keys) - self._first > 1) or len(
+            self._keys
+        ) - self._first > HISTORY_EVENTS:
             self._history_bytes -= len(self._datas[self._first])
             self.floor = self._keys[self._first]
             self._datas[self._first] = b""
@@ -411,7 +480,8 @@ class SharedStream:
 
     def _fan_out(self, frame: bytes) -> None:
         chunked = _chunk(frame)
-        limit = LAG_LIMIT + len(frame)
+        # (a paced stream is read only as fast as its client takes it: `drained`)
+        limit = LAG_LIMIT + len(frame) if not self.paced else 1 << 62
         dropped: list[tuple[_Subscriber, str]] = []
         for sub in self.subscribers:
             transport = sub.transport
@@ -426,6 +496,7 @@ class SharedStream:
                 sub.grace = 0
         for sub, reason in dropped:
             self.subscribers.discard(sub)
+            self.settle(sub)
             sub.end(reason)
 
     def _fan_out_ahead(self, events: list[Event], comments: bytes) -> None:
@@ -447,8 +518,9 @@ class SharedStream:
                 sub.end("gone")
                 continue
             transport.write(_chunk(frame) if sub.chunked else frame)
-            if transport.get_write_buffer_size() > LAG_LIMIT + len(frame):
+            if not self.paced and transport.get_write_buffer_size() > LAG_LIMIT + len(frame):
                 self._ahead.discard(sub)
+                self.settle(sub)
                 sub.end("lagged")
         for sub in passed:
             if sub in self._ahead:
@@ -458,9 +530,8 @@ class SharedStream:
     def end(self, reason: str) -> None:
         """The engine stream is over: every client's ends too (its position: where it is)."""
         self.finished = True
-        last = self._last_key()
         for sub in self.subscribers:
-            sub.position = last
+            self.settle(sub)
             sub.end(reason)
         for sub in self._ahead:
             sub.end(reason)
@@ -542,7 +613,7 @@ class SharedStreams:
         """Whether a catch-up stream's clients, having just had an up-to-date (its last
         event), can join the stream it hands over to."""
         last = stream._last_key()
-        if last[1] != INF_OP or last[2] != 0 or last == stream.floor:
+        if last[1] != INF_OP or last[2] != 0 or last == stream.floor or stream._ahead:
             return False
         assert stream.handover is not None
         target = self._streams.get(stream.handover)
@@ -590,6 +661,8 @@ class SharedStreams:
                     if stream.handover is not None and self._caught_up(stream):
                         reason = "ended"  # (its clients reconnect and join that stream)
                         return
+                    if stream.paced:
+                        await stream.drained()
             except BodyError as exc:
                 logger.warning("shared SSE stream broke (%s)", type(exc).__name__)
                 return
@@ -741,13 +814,9 @@ async def _read(
     there is one it has not applied, and it reconnects from its last up-to-date."""
     transport = request.transport
     assert transport is not None
-    sub = stream.attach(transport, started.chunked, spec.position)
-    position = spec.position
-    if sub is None:  # (the stream is over: it got what it missed, if anything)
-        reason = "ended"
-        last = stream._last_key()
-        if stream.positions.canonical(position) < last:
-            position = last
+    sub = stream.attach(transport, started.chunked, spec, request.writer)
+    if sub.done.done():  # (the stream is over: it got what it missed, if anything)
+        reason = sub.done.result()
     else:
         try:
             if deadline is None:
@@ -765,12 +834,14 @@ async def _read(
                     registry.discard(expiry, sub)
         finally:
             stream.remove(sub)
-        position = sub.position
+    key = spec.handover if spec.handover is not None else spec.key
+    if reason == "lagged" and not stream.raw and not transport.is_closing():
+        # (what it was written stays in its buffer: its response goes on after it)
+        return Continue(_resumed(key, sub, spec.cursor, paced=True), started)
     if reason == "ended" and time.monotonic() - started.since < MIN_CLIENT_STREAM:
-        offset = key_offset(position) if position != spec.position else spec.offset
-        if offset is not None and not transport.is_closing():
-            key = spec.handover if spec.handover is not None else spec.key
-            return Continue(StreamSpec(key, offset, position, spec.cursor), started)
+        # (raw bytes cannot go on from the middle: only a client that had none of them)
+        if not transport.is_closing() and not (stream.raw and sub.position != spec.position):
+            return Continue(_resumed(key, sub, spec.cursor), started)
     if reason in ("expired", "revoked") and stream.raw:
         # Bytes the proxy cannot cut cleanly (a compressed stream: a clean end mid-way is a
         # truncated body its client cannot decode): the connection is closed instead, which
@@ -779,6 +850,23 @@ async def _read(
         transport.close()
         return started.outcome
     return await _finish(started.response, request, started.outcome, reason)
+
+
+def _resumed(
+    key: tuple[object, ...], sub: _Subscriber, cursor: int, *, paced: bool = False
+) -> StreamSpec:
+    """Where a client that left a stream goes on: the stream of `key` (the shape's), or a
+    stream of its own (`paced`, which hands over to the shape's once caught up), at its
+    position, opened at its last up-to-date if it is inside a transaction."""
+    start = None if sub.position == sub.boundary else sub.boundary
+    if paced:
+        own = (*key, "paced", next(_PACED))
+        return StreamSpec(own, sub.offset, sub.position, cursor, key, start, paced=True)
+    return StreamSpec(key, sub.offset, sub.position, cursor, start=start)
+
+
+#: Tells paced streams apart (each is one client's).
+_PACED = itertools.count()
 
 
 async def end_started(request: Request, started: Started) -> Outcome:

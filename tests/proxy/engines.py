@@ -1,15 +1,27 @@
-"""A real engine on a database of its own, for a module's tests to share."""
+"""Real processes for proxy tests: an engine on a database of its own, for a module's tests
+to share; a `python -m proxy` process in front of an engine."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
+import yaml
 
 from tests.support.databases import create_database, drop_database
 from tests.support.engine_process import EngineProcess
+from tests.support.ports import free_port
+from tests.support.waiting import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
@@ -37,3 +49,65 @@ def engine_on_a_new_database(
             engine.stop()
     finally:
         drop_database(pg_server_url, dbname)
+
+
+@dataclass(frozen=True)
+class ProxyProcess:
+    """A running `python -m proxy` (its own process: its own gc tuning, file limit, RSS)."""
+
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def healthy(url: str) -> bool:
+    """Whether the proxy at `url` answers its health check."""
+    try:
+        with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+@contextmanager
+def open_proxy_process(
+    db_url: str,
+    work: Path,
+    engine_args: Sequence[str] = (),
+    *,
+    limits: dict[str, Any] | None = None,
+    launcher: Sequence[str] = (),
+) -> Iterator[ProxyProcess]:
+    """A real engine (`engine_args`) on `db_url` and, in front of it, `python -m proxy` under
+    config/examples/open.yaml (its anonymous rule's `limits` updated with `limits`), started
+    through `launcher` (`prlimit ... --`, say) and healthy; both stopped after, the proxy
+    killed if it does not stop within 10 s. Its log is `work`/proxy.log."""
+    engine = EngineProcess(db_url, work / "data", *engine_args)
+    engine.start()
+    try:
+        config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
+        config["upstream"]["url"] = engine.url
+        if limits is not None:
+            config["tables"]["*.*"]["allow"][0]["limits"].update(limits)
+        path = work / "proxy.yaml"
+        path.write_text(yaml.safe_dump(config))
+        port = free_port()
+        command = [sys.executable, "-m", "proxy", "--config", str(path), "--port", str(port)]
+        with (work / "proxy.log").open("wb") as log:
+            process = subprocess.Popen(
+                [*launcher, *command], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: healthy(url), timeout=30, interval=0.1)
+            yield ProxyProcess(url, port, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    finally:
+        engine.stop()

@@ -17,35 +17,30 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
-import yaml
 
-from tests.support.engine_process import EngineProcess
-from tests.support.ports import free_port
-from tests.support.waiting import wait_until
+from tests.proxy.engines import open_proxy_process
 
 pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def proxy_url(db_url: str, tmp_path: Path) -> Iterator[str]:
-    yield from _proxy(db_url, tmp_path, 256)
+    with _proxy(db_url, tmp_path, 256) as url:
+        yield url
 
 
+@contextmanager
 def _proxy(
     db_url: str, tmp_path: Path, nofile: int, limits: dict[str, int] | None = None
 ) -> Iterator[str]:
@@ -54,35 +49,11 @@ def _proxy(
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
         conn.execute("INSERT INTO items VALUES (1, 'one')")
-    engine = EngineProcess(db_url, tmp_path / "data", "--no-fsync")
-    engine.start()
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    if limits is not None:
-        config["tables"]["*.*"]["allow"][0]["limits"].update(limits)
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp_path / "proxy.log").open("wb")
-    proc = subprocess.Popen(
-        ["prlimit", f"--nofile={nofile}:{nofile}", "--", sys.executable, "-m", "proxy",
-         "--config", str(path), "--port", str(port)],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _get(f"{url}/v1/health")[0] == 200, timeout=30, interval=0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        engine.stop()
+    launcher = ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
+    with open_proxy_process(
+        db_url, tmp_path, ["--no-fsync"], limits=limits, launcher=launcher
+    ) as proxy:
+        yield proxy.url
 
 
 def _get(url: str) -> tuple[int, dict[str, str], bytes]:
@@ -140,32 +111,31 @@ def test_held_long_polls_may_use_what_the_engine_pool_does_not(db_url: str, tmp_
     limit) whatever collapsing left open: under 1,024 descriptors 256 clients were kept and the
     rest of 600 held long-polls on one shape (one engine request) got 503s; the benchmark's
     10,000 held clients under 20,000 lost 2,500. Engine connections open now are counted."""
-    gen = _proxy(db_url, tmp_path, 1024, {"max_held": 100_000})  # (the cap, not max_held)
-    proxy_url = next(gen)
-    held: list[socket.socket] = []
-    try:
-        status, headers, _ = _get(f"{proxy_url}/v1/shape?table=items&offset=-1")
-        assert status == 200
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        target = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
-        for _ in range(600):
-            sock = socket.create_connection(("127.0.0.1", _port(proxy_url)), timeout=5)
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            held.append(sock)
-        time.sleep(1.0)
-        refused = 0
-        for sock in held:
-            sock.setblocking(False)
-            try:
-                data = sock.recv(64)
-            except BlockingIOError:
-                continue  # held, as a long-poll is
-            refused += data.startswith(b"HTTP/1.1 503")
-        assert refused == 0
-    finally:
-        for sock in held:
-            sock.close()
-        gen.close()
+    # (the cap, not max_held)
+    with _proxy(db_url, tmp_path, 1024, {"max_held": 100_000}) as proxy_url:
+        held: list[socket.socket] = []
+        try:
+            status, headers, _ = _get(f"{proxy_url}/v1/shape?table=items&offset=-1")
+            assert status == 200
+            handle, offset = headers["electric-handle"], headers["electric-offset"]
+            target = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
+            for _ in range(600):
+                sock = socket.create_connection(("127.0.0.1", _port(proxy_url)), timeout=5)
+                sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                held.append(sock)
+            time.sleep(1.0)
+            refused = 0
+            for sock in held:
+                sock.setblocking(False)
+                try:
+                    data = sock.recv(64)
+                except BlockingIOError:
+                    continue  # held, as a long-poll is
+                refused += data.startswith(b"HTTP/1.1 503")
+            assert refused == 0
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def test_one_address_holding_identical_long_polls_cannot_lock_another_out(
@@ -179,55 +149,53 @@ def test_one_address_holding_identical_long_polls_cannot_lock_another_out(
     (default 256; open.yaml lifts it for transparency, so the test sets the default back):
     past it a 429 with Retry-After, and the cap keeps room for others. Under 600 descriptors
     the cap is ~340: alice (127.0.0.1) sends 360."""
-    gen = _proxy(db_url, tmp_path, 600, {"max_held": 256})
-    proxy_url = next(gen)
-    port = _port(proxy_url)
-    alice: list[socket.socket] = []
-    try:
-        status, headers, _ = _get(f"{proxy_url}/v1/shape?table=items&offset=-1")
-        assert status == 200
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        target = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
-        for _ in range(360):
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            alice.append(sock)
-        time.sleep(1.0)
-        answers: list[bytes] = []
-        for sock in alice:
-            sock.setblocking(False)
-            try:
-                data = sock.recv(4096)
-            except BlockingIOError:
-                continue  # held, as a long-poll is
-            answers.append(data)
-            sock.close()  # (answered: a client waits its Retry-After before asking again)
-        held = len(alice) - len(answers)
-        assert held == 256, (held, [a[:40] for a in answers[:3]])
-        refused = [a for a in answers if a.startswith(b"HTTP/1.1 429")]
-        assert refused, [a[:40] for a in answers[:3]]
-        head, _, body = refused[0].partition(b"\r\n\r\n")
-        assert b"\r\nRetry-After: " in head and b"\r\nCache-Control: no-store" in head
-        assert json.loads(body)["code"] == "too_many_held_requests"
-        # bob: another address, another principal; served while alice holds her 256. The
-        # answered sockets alice closed may still count against the cap for a moment on a
-        # loaded machine (the proxy has not read their EOF yet), so bob may retry a 503 for
-        # a few seconds; on the old code alice's held requests kept the cap full for good.
-        deadline = time.monotonic() + 10
-        while True:
-            bob = http.client.HTTPConnection(
-                "127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)
-            )
-            bob.request("GET", "/v1/shape?table=items&offset=-1")
-            reply = bob.getresponse()
-            body = reply.read()
-            bob.close()
-            if reply.status != 503 or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-        assert reply.status == 200, body
-        assert [m["value"]["title"] for m in json.loads(body) if "value" in m] == ["one"]
-    finally:
-        for sock in alice:
-            sock.close()
-        gen.close()
+    with _proxy(db_url, tmp_path, 600, {"max_held": 256}) as proxy_url:
+        port = _port(proxy_url)
+        alice: list[socket.socket] = []
+        try:
+            status, headers, _ = _get(f"{proxy_url}/v1/shape?table=items&offset=-1")
+            assert status == 200
+            handle, offset = headers["electric-handle"], headers["electric-offset"]
+            target = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true"
+            for _ in range(360):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                alice.append(sock)
+            time.sleep(1.0)
+            answers: list[bytes] = []
+            for sock in alice:
+                sock.setblocking(False)
+                try:
+                    data = sock.recv(4096)
+                except BlockingIOError:
+                    continue  # held, as a long-poll is
+                answers.append(data)
+                sock.close()  # (answered: a client waits its Retry-After before asking again)
+            held = len(alice) - len(answers)
+            assert held == 256, (held, [a[:40] for a in answers[:3]])
+            refused = [a for a in answers if a.startswith(b"HTTP/1.1 429")]
+            assert refused, [a[:40] for a in answers[:3]]
+            head, _, body = refused[0].partition(b"\r\n\r\n")
+            assert b"\r\nRetry-After: " in head and b"\r\nCache-Control: no-store" in head
+            assert json.loads(body)["code"] == "too_many_held_requests"
+            # bob: another address, another principal; served while alice holds her 256. The
+            # answered sockets alice closed may still count against the cap for a moment on a
+            # loaded machine (the proxy has not read their EOF yet), so bob may retry a 503 for
+            # a few seconds; on the old code alice's held requests kept the cap full for good.
+            deadline = time.monotonic() + 10
+            while True:
+                bob = http.client.HTTPConnection(
+                    "127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)
+                )
+                bob.request("GET", "/v1/shape?table=items&offset=-1")
+                reply = bob.getresponse()
+                body = reply.read()
+                bob.close()
+                if reply.status != 503 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert reply.status == 200, body
+            assert [m["value"]["title"] for m in json.loads(body) if "value" in m] == ["one"]
+        finally:
+            for sock in alice:
+                sock.close()

@@ -8,43 +8,28 @@ engine connection closed mid-body kept its buffered bytes (cycles parser <-> pro
 body). Only the cyclic collector frees those, and the real proxy runs it rarely (`tune_gc`,
 a first-generation threshold of 500,000): RSS went 80 -> 1148 MB over 800 such requests.
 
-Real path: `python -m proxy` (config/examples/open.yaml, so its own gc tuning) in front of a
-real engine (1 MiB chunks) and Postgres; raw sockets that read 1,000 bytes and reset. The
+Real path: `python -m proxy` (config/examples/open.yaml, so its own gc tuning: `open_proxy_process`)
+in front of a real engine (1 MiB chunks) and Postgres; raw sockets that read 1,000 bytes and reset. The
 proxy's RSS from /proc after a warm-up and after 300 more requests: ~+0.5 MB each on the old
 code (+99 MB over 200), under +10 MB in all now; the bound (60 MB) is far from both.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
 import psycopg
-import yaml
 
-from tests.support.engine_process import EngineProcess
-from tests.support.ports import free_port
+from tests.proxy.engines import healthy, open_proxy_process
 from tests.support.waiting import wait_until
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rss_mb(pid: int) -> float:
     status = Path(f"/proc/{pid}/status").read_text()
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
-
-
-def _health(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v1/health", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def _leave_early(port: int, target: str) -> None:
@@ -66,22 +51,9 @@ def test_clients_leaving_big_answers_early_leave_nothing_behind(
         conn.execute(
             "INSERT INTO big SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 3000) g"
         )
-    engine = EngineProcess(db_url, tmp_path / "data", "--no-fsync", "--chunk-bytes", "1048576")
-    engine.start()
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    port = free_port()
-    log = (tmp_path / "proxy.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "proxy", "--config", str(path), "--port", str(port)],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _health(url), timeout=30, interval=0.1)
+    engine_args = ["--no-fsync", "--chunk-bytes", "1048576"]
+    with open_proxy_process(db_url, tmp_path, engine_args) as proxy:
+        url, port, proc = proxy.url, proxy.port, proxy.process
         with urllib.request.urlopen(f"{url}/v1/shape?table=big&offset=-1", timeout=30) as r:
             handle, offset = r.headers["electric-handle"], r.headers["electric-offset"]
             r.read()
@@ -100,15 +72,6 @@ def test_clients_leaving_big_answers_early_leave_nothing_behind(
         before = _rss_mb(proc.pid)
         for i in range(400, 700):
             leave(i)
-        wait_until(lambda: _health(url), timeout=10, interval=0.1)
+        wait_until(lambda: healthy(url), timeout=10, interval=0.1)
         after = _rss_mb(proc.pid)
         assert after - before < 60, f"proxy RSS {before:.0f} -> {after:.0f} MB over 300 requests"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        engine.stop()

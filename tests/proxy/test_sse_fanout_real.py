@@ -274,52 +274,115 @@ async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
             await client.stop()
 
 
-async def test_a_slow_reader_is_cut_off_and_resumes_exactly(proxy: Any, db_url: str) -> None:
-    """A client that stops reading is disconnected once too much is waiting for it (the
-    others are not held up); reconnecting from its last offset, it misses and repeats nothing.
-    With the proxy's own limits: 2 MB of changes overflow what a client may leave unread."""
+class RawSseReader:
+    """One SSE request on a plain socket with a small receive buffer, read at `rate` bytes a
+    second (a phone on a slow link): it reads until the response ends or breaks, and tells
+    the changes each up-to-date completed, as the npm client applies them."""
+
+    def __init__(self, proxy: Any, token: str, handle: str, offset: str, rate: float) -> None:
+        server = proxy.client.server
+        self.address = (server.host, server.port)
+        self.request = (
+            f"GET {SHAPE}&handle={handle}&offset={offset}&live=true&live_sse=true&cursor= "
+            f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: text/event-stream\r\n\r\n"
+        ).encode()
+        self.rate = rate
+        self.received = b""
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.sock.setblocking(False)
+
+    async def open(self) -> bytes:
+        """Send the request; the response's head."""
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, self.address)
+        await loop.sock_sendall(self.sock, self.request)
+        while b"\r\n\r\n" not in self.received:
+            piece = await loop.sock_recv(self.sock, 1024)
+            assert piece, self.received
+            self.received += piece
+        head, _, self.received = self.received.partition(b"\r\n\r\n")
+        return head
+
+    async def read_until(self, done: Any, timeout: float = 30) -> str:
+        """Read at `rate` until `done(batches)` or the response ends: how it ended."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            try:
+                piece = await asyncio.wait_for(loop.sock_recv(self.sock, 8192), 5)
+            except (ConnectionResetError, TimeoutError):
+                return "broken"
+            if not piece:
+                return "closed"
+            self.received += piece
+            if done(self.batches()):
+                return "done"
+            if self.received.endswith(b"\r\n0\r\n\r\n"):
+                return "ended"  # (cleanly: the connection stays open for the next request)
+            await asyncio.sleep(len(piece) / self.rate)
+        return "timeout"
+
+    def batches(self) -> list[list[str]]:
+        """The ids inserted by each batch an up-to-date closed, in order."""
+        body, rest, batches, batch = b"", self.received, [], []
+        while True:  # (chunked framing: size line, data, CRLF)
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep or not size_line or len(rest) < int(size_line, 16) + 2:
+                break
+            size = int(size_line, 16)
+            body, rest = body + rest[:size], rest[size + 2 :]
+        for block in body.split(b"\n\n"):
+            if not block.startswith(b"data:"):
+                continue
+            message = orjson.loads(block[5:])
+            headers = message["headers"]
+            if headers.get("control") == "up-to-date":
+                batches.append(batch)
+                batch = []
+            elif headers.get("operation") == "insert":
+                batch.append(message["value"]["id"])
+        return batches
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def test_slow_and_stopped_readers_pass_a_big_transaction_in_one_response(
+    proxy: Any, db_url: str
+) -> None:
+    """Chaos B: a reader slower than loopback, behind a transaction bigger than what the
+    proxy lets wait unsent for a client of the shared stream, gets through it in the same
+    response, each change once, while the fast readers go on. It was cut ~0.5 MB in,
+    resumed from before the transaction and was cut again, for ever (the npm client gives up
+    SSE after three). A reader that stops meanwhile holds up nobody and, reading again,
+    gets it all too (as from the engine, which waits `SEND_TIMEOUT` for it): it was cut."""
     token = proxy.tokens.make()
     handle, offset = await _sync(proxy, token)
-    readers = [SseClient(proxy, token, handle, offset).start() for _ in range(3)]
-    server = proxy.client.server
-    slow = socket.socket()
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    slow.setblocking(False)
-    loop = asyncio.get_running_loop()
-    await loop.sock_connect(slow, (server.host, server.port))
-    request = (
-        f"GET {SHAPE}&handle={handle}&offset={offset}&live=true&live_sse=true&cursor= HTTP/1.1\r\n"
-        f"Host: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-    )
-    await loop.sock_sendall(slow, request.encode())
+    readers = [SseClient(proxy, token, handle, offset).start() for _ in range(2)]
+    slow = RawSseReader(proxy, token, handle, offset, rate=4_000_000)
+    stopped = RawSseReader(proxy, token, handle, offset, rate=1e9)
     try:
+        for raw in (slow, stopped):
+            assert (await raw.open()).startswith(b"HTTP/1.1 200")
         await _open(readers)
-        head = await loop.sock_recv(slow, 1024)
-        assert head.startswith(b"HTTP/1.1 200"), head
-        big = "b" * 100_000
-        expected = [str(i) for i in range(20, 40)]
-        for i in range(20, 40):
-            _insert(db_url, (i, big))
-        await _all_have(readers, expected)
-        received = b""
-        while True:  # now read: what was sent before the cut, then the end of the connection
-            try:
-                piece = await asyncio.wait_for(loop.sock_recv(slow, 1 << 20), 10)
-            except ConnectionResetError:
-                break
-            if not piece:
-                break
-            received += piece
-            if received.endswith(b"\r\n0\r\n\r\n"):
-                break
-        assert not received.endswith(b"0\r\n\r\n")  # cut off, not a finished stream
-        assert len(received) < 20 * 100_000
-        # It resumes from the offset it last had (it never got an up-to-date here).
-        resumed = SseClient(proxy, token, handle, offset).start()
-        readers.append(resumed)
-        await _all_have([resumed], expected)
+        expected = [str(i) for i in range(100, 115)]
+        _insert(db_url, *((i, "t" * 100_000) for i in range(100, 115)))  # one 1.5 MB tx
+        await _all_have(readers, expected)  # (`stopped` reads nothing meanwhile)
+        ended = await slow.read_until(lambda batches: expected in batches)
+        assert ended == "done", (ended, len(slow.received))
+        assert [i for batch in slow.batches() for i in batch] == expected
+        ended = await stopped.read_until(lambda batches: expected in batches)
+        assert ended == "done", (ended, len(stopped.received))
+        assert [i for batch in stopped.batches() for i in batch] == expected
+        _insert(db_url, (115, "after"))  # and they go on, each change once
+        await _all_have(readers, [*expected, "115"])
+        ended = await slow.read_until(lambda batches: ["115"] in batches)
+        assert ended in ("done", "ended"), ended  # (or reconnects from past the transaction)
     finally:
         slow.close()
+        stopped.close()
         for client in readers:
             await client.stop()
 

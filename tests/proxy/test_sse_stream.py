@@ -182,7 +182,8 @@ async def test_every_client_gets_exactly_the_changes_after_its_offset_whatever_t
                 position = offset_key(offset)
                 assert position is not None
                 ahead += stream.positions.canonical(position) > stream._last_key()
-                stream.attach(transport, False, position)  # type: ignore[arg-type]
+                spec = sse.StreamSpec((), offset, position, 0)
+                stream.attach(transport, False, spec, None)  # type: ignore[arg-type]
                 clients.append((offset, transport))
             if piece:
                 stream.feed(piece)

@@ -26,6 +26,7 @@ from .parse import (
     deparse,
     parse_clause,
     qualify_enums,
+    refuse_newer_numbers,
     refuse_unencodable,
     sql_text,
     substitute_params,
@@ -154,6 +155,7 @@ def parse_where(
     # (the size limits first: libpg_query must not meet a clause that overflows its stack)
     if params or len(sql) > MAX_WHERE_SIZE or runs_longer_than(sql, MAX_TOKEN_RUN):
         return full()
+    refuse_newer_numbers(PREFIX + sql)  # a template of `id = 16` would serve `id = 0x10`
     shape = skeleton(PREFIX + sql)
     if shape is None:
         return full()

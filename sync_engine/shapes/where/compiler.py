@@ -25,6 +25,8 @@ from sync_engine.pg.types import (
     BPCHAR,
     CHAR,
     DATE,
+    FLOAT4,
+    FLOAT8,
     INT4,
     INT8,
     INTERVAL,
@@ -116,6 +118,11 @@ _POSTGRES_READS = re.compile(
     r"|am|pm|bc|ad|epoch|allballs|today|tomorrow|yesterday|now|utc|gmt|z|est|edt|cst|cdt"
     r"|mst|mdt|pst|pdt|cet|cest|bst)[a-z]*\b|[a-z]/[a-z]|\d/\d|^\s*\d{8}\b|^\s*j\d"
 )
+
+
+#: What glibc's strtod reads in a float literal where the engine's reader does not: hex
+#: ('0x10' is 16, '0x1p3' 8) and 'nan(...)'. Postgres 15's float8in and float4in take them.
+_STRTOD_READS = re.compile(r"\s*[+-]?(?:0x|nan\()", re.IGNORECASE)
 
 
 def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
@@ -341,6 +348,16 @@ class Compiler:
                 message = (
                     f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
                     " in ISO 8601 (2024-01-31, 13:45:00, 2024-01-31 13:45:00+01)"
+                )
+            elif (
+                target.element in (FLOAT4, FLOAT8)
+                and message.startswith("invalid input syntax")
+                and _STRTOD_READS.match(expr.text)
+            ):
+                # ('0x10'::float8 is 16 to Postgres: "invalid" was not its answer)
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
+                    " in decimal (16, 1.5e3)"
                 )
             raise error_at(message, expr.node) from None
 

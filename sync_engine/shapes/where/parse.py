@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from pglast import ast, parse_sql
 from pglast.enums import SetOperation
-from pglast.parser import ParseError, fingerprint
+from pglast.parser import ParseError, fingerprint, scan
 from pglast.stream import RawStream
 
 from sync_engine.pg.types import TEXT, PgType
@@ -63,6 +63,45 @@ def refuse_unencodable(text: str) -> None:
             raise WhereError('invalid byte sequence for encoding "UTF8"') from None
 
 
+#: Text that may hold a number only Postgres 16's lexer reads (`0x10`, `0o17`, `0b101`,
+#: `1_000`, `1_000.5`, `1e1_0`): a digit before `_`, or a `0x` / `0o` / `0b` prefix.
+_NEWER_NUMBER_HINT = re.compile(r"[0-9]_|0[xXoObB]")
+#: What Postgres 15's lexer reports as "trailing junk" there: the longest number (integer,
+#: decimal or real) at the token's start and the identifier glued to it (`0` + `x10`,
+#: `1` + `_000` of `1_000.5`, `1.5e0` + `_1`), as its `*_junk` rules match.
+_PG15_JUNK = re.compile(
+    r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    r"[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*"
+)
+
+
+def refuse_newer_numbers(statement: str) -> None:
+    """Refuse a numeric literal that only Postgres 16 and later read, in Postgres 15's words.
+
+    pglast's grammar is Postgres 17's: `id = 0x10` parsed as `id = 16` and `1_000.5` as a
+    numeric, and the engine served them, while Postgres 15 (the source the engine is built
+    and tested against) refuses the same clause: `trailing junk after numeric literal at or
+    near "0x10"`, and so would the client's own SQL of it. The engine cannot ask which
+    grammar the source has at parse time, so it reads Postgres 15's, which every later
+    version also accepts. Checked on the tokens (a string '0x10' is no number); the
+    regular expression keeps the scan off nearly every clause."""
+    if not _NEWER_NUMBER_HINT.search(statement):
+        return
+    try:
+        tokens = scan(statement)
+    except ParseError:
+        return  # the parse reports it
+    for token in tokens:
+        if token.name not in ("ICONST", "FCONST"):
+            continue
+        text = statement[token.start : token.end + 1]
+        if "_" in text or (len(text) > 1 and text[0] == "0" and text[1] in "xXoObB"):
+            junk = _PG15_JUNK.match(statement, token.start)
+            near = junk.group() if junk else text
+            message = f'trailing junk after numeric literal at or near "{near}"'
+            raise WhereError(f"At location {token.start}: {message}")
+
+
 def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     """Parse `prefix + sql` with pglast, rejecting extra statements and clauses.
 
@@ -77,6 +116,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
     refuse_unencodable(sql)
     statement = prefix + sql
+    refuse_newer_numbers(statement)
     try:
         stmts = parse_sql(statement)
     except ParseError as e:
@@ -114,7 +154,24 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     root = stmt.whereClause if prefix == PREFIX else stmt.sortClause
     if tree_depth(root, stop_after=MAX_WHERE_DEPTH) > MAX_WHERE_DEPTH:
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
+    if "$" in sql:
+        _refuse_typed_params(root)
     return stmt
+
+
+def _refuse_typed_params(root: ast.Node) -> None:
+    """Refuse `int8 $1` (a type name before a `$n`) as Postgres does: "syntax error at or
+    near "$1"". Postgres reads `type 'string'` only with a string; libpg_query's grammar
+    also takes a `$n` there (pg_stat_statements writes constants as `$n`), so the engine
+    served `i8 = int8 $1` (as `CAST($1 AS int8)`), a clause that fails as written in any
+    Postgres. Told apart from `$1::int8` and `CAST($1 AS int8)` (the same node) by order:
+    only in this form does the type name come before the parameter."""
+    for node in walk(root):
+        if not isinstance(node, ast.TypeCast) or not isinstance(node.arg, ast.ParamRef):
+            continue
+        param, type_name = node.arg.location, getattr(node.typeName, "location", None)
+        if isinstance(param, int) and isinstance(type_name, int) and type_name < param:
+            raise WhereError(f'At location {param}: syntax error at or near "${node.arg.number}"')
 
 
 class SqlStream(RawStream):
