@@ -14,7 +14,8 @@ slot keeps the WAL, existing shapes are served as they are. A small probe write,
 with backoff up to a few seconds, tells when space is back; the stream then restarts from
 the slot's confirmed position and replays what was cut back, once.
 
-A big transaction (`assembler.BIG_TRANSACTION` changes for its shapes) is not written in one
+A big transaction (`assembler.BIG_TRANSACTION` changes for its shapes, or one of a few huge
+values) is not written in one
 go at its Commit, which held the event loop for tens of seconds for a million rows (no HTTP
 answer meanwhile, not even /v1/health) and, past Postgres's wal_sender_timeout, got the stream
 dropped and the transaction replayed from the start, again and again. `_deliver_big` writes
@@ -199,6 +200,16 @@ class _KeepAlive:
             except ReplicationConnectionError as exc:  # the stream is lost: `pause` says so
                 self.failed = exc
                 return
+
+    async def step(self) -> None:
+        """Let the loop run now (between two pieces of a huge record, each a few ms of
+        work); raises as `pause` does."""
+        if self.failed is not None:
+            raise self.failed
+        await asyncio.sleep(0)
+        self._yielded = time.monotonic()
+        if self.failed is not None:
+            raise self.failed
 
     async def pause(self) -> None:
         """Let the loop run if it has not for `YIELD_EVERY`; raises if the stream was lost
@@ -448,10 +459,15 @@ class Replicator:
                 raise StreamReleased(why)
             batch = await stream.read_raw(timeout=1.0)
             last_end = self.handle_batch(batch) if batch else 0
+            got = bool(batch)
+            # (not kept while a big transaction is written: a huge row's message is freed
+            # once read, before its entries are encoded)
+            del batch
             while self.assembler.unhandled:
                 if self.assembler.big_commit:
                     touched, xid, lsn, end = self.assembler.take_commit()
                     await self._deliver_big(stream, touched, xid, lsn)
+                    del touched  # (a huge row's values were kept until the next big one)
                     last_end = self.handle_batch(self.assembler.unhandled) or end
                     continue
                 rest = self.assembler.unhandled
@@ -484,7 +500,7 @@ class Replicator:
                     self.assembler.ancestry_resolved(oid)
                 last_end = self.handle_batch(rest) or last_end
             read_through = self.assembler.session_lsn
-            idle = not self.assembler.in_transaction and not batch
+            idle = not self.assembler.in_transaction and not got
             # What may be confirmed once this flush is done: computed first, so that a
             # transaction released from a shape's parking meanwhile is not confirmed
             # before it is durable.
@@ -656,15 +672,34 @@ class Replicator:
                 part = entries[:-1]
                 del entries[:-1]
                 messages = change_messages(relation, xid, lsn, part, ends=False)
-                log.append_transaction(lsn, messages, ends=False)
-                self._dirty.add(shape)
-                written = True
-                await alive.pause()
-                if shape.rotated:  # its files are being deleted: nothing more written
+                del part
+                if not await self._write_part(shape, lsn, messages, False, alive):
                     return
+                written = True
         if entries:
-            log.append_transaction(lsn, change_messages(relation, xid, lsn, entries))
-            self._dirty.add(shape)
+            messages = change_messages(relation, xid, lsn, entries)
+            entries.clear()
+            await self._write_part(shape, lsn, messages, True, alive)
+
+    async def _write_part(
+        self,
+        shape: Shape,
+        lsn: Lsn,
+        messages: list[tuple[int, bytes]],
+        ends: bool,
+        alive: _KeepAlive,
+    ) -> bool:
+        """Stage one part of a big transaction in the shape's log, paced (a huge value is
+        written a few MB at a time, the loop running in between); returns False once the
+        shape is rotated (its files are being deleted: nothing more is written)."""
+        self._dirty.add(shape)  # (before: a failed write elsewhere cuts it back too)
+        written = await shape.log.append_transaction_paced(lsn, messages, ends, alive.step)
+        if self._failure is not None:  # cut back meanwhile: the stream loop pauses
+            raise self._failure
+        if not written or shape.rotated:
+            return False
+        await alive.pause()
+        return not shape.rotated
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
