@@ -87,7 +87,9 @@ async def test_a_principal_remembers_its_latest_shapes_only() -> None:
     token (nothing else), so a principal's state stays bounded."""
     clock = Clock()
     admission = Admission(pool_size=100, clock=clock)
-    limits = LimitsConfig(new_shape_rate=1000, new_shape_burst=REMEMBERED_SHAPES + 1)
+    limits = LimitsConfig(
+        rate=1000, burst=10_000, new_shape_rate=1000, new_shape_burst=REMEMBERED_SHAPES + 1
+    )
     for n in range(REMEMBERED_SHAPES + 1):
         (await admission.admit("p", resolve(limits, None, shape=f"d{n}"))).release()
     with pytest.raises(TooManyRequests):  # the bucket is empty: d0 was forgotten
@@ -183,3 +185,18 @@ def test_forwarding_headers_are_ignored_by_default() -> None:
 def test_trusted_proxies_must_be_networks(value: Any) -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         ServerConfig(trusted_proxies=value)
+
+
+async def test_shapes_followed_all_along_stay_free_among_many_passing_ones() -> None:
+    """A principal following 180 shapes (each asked for every 20 s) while it opens 20 new
+    ones a round (1/s, under the rate): the followed ones are never charged again. (Its
+    memory forgot the oldest *inserted*: once it was full, each passing shape pushed a
+    followed one out, whose next request pushed out another: 429s from the 5th round.)"""
+    clock = Clock()
+    admission = Admission(pool_size=10_000, clock=clock)
+    for round_ in range(40):
+        for n in range(180):
+            (await admission.admit("dashboard", _shape(n))).release()
+        for n in range(20):
+            (await admission.admit("dashboard", _shape(10_000 + 20 * round_ + n))).release()
+        clock.now += 20
