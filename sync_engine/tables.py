@@ -79,6 +79,24 @@ CLOSE_GRACE = 2.0
 CLOSE_WAIT = 15.0
 
 
+class StaleDescription(ServiceUnavailable):
+    """The table a new shape was described from has changed since (`Tables.publish`): the
+    request describes it again (`http/shape.py` does, once), else a 503 to retry at once."""
+
+    def __init__(self, table: TableInfo, reason: str) -> None:
+        super().__init__(
+            f'table "{table.schema}"."{table.name}" changed while a shape of it was being made'
+            f" ({reason}): retry",
+            retry_after=1,
+            code="table_changed",
+        )
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 def not_answering() -> ServiceUnavailable:
     """The 503 for a database that does not answer (stopped, or behind a partition)."""
     return ServiceUnavailable(
@@ -111,6 +129,9 @@ class Tables:
         self._conn: AsyncConnection[Any] | None = None
         self._conn_lock = asyncio.Lock()
         self._cache: dict[tuple[str, str], tuple[float, TableInfo | None]] = {}
+        # Catalog reads of a table for a new shape, in progress: (when begun, the read).
+        self._fresh_reads: dict[tuple[str, str], tuple[float, asyncio.Future[TableInfo | None]]]
+        self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
         self._checks: dict[int, asyncio.Future[bool]] = {}
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
@@ -347,6 +368,49 @@ class Tables:
 
         return await single_flight(self._lookups, key, load)
 
+    async def _read_since(self, schema: str, name: str, asked: float) -> TableInfo | None:
+        """The table `schema.name` as a catalog read begun at or after `asked` (monotonic)
+        found it, or None. Joins such a read in progress (or takes its cached result);
+        after one begun earlier, begins one: every caller waiting meanwhile shares it, so
+        a storm of callers makes about one read per read's duration."""
+        key = (schema, name)
+        while True:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] >= asked:
+                return hit[1]
+            running = self._fresh_reads.get(key)
+            if running is None:
+                break
+            started, read = running
+            if started >= asked:
+                return await asyncio.shield(read)
+            await asyncio.wait([read])  # (begun too early: wait for it, then look again)
+        started = time.monotonic()
+
+        async def load() -> TableInfo | None:
+            table = await self.on_catalog(lambda conn: load_table(conn, schema, name))
+            if table is not None:
+                self._cache[key] = (started, table)
+            return table
+
+        read = asyncio.ensure_future(load())
+        read.add_done_callback(_retrieve)  # (its error is seen even if no one awaits it)
+        self._fresh_reads[key] = (started, read)
+        try:
+            return await asyncio.shield(read)
+        finally:
+            if self._fresh_reads.get(key) == (started, read):
+                del self._fresh_reads[key]
+
+    def _check_fresh(self, table: TableInfo, current: TableInfo | None) -> None:
+        """Raise `StaleDescription` if `table` (a description a new shape is made from) is
+        not what the catalog now says (`current`, read after the shape was asked for)."""
+        reason = _drift(table, current)
+        if reason is not None:
+            if current is None:  # (else the read replaced the cached description)
+                self._cache.pop((table.schema, table.name), None)
+            raise StaleDescription(table, reason)
+
     async def still_there(self, table: TableInfo) -> bool:
         """Whether a shape's table is still there under its name, for a client starting at -1.
 
@@ -399,13 +463,32 @@ class Tables:
 
         A table just added waits for the transactions that were running before, whose
         changes the slot would not send (`wait_for_older_transactions`).
+
+        Called once for each new shape, which must not be made from a description older
+        than its request: `lookup` trusts one for `LOOKUP_TTL` (2 s), and a table changed
+        meanwhile without a row change (`ALTER TABLE ... ADD PRIMARY KEY (code)`) gave a
+        shape keyed by the old primary key until the periodic check retired it. So the
+        table is read again, by a read begun after this call, and `StaleDescription` raised
+        if it changed (`_check_fresh`). A published table's is a read of its own, shared
+        by a storm of new shapes (`_read_since`). A table to publish is read in the same
+        turn on the catalog connection as its publishing: a read queued on its own ahead
+        of it put the new shapes' publishing behind others' (a partitioned table's second
+        new shape then published after a busy partition's lock was free, never learning
+        it had been busy), and it costs one turn per first shape only.
         """
+        asked = time.monotonic()
         if table.oid in self._published:
+            self._check_fresh(table, await self._read_since(table.schema, table.name, asked))
             if table.replica_identity != "f" and table.kind == "r":
                 await self._restore_identity(table)
             return
 
         async def work(conn: AsyncConnection[Any]) -> None:
+            started = time.monotonic()
+            current = await load_table(conn, table.schema, table.name)
+            if current is not None:
+                self._cache[(table.schema, table.name)] = (started, current)
+            self._check_fresh(table, current)
             if table.oid in self._published:  # published while this request waited
                 return
             # its partitions and inheritance children: their changes come under their own

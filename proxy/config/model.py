@@ -9,11 +9,19 @@ one field (HMAC mixed with asymmetric algorithms, a rule with neither a filter n
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import uuid
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    field_validator,
+    model_validator,
+)
 
 from proxy.limits.config import LimitsConfig, RuleLimits
 
@@ -194,6 +202,27 @@ class ServerConfig(_Model):
     reload_interval: float = Field(default=1.0, gt=0, description="config file poll, seconds")
     token_cache_size: int = Field(default=10_000, ge=0)
     token_cache_ttl: float = Field(default=300, gt=0)
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = Field(
+        default=(),
+        description="CIDRs of load balancers / reverse proxies in front of the proxy: a "
+        "request from one of them is charged (anonymous per-principal limits) to the "
+        "right-most X-Forwarded-For (else Forwarded for=) address not in this list; empty: "
+        "forwarding headers are ignored (proxy.limits.client). Applied on reload.",
+    )
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _networks(cls, value: object) -> object:
+        """Each entry a network or one address, said clearly when not (`10.0.0.1/8`: its
+        host bits are set, so which network was meant is not known)."""
+        if isinstance(value, str):
+            raise ValueError("a list of CIDRs, e.g. [10.0.0.0/8]")
+        for item in value if isinstance(value, (list, tuple)) else ():
+            try:
+                ipaddress.ip_network(str(item))
+            except ValueError as error:
+                raise ValueError(f"{item!r}: {error}") from None
+        return value
 
 
 class MetricsConfig(_Model):

@@ -51,6 +51,7 @@ from proxy.http.wire import (
     json_response,
 )
 from proxy.limits.admission import Admission
+from proxy.limits.client import client_address
 from proxy.limits.config import resolve
 from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics, metrics_refusal
@@ -217,7 +218,8 @@ def _admitter(request: Request, prepared: Prepared) -> Admit:
 def principal(request: Request, prepared: Prepared) -> str:
     """Who the request is charged to: requests without a subject, to their client address."""
     if prepared.principal == ANONYMOUS:
-        return f"{ANONYMOUS} {request.remote}"
+        trusted = _app(request).holder.current.loaded.config.server.trusted_proxies
+        return f"{ANONYMOUS} {client_address(request.remote, request.headers, trusted)}"
     return prepared.principal
 
 
@@ -464,6 +466,7 @@ async def _prepare(
     check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
     protocol = dict(decision.protocol)
     initial = protocol.get("offset") in ("-1", "now")
+    definition = definition_key(decision, source_id=config.upstream.source_id)
     sub = claims.get("sub")
     # Never reused past the token's expiry, nor longer than a verified token is cached.
     expires = time.time() + config.server.token_cache_ttl
@@ -479,12 +482,14 @@ async def _prepare(
         live=shape_request.live,
         sse=shape_request.wants_sse,
         shared=decision.shared,
-        definition=definition_key(decision, source_id=config.upstream.source_id),
+        definition=definition,
         handle=None if initial else protocol.get("handle"),
         initial=initial,
         expires=expires,
         token_exp=None if anonymous else float(claims["exp"]),
-        limits=resolve(config.limits, decision.limits),
+        limits=resolve(
+            config.limits, decision.limits, shape=None if method == "DELETE" else definition
+        ),
         upstream_body=upstream_body,
         request_line=request_line("GET", url),
         pool_key=key_of(url),

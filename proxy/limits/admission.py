@@ -5,9 +5,15 @@ distinct `cache-buster`, each held 20 s) and everyone else's initial sync waited
 Now every request that needs a new engine request asks `Admission.admit` first:
 
 1. the principal's open engine requests must be under its `max_concurrent`, else 429;
-2. its token bucket must have a token (`rate`/s, bursts of `burst`), else 429 whose
+2. a request of a shape definition new to the principal (not among the last
+   `REMEMBERED_SHAPES` it asked for) must find a token in its new-shape bucket
+   (`new_shape_rate`/s, bursts of `new_shape_burst`), else 429 `too_many_new_shapes`: the
+   engine creates a shape for every definition it has not got, and one principal making them
+   fast had every other user's idle shapes evicted under `--max-shapes` (see
+   `proxy.limits.config`);
+3. its token bucket must have a token (`rate`/s, bursts of `burst`), else 429 whose
    `Retry-After` is the time until the next token;
-3. a connection from the shared pool (`pool_size`), waiting at most `pool_wait`, else 503.
+4. a connection from the shared pool (`pool_size`), waiting at most `pool_wait`, else 503.
 
 Separately, every live client request (long-poll or SSE) asks `Admission.hold` before it is
 forwarded: the principal's held client requests must be under its `max_held`, else 429 in the
@@ -53,8 +59,25 @@ def principal_for(issuer: object, subject: object, remote: str | None) -> str:
     return f"addr\x00{remote or '-'}"
 
 
+#: How many of the shape definitions it asked for most recently a principal may ask for again
+#: without a new-shape token: twice the live requests it may hold (`max_held`, 256), so every
+#: shape it follows fits with room for passing ones. Past it the least recently asked for is
+#: forgotten (asking for it again costs one token, nothing else): the state stays bounded.
+REMEMBERED_SHAPES = 512
+
+
 class _State:
-    __slots__ = ("active", "bucket", "burst", "held", "rate")
+    __slots__ = (
+        "active",
+        "bucket",
+        "burst",
+        "held",
+        "rate",
+        "seen",
+        "shape_burst",
+        "shape_rate",
+        "shapes",
+    )
 
     def __init__(self, limits: LimitSettings, now: float) -> None:
         self.active = 0
@@ -62,6 +85,53 @@ class _State:
         self.bucket = TokenBucket(limits.burst, now)
         self.rate = limits.rate
         self.burst = limits.burst
+        #: The new-shape bucket and the definitions asked for (hashes, the least recently
+        #: asked for first), made at the principal's first engine request naming a shape.
+        self.shapes: TokenBucket | None = None
+        self.shape_rate = limits.new_shape_rate
+        self.shape_burst = limits.new_shape_burst
+        self.seen: dict[int, None] | None = None
+
+    def new_shape(self, limits: LimitSettings, now: float) -> tuple[int, TokenBucket] | None:
+        """(its key, the new-shape bucket) if the request names a shape definition new to
+        this principal, which must then be charged (`charge_shape`); None if it is free."""
+        shape = limits.shape
+        if shape is None:
+            return None
+        key = hash(shape)  # (a str keeps its hash: the same Prepared's is computed once)
+        seen = self.seen
+        if seen is None:
+            seen = self.seen = {}
+        elif key in seen:
+            # Least recently used first: a shape followed all along (its long-polls) is never
+            # the one forgotten for a passing one. (Forgetting the oldest asked for instead
+            # let one passing shape push out a followed one, whose next request pushed out
+            # the next: every followed shape charged every round.)
+            del seen[key]
+            seen[key] = None
+            return None
+        bucket = self.shapes
+        if bucket is None:
+            bucket = self.shapes = TokenBucket(limits.new_shape_burst, now)
+        self.shape_rate, self.shape_burst = limits.new_shape_rate, limits.new_shape_burst
+        return key, bucket
+
+    def charge_shape(
+        self, key: int, bucket: TokenBucket, limits: LimitSettings, now: float
+    ) -> None:
+        """Take the new-shape token (checked with `wait` before) and remember the shape."""
+        bucket.take(limits.new_shape_rate, limits.new_shape_burst, now)
+        seen = self.seen
+        assert seen is not None
+        seen[key] = None
+        if len(seen) > REMEMBERED_SHAPES:
+            del seen[next(iter(seen))]
+
+    def idle(self, now: float) -> bool:
+        """Nothing open and every bucket full: this state is as a new one would be."""
+        if self.active or self.held or not self.bucket.full(self.rate, self.burst, now):
+            return False
+        return self.shapes is None or self.shapes.full(self.shape_rate, self.shape_burst, now)
 
 
 class _Slots:
@@ -210,6 +280,16 @@ class Admission:
                 f"to the sync engine (limit {limits.max_concurrent}); retry later",
                 retry_after=self._spread(limits.retry_after),
             )
+        new = state.new_shape(limits, now)
+        if new is not None:
+            wait = new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now)
+            if wait > 0:
+                raise TooManyRequests(
+                    "too_many_new_shapes",
+                    f"Too many new shapes from this client (limit {limits.new_shape_rate:g} "
+                    f"per second, bursts of {limits.new_shape_burst}); retry later",
+                    retry_after=retry_after_seconds(wait),
+                )
         wait = state.bucket.take(limits.rate, limits.burst, now)
         if wait > 0:
             raise TooManyRequests(
@@ -218,6 +298,10 @@ class Admission:
                 f"bursts of {limits.burst}); retry later",
                 retry_after=retry_after_seconds(wait),
             )
+        if new is not None:
+            # (charged before the pool wait: if that runs out, the client's retry of the
+            # same shape is free)
+            state.charge_shape(*new, limits, now)
         state.active += 1
         try:
             got = await self._slots.take(limits.pool_wait)
@@ -250,8 +334,14 @@ class Admission:
             return None
         rate, burst = limits.rate, limits.burst
         state.rate, state.burst = rate, burst
-        if state.bucket.take(rate, burst, self._clock()) > 0:
+        now = self._clock()
+        new = state.new_shape(limits, now) if limits.shape is not None else None
+        if new is not None and new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now):
+            return None  # (`admit` refuses it)
+        if state.bucket.take(rate, burst, now) > 0:
             return None  # (no slot was taken yet)
+        if new is not None:
+            state.charge_shape(*new, limits, now)
         slots.free -= 1
         state.active += 1
         if held:
@@ -279,11 +369,7 @@ class Admission:
 
     def _sweep(self, now: float) -> None:
         """Forget idle principals whose bucket has refilled (they would start afresh anyway)."""
-        idle = [
-            key
-            for key, state in self._states.items()
-            if not (state.active or state.held) and state.bucket.full(state.rate, state.burst, now)
-        ]
+        idle = [key for key, state in self._states.items() if state.idle(now)]
         for key in idle:
             del self._states[key]
         # Amortised: the next sweep waits until the table has doubled again.

@@ -37,6 +37,12 @@ class TokenBucket:
         self._tokens = tokens
         return (1.0 - tokens) / rate
 
+    def wait(self, rate: float, capacity: float, now: float) -> float:
+        """Seconds until a token is available (0.0: one is now), taking nothing: for a
+        request that must pass another check before it is charged."""
+        tokens = min(float(capacity), self._tokens + max(0.0, now - self._updated) * rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / rate
+
     def full(self, rate: float, capacity: float, now: float) -> bool:
         """Would the bucket be full at `now`? (A full, idle bucket need not be kept.)"""
         elapsed = max(0.0, now - self._updated)

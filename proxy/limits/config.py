@@ -10,6 +10,8 @@ limits:                  # every principal (token subject, or client address whe
   pool_wait: 5           # max wait (s) for a free engine connection, then 503
   max_held: 256          # client requests held open at once (live long-polls and SSE
                          # streams), each client counted, identical ones joined included
+  new_shape_rate: 2      # shapes new to this principal per second, sustained ...
+  new_shape_burst: 200   # ... with bursts up to this many
 tables:
   items:
     allow:
@@ -33,6 +35,19 @@ the proxy's connection cap, and every other client got 503 "Too many connections
 as it held them. Its default (256) is independent of `max_concurrent`, so a rule that lifts
 `max_concurrent` (an open config's anonymous rule) keeps it; a deployment whose clients all
 reach the proxy from one address (behind a CDN that does not collapse live requests) raises it.
+
+`new_shape_rate` / `new_shape_burst` bound how fast one principal makes the engine create
+shapes. An engine request of a shape definition (table, where, columns, replica, params) that
+is not among the last `REMEMBERED_SHAPES` (512) its principal asked for takes a token from a
+second bucket; with none left it is a 429 `too_many_new_shapes` whose `Retry-After` is the time
+until the next token. Any offset counts, not only `-1`: the engine creates the shape of any
+definition it does not have, whatever the offset and handle (a stale handle then gets a 409),
+so counting only initial requests left a way around. Repeats of a definition already asked for
+are free: a client's long-polls, its refetch after a 409, a page opened again. Why: with the
+engine's `--max-shapes`, one principal making ~90 new shapes a second (well under `rate`) had
+every other user's idle shapes evicted between their chunk requests, and a slow client's first
+sync never finished. The defaults (200 at once, then 2 a second) are far above an app opening
+a few pages of 20-50 shapes each; the engine's shapes cost it memory and a snapshot query each.
 """
 
 from __future__ import annotations
@@ -53,6 +68,8 @@ class RuleLimits(_Model):
     rate: float | None = Field(default=None, gt=0)
     burst: int | None = Field(default=None, ge=1)
     max_held: int | None = Field(default=None, ge=1)
+    new_shape_rate: float | None = Field(default=None, gt=0)
+    new_shape_burst: int | None = Field(default=None, ge=1)
 
 
 class LimitsConfig(_Model):
@@ -74,6 +91,15 @@ class LimitsConfig(_Model):
         ge=1,
         description="live client requests (long-polls, SSE) one principal may hold open at once",
     )
+    new_shape_rate: float = Field(
+        default=2,
+        gt=0,
+        description="shapes new to one principal per second that it may have the engine make, "
+        "sustained (its repeats of a shape are free)",
+    )
+    new_shape_burst: int = Field(
+        default=200, ge=1, description="shapes new to one principal in a burst"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,25 +112,39 @@ class LimitSettings:
     retry_after: int = 5
     pool_wait: float = 5.0
     max_held: int = 256
+    new_shape_rate: float = 2.0
+    new_shape_burst: int = 200
+    #: The shape definition the request names (`proxy.upstream.url.definition_key`), or None
+    #: when its engine request makes no shape (a DELETE): an engine request of a definition
+    #: new to its principal is charged to the new-shape bucket (`proxy.limits.admission`).
+    #: Carried here because a request's settings are made once with its other decisions.
+    shape: str | None = None
 
 
-def resolve(global_limits: LimitsConfig, rule: RuleLimits | None) -> LimitSettings:
-    """Merge a rule's overrides into the global limits."""
-    base = LimitSettings(
-        max_concurrent=global_limits.max_concurrent,
-        rate=global_limits.rate,
-        burst=global_limits.burst,
+def resolve(
+    global_limits: LimitsConfig, rule: RuleLimits | None, *, shape: str | None = None
+) -> LimitSettings:
+    """Merge a rule's overrides into the global limits, for a request naming `shape`."""
+    if rule is None:
+        return LimitSettings(
+            max_concurrent=global_limits.max_concurrent,
+            rate=global_limits.rate,
+            burst=global_limits.burst,
+            retry_after=global_limits.retry_after,
+            pool_wait=global_limits.pool_wait,
+            max_held=global_limits.max_held,
+            new_shape_rate=global_limits.new_shape_rate,
+            new_shape_burst=global_limits.new_shape_burst,
+            shape=shape,
+        )
+    return LimitSettings(
+        max_concurrent=rule.max_concurrent or global_limits.max_concurrent,
+        rate=rule.rate or global_limits.rate,
+        burst=rule.burst or global_limits.burst,
         retry_after=global_limits.retry_after,
         pool_wait=global_limits.pool_wait,
-        max_held=global_limits.max_held,
-    )
-    if rule is None:
-        return base
-    return LimitSettings(
-        max_concurrent=rule.max_concurrent or base.max_concurrent,
-        rate=rule.rate or base.rate,
-        burst=rule.burst or base.burst,
-        retry_after=base.retry_after,
-        pool_wait=base.pool_wait,
-        max_held=rule.max_held or base.max_held,
+        max_held=rule.max_held or global_limits.max_held,
+        new_shape_rate=rule.new_shape_rate or global_limits.new_shape_rate,
+        new_shape_burst=rule.new_shape_burst or global_limits.new_shape_burst,
+        shape=shape,
     )

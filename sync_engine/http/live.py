@@ -187,7 +187,7 @@ async def serve_sse(
         if request.transport is not None:
             request.transport.close()  # (no well-formed end to give it)
     finally:
-        shape.sending -= 1
+        shape.sent()
     return resp
 
 

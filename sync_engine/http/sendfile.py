@@ -67,7 +67,7 @@ class ChunkFileResponse(web.StreamResponse):
             try:
                 await self._send_body(request, writer)
             finally:
-                self._shape.sending -= 1
+                self._shape.sent()
             return writer
         finally:
             self._close_fd()

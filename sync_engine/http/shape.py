@@ -24,7 +24,7 @@ from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from ..single_flight import single_flight
 from ..snapshot.subset import build_subset_query
-from ..tables import not_answering
+from ..tables import StaleDescription, not_answering
 from . import headers as h
 from .errors import json_response
 from .live import client_gone, serve_sse
@@ -136,9 +136,9 @@ class ShapeView:
             # shape's `columns`; the rows still carry only those.
             described = await source.describe(req.shape)
             subset = build_subset_query(described.table.columns, req.subset)
-            shape = await source.resolve(req.shape, from_start=req.from_start)
+            shape = await _resolve(source, req)
             return await serve_subset(source, shape, req, subset, request)
-        shape = await source.resolve(req.shape, from_start=req.from_start)
+        shape = await _resolve(source, req)
         if req.handle is not None and req.handle != shape.handle:
             raise ShapeGone(shape.handle)
         try:
@@ -374,6 +374,15 @@ def _check_issued(shape: Shape, offset: LogOffset) -> None:
         raise ShapeGone(shape.handle)
 
 
+async def _resolve(source: Source, req: ShapeRequest) -> Shape:
+    """The request's shape (`Source.resolve`), described again once if its table changed
+    while it was being made (`StaleDescription`: the first description was cached)."""
+    try:
+        return await source.resolve(req.shape, from_start=req.from_start)
+    except StaleDescription:
+        return await source.resolve(req.shape, from_start=req.from_start)
+
+
 class _ShapeResponse(web.Response):
     """A shape's answer whose shape counts as in use (`Shape.sending`) while its body is
     written (aiohttp writes it in `write_eof`, waiting for the client to take it)."""
@@ -387,7 +396,7 @@ class _ShapeResponse(web.Response):
         try:
             await super().write_eof(data)
         finally:
-            self._shape.sending -= 1
+            self._shape.sent()
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:

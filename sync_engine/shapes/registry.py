@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 from cachetools import LRUCache
 
+from ..errors import ServiceUnavailable
 from ..log.files import ShapeLog
 from ..log.store import ShapeStore
 from ..pg.catalog import ColumnInfo, TableInfo
@@ -28,6 +31,17 @@ from .shape import FAMILY_LISTED, HandleFactory, Shape, family_digest
 from .where import parse_where
 
 logger = logging.getLogger(__name__)
+
+#: Seconds after its last request (or the end of its last answer) during which a shape is
+#: not evicted for a new one (`ShapeRegistry.evict`): a client paging through a shape, or
+#: coming back after a long-poll, a dropped connection or a 503, asks again within that.
+#: The npm client retries after at most 32 s (its backoff's `maxDelay`; a `Retry-After` it
+#: is told), and a long-poll returns within 20 s (`--long-poll-timeout`): 60 s covers
+#: either with room. A shorter time let a storm of new shapes retire a shape between two
+#: requests of its client; a longer one keeps a storm's newcomers waiting longer.
+MIN_IDLE = 60.0
+#: The longest Retry-After of the 503 for a new shape with no room (`ShapeRegistry.no_room`).
+NO_ROOM_RETRY = 10
 
 
 def shape_record(shape: Shape) -> dict[str, object]:
@@ -168,6 +182,11 @@ class ShapeRegistry:
         self._request_keys: dict[Shape, set[tuple[object, ...]]] = {}
         # Every live shape, least recently requested first (`touch`, `evict`).
         self._recency: OrderedDict[Shape, None] = OrderedDict()
+        #: Seconds a shape used is kept from eviction (`MIN_IDLE`; tests set 0).
+        self.min_idle = MIN_IDLE
+        # (monotonic) before which no shape may go, as the last `evict` that found too few
+        # found it; 0 after one that found enough.
+        self._room_at = 0.0
 
     def __len__(self) -> int:
         return len(self.by_handle)
@@ -182,33 +201,64 @@ class ShapeRegistry:
 
     def touch(self, shape: Shape) -> None:
         """A request asked for `shape`: it is the most recently used now (`evict`)."""
+        shape.used_at = time.monotonic()
         if shape in self._recency:
             self._recency.move_to_end(shape)
 
     def evict(self, count: int, reason: str) -> int:
         """Retire up to `count` of the least recently requested shapes that no client is
-        reading now, and return how many went.
+        using now, and return how many went.
 
         In use, and kept: a shape with a request held at its tip (a long-poll or an SSE
         stream), an answer being written (`Shape.sending`: a client reading a chunk, which
         a slow one takes minutes over, came back to a 409 and began again, for ever under
-        a churn of new shapes) or whose snapshot is still being taken. Those are moved to
-        the recent end as they are passed over (they are in use), so a registry full of
-        held shapes costs one pass, not one per new shape. Retiring is a rotation: its
-        clients get a 409 on their next request and refetch, as after a DELETE, and its
-        files go.
+        a churn of new shapes), whose snapshot is still being taken, or used in the last
+        `min_idle` seconds (`Shape.used_at`: a client paging through its first sync is
+        between two requests for a few milliseconds at a time; retired there, its first
+        sync never finished while another user made new shapes). Those are moved to the
+        recent end as they are passed over (they are in use), so a registry full of them
+        costs one pass, not one per new shape. Retiring is a rotation: its clients get a
+        409 on their next request and refetch, as after a DELETE, and its files go.
         """
+        now = time.monotonic()
+        if now < self._room_at:  # (a pass found none to go, and none may go before then)
+            return 0
         evicted = 0
+        room_at = now + self.min_idle  # (a shape held now is used when it lets go)
         for _ in range(len(self._recency)):
             if evicted >= count or not self._recency:
                 break
             shape = next(iter(self._recency))
             if shape.waiting or shape.sending or not shape.log.snapshot_complete:
+                if not (shape.waiting or shape.sending):  # (may go once its snapshot is in)
+                    room_at = min(room_at, shape.used_at + self.min_idle)
+                self._recency.move_to_end(shape)
+                continue
+            if now - shape.used_at < self.min_idle:
+                room_at = min(room_at, shape.used_at + self.min_idle)
                 self._recency.move_to_end(shape)
                 continue
             self.rotate(shape, reason)
             evicted += 1
+        # Too few went: no shape may go before `room_at` (a new one is used now, a held one
+        # when it lets go), so until then a new shape's request costs no pass (a storm of
+        # them made one pass of every shape each).
+        self._room_at = room_at if evicted < count else 0.0
         return evicted
+
+    def no_room(self, limit: int) -> ServiceUnavailable:
+        """The 503 for a new shape `evict` found no room for: every one of the `limit`
+        shapes is in use, or was used in the last `min_idle` seconds. Its Retry-After is
+        when the first of those may go, at most `NO_ROOM_RETRY` seconds (a shape deleted or
+        rotated makes room sooner)."""
+        wait = self._room_at - time.monotonic()
+        retry = min(NO_ROOM_RETRY, max(1, math.ceil(wait)))
+        return ServiceUnavailable(
+            f"Shape limit reached for this source: all {limit} shapes are in use or were"
+            f" requested in the last {self.min_idle:g} s (max_shapes); retry in {retry} s",
+            retry_after=retry,
+            code="shape_limit_reached",
+        )
 
     def remember(self, params: ShapeParams, shape: Shape) -> None:
         key = params.key()
@@ -235,6 +285,7 @@ class ShapeRegistry:
             columns=described.columns,
             log=shape_log,
         )
+        shape.used_at = time.monotonic()  # (asked for now; one loaded from disk was not)
         self.add(shape)
         return shape
 

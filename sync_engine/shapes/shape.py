@@ -193,6 +193,11 @@ class Shape:
     #: Answers of it being written now (a chunk to a slow client, an SSE stream): it is in
     #: use, as while `waiting` (`ShapeRegistry.evict` keeps it).
     sending: int = field(init=False, default=0)
+    #: When (`time.monotonic`) a request last asked for it, or an answer of it was last
+    #: written or a request stopped waiting for it: `ShapeRegistry.evict` keeps a shape
+    #: used in the last `min_idle` seconds (a client paging through it, between two
+    #: requests). A shape loaded from disk has not been used since (`-inf`).
+    used_at: float = field(init=False, default=float("-inf"))
     #: When (`time.monotonic`) a request last asked for a chunk of its snapshot (or stopped
     #: waiting for one): a snapshot no request asked for in a while is cancelled in Postgres
     #: (`snapshot.scheduler`: nobody would read it).
@@ -381,6 +386,12 @@ class Shape:
                     return True
         finally:
             self.waiting -= 1
+            self.used_at = time.monotonic()
+
+    def sent(self) -> None:
+        """An answer of it was written (or ended): one fewer `sending`, used now."""
+        self.sending -= 1
+        self.used_at = time.monotonic()
 
     def notify(self) -> None:
         fut = self._changed

@@ -3,7 +3,8 @@
 `Tables.lookup` keeps a table's description for `LOOKUP_TTL` (2 s): a shape made within that
 time of a change to the table (its primary key moved to another column, here) was made from the
 old description, keyed its rows by the old key and named it in `electric-schema`, until the
-periodic schema check (every `schema_check_interval`, 10 s) rotated it.
+periodic schema check (every `schema_check_interval`, 10 s) rotated it. A new shape now reads
+its table again (`Tables.publish`) and, if it changed, is described again.
 """
 
 from __future__ import annotations
@@ -31,11 +32,6 @@ async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncItera
     yield Engine(client, db_url, tmp_path / "data")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fix in sync_engine/source.py or tables.py (faults'): see /work/bugs-for-faults.md "
-    "'From faults2 (13:17)'; remove this mark with the fix",
-)
 async def test_a_shape_made_right_after_a_primary_key_change_uses_the_new_key(
     engine: Engine,
 ) -> None:

@@ -6,6 +6,7 @@ equality (so an index key on the converted value is still a key on the column's 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Callable
@@ -168,12 +169,31 @@ def _time_input(text: str) -> Value:
     return pgv.parse_time(text)
 
 
+def _no_plus_infinity(parse: Callable[[str], Value], target: PgType) -> Callable[[str], Value]:
+    """`parse`, refusing '+infinity' as Postgres 15 does: only Postgres 16 reads it as
+    'infinity' for date and timestamps (pg/values.py reads it, as replication never sends
+    it), and `ts < '+infinity'` was served where Postgres 15 said "invalid input syntax"."""
+
+    def parse_checked(text: str) -> Value:
+        if text.strip().lower() == "+infinity":
+            raise ValueError(f'invalid input syntax for type {target.sql_name}: "{text}"')
+        return parse(text)
+
+    return parse_checked
+
+
 def datetime_input(target: PgType) -> Callable[[str], Value]:
     """Postgres's input of `target` as far as the engine reads it: `pgv.input_parser`, and for
     date and time also a date with a time of day (see _DATE_WITH_CLOCK); numerics with a
-    scale of 0 or more (`pg_numeric`); ValueError."""
-    if target == DATE:
-        return _date_input
+    scale of 0 or more (`pg_numeric`); dates and timestamps without Postgres 16's
+    '+infinity'; ValueError."""
+    if target in (DATE, TIMESTAMP, TIMESTAMPTZ):
+        return _no_plus_infinity(
+            _date_input if target == DATE else pgv.input_parser(target), target
+        )
+    if target.array and target.element in (DATE, TIMESTAMP, TIMESTAMPTZ):
+        element = _no_plus_infinity(pgv.input_parser(target.element), target.element)
+        return functools.partial(pgv.parse_array, element=element, pg_type=target)
     if target == TIME:
         return _time_input
     parser = pgv.input_parser(target)

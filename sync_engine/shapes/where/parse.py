@@ -154,7 +154,24 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     root = stmt.whereClause if prefix == PREFIX else stmt.sortClause
     if tree_depth(root, stop_after=MAX_WHERE_DEPTH) > MAX_WHERE_DEPTH:
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
+    if "$" in sql:
+        _refuse_typed_params(root)
     return stmt
+
+
+def _refuse_typed_params(root: ast.Node) -> None:
+    """Refuse `int8 $1` (a type name before a `$n`) as Postgres does: "syntax error at or
+    near "$1"". Postgres reads `type 'string'` only with a string; libpg_query's grammar
+    also takes a `$n` there (pg_stat_statements writes constants as `$n`), so the engine
+    served `i8 = int8 $1` (as `CAST($1 AS int8)`), a clause that fails as written in any
+    Postgres. Told apart from `$1::int8` and `CAST($1 AS int8)` (the same node) by order:
+    only in this form does the type name come before the parameter."""
+    for node in walk(root):
+        if not isinstance(node, ast.TypeCast) or not isinstance(node.arg, ast.ParamRef):
+            continue
+        param, type_name = node.arg.location, getattr(node.typeName, "location", None)
+        if isinstance(param, int) and isinstance(type_name, int) and type_name < param:
+            raise WhereError(f'At location {param}: syntax error at or near "${node.arg.number}"')
 
 
 class SqlStream(RawStream):

@@ -8,7 +8,9 @@ here runs through the engine and through the real Postgres 15 on a two-row table
 - Postgres accepts it: the engine gives Postgres's rows, or refuses it without claiming
   Postgres would ("invalid input syntax", "syntax error", "trailing junk" are Postgres's
   words for what it refuses: `'0x10'::float8` is 16 to strtod, not invalid).
-Numeric literals are refused in Postgres 15's own words, whatever path the clause takes
+A type name before a `$n` (`int8 $1`, which libpg_query reads for pg_stat_statements' sake
+and no Postgres does) is a syntax error, as in Postgres. Numeric literals are refused in
+Postgres 15's own words, whatever path the clause takes
 (a template of `i8 = 16` must not serve `i8 = 0x10`).
 """
 
@@ -19,6 +21,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql as pgsql
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
@@ -42,7 +45,8 @@ NEWER_NUMBERS = [
     "(ARRAY[1, 2])[0x1] = 1",
 ]
 
-#: Other syntax and functions of Postgres 16 and 17, and literals whose reading changed.
+#: Other syntax and functions of Postgres 16 and 17, and literals whose reading changed
+#: (Postgres 16 reads '+infinity' as a date or timestamp, Postgres 15 refuses it).
 OTHERS = [
     "js IS JSON",
     "t IS JSON OBJECT WITH UNIQUE KEYS",
@@ -61,6 +65,9 @@ OTHERS = [
     "array_shuffle(ARRAY[1]) IS NOT NULL",
     "date_add(ts, '1 day') IS NOT NULL",
     "'infinity'::interval IS NOT NULL",
+    "ts < '+infinity'",  # (Postgres 16 reads '+infinity' as infinity)
+    "'{+infinity}'::date[] IS NOT NULL",
+    "ts < 'infinity'",
     "'0x10'::int8 = i8",
     "'1_000'::numeric = i8",
     "'0x10'::float8 = 16",
@@ -69,6 +76,17 @@ OTHERS = [
     "t = E'\\u0061'",
     "t = '0x10'",
     "i8 = 1000",
+]
+
+#: With `params[1]`: libpg_query (pglast's parser) also reads a `$n` after a type name, as
+#: pg_stat_statements writes constants; Postgres reads only a string there.
+WITH_PARAM = [
+    ("i8 = int8 $1", "16"),
+    ("ts < timestamptz $1", "2030-01-01"),
+    ("t = 'x' OR i8 = pg_catalog.int8 $1", "16"),
+    ("i8 = $1::int8", "16"),
+    ("i8 = CAST($1 AS int8)", "16"),
+    ("i8 = int8 '16' AND t = $1", "0x10"),
 ]
 
 #: Postgres's words for a clause it refuses: the engine must not say them of one it reads.
@@ -104,16 +122,28 @@ def _populate(
     return conn, column_map(url), rows
 
 
-def _postgres(conn: psycopg.Connection[Any], clause: str) -> list[str] | str:
+def _postgres(
+    conn: psycopg.Connection[Any], clause: str, param: str | None = None
+) -> list[str] | str:
+    query = f"SELECT id FROM d WHERE {clause} ORDER BY id"
     try:
-        return [str(r[0]) for r in conn.execute(f"SELECT id FROM d WHERE {clause} ORDER BY id")]
+        if param is None:
+            return [str(r[0]) for r in conn.execute(query)]
+        conn.execute(f"PREPARE p AS {query}")  # (the clause's own `$1`, as Postgres reads it)
+        try:
+            execute = pgsql.SQL("EXECUTE p({})").format(pgsql.Literal(param))
+            return [str(r[0]) for r in conn.execute(execute)]
+        finally:
+            conn.execute("DEALLOCATE p")
     except psycopg.Error as e:
         return str(e).splitlines()[0]
 
 
-def _engine(clause: str, columns: Any, rows: list[dict[str, str | None]]) -> list[str] | str:
+def _engine(
+    clause: str, columns: Any, rows: list[dict[str, str | None]], param: str | None = None
+) -> list[str] | str:
     try:
-        where = parse_where(clause, {}, columns)
+        where = parse_where(clause, {} if param is None else {"1": param}, columns)
     except WhereError as e:
         return str(e)
     return [str(r["id"]) for r in rows if where.matches(r)]
@@ -126,11 +156,12 @@ def test_postgres_15_answers(
     for clause in ("i8 = 16", "i8 = 17", "i8 = 18"):  # the form's template is made
         parse_where(clause, {}, columns)
     wrong = []
-    for clause in NEWER_NUMBERS + OTHERS:
-        pg, engine = _postgres(conn, clause), _engine(clause, columns, rows)
+    cases = [(c, None) for c in NEWER_NUMBERS + OTHERS] + WITH_PARAM
+    for clause, param in cases:
+        pg, engine = _postgres(conn, clause, param), _engine(clause, columns, rows, param)
         if isinstance(pg, str):
             ok = isinstance(engine, str)
-            if clause in NEWER_NUMBERS:
+            if clause in NEWER_NUMBERS or param is not None:
                 ok = ok and pg in engine  # Postgres 15's own words
         else:
             ok = engine == pg or (
