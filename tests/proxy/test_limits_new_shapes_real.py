@@ -120,8 +120,9 @@ async def test_anonymous_clients_behind_a_trusted_balancer_have_budgets_of_their
     )
     config["limits"] = {"max_held": 1}
 
-    async def through(trusted: list[str]) -> tuple[int, int]:
-        """(the status of ann's second live request, how many live requests are held)."""
+    async def through(trusted: list[str]) -> tuple[int, int, int]:
+        """(the status of ann's second live request, of a request from the /64 of one
+        held, how many live requests are held)."""
         config["server"] = {"trusted_proxies": trusted}
         proxy = await make_proxy(build_config(config, environ))
         first = await proxy.get("/v1/shape?table=items&offset=now")
@@ -139,16 +140,18 @@ async def test_anonymous_clients_behind_a_trusted_balancer_have_budgets_of_their
         for n, headers in enumerate(others):
             held.append(asyncio.create_task(proxy.get(f"{live}{n}", headers=headers)))
         await asyncio.sleep(0.3)  # (a refusal comes at once; a held request stays)
+        # Another address of the same IPv6 /64: the same subscriber, over its 1.
+        neighbour = await proxy.get(f"{live}n", headers={"X-Forwarded-For": "2001:db8::a"})
         count = _held(proxy)
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
-        return again.status, count
+        return again.status, neighbour.status, count
 
     # Trusted: ann is over her 1; two other clients each hold theirs.
-    assert await through(["127.0.0.0/8"]) == (429, 3)
+    assert await through(["127.0.0.0/8"]) == (429, 429, 3)
     # Not trusted (the balancer is elsewhere): every request is 127.0.0.1's, over its 1.
-    assert await through(["10.0.0.0/8", "::1/128"]) == (429, 1)
+    assert await through(["10.0.0.0/8", "::1/128"]) == (429, 429, 1)
 
 
 def _held(proxy: Any) -> int:
