@@ -59,10 +59,11 @@ def principal_for(issuer: object, subject: object, remote: str | None) -> str:
     return f"addr\x00{remote or '-'}"
 
 
-#: How many of its latest shape definitions a principal may ask for again without a new-shape
-#: token: more than an app's live shapes (its pages of 20-50). Past it the oldest is forgotten
-#: (asking for it again costs one token, nothing else), so a principal's state stays small.
-REMEMBERED_SHAPES = 256
+#: How many of the shape definitions it asked for most recently a principal may ask for again
+#: without a new-shape token: twice the live requests it may hold (`max_held`, 256), so every
+#: shape it follows fits with room for passing ones. Past it the least recently asked for is
+#: forgotten (asking for it again costs one token, nothing else): the state stays bounded.
+REMEMBERED_SHAPES = 512
 
 
 class _State:
@@ -84,8 +85,8 @@ class _State:
         self.bucket = TokenBucket(limits.burst, now)
         self.rate = limits.rate
         self.burst = limits.burst
-        #: The new-shape bucket and the definitions asked for (hashes, oldest first), made
-        #: at the principal's first engine request that names a shape.
+        #: The new-shape bucket and the definitions asked for (hashes, the least recently
+        #: asked for first), made at the principal's first engine request naming a shape.
         self.shapes: TokenBucket | None = None
         self.shape_rate = limits.new_shape_rate
         self.shape_burst = limits.new_shape_burst
@@ -102,6 +103,12 @@ class _State:
         if seen is None:
             seen = self.seen = {}
         elif key in seen:
+            # Least recently used first: a shape followed all along (its long-polls) is never
+            # the one forgotten for a passing one. (Forgetting the oldest asked for instead
+            # let one passing shape push out a followed one, whose next request pushed out
+            # the next: every followed shape charged every round.)
+            del seen[key]
+            seen[key] = None
             return None
         bucket = self.shapes
         if bucket is None:

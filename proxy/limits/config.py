@@ -37,8 +37,8 @@ as it held them. Its default (256) is independent of `max_concurrent`, so a rule
 reach the proxy from one address (behind a CDN that does not collapse live requests) raises it.
 
 `new_shape_rate` / `new_shape_burst` bound how fast one principal makes the engine create
-shapes. An engine request of a shape definition (table, where, columns, replica, params) the
-principal has not asked for among its last `REMEMBERED_SHAPES` definitions takes a token from a
+shapes. An engine request of a shape definition (table, where, columns, replica, params) that
+is not among the last `REMEMBERED_SHAPES` (512) its principal asked for takes a token from a
 second bucket; with none left it is a 429 `too_many_new_shapes` whose `Retry-After` is the time
 until the next token. Any offset counts, not only `-1`: the engine creates the shape of any
 definition it does not have, whatever the offset and handle (a stale handle then gets a 409),

@@ -7,8 +7,8 @@ Client -> proxy (its own server, on a socket) -> `sync-engine` (its CLI, a subpr
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,14 +16,26 @@ import pytest
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
+from tests.support.databases import create_database, drop_database
 from tests.support.engine_process import EngineProcess, sync_through
 
 HOLD = 4  # the engine's long-poll hold, seconds
 MAX_SHAPES = 6
 
 
-@pytest.fixture
-def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One engine secret for the module: its tests share one engine (`real_engine`)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def real_engine(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[str]:
+    """One engine for the module's tests, each with its own proxy. They make at most
+    `MAX_SHAPES` shapes between them, in any order, unless the proxy lets alice through."""
+    dbname, db_url = create_database(pg_server_url)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
         conn.execute(
@@ -31,7 +43,8 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
             "'item ' || i FROM generate_series(1, 30) i"
         )
     engine = EngineProcess(
-        db_url, tmp_path / "data", "--secret", engine_secret, "--no-fsync",
+        db_url, tmp_path_factory.mktemp("new-shapes-engine") / "data",
+        "--secret", engine_secret, "--no-fsync",
         "--long-poll-timeout", str(HOLD), "--max-shapes", str(MAX_SHAPES),
     )  # fmt: skip
     engine.start()
@@ -39,6 +52,7 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
         yield engine.url
     finally:
         engine.stop()
+        drop_database(pg_server_url, dbname)
 
 
 def _config(engine_url: str, idp: Any) -> dict[str, Any]:
@@ -106,8 +120,9 @@ async def test_anonymous_clients_behind_a_trusted_balancer_have_budgets_of_their
     )
     config["limits"] = {"max_held": 1}
 
-    async def through(trusted: list[str]) -> tuple[int, int]:
-        """(the status of ann's second live request, how many live requests are held)."""
+    async def through(trusted: list[str]) -> tuple[int, int, int]:
+        """(the status of ann's second live request, of a request from the /64 of one
+        held, how many live requests are held)."""
         config["server"] = {"trusted_proxies": trusted}
         proxy = await make_proxy(build_config(config, environ))
         first = await proxy.get("/v1/shape?table=items&offset=now")
@@ -125,16 +140,18 @@ async def test_anonymous_clients_behind_a_trusted_balancer_have_budgets_of_their
         for n, headers in enumerate(others):
             held.append(asyncio.create_task(proxy.get(f"{live}{n}", headers=headers)))
         await asyncio.sleep(0.3)  # (a refusal comes at once; a held request stays)
+        # Another address of the same IPv6 /64: the same subscriber, over its 1.
+        neighbour = await proxy.get(f"{live}n", headers={"X-Forwarded-For": "2001:db8::a"})
         count = _held(proxy)
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
-        return again.status, count
+        return again.status, neighbour.status, count
 
     # Trusted: ann is over her 1; two other clients each hold theirs.
-    assert await through(["127.0.0.0/8"]) == (429, 3)
+    assert await through(["127.0.0.0/8"]) == (429, 429, 3)
     # Not trusted (the balancer is elsewhere): every request is 127.0.0.1's, over its 1.
-    assert await through(["10.0.0.0/8", "::1/128"]) == (429, 1)
+    assert await through(["10.0.0.0/8", "::1/128"]) == (429, 429, 1)
 
 
 def _held(proxy: Any) -> int:
