@@ -363,6 +363,8 @@ UNLIMITED = {
     "rate": 1e9,
     "burst": 1_000_000_000,
     "max_held": 1_000_000,
+    "new_shape_rate": 1e9,
+    "new_shape_burst": 1_000_000_000,
 }
 
 

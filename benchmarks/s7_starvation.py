@@ -63,6 +63,8 @@ NO_LIMITS = {
     "rate": 1e9,
     "burst": 1_000_000_000,
     "max_held": 1_000_000,
+    "new_shape_rate": 1e9,
+    "new_shape_burst": 1_000_000_000,
 }
 #: The defaults a proxy gets without a `limits:` section.
 SHIPPED_LIMITS = LimitsConfig().model_dump()

@@ -577,19 +577,16 @@ class Source:
         requested shapes no client is reading now (as Electric's expiry of least recently
         used shapes, but at once rather than once a minute, so the limit holds). Their
         clients get a 409 and refetch. Refused (503) only when every shape is in use: a
-        request held at its tip or a snapshot being taken; those end within a long-poll.
+        request held at its tip or a snapshot being taken (those end within a long-poll),
+        or requested in the last `min_idle` (60) seconds (a client paging through it
+        between two requests); the 503's Retry-After says when the first may go.
         """
         limit = self.config.max_shapes
         if limit is None or len(self.registry) < limit:
             return
         over = len(self.registry) - limit + 1
         if self.registry.evict(over, f"least recently used of more than {limit} shapes") < over:
-            raise ServiceUnavailable(
-                f"Shape limit reached for this source: all {limit} shapes are in use"
-                " (max_shapes); retry shortly",
-                retry_after=5,
-                code="shape_limit_reached",
-            )
+            raise self.registry.no_room(limit)
 
     def shape(self, handle: str) -> Shape | None:
         """The live shape with this handle, if any."""

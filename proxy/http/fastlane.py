@@ -43,7 +43,7 @@ from proxy.http.errors import render_proxy_error
 from proxy.http.protocol import JOIN_BELOW
 from proxy.http.wire import Request, Response, StreamResponse, http_date
 from proxy.limits.admission import Permit
-from proxy.runtime import Prepared, Runtime
+from proxy.runtime import ANONYMOUS, Prepared, Runtime
 from proxy.upstream.client import (
     HIGH_WATER,
     BodyTruncated,
@@ -56,7 +56,7 @@ from proxy.upstream.client import (
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import HOLD_ENDED, Forwarder, Target
 from proxy.upstream.headers import kept_raw, upstream_request_lines
-from proxy.upstream.held import MIN_HOLD
+from proxy.upstream.held import MIN_HOLD, Deadlines
 from proxy.upstream.respond import Outcome, complete
 
 if TYPE_CHECKING:
@@ -66,6 +66,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _SHAPE_PATH = "/v1/shape"
+_SHAPE_QUERY = _SHAPE_PATH + "?"
 
 
 class _Layout:
@@ -175,8 +176,8 @@ class FastConnection(Protocol):
 
 def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer | None:
     """Send `request` to the engine by the fast lane, or None if it does not qualify."""
-    path, _, _ = request.raw_path.partition("?")
-    if path != _SHAPE_PATH:
+    raw_path = request.raw_path  # (its path is /v1/shape: the target is that, or that and "?")
+    if raw_path[:10] != _SHAPE_QUERY and raw_path != _SHAPE_PATH:
         return None
     runtime = app.holder.current
     options = runtime.options
@@ -221,9 +222,11 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     engine = forwarder.pool.take_idle(prepared.pool_key)
     if engine is None:
         return None
-    permit = app.admission.admit_now(
-        handlers.principal(request, prepared), prepared.limits, held=prepared.live
-    )
+    principal = prepared.principal  # (`handlers.principal`, inline)
+    if principal == ANONYMOUS:
+        principal = f"{ANONYMOUS} {request.remote}"
+    live = prepared.live
+    permit = app.admission.admit_now(principal, prepared.limits, held=live)
     if permit is None:
         forwarder.pool.put_back(engine)
         return None
@@ -233,7 +236,7 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     context.shape = True
     context.cors = cors
     context.subject, context.table, context.rule = prepared.subject, prepared.table, prepared.rule
-    context.live = prepared.live
+    context.live = live
     context.shared = prepared.shared
     metrics = app.metrics
     metrics.token_cache["hit"] += 1  # (`token_cache_lookup(True)` and `upstream_sent()`,
@@ -245,7 +248,7 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         logger.debug("a kept-alive engine connection could not be written to", exc_info=True)
         answer.cancel_quietly()
         return None
-    if prepared.live:
+    if live:
         answer.hold(forwarder)
     return answer
 
@@ -261,6 +264,7 @@ class FastAnswer:
         "_expiry",
         "_finished",
         "_head",
+        "_held_at",
         "_layout",
         "_length",
         "_permit",
@@ -295,16 +299,30 @@ class FastAnswer:
         self._done = False
         self._finished: asyncio.Future[None] | None = None
         self._sent = time.monotonic()
-        #: Its key in `Forwarder.deadlines` while held with a token.
+        #: Its key in `Forwarder.deadlines` while held with a token (`register`).
         self._expiry: int | None = None
+        #: When `hold` began (wall clock; for the deadline `register` sets).
+        self._held_at = 0.0
 
     def hold(self, forwarder: Forwarder) -> None:
         """A long-poll: ended as a long-poll timeout ends (`upstream.held`) when its token
-        expires or access is revoked (`Forwarder.end_streams`) before the engine answers."""
+        expires or access is revoked (`Forwarder.end_streams`) before the engine answers.
+        Its deadline goes into `Forwarder.deadlines` with the forwarder's next sweep
+        (`register`), if it is still held then (`upstream.forward.FAST_DEADLINE_DELAY`)."""
         forwarder.fast_held.add(self)
+        if self._prepared.token_exp is not None:
+            self._held_at = time.time()
+            forwarder.fast_unregistered.add(self)
+            if forwarder.fast_sweep is None:
+                forwarder.sweep_fast_later()
+
+    def register(self, deadlines: Deadlines) -> None:
+        """Still held at the forwarder's sweep: end it at its token's expiry, and never
+        before `MIN_HOLD` after it was held (the deadline `hold` would have set)."""
         deadline = self._prepared.token_exp
-        if deadline is not None:
-            self._expiry = forwarder.deadlines.add(max(deadline, time.time() + MIN_HOLD), self)
+        if self._done or deadline is None:
+            return
+        self._expiry = deadlines.add(max(deadline, self._held_at + MIN_HOLD), self)
 
     def expire(self) -> None:
         """Its token expired (`upstream.held.Deadlines`)."""
@@ -335,6 +353,8 @@ class FastAnswer:
         if self._expiry is not None:
             forwarder.deadlines.discard(self._expiry, self)
             self._expiry = None
+        else:
+            forwarder.fast_unregistered.discard(self)
 
     def finished(self) -> asyncio.Future[None]:
         """Done once this request is answered, handed over or given up (server shutdown)."""

@@ -47,18 +47,10 @@ def write_new_file(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def write_fd(path: str, data: bytes, position: int) -> None:
+def write_fd(path: str, data: bytes | memoryview, position: int) -> None:
     """Write all of `data` at `position` of `path` (created if missing); continues short
     writes, raises OSError when the kernel refuses (the caller cuts back)."""
-    fd = _open.get(path)
-    if fd is None:
-        fd = _open_for_append(path)
-        _open[path] = fd
-        if len(_open) > MAX_OPEN:
-            _, old = _open.popitem(last=False)
-            os.close(old)
-    else:
-        _open.move_to_end(path)
+    fd = _fd(path)
     written = os.pwrite(fd, data, position)
     if written == len(data):
         return
@@ -68,6 +60,35 @@ def write_fd(path: str, data: bytes, position: int) -> None:
         if n <= 0:
             raise OSError(errno.EIO, "short write")
         written += n
+
+
+def write_pieces(path: str, pieces: list[bytes], position: int) -> None:
+    """`write_fd` of the pieces one after the other, in one system call (`pwritev`), so
+    that a big piece is written where it lies rather than copied into one buffer first."""
+    fd = _fd(path)
+    written = os.pwritev(fd, pieces, position)
+    for piece in pieces:  # (short writes: the rest piece by piece)
+        if written >= len(piece):
+            written -= len(piece)
+            position += len(piece)
+            continue
+        write_fd(path, memoryview(piece)[written:], position + written)
+        position += len(piece)
+        written = 0
+
+
+def _fd(path: str) -> int:
+    """The cached descriptor of `path`, opened (and cached) if need be."""
+    fd = _open.get(path)
+    if fd is None:
+        fd = _open_for_append(path)
+        _open[path] = fd
+        if len(_open) > MAX_OPEN:
+            _, old = _open.popitem(last=False)
+            os.close(old)
+    else:
+        _open.move_to_end(path)
+    return fd
 
 
 def _open_for_append(path: str) -> int:

@@ -17,7 +17,7 @@ none, are still read), so a record's length and LSN are known to be real before 
 body is read: when a body is damaged, its LSN still says from where the slot must send
 transactions again to repair it. A chunk file cut short at a record boundary (a lost
 write, a partial copy) has only intact records: the next chunk's first record says how
-long it was (`chunk_start`), so `load` finds the hole. All integers are little-endian. A
+long it was (`chunk_flags`), so `load` finds the hole. All integers are little-endian. A
 record is only trusted whole: a reader that finds a short, unparseable or mismatching
 record reports it instead of serving any of its bytes.
 """
@@ -25,6 +25,7 @@ record reports it instead of serving any of its bytes.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .checksum import crc32 as _crc32
@@ -62,6 +63,69 @@ def seed_of(handle: str) -> int:
     return _crc32(handle.encode())
 
 
+#: An entry's JSON at least this long is a piece of its record of its own (`record_body`):
+#: written where it lies, never copied into a joined body (a 200 MB value was copied three
+#: more times on its way to the file: the body, the record, the first record of a chunk).
+BIG_ENTRY = 1 << 20
+
+
+def record_body(entries: Sequence[tuple[int, bytes]]) -> list[bytes]:
+    """The body of a record of `entries` `(op, json)`, as pieces to write one after the
+    other: the small entries joined, each `BIG_ENTRY` one kept as it is."""
+    pieces: list[bytes] = []
+    run: list[bytes] = []
+    for op, data in entries:
+        run.append(_entry_pack(op, len(data)))
+        if len(data) >= BIG_ENTRY:
+            pieces.append(b"".join(run))
+            pieces.append(data)
+            run = []
+        else:
+            run.append(data)
+    if run:
+        pieces.append(b"".join(run))
+    return pieces
+
+
+def record_header(length: int, crc: int, lsn: int, flags: int, seed: int = 0) -> bytes:
+    """The header of a record whose body is `length` bytes with crc32 `crc`."""
+    head = _head_pack(length, crc, lsn, flags)
+    return head + _head_crc_pack(_crc32(head, seed))
+
+
+def chunk_flags(prev_size: int) -> int:
+    """The flags that make a record the first of a chunk file whose predecessor is
+    `prev_size` bytes long (none for a size that does not fit: no check then)."""
+    return 0 if prev_size > PREV_MAX else FLAG_PREV | (prev_size << PREV_SHIFT)
+
+
+def split_records(
+    entries: Sequence[tuple[int, bytes]], chunk_bytes: int, used: int
+) -> list[tuple[bool, int, int]]:
+    """Where one transaction's entries `(op, json)` are cut into records when a chunk
+    fills: `(starts_new_chunk, first, end)` per record, `entries[first:end]` its entries.
+
+    `used` is the size of the chunk the first record would go to. A chunk ends after the
+    entry that brings it to `chunk_bytes` or more, but never right after an op-0 entry that
+    does not end the transaction (the offset `<lsn>_0` means "after transaction lsn").
+    """
+    out: list[tuple[bool, int, int]] = []
+    new = used >= chunk_bytes
+    size = HEADER_SIZE + (0 if new else used)
+    first = 0
+    last = len(entries) - 1
+    for i, (op, data) in enumerate(entries):
+        size += ENTRY_HEADER_SIZE + len(data)
+        if i == last:
+            out.append((new, first, i + 1))
+        elif size >= chunk_bytes and op != 0:
+            out.append((new, first, i + 1))
+            first = i + 1
+            new = True
+            size = HEADER_SIZE
+    return out
+
+
 def encode_records(
     lsn: int,
     entries: list[tuple[int, bytes]],
@@ -70,31 +134,16 @@ def encode_records(
     seed: int = 0,
     ends: bool = True,
 ) -> list[tuple[bool, bytes, int]]:
-    """One transaction's entries `(op, json)` as records, cut where a chunk fills (`ends`
-    False: a part of its entries, more follow; the last record then does not end it).
-
-    `used` is the size of the chunk the first record would go to. Returns
-    `(starts_new_chunk, record, key of its last entry)` per record. A chunk ends after the
-    entry that brings it to `chunk_bytes` or more, but never right after an op-0 entry that
-    does not end the transaction (the offset `<lsn>_0` means "after transaction lsn").
-    """
+    """One transaction's entries `(op, json)` as records, cut where a chunk fills
+    (`split_records`; `ends` False: a part of its entries, more follow, the last record
+    then does not end it). Returns `(starts_new_chunk, record, key of its last entry)`
+    per record (the first record of a new chunk without `chunk_flags`)."""
     out: list[tuple[bool, bytes, int]] = []
-    new = used >= chunk_bytes
-    size = HEADER_SIZE + (0 if new else used)
-    parts: list[bytes] = []
-    last = len(entries) - 1
-    for i, (op, data) in enumerate(entries):
-        parts.append(_entry_pack(op, len(data)))
-        parts.append(data)
-        size += ENTRY_HEADER_SIZE + len(data)
-        if i == last:
-            flags = FLAG_TX_END if ends else 0
-            out.append((new, _record(lsn, parts, flags, seed), key_of(lsn, op)))
-        elif size >= chunk_bytes and op != 0:
-            out.append((new, _record(lsn, parts, 0, seed), key_of(lsn, op)))
-            parts = []
-            new = True
-            size = HEADER_SIZE
+    cuts = split_records(entries, chunk_bytes, used)
+    for new, first, end in cuts:
+        flags = FLAG_TX_END if ends and end == len(entries) else 0
+        record = _record(lsn, record_body(entries[first:end]), flags, seed)
+        out.append((new, record, key_of(lsn, entries[end - 1][0])))
     return out
 
 
@@ -102,32 +151,14 @@ def encode_record(
     lsn: int, entries: list[tuple[int, bytes]], seed: int = 0, ends: bool = True
 ) -> tuple[bytes, int]:
     """A whole transaction as one record (`ends` False: a part of it, more follow), and the
-    key of its last entry: what an append writes when the record fits in the current chunk
-    (`encode_records` otherwise)."""
-    parts: list[bytes] = []
-    for op, data in entries:
-        parts.append(_entry_pack(op, len(data)))
-        parts.append(data)
-    body = b"".join(parts)
-    head = _head_pack(len(body), _crc32(body), lsn, FLAG_TX_END if ends else 0)
-    return head + _head_crc_pack(_crc32(head, seed)) + body, (lsn << 32) | entries[-1][0]
+    key of its last entry."""
+    record = _record(lsn, record_body(entries), FLAG_TX_END if ends else 0, seed)
+    return record, (lsn << 32) | entries[-1][0]
 
 
-def _record(lsn: int, parts: list[bytes], flags: int, seed: int) -> bytes:
-    body = b"".join(parts)
-    head = _HEAD.pack(len(body), _crc32(body), lsn, flags)
-    return head + _HEAD_CRC.pack(_crc32(head, seed)) + body
-
-
-def chunk_start(record: bytes, prev_size: int, seed: int = 0) -> bytes:
-    """`record` (one `encode_record(s)` made) as the first record of a chunk file whose
-    predecessor is `prev_size` bytes long: its header says so. Unchanged for a size that
-    does not fit (no check then)."""
-    if prev_size > PREV_MAX:
-        return record
-    length, crc, lsn, flags = _head_unpack(record, 0)
-    head = _head_pack(length, crc, lsn, flags | FLAG_PREV | (prev_size << PREV_SHIFT))
-    return head + _head_crc_pack(_crc32(head, seed)) + record[HEADER_SIZE:]
+def _record(lsn: int, pieces: list[bytes], flags: int, seed: int) -> bytes:
+    body = b"".join(pieces)
+    return record_header(len(body), _crc32(body), lsn, flags, seed) + body
 
 
 def _header(data: bytes, pos: int, seed: int) -> tuple[int, int, int, int] | None:
@@ -153,7 +184,7 @@ class ScanResult:
     """The LSN in the first bad record's header when the header itself is intact, else 0:
     the transactions cut from there on are that one and later ones."""
     prev_size: int | None = None
-    """The size of the chunk file before this one, as its first record says (`chunk_start`);
+    """The size of the chunk file before this one, as its first record says (`chunk_flags`);
     None when it does not say."""
 
 

@@ -10,7 +10,8 @@ with the same effect as if every message had been decoded.
 
 At each Commit the changes collected per shape go to `deliver(touched, xid, lsn)` (the
 replicator's: park, apply or skip them), at once: encoding them blocks the event loop for
-as long as it takes. A big transaction (`BIG_TRANSACTION` changes for its shapes, with
+as long as it takes. A big transaction (`BIG_TRANSACTION` changes for its shapes, or
+`BIG_TRANSACTION_BYTES` of their row messages: one huge value, say; with
 `deliver_later` set) is instead handed back: `handle_batch` stops at its Commit
 (`big_commit`) and the replicator takes it (`take_commit`) and writes it a part at a time,
 serving requests and keeping the walsender's timer reset in between. Relation messages
@@ -48,7 +49,13 @@ from .pgoutput import (
 from .stream import XLOGDATA_HEADER
 from .wal import Lsn, Xid
 
-__all__ = ["BIG_TRANSACTION", "RECENT_XIDS", "Deliver", "TransactionAssembler"]
+__all__ = [
+    "BIG_TRANSACTION",
+    "BIG_TRANSACTION_BYTES",
+    "RECENT_XIDS",
+    "Deliver",
+    "TransactionAssembler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +66,10 @@ RECENT_XIDS: Final = 256
 #: written a part at a time (`TransactionAssembler.deliver_later`) rather than in one go:
 #: below, writing it holds the event loop for tens of milliseconds at most.
 BIG_TRANSACTION: Final = 5000
+#: ... or bytes of the row messages some shape may want: one change can be big too (a
+#: 200 MB text value held every request, of every source, for seconds while it was
+#: checksummed and written in one go).
+BIG_TRANSACTION_BYTES: Final = 8 << 20
 
 Deliver = Callable[[dict[Shape, list[Change]], Xid, Lsn], None]
 """Where a committed transaction goes: (its changes per shape, xid, commit LSN)."""
@@ -144,6 +155,8 @@ class TransactionAssembler:
         self.in_transaction = False
         self.op = 0
         self._touched: dict[Shape, list[Change]] = {}
+        # Bytes of the row messages read whole in the open transaction (`big_commit`).
+        self._row_bytes = 0
         self._relations: dict[int, _Relation] = {}
         # Routing plans of the tables with shapes and a known Relation, valid while
         # router.version == self._plans_version (see handle_batch).
@@ -183,6 +196,7 @@ class TransactionAssembler:
         self.in_transaction = False
         self._touched = {}
         self.op = 0
+        self._row_bytes = 0
         self.session_lsn = Lsn(0)
         self._verified_oid = 0
 
@@ -221,6 +235,7 @@ class TransactionAssembler:
                     self.changes_seen += 1
                     continue
                 kind, oid, old, new = read_row(buf, _H)
+                self._row_bytes += len(buf)
                 self._row_change(kind, oid, old, new)
                 if self._plans_version != router.version:  # (it retired shapes)
                     self._refresh_plans()
@@ -229,13 +244,17 @@ class TransactionAssembler:
                 self.xid = read_begin(buf, _H)[2]
                 self.in_transaction = True
                 self.op = 0
+                self._row_bytes = 0
                 if self._touched:
                     self._touched = {}
             elif kind == COMMIT:
                 if (
                     self.deliver_later
                     and self._touched
-                    and sum(map(len, self._touched.values())) >= BIG_TRANSACTION
+                    and (
+                        self._row_bytes >= BIG_TRANSACTION_BYTES
+                        or sum(map(len, self._touched.values())) >= BIG_TRANSACTION
+                    )
                 ):
                     self.big_commit = True
                     self.unhandled = messages[i:]
@@ -342,6 +361,7 @@ class TransactionAssembler:
             self.in_transaction = True
             self.xid = msg.xid
             self.op = 0
+            self._row_bytes = 0
             self._touched = {}
         elif isinstance(msg, pgoutput.Commit):
             self.recent_xids.append(self.xid)

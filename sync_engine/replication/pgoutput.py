@@ -321,6 +321,16 @@ def _cstring(buf: bytes, pos: int) -> tuple[str, int]:
     return buf[pos:end].decode(), end + 1
 
 
+#: A value at least this long is decoded where it lies in the message (`_text`), not from
+#: a slice of it: slicing copied a 200 MB value once more before decoding it.
+BIG_VALUE: Final = 1 << 16
+
+
+def _text(buf: bytes, start: int, end: int) -> str:
+    """The UTF-8 text at `buf[start:end]`, decoded without copying it out first."""
+    return str(memoryview(buf)[start:end], "utf-8")
+
+
 def _tuple_data(buf: bytes, pos: int) -> tuple[tuple[TupleValue, ...], int]:
     """TupleData at ``pos`` (Int16 count, then per column a kind byte and maybe a value)."""
     n = (buf[pos] << 8) | buf[pos + 1]
@@ -332,7 +342,7 @@ def _tuple_data(buf: bytes, pos: int) -> tuple[tuple[TupleValue, ...], int]:
         if kind == _TEXT:  # Int32 length, then the text
             start = pos + 5
             pos = start + _u32(buf, pos + 1)[0]
-            append(buf[start:pos].decode())
+            append(buf[start:pos].decode() if pos - start < BIG_VALUE else _text(buf, start, pos))
         elif kind == _NULL:
             append(None)
             pos += 1
@@ -366,7 +376,7 @@ def _read_insert(buf: bytes, at: int) -> tuple[int, tuple[TupleValue, ...], int]
         if kind_byte == _TEXT:
             start = pos + 5
             pos = start + _u32(buf, pos + 1)[0]
-            append(buf[start:pos].decode())
+            append(buf[start:pos].decode() if pos - start < BIG_VALUE else _text(buf, start, pos))
         elif kind_byte == _NULL:
             append(None)
             pos += 1

@@ -121,11 +121,26 @@ class _Running:
             if conn is not None and self.abandoned:
                 self._shut(conn)
 
-    def abandon(self) -> None:
+    def abandon(self, *, cancel: bool = False) -> None:
+        """Shut the running query's socket; with `cancel`, also ask Postgres to cancel the
+        query (a database that answers: the client went away). A backend waiting on a lock
+        or sorting sends nothing, so it notices a closed socket only when it next writes
+        (or with `client_connection_check_interval`, which the engine does not set): the
+        query ran on to its end, or to --snapshot-timeout, holding the backend. The cancel
+        key is taken before the socket is shut (libpq's, no I/O) and sent from a thread of
+        its own, never the event loop's (it connects to Postgres)."""
         with self._lock:
             self.abandoned = True
-            if self._conn is not None:
-                self._shut(self._conn)
+            if self._conn is None:
+                return
+            if cancel:
+                try:
+                    request = self._conn.pgconn.get_cancel()
+                except psycopg.Error:
+                    request = None
+                if request is not None:
+                    threading.Thread(target=_send_cancel, args=(request,), daemon=True).start()
+            self._shut(self._conn)
 
     @staticmethod
     def _shut(conn: psycopg.Connection[Any]) -> None:
@@ -138,6 +153,15 @@ class _Running:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+def _send_cancel(request: Any) -> None:
+    """PQcancel (blocking: a connection of its own to Postgres); a failure changes nothing,
+    the socket being shut already ends the backend when it next writes."""
+    try:
+        request.cancel()
+    except psycopg.Error:
+        pass
 
 
 def _run(
@@ -188,7 +212,7 @@ async def _bounded_run(
                 raise stopping()
             return task.result()
         if gone is not None and gone.done():
-            running.abandon()  # (its socket shut: Postgres ends the backend's query)
+            running.abandon(cancel=True)  # (its query cancelled in Postgres, socket shut)
             task.add_done_callback(_retrieve)
             raise ConnectionResetError("the client went away")  # nobody to answer
         if not await source.database_answers() and not task.done():
