@@ -235,9 +235,6 @@ async def test_a_big_transaction_held_for_postgres_is_written_while_the_engine_a
     assert "stream lost" not in engine.log_tail(100_000)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs faults2's tables.py _restore_identity single flight (asked)"
-)
 @pytest.mark.timeout(60)
 async def test_a_storm_of_new_shapes_sets_the_identity_once(setup: Setup) -> None:
     db, engine = setup
