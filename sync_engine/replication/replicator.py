@@ -82,8 +82,6 @@ REDELIVERY_POLL = 0.05
 
 #: Entries per part of a big transaction (`Replicator._append_parts`): a record of ~100 kB.
 PART_ENTRIES = 1000
-#: Seconds a big transaction's writing may hold the event loop before it lets it run.
-YIELD_EVERY = 0.02
 #: Seconds between standby status updates while data streams in (`busy_status_interval`) and
 #: while a big transaction is written and fsynced: any reply resets the walsender's
 #: wal_sender_timeout timer (60 s by default; an operator may set a few seconds). Answering
@@ -95,6 +93,11 @@ KEEPALIVE_EVERY = 0.25
 
 class StreamReleased(Exception):
     """The replicator let its stream go (`Replicator._release_stream`)."""
+
+
+class StreamRecycled(Exception):
+    """The stream read a huge message and is confirmed past it: a new one gives back the
+    memory libpq keeps for it (`ReplicationStream.big_message`)."""
 
 
 def _fsync_paths(paths: set[str]) -> None:
@@ -190,9 +193,11 @@ Evaluate = Callable[[Shape, list[Row]], Awaitable[list[bool]]]
 class _KeepAlive:
     """While a big transaction is written: a task sends the stream a standby status update
     every `KEEPALIVE_EVERY` (the acked position, unchanged: it only says the engine is
-    alive), and `pause` lets the event loop run every `YIELD_EVERY`.
+    alive), and `step` lets the event loop run (after each part: a few ms of work; a
+    20 ms budget between turns let a health request wait for the whole of a 20,000-row
+    transaction under load).
 
-    `fatal`: a lost stream ends the writing (`pause` raises), as for the stream loop's own
+    `fatal`: a lost stream ends the writing (`step` raises), as for the stream loop's own
     writing; else (a held transaction written beside the stream loop, which reconnects on
     its own) the keepalives just stop."""
 
@@ -201,12 +206,10 @@ class _KeepAlive:
         self.fatal = fatal
         self.failed: ReplicationConnectionError | None = None
         self._task: asyncio.Task[None] | None = None
-        self._yielded = time.monotonic()
 
     async def __aenter__(self) -> _KeepAlive:
         if self.stream is not None:
             self._task = asyncio.get_running_loop().create_task(self._run())
-        self._yielded = time.monotonic()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -220,7 +223,7 @@ class _KeepAlive:
             await asyncio.sleep(KEEPALIVE_EVERY)
             try:
                 await self.stream.send_status()
-            except ReplicationConnectionError as exc:  # the stream is lost: `pause` says so
+            except ReplicationConnectionError as exc:  # the stream is lost: `step` says so
                 if self.fatal:
                     self.failed = exc
                 return
@@ -228,26 +231,14 @@ class _KeepAlive:
                 return
 
     async def step(self) -> None:
-        """Let the loop run now (between two pieces of a huge record, each a few ms of
-        work); raises as `pause` does."""
+        """Let the loop run now (after a part, or a piece of a huge record: each a few ms
+        of work); raises if the stream was lost meanwhile (what was staged is cut back, and
+        the slot sends it all again)."""
         if self.failed is not None:
             raise self.failed
         await asyncio.sleep(0)
-        self._yielded = time.monotonic()
         if self.failed is not None:
             raise self.failed
-
-    async def pause(self) -> None:
-        """Let the loop run if it has not for `YIELD_EVERY`; raises if the stream was lost
-        meanwhile (what was staged is cut back, and the slot sends it all again)."""
-        if self.failed is not None:
-            raise self.failed
-        now = time.monotonic()
-        if now - self._yielded >= YIELD_EVERY:
-            await asyncio.sleep(0)
-            self._yielded = time.monotonic()
-            if self.failed is not None:
-                raise self.failed
 
 
 async def _close(stream: ReplicationStream) -> None:
@@ -424,6 +415,13 @@ class Replicator:
                 self.connected.clear()
                 self._write_failed(exc)
                 continue  # _wait_for_space() paces the retries
+            except StreamRecycled as recycled:
+                self.connected.clear()
+                logger.info(
+                    "replication stream started again: it read a message of %d MB, whose"
+                    " buffer the connection would have kept",
+                    recycled.args[0] >> 20,
+                )
             except Exception as exc:
                 self.connected.clear()
                 self._rollback_staged()
@@ -552,6 +550,13 @@ class Replicator:
                     # A keepalive's WAL end may be confirmed at once until more data comes:
                     # a stopping walsender waits for exactly that (`ReplicationStream`).
                     stream.caught_up()
+                    if stream.big_message and (
+                        self.position is None or self.position.saved >= stream.flushed_lsn
+                    ):
+                        # Confirmed past the huge message (else the slot sends it again):
+                        # a new stream gives back what libpq kept for it, per source.
+                        await stream.send_status()
+                        raise StreamRecycled(stream.big_message)
             if self.position is not None:
                 self.position.want(stream.flushed_lsn)  # (saved first, then confirmed)
 
@@ -732,7 +737,7 @@ class Replicator:
             raise self._failure
         if not written or shape.rotated:
             return False
-        await alive.pause()
+        await alive.step()  # (a part is a few ms of work: the loop runs after each)
         return not shape.rotated
 
     def release_pending(self, shape: Shape) -> None:

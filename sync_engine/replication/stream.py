@@ -98,6 +98,11 @@ BUSY_AFTER = 0.005
 _LINGER_BELOW = 256
 
 
+#: A message at least this big grows libpq's input buffer, which it keeps for the life of
+#: the connection (`ReplicationStream.big_message`).
+BIG_MESSAGE = 16 << 20
+
+
 class ReplicationConnectionError(Exception):
     """The replication connection failed or the server ended the stream.
 
@@ -221,6 +226,11 @@ class ReplicationStream:
         # the next XLogData a keepalive's WAL end may be confirmed.
         self._caught_up = False
         self._failed: ReplicationConnectionError | None = None
+        #: The size of the biggest message read of `BIG_MESSAGE` bytes or more, else 0:
+        #: libpq grew its input buffer to hold it and keeps it (a 200 MB value: ~256 MB)
+        #: until the connection closes; the replicator starts a new stream once it is
+        #: confirmed past it (`Replicator._consume`).
+        self.big_message = 0
         self._reading = False
         self._send_lock = asyncio.Lock()
         # waits on the socket; close() wakes a pending read_batch through it
@@ -538,6 +548,8 @@ class ReplicationStream:
                 kind = data[0]
                 if kind == _W:
                     append(bytes(data))
+                    if nbytes >= BIG_MESSAGE:
+                        self.big_message = max(self.big_message, nbytes)
                 elif kind == _K:
                     end, _, reply = _KEEPALIVE.unpack_from(data, 1)
                     if end > self._wal_end:
