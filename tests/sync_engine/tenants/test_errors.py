@@ -144,8 +144,21 @@ async def test_per_source_limits_answer_503_with_retry_after(
             assert status == 503 and body["code"] == "too_many_initial_syncs", body
             await asyncio.sleep(0.1)
         assert status == 200
-    # the shape limit: four exist now, none read at this moment, so a fifth retires the
-    # least recently requested one (g = 0) and is served; g = 0's clients refetch
+    # the shape limit: four exist now, each requested in the last 60 s (a client may be
+    # paging through it): a fifth waits, told when to retry
+    for _ in range(100):
+        status, headers, body = await engine.get(sid, secret, table="items", where="g = 4",
+                                                 offset="-1")  # fmt: skip
+        if body.get("code") != "too_many_initial_syncs":  # (g = 3's may still run)
+            break
+        await asyncio.sleep(0.1)
+    assert status == 503 and body["code"] == "shape_limit_reached", body
+    assert int(headers["retry-after"]) > 0
+    # none read at this moment nor lately (min_idle 0 here: 60 s in the engine), a fifth
+    # retires the least recently requested one (g = 0) and is served; g = 0's clients refetch
+    registry = engine.manager.running[sid].registry
+    registry.min_idle = 0
+    registry._room_at = 0.0  # (the refused pass's "none may go before", 60 s away)
     g0 = results[3][1]["electric-handle"]
     for _ in range(100):
         status, headers, body = await engine.get(sid, secret, table="items", where="g = 4",
