@@ -688,15 +688,11 @@ class Replicator:
             try:
                 convert_change(shape, kind, old, new, op, entries, matches)
             except UnrepresentableValue:
-                # (see `_append`) Held whole for Postgres's answer: the parts written go
-                # (nothing else of the shape's is staged: flushed before).
+                # Held whole (`_hold_unreadable`): the parts written go (nothing else of
+                # the shape's is staged: flushed before).
                 if written:
                     log.rollback()
-                if self.evaluate is None:
-                    self._rotate_unreadable(shape)
-                    return
-                shape.hold(xid, lsn, changes)
-                self._start_settling(shape)
+                self._hold_unreadable(shape, xid, lsn, changes)
                 return
             if len(entries) > PART_ENTRIES:
                 # The last entry is kept back: the last part must end the transaction (its
@@ -773,23 +769,26 @@ class Replicator:
         try:
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries)
-        except UnrepresentableValue:
-            # The where clause read a value Postgres holds but the engine cannot read exactly
-            # (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
-            # array with bounds): guessing could lose or invent a row. Postgres is asked
-            # about those rows (`_settle`), and the shape's transactions wait meanwhile.
-            # Rotating it instead never finished while such a row kept changing: each change
-            # rotated the new shape again before its clients were up to date.
-            # (the exception's message holds the row's value: not logged)
-            if self.evaluate is None:
-                self._rotate_unreadable(shape)
-                return
-            shape.hold(xid, lsn, changes)
-            self._start_settling(shape)
+        except UnrepresentableValue:  # (its message holds the row's value: not logged)
+            self._hold_unreadable(shape, xid, lsn, changes)
             return
         if entries:
             shape.log.append_transaction(lsn, change_messages(shape.relation, xid, lsn, entries))
             self._dirty.add(shape)
+
+    def _hold_unreadable(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
+        """The shape's where clause read a value Postgres holds but the engine cannot read
+        exactly (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
+        array with bounds): guessing could lose or invent a row. The transaction is held
+        and Postgres asked about those rows (`_settle`), the shape's later transactions
+        waiting meanwhile; rotated only if Postgres cannot be asked. (Rotating it always
+        never finished while such a row kept changing: each change rotated the new shape
+        again before its clients were up to date.)"""
+        if self.evaluate is None:
+            self._rotate_unreadable(shape)
+            return
+        shape.hold(xid, lsn, changes)
+        self._start_settling(shape)
 
     def _rotate_unreadable(self, shape: Shape) -> None:
         logger.warning(

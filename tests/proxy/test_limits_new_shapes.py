@@ -225,3 +225,45 @@ async def test_shapes_followed_all_along_stay_free_among_many_passing_ones() -> 
         for n in range(20):
             (await admission.admit("dashboard", _shape(10_000 + 20 * round_ + n))).release()
         clock.now += 20
+
+
+async def test_max_shapes_bounds_the_shapes_asked_for_within_the_window() -> None:
+    """A principal keeping `max_shapes` shapes fresh may ask for no other until one has not
+    been asked for in `shape_window`; its own stay free; the fast lane refuses the same."""
+    clock = Clock()
+    admission = Admission(pool_size=100, clock=clock)
+    base = LimitsConfig(max_shapes=2, shape_window=60)
+
+    def shape(name: str) -> LimitSettings:
+        return resolve(base, None, shape=name)
+
+    (await admission.admit("p", shape("a"))).release()
+    clock.now += 10
+    (await admission.admit("p", shape("b"))).release()
+    with pytest.raises(TooManyRequests) as info:
+        await admission.admit("p", shape("c"))
+    assert (info.value.status, info.value.reason) == (429, "too_many_shapes")
+    assert info.value.retry_after == 50  # when `a` leaves the window
+    assert admission.admit_now("p", shape("c")) is None
+    clock.now += 45
+    (await admission.admit("p", shape("a"))).release()  # asked for again: free, and fresh
+    clock.now += 20  # `b` has left the window (asked for 65 s ago), `a` has not (20 s)
+    (await admission.admit("p", shape("c"))).release()
+    with pytest.raises(TooManyRequests):  # `b` again: no token, but a place, and none is free
+        await admission.admit("p", shape("b"))
+    (await admission.admit("q", shape("b"))).release()  # another principal: its own share
+    # Without `max_shapes` (the default) there is no bound.
+    for n in range(100):
+        (await admission.admit("r", resolve(LimitsConfig(), None, shape=f"s{n}"))).release()
+
+
+async def test_a_principal_keeping_shapes_is_not_forgotten_by_the_sweep() -> None:
+    clock = Clock()
+    admission = Admission(pool_size=10, clock=clock, sweep_at=2)
+    limits = resolve(LimitsConfig(max_shapes=1), None, shape="a")
+    (await admission.admit("m", limits)).release()
+    clock.now += 30  # every bucket full again, but `a` asked for 30 s ago
+    for name in ("x", "y", "z"):
+        (await admission.admit(name, resolve(LimitsConfig(), None))).release()
+    with pytest.raises(TooManyRequests):
+        await admission.admit("m", resolve(LimitsConfig(max_shapes=1), None, shape="b"))

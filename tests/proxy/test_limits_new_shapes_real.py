@@ -20,7 +20,7 @@ from tests.support.databases import create_database, drop_database
 from tests.support.engine_process import EngineProcess, sync_through
 
 HOLD = 4  # the engine's long-poll hold, seconds
-MAX_SHAPES = 6
+MAX_SHAPES = 10
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +65,10 @@ async def test_one_user_making_new_shapes_fast_is_refused_and_evicts_nobody(
     real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
 ) -> None:
     """Alice (an admin, who may name any `where`) asks for shape after shape: past her burst
-    of new shapes she gets 429 `too_many_new_shapes`, before the engine makes them, so it
-    never has to evict bob's shape to make room (under the old code her 200s pushed the
-    engine past `--max-shapes`, and bob's idle shape was retired: his next request a 409)."""
+    of new shapes she gets 429 `too_many_new_shapes`, before the engine makes them, and
+    bob's shape stays. (Under the old code the engine made every one: past `--max-shapes`
+    it evicted bob's idle shape, his next request a 409, until its shapes got a minimum idle
+    age; since, the engine fills up and other users' new shapes are 503s.)"""
     config = _config(real_engine, idp_server)
     config["limits"] = {"new_shape_rate": 0.05, "new_shape_burst": 3}
     proxy = await make_proxy(build_config(config, environ))
@@ -167,3 +168,31 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+async def test_one_user_keeping_many_shapes_fresh_is_held_to_its_share(
+    real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`max_shapes`: the shapes a principal asked for within `shape_window` (which the
+    engine's `--max-shapes` will not evict) are bounded: past it a 429 `too_many_shapes`,
+    while those it keeps asking for stay free. (Under the old code one principal re-asking
+    its shapes kept the whole engine to itself: others' new shapes were 503s.)"""
+    config = _config(real_engine, idp_server)
+    config["limits"] = {"max_shapes": 2, "shape_window": 60}
+    proxy = await make_proxy(build_config(config, environ))
+    dave = proxy.tokens.make(sub="dave", role="admin")
+    shape = "/v1/shape?table=items&offset=-1&where=id+%3D+{}&cache-buster={}"
+    assert [(await proxy.get(shape.format(k, 0), token=dave)).status for k in (11, 12)] == [
+        200,
+        200,
+    ]
+    refused = await proxy.get(shape.format(13, 0), token=dave)
+    assert (refused.status, refused.json()["code"]) == (429, "too_many_shapes")
+    assert 58 <= int(refused.headers["Retry-After"]) <= 60  # when id = 11 leaves the window
+    assert "limit 2" in refused.json()["message"]
+    for n, k in enumerate((11, 12, 11)):  # (cache-busters: each one an engine request)
+        reply = await proxy.get(shape.format(k, n + 1), token=dave)
+        assert reply.status == 200, reply.body
+    # Another principal keeps its own share.
+    erin = proxy.tokens.make(sub="erin", role="admin")
+    assert (await proxy.get(shape.format(13, 0), token=erin)).status == 200
