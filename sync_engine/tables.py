@@ -37,6 +37,7 @@ from .errors import InvalidRequest, ServiceUnavailable
 from .pg.catalog import TableInfo, load_table
 from .pg.publication import (
     Descendant,
+    Identity,
     PublicationError,
     add_table,
     ancestors_of,
@@ -47,6 +48,7 @@ from .pg.publication import (
     prepare_descendants,
     publication_exists,
     ready_partitions,
+    set_identity_full,
     unpublished,
     wait_for_older_transactions,
 )
@@ -134,6 +136,7 @@ class Tables:
         self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
         self._checks: dict[int, asyncio.Future[bool]] = {}
+        self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
         self._published: set[int] = set()
         self._closing: set[asyncio.Future[None]] = set()  # given-up connections closing
@@ -545,19 +548,24 @@ class Tables:
         settle). Best effort (the lock busy for 2 s, or a table the engine does not own:
         the warning in /v1/health stays); the next new shape tries again."""
 
-        async def work(conn: AsyncConnection[Any]) -> bool:
-            return await make_identity_full(conn, table.oid)
+        async def work(conn: AsyncConnection[Any]) -> Identity:
+            return await set_identity_full(conn, table.oid)
 
-        try:
-            if await self.on_catalog(work, PUBLISH_TIMEOUT):
-                logger.info(
-                    'set REPLICA IDENTITY FULL again on "%s"."%s" (it had been set back)',
-                    table.schema,
-                    table.name,
-                )
-        except ServiceUnavailable:
-            pass
-        self._cache.pop((table.schema, table.name), None)
+        async def restore() -> None:
+            try:
+                if await self.on_catalog(work, PUBLISH_TIMEOUT) is Identity.SET:
+                    logger.info(
+                        'set REPLICA IDENTITY FULL again on "%s"."%s" (it had been set back)',
+                        table.schema,
+                        table.name,
+                    )
+            except ServiceUnavailable:
+                pass
+            self._cache.pop((table.schema, table.name), None)
+
+        # (a storm of new shapes of the table, all with the description read before: one
+        # turn on the catalog connection, one line)
+        await single_flight(self._restoring, table.oid, restore)
 
     def _refusal(self, table: TableInfo, d: Descendant) -> str:
         """The 400 for a shape on `table` whose descendant `d` the engine may not ready:

@@ -5,15 +5,19 @@ distinct `cache-buster`, each held 20 s) and everyone else's initial sync waited
 Now every request that needs a new engine request asks `Admission.admit` first:
 
 1. the principal's open engine requests must be under its `max_concurrent`, else 429;
-2. a request of a shape definition new to the principal (not among the last
+2. with `max_shapes` set, a request of a shape the principal has not asked for within
+   `shape_window` must find it under `max_shapes` such shapes, else 429 `too_many_shapes`
+   (the engine's `--max-shapes` keeps every shape asked for within its last minute, so one
+   principal keeping shapes fresh could fill it: see `proxy.limits.config`);
+3. a request of a shape definition new to the principal (not among the last
    `REMEMBERED_SHAPES` it asked for) must find a token in its new-shape bucket
    (`new_shape_rate`/s, bursts of `new_shape_burst`), else 429 `too_many_new_shapes`: the
    engine creates a shape for every definition it has not got, and one principal making them
    fast had every other user's idle shapes evicted under `--max-shapes` (see
    `proxy.limits.config`);
-3. its token bucket must have a token (`rate`/s, bursts of `burst`), else 429 whose
+4. its token bucket must have a token (`rate`/s, bursts of `burst`), else 429 whose
    `Retry-After` is the time until the next token;
-4. a connection from the shared pool (`pool_size`), waiting at most `pool_wait`, else 503.
+5. a connection from the shared pool (`pool_size`), waiting at most `pool_wait`, else 503.
 
 Separately, every live client request (long-poll or SSE) asks `Admission.hold` before it is
 forwarded: the principal's held client requests must be under its `max_held`, else 429 in the
@@ -39,7 +43,7 @@ from collections.abc import Callable
 
 from proxy.errors import ProxyError, ServiceUnavailable
 from proxy.limits.bucket import TokenBucket, retry_after_seconds
-from proxy.limits.config import LimitSettings
+from proxy.limits.config import REMEMBERED_SHAPES, LimitSettings
 
 
 class TooManyRequests(ProxyError):
@@ -59,22 +63,18 @@ def principal_for(issuer: object, subject: object, remote: str | None) -> str:
     return f"addr\x00{remote or '-'}"
 
 
-#: How many of its latest shape definitions a principal may ask for again without a new-shape
-#: token: more than an app's live shapes (its pages of 20-50). Past it the oldest is forgotten
-#: (asking for it again costs one token, nothing else), so a principal's state stays small.
-REMEMBERED_SHAPES = 256
-
-
 class _State:
     __slots__ = (
         "active",
         "bucket",
         "burst",
         "held",
+        "older",
         "rate",
-        "seen",
+        "recent",
         "shape_burst",
         "shape_rate",
+        "shape_window",
         "shapes",
     )
 
@@ -84,45 +84,90 @@ class _State:
         self.bucket = TokenBucket(limits.burst, now)
         self.rate = limits.rate
         self.burst = limits.burst
-        #: The new-shape bucket and the definitions asked for (hashes, oldest first), made
-        #: at the principal's first engine request that names a shape.
+        #: The new-shape bucket, made at the principal's first engine request naming a shape.
         self.shapes: TokenBucket | None = None
         self.shape_rate = limits.new_shape_rate
         self.shape_burst = limits.new_shape_burst
-        self.seen: dict[int, None] | None = None
+        self.shape_window = limits.shape_window
+        #: The definitions it asked for (hashes), least recently asked for first: those of
+        #: the last `shape_window` seconds (-> when), then older ones it still remembers.
+        self.recent: dict[int, float] | None = None
+        self.older: dict[int, None] = {}
 
-    def new_shape(self, limits: LimitSettings, now: float) -> tuple[int, TokenBucket] | None:
-        """(its key, the new-shape bucket) if the request names a shape definition new to
-        this principal, which must then be charged (`charge_shape`); None if it is free."""
+    def new_shape(self, limits: LimitSettings, now: float) -> tuple[int, TokenBucket | None] | None:
+        """None if the request names no shape or one this principal asked for within
+        `shape_window` (free: marked asked for now); else (its key, the new-shape bucket to
+        charge, or None for a shape asked for before, which costs no token): then
+        `quota_wait` and the bucket decide, and `charge_shape` records it."""
         shape = limits.shape
         if shape is None:
             return None
         key = hash(shape)  # (a str keeps its hash: the same Prepared's is computed once)
-        seen = self.seen
-        if seen is None:
-            seen = self.seen = {}
-        elif key in seen:
-            return None
+        recent = self.recent
+        if recent is None:
+            recent = self.recent = {}
+        else:
+            self._expire(now - limits.shape_window)
+            if key in recent:
+                # Least recently used first: a shape followed all along (its long-polls) is
+                # never the one forgotten for a passing one. (Forgetting the oldest asked
+                # for instead let one passing shape push out a followed one, whose next
+                # request pushed out the next: every followed shape charged every round.)
+                del recent[key]
+                recent[key] = now
+                return None
+            if key in self.older:
+                return key, None
         bucket = self.shapes
         if bucket is None:
             bucket = self.shapes = TokenBucket(limits.new_shape_burst, now)
         self.shape_rate, self.shape_burst = limits.new_shape_rate, limits.new_shape_burst
         return key, bucket
 
+    def _expire(self, cutoff: float) -> None:
+        """Move the shapes last asked for before `cutoff` from `recent` to `older`."""
+        recent = self.recent
+        assert recent is not None
+        older = self.older
+        while recent:
+            key = next(iter(recent))
+            if recent[key] >= cutoff:
+                return
+            del recent[key]
+            older[key] = None
+
+    def quota_wait(self, limits: LimitSettings, now: float) -> float:
+        """Seconds until this principal may ask for one more shape than those it asked for
+        within `shape_window` (0.0: now), under `max_shapes` (after `new_shape`)."""
+        recent = self.recent
+        if limits.max_shapes is None or recent is None or len(recent) < limits.max_shapes:
+            return 0.0
+        oldest = recent[next(iter(recent))]
+        return max(oldest + limits.shape_window - now, 0.001)
+
     def charge_shape(
-        self, key: int, bucket: TokenBucket, limits: LimitSettings, now: float
+        self, key: int, bucket: TokenBucket | None, limits: LimitSettings, now: float
     ) -> None:
-        """Take the new-shape token (checked with `wait` before) and remember the shape."""
-        bucket.take(limits.new_shape_rate, limits.new_shape_burst, now)
-        seen = self.seen
-        assert seen is not None
-        seen[key] = None
-        if len(seen) > REMEMBERED_SHAPES:
-            del seen[next(iter(seen))]
+        """Take the new-shape token (checked with `wait` before), if any, and record the
+        shape as asked for now."""
+        if bucket is not None:
+            bucket.take(limits.new_shape_rate, limits.new_shape_burst, now)
+        recent = self.recent
+        assert recent is not None
+        older = self.older
+        older.pop(key, None)
+        recent[key] = now
+        self.shape_window = limits.shape_window
+        if len(recent) + len(older) > REMEMBERED_SHAPES:
+            del (older or recent)[next(iter(older or recent))]
 
     def idle(self, now: float) -> bool:
-        """Nothing open and every bucket full: this state is as a new one would be."""
+        """Nothing open, every bucket full and no shape asked for within `shape_window`:
+        this state is as a new one would be."""
         if self.active or self.held or not self.bucket.full(self.rate, self.burst, now):
+            return False
+        recent = self.recent
+        if recent and recent[next(reversed(recent))] >= now - self.shape_window:
             return False
         return self.shapes is None or self.shapes.full(self.shape_rate, self.shape_burst, now)
 
@@ -275,7 +320,20 @@ class Admission:
             )
         new = state.new_shape(limits, now)
         if new is not None:
-            wait = new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now)
+            wait = state.quota_wait(limits, now)
+            if wait > 0:
+                raise TooManyRequests(
+                    "too_many_shapes",
+                    f"Too many shapes for this client (limit {limits.max_shapes} asked for "
+                    f"within {limits.shape_window:g} s); retry later",
+                    retry_after=retry_after_seconds(wait),
+                )
+            bucket = new[1]
+            wait = (
+                0.0
+                if bucket is None
+                else bucket.wait(limits.new_shape_rate, limits.new_shape_burst, now)
+            )
             if wait > 0:
                 raise TooManyRequests(
                     "too_many_new_shapes",
@@ -329,7 +387,13 @@ class Admission:
         state.rate, state.burst = rate, burst
         now = self._clock()
         new = state.new_shape(limits, now) if limits.shape is not None else None
-        if new is not None and new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now):
+        if new is not None and (
+            state.quota_wait(limits, now)
+            or (
+                new[1] is not None
+                and new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now)
+            )
+        ):
             return None  # (`admit` refuses it)
         if state.bucket.take(rate, burst, now) > 0:
             return None  # (no slot was taken yet)

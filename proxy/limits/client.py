@@ -13,6 +13,9 @@ Never trusted by default (an empty list): a client could otherwise name any addr
 a fresh budget with each request. A malformed value (not an address, `unknown`, an obfuscated
 `_name`) stops the walk and the peer is the client: a request is never refused for it.
 
+An IPv6 client is charged by its /64, forwarded or not: a subscriber is handed a whole /64,
+so one address per principal made every per-principal limit per request for it (attack).
+
 `X-Forwarded-For` is read when present, `Forwarded` only when it is absent: the trusted proxy
 must write the one read here (every common load balancer appends to `X-Forwarded-For`); a
 client sending the other header could otherwise choose its address.
@@ -72,30 +75,51 @@ def _forwarded_for(value: str) -> list[str]:
     return found
 
 
+def _charged(address: Address) -> str:
+    """What an address is charged as: an IPv4 address itself, an IPv6 one its /64."""
+    if isinstance(address, IPv4Address):
+        return str(address)
+    return str(IPv6Network((int(address) >> 64 << 64, 64)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _charged_peer(peer: str) -> str:
+    """`_charged` of a peer as the socket gave it (itself when it is no IP address)."""
+    address = parse_address(peer)
+    return peer if address is None else _charged(address)
+
+
 def client_address(
     peer: str | None, headers: CIMultiDictProxy[str], trusted: Sequence[Network]
 ) -> str | None:
-    """The address a request is charged to: `peer`, unless `peer` is in `trusted`; then the
-    right-most forwarded address that is not trusted (see the module doc)."""
-    if not trusted or peer is None:
-        return peer
+    """Who an anonymous request is charged to: `peer`, unless `peer` is in `trusted`; then
+    the right-most forwarded address that is not trusted (see the module doc). An IPv6
+    client is charged by its /64: one subscriber is handed a whole /64 (2^64 addresses), so
+    per address, every per-principal limit was per request for it."""
+    if peer is None:
+        return None
+    if not trusted:
+        return peer if ":" not in peer else _charged_peer(peer)
     peer_address = parse_address(peer)
-    if peer_address is None or not _trusted(peer_address, trusted):
+    if peer_address is None:
         return peer
+    if not _trusted(peer_address, trusted):
+        return _charged(peer_address)
     forwarded = headers.getall("X-Forwarded-For", None)
     if forwarded is not None:
         chain = [item for value in forwarded for item in value.split(",")]
     else:
         values = headers.getall("Forwarded", None)
         if values is None:
-            return peer
+            return _charged(peer_address)
         chain = [item for value in values for item in _forwarded_for(value)]
     address = peer_address
     for item in reversed(chain):
         parsed = parse_address(item)
         if parsed is None:
-            return peer  # (malformed, `unknown` or hidden: nothing further left is believed)
+            # (malformed, `unknown` or hidden: nothing further left is believed)
+            return _charged(peer_address)
         address = parsed
         if not _trusted(address, trusted):
-            return str(address)
-    return str(address)  # (every hop trusted: the furthest one)
+            return _charged(address)
+    return _charged(address)  # (every hop trusted: the furthest one)

@@ -12,6 +12,8 @@ limits:                  # every principal (token subject, or client address whe
                          # streams), each client counted, identical ones joined included
   new_shape_rate: 2      # shapes new to this principal per second, sustained ...
   new_shape_burst: 200   # ... with bursts up to this many
+  max_shapes: null       # shapes one principal may have asked for within shape_window (null:
+  shape_window: 60       # no bound); with the engine's --max-shapes, set it to a share of it
 tables:
   items:
     allow:
@@ -37,8 +39,8 @@ as it held them. Its default (256) is independent of `max_concurrent`, so a rule
 reach the proxy from one address (behind a CDN that does not collapse live requests) raises it.
 
 `new_shape_rate` / `new_shape_burst` bound how fast one principal makes the engine create
-shapes. An engine request of a shape definition (table, where, columns, replica, params) the
-principal has not asked for among its last `REMEMBERED_SHAPES` definitions takes a token from a
+shapes. An engine request of a shape definition (table, where, columns, replica, params) that
+is not among the last `REMEMBERED_SHAPES` (512) its principal asked for takes a token from a
 second bucket; with none left it is a 429 `too_many_new_shapes` whose `Retry-After` is the time
 until the next token. Any offset counts, not only `-1`: the engine creates the shape of any
 definition it does not have, whatever the offset and handle (a stale handle then gets a 409),
@@ -48,6 +50,16 @@ engine's `--max-shapes`, one principal making ~90 new shapes a second (well unde
 every other user's idle shapes evicted between their chunk requests, and a slow client's first
 sync never finished. The defaults (200 at once, then 2 a second) are far above an app opening
 a few pages of 20-50 shapes each; the engine's shapes cost it memory and a snapshot query each.
+
+`max_shapes` bounds how many shapes one principal may *keep*: the distinct definitions it asked
+for within the last `shape_window` seconds (a shape followed by a live client is asked for every
+long-poll, 20 s). Past it, a request for another one is a 429 `too_many_shapes` whose
+`Retry-After` is when the least recently asked for leaves the window. Why: the engine's
+`--max-shapes` never evicts a shape asked for within its last minute, so one principal keeping
+200 shapes fresh (re-asking each every 30 s, free of the new-shape budget) filled an engine at
+`--max-shapes 200` and every other user's new shape was a 503 `shape_limit_reached`. Off by
+default (no app is refused for its number of shapes); with `--max-shapes N` set, give each
+principal a share of N (and `shape_window` at least the engine's minimum idle age, 60 s).
 """
 
 from __future__ import annotations
@@ -55,6 +67,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
+
+#: How many of the shape definitions it asked for most recently a principal may ask for again
+#: without a new-shape token: twice the live requests it may hold (`max_held`, 256), so every
+#: shape it follows fits with room for passing ones. Past it the least recently asked for is
+#: forgotten (asking for it again costs one token, nothing else): the state stays bounded.
+#: Also the most `max_shapes` may be (a principal's shapes are counted among these).
+REMEMBERED_SHAPES = 512
 
 
 class _Model(BaseModel):
@@ -70,6 +89,7 @@ class RuleLimits(_Model):
     max_held: int | None = Field(default=None, ge=1)
     new_shape_rate: float | None = Field(default=None, gt=0)
     new_shape_burst: int | None = Field(default=None, ge=1)
+    max_shapes: int | None = Field(default=None, ge=1, le=REMEMBERED_SHAPES)
 
 
 class LimitsConfig(_Model):
@@ -100,6 +120,19 @@ class LimitsConfig(_Model):
     new_shape_burst: int = Field(
         default=200, ge=1, description="shapes new to one principal in a burst"
     )
+    max_shapes: int | None = Field(
+        default=None,
+        ge=1,
+        le=REMEMBERED_SHAPES,
+        description="shapes one principal may have asked for within shape_window (none: no "
+        "bound); with the engine's --max-shapes, a share of it",
+    )
+    shape_window: float = Field(
+        default=60,
+        gt=0,
+        description="seconds a shape counts against max_shapes after it was last asked for "
+        "(at least the engine's minimum idle age before eviction, 60 s)",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +147,8 @@ class LimitSettings:
     max_held: int = 256
     new_shape_rate: float = 2.0
     new_shape_burst: int = 200
+    max_shapes: int | None = None
+    shape_window: float = 60.0
     #: The shape definition the request names (`proxy.upstream.url.definition_key`), or None
     #: when its engine request makes no shape (a DELETE): an engine request of a definition
     #: new to its principal is charged to the new-shape bucket (`proxy.limits.admission`).
@@ -135,6 +170,8 @@ def resolve(
             max_held=global_limits.max_held,
             new_shape_rate=global_limits.new_shape_rate,
             new_shape_burst=global_limits.new_shape_burst,
+            max_shapes=global_limits.max_shapes,
+            shape_window=global_limits.shape_window,
             shape=shape,
         )
     return LimitSettings(
@@ -146,5 +183,7 @@ def resolve(
         max_held=rule.max_held or global_limits.max_held,
         new_shape_rate=rule.new_shape_rate or global_limits.new_shape_rate,
         new_shape_burst=rule.new_shape_burst or global_limits.new_shape_burst,
+        max_shapes=rule.max_shapes or global_limits.max_shapes,
+        shape_window=global_limits.shape_window,
         shape=shape,
     )

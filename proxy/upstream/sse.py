@@ -657,12 +657,12 @@ class SharedStreams:
             stream.notify()
             try:
                 async for piece in upstream.content.iter_any():
+                    if stream.paced:  # (before each write: not one piece on top of another)
+                        await stream.drained()
                     stream.feed(piece)
                     if stream.handover is not None and self._caught_up(stream):
                         reason = "ended"  # (its clients reconnect and join that stream)
                         return
-                    if stream.paced:
-                        await stream.drained()
             except BodyError as exc:
                 logger.warning("shared SSE stream broke (%s)", type(exc).__name__)
                 return
@@ -836,7 +836,14 @@ async def _read(
             stream.remove(sub)
     key = spec.handover if spec.handover is not None else spec.key
     if reason == "lagged" and not stream.raw and not transport.is_closing():
-        # (what it was written stays in its buffer: its response goes on after it)
+        # What it was written stays in its buffer, and its response goes on after it, once
+        # it has taken that: a client that reads nothing costs no engine stream of its own,
+        # only its buffer, until `SEND_TIMEOUT` drops it.
+        try:
+            await request.writer.drain()
+        except ConnectionError:
+            started.outcome.failure = ("client_gone", "client_too_slow")
+            return started.outcome
         return Continue(_resumed(key, sub, spec.cursor, paced=True), started)
     if reason == "ended" and time.monotonic() - started.since < MIN_CLIENT_STREAM:
         # (raw bytes cannot go on from the middle: only a client that had none of them)

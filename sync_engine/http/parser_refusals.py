@@ -39,13 +39,23 @@ from aiohttp.web_protocol import ERROR, RequestHandler, RequestPayloadError, _Er
 
 logger = logging.getLogger(__name__)
 
-#: Bytes of request target (path and query) read; aiohttp's default. The proxy's upstream
-#: bound (proxy/limits/upstream.py) is computed from the engine's.
-MAX_REQUEST_TARGET = 8190
-#: Bytes of one header (name and value). Differs from the target's limit on purpose: the
-#: parser's LineTooLong says only which limit was crossed.
-MAX_HEADER_FIELD = 8192
-MAX_HEADERS = 128
+#: A request head's limits, Electric's server's (Bandit, lib/bandit/http1/socket.ex:
+#: `max_request_line_length`, `max_header_length`, `max_header_count`), shared with the proxy
+#: (proxy/http/protocol.py): a request line over `MAX_REQUEST_LINE` bytes with its line end is
+#: a 414, a header line over `MAX_HEADER_LINE` bytes or more than `MAX_HEADERS` headers a
+#: 431, each decided as soon as the bytes show it (`HeadScan`). The engine bounded only the
+#: target (8190 bytes), each header's value (8192) and the count (128): a head of 125 headers
+#: of 8,000 bytes (1 MB) was read whole, ~2.9 MB of engine memory per connection that never
+#: ended its head (attack). Now a head is at most ~510 KB whatever it holds.
+MAX_REQUEST_LINE = 10_000
+MAX_HEADER_LINE = 10_000
+MAX_HEADERS = 50
+#: aiohttp's own limits (`HANDLER_ARGS`): only reached where `HeadScan` lost track of the
+#: bytes (a request pipelined in the packet that ends a body), the lines' limits as near as
+#: its checks of a target and of a header's name and value allow. The proxy's upstream bound
+#: (proxy/limits/upstream.py) is computed from the engine's.
+MAX_REQUEST_TARGET = MAX_REQUEST_LINE - len("GET ") - len(" HTTP/1.1\r\n")
+MAX_HEADER_FIELD = MAX_HEADER_LINE - len(": \r\n")
 
 HANDLER_ARGS: dict[str, Any] = {
     "max_line_size": MAX_REQUEST_TARGET,
@@ -66,25 +76,127 @@ class Refusal:
     message: str
 
 
+REQUEST_LINE_TOO_LONG = Refusal(
+    414, "uri_too_long", f"Request line too long: the limit is {MAX_REQUEST_LINE} bytes"
+)
+HEADER_LINE_TOO_LONG = Refusal(
+    431,
+    "header_too_large",
+    f"Request header line too long: the limit is {MAX_HEADER_LINE} bytes",
+)
+TOO_MANY_HEADERS = Refusal(
+    431, "too_many_headers", f"Too many request headers: the limit is {MAX_HEADERS}"
+)
+
+
+class HeadOverLimit(BadHttpMessage):
+    """A request head over a limit (`HeadScan`), raised as the parser's refusal."""
+
+    def __init__(self, answer: Refusal) -> None:
+        super().__init__(answer.message)
+        self.answer = answer
+
+
 def refusal(exc: BaseException | None) -> Refusal:
     """The answer for a request the parser refused; nothing of the request quoted."""
+    if isinstance(exc, HeadOverLimit):
+        return exc.answer
     if isinstance(exc, LineTooLong):
         if exc.args[1:2] in ((MAX_HEADER_FIELD,), (str(MAX_HEADER_FIELD),)):
-            return Refusal(
-                431,
-                "header_too_large",
-                f"Request header too large: the limit is {MAX_HEADER_FIELD} bytes",
-            )
-        return Refusal(
-            414, "uri_too_long", f"Request URI too long: the limit is {MAX_REQUEST_TARGET} bytes"
-        )
+            return HEADER_LINE_TOO_LONG
+        return REQUEST_LINE_TOO_LONG
     if isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc.message):
-        return Refusal(
-            431, "too_many_headers", f"Too many request headers: the limit is {MAX_HEADERS}"
-        )
+        return TOO_MANY_HEADERS
     if isinstance(exc, BadHttpMethod):
         return Refusal(400, "bad_request", "Malformed HTTP request: invalid method")
     return Refusal(400, "bad_request", "Malformed HTTP request")
+
+
+class HeadScan:
+    """The lines of one request head as its bytes arrive, held to the head's limits (as
+    Bandit reads them: each line with its line end, refused as soon as it is longer, even
+    before its end arrives; the 51st header refused once whole). Empty lines before the
+    request line count as part of it; the first empty line after it ends the head. The
+    proxy's parser may feed it the same bytes (one per head: `feed` each piece as it
+    arrives) to refuse exactly where the engine does."""
+
+    __slots__ = ("done", "lead", "length", "lines", "start")
+
+    def __init__(self) -> None:
+        self.lines = 0  # lines complete: the request line, then the headers
+        self.lead = 0  # bytes of empty lines before the request line
+        self.length = 0  # bytes of the line being read
+        self.start = b""  # its first bytes (up to 2: is it an empty line?)
+        self.done = False  # the head's end was read: the rest is not the head's
+
+    def feed(self, data: bytes) -> Refusal | None:
+        """Read `data`, the next bytes of the head; the refusal if it is over a limit."""
+        if self.done:
+            return None
+        begin, size = 0, len(data)
+        while begin < size:
+            end = data.find(b"\n", begin)
+            if end < 0:
+                if self.length < 2:
+                    self.start = (self.start + data[begin : begin + 2])[:2]
+                self.length += size - begin
+                if self.lines == 0:  # (its line end can only come past the limit)
+                    if self.lead + self.length >= MAX_REQUEST_LINE:
+                        return REQUEST_LINE_TOO_LONG
+                elif self.length >= MAX_HEADER_LINE:
+                    return HEADER_LINE_TOO_LONG
+                return None
+            length = self.length + end + 1 - begin
+            empty = length <= 2 and (self.start + data[begin : end + 1]) in (b"\n", b"\r\n")
+            begin = end + 1
+            self.start, self.length = b"", 0
+            if self.lines == 0:
+                if empty:
+                    self.lead += length
+                    if self.lead >= MAX_REQUEST_LINE:
+                        return REQUEST_LINE_TOO_LONG
+                    continue
+                if self.lead + length > MAX_REQUEST_LINE:
+                    return REQUEST_LINE_TOO_LONG
+                self.lines = 1
+                continue
+            if empty:
+                self.done = True
+                return None
+            if length > MAX_HEADER_LINE:
+                return HEADER_LINE_TOO_LONG
+            self.lines += 1
+            if self.lines - 1 > MAX_HEADERS:
+                return TOO_MANY_HEADERS
+        return None
+
+
+def _content_length(message: Any) -> int | None:
+    """The body length a parsed request (`RawRequestMessage`) announced; None if chunked."""
+    if message.chunked:
+        return None
+    value = message.headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else 0
+
+
+class _Refusing:
+    """Stands in for a connection's HTTP parser once a head is over a limit: each call
+    raises the refusal (the parser refuses every call after its first refusal too)."""
+
+    def __init__(self, exc: HeadOverLimit) -> None:
+        self.exc = exc
+
+    def feed_data(self, data: bytes) -> Any:
+        raise self.exc
+
+    def feed_eof(self) -> None:
+        return None
+
+    def message_consumed(self) -> None:
+        return None
+
+    def set_upgraded(self, val: bool) -> None:
+        return None
 
 
 #: Requests aiohttp's parser (llhttp) reads but a careful server refuses, answered as the proxy
@@ -239,7 +351,16 @@ class RefusingRequestHandler(RequestHandler):
     answer takes for the start of its next answer.
     """
 
-    __slots__ = ("_body", "_head_began", "_head_timer", "_pending", "_seen_requests")
+    __slots__ = (
+        "_body",
+        "_body_left",
+        "_head_began",
+        "_head_timer",
+        "_pending",
+        "_refused",
+        "_scan",
+        "_seen_requests",
+    )
 
     def __init__(self, manager: Any, *, loop: Any, **kwargs: Any) -> None:
         super().__init__(manager, loop=loop, **kwargs)
@@ -257,7 +378,11 @@ class RefusingRequestHandler(RequestHandler):
             max_msg_queue_size=1,
         )
         self._pending: bytes | None = b""
+        # The head being read, against its limits (None: inside a body, not tracked).
+        self._scan: HeadScan | None = HeadScan()
+        self._refused = False  # a request was refused: nothing after it is read
         self._body: StreamReader | None = None
+        self._body_left = 0  # bytes still to come of a body of known length (`_track`)
         self._seen_requests = 0
         # When the request head being read began (None: none is), and the timer that holds
         # it to `REQUEST_HEAD_TIMEOUT` (armed at the connection's start, and when a head
@@ -381,8 +506,10 @@ class RefusingRequestHandler(RequestHandler):
         return "GET"
 
     def _track(self) -> None:
-        """After the parser ran: drop a request it emitted from `_pending` (the rest of the
-        packet begins the next one); inside a body, lose track (None)."""
+        """After the parser ran: drop a request it emitted from `_pending`, and its body if
+        its length is known (`_body_left` counts what is still to come: the bytes after it
+        begin the next request); inside a chunked body, lose track (None). A refused HEAD
+        after a POST's body in the same packet was answered as a GET, with a body."""
         if self._request_count == self._seen_requests:
             return
         self._seen_requests = self._request_count
@@ -390,22 +517,56 @@ class RefusingRequestHandler(RequestHandler):
         pending = self._pending
         if isinstance(message, _ErrInfo) or pending is None:
             return
-        end = _HEAD_END.search(pending) if payload is EMPTY_PAYLOAD else None
-        if end is not None:
-            self._pending = pending[end.end() :]
+        end = _HEAD_END.search(pending)
+        length = 0 if payload is EMPTY_PAYLOAD else _content_length(message)
+        if end is None or length is None:  # (a chunked body: its end is the parser's)
+            self._pending, self._body, self._scan = None, payload, None
+            return
+        rest = pending[end.end() :]
+        if len(rest) >= length:  # (the next request begins after the body, if any)
+            self._pending = rest[length:]
+            self._begin_head(self._pending)
         else:
-            self._pending, self._body = None, payload
+            self._pending, self._body, self._scan = None, payload, None
+            self._body_left = length - len(rest)
+
+    def _begin_head(self, data: bytes) -> None:
+        """A request head begins with `data` (what of it arrived): its lines are held to
+        the head's limits from here; one over them is refused by the parser's next call,
+        after the requests before it (`_Refusing`)."""
+        scan = self._scan = HeadScan()
+        self._check_head(scan, data)
+
+    def _check_head(self, scan: HeadScan, data: bytes) -> None:
+        answer = scan.feed(data)
+        if answer is not None and self._parser is not None:
+            self._scan = None
+            # (the parser's tail, the refused head's first bytes, goes with it)
+            self._parser = _Refusing(HeadOverLimit(answer))  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         messages = self._messages
         before = len(messages)
-        if data:
+        if data and not (self._force_close or self._close):
             pending = self._pending
-            if pending:
+            left = self._body_left
+            if pending is None and left:  # (a body of known length: the rest is a request)
+                if len(data) < left:
+                    self._body_left = left - len(data)
+                else:
+                    self._body_left = 0
+                    self._pending, self._body = data[left:], None
+                    self._begin_head(self._pending)
+            elif pending:
                 self._pending = pending + data
+                if self._scan is not None:
+                    self._check_head(self._scan, data)
             elif pending is not None or self._body is None or self._body.is_eof():
                 # (inside a body until its payload is whole: then a packet begins a request)
                 self._pending, self._body = data, None
+                self._begin_head(data)
         super().data_received(data)
         self._track()
         if self._pending:  # a head not whole yet: held to its deadline
@@ -432,6 +593,21 @@ class RefusingRequestHandler(RequestHandler):
             before = len(messages)
             super().data_received(b"")
             self._track()
+        if messages and isinstance(messages[-1][0], _ErrInfo):
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """A request was refused (the requests before it are answered, then the refusal,
+        then the connection closes): read nothing more. The rest of a refused head went on
+        arriving into `_pending` until the answer was out: 300 connections refused 431 at
+        the 51st of 125 headers of 8 KB took the engine from 69 to 1,278 MB."""
+        self._refused = True
+        pending = self._pending
+        if pending is not None:  # (its method is all `refused_method` needs)
+            self._pending = pending.lstrip(b"\r\n")[:8]
+        transport = self.transport
+        if transport is not None:
+            transport.pause_reading()
 
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         """The service's response for a refused request (it is closed after)."""

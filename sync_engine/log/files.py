@@ -234,6 +234,12 @@ class LogWriteError(OSError):
         return self.errno in _DISK_FULL
 
 
+class LogCutBack(LogWriteError):
+    """A paced append found its log cut back while it paused (a failed write or a lost
+    stream elsewhere cut back everything staged): nothing of it counts; written again
+    once the slot sends it again. Not a failed write of its own."""
+
+
 @dataclass(slots=True, eq=False)
 class _Chunk:
     path: str
@@ -808,7 +814,7 @@ class ShapeLog:
             published = {c.path for c in self._chunks}
             self._needs_cut[tail.path] = tail.size if tail.path in published else 0
             tail.end = tail.size
-            raise LogWriteError(errno.ECANCELED, "the log was cut back while being written")
+            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
 
     def _last_published(self) -> _Chunk | None:
         return self._chunks[-1] if self._chunks else None

@@ -14,6 +14,7 @@ like CREATE INDEX CONCURRENTLY, until every transaction older than the change ha
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Collection, Iterable
@@ -404,6 +405,14 @@ async def ready_partitions(
     return busy_stuck, refused
 
 
+class Identity(enum.Enum):
+    """What `set_identity_full` found and did."""
+
+    WAS_FULL = "was_full"  # nothing to do (another shape's request set it, say)
+    SET = "set"  # it was not FULL: the ALTER ran
+    NOT_SET = "not_set"  # the lock was busy, or the engine may not: tried again later
+
+
 async def make_identity_full(
     conn: AsyncConnection[Any], oid: int, *, retrying: bool = False
 ) -> bool:
@@ -413,6 +422,15 @@ async def make_identity_full(
     old row meanwhile, see `TransactionAssembler`), nor the application's queries queued
     behind the ALTER's lock request. False when the lock was not had: the caller tries
     again later (`retrying`: waiting 100 ms only, said at DEBUG, the first failure warned)."""
+    return await set_identity_full(conn, oid, retrying=retrying) is not Identity.NOT_SET
+
+
+async def set_identity_full(
+    conn: AsyncConnection[Any], oid: int, *, retrying: bool = False
+) -> Identity:
+    """`make_identity_full`, saying whether the ALTER ran: a caller that logs "set again"
+    says it only when it was set back (15 concurrent new shapes of one table each logged
+    "it had been set back" for a table just published FULL)."""
     cur = await conn.execute(
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n"
         " ON n.oid = c.relnamespace WHERE c.oid = %s AND c.relkind = 'r'"
@@ -421,7 +439,7 @@ async def make_identity_full(
     )
     row = await cur.fetchone()
     if row is None:
-        return True
+        return Identity.WAS_FULL
     ident = sql.Identifier(str(row[0]), str(row[1]))
     try:
         await conn.execute("SET lock_timeout = '100ms'" if retrying else "SET lock_timeout = '2s'")
@@ -433,7 +451,7 @@ async def make_identity_full(
             row[0],
             row[1],
         )
-        return False
+        return Identity.NOT_SET
     except psycopg.errors.InsufficientPrivilege as exc:
         logger.log(
             logging.DEBUG if retrying else logging.WARNING,
@@ -442,7 +460,7 @@ async def make_identity_full(
             row[1],
             exc.diag.message_primary or exc,
         )
-        return False
+        return Identity.NOT_SET
     finally:
         await conn.execute("RESET lock_timeout")
-    return True
+    return Identity.SET

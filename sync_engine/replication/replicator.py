@@ -43,14 +43,14 @@ from collections.abc import Awaitable, Callable
 
 from ..errors import ServiceUnavailable
 from ..log.entries import change_messages
-from ..log.files import LogWriteError, is_log_chunk, note_durable_size
+from ..log.files import LogCutBack, LogWriteError, is_log_chunk, note_durable_size
 from ..pg.row_where import Unevaluable
 from ..pg.values import UnrepresentableValue
 from ..shapes.changes import Change, ChangeEntry, Row, convert_change
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import ShapeRouter
 from ..shapes.shape import Shape
-from .assembler import TransactionAssembler
+from .assembler import BIG_TRANSACTION, BIG_TRANSACTION_BYTES, TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .position import SavedPosition
 from .slot import slot_confirmed_lsn
@@ -131,6 +131,24 @@ def _probe_write(directory: str) -> None:
             pass
 
 
+def _big(changes: list[Change]) -> bool:
+    """Whether a transaction's changes for a shape are too many, or too big, to write in
+    one go (`assembler.BIG_TRANSACTION`, `BIG_TRANSACTION_BYTES`: what makes the stream
+    loop write one a part at a time), for one applied apart from the stream loop."""
+    if len(changes) >= BIG_TRANSACTION:
+        return True
+    size = 0
+    for _kind, old, new, _op in changes:
+        for row in (old, new):
+            if row is not None:
+                for value in row.values():
+                    if isinstance(value, str):
+                        size += len(value)
+        if size >= BIG_TRANSACTION_BYTES:
+            return True
+    return False
+
+
 def _unreadable_rows(shape: Shape, changes: list[Change]) -> list[Row]:
     """The rows of `changes` on which the shape's where clause cannot tell (old and new
     ones alike), in order."""
@@ -172,10 +190,15 @@ Evaluate = Callable[[Shape, list[Row]], Awaitable[list[bool]]]
 class _KeepAlive:
     """While a big transaction is written: a task sends the stream a standby status update
     every `KEEPALIVE_EVERY` (the acked position, unchanged: it only says the engine is
-    alive), and `pause` lets the event loop run every `YIELD_EVERY`."""
+    alive), and `pause` lets the event loop run every `YIELD_EVERY`.
 
-    def __init__(self, stream: ReplicationStream | None) -> None:
+    `fatal`: a lost stream ends the writing (`pause` raises), as for the stream loop's own
+    writing; else (a held transaction written beside the stream loop, which reconnects on
+    its own) the keepalives just stop."""
+
+    def __init__(self, stream: ReplicationStream | None, fatal: bool = True) -> None:
         self.stream = stream
+        self.fatal = fatal
         self.failed: ReplicationConnectionError | None = None
         self._task: asyncio.Task[None] | None = None
         self._yielded = time.monotonic()
@@ -198,7 +221,10 @@ class _KeepAlive:
             try:
                 await self.stream.send_status()
             except ReplicationConnectionError as exc:  # the stream is lost: `pause` says so
-                self.failed = exc
+                if self.fatal:
+                    self.failed = exc
+                return
+            except RuntimeError:  # (a stream not started yet, or closed: the loop's own)
                 return
 
     async def step(self) -> None:
@@ -643,27 +669,30 @@ class Replicator:
         )
 
     async def _append_parts(
-        self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change], alive: _KeepAlive
+        self,
+        shape: Shape,
+        xid: Xid,
+        lsn: Lsn,
+        changes: list[Change],
+        alive: _KeepAlive,
+        matches: Callable[[Row], bool] | None = None,
     ) -> None:
         """`_append` for a big transaction: its entries for the shape are encoded and
-        written `PART_ENTRIES` at a time, staged (see `_deliver_big`)."""
+        written `PART_ENTRIES` at a time, staged (see `_deliver_big`). `matches`: Postgres's
+        answers on the rows the engine cannot read (a held transaction, `_settle_held`)."""
         log = shape.log
         relation = shape.relation
         entries: list[ChangeEntry] = []
         written = False
         for kind, old, new, op in changes:
             try:
-                convert_change(shape, kind, old, new, op, entries)
+                convert_change(shape, kind, old, new, op, entries, matches)
             except UnrepresentableValue:
-                # (see `_append`) Held whole for Postgres's answer: the parts written go
-                # (nothing else of the shape's is staged: flushed before).
+                # Held whole (`_hold_unreadable`): the parts written go (nothing else of
+                # the shape's is staged: flushed before).
                 if written:
                     log.rollback()
-                if self.evaluate is None:
-                    self._rotate_unreadable(shape)
-                    return
-                shape.hold(xid, lsn, changes)
-                self._start_settling(shape)
+                self._hold_unreadable(shape, xid, lsn, changes)
                 return
             if len(entries) > PART_ENTRIES:
                 # The last entry is kept back: the last part must end the transaction (its
@@ -693,7 +722,12 @@ class Replicator:
         written a few MB at a time, the loop running in between); returns False once the
         shape is rotated (its files are being deleted: nothing more is written)."""
         self._dirty.add(shape)  # (before: a failed write elsewhere cuts it back too)
-        written = await shape.log.append_transaction_paced(lsn, messages, ends, alive.step)
+        try:
+            written = await shape.log.append_transaction_paced(lsn, messages, ends, alive.step)
+        except LogCutBack:
+            if self._failure is not None:  # (what cut it back: the stream loop pauses)
+                raise self._failure from None
+            raise
         if self._failure is not None:  # cut back meanwhile: the stream loop pauses
             raise self._failure
         if not written or shape.rotated:
@@ -710,7 +744,10 @@ class Replicator:
                 if shape.rotated:  # `_append` rotated it (an unrepresentable value)
                     break
                 if admit(shape, Xid(xid), Lsn(lsn)) is APPEND:
-                    if shape.held:
+                    if shape.held or _big(changes):
+                        # A big one is written a part at a time by the settling task
+                        # (`_settle_held`), the loop running meanwhile; the shape's later
+                        # transactions wait behind it, in order, as behind any held one.
                         shape.hold(xid, lsn, changes)
                         self._start_settling(shape)
                     else:
@@ -732,23 +769,26 @@ class Replicator:
         try:
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries)
-        except UnrepresentableValue:
-            # The where clause read a value Postgres holds but the engine cannot read exactly
-            # (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
-            # array with bounds): guessing could lose or invent a row. Postgres is asked
-            # about those rows (`_settle`), and the shape's transactions wait meanwhile.
-            # Rotating it instead never finished while such a row kept changing: each change
-            # rotated the new shape again before its clients were up to date.
-            # (the exception's message holds the row's value: not logged)
-            if self.evaluate is None:
-                self._rotate_unreadable(shape)
-                return
-            shape.hold(xid, lsn, changes)
-            self._start_settling(shape)
+        except UnrepresentableValue:  # (its message holds the row's value: not logged)
+            self._hold_unreadable(shape, xid, lsn, changes)
             return
         if entries:
             shape.log.append_transaction(lsn, change_messages(shape.relation, xid, lsn, entries))
             self._dirty.add(shape)
+
+    def _hold_unreadable(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
+        """The shape's where clause read a value Postgres holds but the engine cannot read
+        exactly (a BC date, a year past 9999, a text cast in a form only Postgres reads, an
+        array with bounds): guessing could lose or invent a row. The transaction is held
+        and Postgres asked about those rows (`_settle`), the shape's later transactions
+        waiting meanwhile; rotated only if Postgres cannot be asked. (Rotating it always
+        never finished while such a row kept changing: each change rotated the new shape
+        again before its clients were up to date.)"""
+        if self.evaluate is None:
+            self._rotate_unreadable(shape)
+            return
+        shape.hold(xid, lsn, changes)
+        self._start_settling(shape)
 
     def _rotate_unreadable(self, shape: Shape) -> None:
         logger.warning(
@@ -802,7 +842,6 @@ class Replicator:
 
     async def _settle_held(self, shape: Shape) -> None:
         evaluate = self.evaluate
-        assert evaluate is not None
         delay = FIRST_DELAY
         while shape.held and not shape.rotated:
             entry = shape.held[0]
@@ -815,8 +854,11 @@ class Replicator:
                 await asyncio.sleep(REDELIVERY_POLL)
                 continue
             unreadable = _unreadable_rows(shape, changes)
+            if unreadable and evaluate is None:
+                self._rotate_unreadable(shape)
+                return
             try:
-                answers = await evaluate(shape, unreadable) if unreadable else []
+                answers = await evaluate(shape, unreadable) if evaluate and unreadable else []
             except asyncio.CancelledError:
                 raise
             except ServiceUnavailable as exc:  # Postgres unreachable: the transactions wait
@@ -841,7 +883,22 @@ class Replicator:
                 continue  # (one sent again after a cut-back came before it: that first)
             if lsn > self._delivered:
                 continue  # (cut back while Postgres answered: the check above again)
-            matches = _answered(shape, unreadable, answers)
+            matches = None if shape.where is None else _answered(shape, unreadable, answers)
+            if _big(changes):
+                try:
+                    await self._write_held_parts(shape, Xid(xid), Lsn(lsn), changes, matches)
+                except LogCutBack:
+                    pass  # (cut back by a failure elsewhere: sent again, appended again)
+                except LogWriteError as exc:
+                    self._failure = exc  # the stream loop pauses replication
+                    self._rollback_staged()
+                if shape.rotated or shape.log.last_lsn < lsn or shape.log.has_unpublished:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_DELAY)
+                    continue
+                delay = FIRST_DELAY
+                shape.release_held(entry)
+                continue
             entries: list[ChangeEntry] = []
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries, matches)
@@ -865,6 +922,40 @@ class Replicator:
                     continue
             delay = FIRST_DELAY
             shape.release_held(entry)
+
+    async def _write_held_parts(
+        self,
+        shape: Shape,
+        xid: Xid,
+        lsn: Lsn,
+        changes: list[Change],
+        matches: Callable[[Row], bool] | None,
+    ) -> None:
+        """Write and publish a big held transaction (one released after its shape's
+        snapshot, say) a part at a time, as `_deliver_big` does: the flush lock held (no
+        other flush publishes a part of it), the walsender kept from timing out while the
+        stream loop waits for that lock, the event loop running between parts."""
+        started = time.monotonic()
+        logger.info(
+            "transaction %d: writing %d changes for shape %s, a part at a time",
+            xid,
+            len(changes),
+            shape.handle,
+        )
+        async with _KeepAlive(self._stream, fatal=False) as alive, self._flush_lock:
+            await self._flush_staged()  # (what is staged before it goes first)
+            if self._failure is not None or shape.rotated:
+                return
+            await self._append_parts(shape, xid, lsn, changes, alive, matches)
+            await self._flush_staged()
+        if not shape.rotated and shape.log.last_lsn >= lsn and not shape.log.has_unpublished:
+            logger.info(
+                "transaction %d: %d changes delivered to shape %s in %.1f s",
+                xid,
+                len(changes),
+                shape.handle,
+                time.monotonic() - started,
+            )
 
     def _release_stream(self) -> None:
         """Close the replication stream (the loop starts it again, with its usual backoff):

@@ -136,7 +136,27 @@ async def test_deadlines_share_a_tick_and_drop_what_needs_no_ending() -> None:
     assert len(keys) == 1 and len(deadlines) == 3  # one bucket, one timer
     deadlines.discard(keys.pop(), items[0])  # answered before its deadline
     gone = _Item()
-    deadlines.discard(deadlines.add(at + 10, gone), gone)  # its bucket and timer dropped
+    deadlines.discard(deadlines.add(at + 10, gone), gone)  # (its bucket lingers, empty)
     await wait_until_async(lambda: items[1].expired == 1, message="the deadline")
     assert [i.expired for i in items] == [0, 1, 1] and gone.expired == 0
     assert len(deadlines) == 0
+
+
+async def test_a_lone_clients_next_live_request_reuses_its_deadline_timer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client's live requests one after another (same token: same tick) share one timer:
+    each made and cancelled a loop timer (~5.5 us of the fast lane's ~38, perf)."""
+    loop = asyncio.get_running_loop()
+    timers: list[object] = []
+    make = loop.call_later
+
+    def counted(*args: Any) -> asyncio.TimerHandle:
+        timers.append(args)
+        return make(*args)
+
+    monkeypatch.setattr(loop, "call_later", counted)
+    deadlines, item, at = Deadlines(), _Item(), time.time() + 3600
+    for _ in range(5):
+        deadlines.discard(deadlines.add(at, item), item)
+    assert len(timers) == 1 and len(deadlines) == 0

@@ -87,7 +87,9 @@ async def test_a_principal_remembers_its_latest_shapes_only() -> None:
     token (nothing else), so a principal's state stays bounded."""
     clock = Clock()
     admission = Admission(pool_size=100, clock=clock)
-    limits = LimitsConfig(new_shape_rate=1000, new_shape_burst=REMEMBERED_SHAPES + 1)
+    limits = LimitsConfig(
+        rate=1000, burst=10_000, new_shape_rate=1000, new_shape_burst=REMEMBERED_SHAPES + 1
+    )
     for n in range(REMEMBERED_SHAPES + 1):
         (await admission.admit("p", resolve(limits, None, shape=f"d{n}"))).release()
     with pytest.raises(TooManyRequests):  # the bucket is empty: d0 was forgotten
@@ -140,8 +142,8 @@ XFF = "X-Forwarded-For"
         ("10.0.0.2", [(XFF, "1.1.1.1, 198.51.100.1, 10.0.0.7")], "198.51.100.1"),
         ("10.0.0.2", [(XFF, "1.1.1.1"), (XFF, "198.51.100.1")], "198.51.100.1"),
         ("10.0.0.2", [(XFF, "198.51.100.1:4711")], "198.51.100.1"),
-        ("10.0.0.2", [(XFF, "[2001:db8::1]:80")], "2001:db8::1"),
-        ("10.0.0.2", [(XFF, "2001:DB8:0::1")], "2001:db8::1"),  # one spelling per address
+        ("10.0.0.2", [(XFF, "[2001:db8::1]:80")], "2001:db8::/64"),
+        ("10.0.0.2", [(XFF, "2001:DB8:0:0:1::1")], "2001:db8::/64"),  # one spelling
         ("::ffff:10.0.0.2", [(XFF, "::ffff:198.51.100.1")], "198.51.100.1"),
         ("fd00::5", [(XFF, "198.51.100.1")], "198.51.100.1"),
         # A spoofed left part is never read: the right-most untrusted address is.
@@ -157,12 +159,19 @@ XFF = "X-Forwarded-For"
         ("10.0.0.2", [], "10.0.0.2"),
         # Forwarded (RFC 7239), read only without X-Forwarded-For.
         ("10.0.0.2", [("Forwarded", "for=198.51.100.1;proto=https")], "198.51.100.1"),
-        ("10.0.0.2", [("Forwarded", 'for="[2001:db8::17]:4711", For=10.0.0.9')], "2001:db8::17"),
+        ("10.0.0.2", [("Forwarded", 'for="[2001:db8::17]:4711", For=10.0.0.9')], "2001:db8::/64"),
         ("10.0.0.2", [("Forwarded", 'for="198.51.100.1:80"')], "198.51.100.1"),
         ("10.0.0.2", [("Forwarded", "for=unknown")], "10.0.0.2"),
         ("10.0.0.2", [("Forwarded", "for=_hidden")], "10.0.0.2"),
         ("10.0.0.2", [("Forwarded", "proto=https")], "10.0.0.2"),
         ("10.0.0.2", [("Forwarded", "for=1.1.1.1"), (XFF, "198.51.100.1")], "198.51.100.1"),
+        # An IPv6 client is its /64, trusted proxies or not; IPv4 in IPv6 is IPv4.
+        ("2001:db8:1:2::5", [(XFF, "198.51.100.1")], "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", [], "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::5", [], "2001:db8:1:3::/64"),
+        ("::ffff:203.0.113.9", [], "203.0.113.9"),
+        ("fd00::5", [(XFF, "2001:db8:7:7:7::7")], "2001:db8:7:7::/64"),
+        ("fd00::5", [(XFF, "2001:db8::1, nonsense")], "fd00::/64"),
         # A peer that is no IP address (a Unix socket), or none.
         ("/run/proxy.sock", [(XFF, "198.51.100.1")], "/run/proxy.sock"),
         (None, [(XFF, "198.51.100.1")], None),
@@ -170,6 +179,24 @@ XFF = "X-Forwarded-For"
 )
 def test_client_address(peer: str | None, pairs: list[tuple[str, str]], expected: Any) -> None:
     assert client_address(peer, _headers(*pairs), LB) == expected
+
+
+@pytest.mark.parametrize(
+    ("peer", "expected"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("2001:db8:1:2::5", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff::9", "2001:db8:1:2::/64"),
+        ("::ffff:203.0.113.9", "203.0.113.9"),
+        ("::1", "::/64"),
+        ("/run/proxy.sock", "/run/proxy.sock"),
+    ],
+)
+def test_without_trusted_proxies_the_peer_is_the_client(peer: str, expected: str) -> None:
+    """Forwarding headers ignored; an IPv6 peer charged by its /64 (a subscriber's whole
+    prefix: by address, each request could come from an address of its own)."""
+    headers = _headers((XFF, "198.51.100.1"), ("Forwarded", "for=198.51.100.2"))
+    assert client_address(peer, headers, ()) == expected
 
 
 def test_forwarding_headers_are_ignored_by_default() -> None:
@@ -183,3 +210,60 @@ def test_forwarding_headers_are_ignored_by_default() -> None:
 def test_trusted_proxies_must_be_networks(value: Any) -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         ServerConfig(trusted_proxies=value)
+
+
+async def test_shapes_followed_all_along_stay_free_among_many_passing_ones() -> None:
+    """A principal following 180 shapes (each asked for every 20 s) while it opens 20 new
+    ones a round (1/s, under the rate): the followed ones are never charged again. (Its
+    memory forgot the oldest *inserted*: once it was full, each passing shape pushed a
+    followed one out, whose next request pushed out another: 429s from the 5th round.)"""
+    clock = Clock()
+    admission = Admission(pool_size=10_000, clock=clock)
+    for round_ in range(40):
+        for n in range(180):
+            (await admission.admit("dashboard", _shape(n))).release()
+        for n in range(20):
+            (await admission.admit("dashboard", _shape(10_000 + 20 * round_ + n))).release()
+        clock.now += 20
+
+
+async def test_max_shapes_bounds_the_shapes_asked_for_within_the_window() -> None:
+    """A principal keeping `max_shapes` shapes fresh may ask for no other until one has not
+    been asked for in `shape_window`; its own stay free; the fast lane refuses the same."""
+    clock = Clock()
+    admission = Admission(pool_size=100, clock=clock)
+    base = LimitsConfig(max_shapes=2, shape_window=60)
+
+    def shape(name: str) -> LimitSettings:
+        return resolve(base, None, shape=name)
+
+    (await admission.admit("p", shape("a"))).release()
+    clock.now += 10
+    (await admission.admit("p", shape("b"))).release()
+    with pytest.raises(TooManyRequests) as info:
+        await admission.admit("p", shape("c"))
+    assert (info.value.status, info.value.reason) == (429, "too_many_shapes")
+    assert info.value.retry_after == 50  # when `a` leaves the window
+    assert admission.admit_now("p", shape("c")) is None
+    clock.now += 45
+    (await admission.admit("p", shape("a"))).release()  # asked for again: free, and fresh
+    clock.now += 20  # `b` has left the window (asked for 65 s ago), `a` has not (20 s)
+    (await admission.admit("p", shape("c"))).release()
+    with pytest.raises(TooManyRequests):  # `b` again: no token, but a place, and none is free
+        await admission.admit("p", shape("b"))
+    (await admission.admit("q", shape("b"))).release()  # another principal: its own share
+    # Without `max_shapes` (the default) there is no bound.
+    for n in range(100):
+        (await admission.admit("r", resolve(LimitsConfig(), None, shape=f"s{n}"))).release()
+
+
+async def test_a_principal_keeping_shapes_is_not_forgotten_by_the_sweep() -> None:
+    clock = Clock()
+    admission = Admission(pool_size=10, clock=clock, sweep_at=2)
+    limits = resolve(LimitsConfig(max_shapes=1), None, shape="a")
+    (await admission.admit("m", limits)).release()
+    clock.now += 30  # every bucket full again, but `a` asked for 30 s ago
+    for name in ("x", "y", "z"):
+        (await admission.admit(name, resolve(LimitsConfig(), None))).release()
+    with pytest.raises(TooManyRequests):
+        await admission.admit("m", resolve(LimitsConfig(max_shapes=1), None, shape="b"))

@@ -7,8 +7,8 @@ Client -> proxy (its own server, on a socket) -> `sync-engine` (its CLI, a subpr
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -16,14 +16,26 @@ import pytest
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
+from tests.support.databases import create_database, drop_database
 from tests.support.engine_process import EngineProcess, sync_through
 
 HOLD = 4  # the engine's long-poll hold, seconds
-MAX_SHAPES = 6
+MAX_SHAPES = 10
 
 
-@pytest.fixture
-def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One engine secret for the module: its tests share one engine (`real_engine`)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def real_engine(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[str]:
+    """One engine for the module's tests, each with its own proxy. They make at most
+    `MAX_SHAPES` shapes between them, in any order, unless the proxy lets alice through."""
+    dbname, db_url = create_database(pg_server_url)
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
         conn.execute(
@@ -31,7 +43,8 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
             "'item ' || i FROM generate_series(1, 30) i"
         )
     engine = EngineProcess(
-        db_url, tmp_path / "data", "--secret", engine_secret, "--no-fsync",
+        db_url, tmp_path_factory.mktemp("new-shapes-engine") / "data",
+        "--secret", engine_secret, "--no-fsync",
         "--long-poll-timeout", str(HOLD), "--max-shapes", str(MAX_SHAPES),
     )  # fmt: skip
     engine.start()
@@ -39,6 +52,7 @@ def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str
         yield engine.url
     finally:
         engine.stop()
+        drop_database(pg_server_url, dbname)
 
 
 def _config(engine_url: str, idp: Any) -> dict[str, Any]:
@@ -51,9 +65,10 @@ async def test_one_user_making_new_shapes_fast_is_refused_and_evicts_nobody(
     real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
 ) -> None:
     """Alice (an admin, who may name any `where`) asks for shape after shape: past her burst
-    of new shapes she gets 429 `too_many_new_shapes`, before the engine makes them, so it
-    never has to evict bob's shape to make room (under the old code her 200s pushed the
-    engine past `--max-shapes`, and bob's idle shape was retired: his next request a 409)."""
+    of new shapes she gets 429 `too_many_new_shapes`, before the engine makes them, and
+    bob's shape stays. (Under the old code the engine made every one: past `--max-shapes`
+    it evicted bob's idle shape, his next request a 409, until its shapes got a minimum idle
+    age; since, the engine fills up and other users' new shapes are 503s.)"""
     config = _config(real_engine, idp_server)
     config["limits"] = {"new_shape_rate": 0.05, "new_shape_burst": 3}
     proxy = await make_proxy(build_config(config, environ))
@@ -106,8 +121,9 @@ async def test_anonymous_clients_behind_a_trusted_balancer_have_budgets_of_their
     )
     config["limits"] = {"max_held": 1}
 
-    async def through(trusted: list[str]) -> tuple[int, int]:
-        """(the status of ann's second live request, how many live requests are held)."""
+    async def through(trusted: list[str]) -> tuple[int, int, int]:
+        """(the status of ann's second live request, of a request from the /64 of one
+        held, how many live requests are held)."""
         config["server"] = {"trusted_proxies": trusted}
         proxy = await make_proxy(build_config(config, environ))
         first = await proxy.get("/v1/shape?table=items&offset=now")
@@ -125,16 +141,18 @@ async def test_anonymous_clients_behind_a_trusted_balancer_have_budgets_of_their
         for n, headers in enumerate(others):
             held.append(asyncio.create_task(proxy.get(f"{live}{n}", headers=headers)))
         await asyncio.sleep(0.3)  # (a refusal comes at once; a held request stays)
+        # Another address of the same IPv6 /64: the same subscriber, over its 1.
+        neighbour = await proxy.get(f"{live}n", headers={"X-Forwarded-For": "2001:db8::a"})
         count = _held(proxy)
         for task in held:
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
-        return again.status, count
+        return again.status, neighbour.status, count
 
     # Trusted: ann is over her 1; two other clients each hold theirs.
-    assert await through(["127.0.0.0/8"]) == (429, 3)
+    assert await through(["127.0.0.0/8"]) == (429, 429, 3)
     # Not trusted (the balancer is elsewhere): every request is 127.0.0.1's, over its 1.
-    assert await through(["10.0.0.0/8", "::1/128"]) == (429, 1)
+    assert await through(["10.0.0.0/8", "::1/128"]) == (429, 429, 1)
 
 
 def _held(proxy: Any) -> int:
@@ -150,3 +168,31 @@ async def _until(condition: Any, timeout: float = 5.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError("condition not met in time")
+
+
+async def test_one_user_keeping_many_shapes_fresh_is_held_to_its_share(
+    real_engine: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`max_shapes`: the shapes a principal asked for within `shape_window` (which the
+    engine's `--max-shapes` will not evict) are bounded: past it a 429 `too_many_shapes`,
+    while those it keeps asking for stay free. (Under the old code one principal re-asking
+    its shapes kept the whole engine to itself: others' new shapes were 503s.)"""
+    config = _config(real_engine, idp_server)
+    config["limits"] = {"max_shapes": 2, "shape_window": 60}
+    proxy = await make_proxy(build_config(config, environ))
+    dave = proxy.tokens.make(sub="dave", role="admin")
+    shape = "/v1/shape?table=items&offset=-1&where=id+%3D+{}&cache-buster={}"
+    assert [(await proxy.get(shape.format(k, 0), token=dave)).status for k in (11, 12)] == [
+        200,
+        200,
+    ]
+    refused = await proxy.get(shape.format(13, 0), token=dave)
+    assert (refused.status, refused.json()["code"]) == (429, "too_many_shapes")
+    assert 58 <= int(refused.headers["Retry-After"]) <= 60  # when id = 11 leaves the window
+    assert "limit 2" in refused.json()["message"]
+    for n, k in enumerate((11, 12, 11)):  # (cache-busters: each one an engine request)
+        reply = await proxy.get(shape.format(k, n + 1), token=dave)
+        assert reply.status == 200, reply.body
+    # Another principal keeps its own share.
+    erin = proxy.tokens.make(sub="erin", role="admin")
+    assert (await proxy.get(shape.format(13, 0), token=erin)).status == 200

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -24,21 +24,45 @@ from yarl import URL
 import proxy.limits.upstream as upstream_limits
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
+from tests.support.databases import create_database, drop_database
 from tests.support.engine_process import EngineProcess, apply_messages, sync_through
 
 HOLD = 4  # the engine's long-poll hold, seconds
 
 
-@pytest.fixture
-def real_engine(db_url: str, tmp_path: Path, engine_secret: str) -> Iterator[str]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
-        conn.execute(
-            "INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'org-a' ELSE 'org-b' END, "
-            "'item ' || i FROM generate_series(1, 30) i"
-        )
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One engine secret for the module: its tests share one engine (`real_engine`)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def db_url(pg_server_url: str) -> Iterator[str]:
+    """One database for the module's engine: 30 items, the even ones org-a's. (A test may
+    add rows of org-a; none removes any.)"""
+    dbname, url = create_database(pg_server_url)
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)"
+            )
+            conn.execute(
+                "INSERT INTO items SELECT i, CASE WHEN i % 2 = 0 THEN 'org-a' ELSE 'org-b' END, "
+                "'item ' || i FROM generate_series(1, 30) i"
+            )
+        yield url
+    finally:
+        drop_database(pg_server_url, dbname)
+
+
+@pytest.fixture(scope="module")
+def real_engine(
+    db_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[str]:
+    """One engine for the module's tests (each has its own proxy, so its own limits): an
+    engine start is most of a test's time."""
     engine = EngineProcess(
-        db_url, tmp_path / "data",
+        db_url, tmp_path_factory.mktemp("limits-engine") / "data",
         "--secret", engine_secret, "--long-poll-timeout", str(HOLD), "--no-fsync",
     )  # fmt: skip
     engine.start()

@@ -310,6 +310,10 @@ class RawSseReader:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
+            if done(self.batches()):
+                return "done"
+            if self.received.endswith(b"\r\n0\r\n\r\n"):
+                return "ended"  # (cleanly: the connection stays open for the next request)
             try:
                 piece = await asyncio.wait_for(loop.sock_recv(self.sock, 8192), 5)
             except (ConnectionResetError, TimeoutError):
@@ -317,10 +321,6 @@ class RawSseReader:
             if not piece:
                 return "closed"
             self.received += piece
-            if done(self.batches()):
-                return "done"
-            if self.received.endswith(b"\r\n0\r\n\r\n"):
-                return "ended"  # (cleanly: the connection stays open for the next request)
             await asyncio.sleep(len(piece) / self.rate)
         return "timeout"
 

@@ -376,8 +376,8 @@ def _random_query(rng: random.Random) -> str:
 
 
 def shape_requests(seed: int, n: int) -> Iterator[FuzzRequest]:
-    """`n` requests; every request's query is below the engine's 8190-byte URL limit unless
-    it is one of the deliberately huge ones (kind `huge`)."""
+    """`n` requests; every request's query is below the engine's 10,000-byte request-line
+    limit unless it is one of the deliberately huge ones (kind `huge`)."""
     rng = random.Random(seed)
     for _ in range(n):
         roll = rng.random()

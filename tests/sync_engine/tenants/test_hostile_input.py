@@ -147,7 +147,7 @@ async def _hostile(engine: AdminEngine, a: dict[str, Any], b: dict[str, Any],
         await expect(f"source_id={gone['source_id']}&secret={_q(gone['secret'])}", 401)
         await expect(f"source_id={b['source_id']}&secret={_q(secret)}", 401)  # a's for b
         await expect(f"secret={_q(secret)}", 401)  # no source id
-        await expect(f"source_id={sid}&secret={'FUZZ-SECRET-4' * 700}", 414)  # over the limit
+        await expect(f"source_id={sid}&secret={'FUZZ-SECRET-4' * 800}", 414)  # over the limit
         await expect(f"source_id={sid}", 401)  # no secret
         for name in ("api_secret", "source_secret"):  # the other accepted spellings
             await expect(f"source_id={sid}&{name}={_q(secret)}", 200)

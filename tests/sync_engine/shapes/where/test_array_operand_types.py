@@ -21,6 +21,7 @@ import pytest
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
+from tests.support.databases import create_database, drop_database
 from tests.sync_engine.shapes.where.columns import VERDICT_FUNCTION, column_map
 
 TABLE = """
@@ -56,8 +57,18 @@ AGREE = [
 ]  # fmt: skip
 
 
-@pytest.fixture
-def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, dict[int, Any]]]:
+@pytest.fixture(scope="module")
+def table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, dict[int, Any]]]:
+    """One table for the module's cases, which only read it (a database each cost ~10 s of
+    a loaded CI)."""
+    dbname, db_url = create_database(pg_server_url)
+    try:
+        yield from _table(db_url)
+    finally:
+        drop_database(pg_server_url, dbname)
+
+
+def _table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, dict[int, Any]]]:
     url = with_display_settings(db_url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(TABLE)

@@ -24,6 +24,7 @@ from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
 from sync_engine.shapes.where import zones as zones_module
 from sync_engine.shapes.where.zones import ZoneAgreement, zone, zone_key
+from tests.support.databases import create_database, drop_database
 from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
 from tests.sync_engine.shapes.where.columns import column_map
 
@@ -53,9 +54,18 @@ def _instants() -> list[datetime]:
     return sorted(out)
 
 
-@pytest.fixture
-def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
-    url = with_display_settings(db_url)
+@pytest.fixture(scope="module")
+def table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
+    """One table for the module's 20 cases (a database each cost ~20 s of a loaded CI):
+    each reading case writes its own zone's columns before reading them."""
+    dbname, db_url = create_database(pg_server_url)
+    try:
+        yield from _table(with_display_settings(db_url))
+    finally:
+        drop_database(pg_server_url, dbname)
+
+
+def _table(url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE d (id int PRIMARY KEY, ts timestamp, tz timestamptz)")
         instants = _instants()

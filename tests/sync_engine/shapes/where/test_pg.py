@@ -22,6 +22,7 @@ import pytest
 from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo, load_table
 from sync_engine.shapes.where import index_key, parse_where
+from tests.support.databases import create_database, drop_database
 
 SETTINGS = (
     "SET DateStyle='ISO, DMY'; SET TimeZone='UTC'; SET IntervalStyle='iso_8601';"
@@ -112,10 +113,21 @@ def _row(rng: random.Random, i: int) -> list[str | None]:
     ]
 
 
-@pytest.fixture
-def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], dict[str, ColumnInfo],
-                                         dict[int, dict[str, str | None]]]]:  # fmt: skip
-    """The populated table, its ColumnInfo map (from pg_catalog) and every row as text."""
+@pytest.fixture(scope="module")
+def table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], dict[str, ColumnInfo],
+                                              dict[int, dict[str, str | None]]]]:  # fmt: skip
+    """The populated table, its ColumnInfo map (from pg_catalog) and every row as text: one
+    for the module's 120 cases, which only read it (a database and 300 rows each cost
+    about a minute of a loaded CI)."""
+    dbname, db_url = create_database(pg_server_url)
+    try:
+        yield from _table(db_url)
+    finally:
+        drop_database(pg_server_url, dbname)
+
+
+def _table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], dict[str, ColumnInfo],
+                                          dict[int, dict[str, str | None]]]]:  # fmt: skip
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(SETTINGS)
         conn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")

@@ -20,6 +20,7 @@ import pytest
 
 from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
+from tests.support.databases import create_database, drop_database
 from tests.sync_engine.shapes.where.columns import column_map
 
 REFUSED = [
@@ -53,6 +54,24 @@ REFUSED = [
 
 @pytest.fixture
 def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
+    yield from _table(db_url)
+
+
+@pytest.fixture(scope="module")
+def shared_table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any, Any]]:
+    """`table` once for the cases that only read it (a database each cost ~25 s of a
+    loaded CI), with the JSON cases' table beside it."""
+    dbname, db_url = create_database(pg_server_url)
+    try:
+        for conn, columns in _table(db_url):
+            conn.execute("CREATE TABLE dj (id int PRIMARY KEY, j jsonb, js json)")
+            conn.execute("""INSERT INTO dj VALUES (1, '{"a": 1}', '{"a": 1}')""")
+            yield conn, columns, column_map(with_display_settings(db_url), "dj")
+    finally:
+        drop_database(pg_server_url, dbname)
+
+
+def _table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
     url = with_display_settings(db_url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy')")
@@ -65,9 +84,9 @@ def table(db_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
 
 @pytest.mark.parametrize(("clause", "message"), REFUSED)
 def test_refused_as_postgres_refuses(
-    table: tuple[psycopg.Connection[Any], Any], clause: str, message: str
+    shared_table: tuple[psycopg.Connection[Any], Any, Any], clause: str, message: str
 ) -> None:
-    conn, columns = table
+    conn, columns, _ = shared_table
     with pytest.raises(WhereError, match=message):
         parse_where(clause, {}, columns)
     with pytest.raises(psycopg.Error):
@@ -88,17 +107,15 @@ JSON_REFUSED = [
 
 
 @pytest.mark.parametrize("clause", JSON_REFUSED)
-def test_json_equality_is_refused(db_url: str, clause: str) -> None:
-    url = with_display_settings(db_url)
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE d (id int PRIMARY KEY, j jsonb, js json)")
-        conn.execute("""INSERT INTO d VALUES (1, '{"a": 1}', '{"a": 1}')""")
-        columns = column_map(url)
-        with pytest.raises(WhereError, match="JSON operators are not supported"):
-            parse_where(clause, {}, columns)
-        # why: jsonb's `=` reads the values, not their text
-        row = conn.execute("""SELECT j = '{"a":1}', j::text = '{"a":1}' FROM d""").fetchone()
-        assert row == (True, False)
+def test_json_equality_is_refused(
+    shared_table: tuple[psycopg.Connection[Any], Any, Any], clause: str
+) -> None:
+    conn, _, columns = shared_table
+    with pytest.raises(WhereError, match="JSON operators are not supported"):
+        parse_where(clause, {}, columns)
+    # why: jsonb's `=` reads the values, not their text
+    row = conn.execute("""SELECT j = '{"a":1}', j::text = '{"a":1}' FROM dj""").fetchone()
+    assert row == (True, False)
 
 
 def test_refusals_say_what_postgres_would(table: tuple[psycopg.Connection[Any], Any]) -> None:
