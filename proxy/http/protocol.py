@@ -163,6 +163,7 @@ class Connection(asyncio.Protocol, Writer):
     __slots__ = (
         "_app",
         "_body",
+        "_body_left",
         "_body_size",
         "_drain",
         "_expect_failed",
@@ -216,6 +217,7 @@ class Connection(asyncio.Protocol, Writer):
         self._scanning = True
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_left = 0  # bytes of a body of known length still to come (`data_received`)
         self._too_large = False
         self._expect_failed = False
         self._request: Request | None = None  # being parsed
@@ -309,23 +311,37 @@ class Connection(asyncio.Protocol, Writer):
         return None  # the client closed its side: treated as gone (close, as aiohttp did)
 
     def data_received(self, data: bytes) -> None:
-        at = 0
-        while self._scanning:
-            end, refused = self._lines.scan(data, at)
-            if refused is not None:  # (the lines before it first: a 400 in them comes first)
-                if (end == at or self._feed(data, at, end)) and not self.closing:
-                    # (a HEAD's refusal has no body: its method is the parser's if it read
-                    # the line's start, else the line is here)
-                    self._refuse(refused, self._reading_head() or data[end : end + 5] == b"HEAD ")
-                return
-            if end < 0:
-                break
-            if not self._feed(data, at, end):
-                return
-            at = end
-            if self._in_message:
-                self._scanning = False  # a body follows: where it ends is the parser's to find
-            if at == len(data):
+        at, size = 0, len(data)
+        while True:
+            if self._scanning:
+                end, refused = self._lines.scan(data, at)
+                if refused is not None:  # (the lines before it first: a 400 in them first)
+                    if (end == at or self._feed(data, at, end)) and not self.closing:
+                        # (a HEAD's refusal has no body: its method is the parser's if it
+                        # read the line's start, else the line is here)
+                        head = self._reading_head() or data[end : end + 5] == b"HEAD "
+                        self._refuse(refused, head)
+                    return
+                if end < 0:
+                    break
+                if not self._feed(data, at, end):
+                    return
+                at = end
+                if self._in_message:
+                    self._scanning = False  # a body follows
+            elif self._body_left and at < size:
+                # A body of known length: the next request's head starts where it ends (the
+                # engine follows it so too: a head pipelined after a POST's body is measured).
+                end = min(size, at + self._body_left)
+                self._body_left -= end - at
+                if not self._feed(data, at, end):
+                    return
+                at = end
+                if not self._in_message:
+                    self._scanning = True
+            else:
+                break  # (inside a chunked body: where it ends is the parser's to find)
+            if at == size:
                 return
         if self._feed(data, at) and not self._in_message:
             self._scanning = True
@@ -390,6 +406,7 @@ class Connection(asyncio.Protocol, Writer):
         self._in_head = True
         self._body = []
         self._body_size = 0
+        self._body_left = 0
         self._too_large = False
         self._expect_failed = False
 
@@ -473,6 +490,8 @@ class Connection(asyncio.Protocol, Writer):
         )
         self._request = request
         length = headers.get("Content-Length")
+        if self._scanning and coding is None and length is not None and length.isdigit():
+            self._body_left = int(length)  # (a head measured: its body's end is known too)
         if length is not None and length.isdigit() and int(length) > self._app.max_body:
             # Not read at all: answered now (413 where a route reads bodies), then closed.
             request.body_too_large = True
