@@ -102,8 +102,12 @@ async def _until(ready: Callable[[], bool]) -> None:
     raise RuntimeError("the forward did not complete")
 
 
-async def proxy_forward() -> tuple[Callable[[], bytes], Callable[[], Awaitable[None]]]:
-    """The proxy app of S1's "proxy" arm, its engine connections faked; and its stop."""
+async def proxy_forward(
+    inflight: int = 1,
+) -> tuple[Callable[[], bytes], Callable[[], Awaitable[None]]]:
+    """The proxy app of S1's "proxy" arm, its engine connections faked; and its stop.
+    `inflight` > 1: each call forwards that many requests, one per client connection, all
+    sent before the engine answers any (as S1's c = 32 keeps requests in flight)."""
     import s1_front
     from _common import ENGINE_SECRET, ISSUER, JWT_SECRET, UNLIMITED, token
 
@@ -147,6 +151,38 @@ async def proxy_forward() -> tuple[Callable[[], bytes], Callable[[], Awaitable[N
         sent.pop().data_received(ANSWER)
         await _until(lambda: bool(out))
         out.pop()
+
+    if inflight > 1:
+        clients = [conn]
+        outs = [out]
+        for _ in range(inflight - 1):
+            outs.append([])
+            clients.append(Connection(app))
+            clients[-1].connection_made(FakeTransport(outs[-1].append))  # type: ignore[arg-type]
+        for _ in range(20):  # (until each has an idle engine connection: the fast lane)
+            for c in clients:
+                c.data_received(request)
+            await _until(lambda: len(sent) == inflight)
+            engines = sent[:]
+            sent.clear()
+            for engine in engines:
+                engine.data_received(ANSWER)
+            await _until(lambda: all(outs))
+            for o in outs:
+                o.pop()
+
+        def forward_many() -> bytes:
+            for c in clients:
+                c.data_received(request)
+            if len(sent) != inflight:
+                raise RuntimeError("a request did not take the fast lane")
+            engines = sent[:]
+            sent.clear()
+            for engine in engines:
+                engine.data_received(ANSWER)
+            return b"".join([o.pop() for o in outs])
+
+        return forward_many, app.stop
 
     def forward() -> bytes:
         conn.data_received(request)
@@ -193,8 +229,11 @@ async def floor_forward() -> tuple[Callable[[], bytes], Callable[[], Awaitable[N
     return forward, stop
 
 
-async def main(arm: str, n: int) -> None:
-    forward, stop = await (proxy_forward() if arm == "proxy" else floor_forward())
+async def main(arm: str, n: int, inflight: int = 1) -> None:
+    forward, stop = await (proxy_forward(inflight) if arm == "proxy" else floor_forward())
+    if arm != "proxy":
+        inflight = 1
+    n = n // inflight  # (each call forwards `inflight` requests)
     if arm == "proxy":  # (as `python -m proxy` runs: its collector tuned; the floor's not)
         from proxy.__main__ import tune_gc
 
@@ -204,7 +243,9 @@ async def main(arm: str, n: int) -> None:
         forward()
     cpu = time.process_time() - t0
     await stop()
-    print(f"{arm}: {cpu / max(n, 1) * 1e6:.1f} µs of CPU per forward in-process (N={n})")
+    done = n * inflight
+    print(f"{arm}: {cpu / max(done, 1) * 1e6:.1f} µs of CPU per forward in-process (N={done}"
+          f"{f', {inflight} in flight' if inflight > 1 else ''})")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -212,7 +253,10 @@ if __name__ == "__main__":
     ap.add_argument("arm", choices=("proxy", "floor"))
     ap.add_argument("n", type=int, nargs="?", default=20000)
     ap.add_argument("--root", type=Path, default=HERE.parent, help="the checkout whose proxy")
+    ap.add_argument(
+        "--inflight", type=int, default=1, help="proxy: requests in flight at once (S1: 32)"
+    )
     a = ap.parse_args()
     sys.path[:0] = [str(a.root), str(HERE)]
     importlib.import_module("proxy")  # (now: `_common` puts this checkout first on the path)
-    uvloop.run(main(a.arm, a.n))
+    uvloop.run(main(a.arm, a.n, a.inflight))

@@ -200,7 +200,8 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         prepared = cache[(digest, "", request.query_string)]
     except KeyError:
         return None
-    if prepared.expires <= time.time():
+    now = time.time()
+    if prepared.expires <= now:
         return None
     if prepared.sse or prepared.upstream_body is not None:
         return None
@@ -249,7 +250,7 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         answer.cancel_quietly()
         return None
     if live:
-        answer.hold(forwarder)
+        answer.hold(forwarder, now)
     return answer
 
 
@@ -273,6 +274,7 @@ class FastAnswer:
         "_request",
         "_runtime",
         "_sent",
+        "_swept",
     )
 
     def __init__(
@@ -303,26 +305,30 @@ class FastAnswer:
         self._expiry: int | None = None
         #: When `hold` began (wall clock; for the deadline `register` sets).
         self._held_at = 0.0
+        #: Moved from `Forwarder.fast_new` to `fast_held` by a sweep (`register`).
+        self._swept = False
 
-    def hold(self, forwarder: Forwarder) -> None:
+    def hold(self, forwarder: Forwarder, now: float) -> None:
         """A long-poll: ended as a long-poll timeout ends (`upstream.held`) when its token
         expires or access is revoked (`Forwarder.end_streams`) before the engine answers.
         Its deadline goes into `Forwarder.deadlines` with the forwarder's next sweep
-        (`register`), if it is still held then (`upstream.forward.FAST_DEADLINE_DELAY`)."""
-        forwarder.fast_held.add(self)
-        if self._prepared.token_exp is not None:
-            self._held_at = time.time()
-            forwarder.fast_unregistered.add(self)
-            if forwarder.fast_sweep is None:
-                forwarder.sweep_fast_later()
+        (`register`), if it is still held then (`upstream.forward.FAST_DEADLINE_DELAY`).
+        `now`: the wall clock."""
+        self._held_at = now
+        forwarder.fast_new.add(self)
+        if forwarder.fast_sweep is None:
+            forwarder.sweep_fast_later()
 
-    def register(self, deadlines: Deadlines) -> None:
-        """Still held at the forwarder's sweep: end it at its token's expiry, and never
-        before `MIN_HOLD` after it was held (the deadline `hold` would have set)."""
+    def register(self, deadlines: Deadlines) -> bool:
+        """The forwarder's sweep: if still held, end it at its token's expiry, and never
+        before `MIN_HOLD` after it was held; False if it is over."""
+        if self._done:
+            return False
+        self._swept = True
         deadline = self._prepared.token_exp
-        if self._done or deadline is None:
-            return
-        self._expiry = deadlines.add(max(deadline, self._held_at + MIN_HOLD), self)
+        if deadline is not None:
+            self._expiry = deadlines.add(max(deadline, self._held_at + MIN_HOLD), self)
+        return True
 
     def expire(self) -> None:
         """Its token expired (`upstream.held.Deadlines`)."""
@@ -349,12 +355,13 @@ class FastAnswer:
 
     def _unhold(self) -> None:
         forwarder = self._app.forwarder
+        if not self._swept:
+            forwarder.fast_new.discard(self)
+            return
         forwarder.fast_held.discard(self)
         if self._expiry is not None:
             forwarder.deadlines.discard(self._expiry, self)
             self._expiry = None
-        else:
-            forwarder.fast_unregistered.discard(self)
 
     def finished(self) -> asyncio.Future[None]:
         """Done once this request is answered, handed over or given up (server shutdown)."""

@@ -4,10 +4,11 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
 `Request` as bytes arrive, and each complete request gets one task running the app's
 `handle`. What a connection does, in the order a request meets it:
 
-- limits: a request target over `MAX_REQUEST_TARGET` bytes is a 414, a header name or
-  value over `MAX_HEADER_FIELD` or more than `MAX_HEADERS` headers a 431, and anything the
-  parser refuses (or a repeated `Host`, `Content-Length`... header, a NUL in a value, a second
-  `Authorization`) a 400:
+- limits, Electric's (Bandit's) as the engine's (`proxy.http.head_lines`): a request line
+  over `MAX_REQUEST_LINE` bytes is a 414, a header line over `MAX_HEADER_LINE` bytes or more
+  than `MAX_HEADERS` headers a 431, each line measured whole as its bytes arrive, and
+  anything the parser refuses (or a repeated `Host`, `Content-Length`... header, a NUL in a
+  value, a second `Authorization`) a 400:
   the shared answers of `sync_engine.http.parser_refusals`, in the proxy's JSON, nothing of
   the request quoted, one INFO line, then the connection closes;
 - `Expect: 100-continue` is answered at once (the body is read before the handler runs);
@@ -36,16 +37,21 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
-from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from aiohttp.http_exceptions import BadHttpMethod
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.http.head_lines import HeadLines
 from proxy.http.wire import Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
+    CONNECT_REFUSED,
     EXPECTATION_FAILED,
+    HEADER_LINE_TOO_LONG,
     HTTP_0_9,
-    MAX_HEADER_FIELD,
+    MAX_HEADER_LINE,
     MAX_HEADERS,
-    MAX_REQUEST_TARGET,
+    MAX_REQUEST_LINE,
+    REQUEST_LINE_TOO_LONG,
+    TOO_MANY_HEADERS,
     TRANSFER_ENCODING_IN_HTTP_1_0,
     UNKNOWN_TRANSFER_CODING,
     VERSION_NOT_SUPPORTED,
@@ -78,14 +84,15 @@ SEND_TIMEOUT = 60.0
 JOIN_BELOW = 64 * 1024
 #: Complete requests queued behind the one being answered before reading pauses.
 PIPELINE_LIMIT = 8
-#: Bytes of request head (line and headers) read before the limits above must have tripped:
-#: a guard against one endless header line, which the parser would otherwise buffer.
-_MAX_HEAD_BYTES = MAX_REQUEST_TARGET + MAX_HEADERS * (2 * MAX_HEADER_FIELD + 4) + 4
+#: Bytes of a head whose lines are not measured (one that began after a body in the same
+#: read: `Connection._scanning`) read before the limits must have tripped: a guard against
+#: one endless line, which the parser would otherwise buffer.
+_MAX_HEAD_BYTES = MAX_REQUEST_LINE + MAX_HEADERS * MAX_HEADER_LINE + 2
+#: The least a request line adds to its target: a 1-byte method, SP, SP, `HTTP/1.1` CRLF
+#: (llhttp reads no other line end there).
+_LINE_BESIDES_TARGET = len("G  HTTP/1.1\r\n")
 
 #: The shared answers (`parser_refusals.refusal` takes aiohttp's exceptions as its input).
-URI_TOO_LONG = refusal(LineTooLong("", MAX_REQUEST_TARGET))
-HEADER_TOO_LARGE = refusal(LineTooLong("", MAX_HEADER_FIELD))
-TOO_MANY_HEADERS = refusal(BadHttpMessage("Too many headers received"))
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
 #: A request that did not arrive in full within `REQUEST_READ_TIMEOUT` of its first byte.
@@ -156,6 +163,7 @@ class Connection(asyncio.Protocol, Writer):
     __slots__ = (
         "_app",
         "_body",
+        "_body_left",
         "_body_size",
         "_drain",
         "_expect_failed",
@@ -166,6 +174,7 @@ class Connection(asyncio.Protocol, Writer):
         "_idle_since",
         "_in_head",
         "_in_message",
+        "_lines",
         "_loop",
         "_message_began",
         "_on_close",
@@ -174,6 +183,7 @@ class Connection(asyncio.Protocol, Writer):
         "_queue",
         "_refused_head",
         "_request",
+        "_scanning",
         "_task",
         "_too_large",
         "_transport",
@@ -198,8 +208,16 @@ class Connection(asyncio.Protocol, Writer):
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
         self._in_head = False
+        #: The head being read, measured line by line before the parser reads it
+        #: (`HeadLines`), while its start is known: at a read's start between requests, or
+        #: right after a head that had no body. A head that begins after a body in the same
+        #: read is measured by the parser's callbacks instead (a bound from below: its
+        #: whitespace is not seen), until the parser is between requests at a read's end.
+        self._lines = HeadLines()
+        self._scanning = True
         self._body: list[bytes] = []
         self._body_size = 0
+        self._body_left = 0  # bytes of a body of known length still to come (`data_received`)
         self._too_large = False
         self._expect_failed = False
         self._request: Request | None = None  # being parsed
@@ -293,23 +311,64 @@ class Connection(asyncio.Protocol, Writer):
         return None  # the client closed its side: treated as gone (close, as aiohttp did)
 
     def data_received(self, data: bytes) -> None:
+        at, size = 0, len(data)
+        while True:
+            if self._scanning:
+                end, refused = self._lines.scan(data, at)
+                if refused is not None:  # (the lines before it first: a 400 in them first)
+                    if (end == at or self._feed(data, at, end)) and not self.closing:
+                        # (a HEAD's refusal has no body: its method is the parser's if it
+                        # read the line's start, else the line is here)
+                        head = self._reading_head() or data[end : end + 5] == b"HEAD "
+                        self._refuse(refused, head)
+                    return
+                if end < 0:
+                    break
+                if not self._feed(data, at, end):
+                    return
+                at = end
+                if self._in_message:
+                    self._scanning = False  # a body follows
+            elif self._body_left and at < size:
+                # A body of known length: the next request's head starts where it ends (the
+                # engine follows it so too: a head pipelined after a POST's body is measured).
+                end = min(size, at + self._body_left)
+                self._body_left -= end - at
+                if not self._feed(data, at, end):
+                    return
+                at = end
+                if not self._in_message:
+                    self._scanning = True
+            else:
+                break  # (inside a chunked body: where it ends is the parser's to find)
+            if at == size:
+                return
+        if self._feed(data, at) and not self._in_message:
+            self._scanning = True
+
+    def _feed(self, data: bytes, at: int = 0, end: int | None = None) -> bool:
+        """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,
+        or the rest of `data` is the body of a request asking to upgrade)."""
+        piece = data if at == 0 and end is None else data[at:end]
         parser = self._parser
         if parser is None:
             if self.closing or self._transport is None:
-                return  # no further request is read on this connection
+                return False  # no further request is read on this connection
             parser = self._parser = httptools.HttpRequestParser(self)
         if self._in_head:
-            self._head_bytes += len(data)
+            self._head_bytes += len(piece)
         try:
-            parser.feed_data(data)
+            parser.feed_data(piece)
         except httptools.HttpParserUpgrade as exc:
             # A request asking to switch protocols is answered as plain HTTP; nothing after
             # it (and its body) on this connection is read.
             if self._upgrading is not None:
-                self._read_upgrade_body(data[exc.args[0] :])
-                return
+                self._scanning = False
+                self._read_upgrade_body(data[at + exc.args[0] :])
+                return False
             self.closing = True
             self._pause_reading()
+            return False
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__ or exc.__cause__
             if isinstance(cause, _Answered):
@@ -318,17 +377,21 @@ class Connection(asyncio.Protocol, Writer):
                 self._pause_reading()
                 if not self._busy:
                     self._next()
-                return
+                return False
             self._refuse(cause.refusal if isinstance(cause, _Refused) else MALFORMED)
+            return False
         except httptools.HttpParserInvalidMethodError:
             self._refuse(BAD_METHOD)
+            return False
         except httptools.HttpParserError:
             self._refuse(MALFORMED)
-        else:
-            if self._in_head and self._head_bytes > _MAX_HEAD_BYTES:
-                self._refuse(HEADER_TOO_LARGE)
-            elif not self._in_message:
-                self._parser = None
+            return False
+        if self._in_head and not self._scanning and self._head_bytes > _MAX_HEAD_BYTES:
+            self._refuse(HEADER_LINE_TOO_LONG)
+            return False
+        if not self._in_message:
+            self._parser = None
+        return not self.closing
 
     # --- parser callbacks ----------------------------------------------------------------
 
@@ -343,20 +406,23 @@ class Connection(asyncio.Protocol, Writer):
         self._in_head = True
         self._body = []
         self._body_size = 0
+        self._body_left = 0
         self._too_large = False
         self._expect_failed = False
 
     def on_url(self, url: bytes) -> None:
         parts = self._url
         parts.append(url)
-        if (len(url) if len(parts) == 1 else sum(map(len, parts))) > MAX_REQUEST_TARGET:
-            raise _Refused(URI_TOO_LONG)
+        # (a measured head's lines were measured whole: these bounds from below never trip
+        # before `HeadLines`, they only bound a head that is not measured)
+        length = len(url) if len(parts) == 1 else sum(map(len, parts))
+        if length + _LINE_BESIDES_TARGET > MAX_REQUEST_LINE:
+            raise _Refused(REQUEST_LINE_TOO_LONG)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # (name and value each: the engine's parser bounds a value at the limit whatever
-        # its name's length, so a large token or cookie is served or refused alike)
-        if len(value) > MAX_HEADER_FIELD or len(name) > MAX_HEADER_FIELD:
-            raise _Refused(HEADER_TOO_LARGE)
+        # (`Name:value` CRLF at least; see `on_url`)
+        if len(name) + len(value) + 3 > MAX_HEADER_LINE:
+            raise _Refused(HEADER_LINE_TOO_LONG)
         headers = self._headers
         if len(headers) >= MAX_HEADERS:
             raise _Refused(TOO_MANY_HEADERS)
@@ -386,6 +452,11 @@ class Connection(asyncio.Protocol, Writer):
             url = httptools.parse_url(target)
         except httptools.HttpParserInvalidURLError:
             raise _Refused(MALFORMED) from None  # (no target llhttp accepts was seen here)
+        method = parser.get_method()
+        if method == b"CONNECT" or (target == b"*" and method != b"OPTIONS"):
+            # A tunnel (neither service is a forward proxy), and the asterisk form of any
+            # method but OPTIONS (RFC 9112, 3.2.4): the engine's 400, not a 405 or a 404.
+            raise _Refused(CONNECT_REFUSED if method == b"CONNECT" else MALFORMED)
         query = url.query or b""
         if target[:1] != b"/" and url.schema is not None:
             # The absolute form (`GET http://host/v1/shape?...`), which a server must accept
@@ -408,7 +479,7 @@ class Connection(asyncio.Protocol, Writer):
             if any(c.strip() not in ("", "chunked") for c in coding.lower().split(",")):
                 raise _Refused(UNKNOWN_TRANSFER_CODING)
         request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
-            parser.get_method().decode("ascii", "surrogateescape"),
+            method.decode("ascii", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),
             query.decode("utf-8", "surrogateescape"),
             CIMultiDictProxy(headers),
@@ -419,6 +490,8 @@ class Connection(asyncio.Protocol, Writer):
         )
         self._request = request
         length = headers.get("Content-Length")
+        if self._scanning and coding is None and length is not None and length.isdigit():
+            self._body_left = int(length)  # (a head measured: its body's end is known too)
         if length is not None and length.isdigit() and int(length) > self._app.max_body:
             # Not read at all: answered now (413 where a route reads bodies), then closed.
             request.body_too_large = True

@@ -113,7 +113,7 @@ class Registering(Revocable, Protocol):
     """A fast-lane live request whose token deadline goes into `Deadlines` late (see
     `FAST_DEADLINE_DELAY`)."""
 
-    def register(self, deadlines: Deadlines) -> None: ...
+    def register(self, deadlines: Deadlines) -> bool: ...
 
 
 #: A fast-lane long-poll's token deadline is put into `Forwarder.deadlines` by one sweep at
@@ -161,10 +161,10 @@ class Forwarder:
         #: How many times `end_streams` ran (see `Target.epoch`).
         self.revocations = 0
         #: Live fast-lane requests waiting for the engine (`proxy.http.fastlane`): each has a
-        #: `revoke()` that ends it as a long-poll timeout ends.
+        #: `revoke()` that ends it as a long-poll timeout ends. Those held since the last
+        #: sweep are in `fast_new` instead (see `FAST_DEADLINE_DELAY`), the others here.
         self.fast_held: set[Revocable] = set()
-        #: Those of them whose token deadline the next sweep registers (`hold_fast`).
-        self.fast_unregistered: set[Registering] = set()
+        self.fast_new: set[Registering] = set()
         self.fast_sweep: asyncio.TimerHandle | None = None
 
     @property
@@ -187,21 +187,23 @@ class Forwarder:
         for hold in holds:
             hold.expire()
         self._flights.end_held()
-        for fast in list(self.fast_held):
+        for fast in [*self.fast_held, *self.fast_new]:
             fast.revoke()
 
     def sweep_fast_later(self) -> None:
-        """Register the deadlines of `fast_unregistered` in `FAST_DEADLINE_DELAY` seconds
-        (fast-lane holds call it when no sweep is due)."""
+        """Register the deadlines of `fast_new` in `FAST_DEADLINE_DELAY` seconds and move
+        them to `fast_held` (fast-lane holds call it when no sweep is due)."""
         if self.fast_sweep is None:
             loop = asyncio.get_running_loop()
             self.fast_sweep = loop.call_later(FAST_DEADLINE_DELAY, self._register_fast)
 
     def _register_fast(self) -> None:
         self.fast_sweep = None
-        items, self.fast_unregistered = self.fast_unregistered, set()
+        items, self.fast_new = self.fast_new, set()
+        held = self.fast_held
         for item in items:
-            item.register(self.deadlines)
+            if item.register(self.deadlines):
+                held.add(item)
 
     def hold(self, target: Target) -> Hold:
         """The bounds of a live answer's wait for the engine (`upstream.held`): its token's

@@ -171,6 +171,14 @@ class HeadScan:
         return None
 
 
+def _content_length(message: Any) -> int | None:
+    """The body length a parsed request (`RawRequestMessage`) announced; None if chunked."""
+    if message.chunked:
+        return None
+    value = message.headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else 0
+
+
 class _Refusing:
     """Stands in for a connection's HTTP parser once a head is over a limit: each call
     raises the refusal (the parser refuses every call after its first refusal too)."""
@@ -345,6 +353,7 @@ class RefusingRequestHandler(RequestHandler):
 
     __slots__ = (
         "_body",
+        "_body_left",
         "_head_began",
         "_head_timer",
         "_pending",
@@ -373,6 +382,7 @@ class RefusingRequestHandler(RequestHandler):
         self._scan: HeadScan | None = HeadScan()
         self._refused = False  # a request was refused: nothing after it is read
         self._body: StreamReader | None = None
+        self._body_left = 0  # bytes still to come of a body of known length (`_track`)
         self._seen_requests = 0
         # When the request head being read began (None: none is), and the timer that holds
         # it to `REQUEST_HEAD_TIMEOUT` (armed at the connection's start, and when a head
@@ -496,8 +506,10 @@ class RefusingRequestHandler(RequestHandler):
         return "GET"
 
     def _track(self) -> None:
-        """After the parser ran: drop a request it emitted from `_pending` (the rest of the
-        packet begins the next one); inside a body, lose track (None)."""
+        """After the parser ran: drop a request it emitted from `_pending`, and its body if
+        its length is known (`_body_left` counts what is still to come: the bytes after it
+        begin the next request); inside a chunked body, lose track (None). A refused HEAD
+        after a POST's body in the same packet was answered as a GET, with a body."""
         if self._request_count == self._seen_requests:
             return
         self._seen_requests = self._request_count
@@ -505,12 +517,18 @@ class RefusingRequestHandler(RequestHandler):
         pending = self._pending
         if isinstance(message, _ErrInfo) or pending is None:
             return
-        end = _HEAD_END.search(pending) if payload is EMPTY_PAYLOAD else None
-        if end is not None:
-            self._pending = pending[end.end() :]
+        end = _HEAD_END.search(pending)
+        length = 0 if payload is EMPTY_PAYLOAD else _content_length(message)
+        if end is None or length is None:  # (a chunked body: its end is the parser's)
+            self._pending, self._body, self._scan = None, payload, None
+            return
+        rest = pending[end.end() :]
+        if len(rest) >= length:  # (the next request begins after the body, if any)
+            self._pending = rest[length:]
             self._begin_head(self._pending)
         else:
             self._pending, self._body, self._scan = None, payload, None
+            self._body_left = length - len(rest)
 
     def _begin_head(self, data: bytes) -> None:
         """A request head begins with `data` (what of it arrived): its lines are held to
@@ -533,7 +551,15 @@ class RefusingRequestHandler(RequestHandler):
         before = len(messages)
         if data and not (self._force_close or self._close):
             pending = self._pending
-            if pending:
+            left = self._body_left
+            if pending is None and left:  # (a body of known length: the rest is a request)
+                if len(data) < left:
+                    self._body_left = left - len(data)
+                else:
+                    self._body_left = 0
+                    self._pending, self._body = data[left:], None
+                    self._begin_head(self._pending)
+            elif pending:
                 self._pending = pending + data
                 if self._scan is not None:
                     self._check_head(self._scan, data)

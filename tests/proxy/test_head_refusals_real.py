@@ -1,5 +1,5 @@
-"""A HEAD request the HTTP parser refuses (its request line over the 8190-byte limit, a header
-over its limit, too many headers, a malformed header) is answered without a body, by the
+"""A HEAD request the HTTP parser refuses (its request line over the 10,000-byte limit, a header
+line over its limit, too many headers, a malformed header) is answered without a body, by the
 engine and by the proxy alike.
 
 Both answered it with the JSON body of a GET's refusal: the parser refused the request line
@@ -29,16 +29,16 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET = b"/v1/shape?table=items&offset=-1"
 #: Requests each refused by the parser (ids: why), `T` the shape's target.
 REFUSED: dict[str, bytes] = {
-    "target-over-limit": b"HEAD T&pad=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
-    "header-over-limit": b"HEAD T HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 9000 + b"\r\n\r\n",
+    "target-over-limit": b"HEAD T&pad=" + b"x" * 11000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header-over-limit": b"HEAD T HTTP/1.1\r\nHost: x\r\nX-Big: " + b"y" * 11000 + b"\r\n\r\n",
     "too-many-headers": b"HEAD T HTTP/1.1\r\nHost: x\r\n"
-    + b"".join(b"X-%d: 1\r\n" % i for i in range(200))
+    + b"".join(b"X-%d: 1\r\n" % i for i in range(60))  # (the 51st in the last write)
     + b"\r\n",
     "bad-header": b"HEAD T HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
     "expect-unknown": b"HEAD T HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\n\r\n",
     # after a valid request on the same connection (its answer comes first)
     "second-on-connection": b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
-    b"HEAD T&pad=" + b"x" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"HEAD T&pad=" + b"x" * 11000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
 }
 
 

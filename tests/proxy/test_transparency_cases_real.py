@@ -35,6 +35,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.loader import build_config
+from sync_engine.http.parser_refusals import MAX_HEADER_LINE, MAX_HEADERS, MAX_REQUEST_LINE
 from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
@@ -494,7 +495,7 @@ PIPELINED_TAILS = {
     "bad-header": b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nBad Header: 1\r\n\r\n",
     "no-host": b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\n\r\n",
     "garbage": b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
-    "long-target": b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "long-target": b"GET /" + b"a" * 11000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
     "http-2.0": b"GET /v1/shape?table=items&offset=-1 HTTP/2.0\r\nHost: x\r\n\r\n",
     "bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
     b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
@@ -747,6 +748,8 @@ FRAMINGS = {
     "bare-cr": b"GET T HTTP/1.1\r\nHost: x\rX: y\r\n\r\n",
     "absolute-form": b"GET http://xT HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     "options-star": b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "get-star": b"GET * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "connect-origin-form": b"CONNECT T HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     "trace": b"TRACE T HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     "lowercase-method": b"get T HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     "two-hosts": b"GET T HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n",
@@ -843,3 +846,83 @@ async def test_an_offset_a_shape_never_handed_out_is_the_engines_to_judge_over_s
                 differences.append((method, target, *answers))
         await first
     assert differences == []
+
+
+def _head_limit_case(case: str, target: bytes) -> bytes:
+    """A request at or past one of Electric's (Bandit's) request-head limits, for `target`
+    (the engine's has its secret: the request line is padded to the same length either way)."""
+    line = MAX_REQUEST_LINE
+    close = b"Connection: close\r\n"
+
+    def request_line(length: int) -> bytes:  # `length` bytes, CRLF included
+        start = b"GET " + target + b"&pad="
+        return start + b"x" * (length - len(start) - len(b" HTTP/1.1\r\n")) + b" HTTP/1.1\r\n"
+
+    def header(length: int) -> bytes:  # one header line of `length` bytes, CRLF included
+        return b"X-Big: " + b"v" * (length - len(b"X-Big: \r\n")) + b"\r\n"
+
+    def headers(count: int) -> bytes:  # `count` header lines, Host and Connection among them
+        return b"Host: x\r\n" + close + b"".join(b"X-%d: 1\r\n" % i for i in range(count - 2))
+
+    return {
+        "line-at-limit": request_line(line) + headers(2) + b"\r\n",
+        "line-over-limit": request_line(line + 1) + headers(2) + b"\r\n",
+        "line-endless": request_line(3 * line)[: 2 * line],  # (refused before its end)
+        "header-at-limit": request_line(100) + headers(2) + header(MAX_HEADER_LINE) + b"\r\n",
+        "header-over-limit": request_line(100) + headers(2) + header(MAX_HEADER_LINE + 1)
+        + b"\r\n",
+        "header-endless": request_line(100) + headers(2) + header(5 * MAX_HEADER_LINE)[:-2000],
+        "headers-at-limit": request_line(100) + headers(MAX_HEADERS) + b"\r\n",
+        "headers-over-limit": request_line(100) + headers(MAX_HEADERS + 1) + b"\r\n",
+        # (an unfinished flood: 125 headers of 8,000 bytes held ~1 MB per connection; the
+        # 51st is refused, and nothing much sent after it, or the close may reset the answer)
+        "headers-flood": request_line(100) + headers(2) + header(8000) * 49,
+        "head-line-over-limit": b"HEAD" + request_line(line + 1)[3:] + headers(2) + b"\r\n",
+        "line-after-a-request": request_line(100) + b"Host: x\r\n\r\n" + request_line(line + 1)
+        + headers(2) + b"\r\n",
+        # (after a body of known length in the same packet: the next head is measured too)
+        "header-over-limit-after-a-body": b"POST" + request_line(100)[3:]
+        + b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+        + request_line(100) + headers(2) + header(MAX_HEADER_LINE + 1) + b"\r\n",
+    }[case]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "line-at-limit",
+        "line-over-limit",
+        "line-endless",
+        "header-at-limit",
+        "header-over-limit",
+        "header-endless",
+        "headers-at-limit",
+        "headers-over-limit",
+        "headers-flood",
+        "head-line-over-limit",
+        "line-after-a-request",
+        "header-over-limit-after-a-body",
+    ],
+)
+async def test_request_head_limits_are_the_engines(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, case: str
+) -> None:
+    """Electric's server (Bandit) refuses a request line over 10,000 bytes (414), a header
+    line over 10,000 bytes or a 51st header (431), each line counted whole with its CRLF, and
+    so does the engine: the proxy answers each the same (status, JSON body less `code`,
+    Connection), served at the limit, refused one byte past it, and refuses an unfinished
+    line or header flood as soon as it is over (it held up to ~1 MB of an unfinished head
+    for 30 s, then a 408; its limits were 8190 bytes of target, 8192 of name or value, 128
+    headers)."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    target = b"/v1/shape?table=items&offset=-1"
+    direct = target + b"&secret=" + engine_secret.encode()
+    answers = [
+        await _raw_exchange(engine.url, _head_limit_case(case, direct)),
+        await _raw_exchange(base, _head_limit_case(case, target)),
+    ]
+    assert answers[1] == answers[0]
+    expected = {"at-limit": 200, "line": 414, "head-line": 414}
+    status = next((s for k, s in expected.items() if k in case), 431)
+    assert answers[0][-1][0] == status, answers[0]
+    assert answers[0][-1][3] == "close"  # (refused; served: asked with Connection: close)

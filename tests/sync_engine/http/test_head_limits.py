@@ -13,6 +13,7 @@ Real path: the engine's server on a socket, raw bytes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -132,3 +133,43 @@ def test_the_limits_hold_however_the_bytes_are_cut(step: int) -> None:
                 break
         assert got == want, (data[:40], step)
         assert want is not None or scan.done
+
+
+@pytest.mark.parametrize("pieces", [1, 3])
+async def test_a_refused_head_after_a_body_gets_no_body(engine: Engine, pieces: int) -> None:
+    """A refused HEAD is answered without a body after a request with a body too (attack:
+    after a POST's body in the same packet the engine lost its place and answered it as a
+    GET, JSON and all, which a pipelining client reads as the start of its next answer)."""
+    post = (
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    for refused in (
+        b"HEAD /v1/health HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+        _request(headers=_many(51), method=b"HEAD"),
+    ):
+        data = post + refused
+        server = engine.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            step = -(-len(data) // pieces)
+            for at in range(0, len(data), step):
+                writer.write(data[at : at + step])
+                await writer.drain()
+                await asyncio.sleep(0.02)
+            answer = await asyncio.wait_for(reader.read(), 20)
+        finally:
+            writer.close()
+        last = answer[answer.rindex(b"HTTP/1.1 ") :]
+        assert last[9:10] == b"4" and last.endswith(b"\r\n\r\n"), answer  # (no body)
+
+
+async def test_a_path_is_matched_as_sent(engine: Engine) -> None:
+    """`/v1/%73hape` is not `/v1/shape` (the proxy's and Electric's routers match the path as
+    sent; the engine's matched it decoded and served it), nor `/v1/shape%2F` `/v1/shape/`:
+    404s, with the CORS methods of a path that is not a shape route."""
+    for target in (b"/v1/%73hape?table=items&offset=-1", b"/v1/shape%2F?table=items&offset=-1"):
+        data = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nOrigin: http://a.example\r\n"
+        status, headers, _ = await raw(engine, data + b"Connection: close\r\n\r\n")
+        assert status == "HTTP/1.1 404 Not Found", (target, status)
+        assert headers["access-control-allow-methods"] == "GET, HEAD", headers
