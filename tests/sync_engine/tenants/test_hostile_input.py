@@ -262,9 +262,9 @@ async def _hostile(engine: AdminEngine, a: dict[str, Any], b: dict[str, Any],
              b"zz\r\nabc\r\n0\r\n\r\n", 400),
             (b"GET /api/sources/\xff HTTP/1.1\r\n" + head + b"\r\n", 400),
             (b"FOO /api/sources HTTP/1.1\r\n" + head + b"\r\n", 400),
-            (b"GET /api/sources HTTP/1.1\r\n" + head + b"X: " + b"a" * 9000 + b"\r\n\r\n", 431),
+            (b"GET /api/sources HTTP/1.1\r\n" + head + b"X: " + b"a" * 10_500 + b"\r\n\r\n", 431),
             (b"GET /api/sources HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer FUZZ-SECRET-5"
-             + b"t" * 9000 + b"\r\n\r\n", 431),
+             + b"t" * 10_500 + b"\r\n\r\n", 431),
         ]:  # fmt: skip
             answer = await _raw(engine.admin_port, request)
             status_line, _, rest = answer.partition(b"\r\n")
