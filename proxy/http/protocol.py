@@ -493,12 +493,21 @@ class Connection(asyncio.Protocol, Writer):
         if self._scanning and coding is None and length is not None and length.isdigit():
             self._body_left = int(length)  # (a head measured: its body's end is known too)
         if length is not None and length.isdigit() and int(length) > self._app.max_body:
-            # Not read at all: answered now (413 where a route reads bodies), then closed.
-            request.body_too_large = True
-            request.keep_alive = False
+            request.body_too_large = True  # (413 where a route reads bodies)
             self._request = None
             self._queue.append(request)
-            raise _Answered
+            if parser.should_upgrade() or "Expect" in headers:
+                # Answered now and closed: a client waiting for 100 Continue sends nothing.
+                request.keep_alive = False
+                raise _Answered
+            # Answered now, its body read and dropped as it arrives, and the connection goes
+            # on after it, as the engine does: closed at once, the client still sending it
+            # got a reset instead of the 413 (attack 16:25; a browser reports a network
+            # error), and a keep-alive client lost its connection.
+            self._too_large = True
+            if not self._busy:
+                self._next()
+            return
         if parser.should_upgrade():
             # A request asking to upgrade (`Connection: Upgrade`, as `curl --http2` sends) is
             # answered as plain HTTP and the connection closed after it: its answer says so
@@ -767,6 +776,10 @@ class Connection(asyncio.Protocol, Writer):
             left = self._message_began + REQUEST_READ_TIMEOUT - now
             if left > 0:
                 self._idle = self._loop.call_later(left, self._idle_close)
+                return
+            if not self._in_head and self._request is None:
+                # The body of a request answered before it arrived (413): closed unanswered.
+                self._transport.close()
                 return
             logger.debug(
                 "closed a connection from %s: its request did not arrive within %s s",
