@@ -58,6 +58,17 @@ async def common_headers(request: web.Request, handler: Handler) -> web.StreamRe
     return resp
 
 
+@web.middleware
+async def raw_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Routes match the path as sent, as Electric's router (and the proxy) match it: aiohttp
+    matches the percent-decoded path, so `/v1/%73hape` was served as `/v1/shape` and
+    `/v1/shape%2F` routed as `/v1/shape/`, where the proxy answers 404 (attack's rawdiff).
+    None of the engine's paths has a `%` in it."""
+    if "%" in request.raw_path.partition("?")[0]:
+        raise web.HTTPNotFound()
+    return await handler(request)
+
+
 _SERVER = f"shapegate/{__version__}"
 
 
@@ -86,7 +97,7 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     else:
         headers["access-control-allow-origin"] = "*"
     headers["access-control-expose-headers"] = EXPOSE_HEADERS
-    is_shape = request.path.rstrip("/").endswith("/shape")
+    is_shape = request.raw_path.partition("?")[0].rstrip("/").endswith("/shape")
     headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
 
 
@@ -115,7 +126,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     """
     # The engine's connections (`http.server.EngineRequestHandler`) that also tell a held
     # live request when its client has gone.
-    app = RefusingApplication(LiveConnection, middlewares=[common_headers, error_middleware])
+    app = RefusingApplication(
+        LiveConnection, middlewares=[common_headers, error_middleware, raw_paths]
+    )
     app[SETTINGS] = settings
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)

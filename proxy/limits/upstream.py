@@ -2,9 +2,10 @@
 
 The proxy rebuilds every engine URL: the enforced filter, its parameters, the client's own
 clauses (percent-encoded, so a 4 KiB `where` of `<` characters becomes 12 KiB) and the
-secret. The engine reads request lines of at most 8,190 bytes (aiohttp's default); past that it
-answers a 400 whose text could echo the start of the URL. So the proxy measures the request
-target first and refuses with a 414 that names the limit (a GET subset snapshot can move its
+secret. The engine reads request lines of at most 10,000 bytes with their line end (Electric's
+server's limit, `sync_engine.http.parser_refusals.MAX_REQUEST_LINE`); past that it answers a 414
+(older engines a 400 whose text could echo the start of the URL). So the proxy measures the
+request target first and refuses with a 414 that names the limit (a GET subset snapshot can move its
 clauses into a POST body instead: see `fits`).
 
 Whatever the engine answers with a 4xx/5xx body is also passed through `sanitise_error_body`:
@@ -22,11 +23,14 @@ from urllib.parse import quote, quote_plus
 from yarl import URL
 
 from proxy.errors import ProxyError
+from sync_engine.http.parser_refusals import MAX_REQUEST_LINE
 
-#: The engine's request-line limit (aiohttp's `max_line_size` default) less
-#: `POST ` and ` HTTP/1.1`: the longest request target (path and query) it reads.
-ENGINE_MAX_LINE = 8190
-MAX_REQUEST_TARGET = ENGINE_MAX_LINE - len("POST ") - len(" HTTP/1.1")
+#: The engine's request-line limit (its line end included) less `POST ` and ` HTTP/1.1\r\n`:
+#: the longest request target (path and query) it reads, for a GET or a POST. (It was
+#: aiohttp's 8,190 bytes: the proxy refused targets of 8,177-9,984 bytes with a 414 that the
+#: engine, now at Electric's 10,000, serves.)
+ENGINE_MAX_LINE = MAX_REQUEST_LINE
+MAX_REQUEST_TARGET = ENGINE_MAX_LINE - len("POST ") - len(" HTTP/1.1\r\n")
 
 REMOVED_URL = "[engine request removed]"
 REDACTED = "[REDACTED]"

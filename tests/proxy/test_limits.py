@@ -251,7 +251,10 @@ def test_url_over_the_engine_limit_is_a_414_without_the_url() -> None:
     base = URL("http://engine:3000/v1/shape")
     ok = base.with_query({"table": "items", "where": "x" * 4000, "secret": "s3cret"})
     check_fits(ok)
-    long = base.with_query({"table": "items", "where": "<" * 3000, "secret": "s3cret"})
+    # 9,042 bytes: within the engine's 10,000-byte request line (aiohttp's 8,190 until the
+    # engine took Electric's limit), so sent.
+    check_fits(base.with_query({"table": "items", "where": "<" * 3000, "secret": "s3cret"}))
+    long = base.with_query({"table": "items", "where": "<" * 3400, "secret": "s3cret"})
     assert len(long.raw_path_qs) > MAX_REQUEST_TARGET  # `<` is 3 bytes once encoded
     with pytest.raises(UriTooLong) as info:
         check_fits(long)
