@@ -315,10 +315,14 @@ class Connection(asyncio.Protocol, Writer):
         while True:
             if self._scanning:
                 end, refused = self._lines.scan(data, at)
-                if refused is not None:  # (the lines before it first: a 400 in them first)
-                    if (end == at or self._feed(data, at, end)) and not self.closing:
-                        # (a HEAD's refusal has no body: its method is the parser's if it
-                        # read the line's start, else the line is here)
+                if refused is not None:
+                    # The limit's answer, whatever the lines before it hold (the engine
+                    # measures lines before it parses them): they are parsed only to know
+                    # whether it is a HEAD's (no body), its method being the parser's if it
+                    # read the line's start, else the line is here.
+                    if end > at:
+                        self._feed_quietly(data[at:end])
+                    if not self.closing:
                         head = self._reading_head() or data[end : end + 5] == b"HEAD "
                         self._refuse(refused, head)
                     return
@@ -345,6 +349,16 @@ class Connection(asyncio.Protocol, Writer):
                 return
         if self._feed(data, at) and not self._in_message:
             self._scanning = True
+
+    def _feed_quietly(self, piece: bytes) -> None:
+        """Parse `piece` for what it tells of the request (its method), nothing refused."""
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(piece)
+        except httptools.HttpParserError:
+            pass
 
     def _feed(self, data: bytes, at: int = 0, end: int | None = None) -> bool:
         """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,

@@ -880,6 +880,9 @@ def _head_limit_case(case: str, target: bytes) -> bytes:
         "head-line-over-limit": b"HEAD" + request_line(line + 1)[3:] + headers(2) + b"\r\n",
         "line-after-a-request": request_line(100) + b"Host: x\r\n\r\n" + request_line(line + 1)
         + headers(2) + b"\r\n",
+        # (the limit's answer before the parser's: attack 17:15, item 12)
+        "header-over-limit-bad-method": b"get" + request_line(100)[3:] + headers(2)
+        + header(MAX_HEADER_LINE + 1) + b"\r\n",
         # (after a body of known length in the same packet: the next head is measured too)
         "header-over-limit-after-a-body": b"POST" + request_line(100)[3:]
         + b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -902,6 +905,7 @@ def _head_limit_case(case: str, target: bytes) -> bytes:
         "head-line-over-limit",
         "line-after-a-request",
         "header-over-limit-after-a-body",
+        "header-over-limit-bad-method",
     ],
 )
 async def test_request_head_limits_are_the_engines(
