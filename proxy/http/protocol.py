@@ -315,10 +315,14 @@ class Connection(asyncio.Protocol, Writer):
         while True:
             if self._scanning:
                 end, refused = self._lines.scan(data, at)
-                if refused is not None:  # (the lines before it first: a 400 in them first)
-                    if (end == at or self._feed(data, at, end)) and not self.closing:
-                        # (a HEAD's refusal has no body: its method is the parser's if it
-                        # read the line's start, else the line is here)
+                if refused is not None:
+                    # The limit's answer, whatever the lines before it hold (the engine
+                    # measures lines before it parses them): they are parsed only to know
+                    # whether it is a HEAD's (no body), its method being the parser's if it
+                    # read the line's start, else the line is here.
+                    if end > at:
+                        self._feed_quietly(data[at:end])
+                    if not self.closing:
                         head = self._reading_head() or data[end : end + 5] == b"HEAD "
                         self._refuse(refused, head)
                     return
@@ -345,6 +349,16 @@ class Connection(asyncio.Protocol, Writer):
                 return
         if self._feed(data, at) and not self._in_message:
             self._scanning = True
+
+    def _feed_quietly(self, piece: bytes) -> None:
+        """Parse `piece` for what it tells of the request (its method), nothing refused."""
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = httptools.HttpRequestParser(self)
+        try:
+            parser.feed_data(piece)
+        except httptools.HttpParserError:
+            pass
 
     def _feed(self, data: bytes, at: int = 0, end: int | None = None) -> bool:
         """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,
@@ -493,12 +507,21 @@ class Connection(asyncio.Protocol, Writer):
         if self._scanning and coding is None and length is not None and length.isdigit():
             self._body_left = int(length)  # (a head measured: its body's end is known too)
         if length is not None and length.isdigit() and int(length) > self._app.max_body:
-            # Not read at all: answered now (413 where a route reads bodies), then closed.
-            request.body_too_large = True
-            request.keep_alive = False
+            request.body_too_large = True  # (413 where a route reads bodies)
             self._request = None
             self._queue.append(request)
-            raise _Answered
+            if parser.should_upgrade() or "Expect" in headers:
+                # Answered now and closed: a client waiting for 100 Continue sends nothing.
+                request.keep_alive = False
+                raise _Answered
+            # Answered now, its body read and dropped as it arrives, and the connection goes
+            # on after it, as the engine does: closed at once, the client still sending it
+            # got a reset instead of the 413 (attack 16:25; a browser reports a network
+            # error), and a keep-alive client lost its connection.
+            self._too_large = True
+            if not self._busy:
+                self._next()
+            return
         if parser.should_upgrade():
             # A request asking to upgrade (`Connection: Upgrade`, as `curl --http2` sends) is
             # answered as plain HTTP and the connection closed after it: its answer says so
@@ -767,6 +790,10 @@ class Connection(asyncio.Protocol, Writer):
             left = self._message_began + REQUEST_READ_TIMEOUT - now
             if left > 0:
                 self._idle = self._loop.call_later(left, self._idle_close)
+                return
+            if not self._in_head and self._request is None:
+                # The body of a request answered before it arrived (413): closed unanswered.
+                self._transport.close()
                 return
             logger.debug(
                 "closed a connection from %s: its request did not arrive within %s s",

@@ -846,8 +846,12 @@ async def _read(
             return started.outcome
         return Continue(_resumed(key, sub, spec.cursor, paced=True), started)
     if reason == "ended" and time.monotonic() - started.since < MIN_CLIENT_STREAM:
-        # (raw bytes cannot go on from the middle: only a client that had none of them)
-        if not transport.is_closing() and not (stream.raw and sub.position != spec.position):
+        # Only from a position an offset names (or its own): after an event with no position
+        # of its own (raw bytes, a control message) a next stream cannot tell which of its
+        # events the client had, and the client reconnects from its last up-to-date instead.
+        tx, _, n = sub.position
+        nameable = sub.position == spec.position or (n == 0 and tx > 0)
+        if nameable and not transport.is_closing():
             return Continue(_resumed(key, sub, spec.cursor), started)
     if reason in ("expired", "revoked") and stream.raw:
         # Bytes the proxy cannot cut cleanly (a compressed stream: a clean end mid-way is a

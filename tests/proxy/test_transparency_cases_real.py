@@ -880,6 +880,9 @@ def _head_limit_case(case: str, target: bytes) -> bytes:
         "head-line-over-limit": b"HEAD" + request_line(line + 1)[3:] + headers(2) + b"\r\n",
         "line-after-a-request": request_line(100) + b"Host: x\r\n\r\n" + request_line(line + 1)
         + headers(2) + b"\r\n",
+        # (the limit's answer before the parser's: attack 17:15, item 12)
+        "header-over-limit-bad-method": b"get" + request_line(100)[3:] + headers(2)
+        + header(MAX_HEADER_LINE + 1) + b"\r\n",
         # (after a body of known length in the same packet: the next head is measured too)
         "header-over-limit-after-a-body": b"POST" + request_line(100)[3:]
         + b"Host: x\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
@@ -902,6 +905,7 @@ def _head_limit_case(case: str, target: bytes) -> bytes:
         "head-line-over-limit",
         "line-after-a-request",
         "header-over-limit-after-a-body",
+        "header-over-limit-bad-method",
     ],
 )
 async def test_request_head_limits_are_the_engines(
@@ -926,3 +930,29 @@ async def test_request_head_limits_are_the_engines(
     status = next((s for k, s in expected.items() if k in case), 431)
     assert answers[0][-1][0] == status, answers[0]
     assert answers[0][-1][3] == "close"  # (refused; served: asked with Connection: close)
+
+
+async def test_a_body_over_the_limit_is_answered_as_the_engine_answers_it(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """A POST whose body (9 MB) is over the limit (open.yaml's is the engine's, 8 MiB), then
+    a request on the same connection: a 413 and that request's answer, both ways. The proxy
+    answered the 413 with Connection: close and closed with the body unread, so a client
+    still sending it got a reset instead (attack 16:25), and the next request was lost."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    target = b"/v1/shape?table=items&offset=-1"
+
+    def data(target: bytes) -> bytes:
+        body = b'{"where": "' + b"x" * 9_000_000 + b'"}'
+        return (
+            b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body
+            + b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )  # fmt: skip
+
+    answers = [
+        await _raw_exchange(engine.url, data(target + b"&secret=" + engine_secret.encode())),
+        await _raw_exchange(base, data(target)),
+    ]
+    assert answers[1] == answers[0]
+    assert [a[0] for a in answers[0]] == [413, 200]
