@@ -2,7 +2,10 @@
 
 The query ran on to its end (or to `--snapshot-timeout`, 5 minutes by default) with nobody to
 answer, holding a backend and a thread of the subset executor: a client that asks for a costly
-subset and hangs up, again and again, filled both. Real path: the engine's app on a real server
+subset and hangs up, again and again, filled both. Shutting the query's socket alone was seen
+by a backend waiting on a lock only with `client_connection_check_interval` set on the
+database, which nobody sets by default; the engine also sends Postgres a cancel request, and
+the test runs with and without that setting. Real path: the engine's app on a real server
 that does not cancel handlers (`web.run_app`'s default), real Postgres; the query waits on a
 lock held by another connection, as a slow one would run.
 """
@@ -53,13 +56,20 @@ def _waiting_subsets(db_url: str) -> int:
     return int(row[0])
 
 
-async def test_a_subset_whose_client_left_is_abandoned_in_postgres(engine: Engine) -> None:
-    # (Postgres notices a closed socket of a backend waiting on a lock only with this set:
-    # the engine's abandon shuts the query's socket)
-    engine.sql(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET client_connection_check_interval"
-        " = 100', current_database()); END $$"
-    )
+@pytest.mark.parametrize("check_interval", [None, 100], ids=["no-connection-checks", "checks"])
+async def test_a_subset_whose_client_left_is_abandoned_in_postgres(
+    engine: Engine, check_interval: int | None
+) -> None:
+    # Postgres notices a closed socket of a backend waiting on a lock only with
+    # client_connection_check_interval set, which nobody sets by default: the engine also
+    # sends a cancel request, so the query goes either way.
+    if check_interval is not None:
+        engine.sql(
+            "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET client_connection_check_interval"
+            f" = {check_interval}', current_database()); END $$"
+        )
+    else:
+        assert engine.sql("SHOW client_connection_check_interval") == [("0",)]
     engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text)")
     engine.sql("INSERT INTO items VALUES (1, 'a'), (2, 'b')")
     _, handle, offset = await engine.sync(table="items", log="changes_only")
