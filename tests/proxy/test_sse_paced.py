@@ -164,10 +164,12 @@ async def _fell_behind(proxy: Any, engine: PacedEngine) -> None:
     await wait_until_async(behind, timeout=20, message="the client fell behind")
 
 
-async def _setup(aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any) -> Any:
+async def _setup(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, **limits: Any
+) -> Any:
     engine = PacedEngine()
     proxy, token = await proxy_in_front(
-        engine.shape, aiohttp_server, idp_server, environ, make_proxy
+        engine.shape, aiohttp_server, idp_server, environ, make_proxy, limits=limits
     )
     return engine, proxy, StoppedReader(proxy, token)
 
@@ -189,6 +191,24 @@ async def test_a_client_that_fell_behind_gets_what_its_own_stream_answered_at_on
         reader.close()  # it goes away while on its own stream: that engine request ends
         await wait_until_async(lambda: engine.open == 1, message="its own stream closed")
         await wait_until_async(lambda: len(proxy.app[FORWARDER]._streams) == 1, message="freed")
+    finally:
+        reader.close()
+
+
+async def test_a_client_at_its_limit_of_engine_requests_goes_on_on_its_own_stream(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """Its own stream is the same client request going on, not a new one: with the shared
+    stream charged to its principal at `max_concurrent: 1`, it was refused (429), so its
+    response ended cleanly where it was, and it was cut and retried again."""
+    engine, proxy, reader = await _setup(
+        aiohttp_server, idp_server, environ, make_proxy, max_concurrent=1, rate=1, burst=1
+    )
+    try:
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        assert await reader.read_until(_up_to_date(400)) == "done", reader.body()[-300:]
+        assert reader.ids() == ["1", "2", "3", "4"]
     finally:
         reader.close()
 
