@@ -407,8 +407,15 @@ class SharedStream:
             sub.boundary, sub.offset = utd, f"{utd[0]}_0"
 
     async def drained(self) -> None:
-        """(A paced stream) until its client has taken what it was written, but for its
-        transport's buffer (the connection's backpressure, up to `SEND_TIMEOUT`)."""
+        """(A paced stream, before each read it feeds) until its client is attached and has
+        taken what it was written, but for its transport's buffer (the connection's
+        backpressure, up to `SEND_TIMEOUT`). Its first read often comes with the engine's
+        headers, before the client attached: fed then, it was trimmed to its last event (a
+        paced stream keeps only that), the client could no longer join, and its response
+        ended where it was (the slow reader's cut-and-retry again). A client that never
+        attaches leaves the stream, which cancels this wait (`SharedStreams.leave`)."""
+        while not (self.subscribers or self._ahead):
+            await self.changed()  # (`add` notifies a paced stream)
         for sub in [*self.subscribers, *self._ahead]:
             try:
                 await sub.writer.drain()
@@ -427,6 +434,8 @@ class SharedStream:
             self._ahead.add(sub)
         else:
             self.subscribers.add(sub)
+        if self.paced:
+            self.notify()  # (its reads wait for it: `drained`)
 
     def remove(self, sub: _Subscriber) -> None:
         self.subscribers.discard(sub)
