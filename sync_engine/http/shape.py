@@ -22,6 +22,7 @@ from multidict import MultiDict
 from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
+from ..shapes.registry import SHAPE_LIMIT_REACHED
 from ..single_flight import single_flight
 from ..snapshot.subset import build_subset_query
 from ..tables import StaleDescription, not_answering
@@ -138,8 +139,9 @@ class ShapeView:
             subset = build_subset_query(described.table.columns, req.subset)
             shape = await _resolve(source, req)
             return await serve_subset(source, shape, req, subset, request)
-        shape = await _resolve(source, req)
+        shape = await _resolve_moving(source, req)
         if req.handle is not None and req.handle != shape.handle:
+            _left(source, req.handle)
             raise ShapeGone(shape.handle)
         try:
             if req.live and req.live_sse:
@@ -346,6 +348,9 @@ class ShapeView:
         if up_to_date:
             hdrs["electric-up-to-date"] = ""
             items = [*items, up_to_date_message(gls)]
+            shape.caught_up_at = time.monotonic()
+        else:  # (a client is paging through it: `ShapeRegistry.left` keeps it a while)
+            shape.paged_at = time.monotonic()
         request_offset = "now" if req.offset is None else str(req.offset)
         tag = h.etag(shape.handle, request_offset, offset_text, no_change=not has_data)
         hdrs["etag"] = tag
@@ -381,6 +386,41 @@ async def _resolve(source: Source, req: ShapeRequest) -> Shape:
         return await source.resolve(req.shape, from_start=req.from_start)
     except StaleDescription:
         return await source.resolve(req.shape, from_start=req.from_start)
+
+
+def _left(source: Source, handle: str) -> bool:
+    """The client of `handle` asks for another definition now: the shape it left no longer
+    counts as used for it (`ShapeRegistry.left`). Returns whether it may go now."""
+    shape = source.shape(handle)
+    return shape is not None and source.registry.left(shape)
+
+
+async def _resolve_moving(source: Source, req: ShapeRequest) -> Shape:
+    """`_resolve`, for a request whose handle may be of another definition.
+
+    A client whose definition changed (a policy narrowed at the proxy, its where changed)
+    asks with its old handle. When there is no room for the new shape (`max_shapes`), it
+    still gets its 409 must-refetch, so it drops the rows it holds (delivered under the old
+    definition: rows the new policy may forbid) at once; its refetch (no handle) gets the
+    503 and its Retry-After. It got that 503 instead, and went on showing the old rows, as
+    up to date, until there was room (up to `min_idle`, 60 s: chaos seed 3102). The shape
+    it left may go first (`_left`): when it can, the new shape is made in its place and
+    the 409 names it, as Electric's does; when it cannot (another client pages through it
+    or is held on it), the 409 has no handle (Electric's after a shape went during a
+    request; its client then starts without one, with a cache buster).
+    """
+    try:
+        return await _resolve(source, req)
+    except ServiceUnavailable as exc:
+        if req.handle is None or exc.code != SHAPE_LIMIT_REACHED:
+            raise
+    if _left(source, req.handle):
+        try:
+            return await _resolve(source, req)
+        except ServiceUnavailable as exc:
+            if exc.code != SHAPE_LIMIT_REACHED:
+                raise
+    raise ShapeGone(None)
 
 
 class _ShapeResponse(web.Response):
