@@ -20,6 +20,7 @@ import orjson
 from aiohttp import web
 
 from proxy.http.handlers import FORWARDER
+from proxy.upstream import sse
 from proxy.upstream.sse import SharedStream
 from tests.proxy.sse_fakes import proxy_in_front, sse_headers
 from tests.support.waiting import wait_until_async
@@ -231,3 +232,39 @@ async def test_a_client_that_stops_reading_as_the_shape_rotates_gets_a_clean_end
         assert len(proxy.app[FORWARDER]._streams) == 0
     finally:
         reader.close()
+
+
+async def test_a_response_on_a_stream_that_never_ends_ends_at_its_ceiling(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, monkeypatch: Any
+) -> None:
+    """An engine stream that stays open sending only keep-alive comments (the engine ends
+    its own after its SSE timeout; one that never does, or any wait in the fan-out that
+    missed its wake-up) held its clients' responses open with no change for as long as it
+    lasted (a silent one breaks after `first_byte_timeout`): a client's response on a shared
+    stream now ends cleanly at its ceiling (1 s here, 300 s in the proxy) and the client
+    reconnects. Its last reader gone, the engine request is closed too."""
+    monkeypatch.setattr(sse, "MAX_CLIENT_RESPONSE", 1.0)
+    monkeypatch.setattr(sse, "CEILING_GRAIN", 0.1)
+    engine_open: list[int] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=sse_headers(request.query["offset"]))
+        await resp.prepare(request)
+        engine_open.append(1)
+        try:
+            await resp.write(LOG[2][1] + LOG[2][2])  # 400, then only keep-alives, for ever
+            while True:
+                await asyncio.sleep(0.2)
+                await resp.write(b": keep-alive\n\n")
+        finally:
+            engine_open.pop()
+
+    proxy, token = await proxy_in_front(endless, aiohttp_server, idp_server, environ, make_proxy)
+    resp = await proxy.client.get(
+        f"{SHAPE}&offset=300_0&live=true&live_sse=true&cursor=",
+        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+    )
+    assert resp.status == 200
+    body = await asyncio.wait_for(resp.read(), 10)  # (a clean end: no error)
+    assert body.startswith(LOG[2][1] + LOG[2][2]) and body.endswith(b": keep-alive\n\n")
+    await wait_until_async(lambda: not engine_open, message="the engine stream closed")
