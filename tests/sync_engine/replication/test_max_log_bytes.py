@@ -79,3 +79,16 @@ async def test_a_shape_whose_log_passes_max_log_bytes_is_rotated_and_its_client_
         lambda: {p.name.split(".")[0] for p in shapes.glob("*.log")} <= {handle},
         message="old logs deleted",
     )
+    # A limit set lower while the engine is down (to free a full disk): the shape already
+    # over it is rotated when replication starts, not at its next transaction.
+    await client.close()
+    assert list(shapes.glob(f"{handle}.log.*"))  # (kept, to be loaded)
+    smaller = Source(replace(config, max_log_bytes=current.log.log_bytes - 1))
+    again = await aiohttp_client(build_app(settings, {"default": smaller}))
+    await smaller.ready.wait()
+    await wait_until_async(lambda: smaller.shape(handle) is None, message="rotated at start")
+    await wait_until_async(lambda: not list(shapes.glob(f"{handle}.*")), message="deleted")
+    resp = await again.get(
+        "/v1/shape", params={"table": "items", "handle": handle, "offset": "0_0"}
+    )
+    assert resp.status == 409
