@@ -314,6 +314,8 @@ class ShapeLog:
         self._generation = 0  # bumped by rollback: older publish tokens are void
         self._needs_cut: dict[str, int] = {}  # files a failed rollback could not cut back
         self._published_lsn = 0
+        #: Bytes of published transaction records (what `--max-log-bytes` bounds).
+        self.log_bytes = 0
         self.snapshot_chunks = 0
         self.snapshot_complete = False
         # The LSN of the first transaction ever written to the log, and whether that is
@@ -498,6 +500,7 @@ class ShapeLog:
         if cut:
             self.repaired_from = cut_from or last_good_lsn + 1
         self._chunks = [c for c in chunks[:keep_chunks] if c.starts]
+        self.log_bytes = sum(c.size for c in self._chunks)
         self._chunk_lasts = [c.lasts[-1] for c in self._chunks]
         self._tail = self._chunks[-1] if self._chunks else None
         self.last_lsn = self._published_lsn = last_good_lsn
@@ -860,6 +863,7 @@ class ShapeLog:
             chunk.starts.append(start)
             chunk.lasts.append(last_key)
             chunk.size = end
+            self.log_bytes += end - start
             self._chunk_lasts[-1] = last_key
             self._published_lsn = lsn
         return True
@@ -905,6 +909,13 @@ class ShapeLog:
             close_fd(self._tail.path)
 
     # -- transactions: reading ------------------------------------------------------------
+
+    @property
+    def first_published_lsn(self) -> int | None:
+        """The commit LSN of the first published transaction (None before any): from the
+        index, no read (`Shape.issued` read and split the whole first chunk, up to 10 MB on
+        the event loop, for its first entry's `lsn` header)."""
+        return self._chunks[0].lasts[0] >> 32 if self._chunks else None
 
     def has_after(self, offset: LogOffset) -> bool:
         """Whether published entries come after `offset` (what a waiting live request
