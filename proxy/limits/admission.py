@@ -302,8 +302,18 @@ class Admission:
     def principals(self) -> int:
         return len(self._states)
 
-    async def admit(self, principal: str, limits: LimitSettings) -> Permit:
-        """Charge one engine request to `principal`, or raise 429 / 503 (see module doc)."""
+    async def admit(
+        self, principal: str, limits: LimitSettings, *, continuing: bool = False
+    ) -> Permit:
+        """Charge one engine request to `principal`, or raise 429 / 503 (see module doc).
+
+        `continuing`: the engine request an admitted client request goes on with, not a new
+        request: an SSE client's own stream once it fell behind its shape's shared one, or
+        the next stream of its shape after one that ended too soon (`upstream.sse`). None of
+        the principal's limits refuse it (refused, the client's response ended where it was,
+        and a slow reader was cut and retried for ever); it is counted among its open
+        engine requests and waits for a pool connection like any. At most one per held
+        client request, so `max_held` bounds them."""
         now = self._clock()
         state = self._states.get(principal)
         if state is None:
@@ -311,6 +321,8 @@ class Admission:
                 self._sweep(now)
             state = self._states[principal] = _State(limits, now)
         state.rate, state.burst = limits.rate, limits.burst
+        if continuing:
+            return await self._take_slot(principal, state, limits)
         if state.active >= limits.max_concurrent:
             raise TooManyRequests(
                 "too_many_open_requests",
@@ -353,6 +365,10 @@ class Admission:
             # (charged before the pool wait: if that runs out, the client's retry of the
             # same shape is free)
             state.charge_shape(*new, limits, now)
+        return await self._take_slot(principal, state, limits)
+
+    async def _take_slot(self, principal: str, state: _State, limits: LimitSettings) -> Permit:
+        """Count an admitted engine request as open and wait for its pool connection."""
         state.active += 1
         try:
             got = await self._slots.take(limits.pool_wait)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -125,9 +125,14 @@ class Registering(Revocable, Protocol):
 FAST_DEADLINE_DELAY = 0.5
 
 
-#: Admits one new engine request (per-principal limits): raises 429/503, or returns the
-#: permit to release when that engine request is over. Only called when the engine is asked.
-Admit = Callable[[], Awaitable[Permit]]
+class Admit(Protocol):
+    """Admits one new engine request (per-principal limits): raises 429/503, or returns the
+    permit to release when that engine request is over. Only called when the engine is
+    asked. `continuing`: the engine request an admitted client request goes on with (see
+    `Admission.admit`), which no per-principal limit refuses."""
+
+    def __call__(self, *, continuing: bool = False) -> Awaitable[Permit]: ...
+
 
 #: (engine cache-control values, max-age cap, live request, live max-age, shared answer)
 _MemoKey = tuple[tuple[str, ...], int | None, bool, float, bool]
@@ -681,13 +686,18 @@ class Forwarder:
         while tries < 3:  # a stream that ends as this client arrives: join the next one
             tries += 1
             try:
+                # (a client going on from an earlier stream is the same request, admitted:
+                # its next engine stream is not refused by its principal's limits)
                 permit = (
-                    await admit() if admit is not None and spec.key not in self._streams else None
+                    await admit(continuing=started is not None)
+                    if admit is not None and spec.key not in self._streams
+                    else None
                 )
             except ProxyError:
                 if started is None:
                     raise
-                # (its headers went out: it ends cleanly, and is refused when it reconnects)
+                # (no engine connection within the pool wait: its headers went out, so it
+                # ends cleanly, and its reconnect gets the 503)
                 return await sse.end_started(request, started)
             # (a client going on from an earlier stream opens the next from where it is)
             opening = target if started is None else replace(

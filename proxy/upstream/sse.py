@@ -60,6 +60,7 @@ import asyncio
 import bisect
 import itertools
 import logging
+import math
 import random
 import socket
 import time
@@ -98,6 +99,19 @@ ERROR_BODY_LIMIT = 1024 * 1024
 #: request) counts shorter streams and after three in a row falls back to long-polling for
 #: good, taking them for a buffering proxy.
 MIN_CLIENT_STREAM = 2.0
+#: Seconds a client's response lasts at most on streams shared by clients (the shape's, a
+#: catch-up), as the engine ends each of its streams after its SSE timeout (60 s by default):
+#: then it ends cleanly, between two reads, and the client reconnects from its last
+#: up-to-date. A healthy response never gets there (it ends with the engine stream it reads,
+#: or goes on past one only within `MIN_CLIENT_STREAM`): the ceiling is for a response that
+#: would otherwise stay open with nothing sent, whatever held it (an engine stream that went
+#: silent, a wait that missed its wake-up). Not on a client's own paced stream: that one is
+#: read only as fast as its client takes it, so a slow reader inside a transaction bigger
+#: than it reads in this time never got past it; a client that stops reading there is dropped
+#: after `SEND_TIMEOUT`, and its stream ends with the engine's.
+MAX_CLIENT_RESPONSE = 300.0
+#: The ceiling is rounded up to a multiple of this (s): clients share a `Deadlines` timer.
+CEILING_GRAIN = 10.0
 #: Query parameters that place a request in the log (per client), or that the engine ignores
 #: (`cache-buster`, `expired_handle`: Electric drops unknown parameters, so they never change
 #: its answer). Every other parameter is part of what clients must share to share a stream.
@@ -407,8 +421,15 @@ class SharedStream:
             sub.boundary, sub.offset = utd, f"{utd[0]}_0"
 
     async def drained(self) -> None:
-        """(A paced stream) until its client has taken what it was written, but for its
-        transport's buffer (the connection's backpressure, up to `SEND_TIMEOUT`)."""
+        """(A paced stream, before each read it feeds) until its client is attached and has
+        taken what it was written, but for its transport's buffer (the connection's
+        backpressure, up to `SEND_TIMEOUT`). Its first read often comes with the engine's
+        headers, before the client attached: fed then, it was trimmed to its last event (a
+        paced stream keeps only that), the client could no longer join, and its response
+        ended where it was (the slow reader's cut-and-retry again). A client that never
+        attaches leaves the stream, which cancels this wait (`SharedStreams.leave`)."""
+        while not (self.subscribers or self._ahead):
+            await self.changed()  # (`add` notifies a paced stream)
         for sub in [*self.subscribers, *self._ahead]:
             try:
                 await sub.writer.drain()
@@ -427,6 +448,8 @@ class SharedStream:
             self._ahead.add(sub)
         else:
             self.subscribers.add(sub)
+        if self.paced:
+            self.notify()  # (its reads wait for it: `drained`)
 
     def remove(self, sub: _Subscriber) -> None:
         self.subscribers.discard(sub)
@@ -809,7 +832,8 @@ async def _read(
 ) -> Outcome | Continue:
     """A client's time on `stream`: what it missed, then every event until one of them
     ends; a clean end too soon after the client's response began goes on (`Continue`).
-    At `deadline` (its token's expiry) it ends cleanly between two reads of the stream,
+    At `deadline` (its token's expiry), or at the ceiling of its response's life on a
+    shared stream (`MAX_CLIENT_RESPONSE`), it ends cleanly between two reads of the stream,
     each written whole: the client buffers a batch until its up-to-date, so a batch cut
     there is one it has not applied, and it reconnects from its last up-to-date."""
     transport = request.transport
@@ -819,15 +843,20 @@ async def _read(
         reason = sub.done.result()
     else:
         try:
+            lasted = time.monotonic() - started.since
+            if deadline is not None:
+                # (a token that expired within its issuer's leeway still gets a stream that
+                # is not short: else its client reconnects at once, again and again)
+                deadline = max(deadline, time.time() + MIN_CLIENT_STREAM - lasted)
+            if not stream.paced:  # (the ceiling: see `MAX_CLIENT_RESPONSE`)
+                ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
+                ceiling = math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
+                deadline = ceiling if deadline is None else min(deadline, ceiling)
             if deadline is None:
                 reason = await sub.done
             else:
-                # (a token that expired within its issuer's leeway still gets a stream that
-                # is not short: else its client reconnects at once, again and again)
-                lasted = time.monotonic() - started.since
-                at = max(deadline, time.time() + MIN_CLIENT_STREAM - lasted)
                 registry = deadlines if deadlines is not None else Deadlines()
-                expiry = registry.add(at, sub)  # `sub.expire` ends it ("expired")
+                expiry = registry.add(deadline, sub)  # `sub.expire` ends it ("expired")
                 try:
                     reason = await sub.done
                 finally:

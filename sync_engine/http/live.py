@@ -282,7 +282,20 @@ async def _write_entries(resp: web.StreamResponse, entries: list[bytes], lsn: in
     parts: list[bytes] = []
     size = 0
     while entries:
-        frame = sse_frame(entries.pop())
+        entry = entries.pop()
+        if len(entry) >= PIECE:  # (a huge value: its frame in slices of it, not a copy)
+            parts.append(b"data: ")
+            await resp.write(b"".join(parts))
+            parts.clear()
+            view = memoryview(entry)
+            del entry
+            for start in range(0, len(view), PIECE):
+                await resp.write(view[start : start + PIECE])
+            del view
+            parts.append(b"\n\n")
+            size = 2
+            continue
+        frame = sse_frame(entry)
         parts.append(frame)
         size += len(frame)
         if size >= PIECE:

@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from multidict import MultiDict
 
 from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
+from ..shapes.registry import SHAPE_LIMIT_REACHED
 from ..single_flight import single_flight
 from ..snapshot.subset import build_subset_query
 from ..tables import StaleDescription, not_answering
@@ -45,6 +47,11 @@ SNAPSHOT_WAIT = 60.0
 #: request a 503 within this and `Settings.probe_timeout`, a slow one keeps it waiting. The
 #: default of `Settings.snapshot_quiet`.
 SNAPSHOT_QUIET = 2.0
+
+#: An answer this big or bigger is written in pieces (`_pieces`), not joined into one body.
+STREAM_BYTES = 1 << 20
+#: About the size of each piece written of such an answer.
+WRITE_BYTES = 256 << 10
 
 #: A DELETE naming a definition and another shape's handle (Electric's words).
 _DEFINITION_MISMATCH = (
@@ -138,8 +145,9 @@ class ShapeView:
             subset = build_subset_query(described.table.columns, req.subset)
             shape = await _resolve(source, req)
             return await serve_subset(source, shape, req, subset, request)
-        shape = await _resolve(source, req)
+        shape = await _resolve_moving(source, req)
         if req.handle is not None and req.handle != shape.handle:
+            _left(source, req.handle)
             raise ShapeGone(shape.handle)
         try:
             if req.live and req.live_sse:
@@ -346,6 +354,9 @@ class ShapeView:
         if up_to_date:
             hdrs["electric-up-to-date"] = ""
             items = [*items, up_to_date_message(gls)]
+            shape.caught_up_at = time.monotonic()
+        else:  # (a client is paging through it: `ShapeRegistry.left` keeps it a while)
+            shape.paged_at = time.monotonic()
         request_offset = "now" if req.offset is None else str(req.offset)
         tag = h.etag(shape.handle, request_offset, offset_text, no_change=not has_data)
         hdrs["etag"] = tag
@@ -357,10 +368,14 @@ class ShapeView:
             return web.Response(status=304, headers=hdrs)
         if file is not None:
             return ChunkFileResponse(file[0], file[1], hdrs, shape)  # `[` + the file + `]`
-        # One copy of a (10 MB) chunk, not two: joining one item returns the item itself.
-        body = b"".join((b"[", b",".join(items), b"]"))
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
-        return _ShapeResponse(shape, body=body, headers=hdrs)
+        size = sum(map(len, items)) + len(items) + 1  # (`[`, `]` and the commas between)
+        if size < STREAM_BYTES:
+            body = b"".join((b"[", b",".join(items), b"]"))
+            return _ShapeResponse(shape, body=body, headers=hdrs)
+        # Written in pieces, not joined first: the join was a copy of the whole answer
+        # (+200 MB for a 200 MB value) and held the loop while it was made.
+        return _ShapeResponse(shape, headers=hdrs, pieces=items, size=size)
 
 
 def _check_issued(shape: Shape, offset: LogOffset) -> None:
@@ -383,20 +398,107 @@ async def _resolve(source: Source, req: ShapeRequest) -> Shape:
         return await source.resolve(req.shape, from_start=req.from_start)
 
 
+def _left(source: Source, handle: str) -> bool:
+    """The client of `handle` asks for another definition now: the shape it left no longer
+    counts as used for it (`ShapeRegistry.left`). Returns whether it may go now."""
+    shape = source.shape(handle)
+    return shape is not None and source.registry.left(shape)
+
+
+async def _resolve_moving(source: Source, req: ShapeRequest) -> Shape:
+    """`_resolve`, for a request whose handle may be of another definition.
+
+    A client whose definition changed (a policy narrowed at the proxy, its where changed)
+    asks with its old handle. When there is no room for the new shape (`max_shapes`), it
+    still gets its 409 must-refetch, so it drops the rows it holds (delivered under the old
+    definition: rows the new policy may forbid) at once; its refetch (no handle) gets the
+    503 and its Retry-After. It got that 503 instead, and went on showing the old rows, as
+    up to date, until there was room (up to `min_idle`, 60 s: chaos seed 3102). The shape
+    it left may go first (`_left`): when it can, the new shape is made in its place and
+    the 409 names it, as Electric's does; when it cannot (another client pages through it
+    or is held on it), the 409 has no handle (Electric's after a shape went during a
+    request; its client then starts without one, with a cache buster).
+    """
+    try:
+        return await _resolve(source, req)
+    except ServiceUnavailable as exc:
+        if req.handle is None or exc.code != SHAPE_LIMIT_REACHED:
+            raise
+    if _left(source, req.handle):
+        try:
+            return await _resolve(source, req)
+        except ServiceUnavailable as exc:
+            if exc.code != SHAPE_LIMIT_REACHED:
+                raise
+    raise ShapeGone(None)
+
+
 class _ShapeResponse(web.Response):
     """A shape's answer whose shape counts as in use (`Shape.sending`) while its body is
-    written (aiohttp writes it in `write_eof`, waiting for the client to take it)."""
+    written (aiohttp writes it in `write_eof`, waiting for the client to take it).
 
-    def __init__(self, shape: Shape, *, body: bytes, headers: dict[str, str]) -> None:
+    Its body is `body`, or `[`, the `pieces` joined by `,` and `]` (`_pieces`, `size`
+    bytes), written a piece at a time."""
+
+    def __init__(
+        self,
+        shape: Shape,
+        *,
+        headers: dict[str, str],
+        body: bytes | None = None,
+        pieces: list[bytes] | None = None,
+        size: int = 0,
+    ) -> None:
         super().__init__(body=body, headers=headers)
         self._shape = shape
+        self._pieces = pieces
+        self._size = size
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self._pieces is not None and not self.prepared:
+            # (set here, after the middlewares' headers, where aiohttp sets a body's: the
+            # same head, byte for byte; a HEAD's too)
+            self.headers[hdrs.CONTENT_LENGTH] = str(self._size)
+            if request.method == "HEAD":
+                self._pieces = None
+        return await super().prepare(request)
 
     async def write_eof(self, data: bytes = b"") -> None:
         self._shape.sending += 1
         try:
+            if self._pieces is not None:
+                pieces, self._pieces = self._pieces, None
+                for piece in _pieces(pieces):
+                    await self.write(piece)  # (waits while the client's buffer is full)
             await super().write_eof(data)
         finally:
             self._shape.sent()
+
+
+def _pieces(items: list[bytes]) -> Iterator[bytes | memoryview]:
+    """`[`, the items joined by `,`, and `]`, in pieces of about `WRITE_BYTES`: small items
+    joined, a big one in slices of itself (views, not copies)."""
+    out: list[bytes] = [b"["]
+    held = 1
+    for i, item in enumerate(items):
+        if i:
+            out.append(b",")
+            held += 1
+        if len(item) < WRITE_BYTES:
+            out.append(item)
+            held += len(item)
+            if held >= WRITE_BYTES:
+                yield b"".join(out)
+                out, held = [], 0
+            continue
+        if out:
+            yield b"".join(out)
+            out, held = [], 0
+        view = memoryview(item)
+        for start in range(0, len(item), WRITE_BYTES):
+            yield view[start : start + WRITE_BYTES]
+    out.append(b"]")
+    yield b"".join(out)
 
 
 async def _successor(source: Source, req: ShapeRequest) -> str | None:

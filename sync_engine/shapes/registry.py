@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 #: either with room. A shorter time let a storm of new shapes retire a shape between two
 #: requests of its client; a longer one keeps a storm's newcomers waiting longer.
 MIN_IDLE = 60.0
+#: The `code` of the 503 for a new shape with no room (`ShapeRegistry.no_room`).
+SHAPE_LIMIT_REACHED = "shape_limit_reached"
 #: The longest Retry-After of the 503 for a new shape with no room (`ShapeRegistry.no_room`).
 NO_ROOM_RETRY = 10
 
@@ -246,6 +248,38 @@ class ShapeRegistry:
         self._room_at = room_at if evicted < count else 0.0
         return evicted
 
+    def left(self, shape: Shape) -> bool:
+        """A client left `shape` for another definition: its request named this handle
+        with a definition this shape is not (a policy narrowed at the proxy, a dependent
+        shape's where changed). Its request counts as used no more: the shape keeps the
+        `min_idle` protection only while a client pages through it (`Shape.paged_at`: its
+        last answer had more to read), and otherwise is the first to go when room is
+        needed. Its other clients at the tip, if any, are held (kept) or get one 409 and
+        refetch; one between two requests of a catch-up, at the moment an up-to-date
+        answer went to another, may be retired too (and refetch).
+
+        Without this, a policy change through the proxy under a tight `max_shapes` moved
+        every client onto a new shape while the shapes they left counted as used for
+        60 s: each of them got 503 for that long (chaos seed 3102).
+
+        Returns whether the shape may go now (then the next `evict` looks again).
+        """
+        if shape.rotated or self.by_handle.get(shape.handle) is not shape:
+            return False
+        paging = shape.paged_at > shape.caught_up_at
+        kept_from = shape.paged_at if paging else float("-inf")
+        if shape.used_at > kept_from:
+            shape.used_at = kept_from
+            self._recency.move_to_end(shape, last=False)
+        free = (
+            not (shape.waiting or shape.sending)
+            and shape.log.snapshot_complete
+            and time.monotonic() - shape.used_at >= self.min_idle
+        )
+        if free:
+            self._room_at = 0.0  # (a pass may find it)
+        return free
+
     def no_room(self, limit: int) -> ServiceUnavailable:
         """The 503 for a new shape `evict` found no room for: every one of the `limit`
         shapes is in use, or was used in the last `min_idle` seconds. Its Retry-After is
@@ -257,7 +291,7 @@ class ShapeRegistry:
             f"Shape limit reached for this source: all {limit} shapes are in use or were"
             f" requested in the last {self.min_idle:g} s (max_shapes); retry in {retry} s",
             retry_after=retry,
-            code="shape_limit_reached",
+            code=SHAPE_LIMIT_REACHED,
         )
 
     def remember(self, params: ShapeParams, shape: Shape) -> None:
@@ -285,7 +319,9 @@ class ShapeRegistry:
             columns=described.columns,
             log=shape_log,
         )
-        shape.used_at = time.monotonic()  # (asked for now; one loaded from disk was not)
+        # (asked for now, and its first chunk is about to be read; one loaded from disk
+        # was not)
+        shape.used_at = shape.paged_at = time.monotonic()
         self.add(shape)
         return shape
 

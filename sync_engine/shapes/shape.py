@@ -198,6 +198,13 @@ class Shape:
     #: used in the last `min_idle` seconds (a client paging through it, between two
     #: requests). A shape loaded from disk has not been used since (`-inf`).
     used_at: float = field(init=False, default=float("-inf"))
+    #: When (`time.monotonic`) it last gave an answer that was not up to date (a snapshot
+    #: chunk, a log chunk with more after it), and one that was: while the first is the
+    #: later, a client is paging through it, which keeps it from eviction for `min_idle`
+    #: seconds even once a client has left it for another definition
+    #: (`ShapeRegistry.left`).
+    paged_at: float = field(init=False, default=float("-inf"))
+    caught_up_at: float = field(init=False, default=float("-inf"))
     #: When (`time.monotonic`) a request last asked for a chunk of its snapshot (or stopped
     #: waiting for one): a snapshot no request asked for in a while is cancelled in Postgres
     #: (`snapshot.scheduler`: nobody would read it).

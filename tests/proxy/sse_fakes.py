@@ -57,12 +57,15 @@ async def proxy_in_front(
     idp_server: Any,
     environ: Any,
     make_proxy: Any,
+    limits: dict[str, Any] | None = None,
 ) -> tuple[Any, str]:
-    """A fake engine answering `/v1/shape` with `handler`, a proxy in front of it, and a
-    token that proxy accepts."""
+    """A fake engine answering `/v1/shape` with `handler`, a proxy in front of it (with the
+    `limits:` section `limits`, if any), and a token that proxy accepts."""
     app = web.Application()
     app.router.add_get("/v1/shape", handler)
     server = await aiohttp_server(app, access_log=None)
     config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
+    if limits:
+        config["limits"] = limits
     proxy = await make_proxy(build_config(config, environ))
     return proxy, proxy.tokens.make()

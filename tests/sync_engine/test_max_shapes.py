@@ -166,3 +166,68 @@ async def test_a_client_paging_through_a_shape_keeps_it_while_new_shapes_wait(
         offset = h["electric-offset"]
     assert len(statuses) > 1, statuses
     assert sorted(int(r["id"]) for r in rows.values()) == list(range(1, 2001))
+
+
+@pytest.mark.parametrize("limited", ["fresh"], indirect=True)
+async def test_a_client_whose_definition_changed_is_told_to_refetch_even_without_room(
+    limited: Engine,
+) -> None:
+    """A policy narrowed at the proxy (or a client's where changed): each client asks with
+    its old handle and the new definition. With no room for the new shape it got 503 for
+    up to `min_idle` (60 s) and its client went on showing, as up to date, the rows of the
+    old definition (chaos seed 3102). It gets its 409 must-refetch now, and the shape it
+    left makes room unless another client still uses it."""
+    engine = limited
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text)")
+    engine.sql("CREATE TABLE todos (id int PRIMARY KEY, title text)")
+    engine.sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 9) i")
+    engine.sql("INSERT INTO todos VALUES (1, 'a'), (2, 'b')")
+
+    # bob follows todos live (held: in use), alice and carol follow items under their
+    # policies: the registry is full of shapes used just now
+    _, bob_handle, bob_offset = await engine.sync(table="todos")
+    bob_live = asyncio.create_task(
+        engine.get(table="todos", handle=bob_handle, offset=bob_offset, live="true")
+    )
+    await engine.until_parked(1)
+    _, alice_handle, alice_offset = await engine.sync(table="items", where="id <= 8")
+    _, carol_handle, carol_offset = await engine.sync(table="items", where="id <= 7")
+    assert len(engine.source.registry) == LIMIT
+
+    # the policy narrows: alice asks for `id <= 2` with her old handle, and is told to
+    # refetch (was a 503: she kept rows 3-8), at the shape made where hers was
+    status, h, body = await engine.get(
+        table="items", where="id <= 2", handle=alice_handle, offset=alice_offset
+    )
+    assert status == 409, (status, body)
+    assert body == [{"headers": {"control": "must-refetch"}}]
+    assert h["electric-handle"] != alice_handle
+    rows, handle, _ = await engine.sync(table="items", where="id <= 2")
+    assert handle == h["electric-handle"] and sorted(rows) == [
+        '"public"."items"/"1"',
+        '"public"."items"/"2"',
+    ]
+
+    # carol moves there too (a shape that exists): her old shape may go for another's new
+    # one (was a 503: it counted as used for 60 s)
+    status, h, body = await engine.get(
+        table="items", where="id <= 2", handle=carol_handle, offset=carol_offset
+    )
+    assert status == 409 and h["electric-handle"] == handle, (status, body)
+    status, h, body = await engine.get(table="items", where="id = 9", offset="-1")
+    assert status == 200, (status, body)
+
+    # a second client of bob's held shape moves: that shape is in use, so there is no
+    # room; still a 409 (no handle to name), and its refetch waits with the 503
+    status, h, body = await engine.get(
+        table="todos", where="id = 1", handle=bob_handle, offset=bob_offset
+    )
+    assert status == 409 and "electric-handle" not in h, (status, h, body)
+    assert body == [{"headers": {"control": "must-refetch"}}]
+    status, h, body = await engine.get(table="todos", where="id = 1", offset="-1")
+    assert status == 503 and body["code"] == "shape_limit_reached", (status, body)
+    assert int(h["retry-after"]) > 0
+
+    engine.sql("INSERT INTO todos VALUES (3, 'c')")  # (bob's long-poll: still his shape)
+    status, _, body = await asyncio.wait_for(bob_live, timeout=30)
+    assert status == 200, body

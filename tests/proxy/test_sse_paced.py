@@ -1,0 +1,270 @@
+"""A client too slow for its shape's shared SSE stream, on the stream of its own it goes on on
+(`proxy.upstream.sse`, `paced`): it must get every change once, in the same response, and
+never be left hanging with its response open and nothing sent.
+
+The engine here is a fake whose log is three transactions: the shared stream (the first
+request) writes them with pauses, so a client that stops reading falls behind at a known
+place; every later request (the slow client's own stream, from its last up-to-date) gets
+what follows its offset at once, in the same write as its headers, as the real engine
+answers a catch-up. The client is a raw socket with a small receive buffer that stops
+reading, then reads again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from proxy.http.handlers import FORWARDER
+from proxy.upstream import sse
+from proxy.upstream.sse import SharedStream
+from tests.proxy.sse_fakes import proxy_in_front, sse_headers
+from tests.support.waiting import wait_until_async
+
+SHAPE = "/v1/shape?table=items&handle=h-1"
+
+
+def _event(lsn: int, op: int, id_: int, title: str) -> bytes:
+    value = {"id": str(id_), "org_id": "org-a", "title": title}
+    headers = {"operation": "insert", "lsn": str(lsn), "op_position": op}
+    message = {"key": f'"public"."items"/"{id_}"', "value": value, "headers": headers}
+    return b"data: " + orjson.dumps(message) + b"\n\n"
+
+
+def _up_to_date(lsn: int) -> bytes:
+    control = {"control": "up-to-date", "global_last_seen_lsn": str(lsn)}
+    return b"data: " + orjson.dumps({"headers": control}) + b"\n\n"
+
+
+#: The log: (lsn, its change events, its up-to-date). Transaction 200 is one 1.5 MB row:
+#: more than the proxy lets wait unsent for a client of the shared stream besides its
+#: latest write, so the next write finds a client that stopped reading behind.
+LOG = [
+    (200, _event(200, 0, 1, "x" * 1_500_000), _up_to_date(200)),
+    (300, _event(300, 0, 2, "b"), _up_to_date(300)),
+    (400, _event(400, 0, 3, "c") + _event(400, 2, 4, "d"), _up_to_date(400)),
+]
+
+
+class PacedEngine:
+    """The first request (from 100_0) is the shared stream: transaction 200's row, its
+    up-to-date and 300, each after a pause, then it stays open (no 400 yet) until `end`.
+    Any later request gets every transaction after its offset with its headers, in one
+    write, then stays open (`answer`: 409 instead, as after a rotation)."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.end = asyncio.Event()
+        self.answer = 200
+        self.open = 0  # engine streams open right now
+
+    async def shape(self, request: web.Request) -> web.StreamResponse:
+        offset = request.query["offset"]
+        self.requests.append(offset)
+        if len(self.requests) > 1 and self.answer == 409:
+            body = orjson.dumps([{"headers": {"control": "must-refetch"}}])
+            return web.Response(status=409, body=body, content_type="application/json")
+        resp = web.StreamResponse(headers=sse_headers(offset))
+        await resp.prepare(request)
+        self.open += 1
+        try:
+            if len(self.requests) == 1:
+                for piece in (LOG[0][1], LOG[0][2], LOG[1][1] + LOG[1][2]):
+                    await resp.write(piece)
+                    await asyncio.sleep(0.3)
+                await self.end.wait()
+            else:
+                after = int(offset.split("_")[0])
+                await resp.write(b"".join(c + u for lsn, c, u in LOG if lsn > after))
+                await asyncio.Event().wait()
+            await resp.write_eof()
+        finally:
+            self.open -= 1
+        return resp
+
+
+class StoppedReader:
+    """One SSE request on a socket with a small receive buffer, read only when told."""
+
+    def __init__(self, proxy: Any, token: str) -> None:
+        server = proxy.client.server
+        self.address = (server.host, server.port)
+        self.request = (
+            f"GET {SHAPE}&offset=100_0&live=true&live_sse=true&cursor= HTTP/1.1\r\n"
+            f"Host: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+        self.received = b""
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.sock.setblocking(False)
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, self.address)
+        await loop.sock_sendall(self.sock, self.request)
+        while b"\r\n\r\n" not in self.received:
+            piece = await loop.sock_recv(self.sock, 1024)
+            assert piece, self.received
+            self.received += piece
+        head, _, self.received = self.received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200"), head
+
+    async def read_until(self, marker: bytes, timeout: float = 20) -> str:
+        """Read until `marker` arrived ("done"), or the response ended cleanly ("ended"),
+        or the connection closed ("closed"), or nothing came for `timeout` ("silent")."""
+        loop = asyncio.get_running_loop()
+        while True:
+            if marker in self.body():
+                return "done"
+            if self.received.endswith(b"\r\n0\r\n\r\n"):
+                return "ended"
+            try:
+                piece = await asyncio.wait_for(loop.sock_recv(self.sock, 65536), timeout)
+            except TimeoutError:
+                return "silent"
+            except ConnectionResetError:
+                return "closed"
+            if not piece:
+                return "closed"
+            self.received += piece
+
+    def body(self) -> bytes:
+        """The response body so far, without its chunked framing."""
+        body, rest = b"", self.received
+        while True:
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep or not size_line or len(rest) < int(size_line, 16) + 2:
+                return body
+            size = int(size_line, 16)
+            body, rest = body + rest[:size], rest[size + 2 :]
+
+    def ids(self) -> list[str]:
+        return [
+            orjson.loads(block[6:])["value"]["id"]
+            for block in self.body().split(b"\n\n")
+            if block.startswith(b"data: ") and b'"operation"' in block
+        ]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def _fell_behind(proxy: Any, engine: PacedEngine) -> None:
+    """Until the proxy took the client off the shared stream (it stopped reading)."""
+
+    def behind() -> bool:
+        streams: list[SharedStream] = list(proxy.app[FORWARDER]._streams._streams.values())
+        return len(engine.requests) == 1 and any(
+            s.head is not None and not s.subscribers and not s._ahead for s in streams
+        )
+
+    await wait_until_async(behind, timeout=20, message="the client fell behind")
+
+
+async def _setup(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, **limits: Any
+) -> Any:
+    engine = PacedEngine()
+    proxy, token = await proxy_in_front(
+        engine.shape, aiohttp_server, idp_server, environ, make_proxy, limits=limits
+    )
+    return engine, proxy, StoppedReader(proxy, token)
+
+
+async def test_a_client_that_fell_behind_gets_what_its_own_stream_answered_at_once(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """Its own stream's first read came with its headers, before the client was attached to
+    it: that read was trimmed to its last event (a paced stream keeps only that), so the
+    client could not join, and its response ended cleanly where it was (the cut-and-retry of
+    a slow reader, again) instead of going on with 300 and 400."""
+    engine, proxy, reader = await _setup(aiohttp_server, idp_server, environ, make_proxy)
+    try:
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        assert await reader.read_until(_up_to_date(400)) == "done", reader.body()[-300:]
+        assert reader.ids() == ["1", "2", "3", "4"]  # each once, in one response
+        assert engine.requests[0] == "100_0" and len(engine.requests) == 2
+        reader.close()  # it goes away while on its own stream: that engine request ends
+        await wait_until_async(lambda: engine.open == 1, message="its own stream closed")
+        await wait_until_async(lambda: len(proxy.app[FORWARDER]._streams) == 1, message="freed")
+    finally:
+        reader.close()
+
+
+async def test_a_client_at_its_limit_of_engine_requests_goes_on_on_its_own_stream(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """Its own stream is the same client request going on, not a new one: with the shared
+    stream charged to its principal at `max_concurrent: 1`, it was refused (429), so its
+    response ended cleanly where it was, and it was cut and retried again."""
+    engine, proxy, reader = await _setup(
+        aiohttp_server, idp_server, environ, make_proxy, max_concurrent=1, rate=1, burst=1
+    )
+    try:
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        assert await reader.read_until(_up_to_date(400)) == "done", reader.body()[-300:]
+        assert reader.ids() == ["1", "2", "3", "4"]
+    finally:
+        reader.close()
+
+
+async def test_a_client_that_stops_reading_as_the_shape_rotates_gets_a_clean_end(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """It stopped reading just before the shared stream ended on a rotation: once it reads
+    again it gets all it was written, then its response ends cleanly (never silence with
+    the response open); its own stream's 409 is the next request's to get."""
+    engine, proxy, reader = await _setup(aiohttp_server, idp_server, environ, make_proxy)
+    try:
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        engine.answer = 409
+        engine.end.set()  # the shared stream ends; the next answer is a 409
+        await wait_until_async(lambda: engine.open == 0, message="the shared stream ended")
+        assert await reader.read_until(b"no such marker") == "ended", reader.body()[-300:]
+        assert reader.ids()[0] == "1" and len(engine.requests) == 2
+        assert len(proxy.app[FORWARDER]._streams) == 0
+    finally:
+        reader.close()
+
+
+async def test_a_response_on_a_stream_that_never_ends_ends_at_its_ceiling(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, monkeypatch: Any
+) -> None:
+    """An engine stream that stays open sending only keep-alive comments (the engine ends
+    its own after its SSE timeout; one that never does, or any wait in the fan-out that
+    missed its wake-up) held its clients' responses open with no change for as long as it
+    lasted (a silent one breaks after `first_byte_timeout`): a client's response on a shared
+    stream now ends cleanly at its ceiling (1 s here, 300 s in the proxy) and the client
+    reconnects. Its last reader gone, the engine request is closed too."""
+    monkeypatch.setattr(sse, "MAX_CLIENT_RESPONSE", 1.0)
+    monkeypatch.setattr(sse, "CEILING_GRAIN", 0.1)
+    engine_open: list[int] = []
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers=sse_headers(request.query["offset"]))
+        await resp.prepare(request)
+        engine_open.append(1)
+        try:
+            await resp.write(LOG[2][1] + LOG[2][2])  # 400, then only keep-alives, for ever
+            while True:
+                await asyncio.sleep(0.2)
+                await resp.write(b": keep-alive\n\n")
+        finally:
+            engine_open.pop()
+
+    proxy, token = await proxy_in_front(endless, aiohttp_server, idp_server, environ, make_proxy)
+    resp = await proxy.client.get(
+        f"{SHAPE}&offset=300_0&live=true&live_sse=true&cursor=",
+        headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},
+    )
+    assert resp.status == 200
+    body = await asyncio.wait_for(resp.read(), 10)  # (a clean end: no error)
+    assert body.startswith(LOG[2][1] + LOG[2][2]) and body.endswith(b": keep-alive\n\n")
+    await wait_until_async(lambda: not engine_open, message="the engine stream closed")
