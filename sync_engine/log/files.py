@@ -910,6 +910,13 @@ class ShapeLog:
 
     # -- transactions: reading ------------------------------------------------------------
 
+    @property
+    def first_published_lsn(self) -> int | None:
+        """The commit LSN of the first published transaction (None before any): from the
+        index, no read (`Shape.issued` read and split the whole first chunk, up to 10 MB on
+        the event loop, for its first entry's `lsn` header)."""
+        return self._chunks[0].lasts[0] >> 32 if self._chunks else None
+
     def has_after(self, offset: LogOffset) -> bool:
         """Whether published entries come after `offset` (what a waiting live request
         asks on every wake-up; exact where `latest_offset > offset` is not: `<lsn>_0` names

@@ -81,6 +81,7 @@ async def test_a_read_in_flight_serves_what_was_published_when_it_began(
     assert rest == [e for _, e in _tx(200, n=3) + _tx(300, n=200, size=1000)]
     assert end == LogOffset(300, 2 * 199) == log.latest_offset
     assert not log.has_after(LogOffset(300, 0)) and log.has_after(LogOffset(300, 2))
+    assert log.first_published_lsn == 100 and _new(tmp_path / "2").first_published_lsn is None
 
 
 async def test_a_damaged_record_read_in_a_thread_is_refused_and_retires_the_shape(
@@ -178,6 +179,8 @@ async def test_a_big_transaction_from_postgres_is_read_off_the_loop_exactly(
     entries, end = await reading
     assert held.threads[0] is not threading.main_thread() and end == big_end
     ids = [orjson.loads(e)["value"]["id"] for e in entries]
+    # (what `Shape.issued` read the first chunk for, from the index)
+    assert log.first_published_lsn == int(orjson.loads(entries[0])["headers"]["lsn"])
     assert ids == [str(i) for i in range(1, 1201)]
     more, last = await log.read_after_async(end)
     assert [orjson.loads(e)["value"]["id"] for e in more] == ["5000"]
