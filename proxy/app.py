@@ -354,15 +354,20 @@ class ProxyApp:
             server = self._forwarder.server_name
             if server is not None:
                 headers["electric-server"] = server
+        if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
+            # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
+            # would mean nothing, and the engine sends none.
+            return
         if context.shape:
-            if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
-                # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
-                # would mean nothing, and the engine sends none.
-                return
             existing = tuple(headers.getall("Vary", ()))
             vary = _shape_vary(existing, _echoes_origin(context.cors), context.shared)
             if vary:
                 headers["Vary"] = vary
+        elif _echoes_origin(context.cors):
+            # Any other answer naming the caller's Origin varies with it too, as the engine's
+            # (`GET /`: a shared cache keyed without Origin handed one origin's answer, and
+            # its Access-Control-Allow-Origin, to another).
+            headers["Vary"] = merge_vary(tuple(headers.getall("Vary", ())), "Origin")
 
     def refused(self, refusal: Refusal) -> Response:
         """The answer to a request the HTTP parser refused (`proxy.http.protocol`): the

@@ -184,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
         " (503) only while every shape is in use. Env: SYNC_ENGINE_MAX_SHAPES",
     )
     p.add_argument(
+        "--max-log-bytes",
+        type=whole_number,
+        default=_num(
+            "MAX_LOG_BYTES", whole_number, "a whole number of bytes", "--max-log-bytes", 0
+        ),
+        help="rotate a shape whose transaction log grows past this many bytes: its clients"
+        " get 409 must-refetch and a fresh snapshot (logs are never compacted; repeated big"
+        " transactions would fill the disk). Default 0: no limit."
+        " Env: SYNC_ENGINE_MAX_LOG_BYTES",
+    )
+    p.add_argument(
         "--allow-delete",
         action="store_true",
         default=_flag("ALLOW_DELETE"),
@@ -359,6 +370,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         stale_age=args.stale_age,
         chunk_bytes=args.chunk_bytes,
         max_shapes=args.max_shapes or None,
+        max_log_bytes=args.max_log_bytes or None,
         allow_delete=args.allow_delete,
         fsync=not args.no_fsync,
         max_initial_syncs=args.max_initial_syncs or None,

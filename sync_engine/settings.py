@@ -22,6 +22,9 @@ class Settings:
     allow_delete: bool = False
     fsync: bool = True
     max_shapes: int | None = None
+    # Bytes a shape's transaction log may hold before the shape is rotated (its clients
+    # refetch a fresh snapshot): logs are never compacted. None: no limit.
+    max_log_bytes: int | None = None
     max_concurrent_snapshots: int = 8
     out_of_bounds_wait: float = 10.0
     schema_check_interval: float = 10.0

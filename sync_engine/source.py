@@ -130,6 +130,7 @@ class SourceConfig:
     chunk_bytes: int = 10 * 1024 * 1024
     max_concurrent_snapshots: int = 8
     max_shapes: int | None = None
+    max_log_bytes: int | None = None  # see `Settings.max_log_bytes`
     fsync: bool = True
     schema_check_interval: float = 10.0
     replication_timeout: float = 30.0  # see `Settings.replication_timeout`
@@ -186,6 +187,7 @@ class Source:
             find_ancestors=self.tables.find_ancestors,
             verify_table=self.tables.verify_relation,
             position=self.position,
+            max_log_bytes=config.max_log_bytes,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None

@@ -38,6 +38,7 @@ from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
     check_as_the_engine,
+    check_delete_as_the_engine,
     engine_body,
     parse_post_request,
     parse_shape_query,
@@ -426,20 +427,14 @@ async def _prepare(
     claims, anonymous = await _claims(request, runtime)
     post = method == "POST"
     posted = engine_body(await _read_body(request, config.server.max_body_bytes)) if post else None
-    if shape_name is None and method != "DELETE":
+    if shape_name is None and method == "DELETE":
+        # (the engine's checks of a DELETE, before the policy's; its offset never read)
+        query = check_delete_as_the_engine(query)
+    elif shape_name is None:
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
         check_as_the_engine(query, posted)
     shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
-    if method == "DELETE" and shape_name is None and shape_request.table is None:
-        if "handle" not in dict(shape_request.protocol):
-            # (the engine's words for a DELETE naming nothing, before the policy's)
-            blank = "can't be blank when shape definition is missing"
-            raise EngineRefusal(
-                "missing_handle",
-                blank,
-                body={"message": "Invalid request", "errors": {"handle": [blank]}},
-            )
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
     decision = evaluate(

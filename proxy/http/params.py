@@ -336,6 +336,26 @@ def check_as_the_engine(
         raise _refusal(exc) from None
 
 
+def check_delete_as_the_engine(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Refuse a `DELETE /v1/shape` as the engine does (`sync_engine.http.shape`'s `delete`),
+    in its order and words; the parameters the proxy goes on with: all but `offset`, which
+    the engine never reads on a DELETE (a NUL byte there was the proxy's 400 only).
+
+    With `table` in the query (even empty), the definition is checked as a GET's from -1
+    (live and live_sse first, then the table...); without it, a handle must be named."""
+    kept = [(name, value) for name, value in items if name != "offset"]
+    if any(name == "table" for name, _ in kept):
+        check_as_the_engine([*kept, ("offset", "-1")])
+    elif not dict(kept).get("handle"):  # (the last one, as the engine reads it)
+        blank = "can't be blank when shape definition is missing"
+        raise EngineRefusal(
+            "missing_handle",
+            blank,
+            body={"message": "Invalid request", "errors": {"handle": [blank]}},
+        )
+    return kept
+
+
 def _is_subset_param(name: str) -> bool:
     return name == "subset__params" or _SUBSET_PARAM_KEY.match(name) is not None
 

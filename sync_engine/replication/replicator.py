@@ -272,6 +272,7 @@ class Replicator:
         find_ancestors: Callable[[int], Awaitable[None]] | None = None,
         verify_table: Callable[[int], Awaitable[None]] | None = None,
         position: SavedPosition | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -295,6 +296,8 @@ class Replicator:
         self.verify_table = verify_table
         #: What the stream may confirm, saved in the data dir first (None: no limit).
         self.position = position
+        #: A shape whose log grows past this many bytes is rotated (`_rotate_oversized`).
+        self.max_log_bytes = max_log_bytes
         if position is not None:
             position.on_saved = self._position_saved
         self._stream: ReplicationStream | None = None
@@ -392,6 +395,10 @@ class Replicator:
                 started_at = time.monotonic()
                 if not self._slot_checked:
                     await self._check_repaired_shapes()
+                    if self.max_log_bytes:  # (loaded over a limit set since: the disk may
+                        for shape in list(self.registry.by_handle.values()):  # be full)
+                            if shape.log.log_bytes > self.max_log_bytes:
+                                self._rotate_oversized(shape, self.max_log_bytes)
                 if not self._readable_lsn:
                     # Nothing read since start: every commit before the slot's position is
                     # in the shape logs (the slot only confirms what is durable), so that is
@@ -999,9 +1006,27 @@ class Replicator:
                 self._rollback_staged()
                 self._failure = LogWriteError(exc.errno, f"fsync: {exc.strerror}")
                 return
+        limit = self.max_log_bytes
         for shape, token in tokens:
             if shape.log.publish(token):
                 shape.notify()
+                if limit and shape.log.log_bytes > limit:
+                    self._rotate_oversized(shape, limit)
+
+    def _rotate_oversized(self, shape: Shape, limit: int) -> None:
+        """Rotate a shape whose log passed `--max-log-bytes`: shape logs are never compacted,
+        so repeated big transactions (or huge rows) on a table would fill the disk. Its
+        clients get 409 must-refetch and a fresh snapshot (which has what was just
+        published): nothing lost, nothing served twice. Its files are deleted in the
+        executor; a read in flight gets its 409 (`ShapeLog.read_after_async`), a snapshot
+        chunk being sent keeps its open file."""
+        logger.info(
+            "shape %s: its log holds %d bytes, over --max-log-bytes %d: rotating it",
+            shape.handle,
+            shape.log.log_bytes,
+            limit,
+        )
+        self.registry.rotate(shape, f"its log passed --max-log-bytes ({limit} bytes)")
 
     def _rollback_staged(self) -> None:
         """Cut every append not yet published off its log (the slot replays them)."""

@@ -107,7 +107,7 @@ async def test_ddl_without_row_changes_ends_equal_to_select(db_url: str, tmp_pat
             assert len(follower.rows) == 4, follower.rows
             assert follower.handle != old
             assert await _status(session, engine.url, old, old_offset) == 409
-            await asyncio.sleep(1)  # (several checks: the new shape is not retired again)
+            await asyncio.sleep(0.7)  # (2+ checks: the new shape is not retired again)
             # a new client at -1 gets the new shape, whole
             fresh = Follower(engine.url, increments=False)
             fresh_task = asyncio.create_task(fresh.run(session, stop))
@@ -126,7 +126,7 @@ async def test_ddl_without_row_changes_ends_equal_to_select(db_url: str, tmp_pat
             _sql(db_url, "ALTER TABLE items ALTER COLUMN title TYPE text USING upper(title)")
             await converged("a table rewrite")
             assert {r["title"] for r in follower.rows.values()} == {"A", "B", "C", "DUP"}
-            await asyncio.sleep(1)  # (several checks: nothing retired again)
+            await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
             assert follower.resets == 3, follower.statuses
             # (the row new under the new key never reaches a client under the old key: the
             # Relation message before it has the shape checked first, test_pk_change_live.py)
@@ -191,7 +191,7 @@ async def test_a_table_taken_out_of_the_publication_is_noticed(db_url: str, tmp_
                 await converged(f"{table} taken out of the publication")
                 assert follower.handle != old
                 _sql(db_url, f"INSERT INTO {table} VALUES ({row + 1}, 9, 'later', 'x')")
-                await asyncio.sleep(1)  # (several checks: nothing retired again)
+                await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
                 await converged(f"{table}: a later change, live")
                 assert len(follower.rows) == 5 + 2 * n
                 assert follower.resets == n + 1, follower.statuses
@@ -295,7 +295,7 @@ async def test_a_partition_rewrite_or_an_enum_rename_is_noticed(
             old, _, body = await _fresh(session, engine.url, "feel")
             assert _values(body, "m") == ["ok", "sad"]
             _sql(db_url, "ALTER TYPE mood ADD VALUE 'meh'")  # (changes no row)
-            await asyncio.sleep(1)
+            await asyncio.sleep(0.7)  # (2+ checks)
             assert (await _fresh(session, engine.url, "feel"))[0] == old
             _sql(db_url, "ALTER TYPE mood RENAME VALUE 'sad' TO 'happy'")
             assert await _retired_to(session, engine.url, "feel", old, "m") == ["happy", "ok"]

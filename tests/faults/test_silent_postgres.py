@@ -272,7 +272,7 @@ async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
     silenced: Silenced, tmp_path: Path
 ) -> None:
     """Postgres alive but slow: a new shape's snapshot query waits for a lock held by
-    another transaction (here for 4 s: past the engine's check for a silent database,
+    another transaction (here for 3 s: past the engine's check for a silent database,
     `--snapshot-quiet` 0.5 s + the probe's 2 s, and its every 0.5 s after). The request
     waits for it and gets the rows, not a 503."""
     url = silenced.url
@@ -296,7 +296,7 @@ async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
                 asking = asyncio.create_task(
                     _get(session, engine.url, table="items", where="id > 5", offset="-1")
                 )
-                await asyncio.sleep(4)
+                await asyncio.sleep(3)
                 assert not asking.done(), asking.result()
                 locker.commit()
             status, body, _ = await asking

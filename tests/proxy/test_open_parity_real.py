@@ -28,12 +28,15 @@ from tests.support.engine_process import EngineProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = "https://app.example.com"
-#: What a browser needs to read an answer and what the engine says it may do there.
+#: What a browser needs to read an answer and what the engine says it may do there; and
+#: `Vary` (an answer naming the caller's Origin varies with it: a shared cache keyed without
+#: it handed one origin's answer to another; the proxy's `GET /` had none).
 CORS = (
     "access-control-allow-origin",
     "access-control-expose-headers",
     "access-control-allow-methods",
     "electric-server",
+    "vary",
 )
 
 
@@ -105,6 +108,7 @@ async def test_cors_on_every_answer_as_the_engine(
     assert (await _get(f"{base}/v1/shape?table=items&offset=-1"))[0] == 200
     two = CIMultiDict([("Origin", ORIGIN), ("Origin", "https://other.example")])
     for path in (
+        "/",
         "/v1/health",
         "/v1/nosuch",
         "/v1/shape/x",

@@ -329,6 +329,13 @@ def _cases(
             None,
         ),
         ("DELETE", "/v1/shape?table=items&handle=nosuch&secret=x", {}, None),
+        # a DELETE's parameters, checked in the engine's order (live before the table, the
+        # offset never read), each refused before the engine deletes anything
+        ("DELETE", "/v1/shape?table=", {}, None),
+        ("DELETE", "/v1/shape?live=1&table=&offset=-1", {}, None),
+        ("DELETE", "/v1/shape?table=it%C3%A9ms&live_sse=", {}, None),
+        ("DELETE", "/v1/shape?table=nosuch&offset=-1%00", {}, None),
+        ("DELETE", "/v1/shape?handle=&offset=x", {}, None),
     ]
 
 
