@@ -47,6 +47,7 @@ LOG = [
     (200, _event(200, 0, 1, "x" * 1_500_000), _up_to_date(200)),
     (300, _event(300, 0, 2, "b"), _up_to_date(300)),
     (400, _event(400, 0, 3, "c") + _event(400, 2, 4, "d"), _up_to_date(400)),
+    (500, _event(500, 0, 5, "y" * 1_500_000), _up_to_date(500)),  # (only for a later request)
 ]
 
 
@@ -165,6 +166,17 @@ async def _fell_behind(proxy: Any, engine: PacedEngine) -> None:
     await wait_until_async(behind, timeout=20, message="the client fell behind")
 
 
+def _paced_unsent(proxy: Any) -> int:
+    """Bytes written to the client of a paced stream and not yet taken by its socket."""
+    streams: list[SharedStream] = list(proxy.app[FORWARDER]._streams._streams.values())
+    return sum(
+        sub.transport.get_write_buffer_size()
+        for stream in streams
+        if stream.paced
+        for sub in (*stream.subscribers, *stream._ahead)
+    )
+
+
 async def _setup(
     aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, **limits: Any
 ) -> Any:
@@ -181,7 +193,8 @@ async def test_a_client_that_fell_behind_gets_what_its_own_stream_answered_at_on
     """Its own stream's first read came with its headers, before the client was attached to
     it: that read was trimmed to its last event (a paced stream keeps only that), so the
     client could not join, and its response ended cleanly where it was (the cut-and-retry of
-    a slow reader, again) instead of going on with 300 and 400."""
+    a slow reader, again) instead of going on with 300 and 400. Then it stops reading while
+    its stream waits for it, and goes away: its engine request is closed, nothing left."""
     engine, proxy, reader = await _setup(aiohttp_server, idp_server, environ, make_proxy)
     try:
         await reader.open()
@@ -189,7 +202,10 @@ async def test_a_client_that_fell_behind_gets_what_its_own_stream_answered_at_on
         assert await reader.read_until(_up_to_date(400)) == "done", reader.body()[-300:]
         assert reader.ids() == ["1", "2", "3", "4"]  # each once, in one response
         assert engine.requests[0] == "100_0" and len(engine.requests) == 2
-        reader.close()  # it goes away while on its own stream: that engine request ends
+        # It stops reading again, inside 500's row (its stream waits for it), and goes away:
+        # that engine request ends.
+        await wait_until_async(lambda: _paced_unsent(proxy) > 0, message="its stream waits")
+        reader.close()
         await wait_until_async(lambda: engine.open == 1, message="its own stream closed")
         await wait_until_async(lambda: len(proxy.app[FORWARDER]._streams) == 1, message="freed")
     finally:
