@@ -495,6 +495,11 @@ class Connection(asyncio.Protocol, Writer):
             # A tunnel (neither service is a forward proxy), and the asterisk form of any
             # method but OPTIONS (RFC 9112, 3.2.4): the engine's 400, not a 405 or a 404.
             raise _Refused(CONNECT_REFUSED if method == b"CONNECT" else MALFORMED)
+        if target[:1] != b"/" and target != b"*":
+            # Neither the origin nor the absolute form (rewritten above), nor `OPTIONS *`:
+            # `*?`, `*x`, a bare word. The engine's 400 (Electric's Bandit: "Unsupported
+            # request target"), not a 404 for a path that no route has.
+            raise _Refused(MALFORMED)
         # Request lines and framings llhttp reads but neither server serves are refused in
         # the engine's words (sync_engine/http/parser_refusals.py), so a client cannot tell
         # the two apart by them.
