@@ -120,9 +120,10 @@ class HeadScan:
     proxy's parser may feed it the same bytes (one per head: `feed` each piece as it
     arrives) to refuse exactly where the engine does."""
 
-    __slots__ = ("done", "lead", "length", "lines", "start")
+    __slots__ = ("done", "lead", "length", "lines", "size", "start")
 
     def __init__(self) -> None:
+        self.size = 0  # bytes fed (`RefusingRequestHandler`'s count of unfinished heads)
         self.lines = 0  # lines complete: the request line, then the headers
         self.lead = 0  # bytes of empty lines before the request line
         self.length = 0  # bytes of the line being read
@@ -134,6 +135,7 @@ class HeadScan:
         if self.done:
             return None
         begin, size = 0, len(data)
+        self.size += size
         while begin < size:
             end = data.find(b"\n", begin)
             if end < 0:
@@ -334,6 +336,42 @@ _TIMEOUT_HEAD = (
 )
 
 
+#: Bytes of unfinished request heads (not whole at the end of a packet) the process holds, all
+#: connections together: past it, the connection whose head began first is answered
+#: `TOO_MANY_UNFINISHED` and closed. aiohttp's parser keeps each header line twice (its bytes
+#: and its text): 200 connections each holding an unfinished head of the largest size the
+#: limits allow (~480 KB) took the engine from 70 to 349 MB, RSS not given back, and it takes
+#: up to its descriptor limit of them (attack). A client's head comes whole in one packet or
+#: a few, so none is refused until a flood of unfinished heads holds this much.
+HEAD_BYTES = 32 << 20
+#: The most of an unfinished head's bytes kept whole in `_pending` before it keeps only what
+#: it needs of them (`RefusingRequestHandler.data_received`): the aiohttp parser's copies
+#: are the head's cost, one more was 1x on top.
+_PENDING_KEEP = 16 << 10
+TOO_MANY_UNFINISHED = Refusal(
+    503,
+    "too_many_unfinished_requests",
+    "Too many unfinished requests: try again in a moment, please.",
+)
+_UNFINISHED_BODY = b'{"message":"%s","code":"%s"}' % (
+    TOO_MANY_UNFINISHED.message.encode(),
+    TOO_MANY_UNFINISHED.reason.encode(),
+)
+_UNFINISHED_HEAD = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Cache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n"
+    b"Content-Length: %d\r\n\r\n" % len(_UNFINISHED_BODY)
+)
+
+
+class _Heads:
+    """Every connection's unfinished request head (`HEAD_BYTES`): bytes fed so far, the
+    oldest head first."""
+
+    held: OrderedDict[RefusingRequestHandler, int] = OrderedDict()
+    total = 0
+
+
 class RefusingRequestHandler(RequestHandler):
     """A connection whose parser refusals (status < 500) are answered by `refused`.
 
@@ -488,6 +526,7 @@ class RefusingRequestHandler(RequestHandler):
         return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        self._release_head()
         timer, self._head_timer = self._head_timer, None
         if timer is not None:
             timer.cancel()
@@ -560,6 +599,12 @@ class RefusingRequestHandler(RequestHandler):
                     self._pending, self._body = data[left:], None
                     self._begin_head(self._pending)
             elif pending:
+                scan = self._scan
+                if len(pending) > _PENDING_KEEP and scan is not None and not scan.done:
+                    # What `refused_method` (its method) and `_track` (where it ends: in
+                    # this packet, or up to 3 bytes before it) need of it; `\0` keeps a
+                    # line end from being made of the two parts.
+                    pending = pending.lstrip(b"\r\n")[:8] + b"\0" + pending[-3:]
                 self._pending = pending + data
                 if self._scan is not None:
                     self._check_head(self._scan, data)
@@ -595,6 +640,54 @@ class RefusingRequestHandler(RequestHandler):
             self._track()
         if messages and isinstance(messages[-1][0], _ErrInfo):
             self._stop_reading()
+        elif self._pending and self._scan is not None:
+            self._hold_head(self._scan.size)
+        elif self in _Heads.held:
+            self._release_head()
+
+    def _hold_head(self, size: int) -> None:
+        """This connection's head is unfinished at `size` bytes: count it against
+        `HEAD_BYTES`; past that, refuse the oldest unfinished heads (this one, maybe)."""
+        held = _Heads.held
+        _Heads.total += size - held.get(self, 0)
+        held[self] = size  # (a head that goes on keeps its place: the oldest stays first)
+        while _Heads.total > HEAD_BYTES and held:
+            oldest, size = held.popitem(last=False)
+            _Heads.total -= size
+            oldest._drop_head()
+
+    def _release_head(self) -> None:
+        size = _Heads.held.pop(self, None)
+        if size is not None:
+            _Heads.total -= size
+
+    def _drop_head(self) -> None:
+        """Refuse this connection's unfinished head for `HEAD_BYTES` and close it: its
+        parser (the head's copies) is let go at once; the answer is `TOO_MANY_UNFINISHED`
+        when no request is in progress on it, else it is cut."""
+        logger.info(
+            "refused a request from %s: its head was the oldest of more than %d bytes of"
+            " unfinished request heads",
+            self._peer(),
+            HEAD_BYTES,
+        )
+        head = self.refused_method() == "HEAD"
+        self._stop_reading()
+        self._scan = None
+        self._parser = _Refusing(HeadOverLimit(TOO_MANY_UNFINISHED))  # type: ignore[assignment]
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        waiter = self._waiter
+        if waiter is None or waiter.done() or self._messages:
+            self.force_close()  # (a request is being answered: no answer can go between)
+            transport.abort()
+            return
+        self._force_close = True  # (as in `connection_made`: the answer, then closed)
+        transport.write(_UNFINISHED_HEAD if head else _UNFINISHED_HEAD + _UNFINISHED_BODY)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(CONNECTION_GRACE, transport.abort)
 
     def _stop_reading(self) -> None:
         """A request was refused (the requests before it are answered, then the refusal,
@@ -602,6 +695,7 @@ class RefusingRequestHandler(RequestHandler):
         arriving into `_pending` until the answer was out: 300 connections refused 431 at
         the 51st of 125 headers of 8 KB took the engine from 69 to 1,278 MB."""
         self._refused = True
+        self._release_head()
         pending = self._pending
         if pending is not None:  # (its method is all `refused_method` needs)
             self._pending = pending.lstrip(b"\r\n")[:8]

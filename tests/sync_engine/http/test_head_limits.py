@@ -14,6 +14,8 @@ Real path: the engine's server on a socket, raw bytes.
 from __future__ import annotations
 
 import asyncio
+import gc
+import tracemalloc
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +25,7 @@ import orjson
 import pytest
 
 from sync_engine.app import SOURCES, build_app
+from sync_engine.http import parser_refusals
 from sync_engine.http.parser_refusals import (
     HEADER_LINE_TOO_LONG,
     REQUEST_LINE_TOO_LONG,
@@ -173,3 +176,68 @@ async def test_a_path_is_matched_as_sent(engine: Engine) -> None:
         status, headers, _ = await raw(engine, data + b"Connection: close\r\n\r\n")
         assert status == "HTTP/1.1 404 Not Found", (target, status)
         assert headers["access-control-allow-methods"] == "GET, HEAD", headers
+
+
+#: An unfinished head near the largest the limits allow: 20 header lines of ~10,000 bytes, no
+#: empty line after them (one read of the server's).
+_UNFINISHED = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"".join(
+    b"X-H%02d: %s\r\n" % (i, b"a" * 9985) for i in range(20)
+)
+
+
+async def test_unfinished_heads_hold_a_bounded_amount_the_oldest_refused(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections that never end their heads cost the engine a bounded amount in all: past
+    `HEAD_BYTES` of them, the oldest is answered 503 and closed. Each cost ~2.9x its bytes,
+    with no bound on how many (attack: 200 of ~480 KB took the engine from 119 to 398 MB,
+    and it accepts ~19,700). A head that ends is served as before."""
+    monkeypatch.setattr(parser_refusals, "HEAD_BYTES", 1 << 20, raising=False)
+    server = engine.client.server
+
+    async def health() -> None:
+        status, _, _ = await raw(
+            engine, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        assert status.startswith("HTTP/1.1 200"), status
+
+    conns = []
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(40):  # (8 MB of heads)
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(_UNFINISHED)
+            await writer.drain()
+            conns.append((reader, writer))
+            await health()  # (answered once the engine has read the head before it)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    try:
+        assert held < 4 << 20, held  # (was ~23 MB: 2.9x the 8 MB of heads)
+        answer = await asyncio.wait_for(conns[0][0].read(), 20)
+        assert answer.startswith(b"HTTP/1.1 503 "), answer[:200]
+        assert orjson.loads(answer.partition(b"\r\n\r\n")[2])["code"] == (
+            "too_many_unfinished_requests"
+        )
+        reader, writer = conns[-1]  # the newest ends its head: served
+        writer.write(b"\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 20)
+        assert head.startswith(b"HTTP/1.1 200 "), head
+        # a long head that comes in many packets (the engine keeps only what it needs of
+        # its bytes), then a request pipelined after it: both answered
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        conns.append((reader, writer))
+        for start in range(0, len(_UNFINISHED), 10_000):
+            writer.write(_UNFINISHED[start : start + 10_000])
+            await writer.drain()
+            await health()
+        writer.write(b"\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = await asyncio.wait_for(reader.read(), 20)
+        assert answers.count(b"HTTP/1.1 200 OK\r\n") == 2, answers
+    finally:
+        for _, writer in conns:
+            writer.close()
