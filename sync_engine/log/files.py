@@ -63,7 +63,7 @@ from typing import Any, NoReturn, TypeAlias
 
 import orjson
 
-from ..errors import ShapeGone
+from ..errors import ServiceUnavailable, ShapeGone
 from .checksum import crc32
 from .fds import close_fd, write_fd, write_new_file, write_pieces
 from .framing import (
@@ -128,6 +128,20 @@ class _RecentChunks:
 _fresh = _RecentChunks(16 << 20)
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+#: Errors opening or reading a log file that say nothing of its bytes (the process is out of
+#: descriptors or memory, say under a flood of connections): a 503 to retry, not damage.
+#: Counted as damage they retired every shape read meanwhile, and each of its clients then
+#: refetched a snapshot, adding to the load that caused them.
+_TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR))
+
+
+def _read_failed(path: str, exc: OSError) -> ServiceUnavailable | None:
+    """The 503 for a transient failure reading `path` (`_TRANSIENT`), else None (damage)."""
+    if exc.errno not in _TRANSIENT:
+        return None
+    return ServiceUnavailable(f"could not read a shape log now ({exc.strerror}): please retry", 2)
+
 
 #: Extended attribute of a transaction chunk file: its size (decimal) when it was last made
 #: durable. A file found shorter on load lost records that were durable (the slot may be
@@ -595,6 +609,8 @@ class ShapeLog:
                     f.seek(packed.offset)
                     data = f.read(packed.size)
             except OSError as exc:
+                if (busy := _read_failed(path, exc)) is not None:
+                    raise busy from None
                 self._damaged(f"{path}: {exc.strerror}")
             read = None
         else:
@@ -604,6 +620,8 @@ class ShapeLog:
                     read = _identity(f.fileno())  # (before the read: a change after it
                     data = f.read()  # changes what it says, and the file is read again)
             except OSError as exc:
+                if (busy := _read_failed(path, exc)) is not None:
+                    raise busy from None
                 self._damaged(f"{path}: {exc.strerror}")
         expected = self._snapshot_sums.get(index)
         if expected is None:
@@ -640,6 +658,8 @@ class ShapeLog:
             size = os.fstat(fd).st_size
             crc = _file_crc(fd, size) if size == expected[0] else None
         except OSError as exc:
+            if (busy := _read_failed(path, exc)) is not None:
+                raise busy from None
             self._damaged(f"{path}: {exc.strerror}")
         if crc != expected[1]:
             self._checked.pop(index, None)
@@ -1084,7 +1104,8 @@ class LogRead:
 def _run_read(plan: LogRead) -> list[bytes] | str:
     """The entries `plan` names, each record checked; or why they cannot be served (a
     missing or short file, a record failing its check) for the caller to raise on the
-    event loop (`ShapeLog._finish_read`). Any thread."""
+    event loop (`ShapeLog._finish_read`); raises `ServiceUnavailable` for a transient
+    failure (`_TRANSIENT`). Any thread."""
     out: list[bytes] = []
     for path, start, stop in plan.ranges:
         size = stop - start
@@ -1093,6 +1114,8 @@ def _run_read(plan: LogRead) -> list[bytes] | str:
                 f.seek(start)
                 data = f.read(size)
         except OSError as exc:
+            if (busy := _read_failed(path, exc)) is not None:
+                raise busy from None
             return f"{path}: {exc.strerror}"
         if len(data) != size:
             return f"{path}: {len(data)} bytes at {start}, expected {size}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from yarl import URL
 from proxy.config.loader import build_config
 from proxy.http.handlers import FORWARDER
 from proxy.upstream.sse import SharedStream
+from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until_async
@@ -33,35 +35,68 @@ from tests.support.waiting import wait_until_async
 SHAPE = "/v1/shape?table=items"
 
 
-def _engine(db_url: str, data: Path, secret: str, sse_timeout: float) -> EngineProcess:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)")
-        conn.execute("INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')")
-    args = ["--secret", secret, "--long-poll-timeout", "3", "--no-fsync"]
-    process = EngineProcess(db_url, data, *args, "--sse-timeout", str(sse_timeout))
-    process.start()
-    return process
+_SETUP = (
+    "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+    "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')",
+)
+_ARGS = ("--long-poll-timeout", "3", "--no-fsync")
+
+
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One secret for the module (the shared engine's; the conftest's is per test)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def engine(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[EngineProcess]:
+    """The engine through its CLI, shared by the module's tests that only add rows (each
+    syncs to the tip first and inserts ids of its own: starting one per test was ~1 s
+    each); SSE streams end after 2 s, so tests see several."""
+    with engine_on_a_new_database(
+        pg_server_url, tmp_path_factory.mktemp("fanout") / "data", engine_secret, *_SETUP,
+        args=(*_ARGS, "--sse-timeout", "2"),
+    ) as shared:  # fmt: skip
+        yield shared
 
 
 @pytest.fixture
-def engine(
+def own_engine(
     db_url: str, tmp_path: Path, engine_secret: str, request: pytest.FixtureRequest
 ) -> Iterator[EngineProcess]:
-    """The engine through its CLI; SSE streams end after 2 s (so tests see several), or
-    after the seconds a test asks for (indirect parametrisation)."""
+    """An engine of the test's own, for what changes the shape or the engine for everyone (a
+    TRUNCATE, a kill), or another SSE timeout than 2 s (indirect parametrisation)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for statement in _SETUP:
+            conn.execute(statement)
     sse_timeout = getattr(request, "param", 2)
-    process = _engine(db_url, tmp_path / "data", engine_secret, sse_timeout)
+    args = ("--secret", engine_secret, *_ARGS, "--sse-timeout", str(sse_timeout))
+    process = EngineProcess(db_url, tmp_path / "data", *args)
+    process.start()
     try:
         yield process
     finally:
         process.stop()
 
 
-@pytest.fixture
-async def proxy(engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any) -> Any:
+async def _proxy(engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any) -> Any:
     config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
     config["upstream"].update(first_byte_timeout=10, connect_timeout=1, retry_after=1)
     return await make_proxy(build_config(config, environ))
+
+
+@pytest.fixture
+async def proxy(engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any) -> Any:
+    return await _proxy(engine, idp_server, environ, make_proxy)
+
+
+@pytest.fixture
+async def own_proxy(
+    own_engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any
+) -> Any:
+    return await _proxy(own_engine, idp_server, environ, make_proxy)
 
 
 class SseClient:
@@ -192,7 +227,7 @@ async def _open(clients: list[SseClient]) -> None:
 
 
 async def test_many_sse_clients_share_one_engine_stream_and_get_each_change_once(
-    proxy: Any, engine: EngineProcess, db_url: str
+    proxy: Any, engine: EngineProcess
 ) -> None:
     """20 clients (two users, same org: the same rewritten URL) across several engine stream
     lifetimes (2 s each): the engine holds one stream of theirs at a time, not one per client
@@ -215,7 +250,7 @@ async def test_many_sse_clients_share_one_engine_stream_and_get_each_change_once
         expected: list[str] = []
         for i in range(10, 16):  # over ~4.5 s: the clients reconnect twice meanwhile
             rows = [(i, f"t{i}")] if i % 3 else [(i, f"t{i}"), (i + 100, f"t{i + 100}")]
-            _insert(db_url, *rows)
+            _insert(engine.db_url, *rows)
             expected += [str(r[0]) for r in rows]
             await asyncio.sleep(0.75)
         await _all_have(clients, expected)
@@ -233,7 +268,7 @@ async def test_many_sse_clients_share_one_engine_stream_and_get_each_change_once
 
 
 async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
-    engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any, db_url: str
+    engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
     """Joining a stream that is ahead of the client (within what it remembers): the missed
     changes first, then the live ones, no engine request; a client behind what the stream
@@ -242,7 +277,8 @@ async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
     proxy = await make_proxy(build_config(config, environ))
     token = proxy.tokens.make()
     handle, old_offset = await _sync(proxy, token)
-    _insert(db_url, (10, "before"))  # before any stream: a later joiner at old_offset is behind
+    db_url = engine.db_url
+    _insert(db_url, (20, "before"))  # before any stream: a later joiner at old_offset is behind
     # A long-poll from old_offset answers once the engine has it: the offset after it.
     reply = await proxy.get(
         f"{SHAPE}&handle={handle}&offset={old_offset}&live=true&cursor=", token=token
@@ -253,22 +289,22 @@ async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
     clients = [first]
     try:
         await _open(clients)
-        _insert(db_url, (11, "x"))
-        _insert(db_url, (12, "y"), (13, "z"))
-        await _all_have([first], ["11", "12", "13"])
+        _insert(db_url, (21, "x"))
+        _insert(db_url, (22, "y"), (23, "z"))
+        await _all_have([first], ["21", "22", "23"])
         requests = await _engine_requests(proxy)
         # Mid-stream: at the offset the first client started from, within the history.
         joiner = SseClient(proxy, token, handle, offset).start()
         clients.append(joiner)
-        await _all_have([joiner], ["11", "12", "13"])
+        await _all_have([joiner], ["21", "22", "23"])
         assert await _engine_requests(proxy) == requests  # the joiner cost the engine nothing
-        # Behind: at an offset before the stream's start ("10" predates it).
+        # Behind: at an offset before the stream's start ("20" predates it).
         behind = SseClient(proxy, token, handle, old_offset).start()
         clients.append(behind)
-        await _all_have([behind], ["10", "11", "12", "13"])
-        _insert(db_url, (14, "live"))
-        await _all_have([first, joiner], ["11", "12", "13", "14"])
-        await _all_have([behind], ["10", "11", "12", "13", "14"])
+        await _all_have([behind], ["20", "21", "22", "23"])
+        _insert(db_url, (24, "live"))
+        await _all_have([first, joiner], ["21", "22", "23", "24"])
+        await _all_have([behind], ["20", "21", "22", "23", "24"])
     finally:
         for client in clients:
             await client.stop()
@@ -350,7 +386,7 @@ class RawSseReader:
 
 
 async def test_slow_and_stopped_readers_pass_a_big_transaction_in_one_response(
-    proxy: Any, db_url: str
+    proxy: Any, engine: EngineProcess
 ) -> None:
     """Chaos B: a reader slower than loopback, behind a transaction bigger than what the
     proxy lets wait unsent for a client of the shared stream, gets through it in the same
@@ -367,8 +403,8 @@ async def test_slow_and_stopped_readers_pass_a_big_transaction_in_one_response(
         for raw in (slow, stopped):
             assert (await raw.open()).startswith(b"HTTP/1.1 200")
         await _open(readers)
-        expected = [str(i) for i in range(100, 115)]
-        _insert(db_url, *((i, "t" * 100_000) for i in range(100, 115)))  # one 1.5 MB tx
+        expected = [str(i) for i in range(1100, 1115)]
+        _insert(engine.db_url, *((i, "t" * 100_000) for i in range(1100, 1115)))  # one 1.5 MB tx
         await _all_have(readers, expected)  # (`stopped` reads nothing meanwhile)
         ended = await slow.read_until(lambda batches: expected in batches)
         assert ended == "done", (ended, len(slow.received))
@@ -376,9 +412,9 @@ async def test_slow_and_stopped_readers_pass_a_big_transaction_in_one_response(
         ended = await stopped.read_until(lambda batches: expected in batches)
         assert ended == "done", (ended, len(stopped.received))
         assert [i for batch in stopped.batches() for i in batch] == expected
-        _insert(db_url, (115, "after"))  # and they go on, each change once
-        await _all_have(readers, [*expected, "115"])
-        ended = await slow.read_until(lambda batches: ["115"] in batches)
+        _insert(engine.db_url, (1115, "after"))  # and they go on, each change once
+        await _all_have(readers, [*expected, "1115"])
+        ended = await slow.read_until(lambda batches: ["1115"] in batches)
         assert ended in ("done", "ended"), ended  # (or reconnects from past the transaction)
     finally:
         slow.close()
@@ -388,8 +424,9 @@ async def test_slow_and_stopped_readers_pass_a_big_transaction_in_one_response(
 
 
 async def test_shape_rotation_under_a_shared_stream_is_a_409_for_every_client(
-    proxy: Any, db_url: str
+    own_proxy: Any, db_url: str
 ) -> None:
+    proxy = own_proxy
     tokens = [proxy.tokens.make(sub=f"user-{i}") for i in range(8)]
     handle, offset = await _sync(proxy, tokens[0])
     clients = [SseClient(proxy, t, handle, offset).start() for t in tokens]
@@ -410,10 +447,11 @@ async def test_shape_rotation_under_a_shared_stream_is_a_409_for_every_client(
 
 
 async def test_engine_restart_under_a_shared_stream(
-    proxy: Any, engine: EngineProcess, db_url: str
+    own_proxy: Any, own_engine: EngineProcess, db_url: str
 ) -> None:
     """The engine dies mid-stream: clients see the stream break, retry through the proxy's
     502s, and once the engine is back they get later changes, none twice."""
+    proxy, engine = own_proxy, own_engine
     tokens = [proxy.tokens.make(sub=f"user-{i}") for i in range(6)]
     handle, offset = await _sync(proxy, tokens[0])
     clients = [SseClient(proxy, t, handle, offset).start() for t in tokens]
@@ -434,7 +472,8 @@ async def test_engine_restart_under_a_shared_stream(
             await client.stop()
 
 
-async def test_clients_leaving_do_not_disturb_the_others(proxy: Any, db_url: str) -> None:
+async def test_clients_leaving_do_not_disturb_the_others(proxy: Any, engine: EngineProcess) -> None:
+    db_url = engine.db_url
     token = proxy.tokens.make()
     handle, offset = await _sync(proxy, token)
     clients = [SseClient(proxy, token, handle, offset).start() for _ in range(10)]
@@ -451,14 +490,14 @@ async def test_clients_leaving_do_not_disturb_the_others(proxy: Any, db_url: str
             await client.stop()
 
 
-@pytest.mark.parametrize("engine", [60], indirect=True)
+@pytest.mark.parametrize("own_engine", [60], indirect=True)
 async def test_the_engine_stream_ends_when_its_last_client_leaves(
-    engine: EngineProcess, db_url: str, idp_server: Any, environ: Any, make_proxy: Any
+    own_engine: EngineProcess, db_url: str, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
     """Nobody reads it: the shared stream (and its engine request) goes at once, not when the
     engine's 60 s run out (aiohttp's test server cancels a handler whose client went away,
     as the proxy's server does)."""
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config = base_config(own_engine.url, str(idp_server.make_url("/jwks.json")))
     config["upstream"].update(first_byte_timeout=30)  # above the engine's keep-alive gap
     proxy = await make_proxy(build_config(config, environ))
     forwarder = proxy.app[FORWARDER]
@@ -479,7 +518,7 @@ async def test_the_engine_stream_ends_when_its_last_client_leaves(
 
 
 async def test_a_stream_its_last_client_left_is_freed_at_once(
-    engine: EngineProcess, db_url: str, idp_server: Any, environ: Any, make_proxy: Any
+    engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
     """The shared stream and what it read are freed as soon as it ends, not at the cyclic
     collector's next pass (which the real proxy runs rarely: `tune_gc`): its cancelled task
@@ -591,8 +630,9 @@ class GateRelay:
 
 
 async def test_a_client_ahead_of_a_shared_catch_up_gets_no_change_twice(
-    engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any, db_url: str
+    engine: EngineProcess, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
+    db_url = engine.db_url
     """The duplicate the npm client saw (`sse-fanout.test.mjs`: insert 5 twice), on the
     real engine: a client still behind a change opens the shared stream (the engine's
     answer is that change, its catch-up), and a client that already had it joins before the

@@ -11,6 +11,7 @@ it sets its chunk's size, so a thread reading it could skip the new record silen
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from sync_engine.errors import ServiceUnavailable
 from sync_engine.log import files, store
 from sync_engine.log.files import THREAD_READ_BYTES, LogDamaged, LogRead
 from sync_engine.log.offsets import SNAPSHOT_END, LogOffset, parse_offset
@@ -185,3 +187,34 @@ async def test_a_big_transaction_from_postgres_is_read_off_the_loop_exactly(
     more, last = await log.read_after_async(end)
     assert [orjson.loads(e)["value"]["id"] for e in more] == ["5000"]
     assert last == log.latest_offset
+
+
+async def test_a_read_short_of_descriptors_is_a_503_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors (a flood of connections), a read used to count as damage: the
+    shape was retired and every client refetched a snapshot, adding to the load."""
+    log = _new(tmp_path, chunk_bytes=4 << 20)
+    log.write_snapshot_chunk(0, b'{"a":1}')
+    log.chunks_readable(1, complete=False)
+    log.append_transaction(100, BIG)
+    _commit(log)
+    reasons: list[str] = []
+    log.on_damage = reasons.append
+    real_open = open
+
+    def no_fds(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(files, "open", no_fds, raising=False)
+    for read in (
+        lambda: log.read_after_async(SNAPSHOT_END),  # (in a thread)
+        lambda: log.read_after_async(LogOffset(100, 2 * 1198)),  # (on the loop)
+        lambda: asyncio.to_thread(log.read_snapshot_chunk, 0),
+    ):
+        with pytest.raises(ServiceUnavailable, match="Too many open files"):
+            await read()
+    assert reasons == [] and not log.retired
+    monkeypatch.setattr(files, "open", real_open, raising=False)
+    assert (await log.read_after_async(SNAPSHOT_END))[0] == [e for _, e in BIG]
+    assert log.read_snapshot_chunk(0) == b'{"a":1}'
