@@ -168,6 +168,9 @@ async def serve_sse(
     # Read before the headers go: a log found damaged now is a plain 409.
     first = await _read(shape, offset)
     await resp.prepare(request)
+    if request.method == "HEAD":  # (its head is all of it: held, it sent nothing for
+        await resp.write_eof()  # `sse_timeout`, and a request after it waited as long)
+        return resp
     _bound_send_buffer(request.transport)
     # From here on an error cannot be answered (the 200 is sent): the stream ends, whole.
     # Answered by the middleware, it was a second response written into this one's body.

@@ -697,6 +697,28 @@ async def test_head_is_get_without_a_body(engine: Engine) -> None:
                                  headers={"if-none-match": tag})  # fmt: skip
     assert status == 304
 
+    # an SSE HEAD is answered at once, with the GET's head, and its connection goes on (the
+    # proxy's answer): it held the stream, with nothing to send, for all of `sse_timeout`,
+    # and a request pipelined after it waited as long
+    status, g, _ = await request(engine, params={"table": "items", "offset": "-1"})
+    query = f"table=items&offset={g['electric-offset']}&handle={handle}&live=true&live_sse=true"
+    server = engine.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        f"HEAD /v1/shape?{query} HTTP/1.1\r\nHost: x\r\n\r\n"
+        "GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    answers = asyncio.ensure_future(reader.read())
+    try:
+        await wait_until_async(lambda: answers.done() or engine.parked() > 0, timeout=20)
+        assert answers.done() and engine.parked() == 0, "the SSE HEAD was held"
+        head, _, health = answers.result().partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"text/event-stream" in head, head
+        assert health.startswith(b"HTTP/1.1 200 "), health
+    finally:
+        answers.cancel()
+        writer.close()
+
 
 # -- robustness -------------------------------------------------------------------------------
 
