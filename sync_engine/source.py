@@ -169,6 +169,9 @@ class Source:
             catalog_timeout=config.catalog_timeout,
             probe_timeout=config.probe_timeout,
         )
+        # (before the first family check, at start, which schedules the next retry of a busy
+        # REPLICA IDENTITY from it: else 5 default intervals, 10 s, whatever the flag said)
+        self.tables.family_check_interval = config.family_check_interval
         self.zones = ZoneAgreement(self.tables.on_catalog)
         #: What the slot may be told is processed: saved in the data dir first, so that a
         #: data dir that went back in time (restored from a backup) is noticed at start.

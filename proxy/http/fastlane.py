@@ -142,19 +142,16 @@ _LINES_MAX = 256
 _LAST: list[Any] = [None, None]
 
 
-def _plan(raw: list[bytes]) -> _Layout:
-    names = raw[::2]
-    last = _LAST
-    if names == last[0]:
-        known: _Layout = last[1]
-        return known
+def _plan(names: list[bytes]) -> _Layout:
+    """The layout of an answer with these header `names` (`FastAnswer.on_headers` checks
+    `_LAST` first, inline)."""
     key = tuple(names)
     layout = _LAYOUTS.get(key)
     if layout is None:
         layout = _Layout(key)
         if len(_LAYOUTS) < _LAYOUTS_MAX:
             _LAYOUTS[key] = layout
-    last[0], last[1] = names, layout
+    _LAST[0], _LAST[1] = names, layout
     return layout
 
 
@@ -242,7 +239,7 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     metrics = app.metrics
     metrics.token_cache["hit"] += 1  # (`token_cache_lookup(True)` and `upstream_sent()`,
     metrics.upstream_requests += 1  # inline)
-    answer = FastAnswer(app, client, request, runtime, prepared, permit, engine)
+    answer = FastAnswer(app, forwarder, client, request, runtime, prepared, permit, engine)
     try:
         engine.send_to(data, options.first_byte_timeout, answer)
     except Exception:  # (the engine connection was closing): `handle` answers instead
@@ -264,6 +261,7 @@ class FastAnswer:
         "_engine",
         "_expiry",
         "_finished",
+        "_forwarder",
         "_head",
         "_held_at",
         "_layout",
@@ -280,6 +278,7 @@ class FastAnswer:
     def __init__(
         self,
         app: ProxyApp,
+        forwarder: Forwarder,
         client: FastConnection,
         request: Request,
         runtime: Runtime,
@@ -288,6 +287,7 @@ class FastAnswer:
         engine: EngineConnection,
     ) -> None:
         self._app = app
+        self._forwarder = forwarder  # (`app.forwarder`, a property: read once)
         self._client = client
         self._request = request
         self._runtime = runtime
@@ -340,7 +340,7 @@ class FastAnswer:
         answered already."""
         if self._done or self._head is not None:
             return
-        forwarder = self._app.forwarder
+        forwarder = self._forwarder
         target = self._target()
         ended = forwarder.ended_long_poll(target, self._runtime.options)
         if ended is None:
@@ -354,7 +354,7 @@ class FastAnswer:
         self._respond(response)
 
     def _unhold(self) -> None:
-        forwarder = self._app.forwarder
+        forwarder = self._forwarder
         if not self._swept:
             forwarder.fast_new.discard(self)
             return
@@ -392,7 +392,9 @@ class FastAnswer:
         app = self._app
         app.metrics.upstream_answered(head.status, time.monotonic() - self._sent)
         raw = head.raw
-        plan = _plan(raw)
+        names = raw[::2]
+        last = _LAST
+        plan: _Layout = last[1] if names == last[0] else _plan(names)
         self._layout = plan
         length: int | None = None
         if plan.length >= 0:
@@ -426,7 +428,7 @@ class FastAnswer:
 
     async def _relay(self, upstream: UpstreamResponse) -> StreamResponse:
         try:
-            outcome = await self._app.forwarder.relay(
+            outcome = await self._forwarder.relay(
                 self._request, self._target(), self._runtime.options, upstream, None
             )
         finally:
@@ -462,7 +464,7 @@ class FastAnswer:
                 self._client.fast_written(request, self._plain_answer(head, length), chunks)
                 return
             body = b"".join(chunks)
-            forwarder = self._app.forwarder
+            forwarder = self._forwarder
             target = handlers.target_of(self._prepared, "GET", None)
             head_ = forwarder.head(upstream, self._runtime.options, target, True)
             response: StreamResponse = handlers.finish(
@@ -501,7 +503,7 @@ class FastAnswer:
                 lines_of = None  # (another config, or another CORS answer under the same id)
         if lines_of is None:
             cache_control = tuple([raw[i].decode("utf-8", "surrogateescape") for i in at])
-            client_cache_control, _ = app.forwarder.cache_control(
+            client_cache_control, _ = self._forwarder.cache_control(
                 cache_control, options, prepared.live, prepared.shared
             )
             cors_lines = ""
@@ -532,7 +534,7 @@ class FastAnswer:
         # The engine's name, as `Forwarder.head` learns it and `ProxyApp.on_prepare` adds it
         # to an answer that lacks it (the engine's answers carry it: the first branch).
         server = ""
-        forwarder = app.forwarder
+        forwarder = self._forwarder
         if plan.server >= 0:
             if forwarder.server_name is None:
                 forwarder.server_name = raw[plan.server].decode("utf-8", "surrogateescape")

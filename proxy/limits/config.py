@@ -26,7 +26,10 @@ Only requests that reach the engine count: an answer from the proxy's cache, or 
 joins an identical one already in flight, costs the engine nothing and is not charged. Distinct
 `cache-buster` values make distinct engine requests, so they are charged. The defaults let an
 app hold dozens of live shapes per user, and keep one user from taking the engine connection
-pool from everyone else.
+pool from everyone else. An SSE client's response going on over an engine stream of its own
+(it fell behind its shape's shared stream) or the shape's next stream is the same admitted
+request: it is counted among the open engine requests but never refused by these limits
+(`Admission.admit(continuing=True)`; `max_held` bounds such streams, one per held client).
 
 `max_held` counts client requests, not engine requests: every live request (a long-poll
 waiting for a change, an SSE stream) holds a client connection for as long as it is open,

@@ -105,10 +105,10 @@ MIN_CLIENT_STREAM = 2.0
 #: up-to-date. A healthy response never gets there (it ends with the engine stream it reads,
 #: or goes on past one only within `MIN_CLIENT_STREAM`): the ceiling is for a response that
 #: would otherwise stay open with nothing sent, whatever held it (an engine stream that went
-#: silent, a wait that missed its wake-up). Not on a client's own paced stream: that one is
-#: read only as fast as its client takes it, so a slow reader inside a transaction bigger
-#: than it reads in this time never got past it; a client that stops reading there is dropped
-#: after `SEND_TIMEOUT`, and its stream ends with the engine's.
+#: silent, a wait that missed its wake-up). On a client's own paced stream, which is read
+#: only as fast as its client takes it, at its next up-to-date: ended inside a transaction, a
+#: slow reader inside one bigger than it reads in this time never got past it (a client that
+#: stops reading there is dropped after `SEND_TIMEOUT`).
 MAX_CLIENT_RESPONSE = 300.0
 #: The ceiling is rounded up to a multiple of this (s): clients share a `Deadlines` timer.
 CEILING_GRAIN = 10.0
@@ -257,6 +257,19 @@ class _Subscriber:
         self.end("expired")
 
 
+class _Ceiling:
+    """A paced client's ceiling, kept by `Deadlines` (`SharedStream.overdue`)."""
+
+    __slots__ = ("stream", "sub")
+
+    def __init__(self, stream: SharedStream, sub: _Subscriber) -> None:
+        self.stream = stream
+        self.sub = sub
+
+    def expire(self) -> None:
+        self.stream.overdue(self.sub)
+
+
 def _chunk(frame: bytes) -> bytes:
     """`frame` as one HTTP/1.1 chunk (the framing `StreamResponse.write` uses)."""
     return b"%x\r\n" % len(frame) + frame + b"\r\n"
@@ -275,6 +288,7 @@ class SharedStream:
         "_keys",
         "_last_utd",
         "_log_end",
+        "_overdue",
         "_parser",
         "body",
         "failure",
@@ -307,6 +321,9 @@ class SharedStream:
         self.paced = spec.paced
         #: The key of the last up-to-date it delivered.
         self._last_utd: Key | None = None
+        #: (A paced stream) its client's response is past its ceiling: it ends at the next
+        #: up-to-date (`overdue`).
+        self._overdue = False
         #: Opened before any transaction: the LSN of the first change it delivered, the log's
         #: first transaction (see `can_join`).
         self._first_change: int | None = None
@@ -437,6 +454,18 @@ class SharedStream:
                 self.remove(sub)
                 sub.end("gone")
 
+    def overdue(self, sub: _Subscriber) -> None:
+        """(A paced stream) its client's response is past its ceiling (`MAX_CLIENT_RESPONSE`):
+        it ends cleanly at once if what it was written ends with an up-to-date (its batches
+        are whole), else at the next up-to-date this stream delivers (`feed`). Ended inside a
+        transaction, a slow reader resumed before it, and one bigger than it reads within the
+        ceiling it never got past."""
+        if sub in self.subscribers and self._last_key() in (self._last_utd, sub.boundary):
+            self.subscribers.discard(sub)
+            sub.end("expired")
+        else:
+            self._overdue = True
+
     def add(self, sub: _Subscriber) -> None:
         """Attach a client that has had every remembered event after its position.
 
@@ -483,6 +512,10 @@ class SharedStream:
         self._fan_out(frame)
         if self._ahead:
             self._fan_out_ahead(events, comments)
+        if self._overdue and self._last_utd is not None and self._last_key() == self._last_utd:
+            for sub in self.subscribers:  # (its batches are whole: `overdue`)
+                sub.end("expired")
+            self.subscribers.clear()
 
     def _next_raw_key(self) -> Key:
         tx, op, n = self._last_key()
@@ -848,19 +881,24 @@ async def _read(
                 # (a token that expired within its issuer's leeway still gets a stream that
                 # is not short: else its client reconnects at once, again and again)
                 deadline = max(deadline, time.time() + MIN_CLIENT_STREAM - lasted)
-            if not stream.paced:  # (the ceiling: see `MAX_CLIENT_RESPONSE`)
-                ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
-                ceiling = math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
+            # The ceiling (`MAX_CLIENT_RESPONSE`): on a paced stream at its next up-to-date.
+            ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
+            ceiling = math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
+            paced = _Ceiling(stream, sub) if stream.paced else None
+            if paced is None:
                 deadline = ceiling if deadline is None else min(deadline, ceiling)
-            if deadline is None:
+            registry = deadlines if deadlines is not None else Deadlines()
+            # (`sub.expire` ends it, "expired"; `paced.expire` when its batches are whole)
+            expiry = registry.add(deadline, sub) if deadline is not None else None
+            overdue = registry.add(ceiling, paced) if paced is not None else None
+            try:
                 reason = await sub.done
-            else:
-                registry = deadlines if deadlines is not None else Deadlines()
-                expiry = registry.add(deadline, sub)  # `sub.expire` ends it ("expired")
-                try:
-                    reason = await sub.done
-                finally:
+            finally:
+                if expiry is not None:
                     registry.discard(expiry, sub)
+                if overdue is not None:
+                    assert paced is not None
+                    registry.discard(overdue, paced)
         finally:
             stream.remove(sub)
     key = spec.handover if spec.handover is not None else spec.key

@@ -27,10 +27,6 @@ sent only once the query has ended (so its status still says how it ended, and i
 Content-Length is the whole body's), from the file, at the client's pace. All the answers
 held at once, in memory or spooled, are bounded by `SPOOL_BUDGET` bytes: past it a subset is a
 503 with Retry-After.
-
-A big subset `where` costs its parse (pglast, then the compiler): ~10 us a byte, ~0.7 s for a
-64 KB OR chain, which on the event loop stalled every client of the engine. `check_subset`
-parses a long one in a thread (`shapes.where.off_loop`).
 """
 
 from __future__ import annotations
@@ -43,6 +39,7 @@ import socket
 import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +52,8 @@ from psycopg_pool import ConnectionPool
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
-from ..shapes.where import WhereError, guarded_and, off_loop, parse_order_by, parse_where
+from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
+from ..shapes.where.clause import full_parse
 from ..tables import not_answering, stopping
 from . import errors as snapshot_errors
 from .query import RowQuery, row_json_sql
@@ -76,16 +74,19 @@ class SubsetQuery:
     offset: int | None
 
 
-def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
+def build_subset_query(
+    columns: Sequence[ColumnInfo], sub: SubsetParams, *, templates: bool = True
+) -> SubsetQuery:
     """Validate the subset against `columns` (raises InvalidRequest): every column of the
-    shape's table, as Electric, which names one missing in the table "unknown reference"."""
+    shape's table, as Electric, which names one missing in the table "unknown reference".
+    `templates=False` parses the long way (`full_parse`: the same answer), without the
+    where templates' cache, which only the event loop may touch."""
     cols = {c.name: c for c in columns}
     where_sql = None
     if sub.where:
+        parse = parse_where if templates else full_parse
         try:
-            where_sql = parse_where(
-                sub.where, dict(sub.params), cols, allow_enums=True, live=False
-            ).sql
+            where_sql = parse(sub.where, dict(sub.params), cols, allow_enums=True, live=False).sql
         except WhereError as e:
             raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
     order = None
@@ -97,11 +98,27 @@ def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> Subs
     return SubsetQuery(where_sql, order, sub.limit, sub.offset)
 
 
-async def check_subset(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
-    """`build_subset_query`, off the event loop for a long clause (`where.off_loop`)."""
-    size = len(sub.where or "") + len(sub.order_by or "")
-    size += sum(len(v) for v in sub.params.values())
-    return await off_loop(size, functools.partial(build_subset_query, columns, sub))
+#: Subset clauses (where and order_by together) this long or longer are parsed in a worker
+#: thread (`parse_subset`): a 63 KB clause took the event loop 0.5-1.1 s, and 8-16 of them
+#: in flight held every other client of the engine for seconds (attack).
+PARSE_IN_THREAD = 2048
+#: Threads for those parses: the loop waits behind each for the GIL (parsing is mostly
+#: Python), so few, and not the default executor (fsyncs and snapshot writes wait there).
+PARSE_THREADS = 2
+
+_parse_executor: ThreadPoolExecutor | None = None
+
+
+async def parse_subset(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
+    """`build_subset_query`, a long clause parsed in one of `PARSE_THREADS` worker threads:
+    the loop goes on serving other clients meanwhile (it takes the GIL back every few ms)."""
+    if len(sub.where or "") + len(sub.order_by or "") < PARSE_IN_THREAD:
+        return build_subset_query(columns, sub)
+    global _parse_executor
+    if _parse_executor is None:
+        _parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="subset-parse")
+    parse = functools.partial(build_subset_query, columns, sub, templates=False)
+    return await asyncio.get_running_loop().run_in_executor(_parse_executor, parse)
 
 
 def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:

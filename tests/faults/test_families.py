@@ -31,6 +31,7 @@ import aiohttp
 import psycopg
 import pytest
 
+from sync_engine.source import Source, SourceConfig
 from tests.faults.test_damaged_files import NpmClient
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower
@@ -204,7 +205,7 @@ async def test_a_family_change_ends_equal_to_select(db_url: str, tmp_path: Path)
                     )
                     return [(str(a), str(b)) for a, b in conn.execute(q).fetchall()]
 
-            await wait_until_async(  # (tried again every 5 family checks: 10 s here)
+            await wait_until_async(  # (tried again every 5 family checks: 1.5 s here)
                 lambda: identities() == [("c3", "f"), ("items_w", "f")],
                 timeout=30,
                 message="identities FULL",
@@ -324,3 +325,12 @@ async def test_a_child_the_engine_may_not_publish_stops_nothing(
         stop.set()
         engine.stop()
         _sql(db_url, "DROP TABLE c, p", f"DROP OWNED BY {role}", f"DROP ROLE {role}")
+
+
+def test_a_busy_identity_is_retried_at_the_family_check_interval_from_the_start(
+    tmp_path: Path,
+) -> None:
+    """The first family check (at start, before the periodic ones set the interval) timed
+    the next REPLICA IDENTITY retry with the default interval: 10 s instead of 1.5 here."""
+    config = SourceConfig("default", "postgresql://x/y", tmp_path, family_check_interval=0.3)
+    assert Source(config).tables.family_check_interval == 0.3

@@ -178,6 +178,24 @@ async def test_anonymous_principals_are_their_address_and_tokens_their_subject()
     assert principal_for(None, None, None) == principal_for(None, None, None)
 
 
+async def test_a_continuation_is_counted_but_no_limit_refuses_it() -> None:
+    """An SSE client's response going on over another engine stream (`continuing`) is the
+    same admitted request: past `max_concurrent` and its rate it is still admitted, and
+    counted; only the pool's bound applies."""
+    admission = Admission(pool_size=5)
+    limits = LimitSettings(max_concurrent=1, rate=0.001, burst=1, pool_wait=0.05)
+    first = await admission.admit("p", limits)
+    with pytest.raises(TooManyRequests):
+        await admission.admit("p", limits)
+    going_on = [await admission.admit("p", limits, continuing=True) for _ in range(4)]
+    assert admission.active("p") == 5
+    with pytest.raises(UpstreamBusy):  # (the pool is full)
+        await admission.admit("p", limits, continuing=True)
+    for permit in [first, *going_on]:
+        permit.release()
+    assert admission.active("p") == 0 and admission.in_use == 0
+
+
 async def test_pool_wait_is_bounded_then_503() -> None:
     admission = Admission(pool_size=2)
     a = await admission.admit("a", LIMITS)

@@ -55,11 +55,13 @@ class PacedEngine:
     """The first request (from 100_0) is the shared stream: transaction 200's row, its
     up-to-date and 300, each after a pause, then it stays open (no 400 yet) until `end`.
     Any later request gets every transaction after its offset with its headers, in one
-    write, then stays open (`answer`: 409 instead, as after a rotation)."""
+    write, but for 500's up-to-date (sent at `last`), then stays open (`answer`: 409
+    instead, as after a rotation)."""
 
     def __init__(self) -> None:
         self.requests: list[str] = []
         self.end = asyncio.Event()
+        self.last = asyncio.Event()
         self.answer = 200
         self.open = 0  # engine streams open right now
 
@@ -80,7 +82,10 @@ class PacedEngine:
                 await self.end.wait()
             else:
                 after = int(offset.split("_")[0])
-                await resp.write(b"".join(c + u for lsn, c, u in LOG if lsn > after))
+                answer = b"".join(c + u for lsn, c, u in LOG if lsn > after)
+                await resp.write(answer.removesuffix(LOG[-1][2]))
+                await self.last.wait()  # (500's up-to-date)
+                await resp.write(LOG[-1][2])
                 await asyncio.Event().wait()
             await resp.write_eof()
         finally:
@@ -230,6 +235,37 @@ async def test_a_client_at_its_limit_of_engine_requests_goes_on_on_its_own_strea
         reader.close()
 
 
+async def test_a_slow_reader_past_its_ceiling_ends_at_its_next_up_to_date(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, monkeypatch: Any
+) -> None:
+    """On its own stream, a response past its ceiling (`MAX_CLIENT_RESPONSE`, 1 s here) ends
+    cleanly, but only once the client has its batch whole: it stopped reading inside 500's
+    row, the ceiling passed, and reading again it gets the whole row and its up-to-date, then
+    a clean end (else it would resume before 500, and a reader slower than the ceiling never
+    got past it). Without the ceiling there, its response stayed open after 500 for as long
+    as its engine stream did."""
+    engine, proxy, reader = await _setup(aiohttp_server, idp_server, environ, make_proxy)
+    try:
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        monkeypatch.setattr(sse, "MAX_CLIENT_RESPONSE", 1.0)  # (from its own stream on)
+        monkeypatch.setattr(sse, "CEILING_GRAIN", 0.1)
+        assert await reader.read_until(_up_to_date(400)) == "done", reader.body()[-300:]
+        await wait_until_async(lambda: _paced_unsent(proxy) > 0, message="its stream waits")
+
+        def overdue() -> bool:
+            streams = proxy.app[FORWARDER]._streams._streams.values()
+            return any(stream.paced and stream._overdue for stream in streams)
+
+        await wait_until_async(overdue, message="past its ceiling, inside 500")
+        engine.last.set()
+        assert await reader.read_until(b"never sent") == "ended", reader.body()[-300:]
+        assert reader.ids() == ["1", "2", "3", "4", "5"]
+        assert reader.body().endswith(_up_to_date(500))
+    finally:
+        reader.close()
+
+
 async def test_a_client_that_stops_reading_as_the_shape_rotates_gets_a_clean_end(
     aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
 ) -> None:
@@ -257,9 +293,9 @@ async def test_a_response_on_a_stream_that_never_ends_ends_at_its_ceiling(
     its own after its SSE timeout; one that never does, or any wait in the fan-out that
     missed its wake-up) held its clients' responses open with no change for as long as it
     lasted (a silent one breaks after `first_byte_timeout`): a client's response on a shared
-    stream now ends cleanly at its ceiling (1 s here, 300 s in the proxy) and the client
+    stream now ends cleanly at its ceiling (0.3 s here, 300 s in the proxy) and the client
     reconnects. Its last reader gone, the engine request is closed too."""
-    monkeypatch.setattr(sse, "MAX_CLIENT_RESPONSE", 1.0)
+    monkeypatch.setattr(sse, "MAX_CLIENT_RESPONSE", 0.3)
     monkeypatch.setattr(sse, "CEILING_GRAIN", 0.1)
     engine_open: list[int] = []
 

@@ -32,8 +32,7 @@ One job a module:
 - `guard`     `guarded_and`: `first AND then` with `then` never evaluated where `first` fails;
 - `template`  clauses of a form seen before (the same parse tree but for integer literals)
               built without pglast's parse and deparse, exactly as the full path would;
-- `clause`    the public entry points `parse_where`, `parse_order_by`, `Where`;
-- `offloop`   `parse_where_async`: a long clause parsed in a thread, off the event loop.
+- `clause`    the public entry points `parse_where`, `parse_order_by`, `Where`.
 """
 
 from .clause import Where, parse_order_by, parse_where
@@ -41,7 +40,6 @@ from .constructs import check_where_constructs
 from .errors import WhereError
 from .guard import guarded_and
 from .index import index_key
-from .offloop import off_loop, parse_where_async
 from .parse import MAX_WHERE_DEPTH, MAX_WHERE_SIZE
 from .text import like_pattern
 
@@ -54,8 +52,6 @@ __all__ = [
     "guarded_and",
     "index_key",
     "like_pattern",
-    "off_loop",
     "parse_order_by",
     "parse_where",
-    "parse_where_async",
 ]

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -286,39 +285,29 @@ class Pending:
 
 
 class Templates:
-    """Templates by (skeleton key, columns, flags), the least recently used dropped.
-
-    Clauses are parsed on the event loop and, long ones, in threads (`offloop`): the LRU
-    cache is not thread-safe, so each of its operations is taken under a lock; a template is
-    made outside it (a long clause's costs a second: the loop must not wait on that)."""
+    """Templates by (skeleton key, columns, flags), the least recently used dropped."""
 
     def __init__(self, maxsize: int = 512) -> None:
         self._cache: LRUCache[object, Template | Pending] = LRUCache(maxsize=maxsize)
-        self._lock = threading.Lock()
         #: Clauses built from a template (tests check the fast path was taken).
         self.hits = 0
 
     def get(self, key: object) -> Template | None:
         """The form's template, made now if its first clause left only a `Pending`."""
-        with self._lock:
-            entry = self._cache.get(key)
-        if not isinstance(entry, Pending):
-            return entry
-        made = entry.make()
-        with self._lock:
-            if made is not None:
-                self._cache[key] = made
-            elif self._cache.get(key) is entry:
+        entry = self._cache.get(key)
+        if isinstance(entry, Pending):
+            entry = entry.make()
+            if entry is None:
                 del self._cache[key]  # the next clause of the form leaves a new `Pending`
-        return made
+            else:
+                self._cache[key] = entry
+        return entry
 
     def put(self, key: object, entry: Template | Pending) -> None:
-        with self._lock:
-            self._cache[key] = entry
+        self._cache[key] = entry
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._cache)
+        return len(self._cache)
 
 
 class _Key:
