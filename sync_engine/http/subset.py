@@ -6,7 +6,8 @@ can drop live changes it already saw in the subset.
 The body is `{"metadata":{...},"data":[` + the spooled messages + `]}`, the bytes
 `orjson.dumps` of the whole object gives, with its Content-Length: an answer that spilled to
 a file (`Spool`) is sent from it at the client's pace (`os.sendfile`, as a snapshot chunk,
-`sendfile.py`), never read whole into memory; a client that takes nothing for
+`sendfile.py`), never read whole into memory (the part a full disk refused, if any, is
+sent from memory after it); a client that takes nothing for
 `live.SEND_TIMEOUT` is cut. The query has ended before the status is sent, so a failed one
 is still its 4xx/5xx, never a 200 cut short; a send that fails midway aborts the connection,
 short of the Content-Length (a client cannot take it for the whole answer).
@@ -116,7 +117,7 @@ class SpooledResponse(web.StreamResponse):
 
     async def _send_body(self, request: web.BaseRequest, writer: AbstractStreamWriter) -> None:
         await self.write(self._head)
-        fd, size = self._answer.fileno(), self._answer.size
+        fd, size = self._answer.fileno(), self._answer.file_size
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if transport is None or sock is None or transport.get_extra_info("sslcontext"):
@@ -131,6 +132,8 @@ class SpooledResponse(web.StreamResponse):
                 await _sendfile(out, fd, size)  # (cuts a client that takes nothing)
             finally:
                 os.close(out)
+        for held in self._answer.tail:  # (what a full disk left in memory)
+            await self.write(held)
         await self.write(_TAIL)
 
 

@@ -245,51 +245,72 @@ class OverBudget(Exception):
     """The subset answers held at once would pass `SPOOL_BUDGET`."""
 
 
+#: `os.write`, for the spool's file (a test makes the disk full here).
+_write = os.write
+
+
 class Spool:
     """A subset's answer as it is written: its messages joined by commas (the JSON array's
     inside), in memory up to `SPOOL_MEMORY` bytes, then in an unlinked file of `directory`
-    (its space is the file system's again once it is closed, or the process ends). Every
-    byte is counted in `BUDGET` until `close`."""
+    (its space is the file system's again once it is closed, or the process ends). Should
+    the disk refuse (full), the rest stays in memory (`tail`): a subset needs no disk, and
+    answered before spools; the budget still bounds it. Every byte is counted in `BUDGET`
+    until `close`."""
 
     def __init__(self, directory: Path) -> None:
         self._directory = directory
         self._buffer = bytearray()
         self._file: Any = None  # (a tempfile.TemporaryFile once spilled)
-        self.size = 0  # (bytes written so far, buffer included)
+        self.file_size = 0  # (bytes in the file)
+        self.tail: list[bytes] = []  # (after the file's bytes, once the disk refused)
+        self._disk_refused = False
+        self.size = 0  # (bytes written so far, in all)
         self._count = 0
         self._closed = False
 
     def add(self, item: bytes) -> None:
-        """Append one message (raises OverBudget, OSError when the disk refuses)."""
+        """Append one message (raises OverBudget)."""
         if self._count:
             item = b"," + item
         if not BUDGET.take(len(item)):
             raise OverBudget()
         self.size += len(item)
         self._count += 1
-        self._buffer += item
-        if self._file is None and len(self._buffer) <= SPOOL_MEMORY:
+        if self._disk_refused:
+            self.tail.append(item)
             return
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(dir=self._directory)
-        if len(self._buffer) >= SPOOL_MEMORY:
-            self._flush()
+        self._buffer += item
+        if len(self._buffer) > SPOOL_MEMORY:
+            self._spill()
 
-    def _flush(self) -> None:
-        if self._buffer:
-            self._file.write(self._buffer)
-            self._buffer = bytearray()
+    def _spill(self) -> None:
+        """The buffer to the file; what the disk refuses stays in memory (`tail`)."""
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        done = 0
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(dir=self._directory, buffering=0)
+            fd = self._file.fileno()
+            while done < len(data):
+                done += _write(fd, data[done:])
+        except OSError:
+            self._disk_refused = True
+            self.tail.append(data[done:])
+        self.file_size += done
 
     def finish(self) -> None:
-        """All written: the file's bytes (if any) are flushed to it."""
-        if self._file is not None:
-            self._flush()
-            self._file.flush()
+        """All written: the buffer goes to the file if there is one."""
+        if self._file is not None and self._buffer:
+            self._spill()
 
     @property
     def in_memory(self) -> bytes | None:
-        """The whole answer, when it never spilled (else None: read `fileno`)."""
-        return bytes(self._buffer) if self._file is None else None
+        """The whole answer, when none of it is in a file (else None: read `fileno`,
+        `file_size` bytes, then `tail`)."""
+        if self.file_size:
+            return None
+        return bytes(self._buffer) + b"".join(self.tail)
 
     def fileno(self) -> int:
         assert self._file is not None
@@ -302,6 +323,7 @@ class Spool:
         self._closed = True
         BUDGET.give(self.size)
         self._buffer = bytearray()
+        self.tail = []
         if self._file is not None:
             self._file.close()
 
@@ -446,11 +468,5 @@ async def run_subset(
     except OverBudget:
         raise ServiceUnavailable(
             "Too many subset answers are being sent, please retry", 5, "subset_budget"
-        ) from None
-    except OSError as exc:  # (spooling: the data directory's disk is full, or it is gone)
-        if isinstance(exc, ConnectionResetError):
-            raise
-        raise ServiceUnavailable(
-            f"Could not hold the subset's answer now ({exc.strerror}), please retry", 5
         ) from None
     return SubsetResult(XidSnapshot.parse(snap), lsn, mark, spool)

@@ -4,7 +4,7 @@ A whole-table subset (`{"where": "true"}` on a 20 MB table) was `fetchall()`ed, 
 parsed and marked, and the body serialized whole before its first byte was sent: ~3x the
 answer in memory per request until its client read it, and 40 clients that did not read took
 the engine to 4 GB, never given back. Now the rows are written to a spool (memory up to 64 KB,
-then an unlinked file) as Postgres sends them, the response is sent from it at the client's
+then an unlinked file; memory again for what a full disk refuses) as Postgres sends them, the response is sent from it at the client's
 pace, and the bytes all answers hold at once are bounded (`SPOOL_BUDGET`: past it, a 503 with
 Retry-After). What a client reads is the same bytes as before: the object `orjson.dumps` gave.
 
@@ -15,6 +15,7 @@ Python allocations (`tracemalloc`) while a client reads the answer 64 KB at a ti
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import tracemalloc
@@ -95,6 +96,28 @@ async def test_a_big_subset_is_sent_from_its_spool_within_a_budget(
     small = await resp.read()
     assert orjson.dumps(orjson.loads(small)) == small
     assert len(orjson.loads(small)["data"]) == 2
+
+    # A full disk: what it refuses stays in memory, and the answer is the same.
+    taken = 0
+
+    def full_disk(fd: int, data: bytes) -> int:
+        nonlocal taken
+        if taken >= 300_000:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        done = os.write(fd, data[: 300_000 - taken])
+        taken += done
+        return done
+
+    monkeypatch.setattr(subset_module, "_write", full_disk)
+    resp = await client.post(path, json={"where": "true"})
+    refused = await resp.read()
+    assert resp.status == 200 and len(refused) == int(resp.headers["content-length"])
+    assert taken == 300_000
+    again = orjson.loads(refused)
+    assert orjson.dumps(again) == refused
+    assert [m["key"] for m in again["data"]] == [m["key"] for m in parsed["data"]]
+    monkeypatch.undo()
+    assert subset_module.BUDGET.held == 0
 
     # A query failing past the first spooled rows is its 400, as before, and frees its spool.
     resp = await client.post(path, json={"where": f"1 / (id - {ROWS - 10}) > -5"})
