@@ -238,6 +238,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
                     data_dir=settings.data_dir / "sources" / "default",
                     chunk_bytes=settings.chunk_bytes,
                     max_shapes=settings.max_shapes,
+                    max_log_bytes=settings.max_log_bytes,
                     max_concurrent_snapshots=settings.max_concurrent_snapshots,
                     fsync=settings.fsync,
                     schema_check_interval=settings.schema_check_interval,

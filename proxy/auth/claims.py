@@ -167,14 +167,33 @@ def _finite(value: int | float) -> bool:
 _DATES = ("exp", "nbf", "iat")
 
 
+def _canonical(segment: str) -> bool:
+    """Whether a segment is base64url as RFC 7515 (section 2) writes it: the URL-safe
+    alphabet, no `=` padding, and no bits set past the data in its last character.
+
+    pyjwt's decoder tolerates padding and stray low bits, so `<token>=` verified as the
+    token itself: one token, many spellings, each its own entry in the verified-token cache,
+    the prepared-request cache and any cache that varies on Authorization."""
+    if len(segment) % 4 == 1 or not segment.isascii():
+        return False
+    try:
+        raw = base64.b64decode(segment + "=" * (-len(segment) % 4), altchars=b"-_", validate=True)
+    except binascii.Error:
+        return False
+    return base64.urlsafe_b64encode(raw).rstrip(b"=") == segment.encode()
+
+
 def _strict(token: str) -> None:
     """Refuse what pyjwt's reading is lenient about, so the proxy and the issuer cannot read
     one token two ways: a claim or header member given twice (pyjwt keeps the last one; an
     issuer's checks may have read the first), a header or payload that is not UTF-8 (pyjwt
-    reads UTF-16 and a byte order mark), and a NumericDate that is not a JSON number."""
+    reads UTF-16 and a byte order mark), a NumericDate that is not a JSON number, and a
+    segment spelt other than canonical base64url (padding, stray bits)."""
     parts = token.split(".")
     if len(parts) != 3:
         return  # (pyjwt refuses it in its own words)
+    if not all(_canonical(part) for part in parts):
+        raise Unauthenticated("invalid_token", "the token is malformed or invalid")
     try:
         _json_object(parts[0])
         payload = _json_object(parts[1])

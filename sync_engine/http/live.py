@@ -28,7 +28,6 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
 from ..errors import EngineError
@@ -167,8 +166,11 @@ async def serve_sse(
         },
     )
     # Read before the headers go: a log found damaged now is a plain 409.
-    first = _read(shape, offset)
+    first = await _read(shape, offset)
     await resp.prepare(request)
+    if request.method == "HEAD":  # (its head is all of it: held, it sent nothing for
+        await resp.write_eof()  # `sse_timeout`, and a request after it waited as long)
+        return resp
     _bound_send_buffer(request.transport)
     # From here on an error cannot be answered (the 200 is sent): the stream ends, whole.
     # Answered by the middleware, it was a second response written into this one's body.
@@ -212,18 +214,24 @@ def _bound_send_buffer(transport: asyncio.BaseTransport | None) -> None:
 _Read = tuple[list[bytes], "LogOffset", bool]
 
 
-def _read(shape: Shape, offset: LogOffset) -> _Read:
+async def _read(shape: Shape, offset: LogOffset) -> _Read:
     """The entries after `offset`, about `READ_BYTES` of them (to the end of their log chunk
-    at most), the offset they end at, and whether it ends a transaction:
-    its last entry says so (`"last": true`), or it is the log's end (published transactions
-    are whole)."""
-    entries, end = shape.log.read_after(offset, max_bytes=READ_BYTES)
-    if not entries:
+    at most; a huge record read in a worker thread), the offset they end at, and whether it
+    ends a transaction: its last entry says so (`"last": true`), or it is the log's end as
+    the read was planned (published transactions are whole)."""
+    latest = shape.log.latest_offset  # (the read's plan is taken now, before it awaits)
+    entries, end = await shape.log.read_after_async(offset, max_bytes=READ_BYTES)
+    if not entries or end == latest:
         return entries, end, True
-    if end == shape.log.latest_offset:
-        return entries, end, True
-    headers = orjson.loads(entries[-1]).get("headers")
-    return entries, end, isinstance(headers, dict) and headers.get("last") is True
+    return entries, end, ends_transaction(entries[-1])
+
+
+def ends_transaction(entry: bytes) -> bool:
+    """Whether a log entry is its transaction's last: `"last":true` in its headers, looked
+    for in its bytes rather than parsed (a 200 MB value was parsed whole on the loop for
+    it). Exact: only the headers hold a JSON `true` (row values are strings or null), and
+    a quote inside a string is escaped, so no string holds those bytes."""
+    return entry.find(b'"last":true', max(0, entry.rfind(b'"headers":{'))) >= 0
 
 
 async def _stream(
@@ -250,11 +258,7 @@ async def _stream(
         return shape.rotated or source.closing is not None
 
     def fresh() -> bool:
-        nonlocal entries, end, whole
-        if over():
-            return True
-        entries, end, whole = _read(shape, offset)
-        return bool(entries)
+        return over() or shape.log.has_after(offset)
 
     while not over():
         remaining = deadline - time.monotonic()
@@ -267,6 +271,9 @@ async def _stream(
                 break  # (its time is up: mid-transaction too, if nothing more came)
             await resp.write(KEEPALIVE)
         elif not over():
+            entries, end, whole = await _read(shape, offset)
+            if over():  # (while it read)
+                break
             await _write_entries(resp, entries, end.tx if whole else None)
             offset = end
             mid_transaction = not whole

@@ -25,7 +25,7 @@ from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from ..shapes.registry import SHAPE_LIMIT_REACHED
 from ..single_flight import single_flight
-from ..snapshot.subset import build_subset_query
+from ..snapshot.subset import parse_subset
 from ..tables import StaleDescription, not_answering
 from . import headers as h
 from .errors import json_response
@@ -142,7 +142,7 @@ class ShapeView:
             # (`Shape.Subset.new` checks them against the root table's columns), not only the
             # shape's `columns`; the rows still carry only those.
             described = await source.describe(req.shape)
-            subset = build_subset_query(described.table.columns, req.subset)
+            subset = await parse_subset(described.table.columns, req.subset)
             shape = await _resolve(source, req)
             return await serve_subset(source, shape, req, subset, request)
         shape = await _resolve_moving(source, req)
@@ -197,15 +197,11 @@ class ShapeView:
                 )
         await self._check_bounds(request, source, shape, offset)
         _check_issued(shape, offset)
-        entries: list[bytes] = []
-        end = offset
 
         def grew() -> bool:
-            nonlocal entries, end
             if shape.rotated or source.closing:  # (a rotated shape's files are being deleted)
                 return True
-            entries, end = shape.log.read_after(offset)
-            return bool(entries) or not req.live
+            return not req.live or shape.log.has_after(offset)
 
         gone = client_gone(request) if req.live else None
         if not await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone):
@@ -226,6 +222,11 @@ class ShapeView:
         if shape.rotated:
             raise ShapeGone(source.current_handle(shape))
         source.check_open()  # paused while it waited: the reason, at once
+        # Read as of now, a big range in a worker thread, its entries joined there (one
+        # item): a 10 MB transaction read, split and joined on the loop stalled every client.
+        entries, end = await shape.log.read_after_async(offset, joined=True)
+        if shape.rotated:  # (while it read: its files are going)
+            raise ShapeGone(source.current_handle(shape))
         end = max(end, offset) if not entries else end
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)

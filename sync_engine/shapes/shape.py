@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, NewType, TypeAlias
 import orjson
 
 from ..log.entries import relation_prefix
-from ..log.offsets import BEFORE_ALL, LogOffset
+from ..log.offsets import LogOffset
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import ShapeDefinition
 
@@ -210,8 +210,6 @@ class Shape:
     #: (`snapshot.scheduler`: nobody would read it).
     snapshot_asked_at: float = field(init=False, default_factory=time.monotonic)
     _changed: asyncio.Future[None] | None = field(init=False, default=None)
-    #: The commit LSN of its log's first transaction, once read (see `issued`).
-    _first_lsn: int | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.schema_json = schema_header(self.columns)
@@ -339,16 +337,16 @@ class Shape:
         send one: after a 409 on a `requestSnapshot` it moves its stream to the new handle
         at its old offset, with no must-refetch.
 
-        Reads the first transaction once per shape, and only for an offset behind the tip.
+        The first transaction's LSN comes from the log's index (`first_published_lsn`): it
+        was read, the whole first chunk (up to 10 MB) checked and split on the event loop,
+        once per shape: clients resuming many shapes after a restart stalled the engine.
         """
         latest = self.log.latest_offset
         if latest.is_virtual:  # (no transaction yet)
             return False
         if offset >= latest:
             return True
-        first = self._first_lsn
-        if first is None:
-            first = self._first_lsn = _first_lsn(self.log)
+        first = self.log.first_published_lsn
         return first is None or offset.tx >= first
 
     # -- waiting for log growth -----------------------------------------------------------
@@ -405,19 +403,6 @@ class Shape:
         if fut is not None and not fut.done():
             fut.set_result(None)
         self._changed = None
-
-
-def _first_lsn(log: ShapeLog) -> int | None:
-    """The commit LSN of `log`'s first transaction (its first entry's `lsn` header); None when
-    it cannot be told (then `Shape.issued` refuses nothing, as before)."""
-    entries, _ = log.read_after(BEFORE_ALL)
-    if not entries:
-        return None
-    try:
-        headers = orjson.loads(entries[0]).get("headers")
-        return int(headers["lsn"]) if isinstance(headers, dict) else None
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-        return None
 
 
 async def _woken(

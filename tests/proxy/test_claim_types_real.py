@@ -260,6 +260,26 @@ async def test_a_token_is_read_one_way_only(
         if reply.status != status or (expected and got != expected[0]):
             wrong.append((name, reply.status, got))
     assert not wrong
+    # One token, one spelling (RFC 7515 base64url): pyjwt verified `<token>==` as the token
+    # itself, a distinct entry in every cache keyed on it. Every other spelling is malformed.
+    token = _signed(key, header, payload)
+    proxy.tokens.issued.append(token)
+    assert (await proxy.get(SHAPE, token=token)).status == 200
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    stray_bit = alphabet[alphabet.index(token[-1]) ^ 1]  # (an RSA-2048 signature: 4 unused)
+    head, body, signature = token.split(".")
+    for spelling in (
+        token + "=",
+        token + "==",
+        token[:-1] + stray_bit,
+        f"{head}=.{body}.{signature}",
+        f"{head}.{body}.{signature.replace('-', '+').replace('_', '/')}",
+    ):
+        if spelling == token:
+            continue  # (a signature with neither '-' nor '_')
+        proxy.tokens.issued.append(spelling)
+        reply = await proxy.get(SHAPE, token=spelling)
+        assert (reply.status, reply.json()["code"]) == (401, "invalid_token"), spelling[-8:]
     # the dates' own words
     token = _signed(key, header, payload.replace(b'"iat": ', b'"iat": true, "x": '))
     proxy.tokens.issued.append(token)

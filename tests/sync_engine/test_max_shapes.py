@@ -41,6 +41,7 @@ async def limited(
         database_url=db_url,
         data_dir=tmp_path / "data",
         max_shapes=LIMIT,
+        max_log_bytes=1 << 40,  # (passed on to the source as max_shapes is: checked below)
         long_poll_timeout=20.0,  # (held requests stay held while the test runs)
         chunk_bytes=16 * 1024,  # (a client pages through a few thousand rows)
     )
@@ -54,6 +55,9 @@ async def limited(
 
 async def test_idle_shapes_make_room_and_held_ones_stay(limited: Engine) -> None:
     engine = limited
+    # (the engine's limits reach its source: `--max-log-bytes` did nothing in database mode)
+    assert engine.source.config.max_shapes == LIMIT
+    assert engine.source.config.max_log_bytes == 1 << 40
     engine.sql("CREATE TABLE items (id int PRIMARY KEY, title text)")
     engine.sql("CREATE TABLE todos (id int PRIMARY KEY, title text)")
     engine.sql("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 20) i")
