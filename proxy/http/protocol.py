@@ -183,6 +183,7 @@ class Connection(asyncio.Protocol, Writer):
         "_body",
         "_body_left",
         "_body_size",
+        "_continue_owed",
         "_drain",
         "_expect_failed",
         "_fast",
@@ -260,6 +261,9 @@ class Connection(asyncio.Protocol, Writer):
         #: Bytes still read and dropped after a refusal before the close (`_linger_close`);
         #: -1: not lingering.
         self._linger = -1
+        #: A request that asked for `100 Continue` while answers ahead of it were pending:
+        #: it is written when its turn comes (`_next`), as the engine writes it.
+        self._continue_owed: Request | None = None
         self._drain: asyncio.Future[None] | None = None
         #: Finish the request being answered, then close (server shutdown).
         self.closing = False
@@ -317,6 +321,7 @@ class Connection(asyncio.Protocol, Writer):
         self._transport = None
         self._parser = None  # (it refers back to this protocol: no cycle left for the collector)
         self.fast_token = None
+        self._continue_owed = None
         self._cancel_idle()
         self._queue.clear()
         self._wake_drain()
@@ -583,7 +588,12 @@ class Connection(asyncio.Protocol, Writer):
         expect = headers.get("Expect") if "expect" in names else None
         if expect is not None and request.version >= (1, 1) and self._transport is not None:
             if expect.lower() == "100-continue":
-                if not self._too_large:
+                if self._busy or self._queue:
+                    # Its turn comes after the answers ahead (`_next`): written now, the client
+                    # took it for the first request's interim answer (the engine writes it
+                    # after them); never, if the connection closes after them.
+                    self._continue_owed = None if self.closing else request
+                elif not self._too_large:
                     self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             else:
                 self._expect_failed = True
@@ -648,11 +658,17 @@ class Connection(asyncio.Protocol, Writer):
                 return
             if self._paused_reading:
                 self._resume_reading()
+            if self._continue_owed is not None:  # (the request still being read: its turn)
+                self._continue_owed = None
+                transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             self._idle_since = self._loop.time()
             if self._idle is None:
                 self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
             return
         item = self._queue.pop(0)
+        if item is self._continue_owed:  # (its turn: `on_headers_complete`)
+            self._continue_owed = None
+            transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if isinstance(item, Request):
             self._fast = self._app.answer_fast(item, self)
             if self._fast is None:

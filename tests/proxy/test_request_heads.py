@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from typing import Any
 
@@ -99,3 +100,25 @@ async def test_a_refused_head_is_answered_and_closed_without_a_reset(proxy: Any)
     assert received.endswith(
         b'{"message":"Request header line too long: the limit is 10000 bytes"}'
     )
+
+
+async def test_a_pipelined_requests_100_continue_waits_for_the_answers_ahead(proxy: Any) -> None:
+    """`Expect: 100-continue` on a request pipelined behind another is answered `100` when its
+    turn comes, after the answer ahead (the engine's order): written at once, the client took
+    it for the first request's interim answer. Behind a request whose answer closes the
+    connection (HTTP/1.0), no 100 at all, for a request never served."""
+    server = proxy.client.server
+    cases = {
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n": [b"200", b"100", b"200"],
+        b"GET /healthz HTTP/1.0\r\n\r\n": [b"200"],
+    }
+    for first, statuses in cases.items():
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(
+            first + b"GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Connection: close\r\n\r\n"
+        )
+        raw = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        got = re.findall(rb"HTTP/1\.[01] (\d{3}) ", raw)  # (a body ends without CRLF)
+        assert got == statuses, (first, raw)
