@@ -115,7 +115,6 @@ def _kept_lines(names: tuple[bytes, ...], kept: list[int]) -> Callable[[list[byt
 
 #: `Runtime.fast_cors`: at most this many origins remembered per config (any header value).
 _CORS_MAX = 256
-_UNKNOWN: tuple[bool, None] = (False, None)
 
 #: Layouts by header-name sequence (a handful in practice; bounded against an odd engine).
 _LAYOUTS: dict[tuple[bytes, ...], _Layout] = {}
@@ -205,8 +204,8 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     origin = headers.get("Origin")
     if origin is not None and len(headers.getall("Origin")) > 1:
         return None  # (several: `ProxyApp.request_origin` decides, in `handle`)
-    known_cors = runtime.fast_cors.get(origin, _UNKNOWN)
-    if known_cors is _UNKNOWN:  # (the same config's answer for the same Origin: kept)
+    known_cors = runtime.fast_cors.get(origin)
+    if known_cors is None:  # (the same config's answer for the same Origin: kept)
         known_cors = app.cors_for(request)
         if len(runtime.fast_cors) < _CORS_MAX:
             runtime.fast_cors[origin] = known_cors

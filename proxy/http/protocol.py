@@ -79,6 +79,10 @@ REQUEST_READ_TIMEOUT = 30.0
 #: for a streamed answer an engine connection, for good (nginx's send_timeout is 60 s). An
 #: idle connection whose last answer was never read is dropped when its keep-alive ends.
 SEND_TIMEOUT = 60.0
+#: After a refusal, what the client still sends is read and dropped up to this many bytes, for
+#: up to this many seconds, before the connection closes (`Connection._linger_close`).
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 2.0
 #: A fast answer's body below this size goes out in one write with its head, joined if it
 #: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
 JOIN_BELOW = 64 * 1024
@@ -189,6 +193,7 @@ class Connection(asyncio.Protocol, Writer):
         "_in_head",
         "_in_message",
         "_lines",
+        "_linger",
         "_loop",
         "_message_began",
         "_on_close",
@@ -252,6 +257,9 @@ class Connection(asyncio.Protocol, Writer):
         self._idle_since = 0.0
         self._writing_paused = False
         self._paused_reading = False
+        #: Bytes still read and dropped after a refusal before the close (`_linger_close`);
+        #: -1: not lingering.
+        self._linger = -1
         self._drain: asyncio.Future[None] | None = None
         #: Finish the request being answered, then close (server shutdown).
         self.closing = False
@@ -325,6 +333,11 @@ class Connection(asyncio.Protocol, Writer):
         return None  # the client closed its side: treated as gone (close, as aiohttp did)
 
     def data_received(self, data: bytes) -> None:
+        if self._linger >= 0:  # (after a refusal: dropped, `_linger_close`)
+            self._linger -= len(data)
+            if self._linger < 0 and self._transport is not None:
+                self._transport.close()
+            return
         at, size = 0, len(data)
         while True:
             if self._scanning:
@@ -503,18 +516,23 @@ class Connection(asyncio.Protocol, Writer):
         # Request lines and framings llhttp reads but neither server serves are refused in
         # the engine's words (sync_engine/http/parser_refusals.py), so a client cannot tell
         # the two apart by them.
+        coding = headers.get("Transfer-Encoding") if "transfer-encoding" in names else None
+        codings = [c.strip() for c in coding.lower().split(",")] if coding is not None else None
+        if codings is not None and codings[-1] != "chunked":
+            # No final chunked (`identity`, `gzip`): no framing to read a body by. The engine's
+            # llhttp refuses the head itself, before any check below, in its plain words (the
+            # proxy's 501 and its HTTP/0.9 / HTTP/1.0 words told the two apart).
+            raise _Refused(MALFORMED)
         version = parser.get_http_version()
         if version == "1.1":
             if "host" not in names:
                 raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
         elif version != "1.0":
             raise _Refused(HTTP_0_9 if version == "0.9" else VERSION_NOT_SUPPORTED)
-        coding = headers.get("Transfer-Encoding") if "transfer-encoding" in names else None
-        if coding is not None:
+        if codings is not None:
             if version == "1.0":
                 raise _Refused(TRANSFER_ENCODING_IN_HTTP_1_0)
-            # (llhttp has refused any list whose last coding is not chunked)
-            if any(c.strip() not in ("", "chunked") for c in coding.lower().split(",")):
+            if codings != ["chunked"]:  # (`gzip, chunked`, `, chunked`: RFC 9112, 6.1, a 501)
                 raise _Refused(UNKNOWN_TRANSFER_CODING)
         request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
             method.decode("ascii", "surrogateescape"),
@@ -781,7 +799,24 @@ class Connection(asyncio.Protocol, Writer):
         placeholder = Request(method, "", "", _NO_HEADERS, (1, 1), False, self, None)
         transport.write(response.serialize(placeholder))
         self._queue.clear()
-        transport.close()
+        self._linger_close(transport)
+
+    def _linger_close(self, transport: asyncio.Transport) -> None:
+        """Close after a refusal as nginx's `lingering_close` does: the answer, then FIN, then
+        what the client still sends is read and dropped (up to `LINGER_BYTES`, for up to
+        `LINGER_SECONDS`, until it closes its side) before the socket is closed. Closed at
+        once with the rest of a refused head unread in the kernel, the socket sent a reset,
+        and a client still sending (a browser's fetch, undici) reported a network error
+        instead of the 414 / 431 it had been sent (attack's exhaust.py)."""
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self._linger = LINGER_BYTES
+        if self._paused_reading:
+            self._paused_reading = False
+            transport.resume_reading()
+        self._loop.call_later(LINGER_SECONDS, transport.close)
 
     def _peer(self) -> str | None:
         if self._transport is None:

@@ -25,7 +25,7 @@ from ..log.entries import up_to_date_message
 from ..log.offsets import BEFORE_ALL, LogOffset, snapshot_chunk_offset
 from ..shapes.registry import SHAPE_LIMIT_REACHED
 from ..single_flight import single_flight
-from ..snapshot.subset import build_subset_query
+from ..snapshot.subset import parse_subset
 from ..tables import StaleDescription, not_answering
 from . import headers as h
 from .errors import json_response
@@ -142,7 +142,7 @@ class ShapeView:
             # (`Shape.Subset.new` checks them against the root table's columns), not only the
             # shape's `columns`; the rows still carry only those.
             described = await source.describe(req.shape)
-            subset = build_subset_query(described.table.columns, req.subset)
+            subset = await parse_subset(described.table.columns, req.subset)
             shape = await _resolve(source, req)
             return await serve_subset(source, shape, req, subset, request)
         shape = await _resolve_moving(source, req)

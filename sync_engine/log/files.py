@@ -67,6 +67,7 @@ from ..errors import ServiceUnavailable, ShapeGone
 from .checksum import crc32
 from .fds import close_fd, write_fd, write_new_file, write_pieces
 from .framing import (
+    BIG_ENTRY,
     FLAG_TX_END,
     HEADER_SIZE,
     KEY_TX_END,
@@ -74,6 +75,7 @@ from .framing import (
     chunk_flags,
     iter_entries,
     key_of,
+    read_lone_entry,
     record_body,
     record_header,
     scan,
@@ -1111,12 +1113,19 @@ def _run_read(plan: LogRead) -> list[bytes] | str:
         size = stop - start
         try:
             with open(path, "rb") as f:
-                f.seek(start)
-                data = f.read(size)
+                lone = None
+                if size >= BIG_ENTRY:  # (a huge value: without a copy, if it is one)
+                    lone = read_lone_entry(f, start, size, plan.after, plan.seed)
+                if lone is None:
+                    f.seek(start)
+                    data = f.read(size)
         except OSError as exc:
             if (busy := _read_failed(path, exc)) is not None:
                 raise busy from None
             return f"{path}: {exc.strerror}"
+        if lone is not None:
+            out += lone
+            continue
         if len(data) != size:
             return f"{path}: {len(data)} bytes at {start}, expected {size}"
         try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from .checksum import crc32 as _crc32
 
@@ -235,6 +236,31 @@ def _last_op(data: bytes, pos: int, end: int) -> int:
     if pos != end or op < 0:
         raise FramingError("malformed record body")
     return op
+
+
+def read_lone_entry(
+    f: BinaryIO, start: int, size: int, after: int, seed: int
+) -> list[bytes] | None:
+    """The entry (if its key is above `after`) of the record filling `size` bytes at `start`
+    of file `f` when that record holds exactly one entry, read straight into its own bytes
+    object and checked: a huge value (a 200 MB row is a record of its own) was read with its
+    record, then copied out of it, twice its size at the peak. None when the bytes are not
+    such a record, or fail a check: the caller reads them whole, which says what is wrong."""
+    f.seek(start)
+    head = f.read(HEADER_SIZE + ENTRY_HEADER_SIZE)
+    if len(head) < HEADER_SIZE + ENTRY_HEADER_SIZE:
+        return None
+    header = _header(head, 0, seed)
+    if header is None:
+        return None
+    length, crc, lsn, _ = header
+    op, n = _entry_unpack(head, HEADER_SIZE)
+    if HEADER_SIZE + length != size or ENTRY_HEADER_SIZE + n != length:
+        return None
+    value = f.read(n)
+    if len(value) != n or _crc32(value, _crc32(head[HEADER_SIZE:])) != crc:
+        return None
+    return [value] if (lsn << 32) | op > after else []
 
 
 def iter_entries(data: bytes, after: int, out: list[bytes], seed: int = 0) -> bool:

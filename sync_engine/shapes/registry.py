@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 #: either with room. A shorter time let a storm of new shapes retire a shape between two
 #: requests of its client; a longer one keeps a storm's newcomers waiting longer.
 MIN_IDLE = 60.0
+#: Seconds after which a pass looks again at a shape a client left that is still held (a
+#: stream of the proxy's for a definition its clients left ends when it ends).
+LEFT_RECHECK = 1.0
 #: The `code` of the 503 for a new shape with no room (`ShapeRegistry.no_room`).
 SHAPE_LIMIT_REACHED = "shape_limit_reached"
 #: The longest Retry-After of the 503 for a new shape with no room (`ShapeRegistry.no_room`).
@@ -204,6 +207,7 @@ class ShapeRegistry:
     def touch(self, shape: Shape) -> None:
         """A request asked for `shape`: it is the most recently used now (`evict`)."""
         shape.used_at = time.monotonic()
+        shape.left = False
         if shape in self._recency:
             self._recency.move_to_end(shape)
 
@@ -234,6 +238,8 @@ class ShapeRegistry:
             if shape.waiting or shape.sending or not shape.log.snapshot_complete:
                 if not (shape.waiting or shape.sending):  # (may go once its snapshot is in)
                     room_at = min(room_at, shape.used_at + self.min_idle)
+                elif shape.left:  # (may go once what is held on it ends: look again soon)
+                    room_at = min(room_at, now + LEFT_RECHECK)
                 self._recency.move_to_end(shape)
                 continue
             if now - shape.used_at < self.min_idle:
@@ -266,18 +272,20 @@ class ShapeRegistry:
         """
         if shape.rotated or self.by_handle.get(shape.handle) is not shape:
             return False
+        shape.left = True  # (until a request asks for it: what is held on it now ends unused)
         paging = shape.paged_at > shape.caught_up_at
         kept_from = shape.paged_at if paging else float("-inf")
         if shape.used_at > kept_from:
             shape.used_at = kept_from
             self._recency.move_to_end(shape, last=False)
-        free = (
-            not (shape.waiting or shape.sending)
-            and shape.log.snapshot_complete
-            and time.monotonic() - shape.used_at >= self.min_idle
-        )
+        now = time.monotonic()
+        held = shape.waiting or shape.sending or not shape.log.snapshot_complete
+        free = not held and now - shape.used_at >= self.min_idle
         if free:
             self._room_at = 0.0  # (a pass may find it)
+        elif self._room_at:  # (when a pass may find it: see `evict`)
+            may_go = now + LEFT_RECHECK if held else shape.used_at + self.min_idle
+            self._room_at = min(self._room_at, may_go)
         return free
 
     def no_room(self, limit: int) -> ServiceUnavailable:

@@ -205,6 +205,11 @@ class Shape:
     #: (`ShapeRegistry.left`).
     paged_at: float = field(init=False, default=float("-inf"))
     caught_up_at: float = field(init=False, default=float("-inf"))
+    #: A client left it for another definition, and no request asked for it since
+    #: (`ShapeRegistry.left`, `touch`): a held request or an answer that ends then does not
+    #: count as a use (the proxy's stream of a definition its clients left ended after they
+    #: had moved, and kept the shape from eviction 60 s more).
+    left: bool = field(init=False, default=False)
     #: When (`time.monotonic`) a request last asked for a chunk of its snapshot (or stopped
     #: waiting for one): a snapshot no request asked for in a while is cancelled in Postgres
     #: (`snapshot.scheduler`: nobody would read it).
@@ -391,12 +396,15 @@ class Shape:
                     return True
         finally:
             self.waiting -= 1
-            self.used_at = time.monotonic()
+            if not self.left:
+                self.used_at = time.monotonic()
 
     def sent(self) -> None:
-        """An answer of it was written (or ended): one fewer `sending`, used now."""
+        """An answer of it was written (or ended): one fewer `sending`, used now (unless a
+        client left it since, `left`)."""
         self.sending -= 1
-        self.used_at = time.monotonic()
+        if not self.left:
+            self.used_at = time.monotonic()
 
     def notify(self) -> None:
         fut = self._changed

@@ -15,17 +15,33 @@ answered, the request asks every `SUBSET_QUIET` seconds whether Postgres answers
 503, and the query's socket is shut down so that its thread is freed (threads stuck there
 would leave this source's subset queries none); a slow query on a live database is waited
 for.
+
+The answer is written as the rows arrive (`Spool`): each row's message, as the response will
+carry it, is appended to a buffer that spills into an unlinked file in the source's data
+directory past `SPOOL_MEMORY` bytes; the rows come from Postgres `STREAM_ROWS` at a time
+(`Cursor.stream`: the same single statement, bounded by --snapshot-timeout, not a cursor
+whose FETCHes are each). The query was `fetchall()`ed and every row parsed, marked and the
+whole body serialized on the event loop: a 20 MB answer held ~65 MB until its client read it,
+and 40 clients that did not read took the engine to 4 GB, never given back. The response is
+sent only once the query has ended (so its status still says how it ended, and its
+Content-Length is the whole body's), from the file, at the client's pace. All the answers
+held at once, in memory or spooled, are bounded by `SPOOL_BUDGET` bytes: past it a subset is a
+503 with Retry-After (a 400 if its answer alone passes it: no retry could help).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import random
 import socket
+import tempfile
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -37,6 +53,7 @@ from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
 from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
+from ..shapes.where.clause import full_parse
 from ..tables import not_answering, stopping
 from . import errors as snapshot_errors
 from .query import RowQuery, row_json_sql
@@ -57,16 +74,19 @@ class SubsetQuery:
     offset: int | None
 
 
-def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
+def build_subset_query(
+    columns: Sequence[ColumnInfo], sub: SubsetParams, *, templates: bool = True
+) -> SubsetQuery:
     """Validate the subset against `columns` (raises InvalidRequest): every column of the
-    shape's table, as Electric, which names one missing in the table "unknown reference"."""
+    shape's table, as Electric, which names one missing in the table "unknown reference".
+    `templates=False` parses the long way (`full_parse`: the same answer), without the
+    where templates' cache, which only the event loop may touch."""
     cols = {c.name: c for c in columns}
     where_sql = None
     if sub.where:
+        parse = parse_where if templates else full_parse
         try:
-            where_sql = parse_where(
-                sub.where, dict(sub.params), cols, allow_enums=True, live=False
-            ).sql
+            where_sql = parse(sub.where, dict(sub.params), cols, allow_enums=True, live=False).sql
         except WhereError as e:
             raise InvalidRequest({"subset": {"where": [str(e)]}}) from None
     order = None
@@ -76,6 +96,29 @@ def build_subset_query(columns: Sequence[ColumnInfo], sub: SubsetParams) -> Subs
         except WhereError as e:
             raise InvalidRequest({"subset": {"order_by": [str(e)]}}) from None
     return SubsetQuery(where_sql, order, sub.limit, sub.offset)
+
+
+#: Subset clauses (where and order_by together) this long or longer are parsed in a worker
+#: thread (`parse_subset`): a 63 KB clause took the event loop 0.5-1.1 s, and 8-16 of them
+#: in flight held every other client of the engine for seconds (attack).
+PARSE_IN_THREAD = 2048
+#: Threads for those parses: the loop waits behind each for the GIL (parsing is mostly
+#: Python), so few, and not the default executor (fsyncs and snapshot writes wait there).
+PARSE_THREADS = 2
+
+_parse_executor: ThreadPoolExecutor | None = None
+
+
+async def parse_subset(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
+    """`build_subset_query`, a long clause parsed in one of `PARSE_THREADS` worker threads:
+    the loop goes on serving other clients meanwhile (it takes the GIL back every few ms)."""
+    if len(sub.where or "") + len(sub.order_by or "") < PARSE_IN_THREAD:
+        return build_subset_query(columns, sub)
+    global _parse_executor
+    if _parse_executor is None:
+        _parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="subset-parse")
+    parse = functools.partial(build_subset_query, columns, sub, templates=False)
+    return await asyncio.get_running_loop().run_in_executor(_parse_executor, parse)
 
 
 def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:
@@ -164,9 +207,144 @@ def _send_cancel(request: Any) -> None:
         pass
 
 
+#: Rows Postgres sends per batch of a subset query's stream.
+STREAM_ROWS = 500
+
+#: Bytes of a subset's answer kept in memory; past them it spills into a file.
+SPOOL_MEMORY = 64 * 1024
+
+#: Bytes of subset answers the process holds at once (in memory or spooled to disk), from
+#: the first row of each to the end of its response: past them a subset is a 503.
+SPOOL_BUDGET = 1 << 30
+
+
+class _Budget:
+    """The bytes all subset answers hold (`SPOOL_BUDGET`), counted from the threads that
+    write them and the event loop that frees them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if self.held + size > SPOOL_BUDGET:
+                return False
+            self.held += size
+            return True
+
+    def give(self, size: int) -> None:
+        with self._lock:
+            self.held -= size
+
+
+BUDGET = _Budget()
+
+
+class OverBudget(Exception):
+    """The subset answers held at once would pass `SPOOL_BUDGET`; `alone`: this answer
+    alone would (no retry can help)."""
+
+    def __init__(self, *, alone: bool) -> None:
+        super().__init__()
+        self.alone = alone
+
+
+#: `os.write`, for the spool's file (a test makes the disk full here).
+_write = os.write
+
+
+class Spool:
+    """A subset's answer as it is written: its messages joined by commas (the JSON array's
+    inside), in memory up to `SPOOL_MEMORY` bytes, then in an unlinked file of `directory`
+    (its space is the file system's again once it is closed, or the process ends). Should
+    the disk refuse (full), the rest stays in memory (`tail`): a subset needs no disk, and
+    answered before spools; the budget still bounds it. Every byte is counted in `BUDGET`
+    until `close`."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+        self._buffer = bytearray()
+        self._file: Any = None  # (a tempfile.TemporaryFile once spilled)
+        self.file_size = 0  # (bytes in the file)
+        self.tail: list[bytes] = []  # (after the file's bytes, once the disk refused)
+        self._disk_refused = False
+        self.size = 0  # (bytes written so far, in all)
+        self._count = 0
+        self._closed = False
+
+    def add(self, item: bytes) -> None:
+        """Append one message (raises OverBudget)."""
+        if self._count:
+            item = b"," + item
+        if self.size + len(item) > SPOOL_BUDGET:
+            raise OverBudget(alone=True)
+        if not BUDGET.take(len(item)):
+            raise OverBudget(alone=False)
+        self.size += len(item)
+        self._count += 1
+        if self._disk_refused:
+            self.tail.append(item)
+            return
+        self._buffer += item
+        if len(self._buffer) > SPOOL_MEMORY:
+            self._spill()
+
+    def _spill(self) -> None:
+        """The buffer to the file; what the disk refuses stays in memory (`tail`)."""
+        data = bytes(self._buffer)
+        self._buffer = bytearray()
+        done = 0
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(dir=self._directory, buffering=0)
+            fd = self._file.fileno()
+            while done < len(data):
+                done += _write(fd, data[done:])
+        except OSError:
+            self._disk_refused = True
+            self.tail.append(data[done:])
+        self.file_size += done
+
+    def finish(self) -> None:
+        """All written: the buffer goes to the file if there is one."""
+        if self._file is not None and self._buffer:
+            self._spill()
+
+    @property
+    def in_memory(self) -> bytes | None:
+        """The whole answer, when none of it is in a file (else None: read `fileno`,
+        `file_size` bytes, then `tail`)."""
+        if self.file_size:
+            return None
+        return bytes(self._buffer) + b"".join(self.tail)
+
+    def fileno(self) -> int:
+        assert self._file is not None
+        return int(self._file.fileno())
+
+    def close(self) -> None:
+        """Free its bytes (memory, file, budget); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        BUDGET.give(self.size)
+        self._buffer = bytearray()
+        self.tail = []
+        if self._file is not None:
+            self._file.close()
+
+
 def _run(
-    pool: ConnectionPool[Any], rows_query: RowQuery, query: sql.Composed, running: _Running
-) -> tuple[str, int, list[bytes]]:
+    pool: ConnectionPool[Any],
+    rows_query: RowQuery,
+    query: sql.Composed,
+    running: _Running,
+    spool: Spool,
+    mark: int,
+) -> tuple[str, int]:
+    """Run the query, each row's message (marked with `mark`) written to `spool`: as the
+    response will carry it, `orjson` normalizing the JSON Postgres built."""
     with pool.connection() as conn:
         running.running(conn)
         try:
@@ -175,22 +353,26 @@ def _run(
                 "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
             ).fetchone()
             assert row is not None
-            rows = [
-                rows_query.assemble(str(k).encode(), str(v).encode())
-                for k, v in conn.execute(query).fetchall()
-            ]
+            with conn.cursor() as cur:
+                for k, v in cur.stream(query, size=STREAM_ROWS):
+                    msg = orjson.loads(rows_query.assemble(str(k).encode(), str(v).encode()))
+                    msg["headers"]["snapshot_mark"] = mark
+                    spool.add(orjson.dumps(msg))
             conn.execute("COMMIT")
+            spool.finish()
         finally:
             running.running(None)
-    return str(row[0]), int(row[1]), rows
+    return str(row[0]), int(row[1])
 
 
 async def _bounded_run(
     source: Source,
     rows_query: RowQuery,
     query: sql.Composed,
+    spool: Spool,
+    mark: int,
     gone: asyncio.Future[None] | None = None,
-) -> tuple[str, int, list[bytes]]:
+) -> tuple[str, int]:
     """`_run` in a thread of the source's subset executor; a 503 (and the query abandoned)
     once Postgres is found not to answer at all, or when the source stops first. When the
     client has gone (`gone` resolved) the query is abandoned too: its answer has no one to
@@ -200,25 +382,38 @@ async def _bounded_run(
     loop = asyncio.get_running_loop()
     try:
         task = loop.run_in_executor(
-            source.subset_executor, _run, source.snapshot_pool, rows_query, query, running
+            source.subset_executor,
+            _run,
+            source.snapshot_pool,
+            rows_query,
+            query,
+            running,
+            spool,
+            mark,
         )
     except RuntimeError:  # the executor is shut down: the source stopped
         raise stopping() from None
-    while True:
-        waited: set[asyncio.Future[Any]] = {task} if gone is None else {task, gone}
-        done, _ = await asyncio.wait(waited, timeout=SUBSET_QUIET, return_when="FIRST_COMPLETED")
-        if task in done:
-            if task.cancelled():  # not started before the source stopped
-                raise stopping()
-            return task.result()
-        if gone is not None and gone.done():
-            running.abandon(cancel=True)  # (its query cancelled in Postgres, socket shut)
-            task.add_done_callback(_retrieve)
-            raise ConnectionResetError("the client went away")  # nobody to answer
-        if not await source.database_answers() and not task.done():
-            running.abandon()
-            task.add_done_callback(_retrieve)
-            raise not_answering()
+    try:
+        while True:
+            waited: set[asyncio.Future[Any]] = {task} if gone is None else {task, gone}
+            done, _ = await asyncio.wait(
+                waited, timeout=SUBSET_QUIET, return_when="FIRST_COMPLETED"
+            )
+            if task in done:
+                if task.cancelled():  # not started before the source stopped
+                    raise stopping()
+                return task.result()
+            if gone is not None and gone.done():
+                running.abandon(cancel=True)  # (its query cancelled in Postgres, socket shut)
+                raise ConnectionResetError("the client went away")  # nobody to answer
+            if not await source.database_answers() and not task.done():
+                running.abandon()
+                raise not_answering()
+    except BaseException:
+        # The spool is freed once its thread is done with it (at once if it is).
+        task.add_done_callback(_retrieve)
+        task.add_done_callback(lambda _task: spool.close())
+        raise
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -249,12 +444,13 @@ def _subset_error(source: Source, shape: Shape, exc: psycopg.Error) -> EngineErr
 
 @dataclass(frozen=True, slots=True)
 class SubsetResult:
-    """The subset's rows (log messages, marked) and the snapshot and WAL position they saw."""
+    """The subset's messages (marked; joined by commas, in `answer`, which the caller must
+    close) and the snapshot and WAL position they saw."""
 
     snapshot: XidSnapshot
     lsn: int
     mark: int
-    messages: list[Any]
+    answer: Spool
 
 
 async def run_subset(
@@ -263,8 +459,10 @@ async def run_subset(
     """Run the subset query in one REPEATABLE READ transaction (raises EngineError, or
     ConnectionResetError once `gone`, the client's disconnection, resolves first)."""
     rows_query, query = _query(shape, subset)
+    mark = random.randint(0, 2**31 - 1)
+    spool = Spool(source.config.data_dir)
     try:
-        snap, lsn, rows = await _bounded_run(source, rows_query, query, gone)
+        snap, lsn = await _bounded_run(source, rows_query, query, spool, mark, gone)
     except psycopg.OperationalError as exc:
         # (QueryCanceled is an OperationalError: a statement the subset pool's
         # statement_timeout cancelled is a 503 snapshot_timeout, as a shape snapshot's is,
@@ -274,10 +472,19 @@ async def run_subset(
         raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
     except psycopg.Error as exc:
         raise _subset_error(source, shape, exc) from None
-    mark = random.randint(0, 2**31 - 1)
-    messages: list[Any] = []
-    for text in rows:
-        msg = orjson.loads(text)
-        msg["headers"]["snapshot_mark"] = mark
-        messages.append(msg)
-    return SubsetResult(XidSnapshot.parse(snap), lsn, mark, messages)
+    except OverBudget as over:
+        if over.alone:  # (a 503 would have the client retry it forever)
+            raise InvalidRequest(
+                {
+                    "subset": {
+                        "where": [
+                            f"the subset's answer is over {SPOOL_BUDGET} bytes:"
+                            " ask for fewer rows (a narrower where, or a limit)"
+                        ]
+                    }
+                }
+            ) from None
+        raise ServiceUnavailable(
+            "Too many subset answers are being sent, please retry", 5, "subset_budget"
+        ) from None
+    return SubsetResult(XidSnapshot.parse(snap), lsn, mark, spool)

@@ -104,8 +104,9 @@ class NpmClient:
 
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
-            *self._args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
-        )
+            *self._args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+            limit=1 << 26,  # (a line is every row: more than the 64 KiB default)
+        )  # fmt: skip
         self._reading = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

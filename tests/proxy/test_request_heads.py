@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 
@@ -69,3 +70,32 @@ async def test_a_nul_in_a_value_or_a_second_host_is_a_400(proxy: Any) -> None:
         assert status == 400, head
         assert "message" in json.loads(body)
         assert len(proxy.engine.requests) == before  # nothing reached the engine
+
+
+async def test_a_refused_head_is_answered_and_closed_without_a_reset(proxy: Any) -> None:
+    """A client still sending a head past the limit (500 KB of one header line) reads the 431
+    and then the close (FIN), not a reset: the proxy reads and drops what it still sends, up
+    to `LINGER_BYTES`, before closing. Closed at once with the rest unread in the kernel, the
+    socket sent a reset, and a client still sending (a browser's fetch, undici) reported a
+    network error instead of the answer."""
+    server = proxy.client.server
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
+    await loop.sock_connect(sock, (server.host, server.port))
+    try:
+        sending = asyncio.ensure_future(
+            loop.sock_sendall(
+                sock, b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 500_000
+            )
+        )
+        received = b""
+        while piece := await asyncio.wait_for(loop.sock_recv(sock, 65536), 10):
+            received += piece  # (a reset raises ConnectionResetError here)
+        await sending
+    finally:
+        sock.close()
+    assert received.startswith(b"HTTP/1.1 431 ")
+    assert received.endswith(
+        b'{"message":"Request header line too long: the limit is 10000 bytes"}'
+    )

@@ -774,6 +774,12 @@ FRAMINGS = {
     "empty-header-name": b"GET T HTTP/1.1\r\nHost: x\r\n: v\r\n\r\n",
     "expect-unknown": b"POST T HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Length: 2\r\n"
     b"Connection: close\r\n\r\n{}",
+    # a coding with no final chunked: the engine's parser refuses the head (400), not a 501
+    "te-identity": b"GET T HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n"
+    b"Connection: close\r\n\r\n",
+    "te-gzip-http-1.0": b"GET T HTTP/1.0\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    "te-empty-then-chunked": b"POST T HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: , chunked\r\n"
+    b"Connection: close\r\n\r\n0\r\n\r\n",
 }
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import threading
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,32 @@ async def test_a_read_short_of_descriptors_is_a_503_not_damage(
     monkeypatch.setattr(files, "open", real_open, raising=False)
     assert (await log.read_after_async(SNAPSHOT_END))[0] == [e for _, e in BIG]
     assert log.read_snapshot_chunk(0) == b'{"a":1}'
+
+
+def test_a_huge_value_is_read_without_a_copy_and_still_checked(tmp_path: Path) -> None:
+    """A record of one huge entry (a 200 MB row) was read whole, then its entry copied out of
+    it: twice the value at the peak. Now read into its own bytes, checked all the same."""
+    log = _new(tmp_path, chunk_bytes=1 << 20)
+    value = orjson.dumps({"key": "k", "value": {"t": "v" * (8 << 20)}})
+    log.append_transaction(100, _tx(100))
+    log.append_transaction(200, [(0, value)])  # (bigger than a chunk: a record of its own)
+    _commit(log)
+    tracemalloc.start()
+    try:
+        entries, end = log.read_after(LogOffset(100, 0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert entries == [value] and end == LogOffset(200, 0)
+    assert peak < 1.2 * len(value), peak / len(value)
+    del entries
+    reasons: list[str] = []
+    log.on_damage = reasons.append
+    with open(log._chunks[-1].path, "r+b") as f:  # one byte of the value
+        f.seek(log._chunks[-1].size - len(value) // 2)
+        byte = f.read(1)
+        f.seek(log._chunks[-1].size - len(value) // 2)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(LogDamaged, match="record checksum mismatch"):
+        log.read_after(LogOffset(100, 0))
+    assert len(reasons) == 1

@@ -22,6 +22,7 @@ import psycopg
 
 from sync_engine.app import build_app
 from sync_engine.source import Source, SourceConfig
+from tests.faults.test_damaged_files import NpmClient, _npm_view
 from tests.support.follower import Follower, expected_rows, follow_all, until_equal
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS
@@ -52,7 +53,9 @@ async def test_a_shape_whose_log_passes_max_log_bytes_is_rotated_and_its_client_
     await source.ready.wait()
     base = str(client.make_url("")).rstrip("/")
     follower = Follower(base)
+    npm = NpmClient(base, "items")  # (the real client too: its 409s, its refetches)
     stop = asyncio.Event()
+    await npm.start()
     async with aiohttp.ClientSession() as session:
         tasks = await follow_all(session, [follower], stop)
         first = follower.handle
@@ -64,9 +67,12 @@ async def test_a_shape_whose_log_passes_max_log_bytes_is_rotated_and_its_client_
                     conn.execute(f"UPDATE items SET v = v + 1, t = repeat('{chr(97 + n)}', 2000)")
                     want = expected_rows(db_url, None, ("id", "v", "t"))
                     await until_equal([follower], [want], timeout=30)
+            await wait_until_async(lambda: _npm_view(npm.rows) == want, message="npm as SELECT")
         finally:
             stop.set()
             await asyncio.gather(*tasks)
+            await npm.stop()
+    assert not [e for e in npm.errors if "409" not in e], npm.errors
     follower.assert_clean()
     assert follower.resets == ROUNDS // 3, follower.statuses  # rotated after rounds 3 and 6
     handle = follower.handle

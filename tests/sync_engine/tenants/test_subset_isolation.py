@@ -14,6 +14,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -155,10 +156,11 @@ async def test_a_subset_query_not_started_when_its_source_stops_is_a_503() -> No
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="subset-test")
     source = SimpleNamespace(subset_executor=executor, snapshot_pool=None)
     release = threading.Event()
+    spool = subset.Spool(Path("/nonexistent"))  # (never written: no query starts)
     busy = executor.submit(release.wait, 30)  # the executor's one thread, taken
     try:
         queued = asyncio.create_task(
-            subset._bounded_run(source, None, None)  # type: ignore[arg-type]
+            subset._bounded_run(source, None, None, spool, 0)  # type: ignore[arg-type]
         )
         await asyncio.sleep(0)  # (it is queued behind `busy`)
         assert not queued.done()
@@ -166,7 +168,7 @@ async def test_a_subset_query_not_started_when_its_source_stops_is_a_503() -> No
         with pytest.raises(ServiceUnavailable, match="stopping"):
             await asyncio.wait_for(queued, 10)
         with pytest.raises(ServiceUnavailable, match="stopping"):
-            await subset._bounded_run(source, None, None)  # type: ignore[arg-type]
+            await subset._bounded_run(source, None, None, spool, 0)  # type: ignore[arg-type]
     finally:
         release.set()
         busy.result(timeout=10)
