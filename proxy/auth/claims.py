@@ -192,8 +192,10 @@ def _strict(token: str) -> None:
     parts = token.split(".")
     if len(parts) != 3:
         return  # (pyjwt refuses it in its own words)
-    if not all(_canonical(part) for part in parts):
+    if not (_canonical(parts[0]) and _canonical(parts[1])):
         raise Unauthenticated("invalid_token", "the token is malformed or invalid")
+    if not _canonical(parts[2]):  # (a signature spelt otherwise is not this token's)
+        raise Unauthenticated("invalid_signature", "the token signature is invalid")
     try:
         _json_object(parts[0])
         payload = _json_object(parts[1])

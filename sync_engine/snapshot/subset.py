@@ -26,7 +26,7 @@ and 40 clients that did not read took the engine to 4 GB, never given back. The 
 sent only once the query has ended (so its status still says how it ended, and its
 Content-Length is the whole body's), from the file, at the client's pace. All the answers
 held at once, in memory or spooled, are bounded by `SPOOL_BUDGET` bytes: past it a subset is a
-503 with Retry-After.
+503 with Retry-After (a 400 if its answer alone passes it: no retry could help).
 """
 
 from __future__ import annotations
@@ -242,7 +242,12 @@ BUDGET = _Budget()
 
 
 class OverBudget(Exception):
-    """The subset answers held at once would pass `SPOOL_BUDGET`."""
+    """The subset answers held at once would pass `SPOOL_BUDGET`; `alone`: this answer
+    alone would (no retry can help)."""
+
+    def __init__(self, *, alone: bool) -> None:
+        super().__init__()
+        self.alone = alone
 
 
 #: `os.write`, for the spool's file (a test makes the disk full here).
@@ -272,8 +277,10 @@ class Spool:
         """Append one message (raises OverBudget)."""
         if self._count:
             item = b"," + item
+        if self.size + len(item) > SPOOL_BUDGET:
+            raise OverBudget(alone=True)
         if not BUDGET.take(len(item)):
-            raise OverBudget()
+            raise OverBudget(alone=False)
         self.size += len(item)
         self._count += 1
         if self._disk_refused:
@@ -465,7 +472,18 @@ async def run_subset(
         raise ServiceUnavailable("Database is unreachable", 5, "database_unreachable") from exc
     except psycopg.Error as exc:
         raise _subset_error(source, shape, exc) from None
-    except OverBudget:
+    except OverBudget as over:
+        if over.alone:  # (a 503 would have the client retry it forever)
+            raise InvalidRequest(
+                {
+                    "subset": {
+                        "where": [
+                            f"the subset's answer is over {SPOOL_BUDGET} bytes:"
+                            " ask for fewer rows (a narrower where, or a limit)"
+                        ]
+                    }
+                }
+            ) from None
         raise ServiceUnavailable(
             "Too many subset answers are being sent, please retry", 5, "subset_budget"
         ) from None

@@ -8,6 +8,8 @@ proxy's SSE fan-out would learn a wrong position. Found by the proxy's transpare
 
 from __future__ import annotations
 
+import asyncio
+
 from tests.sync_engine.engine_harness import Engine
 
 
@@ -17,9 +19,10 @@ async def test_an_sse_request_past_the_log_is_a_400_as_a_long_poll(engine: Engin
     status, h, _ = await engine.get(table="items", offset="-1")
     assert status == 200
     past = {"table": "items", "handle": h["electric-handle"], "offset": "99999999999_0"}
-    for sse in (False, True):
-        extra = {"live_sse": "true"} if sse else {}
-        status, headers, body = await engine.get(live="true", **past, **extra)
+    answers = await asyncio.gather(  # (each waits `out_of_bounds_wait`: together)
+        engine.get(live="true", **past), engine.get(live="true", live_sse="true", **past)
+    )
+    for sse, (status, headers, body) in zip((False, True), answers, strict=True):
         assert status == 400, (sse, status, headers, body)
         assert headers["content-type"].startswith("application/json")
         assert body["errors"] == {"offset": ["out of bounds for this shape"]}, body

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import orjson
+import pytest
 
+from sync_engine.shapes import definition
+from sync_engine.shapes.where import clause
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
 
@@ -120,7 +124,19 @@ async def test_long_poll_timeout_is_up_to_date_without_data(engine: Engine) -> N
     assert h["cache-control"] == "public, max-age=5, stale-while-revalidate=5"
 
 
-async def test_where_with_params_and_boundary_crossing(engine: Engine) -> None:
+async def test_where_with_params_and_boundary_crossing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    parsed_in: list[str] = []  # (the threads that parsed a where of 2 KB or more)
+    full_parse = clause.full_parse
+
+    def recorded(sql: str, *args: Any, **kwargs: Any) -> Any:
+        if len(sql) >= 2048:  # (`definition.PARSE_IN_THREAD`)
+            parsed_in.append(threading.current_thread().name)
+        return full_parse(sql, *args, **kwargs)
+
+    monkeypatch.setattr(clause, "full_parse", recorded)
+    monkeypatch.setattr(definition, "full_parse", recorded, raising=False)
     make_items(engine, 5)
     rows, handle, offset = await engine.sync(table="items", where="n > $1", **{"params[1]": "25"})
     assert sorted(r["id"] for r in rows.values()) == ["3", "4", "5"]
@@ -144,6 +160,17 @@ async def test_where_with_params_and_boundary_crossing(engine: Engine) -> None:
     assert seen == ["delete", "insert"]
     assert sorted(r["id"] for r in rows.values()) == ["1", "3", "5"]
     assert rows['"public"."items"/"1"'] == {"id": "1", "title": "t1", "n": "50"}
+
+    # a long where (a few KB) is parsed off the event loop (a 62 KB one held it ~1 s for
+    # every new definition), and filters alike, live too
+    long_where = " OR ".join(f"id = {i}" for i in range(1000, 1300)) + " OR n > $1"
+    params = {"table": "items", "where": long_where, "params[1]": "25"}
+    rows, handle, offset = await engine.sync(**params)
+    assert sorted(r["id"] for r in rows.values()) == ["1", "3", "5"]
+    engine.sql("UPDATE items SET n = 30 WHERE id = 2")
+    await engine.follow_live(rows, handle, offset, "2", **params)  # (it enters the shape)
+    assert sorted(r["id"] for r in rows.values()) == ["1", "2", "3", "5"]
+    assert parsed_in and threading.main_thread().name not in parsed_in, parsed_in
 
 
 async def test_primary_key_change_is_split(engine: Engine) -> None:

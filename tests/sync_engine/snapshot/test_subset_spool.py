@@ -4,9 +4,10 @@ A whole-table subset (`{"where": "true"}` on a 20 MB table) was `fetchall()`ed, 
 parsed and marked, and the body serialized whole before its first byte was sent: ~3x the
 answer in memory per request until its client read it, and 40 clients that did not read took
 the engine to 4 GB, never given back. Now the rows are written to a spool (memory up to 64 KB,
-then an unlinked file; memory again for what a full disk refuses) as Postgres sends them, the response is sent from it at the client's
-pace, and the bytes all answers hold at once are bounded (`SPOOL_BUDGET`: past it, a 503 with
-Retry-After). What a client reads is the same bytes as before: the object `orjson.dumps` gave.
+then an unlinked file; memory again for what a full disk refuses) as Postgres sends them,
+the response is sent from it at the client's pace, and the bytes all answers hold at once are
+bounded (`SPOOL_BUDGET`: past it, a 503 with Retry-After; a 400 for an answer over it
+alone). What a client reads is the same bytes as before: the object `orjson.dumps` gave.
 
 Real path: the engine's app on a real server, real Postgres; the memory is the engine's
 Python allocations (`tracemalloc`) while a client reads the answer 64 KB at a time.
@@ -145,12 +146,20 @@ async def test_a_big_subset_is_sent_from_its_spool_within_a_budget(
 
     # Past the budget: a 503 with Retry-After; nothing stays held.
     monkeypatch.setattr(subset_module, "SPOOL_BUDGET", 1 << 20)
-    resp = await client.post(path, json={"where": "true"})
-    assert resp.status == 503, await resp.text()
-    assert (await resp.json())["code"] == "subset_budget"
-    assert int(resp.headers["retry-after"]) >= 1
-    assert subset_module.BUDGET.held == 0
+    assert subset_module.BUDGET.take(600_000)  # (as if other answers held it)
+    try:
+        resp = await client.post(path, json={"where": "id <= 500"})
+        assert resp.status == 503, await resp.text()
+        assert (await resp.json())["code"] == "subset_budget"
+        assert int(resp.headers["retry-after"]) >= 1
+        assert subset_module.BUDGET.held == 600_000
+    finally:
+        subset_module.BUDGET.give(600_000)
     resp = await client.post(path, json={"where": "id <= 500"})  # (under it: answered)
     assert resp.status == 200
     assert len((await resp.json())["data"]) == 500
+    # An answer over the whole budget alone is a 400: no retry could get it.
+    resp = await client.post(path, json={"where": "true"})
+    assert resp.status == 400, await resp.text()
+    assert "fewer rows" in (await resp.json())["errors"]["subset"]["where"][0]
     assert subset_module.BUDGET.held == 0
