@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ctypes
 import errno
 import os
 from collections import OrderedDict
@@ -1075,6 +1076,39 @@ THREAD_READ_BYTES = 1 << 20
 READ_THREADS = 2
 
 _executor: ThreadPoolExecutor | None = None
+
+#: Buffers of at least this many bytes (a huge value's entry, read or encoded) get pages of
+#: their own from the system, given back when freed (`_give_back_huge_buffers`).
+MMAP_THRESHOLD = 16 << 20
+#: Free memory at the top of a malloc heap kept for reuse, at most (glibc's own choice
+#: for that threshold: twice it).
+TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
+
+
+def _give_back_huge_buffers() -> None:
+    """Fix glibc's mmap threshold, so that the memory of a huge value is given back once
+    it is sent.
+
+    glibc raises the threshold to the size of the biggest mapped buffer freed (up to 32
+    MB), and its trim threshold to twice that: after one 24 MB value, every later buffer of
+    that size came from a malloc heap, and a heap kept up to 64 MB free for reuse. A read
+    in a log-read thread allocates from that thread's own heap (an arena per thread), so
+    after a 24 MB value was written and read the engine kept 48-72 MB it no longer used
+    (old: 0-24, the read on the event loop reusing the main heap), per read thread.
+    Fixed, buffers under 16 MB (a 10 MB transaction's read, the usual parts) still reuse
+    heap memory; bigger ones are mapped and unmapped. No-op off glibc."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (no longer raised by glibc)
+    mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+
+
+_give_back_huge_buffers()
 
 
 def _read_threads() -> ThreadPoolExecutor:
