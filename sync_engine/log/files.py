@@ -1080,9 +1080,6 @@ _executor: ThreadPoolExecutor | None = None
 #: Buffers of at least this many bytes (a huge value's entry, read or encoded) get pages of
 #: their own from the system, given back when freed (`_give_back_huge_buffers`).
 MMAP_THRESHOLD = 16 << 20
-#: Free memory at the top of a malloc heap kept for reuse, at most (glibc's own choice
-#: for that threshold: twice it).
-TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 
 
 def _give_back_huge_buffers() -> None:
@@ -1096,7 +1093,8 @@ def _give_back_huge_buffers() -> None:
     after a 24 MB value was written and read the engine kept 48-72 MB it no longer used
     (old: 0-24, the read on the event loop reusing the main heap), per read thread.
     Fixed, buffers under 16 MB (a 10 MB transaction's read, the usual parts) still reuse
-    heap memory; bigger ones are mapped and unmapped. No-op off glibc."""
+    heap memory; bigger ones are mapped and unmapped, and the trim threshold stays
+    glibc's default (128 kB: set to 32 MB, a run kept 24 MB). No-op off glibc."""
     try:
         libc = ctypes.CDLL(None)
         mallopt = libc.mallopt
@@ -1104,8 +1102,7 @@ def _give_back_huge_buffers() -> None:
         return
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (no longer raised by glibc)
-    mallopt(-1, TRIM_THRESHOLD)  # M_TRIM_THRESHOLD
+    mallopt(-3, MMAP_THRESHOLD)  # M_MMAP_THRESHOLD (no longer raised, nor the trim one)
 
 
 _give_back_huge_buffers()

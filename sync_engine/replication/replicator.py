@@ -424,6 +424,9 @@ class Replicator:
                 continue  # _wait_for_space() paces the retries
             except StreamRecycled as recycled:
                 self.connected.clear()
+                # Closed before it says so (the `finally` closed it after): what libpq kept
+                # is given back when the line is logged, which a watcher of the RSS waits for.
+                await _close(stream)
                 logger.info(
                     "replication stream started again: it read a message of %d MB, whose"
                     " buffer the connection would have kept",
