@@ -33,12 +33,41 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _WORD_TAG = "!shapegate/yaml-1.1-bool-word"
 
 
+class DuplicateKey(yaml.constructor.ConstructorError):
+    """A mapping names one key twice."""
+
+
 class _Loader(yaml.SafeLoader):
-    """`yaml.SafeLoader` with YAML 1.2's booleans: only true/false (any case) are booleans.
+    """`yaml.SafeLoader` with YAML 1.2's booleans: only true/false (any case) are booleans,
+    and no mapping with a key twice.
 
     The YAML 1.1 words yes/no/on/off stay text, as `YamlWord`, so a claim condition
     `country: NO` is a load error instead of a comparison with false (`model.YamlWord`).
+    PyYAML keeps the last of two equal keys without a word: a second `todos:` block under
+    `tables` silently replaced the first one's owner filter (the policy failed open). YAML
+    1.2 requires keys to be unique; a merge (`<<`) may still be overridden, as intended.
     """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:
+                    continue  # (an unhashable key: SafeLoader refuses it in its words)
+                if duplicate:
+                    raise DuplicateKey(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"found the key {key!r} twice",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -178,7 +207,9 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> L
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: invalid YAML{where}") from None
+        # (a key's name only: other problems may quote a line, and a line may hold a secret)
+        why = f": {exc.problem}" if isinstance(exc, DuplicateKey) else ""
+        raise ConfigError(f"{path}: invalid YAML{where}{why}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
     return build_config(data, environ, source=str(path))

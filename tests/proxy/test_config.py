@@ -119,6 +119,41 @@ def test_yaml_syntax_error_has_position(tmp_path: Path) -> None:
         load_config(path, {})
 
 
+def test_a_key_given_twice_is_refused_not_last_one_wins(tmp_path: Path) -> None:
+    """PyYAML keeps the last of two equal keys: a second `todos` block replaced the first's
+    owner filter with all rows, and the proxy served every row to every member (attack,
+    2026-12-05). Refused at load (and so on reload), naming the key and where it is."""
+    from proxy.config.loader import parse_yaml
+    from tests.proxy.proxy_fakes import base_config
+
+    config = base_config("http://engine:3000", "https://idp/jwks.json")
+    config.pop("tables", None)
+    head = yaml.safe_dump(config)
+    tables = (
+        "tables:\n"
+        "  todos:\n"
+        "    allow: [{when: {role: member}, where: 'owner = {{sub}}'}]\n"
+        "  notes:\n"
+        "    allow: [{when: {role: member}, all_rows: true}]\n"
+    )
+    twice = "  todos:\n    allow: [{when: {role: member}, all_rows: true}]\n"
+    path = tmp_path / "twice.yaml"
+    path.write_text(head + tables)
+    assert load_config(path, {"ENGINE_SECRET": "s" * 20}).policy is not None  # (valid once)
+    path.write_text(head + tables + twice)
+    line = (head + tables).count("\n") + 1
+    with pytest.raises(ConfigError, match=rf"line {line}, column 3: found the key 'todos' twice"):
+        load_config(path, {"ENGINE_SECRET": "s" * 20})
+    # Nested too; a merge (`<<`) may still be overridden on purpose.
+    path.write_text(head + tables.replace("all_rows: true}]", "all_rows: true}]\n    allow: []"))
+    with pytest.raises(ConfigError, match="found the key 'allow' twice"):
+        load_config(path, {"ENGINE_SECRET": "s" * 20})
+    assert parse_yaml("base: &b {a: 1, b: 2}\nother:\n  <<: *b\n  b: 3\n")["other"] == {
+        "a": 1,
+        "b": 3,
+    }
+
+
 def test_cli_bad_config_exits_2(tmp_path: Path, capsys: Any) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("tables: {items: {allow: [{all_rows: true}]}}\n")
