@@ -29,7 +29,10 @@ def test_every_setting_a_source_has_reaches_a_registered_source(tmp_path: Path) 
     changed = {}
     for f in shared:
         default = getattr(Settings(), f.name)
-        changed[f.name] = (not default) if isinstance(default, bool) else default * 3 + 1
+        if isinstance(default, bool):
+            changed[f.name] = not default
+        else:  # (None: a limit that is off by default, e.g. --max-log-bytes)
+            changed[f.name] = 4097 if default is None else default * 3 + 1
     settings = dataclasses.replace(Settings(data_dir=tmp_path), **changed)
     rec = SourceRecord(source_id="s1", name="one", database_url="postgresql://x/y", secret_hash="h")
     config = SourceManager(settings)._config(rec)
