@@ -7,6 +7,8 @@ up-to-date, the headers of an SSE answer, and the proxy in front of it.
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -69,3 +71,45 @@ async def proxy_in_front(
         config["limits"] = limits
     proxy = await make_proxy(build_config(config, environ))
     return proxy, proxy.tokens.make()
+
+
+class RawSseSocket:
+    """One SSE request to a proxy on a plain socket with a small receive buffer (16 KB), so
+    the proxy sees a reader that falls behind as soon as the test stops reading."""
+
+    def __init__(self, proxy: Any, token: str, target: str) -> None:
+        server = proxy.client.server
+        self.address = (server.host, server.port)
+        self.request = (
+            f"GET {target}&live=true&live_sse=true&cursor= HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
+        ).encode()
+        self.received = b""
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        self.sock.setblocking(False)
+
+    async def open(self) -> bytes:
+        """Send the request; the response's head."""
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(self.sock, self.address)
+        await loop.sock_sendall(self.sock, self.request)
+        while b"\r\n\r\n" not in self.received:
+            piece = await loop.sock_recv(self.sock, 1024)
+            assert piece, self.received
+            self.received += piece
+        head, _, self.received = self.received.partition(b"\r\n\r\n")
+        return head
+
+    def body(self) -> bytes:
+        """The response body so far, without its chunked framing."""
+        body, rest = b"", self.received
+        while True:
+            size_line, sep, rest = rest.partition(b"\r\n")
+            if not sep or not size_line or len(rest) < int(size_line, 16) + 2:
+                return body
+            size = int(size_line, 16)
+            body, rest = body + rest[:size], rest[size + 2 :]
+
+    def close(self) -> None:
+        self.sock.close()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import secrets
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from proxy.http.handlers import FORWARDER
 from proxy.upstream.sse import SharedStream
 from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.proxy_fakes import base_config
+from tests.proxy.sse_fakes import RawSseSocket
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until_async
 
@@ -310,36 +310,14 @@ async def test_a_client_joining_mid_stream_gets_exactly_what_it_missed(
             await client.stop()
 
 
-class RawSseReader:
+class RawSseReader(RawSseSocket):
     """One SSE request on a plain socket with a small receive buffer, read at `rate` bytes a
     second (a phone on a slow link): it reads until the response ends or breaks, and tells
     the changes each up-to-date completed, as the npm client applies them."""
 
     def __init__(self, proxy: Any, token: str, handle: str, offset: str, rate: float) -> None:
-        server = proxy.client.server
-        self.address = (server.host, server.port)
-        self.request = (
-            f"GET {SHAPE}&handle={handle}&offset={offset}&live=true&live_sse=true&cursor= "
-            f"HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            "Accept: text/event-stream\r\n\r\n"
-        ).encode()
+        super().__init__(proxy, token, f"{SHAPE}&handle={handle}&offset={offset}")
         self.rate = rate
-        self.received = b""
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        self.sock.setblocking(False)
-
-    async def open(self) -> bytes:
-        """Send the request; the response's head."""
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(self.sock, self.address)
-        await loop.sock_sendall(self.sock, self.request)
-        while b"\r\n\r\n" not in self.received:
-            piece = await loop.sock_recv(self.sock, 1024)
-            assert piece, self.received
-            self.received += piece
-        head, _, self.received = self.received.partition(b"\r\n\r\n")
-        return head
 
     async def read_until(self, done: Any, timeout: float = 30) -> str:
         """Read at `rate` until `done(batches)` or the response ends: how it ended."""
@@ -362,13 +340,7 @@ class RawSseReader:
 
     def batches(self) -> list[list[str]]:
         """The ids inserted by each batch an up-to-date closed, in order."""
-        body, rest, batches, batch = b"", self.received, [], []
-        while True:  # (chunked framing: size line, data, CRLF)
-            size_line, sep, rest = rest.partition(b"\r\n")
-            if not sep or not size_line or len(rest) < int(size_line, 16) + 2:
-                break
-            size = int(size_line, 16)
-            body, rest = body + rest[:size], rest[size + 2 :]
+        body, batches, batch = self.body(), [], []
         for block in body.split(b"\n\n"):
             if not block.startswith(b"data:"):
                 continue
@@ -380,9 +352,6 @@ class RawSseReader:
             elif headers.get("operation") == "insert":
                 batch.append(message["value"]["id"])
         return batches
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def test_slow_and_stopped_readers_pass_a_big_transaction_in_one_response(

@@ -13,7 +13,6 @@ reading, then reads again.
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import orjson
@@ -22,7 +21,7 @@ from aiohttp import web
 from proxy.http.handlers import FORWARDER
 from proxy.upstream import sse
 from proxy.upstream.sse import SharedStream
-from tests.proxy.sse_fakes import proxy_in_front, sse_headers
+from tests.proxy.sse_fakes import RawSseSocket, proxy_in_front, sse_headers
 from tests.support.waiting import wait_until_async
 
 SHAPE = "/v1/shape?table=items&handle=h-1"
@@ -93,31 +92,16 @@ class PacedEngine:
         return resp
 
 
-class StoppedReader:
+class StoppedReader(RawSseSocket):
     """One SSE request on a socket with a small receive buffer, read only when told."""
 
     def __init__(self, proxy: Any, token: str) -> None:
-        server = proxy.client.server
-        self.address = (server.host, server.port)
-        self.request = (
-            f"GET {SHAPE}&offset=100_0&live=true&live_sse=true&cursor= HTTP/1.1\r\n"
-            f"Host: x\r\nAuthorization: Bearer {token}\r\nAccept: text/event-stream\r\n\r\n"
-        ).encode()
-        self.received = b""
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        self.sock.setblocking(False)
+        super().__init__(proxy, token, f"{SHAPE}&offset=100_0")
 
-    async def open(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(self.sock, self.address)
-        await loop.sock_sendall(self.sock, self.request)
-        while b"\r\n\r\n" not in self.received:
-            piece = await loop.sock_recv(self.sock, 1024)
-            assert piece, self.received
-            self.received += piece
-        head, _, self.received = self.received.partition(b"\r\n\r\n")
+    async def open(self) -> bytes:
+        head = await super().open()
         assert head.startswith(b"HTTP/1.1 200"), head
+        return head
 
     async def read_until(self, marker: bytes, timeout: float = 20) -> str:
         """Read until `marker` arrived ("done"), or the response ended cleanly ("ended"),
@@ -138,25 +122,12 @@ class StoppedReader:
                 return "closed"
             self.received += piece
 
-    def body(self) -> bytes:
-        """The response body so far, without its chunked framing."""
-        body, rest = b"", self.received
-        while True:
-            size_line, sep, rest = rest.partition(b"\r\n")
-            if not sep or not size_line or len(rest) < int(size_line, 16) + 2:
-                return body
-            size = int(size_line, 16)
-            body, rest = body + rest[:size], rest[size + 2 :]
-
     def ids(self) -> list[str]:
         return [
             orjson.loads(block[6:])["value"]["id"]
             for block in self.body().split(b"\n\n")
             if block.startswith(b"data: ") and b'"operation"' in block
         ]
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 async def _fell_behind(proxy: Any, engine: PacedEngine) -> None:

@@ -18,30 +18,17 @@ import gc
 import socket
 import threading
 import tracemalloc
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from sync_engine.app import SOURCES, build_app
 from sync_engine.log import files
 from sync_engine.log.offsets import parse_offset
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.engine_harness import SETTINGS, Engine
+from tests.sync_engine.engine_harness import Engine
 
 #: The value: big enough that a copy of it stands out from everything else the read makes.
 VALUE_BYTES = 12 << 20
-
-
-@pytest.fixture
-async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
-    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
-    client = await aiohttp_client(build_app(settings))
-    await client.app[SOURCES]["default"].ready.wait()
-    yield Engine(client, db_url, tmp_path / "data")
 
 
 async def _read_response(sock: socket.socket, into: bytearray) -> int:
