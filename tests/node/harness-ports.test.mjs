@@ -6,7 +6,8 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import http from 'node:http'
-import { freePort, startProxy, sleep } from './harness.mjs'
+import { spawnSync } from 'node:child_process'
+import { freePort, ownsListener, startProxy, sleep } from './harness.mjs'
 
 /** A foreign server on `port` answering 200 to everything (as another test's server would). */
 function squat(port) {
@@ -24,6 +25,19 @@ test('free ports are outside the ephemeral range and never handed out twice', as
   // (bind(0) hands out ports from 32768-60999, where every outgoing connection's local port
   // and every other process's bind(0) come from too)
   assert.deepEqual(ports.filter((p) => p >= 32768), [])
+})
+
+test('a process that has exited owns no listener, even while another server answers on its port', async () => {
+  // (a proxy that lost its port to a squatter exits; the squatter's 200 must not pass for it)
+  const port = await freePort()
+  const squatter = await squat(port)
+  try {
+    assert.equal(ownsListener(process.pid, port), true)
+    const gone = spawnSync(process.execPath, ['-e', '0']).pid
+    assert.equal(ownsListener(gone, port), false)
+  } finally {
+    await new Promise((r) => squatter.close(r))
+  }
 })
 
 test('a restarted server whose port another server holds a moment is its own once healthy', async () => {

@@ -23,7 +23,7 @@
 
 import { after, before } from 'node:test'
 import { spawn, execFile, spawnSync } from 'node:child_process'
-import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
+import { chmodSync, closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join, dirname, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -134,7 +134,10 @@ export function ownsListener(pid, port) {
         if (kids) pids.push(...kids.split(/\s+/).map(Number))
       }
     } catch {
-      if (i === 0) return true // (no /proc here: cannot tell)
+      // (no /proc here: cannot tell; with /proc, a process whose entry is gone has exited, and
+      // the listener is another server's: the proxy that lost its port to a squatter and
+      // exited must not be taken for healthy because the squatter answers 200)
+      if (i === 0) return !existsSync('/proc/self/fd')
     }
   }
   return false
@@ -158,7 +161,7 @@ async function untilHealthy(p, healthUrl, port, what, logTail, timeout = 30_000)
       await res.arrayBuffer()
       last = `status ${res.status}`
       if (res.status === 200) {
-        if (ownsListener(p.child.pid, port)) return
+        if (ownsListener(p.child.pid, port) && !p.exited) return
         last = 'another server answers on its port'
       }
     } catch (e) {
