@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 #: An incoming X-Request-Id is kept when it is 20 to 200 bytes long, as Electric keeps it
@@ -37,7 +37,9 @@ class RequestContext:
 #: Request ids are this process's random prefix plus a counter: unique across processes and
 #: restarts without a `getrandom` call per request (they identify, they protect nothing).
 _ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count(1)
+#: A new id each call (the prefix, then the counter as 16 hex digits), made in C: no
+#: Python-level frame per request (`proxy.http.fastlane` calls it when none came in).
+next_request_id: Callable[[], str] = map(f"{_ID_PREFIX}%016x".__mod__, itertools.count(1)).__next__
 
 
 def new_request_id(incoming: str | None) -> str:
@@ -45,4 +47,4 @@ def new_request_id(incoming: str | None) -> str:
     one (`_ID_BYTES`)."""
     if incoming and len(incoming.encode("utf-8", "surrogateescape")) in _ID_BYTES:
         return incoming
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return next_request_id()

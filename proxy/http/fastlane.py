@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from proxy.auth.claims import TokenVerifier
 from proxy.errors import ProxyError
 from proxy.http import handlers
-from proxy.http.context import new_request_id
+from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
 from proxy.http.protocol import JOIN_BELOW
 from proxy.http.wire import Request, Response, StreamResponse, http_date
@@ -192,10 +192,12 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         else:
             digest = TokenVerifier.digest(authorization)
             client.fast_token = (authorization, digest)
-    try:  # (`cache[key]` is one Python-level call fewer than `get`, which nests it)
-        prepared = cache[(digest, "", request.query_string)]
+    key = (digest, "", request.query_string)
+    try:  # (`PreparedCache.get`, as two C calls)
+        prepared = cache[key]
     except KeyError:
         return None
+    cache.move_to_end(key)
     now = time.time()
     if prepared.expires <= now:
         return None
@@ -212,7 +214,8 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
     allowed, cors = known_cors
     if not allowed:
         return None
-    request_id = new_request_id(headers.get("X-Request-Id"))
+    incoming = headers.get("X-Request-Id")
+    request_id = next_request_id() if incoming is None else new_request_id(incoming)
     lines = upstream_request_lines(headers, request_id)
     # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
     data = f"{prepared.request_line}{lines}\r\n".encode("utf-8", "surrogateescape")
@@ -246,7 +249,15 @@ def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer
         answer.cancel_quietly()
         return None
     if live:
-        answer.hold(forwarder, now)
+        # A long-poll: ended as a long-poll timeout ends (`upstream.held`) when its token
+        # expires or access is revoked (`Forwarder.end_streams`) before the engine answers.
+        # Its deadline goes into `Forwarder.deadlines` with the forwarder's next sweep
+        # (`FastAnswer.register`), if it is still held then
+        # (`upstream.forward.FAST_DEADLINE_DELAY`). `now`: the wall clock.
+        answer._held_at = now
+        forwarder.fast_new.add(answer)
+        if forwarder.fast_sweep is None:
+            forwarder.sweep_fast_later()
     return answer
 
 
@@ -302,21 +313,10 @@ class FastAnswer:
         self._sent = time.monotonic()
         #: Its key in `Forwarder.deadlines` while held with a token (`register`).
         self._expiry: int | None = None
-        #: When `hold` began (wall clock; for the deadline `register` sets).
+        #: When it began to be held (`start`; wall clock; for the deadline `register` sets).
         self._held_at = 0.0
         #: Moved from `Forwarder.fast_new` to `fast_held` by a sweep (`register`).
         self._swept = False
-
-    def hold(self, forwarder: Forwarder, now: float) -> None:
-        """A long-poll: ended as a long-poll timeout ends (`upstream.held`) when its token
-        expires or access is revoked (`Forwarder.end_streams`) before the engine answers.
-        Its deadline goes into `Forwarder.deadlines` with the forwarder's next sweep
-        (`register`), if it is still held then (`upstream.forward.FAST_DEADLINE_DELAY`).
-        `now`: the wall clock."""
-        self._held_at = now
-        forwarder.fast_new.add(self)
-        if forwarder.fast_sweep is None:
-            forwarder.sweep_fast_later()
 
     def register(self, deadlines: Deadlines) -> bool:
         """The forwarder's sweep: if still held, end it at its token's expiry, and never

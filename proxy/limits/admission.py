@@ -69,6 +69,7 @@ class _State:
         "bucket",
         "burst",
         "held",
+        "last",
         "older",
         "rate",
         "recent",
@@ -93,6 +94,9 @@ class _State:
         #: the last `shape_window` seconds (-> when), then older ones it still remembers.
         self.recent: dict[int, float] | None = None
         self.older: dict[int, None] = {}
+        #: The key last marked asked for in `recent` (so its last entry, while it is still
+        #: there): a principal following one shape asks for it request after request.
+        self.last: int | None = None
 
     def new_shape(self, limits: LimitSettings, now: float) -> tuple[int, TokenBucket | None] | None:
         """None if the request names no shape or one this principal asked for within
@@ -107,6 +111,16 @@ class _State:
         if recent is None:
             recent = self.recent = {}
         else:
+            if key == self.last:
+                # The shape it asked for last, within `shape_window`: already the last (most
+                # recently used) entry, so marking it asked for now moves nothing, and the
+                # older entries `_expire` would move out of `recent` are moved by the next
+                # request that names another shape, before anything reads them (only a
+                # request that is not free here reads `recent`'s size or `older`).
+                asked = recent.get(key)
+                if asked is not None and asked >= now - limits.shape_window:
+                    recent[key] = now
+                    return None
             self._expire(now - limits.shape_window)
             if key in recent:
                 # Least recently used first: a shape followed all along (its long-polls) is
@@ -115,6 +129,7 @@ class _State:
                 # request pushed out the next: every followed shape charged every round.)
                 del recent[key]
                 recent[key] = now
+                self.last = key
                 return None
             if key in self.older:
                 return key, None
@@ -157,6 +172,7 @@ class _State:
         older = self.older
         older.pop(key, None)
         recent[key] = now
+        self.last = key
         self.shape_window = limits.shape_window
         if len(recent) + len(older) > REMEMBERED_SHAPES:
             del (older or recent)[next(iter(older or recent))]
@@ -236,9 +252,23 @@ class Permit:
         self._released = False
 
     def release(self) -> None:
-        if not self._released:
-            self._released = True
-            self._admission._release(self._principal, self._engine, self._held)
+        if self._released:
+            return
+        self._released = True
+        # (what the admission charged, given back here: once per engine request)
+        admission = self._admission
+        state = admission._states.get(self._principal)
+        if self._held and state is not None:
+            state.held -= 1
+        if not self._engine:
+            return
+        slots = admission._slots
+        if slots._waiters:
+            slots.release()
+        else:
+            slots.free += 1  # (`_Slots.release` with nobody waiting, inline)
+        if state is not None:
+            state.active -= 1
 
 
 class Admission:
@@ -411,8 +441,18 @@ class Admission:
             )
         ):
             return None  # (`admit` refuses it)
-        if state.bucket.take(rate, burst, now) > 0:
+        bucket = state.bucket  # (`TokenBucket.take`, inline: once per fast-lane request)
+        tokens = bucket._tokens
+        elapsed = now - bucket._updated
+        if elapsed > 0.0:
+            tokens += elapsed * rate
+        if tokens > burst:
+            tokens = float(burst)
+        bucket._updated = now
+        if tokens < 1.0:
+            bucket._tokens = tokens
             return None  # (no slot was taken yet)
+        bucket._tokens = tokens - 1.0
         if new is not None:
             state.charge_shape(*new, limits, now)
         slots.free -= 1
@@ -425,20 +465,6 @@ class Admission:
         """`Retry-After` between `retry_after` and twice that, as Electric's admission 503s
         do (5-10 s): clients refused together must not all come back in the same second."""
         return self._jitter(retry_after, 2 * retry_after)
-
-    def _release(self, principal: str, engine: bool = True, held: bool = False) -> None:
-        state = self._states.get(principal)
-        if held and state is not None:
-            state.held -= 1
-        if not engine:
-            return
-        slots = self._slots
-        if slots._waiters:
-            slots.release()
-        else:
-            slots.free += 1  # (`_Slots.release` with nobody waiting, inline)
-        if state is not None:
-            state.active -= 1
 
     def _sweep(self, now: float) -> None:
         """Forget idle principals whose bucket has refilled (they would start afresh anyway)."""

@@ -144,15 +144,7 @@ class UpstreamBody:
         self._error: BodyError | None = None
         self._waiter: asyncio.Future[None] | None = None
 
-    # --- fed by the connection ----------------------------------------------------------
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        if self._size > self._high:
-            self._conn.pause()
-        if self._waiter is not None:
-            self._wake()
+    # --- fed by the connection (`_Connection.on_body` appends to `_chunks`) --------------
 
     def expect_whole(self, length: int) -> None:
         """The consumer takes the body only once all `length` bytes are in (`take_all`):
@@ -503,8 +495,14 @@ class _Connection(asyncio.Protocol):
             waiter.set_result(response)
 
     def on_body(self, body: bytes) -> None:
-        if self._body is not None:
-            self._body.feed(body)
+        into = self._body  # (`UpstreamBody.feed`, inline: once or more per answer)
+        if into is not None:
+            into._chunks.append(body)
+            into._size += len(body)
+            if into._size > into._high:
+                self.pause()
+            if into._waiter is not None:
+                into._wake()
 
     def on_message_complete(self) -> None:
         body = self._body  # (`_message_done`, inline: once per answer)
@@ -552,7 +550,8 @@ class _Connection(asyncio.Protocol):
         self._listener = listener
         self._timeout = timeout
         self._last_read = now = self._loop.time()
-        self._arm(now + timeout)
+        if self._timer is None or self._timer_at > now + timeout:  # (`_arm`'s own test)
+            self._arm(now + timeout)
         self.transport.write(data)
 
     def _message_done(self) -> None:

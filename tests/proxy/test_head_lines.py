@@ -114,3 +114,22 @@ def test_the_verdict_is_the_engines_on_any_head_in_any_pieces() -> None:
             if end >= 0:
                 assert end == len(piece)  # (nothing after the head here)
                 break
+
+
+def test_a_whole_head_in_one_read_ends_where_it_does_read_in_pieces() -> None:
+    """The shortcut for a whole head in one read (`HeadLines._short_head`) against the same
+    bytes read a byte at a time (measured line by line): the same end, or the same refusal,
+    on heads with stray CRs, LF line ends, empty lines and a next request after them."""
+    rng = random.Random(11)
+    parts = [b"a", b"\r", b"\n", b": ", b"\r\n", b"\n\n", b"\r\n\r\n"]
+    for _ in range(3000):
+        body = b"".join(rng.choice(parts) for _ in range(rng.randint(0, 40)))
+        if rng.random() < 0.2:
+            body += HOST * rng.randint(MAX_HEADERS - 2, MAX_HEADERS + 2)
+        start = rng.choice([b"GET / HTTP/1.1\r\n", b"G", b"\r", b""])
+        head = start + body + rng.choice([b"\r\n\r\n", b"\n\n", b"\r\n", b"\r\n\r\nGET /"])
+        end, refused = HeadLines().scan(head, 0)
+        by_byte, refused_by_byte = _scan([head[i : i + 1] for i in range(len(head))])
+        assert refused is refused_by_byte, head
+        if refused is None:  # (a refusal's offset is where its line began in the last piece)
+            assert end == by_byte, head
