@@ -607,6 +607,11 @@ class SharedStreams:
 
     def __init__(self) -> None:
         self._streams: dict[tuple[object, ...], SharedStream] = {}
+        #: Every stream's task until it is done, forgotten ones included (a stream whose last
+        #: client left, one ended by `end_all`): `close` waits for all of them. It waited only
+        #: for those in `_streams`, and the loop closed under a forgotten one still unwinding
+        #: ("Task was destroyed but it is pending!" at error level on a clean stop, chaos).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -626,9 +631,10 @@ class SharedStreams:
         if stream is None:
             stream = SharedStream(spec)
             self._streams[spec.key] = stream
-            stream.task = asyncio.get_running_loop().create_task(
-                self._run(stream, open_, make_head)
-            )
+            task = asyncio.get_running_loop().create_task(self._run(stream, open_, make_head))
+            stream.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         stream.members += 1
         return stream, joined
 
@@ -657,9 +663,10 @@ class SharedStreams:
                 stream.task.cancel()
 
     async def close(self) -> None:
-        """Cancel the streams still running (app shutdown)."""
-        tasks = [s.task for s in self._streams.values() if s.task is not None]
+        """Cancel the streams still running, forgotten ones too, and wait until each has
+        ended (app shutdown)."""
         self._streams.clear()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
