@@ -100,7 +100,8 @@ ERROR_BODY_LIMIT = 1024 * 1024
 #: good, taking them for a buffering proxy.
 MIN_CLIENT_STREAM = 2.0
 #: Seconds a client's response lasts at most on streams shared by clients (the shape's, a
-#: catch-up), as the engine ends each of its streams after its SSE timeout (60 s by default):
+#: catch-up; and a stream passed straight through, `Forwarder._relay_held`), as the engine
+#: ends each of its streams after its SSE timeout (60 s by default):
 #: then it ends cleanly, between two reads, and the client reconnects from its last
 #: up-to-date. A healthy response never gets there (it ends with the engine stream it reads,
 #: or goes on past one only within `MIN_CLIENT_STREAM`): the ceiling is for a response that
@@ -889,8 +890,7 @@ async def _read(
                 # is not short: else its client reconnects at once, again and again)
                 deadline = max(deadline, time.time() + MIN_CLIENT_STREAM - lasted)
             # The ceiling (`MAX_CLIENT_RESPONSE`): on a paced stream at its next up-to-date.
-            ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
-            ceiling = math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
+            ceiling = response_ceiling(lasted)
             paced = _Ceiling(stream, sub) if stream.paced else None
             if paced is None:
                 deadline = ceiling if deadline is None else min(deadline, ceiling)
@@ -935,6 +935,14 @@ async def _read(
         transport.close()
         return started.outcome
     return await _finish(started.response, request, started.outcome, reason)
+
+
+def response_ceiling(lasted: float = 0.0) -> float:
+    """When (wall clock) an SSE response that began `lasted` seconds ago reaches its
+    ceiling (`MAX_CLIENT_RESPONSE`), rounded up to `CEILING_GRAIN` (clients share a timer).
+    Also the bound of a stream passed straight through (`Forwarder._relay_held`)."""
+    ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
+    return math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
 
 
 def _resumed(
