@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from multidict import MultiDict
 
 from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
@@ -31,7 +30,13 @@ from . import check_ahead
 from . import headers as h
 from .errors import json_response
 from .live import client_gone, serve_sse
-from .params import MAX_BODY, ShapeRequest, last, parse_json_body, parse_shape_request
+from .params import (
+    MAX_BODY,
+    ShapeRequest,
+    parse_delete_request,
+    parse_json_body,
+    parse_shape_request,
+)
 from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
 
@@ -107,27 +112,22 @@ class ShapeView:
         if not self.settings.allow_delete:
             return json_response(405, {"message": "DELETE not allowed"})
         source = await self.find_source(request)
-        handle = last(request.query, "handle") or None
-        if "table" in request.query:
-            # the definition's parameters (the last of any given twice, as Electric), from
-            # its start
-            query = MultiDict((k, v) for k, v in request.query.items() if k != "offset")
-            query["offset"] = "-1"
-            req = parse_shape_request(query)
-            described = await source.describe(req.shape)
+        asked = parse_delete_request(request.query)
+        handle = asked.handle
+        if asked.shape is not None:
+            described = await source.describe(asked.shape)
             shape = source.current(described.definition)
             if shape is None:
                 return json_response(404, {"message": "No existing shape found"})
             if handle is not None and handle != shape.handle:
                 # (Electric's `Response.shape_definition_mismatch`: a message, no `errors`)
                 return json_response(400, {"message": _DEFINITION_MISMATCH})
-        elif handle is not None:
+        else:
+            assert handle is not None  # (`parse_delete_request` refused neither)
             found = source.shape(handle)
             if found is None:
                 return json_response(404, {"message": "No existing shape found"})
             shape = found
-        else:  # (Electric's `Params.validate_for_delete`)
-            raise InvalidRequest({"handle": ["can't be blank when shape definition is missing"]})
         source.delete(shape, "deleted through the API")
         return web.Response(status=202, headers={"cache-control": "no-cache"})
 

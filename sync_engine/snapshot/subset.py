@@ -25,8 +25,9 @@ whole body serialized on the event loop: a 20 MB answer held ~65 MB until its cl
 and 40 clients that did not read took the engine to 4 GB, never given back. The response is
 sent only once the query has ended (so its status still says how it ended, and its
 Content-Length is the whole body's), from the file, at the client's pace. All the answers
-held at once, in memory or spooled, are bounded by `SPOOL_BUDGET` bytes: past it a subset is a
-503 with Retry-After (a 400 if its answer alone passes it: no retry could help).
+held at once, in memory or spooled, are bounded by `BUDGET.limit` bytes (`SPOOL_BUDGET` unless
+`set_spool_budget` says otherwise): past it a subset is a 503 with Retry-After (a 400 if its
+answer alone passes it: no retry could help).
 """
 
 from __future__ import annotations
@@ -214,21 +215,24 @@ STREAM_ROWS = 500
 SPOOL_MEMORY = 64 * 1024
 
 #: Bytes of subset answers the process holds at once (in memory or spooled to disk), from
-#: the first row of each to the end of its response: past them a subset is a 503.
+#: the first row of each to the end of its response, unless the engine is told otherwise
+#: (`set_spool_budget`, from `Settings.subset_spool_budget`): past them a subset is a 503.
 SPOOL_BUDGET = 1 << 30
 
 
 class _Budget:
-    """The bytes all subset answers hold (`SPOOL_BUDGET`), counted from the threads that
-    write them and the event loop that frees them."""
+    """The bytes all subset answers hold, up to `limit`, counted from the threads that
+    write them and the event loop that frees them. One per process: every source's subsets
+    spend the same memory and disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self._lock = threading.Lock()
         self.held = 0
+        self.limit = limit
 
     def take(self, size: int) -> bool:
         with self._lock:
-            if self.held + size > SPOOL_BUDGET:
+            if self.held + size > self.limit:
                 return False
             self.held += size
             return True
@@ -238,12 +242,21 @@ class _Budget:
             self.held -= size
 
 
-BUDGET = _Budget()
+BUDGET = _Budget(SPOOL_BUDGET)
+
+
+def set_spool_budget(limit: int) -> None:
+    """The bytes all subset answers may hold at once (the engine's `--subset-spool-budget`):
+    a deployment with little disk or memory lowers it, one serving large subsets raises it.
+    Answers already held keep their bytes; only new ones are measured against `limit`."""
+    if limit < 1:
+        raise ValueError("the subset spool budget must be a positive number of bytes")
+    BUDGET.limit = limit
 
 
 class OverBudget(Exception):
-    """The subset answers held at once would pass `SPOOL_BUDGET`; `alone`: this answer
-    alone would (no retry can help)."""
+    """The subset answers held at once would pass the budget (`BUDGET.limit`); `alone`:
+    this answer alone would (no retry can help)."""
 
     def __init__(self, *, alone: bool) -> None:
         super().__init__()
@@ -277,7 +290,7 @@ class Spool:
         """Append one message (raises OverBudget)."""
         if self._count:
             item = b"," + item
-        if self.size + len(item) > SPOOL_BUDGET:
+        if self.size + len(item) > BUDGET.limit:
             raise OverBudget(alone=True)
         if not BUDGET.take(len(item)):
             raise OverBudget(alone=False)
@@ -478,7 +491,7 @@ async def run_subset(
                 {
                     "subset": {
                         "where": [
-                            f"the subset's answer is over {SPOOL_BUDGET} bytes:"
+                            f"the subset's answer is over {BUDGET.limit} bytes:"
                             " ask for fewer rows (a narrower where, or a limit)"
                         ]
                     }

@@ -329,10 +329,12 @@ def _cases(
             None,
         ),
         ("DELETE", "/v1/shape?table=items&handle=nosuch&secret=x", {}, None),
-        # a DELETE's parameters, checked in the engine's order (live before the table, the
-        # offset never read), each refused before the engine deletes anything
+        # a DELETE's parameters, checked by the engine's own check (`table` and `handle`, an
+        # empty one absent, then the definition; offset, live, live_sse never read), each
+        # refused before the engine deletes anything
         ("DELETE", "/v1/shape?table=", {}, None),
         ("DELETE", "/v1/shape?live=1&table=&offset=-1", {}, None),
+        ("DELETE", "/v1/shape?table=&handle=&live_sse=x", {}, None),
         ("DELETE", "/v1/shape?table=it%C3%A9ms&live_sse=", {}, None),
         ("DELETE", "/v1/shape?table=nosuch&offset=-1%00", {}, None),
         ("DELETE", "/v1/shape?handle=&offset=x", {}, None),
@@ -471,6 +473,9 @@ DELETES = [
     "/v1/shape?handle=HANDLE&offset=-1",
     "/v1/shape?table=items&handle=HANDLE",
     "/v1/shape?table=items",
+    # (what the engine never reads on a DELETE: the proxy refused these two)
+    "/v1/shape?table=items&live=true&offset=nonsense&live_sse=x&cursor=y",
+    "/v1/shape?table=&handle=HANDLE&live=1",
     "/v1/shape?handle=nosuch",
     "/v1/shape",
 ]

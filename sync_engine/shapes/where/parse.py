@@ -317,12 +317,16 @@ def param_cast(
 @functools.cache
 def _type_name(base: str, array: bool) -> ast.TypeName:
     """The TypeName node the parser builds for `base[]`: SQL-standard names come out
-    qualified (`timestamp` is `pg_catalog.timestamp`), so `deparse`'s round trip holds."""
+    qualified (`timestamp` is `pg_catalog.timestamp`), so `deparse`'s round trip holds.
+    A name the grammar reads as another type (`char` is character(1), `decimal` numeric)
+    is spelled as is, quoted by `deparse`: a `$n` of type "char" was written
+    `CAST('ab' AS char)`, which a snapshot read as bpchar ('' = ' ' there)."""
     if re.fullmatch(r"[a-z_][a-z0-9_]*", base):
         try:
             stmt = parse_sql(f"SELECT NULL::{base}{'[]' if array else ''}")[0].stmt
             type_name: ast.TypeName = stmt.targetList[0].val.typeName
-            return type_name
+            if type_name.names[-1].sval == base and not type_name.typmods:
+                return type_name
         except ParseError:  # a reserved word (an enum named "user"): spelled as is below
             pass
     return ast.TypeName(
