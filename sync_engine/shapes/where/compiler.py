@@ -122,7 +122,15 @@ _POSTGRES_READS = re.compile(
 
 #: What glibc's strtod reads in a float literal where the engine's reader does not: hex
 #: ('0x10' is 16, '0x1p3' 8) and 'nan(...)'. Postgres 15's float8in and float4in take them.
-_STRTOD_READS = re.compile(r"\s*[+-]?(?:0x|nan\()", re.IGNORECASE)
+#: A signed NaN ('-nan', '+NaN') too: strtod reads it, and Postgres prints NaN. In an array
+#: literal, at any element.
+_STRTOD_READS = re.compile(
+    r"(?:^|[{,])\s*(?:[+-]?(?:0x|nan\()|[+-]nan\s*(?:$|[},]))", re.IGNORECASE
+)
+
+#: What Postgres's date/time input carries over where the engine's reader stops: a 60th
+#: second (23:59:60 is the next minute) and 24:00 (the next day's midnight) after a date.
+_CLOCK_CARRIES = re.compile(r"(?<![\d:])(?:24:00(?::00)?|\d\d?:\d\d:60)(?![\d:.])")
 
 
 def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
@@ -338,7 +346,15 @@ class Compiler:
             if refusal is not None:
                 raise refusal from None
             message = str(e)
-            if (
+            if target.element in _CLOCK_TYPES and _CLOCK_CARRIES.search(expr.text):
+                # ('2024-01-01 24:00' and '12:00:60' are valid to Postgres, which carries
+                # them over: the engine said "invalid input syntax" / "out of range")
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: Postgres'
+                    " carries a 60th second and 24:00 over to the next minute or day; write"
+                    " the time it carries to"
+                )
+            elif (
                 target.element in _CLOCK_TYPES
                 and message.startswith("invalid input syntax")
                 and _POSTGRES_READS.search(expr.text)
@@ -352,9 +368,9 @@ class Compiler:
             elif (
                 target.element in (FLOAT4, FLOAT8)
                 and message.startswith("invalid input syntax")
-                and _STRTOD_READS.match(expr.text)
+                and _STRTOD_READS.search(expr.text)
             ):
-                # ('0x10'::float8 is 16 to Postgres: "invalid" was not its answer)
+                # ('0x10'::float8 is 16 to Postgres, '-nan' NaN: "invalid" was not its answer)
                 message = (
                     f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
                     " in decimal (16, 1.5e3)"
