@@ -71,6 +71,7 @@ async def test_a_snapshot_that_does_not_fit_is_waited_on_not_chased(
         assert len(source.registry) == 0, "a new shape was made while the disk is full"
     # Room again: after the wait, the client is sent to a new shape and ends exact.
     full[0] = False
+
     async def refetched() -> bool:
         status, h, _ = await engine.get(offset="0_0", handle=handle, **where)
         assert status in (409, 503), status
