@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
+import math
 import select
 import shutil
 import time
@@ -72,6 +74,9 @@ RMTREE_WAIT = 60.0
 RETRY_FIRST = 0.5
 RETRY_MAX = 5.0
 PERMANENT_RETRY = 10.0
+#: Seconds new shapes get a 503 (with Retry-After) after a snapshot failed for want of disk
+#: space, as the failed snapshot's own requests do (`_snapshot_failed`).
+DISK_FULL_WAIT = 5.0
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -230,6 +235,8 @@ class Source:
         self._closing: Callable[[], EngineError] | None = None
         # Whether the last failure to start is one only a person can fix (`_wait_ready`).
         self._start_permanent = False
+        # When a snapshot last failed for want of disk space (`_check_snapshot_room`).
+        self._snapshot_disk_full_at: float | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -638,6 +645,7 @@ class Source:
             return shape
 
         async def create() -> Shape:
+            self._check_snapshot_room()
             await self.tables.publish(described.table)
             self._make_room()  # (here, with no await before `create`: the count is exact)
             created = self.registry.create(described)
@@ -647,6 +655,30 @@ class Source:
             return created
 
         return await single_flight(self._creating, definition, create)
+
+    def _check_snapshot_room(self) -> None:
+        """Refuse a new shape (503, Retry-After) for `DISK_FULL_WAIT` seconds after a
+        snapshot failed for want of disk space.
+
+        With room for a first chunk but not for the snapshot (64 KB free, a 750 KB
+        snapshot: preflight's probe passes), every new shape answered its client's `-1`
+        with chunk 0, failed on a later chunk and was rotated, and the client's next
+        request made another one: a 409 must-refetch every ~50 ms, a snapshot query each.
+        Client 1.5.28 takes five requests at one offset within 500 ms for a loop of its own
+        and resets without a must-refetch: it then received the rows it held again as
+        inserts (chaos, seed 3102 and t_fullnew.py). Now the client waits, holding its
+        first chunk, and is told to refetch only once a new snapshot may fit."""
+        failed = self._snapshot_disk_full_at
+        if failed is None:
+            return
+        left = failed + DISK_FULL_WAIT - time.monotonic()
+        if left <= 0:
+            self._snapshot_disk_full_at = None
+            return
+        raise ServiceUnavailable(
+            "Could not take the shape's snapshot: No space left on device",
+            max(1, math.ceil(left)),
+        )
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None
@@ -679,6 +711,8 @@ class Source:
                 table=t.name,
             )
         )
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._snapshot_disk_full_at = time.monotonic()
         what = snapshot_errors.kind(exc)
         if isinstance(exc, Abandoned):
             logger.info("snapshot of shape %s cancelled: %s", shape.handle, exc)
