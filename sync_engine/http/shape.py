@@ -26,6 +26,7 @@ from ..shapes.registry import SHAPE_LIMIT_REACHED
 from ..single_flight import single_flight
 from ..snapshot.subset import parse_subset
 from ..tables import StaleDescription, not_answering
+from . import check_ahead
 from . import headers as h
 from .errors import json_response
 from .live import client_gone, serve_sse
@@ -279,6 +280,7 @@ class ShapeView:
             return None
         fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
+            check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
             return fresh
         file = shape_log.snapshot_chunk_file(index)
         if file is not None and (fd := open_chunk(file[0])) is not None:
@@ -287,6 +289,7 @@ class ShapeView:
             except BaseException:
                 os.close(fd)
                 raise
+            check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
             return fd, file[1]
         # (not checked by this process yet, or gone: read the checked way; gone is a 409)
         return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
@@ -294,8 +297,11 @@ class ShapeView:
     async def _check_file(self, shape_log: ShapeLog, index: int, fd: int) -> None:
         """`shape_log.check_snapshot_file` in a worker thread; requests for the same file
         (device and inode) at the same time share one check (a herd of clients syncing the
-        same table read it once, not once each)."""
+        same table read it once, not once each). A check of this file that started when the
+        chunk before it was sent, and passed, is used instead (`check_ahead`)."""
         st = os.fstat(fd)
+        if check_ahead.take(st):
+            return
         await single_flight(
             self._file_checks,
             (st.st_dev, st.st_ino),
