@@ -36,6 +36,7 @@ from sync_engine.http.params import PARAM_NUMBER as _NUMBER
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
 from sync_engine.http.params import parse_shape_request as engine_parse
+from sync_engine.http.parser_refusals import MAX_REQUEST_TARGET as CLIENT_MAX_TARGET
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -53,7 +54,10 @@ PROTOCOL_PARAMS = (
 _SUBSET_SCALARS = ("subset__where", "subset__limit", "subset__offset", "subset__order_by")
 #: Accepted and dropped: Electric's server ignores them, and they cannot be checked.
 _SUBSET_IGNORED = ("subset__where_expr", "subset__order_by_expr")
-MAX_VALUE_LENGTH = 8192
+#: The longest value the proxy reads: what a request line the engine reads can carry (its
+#: query values are bounded by it anyway), also for a shape parameter sent in a POST body. An
+#: 8,192-character cap refused a `where` of 8,193-9,950 characters the engine serves (attack).
+MAX_VALUE_LENGTH = CLIENT_MAX_TARGET
 #: LIMIT and OFFSET are bigint in Postgres (the engine's bound and words).
 _MAX_BIGINT = 2**63 - 1
 

@@ -13,6 +13,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from pglast import ast
@@ -131,6 +132,26 @@ _STRTOD_READS = re.compile(
 #: What Postgres's date/time input carries over where the engine's reader stops: a 60th
 #: second (23:59:60 is the next minute) and 24:00 (the next day's midnight) after a date.
 _CLOCK_CARRIES = re.compile(r"(?<![\d:])(?:24:00(?::00)?|\d\d?:\d\d:60)(?![\d:.])")
+
+#: A text that starts as the ISO date or time of day Postgres reads first, whatever follows
+#: (an offset as +0530, a zone glued to the clock, seven fractional digits, a 'T' before a
+#: time): Postgres may read the rest where the engine does not, so "invalid" is not known.
+_ISO_DATE_START = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?![\d-])")
+_ISO_TIME_START = re.compile(r"\s*T?(\d{1,2}):([0-5]\d)(?!\d)", re.IGNORECASE)
+
+
+def _starts_as_postgres_reads(text: str, target: PgType) -> bool:
+    """Whether `text` starts with a valid ISO date (or, for a time, time of day): then what
+    the engine cannot read after it is not known to be invalid to Postgres."""
+    m = _ISO_DATE_START.match(text)
+    if m is not None:
+        try:
+            date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            return False
+        return True
+    m = _ISO_TIME_START.match(text)
+    return target.element == TIME and m is not None and int(m[1]) <= 24
 
 
 def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
@@ -353,6 +374,14 @@ class Compiler:
                     f'{target.sql_name} literal "{expr.text[:60]}" is not supported: Postgres'
                     " carries a 60th second and 24:00 over to the next minute or day; write"
                     " the time it carries to"
+                )
+            elif target.element in _CLOCK_TYPES and _starts_as_postgres_reads(expr.text, target):
+                # ('2024-01-01 12:00:00+0530' is a valid date and time to Postgres, and
+                # '2024-01-01 12:00:00UTC': the engine said "invalid input syntax")
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
+                    " in ISO 8601 as Postgres prints it (2024-01-31, 13:45:00,"
+                    " 2024-01-31 13:45:00+01, 2024-01-31 13:45:00.123456+05:30)"
                 )
             elif (
                 target.element in _CLOCK_TYPES

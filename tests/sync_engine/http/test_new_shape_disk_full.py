@@ -24,7 +24,7 @@ from sync_engine import source as source_module
 from sync_engine.app import SOURCES, build_app
 from sync_engine.log.files import ShapeLog
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.engine_harness import SETTINGS, Engine, apply
+from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 
 @pytest.fixture
@@ -52,33 +52,45 @@ async def test_a_snapshot_that_does_not_fit_is_waited_on_not_chased(
             raise OSError(errno.ENOSPC, "No space left on device")
         written(log, index, data)
 
+    free = [500 << 10]  # (what the file system says is free)
     monkeypatch.setattr(ShapeLog, "write_snapshot_chunk", write_chunk)
+    monkeypatch.setattr(source_module, "_free_bytes", lambda path: free[0])
     monkeypatch.setattr(source_module, "DISK_FULL_WAIT", 1.0)
     source = engine.source
     where = {"table": "t", "where": "g % 2 <> 0"}
-    status, h, body = await engine.get(offset="-1", **where)
-    assert status == 200, body
-    handle = h["electric-handle"]
-    rows: dict[str, dict[str, Any]] = {}
-    apply(rows, body)
-    assert rows
-    await wait_until_async(lambda: source.shape(handle) is None, message="snapshot failed")
+
+    async def first_chunk() -> str:
+        """A client's `-1`: chunk 0 (200), then its snapshot fails; the handle."""
+        status, h, body = await engine.get(offset="-1", **where)
+        assert status == 200, body
+        handle = h["electric-handle"]
+        await wait_until_async(lambda: source.shape(handle) is None, message="snapshot failed")
+        return handle
+
+    handle = await first_chunk()
     # The client's next requests, at once and again: told to wait, no new shape made.
     for _ in range(3):
         status, h, body = await engine.get(offset="0_0", handle=handle, **where)
         assert status == 503, (status, body)  # (was 409 with a new shape's handle)
         assert 1 <= int(h["retry-after"]) <= 5
         assert len(source.registry) == 0, "a new shape was made while the disk is full"
-    # Room again: after the wait, the client is sent to a new shape and ends exact.
-    full[0] = False
+
+    # No space back: after `DISK_FULL_WAIT` a new snapshot is tried (one 409 per wait).
     async def refetched() -> bool:
         status, h, _ = await engine.get(offset="0_0", handle=handle, **where)
         assert status in (409, 503), status
         return status == 409
 
-    await wait_until_async(
-        refetched, message="409 once a snapshot may fit", timeout=10, interval=0.2
-    )
+    await wait_until_async(refetched, message="409 after the wait", timeout=10, interval=0.2)
+    handle = await first_chunk()  # (it does not fit either)
+    status, _, _ = await engine.get(offset="0_0", handle=handle, **where)
+    assert status == 503
+
+    # Space freed (a file deleted): the client is sent to a new shape at once, ends exact.
+    full[0] = False
+    free[0] += 8 << 20
+    status, h, _ = await engine.get(offset="0_0", handle=handle, **where)
+    assert status == 409 and h["electric-handle"] != handle
     got, _, _ = await engine.sync(**where)
     want = {str(r[0]) for r in engine.sql("SELECT id FROM t WHERE g % 2 <> 0")}
     assert {str(row["id"]) for row in got.values()} == want

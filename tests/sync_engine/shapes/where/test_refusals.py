@@ -210,7 +210,10 @@ EDGE_LITERALS = [
     "1_000", "\uff11\uff12", "yes", "{1,2}", "{-nan}", "{1e400}", "2024-01-01 24:00", "24:00",
     "24:00:01", "12:00:60", "23:59:60", "23:59:60.5", "12:60", "2024-02-30", "10000-01-01",
     "2024-01-01 23:59:60", "1 day", "P1D", "1.5 days", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-    "A0EEBC999C0B4EF8",
+    "A0EEBC999C0B4EF8", "2024-01-01 12:00:00+0530", "2024-01-01T12:00:00-0800",
+    "2024-01-01 12:00:00.1234567", "2024-01-01T12:00:00.000000001Z", "2024-01-01 12:00:00 +05:30",
+    "2024-01-01 12:00:00UTC", "2024-01-01 12:00:00z", "T12:00", "12:00:00+0530", "2024-13-01",
+    "1", "12", "12:00 nonsense",
 ]  # fmt: skip
 _INVALID = re.compile(r"invalid input|out of range|malformed|must be")
 
@@ -219,7 +222,8 @@ def test_a_literal_the_engine_calls_invalid_is_invalid_to_postgres(
     shared_table: tuple[psycopg.Connection[Any], Any, Any],
 ) -> None:
     """A `$1` (or literal) the engine refuses as invalid input, Postgres refuses too: '-nan'
-    (strtod reads it), '2024-01-01 24:00' and '12:00:60' (Postgres carries them over) were
+    (strtod reads it), '2024-01-01 24:00' and '12:00:60' (Postgres carries them over),
+    '2024-01-01 12:00:00+0530' and '2024-01-01 12:00:00UTC' (Postgres reads them) were
     "invalid input syntax" / "out of range", a 400 telling the client its value was wrong.
     What the engine does not read, it says it does not support."""
     conn, _, _ = shared_table
