@@ -278,6 +278,11 @@ class Compiler:
             conv = IMPLICIT_CASTS.get(key)
             if conv is None:
                 raise self._no_conversion(expr, target)
+            # (date -> timestamptz is midnight in the session's zone, as for a scalar: the
+            # elements were naive datetimes, equal to no timestamptz, so `'2024-01-01
+            # 00:00+00'::timestamptz = ANY(ARRAY[d])` missed the rows Postgres matches)
+            if key == (DATE, TIMESTAMPTZ):
+                return self._map_array(expr, target, EXPLICIT_CASTS[key])
             return self._map_array(expr, target, conv[0])
         conv = IMPLICIT_CASTS.get((expr.type, target))
         if conv is None:
@@ -577,9 +582,24 @@ class Compiler:
         text = self.params.get(str(n))
         if text is None:
             raise error_at(f"parameter ${n} was not provided", node)
-        return Expr(
+        expr = Expr(
             UNKNOWN, lambda _r, _c: text, is_const=True, value=text, text=text, param=n, node=node
         )
+        return self.typed_param(expr)
+
+    def typed_param(self, expr: Expr) -> Expr:
+        """A `$n` whose type an earlier use decided, as a value of that type; another (or
+        one not yet typed) as it is. Postgres types a parameter from its first use (the
+        variable-parameter hooks of parse analysis) and reads each later `$n` as a value
+        of that type: `i4 = $1 OR i8 = $1` is int4 = int4 OR int8 = int4, and `$1 BETWEEN
+        i4 AND i8` (`$1 >= i4 AND $1 <= i8`, a copy of `$1` each) likewise. Each reference
+        was untyped here, and typing the second as int8 was a 400 "type conflict for $1".
+        Only the same unresolved node coerced to two types is Postgres's "inconsistent types
+        deduced" (IN's left side against columns of two types): still the conflict."""
+        if expr.param is None or expr.type != UNKNOWN:
+            return expr
+        typ = self.param_types.get(expr.param)
+        return expr if typ is None else self._resolve_unknown(expr, typ)
 
     # -- boolean structure --
 

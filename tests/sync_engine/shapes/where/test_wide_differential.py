@@ -52,6 +52,38 @@ CASES: list[tuple[str, dict[str, str]]] = [
 Table = tuple[psycopg.Connection[Any], dict[str, ColumnInfo], dict[int, dict[str, Any]]]
 
 
+#: A `$n` used more than once: Postgres types it from its first use, and reads the later
+#: ones as values of that type (`i4 = $1 OR i8 = $1` is int4 = int4 OR int8 = int4).
+TYPED_TABLE = (
+    "CREATE TABLE p (id int PRIMARY KEY, i2 int2, i4 int4, i8 int8, num numeric, f4 float4,"
+    " f8 float8, t text, vc varchar, ch char(4), dt date, ts timestamp, tz timestamptz)"
+)
+TYPED_ROWS = (
+    "INSERT INTO p VALUES (1, 1, 1, 1, 1, 1.5, 1.5, 'ab', 'ab', 'ab', '2024-01-01',"
+    " '2024-01-01', '2024-01-01 00:00+00'), (2, 7, 5, 9, 0.1, 0.1, 0.1, 'x', 'abc', 'ab ',"
+    " '2024-01-02', '2024-01-01 00:00', '2024-01-01 05:00+05'), (3, NULL, 70000, 5000000000,"
+    " NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)"
+)
+TYPED_CASES: list[tuple[str, str]] = [
+    ("i4 = $1 OR i8 = $1", "1"),  # was a 400 "type conflict for $1"
+    ("$1 BETWEEN i4 AND i8", "5"),  # ($1 >= i4 AND $1 <= i8: a copy of $1 each)
+    ("$1 BETWEEN SYMMETRIC i8 AND i2", "7"),
+    ("i4 < $1 AND $1 < i8", "5"),
+    ("$1 = i4 OR $1 = num", "1"),
+    ("i4 = $1 OR i2 = $1", "70000"),  # int4 first: 70000 is no error beside i2
+    ("i8 = $1 OR i4 = $1", "5000000000"),
+    ("f4 = $1 OR f8 = $1", "1.5"),
+    ("f4 = $1 OR num = $1", "0.1"),  # float4 0.1 beside numeric: 0.100000001490116...
+    ("num = $1 OR f4 = $1", "0.1"),
+    ("t = $1 OR ch = $1", "ab"),
+    ("ch = $1 OR t = $1", "ab "),  # char(4) first: the param is 'ab' beside text
+    ("t = $1 OR vc = $1", "abc"),
+    ("dt = $1 OR ts = $1", "2024-01-01"),
+    ("tz = $1 OR ts = $1", "2024-01-01 00:00:00+05"),
+    ("COALESCE(i2, $1) = i4 OR $1 = i8", "9"),  # (int2 from COALESCE)
+]
+
+
 @pytest.fixture(scope="module")
 def table(pg_server_url: str) -> Iterator[Table]:
     """One database for the module's cases, which only read it."""
@@ -76,6 +108,8 @@ def _table(db_url: str) -> Iterator[Table]:
             int(r[0]): dict(zip(cols, r, strict=True))
             for r in conn.execute(f"SELECT {select} FROM d")
         }
+        conn.execute(TYPED_TABLE)
+        conn.execute(TYPED_ROWS)
         yield conn, column_map(url), rows
 
 
@@ -104,3 +138,39 @@ def test_params_of_every_type_agree_with_postgres(
     got_live = {i for i, row in rows.items() if where.matches(row)}
     assert got_sql == expected, (clause, where.sql)
     assert got_live == expected, clause
+
+
+_TYPED: dict[str, Any] = {}
+
+
+def _typed_table(conn: psycopg.Connection[Any]) -> tuple[dict[str, ColumnInfo], dict[int, Any]]:
+    """Table p's columns and rows as text, read once for the module's cases."""
+    if conn.info.dsn not in _TYPED:
+        cols = ["id", "i2", "i4", "i8", "num", "f4", "f8", "t", "vc", "ch", "dt", "ts", "tz"]
+        select = ", ".join(
+            f"CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END" for c in cols
+        )
+        rows = {
+            int(r[0]): dict(zip(cols, r, strict=True))
+            for r in conn.execute(f"SELECT {select} FROM p")
+        }
+        _TYPED[conn.info.dsn] = (column_map(conn.info.dsn, "p"), rows)
+    return _TYPED[conn.info.dsn]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(("clause", "value"), TYPED_CASES)
+def test_a_param_used_twice_is_typed_by_its_first_use_as_in_postgres(
+    table: Table, clause: str, value: str
+) -> None:
+    conn, _, _ = table
+    columns, rows = _typed_table(conn)
+    where = parse_where(clause, {"1": value}, columns)
+    conn.execute(f"PREPARE p AS SELECT id FROM p WHERE {clause}")
+    try:
+        expected = {
+            r[0] for r in conn.execute(pgsql.SQL("EXECUTE p({})").format(pgsql.Literal(value)))
+        }
+    finally:
+        conn.execute("DEALLOCATE p")
+    assert {r[0] for r in conn.execute(f"SELECT id FROM p WHERE {where.sql}")} == expected
+    assert {i for i, row in rows.items() if where.matches(row)} == expected
