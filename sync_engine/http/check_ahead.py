@@ -84,6 +84,8 @@ def start(
     worker thread, unless it is not a big written chunk file or enough check-aheads run.
     Returns at once. `pending` are the shared single-flight checks (`ShapeView`): a request
     for the chunk meanwhile shares this check rather than starting its own."""
+    for task in [t for t in _running if t.get_loop().is_closed()]:
+        _running.discard(task)  # (a loop closed with it pending: its callback never ran)
     if len(_running) >= MAX_RUNNING or index >= shape_log.snapshot_chunks:
         return
     file = shape_log.snapshot_chunk_file(index)

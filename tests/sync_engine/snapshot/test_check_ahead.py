@@ -9,6 +9,7 @@ time, is `tests/faults/test_silent_corruption.py`'s.)
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -109,3 +110,37 @@ async def test_a_chunk_changed_after_or_while_checked_ahead_is_a_409_not_its_row
     assert not damage_when_checked  # changed by then
     status, body = await chunk("while", handle, 1)
     assert status == 409, f"the changed chunk was sent: {sent_changed(body)}"
+
+
+class _FakeLog:
+    """A snapshot of two chunks whose second is the file `path`; its check passes."""
+
+    snapshot_chunks = 2
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def snapshot_chunk_file(self, index: int) -> tuple[str, int]:
+        return self.path, check_ahead.MIN_BYTES
+
+    def check_snapshot_file(self, index: int, fd: int) -> None:
+        pass
+
+
+async def test_check_aheads_a_closed_loop_left_pending_do_not_stop_new_ones(
+    tmp_path: Path,
+) -> None:
+    """A loop closed with check-aheads pending (a test's, a tenant's) never ran their done
+    callbacks: they must not count against `MAX_RUNNING` for ever."""
+    old = asyncio.new_event_loop()
+    stuck: list[Any] = [old.create_future() for _ in range(check_ahead.MAX_RUNNING)]
+    check_ahead._running.update(stuck)  # (as a task left pending: never done)
+    old.close()
+    path = tmp_path / "chunk"
+    path.write_bytes(b"x" * check_ahead.MIN_BYTES)
+    fake: Any = _FakeLog(str(path))
+    check_ahead.start({}, fake, 1)
+    st = os.stat(path)
+    await wait_until_async(lambda: (st.st_dev, st.st_ino) in check_ahead._kept, message="kept")
+    assert check_ahead.take(st) and not check_ahead.take(st)  # used once
+    assert not check_ahead._running & set(stuck)
