@@ -57,7 +57,13 @@ recently used, 5.0-6.1 s when not (12-05, perf: 52% of the engine's samples in
 `copy_folio_from_iter_atomic`, ~10 µs per 4 KiB page, all in the chunk writer threads),
 which took cold/COPY at 10M from 0.65-0.83 to 0.94-1.30 (load 14-19), alone or after the
 other tables alike. COPY fills no new memory. Which state a run gets depends on the whole
-machine (other sessions' memory churn), not on the order of the arms.
+machine (other sessions' memory churn), not on the order of the arms. Each cold run now
+reports the kernel's cost of new page cache just before it (`new_page_cost`, in the CPU
+row): ~0.5-1 µs per 4 KiB page is the fast mode, ~5-10 µs the slow one. (12-05 night,
+dirty pages ruled out: `sync` before each arm, 1.6 GB stays under the background writeback
+threshold of 2.1 GB, nr_throttled_written 0, no reclaim; the engine's own share, the heap
+given back and faulted in again after every chunk, ~300k faults per 10M-row sync, is gone
+since `snapshot/heap.py`.)
 Targets (issue 13 bar 5): cold <= 1.0x COPY; warm >= 10x faster than cold; engine RSS <=
 150 MiB; time to first byte <= 0.5 s.
 """
@@ -329,6 +335,33 @@ async def sync(url: str, headers: dict[str, str] | None = None) -> Sync:
         transport.close()
 
 
+#: Bytes of new page cache `new_page_cost` writes (a sample: 4% of a 10M-row cold sync's).
+PAGE_PROBE = 64 << 20
+
+
+def new_page_cost(directory: str) -> tuple[float, str]:
+    """Kernel µs per 4 KiB page of new page cache right now: `PAGE_PROBE` bytes written to a
+    new file in `directory`. Returns (µs, the file's path): delete it after the arm.
+
+    On this VM (virtio-balloon free page reporting, order 9) free memory is given back to
+    the host, and the first touch of such a page faults in the host: ~10 µs per page against
+    ~0.6 µs for a page freed a moment ago (12-05, 1.6 GB of 10 MiB files: 4.0 s of kernel
+    CPU new, 0.36 s right after deleting the same amount, 0.25 s overwriting cached pages).
+    A cold sync writes its chunks into new page cache, so this is its mode. The file is kept
+    until the arm ends so that the arm does not get its freed pages."""
+    path = os.path.join(directory, f"page-probe-{os.getpid()}")
+    buf = bytes(1 << 20)  # (the zero page: reading it costs no fault)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        s0 = resource.getrusage(resource.RUSAGE_THREAD).ru_stime
+        for _ in range(PAGE_PROBE >> 20):
+            os.write(fd, buf)
+        stime = resource.getrusage(resource.RUSAGE_THREAD).ru_stime - s0
+    finally:
+        os.close(fd)
+    return stime * 1e6 / (PAGE_PROBE >> 12), path
+
+
 def _sys_cpu(pid: int) -> float:
     """A process's kernel CPU seconds (all its threads): for the engine's cold sync, mostly
     the page cache its chunk files go into."""
@@ -352,6 +385,7 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
     copies: list[float] = []
     colds: list[Sync] = []
     loads: list[float] = []  # the 1-minute load average before each arm
+    page_costs: list[float] = []  # `new_page_cost` before each cold arm
     peak = 0.0
     try:
         # COPY and cold sync alternate for `rounds` rounds and each reports its median: a
@@ -377,12 +411,15 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                         copy_pg_cpu = pg.cpu() - pg0
                         copies.append(copy_s)
                         continue
+                    page_us, probe = new_page_cost(os.path.dirname(engine.data_dir))
+                    page_costs.append(page_us)
                     e0, pg0, sys0 = engine.cpu(), pg.cpu(), _sys_cpu(engine.pid)
                     rss = PeakRSS(engine)
                     try:
                         cold = await sync(direct)
                     finally:
                         peak = max(peak, rss.stop())
+                        os.unlink(probe)
                     cold_cpu, cold_pg_cpu = engine.cpu() - e0, pg.cpu() - pg0
                     cold_sys = _sys_cpu(engine.pid) - sys0
                     colds.append(cold)
@@ -406,6 +443,9 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
         spread = (f"; median of {spec.rounds}: COPY {_range(copies)}, cold "
                   f"{_range([c.seconds for c in colds])}") if spec.rounds > 1 else ""  # fmt: skip
         spread += f"; load {min(loads):.1f}-{max(loads):.1f}"
+        cold_pages = ", ".join(
+            f"{fmt(c.seconds, 's')} at {us:.1f} µs" for c, us in zip(colds, page_costs, strict=True)
+        )
         last_cold = colds[-1]
         out = [
             Row(label, f"wall time to up-to-date ({last_cold.nbytes / 1e6:.0f} MB, "
@@ -432,6 +472,7 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                           f"{fmt(last_cold.client_cpu)}"),
                  ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
                  ("floor", f"nginx {fmt(floor_cpu)} / {fmt(floor.client_cpu)}"),
+                 ("cold runs at new page cache µs/4 KiB", cold_pages),
                  ("rows/s cold", fmt(spec.rows / cold_s)),
                  ("COPY json MB", fmt(copy_bytes / 1e6))], "", "", ""),
         ]  # fmt: skip

@@ -36,6 +36,7 @@ from sync_engine.console import (
     raise_open_file_limit,
     url_of,
 )
+from sync_engine.stopping import STOP_WAIT, cancel_and_wait
 
 PROG = "shape-proxy"
 _ENV = "SHAPE_PROXY_"
@@ -265,6 +266,18 @@ async def _serve(
         )
     finally:
         await app.stop()
+        await _end_remaining_tasks()
+
+
+async def _end_remaining_tasks() -> None:
+    """Cancel every task still running and wait for each to end (at most `STOP_WAIT`), as
+    `asyncio.run` does before it closes its loop: the loop closed under a task still
+    unwinding logged "Task was destroyed but it is pending!" at error level, with a
+    traceback, on a clean stop (chaos 20:00)."""
+    current = asyncio.current_task()
+    await cancel_and_wait(
+        [t for t in asyncio.all_tasks() if t is not current], "proxy shutdown", STOP_WAIT
+    )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from proxy.http.headers import cors_headers, merge_vary, origin_allowed
 from proxy.http.protocol import REPEATED_AUTHORIZATION, REQUEST_TIMEOUT
 from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
+from proxy.limits.subsets import SubsetSlots
 from proxy.logs import ACCESS_LOGGER, access_level, redact_query
 from proxy.metrics import Metrics
 from proxy.runtime import RuntimeHolder
@@ -201,6 +202,8 @@ class ProxyApp:
         #: Request bodies over this many bytes are refused (413) where a route reads them.
         self.max_body = loaded.config.server.max_body_bytes
         self.metrics = Metrics()
+        #: Subset snapshots in flight per principal (`limits.max_subsets`).
+        self.subsets = SubsetSlots()
         self._holder: RuntimeHolder | None = None
         self._forwarder: Forwarder | None = None
         self._admission: Admission | None = None

@@ -57,6 +57,17 @@ def _flag(name: str) -> bool:
     return (_env(name, "") or "").lower() in ("1", "true", "yes", "on")
 
 
+def _positive_whole(text: str) -> int:
+    """A whole number above 0 (a budget of 0 bytes would refuse every subset)."""
+    value = whole_number(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_whole.__name__ = "positive whole number"
+
+
 def _num(
     name: str,
     convert: Callable[[str], T],
@@ -193,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
         " get 409 must-refetch and a fresh snapshot (logs are never compacted; repeated big"
         " transactions would fill the disk). Default 0: no limit."
         " Env: SYNC_ENGINE_MAX_LOG_BYTES",
+    )
+    p.add_argument(
+        "--subset-spool-budget",
+        type=_positive_whole,
+        default=_num(
+            "SUBSET_SPOOL_BUDGET",
+            _positive_whole,
+            "a positive whole number of bytes",
+            "--subset-spool-budget",
+            1 << 30,
+        ),
+        help="bytes all subset answers (POST /v1/shape snapshots) may hold at once, in memory"
+        " or spooled to the data directory, until sent: past it a subset is a 503"
+        " subset_budget with Retry-After, one answer bigger than it alone a 400. Default"
+        " 1073741824 (1 GiB). Env: SYNC_ENGINE_SUBSET_SPOOL_BUDGET",
     )
     p.add_argument(
         "--allow-delete",
@@ -371,6 +397,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         chunk_bytes=args.chunk_bytes,
         max_shapes=args.max_shapes or None,
         max_log_bytes=args.max_log_bytes or None,
+        subset_spool_budget=args.subset_spool_budget,
         allow_delete=args.allow_delete,
         fsync=not args.no_fsync,
         max_initial_syncs=args.max_initial_syncs or None,

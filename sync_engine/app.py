@@ -24,6 +24,7 @@ from .http.parser_refusals import RefusingApplication
 from .http.shape import ShapeView
 from .preflight import disk_full
 from .settings import Settings
+from .snapshot.subset import set_spool_budget
 from .source import Source, SourceConfig, SourceState
 from .stopping import cancel_and_wait
 from .tenants.manager import SourceManager
@@ -130,6 +131,8 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         LiveConnection, middlewares=[common_headers, error_middleware, raw_paths]
     )
     app[SETTINGS] = settings
+    # (process-wide: every source's subset answers share the memory and the disk)
+    set_spool_budget(settings.subset_spool_budget)
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)
     app[MANAGER] = manager

@@ -25,6 +25,10 @@ class Settings:
     # Bytes a shape's transaction log may hold before the shape is rotated (its clients
     # refetch a fresh snapshot): logs are never compacted. None: no limit.
     max_log_bytes: int | None = None
+    # Bytes all subset answers may hold at once, in memory or spooled to the data dir's
+    # disk, from their first row until sent (`snapshot.subset.set_spool_budget`): past it a
+    # subset is a 503 `subset_budget`, one answer over it alone a 400. One per process.
+    subset_spool_budget: int = 1 << 30
     max_concurrent_snapshots: int = 8
     out_of_bounds_wait: float = 10.0
     schema_check_interval: float = 10.0

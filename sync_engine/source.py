@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
+import math
+import os
 import select
 import shutil
 import time
@@ -72,6 +75,11 @@ RMTREE_WAIT = 60.0
 RETRY_FIRST = 0.5
 RETRY_MAX = 5.0
 PERMANENT_RETRY = 10.0
+#: Seconds new shapes get a 503 (with Retry-After) after a snapshot failed for want of disk
+#: space, as the failed snapshot's own requests do (`_check_snapshot_room`), unless space
+#: comes back sooner: `SPACE_BACK` bytes more free than when it failed.
+DISK_FULL_WAIT = 5.0
+SPACE_BACK = 1 << 20
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -230,6 +238,9 @@ class Source:
         self._closing: Callable[[], EngineError] | None = None
         # Whether the last failure to start is one only a person can fix (`_wait_ready`).
         self._start_permanent = False
+        # When a snapshot last failed for want of disk space, and the bytes then free
+        # (`_check_snapshot_room`).
+        self._snapshot_disk_full: tuple[float, int | None] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -638,6 +649,7 @@ class Source:
             return shape
 
         async def create() -> Shape:
+            self._check_snapshot_room()
             await self.tables.publish(described.table)
             self._make_room()  # (here, with no await before `create`: the count is exact)
             created = self.registry.create(described)
@@ -647,6 +659,36 @@ class Source:
             return created
 
         return await single_flight(self._creating, definition, create)
+
+    def _check_snapshot_room(self) -> None:
+        """Refuse a new shape (503, Retry-After) for `DISK_FULL_WAIT` seconds after a
+        snapshot failed for want of disk space.
+
+        With room for a first chunk but not for the snapshot (64 KB free, a 750 KB
+        snapshot: preflight's probe passes), every new shape answered its client's `-1`
+        with chunk 0, failed on a later chunk and was rotated, and the client's next
+        request made another one: a 409 must-refetch every ~50 ms, a snapshot query each.
+        Client 1.5.28 takes five requests at one offset within 500 ms for a loop of its own
+        and resets without a must-refetch: it then received the rows it held again as
+        inserts (chaos, seed 3102 and t_fullnew.py). Now the client waits, holding its
+        first chunk, and is told to refetch only once a new snapshot may fit: after the
+        wait, or as soon as `SPACE_BACK` more bytes are free than when the snapshot failed
+        (space freed: new shapes at once, as before)."""
+        full = self._snapshot_disk_full
+        if full is None:
+            return
+        failed, free_then = full
+        left = failed + DISK_FULL_WAIT - time.monotonic()
+        free = _free_bytes(self.config.data_dir)
+        if left <= 0 or (
+            free is not None and free_then is not None and free >= free_then + SPACE_BACK
+        ):
+            self._snapshot_disk_full = None  # (waited, or space is back: try)
+            return
+        raise ServiceUnavailable(
+            "Could not take the shape's snapshot: No space left on device",
+            max(1, math.ceil(left)),
+        )
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None
@@ -679,6 +721,8 @@ class Source:
                 table=t.name,
             )
         )
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._snapshot_disk_full = (time.monotonic(), _free_bytes(self.config.data_dir))
         what = snapshot_errors.kind(exc)
         if isinstance(exc, Abandoned):
             logger.info("snapshot of shape %s cancelled: %s", shape.handle, exc)
@@ -691,6 +735,15 @@ class Source:
         if what in ("table_gone", "schema_changed"):
             self.tables.changed(t, dropped=what == "table_gone", reason="table dropped")
         self.registry.rotate(shape, f"snapshot failed: {snapshot_errors.describe(exc)}")
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes free to the engine on the filesystem of `path` (None: cannot tell)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 async def _drop_slot(conn: AsyncConnection[Any], slot: str) -> None:

@@ -54,6 +54,7 @@ from proxy.http.wire import (
 from proxy.limits.admission import Admission
 from proxy.limits.client import client_address
 from proxy.limits.config import resolve
+from proxy.limits.subsets import SubsetSlots
 from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics, metrics_refusal
 from proxy.policy.evaluate import (
@@ -133,6 +134,19 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
         if prepared.live and method in ("GET", "HEAD")
         else None
     )
+    # A subset snapshot keeps its answer in the engine's subset budget until it is handed
+    # over: charged to its principal's `max_subsets` for that long (`proxy.limits.subsets`).
+    subset = None
+    max_subsets = prepared.limits.max_subsets
+    if max_subsets is not None and is_subset(prepared, method):
+        try:
+            subset = _app(request).subsets.take(
+                principal(request, prepared), max_subsets, prepared.limits.retry_after
+            )
+        except ProxyError:
+            if held is not None:
+                held.release()
+            raise
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     try:
@@ -142,6 +156,17 @@ async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
     finally:
         if held is not None:
             held.release()
+        if subset is not None:
+            subset.release()
+
+
+def is_subset(prepared: Prepared, method: str) -> bool:
+    """Whether the request is a subset snapshot: a POST (its body is one), or a GET whose
+    engine URL (built from the policy's decision) carries a subset, or had to send it as a
+    POST body."""
+    if method == "POST" or prepared.upstream_body is not None:
+        return True
+    return any(name.startswith("subset__") for name in prepared.url.query)
 
 
 async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamResponse | None:
@@ -197,6 +222,8 @@ class Services(Protocol):
     def admission(self) -> Admission: ...
     @property
     def metrics(self) -> Metrics: ...
+    @property
+    def subsets(self) -> SubsetSlots: ...
 
 
 def _app(request: Request) -> Services:
@@ -389,7 +416,10 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
             return prepared
     epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
-    if cache is not None and remapped is not None and key is not None:
+    limited = prepared.limits.max_subsets is not None and is_subset(prepared, "GET")
+    if cache is not None and remapped is not None and key is not None and not limited:
+        # (a subset under `max_subsets` is never remembered: the fast lane, which reads these,
+        # would forward its repeats without counting them)
         if epoch == runtime.verifier.epoch:
             # (not when the issuer's keys changed meanwhile: the token may be one they dropped)
             (cache if prepared.combined is None else remapped)[key] = prepared

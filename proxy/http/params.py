@@ -25,12 +25,18 @@ from proxy.policy.sql import parse_identifier_list, parse_table_name
 from proxy.shape_request import ShapeRequest, SubsetRequest
 from sync_engine.errors import BadBody, InvalidRequest
 from sync_engine.http.limits import MAX_PARAMS
+from sync_engine.http.params import (
+    DELETE_DEFINITION,
+    SUBSET_BODY_KEYS,
+    parse_delete_request,
+    parse_json_body,
+)
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
 from sync_engine.http.params import PARAM_NUMBER as _NUMBER
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
-from sync_engine.http.params import SUBSET_BODY_KEYS, parse_json_body
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
 from sync_engine.http.params import parse_shape_request as engine_parse
+from sync_engine.http.parser_refusals import MAX_REQUEST_TARGET as CLIENT_MAX_TARGET
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -48,7 +54,10 @@ PROTOCOL_PARAMS = (
 _SUBSET_SCALARS = ("subset__where", "subset__limit", "subset__offset", "subset__order_by")
 #: Accepted and dropped: Electric's server ignores them, and they cannot be checked.
 _SUBSET_IGNORED = ("subset__where_expr", "subset__order_by_expr")
-MAX_VALUE_LENGTH = 8192
+#: The longest value the proxy reads: what a request line the engine reads can carry (its
+#: query values are bounded by it anyway), also for a shape parameter sent in a POST body. An
+#: 8,192-character cap refused a `where` of 8,193-9,950 characters the engine serves (attack).
+MAX_VALUE_LENGTH = CLIENT_MAX_TARGET
 #: LIMIT and OFFSET are bigint in Postgres (the engine's bound and words).
 _MAX_BIGINT = 2**63 - 1
 
@@ -337,22 +346,33 @@ def check_as_the_engine(
 
 
 def check_delete_as_the_engine(items: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Refuse a `DELETE /v1/shape` as the engine does (`sync_engine.http.shape`'s `delete`),
-    in its order and words; the parameters the proxy goes on with: all but `offset`, which
-    the engine never reads on a DELETE (a NUL byte there was the proxy's 400 only).
+    """Refuse a `DELETE /v1/shape` as the engine does, with the engine's own check
+    (`sync_engine.http.params.parse_delete_request`: the two cannot drift apart); the
+    parameters the proxy goes on with: what the engine reads, nothing else.
 
-    With `table` in the query (even empty), the definition is checked as a GET's from -1
-    (live and live_sse first, then the table...); without it, a handle must be named."""
-    kept = [(name, value) for name, value in items if name != "offset"]
-    if any(name == "table" for name, _ in kept):
-        check_as_the_engine([*kept, ("offset", "-1")])
-    elif not dict(kept).get("handle"):  # (the last one, as the engine reads it)
-        blank = "can't be blank when shape definition is missing"
-        raise EngineRefusal(
-            "missing_handle",
-            blank,
-            body={"message": "Invalid request", "errors": {"handle": [blank]}},
-        )
+    As Electric's DeleteShapePlug, the engine reads `table` and `handle` (an empty one is
+    absent) and, with a table, the definition's own parameters (`where`, `columns`,
+    `replica`, `log`, `params[n]`); never `offset`, `live`, `live_sse` or `cursor`. The proxy
+    read them too: a DELETE with `live=1&table=` got the engine's old live error, and one
+    with `live=true&offset=nonsense` a 400 the engine (now) deletes through."""
+    pairs = list(items)
+    try:
+        asked = parse_delete_request(MultiDict(pairs))
+    except (InvalidRequest, BadBody) as exc:
+        refusal = _refusal(exc)
+        if isinstance(exc, InvalidRequest) and list(exc.errors) == ["handle"]:
+            # (neither a table nor a handle: the access log says which is missing)
+            refusal = EngineRefusal("missing_handle", refusal.message, body=refusal.body)
+        raise refusal from None
+    kept: list[tuple[str, str]] = []
+    if asked.shape is not None:  # (by its definition; else by its handle alone)
+        kept = [
+            (name, value)
+            for name, value in pairs
+            if name in DELETE_DEFINITION or _PARAM_KEY.match(name) is not None
+        ]
+    if asked.handle is not None:
+        kept.append(("handle", asked.handle))
     return kept
 
 

@@ -11,8 +11,11 @@ An `asyncio.Protocol` per connection, with no reader task: the parser's callback
   value, a second `Authorization`) a 400:
   the shared answers of `sync_engine.http.parser_refusals`, in the proxy's JSON, nothing of
   the request quoted, one INFO line, then the connection closes;
-- `Expect: 100-continue` is answered at once (the body is read before the handler runs);
-  a body over the app's limit is read and dropped, and `Request.read()` answers 413;
+- `Expect: 100-continue` is answered at once (the body is read before the handler runs),
+  any other expectation is a 417 at once, before the body;
+  a body over the app's limit is read and dropped, and `Request.read()` answers 413; so is
+  the body of any method but POST (no route reads it), its request answered at once, as the
+  engine and Electric answer it;
 - keep-alive as the client asks (HTTP/1.1 by default, HTTP/1.0 with `Connection:
   keep-alive`); pipelined requests are answered one at a time, in order, and reading pauses
   while `PIPELINE_LIMIT` requests wait; an idle connection closes after `KEEPALIVE_TIMEOUT`;
@@ -70,9 +73,11 @@ KEEPALIVE_TIMEOUT = 75.0
 #: Seconds a request may take to arrive in full from its first byte (nginx's
 #: client_header_timeout and client_body_timeout are 60 s each), and a new connection may
 #: wait before its first request begins (it is closed then, without an answer). Checked by
-#: the keep-alive timer, which is not moved per request: on a new connection it first fires
-#: after this long, between requests after `KEEPALIVE_TIMEOUT`, so a request begun on a
-#: connection idle for a while may take up to `KEEPALIVE_TIMEOUT` before it is cut.
+#: the keep-alive timer, which is not moved per request (~1 us each on the fast lane): it
+#: fires at least this often while the connection is idle, and a request that began since
+#: is then given until its own deadline, so it is cut this long after its first byte, as the
+#: engine cuts it (it was cut after up to `KEEPALIVE_TIMEOUT`: 75 s for a trickling request
+#: pipelined behind another, 30 s on the engine: attack).
 REQUEST_READ_TIMEOUT = 30.0
 #: Seconds a response may wait for its client to read (the connection's buffer over its high
 #: mark) before the connection is dropped: a client that stops reading held its socket, and
@@ -185,7 +190,6 @@ class Connection(asyncio.Protocol, Writer):
         "_body_size",
         "_continue_owed",
         "_drain",
-        "_expect_failed",
         "_fast",
         "_head_bytes",
         "_headers",
@@ -238,8 +242,9 @@ class Connection(asyncio.Protocol, Writer):
         self._body: list[bytes] = []
         self._body_size = 0
         self._body_left = 0  # bytes of a body of known length still to come (`data_received`)
+        #: The body of the request being read is dropped as it arrives: the request was
+        #: queued at its head (a body over the limit, or the body of a method no route reads).
         self._too_large = False
-        self._expect_failed = False
         self._request: Request | None = None  # being parsed
         #: A request asking to upgrade whose body is still to be read (`_UpgradeBody`), and
         #: that body's framing as a header line.
@@ -454,7 +459,6 @@ class Connection(asyncio.Protocol, Writer):
         self._body_size = 0
         self._body_left = 0
         self._too_large = False
-        self._expect_failed = False
 
     def on_url(self, url: bytes) -> None:
         parts = self._url
@@ -569,6 +573,29 @@ class Connection(asyncio.Protocol, Writer):
             if not self._busy:
                 self._next()
             return
+        expect = headers.get("Expect") if "expect" in names else None
+        if expect is not None and version == "1.1" and expect.lower() != "100-continue":
+            # An expectation the server cannot meet: the engine's 417 at once, before the
+            # body (the proxy waited for the body, and a client that sends it only once
+            # told to go on got nothing until the read timeout).
+            raise _Refused(EXPECTATION_FAILED)
+        if (
+            (coding is not None or (length is not None and length != "0"))
+            and method != b"POST"
+            and expect is None
+            and not parser.should_upgrade()
+        ):
+            # A body no route reads (only a POST's is): the request is answered now, as the
+            # engine (aiohttp) and Electric (Bandit) answer it, its body read and dropped as
+            # it arrives before the next request is read; one that never comes closes the
+            # connection at the request deadline, after the answer (`_idle_close`). The
+            # proxy waited for it: a GET with a `Content-Length` and no body got nothing.
+            self._request = None
+            self._queue.append(request)
+            self._too_large = True  # (the body is dropped)
+            if not self._busy:
+                self._next()
+            return
         if parser.should_upgrade():
             # A request asking to upgrade (`Connection: Upgrade`, as `curl --http2` sends) is
             # answered as plain HTTP and the connection closed after it: its answer says so
@@ -585,18 +612,15 @@ class Connection(asyncio.Protocol, Writer):
                     framing = b"Content-Length: " + str(length).encode()
                 self._upgrading = (request, framing)
                 self._request = None
-        expect = headers.get("Expect") if "expect" in names else None
-        if expect is not None and request.version >= (1, 1) and self._transport is not None:
-            if expect.lower() == "100-continue":
-                if self._busy or self._queue:
-                    # Its turn comes after the answers ahead (`_next`): written now, the client
-                    # took it for the first request's interim answer (the engine writes it
-                    # after them); never, if the connection closes after them.
-                    self._continue_owed = None if self.closing else request
-                elif not self._too_large:
-                    self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            else:
-                self._expect_failed = True
+        if expect is not None and version == "1.1" and self._transport is not None:
+            # (100-continue: any other was refused above)
+            if self._busy or self._queue:
+                # Its turn comes after the answers ahead (`_next`): written now, the client
+                # took it for the first request's interim answer (the engine writes it
+                # after them); never, if the connection closes after them.
+                self._continue_owed = None if self.closing else request
+            elif not self._too_large:
+                self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:
@@ -617,9 +641,6 @@ class Connection(asyncio.Protocol, Writer):
         request.body = b"".join(self._body)
         request.body_too_large = self._too_large
         self._body = []
-        if self._expect_failed:  # an expectation other than 100-continue: not met
-            self._refuse(EXPECTATION_FAILED, request.method == "HEAD")
-            return
         self._queue.append(request)
         if self._task is None and self._fast is None:  # (not `_busy`: one call fewer)
             self._next()
@@ -661,9 +682,14 @@ class Connection(asyncio.Protocol, Writer):
             if self._continue_owed is not None:  # (the request still being read: its turn)
                 self._continue_owed = None
                 transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            self._idle_since = self._loop.time()
+            self._idle_since = now = self._loop.time()
             if self._idle is None:
-                self._idle = self._loop.call_later(KEEPALIVE_TIMEOUT, self._idle_close)
+                # (at most `REQUEST_READ_TIMEOUT` away: a request that begins meantime, or
+                # began while the one before it was answered, is cut at its own deadline)
+                delay = min(KEEPALIVE_TIMEOUT, REQUEST_READ_TIMEOUT)
+                if self._in_message:
+                    delay = max(0.0, self._message_began + REQUEST_READ_TIMEOUT - now)
+                self._idle = self._loop.call_later(delay, self._idle_close)
             return
         item = self._queue.pop(0)
         if item is self._continue_owed:  # (its turn: `on_headers_complete`)
@@ -898,8 +924,8 @@ class Connection(asyncio.Protocol, Writer):
             self._transport.close()
             return
         left = self._idle_since + KEEPALIVE_TIMEOUT - now
-        if left > 0:  # (it was armed before the fast-lane requests since)
-            self._idle = self._loop.call_later(left, self._idle_close)
+        if left > 0:  # (armed before the fast-lane requests since, or a check on the way)
+            self._idle = self._loop.call_later(min(left, REQUEST_READ_TIMEOUT), self._idle_close)
             return
         if self._transport.get_write_buffer_size():
             self._transport.abort()  # (its last answer is still unread: `close` would wait)

@@ -1,8 +1,8 @@
 """Listening for clients and stopping gracefully: the proxy's server around its connections.
 
 Shutdown follows uvicorn's order: stop listening, close idle connections and ask busy ones to
-close after their current answer, wait up to a timeout, then cancel what is still running
-(held long-polls: their clients reconnect elsewhere) and close.
+close after their current answer, end held live answers cleanly (SSE streams, long-polls: their
+clients reconnect elsewhere), wait up to a timeout, then cancel what is still running and close.
 """
 
 from __future__ import annotations
@@ -116,6 +116,12 @@ class Server:
             server.close()
         for conn in list(self._connections):
             conn.shut_down()
+        # Live answers never finish on their own within the timeout (an SSE stream lasts the
+        # engine's SSE timeout, a long-poll its hold): end them now as a revocation does,
+        # each cleanly (an SSE stream as the engine's ends, a long-poll as its timeout), and
+        # each client goes on from where it is. They were aborted after the timeout: every
+        # stop with a live client took `timeout` and broke its stream.
+        self._app.forwarder.end_streams()
         answering = [a for conn in self._connections if (a := conn.answering) is not None]
         if answering:
             await asyncio.wait(answering, timeout=timeout)

@@ -14,6 +14,8 @@ limits:                  # every principal (token subject, or client address whe
   new_shape_burst: 200   # ... with bursts up to this many
   max_shapes: null       # shapes one principal may have asked for within shape_window (null:
   shape_window: 60       # no bound); with the engine's --max-shapes, set it to a share of it
+  max_subsets: null      # subset snapshots in flight at once (null: no bound; see
+                         # proxy.limits.subsets): a share of the engine's subset spool budget
 tables:
   items:
     allow:
@@ -93,6 +95,7 @@ class RuleLimits(_Model):
     new_shape_rate: float | None = Field(default=None, gt=0)
     new_shape_burst: int | None = Field(default=None, ge=1)
     max_shapes: int | None = Field(default=None, ge=1, le=REMEMBERED_SHAPES)
+    max_subsets: int | None = Field(default=None, ge=1)
 
 
 class LimitsConfig(_Model):
@@ -136,6 +139,12 @@ class LimitsConfig(_Model):
         description="seconds a shape counts against max_shapes after it was last asked for "
         "(at least the engine's minimum idle age before eviction, 60 s)",
     )
+    max_subsets: int | None = Field(
+        default=None,
+        ge=1,
+        description="subset snapshots one principal may have in flight at once, until each "
+        "answer is handed over (none: no bound); a share of the engine's subset spool budget",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +161,7 @@ class LimitSettings:
     new_shape_burst: int = 200
     max_shapes: int | None = None
     shape_window: float = 60.0
+    max_subsets: int | None = None
     #: The shape definition the request names (`proxy.upstream.url.definition_key`), or None
     #: when its engine request makes no shape (a DELETE): an engine request of a definition
     #: new to its principal is charged to the new-shape bucket (`proxy.limits.admission`).
@@ -175,6 +185,7 @@ def resolve(
             new_shape_burst=global_limits.new_shape_burst,
             max_shapes=global_limits.max_shapes,
             shape_window=global_limits.shape_window,
+            max_subsets=global_limits.max_subsets,
             shape=shape,
         )
     return LimitSettings(
@@ -188,5 +199,6 @@ def resolve(
         new_shape_burst=rule.new_shape_burst or global_limits.new_shape_burst,
         max_shapes=rule.max_shapes or global_limits.max_shapes,
         shape_window=global_limits.shape_window,
+        max_subsets=rule.max_subsets or global_limits.max_subsets,
         shape=shape,
     )

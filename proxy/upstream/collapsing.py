@@ -108,6 +108,9 @@ class Flights:
 
     def __init__(self) -> None:
         self._flights: dict[CacheKey, Flight] = {}
+        #: Every flight's task until it is done, forgotten ones included (a flight whose last
+        #: waiter left, or ended: `close` waits for all of them, as `sse.SharedStreams` does).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -131,9 +134,12 @@ class Flights:
         if flight is None:
             flight = Flight(key, held)
             self._flights[key] = flight
-            flight.task = asyncio.get_running_loop().create_task(
+            task = asyncio.get_running_loop().create_task(
                 self._fly(flight, open_, make_head, on_complete)
             )
+            flight.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         flight.waiters += 1
         return flight, joined
 
@@ -158,8 +164,9 @@ class Flights:
                 flight.notify()
 
     async def close(self) -> None:
-        """Cancel shared requests still running (app shutdown)."""
-        tasks = [f.task for f in self._flights.values() if f.task is not None]
+        """Cancel shared requests still running, forgotten ones too, and wait until each has
+        ended (app shutdown)."""
+        tasks = list(self._tasks)
         self._flights.clear()
         for task in tasks:
             task.cancel()

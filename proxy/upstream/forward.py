@@ -210,10 +210,11 @@ class Forwarder:
             if item.register(self.deadlines):
                 held.add(item)
 
-    def hold(self, target: Target) -> Hold:
+    def hold(self, target: Target, ceiling: float | None = None) -> Hold:
         """The bounds of a live answer's wait for the engine (`upstream.held`): its token's
-        expiry and the next `end_streams`. Give it back with `unhold`."""
-        hold = Hold(target.deadline, self.deadlines)
+        expiry, `ceiling` (wall clock) if any, and the next `end_streams`. Give it back with
+        `unhold`."""
+        hold = Hold(target.deadline, self.deadlines, ceiling)
         if target.epoch is not None and target.epoch != self.revocations:
             hold.expire()  # (authorised before a revocation that came before its hold)
         else:
@@ -546,15 +547,18 @@ class Forwarder:
         outcome: Outcome,
     ) -> bool:
         """An SSE stream passed straight through (not shared), within its `Hold`: when the
-        caller's token expires or access is revoked, it ends between two reads of the engine
-        stream, as a shared stream ends (`upstream.sse`): the client buffers a batch until its
-        up-to-date, so a batch cut there is one it has not applied, and it reconnects from its
-        last up-to-date. A compressed stream cannot end cleanly mid-way (its client would
-        read a truncated compressed body): its connection is closed instead, which the client
-        retries the same way. True if the engine's stream was read to its end."""
+        caller's token expires, access is revoked or the response reaches its ceiling
+        (`sse.MAX_CLIENT_RESPONSE`, as on a shared stream: an engine stream that never ended,
+        sending only keep-alives, held it open for as long as it lasted), it ends between two
+        reads of the engine stream, as a shared stream ends (`upstream.sse`): the client
+        buffers a batch until its up-to-date, so a batch cut there is one it has not applied,
+        and it reconnects from its last up-to-date. A compressed stream cannot end cleanly
+        mid-way (its client would read a truncated compressed body): its connection is closed
+        instead, which the client retries the same way. True if the engine's stream was read
+        to its end."""
         content = upstream.content
         identity = (upstream.headers.get("Content-Encoding") or "identity").strip().lower()
-        hold = self.hold(target)
+        hold = self.hold(target, sse.response_ceiling())
         try:
             while True:
                 reading = asyncio.ensure_future(content.read_any())

@@ -127,20 +127,26 @@ class HoldEnded(Exception):
 
 class Hold:
     """One held request's wait for the engine: over at its token's expiry (`deadline`, wall
-    clock; None: no token, never before `MIN_HOLD` from now) or at `expire()` (access revoked:
+    clock; None: no token, never before `MIN_HOLD` from now), at `ceiling` (wall clock: the
+    most a response may last, whatever the token) or at `expire()` (access revoked:
     `Forwarder.end_streams`), whichever comes first. Give it back with `release()`."""
 
     __slots__ = ("_deadlines", "_key", "over", "waking")
 
-    def __init__(self, deadline: float | None, deadlines: Deadlines) -> None:
+    def __init__(
+        self, deadline: float | None, deadlines: Deadlines, ceiling: float | None = None
+    ) -> None:
         #: Whether the hold has ended.
         self.over = False
         #: The future its request awaits now, completed when the hold ends.
         self.waking: asyncio.Future[Any] | None = None
         self._deadlines = deadlines
         self._key: int | None = None
-        if deadline is not None:
-            self._key = deadlines.add(max(deadline, time.time() + MIN_HOLD), self)
+        at = None if deadline is None else max(deadline, time.time() + MIN_HOLD)
+        if ceiling is not None:
+            at = ceiling if at is None else min(at, ceiling)
+        if at is not None:
+            self._key = deadlines.add(at, self)
 
     def expire(self) -> None:
         """End the hold: the request waiting within it is woken (`wait` returns False)."""

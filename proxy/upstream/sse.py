@@ -100,7 +100,8 @@ ERROR_BODY_LIMIT = 1024 * 1024
 #: good, taking them for a buffering proxy.
 MIN_CLIENT_STREAM = 2.0
 #: Seconds a client's response lasts at most on streams shared by clients (the shape's, a
-#: catch-up), as the engine ends each of its streams after its SSE timeout (60 s by default):
+#: catch-up; and a stream passed straight through, `Forwarder._relay_held`), as the engine
+#: ends each of its streams after its SSE timeout (60 s by default):
 #: then it ends cleanly, between two reads, and the client reconnects from its last
 #: up-to-date. A healthy response never gets there (it ends with the engine stream it reads,
 #: or goes on past one only within `MIN_CLIENT_STREAM`): the ceiling is for a response that
@@ -607,6 +608,11 @@ class SharedStreams:
 
     def __init__(self) -> None:
         self._streams: dict[tuple[object, ...], SharedStream] = {}
+        #: Every stream's task until it is done, forgotten ones included (a stream whose last
+        #: client left, one ended by `end_all`): `close` waits for all of them. It waited only
+        #: for those in `_streams`, and the loop closed under a forgotten one still unwinding
+        #: ("Task was destroyed but it is pending!" at error level on a clean stop, chaos).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -626,9 +632,10 @@ class SharedStreams:
         if stream is None:
             stream = SharedStream(spec)
             self._streams[spec.key] = stream
-            stream.task = asyncio.get_running_loop().create_task(
-                self._run(stream, open_, make_head)
-            )
+            task = asyncio.get_running_loop().create_task(self._run(stream, open_, make_head))
+            stream.task = task
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         stream.members += 1
         return stream, joined
 
@@ -657,9 +664,10 @@ class SharedStreams:
                 stream.task.cancel()
 
     async def close(self) -> None:
-        """Cancel the streams still running (app shutdown)."""
-        tasks = [s.task for s in self._streams.values() if s.task is not None]
+        """Cancel the streams still running, forgotten ones too, and wait until each has
+        ended (app shutdown)."""
         self._streams.clear()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
@@ -882,8 +890,7 @@ async def _read(
                 # is not short: else its client reconnects at once, again and again)
                 deadline = max(deadline, time.time() + MIN_CLIENT_STREAM - lasted)
             # The ceiling (`MAX_CLIENT_RESPONSE`): on a paced stream at its next up-to-date.
-            ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
-            ceiling = math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
+            ceiling = response_ceiling(lasted)
             paced = _Ceiling(stream, sub) if stream.paced else None
             if paced is None:
                 deadline = ceiling if deadline is None else min(deadline, ceiling)
@@ -928,6 +935,14 @@ async def _read(
         transport.close()
         return started.outcome
     return await _finish(started.response, request, started.outcome, reason)
+
+
+def response_ceiling(lasted: float = 0.0) -> float:
+    """When (wall clock) an SSE response that began `lasted` seconds ago reaches its
+    ceiling (`MAX_CLIENT_RESPONSE`), rounded up to `CEILING_GRAIN` (clients share a timer).
+    Also the bound of a stream passed straight through (`Forwarder._relay_held`)."""
+    ceiling = time.time() + MAX_CLIENT_RESPONSE - lasted
+    return math.ceil(ceiling / CEILING_GRAIN) * CEILING_GRAIN
 
 
 def _resumed(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from multidict import MultiMapping
+from multidict import MultiDict, MultiMapping
 
 from ..errors import BadBody, InvalidRequest
 from ..log.offsets import InvalidOffset, LogOffset, parse_offset
@@ -187,6 +187,48 @@ def parse_shape_request(
         cursor=cursor,
         subset=subset,
     )
+
+
+#: What a DELETE reads besides `table` and `handle`: the definition's own parameters,
+#: which tell one shape of the table from another (`params[n]` too). Never the position
+#: or the wait (`offset`, `live`, `live_sse`, `cursor`) nor a subset: a DELETE has none.
+DELETE_DEFINITION = frozenset({"table", "where", "columns", "replica", "log", "params"})
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteRequest:
+    """A `DELETE /v1/shape`: the definition named (None: by handle alone) and the handle."""
+
+    shape: ShapeParams | None
+    handle: str | None
+
+
+def parse_delete_request(query: MultiMapping[str]) -> DeleteRequest:
+    """Validate a `DELETE /v1/shape` as Electric's DeleteShapePlug does: it reads only
+    `table` and `handle` (`Map.take`), an empty one being absent (Ecto's empty value).
+    With a table, the definition is checked (the table's name first); without one, a
+    handle must be named. `offset`, `live`, `live_sse` and the rest are never read: the
+    engine refused `live=1&table=` for its live flag and a bad table after `live_sse=`,
+    where Electric names the missing handle and the table. The proxy calls this too
+    (`proxy.http.params`), so the two answer a DELETE alike.
+
+    One difference, on purpose: Electric drops `where`, `columns`, `replica`, `log` and
+    `params` and so deletes the table's plain shape; here they still say which shape of
+    the table is meant (the proxy's narrowed DELETE names its own shape, never the wide
+    one other principals read)."""
+    table = _blank(last(query, "table"))
+    handle = _blank(last(query, "handle"))
+    if table is None:
+        if handle is None:
+            raise InvalidRequest({"handle": ["can't be blank when shape definition is missing"]})
+        return DeleteRequest(None, handle)
+    kept: MultiDict[str] = MultiDict(
+        (k, v)
+        for k, v in query.items()
+        if k in DELETE_DEFINITION or (k.startswith("params[") and PARAM_KEY.match(k))
+    )
+    kept["offset"] = "-1"
+    return DeleteRequest(parse_shape_request(kept).shape, handle)
 
 
 def _plain(items: list[tuple[str, str]]) -> dict[str, str] | None:

@@ -20,6 +20,7 @@ Content-Encoding: sync_engine/http/server.py).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import re
@@ -364,12 +365,58 @@ _UNFINISHED_HEAD = (
 )
 
 
+#: Unfinished heads held at once (bytes) after which, once most of them are gone, the
+#: engine hands the memory they took back to the system (`_give_back_soon`).
+TRIM_AFTER = 4 << 20
+#: Seconds after the connections of such a flood are gone before that is done (the
+#: closes of a flood's connections come together: one trim for all of them).
+TRIM_DELAY = 1.0
+
+
 class _Heads:
     """Every connection's unfinished request head (`HEAD_BYTES`): bytes fed so far, the
-    oldest head first."""
+    oldest head first; `peak`: the most held at once since memory was last given back."""
 
     held: OrderedDict[RefusingRequestHandler, int] = OrderedDict()
     total = 0
+    peak = 0
+    #: The loop a trim is due on (`_give_back_soon`), None when none is.
+    trim: asyncio.AbstractEventLoop | None = None
+
+
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, None elsewhere (musl, macOS: nothing to do)."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = (ctypes.c_size_t,)
+    trim.restype = ctypes.c_int
+    return trim
+
+
+_TRIM = _malloc_trim()
+
+
+def _give_back_soon(loop: asyncio.AbstractEventLoop) -> None:
+    """After a flood of unfinished heads (`TRIM_AFTER` held at once) is mostly gone, give
+    the memory it took back to the system (glibc's `malloc_trim`, in a worker thread:
+    a few ms, arena by arena). The heads' many small pieces, freed among objects that stay,
+    left their pages in the heap: after 69 heads of ~480 KB closed (the `HEAD_BYTES` most),
+    the engine kept ~70 MB it no longer used, for good (attack; 69 -> 141 MB, 73 MB with
+    the trim). Clients whose heads come whole never count here: nothing changes for them."""
+    if _TRIM is None or (_Heads.trim is loop and not loop.is_closed()):
+        return  # (one is due; one due on a loop closed since never comes: replaced)
+    if _Heads.peak < TRIM_AFTER or _Heads.total > _Heads.peak // 4:
+        return
+
+    def trim() -> None:
+        _Heads.trim = None
+        _Heads.peak = _Heads.total
+        loop.run_in_executor(None, _TRIM, 0)
+
+    _Heads.trim = loop
+    loop.call_later(TRIM_DELAY, trim)
 
 
 class RefusingRequestHandler(RequestHandler):
@@ -527,6 +574,7 @@ class RefusingRequestHandler(RequestHandler):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._release_head()
+        _give_back_soon(self._loop)
         timer, self._head_timer = self._head_timer, None
         if timer is not None:
             timer.cancel()
@@ -651,6 +699,7 @@ class RefusingRequestHandler(RequestHandler):
         held = _Heads.held
         _Heads.total += size - held.get(self, 0)
         held[self] = size  # (a head that goes on keeps its place: the oldest stays first)
+        _Heads.peak = max(_Heads.peak, _Heads.total)
         while _Heads.total > HEAD_BYTES and held:
             oldest, size = held.popitem(last=False)
             _Heads.total -= size

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from multidict import MultiDict
 
 from ..errors import BadBody, EngineError, InvalidRequest, ServiceUnavailable, ShapeGone
 from ..log.entries import up_to_date_message
@@ -27,10 +26,17 @@ from ..shapes.registry import SHAPE_LIMIT_REACHED
 from ..single_flight import single_flight
 from ..snapshot.subset import parse_subset
 from ..tables import StaleDescription, not_answering
+from . import check_ahead
 from . import headers as h
 from .errors import json_response
 from .live import client_gone, serve_sse
-from .params import MAX_BODY, ShapeRequest, last, parse_json_body, parse_shape_request
+from .params import (
+    MAX_BODY,
+    ShapeRequest,
+    parse_delete_request,
+    parse_json_body,
+    parse_shape_request,
+)
 from .sendfile import ChunkFileResponse, open_chunk
 from .subset import serve_subset
 
@@ -106,27 +112,22 @@ class ShapeView:
         if not self.settings.allow_delete:
             return json_response(405, {"message": "DELETE not allowed"})
         source = await self.find_source(request)
-        handle = last(request.query, "handle") or None
-        if "table" in request.query:
-            # the definition's parameters (the last of any given twice, as Electric), from
-            # its start
-            query = MultiDict((k, v) for k, v in request.query.items() if k != "offset")
-            query["offset"] = "-1"
-            req = parse_shape_request(query)
-            described = await source.describe(req.shape)
+        asked = parse_delete_request(request.query)
+        handle = asked.handle
+        if asked.shape is not None:
+            described = await source.describe(asked.shape)
             shape = source.current(described.definition)
             if shape is None:
                 return json_response(404, {"message": "No existing shape found"})
             if handle is not None and handle != shape.handle:
                 # (Electric's `Response.shape_definition_mismatch`: a message, no `errors`)
                 return json_response(400, {"message": _DEFINITION_MISMATCH})
-        elif handle is not None:
+        else:
+            assert handle is not None  # (`parse_delete_request` refused neither)
             found = source.shape(handle)
             if found is None:
                 return json_response(404, {"message": "No existing shape found"})
             shape = found
-        else:  # (Electric's `Params.validate_for_delete`)
-            raise InvalidRequest({"handle": ["can't be blank when shape definition is missing"]})
         source.delete(shape, "deleted through the API")
         return web.Response(status=202, headers={"cache-control": "no-cache"})
 
@@ -279,6 +280,7 @@ class ShapeView:
             return None
         fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
+            check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
             return fresh
         file = shape_log.snapshot_chunk_file(index)
         if file is not None and (fd := open_chunk(file[0])) is not None:
@@ -287,6 +289,7 @@ class ShapeView:
             except BaseException:
                 os.close(fd)
                 raise
+            check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
             return fd, file[1]
         # (not checked by this process yet, or gone: read the checked way; gone is a 409)
         return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
@@ -294,8 +297,11 @@ class ShapeView:
     async def _check_file(self, shape_log: ShapeLog, index: int, fd: int) -> None:
         """`shape_log.check_snapshot_file` in a worker thread; requests for the same file
         (device and inode) at the same time share one check (a herd of clients syncing the
-        same table read it once, not once each)."""
+        same table read it once, not once each). A check of this file that started when the
+        chunk before it was sent, and passed, is used instead (`check_ahead`)."""
         st = os.fstat(fd)
+        if check_ahead.take(st):
+            return
         await single_flight(
             self._file_checks,
             (st.st_dev, st.st_ino),

@@ -35,6 +35,7 @@ returned to be run again in a later batch.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -300,8 +301,8 @@ async def _copy(
     entries, the final result of its last COPY).
 
     A full chunk is written (and announced) by a task while the next one is read, so
-    Postgres is not left waiting on a full socket while the engine writes; one write at
-    a time, so at most about two chunks are in memory.
+    Postgres is not left waiting on a full socket while the engine writes; at most
+    `WRITES_IN_FLIGHT` writes at a time, so about three chunks are in memory.
     """
     query = job.query
     assert query is not None
@@ -371,37 +372,54 @@ async def _copy_rows(
     return query.finish_block(blocks)
 
 
+#: Chunk files of one snapshot written at once, each in a worker thread. Two, because one
+#: writer was the cold sync's critical path when new page cache is dear: on this VM a page
+#: the host took back costs ~10 µs to fill (`new_page_cost` in benchmarks/initial_sync.py),
+#: 25 ms and more per 10 MiB chunk, while the event loop reads a chunk in ~12 ms; the loop
+#: then waited on the previous chunk's write for about half of a 10M-row cold sync (12-05,
+#: load 10-12: 9.6-16.9 s of 20-32 s). A second write in flight lets the other core share
+#: that kernel work; announcements stay in order.
+WRITES_IN_FLIGHT = 2
+
+
 class _ChunkWriter:
-    """Writes a job's full chunks in order, each by a task while the next one is read."""
+    """Writes a job's full chunks, up to `WRITES_IN_FLIGHT` at once while the next ones are
+    read, each by a task; a chunk is announced only once it and every chunk before it are
+    written."""
 
     def __init__(self, job: SnapshotJob, fsync: bool) -> None:
         self.job = job
         self.fsync = fsync
         self.count = 0  # chunks handed over
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: deque[asyncio.Task[None]] = deque()  # oldest first
 
     async def put(self, data: bytes) -> None:
-        await self.drain()
-        self._task = asyncio.ensure_future(self._write(self.count, data))
+        while len(self._tasks) >= WRITES_IN_FLIGHT:
+            await self._tasks.popleft()
+        before = self._tasks[-1] if self._tasks else None
+        self._tasks.append(asyncio.ensure_future(self._write(self.count, data, before)))
         self.count += 1
 
-    async def _write(self, index: int, data: bytes) -> None:
+    async def _write(self, index: int, data: bytes, before: asyncio.Task[None] | None) -> None:
         job = self.job
         await _write(job, index, data, self.fsync)
+        if before is not None:  # announced in order: not before the chunks ahead of it
+            await asyncio.wait([before])
+            if before.cancelled() or before.exception() is not None:
+                return  # (raised to the reader by `put` or `drain`)
         if job.error is None and not job.cancelled():
             job.on_chunk(index + 1, False)
 
     async def drain(self) -> None:
-        """Wait for the chunk being written (its failure is in `job.error`)."""
-        task, self._task = self._task, None
-        if task is not None:
-            await task
+        """Wait for the chunks being written (a failed write is in `job.error`)."""
+        while self._tasks:
+            await self._tasks.popleft()
 
     def cancel(self) -> None:
-        """The COPY failed: the write in progress is not awaited (its shape is discarded)."""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+        """The COPY failed: the writes in progress are not awaited (its shape is discarded)."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
 
 
 class _Packer:

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import psycopg
@@ -35,6 +36,7 @@ from psycopg import pq, sql
 from psycopg.rows import TupleRow
 
 from ..pg.waiter import SocketWaiter
+from .heap import heap_kept
 from .query import BULK_PAGES, ROW_SEP, BulkRows, RowQuery, json_from_raw
 
 logger = logging.getLogger(__name__)
@@ -198,6 +200,27 @@ async def read_bulk(
     last COPY on `c` (COMMAND_OK, or its error) and the second backend's error, if it
     failed mid-way (the rows are then incomplete: the job must fail).
     """
+    with ExitStack() as kept:
+
+        async def put_keeping(data: bytes) -> None:
+            if not kept_heap:  # a table of more than one chunk: keep the heap (`heap.py`)
+                kept.enter_context(heap_kept())
+                kept_heap.append(True)
+            await put(data)
+
+        kept_heap: list[bool] = []
+        return await _read_bulk(c, query, put_keeping, chunk_bytes, first_chunk, split, exported)
+
+
+async def _read_bulk(
+    c: SocketWaiter,
+    query: RowQuery,
+    put: Callable[[bytes], Awaitable[None]],
+    chunk_bytes: int,
+    first_chunk: int,
+    split: Split | None,
+    exported: Exported | None,
+) -> tuple[bytes, pq.abc.PGresult | None, BaseException | None]:
     assert query.bulk is not None
     bulk = query.bulk.for_connection(c.pgconn)  # as `batch.batch_pieces` chose for the head
     chunks = _Chunks(query, bulk.raw, put, chunk_bytes, first_chunk)

@@ -25,8 +25,9 @@ whole body serialized on the event loop: a 20 MB answer held ~65 MB until its cl
 and 40 clients that did not read took the engine to 4 GB, never given back. The response is
 sent only once the query has ended (so its status still says how it ended, and its
 Content-Length is the whole body's), from the file, at the client's pace. All the answers
-held at once, in memory or spooled, are bounded by `SPOOL_BUDGET` bytes: past it a subset is a
-503 with Retry-After (a 400 if its answer alone passes it: no retry could help).
+held at once, in memory or spooled, are bounded by `BUDGET.limit` bytes (`SPOOL_BUDGET` unless
+`set_spool_budget` says otherwise): past it a subset is a 503 with Retry-After (a 400 if its
+answer alone passes it: no retry could help).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
-from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
+from ..shapes.where import WhereError, parse_order_by, parse_where
 from ..shapes.where.clause import full_parse
 from ..tables import not_answering, stopping
 from . import errors as snapshot_errors
@@ -123,10 +124,21 @@ async def parse_subset(columns: Sequence[ColumnInfo], sub: SubsetParams) -> Subs
 
 def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:
     """The shape's where AND the subset's, the subset's evaluated only for rows the shape
-    holds (`guarded_and`): behind an auth proxy the shape's where holds the policy's filter,
-    and a subset clause failing on a row outside it would tell the caller that row exists."""
+    holds: behind an auth proxy the shape's where holds the policy's filter, and a subset
+    clause failing on a row outside it would tell the caller that row exists.
+
+    `guarded_and`'s guard read the shape's where again as an expression (inside COALESCE),
+    where Postgres's planner does not simplify it as it does a WHERE: `(X AND b) OR b` is
+    `b` as a WHERE, X never evaluated, but as an expression X runs first, and a subset of a
+    shape whose X fails on some row was a 400 ("Postgres could not evaluate the query")
+    though the shape's snapshot and `(shape) AND (subset)` answer. Here the guard asks
+    `EXISTS (SELECT WHERE <shape's where>)`, a WHERE of its own that the planner simplifies
+    as the shape's (only Postgres runs a subset's query; the engine never evaluates it)."""
     if shape_where and subset_where:
-        return guarded_and(shape_where, subset_where)
+        return (
+            f"({shape_where}) AND COALESCE(NULLIF(EXISTS (SELECT WHERE {shape_where}), true),"
+            f" ({subset_where}))"
+        )
     return shape_where or subset_where
 
 
@@ -214,21 +226,24 @@ STREAM_ROWS = 500
 SPOOL_MEMORY = 64 * 1024
 
 #: Bytes of subset answers the process holds at once (in memory or spooled to disk), from
-#: the first row of each to the end of its response: past them a subset is a 503.
+#: the first row of each to the end of its response, unless the engine is told otherwise
+#: (`set_spool_budget`, from `Settings.subset_spool_budget`): past them a subset is a 503.
 SPOOL_BUDGET = 1 << 30
 
 
 class _Budget:
-    """The bytes all subset answers hold (`SPOOL_BUDGET`), counted from the threads that
-    write them and the event loop that frees them."""
+    """The bytes all subset answers hold, up to `limit`, counted from the threads that
+    write them and the event loop that frees them. One per process: every source's subsets
+    spend the same memory and disk."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int) -> None:
         self._lock = threading.Lock()
         self.held = 0
+        self.limit = limit
 
     def take(self, size: int) -> bool:
         with self._lock:
-            if self.held + size > SPOOL_BUDGET:
+            if self.held + size > self.limit:
                 return False
             self.held += size
             return True
@@ -238,12 +253,21 @@ class _Budget:
             self.held -= size
 
 
-BUDGET = _Budget()
+BUDGET = _Budget(SPOOL_BUDGET)
+
+
+def set_spool_budget(limit: int) -> None:
+    """The bytes all subset answers may hold at once (the engine's `--subset-spool-budget`):
+    a deployment with little disk or memory lowers it, one serving large subsets raises it.
+    Answers already held keep their bytes; only new ones are measured against `limit`."""
+    if limit < 1:
+        raise ValueError("the subset spool budget must be a positive number of bytes")
+    BUDGET.limit = limit
 
 
 class OverBudget(Exception):
-    """The subset answers held at once would pass `SPOOL_BUDGET`; `alone`: this answer
-    alone would (no retry can help)."""
+    """The subset answers held at once would pass the budget (`BUDGET.limit`); `alone`:
+    this answer alone would (no retry can help)."""
 
     def __init__(self, *, alone: bool) -> None:
         super().__init__()
@@ -277,7 +301,7 @@ class Spool:
         """Append one message (raises OverBudget)."""
         if self._count:
             item = b"," + item
-        if self.size + len(item) > SPOOL_BUDGET:
+        if self.size + len(item) > BUDGET.limit:
             raise OverBudget(alone=True)
         if not BUDGET.take(len(item)):
             raise OverBudget(alone=False)
@@ -478,7 +502,7 @@ async def run_subset(
                 {
                     "subset": {
                         "where": [
-                            f"the subset's answer is over {SPOOL_BUDGET} bytes:"
+                            f"the subset's answer is over {BUDGET.limit} bytes:"
                             " ask for fewer rows (a narrower where, or a limit)"
                         ]
                     }

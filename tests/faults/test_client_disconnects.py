@@ -20,13 +20,14 @@ import orjson
 import psycopg
 import pytest
 
-from sync_engine.http.shape import SNAPSHOT_QUIET
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, Writer, expected_rows, until_equal
 from tests.support.waiting import wait_until_async
 
 ROWS = 20_000
+#: The engine's --snapshot-quiet in the parked-request test (its default is 2 s).
+QUIET = 0.5
 
 
 def _fds(pid: int) -> int:
@@ -167,8 +168,16 @@ async def test_a_parked_live_request_is_let_go_when_its_client_closes(
     connection closes (FIN or RST), not at the end of its long-poll timeout: a reconnect
     storm would otherwise multiply the held waiters. A client that stays gets its change."""
     # Timeouts far past the test's waits: only the client's going can let the requests go.
+    # (Postgres asked every `QUIET` s while a snapshot is slow: the watch below sees 3 asks.)
     engine = EngineProcess(
-        cluster.url, tmp_path / "data", "--long-poll-timeout", "900", "--sse-timeout", "900"
+        cluster.url,
+        tmp_path / "data",
+        "--long-poll-timeout",
+        "900",
+        "--sse-timeout",
+        "900",
+        "--snapshot-quiet",
+        str(QUIET),
     )
     await asyncio.to_thread(engine.start)
     try:
@@ -226,9 +235,9 @@ async def test_a_parked_live_request_is_let_go_when_its_client_closes(
                     lambda: _parked_at_most(engine, 0), timeout=30, message="no parked request"
                 )
                 # and stays let go: the old engine's request parked again after each of its
-                # 2 s checks that Postgres answers (`SNAPSHOT_QUIET`), while the lock held
+                # checks that Postgres answers (every `--snapshot-quiet`), while the lock held
                 loop = asyncio.get_running_loop()
-                watch_until = loop.time() + 3 * SNAPSHOT_QUIET
+                watch_until = loop.time() + 3 * QUIET
                 while loop.time() < watch_until:
                     assert await engine.parked_requests() == 0
             async with session.get(

@@ -58,6 +58,7 @@ class ProxyProcess:
     url: str
     port: int
     process: subprocess.Popen[bytes]
+    log: Path  # its stdout and stderr
 
 
 def healthy(url: str) -> bool:
@@ -101,7 +102,7 @@ def open_proxy_process(
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until(lambda: healthy(url), timeout=30, interval=0.1)
-            yield ProxyProcess(url, port, process)
+            yield ProxyProcess(url, port, process, work / "proxy.log")
         finally:
             process.terminate()
             try:

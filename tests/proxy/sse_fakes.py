@@ -60,15 +60,18 @@ async def proxy_in_front(
     environ: Any,
     make_proxy: Any,
     limits: dict[str, Any] | None = None,
+    collapse: bool = True,
 ) -> tuple[Any, str]:
     """A fake engine answering `/v1/shape` with `handler`, a proxy in front of it (with the
-    `limits:` section `limits`, if any), and a token that proxy accepts."""
+    `limits:` section `limits`, if any; `collapse: false`: SSE passed straight through), and
+    a token that proxy accepts."""
     app = web.Application()
     app.router.add_get("/v1/shape", handler)
     server = await aiohttp_server(app, access_log=None)
     config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
     if limits:
         config["limits"] = limits
+    config["collapse"] = collapse
     proxy = await make_proxy(build_config(config, environ))
     return proxy, proxy.tokens.make()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -203,7 +204,10 @@ async def test_pool_wait_is_bounded_then_503_with_retry_after(
     assert 3 <= int(reply.headers["Retry-After"]) <= 6
     assert "message" in reply.json()
     assert 0.25 < waited < HOLD / 2
-    await asyncio.gather(*held)
+    # (not waited for: the held polls would take the engine's whole hold to return)
+    for task in held:
+        task.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
 
 
 async def test_engine_url_over_the_engine_limit_is_a_414_and_long_subsets_go_as_post(
@@ -253,6 +257,52 @@ async def test_engine_url_over_the_engine_limit_is_a_414_and_long_subsets_go_as_
     data = reply.json()
     apply_messages(rows, data if isinstance(data, list) else data["data"])
     assert sorted(int(r["id"]) for r in rows.values()) == [1, 2, 3]
+
+
+async def test_a_client_holding_unread_subsets_is_refused_more_and_others_are_not(
+    real_engine: str, db_url: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`max_subsets` (`proxy.limits.subsets`): a subset answer the engine has spooled stays in
+    its subset budget until handed over, and the proxy relays one over 1 MiB at its client's
+    pace. Mallory asks for a ~3 MB subset and reads nothing of it: her next subset is a 429
+    `too_many_subsets` (she cannot pile up unread answers in the engine's budget, which would
+    get everyone else's large subsets 503s), while Alice's subset is served; once Mallory's
+    connection closes, her place is free again."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS big (id int PRIMARY KEY, payload text)")
+        conn.execute(
+            "INSERT INTO big SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 2000) g"
+            " ON CONFLICT DO NOTHING"
+        )
+    config = _config(real_engine, idp_server, max_subsets=1)
+    config["tables"]["big"] = {"allow": [{"when": {"role": "admin"}, "all_rows": True}]}
+    proxy = await make_proxy(build_config(config, environ))
+    mallory = proxy.tokens.make(sub="mallory", role="admin")
+    alice = proxy.tokens.make(sub="alice", role="admin")
+    subset = "/v1/shape?table=big&offset=-1&log=changes_only&subset__where=id%3E0"
+    server = proxy.client.server
+    reader = socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        reader.connect((server.host, server.port))
+        reader.sendall(
+            f"GET {subset} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {mallory}\r\n\r\n"
+            .encode()
+        )  # fmt: skip
+        head = await asyncio.to_thread(reader.recv, 1024)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0]) > 2 << 20
+        reply = await proxy.get(f"{subset}&cache-buster=2", token=mallory)
+        _assert_429(reply)
+        assert reply.json()["code"] == "too_many_subsets"
+        reply = await proxy.get(subset, token=alice)
+        assert reply.status == 200, reply.body
+        assert len(reply.json()["data"]) == 2000
+    finally:
+        reader.close()
+    await _until(lambda: len(proxy.app.subsets) == 0)
+    reply = await proxy.get(f"{subset}&cache-buster=3", token=mallory)
+    assert reply.status == 200, reply.body
 
 
 async def test_engine_error_bodies_reach_clients_without_the_url_or_secret(

@@ -208,6 +208,31 @@ async def test_a_request_head_that_never_completes_is_cut_off(proxy: Any, monkey
         writer.close()
 
 
+async def test_a_request_pipelined_behind_an_answered_one_is_cut_at_its_own_deadline(
+    proxy: Any, monkeypatch: Any
+) -> None:
+    """A head that never completes, pipelined behind a request the proxy answers: cut at its
+    own deadline (`REQUEST_READ_TIMEOUT` after its first byte), as the engine cuts it, not at
+    the end of the keep-alive the answer armed (75 s against the engine's 30 s: attack)."""
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 0.5)
+    monkeypatch.setattr(protocol, "KEEPALIVE_TIMEOUT", 600.0)
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n"  # and never the blank line
+    )
+    try:
+        raw = await _closed_within(reader, 20)  # (600 s on the old code)
+    finally:
+        writer.close()
+    first, *rest = _answers(raw)
+    assert first[0] == 200
+    _assert_timed_out(raw[raw.index(b"HTTP/1.1 408") :])
+
+
 async def test_a_stalled_request_body_is_cut_off(proxy: Any, monkeypatch: Any) -> None:
     import proxy.http.protocol as protocol
 

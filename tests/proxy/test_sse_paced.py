@@ -16,6 +16,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import pytest
 from aiohttp import web
 
 from proxy.http.handlers import FORWARDER
@@ -257,15 +258,22 @@ async def test_a_client_that_stops_reading_as_the_shape_rotates_gets_a_clean_end
         reader.close()
 
 
+@pytest.mark.parametrize("collapse", [True, False], ids=["shared", "direct"])
 async def test_a_response_on_a_stream_that_never_ends_ends_at_its_ceiling(
-    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any, monkeypatch: Any
+    aiohttp_server: Any,
+    idp_server: Any,
+    environ: Any,
+    make_proxy: Any,
+    monkeypatch: Any,
+    collapse: bool,
 ) -> None:
     """An engine stream that stays open sending only keep-alive comments (the engine ends
     its own after its SSE timeout; one that never does, or any wait in the fan-out that
     missed its wake-up) held its clients' responses open with no change for as long as it
     lasted (a silent one breaks after `first_byte_timeout`): a client's response on a shared
     stream now ends cleanly at its ceiling (0.3 s here, 300 s in the proxy) and the client
-    reconnects. Its last reader gone, the engine request is closed too."""
+    reconnects. Its last reader gone, the engine request is closed too. The same for a
+    stream passed straight through (`collapse: false`), which had no ceiling at all."""
     monkeypatch.setattr(sse, "MAX_CLIENT_RESPONSE", 0.3)
     monkeypatch.setattr(sse, "CEILING_GRAIN", 0.1)
     engine_open: list[int] = []
@@ -282,7 +290,9 @@ async def test_a_response_on_a_stream_that_never_ends_ends_at_its_ceiling(
         finally:
             engine_open.pop()
 
-    proxy, token = await proxy_in_front(endless, aiohttp_server, idp_server, environ, make_proxy)
+    proxy, token = await proxy_in_front(
+        endless, aiohttp_server, idp_server, environ, make_proxy, collapse=collapse
+    )
     resp = await proxy.client.get(
         f"{SHAPE}&offset=300_0&live=true&live_sse=true&cursor=",
         headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"},

@@ -13,6 +13,7 @@ import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from pglast import ast
@@ -122,7 +123,35 @@ _POSTGRES_READS = re.compile(
 
 #: What glibc's strtod reads in a float literal where the engine's reader does not: hex
 #: ('0x10' is 16, '0x1p3' 8) and 'nan(...)'. Postgres 15's float8in and float4in take them.
-_STRTOD_READS = re.compile(r"\s*[+-]?(?:0x|nan\()", re.IGNORECASE)
+#: A signed NaN ('-nan', '+NaN') too: strtod reads it, and Postgres prints NaN. In an array
+#: literal, at any element.
+_STRTOD_READS = re.compile(
+    r"(?:^|[{,])\s*(?:[+-]?(?:0x|nan\()|[+-]nan\s*(?:$|[},]))", re.IGNORECASE
+)
+
+#: What Postgres's date/time input carries over where the engine's reader stops: a 60th
+#: second (23:59:60 is the next minute) and 24:00 (the next day's midnight) after a date.
+_CLOCK_CARRIES = re.compile(r"(?<![\d:])(?:24:00(?::00)?|\d\d?:\d\d:60)(?![\d:.])")
+
+#: A text that starts as the ISO date or time of day Postgres reads first, whatever follows
+#: (an offset as +0530, a zone glued to the clock, seven fractional digits, a 'T' before a
+#: time): Postgres may read the rest where the engine does not, so "invalid" is not known.
+_ISO_DATE_START = re.compile(r"\s*(\d{4})-(\d{2})-(\d{2})(?![\d-])")
+_ISO_TIME_START = re.compile(r"\s*T?(\d{1,2}):([0-5]\d)(?!\d)", re.IGNORECASE)
+
+
+def _starts_as_postgres_reads(text: str, target: PgType) -> bool:
+    """Whether `text` starts with a valid ISO date (or, for a time, time of day): then what
+    the engine cannot read after it is not known to be invalid to Postgres."""
+    m = _ISO_DATE_START.match(text)
+    if m is not None:
+        try:
+            date(int(m[1]), int(m[2]), int(m[3]))
+        except ValueError:
+            return False
+        return True
+    m = _ISO_TIME_START.match(text)
+    return target.element == TIME and m is not None and int(m[1]) <= 24
 
 
 def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
@@ -249,6 +278,11 @@ class Compiler:
             conv = IMPLICIT_CASTS.get(key)
             if conv is None:
                 raise self._no_conversion(expr, target)
+            # (date -> timestamptz is midnight in the session's zone, as for a scalar: the
+            # elements were naive datetimes, equal to no timestamptz, so `'2024-01-01
+            # 00:00+00'::timestamptz = ANY(ARRAY[d])` missed the rows Postgres matches)
+            if key == (DATE, TIMESTAMPTZ):
+                return self._map_array(expr, target, EXPLICIT_CASTS[key])
             return self._map_array(expr, target, conv[0])
         conv = IMPLICIT_CASTS.get((expr.type, target))
         if conv is None:
@@ -338,7 +372,23 @@ class Compiler:
             if refusal is not None:
                 raise refusal from None
             message = str(e)
-            if (
+            if target.element in _CLOCK_TYPES and _CLOCK_CARRIES.search(expr.text):
+                # ('2024-01-01 24:00' and '12:00:60' are valid to Postgres, which carries
+                # them over: the engine said "invalid input syntax" / "out of range")
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: Postgres'
+                    " carries a 60th second and 24:00 over to the next minute or day; write"
+                    " the time it carries to"
+                )
+            elif target.element in _CLOCK_TYPES and _starts_as_postgres_reads(expr.text, target):
+                # ('2024-01-01 12:00:00+0530' is a valid date and time to Postgres, and
+                # '2024-01-01 12:00:00UTC': the engine said "invalid input syntax")
+                message = (
+                    f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
+                    " in ISO 8601 as Postgres prints it (2024-01-31, 13:45:00,"
+                    " 2024-01-31 13:45:00+01, 2024-01-31 13:45:00.123456+05:30)"
+                )
+            elif (
                 target.element in _CLOCK_TYPES
                 and message.startswith("invalid input syntax")
                 and _POSTGRES_READS.search(expr.text)
@@ -352,9 +402,9 @@ class Compiler:
             elif (
                 target.element in (FLOAT4, FLOAT8)
                 and message.startswith("invalid input syntax")
-                and _STRTOD_READS.match(expr.text)
+                and _STRTOD_READS.search(expr.text)
             ):
-                # ('0x10'::float8 is 16 to Postgres: "invalid" was not its answer)
+                # ('0x10'::float8 is 16 to Postgres, '-nan' NaN: "invalid" was not its answer)
                 message = (
                     f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
                     " in decimal (16, 1.5e3)"
@@ -532,9 +582,24 @@ class Compiler:
         text = self.params.get(str(n))
         if text is None:
             raise error_at(f"parameter ${n} was not provided", node)
-        return Expr(
+        expr = Expr(
             UNKNOWN, lambda _r, _c: text, is_const=True, value=text, text=text, param=n, node=node
         )
+        return self.typed_param(expr)
+
+    def typed_param(self, expr: Expr) -> Expr:
+        """A `$n` whose type an earlier use decided, as a value of that type; another (or
+        one not yet typed) as it is. Postgres types a parameter from its first use (the
+        variable-parameter hooks of parse analysis) and reads each later `$n` as a value
+        of that type: `i4 = $1 OR i8 = $1` is int4 = int4 OR int8 = int4, and `$1 BETWEEN
+        i4 AND i8` (`$1 >= i4 AND $1 <= i8`, a copy of `$1` each) likewise. Each reference
+        was untyped here, and typing the second as int8 was a 400 "type conflict for $1".
+        Only the same unresolved node coerced to two types is Postgres's "inconsistent types
+        deduced" (IN's left side against columns of two types): still the conflict."""
+        if expr.param is None or expr.type != UNKNOWN:
+            return expr
+        typ = self.param_types.get(expr.param)
+        return expr if typ is None else self._resolve_unknown(expr, typ)
 
     # -- boolean structure --
 

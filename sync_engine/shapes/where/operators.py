@@ -698,7 +698,10 @@ def _between(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     lo_node, hi_node = node.rexpr
 
     def compare(op: str, bound: Expr, bound_node: ast.Node) -> Expr:
-        expr = _folded_comparison(comparison(c, op, value, bound, node), value, bound)
+        # (each comparison has its own copy of `x`: a `$n` the first typed is that type in
+        # the next, as in Postgres; see Compiler.typed_param)
+        left = c.typed_param(value)
+        expr = _folded_comparison(comparison(c, op, left, bound, node), left, bound)
         return with_key(expr, (op, node.lexpr, bound_node))
 
     first = and_expr([compare(">=", lo, lo_node), compare("<=", hi, hi_node)], node)

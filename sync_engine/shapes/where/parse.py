@@ -18,8 +18,10 @@ import re
 from collections.abc import Iterable, Iterator, Mapping
 
 from pglast import ast, parse_sql
-from pglast.enums import SetOperation
+from pglast.enums import A_Expr_Kind, NullTestType, SetOperation
 from pglast.parser import ParseError, fingerprint, scan
+from pglast.printers import node_printer
+from pglast.printers.dml import boolean_test_printer
 from pglast.stream import RawStream
 
 from sync_engine.pg.types import TEXT, PgType
@@ -190,6 +192,43 @@ class SqlStream(RawStream):
             super().write_quoted_string(s)  # type: ignore[no-untyped-call]
 
 
+_SAME_LEVEL_AS_IS = (A_Expr_Kind.AEXPR_DISTINCT, A_Expr_Kind.AEXPR_NOT_DISTINCT)
+
+
+def _needs_parentheses_under_is(arg: object) -> bool:
+    """Whether `arg` must be parenthesized before IS [NOT] TRUE / NULL: pglast wrote
+    `(b IS DISTINCT FROM true) IS NOT TRUE` as `b IS DISTINCT FROM TRUE IS NOT TRUE`
+    (which Postgres reads as `b IS DISTINCT FROM (TRUE IS NOT TRUE)`) and `(NOT a) IS
+    NULL` as `NOT a IS NULL`; `deparse` refused such clauses. IS, IS DISTINCT FROM and NOT
+    bind as loosely as or more loosely than IS does; comparisons, LIKE, IN and BETWEEN
+    bind tighter, and stay as pglast writes them (their SQL text unchanged)."""
+    if isinstance(arg, (ast.BoolExpr, ast.BooleanTest, ast.NullTest)):
+        return True
+    return isinstance(arg, ast.A_Expr) and arg.kind in _SAME_LEVEL_AS_IS
+
+
+@node_printer(ast.BooleanTest, override=True)  # type: ignore[untyped-decorator]
+def _boolean_test(node: ast.BooleanTest, output: RawStream) -> None:
+    """pglast's printer, with the argument parenthesized where IS would take less of it."""
+    parent = node.ancestors[0]  # type: ignore[attr-defined]  # (pglast's printing context)
+    with output.expression(isinstance(parent, ast.A_Expr)):
+        with output.expression(_needs_parentheses_under_is(node.arg)):
+            output.print_node(node.arg)
+        output.write(" IS ")
+        boolean_test_printer(node.booltesttype, node, output)
+
+
+@node_printer(ast.NullTest, override=True)  # type: ignore[untyped-decorator]
+def _null_test(node: ast.NullTest, output: RawStream) -> None:
+    """pglast's printer, with the argument parenthesized where IS would take less of it."""
+    with output.expression(_needs_parentheses_under_is(node.arg)):
+        output.print_node(node.arg)
+    output.write(" IS")
+    if node.nulltesttype == NullTestType.IS_NOT_NULL:
+        output.write(" NOT")
+    output.write(" NULL")
+
+
 def sql_text(node: ast.Node) -> str:
     """The node as SQL text (pglast's deparser; no check, see `deparse`)."""
     text: str = SqlStream()(node)  # type: ignore[no-untyped-call]
@@ -317,12 +356,16 @@ def param_cast(
 @functools.cache
 def _type_name(base: str, array: bool) -> ast.TypeName:
     """The TypeName node the parser builds for `base[]`: SQL-standard names come out
-    qualified (`timestamp` is `pg_catalog.timestamp`), so `deparse`'s round trip holds."""
+    qualified (`timestamp` is `pg_catalog.timestamp`), so `deparse`'s round trip holds.
+    A name the grammar reads as another type (`char` is character(1), `decimal` numeric)
+    is spelled as is, quoted by `deparse`: a `$n` of type "char" was written
+    `CAST('ab' AS char)`, which a snapshot read as bpchar ('' = ' ' there)."""
     if re.fullmatch(r"[a-z_][a-z0-9_]*", base):
         try:
             stmt = parse_sql(f"SELECT NULL::{base}{'[]' if array else ''}")[0].stmt
             type_name: ast.TypeName = stmt.targetList[0].val.typeName
-            return type_name
+            if type_name.names[-1].sval == base and not type_name.typmods:
+                return type_name
         except ParseError:  # a reserved word (an enum named "user"): spelled as is below
             pass
     return ast.TypeName(

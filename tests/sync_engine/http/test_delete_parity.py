@@ -4,6 +4,9 @@ Neither `table` nor `handle`: Electric's `Params.validate_for_delete` blames the
 ("can't be blank when shape definition is missing"), the engine blamed the table. A handle
 that is not the definition's shape: Electric's `Response.shape_definition_mismatch`, a 400
 with its message and no `errors`, the engine had its own shorter words under `errors`.
+Electric's DeleteShapePlug reads only `table` and `handle` (an empty one is absent): the
+engine checked a DELETE as a GET from -1, so `live`, `live_sse` and an empty table were
+refused in its own words (attack's raw probes, 1205h).
 """
 
 from __future__ import annotations
@@ -29,6 +32,23 @@ async def test_delete_refusals_say_what_electric_says(engine: Engine) -> None:
         " shape definition is correct or omit the shape handle from the request to obtain a"
         " new one."
     }
+    handle_missing = {
+        "message": "Invalid request",
+        "errors": {"handle": ["can't be blank when shape definition is missing"]},
+    }
+    for query in ("table=", "live=1&table=&offset=-1", "table=&handle=&live_sse=x"):
+        resp = await engine.client.delete(f"/v1/shape?{query}")
+        assert (resp.status, await resp.json()) == (400, handle_missing), query
+    resp = await engine.client.delete("/v1/shape?table=it%C3%A9ms&live_sse=")
+    assert resp.status == 400
+    assert list((await resp.json())["errors"]) == ["table"]
+    # (offset, live and the rest never read: the shape is deleted)
+    resp = await engine.client.delete(
+        "/v1/shape?table=items&where=id+%3E+1&live=true&offset=nonsense&live_sse=x"
+    )
+    assert resp.status == 202
+    resp = await engine.client.delete("/v1/shape", params={"table": "", "handle": other})
+    assert resp.status == 404  # (by handle alone: the one above is gone)
 
 
 async def test_a_request_id_is_kept_only_when_20_to_200_bytes_long(engine: Engine) -> None:

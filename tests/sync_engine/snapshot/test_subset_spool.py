@@ -6,8 +6,9 @@ answer in memory per request until its client read it, and 40 clients that did n
 the engine to 4 GB, never given back. Now the rows are written to a spool (memory up to 64 KB,
 then an unlinked file; memory again for what a full disk refuses) as Postgres sends them,
 the response is sent from it at the client's pace, and the bytes all answers hold at once are
-bounded (`SPOOL_BUDGET`: past it, a 503 with Retry-After; a 400 for an answer over it
-alone). What a client reads is the same bytes as before: the object `orjson.dumps` gave.
+bounded (`BUDGET.limit`, `SPOOL_BUDGET` by default: past it, a 503 with Retry-After; a 400
+for an answer over it alone). What a client reads is the same bytes as before: the object
+`orjson.dumps` gave.
 
 Real path: the engine's app on a real server, real Postgres; the memory is the engine's
 Python allocations (`tracemalloc`) while a client reads the answer 64 KB at a time.
@@ -145,7 +146,8 @@ async def test_a_big_subset_is_sent_from_its_spool_within_a_budget(
     assert not _open_spools(tmp_path / "data")
 
     # Past the budget: a 503 with Retry-After; nothing stays held.
-    monkeypatch.setattr(subset_module, "SPOOL_BUDGET", 1 << 20)
+    monkeypatch.setattr(subset_module.BUDGET, "limit", subset_module.BUDGET.limit)  # (restored)
+    subset_module.set_spool_budget(1 << 20)  # (--subset-spool-budget)
     assert subset_module.BUDGET.take(600_000)  # (as if other answers held it)
     try:
         resp = await client.post(path, json={"where": "id <= 500"})

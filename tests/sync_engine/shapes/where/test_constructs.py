@@ -10,7 +10,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from pglast import parse_sql
+from pglast.stream import RawStream
 
+from proxy.policy.sql import check_client_where
 from sync_engine.pg.catalog import ColumnInfo
 from sync_engine.shapes.where import WhereError, check_where_constructs, parse_where
 from tests.sync_engine.shapes.where.test_differential import COLUMNS as DIFF_COLUMNS
@@ -70,7 +73,6 @@ def test_accepted(sql: str) -> None:
         ("a::json IS NULL", "unsupported type json"),
         ("a COLLATE \"C\" = 'x'", "COLLATE"),
         ("t.a = 1", "unknown reference t.a"),
-        ("(a IS DISTINCT FROM b) IS NOT TRUE", "cannot be written back as SQL"),
         ("a = 1 x 1", "syntax error"),
         ("NOT " * 200 + "true", "nested too deeply"),
         ("a = 1; DROP TABLE t", 'unescaped ";"'),
@@ -95,3 +97,28 @@ def test_never_refuses_what_the_engine_accepts() -> None:
         accepted += 1
         check_where_constructs(sql)  # must not raise
     assert accepted > 500
+
+
+#: IS [NOT] TRUE / NULL over what binds as loosely as IS: pglast wrote them without the
+#: parentheses, another clause (`(NOT b) IS NULL` came out `NOT b IS NULL`, which is
+#: NOT (b IS NULL)); the engine refused them, and the proxy, which deparses a client's
+#: where with the same printer, forwarded the other clause.
+IS_OVER_LOOSER = [
+    "(NOT b) IS NULL",
+    "(a AND b) IS NULL",
+    "(b IS DISTINCT FROM true) IS NOT TRUE",
+    "(a IS NOT DISTINCT FROM b) IS NULL",
+    "(a IS NULL) IS NOT TRUE",
+    "(b IS TRUE) IS NULL",
+]
+
+
+@pytest.mark.parametrize("clause", IS_OVER_LOOSER)
+def test_is_over_a_looser_operator_is_written_back_with_its_parentheses(clause: str) -> None:
+    def tree(sql: str) -> object:
+        return parse_sql("SELECT 1 WHERE " + sql)[0].stmt.whereClause
+
+    original = tree(clause)
+    assert tree(RawStream()(original)) == original  # (the printer the proxy uses)
+    assert tree(check_client_where(clause, None, what="where").sql) == original
+    check_where_constructs(clause)  # (was "cannot be written back as SQL")

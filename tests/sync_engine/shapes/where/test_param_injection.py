@@ -106,7 +106,7 @@ def test_parameters_and_literals_never_escape_and_equal_postgres(table: Any) -> 
     rng = random.Random(int(os.environ.get("WHERE_INJECTION_SEED", 20261205)))
     count = conn.execute("SELECT count(*), md5(string_agg(t, ',' ORDER BY id)) FROM d").fetchone()
     checked = refused = 0
-    for _ in range(300):
+    for _ in range(240):  # (every template ~10 times; WHERE_INJECTION_SEED explores further)
         template = rng.choice(TEMPLATES)
         values = [_value(rng), _value(rng)]
         n = template.count("$2") + 1 if "$1" in template else 0
@@ -141,7 +141,7 @@ def test_parameters_and_literals_never_escape_and_equal_postgres(table: Any) -> 
         conn.execute("SELECT count(*), md5(string_agg(t, ',' ORDER BY id)) FROM d").fetchone()
         == count
     )
-    assert checked > 500, (checked, refused)
+    assert checked > 700, (checked, refused)
     print(
         f"param injection: {checked} clauses equal Postgres's bound parameters, {refused} refused"
     )

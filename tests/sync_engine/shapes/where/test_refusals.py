@@ -66,6 +66,7 @@ def shared_table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], 
         for conn, columns in _table(db_url):
             conn.execute("CREATE TABLE dj (id int PRIMARY KEY, j jsonb, js json)")
             conn.execute("""INSERT INTO dj VALUES (1, '{"a": 1}', '{"a": 1}')""")
+            conn.execute(f"CREATE TABLE dl ({', '.join(f'{c} {t}' for c, t in LITERAL_TYPES)})")
             yield conn, columns, column_map(with_display_settings(db_url), "dj")
     finally:
         drop_database(pg_server_url, dbname)
@@ -195,3 +196,51 @@ def test_an_operator_on_a_type_without_arithmetic_is_named(db_url: str) -> None:
             with pytest.raises(WhereError, match=message):
                 parse_where(clause, {}, columns)
             conn.execute(f"SELECT 1 FROM d WHERE {clause}")  # (Postgres has them)
+
+
+#: Column types whose literals the engine reads itself, and texts at the edge of what their
+#: input functions take.
+LITERAL_TYPES = [
+    ("f4", "float4"), ("f8", "float8"), ("n", "numeric"), ("i4", "int4"), ("d", "date"),
+    ("tm", "time"), ("ts", "timestamp"), ("tz", "timestamptz"), ("iv", "interval"),
+    ("u", "uuid"), ("b", "bool"), ("ia", "int4[]"), ("fa", "float8[]"),
+]  # fmt: skip
+EDGE_LITERALS = [
+    " 1 ", "1e400", "-1e400", "1e-400", "NaN", "-nan", "+NaN", "inf", "-Infinity", "", "0x1F",
+    "1_000", "\uff11\uff12", "yes", "{1,2}", "{-nan}", "{1e400}", "2024-01-01 24:00", "24:00",
+    "24:00:01", "12:00:60", "23:59:60", "23:59:60.5", "12:60", "2024-02-30", "10000-01-01",
+    "2024-01-01 23:59:60", "1 day", "P1D", "1.5 days", "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    "A0EEBC999C0B4EF8", "2024-01-01 12:00:00+0530", "2024-01-01T12:00:00-0800",
+    "2024-01-01 12:00:00.1234567", "2024-01-01T12:00:00.000000001Z", "2024-01-01 12:00:00 +05:30",
+    "2024-01-01 12:00:00UTC", "2024-01-01 12:00:00z", "T12:00", "12:00:00+0530", "2024-13-01",
+    "1", "12", "12:00 nonsense",
+]  # fmt: skip
+_INVALID = re.compile(r"invalid input|out of range|malformed|must be")
+
+
+def test_a_literal_the_engine_calls_invalid_is_invalid_to_postgres(
+    shared_table: tuple[psycopg.Connection[Any], Any, Any],
+) -> None:
+    """A `$1` (or literal) the engine refuses as invalid input, Postgres refuses too: '-nan'
+    (strtod reads it), '2024-01-01 24:00' and '12:00:60' (Postgres carries them over),
+    '2024-01-01 12:00:00+0530' and '2024-01-01 12:00:00UTC' (Postgres reads them) were
+    "invalid input syntax" / "out of range", a 400 telling the client its value was wrong.
+    What the engine does not read, it says it does not support."""
+    conn, _, _ = shared_table
+    columns = column_map(with_display_settings(conn.info.dsn), "dl")
+    lying = []
+    for column, typ in LITERAL_TYPES:
+        for text in EDGE_LITERALS:
+            try:
+                parse_where(f"{column} = $1", {"1": text}, columns)
+                continue
+            except WhereError as e:
+                if not _INVALID.search(str(e)):
+                    continue
+                message = str(e)
+            try:
+                conn.execute(f"SELECT %s::{typ}", (text,))
+            except psycopg.Error:
+                continue
+            lying.append((typ, text, message))
+    assert not lying, "\n".join(map(str, lying))
