@@ -601,11 +601,13 @@ class Connection(asyncio.Protocol, Writer):
             # answered as plain HTTP and the connection closed after it: its answer says so
             # (it did not, and a client reusing the connection lost its next request).
             request.keep_alive = False
-            if coding is not None or (length is not None and length != "0"):
+            if method == b"POST" and (coding is not None or (length is not None and length != "0")):
                 # llhttp ends such a request at its head and leaves its body to the new
                 # protocol: the body was dropped and a POST answered as bodiless (the whole
                 # shape, not its subset). A server that does not upgrade must read it as
-                # usual (RFC 9110, 7.8): `_read_upgrade_body`.
+                # usual (RFC 9110, 7.8): `_read_upgrade_body`. (Another method's body no
+                # route reads: it is answered at its head, as the engine answers it, and
+                # the connection closes after it.)
                 if coding is not None:
                     framing = b"Transfer-Encoding: chunked"
                 else:

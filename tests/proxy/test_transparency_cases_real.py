@@ -584,6 +584,8 @@ BODY_NOT_COME = {
     "head-content-length": b"HEAD /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
     b"Content-Length: 5\r\n\r\n",
     "get-chunked": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "get-upgrade-chunked": b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+    b"Upgrade: x\r\nTransfer-Encoding: chunked\r\n\r\n",
     "options-chunked": b"OPTIONS /v1/shape HTTP/1.1\r\nHost: x\r\nOrigin: https://a.example\r\n"
     b"Access-Control-Request-Method: GET\r\nTransfer-Encoding: chunked\r\n\r\n",
     "post-bad-expect": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
