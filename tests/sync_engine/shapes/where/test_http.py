@@ -413,31 +413,3 @@ async def test_hostile_where_strings_are_quick_400s_in_electrics_words(engine: E
         assert body["message"] == "Invalid request", body
         (text,) = body["errors"].get("where") or body["errors"]["params"]
         assert message in text, (str(params)[:80], text[:200])
-
-
-async def test_a_subset_of_a_shape_the_planner_simplifies_answers_as_postgres_does(
-    engine: Engine,
-) -> None:
-    """The shape `((- i2) > 0 AND b) OR b` is `b` to Postgres's planner: its snapshot never
-    computes `- i2`, which overflows on -32768. A subset of it re-read the shape's where as
-    an expression inside its guard, where `- i2` runs first: a 400 "Postgres could not
-    evaluate the query" on a table whose snapshot and `(shape) AND (subset)` answer (live
-    fuzz subset arm, seed 45058). The rows are `(shape) AND (subset)`'s, and the subset's
-    clause is still never evaluated outside the shape's rows (its 1 / 0 on row 1)."""
-    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, i2 int2, b bool, t text)")
-    engine.sql(
-        "INSERT INTO docs VALUES (1, -32768, false, 'x'), (2, 5, true, 'y'), (3, -32768, true, 'z')"
-    )
-    where = "((- i2) > 0 AND b) OR b"
-    rows, handle, offset = await engine.sync(table="docs", where=where)
-    assert sorted(r["id"] for r in rows.values()) == ["2", "3"]
-    base = {"table": "docs", "where": where, "handle": handle, "offset": offset}
-    status, body = await _subset(engine, **base, subset__where="t <> 'y'")
-    assert status == 200, body
-    assert [m["value"]["id"] for m in body["data"]] == ["3"]
-    plain = engine.sql(f"SELECT id FROM docs WHERE ({where}) AND (t <> 'y')")
-    assert plain == [(3,)]
-    # (fails on row 1 alone, outside the shape: never evaluated there)
-    status, body = await _subset(engine, **base, subset__where="1 / (id - 1) >= 0")
-    assert status == 200, body
-    assert sorted(m["value"]["id"] for m in body["data"]) == ["2", "3"]
