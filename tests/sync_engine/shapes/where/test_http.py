@@ -413,3 +413,21 @@ async def test_hostile_where_strings_are_quick_400s_in_electrics_words(engine: E
         assert body["message"] == "Invalid request", body
         (text,) = body["errors"].get("where") or body["errors"]["params"]
         assert message in text, (str(params)[:80], text[:200])
+
+
+async def test_a_subset_keeps_the_shapes_in_list_semantics(engine: Engine) -> None:
+    """A subset's guard must read the shape's where in the query's own level. Inside a
+    sub-select (`EXISTS (SELECT WHERE <shape's where>)`, tried once to have the planner
+    simplify it as a WHERE) the columns are outer references, and Postgres types an IN list
+    of them with its constants together: `i8 NOT IN (i4, f8, 4611686018427387905)` compares
+    all as float8 there (4611686018427387904 equals the constant), as int8 / float8 pairs at
+    the top: the subset lost rows (live fuzz subset arm, seed 48021)."""
+    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, i8 int8, i4 int4, f8 float8, t text)")
+    engine.sql("INSERT INTO docs VALUES (1, 4611686018427387904, 1, 1.5, 'a'), (2, 5, 1, 1.5, 'b')")
+    where = "i8 NOT IN (i4, f8, 4611686018427387905, 2.5)"
+    rows, handle, offset = await engine.sync(table="docs", where=where)
+    assert sorted(r["id"] for r in rows.values()) == ["1", "2"]
+    base = {"table": "docs", "where": where, "handle": handle, "offset": offset}
+    status, body = await _subset(engine, **base, subset__where="t IS NOT NULL")
+    assert status == 200, body
+    assert sorted(m["value"]["id"] for m in body["data"]) == ["1", "2"]
