@@ -190,6 +190,7 @@ class Connection(asyncio.Protocol, Writer):
         "_body_size",
         "_continue_owed",
         "_drain",
+        "_early",
         "_fast",
         "_head_bytes",
         "_headers",
@@ -245,6 +246,8 @@ class Connection(asyncio.Protocol, Writer):
         #: The body of the request being read is dropped as it arrives: the request was
         #: queued at its head (a body over the limit, or the body of a method no route reads).
         self._too_large = False
+        #: The request being read is answered once this read is parsed (its body unread).
+        self._early = False
         self._request: Request | None = None  # being parsed
         #: A request asking to upgrade whose body is still to be read (`_UpgradeBody`), and
         #: that body's framing as a header line.
@@ -343,6 +346,23 @@ class Connection(asyncio.Protocol, Writer):
         return None  # the client closed its side: treated as gone (close, as aiohttp did)
 
     def data_received(self, data: bytes) -> None:
+        self._received(data)
+        if self._early:
+            self._answer_early()
+
+    def _answer_early(self) -> None:
+        """Queue the request whose body no route reads (`on_headers_complete`), if its body
+        is still to come and nothing in this read refused it."""
+        self._early = False
+        request = self._request
+        if request is None or not self._in_message or self.closing:
+            return  # (complete, and queued so; or refused, or the connection closing)
+        self._request = None
+        self._queue.append(request)
+        if not self._busy:
+            self._next()
+
+    def _received(self, data: bytes) -> None:
         if self._linger >= 0:  # (after a refusal: dropped, `_linger_close`)
             self._linger -= len(data)
             if self._linger < 0 and self._transport is not None:
@@ -590,22 +610,23 @@ class Connection(asyncio.Protocol, Writer):
             # it arrives before the next request is read; one that never comes closes the
             # connection at the request deadline, after the answer (`_idle_close`). The
             # proxy waited for it: a GET with a `Content-Length` and no body got nothing.
-            self._request = None
-            self._queue.append(request)
+            # Queued once this read is parsed (`data_received`), as the engine dispatches:
+            # what follows in the same read may be a malformed body, answered alone then.
             self._too_large = True  # (the body is dropped)
-            if not self._busy:
-                self._next()
+            self._early = True
             return
         if parser.should_upgrade():
             # A request asking to upgrade (`Connection: Upgrade`, as `curl --http2` sends) is
             # answered as plain HTTP and the connection closed after it: its answer says so
             # (it did not, and a client reusing the connection lost its next request).
             request.keep_alive = False
-            if coding is not None or (length is not None and length != "0"):
+            if method == b"POST" and (coding is not None or (length is not None and length != "0")):
                 # llhttp ends such a request at its head and leaves its body to the new
                 # protocol: the body was dropped and a POST answered as bodiless (the whole
                 # shape, not its subset). A server that does not upgrade must read it as
-                # usual (RFC 9110, 7.8): `_read_upgrade_body`.
+                # usual (RFC 9110, 7.8): `_read_upgrade_body`. (Another method's body no
+                # route reads: it is answered at its head, as the engine answers it, and
+                # the connection closes after it.)
                 if coding is not None:
                     framing = b"Transfer-Encoding: chunked"
                 else:
@@ -634,6 +655,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        self._early = False  # (its body came with its head: queued as any request)
         request = self._request
         if request is None:
             return

@@ -53,7 +53,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
-from ..shapes.where import WhereError, parse_order_by, parse_where
+from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
 from ..shapes.where.clause import full_parse
 from ..tables import not_answering, stopping
 from . import errors as snapshot_errors
@@ -124,21 +124,10 @@ async def parse_subset(columns: Sequence[ColumnInfo], sub: SubsetParams) -> Subs
 
 def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:
     """The shape's where AND the subset's, the subset's evaluated only for rows the shape
-    holds: behind an auth proxy the shape's where holds the policy's filter, and a subset
-    clause failing on a row outside it would tell the caller that row exists.
-
-    `guarded_and`'s guard read the shape's where again as an expression (inside COALESCE),
-    where Postgres's planner does not simplify it as it does a WHERE: `(X AND b) OR b` is
-    `b` as a WHERE, X never evaluated, but as an expression X runs first, and a subset of a
-    shape whose X fails on some row was a 400 ("Postgres could not evaluate the query")
-    though the shape's snapshot and `(shape) AND (subset)` answer. Here the guard asks
-    `EXISTS (SELECT WHERE <shape's where>)`, a WHERE of its own that the planner simplifies
-    as the shape's (only Postgres runs a subset's query; the engine never evaluates it)."""
+    holds (`guarded_and`): behind an auth proxy the shape's where holds the policy's filter,
+    and a subset clause failing on a row outside it would tell the caller that row exists."""
     if shape_where and subset_where:
-        return (
-            f"({shape_where}) AND COALESCE(NULLIF(EXISTS (SELECT WHERE {shape_where}), true),"
-            f" ({subset_where}))"
-        )
+        return guarded_and(shape_where, subset_where)
     return shape_where or subset_where
 
 
