@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.enums import BoolExprType, SortByDir
-from pglast.parser import ParseError, parse_sql_json, scan
+from pglast.parser import ParseError, fingerprint, parse_sql_json, scan
 from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
@@ -326,6 +326,31 @@ def _deparse(node: object, what: str) -> str:
         raise BadShapeRequest("too_deep", too_deep_message(what)) from None
 
 
+def _deparse_where(node: ast.Node, what: str, source: str | None = None) -> str:
+    """`_deparse` of a where expression, checked to parse back to the same tree.
+
+    pglast's printer has dropped parentheses Postgres needs (`(NOT b) IS NULL` came out as
+    `NOT b IS NULL`, another clause with other rows: where, 2026-12-05); such a clause is
+    refused, never forwarded with another meaning, as the engine's own `deparse` refuses it.
+    `source`, the text `node` was parsed from (its `$n` unshifted), allows the quick check:
+    libpg_query fingerprints (structure, not constants) equal; else the trees are compared."""
+    text = _deparse(node, what)
+    try:
+        if source is not None and fingerprint(_PREFIX + text) == fingerprint(_PREFIX + source):
+            return text
+        again = parse_sql(_PREFIX + text)[0].stmt.whereClause
+    except ParseError:
+        again = None
+    if again != node:
+        raise BadShapeRequest(
+            "invalid_where",
+            f"{what}: this combination of operators cannot be written back as SQL"
+            " unambiguously; rewrite it (e.g. split IS DISTINCT FROM / IS [NOT] TRUE into"
+            " separate tests)",
+        )
+    return text
+
+
 def check_client_where(
     clause: str, allowed_columns: Collection[str] | None, *, param_offset: int = 0, what: str
 ) -> ClientClause:
@@ -356,7 +381,7 @@ def check_client_where(
         raise BadShapeRequest("invalid_where", "WHERE clause must return a boolean")
     _shift_params(where, param_offset)
     return ClientClause(
-        sql=_deparse(where, what),
+        sql=_deparse_where(where, what, clause),
         param_count=max((number for number, _ in refs), default=0),
         param_refs=tuple(refs),
         text=clause,
@@ -429,7 +454,7 @@ def shift_template(sql: str, offset: int) -> str:
         return sql
     where = _parse_select(_PREFIX + sql).whereClause
     _shift_params(where, offset)
-    return _deparse(where, "where")
+    return _deparse_where(where, "where")
 
 
 def combine_where(clause: ClientClause, enforced: str) -> CombinedWhere:
