@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cachetools import LRUCache
 from pglast import ast, parse_sql
 from pglast.enums import BoolExprType, SortByDir
-from pglast.parser import ParseError, fingerprint, parse_sql_json, scan
+from pglast.parser import ParseError, parse_sql_json, scan
 from pglast.stream import RawStream
 
 from proxy.errors import BadShapeRequest, Forbidden, ProxyError
@@ -327,27 +327,14 @@ def _deparse(node: object, what: str) -> str:
 
 
 def _deparse_where(node: ast.Node, what: str, source: str | None = None) -> str:
-    """`_deparse` of a where expression, checked to parse back to the same tree.
-
-    pglast's printer has dropped parentheses Postgres needs (`(NOT b) IS NULL` came out as
-    `NOT b IS NULL`, another clause with other rows: where, 2026-12-05); such a clause is
-    refused, never forwarded with another meaning, as the engine's own `deparse` refuses it.
-    `source`, the text `node` was parsed from (its `$n` unshifted), allows the quick check:
-    libpg_query fingerprints (structure, not constants) equal; else the trees are compared."""
+    """`_deparse` of a where expression, checked to parse back to the same tree
+    (`where_parse.parses_back`, as the engine checks its own): a printer that drops
+    parentheses Postgres needs (`(NOT b) IS NULL` came out as `NOT b IS NULL`, another
+    clause) makes a 400, never a forwarded clause with another meaning. `source`: the text
+    `node` was parsed from ($n unshifted), for the quick fingerprint check."""
     text = _deparse(node, what)
-    try:
-        if source is not None and fingerprint(_PREFIX + text) == fingerprint(_PREFIX + source):
-            return text
-        again = parse_sql(_PREFIX + text)[0].stmt.whereClause
-    except ParseError:
-        again = None
-    if again != node:
-        raise BadShapeRequest(
-            "invalid_where",
-            f"{what}: this combination of operators cannot be written back as SQL"
-            " unambiguously; rewrite it (e.g. split IS DISTINCT FROM / IS [NOT] TRUE into"
-            " separate tests)",
-        )
+    if not where_parse.parses_back(node, text, source):
+        raise BadShapeRequest("invalid_where", f"{what}: {where_parse.NOT_WRITTEN_BACK}")
     return text
 
 

@@ -235,27 +235,38 @@ def sql_text(node: ast.Node) -> str:
     return text
 
 
-def deparse(node: ast.Node, source: str) -> str:
-    """The node as SQL, checked to parse back to the same tree (`source` is the clause the
-    node was parsed from, before any `$n` substitution).
+#: Why a clause whose printing does not parse back to its own tree is refused (`deparse`,
+#: and the proxy's check of what it forwards).
+NOT_WRITTEN_BACK = (
+    "this combination of operators cannot be written back as SQL unambiguously; "
+    "rewrite it (e.g. split IS DISTINCT FROM / IS [NOT] TRUE into separate tests)"
+)
+
+
+def parses_back(node: ast.Node, text: str, source: str | None = None) -> bool:
+    """Whether `text`, `node` as printed, parses back to `node`.
 
     pglast's deparser drops parentheses Postgres needs around some operators of equal
-    precedence (`(a IS DISTINCT FROM b) IS NOT TRUE` comes out unparseable); such a
-    clause is refused rather than sent to Postgres with another meaning. The quick check
-    compares libpg_query fingerprints (structure, not constants: a `$n` and the literal
-    that replaces it agree); only when they differ are the trees compared in full."""
-    text = sql_text(node)
+    precedence (`(a IS DISTINCT FROM b) IS NOT TRUE` comes out unparseable, `(NOT b) IS
+    NULL` as another clause). `source`, the text `node` was parsed from, allows the quick
+    check: libpg_query fingerprints (structure, not constants or `$n` numbers) equal; only
+    when they differ (or without it) are the trees compared in full."""
     try:
-        if fingerprint(PREFIX + text) == fingerprint(PREFIX + source):
-            return text
+        if source is not None and fingerprint(PREFIX + text) == fingerprint(PREFIX + source):
+            return True
         again = parse_sql(PREFIX + text)[0].stmt.whereClause
     except ParseError:
-        again = None
-    if again != node:
-        raise WhereError(
-            "this combination of operators cannot be written back as SQL unambiguously; "
-            "rewrite it (e.g. split IS DISTINCT FROM / IS [NOT] TRUE into separate tests)"
-        )
+        return False
+    return bool(again == node)
+
+
+def deparse(node: ast.Node, source: str) -> str:
+    """The node as SQL, checked to parse back to the same tree (`source` is the clause the
+    node was parsed from, before any `$n` substitution): a clause pglast would print as
+    another is refused rather than sent to Postgres with another meaning."""
+    text = sql_text(node)
+    if not parses_back(node, text, source):
+        raise WhereError(NOT_WRITTEN_BACK)
     return text
 
 
