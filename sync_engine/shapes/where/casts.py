@@ -17,6 +17,7 @@ from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
+    CHAR,
     DATE,
     FLOAT4,
     FLOAT8,
@@ -37,6 +38,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .datetimes import (
     date_to_ts,
+    time_to_interval,
     ts_to_date,
     ts_to_time,
     ts_to_tstz,
@@ -69,6 +71,10 @@ for _i, _src in enumerate(NUMERIC_ORDER):
             IMPLICIT_CASTS[(_src, _dst)] = (to_float8, _src == FLOAT4)
 for _src in (VARCHAR, BPCHAR, NAME):
     IMPLICIT_CASTS[(_src, TEXT)] = (identity, True)
+# "char" -> text (char_text) is implicit: `c1 = t` is text = text. A "char" value is held
+# as its output text, which is char_text's too ('' for the zero byte, `\ooo` for a byte
+# past ASCII, as since Postgres 15).
+IMPLICIT_CASTS[(CHAR, TEXT)] = (identity, True)
 IMPLICIT_CASTS[(TEXT, VARCHAR)] = (identity, True)
 # text -> char(n) (a list such as COALESCE(ch, t) is char(n)): the engine keeps char(n)
 # values without their trailing blanks, which char(n) comparisons ignore.
@@ -76,6 +82,8 @@ IMPLICIT_CASTS[(TEXT, BPCHAR)] = (lambda v: str(v).rstrip(" "), False)
 IMPLICIT_CASTS[(DATE, TIMESTAMP)] = (date_to_ts, False)
 IMPLICIT_CASTS[(DATE, TIMESTAMPTZ)] = (date_to_ts, False)  # then to tz: see Compiler.coerce
 IMPLICIT_CASTS[(TIMESTAMP, TIMESTAMPTZ)] = (ts_to_tstz, False)
+# time -> interval (time_interval) is implicit: `tm < iv` compares as interval.
+IMPLICIT_CASTS[(TIME, INTERVAL)] = (time_to_interval, False)
 
 
 EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Value], Value]] = {

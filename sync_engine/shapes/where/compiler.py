@@ -301,6 +301,14 @@ class Compiler:
         # evaluated it, it overflowed, and the row did not match; seed 7007)
         return mark(result, coerced_folds(expr, target))
 
+    def text_of_char(self, expr: Expr) -> Expr:
+        """A "char" operand as text (its implicit cast, char_text) where only a text
+        parameter takes it (LIKE, lower(), length()...); any other operand unchanged."""
+        if expr.type != CHAR:
+            return expr
+        # (a non-collatable type cast to text takes the database's default collation)
+        return with_coll(self.coerce(expr, TEXT), DEFAULT_IMPLICIT)
+
     def _no_conversion(self, expr: Expr, target: PgType) -> WhereError:
         return error_at(f"cannot convert {expr.type.sql_name} to {target.sql_name}", expr.node)
 
@@ -318,7 +326,12 @@ class Compiler:
         if expr.param is not None:
             seen = self.param_types.setdefault(expr.param, target)
             if seen != target:
-                raise error_at(f"type conflict for ${expr.param}", expr.node)
+                # (Postgres's words; IN types its left side once per item: `$1 IN (vc, ch)`)
+                raise error_at(
+                    f"inconsistent types deduced for parameter ${expr.param}"
+                    f" ({seen.sql_name} versus {target.sql_name})",
+                    expr.node,
+                )
         # (Postgres's parser reads an untyped literal into a constant of the type the
         # context gives it, whatever the volatility of the type's input function: the
         # result is as much the planner's constant as the literal was; `t || NULL` is
@@ -952,8 +965,8 @@ class Compiler:
         return PgType(col.domain_base)
 
     def as_text(self, expr: Expr) -> Expr:
-        if expr.type in STRING_TYPES or expr.type == UNKNOWN:
-            return self.coerce(expr, TEXT)
+        if expr.type in STRING_TYPES or expr.type == UNKNOWN or expr.type == CHAR:
+            return self.coerce(expr, TEXT)  # ("char"'s output text is its text: charout)
         out = text_output(expr.type)
         if out is None:
             raise error_at(f"cannot convert {expr.type.sql_name} to text", expr.node)
