@@ -342,6 +342,26 @@ class UpstreamResponse:
         if conn is not None:
             conn.close()
 
+    def splice(
+        self, dst: asyncio.Transport | None, read_timeout: float, send_timeout: float
+    ) -> asyncio.Future[None] | None:
+        """This answer's body sent to `dst` by `Splice`, when it can be: a Content-Length body
+        of at least `SPLICE_FROM` bytes, none of it read yet, plain TCP both ways, nothing of
+        an earlier write still in `dst`'s buffer; the caller has written the head, with this
+        same length, and passes the body on unchanged. None: read it from `content` as
+        before. Then `release()` once the future is done (the connection is reused only if
+        the whole body went out), as after reading it."""
+        conn = self._conn
+        length = self.content_length
+        if conn is None or dst is None or length is None or length < SPLICE_FROM:
+            return None
+        body = self.content
+        if conn._head_only or body._eof or body._error is not None:
+            return None
+        if "Transfer-Encoding" in self.headers or not can_splice(conn, dst):
+            return None
+        return body.splice_to(dst, length, [], read_timeout, send_timeout)
+
     def unlisten(self) -> None:
         """Stop telling the listener of `send_to`: the body is read from `content` instead."""
         if self._conn is not None:
