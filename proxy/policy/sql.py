@@ -26,6 +26,7 @@ from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 from sync_engine.pg.identifiers import parse_columns, parse_relation
 from sync_engine.shapes.where import check_where_constructs, guarded_and
 from sync_engine.shapes.where import parse as where_parse
+from sync_engine.shapes.where.depth import runs_longer_than
 from sync_engine.shapes.where.errors import WhereError
 from sync_engine.shapes.where.parse import construct_name
 
@@ -622,7 +623,19 @@ def compile_template(template: str) -> CompiledTemplate:
         raise ValueError("a NUL byte in a where template")
     if "{{" in sql or "}}" in sql:
         raise ValueError("malformed {{claim}} placeholder")
-    stmt = _parse_select(f"SELECT 1 WHERE {sql}")
+    # (the engine's limits, before anything recursive runs: a filter nested thousands of
+    # levels deep is a config error, not a RecursionError out of the loader)
+    deep = ValueError(too_deep_message("the filter", where_parse.MAX_WHERE_DEPTH))
+    if runs_longer_than(sql, where_parse.MAX_TOKEN_RUN):
+        raise deep
+    try:
+        stmt = _parse_select(f"SELECT 1 WHERE {sql}")
+    except RecursionError:
+        raise deep from None
+    if tree_depth(stmt.whereClause, stop_after=where_parse.MAX_WHERE_DEPTH) > (
+        where_parse.MAX_WHERE_DEPTH
+    ):
+        raise deep
     _check_template_collations(stmt.whereClause)
     used = {node.number for node in _walk(stmt.whereClause) if isinstance(node, ast.ParamRef)}
     if used != set(range(1, len(paths) + 1)):
@@ -630,7 +643,44 @@ def compile_template(template: str) -> CompiledTemplate:
             "write claim values only as {{claim.path}} placeholders, outside string literals, "
             "and no literal $n parameters"
         )
-    return _escape_like_claims(stmt.whereClause, sql, paths)
+    compiled = _escape_like_claims(stmt.whereClause, sql, paths)
+    # (`stmt.whereClause` now has the numbers `compiled.sql` gives its claims)
+    _check_written_back(stmt.whereClause)
+    return compiled
+
+
+def _check_written_back(where: ast.Node) -> None:
+    """Refuse at load a filter pglast does not print back as the same tree.
+
+    The proxy forwards the filter as pglast prints it whenever it gives a claim a second
+    number (`_escape_like_claims`) or moves its `$n` after a client's own params
+    (`shift_template`, every request with a client where). A printer that drops parentheses
+    Postgres needs (`(NOT archived) IS NULL` as `NOT archived IS NULL`) would then enforce
+    another filter, or make every such request a 400 that blames the client. The config
+    error names the smallest part that does not come back, as printed."""
+    printed = _print_template(where)
+    if printed is not None and where_parse.parses_back(where, printed):
+        return
+    part = printed
+    for node in _walk(where):  # (pre-order: the last part that fails is a smallest one)
+        if node is where or getattr(node, "location", None) is None:
+            continue
+        text = _print_template(node)
+        if text is not None and not where_parse.parses_back(node, text):
+            part = text
+    where_part = f" (the part printed {part!r})" if part is not None else ""
+    raise ValueError(
+        "the proxy forwards this filter as pglast prints it, and the printed text is another "
+        f"expression to Postgres{where_part}: {where_parse.NOT_WRITTEN_BACK}"
+    )
+
+
+def _print_template(node: ast.Node) -> str | None:
+    try:
+        text: str = RawStream()(node)
+    except Exception:  # (a printer that fails outright: a part not printable alone)
+        return None
+    return text
 
 
 #: Operators of LIKE and ILIKE (`NOT LIKE` is `!~~`; `LIKE ANY (...)` has the same name).
@@ -751,7 +801,7 @@ def _escape_like_claims(where: ast.Node, sql: str, paths: list[str]) -> Compiled
             ref.number = extra[escape]
             renumbered = True
     if renumbered:
-        sql = _deparse(where, "where")
+        sql = _print_template(where) or sql  # (checked by `_check_written_back`)
     return CompiledTemplate(sql=sql, claim_paths=tuple(claim_paths), like_escapes=tuple(escapes))
 
 

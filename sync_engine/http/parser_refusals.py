@@ -419,6 +419,10 @@ def _give_back_soon(loop: asyncio.AbstractEventLoop) -> None:
     loop.call_later(TRIM_DELAY, trim)
 
 
+#: aiohttp's own slot for `RequestHandler._handler_waiter` (see the property of that name).
+_HANDLER_WAITER: Any = RequestHandler.__dict__["_handler_waiter"]
+
+
 class RefusingRequestHandler(RequestHandler):
     """A connection whose parser refusals (status < 500) are answered by `refused`.
 
@@ -474,6 +478,22 @@ class RefusingRequestHandler(RequestHandler):
         # does not arrive whole in one packet: nothing per request otherwise).
         self._head_began: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def _handler_waiter(self) -> asyncio.Future[None] | None:
+        """aiohttp's stop waits on this future for the request in progress, at most its
+        `shutdown_timeout`; the request's `finally` sets its result. When the timeout fires
+        it cancels the future at once but clears it only when the stop's task runs again, and
+        a request whose last step runs first (due in the same turn of the loop: a loaded
+        machine's turns are long) set the cancelled future's result: `InvalidStateError`,
+        logged as an unhandled exception, its connection force-closed (chaos seed 3402). A
+        finished future reads as none, so the request's end no longer sets it twice."""
+        waiter: asyncio.Future[None] | None = _HANDLER_WAITER.__get__(self)
+        return None if waiter is None or waiter.done() else waiter
+
+    @_handler_waiter.setter
+    def _handler_waiter(self, waiter: asyncio.Future[None] | None) -> None:
+        _HANDLER_WAITER.__set__(self, waiter)
 
     def connection_made(self, transport: Any) -> None:
         """Register the connection; past its listener's `connection_cap`, make room by closing
