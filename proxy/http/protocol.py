@@ -508,12 +508,16 @@ class Connection(asyncio.Protocol, Writer):
         #: The names sent, lower-cased: whether one repeats, and whether the few a bodiless
         #: GET lacks are there at all (a set lookup, not a case-insensitive search).
         names = {name.lower() for name, _ in pairs}
+        #: Two `Authorization` headers: refused (`REPEATED_AUTHORIZATION`) once every check
+        #: the engine makes of the head has passed, so a head the engine refuses otherwise
+        #: (HTTP/2.0's 505, a bad target, `Expect: 200-ok`'s 417...) gets the engine's answer,
+        #: as the engine checks it; the proxy's 400 only where the engine would serve it.
+        repeated_authorization = False
         if len(headers) != len(names):
             for name in _SINGLETONS:
                 if len(headers.getall(name, ())) > 1:
                     raise _Refused(MALFORMED)
-            if len(headers.getall("authorization", ())) > 1:
-                raise _Refused(REPEATED_AUTHORIZATION)
+            repeated_authorization = len(headers.getall("authorization", ())) > 1
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)
@@ -578,6 +582,10 @@ class Connection(asyncio.Protocol, Writer):
         if self._scanning and coding is None and length is not None and length.isdigit():
             self._body_left = int(length)  # (a head measured: its body's end is known too)
         if length is not None and length.isdigit() and int(length) > self._app.max_body:
+            if repeated_authorization:
+                # (the engine's 413 where a POST's route reads the body; but the request would
+                # reach a route with two tokens: refused here, before any route sees it)
+                raise _Refused(REPEATED_AUTHORIZATION)
             request.body_too_large = True  # (413 where a route reads bodies)
             self._request = None
             self._queue.append(request)
@@ -599,6 +607,8 @@ class Connection(asyncio.Protocol, Writer):
             # body (the proxy waited for the body, and a client that sends it only once
             # told to go on got nothing until the read timeout).
             raise _Refused(EXPECTATION_FAILED)
+        if repeated_authorization:
+            raise _Refused(REPEATED_AUTHORIZATION)
         if (
             (coding is not None or (length is not None and length != "0"))
             and method != b"POST"

@@ -532,6 +532,19 @@ PIPELINED_TAILS = {
     b"\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQ\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     "connect": b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n",
     "http-1.0": b"GET /v1/health HTTP/1.0\r\n\r\nGET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n",
+    # Two Authorization headers (the proxy's own 400, on purpose) on a head the engine refuses
+    # for something else: the engine's answer, as the engine checks in its order (the proxy's
+    # 400 came first: HTTP/2.0 was its 400, not the engine's 505)
+    "http-2.0-two-authorization": b"GET /v1/shape?table=items&offset=-1 HTTP/2.0\r\nHost: x\r\n"
+    b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n",
+    "bad-target-two-authorization": b"GET *x HTTP/1.1\r\nHost: x\r\n"
+    b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n",
+    "http-1.0-chunked-two-authorization": b"POST /v1/shape?table=items&offset=-1 HTTP/1.0\r\n"
+    b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"0\r\n\r\n",
+    "bad-expect-two-authorization": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+    b"Expect: 200-ok\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n"
+    b"Content-Length: 2\r\n\r\n{}",
 }
 
 
