@@ -71,6 +71,29 @@ for _i, _src in enumerate(NUMERIC_ORDER):
             IMPLICIT_CASTS[(_src, _dst)] = (to_float8, _src == FLOAT4)
 for _src in (VARCHAR, BPCHAR, NAME):
     IMPLICIT_CASTS[(_src, TEXT)] = (identity, True)
+
+
+def text_to_name(value: Value) -> Value:
+    """text_name (text, varchar -> name): cut to NAMEDATALEN - 1 = 63 bytes at a character
+    boundary, as pg_mbcliplen does in a UTF8 database (the compiler refuses others)."""
+    text = str(value)
+    if len(text) <= 15 or (text.isascii() and len(text) <= 63):
+        return text
+    return text[:63] if text.isascii() else text.encode()[:63].decode(errors="ignore")
+
+
+def bpchar_to_name(value: Value) -> Value:
+    """bpchar_name: cut as text_name, then trailing blanks dropped (a char(n) value is held
+    without its padding, so cutting it is cutting the padded one)."""
+    name = text_to_name(value)
+    assert isinstance(name, str)
+    return name.rstrip(" ")
+
+
+# text, varchar, char(n) -> name are implicit (a list such as COALESCE(nm, t) is name)
+IMPLICIT_CASTS[(TEXT, NAME)] = (text_to_name, False)
+IMPLICIT_CASTS[(VARCHAR, NAME)] = (text_to_name, False)
+IMPLICIT_CASTS[(BPCHAR, NAME)] = (bpchar_to_name, False)
 # "char" -> text (char_text) is implicit: `c1 = t` is text = text. A "char" value is held
 # as its output text, which is char_text's too ('' for the zero byte, `\ooo` for a byte
 # past ASCII, as since Postgres 15).

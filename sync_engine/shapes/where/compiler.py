@@ -287,6 +287,12 @@ class Compiler:
         conv = IMPLICIT_CASTS.get((expr.type, target))
         if conv is None:
             raise self._no_conversion(expr, target)
+        if target == NAME and not self.collations.utf8:
+            raise error_at(
+                "converting text to name is not supported here (the database encoding, which"
+                " decides where Postgres cuts it, is not known to be UTF8)",
+                expr.node,
+            )
         func, exact = conv
         if (expr.type, target) == (DATE, TIMESTAMPTZ):
             func = EXPLICIT_CASTS[(DATE, TIMESTAMPTZ)]
@@ -913,6 +919,8 @@ class Compiler:
 
     def cast_to_text(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         src = arg.type
+        if src == CHAR and not (arg.raw and arg.column is not None):
+            return replace(self.coerce(arg, TEXT), type=target, node=node)  # (char_text)
         if src in JSON_TYPES and not arg.raw:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         if arg.raw and arg.column is not None:

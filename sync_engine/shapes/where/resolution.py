@@ -128,10 +128,18 @@ def select_common(a: PgType, b: PgType) -> PgType | None:
         return None if elem is None else elem.array_of()
     if a.array or b.array:
         return common_type(a, b)
-    if UNKNOWN in (a, b):
+    if a == b or UNKNOWN in (a, b):
         return b if a == UNKNOWN else a  # (`COALESCE(vc, 'x')` stays varchar)
+    if b == NAME and a in (VARCHAR, BPCHAR):
+        # (varchar and char(n) convert to name implicitly, name to them only by assignment:
+        # COALESCE(vc, nm) is name; text, the category's preferred type, stays text)
+        return NAME
     if a in NUMERIC_ORDER and b in NUMERIC_ORDER:
         return max(a, b, key=NUMERIC_ORDER.index)
+    if a == NAME and b in STRING_TYPES:
+        # (name first stays name: COALESCE(nm, t) is name, t's value cut to 63 bytes; the
+        # engine had made it text and matched a 70-letter t that Postgres cuts)
+        return NAME
     if a in (BPCHAR, VARCHAR) and b in STRING_TYPES:
         # (varchar kept too: ARRAY[vc, t] is varchar[], and `ch = ANY(ARRAY[vc, t])`
         # compares as char(n), which `Compiler.common` then refuses as for `ch = vc`)
