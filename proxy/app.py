@@ -48,6 +48,7 @@ from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
 from proxy.upstream.client import UpstreamPool, make_session
 from proxy.upstream.forward import Forwarder
+from sync_engine import __version__ as ENGINE_VERSION
 from sync_engine.http.headers import ALLOW_METHODS_SHAPE as ENGINE_ALLOW_METHODS
 from sync_engine.http.headers import EXPOSE_HEADERS as ENGINE_EXPOSE_HEADERS
 from sync_engine.http.parser_refusals import Refusal
@@ -89,6 +90,15 @@ def _check_path(request: Request) -> str:
 #: Electric's CORS on every shape answer (the engine's, `sync_engine.app`), which an open
 #: config (`allow_origins: ["*"]`, no credentials) gives exactly: a client cannot tell the
 #: proxy from the engine there.
+#: The engine's `electric-server` (sync_engine/app.py: `shapegate/<version>`; it ships with the
+#: proxy, same version), on the proxy's own answers until the engine has named itself
+#: (`Forwarder.server_name`): an error the proxy makes before the engine first answers after
+#: a restart (a 404, a 401, a 502 while the engine is down) carried none, and every engine
+#: answer has one. No client reads it (Electric's client 1.5 never does) and no cache keys
+#: on it, so a name right for this engine is better than none: the proxy then cannot be told
+#: from the engine by it.
+ENGINE_SERVER = f"shapegate/{ENGINE_VERSION}"
+
 _ENGINE_CORS = {
     "Access-Control-Expose-Headers": ENGINE_EXPOSE_HEADERS,
     "Access-Control-Allow-Methods": ENGINE_ALLOW_METHODS,
@@ -113,7 +123,12 @@ def _cors_for(
         echoed = {"Access-Control-Allow-Origin": origin if origin is not None else "*"}
         return True, MappingProxyType({**echoed, **(_ENGINE_CORS if shape else _ENGINE_CORS_OTHER)})
     headers = cors_headers(origin, allow_origins, credentials=credentials)
-    return True, MappingProxyType(headers) if headers is not None else None
+    if headers is None:
+        return True, None
+    # The methods offered, on every answer as the engine's (Electric's CORSHeaderPlug): the
+    # answers of a config listing its origins lacked them, the open config's had them.
+    headers["Access-Control-Allow-Methods"] = ENGINE_ALLOW_METHODS if shape else "GET, HEAD"
+    return True, MappingProxyType(headers)
 
 
 def request_origin(request: Request) -> str | None:
@@ -352,11 +367,11 @@ class ProxyApp:
         headers["X-Request-Id"] = context.request_id
         if context.cors is not None:
             headers.update(context.cors)
-        if "electric-server" not in headers and self._forwarder is not None:
+        if "electric-server" not in headers:
             # (the engine's name, as it gives it, on every answer as the engine's)
-            server = self._forwarder.server_name
-            if server is not None:
-                headers["electric-server"] = server
+            forwarder = self._forwarder
+            server = forwarder.server_name if forwarder is not None else None
+            headers["electric-server"] = server if server is not None else ENGINE_SERVER
         if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
             # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
             # would mean nothing, and the engine sends none.

@@ -40,16 +40,19 @@ from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
-from proxy.http.protocol import JOIN_BELOW
+from proxy.http.protocol import JOIN_BELOW, SEND_TIMEOUT
 from proxy.http.wire import Request, Response, StreamResponse, http_date
 from proxy.limits.admission import Permit
 from proxy.runtime import ANONYMOUS, Prepared, Runtime
 from proxy.upstream.client import (
     HIGH_WATER,
+    SPLICE_FROM,
+    BodyError,
     BodyTruncated,
     RawHead,
     UpstreamOptions,
     UpstreamResponse,
+    can_splice,
     connection_failed,
     failure_error,
 )
@@ -282,6 +285,7 @@ class FastAnswer:
         "_request",
         "_runtime",
         "_sent",
+        "_splicing",
         "_swept",
     )
 
@@ -317,6 +321,8 @@ class FastAnswer:
         self._held_at = 0.0
         #: Moved from `Forwarder.fast_new` to `fast_held` by a sweep (`register`).
         self._swept = False
+        #: The body is being spliced to the client (`_splice`): done when it is over.
+        self._splicing: asyncio.Future[None] | None = None
 
     def register(self, deadlines: Deadlines) -> bool:
         """The forwarder's sweep: if still held, end it at its token's expiry, and never
@@ -401,6 +407,17 @@ class FastAnswer:
             length = int(value) if value.isdigit() else None
         # (else the general answer below: errors are scrubbed, Vary merged)
         plain = head.status == 200 and plan.plain
+        if plain and length is not None and length >= SPLICE_FROM:
+            # Passed on unchanged: spliced once this read is parsed (`_splice`); the engine
+            # connection reads no more into Python meanwhile.
+            self._head = head
+            self._length = length
+            self._plain = True
+            engine = self._engine
+            if engine is not None:
+                engine.pause()
+            asyncio.get_running_loop().call_soon(self._splice)
+            return
         if length is not None and length <= WHOLE_BODY_LIMIT:
             self._head = head
             self._length = length
@@ -408,7 +425,11 @@ class FastAnswer:
             if length > HIGH_WATER:  # (below it the body is read whole anyway)
                 head.body.expect_whole(length)
             return
-        # A body to stream: `Forwarder.relay` in a task, as the request's answer.
+        self._hand_over(head)
+
+    def _hand_over(self, head: RawHead) -> None:
+        """A body to stream: `Forwarder.relay` in a task, as the request's answer."""
+        app = self._app
         response = head.response()
         response.unlisten()
         self._done = True
@@ -424,6 +445,66 @@ class FastAnswer:
         finished = self._finished
         if finished is not None and not finished.done():
             finished.set_result(None)
+
+    def _splice(self) -> None:
+        """Write the head and what came with it, then splice the rest of the body from the
+        engine's socket to the client's (`upstream.client.Splice`). When that cannot be (TLS,
+        or an earlier answer still in the client's buffer), the body is taken whole or
+        streamed by `Forwarder.relay`, as without splicing."""
+        head, engine = self._head, self._engine
+        if self._done or head is None or engine is None:
+            return  # (answered meanwhile: the whole body came in the same read, or it failed)
+        request = self._request
+        transport = request.transport
+        length = self._length
+        if transport is None or not can_splice(engine, transport):
+            if length > WHOLE_BODY_LIMIT:
+                self._hand_over(head)
+            else:
+                head.body.expect_whole(length)
+                engine.resume()  # (it may have paused at the high-water mark)
+            return
+        data = self._plain_answer(head, length, log=False)
+        try:
+            done = head.body.splice_to(
+                transport, length, [data], self._runtime.options.first_byte_timeout, SEND_TIMEOUT
+            )
+        except OSError as exc:  # (no descriptor for the pipe): nothing was sent yet
+            logger.warning("could not splice an answer (%s)", exc)
+            self.on_failed(exc, False)
+            return
+        self._splicing = done
+        done.add_done_callback(self._spliced)
+
+    def _spliced(self, done: asyncio.Future[None]) -> None:
+        """The spliced body is over: the engine connection goes back to the pool if it all
+        went out; the client connection is closed if the engine's body broke (the client
+        sees a body shorter than its Content-Length, as from `Forwarder.relay`)."""
+        head = self._head
+        if done.cancelled() or self._done or head is None:
+            return  # (`cancel`: the client went away, or the server is shutting down)
+        self._splicing = None
+        error = done.exception()
+        request = self._request
+        context = request.context
+        if error is None:
+            head.release()  # the connection goes back to the pool
+        elif isinstance(error, BodyError):
+            context.outcome, context.reason = "error", "upstream_broken_stream"
+            logger.warning(
+                "upstream stream broke (%s); closing client connection", type(error).__name__
+            )
+            if request.transport is not None:
+                request.transport.close()
+        else:  # (the engine connection is closed by `Splice`)
+            context.outcome, context.reason = "client_gone", "client_disconnected"
+            if request.transport is not None:
+                request.transport.abort()
+        self._end()
+        self._app.answered(request, None, status=200)
+        transport = request.transport
+        if transport is not None and not transport.is_closing():
+            self._client.fast_written(request, b"", [])  # (all written: on to the next request)
 
     async def _relay(self, upstream: UpstreamResponse) -> StreamResponse:
         try:
@@ -475,7 +556,7 @@ class FastAnswer:
             response = self._app.crashed()
         self._respond(response)
 
-    def _plain_answer(self, head: RawHead, length: int) -> bytes:
+    def _plain_answer(self, head: RawHead, length: int, log: bool = True) -> bytes:
         """The bytes `Forwarder.relay`, `ProxyApp.on_prepare` and `Response.serialize` make of
         a 200 without Vary with a whole body, made directly from the engine's raw headers (in
         the same order: the engine's kept ones, Cache-Control, X-Request-Id, CORS,
@@ -540,7 +621,8 @@ class FastAnswer:
         elif forwarder.server_name is not None:
             server = f"electric-server: {forwarder.server_name}\r\n"
         context.upstream_status = 200
-        app.answered(request, None, status=200)
+        if log:
+            app.answered(request, None, status=200)
         lines = (
             f"{lines_of[2]}{context.request_id}{lines_of[3]}{server}{lines_of[4]}{length}\r\n"
             f"{typed}Date: {http_date()}\r\n{connection}\r\n"
@@ -592,6 +674,9 @@ class FastAnswer:
         if self._done:
             return
         engine = self._engine
+        splicing, self._splicing = self._splicing, None
+        if splicing is not None:
+            splicing.cancel()  # (closes the engine connection)
         self._end()
         if engine is not None:
             engine.close()

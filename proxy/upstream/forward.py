@@ -151,8 +151,9 @@ class Forwarder:
         self.metrics = metrics
         self._flights = Flights()
         self._streams = sse.SharedStreams()
-        #: The engine's `electric-server` value, once it has answered: the proxy's own
-        #: answers on shape paths carry it too, as every engine answer does.
+        #: The engine's `electric-server` value, once it has answered (the last one it
+        #: gave: an engine upgraded behind a running proxy is named as it names itself).
+        #: Until then the proxy's own answers carry `ENGINE_SERVER` (`proxy.app.on_prepare`).
         self.server_name: str | None = None
         # Engine cache-control values repeat (a handful of shapes); rewrite each once. A
         # plain dict emptied when full: an LRU's lookup cost more than the rewrite it saves.
@@ -318,8 +319,9 @@ class Forwarder:
         cacheable: bool,
     ) -> Head:
         raw = upstream.headers
-        if self.server_name is None:
-            self.server_name = raw.get("electric-server")
+        server = raw.get("electric-server")
+        if server is not None and server != self.server_name:
+            self.server_name = server
         values = tuple(raw.getall("Cache-Control", ()))
         live = target.live
         cache_control, ttl = self.cache_control(values, options, live, target.shared)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import psycopg
 import pytest
 
 import proxy.http.fastlane as fastlane
+import proxy.upstream.client as upstream_client
 from proxy.config.loader import build_config
 from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.proxy_fakes import ORIGIN, base_config
@@ -458,8 +460,8 @@ async def test_answers_without_electric_server_or_with_no_store_match_the_genera
 async def test_an_answer_to_stream_is_handed_over_to_a_task(
     idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
 ) -> None:
-    """A chunked answer, and one longer than is taken whole, leave the fast lane for the
-    general path's streaming relay once their headers are in (an engine that streams
+    """A chunked answer leaves the fast lane for the general path's streaming relay once its
+    headers are in, and so does a long one when it cannot be spliced (an engine that streams
     answers on purpose: a fake)."""
     big = b"x" * (3 * 1024 * 1024)
 
@@ -490,3 +492,126 @@ async def test_an_answer_to_stream_is_handed_over_to_a_task(
             assert reply.body == big
         assert len(fast_lane_taken) == 2  # the repeats took it, then went on in a task
         assert server.connections <= 2  # (and the engine connections were kept alive)
+
+
+def _fds(kind: str) -> int:
+    """This process's open descriptors of `kind` ("pipe", "socket")."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(kind + ":")
+        except OSError:
+            pass
+    return count
+
+
+async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_it_ends(
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A long plain answer on the fast lane is spliced from the engine's socket to the
+    client's (`upstream.client.Splice`): the client gets the same bytes (checked against an
+    answer the general path reads into Python); both connections stay usable after it; a
+    client that leaves mid-body gets the engine connection closed (never reused with the rest
+    of that body in it) and leaves no descriptor open; an engine that closes mid-body gets
+    the client's connection closed on a short body, as the streaming relay does; a client
+    that reads slowly gets every byte. A scripted engine: each handle's first request (the
+    general path, which authorises it) gets the whole answer, the repeats behave as named."""
+    body = bytes(range(256)) * (3 * 1024 * 1024 // 256)
+    head = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: %d\r\n\r\n"
+    head %= len(body)
+    seen: dict[str, int] = {}
+    dropped: list[str] = []  # handles whose engine connection the proxy closed mid-body
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader)
+            handle = re.search(rb"handle=(\w+)", request)
+            name = handle.group(1).decode() if handle else "-"
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] == 1 or name == "whole":
+                writer.write(head + body)
+                await writer.drain()
+            elif name == "cut":  # the engine fails mid-body
+                writer.write(head + body[:700_000])
+                await writer.drain()
+                return
+            else:  # "left": the client goes away mid-body
+                writer.write(head + body[:300_000])
+                await writer.drain()
+                if await reader.read() == b"":
+                    dropped.append(name)
+                return
+
+    spliced: list[int] = []
+    splice = upstream_client.Splice
+
+    def spy(*args: Any) -> Any:
+        spliced.append(args[3])  # (the bytes still to come when it began)
+        return splice(*args)
+
+    pipes, sockets = _fds("pipe") - 2 * len(upstream_client._pipes), _fds("socket")
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        auth = f"Authorization: Bearer {alice}"
+        target = "/v1/shape?table=items&offset=0_0&handle="
+        for name in ("whole", "cut", "left"):  # (each authorised once: the general path)
+            reply = await proxy.get(target + name, token=alice)
+            assert (reply.status, reply.body) == (200, body)
+        general = reply.headers
+        assert fast_lane_taken == []
+        monkeypatch.setattr(upstream_client, "Splice", spy)
+        host, port_ = proxy.client.server.host, proxy.client.server.port
+        # Spliced, twice on one client connection, the second read slowly.
+        reader, writer = await asyncio.open_connection(host, port_)
+        writer.write(_request(target + "whole", auth) * 2)
+        for slowly in (False, True):
+            raw = await reader.readuntil(b"\r\n\r\n")
+            assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"\r\nContent-Length: %d\r\n" % len(body) in raw
+            assert b"\r\nVary: " in raw and general["Vary"].encode() in raw
+            got = bytearray()
+            while len(got) < len(body):
+                got += await reader.read(min(4096 if slowly else 1 << 20, len(body) - len(got)))
+                if slowly and len(got) < 64 * 1024:
+                    await asyncio.sleep(0.01)
+            assert got == body
+        writer.close()
+        assert fast_lane_taken == [target + "whole"] * 2
+        assert len(spliced) == 2 and all(0 < rest <= len(body) for rest in spliced)
+        # The engine fails mid-body: a short body, then the client connection closes.
+        reader, writer = await asyncio.open_connection(host, port_)
+        writer.write(_request(target + "cut", auth))
+        raw = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert raw.split(b"\r\n\r\n", 1)[1] == body[:700_000]
+        # (the general path, as the engine connection was closed: a new one, kept alive)
+        reply = await proxy.get(target + "whole", token=alice)
+        assert (reply.status, reply.body) == (200, body)
+        # The client goes away mid-body: the engine connection is closed, not kept.
+        before = len(spliced)
+        reader, writer = await asyncio.open_connection(host, port_)
+        writer.write(_request(target + "left", auth))
+        await reader.readexactly(200_000)
+        writer.close()
+        await wait_until_async(lambda: dropped == ["left"], timeout=10,
+                               message="the proxy closed the engine connection")  # fmt: skip
+        assert len(spliced) == before + 1
+        # Still serving, on a kept-alive or a new engine connection.
+        reply = await proxy.get(target + "whole", token=alice)
+        assert (reply.status, reply.body) == (200, body)
+        assert seen == {"whole": 5, "cut": 2, "left": 2}
+        await proxy.client.close()
+    # Nothing left open: the splices' pipes are kept for reuse (empty), nothing else.
+    await wait_until_async(lambda: _fds("socket") <= sockets, timeout=10, message="sockets closed")
+    assert _fds("pipe") - 2 * len(upstream_client._pipes) == pipes

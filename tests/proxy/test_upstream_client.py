@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -460,3 +461,113 @@ async def test_a_full_pool_queues_requests_until_a_connection_is_free() -> None:
     finally:
         await pool.close()
     assert pool.open_connections == 0
+
+
+class _Receiver:
+    """A client socket the proxy would write to: `transport` (the proxy's side, with small
+    socket buffers so backpressure shows at once) and what arrived at the other end."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.closed = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _Receiver:
+        async def take(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            while True:
+                await self.reading.wait()
+                data = await reader.read(65536)
+                if not data:
+                    break
+                self.received += data
+            self.closed.set()
+
+        self._server = await asyncio.start_server(take, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        self.transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        sock = self.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None and self.transport is not None
+        self.transport.abort()
+        self._server.close()
+
+
+async def test_a_long_body_is_spliced_to_a_client_socket_and_its_connection_reused(
+    pool: UpstreamPool,
+) -> None:
+    """`UpstreamResponse.splice`: the client socket gets exactly the engine's body after the
+    caller's head; the engine connection is reused afterwards. Chunked, HEAD-like and short
+    answers are not spliced (None: read as before)."""
+    body = bytes(range(256)) * (2 * HIGH_WATER // 256 + 7)
+    answers = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        OK,
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body,
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+
+    async with RawServer(serve) as server, _Receiver() as client:
+        assert client.transport is not None
+        for answer in answers:
+            response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+            client.transport.write(b"head\r\n")
+            spliced = response.splice(client.transport, 5, 5)
+            if answer.endswith(body):
+                assert spliced is not None
+                await asyncio.wait_for(spliced, 30)
+            else:
+                assert spliced is None
+                await read_all(response)
+            response.release()
+        await wait_until_async(
+            lambda: len(client.received) >= 2 * len(body) + 4 * 6, message="all received"
+        )
+        assert client.received == b"head\r\n" + body + b"head\r\n" * 3 + body
+        assert server.connections == 1  # one engine connection throughout
+
+
+async def test_a_spliced_body_fails_when_the_engine_stalls_or_the_client_stops_reading(
+    pool: UpstreamPool,
+) -> None:
+    """The engine silent for the read timeout: `BodyTimeout`; the client reading nothing for
+    the send timeout: `ConnectionResetError` and its connection aborted. Either way the
+    engine connection is closed, not reused with part of a body in it."""
+    body = b"y" * (8 * HIGH_WATER)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        writer.write(body if n == 2 else body[: HIGH_WATER // 2])
+        await writer.drain()
+        await reader.read()
+
+    async with RawServer(serve) as server:
+        for stalls in (True, False):
+            async with _Receiver() as client:
+                if not stalls:
+                    client.reading.clear()
+                response = await pool.request("GET", server.url(), {}, None, OPTIONS)
+                spliced = response.splice(client.transport, 0.3, 0.3)
+                assert spliced is not None
+                error = BodyTimeout if stalls else ConnectionResetError
+                with pytest.raises(error):
+                    await asyncio.wait_for(spliced, 30)
+                response.release()
+                assert pool.open_connections == 0
+                assert client.transport is not None and client.transport.is_closing() != stalls
+        assert server.connections == 2
