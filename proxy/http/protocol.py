@@ -189,6 +189,7 @@ class Connection(asyncio.Protocol, Writer):
         "_body_left",
         "_body_size",
         "_continue_owed",
+        "_deferred",
         "_drain",
         "_early",
         "_fast",
@@ -248,6 +249,10 @@ class Connection(asyncio.Protocol, Writer):
         self._too_large = False
         #: The request being read is answered once this read is parsed (its body unread).
         self._early = False
+        #: A refusal of the head just read that the engine makes once it dispatches the
+        #: request (`_defer`), and whether that request is a HEAD: answered once this read
+        #: is parsed, unless what follows in it is malformed (then the engine's 400 alone).
+        self._deferred: tuple[Refusal, bool] | None = None
         self._request: Request | None = None  # being parsed
         #: A request asking to upgrade whose body is still to be read (`_UpgradeBody`), and
         #: that body's framing as a header line.
@@ -349,6 +354,17 @@ class Connection(asyncio.Protocol, Writer):
         self._received(data)
         if self._early:
             self._answer_early()
+        if self._deferred is not None:
+            self._refuse_deferred()
+
+    def _refuse_deferred(self) -> None:
+        """Answer the refusal `_defer` kept, now that the read its head came in is parsed
+        and nothing in it was malformed (nothing, if the connection is closing for that)."""
+        assert self._deferred is not None
+        refusal, head = self._deferred
+        self._deferred = None
+        if not self.closing:
+            self._refuse(refusal, head)
 
     def _answer_early(self) -> None:
         """Queue the request whose body no route reads (`on_headers_complete`), if its body
@@ -433,6 +449,9 @@ class Connection(asyncio.Protocol, Writer):
         except httptools.HttpParserUpgrade as exc:
             # A request asking to switch protocols is answered as plain HTTP; nothing after
             # it (and its body) on this connection is read.
+            if self._deferred is not None:
+                self._refuse_deferred()  # (refused at its head: nothing after it is read)
+                return False
             if self._upgrading is not None:
                 self._scanning = False
                 self._read_upgrade_body(data[at + exc.args[0] :])
@@ -448,6 +467,9 @@ class Connection(asyncio.Protocol, Writer):
                 self._pause_reading()
                 if not self._busy:
                     self._next()
+                return False
+            if self._deferred is not None:
+                self._refuse_deferred()  # (the first refusal in this read is answered)
                 return False
             self._refuse(cause.refusal if isinstance(cause, _Refused) else MALFORMED)
             return False
@@ -500,6 +522,18 @@ class Connection(asyncio.Protocol, Writer):
         if "\x00" in text:
             raise _Refused(MALFORMED)
         headers.append((name.decode("utf-8", "surrogateescape"), text))
+
+    def _defer(self, refusal: Refusal, method: bytes) -> None:
+        """Refuse the head just read as the engine does once it dispatches it (`unserved`:
+        HTTP/2.0's 505, a chunked HTTP/1.0 request, an unknown transfer coding; a bad Expect;
+        two Authorization headers): after this read is parsed. aiohttp parses a read whole
+        before it dispatches what it holds, so a malformed body (or request) later in the
+        same read is the engine's 400 alone; the proxy answered the head's refusal. Its body
+        is parsed and dropped; once it ends, the refusal is answered (`on_message_complete`)
+        and nothing after it is read, as the engine answers a complete request refused so
+        whatever follows it in the read."""
+        self._deferred = (refusal, method == b"HEAD")
+        self._request = None
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -561,12 +595,12 @@ class Connection(asyncio.Protocol, Writer):
             if "host" not in names:
                 raise _Refused(MALFORMED)  # (RFC 9112, 3.2: a 400, as the engine answers it)
         elif version != "1.0":
-            raise _Refused(HTTP_0_9 if version == "0.9" else VERSION_NOT_SUPPORTED)
+            return self._defer(HTTP_0_9 if version == "0.9" else VERSION_NOT_SUPPORTED, method)
         if codings is not None:
             if version == "1.0":
-                raise _Refused(TRANSFER_ENCODING_IN_HTTP_1_0)
+                return self._defer(TRANSFER_ENCODING_IN_HTTP_1_0, method)
             if codings != ["chunked"]:  # (`gzip, chunked`, `, chunked`: RFC 9112, 6.1, a 501)
-                raise _Refused(UNKNOWN_TRANSFER_CODING)
+                return self._defer(UNKNOWN_TRANSFER_CODING, method)
         request = Request(  # (method, raw path, query, headers, version, keep-alive, writer, app)
             method.decode("ascii", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),
@@ -585,7 +619,7 @@ class Connection(asyncio.Protocol, Writer):
             if repeated_authorization:
                 # (the engine's 413 where a POST's route reads the body; but the request would
                 # reach a route with two tokens: refused here, before any route sees it)
-                raise _Refused(REPEATED_AUTHORIZATION)
+                return self._defer(REPEATED_AUTHORIZATION, method)
             request.body_too_large = True  # (413 where a route reads bodies)
             self._request = None
             self._queue.append(request)
@@ -606,9 +640,9 @@ class Connection(asyncio.Protocol, Writer):
             # An expectation the server cannot meet: the engine's 417 at once, before the
             # body (the proxy waited for the body, and a client that sends it only once
             # told to go on got nothing until the read timeout).
-            raise _Refused(EXPECTATION_FAILED)
+            return self._defer(EXPECTATION_FAILED, method)
         if repeated_authorization:
-            raise _Refused(REPEATED_AUTHORIZATION)
+            return self._defer(REPEATED_AUTHORIZATION, method)
         if (
             (coding is not None or (length is not None and length != "0"))
             and method != b"POST"
@@ -664,6 +698,8 @@ class Connection(asyncio.Protocol, Writer):
             self._body.append(body)
 
     def on_message_complete(self) -> None:
+        if self._deferred is not None:  # (answered now; the parser stops here: `_feed`)
+            raise _Refused(self._deferred[0])
         self._in_message = False
         self._early = False  # (its body came with its head: queued as any request)
         request = self._request

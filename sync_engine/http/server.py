@@ -22,9 +22,10 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, HttpProcessingError
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestPayloadError
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from .errors import BodyTimeout, json_response
+from .params import MAX_BODY
 from .parser_refusals import Refusal, RefusingApplication, RefusingRequestHandler
 
 logger = logging.getLogger(__name__)
@@ -104,12 +105,44 @@ class _DecodedBody(StreamReader):
         raise exc
 
 
+#: aiohttp's own slot for `RequestHandler._lingering_time` (see the property of that name).
+_LINGERING: Any = RequestHandler.__dict__["_lingering_time"]
+
+
 class EngineRequestHandler(RefusingRequestHandler):
-    __slots__ = ()
+    __slots__ = ("_oversized",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        #: The body of the request being handled was declared longer than `MAX_BODY` (a 413).
+        self._oversized = False
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _lingering_time(self) -> float:
+        """How long aiohttp reads on after answering a request whose declared body has not
+        come in full (a GET with `Content-Length: 10` and no body), before it closes.
+
+        After an answer that keeps the connection: until the body's own deadline
+        (`REQUEST_READ_TIMEOUT` from its head, `_deadline`), the proxy's rule too (it cuts
+        such a request 30 s after its first byte). aiohttp's 10 s closed it sooner; Electric's
+        Bandit reads on for its socket's read timeout (60 s), but no request may hold a
+        connection busy (the connection cap counts it) longer than a body may take. After
+        an answer that closes the connection (417, an error) or to a body declared over
+        `MAX_BODY` (a 413 at once: nothing of it is wanted), aiohttp's own."""
+        if self._keepalive and not self._close and not self._oversized:
+            return REQUEST_READ_TIMEOUT
+        value: float = _LINGERING.__get__(self)
+        return value
+
+    @_lingering_time.setter
+    def _lingering_time(self, value: float) -> None:
+        _LINGERING.__set__(self, value)
 
     def request_body(self, message: Any, payload: StreamReader) -> StreamReader:
         # (a no-op when it fires after the body has arrived)
         self._loop.call_later(REQUEST_READ_TIMEOUT, _deadline, payload)
+        length = message.headers.get("Content-Length")
+        self._oversized = length is not None and length.isdigit() and int(length) > MAX_BODY
         coding = message.headers.get("Content-Encoding")
         if coding is None:
             return payload

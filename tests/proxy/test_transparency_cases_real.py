@@ -545,6 +545,18 @@ PIPELINED_TAILS = {
     "bad-expect-two-authorization": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
     b"Expect: 200-ok\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n"
     b"Content-Length: 2\r\n\r\n{}",
+    # A head the engine refuses once it dispatches it, followed in the same read by a malformed
+    # chunk: the engine's parser reads the whole read first, so its answer is the 400 of the
+    # malformed body; the proxy answered the head's refusal (505, 501, its own 400)
+    "http-2.0-bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/2.0\r\nHost: x\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "http-1.0-chunked-bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.0\r\n"
+    b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
+    "unknown-coding-bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+    b"Transfer-Encoding: gzip, chunked\r\n\r\nzz\r\n",
+    "two-authorization-bad-chunk": b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+    b"Authorization: Bearer a\r\nAuthorization: Bearer b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\n",
 }
 
 

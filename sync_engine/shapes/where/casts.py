@@ -17,6 +17,7 @@ from sync_engine.pg import values as pgv
 from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
+    CHAR,
     DATE,
     FLOAT4,
     FLOAT8,
@@ -37,6 +38,7 @@ from sync_engine.pg.values import UnrepresentableValue, Value
 
 from .datetimes import (
     date_to_ts,
+    time_to_interval,
     ts_to_date,
     ts_to_time,
     ts_to_tstz,
@@ -69,6 +71,33 @@ for _i, _src in enumerate(NUMERIC_ORDER):
             IMPLICIT_CASTS[(_src, _dst)] = (to_float8, _src == FLOAT4)
 for _src in (VARCHAR, BPCHAR, NAME):
     IMPLICIT_CASTS[(_src, TEXT)] = (identity, True)
+
+
+def text_to_name(value: Value) -> Value:
+    """text_name (text, varchar -> name): cut to NAMEDATALEN - 1 = 63 bytes at a character
+    boundary, as pg_mbcliplen does in a UTF8 database (the compiler refuses others)."""
+    text = str(value)
+    if len(text) <= 15 or (text.isascii() and len(text) <= 63):
+        return text
+    return text[:63] if text.isascii() else text.encode()[:63].decode(errors="ignore")
+
+
+def bpchar_to_name(value: Value) -> Value:
+    """bpchar_name: cut as text_name, then trailing blanks dropped (a char(n) value is held
+    without its padding, so cutting it is cutting the padded one)."""
+    name = text_to_name(value)
+    assert isinstance(name, str)
+    return name.rstrip(" ")
+
+
+# text, varchar, char(n) -> name are implicit (a list such as COALESCE(nm, t) is name)
+IMPLICIT_CASTS[(TEXT, NAME)] = (text_to_name, False)
+IMPLICIT_CASTS[(VARCHAR, NAME)] = (text_to_name, False)
+IMPLICIT_CASTS[(BPCHAR, NAME)] = (bpchar_to_name, False)
+# "char" -> text (char_text) is implicit: `c1 = t` is text = text. A "char" value is held
+# as its output text, which is char_text's too ('' for the zero byte, `\ooo` for a byte
+# past ASCII, as since Postgres 15).
+IMPLICIT_CASTS[(CHAR, TEXT)] = (identity, True)
 IMPLICIT_CASTS[(TEXT, VARCHAR)] = (identity, True)
 # text -> char(n) (a list such as COALESCE(ch, t) is char(n)): the engine keeps char(n)
 # values without their trailing blanks, which char(n) comparisons ignore.
@@ -76,6 +105,8 @@ IMPLICIT_CASTS[(TEXT, BPCHAR)] = (lambda v: str(v).rstrip(" "), False)
 IMPLICIT_CASTS[(DATE, TIMESTAMP)] = (date_to_ts, False)
 IMPLICIT_CASTS[(DATE, TIMESTAMPTZ)] = (date_to_ts, False)  # then to tz: see Compiler.coerce
 IMPLICIT_CASTS[(TIMESTAMP, TIMESTAMPTZ)] = (ts_to_tstz, False)
+# time -> interval (time_interval) is implicit: `tm < iv` compares as interval.
+IMPLICIT_CASTS[(TIME, INTERVAL)] = (time_to_interval, False)
 
 
 EXPLICIT_CASTS: dict[tuple[PgType, PgType], Callable[[Value], Value]] = {

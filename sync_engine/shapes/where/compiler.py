@@ -287,6 +287,12 @@ class Compiler:
         conv = IMPLICIT_CASTS.get((expr.type, target))
         if conv is None:
             raise self._no_conversion(expr, target)
+        if target == NAME and not self.collations.utf8:
+            raise error_at(
+                "converting text to name is not supported here (the database encoding, which"
+                " decides where Postgres cuts it, is not known to be UTF8)",
+                expr.node,
+            )
         func, exact = conv
         if (expr.type, target) == (DATE, TIMESTAMPTZ):
             func = EXPLICIT_CASTS[(DATE, TIMESTAMPTZ)]
@@ -300,6 +306,14 @@ class Compiler:
         # NULL constant, NULL before any row, `f8 * num` never evaluated (the engine
         # evaluated it, it overflowed, and the row did not match; seed 7007)
         return mark(result, coerced_folds(expr, target))
+
+    def text_of_char(self, expr: Expr) -> Expr:
+        """A "char" operand as text (its implicit cast, char_text) where only a text
+        parameter takes it (LIKE, lower(), length()...); any other operand unchanged."""
+        if expr.type != CHAR:
+            return expr
+        # (a non-collatable type cast to text takes the database's default collation)
+        return with_coll(self.coerce(expr, TEXT), DEFAULT_IMPLICIT)
 
     def _no_conversion(self, expr: Expr, target: PgType) -> WhereError:
         return error_at(f"cannot convert {expr.type.sql_name} to {target.sql_name}", expr.node)
@@ -318,7 +332,12 @@ class Compiler:
         if expr.param is not None:
             seen = self.param_types.setdefault(expr.param, target)
             if seen != target:
-                raise error_at(f"type conflict for ${expr.param}", expr.node)
+                # (Postgres's words; IN types its left side once per item: `$1 IN (vc, ch)`)
+                raise error_at(
+                    f"inconsistent types deduced for parameter ${expr.param}"
+                    f" ({seen.sql_name} versus {target.sql_name})",
+                    expr.node,
+                )
         # (Postgres's parser reads an untyped literal into a constant of the type the
         # context gives it, whatever the volatility of the type's input function: the
         # result is as much the planner's constant as the literal was; `t || NULL` is
@@ -900,6 +919,8 @@ class Compiler:
 
     def cast_to_text(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         src = arg.type
+        if src == CHAR and not (arg.raw and arg.column is not None):
+            return replace(self.coerce(arg, TEXT), type=target, node=node)  # (char_text)
         if src in JSON_TYPES and not arg.raw:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         if arg.raw and arg.column is not None:
@@ -952,8 +973,8 @@ class Compiler:
         return PgType(col.domain_base)
 
     def as_text(self, expr: Expr) -> Expr:
-        if expr.type in STRING_TYPES or expr.type == UNKNOWN:
-            return self.coerce(expr, TEXT)
+        if expr.type in STRING_TYPES or expr.type == UNKNOWN or expr.type == CHAR:
+            return self.coerce(expr, TEXT)  # ("char"'s output text is its text: charout)
         out = text_output(expr.type)
         if out is None:
             raise error_at(f"cannot convert {expr.type.sql_name} to text", expr.node)

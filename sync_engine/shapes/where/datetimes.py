@@ -137,6 +137,13 @@ def time_micros(t: time) -> int:
     return ((t.hour * 60 + t.minute) * 60 + t.second) * pgv.USECS_PER_SEC + t.microsecond
 
 
+def time_to_interval(t: time) -> pgv.Interval:
+    """time_interval, Postgres's implicit time -> interval cast (`tm < iv` compares as
+    interval): the clock as microseconds, no days or months (24:00 is '24:00:00', equal to
+    '1 day' under interval's own comparison)."""
+    return pgv.Interval(0, 0, time_micros(t))
+
+
 def _wrap64(n: int) -> int:
     """C int64 arithmetic as Postgres is built (-fwrapv): wraps instead of overflowing."""
     return (n + 2**63) % 2**64 - 2**63

@@ -103,6 +103,7 @@ def _case_func(which: str) -> Builder:
     """upper() / lower(): the collation's per-character mapping (see collation.py)."""
 
     def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
+        args = [c.text_of_char(args[0])]  # (lower(text): "char" converts implicitly)
         # (the argument's type first: `upper(1)` does not exist, whatever the collation)
         if args[0].type not in STRING_TYPES and args[0].type != UNKNOWN:
             raise error_at(f"function {which}({args[0].type.sql_name}) does not exist", node)
@@ -132,7 +133,7 @@ def _length_builder(name: str, octets: bool, of_bytea: bool) -> Builder:
     reproduce; the rest none). All are immutable and strict (NULL in, NULL out)."""
 
     def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
-        (arg,) = args
+        arg = c.text_of_char(args[0])  # (length(text): "char" converts implicitly)
         if arg.type == BYTEA and of_bytea:
             return apply(INT4, len, [arg], node)
         if arg.type in (TEXT, VARCHAR, NAME, UNKNOWN, BPCHAR):
@@ -279,6 +280,7 @@ def _concat_builder(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
 def _like_builder(ignore_case: bool) -> Builder:
     def build(c: Compiler, args: list[Expr], node: ast.Node) -> Expr:
         # like(text, text): a char(n) argument is cast to text (padding trimmed) first
+        args = [c.text_of_char(a) for a in args]
         state = c.input_collation(args, node)
         subject = c.coerce(args[0], TEXT) if args[0].type == BPCHAR else args[0]
         return operators.like(c, subject, args[1], None, ignore_case, False, node, state)

@@ -11,6 +11,7 @@ from sync_engine.pg.types import (
     BOOL,
     BPCHAR,
     BYTEA,
+    CHAR,
     DATE,
     FLOAT4,
     FLOAT8,
@@ -45,7 +46,19 @@ STRING_TYPES = frozenset({TEXT, VARCHAR, BPCHAR, NAME})
 DATETIME_TYPES = frozenset({DATE, TIMESTAMP, TIMESTAMPTZ})
 
 ORDERED_TYPES = frozenset(
-    {*NUMERIC_ORDER, *STRING_TYPES, UUID, DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, BOOL, BYTEA}
+    {
+        *NUMERIC_ORDER,
+        *STRING_TYPES,
+        UUID,
+        DATE,
+        TIME,
+        TIMESTAMP,
+        TIMESTAMPTZ,
+        INTERVAL,
+        BOOL,
+        BYTEA,
+        CHAR,  # (by its byte, unsigned: `semantics.char_byte`)
+    }
 )
 
 TEMPORAL_TYPES = frozenset({DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL})
@@ -65,17 +78,25 @@ def common_numeric(a: PgType, b: PgType) -> PgType:
 
 
 def common_scalar(a: PgType, b: PgType) -> PgType | None:
-    """The type both operands convert to, following Postgres's implicit casts."""
+    """The type both operands of an operator convert to, following Postgres's implicit
+    casts (pg_cast's castcontext 'i')."""
     if a == b:
         return TEXT if a in (VARCHAR, NAME) else a
-    if a == UNKNOWN:
-        return b
-    if b == UNKNOWN:
-        return a
+    if UNKNOWN in (a, b):
+        # (varchar has no operators of its own: `$1 = vc` is texteq, $1 typed text, as
+        # Postgres types it; `$1 IN (t, vc)` was a 400 "type conflict for $1")
+        known = b if a == UNKNOWN else a
+        return TEXT if known == VARCHAR else known
     if a in NUMERIC_ORDER and b in NUMERIC_ORDER:
         return common_numeric(a, b)
     if a in STRING_TYPES and b in STRING_TYPES:
         return TEXT
+    if {a, b} & {CHAR} and {a, b} - {CHAR} <= STRING_TYPES:
+        # "char" -> text is implicit, "char" -> char(n)/varchar/name are not: `c1 = ch` is
+        # text = text (ch without its trailing blanks), `c1 = nm` texteqname
+        return TEXT
+    if {a, b} == {TIME, INTERVAL}:
+        return INTERVAL  # (time -> interval is implicit, interval -> time is not)
     if a in DATETIME_TYPES and b in DATETIME_TYPES:
         return TIMESTAMPTZ if TIMESTAMPTZ in (a, b) else TIMESTAMP
     return None
@@ -107,19 +128,36 @@ def select_common(a: PgType, b: PgType) -> PgType | None:
         return None if elem is None else elem.array_of()
     if a.array or b.array:
         return common_type(a, b)
+    if a == b or UNKNOWN in (a, b):
+        return b if a == UNKNOWN else a  # (`COALESCE(vc, 'x')` stays varchar)
+    if b == NAME and a in (VARCHAR, BPCHAR):
+        # (varchar and char(n) convert to name implicitly, name to them only by assignment:
+        # COALESCE(vc, nm) is name; text, the category's preferred type, stays text)
+        return NAME
     if a in NUMERIC_ORDER and b in NUMERIC_ORDER:
         return max(a, b, key=NUMERIC_ORDER.index)
+    if a == NAME and b in STRING_TYPES:
+        # (name first stays name: COALESCE(nm, t) is name, t's value cut to 63 bytes; the
+        # engine had made it text and matched a 70-letter t that Postgres cuts)
+        return NAME
     if a in (BPCHAR, VARCHAR) and b in STRING_TYPES:
         # (varchar kept too: ARRAY[vc, t] is varchar[], and `ch = ANY(ARRAY[vc, t])`
         # compares as char(n), which `Compiler.common` then refuses as for `ch = vc`)
         return a
+    if a != b and (CHAR in (a, b) or {a, b} == {TIME, INTERVAL}):
+        # (select_common_type wants one type category: "char" (Z) beside text (S), time (D)
+        # beside interval (T) "cannot be matched", though an operator converts them)
+        return None
     return common_type(a, b)
 
 
-def fits_operand(actual: PgType, wanted: PgType) -> bool:
-    """Whether an operand of type `actual` implicitly converts to the operator's `wanted`."""
+def fits_operand(actual: PgType, wanted: PgType, *, time_as_interval: bool = False) -> bool:
+    """Whether an operand of type `actual` implicitly converts to the operator's `wanted`
+    (with `time_as_interval`, time -> interval too: `tm * 2` is interval * float8)."""
     if actual == wanted:
         return True
+    if time_as_interval and wanted == INTERVAL:
+        return actual == TIME
     if wanted == INT4:
         return actual == INT2
     if wanted == FLOAT8:

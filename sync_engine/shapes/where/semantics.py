@@ -13,7 +13,7 @@ from collections.abc import Callable
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, ROUND_HALF_UP, Context, Decimal
 
 from sync_engine.pg import values as pgv
-from sync_engine.pg.types import FLOAT4, INT2, INT4, INT8, NUMERIC, PgType
+from sync_engine.pg.types import CHAR, FLOAT4, INT2, INT4, INT8, NUMERIC, PgType
 from sync_engine.pg.values import Value
 
 from .resolution import FLOAT_TYPES, INT_TYPES
@@ -74,8 +74,21 @@ def nan_marked(value: Value) -> Value:
     return NAN_MARK if value != value else value
 
 
+def char_byte(value: Value) -> int:
+    """The byte a "char" value holds, from its output text ('' is the zero byte, `\\ooo` a
+    byte past ASCII, else the character): charlt & co. compare it unsigned."""
+    assert isinstance(value, str)
+    if not value:
+        return 0
+    if len(value) == 4 and value[0] == "\\":
+        return int(value[1:], 8)
+    return ord(value)
+
+
 def comparison_op(op_name: str, pg_type: PgType) -> Callable[[Value, Value], Value]:
     op = COMPARISONS[op_name]
+    if pg_type == CHAR and op_name not in ("=", "<>"):
+        return lambda a, b: op(char_byte(a), char_byte(b))
     if pg_type.array and pg_type.element in FLOAT_TYPES:
         # (arrays are only compared for equality: array_eq with the elements' `=`)
         return lambda a, b: op(nan_marked(a), nan_marked(b))

@@ -780,6 +780,11 @@ REGRESSIONS = [
     # (Postgres's per-row verdicts are a WHERE's: as a select list's value the OR was not
     # reduced to its common factor, and failed on -i2; seed 8067)
     "(((- i2) > 0 OR (@ i2) > 0) AND (f4 / f4) > 0) OR (0.1 IS NOT NULL AND (f4 / f4) > 0)",
+    # like_escape(p, NULL) is a NULL constant to the planner, and so the LIKE and the `=`
+    # around it: the division never runs (the engine said every row failed; wide seed 72250)
+    "(t NOT ILIKE 'x' ESCAPE NULL) = (1 / (id - id) = 1)",
+    # implicit casts: time -> interval (24:00 is '1 day' as an interval)
+    "tm < iv OR iv = tm OR tm * 2 > iv",
 ]
 
 
