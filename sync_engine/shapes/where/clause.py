@@ -459,6 +459,35 @@ def _not(expr: Expr) -> Expr:
     return negation(expr, apply(BOOL, operator.not_, [expr], expr.node))
 
 
+def _flattened(expr: Expr) -> list[Expr]:
+    """The arms of the AND / OR `expr` as eval_const_expressions leaves them, before
+    canonicalize_qual looks for common factors: nested ANDs in an AND and ORs in an OR
+    merged into it, NOT pushed down where that makes one (NOT (a AND b) in an OR is NOT a,
+    NOT b; NOT NOT a is a). So `t = 'x' OR ((X AND b) OR b)` is the OR of `t = 'x'`,
+    `X AND b` and `b`, none common to all: Postgres evaluates X (the engine had reduced the
+    inner OR to b first, and said true where Postgres fails; corner fuzz seed 80275)."""
+    op = expr.bool_op
+    dual = "and" if op == "or" else "or"
+    out: list[Expr] = []
+    stack = list(reversed(expr.parts))
+    while stack:
+        e = stack.pop()
+        if not planner_const(e):
+            if e.bool_op == op:
+                stack.extend(reversed(e.parts))
+                continue
+            if e.bool_op == "not":
+                inner = e.parts[0]
+                if inner.bool_op == "not" and not planner_const(inner):
+                    stack.append(inner.parts[0])
+                    continue
+                if inner.bool_op == dual and not planner_const(inner):
+                    stack.extend(reversed([_not(p) for p in inner.parts]))
+                    continue
+        out.append(e)
+    return out
+
+
 def _qual(keys: _Keys, expr: Expr) -> Expr:
     """The clause as Postgres's planner makes a WHERE qual of it before reading a row
     (canonicalize_qual's find_duplicate_ors, through ANDs and ORs from the top): in an OR,
@@ -483,7 +512,7 @@ def _qual(keys: _Keys, expr: Expr) -> Expr:
         return expr
     is_or = expr.bool_op == "or"
     args: list[Expr] = []
-    for part in expr.parts:
+    for part in _flattened(expr):
         part = _qual(keys, part)
         if planner_const(part):
             if (part.value is True) == is_or:  # (OR: true; AND: false or NULL)
