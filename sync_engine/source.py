@@ -443,7 +443,11 @@ class Source:
         history (positions, recent xids) only a fresh start clears, which then resets the
         saved position (`_check_position`)."""
         ahead = max(
-            [self.position.saved, *(s.log.last_lsn for s in self.registry.by_handle.values())]
+            [
+                self.position.saved,
+                self.replicator.global_lsn,  # (what up-to-dates promised: `readable_lsn`)
+                *(s.log.last_lsn for s in self.registry.by_handle.values()),
+            ]
         )
         end = await wal_end(self.dsn)
         if end >= ahead:
