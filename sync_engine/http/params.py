@@ -376,7 +376,7 @@ def _parse_subset(
         raise _subset_error("params", "is invalid")
     if any(isinstance(v, dict | list) for v in raw_params.values()):
         raise _subset_error("params", "values must be strings, numbers or booleans")
-    params = {str(k): "" if v is None else str(v) for k, v in raw_params.items()}
+    params = {str(k): _param_text(v) for k, v in raw_params.items()}
     for name, text in (("where", where), ("order_by", order_by)):
         if text is not None and len(text.encode()) > limits.MAX_WHERE_BYTES:
             raise _subset_error(
@@ -428,3 +428,17 @@ def parse_json_body(raw: bytes) -> dict[str, Any] | None:
         raise BadBody("Request body must be a JSON object")
     limits.check_body(data)
     return data
+
+
+def _param_text(value: object) -> str:
+    """A subset parameter's value as the text bound to its `$n`, as Electric's
+    `JsonOrMapStringParams` writes it (Elixir's `to_string`): JSON `true`/`false` are
+    "true"/"false" (Python's `str` wrote "True", which a text comparison matched otherwise,
+    and otherwise than the proxy, which forwards "true"), `null` is ""."""
+    if value is None:
+        return ""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return str(value)
