@@ -13,7 +13,8 @@ One engine on a throwaway Postgres, and in front of it, all at once:
   else: what a Python forwarder costs before any auth, policy, logging or metrics (issue 13,
   bar 4). Sent the engine URL, as nginx is; not run for the 10 MiB chunk.
 Answers: a small live answer (one row, `live=true` behind the tip: answered at once), a ~1 KiB
-catch-up (non-live, a few rows), and a 10 MiB snapshot chunk (`offset=-1` of a ~15 MB table).
+catch-up (non-live, a few rows), and a 10 MiB snapshot chunk (the second chunk of a ~15 MB
+table; the first is the engine's 1 MiB `FIRST_CHUNK`, which this row measured until 2026-12-06).
 Each arm gets the same fixed number of requests at a fixed concurrency (arms in turn, best of
 the rounds), then a median latency at concurrency 1. CPU per request is read from /proc for
 the front process (proxy or nginx master + workers) and the engine; the CPU row's ratios are
@@ -49,6 +50,7 @@ from _common import (
     token,
     verdict,
 )
+from initial_sync import _Response
 
 TABLES = {
     "items": {"allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id", "title"]}]},
@@ -72,8 +74,18 @@ async def _get(client: RawHTTP, path: str, headers: dict[str, str]) -> int:
     return size
 
 
+async def _get_big(conn: _Response, host: str, port: int, path: str,
+                   headers: dict[str, str]) -> int:  # fmt: skip
+    """One GET of a large answer, its body counted into a reused buffer (S3's client): for a
+    10 MiB body `RawHTTP`'s `readexactly` cost the load generator ~19 ms per answer on the
+    same two cores, which then bounded every arm alike (~200 MB/s)."""
+    await conn.get(path, headers, f"{host}:{port}")
+    assert conn.status == 200, conn.status
+    return conn.nbytes
+
+
 async def load(url: str, headers: dict[str, str], n: int, concurrency: int,
-               max_s: float) -> tuple[float, int, int]:  # fmt: skip
+               max_s: float, big: bool = False) -> tuple[float, int, int]:  # fmt: skip
     """n GETs at `concurrency` (one kept-alive connection each), stopping early after max_s:
     (requests/s, requests, bytes). The client is `RawHTTP`: several times cheaper per
     request than aiohttp's, so less of the two cores goes to the load generator."""
@@ -86,31 +98,48 @@ async def load(url: str, headers: dict[str, str], n: int, concurrency: int,
     async def worker() -> None:
         nonlocal done, nbytes
         client = RawHTTP(host, port)
+        transport = conn = None
+        if big:
+            loop = asyncio.get_running_loop()
+            transport, conn = await loop.create_connection(_Response, host, port)
         try:
             for _ in counter:
                 if time.perf_counter() > deadline:
                     return
-                size = await _get(client, path, headers)  # (not `nbytes += await`: the
+                if conn is not None:
+                    size = await _get_big(conn, host, port, path, headers)
+                else:
+                    size = await _get(client, path, headers)  # (not `nbytes += await`: the
                 nbytes += size  # read of nbytes before the await would lose other workers' adds)
                 done += 1
         finally:
             client.close()
+            if transport is not None:
+                transport.close()
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return done / (time.perf_counter() - t0), done, nbytes
 
 
-async def median_latency(url: str, headers: dict[str, str], n: int) -> float:
+async def median_latency(url: str, headers: dict[str, str], n: int, big: bool = False) -> float:
     host, port, path = _split(url)
     client = RawHTTP(host, port)
+    transport = conn = None
+    if big:
+        transport, conn = await asyncio.get_running_loop().create_connection(_Response, host, port)
     out = []
     try:
         for _ in range(n):
             t0 = time.perf_counter()
-            await _get(client, path, headers)
+            if conn is not None:
+                await _get_big(conn, host, port, path, headers)
+            else:
+                await _get(client, path, headers)
             out.append(time.perf_counter() - t0)
     finally:
         client.close()
+        if transport is not None:
+            transport.close()
     return statistics.median(out) * 1000
 
 
@@ -133,11 +162,17 @@ async def prepare(pg: Postgres, proxy: ProxyProcess, auth: dict[str, str]) -> di
         async with s.get(live_q, headers=auth) as r:
             await r.read()
         await follow(s, f"{proxy.url}/v1/shape?table=blob&offset=-1", auth)
+        # The second chunk: the first is at most 1 MiB (the engine's FIRST_CHUNK, for time to
+        # first byte), so asking offset=-1 measured a ~1 MB answer under this row's name.
+        async with s.get(f"{proxy.url}/v1/shape?table=blob&offset=-1", headers=auth) as r:
+            await r.read()
+            big = [("table", "blob"), ("offset", r.headers["electric-offset"]),
+                   ("handle", r.headers["electric-handle"])]  # fmt: skip
     return {
         "small live answer": [("table", "items"), ("offset", t1), ("handle", handle),
                               ("live", "true"), ("cursor", cursor)],
         "1 KiB catch-up": [("table", "items"), ("offset", t0), ("handle", handle)],
-        "10 MiB chunk": [("table", "blob"), ("offset", "-1")],
+        "10 MiB chunk": big,
     }  # fmt: skip
 
 
@@ -223,7 +258,7 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
             else:
                 n, conc, rounds, lat_n = (1500, 32, 1, 150) if quick else (4000, 32, 3, 400)
             for url, headers in targets.values():  # warm-up (and fill the caches)
-                await load(url, headers, 3 if big else 100, 2, 30)
+                await load(url, headers, 3 if big else 100, 2, 30, big)
             rps: dict[str, list[float]] = {a: [] for a in targets}
             mbs: dict[str, list[float]] = {a: [] for a in targets}
             front_cpu: dict[str, float] = {a: 0.0 for a in targets}
@@ -237,7 +272,7 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
                     e0 = engine.cpu()
                     g0 = time.process_time()
                     t0 = time.perf_counter()
-                    r, done, nbytes = await load(url, headers, n, conc, 60)
+                    r, done, nbytes = await load(url, headers, n, conc, 60, big)
                     dt = time.perf_counter() - t0
                     front_cpu[arm] += (front.cpu() if front else 0.0) - f0
                     eng_cpu[arm] += engine.cpu() - e0
@@ -245,7 +280,7 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
                     count[arm] += done
                     rps[arm].append(r)
                     mbs[arm].append(nbytes / dt / 1e6)
-            lat = {a: await median_latency(u, h, lat_n) for a, (u, h) in targets.items()}
+            lat = {a: await median_latency(u, h, lat_n, big) for a, (u, h) in targets.items()}
             best = {a: max(v) for a, v in rps.items()}
             best_mb = {a: max(v) for a, v in mbs.items()}
             ratio = best["proxy"] / best["direct"]

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from . import stopping
 from .console import (
     OneLineParser,
     add_common_flags,
@@ -630,6 +631,8 @@ def serve(
         logger.critical("stopped by an unexpected error: %s", exc, exc_info=True)
         raise SystemExit(1) from None
     logger.info("stopped")
+    if stopping.exit_status:
+        raise SystemExit(stopping.exit_status)
 
 
 async def _log_shutdown(app: web.Application) -> None:

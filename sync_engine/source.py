@@ -34,6 +34,7 @@ from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from . import stopping
 from .errors import EngineError, ServiceUnavailable
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
@@ -43,8 +44,8 @@ from .replication.failures import describe_failure
 from .replication.position import FILE_NAME as POSITION_FILE
 from .replication.position import SavedPosition, read_saved
 from .replication.replicator import Replicator
-from .replication.slot import SlotState, ensure_slot, slot_confirmed_lsn, slot_state
-from .replication.wal import format_lsn
+from .replication.slot import SlotState, ensure_slot, slot_confirmed_lsn, slot_state, wal_end
+from .replication.wal import Lsn, format_lsn
 from .shapes.changes import Row
 from .shapes.definition import Described, LogMode, ShapeDefinition, ShapeParams, describe
 from .shapes.registry import ShapeRegistry, shape_record
@@ -193,6 +194,7 @@ class Source:
             fsync=config.fsync,
             on_state=self._on_replication_state,
             replace_slot_if_gone=self._replace_slot_if_gone,
+            went_back=self._went_back_while_running,
             silence_timeout=config.replication_timeout,
             evaluate=self._rows_match,
             find_ancestors=self.tables.find_ancestors,
@@ -374,6 +376,8 @@ class Source:
         if confirmed is None:
             return
         saved = read_saved(self.position.path)
+        if await self._postgres_went_back(saved):
+            saved = None  # (what this data dir saved is of a history Postgres no longer has)
         if saved is not None and confirmed > saved and len(self.registry):
             logger.error(
                 "source %s: its replication slot %s confirmed WAL up to %s, but its data dir"
@@ -392,6 +396,32 @@ class Source:
         if saved is None or confirmed > saved:
             await asyncio.to_thread(self.position.save_now, confirmed)
 
+    async def _postgres_went_back(self, saved: Lsn | None) -> bool:
+        """Retire every shape when Postgres's WAL ends before what this engine has already
+        processed (its saved position, its shapes' last transactions): Postgres went back in
+        time (its data restored from a disk or VM snapshot, the slot with it; a crash with
+        `fsync` off). The shapes hold changes Postgres no longer has, and the changes of its
+        new history come at positions the shapes take for replays and skip: served on, every
+        client, new ones included, kept rows that are gone and missed new writes, for good.
+        A crash of Postgres is not this: its WAL keeps all it had sent (a walsender sends
+        only flushed WAL). Returns whether it went back."""
+        ahead = max([saved or 0, *(s.log.last_lsn for s in self.registry.by_handle.values())])
+        end = await wal_end(self.dsn)
+        if end >= ahead:
+            return False
+        logger.error(
+            "source %s: Postgres's WAL ends at %s, before %s this engine has already"
+            " processed: Postgres went back in time (restored from a disk or VM snapshot? a"
+            " crash with fsync off?); its shapes hold changes Postgres no longer has: %d shapes"
+            " retired, their clients refetch",
+            self.config.source_id,
+            format_lsn(end),
+            format_lsn(Lsn(ahead)),
+            len(self.registry),
+        )
+        await self.registry.retire_all("Postgres went back in time: its history changed")
+        return True
+
     async def _check_zones(self, shape: Shape) -> None:
         """Rotate a restored shape whose where's AT TIME ZONEs this Postgres no longer reads
         as the engine does: a new shape is checked when it is made (`describe`), but either
@@ -404,6 +434,31 @@ class Source:
             problem = await self.zones.problem(zones)
             if problem is not None:
                 self.registry.rotate(shape, problem)
+
+    async def _went_back_while_running(self) -> bool:
+        """Whether Postgres went back in time under the running engine (its data restored
+        from a disk or VM snapshot while the stream was down), checked as the stream starts
+        again. Then every shape is retired (their clients refetch, and wait while the engine
+        restarts) and the engine stops with status 1: what it holds in memory of the old
+        history (positions, recent xids) only a fresh start clears, which then resets the
+        saved position (`_check_position`)."""
+        ahead = max(
+            [
+                self.position.saved,
+                self.replicator.global_lsn,  # (what up-to-dates promised: `readable_lsn`)
+                *(s.log.last_lsn for s in self.registry.by_handle.values()),
+            ]
+        )
+        end = await wal_end(self.dsn)
+        if end >= ahead:
+            return False
+        await self.registry.retire_all("Postgres went back in time: its history changed")
+        stopping.stop_process(
+            f"source {self.config.source_id}: Postgres's WAL ends at {format_lsn(end)}, before"
+            f" {format_lsn(Lsn(ahead))} this engine has already processed: Postgres went back"
+            " in time (restored from a disk or VM snapshot?); its shapes are retired"
+        )
+        return True
 
     async def _replace_slot_if_gone(self, *, publication_created: bool = False) -> bool:
         """Make a new slot if the slot is gone (dropped), lost (invalidated), or its

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -22,6 +24,18 @@ logger = logging.getLogger(__name__)
 STOP_WAIT = 10.0
 #: Seconds between cancellations of a task that has not ended yet.
 RECANCEL = 1.0
+#: The engine process's exit status once it stops: 1 after `stop_process` (a restart is
+#: what it needs: a supervisor restarting on failure does it).
+exit_status = 0
+
+
+def stop_process(reason: str) -> None:
+    """Stop the engine process cleanly (as SIGTERM does) and have it exit with status 1:
+    for a state only a fresh start clears (`Source`: Postgres went back in time under it)."""
+    global exit_status
+    exit_status = 1
+    logger.critical("stopping the engine: %s; start it again (a restart clears it)", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 async def cancel_and_wait(

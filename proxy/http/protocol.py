@@ -844,7 +844,11 @@ class Connection(asyncio.Protocol, Writer):
                 return
             if not response.prepared:
                 assert isinstance(response, Response)
-                transport.write(response.serialize(request))
+                head, body = response.parts(request)
+                if len(body) < JOIN_BELOW:  # (one write is cheaper)
+                    transport.write(head + body if body else head)
+                else:  # (one writev: the body is not copied)
+                    transport.writelines((head, body))
             else:
                 try:
                     await response.write_eof()

@@ -342,6 +342,13 @@ class Response(StreamResponse):
 
     def serialize(self, request: Request) -> bytes:
         """The whole answer's bytes (the app's `on_prepare` hook runs first)."""
+        head, body = self.parts(request)
+        return head + body if body else head
+
+    def parts(self, request: Request) -> tuple[bytes, bytes]:
+        """`serialize` as the head and the body to write after it (b"" when none goes out):
+        a long body (a cache hit of a 10 MiB chunk) is written as it is, not copied after
+        its head first."""
         self.prepared = True
         self._request = request
         hook = _prepare_hook(request)
@@ -349,8 +356,8 @@ class Response(StreamResponse):
             hook(request, self)
         head = self._head(request, len(self.body))
         if self.empty_body or not self.body:
-            return head
-        return head + self.body
+            return head, b""
+        return head, self.body
 
 
 #: (request, response) -> None, run just before a response's headers go out.

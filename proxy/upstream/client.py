@@ -1040,52 +1040,50 @@ class Splice:
         self._pump()
 
     def _pump(self) -> None:
+        """Move what can move now: to the client while it takes it, from the engine while
+        the pipe has room (so the engine's socket keeps draining while the client's is
+        full); then wait on the client's socket while the pipe holds bytes (the engine's is
+        tried again after each write), else on the engine's."""
         now = self._loop.time()
         while not self._closed:
-            if self._pending:
+            moved = False
+            if self._pending or self._in_pipe:
                 try:
-                    n = os.writev(self._dst, self._pending)
+                    if self._pending:
+                        n = os.writev(self._dst, self._pending)
+                        self._written(n)
+                    else:
+                        flags = _SPLICE_FLAGS | (_SPLICE_MORE if self._remaining else 0)
+                        n = os.splice(self._pipe[0], self._dst, self._in_pipe, flags=flags)
+                        self._in_pipe -= n
+                    self._last_write = now
+                    moved = True
                 except (BlockingIOError, InterruptedError):
-                    self._wait("w")
-                    return
+                    pass
                 except OSError:
                     self._finish(ConnectionResetError("the client went away"))
                     return
-                self._last_write = now
-                self._written(n)
-            elif self._in_pipe:
-                flags = _SPLICE_FLAGS | (_SPLICE_MORE if self._remaining else 0)
+            if self._remaining and self._in_pipe < _PIPE_SIZE:
+                want = min(self._remaining, _PIPE_SIZE - self._in_pipe)
                 try:
-                    n = os.splice(self._pipe[0], self._dst, self._in_pipe, flags=flags)
+                    n = os.splice(self._src, self._pipe[1], want, flags=_SPLICE_FLAGS)
                 except (BlockingIOError, InterruptedError):
-                    self._wait("w")
-                    return
-                except OSError:
-                    self._finish(ConnectionResetError("the client went away"))
-                    return
-                self._last_write = now
-                self._in_pipe -= n
-            elif self._remaining:
-                try:
-                    n = os.splice(
-                        self._src,
-                        self._pipe[1],
-                        min(self._remaining, _PIPE_SIZE),
-                        flags=_SPLICE_FLAGS,
-                    )
-                except (BlockingIOError, InterruptedError):
-                    self._wait("r")
-                    return
+                    n = -1  # (nothing there yet, or the pipe is full)
                 except OSError:
                     n = 0
                 if not n:
                     self._finish(BodyTruncated())
                     return
-                self._last_read = now
-                self._remaining -= n
-                self._in_pipe += n
-            else:
+                if n > 0:
+                    self._last_read = now
+                    self._remaining -= n
+                    self._in_pipe += n
+                    moved = True
+            if not (self._pending or self._in_pipe or self._remaining):
                 self._finish(None)
+                return
+            if not moved:
+                self._wait("w" if self._pending or self._in_pipe else "r")
                 return
 
     def _written(self, n: int) -> None:

@@ -34,6 +34,7 @@ from typing import Protocol
 from yarl import URL
 
 from proxy.errors import ProxyError
+from proxy.http.protocol import SEND_TIMEOUT
 from proxy.http.wire import Request, Response, StreamResponse
 from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
@@ -514,12 +515,21 @@ class Forwarder:
             if target.sse and target.live and head.status == 200:
                 whole = await self._relay_held(request, target, upstream, response, outcome)
                 return outcome
+            spliced = None
+            if response.content_length == length and not (response.chunked or response.empty_body):
+                # (its body passed on unchanged: from the engine's socket to the client's)
+                spliced = upstream.splice(
+                    request.transport, options.first_byte_timeout, SEND_TIMEOUT
+                )
             try:
-                async for chunk in upstream.content.iter_any():
-                    if upstream.content.is_eof():
-                        await response.write_eof(chunk)  # last chunk and terminator together
-                        break
-                    await response.write(chunk)
+                if spliced is not None:
+                    await spliced
+                else:
+                    async for chunk in upstream.content.iter_any():
+                        if upstream.content.is_eof():
+                            await response.write_eof(chunk)  # last chunk and terminator together
+                            break
+                        await response.write(chunk)
             except BodyError as exc:
                 outcome.failure = ("error", "upstream_broken_stream")
                 logger.warning(

@@ -680,8 +680,26 @@ class RefusingRequestHandler(RequestHandler):
                 # (inside a body until its payload is whole: then a packet begins a request)
                 self._pending, self._body = data, None
                 self._begin_head(data)
+        body = self._body  # (a chunked body being read: its end is the parser's)
+        body_open = body is not None and not body.is_eof()
         super().data_received(data)
         self._track()
+        if (
+            body_open
+            and body is not None
+            and body.is_eof()
+            and len(messages) < self._max_msg_queue_size
+            and self._parser is not None
+            and self._payload_parser is None
+            and not self._upgraded
+        ):
+            # The body ended in this packet, after its request was answered (a GET's chunked
+            # body late): the parser stopped at the end of that request, keeping the rest
+            # (a pipelined request) as its tail, and no new request came out of this call
+            # for the loop below to go on from; that request waited for the next packet.
+            before = len(messages)
+            super().data_received(b"")
+            self._track()
         if self._pending:  # a head not whole yet: held to its deadline
             if self._head_began is None:
                 self._head_began = self._loop.time()

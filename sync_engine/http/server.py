@@ -41,6 +41,7 @@ _DECODE_STEP = 64 * 1024
 #: Seconds a request's body may take to arrive in full after its head (the proxy's
 #: `REQUEST_READ_TIMEOUT`; nginx's client_body_timeout is 60 s between reads).
 REQUEST_READ_TIMEOUT = 30.0
+_NO_STORE = {"cache-control": "no-store", "surrogate-control": "no-store"}
 _UNSUPPORTED_CODING = orjson.dumps(
     {"message": "Unsupported Content-Encoding: a request body may be gzip, deflate or identity"}
 ).decode()
@@ -72,8 +73,9 @@ class _DecodedBody(StreamReader):
 
     async def _wait(self, func_name: str) -> None:
         if self._wbits is None:
+            # (not cacheable, as every other error answer of the engine: `json_response`)
             raise web.HTTPUnsupportedMediaType(
-                text=_UNSUPPORTED_CODING, content_type="application/json"
+                text=_UNSUPPORTED_CODING, content_type="application/json", headers=_NO_STORE
             )
         decoder = self._decoder
         if decoder is not None and decoder.unconsumed_tail:

@@ -267,6 +267,7 @@ class Replicator:
         fsync: bool = True,
         on_state: Callable[[ReplicationState, str | None], None] | None = None,
         replace_slot_if_gone: Callable[[], Awaitable[bool]] | None = None,
+        went_back: Callable[[], Awaitable[bool]] | None = None,
         silence_timeout: float = SILENCE_TIMEOUT,
         evaluate: Evaluate | None = None,
         find_ancestors: Callable[[int], Awaitable[None]] | None = None,
@@ -285,6 +286,9 @@ class Replicator:
         self.on_state = on_state or (lambda state, reason: None)
         #: Asked after a failure: makes a new slot (retiring every shape) if it is gone.
         self.replace_slot_if_gone = replace_slot_if_gone
+        #: Whether Postgres went back in time (`Source._went_back_while_running`), asked as
+        #: each stream starts: if it did, nothing more is read (the engine is stopping).
+        self.went_back = went_back
         #: Asks Postgres whether rows match a shape's where clause (`pg/row_where.py`), for
         #: rows the engine cannot read exactly; None: such a shape is rotated instead.
         self.evaluate = evaluate
@@ -392,6 +396,9 @@ class Replicator:
             self._stream = stream
             try:
                 await stream.start()
+                if self.went_back is not None and await self.went_back():
+                    await _close(stream)
+                    await asyncio.Event().wait()  # (until the stop cancels this task)
                 started_at = time.monotonic()
                 if not self._slot_checked:
                     await self._check_repaired_shapes()

@@ -71,6 +71,20 @@ async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:
     return parse_lsn(row[0])
 
 
+async def wal_end(dsn: str) -> Lsn:
+    """Where the server's WAL ends now: what it has written (a standby: replayed)."""
+    async with await psycopg.AsyncConnection.connect(
+        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+            " ELSE pg_current_wal_lsn() END)::text"
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return parse_lsn(row[0])
+
+
 async def ensure_slot(dsn: str, slot: str) -> bool:
     """Create the logical replication slot ``slot`` (pgoutput) unless it already exists.
 

@@ -615,3 +615,119 @@ async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_i
     # Nothing left open: the splices' pipes are kept for reuse (empty), nothing else.
     await wait_until_async(lambda: _fds("socket") <= sockets, timeout=10, message="sockets closed")
     assert _fds("pipe") - 2 * len(upstream_client._pipes) == pipes
+
+
+async def test_the_general_paths_relay_splices_a_long_answer_and_ends_cleanly(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Forwarder.relay` (a request new to the proxy, or any with the fast lane off: every
+    request of a first sync) splices a long answer passed on unchanged, as the fast lane
+    does: exact bytes on a kept-alive connection, a HEAD still answered without a body, an
+    engine that fails mid-body closes the client's connection on a short body, a client that
+    leaves closes the engine connection; nothing left open."""
+    body = bytes(range(251)) * (2 * 1024 * 1024 // 251)
+    head = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: %d\r\n\r\n"
+    head %= len(body)
+    dropped: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            request = await read_request(reader)
+            if request.startswith(b"HEAD "):
+                writer.write(head)  # (no body: the connection is then closed by the proxy)
+            elif b"handle=cut" in request:
+                writer.write(head + body[:500_000])
+                await writer.drain()
+                return
+            elif b"handle=left" in request:
+                writer.write(head + body[:300_000])
+                await writer.drain()
+                dropped.append(await reader.read())
+                return
+            else:
+                writer.write(head + body)
+            await writer.drain()
+
+    spliced: list[int] = []
+    splice = upstream_client.Splice
+
+    def spy(*args: Any) -> Any:
+        spliced.append(args[3])
+        return splice(*args)
+
+    monkeypatch.setattr(upstream_client, "Splice", spy)
+    pipes, sockets = _fds("pipe") - 2 * len(upstream_client._pipes), _fds("socket")
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ), fast_lane=False)
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        auth = f"Authorization: Bearer {alice}"
+        target = "/v1/shape?table=items&offset=0_0&handle="
+        host, port_ = proxy.client.server.host, proxy.client.server.port
+        reader, writer = await asyncio.open_connection(host, port_)
+        heads = [_request(target + "whole", auth), _request(target + "whole", auth)]
+        heads.append(_request(target + "whole", auth).replace(b"GET ", b"HEAD ", 1))
+        writer.write(b"".join(heads))
+        for n in range(3):
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+            assert b"\r\nContent-Length: %d\r\n" % len(body) in raw
+            if n < 2:
+                assert await reader.readexactly(len(body)) == body
+        writer.close()
+        assert len(spliced) == 2  # (not the HEAD)
+        reader, writer = await asyncio.open_connection(host, port_)
+        writer.write(_request(target + "cut", auth))
+        raw = await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+        assert raw.split(b"\r\n\r\n", 1)[1] == body[:500_000]
+        reader, writer = await asyncio.open_connection(host, port_)
+        writer.write(_request(target + "left", auth))
+        await reader.readexactly(200_000)
+        writer.close()
+        await wait_until_async(lambda: dropped == [b""], timeout=10, message="engine closed")
+        assert len(spliced) == 4
+        reply = await proxy.get(target + "whole", token=alice)
+        assert (reply.status, reply.body) == (200, body)
+        await proxy.client.close()
+    await wait_until_async(lambda: _fds("socket") <= sockets, timeout=10, message="sockets closed")
+    assert _fds("pipe") - 2 * len(upstream_client._pipes) == pipes
+
+
+async def test_a_long_cache_hit_is_written_whole_and_exact(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """A cached answer over `JOIN_BELOW` goes out as its head then its body (one writev, no
+    copy of the body): the hit's bytes are the miss's (but for Date, Age, the request id)."""
+    body = bytes(range(256)) * (3 * 1024 * 1024 // 256)
+    answer = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: %d\r\n\r\n"
+
+    asked: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            asked.append(await read_request(reader))
+            writer.write(answer % len(body) + body)
+            await writer.drain()
+
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["cache"] = {"max_bytes": 64 * 1024 * 1024, "max_entry_bytes": 16 * 1024 * 1024}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        head = _request(
+            "/v1/shape?table=items&offset=0_0&handle=h-1",
+            f"Authorization: Bearer {alice}",
+            "X-Request-Id: cache-hit-test-0001",
+        )
+        miss, hit = await _ask(proxy, head), await _ask(proxy, head)
+        assert len(asked) == 1 and miss.endswith(body)  # (the repeat: from the cache)
+        hit = re.sub(rb"\r\nAge: \d+", b"", hit)
+        hit, miss = (re.sub(rb"X-Request-Id: \w+", b"X-Request-Id: -", raw) for raw in (hit, miss))
+        assert _normal(hit) == _normal(miss)

@@ -90,6 +90,11 @@ async def test_a_body_in_another_coding_is_a_415(engine: Engine, coding: str) ->
     """As the proxy answers: the engine decodes gzip and deflate only (`br` was a 400
     "Malformed HTTP request" from the parser, `gzip, identity` read as plain JSON)."""
     make_items(engine)
+    headers = {"Content-Encoding": coding, "Content-Type": "application/json"}
+    async with engine.client.post(TARGET, data=BODY, headers=headers) as resp:
+        # not cacheable, as every other error answer (and the proxy's 415)
+        assert resp.headers["cache-control"] == "no-store"
+        assert resp.headers["surrogate-control"] == "no-store"
     status, answer = await post(engine, coding, BODY)
     assert status == 415
     assert answer == {

@@ -90,10 +90,12 @@ async def _no_body_closes_at_the_deadline(port: int) -> None:
 async def test_an_answered_request_waits_for_its_body_until_the_deadline(
     port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A late body within the deadline keeps the connection; one that never comes closes it
-    at the deadline, quietly (connections at once)."""
+    """A late body within the deadline (of a declared length, or chunked) keeps the
+    connection; one that never comes closes it at the deadline, quietly (connections at once)."""
     await asyncio.gather(
         _late_body_keeps_the_connection(port, b"Content-Length: 10\r\n", b"0123456789"),
+        # (its end and the next request in one packet: that request waited for another one)
+        _late_body_keeps_the_connection(port, b"Transfer-Encoding: chunked\r\n", b"0\r\n\r\n"),
         _no_body_closes_at_the_deadline(port),
     )
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
