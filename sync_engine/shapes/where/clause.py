@@ -459,7 +459,36 @@ def _not(expr: Expr) -> Expr:
     return negation(expr, apply(BOOL, operator.not_, [expr], expr.node))
 
 
-def _flattened(expr: Expr) -> list[Expr]:
+def _bool_equality_operand(keys: _Keys, expr: Expr) -> Expr | None:
+    """What eval_const_expressions' simplify_boolean_equality makes of `x = true` (x),
+    `x = false` and `x <> true` (NOT x), `x <> false` (x), with the constant one the
+    planner made; None for anything else. `(a BETWEEN b AND c) = true` is the AND of two
+    comparisons, which the scan then evaluates in its cost order (the engine kept the `=`
+    whole and said a row failed on the costlier half; corner fuzz seed 82046)."""
+    node = expr.node
+    if expr.bool_op is not None or not isinstance(node, ast.A_Expr):
+        return None
+    if node.kind != A_Expr_Kind.AEXPR_OP or len(node.name) != 1 or node.lexpr is None:
+        return None
+    name = getattr(node.name[0], "sval", "")
+    compiled = keys.compiler.compiled
+    if name not in ("=", "<>") or compiled.get(id(node)) is not expr:
+        return None
+    sides = [compiled.get(id(node.lexpr)), compiled.get(id(node.rexpr))]
+    for side, other in (sides, sides[::-1]):
+        if (
+            side is not None
+            and other is not None
+            and planner_const(side)
+            and isinstance(side.value, bool)
+            and other.type == BOOL
+            and not planner_const(other)
+        ):
+            return other if (name == "=") == side.value else _not(other)
+    return None
+
+
+def _flattened(keys: _Keys, expr: Expr) -> list[Expr]:
     """The arms of the AND / OR `expr` as eval_const_expressions leaves them, before
     canonicalize_qual looks for common factors: nested ANDs in an AND and ORs in an OR
     merged into it, NOT pushed down where that makes one (NOT (a AND b) in an OR is NOT a,
@@ -472,6 +501,10 @@ def _flattened(expr: Expr) -> list[Expr]:
     stack = list(reversed(expr.parts))
     while stack:
         e = stack.pop()
+        plain = _bool_equality_operand(keys, e)
+        if plain is not None:
+            stack.append(plain)
+            continue
         if not planner_const(e):
             if e.bool_op == op:
                 stack.extend(reversed(e.parts))
@@ -498,6 +531,9 @@ def _qual(keys: _Keys, expr: Expr) -> Expr:
     `t = 'x'`, `(-i2 > 3 AND a) OR (NULL AND b)` is `-i2 > 3 AND a`, its conjuncts then in
     Postgres's cost order: the engine had evaluated the parts Postgres drops, failed, and
     not matched rows Postgres returns (or retired the shape)."""
+    plain = _bool_equality_operand(keys, expr)
+    if plain is not None:
+        return _qual(keys, plain)
     if expr.bool_op == "not" and not planner_const(expr):
         inner = expr.parts[0]
         if inner.bool_op == "not":  # NOT NOT x: x
@@ -512,7 +548,7 @@ def _qual(keys: _Keys, expr: Expr) -> Expr:
         return expr
     is_or = expr.bool_op == "or"
     args: list[Expr] = []
-    for part in _flattened(expr):
+    for part in _flattened(keys, expr):
         part = _qual(keys, part)
         if planner_const(part):
             if (part.value is True) == is_or:  # (OR: true; AND: false or NULL)
