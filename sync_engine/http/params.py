@@ -8,6 +8,7 @@ Unknown parameters are ignored, as the client sends several (`cache-buster`,
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -364,10 +365,13 @@ def _parse_subset(
     if isinstance(raw_params, str) and not raw_params.strip():
         raw_params = None  # Ecto's empty value: the default, no params
     if isinstance(raw_params, str):
+        params_text = raw_params
         try:
-            raw_params = orjson.loads(raw_params)
+            raw_params = orjson.loads(params_text)
         except orjson.JSONDecodeError:
             raise _subset_error("params", "params must be valid JSON") from None
+        if _has_float_value(raw_params):  # (a flat object: no depth for `json` to recurse)
+            raw_params = json.loads(params_text)  # (integers beyond 64 bits, exactly)
         if not isinstance(raw_params, dict):
             raise _subset_error("params", "params must be a JSON object")
     if raw_params is None:
@@ -426,7 +430,13 @@ def parse_json_body(raw: bytes) -> dict[str, Any] | None:
         raise BadBody("Invalid JSON in request body", details=str(exc)) from None
     if not isinstance(data, dict):
         raise BadBody("Request body must be a JSON object")
-    limits.check_body(data)
+    limits.check_body(data)  # (its depth bounded before `json` recurses into it below)
+    subset = data.get("subset")
+    if _has_float_value(data.get("params")) or (
+        isinstance(subset, dict) and _has_float_value(subset.get("params"))
+    ):
+        exact: dict[str, Any] = json.loads(raw)  # (integers beyond 64 bits, exactly)
+        return exact
     return data
 
 
@@ -442,3 +452,11 @@ def _param_text(value: object) -> str:
     if value is False:
         return "false"
     return str(value)
+
+
+def _has_float_value(params: object) -> bool:
+    """Whether a params object read by orjson has a float value: orjson reads an integer
+    beyond 64 bits as one (`1.2345678901234568e+29`), where Electric (Jason) binds its
+    digits. Then the text is read again with `json`, whose integers are exact (rare: JS
+    clients send at most 17 significant digits)."""
+    return isinstance(params, dict) and any(type(v) is float for v in params.values())
