@@ -674,7 +674,13 @@ def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     parts: list[Expr] = []
     singles = items
     if len(consts) > 1 and _list_types_match(c, [left, *consts], node):
-        parts.append(_in_constants(c, left, consts, node))
+        in_consts, op_type = _in_constants(c, left, consts, node)
+        parts.append(in_consts)
+        if left.param is not None and left.type == UNKNOWN:
+            # (make_scalar_array_op coerces an untyped `$n` in place, and the other items'
+            # `=` copy it typed: `$1 IN (abs(f4), 1.5, 1.5)` is numeric = ANY(...) OR
+            # numeric = real; an untyped literal is copied untyped, each item typing it)
+            left = c.coerce(left, op_type)
         singles = [i for i, free in zip(items, var_free, strict=True) if not free]
     single_nodes = [x for x, free in zip(node.rexpr, var_free, strict=True) if not free]
     if len(singles) == len(items):
@@ -708,7 +714,11 @@ def _reads_columns(node: ast.Node) -> bool:
     return any(isinstance(n, ast.ColumnRef) for n in walk(node))
 
 
-def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr) -> Expr:
+def _in_constants(
+    c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr
+) -> tuple[Expr, PgType]:
+    """`left = ANY(ARRAY[consts])` as transformAExprIn builds it, and the type its `=`
+    compares as (what an untyped `$n` on the left is then typed)."""
     state = c.input_collation([left, *consts], node)
     typ, converted = c.unify([left, *consts], "IN", node)
     if c.enum_refused(typ):
@@ -726,13 +736,13 @@ def _in_constants(c: Compiler, left: Expr, consts: list[Expr], node: ast.A_Expr)
     items = [c.coerce(i, op_type) for i in converted[1:]]
     expr = in_list(left, items, c.compare_fn("=", op_type, node, state), node)
     if folds:  # `x = ANY(ARRAY[...])` of constants, immutable: the planner's constant
-        return const(BOOL, expr.fn({}, {}), node, folded=True)
+        return const(BOOL, expr.fn({}, {}), node, folded=True), op_type
     # (the IN's text names its constants: what `equal()` finds equal in another IN alike)
     expr = with_key(expr, ("= ANY", node.lexpr, node))
     keys = [i.value for i in items if i.value is not None]
     if all(i.is_const for i in items) and left.column is not None and left.raw and indexable(keys):
-        return replace(expr, index=(left.column, keyset(keys)))
-    return expr
+        return replace(expr, index=(left.column, keyset(keys))), op_type
+    return expr, op_type
 
 
 def _between(c: Compiler, node: ast.A_Expr, name: str) -> Expr:

@@ -237,6 +237,10 @@ CAST_CASES: list[tuple[str, dict[str, str]]] = [
     ("$1 IN (vc, t)", {"1": "ab "}),
     ("$1 NOT IN (t, vc, NULL)", {"1": "a"}),
     ("$1 IN (vc, ch)", {"1": "a"}),  # inconsistent types deduced for parameter $1
+    # ... but with two constants their `= ANY` types $1 first (in place), and the other
+    # items compare with it typed: text = char(n), interval = time (corner fuzz 81095)
+    ("$1 IN (vc, 'a', 'b', ch)", {"1": "ab"}),
+    ("$1 IN (tm, '1 hour'::interval, '2 hours'::interval)", {"1": "01:00"}),
 ]
 
 
