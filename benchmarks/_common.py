@@ -194,7 +194,10 @@ def remove_later(path: str | Path) -> None:
 
 def _remove_leftovers() -> None:
     for path in _LEFTOVERS:
-        shutil.rmtree(path, ignore_errors=True)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            Path(path).unlink(missing_ok=True)
     _LEFTOVERS.clear()
 
 
@@ -353,6 +356,7 @@ class EngineProcess(Process):
     def stop(self) -> None:
         super().stop()
         remove_later(self.data_dir)
+        remove_later(self.log)  # (its log sat next to it, left in /tmp by every run)
 
 
 #: Per-principal limits raised out of the way (a load generator is one principal).

@@ -457,21 +457,25 @@ class FastAnswer:
         request = self._request
         transport = request.transport
         length = self._length
-        if transport is None or not can_splice(engine, transport):
+        done = None
+        if transport is not None and can_splice(engine, transport):
+            data = self._plain_answer(head, length, log=False)
+            try:
+                done = head.body.splice_to(
+                    transport,
+                    length,
+                    [data],
+                    self._runtime.options.first_byte_timeout,
+                    SEND_TIMEOUT,
+                )
+            except OSError as exc:  # (out of descriptors): nothing changed, nothing sent
+                logger.warning("could not splice an answer (%s)", exc)
+        if done is None:
             if length > WHOLE_BODY_LIMIT:
                 self._hand_over(head)
             else:
                 head.body.expect_whole(length)
                 engine.resume()  # (it may have paused at the high-water mark)
-            return
-        data = self._plain_answer(head, length, log=False)
-        try:
-            done = head.body.splice_to(
-                transport, length, [data], self._runtime.options.first_byte_timeout, SEND_TIMEOUT
-            )
-        except OSError as exc:  # (no descriptor for the pipe): nothing was sent yet
-            logger.warning("could not splice an answer (%s)", exc)
-            self.on_failed(exc, False)
             return
         self._splicing = done
         done.add_done_callback(self._spliced)

@@ -190,13 +190,14 @@ class UpstreamBody:
         `dst` by `Splice`; only once `can_splice` said so. The answer's listener is told
         nothing more: the returned future says how it ended."""
         conn = self._conn
+        fds = _splice_fds(conn, dst)  # (raises OSError, out of descriptors: nothing changed)
         conn.unlisten()
         conn.pause()  # (no more reads into Python: the rest is spliced)
         chunks, self._chunks = self._chunks, []
         received = self._size
         self._size = 0
         return Splice(
-            conn, dst, [*head, *chunks], length - received, read_timeout, send_timeout
+            conn, dst, fds, [*head, *chunks], length - received, read_timeout, send_timeout
         ).done
 
     def finish(self) -> None:
@@ -360,7 +361,10 @@ class UpstreamResponse:
             return None
         if "Transfer-Encoding" in self.headers or not can_splice(conn, dst):
             return None
-        return body.splice_to(dst, length, [], read_timeout, send_timeout)
+        try:
+            return body.splice_to(dst, length, [], read_timeout, send_timeout)
+        except OSError:  # (out of descriptors: read as before)
+            return None
 
     def unlisten(self) -> None:
         """Stop telling the listener of `send_to`: the body is read from `content` instead."""
@@ -949,6 +953,25 @@ def _socket_fd(transport: asyncio.BaseTransport) -> int | None:
     return fd if fd >= 0 else None
 
 
+def _splice_fds(conn: _Connection, dst: asyncio.Transport) -> tuple[int, int, tuple[int, int]]:
+    """Duplicates of the engine's and the client's sockets, and a pipe (`Splice` owns them)."""
+    assert conn.transport is not None
+    src_fd, dst_fd = _socket_fd(conn.transport), _socket_fd(dst)
+    assert src_fd is not None and dst_fd is not None  # (`can_splice`)
+    src = os.dup(src_fd)
+    try:
+        dup = os.dup(dst_fd)
+    except OSError:
+        os.close(src)
+        raise
+    try:
+        return src, dup, _pipe()
+    except OSError:
+        os.close(src)
+        os.close(dup)
+        raise
+
+
 def can_splice(conn: _Connection, dst: asyncio.Transport) -> bool:
     """The rest of the answer on `conn` can be spliced to `dst` (`UpstreamBody.splice_to`):
     plain TCP both ways, and nothing of an earlier write still in `dst`'s buffer (it would
@@ -1007,27 +1030,18 @@ class Splice:
         self,
         conn: _Connection,
         dst: asyncio.Transport,
+        fds: tuple[int, int, tuple[int, int]],
         pending: list[bytes],
         remaining: int,
         read_timeout: float,
         send_timeout: float,
     ) -> None:
-        assert conn.transport is not None
-        src_fd, dst_fd = _socket_fd(conn.transport), _socket_fd(dst)
-        assert src_fd is not None and dst_fd is not None  # (`can_splice`)
         self._loop = loop = conn._loop
         self._conn = conn
         self._dst_transport = dst
         self.done: asyncio.Future[None] = loop.create_future()
         self._closed = False
-        self._src = os.dup(src_fd)
-        self._dst = os.dup(dst_fd)
-        try:
-            self._pipe = _pipe()
-        except OSError:
-            os.close(self._src)
-            os.close(self._dst)
-            raise
+        self._src, self._dst, self._pipe = fds  # (`_splice_fds`)
         self._pending: list[bytes | memoryview] = [p for p in pending if p]
         self._in_pipe = 0
         self._remaining = remaining

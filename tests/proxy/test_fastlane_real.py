@@ -550,7 +550,7 @@ async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_i
     splice = upstream_client.Splice
 
     def spy(*args: Any) -> Any:
-        spliced.append(args[3])  # (the bytes still to come when it began)
+        spliced.append(args[4])  # (the bytes still to come when it began)
         return splice(*args)
 
     pipes, sockets = _fds("pipe") - 2 * len(upstream_client._pipes), _fds("socket")
@@ -652,7 +652,7 @@ async def test_the_general_paths_relay_splices_a_long_answer_and_ends_cleanly(
     splice = upstream_client.Splice
 
     def spy(*args: Any) -> Any:
-        spliced.append(args[3])
+        spliced.append(args[4])
         return splice(*args)
 
     monkeypatch.setattr(upstream_client, "Splice", spy)
@@ -731,3 +731,36 @@ async def test_a_long_cache_hit_is_written_whole_and_exact(
         hit = re.sub(rb"\r\nAge: \d+", b"", hit)
         hit, miss = (re.sub(rb"X-Request-Id: \w+", b"X-Request-Id: -", raw) for raw in (hit, miss))
         assert _normal(hit) == _normal(miss)
+
+
+async def test_out_of_descriptors_for_a_splice_the_answer_is_read_as_before(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No descriptor for the splice's pipe (EMFILE): the fast lane and the relay read the
+    answer through Python as before, and the client gets the same bytes (the relay's head
+    was already out: an error there was a second answer after it)."""
+    body = bytes(range(256)) * (2 * 1024 * 1024 // 256)
+    answer = b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=60\r\nContent-Length: %d\r\n\r\n"
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(answer % len(body) + body)
+            await writer.drain()
+
+    def no_pipe() -> tuple[int, int]:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(upstream_client, "_pipes", [])
+    monkeypatch.setattr(upstream_client, "_pipe", no_pipe)
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        for _ in range(2):  # the general path's relay, then the fast lane
+            reply = await proxy.get("/v1/shape?table=items&offset=0_0&handle=h-1", token=alice)
+            assert (reply.status, reply.body) == (200, body)
