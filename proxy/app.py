@@ -387,13 +387,27 @@ class ProxyApp:
             # its Access-Control-Allow-Origin, to another).
             headers["Vary"] = merge_vary(tuple(headers.getall("Vary", ())), "Origin")
 
-    def refused(self, refusal: Refusal) -> Response:
+    def refused(self, refusal: Refusal, request: Request | None = None) -> Response:
         """The answer to a request the HTTP parser refused (`proxy.http.protocol`): the
         engine's (sync_engine/http/parser_refusals.py) for what it refuses alike, the
-        proxy's own (with its `code`) for a slow request or two Authorization headers."""
+        proxy's own (with its `code`) for a slow request or two Authorization headers.
+
+        `request`: a request whose head was read (its body did not come in time): its answer
+        has the headers of any answer to it (request id, CORS, `electric-server`), as the
+        engine's middleware gives its own 408 then; without them a browser could not read it."""
         if refusal in (REQUEST_TIMEOUT, REPEATED_AUTHORIZATION):
-            return error_response(refusal.status, refusal.reason, refusal.message)
-        return engine_response(refusal.status, {"message": refusal.message})
+            response = error_response(refusal.status, refusal.reason, refusal.message)
+        else:
+            response = engine_response(refusal.status, {"message": refusal.message})
+        if request is not None:
+            context = request.context
+            context.request_id = new_request_id(request.headers.get("X-Request-Id"))
+            raw = request.raw_path.split("?", 1)[0]
+            _, context.cors = self.cors_for(
+                request, shape=raw.rstrip("/").endswith("/shape") or raw.startswith("/shapes/")
+            )
+            self.on_prepare(request, response)
+        return response
 
     def crashed(self) -> Response:
         """The answer when handling itself failed (a bug): nothing about internals."""

@@ -900,11 +900,11 @@ class Connection(asyncio.Protocol, Writer):
         except httptools.HttpParserError:
             return False
 
-    def _send_refusal(self, answer: Refusal) -> None:
+    def _send_refusal(self, answer: Refusal, request: Request | None = None) -> None:
         transport = self._transport
         if transport is None:
             return
-        response = self._app.refused(answer)
+        response = self._app.refused(answer, request)
         response.force_close()
         # A HEAD's refusal (its request line or a header over the limit, a slow request...)
         # is answered as a HEAD: the head of the JSON answer, no body (as the engine does);
@@ -977,10 +977,13 @@ class Connection(asyncio.Protocol, Writer):
                 REQUEST_READ_TIMEOUT,
             )
             self._refused_head = self._reading_head()
+            # (its head read, its body late: answered with the request's headers, as the
+            # engine's middleware answers it: request id, CORS, `electric-server`)
+            request = None if self._in_head else self._request
             self._in_message = False
             self._parser = None
             self.closing = True
-            self._send_refusal(REQUEST_TIMEOUT)  # (a 408 in JSON, then closed)
+            self._send_refusal(REQUEST_TIMEOUT, request)  # (a 408 in JSON, then closed)
             return
         if not self._message_began:
             # No request ever began on this connection: it is not idle between requests, it

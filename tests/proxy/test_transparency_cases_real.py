@@ -1204,3 +1204,43 @@ async def test_the_proxys_policy_errors_carry_the_engines_error_headers(
         assert all(isinstance(v, list) for v in body.get("errors", {}).values()), body
         if status in (429, 502):
             assert reply.headers["retry-after"].isdigit()
+
+
+async def test_a_body_that_does_not_come_in_time_is_refused_with_the_engines_headers(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, monkeypatch: Any
+) -> None:
+    """A POST whose body stalls past the request deadline: the proxy's 408 (the engine's
+    bytes) with the headers of any answer to that request, as the engine's middleware gives
+    its own (request id, CORS for the Origin, `electric-server`). They were missing: a
+    browser could not read the proxy's 408. (The deadline is shortened here; the engine's is
+    30 s, so its answer is not waited for: its headers are those of its other errors.)"""
+    import proxy.http.protocol as protocol
+
+    monkeypatch.setattr(protocol, "REQUEST_READ_TIMEOUT", 0.5)
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    origin = {"Origin": "https://a.example"}
+    async with aiohttp.ClientSession() as session:
+        url = _direct(engine, engine_secret, "/v1/shape?offset=-1")
+        status, reference, _ = await _send(session, "GET", url, origin, None)
+    assert status == 400
+    url = URL(base)
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        writer.write(
+            b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"
+            b"Origin: https://a.example\r\nContent-Length: 10\r\n\r\n{"
+        )
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    [(status, headers, body)] = responses(raw)
+    assert status == 408
+    assert (
+        body
+        == b'{"message":"Request timeout: the request did not arrive in time","code":"request_timeout"}'
+    )
+    assert len(headers.get("x-request-id", "")) == 32
+    for name in ("electric-server", "cache-control", "content-type", *(
+        n for n in reference if n.lower().startswith("access-control-")
+    )):  # fmt: skip
+        assert headers.get(name.lower()) == reference.get(name), name
