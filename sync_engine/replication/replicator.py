@@ -662,26 +662,35 @@ class Replicator:
             len(touched),
         )
         async with _KeepAlive(stream) as alive, self._flush_lock:
-            # What earlier transactions staged is published first, so that a shape whose
-            # part needs Postgres's answer (or a failed write) cuts back this one only.
-            await self._flush_staged()
-            if self._failure is not None:
-                raise self._failure
-            self._delivered = lsn
-            to_append, parked = sort_out(touched, xid, lsn)
-            for shape in parked:
-                self._parked.add(shape)
-            for shape, changes in to_append:
-                if shape.rotated:  # (meanwhile, by a request or a schema check)
-                    continue
-                if shape.held:
-                    shape.hold(xid, lsn, changes)
-                    self._start_settling(shape)
-                else:
-                    await self._append_parts(shape, xid, lsn, changes, alive)
-            await self._flush_staged()
-            if self._failure is not None:
-                raise self._failure
+            try:
+                # What earlier transactions staged is published first, so that a shape
+                # whose part needs Postgres's answer (or a failed write) cuts back this one
+                # only.
+                await self._flush_staged()
+                if self._failure is not None:
+                    raise self._failure
+                self._delivered = lsn
+                to_append, parked = sort_out(touched, xid, lsn)
+                for shape in parked:
+                    self._parked.add(shape)
+                for shape, changes in to_append:
+                    if shape.rotated:  # (meanwhile, by a request or a schema check)
+                        continue
+                    if shape.held:
+                        shape.hold(xid, lsn, changes)
+                        self._start_settling(shape)
+                    else:
+                        await self._append_parts(shape, xid, lsn, changes, alive)
+                await self._flush_staged()
+                if self._failure is not None:
+                    raise self._failure
+            except BaseException:
+                # Cut back before the lock is let go: the keep-alive's exit awaits, and a
+                # flush waiting for the lock (a new shape's parked transactions released, a
+                # held one settled) would publish the parts written so far; the replay then
+                # takes the shape for having the transaction and skips it (rows lost).
+                self._rollback_staged()
+                raise
         logger.info(
             "transaction %d: %d changes delivered to %d shapes in %.1f s",
             xid,
@@ -965,11 +974,20 @@ class Replicator:
             shape.handle,
         )
         async with _KeepAlive(self._stream, fatal=False) as alive, self._flush_lock:
-            await self._flush_staged()  # (what is staged before it goes first)
-            if self._failure is not None or shape.rotated:
-                return
-            await self._append_parts(shape, xid, lsn, changes, alive, matches)
-            await self._flush_staged()
+            try:
+                await self._flush_staged()  # (what is staged before it goes first)
+                if self._failure is not None or shape.rotated:
+                    return
+                await self._append_parts(shape, xid, lsn, changes, alive, matches)
+                await self._flush_staged()
+            except BaseException:
+                # This shape's parts cut back before the lock goes (see `_deliver_big`); the
+                # transaction stays held and is written again. Only this shape's: the stream
+                # loop goes on, and what others staged meanwhile is theirs to publish.
+                self._dirty.discard(shape)
+                if shape.log.has_unpublished:
+                    shape.log.rollback()
+                raise
         if not shape.rotated and shape.log.last_lsn >= lsn and not shape.log.has_unpublished:
             logger.info(
                 "transaction %d: %d changes delivered to shape %s in %.1f s",
