@@ -584,6 +584,21 @@ async def _raw_exchange(base: str, data: bytes) -> list[Any]:
     return answers
 
 
+async def _refused_exchange(base: str, data: bytes) -> list[Any]:
+    """`_raw_exchange` of a head refused before all of it is read: both servers close at
+    once after the answer (as Electric's does), so bytes still arriving then make the kernel
+    reset the connection, and a reset that overtakes the answer loses it (CI, 2026-12-06:
+    the engine's 431 to `header-endless` under load). Such a race is the network's, not an
+    answer: asked again, at most twice more."""
+    for attempt in range(3):
+        try:
+            return await _raw_exchange(base, data)
+        except ConnectionResetError:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 @pytest.mark.parametrize("tail", list(PIPELINED_TAILS))
 async def test_pipelined_requests_are_answered_alike(
     engine: EngineProcess, engine_secret: str, make_proxy: Any, tail: str
@@ -1042,8 +1057,8 @@ async def test_request_head_limits_are_the_engines(
     target = b"/v1/shape?table=items&offset=-1"
     direct = target + b"&secret=" + engine_secret.encode()
     answers = [
-        await _raw_exchange(engine.url, _head_limit_case(case, direct)),
-        await _raw_exchange(base, _head_limit_case(case, target)),
+        await _refused_exchange(engine.url, _head_limit_case(case, direct)),
+        await _refused_exchange(base, _head_limit_case(case, target)),
     ]
     assert answers[1] == answers[0]
     expected = {"at-limit": 200, "line": 414, "head-line": 414}
