@@ -527,6 +527,7 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         ignore_case, negate = LIKE_OPERATORS[name]
         left = c.coerce(_like_subject(c, left, node), TEXT)
         right = c.coerce(right, TEXT.array_of())
+        _refuse_open_escapes(c, node.rexpr, right, node)
         op = like_function(c.fold(ignore_case, node, state), negate)
     else:
         raise error_at(f"operator {name} is not supported with ANY/ALL", node)
@@ -547,6 +548,32 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         if indexable(keys):
             return replace(expr, index=(left.column, keyset(keys)))
     return expr
+
+
+def _refuse_open_escapes(c: Compiler, rnode: ast.Node, right: Expr, node: ast.Node) -> None:
+    """A 400 for `x LIKE ANY / ALL (<patterns>)` when a constant pattern ends in the escape
+    character, as for `x LIKE '<pattern>'`: Postgres's planner estimates each constant
+    element of the array (scalararraysel) by running the LIKE on the column's statistics,
+    and fails before any row when one of those reaches the pattern's end, so its answer
+    depends on ANALYZE (`t LIKE ANY(ARRAY['a\\'])` failed on a table whose rows never
+    reach it). The engine accepted these and matched per row."""
+    patterns: list[Value] = []
+    if right.is_const and right.value is not None:
+        patterns = flatten(right.value)
+    else:
+        while isinstance(rnode, ast.TypeCast):
+            rnode = rnode.arg
+        if isinstance(rnode, ast.A_ArrayExpr):
+            for el in rnode.elements or ():
+                e = c.compiled.get(id(el))
+                if e is not None and e.is_const:
+                    patterns.extend(flatten(e.value) if e.type.array else [e.value])
+    for pattern in patterns:
+        if isinstance(pattern, str):
+            try:
+                like_pattern(pattern)
+            except ValueError as e:
+                raise error_at(str(e), node) from None
 
 
 def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
