@@ -886,8 +886,6 @@ class Compiler:
                 " encoding, in which Postgres counts characters, is not known to be UTF8)",
                 node,
             )
-        if arg.type.array:
-            raise error_at(f"cannot cast type {arg.type.sql_name} to {target.sql_name}", node)
         as_text = self.cast(arg, VARCHAR if arg.type == UNKNOWN else TEXT, node)
 
         def cut(value: Value) -> Value:
@@ -952,6 +950,7 @@ class Compiler:
         out = text_output(src)
         if out is None:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
+        _refuse_lost_padding(src, node)
         if src == BOOL:
             out = bool_text
         return replace(apply(target, out, [arg], node), column=None)
@@ -980,6 +979,7 @@ class Compiler:
             raise error_at(f"cannot convert {expr.type.sql_name} to text", expr.node)
         if expr.raw and expr.column is not None:
             return Expr(TEXT, column_eval(expr.column, identity), node=expr.node)
+        _refuse_lost_padding(expr.type, expr.node)
         return apply(TEXT, out, [expr], expr.node)
 
     def _type_name(self, tn: ast.TypeName) -> PgType:
@@ -1176,3 +1176,16 @@ class Compiler:
 def _collatable(typ: PgType) -> bool:
     """A type with a collation (or an untyped literal, which takes one as text)."""
     return typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)
+
+
+def _refuse_lost_padding(typ: PgType, node: ast.Node | None) -> None:
+    """A 400 for the text of an array of char(n) values built in the clause (`ARRAY[ch]`,
+    `ARRAY['a'::char(3)]`): Postgres's array output keeps each element's padding
+    (`{"ab  "}`), which the engine's trimmed char(n) values no longer have (it wrote
+    `{ab}`). A char(n)[] column's own text is read as Postgres wrote it."""
+    if typ.array and typ.element == BPCHAR:
+        raise error_at(
+            "the text of an array of char(n) values is not supported here (Postgres keeps"
+            " each element's padding; cast the elements to text first)",
+            node,
+        )
