@@ -14,8 +14,6 @@ data directory is copied while it is stopped and put back later.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -41,7 +39,6 @@ async def test_one_restored_source_starts_afresh_and_the_others_serve_on(
     stops: list[str] = []  # (the old engine stopped its process here: this one, pytest's)
     monkeypatch.setattr(stopping, "stop_process", stops.append)
     cluster = FaultCluster()
-    data, copy = cluster.dir / "data", cluster.dir / "copy"
     followers: list[Follower] = []
     try:
         cluster.start()
@@ -59,9 +56,7 @@ async def test_one_restored_source_starts_afresh_and_the_others_serve_on(
         await engine.sync(a["source_id"], a["secret"], table="items")  # (published)
 
         # the disk's snapshot of A, then changes A's shape gets and the restore loses
-        await asyncio.to_thread(cluster.stop_server, "fast")
-        await asyncio.to_thread(subprocess.run, ["cp", "-a", str(data), str(copy)], check=True)
-        await asyncio.to_thread(cluster.start)
+        copy = await asyncio.to_thread(cluster.disk_copy)
         sql(url_a, "UPDATE items SET name = 'lost' WHERE id = 1")
         sql(url_a, "DELETE FROM items WHERE id = 3")
 
@@ -71,10 +66,7 @@ async def test_one_restored_source_starts_afresh_and_the_others_serve_on(
             return (handle, offset) if names == ["a2", "lost"] else None
 
         handle, offset = await wait_until_async(a_synced, timeout=30, message="A's changes")
-        await asyncio.to_thread(cluster.stop_server, "immediate")
-        shutil.rmtree(data)
-        copy.rename(data)
-        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(cluster.put_back, copy)
 
         async def old_handle_refused() -> bool:
             status, _, body = await engine.get(a["source_id"], a["secret"], table="items",
