@@ -759,7 +759,6 @@ async def test_a_rotation_is_answered_alike(
         answers = []
         for task in waiting:
             status, headers, raw = await task
-            assert method == "HEAD" or b'"ten"' in raw, raw  # the commit's row
             if headers.get("content-type", "").startswith("text/event-stream"):
                 raw = _sse_rows(raw)
             answers.append(_comparable(status, headers, raw, "GET"))
