@@ -29,6 +29,7 @@ import assert from 'node:assert/strict'
 import { PGlite } from '@electric-sql/pglite'
 import { electricSync } from '@electric-sql/pglite-sync'
 import { createHmac, randomBytes } from 'node:crypto'
+import { gunzipSync } from 'node:zlib'
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -432,7 +433,10 @@ async function freshPglite() {
   let data = null
   try {
     data = readFileSync(saved)
-  } catch {}
+    gunzipSync(data) // whole and readable (PGlite would throw an uncaught zlib error on a bad one)
+  } catch {
+    data = null
+  }
   if (data) {
     try {
       return await PGlite.create({ ...options, loadDataDir: new Blob([data]) })
