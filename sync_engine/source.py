@@ -438,10 +438,10 @@ class Source:
     async def _went_back_while_running(self) -> bool:
         """Whether Postgres went back in time under the running engine (its data restored
         from a disk or VM snapshot while the stream was down), checked as the stream starts
-        again. Then every shape is retired (their clients refetch, and wait while the engine
-        restarts) and the engine stops with status 1: what it holds in memory of the old
-        history (positions, recent xids) only a fresh start clears, which then resets the
-        saved position (`_check_position`)."""
+        again. Then every shape is retired (their clients refetch, and wait while the source
+        starts again) and the source needs a fresh start (`_start_afresh`): what it holds in
+        memory of the old history (positions, recent xids) only a fresh start clears, which
+        then resets the saved position (`_check_position`)."""
         ahead = max(
             [
                 self.position.saved,
@@ -452,13 +452,20 @@ class Source:
         end = await wal_end(self.dsn)
         if end >= ahead:
             return False
-        await self.registry.retire_all("Postgres went back in time: its history changed")
-        stopping.stop_process(
+        await self._start_afresh(
             f"source {self.config.source_id}: Postgres's WAL ends at {format_lsn(end)}, before"
             f" {format_lsn(Lsn(ahead))} this engine has already processed: Postgres went back"
             " in time (restored from a disk or VM snapshot?); its shapes are retired"
         )
         return True
+
+    async def _start_afresh(self, why: str) -> None:
+        """Retire every shape and have this source started afresh, for a state only a fresh
+        start clears (Postgres went back in time under it). The single database's source is
+        the engine's: the engine process stops with status 1, for its supervisor to start
+        it again (a registered source is started again on its own: `ManagedSource`)."""
+        await self.registry.retire_all("Postgres went back in time: its history changed")
+        stopping.stop_process(why)
 
     async def _replace_slot_if_gone(self, *, publication_created: bool = False) -> bool:
         """Make a new slot if the slot is gone (dropped), lost (invalidated), or its

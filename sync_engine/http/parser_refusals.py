@@ -684,15 +684,7 @@ class RefusingRequestHandler(RequestHandler):
         body_open = body is not None and not body.is_eof()
         super().data_received(data)
         self._track()
-        if (
-            body_open
-            and body is not None
-            and body.is_eof()
-            and len(messages) < self._max_msg_queue_size
-            and self._parser is not None
-            and self._payload_parser is None
-            and not self._upgraded
-        ):
+        if body_open and body is not None and body.is_eof() and self._parser_may_go_on():
             # The body ended in this packet, after its request was answered (a GET's chunked
             # body late): the parser stopped at the end of that request, keeping the rest
             # (a pipelined request) as its tail, and no new request came out of this call
@@ -715,11 +707,9 @@ class RefusingRequestHandler(RequestHandler):
         # every call after), or the connection's queue is full (aiohttp pauses reading then
         # and calls this again, with no data, as the queue drains).
         while (
-            before < len(messages) < self._max_msg_queue_size
+            before < len(messages)
             and not isinstance(messages[-1][0], _ErrInfo)
-            and self._parser is not None
-            and self._payload_parser is None
-            and not self._upgraded
+            and self._parser_may_go_on()
         ):
             before = len(messages)
             super().data_received(b"")
@@ -730,6 +720,18 @@ class RefusingRequestHandler(RequestHandler):
             self._hold_head(self._scan.size)
         elif self in _Heads.held:
             self._release_head()
+
+    def _parser_may_go_on(self) -> bool:
+        """Whether the parser may be asked for the next request of this packet's tail
+        (`super().data_received(b"")`): the connection's queue has room (else aiohttp pauses
+        reading, and calls again as it drains), the parser is there, no body is being read
+        by its payload parser, and the connection was not upgraded."""
+        return (
+            len(self._messages) < self._max_msg_queue_size
+            and self._parser is not None
+            and self._payload_parser is None
+            and not self._upgraded
+        )
 
     def _hold_head(self, size: int) -> None:
         """This connection's head is unfinished at `size` bytes: count it against

@@ -38,12 +38,28 @@ LAG_INTERVAL = 5.0
 END_REQUESTS_WAIT = 5.0
 
 
+def _restarting() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Source is starting again: its Postgres went back in time (restored from a disk or"
+        " VM snapshot?); its shapes were retired, refetch them",
+        retry_after=2,
+        code="source_restarting",
+    )
+
+
 class ManagedSource(Source):
     def __init__(
-        self, config: SourceConfig, database_url: str, max_initial_syncs: int | None
+        self,
+        config: SourceConfig,
+        database_url: str,
+        max_initial_syncs: int | None,
+        start_afresh: Callable[[ManagedSource, str], None] | None = None,
     ) -> None:
+        """`start_afresh(source, why)`: asked to stop this source and start it again from
+        its data dir (`SourceManager`), for a state only a fresh start clears."""
         super().__init__(config)
         self._database_url = database_url
+        self._start_afresh_by = start_afresh
         self.max_initial_syncs = max_initial_syncs
         self.lag_bytes: int | None = None
         self._reserved = 0
@@ -124,6 +140,20 @@ class ManagedSource(Source):
         # own (`http.shape._successor`): none is made on a source that is going away.
         self.check_open()
         return await super().resolve(params, from_start=from_start)
+
+    async def _start_afresh(self, why: str) -> None:
+        """Only this source starts afresh; the engine and its other sources go on serving.
+        Closed to requests first (a 503 saying why, until it is started again), so that no
+        shape is made on it meanwhile: a request woken by the retirement gets its 409, with
+        no successor, and its client's refetch waits for the fresh start. Before, a source
+        whose Postgres went back in time stopped the engine process, and so every source."""
+        if self._start_afresh_by is None:
+            await super()._start_afresh(why)
+            return
+        self.close_to_requests(_restarting)
+        await self.registry.retire_all("Postgres went back in time: its history changed")
+        logger.critical("%s; starting the source again (a fresh start clears it)", why)
+        self._start_afresh_by(self, why)
 
     # -- what the admin API shows --------------------------------------------------------
 

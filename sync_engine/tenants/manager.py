@@ -29,6 +29,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import stopping
 from ..errors import ServiceUnavailable, Unauthorized
 from ..log.store import count_on_disk
 from ..settings import Settings
@@ -301,7 +302,37 @@ class SourceManager:
         return self.settings.max_initial_syncs
 
     def _make_source(self, rec: SourceRecord) -> ManagedSource:
-        return ManagedSource(self._config(rec), rec.database_url, self._initial_syncs_limit(rec))
+        return ManagedSource(
+            self._config(rec),
+            rec.database_url,
+            self._initial_syncs_limit(rec),
+            start_afresh=self._start_afresh,
+        )
+
+    def _start_afresh(self, source: ManagedSource, why: str) -> None:
+        """Stop a running source and start it again from its data dir, the other sources
+        serving on (`ManagedSource._start_afresh`: its Postgres went back in time). Run
+        as a mutation (`_whole`): the engine's stop waits for it."""
+        task = asyncio.ensure_future(self._restart(source, why))
+        self._mutations.add(task)
+        task.add_done_callback(self._mutations.discard)
+
+    async def _restart(self, source: ManagedSource, why: str) -> None:
+        sid = source.config.source_id
+        try:
+            async with self._lock:
+                if self.running.get(sid) is not source:
+                    return  # (paused or deleted meanwhile: stopped already)
+                del self.running[sid]
+                await source.end_requests(source.closing or _paused)
+                await source.stop()
+                rec = self.records.get(sid)
+                if rec is not None and not rec.paused:
+                    await self._start_source(rec)
+            logger.info("source %s started again", sid)
+        except Exception:  # (left stopped, it would answer 503 for good: as before, then)
+            logger.exception("source %s could not be started again", sid)
+            stopping.stop_process(why)
 
     async def _start_source(self, rec: SourceRecord) -> None:
         source = self._make_source(rec)

@@ -4,6 +4,7 @@ shared test cluster other tests use."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -14,6 +15,11 @@ import psycopg
 from tests.sync_engine.tenants.harness import PGBIN, Cluster
 
 StopMode = Literal["fast", "immediate"]
+#: The `items (id, v)` table of 20 rows the fault tests follow.
+ITEMS = (
+    "CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)",
+    "INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g",
+)
 
 
 class FaultCluster(Cluster):
@@ -30,6 +36,30 @@ class FaultCluster(Cluster):
         checkpoint, slots' confirmed positions back to the last one on restart)."""
         assert PGBIN is not None
         self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
+
+    def start_with_items(self) -> None:
+        """Start it, with the `ITEMS` table (as the `cluster` fixture's)."""
+        self.start()
+        for q in ITEMS:
+            self.query(q)
+
+    def disk_copy(self) -> Path:
+        """A copy of its data directory as a disk or VM snapshot takes it (stopped cleanly,
+        copied, started again): `put_back` restores it."""
+        data, copy = self.dir / "data", self.dir / "copy"
+        self.stop_server("fast")
+        subprocess.run(["cp", "-a", str(data), str(copy)], check=True)
+        self.start()
+        return copy
+
+    def put_back(self, copy: Path) -> None:
+        """Postgres restored from `copy` (`disk_copy`): stopped as in a crash, its data
+        directory replaced, started again. Its WAL, and its slots, go back in time."""
+        data = self.dir / "data"
+        self.stop_server("immediate")
+        shutil.rmtree(data)
+        copy.rename(data)
+        self.start()
 
     def query(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:

@@ -34,9 +34,7 @@ def partitioned() -> Iterator[PartitionedCluster]:
 
 def _with_items(made: C) -> Iterator[C]:
     try:
-        made.start()
-        made.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
-        made.query("INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g")
+        made.start_with_items()
         yield made
     finally:
         made.stop()

@@ -17,8 +17,6 @@ copied while it is stopped and put back later.
 from __future__ import annotations
 
 import asyncio
-import shutil
-import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -26,51 +24,25 @@ import pytest
 
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower, expected_rows
-from tests.support.waiting import wait_until_async
-
-
-async def _follow(session: aiohttp.ClientSession, url: str, until: object = None) -> Follower:
-    """A follower of `items`, stopped once live (and its rows equal `until`, if given)."""
-    follower = Follower(url)
-    stop = asyncio.Event()
-    task = asyncio.create_task(follower.run(session, stop))
-    await wait_until_async(
-        lambda: follower.live and (until is None or follower.rows == until),
-        timeout=30,
-        message="followed",
-    )
-    stop.set()
-    await task
-    return follower
+from tests.support.follower import expected_rows, follow_once, status_of_old_handle
 
 
 @pytest.mark.timeout(120)
-async def test_postgres_restored_from_a_disk_copy_retires_the_shapes(tmp_path: Path) -> None:
+async def test_postgres_restored_from_a_disk_copy_retires_the_shapes(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
     """Restored under the running engine, which then restarts (so both checks run)."""
-    cluster = FaultCluster()
     engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
-    data = cluster.dir / "data"
-    copy = cluster.dir / "copy"
     try:
-        cluster.start()
-        cluster.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
-        cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g")
         await asyncio.to_thread(engine.start)
         async with aiohttp.ClientSession() as session:
-            await _follow(session, engine.url)
-            # the disk's snapshot
-            await asyncio.to_thread(cluster.stop_server, "fast")
-            subprocess.run(["cp", "-a", str(data), str(copy)], check=True)
-            await asyncio.to_thread(cluster.start)
+            await follow_once(session, engine.url)
+            copy = await asyncio.to_thread(cluster.disk_copy)
             # changes the engine streams into its shape, then lost with the restore
             cluster.query("UPDATE items SET v = 111 WHERE id <= 10")
             cluster.query("DELETE FROM items WHERE id > 15")
-            first = await _follow(session, engine.url, expected_rows(cluster.url, None))
-            await asyncio.to_thread(cluster.stop_server, "immediate")
-            shutil.rmtree(data)
-            copy.rename(data)
-            await asyncio.to_thread(cluster.start)
+            first = await follow_once(session, engine.url, expected_rows(cluster.url, None))
+            await asyncio.to_thread(cluster.put_back, copy)
             # The running engine sees it as its stream starts again: it retires its shapes
             # and stops, status 1 (the old engine streamed on from the restored slot).
             proc = engine.proc
@@ -78,16 +50,11 @@ async def test_postgres_restored_from_a_disk_copy_retires_the_shapes(tmp_path: P
             assert await asyncio.to_thread(proc.wait, 30) == 1
             cluster.query("UPDATE items SET v = 5 WHERE id = 3")  # the new history
             await asyncio.to_thread(engine.start)
-            async with session.get(
-                engine.url + "/v1/shape",
-                params={"table": "items", "handle": first.handle, "offset": first.offset},
-            ) as r:
-                # (the old engine: 200, the lost rows kept, the new update skipped)
-                assert r.status == 409, await r.text()
-            again = await _follow(session, engine.url)
+            # (the old engine: 200, the lost rows kept, the new update skipped)
+            assert await status_of_old_handle(session, first) == 409
+            again = await follow_once(session, engine.url)
         assert again.handle != first.handle
         assert again.rows == expected_rows(cluster.url, None)
         assert "Postgres went back in time" in engine.log_tail(100_000)
     finally:
         engine.stop()
-        cluster.stop()

@@ -23,7 +23,13 @@ import pytest
 
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower, Writer, expected_rows
+from tests.support.follower import (
+    Follower,
+    Writer,
+    expected_rows,
+    follow_once,
+    status_of_old_handle,
+)
 from tests.support.waiting import wait_until, wait_until_async
 
 WHERES = [None, "id % 2 = 0"]
@@ -110,9 +116,7 @@ async def test_an_invalidated_slot_retires_every_shape_and_is_made_again(
     cluster = FaultCluster(max_slot_wal_keep_size="1MB")
     engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
     try:
-        cluster.start()
-        cluster.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
-        cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g")
+        cluster.start_with_items()
         async with _followed(cluster, engine):
             assert engine.proc is not None
             engine.proc.send_signal(signal.SIGSTOP)  # the slot falls behind
@@ -145,27 +149,13 @@ async def test_a_slot_dropped_while_the_engine_was_down_retires_its_shapes(
     try:
         await asyncio.to_thread(engine.start)
         async with aiohttp.ClientSession() as session:
-            first = Follower(engine.url)
-            stop = asyncio.Event()
-            task = asyncio.create_task(first.run(session, stop))
-            await wait_until_async(lambda: first.live, timeout=30, message="synced")
-            stop.set()
-            await task
+            first = await follow_once(session, engine.url)
             engine.kill()
             await asyncio.to_thread(wait_until, _drop_slot(cluster), message="slot dropped")
             cluster.query("UPDATE items SET v = v + 1 WHERE id = 3")
             await asyncio.to_thread(engine.start)
-            async with session.get(
-                engine.url + "/v1/shape",
-                params={"table": "items", "handle": first.handle, "offset": first.offset},
-            ) as r:
-                assert r.status == 409, await r.text()
-            again = Follower(engine.url)
-            stop.clear()
-            task = asyncio.create_task(again.run(session, stop))
-            await wait_until_async(lambda: again.live, timeout=30, message="refetched")
-            stop.set()
-            await task
+            assert await status_of_old_handle(session, first) == 409
+            again = await follow_once(session, engine.url)
         assert again.handle != first.handle
         assert again.rows == expected_rows(cluster.url, None)
     finally:
@@ -196,34 +186,18 @@ async def test_a_slot_invalidated_while_the_engine_was_down_retires_its_shapes(
     cluster = FaultCluster(max_slot_wal_keep_size="1MB")
     engine = EngineProcess(cluster.url, tmp_path / "data", "--long-poll-timeout", "2")
     try:
-        cluster.start()
-        cluster.query("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL)")
-        cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(1, 20) g")
+        cluster.start_with_items()
         await asyncio.to_thread(engine.start)
         async with aiohttp.ClientSession() as session:
-            first = Follower(engine.url)
-            stop = asyncio.Event()
-            task = asyncio.create_task(first.run(session, stop))
-            await wait_until_async(lambda: first.live, timeout=30, message="synced")
-            stop.set()
-            await task
+            first = await follow_once(session, engine.url)
             engine.kill()
             for _ in range(4):
                 cluster.query("UPDATE items SET v = v + 1 WHERE id = 3; SELECT pg_switch_wal()")
             cluster.query("CHECKPOINT")
             assert cluster.query("SELECT wal_status FROM pg_replication_slots") == [("lost",)]
             await asyncio.to_thread(engine.start)
-            async with session.get(
-                engine.url + "/v1/shape",
-                params={"table": "items", "handle": first.handle, "offset": first.offset},
-            ) as r:
-                assert r.status == 409, await r.text()
-            again = Follower(engine.url)
-            stop.clear()
-            task = asyncio.create_task(again.run(session, stop))
-            await wait_until_async(lambda: again.live, timeout=30, message="refetched")
-            stop.set()
-            await task
+            assert await status_of_old_handle(session, first) == 409
+            again = await follow_once(session, engine.url)
         assert again.rows == expected_rows(cluster.url, None)
         assert cluster.query("SELECT wal_status FROM pg_replication_slots") != [("lost",)]
     finally:

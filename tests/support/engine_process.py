@@ -72,10 +72,14 @@ class EngineProcess:
             )  # fmt: skip
 
     def start(self, timeout: float = START_TIMEOUT) -> None:
-        """Spawn and wait for `/v1/health` 200. On failure (the engine exits, or is not
-        healthy within `timeout`) the process is killed, never left behind, and the
-        AssertionError shows what the engine printed."""
+        """Spawn and wait for `/v1/health` 200 (`wait_healthy`)."""
         self.spawn()
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = START_TIMEOUT) -> None:
+        """Wait for `/v1/health` 200. On failure (the engine exits, or is not healthy
+        within `timeout`) the process is killed, never left behind, and the AssertionError
+        shows what the engine printed."""
         try:
             wait_until(self._healthy, timeout=timeout, interval=0.1, message="/v1/health 200")
         except BaseException as exc:

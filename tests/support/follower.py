@@ -279,3 +279,33 @@ async def until_equal(
                 if f.rows != e
             )
         ) from None
+
+
+async def follow_once(
+    session: aiohttp.ClientSession, base: str, until: object = None, timeout: float = 30
+) -> Follower:
+    """A follower of `items` at the engine at `base`, stopped once live (and its rows equal
+    `until`, if given): a client that synced and went away, its handle and offset kept."""
+    follower = Follower(base)
+    stop = asyncio.Event()
+    task = asyncio.create_task(follower.run(session, stop))
+    try:
+        await wait_until_async(
+            lambda: follower.live and (until is None or follower.rows == until),
+            timeout=timeout,
+            message="followed",
+        )
+    finally:
+        stop.set()
+        await task
+    return follower
+
+
+async def status_of_old_handle(session: aiohttp.ClientSession, follower: Follower) -> int:
+    """The status of a request at `follower`'s shape, handle and offset (a client coming back):
+    409 once its shape was retired."""
+    assert follower.handle is not None
+    params = {**follower.q, "handle": follower.handle, "offset": follower.offset}
+    async with session.get(follower.base + "/v1/shape", params=params) as r:
+        await r.read()
+        return r.status

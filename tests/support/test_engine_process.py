@@ -7,14 +7,18 @@ from pathlib import Path
 import pytest
 
 from tests.support.engine_process import EngineProcess, sync_through
+from tests.support.waiting import wait_until
 
 UNREACHABLE = "postgresql://nobody@127.0.0.1:1/nothing"  # refused: the engine retries forever
 
 
 def test_an_engine_never_healthy_is_killed_and_its_output_shown(tmp_path: Path) -> None:
     engine = EngineProcess(UNREACHABLE, tmp_path / "data", "--no-fsync")
+    engine.spawn()
+    # (running and saying why it is not healthy: the health deadline need not be long)
+    wait_until(lambda: "not reachable yet" in engine.log_tail(), timeout=60, message="output")
     with pytest.raises(AssertionError) as failure:
-        engine.start(timeout=10)
+        engine.wait_healthy(timeout=0.5)
     assert engine.proc is not None and engine.proc.poll() is not None, "engine left running"
     message = str(failure.value)
     assert "/v1/health 200" in message

@@ -402,21 +402,14 @@ class _Keys:
         (eval_const_expressions' simplify_boolean_equality): the key of what it becomes,
         so that `(false = (t LIKE 'a%'))` and `(1 > 2) = (t LIKE 'a%')` are one factor (seed
         9125 of the long fuzz). None: not such a comparison."""
-        compiled = self.compiler.compiled
-        sides = [compiled.get(id(node.lexpr)), compiled.get(id(node.rexpr))]
-        for side, other in (sides, sides[::-1]):
-            if (
-                side is not None
-                and other is not None
-                and planner_const(side)
-                and isinstance(side.value, bool)
-                and other.type == BOOL
-            ):
-                k = self.get(other)
-                if k is None:
-                    return (None,)
-                return (_negated_key(k) if (name == "=") != side.value else k,)
-        return None
+        found = _bool_constant_side(self.compiler.compiled, node)
+        if found is None:
+            return None
+        side, other = found
+        k = self.get(other)
+        if k is None:
+            return (None,)
+        return (_negated_key(k) if (name == "=") != side.value else k,)
 
     def operand(self, node: ast.Node) -> str:
         e = self.compiler.compiled.get(id(node))
@@ -474,6 +467,18 @@ def _bool_equality_operand(keys: _Keys, expr: Expr) -> Expr | None:
     compiled = keys.compiler.compiled
     if name not in ("=", "<>") or compiled.get(id(node)) is not expr:
         return None
+    found = _bool_constant_side(compiled, node)
+    if found is None or planner_const(found[1]):
+        return None  # (two constants: the planner folds the comparison whole)
+    side, other = found
+    return other if (name == "=") == side.value else _not(other)
+
+
+def _bool_constant_side(compiled: Mapping[int, Expr], node: ast.A_Expr) -> tuple[Expr, Expr] | None:
+    """(side, other) when one side of the comparison `node` is a boolean constant the
+    planner made (`side`, its value True or False, not NULL) and the other a boolean
+    expression: what simplify_boolean_equality rewrites. The left side is tried first.
+    None: not such a comparison (or a side not compiled)."""
     sides = [compiled.get(id(node.lexpr)), compiled.get(id(node.rexpr))]
     for side, other in (sides, sides[::-1]):
         if (
@@ -482,9 +487,8 @@ def _bool_equality_operand(keys: _Keys, expr: Expr) -> Expr | None:
             and planner_const(side)
             and isinstance(side.value, bool)
             and other.type == BOOL
-            and not planner_const(other)
         ):
-            return other if (name == "=") == side.value else _not(other)
+            return side, other
     return None
 
 

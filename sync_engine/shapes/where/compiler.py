@@ -103,7 +103,10 @@ from .resolution import (
     JSON_TYPES,
     ORDERED_TYPES,
     STRING_TYPES,
+    TEXT_EQUAL_TYPES,
     common_type,
+    compared_as_text,
+    evaluated,
     select_common,
 )
 from .semantics import comparison_op, enum_comparison, identity, pg_numeric
@@ -427,6 +430,18 @@ class Compiler:
                 message = (
                     f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
                     " in decimal (16, 1.5e3)"
+                )
+            elif message.startswith("unsupported type") and not evaluated(target):
+                # (timetz, inet, ranges, ...: "unsupported type timetz" did not say what)
+                message = (
+                    f"a {target.sql_name} literal is not supported here: the engine does not"
+                    f" read {target.sql_name} input"
+                    + (
+                        f" (it compares {target.sql_name} columns with = and <> only, and any"
+                        " value cast to text)"
+                        if target.element in TEXT_EQUAL_TYPES
+                        else " (IS NULL and a cast to text are supported)"
+                    )
                 )
             raise error_at(message, expr.node) from None
 
@@ -839,6 +854,13 @@ class Compiler:
         base = typ.element if typ.array else typ
         if base in JSON_TYPES:
             raise error_at(f"JSON operators are not supported ({base.sql_name} {name})", node)
+        if not compared_as_text(typ):
+            raise self.domain_refusal(base, node) or error_at(
+                f"comparing {base.sql_name} values ({name}) is not supported here: the engine"
+                f" does not evaluate {base.sql_name}, and Postgres's = on it is not equality"
+                " of the values' text",
+                node,
+            )
         if base in STRING_TYPES:
             if name in ("=", "<>"):
                 self.require_text_equality(name, node, state)
@@ -886,8 +908,6 @@ class Compiler:
                 " encoding, in which Postgres counts characters, is not known to be UTF8)",
                 node,
             )
-        if arg.type.array:
-            raise error_at(f"cannot cast type {arg.type.sql_name} to {target.sql_name}", node)
         as_text = self.cast(arg, VARCHAR if arg.type == UNKNOWN else TEXT, node)
 
         def cut(value: Value) -> Value:
@@ -952,6 +972,7 @@ class Compiler:
         out = text_output(src)
         if out is None:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
+        _refuse_lost_padding(src, node)
         if src == BOOL:
             out = bool_text
         return replace(apply(target, out, [arg], node), column=None)
@@ -975,11 +996,14 @@ class Compiler:
     def as_text(self, expr: Expr) -> Expr:
         if expr.type in STRING_TYPES or expr.type == UNKNOWN or expr.type == CHAR:
             return self.coerce(expr, TEXT)  # ("char"'s output text is its text: charout)
+        if expr.raw and expr.column is not None:
+            # (a column's text as Postgres wrote it, whatever its type: `concat(ttz)` was
+            # "cannot convert timetz to text", which Postgres does)
+            return Expr(TEXT, column_eval(expr.column, identity), node=expr.node)
         out = text_output(expr.type)
         if out is None:
             raise error_at(f"cannot convert {expr.type.sql_name} to text", expr.node)
-        if expr.raw and expr.column is not None:
-            return Expr(TEXT, column_eval(expr.column, identity), node=expr.node)
+        _refuse_lost_padding(expr.type, expr.node)
         return apply(TEXT, out, [expr], expr.node)
 
     def _type_name(self, tn: ast.TypeName) -> PgType:
@@ -1176,3 +1200,16 @@ class Compiler:
 def _collatable(typ: PgType) -> bool:
     """A type with a collation (or an untyped literal, which takes one as text)."""
     return typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)
+
+
+def _refuse_lost_padding(typ: PgType, node: ast.Node | None) -> None:
+    """A 400 for the text of an array of char(n) values built in the clause (`ARRAY[ch]`,
+    `ARRAY['a'::char(3)]`): Postgres's array output keeps each element's padding
+    (`{"ab  "}`), which the engine's trimmed char(n) values no longer have (it wrote
+    `{ab}`). A char(n)[] column's own text is read as Postgres wrote it."""
+    if typ.array and typ.element == BPCHAR:
+        raise error_at(
+            "the text of an array of char(n) values is not supported here (Postgres keeps"
+            " each element's padding; cast the elements to text first)",
+            node,
+        )

@@ -81,7 +81,9 @@ from .resolution import (
     ORDERED_TYPES,
     STRING_TYPES,
     TEMPORAL_TYPES,
+    TEXT_EQUAL_TYPES,
     common_numeric,
+    evaluated,
     fits_operand,
 )
 from .semantics import COMPARISONS, arith_func, checked_int, float_pow, identity, sqrt, wrap_shift
@@ -216,6 +218,18 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
             return error_at(
                 f"enum values can only be compared after a cast to text "
                 f"(operator {name} on {side.type.sql_name}: e::text = 'label')",
+                node,
+            )
+    for side in (left, right):
+        if not evaluated(side.type):
+            # (Postgres may well have it: `ttz < '12:00+02'` said "operator does not exist:
+            # timetz < unknown", though Postgres orders timetz values)
+            typ = side.type.sql_name
+            only = side.type.element in TEXT_EQUAL_TYPES and name not in ("=", "<>")
+            return error_at(
+                f"operator {name} on {typ} values is not supported here: the engine does not"
+                f" evaluate {typ}"
+                + (f" (it compares {typ} values with = and <> only)" if only else ""),
                 node,
             )
     return error_at(
@@ -495,6 +509,7 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
         raise error_at(f"JSON operators are not supported ({typ.element.sql_name}[] {name})", node)
+    c.compare_fn("=", typ, node, state)  # (refuses elements whose `=` is not their text's)
     if typ.element in STRING_TYPES:
         c.require_text_equality(name, node, state)
     if name == "@>":
@@ -527,6 +542,7 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         ignore_case, negate = LIKE_OPERATORS[name]
         left = c.coerce(_like_subject(c, left, node), TEXT)
         right = c.coerce(right, TEXT.array_of())
+        _refuse_open_escapes(c, node.rexpr, right, node)
         op = like_function(c.fold(ignore_case, node, state), negate)
     else:
         raise error_at(f"operator {name} is not supported with ANY/ALL", node)
@@ -547,6 +563,32 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         if indexable(keys):
             return replace(expr, index=(left.column, keyset(keys)))
     return expr
+
+
+def _refuse_open_escapes(c: Compiler, rnode: ast.Node, right: Expr, node: ast.Node) -> None:
+    """A 400 for `x LIKE ANY / ALL (<patterns>)` when a constant pattern ends in the escape
+    character, as for `x LIKE '<pattern>'`: Postgres's planner estimates each constant
+    element of the array (scalararraysel) by running the LIKE on the column's statistics,
+    and fails before any row when one of those reaches the pattern's end, so its answer
+    depends on ANALYZE (`t LIKE ANY(ARRAY['a\\'])` failed on a table whose rows never
+    reach it). The engine accepted these and matched per row."""
+    patterns: list[Value] = []
+    if right.is_const and right.value is not None:
+        patterns = flatten(right.value)
+    else:
+        while isinstance(rnode, ast.TypeCast):
+            rnode = rnode.arg
+        if isinstance(rnode, ast.A_ArrayExpr):
+            for el in rnode.elements or ():
+                e = c.compiled.get(id(el))
+                if e is not None and e.is_const:
+                    patterns.extend(flatten(e.value) if e.type.array else [e.value])
+    for pattern in patterns:
+        if isinstance(pattern, str):
+            try:
+                like_pattern(pattern)
+            except ValueError as e:
+                raise error_at(str(e), node) from None
 
 
 def _distinct(c: Compiler, node: ast.A_Expr, name: str) -> Expr:

@@ -177,12 +177,16 @@ TEXT_OUT: dict[PgType, Callable[[Value], str]] = {
 
 
 def text_output(pg_type: PgType) -> Callable[[Value], str] | None:
-    """The type's output function (what concat() uses), or None when unsupported."""
-    if pg_type.enum:
-        return identity
+    """The type's output function (what concat() uses), or None when unsupported. An array
+    of an enum is an array first (`ARRAY[e]::text` was its tuple of labels, equal to no
+    text). An array of char(n) values built in the clause loses their padding: the engine
+    keeps char(n) values trimmed, Postgres's array output keeps each element's padding
+    (`ARRAY[ch]::text` is `{"ab  "}`): the compiler refuses those (`padding_lost`)."""
     if pg_type.array:
         elem = text_output(pg_type.element)
         return None if elem is None else array_text(elem)
+    if pg_type.enum:
+        return identity
     return TEXT_OUT.get(pg_type)
 
 

@@ -34,6 +34,10 @@ ROWS = [
 ]
 
 CLAUSES = [
+    # (an array of an enum's text was its tuple of labels, equal to no text)
+    "ARRAY[e, NULL]::text = '{sad,NULL}'",
+    "concat(ARRAY[e, o]) LIKE '{meh,%'",
+    "ARRAY[e]::varchar(4) = '{ok}'",
     "e = 'sad'",
     "e <> 'ok'",
     "e < 'ok'",

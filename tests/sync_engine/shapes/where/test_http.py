@@ -13,6 +13,7 @@ import asyncio
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
@@ -467,3 +468,39 @@ async def test_a_subset_of_a_shape_the_planner_simplifies_answers_as_postgres_do
     status, body = await _subset(engine, **base, subset__where="1 / (id - 3) >= 0")
     assert status == 400, body
     assert "division by zero" in str(body)
+
+
+async def test_a_subsets_clause_is_read_as_a_where_when_the_guard_fails_on_a_value(
+    engine: Engine,
+) -> None:
+    """Postgres reads `(shape) AND (subset)` as a WHERE: a conjunct that is NULL ends a row
+    as false does (`i4 > 0` on a NULL i4, so `f4 * 1.1::float4` never overflows there), and
+    an AND the planner makes a constant NULL (`x NOT IN (i4, NULL, i2)`) is false unevaluated
+    (so `d - d` never fails on an infinite date). The engine's guard evaluated the subset's
+    clause as an expression, where neither holds: a 400 "Postgres could not evaluate the
+    query" where Postgres answers (live fuzz subset arm, seeds 75034 and 75037)."""
+    engine.sql(
+        "CREATE TABLE docs (id int PRIMARY KEY, b bool, d date, i2 int2, i4 int4, f4 float4)"
+    )
+    engine.sql(
+        "INSERT INTO docs VALUES (1, true, 'infinity', 1, NULL, 3.4e38),"
+        " (2, true, '2020-01-01', 5, 5, 1), (3, false, '2020-01-01', 5, 5, 1)"
+    )
+    rows, handle, offset = await engine.sync(table="docs", where="b")
+    base = {"table": "docs", "where": "b", "handle": handle, "offset": offset}
+    for subset, ids in [
+        ("i4 > 0 AND f4 * 1.1::float4 > 0", ["2"]),
+        ("(d - d) NOT IN (i4, NULL, i2)", []),
+        ("(d - d) NOT IN (i4, i2)", None),  # (evaluated on row 1: Postgres fails too)
+    ]:
+        try:
+            pg = [str(r[0]) for r in engine.sql(f"SELECT id FROM docs WHERE b AND ({subset})")]
+        except psycopg.DataError:
+            pg = None
+        assert pg == ids, subset
+        status, body = await _subset(engine, **base, subset__where=subset)
+        if ids is None:
+            assert status == 400 and "22008" in str(body), (subset, body)
+        else:
+            assert status == 200, (subset, body)
+            assert sorted(m["value"]["id"] for m in body["data"]) == ids, subset

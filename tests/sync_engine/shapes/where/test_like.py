@@ -157,6 +157,38 @@ def test_escape_null_makes_like_null(
         assert got == expected, (clause, sorted(got ^ expected)[:5])
 
 
+def test_like_any_of_a_constant_pattern_ending_in_its_escape_is_refused_as_like_is(
+    table: tuple[psycopg.Connection[Any], Any, dict[int, str]],
+) -> None:
+    """`t LIKE ANY(ARRAY['a\\'])`: Postgres's planner runs the LIKE of each constant element
+    on the column's statistics and fails there, so the same query on a row that never
+    reaches the pattern's end answers before ANALYZE and fails after it. The engine
+    refuses it, as it refuses `t LIKE 'a\\'`; it answered per row."""
+    conn, columns, texts = table
+    conn.execute("CREATE TABLE lk (id int PRIMARY KEY, t text) WITH (autovacuum_enabled = off)")
+    conn.execute("INSERT INTO lk SELECT i, 'a' || i FROM generate_series(1, 99) i")
+    conn.execute("INSERT INTO lk VALUES (100, 'b')")
+    query = "SELECT id FROM lk WHERE id = 100 AND t LIKE ANY(ARRAY['a\\'])"
+    assert conn.execute(query).fetchall() == []
+    conn.execute("ANALYZE lk")
+    with pytest.raises(psycopg.errors.InvalidEscapeSequence):
+        conn.execute(query)
+    for clause in [
+        "t LIKE ANY(ARRAY['a\\'])",
+        "t NOT ILIKE ALL(ARRAY['%', 'b\\'])",
+        "t LIKE ANY(ARRAY[t, 'a' || '\\'])",
+        "t LIKE ANY('{\"a\\\\\"}')",
+        "t LIKE ANY(ARRAY[['a\\']]::text[])",
+    ]:
+        with pytest.raises(WhereError, match="must not end with escape character"):
+            parse_where(clause, {}, columns)
+    for clause in ["t LIKE ANY(ARRAY['a\\\\%', 'b_'])", "t LIKE ANY('{\"a\\\\\\\\\"}')"]:
+        where = parse_where(clause, {}, columns)
+        expected = {r[0] for r in conn.execute(f"SELECT id FROM d WHERE {where.sql}")}
+        got = {i for i, t in texts.items() if where.matches({"id": str(i), "t": t})}
+        assert got == expected, clause
+
+
 def _alarm(_signum: int, _frame: FrameType | None) -> None:
     raise TimeoutError("LIKE evaluation did not finish")
 

@@ -52,6 +52,11 @@ AGREE = [
     # "unsupported type bpchar"
     "vc::bpchar = 'abc'", "vc::bpchar = ch", "(vc::bpchar || '|') = 'a|'", "tx = N'ab'",
     "ch = N'ab  '", "length(tx::bpchar) = 1", "char 'ab' = tx",
+    # an array's text cut: Postgres casts any type to a string type explicitly (I/O); the
+    # engine said "cannot cast type integer[] to character" (live fuzz seed 75037)
+    "ARRAY[i, NULL]::char(3) = '{12'", "'{{1,2},{3,4}}'::int4[]::char(3) = '{{1'",
+    "ARRAY[vc]::varchar(6) = '{abc}'", "ARRAY[dt, dt]::char(12) = '{2024-01-01'",
+    "ARRAY[tx]::varchar(4) = '{\"a '", "ARRAY[ch::text]::varchar(4) = '{ab}'",
 ]  # fmt: skip
 
 REFUSED = [
@@ -59,6 +64,9 @@ REFUSED = [
     ("vc::timestamp(0) IS NULL", "casting to timestamp(0) without time zone is not supported"),
     ("vc::interval hour to minute IS NULL", "casting to interval with fields or a precision"),
     ("vc::char(2)[] IS NULL", "casting to character(2)[] is not supported"),
+    # (Postgres keeps each element's padding in an array's text; the engine wrote `{ab}`)
+    ("ARRAY[ch]::text = '{\"ab  \"}'", "the text of an array of char(n) values is not"),
+    ("concat(ARRAY['a'::char(2)]) = '{a}'", "the text of an array of char(n) values is not"),
     ("vc::char(0) = ''", "length for type char must be at least 1"),
     ("vc::varchar(10485761) = ''", "length for type varchar cannot exceed 10485760"),
     ("timezone('Europe/Paris', tm) IS NULL", "timezone() on time without time zone is not"),
