@@ -31,7 +31,6 @@ from proxy.upstream.client import (
     UpstreamResponse,
 )
 from tests.proxy.engines import engine_on_a_new_database
-from tests.support.engine_process import free_port
 from tests.support.waiting import wait_until_async
 
 SECRET = "client-test-secret-0123456789abcdef"
@@ -167,9 +166,11 @@ async def test_unreachable_engine_is_502_without_secret(
     pool: UpstreamPool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    url = shape_url(f"http://127.0.0.1:{free_port()}", offset="-1")
-    with pytest.raises(UpstreamError) as caught:
-        await pool.request("GET", url, {}, None, OPTIONS)
+    with socket.socket() as bound:  # (bound, never listening: refused, and kept from others)
+        bound.bind(("127.0.0.1", 0))
+        url = shape_url(f"http://127.0.0.1:{bound.getsockname()[1]}", offset="-1")
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("GET", url, {}, None, OPTIONS)
     assert caught.value.status == 502 and caught.value.reason == "upstream_unreachable"
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     for text in (str(caught.value), repr(caught.value), caplog.text):
