@@ -54,6 +54,7 @@ from .casts import (
     datetime_input,
     has_array_bounds,
     interval_literal,
+    regular_array,
     text_input_cast,
     trailing_comma,
     unicode_space,
@@ -382,6 +383,9 @@ class Compiler:
             else:
                 parser = datetime_input(target)
             value = parser(expr.text)
+            if target.array and not regular_array(value):
+                # ('{{1},2}', '{a,{b},c}': Postgres refuses them; the engine matched rows)
+                raise ValueError(f'malformed array literal: "{expr.text[:40]}"')
             if target.element.enum:
                 self._check_labels(target, value)
             if target.element == NAME:

@@ -859,6 +859,10 @@ def like(
     if state is None:
         state = c.input_collation([left, pattern], node)
     for e in (left, pattern):
+        if e.type == BYTEA:
+            # (Postgres has LIKE on bytea, byte by byte: "operator does not exist" was false)
+            raise error_at("LIKE on bytea is not supported here (LIKE on text is)", node)
+    for e in (left, pattern):
         if e.type not in STRING_TYPES and e.type != UNKNOWN:
             raise error_at(
                 f"operator does not exist: {left.type.sql_name} ~~ {pattern.type.sql_name}",
