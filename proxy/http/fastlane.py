@@ -681,6 +681,8 @@ class FastAnswer:
         splicing, self._splicing = self._splicing, None
         if splicing is not None:
             splicing.cancel()  # (closes the engine connection)
+        context = self._request.context
+        context.outcome, context.reason = "client_gone", "client_disconnected"
         self._end()
         if engine is not None:
             engine.close()

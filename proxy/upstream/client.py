@@ -1167,6 +1167,13 @@ class Splice:
     def _finish(self, error: BaseException | None) -> None:
         if self._closed:
             return
+        if self.done.cancelled():
+            # Cancelled in this loop turn, `_on_done` not run yet (its callback is only
+            # scheduled) and a due `_pump` came first: stop as a cancel does. Setting the
+            # outcome on the cancelled `done` raised InvalidStateError (an ERROR traceback),
+            # and a finished body would have handed back a connection its owner closed.
+            self._on_done(self.done)
+            return
         self._release(reuse_pipe=error is None)
         conn = self._conn
         if error is None:

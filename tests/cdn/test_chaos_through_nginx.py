@@ -4,8 +4,8 @@
 
 The same clients and writers as straight to the engine and through the proxy, and each of their
 fault kinds once (the engine and the proxy SIGKILLed and started again, Postgres restarted fast
-and immediate, the engine SIGKILLed while Postgres crashes, and always a TRUNCATE: a rotation,
-what a cache can get wrong), with nginx caching what the headers allow in between. (The users
+or immediate (seeded: the other runs do both), the engine SIGKILLed while Postgres crashes, and
+always a TRUNCATE: a rotation, what a cache can get wrong), with nginx caching what the headers allow in between. (The users
 under a row policy reach their own proxy, never nginx: the run through the proxy has them.) Caching must never freeze a
 client on stale data or lose it rows: a 409 must get through, and what was cached for a handle
 must not outlive its rotation in a way that loses rows. Every client must end with exactly its

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.loader import build_config
+from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
@@ -36,13 +39,36 @@ MODES = {
 }
 
 
+_SETUP = (
+    "CREATE TABLE items (id int PRIMARY KEY, title text)",
+    "INSERT INTO items VALUES (1, 'a'), (2, 'b')",
+)
+_ARGS = ("--long-poll-timeout", "20", "--sse-timeout", "20")
+
+
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One secret for the module (the shared engine's; the conftest's is per test)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def engine(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[EngineProcess]:
+    """One engine for the leaving cases (each started its own: ~2 s apiece); each case
+    writes a row of its own and counts parked requests from where it found them."""
+    with engine_on_a_new_database(
+        pg_server_url, tmp_path_factory.mktemp("leaving") / "data", engine_secret, *_SETUP,
+        args=_ARGS,
+    ) as shared:  # fmt: skip
+        yield shared
+
+
 @pytest.fixture
-def engine(start_engine: Any) -> EngineProcess:
-    return start_engine(
-        "CREATE TABLE items (id int PRIMARY KEY, title text)",
-        "INSERT INTO items VALUES (1, 'a'), (2, 'b')",
-        args=("--long-poll-timeout", "20", "--sse-timeout", "20"),
-    )
+def own_engine(start_engine: Any) -> EngineProcess:
+    """An engine of the test's own (the one that is killed)."""
+    return start_engine(*_SETUP, args=_ARGS)
 
 
 async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any) -> str:
@@ -114,6 +140,7 @@ CASES = [("long-poll", 1), ("long-poll", 3), ("sse", 3), ("experimental-sse", 1)
 async def test_clients_leaving_live_requests_leave_nothing_behind(
     engine: EngineProcess, engine_secret: str, make_proxy: Any, mode: str, together: int
 ) -> None:
+    row = 10 + CASES.index((mode, together))  # (a row of the case's own: one engine)
     base = await _open_proxy(engine, engine_secret, make_proxy)
     secret = f"&secret={engine_secret}"
     async with aiohttp.ClientSession() as session:
@@ -141,8 +168,8 @@ async def test_clients_leaving_live_requests_leave_nothing_behind(
             client.leave()
         await asyncio.sleep(0.2)
         with psycopg.connect(engine.db_url, autocommit=True) as conn:
-            conn.execute("INSERT INTO items VALUES (3, 'c')")
-        assert _keys(await clients[0].rows()) == ["3"]
+            conn.execute("INSERT INTO items VALUES (%s, 'c')", (row,))
+        assert _keys(await clients[0].rows()) == [str(row)]
         await wait_until_async(back_to_before, timeout=10, message="nothing left behind")
 
         # The next client asking the same live request: the engine's answer (the change).
@@ -169,12 +196,13 @@ async def _status(client: RawClient) -> int:
 
 
 async def test_engine_killed_under_collapsed_long_polls(
-    engine: EngineProcess, engine_secret: str, make_proxy: Any
+    own_engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     """Three clients share one parked engine long-poll through the proxy; the engine is
     SIGKILLed: each gets an answer at once (the proxy's 502, as for an engine that is down),
     nothing stays parked or grouped, and once the engine is back the same live request
     gets through the proxy what it gets straight (the change made while it was down)."""
+    engine = own_engine
     base = await _open_proxy(engine, engine_secret, make_proxy)
     async with aiohttp.ClientSession() as session:
         handle, offset = await _tip(session, base)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import secrets
@@ -350,7 +351,9 @@ async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
     environ: dict[str, str],
     make_proxy: Any,
     fast_lane_taken: list[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG, logger="proxy.access")
     fast, _ = await _pair(real_engine, idp_server, environ, make_proxy)
     alice = fast.tokens.make(sub="carol", org_id="org-live")  # (her rows: this test's own)
     _, handle, offset = await sync_through(fast, alice)
@@ -372,6 +375,9 @@ async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
         return await real_engine.parked_requests() == 0
 
     await wait_until_async(let_go, timeout=10, message="the engine let go of the long-poll")
+    # Its access line says why it ended (it said `outcome=ok` with its 499)
+    gone = [r for r in caplog.records if r.name == "proxy.access" and r.status == 499]
+    assert [(r.outcome, r.reason) for r in gone] == [("client_gone", "client_disconnected")]
     # And the proxy still serves: a change reaches the next long-poll (on a new engine
     # connection: the dropped one was the only one kept).
     task = asyncio.create_task(_ask(fast, head))

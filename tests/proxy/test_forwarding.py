@@ -144,12 +144,14 @@ async def test_upstream_down_is_502_json(
     make_proxy: Any, config_data: dict[str, Any], environ: dict[str, str]
 ) -> None:
     with socket.socket() as s:
+        # Bound, never listening: connections to it are refused, and no other test process
+        # (pytest-xdist) can take the port meanwhile, as it could once it was let go.
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    config_data["upstream"]["url"] = f"http://127.0.0.1:{port}"
-    proxy = await make_proxy(build_config(config_data, environ))
-    started = time.monotonic()
-    reply = await proxy.get(SHAPE, token=proxy.tokens.make())
+        config_data["upstream"]["url"] = f"http://127.0.0.1:{port}"
+        proxy = await make_proxy(build_config(config_data, environ))
+        started = time.monotonic()
+        reply = await proxy.get(SHAPE, token=proxy.tokens.make())
     assert time.monotonic() - started < 2
     assert reply.status == 502 and reply.json()["code"] == "upstream_unreachable"
     assert reply.headers["Retry-After"] == "2" and reply.headers["Cache-Control"] == "no-store"

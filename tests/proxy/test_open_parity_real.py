@@ -13,6 +13,8 @@ Found by sending the same raw requests to both:
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import yaml
 from multidict import CIMultiDict
 
 from proxy.config.loader import build_config
+from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 
@@ -40,13 +43,26 @@ CORS = (
 )
 
 
-@pytest.fixture
-def engine(start_engine: Any) -> EngineProcess:
-    return start_engine(
+@pytest.fixture(scope="module")
+def engine_secret() -> str:
+    """One secret for the module (the shared engine's; the conftest's is per test)."""
+    return "engine-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="module")
+def engine(
+    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+) -> Iterator[EngineProcess]:
+    """One engine for the module's tests (each started its own: ~2 s apiece in CI); what they write is a row no policy here shows (`org-c`); every comparison reads the engine and the proxy at the same moment."""
+    with engine_on_a_new_database(
+        pg_server_url,
+        tmp_path_factory.mktemp("parity") / "data",
+        engine_secret,
         "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
         "INSERT INTO items VALUES (1, 'org-a', 'a'), (2, 'org-b', 'b')",
         args=("--long-poll-timeout", "1"),
-    )
+    ) as shared:
+        yield shared
 
 
 async def _get(url: str, headers: Any = None) -> tuple[int, Any, bytes]:
@@ -175,15 +191,15 @@ async def _sse_head(url: str) -> Any:
 
 
 async def test_an_sse_answers_etag_as_the_engines(
-    engine: EngineProcess, engine_secret: str, make_proxy: Any, db_url: str
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     """The engine's SSE ETag names the log's end when the stream opened
     (`handle:offset:max(offset, log end):time`); the proxy's named the client's offset twice."""
     base = await _open_proxy(engine, engine_secret, make_proxy)
     status, headers, _ = await _get(f"{base}/v1/shape?table=items&offset=-1")
     handle, start = headers["electric-handle"], headers["electric-offset"]
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO items VALUES (3, 'org-a', 'c')")
+    with psycopg.connect(engine.db_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO items VALUES (3, 'org-c', 'c')")  # (no policy here shows it)
     for _ in range(30):  # (until the change is in the shape's log: 1 s long-polls)
         status, headers, _ = await _get(
             f"{base}/v1/shape?table=items&offset={start}&handle={handle}&live=true"

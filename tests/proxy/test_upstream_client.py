@@ -17,9 +17,7 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 from yarl import URL
 
@@ -32,7 +30,7 @@ from proxy.upstream.client import (
     UpstreamPool,
     UpstreamResponse,
 )
-from tests.support.engine_process import EngineProcess, free_port
+from tests.proxy.engines import engine_on_a_new_database
 from tests.support.waiting import wait_until_async
 
 SECRET = "client-test-secret-0123456789abcdef"
@@ -47,21 +45,19 @@ def _options(first_byte_timeout: float) -> UpstreamOptions:
     )
 
 
-@pytest.fixture
-def engine(db_url: str, tmp_path: Path) -> Iterator[str]:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
-        conn.execute(
-            f"INSERT INTO items SELECT g, repeat('x', 400) FROM generate_series(1, {ROWS}) g"
-        )
-    process = EngineProcess(
-        db_url, tmp_path / "data", "--secret", SECRET, "--long-poll-timeout", "20", "--no-fsync"
-    )
-    process.start()
-    try:
+@pytest.fixture(scope="module")
+def engine(pg_server_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One engine (and one 5 MB snapshot) for the module's four real-engine tests: each
+    started its own and made the snapshot again. None of them writes."""
+    with engine_on_a_new_database(
+        pg_server_url,
+        tmp_path_factory.mktemp("upstream") / "data",
+        SECRET,
+        "CREATE TABLE items (id int PRIMARY KEY, title text)",
+        f"INSERT INTO items SELECT g, repeat('x', 400) FROM generate_series(1, {ROWS}) g",
+        args=("--long-poll-timeout", "20", "--no-fsync"),
+    ) as process:
         yield process.url
-    finally:
-        process.stop()
 
 
 @pytest.fixture
@@ -170,9 +166,11 @@ async def test_unreachable_engine_is_502_without_secret(
     pool: UpstreamPool, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    url = shape_url(f"http://127.0.0.1:{free_port()}", offset="-1")
-    with pytest.raises(UpstreamError) as caught:
-        await pool.request("GET", url, {}, None, OPTIONS)
+    with socket.socket() as bound:  # (bound, never listening: refused, and kept from others)
+        bound.bind(("127.0.0.1", 0))
+        url = shape_url(f"http://127.0.0.1:{bound.getsockname()[1]}", offset="-1")
+        with pytest.raises(UpstreamError) as caught:
+            await pool.request("GET", url, {}, None, OPTIONS)
     assert caught.value.status == 502 and caught.value.reason == "upstream_unreachable"
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
     for text in (str(caught.value), repr(caught.value), caplog.text):

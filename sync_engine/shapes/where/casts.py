@@ -364,6 +364,10 @@ def _regular(value: Value, top: bool = True) -> bool:
     return all(_regular(x, False) and _shape_of(x) == shape for x in value)
 
 
+#: `_regular`, for the compiler's literals of array types.
+regular_array = _regular
+
+
 def _shape_of(value: Value) -> tuple[int, ...]:
     dims = []
     while isinstance(value, tuple) and value:

@@ -54,6 +54,7 @@ from .casts import (
     datetime_input,
     has_array_bounds,
     interval_literal,
+    regular_array,
     text_input_cast,
     trailing_comma,
     unicode_space,
@@ -103,7 +104,10 @@ from .resolution import (
     JSON_TYPES,
     ORDERED_TYPES,
     STRING_TYPES,
+    TEXT_EQUAL_TYPES,
     common_type,
+    compared_as_text,
+    evaluated,
     select_common,
 )
 from .semantics import comparison_op, enum_comparison, identity, pg_numeric
@@ -379,6 +383,9 @@ class Compiler:
             else:
                 parser = datetime_input(target)
             value = parser(expr.text)
+            if target.array and not regular_array(value):
+                # ('{{1},2}', '{a,{b},c}': Postgres refuses them; the engine matched rows)
+                raise ValueError(f'malformed array literal: "{expr.text[:40]}"')
             if target.element.enum:
                 self._check_labels(target, value)
             if target.element == NAME:
@@ -427,6 +434,18 @@ class Compiler:
                 message = (
                     f'{target.sql_name} literal "{expr.text[:60]}" is not supported: write it'
                     " in decimal (16, 1.5e3)"
+                )
+            elif message.startswith("unsupported type") and not evaluated(target):
+                # (timetz, inet, ranges, ...: "unsupported type timetz" did not say what)
+                message = (
+                    f"a {target.sql_name} literal is not supported here: the engine does not"
+                    f" read {target.sql_name} input"
+                    + (
+                        f" (it compares {target.sql_name} columns with = and <> only, and any"
+                        " value cast to text)"
+                        if target.element in TEXT_EQUAL_TYPES
+                        else " (IS NULL and a cast to text are supported)"
+                    )
                 )
             raise error_at(message, expr.node) from None
 
@@ -839,6 +858,13 @@ class Compiler:
         base = typ.element if typ.array else typ
         if base in JSON_TYPES:
             raise error_at(f"JSON operators are not supported ({base.sql_name} {name})", node)
+        if not compared_as_text(typ):
+            raise self.domain_refusal(base, node) or error_at(
+                f"comparing {base.sql_name} values ({name}) is not supported here: the engine"
+                f" does not evaluate {base.sql_name}, and Postgres's = on it is not equality"
+                " of the values' text",
+                node,
+            )
         if base in STRING_TYPES:
             if name in ("=", "<>"):
                 self.require_text_equality(name, node, state)
@@ -974,11 +1000,13 @@ class Compiler:
     def as_text(self, expr: Expr) -> Expr:
         if expr.type in STRING_TYPES or expr.type == UNKNOWN or expr.type == CHAR:
             return self.coerce(expr, TEXT)  # ("char"'s output text is its text: charout)
+        if expr.raw and expr.column is not None:
+            # (a column's text as Postgres wrote it, whatever its type: `concat(ttz)` was
+            # "cannot convert timetz to text", which Postgres does)
+            return Expr(TEXT, column_eval(expr.column, identity), node=expr.node)
         out = text_output(expr.type)
         if out is None:
             raise error_at(f"cannot convert {expr.type.sql_name} to text", expr.node)
-        if expr.raw and expr.column is not None:
-            return Expr(TEXT, column_eval(expr.column, identity), node=expr.node)
         _refuse_lost_padding(expr.type, expr.node)
         return apply(TEXT, out, [expr], expr.node)
 

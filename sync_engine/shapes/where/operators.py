@@ -81,7 +81,9 @@ from .resolution import (
     ORDERED_TYPES,
     STRING_TYPES,
     TEMPORAL_TYPES,
+    TEXT_EQUAL_TYPES,
     common_numeric,
+    evaluated,
     fits_operand,
 )
 from .semantics import COMPARISONS, arith_func, checked_int, float_pow, identity, sqrt, wrap_shift
@@ -216,6 +218,18 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
             return error_at(
                 f"enum values can only be compared after a cast to text "
                 f"(operator {name} on {side.type.sql_name}: e::text = 'label')",
+                node,
+            )
+    for side in (left, right):
+        if not evaluated(side.type):
+            # (Postgres may well have it: `ttz < '12:00+02'` said "operator does not exist:
+            # timetz < unknown", though Postgres orders timetz values)
+            typ = side.type.sql_name
+            only = side.type.element in TEXT_EQUAL_TYPES and name not in ("=", "<>")
+            return error_at(
+                f"operator {name} on {typ} values is not supported here: the engine does not"
+                f" evaluate {typ}"
+                + (f" (it compares {typ} values with = and <> only)" if only else ""),
                 node,
             )
     return error_at(
@@ -495,6 +509,7 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
         raise error_at(f"JSON operators are not supported ({typ.element.sql_name}[] {name})", node)
+    c.compare_fn("=", typ, node, state)  # (refuses elements whose `=` is not their text's)
     if typ.element in STRING_TYPES:
         c.require_text_equality(name, node, state)
     if name == "@>":
@@ -843,6 +858,10 @@ def like(
     left, pattern = c.text_of_char(left), c.text_of_char(pattern)  # (textlike)
     if state is None:
         state = c.input_collation([left, pattern], node)
+    for e in (left, pattern):
+        if e.type == BYTEA:
+            # (Postgres has LIKE on bytea, byte by byte: "operator does not exist" was false)
+            raise error_at("LIKE on bytea is not supported here (LIKE on text is)", node)
     for e in (left, pattern):
         if e.type not in STRING_TYPES and e.type != UNKNOWN:
             raise error_at(

@@ -70,6 +70,33 @@ CAST_TARGET_NAMES = frozenset(t.name for t in CAST_TARGETS)
 
 JSON_TYPES = frozenset({JSON, JSONB})
 
+#: Types the engine does not evaluate whose values it still compares with `=` and `<>` (and
+#: IN, IS DISTINCT FROM, NULLIF, ANY, arrays of them) as the text Postgres wrote for them:
+#: each value has one output text, and the type's `=` is equality of values.
+TEXT_EQUAL_TYPES = frozenset(
+    PgType(name)
+    for name in (
+        *("timetz", "inet", "cidr", "macaddr", "macaddr8", "money", "bit", "varbit"),
+        *("pg_lsn", "oid"),
+    )
+)
+
+
+def evaluated(typ: PgType) -> bool:
+    """Whether the engine evaluates values of `typ` (or of its elements) itself."""
+    base = typ.element if typ.array else typ
+    return base in ORDERED_TYPES or base == UNKNOWN or base.enum
+
+
+def compared_as_text(typ: PgType) -> bool:
+    """Whether `=` on `typ` (or its elements) is one the engine may compute: a type it
+    evaluates, or one whose `=` is equality of its text (`TEXT_EQUAL_TYPES`). Any other
+    type's `=` differs from its text's: numrange's `[1.0,2.0)` = `[1,2)`, a composite's by
+    its fields' `=`, circle's by area, point's `<>` within 1e-6 (live rows of such a
+    comparison were compared as text: wrong answers)."""
+    base = typ.element if typ.array else typ
+    return evaluated(typ) or base in TEXT_EQUAL_TYPES or base in JSON_TYPES
+
 
 def common_numeric(a: PgType, b: PgType) -> PgType:
     if FLOAT4 in (a, b) and (a != b) and FLOAT8 not in (a, b):

@@ -416,91 +416,82 @@ async def test_hostile_where_strings_are_quick_400s_in_electrics_words(engine: E
         assert message in text, (str(params)[:80], text[:200])
 
 
-async def test_a_subset_keeps_the_shapes_in_list_semantics(engine: Engine) -> None:
-    """A subset's guard must read the shape's where in the query's own level. Inside a
-    sub-select (`EXISTS (SELECT WHERE <shape's where>)`, tried once to have the planner
-    simplify it as a WHERE) the columns are outer references, and Postgres types an IN list
-    of them with its constants together: `i8 NOT IN (i4, f8, 4611686018427387905)` compares
-    all as float8 there (4611686018427387904 equals the constant), as int8 / float8 pairs at
-    the top: the subset lost rows (live fuzz subset arm, seed 48021)."""
-    engine.sql("CREATE TABLE docs (id int PRIMARY KEY, i8 int8, i4 int4, f8 float8, t text)")
-    engine.sql("INSERT INTO docs VALUES (1, 4611686018427387904, 1, 1.5, 'a'), (2, 5, 1, 1.5, 'b')")
-    where = "i8 NOT IN (i4, f8, 4611686018427387905, 2.5)"
-    rows, handle, offset = await engine.sync(table="docs", where=where)
-    assert sorted(r["id"] for r in rows.values()) == ["1", "2"]
-    base = {"table": "docs", "where": where, "handle": handle, "offset": offset}
-    status, body = await _subset(engine, **base, subset__where="t IS NOT NULL")
-    assert status == 200, body
-    assert sorted(m["value"]["id"] for m in body["data"]) == ["1", "2"]
+async def test_subsets_answer_as_postgres_reads_the_shape_and_the_subset(engine: Engine) -> None:
+    """A subset's rows are Postgres's for `(shape) AND (subset)`, the subset's clause never
+    evaluated outside the shape's rows (behind a proxy the shape holds the policy). Three
+    ways that guard once answered otherwise (one engine for the three: each table its own):
 
+    1. Its guard must read the shape's where at the query's own level. Inside a sub-select
+       (`EXISTS (SELECT WHERE <shape>)`, tried once) the columns are outer references, and
+       Postgres types an IN list of them with its constants together: `i8 NOT IN (i4, f8,
+       4611686018427387905)` compares all as float8 there (4611686018427387904 equals the
+       constant), as int8 / float8 pairs at the top: the subset lost rows (seed 48021).
+    2. The shape `((- i2) > 0 AND b) OR b` is `b` to Postgres's planner: its snapshot never
+       computes `- i2`, which overflows on -32768. The guard read the shape's where as an
+       expression, where `- i2` runs first: a 400 "Postgres could not evaluate the query"
+       (seed 45058). Now the query is asked again with the guard as a WHERE of its own (the
+       subset's clause still never evaluated outside the shape's rows: its 1 / 0 on row 1),
+       and an IN list in the shape keeps its typing there.
+    3. Postgres reads the subset's clause as a WHERE too: a conjunct that is NULL ends a row
+       as false does (`i4 > 0` on a NULL i4, so `f4 * 1.1::float4` never overflows there),
+       and an AND the planner makes a constant NULL (`x NOT IN (i4, NULL, i2)`) is false
+       unevaluated (so `d - d` never fails on an infinite date). The guard evaluated the
+       clause as an expression: a 400 where Postgres answers (seeds 75034 and 75037)."""
 
-async def test_a_subset_of_a_shape_the_planner_simplifies_answers_as_postgres_does(
-    engine: Engine,
-) -> None:
-    """The shape `((- i2) > 0 AND b) OR b` is `b` to Postgres's planner: its snapshot never
-    computes `- i2`, which overflows on -32768. A subset's guard read the shape's where as
-    an expression, where `- i2` runs first: a 400 "Postgres could not evaluate the query"
-    on a table whose snapshot and `(shape) AND (subset)` answer (live fuzz subset arm, seed
-    45058). Now the query is asked again with the guard as a WHERE of its own; the subset's
-    clause is still never evaluated outside the shape's rows (its 1 / 0 on row 1), and an
-    IN list in the shape keeps its typing there (test above, seed 48021)."""
+    async def subset(table: str, where: str, clause: str) -> tuple[int, Any, list[str]]:
+        rows, handle, offset = await engine.sync(table=table, where=where)
+        base = {"table": table, "where": where, "handle": handle, "offset": offset}
+        status, body = await _subset(engine, **base, subset__where=clause)
+        ids = sorted(m["value"]["id"] for m in body["data"]) if status == 200 else []
+        return status, body, ids
+
+    # 1.
+    engine.sql("CREATE TABLE docs1 (id int PRIMARY KEY, i8 int8, i4 int4, f8 float8, t text)")
     engine.sql(
-        "CREATE TABLE docs (id int PRIMARY KEY, i2 int2, b bool, t text, i8 int8, i4 int4,"
+        "INSERT INTO docs1 VALUES (1, 4611686018427387904, 1, 1.5, 'a'), (2, 5, 1, 1.5, 'b')"
+    )
+    where = "i8 NOT IN (i4, f8, 4611686018427387905, 2.5)"
+    status, body, ids = await subset("docs1", where, "t IS NOT NULL")
+    assert (status, ids) == (200, ["1", "2"]), body
+    # 2.
+    engine.sql(
+        "CREATE TABLE docs2 (id int PRIMARY KEY, i2 int2, b bool, t text, i8 int8, i4 int4,"
         " f8 float8)"
     )
     engine.sql(
-        "INSERT INTO docs VALUES (1, -32768, false, 'x', 1, 1, 1),"
+        "INSERT INTO docs2 VALUES (1, -32768, false, 'x', 1, 1, 1),"
         " (2, 5, true, 'y', 4611686018427387904, 1, 1.5), (3, -32768, true, 'z', 5, 1, 1.5)"
     )
     where = "((((- i2) > 0 AND b) OR b) AND i8 NOT IN (i4, f8, 4611686018427387905, 2.5))"
-    rows, handle, offset = await engine.sync(table="docs", where=where)
-    assert sorted(r["id"] for r in rows.values()) == ["2", "3"]
-    base = {"table": "docs", "where": where, "handle": handle, "offset": offset}
-    status, body = await _subset(engine, **base, subset__where="t <> 'z'")
-    assert status == 200, body
-    assert [m["value"]["id"] for m in body["data"]] == ["2"]
-    assert engine.sql(f"SELECT id FROM docs WHERE ({where}) AND (t <> 'z')") == [(2,)]
+    status, body, ids = await subset("docs2", where, "t <> 'z'")
+    assert (status, ids) == (200, ["2"]), body
+    assert engine.sql(f"SELECT id FROM docs2 WHERE ({where}) AND (t <> 'z')") == [(2,)]
     # (fails on row 1 alone, outside the shape: never evaluated there)
-    status, body = await _subset(engine, **base, subset__where="1 / (id - 1) >= 0")
-    assert status == 200, body
-    assert sorted(m["value"]["id"] for m in body["data"]) == ["2", "3"]
+    status, body, ids = await subset("docs2", where, "1 / (id - 1) >= 0")
+    assert (status, ids) == (200, ["2", "3"]), body
     # A subset clause that fails on a row of the shape is still Postgres's failure.
-    status, body = await _subset(engine, **base, subset__where="1 / (id - 3) >= 0")
-    assert status == 400, body
-    assert "division by zero" in str(body)
-
-
-async def test_a_subsets_clause_is_read_as_a_where_when_the_guard_fails_on_a_value(
-    engine: Engine,
-) -> None:
-    """Postgres reads `(shape) AND (subset)` as a WHERE: a conjunct that is NULL ends a row
-    as false does (`i4 > 0` on a NULL i4, so `f4 * 1.1::float4` never overflows there), and
-    an AND the planner makes a constant NULL (`x NOT IN (i4, NULL, i2)`) is false unevaluated
-    (so `d - d` never fails on an infinite date). The engine's guard evaluated the subset's
-    clause as an expression, where neither holds: a 400 "Postgres could not evaluate the
-    query" where Postgres answers (live fuzz subset arm, seeds 75034 and 75037)."""
+    status, body, _ids = await subset("docs2", where, "1 / (id - 3) >= 0")
+    assert status == 400 and "division by zero" in str(body), body
+    # 3.
     engine.sql(
-        "CREATE TABLE docs (id int PRIMARY KEY, b bool, d date, i2 int2, i4 int4, f4 float4)"
+        "CREATE TABLE docs3 (id int PRIMARY KEY, b bool, d date, i2 int2, i4 int4, f4 float4)"
     )
     engine.sql(
-        "INSERT INTO docs VALUES (1, true, 'infinity', 1, NULL, 3.4e38),"
+        "INSERT INTO docs3 VALUES (1, true, 'infinity', 1, NULL, 3.4e38),"
         " (2, true, '2020-01-01', 5, 5, 1), (3, false, '2020-01-01', 5, 5, 1)"
     )
-    rows, handle, offset = await engine.sync(table="docs", where="b")
-    base = {"table": "docs", "where": "b", "handle": handle, "offset": offset}
-    for subset, ids in [
+    for clause, expected in [
         ("i4 > 0 AND f4 * 1.1::float4 > 0", ["2"]),
         ("(d - d) NOT IN (i4, NULL, i2)", []),
         ("(d - d) NOT IN (i4, i2)", None),  # (evaluated on row 1: Postgres fails too)
     ]:
         try:
-            pg = [str(r[0]) for r in engine.sql(f"SELECT id FROM docs WHERE b AND ({subset})")]
+            pg = [str(r[0]) for r in engine.sql(f"SELECT id FROM docs3 WHERE b AND ({clause})")]
         except psycopg.DataError:
             pg = None
-        assert pg == ids, subset
-        status, body = await _subset(engine, **base, subset__where=subset)
-        if ids is None:
-            assert status == 400 and "22008" in str(body), (subset, body)
+        assert pg == expected, clause
+        status, body, ids = await subset("docs3", "b", clause)
+        if expected is None:
+            assert status == 400 and "22008" in str(body), (clause, body)
         else:
-            assert status == 200, (subset, body)
-            assert sorted(m["value"]["id"] for m in body["data"]) == ids, subset
+            assert (status, ids) == (200, expected), (clause, body)
