@@ -479,7 +479,11 @@ class Source:
         Called at start and whenever the replication stream fails (`Replicator`).
         """
         slot = self.config.slot_name
-        state = await slot_state(self.dsn, slot)
+        # (bounded as the stream's silence is: a Postgres that stopped answering, SIGSTOP or
+        # a VM paused, accepts the connection in its kernel and answers nothing, and the
+        # stream's retry waited out the connect timeout, then a query with no bound at all)
+        async with asyncio.timeout(self.config.replication_timeout):
+            state = await slot_state(self.dsn, slot)
         if not publication_created and not await self.tables.publication_exists():
             publication_created = await self.tables.prepare()
         if state is SlotState.OK and not publication_created:
