@@ -1101,6 +1101,8 @@ class Compiler:
             # said "cannot convert numeric to integer")
             if e.type in NUMERIC_ORDER:
                 return self.cast(e, INT4, e.node or node)
+            if e.type != UNKNOWN:  # (Postgres's words: `ia[true]` said "cannot convert")
+                raise error_at("array subscript must have type integer", e.node or node)
             return self.coerce(e, INT4)
 
         if not any(ind.is_slice for ind in inds):
