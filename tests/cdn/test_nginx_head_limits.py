@@ -32,9 +32,7 @@ from tests.support.ports import free_port
 _NAMES = ("User-Agent", "Accept", "If-None-Match", "traceparent", "tracestate", "X-Request-Id")
 
 
-async def test_nginx_takes_every_request_head_the_engine_takes(
-    db_url: str, tmp_path: Path
-) -> None:
+async def test_nginx_takes_every_request_head_the_engine_takes(db_url: str, tmp_path: Path) -> None:
     engine_port, nginx_port = free_port(), free_port()
     engine_log, nginx_log = tmp_path / "engine.log", tmp_path / "nginx.log"
     engine = _start_engine(db_url, engine_port, tmp_path / "data", engine_log, {})
