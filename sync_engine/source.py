@@ -71,6 +71,9 @@ DROP_WAIT = 30.0
 POOL_CLOSE_WAIT = 10.0
 #: Seconds `destroy` waits for the shape logs to be deleted (it goes on in the background).
 RMTREE_WAIT = 60.0
+#: Seconds a request for a new shape waits for its source to become ready (connecting, or
+#: Postgres unreachable) before its 503, as Electric waits for its stack (5 s).
+READY_WAIT = 5.0
 #: `_run`'s retries of a failed start: the first after RETRY_FIRST seconds, doubled up to
 #: RETRY_MAX; a failure only a person can fix is retried every PERMANENT_RETRY seconds.
 RETRY_FIRST = 0.5
@@ -565,7 +568,7 @@ class Source:
             # (waiting would not help: wal_level, a role without REPLICATION, ...)
             raise ServiceUnavailable(f"Source is not ready: {self.error}", retry_after=5)
         try:
-            async with asyncio.timeout(5):  # (3.11's wait_for can drop a cancellation)
+            async with asyncio.timeout(READY_WAIT):  # (3.11's wait_for can drop a cancellation)
                 await self.ready.wait()
         except TimeoutError:
             raise ServiceUnavailable(

@@ -377,6 +377,22 @@ def finish(
             "the proxy could not authenticate to the sync engine",
             retry_after=runtime.options.retry_after,
         )
+    if _not_the_engines_failure(outcome):
+        # A 5xx that is not the engine's JSON: a tier between proxy and engine (nginx's HTML
+        # 502/504) answered for an engine it could not reach. Said as when the proxy cannot
+        # reach the engine itself (JSON, no-store, Retry-After), not relayed as text/html
+        # that Electric's client cannot read (attack 05:03).
+        timeout = outcome.upstream_status == 504
+        context.upstream_status = outcome.upstream_status
+        context.outcome = "error"
+        context.reason = "upstream_timeout" if timeout else "upstream_unreachable"
+        return error_response(
+            504 if timeout else 502,
+            context.reason,
+            "the sync engine did not answer in time" if timeout
+            else "the sync engine is unreachable",
+            retry_after=runtime.options.retry_after,
+        )  # fmt: skip
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
@@ -392,6 +408,15 @@ def finish(
     if outcome.failure is not None:
         context.outcome, context.reason = outcome.failure
     return outcome.response
+
+
+def _not_the_engines_failure(outcome: Outcome) -> bool:
+    """A whole 5xx answer without the engine's JSON body (the engine's errors all are)."""
+    status = outcome.upstream_status
+    if status is None or status < 500 or not isinstance(outcome.response, Response):
+        return False
+    ctype = outcome.response.headers.get("Content-Type", "")
+    return not ctype.lower().startswith("application/json")
 
 
 #: The prepared-request cache's stand-in for "no Authorization header" (a real key is a hash).

@@ -298,8 +298,9 @@ class Forwarder:
         options: UpstreamOptions,
         request_id: str,
         if_none_match: str | None = None,
+        shared: bool = False,
     ) -> UpstreamResponse:
-        request_headers = upstream_request_headers(request.headers, request_id)
+        request_headers = upstream_request_headers(request.headers, request_id, shared)
         if if_none_match is not None:
             request_headers["if-none-match"] = if_none_match
         return await send(
@@ -665,7 +666,7 @@ class Forwarder:
 
         flight, joined = self._flights.join(
             flight_key,
-            lambda: self._open(request, target, options, request_id, if_none_match),
+            lambda: self._open(request, target, options, request_id, if_none_match, True),
             lambda upstream: self.head(upstream, options, target, cacheable=True),
             on_complete,
             held=target.live,
@@ -765,7 +766,7 @@ class Forwarder:
         self, request: Request, target: Target, options: UpstreamOptions, request_id: str
     ) -> UpstreamResponse:
         """A shared stream's engine request: the first client's, minus what is its own."""
-        request_headers = upstream_request_headers(request.headers, request_id)
+        request_headers = upstream_request_headers(request.headers, request_id, shared=True)
         request_headers.pop("if-none-match", None)  # (an SSE answer's ETag never matches)
         return await send(
             self.pool, self.metrics, "GET", target.url, request_headers, None, options

@@ -50,9 +50,23 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )
 
 
-def upstream_request_headers(client: Mapping[str, str], request_id: str) -> dict[str, str]:
-    """Allowlisted client headers plus the request id; nothing identifying the user."""
+#: Forwarded for one client's own engine request only: on a request shared by several clients
+#: (a collapsed flight, a shared SSE stream) one client's values would shape everyone's
+#: answer. A 9 KB User-Agent that a cache tier between proxy and engine refuses (nginx's
+#: 8 KB header buffers: its HTML 400) failed every client that joined that flight (attack
+#: 05:06). The engine reads none of them for its answer.
+PER_CLIENT_REQUEST_HEADERS = ("traceparent", "tracestate", "user-agent")
+
+
+def upstream_request_headers(
+    client: Mapping[str, str], request_id: str, shared: bool = False
+) -> dict[str, str]:
+    """Allowlisted client headers plus the request id; nothing identifying the user. For a
+    request `shared` by several clients, none of a client's own (`PER_CLIENT_REQUEST_HEADERS`)."""
     headers = {name: client[name] for name in FORWARDED_REQUEST_HEADERS if name in client}
+    if shared:
+        for name in PER_CLIENT_REQUEST_HEADERS:
+            headers.pop(name, None)
     headers["x-request-id"] = request_id
     return headers
 

@@ -95,13 +95,16 @@ class PartitionedCluster(FaultCluster):
 
     def __init__(self, **settings: str) -> None:
         super().__init__(**settings)
-        n = self.port % 250 + 1
+        # A /30 of its own, as unique as the port (two test processes at once: `port % 250`
+        # gave two clusters one subnet): 10.(228-231).<8 bits>.<6 bits>*4, the port's bits.
+        base = f"10.{228 + (self.port >> 14)}.{(self.port >> 6) & 255}"
         self.ns, self.host_if, self.ns_if = (
             f"sgf{self.port}",
             f"sgfa{self.port}",
             f"sgfb{self.port}",
         )
-        self.host_ip, self.ns_ip = f"10.231.{n}.1", f"10.231.{n}.2"
+        last = self.port & 63
+        self.host_ip, self.ns_ip = f"{base}.{last * 4 + 1}", f"{base}.{last * 4 + 2}"
         self.url = f"postgresql://postgres@{self.ns_ip}:{self.port}/postgres"
         with open(self.dir / "data" / "pg_hba.conf", "a") as f:
             f.write(f"host all all {self.host_ip}/32 trust\n")

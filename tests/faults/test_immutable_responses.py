@@ -33,7 +33,7 @@ from tests.support.follower import Writer
 from tests.support.waiting import wait_until_async
 
 WHERES = [None, "id % 2 = 0", "v > 0", "id > 10000"]
-STORM = 40
+STORM = 20
 
 
 class Answer:

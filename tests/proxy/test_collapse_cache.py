@@ -68,6 +68,39 @@ async def test_fifty_identical_long_polls_make_one_upstream_request(proxy: Any) 
     assert _metric(text, "shape_proxy_upstream_requests_total") == 1
 
 
+async def test_a_shared_engine_request_carries_no_clients_own_headers(proxy: Any) -> None:
+    """A collapsed engine request went out with its first client's User-Agent and trace
+    headers: behind a cache tier that refuses a 9 KB User-Agent (nginx), every client that
+    joined got that refusal (attack 05:06). A request that others may join carries none of
+    them (the engine reads none for its answer)."""
+    proxy.engine.hold = 0.5
+    token = proxy.tokens.make()
+    own = {"User-Agent": "x" * 9000, "traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01",
+           "tracestate": "a=b"}  # fmt: skip
+    replies = await asyncio.gather(
+        proxy.get(LIVE, token=token, headers=own), proxy.get(LIVE, token=token)
+    )
+    assert [r.status for r in replies] == [200, 200]
+    (seen,) = _live_requests(proxy)
+    assert not {"user-agent", "traceparent", "tracestate"} & {k.lower() for k in seen.headers}
+    reply = await proxy.get(SHAPE, token=token, headers=own)  # (a flight too, if alone)
+    assert reply.status == 200
+    assert "User-Agent" not in proxy.engine.requests[-1].headers
+
+
+async def test_a_clients_own_engine_request_carries_its_trace_context(
+    make_proxy: Any, config_data: Any, environ: Any
+) -> None:
+    config_data["collapse"] = False
+    config_data["cache"] = {"max_bytes": 0}
+    proxy = await make_proxy(build_config(config_data, environ))
+    trace = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01", "User-Agent": "app/1"}
+    assert (await proxy.get(SHAPE, token=proxy.tokens.make(), headers=trace)).status == 200
+    (seen,) = proxy.engine.requests
+    assert seen.headers["traceparent"] == trace["traceparent"]
+    assert seen.headers["User-Agent"] == "app/1"
+
+
 async def test_users_with_the_same_effective_shape_share(proxy: Any) -> None:
     """Different tokens, same org claim: the upstream URL is the same, so one request."""
     proxy.engine.hold = 0.5

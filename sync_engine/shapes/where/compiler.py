@@ -102,6 +102,7 @@ from .parse import child_nodes, construct_name
 from .resolution import (
     CAST_TARGET_NAMES,
     JSON_TYPES,
+    NUMERIC_ORDER,
     ORDERED_TYPES,
     STRING_TYPES,
     TEXT_EQUAL_TYPES,
@@ -762,8 +763,9 @@ class Compiler:
         """The text rules of the collation `what` uses; refused on a conflict, where
         Postgres cannot tell which collation to use either."""
         if not self.live:
-            if state.strength == CONFLICT:
-                raise self._conflict(state, what, node)
+            # (only Postgres evaluates the clause, and it raises a conflict of implicit
+            # collations only when it runs the comparison: never where its planner folds it
+            # away, `LEAST(tde, tu) <= NULL`, nor on a shape without rows; it was a 400 there)
             return SQL_ONLY
         if state.strength == CONFLICT:
             raise self._conflict(state, what, node)
@@ -891,6 +893,12 @@ class Compiler:
     # -- other expression nodes --
 
     def _TypeCast(self, node: ast.TypeCast) -> Expr:
+        if isinstance(node.arg, ast.A_ArrayExpr) and not node.arg.elements:
+            # `ARRAY[]::int4[]`: the cast gives the empty array its type (it was "cannot
+            # determine type of empty array", Postgres's words for ARRAY[] alone)
+            target = self._type_name(node.typeName)
+            if target.array:
+                return const(target, (), node)
         sized = string_length(node.typeName)
         if sized is not None:
             arg = self.compile(node.arg)
@@ -1087,14 +1095,24 @@ class Compiler:
                 f" ({MAX_DIMENSIONS})",
                 node,
             )
-        index = functools.partial(self.coerce, target=INT4)
+
+        def index(e: Expr) -> Expr:
+            # (Postgres converts a subscript to integer by an assignment cast: int8, numeric
+            # and floats as their cast to int4 converts them, `a[1.5]` is `a[2]`; the engine
+            # said "cannot convert numeric to integer")
+            if e.type in NUMERIC_ORDER:
+                return self.cast(e, INT4, e.node or node)
+            if e.type != UNKNOWN:  # (Postgres's words: `ia[true]` said "cannot convert")
+                raise error_at("array subscript must have type integer", e.node or node)
+            return self.coerce(e, INT4)
+
         if not any(ind.is_slice for ind in inds):
             idx = [index(self.compile(ind.uidx)) for ind in inds]
 
             def element(a: Value, *i: Value) -> Value:
                 return None if a is None or None in i else array_element(a, i)
 
-            return apply_nullable(arg.type.element, element, [arg, *idx], node)
+            return _subscripted(arg.type.element, element, arg, idx, node)
         one = const(INT4, 1)
         # (lower, upper) per subscript, None where omitted (the array's own bound); a
         # subscript without a colon is 1 to it
@@ -1117,7 +1135,7 @@ class Compiler:
             flat = [next(it) if g else None for g in given]
             return array_slices(a, tuple(zip(flat[::2], flat[1::2], strict=True)))
 
-        return apply_nullable(arg.type, sliced, [arg, *exprs], node)
+        return _subscripted(arg.type, sliced, arg, exprs, node)
 
     def _CoalesceExpr(self, node: ast.CoalesceExpr) -> Expr:
         typ, args = self.unify([self.compile(a) for a in node.args], "COALESCE", node)
@@ -1217,3 +1235,23 @@ def _refuse_lost_padding(typ: PgType, node: ast.Node | None) -> None:
             " each element's padding; cast the elements to text first)",
             node,
         )
+
+
+def _subscripted(
+    typ: PgType, func: Callable[..., Value], arg: Expr, subs: list[Expr], node: ast.Node
+) -> Expr:
+    """`func(array, *subscripts)`, the subscripts evaluated only for an array that is not
+    NULL: Postgres skips them for a NULL one (ExecInitSubscriptingRef's JUMP_IF_NULL), so
+    `ia[f8]` is NULL where ia is, even where f8 is past integer's range (the engine
+    evaluated the subscript first and said the row failed)."""
+    if arg.is_const and all(s.is_const for s in subs):
+        return apply_nullable(typ, func, [arg, *subs], node)
+    array_fn, sub_fns = arg.fn, [s.fn for s in subs]
+
+    def run(row: Row, cache: Cache) -> Value:
+        array = array_fn(row, cache)
+        if array is None:
+            return None
+        return func(array, *(f(row, cache) for f in sub_fns))
+
+    return Expr(typ, run, node=node)

@@ -17,29 +17,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 
-from sync_engine.app import SOURCES, build_app
 from sync_engine.http import parser_refusals
-from tests.sync_engine.engine_harness import SETTINGS
+from tests.sync_engine.http.raw_http import engine_port, parse_answer, read_answer
 
 
 @pytest.fixture
 async def port(
     aiohttp_client: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[int]:
+) -> int:
     monkeypatch.setattr(parser_refusals, "REQUEST_HEAD_TIMEOUT", 1.0)
-    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
-    client = await aiohttp_client(build_app(settings))
-    await client.app[SOURCES]["default"].ready.wait()
-    assert client.port is not None
-    yield client.port
+    return await engine_port(aiohttp_client, db_url, tmp_path)
 
 
 async def _trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
@@ -49,13 +42,6 @@ async def _trickle(writer: asyncio.StreamWriter, data: bytes) -> None:
             writer.write(data[i : i + 1] if i < len(data) else b"a")
             await writer.drain()
             await asyncio.sleep(0.2)
-
-
-def _parse(answer: bytes) -> tuple[str, dict[str, str], bytes]:
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    return lines[0], headers, body
 
 
 async def _trickled(port: int, method: str) -> None:
@@ -69,7 +55,7 @@ async def _trickled(port: int, method: str) -> None:
     finally:
         trickle.cancel()
         writer.close()
-    status, headers, body = _parse(answer)
+    status, headers, body = parse_answer(answer)
     assert status == "HTTP/1.1 408 Request Timeout"
     assert headers["content-type"].startswith("application/json")
     assert headers["connection"] == "close"
@@ -110,13 +96,7 @@ async def test_idle_keep_alive_and_quick_requests_are_untouched(port: int) -> No
             await asyncio.sleep(0.3)
             writer.write(b"Host: engine\r\n\r\n")
             await writer.drain()
-            line = await asyncio.wait_for(reader.readline(), 10)
-            assert line.startswith(b"HTTP/1.1 200 "), line
-            length = 0
-            while (header := await reader.readline()) != b"\r\n":
-                name, _, value = header.decode().partition(":")
-                if name.lower() == "content-length":
-                    length = int(value)
-            await reader.readexactly(length)
+            answer = await read_answer(reader)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
     finally:
         writer.close()

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +23,8 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiohttp.web_runner import AppRunner
 
-from sync_engine.app import SOURCES, build_app
 from sync_engine.http import server
-from tests.sync_engine.engine_harness import SETTINGS
+from tests.sync_engine.http.raw_http import engine_port, read_answer
 
 GET = b"GET /v1/health HTTP/1.1\r\nHost: engine\r\n"
 
@@ -45,34 +42,20 @@ class _Server(TestServer):
 @pytest.fixture
 async def port(
     aiohttp_client: Any, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[int]:
+) -> int:
     monkeypatch.setattr(server, "REQUEST_READ_TIMEOUT", 2.0)
-    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
-    client = await aiohttp_client(_Server(build_app(settings)))
-    await client.app[SOURCES]["default"].ready.wait()
-    assert client.port is not None
-    yield client.port
-
-
-async def _answer(reader: asyncio.StreamReader) -> bytes:
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-    length = next(
-        int(line.split(b":", 1)[1])
-        for line in head.split(b"\r\n")
-        if line.lower().startswith(b"content-length:")
-    )
-    return head + await asyncio.wait_for(reader.readexactly(length), 10)
+    return await engine_port(aiohttp_client, db_url, tmp_path, _Server)
 
 
 async def _late_body_keeps_the_connection(port: int, framing: bytes, body: bytes) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(GET + framing + b"\r\n")
-        assert (await _answer(reader)).startswith(b"HTTP/1.1 200 ")
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
         await asyncio.sleep(1.0)  # past aiohttp's lingering here, within the body's deadline
         writer.write(body + GET + b"\r\n")
         # (the old engine had closed the connection: no second answer)
-        assert (await _answer(reader)).startswith(b"HTTP/1.1 200 ")
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
     finally:
         writer.close()
 
@@ -81,7 +64,7 @@ async def _no_body_closes_at_the_deadline(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(GET + b"Content-Length: 10\r\n\r\n")
-        assert (await _answer(reader)).startswith(b"HTTP/1.1 200 ")
+        assert (await read_answer(reader)).startswith(b"HTTP/1.1 200 ")
         assert await asyncio.wait_for(reader.read(), 10) == b""  # closed by the engine
     finally:
         writer.close()

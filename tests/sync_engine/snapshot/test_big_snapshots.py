@@ -71,7 +71,7 @@ async def test_a_big_snapshot_is_served_whole_while_it_is_written(
     engine = await _engine(aiohttp_client, db_url, tmp_path, chunk_bytes=64 * 1024)
     engine.sql("CREATE TABLE items (id bigint PRIMARY KEY, title text, n int)")
     engine.sql(
-        "INSERT INTO items SELECT g, 'title ' || g, g % 1000 FROM generate_series(1, 200000) g"
+        "INSERT INTO items SELECT g, 'title ' || g, g % 1000 FROM generate_series(1, 100000) g"
     )
     status, h, body = await engine.get(table="items", offset="-1")
     assert status == 200, body
@@ -85,7 +85,7 @@ async def test_a_big_snapshot_is_served_whole_while_it_is_written(
         assert status == 200, body
         keys += [m["key"] for m in body if "key" in m]
         offsets.append(h["electric-offset"])
-    assert len(keys) == 200000 and len(set(keys)) == 200000
+    assert len(keys) == 100000 and len(set(keys)) == 100000
     chunks = [o for o in offsets if o.startswith("0_") and o != "0_inf"]
     assert chunks == [f"0_{k}" for k in range(len(chunks))] and len(chunks) > 100
 
@@ -116,7 +116,7 @@ async def test_an_engine_killed_mid_snapshot_serves_nothing_partial_after_restar
     first = EngineProcess(db_url, data, *with_args)
     first.start()
     try:
-        rows = 300_000
+        rows = 150_000
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, title text, n int)")
             conn.execute(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sync_engine import source as source_module
+from sync_engine.replication import failures
 from sync_engine.tenants import managed as managed_module
 from sync_engine.tenants import manager as manager_module
 from sync_engine.tenants.credentials import hash_secret
@@ -74,6 +75,10 @@ def quick_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """A source that failed to start retries within 1 s (not 5 s backoff, 10 s for a problem
-    only a person can fix): for tests that fix the problem and wait for the source."""
+    only a person can fix), and so does its replication stream once it is lost; a request
+    for a new shape of a source not ready waits 0.5 s for it (not 5) before its 503: for
+    tests that break and fix a source and wait for it."""
     monkeypatch.setattr(source_module, "RETRY_MAX", 1.0)
     monkeypatch.setattr(source_module, "PERMANENT_RETRY", 1.0)
+    monkeypatch.setattr(failures, "MAX_DELAY", 1.0)
+    monkeypatch.setattr(source_module, "READY_WAIT", 0.5)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 import pytest
 
 from sync_engine import stopping
-from sync_engine.replication import failures
 from tests.faults.cluster import FaultCluster
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import PGBIN, MultiEngine, make_items, sql
@@ -35,7 +34,6 @@ async def test_one_restored_source_starts_afresh_and_the_others_serve_on(
 ) -> None:
     if PGBIN is None:
         pytest.skip("no PostgreSQL server binaries")
-    monkeypatch.setattr(failures, "MAX_DELAY", 0.5)  # (reconnects as Postgres is back)
     stops: list[str] = []  # (the old engine stopped its process here: this one, pytest's)
     monkeypatch.setattr(stopping, "stop_process", stops.append)
     cluster = FaultCluster()

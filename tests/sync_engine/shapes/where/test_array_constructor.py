@@ -85,6 +85,13 @@ SUBSCRIPTS = [
     "ia[1:2][2:2] = '{{2},{4}}'", "ia[1:2][1:1] = '{}'", "ia[2:][:1] = '{{3}}'",
     "ia[1] IS NULL", "ia[1][2][1] IS NULL", "ia[1:1][2] = '{{1,2}}'", "ia[0:5][0:5] = ia",
     "ia[NULL:1][1] IS NULL", "(ARRAY[ia, ia])[2][1] = ia[1]", "(ARRAY[ia, ia])[1:1][2:3] IS NULL",
+    # a subscript is converted to integer as by its cast (`ia[1.5]` is `ia[2]`: it was "cannot
+    # convert numeric to integer"), and not evaluated at all for a NULL array (the engine
+    # failed the NULL row on an out-of-range subscript; Postgres gives NULL)
+    "ia[1.5] = 2", "ia[id::numeric / 2] IS NULL", "ia[1.5:2.5] = '{2}'",
+    "ia[(id - 1)::float8 * 1e10] IS NULL", "ia[(id - 1) * 2147483647 * 2] IS NULL",
+    # (ARRAY[] with a cast is an empty array of that type: it was "cannot determine type")
+    "ia = ARRAY[]::int4[]", "ia IS DISTINCT FROM ARRAY[]::int4[]", "ia && ARRAY[]::int4[]",
 ]  # fmt: skip
 
 
