@@ -980,6 +980,14 @@ class Replicator:
                 except LogWriteError as exc:
                     self._failure = exc  # the stream loop pauses replication
                     self._rollback_staged()
+                    logger.warning(
+                        "shape %s: transaction %d not delivered yet (a shape log write"
+                        " failed: %s); trying again in %.1f s",
+                        shape.handle,
+                        xid,
+                        exc.strerror,
+                        delay,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)
                     continue
@@ -987,6 +995,13 @@ class Replicator:
                 # a failed flush or stream cuts it back, and it is appended again.
                 await self.flush()
                 if shape.log.last_lsn < lsn:
+                    logger.warning(
+                        "shape %s: transaction %d not delivered yet (cut back before it was"
+                        " published: a failed fsync or a lost stream); trying again in %.1f s",
+                        shape.handle,
+                        xid,
+                        delay,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)
                     continue
@@ -1032,11 +1047,25 @@ class Replicator:
                     if shape.rotated:
                         return None
                     return False, "a row's where clause could not be evaluated"
+                if epoch != self._cut_backs:  # (while the loop ran after the last part)
+                    raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+                wrote = shape.log.has_unpublished  # (else none of its rows is the shape's)
                 await self._flush_staged()
-                if self._failure is not None:
-                    return True, f"a shape log write failed: {self._failure.strerror}"
-                if epoch != self._cut_backs:
-                    return True, "appends were cut back while it was published"
+                # Published whole, whatever was cut back elsewhere meanwhile (its fsync over,
+                # the shape is no longer among the dirty): never written again.
+                if not wrote or (shape.log.last_lsn >= lsn and not shape.log.has_unpublished):
+                    failure = None
+                elif self._failure is not None:
+                    failure = True, f"a shape log write failed: {self._failure.strerror}"
+                elif epoch != self._cut_backs:
+                    failure = True, "appends were cut back while it was published"
+                else:
+                    failure = False, "its parts were written but not published"
+                if failure is not None:
+                    self._dirty.discard(shape)
+                    if shape.log.has_unpublished:
+                        shape.log.rollback()
+                    return failure
             except LogCutBack:
                 self._dirty.discard(shape)
                 if shape.log.has_unpublished:
@@ -1061,8 +1090,6 @@ class Replicator:
                 raise
         if shape.rotated:
             return None
-        if shape.log.has_unpublished:
-            return False, "its parts were written but not published"
         logger.info(
             "transaction %d: %d changes delivered to shape %s in %.1f s",
             xid,
