@@ -1,5 +1,6 @@
 """A big transaction held for a new shape (parked while its snapshot ran, then written a part
-at a time by the settling task) is delivered exactly, whatever cuts it back meanwhile.
+at a time by the settling task) is delivered exactly, whatever cuts it back meanwhile (one
+with none of the shape's rows: `tests/sync_engine/test_held_big_new_shape.py`).
 
 Chaos (`t_storm.py` seed 6, 2026-12-06): a storm of new shapes on `items`, a 10,000-row INSERT
 committed during their snapshots. A shape none of whose rows the INSERT matched (`title LIKE
@@ -110,30 +111,6 @@ def _inserts(title: str) -> list[Change]:
         (ChangeKind.INSERT, None, {"id": str(i), "title": f"{title}{i}"}, i + 1)
         for i in range(ROWS)
     ]
-
-
-async def test_a_held_big_transaction_none_of_whose_rows_match_is_settled(
-    setup: tuple[Replicator, ShapeRegistry, object],
-) -> None:
-    rep, registry, table = setup
-    shape = _new_shape(registry, table, "nomatch", "title LIKE 't3%'")
-    xid, lsn = Xid(1000), Lsn(0x5000000)
-    await rep._deliver_big(None, {shape: _inserts("b")}, xid, lsn)
-    assert shape.parked, "parked while the snapshot runs"
-    shape.snapshot_taken(XidSnapshot(900, 900, frozenset()))
-    rep.release_pending(shape)
-    assert shape.held
-
-    await _settled(rep, shape, 3.0)  # (it was retried for good: a TimeoutError here)
-    assert not shape.held and not shape.rotated
-    # The shape's next transaction (a matching row, then its deletion) is delivered.
-    row = {"id": "7", "title": "t37"}
-    rep._deliver({shape: [(ChangeKind.INSERT, None, row, 1)]}, Xid(1001), Lsn(lsn + 0x100))
-    rep._deliver({shape: [(ChangeKind.DELETE, row, None, 1)]}, Xid(1002), Lsn(lsn + 0x200))
-    await rep.flush()
-    assert shape.log.last_lsn == lsn + 0x200
-    assert _rows(shape.log) == {}
-    assert shape.log.has_after(SNAPSHOT_END)
 
 
 async def test_a_held_big_transaction_cut_back_between_parts_is_written_again_whole(
