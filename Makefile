@@ -67,11 +67,8 @@ stop:
 	@scripts/stop-demo
 
 test: install node-deps
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25
-	@echo "node tests, straight to the engine:"
-	PYTHON=$(abspath $(PY)) node --test --test-concurrency=1 tests/node/
-	@echo "node tests, the same ones through the proxy (config/examples/open.yaml):"
-	SHAPEGATE_NODE_VIA=proxy PYTHON=$(abspath $(PY)) node --test --test-concurrency=1 tests/node/
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	scripts/node-tests $(abspath $(PY))
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import errno
 import logging
 import os
 import time
@@ -331,6 +332,9 @@ class Replicator:
         #: the stream is past it again: before, an earlier transaction of its shape that
         #: was cut back (a failed write or fsync) would be skipped as a replay once it came.
         self._delivered = 0
+        #: How many times staged appends were cut back (`_rollback_staged`): a held big
+        #: transaction written beside the stream loop stops when it changes (`_write_part`).
+        self._cut_backs = 0
         #: Set when the stream should be let go (`_release_stream`): the loop closes it.
         self._release: str | None = None
 
@@ -707,10 +711,16 @@ class Replicator:
         changes: list[Change],
         alive: _KeepAlive,
         matches: Callable[[Row], bool] | None = None,
-    ) -> None:
+        epoch: int | None = None,
+    ) -> bool:
         """`_append` for a big transaction: its entries for the shape are encoded and
         written `PART_ENTRIES` at a time, staged (see `_deliver_big`). `matches`: Postgres's
-        answers on the rows the engine cannot read (a held transaction, `_settle_held`)."""
+        answers on the rows the engine cannot read (a held transaction, `_settle_held`);
+        `epoch`: `_cut_backs` when it began (a held one: see `_write_part`).
+
+        Returns whether all of it is staged, which may be nothing (none of its rows is the
+        shape's): False if the shape was rotated meanwhile, or the transaction held whole
+        for a row whose where clause only Postgres can evaluate."""
         log = shape.log
         relation = shape.relation
         entries: list[ChangeEntry] = []
@@ -724,7 +734,7 @@ class Replicator:
                 if written:
                     log.rollback()
                 self._hold_unreadable(shape, xid, lsn, changes)
-                return
+                return False
             if len(entries) > PART_ENTRIES:
                 # The last entry is kept back: the last part must end the transaction (its
                 # last entry says so to the client), and a part never ends with op 0 (the
@@ -733,13 +743,14 @@ class Replicator:
                 del entries[:-1]
                 messages = change_messages(relation, xid, lsn, part, ends=False)
                 del part
-                if not await self._write_part(shape, lsn, messages, False, alive):
-                    return
+                if not await self._write_part(shape, lsn, messages, False, alive, epoch):
+                    return False
                 written = True
         if entries:
             messages = change_messages(relation, xid, lsn, entries)
             entries.clear()
-            await self._write_part(shape, lsn, messages, True, alive)
+            return await self._write_part(shape, lsn, messages, True, alive, epoch)
+        return not shape.rotated
 
     async def _write_part(
         self,
@@ -748,10 +759,20 @@ class Replicator:
         messages: list[tuple[int, bytes]],
         ends: bool,
         alive: _KeepAlive,
+        epoch: int | None = None,
     ) -> bool:
         """Stage one part of a big transaction in the shape's log, paced (a huge value is
         written a few MB at a time, the loop running in between); returns False once the
-        shape is rotated (its files are being deleted: nothing more is written)."""
+        shape is rotated (its files are being deleted: nothing more is written).
+
+        `epoch` (a held transaction, written beside the stream loop): raises `LogCutBack`
+        once staged appends were cut back since (`_rollback_staged`: a failed write
+        elsewhere, a lost stream), the parts written so far among them. The next part
+        would start at the published end, and the last one publish the rest of the
+        transaction as if whole (rows lost; and an earlier transaction of the shape, cut
+        back too, skipped as a replay when the slot sent it again)."""
+        if epoch is not None and epoch != self._cut_backs:
+            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
         self._dirty.add(shape)  # (before: a failed write elsewhere cuts it back too)
         try:
             written = await shape.log.append_transaction_paced(lsn, messages, ends, alive.step)
@@ -761,6 +782,8 @@ class Replicator:
             raise
         if self._failure is not None:  # cut back meanwhile: the stream loop pauses
             raise self._failure
+        if epoch is not None and epoch != self._cut_backs:
+            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
         if not written or shape.rotated:
             return False
         await alive.step()  # (a part is a few ms of work: the loop runs after each)
@@ -916,19 +939,35 @@ class Replicator:
                 continue  # (cut back while Postgres answered: the check above again)
             matches = None if shape.where is None else _answered(shape, unreadable, answers)
             if _big(changes):
-                try:
-                    await self._write_held_parts(shape, Xid(xid), Lsn(lsn), changes, matches)
-                except LogCutBack:
-                    pass  # (cut back by a failure elsewhere: sent again, appended again)
-                except LogWriteError as exc:
-                    self._failure = exc  # the stream loop pauses replication
-                    self._rollback_staged()
-                if shape.rotated or shape.log.last_lsn < lsn or shape.log.has_unpublished:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_DELAY)
+                undone = await self._write_held_parts(shape, Xid(xid), Lsn(lsn), changes, matches)
+                if shape.rotated:
+                    return
+                if undone is None:
+                    delay = FIRST_DELAY
+                    shape.release_held(entry)
                     continue
-                delay = FIRST_DELAY
-                shape.release_held(entry)
+                retry, reason = undone
+                if not retry:
+                    # Never again otherwise: its clients would be told "up to date" with
+                    # the shape as it was before it, for good (chaos t_storm, 2026-12-06).
+                    logger.warning(
+                        "shape %s: transaction %d could not be delivered (%s): rotating the"
+                        " shape, its clients refetch it",
+                        shape.handle,
+                        xid,
+                        reason,
+                    )
+                    self.registry.rotate(shape, "a held transaction could not be delivered")
+                    return
+                logger.warning(
+                    "shape %s: transaction %d not delivered yet (%s); trying again in %.1f s",
+                    shape.handle,
+                    xid,
+                    reason,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_DELAY)
                 continue
             entries: list[ChangeEntry] = []
             for kind, old, new, op in changes:
@@ -941,6 +980,14 @@ class Replicator:
                 except LogWriteError as exc:
                     self._failure = exc  # the stream loop pauses replication
                     self._rollback_staged()
+                    logger.warning(
+                        "shape %s: transaction %d not delivered yet (a shape log write"
+                        " failed: %s); trying again in %.1f s",
+                        shape.handle,
+                        xid,
+                        exc.strerror,
+                        delay,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)
                     continue
@@ -948,6 +995,13 @@ class Replicator:
                 # a failed flush or stream cuts it back, and it is appended again.
                 await self.flush()
                 if shape.log.last_lsn < lsn:
+                    logger.warning(
+                        "shape %s: transaction %d not delivered yet (cut back before it was"
+                        " published: a failed fsync or a lost stream); trying again in %.1f s",
+                        shape.handle,
+                        xid,
+                        delay,
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, MAX_DELAY)
                     continue
@@ -961,11 +1015,16 @@ class Replicator:
         lsn: Lsn,
         changes: list[Change],
         matches: Callable[[Row], bool] | None,
-    ) -> None:
+    ) -> tuple[bool, str] | None:
         """Write and publish a big held transaction (one released after its shape's
         snapshot, say) a part at a time, as `_deliver_big` does: the flush lock held (no
         other flush publishes a part of it), the walsender kept from timing out while the
-        stream loop waits for that lock, the event loop running between parts."""
+        stream loop waits for that lock, the event loop running between parts.
+
+        Returns None once it is published whole (or had nothing for the shape: none of its
+        rows matches, which wrote nothing and was taken for a failure, retried forever),
+        else `(retry, why)`: retry after a failed or cut-back write (the stream sends it
+        again); not for anything else, which would never go better."""
         started = time.monotonic()
         logger.info(
             "transaction %d: writing %d changes for shape %s, a part at a time",
@@ -976,10 +1035,51 @@ class Replicator:
         async with _KeepAlive(self._stream, fatal=False) as alive, self._flush_lock:
             try:
                 await self._flush_staged()  # (what is staged before it goes first)
-                if self._failure is not None or shape.rotated:
-                    return
-                await self._append_parts(shape, xid, lsn, changes, alive, matches)
+                if self._failure is not None:
+                    return True, f"a shape log write failed: {self._failure.strerror}"
+                if shape.rotated:
+                    return None
+                epoch = self._cut_backs
+                if lsn > self._delivered:  # (cut back since the check before Postgres's answer)
+                    return True, "appends were cut back: waiting for the stream to send it again"
+                complete = await self._append_parts(shape, xid, lsn, changes, alive, matches, epoch)
+                if not complete or shape.rotated:
+                    if shape.rotated:
+                        return None
+                    return False, "a row's where clause could not be evaluated"
+                if epoch != self._cut_backs:  # (while the loop ran after the last part)
+                    raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+                wrote = shape.log.has_unpublished  # (else none of its rows is the shape's)
                 await self._flush_staged()
+                # Published whole, whatever was cut back elsewhere meanwhile (its fsync over,
+                # the shape is no longer among the dirty): never written again.
+                if not wrote or (shape.log.last_lsn >= lsn and not shape.log.has_unpublished):
+                    failure = None
+                elif self._failure is not None:
+                    failure = True, f"a shape log write failed: {self._failure.strerror}"
+                elif epoch != self._cut_backs:
+                    failure = True, "appends were cut back while it was published"
+                else:
+                    failure = False, "its parts were written but not published"
+                if failure is not None:
+                    self._dirty.discard(shape)
+                    if shape.log.has_unpublished:
+                        shape.log.rollback()
+                    return failure
+            except LogCutBack:
+                self._dirty.discard(shape)
+                if shape.log.has_unpublished:
+                    shape.log.rollback()
+                return (
+                    True,
+                    "appends were cut back while it was written (a failed write or a lost stream)",
+                )
+            except LogWriteError as exc:
+                self._failure = exc  # the stream loop pauses replication
+                self._rollback_staged()
+                if shape.log.has_unpublished:  # (not among the dirty: cut back all the same)
+                    shape.log.rollback()
+                return True, f"a shape log write failed: {exc.strerror}"
             except BaseException:
                 # This shape's parts cut back before the lock goes (see `_deliver_big`); the
                 # transaction stays held and is written again. Only this shape's: the stream
@@ -988,14 +1088,16 @@ class Replicator:
                 if shape.log.has_unpublished:
                     shape.log.rollback()
                 raise
-        if not shape.rotated and shape.log.last_lsn >= lsn and not shape.log.has_unpublished:
-            logger.info(
-                "transaction %d: %d changes delivered to shape %s in %.1f s",
-                xid,
-                len(changes),
-                shape.handle,
-                time.monotonic() - started,
-            )
+        if shape.rotated:
+            return None
+        logger.info(
+            "transaction %d: %d changes delivered to shape %s in %.1f s",
+            xid,
+            len(changes),
+            shape.handle,
+            time.monotonic() - started,
+        )
+        return None
 
     def _release_stream(self) -> None:
         """Close the replication stream (the loop starts it again, with its usual backoff):
@@ -1059,6 +1161,7 @@ class Replicator:
     def _rollback_staged(self) -> None:
         """Cut every append not yet published off its log (the slot replays them)."""
         self._delivered = 0
+        self._cut_backs += 1
         dirty, self._dirty = self._dirty, set()
         for shape in dirty:
             shape.log.rollback()

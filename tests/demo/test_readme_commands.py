@@ -193,6 +193,7 @@ def test_readme_prerequisites_match_ci() -> None:
         assert major and minor
         version = f"{major.group(1)}.{minor.group(1)}"
     else:
-        version = "20.10"  # node --test --test-concurrency (Makefile)
+        version = "20.10"  # node --test --test-concurrency (scripts/node-tests)
     assert f"Node.js {version} or later" in readme
-    assert "--test-concurrency" in (ROOT / "Makefile").read_text()
+    assert "scripts/node-tests" in (ROOT / "Makefile").read_text()
+    assert "--test-concurrency" in (ROOT / "scripts" / "node-tests").read_text()
