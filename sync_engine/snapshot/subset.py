@@ -508,7 +508,8 @@ async def run_subset(
     try:
         try:
             snap, lsn = await _bounded_run(source, rows_query, query, spool, mark, gone)
-        except psycopg.DataError:
+        except (psycopg.DataError, psycopg.errors.IndeterminateCollation):
+            # (a collation conflict is raised when a comparison runs, as a value's failure)
             if shape.where is None or subset.where_sql is None:
                 raise
             # (a value the plain guard failed on may be one the shape's where, as planned,

@@ -1150,9 +1150,11 @@ def test_planner_folded_constants_equal_postgres(table: Table) -> None:
     rng = random.Random(seed + 11)
     grammar = Grammar(rng)
     constants = list(CONSTANT_REGRESSIONS)
+    # (half as many random ones as the other differentials: each is asked twice, and the
+    # long fuzz explores further; the regressions above are all kept. CI time: 7.3 s -> ~4 s)
     constants += [
         constant_variant(grammar.bool_(rng.choice([1, 2, 2, 3])), rows[rng.choice(list(rows))])
-        for _ in range(CLAUSES)
+        for _ in range(CLAUSES // 2)
     ]
     disagreements = []
     checked = 0
@@ -1172,4 +1174,4 @@ def test_planner_folded_constants_equal_postgres(table: Table) -> None:
             if _disagree(got, expected):
                 disagreements.append((where.sql, _disagree(got, expected)[:3]))
     assert not disagreements, (len(disagreements), disagreements[:8])
-    assert checked >= CLAUSES, checked
+    assert checked >= CLAUSES // 2, checked

@@ -495,3 +495,15 @@ async def test_subsets_answer_as_postgres_reads_the_shape_and_the_subset(engine:
             assert status == 400 and "22008" in str(body), (clause, body)
         else:
             assert (status, ids) == (200, expected), (clause, body)
+    # (a conflict of implicit collations is raised only where a comparison runs: never in
+    # `a NOT IN (b, NULL)`, a constant false to the planner; family live fuzz 93413)
+    engine.sql(
+        'CREATE TABLE docs4 (id int PRIMARY KEY, b bool, x text COLLATE "C",'
+        ' y text COLLATE "POSIX")'
+    )
+    engine.sql("INSERT INTO docs4 VALUES (1, true, 'a', 'b'), (2, false, 'a', 'a')")
+    assert engine.sql("SELECT id FROM docs4 WHERE b AND (x NOT IN (y, NULL))") == []
+    status, body, ids = await subset("docs4", "b", "x NOT IN (y, NULL)")
+    assert (status, ids) == (200, []), body
+    status, body, ids = await subset("docs4", "b", "x NOT IN (y, 'z')")
+    assert status == 400 and "indeterminate collation" in str(body), body
