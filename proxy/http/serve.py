@@ -13,13 +13,13 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from proxy.http.protocol import Connection
 from sync_engine.http.parser_refusals import (
     CONNECTION_GRACE,
     MIN_CONNECTIONS,
-    TOO_MANY_CONNECTIONS,
+    refuse_at_the_cap,
 )
 
 if TYPE_CHECKING:
@@ -46,16 +46,10 @@ def descriptor_budget() -> int:
 
 class _TooMany(asyncio.Protocol):
     """A connection beyond the cap while every other one is busy: answered 503 and closed,
-    its request never read (our side ends after the answer; it is dropped a moment later:
-    closed at once with its request unread, the kernel would reset it, answer and all)."""
+    its request never read (`refuse_at_the_cap`, as the engine refuses)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
-        transport.pause_reading()
-        transport.write(TOO_MANY_CONNECTIONS)
-        if transport.can_write_eof():
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(CONNECTION_GRACE, transport.abort)
+        refuse_at_the_cap(transport)
 
 
 class Server:

@@ -274,6 +274,40 @@ TOO_MANY_CONNECTIONS = (
 )
 
 
+#: Connections refused at the cap kept open at once while their 503 gets out (each for
+#: `CONNECTION_GRACE`, a descriptor apiece). Past this many a refused connection is closed at
+#: once (the client sees a reset): a flood of new connections at the cap, each refused and
+#: kept a second, took every descriptor (the shape logs then could not be written and
+#: replication paused) though the cap was kept.
+MAX_LINGERING_REFUSALS = 64
+
+
+class _Refusals:
+    lingering = 0
+
+
+def refuse_at_the_cap(transport: Any) -> None:
+    """Answer a connection beyond the cap 503 without reading its request, end our side
+    (FIN after the answer) and drop it a moment later: closed at once with its request
+    unread, the kernel resets it and the client may never see the 503. At most
+    `MAX_LINGERING_REFUSALS` wait so at once; beyond, the connection is dropped now. The
+    proxy's listener refuses the same way (proxy/http/serve.py)."""
+    transport.pause_reading()
+    if _Refusals.lingering >= MAX_LINGERING_REFUSALS:
+        transport.abort()
+        return
+    _Refusals.lingering += 1
+    transport.write(TOO_MANY_CONNECTIONS)
+    if transport.can_write_eof():
+        transport.write_eof()
+
+    def drop() -> None:
+        _Refusals.lingering -= 1
+        transport.abort()
+
+    asyncio.get_running_loop().call_later(CONNECTION_GRACE, drop)
+
+
 class _Descriptors:
     """What the process's descriptors hold besides client connections, counted now and then."""
 
@@ -540,17 +574,10 @@ class RefusingRequestHandler(RequestHandler):
             return
         del waiting[self]
         _Descriptors.clients -= 1
-        # Read nothing of it; answer, then end our side (FIN after the answer) and drop the
-        # connection a moment later: closed at once with its request unread, the kernel
-        # resets it and the client may never see the 503.
         # (`_force_close` by hand: aiohttp's `force_close` closes the transport at once, before
         # the answer is out; set, the connection's task ends without reading a request)
         self._force_close = True
-        transport.pause_reading()
-        transport.write(TOO_MANY_CONNECTIONS)
-        if transport.can_write_eof():
-            transport.write_eof()
-        asyncio.get_running_loop().call_later(CONNECTION_GRACE, transport.abort)
+        refuse_at_the_cap(transport)
 
     def _head_deadline(self) -> None:
         """The head timer fired: a head still arriving after `REQUEST_HEAD_TIMEOUT` is

@@ -8,7 +8,12 @@ import asyncio
 import json
 import re
 import socket
+from collections.abc import Callable
 from typing import Any
+
+import pytest
+
+from proxy.config.loader import build_config
 
 
 async def _raw(proxy: Any, head: bytes) -> tuple[int, bytes]:
@@ -30,7 +35,19 @@ def _head(*headers: bytes) -> bytes:
     return b"\r\n".join([*lines, b"Connection: close", b"", b""])
 
 
-async def test_trailing_blanks_are_dropped_from_every_value(proxy: Any) -> None:
+@pytest.fixture
+async def own_requests(
+    make_proxy: Callable[..., Any], config_data: dict[str, Any], environ: dict[str, str]
+) -> Any:
+    """A proxy whose every engine request is one client's own (no collapsing, no cache): it
+    carries the client's User-Agent and traceparent, which a request other clients may join
+    does not (test_collapse_cache)."""
+    config = {**config_data, "collapse": False, "cache": {"max_bytes": 0}}
+    return await make_proxy(build_config(config, environ))
+
+
+async def test_trailing_blanks_are_dropped_from_every_value(own_requests: Any) -> None:
+    proxy = own_requests
     token = proxy.tokens.make(sub="alice", org_id="org-1")
     status, _ = await _raw(
         proxy,
@@ -49,7 +66,8 @@ async def test_trailing_blanks_are_dropped_from_every_value(proxy: Any) -> None:
     assert seen["Traceparent"] == "00-abc-def-01"
 
 
-async def test_a_value_that_is_not_utf8_goes_on_as_its_bytes(proxy: Any) -> None:
+async def test_a_value_that_is_not_utf8_goes_on_as_its_bytes(own_requests: Any) -> None:
+    proxy = own_requests
     token = proxy.tokens.make(sub="alice", org_id="org-1")
     auth = b"Authorization: Bearer " + token.encode()
     status, _ = await _raw(proxy, _head(auth, b"User-Agent: caf\xe9 \xff  "))
