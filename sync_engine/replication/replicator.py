@@ -811,6 +811,16 @@ class Replicator:
             self._failure = exc  # the stream loop pauses replication at its next batch
             self._rollback_staged()
             return
+        finally:
+            # `past_xmax` (set by `admit` of a parked one past the snapshot) says every later
+            # transaction *the stream reads* is past it too: only the stream's own order
+            # proves that. The stream may be behind the parked ones (started again after a
+            # cut-back: the slot re-sends what it did not confirm), and a big one held
+            # leaves the log's last LSN behind too: a re-sent transaction the snapshot holds
+            # would take the fast path and be appended (chaos t_storm seed 11: a delete of
+            # a row the clients never had, an insert of one they held). The next one the
+            # stream reads past the snapshot sets it again.
+            shape.past_xmax = False
         if self._dirty:
             # Announce now rather than after the stream's next (possibly idle) batch.
             task = asyncio.get_running_loop().create_task(self.flush())

@@ -142,3 +142,36 @@ async def test_a_held_big_transaction_cut_back_between_parts_is_written_again_wh
     assert shape.log.last_lsn == lsn
     rows = _rows(shape.log)
     assert len(rows) == ROWS
+
+
+async def test_a_transaction_the_snapshot_holds_sent_again_after_the_release_is_not_appended(
+    setup: tuple[Replicator, ShapeRegistry, object],
+) -> None:
+    """Chaos `t_storm.py` seed 11 (2026-12-06): a new shape's clients were handed a delete of a
+    row they never had and an insert of one they held. Its snapshot completed while the
+    stream, started again after a full disk cut appends back, was re-sending what the slot
+    had not confirmed: releasing the parked transactions set `past_xmax` (one of them was
+    past the snapshot), and the big one was held, so the log's last LSN stayed behind. A
+    transaction the snapshot holds, sent again then, took the fast path and was appended."""
+    rep, registry, table = setup
+    shape = _new_shape(registry, table, "resent", "id >= 0")
+    seen: list[Change] = [(ChangeKind.INSERT, None, {"id": "99999", "title": "v"}, 0)]
+    seen_xid, seen_lsn = Xid(850), Lsn(0x4000000)  # committed before the snapshot
+    big, xid, lsn = _inserts("b"), Xid(1000), Lsn(0x5000000)  # after it
+    rep._deliver({shape: seen}, seen_xid, seen_lsn)
+    await rep._deliver_big(None, {shape: big}, xid, lsn)
+    assert [p[1] for p in shape.parked] == [seen_lsn, lsn]
+    # The stream is started again (a cut-back): the slot sends both once more. The snapshot
+    # completes before the first of them comes.
+    shape.snapshot_taken(XidSnapshot(900, 900, frozenset()))
+    rep.release_pending(shape)
+    assert shape.held  # (the big one, written by the settling task)
+    rep._deliver({shape: seen}, seen_xid, seen_lsn)
+    await rep._deliver_big(None, {shape: big}, xid, lsn)
+    await _settled(rep, shape, 5.0)
+    assert not shape.held and not shape.rotated
+    rows = _rows(shape.log)
+    assert '"public"."held_big"/"99999"' not in rows, (
+        "a transaction the snapshot holds was appended"
+    )
+    assert len(rows) == ROWS
