@@ -4,6 +4,7 @@ to share; a `python -m proxy` process in front of an engine."""
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import urllib.request
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
 
 from tests.support.databases import create_database, drop_database
@@ -49,6 +51,31 @@ def engine_on_a_new_database(
             engine.stop()
     finally:
         drop_database(pg_server_url, dbname)
+
+
+def shared_engine_fixtures(
+    label: str, *setup_sql: str, args: tuple[str, ...] = ()
+) -> tuple[Any, Any]:
+    """The module-scoped `engine_secret` and `engine` fixtures of a test module whose tests
+    share one engine (`engine_on_a_new_database` with `setup_sql` and `args`; its data dir
+    named after `label`): `engine_secret, engine = shared_engine_fixtures(...)` at module
+    level. The secret is the module's, as the engine is (the conftest's is per test)."""
+
+    @pytest.fixture(scope="module", name="engine_secret")
+    def engine_secret() -> str:
+        return "engine-secret-" + secrets.token_hex(16)
+
+    @pytest.fixture(scope="module", name="engine")
+    def engine(
+        pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
+    ) -> Iterator[EngineProcess]:
+        data_dir = tmp_path_factory.mktemp(label) / "data"
+        with engine_on_a_new_database(
+            pg_server_url, data_dir, engine_secret, *setup_sql, args=args
+        ) as shared:
+            yield shared
+
+    return engine_secret, engine
 
 
 @dataclass(frozen=True)

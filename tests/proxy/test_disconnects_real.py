@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.loader import build_config
-from tests.proxy.engines import engine_on_a_new_database
+from tests.proxy.engines import shared_engine_fixtures
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
@@ -46,23 +44,9 @@ _SETUP = (
 _ARGS = ("--long-poll-timeout", "20", "--sse-timeout", "20")
 
 
-@pytest.fixture(scope="module")
-def engine_secret() -> str:
-    """One secret for the module (the shared engine's; the conftest's is per test)."""
-    return "engine-secret-" + secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def engine(
-    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
-) -> Iterator[EngineProcess]:
-    """One engine for the leaving cases (each started its own: ~2 s apiece); each case
-    writes a row of its own and counts parked requests from where it found them."""
-    with engine_on_a_new_database(
-        pg_server_url, tmp_path_factory.mktemp("leaving") / "data", engine_secret, *_SETUP,
-        args=_ARGS,
-    ) as shared:  # fmt: skip
-        yield shared
+# One engine for the leaving cases (each started its own: ~2 s apiece); each case writes a row of
+# its own and counts parked requests from where it found them.
+engine_secret, engine = shared_engine_fixtures("leaving", *_SETUP, args=_ARGS)
 
 
 @pytest.fixture

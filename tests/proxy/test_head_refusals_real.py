@@ -14,8 +14,6 @@ send some of these).
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,7 @@ import yaml
 from yarl import URL
 
 from proxy.config.loader import build_config
-from tests.proxy.engines import engine_on_a_new_database
+from tests.proxy.engines import shared_engine_fixtures
 from tests.support.engine_process import EngineProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,24 +43,13 @@ REFUSED: dict[str, bytes] = {
 }
 
 
-@pytest.fixture(scope="module")
-def engine_secret() -> str:
-    """One secret for the module (the shared engine's; the conftest's is per test)."""
-    return "engine-secret-" + secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def engine(
-    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
-) -> Iterator[EngineProcess]:
-    """One engine for the module's 12 cases (each started its own: ~2 s apiece); every
-    request here is refused before it reads or changes a shape."""
-    with engine_on_a_new_database(
-        pg_server_url, tmp_path_factory.mktemp("heads") / "data", engine_secret,
-        "CREATE TABLE items (id int PRIMARY KEY, title text)",
-        "INSERT INTO items VALUES (1, 'a')",
-    ) as shared:  # fmt: skip
-        yield shared
+# One engine for the module's 12 cases (each started its own: ~2 s apiece); every request here is
+# refused before it reads or changes a shape.
+engine_secret, engine = shared_engine_fixtures(
+    "heads",
+    "CREATE TABLE items (id int PRIMARY KEY, title text)",
+    "INSERT INTO items VALUES (1, 'a')",
+)
 
 
 async def _exchange(base: str, data: bytes, pieces: int) -> bytes:

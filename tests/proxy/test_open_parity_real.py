@@ -13,19 +13,16 @@ Found by sending the same raw requests to both:
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
-import pytest
 import yaml
 from multidict import CIMultiDict
 
 from proxy.config.loader import build_config
-from tests.proxy.engines import engine_on_a_new_database
+from tests.proxy.engines import shared_engine_fixtures
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 
@@ -43,26 +40,15 @@ CORS = (
 )
 
 
-@pytest.fixture(scope="module")
-def engine_secret() -> str:
-    """One secret for the module (the shared engine's; the conftest's is per test)."""
-    return "engine-secret-" + secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def engine(
-    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
-) -> Iterator[EngineProcess]:
-    """One engine for the module's tests (each started its own: ~2 s apiece in CI); what they write is a row no policy here shows (`org-c`); every comparison reads the engine and the proxy at the same moment."""
-    with engine_on_a_new_database(
-        pg_server_url,
-        tmp_path_factory.mktemp("parity") / "data",
-        engine_secret,
-        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
-        "INSERT INTO items VALUES (1, 'org-a', 'a'), (2, 'org-b', 'b')",
-        args=("--long-poll-timeout", "1"),
-    ) as shared:
-        yield shared
+# One engine for the module's tests (each started its own: ~2 s apiece in CI); what they write is
+# a row no policy here shows (`org-c`); every comparison reads the engine and the proxy at the
+# same moment.
+engine_secret, engine = shared_engine_fixtures(
+    "parity",
+    "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+    "INSERT INTO items VALUES (1, 'org-a', 'a'), (2, 'org-b', 'b')",
+    args=("--long-poll-timeout", "1"),
+)
 
 
 async def _get(url: str, headers: Any = None) -> tuple[int, Any, bytes]:

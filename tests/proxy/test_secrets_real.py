@@ -10,41 +10,27 @@ line's `query` field and in its text.
 from __future__ import annotations
 
 import logging
-import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from proxy.config.loader import build_config
 from proxy.logs import JsonFormatter
-from tests.proxy.engines import engine_on_a_new_database
+from tests.proxy.engines import shared_engine_fixtures
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 
 CLIENT_SECRET = "client-held-secret-5d1f0c"
 
 
-@pytest.fixture(scope="module")
-def engine_secret() -> str:
-    """One secret for the module (the shared engine's; the conftest's is per test)."""
-    return "engine-secret-" + secrets.token_hex(16)
-
-
-@pytest.fixture(scope="module")
-def engine(
-    pg_server_url: str, tmp_path_factory: pytest.TempPathFactory, engine_secret: str
-) -> Iterator[EngineProcess]:
-    """One engine for the module's tests (each started its own: ~2 s apiece in CI); none of them writes."""
-    with engine_on_a_new_database(
-        pg_server_url,
-        tmp_path_factory.mktemp("secrets") / "data",
-        engine_secret,
-        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
-        "INSERT INTO items VALUES (1, 'org-a', 'a')",
-        args=("--long-poll-timeout", "1"),
-    ) as shared:
-        yield shared
+# One engine for the module's tests (each started its own: ~2 s apiece in CI); none of them
+# writes.
+engine_secret, engine = shared_engine_fixtures(
+    "secrets",
+    "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
+    "INSERT INTO items VALUES (1, 'org-a', 'a')",
+    args=("--long-poll-timeout", "1"),
+)
 
 
 @pytest.mark.parametrize("name", ["source_secret", "secret", "api_secret", "SOURCE_SECRET"])
