@@ -26,13 +26,9 @@
 
 import { after, test } from 'node:test'
 import assert from 'node:assert/strict'
-import { PGlite } from '@electric-sql/pglite'
-import { electricSync } from '@electric-sql/pglite-sync'
 import { createHmac, randomBytes } from 'node:crypto'
-import { gunzipSync } from 'node:zlib'
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { writeFileSync } from 'node:fs'
+import { freshPglite } from './pglite.mjs'
 import { useCluster, VIA, ShapeStream, Shape, psql, sleep, show, startProxy, waitFor, withTimeout } from './harness.mjs'
 
 // CHAOS_TRACE_PROMISES=1: say where a promise rejected without a handler was made (slow).
@@ -428,49 +424,6 @@ async function startPglite(env, t, made) {
     },
     requests: () => requests.map((r) => `  +${r.at % 100000} ${r.status} ${r.url}`).join('\n'),
   }
-}
-
-/**
- * A new, empty PGlite (what `PGlite.create()` gives), started from a saved copy of a fresh
- * data dir when there is one. PGlite's own start runs initdb in WASM: 3-20 s of CPU that blocks
- * this process's event loop (the clients, the harness's health polls), for each of the three
- * runs of this file. The first run saves its pristine data dir (before any table) under
- * node_modules/.cache, keyed by PGlite's version, written to a file of its own and renamed
- * into place (two runs at once can only replace it whole); the next ones load it (~2 s). An
- * unreadable copy is ignored and made again. The database the test then uses is the same:
- * an empty cluster of the same PGlite.
- */
-async function freshPglite() {
-  const here = dirname(fileURLToPath(import.meta.url))
-  const version = JSON.parse(readFileSync(join(here, 'node_modules', '@electric-sql', 'pglite', 'package.json'), 'utf8')).version
-  const dir = join(here, 'node_modules', '.cache', 'shapegate-chaos')
-  const saved = join(dir, `pglite-${version}-fresh.tgz`)
-  const options = { extensions: { electric: electricSync() } }
-  let data = null
-  try {
-    data = readFileSync(saved)
-    gunzipSync(data) // whole and readable (PGlite would throw an uncaught zlib error on a bad one)
-  } catch {
-    data = null
-  }
-  if (data) {
-    try {
-      return await PGlite.create({ ...options, loadDataDir: new Blob([data]) })
-    } catch (e) {
-      console.log(`# saved PGlite data dir ${saved} not usable (${e?.message ?? e}): a fresh start`)
-    }
-  }
-  const pg = await PGlite.create(options)
-  try {
-    const dump = Buffer.from(await (await pg.dumpDataDir('gzip')).arrayBuffer())
-    mkdirSync(dir, { recursive: true })
-    const part = `${saved}.${process.pid}.part`
-    writeFileSync(part, dump)
-    renameSync(part, saved)
-  } catch (e) {
-    console.log(`# could not save PGlite's fresh data dir (${e?.message ?? e}): the next run starts it again`)
-  }
-  return pg
 }
 
 /** Random transactions until `until.at` (a time, set by the caller while this runs). */

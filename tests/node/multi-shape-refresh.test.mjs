@@ -20,8 +20,7 @@
 
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
-import { PGlite } from '@electric-sql/pglite'
-import { electricSync } from '@electric-sql/pglite-sync'
+import { freshPglite } from './pglite.mjs'
 import { useCluster, waitFor, VIA } from './harness.mjs'
 
 const cluster = useCluster()
@@ -32,7 +31,7 @@ test(`${VIA}: pglite-sync applies a change of one table as soon as the other tab
   const env = await cluster.newEnv(t, { engineArgs: ['--long-poll-timeout', String(HOLD)] })
   await env.sql(`CREATE TABLE busy (id int PRIMARY KEY, v text); CREATE TABLE idle (id int PRIMARY KEY, v text);
                  INSERT INTO idle VALUES (1, 'one');`)
-  const pg = await PGlite.create({ extensions: { electric: electricSync() } })
+  const pg = await freshPglite()
   let sub = null
   t.after(async () => {
     sub?.unsubscribe()

@@ -17,8 +17,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { PGlite } from '@electric-sql/pglite'
-import { electricSync } from '@electric-sql/pglite-sync'
+import { freshPglite } from './pglite.mjs'
 import { useCluster, waitFor, VIA } from './harness.mjs'
 
 const cluster = useCluster()
@@ -91,7 +90,7 @@ test(`${VIA}: no change arrives at or below an LSN an up-to-date already named`,
 test(`${VIA}: pglite-sync resuming a persisted subscription gets every row written meanwhile`, T, async (t) => {
   const env = await cluster.newEnv(t)
   await env.sql(`CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL);`)
-  const pg = await PGlite.create({ extensions: { electric: electricSync() } })
+  const pg = await freshPglite()
   t.after(() => pg.close().catch(() => {}))
   await pg.exec(`CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL);`)
   const options = {
