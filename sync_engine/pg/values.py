@@ -292,12 +292,16 @@ def _float4_output(text: str) -> float:
 
 
 _TRUE_WORDS = ("true", "yes", "on", "1")
+#: The whitespace C's isspace() knows, which Postgres's input functions skip (boolin, ...):
+#: ASCII only, unlike str.strip()'s (NBSP, U+2003, U+0085, \x1c-\x1f): '1\u00a0'::bool
+#: fails in Postgres.
+_C_SPACE = " \t\n\v\f\r"
 _FALSE_WORDS = ("false", "no", "off", "0")
 
 
 def parse_bool(text: str) -> bool:
     """bool input: t/true/y/yes/on/1 and f/false/n/no/off/0, any case, unique prefixes."""
-    word = text.strip().lower()
+    word = text.strip(_C_SPACE).lower()
     if word:
         if word == "o":  # ambiguous between on and off
             raise invalid(BOOL, text)
@@ -343,13 +347,39 @@ def _uuid_output(text: str) -> uuid.UUID:
     return uuid.UUID(text)
 
 
+#: What byteain's hex format skips between digit pairs (hex_decode): not \v or \f, which
+#: Python's bytes.fromhex skips too ('\\x01\\v02'::bytea is an error in Postgres).
+_HEX_SPACE = frozenset(" \n\t\r")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex_decode(digits: str) -> bytes:
+    """byteain's hex format, with hex_decode's errors in Postgres's words."""
+    out = bytearray()
+    i, n = 0, len(digits)
+    while i < n:
+        ch = digits[i]
+        if ch in _HEX_SPACE:
+            i += 1
+            continue
+        if ch not in _HEX_DIGITS:
+            raise ValueError(f'invalid hexadecimal digit: "{ch}"')
+        if i + 1 >= n:
+            raise ValueError("invalid hexadecimal data: odd number of digits")
+        low = digits[i + 1]
+        if low not in _HEX_DIGITS:
+            raise ValueError(f'invalid hexadecimal digit: "{low}"')
+        out.append(int(ch + low, 16))
+        i += 2
+    return bytes(out)
+
+
 def parse_bytea(text: str) -> bytes:
-    """bytea input: hex (`\\x0102`) or escape format (`ab\\000\\\\`)."""
+    """bytea input: hex (`\\x0102`) or escape format (`ab\\000\\\\`), failing as byteain
+    does ("invalid hexadecimal data: odd number of digits", "invalid hexadecimal digit: "g"",
+    and for the escape format "invalid input syntax for type bytea", without the value)."""
     if text.startswith("\\x"):
-        try:
-            return bytes.fromhex(text[2:])
-        except ValueError:
-            raise invalid(BYTEA, text) from None
+        return _hex_decode(text[2:])
     out = bytearray()
     i = 0
     raw = text.encode()
@@ -365,7 +395,7 @@ def parse_bytea(text: str) -> bytes:
             out.append(int(raw[i + 1 : i + 4], 8))
             i += 4
         else:
-            raise invalid(BYTEA, text)
+            raise ValueError("invalid input syntax for type bytea")
     return bytes(out)
 
 
