@@ -685,6 +685,15 @@ def _print_template(node: ast.Node) -> str | None:
 
 #: Operators of LIKE and ILIKE (`NOT LIKE` is `!~~`; `LIKE ANY (...)` has the same name).
 _LIKE_OPERATORS = {"~~": "LIKE", "~~*": "ILIKE", "!~~": "NOT LIKE", "!~~*": "NOT ILIKE"}
+#: Functions that are LIKE or ILIKE of their two arguments (`like(email, {{email}})` is
+#: `email LIKE {{email}}`; the engine evaluates `like`, Postgres all of them): a claim in
+#: their second argument is a pattern as much as in the operator's right side.
+_LIKE_FUNCTIONS = {
+    **dict.fromkeys(("like", "textlike", "bpcharlike", "namelike", "bytealike"), "LIKE"),
+    **dict.fromkeys(("notlike", "textnlike", "bpcharnlike", "namenlike", "byteanlike"), "NOT LIKE"),
+    **dict.fromkeys(("texticlike", "bpchariclike", "nameiclike"), "ILIKE"),
+    **dict.fromkeys(("texticnlike", "bpcharicnlike", "nameicnlike"), "NOT ILIKE"),
+}
 #: What may stand between a claim and the LIKE it is a pattern of: each keeps the claim's
 #: escaped characters next to what they escape (`substr` could cut `\%` into `%`).
 _PATTERN_FUNCTIONS = frozenset({"lower", "upper", "concat"})
@@ -700,7 +709,11 @@ def _like_escape(rexpr: ast.Node) -> tuple[ast.Node, str | None]:
     says otherwise; None for `ESCAPE ''`, no escape at all, or one that is not a constant)."""
     if isinstance(rexpr, ast.FuncCall):
         names = [n.sval for n in rexpr.funcname]
-        if names == ["pg_catalog", "like_escape"] and len(rexpr.args or ()) == 2:
+        if (
+            names[-1:] == ["like_escape"]
+            and names[:-1] in ([], ["pg_catalog"])
+            and len(rexpr.args or ()) == 2
+        ):
             pattern, escape = rexpr.args
             value = getattr(getattr(escape, "val", None), "sval", None)
             if isinstance(escape, ast.A_Const) and isinstance(value, str) and len(value) == 1:
@@ -751,6 +764,23 @@ def _pattern_claims(
         )
 
 
+def _like_pattern_of(node: object) -> tuple[str, ast.Node] | None:
+    """(LIKE, ILIKE, ... ; the pattern side) when `node` is a LIKE-family operator or one of
+    its functions (`like(email, {{email}})`: its claim was bound unescaped, so a claim of
+    `%` matched every row), else None."""
+    if isinstance(node, ast.A_Expr):
+        if node.rexpr is None or not node.name or node.name[-1].sval not in _LIKE_OPERATORS:
+            return None
+        return _LIKE_OPERATORS[node.name[-1].sval], node.rexpr
+    if isinstance(node, ast.FuncCall):
+        names = [n.sval for n in node.funcname]
+        args = list(node.args or ())
+        if names[:-1] in ([], ["pg_catalog"]) and names[-1] in _LIKE_FUNCTIONS and len(args) == 2:
+            pattern: ast.Node = args[1]
+            return f"{_LIKE_FUNCTIONS[names[-1]]} ({names[-1]}())", pattern
+    return None
+
+
 def _escape_like_claims(where: ast.Node, sql: str, paths: list[str]) -> CompiledTemplate:
     """Mark each claim bound into a LIKE/ILIKE pattern to be escaped (`CompiledTemplate.
     like_escapes`); a claim used both in a pattern and elsewhere (or in patterns with other
@@ -758,12 +788,11 @@ def _escape_like_claims(where: ast.Node, sql: str, paths: list[str]) -> Compiled
     modes: dict[int, list[tuple[ast.ParamRef, str | None]]] = {}
     in_pattern: set[int] = set()
     for node in _walk(where):
-        if not isinstance(node, ast.A_Expr) or node.rexpr is None:
+        found = _like_pattern_of(node)
+        if found is None:
             continue
-        if not node.name or node.name[-1].sval not in _LIKE_OPERATORS:
-            continue
-        pattern, escape = _like_escape(node.rexpr)
-        label = _LIKE_OPERATORS[node.name[-1].sval]
+        label, right = found
+        pattern, escape = _like_escape(right)
         for ref, folded in _pattern_claims(pattern, label):
             if folded and escape is not None and escape not in _UNCASED_ESCAPES:
                 raise ValueError(

@@ -203,6 +203,10 @@ class Interval:
 
 # --- integers, numbers, booleans ---------------------------------------------------------
 
+#: The whitespace C's isspace() knows, which Postgres's input functions skip (boolin, ...):
+#: ASCII only, unlike str.strip()'s (NBSP, U+2003, U+0085, \x1c-\x1f): '1\u00a0'::bool
+#: fails in Postgres.
+_C_SPACE = " \t\n\v\f\r"
 _INT_RE = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
 _NUMERIC_RE = re.compile(
     r"\s*(?:[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?:infinity|inf)|nan)\s*",
@@ -278,10 +282,48 @@ def round_float4(value: float, *, check: bool = True) -> float:
     return narrowed
 
 
+_F4_BITS = struct.Struct("<I")
+_F4 = struct.Struct("<f")
+_F4_LIMIT = 2.0**128  # (where float4's next value after its largest would be: infinity)
+
+
+def _float4_at(bits: int) -> float:
+    value = float(_F4.unpack(_F4_BITS.pack(bits))[0])
+    return _F4_LIMIT if math.isinf(value) else value
+
+
+def narrow_exactly(value: float, exact: Decimal | int) -> float:
+    """`exact` (a finite number; `value` the double nearest it) rounded once to the nearest
+    float4, as strtof and C's (float) of an int64 round it: an infinity beyond float4's
+    range. Rounding the double instead rounds twice, which is wrong where the double falls
+    on a midpoint between two float4s that `exact` is not: '1.000000059604644775390625001'
+    ::float4 is 1.0000001 in Postgres, 1 by way of the double (so is 2^60 + 2^36 + 1 as
+    int8::float4)."""
+    narrowed = round_float4(value, check=False)
+    if narrowed == value or math.isnan(value) or math.isinf(value):
+        return narrowed
+    size = abs(value)
+    near = abs(narrowed)
+    bits = _F4_BITS.unpack(_F4.pack(near))[0] if not math.isinf(near) else 0x7F800000
+    lo, hi = (bits, bits + 1) if near < size else (bits - 1, bits)
+    low, high = _float4_at(lo), _float4_at(hi)
+    middle = (low + high) / 2  # (exact: both have 24 significant bits)
+    if size != middle:
+        return narrowed  # (the double rounds to float4 as `exact` does)
+    exact_size = Decimal(exact).copy_abs()  # (abs() rounds to the context's 28 digits)
+    if exact_size == Decimal(middle):
+        return narrowed  # (a true tie: to even, as the double's rounding did)
+    result = high if exact_size > Decimal(middle) else low
+    result = math.inf if result == _F4_LIMIT else result
+    return math.copysign(result, value)
+
+
 def parse_float4(text: str) -> float:
     """float4 input (strtof): out of range when it rounds to 0 or beyond float4's range."""
     value = _float_input(FLOAT4, text)
-    narrowed = round_float4(value, check=False)
+    narrowed = (
+        narrow_exactly(value, Decimal(text.strip(_C_SPACE))) if math.isfinite(value) else value
+    )
     if (math.isinf(narrowed) and not math.isinf(value)) or (narrowed == 0.0 and value != 0.0):
         raise ValueError(f'"{text}" is out of range for type real')
     return narrowed
@@ -297,7 +339,7 @@ _FALSE_WORDS = ("false", "no", "off", "0")
 
 def parse_bool(text: str) -> bool:
     """bool input: t/true/y/yes/on/1 and f/false/n/no/off/0, any case, unique prefixes."""
-    word = text.strip().lower()
+    word = text.strip(_C_SPACE).lower()
     if word:
         if word == "o":  # ambiguous between on and off
             raise invalid(BOOL, text)
@@ -343,13 +385,39 @@ def _uuid_output(text: str) -> uuid.UUID:
     return uuid.UUID(text)
 
 
+#: What byteain's hex format skips between digit pairs (hex_decode): not \v or \f, which
+#: Python's bytes.fromhex skips too ('\\x01\\v02'::bytea is an error in Postgres).
+_HEX_SPACE = frozenset(" \n\t\r")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex_decode(digits: str) -> bytes:
+    """byteain's hex format, with hex_decode's errors in Postgres's words."""
+    out = bytearray()
+    i, n = 0, len(digits)
+    while i < n:
+        ch = digits[i]
+        if ch in _HEX_SPACE:
+            i += 1
+            continue
+        if ch not in _HEX_DIGITS:
+            raise ValueError(f'invalid hexadecimal digit: "{ch}"')
+        if i + 1 >= n:
+            raise ValueError("invalid hexadecimal data: odd number of digits")
+        low = digits[i + 1]
+        if low not in _HEX_DIGITS:
+            raise ValueError(f'invalid hexadecimal digit: "{low}"')
+        out.append(int(ch + low, 16))
+        i += 2
+    return bytes(out)
+
+
 def parse_bytea(text: str) -> bytes:
-    """bytea input: hex (`\\x0102`) or escape format (`ab\\000\\\\`)."""
+    """bytea input: hex (`\\x0102`) or escape format (`ab\\000\\\\`), failing as byteain
+    does ("invalid hexadecimal data: odd number of digits", "invalid hexadecimal digit: "g"",
+    and for the escape format "invalid input syntax for type bytea", without the value)."""
     if text.startswith("\\x"):
-        try:
-            return bytes.fromhex(text[2:])
-        except ValueError:
-            raise invalid(BYTEA, text) from None
+        return _hex_decode(text[2:])
     out = bytearray()
     i = 0
     raw = text.encode()
@@ -365,7 +433,7 @@ def parse_bytea(text: str) -> bytes:
             out.append(int(raw[i + 1 : i + 4], 8))
             i += 4
         else:
-            raise invalid(BYTEA, text)
+            raise ValueError("invalid input syntax for type bytea")
     return bytes(out)
 
 

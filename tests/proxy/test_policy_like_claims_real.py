@@ -137,3 +137,20 @@ async def test_a_case_folded_claim_keeps_its_escape_character(
         assert (await _rows(proxy, "people", proxy.tokens.make(email="%")))[0] == []
         mine = proxy.tokens.make(email="A_C@X.ORG")
         assert (await _rows(proxy, "people", mine))[0] == ["mine"]
+
+
+async def test_a_claim_in_the_pattern_of_the_like_function_matches_itself_only(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`like(email, {{email}})` is `email LIKE {{email}}` (the engine evaluates the function
+    too), but only the operator's claims were escaped: the claim `%` saw every row, and
+    `a_c@x.org` also `abc@x.org`'s (found by reading proxy/policy/sql.py while fuzzing)."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["shapes"] = {}
+    for where in ("like(email, {{email}})", "pg_catalog.like(email, {{email}} || '')"):
+        config["tables"] = {"people": {"allow": [{"where": where}]}}
+        proxy = await make_proxy(build_config(config, environ))
+        assert (await _rows(proxy, "people", proxy.tokens.make(email="%")))[0] == [], where
+        mine = proxy.tokens.make(email="a_c@x.org")
+        assert (await _rows(proxy, "people", mine))[0] == ["mine"], where

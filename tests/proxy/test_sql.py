@@ -179,7 +179,13 @@ def test_claims_in_like_patterns_are_bound_escaped() -> None:
     custom = compile_template("a NOT LIKE {{x}} ESCAPE '#'")
     assert custom.like_escapes == ("#",)
     assert compile_template("{{x}} LIKE email").like_escapes == ()  # the column is the pattern
-    for refused in ("a LIKE {{x}} ESCAPE ''", "a LIKE substr({{x}}, 2)", "a ~~ {{x}}[1]"):
+    # the LIKE functions' patterns too (`like(email, {{email}})` was bound unescaped)
+    for function in ("like(a, {{x}})", "pg_catalog.like(a, {{x}} || '%')", "notlike(a, {{x}})",
+                     "texticlike(a, lower({{x}}))", "bpcharlike(a, like_escape({{x}}, '#'))"):  # fmt: skip
+        assert compile_template(function).like_escapes in (("\\",), ("#",)), function
+    assert compile_template("like({{x}}, a)").like_escapes == ()
+    for refused in ("a LIKE {{x}} ESCAPE ''", "a LIKE substr({{x}}, 2)", "a ~~ {{x}}[1]",
+                    "like(a, substr({{x}}, 2))"):  # fmt: skip
         with pytest.raises(ValueError, match="pattern of a LIKE"):
             compile_template(refused)
 

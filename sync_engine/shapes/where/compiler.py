@@ -939,6 +939,10 @@ class Compiler:
             return self.cast_to_text(arg, target, node)
         if src in STRING_TYPES:
             parser = text_input_cast(target)
+            if target.element.enum:
+                parser = self._enum_input(parser, target, node)
+            if src == BPCHAR and not _skips_trailing_spaces(target):
+                return self._padded_cast(arg, target, parser, node)
             return replace(apply(target, parser, [arg], node), column=None)
         if (src, target) in EXPLICIT_CASTS:
             return replace(apply(target, EXPLICIT_CASTS[(src, target)], [arg], node), column=None)
@@ -948,6 +952,59 @@ class Compiler:
             except WhereError:
                 pass
         raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
+
+    def _enum_input(
+        self, parser: Callable[[str], Value], target: PgType, node: ast.Node
+    ) -> Callable[[str], Value]:
+        """A row's text cast to an enum (or an array of one): enum_in fails on a text that
+        is no label (the engine took any text for a value: `t::mood IS NOT NULL` matched
+        rows Postgres fails on). A text that is no label the clause was compiled with may
+        be one added since (ALTER TYPE ... ADD VALUE): Postgres is asked about the row."""
+        labels = self.enum_labels(target)
+        if labels is None:
+            if not self.live:
+                return parser
+            raise error_at(
+                f"casting to {target.element.name} is not supported here (its labels are"
+                " not known)",
+                node,
+            )
+        known = frozenset(labels)
+        name = target.element.name
+
+        def check(value: Value) -> None:
+            if isinstance(value, tuple):
+                for item in value:
+                    check(item)
+            elif value is not None and value not in known:
+                raise pgv.UnrepresentableValue(
+                    f"a text cast to enum {name} that is none of the labels the clause was"
+                    " compiled with: Postgres tells whether it is one"
+                )
+
+        def parse(text: str) -> Value:
+            value = parser(text)
+            check(value)
+            return value
+
+        return parse
+
+    def _padded_cast(
+        self, arg: Expr, target: PgType, parser: Callable[[str], Value], node: ast.Node
+    ) -> Expr:
+        """char(n) to a type whose input function reads trailing spaces (bytea, uuid, an
+        enum): Postgres casts through char(n)'s output, padded to n ('a'::char(3)::bytea
+        is \\x612020, 'ok'::char(3)::mood fails), where the engine keeps char(n) values
+        trimmed (it matched `ch::bytea = '\\x61'` and `ch::mood = 'ok'`). A char(n)
+        column's text is read as the row carries it, padded; any other char(n) expression
+        is refused."""
+        if arg.raw and arg.column is not None:
+            return Expr(target, column_eval(arg.column, parser), node=node)
+        raise error_at(
+            f"casting a char(n) expression to {target.sql_name} is not supported here"
+            " (Postgres casts its text padded with spaces; cast it to text first)",
+            node,
+        )
 
     def cast_to_text(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         src = arg.type
@@ -1222,6 +1279,17 @@ class Compiler:
 def _collatable(typ: PgType) -> bool:
     """A type with a collation (or an untyped literal, which takes one as text)."""
     return typ in STRING_TYPES or typ == UNKNOWN or (typ.array and typ.element in STRING_TYPES)
+
+
+#: Types whose input functions skip trailing (ASCII) spaces, so that a char(n) value cast to
+#: one reads the same trimmed as Postgres reads it padded (array_in too, after the braces).
+_SPACE_BLIND = frozenset(
+    {*NUMERIC_ORDER, BOOL, DATE, TIME, TIMESTAMP, TIMESTAMPTZ, INTERVAL, TEXT, VARCHAR, NAME}
+)
+
+
+def _skips_trailing_spaces(target: PgType) -> bool:
+    return target.array or target in _SPACE_BLIND
 
 
 def _refuse_lost_padding(typ: PgType, node: ast.Node | None) -> None:

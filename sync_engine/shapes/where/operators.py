@@ -739,8 +739,9 @@ def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
 
 
 def _list_types_match(c: Compiler, exprs: list[Expr], node: ast.Node) -> bool:
-    """Whether the left side and the constants of an IN have a common type: where they
-    have none (`c1 IN ('a'::text, 'b')`: "char" beside text), transformAExprIn asks
+    """Whether the left side and the constants of an IN are one `= ANY(ARRAY[...])`: they
+    have a common type, and it is not an array. Where they have none (`c1 IN ('a'::text,
+    'b')`: "char" beside text), transformAExprIn asks
     select_common_type without a context, which then answers "none" instead of failing,
     and every item is its own `x = item` (c1 = 'a'::text is text = text)."""
     typ = UNKNOWN
@@ -749,7 +750,11 @@ def _list_types_match(c: Compiler, exprs: list[Expr], node: ast.Node) -> bool:
         if common is None:
             return False
         typ = common
-    return True
+    # (nor is there an array of arrays for `= ANY`: arrays are compared each with its own
+    # `=`, so `ia IN ('{1}'::int4[], '{}'::int8[])` is "operator does not exist: integer[] =
+    # bigint[]" as in Postgres, where the engine compared them as int8[]: a 200 whose
+    # snapshot then failed)
+    return not typ.array
 
 
 def _reads_columns(node: ast.Node) -> bool:

@@ -334,6 +334,8 @@ def to_float4(value: Value) -> float:
         return pgv.parse_float4(str(value.copy_abs() if value.is_zero() else value))
     result = float(value)
     narrowed = pgv.round_float4(result)
+    if isinstance(value, int) and not isinstance(value, bool):
+        narrowed = pgv.narrow_exactly(result, value)  # ((float) of an int64: one rounding)
     if narrowed == 0.0 and result != 0.0:
         raise OverflowError("value out of range: underflow")
     return narrowed
