@@ -282,8 +282,19 @@ TOO_MANY_CONNECTIONS = (
 MAX_LINGERING_REFUSALS = 64
 
 
+#: After a parser refusal (`RefusingRequestHandler.refuse`), what the client still sends is
+#: read and dropped up to this many bytes, for up to this many seconds, before the connection
+#: closes (the proxy's values, proxy/http/protocol.py).
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 2.0
+
+
 class _Refusals:
+    #: Connections refused at the cap waiting for their 503 to get out.
     lingering = 0
+    #: Connections whose request was refused, reading and dropping what the client still
+    #: sends before they close (`RefusingRequestHandler._linger_close`).
+    lingering_refused = 0
 
 
 def refuse_at_the_cap(transport: Any) -> None:
@@ -479,8 +490,11 @@ class RefusingRequestHandler(RequestHandler):
         "_body_left",
         "_head_began",
         "_head_timer",
+        "_linger_left",
+        "_linger_timer",
         "_pending",
         "_refused",
+        "_refusing",
         "_scan",
         "_seen_requests",
     )
@@ -512,6 +526,12 @@ class RefusingRequestHandler(RequestHandler):
         # does not arrive whole in one packet: nothing per request otherwise).
         self._head_began: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        # The answer being sent is a refusal (`refuse`): the connection lingers after it.
+        self._refusing = False
+        # Bytes still read and dropped after a refusal before the close (`_linger_close`);
+        # -1: not lingering. Its timer closes the connection when the time is up.
+        self._linger_left = -1
+        self._linger_timer: asyncio.TimerHandle | None = None
 
     @property
     def _handler_waiter(self) -> asyncio.Future[None] | None:
@@ -619,7 +639,43 @@ class RefusingRequestHandler(RequestHandler):
         peer = transport.get_extra_info("peername") if transport is not None else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
+    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
+        resp, reset = await super()._handle_request(request, start_time, request_handler)
+        if self._refusing and not reset:
+            self._linger_close()
+        return resp, reset
+
+    def _linger_close(self) -> None:
+        """Close after a refusal, its answer written, as nginx's `lingering_close` does (and
+        the proxy, proxy/http/protocol.py): FIN after the answer, then what the client still
+        sends is read and dropped (up to `LINGER_BYTES`, for up to `LINGER_SECONDS`, until
+        it closes its side) before the socket is closed. Closed at once with the rest of the
+        refused request (a body, pipelined requests) unread in the kernel, the socket sent a
+        reset, and a client still sending, or reading after its send, got "connection reset"
+        instead of the JSON 4xx it had been sent (fuzz). At most `MAX_LINGERING_REFUSALS`
+        linger at once; beyond, the connection closes at once, as before."""
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        # (set by hand: the connection's task then ends without closing the transport, and
+        # aiohttp reads no more of it: `data_received` drops what comes)
+        self._force_close = True
+        if _Refusals.lingering_refused >= MAX_LINGERING_REFUSALS or not transport.can_write_eof():
+            transport.close()
+            return
+        _Refusals.lingering_refused += 1
+        self._linger_left = LINGER_BYTES
+        transport.write_eof()  # (once what is buffered, the answer, is sent)
+        transport.resume_reading()
+        self._linger_timer = self._loop.call_later(LINGER_SECONDS, transport.close)
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._linger_left >= 0:
+            self._linger_left = -1
+            _Refusals.lingering_refused -= 1
+        linger, self._linger_timer = self._linger_timer, None
+        if linger is not None:
+            linger.cancel()
         self._release_head()
         _give_back_soon(self._loop)
         timer, self._head_timer = self._head_timer, None
@@ -679,6 +735,12 @@ class RefusingRequestHandler(RequestHandler):
             self._parser = _Refusing(HeadOverLimit(answer))  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left >= 0:  # (after a refusal: dropped, `_linger_close`)
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and self.transport is not None:
+                self._linger_left = 0  # (counted until the connection is lost)
+                self.transport.close()
+            return
         if self._refused:
             return
         messages = self._messages
@@ -862,6 +924,7 @@ class RefusingRequestHandler(RequestHandler):
             raise ConnectionError("Response is sent already, cannot send another response")
         response = self.refused(answer)
         response.force_close()
+        self._refusing = True
         return response
 
 
