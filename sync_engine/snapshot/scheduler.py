@@ -98,6 +98,10 @@ class SnapshotScheduler:
         self._queue: deque[Shape] = deque()
         self._idle: list[tuple[Connection, float]] = []
         self._connections = 0  # open or opening
+        self._opening = 0  # being opened (`_open`)
+        # A connection attempt failed while none was open: no new attempt starts until the
+        # round in flight has ended (`_open`).
+        self._failing = False
         self._in_flight = 0
         self._flush_pending = False
         self._reaper: asyncio.TimerHandle | None = None
@@ -164,9 +168,10 @@ class SnapshotScheduler:
                 self._idle.append((conn, asyncio.get_running_loop().time()))
                 break
             self._start(conn, batch)
-        if self._queue and self._connections < self.max_connections:
+        if self._queue and self._connections < self.max_connections and not self._failing:
             while self._connections < self.max_connections:
                 self._connections += 1
+                self._opening += 1
                 self._spawn(self._open())
 
     def _threshold(self) -> int:
@@ -297,20 +302,33 @@ class SnapshotScheduler:
     # -- connections ------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        """Open a connection for the queue. Attempts go in rounds (all the missing ones at
+        once); while one fails with no connection open, no new attempt starts until the
+        round has ended, and its end fails every shape waiting: a new shape's submit
+        started another as soon as one had failed, and a storm of new shapes (each failing
+        in its turn: Postgres stopping refuses every connection) kept the first ones
+        waiting, and the transactions they parked unconfirmed, for as long as it went on
+        (the stopping walsender waited for them: `pg_ctl stop -m fast` held up 60 s)."""
         try:
             conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
         except Exception as exc:
             self._connections -= 1
+            self._opening -= 1
+            if self._connections == self._opening:  # (none open: none may take the queue)
+                self._failing = True
             # Said once per outage, when the last attempt fails, not once per connection
             # (all of them are opened at once, and fail together).
             log = logger.warning if self._connections == 0 else logger.debug
             log("could not open a snapshot connection: %s", exc)
             if self._connections == 0:  # nothing could ever take them: fail the waiting
+                self._failing = False
                 waiting, self._queue = self._queue, deque()
                 for shape in waiting:
                     if not shape.rotated:
                         self._on_failed(shape, exc)
             return
+        self._opening -= 1
+        self._failing = False
         if self._closed:
             await conn.close()
             return
