@@ -168,7 +168,11 @@ def parse_shape_request(
             {"where": [f"is bigger than maximum size ({limits.MAX_WHERE_BYTES} bytes)"]}
         )
     cursor_raw = q.get("cursor", "")
-    cursor = int(cursor_raw) if cursor_raw.isdigit() and len(cursor_raw) < 19 else 0
+    cursor = (
+        int(cursor_raw)
+        if cursor_raw.isascii() and cursor_raw.isdigit() and len(cursor_raw) < 19
+        else 0
+    )
 
     subset = _parse_subset(q, subset_params, subset_body) if has_subset else None
     shape = ShapeParams(

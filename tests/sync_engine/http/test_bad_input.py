@@ -111,7 +111,7 @@ async def test_offset_is_required(engine: Engine, params: dict[str, str]) -> Non
 
 @pytest.mark.parametrize(
     "offset",
-    ["abc", "9" * 5000],
+    ["abc", "9" * 5000, "0_\u0663", "\u0967_0"],  # (non-ASCII digits: attack)
     ids=lambda o: o if len(o) < 20 else f"long-{len(o)}",
 )  # fmt: skip
 async def test_invalid_offset_format(engine: Engine, offset: str) -> None:
