@@ -33,6 +33,7 @@ from .live import client_gone, serve_sse
 from .params import (
     MAX_BODY,
     ShapeRequest,
+    check_query_utf8,
     parse_delete_request,
     parse_json_body,
     parse_shape_request,
@@ -112,6 +113,7 @@ class ShapeView:
         if not self.settings.allow_delete:
             return json_response(405, {"message": "DELETE not allowed"})
         source = await self.find_source(request)
+        check_query_utf8(request.rel_url.raw_query_string)
         asked = parse_delete_request(request.query)
         handle = asked.handle
         if asked.shape is not None:
@@ -136,6 +138,7 @@ class ShapeView:
     async def _serve(
         self, request: web.Request, source: Source, body: dict[str, Any] | None
     ) -> web.StreamResponse:
+        check_query_utf8(request.rel_url.raw_query_string)
         req = parse_shape_request(request.query, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
