@@ -771,8 +771,7 @@ class Replicator:
         would start at the published end, and the last one publish the rest of the
         transaction as if whole (rows lost; and an earlier transaction of the shape, cut
         back too, skipped as a replay when the slot sent it again)."""
-        if epoch is not None and epoch != self._cut_backs:
-            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+        self._check_not_cut_back(epoch)
         self._dirty.add(shape)  # (before: a failed write elsewhere cuts it back too)
         try:
             written = await shape.log.append_transaction_paced(lsn, messages, ends, alive.step)
@@ -782,12 +781,17 @@ class Replicator:
             raise
         if self._failure is not None:  # cut back meanwhile: the stream loop pauses
             raise self._failure
-        if epoch is not None and epoch != self._cut_backs:
-            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+        self._check_not_cut_back(epoch)
         if not written or shape.rotated:
             return False
         await alive.step()  # (a part is a few ms of work: the loop runs after each)
         return not shape.rotated
+
+    def _check_not_cut_back(self, epoch: int | None) -> None:
+        """Raise `LogCutBack` if staged appends were cut back since `epoch` (`_cut_backs`
+        when a held transaction's writing began; None: not a held one, nothing to check)."""
+        if epoch is not None and epoch != self._cut_backs:
+            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
@@ -1057,8 +1061,7 @@ class Replicator:
                     if shape.rotated:
                         return None
                     return False, "a row's where clause could not be evaluated"
-                if epoch != self._cut_backs:  # (while the loop ran after the last part)
-                    raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+                self._check_not_cut_back(epoch)  # (while the loop ran after the last part)
                 wrote = shape.log.has_unpublished  # (else none of its rows is the shape's)
                 await self._flush_staged()
                 # Published whole, whatever was cut back elsewhere meanwhile (its fsync over,
