@@ -11,6 +11,7 @@ Which part of the log a request gets (protocol sheet 3.9):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -67,6 +68,8 @@ _DEFINITION_MISMATCH = (
 )
 
 FindSource = Callable[[web.Request], Awaitable["Source"]]
+
+logger = logging.getLogger(__name__)
 
 
 class ShapeView:
@@ -271,6 +274,15 @@ class ShapeView:
                 if gone is not None and gone.done():
                     raise ConnectionResetError("the client went away")
                 if loop.time() >= deadline:
+                    logger.info(
+                        "shape %s: a request gave up on chunk %d of its snapshot after %g s"
+                        " (%d chunks written); the snapshot: %s",
+                        shape.handle,
+                        index,
+                        SNAPSHOT_WAIT,
+                        shape_log.snapshot_chunks,
+                        source.snapshots.where_waiting(shape),
+                    )
                     raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
                 if not await source.database_answers() and not ready():
                     raise not_answering()

@@ -109,6 +109,10 @@ class SnapshotScheduler:
         self._closed = False
         # Shapes already run again once because their connection died (see `_run`).
         self._retried: weakref.WeakSet[Shape] = weakref.WeakSet()
+        # The task running each shape's batch (`where_waiting`).
+        self._running: weakref.WeakKeyDictionary[Shape, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -146,6 +150,17 @@ class SnapshotScheduler:
         idle, self._idle = self._idle, []
         for conn, _ in idle:
             await conn.close()
+
+    def where_waiting(self, shape: Shape) -> str:
+        """Where the snapshot of `shape` is, for a log line when its request gives up on it
+        (a 503 "taking too long"): queued, or what its batch's task awaits now (its chain
+        of awaits, innermost last), or nowhere (none runs it)."""
+        if shape in self._queue:
+            return f"queued ({len(self._queue)} waiting, {self._in_flight} batches running)"
+        task = self._running.get(shape)
+        if task is None or task.done():
+            return "no batch runs it"
+        return "its batch awaits " + (" > ".join(_await_chain(task)) or "?")
 
     # -- starting batches -------------------------------------------------------------------
 
@@ -219,6 +234,10 @@ class SnapshotScheduler:
         retry: list[SnapshotJob] = []
         healthy = False
         watch = _Watch(conn, batch, jobs)
+        task = asyncio.current_task()
+        if task is not None:
+            for shape in batch:
+                self._running[shape] = task
         try:
             retry = await run_batch(
                 conn,
@@ -413,6 +432,23 @@ class _Watch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _await_chain(task: asyncio.Task[None]) -> list[str]:
+    """The coroutines a task awaits through, outermost first (`function (file:line)`),
+    then what the innermost awaits."""
+    chain: list[str] = []
+    awaited: object = task.get_coro()
+    for _ in range(64):
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is None:
+            if awaited is not None:
+                chain.append(type(awaited).__name__)
+            break
+        code = frame.f_code
+        chain.append(f"{code.co_name} ({code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return chain
 
 
 def closed_by_server(conn: Connection) -> bool:
