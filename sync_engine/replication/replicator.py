@@ -858,7 +858,21 @@ class Replicator:
         shape.hold(xid, lsn, changes)
         self._start_settling(shape)
 
-    def _rotate_unreadable(self, shape: Shape) -> None:
+    def _rotate_unreadable(self, shape: Shape, failed: str | None = None) -> None:
+        """Rotate a shape whose where clause read a value only Postgres can evaluate, when
+        Postgres cannot be asked (no `evaluate`), or was and failed (`failed` says how: a
+        data error of the clause on the row, say: the line said "could not be asked" for
+        those too, sending an operator looking for BC dates; attack)."""
+        if failed is not None:
+            logger.warning(
+                "shape %s of table %s.%s rotated: Postgres could not evaluate its where"
+                " clause on a row (%s)",
+                shape.handle,
+                *shape.relation,
+                failed,
+            )
+            self.registry.rotate(shape, "where clause could not be evaluated on a row")
+            return
         logger.warning(
             "shape %s of table %s.%s rotated: its where clause read a value only Postgres "
             "can evaluate (a date outside years 1-9999, or a text cast in a form the engine "
@@ -944,8 +958,7 @@ class Replicator:
             except Exception as exc:  # (Unevaluable says why; anything else: its kind only,
                 # a message may hold the row's values)
                 why = str(exc) if isinstance(exc, Unevaluable) else type(exc).__name__
-                logger.info("shape %s: %s", shape.handle, why)
-                self._rotate_unreadable(shape)
+                self._rotate_unreadable(shape, why)
                 return
             if shape.rotated or not shape.held or shape.held[0] is not entry:
                 continue  # (one sent again after a cut-back came before it: that first)
