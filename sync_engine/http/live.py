@@ -97,6 +97,11 @@ class LiveConnection(EngineRequestHandler):
                 gone.set_result(None)
         return gone
 
+    def waits_on_client(self) -> bool:
+        # (a request on it asked whether its client goes: it waits on it, and one that has
+        # waited before on the same connection counts too: let go at a FIN, as always)
+        return self._gone is not None
+
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._stall is None:

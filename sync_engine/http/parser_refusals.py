@@ -282,8 +282,19 @@ TOO_MANY_CONNECTIONS = (
 MAX_LINGERING_REFUSALS = 64
 
 
+#: After a parser refusal (`RefusingRequestHandler.refuse`), what the client still sends is
+#: read and dropped up to this many bytes, for up to this many seconds, before the connection
+#: closes (the proxy's values, proxy/http/protocol.py).
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 2.0
+
+
 class _Refusals:
+    #: Connections refused at the cap waiting for their 503 to get out.
     lingering = 0
+    #: Connections whose request was refused, reading and dropping what the client still
+    #: sends before they close (`RefusingRequestHandler._linger_close`).
+    lingering_refused = 0
 
 
 def refuse_at_the_cap(transport: Any) -> None:
@@ -475,12 +486,17 @@ class RefusingRequestHandler(RequestHandler):
     """
 
     __slots__ = (
+        "_answered",
         "_body",
         "_body_left",
+        "_eof_seen",
         "_head_began",
         "_head_timer",
+        "_linger_left",
+        "_linger_timer",
         "_pending",
         "_refused",
+        "_refusing",
         "_scan",
         "_seen_requests",
     )
@@ -512,6 +528,16 @@ class RefusingRequestHandler(RequestHandler):
         # does not arrive whole in one packet: nothing per request otherwise).
         self._head_began: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        # The answer being sent is a refusal (`refuse`): the connection lingers after it.
+        self._refusing = False
+        # Bytes still read and dropped after a refusal before the close (`_linger_close`);
+        # -1: not lingering. Its timer closes the connection when the time is up.
+        self._linger_left = -1
+        self._linger_timer: asyncio.TimerHandle | None = None
+        # The client shut its sending side after complete requests (`eof_received`): they
+        # are answered, then the connection closes.
+        self._eof_seen = False
+        self._answered = 0  # requests whose answer is done (`_request_count`: parsed)
 
     @property
     def _handler_waiter(self) -> asyncio.Future[None] | None:
@@ -619,7 +645,107 @@ class RefusingRequestHandler(RequestHandler):
         peer = transport.get_extra_info("peername") if transport is not None else None
         return str(peer[0]) if isinstance(peer, tuple) and peer else "?"
 
+    async def _handle_request(self, request: Any, start_time: Any, request_handler: Any) -> Any:
+        try:
+            resp, reset = await super()._handle_request(request, start_time, request_handler)
+        finally:
+            self._answered += 1
+        if self._refusing and not reset:
+            self._linger_close()
+        elif self._eof_seen and self._answered >= self._request_count:
+            self.close()  # (the client sends nothing more: closed once this is out)
+        return resp, reset
+
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client shut its sending side (FIN). After complete requests that are not
+        live, it is half-closing (HTTP/1.1 allows it: curl with some options, some proxies):
+        they are answered, in order, then the connection closes (True: the transport stays
+        open for writing), if within `HALF_CLOSE_GRACE`. Otherwise it has left: the
+        connection closes (None now, or `_after_eof` once the request taken is known to be
+        live), and a live request (held until its shape changes) is let go, as an idle
+        connection, an unfinished head or body (it can never be whole), or a refused one
+        are. Taken for leaving in every case, a non-live request got no answer at all.
+
+        A FIN does not tell a half-close from a client gone for good (its close sends the
+        same): a request that takes long (a subset query, a new shape's snapshot) is still
+        cut `HALF_CLOSE_GRACE` after it, as its Postgres work must be when the client left
+        (tests/sync_engine/http/test_subset_client_gone.py)."""
+        if self._force_close or self._close or self._refused or self._linger_left >= 0:
+            return None
+        if self._answered >= self._request_count:
+            return None  # (idle: gone)
+        if self._pending or (self._body is not None and not self._body.is_eof()):
+            return None  # (a head or a body unfinished: never whole now)
+        self._eof_seen = True
+        # (the request taken last may not have begun: its task runs before this)
+        self._loop.call_soon(self._after_eof)
+        return True
+
+    def _after_eof(self) -> None:
+        """A half-close (`eof_received`): close now if a request in progress or queued is
+        live (its client is gone) or its body unfinished."""
+        if self.transport is None or self._force_close:
+            return
+        request = self._current_request
+        leave = self.waits_on_client() or (
+            request is not None and (_live(request) or not request.content.is_eof())
+        )
+        for message, payload in self._messages:
+            if not payload.is_eof() or (not isinstance(message, _ErrInfo) and _live(message)):
+                leave = True
+        if leave:
+            self.force_close()
+        else:
+            self._loop.call_later(HALF_CLOSE_GRACE, self._half_close_over)
+
+    def waits_on_client(self) -> bool:
+        """Whether a request on this connection waits for something for as long as its
+        client stays (a change, a snapshot, a subset query): a FIN lets it go at once
+        (`_after_eof`). None here; the engine's connection knows (`http.live`)."""
+        return False
+
+    def _half_close_over(self) -> None:
+        """`HALF_CLOSE_GRACE` after a half-close: what is not answered yet is cut (the client
+        taken for gone, as before)."""
+        if self.transport is not None and not self._force_close:
+            if self._answered < self._request_count:
+                self.force_close()
+
+    def _linger_close(self) -> None:
+        """Close after a refusal, its answer written, as nginx's `lingering_close` does (and
+        the proxy, proxy/http/protocol.py): FIN after the answer, then what the client still
+        sends is read and dropped (up to `LINGER_BYTES`, for up to `LINGER_SECONDS`, until
+        it closes its side) before the socket is closed. Closed at once with the rest of the
+        refused request (a body, pipelined requests) unread in the kernel, the socket sent a
+        reset, and a client still sending, or reading after its send, got "connection reset"
+        instead of the JSON 4xx it had been sent (fuzz). At most `MAX_LINGERING_REFUSALS`
+        linger at once; beyond, the connection closes at once, as before."""
+        transport = self.transport
+        if transport is None or self._force_close:
+            return
+        # (set by hand: the connection's task then ends without closing the transport, and
+        # aiohttp reads no more of it: `data_received` drops what comes)
+        self._force_close = True
+        if (
+            _Refusals.lingering_refused >= MAX_LINGERING_REFUSALS
+            or not transport.can_write_eof()
+            or self._eof_seen  # (nothing more to read: the client shut its side)
+        ):
+            transport.close()
+            return
+        _Refusals.lingering_refused += 1
+        self._linger_left = LINGER_BYTES
+        transport.write_eof()  # (once what is buffered, the answer, is sent)
+        transport.resume_reading()
+        self._linger_timer = self._loop.call_later(LINGER_SECONDS, transport.close)
+
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._linger_left >= 0:
+            self._linger_left = -1
+            _Refusals.lingering_refused -= 1
+        linger, self._linger_timer = self._linger_timer, None
+        if linger is not None:
+            linger.cancel()
         self._release_head()
         _give_back_soon(self._loop)
         timer, self._head_timer = self._head_timer, None
@@ -679,6 +805,12 @@ class RefusingRequestHandler(RequestHandler):
             self._parser = _Refusing(HeadOverLimit(answer))  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if self._linger_left >= 0:  # (after a refusal: dropped, `_linger_close`)
+            self._linger_left -= len(data)
+            if self._linger_left < 0 and self.transport is not None:
+                self._linger_left = 0  # (counted until the connection is lost)
+                self.transport.close()
+            return
         if self._refused:
             return
         messages = self._messages
@@ -862,7 +994,20 @@ class RefusingRequestHandler(RequestHandler):
             raise ConnectionError("Response is sent already, cannot send another response")
         response = self.refused(answer)
         response.force_close()
+        self._refusing = True
         return response
+
+
+#: Seconds after a client's half-close (FIN after complete requests) within which its
+#: requests are still answered; past it, they are cut as for a client that left.
+HALF_CLOSE_GRACE = 2.0
+
+
+def _live(request: Any) -> bool:
+    """Whether a request (a `web.Request` or a parsed message) asks to be held until its
+    shape changes (`live`, as Electric reads the flag: present and not `false`)."""
+    live = request.url.query.get("live")
+    return live is not None and live != "false"
 
 
 _HANDLER_CLASS = web.AppKey("refusing_handler_class", type)
@@ -890,7 +1035,13 @@ class _Request(web.Request):
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         headers = response.headers
         headers.popall("Server", None)
-        if self._message.upgrade:
+        protocol = self._protocol
+        if self._message.upgrade or (
+            isinstance(protocol, RefusingRequestHandler)
+            and protocol._eof_seen
+            and protocol._answered + 1 >= protocol._request_count
+        ):
+            # (upgrade: see above; the last answer to a client that half-closed its socket)
             response.force_close()
             if self.version >= HttpVersion11:
                 headers["Connection"] = "close"

@@ -11,6 +11,7 @@ Which part of the log a request gets (protocol sheet 3.9):
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,6 +34,7 @@ from .live import client_gone, serve_sse
 from .params import (
     MAX_BODY,
     ShapeRequest,
+    check_query_utf8,
     parse_delete_request,
     parse_json_body,
     parse_shape_request,
@@ -66,6 +68,8 @@ _DEFINITION_MISMATCH = (
 )
 
 FindSource = Callable[[web.Request], Awaitable["Source"]]
+
+logger = logging.getLogger(__name__)
 
 
 class ShapeView:
@@ -112,6 +116,7 @@ class ShapeView:
         if not self.settings.allow_delete:
             return json_response(405, {"message": "DELETE not allowed"})
         source = await self.find_source(request)
+        check_query_utf8(request.rel_url.raw_query_string)
         asked = parse_delete_request(request.query)
         handle = asked.handle
         if asked.shape is not None:
@@ -136,6 +141,7 @@ class ShapeView:
     async def _serve(
         self, request: web.Request, source: Source, body: dict[str, Any] | None
     ) -> web.StreamResponse:
+        check_query_utf8(request.rel_url.raw_query_string)
         req = parse_shape_request(request.query, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
@@ -268,6 +274,15 @@ class ShapeView:
                 if gone is not None and gone.done():
                     raise ConnectionResetError("the client went away")
                 if loop.time() >= deadline:
+                    logger.info(
+                        "shape %s: a request gave up on chunk %d of its snapshot after %g s"
+                        " (%d chunks written); the snapshot: %s",
+                        shape.handle,
+                        index,
+                        SNAPSHOT_WAIT,
+                        shape_log.snapshot_chunks,
+                        source.snapshots.where_waiting(shape),
+                    )
                     raise ServiceUnavailable("Snapshot is taking too long, please retry", 5)
                 if not await source.database_answers() and not ready():
                     raise not_answering()

@@ -14,7 +14,10 @@ from dataclasses import dataclass
 
 INF_OP = 1 << 62
 
-_OFFSET_RE = re.compile(r"\A(\d+)_(\d+|inf)\Z")
+#: ASCII digits only: Python's `\d` (and `int`) read every script's digits, and `0_\u0663`
+#: (an Arabic-Indic three) was served as `0_3`, one offset with many spellings (each its own
+#: cache key; attack). Electric's `Integer.parse` reads ASCII digits only.
+_OFFSET_RE = re.compile(r"\A([0-9]+)_([0-9]+|inf)\Z")
 
 
 class InvalidOffset(ValueError):

@@ -771,8 +771,7 @@ class Replicator:
         would start at the published end, and the last one publish the rest of the
         transaction as if whole (rows lost; and an earlier transaction of the shape, cut
         back too, skipped as a replay when the slot sent it again)."""
-        if epoch is not None and epoch != self._cut_backs:
-            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+        self._check_not_cut_back(epoch)
         self._dirty.add(shape)  # (before: a failed write elsewhere cuts it back too)
         try:
             written = await shape.log.append_transaction_paced(lsn, messages, ends, alive.step)
@@ -782,12 +781,17 @@ class Replicator:
             raise
         if self._failure is not None:  # cut back meanwhile: the stream loop pauses
             raise self._failure
-        if epoch is not None and epoch != self._cut_backs:
-            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+        self._check_not_cut_back(epoch)
         if not written or shape.rotated:
             return False
         await alive.step()  # (a part is a few ms of work: the loop runs after each)
         return not shape.rotated
+
+    def _check_not_cut_back(self, epoch: int | None) -> None:
+        """Raise `LogCutBack` if staged appends were cut back since `epoch` (`_cut_backs`
+        when a held transaction's writing began; None: not a held one, nothing to check)."""
+        if epoch is not None and epoch != self._cut_backs:
+            raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
 
     def release_pending(self, shape: Shape) -> None:
         """The shape's snapshot horizon is known: apply what was parked, in order."""
@@ -854,7 +858,21 @@ class Replicator:
         shape.hold(xid, lsn, changes)
         self._start_settling(shape)
 
-    def _rotate_unreadable(self, shape: Shape) -> None:
+    def _rotate_unreadable(self, shape: Shape, failed: str | None = None) -> None:
+        """Rotate a shape whose where clause read a value only Postgres can evaluate, when
+        Postgres cannot be asked (no `evaluate`), or was and failed (`failed` says how: a
+        data error of the clause on the row, say: the line said "could not be asked" for
+        those too, sending an operator looking for BC dates; attack)."""
+        if failed is not None:
+            logger.warning(
+                "shape %s of table %s.%s rotated: Postgres could not evaluate its where"
+                " clause on a row (%s)",
+                shape.handle,
+                *shape.relation,
+                failed,
+            )
+            self.registry.rotate(shape, "where clause could not be evaluated on a row")
+            return
         logger.warning(
             "shape %s of table %s.%s rotated: its where clause read a value only Postgres "
             "can evaluate (a date outside years 1-9999, or a text cast in a form the engine "
@@ -940,8 +958,7 @@ class Replicator:
             except Exception as exc:  # (Unevaluable says why; anything else: its kind only,
                 # a message may hold the row's values)
                 why = str(exc) if isinstance(exc, Unevaluable) else type(exc).__name__
-                logger.info("shape %s: %s", shape.handle, why)
-                self._rotate_unreadable(shape)
+                self._rotate_unreadable(shape, why)
                 return
             if shape.rotated or not shape.held or shape.held[0] is not entry:
                 continue  # (one sent again after a cut-back came before it: that first)
@@ -1057,8 +1074,7 @@ class Replicator:
                     if shape.rotated:
                         return None
                     return False, "a row's where clause could not be evaluated"
-                if epoch != self._cut_backs:  # (while the loop ran after the last part)
-                    raise LogCutBack(errno.ECANCELED, "the log was cut back while being written")
+                self._check_not_cut_back(epoch)  # (while the loop ran after the last part)
                 wrote = shape.log.has_unpublished  # (else none of its rows is the shape's)
                 await self._flush_staged()
                 # Published whole, whatever was cut back elsewhere meanwhile (its fsync over,

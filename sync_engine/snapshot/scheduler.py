@@ -98,6 +98,10 @@ class SnapshotScheduler:
         self._queue: deque[Shape] = deque()
         self._idle: list[tuple[Connection, float]] = []
         self._connections = 0  # open or opening
+        self._opening = 0  # being opened (`_open`)
+        # A connection attempt failed while none was open: no new attempt starts until the
+        # round in flight has ended (`_open`).
+        self._failing = False
         self._in_flight = 0
         self._flush_pending = False
         self._reaper: asyncio.TimerHandle | None = None
@@ -105,6 +109,10 @@ class SnapshotScheduler:
         self._closed = False
         # Shapes already run again once because their connection died (see `_run`).
         self._retried: weakref.WeakSet[Shape] = weakref.WeakSet()
+        # The task running each shape's batch (`where_waiting`).
+        self._running: weakref.WeakKeyDictionary[Shape, asyncio.Task[None]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -143,6 +151,17 @@ class SnapshotScheduler:
         for conn, _ in idle:
             await conn.close()
 
+    def where_waiting(self, shape: Shape) -> str:
+        """Where the snapshot of `shape` is, for a log line when its request gives up on it
+        (a 503 "taking too long"): queued, or what its batch's task awaits now (its chain
+        of awaits, innermost last), or nowhere (none runs it)."""
+        if shape in self._queue:
+            return f"queued ({len(self._queue)} waiting, {self._in_flight} batches running)"
+        task = self._running.get(shape)
+        if task is None or task.done():
+            return "no batch runs it"
+        return "its batch awaits " + (" > ".join(_await_chain(task)) or "?")
+
     # -- starting batches -------------------------------------------------------------------
 
     def _flush(self) -> None:
@@ -164,9 +183,10 @@ class SnapshotScheduler:
                 self._idle.append((conn, asyncio.get_running_loop().time()))
                 break
             self._start(conn, batch)
-        if self._queue and self._connections < self.max_connections:
+        if self._queue and self._connections < self.max_connections and not self._failing:
             while self._connections < self.max_connections:
                 self._connections += 1
+                self._opening += 1
                 self._spawn(self._open())
 
     def _threshold(self) -> int:
@@ -214,6 +234,10 @@ class SnapshotScheduler:
         retry: list[SnapshotJob] = []
         healthy = False
         watch = _Watch(conn, batch, jobs)
+        task = asyncio.current_task()
+        if task is not None:
+            for shape in batch:
+                self._running[shape] = task
         try:
             retry = await run_batch(
                 conn,
@@ -297,20 +321,33 @@ class SnapshotScheduler:
     # -- connections ------------------------------------------------------------------------
 
     async def _open(self) -> None:
+        """Open a connection for the queue. Attempts go in rounds (all the missing ones at
+        once); while one fails with no connection open, no new attempt starts until the
+        round has ended, and its end fails every shape waiting: a new shape's submit
+        started another as soon as one had failed, and a storm of new shapes (each failing
+        in its turn: Postgres stopping refuses every connection) kept the first ones
+        waiting, and the transactions they parked unconfirmed, for as long as it went on
+        (the stopping walsender waited for them: `pg_ctl stop -m fast` held up 60 s)."""
         try:
             conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=10)
         except Exception as exc:
             self._connections -= 1
+            self._opening -= 1
+            if self._connections == self._opening:  # (none open: none may take the queue)
+                self._failing = True
             # Said once per outage, when the last attempt fails, not once per connection
             # (all of them are opened at once, and fail together).
             log = logger.warning if self._connections == 0 else logger.debug
             log("could not open a snapshot connection: %s", exc)
             if self._connections == 0:  # nothing could ever take them: fail the waiting
+                self._failing = False
                 waiting, self._queue = self._queue, deque()
                 for shape in waiting:
                     if not shape.rotated:
                         self._on_failed(shape, exc)
             return
+        self._opening -= 1
+        self._failing = False
         if self._closed:
             await conn.close()
             return
@@ -395,6 +432,23 @@ class _Watch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _await_chain(task: asyncio.Task[None]) -> list[str]:
+    """The coroutines a task awaits through, outermost first (`function (file:line)`),
+    then what the innermost awaits."""
+    chain: list[str] = []
+    awaited: object = task.get_coro()
+    for _ in range(64):
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+        if frame is None:
+            if awaited is not None:
+                chain.append(type(awaited).__name__)
+            break
+        code = frame.f_code
+        chain.append(f"{code.co_name} ({code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno})")
+        awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+    return chain
 
 
 def closed_by_server(conn: Connection) -> bool:

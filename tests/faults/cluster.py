@@ -31,11 +31,16 @@ class FaultCluster(Cluster):
             with open(self.dir / "data" / "postgresql.conf", "a") as f:
                 f.writelines(f"{k} = {v}\n" for k, v in settings.items())
 
-    def stop_server(self, mode: StopMode) -> None:
+    def stop_server(self, mode: StopMode, timeout: float = 60) -> None:
         """`pg_ctl stop -m fast` (clean shutdown) or `-m immediate` (as a crash: no
-        checkpoint, slots' confirmed positions back to the last one on restart)."""
+        checkpoint, slots' confirmed positions back to the last one on restart). Raises
+        `CalledProcessError` if Postgres has not stopped within `timeout` seconds (pg_ctl's
+        `-t`; it goes on stopping)."""
         assert PGBIN is not None
-        self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", mode, "-w", "stop")
+        self._run(
+            str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", mode, "-w",
+            "-t", str(round(timeout)), "stop",
+        )  # fmt: skip
 
     def start_with_items(self) -> None:
         """Start it, with the `ITEMS` table (as the `cluster` fixture's)."""

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.sync_engine.engine_harness import Engine, apply
 
@@ -120,7 +121,7 @@ async def test_a_client_finishes_its_sync_while_such_a_row_keeps_changing(
 
 
 async def test_a_row_the_clause_fails_on_retires_the_shape_and_the_others_are_answered(
-    engine: Engine,
+    engine: Engine, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Rows asked about together (the engine cannot read their dates), one of them failing
     the clause in Postgres (division by zero): Postgres fails a snapshot meeting it, so the
@@ -146,6 +147,11 @@ async def test_a_row_the_clause_fails_on_retires_the_shape_and_the_others_are_an
         apply(rows, body)
         offset = h["electric-offset"]
     assert status == 409, (status, body)
+    # The operator is told Postgres failed the clause, not that it "could not be asked"
+    # about a value only it reads (which sent one looking for BC dates: attack).
+    said = [r.getMessage() for r in caplog.records if "rotated" in r.getMessage()]
+    assert any("Postgres could not evaluate its where clause on a row" in m for m in said), said
+    assert not any("could not be asked" in m for m in said), said
     status, _h, body = await engine.get(table="items", where=where, offset="-1")
     assert status == 400 and "division by zero" in str(body), (status, body)
     engine.sql("DELETE FROM items WHERE id = 3")

@@ -111,13 +111,39 @@ async def test_offset_is_required(engine: Engine, params: dict[str, str]) -> Non
 
 @pytest.mark.parametrize(
     "offset",
-    ["abc", "9" * 5000],
+    ["abc", "9" * 5000, "0_\u0663", "\u0967_0"],  # (non-ASCII digits: attack)
     ids=lambda o: o if len(o) < 20 else f"long-{len(o)}",
 )  # fmt: skip
 async def test_invalid_offset_format(engine: Engine, offset: str) -> None:
     make_items(engine)
     body = await bad(engine, {"table": "items", "offset": offset, "handle": "1-2"})
     assert body == {"message": "Invalid request", "errors": {"offset": ["has invalid format"]}}
+    await assert_untouched(engine)
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("table=items&offset=-1&where=title%3D%27%ff%fe%27", "where"),
+        ("table=items&offset=-1&where=title%3D%241&params%5B1%5D=%ff", "params[1]"),
+        ("table=it%ffems&offset=-1", "table"),
+        ("table=items&offset=-1&subset__where=title%3D%27%c3%28%27", "subset__where"),
+        ("table=items&offset=-1&x%ff=1", "query"),  # (the name itself)
+        ("offset=-1&table=it+ems%ff", "table"),  # (before the other checks)
+    ],
+    ids=["where", "params", "table", "subset", "unknown-name", "first"],
+)
+async def test_a_query_that_is_not_utf8_is_refused(engine: Engine, query: str, field: str) -> None:
+    """Not decoded with U+FFFD in place of the bad bytes and served (a where clause other
+    than the one sent, U+FFFD bound as a parameter: attack): a 400 naming the parameter,
+    as Plug refuses it (Electric's), in the proxy's words (`check_query_utf8`, both call
+    it). Percent-encoded as the client sent it (yarl keeps `%ff` as it is)."""
+    make_items(engine)
+    resp = await engine.client.get(f"/v1/shape?{query}")
+    raw = await resp.read()
+    headers = {k.lower(): v for k, v in resp.headers.items()}
+    body = assert_client_error(resp.status, headers, raw)
+    assert body == {"message": "Invalid request", "errors": {field: ["is not valid UTF-8"]}}
     await assert_untouched(engine)
 
 

@@ -107,6 +107,9 @@ def test_offset_is_required(params: dict[str, str]) -> None:
         "9" * 200 + "_0",
         "0_" + "9" * 200,
         "9" * 5000,
+        "0_\u0663",  # (an Arabic-Indic three: `\d` and `int` read it as 3)
+        "\u0967_0",  # (a Devanagari one)
+        "\uff11_0",  # (a fullwidth one)
     ],
     ids=lambda o: o if len(o) < 20 else f"long-{len(o)}",
 )
