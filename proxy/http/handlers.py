@@ -39,6 +39,7 @@ from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
     check_as_the_engine,
     check_delete_as_the_engine,
+    check_utf8,
     engine_body,
     parse_post_request,
     parse_shape_query,
@@ -482,6 +483,8 @@ async def _prepare(
     claims, anonymous = await _claims(request, runtime)
     post = method == "POST"
     posted = engine_body(await _read_body(request, config.server.max_body_bytes)) if post else None
+    # (before anything reads the decoded query's values; after the body, as the engine)
+    check_utf8(request.query_string)
     if shape_name is None and method == "DELETE":
         # (the engine's checks of a DELETE, before the policy's; its offset never read)
         query = check_delete_as_the_engine(query)
