@@ -667,14 +667,28 @@ async def root(request: Request) -> StreamResponse:
     return Response(status=200)
 
 
+#: `/healthz`'s `config_error` for a caller that may not read `/metrics`.
+CONFIG_ERROR_HIDDEN = "the last config reload failed; see the proxy's log"
+
+
 async def healthz(request: Request) -> StreamResponse:
-    """Liveness plus config state: a failed reload shows here while the old config serves."""
+    """Liveness plus config state: a failed reload shows here while the old config serves.
+
+    The error's text (file path, table and rule names, environment variable names: policy
+    internals) only to a caller that may read `/metrics` (`metrics_refusal`: the metrics
+    token, or a local client); anyone else reads that a reload failed (attack 07:45)."""
     request.context.outcome = "health"
     holder = _app(request).holder
+    error = holder.last_error
+    if error is not None:
+        token = holder.current.loaded.metrics_token
+        secret = None if token is None else token.get_secret_value()
+        if metrics_refusal(request.remote, request.headers, secret) is not None:
+            error = CONFIG_ERROR_HIDDEN
     body = {
         "status": "ok",
         "config_loaded_at": holder.current.loaded_at,
-        "config_error": holder.last_error,
+        "config_error": error,
     }
     return json_response(json.dumps(body), headers={"Cache-Control": "no-store"})
 
