@@ -123,8 +123,8 @@ def _cors_for(
         echoed = {"Access-Control-Allow-Origin": origin if origin is not None else "*"}
         return True, MappingProxyType({**echoed, **(_ENGINE_CORS if shape else _ENGINE_CORS_OTHER)})
     headers = cors_headers(origin, allow_origins, credentials=credentials)
-    if headers is None:
-        return True, None
+    if headers is None:  # (no Origin: only a listed origin gets CORS headers)
+        return True, (_VARIES_WITH_ORIGIN if allow_origins else None)
     # The methods offered, on every answer as the engine's (Electric's CORSHeaderPlug): the
     # answers of a config listing its origins lacked them, the open config's had them.
     headers["Access-Control-Allow-Methods"] = ENGINE_ALLOW_METHODS if shape else "GET, HEAD"
@@ -140,8 +140,19 @@ def request_origin(request: Request) -> str | None:
     return origin
 
 
+#: The CORS headers of a request without Origin under listed `allow_origins`: none, but the
+#: answer varies with Origin all the same (a listed origin's answer has them): `Vary: Origin`
+#: on it too, else a shared cache that stored it hands it to a listed origin's browser,
+#: which cannot read it for as long as it is kept (attack 07:51: one request without Origin
+#: and an edge in front of the proxy denied a public shape to every browser for an hour).
+_VARIES_WITH_ORIGIN: Mapping[str, str] = MappingProxyType({})
+
+
 def _echoes_origin(cors: Mapping[str, str] | None) -> bool:
-    """The answer names the request's Origin (so it varies with it), not `*` or nothing."""
+    """The answer varies with the request's Origin: it names it (not `*`), or it has no CORS
+    headers because it had no Origin where listed origins get theirs."""
+    if cors is _VARIES_WITH_ORIGIN:
+        return True
     return cors is not None and cors.get("Access-Control-Allow-Origin", "*") != "*"
 
 

@@ -39,6 +39,7 @@ from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
     check_as_the_engine,
     check_delete_as_the_engine,
+    check_utf8,
     engine_body,
     parse_post_request,
     parse_shape_query,
@@ -482,6 +483,8 @@ async def _prepare(
     claims, anonymous = await _claims(request, runtime)
     post = method == "POST"
     posted = engine_body(await _read_body(request, config.server.max_body_bytes)) if post else None
+    # (before anything reads the decoded query's values; after the body, as the engine)
+    check_utf8(request.query_string)
     if shape_name is None and method == "DELETE":
         # (the engine's checks of a DELETE, before the policy's; its offset never read)
         query = check_delete_as_the_engine(query)
@@ -664,14 +667,28 @@ async def root(request: Request) -> StreamResponse:
     return Response(status=200)
 
 
+#: `/healthz`'s `config_error` for a caller that may not read `/metrics`.
+CONFIG_ERROR_HIDDEN = "the last config reload failed; see the proxy's log"
+
+
 async def healthz(request: Request) -> StreamResponse:
-    """Liveness plus config state: a failed reload shows here while the old config serves."""
+    """Liveness plus config state: a failed reload shows here while the old config serves.
+
+    The error's text (file path, table and rule names, environment variable names: policy
+    internals) only to a caller that may read `/metrics` (`metrics_refusal`: the metrics
+    token, or a local client); anyone else reads that a reload failed (attack 07:45)."""
     request.context.outcome = "health"
     holder = _app(request).holder
+    error = holder.last_error
+    if error is not None:
+        token = holder.current.loaded.metrics_token
+        secret = None if token is None else token.get_secret_value()
+        if metrics_refusal(request.remote, request.headers, secret) is not None:
+            error = CONFIG_ERROR_HIDDEN
     body = {
         "status": "ok",
         "config_loaded_at": holder.current.loaded_at,
-        "config_error": holder.last_error,
+        "config_error": error,
     }
     return json_response(json.dumps(body), headers={"Cache-Control": "no-store"})
 

@@ -28,6 +28,7 @@ from sync_engine.http.limits import MAX_PARAMS
 from sync_engine.http.params import (
     DELETE_DEFINITION,
     SUBSET_BODY_KEYS,
+    check_query_utf8,
     parse_delete_request,
     parse_json_body,
 )
@@ -74,6 +75,18 @@ def _invalid(reason: str, field: str, message: str) -> EngineRefusal:
         node = child
     node[parts[-1]] = [message]
     return EngineRefusal(reason, message, body={"message": "Invalid request", "errors": errors})
+
+
+def check_utf8(query_string: str) -> None:
+    """Refuse a query whose percent-escapes are not UTF-8 as the engine does, with the
+    engine's own check (`sync_engine.http.params.check_query_utf8`: a 400 naming the first
+    such parameter). The decoded query (yarl) replaces such bytes with U+FFFD, so the proxy
+    checked and forwarded a clause other than the one sent (`title='\ufffd'` for
+    `title='%FF'`; attack 07:35)."""
+    try:
+        check_query_utf8(query_string)
+    except InvalidRequest as exc:
+        raise _refusal(exc) from None
 
 
 def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -299,6 +312,8 @@ def _reason(errors: Mapping[str, object]) -> tuple[str, str]:
     while isinstance(messages, Mapping):  # {"subset": {"offset": [...]}}
         messages = next(iter(messages.values()), [])
     message = str(messages[0]) if isinstance(messages, list) and messages else ""
+    if message == "is not valid UTF-8":
+        return "invalid_utf8", message
     if "at most once" in message or "more than once" in message:
         return "repeated_parameter", message
     if "NUL bytes" in message:

@@ -9,9 +9,13 @@ whole (the engine's share is freed at once); a larger one it relays at its clien
 an unread one stays in the engine's budget.
 
 With `max_subsets: N`, a principal may have at most N subset requests in flight at once, from
-the moment it is admitted until its answer has been handed to its client (read whole, or the
-connection gone); the next one is a 429 `too_many_subsets` with `Retry-After`. One principal
-then pins at most N answers of the budget. It is a count, not bytes: the proxy cannot know how
+the moment it is admitted until its answer has been handed to its client (its last byte handed
+to the kernel for the client's connection, or the connection gone); the next one is a 429
+`too_many_subsets` with `Retry-After`. One principal then pins at most N answers of the
+budget. An answer the kernel's send buffer swallows whole (it grows by itself up to
+net.ipv4.tcp_wmem's max, 4 MiB by default: ~3 MB of payload) frees its place though its
+client has read none of it: it is out of the engine's budget and the proxy's hands by then,
+as any other answer of that size is. It is a count, not bytes: the proxy cannot know how
 large an answer will be before the engine has spooled it. Off by default (null): an app
 opening many shapes at once sends as many subsets at once, and a client must not be refused
 what the engine would serve; set it (a rule may raise or lower it) when the engine's budget is

@@ -38,6 +38,11 @@ SAME_ANSWER = [
     "offset=-1&subset__where=id>0%00 OR true",
     "offset=-1&subset__order_by=id%00",
     "offset=-1&handle=%00",
+    # percent-escapes that are not UTF-8: refused, never read as U+FFFD (the engine's check)
+    "offset=-1&where=title%3D%27%ff%fe%27",
+    "offset=-1&where=title=$1&params[1]=%C3%28",
+    "offset=-1&foo=%ED%A0%80",
+    "offset=bad&%ff=1",
     # params
     "offset=-1&where=id>$1&params[1]=1&params[2]=2",
     "offset=-1&where=id>$2&params[1]=1",
@@ -235,6 +240,43 @@ async def test_refusals_are_the_engines(
             if got != expected:
                 differences.append((f"{method} {target} {body!r}", expected, got))
     assert differences == []
+
+
+#: Query strings (after `/v1/shape?table=items&offset=-1&`) whose percent-escapes are not
+#: UTF-8, and the parameter the refusal names.
+NOT_UTF8 = [
+    ("where=title%3D%27%ff%fe%27", "where"),
+    ("where=title%3D%241&params%5B1%5D=%ff", "params[1]"),
+    ("subset__where=title%3D%27%C3%28%27", "subset__where"),
+    ("columns=id%2Ctitl%e9", "columns"),
+    ("%ff=1", "query"),
+    ("foo=%ED%A0%80", "foo"),  # (a UTF-16 surrogate, which UTF-8 never holds)
+]
+
+
+async def test_a_query_that_is_not_utf8_is_refused_never_replaced(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """Attack 07:35: the decoded query replaces bytes that are not UTF-8 with U+FFFD, so the
+    proxy checked and forwarded `title = '\ufffd\ufffd'` for `title='%FF%FE'` (a 200 of
+    rows the client never asked for) where Electric's Plug refuses the query. Now a 400 in
+    the engine's form naming the parameter; the same clause in UTF-8 is served."""
+    proxy = await make_proxy(
+        build_config(base_config(engine.url, str(idp_server.make_url("/jwks.json"))), environ)
+    )
+    admin = proxy.tokens.make(sub="root", role="admin")
+    for query, field in NOT_UTF8:
+        reply = await proxy.raw_get(f"/v1/shape?table=items&offset=-1&{query}", admin)
+        assert reply.status == 400, (query, reply.body)
+        assert (
+            reply.body
+            == json.dumps(
+                {"message": "Invalid request", "errors": {field: ["is not valid UTF-8"]}},
+                separators=(",", ":"),
+            ).encode()
+        ), query
+    reply = await proxy.raw_get("/v1/shape?table=items&offset=-1&where=title%3D%27%C3%A9%27", admin)
+    assert reply.status == 200, reply.body
 
 
 @pytest.mark.parametrize("direct", [False, True], ids=["collapsed", "fast-lane"])

@@ -275,6 +275,36 @@ async def test_origins_in_turn_get_the_general_paths_cors_answer(
     assert len(fast_lane_taken) >= 4  # (the allowed and the absent origin, after the first)
 
 
+async def test_an_answer_without_origin_varies_with_origin_under_listed_origins(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    """Attack 07:51: with listed `allow_origins`, a public answer asked for without Origin
+    had no CORS headers and no `Vary: Origin`; an edge cache in front of the proxy stored it
+    and handed it to a listed origin's browser, which could not read it for an hour (one
+    request without Origin did it). Now it says `Vary: Origin` (the fast lane as the general
+    path), and a listed origin's answer still names it."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    rid = "X-Request-Id: fast-lane-test-id-0009"
+    for origin in (None, f"Origin: {ORIGIN}"):
+        head = _request("/v1/shape?table=posts&offset=-1", rid, *([origin] if origin else []))
+        taken = len(fast_lane_taken)
+        for _ in range(3):
+            fast_raw = await _ask(fast, head)
+            general_raw = await _ask(general, head)
+            assert _normal(fast_raw) == _normal(general_raw), origin
+            head_lines = fast_raw.split(b"\r\n\r\n", 1)[0].lower()
+            assert b"cache-control: public" in head_lines
+            vary = re.search(rb"\r\nvary: ([^\r]*)", head_lines)
+            assert vary is not None and b"origin" in vary.group(1), (origin, head_lines)
+            allow_origin = b"access-control-allow-origin: " + ORIGIN.encode()
+            assert (allow_origin in head_lines) == (origin is not None)
+        assert len(fast_lane_taken) > taken
+
+
 async def test_two_configs_in_one_process_each_get_their_own_cache_control(
     real_engine: EngineProcess,
     idp_server: Any,

@@ -264,15 +264,23 @@ async def test_a_client_holding_unread_subsets_is_refused_more_and_others_are_no
 ) -> None:
     """`max_subsets` (`proxy.limits.subsets`): a subset answer the engine has spooled stays in
     its subset budget until handed over, and the proxy relays one over 1 MiB at its client's
-    pace. Mallory asks for a ~3 MB subset and reads nothing of it: her next subset is a 429
-    `too_many_subsets` (she cannot pile up unread answers in the engine's budget, which would
-    get everyone else's large subsets 503s), while Alice's subset is served; once Mallory's
-    connection closes, her place is free again."""
+    pace. Mallory asks for a subset larger than the kernel can buffer toward her and reads
+    nothing of it: her next subset is a 429 `too_many_subsets` (she cannot pile up unread
+    answers in the engine's budget, which would get everyone else's large subsets 503s), while
+    Alice's subset is served; once Mallory's connection closes, her place is free again.
+
+    The answer must not fit in the proxy's socket send buffer (autotuned up to tcp_wmem's max,
+    4 MiB here, of which ~2.8-3 MB of payload): one that fits has left the proxy and the
+    engine's budget, so its slot is released, as it should be. The old ~2.9 MB answer sat on
+    that edge and was a 200 now and then under load (CI, two xdist workers)."""
+    need = _kernel_send_buffer_max() + (2 << 20)
+    repeat = -(-need // (2000 * 32))  # md5 strings of 32 characters, 2000 rows
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS big (id int PRIMARY KEY, payload text)")
         conn.execute(
-            "INSERT INTO big SELECT g, repeat(md5(g::text), 40) FROM generate_series(1, 2000) g"
-            " ON CONFLICT DO NOTHING"
+            "INSERT INTO big SELECT g, repeat(md5(g::text), %s) FROM generate_series(1, 2000) g"
+            " ON CONFLICT DO NOTHING",
+            (repeat,),
         )
     config = _config(real_engine, idp_server, max_subsets=1)
     config["tables"]["big"] = {"allow": [{"when": {"role": "admin"}, "all_rows": True}]}
@@ -295,7 +303,7 @@ async def test_a_client_holding_unread_subsets_is_refused_more_and_others_are_no
             assert got, head
             head += got
         assert head.startswith(b"HTTP/1.1 200"), head
-        assert int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0]) > 2 << 20
+        assert int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n")[0]) > need
         reply = await proxy.get(f"{subset}&cache-buster=2", token=mallory)
         _assert_429(reply)
         assert reply.json()["code"] == "too_many_subsets"
@@ -377,6 +385,14 @@ def _longest(target: Any) -> int:
     """The largest n for which `target(n)` is a request target the proxy's own HTTP parser
     reads (the engine's limit, Electric's); the proxy's engine URL adds ~70 bytes to it."""
     return max(n for n in range(2000, 3400) if len(target(n)) <= CLIENT_MAX_TARGET)
+
+
+def _kernel_send_buffer_max() -> int:
+    """The most a TCP socket's send buffer grows to by itself (Linux's autotuning cap, the
+    third field of net.ipv4.tcp_wmem; the proxy sets no SO_SNDBUF): an answer larger than
+    this cannot all be handed to the kernel while its client reads nothing."""
+    with open("/proc/sys/net/ipv4/tcp_wmem") as file:
+        return int(file.read().split()[2])
 
 
 def _admission() -> Any:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from proxy.config.loader import load_config
+from proxy.http.handlers import CONFIG_ERROR_HIDDEN
 from tests.proxy.proxy_fakes import FakeIdp, KeyPair
 
 SHAPE = "/v1/shape?table=items&offset=-1"
@@ -62,6 +63,11 @@ async def test_file_change_reloads_and_bad_file_keeps_last_good(
     health = (await proxy.get("/healthz")).json()
     assert "upstream" in health["config_error"]
     assert proxy.secret not in health["config_error"]
+    # A caller that may not read /metrics (here: through a forwarding proxy) reads that a
+    # reload failed, not the file's path nor the policy's names (attack 07:45).
+    public = await proxy.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert public.json()["config_error"] == CONFIG_ERROR_HIDDEN
+    assert str(tmp_path) not in public.body.decode() and "upstream" not in public.body.decode()
     assert (await proxy.get(SHAPE, token=token)).status == 200
 
 
