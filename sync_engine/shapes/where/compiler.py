@@ -399,7 +399,9 @@ class Compiler:
             if refusal is not None:
                 raise refusal from None
             message = str(e)
-            if target.element in _CLOCK_TYPES and _CLOCK_CARRIES.search(expr.text):
+            if target.element in _CLOCK_TYPES and pgv.has_non_c_space(expr.text):
+                pass  # (Postgres's own "invalid input syntax": NBSP is no space to it)
+            elif target.element in _CLOCK_TYPES and _CLOCK_CARRIES.search(expr.text):
                 # ('2024-01-01 24:00' and '12:00:60' are valid to Postgres, which carries
                 # them over: the engine said "invalid input syntax" / "out of range")
                 message = (
