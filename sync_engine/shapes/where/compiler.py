@@ -123,6 +123,9 @@ _POSTGRES_READS = re.compile(
     r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|mon|tue|wed|thu|fri|sat|sun"
     r"|am|pm|bc|ad|epoch|allballs|today|tomorrow|yesterday|now|utc|gmt|z|est|edt|cst|cdt"
     r"|mst|mdt|pst|pdt|cet|cest|bst)[a-z]*\b|[a-z]/[a-z]|\d/\d|^\s*\d{8}\b|^\s*j\d"
+    # ('infinity+05:30' and '-infinity UTC' are infinity to Postgres: a zone after the word
+    # is read and dropped; '+infinity' is Postgres 15's "invalid input syntax")
+    r"|^\s*-?infinity(?=\s*[+-]?\w)"
 )
 
 

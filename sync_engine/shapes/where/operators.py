@@ -177,7 +177,9 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
     if typ == UNKNOWN:
         typ = TEXT
     if name not in ("=", "<>") and not c.ordered(typ):
-        if typ.array and typ.element in ORDERED_TYPES:  # (Postgres has these; not the engine)
+        # (Postgres has these, enum arrays too (`ea < ea`, where "operator does not exist"
+        # was not its answer); not the engine)
+        if typ.array and (typ.element in ORDERED_TYPES or typ.element.enum):
             raise error_at(
                 f"comparing arrays with {name} is not supported (compare their elements)", node
             )
