@@ -162,6 +162,33 @@ def _starts_as_postgres_reads(text: str, target: PgType) -> bool:
     return target.element == TIME and m is not None and int(m[1]) <= 24
 
 
+#: Casts Postgres has (pg_cast) between types the engine knows, which it does not evaluate.
+_OTHER_POSTGRES_CASTS = frozenset(
+    (PgType(a), PgType(b))
+    for a, b in (
+        ("char", "int4"), ("int4", "char"), ("interval", "time"), ("timetz", "time"),
+        *(("jsonb", t) for t in ("int2", "int4", "int8", "numeric", "float4", "float8", "bool")),
+    )
+)  # fmt: skip
+
+
+def _postgres_casts(src: PgType, target: PgType) -> bool:
+    """Whether Postgres has an explicit cast from `src` to `target` (so "cannot cast type"
+    is not its answer): an array's is its elements' (`fa::numeric[]`, `ea::text[]`), any
+    type to or from a string type through its text (CoerceViaIO), pg_cast's own."""
+    if src.array or target.array:
+        return src.array and target.array and _postgres_casts(src.element, target.element)
+    return (
+        src == target
+        or src in STRING_TYPES
+        or target in STRING_TYPES
+        or (src, target) in EXPLICIT_CASTS
+        or (src, target) in IMPLICIT_CASTS
+        or (src, target) in _OTHER_POSTGRES_CASTS
+        or (src in NUMERIC_ORDER and target in NUMERIC_ORDER)
+    )
+
+
 def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
     """The labels of the table's enum columns, by column (`ColumnMap.enum_labels`); none
     for a plain mapping of columns."""
@@ -956,6 +983,10 @@ class Compiler:
                 return self.coerce(arg, target)
             except WhereError:
                 pass
+        if _postgres_casts(src, target):
+            raise error_at(
+                f"casting {src.sql_name} to {target.sql_name} is not supported here", node
+            )
         raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
 
     def _enum_input(
