@@ -194,3 +194,10 @@ def test_like_literal_escapes_its_wildcards() -> None:
     assert _like_literal("a_b%c\\d", "\\") == "a\\_b\\%c\\\\d"
     assert _like_literal("50%#_", "#") == "50#%###_"
     assert _param_from_claim({"x": ["a_", "b"]}, "x", "\\") == '{"a\\\\_","b"}'
+
+
+def test_a_claim_as_the_subject_of_a_regex_is_no_pattern() -> None:
+    """(the refusal of claims in regex patterns, test_policy_like_claims_real.py, reads the
+    pattern side only)"""
+    assert compile_template("{{email}} ~ note").sql == "$1 ~ note"
+    assert compile_template("regexp_like({{email}}, 'a')").sql == "regexp_like($1, 'a')"
