@@ -10,6 +10,7 @@ parenthesised and ANDed with the enforced filter.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from collections.abc import Callable, Collection, Iterator
@@ -81,6 +82,11 @@ class CompiledTemplate:
     sql: str
     claim_paths: tuple[str, ...]
     like_escapes: tuple[str | None, ...] = ()
+    #: The indexes `i` (into `claim_paths`) of the claims bound where an array is read: the
+    #: right side of `= ANY(...)` / `ALL(...)`, a cast to an array type (`{{orgs}}::text[]`),
+    #: an operand of `<@`, `@>`, `&&` beside an ARRAY[...] or a cast to an array type. A
+    #: claim that is no list there fails in the engine ('malformed array literal').
+    array_slots: frozenset[int] = frozenset()
 
     def escape_of(self, index: int) -> str | None:
         return self.like_escapes[index] if index < len(self.like_escapes) else None
@@ -647,7 +653,45 @@ def compile_template(template: str) -> CompiledTemplate:
     compiled = _escape_like_claims(stmt.whereClause, sql, paths)
     # (`stmt.whereClause` now has the numbers `compiled.sql` gives its claims)
     _check_written_back(stmt.whereClause)
-    return compiled
+    slots = _array_slots(stmt.whereClause)
+    return dataclasses.replace(compiled, array_slots=slots) if slots else compiled
+
+
+_ARRAY_OPERATORS = frozenset({"<@", "@>", "&&"})
+
+
+def _array_typed(node: object) -> bool:
+    """An ARRAY[...] or a cast to an array type (`x::text[]`, `CAST(x AS int[])`)."""
+    if isinstance(node, ast.A_ArrayExpr):
+        return True
+    return isinstance(node, ast.TypeCast) and bool(node.typeName and node.typeName.arrayBounds)
+
+
+def _claims_read_as_array(node: object) -> Iterator[ast.ParamRef]:
+    """The claims `node` is, bare or through casts: `$1`, `$1::text[]`."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.ParamRef):
+        yield node
+
+
+def _array_slots(where: ast.Node) -> frozenset[int]:
+    """`CompiledTemplate.array_slots` of a compiled filter's tree."""
+    slots: set[int] = set()
+    for node in _walk(where):
+        sides: list[object] = []
+        if isinstance(node, ast.TypeCast) and _array_typed(node):
+            sides = [node]
+        elif isinstance(node, ast.A_Expr) and node.rexpr is not None:
+            if node.kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
+                sides = [node.rexpr]
+            elif node.name and node.name[-1].sval in _ARRAY_OPERATORS:
+                if _array_typed(node.lexpr):
+                    sides.append(node.rexpr)
+                if _array_typed(node.rexpr):
+                    sides.append(node.lexpr)
+        slots.update(ref.number - 1 for side in sides for ref in _claims_read_as_array(side))
+    return frozenset(slots)
 
 
 def _check_written_back(where: ast.Node) -> None:
