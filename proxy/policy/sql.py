@@ -10,6 +10,7 @@ parenthesised and ANDed with the enforced filter.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import string
 from collections.abc import Callable, Collection, Iterator
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from cachetools import LRUCache
 from pglast import ast, parse_sql
-from pglast.enums import BoolExprType, SortByDir
+from pglast.enums import A_Expr_Kind, BoolExprType, SortByDir
 from pglast.parser import ParseError, parse_sql_json, scan
 from pglast.stream import RawStream
 
@@ -81,6 +82,11 @@ class CompiledTemplate:
     sql: str
     claim_paths: tuple[str, ...]
     like_escapes: tuple[str | None, ...] = ()
+    #: The indexes `i` (into `claim_paths`) of the claims bound where an array is read: the
+    #: right side of `= ANY(...)` / `ALL(...)`, a cast to an array type (`{{orgs}}::text[]`),
+    #: an operand of `<@`, `@>`, `&&` beside an ARRAY[...] or a cast to an array type. A
+    #: claim that is no list there fails in the engine ('malformed array literal').
+    array_slots: frozenset[int] = frozenset()
 
     def escape_of(self, index: int) -> str | None:
         return self.like_escapes[index] if index < len(self.like_escapes) else None
@@ -643,10 +649,49 @@ def compile_template(template: str) -> CompiledTemplate:
             "write claim values only as {{claim.path}} placeholders, outside string literals, "
             "and no literal $n parameters"
         )
+    _refuse_regex_claims(stmt.whereClause)
     compiled = _escape_like_claims(stmt.whereClause, sql, paths)
     # (`stmt.whereClause` now has the numbers `compiled.sql` gives its claims)
     _check_written_back(stmt.whereClause)
-    return compiled
+    slots = _array_slots(stmt.whereClause)
+    return dataclasses.replace(compiled, array_slots=slots) if slots else compiled
+
+
+_ARRAY_OPERATORS = frozenset({"<@", "@>", "&&"})
+
+
+def _array_typed(node: object) -> bool:
+    """An ARRAY[...] or a cast to an array type (`x::text[]`, `CAST(x AS int[])`)."""
+    if isinstance(node, ast.A_ArrayExpr):
+        return True
+    return isinstance(node, ast.TypeCast) and bool(node.typeName and node.typeName.arrayBounds)
+
+
+def _claims_read_as_array(node: object) -> Iterator[ast.ParamRef]:
+    """The claims `node` is, bare or through casts: `$1`, `$1::text[]`."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.ParamRef):
+        yield node
+
+
+def _array_slots(where: ast.Node) -> frozenset[int]:
+    """`CompiledTemplate.array_slots` of a compiled filter's tree."""
+    slots: set[int] = set()
+    for node in _walk(where):
+        sides: list[object] = []
+        if isinstance(node, ast.TypeCast) and _array_typed(node):
+            sides = [node]
+        elif isinstance(node, ast.A_Expr) and node.rexpr is not None:
+            if node.kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
+                sides = [node.rexpr]
+            elif node.name and node.name[-1].sval in _ARRAY_OPERATORS:
+                if _array_typed(node.lexpr):
+                    sides.append(node.rexpr)
+                if _array_typed(node.rexpr):
+                    sides.append(node.lexpr)
+        slots.update(ref.number - 1 for side in sides for ref in _claims_read_as_array(side))
+    return frozenset(slots)
 
 
 def _check_written_back(where: ast.Node) -> None:
@@ -779,6 +824,46 @@ def _like_pattern_of(node: object) -> tuple[str, ast.Node] | None:
             pattern: ast.Node = args[1]
             return f"{_LIKE_FUNCTIONS[names[-1]]} ({names[-1]}())", pattern
     return None
+
+
+#: Operators whose right side is a regular expression: POSIX `~`, `~*`, `!~`, `!~*`, and
+#: SIMILAR TO (which the parser makes `~` of similar_to_escape(pattern)).
+_REGEX_OPERATORS = frozenset({"~", "~*", "!~", "!~*"})
+#: Functions reading a regular expression (or SIMILAR pattern) after their first argument
+#: (`substring(t, p)` and `substring(t SIMILAR p ESCAPE e)` among them).
+_REGEX_FUNCTIONS = frozenset(
+    {
+        *(f"regexp_{f}" for f in ("like", "match", "matches", "replace", "count", "instr")),
+        *(f"regexp_{f}" for f in ("substr", "split_to_array", "split_to_table")),
+        *(f"{t}{i}regex{op}" for t in ("text", "bpchar", "name") for i in ("", "ic")
+          for op in ("eq", "ne")),
+        "similar_escape", "similar_to_escape", "substring", "textregexsubstr",
+    }
+)  # fmt: skip
+
+
+def _refuse_regex_claims(where: ast.Node) -> None:
+    """A claim in a regular expression or SIMILAR TO pattern is a config error: unlike a
+    LIKE pattern's (`_escape_like_claims`), its metacharacters are not escaped when bound, so
+    a claim of `.*` (or `%` for SIMILAR TO) would match every row."""
+    for node in _walk(where):
+        label, patterns = None, []
+        if isinstance(node, ast.A_Expr) and node.rexpr is not None and node.name:
+            if node.name[-1].sval in _REGEX_OPERATORS:
+                similar = node.kind == A_Expr_Kind.AEXPR_SIMILAR
+                label = "SIMILAR TO" if similar else f"{node.name[-1].sval} operator"
+                patterns = [node.rexpr]
+        elif isinstance(node, ast.FuncCall):
+            names = [n.sval for n in node.funcname]
+            if names[:-1] in ([], ["pg_catalog"]) and names[-1] in _REGEX_FUNCTIONS:
+                label = f"{names[-1]}()"
+                patterns = list(node.args or ())[1:]
+        if any(isinstance(n, ast.ParamRef) for p in patterns for n in _walk(p)):
+            raise ValueError(
+                f"a claim in the pattern of a regular expression ({label}) is not supported:"
+                " it would be bound unescaped, and its metacharacters would match other"
+                " values; compare with = or LIKE {{claim}} (escaped) instead"
+            )
 
 
 def _escape_like_claims(where: ast.Node, sql: str, paths: list[str]) -> CompiledTemplate:

@@ -799,6 +799,33 @@ _OUTPUT_PARSERS: dict[PgType, Parser] = {
     JSONB: _identity,
 }
 
+#: A space C's isspace() does not know (NBSP, U+2003, U+0085, \x1c-\x1f): in a date, time or
+#: interval Postgres's ParseDateTime meets it as a character of no field and fails ('invalid
+#: input syntax for type date: "2024-01-01\u00a0"'), where str.strip() and \s took it for a
+#: space and the engine accepted the literal (its snapshot then failed: a 200 no client
+#: could use).
+_NON_C_SPACE = re.compile(r"[^\S \t\n\v\f\r]")
+
+
+def has_non_c_space(text: str) -> bool:
+    """Whether `text` holds a space C's isspace() does not know (see _NON_C_SPACE)."""
+    return _NON_C_SPACE.search(text) is not None
+
+
+def c_spaces_only(pg_type: PgType, parse: Parser) -> Parser:
+    """`parse`, failing as Postgres's date and time input does on a non-ASCII space."""
+
+    # (the type as each input function names it: timestamp_in says "timestamp", time_in "time")
+    name = {TIMESTAMP: "timestamp", TIME: "time"}.get(pg_type, pg_type.sql_name)
+
+    def parse_strict(text: str) -> object:
+        if _NON_C_SPACE.search(text):
+            raise ValueError(f'invalid input syntax for type {name}: "{text}"')
+        return parse(text)
+
+    return parse_strict
+
+
 _INPUT_PARSERS: dict[PgType, Parser] = {
     INT2: _int_input(INT2),
     INT4: _int_input(INT4),
@@ -813,11 +840,11 @@ _INPUT_PARSERS: dict[PgType, Parser] = {
     BPCHAR: _bpchar,
     CHAR: _identity,
     UUID: parse_uuid,
-    DATE: parse_date,
-    TIMESTAMP: parse_timestamp,
-    TIMESTAMPTZ: parse_timestamptz,
-    TIME: parse_time,
-    INTERVAL: parse_interval,
+    DATE: c_spaces_only(DATE, parse_date),
+    TIMESTAMP: c_spaces_only(TIMESTAMP, parse_timestamp),
+    TIMESTAMPTZ: c_spaces_only(TIMESTAMPTZ, parse_timestamptz),
+    TIME: c_spaces_only(TIME, parse_time),
+    INTERVAL: c_spaces_only(INTERVAL, parse_interval),
     BYTEA: parse_bytea,
     JSON: _identity,
     JSONB: _identity,

@@ -154,3 +154,29 @@ async def test_a_claim_in_the_pattern_of_the_like_function_matches_itself_only(
         assert (await _rows(proxy, "people", proxy.tokens.make(email="%")))[0] == [], where
         mine = proxy.tokens.make(email="a_c@x.org")
         assert (await _rows(proxy, "people", mine))[0] == ["mine"], where
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "email ~ {{email}}", "email ~* ('^' || {{email}})", "email !~ {{email}}",
+        "email SIMILAR TO {{email}}", "email NOT SIMILAR TO {{email}}",
+        "regexp_like(email, {{email}})", "pg_catalog.textregexeq(email, {{email}})",
+        "regexp_match(email, {{email}}) IS NOT NULL", "substring(email, {{email}}) = email",
+        "substring(email SIMILAR {{email}} ESCAPE '#') = email",
+        "email OPERATOR(pg_catalog.~) {{email}}",
+    ],
+)  # fmt: skip
+def test_a_claim_in_a_regular_expression_is_refused_at_load(
+    where: str, environ: dict[str, str]
+) -> None:
+    """A claim in a regex or SIMILAR TO pattern cannot be escaped as a LIKE pattern's is
+    (a claim `.*` or `%` would match every row): the rule is a config error at load, where
+    it was refused only because the engine evaluates no regex ("the sync engine does not
+    accept this filter"), and would have loaded, matching other users' rows, the day it
+    did (lead, 08:16). A claim as the regex's subject is not refused here (test_sql.py)."""
+    config = base_config("http://127.0.0.1:9", "http://127.0.0.1:9/jwks.json")
+    config["shapes"] = {}
+    config["tables"] = {"people": {"allow": [{"where": where}]}}
+    with pytest.raises(ConfigError, match="a claim in the pattern of a regular expression"):
+        build_config(config, environ)

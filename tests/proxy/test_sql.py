@@ -194,3 +194,32 @@ def test_like_literal_escapes_its_wildcards() -> None:
     assert _like_literal("a_b%c\\d", "\\") == "a\\_b\\%c\\\\d"
     assert _like_literal("50%#_", "#") == "50#%###_"
     assert _param_from_claim({"x": ["a_", "b"]}, "x", "\\") == '{"a\\\\_","b"}'
+
+
+def test_a_claim_as_the_subject_of_a_regex_is_no_pattern() -> None:
+    """(the refusal of claims in regex patterns, test_policy_like_claims_real.py, reads the
+    pattern side only)"""
+    assert compile_template("{{email}} ~ note").sql == "$1 ~ note"
+    assert compile_template("regexp_like({{email}}, 'a')").sql == "regexp_like($1, 'a')"
+
+
+@pytest.mark.parametrize(
+    ("template", "slots"),
+    [
+        ("org_id = ANY({{orgs}})", {0}), ("org_id <> ALL({{orgs}}::text[])", {0}),
+        ("tags && {{tags}}::text[]", {0}), ("ARRAY[x] <@ {{orgs}}", {0}),
+        ("CAST({{orgs}} AS int[]) @> ia", {0}), ("org_id = {{o}} OR org_id = ANY({{orgs}})", {1}),
+        ("x = ANY({{p}}) AND x LIKE {{p}}", {1}),  # (the LIKE's copy is $1, escaped)
+        ("tags @> ARRAY[{{t}}]", set()), ("js @> {{j}}", set()), ("org_id = {{o}}", set()),
+        ("x = ANY(ARRAY[{{a}}, {{b}}])", set()),
+    ],
+)  # fmt: skip
+def test_array_slots_name_the_claims_read_as_arrays(template: str, slots: set[int]) -> None:
+    """`CompiledTemplate.array_slots`: which claims the engine reads as an array, so the
+    proxy can refuse a claim that is no list there (a scalar `orgs` in `= ANY({{orgs}})`
+    was the engine's 400 'malformed array literal', blaming a where the client never sent:
+    attack 07:58 via proxy)."""
+    compiled = compile_template(template)
+    assert compiled.array_slots == slots
+    for i in slots:  # (each slot is a claim the template reads)
+        assert i < len(compiled.claim_paths)

@@ -220,13 +220,14 @@ def datetime_input(target: PgType) -> Callable[[str], Value]:
     '+infinity'; ValueError."""
     if target in (DATE, TIMESTAMP, TIMESTAMPTZ):
         return _no_plus_infinity(
-            _date_input if target == DATE else pgv.input_parser(target), target
+            pgv.c_spaces_only(DATE, _date_input) if target == DATE else pgv.input_parser(target),
+            target,
         )
     if target.array and target.element in (DATE, TIMESTAMP, TIMESTAMPTZ):
         element = _no_plus_infinity(pgv.input_parser(target.element), target.element)
         return functools.partial(pgv.parse_array, element=element, pg_type=target)
     if target == TIME:
-        return _time_input
+        return pgv.c_spaces_only(TIME, _time_input)
     parser = pgv.input_parser(target)
     if target.element == NUMERIC:
         return _numeric_scaled(parser)
@@ -264,6 +265,8 @@ def _numeric_scaled(parser: Callable[[str], Value]) -> Callable[[str], Value]:
 
 def interval_literal(text: str) -> Value:
     """An interval literal or parameter, if written in a form read exactly (ValueError)."""
+    if pgv.has_non_c_space(text):  # (Postgres's answer, not "not supported")
+        raise pgv.invalid(INTERVAL, text)
     if not _INTERVAL_LITERAL.fullmatch(text):
         raise ValueError(
             f'interval literal "{text[:40]}" is not supported: write whole numbers with units'

@@ -123,6 +123,9 @@ _POSTGRES_READS = re.compile(
     r"(?i)\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec|mon|tue|wed|thu|fri|sat|sun"
     r"|am|pm|bc|ad|epoch|allballs|today|tomorrow|yesterday|now|utc|gmt|z|est|edt|cst|cdt"
     r"|mst|mdt|pst|pdt|cet|cest|bst)[a-z]*\b|[a-z]/[a-z]|\d/\d|^\s*\d{8}\b|^\s*j\d"
+    # ('infinity+05:30' and '-infinity UTC' are infinity to Postgres: a zone after the word
+    # is read and dropped; '+infinity' is Postgres 15's "invalid input syntax")
+    r"|^\s*-?infinity(?=\s*[+-]?\w)"
 )
 
 
@@ -157,6 +160,33 @@ def _starts_as_postgres_reads(text: str, target: PgType) -> bool:
         return True
     m = _ISO_TIME_START.match(text)
     return target.element == TIME and m is not None and int(m[1]) <= 24
+
+
+#: Casts Postgres has (pg_cast) between types the engine knows, which it does not evaluate.
+_OTHER_POSTGRES_CASTS = frozenset(
+    (PgType(a), PgType(b))
+    for a, b in (
+        ("char", "int4"), ("int4", "char"), ("interval", "time"), ("timetz", "time"),
+        *(("jsonb", t) for t in ("int2", "int4", "int8", "numeric", "float4", "float8", "bool")),
+    )
+)  # fmt: skip
+
+
+def _postgres_casts(src: PgType, target: PgType) -> bool:
+    """Whether Postgres has an explicit cast from `src` to `target` (so "cannot cast type"
+    is not its answer): an array's is its elements' (`fa::numeric[]`, `ea::text[]`), any
+    type to or from a string type through its text (CoerceViaIO), pg_cast's own."""
+    if src.array or target.array:
+        return src.array and target.array and _postgres_casts(src.element, target.element)
+    return (
+        src == target
+        or src in STRING_TYPES
+        or target in STRING_TYPES
+        or (src, target) in EXPLICIT_CASTS
+        or (src, target) in IMPLICIT_CASTS
+        or (src, target) in _OTHER_POSTGRES_CASTS
+        or (src in NUMERIC_ORDER and target in NUMERIC_ORDER)
+    )
 
 
 def enum_labels(columns: Mapping[str, ColumnInfo]) -> dict[str, tuple[str, ...]]:
@@ -399,7 +429,9 @@ class Compiler:
             if refusal is not None:
                 raise refusal from None
             message = str(e)
-            if target.element in _CLOCK_TYPES and _CLOCK_CARRIES.search(expr.text):
+            if target.element in _CLOCK_TYPES and pgv.has_non_c_space(expr.text):
+                pass  # (Postgres's own "invalid input syntax": NBSP is no space to it)
+            elif target.element in _CLOCK_TYPES and _CLOCK_CARRIES.search(expr.text):
                 # ('2024-01-01 24:00' and '12:00:60' are valid to Postgres, which carries
                 # them over: the engine said "invalid input syntax" / "out of range")
                 message = (
@@ -951,6 +983,10 @@ class Compiler:
                 return self.coerce(arg, target)
             except WhereError:
                 pass
+        if _postgres_casts(src, target):
+            raise error_at(
+                f"casting {src.sql_name} to {target.sql_name} is not supported here", node
+            )
         raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
 
     def _enum_input(

@@ -177,7 +177,9 @@ def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) 
     if typ == UNKNOWN:
         typ = TEXT
     if name not in ("=", "<>") and not c.ordered(typ):
-        if typ.array and typ.element in ORDERED_TYPES:  # (Postgres has these; not the engine)
+        # (Postgres has these, enum arrays too (`ea < ea`, where "operator does not exist"
+        # was not its answer); not the engine)
+        if typ.array and (typ.element in ORDERED_TYPES or typ.element.enum):
             raise error_at(
                 f"comparing arrays with {name} is not supported (compare their elements)", node
             )
@@ -708,6 +710,18 @@ def _in(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         return c.compile(node.rexpr)
     left = c.compile(node.lexpr)
     items = [c.compile(x) for x in node.rexpr]
+    try:
+        return _in_items(c, node, name, left, items)
+    except WhereError:
+        if name == "<>":
+            # (NOT IN is `x <> item` AND ... to Postgres, its refusals name `<>`: `ia NOT IN
+            # (ua, NULL)` is "operator does not exist: integer[] <> uuid[]", not `=`)
+            for item in items:
+                comparison(c, "<>", left, item, node)
+        raise
+
+
+def _in_items(c: Compiler, node: ast.A_Expr, name: str, left: Expr, items: list[Expr]) -> Expr:
     # "constant" is Postgres's: reads no column (contain_vars_of_level), however the engine
     # folds it: coalesce('ä', a) is its own `x = item` (seed 30 of the collation test: as
     # a list element, its collation was not compared with x's)
