@@ -288,9 +288,12 @@ def _like_literal(text: str, escape: str) -> str:
     return text
 
 
-def _param_from_claim(claims: Claims, path: str, like_escape: str | None = None) -> str:
+def _param_from_claim(
+    claims: Claims, path: str, like_escape: str | None = None, *, array: bool = False
+) -> str:
     """A claim as the text of a filter parameter; `like_escape`: it is (part of) a LIKE
-    pattern, so each text gets its wildcards escaped (a claim is a literal, never a pattern)."""
+    pattern, so each text gets its wildcards escaped (a claim is a literal, never a pattern);
+    `array`: the filter reads it as an array (`CompiledTemplate.array_slots`)."""
     value = claim_value(claims, path)
     if value is _AMBIGUOUS:
         raise Forbidden(
@@ -313,6 +316,13 @@ def _param_from_claim(claims: Claims, path: str, like_escape: str | None = None)
             "claim_unusable",
             f"the token's {path!r} claim is text in Postgres's array syntax; "
             "a list claim must be a JSON array",
+        )
+    if array:
+        # `org_id = ANY({{orgs}})` with `"orgs": "org-a"` (or 7): the engine's 400 was
+        # 'malformed array literal' about a `where` the client never sent, at the claim's
+        # location in the hidden filter. The claim is what is wrong: said before the engine.
+        raise Forbidden(
+            "claim_unusable", f"the token's {path!r} claim must be a JSON array for this shape"
         )
     text = _text_param(value, path)
     return text if like_escape is None else _like_literal(text, like_escape)
@@ -473,8 +483,9 @@ def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
 ) -> tuple[str | None, tuple[str, ...], CombinedWhere | None]:
     template = rule.template
+    slots = template.array_slots if template else frozenset()
     enforced_params = tuple(
-        _param_from_claim(claims, p, template.escape_of(i) if template else None)
+        _param_from_claim(claims, p, template.escape_of(i) if template else None, array=i in slots)
         for i, p in enumerate(rule.claim_paths)
     )
     enforced_sql = rule.template.sql if rule.template else None

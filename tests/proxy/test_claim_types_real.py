@@ -105,6 +105,17 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
     ("orgs array text, dims", {"role": "multi", "orgs": " [1:2]={a,org-b}"}, 403, "claim_unusable"),
     ("orgs a list of array text", {"role": "multi", "orgs": ["{org-a,org-b}"]}, 200, set()),
     ("org_id array text", {"org_id": "{org-a}"}, 403, "claim_unusable"),
+    # -- a claim that is no list where the filter reads an array: the proxy's 403, not the
+    #    engine's 400 'malformed array literal' about a where the client never sent, located
+    #    in the hidden filter (attack 07:58)
+    ("orgs a string", {"role": "multi", "orgs": "org-a"}, 403, "claim_unusable"),
+    ("orgs a string with a comma", {"role": "multi", "orgs": "org-a,org-b"}, 403, "claim_unusable"),
+    ("orgs empty text", {"role": "multi", "orgs": ""}, 403, "claim_unusable"),
+    ("orgs a number", {"role": "multi", "orgs": 7}, 403, "claim_unusable"),
+    ("orgs a boolean", {"role": "multi", "orgs": True}, 403, "claim_unusable"),
+    ("orgs an empty list", {"role": "multi", "orgs": []}, 200, set()),
+    ("cast orgs a list", {"role": "within", "orgs": ["org-b"]}, 200, {"2"}),
+    ("cast orgs a string", {"role": "within", "orgs": "org-b"}, 403, "claim_unusable"),
     # -- a number claim is a JSON number: 1.0 is 1 (it was bound as "1.0", which an int
     #    column refused: a 400)
     ("row 1.0", {"role": "one", "row": 1.0}, 200, {"1"}),
@@ -143,6 +154,11 @@ def _policy(config: dict[str, Any]) -> None:
             {"name": "member", "when": {"role": "member"}, "where": "org_id = {{org_id}}"},
             {"name": "multi", "when": {"role": "multi"}, "where": "org_id = ANY({{orgs}})"},
             {"name": "one", "when": {"role": "one"}, "where": "id = {{row}}"},
+            {
+                "name": "within",
+                "when": {"role": "within"},
+                "where": "ARRAY[org_id] <@ {{orgs}}::text[]",
+            },
         ],
     }
 
@@ -287,3 +303,40 @@ async def test_a_token_is_read_one_way_only(
     assert (await proxy.get(SHAPE, token=token)).json()["message"] == (
         "the token iat claim must be a number"
     )
+
+
+async def test_a_scalar_claim_where_a_list_is_read_is_the_proxys_refusal(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`org_id = ANY({{orgs}})` with a token whose `orgs` is `"org-a"`: the engine answered
+    400 `{"errors":{"where":["At location 13: malformed array literal: \"org-a\""]}}`, a
+    where the client never sent, and where the claim sits in the hidden filter (attack
+    07:58). Now a 403 `claim_unusable` naming the claim only, with or without a client where,
+    on GET and HEAD, before anything reaches the engine."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    _policy(config)
+    config["tables"]["items"]["allow"][4]["client_where"] = "validated"
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make(role="multi", orgs="org-a")
+    paths = (
+        SHAPE,
+        SHAPE + "&where=title%20%3C%3E%20%27z%27",
+        SHAPE + "&where=id%20%3D%20%241&params%5B1%5D=1",
+    )
+    for path in paths:
+        head = await proxy.request("HEAD", path, token=token)
+        assert head.status == 403, (path, head.status)
+        reply = await proxy.get(path, token=token)
+        assert reply.status == 403, (path, reply.status, reply.body)
+        body = reply.json()
+        assert body == {
+            "message": "the token's 'orgs' claim must be a JSON array for this shape",
+            "code": "claim_unusable",
+        }, path
+        for hidden in ("ANY", "org_id", "location", "array literal", "where"):
+            assert hidden not in reply.body.decode(), (path, hidden)
+    # the same token with the list it should hold is served
+    token = proxy.tokens.make(role="multi", orgs=["org-a"])
+    reply = await proxy.get(SHAPE + "&where=title%20%3C%3E%20%27z%27", token=token)
+    assert reply.status == 200
+    assert {m["value"]["id"] for m in reply.json() if "value" in m} == ORG_A
