@@ -337,6 +337,11 @@ def _open_descriptors() -> int | None:
         return None
 
 
+def connections_in_use() -> int:
+    """Client connections open now, every listener's (what `connection_cap` bounds)."""
+    return _Descriptors.clients
+
+
 def connection_cap() -> int:
     """The most client connections the process keeps open: its file limit less what is open
     for anything else now (the shape logs' cached files, counted exactly; Postgres
