@@ -879,6 +879,18 @@ class RefusingRequestHandler(RequestHandler):
             super().data_received(b"")
             self._track()
         if messages and isinstance(messages[-1][0], _ErrInfo):
+            if body_open and body is not None and not body.is_eof() and len(messages) == 1:
+                # The framing of the body being read broke in this packet (a chunked body's
+                # bad chunk end): the parser's error was queued behind the request reading
+                # that body, which waited for the rest until its deadline (a 408 after 30 s;
+                # in one packet it is a 400 at once). The body fails now: its request is
+                # answered 400, then the connection closes.
+                err = messages.pop()[0]
+                exc = getattr(err, "exc", None)
+                if not isinstance(exc, BadHttpMessage):
+                    exc = BadHttpMessage("malformed request body")
+                body.set_exception(exc)
+                self.close()  # (after its answer)
             self._stop_reading()
         elif self._pending and self._scan is not None:
             self._hold_head(self._scan.size)
