@@ -560,6 +560,10 @@ class RefusingRequestHandler(RequestHandler):
     def _handler_waiter(self, waiter: asyncio.Future[None] | None) -> None:
         _HANDLER_WAITER.__set__(self, waiter)
 
+    #: Connections this listener may open past `connection_cap` (out of `FD_RESERVE`): the
+    #: admin listener's, so that an operator reaches the API while the public port is full.
+    reserved_connections = 0
+
     def connection_made(self, transport: Any) -> None:
         """Register the connection; past its listener's `connection_cap`, make room by closing
         the connection that has waited longest without a request in progress: idle between
@@ -580,7 +584,7 @@ class RefusingRequestHandler(RequestHandler):
         now = time.monotonic()
         waiting[self] = now
         _Descriptors.clients += 1
-        if _Descriptors.clients <= connection_cap():
+        if _Descriptors.clients <= connection_cap() + self.reserved_connections:
             return
         # Oldest first; one passed over goes to the back (keeping its time), so a round
         # looks at each at most once.

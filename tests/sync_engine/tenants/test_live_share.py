@@ -102,3 +102,48 @@ def test_one_sources_live_requests_leave_room_for_another(
         for s in socks:
             s.close()
         engine.stop()
+
+
+def test_the_admin_api_answers_while_the_public_port_is_full(
+    tmp_path: Path, make_db: Callable[[], str]
+) -> None:
+    """One source's clients hold every public connection (one source: no share applies):
+    the admin API still answers, so the operator can pause that source (attack 08:17: the
+    admin listener shared the public cap and answered 503 "Too many connections")."""
+    url = make_db()
+    sql(url, "CREATE TABLE items (id int PRIMARY KEY)")
+    sql(url, "INSERT INTO items VALUES (1)")
+    engine = AdminEngine(tmp_path / "data", tmp_path / "engine.log",
+                         "--long-poll-timeout", "60", nofile=420)  # fmt: skip
+    socks: list[socket.socket] = []
+    try:
+        status, src = engine.api("POST", "/api/sources", {"name": "a", "database_url": url})
+        assert status == 201, src
+        sid = src["source_id"]
+        wait_until(lambda: engine.api("GET", f"/api/sources/{sid}")[1]["state"] == "active",
+                   timeout=60, message="active")  # fmt: skip
+        a = {"table": "items", "source_id": sid, "secret": src["secret"]}
+        status, headers, body = _get(engine, offset="-1", **a)
+        assert status == 200, body
+        handle, offset = headers["electric-handle"], headers["electric-offset"]
+        for i in range(HELD):
+            try:
+                s = socket.create_connection(("127.0.0.1", engine.port), timeout=5)
+            except OSError:
+                break
+            q = urllib.parse.urlencode(
+                {**a, "handle": handle, "offset": offset, "live": "true", "cursor": str(i)}
+            )
+            s.sendall(f"GET /v1/shape?{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            socks.append(s)
+        time.sleep(3)  # (settling: every request taken, held or answered)
+        answers = [_answer(s) for s in socks]
+        assert any(b"Too many connections" in x for x in answers)  # the public port is full
+        status, body = engine.api("GET", "/api/sources")
+        assert status == 200, body
+        status, body = engine.api("POST", f"/api/sources/{sid}/pause")
+        assert status == 200, body
+    finally:
+        for s in socks:
+            s.close()
+        engine.stop()
