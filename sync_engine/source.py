@@ -700,6 +700,11 @@ class Source:
         """Whether a shape of `definition` is being created (requests for it join that)."""
         return definition in self._creating
 
+    def holding_live(self) -> AbstractContextManager[None]:
+        """Held while a live request (a long-poll or an SSE stream) waits: a hook for a
+        bound on how many one source holds (`ManagedSource`); none here."""
+        return nullcontext()
+
     def _admission(
         self, definition: ShapeDefinition, existing: Shape | None
     ) -> AbstractContextManager[None]:

@@ -238,6 +238,10 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
     return data
 
 
+#: Connections the admin listener may open once the public port's connections fill the cap.
+ADMIN_RESERVE = 32
+
+
 class _AdminConnection(RefusingRequestHandler):
     """A connection of the admin listener: requests its HTTP parser refuses (a malformed
     request line, a header over the limits, bad chunking) get the admin API's JSON error,
@@ -245,6 +249,11 @@ class _AdminConnection(RefusingRequestHandler):
     first bytes and logged a traceback at ERROR)."""
 
     __slots__ = ()
+
+    #: Admin connections open past the public port's cap (attack 08:17: with the public port
+    #: full of one source's held live requests, the API, CLI and dashboard got 503 "Too many
+    #: connections" and the operator could not pause the source filling it).
+    reserved_connections = ADMIN_RESERVE
 
     def refused(self, refusal: Refusal) -> web.StreamResponse:
         return _error(refusal.status, refusal.reason, refusal.message)

@@ -337,6 +337,11 @@ def _open_descriptors() -> int | None:
         return None
 
 
+def connections_in_use() -> int:
+    """Client connections open now, every listener's (what `connection_cap` bounds)."""
+    return _Descriptors.clients
+
+
 def connection_cap() -> int:
     """The most client connections the process keeps open: its file limit less what is open
     for anything else now (the shape logs' cached files, counted exactly; Postgres
@@ -555,6 +560,10 @@ class RefusingRequestHandler(RequestHandler):
     def _handler_waiter(self, waiter: asyncio.Future[None] | None) -> None:
         _HANDLER_WAITER.__set__(self, waiter)
 
+    #: Connections this listener may open past `connection_cap` (out of `FD_RESERVE`): the
+    #: admin listener's, so that an operator reaches the API while the public port is full.
+    reserved_connections = 0
+
     def connection_made(self, transport: Any) -> None:
         """Register the connection; past its listener's `connection_cap`, make room by closing
         the connection that has waited longest without a request in progress: idle between
@@ -575,7 +584,7 @@ class RefusingRequestHandler(RequestHandler):
         now = time.monotonic()
         waiting[self] = now
         _Descriptors.clients += 1
-        if _Descriptors.clients <= connection_cap():
+        if _Descriptors.clients <= connection_cap() + self.reserved_connections:
             return
         # Oldest first; one passed over goes to the back (keeping its time), so a round
         # looks at each at most once.
@@ -874,6 +883,18 @@ class RefusingRequestHandler(RequestHandler):
             super().data_received(b"")
             self._track()
         if messages and isinstance(messages[-1][0], _ErrInfo):
+            if body_open and body is not None and not body.is_eof() and len(messages) == 1:
+                # The framing of the body being read broke in this packet (a chunked body's
+                # bad chunk end): the parser's error was queued behind the request reading
+                # that body, which waited for the rest until its deadline (a 408 after 30 s;
+                # in one packet it is a 400 at once). The body fails now: its request is
+                # answered 400, then the connection closes.
+                err = messages.pop()[0]
+                exc = getattr(err, "exc", None)
+                if not isinstance(exc, BadHttpMessage):
+                    exc = BadHttpMessage("malformed request body")
+                body.set_exception(exc)
+                self.close()  # (after its answer)
             self._stop_reading()
         elif self._pending and self._scan is not None:
             self._hold_head(self._scan.size)

@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import hdrs, web
@@ -157,12 +158,13 @@ class ShapeView:
             _left(source, req.handle)
             raise ShapeGone(shape.handle)
         try:
-            if req.live and req.live_sse:
-                if req.offset is not None:  # (an offset past the log: the long-poll's 400)
-                    await self._check_bounds(request, source, shape, req.offset)
-                    _check_issued(shape, req.offset)
-                return await serve_sse(request, self.settings, source, shape, req)
-            return await self._serve_log(request, source, shape, req)
+            with source.holding_live() if req.live else nullcontext():
+                if req.live and req.live_sse:
+                    if req.offset is not None:  # (an offset past the log: the long-poll's 400)
+                        await self._check_bounds(request, source, shape, req.offset)
+                        _check_issued(shape, req.offset)
+                    return await serve_sse(request, self.settings, source, shape, req)
+                return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
             if gone.current_handle is not None:
                 raise

@@ -29,7 +29,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, pq
 
@@ -61,10 +61,24 @@ BEHIND_MAX_TRIES = 200
 ABANDONED_AFTER = 30.0
 #: Seconds between looks at a running batch's requests.
 ABANDON_CHECK = 5.0
+#: Seconds a running batch may go without progress (a chunk written, a snapshot finished or
+#: failed) before Postgres is asked whether the batch's backend still works on it. Postgres
+#: answering twice in a row (`ABANDON_CHECK` apart, no progress between) that the backend is
+#: gone (a crash or restart ended it), idle (it sent everything and waits for the engine) or
+#: blocked sending to the engine fails the batch (`SnapshotStalled`): the engine is the one
+#: stuck, on an await no answer of Postgres can end. A backend still running the query (a
+#: lock, a costly where clause) is waited for.
+STALL_AFTER = 30.0
 
 
 class Abandoned(Exception):
     """No request waits for the snapshots of a batch that was cancelled for that."""
+
+
+class SnapshotStalled(Exception):
+    """A batch made no progress for `STALL_AFTER` seconds while Postgres said its backend
+    was gone or waiting for the engine: it was cancelled (a transient failure: a 503, the
+    shape retried once if its snapshot was not announced, else retired: a 409)."""
 
 
 class SnapshotScheduler:
@@ -110,7 +124,7 @@ class SnapshotScheduler:
         # Shapes already run again once because their connection died (see `_run`).
         self._retried: weakref.WeakSet[Shape] = weakref.WeakSet()
         # The task running each shape's batch (`where_waiting`).
-        self._running: weakref.WeakKeyDictionary[Shape, asyncio.Task[None]] = (
+        self._running: weakref.WeakKeyDictionary[Shape, asyncio.Future[list[SnapshotJob]]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -233,13 +247,9 @@ class SnapshotScheduler:
     ) -> None:
         retry: list[SnapshotJob] = []
         healthy = False
-        watch = _Watch(conn, batch, jobs)
-        task = asyncio.current_task()
-        if task is not None:
-            for shape in batch:
-                self._running[shape] = task
-        try:
-            retry = await run_batch(
+        watch = _Watch(conn, batch, jobs, self.dsn)
+        inner = asyncio.ensure_future(
+            run_batch(
                 conn,
                 jobs,
                 self.chunk_bytes,
@@ -250,6 +260,11 @@ class SnapshotScheduler:
                 pieces=pieces,
                 timeout_ms=self.timeout_ms,
             )
+        )
+        for shape in batch:
+            self._running[shape] = inner
+        try:
+            retry = await _unless_stalled(inner, watch)
             healthy = conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         except asyncio.CancelledError:
             watch.stop()
@@ -271,6 +286,12 @@ class SnapshotScheduler:
             loop.call_later(BEHIND_RETRY, lambda: self._launch(eager=False))
             return
         except Exception as exc:
+            logger.info(
+                "snapshot batch of %d shapes ended by %s: %s",
+                len(batch),
+                type(exc).__name__,
+                str(exc).strip() or "-",
+            )
             for job in jobs:
                 if not job.done and job.error is None:
                     job.error = exc
@@ -395,20 +416,64 @@ class SnapshotScheduler:
         task.add_done_callback(self._tasks.discard)
 
 
+async def _unless_stalled(
+    inner: asyncio.Future[list[SnapshotJob]], watch: _Watch
+) -> list[SnapshotJob]:
+    """`inner`'s result, or `SnapshotStalled` once `watch` finds the batch stalled (`inner`
+    is then cancelled, and waited for a moment only: whatever it awaits may never end)."""
+    try:
+        either: list[asyncio.Future[Any]] = [inner, watch.stalled]
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        inner.cancel()
+        raise
+    if inner.done():
+        return inner.result()
+    why = watch.stalled.result()
+    inner.cancel()
+    await asyncio.wait([inner], timeout=STOP_WAIT)
+    if inner.done() and not inner.cancelled():
+        inner.exception()  # (retrieved: the batch failed as stalled)
+    logger.warning(
+        "snapshot batch of %d shapes failed: no progress for %g s while its backend %s%s",
+        len(watch.batch),
+        STALL_AFTER,
+        why,
+        "" if inner.done() else " (its task did not end when cancelled)",
+    )
+    raise SnapshotStalled(f"the snapshot made no progress while its Postgres backend {why}")
+
+
 class _Watch:
     """Looks every `ABANDON_CHECK` seconds whether any request still wants a running batch's
     unfinished snapshots; when none has for `ABANDONED_AFTER`, cancels its statement in
-    Postgres (`cancelled`)."""
+    Postgres (`cancelled`). Also whether the batch makes progress: when it has made none for
+    `STALL_AFTER`, asks Postgres about its backend (`STALL_AFTER`), and resolves `stalled`
+    (with what Postgres said) when the batch is stuck on the engine's side."""
 
-    def __init__(self, conn: Connection, batch: list[Shape], jobs: list[SnapshotJob]) -> None:
+    def __init__(
+        self, conn: Connection, batch: list[Shape], jobs: list[SnapshotJob], dsn: str = ""
+    ) -> None:
         self.conn = conn
         self.batch = batch
         self.jobs = jobs
+        self.dsn = dsn
         self.cancelled = False
+        loop = asyncio.get_running_loop()
+        self.stalled: asyncio.Future[str] = loop.create_future()
+        # The backend running the batch, and when the batch started (a backend of the same
+        # pid started later, after a restart, is not it).
+        self._pid = conn.pgconn.backend_pid if conn.pgconn.status == pq.ConnStatus.OK else 0
+        self._started = time.time()
+        self._progress = self._progress_now()
+        self._since = time.monotonic()
+        self._bad = 0
+        self._probe: asyncio.Task[None] | None = None
         self._cancel: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            ABANDON_CHECK, self._look
-        )
+        self._timer: asyncio.TimerHandle | None = loop.call_later(ABANDON_CHECK, self._look)
+
+    def _progress_now(self) -> tuple[tuple[bool, bool, int], ...]:
+        return tuple((j.done, j.error is not None, j.log.snapshot_chunks) for j in self.jobs)
 
     def _look(self) -> None:
         self._timer = None
@@ -420,7 +485,52 @@ class _Watch:
             self.cancelled = True
             self._cancel = asyncio.ensure_future(self._send_cancel())
             return
+        progress = self._progress_now()
+        if progress != self._progress:
+            self._progress, self._since, self._bad = progress, now, 0
+        elif self.dsn and now - self._since >= STALL_AFTER and self._probe is None:
+            self._probe = asyncio.ensure_future(self._ask_postgres())
         self._timer = asyncio.get_running_loop().call_later(ABANDON_CHECK, self._look)
+
+    async def _ask_postgres(self) -> None:
+        """Ask Postgres what the batch's backend does; two answers in a row that it is not
+        working on the batch (and no progress between) resolve `stalled`."""
+        try:
+            why = await self._backend_idle()
+        except Exception as exc:  # Postgres does not answer: not the engine's stall
+            logger.debug("could not ask Postgres about a snapshot batch's backend: %s", exc)
+            why = None
+        finally:
+            self._probe = None
+        if why is None or self._progress_now() != self._progress:
+            self._bad = 0
+            return
+        self._bad += 1
+        if self._bad >= 2 and not self.stalled.done():
+            self.stalled.set_result(why)
+
+    async def _backend_idle(self) -> str | None:
+        """Why the batch's backend is not working on it (gone, idle, blocked sending to the
+        engine), or None when it is (running, waiting on a lock)."""
+        async with asyncio.timeout(10):
+            conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+            try:
+                cur = await conn.execute(
+                    "SELECT state, wait_event FROM pg_stat_activity"
+                    " WHERE pid = %s AND backend_start <= to_timestamp(%s)",
+                    (self._pid, self._started),
+                )
+                row = await cur.fetchone()
+            finally:
+                await conn.close()
+        if row is None:
+            return "is gone (Postgres restarted, or it was terminated)"
+        state, wait_event = row
+        if state != "active":
+            return f"is {state}, waiting for the engine"
+        if wait_event == "ClientWrite":
+            return "is blocked sending rows the engine does not read"
+        return None
 
     async def _send_cancel(self) -> None:
         try:
@@ -432,13 +542,16 @@ class _Watch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._probe is not None:
+            self._probe.cancel()
+            self._probe = None
 
 
-def _await_chain(task: asyncio.Task[None]) -> list[str]:
+def _await_chain(task: asyncio.Future[list[SnapshotJob]]) -> list[str]:
     """The coroutines a task awaits through, outermost first (`function (file:line)`),
     then what the innermost awaits."""
     chain: list[str] = []
-    awaited: object = task.get_coro()
+    awaited: object = task.get_coro() if isinstance(task, asyncio.Task) else None
     for _ in range(64):
         frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
         if frame is None:

@@ -65,6 +65,14 @@ def check_database_url(url: object) -> str:
                     " % in it must be percent-encoded (/ as %2F)"
                 )
             raise InvalidInput("database_url", message) from None
+        if parts.netloc.count("@") > 1:
+            # libpq takes the first @ (password `pw9x8`, host `zz@h`), urlsplit the last:
+            # the password's tail became a host shown in the listing, errors and the log.
+            raise InvalidInput(
+                "database_url",
+                "database_url is not a valid URL (more than one @ before the host): an @ in"
+                " the user name or its secret must be percent-encoded, as %40",
+            )
     elif "=" not in url:
         raise InvalidInput(
             "database_url",

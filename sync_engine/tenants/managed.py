@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import AsyncConnection
 
 from ..errors import EngineError, ServiceUnavailable
+from ..http.parser_refusals import connection_cap, connections_in_use
 from ..source import Source, SourceConfig, SourceState
 from .diagnose import Diagnosis, explain
 
@@ -36,6 +37,15 @@ LAG_INTERVAL = 5.0
 #: Seconds requests get to finish on their own when their source is paused or deleted,
 #: before they are cut off; and then for the cut-off ones to unwind.
 END_REQUESTS_WAIT = 5.0
+#: Connections below the engine's cap from which a source holding its share of live
+#: requests is refused more (`ManagedSource.holding_live`): room kept for the others.
+LIVE_RESERVE_MIN = 8
+
+
+def live_reserve(cap: int) -> int:
+    """Connections kept, near a cap of `cap`, for sources below their share of live
+    requests: an eighth of the cap, at least `LIVE_RESERVE_MIN`."""
+    return max(LIVE_RESERVE_MIN, cap // 8)
 
 
 def _restarting() -> ServiceUnavailable:
@@ -54,12 +64,18 @@ class ManagedSource(Source):
         database_url: str,
         max_initial_syncs: int | None,
         start_afresh: Callable[[ManagedSource, str], None] | None = None,
+        peers: Callable[[], int] = lambda: 1,
     ) -> None:
         """`start_afresh(source, why)`: asked to stop this source and start it again from
-        its data dir (`SourceManager`), for a state only a fresh start clears."""
+        its data dir (`SourceManager`), for a state only a fresh start clears. `peers()`:
+        how many sources the engine runs now."""
         super().__init__(config)
         self._database_url = database_url
         self._start_afresh_by = start_afresh
+        # How many sources the engine runs (`holding_live`: a share applies past one).
+        self._peers = peers
+        #: Live requests (long-polls, SSE streams) of this source waiting now.
+        self.held_live = 0
         self.max_initial_syncs = max_initial_syncs
         self.lag_bytes: int | None = None
         self._reserved = 0
@@ -81,6 +97,32 @@ class ManagedSource(Source):
         if task is not None and task not in self._requests:
             self._requests[task] = secret_hash
             task.add_done_callback(self._forget_request)
+
+    @contextmanager
+    def holding_live(self) -> Iterator[None]:
+        """Count a live request of this source while it waits; refuse it (503,
+        `source_live_share`) when the engine runs more than one source, this one already
+        holds its share of the connection cap (the cap over the sources running) and the
+        engine's connections are within `LIVE_RESERVE` of the cap. A held request is busy:
+        the cap cannot evict it, so one source's clients holding long-polls or SSE streams
+        took every connection and every other source got 503 "Too many connections"
+        (attack). One source alone is never refused here (a single-source engine holds
+        10,000-20,000 clients of it)."""
+        peers = self._peers()
+        if peers > 1:
+            cap = connection_cap()
+            if self.held_live >= cap // peers and connections_in_use() >= cap - live_reserve(cap):
+                raise ServiceUnavailable(
+                    "Too many live requests held for this source: it has its share of the"
+                    " engine's connections; retry shortly",
+                    retry_after=5,
+                    code="source_live_share",
+                )
+        self.held_live += 1
+        try:
+            yield
+        finally:
+            self.held_live -= 1
 
     def _forget_request(self, task: asyncio.Task[Any]) -> None:
         self._requests.pop(task, None)

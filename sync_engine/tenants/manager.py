@@ -307,6 +307,7 @@ class SourceManager:
             rec.database_url,
             self._initial_syncs_limit(rec),
             start_afresh=self._start_afresh,
+            peers=lambda: len(self.running),
         )
 
     def _start_afresh(self, source: ManagedSource, why: str) -> None:

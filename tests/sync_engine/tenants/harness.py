@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import json
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -259,8 +260,14 @@ class AdminEngine:
     """`python -m sync_engine` as a process, with an admin listener and no single database."""
 
     def __init__(self, data_dir: Path, log: Path, *args: str,
-                 env: dict[str, str] | None = None) -> None:  # fmt: skip
+                 env: dict[str, str] | None = None, nofile: int | None = None) -> None:  # fmt: skip
+        """`nofile`: the process's descriptor limit (soft and hard), for a low connection cap."""
         self.port, self.admin_port = free_port(), free_port()
+
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         full = {**os.environ, "SYNC_ENGINE_ADMIN_TOKEN": PROCESS_TOKEN, **(env or {})}
         full.pop("DATABASE_URL", None)
         self.log = log
@@ -268,7 +275,7 @@ class AdminEngine:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sync_engine", "--port", str(self.port), "--admin-port",
                  str(self.admin_port), "--data-dir", str(data_dir), "--no-fsync", *args],
-                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT,
+                cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limit,
             )  # fmt: skip
         try:
             wait_until(self._up, timeout=60, interval=0.1, message="the admin API")

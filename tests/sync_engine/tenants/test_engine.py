@@ -180,6 +180,14 @@ async def test_bad_input_is_4xx_and_changes_nothing(
             400,
             "invalid_request",
         ),
+        (  # an unencoded @ in the password: libpq's host would be its tail (attack 08:12)
+            "POST",
+            "/api/sources",
+            {"name": "x", "database_url": "postgresql://postgres:pw9x8@zz@127.0.0.1:5432/d"},
+            None,
+            400,
+            "invalid_request",
+        ),
         ("POST", "/api/sources", {"name": "x"}, None, 400, "invalid_request"),
         ("POST", "/api/sources", {"name": "", "database_url": url}, None, 400, "invalid_request"),
         (

@@ -597,6 +597,21 @@ def test_a_url_whose_password_has_an_unencoded_slash_is_refused_without_quoting_
         check_database_url("postgresql://u@h:99999/d")
 
 
+def test_a_url_whose_password_has_an_unencoded_at_is_refused_without_quoting_it() -> None:
+    """libpq reads `postgresql://u:S3cr3t@Part@h/d` as password `S3cr3t`, host `Part@h`
+    (the first @), urlsplit as host `h` (the last): it was accepted, and the password's
+    tail shown as the host in the listing, its errors and the log (attack 08:12)."""
+    for url in ("postgresql://u:S3cr3t@Part@127.0.0.1:5432/d", "postgres://u@x@h/d",
+                "postgresql://u:S3cr3t@Part@h1,h2/d"):  # fmt: skip
+        with pytest.raises(InvalidInput) as bad:
+            check_database_url(url)
+        message = bad.value.message
+        assert "S3cr3t" not in message and "Part" not in message, message
+        assert "%40" in message
+    url = "postgresql://u:S3cr3t%40Part@127.0.0.1:5432/d"
+    assert check_database_url(url) == url
+
+
 def test_the_cli_list_warns_when_the_registry_is_read_only(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
