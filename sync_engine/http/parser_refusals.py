@@ -685,24 +685,35 @@ class RefusingRequestHandler(RequestHandler):
             return None  # (idle: gone)
         if self._pending or (self._body is not None and not self._body.is_eof()):
             return None  # (a head or a body unfinished: never whole now)
+        if self._leaves_at_eof():
+            # (closed now, in this callback: a held request's slot under the connection cap
+            # is free before the next connection is accepted, as before half-closes were
+            # answered; tests/sync_engine/http/test_server_flood.py)
+            return None
         self._eof_seen = True
         # (the request taken last may not have begun: its task runs before this)
         self._loop.call_soon(self._after_eof)
         return True
 
-    def _after_eof(self) -> None:
-        """A half-close (`eof_received`): close now if a request in progress or queued is
-        live (its client is gone) or its body unfinished."""
-        if self.transport is None or self._force_close:
-            return
+    def _leaves_at_eof(self) -> bool:
+        """Whether a FIN means the client left: a request in progress or queued is live
+        (or waits on its client) or its body is unfinished."""
         request = self._current_request
-        leave = self.waits_on_client() or (
+        if self.waits_on_client() or (
             request is not None and (_live(request) or not request.content.is_eof())
-        )
+        ):
+            return True
         for message, payload in self._messages:
             if not payload.is_eof() or (not isinstance(message, _ErrInfo) and _live(message)):
-                leave = True
-        if leave:
+                return True
+        return False
+
+    def _after_eof(self) -> None:
+        """A half-close (`eof_received`), once the request taken last has begun: close now
+        if the client left after all (`_leaves_at_eof`), else answer within the grace."""
+        if self.transport is None or self._force_close:
+            return
+        if self._leaves_at_eof():
             self.force_close()
         else:
             self._loop.call_later(HALF_CLOSE_GRACE, self._half_close_over)
