@@ -13,25 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import orjson
-import pytest
 
-from sync_engine.app import SOURCES, build_app
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.engine_harness import SETTINGS, Engine
-
-
-@pytest.fixture
-async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
-    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
-    client = await aiohttp_client(build_app(settings))
-    await client.app[SOURCES]["default"].ready.wait()
-    yield Engine(client, db_url, tmp_path / "data")
+from tests.sync_engine.engine_harness import Engine
 
 
 def _half_closed(host: str, port: int, data: bytes) -> bytes:

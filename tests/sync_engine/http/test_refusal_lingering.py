@@ -17,30 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 import orjson
-import pytest
 
-from sync_engine.app import SOURCES, build_app
 from sync_engine.http import parser_refusals
 from sync_engine.http.parser_refusals import MAX_LINGERING_REFUSALS
 from tests.support.waiting import wait_until_async
-from tests.sync_engine.engine_harness import SETTINGS, Engine
+from tests.sync_engine.engine_harness import Engine
 
 #: A body the engine reads and drops after its refusal (less than `LINGER_BYTES`).
 BODY = 768 << 10
-
-
-@pytest.fixture
-async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
-    settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
-    client = await aiohttp_client(build_app(settings))
-    await client.app[SOURCES]["default"].ready.wait()
-    yield Engine(client, db_url, tmp_path / "data")
 
 
 def _send_then_read(host: str, port: int, data: bytes) -> bytes:
