@@ -464,7 +464,7 @@ class _Watch:
         # The backend running the batch, and when the batch started (a backend of the same
         # pid started later, after a restart, is not it).
         self._pid = conn.pgconn.backend_pid if conn.pgconn.status == pq.ConnStatus.OK else 0
-        self._started = time.time()
+        self._started = time.monotonic()
         self._progress = self._progress_now()
         self._since = time.monotonic()
         self._bad = 0
@@ -516,9 +516,12 @@ class _Watch:
             conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
             try:
                 cur = await conn.execute(
+                    # (the batch's age measured here, compared on Postgres's own clock: a
+                    # Postgres host whose clock runs ahead of the engine's must not make a
+                    # working backend look gone; a second of slack for the round trip)
                     "SELECT state, wait_event FROM pg_stat_activity"
-                    " WHERE pid = %s AND backend_start <= to_timestamp(%s)",
-                    (self._pid, self._started),
+                    " WHERE pid = %s AND backend_start <= now() - make_interval(secs => %s)",
+                    (self._pid, max(0.0, time.monotonic() - self._started - 1.0)),
                 )
                 row = await cur.fetchone()
             finally:
