@@ -46,6 +46,25 @@ def _answer(s: socket.socket) -> bytes:
         return b""
 
 
+def _hold_live(
+    engine: AdminEngine, params: dict[str, str], headers: dict[str, str], socks: list[socket.socket]
+) -> None:
+    """Open up to HELD raw connections, each sending a live request at the shape's tip
+    (`headers` of its first answer), into `socks`; then let the engine take them all."""
+    handle, offset = headers["electric-handle"], headers["electric-offset"]
+    for i in range(HELD):
+        try:
+            s = socket.create_connection(("127.0.0.1", engine.port), timeout=5)
+        except OSError:
+            break
+        q = urllib.parse.urlencode(
+            {**params, "handle": handle, "offset": offset, "live": "true", "cursor": str(i)}
+        )
+        s.sendall(f"GET /v1/shape?{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        socks.append(s)
+    time.sleep(3)  # (settling: every request taken, held or answered)
+
+
 def test_one_sources_live_requests_leave_room_for_another(
     tmp_path: Path, make_db: Callable[[], str]
 ) -> None:
@@ -75,18 +94,7 @@ def test_one_sources_live_requests_leave_room_for_another(
         )
         status, headers, body = _get(engine, offset="-1", **a)
         assert status == 200, body
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        for i in range(HELD):
-            try:
-                s = socket.create_connection(("127.0.0.1", engine.port), timeout=5)
-            except OSError:
-                break
-            q = urllib.parse.urlencode(
-                {**a, "handle": handle, "offset": offset, "live": "true", "cursor": str(i)}
-            )
-            s.sendall(f"GET /v1/shape?{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            socks.append(s)
-        time.sleep(3)  # (settling: every request taken, held or answered)
+        _hold_live(engine, a, headers, socks)
         answers = [_answer(s) for s in socks]
         refused = [x for x in answers if x.startswith(b"HTTP/1.1 503")]
         held = len(socks) - len(refused) - sum(1 for x in answers if x and x not in refused)
@@ -125,18 +133,7 @@ def test_the_admin_api_answers_while_the_public_port_is_full(
         a = {"table": "items", "source_id": sid, "secret": src["secret"]}
         status, headers, body = _get(engine, offset="-1", **a)
         assert status == 200, body
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        for i in range(HELD):
-            try:
-                s = socket.create_connection(("127.0.0.1", engine.port), timeout=5)
-            except OSError:
-                break
-            q = urllib.parse.urlencode(
-                {**a, "handle": handle, "offset": offset, "live": "true", "cursor": str(i)}
-            )
-            s.sendall(f"GET /v1/shape?{q} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            socks.append(s)
-        time.sleep(3)  # (settling: every request taken, held or answered)
+        _hold_live(engine, a, headers, socks)
         answers = [_answer(s) for s in socks]
         assert any(b"Too many connections" in x for x in answers)  # the public port is full
         status, body = engine.api("GET", "/api/sources")

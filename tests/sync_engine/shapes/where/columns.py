@@ -4,13 +4,17 @@ parse_where) and Postgres's own verdict on a clause for one of its rows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 import psycopg
 
 from sync_engine.pg.catalog import ColumnInfo, load_table
+from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import Where
 from sync_engine.shapes.where.clause import ClauseFails
+from tests.support.databases import create_database, drop_database
 
 
 def column_map(url: str, table: str = "d") -> dict[str, ColumnInfo]:
@@ -23,6 +27,22 @@ def column_map(url: str, table: str = "d") -> dict[str, ColumnInfo]:
         return info.column_map
 
     return asyncio.run(load())
+
+
+@contextmanager
+def table_in_own_database(
+    pg_server_url: str, ddl: str, table: str
+) -> Iterator[tuple[psycopg.Connection[Any], dict[str, ColumnInfo]]]:
+    """A database of its own holding `ddl` (run with the engine's display settings), and
+    `table`'s columns as the engine loads them; dropped afterwards."""
+    dbname, db_url = create_database(pg_server_url)
+    try:
+        url = with_display_settings(db_url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(ddl)
+            yield conn, column_map(url, table)
+    finally:
+        drop_database(pg_server_url, dbname)
 
 
 #: `verdict(clause, rid)`: Postgres's verdict on `clause` for row `rid` of `d` alone:

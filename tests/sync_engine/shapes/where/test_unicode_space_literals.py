@@ -16,10 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
-from tests.support.databases import create_database, drop_database
-from tests.sync_engine.shapes.where.columns import column_map
+from tests.sync_engine.shapes.where.columns import table_in_own_database
 
 TABLE = """
 CREATE TABLE u (id int PRIMARY KEY, d date, ts timestamp, tz timestamptz, tm time,
@@ -40,14 +38,8 @@ CLAUSES = [
 
 @pytest.fixture(scope="module")
 def table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
-    dbname, db_url = create_database(pg_server_url)
-    try:
-        url = with_display_settings(db_url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute(TABLE)
-            yield conn, column_map(url, "u")
-    finally:
-        drop_database(pg_server_url, dbname)
+    with table_in_own_database(pg_server_url, TABLE, "u") as found:
+        yield found
 
 
 @pytest.mark.parametrize("clause", CLAUSES)
