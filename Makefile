@@ -67,7 +67,7 @@ stop:
 	@scripts/stop-demo
 
 test: install node-deps
-	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=25
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --max-worker-restart=0 --durations=25
 	scripts/node-tests $(abspath $(PY))
 
 lint: install

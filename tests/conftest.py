@@ -8,11 +8,12 @@ between tests.
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,40 @@ from tests.support.databases import create_database, drop_database
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+#: Seconds past a test's own timeout (pyproject's `timeout`, or its `timeout` mark) after
+#: which the test process dumps every thread's stack and exits.
+_HARD_DEADLINE_GRACE = 120
+
+_stderr_fd: int | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep a descriptor of the real stderr: during a test, fd 2 is pytest's capture file,
+    which is lost when the process exits."""
+    global _stderr_fd
+    _stderr_fd = os.dup(2)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Generator[None, object, object]:
+    """A hard deadline under pytest-timeout's alarm.
+
+    The alarm fails a test only when Python gets control back, and only once: a test stuck in
+    a call that never returns to the interpreter, or whose teardown hangs after the alarm
+    failed it, held CI until its 90-minute limit with nothing said about where. Past the
+    deadline faulthandler's own thread writes every thread's stack to the real stderr and
+    ends the process: xdist reports the test as crashed, starts a new worker and goes on.
+    """
+    mark = item.get_closest_marker("timeout")
+    timeout = float(mark.args[0]) if mark and mark.args else float(item.config.getini("timeout"))
+    if _stderr_fd is None or timeout <= 0:
+        return (yield)
+    faulthandler.dump_traceback_later(timeout + _HARD_DEADLINE_GRACE, exit=True, file=_stderr_fd)
+    try:
+        return (yield)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 @pytest.fixture(scope="session")
