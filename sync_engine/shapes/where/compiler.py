@@ -80,6 +80,7 @@ from .constructs import UNLIMITED, string_length, typmods_refused
 from .errors import WhereError, error_at
 from .expr import (
     EVAL_ERRORS,
+    UNSIMPLIFIED,
     Cache,
     Expr,
     Row,
@@ -90,8 +91,10 @@ from .expr import (
     cached_column_eval,
     column_eval,
     const,
+    folding_failed,
     negation,
     or_expr,
+    planner_const,
     with_coll,
     with_folded,
     with_node,
@@ -256,7 +259,7 @@ class Compiler:
         try:
             value = expr.fn({}, {})
         except EVAL_ERRORS as e:
-            raise error_at(str(e) or type(e).__name__, node) from None
+            return folding_failed(expr.type, e, node)
         return const(expr.type, value, expr.node, folded=True)
 
     def to_bool(self, expr: Expr, what: str) -> Expr:
@@ -682,8 +685,31 @@ class Compiler:
                 return const(BOOL, result.value, node, folded=True)
             return result
         what = "AND" if node.boolop == BoolExprType.AND_EXPR else "OR"
-        args = [self.to_bool(self.compile(a), what) for a in node.args]
+        decides = what == "OR"  # (the constant that decides it: false for AND, true for OR)
+        args: list[Expr] = []
+        for i, a in enumerate(node.args):
+            arg = self.to_bool(self.compile(a), what)
+            args.append(arg)
+            if arg.value is decides and planner_const(arg):
+                # Postgres's planner simplifies the arguments in order and stops at this
+                # constant (simplify_and_arguments / simplify_or_arguments): those after it
+                # are parsed (their types, literals, names checked) but never simplified,
+                # so a constant among them that would fail, `false AND 2147483647 + 1 > 0`,
+                # fails nothing (the engine refused it, "integer out of range").
+                for rest in self._unsimplified(node.args[i + 1 :]):
+                    self.to_bool(rest, what)
+                break
         return and_expr(args, node) if what == "AND" else or_expr(args, node)
+
+    def _unsimplified(self, nodes: Sequence[ast.Node]) -> list[Expr]:
+        """`nodes` compiled as Postgres parses what its planner never simplifies: names,
+        types and literals checked, constants that fail on evaluation no error
+        (`expr.UNSIMPLIFIED`). Their values never matter: a constant before them decides."""
+        token = UNSIMPLIFIED.set(True)
+        try:
+            return [self.compile(n) for n in nodes]
+        finally:
+            UNSIMPLIFIED.reset(token)
 
     def _NullTest(self, node: ast.NullTest) -> Expr:
         arg = self.compile(node.arg)
@@ -1231,7 +1257,16 @@ class Compiler:
         return _subscripted(arg.type, sliced, arg, exprs, node)
 
     def _CoalesceExpr(self, node: ast.CoalesceExpr) -> Expr:
-        typ, args = self.unify([self.compile(a) for a in node.args], "COALESCE", node)
+        compiled: list[Expr] = []
+        for i, a in enumerate(node.args):
+            compiled.append(self.compile(a))
+            if planner_const(compiled[-1]) and compiled[-1].value is not None:
+                # Postgres's planner simplifies the arguments in order up to the first
+                # constant that is not NULL, and drops the rest unsimplified (as an AND's
+                # after a constant false, `_BoolExpr`): `coalesce(true, 1 / 0 = 1)`.
+                compiled += self._unsimplified(node.args[i + 1 :])
+                break
+        typ, args = self.unify(compiled, "COALESCE", node)
         fns = [a.fn for a in args]
 
         def coalesce(row: Row, cache: Cache) -> Value:

@@ -7,6 +7,7 @@ and fuses `column -> parse -> function` chains into one closure for the hot path
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from pglast import ast
@@ -206,6 +207,25 @@ def null_safe(func: Callable[..., Value], args: Sequence[Expr]) -> Expr | Eval:
 EVAL_ERRORS = (ArithmeticError, ValueError, TypeError, AttributeError, KeyError, IndexError)
 
 
+#: Set while compiling what Postgres's planner never simplifies: the arguments of an AND
+#: after a constant false, of an OR after a constant true (`Compiler._BoolExpr`).
+UNSIMPLIFIED: ContextVar[bool] = ContextVar("UNSIMPLIFIED", default=False)
+
+
+def folding_failed(pg_type: PgType, e: Exception, node: ast.Node | None) -> Expr:
+    """A constant of `pg_type` whose evaluation raised `e`: a 400 (Postgres's planner fails
+    the same way), except where Postgres never evaluates it (`UNSIMPLIFIED`), where it is
+    an expression of that type that is never run (its type still checked by the parse)."""
+    message = str(e) or type(e).__name__
+    if not UNSIMPLIFIED.get():
+        raise error_at(message, node) from None
+
+    def never_run(_row: Row, _cache: Cache) -> Value:
+        raise ValueError(message)
+
+    return Expr(pg_type, never_run, node=node)
+
+
 def apply(
     pg_type: PgType, func: Callable[..., Value], args: Sequence[Expr], node: ast.Node | None
 ) -> Expr:
@@ -227,7 +247,7 @@ def apply(
         try:
             return const(pg_type, func(*vals), node)
         except EVAL_ERRORS as e:
-            raise error_at(str(e) or type(e).__name__, node) from None
+            return folding_failed(pg_type, e, node)
     if len(args) == 1 and args[0].unary is not None:
         inner = args[0].unary
         name = args[0].unary_of
@@ -424,7 +444,7 @@ def apply_nullable(
         try:
             return const(pg_type, func(*(a.value for a in args)), node)
         except EVAL_ERRORS as e:
-            raise error_at(str(e) or type(e).__name__, node) from None
+            return folding_failed(pg_type, e, node)
 
     def run(row: Row, cache: Cache) -> Value:
         return func(*(f(row, cache) for f in fns))
