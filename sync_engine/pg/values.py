@@ -76,9 +76,15 @@ INT_RANGES: dict[PgType, tuple[int, int]] = {
 }
 
 
+def input_name(pg_type: PgType) -> str:
+    """The type as its input function names it in "invalid input syntax for type ...":
+    timestamp_in says "timestamp" and time_in "time" (not "... without time zone")."""
+    return {TIMESTAMP: "timestamp", TIME: "time"}.get(pg_type, pg_type.sql_name)
+
+
 def invalid(pg_type: PgType, text: str) -> ValueError:
     """The ValueError Postgres's input functions raise, with Postgres's wording."""
-    return ValueError(f'invalid input syntax for type {pg_type.sql_name}: "{text}"')
+    return ValueError(f'invalid input syntax for type {input_name(pg_type)}: "{text}"')
 
 
 class UnrepresentableValue(ValueError):
@@ -815,8 +821,7 @@ def has_non_c_space(text: str) -> bool:
 def c_spaces_only(pg_type: PgType, parse: Parser) -> Parser:
     """`parse`, failing as Postgres's date and time input does on a non-ASCII space."""
 
-    # (the type as each input function names it: timestamp_in says "timestamp", time_in "time")
-    name = {TIMESTAMP: "timestamp", TIME: "time"}.get(pg_type, pg_type.sql_name)
+    name = input_name(pg_type)
 
     def parse_strict(text: str) -> object:
         if _NON_C_SPACE.search(text):

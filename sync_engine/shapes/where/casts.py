@@ -207,7 +207,7 @@ def _no_plus_infinity(parse: Callable[[str], Value], target: PgType) -> Callable
 
     def parse_checked(text: str) -> Value:
         if text.strip().lower() == "+infinity":
-            raise ValueError(f'invalid input syntax for type {target.sql_name}: "{text}"')
+            raise ValueError(f'invalid input syntax for type {pgv.input_name(target)}: "{text}"')
         return parse(text)
 
     return parse_checked
