@@ -962,8 +962,27 @@ class Compiler:
             arg = self.compile(node.arg)
             return self._cast_to_length(arg, *sized, node)
         target = self._type_name(node.typeName)
+        if (
+            target.array
+            and isinstance(node.arg, ast.A_ArrayExpr)
+            and not any(isinstance(e, ast.A_ArrayExpr) for e in node.arg.elements)
+        ):
+            return self._array_as(node.arg, target, node)
         arg = self.compile(node.arg)
         return self.cast(arg, target, node)
+
+    def _array_as(self, array: ast.A_ArrayExpr, target: PgType, node: ast.Node) -> Expr:
+        """`ARRAY[...]::T[]`: Postgres's parse casts each item to T (transformArrayExpr,
+        given the cast's type, coerces every element with an explicit cast) rather than
+        building an array of the items' common type and casting that: `ARRAY['7']::int4[]`
+        is an int4[] of the literal 7 (the engine refused it, "casting text[] to integer[]
+        is not supported here": a policy's `ia @> ARRAY[{{n}}]::int4[]`), and
+        `ARRAY['a']::int4[]` fails as the literal 'a'::int4 does."""
+        element = target.element
+        compiled = [self.compile(e) for e in array.elements]
+        items = [self.cast(e, element, e.node or node) for e in compiled]
+        expr = apply_nullable(target, lambda *xs: tuple(xs), items, node)
+        return mark(expr, all(coerced_folds(e, element) for e in compiled))
 
     def _cast_to_length(self, arg: Expr, target: PgType, n: int, node: ast.Node) -> Expr:
         """`x::varchar(n)` and `x::char(n)` (`::char` is char(1)): the value as text (its
