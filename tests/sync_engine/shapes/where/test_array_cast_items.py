@@ -84,8 +84,10 @@ async def test_a_parameter_in_an_array_cast_through_the_engine(engine: Engine) -
     engine.sql("CREATE TABLE a (id int PRIMARY KEY, ia int4[])")
     engine.sql("INSERT INTO a VALUES (1, '{7,8}'), (2, '{1}')")
     where = "ia @> ARRAY[$1]::int4[]"
-    rows, _h, _o = await engine.sync(table="a", where=where, **{"params[1]": "7"})
+    rows, _handle, _offset = await engine.sync(table="a", where=where, **{"params[1]": "7"})
     assert {r["id"] for r in rows.values()} == {"1"}
-    status, _h, body = await engine.get(table="a", offset="-1", where=where, **{"params[1]": "x"})
+    status, _headers, body = await engine.get(
+        table="a", offset="-1", where=where, **{"params[1]": "x"}
+    )
     assert status == 400, body
     assert body["errors"]["where"] == ['At location 12: invalid input syntax for type integer: "x"']
