@@ -454,6 +454,12 @@ async def _bounded_run(
                 running.abandon()
                 raise not_answering()
     except BaseException:
+        if not task.done() and not running.abandoned:
+            # Cancelled: the request ended (the engine stopping on SIGTERM, the source
+            # paused or deleted, the connection closed). Nobody waits for the answer, and a
+            # query waiting on a lock held its thread, which Python's exit waits for, until
+            # --snapshot-timeout: the engine logged "stopped" and did not exit.
+            running.abandon(cancel=True)
         # The spool is freed once its thread is done with it (at once if it is).
         task.add_done_callback(_retrieve)
         task.add_done_callback(lambda _task: spool.close())
