@@ -27,8 +27,10 @@ STOP_WAIT = 10.0
 #: Seconds between cancellations of a task that has not ended yet.
 RECANCEL = 1.0
 #: Seconds the engine process may take to stop once told to (SIGTERM, SIGINT) before it
-#: exits at once, with status 1 (`exit_unless_stopped`).
-STOP_LIMIT = 60.0
+#: exits at once, with status 1 (`exit_unless_stopped`): above the sum of the stop's own
+#: bounds against a silent Postgres (about 50 s for registered sources, then as much again
+#: for the single-database source), which must not be cut.
+STOP_LIMIT = 120.0
 #: The engine process's exit status once it stops: 1 after `stop_process` (a restart is
 #: what it needs: a supervisor restarting on failure does it).
 exit_status = 0
