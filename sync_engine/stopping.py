@@ -31,6 +31,9 @@ RECANCEL = 1.0
 #: bounds against a silent Postgres (about 50 s for registered sources, then as much again
 #: for the single-database source), which must not be cut.
 STOP_LIMIT = 120.0
+#: Seconds after `STOP_LIMIT` at which faulthandler's own thread ends the process instead,
+#: should no Python thread run by then.
+GIL_GRACE = 10.0
 #: The engine process's exit status once it stops: 1 after `stop_process` (a restart is
 #: what it needs: a supervisor restarting on failure does it).
 exit_status = 0
@@ -85,6 +88,12 @@ def exit_unless_stopped(loop: asyncio.AbstractEventLoop, limit: float) -> None:
     timer.name = "stop-limit"
     timer.daemon = True
     timer.start()
+    # The same without the GIL, a little later, should a thread hold it (a C call that waits
+    # without letting it go froze every Python thread once: the timer's too).
+    try:
+        faulthandler.dump_traceback_later(limit + GIL_GRACE, exit=True, file=sys.stderr)
+    except (OSError, ValueError, RuntimeError):  # (no usable stderr)
+        pass
 
 
 async def cancel_and_wait(

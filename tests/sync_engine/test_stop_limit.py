@@ -9,7 +9,8 @@ needed SIGKILL. Now past `stopping.STOP_LIMIT` seconds after the signal the engi
 every thread's stack to stderr, logs what still runs, and exits with status 1.
 
 The engine runs as a process (its CLI, a real Postgres) with one thing added that never
-ends: a task that ignores its cancellation, or an executor thread that sleeps for an hour.
+ends: a task that ignores its cancellation, an executor thread that sleeps for an hour, or a
+thread that keeps the GIL (then faulthandler's own thread ends the process, a little later).
 The limit is set to 3 s in that process (120 s in production) so the test is short.
 """
 
@@ -36,12 +37,14 @@ from tests.sync_engine.tenants.harness import PGBIN
 EXIT_BOUND = 60
 
 #: The engine's CLI (the arguments after `python -m sync_engine`), with `STOP_LIMIT` at 3 s and
-#: something that never ends started with the app (`sys.argv[1]`: "task" or "thread").
+#: something that never ends started with the app (`sys.argv[1]`: "task" or "thread"), or,
+#: as its stop begins, a thread that keeps the GIL ("gil": no Python thread runs again).
 WRAPPER = """
-import asyncio, sys, time
+import asyncio, ctypes, sys, threading, time
 from sync_engine import __main__ as main_module, app as app_module, stopping
 
 stopping.STOP_LIMIT = 3.0
+stopping.GIL_GRACE = 2.0
 kind = sys.argv[1]
 args = sys.argv[sys.argv.index("sync_engine") + 1 :]  # (after `python -m sync_engine`)
 real_build_app = app_module.build_app
@@ -59,12 +62,21 @@ def build_app(settings):
                     pass
 
         loop = asyncio.get_running_loop()
-        if kind == "task":
+        if kind in ("task", "gil"):  # ("gil": so that the stop does not end before)
             app["stubborn"] = loop.create_task(stubborn(), name="stubborn")
-        else:
+        elif kind == "thread":
             loop.run_in_executor(None, time.sleep, 3600)
 
+    async def hold_the_gil(app):
+        def hold():
+            time.sleep(1)  # (the stop's limit is armed by then)
+            ctypes.PyDLL(None).sleep(3600)  # a C call that keeps the GIL while it waits
+
+        threading.Thread(target=hold, daemon=True).start()
+
     app.on_startup.append(never_ending)
+    if kind == "gil":
+        app.on_shutdown.append(hold_the_gil)
     return app
 
 
@@ -73,7 +85,7 @@ main_module.main(args)
 """
 
 
-@pytest.mark.parametrize("kind", ["task", "thread"])
+@pytest.mark.parametrize("kind", ["task", "thread", "gil"])
 def test_the_engine_exits_after_sigterm_though_something_does_not_stop(
     kind: str, db_url: str, tmp_path: Path
 ) -> None:
@@ -93,7 +105,10 @@ def test_the_engine_exits_after_sigterm_though_something_does_not_stop(
             )
         assert engine.proc.returncode == 1, engine.log_tail()
         said = engine.log_tail(20000)
-        assert "the engine did not stop within 3 s: exiting now" in said, said
+        if kind == "gil":  # (faulthandler's thread: every stack, then the exit)
+            assert "Timeout (0:00:05)!" in said, said
+        else:
+            assert "the engine did not stop within 3 s: exiting now" in said, said
         if kind == "task":
             assert "stubborn" in said, said
     finally:
