@@ -637,6 +637,7 @@ def serve(
 
 async def _log_shutdown(app: web.Application) -> None:
     logger.info("shutting down: closing held requests and replication")
+    stopping.exit_unless_stopped(asyncio.get_running_loop(), stopping.STOP_LIMIT)
 
 
 def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:

@@ -11,9 +11,11 @@ tasks still running, every `RECANCEL` seconds, and gives up on them after `timeo
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -24,6 +26,14 @@ logger = logging.getLogger(__name__)
 STOP_WAIT = 10.0
 #: Seconds between cancellations of a task that has not ended yet.
 RECANCEL = 1.0
+#: Seconds the engine process may take to stop once told to (SIGTERM, SIGINT) before it
+#: exits at once, with status 1 (`exit_unless_stopped`): above the sum of the stop's own
+#: bounds against a silent Postgres (about 50 s for registered sources, then as much again
+#: for the single-database source), which must not be cut.
+STOP_LIMIT = 120.0
+#: Seconds after `STOP_LIMIT` at which faulthandler's own thread ends the process instead,
+#: should no Python thread run by then.
+GIL_GRACE = 10.0
 #: The engine process's exit status once it stops: 1 after `stop_process` (a restart is
 #: what it needs: a supervisor restarting on failure does it).
 exit_status = 0
@@ -36,6 +46,54 @@ def stop_process(reason: str) -> None:
     exit_status = 1
     logger.critical("stopping the engine: %s; start it again (a restart clears it)", reason)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def exit_unless_stopped(loop: asyncio.AbstractEventLoop, limit: float) -> None:
+    """End the process if it has not exited `limit` seconds from now. Each step of a stop
+    is bounded, and then goes on without what did not end; but the process's own end waited
+    with no limit for every task still running (aiohttp's `run_app` cancels them and waits)
+    and for every executor thread (Python's exit joins them): one task that misses its
+    cancellation, or one thread blocked in a call with no timeout (a subset query waiting
+    on a lock did), kept a stopped engine from exiting, and its container needed SIGKILL.
+    Past `limit` every thread's stack goes to stderr, what still runs is logged, and the
+    process exits with status 1 (a restart recovers it, as after SIGKILL)."""
+
+    def give_up() -> None:
+        try:
+            pending = sorted(
+                f"{t.get_name()} ({getattr(t.get_coro(), '__qualname__', '?')})"
+                for t in asyncio.all_tasks(loop)
+            )
+        except RuntimeError:  # (the loop changed its tasks meanwhile, or is closed)
+            pending = []
+        threads = sorted(
+            t.name for t in threading.enumerate() if t is not threading.current_thread()
+        )
+        logger.critical(
+            "the engine did not stop within %.0f s: exiting now (tasks still running: %s;"
+            " threads: %s; their stacks are on stderr)",
+            limit,
+            ", ".join(pending) or "none",
+            ", ".join(threads),
+        )
+        try:
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        except (OSError, ValueError, RuntimeError):  # (no usable stderr: exit all the same)
+            pass
+        os._exit(1)
+
+    timer = threading.Timer(limit, give_up)
+    timer.name = "stop-limit"
+    timer.daemon = True
+    timer.start()
+    # The same without the GIL, a little later, should a thread hold it (a C call that waits
+    # without letting it go froze every Python thread once: the timer's too).
+    try:
+        faulthandler.dump_traceback_later(limit + GIL_GRACE, exit=True, file=sys.stderr)
+    except (OSError, ValueError, RuntimeError):  # (no usable stderr)
+        pass
 
 
 async def cancel_and_wait(

@@ -36,9 +36,11 @@ import asyncio
 import functools
 import os
 import random
+import select
 import socket
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg_pool import ConnectionPool
 
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
@@ -179,6 +181,8 @@ def _query(
 #: Seconds a subset query runs before the request asks whether Postgres answers at all
 #: (and again every as many).
 SUBSET_QUIET = 2.0
+#: Seconds the request to cancel an abandoned subset query in Postgres may take.
+CANCEL_WAIT = 10.0
 
 
 class _Running:
@@ -203,18 +207,23 @@ class _Running:
         (or with `client_connection_check_interval`, which the engine does not set): the
         query ran on to its end, or to --snapshot-timeout, holding the backend. The cancel
         key is taken before the socket is shut (libpq's, no I/O) and sent from a thread of
-        its own, never the event loop's (it connects to Postgres)."""
+        its own, never the event loop's (it connects to Postgres), without blocking and
+        within `CANCEL_WAIT`: libpq's blocking PQcancel holds the GIL while it waits, and a
+        Postgres that accepts the connection and answers nothing (stopped, SIGSTOP) froze
+        every thread of the engine with it, for ever (even its stop)."""
         with self._lock:
             self.abandoned = True
             if self._conn is None:
                 return
-            if cancel:
+            if cancel and psycopg.capabilities.has_cancel_safe():  # (libpq 17+)
                 try:
-                    request = self._conn.pgconn.get_cancel()
+                    request: pq.abc.PGcancelConn | None = self._conn.pgconn.cancel_conn()
                 except psycopg.Error:
                     request = None
                 if request is not None:
-                    threading.Thread(target=_send_cancel, args=(request,), daemon=True).start()
+                    threading.Thread(
+                        target=_send_cancel, args=(request,), name="subset-cancel", daemon=True
+                    ).start()
             self._shut(self._conn)
 
     @staticmethod
@@ -230,13 +239,26 @@ class _Running:
                 pass
 
 
-def _send_cancel(request: Any) -> None:
-    """PQcancel (blocking: a connection of its own to Postgres); a failure changes nothing,
-    the socket being shut already ends the backend when it next writes."""
+def _send_cancel(request: pq.abc.PGcancelConn) -> None:
+    """Send the cancel request (a connection of its own to Postgres), non-blocking, giving up
+    after `CANCEL_WAIT` seconds; a failure changes nothing, the socket being shut already
+    ends the backend when it next writes."""
+    deadline = time.monotonic() + CANCEL_WAIT
     try:
-        request.cancel()
-    except psycopg.Error:
+        request.start()
+        while (status := request.poll()) in (pq.PollingStatus.READING, pq.PollingStatus.WRITING):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            sock = request.socket
+            if status == pq.PollingStatus.READING:
+                select.select([sock], [], [], left)
+            else:
+                select.select([], [sock], [], left)
+    except (psycopg.Error, OSError, ValueError):
         pass
+    finally:
+        request.finish()
 
 
 #: Rows Postgres sends per batch of a subset query's stream.
@@ -454,6 +476,12 @@ async def _bounded_run(
                 running.abandon()
                 raise not_answering()
     except BaseException:
+        if not task.done() and not running.abandoned:
+            # Cancelled: the request ended (the engine stopping on SIGTERM, the source
+            # paused or deleted, the connection closed). Nobody waits for the answer, and a
+            # query waiting on a lock held its thread, which Python's exit waits for, until
+            # --snapshot-timeout: the engine logged "stopped" and did not exit.
+            running.abandon(cancel=True)
         # The spool is freed once its thread is done with it (at once if it is).
         task.add_done_callback(_retrieve)
         task.add_done_callback(lambda _task: spool.close())

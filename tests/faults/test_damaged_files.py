@@ -123,11 +123,17 @@ class NpmClient:
                 self.errors.append(said.get("error", ""))
 
     async def stop(self) -> None:
+        """SIGTERM, SIGKILL after 10 s; its output read to the end (bounded: a teardown
+        waiting on a process or pipe with no limit held a CI run until its time limit)."""
         if self._proc is not None and self._proc.returncode is None:
             self._proc.terminate()
-            await self._proc.wait()
+            try:
+                await asyncio.wait_for(self._proc.wait(), 10)
+            except TimeoutError:
+                self._proc.kill()
+                await asyncio.wait_for(self._proc.wait(), 10)
         if self._reading is not None:
-            await self._reading
+            await asyncio.wait_for(self._reading, 10)
 
 
 def _npm_view(rows: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, str]] | None:

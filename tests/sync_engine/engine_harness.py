@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +85,26 @@ class Engine:
 
 
 apply = apply_messages
+
+#: Seconds an in-process engine may take to stop at a fixture's teardown (its stop is bounded
+#: well below: 2 s for requests, 10 s for tasks, 10 s for pools).
+STOP_WITHIN = 60.0
+
+
+async def stopped_within(close: Awaitable[None], what: str) -> None:
+    """Await `close` (an in-process engine's stop), at most `STOP_WITHIN` seconds: a stop that
+    hangs fails the test naming the tasks still running, where with no bound it held the
+    test run (and the CI) until its time limit."""
+    try:
+        async with asyncio.timeout(STOP_WITHIN):
+            await close
+    except TimeoutError:
+        running = sorted(
+            t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()
+        )
+        raise AssertionError(
+            f"{what} did not stop within {STOP_WITHIN:g} s; tasks still running: {running}"
+        ) from None
 
 
 # Short timeouts so live paths are exercised quickly in tests.

@@ -127,11 +127,17 @@ class _NpmClient:
         return [s["url"] for s in self.said if s.get("status") == 409]
 
     async def stop(self) -> None:
+        """SIGTERM, SIGKILL after 10 s; its output read to the end (bounded: a teardown
+        waiting on a process or pipe with no limit held a CI run until its time limit)."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.terminate()
-            await self.proc.wait()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await asyncio.wait_for(self.proc.wait(), 10)
         if self.reading is not None:
-            await self.reading
+            await asyncio.wait_for(self.reading, 10)
 
 
 async def test_npm_changes_only_clients_converge_after_a_wipe_during_request_snapshot(

@@ -21,6 +21,7 @@ from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
+from sync_engine.stopping import cancel_and_wait
 
 
 def _with(url: str, *, user: str | None = None, db: str | None = None, query: str = "") -> str:
@@ -98,8 +99,7 @@ async def test_a_dropped_slot_is_reported_once_with_what_to_do(
         assert "does not exist" in message and "will not fix itself" in message
         assert "restart the engine" in message
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert not await cancel_and_wait([task], "the replicator"), "it missed its cancellation"
 
 
 async def test_a_lost_stream_is_retried_and_its_recovery_logged(
@@ -124,5 +124,4 @@ async def test_a_lost_stream_is_retried_and_its_recovery_logged(
         assert "retrying in 0.2 s" in text()
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert not await cancel_and_wait([task], "the replicator"), "it missed its cancellation"

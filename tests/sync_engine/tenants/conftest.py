@@ -14,6 +14,7 @@ from sync_engine.tenants import managed as managed_module
 from sync_engine.tenants import manager as manager_module
 from sync_engine.tenants.credentials import hash_secret
 from tests.support.databases import create_database, drop_database
+from tests.sync_engine.engine_harness import stopped_within
 from tests.sync_engine.tenants.harness import Cluster, MultiEngine
 
 
@@ -55,7 +56,7 @@ async def engines(tmp_path: Path) -> AsyncIterator[Callable[..., MultiEngine]]:
 
     yield make
     for engine in made:
-        await engine.close()
+        await stopped_within(engine.close(), "an in-process engine with sources")
 
 
 @pytest.fixture

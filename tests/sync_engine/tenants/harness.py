@@ -319,7 +319,7 @@ class AdminEngine:
 
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        self.proc.wait(30)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -328,4 +328,4 @@ class AdminEngine:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(30)

@@ -53,7 +53,11 @@ def admin_url(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
         log.close()
         assert "pw-hidden" not in (tmp_path / "engine.log").read_text()
 

@@ -76,7 +76,8 @@ async def test_a_source_paused_or_deleted_while_its_subset_queries_wait_on_a_loc
     source one of its own). Pausing or deleting the source cuts their requests off, but the
     queries go on; its stop closed the subset pool (and a deletion removed the shape logs)
     in that same executor, behind them, and waited until the lock was released: both now
-    run in a thread of their own."""
+    run in a thread of their own. And the queries themselves are abandoned (socket shut,
+    cancelled in Postgres) once their requests are cut off."""
     url = make_db()
     make_items(url, ["a", "b", "c"])
     engine = await engines().start()
@@ -109,6 +110,14 @@ async def test_a_source_paused_or_deleted_while_its_subset_queries_wait_on_a_loc
         status, body = stopping.result()
         assert status == 200, body
         assert body["paused" if how == "pause" else "deleted"] is True, body
+        # Their queries are abandoned in Postgres too, the lock still held: they went on
+        # waiting there (until --snapshot-timeout), each holding a thread Python's exit
+        # waits for (test_subset_sigterm).
+        await wait_until_async(
+            lambda: _waiting_on_locks(url) == 0,
+            timeout=30,
+            message="the stopped source's subset queries ended in Postgres",
+        )
     finally:
         locker.rollback()
         locker.close()
