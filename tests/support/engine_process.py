@@ -119,7 +119,7 @@ class EngineProcess:
         """SIGKILL: no shutdown code runs, as in a crash."""
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
+        self.proc.wait(30)  # (a SIGKILLed process is reaped at once unless stuck in the kernel)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 10 s; the process is gone when this returns."""
@@ -129,7 +129,7 @@ class EngineProcess:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(30)
 
 
 async def parked_requests(url: str, secret: str | None = None) -> int:
