@@ -10,6 +10,7 @@ whose readings differ from Postgres's (as with another tzdata release).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -215,7 +216,7 @@ async def test_a_restored_shape_is_rotated_when_postgres_reads_its_zone_differen
     settings = replace(SETTINGS, database_url=db_url, data_dir=tmp_path / "data")
     where = "at AT TIME ZONE 'Europe/Paris' >= '2024-03-31 01:30:00'"
     client = await aiohttp_client(build_app(settings))
-    await client.app[SOURCES]["default"].ready.wait()
+    await asyncio.wait_for(client.app[SOURCES]["default"].ready.wait(), 120)  # not for ever
     first = Engine(client, db_url, tmp_path / "data")
     first.sql("CREATE TABLE ev (id int PRIMARY KEY, at timestamptz)")
     first.sql("INSERT INTO ev VALUES (1, '2024-03-31 00:30:00+00')")
@@ -225,7 +226,7 @@ async def test_a_restored_shape_is_rotated_when_postgres_reads_its_zone_differen
     berlin = zone("Europe/Berlin")
     monkeypatch.setattr(zones_module, "zone", lambda key: berlin)
     client2 = await aiohttp_client(build_app(settings))
-    await client2.app[SOURCES]["default"].ready.wait()
+    await asyncio.wait_for(client2.app[SOURCES]["default"].ready.wait(), 120)  # not for ever
     second = Engine(client2, db_url, tmp_path / "data")
     assert second.source.shape(handle) is None  # retired at load
     for params in ({"offset": offset, "handle": handle, "live": "true"}, {"offset": "-1"}):

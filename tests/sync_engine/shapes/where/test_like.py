@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import random
 import signal
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
@@ -193,6 +195,30 @@ def _alarm(_signum: int, _frame: FrameType | None) -> None:
     raise TimeoutError("LIKE evaluation did not finish")
 
 
+@contextmanager
+def _within(seconds: float) -> Iterator[None]:
+    """Raise TimeoutError in the block after `seconds`, and give the real-time timer back.
+
+    pytest-timeout's alarm is the same ITIMER_REAL: `signal.alarm(0)` here cancelled it for
+    the rest of the test, so a hang in its teardown was never timed out. Its remaining time
+    (less what the block took; at once if that ran out) is armed again on the way out, and
+    its handler put back. Ours never outlasts it: if it has less time left, ours fires then.
+    """
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    start = time.monotonic()
+    outer, interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if 0 < outer < seconds:
+        signal.setitimer(signal.ITIMER_REAL, outer)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer > 0:
+            left = outer - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), interval)
+
+
 @pytest.mark.parametrize(
     "clause",
     [
@@ -208,14 +234,48 @@ def test_patterns_that_backtrack_finish(
     conn, columns, texts = table
     where = parse_where(clause, {}, columns)
     row = {"id": "301", "t": texts[301]}
-    expected = bool(conn.execute(f"SELECT {where.sql} FROM d WHERE id = 301").fetchone()[0])
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.alarm(10)  # the backtracking regex ran for hours here
-    try:
+    one = conn.execute(f"SELECT {where.sql} FROM d WHERE id = 301").fetchone()
+    assert one is not None
+    expected = bool(one[0])
+    handler = signal.getsignal(signal.SIGALRM)
+    outer = signal.getitimer(signal.ITIMER_REAL)[0]
+    with _within(10):  # the backtracking regex ran for hours here
         assert where.value(row) is expected  # (not matches(), which takes an error for False)
+    # pytest-timeout's alarm (same timer) still runs for this test's teardown, as before
+    assert signal.getsignal(signal.SIGALRM) is handler
+    assert (signal.getitimer(signal.ITIMER_REAL)[0] > 0) == (outer > 0)
+
+
+def test_within_gives_the_outer_timer_back() -> None:
+    """The outer timer (pytest-timeout's) is re-armed with its remaining time and still fires."""
+    fired: list[int] = []
+    saved_handler = signal.signal(signal.SIGALRM, lambda signum, _frame: fired.append(signum))
+    start = time.monotonic()
+    saved_timer = signal.setitimer(signal.ITIMER_REAL, 60)
+    try:
+        with _within(5):
+            pass
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < left <= 60
+        with pytest.raises(TimeoutError), _within(0.05):
+            while True:
+                time.sleep(0.01)
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= left
+        signal.setitimer(signal.ITIMER_REAL, 0.2)  # the outer one shorter than ours: fires
+        with pytest.raises(TimeoutError), _within(30):
+            while True:
+                time.sleep(0.01)
+        # and, its time spent, is given back at once: its own handler runs
+        deadline = time.monotonic() + 30
+        while not fired and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fired == [signal.SIGALRM]
     finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, saved_handler)
+        if saved_timer[0] > 0:
+            left = saved_timer[0] - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-6), saved_timer[1])
 
 
 async def test_a_long_text_under_a_backtracking_pattern_does_not_stop_the_source(
