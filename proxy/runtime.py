@@ -27,6 +27,7 @@ from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.limits.config import LimitSettings
 from proxy.metrics import Metrics
+from proxy.policy.blame import PolicyWhere
 from proxy.policy.sql import CombinedWhere
 from proxy.upstream.client import UpstreamOptions
 
@@ -79,6 +80,9 @@ class Prepared:
     #: The columns the rule shows (None: all): the engine's refusal of a shape without its
     #: primary key is said in the rule's terms when the rule hides a key column.
     rule_columns: tuple[str, ...] | None = None
+    #: The rule's enforced filter went in `where`: the engine's 400s located in it are the
+    #: policy's, never shown as they are (`proxy.http.handlers.blame_policy_where`).
+    policy_where: PolicyWhere | None = None
 
 
 class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):

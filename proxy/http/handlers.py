@@ -58,6 +58,7 @@ from proxy.limits.config import resolve
 from proxy.limits.subsets import SubsetSlots
 from proxy.limits.upstream import check_fits, clean_error_response, fits
 from proxy.metrics import Metrics, metrics_refusal
+from proxy.policy.blame import blame
 from proxy.policy.evaluate import (
     Claims,
     delete_by_handle_shared,
@@ -264,10 +265,87 @@ async def _forward(
     """Send the authorised request upstream and record how it went in the request context."""
     context = request.context
     target = target_of(prepared, method, body, epoch)
-    outcome = await _app(request).forwarder.forward(
-        request, target, runtime.options, context.request_id, admit
-    )
+    forwarder = _app(request).forwarder
+    outcome = await forwarder.forward(request, target, runtime.options, context.request_id, admit)
+    if method == "HEAD" and outcome.upstream_status == 400 and prepared.policy_where is not None:
+        # A HEAD's 400 has no body to tell whose part of the where the engine refused: the
+        # GET's says (the engine checks both alike; a refused where makes no shape).
+        said = await forwarder.error_body(
+            request, target_of(prepared, "GET", None), runtime.options, context.request_id, 400
+        )
+        refusal = None if said is None else blame_policy_where(request, runtime, prepared, said)
+        if refusal is not None:
+            context.upstream_status = 400
+            return refusal
     return finish(request, runtime, outcome, prepared)
+
+
+def blame_policy_where(
+    request: Request, runtime: Runtime, prepared: Prepared, body: bytes
+) -> Response | None:
+    """The proxy's answer for an engine 400 (its JSON `body`) whose where error is located
+    in the rule's enforced filter (`proxy.policy.blame`), never the engine's words: those
+    name a where the client did not write, and the position (and maybe the text) of a filter
+    it may not see. A claim bound under the refused node is what does not fit (`"sub":
+    "abc"` where the filter compares an int column): a 403 `claim_unusable` naming the
+    claim only, as for a scalar claim where a list is read. Else the policy's own text is
+    refused (a column it names is gone): a 400 naming the rule, the engine's words in a
+    WARNING for the operator, once per rule. None when the error is not the policy's (the
+    client's own where keeps the engine's 400)."""
+    assert prepared.policy_where is not None
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    messages = errors.get("where") if isinstance(errors, dict) else None
+    if not isinstance(messages, list):
+        return None
+    for message in messages:
+        if not isinstance(message, str):
+            continue
+        found = blame(message, prepared.policy_where)
+        if found is None:
+            continue
+        context = request.context
+        context.outcome = "refused"
+        if found.claims:
+            names = " or ".join(repr(c) for c in found.claims)
+            claim = "claim" if len(found.claims) == 1 else "claims"
+            context.reason = "claim_unusable"
+            logger.info(
+                "request %s: the sync engine refused rule %r's filter with the token's %s %s "
+                "bound: %s",
+                context.request_id,
+                prepared.rule,
+                names,
+                claim,
+                message,
+            )
+            return error_response(
+                403,
+                "claim_unusable",
+                f"the token's {names} {claim} is not a value this shape's filter can use",
+            )
+        context.reason = "policy_filter_refused"
+        key = f"where\x00{prepared.rule}"
+        if key not in runtime.warned_rules:
+            runtime.warned_rules.add(key)
+            logger.warning(
+                "the sync engine refuses policy rule %r's filter for table %s (%s): no request "
+                "of this rule can be served until it is mended",
+                prepared.rule,
+                prepared.table,
+                message,
+            )
+        return error_response(
+            400,
+            "policy_filter_refused",
+            f"the proxy's policy rule {prepared.rule!r} has a filter the sync engine refuses "
+            "for this table: no request of this rule can be served until the proxy's "
+            "configuration is mended (its log says why)",
+        )
+    return None
 
 
 def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> None:
@@ -398,6 +476,16 @@ def finish(
         secret = runtime.loaded.upstream_secret
         clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
         if prepared is not None and outcome.upstream_status == 400:
+            response = outcome.response
+            if (
+                prepared.policy_where is not None
+                and isinstance(response, Response)
+                and isinstance(response.body, bytes)
+            ):
+                refusal = blame_policy_where(request, runtime, prepared, response.body)
+                if refusal is not None:
+                    context.upstream_status = 400
+                    return refusal
             if prepared.combined is not None:
                 remap_where_errors(outcome.response, prepared.combined)
             if prepared.rule_columns is not None:
@@ -548,6 +636,7 @@ async def _prepare(
         pool_key=key_of(url),
         combined=decision.combined,
         rule_columns=decision.queryable_columns,
+        policy_where=decision.policy_where,
     )
     body = None
     if post:

@@ -142,8 +142,12 @@ def origin_query(target: bytes) -> bytes | None:
     the fast lane) where only the query is used, and for such a target llhttp accepted
     (printable ASCII only) the query it finds is what follows the first `?`:
     tests/proxy/test_origin_query.py compares the two over every such target of up to
-    two special characters."""
-    if target[:1] == b"/" and b"#" not in target:
+    two special characters.
+
+    `0x23 not in target` (the byte `#` as an int), not `b"#" not in target`: `bytes in bytes`
+    first tries its operand as an integer and formats the TypeError it gets (~2K
+    instructions a request, 1% of a fast-lane forward, by callgrind) before it searches."""
+    if target[:1] == b"/" and 0x23 not in target:
         return target.partition(b"?")[2]
     return None
 

@@ -18,6 +18,7 @@ from typing import Any
 from proxy.config.model import ClaimMatch, Scalar
 from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
 from proxy.limits.config import RuleLimits
+from proxy.policy.blame import PolicyWhere
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
 from proxy.policy.sql import (
     ClauseCache,
@@ -58,6 +59,9 @@ class Decision:
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
+    #: Set when the rule has an enforced filter: how to tell the engine's errors about it
+    #: from those about the client's where (`proxy.policy.blame`).
+    policy_where: PolicyWhere | None = None
 
 
 def claim_value(claims: Claims, path: str) -> Any:
@@ -481,7 +485,7 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
 
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
-) -> tuple[str | None, tuple[str, ...], CombinedWhere | None]:
+) -> tuple[str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None]:
     template = rule.template
     slots = template.array_slots if template else frozenset()
     enforced_params = tuple(
@@ -492,7 +496,10 @@ def _build_where(
     if request.where is None:
         # Params without a where mean nothing to the engine, which ignores them: so does
         # the proxy (they never reach the engine, whose `$1..$n` are the enforced ones).
-        return enforced_sql, enforced_params, None
+        if enforced_sql is None:
+            return None, enforced_params, None, None
+        policy = PolicyWhere(enforced_sql, False, 0, rule.claim_paths)
+        return enforced_sql, enforced_params, None, policy
     if rule.client_where == "forbid":
         raise Forbidden(
             "client_where_not_allowed", "this shape does not accept a client where", field="where"
@@ -500,20 +507,21 @@ def _build_where(
     client_params = _ordered(request.params)
     if rule.client_where == "passthrough":
         # No enforced filter and no hidden column (checked at load): the engine checks it.
-        return request.where, client_params, None
+        return request.where, client_params, None, None
     clause = clauses.client_where(request.where, rule.columns, what="where")
     _refuse_missing(clause, len(client_params), "where")
     if enforced_sql is None:
         # Nothing to AND it with: the text as the client wrote it, which the engine parses
         # into the very tree checked here (both use pglast), so its errors locate the
         # client's own text.
-        return request.where, client_params, None
+        return request.where, client_params, None, None
     # The client's clause as written, with its own `$1..$k`, reached only for rows the
     # enforced filter admits (`guarded_and`); the enforced filter's params after the
     # client's. The engine's errors about the client's part then name what the client
     # sent, once its offset is taken off their locations (`remap_where_error`).
     combined = clauses.combined(clause, enforced_sql, len(client_params))
-    return combined.sql, client_params + enforced_params, combined
+    policy = PolicyWhere(combined.sql, True, len(client_params), rule.claim_paths)
+    return combined.sql, client_params + enforced_params, combined, policy
 
 
 def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
@@ -607,7 +615,7 @@ def evaluate(
     _refuse_unsafe_pattern(policy, table, rule, claims, anonymous=anonymous)
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
-    where, params, combined = _build_where(rule, claims, request, policy.clauses)
+    where, params, combined, policy_where = _build_where(rule, claims, request, policy.clauses)
     shared = table.shared and _pattern_shared(policy, table)
     if rule.client_where == "passthrough":
         # A clause that reads other tables answers by what the caller may read there too:
@@ -661,6 +669,7 @@ def evaluate(
         shared=shared,
         limits=rule.limits,
         combined=combined,
+        policy_where=policy_where,
     )
 
 

@@ -240,6 +240,33 @@ class Forwarder:
         await self._flights.close()
         await self._streams.close()
 
+    async def error_body(
+        self,
+        request: Request,
+        target: Target,
+        options: UpstreamOptions,
+        request_id: str,
+        status: int,
+        limit: int = 64 * 1024,
+    ) -> bytes | None:
+        """The body of the engine's answer to `target` when it is a `status` error of at most
+        `limit` bytes, asked for directly (no cache, no collapsing, nothing sent to the
+        client); None for any other answer or a failure. For a HEAD whose bodiless error
+        must be read as the GET's (`proxy.http.handlers.blame_head`)."""
+        try:
+            upstream = await self._open(request, target, options, request_id)
+        except ProxyError:
+            return None
+        try:
+            length = upstream.content_length
+            if upstream.status != status or length is None or length > limit:
+                return None
+            return await upstream.content.readexactly(length) if length else b""
+        except BodyError:
+            return None
+        finally:
+            upstream.release()  # (reused only when read whole)
+
     async def forward(
         self,
         request: Request,

@@ -120,7 +120,7 @@ CASES: list[tuple[str, dict[str, Any], int, object]] = [
     #    column refused: a 400)
     ("row 1.0", {"role": "one", "row": 1.0}, 200, {"1"}),
     ("row 1", {"role": "one", "row": 1}, 200, {"1"}),
-    ("row 2.5", {"role": "one", "row": 2.5}, 400, None),
+    ("row 2.5", {"role": "one", "row": 2.5}, 403, "claim_unusable"),
     # -- allow rules: no gain from another type or spelling
     ("mfa 'true' on an admin", {"role": "admin", "mfa": "true"}, 403, "no_matching_rule"),
     ("mfa 1 on an admin", {"role": "admin", "mfa": 1}, 403, "no_matching_rule"),

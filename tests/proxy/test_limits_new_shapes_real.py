@@ -84,7 +84,9 @@ async def test_one_user_making_new_shapes_fast_is_refused_and_evicts_nobody(
         statuses.append(reply.status)
         if reply.status == 429:
             assert reply.json()["code"] == "too_many_new_shapes", reply.body
-            assert reply.headers["Retry-After"] == "20"  # a new shape every 20 s
+            # a new shape every 20 s: the seconds left of it when refused (a second or more
+            # may pass between the bucket's emptying and a refusal on a loaded machine)
+            assert 16 <= int(reply.headers["Retry-After"]) <= 20, reply.headers["Retry-After"]
             assert reply.headers["Content-Type"].startswith("application/json")
             assert reply.headers["Cache-Control"] == "no-store"
     assert statuses == [200] * 3 + [429] * 5
