@@ -13,6 +13,7 @@ position (`global_lsn`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import errno
 import logging
@@ -84,6 +85,11 @@ PERMANENT_RETRY = 10.0
 #: comes back sooner: `SPACE_BACK` bytes more free than when it failed.
 DISK_FULL_WAIT = 5.0
 SPACE_BACK = 1 << 20
+#: Seconds a request that needs the replication stream (a new shape's snapshot, an
+#: up-to-date at the tip) waits for it to follow again before its 503 (`require_following`).
+FOLLOW_WAIT = 5.0
+#: The 503's `code` while the replication stream is not following (`require_following`).
+STREAM_NOT_READY = "stream_not_ready"
 
 
 def _looks_alive(conn: psycopg.Connection[Any]) -> bool:
@@ -561,6 +567,53 @@ class Source:
         else:
             self.state, self.error = SourceState.ERROR, reason
 
+    # -- the replication stream following ------------------------------------------------
+
+    @property
+    def stream_down(self) -> str | None:
+        """Why the replication stream is not following the database now (not started yet,
+        reconnecting, its slot held by another walsender: a second engine on the same
+        slot, or a half-dead connection Postgres has not timed out yet), or None while it
+        follows. None too while it is paused for a full disk (`write_error`: served as
+        before, new shapes refused by their own check).
+
+        While it is down the engine's logs stop at what the stream reached: an up-to-date
+        would tell a client it is current while Postgres has moved on, and a new shape's
+        snapshot would hold rows the older shapes never get until it follows again (two
+        shapes a client holds, both "up-to-date", disagreeing). Electric answers 503 "Stack
+        not ready" meanwhile; so do the requests that need it (`require_following`)."""
+        if self.replicator.connected.is_set() or self.replicator.write_error is not None:
+            return None
+        return self.error or "connecting"
+
+    async def require_following(self, wait: float = FOLLOW_WAIT) -> None:
+        """Return once the replication stream follows (at once while it does), waiting up
+        to `wait` seconds for it; then a 503 with Retry-After saying why (its client retries
+        with backoff, as @electric-sql/client does)."""
+        if self.stream_down is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while (why := self.stream_down) is not None:
+            self.check_open()  # (paused or deleted meanwhile: that reason, at once)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self.not_following(why)
+            # (polled: `connected` is set by the stream, `write_error` by a flush)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(remaining, 0.5)):
+                    await self.replicator.connected.wait()
+        self.check_open()
+
+    def not_following(self, why: str | None = None) -> ServiceUnavailable:
+        """The 503 of a request that needs the replication stream while it is down."""
+        return ServiceUnavailable(
+            f"Stack not ready: the replication stream is not following the database"
+            f" ({why or self.stream_down or 'connecting'}); retry shortly",
+            retry_after=5,
+            code=STREAM_NOT_READY,
+        )
+
     async def _wait_ready(self) -> None:
         if self.ready.is_set():
             return
@@ -651,6 +704,10 @@ class Source:
         described = await self.describe(params)
         definition = described.definition
         existing = self.registry.current(definition)
+        if existing is None:
+            # A new snapshot's point must be followed by the stream: taken while the
+            # stream is down, it holds rows the other shapes do not get until it follows.
+            await self.require_following()
         with self._admission(definition, existing):
             shape = await self._get_or_create(described)
         self.registry.remember(params, shape)

@@ -327,25 +327,44 @@ def blame_policy_where(
                 "claim_unusable",
                 f"the token's {names} {claim} is not a value this shape's filter can use",
             )
-        context.reason = "policy_filter_refused"
-        key = f"where\x00{prepared.rule}"
-        if key not in runtime.warned_rules:
-            runtime.warned_rules.add(key)
-            logger.warning(
-                "the sync engine refuses policy rule %r's filter for table %s (%s): no request "
-                "of this rule can be served until it is mended",
-                prepared.rule,
-                prepared.table,
-                message,
-            )
-        return error_response(
-            400,
-            "policy_filter_refused",
-            f"the proxy's policy rule {prepared.rule!r} has a filter the sync engine refuses "
-            "for this table: no request of this rule can be served until the proxy's "
-            "configuration is mended (its log says why)",
-        )
+        return _policy_filter_refused(request, runtime, prepared, message)
+    if not prepared.policy_where.combined:
+        # The client sent no where: the where the engine judged is the policy's filter
+        # alone, so an error it does not locate is the policy's too (`abs(i4) < {{n}}` over
+        # a row whose i4 overflows: "Postgres could not evaluate the query over the table's
+        # rows: numeric value out of range"). Its words, as `errors.where`, blamed a where
+        # the client never wrote and told of a value in rows it may not see.
+        said = next((m for m in messages if isinstance(m, str)), None)
+        if said is not None:
+            return _policy_filter_refused(request, runtime, prepared, said)
     return None
+
+
+def _policy_filter_refused(
+    request: Request, runtime: Runtime, prepared: Prepared, message: str
+) -> Response:
+    """The 400 for a rule's filter the engine refuses whatever the token holds, naming the
+    rule only; the engine's words in a WARNING for the operator, once per rule."""
+    context = request.context
+    context.outcome = "refused"
+    context.reason = "policy_filter_refused"
+    key = f"where\x00{prepared.rule}"
+    if key not in runtime.warned_rules:
+        runtime.warned_rules.add(key)
+        logger.warning(
+            "the sync engine refuses policy rule %r's filter for table %s (%s): no request "
+            "of this rule can be served until it is mended",
+            prepared.rule,
+            prepared.table,
+            message,
+        )
+    return error_response(
+        400,
+        "policy_filter_refused",
+        f"the proxy's policy rule {prepared.rule!r} has a filter the sync engine refuses "
+        "for this table: no request of this rule can be served until the proxy's "
+        "configuration is mended (its log says why)",
+    )
 
 
 def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> None:

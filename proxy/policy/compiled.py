@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
+from proxy.policy.slots import single_value_slots
 from proxy.policy.sql import (
     PLACEHOLDER,
     ClauseCache,
@@ -50,6 +51,9 @@ class CompiledRule:
         return self.template.claim_paths if self.template is not None else ()
 
     limits: RuleLimits | None = None  # overrides of the global per-principal limits
+    #: Indexes (into `claim_paths`) of the claims the filter reads as one value wherever it
+    #: uses them (`slots.single_value_slots`): text in array syntax is bound there as is.
+    single_slots: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,7 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         anonymous=rule.anonymous,
         delete=rule.delete,
         limits=rule.limits,
+        single_slots=single_value_slots(template.sql) if template is not None else frozenset(),
     )
 
 

@@ -293,11 +293,17 @@ def _like_literal(text: str, escape: str) -> str:
 
 
 def _param_from_claim(
-    claims: Claims, path: str, like_escape: str | None = None, *, array: bool = False
+    claims: Claims,
+    path: str,
+    like_escape: str | None = None,
+    *,
+    array: bool = False,
+    single: bool = False,
 ) -> str:
     """A claim as the text of a filter parameter; `like_escape`: it is (part of) a LIKE
     pattern, so each text gets its wildcards escaped (a claim is a literal, never a pattern);
-    `array`: the filter reads it as an array (`CompiledTemplate.array_slots`)."""
+    `array`: the filter reads it as an array (`CompiledTemplate.array_slots`); `single`: it
+    reads it as one value wherever it uses it (`CompiledRule.single_slots`)."""
     value = claim_value(claims, path)
     if value is _AMBIGUOUS:
         raise Forbidden(
@@ -312,10 +318,11 @@ def _param_from_claim(
         return _pg_array(value, path, like_escape)
     if isinstance(value, dict):
         raise Forbidden("claim_unusable", f"claim {path!r} is an object, not a value")
-    if isinstance(value, str) and value.lstrip()[:1] in ("{", "["):
+    if isinstance(value, str) and value.lstrip()[:1] in ("{", "[") and (array or not single):
         # Bound where the filter wants an array (`= ANY({{orgs}})`), Postgres would read this
         # text as an array literal (`{org-a,org-b}`): a one-value claim holding many. A list
-        # must come as a JSON array (bound element by element, each quoted).
+        # must come as a JSON array (bound element by element, each quoted). Where the
+        # filter only compares it (`t = {{s}}`, `t IN (...)`), it is one value: "[team] x".
         raise Forbidden(
             "claim_unusable",
             f"the token's {path!r} claim is text in Postgres's array syntax; "
@@ -489,7 +496,13 @@ def _build_where(
     template = rule.template
     slots = template.array_slots if template else frozenset()
     enforced_params = tuple(
-        _param_from_claim(claims, p, template.escape_of(i) if template else None, array=i in slots)
+        _param_from_claim(
+            claims,
+            p,
+            template.escape_of(i) if template else None,
+            array=i in slots,
+            single=i in rule.single_slots,
+        )
         for i, p in enumerate(rule.claim_paths)
     )
     enforced_sql = rule.template.sql if rule.template else None

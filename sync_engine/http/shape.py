@@ -163,6 +163,8 @@ class ShapeView:
                     if req.offset is not None:  # (an offset past the log: the long-poll's 400)
                         await self._check_bounds(request, source, shape, req.offset)
                         _check_issued(shape, req.offset)
+                    # (its up-to-dates would claim a currency the engine does not have)
+                    await source.require_following()
                     return await serve_sse(request, self.settings, source, shape, req)
                 return await self._serve_log(request, source, shape, req)
         except ShapeGone as gone:
@@ -177,6 +179,7 @@ class ShapeView:
             # Electric's `now` answer: an up-to-date at the shape's last offset that "has
             # data" (its `no_changes` is only set by a long-poll's timeout), so its ETag is
             # the plain `H:now:<offset>` and a repeat with If-None-Match is a 304.
+            await source.require_following()  # (an up-to-date: current only if it follows)
             latest = shape.log.latest_offset
             return self._respond(
                 request,
@@ -212,10 +215,21 @@ class ShapeView:
                 return True
             return not req.live or shape.log.has_after(offset)
 
+        if req.live and source.stream_down is not None and not shape.log.has_after(offset):
+            # At the tip while the replication stream is not following (reconnecting, its
+            # slot held by another walsender): nothing can come, and the up-to-date of a
+            # timeout would tell the client it is current. It waits a little for the stream,
+            # then gets a 503 (and retries with backoff).
+            await source.require_following()
         gone = client_gone(request) if req.live else None
-        if not await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone):
+        came = await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone)
+        if not came:
             if gone is not None and gone.done():
                 raise ConnectionResetError("the client went away")  # nobody to answer
+            if source.stream_down is not None:  # lost while it waited: back soon, or a 503
+                await source.require_following()
+                came = grew()  # (read below if the log grew meanwhile)
+        if not came:
             # A live request at the tip, and nothing came: up to date, no data.
             end = max(offset, shape.log.latest_offset)
             return self._respond(
@@ -239,6 +253,15 @@ class ShapeView:
         end = max(end, offset) if not entries else end
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)
+        if up_to_date and source.stream_down is not None:
+            # The log's end, but not the database's while the stream does not follow: what
+            # the log holds is served without the up-to-date; at its end, nothing to
+            # serve, the request waits a little for the stream, then gets a 503.
+            if entries:
+                up_to_date = False
+            else:
+                await source.require_following()
+                return await self._serve_log(request, source, shape, req)
         gls = end.tx if entries and req.live else _watermark(source, shape, end)
         return self._respond(
             request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls

@@ -957,6 +957,56 @@ async def test_odd_framings_are_answered_alike(
     assert answers[0]
 
 
+#: `OPTIONS *` (RFC 9110, 9.3.7: about the server, not a resource) in the forms a client or a
+#: probe sends it; and `*` with a query, which is no target form at all (RFC 9112, 3.2.4).
+ASTERISK_REQUESTS = {
+    "plain": b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "origin": b"OPTIONS * HTTP/1.1\r\nHost: x\r\nOrigin: http://a.example\r\n"
+    b"Connection: close\r\n\r\n",
+    "preflight": b"OPTIONS * HTTP/1.1\r\nHost: x\r\nOrigin: http://a.example\r\n"
+    b"Access-Control-Request-Method: GET\r\nAccess-Control-Request-Headers: if-none-match\r\n"
+    b"Connection: close\r\n\r\n",
+    "http-1.0": b"OPTIONS * HTTP/1.0\r\n\r\n",
+    "with-a-query": b"OPTIONS *?x=1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("form", list(ASTERISK_REQUESTS))
+async def test_options_asterisk_is_answered_alike_headers_and_all(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any, form: str
+) -> None:
+    """attack's 12:10 report (engine 400 "Malformed HTTP request", proxy 404 with CORS) came
+    from its harness adding `?secret=` to the engine's target: `OPTIONS *?secret=...` is no
+    target form (a 400 at both, the last case). The same `OPTIONS *` to both: the same status,
+    body and headers (CORS, electric-server, cache-control; not Date or the request id),
+    compared raw, as no client library sends it."""
+    base = await _open_proxy(engine, engine_secret, make_proxy)
+    data = ASTERISK_REQUESTS[form]
+    answers = []
+    for url in (engine.url, base):
+        u = URL(url)
+        reader, writer = await asyncio.open_connection(u.host, u.port)
+        try:
+            writer.write(data)
+            await writer.drain()
+            raw = await asyncio.wait_for(reader.read(), 30)  # (to its end: both close)
+        finally:
+            writer.close()
+        answers.append(
+            [
+                (
+                    status,
+                    {k: v for k, v in headers.items() if k not in ("date", "x-request-id")},
+                    body,
+                )
+                for status, headers, body in responses(raw)
+            ]
+        )
+    assert answers[1] == answers[0]
+    assert len(answers[0]) == 1
+    assert answers[0][0][0] == (400 if form == "with-a-query" else 404)
+
+
 async def test_an_offset_a_shape_never_handed_out_is_the_engines_to_judge_over_sse(
     own_engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
