@@ -17,7 +17,6 @@ The limit is set to 3 s in that process (120 s in production) so the test is sho
 from __future__ import annotations
 
 import signal
-import subprocess
 import sys
 import threading
 import urllib.error
@@ -29,6 +28,7 @@ import psycopg
 import pytest
 
 from tests.faults.cluster import FaultCluster
+from tests.support.blocking_http import ask, sigterm_and_wait, synced_to_tip
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until
 from tests.sync_engine.tenants.harness import PGBIN
@@ -94,16 +94,8 @@ def test_the_engine_exits_after_sigterm_though_something_does_not_stop(
     engine = EngineProcess(db_url, tmp_path / "data", wrapper=(sys.executable, str(wrapper), kind))
     engine.start()
     try:
-        assert engine.proc is not None
-        engine.proc.send_signal(signal.SIGTERM)
-        try:
-            engine.proc.wait(EXIT_BOUND)
-        except subprocess.TimeoutExpired:
-            pytest.fail(
-                f"the engine had not exited {EXIT_BOUND} s after SIGTERM ({kind} that never"
-                f" ends):\n{engine.log_tail()}"
-            )
-        assert engine.proc.returncode == 1, engine.log_tail()
+        status = sigterm_and_wait(engine, EXIT_BOUND, f"{kind} that never ends")
+        assert status == 1, engine.log_tail()
         said = engine.log_tail(20000)
         if kind == "gil":  # (faulthandler's thread: every stack, then the exit)
             assert "Timeout (0:00:05)!" in said, said
@@ -117,23 +109,6 @@ def test_the_engine_exits_after_sigterm_though_something_does_not_stop(
 
 #: Seconds a clean stop may take: past `STOP_LIMIT` the engine exits with status 1 instead.
 CLEAN_STOP_BOUND = 150
-
-
-def _get(url: str, timeout: float = 30) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-
-
-def _ask(url: str) -> None:
-    """`_get` in a thread of its own, ended by the engine's stop (an error then)."""
-    try:
-        _get(url, timeout=CLEAN_STOP_BOUND)
-    except OSError:
-        pass
 
 
 def _parked(engine: EngineProcess) -> int:
@@ -161,22 +136,15 @@ def test_a_stop_with_held_requests_and_snapshots_waiting_in_postgres_is_clean(
         cluster.start_with_items()
         engine = EngineProcess(cluster.url, tmp_path / "data")
         engine.start()
-        shape = f"{engine.url}/v1/shape?table=items"
-        status, headers = _get(f"{shape}&offset=-1")
-        assert status == 200
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        while "electric-up-to-date" not in headers:
-            status, headers = _get(f"{shape}&offset={offset}&handle={handle}")
-            assert status == 200
-            offset = headers["electric-offset"]
+        shape, handle, offset = synced_to_tip(engine, "items")
         for _ in range(10):
             live = f"{shape}&offset={offset}&handle={handle}&live=true"
-            threading.Thread(target=_ask, args=(live,), daemon=True).start()
+            threading.Thread(target=ask, args=(live, CLEAN_STOP_BOUND), daemon=True).start()
         locker = psycopg.connect(cluster.url)
         locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
         subset = f"{shape}&offset={offset}&handle={handle}&subset__where=v%20%3D%200"
         for url in (f"{shape}&offset=-1&where=v%20%3D%201", subset):
-            threading.Thread(target=_ask, args=(url,), daemon=True).start()
+            threading.Thread(target=ask, args=(url, CLEAN_STOP_BOUND), daemon=True).start()
         wait_until(
             lambda: cluster.query("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] == 2,
             timeout=30,
@@ -186,14 +154,9 @@ def test_a_stop_with_held_requests_and_snapshots_waiting_in_postgres_is_clean(
         if postgres == "silent":
             stopped = cluster.pids()
             cluster.signal(stopped, signal.SIGSTOP)
-        assert engine.proc is not None
-        engine.proc.send_signal(signal.SIGTERM)
-        try:
-            engine.proc.wait(CLEAN_STOP_BOUND)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"not exited {CLEAN_STOP_BOUND} s after SIGTERM:\n{engine.log_tail()}")
+        status = sigterm_and_wait(engine, CLEAN_STOP_BOUND, f"Postgres {postgres}")
         said = engine.log_tail(20000)
-        assert engine.proc.returncode == 0, said
+        assert status == 0, said
         assert '"message": "stopped"' in said, said
     finally:
         cluster.signal(stopped, signal.SIGCONT)

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from tests.faults.cluster import FaultCluster
+from tests.support.blocking_http import synced_to_tip
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until
 from tests.sync_engine.tenants.harness import PGBIN
@@ -33,15 +34,6 @@ from tests.sync_engine.tenants.harness import PGBIN
 #: Seconds the engine has to answer `/v1/health` once the client has gone (it answers at
 #: once; the old engine answered nothing until Postgres was continued).
 ANSWER_WITHIN = 30
-
-
-def _get(url: str) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
 
 
 def _answers(url: str) -> bool:
@@ -74,14 +66,7 @@ def test_a_subset_client_leaving_while_postgres_is_silent_leaves_the_engine_answ
         cluster.start_with_items()
         engine = EngineProcess(cluster.url, tmp_path / "data")
         engine.start()
-        shape = f"{engine.url}/v1/shape?table=items"
-        status, headers = _get(f"{shape}&offset=-1")
-        assert status == 200
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        while "electric-up-to-date" not in headers:
-            status, headers = _get(f"{shape}&offset={offset}&handle={handle}")
-            assert status == 200
-            offset = headers["electric-offset"]
+        shape, handle, offset = synced_to_tip(engine, "items")
         locker = psycopg.connect(cluster.url)
         locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
         client = socket.create_connection(("127.0.0.1", engine.port), timeout=10)

@@ -11,40 +11,19 @@ an operator's container needed SIGKILL. Now a subset query whose request ends is
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 
+from tests.support.blocking_http import ask, sigterm_and_wait, synced_to_tip
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until
 
 #: Seconds the engine may take to exit after SIGTERM: its own stop is bounded well below
 #: (2 s for requests, 10 s for tasks, 10 s for the subset pool); the query held it 300 s.
 EXIT_BOUND = 60
-
-
-def _get(url: str) -> tuple[int, dict[str, str]]:
-    try:
-        with urllib.request.urlopen(url, timeout=30) as resp:
-            resp.read()
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}
-    except urllib.error.HTTPError as exc:
-        return exc.code, {}
-
-
-def _ask(url: str) -> None:
-    """`_get` in a thread of its own: the request ends as the engine stops (an error)."""
-    try:
-        _get(url)
-    except OSError:
-        pass
 
 
 def _sql(url: str, query: str) -> list[tuple[Any, ...]]:
@@ -59,18 +38,11 @@ def test_sigterm_while_a_subset_query_waits_on_a_lock_exits(db_url: str, tmp_pat
     engine = EngineProcess(db_url, tmp_path / "data")
     engine.start()
     try:
-        shape = f"{engine.url}/v1/shape?table=items"
-        status, headers = _get(f"{shape}&offset=-1")
-        assert status == 200
-        handle, offset = headers["electric-handle"], headers["electric-offset"]
-        while "electric-up-to-date" not in headers:
-            status, headers = _get(f"{shape}&offset={offset}&handle={handle}")
-            assert status == 200
-            offset = headers["electric-offset"]
+        shape, handle, offset = synced_to_tip(engine, "items")
         with psycopg.connect(db_url) as locker:
             locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
             subset = f"{shape}&offset={offset}&handle={handle}&subset__where=v%20%3D%200"
-            threading.Thread(target=_ask, args=(subset,), daemon=True).start()
+            threading.Thread(target=ask, args=(subset,), daemon=True).start()
             wait_until(
                 lambda: _sql(
                     db_url,
@@ -80,15 +52,7 @@ def test_sigterm_while_a_subset_query_waits_on_a_lock_exits(db_url: str, tmp_pat
                 timeout=30,
                 message="the subset query waiting on the lock",
             )
-            assert engine.proc is not None
-            engine.proc.send_signal(signal.SIGTERM)
-            try:
-                engine.proc.wait(EXIT_BOUND)
-            except subprocess.TimeoutExpired:
-                pytest.fail(
-                    f"the engine had not exited {EXIT_BOUND} s after SIGTERM (a subset query"
-                    f" waiting on a lock):\n{engine.log_tail()}"
-                )
-        assert engine.proc.returncode == 0, engine.log_tail()
+            status = sigterm_and_wait(engine, EXIT_BOUND, "a subset query waiting on a lock")
+        assert status == 0, engine.log_tail()
     finally:
         engine.stop()
