@@ -74,12 +74,24 @@ class DemoRun:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.out_path = self.data_dir.parent / f"{self.data_dir.name}-make-run.out"
         out = open(self.out_path, "wb")
-        self.proc = subprocess.Popen(
-            ["make", "--no-print-directory", "run"],
-            cwd=self.checkout, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-        out.close()
+        # `make run` as from a terminal, where Ctrl-C is not ignored: a test process started in
+        # the background by a non-interactive shell (`nohup pytest ... &`) ignores SIGINT, its
+        # children inherit that, and bash can neither trap nor reset a signal ignored when it
+        # started, so `make run`'s INT trap would never run (its engine, which sets its own
+        # handler, still stops: "the engine exited").
+        ignored = signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+        try:
+            self.proc = subprocess.Popen(
+                ["make", "--no-print-directory", "run"],
+                cwd=self.checkout, env=self.env(), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        finally:
+            if ignored:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            out.close()
         deadline = time.monotonic() + timeout
         while True:
             text = self.output()
