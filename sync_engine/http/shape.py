@@ -254,14 +254,12 @@ class ShapeView:
         latest = shape.log.latest_offset
         up_to_date = end >= max(latest, offset)
         if up_to_date and source.stream_down is not None:
-            # The log's end, but not the database's while the stream does not follow: what
-            # the log holds is served without the up-to-date; at its end, nothing to
-            # serve, the request waits a little for the stream, then gets a 503.
-            if entries:
-                up_to_date = False
-            else:
-                await source.require_following()
-                return await self._serve_log(request, source, shape, req)
+            # The log's end, but not the database's while the stream does not follow. Not
+            # served cut short of its up-to-date: the same URL would later answer other
+            # bytes, and a cache keeps the first (responses are immutable). The request
+            # waits a little for the stream and is then served whole, or gets a 503.
+            await source.require_following()
+            return await self._serve_log(request, source, shape, req)
         gls = end.tx if entries and req.live else _watermark(source, shape, end)
         return self._respond(
             request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls
