@@ -31,7 +31,7 @@ class FaultCluster(Cluster):
             with open(self.dir / "data" / "postgresql.conf", "a") as f:
                 f.writelines(f"{k} = {v}\n" for k, v in settings.items())
 
-    def stop_server(self, mode: StopMode, timeout: float = 60) -> None:
+    def stop_server(self, mode: StopMode = "immediate", timeout: float = 60) -> None:
         """`pg_ctl stop -m fast` (clean shutdown) or `-m immediate` (as a crash: no
         checkpoint, slots' confirmed positions back to the last one on restart). Raises
         `CalledProcessError` if Postgres has not stopped within `timeout` seconds (pg_ctl's

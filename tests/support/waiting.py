@@ -37,7 +37,7 @@ def _failure(message: str | None, timeout: float, last: object) -> WaitTimeout:
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = DEFAULT_INTERVAL,
@@ -60,7 +60,7 @@ def wait_until(
 
 @overload
 async def wait_until_async(
-    condition: Callable[[], Awaitable[T]],
+    condition: Callable[[], Awaitable[T | None]],
     *,
     timeout: float = ...,
     interval: float = ...,
@@ -68,7 +68,7 @@ async def wait_until_async(
 ) -> T: ...
 @overload
 async def wait_until_async(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     *,
     timeout: float = ...,
     interval: float = ...,

@@ -11,8 +11,9 @@ mid-stream, a schema change (new Relation message) and a TRUNCATE.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 import psycopg
 import pytest
@@ -26,7 +27,7 @@ from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter, key_parser
-from sync_engine.shapes.shape import Shape, ShapeDefinition
+from sync_engine.shapes.shape import Shape, ShapeDefinition, ShapeHandle
 from sync_engine.shapes.where import index_key, parse_where
 
 SLOT = "fast_path"
@@ -159,13 +160,13 @@ def _make_shape(
     record = appended.setdefault(f"s{n}", [])
     append = log.append_transaction
 
-    def recording_append(lsn: int, entries: list[tuple[int, bytes]]) -> None:
+    def recording_append(lsn: int, entries: list[tuple[int, bytes]], ends: bool = True) -> None:
         record.append((lsn, entries))
-        append(lsn, entries)
+        append(lsn, entries, ends)
 
     log.append_transaction = recording_append  # type: ignore[method-assign]
     shape = Shape(
-        handle=f"s{n}",
+        handle=ShapeHandle(f"s{n}"),
         definition=definition,
         table=table,
         where=parse_where(where, {}, table.column_map),
@@ -203,16 +204,21 @@ def _count_wanted(rep: Replicator) -> list[int]:
     count = [0]
     candidates = rep.router.candidates
 
-    def counting(*args: Any) -> set[Any]:
-        found = candidates(*args)
+    def counting(
+        oid: int,
+        positions: dict[str, int],
+        old: Sequence[object] | None,
+        new: Sequence[object] | None,
+    ) -> set[Shape]:
+        found = candidates(oid, positions, old, new)
         count[0] += bool(found)
         return found
 
     rep.router.candidates = counting  # type: ignore[method-assign]
     shapes_of = rep.router.shapes_of
 
-    def counting_all(*args: Any) -> set[Any]:  # (an update or delete without its old row)
-        found = shapes_of(*args)
+    def counting_all(oid: int) -> set[Shape]:  # (an update or delete without its old row)
+        found = shapes_of(oid)
         count[0] += bool(found)
         return found
 
@@ -243,10 +249,14 @@ async def test_fast_path_matches_the_decoded_path(
     async with await psycopg.AsyncConnection.connect(db_url, autocommit=True) as conn:
         for stmt in SCHEMA:
             await conn.execute(stmt)
-        tables = {
-            name: await load_table(conn, "public", name)
-            for name in ("items", "plain", "other", "loose")
-        }
+        # (load_table's None, a missing table, would fail the test at its first use)
+        tables = cast(
+            dict[str, TableInfo],
+            {
+                name: await load_table(conn, "public", name)
+                for name in ("items", "plain", "other", "loose")
+            },
+        )
     await ensure_slot(db_url, SLOT)
     async with ReplicationStream(db_url, SLOT, PUB, linger=0) as stream:
         raw_1a = await _capture(stream, await _run(db_url, PHASE_1A))

@@ -7,6 +7,7 @@ import dataclasses
 import pickle
 import random
 import struct
+from typing import cast
 
 import pytest
 
@@ -32,6 +33,7 @@ from sync_engine.replication.pgoutput import (
     read_row_oid,
     row_may_match,
 )
+from sync_engine.replication.wal import Lsn, Xid
 
 # ---------------------------------------------------------------- payload builders
 
@@ -79,13 +81,13 @@ def insert(oid: int, *values: object) -> bytes:
 
 def test_begin() -> None:
     msg = decode(begin(0x1_0000_0010, 123_456_789, 4242))
-    assert msg == Begin(final_lsn=0x1_0000_0010, commit_ts=123_456_789, xid=4242)
+    assert msg == Begin(final_lsn=Lsn(0x1_0000_0010), commit_ts=123_456_789, xid=Xid(4242))
     assert type(msg) is Begin
 
 
 def test_commit() -> None:
     msg = decode(commit(0, 0x16B3748, 0x16B3778, -5))
-    assert msg == Commit(flags=0, commit_lsn=0x16B3748, end_lsn=0x16B3778, commit_ts=-5)
+    assert msg == Commit(flags=0, commit_lsn=Lsn(0x16B3748), end_lsn=Lsn(0x16B3778), commit_ts=-5)
 
 
 def test_relation() -> None:
@@ -121,17 +123,17 @@ def test_type() -> None:
 
 def test_origin() -> None:
     payload = b"O" + struct.pack("!Q", 0xABCDEF) + cstr("node_a")
-    assert decode(payload) == Origin(commit_lsn=0xABCDEF, name="node_a")
+    assert decode(payload) == Origin(commit_lsn=Lsn(0xABCDEF), name="node_a")
 
 
 def test_logical_message() -> None:
     payload = b"M" + struct.pack("!BQ", 1, 777) + cstr("shapegate") + struct.pack("!I", 3)
     payload += b"\x00\xffx"
     assert decode(payload) == LogicalMessage(
-        transactional=True, lsn=777, prefix="shapegate", content=b"\x00\xffx"
+        transactional=True, lsn=Lsn(777), prefix="shapegate", content=b"\x00\xffx"
     )
     payload = b"M" + struct.pack("!BQ", 0, 1) + cstr("p") + struct.pack("!I", 0)
-    assert decode(payload) == LogicalMessage(False, 1, "p", b"")
+    assert decode(payload) == LogicalMessage(False, Lsn(1), "p", b"")
 
 
 def test_insert_with_null_unicode_and_empty_string() -> None:
@@ -204,7 +206,12 @@ def test_unchanged_toast_is_a_singleton() -> None:
 
 def test_bytes_like_payloads_are_accepted() -> None:
     raw = insert(3, "x")
-    assert decode(bytearray(raw)) == decode(memoryview(raw)) == Insert(3, ("x",))
+    # decode() is annotated for bytes; the bytes-like types are what this test checks
+    assert (
+        decode(cast(bytes, bytearray(raw)))
+        == decode(cast(bytes, memoryview(raw)))
+        == Insert(3, ("x",))
+    )
 
 
 # ---------------------------------------------------------------- errors

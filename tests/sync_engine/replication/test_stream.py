@@ -194,7 +194,7 @@ async def test_stream_decodes_acks_and_resumes(setup_db: str) -> None:
         assert isinstance(c, Commit)
         assert b.final_lsn == c.commit_lsn < c.end_lsn
         assert b.commit_ts == c.commit_ts
-    assert isinstance(c1, Commit) and isinstance(c3, Commit)
+    assert isinstance(c1, Commit) and isinstance(c2, Commit) and isinstance(c3, Commit)
     # XLogData start positions never go backwards, except that pgoutput writes Relation
     # messages with a zero start; a Commit's start is its end LSN
     lsns = [lsn for lsn, m in got if not isinstance(m, Relation)]

@@ -89,22 +89,26 @@ class Cluster:
         subprocess.run(cmd, check=True, capture_output=True)
 
     def start(self) -> None:
+        assert PGBIN is not None  # (__init__ raised if it were)
         self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
                   str(self.dir / "server.log"), "-w", "-t", "30", "-o",
                   f"-p {self.port} -c listen_addresses=127.0.0.1"
                   f" -c unix_socket_directories={self.dir}", "start")  # fmt: skip
 
     def restart(self) -> None:
+        assert PGBIN is not None  # (__init__ raised if it were)
         self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-l",
                   str(self.dir / "server.log"), "-m", "fast", "-w", "-t", "30",
                   "restart")  # fmt: skip
 
     def stop_server(self) -> None:
         """Stop Postgres at once (as a crash would), keeping the cluster to start again."""
+        assert PGBIN is not None  # (__init__ raised if it were)
         self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
                   "-w", "stop")  # fmt: skip
 
     def stop(self) -> None:
+        assert PGBIN is not None  # (__init__ raised if it were)
         try:
             self._run(str(PGBIN / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate",
                       "-w", "stop")  # fmt: skip
@@ -114,7 +118,7 @@ class Cluster:
 
     def sql(self, query: str) -> None:
         with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(query)  # type: ignore[arg-type]
+            conn.execute(query)
 
 
 TOKEN = "test-admin-token-0123456789"
@@ -166,7 +170,7 @@ class MultiEngine:
     @property
     def manager(self) -> SourceManager:
         assert self.client is not None
-        return self.client.app[MANAGER]  # type: ignore[no-any-return]
+        return self.client.app[MANAGER]
 
     # -- admin API ------------------------------------------------------------------------
 
@@ -185,7 +189,7 @@ class MultiEngine:
         status, body = await self.api("POST", "/api/sources",
                                       {"name": name, "database_url": url, **extra})  # fmt: skip
         assert status == 201, body
-        return body  # type: ignore[no-any-return]
+        return body
 
     def parked(self, source_id: str) -> int:
         """Requests of a source waiting for one of its shapes to change."""
@@ -203,7 +207,7 @@ class MultiEngine:
             status, body = await self.api("GET", f"/api/sources/{source_id}")
             assert status == 200, body
             if body["state"] == state and (code is None or body["error_code"] == code):
-                return body  # type: ignore[no-any-return]
+                return body
             await asyncio.sleep(0.2)
         raise AssertionError(f"source never became {state} ({code}): {body}")
 

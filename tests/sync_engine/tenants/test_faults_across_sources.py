@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -67,9 +67,12 @@ class Follower:
             self.task = None
 
 
-async def _answered(coro: Any) -> tuple[int, dict[str, str], Any]:
+T = TypeVar("T")
+
+
+async def _answered(coro: Awaitable[T]) -> T:
     started = time.monotonic()
-    result: tuple[int, dict[str, str], Any] = await asyncio.wait_for(coro, ANSWER_WITHIN)
+    result: T = await asyncio.wait_for(coro, ANSWER_WITHIN)
     assert time.monotonic() - started < ANSWER_WITHIN
     return result
 

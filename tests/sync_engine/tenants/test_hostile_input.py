@@ -99,8 +99,11 @@ def test_hostile_credentials_and_admin_requests(
         made[name] = body
     a, b, gone = made["alpha"], made["beta"], made["gone"]
     for s in (a, b):
-        wait_until(lambda s=s: engine.shape_status(s["source_id"], s["secret"]) == 200,
-                   timeout=60, interval=0.2, message="the source serves")  # fmt: skip
+
+        def serves(s: dict[str, Any] = s) -> bool:
+            return engine.shape_status(s["source_id"], s["secret"]) == 200
+
+        wait_until(serves, timeout=60, interval=0.2, message="the source serves")
     status, _ = engine.api("DELETE", f"/api/sources/{gone['source_id']}")
     assert status == 200
     secrets = [a["secret"], b["secret"], gone["secret"]]
@@ -243,10 +246,10 @@ async def _hostile(engine: AdminEngine, a: dict[str, Any], b: dict[str, Any],
             status, body, raw = await _admin(session, admin, "GET", path)
             assert status in (401, 404) and body["error"], (path, status, body)
         # bytes that are not UTF-8 in the admin token (were a 500: UnicodeEncodeError)
-        for token in (b"\xff\xfe", b"\xc3\x28", PROCESS_TOKEN.encode() + b"\xed\xa0\x80"):
-            for header in (b"Authorization: Bearer ", b"X-Admin-Token: "):
+        for btoken in (b"\xff\xfe", b"\xc3\x28", PROCESS_TOKEN.encode() + b"\xed\xa0\x80"):
+            for bheader in (b"Authorization: Bearer ", b"X-Admin-Token: "):
                 head = await _raw(engine.admin_port, b"GET /api/sources HTTP/1.1\r\nHost: x\r\n"
-                                  b"Connection: close\r\n" + header + token + b"\r\n\r\n")  # fmt: skip
+                                  b"Connection: close\r\n" + bheader + btoken + b"\r\n\r\n")  # fmt: skip
                 assert head.startswith(b"HTTP/1.1 401 "), head[:200]
                 assert b'"error": "unauthorized"' in head
         # malformed HTTP on the admin listener: JSON, nothing quoted (was aiohttp's text, the

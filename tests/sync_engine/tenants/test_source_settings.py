@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 from sync_engine.settings import Settings
 from sync_engine.source import SourceConfig
@@ -26,7 +27,7 @@ def test_every_setting_a_source_has_reaches_a_registered_source(tmp_path: Path) 
         if f.name not in OWN and hasattr(Settings, f.name)
     ]
     assert {f.name for f in shared} >= {"catalog_timeout", "probe_timeout", "snapshot_timeout"}
-    changed = {}
+    changed: dict[str, Any] = {}
     for f in shared:
         default = getattr(Settings(), f.name)
         if isinstance(default, bool):
