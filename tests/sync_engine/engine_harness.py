@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp.test_utils import TestClient
+from psycopg.sql import Composed
 
 from sync_engine.app import SOURCES
 from sync_engine.settings import Settings
@@ -30,7 +31,7 @@ class Engine:
         body = orjson.loads(raw) if raw else None
         return resp.status, {k.lower(): v for k, v in resp.headers.items()}, body
 
-    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+    def sql(self, query: str | Composed, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []

@@ -4,11 +4,13 @@ the JSON lines the client reads (no Postgres: `convert_change` and `change_messa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 
 from sync_engine.log.entries import ChangeEntry, change_messages
 from sync_engine.shapes.changes import Change, ChangeKind, Row, convert_change
+from sync_engine.shapes.shape import Shape
 
 INSERT, UPDATE, DELETE = ChangeKind.INSERT, ChangeKind.UPDATE, ChangeKind.DELETE
 
@@ -48,7 +50,7 @@ class FakeShape:
 def log_lines(shape: FakeShape, *changes: Change) -> list[dict]:  # the JSON lines, parsed
     entries: list[ChangeEntry] = []
     for kind, old, new, op in changes:
-        convert_change(shape, kind, old, new, op, entries)
+        convert_change(cast(Shape, shape), kind, old, new, op, entries)  # (duck-typed)
     encoded = change_messages(shape.relation, 7, 1000, entries)
     assert [op for op, _ in encoded] == [e[0] for e in entries]
     return [orjson.loads(line) for _, line in encoded]

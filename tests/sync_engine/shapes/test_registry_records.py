@@ -98,9 +98,9 @@ async def test_damage_found_by_a_read_in_a_worker_thread_rotates_on_the_event_lo
     threads: list[str] = []
     rotate = registry.rotate
 
-    def rotating(s: Shape, reason: str) -> None:
+    def rotating(shape: Shape, reason: str) -> None:  # (rotate's parameter names)
         threads.append(threading.current_thread().name)
-        rotate(s, reason)
+        rotate(shape, reason)
 
     registry.rotate = rotating  # type: ignore[method-assign]
     waiter = asyncio.create_task(shape.wait_until(lambda: shape.rotated, 30))

@@ -48,10 +48,14 @@ def test_case_mapping_equals_postgres_for_every_code_point(db_url: str) -> None:
     with psycopg.connect(db_url) as conn:
         if _cluster_ctype(conn) not in ("C.UTF-8", "C.utf8"):
             pytest.skip("the case-mapping table is the C.UTF-8 one")
-        upper, lower = conn.execute("SELECT upper(%s), lower(%s)", (chars, chars)).fetchone()
-        upper_c, lower_c = conn.execute(
+        row = conn.execute("SELECT upper(%s), lower(%s)", (chars, chars)).fetchone()
+        assert row is not None
+        upper, lower = row
+        row = conn.execute(
             'SELECT upper(%s COLLATE "C"), lower(%s COLLATE "C")', (chars, chars)
         ).fetchone()
+        assert row is not None
+        upper_c, lower_c = row
     for got, expected, what in [
         (case_mapping("unicode", "upper")(chars), upper, "upper"),
         (case_mapping("unicode", "lower")(chars), lower, "lower"),

@@ -124,7 +124,7 @@ def test_a_domain_described_without_its_base_type_is_refused(table: Any) -> None
 
 
 def _fields(c: ColumnInfo) -> dict[str, Any]:
-    return {f: getattr(c, f) for f in ColumnInfo.__slots__}  # type: ignore[attr-defined]
+    return {f: getattr(c, f) for f in ColumnInfo.__slots__}
 
 
 #: A domain over a type the engine evaluates reads as that type (operators and functions on

@@ -161,7 +161,7 @@ async def test_live_enum_ordering_equals_the_snapshot_with_labels_added_later(
     # its schema in the query Postgres runs: the engine's sessions have search_path
     # pg_catalog, where `mood` alone is no type. The snapshot failed ("type mood does not
     # exist"), the shape was retired at once: a 409 to every request, for good.
-    rows, _h, _o = await engine.sync(table="docs", where="m = $1", **{"params[1]": "sad"})
+    rows, _handle, _o = await engine.sync(table="docs", where="m = $1", **{"params[1]": "sad"})
     assert {r["id"] for r in rows.values()} == {"1", "6"}
     engine.sql("CREATE SCHEMA s; CREATE TYPE s.level AS ENUM ('low', 'high')")
     engine.sql("CREATE TABLE jobs (id int PRIMARY KEY, lv s.level, lvs s.level[])")
@@ -173,5 +173,5 @@ async def test_live_enum_ordering_equals_the_snapshot_with_labels_added_later(
         ("lv < 'high'::s.level", {}, {"1"}),
         ("lvs @> $1", {"params[1]": "{high}"}, {"2"}),
     ]:
-        rows, _h, _o = await engine.sync(table="jobs", where=where, **params)
+        rows, _handle, _o = await engine.sync(table="jobs", where=where, **params)
         assert {r["id"] for r in rows.values()} == want, where

@@ -98,9 +98,11 @@ def _transaction(engine: Engine, rng: random.Random, keys: set[int], next_key: l
             key = next_key[0]
             next_key[0] += 1
             values = _row_values(rng)
-            cols = ", ".join(["id", *values])
+            names = ", ".join(["id", *values])
             holes = ", ".join(["%s"] * (len(values) + 1))
-            statements.append((f"INSERT INTO m ({cols}) VALUES ({holes})", [key, *values.values()]))
+            statements.append(
+                (f"INSERT INTO m ({names}) VALUES ({holes})", [key, *values.values()])
+            )
             pending.add(key)
         elif roll < 0.25:
             key = rng.choice(sorted(pending))
@@ -176,7 +178,7 @@ async def test_rows_moving_in_and_out_by_update_equal_postgres(engine: Engine) -
         engine.sql(f"INSERT INTO m ({cols}) VALUES ({holes})", [key, *values.values()])
         keys.add(key)
     next_key = [100]
-    shapes = []
+    shapes: list[list[Any]] = []
     for where in WHERES:
         full = where if where in INDEXED else f"({where}) OR id >= {MARKER}"
         for replica in ("default", "full"):

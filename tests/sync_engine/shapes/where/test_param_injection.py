@@ -76,7 +76,9 @@ def table(db_url: str) -> Any:
     conn.prepare_threshold = None  # (its own prepared statements would meet DEALLOCATE ALL)
     conn.execute(TABLE)
     rng = random.Random(11)
-    rows = [(k, _value(rng), rng.choice([None, 1, 2]), [_value(rng)]) for k in range(40)]
+    rows: list[tuple[int, str | None, int | None, list[str] | None]] = [
+        (k, _value(rng), rng.choice([None, 1, 2]), [_value(rng)]) for k in range(40)
+    ]
     rows += [(40 + k, v, k, [v]) for k, v in enumerate(VALUES)] + [(99, None, None, None)]
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO d VALUES (%s, %s, %s, %s)", rows)

@@ -157,9 +157,11 @@ def test_javascript_iso_strings_are_read(
     for clause in ["t::timestamptz > '2024-01-02 03:04:05+00'", "t::timestamp > '2024-01-02'"]:
         where = parse_where(clause, {}, columns)
         for text in ["2024-01-02T03:04:05.123Z", "2024-01-02T03:04:05Z"]:
-            (expected,) = conn.execute(
+            row = conn.execute(
                 f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", (text,)
             ).fetchone()
+            assert row is not None
+            (expected,) = row
             assert where.value({"id": "0", "t": text}) is expected, (clause, text)
 
 
@@ -178,18 +180,22 @@ def test_a_date_with_a_time_of_day_is_read(
     for clause, texts in cases:
         where = parse_where(clause, {}, columns)
         for text in texts:
-            (expected,) = conn.execute(
+            row = conn.execute(
                 f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", (text,)
             ).fetchone()
+            assert row is not None
+            (expected,) = row
             assert expected is True
             assert where.value({"id": "0", "t": text}) is True, (clause, text)
     for literal in ["t::date = '2024-01-02 03:04:05'", "t::time = '2024-01-02 03:04:05+02'",
                     "t::date = $1"]:  # fmt: skip
         params = {"1": "2024-01-02T03:04:05Z"} if "$1" in literal else {}
         where = parse_where(literal, params, columns)
-        (expected,) = conn.execute(
+        row = conn.execute(
             f"SELECT {where.sql} FROM (SELECT %s::text AS t) r", ("2024-01-02 03:04:05",)
         ).fetchone()
+        assert row is not None
+        (expected,) = row
         assert expected is True
         assert where.value({"id": "0", "t": "2024-01-02 03:04:05"}) is True, literal
 

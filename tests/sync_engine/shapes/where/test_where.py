@@ -349,7 +349,7 @@ def test_column_parsed_once_per_row() -> None:
     class CountingRow(dict[str, str | None]):
         reads = 0
 
-        def get(self, key: str, default: object = None) -> str | None:  # type: ignore[override]
+        def get(self, key: str, default: object = None) -> str | None:
             CountingRow.reads += 1
             return super().get(key)
 

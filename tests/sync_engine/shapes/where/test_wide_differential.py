@@ -155,7 +155,7 @@ def _typed_table(conn: psycopg.Connection[Any]) -> tuple[dict[str, ColumnInfo], 
             for r in conn.execute(f"SELECT {select} FROM p")
         }
         _TYPED[conn.info.dsn] = (column_map(conn.info.dsn, "p"), rows)
-    return _TYPED[conn.info.dsn]  # type: ignore[no-any-return]
+    return _TYPED[conn.info.dsn]
 
 
 @pytest.mark.parametrize(("clause", "value"), TYPED_CASES)
