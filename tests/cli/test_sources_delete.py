@@ -9,7 +9,7 @@ import pytest
 
 from sync_engine.tenants import cli
 
-SOURCE = {"source_id": "6f1c2a8e-3b4d-4e5f-9a7b-1c2d3e4f5a6b", "name": "shop",
+SOURCE: dict[str, Any] = {"source_id": "6f1c2a8e-3b4d-4e5f-9a7b-1c2d3e4f5a6b", "name": "shop",
           "slot_name": "shapegate_slot_x", "publication_name": "shapegate_pub_x",
           "shape_count": 12}  # fmt: skip
 

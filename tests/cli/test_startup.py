@@ -15,7 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 import pytest
@@ -269,9 +269,15 @@ def test_proxy_config_mistakes(tmp_path: Path) -> None:
     one_line_failure(run(PROXY, "--config", str(config)), "CLI_TEST_JWT_SECRET", "not set")
 
 
+class _SecretEnv(TypedDict):
+    """(`run`'s `**env`: no key that could be its `timeout`)"""
+
+    CLI_TEST_JWT_SECRET: str
+
+
 def test_proxy_bad_port(tmp_path: Path, busy_port: int) -> None:
     config = str(_proxy_config(tmp_path))
-    env = {"CLI_TEST_JWT_SECRET": JWT_SECRET}
+    env: _SecretEnv = {"CLI_TEST_JWT_SECRET": JWT_SECRET}
     one_line_failure(run(PROXY, "--config", config, SHAPE_PROXY_PORT="abc", **env),
                      "SHAPE_PROXY_PORT", "'abc'")  # fmt: skip
     one_line_failure(run(PROXY, "--config", config, "--port", "x", **env), "--port")

@@ -932,7 +932,7 @@ async def test_dropped_table_existing_shape_is_a_400_within_a_second(unchecked: 
     _, handle, _ = await engine.sync(table="gone")
     engine.sql("DROP TABLE gone")
     dropped = time.monotonic()
-    seen = []
+    seen: list[int] = []
     while not seen or seen[-1] != 400:
         status, headers, raw = await request(engine, params={"table": "gone", "offset": "-1"})
         seen.append(status)

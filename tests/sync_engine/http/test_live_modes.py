@@ -786,10 +786,10 @@ async def test_client_disconnecting_mid_long_poll(
     assert status == 200
     assert [m["key"] for m in body if "key" in m] == [KEY(4)]
     apply(rows, body)
-    task = asyncio.create_task(engine.get(**{**params, "offset": h["electric-offset"]}))
+    live_get = asyncio.create_task(engine.get(**{**params, "offset": h["electric-offset"]}))
     await engine.until_parked()
     engine.sql("INSERT INTO items VALUES (5, 't5', 50)")
-    status, h, body = await task
+    status, h, body = await live_get
     assert status == 200 and [m["key"] for m in body if "key" in m] == [KEY(5)]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import AppRunner
+from aiohttp.web_runner import BaseRunner
 
 from sync_engine.app import SOURCES, build_app
 from tests.support.waiting import wait_until_async
@@ -33,7 +33,7 @@ OUT_OF_BOUNDS_WAIT = 40.0
 class _ServerAsRun(TestServer):
     """The test server with `web.run_app`'s `handler_cancellation=False`."""
 
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         kwargs["handler_cancellation"] = False
         return await super()._make_runner(**kwargs)
 
@@ -48,6 +48,7 @@ async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncItera
     )
     server = _ServerAsRun(build_app(settings))
     client = await aiohttp_client(server)
+    assert server.runner is not None and server.runner.server is not None
     assert not server.runner.server.handler_cancellation
     await client.app[SOURCES]["default"].ready.wait()
     yield Engine(client, db_url, tmp_path / "data")

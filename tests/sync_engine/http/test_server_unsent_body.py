@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import AppRunner
+from aiohttp.web_runner import BaseRunner
 
 from sync_engine.http import server
 from tests.sync_engine.http.raw_http import engine_port, read_answer
@@ -33,7 +33,7 @@ class _Server(TestServer):
     """As `web.run_app` serves the engine (no handler cancellation), with aiohttp's
     lingering shortened."""
 
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         kwargs["handler_cancellation"] = False
         kwargs["lingering_time"] = 0.3
         return await super()._make_runner(**kwargs)

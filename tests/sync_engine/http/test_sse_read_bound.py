@@ -72,7 +72,9 @@ async def test_a_stalled_sse_reader_holds_a_piece_of_the_log_not_a_chunk(engine:
         port = sock.getsockname()[1]
 
         def blocked() -> bool:
-            for conn in engine.client.server.runner.server.connections:
+            runner = engine.client.server.runner
+            assert runner is not None and runner.server is not None  # (the engine is serving)
+            for conn in runner.server.connections:
                 peer = conn.transport.get_extra_info("peername") if conn.transport else None
                 if peer is not None and peer[1] == port:
                     return bool(conn.writing_paused)

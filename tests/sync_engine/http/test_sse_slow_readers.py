@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import AppRunner
+from aiohttp.web_runner import BaseRunner
 
 from sync_engine.app import SOURCES, build_app
 from sync_engine.http import live
@@ -47,7 +47,7 @@ CHUNK_BYTES = 128 * 1024
 class _ServerAsRun(TestServer):
     """The test server with `web.run_app`'s `handler_cancellation=False`."""
 
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         kwargs["handler_cancellation"] = False
         return await super()._make_runner(**kwargs)
 
@@ -71,7 +71,9 @@ async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncItera
 def _connections(engine: Engine, ports: set[int]) -> list[Any]:
     """The engine's connections from the client ports `ports` (not the test client's)."""
     out = []
-    for conn in engine.client.server.runner.server.connections:
+    runner = engine.client.server.runner
+    assert runner is not None and runner.server is not None  # (the engine is serving)
+    for conn in runner.server.connections:
         transport = conn.transport
         peer = transport.get_extra_info("peername") if transport is not None else None
         if peer is not None and peer[1] in ports:

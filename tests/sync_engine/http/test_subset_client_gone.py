@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestServer
-from aiohttp.web_runner import AppRunner
+from aiohttp.web_runner import BaseRunner
 
 from sync_engine.app import SOURCES, build_app
 from tests.support.waiting import wait_until_async
@@ -32,7 +32,7 @@ from tests.sync_engine.engine_harness import SETTINGS, Engine
 class _ServerAsRun(TestServer):
     """The test server with `web.run_app`'s `handler_cancellation=False`."""
 
-    async def _make_runner(self, **kwargs: Any) -> AppRunner:
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         kwargs["handler_cancellation"] = False
         return await super()._make_runner(**kwargs)
 
