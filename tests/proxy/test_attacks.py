@@ -343,6 +343,7 @@ async def test_typ_header_compared_as_a_media_type(
 
     config_data["issuers"][0]["typ"] = "at+jwt"
     proxy = await make_proxy(build_config(config_data, environ))
+    typ: str | int
     for typ in ("at+jwt", "AT+JWT", "application/at+jwt", "Application/AT+JWT"):
         token = proxy.tokens.make(headers={"typ": typ})
         assert (await proxy.get(SHAPE, token=token)).status == 200, typ

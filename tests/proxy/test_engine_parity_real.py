@@ -193,7 +193,7 @@ engine_secret, engine = shared_engine_fixtures(
 
 
 def _comparable(status: int, body: bytes) -> Any:
-    answer = json.loads(body) if body.strip() else None
+    answer: Any = json.loads(body) if body.strip() else None
     if status >= 400:
         answer.pop("code", None)  # the proxy's machine-readable reason, on top of Electric's
         return status, answer
@@ -299,12 +299,12 @@ async def test_a_members_where_errors_are_the_engines_for_the_clause_alone(
         config.update(collapse=False, cache={"max_bytes": 0})
     proxy = await make_proxy(build_config(config, environ))
     member = proxy.tokens.make(org_id="org-a")
-    differences = []
+    differences: list[tuple[Any, ...]] = []
     async with aiohttp.ClientSession() as session:
         for query in MEMBER_SAME_ANSWER:
             target = f"/v1/shape?table=items&offset=-1&{query}".replace(" ", "%20")
-            direct = f"{engine.url}{target}&secret={engine_secret}"
-            async with session.get(aiohttp.client.URL(direct, encoded=True)) as resp:
+            direct_url = f"{engine.url}{target}&secret={engine_secret}"
+            async with session.get(aiohttp.client.URL(direct_url, encoded=True)) as resp:
                 status, answer = _comparable(resp.status, await resp.read())
             if status == 200:  # the member's rows of it
                 answer = [row for row in answer if '"org_id": "org-a"' in row]

@@ -95,6 +95,7 @@ async def test_open_requests_are_capped_per_principal_and_others_are_unaffected(
     with pytest.raises(TooManyRequests) as info:
         await admission.admit(mallory, LIMITS)
     assert info.value.status == 429
+    assert info.value.retry_after is not None
     assert 7 <= info.value.retry_after <= 14  # spread, so refused clients do not return at once
     assert "limit 3" in info.value.message
     alice_permit = await admission.admit(alice, LIMITS)  # another principal: unaffected
@@ -118,6 +119,7 @@ async def test_held_requests_are_capped_per_principal_apart_from_engine_requests
     with pytest.raises(TooManyRequests) as info:
         admission.hold(mallory, limits)
     assert (info.value.status, info.value.reason) == (429, "too_many_held_requests")
+    assert info.value.retry_after is not None
     assert 7 <= info.value.retry_after <= 14
     assert "limit 2" in info.value.message
     assert admission.active(mallory) == 0 and admission.in_use == 0  # no engine request
@@ -203,6 +205,7 @@ async def test_pool_wait_is_bounded_then_503() -> None:
     with pytest.raises(UpstreamBusy) as info:
         await admission.admit("c", LIMITS)
     assert info.value.status == 503
+    assert info.value.retry_after is not None
     assert 7 <= info.value.retry_after <= 14
     assert admission.active("c") == 0  # a refused request is not left counted
     # A waiter gets the slot as soon as one is released, before its wait runs out.

@@ -40,7 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import aiohttp
@@ -486,7 +486,7 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
     for table in TABLES:
         if rng.random() < 0.15:
             continue
-        roles_seq = rng.choice(
+        roles_seq: list[list[str] | None] = rng.choice(
             [[["admin"], ["member"]], [["member", "viewer"]], [None], [["admin"], None], [None]]
         )
         rules = [_rule(rng, table, f"r{i}", roles) for i, roles in enumerate(roles_seq)]
@@ -496,7 +496,7 @@ def _policy(rng: random.Random) -> tuple[list[Listing], dict[str, Listing]]:
             continue
         if table is EVENTS and rng.random() < 0.4:
             # (besides `events` itself: a pattern over its partitions, with rules of its own)
-            roles = rng.choice([[None], [["member"]], [["admin"], None]])
+            roles: list[list[str] | None] = rng.choice([[None], [["member"]], [["admin"], None]])
             more = [_rule(rng, table, f"p{i}", r) for i, r in enumerate(roles)]
             key = rng.choice(["app.events_*", "app.*", "*.events_?i"])
             listings.append(Listing(EVENTS_LO, key, more, rng.random() < 0.5, pattern=True))
@@ -522,7 +522,9 @@ def _partition_policy(rng: random.Random) -> list[Listing]:
     """`events` listed and its partitions reached only through a pattern whose rules are
     copies of `events`'s (served: they show no more) or other rules (some showing more,
     refused `pattern_not_safe`): either way, never more than `events`'s rule."""
-    roles_seq = rng.choice([[["admin"], ["member"]], [None], [["member", "viewer"]]])
+    roles_seq: list[list[str] | None] = rng.choice(
+        [[["admin"], ["member"]], [None], [["member", "viewer"]]]
+    )
     rules = [_rule(rng, EVENTS, f"r{i}", roles) for i, roles in enumerate(roles_seq)]
     events = Listing(EVENTS, rng.choice(EVENTS.spellings), rules, rng.random() < 0.5)
     copies = []
@@ -696,7 +698,7 @@ def _select(
         f"{_ident(table.schema)}.{_ident(table.name)} WHERE {where}"
     )
     with conn.transaction():
-        rows = conn.execute(query).fetchall()  # type: ignore[call-overload]
+        rows = conn.execute(query).fetchall()
     key = columns.index("id")
     return {str(r[key]): {c: _text(v) for c, v in zip(columns, r, strict=True)} for r in rows}
 
@@ -772,6 +774,7 @@ def _request(
     listings: list[Listing],
     shapes: dict[str, Listing],
 ) -> Request:
+    lst: Listing | None
     if shapes and rng.random() < 0.15:
         name = rng.choice(sorted(shapes))
         lst = shapes[name]
@@ -1158,14 +1161,16 @@ class Synced:
 
 async def _sync(proxy: Any, req: Request, token: str | None, note: str) -> Synced:
     """Follow from -1 to up-to-date (a subset: one answer)."""
+    rows: dict[str, dict[str, Any]]
+    values: list[dict[str, Any]]
     if req.subset is not None:
         reply = await _fetch(proxy, req, token, "&offset=-1")
         if reply.status != 200:
             return Synced(reply, {}, [])
         rows, values = _values(reply, True)
         return Synced(reply, rows, values)
-    rows: dict[str, dict[str, Any]] = {}
-    values: list[dict[str, Any]] = []
+    rows = {}
+    values = []
     offset, handle = "-1", None
     for _ in range(30):
         extra = f"&offset={offset}" + (f"&handle={handle}" if handle else "")
@@ -1241,7 +1246,7 @@ def _write(conn: psycopg.Connection[Any], rng: random.Random) -> None:
         elif action < 0.65 and "title" in table.columns:
             conn.execute(f"UPDATE {name} SET title = %s WHERE id = %s", (rng.choice(TITLES), i))
         elif action < 0.85:
-            values = {c: None for c in table.columns}
+            values: dict[str, Any] = {c: None for c in table.columns}
             values["id"] = i
             for c in table.columns[1:]:
                 values[c] = (
@@ -1284,7 +1289,7 @@ async def _round(
     users: list[dict[str, Any] | None] = [_user(rng, n) for n in range(rng.randint(3, 5))]
     tokens: list[str | None] = [  # (without the helper's default role and org_id)
         proxy.tokens.make(drop=tuple({"role", "org_id"} - set(claims)), **claims)
-        for claims in users
+        for claims in cast(list[dict[str, Any]], users)  # (no None in it yet)
     ]
     users.append(None)  # and someone without a token
     tokens.append(None)
@@ -1319,10 +1324,10 @@ async def _round(
         npm_followers = [f for f in followers if f.req.client is not None][:NPM_SHAPES]
         npm = None
         if npm_followers:
-            base = str(proxy.client.make_url("")).rstrip("/")
+            url_base = str(proxy.client.make_url("")).rstrip("/")
             specs = [
                 {
-                    "url": base + f.req.path.partition("?")[0],
+                    "url": url_base + f.req.path.partition("?")[0],
                     "params": f.req.client,
                     "token": tokens[f.user],
                 }

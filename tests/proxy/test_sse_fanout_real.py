@@ -340,6 +340,8 @@ class RawSseReader(RawSseSocket):
 
     def batches(self) -> list[list[str]]:
         """The ids inserted by each batch an up-to-date closed, in order."""
+        batches: list[list[str]]
+        batch: list[str]
         body, batches, batch = self.body(), [], []
         for block in body.split(b"\n\n"):
             if not block.startswith(b"data:"):
