@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import psycopg
 import pytest
 
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import FaultCluster, StopMode
 from tests.faults.test_damaged_files import NpmClient, _npm_view
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, expected_rows, follow_all, until_equal
@@ -31,7 +31,7 @@ WHERES = [None, "g = 0", "g IN (1, 2)", "v % 3 = 0", "id < 20 AND g <> 3"]
 #: What happens under the writers, in turn: the engine SIGKILLed (and started again after
 #: a few writes), Postgres stopped (fast: a clean shutdown; immediate: as a crash, the slot
 #: back to its last checkpointed position) and started again.
-FAULTS = ["kill", "fast", "kill", "immediate", "kill"]
+FAULTS: list[Literal["kill"] | StopMode] = ["kill", "fast", "kill", "immediate", "kill"]
 NPM_CLIENTS = [(None, False), ("g IN (1, 2)", True)]
 SSE_WHERES = [None, "v % 3 = 0"]
 
@@ -137,8 +137,12 @@ async def test_racing_writers_across_engine_kills(cluster: FaultCluster, tmp_pat
             for npm, (where, sse) in zip(npms, NPM_CLIENTS, strict=True):
                 want = expected_rows(cluster.url, where, COLUMNS)
                 want = {k: {c: str(v) for c, v in row.items()} for k, row in want.items()}
+
+                def sees(npm: NpmClient = npm, want: dict[str, dict[str, Any]] = want) -> bool:
+                    return _npm_view(npm.rows) == want
+
                 await wait_until_async(
-                    lambda npm=npm, want=want: _npm_view(npm.rows) == want,
+                    sees,
                     timeout=60,
                     message=f"the npm client's view of {where!r} (sse {sse}, {npm.errors[-3:]})",
                 )

@@ -163,8 +163,11 @@ async def test_changes_of_an_unreadable_row_are_filtered_by_postgres_across_repl
             (confirmed,), *_ = cluster.query(
                 "SELECT (confirmed_flush_lsn - '0/0')::bigint FROM pg_replication_slots"
             )
-            replayed = isinstance(confirmed, int) and isinstance(change_end, int)
-            replayed = replayed and confirmed < change_end
+            replayed = (
+                isinstance(confirmed, int)
+                and isinstance(change_end, int)
+                and confirmed < change_end
+            )
             engine.kill()
             await asyncio.to_thread(engine.start)
             cluster.query("UPDATE items SET t = 'Feb 1 1999' WHERE id = 15")  # leaves it

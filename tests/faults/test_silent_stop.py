@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import psycopg
 import pytest
@@ -21,9 +23,11 @@ from tests.sync_engine.tenants.harness import MultiEngine
 #: connecting to drop the slot 5).
 STOP_WITHIN = 90.0
 
+T = TypeVar("T")
 
-async def _within(what: str, coro: object) -> object:
-    task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+
+async def _within(what: str, coro: Awaitable[T]) -> T:
+    task = asyncio.ensure_future(coro)
     done, _ = await asyncio.wait({task}, timeout=STOP_WITHIN)
     assert done, f"{what} did not finish within {STOP_WITHIN:g} s"
     return task.result()
@@ -58,7 +62,7 @@ async def test_a_source_deleted_and_the_engine_stopped_while_postgres_is_silent(
 
         stopped = cluster.pids()
         cluster.signal(stopped, signal.SIGSTOP)
-        status, body = await _within(  # type: ignore[misc]
+        status, body = await _within(
             "the deletion", engine.api("DELETE", f"/api/sources/{a['source_id']}")
         )
         assert status == 200 and body["deleted"] is True, body
