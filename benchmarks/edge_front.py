@@ -522,7 +522,7 @@ async def profile(engine: EngineProcess, dec: DeciderProcess, stack: Stack,
     }  # fmt: skip
     edges["edge-static"] = stack.add(EdgeNginx(engine.port, dec, cache=False, callgrind=True,
                                                static_query=decided))  # fmt: skip
-    cg: dict[str, tuple[Process, Path, str, list[dict[str, str]]]] = {
+    cg: dict[str, tuple[PlainNginxCallgrind | EdgeNginx, Path, str, list[dict[str, str]]]] = {
         "nginx": (plain, plain.dir, direct.replace(engine.url, plain.url), [{}] * len(users)),
         **{a: (e, e.dir, f"{e.url}/v1/shape?{query}", users) for a, e in edges.items()},
     }
@@ -533,9 +533,9 @@ async def profile(engine: EngineProcess, dec: DeciderProcess, stack: Stack,
         await load(url, hs, 200)  # warm-up (fills the decision cache)
         instr[arm] = await callgrind_instructions(front, directory, url, hs, n)
     calls = {}
-    for arm, (front, url, hs) in fronts.items():
+    for arm, (measured, url, hs) in fronts.items():
         await load(url, hs, 200)
-        calls[arm] = await syscalls_per_request(front, url, hs, n)
+        calls[arm] = await syscalls_per_request(measured, url, hs, n)
     print(f"## load-independent counts, 1 KiB catch-up, {n} requests per arm")
     print("| arm | user-space instructions/req (callgrind) | system calls/req (strace) | "
           "the calls |\n|---|---|---|---|")  # fmt: skip
@@ -596,7 +596,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
         for kind, pairs in kinds.items():
             direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, pairs)
             query = "&".join(f"{k}={v}" for k, v in pairs)
-            targets = {
+            targets: dict[str, tuple[str, list[dict[str, str]]]] = {
                 "nginx": (direct.replace(engine.url, nginx.url), [{}] * conc),
                 "edge": (f"{edge.url}/v1/shape?{query}", users),
                 "edge+ofc": (f"{edge_ofc.url}/v1/shape?{query}", users),
@@ -606,7 +606,7 @@ async def run(rounds: int, n: int, profile_n: int) -> None:
                 "proxy": (f"{proxy.url}/v1/shape?{query}", users),
             }
             # The same bytes from every front (the edge's rewritten headers aside).
-            bodies = {}
+            bodies: dict[str, bytes] = {}
             for arm, (url, hs) in targets.items():
                 host, port, path = _split(url)
                 client = RawHTTP(host, port)

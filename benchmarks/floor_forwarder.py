@@ -101,7 +101,8 @@ class Engine(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         client = self.client  # (set before the answer's first byte; None after its last)
-        self.out = out = []
+        out: list[bytes] = []
+        self.out = out
         self.parser.feed_data(data)
         if out and client is not None and client.transport is not None:
             client.transport.write(out[0] if len(out) == 1 else b"".join(out))

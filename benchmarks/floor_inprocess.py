@@ -130,11 +130,13 @@ async def proxy_forward(
     await app.start()
     sent: list[Any] = []
 
-    async def connect(pool: Any, key: Any, options: Any) -> Any:
-        pool._open += 1
-        conn = client._Connection(pool, key)
+    async def connect(  # (UpstreamPool._connect's signature, `self` the pool)
+        self: client.UpstreamPool, key: tuple[str, int, bool], options: client.UpstreamOptions
+    ) -> client._Connection:
+        self._open += 1
+        conn = client._Connection(self, key)
         conn.connection_made(FakeTransport(lambda _: sent.append(conn)))  # type: ignore[arg-type]
-        pool._all.add(conn)
+        self._all.add(conn)
         return conn
 
     client.UpstreamPool._connect = connect  # type: ignore[method-assign]

@@ -130,7 +130,7 @@ class _Client(asyncio.Protocol):
             self.waiting = False
             self.left[1] -= 1
             if self.close:  # (its next request goes on a new connection: `connection_lost`)
-                self.transport.close()  # type: ignore[attr-defined]
+                self.transport.close()
                 if self.left[0] <= 0 and self.left[1] == 0 and not self.done.done():
                     self.done.set_result(None)
                 return

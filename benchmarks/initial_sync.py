@@ -72,6 +72,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import resource
 import statistics
@@ -79,6 +80,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from typing import cast
 from urllib.parse import urlsplit
 
 import psycopg
@@ -173,7 +175,8 @@ def copy_json(url: str, table: str) -> tuple[float, int, float]:
     n = 0
     with subprocess.Popen(cmd, stdout=subprocess.PIPE) as proc:
         assert proc.stdout is not None
-        while got := proc.stdout.readinto(buf):
+        stdout = cast(io.BufferedReader, proc.stdout)  # (Popen's default buffering)
+        while got := stdout.readinto(buf):
             n += got
     seconds = time.perf_counter() - t0
     if proc.returncode:
@@ -436,7 +439,7 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
         warms = [await sync(direct) for _ in range(WARM_RUNS)]
         peak = max(peak, rss.stop())
         warm_cpu = (engine.cpu() - e0) / WARM_RUNS
-        warm = _median_sync(warms)
+        warm_sync = _median_sync(warms)
         floors, floor_cpu, fill = await nginx_floor(stack, engine, direct)
         floor = _median_sync(floors)
         label = f"S3 initial sync {spec.rows:,} rows" + (" (wide)" if spec.table == "wide" else "")
@@ -451,17 +454,18 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
             Row(label, f"wall time to up-to-date ({last_cold.nbytes / 1e6:.0f} MB, "
                        f"{last_cold.requests} requests{spread})",
                 [("COPY json", fmt(copy_s, "s")), ("engine cold", fmt(cold_s, "s")),
-                 ("warm", fmt(warm.seconds, "s"))],
+                 ("warm", fmt(warm_sync.seconds, "s"))],
                 f"cold/COPY {cold_s / copy_s:.2f}", "<= 1.0 (issue 13)",
                 verdict(cold_s / copy_s <= 1.0)),
             Row(label, f"warm vs cold (median of {WARM_RUNS}: warm "
                        f"{_range([w.seconds for w in warms])}, floor = nginx cache hits of "
                        f"the same answers {_range([f.seconds for f in floors])})",
-                [("cold", fmt(cold_s, "s")), ("warm", fmt(warm.seconds, "s")),
+                [("cold", fmt(cold_s, "s")), ("warm", fmt(warm_sync.seconds, "s")),
                  ("floor", fmt(floor.seconds, "s"))],
-                f"cold/warm {cold_s / warm.seconds:.1f}x, warm/floor "
-                f"{warm.seconds / floor.seconds:.2f}, cold/floor {cold_s / floor.seconds:.1f}x",
-                ">= 10x (issue 13)", verdict(cold_s / warm.seconds >= 10)),
+                f"cold/warm {cold_s / warm_sync.seconds:.1f}x, warm/floor "
+                f"{warm_sync.seconds / floor.seconds:.2f}, "
+                f"cold/floor {cold_s / floor.seconds:.1f}x",
+                ">= 10x (issue 13)", verdict(cold_s / warm_sync.seconds >= 10)),
             Row(label, "time to first byte (cold), peak engine RSS (cold + warm)",
                 [("TTFB", fmt(ttfb, "s")), ("RSS", fmt(peak, "MiB"))],
                 "", "TTFB <= 0.5 s, RSS <= 150 MiB (issue 13)",
@@ -470,14 +474,14 @@ async def measure(pg: Postgres, spec: Spec, warm: bool = True) -> list[Row]:
                 [("COPY", f"({fmt(copy_pg_cpu)}) / {fmt(copy_client_cpu)}"),
                  ("cold", f"{fmt(cold_cpu)} [kernel {fmt(cold_sys)}] ({fmt(cold_pg_cpu)}) / "
                           f"{fmt(last_cold.client_cpu)}"),
-                 ("warm", f"{fmt(warm_cpu)} / {fmt(warm.client_cpu)}"),
+                 ("warm", f"{fmt(warm_cpu)} / {fmt(warm_sync.client_cpu)}"),
                  ("floor", f"nginx {fmt(floor_cpu)} / {fmt(floor.client_cpu)}"),
                  ("cold runs at new page cache µs/4 KiB", cold_pages),
                  ("rows/s cold", fmt(spec.rows / cold_s)),
                  ("COPY json MB", fmt(copy_bytes / 1e6))], "", "", ""),
         ]  # fmt: skip
         if spec.fronts:
-            out.append(await fronts(stack, engine, label, warm.seconds, fill, floor))
+            out.append(await fronts(stack, engine, label, warm_sync.seconds, fill, floor))
     finally:
         stack.close()
     return out

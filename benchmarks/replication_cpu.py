@@ -24,14 +24,14 @@ import psycopg
 from _common import Postgres, machine
 
 from sync_engine.log.files import ShapeLog
-from sync_engine.pg.catalog import load_table
+from sync_engine.pg.catalog import TableInfo, load_table
 from sync_engine.pg.xid_snapshot import XidSnapshot
 from sync_engine.replication.replicator import Replicator
 from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
-from sync_engine.shapes.shape import Shape, ShapeDefinition
+from sync_engine.shapes.shape import Shape, ShapeDefinition, ShapeHandle
 from sync_engine.shapes.where import parse_where
 
 CHANGES = 20_000
@@ -57,7 +57,7 @@ async def capture(url: str, user_ids: list[int]) -> list[bytes]:
     return out
 
 
-async def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -> float:
+async def run(payloads: list[bytes], table: TableInfo, n_shapes: int, data: Path) -> float:
     router = ShapeRouter()
     registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
     (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
@@ -66,7 +66,7 @@ async def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -
         definition = ShapeDefinition(
             table_oid=table.oid,
             schema="public",
-            table="events",  # type: ignore[attr-defined]
+            table="events",
             where=f"user_id = {k}",
             columns=("id", "payload", "user_id"),
         )
@@ -74,10 +74,10 @@ async def run(payloads: list[bytes], table: object, n_shapes: int, data: Path) -
         if k == 0:
             log.create()
         shape = Shape(
-            handle=str(k),
+            handle=ShapeHandle(str(k)),
             definition=definition,
-            table=table,  # type: ignore[arg-type]
-            where=parse_where(definition.where or "", {}, table.column_map),  # type: ignore[attr-defined]
+            table=table,
+            where=parse_where(definition.where or "", {}, table.column_map),
             columns=table.columns,
             log=log,
             snapshot=snap,
@@ -119,6 +119,7 @@ async def main() -> None:
         payloads = await capture(pg.url, [0] * half + [-1] * half)
         async with await psycopg.AsyncConnection.connect(pg.url) as conn:
             table = await load_table(conn, "public", "events")
+        assert table is not None  # (the benchmark made it)
         split = 0
         commits = 0
         for i, p in enumerate(payloads):

@@ -34,13 +34,13 @@ import psycopg
 from _common import PG_BIN, Postgres, Row, Stack, fmt, remove_later, verdict
 
 from sync_engine.log.files import ShapeLog
-from sync_engine.pg.catalog import load_table
+from sync_engine.pg.catalog import TableInfo, load_table
 from sync_engine.pg.xid_snapshot import XidSnapshot
 from sync_engine.replication.replicator import Replicator
 from sync_engine.replication.stream import ReplicationStream
 from sync_engine.shapes.registry import ShapeRegistry
 from sync_engine.shapes.router import ShapeRouter
-from sync_engine.shapes.shape import Shape, ShapeDefinition
+from sync_engine.shapes.shape import Shape, ShapeDefinition, ShapeHandle
 from sync_engine.shapes.where import parse_where
 
 PUB = "bench_pub"
@@ -48,14 +48,14 @@ FULL_COUNTS = (0, 1_000, 100_000)
 QUICK_COUNTS = (0, 1_000, 10_000)  # registering 100k shapes alone takes ~25 s
 
 
-def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
+def build_replicator(table: TableInfo, n_shapes: int, data: Path) -> Replicator:
     router = ShapeRouter()
     registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
     (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
     snap = XidSnapshot(0, 1, frozenset())  # every WAL transaction is after it
     for k in range(n_shapes):
         definition = ShapeDefinition(
-            table_oid=table.oid,  # type: ignore[attr-defined]
+            table_oid=table.oid,
             schema="public",
             table="events",
             where=f"user_id = {k}",
@@ -65,11 +65,11 @@ def build_replicator(table: object, n_shapes: int, data: Path) -> Replicator:
         if k < 1000:  # the shapes the `match` mix appends to
             log.create()
         shape = Shape(
-            handle=str(k),
+            handle=ShapeHandle(str(k)),
             definition=definition,
-            table=table,  # type: ignore[arg-type]
-            where=parse_where(definition.where or "", {}, table.column_map),  # type: ignore[attr-defined]
-            columns=table.columns,  # type: ignore[attr-defined]
+            table=table,
+            where=parse_where(definition.where or "", {}, table.column_map),
+            columns=table.columns,
             log=log,
             snapshot=snap,
         )
@@ -139,6 +139,7 @@ async def run(quick: bool, changes: int | None = None) -> list[Row]:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
         async with await psycopg.AsyncConnection.connect(pg.url) as aconn:
             table = await load_table(aconn, "public", "events")
+        assert table is not None  # (the benchmark made it)
         t0 = time.perf_counter()
         reps = {n: build_replicator(table, n, data / str(n)) for n in counts}
         register_s = time.perf_counter() - t0
@@ -173,12 +174,13 @@ async def run(quick: bool, changes: int | None = None) -> list[Row]:
                             f"{counts[-1] // 1000}k/1k shapes {engbig / eng1k:.2f}",
                             f">= {target:,}/s (anchors S4); flat: >= 0.9",
                             verdict(engbig >= target and engbig / eng1k >= 0.9)))  # fmt: skip
-            cpu = {k: c / m * 1e6 for k, (_, c, _) in res.items() if k != "pg_recvlogical"}
+            cpu_us = {k: c / m * 1e6 for k, (_, c, _) in res.items() if k != "pg_recvlogical"}
             limit = 100 if mix == "match" else 10
-            worst = max(v for k, v in cpu.items() if k != "0 shapes")
+            worst = max(v for k, v in cpu_us.items() if k != "0 shapes")
             rows.append(Row(label, "engine CPU µs per change (this process, incl. reading)",
-                            [(k, fmt(v)) for k, v in cpu.items()],
-                            f"{counts[-1] // 1000}k/1k shapes {cpu[big] / cpu['1,000 shapes']:.2f}",
+                            [(k, fmt(v)) for k, v in cpu_us.items()],
+                            f"{counts[-1] // 1000}k/1k shapes "
+                            f"{cpu_us[big] / cpu_us['1,000 shapes']:.2f}",
                             f"<= {limit} µs, flat (design)", verdict(worst <= limit)))  # fmt: skip
         what = f"{sum(counts):,} shapes registered in-process"
         rows.append(Row("S4 backlog drain", "setup", [(what, fmt(register_s, "s"))]))

@@ -115,9 +115,9 @@ async def measure(pg: Postgres, engine: EngineProcess, table: str, target: int, 
         # matching the target; the engine is done when the client has the sentinel.
         sentinel = first_id + writes + nomatch
         e0 = engine_cpu(engine)
-        with psycopg.connect(pg.url, autocommit=True) as conn:
-            conn.execute(f"CALL gen_{table}(%s, %s)", (first_id + writes, nomatch))
-            conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (sentinel, f"k{target}x"))
+        with psycopg.connect(pg.url, autocommit=True) as sync_conn:
+            sync_conn.execute(f"CALL gen_{table}(%s, %s)", (first_id + writes, nomatch))
+            sync_conn.execute(f"INSERT INTO {table} VALUES (%s, %s)", (sentinel, f"k{target}x"))
         deadline = time.monotonic() + 120
         while sentinel not in received and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
