@@ -305,14 +305,16 @@ class _Registry:
 
     def __init__(self) -> None:
         self.problem: str | None = None
+        self._detail = ""
         self._retry: asyncio.Task[None] | None = None
 
     async def start(self, manager: SourceManager, settings: Settings) -> None:
         if await self._try(manager, settings):
             return
         logger.warning(
-            "%s; serving the single database meanwhile, trying again every %g s",
+            "%s (%s); serving the single database meanwhile, trying again every %g s",
             self.problem,
+            self._detail,
             REGISTRY_RETRY,
         )
         self._retry = asyncio.create_task(self._again(manager, settings), name="registry-open")
@@ -327,10 +329,12 @@ class _Registry:
                 disk_full, settings.data_dir
             ):
                 raise
+            # (said by /v1/health and registered sources' 503s, to anyone: no path; the
+            # log has it)
             self.problem = (
-                f"the source registry {manager.path} cannot be opened: the disk of the data"
-                f" directory is full ({exc})"
+                "the source registry cannot be opened: the disk of the data directory is full"
             )
+            self._detail = f"{manager.path}: {exc}"
             return False
         if self.problem is not None:
             logger.info("the source registry %s is open: registered sources start", manager.path)

@@ -61,6 +61,7 @@ from .snapshot.query import row_json_sql
 from .snapshot.scheduler import Abandoned, SnapshotScheduler
 from .stopping import cancel_and_wait, in_own_thread
 from .tables import Tables
+from .tenants.diagnose import public_reason
 
 logger = logging.getLogger(__name__)
 
@@ -606,26 +607,32 @@ class Source:
         self.check_open()
 
     def not_following(self, why: str | None = None) -> ServiceUnavailable:
-        """The 503 of a request that needs the replication stream while it is down."""
+        """The 503 of a request that needs the replication stream while it is down. It says
+        why by kind only (`public_reason`): the error's text names the database's host,
+        port, role and name, and this answer reaches browsers; the log has the text."""
+        why = why or self.stream_down
         return ServiceUnavailable(
             f"Stack not ready: the replication stream is not following the database"
-            f" ({why or self.stream_down or 'connecting'}); retry shortly",
+            f" ({public_reason(None if why == 'connecting' else why)}); retry shortly",
             retry_after=5,
             code=STREAM_NOT_READY,
         )
 
     async def _wait_ready(self) -> None:
+        # (its 503 says why by kind only, as `not_following`'s does)
         if self.ready.is_set():
             return
         if self.state is SourceState.ERROR and self._start_permanent:
             # (waiting would not help: wal_level, a role without REPLICATION, ...)
-            raise ServiceUnavailable(f"Source is not ready: {self.error}", retry_after=5)
+            raise ServiceUnavailable(
+                f"Source is not ready: {public_reason(self.error)}", retry_after=5
+            )
         try:
             async with asyncio.timeout(READY_WAIT):  # (3.11's wait_for can drop a cancellation)
                 await self.ready.wait()
         except TimeoutError:
             raise ServiceUnavailable(
-                f"Source is not ready: {self.error or 'connecting'}", retry_after=5
+                f"Source is not ready: {public_reason(self.error)}", retry_after=5
             ) from None
 
     # -- closing to requests ------------------------------------------------------------

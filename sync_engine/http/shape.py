@@ -245,21 +245,16 @@ class ShapeView:
         if shape.rotated:
             raise ShapeGone(source.current_handle(shape))
         source.check_open()  # paused while it waited: the reason, at once
-        # Read as of now, a big range in a worker thread, its entries joined there (one
-        # item): a 10 MB transaction read, split and joined on the loop stalled every client.
-        entries, end = await shape.log.read_after_async(offset, joined=True)
-        if shape.rotated:  # (while it read: its files are going)
-            raise ShapeGone(source.current_handle(shape))
-        end = max(end, offset) if not entries else end
-        latest = shape.log.latest_offset
-        up_to_date = end >= max(latest, offset)
+        entries, end, up_to_date = await _read(source, shape, offset)
         if up_to_date and source.stream_down is not None:
             # The log's end, but not the database's while the stream does not follow. Not
             # served cut short of its up-to-date: the same URL would later answer other
             # bytes, and a cache keeps the first (responses are immutable). The request
-            # waits a little for the stream and is then served whole, or gets a 503.
+            # waits a little for the stream (or gets its 503) and is read again, whole.
             await source.require_following()
-            return await self._serve_log(request, source, shape, req)
+            entries, end, up_to_date = await _read(source, shape, offset)
+            if up_to_date and source.stream_down is not None:
+                raise source.not_following()  # (lost again at once: a 503, as after a wait)
         gls = end.tx if entries and req.live else _watermark(source, shape, end)
         return self._respond(
             request, shape, req, entries, end, up_to_date=up_to_date, has_data=True, gls=gls
@@ -575,6 +570,21 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
             raise BadBody("Request body too large", 413)
         pieces.append(piece)
     return parse_json_body(b"".join(pieces))
+
+
+async def _read(
+    source: Source, shape: Shape, offset: LogOffset
+) -> tuple[list[bytes], LogOffset, bool]:
+    """The shape's log after `offset`, as of now: (entries, end offset, whether that is the
+    log's end). A big range is read in a worker thread, its entries joined there (one
+    item): a 10 MB transaction read, split and joined on the loop stalled every client."""
+    if shape.rotated:  # (its files are being deleted)
+        raise ShapeGone(source.current_handle(shape))
+    entries, end = await shape.log.read_after_async(offset, joined=True)
+    if shape.rotated:  # (while it read: its files are going)
+        raise ShapeGone(source.current_handle(shape))
+    end = max(end, offset) if not entries else end
+    return entries, end, end >= max(shape.log.latest_offset, offset)
 
 
 def _watermark(source: Source, shape: Shape, end: LogOffset) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
 
 import psycopg
 from psycopg import sql
@@ -17,6 +21,14 @@ logger = logging.getLogger(__name__)
 #: Seconds to connect (a server that takes the connection and never answers: stopped, or
 #: behind a partition) before giving up; the caller retries.
 CONNECT_TIMEOUT = 5
+#: Seconds a slot's creation may wait before the log says what it waits for, then between
+#: two such lines (`_explaining_waits`).
+FIRST_EXPLAIN = 10.0
+EXPLAIN_EVERY = 60.0
+#: Seconds to ask Postgres who is in the way (on a connection of its own).
+EXPLAIN_TIMEOUT = 5.0
+
+T = TypeVar("T")
 
 
 class SlotState(enum.StrEnum):
@@ -122,7 +134,7 @@ async def ensure_slot(dsn: str, slot: str) -> bool:
             sql.Identifier(slot)
         )
         try:
-            cur = await rconn.execute(query)
+            cur = await _explaining_waits(rconn.execute(query), dsn, slot, rconn.info.backend_pid)
         except psycopg.errors.DuplicateObject:
             logger.info("replication slot %r was created concurrently", slot)
             return False
@@ -135,3 +147,74 @@ async def ensure_slot(dsn: str, slot: str) -> bool:
         return True
     finally:
         await rconn.close()
+
+
+async def _explaining_waits(work: Awaitable[T], dsn: str, slot: str, walsender: int) -> T:
+    """`work` (the slot's creation), logging a WARNING that names what it waits for past
+    `FIRST_EXPLAIN` seconds, and again every `EXPLAIN_EVERY`.
+
+    Postgres makes a logical slot once every transaction that had an xid when the creation
+    began has ended (the walsender waits on their locks): one session left idle in a
+    transaction that wrote (a forgotten BEGIN, a stuck client) holds the creation, and the
+    source's start, for as long as it stays open. Nothing can be done but wait for it or end
+    it; without these lines an operator saw only a source "starting" for ever."""
+    task = asyncio.ensure_future(work)
+    began = time.monotonic()
+    wait = FIRST_EXPLAIN
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=wait)
+            if done:
+                return task.result()
+            await _explain_wait(dsn, slot, walsender, time.monotonic() - began)
+            wait = EXPLAIN_EVERY
+    finally:
+        if not task.done():
+            task.cancel()  # (psycopg cancels the statement; the caller closes the connection)
+            await asyncio.wait({task}, timeout=EXPLAIN_TIMEOUT)
+        if task.done() and not task.cancelled():
+            task.exception()  # (retrieved: raised above, or of no interest once cancelled)
+
+
+async def _explain_wait(dsn: str, slot: str, walsender: int, waited: float) -> None:
+    """Log the sessions in the way of the slot's creation (`pg_blocking_pids` of its
+    walsender: visible to any role, unlike other roles' rows of `pg_stat_activity`)."""
+    try:
+        async with asyncio.timeout(EXPLAIN_TIMEOUT):
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            ) as conn:
+                cur = await conn.execute(
+                    "SELECT b.pid, a.state, extract(epoch FROM now() - a.xact_start)::int,"
+                    " a.application_name"
+                    " FROM unnest(pg_blocking_pids(%s)) AS b(pid)"
+                    " LEFT JOIN pg_stat_activity a ON a.pid = b.pid ORDER BY a.xact_start",
+                    (walsender,),
+                )
+                rows = await cur.fetchall()
+    except (TimeoutError, psycopg.Error) as exc:
+        logger.warning(
+            "creating replication slot %r has waited %.0f s (Postgres makes it once the"
+            " transactions open when it began have ended); could not ask which: %s",
+            slot,
+            waited,
+            type(exc).__name__,
+        )
+        return
+    sessions = "; ".join(
+        f"pid {pid} ({state or 'state hidden'}"
+        + (f", transaction open {age} s" if age is not None else "")
+        + (f", application {app!r}" if app else "")
+        + ")"
+        for pid, state, age, app in rows[:10]
+    )
+    logger.warning(
+        "creating replication slot %r has waited %.0f s: Postgres makes it once the"
+        " transactions open when it began have ended, and it waits for %s: %s. The source"
+        " starts when they end (commit or roll them back, or end them with"
+        " pg_terminate_backend(pid))",
+        slot,
+        waited,
+        f"{len(rows)} session(s)" if rows else "transactions (none found blocking now)",
+        sessions or "-",
+    )

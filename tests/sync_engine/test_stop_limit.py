@@ -16,22 +16,18 @@ The limit is set to 3 s in that process (120 s in production) so the test is sho
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
-from tests.faults.cluster import FaultCluster
-from tests.support.blocking_http import ask, sigterm_and_wait, synced_to_tip
+from tests.support.blocking_http import ask, sigterm_and_wait
 from tests.support.engine_process import EngineProcess
+from tests.support.stuck_engine import stuck_engine
 from tests.support.waiting import wait_until
-from tests.sync_engine.tenants.harness import PGBIN
 
 #: Seconds the test waits for the engine to exit after SIGTERM (3 s limit + its stop).
 EXIT_BOUND = 60
@@ -126,42 +122,21 @@ def test_a_stop_with_held_requests_and_snapshots_waiting_in_postgres_is_clean(
     on a lock in Postgres, and (`silent`) every Postgres process is stopped (SIGSTOP): the
     engine stops cleanly (status 0, "stopped" logged), within its own bounds, not cut
     off by `STOP_LIMIT`. The subset query held the old engine's exit 300 s."""
-    if PGBIN is None:
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-    cluster = FaultCluster()
-    stopped: list[int] = []
-    locker: psycopg.Connection[Any] | None = None
-    engine: EngineProcess | None = None
-    try:
-        cluster.start_with_items()
-        engine = EngineProcess(cluster.url, tmp_path / "data")
-        engine.start()
-        shape, handle, offset = synced_to_tip(engine, "items")
+    with stuck_engine(tmp_path) as stuck:
+        engine = stuck.engine
+        shape, handle, offset = stuck.shape, stuck.handle, stuck.offset
         for _ in range(10):
             live = f"{shape}&offset={offset}&handle={handle}&live=true"
             threading.Thread(target=ask, args=(live, CLEAN_STOP_BOUND), daemon=True).start()
-        locker = psycopg.connect(cluster.url)
-        locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        stuck.lock_items()
         subset = f"{shape}&offset={offset}&handle={handle}&subset__where=v%20%3D%200"
         for url in (f"{shape}&offset=-1&where=v%20%3D%201", subset):
             threading.Thread(target=ask, args=(url, CLEAN_STOP_BOUND), daemon=True).start()
-        wait_until(
-            lambda: cluster.query("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] == 2,
-            timeout=30,
-            message="the snapshot and the subset query waiting on the lock",
-        )
+        stuck.wait_for_lock_waiters(2, "the snapshot and the subset query waiting on the lock")
         wait_until(lambda: _parked(engine) >= 10, timeout=30, message="10 long-polls held")
         if postgres == "silent":
-            stopped = cluster.pids()
-            cluster.signal(stopped, signal.SIGSTOP)
+            stuck.silence_postgres()
         status = sigterm_and_wait(engine, CLEAN_STOP_BOUND, f"Postgres {postgres}")
         said = engine.log_tail(20000)
         assert status == 0, said
         assert '"message": "stopped"' in said, said
-    finally:
-        cluster.signal(stopped, signal.SIGCONT)
-        if locker is not None:
-            locker.close()
-        if engine is not None:
-            engine.stop()
-        cluster.stop()

@@ -14,22 +14,15 @@ Postgres stopped (SIGSTOP), then the subset's client closes its connection.
 
 from __future__ import annotations
 
-import signal
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
-import psycopg
 import pytest
 
-from tests.faults.cluster import FaultCluster
-from tests.support.blocking_http import synced_to_tip
-from tests.support.engine_process import EngineProcess
+from tests.support.stuck_engine import stuck_engine
 from tests.support.waiting import wait_until
-from tests.sync_engine.tenants.harness import PGBIN
 
 #: Seconds the engine has to answer `/v1/health` once the client has gone (it answers at
 #: once; the old engine answered nothing until Postgres was continued).
@@ -56,29 +49,17 @@ def _get_quick(url: str) -> None:
 def test_a_subset_client_leaving_while_postgres_is_silent_leaves_the_engine_answering(
     tmp_path: Path,
 ) -> None:
-    if PGBIN is None:
-        pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql")
-    cluster = FaultCluster()
-    stopped: list[int] = []
-    locker: psycopg.Connection[Any] | None = None
-    engine: EngineProcess | None = None
-    try:
-        cluster.start_with_items()
-        engine = EngineProcess(cluster.url, tmp_path / "data")
-        engine.start()
-        shape, handle, offset = synced_to_tip(engine, "items")
-        locker = psycopg.connect(cluster.url)
-        locker.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    with stuck_engine(tmp_path) as stuck:
+        engine = stuck.engine
+        stuck.lock_items()
         client = socket.create_connection(("127.0.0.1", engine.port), timeout=10)
-        path = f"/v1/shape?table=items&offset={offset}&handle={handle}&subset__where=v%20%3D%200"
-        client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        wait_until(
-            lambda: cluster.query("SELECT count(*) FROM pg_locks WHERE NOT granted")[0][0] == 1,
-            timeout=30,
-            message="the subset query waiting on the lock",
+        path = (
+            f"/v1/shape?table=items&offset={stuck.offset}&handle={stuck.handle}"
+            "&subset__where=v%20%3D%200"
         )
-        stopped = cluster.pids()
-        cluster.signal(stopped, signal.SIGSTOP)
+        client.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        stuck.wait_for_lock_waiters(1, "the subset query waiting on the lock")
+        stuck.silence_postgres()
         client.close()  # the client goes away: its query is abandoned, cancelled in Postgres
         wait_until(
             lambda: _answers(f"{engine.url}/v1/health"),
@@ -87,15 +68,3 @@ def test_a_subset_client_leaving_while_postgres_is_silent_leaves_the_engine_answ
             message="an answer from the engine (any status) with Postgres silent",
         )
         assert engine.proc is not None and engine.proc.poll() is None, engine.log_tail()
-    finally:
-        cluster.signal(stopped, signal.SIGCONT)
-        if locker is not None:
-            locker.close()
-        if engine is not None:
-            if engine.proc is not None and engine.proc.poll() is None:
-                engine.proc.send_signal(signal.SIGKILL)  # (a frozen one would not stop)
-                try:
-                    engine.proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    pass
-        cluster.stop()

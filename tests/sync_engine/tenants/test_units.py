@@ -16,7 +16,7 @@ from sync_engine.tenants import auth as auth_module
 from sync_engine.tenants.auth import SourceAuth, canonical_source_id, parse_source_id
 from sync_engine.tenants.credentials import hash_secret, is_slow, new_secret, verify_secret
 from sync_engine.tenants.dburl import check_database_url, redact_url
-from sync_engine.tenants.diagnose import explain
+from sync_engine.tenants.diagnose import PUBLIC_REASONS, explain, public_reason
 from sync_engine.tenants.errors import DuplicateName, InvalidInput, UnknownSource
 from sync_engine.tenants.store import SourceStore, store_has_sources
 from tests.support.waiting import wait_until_async
@@ -126,6 +126,19 @@ def test_errors_are_explained(error: str, code: str, hint: str) -> None:
     assert d.code == code
     assert hint in d.message
     assert "s3cr3t" not in d.message
+    # What a public answer says of it: its kind, no host, role or database name.
+    said = public_reason(error)
+    assert said in PUBLIC_REASONS.values()
+    for name in ("10.0.0.9", '"app"', "shop", "db.example.com", "s3cr3t"):
+        assert name not in said
+
+
+def test_public_reasons_of_a_stream_that_stopped() -> None:
+    assert public_reason(None) == "connecting to the database"
+    held = 'replication slot "shapegate_slot_default" is active for PID 4242'
+    assert public_reason(held) == "the replication slot is in use by another connection"
+    lost = "replication connection lost (slot 'shapegate_slot_default'): server closed"
+    assert public_reason(lost) == PUBLIC_REASONS["lost"]
 
 
 def test_registry_round_trip_and_rotation(tmp_path: Path) -> None:
