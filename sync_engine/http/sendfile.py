@@ -46,6 +46,12 @@ class ChunkFileResponse(web.StreamResponse):
     """200 with body `[` + `size` bytes of the open file `fd` + `]`; closes `fd`. Its shape
     counts as in use (`Shape.sending`) while the body is sent."""
 
+    # The head waits for the body's first write (`[`) and goes out with it, in one `write`
+    # (as `web.Response`'s does): a StreamResponse sends its head at `prepare`, a small
+    # segment of its own on the wire before `[`'s, each a system call and a wakeup of the
+    # client. (A HEAD's head is sent at `write_eof`, as a Response's.)
+    _send_headers_immediately = False
+
     def __init__(self, fd: int, size: int, headers: Mapping[str, str], shape: Shape) -> None:
         super().__init__(status=200, headers=headers)
         self._shape = shape
