@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sync_engine.http import sendfile
+from sync_engine.http import live, sendfile
 
 SIZE = 4 << 20
 
@@ -30,7 +30,7 @@ class _CountingLoop(asyncio.SelectorEventLoop):
         super().__init__(selectors.DefaultSelector())
         self.writers = 0
 
-    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:
+    def add_writer(self, fd: Any, callback: Any, *args: Any) -> None:  # type: ignore[override]
         self.writers += 1
         super().add_writer(fd, callback, *args)
 
@@ -74,7 +74,7 @@ def test_a_client_that_reads_nothing_is_cut_after_the_send_timeout(
 ) -> None:
     """(The send's one timer, not one per wait: a wait that lasts `SEND_TIMEOUT` still ends
     the send with a reset, as `test_sendfile_stall` checks through the engine.)"""
-    monkeypatch.setattr(sendfile.live, "SEND_TIMEOUT", 0.3)
+    monkeypatch.setattr(live, "SEND_TIMEOUT", 0.3)
     path = tmp_path / "chunk"
     path.write_bytes(b"x" * SIZE)
     engine, client = socket.socketpair()
