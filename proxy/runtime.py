@@ -119,6 +119,12 @@ class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
 
 ANONYMOUS = "anonymous"
 
+#: A config file's (mtime_ns, size, inode, ctime_ns): any write changes it.
+Stamp = tuple[int, int, int, int]
+
+#: No stamp pending (`RuntimeHolder.poll_once`; None is a stamp: the file is missing).
+_NOTHING = object()
+
 #: How often the key sets are checked for their TTL (`RuntimeHolder.watching`), seconds.
 KEYS_POLL_INTERVAL = 1.0
 
@@ -174,6 +180,8 @@ class RuntimeHolder:
         self._environ = environ
         self.last_error: str | None = None
         self._file_stamp = self._stamp()
+        #: The stamp the last poll saw differ from the loaded file's (`poll_once`).
+        self._pending: object = _NOTHING
         self.current = self._build(loaded)
         #: Called when access granted before may be withdrawn (a reload, an issuer's key
         #: dropped or changed): live answers authorised under the old state end (the app
@@ -255,27 +263,60 @@ class RuntimeHolder:
         for cache in list(self._jwks.values()):
             await cache.refresh_if_due()
 
-    def _stamp(self) -> tuple[int, int, int] | None:
+    def _stamp(self) -> Stamp | None:
         if self.path is None:
             return None
         try:
             st = os.stat(self.path)
         except OSError:
             return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
 
-    def reload(self) -> bool:
-        """Load the file again; swap on success, keep the current runtime on failure."""
+    def _read_whole(self, path: Path) -> tuple[bytes, Stamp] | None:
+        """The file's bytes and stamp, if nothing wrote to it while it was read: the stamp
+        before and after the read equal, and a second read the same bytes. None when it
+        changed (a writer is at it). Raises `ConfigError` when it cannot be read."""
+        before = self._stamp()
+        try:
+            raw = path.read_bytes()
+            again = path.read_bytes()
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise ConfigError(f"{path}: cannot read ({why})") from None
+        after = self._stamp()
+        if before is None or after != before or again != raw:
+            return None
+        return raw, after
+
+    def reload(self, *, expect: object = _NOTHING) -> bool:
+        """Load the file again; swap on success, keep the current runtime on failure.
+
+        A file that changes while it is read is not loaded (a writer is still at it; the
+        poll loads it once it has stopped changing: `poll_once`), on SIGHUP too. `expect`:
+        the stamp the poll saw stay put for an interval; a file changed since is left to
+        the next poll."""
         if self.path is None:
             return False
-        self._file_stamp = self._stamp()
+        path = self.path
         try:
-            loaded = load_config(self.path, self._environ)
+            read = self._read_whole(path)
         except ConfigError as exc:
-            self.last_error = str(exc)
-            self._metrics.config_reloads.labels(result="error").inc()
-            logger.error("config reload failed, keeping the last good config: %s", exc)
+            self._file_stamp = self._stamp()
+            return self._failed(exc)
+        if read is None or (expect is not _NOTHING and read[1] != expect):
+            logger.warning(
+                "config file %s changed while it was read; not loaded: it is loaded once it "
+                "has stayed unchanged for server.reload_interval (replace the file "
+                "atomically: write a temporary file, then rename it over this one)",
+                path,
+            )
+            self._metrics.config_reloads.labels(result="changing").inc()
             return False
+        raw, self._file_stamp = read
+        try:
+            loaded = load_config(path, self._environ, raw=raw)
+        except ConfigError as exc:
+            return self._failed(exc)
         old = self.current.loaded.config
         if loaded.config.server != old.server:
             logger.warning("server settings changed; they apply only after a restart")
@@ -283,11 +324,38 @@ class RuntimeHolder:
         self.last_error = None
         self._revoked()
         self._metrics.config_reloads.labels(result="ok").inc()
-        logger.info("config reloaded from %s", self.path)
+        logger.info("config reloaded from %s", path)
         return True
+
+    def _failed(self, exc: ConfigError) -> bool:
+        self.last_error = str(exc)
+        self._metrics.config_reloads.labels(result="error").inc()
+        logger.error("config reload failed, keeping the last good config: %s", exc)
+        return False
 
     def changed_on_disk(self) -> bool:
         return self._stamp() != self._file_stamp
+
+    def poll_once(self) -> bool:
+        """One tick of the file poll: reload when the file changed and has then stayed the
+        same for a whole interval (since the previous tick), never mid-write.
+
+        A writer rewriting the file in place (an editor, `scp`, a template tool streaming
+        its output) leaves a prefix on disk between its writes, and a prefix is often a
+        valid, wider config (a rule cut before its `columns:` shows every column; cut
+        before a `when:` it admits everyone; attack 15:06). Each of its writes changes the
+        stamp (mtime, size, ctime), so a file is loaded only once no write came for one
+        interval: a writer that never pauses longer than `server.reload_interval` is never
+        loaded half-way. A rename of a complete file over the path is always safe."""
+        stamp = self._stamp()
+        if stamp == self._file_stamp:
+            self._pending = _NOTHING
+            return False
+        if stamp != self._pending:
+            self._pending = stamp  # (changed since the last tick: wait one more)
+            return False
+        self._pending = _NOTHING
+        return self.reload(expect=stamp)
 
     @contextlib.asynccontextmanager
     async def watching(self, *, sighup: bool) -> AsyncIterator[None]:
@@ -307,8 +375,7 @@ class RuntimeHolder:
         async def poll() -> None:
             while True:
                 await asyncio.sleep(interval)
-                if self.changed_on_disk():
-                    self.reload()
+                self.poll_once()
 
         async def refresh_keys() -> None:
             # Without this a key set is refetched only when a token needs verifying; while

@@ -193,13 +193,20 @@ def build_config(
     )
 
 
-def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> LoadedConfig:
-    """Read, parse and validate the YAML file at `path`. Raises `ConfigError`."""
+def load_config(
+    path: str | Path, environ: Mapping[str, str] | None = None, *, raw: bytes | None = None
+) -> LoadedConfig:
+    """Read, parse and validate the YAML file at `path`. Raises `ConfigError`.
+
+    `raw`: the file's bytes, already read (a reload reads them itself, to be sure the file
+    did not change while it read: `proxy.runtime.RuntimeHolder.reload`)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    if raw is None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            why = exc.strerror or type(exc).__name__
+            raise ConfigError(f"{path}: cannot read ({why})") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: file is larger than {MAX_CONFIG_BYTES} bytes")
     try:
