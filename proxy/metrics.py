@@ -34,16 +34,28 @@ FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP", "Via")
 
 
 def metrics_refusal(
-    remote: str | None, headers: Mapping[str, str], token: str | None
+    remote: str | None,
+    headers: Mapping[str, str],
+    token: str | None,
+    *,
+    allow_loopback: bool = False,
 ) -> tuple[str, str] | None:
     """Why this request may not read `/metrics` (reason, message), or None if it may.
 
     The counters show when and how many users are live and write: on the public port they
     would be a signal of every user's activity (the engine keeps its own `/metrics` behind
-    its secret for that reason). With `metrics.token_env` set, `Authorization: Bearer <that
-    token>` is required from anyone (what Prometheus sends with `authorization:
-    credentials_file`). Without it, only a client on a loopback address, not through a
-    forwarding proxy, may read it: a scraper on the same host, tests, `curl localhost`.
+    its secret for that reason). Two ways in, both configured (`metrics:`):
+
+    - `token_env`: `Authorization: Bearer <that token>`, from anyone (what Prometheus sends
+      with `authorization: credentials_file`);
+    - `allow_loopback: true`: a client on a loopback address whose request carries no
+      forwarding header (a scraper on the same host, `curl localhost`).
+
+    Neither configured: `/metrics` answers no one. It used to answer any loopback client by
+    default, and a reverse proxy on the same host that adds no forwarding header (nginx's
+    plain `proxy_pass` adds none) connects from loopback: everyone through it read the
+    counters (attack 14:58). Nothing in a request tells such a front from a local scraper,
+    so the operator says which it is.
     """
     if token is not None:
         given = headers.get("Authorization", "")
@@ -52,13 +64,39 @@ def metrics_refusal(
             value.strip().encode("utf-8", "surrogateescape"), token.encode()
         ):
             return None
+    if allow_loopback:
+        if _is_loopback(remote) and not any(name in headers for name in FORWARDING_HEADERS):
+            return None
+        if token is None:
+            return (
+                "metrics_not_local",
+                "/metrics answers clients on this host only (metrics.allow_loopback)",
+            )
+    if token is not None:
         return "metrics_token", "/metrics requires the metrics token (Authorization: Bearer)"
-    if _is_loopback(remote) and not any(name in headers for name in FORWARDING_HEADERS):
-        return None
     return (
-        "metrics_not_local",
-        "/metrics answers local clients only unless a metrics token is configured",
+        "metrics_off",
+        "/metrics is off: configure metrics.token_env or metrics.allow_loopback",
     )
+
+
+def metrics_exposure(token_env: str | None, allow_loopback: bool) -> str:
+    """How `/metrics` is exposed under this config, for the log at start and on reload."""
+    ways = []
+    if token_env is not None:
+        ways.append(f"to a bearer of the metrics token (metrics.token_env {token_env})")
+    if allow_loopback:
+        ways.append(
+            "to clients on a loopback address whose request has no Forwarded/X-Forwarded-For/"
+            "X-Real-IP/Via header (metrics.allow_loopback: a reverse proxy on this host must "
+            "add X-Forwarded-For or not route /metrics)"
+        )
+    if not ways:
+        return (
+            "GET /metrics is off (refused to every client): set metrics.token_env, or "
+            "metrics.allow_loopback: true for a scraper on this host"
+        )
+    return "GET /metrics answers " + " and ".join(ways)
 
 
 def _is_loopback(remote: str | None) -> bool:

@@ -26,7 +26,7 @@ from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.limits.config import LimitSettings
-from proxy.metrics import Metrics
+from proxy.metrics import Metrics, metrics_exposure
 from proxy.policy.blame import PolicyWhere
 from proxy.policy.sql import CombinedWhere
 from proxy.upstream.client import UpstreamOptions
@@ -129,6 +129,11 @@ _NOTHING = object()
 KEYS_POLL_INTERVAL = 1.0
 
 
+def _exposure(loaded: LoadedConfig) -> str:
+    metrics = loaded.config.metrics
+    return metrics_exposure(metrics.token_env, metrics.allow_loopback)
+
+
 def principal_of(claims: Mapping[str, Any]) -> str:
     """A stable name for who is asking: `<iss> <sub>` for a token, "anonymous" without one.
 
@@ -183,6 +188,7 @@ class RuntimeHolder:
         #: The stamp the last poll saw differ from the loaded file's (`poll_once`).
         self._pending: object = _NOTHING
         self.current = self._build(loaded)
+        logger.info("%s", _exposure(loaded))
         #: Called when access granted before may be withdrawn (a reload, an issuer's key
         #: dropped or changed): live answers authorised under the old state end (the app
         #: ends its shared SSE streams: their clients reconnect and are authorised again).
@@ -320,6 +326,8 @@ class RuntimeHolder:
         old = self.current.loaded.config
         if loaded.config.server != old.server:
             logger.warning("server settings changed; they apply only after a restart")
+        if loaded.config.metrics != old.metrics:
+            logger.info("%s", _exposure(loaded))
         self.current = self._build(loaded)
         self.last_error = None
         self._revoked()

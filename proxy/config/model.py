@@ -233,8 +233,14 @@ class MetricsConfig(_Model):
     token_env: EnvName | None = Field(
         default=None,
         description="bearer token /metrics requires (`Authorization: Bearer <token>`), from "
-        "this env var; unset: only clients on a loopback address, not through a forwarding "
-        "proxy, may read it",
+        "this env var",
+    )
+    allow_loopback: bool = Field(
+        default=False,
+        description="clients on a loopback address whose request has no forwarding header "
+        "may read /metrics without the token (a scraper on this host); a reverse proxy on "
+        "this host must then add X-Forwarded-For or not route /metrics. Neither this nor "
+        "token_env: /metrics answers no one",
     )
 
 

@@ -789,9 +789,11 @@ async def healthz(request: Request) -> StreamResponse:
     holder = _app(request).holder
     error = holder.last_error
     if error is not None:
-        token = holder.current.loaded.metrics_token
+        loaded = holder.current.loaded
+        token = loaded.metrics_token
         secret = None if token is None else token.get_secret_value()
-        if metrics_refusal(request.remote, request.headers, secret) is not None:
+        local = loaded.config.metrics.allow_loopback
+        if metrics_refusal(request.remote, request.headers, secret, allow_loopback=local):
             error = CONFIG_ERROR_HIDDEN
     body = {
         "status": "ok",
@@ -803,9 +805,13 @@ async def healthz(request: Request) -> StreamResponse:
 
 async def metrics(request: Request) -> StreamResponse:
     """Prometheus text, for whom `metrics_refusal` lets read it (config `metrics:`)."""
-    token = _app(request).holder.current.loaded.metrics_token
+    loaded = _app(request).holder.current.loaded
+    token = loaded.metrics_token
     refusal = metrics_refusal(
-        request.remote, request.headers, None if token is None else token.get_secret_value()
+        request.remote,
+        request.headers,
+        None if token is None else token.get_secret_value(),
+        allow_loopback=loaded.config.metrics.allow_loopback,
     )
     if refusal is not None:
         raise Unauthenticated(*refusal)

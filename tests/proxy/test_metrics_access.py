@@ -2,8 +2,10 @@
 
 Its counters show when and how many users are live and write (the engine keeps its own
 `/metrics` behind its secret for that reason); the proxy's answered anyone. Now: with
-`metrics.token_env` set, `Authorization: Bearer <token>` is required; without it, only a client
-on a loopback address, not through a forwarding proxy (a scraper on the host, `curl localhost`).
+`metrics.token_env` set, `Authorization: Bearer <token>` is enough; with `metrics.allow_loopback`,
+a client on a loopback address, not through a forwarding proxy (a scraper on the host, `curl
+localhost`); neither: no one (a same-host front adds no forwarding header: attack 14:58,
+tests/proxy/test_metrics_same_host_front_real.py).
 """
 
 from __future__ import annotations
@@ -18,29 +20,38 @@ from proxy.metrics import metrics_refusal
 TOKEN = "m" * 24
 
 
+LOCAL = True  # (`metrics.allow_loopback`)
+
+
 @pytest.mark.parametrize(
-    ("remote", "headers", "token", "allowed"),
+    ("remote", "headers", "token", "loopback", "allowed"),
     [
-        ("127.0.0.1", {}, None, True),
-        ("::1", {}, None, True),
-        ("::ffff:127.0.0.1", {}, None, True),
-        ("203.0.113.5", {}, None, False),  # a browser on the network
-        ("10.0.0.7", {}, None, False),
-        ("::ffff:10.0.0.7", {}, None, False),
-        (None, {}, None, False),
-        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.5"}, None, False),  # a same-host proxy
-        ("127.0.0.1", {"Forwarded": "for=203.0.113.5"}, None, False),
-        ("127.0.0.1", {}, TOKEN, False),  # a token, once configured, is asked of everyone
-        ("203.0.113.5", {"Authorization": "Bearer wrong"}, TOKEN, False),
-        ("203.0.113.5", {"Authorization": f"Basic {TOKEN}"}, TOKEN, False),
-        ("203.0.113.5", {"Authorization": f"Bearer {TOKEN}"}, TOKEN, True),
-        ("203.0.113.5", {"Authorization": f"bearer  {TOKEN} "}, TOKEN, True),
+        ("127.0.0.1", {}, None, LOCAL, True),
+        ("::1", {}, None, LOCAL, True),
+        ("::ffff:127.0.0.1", {}, None, LOCAL, True),
+        ("203.0.113.5", {}, None, LOCAL, False),  # a browser on the network
+        ("10.0.0.7", {}, None, LOCAL, False),
+        ("::ffff:10.0.0.7", {}, None, LOCAL, False),
+        (None, {}, None, LOCAL, False),
+        ("127.0.0.1", {"X-Forwarded-For": "203.0.113.5"}, None, LOCAL, False),  # same-host proxy
+        ("127.0.0.1", {"Forwarded": "for=203.0.113.5"}, None, LOCAL, False),
+        ("127.0.0.1", {}, None, False, False),  # neither configured: no one
+        ("::1", {}, None, False, False),
+        ("127.0.0.1", {}, TOKEN, False, False),  # a token, once configured, is asked of everyone
+        ("127.0.0.1", {}, TOKEN, LOCAL, True),  # ... but for loopback, when allowed too
+        ("203.0.113.5", {}, TOKEN, LOCAL, False),
+        ("203.0.113.5", {"Authorization": "Bearer wrong"}, TOKEN, False, False),
+        ("203.0.113.5", {"Authorization": f"Basic {TOKEN}"}, TOKEN, False, False),
+        ("203.0.113.5", {"Authorization": f"Bearer {TOKEN}"}, TOKEN, False, True),
+        ("203.0.113.5", {"Authorization": f"bearer  {TOKEN} "}, TOKEN, False, True),
+        ("203.0.113.5", {"Authorization": f"Bearer {TOKEN}"}, TOKEN, LOCAL, True),
     ],
 )
 def test_who_may_read_metrics(
-    remote: str | None, headers: dict[str, str], token: str | None, allowed: bool
+    remote: str | None, headers: dict[str, str], token: str | None, loopback: bool, allowed: bool
 ) -> None:
-    assert (metrics_refusal(remote, headers, token) is None) is allowed
+    refusal = metrics_refusal(remote, headers, token, allow_loopback=loopback)
+    assert (refusal is None) is allowed
 
 
 async def test_a_configured_token_is_required_and_enough(
@@ -61,6 +72,7 @@ async def test_a_configured_token_is_required_and_enough(
 
 
 async def test_without_a_token_a_forwarded_request_is_refused(proxy: Any) -> None:
+    assert proxy.app.holder.current.loaded.config.metrics.allow_loopback  # (base_config's)
     reply = await proxy.get("/metrics", headers={"X-Forwarded-For": "203.0.113.5"})
     assert reply.status == 401
     assert (await proxy.get("/metrics")).status == 200  # (the test client is on loopback)
