@@ -25,6 +25,7 @@ from yarl import URL
 from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.config.model import AccessRule, ProxyConfig, TablePolicy
 from proxy.limits.config import LimitSettings
 from proxy.metrics import Metrics, metrics_exposure
 from proxy.policy.blame import PolicyWhere
@@ -132,6 +133,54 @@ KEYS_POLL_INTERVAL = 1.0
 def _exposure(loaded: LoadedConfig) -> str:
     metrics = loaded.config.metrics
     return metrics_exposure(metrics.token_env, metrics.allow_loopback)
+
+
+_CLIENT_WHERE = ("forbid", "validated", "passthrough")
+_ABILITIES = ("anonymous", "subset", "replica_full", "sse", "delete")
+
+
+def widened(old: ProxyConfig, new: ProxyConfig) -> list[str]:
+    """What a rule of `new` certainly admits that the same rule (same table or shape, same
+    name) of `old` did not: more columns, no row filter, fewer `when` claims, more allowed
+    (anonymous, a client where, subset, replica=full, SSE, DELETE); and a deny rule gone.
+    Each item is a widening; not every widening is found (a changed `where`, new rules and
+    tables, unnamed rules are not compared): no item does not mean "not wider"."""
+    out: list[str] = []
+    for kind, olds, news in (
+        ("tables", old.tables, new.tables),
+        ("shapes", old.shapes, new.shapes),
+    ):
+        for name, policy in news.items():
+            before: TablePolicy | None = olds.get(name)
+            if before is None:
+                continue
+            where = f"{kind}.{name}"
+            if any(rule not in policy.deny for rule in before.deny):
+                out.append(f"{where}: a deny rule was removed")
+            rules = {rule.name: rule for rule in before.allow if rule.name is not None}
+            for rule in policy.allow:
+                if rule.name in rules:
+                    said = _rule_widened(rules[rule.name], rule)
+                    out += [f"{where} rule {rule.name!r} {item}" for item in said]
+    return out
+
+
+def _rule_widened(old: AccessRule, new: AccessRule) -> list[str]:
+    out = []
+    if old.columns is not None:
+        if new.columns is None:
+            out.append("shows every column (was " + ", ".join(old.columns) + ")")
+        elif more := [c for c in new.columns if c not in old.columns]:
+            out.append("shows more columns: " + ", ".join(more))
+    if not old.all_rows and new.all_rows:
+        out.append("no longer filters rows")
+    if dropped := [claim for claim in old.when if claim not in new.when]:
+        out.append("no longer requires the claims " + ", ".join(dropped))
+    if _CLIENT_WHERE.index(new.client_where) > _CLIENT_WHERE.index(old.client_where):
+        out.append(f"takes client_where {new.client_where} (was {old.client_where})")
+    out += [f"now allows {name}" for name in _ABILITIES
+            if getattr(new, name) and not getattr(old, name)]  # fmt: skip
+    return out
 
 
 def principal_of(claims: Mapping[str, Any]) -> str:
@@ -328,6 +377,9 @@ class RuntimeHolder:
             logger.warning("server settings changed; they apply only after a restart")
         if loaded.config.metrics != old.metrics:
             logger.info("%s", _exposure(loaded))
+        wider = widened(old, loaded.config)
+        if wider:
+            logger.warning("the reloaded config widens rules: %s", "; ".join(wider))
         self.current = self._build(loaded)
         self.last_error = None
         self._revoked()
