@@ -390,6 +390,7 @@ class ProxyProcess(Process):
             "tables": tables,
             "collapse": collapse,
             "cache": {"max_bytes": cache_bytes},
+            "metrics": {"allow_loopback": True},  # (scenarios read the proxy's /metrics)
             # Scenarios drive many clients from one token: per-principal limits out of the
             # way unless a scenario sets them (S7 measures them).
             "limits": dict(UNLIMITED),

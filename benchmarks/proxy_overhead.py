@@ -208,6 +208,7 @@ def start_processes(
                                            "columns": ["id", "org_id", "title"]}]}},
         # One load generator token stands for many users: per-principal limits out of the way.
         "limits": UNLIMITED,
+        "metrics": {"allow_loopback": True},  # (read below)
     }  # fmt: skip
     ports: dict[str, int] = {}
     env = {**os.environ, "ENGINE_SECRET": ENGINE_SECRET, "BENCH_JWT_SECRET": JWT_SECRET}

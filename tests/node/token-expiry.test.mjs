@@ -24,6 +24,7 @@ const POLICY = {
     { issuer: ISSUER, audience: 'shapegate', algorithms: ['HS256'], leeway: 0, keys: [{ secret_env: 'EXPIRY_JWT_SECRET' }] },
   ],
   upstream: { first_byte_timeout: 40 },
+  metrics: { allow_loopback: true }, // (holdsEnded reads the proxy's /metrics from this host)
   tables: { items: { allow: [{ name: 'member', where: 'grp = {{org_id}}', client_where: 'validated', sse: true }] } },
 }
 
