@@ -522,9 +522,12 @@ class Source:
                 )
             await self.registry.retire_all(reason)
             if state is not SlotState.MISSING:
-                async with await AsyncConnection.connect(
-                    self.dsn, autocommit=True, connect_timeout=5
-                ) as conn:
+                async with (  # (bounded: a silent Postgres; the next stream failure retries)
+                    asyncio.timeout(DROP_WAIT),
+                    await AsyncConnection.connect(
+                        self.dsn, autocommit=True, connect_timeout=5
+                    ) as conn,
+                ):
                     await _drop_slot(conn, slot)
             await ensure_slot(self.dsn, slot)
             # Shapes made while the slot was being replaced may have a snapshot older

@@ -8,6 +8,8 @@ connection, including the walsender, with no extra round trip.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 DISPLAY_SETTINGS = {
@@ -85,6 +87,19 @@ SECRET_PARAMS = (
 )
 
 
+def dbname_may_hold_secret(dsn: str) -> bool:
+    """A URL with an @ after its host (`postgresql://u:2024/Pw@h/d`): a / in the user name or
+    password ended the host, and the database name libpq reads (`Pw@h/d`) holds the secret's
+    tail. Refused on registration (`tenants.dburl`); a source stored before is shown without
+    its database name."""
+    if "://" not in dsn:
+        return False
+    try:
+        return "@" in urlsplit(dsn.strip()).path
+    except ValueError:
+        return True
+
+
 def redact_dsn(dsn: str) -> str:
     """The connection string without its secrets (and `options`), for logs and errors."""
     try:
@@ -93,4 +108,6 @@ def redact_dsn(dsn: str) -> str:
         return "<unparseable connection string>"
     for key in (*SECRET_PARAMS, "options"):
         params.pop(key, None)
+    if dbname_may_hold_secret(dsn):
+        params.pop("dbname", None)
     return make_conninfo("", **{k: str(v) for k, v in params.items() if v is not None})

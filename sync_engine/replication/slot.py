@@ -6,8 +6,8 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
@@ -21,6 +21,11 @@ logger = logging.getLogger(__name__)
 #: Seconds to connect (a server that takes the connection and never answers: stopped, or
 #: behind a partition) before giving up; the caller retries.
 CONNECT_TIMEOUT = 5
+#: Seconds a question about the slot or the WAL may take, its connection included: a
+#: Postgres that stops answering after the connection is made (SIGSTOP, a proxy whose server
+#: went away) held it for as long as that lasted, and what waited on it (the replication
+#: stream's restart, a source's start) with it. TimeoutError then; the callers retry.
+QUERY_TIMEOUT = 30.0
 #: Seconds a slot's creation may wait before the log says what it waits for, then between
 #: two such lines (`_explaining_waits`).
 FIRST_EXPLAIN = 10.0
@@ -47,15 +52,12 @@ async def slot_state(dsn: str, slot: str) -> SlotState:
     this engine's to replace. Taken as missing or replaced, it was dropped from under the
     other engine, whose walsender was terminated and whose shapes were all retired.
     """
-    async with await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-    ) as conn:
-        cur = await conn.execute(
-            "SELECT wal_status, database, current_database()"
-            " FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        )
-        row = await cur.fetchone()
+    row = await _ask(
+        dsn,
+        "SELECT wal_status, database, current_database()"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
     if row is None:
         return SlotState.MISSING
     wal_status, database, current = row
@@ -70,14 +72,11 @@ async def slot_state(dsn: str, slot: str) -> SlotState:
 
 async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:
     """The slot's `confirmed_flush_lsn`: where a new stream starts (None: no such slot)."""
-    async with await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-    ) as conn:
-        cur = await conn.execute(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        )
-        row = await cur.fetchone()
+    row = await _ask(
+        dsn,
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
     if row is None or row[0] is None:
         return None
     return parse_lsn(row[0])
@@ -85,16 +84,29 @@ async def slot_confirmed_lsn(dsn: str, slot: str) -> Lsn | None:
 
 async def wal_end(dsn: str) -> Lsn:
     """Where the server's WAL ends now: what it has written (a standby: replayed)."""
-    async with await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-    ) as conn:
-        cur = await conn.execute(
-            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
-            " ELSE pg_current_wal_lsn() END)::text"
-        )
-        row = await cur.fetchone()
+    row = await _ask(
+        dsn,
+        "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+        " ELSE pg_current_wal_lsn() END)::text",
+    )
     assert row is not None
     return parse_lsn(row[0])
+
+
+async def _ask(dsn: str, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+    """The first row of `query` on a connection of its own, within `QUERY_TIMEOUT`."""
+    try:
+        async with asyncio.timeout(QUERY_TIMEOUT):
+            async with await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
+            ) as conn:
+                cur = await conn.execute(query, params)
+                return await cur.fetchone()
+    except TimeoutError:
+        raise TimeoutError(
+            f"Postgres did not answer a question about the replication slot or WAL within"
+            f" {QUERY_TIMEOUT:g} s"
+        ) from None
 
 
 async def ensure_slot(dsn: str, slot: str) -> bool:
@@ -108,15 +120,12 @@ async def ensure_slot(dsn: str, slot: str) -> bool:
     would silently read the wrong changes. A concurrent creator winning the race counts as
     "exists".
     """
-    async with await psycopg.AsyncConnection.connect(
-        dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT
-    ) as conn:
-        cur = await conn.execute(
-            "SELECT database, plugin, slot_type, current_database()"
-            " FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        )
-        row = await cur.fetchone()
+    row = await _ask(
+        dsn,
+        "SELECT database, plugin, slot_type, current_database()"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
     if row is not None:
         database, plugin, slot_type, current = row
         if slot_type != "logical" or plugin != "pgoutput" or database != current:

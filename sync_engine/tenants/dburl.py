@@ -13,6 +13,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from ..pg.session import SECRET_PARAMS as _SECRET_KEYS
+from ..pg.session import dbname_may_hold_secret
 from .errors import InvalidInput
 
 _SCHEMES = ("postgres", "postgresql")
@@ -73,6 +74,16 @@ def check_database_url(url: object) -> str:
                 "database_url is not a valid URL (more than one @ before the host): an @ in"
                 " the user name or its secret must be percent-encoded, as %40",
             )
+        if "@" in parts.path:
+            # A / in the user name or password ends the host for urlsplit and libpq alike:
+            # `postgresql://u:2024/Pw@h/d` is host `u`, port 2024, database `Pw@h/d`, so the
+            # password's tail was shown as the database name (listing, log, every error).
+            raise InvalidInput(
+                "database_url",
+                "database_url is not a valid URL (an @ after the host): a / ? # @ : or % in"
+                " the user name or its secret must be percent-encoded (/ as %2F), and an @ in"
+                " the database name too (as %40)",
+            )
     elif "=" not in url:
         raise InvalidInput(
             "database_url",
@@ -101,14 +112,34 @@ def check_database_url(url: object) -> str:
     return url
 
 
+#: What a libpq message whose quoted part is hidden (`_clean`) is about, as a hint.
+_HINTS = {
+    'missing "=" after': "a value with a space in it must be in single quotes, as"
+    " password='a b'; a ' or \\ in it escaped with \\",
+    "invalid connection option": "a parameter name libpq does not know: a misspelt name, or"
+    " a word of an unquoted value with a space in it",
+    "invalid percent-encoded token": "a % in a URL starts a two-digit hex escape: write a %"
+    " in the user name or password as %25",
+    "invalid URI query parameter": "a parameter name after ? that libpq does not know",
+    "missing key/value separator": "each parameter after ? is name=value, joined by &",
+}
+
+
 def _clean(exc: Exception, url: str) -> str:
     # libpq quotes the part it could not read, which may be the whole string or a password
     # (`missing "=" after "<a password>"`, `invalid percent-encoded token: "<a password>"`):
-    # never echo it back, unless it is a parameter name.
+    # never echo it back, unless it is a parameter name; say what kind of part it is instead.
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if url in text:
         text = text.replace(f'"{url}"', "the URL").replace(url, "the URL")
-    return re.sub(r'"([^"]*)"', lambda m: m[0] if m[1] in _KEYWORDS or m[1] == "=" else '"…"', text)
+    cleaned = re.sub(
+        r'"([^"]*)"', lambda m: m[0] if m[1] in _KEYWORDS or m[1] == "=" else '"…"', text
+    )
+    if cleaned != text:
+        hint = next((h for key, h in _HINTS.items() if text.startswith(key)), None)
+        if hint is not None:
+            cleaned += f" ({hint})"
+    return cleaned
 
 
 def redact_url(url: str) -> str:
@@ -123,7 +154,9 @@ def redact_url(url: str) -> str:
         params = conninfo_to_dict(url)
     except psycopg.Error:
         params = {}
-    if "://" in url:
+    if dbname_may_hold_secret(url):
+        params.pop("dbname", None)
+    elif "://" in url:
         try:
             shown, masked = _redact_uri(url)
         except ValueError:
@@ -167,7 +200,7 @@ def describe_target(url: str) -> str:
     host = str(p.get("host") or "localhost")
     port = str(p.get("port") or "5432")
     user = str(p.get("user") or "")
-    db = str(p.get("dbname") or user)
+    db = "****" if dbname_may_hold_secret(url) else str(p.get("dbname") or user)
     return f"{user + '@' if user else ''}{host}:{port}/{db}"
 
 
