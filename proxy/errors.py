@@ -6,6 +6,8 @@ machine-readable `code`) and `no-store` caching.
 
     ProxyError                     (status 500; never raised for malformed input)
     ├── BadShapeRequest            400  malformed or ambiguous request
+    │   ├── EngineWords            400  ... the engine refuses in the same words (no `code`)
+    │   └── EngineRefusal          400  ... as the engine's own body
     ├── Unauthenticated            401  missing or invalid token (adds WWW-Authenticate)
     ├── Forbidden                  403  policy denies the shape / origin
     ├── NotFound                   404  unknown path (exact routes only)
@@ -56,6 +58,15 @@ class BadShapeRequest(ProxyError):
     """The request is malformed (repeated parameter, unparsable where, bad column list...)."""
 
     status = 400
+
+
+class EngineWords(BadShapeRequest):
+    """A malformed request the proxy's own check refuses in the words the engine says of the
+    same request (a client's where that does not parse, a `$n` with no param): rendered as
+    the engine renders it, `{"message": "Invalid request", "errors": {<field>: [...]}}`
+    with no `code`, so the client cannot tell who refused it."""
+
+    engine_words = True
 
 
 class EngineRefusal(BadShapeRequest):

@@ -36,6 +36,13 @@ _HTTP_REASONS = {
 def error_body(status: int, reason: str, message: str, field: str | None = None) -> str:
     """Electric's error JSON, plus the proxy's `code`: compact, as the engine (and Electric)
     write theirs (the proxy's had spaces after `:` and `,`, a tell beside the engine's)."""
+    body = _electric_body(status, message, field)
+    body["code"] = reason
+    return orjson.dumps(body).decode()
+
+
+def _electric_body(status: int, message: str, field: str | None) -> dict[str, Any]:
+    """`{"message": ..., "errors": {<field>: [message]}}`, as Electric and the engine say it."""
     body: dict[str, Any] = {"message": message}
     if field is not None:
         errors: dict[str, Any] = {}
@@ -47,8 +54,7 @@ def error_body(status: int, reason: str, message: str, field: str | None = None)
         if status == 400:
             body["message"] = "Invalid request"
         body["errors"] = errors
-    body["code"] = reason
-    return orjson.dumps(body).decode()
+    return body
 
 
 def error_response(
@@ -82,7 +88,7 @@ def render_proxy_error(exc: ProxyError) -> Response:
     if isinstance(exc, EngineRefusal):  # the engine's own words and body
         return engine_response(exc.status, exc.body)
     if exc.engine_words:
-        return engine_response(exc.status, {"message": exc.message})
+        return engine_response(exc.status, _electric_body(exc.status, exc.message, exc.field))
     return error_response(
         exc.status,
         exc.reason,

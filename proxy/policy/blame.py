@@ -12,8 +12,10 @@ answer instead: the location the engine names is a node of the tree the engine p
 engine's own parser, `sync_engine.shapes.where.parse`, is used here on the same text, so the
 locations are the same), and that node lies either in the client's clause or in the policy's
 filter. Only the latter is `blame`d: on the claims bound under that node (a 403
-`claim_unusable`), or on the policy's own text when none is. The client's own errors are
-left to the engine's words (`proxy.policy.sql.remap_where_error`).
+`claim_unusable`) when the refusal is of their values, or on the policy's own text when none
+is bound there or the engine refuses the node whatever they hold (`js = {{s}}` on a jsonb
+column: a 400 `policy_filter_refused`). The client's own errors are left to the engine's
+words (`proxy.policy.sql.remap_where_error`).
 """
 
 from __future__ import annotations
@@ -76,13 +78,37 @@ def blame(message: str, where: PolicyWhere) -> Blame | None:
         for node in walk(part):
             if getattr(node, "location", None) == at:
                 found = True
-                numbers.update(n.number for n in walk(node) if isinstance(n, ast.ParamRef))
+                if _about_values(node, message):
+                    numbers.update(n.number for n in walk(node) if isinstance(n, ast.ParamRef))
     if not found:
         return None
     first = where.client_params + 1
     paths = where.claim_paths
     claims = (paths[n - first] for n in sorted(numbers) if 0 <= n - first < len(paths))
     return Blame(tuple(dict.fromkeys(claims)))
+
+
+#: What the engine says of a node over a column when a VALUE under it is refused (a LIKE
+#: pattern ending in its escape, `{{n}} + i4` overflowing, a cast inside a function).
+_VALUE_WORDS = re.compile(
+    r"invalid input syntax|out of range|malformed array literal|by zero|LIKE pattern|escape"
+)
+
+
+def _about_values(node: ast.Node, message: str) -> bool:
+    """Whether the engine's refusal of `node` is of the values bound under it (a claim that
+    does not fit), not of the filter's own text whatever they hold: the node is a `$n` (or
+    a cast of one), or has no column under it (`100 / {{n}}`, `{{a}} + 1`: the claims are
+    all it is made of), or the engine's words are about a value. `js = {{s}}` on a jsonb
+    column ("JSON operators are not supported (jsonb =)", at the `=`) is the filter's own:
+    no claim would make the engine take it."""
+    while isinstance(node, ast.TypeCast):
+        node = node.arg
+    if isinstance(node, ast.ParamRef):
+        return True
+    if not any(isinstance(n, ast.ColumnRef) for n in walk(node)):
+        return True
+    return _VALUE_WORDS.search(message) is not None
 
 
 def _policy_parts(clause: object, *, combined: bool) -> list[ast.Node] | None:

@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from proxy.config.model import ClaimMatch, Scalar
-from proxy.errors import BadShapeRequest, Forbidden, Unauthenticated
+from proxy.errors import BadShapeRequest, EngineWords, Forbidden, Unauthenticated
 from proxy.limits.config import RuleLimits
 from proxy.policy.blame import PolicyWhere
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
@@ -487,7 +487,7 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
     provided`), said before the enforced params shift the client's numbers."""
     missing = clause.missing_param(given)
     if missing is not None:
-        raise BadShapeRequest("invalid_params", missing, field=field)
+        raise EngineWords("invalid_params", missing, field=field)
 
 
 def _build_where(

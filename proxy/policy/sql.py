@@ -22,7 +22,7 @@ from pglast.enums import A_Expr_Kind, BoolExprType, SortByDir
 from pglast.parser import ParseError, parse_sql_json, scan
 from pglast.stream import RawStream
 
-from proxy.errors import BadShapeRequest, Forbidden, ProxyError
+from proxy.errors import BadShapeRequest, EngineWords, Forbidden, ProxyError
 from proxy.limits.clause import MAX_DEPTH, too_deep_message, tree_depth
 from sync_engine.pg.identifiers import parse_columns, parse_relation
 from sync_engine.shapes.where import check_where_constructs, guarded_and
@@ -267,7 +267,7 @@ def _check_functions(clause: str, what: str) -> None:
     try:
         check_where_constructs(without_collate(clause))
     except WhereError as exc:
-        raise BadShapeRequest("invalid_where", str(exc), field=what.replace(" ", ".")) from None
+        raise EngineWords("invalid_where", str(exc), field=what.replace(" ", ".")) from None
 
 
 def _is_word(token: object) -> bool:
@@ -362,8 +362,7 @@ def check_client_where(
     try:
         stmt = _parse_select(_PREFIX + clause)
     except ValueError as exc:
-        message = _syntax_error(clause, what, f"{what} {exc}")
-        raise BadShapeRequest("invalid_where", message) from None
+        raise _syntax_error(clause, f"{what} {exc}") from None
     where = stmt.whereClause
     _check_depth(where, what)
     refs, calls = _check_tree(where, allowed_columns, what)
@@ -372,7 +371,7 @@ def check_client_where(
     if isinstance(where, ast.A_Const) and where.isnull:
         # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
         # filter it would become a boolean and match nothing, a 200 the engine never gives.
-        raise BadShapeRequest("invalid_where", "WHERE clause must return a boolean")
+        raise EngineWords("invalid_where", "WHERE clause must return a boolean")
     _shift_params(where, param_offset)
     return ClientClause(
         sql=_deparse_where(where, what, clause),
@@ -399,16 +398,18 @@ def _root_location(where: ast.Node) -> int | None:
     return location - len(_PREFIX)
 
 
-def _syntax_error(clause: str, what: str, fallback: str) -> str:
-    """The engine's words for a clause that does not parse (`At location N: syntax error
-    ...`, located as Electric locates it), so a client hears what the engine would say."""
+def _syntax_error(clause: str, fallback: str) -> BadShapeRequest:
+    """The engine's refusal of a clause that does not parse (`At location N: syntax error
+    ...`, located as Electric locates it), in its words and form (no `code`), so a client
+    hears what the engine would say; the proxy's own words if the engine's parser does not
+    refuse it as such."""
     try:
         where_parse.parse_clause(clause)
     except WhereError as exc:
-        return str(exc)
+        return EngineWords("invalid_where", str(exc))
     except Exception:  # (the engine's parser failing otherwise: keep the proxy's words)
-        return fallback
-    return fallback
+        return BadShapeRequest("invalid_where", fallback)
+    return BadShapeRequest("invalid_where", fallback)
 
 
 @dataclass(frozen=True, slots=True)

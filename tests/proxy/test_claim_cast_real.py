@@ -48,10 +48,10 @@ CLIENT_WHERES = ("", "&where=id%20%3E%200", "&where=id%20%3E%20%241&params%5B1%5
 def engine(start_engine: Any) -> EngineProcess:
     columns = ", ".join(f"{name} {pg_type}" for name, (pg_type, _, _) in COLUMNS.items())
     return start_engine(
-        f"CREATE TABLE items (id int PRIMARY KEY, {columns})",
+        f"CREATE TABLE items (id int PRIMARY KEY, {columns}, js jsonb, t text)",
         "INSERT INTO items VALUES (1, 1, 1, '00000000-0000-0000-0000-000000000001', true, "
-        "'2020-01-01', 1.5), (2, 2, 2, '00000000-0000-0000-0000-000000000002', false, "
-        "'2021-01-01', 2.5)",
+        """'2020-01-01', 1.5, '{"a": 1}', 'a1'), (2, 2, 2, """
+        "'00000000-0000-0000-0000-000000000002', false, '2021-01-01', 2.5, '{}', 'b2')",
     )
 
 
@@ -64,6 +64,10 @@ def _config(engine: EngineProcess, idp_server: Any) -> dict[str, Any]:
     allow.append({"name": "pair", "when": {"role": "pair"}, "where": "u = {{u}} AND i4 = {{v}}"})
     allow.append({"name": "cast", "when": {"role": "cast"}, "where": "day < {{v}}::date + 1"})
     allow.append({"name": "gone", "when": {"role": "gone"}, "where": "nope = {{v}}"})
+    # a value refused at an operator over claims only (division by zero at the `/`)
+    allow.append({"name": "div", "when": {"role": "div"}, "where": "i4 < 100 / {{v}}"})
+    # a filter the engine refuses whatever the claim: jsonb has no `=` there
+    allow.append({"name": "doc", "when": {"role": "doc"}, "where": "js = {{v}}"})
     for rule in allow:
         rule["client_where"] = "validated"
     config["tables"]["items"] = {"allow": allow}
@@ -93,6 +97,8 @@ async def test_a_claim_that_does_not_fit_its_column_is_the_proxys_403(
         ("pair", {"u": 1, "v": 1}, "u"),
         ("cast", {"v": "2020-06-01"}, None),
         ("cast", {"v": "soon"}, "v"),
+        ("div", {"v": 50}, None),
+        ("div", {"v": 0}, "v"),
     ]
     for role, claims, refused in cases:
         token = proxy.tokens.make(role=role, **claims)
@@ -110,19 +116,36 @@ async def test_a_claim_that_does_not_fit_its_column_is_the_proxys_403(
     assert not wrong
 
 
+@pytest.mark.parametrize(
+    ("role", "value", "words"),
+    [
+        ("gone", 1, ("nope", "location", "reference", "$")),
+        # (was a 403 claim_unusable blaming 'v': no claim makes the engine take `jsonb =`)
+        ("doc", '{"a": 1}', ("js", "location", "JSON", "$")),
+        ("doc", "x", ("js", "location", "JSON", "$")),
+    ],
+)
 async def test_the_policys_own_refused_text_is_not_shown(
-    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    role: str,
+    value: object,
+    words: tuple[str, ...],
 ) -> None:
-    """A filter naming a column the table lacks: the engine's 'unknown reference nope' at
-    the filter's position is the policy's text, refused whatever the token holds."""
+    """A filter naming a column the table lacks (the engine's 'unknown reference nope' at
+    the filter's position), or comparing a jsonb column with `=` ("JSON operators are not
+    supported (jsonb =)" at the `=`, a claim under it): the policy's text, refused whatever
+    the token holds."""
     proxy = await make_proxy(build_config(_config(engine, idp_server), environ))
-    token = proxy.tokens.make(role="gone", v=1)
+    token = proxy.tokens.make(role=role, v=value)
     for where in CLIENT_WHERES:
         reply = await proxy.get(SHAPE + where, token=token)
-        assert reply.status == 400, where
+        assert reply.status == 400, (where, reply.body)
         assert reply.json()["code"] == "policy_filter_refused"
-        assert "'gone'" in reply.json()["message"]
-        for word in ("nope", "location", "reference", "$"):
+        assert f"{role!r}" in reply.json()["message"]
+        for word in words:
             assert word not in reply.body.decode(), (where, word)
         assert (await proxy.request("HEAD", SHAPE + where, token=token)).status == 400
 
