@@ -74,7 +74,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict sync_engine
-	$(VENV)/bin/mypy sync_engine proxy
+	$(VENV)/bin/mypy sync_engine proxy tests benchmarks
 
 bench: install
 	$(PY) benchmarks/run_all.py

@@ -451,7 +451,7 @@ async def _send_live(
                     return resp.status, resp.headers, raw
 
 
-LIVE_CASES = [
+LIVE_CASES: list[tuple[str, str, dict[str, str]]] = [
     ("GET", "live=true", {}),
     ("GET", "live=true&cursor=5", {}),
     ("GET", "live=true&live_sse=true", {}),
@@ -595,8 +595,8 @@ PIPELINED_TAILS = {
 async def _raw_exchange(base: str, data: bytes) -> list[Any]:
     """`data` in one write to the server at `base`; each answer until it closes, as status,
     JSON body less the proxy's `code` (rows for a shape's), content-type and connection."""
-    url = URL(base)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
+    front = URL(base)
+    reader, writer = await asyncio.open_connection(front.host, front.port)
     try:
         writer.write(data)
         await writer.drain()
@@ -673,8 +673,8 @@ async def _first_answer(base: str, data: bytes, *, head: bool) -> tuple[Any, ...
     """`data` sent to the server at `base`, the connection left open: the first answer's
     status, JSON body (less the proxy's `code`; rows for a shape's) and content-type, read
     within 5 s (("no answer",) by then: the server is waiting for more)."""
-    url = URL(base)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
+    front = URL(base)
+    reader, writer = await asyncio.open_connection(front.host, front.port)
     try:
         writer.write(data)
         await writer.drain()
@@ -1320,8 +1320,8 @@ async def test_a_body_that_does_not_come_in_time_is_refused_with_the_engines_hea
         url = _direct(engine, engine_secret, "/v1/shape?offset=-1")
         status, reference, _ = await _send(session, "GET", url, origin, None)
     assert status == 400
-    url = URL(base)
-    reader, writer = await asyncio.open_connection(url.host, url.port)
+    front = URL(base)
+    reader, writer = await asyncio.open_connection(front.host, front.port)
     try:
         writer.write(
             b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\n"

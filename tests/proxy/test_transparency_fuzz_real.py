@@ -297,7 +297,8 @@ def _request(rng: random.Random, handles: list[str], etags: list[str]) -> dict[s
 def _events(body: bytes) -> Any:
     """An event stream's rows and controls, each once (the proxy's stream may carry on past
     the engine's 1 s one, with more up-to-dates)."""
-    rows, controls = set(), set()
+    rows: set[object] = set()
+    controls: set[str] = set()
     for line in body.decode("utf-8", "replace").splitlines():
         if line.startswith("data:"):
             try:
