@@ -410,11 +410,12 @@ class ShapeView:
             return ChunkFileResponse(file[0], file[1], hdrs, shape)  # `[` + the file + `]`
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
         size = sum(map(len, items)) + len(items) + 1  # (`[`, `]` and the commas between)
-        if size < STREAM_BYTES:
+        if size < STREAM_BYTES and (len(items) != 1 or size < WRITE_BYTES):
             body = b"".join((b"[", b",".join(items), b"]"))
             return _ShapeResponse(shape, body=body, headers=hdrs)
         # Written in pieces, not joined first: the join was a copy of the whole answer
-        # (+200 MB for a 200 MB value) and held the loop while it was made.
+        # (+200 MB for a 200 MB value) and held the loop while it was made. So is one big
+        # item (a fresh snapshot chunk, ~1 MiB, from memory): `[`, it, `]` (`_pieces`).
         return _ShapeResponse(shape, headers=hdrs, pieces=items, size=size)
 
 
@@ -517,7 +518,14 @@ class _ShapeResponse(web.Response):
 
 def _pieces(items: list[bytes]) -> Iterator[bytes | memoryview]:
     """`[`, the items joined by `,`, and `]`, in pieces of about `WRITE_BYTES`: small items
-    joined, a big one in slices of itself (views, not copies)."""
+    joined, a big one in slices of itself (views, not copies). A single item below
+    `STREAM_BYTES` goes whole, as the joined body it would otherwise be part of did (one
+    write; the transport keeps what the socket does not take yet, without a copy)."""
+    if len(items) == 1 and len(items[0]) < STREAM_BYTES:
+        yield b"["
+        yield items[0]
+        yield b"]"
+        return
     out: list[bytes] = [b"["]
     held = 1
     for i, item in enumerate(items):
