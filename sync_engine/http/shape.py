@@ -82,7 +82,7 @@ class ShapeView:
         # `cache-control` by (method, before all, live): a function of the settings only.
         self._cache_control: dict[tuple[str, bool, bool], str] = {}
         # Snapshot chunk files being checked before a send, by (device, inode).
-        self._file_checks: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._file_checks: dict[tuple[int, ...], asyncio.Future[None]] = {}
 
     def _cache_control_of(self, method: str, before_all: bool, live: bool) -> str:
         key = (method, before_all, live)
@@ -262,11 +262,12 @@ class ShapeView:
 
     async def _snapshot_chunk(
         self, request: web.Request, source: Source, shape: Shape, index: int
-    ) -> bytes | tuple[int, int] | None:
+    ) -> bytes | tuple[int, int, int] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
-        A big chunk this process checked before comes as its file (an open descriptor and
-        the size), checked again and sent as it is. While
+        A chunk this process checked before, but a small one just written (in memory), comes
+        as its place: an open descriptor of its file (or of its pack, for a last chunk kept
+        there), the offset and the size, checked again and sent as it is. While
         the chunk does not come, the request asks every `snapshot_quiet` seconds whether
         Postgres answers: a snapshot query sent into a silent database (its table lookup
         was cached, so nothing asked Postgres before) would otherwise hold the request for
@@ -318,26 +319,27 @@ class ShapeView:
         file = shape_log.snapshot_chunk_file(index)
         if file is not None and (fd := open_chunk(file[0])) is not None:
             try:  # checked at every send: see `ShapeLog.check_snapshot_file`
-                await self._check_file(shape_log, index, fd)
+                await self._check_file(shape_log, index, fd, file[1])
             except BaseException:
                 os.close(fd)
                 raise
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
-            return fd, file[1]
+            return fd, file[1], file[2]
         # (not checked by this process yet, or gone: read the checked way; gone is a 409)
         return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
 
-    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int) -> None:
-        """`shape_log.check_snapshot_file` in a worker thread; requests for the same file
-        (device and inode) at the same time share one check (a herd of clients syncing the
-        same table read it once, not once each). A check of this file that started when the
-        chunk before it was sent, and passed, is used instead (`check_ahead`)."""
+    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int, offset: int) -> None:
+        """`shape_log.check_snapshot_file` in a worker thread; requests for the same chunk
+        (device, inode and, in a pack, which holds many shapes' chunks, its offset) at the
+        same time share one check (a herd of clients syncing the same table read it once,
+        not once each). A check of this file that started when the chunk before it was
+        sent, and passed, is used instead (`check_ahead`: chunk files only)."""
         st = os.fstat(fd)
-        if check_ahead.take(st):
+        if not offset and check_ahead.take(st):
             return
         await single_flight(
             self._file_checks,
-            (st.st_dev, st.st_ino),
+            (st.st_dev, st.st_ino, offset) if offset else (st.st_dev, st.st_ino),
             lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd),
         )
 
@@ -376,7 +378,7 @@ class ShapeView:
         up_to_date: bool,
         has_data: bool,
         gls: int,
-        file: tuple[int, int] | None = None,
+        file: tuple[int, int, int] | None = None,
     ) -> web.StreamResponse:
         offset_text = str(end)
         method = request.method
@@ -407,7 +409,8 @@ class ShapeView:
                 os.close(file[0])
             return web.Response(status=304, headers=hdrs)
         if file is not None:
-            return ChunkFileResponse(file[0], file[1], hdrs, shape)  # `[` + the file + `]`
+            fd, at, size = file  # `[` + the file (from `at`) + `]`
+            return ChunkFileResponse(fd, size, hdrs, shape, at)
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
         size = sum(map(len, items)) + len(items) + 1  # (`[`, `]` and the commas between)
         if size < STREAM_BYTES and (len(items) != 1 or size < WRITE_BYTES):
