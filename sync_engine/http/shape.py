@@ -62,6 +62,10 @@ STREAM_BYTES = 1 << 20
 #: About the size of each piece written of such an answer.
 WRITE_BYTES = 256 << 10
 
+#: Parsed query strings of body-less requests kept (`ShapeView._parse`), and the longest kept.
+PARSED_MAX = 1024
+PARSED_KEY_MAX = 2048
+
 #: A DELETE naming a definition and another shape's handle (Electric's words).
 _DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape"
@@ -81,6 +85,8 @@ class ShapeView:
         self.find_source = find_source
         # `cache-control` by (method, before all, live): a function of the settings only.
         self._cache_control: dict[tuple[str, bool, bool], str] = {}
+        # Requests parsed, by raw query string (body-less requests: `_parse`).
+        self._parsed: dict[str, ShapeRequest] = {}
         # Snapshot chunk files being checked before a send, by (device, inode).
         self._file_checks: dict[tuple[int, ...], asyncio.Future[None]] = {}
 
@@ -142,8 +148,7 @@ class ShapeView:
     async def _serve(
         self, request: web.Request, source: Source, body: dict[str, Any] | None
     ) -> web.StreamResponse:
-        check_query_utf8(request.rel_url.raw_query_string)
-        req = parse_shape_request(request.query, body)
+        req = self._parse(request, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
             # Its where and order_by may name any column of the table, as Electric's
@@ -171,6 +176,28 @@ class ShapeView:
             if gone.current_handle is not None:
                 raise
             raise ShapeGone(await _successor(source, req)) from None
+
+    def _parse(self, request: web.Request, body: dict[str, Any] | None) -> ShapeRequest:
+        """The request's parameters, checked (`check_query_utf8`, `parse_shape_request`).
+
+        A body-less request's are a function of its raw query string alone, and clients
+        send the same ones again and again (a herd catching up to the same offset, every
+        client's `offset=-1`, a revalidation): the query strings that parsed are kept
+        (`PARSED_MAX`, the oldest dropped first) and a repeat is not parsed again. One that
+        failed is not kept: it is checked again, and refused the same way."""
+        raw = request.rel_url.raw_query_string
+        if body is None:
+            req = self._parsed.get(raw)
+            if req is not None:
+                return req
+        check_query_utf8(raw)
+        req = parse_shape_request(request.query, body)
+        if body is None and len(raw) <= PARSED_KEY_MAX:
+            parsed = self._parsed
+            if len(parsed) >= PARSED_MAX:
+                del parsed[next(iter(parsed))]
+            parsed[raw] = req
+        return req
 
     async def _serve_log(
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
