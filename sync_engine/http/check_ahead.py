@@ -78,7 +78,7 @@ def take(st: os.stat_result) -> bool:
 
 
 def start(
-    pending: dict[tuple[int, int], asyncio.Future[None]], shape_log: ShapeLog, index: int
+    pending: dict[tuple[int, ...], asyncio.Future[None]], shape_log: ShapeLog, index: int
 ) -> None:
     """Start checking chunk `index` of `shape_log` (the one after the chunk being sent) in a
     worker thread, unless it is not a big written chunk file or enough check-aheads run.
@@ -89,15 +89,15 @@ def start(
     if len(_running) >= MAX_RUNNING or index >= shape_log.snapshot_chunks:
         return
     file = shape_log.snapshot_chunk_file(index)
-    if file is None or file[1] < MIN_BYTES:
-        return
+    if file is None or file[1] or file[2] < MIN_BYTES:
+        return  # (a last chunk in a pack (offset > 0): checked when asked, `_kept` is by file)
     task = asyncio.get_running_loop().create_task(_run(pending, file[0], shape_log, index))
     _running.add(task)
     task.add_done_callback(_running.discard)
 
 
 async def _run(
-    pending: dict[tuple[int, int], asyncio.Future[None]],
+    pending: dict[tuple[int, ...], asyncio.Future[None]],
     path: str,
     shape_log: ShapeLog,
     index: int,

@@ -43,8 +43,9 @@ def open_chunk(path: str) -> int | None:
 
 
 class ChunkFileResponse(web.StreamResponse):
-    """200 with body `[` + `size` bytes of the open file `fd` + `]`; closes `fd`. Its shape
-    counts as in use (`Shape.sending`) while the body is sent."""
+    """200 with body `[` + `size` bytes of the open file `fd` from `offset` + `]` (a chunk
+    file, or a last chunk's region of its pack); closes `fd`. Its shape counts as in use
+    (`Shape.sending`) while the body is sent."""
 
     # The head waits for the body's first write (`[`) and goes out with it, in one `write`
     # (as `web.Response`'s does): a StreamResponse sends its head at `prepare`, a small
@@ -52,13 +53,16 @@ class ChunkFileResponse(web.StreamResponse):
     # client. (A HEAD's head is sent at `write_eof`, as a Response's.)
     _send_headers_immediately = False
 
-    def __init__(self, fd: int, size: int, headers: Mapping[str, str], shape: Shape) -> None:
+    def __init__(
+        self, fd: int, size: int, headers: Mapping[str, str], shape: Shape, offset: int = 0
+    ) -> None:
         super().__init__(status=200, headers=headers)
         self._shape = shape
         self.content_type = "application/json"
         self.charset = "utf-8"
         self.content_length = size + 2
         self._size = size
+        self._offset = offset
         self._close_fd = weakref.finalize(self, os.close, fd)  # also if never prepared
         self._fd = fd
 
@@ -84,12 +88,12 @@ class ChunkFileResponse(web.StreamResponse):
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if transport is None or sock is None or transport.get_extra_info("sslcontext"):
-            await self.write(await asyncio.to_thread(_read, self._fd, self._size))
+            await self.write(await asyncio.to_thread(_read, self._fd, self._size, self._offset))
         else:
             await _flushed(transport, writer)
             out = os.dup(sock.fileno())
             try:
-                await _sendfile(out, self._fd, self._size)
+                await _sendfile(out, self._fd, self._size, self._offset)
             except BaseException:
                 transport.abort()  # the body is short of its length: end the connection
                 raise
@@ -98,8 +102,8 @@ class ChunkFileResponse(web.StreamResponse):
         await self.write(b"]")
 
 
-def _read(fd: int, size: int) -> bytes:
-    data = os.pread(fd, size, 0)
+def _read(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
     if len(data) != size:
         raise ConnectionResetError(f"chunk file shorter than its {size} bytes")
     return data
@@ -123,15 +127,15 @@ async def _flushed(transport: asyncio.Transport, writer: AbstractStreamWriter) -
         transport.set_write_buffer_limits(high, low)
 
 
-async def _sendfile(out: int, fd: int, size: int) -> None:
-    """Send `size` bytes of the file `fd` to the socket `out`, waiting for it to take more
-    (`_Writable`: one registration with the loop for the whole send)."""
+async def _sendfile(out: int, fd: int, size: int, start: int = 0) -> None:
+    """Send `size` bytes of the file `fd` from `start` to the socket `out`, waiting for it to
+    take more (`_Writable`: one registration with the loop for the whole send)."""
     offset = 0
     writable: _Writable | None = None
     try:
         while offset < size:
             try:
-                sent = os.sendfile(out, fd, offset, size - offset)
+                sent = os.sendfile(out, fd, start + offset, size - offset)
             except BlockingIOError:
                 if writable is None:
                     writable = _Writable(asyncio.get_running_loop(), out)

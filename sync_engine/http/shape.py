@@ -62,6 +62,10 @@ STREAM_BYTES = 1 << 20
 #: About the size of each piece written of such an answer.
 WRITE_BYTES = 256 << 10
 
+#: Parsed query strings of body-less requests kept (`ShapeView._parse`), and the longest kept.
+PARSED_MAX = 1024
+PARSED_KEY_MAX = 2048
+
 #: A DELETE naming a definition and another shape's handle (Electric's words).
 _DEFINITION_MISMATCH = (
     "The specified shape definition and handle do not match. Please ensure the shape"
@@ -81,8 +85,10 @@ class ShapeView:
         self.find_source = find_source
         # `cache-control` by (method, before all, live): a function of the settings only.
         self._cache_control: dict[tuple[str, bool, bool], str] = {}
+        # Requests parsed, by raw query string (body-less requests: `_parse`).
+        self._parsed: dict[str, ShapeRequest] = {}
         # Snapshot chunk files being checked before a send, by (device, inode).
-        self._file_checks: dict[tuple[int, int], asyncio.Future[None]] = {}
+        self._file_checks: dict[tuple[int, ...], asyncio.Future[None]] = {}
 
     def _cache_control_of(self, method: str, before_all: bool, live: bool) -> str:
         key = (method, before_all, live)
@@ -142,8 +148,7 @@ class ShapeView:
     async def _serve(
         self, request: web.Request, source: Source, body: dict[str, Any] | None
     ) -> web.StreamResponse:
-        check_query_utf8(request.rel_url.raw_query_string)
-        req = parse_shape_request(request.query, body)
+        req = self._parse(request, body)
         if req.subset is not None:
             # Check the subset before anything is created, as a bad one must change nothing.
             # Its where and order_by may name any column of the table, as Electric's
@@ -172,6 +177,28 @@ class ShapeView:
                 raise
             raise ShapeGone(await _successor(source, req)) from None
 
+    def _parse(self, request: web.Request, body: dict[str, Any] | None) -> ShapeRequest:
+        """The request's parameters, checked (`check_query_utf8`, `parse_shape_request`).
+
+        A body-less request's are a function of its raw query string alone, and clients
+        send the same ones again and again (a herd catching up to the same offset, every
+        client's `offset=-1`, a revalidation): the query strings that parsed are kept
+        (`PARSED_MAX`, the oldest dropped first) and a repeat is not parsed again. One that
+        failed is not kept: it is checked again, and refused the same way."""
+        raw = request.rel_url.raw_query_string
+        if body is None:
+            req = self._parsed.get(raw)
+            if req is not None:
+                return req
+        check_query_utf8(raw)
+        req = parse_shape_request(request.query, body)
+        if body is None and len(raw) <= PARSED_KEY_MAX:
+            parsed = self._parsed
+            if len(parsed) >= PARSED_MAX:
+                del parsed[next(iter(parsed))]
+            parsed[raw] = req
+        return req
+
     async def _serve_log(
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest
     ) -> web.StreamResponse:
@@ -194,8 +221,8 @@ class ShapeView:
         offset = req.offset
         if offset.is_before_all or (offset.is_virtual and not offset.is_snapshot_end):
             index = 0 if offset.is_before_all else offset.op + 1
-            chunk = await self._snapshot_chunk(request, source, shape, index)
-            if chunk is not None:
+            chunk = await self._snapshot_chunk(request, source, shape, req, index)
+            if chunk is not None:  # (b"" for a chunk the client has: a 304, see there)
                 return self._respond(
                     request,
                     shape,
@@ -261,17 +288,24 @@ class ShapeView:
         )
 
     async def _snapshot_chunk(
-        self, request: web.Request, source: Source, shape: Shape, index: int
-    ) -> bytes | tuple[int, int] | None:
+        self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest, index: int
+    ) -> bytes | tuple[int, int, int] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
-        A big chunk this process checked before comes as its file (an open descriptor and
-        the size), checked again and sent as it is. While
+        A chunk this process checked before, but a small one just written (in memory), comes
+        as its place: an open descriptor of its file (or of its pack, for a last chunk kept
+        there), the offset and the size, checked again and sent as it is. While
         the chunk does not come, the request asks every `snapshot_quiet` seconds whether
         Postgres answers: a snapshot query sent into a silent database (its table lookup
         was cached, so nothing asked Postgres before) would otherwise hold the request for
         all of `SNAPSHOT_WAIT`, past every client's patience. A slow query on a live
         database (a big table, a lock in the way) is waited for, while its client is there.
+
+        A written chunk the client already has (its If-None-Match names the answer's ETag,
+        which depends only on the handle and the offsets) is not read nor checked: b"", and
+        `_respond` answers 304 as it would have after reading it. No byte of the chunk is
+        sent, so there is nothing to check; opening and checking it (a worker-thread hop and
+        a crc32 of up to 10 MiB) was most of such a revalidation's cost.
         """
         shape_log = shape.log
 
@@ -311,6 +345,15 @@ class ShapeView:
         source.check_open()  # paused while it waited
         if index >= shape_log.snapshot_chunks:
             return None
+        if (
+            not shape.rotated
+            and request.method in ("GET", "HEAD")
+            and h.if_none_match_hits(
+                request.headers.get("if-none-match"),
+                h.etag(shape.handle, str(req.offset), str(snapshot_chunk_offset(index)), False),
+            )
+        ):
+            return b""  # (the same test as `_respond`'s, which answers 304)
         fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
@@ -318,26 +361,27 @@ class ShapeView:
         file = shape_log.snapshot_chunk_file(index)
         if file is not None and (fd := open_chunk(file[0])) is not None:
             try:  # checked at every send: see `ShapeLog.check_snapshot_file`
-                await self._check_file(shape_log, index, fd)
+                await self._check_file(shape_log, index, fd, file[1])
             except BaseException:
                 os.close(fd)
                 raise
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
-            return fd, file[1]
+            return fd, file[1], file[2]
         # (not checked by this process yet, or gone: read the checked way; gone is a 409)
         return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
 
-    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int) -> None:
-        """`shape_log.check_snapshot_file` in a worker thread; requests for the same file
-        (device and inode) at the same time share one check (a herd of clients syncing the
-        same table read it once, not once each). A check of this file that started when the
-        chunk before it was sent, and passed, is used instead (`check_ahead`)."""
+    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int, offset: int) -> None:
+        """`shape_log.check_snapshot_file` in a worker thread; requests for the same chunk
+        (device, inode and, in a pack, which holds many shapes' chunks, its offset) at the
+        same time share one check (a herd of clients syncing the same table read it once,
+        not once each). A check of this file that started when the chunk before it was
+        sent, and passed, is used instead (`check_ahead`: chunk files only)."""
         st = os.fstat(fd)
-        if check_ahead.take(st):
+        if not offset and check_ahead.take(st):
             return
         await single_flight(
             self._file_checks,
-            (st.st_dev, st.st_ino),
+            (st.st_dev, st.st_ino, offset) if offset else (st.st_dev, st.st_ino),
             lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd),
         )
 
@@ -376,7 +420,7 @@ class ShapeView:
         up_to_date: bool,
         has_data: bool,
         gls: int,
-        file: tuple[int, int] | None = None,
+        file: tuple[int, int, int] | None = None,
     ) -> web.StreamResponse:
         offset_text = str(end)
         method = request.method
@@ -407,14 +451,16 @@ class ShapeView:
                 os.close(file[0])
             return web.Response(status=304, headers=hdrs)
         if file is not None:
-            return ChunkFileResponse(file[0], file[1], hdrs, shape)  # `[` + the file + `]`
+            fd, at, size = file  # `[` + the file (from `at`) + `]`
+            return ChunkFileResponse(fd, size, hdrs, shape, at)
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
         size = sum(map(len, items)) + len(items) + 1  # (`[`, `]` and the commas between)
-        if size < STREAM_BYTES:
+        if size < STREAM_BYTES and (len(items) != 1 or size < WRITE_BYTES):
             body = b"".join((b"[", b",".join(items), b"]"))
             return _ShapeResponse(shape, body=body, headers=hdrs)
         # Written in pieces, not joined first: the join was a copy of the whole answer
-        # (+200 MB for a 200 MB value) and held the loop while it was made.
+        # (+200 MB for a 200 MB value) and held the loop while it was made. So is one big
+        # item (a fresh snapshot chunk, ~1 MiB, from memory): `[`, it, `]` (`_pieces`).
         return _ShapeResponse(shape, headers=hdrs, pieces=items, size=size)
 
 
@@ -517,7 +563,14 @@ class _ShapeResponse(web.Response):
 
 def _pieces(items: list[bytes]) -> Iterator[bytes | memoryview]:
     """`[`, the items joined by `,`, and `]`, in pieces of about `WRITE_BYTES`: small items
-    joined, a big one in slices of itself (views, not copies)."""
+    joined, a big one in slices of itself (views, not copies). A single item below
+    `STREAM_BYTES` goes whole, as the joined body it would otherwise be part of did (one
+    write; the transport keeps what the socket does not take yet, without a copy)."""
+    if len(items) == 1 and len(items[0]) < STREAM_BYTES:
+        yield b"["
+        yield items[0]
+        yield b"]"
+        return
     out: list[bytes] = [b"["]
     held = 1
     for i, item in enumerate(items):

@@ -175,16 +175,16 @@ def _identity(fd: int) -> _Identity:
 CRC_PIECE = 256 << 10
 
 
-def _file_crc(fd: int, size: int) -> int | None:
-    """crc32 of the first `size` bytes of the file `fd`, read a piece at a time (no copy of
-    a whole chunk in memory; not a mapping, whose pages past a concurrent truncation would
-    kill the process with SIGBUS); None when the file is shorter. (A buffer per call: the
-    checks run in worker threads.)"""
+def _file_crc(fd: int, size: int, start: int = 0) -> int | None:
+    """crc32 of the `size` bytes of the file `fd` from `start`, read a piece at a time (no
+    copy of a whole chunk in memory; not a mapping, whose pages past a concurrent truncation
+    would kill the process with SIGBUS); None when the file is shorter. (A buffer per call:
+    the checks run in worker threads.)"""
     crc = 0
     done = 0
     view = memoryview(bytearray(min(CRC_PIECE, size)))
     while done < size:
-        n = os.preadv(fd, [view[: min(CRC_PIECE, size - done)]], done)
+        n = os.preadv(fd, [view[: min(CRC_PIECE, size - done)]], start + done)
         if not n:
             return None
         crc = crc32(view[:n], crc)
@@ -634,19 +634,24 @@ class ShapeLog:
         self._checked[index] = read
         return data
 
-    def snapshot_chunk_file(self, index: int) -> tuple[str, int] | None:
-        """The path and size of chunk `index` if its file was written or checked by this
-        process, for sending it as it is (`http/sendfile.py`, after `check_snapshot_file`);
-        else None: read it with `read_snapshot_chunk`, which checks it (then this gives the
-        file)."""
-        if index not in self._checked or index == self._inline_index():
+    def snapshot_chunk_file(self, index: int) -> tuple[str, int, int] | None:
+        """Where chunk `index` lies, `(path, offset, size)`, if this process wrote or read
+        and checked it, for sending it as it is (`http/sendfile.py`, after
+        `check_snapshot_file`): its own file (offset 0), or the region of its pack for a last
+        chunk kept there. Else None: read it with `read_snapshot_chunk`, which checks it
+        (then this gives its place)."""
+        if index not in self._checked:
             return None
-        return self._snapshot_name(index), self._snapshot_sums[index][0]
+        packed = self.packed
+        if packed is not None and index == self._inline_index():
+            return packed.pack.path, packed.offset, packed.size
+        return self._snapshot_name(index), 0, self._snapshot_sums[index][0]
 
     def check_snapshot_file(self, index: int, fd: int) -> None:
-        """Check `fd`, chunk `index`'s file opened to be sent as it is, against the size and
-        crc32 it was written with; raises `LogDamaged` (the shape is retired: a 409) when
-        it does not match. In a worker thread.
+        """Check `fd`, opened to send chunk `index` as it is (its file, or its pack for a last
+        chunk kept there: the chunk's region of it), against the size and crc32 it was
+        written with; raises `LogDamaged` (the shape is retired: a 409) when it does not
+        match. In a worker thread.
 
         Every send, not once per process: damage that keeps the file's times (a bad disk or
         controller, a write below the filesystem) was sent to every client after the first
@@ -654,12 +659,19 @@ class ShapeLog:
         for a cached 10 MiB chunk (ISA-L's crc32 and the reads); what that costs a warm
         sync is in the commit that made it."""
         expected = self._snapshot_sums.get(index)
-        path = self._snapshot_name(index)
+        packed = self.packed
+        if packed is not None and index == self._inline_index():
+            path, start = packed.pack.path, packed.offset  # (a pack grows: R, L records)
+        else:
+            path, start = self._snapshot_name(index), 0
         if expected is None:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         try:
             size = os.fstat(fd).st_size
-            crc = _file_crc(fd, size) if size == expected[0] else None
+            if start:
+                crc = _file_crc(fd, expected[0], start) if size >= start + expected[0] else None
+            else:
+                crc = _file_crc(fd, size) if size == expected[0] else None
         except OSError as exc:
             if (busy := _read_failed(path, exc)) is not None:
                 raise busy from None

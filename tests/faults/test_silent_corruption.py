@@ -149,3 +149,58 @@ async def test_a_chunk_damaged_under_its_file_times_is_a_409_not_its_rows(
     finally:
         engine.stop()
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+@pytest.mark.timeout(120)
+async def test_a_last_chunk_damaged_in_its_pack_is_a_409_not_its_rows(
+    cluster: FaultCluster, tmp_path: Path
+) -> None:
+    """The same damage, to a small snapshot's only chunk, kept in its pack (`packs.py`):
+    the engine sends it from the pack's region as it sends a chunk file (checked, then
+    `os.sendfile` at its offset), and the check must cover that region: a 409, never the
+    changed row."""
+    image, mnt = tmp_path / "disk.img", tmp_path / "data"
+    mnt.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-b", str(BLOCK), "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    engine = EngineProcess(cluster.url, mnt, "--long-poll-timeout", "2")
+    engine.log = tmp_path / "engine.log"
+    url = engine.url + "/v1/shape?table=items&offset=-1"
+    try:
+        await asyncio.to_thread(engine.start)
+        status, headers, first = _get(url)
+        assert status == 200 and len(_values(first)) == 20
+        handle = headers["electric-handle"].encode()
+        await wait_until_async(
+            lambda: any(handle in p.read_bytes() for p in mnt.rglob("*.pack")),
+            message="the snapshot packed",
+        )
+        (pack,) = [p for p in mnt.rglob("*.pack") if handle in p.read_bytes()]
+        assert first[1:-1] in pack.read_bytes(), "the chunk is not kept in the pack"
+        assert not list(mnt.rglob("*.snapshot.*.json")), "the chunk has a file of its own"
+        # started again: the chunk is no longer in memory, read and checked once, then sent
+        # from its pack's region
+        engine.stop()
+        await asyncio.to_thread(engine.start)
+        for _ in range(2):
+            status, headers, body = _get(url)
+            assert (status, body) == (200, first)
+        assert headers["electric-handle"].encode() == handle
+        before = os.stat(pack)
+        _damage_below_the_filesystem(image, pack, b'"v":"0"', b'"v":"7"')
+        after = os.stat(pack)
+        assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns
+        )  # fmt: skip
+
+        status, headers, body = _get(url)
+        changed = sorted(k for k, v in _values(body).items() if v["v"] != "0")
+        assert status == 409, f"the damaged chunk was sent: {changed}"
+        status, headers, again = _get(url)
+        assert status == 200 and headers["electric-handle"].encode() != handle
+        assert len(_values(again)) == 20 and {v["v"] for v in _values(again).values()} == {"0"}
+    finally:
+        engine.stop()
+        subprocess.run(["umount", str(mnt)], check=False)

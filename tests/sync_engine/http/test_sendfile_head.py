@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 from asyncio import selector_events
 from pathlib import Path
@@ -83,3 +84,36 @@ async def test_the_head_and_the_opening_bracket_go_out_in_one_write(
     assert answer == head + data + b"]"
     assert f"Content-Length: {len(data) + 2}\r\n".encode() in head
     assert head_only == head[:-1]  # the same head, no body
+
+
+async def test_a_region_of_a_file_is_sent_from_its_offset(tmp_path: Path) -> None:
+    """A last snapshot chunk kept in its pack is sent as a region of the pack: `[`, exactly
+    its bytes, `]` (GET over the kernel's sendfile), and a HEAD has the same head."""
+    region = b'{"a":1},' * 30_000 + b'{"a":2}'
+    path = tmp_path / "pack"
+    path.write_bytes(b"before" * 1000 + region + b"after" * 1000)
+    at = 6000
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        fd = os.open(path, os.O_RDONLY)
+        shape: Any = _Shape()
+        return ChunkFileResponse(fd, len(region), {"electric-offset": "0_0"}, shape, at)
+
+    app = web.Application()
+    app.router.add_route("*", "/chunk", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        get = b"GET /chunk HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        answer = await asyncio.to_thread(_exchange, port, get, 1 << 30)
+        head_only = await asyncio.to_thread(_exchange, port, b"HEAD" + get[3:], 1 << 30)
+    finally:
+        await runner.cleanup()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert body == b"[" + region + b"]"
+    assert f"Content-Length: {len(region) + 2}\r\n".encode() in head + b"\r\n"
+    undated = re.compile(rb"\r\nDate: [^\r]*")  # (the two may straddle a second)
+    assert undated.sub(b"", head_only) == undated.sub(b"", head + b"\r\n\r\n")

@@ -120,8 +120,8 @@ class _FakeLog:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def snapshot_chunk_file(self, index: int) -> tuple[str, int]:
-        return self.path, check_ahead.MIN_BYTES
+    def snapshot_chunk_file(self, index: int) -> tuple[str, int, int]:
+        return self.path, 0, check_ahead.MIN_BYTES
 
     def check_snapshot_file(self, index: int, fd: int) -> None:
         pass
