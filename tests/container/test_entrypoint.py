@@ -40,6 +40,7 @@ PROXY_CONFIG = """\
 server:
   host: 127.0.0.1
   port: 8080
+  reload_interval: 3600
 upstream:
   url: http://127.0.0.1:{engine_port}
   secret_env: ENGINE_SECRET
@@ -296,3 +297,43 @@ def test_dockerfile_runs_as_non_root_with_healthcheck_and_exposed_proxy_port() -
     assert "pip install" in text
     # The entrypoint is what the image runs; it must stay executable.
     assert os.access(ENTRYPOINT, os.X_OK)
+
+
+def test_sighup_reloads_the_proxys_policy_and_keeps_both_running(
+    start_container: Callable[..., Container], tmp_path: Path
+) -> None:
+    """`docker kill -s HUP` reaches PID 1, the entrypoint: it must ask the proxy to reload
+    (as PID 1 it would otherwise ignore the signal), and must not take it for a child's end."""
+    c = start_container()
+    c.wait_ready()
+    children = _children(c.proc.pid)
+    url = c.proxy + "/v1/shape?table=items&offset=-1"
+    status, _, body = _get(url, c.token())
+    assert status == 200 and b'"title"' in body, body
+
+    # A narrower policy, written in place. PROXY_CONFIG polls the file only every hour: only
+    # SIGHUP can load it within the test.
+    config = tmp_path / f"proxy-{c.engine_port}.yaml"
+    narrowed = config.read_text().replace(
+        "        all_rows: true\n", "        all_rows: true\n        columns: [id]\n", 1
+    )
+    assert "columns: [id]" in narrowed and "reload_interval: 3600" in narrowed
+    config.write_text(narrowed)
+    c.proc.send_signal(signal.SIGHUP)
+
+    deadline = time.monotonic() + 20
+    while True:
+        status, _, body = _get(url, c.token())
+        if status == 200 and b'"title"' not in body:
+            break
+        assert time.monotonic() < deadline, (status, body, c.output())
+        time.sleep(0.2)
+    assert sorted((m["value"] for m in json.loads(body) if "value" in m), key=str) == [
+        {"id": "1"}, {"id": "2"}, {"id": "3"},
+    ]  # fmt: skip
+    assert c.proc.poll() is None, c.output()
+    assert _children(c.proc.pid) == children
+    assert "SIGHUP received" in c.output()
+
+    c.proc.send_signal(signal.SIGTERM)
+    assert c.proc.wait(30) == 0, c.output()
