@@ -9,6 +9,7 @@ logs or the process list, SIGTERM stops everything, and a dead engine takes the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -199,6 +200,7 @@ def start_container(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Conta
         proc = subprocess.Popen(
             [str(ENTRYPOINT)], env=env, cwd=tmp_path,
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
+            start_new_session=True,  # (its own group: teardown ends what it started)
         )  # fmt: skip
         c = Container(proc, log, engine_port, proxy_port, engine_secret, jwt_secret)
         started.append(c)
@@ -206,11 +208,11 @@ def start_container(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Conta
 
     yield start
     for c in started:
-        if c.proc.poll() is None:
-            for pid in _children(c.proc.pid):
-                os.kill(pid, signal.SIGKILL)
-            c.proc.kill()
-            c.proc.wait()
+        # The whole group, also when the entrypoint itself is gone (a test that failed may
+        # leave its engine and proxy behind otherwise).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(c.proc.pid, signal.SIGKILL)
+        c.proc.wait()
 
 
 def test_signed_request_through_proxy_reaches_engine_on_loopback_only(
