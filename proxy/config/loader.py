@@ -8,6 +8,7 @@ what a failure means: exit at start-up, keep the last good config on reload.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -22,8 +23,17 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 from pydantic import SecretStr, ValidationError
 
-from proxy.config.model import HMAC_ALGORITHMS, IssuerConfig, ProxyConfig, StaticKey, YamlWord
+from proxy.config.model import (
+    HMAC_ALGORITHMS,
+    IssuerConfig,
+    ProxyConfig,
+    StaticKey,
+    TablePolicy,
+    YamlWord,
+)
 from proxy.policy.compiled import CompiledPolicy, compile_policy
+
+logger = logging.getLogger(__name__)
 
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -183,6 +193,8 @@ def build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    for warning in shadowed_rules(config):
+        logger.warning("%s: %s", source, warning)
     return LoadedConfig(
         config=config,
         policy=policy,
@@ -191,6 +203,29 @@ def build_config(
         source=source,
         metrics_token=metrics_token,
     )
+
+
+def _rule_label(policy: TablePolicy, index: int) -> str:
+    name = policy.allow[index].name
+    return f"rule {name!r} (allow.{index})" if name else f"rule allow.{index}"
+
+
+def shadowed_rules(config: ProxyConfig) -> list[str]:
+    """An allow rule after one that matches every request it would can never apply (rules
+    are first-match): the operator's grant silently does nothing. The config errs safe
+    (the earlier rule serves), so it loads; this says which rule, where and why. Only
+    certain cases are named (`model.covers`): no warning does not mean every rule applies."""
+    out = []
+    for kind, policies in (("tables", config.tables), ("shapes", config.shapes)):
+        for name, policy in policies.items():
+            for later, earlier in policy.shadowed():
+                first = _rule_label(policy, earlier)
+                out.append(
+                    f"{kind}.{name}: allow {_rule_label(policy, later)} can never apply: "
+                    f"{first} comes before it and matches every request it would (the first "
+                    f"matching rule serves); move it before {first} or narrow that rule's when"
+                )
+    return out
 
 
 def load_config(

@@ -361,11 +361,44 @@ class AccessRule(_Model):
         return self
 
 
+def _claim_values(match: ClaimMatch) -> set[tuple[bool, Scalar]]:
+    """A condition's accepted values, booleans kept apart from numbers (`True == 1` in
+    Python, but an allow condition `true` never matches the claim 1)."""
+    return {(isinstance(v, bool), v) for v in (match if isinstance(match, list) else [match])}
+
+
+def covers(earlier: AccessRule, later: AccessRule) -> bool:
+    """`earlier` certainly matches every request `later` matches, so under first-match
+    (`proxy.policy.evaluate._select_rule`) `later` can never apply. Deny rules are checked
+    before any allow rule and so do not change which allow rule is first.
+
+    Only what is certain: `later` serves requests without a token only if `earlier` does
+    too, and each of `earlier`'s conditions is one of `later`'s on the same claim path with
+    no value `earlier` does not accept. Anything else (another spelling of the path, values
+    that could match the same claims) is taken as not covered."""
+    if later.anonymous and not earlier.anonymous:
+        return False
+    for path, wanted in earlier.when.items():
+        if path not in later.when or not _claim_values(later.when[path]) <= _claim_values(wanted):
+            return False
+    return True
+
+
 class TablePolicy(_Model):
     """Rules for one table. No matching allow rule means denied."""
 
     allow: list[AccessRule] = Field(min_length=1)
     deny: list[DenyRule] = Field(default_factory=list)
+
+    def shadowed(self) -> list[tuple[int, int]]:
+        """(index of an allow rule that can never apply, index of the first earlier rule
+        that matches every request it would: `covers`)."""
+        out = []
+        for j, later in enumerate(self.allow):
+            first = next((i for i in range(j) if covers(self.allow[i], later)), None)
+            if first is not None:
+                out.append((j, first))
+        return out
 
 
 class NamedShape(TablePolicy):
