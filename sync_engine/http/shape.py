@@ -345,15 +345,10 @@ class ShapeView:
         source.check_open()  # paused while it waited
         if index >= shape_log.snapshot_chunks:
             return None
-        if (
-            not shape.rotated
-            and request.method in ("GET", "HEAD")
-            and h.if_none_match_hits(
-                request.headers.get("if-none-match"),
-                h.etag(shape.handle, str(req.offset), str(snapshot_chunk_offset(index)), False),
-            )
+        if not shape.rotated and _client_has(
+            request, _etag(shape, req, str(snapshot_chunk_offset(index)), has_data=True)
         ):
-            return b""  # (the same test as `_respond`'s, which answers 304)
+            return b""  # (`_respond` makes the same test, and answers 304)
         fresh = shape_log.fresh_snapshot_chunk(index)
         if fresh is not None:
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
@@ -441,12 +436,8 @@ class ShapeView:
             shape.caught_up_at = time.monotonic()
         else:  # (a client is paging through it: `ShapeRegistry.left` keeps it a while)
             shape.paged_at = time.monotonic()
-        request_offset = "now" if req.offset is None else str(req.offset)
-        tag = h.etag(shape.handle, request_offset, offset_text, no_change=not has_data)
-        hdrs["etag"] = tag
-        if method in ("GET", "HEAD") and h.if_none_match_hits(
-            request.headers.get("if-none-match"), tag
-        ):
+        tag = hdrs["etag"] = _etag(shape, req, offset_text, has_data=has_data)
+        if _client_has(request, tag):
             if file is not None:
                 os.close(file[0])
             return web.Response(status=304, headers=hdrs)
@@ -623,6 +614,20 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
             raise BadBody("Request body too large", 413)
         pieces.append(piece)
     return parse_json_body(b"".join(pieces))
+
+
+def _etag(shape: Shape, req: ShapeRequest, end: str, *, has_data: bool) -> str:
+    """The ETag of the answer to `req` that ends at `end`: a function of the handle and the
+    offsets alone, so a revalidation can be told before the answer is read."""
+    request_offset = "now" if req.offset is None else str(req.offset)
+    return h.etag(shape.handle, request_offset, end, no_change=not has_data)
+
+
+def _client_has(request: web.Request, tag: str) -> bool:
+    """Whether the request revalidates the answer tagged `tag` (a 304 for it)."""
+    return request.method in ("GET", "HEAD") and h.if_none_match_hits(
+        request.headers.get("if-none-match"), tag
+    )
 
 
 async def _read(
