@@ -22,17 +22,12 @@ from pathlib import Path
 
 import psycopg
 from _common import Postgres, machine
+from _shapes import LOG_LIMIT, equality_shapes, replicator
 
 from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import TableInfo, load_table
-from sync_engine.pg.xid_snapshot import XidSnapshot
-from sync_engine.replication.replicator import Replicator
 from sync_engine.replication.slot import ensure_slot
 from sync_engine.replication.stream import XLOGDATA_HEADER, ReplicationStream
-from sync_engine.shapes.registry import ShapeRegistry
-from sync_engine.shapes.router import ShapeRouter
-from sync_engine.shapes.shape import Shape, ShapeDefinition, ShapeHandle
-from sync_engine.shapes.where import parse_where
 
 CHANGES = 20_000
 COMMIT, RELATION = ord("C"), ord("R")
@@ -58,32 +53,8 @@ async def capture(url: str, user_ids: list[int]) -> list[bytes]:
 
 
 async def run(payloads: list[bytes], table: TableInfo, n_shapes: int, data: Path) -> float:
-    router = ShapeRouter()
-    registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
-    (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
-    snap = XidSnapshot(0, 1, frozenset())  # every WAL transaction is after it
-    for k in range(n_shapes):
-        definition = ShapeDefinition(
-            table_oid=table.oid,
-            schema="public",
-            table="events",
-            where=f"user_id = {k}",
-            columns=("id", "payload", "user_id"),
-        )
-        log = ShapeLog(data / "shapes" / str(k), 10 * 1024 * 1024)
-        if k == 0:
-            log.create()
-        shape = Shape(
-            handle=ShapeHandle(str(k)),
-            definition=definition,
-            table=table,
-            where=parse_where(definition.where or "", {}, table.column_map),
-            columns=table.columns,
-            log=log,
-            snapshot=snap,
-        )
-        registry.add(shape)
-    rep = Replicator("", "", "", registry, router, fsync=False)
+    registry, router = equality_shapes(table, n_shapes, data, logs=1, past_xmax=False)
+    rep = replicator(registry, router)
     # The Relation message comes first in the stream; feed it outside the timing.
     rep.handle_batch([m for m in payloads if m[XLOGDATA_HEADER] == RELATION])
     body = [m for m in payloads if m[XLOGDATA_HEADER] != RELATION]
@@ -92,7 +63,7 @@ async def run(payloads: list[bytes], table: TableInfo, n_shapes: int, data: Path
     for _ in range(3):
         shape0 = registry.by_handle["0"] if n_shapes else None
         if shape0 is not None:  # a fresh log: a replayed LSN would be skipped
-            shape0.log = ShapeLog(data / "shapes" / f"0-{_}", 10 * 1024 * 1024)
+            shape0.log = ShapeLog(data / "shapes" / f"0-{_}", LOG_LIMIT)
             shape0.log.create()
         spent = 0.0
         for i in range(0, len(body), BATCH):

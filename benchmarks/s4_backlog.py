@@ -32,16 +32,11 @@ from pathlib import Path
 
 import psycopg
 from _common import PG_BIN, Postgres, Row, Stack, fmt, remove_later, verdict
+from _shapes import equality_shapes, replicator
 
-from sync_engine.log.files import ShapeLog
 from sync_engine.pg.catalog import TableInfo, load_table
-from sync_engine.pg.xid_snapshot import XidSnapshot
 from sync_engine.replication.replicator import Replicator
 from sync_engine.replication.stream import ReplicationStream
-from sync_engine.shapes.registry import ShapeRegistry
-from sync_engine.shapes.router import ShapeRouter
-from sync_engine.shapes.shape import Shape, ShapeDefinition, ShapeHandle
-from sync_engine.shapes.where import parse_where
 
 PUB = "bench_pub"
 FULL_COUNTS = (0, 1_000, 100_000)
@@ -49,33 +44,8 @@ QUICK_COUNTS = (0, 1_000, 10_000)  # registering 100k shapes alone takes ~25 s
 
 
 def build_replicator(table: TableInfo, n_shapes: int, data: Path) -> Replicator:
-    router = ShapeRouter()
-    registry = ShapeRegistry(data / "shapes", 10 * 1024 * 1024, router)
-    (data / "shapes").mkdir(parents=True, exist_ok=True)  # ShapeLog.create() makes one level
-    snap = XidSnapshot(0, 1, frozenset())  # every WAL transaction is after it
-    for k in range(n_shapes):
-        definition = ShapeDefinition(
-            table_oid=table.oid,
-            schema="public",
-            table="events",
-            where=f"user_id = {k}",
-            columns=("id", "payload", "user_id"),
-        )
-        log = ShapeLog(data / "shapes" / str(k), 10 * 1024 * 1024)
-        if k < 1000:  # the shapes the `match` mix appends to
-            log.create()
-        shape = Shape(
-            handle=ShapeHandle(str(k)),
-            definition=definition,
-            table=table,
-            where=parse_where(definition.where or "", {}, table.column_map),
-            columns=table.columns,
-            log=log,
-            snapshot=snap,
-        )
-        shape.past_xmax = True
-        registry.add(shape)
-    return Replicator("", "", "", registry, router, fsync=False)
+    # logs: the shapes the `match` mix appends to
+    return replicator(*equality_shapes(table, n_shapes, data, logs=1000, past_xmax=True))
 
 
 async def drain(url: str, slot: str, rep: Replicator, commits: int) -> tuple[float, float]:
