@@ -422,6 +422,42 @@ export async function psqlRows(url, query, opts) {
 // ---------------------------------------------------------------------------------------------
 // engine
 
+// A server's whole output, its last ~100-200 kB kept for failure messages.
+function rollingLog() {
+  let text = ''
+  return {
+    append(chunk) {
+      text += chunk.toString()
+      if (text.length > 200_000) text = text.slice(-100_000)
+    },
+    get text() {
+      return text
+    },
+  }
+}
+
+// A spawned server, killed by the exit hook if a test leaves it running: its first 20 kB of
+// output (why it failed to start), its exit status once it exits, and a promise of that exit.
+function tracked(child, what, append) {
+  liveEngines.add(child)
+  const p = { child, exited: null, out: '' }
+  const collect = (chunk) => {
+    append(chunk)
+    if (p.out.length < 20_000) p.out += chunk.toString()
+  }
+  child.stdout.on('data', collect)
+  child.stderr.on('data', collect)
+  p.exitP = new Promise((r) =>
+    child.on('exit', (code, signal) => {
+      p.exited = { code, signal }
+      liveEngines.delete(child)
+      append(`\n[harness] ${what} exited: ${JSON.stringify(p.exited)}\n`)
+      r()
+    }),
+  )
+  return p
+}
+
 export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
   installExitHook()
   const dataDir = mkdtempSync(join(tmpdir(), 'shapegate-node-engine-'))
@@ -434,32 +470,13 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
     '--long-poll-timeout', '3',
     ...extraArgs,
   ]
-  let log = ''
-  const append = (chunk) => {
-    log += chunk.toString()
-    if (log.length > 200_000) log = log.slice(-100_000)
-  }
+  const logs = rollingLog()
+  const append = logs.append
   let proc = null // { child, exitP, exited, out }
 
   function spawnProcess() {
     const child = spawn(PYTHON, args(), { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
-    liveEngines.add(child)
-    const p = { child, exited: null, out: '' }
-    const collect = (chunk) => {
-      append(chunk)
-      if (p.out.length < 20_000) p.out += chunk.toString()
-    }
-    child.stdout.on('data', collect)
-    child.stderr.on('data', collect)
-    p.exitP = new Promise((r) =>
-      child.on('exit', (code, signal) => {
-        p.exited = { code, signal }
-        liveEngines.delete(child)
-        append(`\n[harness] engine exited: ${JSON.stringify(p.exited)}\n`)
-        r()
-      }),
-    )
-    proc = p
+    proc = tracked(child, 'engine', append)
   }
 
   async function kill(graceMs) {
@@ -495,8 +512,8 @@ export async function startEngine(databaseUrl, { extraArgs = [] } = {}) {
       return `${baseUrl()}/v1/shape`
     },
     dataDir,
-    log: () => log,
-    logTail: (n = 4000) => `--- engine log (tail) ---\n${log.slice(-n)}`,
+    log: () => logs.text,
+    logTail: (n = 4000) => `--- engine log (tail) ---\n${logs.text.slice(-n)}`,
     /** Stop the process (SIGTERM, SIGKILL after `graceMs`) and start it again: same port, same data dir. */
     async restart({ graceMs = 10_000 } = {}) {
       await engine.down({ graceMs })
@@ -577,11 +594,8 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
   }
   writeFileSync(configPath, stdout)
   let port = 0 // (chosen by startWithRetry; kept across restarts)
-  let log = ''
-  const append = (chunk) => {
-    log += chunk.toString()
-    if (log.length > 200_000) log = log.slice(-100_000)
-  }
+  const logs = rollingLog()
+  const append = logs.append
   let proc = null // { child, exitP, exited, out }
   function spawnProcess() {
     const child = spawn(
@@ -589,23 +603,7 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
       ['-m', 'proxy', '--config', configPath, '--port', String(port), '--log-level', 'WARNING'],
       { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } },
     )
-    liveEngines.add(child)
-    const p = { child, exited: null, out: '' }
-    const collect = (chunk) => {
-      append(chunk)
-      if (p.out.length < 20_000) p.out += chunk.toString()
-    }
-    child.stdout.on('data', collect)
-    child.stderr.on('data', collect)
-    p.exitP = new Promise((r) =>
-      child.on('exit', (code, signal) => {
-        p.exited = { code, signal }
-        liveEngines.delete(child)
-        append(`\n[harness] proxy exited: ${JSON.stringify(p.exited)}\n`)
-        r()
-      }),
-    )
-    proc = p
+    proc = tracked(child, 'proxy', append)
   }
   const baseUrl = () => `http://127.0.0.1:${port}`
   async function halt() {
@@ -636,7 +634,7 @@ export async function startProxy(engineUrl, { config = null, env = {} } = {}) {
     get shapeUrl() {
       return `${baseUrl()}/v1/shape`
     },
-    logTail: (n = 3000) => `--- proxy log (tail) ---\n${log.slice(-n)}`,
+    logTail: (n = 3000) => `--- proxy log (tail) ---\n${logs.text.slice(-n)}`,
     /** SIGKILL, as a crash. The process has exited when this returns. */
     async kill() {
       if (!proc || proc.exited) return
