@@ -42,6 +42,8 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+import psycopg
+
 from ..errors import ServiceUnavailable
 from ..log.entries import change_messages
 from ..log.files import LogCutBack, LogWriteError, is_log_chunk, note_durable_size
@@ -54,8 +56,8 @@ from ..shapes.shape import Shape
 from .assembler import BIG_TRANSACTION, BIG_TRANSACTION_BYTES, TransactionAssembler
 from .failures import FIRST_DELAY, MAX_DELAY, Retries, describe_failure
 from .position import SavedPosition
-from .slot import slot_confirmed_lsn
-from .stream import SILENCE_TIMEOUT, ReplicationConnectionError, ReplicationStream
+from .slot import end_walsender, slot_confirmed_lsn
+from .stream import SILENCE_TIMEOUT, ReplicationConnectionError, ReplicationStream, Walsender
 from .transactions import APPEND, ParkedShapes, admit, sort_out
 from .wal import Lsn, Xid
 
@@ -242,6 +244,16 @@ class _KeepAlive:
             raise self.failed
 
 
+def _slot_in_use(exc: BaseException) -> bool:
+    """Whether a stream failed to start because another walsender holds the slot."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, psycopg.errors.ObjectInUse):
+            return True
+        cause = cause.__cause__
+    return False
+
+
 async def _close(stream: ReplicationStream) -> None:
     try:
         await stream.close()
@@ -326,6 +338,9 @@ class Replicator:
         self._space_delay = 0.0
         self._failure: LogWriteError | None = None  # a background flush's failed write
         self._slot_checked = False
+        #: The walsender of the last stream that started and then failed: on a network that
+        #: went silent it may still hold the slot (`_end_abandoned_walsender`).
+        self._abandoned: Walsender | None = None
         self._readable_lsn = Lsn(0)
         #: The LSN of the last commit the stream delivered since appends were last cut back
         #: (0 since: the slot sends them again). A held transaction is appended only once
@@ -404,6 +419,7 @@ class Replicator:
                     await _close(stream)
                     await asyncio.Event().wait()  # (until the stop cancels this task)
                 started_at = time.monotonic()
+                self._abandoned = None  # (the slot is this stream's now)
                 if not self._slot_checked:
                     await self._check_repaired_shapes()
                     if self.max_log_bytes:  # (loaded over a limit set since: the disk may
@@ -447,8 +463,12 @@ class Replicator:
                 self.connected.clear()
                 self._rollback_staged()
                 await _close(stream)  # its walsender lets go of the slot, if it may be dropped
+                if started_at is not None:
+                    self._abandoned = stream.walsender
                 if await self._slot_replaced():
                     continue  # a new slot: stream from it at once
+                if _slot_in_use(exc) and await self._end_abandoned_walsender():
+                    continue  # the slot is let go of at once: stream again
                 problem = describe_failure(exc)
                 retry = retries.failed(problem, time.monotonic(), started_at)
                 if problem.permanent:
@@ -482,6 +502,31 @@ class Replicator:
                 await _close(stream)
             if wait:  # after closing: a dead connection is not kept through the wait
                 await asyncio.sleep(wait)
+
+    async def _end_abandoned_walsender(self) -> bool:
+        """Whether the walsender of this engine's last stream, given up on, held the slot and
+        was ended (a network gone silent: Postgres would keep it until its own
+        `wal_sender_timeout`, and the stream down all that while)."""
+        abandoned, self._abandoned = self._abandoned, None
+        if abandoned is None:
+            return False
+        try:
+            ended = await end_walsender(self.dsn, self.slot, abandoned)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Postgres unreachable, say: the stream's retries go on
+            logger.debug("could not end the previous stream's walsender: %s", exc)
+            return False
+        if ended:
+            logger.warning(
+                "replication: the walsender of the stream given up on (pid %d) still held"
+                " slot %r; ended it, so the stream starts again now instead of when"
+                " Postgres's wal_sender_timeout runs out",
+                abandoned.pid,
+                self.slot,
+            )
+            await asyncio.sleep(FIRST_DELAY)  # (it lets go of the slot as it exits)
+        return ended
 
     async def _slot_replaced(self) -> bool:
         """Whether the slot was gone (dropped, invalidated) and has been made again."""

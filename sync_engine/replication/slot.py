@@ -12,9 +12,10 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from .stream import Walsender
 from .wal import Lsn, parse_lsn
 
-__all__ = ["SlotState", "ensure_slot", "slot_confirmed_lsn", "slot_state"]
+__all__ = ["SlotState", "end_walsender", "ensure_slot", "slot_confirmed_lsn", "slot_state"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,26 @@ async def wal_end(dsn: str) -> Lsn:
     )
     assert row is not None
     return parse_lsn(row[0])
+
+
+async def end_walsender(dsn: str, slot: str, walsender: Walsender) -> bool:
+    """End `walsender` if it still holds `slot` (True if it was told to end).
+
+    For a stream the engine gave up on (no word within --replication-timeout) whose network
+    went silent rather than closed: Postgres keeps that walsender, and the slot with it,
+    until its own `wal_sender_timeout` (60 s by default; never with 0), and every new
+    stream meanwhile fails with "replication slot ... is active for PID ...". Only that
+    walsender is ended: its PID and start time must both match, so one that a second engine
+    (a rolling deploy) or anyone else holds the slot with is never touched.
+    """
+    row = await _ask(
+        dsn,
+        "SELECT pg_terminate_backend(a.pid) FROM pg_replication_slots s"
+        " JOIN pg_stat_activity a ON a.pid = s.active_pid"
+        " WHERE s.slot_name = %s AND a.pid = %s AND a.backend_start = %s",
+        (slot, walsender.pid, walsender.started),
+    )
+    return row is not None and bool(row[0])
 
 
 async def _ask(dsn: str, query: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:

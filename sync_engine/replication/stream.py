@@ -62,8 +62,10 @@ import logging
 import struct
 import time
 from collections.abc import Callable
+from datetime import datetime
 from time import monotonic as _monotonic
 from types import TracebackType
+from typing import NamedTuple
 
 import psycopg
 from psycopg import pq, sql
@@ -72,7 +74,7 @@ from psycopg.pq.abc import PGconn
 from ..pg.waiter import SocketWaiter
 from .wal import Lsn, format_lsn
 
-__all__ = ["XLOGDATA_HEADER", "ReplicationConnectionError", "ReplicationStream"]
+__all__ = ["XLOGDATA_HEADER", "ReplicationConnectionError", "ReplicationStream", "Walsender"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +103,13 @@ _LINGER_BELOW = 256
 #: A message at least this big grows libpq's input buffer, which it keeps for the life of
 #: the connection (`ReplicationStream.big_message`).
 BIG_MESSAGE = 16 << 20
+
+
+class Walsender(NamedTuple):
+    """A walsender process, for good: a PID may be reused, a PID and start time may not."""
+
+    pid: int
+    started: datetime
 
 
 class ReplicationConnectionError(Exception):
@@ -235,6 +244,11 @@ class ReplicationStream:
         self._send_lock = asyncio.Lock()
         # waits on the socket; close() wakes a pending read_batch through it
         self._sockets: SocketWaiter | None = None
+        #: The walsender serving this stream, once started: its PID and start time, which
+        #: name it for good (a PID alone may be reused). A stream given up on a network
+        #: that went silent leaves this walsender holding the slot until Postgres's own
+        #: `wal_sender_timeout`; the replicator ends it (`slot.end_walsender`).
+        self.walsender: Walsender | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -282,6 +296,12 @@ class ReplicationStream:
         try:
             try:
                 async with asyncio.timeout(self.silence_timeout):
+                    cur = await conn.execute(
+                        "SELECT pid, backend_start FROM pg_stat_activity"
+                        " WHERE pid = pg_backend_pid()"
+                    )
+                    row = await cur.fetchone()
+                    walsender = Walsender(*row) if row is not None else None
                     cur = await conn.execute(query)
             except TimeoutError:
                 raise ReplicationConnectionError(
@@ -312,6 +332,7 @@ class ReplicationStream:
             await conn.close()
             raise ReplicationConnectionError(f"replication connection lost: {exc}") from exc
         self._conn = conn
+        self.walsender = walsender
         self._last_status = self._last_heard = _monotonic()
         logger.debug(
             "replication started: slot=%r publication=%r from %s",
