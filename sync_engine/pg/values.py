@@ -248,10 +248,18 @@ def _int_input(pg_type: PgType) -> Parser:
     return parse
 
 
+#: numeric's exponent, read by strtol: C spaces and a sign may come before its digits
+#: ('1e 5' and '1e\t-2' are numerics; floats read by strtod refuse them).
+_NUMERIC_SPACED_EXPONENT = re.compile(r"([0-9.][eE])\s+(?=[+-]?[0-9])", re.ASCII)
+
+
 def parse_numeric(text: str) -> Decimal:
     """numeric input: Decimal, with Postgres's NaN / Infinity spellings."""
     if not _NUMERIC_RE.fullmatch(text):
-        raise invalid(NUMERIC, text)
+        spaced = _NUMERIC_SPACED_EXPONENT.sub(r"\1", text, count=1)
+        if spaced == text or not _NUMERIC_RE.fullmatch(spaced):
+            raise invalid(NUMERIC, text)
+        text = spaced
     try:
         return Decimal(text.strip())
     except InvalidOperation:
