@@ -175,7 +175,7 @@ def numeric_text(value: Decimal) -> str:
     return format(value.copy_abs() if value.is_zero() else value, "f")  # no "-0" in numeric
 
 
-_ARRAY_QUOTE_RE = re.compile(r'[{},"\\\s]')
+_ARRAY_QUOTE_RE = re.compile(r'[{},"\\ \t\n\r\v\f]')
 
 
 def array_text(elem_out: Callable[[Value], str]) -> Callable[[Value], str]:
