@@ -248,10 +248,18 @@ def _int_input(pg_type: PgType) -> Parser:
     return parse
 
 
+#: numeric's exponent, read by strtol: C spaces and a sign may come before its digits
+#: ('1e 5' and '1e\t-2' are numerics; floats read by strtod refuse them).
+_NUMERIC_SPACED_EXPONENT = re.compile(r"([0-9.][eE])\s+(?=[+-]?[0-9])", re.ASCII)
+
+
 def parse_numeric(text: str) -> Decimal:
     """numeric input: Decimal, with Postgres's NaN / Infinity spellings."""
     if not _NUMERIC_RE.fullmatch(text):
-        raise invalid(NUMERIC, text)
+        spaced = _NUMERIC_SPACED_EXPONENT.sub(r"\1", text, count=1)
+        if spaced == text or not _NUMERIC_RE.fullmatch(spaced):
+            raise invalid(NUMERIC, text)
+        text = spaced
     try:
         return Decimal(text.strip())
     except InvalidOperation:
@@ -704,9 +712,14 @@ _ARRAY_SPACE = " \t\n\r\v\f"
 
 
 def parse_array(text: str, element: Parser, pg_type: PgType | None = None) -> tuple[object, ...]:
-    """Array literal (`{1,2,NULL}`, `{"a b","c\\"d"}`, `{{1,2},{3,4}}`) to nested tuples.
+    """Array literal (`{1,2,NULL}`, `{"a b","c\\"d"}`, `{{1,2},{3,4}}`) to nested tuples, as
+    Postgres 15's array_in reads it (ArrayCount, then ReadArrayStr: `_array_count`,
+    `_read_array_items`), quirks included: `{a"b"}` and `{"a"b}` are malformed, an escaped
+    space is kept (`{a\\ }` is 'a '), an item with any quoting or escape is never NULL
+    (`{NU\\LL}` is 'NULL'), and sub-arrays of unequal depth are placed as Postgres places
+    them (`{{a},{{b}}}` is `{{{a}},{{b}}}`; `{{{a}},{b}}` is empty).
 
-    Elements are parsed with `element`; unquoted NULL is None. A leading dimension
+    Elements are parsed with `element`; a NULL item is None. A leading dimension
     decoration (`[0:1]={...}`) is accepted and dropped. `pg_type` names the array type in
     the message for a malformed decoration.
     """
@@ -719,63 +732,242 @@ def parse_array(text: str, element: Parser, pg_type: PgType | None = None) -> tu
         s = s[eq + 1 :].strip(_ARRAY_SPACE)
     if not s.startswith("{"):
         raise ValueError(f'malformed array literal: "{text}"')
-    value, end = _parse_array_level(s, 1, element, text)
-    if s[end:].strip(_ARRAY_SPACE):
-        raise ValueError(f'malformed array literal: "{text}"')
-    return value
+    if s == "{}":
+        return ()
+    flat = _simple_items(s)
+    if flat is not None:  # (a one-dimensional array of plain items: the common case)
+        return tuple(None if item is None else element(item) for item in flat)
+    dims = _array_count(s, text)
+    if not dims or 0 in dims:
+        return ()
+    nitems = 1
+    for d in dims:
+        nitems *= d
+    flat = _read_array_items(s, dims, nitems, text)
+    values = [None if item is None else element(item) for item in flat]
+    return _nest(values, dims)
 
 
-def _parse_array_level(
-    s: str, i: int, element: Parser, text: str
-) -> tuple[tuple[object, ...], int]:
-    items: list[object] = []
+_ITEM_SPACE = "[ \t\n\r\v\f]"
+_QUOTED = rf'{_ITEM_SPACE}*"((?:[^"\\]|\\.)*)"{_ITEM_SPACE}*'
+#: A one-dimensional literal of quoted items and unquoted ones with no quote or backslash
+#: (`{1,2}`, `{"a b",NULL}`): what array_out prints for a one-dimensional array.
+_SIMPLE = re.compile(
+    rf'\{{(?:(?:{_QUOTED}|[^"\\{{}},]+),)*(?:{_QUOTED}|[^"\\{{}},]+)\}}', re.DOTALL
+)
+_SIMPLE_ITEM = re.compile(rf'(?:{_QUOTED}|([^"\\{{}},]+))[,}}]', re.DOTALL)
+_ESCAPED = re.compile(r"\\(.)", re.DOTALL)
+
+
+def _simple_items(s: str) -> list[str | None] | None:
+    """The items of `s` when it is a one-dimensional literal of plain items (as
+    `_read_array_items` would give them), else None (`_array_count` must tell)."""
+    if _SIMPLE.fullmatch(s) is None:
+        return None
+    items: list[str | None] = []
+    for m in _SIMPLE_ITEM.finditer(s, 1):
+        quoted, plain = m.group(1), m.group(2)
+        if quoted is not None:
+            items.append(_ESCAPED.sub(r"\1", quoted) if "\\" in quoted else quoted)
+            continue
+        word = plain.strip(_ARRAY_SPACE)
+        if not word:  # `{a,,b}`, `{ }`: for the full reader
+            return None
+        items.append(None if word.upper() == "NULL" else word)
+    return items
+
+
+#: Array nesting Postgres allows (MAXDIM).
+_MAXDIM = 6
+
+# ArrayCount's parse states, and the states each character may follow
+_NO_LEVEL, _LEVEL_STARTED, _ELEM_STARTED, _ELEM_COMPLETED = 0, 1, 2, 3
+_QUOTED_ELEM_STARTED, _QUOTED_ELEM_COMPLETED, _ELEM_DELIMITED = 4, 5, 6
+_LEVEL_COMPLETED, _LEVEL_DELIMITED = 7, 8
+_BACKSLASH_AFTER = frozenset({_LEVEL_STARTED, _ELEM_STARTED, _QUOTED_ELEM_STARTED, _ELEM_DELIMITED})
+_QUOTE_AFTER = frozenset({_LEVEL_STARTED, _QUOTED_ELEM_STARTED, _ELEM_DELIMITED})
+_OPEN_AFTER = frozenset({_NO_LEVEL, _LEVEL_STARTED, _LEVEL_DELIMITED})
+_CLOSE_AFTER = frozenset({_ELEM_STARTED, _ELEM_COMPLETED, _QUOTED_ELEM_COMPLETED, _LEVEL_COMPLETED})
+_CHAR_AFTER = frozenset({_LEVEL_STARTED, _ELEM_STARTED, _ELEM_DELIMITED})
+
+
+def _array_count(s: str, text: str) -> list[int]:
+    """Postgres 15's ArrayCount: check the literal's syntax and return its dimensions
+    (empty for an empty array)."""
+    malformed = ValueError(f'malformed array literal: "{text}"')
+    nest_level = 0
+    ndim = 1
+    temp = [0] * _MAXDIM
+    nelems = [1] * _MAXDIM
+    nelems_last = [0] * _MAXDIM
+    in_quotes = False
+    empty_array = True
+    state = _NO_LEVEL
     n = len(s)
-    expect_item = True
-    while i < n:
-        c = s[i]
-        if c in _ARRAY_SPACE:
-            i += 1
-        elif c == "}":
-            if expect_item and items:  # `{1,2,}`: a comma before the end
-                raise ValueError(f'malformed array literal: "{text}"')
-            return tuple(items), i + 1
-        elif c == ",":
-            if expect_item:
-                raise ValueError(f'malformed array literal: "{text}"')
-            expect_item = True
-            i += 1
-        elif not expect_item:
-            raise ValueError(f'malformed array literal: "{text}"')
-        elif c == "{":
-            sub, i = _parse_array_level(s, i + 1, element, text)
-            items.append(sub)
-            expect_item = False
-        elif c == '"':
-            buf: list[str] = []
-            i += 1
-            while i < n and s[i] != '"':
-                if s[i] == "\\":
-                    i += 1
-                buf.append(s[i] if i < n else "")
-                i += 1
+    i = 0
+    eo_array = False
+    while not eo_array:
+        item_done = False
+        while not item_done:
+            if state in (_ELEM_STARTED, _QUOTED_ELEM_STARTED):
+                empty_array = False
             if i >= n:
-                raise ValueError(f'malformed array literal: "{text}"')
-            items.append(element("".join(buf)))
-            i += 1
-            expect_item = False
-        else:
-            j = i
-            buf = []
-            while j < n and s[j] not in ",}":
-                if s[j] == "\\":
-                    j += 1
-                buf.append(s[j] if j < n else "")
-                j += 1
-            word = "".join(buf).strip(_ARRAY_SPACE)
-            items.append(None if word.upper() == "NULL" else element(word))
-            i = j
-            expect_item = False
-    raise ValueError(f'malformed array literal: "{text}"')
+                raise malformed
+            c = s[i]
+            if c == "\\":
+                if state not in _BACKSLASH_AFTER:
+                    raise malformed
+                if state != _QUOTED_ELEM_STARTED:
+                    state = _ELEM_STARTED
+                if i + 1 < n:
+                    i += 1
+                else:
+                    raise malformed
+            elif c == '"':
+                if state not in _QUOTE_AFTER:
+                    raise malformed
+                in_quotes = not in_quotes
+                state = _QUOTED_ELEM_STARTED if in_quotes else _QUOTED_ELEM_COMPLETED
+            elif c == "{" and not in_quotes:
+                if state not in _OPEN_AFTER:
+                    raise malformed
+                state = _LEVEL_STARTED
+                if nest_level >= _MAXDIM:
+                    raise ValueError(
+                        f"number of array dimensions ({nest_level + 1}) exceeds the maximum"
+                        f" allowed ({_MAXDIM})"
+                    )
+                temp[nest_level] = 0
+                nest_level += 1
+                ndim = max(ndim, nest_level)
+            elif c == "}" and not in_quotes:
+                if state not in _CLOSE_AFTER and not (nest_level == 1 and state == _LEVEL_STARTED):
+                    raise malformed
+                state = _LEVEL_COMPLETED
+                if nest_level == 0:
+                    raise malformed
+                nest_level -= 1
+                if nelems_last[nest_level] != 0 and nelems[nest_level] != nelems_last[nest_level]:
+                    raise malformed
+                nelems_last[nest_level] = nelems[nest_level]
+                nelems[nest_level] = 1
+                if nest_level == 0:
+                    eo_array = item_done = True
+                else:
+                    temp[nest_level - 1] += 1
+            elif not in_quotes and c not in "{}":
+                if c == ",":
+                    if state not in _CLOSE_AFTER:
+                        raise malformed
+                    state = _LEVEL_DELIMITED if state == _LEVEL_COMPLETED else _ELEM_DELIMITED
+                    item_done = True
+                    nelems[nest_level - 1] += 1
+                elif c not in _ARRAY_SPACE:
+                    if state not in _CHAR_AFTER:
+                        raise malformed
+                    state = _ELEM_STARTED
+            if not item_done:
+                i += 1
+        temp[ndim - 1] += 1
+        i += 1
+    if s[i:].strip(_ARRAY_SPACE):  # junk after the closing brace
+        raise malformed
+    if empty_array:
+        return []
+    return temp[:ndim]
+
+
+def _read_array_items(s: str, dims: list[int], nitems: int, text: str) -> list[str | None]:
+    """Postgres 15's ReadArrayStr: each item's text in row-major order (None: NULL; an
+    item the literal never fills stays NULL)."""
+    malformed = ValueError(f'malformed array literal: "{text}"')
+    ndim = len(dims)
+    prod = [1] * ndim
+    for k in range(ndim - 2, -1, -1):
+        prod[k] = prod[k + 1] * dims[k + 1]
+    indx = [0] * ndim
+    items: list[str | None] = [None] * nitems
+    in_quotes = False
+    eo_array = False
+    nest_level = 0
+    n = len(s)
+    src = 0
+    while not eo_array:
+        item_done = False
+        leading_space = True
+        has_quoting = False
+        buf: list[str] = []
+        end = 0
+        at = -1
+        while not item_done:
+            if src >= n:
+                raise malformed
+            c = s[src]
+            if c == "\\":
+                src += 1
+                if src >= n:
+                    raise malformed
+                buf.append(s[src])
+                src += 1
+                leading_space = False
+                end = len(buf)
+                has_quoting = True
+            elif c == '"':
+                in_quotes = not in_quotes
+                if in_quotes:
+                    leading_space = False
+                else:
+                    end = len(buf)
+                has_quoting = True
+                src += 1
+            elif c == "{" and not in_quotes:
+                if nest_level >= ndim:
+                    raise malformed
+                nest_level += 1
+                indx[nest_level - 1] = 0
+                src += 1
+            elif c == "}" and not in_quotes:
+                if nest_level == 0:
+                    raise malformed
+                if at == -1:
+                    at = sum(x * p for x, p in zip(indx, prod, strict=True))
+                indx[nest_level - 1] = 0
+                nest_level -= 1
+                if nest_level == 0:
+                    eo_array = item_done = True
+                else:
+                    indx[nest_level - 1] += 1
+                src += 1
+            elif in_quotes:
+                buf.append(c)
+                src += 1
+            elif c == ",":
+                if at == -1:
+                    at = sum(x * p for x, p in zip(indx, prod, strict=True))
+                item_done = True
+                indx[ndim - 1] += 1
+                src += 1
+            elif c in _ARRAY_SPACE:
+                if not leading_space:
+                    buf.append(c)
+                src += 1
+            else:
+                buf.append(c)
+                src += 1
+                leading_space = False
+                end = len(buf)
+        if at < 0 or at >= nitems:
+            raise malformed
+        item = "".join(buf[:end])
+        items[at] = None if not has_quoting and item.upper() == "NULL" else item
+    return items
+
+
+def _nest(values: list[object], dims: list[int]) -> tuple[object, ...]:
+    if len(dims) == 1:
+        return tuple(values)
+    step = len(values) // dims[0]
+    return tuple(_nest(values[k * step : (k + 1) * step], dims[1:]) for k in range(dims[0]))
 
 
 # --- registry -----------------------------------------------------------------------------

@@ -153,7 +153,8 @@ def parse_where(
         live=live,
     )
     # (the size limits first: libpg_query must not meet a clause that overflows its stack)
-    if params or len(sql) > MAX_WHERE_SIZE or runs_longer_than(sql, MAX_TOKEN_RUN):
+    # (libpg_query reads a NUL byte as the text's end: `b\\0` would be `b`'s template)
+    if params or len(sql) > MAX_WHERE_SIZE or runs_longer_than(sql, MAX_TOKEN_RUN) or "\0" in sql:
         return full()
     refuse_newer_numbers(PREFIX + sql)  # a template of `id = 16` would serve `id = 0x10`
     shape = skeleton(PREFIX + sql)

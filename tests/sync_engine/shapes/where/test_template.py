@@ -144,3 +144,16 @@ def test_parameters_take_the_full_path() -> None:
     b = parse_where("i4 = $1", {"1": "8"}, TYPES)
     assert (a.sql, b.sql) == ("i4 = CAST('7' AS int4)", "i4 = CAST('8' AS int4)")
     assert TEMPLATES.hits == hits
+
+
+def test_a_nul_byte_is_never_served_from_a_template() -> None:
+    """libpg_query reads a NUL as the end of the text, so `b\\0` had the skeleton of `b`:
+    once `b`'s template existed (its second parse), `b\\0` was accepted as `b`, where the
+    full path refuses it (as Postgres does: 0x00 is no UTF-8 text). Found by wherefuzz's
+    parser fuzz (/work/wherefuzz/pz.py seed 3). The engine's HTTP layer refuses a NUL in
+    any parameter before this, so the same clause only ever got one answer there."""
+    for _ in range(3):  # (pending, then template, then a hit)
+        parse_where("b", {}, TYPES)
+    for sql in ["b\0", "b\0 OR true", "i4 = 1\0"]:
+        with pytest.raises(WhereError, match="0x00"):
+            parse_where(sql, {}, TYPES)
