@@ -13,10 +13,20 @@ instead of a directory, a chunk file and a marker per shape.
                             transaction at LSN (appended later; `ShapeLog`)
 
 A pack is written whole and fsynced (with its directory) before any of its shapes is
-announced, so a torn pack only ever holds shapes nobody has seen: what follows the first
-torn or damaged record is dropped on load. A shape's chunk in a pack never changes (the
-responses made from it are immutable); retiring a shape appends an `R` record, and the pack
-is deleted once all its shapes are retired.
+announced. A shape's chunk in a pack never changes (the responses made from it are
+immutable); retiring a shape appends an `R` record, and the pack is deleted once all its
+shapes are retired.
+
+A pack notes on itself (`PACK_END`, an extended attribute: it survives the file being cut
+or rewritten in place) where its last record written whole ends: set with the pack (before
+its fsync) and after each append, so a record made durable (the fsyncs that settle a
+retirement or a log's beginning) has its note durable with it; a power loss may keep a note
+whose unsettled record it lost, which only discards that pack's shapes. On load, a pack
+found shorter than its note lost records at its end, its own records cannot tell which (a
+cut at a record boundary leaves only whole ones), and a pack damaged before its note may
+have lost any `R` or `L` record after the damage: either way it cannot say which of its
+shapes were retired, and none of them is loaded (`store.py`). Only a torn tail past the
+note (a crash in the middle of an append, a record nothing was settled on) is cut off.
 """
 
 from __future__ import annotations
@@ -43,6 +53,10 @@ _SHAPE = b"S"
 _RETIRED = b"R"
 _LOG_BEGUN = b"L"
 _U64 = struct.Struct("<Q")
+#: Extended attribute: where the pack's last record written whole ends (see above). Best
+#: effort: not kept where the filesystem has no user attributes (or a copy dropped them),
+#: and then a pack cut at a record boundary is not found.
+PACK_END = "user.shapegate.pack_end"
 #: Appends to packs come from the event loop (a log begun) and from worker threads (a
 #: shape retired): one at a time, each at the end it found.
 _appending = threading.Lock()
@@ -148,6 +162,7 @@ def write_new(path: str, data: bytes, fsync: bool) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         write_new_file(fd, data)
+        note_end(fd, len(data))
         if fsync:
             os.fsync(fd)
     except BaseException:
@@ -162,6 +177,23 @@ def write_new(path: str, data: bytes, fsync: bool) -> None:
         sync_directory(os.path.dirname(path))
 
 
+def note_end(fd: int, end: int) -> None:
+    """Note on the pack `fd` that its records written whole end at `end` (`PACK_END`)."""
+    try:
+        os.setxattr(fd, PACK_END, b"%d" % end)
+    except OSError:
+        pass
+
+
+def noted_end(path: str) -> int | None:
+    """Where the pack at `path` says its last whole record ends; None when it does not say
+    (written by an older engine, a filesystem without user attributes)."""
+    try:
+        return int(os.getxattr(path, PACK_END))
+    except (OSError, ValueError):
+        return None
+
+
 def sync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -173,8 +205,8 @@ def sync_directory(directory: str) -> None:
 def append_retired(path: str, handle: str) -> None:
     """Append the record that retires `handle`: whole, or not at all (a short write, on a
     full disk, is cut back and raises OSError, to be tried again: a retirement that never
-    reaches the pack brings the shape back on the next load, stale). A pack already gone
-    needs no record."""
+    reaches the pack brings the shape back on the next load, so its files are kept until
+    it does, `store._delete`). A pack already gone needs no record."""
     append_record(path, encode_retired(handle))
 
 
@@ -198,5 +230,6 @@ def _append(path: str, record: bytes) -> None:
         except OSError:
             os.ftruncate(fd, start)
             raise
+        note_end(fd, start + written)
     finally:
         os.close(fd)

@@ -21,10 +21,12 @@ from .packs import (
     MAGIC,
     SUFFIX,
     Pack,
+    PackContents,
     PackedChunk,
     append_retired,
     encode_shape,
     new_pack_path,
+    noted_end,
     scan_pack,
     sync_directory,
     write_new,
@@ -95,23 +97,41 @@ class ShapeStore:
     def _read_pack(self, path: str, found: dict[str, _Found]) -> None:
         try:
             with open(path, "rb") as f:
-                contents = scan_pack(f.read())
+                data = f.read()
         except OSError as exc:
             # Unreadable (permissions, an I/O error): its shapes are discarded (their own
             # files with the other unfinished ones), not every shape of the source held
             # up. The file is left as it is.
             logger.warning("%s: %s; the shapes in it are discarded", path, exc.strerror)
             return
+        contents, lost = _judge(path, data)
+        if lost is not None:
+            # It cannot say which of its shapes were retired (their `R` records may be what
+            # was lost): none is loaded, their clients get 409 and refetch. Nothing is cut
+            # first: the pack goes as a whole, then their own files with the unfinished
+            # ones (a crash between leaves only files no pack names).
+            handles = sorted({e.handle for e in contents.entries} - contents.retired)
+            logger.warning(
+                "%s: %s; every shape in it is discarded (%d readable: %s)",
+                path,
+                lost,
+                len(handles),
+                ", ".join(handles[:5]) + (", ..." if len(handles) > 5 else ""),
+            )
+            _unlink(path)
+            if self.fsync:
+                sync_directory(self._directory_text)
+            return
         if contents.error is not None:
-            logger.warning("%s: %s; the shapes after it are discarded", path, contents.error)
-            if contents.end:
-                # Cut it there: a shape retired later appends its record at the end, where
-                # a scan stopped by the garbage would never see it (the shape would come
-                # back on the next load).
-                with open(path, "r+b") as f:
-                    f.truncate(contents.end)
-                    if self.fsync:
-                        os.fsync(f.fileno())
+            # A torn tail past the last record written whole: an append a crash cut short,
+            # whose record nothing was settled on. Cut it off: a shape retired later
+            # appends its record at the end, where a scan stopped by the garbage would
+            # never see it (the shape would come back on the next load).
+            logger.warning("%s: %s, past its last whole record; cut there", path, contents.error)
+            with open(path, "r+b") as f:
+                f.truncate(contents.end)
+                if self.fsync:
+                    os.fsync(f.fileno())
         pack = Pack(path)
         for entry in contents.entries:
             if entry.handle not in contents.retired:
@@ -147,6 +167,27 @@ class ShapeStore:
         return bool(_pending) or bool(_failed) or (self.fsync and bool(_touched))
 
 
+def _judge(path: str, data: bytes) -> tuple[PackContents, str | None]:
+    """The pack's contents, and what it lost if it cannot say which of its shapes were
+    retired (None: every record it had is there, but maybe a torn tail past them).
+
+    A pack damaged anywhere before where its last whole record ended (`noted_end`), or
+    found shorter than that, may have lost the `R` records of shapes it holds before the
+    damage: a scan only sees the records before it. A pack that does not note its end
+    (an older engine, a filesystem without user attributes) with any bad record is taken
+    as damaged too; one with none cannot be found cut short."""
+    contents = scan_pack(data)
+    noted = noted_end(path)
+    if contents.error is not None:
+        if noted is None or contents.end < noted:
+            return contents, contents.error + (
+                "" if noted is None else f", before its last record written whole ({noted})"
+            )
+    elif noted is not None and len(data) < noted:
+        return contents, f"{len(data)} bytes, its records written whole ended at {noted}"
+    return contents, None
+
+
 def retire(log: ShapeLog) -> None:
     """Delete a retired shape's files and mark it retired in its pack (on the event loop;
     the file work runs in the default executor when a loop is running).
@@ -174,19 +215,22 @@ def retire(log: ShapeLog) -> None:
 _pending: set[asyncio.Future[None]] = set()
 #: Packs a retirement changed (deleted, or a record appended) and not synced since.
 _touched: set[str] = set()
-#: Retirement records that could not be appended (a full disk), by pack: tried again by
-#: `ShapeStore.settle`.
-_failed: dict[str, list[str]] = {}
+#: Retirement records that could not be appended (a full disk), by pack: (handle, the
+#: shape's own files, kept until the record is there), tried again by `ShapeStore.settle`.
+_failed: dict[str, list[tuple[str, list[str]]]] = {}
 
 
 def _retry_failed() -> None:
-    for path, handles in list(_failed.items()):
-        while handles:
+    for path, waiting in list(_failed.items()):
+        while waiting:
+            handle, paths = waiting[0]
             try:
-                append_retired(path, handles[0])
+                append_retired(path, handle)
             except OSError as exc:
                 raise LogWriteError(exc.errno, f"marking a shape retired in {path}: {exc}") from exc
-            handles.pop(0)
+            waiting.pop(0)
+            for own in paths:
+                _unlink(own)
         del _failed[path]
 
 
@@ -217,18 +261,25 @@ def _leave_pack(log: ShapeLog) -> tuple[str | None, bool]:
 
 
 def _delete(paths: list[str], pack_path: str | None, handle: str, last: bool) -> None:
-    for path in paths:
-        _unlink(path)
+    """Retire `handle` in its pack, then delete its own files: in that order, so that a
+    crash between leaves a retired shape's files (deleted on load), never a shape its pack
+    says is live whose log files are gone (it would load looking as if its log had not
+    begun, and follow the stream without the changes it had). A record that cannot be
+    appended keeps the files until `_retry_failed` appends it."""
     if pack_path is not None:
         _touched.add(pack_path)
         if last:
             _unlink(pack_path)
-            _failed.pop(pack_path, None)
+            for _, waiting in _failed.pop(pack_path, ()):
+                paths = paths + waiting
         else:
             try:
                 append_retired(pack_path, handle)
             except OSError:
-                _failed.setdefault(pack_path, []).append(handle)
+                _failed.setdefault(pack_path, []).append((handle, paths))
+                return
+    for path in paths:
+        _unlink(path)
 
 
 def _unlink(path: str) -> None:
@@ -308,6 +359,7 @@ def count_on_disk(directory: Path) -> int:
     count = 0
     for path in directory.glob(f"*{SUFFIX}"):
         with open(path, "rb") as f:
-            contents = scan_pack(f.read())
-        count += len({e.handle for e in contents.entries} - contents.retired)
+            contents, lost = _judge(str(path), f.read())
+        if lost is None:
+            count += len({e.handle for e in contents.entries} - contents.retired)
     return count

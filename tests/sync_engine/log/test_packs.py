@@ -6,13 +6,18 @@ written, shapes retired, or bytes torn or damaged.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
-from sync_engine.log.files import LogDamaged, ShapeLog
-from sync_engine.log.packs import MAGIC, encode_retired, encode_shape, scan_pack
+import sync_engine.log.store as store_module
+from sync_engine.log.files import LogDamaged, LogWriteError, ShapeLog
+from sync_engine.log.packs import MAGIC, PACK_END, encode_retired, encode_shape, scan_pack
 from sync_engine.log.store import PackBuilder, ShapeStore, count_on_disk
 
 
@@ -181,3 +186,82 @@ def test_a_log_whose_only_chunk_file_was_deleted_is_found_on_load(
     _append(again, 200)
     again.close()
     assert {each.handle: each for each in store.load()}["1-1"].damage is None
+
+
+def _records(pack: Path) -> list[tuple[bytes, int]]:
+    """(kind, start) of each record of a pack, by their lengths."""
+    data = pack.read_bytes()
+    out, pos = [], len(MAGIC)
+    while pos < len(data):
+        (length,) = struct.unpack_from("<I", data, pos)
+        out.append((data[pos + 8 : pos + 9], pos))
+        pos += 8 + length
+    return out
+
+
+@pytest.mark.parametrize("fault", ["a byte of another shape's record", "cut at the R record"])
+def test_a_pack_that_lost_records_loads_none_of_its_shapes(tmp_path: Path, fault: str) -> None:
+    """A retired shape's `R` record lies after every `S` record of its pack. A pack damaged
+    before it (the scan stops there), or cut at a record boundary before it (every record
+    left whole), loaded the retired shape again, stale, and cut the pack there. It cannot
+    say which of its shapes were retired: none is loaded (their clients get 409)."""
+    store = _store(tmp_path)
+    a, b, c = _pack(store, "1-1", "1-2", "1-3")
+    _append(b, 100)  # (an `L` record: 1-2's log began)
+    store.retire(a)
+    (pack,) = store.directory.glob("*.pack")
+    kinds = _records(pack)
+    assert [k for k, _ in kinds] == [b"S", b"S", b"S", b"L", b"R"]
+    data = bytearray(pack.read_bytes())
+    if fault.startswith("cut"):
+        del data[kinds[-1][1] :]
+    else:
+        data[kinds[1][1] + 20] ^= 0x04
+    with open(pack, "r+b") as f:  # (in place: the same file)
+        f.write(data)
+        f.truncate(len(data))
+    assert count_on_disk(store.directory) == 0
+    assert store.load() == []
+    assert os.listdir(store.directory) == []  # the pack and 1-2's log file went with it
+
+
+def test_a_torn_tail_of_a_pack_that_does_not_note_its_end_loads_none(tmp_path: Path) -> None:
+    """Without its note (an older engine, a filesystem without user attributes) a torn tail
+    cannot be told from damage before a retirement record: nothing is loaded."""
+    store = _store(tmp_path)
+    _pack(store, "1-1", "1-2")
+    (pack,) = store.directory.glob("*.pack")
+    with contextlib.suppress(OSError):  # (an older engine's pack has none)
+        os.removexattr(pack, PACK_END)
+    with open(pack, "ab") as f:
+        f.write(encode_retired("1-2")[:5])
+    assert store.load() == [] and os.listdir(store.directory) == []
+
+
+def test_a_retirement_not_recorded_keeps_the_shapes_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retirement deleted the shape's files first, then appended its `R` record: one that
+    failed (a full disk; tried again later) or a crash between left a shape its pack says
+    is live with its log gone, loaded as if its log had never begun. The record goes first,
+    and the files stay until it is there."""
+    store = _store(tmp_path)
+    a, b = _pack(store, "1-1", "1-2")
+    _append(b, 100)
+    _append(b, 200)
+    b.close()
+
+    def full(path: str, handle: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(store_module, "append_retired", full)
+        store.retire(b)
+        assert list(store.directory.glob("1-2.log.*"))  # kept: the pack does not say yet
+        loaded = {log.handle: log for log in store.load()}  # (a crash now: the old state)
+        assert loaded["1-2"].last_lsn == 200 and loaded["1-2"].damage is None
+        with pytest.raises(LogWriteError):
+            asyncio.run(store.settle())
+    asyncio.run(store.settle())
+    assert not list(store.directory.glob("1-2.*"))
+    assert [log.handle for log in store.load()] == ["1-1"]
