@@ -16,7 +16,7 @@ from multidict import CIMultiDict, MultiMapping
 
 from . import __version__
 from .errors import ServiceUnavailable, Unauthorized
-from .http.errors import error_middleware, json_response
+from .http.errors import error_answer, json_response
 from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.live import LiveConnection
 from .http.params import last
@@ -51,23 +51,26 @@ def new_request_id() -> str:
 
 
 @web.middleware
-async def common_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """`electric-server`, `x-request-id` and CORS on every response that passes auth."""
-    resp = await handler(request)
+async def engine_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every public request's one middleware (three before: a coroutine and a partial each
+    per request, and every request passed all three):
+    - routes match the path as sent, as Electric's router (and the proxy) match it: aiohttp
+      matches the percent-decoded path, so `/v1/%73hape` was served as `/v1/shape` and
+      `/v1/shape%2F` routed as `/v1/shape/`, where the proxy answers 404 (attack's
+      rawdiff). None of the engine's paths has a `%` in it;
+    - an exception is answered (`error_answer`: engine errors by their table, a bug as a
+      bare 500);
+    - `electric-server`, `x-request-id` and CORS on every response that passes auth
+      (`_decorate`; a streamed one is decorated when prepared, `_prepare_stream`)."""
+    try:
+        if "%" in request.raw_path.partition("?")[0]:
+            raise web.HTTPNotFound()
+        resp = await handler(request)
+    except Exception as exc:
+        resp = error_answer(request, exc)  # (raises what aiohttp itself answers)
     if not resp.prepared:
         _decorate(request, resp)
     return resp
-
-
-@web.middleware
-async def raw_paths(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Routes match the path as sent, as Electric's router (and the proxy) match it: aiohttp
-    matches the percent-decoded path, so `/v1/%73hape` was served as `/v1/shape` and
-    `/v1/shape%2F` routed as `/v1/shape/`, where the proxy answers 404 (attack's rawdiff).
-    None of the engine's paths has a `%` in it."""
-    if "%" in request.raw_path.partition("?")[0]:
-        raise web.HTTPNotFound()
-    return await handler(request)
 
 
 _SERVER = f"shapegate/{__version__}"
@@ -127,9 +130,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     """
     # The engine's connections (`http.server.EngineRequestHandler`) that also tell a held
     # live request when its client has gone.
-    app = RefusingApplication(
-        LiveConnection, middlewares=[common_headers, error_middleware, raw_paths]
-    )
+    app = RefusingApplication(LiveConnection, middlewares=[engine_middleware])
     app[SETTINGS] = settings
     # (process-wide: every source's subset answers share the memory and the disk)
     set_spool_budget(settings.subset_spool_budget)

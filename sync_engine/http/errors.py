@@ -1,4 +1,4 @@
-"""The one table that turns engine errors into HTTP responses, and its middleware.
+"""The one table that turns engine errors into HTTP responses (`error_answer`).
 
 Any exception that is not an EngineError is a bug: it is logged with its traceback and
 answered with a bare 500 that reveals nothing.
@@ -7,7 +7,6 @@ answered with a bare 500 that reveals nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -35,7 +34,7 @@ REQUEST_TIMEOUT_MESSAGE = "Request timeout: the request did not arrive in time"
 
 class BodyTimeout(Exception):
     """A request body did not arrive in full within `server.REQUEST_READ_TIMEOUT` of its
-    head: raised to its reader; `error_middleware` answers 408 and closes the connection."""
+    head: raised to its reader; `error_answer` answers 408 and closes the connection."""
 
 
 def json_response(status: int, body: object, headers: dict[str, str] | None = None) -> web.Response:
@@ -91,35 +90,31 @@ def error_response(exc: EngineError) -> web.Response:
     return json_response(500, {"error": "Internal server error"})
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except EngineError as exc:
+def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The answer to a request whose handler raised `exc` (`app.engine_middleware`): the
+    table above for an `EngineError`, JSON for an aiohttp error status; raises `exc` again
+    for an aiohttp exception that is not an error (or already JSON), which aiohttp sends."""
+    if isinstance(exc, EngineError):
         return error_response(exc)
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status >= 400 and exc.content_type != "application/json":
             return json_response(exc.status, {"message": exc.reason})
-        raise
-    except (ConnectionResetError, TimeoutError) as exc:
+        raise exc
+    if isinstance(exc, (ConnectionResetError, TimeoutError)):
         if request.transport is None or request.transport.is_closing():
             # The client went away: an everyday event, not an error, and nobody to answer.
             logger.debug("client went away during %s %s: %r", request.method, request.path, exc)
             return web.Response(status=499)
         logger.exception("error serving %s", request.path)
         return json_response(500, {"error": "Internal server error"})
-    except BodyTimeout:
+    if isinstance(exc, BodyTimeout):
         # (the proxy's answer to a request that did not arrive in time: a 408, then closed)
         logger.info("request body from %s did not arrive in time", request.remote)
         resp = json_response(408, {"message": REQUEST_TIMEOUT_MESSAGE, "code": "request_timeout"})
         resp.force_close()
         return resp
-    except (RequestPayloadError, BadHttpMessage) as exc:
+    if isinstance(exc, (RequestPayloadError, BadHttpMessage)):
         logger.info("unreadable request body for %s: %s", request.path, type(exc).__name__)
         return json_response(400, {"message": "Malformed request body"})
-    except Exception:
-        logger.exception("error serving %s", request.path)
-        return json_response(500, {"error": "Internal server error"})
+    logger.exception("error serving %s", request.path)
+    return json_response(500, {"error": "Internal server error"})

@@ -59,5 +59,7 @@ def etag(handle: str, request_offset: str, response_offset: str, no_change: bool
 def if_none_match_hits(header: str | None, tag: str) -> bool:
     if not header:
         return False
+    if header == tag:  # (a client revalidating what it got: the tag as sent, alone)
+        return True
     bare = tag.strip('"')
     return any(part.strip().strip('"') == bare for part in header.split(","))

@@ -345,8 +345,12 @@ class ShapeView:
         source.check_open()  # paused while it waited
         if index >= shape_log.snapshot_chunks:
             return None
-        if not shape.rotated and _client_has(
-            request, _etag(shape, req, str(snapshot_chunk_offset(index)), has_data=True)
+        if (
+            not shape.rotated
+            and request.headers.get("if-none-match")  # (else no tag to make: not a revalidation)
+            and _client_has(
+                request, _etag(shape, req, str(snapshot_chunk_offset(index)), has_data=True)
+            )
         ):
             return b""  # (`_respond` makes the same test, and answers 304)
         fresh = shape_log.fresh_snapshot_chunk(index)

@@ -58,7 +58,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeAlias
 
@@ -1003,9 +1003,11 @@ class ShapeLog:
         shared by readers of the same range): copying a 10 MB body on the loop costs
         10-90 ms on a VM whose fresh pages fault in the host, once per response.
         """
-        plan = self.plan_read(offset, whole_transactions=whole_transactions, max_bytes=max_bytes)
-        if joined:
-            plan = replace(plan, joined=True)
+        plan = self.plan_read(
+            offset, whole_transactions=whole_transactions, max_bytes=max_bytes, joined=joined
+        )
+        if not plan.ranges:  # (nothing published after `offset`: a live request's usual read)
+            return [], plan.end
         if plan.size < THREAD_READ_BYTES:
             return self._finish_read(_run_read(plan)), plan.end
         reading = self._reading.get(plan)
@@ -1019,7 +1021,12 @@ class ShapeLog:
         return list(self._finish_read(done)), plan.end
 
     def plan_read(
-        self, offset: LogOffset, *, whole_transactions: bool = False, max_bytes: int = 0
+        self,
+        offset: LogOffset,
+        *,
+        whole_transactions: bool = False,
+        max_bytes: int = 0,
+        joined: bool = False,
     ) -> LogRead:
         """What `read_after` with these arguments reads, taken from the index on the thread
         that publishes (the event loop), so that the bytes may be read in any thread
@@ -1030,7 +1037,7 @@ class ShapeLog:
         lasts = self._chunk_lasts
         ci = bisect.bisect_right(lasts, after) if after >= 0 else 0
         if ci >= len(lasts):
-            return LogRead((), after, self.latest_offset, 0, self._seed)
+            return LogRead((), after, self.latest_offset, 0, self._seed, joined)
         chunks = self._chunks
         ranges: list[tuple[str, int, int]] = []
         size = 0
@@ -1047,7 +1054,7 @@ class ShapeLog:
                     ranges.append((chunk.path, starts[ri], starts[rj]))
                     size += starts[rj] - starts[ri]
                     end = _offset(chunk.lasts[rj - 1])
-                    return LogRead(tuple(ranges), after, end, size, self._seed)
+                    return LogRead(tuple(ranges), after, end, size, self._seed, joined)
             ranges.append((chunk.path, starts[ri], chunk.size))
             size += chunk.size - starts[ri]
             ci += 1
@@ -1059,7 +1066,7 @@ class ShapeLog:
                 or ci >= len(chunks)
                 or chunks[ci].lasts[0] >> 32 != chunk.lasts[-1] >> 32
             ):
-                return LogRead(tuple(ranges), after, chunk.last_offset, size, self._seed)
+                return LogRead(tuple(ranges), after, chunk.last_offset, size, self._seed, joined)
 
     def _finish_read(self, done: list[bytes] | str) -> list[bytes]:
         """The entries `_run_read` gave, or what it found wrong raised: damage retires the
