@@ -36,7 +36,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..single_flight import single_flight
-from .sendfile import open_chunk
+from .sendfile import Ident, ident, open_chunk
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
@@ -54,17 +54,10 @@ MAX_RUNNING = 2
 #: Passed checks kept at most (old ones are dropped first; each expires after `KEEP_FOR`).
 MAX_KEPT = 256
 
-#: What `fstat` says of a file: (device, inode, size, mtime ns, ctime ns).
-Ident = tuple[int, int, int, int, int]
-
 # Passed check-aheads by (device, inode): the file's `Ident` before the check, and when it
 # ended (monotonic). Plain values, no futures: usable from any event loop.
 _kept: dict[tuple[int, int], tuple[Ident, float]] = {}
 _running: set[asyncio.Task[None]] = set()
-
-
-def ident(st: os.stat_result) -> Ident:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def take(st: os.stat_result) -> bool:
@@ -107,13 +100,14 @@ async def _run(
         return
     try:
         st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        # A check in flight may have read the file before this fstat: not ours to keep.
-        if key in pending or key in _kept:
-            return
         before = ident(st)
+        key = (st.st_dev, st.st_ino)
+        shared = (*before, 0)  # (the key `ShapeView._check_file` shares checks of it by)
+        # A check in flight may have read the file before this fstat: not ours to keep.
+        if shared in pending or key in _kept:
+            return
         await single_flight(
-            pending, key, lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd)
+            pending, shared, lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd)
         )
     except Exception:  # (damaged, unreadable: the request for it checks again and says so)
         return

@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: What `fstat` says of a file: (device, inode, size, mtime ns, ctime ns).
+Ident = tuple[int, int, int, int, int]
+
+
+def ident(st: os.stat_result) -> Ident:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
 
 def open_chunk(path: str) -> int | None:
     """A descriptor of the chunk file, or None (gone: the caller reads it the checked way)."""
@@ -54,8 +61,16 @@ class ChunkFileResponse(web.StreamResponse):
     _send_headers_immediately = False
 
     def __init__(
-        self, fd: int, size: int, headers: Mapping[str, str], shape: Shape, offset: int = 0
+        self,
+        fd: int,
+        size: int,
+        headers: Mapping[str, str],
+        shape: Shape,
+        offset: int = 0,
+        checked: Ident | None = None,
     ) -> None:
+        """`checked`: what `fstat` said of the file before its bytes were checked; a file
+        written to since (through the filesystem) is not answered whole (`_unchanged`)."""
         super().__init__(status=200, headers=headers)
         self._shape = shape
         self.content_type = "application/json"
@@ -63,6 +78,7 @@ class ChunkFileResponse(web.StreamResponse):
         self.content_length = size + 2
         self._size = size
         self._offset = offset
+        self._checked = checked
         self._close_fd = weakref.finalize(self, os.close, fd)  # also if never prepared
         self._fd = fd
 
@@ -99,7 +115,25 @@ class ChunkFileResponse(web.StreamResponse):
                 raise
             finally:
                 os.close(out)
+        if not self._unchanged():
+            if transport is not None:
+                transport.abort()  # the body is short of its length: the client retries
+            raise ConnectionResetError("the chunk's file was written to while it was sent")
         await self.write(b"]")
+
+    def _unchanged(self) -> bool:
+        """Whether the file is as it was when its bytes were checked. The check reads the
+        file and the send reads it again: bytes written in place between the two (through
+        the filesystem: the change time moves, whatever is done to the others) would go out
+        unchecked. A pack may have grown meanwhile (another shape's record appended): its
+        regions are never written again, so only a pack of the same size that changed is
+        suspect. (Damage below the filesystem changes no time: see `check_ahead`.)"""
+        if self._checked is None:
+            return True
+        now = ident(os.fstat(self._fd))
+        if now == self._checked:
+            return True
+        return bool(self._offset) and now[:2] == self._checked[:2] and now[2] > self._checked[2]
 
 
 def _read(fd: int, size: int, offset: int) -> bytes:

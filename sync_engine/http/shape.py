@@ -40,7 +40,7 @@ from .params import (
     parse_json_body,
     parse_shape_request,
 )
-from .sendfile import ChunkFileResponse, open_chunk
+from .sendfile import ChunkFileResponse, Ident, ident, open_chunk
 from .subset import serve_subset
 
 if TYPE_CHECKING:
@@ -289,7 +289,7 @@ class ShapeView:
 
     async def _snapshot_chunk(
         self, request: web.Request, source: Source, shape: Shape, req: ShapeRequest, index: int
-    ) -> bytes | tuple[int, int, int] | None:
+    ) -> bytes | tuple[int, int, int, Ident] | None:
         """Chunk `index` of the snapshot, waiting for it; None when the snapshot has fewer.
 
         A chunk this process checked before, but a small one just written (in memory), comes
@@ -360,29 +360,35 @@ class ShapeView:
         file = shape_log.snapshot_chunk_file(index)
         if file is not None and (fd := open_chunk(file[0])) is not None:
             try:  # checked at every send: see `ShapeLog.check_snapshot_file`
-                await self._check_file(shape_log, index, fd, file[1])
+                checked = await self._check_file(shape_log, index, fd, file[1])
             except BaseException:
                 os.close(fd)
                 raise
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
-            return fd, file[1], file[2]
+            return fd, file[1], file[2], checked
         # (not checked by this process yet, or gone: read the checked way; gone is a 409)
         return await asyncio.to_thread(shape_log.read_snapshot_chunk, index)
 
-    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int, offset: int) -> None:
+    async def _check_file(self, shape_log: ShapeLog, index: int, fd: int, offset: int) -> Ident:
         """`shape_log.check_snapshot_file` in a worker thread; requests for the same chunk
         (device, inode and, in a pack, which holds many shapes' chunks, its offset) at the
         same time share one check (a herd of clients syncing the same table read it once,
         not once each). A check of this file that started when the chunk before it was
-        sent, and passed, is used instead (`check_ahead`: chunk files only)."""
+        sent, and passed, is used instead (`check_ahead`: chunk files only).
+
+        Returns what `fstat` said of the file before the check, for the send to compare
+        with after it (`ChunkFileResponse`); requests share a check only when they saw the
+        file the same (one written to since is checked again)."""
         st = os.fstat(fd)
+        checked = ident(st)
         if not offset and check_ahead.take(st):
-            return
+            return checked
         await single_flight(
             self._file_checks,
-            (st.st_dev, st.st_ino, offset) if offset else (st.st_dev, st.st_ino),
+            (*checked, offset),
             lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd),
         )
+        return checked
 
     async def _check_bounds(
         self, request: web.Request, source: Source, shape: Shape, offset: LogOffset
@@ -419,7 +425,7 @@ class ShapeView:
         up_to_date: bool,
         has_data: bool,
         gls: int,
-        file: tuple[int, int, int] | None = None,
+        file: tuple[int, int, int, Ident] | None = None,
     ) -> web.StreamResponse:
         offset_text = str(end)
         method = request.method
@@ -446,8 +452,8 @@ class ShapeView:
                 os.close(file[0])
             return web.Response(status=304, headers=hdrs)
         if file is not None:
-            fd, at, size = file  # `[` + the file (from `at`) + `]`
-            return ChunkFileResponse(fd, size, hdrs, shape, at)
+            fd, at, size, checked = file  # `[` + the file (from `at`) + `]`
+            return ChunkFileResponse(fd, size, hdrs, shape, at, checked)
         hdrs["content-type"] = "application/json; charset=utf-8"  # (as content_type, charset)
         size = sum(map(len, items)) + len(items) + 1  # (`[`, `]` and the commas between)
         if size < STREAM_BYTES and (len(items) != 1 or size < WRITE_BYTES):
