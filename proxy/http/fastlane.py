@@ -164,6 +164,7 @@ class FastConnection(Protocol):
     fast_token: tuple[str, bytes] | None
 
     def fast_answered(self, request: Request, response: Response) -> None: ...
+    def release_parser(self) -> None: ...
     def fast_written(self, request: Request, head: bytes, body: list[bytes]) -> None: ...
     def fast_handover(
         self,
@@ -330,6 +331,7 @@ class FastAnswer:
         if self._done:
             return False
         self._swept = True
+        self._client.release_parser()  # (held: its connection keeps no parser meanwhile)
         deadline = self._prepared.token_exp
         if deadline is not None:
             self._expiry = deadlines.add(max(deadline, self._held_at + MIN_HOLD), self)

@@ -431,6 +431,7 @@ class _Connection(asyncio.Protocol):
         "idle_since",
         "key",
         "lost",
+        "on_header",
         "parser",
         "pool",
         "transport",
@@ -442,6 +443,20 @@ class _Connection(asyncio.Protocol):
         self.key = key
         self._loop = pool.loop
         self.transport: asyncio.Transport | None = None
+        #: The answer's raw headers as llhttp gives them: name, value, name, value... One
+        #: list for the connection's life, emptied for each request; each answer gets a copy
+        #: (`on_headers_complete`).
+        self._raw_headers: list[bytes] = []
+        #: httptools' header callback (it looks it up once, when the parser is made): a
+        #: function appending to `_raw_headers` by two C calls, not a method building a
+        #: tuple: ~3.7K instructions less for the engine's 16 headers (~1.8% of a forward).
+        append = self._raw_headers.append
+
+        def on_header(name: bytes, value: bytes) -> None:
+            append(name)
+            append(value)
+
+        self.on_header = on_header
         #: Dropped when the connection is lost: the parser keeps this protocol (its
         #: callbacks) and this protocol the parser, a cycle (see `_forget`).
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
@@ -452,7 +467,6 @@ class _Connection(asyncio.Protocol):
         self._headers_waiter: asyncio.Future[UpstreamResponse] | None = None
         #: Told of the answer by callbacks instead (`send_to`): no future, no task.
         self._listener: Listener | None = None
-        self._raw_headers: list[bytes] = []  # name, value, name, value...
         self._reason = b""
         self._head_only = False
         self._keep_alive = False
@@ -514,15 +528,12 @@ class _Connection(asyncio.Protocol):
         self._body = None
         self._listener = None
         self._headers_waiter = None
-        self._raw_headers = []
+        self._raw_headers.clear()
 
     # --- httptools callbacks ------------------------------------------------------------
 
     def on_status(self, status: bytes) -> None:
         self._reason += status
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw_headers += (name, value)
 
     def on_headers_complete(self) -> None:
         waiter = self._headers_waiter
@@ -532,11 +543,11 @@ class _Connection(asyncio.Protocol):
         parser = self.parser
         assert parser is not None  # (called from `feed_data` only)
         status = parser.get_status_code()
-        raw = self._raw_headers
         if 100 <= status < 200:  # an interim answer (we never send Expect): skip it
-            raw.clear()
+            self._raw_headers.clear()
             self._reason = b""
             return
+        raw = self._raw_headers.copy()  # (the list is the next answer's too)
         self._headers_waiter = None
         # (llhttp answers this only until the message is complete)
         self._keep_alive = parser.should_keep_alive()
@@ -584,7 +595,7 @@ class _Connection(asyncio.Protocol):
         self._head_only = head_only
         self._received = False
         self._reason = b""
-        self._raw_headers = []
+        self._raw_headers.clear()
         self._body = None
         waiter: asyncio.Future[UpstreamResponse] = self._loop.create_future()
         self._headers_waiter = waiter
@@ -604,7 +615,7 @@ class _Connection(asyncio.Protocol):
         self._head_only = False
         self._received = False
         self._reason = b""
-        self._raw_headers = []
+        self._raw_headers.clear()
         self._body = None
         self._listener = listener
         self._timeout = timeout

@@ -12,6 +12,7 @@ also the last part of a live answer's ETag).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ import pytest
 import proxy.http.fastlane as fastlane
 import proxy.upstream.client as upstream_client
 from proxy.config.loader import build_config
+from proxy.upstream.forward import FAST_DEADLINE_DELAY
 from tests.proxy.engines import engine_on_a_new_database
 from tests.proxy.proxy_fakes import ORIGIN, base_config
 from tests.proxy.test_upstream_client import OK, RawServer, read_request
@@ -399,6 +401,16 @@ async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
     await writer.drain()
     await real_engine.until_parked(1)
     assert fast_lane_taken == [live]
+    # Held: once the sweep registered it, its connection keeps no parser (bar 2: memory per
+    # held long-poll), though a keep-alive connection keeps one between quick answers.
+    from proxy.http.protocol import Connection
+
+    def held_connections() -> list[Connection]:
+        return [o for o in gc.get_objects() if isinstance(o, Connection) and o._fast is not None]
+
+    await asyncio.sleep(FAST_DEADLINE_DELAY + 0.5)
+    holding = held_connections()
+    assert len(holding) == 1 and holding[0]._parser is None
     writer.close()  # the client goes away: the engine request must go too
 
     async def let_go() -> bool:

@@ -26,9 +26,12 @@ from proxy.upstream.client import (
     HIGH_WATER,
     BodyTimeout,
     BodyTruncated,
+    RawHead,
     UpstreamOptions,
     UpstreamPool,
     UpstreamResponse,
+    _serialize,
+    key_of,
 )
 from tests.proxy.engines import engine_on_a_new_database
 from tests.support.waiting import wait_until_async
@@ -569,3 +572,61 @@ async def test_a_spliced_body_fails_when_the_engine_stalls_or_the_client_stops_r
                 assert pool.open_connections == 0
                 assert client.transport is not None and client.transport.is_closing() != stalls
         assert server.connections == 2
+
+
+class _Heads:
+    """A `Listener` keeping what it is told (`_Connection.send_to`)."""
+
+    def __init__(self) -> None:
+        self.heads: list[RawHead] = []
+        self.done = asyncio.Event()
+
+    def on_headers(self, head: RawHead) -> None:
+        self.heads.append(head)
+
+    def on_complete(self) -> None:
+        self.done.set()
+
+    def on_failed(self, error: Exception, retry: bool) -> None:
+        raise AssertionError(f"failed: {error!r}")
+
+
+async def test_answers_on_one_connection_each_keep_exactly_their_own_raw_headers(
+    pool: UpstreamPool,
+) -> None:
+    """The header list llhttp fills is the connection's, emptied for each request: each
+    answer's `RawHead.raw` is its own copy, every header in order (a repeated name twice),
+    an interim 1xx's headers dropped, none of an earlier answer's left in a later one."""
+    answers = [
+        b"HTTP/1.1 100 Continue\r\nx-interim: 1\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nVary: Origin\r\nx-a: 1\r\nVary: Accept\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nx-b: 2\r\nContent-Length: 2\r\n\r\nok",
+    ]
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        for answer in answers:
+            await read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        await read_request(reader)
+
+    async with RawServer(serve) as server:
+        url = server.url()
+        key = key_of(url)
+        heads = []
+        for n in range(2):
+            # (the first request opens the connection the second takes idle)
+            conn = pool.take_idle(key) if n else await pool._connect(key, OPTIONS)
+            assert conn is not None
+            listener = _Heads()
+            conn.send_to(_serialize("GET", url, {}, None), 10, listener)
+            await asyncio.wait_for(listener.done.wait(), 10)
+            [head] = listener.heads
+            assert head.body.take_all() == b"ok"
+            head.release()
+            heads.append(head)
+        assert server.connections == 1
+    assert heads[0].raw == [
+        b"Vary", b"Origin", b"x-a", b"1", b"Vary", b"Accept", b"Content-Length", b"2"
+    ]  # fmt: skip
+    assert heads[1].raw == [b"x-b", b"2", b"Content-Length", b"2"]
