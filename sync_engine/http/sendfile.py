@@ -33,12 +33,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-#: What `fstat` says of a file: (device, inode, size, mtime ns, ctime ns).
-Ident = tuple[int, int, int, int, int]
+#: What `fstat` says of a file: (device, inode, size, mtime ns, ctime ns, links).
+Ident = tuple[int, int, int, int, int, int]
 
 
 def ident(st: os.stat_result) -> Ident:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
 
 
 def open_chunk(path: str) -> int | None:
@@ -122,18 +122,22 @@ class ChunkFileResponse(web.StreamResponse):
         await self.write(b"]")
 
     def _unchanged(self) -> bool:
-        """Whether the file is as it was when its bytes were checked. The check reads the
-        file and the send reads it again: bytes written in place between the two (through
-        the filesystem: the change time moves, whatever is done to the others) would go out
-        unchecked. A pack may have grown meanwhile (another shape's record appended): its
-        regions are never written again, so only a pack of the same size that changed is
-        suspect. (Damage below the filesystem changes no time: see `check_ahead`.)"""
+        """Whether the file's bytes are as they were when they were checked. The check reads
+        the file and the send reads it again: bytes written in place between the two
+        (through the filesystem: the change time moves, whatever is done to the others)
+        would go out unchecked. Not a change: a pack grown meanwhile (another shape's record
+        appended; its regions are never written again), and a file unlinked meanwhile (its
+        shape retired: the change time moves with the link count, the bytes do not). Damage
+        below the filesystem changes no time: see `check_ahead`."""
         if self._checked is None:
             return True
-        now = ident(os.fstat(self._fd))
-        if now == self._checked:
+        was, now = self._checked, ident(os.fstat(self._fd))
+        if now == was:
             return True
-        return bool(self._offset) and now[:2] == self._checked[:2] and now[2] > self._checked[2]
+        size, mtime, ctime, links = now[2:]
+        if self._offset and size > was[2]:
+            return True
+        return size == was[2] and mtime == was[3] and (ctime == was[4] or links < was[5])
 
 
 def _read(fd: int, size: int, offset: int) -> bytes:

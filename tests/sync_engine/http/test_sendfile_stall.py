@@ -189,3 +189,35 @@ async def test_a_chunk_file_written_to_during_its_send_is_not_answered_whole(
     # The next request for it checks the file, finds it damaged: 409, not the changed row.
     status, h, body2 = await engine.get(table="big", offset="0_0", handle=handle)
     assert status == 409, (status, body2[:200])
+
+
+async def test_a_chunk_file_unlinked_during_its_send_is_answered_whole(engine: Engine) -> None:
+    """Its shape retired meanwhile (a rotation, a delete): the file's bytes did not change, only
+    its link count (and with it the change time), so the answer in flight completes."""
+    engine.sql("CREATE TABLE big (id int PRIMARY KEY, payload text)")
+    engine.sql("INSERT INTO big SELECT g, repeat('x', 3000) FROM generate_series(1, 2000) g")
+    status, h, _ = await engine.get(table="big", offset="-1")  # (written: sent as its file now)
+    assert status == 200
+    handle = h["electric-handle"]
+    chunk = next(engine.data_dir.rglob(f"{handle}.snapshot.00001.json"))
+    expected = b"[" + chunk.read_bytes() + b"]"
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    try:
+        server = engine.client.server
+        await loop.sock_connect(sock, (server.host, server.port))
+        target = f"/v1/shape?table=big&offset=0_0&handle={handle}"
+        await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        first = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)  # (checked: sending)
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        chunk.unlink()
+        got = first
+        while len(got.partition(b"\r\n\r\n")[2]) < len(expected):
+            piece = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), 10)
+            assert piece, "the connection ended short of the body"
+            got += piece
+    finally:
+        sock.close()
+    assert got.partition(b"\r\n\r\n")[2] == expected
