@@ -165,6 +165,15 @@ class Container:
         raise AssertionError("proxy never became healthy:\n" + self.output())
 
 
+def _as_pid_one() -> None:
+    """The signals a container's PID 1 starts with: all default. A test run under `nohup` (or
+    anything else that ignores SIGHUP) would hand the entrypoint an ignored SIGHUP, which bash
+    cannot trap (a signal ignored on entry stays ignored), and the reload test would fail for
+    the harness's sake: CI ci83/ci84 were started with nohup."""
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 @pytest.fixture
 def start_container(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Container]]:
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -201,6 +210,7 @@ def start_container(db_url: str, tmp_path: Path) -> Iterator[Callable[..., Conta
             [str(ENTRYPOINT)], env=env, cwd=tmp_path,
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
             start_new_session=True,  # (its own group: teardown ends what it started)
+            preexec_fn=_as_pid_one,
         )  # fmt: skip
         c = Container(proc, log, engine_port, proxy_port, engine_secret, jwt_secret)
         started.append(c)
