@@ -57,15 +57,19 @@ async def _drain(sock: socket.socket, timeout: float) -> tuple[bytes, bool]:
     return bytes(got), True
 
 
-async def test_a_client_that_stops_reading_a_snapshot_file_is_cut(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(live, "SEND_TIMEOUT", 0.5)
+async def _big_table(engine: Engine) -> str:
+    """A 6 MB table `big` synced once (its snapshot written: chunk 1 is sent as its file now);
+    the shape's handle."""
     engine.sql("CREATE TABLE big (id int PRIMARY KEY, payload text)")
     engine.sql("INSERT INTO big SELECT g, repeat('x', 3000) FROM generate_series(1, 2000) g")
-    status, h, _ = await engine.get(table="big", offset="-1")  # (written: sent as its file now)
+    status, h, _ = await engine.get(table="big", offset="-1")
     assert status == 200
-    handle = h["electric-handle"]
+    return str(h["electric-handle"])
+
+
+async def _slow_reader(engine: Engine, handle: str) -> socket.socket:
+    """A raw client with a small receive buffer that has asked for chunk 1 of `big` and read
+    nothing yet: the send is still going on while it does not read."""
     loop = asyncio.get_running_loop()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -74,8 +78,20 @@ async def test_a_client_that_stops_reading_a_snapshot_file_is_cut(
         server = engine.client.server
         await loop.sock_connect(sock, (server.host, server.port))
         target = f"/v1/shape?table=big&offset=0_0&handle={handle}"
-        request = f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n"
-        await loop.sock_sendall(sock, request.encode())
+        await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def test_a_client_that_stops_reading_a_snapshot_file_is_cut(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(live, "SEND_TIMEOUT", 0.5)
+    handle = await _big_table(engine)
+    sock = await _slow_reader(engine, handle)
+    try:
         await asyncio.sleep(3 * live.SEND_TIMEOUT)  # (reads nothing)
         got, ended = await _drain(sock, 10.0)
     finally:
@@ -150,21 +166,11 @@ async def test_a_chunk_file_written_to_during_its_send_is_not_answered_whole(
 
     The raw client's small receive buffer keeps the send going on when the file is written.
     """
-    engine.sql("CREATE TABLE big (id int PRIMARY KEY, payload text)")
-    engine.sql("INSERT INTO big SELECT g, repeat('x', 3000) FROM generate_series(1, 2000) g")
-    status, h, _ = await engine.get(table="big", offset="-1")  # (written: sent as its file now)
-    assert status == 200
-    handle = h["electric-handle"]
+    handle = await _big_table(engine)
     chunk = next(engine.data_dir.rglob(f"{handle}.snapshot.00001.json"))
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
+    sock = await _slow_reader(engine, handle)
     try:
-        server = engine.client.server
-        await loop.sock_connect(sock, (server.host, server.port))
-        target = f"/v1/shape?table=big&offset=0_0&handle={handle}"
-        await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         first = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)  # (checked: sending)
         assert first.startswith(b"HTTP/1.1 200"), first[:200]
         # One payload byte near the file's end changed in place, through the filesystem.
@@ -194,22 +200,12 @@ async def test_a_chunk_file_written_to_during_its_send_is_not_answered_whole(
 async def test_a_chunk_file_unlinked_during_its_send_is_answered_whole(engine: Engine) -> None:
     """Its shape retired meanwhile (a rotation, a delete): the file's bytes did not change, only
     its link count (and with it the change time), so the answer in flight completes."""
-    engine.sql("CREATE TABLE big (id int PRIMARY KEY, payload text)")
-    engine.sql("INSERT INTO big SELECT g, repeat('x', 3000) FROM generate_series(1, 2000) g")
-    status, h, _ = await engine.get(table="big", offset="-1")  # (written: sent as its file now)
-    assert status == 200
-    handle = h["electric-handle"]
+    handle = await _big_table(engine)
     chunk = next(engine.data_dir.rglob(f"{handle}.snapshot.00001.json"))
     expected = b"[" + chunk.read_bytes() + b"]"
     loop = asyncio.get_running_loop()
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
+    sock = await _slow_reader(engine, handle)
     try:
-        server = engine.client.server
-        await loop.sock_connect(sock, (server.host, server.port))
-        target = f"/v1/shape?table=big&offset=0_0&handle={handle}"
-        await loop.sock_sendall(sock, f"GET {target} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         first = await asyncio.wait_for(loop.sock_recv(sock, 4096), 10)  # (checked: sending)
         assert first.startswith(b"HTTP/1.1 200"), first[:200]
         chunk.unlink()
