@@ -136,7 +136,8 @@ class TransactionAssembler:
         self.registry = registry
         self.router = router
         self._deliver = deliver
-        #: The LSN of the last commit read (whatever it touched).
+        #: The LSN of the last commit read (whatever it touched); at least the slot's
+        #: confirmed position once the stream started (`Replicator.run`: read before).
         self.global_lsn = Lsn(0)
         #: The LSN of the commit read last in this stream session (unlike `global_lsn` it
         #: starts again at 0 on reconnect, so it never names a commit not yet read again).

@@ -355,7 +355,8 @@ class Replicator:
 
     @property
     def global_lsn(self) -> Lsn:
-        """The LSN of the last commit read from the stream."""
+        """The LSN of the last commit read from the stream (at least the slot's confirmed
+        position at start: every commit before it was read, by this process or before)."""
         return self.assembler.global_lsn
 
     @property
@@ -430,10 +431,15 @@ class Replicator:
                     # Nothing read since start: every commit before the slot's position is
                     # in the shape logs (the slot only confirms what is durable), so that is
                     # what an up-to-date may promise (Electric's LsnTracker is initialised
-                    # to the slot's flushed LSN), not "0".
+                    # to the slot's flushed LSN), not "0". It is also what the engine has
+                    # seen (`global_lsn`): an offset at or below it is not "beyond anything
+                    # seen", so one the shape never issued is its 409 at once, not a wait
+                    # for the next commit read and a 400 (after a restart with no writes
+                    # PG15 sends no transaction at all: that lasted until the next write).
                     confirmed = await slot_confirmed_lsn(self.dsn, self.slot)
                     if confirmed is not None and not self._readable_lsn:
                         self._readable_lsn = confirmed
+                        self.assembler.global_lsn = max(self.assembler.global_lsn, confirmed)
                 self.connected.set()
                 if self.write_error is None:
                     self.on_state(ReplicationState.ACTIVE, None)
