@@ -410,7 +410,29 @@ class ShapeLog:
             paths = [str(p) for p in self.directory.glob(f"{self.handle}.log.*.log")]
         if begun is not None:
             self._first_lsn, self._begun_recorded = begun, True
-        self._load_transactions(sorted(paths))
+        self._load_transactions(self._without_unwritten_tail(sorted(paths)))
+
+    def _without_unwritten_tail(self, paths: list[str]) -> list[str]:
+        """`paths` less a last chunk file that was made and never written: a crash between
+        its creation and its first record's write (it is made for a transaction that
+        starts a chunk) leaves it empty. Nothing was in it, so nothing is cut: it was a
+        cut of unknown LSNs, "after the last whole transaction", which the slot was
+        usually confirmed past, and retired the shape (test_kill_big_transactions' 409).
+        Written to once, it would say so: its own durable size, the chunk before it noted
+        as having a next one, or (chunk 0) the log noted as begun in the pack; an empty
+        file that says any of these lost records, and stays a cut."""
+        if not paths:
+            return paths
+        last = paths[-1]
+        if os.path.getsize(last) or _durable_size(last):
+            return paths
+        if len(paths) == 1:
+            if last != self._log_name(0) or self._begun_recorded:
+                return paths
+        elif last != self._log_name(len(paths) - 1) or _has_next_chunk(paths[-2]):
+            return paths
+        os.unlink(last)
+        return paths[:-1]
 
     def own_files(self) -> list[str]:
         """The files only this shape uses (not its pack): what retiring it deletes."""
@@ -798,9 +820,14 @@ class ShapeLog:
         paced: bool,
     ) -> Generator[None, None, bool]:
         """Write one record (its header, then `body`'s pieces) at the end of `tail` and
-        stage it. Paced and big: the body first, `PACE_BYTES` at a time (a yield after
-        each), the header last, so that a record cut short by a crash fails its header
-        check (`load` cuts it off). Returns False if the log was retired meanwhile."""
+        stage it. Paced and big: the header, then the body `PACE_BYTES` at a time (a
+        yield after each). A record cut short by a crash runs past the end of its file
+        or fails its body check (`load` cuts it off), and its intact header names the
+        transaction cut (`repaired_from`). The header was written last: a crash in the
+        middle left a hole where it goes, no LSN, and the load could only say the cut
+        began after the last whole transaction, which the slot was usually confirmed
+        past: a torn tail the slot sends again retired the shape (clients refetched).
+        Returns False if the log was retired meanwhile."""
         start = tail.end
         try:
             if self._needs_cut:
@@ -817,20 +844,21 @@ class ShapeLog:
             else:
                 generation = self._generation
                 crc = 0
+                for piece in body:
+                    crc = crc32(piece, crc)
+                head = record_header(size - HEADER_SIZE, crc, lsn, flags, self._seed)
+                write_fd(tail.path, head, start)
                 at = start + HEADER_SIZE
                 for piece in body:
                     view = memoryview(piece)
                     for i in range(0, len(view), PACE_BYTES):
                         step = view[i : i + PACE_BYTES]
                         write_fd(tail.path, step, at)
-                        crc = crc32(step, crc)
                         at += len(step)
                         yield
                         if self.retired:
                             return False
                         self._check_generation(tail, generation)
-                head = record_header(size - HEADER_SIZE, crc, lsn, flags, self._seed)
-                write_fd(tail.path, head, start)
         except OSError as exc:
             if isinstance(exc, LogWriteError):
                 raise

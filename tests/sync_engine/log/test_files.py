@@ -533,3 +533,71 @@ def test_records_written_without_a_seed_are_still_read(tmp_path: Path) -> None:
     log.load_transactions()
     assert log.damage is None
     assert _read_all(log)[0] == [e for lsn in (100, 200) for _, e in _tx(lsn)]
+
+
+def _one_chunk_full(tmp_path: Path) -> ShapeLog:
+    """A log whose only chunk ends exactly with a whole transaction (its last entry brings
+    it to `chunk_bytes`): the next transaction starts a chunk file of its own."""
+    log = _new(tmp_path, chunk_bytes=1000)
+    log.append_transaction(100, _tx(100, n=10, size=60))
+    _sync_and_publish(log)
+    assert [p.name for p in log.directory.glob("shape.log.*.log")] == ["shape.log.00000000.log"]
+    return log
+
+
+def test_a_chunk_file_made_and_never_written_is_no_cut(tmp_path: Path) -> None:
+    """SIGKILLed between making a chunk file and writing its first record (a transaction
+    that starts a chunk): the empty file held nothing, so the load cuts nothing. It set
+    `repaired_from` to "after the last whole transaction", which the slot was confirmed
+    past, and the replicator retired the shape: a 409 and a refetch for its clients after
+    a crash that lost nothing (test_kill_big_transactions, ci83)."""
+    log = _one_chunk_full(tmp_path)
+    log.close()
+    empty = log.directory / "shape.log.00000001.log"
+    empty.touch()  # (what the kill left: `_fd` made it, the write never ran)
+    again = _reload(log)
+    assert again.damage is None and again.repaired_from is None
+    assert not empty.exists()
+    assert _read_all(again)[0] == [e for _, e in _tx(100, n=10, size=60)]
+    again.append_transaction(200, _tx(200))  # (the slot sends it again: a new chunk 1)
+    _sync_and_publish(again)
+    expected = [e for _, e in _tx(100, n=10, size=60) + _tx(200)]
+    assert _read_all(_reload(again))[0] == expected
+
+
+def test_an_empty_chunk_file_that_was_written_to_is_still_a_cut(tmp_path: Path) -> None:
+    """An empty last chunk whose records were written (the chunk before it notes it has a
+    next one) lost them: still cut from after the last whole transaction (the shape is
+    retired if the slot will not send that again)."""
+    log = _one_chunk_full(tmp_path)
+    log.append_transaction(200, _tx(200))
+    _sync_and_publish(log)
+    log.close()
+    last = log.directory / "shape.log.00000001.log"
+    os.truncate(last, 0)
+    os.removexattr(last, "user.shapegate.durable")
+    again = _reload(log)
+    assert again.repaired_from is not None and again.repaired_from <= 200
+    assert _read_all(again)[0] == [e for _, e in _tx(100, n=10, size=60)]
+
+
+def test_a_big_record_cut_short_by_a_crash_names_its_transaction(tmp_path: Path) -> None:
+    """A record of `PACE_BYTES` or more is written in steps (the loop runs between them).
+    Killed in the middle, the load cuts it and names its transaction (`repaired_from`),
+    which the slot sends again. Its header was written last: the hole where it goes had
+    no LSN, the cut was "after the last whole transaction", which the slot was confirmed
+    past, and the shape was retired (its clients refetched) after a crash that lost
+    nothing durable."""
+    log = _new(tmp_path, chunk_bytes=8 << 20)
+    log.append_transaction(100, _tx(100))
+    _sync_and_publish(log)
+    big = _tx(200, n=3, size=1 << 20)  # (one record of ~3 MiB)
+    steps = log._append(200, big, True, paced=True)
+    next(steps)  # (the first step written; then the kill)
+    log.close()
+    again = _reload(log)
+    assert again.damage is not None and again.repaired_from == 200
+    assert _read_all(again)[0] == [e for _, e in _tx(100)]
+    again.append_transaction(200, big)  # (the slot sends it again)
+    _sync_and_publish(again)
+    assert _read_all(_reload(again))[0] == [e for _, e in _tx(100) + big]
