@@ -36,7 +36,8 @@ import time
 from typing import TYPE_CHECKING
 
 from ..single_flight import single_flight
-from .sendfile import Ident, ident, open_chunk
+from .parser_refusals import room_for_send
+from .sendfile import Ident, close_chunk, ident, open_chunk
 
 if TYPE_CHECKING:
     from ..log.files import ShapeLog
@@ -95,7 +96,7 @@ async def _run(
     shape_log: ShapeLog,
     index: int,
 ) -> None:
-    fd = open_chunk(path)
+    fd = open_chunk(path, 1) if room_for_send(1) else None  # (optional: not at the limit)
     if fd is None:
         return
     try:
@@ -112,7 +113,7 @@ async def _run(
     except Exception:  # (damaged, unreadable: the request for it checks again and says so)
         return
     finally:
-        os.close(fd)
+        close_chunk(fd, 1)
     now = time.monotonic()
     if len(_kept) >= MAX_KEPT:
         old = [k for k, (_, ended) in _kept.items() if now - ended > KEEP_FOR]

@@ -324,10 +324,37 @@ class _Descriptors:
 
     #: Client connections open now (every listener's).
     clients = 0
-    #: Descriptors open at the last count that were neither client connections nor the
-    #: shape logs' cached files (Postgres connections, listening sockets, sqlite, ...).
+    #: Descriptors held by responses being sent besides their connection's: a chunk file
+    #: and a duplicate of the socket for `sendfile` (`sendfile.py`), counted as they are
+    #: opened and closed.
+    sends = 0
+    #: Descriptors open at the last count that were neither client connections, the shape
+    #: logs' cached files nor sends' (Postgres connections, listening sockets, sqlite, ...).
     others = -1
     counted_at = float("-inf")
+
+
+def note_send_descriptors(delta: int) -> None:
+    """A send opened (`delta` > 0) or closed descriptors besides its connection's."""
+    _Descriptors.sends += delta
+
+
+def room_for_send(needed: int = 2) -> bool:
+    """Whether a send may open `needed` more descriptors: what is open (connections, the
+    logs' cache, sends, the rest as last counted) leaves at least half of `FD_RESERVE`
+    free after them, for what the engine itself must open (a shape log's next chunk, a
+    Postgres connection, a snapshot's files). A connection counts as one descriptor at
+    the cap, and one sending a chunk file holds three: connections let in while idle that
+    all then ask a big chunk at once took the limit's last descriptors."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return True
+    connection_cap()  # (counts the others if they never were)
+    from ..log import fds
+
+    d = _Descriptors
+    held = d.clients + d.sends + fds.open_count() + max(d.others, 0)
+    return held + needed <= soft - FD_RESERVE // 2
 
 
 def _open_descriptors() -> int | None:
@@ -344,27 +371,27 @@ def connections_in_use() -> int:
 
 def connection_cap() -> int:
     """The most client connections the process keeps open: its file limit less what is open
-    for anything else now (the shape logs' cached files, counted exactly; Postgres
-    connections, sockets and files, counted at the first connection and again at most every
-    `_RECOUNT` seconds once more than half the room is used) and `FD_RESERVE`. Without a cap,
-    connections that never finish a request (no secret needed) took every descriptor: new
-    clients were reset and shape logs could not be written, pausing replication. It once set
-    aside the logs' whole cache (up to 4,096) and an eighth of the limit as well, whatever
-    was open: 13,400 clients at a 20,000 limit."""
+    for anything else now (the shape logs' cached files and what sends hold, counted
+    exactly; Postgres connections, sockets and files, counted at the first connection and
+    again at most every `_RECOUNT` seconds once more than half the room is used) and
+    `FD_RESERVE`. Without a cap, connections that never finish a request (no secret
+    needed) took every descriptor: new clients were reset and shape logs could not be
+    written, pausing replication. It once set aside the logs' whole cache (up to 4,096) and
+    an eighth of the limit as well, whatever was open: 13,400 clients at a 20,000 limit."""
     from ..log import fds  # (the log package imports nothing of http's)
 
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         return 1 << 20
-    room = soft - FD_RESERVE - fds.open_count()
     d = _Descriptors
+    room = soft - FD_RESERVE - fds.open_count() - d.sends
     now = time.monotonic()
     if d.others < 0 or (d.clients > (room - d.others) // 2 and now - d.counted_at >= _RECOUNT):
         total = _open_descriptors()
         if total is None:  # (no /proc: as much as the logs' cache may ever hold)
             d.others = max(0, fds.MAX_OPEN - fds.open_count())
         else:
-            d.others = max(0, total - d.clients - fds.open_count())
+            d.others = max(0, total - d.clients - fds.open_count() - d.sends)
         d.counted_at = now
     return max(MIN_CONNECTIONS, room - d.others)
 

@@ -27,6 +27,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from . import live
+from .parser_refusals import note_send_descriptors
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape
@@ -41,12 +42,42 @@ def ident(st: os.stat_result) -> Ident:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_nlink)
 
 
-def open_chunk(path: str) -> int | None:
-    """A descriptor of the chunk file, or None (gone: the caller reads it the checked way)."""
+#: Descriptors a chunk sent from its file holds besides its connection's: the file and the
+#: duplicate of the socket `ChunkFileResponse` sends it to (counted from the file's opening).
+SEND_DESCRIPTORS = 2
+
+
+def open_chunk(path: str, counted: int = SEND_DESCRIPTORS) -> int | None:
+    """A descriptor of the chunk file, or None (gone: the caller reads it the checked way).
+    `counted` descriptors count against the file limit (`note_send_descriptors`) until
+    `close_chunk`: by default the file and its send's socket duplicate, made later (so that
+    requests let in together do not all pass `room_for_send` before any holds both)."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
+    note_send_descriptors(counted)
+    return fd
+
+
+def close_chunk(fd: int, counted: int = SEND_DESCRIPTORS) -> None:
+    """Close a descriptor `open_chunk` gave (with the same `counted`)."""
+    note_send_descriptors(-counted)
+    os.close(fd)
+
+
+def dup_socket(fd: int) -> int:
+    """A duplicate of the connection's socket for `_sendfile` (see the module's docstring),
+    counted against the file limit until `close_dup` (a subset's answer: its spooled file
+    is counted by the spool)."""
+    out = os.dup(fd)
+    note_send_descriptors(1)
+    return out
+
+
+def close_dup(out: int) -> None:
+    note_send_descriptors(-1)
+    os.close(out)
 
 
 class ChunkFileResponse(web.StreamResponse):
@@ -79,7 +110,7 @@ class ChunkFileResponse(web.StreamResponse):
         self._size = size
         self._offset = offset
         self._checked = checked
-        self._close_fd = weakref.finalize(self, os.close, fd)  # also if never prepared
+        self._close_fd = weakref.finalize(self, close_chunk, fd)  # also if never prepared
         self._fd = fd
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
@@ -107,7 +138,7 @@ class ChunkFileResponse(web.StreamResponse):
             await self.write(await asyncio.to_thread(_read, self._fd, self._size, self._offset))
         else:
             await _flushed(transport, writer)
-            out = os.dup(sock.fileno())
+            out = os.dup(sock.fileno())  # (counted with the file: `open_chunk`)
             try:
                 await _sendfile(out, self._fd, self._size, self._offset)
             except BaseException:

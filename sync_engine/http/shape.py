@@ -40,7 +40,8 @@ from .params import (
     parse_json_body,
     parse_shape_request,
 )
-from .sendfile import ChunkFileResponse, Ident, ident, open_chunk
+from .parser_refusals import room_for_send
+from .sendfile import ChunkFileResponse, Ident, close_chunk, ident, open_chunk
 from .subset import serve_subset
 
 if TYPE_CHECKING:
@@ -61,6 +62,10 @@ SNAPSHOT_QUIET = 2.0
 STREAM_BYTES = 1 << 20
 #: About the size of each piece written of such an answer.
 WRITE_BYTES = 256 << 10
+
+#: The 503 of a chunk that would be sent from its file when the file limit has no room for
+#: the two descriptors that takes (`parser_refusals.room_for_send`).
+TOO_MANY_SENDS = "Too many answers being sent: try again in a moment, please."
 
 #: Parsed query strings of body-less requests kept (`ShapeView._parse`), and the longest kept.
 PARSED_MAX = 1024
@@ -358,11 +363,15 @@ class ShapeView:
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
             return fresh
         file = shape_log.snapshot_chunk_file(index)
+        if file is not None and not room_for_send():
+            # Sent from its file it would hold two more descriptors (the file, a duplicate
+            # of the socket) where the limit has no room for them: the client retries.
+            raise ServiceUnavailable(TOO_MANY_SENDS, 1, code="too_many_sends")
         if file is not None and (fd := open_chunk(file[0])) is not None:
             try:  # checked at every send: see `ShapeLog.check_snapshot_file`
                 checked = await self._check_file(shape_log, index, fd, file[1])
             except BaseException:
-                os.close(fd)
+                close_chunk(fd)
                 raise
             check_ahead.start(self._file_checks, shape_log, index + 1)  # while this is sent
             return fd, file[1], file[2], checked
@@ -449,7 +458,7 @@ class ShapeView:
         tag = hdrs["etag"] = _etag(shape, req, offset_text, has_data=has_data)
         if _client_has(request, tag):
             if file is not None:
-                os.close(file[0])
+                close_chunk(file[0])
             return web.Response(status=304, headers=hdrs)
         if file is not None:
             fd, at, size, checked = file  # `[` + the file (from `at`) + `]`

@@ -28,7 +28,7 @@ from aiohttp.abc import AbstractStreamWriter
 from ..errors import ShapeGone
 from ..snapshot.subset import Spool, SubsetQuery, run_subset
 from .live import client_gone
-from .sendfile import _flushed, _sendfile
+from .sendfile import _flushed, _sendfile, close_dup, dup_socket
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape
@@ -127,11 +127,11 @@ class SpooledResponse(web.StreamResponse):
                 await self.write(await asyncio.to_thread(_read, fd, start, part))
         else:
             await _flushed(transport, writer)
-            out = os.dup(sock.fileno())
+            out = dup_socket(sock.fileno())
             try:
                 await _sendfile(out, fd, size)  # (cuts a client that takes nothing)
             finally:
-                os.close(out)
+                close_dup(out)
         for held in self._answer.tail:  # (what a full disk left in memory)
             await self.write(held)
         await self.write(_TAIL)

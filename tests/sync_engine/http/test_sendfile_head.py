@@ -10,14 +10,14 @@ transport writes are recorded, to a raw socket client.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from sync_engine.http.sendfile import ChunkFileResponse
+from sync_engine.http import parser_refusals
+from sync_engine.http.sendfile import ChunkFileResponse, open_chunk
 
 from .wire import FakeShape, ask, record_writes, serving, undated
 
@@ -31,7 +31,8 @@ async def test_the_head_and_the_opening_bracket_go_out_in_one_write(
     writes = record_writes(monkeypatch, copy=True)
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_chunk(str(path))
+        assert fd is not None
         shape: Any = FakeShape()
         return ChunkFileResponse(fd, len(data), {"electric-offset": "0_0"}, shape)
 
@@ -51,20 +52,24 @@ async def test_the_head_and_the_opening_bracket_go_out_in_one_write(
 
 async def test_a_region_of_a_file_is_sent_from_its_offset(tmp_path: Path) -> None:
     """A last snapshot chunk kept in its pack is sent as a region of the pack: `[`, exactly
-    its bytes, `]` (GET over the kernel's sendfile), and a HEAD has the same head."""
+    its bytes, `]` (GET over the kernel's sendfile), and a HEAD has the same head. The
+    descriptors a send holds count against the file limit until it ends, no longer."""
+    held = parser_refusals._Descriptors.sends
     region = b'{"a":1},' * 30_000 + b'{"a":2}'
     path = tmp_path / "pack"
     path.write_bytes(b"before" * 1000 + region + b"after" * 1000)
     at = 6000
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_chunk(str(path))
+        assert fd is not None
         shape: Any = FakeShape()
         return ChunkFileResponse(fd, len(region), {"electric-offset": "0_0"}, shape, at)
 
     async with serving({"chunk": handler}) as port:
         answer = await ask(port, "GET", "chunk")
         head_only = await ask(port, "HEAD", "chunk")
+    assert parser_refusals._Descriptors.sends == held
     head, _, body = answer.partition(b"\r\n\r\n")
     assert body == b"[" + region + b"]"
     assert f"Content-Length: {len(region) + 2}\r\n".encode() in head + b"\r\n"
