@@ -27,6 +27,10 @@ DISPLAY_SETTINGS = {
     "standard_conforming_strings": "on",
     "transform_null_equals": "off",
     "array_nulls": "on",
+    # How a time zone abbreviation in text is read ('... EST' cast to timestamptz, asked of
+    # Postgres for a live row): a database's own table (`Australia`: EST = +10) would judge
+    # snapshot rows otherwise than the engine's long-lived sessions judge live ones.
+    "timezone_abbreviations": "Default",
 }
 
 
@@ -68,7 +72,12 @@ def with_display_settings(
     if existing:
         opts = f"{existing} {opts}"
     tcp = {k: v for k, v in TCP_SETTINGS.items() if k not in given}
-    return make_conninfo(dsn, options=opts, application_name=application_name, **tcp)
+    # The engine reads every byte Postgres sends as UTF-8. A libpq keyword, not a `-c` in
+    # `options`: it beats PGCLIENTENCODING, the URL's own and a database's or role's `SET
+    # client_encoding` (LATIN1 made the snapshot a 200 of raw 0xE9 bytes, not JSON).
+    return make_conninfo(
+        dsn, options=opts, application_name=application_name, client_encoding="UTF8", **tcp
+    )
 
 
 def engine_conninfo(dsn: str) -> str:

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import orjson
 import psycopg
-import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.sync_engine.engine_harness import Engine
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine's sessions take the database's client_encoding (bugs-for-engine.md,"
-    " wherefuzz 20:30)",
-)
 async def test_a_database_s_client_encoding_changes_no_byte(engine: Engine) -> None:
     dbname = str(conninfo_to_dict(engine.db_url)["dbname"])
     engine.sql("CREATE TABLE t (id int PRIMARY KEY, v text)")

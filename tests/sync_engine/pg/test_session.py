@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import psycopg
+import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
-from sync_engine.pg.session import TCP_SETTINGS, redact_dsn, with_display_settings
+from sync_engine.pg.session import TCP_SETTINGS, engine_conninfo, redact_dsn, with_display_settings
 from tests.sync_engine.engine_harness import Engine
 
 
@@ -93,3 +94,32 @@ async def test_a_function_a_database_user_adds_is_never_run_by_the_engine(engine
     )
     assert sorted(r["id"] for r in rows.values()) == ["1", "3"]
     assert engine.sql("SELECT count(*) FROM calls") == [(0,)]
+
+
+def test_a_database_s_encoding_and_zone_abbreviations_do_not_reach_the_engine(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine reads every byte as UTF-8 and evaluates '... EST' with Postgres's default
+    abbreviations: a database's (or the environment's) `client_encoding` and
+    `timezone_abbreviations` must not reach its sessions. They did: LATIN1 text served as
+    raw bytes (test_client_encoding_setting.py); EST read as +10 by snapshots under
+    `Australia` while long-lived sessions read -5 (wherefuzz 20:30)."""
+    dbname = str(conninfo_to_dict(db_url)["dbname"])
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for setting, value in [
+            ("client_encoding", "LATIN1"),
+            ("timezone_abbreviations", "Australia"),
+        ]:
+            conn.execute(
+                pgsql.SQL("ALTER DATABASE {} SET {} = {}").format(
+                    pgsql.Identifier(dbname), pgsql.Identifier(setting), pgsql.Literal(value)
+                )
+            )
+    monkeypatch.setenv("PGCLIENTENCODING", "LATIN1")
+    with psycopg.connect(engine_conninfo(db_url)) as conn:
+        row = conn.execute(
+            "SELECT current_setting('client_encoding'),"
+            " current_setting('timezone_abbreviations'),"
+            " '2024-01-01 12:00 EST'::timestamptz::text"
+        ).fetchone()
+    assert row == ("UTF8", "Default", "2024-01-01 17:00:00+00")
