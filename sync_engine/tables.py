@@ -960,7 +960,25 @@ def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
         return "partition rewritten"
     if _renamed_enum_value(t, current):
         return "enum value renamed"
+    if _collation_changed(t, current):
+        return "column collation changed"
     return None
+
+
+def _collation_changed(old: TableInfo, new: TableInfo) -> bool:
+    """Whether a column's collation changed (`ALTER COLUMN c TYPE text COLLATE "x"`: same
+    type, no rewrite, no WAL row, yet `c < 'b'` and `upper(c)` now judge every row by
+    another collation). Its provider, locales, determinism and OID are compared (the first
+    five fields of `ColumnInfo.collation`; four in a description recorded before the OID
+    was, None before collations were: what both know)."""
+    for a, b in zip(old.columns, new.columns, strict=False):
+        if a.collation is None or b.collation is None:
+            continue
+        before, now = a.collation.split("|"), b.collation.split("|")
+        known = 5 if len(before) >= 5 else 4
+        if before[:known] != now[:known]:
+            return True
+    return False
 
 
 def _rewritten_descendant(old: TableInfo, new: TableInfo) -> bool:

@@ -142,10 +142,6 @@ async def test_live_rows_equal_postgres_or_the_where_is_refused(
         assert got == expected, (which, where, sorted(got ^ expected))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tables._drift ignores a column's collation (bugs-for-engine.md, wherefuzz 20:07)",
-)
 @pytest.mark.parametrize(
     ("where", "new_type", "after"),
     [
