@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import ctypes
 import errno
 import os
@@ -587,19 +588,36 @@ class ShapeLog:
         self.packed = packed
         self.chunks_readable(count, complete=True)
         if self._first_lsn is not None and not self._begun_recorded:
-            self._record_log_begun(self._first_lsn)  # (it began after the marker was made)
+            # It began after the marker was made. On a full disk the next append (or
+            # flush) tries again: `_begin_noted`.
+            with contextlib.suppress(OSError):
+                self._record_log_begun(self._first_lsn)
 
     def _record_log_begun(self, lsn: int) -> None:
         """Note in the shape's pack that its log began at `lsn` (durable with the log's
-        next fsync). Best effort: on a full disk, tried again when chunk 0 is made again."""
+        next fsync): a log whose chunk files are all lost is then found (`load`), not
+        taken for one that never began (its shape served without its changes). Raises
+        OSError when the pack cannot be appended to (a full disk)."""
         assert self.packed is not None
         path = self.packed.pack.path
-        try:
-            append_record(path, encode_log_begun(self.handle, lsn))
-        except OSError:
-            return
+        append_record(path, encode_log_begun(self.handle, lsn))
         self._begun_recorded = True
         self._dirty.add(path)
+
+    def _begin_noted(self) -> None:
+        """Note the log's beginning in the pack if it began and the note failed (a full
+        disk when it began or when the snapshot was packed): before anything more is
+        appended. Raises `LogWriteError` while it still fails (the append fails whole, and
+        the replicator pauses and tries again once there is room). It was tried again
+        only when chunk 0 was made again: a log that went on growing never had it."""
+        if self._first_lsn is None or self._begun_recorded or self.packed is None:
+            return
+        try:
+            self._record_log_begun(self._first_lsn)
+        except OSError as exc:
+            raise LogWriteError(
+                exc.errno, f"noting the log's beginning in {self.packed.pack.path}: {exc.strerror}"
+            ) from exc
 
     def chunks_readable(self, count: int, complete: bool) -> None:
         """`count` snapshot chunks are written (all of them when `complete`): readers may
@@ -768,6 +786,7 @@ class ShapeLog:
         `paced`); returns whether it was written (False: retired meanwhile)."""
         if not entries:
             return True
+        self._begin_noted()
         tail = self._tail
         if tail is None:
             tail = self._tail = _Chunk(self._log_name(0), 0)
@@ -873,7 +892,15 @@ class ShapeLog:
                 if self._first_lsn is None:
                     self._first_lsn = lsn
                 if self.packed is not None:
-                    self._record_log_begun(self._first_lsn)
+                    try:  # (all or nothing: not published without its note)
+                        self._record_log_begun(self._first_lsn)
+                    except OSError as exc:
+                        self.rollback()
+                        raise LogWriteError(
+                            exc.errno,
+                            f"noting the log's beginning in {self.packed.pack.path}:"
+                            f" {exc.strerror}",
+                        ) from exc
         return True
 
     def _check_generation(self, tail: _Chunk, generation: int) -> None:

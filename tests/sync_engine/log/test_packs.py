@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,77 @@ def test_a_retirement_not_recorded_keeps_the_shapes_files(
     asyncio.run(store.settle())
     assert not list(store.directory.glob("1-2.*"))
     assert [log.handle for log in store.load()] == ["1-1"]
+
+
+def _fill(path: Path) -> None:
+    """Write `path` until the disk it is on is full."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (64 << 10, 4096):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size) == size:
+                    pass
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up (CI runs as root)"
+)
+def test_the_note_that_a_log_began_is_not_lost_to_a_full_disk(tmp_path: Path) -> None:
+    """A log's beginning is noted in its shape's pack (an `L` record), so that a log whose
+    chunk files are all lost is found on load. On a full disk the note failed after chunk 0
+    was written; it was tried again only when chunk 0 was made again: the log went on
+    without it, and lost whole later it loaded as a log that never began (its shape served
+    without its changes, no 409). Now the append fails whole (chunk 0 cut back) and the
+    replay notes it once there is room.
+
+    A real full disk: a 1 MiB tmpfs filled up but for one page, the pack ending at a page
+    boundary: chunk 0's first record takes the last page, the note finds none."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        # The snapshot's chunk sized so that the pack ends at a page boundary.
+        def packed(directory: Path, pad: int) -> ShapeLog:
+            store = ShapeStore(directory, 1 << 20, fsync=False)
+            log = store.new_log("1-1")
+            builder = PackBuilder()
+            chunk = _chunk("1-1")[:-1] + b',"pad":"' + b"x" * pad + b'"}'
+            builder.add(log, 1, chunk, {"handle": "1-1", "n": 1})
+            builder.write(fsync=False)
+            builder.publish()
+            return log
+
+        pad = 0
+        for n in range(3):
+            (tmp_path / f"probe{n}").mkdir()
+            probe = packed(tmp_path / f"probe{n}", pad)
+            assert probe.packed is not None
+            pad += -os.path.getsize(probe.packed.pack.path) % 4096
+        log = packed(mnt, pad)
+        assert log.packed is not None
+        pack = Path(log.packed.pack.path)
+        assert pack.stat().st_size % 4096 == 0
+        store = ShapeStore(mnt, 1 << 20, fsync=False)
+        filler = mnt / "filler"
+        _fill(filler)
+        os.truncate(filler, filler.stat().st_size - 4096)  # (one page free)
+        try:
+            _append(log, 100)
+        except LogWriteError as failed:  # (the append fails whole: the slot sends it again)
+            assert failed.disk_full
+            assert not list(mnt.glob("1-1.log.*"))  # cut back: nothing to publish
+            filler.unlink()
+            _append(log, 100)  # (the replay, with room)
+        else:  # (the old way: written, its note lost)
+            filler.unlink()
+        _append(log, 200)
+        log.close()
+        assert scan_pack(pack.read_bytes()).begun == {"1-1": 100}
+        (only,) = mnt.glob("1-1.log.*")
+        only.unlink()  # (the log lost whole: found, not taken for one never begun)
+        (again,) = store.load()
+        assert again.damage is not None and again.repaired_from == 100
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
