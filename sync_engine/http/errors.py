@@ -10,7 +10,7 @@ import logging
 
 import orjson
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.http_exceptions import BadHttpMessage, ContentEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import (
@@ -115,6 +115,15 @@ def error_answer(request: web.Request, exc: Exception) -> web.StreamResponse:
         return resp
     if isinstance(exc, (RequestPayloadError, BadHttpMessage)):
         logger.info("unreadable request body for %s: %s", request.path, type(exc).__name__)
-        return json_response(400, {"message": "Malformed request body"})
+        if isinstance(exc, ContentEncodingError) or isinstance(
+            exc.__cause__, ContentEncodingError
+        ):  # (the body is framed whole, not whole in its coding: the proxy's answer too)
+            return json_response(400, {"message": "Malformed request body"})
+        # Its framing (chunked, its length) is broken: what the parser answers when the
+        # bad bytes come in the head's packet (and the proxy always), whatever the timing;
+        # the connection cannot be read on.
+        resp = json_response(400, {"message": "Malformed HTTP request"})
+        resp.force_close()
+        return resp
     logger.exception("error serving %s", request.path)
     return json_response(500, {"error": "Internal server error"})
