@@ -863,8 +863,14 @@ class ShapeLog:
             else:
                 generation = self._generation
                 crc = 0
-                for piece in body:
-                    crc = crc32(piece, crc)
+                for piece in body:  # (checksummed first, a step at a time too)
+                    view = memoryview(piece)
+                    for i in range(0, len(view), PACE_BYTES):
+                        crc = crc32(view[i : i + PACE_BYTES], crc)
+                        yield
+                        if self.retired:
+                            return False
+                        self._check_generation(tail, generation)
                 head = record_header(size - HEADER_SIZE, crc, lsn, flags, self._seed)
                 write_fd(tail.path, head, start)
                 at = start + HEADER_SIZE

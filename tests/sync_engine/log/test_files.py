@@ -592,8 +592,12 @@ def test_a_big_record_cut_short_by_a_crash_names_its_transaction(tmp_path: Path)
     log.append_transaction(100, _tx(100))
     _sync_and_publish(log)
     big = _tx(200, n=3, size=1 << 20)  # (one record of ~3 MiB)
+    path = log.directory / "shape.log.00000000.log"
+    before = path.stat().st_size
     steps = log._append(200, big, True, paced=True)
-    next(steps)  # (the first step written; then the kill)
+    while path.stat().st_size <= before + HEADER_SIZE:
+        next(steps)  # (until part of its body is written; then the kill)
+    assert path.stat().st_size < before + HEADER_SIZE + sum(len(e) for _, e in big)
     log.close()
     again = _reload(log)
     assert again.damage is not None and again.repaired_from == 200
