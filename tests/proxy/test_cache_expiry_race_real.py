@@ -120,6 +120,28 @@ async def test_a_rotated_shape_is_a_409_while_its_cached_answers_expire(
         assert reply.body == direct_body
 
 
+async def test_a_rotated_shapes_sse_request_is_a_409_while_its_cached_answers_expire(
+    open_proxy: Any, engine_url: str
+) -> None:
+    """The same on the SSE path (a shared stream when collapsing is on)."""
+    first = await open_proxy.get("/v1/shape?table=items&offset=-1")
+    handle, offset = first.headers["electric-handle"], first.headers["electric-offset"]
+    tip = (await open_proxy.get(f"/v1/shape?table=items&offset={offset}&handle={handle}")).headers[
+        "electric-offset"
+    ]
+    live = f"/v1/shape?table=items&offset={tip}&handle={handle}&live=true"
+    assert (await open_proxy.get(f"{live}&cursor=1")).status == 200  # kept for its 5 s
+
+    status, _ = await _direct(engine_url, "DELETE", f"/v1/shape?table=items&handle={handle}")
+    assert status == 202
+    sse = f"{live}&live_sse=true&cursor=2"
+    direct_status, direct_body = await _direct(engine_url, "GET", sse)
+    assert direct_status == 409
+    reply = await open_proxy.get(sse)
+    assert reply.status == 409, reply.body
+    assert reply.body == direct_body
+
+
 async def test_a_new_shape_is_a_200_while_the_old_ones_cached_answers_expire(
     open_proxy: Any, engine_url: str
 ) -> None:
