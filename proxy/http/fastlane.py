@@ -49,6 +49,7 @@ from proxy.upstream.client import (
     SPLICE_FROM,
     BodyError,
     BodyTruncated,
+    InternalError,
     RawHead,
     UpstreamOptions,
     UpstreamResponse,
@@ -651,7 +652,10 @@ class FastAnswer:
             self._client.fast_handover(request, partial(self._app.handle, request))
             return
         options = self._runtime.options
-        failure = failure_error(error, options) if head is None else connection_failed(options)
+        if head is None or isinstance(error, InternalError):
+            failure = failure_error(error, options)
+        else:
+            failure = connection_failed(options)
         self._refused(failure)
 
     # --- the answer ------------------------------------------------------------------------

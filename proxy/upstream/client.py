@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import ssl
 import time
@@ -41,6 +42,8 @@ from yarl import URL
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.metrics import Metrics
+
+logger = logging.getLogger(__name__)
 
 #: Seconds an idle connection is kept for reuse (below the engine's keep-alive timeout, so a
 #: pooled connection is not reused just as the engine closes it).
@@ -89,6 +92,11 @@ class BodyTruncated(BodyError):
     """The engine connection closed (or sent garbage) before the body was complete."""
 
 
+class InternalError(Exception):
+    """A bug of the proxy's while it handled an engine answer (an exception out of one of
+    its own parser callbacks): the request's 500, not the engine's failure."""
+
+
 class _Failed(Exception):
     """Internal: the request failed before its headers; `retry` when a retry may help."""
 
@@ -112,10 +120,18 @@ def connection_failed(options: UpstreamOptions) -> UpstreamError:
 
 
 def failure_error(error: Exception, options: UpstreamOptions) -> ProxyError:
-    """The 504 or 502 for a request that failed before its headers (`Listener.on_failed`)."""
+    """The 504 or 502 for a request that failed before its headers (`Listener.on_failed`);
+    the 500 the direct path answers for a bug of ours (`InternalError`)."""
     if isinstance(error, TimeoutError):
         return _timed_out(options)
+    if isinstance(error, InternalError):
+        return internal_error()
     return connection_failed(options)
+
+
+def internal_error() -> ProxyError:
+    """The 500 for a bug of ours (`InternalError`): what `ProxyApp.crashed` answers."""
+    return ProxyError("internal_error", "internal error")
 
 
 def _timed_out(options: UpstreamOptions) -> UpstreamTimeout:
@@ -495,8 +511,15 @@ class _Connection(asyncio.Protocol):
         self._last_read = self._loop.time()
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError:
-            self._broken()
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__  # (httptools' own: what a callback of ours raised)
+            if cause is not None and not isinstance(cause, httptools.HttpParserError):
+                # A bug of ours, not bytes the engine got wrong: logged (it was silent, and
+                # the client's answer a 502 blaming the engine), and the request's 500.
+                logger.error("unexpected error handling an engine answer", exc_info=cause)
+                self._broken(InternalError())
+            else:
+                self._broken()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
@@ -548,7 +571,6 @@ class _Connection(asyncio.Protocol):
             self._reason = b""
             return
         raw = self._raw_headers.copy()  # (the list is the next answer's too)
-        self._headers_waiter = None
         # (llhttp answers this only until the message is complete)
         self._keep_alive = parser.should_keep_alive()
         body = UpstreamBody(self)
@@ -557,6 +579,9 @@ class _Connection(asyncio.Protocol):
             listener.on_headers(RawHead(self, status, self._reason, raw, body))
             return
         response = RawHead(self, status, self._reason, raw, body).response()
+        # (cleared once the answer is made: if making it failed, `_broken` fails the waiter;
+        # cleared before, nothing ever told the request, which waited for ever)
+        self._headers_waiter = None
         if self._head_only:
             # llhttp cannot be told that a HEAD answer has no body: end it here and never
             # reuse the connection (see `done`).
@@ -685,19 +710,20 @@ class _Connection(asyncio.Protocol):
         elif waiter is not None and not waiter.done():
             waiter.set_exception(failure)
 
-    def _fail_body(self, error: BodyError) -> None:
+    def _fail_body(self, error: BodyError, internal: InternalError | None = None) -> None:
         assert self._body is not None
         self._body.fail(error)
         listener, self._listener = self._listener, None
         if listener is not None:
-            listener.on_failed(error, False)
+            listener.on_failed(internal or error, False)
 
-    def _broken(self) -> None:
-        """The engine sent something llhttp refused: fail the request, drop the connection."""
+    def _broken(self, internal: InternalError | None = None) -> None:
+        """The engine sent something llhttp refused (or, `internal`, a callback of ours
+        failed): fail the request, drop the connection."""
         if self._awaiting_headers:
-            self._fail_headers(_Failed(Exception()))
+            self._fail_headers(_Failed(internal or Exception()))
         elif self._body is not None:
-            self._fail_body(BodyTruncated())
+            self._fail_body(BodyTruncated(), internal)
         self.close()
 
     # --- flow control and lifetime ------------------------------------------------------

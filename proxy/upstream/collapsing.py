@@ -184,7 +184,16 @@ class Flights:
             except ProxyError as exc:
                 flight.failure = exc
                 return
-            flight.head = make_head(upstream)
+            try:
+                flight.head = make_head(upstream)
+            except Exception:
+                # A bug of ours, not the engine's failure: each waiter gets the 500 the
+                # direct path answers, and it is logged now (it was a 502 "the sync
+                # engine connection failed", logged only as a task exception never
+                # retrieved: chaos seed 979's KeyError from the cache).
+                logger.exception("unexpected error on a shared engine answer")
+                flight.failure = ProxyError("internal_error", "internal error")
+                return
             flight.notify()
             try:
                 async for chunk in upstream.content.iter_any():

@@ -695,7 +695,14 @@ class SharedStreams:
             except ProxyError as exc:
                 stream.failure = exc
                 return
-            head = make_head(upstream)
+            try:
+                head = make_head(upstream)
+            except Exception:
+                # A bug of ours, not the engine's failure: each client's 500, as on the
+                # direct path, logged now (see `collapsing.Flights._fly`).
+                logger.exception("unexpected error on a shared engine stream")
+                stream.failure = ProxyError("internal_error", "internal error")
+                return
             event_stream = (head.get("content-type") or "").startswith("text/event-stream")
             if head.status != 200:
                 self._forget(stream)  # nobody else joins an error

@@ -460,6 +460,49 @@ async def test_a_kept_alive_engine_connection_found_closed_is_retried(
         assert server.connections == 3
 
 
+async def test_a_bug_of_ours_on_the_fast_lane_is_a_logged_500_not_the_engines_502(
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An exception out of the fast lane's own handling of an engine answer (it runs inside
+    the engine connection's parser callbacks) was swallowed as the engine's broken answer:
+    a 502 `upstream_error` and nothing logged. Now it is logged with its traceback and the
+    client gets the 500 `internal_error` the general path answers for a bug."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        while True:
+            await read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nx-fast-lane-bug: 1\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+
+    def bug(_: Any) -> Any:
+        raise KeyError("a bug")
+
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        first = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
+        assert (first.status, first.body) == (200, b"ok")  # (the general path: authorised)
+        monkeypatch.setattr(fastlane, "_plan", bug)  # (its one header sequence is new)
+        reply = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
+    assert len(fast_lane_taken) == 1
+    assert reply.status == 500, reply.body
+    assert json.loads(reply.body)["code"] == "internal_error"
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and isinstance(r.exc_info[1], KeyError)
+        for r in caplog.records
+    )
+
+
 async def test_answers_without_electric_server_or_with_no_store_match_the_general_path(
     idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
 ) -> None:

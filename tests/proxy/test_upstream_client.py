@@ -17,11 +17,12 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import NoReturn
 
 import pytest
 from yarl import URL
 
-from proxy.errors import UpstreamError, UpstreamTimeout
+from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.upstream.client import (
     HIGH_WATER,
     BodyTimeout,
@@ -630,3 +631,32 @@ async def test_answers_on_one_connection_each_keep_exactly_their_own_raw_headers
         b"Vary", b"Origin", b"x-a", b"1", b"Vary", b"Accept", b"Content-Length", b"2"
     ]  # fmt: skip
     assert heads[1].raw == [b"x-b", b"2", b"Content-Length", b"2"]
+
+
+async def test_a_bug_in_a_callback_of_ours_is_a_logged_500_not_the_engines_502(
+    pool: UpstreamPool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exception out of the proxy's own parser callback (here, making the answer's
+    headers) is a bug of ours: it was swallowed as the engine's broken answer (a 502
+    `upstream_error`, nothing logged); now it is logged with its traceback and the request's
+    500 `internal_error`, as the direct path answers a bug. (Made on a request waiting for
+    its headers, it left that request waiting for ever: the waiter was cleared first.)"""
+
+    def bug(_: RawHead) -> NoReturn:
+        raise KeyError("a bug")
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+
+    monkeypatch.setattr(RawHead, "response", bug)
+    async with RawServer(serve) as server:
+        with pytest.raises(ProxyError) as caught:  # (it waited for ever: bounded here)
+            await asyncio.wait_for(pool.request("GET", server.url(), {}, None, OPTIONS), 10)
+    assert (caught.value.status, caught.value.reason) == (500, "internal_error")
+    assert SECRET not in str(caught.value)
+    assert any(
+        r.levelno == logging.ERROR and r.exc_info and isinstance(r.exc_info[1], KeyError)
+        for r in caplog.records
+    )
