@@ -902,6 +902,8 @@ def like(
     if escape is not None and esc is not None and len(esc) > 1:
         raise error_at("invalid escape string", node)
     c.require_text_equality("LIKE", node, state)
+    if c.collations.encoding == "SQL_ASCII":
+        _refuse_byte_wildcards(pattern, esc, node)
     fold = c.fold(ignore_case, node, state)
     if pattern.is_const and pattern.value is not None:
         try:
@@ -931,6 +933,25 @@ def like(
             return apply(BOOL, test_folded, [left], node)
         return apply(BOOL, test, [left], node)
     return apply(BOOL, like_function(fold, negate, esc or None), [left, pattern], node)
+
+
+def _refuse_byte_wildcards(pattern: Expr, esc: str | None, node: ast.Node) -> None:
+    """In an SQL_ASCII database Postgres matches LIKE byte by byte: `_` is one byte, so
+    `'Σ' LIKE '__'` is true there and `'Σ' LIKE '_'` false (the engine matched characters).
+    Accepted only where no `_` can occur: a constant pattern without one, and an ASCII
+    escape character (a multi-byte one is no single escape byte)."""
+    if not pattern.is_const:
+        raise error_at(
+            "LIKE with a pattern that is not a constant is not supported in an SQL_ASCII"
+            " database (Postgres matches its _ against one byte, not one character)",
+            node,
+        )
+    if (pattern.value is not None and "_" in pattern.value) or (esc and not esc.isascii()):
+        raise error_at(
+            "LIKE with _ (or a non-ASCII escape) is not supported in an SQL_ASCII database"
+            " (Postgres matches _ against one byte, not one character)",
+            node,
+        )
 
 
 def _like_subject(c: Compiler, left: Expr, node: ast.Node) -> Expr:
