@@ -21,6 +21,7 @@ from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import (
     BOOL,
+    BPCHAR,
     BYTEA,
     CHAR,
     DATE,
@@ -37,6 +38,7 @@ from sync_engine.pg.types import (
     TIMESTAMP,
     TIMESTAMPTZ,
     UNKNOWN,
+    VARCHAR,
     PgType,
 )
 from sync_engine.pg.values import Value
@@ -642,6 +644,19 @@ NULLIF(f4, i4) is real, not double precision, so its text is '0.1', not
 '0.10000000149011612'; the other way round both go to float8)"""
 
 
+def _answers_as_is(a: PgType, b: PgType) -> bool:
+    """Whether NULLIF(a, b) answers its first argument with its own type: `a = b` is an
+    operator of a's type (a cross-type one, `name = name`, `name = text` with varchar or
+    char(n) read as text, or an array type's own `=`). NULLIF(nm, v::varchar) is name and
+    NULLIF(va, va) varchar[] in Postgres: typed text / text[], the engine accepted
+    `ARRAY['a'] = ARRAY[NULLIF(nm, v)]`, which Postgres refuses (text[] = name[])."""
+    if (a, b) in CROSS_TYPE_EQUALS:
+        return True
+    if a == NAME:
+        return b in (NAME, TEXT, VARCHAR, BPCHAR)
+    return a.array and a == b
+
+
 def _stable_equality(a: PgType, b: PgType) -> bool:
     """Whether `a = b` reads a setting in Postgres (a date or timestamp against a timestamptz
     reads TimeZone): such an `=` of constants is left by the planner to run per row."""
@@ -661,7 +676,7 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         raise _operator_error(c, "=", left, right, node)
     if typ == UNKNOWN:
         typ = TEXT
-    answer = left if (left.type, right.type) in CROSS_TYPE_EQUALS else None
+    answer = left if _answers_as_is(left.type, right.type) else None
     stable = _stable_equality(left.type, right.type)
     if planner_const(left) and left.value is None:
         # NULLIF(NULL, b) is NULL before any row, b never evaluated (seed 283 of the
