@@ -27,7 +27,8 @@ from sync_engine.pg.session import with_display_settings
 from sync_engine.shapes.where import WhereError, parse_where
 from tests.support.databases import drop_database
 
-WORDS = ["a", "A", "é", "É", "Σ", "\u03c3", "ß", "ab", "aé", "Éa", "ǅ", "", "zz", "straße", "İ", "x_y"]
+WORDS = ["a", "A", "é", "É", "Σ", "\u03c3", "ß", "ab", "aé", "Éa", "ǅ", "", "zz", "straße",
+         "İ", "x_y"]  # fmt: skip
 CTYPES = ["C", "C.UTF-8"]
 
 
