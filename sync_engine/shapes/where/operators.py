@@ -977,7 +977,8 @@ def like(
 def _refuse_byte_wildcards(pattern: Expr, esc: str | None, node: ast.Node) -> None:
     """In an SQL_ASCII database Postgres matches LIKE byte by byte: `_` is one byte, so
     `'Σ' LIKE '__'` is true there and `'Σ' LIKE '_'` false (the engine matched characters).
-    Accepted only where no `_` can occur: a constant pattern without one, and an ASCII
+    Accepted only where no `_` can occur: a constant pattern without an unescaped one (a
+    policy's escaped claim `\\_` matches the byte `_`, as the character), and an ASCII
     escape character (a multi-byte one is no single escape byte)."""
     if not pattern.is_const:
         raise error_at(
@@ -985,12 +986,27 @@ def _refuse_byte_wildcards(pattern: Expr, esc: str | None, node: ast.Node) -> No
             " database (Postgres matches its _ against one byte, not one character)",
             node,
         )
-    if (pattern.value is not None and "_" in pattern.value) or (esc and not esc.isascii()):
+    if (pattern.value is not None and _has_wildcard_byte(pattern.value, esc)) or (
+        esc and not esc.isascii()
+    ):
         raise error_at(
             "LIKE with _ (or a non-ASCII escape) is not supported in an SQL_ASCII database"
             " (Postgres matches _ against one byte, not one character)",
             node,
         )
+
+
+def _has_wildcard_byte(pattern: str, esc: str | None) -> bool:
+    """Whether `pattern` holds an `_` its escape character does not escape."""
+    escaped = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == esc:
+            escaped = True
+        elif ch == "_":
+            return True
+    return False
 
 
 def _like_subject(c: Compiler, left: Expr, node: ast.Node) -> Expr:
