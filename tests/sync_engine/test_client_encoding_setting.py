@@ -9,12 +9,20 @@ stream_not_ready). The same with PGCLIENTENCODING in the engine's environment.
 
 from __future__ import annotations
 
+import asyncio
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
 import orjson
 import psycopg
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict
 
-from tests.sync_engine.engine_harness import Engine
+from sync_engine.app import SOURCES, build_app
+from tests.support.databases import drop_database
+from tests.sync_engine.engine_harness import SETTINGS, Engine, stopped_within
 
 
 async def test_a_database_s_client_encoding_changes_no_byte(engine: Engine) -> None:
@@ -50,3 +58,45 @@ async def test_a_database_s_client_encoding_changes_no_byte(engine: Engine) -> N
             return
         params["offset"] = resp.headers["electric-offset"]
     raise AssertionError("the live row never came")
+
+
+async def test_an_sql_ascii_database_is_served(
+    aiohttp_client: Any, pg_server_url: str, tmp_path: Path
+) -> None:
+    """An SQL_ASCII database (text stored as the client sent it, here UTF-8): the engine did
+    not start ("wal_level is b'logical', not logical": its sessions read bytes). Served, its
+    where clauses follow Postgres's byte semantics or are refused (test_sql_ascii_text.py)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'"
+            ).format(pgsql.Identifier(name))
+        )
+    url = pg_server_url.rpartition("/")[0] + "/" + name
+    try:
+        with psycopg.connect(url, autocommit=True, client_encoding="UTF8") as conn:
+            conn.execute("CREATE TABLE x (id int PRIMARY KEY, t text)")
+            conn.execute("INSERT INTO x VALUES (1, 'é'), (2, 'Σ'), (3, 'ab')")
+        settings = replace(SETTINGS, database_url=url, data_dir=tmp_path / "data")
+        client = await aiohttp_client(build_app(settings))
+        try:
+            async with asyncio.timeout(15):
+                await client.app[SOURCES]["default"].ready.wait()
+            engine = Engine(client, url, tmp_path / "data")
+            status, _h, body = await engine.get(table="x", offset="-1", where="t LIKE '__'")
+            assert status == 400 and "SQL_ASCII" in body["errors"]["where"][0], body
+            rows, handle, offset = await engine.sync(table="x", where="t = 'é' OR id = 100")
+            assert [r["value"] if "value" in r else r for r in rows.values()] == [
+                {"id": "1", "t": "é"}
+            ]
+            with psycopg.connect(url, autocommit=True, client_encoding="UTF8") as conn:
+                conn.execute("INSERT INTO x VALUES (4, 'é'), (100, 'x')")
+            await engine.follow_live(
+                rows, handle, offset, "100", table="x", where="t = 'é' OR id = 100"
+            )
+            assert sorted(r["id"] for r in rows.values()) == ["1", "100", "4"]
+        finally:
+            await stopped_within(client.close(), "the in-process engine")
+    finally:
+        drop_database(pg_server_url, name)

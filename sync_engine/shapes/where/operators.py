@@ -21,6 +21,7 @@ from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import (
     BOOL,
+    BPCHAR,
     BYTEA,
     CHAR,
     DATE,
@@ -37,6 +38,7 @@ from sync_engine.pg.types import (
     TIMESTAMP,
     TIMESTAMPTZ,
     UNKNOWN,
+    VARCHAR,
     PgType,
 )
 from sync_engine.pg.values import Value
@@ -50,7 +52,7 @@ from .arrays import (
     flatten,
     quantified_op,
 )
-from .collation import CollState
+from .collation import CONFLICT, CollState
 from .datetimes import DATETIME_OPS, neg_interval
 from .errors import WhereError, error_at
 from .expr import (
@@ -545,6 +547,9 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         left = c.coerce(_like_subject(c, left, node), TEXT)
         right = c.coerce(right, TEXT.array_of())
         _refuse_open_escapes(c, node.rexpr, right, node)
+        if state.strength == CONFLICT and not _columns_only(c, node.rexpr, right):
+            # (the planner estimates each element the array folds to: see `like`)
+            c.rules(state, "LIKE with patterns that are not columns", node)
         op = like_function(c.fold(ignore_case, node, state), negate)
     else:
         raise error_at(f"operator {name} is not supported with ANY/ALL", node)
@@ -565,6 +570,19 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         if indexable(keys):
             return replace(expr, index=(left.column, keyset(keys)))
     return expr
+
+
+def _columns_only(c: Compiler, rnode: ast.Node, right: Expr) -> bool:
+    """Whether the patterns of `x LIKE ANY / ALL (<right>)` are columns: an array column,
+    or `ARRAY[...]` of columns (nothing the planner can make a constant)."""
+    if right.column is not None:
+        return True
+    while isinstance(rnode, ast.TypeCast):
+        rnode = rnode.arg
+    if not isinstance(rnode, ast.A_ArrayExpr) or not rnode.elements:
+        return False
+    compiled = [c.compiled.get(id(el)) for el in rnode.elements]
+    return all(e is not None and e.column is not None for e in compiled)
 
 
 def _refuse_open_escapes(c: Compiler, rnode: ast.Node, right: Expr, node: ast.Node) -> None:
@@ -642,6 +660,19 @@ NULLIF(f4, i4) is real, not double precision, so its text is '0.1', not
 '0.10000000149011612'; the other way round both go to float8)"""
 
 
+def _answers_as_is(a: PgType, b: PgType) -> bool:
+    """Whether NULLIF(a, b) answers its first argument with its own type: `a = b` is an
+    operator of a's type (a cross-type one, `name = name`, `name = text` with varchar or
+    char(n) read as text, or an array type's own `=`). NULLIF(nm, v::varchar) is name and
+    NULLIF(va, va) varchar[] in Postgres: typed text / text[], the engine accepted
+    `ARRAY['a'] = ARRAY[NULLIF(nm, v)]`, which Postgres refuses (text[] = name[])."""
+    if (a, b) in CROSS_TYPE_EQUALS:
+        return True
+    if a == NAME:
+        return b in (NAME, TEXT, VARCHAR, BPCHAR)
+    return a.array and a == b
+
+
 def _stable_equality(a: PgType, b: PgType) -> bool:
     """Whether `a = b` reads a setting in Postgres (a date or timestamp against a timestamptz
     reads TimeZone): such an `=` of constants is left by the planner to run per row."""
@@ -661,7 +692,7 @@ def _nullif(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         raise _operator_error(c, "=", left, right, node)
     if typ == UNKNOWN:
         typ = TEXT
-    answer = left if (left.type, right.type) in CROSS_TYPE_EQUALS else None
+    answer = left if _answers_as_is(left.type, right.type) else None
     stable = _stable_equality(left.type, right.type)
     if planner_const(left) and left.value is None:
         # NULLIF(NULL, b) is NULL before any row, b never evaluated (seed 283 of the
@@ -902,6 +933,16 @@ def like(
     if escape is not None and esc is not None and len(esc) > 1:
         raise error_at("invalid escape string", node)
     c.require_text_equality("LIKE", node, state)
+    if state.strength == CONFLICT and pattern.column is None:
+        # LIKE runs without a collation, but Postgres's planner estimates `col LIKE <a
+        # constant>` with the column's statistics, comparing the pattern's prefix under the
+        # operation's collation: none here, and once the table is analyzed the query fails
+        # ("could not determine which collation to use for string comparison"), also where
+        # only the planner makes the pattern a constant (`coalesce('a', ucs)`). A snapshot
+        # made before ANALYZE succeeded, a later one failed (collation fuzz seed 12).
+        c.rules(state, "LIKE with a pattern that is not a column", node)
+    if c.collations.encoding == "SQL_ASCII":
+        _refuse_byte_wildcards(pattern, esc, node)
     fold = c.fold(ignore_case, node, state)
     if pattern.is_const and pattern.value is not None:
         try:
@@ -931,6 +972,41 @@ def like(
             return apply(BOOL, test_folded, [left], node)
         return apply(BOOL, test, [left], node)
     return apply(BOOL, like_function(fold, negate, esc or None), [left, pattern], node)
+
+
+def _refuse_byte_wildcards(pattern: Expr, esc: str | None, node: ast.Node) -> None:
+    """In an SQL_ASCII database Postgres matches LIKE byte by byte: `_` is one byte, so
+    `'Σ' LIKE '__'` is true there and `'Σ' LIKE '_'` false (the engine matched characters).
+    Accepted only where no `_` can occur: a constant pattern without an unescaped one (a
+    policy's escaped claim `\\_` matches the byte `_`, as the character), and an ASCII
+    escape character (a multi-byte one is no single escape byte)."""
+    if not pattern.is_const:
+        raise error_at(
+            "LIKE with a pattern that is not a constant is not supported in an SQL_ASCII"
+            " database (Postgres matches its _ against one byte, not one character)",
+            node,
+        )
+    if (pattern.value is not None and _has_wildcard_byte(pattern.value, esc)) or (
+        esc and not esc.isascii()
+    ):
+        raise error_at(
+            "LIKE with _ (or a non-ASCII escape) is not supported in an SQL_ASCII database"
+            " (Postgres matches _ against one byte, not one character)",
+            node,
+        )
+
+
+def _has_wildcard_byte(pattern: str, esc: str | None) -> bool:
+    """Whether `pattern` holds an `_` its escape character does not escape."""
+    escaped = False
+    for ch in pattern:
+        if escaped:
+            escaped = False
+        elif ch == esc:
+            escaped = True
+        elif ch == "_":
+            return True
+    return False
 
 
 def _like_subject(c: Compiler, left: Expr, node: ast.Node) -> Expr:
