@@ -15,7 +15,8 @@ Behaviour the forwarder relies on:
 - backpressure: a body buffers at most `HIGH_WATER` bytes before the connection stops
   reading from the engine, and reads again once the consumer is below `LOW_WATER`;
 - a GET or HEAD whose reused connection turns out closed by the engine (nothing received) is
-  retried once on a new connection;
+  retried once on a new connection, and so is a POST to `/v1/shape` (a subset snapshot, or a
+  GET subset too long for a URL: a read); a DELETE is not;
 - failures become `UpstreamError` (502) / `UpstreamTimeout` (504) before the headers and
   `BodyError` after, never formatted with the URL (it holds the secret);
 - `close()` drops the engine connection (a client that went away cancels the engine request).
@@ -53,6 +54,19 @@ HIGH_WATER = 512 * 1024
 LOW_WATER = 128 * 1024
 #: Methods retried once when a reused connection was already closed by the engine.
 _IDEMPOTENT = frozenset({"GET", "HEAD"})
+
+
+def _retried_when_stale(method: str, url: URL) -> bool:
+    """Whether a request may be sent again on a new connection when nothing at all came back
+    on a kept-alive one the engine had closed. GET and HEAD; and a POST to `/v1/shape`: the
+    proxy sends one for a subset snapshot (the client's POST, or its GET whose subset is too
+    long for a URL), which only reads (`sync_engine.http.subset`; a shape it names is created
+    idempotently, the same definition giving the same shape). Not retried, a subset POST got
+    the engine's 502 where the same subset as a GET was answered. A DELETE is never retried
+    (a second one would answer for a shape the first may have deleted)."""
+    return method in _IDEMPOTENT or (method == "POST" and url.path.endswith("/v1/shape"))
+
+
 #: A body passed on unchanged (its length known, no framing to rewrite) with at least this
 #: many bytes still to come is moved from the engine's socket to the client's by splice(2)
 #: through a pipe (`Splice`): the kernel moves page references, where reading it into
@@ -809,7 +823,7 @@ class UpstreamPool:
         try:
             return await conn.send(data, head_only, options.first_byte_timeout)
         except _Failed as failure:
-            if not (failure.retry and method in _IDEMPOTENT):
+            if not (failure.retry and _retried_when_stale(method, url)):
                 raise self._translate(failure, options) from None
         except BaseException:
             conn.close()  # cancelled (the client went away): the engine sees the request go

@@ -102,6 +102,7 @@ class Stack:
     engine_log: Path
     handle: str = ""
     offset: str = ""
+    nginx_dir: Path | None = None  # render.py's directory: nginx.conf, cache/
 
     def url(self, **params: str) -> str:
         q = {"table": "items", **params, "secret": SECRET}
@@ -178,7 +179,9 @@ def _start_nginx(scratch: Path, port: int, upstream: int, log: Path) -> subproce
     return subprocess.Popen(
         [sys.executable, str(RENDER), "--dir", str(scratch / "nginx"),
          "--listen", f"127.0.0.1:{port}", "--engine", f"127.0.0.1:{upstream}", "--run"],
-        stdout=log.open("wb"), stderr=subprocess.STDOUT,
+        # Append mode: nginx reopens /dev/stdout (the access log) with O_APPEND, and error
+        # lines written through a shared non-append offset would overwrite access-log lines.
+        stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 
 
@@ -211,7 +214,10 @@ async def _stack(db_url: str, tmp_path: Path, engine_env: dict[str, str]) -> Asy
         await _wait_http(
             f"http://127.0.0.1:{nginx_port}/v1/health", nginx, nginx_log, server="nginx"
         )
-        yield Stack(f"http://127.0.0.1:{nginx_port}", counter, db_url, nginx_log, engine_log)
+        yield Stack(
+            f"http://127.0.0.1:{nginx_port}", counter, db_url, nginx_log, engine_log,
+            nginx_dir=scratch / "nginx",
+        )  # fmt: skip
     finally:
         _stop(nginx)
         await runner.cleanup()

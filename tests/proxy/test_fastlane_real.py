@@ -460,6 +460,36 @@ async def test_a_kept_alive_engine_connection_found_closed_is_retried(
         assert server.connections == 3
 
 
+async def test_a_subset_post_on_a_kept_alive_engine_connection_found_closed_is_retried(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """The same race for a subset snapshot sent as a POST (a read, as a GET subset is): it
+    got the engine's 502 `upstream_error`; it now starts again on a new connection."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        await read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await read_request(reader)  # the next request on this connection: dropped unanswered
+
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        proxy = await make_proxy(build_config(config, environ))
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        body = json.dumps({"where": "id > 1"}).encode()
+        for _ in range(3):
+            reply = await proxy.request(
+                "POST", "/v1/shape?table=items&offset=-1", token=alice, data=body,
+                headers={"Content-Type": "application/json"},
+            )  # fmt: skip
+            assert (reply.status, reply.body) == (200, b"ok"), reply.body.decode()
+        assert server.connections == 3  # each repeat found its connection dropped: one retry
+
+
 async def test_a_bug_of_ours_on_the_fast_lane_is_a_logged_500_not_the_engines_502(
     idp_server: Any,
     environ: dict[str, str],

@@ -5,7 +5,7 @@ connection, a large snapshot streams with backpressure (reading pauses while nob
 every byte arrives afterwards), a cancelled request closes its connection, a long-poll that
 outlasts the first-byte timeout is a 504, and no error or log line carries the secret.
 Against small raw servers (behaviour the engine never shows on purpose): a keep-alive
-connection the server dropped is retried once for a GET and never for a POST, a body that
+connection the server dropped is retried once for a GET or a subset POST, never a DELETE, a body that
 stalls or is cut short fails as a body error, garbage is a 502, chunked and read-until-close
 bodies, HEAD answers.
 """
@@ -263,19 +263,38 @@ async def test_whole_body_larger_than_the_high_water_mark_is_read(pool: Upstream
         response.release()
 
 
-async def test_stale_keep_alive_connection_is_not_retried_for_post(pool: UpstreamPool) -> None:
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-        await read_request(reader)
+async def _answer_once_then_drop(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+) -> None:
+    await read_request(reader)
+    writer.write(OK)
+    await writer.drain()
+    await read_request(reader)  # the second request on this connection: drop it unanswered
 
-    async with RawServer(serve) as server:
-        response = await pool.request("POST", server.url(), {}, b"{}", OPTIONS)
+
+async def test_stale_keep_alive_connection_is_retried_once_for_a_subset_post(
+    pool: UpstreamPool,
+) -> None:
+    """A POST to /v1/shape is a subset snapshot (also a GET subset too long for a URL): a
+    read, retried on a new connection as a GET is. It used to be the engine's 502."""
+    async with RawServer(_answer_once_then_drop) as server:
+        for _ in range(3):
+            response = await pool.request("POST", server.url(), {}, b"{}", OPTIONS)
+            assert await response.content.readexactly(2) == b"ok"
+            response.release()
+        assert server.connections == 3  # each reuse found the connection dropped: one retry
+
+
+@pytest.mark.parametrize(("method", "path"), [("DELETE", "/v1/shape"), ("POST", "/v1/other")])
+async def test_stale_keep_alive_connection_is_not_retried_for_other_requests(
+    pool: UpstreamPool, method: str, path: str
+) -> None:
+    async with RawServer(_answer_once_then_drop) as server:
+        response = await pool.request(method, server.url(path), {}, b"{}", OPTIONS)
         await response.content.readexactly(2)
         response.release()
         with pytest.raises(UpstreamError) as caught:
-            await pool.request("POST", server.url(), {}, b"{}", OPTIONS)
+            await pool.request(method, server.url(path), {}, b"{}", OPTIONS)
         assert caught.value.reason == "upstream_error" and SECRET not in str(caught.value)
         assert server.connections == 1
 
