@@ -465,6 +465,7 @@ class ShapeLog:
         cut_from = 0  # lowest LSN cut, when known
         prev_size = 0
         lost_tail = False  # the last chunk read lost durable records at its end
+        first_lsn = 0  # LSN of chunk 0's first record
         for n, path in enumerate(paths):
             if path != self._log_name(n):
                 # a gap in the numbering (a chunk deleted): what follows is cut
@@ -487,6 +488,8 @@ class ShapeLog:
             chunk = _Chunk(path, n)
             chunks.append(chunk)
             for start, end, last_key, lsn, ends_tx in result.records:
+                if not n and not first_lsn:
+                    first_lsn = lsn
                 chunk.starts.append(start)
                 chunk.lasts.append(last_key)
                 chunk.size = chunk.end = end
@@ -539,6 +542,11 @@ class ShapeLog:
                 cut = True
         if cut:
             self.repaired_from = cut_from or last_good_lsn + 1
+        if first_lsn and keep_chunks and not self._begun_recorded:
+            # It began, and its pack does not say so (the note failed on a full disk and
+            # the process ended before it was written): noted on the next append or
+            # `settle` (`begin_unnoted`), else a loss of its chunk files would go unseen.
+            self._first_lsn = first_lsn
         self._chunks = [c for c in chunks[:keep_chunks] if c.starts]
         self.log_bytes = sum(c.size for c in self._chunks)
         self._chunk_lasts = [c.lasts[-1] for c in self._chunks]
@@ -588,10 +596,22 @@ class ShapeLog:
         self.packed = packed
         self.chunks_readable(count, complete=True)
         if self._first_lsn is not None and not self._begun_recorded:
-            # It began after the marker was made. On a full disk the next append (or
-            # flush) tries again: `_begin_noted`.
+            # It began after the marker was made. On a full disk the next append tries
+            # again (`_begin_noted`), and so does the store's `settle` (`begin_unnoted`),
+            # for a log with no more appends.
             with contextlib.suppress(OSError):
                 self._record_log_begun(self._first_lsn)
+
+    @property
+    def begin_unnoted(self) -> bool:
+        """Whether the log began and its pack does not say so yet (the note failed on a
+        full disk; or the log was loaded from a pack without it): `note_begun` writes it."""
+        return self._first_lsn is not None and not self._begun_recorded and not self.retired
+
+    def note_begun(self) -> None:
+        """Write the note `begin_unnoted` says is missing (see `_begin_noted`); raises
+        `LogWriteError` while the pack cannot be appended to."""
+        self._begin_noted()
 
     def _record_log_begun(self, lsn: int) -> None:
         """Note in the shape's pack that its log began at `lsn` (durable with the log's
@@ -611,6 +631,8 @@ class ShapeLog:
         the replicator pauses and tries again once there is room). It was tried again
         only when chunk 0 was made again: a log that went on growing never had it."""
         if self._first_lsn is None or self._begun_recorded or self.packed is None:
+            return
+        if self.retired:  # (its pack says so, or will: nothing to note)
             return
         try:
             self._record_log_begun(self._first_lsn)

@@ -66,6 +66,7 @@ class ShapeStore:
         files: dict[str, list[str]] = {}
         found: dict[str, _Found] = {}
         base = str(self.directory)
+        _unnoted.pop(base, None)  # (logs of an earlier load: replaced by these)
         for name in names:
             path = f"{base}/{name}"
             if name.endswith(SUFFIX):
@@ -88,6 +89,8 @@ class ShapeStore:
                 pack.live.discard(handle)
                 _delete(own, pack.path, handle, not pack.live)
                 continue
+            if log.begin_unnoted:
+                _unnoted.setdefault(base, set()).add(log)
             logs.append(log)
         for paths in files.values():  # snapshots that never finished, retired shapes
             for path in paths:
@@ -150,12 +153,22 @@ class ShapeStore:
         """Wait until every retirement asked for so far is on disk (files deleted, packs
         marked), synced when `fsync`: before the engine does something that makes the
         retired shapes wrong to load again (a new replication slot, confirming the slot
-        past what retired them). Raises `LogWriteError` while a pack cannot be marked (a
-        full disk): the caller pauses as for any failed write, and tries again."""
+        past what retired them). Also notes in its pack that a log began where the note
+        failed (a full disk) and no append since wrote it (`_unnoted`). Raises
+        `LogWriteError` while a pack cannot be marked (a full disk): the caller pauses as
+        for any failed write, and tries again."""
         while _pending:
             await asyncio.gather(*list(_pending), return_exceptions=True)
         if _failed:
             await asyncio.to_thread(_retry_failed)
+        unnoted = _unnoted.get(self._directory_text)
+        while unnoted:
+            log = next(iter(unnoted))
+            if log.begin_unnoted:
+                log.note_begun()  # (raises LogWriteError while the disk is full)
+                if self.fsync and log.packed is not None:
+                    _touched.add(log.packed.pack.path)
+            unnoted.discard(log)
         if self.fsync and _touched:
             packs = list(_touched)
             _touched.clear()
@@ -163,8 +176,14 @@ class ShapeStore:
 
     @property
     def unsettled(self) -> bool:
-        """Whether a retirement may not be on disk yet (see `settle`)."""
-        return bool(_pending) or bool(_failed) or (self.fsync and bool(_touched))
+        """Whether a retirement, or a log's beginning, may not be on disk yet (see
+        `settle`)."""
+        return (
+            bool(_pending)
+            or bool(_failed)
+            or bool(_unnoted.get(self._directory_text))
+            or (self.fsync and bool(_touched))
+        )
 
 
 def _judge(path: str, data: bytes) -> tuple[PackContents, str | None]:
@@ -215,6 +234,10 @@ def retire(log: ShapeLog) -> None:
 _pending: set[asyncio.Future[None]] = set()
 #: Packs a retirement changed (deleted, or a record appended) and not synced since.
 _touched: set[str] = set()
+#: Logs that began and whose pack does not say so yet (`ShapeLog.begin_unnoted`: the note
+#: failed on a full disk, with no append since to try it again; or found so on load), by
+#: directory: noted by `ShapeStore.settle`, before the slot is confirmed further.
+_unnoted: dict[str, set[ShapeLog]] = {}
 #: Retirement records that could not be appended (a full disk), by pack: (handle, the
 #: shape's own files, kept until the record is there), tried again by `ShapeStore.settle`.
 _failed: dict[str, list[tuple[str, list[str]]]] = {}
@@ -344,6 +367,8 @@ class PackBuilder:
         for e in self._entries:
             inline = len(e.chunk) if len(e.chunk) <= PACK_INLINE_MAX else 0
             e.log.packed_snapshot(e.count, PackedChunk(pack, e.offset, inline))
+            if e.log.begin_unnoted:  # (its note failed: a full disk)
+                _unnoted.setdefault(str(e.log.directory), set()).add(e.log)
             if e.log.retired:  # retired while the pack was written: leave it again
                 retire(e.log)
                 continue

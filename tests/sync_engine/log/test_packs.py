@@ -340,3 +340,74 @@ def test_the_note_that_a_log_began_is_not_lost_to_a_full_disk(tmp_path: Path) ->
         assert again.damage is not None and again.repaired_from == 100
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="needs root to mount a small tmpfs that fills up (CI runs as root)"
+)
+@pytest.mark.parametrize("then", ["room again", "a restart, then room"])
+def test_a_note_that_failed_when_the_snapshot_was_packed_is_written_with_no_more_appends(
+    tmp_path: Path, then: str
+) -> None:
+    """A log that began while its snapshot was being packed (its marker made without
+    `log_from`) notes its beginning once the pack is durable. On a full disk that note
+    failed silently and was tried again only at the log's next append: a shape with no
+    more changes never had it, and its log lost whole later loaded as one that never began
+    (served without its changes). A restart dropped the retry too. Now the store's
+    `settle` (which the replicator runs before it confirms the slot) writes it, failing
+    with the disk full (the replicator pauses), and a load finds a log that began with no
+    note and notes it the same way.
+
+    A real full disk: a 1 MiB tmpfs, the pack ending at a page boundary, then filled."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+
+        def packing(directory: Path, pad: int) -> tuple[ShapeLog, PackBuilder]:
+            store = ShapeStore(directory, 1 << 20, fsync=False)
+            log = store.new_log("1-1")
+            builder = PackBuilder()
+            chunk = _chunk("1-1")[:-1] + b',"pad":"' + b"x" * pad + b'"}'
+            builder.add(log, 1, chunk, {"handle": "1-1", "n": 1})
+            return log, builder
+
+        pad = 0
+        for n in range(3):  # (the pad that ends the pack at a page boundary)
+            (tmp_path / f"probe{n}").mkdir()
+            probe, builder = packing(tmp_path / f"probe{n}", pad)
+            builder.write(fsync=False)
+            builder.publish()
+            assert probe.packed is not None
+            pad += -os.path.getsize(probe.packed.pack.path) % 4096
+        shapes = mnt / "shapes"  # (a load deletes what is not a shape's: not the filler)
+        shapes.mkdir()
+        log, builder = packing(shapes, pad)
+        _append(log, 100)  # (the log begins while the snapshot is being packed)
+        builder.write(fsync=False)
+        assert log.packed is None
+        filler = mnt / "filler"
+        _fill(filler)
+        builder.publish()  # (the pack is durable: its note finds no room)
+        assert log.packed is not None
+        pack = Path(log.packed.pack.path)
+        assert pack.stat().st_size % 4096 == 0 and scan_pack(pack.read_bytes()).begun == {}
+        store = ShapeStore(shapes, 1 << 20, fsync=False)
+        if then == "a restart, then room":
+            log.close()
+            (log,) = store.load()  # (the state a crash leaves)
+            assert log.last_lsn == 100 and log.damage is None
+        with pytest.raises(LogWriteError) as failed:
+            asyncio.run(store.settle())  # (the replicator pauses, tries again)
+        assert failed.value.disk_full
+        filler.unlink()
+        asyncio.run(store.settle())
+        assert not store.unsettled
+        assert scan_pack(pack.read_bytes()).begun == {"1-1": 100}
+        log.close()
+        (only,) = shapes.glob("1-1.log.*")
+        only.unlink()  # (the log lost whole: found, not taken for one never begun)
+        (again,) = store.load()
+        assert again.damage is not None and again.repaired_from == 100
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
