@@ -12,13 +12,14 @@ also the last part of a live answer's ETag).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import logging
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -111,6 +112,21 @@ async def _ask(proxy: Any, head: bytes) -> bytes:
         return raw
     finally:
         writer.close()
+
+
+@contextlib.asynccontextmanager
+async def _raw_engine(
+    serve: Any, idp_server: Any, environ: dict[str, str]
+) -> AsyncIterator[tuple[RawServer, Any]]:
+    """A scripted engine (`serve` answers each connection) and a proxy config pointing at it,
+    with collapsing and the response cache off so that every request reaches `serve`."""
+    async with RawServer(serve) as server:
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
+        config["collapse"] = False
+        config["cache"] = {"max_bytes": 0}
+        yield server, build_config(config, environ)
 
 
 def _normal(raw: bytes) -> bytes:
@@ -445,13 +461,8 @@ async def test_a_kept_alive_engine_connection_found_closed_is_retried(
         await writer.drain()
         await read_request(reader)  # the next request on this connection: dropped unanswered
 
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         for _ in range(3):
             reply = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
@@ -472,13 +483,8 @@ async def test_a_subset_post_on_a_kept_alive_engine_connection_found_closed_is_r
         await writer.drain()
         await read_request(reader)  # the next request on this connection: dropped unanswered
 
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         body = json.dumps({"where": "id > 1"}).encode()
         for _ in range(3):
@@ -512,13 +518,8 @@ async def test_a_bug_of_ours_on_the_fast_lane_is_a_logged_500_not_the_engines_50
     def bug(_: Any) -> Any:
         raise KeyError("a bug")
 
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         first = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
         assert (first.status, first.body) == (200, b"ok")  # (the general path: authorised)
@@ -553,13 +554,7 @@ async def test_answers_without_electric_server_or_with_no_store_match_the_genera
             writer.write(b"HTTP/1.1 200 OK\r\n" + extra + b"Content-Length: 2\r\n\r\nok")
             await writer.drain()
 
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        loaded = build_config(config, environ)
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
         fast = await make_proxy(loaded)
         general = await make_proxy(loaded, fast_lane=False)
         alice = fast.tokens.make(sub="alice", org_id="org-1")
@@ -597,13 +592,8 @@ async def test_an_answer_to_stream_is_handed_over_to_a_task(
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
             await writer.drain()
 
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         for _ in range(2):
             reply = await proxy.get("/v1/shape?table=items&offset=-1", token=alice)
@@ -676,13 +666,8 @@ async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_i
         return splice(*args)
 
     pipes, sockets = _fds("pipe") - 2 * len(upstream_client._pipes), _fds("socket")
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         auth = f"Authorization: Bearer {alice}"
         target = "/v1/shape?table=items&offset=0_0&handle="
@@ -779,13 +764,8 @@ async def test_the_general_paths_relay_splices_a_long_answer_and_ends_cleanly(
 
     monkeypatch.setattr(upstream_client, "Splice", spy)
     pipes, sockets = _fds("pipe") - 2 * len(upstream_client._pipes), _fds("socket")
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ), fast_lane=False)
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded, fast_lane=False)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         auth = f"Authorization: Bearer {alice}"
         target = "/v1/shape?table=items&offset=0_0&handle="
@@ -875,13 +855,8 @@ async def test_out_of_descriptors_for_a_splice_the_answer_is_read_as_before(
 
     monkeypatch.setattr(upstream_client, "_pipes", [])
     monkeypatch.setattr(upstream_client, "_pipe", no_pipe)
-    async with RawServer(serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         for _ in range(2):  # the general path's relay, then the fast lane
             reply = await proxy.get("/v1/shape?table=items&offset=0_0&handle=h-1", token=alice)
