@@ -428,6 +428,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    os.umask(0o077)  # (what the engine writes holds every user's rows: `preflight.keep_private`)
     if argv and argv[0] == "sources":
         from .tenants.cli import main as sources_main
 
@@ -484,7 +485,7 @@ def lock_data_dir(data_dir: Path, wait: float = LOCK_WAIT) -> None:
     seconds, then exits."""
     path = data_dir / "engine.lock"
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # serve what there is (`preflight`)
             logger.warning("cannot create %s (the disk is full): not locked", path)
@@ -536,7 +537,7 @@ def check_settings(settings: Settings) -> None:
             " SYNC_ENGINE_REPLICATION_STREAM_ID)",
         )
     from .admin.api import MIN_TOKEN_LENGTH
-    from .preflight import check_data_dir, check_registry
+    from .preflight import check_data_dir, check_registry, keep_private
     from .tenants.dburl import check_database_url
     from .tenants.errors import InvalidInput
     from .tenants.store import store_has_sources
@@ -564,6 +565,7 @@ def check_settings(settings: Settings) -> None:
             " engine can write, with --data-dir or SYNC_ENGINE_DATA_DIR",
             1,
         )
+    keep_private(settings.data_dir)
     problem = check_registry(settings.data_dir)
     if problem is not None:
         fail(PROG, problem, 1)

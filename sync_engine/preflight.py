@@ -13,6 +13,7 @@ import errno
 import logging
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def check_data_dir(path: Path) -> str | None:
     """None when the engine can create, write and read files under `path`, else why not."""
     probe = path / f".write-test-{uuid.uuid4().hex}"
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
         probe.write_bytes(b"ok")
         ok = probe.read_bytes() == b"ok"
         probe.unlink()
@@ -61,6 +62,41 @@ def check_data_dir(path: Path) -> str | None:
             return None
         return exc.strerror or type(exc).__name__
     return None if ok else "files written there do not read back"
+
+
+#: Mode bits that let users other than the engine's into the data directory.
+OTHERS = 0o077
+
+
+def keep_private(path: Path) -> None:
+    """Close the data directory to other users. Its shape logs hold every synced row of
+    every user, columns a policy hides included (the proxy narrows what each client gets;
+    the files hold all of it), so any local account able to read them bypasses the proxy.
+    The engine makes its files 0600 and directories 0700 (its umask is 077), but a
+    directory made before, by an operator or by an older engine under umask 022, is
+    usually 0755: closing the top directory closes everything under it. Postgres refuses
+    to start on a data directory open to others; the engine closes it and says so, so that
+    an upgrade does not stop a running deployment."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # (check_data_dir says what is wrong with it)
+    if not mode & OTHERS:
+        return
+    try:
+        os.chmod(path, mode & ~OTHERS)
+    except OSError as exc:
+        logger.warning(
+            "the data directory %s is open to other users (mode %o) and could not be closed"
+            " (%s): its shape logs hold every synced row; chmod 700 it",
+            path, mode, exc.strerror or type(exc).__name__,
+        )  # fmt: skip
+        return
+    logger.warning(
+        "the data directory %s was open to other users (mode %o): now %o, since its shape"
+        " logs hold every synced row",
+        path, mode, mode & ~OTHERS,
+    )  # fmt: skip
 
 
 #: Bytes `disk_full` tries to write: more than SQLite's shared-memory file (32 kB) needs.

@@ -97,14 +97,14 @@ def _open_for_append(path: str) -> int:
     half of the cache is closed first and the open tried again."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC
     try:
-        return os.open(path, flags, 0o644)
+        return os.open(path, flags, 0o600)
     except OSError as exc:
         if exc.errno not in (errno.EMFILE, errno.ENFILE) or not _open:
             raise
     for _ in range((len(_open) + 1) // 2):
         _, old = _open.popitem(last=False)
         os.close(old)
-    return os.open(path, flags, 0o644)
+    return os.open(path, flags, 0o600)
 
 
 def open_count() -> int:

@@ -370,7 +370,7 @@ class ShapeLog:
     def create(self) -> None:
         """Make sure the directory exists (for a log made outside a `store.ShapeStore`,
         which creates the directory once for all its shapes)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def restore_snapshot(self, marker: dict[str, Any], packed: PackedChunk) -> None:
         """Take a finished snapshot back from its marker (found in a pack by `store.py`),
@@ -648,7 +648,7 @@ class ShapeLog:
         self.snapshot_complete = self.snapshot_complete or complete
 
     def _write_file(self, path: str, data: bytes) -> _Identity:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             write_new_file(fd, data)
             if self.fsync:

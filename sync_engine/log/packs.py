@@ -159,7 +159,7 @@ def scan_pack(data: bytes) -> PackContents:
 def write_new(path: str, data: bytes, fsync: bool) -> None:
     """Create `path` holding `data`; with `fsync`, durable with its directory entry. A failed
     write removes the file."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         write_new_file(fd, data)
         note_end(fd, len(data))

@@ -61,7 +61,7 @@ class ShapeStore:
     def load(self) -> list[ShapeLog]:
         """Every shape whose snapshot finished, checked (`ShapeLog.restore_snapshot`,
         `load_transactions`); the files of every other shape are deleted."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         names = sorted(os.listdir(self.directory))
         files: dict[str, list[str]] = {}
         found: dict[str, _Found] = {}

@@ -87,8 +87,8 @@ class SavedPosition:
     def _write(self, lsn: Lsn) -> None:
         new = not self.path.exists()
         if new:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             os.pwrite(fd, _LSN.pack(lsn), 0)
             if self.fsync:

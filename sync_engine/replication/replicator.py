@@ -122,7 +122,7 @@ def _fsync_paths(paths: set[str]) -> None:
 def _probe_write(directory: str) -> None:
     """Write, fsync and delete a small file: raises OSError while the disk is full."""
     path = os.path.join(directory, ".space-probe")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         data = b"\0" * PROBE_BYTES
         written = 0

@@ -251,7 +251,7 @@ class SourceStore:
 
     def _open_writable(self) -> sqlite3.Connection:
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         # Only this process writes it (the CLI goes through the admin API), in the manager's
