@@ -165,3 +165,21 @@ def test_rendered_nginx_config_passes_nginx_t(compose: dict[str, Any], tmp_path:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert check.returncode == 0, check.stderr
+
+
+def test_an_unchanged_copy_of_env_example_does_not_start() -> None:
+    """`cp config/compose/env.example .env; docker compose up` must refuse to start: the
+    example once held placeholders long enough to pass every check, so a deployment that
+    skipped "put real secrets in .env" ran with a JWT signing key published in this repo
+    (anyone could mint a token for any user). Every variable is empty there, and compose's
+    `${NAME:?...}` refuses an empty value."""
+    example = (ROOT / "config" / "compose" / "env.example").read_text()
+    env = dict(
+        line.split("=", 1) for line in example.splitlines() if line and not line.startswith("#")
+    )
+    assert set(env) == set(FAKE_ENV), "env.example names other variables than compose uses"
+    assert all(value == "" for value in env.values()), env
+    raw = (ROOT / "docker-compose.yml").read_text()
+    for name in env:
+        with pytest.raises(AssertionError, match=f"required variable {name}"):
+            _interpolate(raw, {**FAKE_ENV, name: env[name]})
