@@ -31,6 +31,7 @@ from sync_engine.pg.types import (
     INT4,
     INT8,
     INTERVAL,
+    JSONB,
     NAME,
     NUMERIC,
     TEXT,
@@ -77,7 +78,7 @@ from .collation import (
     merge_all,
 )
 from .constructs import UNLIMITED, string_length, typmods_refused
-from .errors import WhereError, error_at
+from .errors import WhereError, error_at, not_evaluated
 from .expr import (
     EVAL_ERRORS,
     UNSIMPLIFIED,
@@ -1217,6 +1218,20 @@ class Compiler:
             return domains.pop() if len(domains) == 1 else None
         return None
 
+    def _subscript_refusal(self, typ: PgType, node: ast.Node) -> WhereError:
+        """The 400 for a subscript of a value that is no array: the domain's refusal for a
+        domain over an array, NOT_EVALUATED for jsonb and name (Postgres subscripts them),
+        else Postgres's words. It had said "A_Indices is not supported here" to all."""
+        refusal = self.domain_refusal(typ, node)
+        if refusal is not None:
+            return refusal
+        if typ in (JSONB, NAME):
+            return not_evaluated(f"a subscript of {typ.sql_name}", node)
+        return error_at(
+            f"cannot subscript type {typ.sql_name} because it does not support subscripting",
+            node,
+        )
+
     def _A_Indirection(self, node: ast.A_Indirection) -> Expr:
         """Subscripts, all applied at once as Postgres does: one per dimension for an element
         (`a[2][1]`; NULL with more or fewer), and if any is a slice all are (`a[1:2][1]` is
@@ -1225,8 +1240,10 @@ class Compiler:
         arg = self.compile(node.arg)
         inds = list(node.indirection)
         for ind in inds:
-            if not isinstance(ind, ast.A_Indices) or not arg.type.array:
+            if not isinstance(ind, ast.A_Indices):
                 raise error_at(f"{construct_name(ind)} is not supported here", node)
+            if not arg.type.array:
+                raise self._subscript_refusal(arg.type, node)
         if len(inds) > MAX_DIMENSIONS:
             raise error_at(
                 f"number of array dimensions ({len(inds)}) exceeds the maximum allowed"

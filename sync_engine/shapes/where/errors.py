@@ -23,3 +23,67 @@ def error_at(message: str, node: object = None) -> WhereError:
         error.located = True
         return error
     return WhereError(message)
+
+
+#: What a refusal says when Postgres accepts the construct and only the engine does not
+#: evaluate it: a developer who reads "operator does not exist" for SQL psql runs thinks
+#: the SQL is wrong. Postgres's own errors keep Postgres's words.
+NOT_EVALUATED = "valid in Postgres, but shapegate does not evaluate it in a where clause"
+
+
+def not_evaluated(what: str, node: object = None) -> WhereError:
+    """A refusal of `what`, which Postgres accepts, but the engine does not evaluate."""
+    return error_at(f"{what} is {NOT_EVALUATED}", node)
+
+
+_TIME, _TIMETZ, _TS, _TSTZ = (
+    "time without time zone",
+    "timetz",
+    "timestamp without time zone",
+    "timestamp with time zone",
+)
+_INTS = ("smallint", "integer", "bigint")
+
+#: Operators Postgres resolves (through its implicit casts: timestamp -> timestamptz, date ->
+#: timestamp, time -> timetz) on types the engine knows, which the engine does not evaluate:
+#: (left, operator, right) as the refusal names them. From a scan of every pair of the
+#: engine's types under + - * / || & % LIKE @> && < = against PostgreSQL 15 (the others the
+#: engine refuses with "operator does not exist" Postgres refuses too).
+POSTGRES_OPERATORS = frozenset(
+    {
+        *((a, "-", b) for a in ("date", _TS, _TSTZ) for b in ("date", _TS, _TSTZ) if a != b),
+        *(("inet", op, i) for op in "+-" for i in _INTS),
+        *((i, "+", "inet") for i in _INTS),
+        ("inet", "-", "inet"),
+        ("inet", "&", "inet"),
+        ("inet", "|", "inet"),
+        ("date", "+", _TIMETZ),
+        (_TIME, "+", _TIMETZ),
+        (_TIMETZ, "+", "date"),
+        (_TIMETZ, "+", _TIME),
+        (_TIMETZ, "-", _TIME),
+        (_TIMETZ, "+", "interval"),
+        (_TIMETZ, "-", "interval"),
+        ("interval", "+", _TIMETZ),
+        (_TIME, "||", _TIMETZ + "[]"),
+        (_TIMETZ, "||", _TIME + "[]"),
+        (_TIME + "[]", "||", _TIMETZ),
+        (_TIMETZ + "[]", "||", _TIME),
+        (_TIME + "[]", "||", _TIMETZ + "[]"),
+        (_TIMETZ + "[]", "||", _TIME + "[]"),
+    }
+)
+
+
+def no_operator_text(left: str, name: str, right: str) -> str:
+    """The refusal of `left name right` (types' SQL names): Postgres's "operator does not
+    exist" where it has none, else that the engine does not evaluate it (`tz - ts` said
+    "operator does not exist", which psql runs)."""
+    if (left, name, right) in POSTGRES_OPERATORS:
+        return f"operator {left} {name} {right} is {NOT_EVALUATED}"
+    return f"operator does not exist: {left} {name} {right}"
+
+
+def no_operator(left: str, name: str, right: str, node: object = None) -> WhereError:
+    """`no_operator_text` as an error at `node`."""
+    return error_at(no_operator_text(left, name, right), node)

@@ -54,7 +54,7 @@ from .arrays import (
 )
 from .collation import CONFLICT, CollState
 from .datetimes import DATETIME_OPS, neg_interval
-from .errors import WhereError, error_at
+from .errors import POSTGRES_OPERATORS, WhereError, error_at, no_operator, no_operator_text
 from .expr import (
     Cache,
     Expr,
@@ -236,9 +236,7 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
                 + (f" (it compares {typ} values with = and <> only)" if only else ""),
                 node,
             )
-    return error_at(
-        f"operator does not exist: {left.type.sql_name} {name} {right.type.sql_name}", node
-    )
+    return no_operator(left.type.sql_name, name, right.type.sql_name, node)
 
 
 def _prefix(c: Compiler, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
@@ -303,7 +301,7 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
         right = c.coerce(right, left.type if left.type in NUMERIC_ORDER else NUMERIC)
     lt, rt = left.type, right.type
     if lt not in NUMERIC_ORDER or rt not in NUMERIC_ORDER:
-        raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
+        raise no_operator(lt.sql_name, name, rt.sql_name, node)
     if name in BITWISE_OPERATORS:
         return _bitwise(c, name, left, right, node)
     if name == "^":
@@ -316,7 +314,7 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     arith = arith_func(name, typ)
     if arith is None:
-        raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
+        raise no_operator(lt.sql_name, name, rt.sql_name, node)
     return apply(typ, arith, [left, right], node)
 
 
@@ -373,7 +371,7 @@ def _datetime_arithmetic(
             ]
             chosen = fits[0] if fits else None
     if chosen is None:
-        raise error_at(f"operator does not exist: {lt.sql_name} {name} {rt.sql_name}", node)
+        raise no_operator(lt.sql_name, name, rt.sql_name, node)
     rtype, func = DATETIME_OPS[(name, *chosen)]
     return apply(rtype, func, [c.coerce(left, chosen[0]), c.coerce(right, chosen[1])], node)
 
@@ -402,9 +400,7 @@ def _time_as_interval(
 
 def _bitwise(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
     if left.type not in INT_TYPES or right.type not in INT_TYPES:
-        raise error_at(
-            f"operator does not exist: {left.type.sql_name} {name} {right.type.sql_name}", node
-        )
+        raise no_operator(left.type.sql_name, name, right.type.sql_name, node)
     if name in ("<<", ">>"):
         typ = left.type
         if right.type == INT8:  # the count is int4 (an int2 one converts)
@@ -448,18 +444,27 @@ def _concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
             return c.cast_to_text(e, TEXT, node)
 
         return apply(TEXT, operator.add, [text_of(left), text_of(right)], node)
-    raise error_at(f"operator does not exist: {lt.sql_name} || {rt.sql_name}", node)
+    for side in (lt, rt):  # (`dta || dta`: Postgres concatenates the base arrays)
+        if (refusal := c.domain_refusal(side, node)) is not None:
+            raise refusal
+    raise no_operator(lt.sql_name, "||", rt.sql_name, node)
 
 
 def _array_concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
+    for side in (left.type, right.type):  # (`dta || text[]`: a domain over text[])
+        if not side.array and (refusal := c.domain_refusal(side, node)) is not None:
+            raise refusal
     if left.type.array and right.type.array:
+        if (left.type.sql_name, "||", right.type.sql_name) in POSTGRES_OPERATORS:
+            # (time[] || timetz[]: Postgres converts time to timetz; the engine does not)
+            raise no_operator(left.type.sql_name, "||", right.type.sql_name, node)
         typ, (left, right) = c.unify([left, right], "array ||", node)
         return apply_nullable(typ, array_cat, [left, right], node)
 
     # An untyped literal (or NULL) beside an array is read as that array type, as
     # Postgres's operator resolution does (so `ia || '5'` fails like in Postgres).
     def missing() -> str:
-        return f"operator does not exist: {left.type.sql_name} || {right.type.sql_name}"
+        return no_operator_text(left.type.sql_name, "||", right.type.sql_name)
 
     if left.type.array:
         if right.type == UNKNOWN:
@@ -531,7 +536,8 @@ def _any_all(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
         elem = left.type if left.type != UNKNOWN else TEXT
         right = c.coerce(right, elem.array_of())
     if not right.type.array:
-        raise error_at(
+        # (a domain over an array is an array to Postgres: "requires array" was not its word)
+        raise c.domain_refusal(right.type, node) or error_at(
             f"op ANY/ALL (array) requires array on right side, not {right.type.sql_name}", node
         )
     probe = Expr(right.type.element, lambda _r, _c: None, node=node.rexpr)
