@@ -27,6 +27,7 @@ from typing import TypeVar, cast
 import aiohttp
 
 from proxy.config.loader import LoadedConfig
+from proxy.connection_terms import REPEATED_AUTHORIZATION, REQUEST_TIMEOUT
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http import fastlane, handlers
 from proxy.http.context import RequestContext, new_request_id
@@ -38,7 +39,6 @@ from proxy.http.errors import (
 )
 from proxy.http.fastlane import FastAnswer, FastConnection
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
-from proxy.http.protocol import REPEATED_AUTHORIZATION, REQUEST_TIMEOUT
 from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
 from proxy.limits.subsets import SubsetSlots

@@ -36,14 +36,15 @@ from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Protocol
 
 from proxy.auth.claims import TokenVerifier
+from proxy.connection_terms import JOIN_BELOW, SEND_TIMEOUT
 from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
-from proxy.http.protocol import JOIN_BELOW, SEND_TIMEOUT
 from proxy.http.wire import Request, Response, StreamResponse, http_date
-from proxy.limits.admission import Permit
-from proxy.runtime import ANONYMOUS, Prepared, Runtime
+from proxy.limits.admission import Admission, Permit
+from proxy.metrics import Metrics
+from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
 from proxy.upstream.client import (
     HIGH_WATER,
     SPLICE_FROM,
@@ -64,7 +65,6 @@ from proxy.upstream.held import MIN_HOLD, Deadlines
 from proxy.upstream.respond import Outcome, complete
 
 if TYPE_CHECKING:
-    from proxy.app import ProxyApp
     from proxy.upstream.client import _Connection as EngineConnection
 
 logger = logging.getLogger(__name__)
@@ -175,7 +175,31 @@ class FastConnection(Protocol):
     ) -> None: ...
 
 
-def start(app: ProxyApp, request: Request, client: FastConnection) -> FastAnswer | None:
+class LaneApp(Protocol):
+    """What the fast lane needs of the app (`proxy.app.ProxyApp` is the one implementation):
+    the lane sits below the app and does not import it."""
+
+    metrics: Metrics
+
+    @property
+    def holder(self) -> RuntimeHolder: ...
+    @property
+    def forwarder(self) -> Forwarder: ...
+    @property
+    def admission(self) -> Admission: ...
+    def cors_for(
+        self, request: Request, *, shape: bool = True
+    ) -> tuple[bool, Mapping[str, str] | None]: ...
+    async def handle(self, request: Request) -> StreamResponse: ...
+    async def answer(self, request: Request, work: Awaitable[StreamResponse]) -> StreamResponse: ...
+    def answered(
+        self, request: Request, response: StreamResponse | None, *, status: int = 499
+    ) -> None: ...
+    def shape_vary(self, request: Request) -> str: ...
+    def crashed(self) -> Response: ...
+
+
+def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer | None:
     """Send `request` to the engine by the fast lane, or None if it does not qualify."""
     raw_path = request.raw_path  # (its path is /v1/shape: the target is that, or that and "?")
     if raw_path[:10] != _SHAPE_QUERY and raw_path != _SHAPE_PATH:
@@ -293,7 +317,7 @@ class FastAnswer:
 
     def __init__(
         self,
-        app: ProxyApp,
+        app: LaneApp,
         forwarder: Forwarder,
         client: FastConnection,
         request: Request,

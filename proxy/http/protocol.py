@@ -37,14 +37,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 import httptools
 from aiohttp.http_exceptions import BadHttpMethod
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.connection_terms import JOIN_BELOW, REPEATED_AUTHORIZATION, REQUEST_TIMEOUT, SEND_TIMEOUT
 from proxy.http.head_lines import HeadLines
-from proxy.http.wire import Request, Response, StreamResponse, Writer
+from proxy.http.wire import Owner, Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
     CONNECT_REFUSED,
     EXPECTATION_FAILED,
@@ -62,10 +63,6 @@ from sync_engine.http.parser_refusals import (
     refusal,
 )
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
-    from proxy.http.fastlane import FastAnswer
-
 logger = logging.getLogger(__name__)
 
 #: Seconds an idle keep-alive connection stays open (aiohttp's default).
@@ -79,18 +76,10 @@ KEEPALIVE_TIMEOUT = 75.0
 #: engine cuts it (it was cut after up to `KEEPALIVE_TIMEOUT`: 75 s for a trickling request
 #: pipelined behind another, 30 s on the engine: attack).
 REQUEST_READ_TIMEOUT = 30.0
-#: Seconds a response may wait for its client to read (the connection's buffer over its high
-#: mark) before the connection is dropped: a client that stops reading held its socket, and
-#: for a streamed answer an engine connection, for good (nginx's send_timeout is 60 s). An
-#: idle connection whose last answer was never read is dropped when its keep-alive ends.
-SEND_TIMEOUT = 60.0
 #: After a refusal, what the client still sends is read and dropped up to this many bytes, for
 #: up to this many seconds, before the connection closes (`Connection._linger_close`).
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 2.0
-#: A fast answer's body below this size goes out in one write with its head, joined if it
-#: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
-JOIN_BELOW = 64 * 1024
 #: Complete requests queued behind the one being answered before reading pauses.
 PIPELINE_LIMIT = 8
 #: Bytes of a head whose lines are not measured (one that began after a body in the same
@@ -104,15 +93,6 @@ _LINE_BESIDES_TARGET = len("G  HTTP/1.1\r\n")
 #: The shared answers (`parser_refusals.refusal` takes aiohttp's exceptions as its input).
 BAD_METHOD = refusal(BadHttpMethod(""))
 MALFORMED = refusal(None)
-#: A request that did not arrive in full within `REQUEST_READ_TIMEOUT` of its first byte.
-REQUEST_TIMEOUT = Refusal(
-    408, "request_timeout", "Request timeout: the request did not arrive in time"
-)
-#: Two `Authorization` headers: which one is the caller? A front that reads the last one and
-#: a proxy that reads the first would each authorise a different principal, so neither is.
-REPEATED_AUTHORIZATION = Refusal(
-    400, "bad_request", "Malformed HTTP request: more than one Authorization header"
-)
 
 #: Headers a request may carry once (as aiohttp's parser: a second one is a 400).
 _SINGLETONS = frozenset(
@@ -132,6 +112,27 @@ _SINGLETONS = frozenset(
 
 
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class FastLane(Protocol):
+    """A request being answered by callbacks (`proxy.http.fastlane.FastAnswer`), as far as
+    its connection needs it."""
+
+    def finished(self) -> asyncio.Future[None]: ...
+    def cancel(self) -> None: ...
+
+
+class App(Owner, Protocol):
+    """What a connection needs of the app answering it (`proxy.app.ProxyApp` is the one
+    implementation): the connection sits below the app and does not import it."""
+
+    #: Request bodies over this many bytes are refused (413) where a route reads them.
+    max_body: int
+
+    async def handle(self, request: Request) -> StreamResponse: ...
+    def answer_fast(self, request: Request, connection: Connection) -> FastLane | None: ...
+    def refused(self, refusal: Refusal, request: Request | None = None) -> Response: ...
+    def crashed(self) -> Response: ...
 
 
 def origin_query(target: bytes) -> bytes | None:
@@ -226,7 +227,7 @@ class Connection(asyncio.Protocol, Writer):
         "fast_token",
     )
 
-    def __init__(self, app: ProxyApp, on_close: Callable[[Connection], None] | None = None) -> None:
+    def __init__(self, app: App, on_close: Callable[[Connection], None] | None = None) -> None:
         self._app = app
         self._on_close = on_close
         self._loop = asyncio.get_running_loop()
@@ -277,7 +278,7 @@ class Connection(asyncio.Protocol, Writer):
         self._refused_head = False
         self._task: asyncio.Task[None] | None = None  # answering the oldest request
         #: Or answering it by callbacks, with no task (`proxy.http.fastlane`).
-        self._fast: FastAnswer | None = None
+        self._fast: FastLane | None = None
         #: The keep-alive timer, and when the connection last became idle: the timer is left
         #: running across a request answered by the fast lane (made and cancelled per request
         #: it cost ~1 µs) and moved on when it fires early; a request answered by a task

@@ -13,19 +13,25 @@ import resource
 import signal
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from proxy.http.protocol import Connection
+from proxy.http.protocol import App, Connection
+from proxy.upstream.forward import Forwarder
 from sync_engine.http.parser_refusals import (
     CONNECTION_GRACE,
     MIN_CONNECTIONS,
     refuse_at_the_cap,
 )
 
-if TYPE_CHECKING:
-    from proxy.app import ProxyApp
-
 logger = logging.getLogger(__name__)
+
+
+class ServedApp(App, Protocol):
+    """What the server needs of the app beyond its connections' needs (`proxy.app.ProxyApp`
+    is the one implementation): the engine connections open, live answers to end."""
+
+    @property
+    def forwarder(self) -> Forwarder: ...
 
 
 #: File descriptors kept free of client and engine connections: JWKS fetches, the log, the
@@ -55,7 +61,7 @@ class _TooMany(asyncio.Protocol):
 class Server:
     """The connections of one listening socket."""
 
-    def __init__(self, app: ProxyApp) -> None:
+    def __init__(self, app: ServedApp) -> None:
         self._app = app
         #: Open connections, oldest first (a dict for its order: `_make_room`).
         self._connections: dict[Connection, None] = {}
@@ -128,7 +134,7 @@ class Server:
 
 
 async def serve_until_signalled(
-    app: ProxyApp,
+    app: ServedApp,
     socks: list[socket.socket],
     *,
     backlog: int,

@@ -33,8 +33,8 @@ from typing import Protocol
 
 from yarl import URL
 
+from proxy.connection_terms import SEND_TIMEOUT
 from proxy.errors import ProxyError
-from proxy.http.protocol import SEND_TIMEOUT
 from proxy.http.wire import Request, Response, StreamResponse
 from proxy.limits.admission import Permit
 from proxy.metrics import Metrics
