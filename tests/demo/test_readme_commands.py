@@ -19,6 +19,7 @@ import os
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -138,6 +139,9 @@ def test_readme_commands_in_order_from_a_private_clone(private_checkout: Path) -
         assert "Node 18 or later" in banner and "todos.mjs" in banner
         pg_dir = Path((demo.data_dir / "pg-dir").read_text().strip())
         assert not str(pg_dir).startswith(str(private_checkout.parent))
+        # the demo's files (secrets, alice's 24 h token in try/, every row in the engine's
+        # shape logs) are closed to other local users
+        assert stat.S_IMODE(demo.data_dir.stat().st_mode) & 0o077 == 0
 
         script = private_checkout / "readme-commands.sh"
         script.write_text(_script(to_run, ports))
