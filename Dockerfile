@@ -3,8 +3,11 @@
 #   docker build -t shapegate .
 #   docker run -p 8080:8080 -v shapegate-data:/data \
 #     -v $PWD/config/proxy.yaml:/etc/shapegate/proxy.yaml:ro \
-#     -e DATABASE_URL=postgresql://user:pass@db:5432/app \
-#     -e ENGINE_SECRET=... -e SHAPE_PROXY_JWT_SECRET=... shapegate
+#     --env-file shapegate.env shapegate
+#
+# shapegate.env (chmod 600) holds DATABASE_URL=postgresql://user:pass@db:5432/app,
+# ENGINE_SECRET=... and SHAPE_PROXY_JWT_SECRET=...: values given with `-e NAME=value` stay in
+# the `docker run` command line, which any user of the host sees in `ps`, and in shell history.
 #
 # The engine listens on 127.0.0.1:3000 inside the container only (the proxy's `upstream.url`
 # must be http://127.0.0.1:3000); the proxy serves clients on 0.0.0.0:8080. See

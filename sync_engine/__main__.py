@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--secret",
         default=_env("SECRET"),
-        help="when set, every /v1/shape request must carry secret=<this>. Env: SYNC_ENGINE_SECRET",
+        help="when set, every /v1/shape request must carry secret=<this>. Env: SYNC_ENGINE_SECRET"
+        " (prefer it: a flag shows in ps)",
     )
     p.add_argument(
         "--long-poll-timeout",
