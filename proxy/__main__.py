@@ -26,6 +26,7 @@ from proxy.devtoken import TokenError, mint
 from proxy.explain import explain, format_report, load_for_explain
 from proxy.http.serve import serve_until_signalled
 from proxy.logs import configure_logging
+from proxy.redact import redact_url
 from sync_engine.console import (
     OneLineParser,
     add_common_flags,
@@ -227,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     app = create_app(loaded, config_path=args.config, sighup=True)
     url = url_of(sock)
-    upstream = loaded.config.upstream.url
+    upstream = redact_url(loaded.config.upstream.url)  # (no password in the log)
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
     try:

@@ -27,6 +27,7 @@ from proxy.auth.jwks import JwksCache
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.config.model import AccessRule, ProxyConfig, TablePolicy
 from proxy.limits.config import LimitSettings
+from proxy.limits.upstream import secret_forms, secret_marker
 from proxy.metrics import Metrics, metrics_exposure
 from proxy.policy.blame import PolicyWhere
 from proxy.policy.sql import CombinedWhere
@@ -276,6 +277,9 @@ class RuntimeHolder:
             on_cache=self._metrics.token_cache_lookup,
         )
         upstream = loaded.config.upstream
+        secret = loaded.upstream_secret
+        value = None if secret is None else secret.get_secret_value()
+        forms, marker = secret_forms(value), secret_marker(value)
         options = UpstreamOptions(
             connect_timeout=upstream.connect_timeout,
             first_byte_timeout=upstream.first_byte_timeout,
@@ -284,6 +288,10 @@ class RuntimeHolder:
             collapse=loaded.config.collapse,
             cache=loaded.config.cache.max_bytes > 0,
             live_max_age=loaded.config.cache.live_max_age,
+            secret_forms=forms,
+            secret_bytes=tuple(form.encode() for form in forms),
+            secret_marker=marker,
+            secret_marker_bytes=b"" if marker is None else marker.encode(),
         )
         # An LRU, not a TTL cache: each entry carries its own expiry (`Prepared.expires`),
         # checked on use, and an LRU lookup is several times cheaper on this per-request path.

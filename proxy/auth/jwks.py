@@ -36,6 +36,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from proxy.errors import ServiceUnavailable, Unauthenticated
+from proxy.redact import redact_url
 
 logger = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1024 * 1024
@@ -60,6 +61,8 @@ class JwksCache:
         max_stale: float = MAX_STALE,
     ) -> None:
         self.url = url
+        #: `url` for the log: without a password or query values (`proxy.redact`).
+        self.shown = redact_url(url)
         self._session = session
         self._ttl = ttl
         self._cooldown = refetch_cooldown
@@ -162,7 +165,7 @@ class JwksCache:
                 self._on_fetch("error")
                 logger.warning(
                     "JWKS fetch failed for %s (%s); keeping %d cached keys",
-                    self.url,
+                    self.shown,
                     type(exc).__name__,
                     len(self._keys),
                 )
@@ -174,7 +177,7 @@ class JwksCache:
             self._on_fetch("ok")
             if any(keys.get(kid) != jwk for kid, jwk in old.items()):
                 logger.info(
-                    "JWKS of %s dropped or changed a key; verified tokens forgotten", self.url
+                    "JWKS of %s dropped or changed a key; verified tokens forgotten", self.shown
                 )
                 for listener in self._listeners:
                     listener()

@@ -60,7 +60,7 @@ from proxy.upstream.client import (
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import HOLD_ENDED, Forwarder, Target
-from proxy.upstream.headers import kept_raw, upstream_request_lines
+from proxy.upstream.headers import kept_raw, upstream_request_lines, without_secret_lines
 from proxy.upstream.held import MIN_HOLD, Deadlines
 from proxy.upstream.respond import Outcome, complete
 
@@ -601,8 +601,11 @@ class FastAnswer:
         plan = self._layout
         assert plan is not None
         kept = plan.kept(raw)
-        prepared = self._prepared
         options = self._runtime.options
+        if options.secret_marker_bytes in kept and options.secret_bytes:
+            # (an echo of the engine URL, the secret in it: never to a client)
+            kept = without_secret_lines(kept, options.secret_bytes)
+        prepared = self._prepared
         cors = context.cors
         at = plan.cache_control
         key = None

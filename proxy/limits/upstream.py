@@ -71,6 +71,9 @@ def check_fits(url: URL, limit: int | None = None) -> None:
 
 
 def _needles(secret: str | None) -> list[str]:
+    """The forms the secret takes in text: as it is, percent-encoded (as the proxy sends it
+    in the engine URL's query, and as `quote`/`quote_plus` make it) and JSON-escaped; longest
+    first. One form for a hex or alphanumeric secret."""
     if not secret:
         return []
     forms = {
@@ -81,6 +84,22 @@ def _needles(secret: str | None) -> list[str]:
         URL.build(query={"s": secret}).raw_query_string[2:],
     }
     return sorted(forms, key=len, reverse=True)
+
+
+def secret_forms(secret: str | None) -> tuple[str, ...]:
+    """`_needles`: what `proxy.upstream.headers.upstream_response_headers` and the fast lane
+    look for in the engine's response headers (`UpstreamOptions.secret_forms`)."""
+    return tuple(_needles(secret))
+
+
+def secret_marker(secret: str | None) -> str | None:
+    """The longest run of letters and digits of the secret (its first, of equal ones): each
+    of its `secret_forms` holds it unchanged (percent-encoding and JSON escaping leave letters
+    and digits as they are), so a value without it holds none of them (one `in` per header).
+    All of the secret for a hex or alphanumeric one; None without a secret."""
+    if not secret:
+        return None
+    return max(re.split(r"[^A-Za-z0-9]+", secret), key=len)
 
 
 def _clean_text(text: str, needles: list[str]) -> str:

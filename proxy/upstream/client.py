@@ -33,7 +33,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 import aiohttp
@@ -92,6 +92,17 @@ class UpstreamOptions:
     collapse: bool = True
     cache: bool = True  # the response cache's size is fixed at start; this can turn it off
     live_max_age: float = 5.0
+    #: The engine secret in each form it can take in an echo of the engine URL
+    #: (`proxy.limits.upstream.secret_forms`): no forwarded response header may hold one.
+    secret_forms: tuple[str, ...] = field(default=(), repr=False)
+    #: `secret_forms` encoded, for the fast lane's raw header lines.
+    secret_bytes: tuple[bytes, ...] = field(default=(), repr=False)
+    #: A part of the secret that each of its forms holds (`proxy.limits.upstream.secret_marker`):
+    #: a header value without it holds no form (None: no secret).
+    secret_marker: str | None = field(default=None, repr=False)
+    #: `secret_marker` encoded (never None: b"" matches everything, as the forms are then
+    #: looked for; the fast lane checks `secret_bytes` first).
+    secret_marker_bytes: bytes = field(default=b"", repr=False)
 
 
 class BodyError(Exception):

@@ -363,7 +363,9 @@ class Forwarder:
         head = Head(
             status=upstream.status,
             reason=upstream.reason,
-            headers=tuple(upstream_response_headers(raw.items())),
+            headers=tuple(
+                upstream_response_headers(raw.items(), options.secret_forms, options.secret_marker)
+            ),
             content_length=upstream.content_length,
             cache_control=cache_control,
             ttl=ttl,

@@ -2,20 +2,26 @@
 
 Upstream requests carry only an allowlist of client headers (never `Authorization`,
 `Cookie`, `Origin` or forwarding headers). Engine responses lose hop-by-hop and engine CORS
-headers, keep `Content-Encoding` (the body is passed on raw; `Content-Length` is set from the
-body actually sent) and `Vary` (the app merges its own tokens in), and get a client-facing
-`Cache-Control`: made private when the rows depend on the caller's token (which is not part of
-the client's URL), kept as the engine sent it when every caller gets the same bytes.
+headers, and any header whose value holds the engine secret (an echo of the engine URL: a
+load balancer's http->https `Location`, a `Link`, a `Content-Location`: the engine URL never
+reaches a client, as nginx's `proxy_redirect` keeps it from them); they keep
+`Content-Encoding` (the body is passed on raw; `Content-Length` is set from the body actually
+sent) and `Vary` (the app merges its own tokens in), and get a client-facing `Cache-Control`:
+made private when the rows depend on the caller's token (which is not part of the client's
+URL), kept as the engine sent it when every caller gets the same bytes.
 
 `Head` is an engine answer's status and headers after these rules, built once per answer.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict, CIMultiDictProxy
+
+logger = logging.getLogger(__name__)
 
 #: Client request headers forwarded to the engine.
 FORWARDED_REQUEST_HEADERS = (
@@ -97,10 +103,17 @@ _KEPT: dict[str, bool] = {}
 _KEPT_MAX = 1024
 
 
-def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """Response headers to copy: drop hop-by-hop, engine CORS, and what we rewrite.
+def upstream_response_headers(
+    upstream: Iterable[tuple[str, str]],
+    secret_forms: tuple[str, ...] = (),
+    secret_marker: str | None = None,
+) -> list[tuple[str, str]]:
+    """Response headers to copy: drop hop-by-hop, engine CORS, and what we rewrite, and any
+    header whose value holds the engine secret in one of its `secret_forms`.
 
-    On every forwarded response: one dict lookup per header name seen before.
+    On every forwarded response: one dict lookup per header name seen before, and with a
+    secret one `in` per kept header (`secret_marker`, a part of the secret found in each of
+    its forms); the forms are looked for only in a value that holds the marker.
     """
     known = _KEPT
     kept = []
@@ -112,8 +125,34 @@ def upstream_response_headers(upstream: Iterable[tuple[str, str]]) -> list[tuple
             if len(known) < _KEPT_MAX:
                 known[name] = keep
         if keep:
+            if secret_marker is not None and secret_marker in item[1]:
+                if any(form in item[1] for form in secret_forms):
+                    secret_dropped(name)
+                    continue
             kept.append(item)
     return kept
+
+
+def secret_dropped(name: str) -> None:
+    """Log (the name, never the value) a response header dropped for holding the secret."""
+    logger.warning(
+        "dropped the engine's %s response header: its value holds the engine secret "
+        "(an echo of the engine URL, e.g. a redirect by a hop between the proxy and the engine)",
+        name,
+    )
+
+
+def without_secret_lines(lines: bytes, secret_bytes: tuple[bytes, ...]) -> bytes:
+    """`Name: value` header lines (each ending in CRLF, as the fast lane's `_kept_lines`
+    makes them) less the lines holding one of `secret_bytes` (`upstream_response_headers`'
+    rule, for the fast lane: called only when a form was found in `lines`)."""
+    out = []
+    for line in lines.split(b"\r\n")[:-1]:
+        if any(form in line for form in secret_bytes):
+            secret_dropped(line.partition(b":")[0].decode("latin-1"))
+        else:
+            out.append(line + b"\r\n")
+    return b"".join(out)
 
 
 #: `_kept` by raw header name, for `proxy.http.fastlane` (names as the engine sent them).

@@ -141,9 +141,12 @@ def definition_key(decision: Decision, *, source_id: str | None) -> str:
 
 
 def mask_url(url: URL) -> str:
-    """The URL as text with secret-bearing parameter values replaced by `[REDACTED]`."""
+    """The URL as text with secret-bearing parameter values and the password of a
+    `user:password@` (`upstream.url` may hold one) replaced by `[REDACTED]`."""
     masked = [
         (name, MASK if name.lower() in SECRET_PARAMS else value)
         for name, value in url.query.items()
     ]
+    if url.password is not None:
+        url = url.with_password(MASK)
     return str(url.with_query(masked)).replace("%5BREDACTED%5D", MASK)
