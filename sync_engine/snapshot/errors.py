@@ -43,6 +43,14 @@ TIMED_OUT_RETRY = 10
 Kind = Literal["user", "table_gone", "schema_changed", "transient"]
 
 
+class Abandoned(Exception):
+    """No request waited for the snapshots of a batch, which was cancelled for that
+    (`scheduler.ABANDONED_AFTER`). A request that came for one of its shapes while the cancel
+    was on its way is told to refetch (409), its shape made again (`http.shape._successor`),
+    rather than given the cancel's 503 and a Retry-After for a query it never asked to stop.
+    """
+
+
 def sqlstate(exc: BaseException) -> str | None:
     if isinstance(exc, psycopg.Error):
         return exc.sqlstate
@@ -118,6 +126,8 @@ def to_engine_error(
     `field` is the parameter a deterministic failure is blamed on (`where`, or `table` when
     the shape has none); `subset` nests it under `subset` as Electric does for subsets.
     """
+    if isinstance(exc, Abandoned):
+        return ShapeGone(None)
     k = kind(exc)
     if k == "user":
         errors: dict[str, object] = {field: [user_message(exc)]}

@@ -32,11 +32,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from psycopg import AsyncConnection, pq
+from psycopg.errors import QueryCanceled
 
 from ..stopping import STOP_WAIT, cancel_and_wait
 from . import errors as snapshot_errors
 from .batch import Connection, SnapshotBehind, SnapshotJob, is_bulk, run_batch, send_batch
 from .bulk import Split
+from .errors import Abandoned as Abandoned  # (re-exported: `Source` tells it apart)
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape
@@ -69,10 +71,6 @@ ABANDON_CHECK = 5.0
 #: stuck, on an await no answer of Postgres can end. A backend still running the query (a
 #: lock, a costly where clause) is waited for.
 STALL_AFTER = 30.0
-
-
-class Abandoned(Exception):
-    """No request waits for the snapshots of a batch that was cancelled for that."""
 
 
 class SnapshotStalled(Exception):
@@ -308,8 +306,13 @@ class SnapshotScheduler:
             )
             self._discard(conn)
             for shape, job in zip(batch, jobs, strict=True):
-                if not job.done:
-                    self._on_failed(shape, job.error or Abandoned("no request waits for it"))
+                if job.done:
+                    continue
+                if job.error is None or isinstance(job.error, QueryCanceled):
+                    # (a request that came meanwhile is told to refetch: `Abandoned`)
+                    self._on_failed(shape, Abandoned("no request waits for it"))
+                else:
+                    self._on_failed(shape, job.error)
             self._launch(eager=False)
             return
         again = {id(j) for j in retry}

@@ -53,7 +53,7 @@ async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not await asyncio.to_thread(busy_backends, db_url):
         assert time.monotonic() < deadline, "the snapshot query never ran"
         await asyncio.sleep(0.1)
@@ -67,8 +67,65 @@ async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not await asyncio.to_thread(busy_backends, db_url):
         assert time.monotonic() < deadline, "the shape was not made again"
         await asyncio.sleep(0.1)
+    writer.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_request_coming_as_the_cancel_goes_out_is_told_to_refetch(
+    port: int, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request for the shape after the engine decided to cancel its batch, before the batch
+    ended, is not given the cancel's 503 (and a Retry-After for a query it never asked to
+    stop: the project's CI of bcce732): a 409 naming the shape made again, whose snapshot
+    runs at once."""
+    decided = asyncio.Event()
+    send_cancel = scheduler._Watch._send_cancel
+
+    async def slow_cancel(watch: Any) -> None:
+        decided.set()
+        await asyncio.sleep(0.5)  # the request below comes meanwhile
+        await send_cancel(watch)
+
+    monkeypatch.setattr(scheduler._Watch, "_send_cancel", slow_cancel)
+    query = urlencode({"table": "items", "offset": "-1", "where": COSTLY})
+    request = f"GET /v1/shape?{query} HTTP/1.1\r\nHost: engine\r\n\r\n".encode()
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(busy_backends, db_url):
+        assert time.monotonic() < deadline, "the snapshot query never ran"
+        await asyncio.sleep(0.1)
+    writer.close()  # the client goes away
+    await asyncio.wait_for(decided.wait(), 30)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    writer.close()
+    status = head.split(b"\r\n", 1)[0]
+    assert status == b"HTTP/1.1 409 Conflict", head
+    handle = next(
+        line.split(b":", 1)[1].strip()
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"electric-handle:")
+    )
+    # The shape named is being made: its snapshot query runs (no request needed for that)
+    # and the refetch waits for it rather than starting another.
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(busy_backends, db_url):
+        assert time.monotonic() < deadline, "the shape named by the 409 is not being made"
+        await asyncio.sleep(0.1)
+    refetch = urlencode(
+        {"table": "items", "offset": "-1", "where": COSTLY, "handle": handle.decode()}
+    )
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET /v1/shape?{refetch} HTTP/1.1\r\nHost: engine\r\n\r\n".encode())
+    await writer.drain()
+    await asyncio.sleep(0.5)
+    assert await asyncio.to_thread(busy_backends, db_url) == 1
     writer.close()
