@@ -61,7 +61,7 @@ async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str)
     left = time.monotonic()
     while await asyncio.to_thread(busy_backends, db_url):
         # (the query alone runs for many times this on the old code)
-        assert time.monotonic() - left < 5, "the abandoned snapshot query still runs"
+        assert time.monotonic() - left < 20, "the abandoned snapshot query still runs"
         await asyncio.sleep(0.1)
     # a later request for the same shape starts over (its snapshot runs again)
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
