@@ -105,6 +105,11 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -257,6 +262,18 @@ def test_signed_request_through_proxy_reaches_engine_on_loopback_only(
         assert c.jwt_secret not in _cmdline(pid)
     out = c.output()
     assert c.engine_secret not in out and c.jwt_secret not in out
+
+    # Each process holds only the secrets it needs: the engine not the token signing key nor
+    # the proxy's settings, the proxy not the database URL (attack 21:51, least privilege).
+    engine_pid = next(p for p in children if _cmdline(p).split()[2] == "sync_engine")
+    proxy_pid = next(p for p in children if _cmdline(p).split()[2] == "proxy")
+    engine_env = _environ(engine_pid)
+    assert c.jwt_secret not in engine_env.values()
+    assert not any(name.startswith("SHAPE_PROXY_") for name in engine_env)
+    assert "DATABASE_URL" not in engine_env and "ENGINE_SECRET" not in engine_env
+    assert engine_env["SYNC_ENGINE_SECRET"] == c.engine_secret
+    proxy_env = _environ(proxy_pid)
+    assert not any("DATABASE_URL" in name for name in proxy_env)
 
 
 def test_sigterm_stops_both_processes_cleanly(start_container: Callable[..., Container]) -> None:
