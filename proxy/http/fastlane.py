@@ -57,6 +57,7 @@ from proxy.upstream.client import (
     can_splice,
     connection_failed,
     failure_error,
+    redirected,
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import HOLD_ENDED, Forwarder, Target
@@ -422,7 +423,11 @@ class FastAnswer:
         if self._done:
             return
         app = self._app
-        app.metrics.upstream_answered(head.status, time.monotonic() - self._sent)
+        status = head.status
+        app.metrics.upstream_answered(status, time.monotonic() - self._sent)
+        if 300 <= status < 400 and status != 304:  # (as `upstream.client.send`)
+            self._redirected(status)
+            return
         raw = head.raw
         names = raw[::2]
         last = _LAST
@@ -433,7 +438,7 @@ class FastAnswer:
             value = raw[plan.length]
             length = int(value) if value.isdigit() else None
         # (else the general answer below: errors are scrubbed, Vary merged)
-        plain = head.status == 200 and plan.plain
+        plain = status == 200 and plan.plain
         if plain and length is not None and length >= SPLICE_FROM:
             # Passed on unchanged: spliced once this read is parsed (`_splice`); the engine
             # connection reads no more into Python meanwhile.
@@ -453,6 +458,15 @@ class FastAnswer:
                 head.body.expect_whole(length)
             return
         self._hand_over(head)
+
+    def _redirected(self, status: int) -> None:
+        """A redirect by a hop between the proxy and the engine: the general path's 502
+        (`upstream.client.send`), the engine connection dropped (its body is not read)."""
+        engine = self._engine
+        self._end()
+        if engine is not None:
+            engine.close()
+        self._refused(redirected(status, self._runtime.options))
 
     def _hand_over(self, head: RawHead) -> None:
         """A body to stream: `Forwarder.relay` in a task, as the request's answer."""
