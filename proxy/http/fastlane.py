@@ -42,9 +42,8 @@ from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
 from proxy.http.wire import Request, Response, StreamResponse, http_date
-from proxy.limits.admission import Admission, Permit
-from proxy.metrics import Metrics
-from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
+from proxy.limits.admission import Permit
+from proxy.runtime import ANONYMOUS, Prepared, Runtime
 from proxy.upstream.client import (
     HIGH_WATER,
     SPLICE_FROM,
@@ -176,18 +175,11 @@ class FastConnection(Protocol):
     ) -> None: ...
 
 
-class LaneApp(Protocol):
+class LaneApp(handlers.Services, Protocol):
     """What the fast lane needs of the app (`proxy.app.ProxyApp` is the one implementation):
-    the lane sits below the app and does not import it."""
+    what the handlers need (`handlers.Services`: holder, forwarder, admission, metrics...)
+    and the lane's own members below. The lane sits below the app and does not import it."""
 
-    metrics: Metrics
-
-    @property
-    def holder(self) -> RuntimeHolder: ...
-    @property
-    def forwarder(self) -> Forwarder: ...
-    @property
-    def admission(self) -> Admission: ...
     def cors_for(
         self, request: Request, *, shape: bool = True
     ) -> tuple[bool, Mapping[str, str] | None]: ...
