@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.server
 import os
 import pwd
+import re
 import shutil
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from tests.support.ports import free_port
 ROOT = Path(__file__).resolve().parents[2]
 RENDER = ROOT / "config" / "nginx" / "render.py"
 SECRET = "cdn-secret-not-for-nobody-5b2e81"
+CACHED = re.compile(r"[0-9a-f]{32}")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="nginx drops privileges only as root")
 
@@ -111,8 +113,9 @@ def test_the_cache_is_not_readable_by_nobody(engine: int) -> None:
         assert _get(url) == 200
         files: list[Path] = []
         deadline = time.monotonic() + 30
-        while not files and time.monotonic() < deadline:  # (written as the answer ends)
-            files = [p for p in (conf_dir / "cache").rglob("*") if p.is_file()]
+        while not files and time.monotonic() < deadline:  # (renamed into place as it ends)
+            # (the entry's own name: its key's MD5; a temporary file has a suffix)
+            files = [p for p in (conf_dir / "cache").rglob("*") if CACHED.fullmatch(p.name)]
             time.sleep(0.05)
     finally:
         proc.terminate()
