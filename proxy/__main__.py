@@ -88,6 +88,10 @@ def _serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: `explain --token -`: the token is read from standard input.
+_FROM_STDIN = "-"
+
+
 def _explain_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=f"{PROG} explain",
@@ -100,7 +104,11 @@ def _explain_parser() -> argparse.ArgumentParser:
         help="YAML config file (env SHAPE_PROXY_CONFIG)",
     )
     who = parser.add_mutually_exclusive_group(required=True)
-    who.add_argument("--token", help="a bearer token, verified like a request's")
+    who.add_argument(
+        "--token",
+        help="a bearer token, verified like a request's; `-` reads it from standard input "
+        "(a user's token given as an argument shows in ps and the shell history)",
+    )
     who.add_argument("--claims", help="JSON claims, used unverified (for drafting policies)")
     parser.add_argument("url", help="e.g. '/v1/shape?table=items&offset=-1'")
     return parser
@@ -155,7 +163,12 @@ def _explain(argv: list[str]) -> None:
     except ConfigError as exc:
         fail(PROG, f"invalid config: {exc}")
     claims = _json_object(args.claims, "--claims") if args.claims is not None else None
-    report = asyncio.run(explain(loaded, args.url, token=args.token, claims=claims))
+    token = args.token
+    if args.token == _FROM_STDIN:
+        token = sys.stdin.readline().strip()
+        if not token:
+            fail(PROG, "--token -: no token on standard input")
+    report = asyncio.run(explain(loaded, args.url, token=token, claims=claims))
     print(format_report(report))
     raise SystemExit(0 if report.get("allowed") else 1)
 

@@ -14,7 +14,8 @@ machine-readable `code`) and `no-store` caching.
     ├── MethodNotAllowed           405  e.g. DELETE on /v1/shape
     ├── PayloadTooLarge            413  POST subset body too large
     ├── UnsupportedMediaType       415  POST body in a content coding the proxy cannot read
-    └── UpstreamError              502  engine unreachable or broke the connection
+    └── UpstreamError              502  engine unreachable, broke the connection, or a hop
+                                            between redirected (`upstream_redirect`)
         ├── ServiceUnavailable     503  keys or config unavailable; retry later
         └── UpstreamTimeout        504  engine did not answer in time
 
@@ -124,7 +125,8 @@ class UnsupportedMediaType(ProxyError):
 
 
 class UpstreamError(ProxyError):
-    """The engine could not be reached or dropped the connection before answering."""
+    """The engine could not be reached, dropped the connection before answering, or its URL
+    was answered with a redirect (by a hop between: the engine never redirects)."""
 
     status = 502
 

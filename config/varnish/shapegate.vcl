@@ -2,7 +2,15 @@
 # engine (the nginx config in config/nginx/ is the tested one; see docs/cdn.md).
 #
 #   varnishd -F -a 127.0.0.1:3002 -f $PWD/config/varnish/shapegate.vcl -n $DIR/work \
-#     -s malloc,256m -p first_byte_timeout=90 -p between_bytes_timeout=90
+#     -s malloc,256m -p first_byte_timeout=90 -p between_bytes_timeout=90 \
+#     -p vsl_mask=-ReqURL,-BereqURL
+#
+# The proxy puts the engine `secret` in every URL. Varnish's shared-memory log records each
+# request's URL as it arrives (ReqURL, before any VCL runs) and as sent to the engine
+# (BereqURL), where `varnishlog -n $DIR/work` and varnishncsa's default format (`%r`) show it:
+# `vsl_mask=-ReqURL,-BereqURL` keeps both out, and vcl_recv below logs the URL with the
+# secret's value replaced (VCL_Log `url:`), for `varnishncsa -F '... %{VCL_Log:url}x ...'`.
+# Keep $DIR/work private to the user running varnishd all the same (docs/cdn.md section 2).
 #
 # Edit the backend address below to point at the engine.
 vcl 4.1;
@@ -17,6 +25,8 @@ backend engine {
 }
 
 sub vcl_recv {
+    # The URL for the logs, without the engine secret (see the header: ReqURL is masked).
+    std.log("url: " + regsuball(req.url, "([?&]secret=)[^&]*", "\1[REDACTED]"));
     # A shared tier never sees user credentials: the proxy already put their effect in the URL.
     unset req.http.Authorization;
     unset req.http.Cookie;

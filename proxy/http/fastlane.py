@@ -42,9 +42,8 @@ from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
 from proxy.http.wire import Request, Response, StreamResponse, http_date
-from proxy.limits.admission import Admission, Permit
-from proxy.metrics import Metrics
-from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
+from proxy.limits.admission import Permit
+from proxy.runtime import ANONYMOUS, Prepared, Runtime
 from proxy.upstream.client import (
     HIGH_WATER,
     SPLICE_FROM,
@@ -57,6 +56,7 @@ from proxy.upstream.client import (
     can_splice,
     connection_failed,
     failure_error,
+    redirected,
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import HOLD_ENDED, Forwarder, Target
@@ -175,18 +175,11 @@ class FastConnection(Protocol):
     ) -> None: ...
 
 
-class LaneApp(Protocol):
+class LaneApp(handlers.Services, Protocol):
     """What the fast lane needs of the app (`proxy.app.ProxyApp` is the one implementation):
-    the lane sits below the app and does not import it."""
+    what the handlers need (`handlers.Services`: holder, forwarder, admission, metrics...)
+    and the lane's own members below. The lane sits below the app and does not import it."""
 
-    metrics: Metrics
-
-    @property
-    def holder(self) -> RuntimeHolder: ...
-    @property
-    def forwarder(self) -> Forwarder: ...
-    @property
-    def admission(self) -> Admission: ...
     def cors_for(
         self, request: Request, *, shape: bool = True
     ) -> tuple[bool, Mapping[str, str] | None]: ...
@@ -422,7 +415,11 @@ class FastAnswer:
         if self._done:
             return
         app = self._app
-        app.metrics.upstream_answered(head.status, time.monotonic() - self._sent)
+        status = head.status
+        app.metrics.upstream_answered(status, time.monotonic() - self._sent)
+        if 300 <= status < 400 and status != 304:  # (as `upstream.client.send`)
+            self._redirected(status)
+            return
         raw = head.raw
         names = raw[::2]
         last = _LAST
@@ -433,7 +430,7 @@ class FastAnswer:
             value = raw[plan.length]
             length = int(value) if value.isdigit() else None
         # (else the general answer below: errors are scrubbed, Vary merged)
-        plain = head.status == 200 and plan.plain
+        plain = status == 200 and plan.plain
         if plain and length is not None and length >= SPLICE_FROM:
             # Passed on unchanged: spliced once this read is parsed (`_splice`); the engine
             # connection reads no more into Python meanwhile.
@@ -453,6 +450,15 @@ class FastAnswer:
                 head.body.expect_whole(length)
             return
         self._hand_over(head)
+
+    def _redirected(self, status: int) -> None:
+        """A redirect by a hop between the proxy and the engine: the general path's 502
+        (`upstream.client.send`), the engine connection dropped (its body is not read)."""
+        engine = self._engine
+        self._end()
+        if engine is not None:
+            engine.close()
+        self._refused(redirected(status, self._runtime.options))
 
     def _hand_over(self, head: RawHead) -> None:
         """A body to stream: `Forwarder.relay` in a task, as the request's answer."""

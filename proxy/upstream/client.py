@@ -19,6 +19,8 @@ Behaviour the forwarder relies on:
   GET subset too long for a URL: a read); a DELETE is not;
 - failures become `UpstreamError` (502) / `UpstreamTimeout` (504) before the headers and
   `BodyError` after, never formatted with the URL (it holds the secret);
+- an answer that is a redirect (a 3xx other than 304: never the engine's own, a hop's
+  between) becomes `UpstreamError` (502 `upstream_redirect`), its connection dropped;
 - `close()` drops the engine connection (a client that went away cancels the engine request).
 """
 
@@ -163,6 +165,27 @@ def _timed_out(options: UpstreamOptions) -> UpstreamTimeout:
     return UpstreamTimeout(
         "upstream_timeout",
         "the sync engine did not answer in time",
+        retry_after=options.retry_after,
+    )
+
+
+def redirected(status: int, options: UpstreamOptions) -> UpstreamError:
+    """The 502 for an engine URL answered with a redirect, logged for the operator.
+
+    The engine never redirects; something between the proxy and the engine does (a load
+    balancer's http->https rule, nginx's auto-redirect of a `location /v1/shape/`, a CDN
+    rule). Its `Location` is the engine URL, the engine secret in it: never forwarded (the
+    header filter of `upstream.headers` drops it) nor logged. Without it the client got a
+    redirect with nowhere to go; a gateway error it retries says what happened."""
+    logger.warning(
+        "the sync engine's URL was answered with a %d redirect (by a hop between the proxy "
+        "and the engine?): answered 502 upstream_redirect; its Location is not logged (it "
+        "holds the engine secret); check upstream.url",
+        status,
+    )
+    return UpstreamError(
+        "upstream_redirect",
+        "the sync engine's address answered with a redirect",
         retry_after=options.retry_after,
     )
 
@@ -1308,10 +1331,15 @@ async def send(
     """Send one request to the engine and return once its headers arrived.
 
     Raises `UpstreamTimeout` (504) when nothing arrives within the first-byte timeout and
-    `UpstreamError` (502) when the engine cannot be reached or drops the connection.
+    `UpstreamError` (502) when the engine cannot be reached or drops the connection, or
+    when its URL is answered with a redirect (`redirected`; the connection is dropped).
     """
     started = time.monotonic()
     metrics.upstream_sent()
     upstream = await pool.request(method, url, headers, body, options)
-    metrics.upstream_answered(upstream.status, time.monotonic() - started)
+    status = upstream.status
+    metrics.upstream_answered(status, time.monotonic() - started)
+    if 300 <= status < 400 and status != 304:  # (the engine's one 3xx: 304, If-None-Match)
+        upstream.close()
+        raise redirected(status, options)
     return upstream

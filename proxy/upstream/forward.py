@@ -731,6 +731,17 @@ class Forwarder:
         tries = 0
         while tries < 3:  # a stream that ends as this client arrives: join the next one
             tries += 1
+            if target.epoch is not None and target.epoch != self.revocations:
+                # Access was revoked (a reload, an issuer's key dropped: `end_streams`) since
+                # this request was authorised: no stream is opened or joined for it under
+                # the rule it was authorised by. It had one that ended (a client that fell
+                # behind and has taken what it was written, `sse.Continue`; a stream ended
+                # before its headers came, RETRY): its response ends cleanly, and its
+                # reconnect is decided under the new config. None yet: the direct path,
+                # whose hold ends at once for the same reason (`hold`), as a long-poll's.
+                if started is not None:
+                    return await sse.end_started(request, started)
+                return None
             try:
                 # (a client going on from an earlier stream is the same request, admitted:
                 # its next engine stream is not refused by its principal's limits)

@@ -187,7 +187,7 @@ def _start_nginx(scratch: Path, port: int, upstream: int, log: Path) -> subproce
 
 def _scratch_dir() -> Path:
     # Not under tmp_path: pytest's base dir is 0700, and nginx workers started by root run
-    # as nobody.
+    # as an unprivileged account (render.py's `shapegate-nginx`).
     scratch = Path(tempfile.mkdtemp(prefix="shapegate-nginx-"))
     scratch.chmod(0o755)
     return scratch

@@ -12,7 +12,6 @@ secret per request. Found by attack (20:12, a 200 KiB tmpfs as the tier's direct
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import subprocess
 from collections.abc import AsyncIterator
@@ -80,7 +79,7 @@ async def _fetch_ok(s: aiohttp.ClientSession, url: str) -> tuple[int, bytes]:
 
 def _read_only(cache: Path) -> None:
     for d, _, _ in os.walk(cache):
-        os.chmod(d, 0o555)  # root's nginx workers run as nobody: they cannot write either
+        os.chmod(d, 0o555)  # root's nginx workers run unprivileged: they cannot write either
 
 
 def _writable(cache: Path) -> None:
@@ -94,10 +93,10 @@ async def test_a_cache_write_that_fails_never_logs_the_secret(stack: Stack) -> N
 
 
 def _full_tmpfs(cache: Path) -> None:
-    nobody = pwd.getpwnam("nobody")
+    owner = cache.stat()  # (render.py's: nginx's workers' account)
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o",
-         f"size=200k,mode=0700,uid={nobody.pw_uid},gid={nobody.pw_gid}", "tmpfs", str(cache)],
+         f"size=200k,mode=0700,uid={owner.st_uid},gid={owner.st_gid}", "tmpfs", str(cache)],
         check=True, capture_output=True,
     )  # fmt: skip
 

@@ -39,7 +39,7 @@ def _nginx() -> str:
 @pytest.mark.parametrize("main_level", ["notice", "crit"])
 def test_an_upstream_failure_does_not_log_the_engine_secret(main_level: str) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="shapegate-nginx-"))
-    scratch.chmod(0o755)  # (workers started by root run as nobody)
+    scratch.chmod(0o755)  # (workers started by root run as render.py's unprivileged account)
     port, dead = free_port(), free_port()  # nothing listens on `dead`: the engine is down
     conf_dir = scratch / "nginx"
     subprocess.run(

@@ -47,6 +47,9 @@ class FakeEngine:
     handle: str = "h-1"  # the shape's current handle (tests rotate it)
     health: tuple[int, str] = (200, "active")
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    #: When set to an Event: an SSE answer's first event is written, then the rest only once
+    #: it is set (a test can see the first event arrive before the engine wrote the others).
+    sse_gate: asyncio.Event | None = None
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -106,6 +109,8 @@ class FakeEngine:
             await resp.prepare(request)
             for i in range(3):
                 await resp.write(f'data: {{"n":{i}}}\n\n'.encode())
+                if i == 0 and self.sse_gate is not None:
+                    await self.sse_gate.wait()
                 await asyncio.sleep(self.hold / 3)
             return resp
         if live:

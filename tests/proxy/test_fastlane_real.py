@@ -447,6 +447,18 @@ async def test_a_client_gone_from_a_fast_lane_long_poll_lets_go_of_the_engine(
     assert answer.startswith(b"HTTP/1.1 200 ") and b"live row" in answer
 
 
+async def _answer_once_then_drop(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
+) -> None:
+    """A scripted engine (`RawServer`) that answers the first request on each connection and
+    drops the connection unanswered when the next one arrives on it (the race with its idle
+    timeout)."""
+    await read_request(reader)
+    writer.write(OK)
+    await writer.drain()
+    await read_request(reader)  # the next request on this connection: dropped unanswered
+
+
 async def test_a_kept_alive_engine_connection_found_closed_is_retried(
     idp_server: Any, environ: dict[str, str], make_proxy: Any, fast_lane_taken: list[str]
 ) -> None:
@@ -454,14 +466,7 @@ async def test_a_kept_alive_engine_connection_found_closed_is_retried(
     with its idle timeout; the real engine cannot be made to lose it on purpose): a request
     on the fast lane that gets nothing back starts again on a new connection, as the general
     path retries."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-        await read_request(reader)  # the next request on this connection: dropped unanswered
-
-    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+    async with _raw_engine(_answer_once_then_drop, idp_server, environ) as (server, loaded):
         proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         for _ in range(3):
@@ -476,14 +481,7 @@ async def test_a_subset_post_on_a_kept_alive_engine_connection_found_closed_is_r
 ) -> None:
     """The same race for a subset snapshot sent as a POST (a read, as a GET subset is): it
     got the engine's 502 `upstream_error`; it now starts again on a new connection."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
-        await read_request(reader)
-        writer.write(OK)
-        await writer.drain()
-        await read_request(reader)  # the next request on this connection: dropped unanswered
-
-    async with _raw_engine(serve, idp_server, environ) as (server, loaded):
+    async with _raw_engine(_answer_once_then_drop, idp_server, environ) as (server, loaded):
         proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         body = json.dumps({"where": "id > 1"}).encode()

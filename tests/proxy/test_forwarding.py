@@ -111,15 +111,18 @@ async def test_long_poll_streams(proxy: Any) -> None:
 
 
 async def test_sse_events_arrive_before_stream_ends(proxy: Any) -> None:
-    proxy.engine.hold = 0.9
+    """The first event reaches the client while the engine holds the others back (until
+    the client has it): not buffered until the end. By order, not by time (a bound of
+    0.25 s could fail under a loaded CI)."""
+    proxy.engine.hold = 0.3
+    proxy.engine.sse_gate = gate = asyncio.Event()
     path = "/v1/shape?table=items&offset=0_0&handle=h-1&live=true&live_sse=true&cursor=1"
     headers = {"Authorization": f"Bearer {proxy.tokens.make()}"}
     async with proxy.client.get(path, headers=headers) as resp:
         assert resp.headers["Content-Type"] == "text/event-stream"
-        started = time.monotonic()
-        first = await resp.content.readuntil(b"\n\n")
+        first = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 60)
         assert first == b'data: {"n":0}\n\n'
-        assert time.monotonic() - started < 0.25  # not buffered until the end (0.9 s)
+        gate.set()  # (only now does the engine write the other two)
         rest = await resp.read()
     assert rest.count(b"data:") == 2
 
@@ -156,7 +159,7 @@ async def test_upstream_down_is_502_json(
         proxy = await make_proxy(build_config(config_data, environ))
         started = time.monotonic()
         reply = await proxy.get(SHAPE, token=proxy.tokens.make())
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4.5  # (refused at once: no wait for a timeout)
     assert reply.status == 502 and reply.json()["code"] == "upstream_unreachable"
     assert reply.headers["Retry-After"] == "2" and reply.headers["Cache-Control"] == "no-store"
 
@@ -200,7 +203,7 @@ async def test_upstream_slow_is_504_json(
     proxy.engine.delay_headers = 5
     started = time.monotonic()
     reply = await proxy.get(SHAPE, token=proxy.tokens.make())
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 4.5  # (the 0.5 s timeout, not the engine's 5 s)
     assert reply.status == 504 and reply.json()["code"] == "upstream_timeout"
     assert reply.headers["Retry-After"] == "2"
 

@@ -290,3 +290,50 @@ async def test_a_stream_authorised_before_a_revocation_it_missed_ends_at_once(
         assert resp.status == 200
         body = await asyncio.wait_for(resp.read(), ENDED_WITHIN)  # (a clean end)
     assert _sse_ids(body) == []
+
+
+async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
+    engine: EngineProcess,
+    db_url: str,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Collapsing on (SSE clients share one engine stream per shape): a reload revoking
+    access while the shared stream's engine request is on its way ends that stream before
+    its headers came, and its client was sent to join the next one (RETRY), opened from
+    the request authorised under the old config: a 200 stream that went on under the
+    withdrawn rule, serving a change written after the reload, until the engine ended it
+    (attack 23:27, HIGH; measured with the engine SIGSTOPped across a reload). Now no
+    stream is opened or joined for a request authorised before a revocation: it ends at
+    once, as a long-poll's hold does."""
+    collapsed = build_config(_config(engine, idp_server, collapse=True), environ)
+    proxy = await make_proxy(collapsed)
+    token = proxy.tokens.make()
+    _, handle, offset = await sync_through(proxy, token)
+    forwarder = proxy.app.forwarder
+    opened = forwarder._open_shared
+    revoked: list[bool] = []
+
+    async def open_then_revoke(*args: Any, **kwargs: Any) -> Any:
+        upstream = await opened(*args, **kwargs)
+        if not revoked:
+            revoked.append(True)
+            forwarder.end_streams()  # (a reload landing before the stream's headers are read)
+        return upstream
+
+    monkeypatch.setattr(forwarder, "_open_shared", open_then_revoke)
+    sse = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true"
+
+    async def sse_stream() -> tuple[int, bytes]:
+        async with proxy.client.get(
+            sse, headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+        ) as resp:
+            return resp.status, await resp.read()  # (a clean end, else this raises)
+
+    stream = asyncio.create_task(sse_stream())
+    await _ended([stream], db_url, 1000)
+    assert revoked
+    status, body = stream.result()
+    assert status == 200 and _sse_ids(body) == [], body

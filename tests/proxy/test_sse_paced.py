@@ -301,3 +301,24 @@ async def test_a_response_on_a_stream_that_never_ends_ends_at_its_ceiling(
     body = await asyncio.wait_for(resp.read(), 10)  # (a clean end: no error)
     assert body.startswith(LOG[2][1] + LOG[2][2]) and body.endswith(b": keep-alive\n\n")
     await wait_until_async(lambda: not engine_open, message="the engine stream closed")
+
+
+async def test_a_client_behind_when_access_is_revoked_gets_no_stream_of_its_own(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """A reload (or an issuer's key dropped) revokes access while the client is off the
+    shared stream, taking what it was written (attack 23:19, HIGH): once it had, it went on
+    on a stream of its own opened from the request authorised under the old rule, and got
+    the changes written after the revocation (here 300 and 400, only that stream's), for as
+    long as that stream lasted. Now its response ends cleanly where it is (its reconnect is
+    decided under the new config), and no engine stream is opened for it."""
+    engine, proxy, reader = await _setup(aiohttp_server, idp_server, environ, make_proxy)
+    try:
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        proxy.app[FORWARDER].end_streams()  # (what a reload that revokes access does)
+        assert await reader.read_until(_up_to_date(400)) == "ended", reader.body()[-300:]
+        assert "3" not in reader.ids() and "4" not in reader.ids(), reader.ids()
+        assert engine.requests == ["100_0"]  # no stream of its own
+    finally:
+        reader.close()
