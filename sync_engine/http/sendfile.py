@@ -135,6 +135,11 @@ class ChunkFileResponse(web.StreamResponse):
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if transport is None or sock is None or transport.get_extra_info("sslcontext"):
+            # (read and written by the transport: no duplicate of the socket, whose
+            # descriptor `open_chunk` counted too; the file's is counted until closed)
+            if self._close_fd.detach() is not None:
+                note_send_descriptors(1 - SEND_DESCRIPTORS)
+                self._close_fd = weakref.finalize(self, close_chunk, self._fd, 1)
             await self.write(await asyncio.to_thread(_read, self._fd, self._size, self._offset))
         else:
             await _flushed(transport, writer)
