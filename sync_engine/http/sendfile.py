@@ -1,12 +1,12 @@
 """A big snapshot chunk's response, `[` + the chunk file + `]`, its file sent by the kernel.
 
 Snapshot chunk files are immutable and their bytes are checked before each send (see
-`ShapeLog.check_snapshot_file` and `log/verdicts.py`), so a response need not pass through Python: reading a
-10 MB chunk, joining it into a body and writing that to the socket was most of a warm
-sync's engine CPU and a good share of a cold one's. `os.sendfile` hands the file's cached
-pages to the socket instead. aiohttp's `FileResponse` does that too, but not on uvloop
-(whose loop has no `sendfile`: it falls back to reading chunks), and it cannot frame the
-file with `[` and `]`.
+`ShapeLog.check_snapshot_file` and `log/verdicts.py`), so a response need not pass through
+Python: reading a 10 MB chunk, joining it into a body and writing that to the socket was
+most of a warm sync's engine CPU and a good share of a cold one's. `os.sendfile` hands the
+file's cached pages to the socket instead. aiohttp's `FileResponse` does that too, but not
+on uvloop (whose loop has no `sendfile`: it falls back to reading chunks), and it cannot
+frame the file with `[` and `]`.
 
 The file is sent on the event loop, non-blocking, from a duplicate of the connection's
 socket descriptor: should the transport close the socket meanwhile (the client went

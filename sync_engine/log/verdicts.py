@@ -26,12 +26,15 @@ device's count are unchanged: 1 and 2 are then caught as before, at the next sen
 them. What is given up: 3 (the every-send check caught it: ECC memory is the remedy), and,
 on kernels before 6.13 (coarse timestamps), a write in place within the same clock tick
 (1-4 ms) as the file's previous change (its making, or a pack's last record) and after
-the check, which can leave every time as it was. Filesystems whose device cannot vouch are checked at every send as before:
-no block device (tmpfs, overlayfs, btrfs, NFS, FUSE: `st_dev` major 0), a type whose data
-may lie on another device than `st_dev` (only ext2/3/4, and xfs without a realtime device,
-are trusted), DAX (reads bypass the page cache and the block layer), no sysfs. Any read of
-the device, of any file, forgets what was kept: on a disk busy with other reads each send is
-checked as before; a warm sync served from the page cache is not.
+the check, which can leave every time as it was.
+
+Filesystems whose device cannot vouch are checked at every send as before: no block device
+(tmpfs, overlayfs, btrfs, NFS, FUSE: `st_dev` major 0), a type whose data may lie on
+another device than `st_dev` (only ext2/3/4, and xfs without a realtime device, are
+trusted), DAX (reads bypass the page cache and the block layer), no sysfs. Any read of the
+device, of any file, forgets what was kept: on a disk busy with other reads (or after the
+page cache was dropped) each send is checked as before; a warm sync served from the page
+cache of a quiet disk is not.
 
 What was open before stays open, no wider: damage reaching the page cache between a check
 and its send (the thread hop and the send itself). `tests/faults/test_silent_corruption.py`
