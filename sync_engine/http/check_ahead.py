@@ -1,7 +1,8 @@
 """Checking a snapshot's next chunk file while this one is sent.
 
 Every send of a big snapshot chunk is checked first (`ShapeLog.check_snapshot_file`: the
-file's size and crc32 against what was written; a bad disk changes bytes, not file times).
+file's size and crc32 against what was written; a bad disk changes bytes, not file times),
+unless a passed check still stands (`log/verdicts.py`: the file and its disk unchanged).
 That check (~1 ms per cached 10 MiB chunk, its read the largest part, plus a worker-thread
 hop) ran before each answer started, in series with the sends: ~15% of a warm sync. A client
 paging a snapshot asks for chunk i + 1 right after chunk i, so while chunk i is sent (by the

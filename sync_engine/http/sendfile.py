@@ -1,12 +1,12 @@
 """A big snapshot chunk's response, `[` + the chunk file + `]`, its file sent by the kernel.
 
 Snapshot chunk files are immutable and their bytes are checked before each send (see
-`ShapeLog.check_snapshot_file`), so a response need not pass through Python: reading a
-10 MB chunk, joining it into a body and writing that to the socket was most of a warm
-sync's engine CPU and a good share of a cold one's. `os.sendfile` hands the file's cached
-pages to the socket instead. aiohttp's `FileResponse` does that too, but not on uvloop
-(whose loop has no `sendfile`: it falls back to reading chunks), and it cannot frame the
-file with `[` and `]`.
+`ShapeLog.check_snapshot_file` and `log/verdicts.py`), so a response need not pass through
+Python: reading a 10 MB chunk, joining it into a body and writing that to the socket was
+most of a warm sync's engine CPU and a good share of a cold one's. `os.sendfile` hands the
+file's cached pages to the socket instead. aiohttp's `FileResponse` does that too, but not
+on uvloop (whose loop has no `sendfile`: it falls back to reading chunks), and it cannot
+frame the file with `[` and `]`.
 
 The file is sent on the event loop, non-blocking, from a duplicate of the connection's
 socket descriptor: should the transport close the socket meanwhile (the client went
@@ -135,6 +135,11 @@ class ChunkFileResponse(web.StreamResponse):
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if transport is None or sock is None or transport.get_extra_info("sslcontext"):
+            # (read and written by the transport: no duplicate of the socket, whose
+            # descriptor `open_chunk` counted too; the file's is counted until closed)
+            if self._close_fd.detach() is not None:
+                note_send_descriptors(1 - SEND_DESCRIPTORS)
+                self._close_fd = weakref.finalize(self, close_chunk, self._fd, 1)
             await self.write(await asyncio.to_thread(_read, self._fd, self._size, self._offset))
         else:
             await _flushed(transport, writer)

@@ -33,8 +33,9 @@ This module owns every write to these files. Its promises:
   having a next one (`NEXT_CHUNK`). Snapshot chunks
   cannot be replayed: a size that differs from the marker's raises `LogDamaged` on load
   (the shape is discarded). Reads check records again, and
-  snapshot chunks against the marker's crc32; a mismatch retires the shape (`on_damage`)
-  and the request gets a 409, never a broken body.
+  snapshot chunks against the marker's crc32 (a chunk file's passed check stands while
+  neither the file nor its disk can have changed its bytes: `verdicts.py`); a mismatch
+  retires the shape (`on_damage`) and the request gets a 409, never a broken body.
 * **Chunks end by size, also inside a transaction** (as Electric's log does): a response
   is about one chunk however large the transaction. An offset `<lsn>_<op>` in the middle
   of a transaction names the entries up to `op`; `<lsn>_0` always names the end of
@@ -66,6 +67,7 @@ from typing import Any, NoReturn, TypeAlias
 import orjson
 
 from ..errors import ServiceUnavailable, ShapeGone
+from . import verdicts
 from .checksum import crc32
 from .fds import close_fd, write_fd, write_new_file, write_pieces
 from .framing import (
@@ -718,8 +720,9 @@ class ShapeLog:
         Every send, not once per process: damage that keeps the file's times (a bad disk or
         controller, a write below the filesystem) was sent to every client after the first
         check. The file is read in pieces (which leaves its pages cached for the send): ~1 ms
-        for a cached 10 MiB chunk (ISA-L's crc32 and the reads); what that costs a warm
-        sync is in the commit that made it."""
+        for a cached 10 MiB chunk (ISA-L's crc32 and the reads). A check that passed stands
+        for the sends after it while neither the file (one `fstat`) nor its disk (nothing
+        read from it since) can have changed the bytes: see `verdicts`."""
         expected = self._snapshot_sums.get(index)
         packed = self.packed
         if packed is not None and index == self._inline_index():
@@ -729,7 +732,11 @@ class ShapeLog:
         if expected is None:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         try:
-            size = os.fstat(fd).st_size
+            identity = _identity(fd)
+            if verdicts.holds(identity, start, *expected):
+                return
+            before = verdicts.stamp(identity[0])  # (before the read: one after it is seen)
+            size = identity[2]
             if start:
                 crc = _file_crc(fd, expected[0], start) if size >= start + expected[0] else None
             else:
@@ -741,6 +748,7 @@ class ShapeLog:
         if crc != expected[1]:
             self._checked.pop(index, None)
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
+        verdicts.remember(identity, start, expected[0], expected[1], before)
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""

@@ -1,0 +1,142 @@
+"""A snapshot chunk file damaged in place after the engine checked and sent it: the next
+request for it gets the 409 a damaged chunk gets (its shape retired, the refetch a new
+snapshot with the rows as Postgres has them), never the damaged bytes.
+
+The engine keeps a passed check of a chunk file while neither the file nor its disk can
+have changed the bytes (`sync_engine/log/verdicts.py`): the file's identity (device, inode,
+size, modification and change times) and its block device's count of reads. These cases
+change the file through the filesystem, same size, one byte: with `os.pwrite` (the
+modification time moves), then with the modification time put back by `os.utime` (only
+the change time moves). Either must undo the kept check.
+
+The data directory is a small ext2 filesystem on a loop device when the test runs as root
+(nothing else reads that device, so the kept check stands until the damage: a kept check
+keyed on less than the file's identity serves the damaged bytes); else a directory of the
+test's temporary path (the same assertions; whether a check was kept there depends on what
+else reads that disk meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.faults.cluster import FaultCluster
+from tests.support.engine_process import EngineProcess
+from tests.support.waiting import wait_until_async
+
+
+def _loop_usable() -> bool:
+    if os.geteuid() != 0:
+        return False
+    try:
+        return subprocess.run(["losetup", "-f"], capture_output=True, check=False).returncode == 0
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _data_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory for the engine's data: on an ext2 filesystem of its own (a loop device)
+    when possible, else under `tmp_path`."""
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    if not _loop_usable():
+        yield mnt
+        return
+    image = tmp_path / "disk.img"
+    with open(image, "wb") as f:
+        f.truncate(32 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-b", "4096", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def _get(url: str) -> tuple[int, dict[str, str], bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
+
+
+def _values(body: bytes) -> dict[str, Any]:
+    return {m["key"]: m["value"] for m in orjson.loads(body) if "key" in m}
+
+
+def _flip_in_place(chunk: Path, keep_times: bool) -> None:
+    """Change `"v":"0"` (its first occurrence) to `"v":"7"` in the file, in place: same
+    inode, same size, the JSON still valid; with `keep_times` its access and modification
+    times are put back afterwards."""
+    before = os.stat(chunk)
+    at = chunk.read_bytes().index(b'"v":"0"') + len(b'"v":"')
+    fd = os.open(chunk, os.O_WRONLY)
+    try:
+        assert os.pwrite(fd, b"7", at) == 1
+    finally:
+        os.close(fd)
+    if keep_times:
+        os.utime(chunk, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(chunk)
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    if keep_times:
+        assert after.st_mtime_ns == before.st_mtime_ns
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("keep_times", [False, True], ids=["pwrite", "pwrite-utime"])
+async def test_a_chunk_written_in_place_after_its_check_is_a_409_not_its_bytes(
+    cluster: FaultCluster, tmp_path: Path, keep_times: bool
+) -> None:
+    cluster.query("ALTER TABLE items ADD COLUMN t text NOT NULL DEFAULT repeat('x', 200)")
+    cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, 2000) g")
+    with _data_dir(tmp_path) as data:
+        engine = EngineProcess(
+            cluster.url, data, "--long-poll-timeout", "2", "--chunk-bytes", "65536"
+        )
+        engine.log = tmp_path / "engine.log"
+        url = engine.url + "/v1/shape?table=items&offset=-1"
+        try:
+            await asyncio.to_thread(engine.start)
+            status, headers, first = _get(url)
+            assert status == 200
+            handle = headers["electric-handle"]
+            await wait_until_async(
+                lambda: any(handle.encode() in p.read_bytes() for p in data.rglob("*.pack")),
+                message="the snapshot packed",
+            )
+            # Started again: the chunk is no longer in memory. The first request reads and
+            # checks it, the second checks its file and sends it (the check is kept), the
+            # third sends it on the kept check.
+            engine.stop()
+            await asyncio.to_thread(engine.start)
+            for _ in range(3):
+                status, headers, body = _get(url)
+                assert (status, body) == (200, first)
+            assert headers["electric-handle"] == handle
+            chunk = next(data.rglob(f"{handle}.snapshot.00000.json"))
+
+            _flip_in_place(chunk, keep_times)
+
+            status, headers, body = _get(url)
+            changed = sorted(k for k, v in _values(body).items() if v["v"] != "0")
+            assert status == 409, f"the damaged chunk was sent: {changed}"
+            # the client's refetch: a new shape, its rows as Postgres has them
+            status, headers, again = _get(url)
+            assert status == 200 and headers["electric-handle"] != handle
+            assert _values(again) and {v["v"] for v in _values(again).values()} == {"0"}
+        finally:
+            engine.stop()
