@@ -70,11 +70,15 @@ def pg_server_url() -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="shapegate-test-pg-")
     try:
         port = free_port()
+        # TCP without a password (PG_DEV_AUTH=trust), unlike `make run`'s and the Node tests'
+        # clusters: tests log in as password-less roles of their own and put made-up passwords
+        # in URLs of `postgres`. The cluster lives only while the tests run.
         out = subprocess.run(
             [str(ROOT / "scripts" / "dev-postgres"), "start", tmp, str(port)],
             check=True,
             capture_output=True,
             text=True,
+            env={**os.environ, "PG_DEV_AUTH": "trust"},
         ).stdout
         url = next(
             line.split("=", 1)[1] for line in out.splitlines() if line.startswith("DATABASE_URL=")

@@ -142,6 +142,7 @@ def test_readme_commands_in_order_from_a_private_clone(private_checkout: Path) -
         # the demo's files (secrets, alice's 24 h token in try/, every row in the engine's
         # shape logs) are closed to other local users
         assert stat.S_IMODE(demo.data_dir.stat().st_mode) & 0o077 == 0
+        _check_postgres_asks_for_the_password(demo, ports["PG_PORT"])
 
         script = private_checkout / "readme-commands.sh"
         script.write_text(_script(to_run, ports))
@@ -170,6 +171,37 @@ def test_readme_commands_in_order_from_a_private_clone(private_checkout: Path) -
     # make clean removed the demo's files and its Postgres cluster
     assert not (private_checkout / ".data").exists()
     assert not pg_dir.exists()
+
+
+def _psql(port: int, **env: str) -> subprocess.CompletedProcess[str]:
+    """`select current_user` over TCP as `postgres`, no password but what `env` gives."""
+    return subprocess.run(
+        ["psql", "-X", "-w", "-At", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+         "-d", "postgres", "-c", "select current_user"],
+        env={"PATH": os.environ["PATH"], "PGPASSFILE": "/nonexistent", "PGCONNECT_TIMEOUT": "10",
+             **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def _check_postgres_asks_for_the_password(demo: DemoRun, port: int) -> None:
+    """Every local user reaches 127.0.0.1: a login there without the demo's password (kept in
+    demo.env, 0600) is refused, and the password is on no process's command line."""
+    refused = _psql(port)
+    assert refused.returncode != 0, "a TCP login without a password got in"
+    assert "no password supplied" in refused.stderr, refused.stderr
+    env_file = demo.data_dir / "demo.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    password = values["PGPASSWORD"]
+    assert len(password) >= 32
+    wrong = _psql(port, PGPASSWORD=password[:-1])
+    assert wrong.returncode != 0 and "password authentication failed" in wrong.stderr
+    right = _psql(port, PGPASSWORD=password)
+    assert right.returncode == 0 and right.stdout.strip() == "postgres", right.stderr
+    for pid in (demo.data_dir / "pids").read_text().split():
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        assert password not in argv, f"pid {pid}: {argv!r}"
 
 
 def test_readme_prerequisites_match_ci() -> None:

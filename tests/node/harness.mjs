@@ -293,6 +293,7 @@ function installExitHook() {
         rmSync(dir, { recursive: true, force: true })
       } catch {}
     }
+    if (pgpass.dir) rmSync(pgpass.dir, { recursive: true, force: true })
   }
   process.on('exit', cleanup)
   for (const sig of ['SIGINT', 'SIGTERM']) {
@@ -305,6 +306,20 @@ function installExitHook() {
 
 // ---------------------------------------------------------------------------------------------
 // Postgres cluster
+
+// Every local user reaches 127.0.0.1, so a cluster asks for the superuser's password there
+// (scram-sha-256, scripts/dev-postgres). This process's clusters' passwords go in a pgpass file
+// of its own (0600 in a 0700 temp dir) named by PGPASSFILE, which psql and the engine (libpq)
+// inherit: the URLs tests hand around, and the command lines `ps` shows, carry none.
+const pgpass = { dir: null, lines: new Map() }
+function rememberPassword(port, password) {
+  if (!pgpass.dir) {
+    pgpass.dir = mkdtempSync(join(tmpdir(), 'shapegate-node-pgpass-'))
+    process.env.PGPASSFILE = join(pgpass.dir, 'pgpass')
+  }
+  pgpass.lines.set(port, `127.0.0.1:${port}:*:postgres:${password}`)
+  writeFileSync(process.env.PGPASSFILE, [...pgpass.lines.values()].join('\n') + '\n', { mode: 0o600 })
+}
 
 export async function startCluster() {
   installExitHook()
@@ -320,8 +335,10 @@ export async function startCluster() {
     }
     const line = stdout.split('\n').find((l) => l.startsWith('DATABASE_URL='))
     if (!line) throw new Error(`dev-postgres printed no DATABASE_URL:\n${stdout}`)
-    const url = line.slice('DATABASE_URL='.length).trim()
-    return { dir, port, url, stop: () => stopCluster(dir) }
+    const u = new URL(line.slice('DATABASE_URL='.length).trim())
+    if (u.password) rememberPassword(port, decodeURIComponent(u.password))
+    u.password = ''
+    return { dir, port, url: u.toString(), stop: () => stopCluster(dir) }
   }, (e) => portTaken(e.message))
 }
 
