@@ -329,8 +329,6 @@ class EngineProcess(Process):
             sys.executable,
             "-m",
             "sync_engine",
-            "--database-url",
-            db_url,
             "--port",
             str(self.port),
             "--data-dir",
@@ -338,13 +336,17 @@ class EngineProcess(Process):
             "--log-level",
             "WARNING",
         ]
+        # The database URL (a dev-postgres one holds its password) and the secret reach the
+        # engine through its environment, as in the container: not on a command line `ps` shows.
+        env = {**os.environ, "SYNC_ENGINE_DATABASE_URL": db_url}
+        env.pop("SYNC_ENGINE_SECRET", None)
         if secret:
-            cmd += ["--secret", secret]
+            env["SYNC_ENGINE_SECRET"] = secret
         if not fsync:
             cmd.append("--no-fsync")
         self.secret = secret
         with self.log.open("wb") as out:
-            self.proc = subprocess.Popen([*cmd, *extra], cwd=ROOT, stdout=out, stderr=out)
+            self.proc = subprocess.Popen([*cmd, *extra], cwd=ROOT, stdout=out, stderr=out, env=env)
         self.url = f"http://127.0.0.1:{self.port}"
 
     async def wait_ready(self) -> None:

@@ -180,6 +180,7 @@ def start_processes(
     procs: list[subprocess.Popen[bytes]] = []
     upstream_port = free_port()
     upstream_url = f"http://127.0.0.1:{upstream_port}"
+    upstream_env = dict(os.environ)
     if args.database_url:
         import psycopg
 
@@ -191,14 +192,17 @@ def start_processes(
                 "ELSE 'org-b' END, 'title ' || i FROM generate_series(1, %s) i",
                 (args.rows * 2,),
             )
-        cmd = [sys.executable, "-m", "sync_engine", "--database-url", args.database_url,
-               "--port", str(upstream_port), "--secret", ENGINE_SECRET, "--no-fsync",
+        # (the URL and the secret by environment: a dev-postgres URL holds its password)
+        upstream_env["SYNC_ENGINE_DATABASE_URL"] = args.database_url
+        upstream_env["SYNC_ENGINE_SECRET"] = ENGINE_SECRET
+        cmd = [sys.executable, "-m", "sync_engine",
+               "--port", str(upstream_port), "--no-fsync",
                "--data-dir", str(tmp / "engine-data"), "--long-poll-timeout", str(args.hold),
                "--log-level", "WARNING"]  # fmt: skip
     else:
         cmd = [sys.executable, __file__, "--serve-upstream", str(upstream_port),
                "--rows", str(args.rows), "--hold", str(args.hold)]  # fmt: skip
-    procs.append(subprocess.Popen(cmd, cwd=ROOT))
+    procs.append(subprocess.Popen(cmd, cwd=ROOT, env=upstream_env))
     base: dict[str, object] = {
         "upstream": {"url": upstream_url, "secret_env": "ENGINE_SECRET", "pool_size": 8192,
                      "first_byte_timeout": args.hold + 30},
