@@ -162,7 +162,7 @@ def test_readme_commands_in_order_from_a_private_clone(private_checkout: Path) -
     assert "from psql" in live
     engine = _find(out, 'curl -s "http://127.0.0.1')
     assert "ship it" in engine and "buy milk" in engine
-    assert '"allowed": true' in _find(out, "shape-proxy explain")
+    assert '"allowed": true' in _find(out, "printf '%s\\n' \"$TOKEN\" | shape-proxy explain")
     # the Node client's first answer (`await shape.rows`, printed before any change) already
     # has the row inserted a moment before: the demo's cache settings give fresh first answers
     node = _find(out, "npm install --prefix .data/try")
