@@ -46,17 +46,31 @@ async def port(
     yield client.port
 
 
-@pytest.mark.timeout(60)
-async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str) -> None:
-    query = urlencode({"table": "items", "offset": "-1", "where": COSTLY})
-    request = f"GET /v1/shape?{query} HTTP/1.1\r\nHost: engine\r\n\r\n".encode()
+def _request(**params: str) -> bytes:
+    query = urlencode({"table": "items", "offset": "-1", "where": COSTLY, **params})
+    return f"GET /v1/shape?{query} HTTP/1.1\r\nHost: engine\r\n\r\n".encode()
+
+
+async def _send(port: int, request: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(request)
     await writer.drain()
+    return reader, writer
+
+
+async def _until_busy(db_url: str, why: str) -> None:
+    """Until a snapshot query with COSTLY in it runs in Postgres (`why`: the failure)."""
     deadline = time.monotonic() + 30
     while not await asyncio.to_thread(busy_backends, db_url):
-        assert time.monotonic() < deadline, "the snapshot query never ran"
+        assert time.monotonic() < deadline, why
         await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(60)
+async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str) -> None:
+    request = _request()
+    _, writer = await _send(port, request)
+    await _until_busy(db_url, "the snapshot query never ran")
     writer.close()  # the client goes away
     left = time.monotonic()
     while await asyncio.to_thread(busy_backends, db_url):
@@ -64,13 +78,8 @@ async def test_a_snapshot_whose_client_left_is_cancelled(port: int, db_url: str)
         assert time.monotonic() - left < 20, "the abandoned snapshot query still runs"
         await asyncio.sleep(0.1)
     # a later request for the same shape starts over (its snapshot runs again)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    deadline = time.monotonic() + 30
-    while not await asyncio.to_thread(busy_backends, db_url):
-        assert time.monotonic() < deadline, "the shape was not made again"
-        await asyncio.sleep(0.1)
+    _, writer = await _send(port, request)
+    await _until_busy(db_url, "the shape was not made again")
     writer.close()
 
 
@@ -91,20 +100,12 @@ async def test_a_request_coming_as_the_cancel_goes_out_is_told_to_refetch(
         await send_cancel(watch)
 
     monkeypatch.setattr(scheduler._Watch, "_send_cancel", slow_cancel)
-    query = urlencode({"table": "items", "offset": "-1", "where": COSTLY})
-    request = f"GET /v1/shape?{query} HTTP/1.1\r\nHost: engine\r\n\r\n".encode()
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
-    deadline = time.monotonic() + 30
-    while not await asyncio.to_thread(busy_backends, db_url):
-        assert time.monotonic() < deadline, "the snapshot query never ran"
-        await asyncio.sleep(0.1)
+    request = _request()
+    _, writer = await _send(port, request)
+    await _until_busy(db_url, "the snapshot query never ran")
     writer.close()  # the client goes away
     await asyncio.wait_for(decided.wait(), 30)
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(request)
-    await writer.drain()
+    reader, writer = await _send(port, request)
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
     writer.close()
     status = head.split(b"\r\n", 1)[0]
@@ -116,16 +117,8 @@ async def test_a_request_coming_as_the_cancel_goes_out_is_told_to_refetch(
     )
     # The shape named is being made: its snapshot query runs (no request needed for that)
     # and the refetch waits for it rather than starting another.
-    deadline = time.monotonic() + 30
-    while not await asyncio.to_thread(busy_backends, db_url):
-        assert time.monotonic() < deadline, "the shape named by the 409 is not being made"
-        await asyncio.sleep(0.1)
-    refetch = urlencode(
-        {"table": "items", "offset": "-1", "where": COSTLY, "handle": handle.decode()}
-    )
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(f"GET /v1/shape?{refetch} HTTP/1.1\r\nHost: engine\r\n\r\n".encode())
-    await writer.drain()
+    await _until_busy(db_url, "the shape named by the 409 is not being made")
+    _, writer = await _send(port, _request(handle=handle.decode()))
     await asyncio.sleep(0.5)
     assert await asyncio.to_thread(busy_backends, db_url) == 1
     writer.close()
