@@ -171,6 +171,8 @@ _OTHER_POSTGRES_CASTS = frozenset(
     (PgType(a), PgType(b))
     for a, b in (
         ("char", "int4"), ("int4", "char"), ("interval", "time"), ("timetz", "time"),
+        ("bit", "int4"), ("bit", "int8"), ("int4", "bit"), ("int8", "bit"),
+        ("bit", "varbit"), ("varbit", "bit"),
         *(("jsonb", t) for t in ("int2", "int4", "int8", "numeric", "float4", "float8", "bool")),
     )
 )  # fmt: skip
@@ -1030,9 +1032,7 @@ class Compiler:
             except WhereError:
                 pass
         if _postgres_casts(src, target):
-            raise error_at(
-                f"casting {src.sql_name} to {target.sql_name} is not supported here", node
-            )
+            raise not_evaluated(f"casting {src.sql_name} to {target.sql_name}", node)
         raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
 
     def _enum_input(

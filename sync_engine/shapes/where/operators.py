@@ -54,7 +54,15 @@ from .arrays import (
 )
 from .collation import CONFLICT, CollState
 from .datetimes import DATETIME_OPS, neg_interval
-from .errors import POSTGRES_OPERATORS, WhereError, error_at, no_operator, no_operator_text
+from .errors import (
+    NOT_EVALUATED,
+    POSTGRES_OPERATORS,
+    WhereError,
+    error_at,
+    no_operator,
+    no_operator_text,
+    no_prefix_operator,
+)
 from .expr import (
     Cache,
     Expr,
@@ -230,10 +238,19 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
             # timetz < unknown", though Postgres orders timetz values)
             typ = side.type.sql_name
             only = side.type.element in TEXT_EQUAL_TYPES and name not in ("=", "<>")
+            hint = f" (it compares {typ} values with = and <> only)" if only else ""
+            types = {left.type, right.type} - {UNKNOWN}
+            if (
+                len(types) == 1
+                and side.type.element in TEXT_EQUAL_TYPES
+                and name in ORDERING | {"=", "<>"}
+            ):
+                # (each of these types has a btree operator class: Postgres compares and
+                # orders two values of it, `bt < bt` included)
+                return error_at(f"operator {name} on {typ} values is {NOT_EVALUATED}{hint}", node)
             return error_at(
                 f"operator {name} on {typ} values is not supported here: the engine does not"
-                f" evaluate {typ}"
-                + (f" (it compares {typ} values with = and <> only)" if only else ""),
+                f" evaluate {typ}" + hint,
                 node,
             )
     return no_operator(left.type.sql_name, name, right.type.sql_name, node)
@@ -266,7 +283,7 @@ def _prefix(c: Compiler, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
             if typ in INT_TYPES and name in ("-", "@"):
                 func = checked_int(typ, func)
             return apply(rtype, func, [arg], node)
-    raise error_at(f"operator does not exist: {name} {typ.sql_name}", node)
+    raise no_prefix_operator(name, typ.sql_name, node)
 
 
 def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
@@ -308,7 +325,7 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
         typ = NUMERIC if NUMERIC in (lt, rt) and not FLOAT_TYPES & {lt, rt} - {NUMERIC} else FLOAT8
         if typ == NUMERIC:
             # power_var picks its result scale by rules the engine does not reproduce
-            raise error_at("operator ^ on numeric is not supported (cast to float8)", node)
+            raise error_at(f"operator ^ on numeric is {NOT_EVALUATED} (cast to float8)", node)
         return apply(typ, float_pow, [c.coerce(left, typ), c.coerce(right, typ)], node)
     typ = common_numeric(lt, rt)
     left, right = c.coerce(left, typ), c.coerce(right, typ)

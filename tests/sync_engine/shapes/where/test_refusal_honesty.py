@@ -12,7 +12,10 @@ Found by a scan of every pair of the engine's types under a dozen operators and 
 `time[] || timetz[]` said "operator does not exist" or "cannot be matched"; `'a' = ANY(dta)`
 over a domain over text[] said "op ANY/ALL (array) requires array on right side", `dta ||
 text[]` "operator does not exist". A seeded sample of that grammar runs here (a few
-seconds); it fails on the code before the fix.
+seconds); it fails on the code before the fix. A second scan (/work/wherefuzz/xscan2.py: # | <<
+>> and the prefix operators, bit and varbit beside every type, every cast) found 52 more:
+`bt & vb`, `bt || bt`, `vb << 1`, `~ bt`, `~ inet`, `inet << inet`, `||/ 8` said "operator does
+not exist", `bt::int8` "cannot cast type bit to bigint".
 """
 
 from __future__ import annotations
@@ -34,12 +37,12 @@ TYPES = [
     "int2", "int4", "int8", "numeric", "float8", "bool", "text", "varchar(3)", "char(2)",
     "bytea", "uuid", "date", "time", "timetz", "timestamp", "timestamptz", "interval",
     "jsonb", "inet", "mood", "dint", "dta", "int4[]", "text[]", "time[]", "timetz[]",
-    "timestamptz[]", "name",
+    "timestamptz[]", "name", "bit(4)", "varbit",
 ]  # fmt: skip
-OPERATORS = ["=", "<", "+", "-", "*", "||", "@>", "&", "LIKE"]
+OPERATORS = ["=", "<", "+", "-", "*", "||", "@>", "&", "LIKE", "#", "|", "<<"]
 FORMS = [
     "upper({})", "length({})", "abs({})", "{}[1]", "1 = ANY({})", "'a' = ANY({})",
-    "upper({}[1])", "{}::timestamptz", "{}::int4", "- {}",
+    "upper({}[1])", "{}::timestamptz", "{}::int4", "- {}", "~ {}", "||/ {}", "{}::int8",
 ]  # fmt: skip
 
 TABLE = (
@@ -62,11 +65,16 @@ FOUND = [
     "(c{tz} - c{d}) IS NULL", "(c{inet} + c{i4}) IS NULL", "(c{inet} - c{inet}) IS NULL",
     "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL", "(c{tm} || c{ttza}) IS NULL",
     "('a' = ANY(c{dta})) IS NULL", "(c{dta} || c{ta}) IS NULL", "(upper(c{dta}[1])) IS NULL",
+    # (a second scan, 2026-12-06 23:30: # | << >> and prefix operators, bit strings, casts)
+    "(c{bt} & c{vb}) IS NULL", "(c{vb} # c{vb}) IS NULL", "(c{bt} || c{bt}) IS NULL",
+    "(c{bt} << c{i4}) IS NULL", "(~ c{vb}) IS NULL", "(~ c{inet}) IS NULL",
+    "(c{inet} << c{inet}) IS NULL", "(||/ c{i4}) IS NULL", "(c{bt}::int8) IS NULL",
+    "(c{bt}::int4) IS NULL",
 ]  # fmt: skip
 NAMES = {
     "tz": "timestamptz", "ts": "timestamp", "d": "date", "inet": "inet", "i4": "int4",
     "ttz": "timetz", "tm": "time", "tma": "time[]", "ttza": "timetz[]", "dta": "dta",
-    "ta": "text[]",
+    "ta": "text[]", "bt": "bit(4)", "vb": "varbit",
 }  # fmt: skip
 
 
@@ -127,7 +135,8 @@ def test_refusal_words_match_postgres(
 @pytest.mark.parametrize(
     "clause",
     ["(c{tz} - c{ts}) IS NULL", "(c{d} - c{tz}) IS NULL", "(c{inet} + c{i4}) IS NULL",
-     "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL"],
+     "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL", "(c{bt} | c{vb}) IS NULL",
+     "(~ c{bt}) IS NULL", "(c{bt}::int4) IS NULL", "(c{bt} < c{bt}) IS NULL"],
 )  # fmt: skip
 def test_operators_postgres_has_say_not_evaluated(
     table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
