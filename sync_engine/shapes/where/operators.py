@@ -311,6 +311,12 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
         else:
             problem = "is not unique" if rt == INT2 else "does not exist"
             raise error_at(f"operator {problem}: unknown {name} {rt.sql_name}", node)
+    if name == "^" and known in NUMERIC_ORDER:
+        # Postgres has `^` on float8 and on numeric only: an unknown operand is read as
+        # numeric beside a numeric, else as float8 (beside float4 or an integer too; the
+        # engine read '0.1' ^ f4 as float4 0.1 and '0.5' ^ i4 as an integer, a 400)
+        to = NUMERIC if known == NUMERIC else FLOAT8
+        left, right = (c.coerce(left, to), right) if lt == UNKNOWN else (left, c.coerce(right, to))
     lt = left.type
     if lt == UNKNOWN:
         left = c.coerce(left, rt if rt in NUMERIC_ORDER else NUMERIC)
