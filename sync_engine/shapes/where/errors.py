@@ -112,3 +112,34 @@ def no_prefix_operator(name: str, typ: str, node: object = None) -> WhereError:
     if (name, typ) in POSTGRES_PREFIX_OPERATORS:
         return error_at(f"operator {name} {typ} is {NOT_EVALUATED}", node)
     return error_at(f"operator does not exist: {name} {typ}", node)
+
+
+_STRINGS = ("text", "character varying", "character", "name")
+_ORDERING = ("=", "<>", "<", "<=", ">", ">=")
+
+#: Operators on json/jsonb Postgres resolves (a scan of json, jsonb and jsonb[] beside the
+#: engine's types, EXPLAINed): jsonb's comparisons and containment, jsonb[]'s array ones,
+#: jsonb - key / index / keys, and || of a string with json or jsonb (text concatenation,
+#: `anynonarray || text`) or of two jsonb.
+POSTGRES_JSON_OPERATORS = frozenset(
+    {
+        *(("jsonb", op, "jsonb") for op in (*_ORDERING, "@>", "<@", "||")),
+        *(("jsonb[]", op, "jsonb[]") for op in (*_ORDERING, "@>", "<@", "&&")),
+        ("jsonb", "||", "jsonb[]"),
+        ("jsonb[]", "||", "jsonb"),
+        *(("jsonb", "-", t) for t in (*_STRINGS, "unknown", "smallint", "integer", "text[]")),
+        *((j, "||", t) for j in ("json", "jsonb") for t in _STRINGS),
+        *((t, "||", j) for j in ("json", "jsonb") for t in _STRINGS),
+        ("json", "||", "unknown"),
+        ("unknown", "||", "json"),
+    }
+)
+
+
+def json_operator(left: str, name: str, right: str, shown: str, node: object = None) -> WhereError:
+    """The refusal of `left name right` with json or jsonb on a side (`shown`, the type the
+    neutral wording names): valid in Postgres where it has the operator (`js = js`, `js - 'k'`,
+    `t || js` said only "JSON operators are not supported")."""
+    if (left, name, right) in POSTGRES_JSON_OPERATORS:
+        return error_at(f"operator {left} {name} {right} is {NOT_EVALUATED}", node)
+    return error_at(f"JSON operators are not supported ({shown} {name})", node)

@@ -59,6 +59,7 @@ from .errors import (
     POSTGRES_OPERATORS,
     WhereError,
     error_at,
+    json_operator,
     no_operator,
     no_operator_text,
     no_prefix_operator,
@@ -165,7 +166,8 @@ def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
     for side in (left, right):
         if side.type in JSON_TYPES:
-            raise error_at(f"JSON operators are not supported ({side.type.sql_name} {name})", node)
+            lt, rt = left.type.sql_name, right.type.sql_name
+            raise json_operator(lt, name, rt, side.type.sql_name, node)
     if name in COMPARISONS:
         return comparison(c, name, left, right, node)
     if name in LIKE_OPERATORS:
@@ -540,7 +542,8 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     state = c.input_collation([left, right], node)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
     if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
-        raise error_at(f"JSON operators are not supported ({typ.element.sql_name}[] {name})", node)
+        shown = f"{typ.element.sql_name}[]"
+        raise json_operator(typ.sql_name, name, typ.sql_name, shown, node)
     c.compare_fn("=", typ, node, state)  # (refuses elements whose `=` is not their text's)
     if typ.element in STRING_TYPES:
         c.require_text_equality(name, node, state)

@@ -15,7 +15,8 @@ text[]` "operator does not exist". A seeded sample of that grammar runs here (a 
 seconds); it fails on the code before the fix. A second scan (/work/wherefuzz/xscan2.py: # | <<
 >> and the prefix operators, bit and varbit beside every type, every cast) found 52 more:
 `bt & vb`, `bt || bt`, `vb << 1`, `~ bt`, `~ inet`, `inet << inet`, `||/ 8` said "operator does
-not exist", `bt::int8` "cannot cast type bit to bigint".
+not exist", `bt::int8` "cannot cast type bit to bigint". And jsonb's operators (`js = js`, `js - 'k'`, `t ||
+js`) said only "JSON operators are not supported"; they say valid in Postgres now.
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ FOUND = [
     "(c{bt} & c{vb}) IS NULL", "(c{vb} # c{vb}) IS NULL", "(c{bt} || c{bt}) IS NULL",
     "(c{bt} << c{i4}) IS NULL", "(~ c{vb}) IS NULL", "(~ c{inet}) IS NULL",
     "(c{inet} << c{inet}) IS NULL", "(||/ c{i4}) IS NULL", "(c{bt}::int8) IS NULL",
-    "(c{bt}::int4) IS NULL",
+    "(c{bt}::int4) IS NULL", "(c{js} = c{js}) IS NULL", "(c{js} @> c{js}) IS NULL",
+    "(c{tx} || c{js}) IS NULL", "(c{js} - c{tx}) IS NULL", "(c{js} - c{i4}) IS NULL",
+    "(c{js} IN (c{js})) IS NULL",
 ]  # fmt: skip
 NAMES = {
     "tz": "timestamptz", "ts": "timestamp", "d": "date", "inet": "inet", "i4": "int4",
     "ttz": "timetz", "tm": "time", "tma": "time[]", "ttza": "timetz[]", "dta": "dta",
-    "ta": "text[]", "bt": "bit(4)", "vb": "varbit",
+    "ta": "text[]", "bt": "bit(4)", "vb": "varbit", "js": "jsonb", "tx": "text",
 }  # fmt: skip
 
 
@@ -136,7 +139,8 @@ def test_refusal_words_match_postgres(
     "clause",
     ["(c{tz} - c{ts}) IS NULL", "(c{d} - c{tz}) IS NULL", "(c{inet} + c{i4}) IS NULL",
      "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL", "(c{bt} | c{vb}) IS NULL",
-     "(~ c{bt}) IS NULL", "(c{bt}::int4) IS NULL", "(c{bt} < c{bt}) IS NULL"],
+     "(~ c{bt}) IS NULL", "(c{bt}::int4) IS NULL", "(c{bt} < c{bt}) IS NULL",
+     "(c{js} < c{js}) IS NULL", "(c{tx} || c{js}) IS NULL", "(c{js} - c{i4}) IS NULL"],
 )  # fmt: skip
 def test_operators_postgres_has_say_not_evaluated(
     table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
