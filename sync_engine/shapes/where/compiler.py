@@ -77,7 +77,7 @@ from .collation import (
     column_ident,
     merge_all,
 )
-from .constructs import UNLIMITED, string_length, typmods_refused
+from .constructs import UNLIMITED, constant_refusal, string_length, typmods_refused
 from .errors import WhereError, error_at, json_operator, not_evaluated
 from .expr import (
     EVAL_ERRORS,
@@ -652,7 +652,7 @@ class Compiler:
                 text=val.sval,
                 node=node,
             )
-        raise error_at(f"{construct_name(val)} constants are not supported", node)
+        raise constant_refusal(val, node)
 
     def _ParamRef(self, node: ast.ParamRef) -> Expr:
         n = node.number

@@ -18,7 +18,7 @@ from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import BPCHAR, VARCHAR, PgType
 
-from .errors import WhereError, error_at
+from .errors import WhereError, error_at, not_evaluated
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .operators import (
     A_EXPR_HANDLERS,
@@ -52,6 +52,18 @@ def check_where_constructs(where_sql: str) -> None:
     deparse(root, where_sql)
 
 
+def constant_refusal(val: object, node: ast.Node) -> WhereError:
+    """The refusal of a constant the engine does not read: a bit string (B'101', X'1F') is
+    valid in Postgres where its digits are (bit_in checks them: B'102' fails)."""
+    if isinstance(val, ast.BitString):
+        kind, digits = val.bsval[:1].lower(), val.bsval[1:]
+        if (kind == "b" and set(digits) <= set("01")) or (
+            kind == "x" and set(digits.lower()) <= set("0123456789abcdef")
+        ):
+            return not_evaluated("a bit string constant", node)
+    return error_at(f"{construct_name(val)} constants are not supported", node)
+
+
 def _check_node(node: ast.Node) -> None:
     if not isinstance(node, _NODES):
         raise error_at(f"{construct_name(node)} is not supported", node)
@@ -61,7 +73,7 @@ def _check_node(node: ast.Node) -> None:
             raise error_at(f"unknown reference {'.'.join(parts)}", node)
     elif isinstance(node, ast.A_Const) and not node.isnull:
         if not isinstance(node.val, (ast.Integer, ast.Float, ast.Boolean, ast.String)):
-            raise error_at(f"{construct_name(node.val)} constants are not supported", node)
+            raise constant_refusal(node.val, node)
     elif isinstance(node, ast.A_Expr):
         _check_operator(node)
     elif isinstance(node, ast.TypeName):

@@ -444,6 +444,9 @@ def _concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
     lt, rt = left.type, right.type
     other = rt if lt == UNKNOWN else lt
     if other == BYTEA:
+        if {lt, rt} - {UNKNOWN, BYTEA} <= STRING_TYPES:
+            # (bytea || bytea, and text || bytea: Postgres's text concatenation)
+            raise error_at(f"bytea || is {NOT_EVALUATED}", node)
         raise error_at("bytea || is not supported", node)
     if CHAR in (lt, rt) and {lt, rt} <= {CHAR, UNKNOWN, *STRING_TYPES}:
         # "char" converts to text implicitly and is anynonarray too: text || text,

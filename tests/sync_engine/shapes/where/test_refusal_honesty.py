@@ -16,7 +16,8 @@ seconds); it fails on the code before the fix. A second scan (/work/wherefuzz/xs
 >> and the prefix operators, bit and varbit beside every type, every cast) found 52 more:
 `bt & vb`, `bt || bt`, `vb << 1`, `~ bt`, `~ inet`, `inet << inet`, `||/ 8` said "operator does
 not exist", `bt::int8` "cannot cast type bit to bigint". And jsonb's operators (`js = js`, `js - 'k'`, `t ||
-js`) said only "JSON operators are not supported"; they say valid in Postgres now.
+js`) said only "JSON operators are not supported"; they say valid in Postgres now, as do
+`by || by` ("bytea || is not supported") and B'101' ("bit string constants are not supported").
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ NAMES = {
     "tz": "timestamptz", "ts": "timestamp", "d": "date", "inet": "inet", "i4": "int4",
     "ttz": "timetz", "tm": "time", "tma": "time[]", "ttza": "timetz[]", "dta": "dta",
     "ta": "text[]", "bt": "bit(4)", "vb": "varbit", "js": "jsonb", "tx": "text",
+    "by": "bytea",
 }  # fmt: skip
 
 
@@ -140,7 +142,9 @@ def test_refusal_words_match_postgres(
     ["(c{tz} - c{ts}) IS NULL", "(c{d} - c{tz}) IS NULL", "(c{inet} + c{i4}) IS NULL",
      "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL", "(c{bt} | c{vb}) IS NULL",
      "(~ c{bt}) IS NULL", "(c{bt}::int4) IS NULL", "(c{bt} < c{bt}) IS NULL",
-     "(c{js} < c{js}) IS NULL", "(c{tx} || c{js}) IS NULL", "(c{js} - c{i4}) IS NULL"],
+     "(c{js} < c{js}) IS NULL", "(c{tx} || c{js}) IS NULL", "(c{js} - c{i4}) IS NULL",
+     "(c{by} || c{by}) IS NULL", "(c{by} || c{tx}) IS NULL", "(c{vb} = B'101') IS NULL",
+     "(c{bt} = X'A') IS NULL"],
 )  # fmt: skip
 def test_operators_postgres_has_say_not_evaluated(
     table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
@@ -182,3 +186,20 @@ def test_subscripts_say_postgres_words_or_not_evaluated(
     assert _postgres_accepts(conn, clause) == (column in ("dta", "jsonb", "name"))
     with pytest.raises(WhereError, match=re.escape(message)):
         parse_where(clause, {}, columns)
+
+
+@pytest.mark.parametrize(
+    "clause",
+    ["(c{vb} = B'102') IS NULL", "(c{bt} = X'G') IS NULL", "(c{by} || c{i4}) IS NULL"],
+)
+def test_what_postgres_rejects_is_not_said_valid(
+    table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
+) -> None:
+    """A bit string constant is valid only with its kind's digits; bytea || integer has no
+    operator in Postgres."""
+    conn, columns = table
+    clause = clause.format(**{k: TYPES.index(t) for k, t in NAMES.items()})
+    assert not _postgres_accepts(conn, clause)
+    with pytest.raises(WhereError) as info:
+        parse_where(clause, {}, columns)
+    assert NOT_EVALUATED not in str(info.value)
