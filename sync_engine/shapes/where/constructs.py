@@ -56,7 +56,8 @@ def constant_refusal(val: object, node: ast.Node) -> WhereError:
     """The refusal of a constant the engine does not read: a bit string (B'101', X'1F') is
     valid in Postgres where its digits are (bit_in checks them: B'102' fails)."""
     if isinstance(val, ast.BitString):
-        kind, digits = val.bsval[:1].lower(), val.bsval[1:]
+        text = val.bsval or ""
+        kind, digits = text[:1].lower(), text[1:]
         if (kind == "b" and set(digits) <= set("01")) or (
             kind == "x" and set(digits.lower()) <= set("0123456789abcdef")
         ):
