@@ -78,7 +78,7 @@ from .collation import (
     merge_all,
 )
 from .constructs import UNLIMITED, constant_refusal, string_length, typmods_refused
-from .errors import WhereError, error_at, json_operator, not_evaluated
+from .errors import WhereError, error_at, not_evaluated
 from .expr import (
     EVAL_ERRORS,
     UNSIMPLIFIED,
@@ -920,7 +920,9 @@ class Compiler:
         text."""
         base = typ.element if typ.array else typ
         if base in JSON_TYPES:
-            raise json_operator(typ.sql_name, name, typ.sql_name, base.sql_name, node)
+            # (not said valid in Postgres: an operand may be a literal that is no JSON,
+            # `'a' = ANY(jba)`, which Postgres rejects; `js = js2` says so, operators.py)
+            raise error_at(f"JSON operators are not supported ({base.sql_name} {name})", node)
         if not compared_as_text(typ):
             raise self.domain_refusal(base, node) or error_at(
                 f"comparing {base.sql_name} values ({name}) is not supported here: the engine"

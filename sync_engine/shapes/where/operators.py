@@ -543,10 +543,11 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     if typ is None or c.enum_refused(typ):
         raise _operator_error(c, name, left, right, node)
     state = c.input_collation([left, right], node)
-    left, right = c.coerce(left, typ), c.coerce(right, typ)
     if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
-        shown = f"{typ.element.sql_name}[]"
-        raise json_operator(typ.sql_name, name, typ.sql_name, shown, node)
+        # (an untyped literal side may hold no JSON, which Postgres rejects: not said valid)
+        lt, rt = left.type.sql_name, right.type.sql_name
+        raise json_operator(lt, name, rt, f"{typ.element.sql_name}[]", node)
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
     c.compare_fn("=", typ, node, state)  # (refuses elements whose `=` is not their text's)
     if typ.element in STRING_TYPES:
         c.require_text_equality(name, node, state)
