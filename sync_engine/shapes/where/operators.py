@@ -241,9 +241,10 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
             typ = side.type.sql_name
             only = side.type.element in TEXT_EQUAL_TYPES and name not in ("=", "<>")
             hint = f" (it compares {typ} values with = and <> only)" if only else ""
-            types = {left.type, right.type} - {UNKNOWN}
+            # (not beside an untyped literal: it may be no value of the type, `bt < '12'`,
+            # which Postgres rejects)
             if (
-                len(types) == 1
+                left.type == right.type
                 and side.type.element in TEXT_EQUAL_TYPES
                 and name in ORDERING | {"=", "<>"}
             ):

@@ -191,7 +191,8 @@ def test_subscripts_say_postgres_words_or_not_evaluated(
 @pytest.mark.parametrize(
     "clause",
     ["(c{vb} = B'102') IS NULL", "(c{bt} = X'G') IS NULL", "(c{by} || c{i4}) IS NULL",
-     "('a' = ANY(ARRAY[c{js}])) IS NULL", "(ARRAY[c{js}] @> '{{x}}') IS NULL"],
+     "('a' = ANY(ARRAY[c{js}])) IS NULL", "(ARRAY[c{js}] @> '{{x}}') IS NULL",
+     "(c{bt} < '12') IS NULL"],
 )  # fmt: skip
 def test_what_postgres_rejects_is_not_said_valid(
     table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
