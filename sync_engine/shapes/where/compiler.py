@@ -77,7 +77,13 @@ from .collation import (
     column_ident,
     merge_all,
 )
-from .constructs import UNLIMITED, constant_refusal, string_length, typmods_refused
+from .constructs import (
+    UNLIMITED,
+    constant_refusal,
+    string_length,
+    type_refusal,
+    typmods_refused,
+)
 from .errors import WhereError, error_at, not_evaluated
 from .expr import (
     EVAL_ERRORS,
@@ -1180,7 +1186,7 @@ class Compiler:
             if self.enum_refused(typ):
                 raise error_at(f"unsupported type {name}", tn)
         else:
-            raise error_at(f"unsupported type {name}", tn)
+            raise type_refusal(names, tn)
         return typ.array_of() if tn.arrayBounds else typ
 
     def _A_ArrayExpr(self, node: ast.A_ArrayExpr) -> Expr:

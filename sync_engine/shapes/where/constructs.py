@@ -122,7 +122,15 @@ def _check_type(tn: ast.TypeName) -> None:
     if tn.typmods:
         raise typmods_refused(names[-1], tn)
     if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGET_NAMES:
-        raise error_at(f"unsupported type {'.'.join(names)}", tn)
+        raise type_refusal(names, tn)
+
+
+def type_refusal(names: list[str], tn: ast.TypeName) -> WhereError:
+    """The refusal of a type the engine does not cast to: `name` is valid in Postgres from
+    any type (a string type: through the value's text)."""
+    if names == ["name"] and not tn.arrayBounds and not tn.setof and not tn.pct_type:
+        return not_evaluated("casting to name", tn)
+    return error_at(f"unsupported type {'.'.join(names)}", tn)
 
 
 def _check_function(node: ast.FuncCall) -> None:

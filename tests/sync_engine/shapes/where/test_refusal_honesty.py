@@ -17,7 +17,8 @@ seconds); it fails on the code before the fix. A second scan (/work/wherefuzz/xs
 `bt & vb`, `bt || bt`, `vb << 1`, `~ bt`, `~ inet`, `inet << inet`, `||/ 8` said "operator does
 not exist", `bt::int8` "cannot cast type bit to bigint". And jsonb's operators (`js = js`, `js - 'k'`, `t ||
 js`) said only "JSON operators are not supported"; they say valid in Postgres now, as do
-`by || by` ("bytea || is not supported") and B'101' ("bit string constants are not supported").
+`by || by` ("bytea || is not supported"), B'101' ("bit string constants are not supported")
+and i4::name ("unsupported type name": any type casts to name through its text).
 """
 
 from __future__ import annotations
@@ -144,7 +145,7 @@ def test_refusal_words_match_postgres(
      "(~ c{bt}) IS NULL", "(c{bt}::int4) IS NULL", "(c{bt} < c{bt}) IS NULL",
      "(c{js} < c{js}) IS NULL", "(c{tx} || c{js}) IS NULL", "(c{js} - c{i4}) IS NULL",
      "(c{by} || c{by}) IS NULL", "(c{by} || c{tx}) IS NULL", "(c{vb} = B'101') IS NULL",
-     "(c{bt} = X'A') IS NULL"],
+     "(c{bt} = X'A') IS NULL", "(c{i4}::name) IS NULL", "(c{d}::name = 'x') IS NULL"],
 )  # fmt: skip
 def test_operators_postgres_has_say_not_evaluated(
     table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
