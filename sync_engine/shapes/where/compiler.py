@@ -77,7 +77,13 @@ from .collation import (
     column_ident,
     merge_all,
 )
-from .constructs import UNLIMITED, string_length, typmods_refused
+from .constructs import (
+    UNLIMITED,
+    constant_refusal,
+    string_length,
+    type_refusal,
+    typmods_refused,
+)
 from .errors import WhereError, error_at, not_evaluated
 from .expr import (
     EVAL_ERRORS,
@@ -171,6 +177,8 @@ _OTHER_POSTGRES_CASTS = frozenset(
     (PgType(a), PgType(b))
     for a, b in (
         ("char", "int4"), ("int4", "char"), ("interval", "time"), ("timetz", "time"),
+        ("bit", "int4"), ("bit", "int8"), ("int4", "bit"), ("int8", "bit"),
+        ("bit", "varbit"), ("varbit", "bit"),
         *(("jsonb", t) for t in ("int2", "int4", "int8", "numeric", "float4", "float8", "bool")),
     )
 )  # fmt: skip
@@ -650,7 +658,7 @@ class Compiler:
                 text=val.sval,
                 node=node,
             )
-        raise error_at(f"{construct_name(val)} constants are not supported", node)
+        raise constant_refusal(val, node)
 
     def _ParamRef(self, node: ast.ParamRef) -> Expr:
         n = node.number
@@ -918,6 +926,8 @@ class Compiler:
         text."""
         base = typ.element if typ.array else typ
         if base in JSON_TYPES:
+            # (not said valid in Postgres: an operand may be a literal that is no JSON,
+            # `'a' = ANY(jba)`, which Postgres rejects; `js = js2` says so, operators.py)
             raise error_at(f"JSON operators are not supported ({base.sql_name} {name})", node)
         if not compared_as_text(typ):
             raise self.domain_refusal(base, node) or error_at(
@@ -1030,9 +1040,7 @@ class Compiler:
             except WhereError:
                 pass
         if _postgres_casts(src, target):
-            raise error_at(
-                f"casting {src.sql_name} to {target.sql_name} is not supported here", node
-            )
+            raise not_evaluated(f"casting {src.sql_name} to {target.sql_name}", node)
         raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
 
     def _enum_input(
@@ -1178,7 +1186,7 @@ class Compiler:
             if self.enum_refused(typ):
                 raise error_at(f"unsupported type {name}", tn)
         else:
-            raise error_at(f"unsupported type {name}", tn)
+            raise type_refusal(names, tn)
         return typ.array_of() if tn.arrayBounds else typ
 
     def _A_ArrayExpr(self, node: ast.A_ArrayExpr) -> Expr:

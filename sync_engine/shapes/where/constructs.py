@@ -18,7 +18,7 @@ from pglast.enums import A_Expr_Kind
 
 from sync_engine.pg.types import BPCHAR, VARCHAR, PgType
 
-from .errors import WhereError, error_at
+from .errors import WhereError, error_at, not_evaluated
 from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .operators import (
     A_EXPR_HANDLERS,
@@ -52,6 +52,19 @@ def check_where_constructs(where_sql: str) -> None:
     deparse(root, where_sql)
 
 
+def constant_refusal(val: object, node: ast.Node) -> WhereError:
+    """The refusal of a constant the engine does not read: a bit string (B'101', X'1F') is
+    valid in Postgres where its digits are (bit_in checks them: B'102' fails)."""
+    if isinstance(val, ast.BitString):
+        text = val.bsval or ""
+        kind, digits = text[:1].lower(), text[1:]
+        if (kind == "b" and set(digits) <= set("01")) or (
+            kind == "x" and set(digits.lower()) <= set("0123456789abcdef")
+        ):
+            return not_evaluated("a bit string constant", node)
+    return error_at(f"{construct_name(val)} constants are not supported", node)
+
+
 def _check_node(node: ast.Node) -> None:
     if not isinstance(node, _NODES):
         raise error_at(f"{construct_name(node)} is not supported", node)
@@ -61,7 +74,7 @@ def _check_node(node: ast.Node) -> None:
             raise error_at(f"unknown reference {'.'.join(parts)}", node)
     elif isinstance(node, ast.A_Const) and not node.isnull:
         if not isinstance(node.val, (ast.Integer, ast.Float, ast.Boolean, ast.String)):
-            raise error_at(f"{construct_name(node.val)} constants are not supported", node)
+            raise constant_refusal(node.val, node)
     elif isinstance(node, ast.A_Expr):
         _check_operator(node)
     elif isinstance(node, ast.TypeName):
@@ -109,7 +122,15 @@ def _check_type(tn: ast.TypeName) -> None:
     if tn.typmods:
         raise typmods_refused(names[-1], tn)
     if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGET_NAMES:
-        raise error_at(f"unsupported type {'.'.join(names)}", tn)
+        raise type_refusal(names, tn)
+
+
+def type_refusal(names: list[str], tn: ast.TypeName) -> WhereError:
+    """The refusal of a type the engine does not cast to: `name` is valid in Postgres from
+    any type (a string type: through the value's text)."""
+    if names == ["name"] and not tn.arrayBounds and not tn.setof and not tn.pct_type:
+        return not_evaluated("casting to name", tn)
+    return error_at(f"unsupported type {'.'.join(names)}", tn)
 
 
 def _check_function(node: ast.FuncCall) -> None:

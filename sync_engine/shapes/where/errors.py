@@ -43,6 +43,7 @@ _TIME, _TIMETZ, _TS, _TSTZ = (
     "timestamp with time zone",
 )
 _INTS = ("smallint", "integer", "bigint")
+_BITS = ("bit", "varbit")
 
 #: Operators Postgres resolves (through its implicit casts: timestamp -> timestamptz, date ->
 #: timestamp, time -> timetz) on types the engine knows, which the engine does not evaluate:
@@ -71,6 +72,22 @@ POSTGRES_OPERATORS = frozenset(
         (_TIMETZ + "[]", "||", _TIME),
         (_TIME + "[]", "||", _TIMETZ + "[]"),
         (_TIMETZ + "[]", "||", _TIME + "[]"),
+        # bit strings (bit converts to varbit and back implicitly): from a second scan of
+        # # | << >> ^ and the prefix operators over the engine's types, with bit and varbit
+        *((a, op, b) for a in _BITS for op in ("&", "|", "#", "||") for b in _BITS),
+        *((a, op, i) for a in _BITS for op in ("<<", ">>") for i in ("smallint", "integer")),
+        *((a, "||", b + "[]") for a in _BITS for b in _BITS if a != b),
+        *((a + "[]", "||", b) for a in _BITS for b in _BITS if a != b),
+        ("inet", "<<", "inet"),
+        ("inet", ">>", "inet"),
+    }
+)
+
+#: Prefix operators Postgres resolves that the engine does not evaluate: (operator, type).
+POSTGRES_PREFIX_OPERATORS = frozenset(
+    {
+        *(("~", t) for t in (*_BITS, "inet")),
+        *(("||/", t) for t in (*_INTS, "numeric", "real", "double precision")),
     }
 )
 
@@ -87,3 +104,42 @@ def no_operator_text(left: str, name: str, right: str) -> str:
 def no_operator(left: str, name: str, right: str, node: object = None) -> WhereError:
     """`no_operator_text` as an error at `node`."""
     return error_at(no_operator_text(left, name, right), node)
+
+
+def no_prefix_operator(name: str, typ: str, node: object = None) -> WhereError:
+    """The refusal of the prefix operator `name typ`, worded as `no_operator_text`'s:
+    `~ bit` and `||/ integer` said "operator does not exist", which psql runs."""
+    if (name, typ) in POSTGRES_PREFIX_OPERATORS:
+        return error_at(f"operator {name} {typ} is {NOT_EVALUATED}", node)
+    return error_at(f"operator does not exist: {name} {typ}", node)
+
+
+_STRINGS = ("text", "character varying", "character", "name")
+_ORDERING = ("=", "<>", "<", "<=", ">", ">=")
+
+#: Operators on json/jsonb Postgres resolves (a scan of json, jsonb and jsonb[] beside the
+#: engine's types, EXPLAINed): jsonb's comparisons and containment, jsonb[]'s array ones,
+#: jsonb - key / index / keys, and || of a string with json or jsonb (text concatenation,
+#: `anynonarray || text`) or of two jsonb.
+POSTGRES_JSON_OPERATORS = frozenset(
+    {
+        *(("jsonb", op, "jsonb") for op in (*_ORDERING, "@>", "<@", "||")),
+        *(("jsonb[]", op, "jsonb[]") for op in (*_ORDERING, "@>", "<@", "&&")),
+        ("jsonb", "||", "jsonb[]"),
+        ("jsonb[]", "||", "jsonb"),
+        *(("jsonb", "-", t) for t in (*_STRINGS, "unknown", "smallint", "integer", "text[]")),
+        *((j, "||", t) for j in ("json", "jsonb") for t in _STRINGS),
+        *((t, "||", j) for j in ("json", "jsonb") for t in _STRINGS),
+        ("json", "||", "unknown"),
+        ("unknown", "||", "json"),
+    }
+)
+
+
+def json_operator(left: str, name: str, right: str, shown: str, node: object = None) -> WhereError:
+    """The refusal of `left name right` with json or jsonb on a side (`shown`, the type the
+    neutral wording names): valid in Postgres where it has the operator (`js = js`, `js - 'k'`,
+    `t || js` said only "JSON operators are not supported")."""
+    if (left, name, right) in POSTGRES_JSON_OPERATORS:
+        return error_at(f"operator {left} {name} {right} is {NOT_EVALUATED}", node)
+    return error_at(f"JSON operators are not supported ({shown} {name})", node)

@@ -54,7 +54,16 @@ from .arrays import (
 )
 from .collation import CONFLICT, CollState
 from .datetimes import DATETIME_OPS, neg_interval
-from .errors import POSTGRES_OPERATORS, WhereError, error_at, no_operator, no_operator_text
+from .errors import (
+    NOT_EVALUATED,
+    POSTGRES_OPERATORS,
+    WhereError,
+    error_at,
+    json_operator,
+    no_operator,
+    no_operator_text,
+    no_prefix_operator,
+)
 from .expr import (
     Cache,
     Expr,
@@ -157,7 +166,8 @@ def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     left, right = c.compile(node.lexpr), c.compile(node.rexpr)
     for side in (left, right):
         if side.type in JSON_TYPES:
-            raise error_at(f"JSON operators are not supported ({side.type.sql_name} {name})", node)
+            lt, rt = left.type.sql_name, right.type.sql_name
+            raise json_operator(lt, name, rt, side.type.sql_name, node)
     if name in COMPARISONS:
         return comparison(c, name, left, right, node)
     if name in LIKE_OPERATORS:
@@ -230,10 +240,20 @@ def _operator_error(c: Compiler, name: str, left: Expr, right: Expr, node: ast.N
             # timetz < unknown", though Postgres orders timetz values)
             typ = side.type.sql_name
             only = side.type.element in TEXT_EQUAL_TYPES and name not in ("=", "<>")
+            hint = f" (it compares {typ} values with = and <> only)" if only else ""
+            # (not beside an untyped literal: it may be no value of the type, `bt < '12'`,
+            # which Postgres rejects)
+            if (
+                left.type == right.type
+                and side.type.element in TEXT_EQUAL_TYPES
+                and name in ORDERING | {"=", "<>"}
+            ):
+                # (each of these types has a btree operator class: Postgres compares and
+                # orders two values of it, `bt < bt` included)
+                return error_at(f"operator {name} on {typ} values is {NOT_EVALUATED}{hint}", node)
             return error_at(
                 f"operator {name} on {typ} values is not supported here: the engine does not"
-                f" evaluate {typ}"
-                + (f" (it compares {typ} values with = and <> only)" if only else ""),
+                f" evaluate {typ}" + hint,
                 node,
             )
     return no_operator(left.type.sql_name, name, right.type.sql_name, node)
@@ -266,7 +286,7 @@ def _prefix(c: Compiler, node: ast.A_Expr, name: str, arg: Expr) -> Expr:
             if typ in INT_TYPES and name in ("-", "@"):
                 func = checked_int(typ, func)
             return apply(rtype, func, [arg], node)
-    raise error_at(f"operator does not exist: {name} {typ.sql_name}", node)
+    raise no_prefix_operator(name, typ.sql_name, node)
 
 
 def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:
@@ -294,6 +314,12 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
         else:
             problem = "is not unique" if rt == INT2 else "does not exist"
             raise error_at(f"operator {problem}: unknown {name} {rt.sql_name}", node)
+    if name == "^" and known in NUMERIC_ORDER:
+        # Postgres has `^` on float8 and on numeric only: an unknown operand is read as
+        # numeric beside a numeric, else as float8 (beside float4 or an integer too; the
+        # engine read '0.1' ^ f4 as float4 0.1 and '0.5' ^ i4 as an integer, a 400)
+        to = NUMERIC if known == NUMERIC else FLOAT8
+        left, right = (c.coerce(left, to), right) if lt == UNKNOWN else (left, c.coerce(right, to))
     lt = left.type
     if lt == UNKNOWN:
         left = c.coerce(left, rt if rt in NUMERIC_ORDER else NUMERIC)
@@ -308,7 +334,7 @@ def _arithmetic(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node)
         typ = NUMERIC if NUMERIC in (lt, rt) and not FLOAT_TYPES & {lt, rt} - {NUMERIC} else FLOAT8
         if typ == NUMERIC:
             # power_var picks its result scale by rules the engine does not reproduce
-            raise error_at("operator ^ on numeric is not supported (cast to float8)", node)
+            raise error_at(f"operator ^ on numeric is {NOT_EVALUATED} (cast to float8)", node)
         return apply(typ, float_pow, [c.coerce(left, typ), c.coerce(right, typ)], node)
     typ = common_numeric(lt, rt)
     left, right = c.coerce(left, typ), c.coerce(right, typ)
@@ -419,6 +445,9 @@ def _concat(c: Compiler, left: Expr, right: Expr, node: ast.Node) -> Expr:
     lt, rt = left.type, right.type
     other = rt if lt == UNKNOWN else lt
     if other == BYTEA:
+        if {lt, rt} - {UNKNOWN, BYTEA} <= STRING_TYPES:
+            # (bytea || bytea, and text || bytea: Postgres's text concatenation)
+            raise error_at(f"bytea || is {NOT_EVALUATED}", node)
         raise error_at("bytea || is not supported", node)
     if CHAR in (lt, rt) and {lt, rt} <= {CHAR, UNKNOWN, *STRING_TYPES}:
         # "char" converts to text implicitly and is anynonarray too: text || text,
@@ -515,9 +544,11 @@ def _array_op(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -
     if typ is None or c.enum_refused(typ):
         raise _operator_error(c, name, left, right, node)
     state = c.input_collation([left, right], node)
-    left, right = c.coerce(left, typ), c.coerce(right, typ)
     if typ.element in JSON_TYPES:  # (their elements' `=` is not their text's)
-        raise error_at(f"JSON operators are not supported ({typ.element.sql_name}[] {name})", node)
+        # (an untyped literal side may hold no JSON, which Postgres rejects: not said valid)
+        lt, rt = left.type.sql_name, right.type.sql_name
+        raise json_operator(lt, name, rt, f"{typ.element.sql_name}[]", node)
+    left, right = c.coerce(left, typ), c.coerce(right, typ)
     c.compare_fn("=", typ, node, state)  # (refuses elements whose `=` is not their text's)
     if typ.element in STRING_TYPES:
         c.require_text_equality(name, node, state)

@@ -89,7 +89,11 @@ def _float4_digits(value: float) -> str:
     bits = struct.unpack("<I", struct.pack("<f", magnitude))[0]
     exact = Decimal(magnitude)
     below = struct.unpack("<f", struct.pack("<I", bits - 1))[0] if bits else 0.0
-    above = struct.unpack("<f", struct.pack("<I", bits + 1))[0]  # (inf after the largest)
+    above = struct.unpack("<f", struct.pack("<I", bits + 1))[0]
+    if math.isinf(above):
+        # After the largest float4 comes infinity; Ryu bounds it by the midpoint to 2^128,
+        # where the next value would be (else 3.4028235e+38 printed as 3.403e+38).
+        above = 2.0**128
     low = _EXACT.divide(_EXACT.add(exact, Decimal(below)), 2)
     high = _EXACT.divide(_EXACT.add(exact, Decimal(above)), 2)
     for precision in range(1, 10):

@@ -12,6 +12,12 @@ true on the shorter text Postgres never gives): a computed float's text (a colum
 text is the row's, as Postgres printed it). Found by wherefuzz's value fuzz
 (/work/wherefuzz/vfz.py seed 1: `n::float8` text of 66225080423973779); 60,000 float4 and
 80,000 float8 values of every kind now print as Postgres prints them (out of tree).
+
+The largest float4 (3.4028235e+38) was '3.403e+38' when computed (abs(f4), -f4,
+greatest(f4, ...)): its upper neighbour is infinity, so every longer decimal above it
+counted as closer to it than to the next value; Ryu bounds it by the midpoint to 2^128, as
+if the exponent went on. `(@ f4)::text = '3.4028235e+38'` withheld the row Postgres returns
+(wherefuzz vfz4.py seed 1, 2026-12-06).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from sync_engine.shapes.where.text import float4_text, float_text
 from tests.sync_engine.engine_harness import Engine
 
 F8 = ["514820811053018368", "66225080423973776", "112147515929761408", "5e-324", "0.1"]
-F4 = ["103528336", "2630223872", "78820176", "3.4028235e38", "1e-45"]
+F8 += ["1.7976931348623157e308"]
+F4 = ["103528336", "2630223872", "78820176", "3.4028235e38", "1e-45", "3.4028233e38"]
 WHERES = [
     "(n::float8)::text = '5.1482081105301837e+17'",
     "(n::float8)::text = '5.148208110530184e+17'",  # (the halfway text Postgres never prints)
@@ -35,6 +42,9 @@ WHERES = [
     "concat(f4 * 1::float4, '') = '1.03528336e+08'",
     "(f4 + 0::float4)::text IN ('2.6302239e+09', '2.630224e+09')",
     "ARRAY[f8 + 0, NULL]::text = '{5.1482081105301837e+17,NULL}'",
+    "(@ f4)::text = '3.4028235e+38'",
+    "(- f4)::text = '-3.4028235e+38'",
+    "(f8 * 1)::text = '1.7976931348623157e+308'",
 ]
 
 
@@ -56,6 +66,10 @@ async def test_float_text_of_live_rows_as_postgres(engine: Engine) -> None:
             assert got == expected, (where, got, expected)
 
 
+def _f4_at(bits: int) -> float:
+    return float(struct.unpack("<f", struct.pack("<I", bits))[0])
+
+
 def test_float_text_as_postgres_prints_it(db_url: str) -> None:
     """Seeded random floats, many of them halfway cases, against Postgres's output."""
     rng = random.Random(20261206)
@@ -66,6 +80,9 @@ def test_float_text_as_postgres_prints_it(db_url: str) -> None:
         struct.unpack("<f", struct.pack("<f", float(rng.randint(10**6, 10**10))))[0]
         for _ in range(1500)
     ]
+    # the largest floats and their neighbours (the next value above is infinity)
+    doubles += [1.7976931348623157e308, 1.7976931348623155e308, 8.98846567431158e307]
+    singles += [_f4_at(0x7F7FFFFF - k) for k in range(4)] + [_f4_at(0x7EFFFFFF), _f4_at(1)]
     doubles = [v for v in doubles if v == v and abs(v) != float("inf")]
     singles = [v for v in singles if v == v and abs(v) != float("inf")]
     with psycopg.connect(with_display_settings(db_url), autocommit=True) as conn:

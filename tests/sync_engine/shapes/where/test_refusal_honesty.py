@@ -12,7 +12,13 @@ Found by a scan of every pair of the engine's types under a dozen operators and 
 `time[] || timetz[]` said "operator does not exist" or "cannot be matched"; `'a' = ANY(dta)`
 over a domain over text[] said "op ANY/ALL (array) requires array on right side", `dta ||
 text[]` "operator does not exist". A seeded sample of that grammar runs here (a few
-seconds); it fails on the code before the fix.
+seconds); it fails on the code before the fix. A second scan (/work/wherefuzz/xscan2.py: # | <<
+>> and the prefix operators, bit and varbit beside every type, every cast) found 52 more:
+`bt & vb`, `bt || bt`, `vb << 1`, `~ bt`, `~ inet`, `inet << inet`, `||/ 8` said "operator does
+not exist", `bt::int8` "cannot cast type bit to bigint". And jsonb's operators (`js = js`, `js - 'k'`, `t ||
+js`) said only "JSON operators are not supported"; they say valid in Postgres now, as do
+`by || by` ("bytea || is not supported"), B'101' ("bit string constants are not supported")
+and i4::name ("unsupported type name": any type casts to name through its text).
 """
 
 from __future__ import annotations
@@ -34,12 +40,12 @@ TYPES = [
     "int2", "int4", "int8", "numeric", "float8", "bool", "text", "varchar(3)", "char(2)",
     "bytea", "uuid", "date", "time", "timetz", "timestamp", "timestamptz", "interval",
     "jsonb", "inet", "mood", "dint", "dta", "int4[]", "text[]", "time[]", "timetz[]",
-    "timestamptz[]", "name",
+    "timestamptz[]", "name", "bit(4)", "varbit",
 ]  # fmt: skip
-OPERATORS = ["=", "<", "+", "-", "*", "||", "@>", "&", "LIKE"]
+OPERATORS = ["=", "<", "+", "-", "*", "||", "@>", "&", "LIKE", "#", "|", "<<"]
 FORMS = [
     "upper({})", "length({})", "abs({})", "{}[1]", "1 = ANY({})", "'a' = ANY({})",
-    "upper({}[1])", "{}::timestamptz", "{}::int4", "- {}",
+    "upper({}[1])", "{}::timestamptz", "{}::int4", "- {}", "~ {}", "||/ {}", "{}::int8",
 ]  # fmt: skip
 
 TABLE = (
@@ -62,11 +68,19 @@ FOUND = [
     "(c{tz} - c{d}) IS NULL", "(c{inet} + c{i4}) IS NULL", "(c{inet} - c{inet}) IS NULL",
     "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL", "(c{tm} || c{ttza}) IS NULL",
     "('a' = ANY(c{dta})) IS NULL", "(c{dta} || c{ta}) IS NULL", "(upper(c{dta}[1])) IS NULL",
+    # (a second scan, 2026-12-06 23:30: # | << >> and prefix operators, bit strings, casts)
+    "(c{bt} & c{vb}) IS NULL", "(c{vb} # c{vb}) IS NULL", "(c{bt} || c{bt}) IS NULL",
+    "(c{bt} << c{i4}) IS NULL", "(~ c{vb}) IS NULL", "(~ c{inet}) IS NULL",
+    "(c{inet} << c{inet}) IS NULL", "(||/ c{i4}) IS NULL", "(c{bt}::int8) IS NULL",
+    "(c{bt}::int4) IS NULL", "(c{js} = c{js}) IS NULL", "(c{js} @> c{js}) IS NULL",
+    "(c{tx} || c{js}) IS NULL", "(c{js} - c{tx}) IS NULL", "(c{js} - c{i4}) IS NULL",
+    "(c{js} IN (c{js})) IS NULL",
 ]  # fmt: skip
 NAMES = {
     "tz": "timestamptz", "ts": "timestamp", "d": "date", "inet": "inet", "i4": "int4",
     "ttz": "timetz", "tm": "time", "tma": "time[]", "ttza": "timetz[]", "dta": "dta",
-    "ta": "text[]",
+    "ta": "text[]", "bt": "bit(4)", "vb": "varbit", "js": "jsonb", "tx": "text",
+    "by": "bytea",
 }  # fmt: skip
 
 
@@ -127,7 +141,11 @@ def test_refusal_words_match_postgres(
 @pytest.mark.parametrize(
     "clause",
     ["(c{tz} - c{ts}) IS NULL", "(c{d} - c{tz}) IS NULL", "(c{inet} + c{i4}) IS NULL",
-     "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL"],
+     "(c{ttz} - c{tm}) IS NULL", "(c{tma} || c{ttza}) IS NULL", "(c{bt} | c{vb}) IS NULL",
+     "(~ c{bt}) IS NULL", "(c{bt}::int4) IS NULL", "(c{bt} < c{bt}) IS NULL",
+     "(c{js} < c{js}) IS NULL", "(c{tx} || c{js}) IS NULL", "(c{js} - c{i4}) IS NULL",
+     "(c{by} || c{by}) IS NULL", "(c{by} || c{tx}) IS NULL", "(c{vb} = B'101') IS NULL",
+     "(c{bt} = X'A') IS NULL", "(c{i4}::name) IS NULL", "(c{d}::name = 'x') IS NULL"],
 )  # fmt: skip
 def test_operators_postgres_has_say_not_evaluated(
     table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
@@ -169,3 +187,23 @@ def test_subscripts_say_postgres_words_or_not_evaluated(
     assert _postgres_accepts(conn, clause) == (column in ("dta", "jsonb", "name"))
     with pytest.raises(WhereError, match=re.escape(message)):
         parse_where(clause, {}, columns)
+
+
+@pytest.mark.parametrize(
+    "clause",
+    ["(c{vb} = B'102') IS NULL", "(c{bt} = X'G') IS NULL", "(c{by} || c{i4}) IS NULL",
+     "('a' = ANY(ARRAY[c{js}])) IS NULL", "(ARRAY[c{js}] @> '{{x}}') IS NULL",
+     "(c{bt} < '12') IS NULL"],
+)  # fmt: skip
+def test_what_postgres_rejects_is_not_said_valid(
+    table: tuple[psycopg.Connection[Any], dict[str, ColumnInfo]], clause: str
+) -> None:
+    """A bit string constant is valid only with its kind's digits; bytea || integer has no
+    operator in Postgres; jsonb's = is valid, but not with a literal that is no JSON (the
+    xscan found `'a' = ANY(jba)` said valid)."""
+    conn, columns = table
+    clause = clause.format(**{k: TYPES.index(t) for k, t in NAMES.items()})
+    assert not _postgres_accepts(conn, clause)
+    with pytest.raises(WhereError) as info:
+        parse_where(clause, {}, columns)
+    assert NOT_EVALUATED not in str(info.value)

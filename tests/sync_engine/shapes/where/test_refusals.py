@@ -117,7 +117,8 @@ def test_json_equality_is_refused(
     shared_table: tuple[psycopg.Connection[Any], Any, Any], clause: str
 ) -> None:
     conn, _, columns = shared_table
-    with pytest.raises(WhereError, match="JSON operators are not supported"):
+    # (refused whatever the words: jsonb's = is valid in Postgres, json has none)
+    with pytest.raises(WhereError, match=r"JSON operators are not supported|valid in Postgres"):
         parse_where(clause, {}, columns)
     # why: jsonb's `=` reads the values, not their text
     row = conn.execute("""SELECT j = '{"a":1}', j::text = '{"a":1}' FROM dj""").fetchone()

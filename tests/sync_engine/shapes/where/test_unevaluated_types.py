@@ -81,7 +81,7 @@ def test_refusals_say_what_is_refused(conn: Any) -> None:
     for clause, message in [
         ("a < '12:00+02'", "operator < on timetz values is not supported here: the engine does"
          " not evaluate timetz (it compares timetz values with = and <> only)"),
-        ("a > b", "operator > on timetz values is not supported here"),
+        ("a > b", "operator > on timetz values is valid in Postgres"),
         ("a = '12:00+02'", "a timetz literal is not supported here: the engine does not read"
          " timetz input"),
         # (Postgres has LIKE on bytea: it said "operator does not exist: bytea ~~ unknown")
