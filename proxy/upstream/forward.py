@@ -742,6 +742,12 @@ class Forwarder:
                 if started is not None:
                     return await sse.end_started(request, started)
                 return None
+            if started is not None and started.past(target.deadline):
+                # Its token expired while it was on no stream (taking what it was written
+                # after it fell behind): no stream is opened or joined for it any more, as
+                # none would be for a new request with that token (`sse._read` checks
+                # again once the stream it joins has its headers).
+                return await sse.end_started(request, started)
             try:
                 # (a client going on from an earlier stream is the same request, admitted:
                 # its next engine stream is not refused by its principal's limits)
