@@ -283,6 +283,7 @@ class ProxyApp:
             loaded, session, self.metrics, path=self.config_path, environ=self.environ
         )
         holder.on_revoke.append(forwarder.end_streams)
+        holder.on_cache_changed.append(forwarder.cache.clear)
         await stack.enter_async_context(holder.watching(sighup=self.sighup))
         self._session, self._forwarder, self._holder = session, forwarder, holder
         # Per-principal limits; one pool slot per upstream connection (sized at start).

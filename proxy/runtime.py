@@ -243,6 +243,10 @@ class RuntimeHolder:
         #: dropped or changed): live answers authorised under the old state end (the app
         #: ends its shared SSE streams: their clients reconnect and are authorised again).
         self.on_revoke: list[Callable[[], None]] = []
+        #: Called after a reload that changed the `cache:` section: answers kept under the
+        #: old settings (their client-facing Cache-Control made with its `max_age_cap`, their
+        #: lifetime with its `live_max_age`) must not be served under the new ones.
+        self.on_cache_changed: list[Callable[[], None]] = []
 
     def _revoked(self) -> None:
         for callback in self.on_revoke:
@@ -391,6 +395,9 @@ class RuntimeHolder:
         self.current = self._build(loaded)
         self.last_error = None
         self._revoked()
+        if loaded.config.cache != old.cache:
+            for callback in self.on_cache_changed:
+                callback()
         self._metrics.config_reloads.labels(result="ok").inc()
         logger.info("config reloaded from %s", path)
         return True

@@ -291,6 +291,7 @@ class FastAnswer:
         "_client",
         "_done",
         "_engine",
+        "_epoch",
         "_expiry",
         "_finished",
         "_forwarder",
@@ -327,6 +328,8 @@ class FastAnswer:
         self._prepared = prepared
         self._permit = permit
         self._engine: EngineConnection | None = engine
+        #: `Forwarder.revocations` when it was sent (its decision is the current config's).
+        self._epoch = forwarder.revocations
         self._head: RawHead | None = None
         self._layout: _Layout | None = None
         self._length = 0
@@ -413,6 +416,18 @@ class FastAnswer:
 
     def on_headers(self, head: RawHead) -> None:
         if self._done:
+            return
+        if self._forwarder.revocations != self._epoch:
+            # Access was revoked (a reload, an issuer's key dropped) while the engine worked
+            # on it (a live one was ended then: `revoke`): its answer, read after that, is
+            # dropped, and the request is decided again under the current config by `handle`
+            # (attack 00:02: a catch-up or subset answered under the withdrawn rule).
+            engine = self._engine
+            self._end()
+            if engine is not None:
+                engine.close()
+            request = self._request
+            self._client.fast_handover(request, partial(self._app.handle, request))
             return
         app = self._app
         status = head.status

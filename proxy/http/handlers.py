@@ -31,6 +31,7 @@ from proxy.errors import (
     EngineRefusal,
     MethodNotAllowed,
     ProxyError,
+    ServiceUnavailable,
     Unauthenticated,
     UnsupportedMediaType,
 )
@@ -72,7 +73,7 @@ from proxy.policy.sql import CombinedWhere, remap_where_error
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
-from proxy.upstream.forward import Admit, Forwarder, Target
+from proxy.upstream.forward import Admit, Forwarder, Reauthorise, Target
 from proxy.upstream.respond import Outcome
 from proxy.upstream.url import (
     build_delete_by_handle_url,
@@ -91,7 +92,27 @@ FORWARDER = StateKey[Forwarder]("forwarder")
 ADMISSION = StateKey[Admission]("admission")
 
 
+#: How many times a request is authorised again when access is revoked before the engine is
+#: asked for it (`Reauthorise`); then it gets a 503 to retry.
+REAUTHORISE_TRIES = 3
+
+
 async def serve(request: Request, *, shape_name: str | None) -> StreamResponse:
+    """`authorise_and_forward`, again under the current config when access was revoked
+    (a reload, an issuer's key dropped) between its authorisation and its engine request
+    (`upstream.forward.Reauthorise`): its answer is the one it would have had arriving after
+    the revocation, never one of the rule it withdrew."""
+    for _ in range(REAUTHORISE_TRIES):
+        try:
+            return await authorise_and_forward(request, shape_name=shape_name)
+        except Reauthorise:
+            continue
+    raise ServiceUnavailable(
+        "config_changing", "the proxy's configuration is changing; retry", retry_after=1
+    )
+
+
+async def authorise_and_forward(request: Request, *, shape_name: str | None) -> StreamResponse:
     """Authorise the request, then forward it: the request path of every shape request.
 
     `shape_name` is None for `/v1/shape` (the client names the table), the name for

@@ -104,6 +104,16 @@ class Target:
 HOLD_ENDED = ("ok", "hold_ended")
 
 
+class Reauthorise(Exception):
+    """Access was revoked (a reload, an issuer's key dropped: `Forwarder.end_streams`)
+    after the request was authorised and before any engine request was sent or joined for
+    it: `proxy.http.handlers.serve` authorises it again under the current config, as if it
+    had arrived after the revocation. Raised where the request could have waited across one
+    (its authorisation, the wait for an engine connection: `limits.pool_wait`): sent as
+    authorised, a catch-up got the changes written after the reload, and a shared SSE
+    stream was opened under the withdrawn rule after the reload had ended every other."""
+
+
 class Revocable(Protocol):
     """A live request held outside a task (`proxy.http.fastlane`)."""
 
@@ -197,6 +207,11 @@ class Forwarder:
         for fast in [*self.fast_held, *self.fast_new]:
             fast.revoke()
 
+    def still_authorised(self, target: Target) -> None:
+        """Raise `Reauthorise` if access was revoked since `target` was authorised."""
+        if target.epoch is not None and target.epoch != self.revocations:
+            raise Reauthorise
+
     def sweep_fast_later(self) -> None:
         """Register the deadlines of `fast_new` in `FAST_DEADLINE_DELAY` seconds and move
         them to `fast_held` (fast-lane holds call it when no sweep is due)."""
@@ -282,7 +297,9 @@ class Forwarder:
         client sees a truncated response, never a well-formed one with missing data.
         `admit` is awaited only when a new engine request is needed (not for a cache hit or a
         request joining a flight) and its permit is held until that engine request is over.
+        Raises `Reauthorise` when access was revoked before the engine was asked.
         """
+        self.still_authorised(target)
         if target.sse and target.live and target.method == "GET" and options.collapse:
             outcome = await self._shared_sse(request, target, options, request_id, admit)
             if outcome is not None:
@@ -459,6 +476,7 @@ class Forwarder:
     ) -> Outcome:
         permit = await admit() if admit is not None else None
         try:
+            self.still_authorised(target)  # (a reload while it waited for a connection)
             return await self._direct(request, target, options, request_id, key)
         finally:
             if permit is not None:
@@ -475,6 +493,16 @@ class Forwarder:
         if target.live and not target.sse and target.method in ("GET", "HEAD"):
             return await self._held(request, target, options, request_id, key)
         upstream = await self._open(request, target, options, request_id)
+        # (a DELETE is done by the engine: its answer says so; a live answer has its hold,
+        # `_relay_held`, which ends it cleanly)
+        if not target.live and target.method != "DELETE":
+            try:
+                # (a reload while the engine worked on it: a subset, a catch-up read after
+                # it, attack 00:02)
+                self.still_authorised(target)
+            except Reauthorise:
+                upstream.close()
+                raise
         return await self.relay(request, target, options, upstream, key)
 
     async def _held(
@@ -660,6 +688,12 @@ class Forwarder:
         if hold is not None and target.epoch is not None and target.epoch != self.revocations:
             hold.expire()  # (authorised before a revocation: `Target.epoch`)
         try:
+            if hold is None:
+                # Not held: answered as the engine answers, unless access was revoked while
+                # the engine worked on it (its rows read after the reload: attack 00:02).
+                while flight.head is None and not flight.finished:
+                    await flight.changed()
+                self.still_authorised(target)
             return await collapsing.wait(flight, request, options, joined=joined, hold=hold)
         except HoldEnded:
             ended = self.ended_long_poll(target, options)
@@ -688,6 +722,12 @@ class Forwarder:
         long as the flight runs. Joining a flight in progress costs the engine nothing.
         """
         permit = await admit() if admit is not None and flight_key not in self._flights else None
+        try:
+            self.still_authorised(target)  # (a reload while it waited for a connection)
+        except Reauthorise:
+            if permit is not None:
+                permit.release()
+            raise
 
         def on_complete(flight: Flight) -> None:
             assert flight.head is not None
@@ -737,11 +777,17 @@ class Forwarder:
                 # the rule it was authorised by. It had one that ended (a client that fell
                 # behind and has taken what it was written, `sse.Continue`; a stream ended
                 # before its headers came, RETRY): its response ends cleanly, and its
-                # reconnect is decided under the new config. None yet: the direct path,
-                # whose hold ends at once for the same reason (`hold`), as a long-poll's.
+                # reconnect is decided under the new config. None yet: it is authorised
+                # again (`Reauthorise`).
                 if started is not None:
                     return await sse.end_started(request, started)
-                return None
+                raise Reauthorise
+            if started is not None and started.past(target.deadline):
+                # Its token expired while it was on no stream (taking what it was written
+                # after it fell behind): no stream is opened or joined for it any more, as
+                # none would be for a new request with that token (`sse._read` checks
+                # again once the stream it joins has its headers).
+                return await sse.end_started(request, started)
             try:
                 # (a client going on from an earlier stream is the same request, admitted:
                 # its next engine stream is not refused by its principal's limits)
@@ -756,6 +802,14 @@ class Forwarder:
                 # (no engine connection within the pool wait: its headers went out, so it
                 # ends cleanly, and its reconnect gets the 503)
                 return await sse.end_started(request, started)
+            if target.epoch is not None and target.epoch != self.revocations:
+                # (revoked while it waited for an engine connection: as above; the stream
+                # it would open would be no other's, `end_streams` having ended them all)
+                if permit is not None:
+                    permit.release()
+                if started is not None:
+                    return await sse.end_started(request, started)
+                raise Reauthorise
             # (a client going on from an earlier stream opens the next from where it is)
             opening = target if started is None else replace(
                 target, url=target.url.update_query(offset=spec.offset)
@@ -841,6 +895,7 @@ class Forwarder:
         try:
             while flight.head is None and not flight.finished:
                 await flight.changed()
+            self.still_authorised(target)  # (revoked meanwhile: see `_collapsed`)
             if flight.head is not None and flight.head.status == 304:
                 self.metrics.cache_hit()
                 age = self.cache.now() - entry.stored_at

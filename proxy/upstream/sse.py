@@ -146,6 +146,14 @@ class Started:
     chunked: bool
     since: float  # (monotonic) when its headers went out
 
+    def past(self, deadline: float | None) -> bool:
+        """Whether the response is past its token's `deadline` (wall clock) as `_read`
+        counts it: never before `MIN_CLIENT_STREAM` after its headers went out."""
+        if deadline is None:
+            return False
+        lasted = time.monotonic() - self.since
+        return lasted >= MIN_CLIENT_STREAM and deadline <= time.time()
+
 
 @dataclass(frozen=True, slots=True)
 class Continue:
@@ -886,6 +894,13 @@ async def _read(
     there is one it has not applied, and it reconnects from its last up-to-date."""
     transport = request.transport
     assert transport is not None
+    if started.past(deadline):
+        # Its token expired while it was on no stream (taking what it was written after it
+        # fell behind, or waiting for this stream's headers): attached, it would be written
+        # this stream's events (changes after its `exp`) before the expiry could end it
+        # (attack r8 follow-up). Its response ends cleanly where it is; its reconnect is
+        # authorised again.
+        return await _finish(started.response, request, started.outcome, "expired")
     sub = stream.attach(transport, started.chunked, spec, request.writer)
     if sub.done.done():  # (the stream is over: it got what it missed, if anything)
         reason = sub.done.result()

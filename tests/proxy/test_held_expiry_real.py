@@ -299,6 +299,7 @@ async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
     environ: dict[str, str],
     make_proxy: Any,
     monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """Collapsing on (SSE clients share one engine stream per shape): a reload revoking
     access while the shared stream's engine request is on its way ends that stream before
@@ -306,10 +307,12 @@ async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
     the request authorised under the old config: a 200 stream that went on under the
     withdrawn rule, serving a change written after the reload, until the engine ended it
     (attack 23:27, HIGH; measured with the engine SIGSTOPped across a reload). Now no
-    stream is opened or joined for a request authorised before a revocation: it ends at
-    once, as a long-poll's hold does."""
-    collapsed = build_config(_config(engine, idp_server, collapse=True), environ)
-    proxy = await make_proxy(collapsed)
+    stream is opened or joined for a request authorised before a revocation: it is
+    authorised again under the new config (`forward.Reauthorise`), here a 403."""
+    config = _config(engine, idp_server, collapse=True)
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proxy = await make_proxy(load_config(path, environ), config_path=path, environ=environ)
     token = proxy.tokens.make()
     _, handle, offset = await sync_through(proxy, token)
     forwarder = proxy.app.forwarder
@@ -320,7 +323,13 @@ async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
         upstream = await opened(*args, **kwargs)
         if not revoked:
             revoked.append(True)
-            forwarder.end_streams()  # (a reload landing before the stream's headers are read)
+            # (a reload withdrawing the rule lands before the stream's headers are read)
+            config["tables"]["items"]["allow"] = [
+                rule for rule in config["tables"]["items"]["allow"] if rule["name"] != "member"
+            ]
+            path.with_suffix(".next").write_text(yaml.safe_dump(config))
+            os.replace(path.with_suffix(".next"), path)
+            assert proxy.app.holder.reload()
         return upstream
 
     monkeypatch.setattr(forwarder, "_open_shared", open_then_revoke)
@@ -336,4 +345,4 @@ async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
     await _ended([stream], db_url, 1000)
     assert revoked
     status, body = stream.result()
-    assert status == 200 and _sse_ids(body) == [], body
+    assert status == 403 and json.loads(body)["code"] == "no_matching_rule", (status, body)

@@ -13,15 +13,18 @@ reading, then reads again.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
 import pytest
 from aiohttp import web
 
+from proxy.config.loader import build_config
 from proxy.http.handlers import FORWARDER
 from proxy.upstream import sse
 from proxy.upstream.sse import SharedStream
+from tests.proxy.proxy_fakes import base_config
 from tests.proxy.sse_fakes import RawSseSocket, proxy_in_front, sse_headers
 from tests.support.waiting import wait_until_async
 
@@ -320,5 +323,45 @@ async def test_a_client_behind_when_access_is_revoked_gets_no_stream_of_its_own(
         assert await reader.read_until(_up_to_date(400)) == "ended", reader.body()[-300:]
         assert "3" not in reader.ids() and "4" not in reader.ids(), reader.ids()
         assert engine.requests == ["100_0"]  # no stream of its own
+    finally:
+        reader.close()
+
+
+async def test_a_client_behind_when_its_token_expires_gets_no_stream_of_its_own(
+    aiohttp_server: Any, idp_server: Any, environ: Any, make_proxy: Any
+) -> None:
+    """Its token expires while the client is off the shared stream, taking what it was
+    written (its expiry timer went with its place on that stream): once it had, it went on,
+    on a stream of its own whose first events (here 300 and 400, only that stream's: changes
+    after its `exp`) were written to it as it was attached, before the expiry registered
+    there (already past) could end it. Now its response ends cleanly where it is (its
+    reconnect gets the 401), and no engine stream is opened for it. The token is one its
+    issuer's leeway still accepts, so the response's deadline is its `MIN_CLIENT_STREAM`:
+    whether it fell behind before that or not, nothing after `exp` may reach it (no bound on
+    how long anything takes; the events are waited for)."""
+    engine = PacedEngine()
+    app = web.Application()
+    app.router.add_get("/v1/shape", engine.shape)
+    server = await aiohttp_server(app, access_log=None)
+    config = base_config(str(server.make_url("")), str(idp_server.make_url("/jwks.json")))
+    config["issuers"][0]["leeway"] = 120
+    proxy = await make_proxy(build_config(config, environ))
+    expired = int(time.time()) - 60  # (within the leeway, however long the test takes)
+    reader = StoppedReader(proxy, proxy.tokens.make(exp=expired, iat=expired - 600))
+    try:
+        opened = time.time()
+        await reader.open()
+        await _fell_behind(proxy, engine)
+        forwarder = proxy.app[FORWARDER]
+        # (its response's deadline passes meanwhile: it is not reading)
+        await wait_until_async(
+            lambda: time.time() > opened + sse.MIN_CLIENT_STREAM + 0.5,
+            timeout=60,
+            message="the response's deadline passed",
+        )
+        assert await reader.read_until(_up_to_date(400)) == "ended", reader.body()[-300:]
+        assert "3" not in reader.ids() and "4" not in reader.ids(), reader.ids()
+        assert engine.requests == ["100_0"]  # no stream of its own
+        assert forwarder.shared_streams <= 1
     finally:
         reader.close()
