@@ -66,6 +66,10 @@ class Prepared:
     #: The token's `exp` (wall clock); None for an anonymous request. A live answer (an SSE
     #: stream) is not given past it.
     token_exp: float | None = None
+    #: The token's `exp` plus its issuer's leeway (wall clock): until then a new request
+    #: with it is accepted; a non-live answer whose headers come later is authorised again
+    #: (`upstream.forward.Target.answer_by`). None for an anonymous request.
+    token_until: float | None = None
     #: The per-principal limits of the rule that allowed it (`proxy.limits`).
     limits: LimitSettings = field(default_factory=LimitSettings)
     #: Set when a GET subset was too long for the engine's URL limit: it goes as a POST body.

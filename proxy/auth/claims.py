@@ -243,6 +243,12 @@ class TokenVerifier:
         if self._cache is not None:
             self._cache.clear()
 
+    def leeway(self, iss: object) -> float:
+        """The clock-skew leeway of the issuer named `iss` (0 for one not configured): a
+        token of it is accepted until its `exp` plus this."""
+        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        return 0.0 if issuer is None else float(issuer.config.leeway)
+
     @staticmethod
     def digest(token: str) -> bytes:
         """The cache key of a token: its SHA-256, so caches never hold the token itself.

@@ -417,11 +417,15 @@ class FastAnswer:
     def on_headers(self, head: RawHead) -> None:
         if self._done:
             return
-        if self._forwarder.revocations != self._epoch:
+        took = time.monotonic() - self._sent
+        if self._forwarder.revocations != self._epoch or (took >= MIN_HOLD and self._expired()):
             # Access was revoked (a reload, an issuer's key dropped) while the engine worked
-            # on it (a live one was ended then: `revoke`): its answer, read after that, is
-            # dropped, and the request is decided again under the current config by `handle`
-            # (attack 00:02: a catch-up or subset answered under the withdrawn rule).
+            # on it (a live one was ended then: `revoke`), or its token expired meanwhile (a
+            # non-live answer: `upstream.forward.Target.answer_by`; `took`: it was
+            # authorised when sent): its answer, read after that, is dropped, and the request
+            # is decided again under the current config by `handle` (attack 00:02: a
+            # catch-up or subset answered under the withdrawn rule), which says 401 to a
+            # token now expired.
             engine = self._engine
             self._end()
             if engine is not None:
@@ -431,7 +435,7 @@ class FastAnswer:
             return
         app = self._app
         status = head.status
-        app.metrics.upstream_answered(status, time.monotonic() - self._sent)
+        app.metrics.upstream_answered(status, took)
         if 300 <= status < 400 and status != 304:  # (as `upstream.client.send`)
             self._redirected(status)
             return
@@ -465,6 +469,12 @@ class FastAnswer:
                 head.body.expect_whole(length)
             return
         self._hand_over(head)
+
+    def _expired(self) -> bool:
+        """A non-live request whose token is past its `exp` plus its issuer's leeway."""
+        prepared = self._prepared
+        until = prepared.token_until
+        return until is not None and not prepared.live and time.time() >= until
 
     def _redirected(self, status: int) -> None:
         """A redirect by a hop between the proxy and the engine: the general path's 502

@@ -74,6 +74,7 @@ from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
 from proxy.upstream.forward import Admit, Forwarder, Reauthorise, Target
+from proxy.upstream.held import MIN_HOLD
 from proxy.upstream.respond import Outcome
 from proxy.upstream.url import (
     build_delete_by_handle_url,
@@ -450,7 +451,9 @@ def name_the_rule(
 def target_of(
     prepared: Prepared, method: str, body: bytes | None, epoch: int | None = None
 ) -> Target:
-    """What to ask the engine for an authorised request (`epoch`: `Target.epoch`)."""
+    """What to ask the engine for an authorised request, authorised now (`epoch`:
+    `Target.epoch`; `Target.answer_by` from the token's expiry and now)."""
+    until = prepared.token_until
     return Target(
         method=method,
         cacheable=method != "HEAD",
@@ -465,6 +468,7 @@ def target_of(
         initial=prepared.initial,
         deadline=prepared.token_exp,
         epoch=epoch,
+        answer_by=None if until is None else max(until, time.time() + MIN_HOLD),
     )
 
 
@@ -668,6 +672,9 @@ async def _prepare(
         initial=initial,
         expires=expires,
         token_exp=None if anonymous else float(claims["exp"]),
+        token_until=(
+            None if anonymous else float(claims["exp"]) + runtime.verifier.leeway(claims.get("iss"))
+        ),
         limits=resolve(
             config.limits, decision.limits, shape=None if method == "DELETE" else definition
         ),

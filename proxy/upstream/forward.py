@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -98,6 +99,14 @@ class Target:
     #: answer whose hold begins after a later revocation (a reload while its engine request
     #: was on its way) is over at once, as if it had been held when access was withdrawn.
     epoch: int | None = None
+    #: Wall clock (None: anonymous): a non-live answer whose headers come at or after it is
+    #: not sent but authorised again (`Reauthorise`), which its token no longer passes (the
+    #: usual 401): max(the token's `exp` plus its issuer's leeway, when the request was
+    #: authorised plus `MIN_HOLD`). A snapshot, catch-up or subset whose query outlasted the
+    #: token is not delivered after it, as a long-poll is ended at its `exp`; one whose
+    #: token was accepted within the leeway still gets `MIN_HOLD` seconds for its answer
+    #: (its re-authorisation would pass, and the request would go round again to the 503).
+    answer_by: float | None = None
 
 
 #: How a long-poll the proxy ended is logged (access log `outcome`, `reason`).
@@ -105,11 +114,12 @@ HOLD_ENDED = ("ok", "hold_ended")
 
 
 class Reauthorise(Exception):
-    """Access was revoked (a reload, an issuer's key dropped: `Forwarder.end_streams`)
-    after the request was authorised and before any engine request was sent or joined for
-    it: `proxy.http.handlers.serve` authorises it again under the current config, as if it
-    had arrived after the revocation. Raised where the request could have waited across one
-    (its authorisation, the wait for an engine connection: `limits.pool_wait`): sent as
+    """Access was revoked (a reload, an issuer's key dropped: `Forwarder.end_streams`), or
+    the caller's token expired (`Target.answer_by`), after the request was authorised and
+    before any byte of its answer went out: `proxy.http.handlers.serve` authorises it again
+    under the current config, as if it had arrived then. Raised where the request could have
+    waited across one (its authorisation, the wait for an engine connection:
+    `limits.pool_wait`; a non-live answer's wait for the engine's headers): sent as
     authorised, a catch-up got the changes written after the reload, and a shared SSE
     stream was opened under the withdrawn rule after the reload had ended every other."""
 
@@ -208,8 +218,11 @@ class Forwarder:
             fast.revoke()
 
     def still_authorised(self, target: Target) -> None:
-        """Raise `Reauthorise` if access was revoked since `target` was authorised."""
+        """Raise `Reauthorise` if access was revoked since `target` was authorised, or its
+        token is past `Target.answer_by`."""
         if target.epoch is not None and target.epoch != self.revocations:
+            raise Reauthorise
+        if target.answer_by is not None and time.time() >= target.answer_by:
             raise Reauthorise
 
     def sweep_fast_later(self) -> None:
@@ -498,7 +511,7 @@ class Forwarder:
         if not target.live and target.method != "DELETE":
             try:
                 # (a reload while the engine worked on it: a subset, a catch-up read after
-                # it, attack 00:02)
+                # it, attack 00:02; or its token expired meanwhile: `Target.answer_by`)
                 self.still_authorised(target)
             except Reauthorise:
                 upstream.close()
@@ -690,7 +703,8 @@ class Forwarder:
         try:
             if hold is None:
                 # Not held: answered as the engine answers, unless access was revoked while
-                # the engine worked on it (its rows read after the reload: attack 00:02).
+                # the engine worked on it (its rows read after the reload: attack 00:02) or
+                # its token expired meanwhile (`Target.answer_by`).
                 while flight.head is None and not flight.finished:
                     await flight.changed()
                 self.still_authorised(target)
