@@ -222,15 +222,8 @@ class Flights:
             on_complete(flight)
 
 
-async def wait(
-    flight: Flight,
-    request: Request,
-    options: UpstreamOptions,
-    *,
-    joined: bool,
-    hold: Hold | None = None,
-) -> Outcome:
-    """One client's side of a flight: its own response, written at its own pace. `hold`: a
+async def settled(flight: Flight, hold: Hold | None = None) -> None:
+    """Until the flight's headers came or it finished without them (failed). `hold`: a
     long-poll's; `HoldEnded` if it ended before the flight's headers came (the token
     expired, or the flight was revoked: `Flights.end_held`). The waiter's own `Broadcast`
     future is what the hold's end completes: no task, frame or timer more per held waiter
@@ -250,6 +243,24 @@ async def wait(
         hold.release()
         if flight.revoked and flight.head is None:
             raise HoldEnded
+
+
+async def wait(
+    flight: Flight,
+    request: Request,
+    options: UpstreamOptions,
+    *,
+    joined: bool,
+    hold: Hold | None = None,
+    check: Callable[[], None] | None = None,
+) -> Outcome:
+    """One client's side of a flight: its own response, written at its own pace, once the
+    headers came (`settled`, with `hold`). `check`: called then, before anything is sent
+    (the flight's failure included); what it raises drops this client's answer (the
+    forwarder's `Reauthorise`)."""
+    await settled(flight, hold)
+    if check is not None:
+        check()
     head = flight.head
     if head is None:
         raise (flight.failure or connection_failed(options)).copy()

@@ -700,15 +700,14 @@ class Forwarder:
         )
         if hold is not None and target.epoch is not None and target.epoch != self.revocations:
             hold.expire()  # (authorised before a revocation: `Target.epoch`)
+        # Not held: answered as the engine answers, unless access was revoked while the
+        # engine worked on it (its rows read after the reload: attack 00:02) or its token
+        # expired meanwhile (`Target.answer_by`): checked once the headers came.
+        check = functools.partial(self.still_authorised, target) if hold is None else None
         try:
-            if hold is None:
-                # Not held: answered as the engine answers, unless access was revoked while
-                # the engine worked on it (its rows read after the reload: attack 00:02) or
-                # its token expired meanwhile (`Target.answer_by`).
-                while flight.head is None and not flight.finished:
-                    await flight.changed()
-                self.still_authorised(target)
-            return await collapsing.wait(flight, request, options, joined=joined, hold=hold)
+            return await collapsing.wait(
+                flight, request, options, joined=joined, hold=hold, check=check
+            )
         except HoldEnded:
             ended = self.ended_long_poll(target, options)
             if ended is not None:
@@ -907,8 +906,7 @@ class Forwarder:
             request, target, flight_key, key, options, request_id, entry.etag, admit
         )
         try:
-            while flight.head is None and not flight.finished:
-                await flight.changed()
+            await collapsing.settled(flight)
             self.still_authorised(target)  # (revoked meanwhile: see `_collapsed`)
             if flight.head is not None and flight.head.status == 304:
                 self.metrics.cache_hit()

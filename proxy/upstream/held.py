@@ -165,7 +165,7 @@ class Hold:
     async def wait(self, waiting: asyncio.Future[Any]) -> bool:
         """Wait for `waiting` within the hold: True if it is done, False if the hold ended
         first (`waiting` is then left to the caller, not cancelled). (A waiter awaiting a
-        future of its own sets `waking` to it instead: `collapsing.wait`.)"""
+        future of its own sets `waking` to it instead: `collapsing.settled`.)"""
         if waiting.done():
             return True
         if self.over:
