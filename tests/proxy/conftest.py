@@ -7,9 +7,10 @@ checked for the engine secret and for the raw tokens the test issued: neither ma
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,17 @@ from typing import Any
 import jwt
 import psycopg
 import pytest
+import yaml
 from aiohttp.test_utils import BaseTestServer, TestClient, TestServer
 from yarl import URL
 
+import proxy.http.fastlane as fastlane
 from proxy.app import ProxyApp, create_app
-from proxy.config.loader import LoadedConfig, build_config
+from proxy.config.loader import LoadedConfig, build_config, load_config
 from proxy.http.serve import Server
 from proxy.logs import JsonFormatter
 from tests.proxy.proxy_fakes import AUDIENCE, ISSUER, FakeEngine, FakeIdp, KeyPair, base_config, now
+from tests.proxy.real_proxies import ITEMS_SQL
 from tests.support.engine_process import EngineProcess
 
 
@@ -66,6 +70,13 @@ def start_engine(
     yield start
     for engine in started:
         engine.stop()
+
+
+@pytest.fixture
+def items_engine(start_engine: Callable[..., EngineProcess]) -> EngineProcess:
+    """A real `sync-engine` (its default 20 s long-polls) on the `items` table
+    (`real_proxies.ITEMS_SQL`)."""
+    return start_engine(*ITEMS_SQL, args=("--no-fsync",))
 
 
 @pytest.fixture
@@ -186,6 +197,28 @@ class ProxyHarness:
     engine: FakeEngine
     secret: str
     tokens: Tokens
+    #: The config file it runs from and what the test writes there (`reloadable_proxy`).
+    path: Path | None = None
+    config: dict[str, Any] | None = None
+
+    def write_config(self) -> None:
+        """Write `config` to its file as an operator does (a new file renamed over the old):
+        the proxy's poll reloads it (`server.reload_interval`), or `reload` does now."""
+        assert self.path is not None and self.config is not None, "not a reloadable_proxy"
+        written = self.path.with_suffix(".next")
+        written.write_text(yaml.safe_dump(self.config))
+        os.replace(written, self.path)
+
+    def reload(self) -> None:
+        """`write_config`, then reload it at once (as the poll would)."""
+        self.write_config()
+        assert self.app.holder.reload()
+
+    def withdraw(self, rule: str, table: str = "items") -> None:
+        """Drop `table`'s allow rule named `rule` from `config` (`write_config` writes it)."""
+        assert self.config is not None, "not a reloadable_proxy"
+        allow = self.config["tables"][table]["allow"]
+        allow[:] = [kept for kept in allow if kept.get("name") != rule]
 
     async def request(
         self,
@@ -264,6 +297,42 @@ def make_proxy(
         return ProxyHarness(client, app, engine, engine_secret, tokens)
 
     return make
+
+
+@pytest.fixture
+def reloadable_proxy(
+    make_proxy: Callable[..., Any], environ: dict[str, str], tmp_path: Path
+) -> Callable[..., Awaitable[ProxyHarness]]:
+    """`await reloadable_proxy(config, name="proxy", **create_app_kwargs)`: a proxy run from a
+    real config file (`tmp_path/<name>.yaml`) written from `config`, a dict the test may
+    change and write again (`ProxyHarness.write_config`, `reload`, `withdraw`)."""
+
+    async def make(config: dict[str, Any], name: str = "proxy", **kwargs: Any) -> ProxyHarness:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        harness: ProxyHarness = await make_proxy(
+            load_config(path, environ), config_path=path, environ=environ, **kwargs
+        )
+        harness.path, harness.config = path, config
+        return harness
+
+    return make
+
+
+@pytest.fixture
+def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The raw paths of the requests the fast lane (`proxy.http.fastlane`) took."""
+    taken: list[str] = []
+    start = fastlane.start
+
+    def spy(app: Any, request: Any, client: Any) -> Any:
+        answer = start(app, request, client)
+        if answer is not None:
+            taken.append(request.raw_path)
+        return answer
+
+    monkeypatch.setattr(fastlane, "start", spy)
+    return taken
 
 
 @pytest.fixture

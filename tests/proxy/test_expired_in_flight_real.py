@@ -13,20 +13,18 @@ expiry by a fresh request's 401, and the answers for as long as they take. Nothi
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
-import pytest
 
-import proxy.http.fastlane as fastlane
-from proxy.config.loader import build_config
 from proxy.upstream.held import MIN_HOLD
-from tests.proxy.proxy_fakes import base_config, now
+from tests.proxy.proxy_fakes import now
+from tests.proxy.real_proxies import by_mode, items_config, waiting_on_lock
 from tests.support.engine_process import EngineProcess, sync_through
 from tests.support.waiting import wait_until_async
 
@@ -36,58 +34,10 @@ TOKEN_LIFE = 15
 Answer = tuple[int, bytes]
 
 
-@pytest.fixture
-def engine(start_engine: Any) -> EngineProcess:
-    return start_engine(
-        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
-        "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1'), (3, 'org-a', 'a3')",
-        args=("--no-fsync",),
+def _config(engine: EngineProcess, idp_server: Any, leeway: int, collapse: bool) -> dict[str, Any]:
+    return items_config(
+        engine, idp_server, collapse=collapse, first_byte_timeout=600, leeway=leeway
     )
-
-
-@pytest.fixture
-def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    taken: list[str] = []
-    start = fastlane.start
-
-    def spy(app: Any, request: Any, client: Any) -> Any:
-        answer = start(app, request, client)
-        if answer is not None:
-            taken.append(request.raw_path)
-        return answer
-
-    monkeypatch.setattr(fastlane, "start", spy)
-    return taken
-
-
-async def _proxies(
-    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any, leeway: int
-) -> dict[str, Any]:
-    """Collapsing on; collapsing and cache off (general path); the same on the fast lane."""
-
-    def config(collapse: bool) -> Any:
-        data = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
-        data["upstream"].update(first_byte_timeout=600)
-        data["issuers"][0]["leeway"] = leeway
-        if not collapse:
-            data["collapse"] = False
-            data["cache"] = {"max_bytes": 0}
-        return build_config(data, environ)
-
-    return {
-        "collapsed": await make_proxy(config(True)),
-        "direct": await make_proxy(config(False), fast_lane=False),
-        "fast": await make_proxy(config(False)),
-    }
-
-
-def _waiting_on_lock(db_url: str) -> int:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query ILIKE '%items%'"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 def _requests(proxy: Any, token: str, name: str, handle: str, offset: str) -> list[Any]:
@@ -144,7 +94,7 @@ async def _in_flight(
         everyone = [task for group in tasks.values() for task in group]
         # Every request is authorised and waits in the engine's query, behind the lock.
         await wait_until_async(
-            lambda: _waiting_on_lock(db_url) >= len(everyone) or any(t.done() for t in everyone),
+            lambda: waiting_on_lock(db_url) >= len(everyone) or any(t.done() for t in everyone),
             timeout=120,
             message="every request waits on the lock",
         )
@@ -159,14 +109,13 @@ async def _in_flight(
 
 
 async def test_an_answer_that_comes_after_its_token_expired_is_a_401(
-    engine: EngineProcess,
+    items_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
+    reloadable_proxy: Any,
     fast_lane_taken: list[str],
 ) -> None:
-    proxies = await _proxies(engine, idp_server, environ, make_proxy, leeway=0)
+    proxies = await by_mode(reloadable_proxy, partial(_config, items_engine, idp_server, 0))
     exp = now() + TOKEN_LIFE
     token = proxies["direct"].tokens.make(exp=exp)
 
@@ -176,7 +125,7 @@ async def test_an_answer_that_comes_after_its_token_expired_is_a_401(
         authorised_by = time.time()
         for proxy in proxies.values():
             await wait_until_async(
-                functools.partial(_refused, proxy, token),
+                partial(_refused, proxy, token),
                 timeout=TOKEN_LIFE + 60,
                 message="the token expires",
             )
@@ -205,16 +154,15 @@ async def _refused(proxy: Any, token: str) -> bool:
 
 
 async def test_a_slow_answer_to_a_token_within_its_leeway_is_delivered(
-    engine: EngineProcess,
+    items_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
+    reloadable_proxy: Any,
 ) -> None:
     """Past `exp` but within the issuer's leeway: the request is accepted, and its answer,
     coming after `exp` and more than `MIN_HOLD` after it was authorised, is delivered (were it
     authorised again at `exp`, that would pass, and the request would go round to the 503)."""
-    proxies = await _proxies(engine, idp_server, environ, make_proxy, leeway=300)
+    proxies = await by_mode(reloadable_proxy, partial(_config, items_engine, idp_server, 300))
     del proxies["fast"]  # (the fast lane takes no request whose token is past its `exp`)
     token = proxies["direct"].tokens.make(exp=now() - 1, iat=now() - 60)
 

@@ -63,22 +63,6 @@ def real_engine(
         yield engine
 
 
-@pytest.fixture
-def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The raw paths of the requests the fast lane took."""
-    taken: list[str] = []
-    start = fastlane.start
-
-    def spy(app: Any, request: Any, client: Any) -> Any:
-        answer = start(app, request, client)
-        if answer is not None:
-            taken.append(request.raw_path)
-        return answer
-
-    monkeypatch.setattr(fastlane, "start", spy)
-    return taken
-
-
 async def _pair(
     real_engine: EngineProcess,
     idp_server: Any,
@@ -116,16 +100,18 @@ async def _ask(proxy: Any, head: bytes) -> bytes:
 
 @contextlib.asynccontextmanager
 async def _raw_engine(
-    serve: Any, idp_server: Any, environ: dict[str, str]
+    serve: Any, idp_server: Any, environ: dict[str, str], *, straight: bool = True
 ) -> AsyncIterator[tuple[RawServer, Any]]:
-    """A scripted engine (`serve` answers each connection) and a proxy config pointing at it,
-    with collapsing and the response cache off so that every request reaches `serve`."""
+    """A scripted engine (`serve` answers each connection) and a proxy config pointing at it:
+    `straight`, with collapsing and the response cache off so that every request reaches
+    `serve` (where the fast lane applies); else the defaults (both on)."""
     async with RawServer(serve) as server:
         assert server.server is not None
         port = server.server.sockets[0].getsockname()[1]
         config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
+        if straight:
+            config["collapse"] = False
+            config["cache"] = {"max_bytes": 0}
         yield server, build_config(config, environ)
 
 

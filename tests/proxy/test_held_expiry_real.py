@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
-import yaml
 
-import proxy.http.fastlane as fastlane
-from proxy.config.loader import build_config, load_config
-from tests.proxy.proxy_fakes import base_config, now
+from tests.proxy.proxy_fakes import now
+from tests.proxy.real_proxies import by_mode, items_config
 from tests.support.engine_process import EngineProcess, sync_through
 from tests.support.waiting import wait_until_async
 
@@ -36,39 +33,10 @@ from tests.support.waiting import wait_until_async
 ENDED_WITHIN = 12.0
 
 
-@pytest.fixture
-def engine(start_engine: Any) -> EngineProcess:
-    return start_engine(
-        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
-        "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')",
-        args=("--no-fsync",),  # (the engine's default 20 s long-polls)
-    )
-
-
-@pytest.fixture
-def fast_lane_taken(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    taken: list[str] = []
-    start = fastlane.start
-
-    def spy(app: Any, request: Any, client: Any) -> Any:
-        answer = start(app, request, client)
-        if answer is not None:
-            taken.append(request.raw_path)
-        return answer
-
-    monkeypatch.setattr(fastlane, "start", spy)
-    return taken
-
-
-def _config(engine: EngineProcess, idp_server: Any, *, collapse: bool) -> dict[str, Any]:
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
-    config["upstream"].update(first_byte_timeout=30)
-    config["issuers"][0]["leeway"] = 0
-    config["tables"]["items"]["allow"][1]["sse"] = True
-    if not collapse:
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-    return config
+def _config(engine: EngineProcess, idp_server: Any, collapse: bool, **more: Any) -> dict[str, Any]:
+    """The config of each way through the proxy (`real_proxies.by_mode`): the member rule's
+    SSE on, leeway 0 (a held answer ends at `exp` itself)."""
+    return items_config(engine, idp_server, collapse=collapse, sse=True, leeway=0, **more)
 
 
 async def _get(proxy: Any, path: str, token: str, **headers: str) -> tuple[int, Any, bytes]:
@@ -121,17 +89,13 @@ def _check_ended(reply: tuple[int, Any, bytes], handle: str, offset: str) -> str
     return headers["electric-cursor"]
 
 
-async def _proxies(
-    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any, **kw: Any
-) -> dict[str, Any]:
-    """Collapsing on; collapsing and cache off (general path); the same on the fast lane."""
-    collapsed = build_config(_config(engine, idp_server, collapse=True), environ)
-    straight = build_config(_config(engine, idp_server, collapse=False), environ)
-    return {
-        "collapsed": await make_proxy(collapsed, **kw.get("collapsed", {})),
-        "direct": await make_proxy(straight, fast_lane=False, **kw.get("direct", {})),
-        "fast": await make_proxy(straight, **kw.get("fast", {})),
-    }
+async def _sse_stream(proxy: Any, path: str, token: str) -> bytes:
+    """An SSE response's body, read to its (clean) end."""
+    async with proxy.client.get(
+        path, headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
+    ) as resp:
+        assert resp.status == 200 and resp.content_type == "text/event-stream"
+        return await resp.read()  # (a clean end, else this raises)
 
 
 async def _prime_fast_lane(fast: Any, live: str, token: str) -> None:
@@ -148,14 +112,13 @@ async def _prime_fast_lane(fast: Any, live: str, token: str) -> None:
 
 
 async def test_held_answers_end_at_the_tokens_expiry(
-    engine: EngineProcess,
+    items_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
+    reloadable_proxy: Any,
     fast_lane_taken: list[str],
 ) -> None:
-    proxies = await _proxies(engine, idp_server, environ, make_proxy)
+    proxies = await by_mode(reloadable_proxy, partial(_config, items_engine, idp_server))
     lasting = proxies["collapsed"].tokens.make(sub="lasting")
     _, handle, offset = await sync_through(proxies["collapsed"], lasting)
     exp = now() + 3
@@ -163,16 +126,8 @@ async def test_held_answers_end_at_the_tokens_expiry(
     live = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&cursor=5"
     await _prime_fast_lane(proxies["fast"], live, short)
     sse = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true"
-
-    async def sse_stream() -> bytes:
-        async with proxies["direct"].client.get(
-            sse, headers={"Authorization": f"Bearer {short}", "Accept": "text/event-stream"}
-        ) as resp:
-            assert resp.status == 200 and resp.content_type == "text/event-stream"
-            return await resp.read()  # (a clean end, else this raises)
-
     polls = {mode: asyncio.create_task(_get(proxy, live, short)) for mode, proxy in proxies.items()}
-    stream = asyncio.create_task(sse_stream())
+    stream = asyncio.create_task(_sse_stream(proxies["direct"], sse, short))
     await _ended([*polls.values(), stream], db_url, 1000)
     assert fast_lane_taken == [live]
     assert _sse_ids(stream.result()) == []  # ended with no change past `exp`
@@ -193,53 +148,26 @@ async def test_held_answers_end_at_the_tokens_expiry(
 
 
 async def test_held_answers_end_when_a_reload_revokes_access(
-    engine: EngineProcess,
+    items_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    reloadable_proxy: Any,
     fast_lane_taken: list[str],
 ) -> None:
-    paths = {}
-    kwargs: dict[str, Any] = {}
-    for mode in ("collapsed", "direct", "fast"):
-        config = _config(engine, idp_server, collapse=mode == "collapsed")
-        config["server"] = {"reload_interval": 0.05}
-        paths[mode] = tmp_path / f"{mode}.yaml"
-        paths[mode].write_text(yaml.safe_dump(config))
-        kwargs[mode] = {"config_path": paths[mode], "environ": environ}
-    proxies = {
-        mode: await make_proxy(
-            load_config(paths[mode], environ), **kwargs[mode], **({"fast_lane": False}
-                                                                 if mode == "direct" else {})
-        )
-        for mode in paths
-    }  # fmt: skip
+    configs = partial(_config, items_engine, idp_server, reload_interval=0.05)
+    proxies = await by_mode(reloadable_proxy, configs)
     token = proxies["collapsed"].tokens.make()
     _, handle, offset = await sync_through(proxies["collapsed"], token)
     live = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&cursor=5"
     await _prime_fast_lane(proxies["fast"], live, token)
     sse = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&live_sse=true"
-
-    async def sse_stream() -> bytes:
-        async with proxies["direct"].client.get(
-            sse, headers={"Authorization": f"Bearer {token}", "Accept": "text/event-stream"}
-        ) as resp:
-            assert resp.status == 200
-            return await resp.read()
-
     polls = {mode: asyncio.create_task(_get(proxy, live, token)) for mode, proxy in proxies.items()}
-    stream = asyncio.create_task(sse_stream())
+    stream = asyncio.create_task(_sse_stream(proxies["direct"], sse, token))
     # Every request is held by the engine (it answers at 20 s): one of each reached it.
     await wait_until_async(lambda: engine_held(proxies) == 4, message="4 held requests")
-    for path in paths.values():
-        config = yaml.safe_load(path.read_text())
-        config["tables"]["items"]["allow"] = [
-            rule for rule in config["tables"]["items"]["allow"] if rule["name"] != "member"
-        ]
-        path.with_suffix(".next").write_text(yaml.safe_dump(config))
-        os.replace(path.with_suffix(".next"), path)
+    for proxy in proxies.values():  # (each reloaded by its poll)
+        proxy.withdraw("member")
+        proxy.write_config()
     await _ended([*polls.values(), stream], db_url, 1000)
     assert fast_lane_taken == [live]
     assert _sse_ids(stream.result()) == []
@@ -259,10 +187,9 @@ def engine_held(proxies: dict[str, Any]) -> int:
 
 
 async def test_a_stream_authorised_before_a_revocation_it_missed_ends_at_once(
-    engine: EngineProcess,
+    items_engine: EngineProcess,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
+    reloadable_proxy: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A reload revoking access while an SSE request's engine request is on its way (its
@@ -270,8 +197,7 @@ async def test_a_stream_authorised_before_a_revocation_it_missed_ends_at_once(
     config the reload replaced. On the old code the hold, begun after the revocation, never
     heard of it: the stream went on under the withdrawn rule (seen as a flake of the reload
     test above under load)."""
-    straight = build_config(_config(engine, idp_server, collapse=False), environ)
-    proxy = await make_proxy(straight, fast_lane=False)
+    proxy = await reloadable_proxy(_config(items_engine, idp_server, False), fast_lane=False)
     token = proxy.tokens.make()
     _, handle, offset = await sync_through(proxy, token)
     forwarder = proxy.app.forwarder
@@ -293,13 +219,11 @@ async def test_a_stream_authorised_before_a_revocation_it_missed_ends_at_once(
 
 
 async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
-    engine: EngineProcess,
+    items_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
+    reloadable_proxy: Any,
     monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
 ) -> None:
     """Collapsing on (SSE clients share one engine stream per shape): a reload revoking
     access while the shared stream's engine request is on its way ends that stream before
@@ -309,10 +233,7 @@ async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
     (attack 23:27, HIGH; measured with the engine SIGSTOPped across a reload). Now no
     stream is opened or joined for a request authorised before a revocation: it is
     authorised again under the new config (`forward.Reauthorise`), here a 403."""
-    config = _config(engine, idp_server, collapse=True)
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proxy = await make_proxy(load_config(path, environ), config_path=path, environ=environ)
+    proxy = await reloadable_proxy(_config(items_engine, idp_server, True))
     token = proxy.tokens.make()
     _, handle, offset = await sync_through(proxy, token)
     forwarder = proxy.app.forwarder
@@ -324,12 +245,8 @@ async def test_a_shared_stream_revoked_before_its_headers_opens_no_other_stream(
         if not revoked:
             revoked.append(True)
             # (a reload withdrawing the rule lands before the stream's headers are read)
-            config["tables"]["items"]["allow"] = [
-                rule for rule in config["tables"]["items"]["allow"] if rule["name"] != "member"
-            ]
-            path.with_suffix(".next").write_text(yaml.safe_dump(config))
-            os.replace(path.with_suffix(".next"), path)
-            assert proxy.app.holder.reload()
+            proxy.withdraw("member")
+            proxy.reload()
         return upstream
 
     monkeypatch.setattr(forwarder, "_open_shared", open_then_revoke)

@@ -16,72 +16,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
 import pytest
-import yaml
 
-import proxy.http.fastlane as fastlane
-from proxy.config.loader import load_config
-from tests.proxy.proxy_fakes import base_config
+from tests.proxy.real_proxies import items_config, waiting_on_lock
 from tests.support.engine_process import EngineProcess, sync_through
 from tests.support.waiting import wait_until_async
-
-
-def _config(engine: EngineProcess, idp_server: Any, collapse: bool) -> dict[str, Any]:
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
-    config["upstream"].update(first_byte_timeout=600)
-    if not collapse:
-        config["collapse"] = False
-        config["cache"] = {"max_bytes": 0}
-    return config
-
-
-def _waiting_on_lock(db_url: str) -> int:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query ILIKE '%items%'"
-        ).fetchone()
-    return int(row[0]) if row else 0
 
 
 @pytest.mark.parametrize("mode", ["collapsed", "direct", "fast"])
 async def test_a_subset_in_flight_at_a_narrowing_reload_gets_no_hidden_column(
     mode: str,
-    monkeypatch: pytest.MonkeyPatch,
-    start_engine: Any,
+    items_engine: EngineProcess,
     db_url: str,
     idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    reloadable_proxy: Any,
+    fast_lane_taken: list[str],
 ) -> None:
-    engine = start_engine(
-        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
-        "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1'), (3, 'org-a', 'a3')",
-        args=("--no-fsync",),
+    config = items_config(
+        items_engine, idp_server, collapse=mode == "collapsed", first_byte_timeout=600
     )
-    path = tmp_path / "proxy.yaml"
-    config = _config(engine, idp_server, mode == "collapsed")
-    path.write_text(yaml.safe_dump(config))
-    proxy = await make_proxy(
-        load_config(path, environ), config_path=path, environ=environ, fast_lane=mode == "fast"
-    )
-    taken: list[str] = []
-    start = fastlane.start
-
-    def spy(app: Any, request: Any, client: Any) -> Any:
-        answer = start(app, request, client)
-        if answer is not None:
-            taken.append(request.raw_path)
-        return answer
-
-    monkeypatch.setattr(fastlane, "start", spy)
+    proxy = await reloadable_proxy(config, fast_lane=mode == "fast")
     token = proxy.tokens.make()
     rows, handle, offset = await sync_through(proxy, token)
     assert all("org_id" in row for row in rows.values())  # the member rule's columns, for now
@@ -113,18 +71,17 @@ async def test_a_subset_in_flight_at_a_narrowing_reload_gets_no_hidden_column(
         tasks = [asyncio.create_task(f()) for f in (get_subset, post_subset, new_shape)]
         # All are authorised and wait in the engine's queries, behind the lock.
         await wait_until_async(
-            lambda: _waiting_on_lock(db_url) >= 3, timeout=120, message="all three wait"
+            lambda: waiting_on_lock(db_url) >= 3, timeout=120, message="all three wait"
         )
         member = config["tables"]["items"]["allow"][1]
         member["columns"] = ["id", "title"]
-        path.with_suffix(".next").write_text(yaml.safe_dump(config))
-        os.replace(path.with_suffix(".next"), path)
-        assert proxy.app.holder.reload()
+        proxy.reload()
     finally:
         lock.rollback()
         lock.close()
     answers = await asyncio.gather(*tasks)
-    assert len(taken) == (1 if mode == "fast" else 0), taken  # (the GET subset's second time)
+    # (the GET subset's second time)
+    assert len(fast_lane_taken) == (1 if mode == "fast" else 0), fast_lane_taken
     # The subsets name the old shape's handle: under the new rule (another shape) the engine
     # answers 409 must-refetch, as to any request made after the reload; the new shape's
     # snapshot is the new rule's.

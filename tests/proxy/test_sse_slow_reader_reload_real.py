@@ -16,29 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 
-from proxy.config.loader import load_config
-from tests.proxy.proxy_fakes import base_config
+from tests.proxy.real_proxies import items_config
 from tests.proxy.sse_fakes import RawSseSocket
 from tests.support.engine_process import EngineProcess, sync_through
 from tests.support.waiting import wait_until_async
 
 ROWS = 600  # x 5 KB: far more than LAG_LIMIT (256 KB) plus the socket buffers
 LEAK_ID = 100_000
-
-
-def _config(engine: EngineProcess, idp_server: Any) -> dict[str, Any]:
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
-    config["upstream"].update(first_byte_timeout=30)
-    config["tables"]["items"]["allow"][1]["sse"] = True
-    config["server"] = {"reload_interval": 0.05}
-    return config
 
 
 def _sse_ids(body: bytes) -> list[str]:
@@ -50,22 +38,10 @@ def _sse_ids(body: bytes) -> list[str]:
 
 
 async def test_a_slow_sse_reader_gets_nothing_written_after_a_reload_withdrew_its_rule(
-    start_engine: Any,
-    db_url: str,
-    idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    items_engine: EngineProcess, db_url: str, idp_server: Any, reloadable_proxy: Any
 ) -> None:
-    engine = start_engine(
-        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text)",
-        "INSERT INTO items VALUES (1, 'org-a', 'a1'), (2, 'org-b', 'b1')",
-        args=("--no-fsync",),
-    )
-    path = tmp_path / "proxy.yaml"
-    config = _config(engine, idp_server)
-    path.write_text(yaml.safe_dump(config))
-    proxy = await make_proxy(load_config(path, environ), config_path=path, environ=environ)
+    config = items_config(items_engine, idp_server, sse=True, reload_interval=0.05)
+    proxy = await reloadable_proxy(config)
     token = proxy.tokens.make()
     _, handle, offset = await sync_through(proxy, token)
     target = f"/v1/shape?table=items&handle={handle}&offset={offset}"
@@ -101,11 +77,8 @@ async def test_a_slow_sse_reader_gets_nothing_written_after_a_reload_withdrew_it
         streams = list(proxy.app.forwarder._streams._streams.values())
         assert [len(stream.subscribers) for stream in streams] == [1], "the slow one fell behind"
         # The reload withdraws the member rule (the token's only rule).
-        config["tables"]["items"]["allow"] = [
-            rule for rule in config["tables"]["items"]["allow"] if rule["name"] != "member"
-        ]
-        path.with_suffix(".next").write_text(yaml.safe_dump(config))
-        os.replace(path.with_suffix(".next"), path)
+        proxy.withdraw("member")
+        proxy.write_config()
 
         async def refused() -> bool:
             async with proxy.client.get(

@@ -18,15 +18,10 @@ from typing import Any
 
 import pytest
 
-from proxy.config.loader import build_config
 from proxy.limits.upstream import secret_forms, secret_marker
 from proxy.upstream.headers import upstream_response_headers, without_secret_lines
-from tests.proxy import test_fastlane_real
-from tests.proxy.proxy_fakes import base_config
 from tests.proxy.test_fastlane_real import _raw_engine
-from tests.proxy.test_upstream_client import RawServer, read_request
-
-fast_lane_taken = test_fastlane_real.fast_lane_taken  # (a fixture: the fast lane's requests)
+from tests.proxy.test_upstream_client import read_request
 
 ELECTRIC = "electric-handle: 1-2\r\nelectric-offset: 0_0\r\nelectric-schema: {{}}\r\n"
 ANSWERS = {
@@ -76,11 +71,9 @@ async def test_no_upstream_header_hands_the_engine_secret_to_the_client(
 async def test_no_upstream_header_hands_the_secret_on_through_collapse_and_cache(
     name: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
 ) -> None:
-    async with RawServer(_serve(ANSWERS[name])) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        proxy = await make_proxy(build_config(config, environ))
+    serve = _serve(ANSWERS[name])
+    async with _raw_engine(serve, idp_server, environ, straight=False) as (_, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         reply = await proxy.raw_get("/v1/shape?table=items&offset=-1", alice)
         assert "secret=" not in repr(list(reply.headers.items())), reply.headers

@@ -20,13 +20,8 @@ from typing import Any
 
 import pytest
 
-from proxy.config.loader import build_config
-from tests.proxy import test_fastlane_real
-from tests.proxy.proxy_fakes import base_config
 from tests.proxy.test_fastlane_real import _raw_engine
-from tests.proxy.test_upstream_client import RawServer, read_request
-
-fast_lane_taken = test_fastlane_real.fast_lane_taken  # (a fixture: the fast lane's requests)
+from tests.proxy.test_upstream_client import read_request
 
 REDIRECTS = {
     301: "Moved Permanently",
@@ -108,11 +103,8 @@ async def test_a_redirect_is_a_502_never_collapsed_into_or_cached(
     """The default path, collapsing and the response cache on: concurrent requests and a
     later one each get the 502, and the later one went to the engine again (nothing kept)."""
     engine = Engine(status, chunked=chunked)
-    async with RawServer(engine.serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(engine.serve, idp_server, environ, straight=False) as (_, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         target = "/v1/shape?table=items&offset=-1"
         replies = await asyncio.gather(*(proxy.raw_get(target, alice) for _ in range(3)))
@@ -181,11 +173,8 @@ async def test_a_redirect_of_a_live_request_is_the_same_502(
 ) -> None:
     """A long-poll and an SSE request (the shared stream's engine request), defaults on."""
     engine = Engine(status)
-    async with RawServer(engine.serve) as server:
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
-        config = base_config(f"http://127.0.0.1:{port}", str(idp_server.make_url("/jwks.json")))
-        proxy = await make_proxy(build_config(config, environ))
+    async with _raw_engine(engine.serve, idp_server, environ, straight=False) as (_, loaded):
+        proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         live = "/v1/shape?table=items&offset=0_0&handle=1-2&live=true"
         for target in (live, live + "&live_sse=true"):
