@@ -16,24 +16,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.cdn.processes import nginx_binary, running, status_of
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RENDER = ROOT / "config" / "nginx" / "render.py"
 SECRET = "cdn-secret-never-logged-7c1e9a"
-
-
-def _nginx() -> str:
-    path = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(path).exists():
-        pytest.fail("nginx is not installed: apt-get install -y nginx-light")
-    return path
 
 
 @pytest.mark.parametrize("main_level", ["notice", "crit"])
@@ -53,34 +45,11 @@ def test_an_upstream_failure_does_not_log_the_engine_secret(main_level: str) -> 
     # As the official nginx image's nginx.conf has it (docker-compose.yml), or as shipped.
     main.write_text(text.replace("error_log stderr crit;", f"error_log stderr {main_level};"))
     err = scratch / "stderr.log"
-    with err.open("wb") as sink:
-        proc = subprocess.Popen(
-            [_nginx(), "-c", str(main), "-p", str(conf_dir)],
-            stdout=subprocess.DEVNULL, stderr=sink,
-        )  # fmt: skip
-    try:
+    nginx = [nginx_binary(), "-c", str(main), "-p", str(conf_dir)]
+    with err.open("wb") as sink, running(nginx, stdout=subprocess.DEVNULL, stderr=sink):
         url = f"http://127.0.0.1:{port}/v1/shape?table=items&offset=-1&secret={SECRET}"
-        deadline = time.monotonic() + 10
-        status = None
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=5) as resp:
-                    status = resp.status
-            except urllib.error.HTTPError as exc:
-                status = exc.code
-            except OSError:
-                time.sleep(0.1)  # (nginx not listening yet)
-                continue
-            break
-        assert status == 502  # the engine is down: nginx's own answer
+        assert status_of(url) == 502  # the engine is down: nginx's own answer
         time.sleep(0.3)  # (the worker writes its log line as it answers)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
     log = err.read_text(errors="replace")
     shutil.rmtree(scratch, ignore_errors=True)
     assert SECRET not in log, log[-2000:]

@@ -24,13 +24,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.cdn.processes import nginx_binary, running, status_of
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,13 +38,6 @@ SECRET = "cdn-secret-not-for-nobody-5b2e81"
 CACHED = re.compile(r"[0-9a-f]{32}")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="nginx drops privileges only as root")
-
-
-def _nginx() -> str:
-    path = shutil.which("nginx") or "/usr/sbin/nginx"
-    if not Path(path).exists():
-        pytest.fail("nginx is not installed: apt-get install -y nginx-light")
-    return path
 
 
 class _Engine(http.server.BaseHTTPRequestHandler):
@@ -76,21 +68,6 @@ def engine() -> Iterator[int]:
         server.server_close()
 
 
-def _get(url: str) -> int:
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                resp.read()
-                return int(resp.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)  # (nginx not listening yet)
-
-
 def test_the_cache_is_not_readable_by_nobody(engine: int) -> None:
     scratch = Path(tempfile.mkdtemp(prefix="shapegate-nginx-"))
     scratch.chmod(0o755)  # (nginx's workers run as an unprivileged account)
@@ -104,26 +81,16 @@ def test_the_cache_is_not_readable_by_nobody(engine: int) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert rendered.returncode == 0, rendered.stderr
-    proc = subprocess.Popen(
-        [_nginx(), "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
+    nginx = [nginx_binary(), "-c", str(conf_dir / "nginx.conf"), "-p", str(conf_dir)]
+    with running(nginx, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
         url = f"http://127.0.0.1:{port}/v1/shape?table=items&offset=-1&secret={SECRET}"
-        assert _get(url) == 200
+        assert status_of(url) == 200
         files: list[Path] = []
         deadline = time.monotonic() + 30
         while not files and time.monotonic() < deadline:  # (renamed into place as it ends)
             # (the entry's own name: its key's MD5; a temporary file has a suffix)
             files = [p for p in (conf_dir / "cache").rglob("*") if CACHED.fullmatch(p.name)]
             time.sleep(0.05)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
     try:
         assert len(files) == 1, files
         cached = files[0]

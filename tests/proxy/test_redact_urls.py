@@ -24,6 +24,7 @@ from proxy.auth.jwks import JwksCache
 from proxy.errors import ServiceUnavailable
 from proxy.redact import redact_url
 from proxy.upstream.url import mask_url
+from tests.cdn.processes import running
 from tests.support.ports import free_port
 from tests.support.waiting import wait_until
 
@@ -77,20 +78,12 @@ def test_the_listening_line_shows_no_password_of_upstream_url(tmp_path: Path) ->
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "proxy", "--config", str(path), "--port", str(free_port())]
     log = tmp_path / "proxy.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with (
+        log.open("wb") as out,
+        running(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT),
+    ):
         wait_until(lambda: "listening on" in log.read_text(), timeout=30, interval=0.1)
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
     text = log.read_text()
     assert "UPSTREAMPW-r7" not in text
     assert "upuser:[REDACTED]@127.0.0.1" in text
