@@ -67,6 +67,10 @@ _ALLOWED_NODES = frozenset(
         "CoalesceExpr",
         "SortBy",
         "CollateClause",
+        # (left to the engine, which evaluates it or refuses it in its words; each arm's
+        # columns are checked as any, and it runs only on rows the enforced filter admits)
+        "CaseExpr",
+        "CaseWhen",
     }
 )
 

@@ -92,3 +92,32 @@ async def test_a_clients_bad_where_is_the_engines_answer_byte_for_byte(
     for tail, who, (_, engine_body), (_, proxy_body) in differences:
         print(tail, who, engine_body, proxy_body, sep="\n  ")
     assert differences == []
+
+
+#: Clauses the proxy once refused as nodes it did not know, which the engine judges itself
+#: (wherefuzz 01:58: the engine evaluates CASE): refused in the engine's words, or served.
+JUDGED_BY_THE_ENGINE = [
+    "where=" + quote("(CASE WHEN title = 'a1' THEN 1 ELSE 2 END) = 1"),
+    "where=" + quote("(CASE id WHEN 1 THEN 'x' WHEN 2 THEN 'y' END) = 'y'"),
+]
+
+
+async def test_a_case_where_is_answered_as_the_engine_answers_it(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """As an admin (the client's clause checked and sent alone): the engine's answer byte for
+    byte, a refusal or rows (the proxy said 400 `CaseExpr is not allowed in a client clause`)."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["cors"] = {"allow_origins": ["*"]}  # (the engine's own CORS answer)
+    proxy = await make_proxy(build_config(config, environ))
+    admin = proxy.tokens.make(role="admin")
+    async with aiohttp.ClientSession() as session:
+        for tail in JUDGED_BY_THE_ENGINE:
+            path = f"/v1/shape?table=items&offset=-1&{tail}"
+            async with session.get(f"{engine.url}{path}&secret={proxy.secret}") as resp:
+                body = await resp.read()
+                straight = _comparable(resp.status, resp.headers, body, "GET")
+            reply = await proxy.get(path, token=admin)
+            through = _comparable(reply.status, reply.headers, reply.body, "GET")
+            assert through == straight, (tail, body, reply.body)

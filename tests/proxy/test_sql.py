@@ -70,6 +70,22 @@ def test_client_where_hidden_column_forbidden() -> None:
     assert info.value.reason == "column_not_allowed"
 
 
+def test_a_case_expression_is_the_engines_to_judge_and_reads_only_visible_columns() -> None:
+    """CASE is no longer refused as a node the proxy does not know (the engine evaluates it,
+    wherefuzz 01:58): it goes to the engine, which serves it or refuses it in its words; a
+    hidden column in any arm is forbidden."""
+    clause = "(CASE WHEN title = 'a' THEN 1 ELSE 2 END) = 1"
+    assert "CASE WHEN" in check_client_where(clause, {"id", "title"}, what="where").sql
+    for hidden in (
+        "(CASE WHEN salary > 1 THEN 1 ELSE 2 END) = 1",
+        "(CASE WHEN title = 'a' THEN salary ELSE 2 END) = 1",
+        "(CASE title WHEN 'a' THEN 1 ELSE salary END) = 1",
+        "(CASE salary WHEN 1 THEN 1 END) = 1",
+    ):
+        with pytest.raises(Forbidden):
+            check_client_where(hidden, {"id", "title"}, what="where")
+
+
 def test_quoted_column_names_keep_case() -> None:
     check_client_where('"Title" = $1', {"Title"}, what="where")
     with pytest.raises(Forbidden):
