@@ -909,9 +909,11 @@ class Forwarder:
             await collapsing.settled(flight)
             self.still_authorised(target)  # (revoked meanwhile: see `_collapsed`)
             if flight.head is not None and flight.head.status == 304:
+                # Confirmed current by the engine just now: fresh again (RFC 9111 4.3.4), so
+                # no `Age` from its first fetch (twin 02:02: a tier in front took it as up to
+                # an hour old, stale at once; the engine sends no `Age`).
                 self.metrics.cache_hit()
-                age = self.cache.now() - entry.stored_at
-                return Outcome(from_cache(entry, age), entry.status, "revalidated")
+                return Outcome(from_cache(entry, 0.0), entry.status, "revalidated")
             self.metrics.cache_miss()
             return await collapsing.wait(flight, request, options, joined=joined)
         finally:
