@@ -56,9 +56,9 @@ from .shapes.where.zones import ZoneAgreement
 from .single_flight import single_flight
 from .snapshot import errors as snapshot_errors
 from .snapshot.batch import SnapshotJob
-from .snapshot.errors import to_engine_error
+from .snapshot.errors import Abandoned, to_engine_error
 from .snapshot.query import row_json_sql
-from .snapshot.scheduler import Abandoned, SnapshotScheduler
+from .snapshot.scheduler import SnapshotScheduler
 from .stopping import cancel_and_wait, in_own_thread
 from .tables import Tables
 from .tenants.diagnose import public_reason

@@ -108,9 +108,12 @@ async def _run(
         # A check in flight may have read the file before this fstat: not ours to keep.
         if shared in pending or key in _kept:
             return
-        await single_flight(
-            pending, shared, lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd)
-        )
+        if not shape_log.snapshot_check_kept(index, st):  # (else no thread hop: it stands)
+            await single_flight(
+                pending,
+                shared,
+                lambda: asyncio.to_thread(shape_log.check_snapshot_file, index, fd),
+            )
     except Exception:  # (damaged, unreadable: the request for it checks again and says so)
         return
     finally:

@@ -390,8 +390,8 @@ class ShapeView:
         file the same (one written to since is checked again)."""
         st = os.fstat(fd)
         checked = ident(st)
-        if not offset and check_ahead.take(st):
-            return checked
+        if (not offset and check_ahead.take(st)) or shape_log.snapshot_check_kept(index, st):
+            return checked  # (checked ahead, or a kept check stands: no thread hop for it)
         await single_flight(
             self._file_checks,
             (*checked, offset),

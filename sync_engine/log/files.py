@@ -168,7 +168,10 @@ _Identity: TypeAlias = tuple[int, int, int, int, int]
 
 
 def _identity(fd: int) -> _Identity:
-    st = os.fstat(fd)
+    return _identity_of(os.fstat(fd))
+
+
+def _identity_of(st: os.stat_result) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -711,6 +714,26 @@ class ShapeLog:
             return packed.pack.path, packed.offset, packed.size
         return self._snapshot_name(index), 0, self._snapshot_sums[index][0]
 
+    def _snapshot_region(self, index: int) -> tuple[str, int]:
+        """(path, start) of the file region holding chunk `index`: its own file from 0, or
+        its pack from the chunk's offset for a last chunk kept there."""
+        packed = self.packed
+        if packed is not None and index == self._inline_index():
+            return packed.pack.path, packed.offset  # (a pack grows: R, L records)
+        return self._snapshot_name(index), 0
+
+    def snapshot_check_kept(self, index: int, st: os.stat_result) -> bool:
+        """Whether a passed check of chunk `index` stands for the file `st` describes (an
+        `fstat` of the descriptor about to send it): `verdicts.holds`, what
+        `check_snapshot_file` asks first, so that a send needing no check is not handed to
+        a worker thread and back for it. Cheap enough for the event loop: a dict look-up,
+        and when a check was kept, two reads of the block device's counters in sysfs
+        (kernel memory: no disk read)."""
+        expected = self._snapshot_sums.get(index)
+        if expected is None:
+            return False
+        return verdicts.holds(_identity_of(st), self._snapshot_region(index)[1], *expected)
+
     def check_snapshot_file(self, index: int, fd: int) -> None:
         """Check `fd`, opened to send chunk `index` as it is (its file, or its pack for a last
         chunk kept there: the chunk's region of it), against the size and crc32 it was
@@ -724,11 +747,7 @@ class ShapeLog:
         for the sends after it while neither the file (one `fstat`) nor its disk (nothing
         read from it since) can have changed the bytes: see `verdicts`."""
         expected = self._snapshot_sums.get(index)
-        packed = self.packed
-        if packed is not None and index == self._inline_index():
-            path, start = packed.pack.path, packed.offset  # (a pack grows: R, L records)
-        else:
-            path, start = self._snapshot_name(index), 0
+        path, start = self._snapshot_region(index)
         if expected is None:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         try:

@@ -23,9 +23,11 @@ So a passed check is kept (`remember`) keyed by the file's identity, the region 
 it was checked against, with the device's read count taken before it began, and a send
 uses it (`holds`) when the file's identity (one `fstat` of the open descriptor) and the
 device's count are unchanged: 1 and 2 are then caught as before, at the next send after
-them. What is given up: 3 (the every-send check caught it: ECC memory is the remedy), and,
-on kernels before 6.13 (coarse timestamps), a write in place within the same clock tick
-(1-4 ms) as the file's previous change (its making, or a pack's last record) and after
+them. The send asks on the event loop (`ShapeLog.snapshot_check_kept`: a dict look-up and
+two reads of sysfs) and goes to a worker thread only for a check to make. What is given
+up: 3 (the every-send check caught it: ECC memory is the remedy), and, on kernels before
+6.13 (coarse timestamps), a write in place within the same clock tick (1-4 ms) as the
+file's previous change (its making, or a pack's last record) and after
 the check, which can leave every time as it was.
 
 Filesystems whose device cannot vouch are checked at every send as before: no block device

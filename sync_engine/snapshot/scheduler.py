@@ -38,7 +38,7 @@ from ..stopping import STOP_WAIT, cancel_and_wait
 from . import errors as snapshot_errors
 from .batch import Connection, SnapshotBehind, SnapshotJob, is_bulk, run_batch, send_batch
 from .bulk import Split
-from .errors import Abandoned as Abandoned  # (re-exported: `Source` tells it apart)
+from .errors import Abandoned
 
 if TYPE_CHECKING:
     from ..shapes.shape import Shape

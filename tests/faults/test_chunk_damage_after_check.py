@@ -18,63 +18,35 @@ else reads that disk meanwhile).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
-import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
+from tests.faults.chunk_disk import (
+    ext2_disk,
+    get,
+    loop_usable,
+    snapshot_then_restart,
+    values,
+    widen_items,
+)
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.waiting import wait_until_async
-
-
-def _loop_usable() -> bool:
-    if os.geteuid() != 0:
-        return False
-    try:
-        return subprocess.run(["losetup", "-f"], capture_output=True, check=False).returncode == 0
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager
 def _data_dir(tmp_path: Path) -> Iterator[Path]:
     """A directory for the engine's data: on an ext2 filesystem of its own (a loop device)
     when possible, else under `tmp_path`."""
-    mnt = tmp_path / "data"
-    mnt.mkdir()
-    if not _loop_usable():
-        yield mnt
+    if not loop_usable():
+        (tmp_path / "data").mkdir()
+        yield tmp_path / "data"
         return
-    image = tmp_path / "disk.img"
-    with open(image, "wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext2", "-q", "-b", "4096", "-F", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    try:
+    with ext2_disk(tmp_path) as (_, mnt):
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-
-
-def _get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=60) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
-
-
-def _values(body: bytes) -> dict[str, Any]:
-    return {m["key"]: m["value"] for m in orjson.loads(body) if "key" in m}
 
 
 def _flip_in_place(chunk: Path, keep_times: bool) -> None:
@@ -101,8 +73,7 @@ def _flip_in_place(chunk: Path, keep_times: bool) -> None:
 async def test_a_chunk_written_in_place_after_its_check_is_a_409_not_its_bytes(
     cluster: FaultCluster, tmp_path: Path, keep_times: bool
 ) -> None:
-    cluster.query("ALTER TABLE items ADD COLUMN t text NOT NULL DEFAULT repeat('x', 200)")
-    cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, 2000) g")
+    widen_items(cluster)
     with _data_dir(tmp_path) as data:
         engine = EngineProcess(
             cluster.url, data, "--long-poll-timeout", "2", "--chunk-bytes", "65536"
@@ -110,33 +81,24 @@ async def test_a_chunk_written_in_place_after_its_check_is_a_409_not_its_bytes(
         engine.log = tmp_path / "engine.log"
         url = engine.url + "/v1/shape?table=items&offset=-1"
         try:
-            await asyncio.to_thread(engine.start)
-            status, headers, first = _get(url)
-            assert status == 200
-            handle = headers["electric-handle"]
-            await wait_until_async(
-                lambda: any(handle.encode() in p.read_bytes() for p in data.rglob("*.pack")),
-                message="the snapshot packed",
-            )
-            # Started again: the chunk is no longer in memory. The first request reads and
-            # checks it, the second checks its file and sends it (the check is kept), the
-            # third sends it on the kept check.
-            engine.stop()
-            await asyncio.to_thread(engine.start)
+            # Started again after the snapshot: the chunk is no longer in memory. The first
+            # request reads and checks it, the second checks its file and sends it (the
+            # check is kept), the third sends it on the kept check.
+            first, handle = await snapshot_then_restart(engine, url)
             for _ in range(3):
-                status, headers, body = _get(url)
+                status, headers, body = get(url)
                 assert (status, body) == (200, first)
             assert headers["electric-handle"] == handle
             chunk = next(data.rglob(f"{handle}.snapshot.00000.json"))
 
             _flip_in_place(chunk, keep_times)
 
-            status, headers, body = _get(url)
-            changed = sorted(k for k, v in _values(body).items() if v["v"] != "0")
+            status, headers, body = get(url)
+            changed = sorted(k for k, v in values(body).items() if v["v"] != "0")
             assert status == 409, f"the damaged chunk was sent: {changed}"
             # the client's refetch: a new shape, its rows as Postgres has them
-            status, headers, again = _get(url)
+            status, headers, again = get(url)
             assert status == 200 and headers["electric-handle"] != handle
-            assert _values(again) and {v["v"] for v in _values(again).values()} == {"0"}
+            assert values(again) and {v["v"] for v in values(again).values()} == {"0"}
         finally:
             engine.stop()

@@ -13,51 +13,30 @@ returns other bytes would. Needs root and a loop device (skipped otherwise).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import os
 import struct
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 
+from tests.faults.chunk_disk import (
+    BLOCK,
+    ext2_disk,
+    get,
+    loop_usable,
+    snapshot_then_restart,
+    values,
+    widen_items,
+)
 from tests.faults.cluster import FaultCluster
 from tests.support.engine_process import EngineProcess
-from tests.support.waiting import wait_until_async
 
 FIBMAP = 1
-BLOCK = 4096
 
-
-def _loop_usable() -> bool:
-    if os.geteuid() != 0:
-        return False
-    try:
-        return subprocess.run(["losetup", "-f"], capture_output=True, check=False).returncode == 0
-    except OSError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _loop_usable(), reason="needs root and a free loop device")
-
-
-def _get(url: str) -> tuple[int, dict[str, str], bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
-            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()
-
-
-def _values(body: bytes) -> dict[str, Any]:
-    return {m["key"]: m["value"] for m in orjson.loads(body) if "key" in m}
+pytestmark = pytest.mark.skipif(not loop_usable(), reason="needs root and a free loop device")
 
 
 def _damage_below_the_filesystem(image: Path, chunk: Path, old: bytes, new: bytes) -> None:
@@ -99,56 +78,46 @@ def _damage_below_the_filesystem(image: Path, chunk: Path, old: bytes, new: byte
     assert chunk.read_bytes() == damaged, "the damage is not seen"
 
 
+def _damage_keeping_identity(image: Path, path: Path) -> None:
+    """`_damage_below_the_filesystem` of the first `"v":"0"` in `path` to `"v":"7"`; its
+    inode, size and times stay as they were."""
+    before = os.stat(path)
+    _damage_below_the_filesystem(image, path, b'"v":"0"', b'"v":"7"')
+    after = os.stat(path)
+    assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+        before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns
+    )  # fmt: skip
+
+
 @pytest.mark.timeout(120)
 async def test_a_chunk_damaged_under_its_file_times_is_a_409_not_its_rows(
     cluster: FaultCluster, tmp_path: Path
 ) -> None:
-    cluster.query("ALTER TABLE items ADD COLUMN t text NOT NULL DEFAULT repeat('x', 200)")
-    cluster.query("INSERT INTO items SELECT g, 0 FROM generate_series(21, 2000) g")
-    image, mnt = tmp_path / "disk.img", tmp_path / "data"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext2", "-q", "-b", str(BLOCK), "-F", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    args = ("--long-poll-timeout", "2", "--chunk-bytes", "65536")
-    engine = EngineProcess(cluster.url, mnt, *args)
-    engine.log = tmp_path / "engine.log"
-    url = engine.url + "/v1/shape?table=items&offset=-1"
-    try:
-        await asyncio.to_thread(engine.start)
-        status, headers, first = _get(url)
-        assert status == 200
-        handle = headers["electric-handle"].encode()
-        await wait_until_async(
-            lambda: any(handle in p.read_bytes() for p in mnt.rglob("*.pack")),
-            message="the snapshot packed",
-        )
-        # started again: the chunk is no longer in memory, its file is read and checked once
-        engine.stop()
-        await asyncio.to_thread(engine.start)
-        for _ in range(2):  # checked, then sent as its file
-            status, headers, body = _get(url)
-            assert (status, body) == (200, first)
-        assert headers["electric-handle"].encode() == handle
-        chunk = next(mnt.rglob(f"{handle.decode()}.snapshot.00000.json"))
-        before = os.stat(chunk)
-        _damage_below_the_filesystem(image, chunk, b'"v":"0"', b'"v":"7"')
-        after = os.stat(chunk)
-        assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
-            before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns
-        )  # fmt: skip
+    widen_items(cluster)
+    with ext2_disk(tmp_path) as (image, mnt):
+        args = ("--long-poll-timeout", "2", "--chunk-bytes", "65536")
+        engine = EngineProcess(cluster.url, mnt, *args)
+        engine.log = tmp_path / "engine.log"
+        url = engine.url + "/v1/shape?table=items&offset=-1"
+        try:
+            # started again: the chunk is no longer in memory, its file is read and checked
+            first, handle = await snapshot_then_restart(engine, url)
+            for _ in range(2):  # checked, then sent as its file
+                status, headers, body = get(url)
+                assert (status, body) == (200, first)
+            assert headers["electric-handle"] == handle
+            chunk = next(mnt.rglob(f"{handle}.snapshot.00000.json"))
+            _damage_keeping_identity(image, chunk)
 
-        status, headers, body = _get(url)
-        changed = sorted(k for k, v in _values(body).items() if v["v"] != "0")
-        assert status == 409, f"the damaged chunk was sent: {changed}"
-        # the client's refetch: a new shape, its rows as Postgres has them (every v is 0)
-        status, headers, again = _get(url)
-        assert status == 200 and headers["electric-handle"].encode() != handle
-        assert _values(again) and {v["v"] for v in _values(again).values()} == {"0"}
-    finally:
-        engine.stop()
-        subprocess.run(["umount", str(mnt)], check=False)
+            status, headers, body = get(url)
+            changed = sorted(k for k, v in values(body).items() if v["v"] != "0")
+            assert status == 409, f"the damaged chunk was sent: {changed}"
+            # the client's refetch: a new shape, its rows as Postgres has them (every v is 0)
+            status, headers, again = get(url)
+            assert status == 200 and headers["electric-handle"] != handle
+            assert values(again) and {v["v"] for v in values(again).values()} == {"0"}
+        finally:
+            engine.stop()
 
 
 @pytest.mark.timeout(120)
@@ -159,48 +128,29 @@ async def test_a_last_chunk_damaged_in_its_pack_is_a_409_not_its_rows(
     the engine sends it from the pack's region as it sends a chunk file (checked, then
     `os.sendfile` at its offset), and the check must cover that region: a 409, never the
     changed row."""
-    image, mnt = tmp_path / "disk.img", tmp_path / "data"
-    mnt.mkdir()
-    with open(image, "wb") as f:
-        f.truncate(32 << 20)
-    subprocess.run(["mkfs.ext2", "-q", "-b", str(BLOCK), "-F", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mnt)], check=True)
-    engine = EngineProcess(cluster.url, mnt, "--long-poll-timeout", "2")
-    engine.log = tmp_path / "engine.log"
-    url = engine.url + "/v1/shape?table=items&offset=-1"
-    try:
-        await asyncio.to_thread(engine.start)
-        status, headers, first = _get(url)
-        assert status == 200 and len(_values(first)) == 20
-        handle = headers["electric-handle"].encode()
-        await wait_until_async(
-            lambda: any(handle in p.read_bytes() for p in mnt.rglob("*.pack")),
-            message="the snapshot packed",
-        )
-        (pack,) = [p for p in mnt.rglob("*.pack") if handle in p.read_bytes()]
-        assert first[1:-1] in pack.read_bytes(), "the chunk is not kept in the pack"
-        assert not list(mnt.rglob("*.snapshot.*.json")), "the chunk has a file of its own"
-        # started again: the chunk is no longer in memory, read and checked once, then sent
-        # from its pack's region
-        engine.stop()
-        await asyncio.to_thread(engine.start)
-        for _ in range(2):
-            status, headers, body = _get(url)
-            assert (status, body) == (200, first)
-        assert headers["electric-handle"].encode() == handle
-        before = os.stat(pack)
-        _damage_below_the_filesystem(image, pack, b'"v":"0"', b'"v":"7"')
-        after = os.stat(pack)
-        assert (after.st_ino, after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
-            before.st_ino, before.st_size, before.st_mtime_ns, before.st_ctime_ns
-        )  # fmt: skip
+    with ext2_disk(tmp_path) as (image, mnt):
+        engine = EngineProcess(cluster.url, mnt, "--long-poll-timeout", "2")
+        engine.log = tmp_path / "engine.log"
+        url = engine.url + "/v1/shape?table=items&offset=-1"
+        try:
+            # started again: the chunk is no longer in memory, read and checked once, then
+            # sent from its pack's region
+            first, handle = await snapshot_then_restart(engine, url)
+            assert len(values(first)) == 20
+            (pack,) = [p for p in mnt.rglob("*.pack") if handle.encode() in p.read_bytes()]
+            assert first[1:-1] in pack.read_bytes(), "the chunk is not kept in the pack"
+            assert not list(mnt.rglob("*.snapshot.*.json")), "the chunk has a file of its own"
+            for _ in range(2):
+                status, headers, body = get(url)
+                assert (status, body) == (200, first)
+            assert headers["electric-handle"] == handle
+            _damage_keeping_identity(image, pack)
 
-        status, headers, body = _get(url)
-        changed = sorted(k for k, v in _values(body).items() if v["v"] != "0")
-        assert status == 409, f"the damaged chunk was sent: {changed}"
-        status, headers, again = _get(url)
-        assert status == 200 and headers["electric-handle"].encode() != handle
-        assert len(_values(again)) == 20 and {v["v"] for v in _values(again).values()} == {"0"}
-    finally:
-        engine.stop()
-        subprocess.run(["umount", str(mnt)], check=False)
+            status, headers, body = get(url)
+            changed = sorted(k for k, v in values(body).items() if v["v"] != "0")
+            assert status == 409, f"the damaged chunk was sent: {changed}"
+            status, headers, again = get(url)
+            assert status == 200 and headers["electric-handle"] != handle
+            assert len(values(again)) == 20 and {v["v"] for v in values(again).values()} == {"0"}
+        finally:
+            engine.stop()

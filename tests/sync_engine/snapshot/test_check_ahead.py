@@ -56,6 +56,9 @@ async def test_a_chunk_changed_after_or_while_checked_ahead_is_a_409_not_its_row
             f"INSERT INTO {table} SELECT g, '0', repeat('x', 200) FROM generate_series(1, 20000) g"
         )
     monkeypatch.setattr(check_ahead, "KEEP_FOR", 60.0)  # only a change may make it check again
+    # A check kept while the file and its disk are unchanged (`log/verdicts.py`) spares the
+    # check-ahead (and the request) its worker thread: this test counts the checks made.
+    monkeypatch.setattr(ShapeLog, "snapshot_check_kept", lambda self, index, st: False)
     original = ShapeLog.check_snapshot_file
     checks: list[tuple[str, int]] = []
     damage_when_checked: dict[str, str] = {}  # handle -> the path to change once checked
@@ -122,6 +125,9 @@ class _FakeLog:
 
     def snapshot_chunk_file(self, index: int) -> tuple[str, int, int]:
         return self.path, 0, check_ahead.MIN_BYTES
+
+    def snapshot_check_kept(self, index: int, st: os.stat_result) -> bool:
+        return False
 
     def check_snapshot_file(self, index: int, fd: int) -> None:
         pass
