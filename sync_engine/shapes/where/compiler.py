@@ -80,6 +80,7 @@ from .collation import (
 from .constructs import (
     UNLIMITED,
     constant_refusal,
+    numeric_typmod,
     string_length,
     type_refusal,
     typmods_refused,
@@ -122,6 +123,7 @@ from .resolution import (
     select_common,
 )
 from .semantics import comparison_op, enum_comparison, identity, pg_numeric
+from .semantics import numeric_typmod as numeric_typmod_fn
 from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
 
 #: The types whose literals the engine reads in ISO 8601 only (Postgres reads more).
@@ -972,26 +974,60 @@ class Compiler:
         if sized is not None:
             arg = self.compile(node.arg)
             return self._cast_to_length(arg, *sized, node)
-        target = self._type_name(node.typeName)
+        precision = numeric_typmod(node.typeName)
+        if precision is not None:
+            target = NUMERIC.array_of() if node.typeName.arrayBounds else NUMERIC
+            return self._cast_to(node, target, precision)
+        return self._cast_to(node, self._type_name(node.typeName))
+
+    def _cast_to(
+        self, node: ast.TypeCast, target: PgType, precision: tuple[int, int] | None = None
+    ) -> Expr:
+        """The cast `node` to `target` (to numeric(p, s) or an array of it: `precision`)."""
         if (
             target.array
             and isinstance(node.arg, ast.A_ArrayExpr)
             and not any(isinstance(e, ast.A_ArrayExpr) for e in node.arg.elements)
         ):
-            return self._array_as(node.arg, target, node)
-        arg = self.compile(node.arg)
-        return self.cast(arg, target, node)
+            return self._array_as(node.arg, target, node, precision)
+        arg = self.cast(self.compile(node.arg), target, node)
+        return arg if precision is None else self._cast_to_precision(arg, *precision, node)
 
-    def _array_as(self, array: ast.A_ArrayExpr, target: PgType, node: ast.Node) -> Expr:
+    def _cast_to_precision(self, expr: Expr, precision: int, scale: int, node: ast.Node) -> Expr:
+        """`x::numeric(p, s)` (`decimal(p, s)`, `numeric(p)`, arrays of them): the cast to
+        numeric, then Postgres's typmod coercion numeric(numeric, int4) (an array's on each
+        element): rounded to the scale, "numeric field overflow" past the precision
+        (`semantics.numeric_typmod`). These were a 400 "casting to numeric(5,2) is not
+        supported"; the coercion is immutable and strict, so a constant's is folded."""
+        fit = numeric_typmod_fn(precision, scale)
+
+        def each(value: Value) -> Value:
+            if isinstance(value, tuple):
+                return tuple(None if v is None else each(v) for v in value)
+            assert isinstance(value, Decimal)
+            return fit(value)
+
+        return replace(apply(expr.type, each, [expr], node), column=None, raw=False)
+
+    def _array_as(
+        self,
+        array: ast.A_ArrayExpr,
+        target: PgType,
+        node: ast.Node,
+        precision: tuple[int, int] | None = None,
+    ) -> Expr:
         """`ARRAY[...]::T[]`: Postgres's parse casts each item to T (transformArrayExpr,
         given the cast's type, coerces every element with an explicit cast) rather than
         building an array of the items' common type and casting that: `ARRAY['7']::int4[]`
         is an int4[] of the literal 7 (the engine refused it, "casting text[] to integer[]
         is not supported here": a policy's `ia @> ARRAY[{{n}}]::int4[]`), and
-        `ARRAY['a']::int4[]` fails as the literal 'a'::int4 does."""
+        `ARRAY['a']::int4[]` fails as the literal 'a'::int4 does; to numeric(p, s)[] each
+        item is given the precision (a constant item that overflows fails the clause)."""
         element = target.element
         compiled = [self.compile(e) for e in array.elements]
         items = [self.cast(e, element, e.node or node) for e in compiled]
+        if precision is not None:
+            items = [self._cast_to_precision(e, *precision, e.node or node) for e in items]
         expr = apply_nullable(target, lambda *xs: tuple(xs), items, node)
         return mark(expr, all(coerced_folds(e, element) for e in compiled))
 

@@ -117,8 +117,8 @@ def _check_type(tn: ast.TypeName) -> None:
     names = [n.sval for n in tn.names]
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
-    if string_length(tn) is not None:
-        return  # varchar(n), char(n)
+    if string_length(tn) is not None or numeric_typmod(tn) is not None:
+        return  # varchar(n), char(n), numeric(p, s)
     if tn.typmods:
         raise typmods_refused(names[-1], tn)
     if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGET_NAMES:
@@ -200,11 +200,38 @@ def string_length(tn: ast.TypeName) -> tuple[PgType, int] | None:
     return (VARCHAR if names == ["varchar"] else BPCHAR), n
 
 
+def numeric_typmod(tn: ast.TypeName) -> tuple[int, int] | None:
+    """(precision, scale) of a cast to numeric(p, s) or numeric(p) (scale 0), `decimal`
+    too, or an array of one; None for any other type, or modifiers that are not integer
+    constants (`numeric('5')`: refused). A precision or scale Postgres refuses is refused
+    in its words (numerictypmodin), as it refuses the clause before reading a row."""
+    names = [getattr(n, "sval", "") for n in tn.names]
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    if names != ["numeric"] or not tn.typmods:
+        return None
+    mods = []
+    for m in tn.typmods:
+        val = getattr(m, "val", None) if isinstance(m, ast.A_Const) else None
+        if not isinstance(val, ast.Integer) or not isinstance(val.ival, int):
+            return None
+        mods.append(val.ival)
+    if len(mods) > 2:
+        raise error_at("invalid NUMERIC type modifier", tn)
+    precision, scale = mods[0], (mods[1] if len(mods) == 2 else 0)
+    if not 1 <= precision <= 1000:
+        raise error_at(f"NUMERIC precision {precision} must be between 1 and 1000", tn)
+    if not -1000 <= scale <= 1000:
+        raise error_at(f"NUMERIC scale {scale} must be between -1000 and 1000", tn)
+    return precision, scale
+
+
 def typmods_refused(name: str, tn: ast.TypeName) -> WhereError:
-    """The 400 for a cast to a type with modifiers other than varchar(n) and char(n)."""
+    """The 400 for a cast to a type with modifiers other than varchar(n), char(n) and
+    numeric(p, s)."""
     shown = sized_type_name(name, tn.typmods or ()) + ("[]" if tn.arrayBounds else "")
     return error_at(
         f"casting to {shown} is not supported (the engine applies no precision or fields;"
-        " varchar(n) and char(n) are supported)",
+        " varchar(n), char(n) and numeric(p, s) are supported)",
         tn,
     )
