@@ -732,7 +732,9 @@ class Compiler:
         return bool_expr(lambda row, cache: f(row, cache) is not None, node)
 
     def _BooleanTest(self, node: ast.BooleanTest) -> Expr:
-        arg = self.to_bool(self.compile(node.arg), "IS TRUE")
+        # (Postgres names the test written: "argument of IS NOT FALSE must be type boolean")
+        what = "IS " + BoolTestType(node.booltesttype).name.removeprefix("IS_").replace("_", " ")
+        arg = self.to_bool(self.compile(node.arg), what)
         f = arg.fn
         tests: dict[BoolTestType, Callable[[Value], bool]] = {
             BoolTestType.IS_TRUE: lambda v: v is True,
