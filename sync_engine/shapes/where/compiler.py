@@ -17,7 +17,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from pglast import ast
-from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
+from pglast.enums import A_Expr_Kind, BoolExprType, BoolTestType, MinMaxOp, NullTestType
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo, ColumnMap
@@ -238,6 +238,9 @@ class Compiler:
         self.zones: set[str] = set()  # AT TIME ZONE's zones (zone files' names)
         # every node compiled so far (by id), for what the planner folds (folding.py)
         self.compiled: dict[int, Expr] = {}
+        # nodes the compiler made (a simple CASE's `x = v`): kept so that no other node
+        # takes their ids while `compiled` and `states` hold them
+        self.synthesized: list[ast.Node] = []
 
     # -- entry points --
 
@@ -776,7 +779,12 @@ class Compiler:
             return NO_COLLATION if ident is None else CollState(IMPLICIT, ident)
         if isinstance(node, (ast.A_Const, ast.ParamRef)):  # (no inputs)
             return DEFAULT_IMPLICIT if _collatable(expr.type) else NO_COLLATION
-        inputs = self._merged(self._input_states(node), node)
+        if isinstance(node, ast.CaseExpr):  # (the results', not the conditions' nor x's)
+            outputs = [w.result for w in node.args] + [node.defresult]
+            states = [self.states.get(id(n)) for n in outputs if n is not None]
+            inputs = self._merged([s for s in states if s and s is not NO_COLLATION], node)
+        else:
+            inputs = self._merged(self._input_states(node), node)
         if isinstance(node, ast.CollateClause):
             return CollState(EXPLICIT, self._named_collation(node))
         if not _collatable(expr.type):
@@ -1422,8 +1430,97 @@ class Compiler:
             node,
         )
 
-    def _CaseExpr(self, node: ast.Node) -> Expr:
-        raise error_at("CASE expressions are not supported", node)
+    def _CaseExpr(self, node: ast.CaseExpr) -> Expr:
+        """`CASE WHEN c THEN r ... ELSE d END` and `CASE x WHEN v THEN r ... END` (each WHEN
+        is then `x = v`, an untyped x read as text: transformCaseExpr). The conditions run in
+        order and only the chosen result runs (a row where another result would fail does
+        not fail). The result type is select_common_type's of the ELSE (first) and the
+        results. Postgres's planner simplifies the conditions in order (eval_const_expressions):
+        an arm whose condition is a constant false or NULL is dropped with its result
+        unsimplified, a constant true one ends the CASE (its result is the ELSE; what
+        follows is parsed but never simplified); a CASE left with no arm is its ELSE, a
+        constant if that is one. The result's collation is the results' (not the
+        conditions' nor x's). This was a 400 "CASE expressions are not supported"."""
+        # Parsed first, as Postgres parses the whole CASE (its types, "cannot be matched")
+        # before its planner folds a constant that fails (`1 / 0`).
+        token = UNSIMPLIFIED.set(True)
+        try:
+            for when in node.args:
+                self._case_condition(node, when)
+            outputs = [w.result for w in node.args]
+            parsed = [self.compile(n) for n in [node.defresult, *outputs] if n is not None]
+            self.unify(parsed, "CASE", node)
+        finally:
+            UNSIMPLIFIED.reset(token)
+        dead = False  # past a constant true condition
+        arms: list[tuple[Expr, int]] = []  # (condition, result's index) of the kept arms
+        results: list[Expr] = []
+        default_index: int | None = None
+        for when in node.args:
+            if dead:
+                token = UNSIMPLIFIED.set(True)
+                try:
+                    self._case_condition(node, when)  # (parsed: types, names checked)
+                    results.append(self.compile(when.result))
+                finally:
+                    UNSIMPLIFIED.reset(token)
+                continue
+            cond = self._case_condition(node, when)
+            if planner_const(cond) and cond.value is not True:  # dropped
+                results.append(self._unsimplified([when.result])[0])
+                continue
+            results.append(self.compile(when.result))
+            if planner_const(cond):  # constant true: the rest is never reached
+                dead, default_index = True, len(results) - 1
+            else:
+                arms.append((cond, len(results) - 1))
+        if node.defresult is not None:
+            if dead:
+                results.append(self._unsimplified([node.defresult])[0])
+            else:
+                results.append(self.compile(node.defresult))
+                default_index = len(results) - 1
+        # (the ELSE first: select_common_type's order, and the words of its errors)
+        order = [len(results) - 1, *range(len(results) - 1)]
+        if node.defresult is None:
+            order = list(range(len(results)))
+        typ, coerced = self.unify([results[i] for i in order], "CASE", node)
+        by_index: dict[int, Expr] = dict(zip(order, coerced, strict=True))
+        default: Expr | None = None if default_index is None else by_index[default_index]
+        if not arms:
+            src = results[default_index] if default_index is not None else None
+            if default is None:
+                return const(typ, None, node, folded=True)
+            if default.is_const and coerced_folds(src, typ):
+                return const(typ, default.value, node, folded=True)
+            return replace(default, node=node, column=None, raw=False)
+        tests = [(cond.fn, by_index[i].fn) for cond, i in arms]
+        otherwise = default.fn if default is not None else None
+
+        def case(row: Row, cache: Cache) -> Value:
+            for test, result in tests:
+                if test(row, cache) is True:
+                    return result(row, cache)
+            return None if otherwise is None else otherwise(row, cache)
+
+        return Expr(typ, case, node=node)
+
+    def _case_condition(self, case: ast.CaseExpr, when: ast.CaseWhen) -> Expr:
+        """A WHEN's condition, boolean: `x = v` for `CASE x WHEN v`."""
+        if case.arg is None:
+            return self.to_bool(self.compile(when.expr), "CASE/WHEN")
+        arg: ast.Node = case.arg
+        if self.compile(arg).type == UNKNOWN:
+            arg = ast.TypeCast(arg=arg, typeName=ast.TypeName(names=(ast.String("text"),)))
+        test = ast.A_Expr(
+            kind=A_Expr_Kind.AEXPR_OP,
+            name=(ast.String("="),),
+            lexpr=arg,
+            rexpr=when.expr,
+            location=getattr(when, "location", None),
+        )
+        self.synthesized.append(test)  # (alive while compiled: ids key self.compiled)
+        return self.to_bool(self.compile(test), "CASE/WHEN")
 
     def _RowExpr(self, node: ast.Node) -> Expr:
         raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)

@@ -36,7 +36,7 @@ _NODES = (
     ast.ColumnRef, ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest, ast.BooleanTest,
     ast.A_Expr, ast.TypeCast, ast.A_ArrayExpr, ast.A_Indirection, ast.CoalesceExpr,
     ast.MinMaxExpr, ast.FuncCall, ast.TypeName, ast.String, ast.Integer, ast.Float,
-    ast.Boolean, ast.A_Indices,
+    ast.Boolean, ast.A_Indices, ast.CaseExpr, ast.CaseWhen,
 )  # fmt: skip
 
 
