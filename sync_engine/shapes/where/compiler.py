@@ -1146,6 +1146,8 @@ class Compiler:
         src = arg.type
         if src == CHAR and not (arg.raw and arg.column is not None):
             return replace(self.coerce(arg, TEXT), type=target, node=node)  # (char_text)
+        if src == JSONB and _is_json_field(arg.node):  # (its text is jsonb_out's)
+            return replace(apply(target, identity, [arg], node), column=None, raw=False)
         if src in JSON_TYPES and not arg.raw:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         if arg.raw and arg.column is not None:
@@ -1524,6 +1526,15 @@ class Compiler:
 
     def _RowExpr(self, node: ast.Node) -> Expr:
         raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)
+
+
+def _is_json_field(node: ast.Node | None) -> bool:
+    """`node` is `x -> key` (operators._json_field: a jsonb value whose text is jsonb_out's)."""
+    return (
+        isinstance(node, ast.A_Expr)
+        and node.kind == A_Expr_Kind.AEXPR_OP
+        and [getattr(n, "sval", "") for n in node.name] == ["->"]
+    )
 
 
 def _collatable(typ: PgType) -> bool:

@@ -23,6 +23,7 @@ from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .operators import (
     A_EXPR_HANDLERS,
     BINARY_OPERATORS,
+    JSON_FIELD_OPERATORS,
     JSON_OPERATORS,
     LIKE_OPERATORS,
     PREFIX_OPERATORS,
@@ -94,7 +95,7 @@ def _check_operator(node: ast.A_Expr) -> None:
     name, kind = names[0], node.kind
     if kind not in A_EXPR_HANDLERS:
         raise error_at(f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node)
-    if name in JSON_OPERATORS:
+    if name in JSON_OPERATORS and not (name in JSON_FIELD_OPERATORS and node.lexpr is not None):
         raise error_at(f"JSON operator {name} is not supported", node)
     if kind == A_Expr_Kind.AEXPR_OP:
         if node.lexpr is not None and name in REGEX_OPERATORS:
@@ -102,7 +103,7 @@ def _check_operator(node: ast.A_Expr) -> None:
                 f"regular expression operator {name} is not supported (LIKE and ILIKE are)", node
             )
         allowed = PREFIX_OPERATORS if node.lexpr is None else BINARY_OPERATORS
-        if name not in allowed:
+        if name not in allowed and not (name in JSON_FIELD_OPERATORS and node.lexpr is not None):
             raise error_at(f"operator {name} is not supported", node)
     elif kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
         if name not in COMPARISONS and name not in LIKE_OPERATORS:
