@@ -22,7 +22,7 @@ import pytest
 from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import WhereError, check_where_constructs, parse_where
 from tests.sync_engine.engine_harness import Engine
-from tests.sync_engine.shapes.where.columns import engine_verdict, table_in_own_database
+from tests.sync_engine.shapes.where.columns import engine_verdict, table_in_own_database, text_rows
 
 DOCS = [
     '{"a": 1, "b": "x", "status": "open", "n": {"bb": [1, 2.50, null], "c": "é\\n\\u0001"}}',
@@ -78,15 +78,9 @@ def table(pg_server_url: str) -> Iterator[tuple[psycopg.Connection[Any], Any]]:
         yield conn, columns
 
 
-def _rows(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
-    names = ["id", "data", "js", "key", "idx"]
-    select = ", ".join(f"CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END" for c in names)
-    return [dict(zip(names, r, strict=True)) for r in conn.execute(f"SELECT {select} FROM j")]
-
-
 def test_fields_are_postgres_s_text(table: Any) -> None:
     conn, columns = table
-    rows = _rows(conn)
+    rows = text_rows(conn, "j", ["id", "data", "js", "key", "idx"])
     nulls = values = 0
     for chain in CHAINS:
         check_where_constructs(f"({chain}) IS NULL")  # (the proxy's schema-free check)
@@ -108,7 +102,7 @@ def test_fields_are_postgres_s_text(table: Any) -> None:
 
 def test_clauses_select_postgres_s_rows(table: Any) -> None:
     conn, columns = table
-    rows = _rows(conn)
+    rows = text_rows(conn, "j", ["id", "data", "js", "key", "idx"])
     for clause in CLAUSES:
         try:
             where = parse_where(clause, {}, columns)
