@@ -17,7 +17,7 @@ from datetime import date
 from decimal import Decimal, InvalidOperation
 
 from pglast import ast
-from pglast.enums import BoolExprType, BoolTestType, MinMaxOp, NullTestType
+from pglast.enums import A_Expr_Kind, BoolExprType, BoolTestType, MinMaxOp, NullTestType
 
 from sync_engine.pg import values as pgv
 from sync_engine.pg.catalog import ColumnInfo, ColumnMap
@@ -80,6 +80,7 @@ from .collation import (
 from .constructs import (
     UNLIMITED,
     constant_refusal,
+    numeric_typmod,
     string_length,
     type_refusal,
     typmods_refused,
@@ -122,6 +123,7 @@ from .resolution import (
     select_common,
 )
 from .semantics import comparison_op, enum_comparison, identity, pg_numeric
+from .semantics import numeric_typmod as numeric_typmod_fn
 from .text import INET, bool_text, bool_text_from_raw, case_mapping, inet_text, text_output
 
 #: The types whose literals the engine reads in ISO 8601 only (Postgres reads more).
@@ -236,6 +238,9 @@ class Compiler:
         self.zones: set[str] = set()  # AT TIME ZONE's zones (zone files' names)
         # every node compiled so far (by id), for what the planner folds (folding.py)
         self.compiled: dict[int, Expr] = {}
+        # nodes the compiler made (a simple CASE's `x = v`): kept so that no other node
+        # takes their ids while `compiled` and `states` hold them
+        self.synthesized: list[ast.Node] = []
 
     # -- entry points --
 
@@ -730,7 +735,9 @@ class Compiler:
         return bool_expr(lambda row, cache: f(row, cache) is not None, node)
 
     def _BooleanTest(self, node: ast.BooleanTest) -> Expr:
-        arg = self.to_bool(self.compile(node.arg), "IS TRUE")
+        # (Postgres names the test written: "argument of IS NOT FALSE must be type boolean")
+        what = "IS " + BoolTestType(node.booltesttype).name.removeprefix("IS_").replace("_", " ")
+        arg = self.to_bool(self.compile(node.arg), what)
         f = arg.fn
         tests: dict[BoolTestType, Callable[[Value], bool]] = {
             BoolTestType.IS_TRUE: lambda v: v is True,
@@ -772,7 +779,12 @@ class Compiler:
             return NO_COLLATION if ident is None else CollState(IMPLICIT, ident)
         if isinstance(node, (ast.A_Const, ast.ParamRef)):  # (no inputs)
             return DEFAULT_IMPLICIT if _collatable(expr.type) else NO_COLLATION
-        inputs = self._merged(self._input_states(node), node)
+        if isinstance(node, ast.CaseExpr):  # (the results', not the conditions' nor x's)
+            outputs = [w.result for w in node.args] + [node.defresult]
+            states = [self.states.get(id(n)) for n in outputs if n is not None]
+            inputs = self._merged([s for s in states if s and s is not NO_COLLATION], node)
+        else:
+            inputs = self._merged(self._input_states(node), node)
         if isinstance(node, ast.CollateClause):
             return CollState(EXPLICIT, self._named_collation(node))
         if not _collatable(expr.type):
@@ -972,26 +984,60 @@ class Compiler:
         if sized is not None:
             arg = self.compile(node.arg)
             return self._cast_to_length(arg, *sized, node)
-        target = self._type_name(node.typeName)
+        precision = numeric_typmod(node.typeName)
+        if precision is not None:
+            target = NUMERIC.array_of() if node.typeName.arrayBounds else NUMERIC
+            return self._cast_to(node, target, precision)
+        return self._cast_to(node, self._type_name(node.typeName))
+
+    def _cast_to(
+        self, node: ast.TypeCast, target: PgType, precision: tuple[int, int] | None = None
+    ) -> Expr:
+        """The cast `node` to `target` (to numeric(p, s) or an array of it: `precision`)."""
         if (
             target.array
             and isinstance(node.arg, ast.A_ArrayExpr)
             and not any(isinstance(e, ast.A_ArrayExpr) for e in node.arg.elements)
         ):
-            return self._array_as(node.arg, target, node)
-        arg = self.compile(node.arg)
-        return self.cast(arg, target, node)
+            return self._array_as(node.arg, target, node, precision)
+        arg = self.cast(self.compile(node.arg), target, node)
+        return arg if precision is None else self._cast_to_precision(arg, *precision, node)
 
-    def _array_as(self, array: ast.A_ArrayExpr, target: PgType, node: ast.Node) -> Expr:
+    def _cast_to_precision(self, expr: Expr, precision: int, scale: int, node: ast.Node) -> Expr:
+        """`x::numeric(p, s)` (`decimal(p, s)`, `numeric(p)`, arrays of them): the cast to
+        numeric, then Postgres's typmod coercion numeric(numeric, int4) (an array's on each
+        element): rounded to the scale, "numeric field overflow" past the precision
+        (`semantics.numeric_typmod`). These were a 400 "casting to numeric(5,2) is not
+        supported"; the coercion is immutable and strict, so a constant's is folded."""
+        fit = numeric_typmod_fn(precision, scale)
+
+        def each(value: Value) -> Value:
+            if isinstance(value, tuple):
+                return tuple(None if v is None else each(v) for v in value)
+            assert isinstance(value, Decimal)
+            return fit(value)
+
+        return replace(apply(expr.type, each, [expr], node), column=None, raw=False)
+
+    def _array_as(
+        self,
+        array: ast.A_ArrayExpr,
+        target: PgType,
+        node: ast.Node,
+        precision: tuple[int, int] | None = None,
+    ) -> Expr:
         """`ARRAY[...]::T[]`: Postgres's parse casts each item to T (transformArrayExpr,
         given the cast's type, coerces every element with an explicit cast) rather than
         building an array of the items' common type and casting that: `ARRAY['7']::int4[]`
         is an int4[] of the literal 7 (the engine refused it, "casting text[] to integer[]
         is not supported here": a policy's `ia @> ARRAY[{{n}}]::int4[]`), and
-        `ARRAY['a']::int4[]` fails as the literal 'a'::int4 does."""
+        `ARRAY['a']::int4[]` fails as the literal 'a'::int4 does; to numeric(p, s)[] each
+        item is given the precision (a constant item that overflows fails the clause)."""
         element = target.element
         compiled = [self.compile(e) for e in array.elements]
         items = [self.cast(e, element, e.node or node) for e in compiled]
+        if precision is not None:
+            items = [self._cast_to_precision(e, *precision, e.node or node) for e in items]
         expr = apply_nullable(target, lambda *xs: tuple(xs), items, node)
         return mark(expr, all(coerced_folds(e, element) for e in compiled))
 
@@ -1100,6 +1146,8 @@ class Compiler:
         src = arg.type
         if src == CHAR and not (arg.raw and arg.column is not None):
             return replace(self.coerce(arg, TEXT), type=target, node=node)  # (char_text)
+        if src == JSONB and _is_json_field(arg.node):  # (its text is jsonb_out's)
+            return replace(apply(target, identity, [arg], node), column=None, raw=False)
         if src in JSON_TYPES and not arg.raw:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         if arg.raw and arg.column is not None:
@@ -1384,11 +1432,109 @@ class Compiler:
             node,
         )
 
-    def _CaseExpr(self, node: ast.Node) -> Expr:
-        raise error_at("CASE expressions are not supported", node)
+    def _CaseExpr(self, node: ast.CaseExpr) -> Expr:
+        """`CASE WHEN c THEN r ... ELSE d END` and `CASE x WHEN v THEN r ... END` (each WHEN
+        is then `x = v`, an untyped x read as text: transformCaseExpr). The conditions run in
+        order and only the chosen result runs (a row where another result would fail does
+        not fail). The result type is select_common_type's of the ELSE (first) and the
+        results. Postgres's planner simplifies the conditions in order (eval_const_expressions):
+        an arm whose condition is a constant false or NULL is dropped with its result
+        unsimplified, a constant true one ends the CASE (its result is the ELSE; what
+        follows is parsed but never simplified); a CASE left with no arm is its ELSE, a
+        constant if that is one. The result's collation is the results' (not the
+        conditions' nor x's). This was a 400 "CASE expressions are not supported"."""
+        # Parsed first, as Postgres parses the whole CASE (its types, "cannot be matched")
+        # before its planner folds a constant that fails (`1 / 0`).
+        token = UNSIMPLIFIED.set(True)
+        try:
+            for when in node.args:
+                self._case_condition(node, when)
+            outputs = [w.result for w in node.args]
+            parsed = [self.compile(n) for n in [node.defresult, *outputs] if n is not None]
+            self.unify(parsed, "CASE", node)
+        finally:
+            UNSIMPLIFIED.reset(token)
+        dead = False  # past a constant true condition
+        arms: list[tuple[Expr, int]] = []  # (condition, result's index) of the kept arms
+        results: list[Expr] = []
+        default_index: int | None = None
+        for when in node.args:
+            if dead:
+                token = UNSIMPLIFIED.set(True)
+                try:
+                    self._case_condition(node, when)  # (parsed: types, names checked)
+                    results.append(self.compile(when.result))
+                finally:
+                    UNSIMPLIFIED.reset(token)
+                continue
+            cond = self._case_condition(node, when)
+            if planner_const(cond) and cond.value is not True:  # dropped
+                results.append(self._unsimplified([when.result])[0])
+                continue
+            results.append(self.compile(when.result))
+            if planner_const(cond):  # constant true: the rest is never reached
+                dead, default_index = True, len(results) - 1
+            else:
+                arms.append((cond, len(results) - 1))
+        if node.defresult is not None:
+            if dead:
+                results.append(self._unsimplified([node.defresult])[0])
+            else:
+                results.append(self.compile(node.defresult))
+                default_index = len(results) - 1
+        # (the ELSE first: select_common_type's order, and the words of its errors)
+        order = [len(results) - 1, *range(len(results) - 1)]
+        if node.defresult is None:
+            order = list(range(len(results)))
+        typ, coerced = self.unify([results[i] for i in order], "CASE", node)
+        by_index: dict[int, Expr] = dict(zip(order, coerced, strict=True))
+        default: Expr | None = None if default_index is None else by_index[default_index]
+        if not arms:
+            src = results[default_index] if default_index is not None else None
+            if default is None:
+                return const(typ, None, node, folded=True)
+            if default.is_const and coerced_folds(src, typ):
+                return const(typ, default.value, node, folded=True)
+            return replace(default, node=node, column=None, raw=False)
+        tests = [(cond.fn, by_index[i].fn) for cond, i in arms]
+        otherwise = default.fn if default is not None else None
+
+        def case(row: Row, cache: Cache) -> Value:
+            for test, result in tests:
+                if test(row, cache) is True:
+                    return result(row, cache)
+            return None if otherwise is None else otherwise(row, cache)
+
+        return Expr(typ, case, node=node)
+
+    def _case_condition(self, case: ast.CaseExpr, when: ast.CaseWhen) -> Expr:
+        """A WHEN's condition, boolean: `x = v` for `CASE x WHEN v`."""
+        if case.arg is None:
+            return self.to_bool(self.compile(when.expr), "CASE/WHEN")
+        arg: ast.Node = case.arg
+        if self.compile(arg).type == UNKNOWN:
+            arg = ast.TypeCast(arg=arg, typeName=ast.TypeName(names=(ast.String("text"),)))
+        test = ast.A_Expr(
+            kind=A_Expr_Kind.AEXPR_OP,
+            name=(ast.String("="),),
+            lexpr=arg,
+            rexpr=when.expr,
+            location=getattr(when, "location", None),
+        )
+        self.synthesized.append(test)  # (alive while compiled: ids key self.compiled)
+        return self.to_bool(self.compile(test), "CASE/WHEN")
 
     def _RowExpr(self, node: ast.Node) -> Expr:
         raise error_at("row expressions are only supported on the left of IN (SELECT ...)", node)
+
+
+def _is_json_field(node: ast.Node | None) -> bool:
+    """`node` is `x -> key` (operators._json_field: a jsonb value whose text is jsonb_out's)."""
+    return (
+        isinstance(node, ast.A_Expr)
+        and node.kind == A_Expr_Kind.AEXPR_OP
+        and [getattr(n, "sval", "") for n in node.name] == ["->"]
+    )
 
 
 def _collatable(typ: PgType) -> bool:

@@ -23,6 +23,7 @@ from .functions import AGGREGATES, FUNCTIONS, NON_DETERMINISTIC
 from .operators import (
     A_EXPR_HANDLERS,
     BINARY_OPERATORS,
+    JSON_FIELD_OPERATORS,
     JSON_OPERATORS,
     LIKE_OPERATORS,
     PREFIX_OPERATORS,
@@ -36,7 +37,7 @@ _NODES = (
     ast.ColumnRef, ast.A_Const, ast.ParamRef, ast.BoolExpr, ast.NullTest, ast.BooleanTest,
     ast.A_Expr, ast.TypeCast, ast.A_ArrayExpr, ast.A_Indirection, ast.CoalesceExpr,
     ast.MinMaxExpr, ast.FuncCall, ast.TypeName, ast.String, ast.Integer, ast.Float,
-    ast.Boolean, ast.A_Indices,
+    ast.Boolean, ast.A_Indices, ast.CaseExpr, ast.CaseWhen,
 )  # fmt: skip
 
 
@@ -94,7 +95,7 @@ def _check_operator(node: ast.A_Expr) -> None:
     name, kind = names[0], node.kind
     if kind not in A_EXPR_HANDLERS:
         raise error_at(f"{kind.name.removeprefix('AEXPR_')} expressions are not supported", node)
-    if name in JSON_OPERATORS:
+    if name in JSON_OPERATORS and not (name in JSON_FIELD_OPERATORS and node.lexpr is not None):
         raise error_at(f"JSON operator {name} is not supported", node)
     if kind == A_Expr_Kind.AEXPR_OP:
         if node.lexpr is not None and name in REGEX_OPERATORS:
@@ -102,7 +103,7 @@ def _check_operator(node: ast.A_Expr) -> None:
                 f"regular expression operator {name} is not supported (LIKE and ILIKE are)", node
             )
         allowed = PREFIX_OPERATORS if node.lexpr is None else BINARY_OPERATORS
-        if name not in allowed:
+        if name not in allowed and not (name in JSON_FIELD_OPERATORS and node.lexpr is not None):
             raise error_at(f"operator {name} is not supported", node)
     elif kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
         if name not in COMPARISONS and name not in LIKE_OPERATORS:
@@ -117,8 +118,8 @@ def _check_type(tn: ast.TypeName) -> None:
     names = [n.sval for n in tn.names]
     if len(names) == 2 and names[0] == "pg_catalog":
         names = names[1:]
-    if string_length(tn) is not None:
-        return  # varchar(n), char(n)
+    if string_length(tn) is not None or numeric_typmod(tn) is not None:
+        return  # varchar(n), char(n), numeric(p, s)
     if tn.typmods:
         raise typmods_refused(names[-1], tn)
     if len(names) != 1 or tn.setof or tn.pct_type or names[0] not in CAST_TARGET_NAMES:
@@ -200,11 +201,38 @@ def string_length(tn: ast.TypeName) -> tuple[PgType, int] | None:
     return (VARCHAR if names == ["varchar"] else BPCHAR), n
 
 
+def numeric_typmod(tn: ast.TypeName) -> tuple[int, int] | None:
+    """(precision, scale) of a cast to numeric(p, s) or numeric(p) (scale 0), `decimal`
+    too, or an array of one; None for any other type, or modifiers that are not integer
+    constants (`numeric('5')`: refused). A precision or scale Postgres refuses is refused
+    in its words (numerictypmodin), as it refuses the clause before reading a row."""
+    names = [getattr(n, "sval", "") for n in tn.names]
+    if len(names) == 2 and names[0] == "pg_catalog":
+        names = names[1:]
+    if names != ["numeric"] or not tn.typmods:
+        return None
+    mods = []
+    for m in tn.typmods:
+        val = getattr(m, "val", None) if isinstance(m, ast.A_Const) else None
+        if not isinstance(val, ast.Integer) or not isinstance(val.ival, int):
+            return None
+        mods.append(val.ival)
+    if len(mods) > 2:
+        raise error_at("invalid NUMERIC type modifier", tn)
+    precision, scale = mods[0], (mods[1] if len(mods) == 2 else 0)
+    if not 1 <= precision <= 1000:
+        raise error_at(f"NUMERIC precision {precision} must be between 1 and 1000", tn)
+    if not -1000 <= scale <= 1000:
+        raise error_at(f"NUMERIC scale {scale} must be between -1000 and 1000", tn)
+    return precision, scale
+
+
 def typmods_refused(name: str, tn: ast.TypeName) -> WhereError:
-    """The 400 for a cast to a type with modifiers other than varchar(n) and char(n)."""
+    """The 400 for a cast to a type with modifiers other than varchar(n), char(n) and
+    numeric(p, s)."""
     shown = sized_type_name(name, tn.typmods or ()) + ("[]" if tn.arrayBounds else "")
     return error_at(
         f"casting to {shown} is not supported (the engine applies no precision or fields;"
-        " varchar(n) and char(n) are supported)",
+        " varchar(n), char(n) and numeric(p, s) are supported)",
         tn,
     )

@@ -216,7 +216,10 @@ def folding_failed(pg_type: PgType, e: Exception, node: ast.Node | None) -> Expr
     """A constant of `pg_type` whose evaluation raised `e`: a 400 (Postgres's planner fails
     the same way), except where Postgres never evaluates it (`UNSIMPLIFIED`), where it is
     an expression of that type that is never run (its type still checked by the parse)."""
-    message = str(e) or type(e).__name__
+    # (Python's ZeroDivisionError says "integer division or modulo by zero", decimal's
+    # DivisionByZero a list of signals: Postgres says "division by zero" for every type)
+    message = "division by zero" if isinstance(e, ZeroDivisionError) else str(e)
+    message = message or type(e).__name__
     if not UNSIMPLIFIED.get():
         raise error_at(message, node) from None
 

@@ -31,6 +31,7 @@ from sync_engine.pg.types import (
     INT4,
     INT8,
     INTERVAL,
+    JSONB,
     NAME,
     NUMERIC,
     TEXT,
@@ -83,6 +84,7 @@ from .expr import (
 )
 from .folding import mark, reads_zone, strict_folds
 from .index import indexable, keyset
+from .jsonfields import field_jsonb, field_text
 from .parse import walk
 from .resolution import (
     FLOAT_TYPES,
@@ -104,7 +106,9 @@ if TYPE_CHECKING:
     from .compiler import Compiler
 
 JSON_OPERATORS = frozenset({"->", "->>", "#>", "#>>", "?", "?|", "?&", "@?", "@@", "#-"})
-"""Refused with their own message: the engine does not evaluate JSON."""
+"""Refused with their own message: the engine does not evaluate JSON (but these:)."""
+JSON_FIELD_OPERATORS = frozenset({"->", "->>"})
+"""`jsonb -> key` and `jsonb ->> key` of a jsonb column (jsonfields.py)."""
 
 LIKE_OPERATORS = {
     "~~": (False, False),
@@ -153,6 +157,8 @@ def compile_operator(c: Compiler, node: ast.A_Expr) -> Expr:
 
 
 def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    if name in JSON_FIELD_OPERATORS and node.lexpr is not None:
+        return _json_field(c, node, name)
     if name in JSON_OPERATORS:
         raise error_at(f"JSON operator {name} is not supported", node)
     if node.lexpr is None:
@@ -178,6 +184,26 @@ def _operator(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
     if name == "||":
         return _concat(c, left, right, node)
     return _arithmetic(c, name, left, right, node)
+
+
+def _json_field(c: Compiler, node: ast.A_Expr, name: str) -> Expr:
+    """`x -> key` / `x ->> key` where x is a jsonb column or such a field of one, and key
+    text (an untyped literal or parameter too) or an integer index (jsonfields.py)."""
+    left, right = c.compile(node.lexpr), c.compile(node.rexpr)
+    if left.type != JSONB or (left.is_const and left.value is not None):
+        raise error_at(
+            f"JSON operator {name} is supported on a jsonb column (or a field of one) only,"
+            f" not on {'a constant' if left.is_const else left.type.sql_name}",
+            node,
+        )
+    if right.type in (UNKNOWN, TEXT, VARCHAR, BPCHAR):
+        right, fn = c.coerce(right, TEXT), (field_jsonb if name == "->" else field_text)
+    elif right.type in (INT2, INT4):
+        right, fn = c.coerce(right, INT4), (field_jsonb if name == "->" else field_text)
+    else:
+        raise error_at(f"operator does not exist: jsonb {name} {right.type.sql_name}", node)
+    result = JSONB if name == "->" else TEXT
+    return replace(apply(result, fn, [left, right], node), column=None, raw=False)
 
 
 def comparison(c: Compiler, name: str, left: Expr, right: Expr, node: ast.Node) -> Expr:

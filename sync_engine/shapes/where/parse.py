@@ -104,6 +104,26 @@ def refuse_newer_numbers(statement: str) -> None:
             raise WhereError(f"At location {token.start}: {message}")
 
 
+def blank_line_comments(statement: str) -> str:
+    """`statement` with each `-- ...` comment made spaces (the same length: locations keep).
+    Postgres 15's scanner reads such a comment as whitespace even between the parts of a
+    string constant continued on a later line (`'ali' -- note<newline>'ce'` is 'alice');
+    pglast's (libpg_query's) refused that with "syntax error at or near 'ce'". Spaces are
+    what the comment means to Postgres everywhere else too. A statement the scanner
+    refuses is left as it is (the parse then says why)."""
+    if "--" not in statement:
+        return statement
+    try:
+        tokens = scan(statement)
+    except (ParseError, ValueError):
+        return statement
+    chars = list(statement)
+    for token in tokens:
+        if token.name == "SQL_COMMENT":
+            chars[token.start : token.end + 1] = " " * (token.end + 1 - token.start)
+    return "".join(chars)
+
+
 def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     """Parse `prefix + sql` with pglast, rejecting extra statements and clauses.
 
@@ -117,7 +137,7 @@ def parse_clause(sql: str, prefix: str = PREFIX) -> ast.SelectStmt:
     if runs_longer_than(sql, MAX_TOKEN_RUN):
         raise WhereError(too_deep_message(what, MAX_WHERE_DEPTH))
     refuse_unencodable(sql)
-    statement = prefix + sql
+    statement = blank_line_comments(prefix + sql)
     refuse_newer_numbers(statement)
     try:
         stmts = parse_sql(statement)
@@ -252,7 +272,8 @@ def parses_back(node: ast.Node, text: str, source: str | None = None) -> bool:
     check: libpg_query fingerprints (structure, not constants or `$n` numbers) equal; only
     when they differ (or without it) are the trees compared in full."""
     try:
-        if source is not None and fingerprint(PREFIX + text) == fingerprint(PREFIX + source):
+        original = None if source is None else blank_line_comments(PREFIX + source)
+        if original is not None and fingerprint(PREFIX + text) == fingerprint(original):
             return True
         again = parse_sql(PREFIX + text)[0].stmt.whereClause
     except ParseError:

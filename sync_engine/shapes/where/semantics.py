@@ -222,6 +222,29 @@ def pg_numeric(value: Decimal) -> Decimal:
     return value
 
 
+def numeric_typmod(precision: int, scale: int) -> Callable[[Decimal], Decimal]:
+    """numeric(value, typmod), the cast to numeric(p, s) (apply_typmod): rounded half away
+    from zero to `scale` digits after the point (a negative scale rounds to 10^-scale, shown
+    with none), NaN kept, and an error ("numeric field overflow") for an infinity or a
+    non-zero value of more than p - s digits before the point once rounded (0.001 has -2 of
+    them: numeric(3,5) holds it and not 0.01)."""
+    limit = precision - scale
+    quantum = Decimal(1).scaleb(-scale)
+
+    def fit(value: Decimal) -> Decimal:
+        if value.is_nan():
+            return value
+        # (rounding adds at most a digit and never makes zero of a value this large)
+        if value.is_infinite() or (value and value.adjusted() + 1 > limit):
+            raise OverflowError("numeric field overflow")
+        rounded = value.quantize(quantum, rounding=ROUND_HALF_UP, context=EXACT)
+        if rounded and rounded.adjusted() + 1 > limit:
+            raise OverflowError("numeric field overflow")
+        return pg_numeric(rounded) if scale < 0 else rounded
+
+    return fit
+
+
 def numeric_result(value: Decimal) -> Decimal:
     """Postgres's numeric range: at most 131072 digits before the decimal point."""
     if value.is_finite() and value and value.adjusted() >= 131072:

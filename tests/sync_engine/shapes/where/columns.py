@@ -4,15 +4,17 @@ parse_where) and Postgres's own verdict on a clause for one of its rows."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import pytest
 
-from sync_engine.pg.catalog import ColumnInfo, load_table
+from sync_engine.pg.catalog import ColumnInfo, ColumnMap, load_table
 from sync_engine.pg.session import with_display_settings
-from sync_engine.shapes.where import Where
+from sync_engine.shapes.where import Where, WhereError, parse_where
 from sync_engine.shapes.where.clause import ClauseFails
 from tests.support.databases import create_database, drop_database
 
@@ -69,3 +71,20 @@ def engine_verdict(where: Where, row: Mapping[str, str | None]) -> str:
 def agrees(engine: str, postgres: str) -> bool:
     """Whether the engine's verdict (`engine_verdict`) is Postgres's (`VERDICT_FUNCTION`)."""
     return engine == ("false" if postgres == "null" else postgres)
+
+
+def text_rows(conn: psycopg.Connection[Any], table: str, names: list[str]) -> list[dict[str, Any]]:
+    """`table`'s rows as the engine receives them: each column's text (NULL as None)."""
+    select = ", ".join(f"CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END" for c in names)
+    return [dict(zip(names, r, strict=True)) for r in conn.execute(f"SELECT {select} FROM {table}")]
+
+
+def refused_as_postgres_refuses(
+    conn: psycopg.Connection[Any], columns: ColumnMap, table: str, clause: str, words: str
+) -> None:
+    """The engine refuses `clause` saying `words`, and so does Postgres's EXPLAIN of it."""
+    with pytest.raises(WhereError, match=re.escape(words)):
+        parse_where(clause, {}, columns)
+    with pytest.raises(psycopg.Error, match=re.escape(words)):
+        with conn.transaction():
+            conn.execute(f"EXPLAIN SELECT 1 FROM {table} WHERE {clause}")
