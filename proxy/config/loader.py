@@ -138,6 +138,21 @@ def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
     return value
 
 
+def _secret_file(path: str, field_name: str) -> str:
+    """A secret kept in a file (a mounted Docker or Kubernetes secret): its text without the
+    line end an editor or `echo` leaves. Read at every load, so a reload picks up a rotated
+    one; a file that cannot be read or holds nothing fails the load (a reload keeps the
+    config it had)."""
+    try:
+        value = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"{field_name}: cannot read {path} ({why})") from None
+    if not value:
+        raise ConfigError(f"{field_name}: {path} is empty")
+    return value
+
+
 def _static_key(
     key: StaticKey, issuer: IssuerConfig, environ: Mapping[str, str], where: str
 ) -> StaticKeyMaterial:
@@ -176,6 +191,8 @@ def build_config(
         secret = None
         if config.upstream.secret_env is not None:
             secret = SecretStr(_env(environ, config.upstream.secret_env, "upstream.secret_env"))
+        elif config.upstream.secret_file is not None:
+            secret = SecretStr(_secret_file(config.upstream.secret_file, "upstream.secret_file"))
         metrics_token = None
         if config.metrics.token_env is not None:
             metrics_token = SecretStr(_env(environ, config.metrics.token_env, "metrics.token_env"))

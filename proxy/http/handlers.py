@@ -483,13 +483,14 @@ def finish(
     the rule's terms (`name_the_rule`)."""
     context = request.context
     if outcome.upstream_status == 401:
-        # The engine refused the proxy's own credentials (`upstream.secret_env`, `source_id`):
-        # nothing the client can mend with its token, so not a 401 (on which Electric's
-        # client asks the app for a new token and tries again, for ever), but a gateway error
-        # it retries after a while, and an ERROR line for the operator.
+        # The engine refused the proxy's own credentials (`upstream.secret_env` or
+        # `secret_file`, `source_id`): nothing the client can mend with its token, so not a
+        # 401 (on which Electric's client asks the app for a new token and tries again, for
+        # ever), but a gateway error it retries after a while, and an ERROR line for the
+        # operator.
         logger.error(
             "the sync engine refused the proxy's credentials (401): check upstream.secret_env "
-            "and upstream.source_id (request %s)",
+            "(or secret_file) and upstream.source_id (request %s)",
             context.request_id,
         )
         context.upstream_status = 401
