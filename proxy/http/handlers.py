@@ -651,7 +651,9 @@ async def _prepare(
         url, upstream_body = build(subset_in_query=False), subset_body(decision.subset)
     check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
     protocol = dict(decision.protocol)
-    initial = protocol.get("offset") in ("-1", "now")
+    # (`-1_0` is the engine's other spelling of `-1`: the same answer, revalidated the same
+    # way, never a plain cache entry served for its s-maxage after a rotation: twin 02:40)
+    initial = protocol.get("offset") in ("-1", "-1_0", "now")
     definition = definition_key(decision, source_id=config.upstream.source_id)
     sub = claims.get("sub")
     # Never reused past the token's expiry, nor longer than a verified token is cached.
