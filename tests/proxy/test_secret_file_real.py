@@ -10,12 +10,14 @@ the file gets the engine's secret and the config is reloaded: the same request i
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from proxy.config.loader import ConfigError, build_config
+from proxy.config.loader import SECRET_FILE_MAX_BYTES, ConfigError, build_config
 from tests.proxy.proxy_fakes import base_config
 from tests.proxy.real_proxies import items_config
 from tests.support.engine_process import EngineProcess
@@ -62,3 +64,38 @@ def test_a_secret_file_that_is_missing_empty_or_given_with_secret_env_is_refused
         config["upstream"]["secret_file"] = str(path)
         with pytest.raises(ConfigError, match=r"upstream\.secret_file"):
             build_config(config, environ)
+
+
+def test_a_secret_file_that_is_no_regular_file_or_too_large_is_refused_without_blocking(
+    tmp_path: Path, environ: dict[str, str]
+) -> None:
+    """A FIFO with no writer blocked the load (on the event loop, at a reload: every client
+    waited; attack 02:35), `/dev/zero` was read whole: refused, the load fails at once (in a
+    thread here, so that a load that blocks fails the test instead of hanging it)."""
+    config = base_config("http://127.0.0.1:1", "http://127.0.0.1:1/jwks.json")
+    del config["upstream"]["secret_env"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    large = tmp_path / "large"
+    large.write_text("x" * (SECRET_FILE_MAX_BYTES + 1))
+    for path, why in ((fifo, "not a regular file"), (large, "larger than")):
+        config["upstream"]["secret_file"] = str(path)
+        refused: list[BaseException] = []
+
+        def load(config: dict[str, Any] = config, refused: list[BaseException] = refused) -> None:
+            try:
+                build_config(config, environ)
+            except ConfigError as exc:
+                refused.append(exc)
+
+        loading = threading.Thread(target=load, daemon=True)
+        loading.start()
+        loading.join(30)
+        assert not loading.is_alive(), f"loading {path.name} blocked"
+        assert refused and why in str(refused[0]), refused
+    bom = tmp_path / "bom"
+    bom.write_bytes(b"\xef\xbb\xbfs3cret\r\n")  # (a Windows editor's)
+    config["upstream"]["secret_file"] = str(bom)
+    loaded = build_config(config, environ)
+    assert loaded.upstream_secret is not None
+    assert loaded.upstream_secret.get_secret_value() == "s3cret"
