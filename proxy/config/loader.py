@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,6 +139,38 @@ def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
     return value
 
 
+#: The most a secret file may hold: a secret is a line, not a file's worth.
+SECRET_FILE_MAX_BYTES = 64 * 1024
+
+
+def _secret_file(path: str, field_name: str) -> str:
+    """A secret kept in a file (a mounted Docker or Kubernetes secret): its text without a
+    leading byte order mark and the line end an editor or `echo` leaves. Read at every load,
+    so a reload picks up a rotated one; a file that cannot be read, is no regular file (a FIFO
+    would block the proxy's loop at a reload: attack 02:35), is larger than
+    `SECRET_FILE_MAX_BYTES` or holds nothing fails the load (a reload keeps the config it
+    had)."""
+    try:
+        # (non-blocking: a FIFO with no writer opens at once, and is then refused)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(f"{field_name}: {path} is not a regular file")
+            raw = os.read(fd, SECRET_FILE_MAX_BYTES + 1)
+        finally:
+            os.close(fd)
+        if len(raw) > SECRET_FILE_MAX_BYTES:
+            raise ConfigError(f"{field_name}: {path} is larger than {SECRET_FILE_MAX_BYTES} bytes")
+        value = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
+    except (OSError, UnicodeError) as exc:
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        raise ConfigError(f"{field_name}: cannot read {path} ({why})") from None
+    if not value:
+        raise ConfigError(f"{field_name}: {path} is empty")
+    return value
+
+
 def _static_key(
     key: StaticKey, issuer: IssuerConfig, environ: Mapping[str, str], where: str
 ) -> StaticKeyMaterial:
@@ -176,6 +209,8 @@ def build_config(
         secret = None
         if config.upstream.secret_env is not None:
             secret = SecretStr(_env(environ, config.upstream.secret_env, "upstream.secret_env"))
+        elif config.upstream.secret_file is not None:
+            secret = SecretStr(_secret_file(config.upstream.secret_file, "upstream.secret_file"))
         metrics_token = None
         if config.metrics.token_env is not None:
             metrics_token = SecretStr(_env(environ, config.metrics.token_env, "metrics.token_env"))

@@ -160,6 +160,12 @@ class UpstreamConfig(_Model):
     url: str = Field(description="engine base URL, e.g. http://127.0.0.1:3000")
     source_id: str | None = None
     secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
+    secret_file: str | None = Field(
+        default=None,
+        min_length=1,
+        description="engine secret, read from this file at start and at every reload (a "
+        "rotated secret without a restart: write the file, then reload)",
+    )
     connect_timeout: float = Field(default=5, gt=0)
     first_byte_timeout: float = Field(
         default=75,
@@ -182,6 +188,12 @@ class UpstreamConfig(_Model):
             return str(uuid.UUID(value.strip()))
         except ValueError:
             return value  # (not a uuid: the engine says what it makes of it)
+
+    @model_validator(mode="after")
+    def _one_secret(self) -> UpstreamConfig:
+        if self.secret_env is not None and self.secret_file is not None:
+            raise ValueError("give secret_env or secret_file, not both")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -483,13 +483,14 @@ def finish(
     the rule's terms (`name_the_rule`)."""
     context = request.context
     if outcome.upstream_status == 401:
-        # The engine refused the proxy's own credentials (`upstream.secret_env`, `source_id`):
-        # nothing the client can mend with its token, so not a 401 (on which Electric's
-        # client asks the app for a new token and tries again, for ever), but a gateway error
-        # it retries after a while, and an ERROR line for the operator.
+        # The engine refused the proxy's own credentials (`upstream.secret_env` or
+        # `secret_file`, `source_id`): nothing the client can mend with its token, so not a
+        # 401 (on which Electric's client asks the app for a new token and tries again, for
+        # ever), but a gateway error it retries after a while, and an ERROR line for the
+        # operator.
         logger.error(
             "the sync engine refused the proxy's credentials (401): check upstream.secret_env "
-            "and upstream.source_id (request %s)",
+            "(or secret_file) and upstream.source_id (request %s)",
             context.request_id,
         )
         context.upstream_status = 401
@@ -650,7 +651,9 @@ async def _prepare(
         url, upstream_body = build(subset_in_query=False), subset_body(decision.subset)
     check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
     protocol = dict(decision.protocol)
-    initial = protocol.get("offset") in ("-1", "now")
+    # (`-1_0` is the engine's other spelling of `-1`: the same answer, revalidated the same
+    # way, never a plain cache entry served for its s-maxage after a rotation: twin 02:40)
+    initial = protocol.get("offset") in ("-1", "-1_0", "now")
     definition = definition_key(decision, source_id=config.upstream.source_id)
     sub = claims.get("sub")
     # Never reused past the token's expiry, nor longer than a verified token is cached.

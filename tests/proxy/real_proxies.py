@@ -1,15 +1,21 @@
 """Real-path proxies for the tests: a `sync-engine` with the `items` table, the config the
-tests run it under, the three ways through the proxy, and who waits on a table lock."""
+tests run it under, the open policy in front of an engine, the three ways through the proxy,
+and who waits on a table lock."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 
+from proxy.config.loader import LoadedConfig, build_config
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
+
+ROOT = Path(__file__).resolve().parents[2]
 
 #: The `items` table the real-path tests read: org-a's rows 1 and 3, org-b's row 2.
 ITEMS_SQL = (
@@ -42,6 +48,20 @@ def items_config(
     if reload_interval is not None:
         config["server"] = {"reload_interval": reload_interval}
     return config
+
+
+def open_config(engine_url: str, secret: str | None = None, **settings: Any) -> LoadedConfig:
+    """`config/examples/open.yaml` (the open development policy) in front of the engine at
+    `engine_url`: its `secret` given to the proxy (as `ENGINE_SECRET`), top-level `settings`
+    (`collapse=False`...) set."""
+    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
+    config["upstream"]["url"] = engine_url
+    environ = {}
+    if secret is not None:
+        config["upstream"]["secret_env"] = "ENGINE_SECRET"
+        environ["ENGINE_SECRET"] = secret
+    config.update(settings)
+    return build_config(config, environ)
 
 
 async def by_mode(

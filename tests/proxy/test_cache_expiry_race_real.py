@@ -27,13 +27,11 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-import yaml
 
-from proxy.config.loader import build_config
 from proxy.upstream.cache import ResponseCache
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 #: Seconds later that cachetools' delete sees the time (live answers are kept 5 s).
 _SKEW = 60.0
 
@@ -68,10 +66,7 @@ def engine_url(db_url: str, tmp_path: Path) -> Iterator[str]:
 async def open_proxy(request: Any, engine_url: str, make_proxy: Any) -> Any:
     """config/examples/open.yaml (cache on; collapsing on, or off: one engine request per
     client), its cache on `_skewed_clock`."""
-    data = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    data["upstream"]["url"] = engine_url
-    data["collapse"] = request.param == "collapsed"
-    proxy = await make_proxy(build_config(data, {}))
+    proxy = await make_proxy(open_config(engine_url, collapse=request.param == "collapsed"))
     forwarder = proxy.app.forwarder
     old = forwarder.cache
     forwarder.cache = ResponseCache(old.max_bytes, old.max_entry_bytes, timer=_skewed_clock)

@@ -19,13 +19,11 @@ from typing import Any
 import aiohttp
 import psycopg
 import pytest
-import yaml
 
 from proxy.config.loader import build_config
 from tests.proxy.proxy_fakes import base_config
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess, apply_messages
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -47,9 +45,7 @@ def engine_url(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture
 async def open_proxy(engine_url: str, make_proxy: Any) -> Any:
-    data = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    data["upstream"]["url"] = engine_url
-    return await make_proxy(build_config(data, {}))
+    return await make_proxy(open_config(engine_url))
 
 
 def _rows(reply: Any) -> list[str]:

@@ -14,22 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
 import pytest
-import yaml
 from yarl import URL
 
-from proxy.config.loader import build_config
 from tests.proxy.engines import shared_engine_fixtures
+from tests.proxy.real_proxies import open_config
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
 
-ROOT = Path(__file__).resolve().parents[2]
 MODES = {
     "long-poll": "",
     "sse": "&live_sse=true",
@@ -56,10 +53,7 @@ def own_engine(start_engine: Any) -> EngineProcess:
 
 
 async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any) -> str:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     return str(proxy.client.make_url("")).rstrip("/")
 
 

@@ -14,18 +14,14 @@ send some of these).
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from yarl import URL
 
-from proxy.config.loader import build_config
 from tests.proxy.engines import shared_engine_fixtures
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess
-
-ROOT = Path(__file__).resolve().parents[2]
 
 TARGET = b"/v1/shape?table=items&offset=-1"
 #: Requests each refused by the parser (ids: why), `T` the shape's target.
@@ -94,10 +90,7 @@ def _answers(raw: bytes, methods: list[bytes]) -> list[tuple[int, bytes]]:
 async def test_a_refused_head_request_gets_no_body(
     engine: EngineProcess, engine_secret: str, make_proxy: Any, case: str, pieces: int
 ) -> None:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     base = str(proxy.client.make_url("")).rstrip("/")
     direct = TARGET + b"&secret=" + engine_secret.encode()
     seen = []

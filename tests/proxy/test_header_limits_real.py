@@ -11,17 +11,13 @@ Real path: proxy (config/examples/open.yaml) -> `sync-engine` -> Postgres; raw s
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from yarl import URL
 
-from proxy.config.loader import build_config
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess
-
-ROOT = Path(__file__).resolve().parents[2]
 
 #: (name, value length): each the same answer straight and through the proxy (`name: value`
 #: CRLF is 10,000 bytes at `X-Big` and 9991).
@@ -61,10 +57,7 @@ async def _status(base: str, target: str, name: bytes, length: int) -> int:
 async def test_a_large_header_is_refused_where_the_engine_refuses_it(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     through = str(proxy.client.make_url(""))
     seen = []
     for name, length in HEADERS:

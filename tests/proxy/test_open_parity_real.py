@@ -13,20 +13,18 @@ Found by sending the same raw requests to both:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psycopg
-import yaml
 from multidict import CIMultiDict
 
 from proxy.config.loader import build_config
 from tests.proxy.engines import shared_engine_fixtures
 from tests.proxy.proxy_fakes import base_config
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 ORIGIN = "https://app.example.com"
 #: What a browser needs to read an answer and what the engine says it may do there; and
 #: `Vary` (an answer naming the caller's Origin varies with it: a shared cache keyed without
@@ -60,10 +58,7 @@ async def _get(url: str, headers: Any = None) -> tuple[int, Any, bytes]:
 
 
 async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any) -> str:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     return str(proxy.client.make_url("")).rstrip("/")
 
 

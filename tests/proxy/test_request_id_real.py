@@ -12,17 +12,14 @@ Real path: proxy (config/examples/open.yaml) -> `sync-engine` -> Postgres.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from proxy.config.loader import build_config
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 SHAPE = "/v1/shape?table=items&offset=-1"
 
 #: Kept by Electric (20 to 200 bytes), so by the engine and the proxy alike.
@@ -50,10 +47,7 @@ def engine(start_engine: Any) -> EngineProcess:
 async def test_an_incoming_request_id_comes_back_as_the_engine_gives_it_back(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     direct = f"{engine.url}{SHAPE}&secret={engine_secret}"
     through = str(proxy.client.make_url(SHAPE))
 

@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml
 
-from proxy.config.loader import build_config
 from tests.proxy.engines import shared_engine_fixtures
+from tests.proxy.real_proxies import open_config
 from tests.support.engine_process import EngineProcess
-
-ROOT = Path(__file__).resolve().parents[2]
 
 engine_secret, engine = shared_engine_fixtures(
     "revalidated_age",
@@ -36,10 +32,7 @@ engine_secret, engine = shared_engine_fixtures(
 async def test_a_revalidated_initial_answer_carries_no_age_from_before(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     url = str(proxy.client.make_url("/v1/shape")) + "?table=items&offset=-1"
     async with aiohttp.ClientSession() as session:
         async with session.get(url) as first:

@@ -25,25 +25,23 @@ import asyncio
 import json
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import psycopg
 import pytest
-import yaml
 from yarl import URL
 
 from proxy.config.loader import build_config
 from sync_engine.http.parser_refusals import MAX_HEADER_LINE, MAX_HEADERS, MAX_REQUEST_LINE
 from tests.proxy.engines import engine_on_a_new_database
+from tests.proxy.real_proxies import open_config
 from tests.proxy.test_transparency_fuzz_real import _comparable
 from tests.support.engine_process import EngineProcess, parked_requests
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.http.test_server_pipelining import responses
 
-ROOT = Path(__file__).resolve().parents[2]
 #: The protocol headers compared (with those of `_comparable`: cache-control, etag, vary,
 #: content-type, every electric-* and access-control-* header).
 PROTOCOL = (
@@ -98,10 +96,7 @@ def own_engine(start_engine: Any, request: pytest.FixtureRequest) -> EngineProce
 
 
 async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any) -> str:
-    config = yaml.safe_load((ROOT / "config/examples/open.yaml").read_text())
-    config["upstream"]["url"] = engine.url
-    config["upstream"]["secret_env"] = "ENGINE_SECRET"
-    proxy = await make_proxy(build_config(config, {"ENGINE_SECRET": engine_secret}))
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
     return str(proxy.client.make_url("")).rstrip("/")
 
 
