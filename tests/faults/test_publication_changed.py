@@ -18,17 +18,13 @@ that acts as the client does.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import psycopg
 import pytest
 
-from tests.support.engine_process import EngineProcess
-from tests.support.follower import Follower
-from tests.support.waiting import wait_until_async
+from tests.faults.followed import followed_engine
 
 PUB = "shapegate_pub_default"
 EVERY = "'insert, update, delete, truncate'"
@@ -67,13 +63,13 @@ def _sql(db_url: str, *statements: str) -> None:
             conn.execute(s.encode())
 
 
-def _select(db_url: str) -> list[tuple[str, str]]:
+def _select(db_url: str) -> list[tuple[str, ...]]:
     with psycopg.connect(db_url) as conn:
         rows = conn.execute(b"SELECT id, v FROM items").fetchall()
     return sorted((str(i), str(v)) for i, v in rows)
 
 
-def _view(rows: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+def _view(rows: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
     return sorted((str(r["id"]), str(r["v"])) for r in rows.values())
 
 
@@ -87,57 +83,29 @@ async def test_a_publication_changed_under_a_shape_is_noticed(
         "CREATE TABLE items (id int PRIMARY KEY, v text)",
         "INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')",
     )
-    # (checks 3 s apart: the series above takes a few ms, so it falls between two of them)
-    engine = EngineProcess(
-        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "3"
-    )
-    engine.log = tmp_path / "engine.log"
-    await asyncio.to_thread(engine.start)
-    follower = Follower(engine.url, increments=False)
-    stop = asyncio.Event()
-    try:
-        async with aiohttp.ClientSession() as session:
-            task = asyncio.create_task(follower.run(session, stop))
-
-            async def converged(what: str) -> None:
-                try:
-                    await wait_until_async(
-                        lambda: follower.live and _view(follower.rows) == _select(db_url),
-                        timeout=60,
-                        message=what,
-                    )
-                except AssertionError as exc:
-                    raise AssertionError(
-                        f"{exc}: {_view(follower.rows)} != {_select(db_url)}"
-                    ) from None
-
-            await converged("first sync")
-            old = follower.handle
-            _sql(db_url, *CASES[case])
-            await converged(case)
-            assert follower.handle != old and follower.resets == 1, follower.statuses
-            # The publication sends every change of every row again: later ones stream live.
-            _sql(
-                db_url,
-                "INSERT INTO items VALUES (20, 'later')",
-                "UPDATE items SET v = 'later' WHERE id = 3",
-                "DELETE FROM items WHERE id = 1",
-            )
-            await converged(f"{case}: later changes, live")
-            assert follower.resets == 1, follower.statuses
-            with psycopg.connect(db_url) as conn:
-                row = conn.execute(
-                    b"SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate"
-                    b" FROM pg_publication WHERE pubname = %s",
-                    (PUB,),
-                ).fetchone()
-                filtered = conn.execute(
-                    b"SELECT count(*) FROM pg_publication_rel WHERE prqual IS NOT NULL"
-                ).fetchone()
-            assert row == (True,) and filtered == (0,)
-            assert not [s for s in follower.statuses if s >= 500], follower.statuses
-            stop.set()
-            await asyncio.wait_for(task, 10)
-    finally:
-        stop.set()
-        await asyncio.to_thread(engine.stop)
+    # (checks 3 s apart: the series of a case takes a few ms, so it falls between two)
+    async with followed_engine(db_url, tmp_path, "3", _view, lambda: _select(db_url)) as f:
+        await f.converged("first sync")
+        old = f.follower.handle
+        _sql(db_url, *CASES[case])
+        await f.converged(case)
+        assert f.follower.handle != old and f.follower.resets == 1, f.follower.statuses
+        # The publication sends every change of every row again: later ones stream live.
+        _sql(
+            db_url,
+            "INSERT INTO items VALUES (20, 'later')",
+            "UPDATE items SET v = 'later' WHERE id = 3",
+            "DELETE FROM items WHERE id = 1",
+        )
+        await f.converged(f"{case}: later changes, live")
+        assert f.follower.resets == 1, f.follower.statuses
+        with psycopg.connect(db_url) as conn:
+            row = conn.execute(
+                b"SELECT pubinsert AND pubupdate AND pubdelete AND pubtruncate"
+                b" FROM pg_publication WHERE pubname = %s",
+                (PUB,),
+            ).fetchone()
+            filtered = conn.execute(
+                b"SELECT count(*) FROM pg_publication_rel WHERE prqual IS NOT NULL"
+            ).fetchone()
+        assert row == (True,) and filtered == (0,)
