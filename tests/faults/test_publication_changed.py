@@ -7,7 +7,9 @@ never reached a client, which stayed "up to date" without them for good (chaos, 
 - the publication's `publish` option narrowed to inserts, then set back between two checks;
 - the same option narrowed and left so (updates and deletes never sent again);
 - the table's entry given a row filter (rows outside it never sent, an update leaving it
-  sent as a delete).
+  sent as a delete);
+- each of these altered and put back inside the transaction of the row changes (chaos
+  02:27): pgoutput decodes them under that transaction's catalog state.
 
 Now the check compares what publishes each table (its publication entries and the
 publication row's version) with what did when its shapes were made, retires the shapes
@@ -53,6 +55,35 @@ CASES = {
         f"ALTER PUBLICATION {PUB} ADD TABLE items WHERE (id < 5)",
         "INSERT INTO items VALUES (10, 'outside')",
         "UPDATE items SET v = 'changed' WHERE id = 1",
+    ],
+    # Altered and put back in the transaction of the row changes (chaos 02:27): no look at
+    # the publication's state, however often, sees it altered.
+    "dropped-and-added-again-in-one-transaction": [
+        "BEGIN",
+        f"ALTER PUBLICATION {PUB} DROP TABLE items",
+        "INSERT INTO items VALUES (10, 'new')",
+        "UPDATE items SET v = 'changed' WHERE id = 1",
+        "DELETE FROM items WHERE id = 2",
+        f"ALTER PUBLICATION {PUB} ADD TABLE items",
+        "COMMIT",
+    ],
+    "publish-narrowed-and-set-back-in-one-transaction": [
+        "BEGIN",
+        f"ALTER PUBLICATION {PUB} SET (publish = 'insert')",
+        "UPDATE items SET v = 'changed' WHERE id = 1",
+        "DELETE FROM items WHERE id = 2",
+        f"ALTER PUBLICATION {PUB} SET (publish = {EVERY})",
+        "COMMIT",
+    ],
+    "row-filter-in-one-transaction": [
+        "BEGIN",
+        f"ALTER PUBLICATION {PUB} DROP TABLE items",
+        f"ALTER PUBLICATION {PUB} ADD TABLE items WHERE (id < 0)",
+        "INSERT INTO items VALUES (10, 'outside')",
+        "UPDATE items SET v = 'changed' WHERE id = 1",
+        f"ALTER PUBLICATION {PUB} DROP TABLE items",
+        f"ALTER PUBLICATION {PUB} ADD TABLE items",
+        "COMMIT",
     ],
 }
 
