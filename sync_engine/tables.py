@@ -37,19 +37,22 @@ from .errors import InvalidRequest, ServiceUnavailable
 from .pg.catalog import TableInfo, load_table
 from .pg.publication import (
     Descendant,
+    HowPublished,
     Identity,
     PublicationError,
     add_table,
     ancestors_of,
     born_in_family,
     descendants_of,
+    drop_narrowed,
     ensure_publication,
+    how_published,
     make_identity_full,
     prepare_descendants,
     publication_exists,
+    publish_every_change,
     ready_partitions,
     set_identity_full,
-    unpublished,
     wait_for_older_transactions,
 )
 from .shapes.registry import ShapeRegistry
@@ -139,6 +142,9 @@ class Tables:
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
         self._published: set[int] = set()
+        # How the publication published each table (and family member) when its shapes were
+        # made, or when first looked at by this process (`check_published`).
+        self._how_published: dict[int, HowPublished] = {}
         self._closing: set[asyncio.Future[None]] = set()  # given-up connections closing
         self._probes: dict[None, asyncio.Future[bool]] = {}
         # The connection `verify_relation` reads the catalog on (the replicator's only).
@@ -349,6 +355,8 @@ class Tables:
 
         created = await self._on_connection(work, PUBLISH_TIMEOUT)
         self._published = set()
+        if created:  # (what published the tables is gone; their shapes are retired)
+            self._how_published = {}
         return created
 
     # -- lookups --------------------------------------------------------------------------
@@ -528,6 +536,11 @@ class Tables:
             )
             if added or more:
                 await wait_for_older_transactions(conn)
+            # (kept, not replaced: a table found out of the publication here while it has
+            # shapes lost changes meanwhile, which the next `check_published` sees)
+            members = [table.oid, *(d.oid for d in descendants)]
+            for oid, how in (await how_published(conn, self.publication, members)).items():
+                self._how_published.setdefault(oid, how)
             if table.kind == "p":
                 self._partitioned.add(table.oid)
             # (a child left unpublished is not routed: `check_families` adds it once it is
@@ -899,16 +912,26 @@ class Tables:
             self._close_later(conn)
 
     async def check_published(self) -> None:
-        """Retire the shapes of tables someone took out of the engine's publication
-        (`ALTER PUBLICATION ... DROP TABLE`), and publish them again.
+        """Retire the shapes of tables whose changes the engine's publication may not have
+        sent, and publish them again whole.
 
-        pgoutput then sends nothing of the table, and says nothing of it either: its shapes
-        would answer "up to date" for ever without the changes since. A table counts as
-        published when it or a partition ancestor is in the publication; the inheritance
-        children the engine published for a shaped parent (its family) are looked at too.
-        The shapes go first, then the table is published again as for a first shape
-        (`publish`): a client's refetch takes its snapshot after that (a request in
-        between publishes it itself, `_published` being forgotten)."""
+        pgoutput sends a change only as the publication stood when it was written, and says
+        nothing when that changes: the shapes would answer "up to date" for ever without
+        the changes missed. Found here (`HowPublished`), every `--schema-check-interval`:
+        the table taken out of the publication (`ALTER PUBLICATION ... DROP TABLE`, also
+        added again since the last look: a new entry), the `publish` option narrowed (set
+        back to every kind of change here) or set and set back since, a row filter or column
+        list on its entry (the entry is dropped and the table added again whole). A table
+        counts as published when it or a partition ancestor is in the publication (or its
+        schema); the inheritance children the engine published for a shaped parent (its
+        family) are looked at too. The shapes go first, then the table is published again as
+        for a first shape (`publish`): a client's refetch takes its snapshot after that (a
+        request in between publishes it itself, `_published` being forgotten).
+
+        What publishes a table is compared with what published it when the first shape of
+        it was made in this process, else when this process first looked (after a restart:
+        a change made while the engine was stopped, and undone before it started, is not
+        seen)."""
         roots: dict[int, TableInfo] = {}
         for shape in self.registry.by_handle.values():
             roots.setdefault(shape.definition.table_oid, shape.table)
@@ -918,20 +941,52 @@ class Tables:
         for oid in roots:
             for member in self.families.get(oid, frozenset()):
                 of.setdefault(member, oid)
-        missing = await self.on_catalog(lambda conn: unpublished(conn, self.publication, of))
-        for oid in sorted({of[m] for m in missing}):
+        pub = self.publication
+        now = await self.on_catalog(lambda conn: how_published(conn, pub, of))
+        why: dict[int, str] = {}  # root -> what changed
+        for oid, how in now.items():
+            was = self._how_published.setdefault(oid, how)
+            if not how.published:
+                reason = "was taken out of the publication"
+            elif not how.every_change:
+                reason = "is published without every kind of change (its `publish` option)"
+            elif how.narrowed:
+                reason = "is published with a row filter or a column list"
+            elif was != how:
+                reason = (
+                    "had its publication changed since (taken out and added again, or the"
+                    " publication's options set)"
+                )
+            else:
+                continue
+            why.setdefault(of[oid], reason)
+        if not why:
+            return
+        restored: list[str] = []
+        if any(not how.every_change for how in now.values()):
+            await self.on_catalog(lambda conn: publish_every_change(conn, pub))
+            restored.append("its publish option set back to every kind of change")
+        if any(how.narrowed for how in now.values()):
+            names = await self.on_catalog(lambda conn: drop_narrowed(conn, pub))
+            restored.append(f"{', '.join(names)} taken out to be added again whole")
+        for oid in sorted(why):
             table = roots[oid]
             logger.warning(
-                'table "%s"."%s" (or one of its inheritance children) was taken out of'
-                " publication %s: its changes since were not streamed; its shapes are"
-                " retired (their clients refetch) and it is published again",
+                'table "%s"."%s" (or one of its inheritance children) %s in publication %s:'
+                " changes may not have been streamed; its shapes are retired (their clients"
+                " refetch) and it is published again%s",
                 table.schema,
                 table.name,
-                self.publication,
+                why[oid],
+                pub,
+                f" ({'; '.join(restored)})" if restored else "",
             )
             self._published.discard(oid)
+            for member, root in of.items():
+                if root == oid:
+                    self._how_published.pop(member, None)  # (`publish` notes it afresh)
             self.registry.rotate_table(
-                oid, "the table was taken out of the publication: changes were not streamed"
+                oid, "the table's publication changed: changes may not have been streamed"
             )
             try:
                 await self.publish(table)

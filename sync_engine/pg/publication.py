@@ -142,42 +142,114 @@ async def add_table(
         ) from exc
 
 
-_UNPUBLISHED = """
-SELECT t.oid::int8 FROM unnest(%(oids)s::oid[]) AS t(oid)
+@dataclass(frozen=True)
+class HowPublished:
+    """How the engine's publication publishes one table, as the catalog says now.
+
+    Compared with what it was when the table's shapes were made (`Tables.check_published`):
+    pgoutput sends a change only as the publication stood when it was written, so a table
+    taken out and added again between two looks, or the publication's `publish` option
+    narrowed and set back, lost changes while every state looked at was right. What
+    publishes it is told apart by identity: its `pg_publication_rel` rows (a table added
+    again is a new row), the `pg_publication_namespace` rows of its schema, and the
+    publication row's xmin (`ALTER PUBLICATION ... SET (...)` writes a new version of it;
+    adding or dropping a table does not)."""
+
+    #: The publication's oid and xmin.
+    publication: tuple[int, str]
+    #: insert, update, delete and truncate are all published.
+    every_change: bool
+    #: The `pg_publication_rel` rows that publish it (itself or a partition ancestor).
+    entries: tuple[int, ...]
+    #: The `pg_publication_namespace` rows of its (or an ancestor's) schema (PG 15+).
+    schemas: tuple[int, ...]
+    #: One of those entries has a row filter or a column list (PG 15+): not every row or
+    #: column is sent.
+    narrowed: bool
+    #: The publication is FOR ALL TABLES.
+    all_tables: bool
+
+    @property
+    def published(self) -> bool:
+        return self.all_tables or bool(self.entries) or bool(self.schemas)
+
+
+_HOW_PUBLISHED = """
+SELECT t.oid::int8, p.oid::int8, p.xmin::text,
+       p.pubinsert AND p.pubupdate AND p.pubdelete AND p.pubtruncate,
+       ARRAY(SELECT r.oid::int8 FROM pg_publication_rel r
+             WHERE r.prpubid = p.oid AND (r.prrelid = t.oid
+               OR r.prrelid IN (SELECT relid FROM pg_partition_ancestors(t.oid)))
+             ORDER BY 1),
+       {schemas}, {narrowed}, p.puballtables
+FROM unnest(%(oids)s::oid[]) AS t(oid)
 JOIN pg_class c ON c.oid = t.oid
 JOIN pg_publication p ON p.pubname = %(pub)s
-WHERE NOT p.puballtables
-  AND NOT EXISTS (
-    SELECT 1 FROM pg_publication_rel r
-    WHERE r.prpubid = p.oid
-      AND (r.prrelid = t.oid OR r.prrelid IN (SELECT relid FROM pg_partition_ancestors(t.oid)))
-  )
 """
-
-#: Postgres 15+: a publication may take every table of a schema.
-_IN_PUBLISHED_SCHEMA = """
-  AND NOT EXISTS (
-    SELECT 1 FROM pg_class ac
-    JOIN pg_publication_namespace s ON s.pnnspid = ac.relnamespace AND s.pnpubid = p.oid
-    WHERE ac.oid = t.oid OR ac.oid IN (SELECT relid FROM pg_partition_ancestors(t.oid))
-  )
-"""
-# (pg_partition_ancestors says nothing of a table that is not a partition nor partitioned:
-# the table itself is asked for on its own)
+_SCHEMAS_15 = """ARRAY(SELECT s.oid::int8 FROM pg_publication_namespace s
+             JOIN pg_class ac ON ac.relnamespace = s.pnnspid
+             WHERE s.pnpubid = p.oid AND (ac.oid = t.oid
+               OR ac.oid IN (SELECT relid FROM pg_partition_ancestors(t.oid)))
+             ORDER BY 1)"""
+_NARROWED_15 = """EXISTS (SELECT 1 FROM pg_publication_rel r
+             WHERE r.prpubid = p.oid AND (r.prqual IS NOT NULL OR r.prattrs IS NOT NULL)
+               AND (r.prrelid = t.oid
+                 OR r.prrelid IN (SELECT relid FROM pg_partition_ancestors(t.oid))))"""
 
 
-async def unpublished(
+async def how_published(
     conn: AsyncConnection[Any], publication: str, oids: Collection[int]
-) -> set[int]:
-    """Those of the tables `oids` whose changes the publication does not send: neither
-    they nor a partition ancestor of theirs is in it (someone ran `ALTER PUBLICATION ...
-    DROP TABLE`). Tables that no longer exist, and all of them when the publication is
-    gone (the stream fails then, and `Source` makes both again), are not said."""
-    query = _UNPUBLISHED
-    if conn.info.server_version >= 150000:
-        query += _IN_PUBLISHED_SCHEMA
-    cur = await conn.execute(query, {"oids": sorted(oids), "pub": publication})
-    return {int(r[0]) for r in await cur.fetchall()}
+) -> dict[int, HowPublished]:
+    """`HowPublished` of each of the tables `oids` that exists, none when the publication
+    is gone (the stream fails then, and `Source` makes it again)."""
+    v15 = conn.info.server_version >= 150000
+    query = _HOW_PUBLISHED.format(
+        schemas=_SCHEMAS_15 if v15 else "'{}'::int8[]", narrowed=_NARROWED_15 if v15 else "false"
+    )
+    cur = await conn.execute(query.encode(), {"oids": sorted(oids), "pub": publication})
+    return {
+        int(r[0]): HowPublished(
+            publication=(int(r[1]), str(r[2])),
+            every_change=bool(r[3]),
+            entries=tuple(r[4]),
+            schemas=tuple(r[5]),
+            narrowed=bool(r[6]),
+            all_tables=bool(r[7]),
+        )
+        for r in await cur.fetchall()
+    }
+
+
+async def publish_every_change(conn: AsyncConnection[Any], publication: str) -> None:
+    """Set the publication's `publish` option back to every kind of change."""
+    await conn.execute(
+        sql.SQL("ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate')").format(
+            sql.Identifier(publication)
+        )
+    )
+
+
+async def drop_narrowed(conn: AsyncConnection[Any], publication: str) -> list[str]:
+    """Take the tables published with a row filter or a column list out of the publication
+    (they are added again whole by `add_table`); their names."""
+    if conn.info.server_version < 150000:
+        return []
+    cur = await conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication_rel r"
+        " JOIN pg_publication p ON p.oid = r.prpubid JOIN pg_class c ON c.oid = r.prrelid"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE p.pubname = %s AND (r.prqual IS NOT NULL OR r.prattrs IS NOT NULL)",
+        (publication,),
+    )
+    names = []
+    for schema, name in await cur.fetchall():
+        await conn.execute(
+            sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(
+                sql.Identifier(publication), sql.Identifier(schema, name)
+            )
+        )
+        names.append(f'"{schema}"."{name}"')
+    return names
 
 
 async def wait_for_older_transactions(conn: AsyncConnection[Any], timeout: float = 10.0) -> bool:

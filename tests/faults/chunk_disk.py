@@ -87,3 +87,25 @@ async def snapshot_then_restart(engine: EngineProcess, url: str) -> tuple[bytes,
     engine.stop()
     await asyncio.to_thread(engine.start)
     return first, handle
+
+
+def served_unchanged(url: str, times: int, first: bytes, handle: str) -> None:
+    """`times` requests for `url` answer `first`, under `handle`."""
+    for _ in range(times):
+        status, headers, body = get(url)
+        assert (status, body) == (200, first)
+        assert headers["electric-handle"] == handle
+
+
+def damage_refused(url: str, handle: str) -> dict[str, Any]:
+    """The request for the damaged chunk gets a 409, never the changed rows (every `v` was
+    "0"); the client's refetch gets a new shape with the rows as Postgres has them: those
+    rows."""
+    status, _, body = get(url)
+    changed = sorted(k for k, v in values(body).items() if v["v"] != "0")
+    assert status == 409, f"the damaged chunk was sent: {changed}"
+    status, headers, again = get(url)
+    assert status == 200 and headers["electric-handle"] != handle
+    rows = values(again)
+    assert rows and {v["v"] for v in rows.values()} == {"0"}
+    return rows

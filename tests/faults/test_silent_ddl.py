@@ -28,6 +28,7 @@ import aiohttp
 import psycopg
 import pytest
 
+from tests.faults.followed import followed_engine
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower
 from tests.support.waiting import wait_until_async
@@ -65,79 +66,46 @@ async def test_ddl_without_row_changes_ends_equal_to_select(db_url: str, tmp_pat
         "CREATE TABLE items (id int PRIMARY KEY, org_id int NOT NULL, title text, extra text)",
         "INSERT INTO items VALUES (1, 1, 'a', 's1'), (2, 1, 'b', 's2'), (3, 2, 'c', 's3')",
     )
-    engine = EngineProcess(
-        db_url,
-        tmp_path / "data",
-        "--long-poll-timeout",
-        "1",
-        "--schema-check-interval",
-        "0.3",
-    )
-    engine.log = tmp_path / "engine.log"
-    await asyncio.to_thread(engine.start)
-    follower = Follower(engine.url, increments=False)
-    stop = asyncio.Event()
-    try:
-        async with aiohttp.ClientSession() as session:
-            task = asyncio.create_task(follower.run(session, stop))
-
-            async def converged(what: str) -> None:
-                try:
-                    await wait_until_async(
-                        lambda: follower.live and _view(follower.rows) == _select(db_url),
-                        timeout=20,
-                        message=what,
-                    )
-                except AssertionError as exc:
-                    raise AssertionError(
-                        f"{exc}: {_view(follower.rows)} != {_select(db_url)}"
-                    ) from None
-
-            await converged("first sync")
-            old, old_offset = follower.handle, follower.offset
-            assert old is not None
-            # 1. a new primary key, then a row new under it only
-            _sql(
-                db_url,
-                "ALTER TABLE items DROP CONSTRAINT items_pkey",
-                "ALTER TABLE items ADD PRIMARY KEY (id, org_id)",
-                "INSERT INTO items VALUES (1, 2, 'dup', 's4')",
-            )
-            await converged("a new primary key")
-            assert len(follower.rows) == 4, follower.rows
-            assert follower.handle != old
-            assert await _status(session, engine.url, old, old_offset) == 409
-            await asyncio.sleep(0.7)  # (2+ checks: the new shape is not retired again)
-            # a new client at -1 gets the new shape, whole
-            fresh = Follower(engine.url, increments=False)
-            fresh_task = asyncio.create_task(fresh.run(session, stop))
-            await wait_until_async(lambda: fresh.live, timeout=20, message="fresh client")
-            assert _view(fresh.rows) == _select(db_url)
-            assert fresh.handle == follower.handle
-            fresh_task.cancel()
-            # 2. a column dropped and added again, same name and type: a new default
-            old = follower.handle
-            _sql(db_url, "ALTER TABLE items DROP COLUMN extra, ADD COLUMN extra text DEFAULT 'x'")
-            await converged("a column dropped and added again")
-            assert {r["extra"] for r in follower.rows.values()} == {"x"}
-            assert follower.handle != old
-            assert follower.resets == 2, follower.statuses
-            # 3. a table rewrite, same columns: every title upper-cased
-            _sql(db_url, "ALTER TABLE items ALTER COLUMN title TYPE text USING upper(title)")
-            await converged("a table rewrite")
-            assert {r["title"] for r in follower.rows.values()} == {"A", "B", "C", "DUP"}
-            await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
-            assert follower.resets == 3, follower.statuses
-            # (the row new under the new key never reaches a client under the old key: the
-            # Relation message before it has the shape checked first, test_pk_change_live.py)
-            assert follower.counts()["invalid_json"] == follower.counts()["lost"] == 0
-            assert follower.counts()["duplicated"] == 0
-            assert not [s for s in follower.statuses if s >= 500], follower.statuses
-            stop.set()
-            await asyncio.wait_for(task, 10)
-    finally:
-        stop.set()
-        await asyncio.to_thread(engine.stop)
+    async with followed_engine(db_url, tmp_path, "0.3", _view, lambda: _select(db_url)) as f:
+        await f.converged("first sync")
+        old, old_offset = f.follower.handle, f.follower.offset
+        assert old is not None
+        # 1. a new primary key, then a row new under it only
+        _sql(
+            db_url,
+            "ALTER TABLE items DROP CONSTRAINT items_pkey",
+            "ALTER TABLE items ADD PRIMARY KEY (id, org_id)",
+            "INSERT INTO items VALUES (1, 2, 'dup', 's4')",
+        )
+        await f.converged("a new primary key")
+        assert len(f.follower.rows) == 4, f.follower.rows
+        assert f.follower.handle != old
+        assert await _status(f.session, f.engine.url, old, old_offset) == 409
+        await asyncio.sleep(0.7)  # (2+ checks: the new shape is not retired again)
+        # a new client at -1 gets the new shape, whole
+        fresh = Follower(f.engine.url, increments=False)
+        fresh_task = asyncio.create_task(fresh.run(f.session, f.stop))
+        await wait_until_async(lambda: fresh.live, timeout=60, message="fresh client")
+        assert _view(fresh.rows) == _select(db_url)
+        assert fresh.handle == f.follower.handle
+        fresh_task.cancel()
+        # 2. a column dropped and added again, same name and type: a new default
+        old = f.follower.handle
+        _sql(db_url, "ALTER TABLE items DROP COLUMN extra, ADD COLUMN extra text DEFAULT 'x'")
+        await f.converged("a column dropped and added again")
+        assert {r["extra"] for r in f.follower.rows.values()} == {"x"}
+        assert f.follower.handle != old
+        assert f.follower.resets == 2, f.follower.statuses
+        # 3. a table rewrite, same columns: every title upper-cased
+        _sql(db_url, "ALTER TABLE items ALTER COLUMN title TYPE text USING upper(title)")
+        await f.converged("a table rewrite")
+        assert {r["title"] for r in f.follower.rows.values()} == {"A", "B", "C", "DUP"}
+        await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
+        assert f.follower.resets == 3, f.follower.statuses
+        # (the row new under the new key never reaches a client under the old key: the
+        # Relation message before it has the shape checked first, test_pk_change_live.py)
+        assert f.follower.counts()["invalid_json"] == f.follower.counts()["lost"] == 0
+        assert f.follower.counts()["duplicated"] == 0
 
 
 @pytest.mark.timeout(120)
@@ -152,55 +120,22 @@ async def test_a_table_taken_out_of_the_publication_is_noticed(db_url: str, tmp_
         "CREATE TABLE items_c () INHERITS (items)",
         "INSERT INTO items_c VALUES (3, 2, 'c', 's3')",
     )
-    engine = EngineProcess(
-        db_url,
-        tmp_path / "data",
-        "--long-poll-timeout",
-        "1",
-        "--schema-check-interval",
-        "0.3",
-    )
-    engine.log = tmp_path / "engine.log"
-    await asyncio.to_thread(engine.start)
-    follower = Follower(engine.url, increments=False)
-    stop = asyncio.Event()
-    try:
-        async with aiohttp.ClientSession() as session:
-            task = asyncio.create_task(follower.run(session, stop))
-
-            async def converged(what: str) -> None:
-                try:
-                    await wait_until_async(
-                        lambda: follower.live and _view(follower.rows) == _select(db_url),
-                        timeout=20,
-                        message=what,
-                    )
-                except AssertionError as exc:
-                    raise AssertionError(
-                        f"{exc}: {_view(follower.rows)} != {_select(db_url)}"
-                    ) from None
-
-            await converged("first sync")
-            for n, (table, row) in enumerate([("items", 10), ("items_c", 20)]):
-                old = follower.handle
-                _sql(
-                    db_url,
-                    f"ALTER PUBLICATION shapegate_pub_default DROP TABLE {table}",
-                    f"INSERT INTO {table} VALUES ({row}, 9, 'after', 'x')",
-                )
-                await converged(f"{table} taken out of the publication")
-                assert follower.handle != old
-                _sql(db_url, f"INSERT INTO {table} VALUES ({row + 1}, 9, 'later', 'x')")
-                await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
-                await converged(f"{table}: a later change, live")
-                assert len(follower.rows) == 5 + 2 * n
-                assert follower.resets == n + 1, follower.statuses
-            assert not [s for s in follower.statuses if s >= 500], follower.statuses
-            stop.set()
-            await asyncio.wait_for(task, 10)
-    finally:
-        stop.set()
-        await asyncio.to_thread(engine.stop)
+    async with followed_engine(db_url, tmp_path, "0.3", _view, lambda: _select(db_url)) as f:
+        await f.converged("first sync")
+        for n, (table, row) in enumerate([("items", 10), ("items_c", 20)]):
+            old = f.follower.handle
+            _sql(
+                db_url,
+                f"ALTER PUBLICATION shapegate_pub_default DROP TABLE {table}",
+                f"INSERT INTO {table} VALUES ({row}, 9, 'after', 'x')",
+            )
+            await f.converged(f"{table} taken out of the publication")
+            assert f.follower.handle != old
+            _sql(db_url, f"INSERT INTO {table} VALUES ({row + 1}, 9, 'later', 'x')")
+            await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
+            await f.converged(f"{table}: a later change, live")
+            assert len(f.follower.rows) == 5 + 2 * n
+            assert f.follower.resets == n + 1, f.follower.statuses
 
 
 async def _fresh(session: aiohttp.ClientSession, url: str, table: str) -> tuple[str, Any, Any]:
