@@ -16,13 +16,14 @@ that is no boolean), which come first. Found by /work/wherefuzz/casefz.py (rando
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from sync_engine.shapes.where import check_where_constructs, parse_where
+from sync_engine.shapes.where import WhereError, check_where_constructs, parse_where
 from sync_engine.shapes.where.clause import ClauseFails
 from tests.sync_engine.engine_harness import Engine
 from tests.sync_engine.shapes.where.columns import (
@@ -143,3 +144,16 @@ async def test_live_rows_move_in_and_out_of_a_case_shape(engine: Engine) -> None
     await engine.follow_live(rows, handle, offset, "100", table="items", where=where)
     expected = {str(r[0]) for r in engine.sql(f"SELECT id FROM items WHERE {where}")}
     assert {r["id"] for r in rows.values()} == expected == {"2", "3", "4", "100"}
+
+
+def test_a_refused_part_of_a_case_is_named(table: Any) -> None:
+    """attack 02:10: the refusal names what inside the CASE is refused, at its location."""
+    _conn, columns = table
+    for clause, words in [
+        ("CASE WHEN pg_sleep(1) IS NULL THEN true END", "At location 10: unknown or unsupported"),
+        ("CASE i WHEN pg_sleep(1) THEN true END", "At location 12: unknown or unsupported"),
+        ("CASE WHEN true THEN now() > d END", "non-deterministic function now()"),
+    ]:
+        for check in (lambda c: parse_where(c, {}, columns), check_where_constructs):
+            with pytest.raises(WhereError, match=re.escape(words)):
+                check(clause)
