@@ -38,8 +38,11 @@ device, of any file, forgets what was kept: on a disk busy with other reads (or 
 page cache was dropped) each send is checked as before; a warm sync served from the page
 cache of a quiet disk is not.
 
-What was open before stays open, no wider: damage reaching the page cache between a check
-and its send (the thread hop and the send itself). `tests/faults/test_silent_corruption.py`
+What was open before stays open, no wider: bytes changed in the page cache between a check
+and the end of its send: damage below the filesystem read back in meanwhile, or a write
+through a shared mapping (`mmap`) whose page was dirtied before the check (a write to a
+dirty mapped page takes no fault and moves neither time; it needs write access to the data
+directory: attack 02:31). `tests/faults/test_silent_corruption.py`
 damages a checked chunk below the filesystem (the test reads it back from the disk itself):
 409; `test_chunk_damage_after_check.py` through the filesystem with the times put back: 409.
 """
