@@ -676,11 +676,23 @@ def _array_typed(node: object) -> bool:
 
 
 def _claims_read_as_array(node: object) -> Iterator[ast.ParamRef]:
-    """The claims `node` is, bare or through casts: `$1`, `$1::text[]`."""
+    """The claims `node` is, where an array is read: bare or through casts (`$1`,
+    `$1::text[]`), or as a value that expression is (a CASE's results, COALESCE's,
+    GREATEST's, LEAST's and NULLIF's arguments: each of the one type, the array)."""
     while isinstance(node, ast.TypeCast):
         node = node.arg
     if isinstance(node, ast.ParamRef):
         yield node
+    elif isinstance(node, ast.CaseExpr):
+        for arm in node.args or ():
+            yield from _claims_read_as_array(arm.result)
+        yield from _claims_read_as_array(node.defresult)
+    elif isinstance(node, ast.CoalesceExpr | ast.MinMaxExpr):
+        for arg in node.args or ():
+            yield from _claims_read_as_array(arg)
+    elif isinstance(node, ast.A_Expr) and node.kind == A_Expr_Kind.AEXPR_NULLIF:
+        yield from _claims_read_as_array(node.lexpr)
+        yield from _claims_read_as_array(node.rexpr)
 
 
 def _array_slots(where: ast.Node) -> frozenset[int]:
