@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pglast import ast, parse_sql
 from pglast.enums.parsenodes import A_Expr_Kind
 
+from sync_engine.shapes.where.parse import blank_line_comments
+
 _COMPARISONS = frozenset({"=", "<>", "!=", "<", ">", "<=", ">="})
 _LIKES = frozenset({"~~", "~~*", "!~~", "!~~*"})
 _WHOLE_KINDS = frozenset(
@@ -87,7 +89,7 @@ def _walk(node: object) -> Iterator[ast.Node]:
 
 def single_value_slots(sql: str) -> frozenset[int]:
     """Indexes `i` (of `$i+1`) of the compiled filter `sql` whose every use is one value."""
-    where = parse_sql(f"SELECT 1 WHERE {sql}")[0].stmt.whereClause
+    where = parse_sql(blank_line_comments(f"SELECT 1 WHERE {sql}"))[0].stmt.whereClause
     nodes = list(_walk(where))
     uses = Counter(node.number for node in nodes if isinstance(node, ast.ParamRef))
     single = Counter(ref.number for node in nodes for ref in _single_value_refs(node))

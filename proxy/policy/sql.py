@@ -29,7 +29,7 @@ from sync_engine.shapes.where import check_where_constructs, guarded_and
 from sync_engine.shapes.where import parse as where_parse
 from sync_engine.shapes.where.depth import runs_longer_than
 from sync_engine.shapes.where.errors import WhereError
-from sync_engine.shapes.where.parse import construct_name
+from sync_engine.shapes.where.parse import blank_line_comments, construct_name
 
 MAX_CLAUSE_LENGTH = 4096
 #: Where pglast parses a client clause: locations in it minus this are the client's (as the
@@ -189,7 +189,9 @@ def quote_identifier(name: str) -> str:
 
 def _parse_select(sql: str) -> ast.SelectStmt:
     try:
-        stmts = parse_sql(sql)
+        # (`-- ...` comments as the spaces they are to Postgres, as the engine reads them:
+        # `'ali' -- c<newline>'ce'` is 'alice', a syntax error to pglast as written)
+        stmts = parse_sql(blank_line_comments(sql))
     except ParseError as exc:
         raise ValueError(f"does not parse: {exc.args[0] if exc.args else exc}") from None
     if len(stmts) != 1 or not isinstance(stmts[0].stmt, ast.SelectStmt):
@@ -444,7 +446,7 @@ _POSITIONS = re.compile(r'"(?:location|stmt_location|stmt_len)":-?[0-9]+')
 
 def _shape_of(where: str) -> str:
     """The parse tree of a where clause without positions (equal: same meaning)."""
-    return _POSITIONS.sub("", parse_sql_json(_PREFIX + where))
+    return _POSITIONS.sub("", parse_sql_json(blank_line_comments(_PREFIX + where)))
 
 
 def shift_template(sql: str, offset: int) -> str:
@@ -533,7 +535,8 @@ def tables_read_by(clause: str, *, order_by: bool = False) -> tuple[tuple[str, s
             f"a clause with a subquery may be at most {MAX_CLAUSE_LENGTH} characters",
         )
     try:
-        stmts = parse_sql(("SELECT 1 ORDER BY " if order_by else _PREFIX) + clause)
+        prefix = "SELECT 1 ORDER BY " if order_by else _PREFIX
+        stmts = parse_sql(blank_line_comments(prefix + clause))
     except ParseError:
         return ()
     return tuple(
@@ -673,11 +676,23 @@ def _array_typed(node: object) -> bool:
 
 
 def _claims_read_as_array(node: object) -> Iterator[ast.ParamRef]:
-    """The claims `node` is, bare or through casts: `$1`, `$1::text[]`."""
+    """The claims `node` is, where an array is read: bare or through casts (`$1`,
+    `$1::text[]`), or as a value that expression is (a CASE's results, COALESCE's,
+    GREATEST's, LEAST's and NULLIF's arguments: each of the one type, the array)."""
     while isinstance(node, ast.TypeCast):
         node = node.arg
     if isinstance(node, ast.ParamRef):
         yield node
+    elif isinstance(node, ast.CaseExpr):
+        for arm in node.args or ():
+            yield from _claims_read_as_array(arm.result)
+        yield from _claims_read_as_array(node.defresult)
+    elif isinstance(node, ast.CoalesceExpr | ast.MinMaxExpr):
+        for arg in node.args or ():
+            yield from _claims_read_as_array(arg)
+    elif isinstance(node, ast.A_Expr) and node.kind == A_Expr_Kind.AEXPR_NULLIF:
+        yield from _claims_read_as_array(node.lexpr)
+        yield from _claims_read_as_array(node.rexpr)
 
 
 def _array_slots(where: ast.Node) -> frozenset[int]:

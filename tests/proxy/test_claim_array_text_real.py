@@ -42,6 +42,9 @@ ARRAY_READ = {
     "any": "t = ANY({{s}})",
     "contains": "tags @> {{s}}",
     "mixed": "t = {{s}} OR tags && {{s}}",
+    # a CASE or COALESCE around the claim where an array is read (wherefuzz 01:58)
+    "case": "t = ANY(CASE WHEN i4 > 0 THEN {{s}} ELSE '{}'::text[] END)",
+    "coalesce": "tags && COALESCE({{s}}, '{}'::text[])",
 }
 #: (rule, claim) the engine refuses though Postgres answers (its documented limits: arrays
 #: with explicit bounds): the proxy's 403 claim_unusable there

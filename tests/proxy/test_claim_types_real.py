@@ -341,3 +341,41 @@ async def test_a_scalar_claim_where_a_list_is_read_is_the_proxys_refusal(
     reply = await proxy.get(SHAPE + "&where=title%20%3C%3E%20%27z%27", token=token)
     assert reply.status == 200
     assert {m["value"]["id"] for m in reply.json() if "value" in m} == ORG_A
+
+
+#: Filters that read a claim as an array through an expression around it: a CASE's result,
+#: COALESCE's or NULLIF's argument (wherefuzz 01:58 asked about the CASE).
+WRAPPED_ARRAY_READS = [
+    "org_id = ANY(CASE WHEN id > 0 THEN {{orgs}} ELSE '{}'::text[] END)",
+    "org_id = ANY(CASE id WHEN 0 THEN '{}'::text[] ELSE {{orgs}} END)",
+    "org_id = ANY(COALESCE({{orgs}}, '{}'::text[]))",
+    "org_id = ANY(NULLIF({{orgs}}, '{}'::text[]))",
+]
+
+
+@pytest.mark.parametrize("where", WRAPPED_ARRAY_READS)
+async def test_a_scalar_claim_read_as_an_array_through_an_expression_is_the_proxys_refusal(
+    where: str, engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """`org_id = ANY(CASE WHEN .. THEN {{orgs}} END)` with a token whose `orgs` is `"org-a"`
+    (or 7) went to the engine, whose refusal of the filter the proxy told as 403 "claim is
+    not a value this shape's filter can use": the proxy's array slots did not look inside
+    the CASE. Now it says, before the engine, what `ANY({{orgs}})` says: the claim must be
+    a JSON array. Text in
+    array syntax (`"{org-a,org-b}"`) is refused there as before (never one claim read as many
+    values), and a JSON list is served: the engine's rows for the org it names."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["tables"]["items"] = {"allow": [{"name": "m", "when": {"role": "m"}, "where": where}]}
+    proxy = await make_proxy(build_config(config, environ))
+    for claim in ("org-a", 7, "{org-a,org-b}", " [1:2]={org-a,org-b}"):
+        reply = await proxy.get(SHAPE, token=proxy.tokens.make(role="m", orgs=claim))
+        assert (reply.status, reply.json()["code"]) == (403, "claim_unusable"), (claim, reply.body)
+        for hidden in ("ANY", "org_id", "location", "array literal", "where"):
+            assert hidden not in reply.body.decode(), (claim, hidden)
+        if not str(claim).lstrip().startswith(("{", "[")):
+            assert reply.json()["message"] == (
+                "the token's 'orgs' claim must be a JSON array for this shape"
+            ), (claim, reply.body)
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(role="m", orgs=["org-a"]))
+    assert reply.status == 200, reply.body
+    assert {m["value"]["id"] for m in reply.json() if "value" in m} == ORG_A

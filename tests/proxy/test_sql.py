@@ -239,3 +239,13 @@ def test_array_slots_name_the_claims_read_as_arrays(template: str, slots: set[in
     assert compiled.array_slots == slots
     for i in slots:  # (each slot is a claim the template reads)
         assert i < len(compiled.claim_paths)
+
+
+def test_a_template_continued_across_a_comment_compiles_and_its_slots_read() -> None:
+    """A `--` comment inside a string constant continued on the next line (Postgres reads
+    `'x' -- c<newline>'y'` as 'xy'): the template compiles, and the slots' parse of it
+    (`single_value_slots`) reads it too instead of raising pglast's ParseError at load."""
+    from proxy.policy.slots import single_value_slots
+
+    compiled = compile_template("org_id = {{org}} AND title <> 'x' -- c\n'y'")
+    assert single_value_slots(compiled.sql) == frozenset({0})
