@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psycopg
 
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower
@@ -21,6 +22,20 @@ from tests.support.waiting import wait_until_async
 
 #: Rows as a test compares them: the follower's (`view`) against Postgres's (`select`).
 Rows = list[tuple[str, ...]]
+
+
+def run_sql(db_url: str, *statements: str) -> None:
+    """Run `statements` in order, each committed on its own (autocommit)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s.encode())
+
+
+def rows_of(db_url: str, query: bytes) -> Rows:
+    """Postgres's rows for `query`, as text, sorted: what `Followed.select` returns."""
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(query).fetchall()
+    return sorted(tuple(str(x) for x in row) for row in rows)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.faults.followed import followed_engine
+from tests.faults.followed import Rows, followed_engine, rows_of, run_sql
 
 PUB = "shapegate_pub_default"
 EVERY = "'insert, update, delete, truncate'"
@@ -88,16 +88,8 @@ CASES = {
 }
 
 
-def _sql(db_url: str, *statements: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s.encode())
-
-
-def _select(db_url: str) -> list[tuple[str, ...]]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(b"SELECT id, v FROM items").fetchall()
-    return sorted((str(i), str(v)) for i, v in rows)
+def _select(db_url: str) -> Rows:
+    return rows_of(db_url, b"SELECT id, v FROM items")
 
 
 def _view(rows: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -109,7 +101,7 @@ def _view(rows: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
 async def test_a_publication_changed_under_a_shape_is_noticed(
     db_url: str, tmp_path: Path, case: str
 ) -> None:
-    _sql(
+    run_sql(
         db_url,
         "CREATE TABLE items (id int PRIMARY KEY, v text)",
         "INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')",
@@ -118,11 +110,11 @@ async def test_a_publication_changed_under_a_shape_is_noticed(
     async with followed_engine(db_url, tmp_path, "3", _view, lambda: _select(db_url)) as f:
         await f.converged("first sync")
         old = f.follower.handle
-        _sql(db_url, *CASES[case])
+        run_sql(db_url, *CASES[case])
         await f.converged(case)
         assert f.follower.handle != old and f.follower.resets == 1, f.follower.statuses
         # The publication sends every change of every row again: later ones stream live.
-        _sql(
+        run_sql(
             db_url,
             "INSERT INTO items VALUES (20, 'later')",
             "UPDATE items SET v = 'later' WHERE id = 3",

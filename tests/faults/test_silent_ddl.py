@@ -25,25 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psycopg
 import pytest
 
-from tests.faults.followed import followed_engine
+from tests.faults.followed import Rows, followed_engine, rows_of, run_sql
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower
 from tests.support.waiting import wait_until_async
 
 
-def _sql(db_url: str, *statements: str) -> None:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        for s in statements:
-            conn.execute(s.encode())
-
-
-def _select(db_url: str) -> list[tuple[str, ...]]:
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(b"SELECT id, org_id, title, extra FROM items").fetchall()
-    return sorted(tuple(str(x) for x in row) for row in rows)
+def _select(db_url: str) -> Rows:
+    return rows_of(db_url, b"SELECT id, org_id, title, extra FROM items")
 
 
 def _view(rows: dict[str, dict[str, Any]]) -> list[tuple[str, ...]]:
@@ -61,7 +52,7 @@ async def _status(session: aiohttp.ClientSession, url: str, handle: str, offset:
 
 @pytest.mark.timeout(120)
 async def test_ddl_without_row_changes_ends_equal_to_select(db_url: str, tmp_path: Path) -> None:
-    _sql(
+    run_sql(
         db_url,
         "CREATE TABLE items (id int PRIMARY KEY, org_id int NOT NULL, title text, extra text)",
         "INSERT INTO items VALUES (1, 1, 'a', 's1'), (2, 1, 'b', 's2'), (3, 2, 'c', 's3')",
@@ -71,7 +62,7 @@ async def test_ddl_without_row_changes_ends_equal_to_select(db_url: str, tmp_pat
         old, old_offset = f.follower.handle, f.follower.offset
         assert old is not None
         # 1. a new primary key, then a row new under it only
-        _sql(
+        run_sql(
             db_url,
             "ALTER TABLE items DROP CONSTRAINT items_pkey",
             "ALTER TABLE items ADD PRIMARY KEY (id, org_id)",
@@ -91,13 +82,13 @@ async def test_ddl_without_row_changes_ends_equal_to_select(db_url: str, tmp_pat
         fresh_task.cancel()
         # 2. a column dropped and added again, same name and type: a new default
         old = f.follower.handle
-        _sql(db_url, "ALTER TABLE items DROP COLUMN extra, ADD COLUMN extra text DEFAULT 'x'")
+        run_sql(db_url, "ALTER TABLE items DROP COLUMN extra, ADD COLUMN extra text DEFAULT 'x'")
         await f.converged("a column dropped and added again")
         assert {r["extra"] for r in f.follower.rows.values()} == {"x"}
         assert f.follower.handle != old
         assert f.follower.resets == 2, f.follower.statuses
         # 3. a table rewrite, same columns: every title upper-cased
-        _sql(db_url, "ALTER TABLE items ALTER COLUMN title TYPE text USING upper(title)")
+        run_sql(db_url, "ALTER TABLE items ALTER COLUMN title TYPE text USING upper(title)")
         await f.converged("a table rewrite")
         assert {r["title"] for r in f.follower.rows.values()} == {"A", "B", "C", "DUP"}
         await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
@@ -113,7 +104,7 @@ async def test_a_table_taken_out_of_the_publication_is_noticed(db_url: str, tmp_
     """`ALTER PUBLICATION <the engine's> DROP TABLE items` (a DBA, a migration tool): the
     rows written after it reach every client, through a refetch, and later ones live. Also
     for an inheritance child the engine published for its parent's shapes."""
-    _sql(
+    run_sql(
         db_url,
         "CREATE TABLE items (id int PRIMARY KEY, org_id int NOT NULL, title text, extra text)",
         "INSERT INTO items VALUES (1, 1, 'a', 's1'), (2, 1, 'b', 's2')",
@@ -124,14 +115,14 @@ async def test_a_table_taken_out_of_the_publication_is_noticed(db_url: str, tmp_
         await f.converged("first sync")
         for n, (table, row) in enumerate([("items", 10), ("items_c", 20)]):
             old = f.follower.handle
-            _sql(
+            run_sql(
                 db_url,
                 f"ALTER PUBLICATION shapegate_pub_default DROP TABLE {table}",
                 f"INSERT INTO {table} VALUES ({row}, 9, 'after', 'x')",
             )
             await f.converged(f"{table} taken out of the publication")
             assert f.follower.handle != old
-            _sql(db_url, f"INSERT INTO {table} VALUES ({row + 1}, 9, 'later', 'x')")
+            run_sql(db_url, f"INSERT INTO {table} VALUES ({row + 1}, 9, 'later', 'x')")
             await asyncio.sleep(0.7)  # (2+ checks: nothing retired again)
             await f.converged(f"{table}: a later change, live")
             assert len(f.follower.rows) == 5 + 2 * n
@@ -151,7 +142,7 @@ async def test_a_not_null_or_typmod_change_reaches_the_schema(db_url: str, tmp_p
     """`SET NOT NULL` and `varchar(20)` -> `varchar(50)` change no row (no rewrite either)
     but the `electric-schema` header, from which clients (pglite-sync) create their tables:
     the shape is retired, and its new handle's schema says so."""
-    _sql(
+    run_sql(
         db_url,
         "CREATE TABLE notes (id int PRIMARY KEY, title varchar(20))",
         "INSERT INTO notes VALUES (1, 'a')",
@@ -165,7 +156,7 @@ async def test_a_not_null_or_typmod_change_reaches_the_schema(db_url: str, tmp_p
         async with aiohttp.ClientSession() as session:
             old, schema, _ = await _fresh(session, engine.url, "notes")
             assert schema["title"] == {"type": "varchar", "max_length": 20}, schema
-            _sql(
+            run_sql(
                 db_url,
                 "ALTER TABLE notes ALTER COLUMN title SET NOT NULL",
                 "ALTER TABLE notes ALTER COLUMN title TYPE varchar(50)",
@@ -205,7 +196,7 @@ async def test_a_partition_rewrite_or_an_enum_rename_is_noticed(
     by the table's own relfilenode: `ALTER COLUMN ... TYPE ... USING` on a partitioned root
     rewrites its partitions (the root's relfilenode stays 0); `ALTER TYPE ... RENAME VALUE`
     rewrites nothing. The shapes are retired: a new client reads what `SELECT` reads."""
-    _sql(
+    run_sql(
         db_url,
         "CREATE TABLE parts (id int PRIMARY KEY, title text) PARTITION BY RANGE (id)",
         "CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (10)",
@@ -225,14 +216,14 @@ async def test_a_partition_rewrite_or_an_enum_rename_is_noticed(
         async with aiohttp.ClientSession() as session:
             old, _, body = await _fresh(session, engine.url, "parts")
             assert _values(body, "title") == ["a", "b"]
-            _sql(db_url, "ALTER TABLE parts ALTER COLUMN title TYPE text USING upper(title)")
+            run_sql(db_url, "ALTER TABLE parts ALTER COLUMN title TYPE text USING upper(title)")
             assert await _retired_to(session, engine.url, "parts", old, "title") == ["A", "B"]
             old, _, body = await _fresh(session, engine.url, "feel")
             assert _values(body, "m") == ["ok", "sad"]
-            _sql(db_url, "ALTER TYPE mood ADD VALUE 'meh'")  # (changes no row)
+            run_sql(db_url, "ALTER TYPE mood ADD VALUE 'meh'")  # (changes no row)
             await asyncio.sleep(0.7)  # (2+ checks)
             assert (await _fresh(session, engine.url, "feel"))[0] == old
-            _sql(db_url, "ALTER TYPE mood RENAME VALUE 'sad' TO 'happy'")
+            run_sql(db_url, "ALTER TYPE mood RENAME VALUE 'sad' TO 'happy'")
             assert await _retired_to(session, engine.url, "feel", old, "m") == ["happy", "ok"]
             _, _, body = await _fresh(session, engine.url, "feel")
             assert _values(body, "ms") == ["{happy,ok}", "{}"]
