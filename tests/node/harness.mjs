@@ -147,8 +147,11 @@ export function ownsListener(pid, port) {
  * Wait until `healthUrl` answers 200 from the process `p` ({ child, exited, out }) itself,
  * not from another server on its port (`ownsListener`). Fails at once if it exits: with a
  * `portTaken` error if its output says its port was taken (`startWithRetry` tries another).
+ * The 60 s allow for a start on a loaded machine: a CI run at load 12-17 once saw an engine
+ * print nothing for 30 s (imports, then its first connection to Postgres); a server that
+ * exits fails at once, so only a start that hangs waits this long.
  */
-async function untilHealthy(p, healthUrl, port, what, logTail, timeout = 30_000) {
+async function untilHealthy(p, healthUrl, port, what, logTail, timeout = 60_000) {
   const deadline = Date.now() + timeout
   let last = ''
   for (;;) {
