@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
 import logging
 import math
 import os
@@ -826,10 +825,7 @@ class Source:
         ):
             self._snapshot_disk_full = None  # (waited, or space is back: try)
             return
-        raise ServiceUnavailable(
-            "Could not take the shape's snapshot: No space left on device",
-            max(1, math.ceil(left)),
-        )
+        raise snapshot_errors.disk_full_error(max(1, math.ceil(left)))
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None
@@ -862,7 +858,7 @@ class Source:
                 table=t.name,
             )
         )
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if snapshot_errors.is_disk_full(exc):
             self._snapshot_disk_full = (time.monotonic(), _free_bytes(self.config.data_dir))
         what = snapshot_errors.kind(exc)
         if isinstance(exc, Abandoned):
