@@ -243,6 +243,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
                     chunk_bytes=settings.chunk_bytes,
                     max_shapes=settings.max_shapes,
                     max_log_bytes=settings.max_log_bytes,
+                    disk_reserve=settings.disk_reserve,
                     max_concurrent_snapshots=settings.max_concurrent_snapshots,
                     fsync=settings.fsync,
                     schema_check_interval=settings.schema_check_interval,

@@ -84,6 +84,8 @@ PERMANENT_RETRY = 10.0
 #: space, as the failed snapshot's own requests do (`_check_snapshot_room`), unless space
 #: comes back sooner: `SPACE_BACK` bytes more free than when it failed.
 DISK_FULL_WAIT = 5.0
+#: The most a disk's default reserve is (`Settings.disk_reserve`; else 5% of it).
+DEFAULT_DISK_RESERVE = 1 << 30
 SPACE_BACK = 1 << 20
 #: Seconds a request that needs the replication stream (a new shape's snapshot, an
 #: up-to-date at the tip) waits for it to follow again before its 503 (`require_following`).
@@ -149,6 +151,7 @@ class SourceConfig:
     max_concurrent_snapshots: int = 8
     max_shapes: int | None = None
     max_log_bytes: int | None = None  # see `Settings.max_log_bytes`
+    disk_reserve: int | None = None  # see `Settings.disk_reserve`
     fsync: bool = True
     schema_check_interval: float = 10.0
     replication_timeout: float = 30.0  # see `Settings.replication_timeout`
@@ -813,19 +816,38 @@ class Source:
         inserts (chaos, seed 3102 and t_fullnew.py). Now the client waits, holding its
         first chunk, and is told to refetch only once a new snapshot may fit: after the
         wait, or as soon as `SPACE_BACK` more bytes are free than when the snapshot failed
-        (space freed: new shapes at once, as before)."""
+        (space freed: new shapes at once, as before).
+
+        Refused too while the disk has less free than its reserve (`snapshot_room`): no
+        query is started for a snapshot that could not be written."""
         full = self._snapshot_disk_full
-        if full is None:
-            return
-        failed, free_then = full
-        left = failed + DISK_FULL_WAIT - time.monotonic()
-        free = _free_bytes(self.config.data_dir)
-        if left <= 0 or (
-            free is not None and free_then is not None and free >= free_then + SPACE_BACK
-        ):
+        if full is not None:
+            failed, free_then = full
+            left = failed + DISK_FULL_WAIT - time.monotonic()
+            free = _free_bytes(self.config.data_dir)
+            if left > 0 and (free is None or free_then is None or free < free_then + SPACE_BACK):
+                raise snapshot_errors.disk_full_error(max(1, math.ceil(left)))
             self._snapshot_disk_full = None  # (waited, or space is back: try)
-            return
-        raise snapshot_errors.disk_full_error(max(1, math.ceil(left)))
+        if not self.snapshot_room(0):
+            raise snapshot_errors.disk_full_error()
+
+    def snapshot_room(self, size: int) -> bool:
+        """Whether `size` more bytes of snapshot leave the disk its reserve
+        (`Settings.disk_reserve`): free for the live changes of the shapes there are. A
+        burst of new shapes (a new `where` each, every snapshot kept) filled the data
+        directory's disk, and then no source could write its changes (attack, 05:20)."""
+        free = _free_bytes(self.config.data_dir)
+        return free is None or free - size >= self._disk_reserve()
+
+    def _disk_reserve(self) -> int:
+        reserve = self.config.disk_reserve
+        if reserve is not None:
+            return reserve
+        try:
+            st = os.statvfs(self.config.data_dir)
+        except OSError:
+            return 0
+        return min(DEFAULT_DISK_RESERVE, st.f_blocks * st.f_frsize // 20)
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None
@@ -840,6 +862,7 @@ class Source:
             on_chunk=shape.snapshot_progress,
             cancelled=lambda: shape.rotated,
             record=shape_record(shape),
+            room=self.snapshot_room,
         )
 
     def _snapshot_taken(self, shape: Shape, snapshot: XidSnapshot) -> None:

@@ -287,6 +287,7 @@ class SourceManager:
             max_concurrent_snapshots=s.max_concurrent_snapshots,
             max_shapes=rec.max_shapes if rec.max_shapes is not None else s.max_shapes,
             max_log_bytes=s.max_log_bytes,
+            disk_reserve=s.disk_reserve,
             fsync=s.fsync,
             schema_check_interval=s.schema_check_interval,
             replication_timeout=s.replication_timeout,

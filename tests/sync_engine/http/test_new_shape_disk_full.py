@@ -29,8 +29,13 @@ from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 @pytest.fixture
 async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    # (no reserve: the free space the test shows the engine is made up, `_free_bytes`)
     settings = replace(
-        SETTINGS, database_url=db_url, data_dir=tmp_path / "data", chunk_bytes=64 << 10
+        SETTINGS,
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        chunk_bytes=64 << 10,
+        disk_reserve=0,
     )
     client = await aiohttp_client(build_app(settings))
     await client.app[SOURCES]["default"].ready.wait()
