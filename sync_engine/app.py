@@ -78,14 +78,16 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     if "x-request-id" not in headers:
         given = request.headers.get("x-request-id")
         # Kept when 20 to 200 bytes long, else a new one: Electric's Plug.RequestId (and
-        # the proxy's rule, proxy/http/context.py)
-        if given is None or not 20 <= len(given.encode("utf-8", "surrogateescape")) <= 200:
+        # the proxy's rule, proxy/http/context.py); new too for one that cannot be sent
+        # back as it came (`_sendable`)
+        if given is None or not _sendable(given) or not 20 <= len(given.encode()) <= 200:
             given = new_request_id()
         headers["x-request-id"] = given
     if resp.status == 401:
         return
     origins = request.headers.getall("origin", [])
-    if len(origins) == 1:
+    # (one Origin, sendable as it came: else `*`, as for none or two, `_sendable`)
+    if len(origins) == 1 and _sendable(origins[0]):
         headers["access-control-allow-origin"] = origins[0]
         if request.method != "OPTIONS" and "no-store" not in headers.get("cache-control", ""):
             # The answer names the caller's Origin, so a shared cache (the nginx tier, a CDN)
@@ -100,6 +102,20 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     # (by the route matched, as Electric's router sets them: `/v1//shape` is the shape's)
     is_shape = is_shape_route(request)
     headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
+
+
+def _sendable(value: str) -> bool:
+    """Whether a request header's value can be echoed as the bytes that came: aiohttp
+    decodes bytes that are not UTF-8 to lone surrogates, and its writer drops them, so
+    `Origin: http://<0xE9>.example` was answered `access-control-allow-origin:
+    http://.example`, an origin nobody sent (twin, LOW). Electric echoes the bytes; the
+    engine cannot, and answers such an Origin (which no browser sends) as it answers none:
+    `*`, which a shared cache may give every origin."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _add_vary(headers: CIMultiDict[str], token: str) -> None:
