@@ -666,6 +666,7 @@ class SourceManager:
         delay = CLEANUP_RETRY_FIRST
         if retry_first:
             await asyncio.sleep(delay)
+        said: str | None = None
         while True:
             problems = await self._make_source(ghost).destroy()
             if not problems:
@@ -675,7 +676,13 @@ class SourceManager:
                     source_id,
                 )
                 return
-            logger.info("deleted source %s: %s (retrying)", source_id, problems[0])
+            # Said once, and again only when the reason changes: it is retried for as long
+            # as the database cannot be reached (its slot, if it has one, keeps WAL; whether
+            # it has one cannot be told), and a source deleted before it ever connected
+            # logged the same line every five minutes for as long as the engine ran.
+            log = logger.info if problems[0] != said else logger.debug
+            log("deleted source %s: %s (retrying)", source_id, problems[0])
+            said = problems[0]
             await asyncio.sleep(delay)
             delay = min(delay * 2, CLEANUP_RETRY_MAX)
 
