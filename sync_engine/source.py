@@ -86,6 +86,8 @@ PERMANENT_RETRY = 10.0
 DISK_FULL_WAIT = 5.0
 #: The most a disk's default reserve is (`Settings.disk_reserve`; else 5% of it).
 DEFAULT_DISK_RESERVE = 1 << 30
+#: Seconds between two warnings that the reserve refused a snapshot.
+RESERVE_WARN_EVERY = 60.0
 SPACE_BACK = 1 << 20
 #: Seconds a request that needs the replication stream (a new shape's snapshot, an
 #: up-to-date at the tip) waits for it to follow again before its 503 (`require_following`).
@@ -255,6 +257,7 @@ class Source:
         # When a snapshot last failed for want of disk space, and the bytes then free
         # (`_check_snapshot_room`).
         self._snapshot_disk_full: tuple[float, int | None] | None = None
+        self._reserve_said_at = float("-inf")  # (`snapshot_room`'s warning, once a minute)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -837,7 +840,21 @@ class Source:
         burst of new shapes (a new `where` each, every snapshot kept) filled the data
         directory's disk, and then no source could write its changes (attack, 05:20)."""
         free = _free_bytes(self.config.data_dir)
-        return free is None or free - size >= self._disk_reserve()
+        reserve = self._disk_reserve()
+        if free is None or free - size >= reserve:
+            return True
+        now = time.monotonic()
+        if now - self._reserve_said_at >= RESERVE_WARN_EVERY:  # (the operator's to act on)
+            self._reserve_said_at = now
+            logger.warning(
+                "source %s: new snapshots refused (503 disk_full): %d bytes free on the data"
+                " directory's disk, its reserve is %d (--disk-reserve); free space, delete"
+                " shapes or set --max-shapes",
+                self.config.source_id,
+                free,
+                reserve,
+            )
+        return False
 
     def _disk_reserve(self) -> int:
         reserve = self.config.disk_reserve
