@@ -208,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
         " Env: SYNC_ENGINE_MAX_LOG_BYTES",
     )
     p.add_argument(
+        "--disk-reserve",
+        type=whole_number,
+        default=_num(
+            "DISK_RESERVE", whole_number, "a whole number of bytes", "--disk-reserve", None
+        ),
+        help="bytes of the data directory's file system that snapshots leave free, for the"
+        " live changes of the shapes there are: a new shape's snapshot that would go below"
+        " it is refused (503 disk_full, Retry-After), so many new shapes cannot fill the"
+        " disk and stop replication. Default: the smaller of 1 GiB and 5%% of the file"
+        " system; 0: none. Env: SYNC_ENGINE_DISK_RESERVE",
+    )
+    p.add_argument(
         "--subset-spool-budget",
         type=_positive_whole,
         default=_num(
@@ -399,6 +411,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         chunk_bytes=args.chunk_bytes,
         max_shapes=args.max_shapes or None,
         max_log_bytes=args.max_log_bytes or None,
+        disk_reserve=args.disk_reserve,
         subset_spool_budget=args.subset_spool_budget,
         allow_delete=args.allow_delete,
         fsync=not args.no_fsync,

@@ -21,6 +21,7 @@ from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
 from .http.live import LiveConnection
 from .http.params import last
 from .http.parser_refusals import RefusingApplication
+from .http.routes import is_shape_route, use_plug_routes
 from .http.shape import ShapeView
 from .preflight import disk_full
 from .settings import Settings
@@ -54,17 +55,12 @@ def new_request_id() -> str:
 async def engine_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every public request's one middleware (three before: a coroutine and a partial each
     per request, and every request passed all three):
-    - routes match the path as sent, as Electric's router (and the proxy) match it: aiohttp
-      matches the percent-decoded path, so `/v1/%73hape` was served as `/v1/shape` and
-      `/v1/shape%2F` routed as `/v1/shape/`, where the proxy answers 404 (attack's
-      rawdiff). None of the engine's paths has a `%` in it;
+    - (a path picks its route as in Electric's router: `http.routes.PlugRouter`);
     - an exception is answered (`error_answer`: engine errors by their table, a bug as a
       bare 500);
     - `electric-server`, `x-request-id` and CORS on every response that passes auth
       (`_decorate`; a streamed one is decorated when prepared, `_prepare_stream`)."""
     try:
-        if "%" in request.raw_path.partition("?")[0]:
-            raise web.HTTPNotFound()
         resp = await handler(request)
     except Exception as exc:
         resp = error_answer(request, exc)  # (raises what aiohttp itself answers)
@@ -82,14 +78,16 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     if "x-request-id" not in headers:
         given = request.headers.get("x-request-id")
         # Kept when 20 to 200 bytes long, else a new one: Electric's Plug.RequestId (and
-        # the proxy's rule, proxy/http/context.py)
-        if given is None or not 20 <= len(given.encode("utf-8", "surrogateescape")) <= 200:
+        # the proxy's rule, proxy/http/context.py); new too for one that cannot be sent
+        # back as it came (`_sendable`)
+        if given is None or not _sendable(given) or not 20 <= len(given.encode()) <= 200:
             given = new_request_id()
         headers["x-request-id"] = given
     if resp.status == 401:
         return
     origins = request.headers.getall("origin", [])
-    if len(origins) == 1:
+    # (one Origin, sendable as it came: else `*`, as for none or two, `_sendable`)
+    if len(origins) == 1 and _sendable(origins[0]):
         headers["access-control-allow-origin"] = origins[0]
         if request.method != "OPTIONS" and "no-store" not in headers.get("cache-control", ""):
             # The answer names the caller's Origin, so a shared cache (the nginx tier, a CDN)
@@ -101,8 +99,23 @@ def _decorate(request: web.Request, resp: web.StreamResponse) -> None:
     else:
         headers["access-control-allow-origin"] = "*"
     headers["access-control-expose-headers"] = EXPOSE_HEADERS
-    is_shape = request.raw_path.partition("?")[0].rstrip("/").endswith("/shape")
+    # (by the route matched, as Electric's router sets them: `/v1//shape` is the shape's)
+    is_shape = is_shape_route(request)
     headers["access-control-allow-methods"] = ALLOW_METHODS_SHAPE if is_shape else "GET, HEAD"
+
+
+def _sendable(value: str) -> bool:
+    """Whether a request header's value can be echoed as the bytes that came: aiohttp
+    decodes bytes that are not UTF-8 to lone surrogates, and its writer drops them, so
+    `Origin: http://<0xE9>.example` was answered `access-control-allow-origin:
+    http://.example`, an origin nobody sent (twin, LOW). Electric echoes the bytes; the
+    engine cannot, and answers such an Origin (which no browser sends) as it answers none:
+    `*`, which a shared cache may give every origin."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _add_vary(headers: CIMultiDict[str], token: str) -> None:
@@ -131,6 +144,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     # The engine's connections (`http.server.EngineRequestHandler`) that also tell a held
     # live request when its client has gone.
     app = RefusingApplication(LiveConnection, middlewares=[engine_middleware])
+    use_plug_routes(app)
     app[SETTINGS] = settings
     # (process-wide: every source's subset answers share the memory and the disk)
     set_spool_budget(settings.subset_spool_budget)
@@ -221,13 +235,15 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         return web.Response(text=text, content_type="text/plain", headers=no_cache)
 
     async def root(request: web.Request) -> web.StreamResponse:
-        return web.Response(status=200)
+        # (said, not left to aiohttp: it leaves a HEAD's `Content-Length: 0` out, and a HEAD
+        # carries the headers of its GET, as Electric's does, `Plug.Head`)
+        return web.Response(status=200, headers={"content-length": "0"})
 
-    for path in ("/v1/shape", "/v1/shape/"):
-        app.router.add_get(path, view.get)
-        app.router.add_post(path, view.post)
-        app.router.add_delete(path, view.delete)
-        app.router.add_route("OPTIONS", path, options)
+    # (`/v1/shape/`, `/v1//shape`, `/v1/%73hape`... route here too: `http.routes`)
+    app.router.add_get("/v1/shape", view.get)
+    app.router.add_post("/v1/shape", view.post)
+    app.router.add_delete("/v1/shape", view.delete)
+    app.router.add_route("OPTIONS", "/v1/shape", options)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", root)
@@ -243,6 +259,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
                     chunk_bytes=settings.chunk_bytes,
                     max_shapes=settings.max_shapes,
                     max_log_bytes=settings.max_log_bytes,
+                    disk_reserve=settings.disk_reserve,
                     max_concurrent_snapshots=settings.max_concurrent_snapshots,
                     fsync=settings.fsync,
                     schema_check_interval=settings.schema_check_interval,

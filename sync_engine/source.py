@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import errno
 import logging
 import math
 import os
@@ -85,6 +84,10 @@ PERMANENT_RETRY = 10.0
 #: space, as the failed snapshot's own requests do (`_check_snapshot_room`), unless space
 #: comes back sooner: `SPACE_BACK` bytes more free than when it failed.
 DISK_FULL_WAIT = 5.0
+#: The most a disk's default reserve is (`Settings.disk_reserve`; else 5% of it).
+DEFAULT_DISK_RESERVE = 1 << 30
+#: Seconds between two warnings that the reserve refused a snapshot.
+RESERVE_WARN_EVERY = 60.0
 SPACE_BACK = 1 << 20
 #: Seconds a request that needs the replication stream (a new shape's snapshot, an
 #: up-to-date at the tip) waits for it to follow again before its 503 (`require_following`).
@@ -150,6 +153,7 @@ class SourceConfig:
     max_concurrent_snapshots: int = 8
     max_shapes: int | None = None
     max_log_bytes: int | None = None  # see `Settings.max_log_bytes`
+    disk_reserve: int | None = None  # see `Settings.disk_reserve`
     fsync: bool = True
     schema_check_interval: float = 10.0
     replication_timeout: float = 30.0  # see `Settings.replication_timeout`
@@ -253,6 +257,7 @@ class Source:
         # When a snapshot last failed for want of disk space, and the bytes then free
         # (`_check_snapshot_room`).
         self._snapshot_disk_full: tuple[float, int | None] | None = None
+        self._reserve_said_at = float("-inf")  # (`snapshot_room`'s warning, once a minute)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -814,22 +819,52 @@ class Source:
         inserts (chaos, seed 3102 and t_fullnew.py). Now the client waits, holding its
         first chunk, and is told to refetch only once a new snapshot may fit: after the
         wait, or as soon as `SPACE_BACK` more bytes are free than when the snapshot failed
-        (space freed: new shapes at once, as before)."""
+        (space freed: new shapes at once, as before).
+
+        Refused too while the disk has less free than its reserve (`snapshot_room`): no
+        query is started for a snapshot that could not be written."""
         full = self._snapshot_disk_full
-        if full is None:
-            return
-        failed, free_then = full
-        left = failed + DISK_FULL_WAIT - time.monotonic()
-        free = _free_bytes(self.config.data_dir)
-        if left <= 0 or (
-            free is not None and free_then is not None and free >= free_then + SPACE_BACK
-        ):
+        if full is not None:
+            failed, free_then = full
+            left = failed + DISK_FULL_WAIT - time.monotonic()
+            free = _free_bytes(self.config.data_dir)
+            if left > 0 and (free is None or free_then is None or free < free_then + SPACE_BACK):
+                raise snapshot_errors.disk_full_error(max(1, math.ceil(left)))
             self._snapshot_disk_full = None  # (waited, or space is back: try)
-            return
-        raise ServiceUnavailable(
-            "Could not take the shape's snapshot: No space left on device",
-            max(1, math.ceil(left)),
-        )
+        if not self.snapshot_room(0):
+            raise snapshot_errors.disk_full_error()
+
+    def snapshot_room(self, size: int) -> bool:
+        """Whether `size` more bytes of snapshot leave the disk its reserve
+        (`Settings.disk_reserve`): free for the live changes of the shapes there are. A
+        burst of new shapes (a new `where` each, every snapshot kept) filled the data
+        directory's disk, and then no source could write its changes (attack, 05:20)."""
+        free = _free_bytes(self.config.data_dir)
+        reserve = self._disk_reserve()
+        if free is None or free - size >= reserve:
+            return True
+        now = time.monotonic()
+        if now - self._reserve_said_at >= RESERVE_WARN_EVERY:  # (the operator's to act on)
+            self._reserve_said_at = now
+            logger.warning(
+                "source %s: new snapshots refused (503 disk_full): %d bytes free on the data"
+                " directory's disk, its reserve is %d (--disk-reserve); free space, delete"
+                " shapes or set --max-shapes",
+                self.config.source_id,
+                free,
+                reserve,
+            )
+        return False
+
+    def _disk_reserve(self) -> int:
+        reserve = self.config.disk_reserve
+        if reserve is not None:
+            return reserve
+        try:
+            st = os.statvfs(self.config.data_dir)
+        except OSError:
+            return 0
+        return min(DEFAULT_DISK_RESERVE, st.f_blocks * st.f_frsize // 20)
 
     def _job(self, shape: Shape) -> SnapshotJob:
         query = None
@@ -844,6 +879,7 @@ class Source:
             on_chunk=shape.snapshot_progress,
             cancelled=lambda: shape.rotated,
             record=shape_record(shape),
+            room=self.snapshot_room,
         )
 
     def _snapshot_taken(self, shape: Shape, snapshot: XidSnapshot) -> None:
@@ -862,7 +898,7 @@ class Source:
                 table=t.name,
             )
         )
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if snapshot_errors.is_disk_full(exc):
             self._snapshot_disk_full = (time.monotonic(), _free_bytes(self.config.data_dir))
         what = snapshot_errors.kind(exc)
         if isinstance(exc, Abandoned):

@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 KEEPALIVE = b": keep-alive\n\n"
+#: Seconds before a stream's end within which no keep-alive is written (at most half the
+#: keep-alive interval): the end itself follows (`_stream`).
+KEEPALIVE_MARGIN = 1.0
 #: Bytes of events written at once: each write waits for the transport to drain, so a reader
 #: that stops holds about this much in the engine's buffer (more only for a bigger event).
 PIECE = 64 * 1024
@@ -265,14 +268,21 @@ async def _stream(
     def fresh() -> bool:
         return over() or shape.log.has_after(offset)
 
+    margin = min(KEEPALIVE_MARGIN, s.sse_keepalive / 2)
     while not over():
         remaining = deadline - time.monotonic()
         if remaining <= 0 and not mid_transaction:  # (a transaction is never cut by time:
             break  # one longer than a stream would be sent again by every stream)
-        if not await shape.wait_until(fresh, max(0.0, min(remaining, s.sse_keepalive)), gone=gone):
+        # The last wait runs to the stream's end, and a silence that reaches it ends the
+        # stream, never a keep-alive: one written at (or just before) the end told a client
+        # "still open" as it closed. A keep-alive due within `margin` of the end is so left
+        # out, the silence before the end then up to `sse_keepalive + margin` long.
+        last = remaining <= s.sse_keepalive + margin
+        wait = max(0.0, remaining) if last else s.sse_keepalive
+        if not await shape.wait_until(fresh, wait, gone=gone):
             if gone is not None and gone.done():
                 return  # the client has gone: nobody to write to
-            if deadline - time.monotonic() <= 0:
+            if last:
                 break  # (its time is up: mid-transaction too, if nothing more came)
             await resp.write(KEEPALIVE)
         elif not over():

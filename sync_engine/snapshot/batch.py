@@ -35,6 +35,7 @@ returned to be run again in a later batch.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -85,6 +86,9 @@ class SnapshotJob:
     on_chunk: Callable[[int, bool], None]  # chunks written so far, complete
     cancelled: Callable[[], bool]  # the shape was rotated: stop writing its files
     record: dict[str, object]  # written in the completion marker, with the snapshot
+    #: Whether the disk has room for a chunk of so many bytes (`Source.snapshot_room`: the
+    #: engine's reserve kept free); None: no check.
+    room: Callable[[int], bool] | None = None
     error: BaseException | None = None
     done: bool = False
     #: `on_snapshot` was called: the shape's horizon is this batch's snapshot (its log may
@@ -484,6 +488,10 @@ class _Packer:
 async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None:
     """Write a chunk file unless the job failed or its shape is gone (rows are still read)."""
     if job.error is not None or job.cancelled():
+        return
+    if job.room is not None and not job.room(len(data)):
+        # (failed as a full disk's: a 503 disk_full, new snapshots held back a while)
+        job.error = OSError(errno.ENOSPC, "No space left on device (the engine's reserve)")
         return
     try:
         if fsync or len(data) >= BIG_WRITE:

@@ -16,6 +16,7 @@ the fresh catalog says what is wrong.
 
 from __future__ import annotations
 
+import errno
 import re
 from typing import Literal
 
@@ -39,6 +40,12 @@ QUERY_CANCELED = "57014"
 #: Seconds a client is asked to wait before it asks again for a snapshot that ran out of
 #: time (Electric's answer to a slow snapshot query: 503 with Retry-After 10).
 TIMED_OUT_RETRY = 10
+
+#: The `code` of the 503 for a snapshot the engine's disk had no room for (ENOSPC, EDQUOT).
+DISK_FULL = "disk_full"
+#: Seconds a client is asked to wait before it asks again for a snapshot the disk refused
+#: (`source.DISK_FULL_WAIT`: no new snapshot is tried before then, unless space comes back).
+DISK_FULL_RETRY = 5
 
 Kind = Literal["user", "table_gone", "schema_changed", "transient"]
 
@@ -69,6 +76,24 @@ def kind(exc: BaseException) -> Kind:
     if code[:2] in USER_CLASSES:
         return "user"
     return "transient"
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc` is the disk (or the data directory's quota) refusing a write."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(retry_after: int = DISK_FULL_RETRY) -> ServiceUnavailable:
+    """The 503 of a request whose shape's snapshot the engine's disk has no room for: a
+    stable `code` (`DISK_FULL`) and words, as the engine's other 503s (`snapshot_timeout`,
+    `database_unreachable`, ...), whichever write failed and whether the snapshot failed
+    now or a while ago (`Source._check_snapshot_room`)."""
+    return ServiceUnavailable(
+        "Could not take the shape's snapshot: No space left on device (the engine's disk is"
+        " full), please retry",
+        retry_after,
+        code=DISK_FULL,
+    )
 
 
 def condition(code: str) -> str:
@@ -145,6 +170,8 @@ def to_engine_error(
             TIMED_OUT_RETRY,
             code="snapshot_timeout",
         )
+    if is_disk_full(exc):
+        return disk_full_error()
     return ServiceUnavailable(f"Could not take the shape's snapshot: {describe(exc)}", 5)
 
 

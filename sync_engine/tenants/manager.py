@@ -287,6 +287,7 @@ class SourceManager:
             max_concurrent_snapshots=s.max_concurrent_snapshots,
             max_shapes=rec.max_shapes if rec.max_shapes is not None else s.max_shapes,
             max_log_bytes=s.max_log_bytes,
+            disk_reserve=s.disk_reserve,
             fsync=s.fsync,
             schema_check_interval=s.schema_check_interval,
             replication_timeout=s.replication_timeout,
@@ -665,6 +666,7 @@ class SourceManager:
         delay = CLEANUP_RETRY_FIRST
         if retry_first:
             await asyncio.sleep(delay)
+        said: str | None = None
         while True:
             problems = await self._make_source(ghost).destroy()
             if not problems:
@@ -674,7 +676,13 @@ class SourceManager:
                     source_id,
                 )
                 return
-            logger.info("deleted source %s: %s (retrying)", source_id, problems[0])
+            # Said once, and again only when the reason changes: it is retried for as long
+            # as the database cannot be reached (its slot, if it has one, keeps WAL; whether
+            # it has one cannot be told), and a source deleted before it ever connected
+            # logged the same line every five minutes for as long as the engine ran.
+            log = logger.info if problems[0] != said else logger.debug
+            log("deleted source %s: %s (retrying)", source_id, problems[0])
+            said = problems[0]
             await asyncio.sleep(delay)
             delay = min(delay * 2, CLEANUP_RETRY_MAX)
 

@@ -64,15 +64,32 @@ async def test_a_snapshot_that_fills_the_disk_is_a_503_then_whole(
                 lambda: follower.statuses[503] >= 2, timeout=60, message="503s while full"
             )
             assert not follower.live
-            async with session.get(
-                engine.url + "/v1/shape",
-                params={"table": "items", "offset": "-1"},
-                timeout=aiohttp.ClientTimeout(total=30),
-            ) as r:
-                body = await r.read()
-                if r.status == 503:
-                    assert "retry-after" in r.headers
-                    assert isinstance(orjson.loads(body)["message"], str)
+            refusals: list[tuple[dict[str, str], bytes]] = []
+
+            async def refused() -> bool:
+                # (a new attempt may serve a first chunk before it fails: asked again)
+                async with session.get(
+                    engine.url + "/v1/shape",
+                    params={"table": "items", "offset": "-1"},
+                    timeout=aiohttp.ClientTimeout(total=30),
+                ) as r:
+                    body = await r.read()
+                    if r.status == 503:
+                        refusals.append((dict(r.headers), body))
+                return bool(refusals)
+
+            await wait_until_async(refused, timeout=60, message="a 503 for the full disk")
+            headers, body = refusals[0]
+            # A stable code and words, as the engine's other 503s: the snapshot that failed
+            # (`snapshot.errors.to_engine_error`) and the ones refused after it
+            # (`Source._check_snapshot_room`) say the same.
+            assert orjson.loads(body) == {
+                "code": "disk_full",
+                "message": "Could not take the shape's snapshot: No space left on device"
+                " (the engine's disk is full), please retry",
+            }, body
+            assert 1 <= int(headers["Retry-After"]) <= 5, headers
+            assert headers["Cache-Control"] == "no-store", headers
             filler.unlink()
             await wait_until_async(lambda: follower.live, timeout=60, message="synced")
             stop.set()

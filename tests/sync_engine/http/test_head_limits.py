@@ -170,17 +170,6 @@ async def test_a_refused_head_after_a_body_gets_no_body(engine: Engine, pieces: 
         assert last[9:10] == b"4" and last.endswith(b"\r\n\r\n"), answer  # (no body)
 
 
-async def test_a_path_is_matched_as_sent(engine: Engine) -> None:
-    """`/v1/%73hape` is not `/v1/shape` (the proxy's and Electric's routers match the path as
-    sent; the engine's matched it decoded and served it), nor `/v1/shape%2F` `/v1/shape/`:
-    404s, with the CORS methods of a path that is not a shape route."""
-    for target in (b"/v1/%73hape?table=items&offset=-1", b"/v1/shape%2F?table=items&offset=-1"):
-        data = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nOrigin: http://a.example\r\n"
-        status, headers, _ = await raw(engine, data + b"Connection: close\r\n\r\n")
-        assert status == "HTTP/1.1 404 Not Found", (target, status)
-        assert headers["access-control-allow-methods"] == "GET, HEAD", headers
-
-
 #: An unfinished head near the largest the limits allow: 20 header lines of ~10,000 bytes, no
 #: empty line after them (one read of the server's).
 _UNFINISHED = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n" + b"".join(

@@ -29,8 +29,13 @@ from tests.sync_engine.engine_harness import SETTINGS, Engine
 
 @pytest.fixture
 async def engine(aiohttp_client: Any, db_url: str, tmp_path: Path) -> AsyncIterator[Engine]:
+    # (no reserve: the free space the test shows the engine is made up, `_free_bytes`)
     settings = replace(
-        SETTINGS, database_url=db_url, data_dir=tmp_path / "data", chunk_bytes=64 << 10
+        SETTINGS,
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        chunk_bytes=64 << 10,
+        disk_reserve=0,
     )
     client = await aiohttp_client(build_app(settings))
     await client.app[SOURCES]["default"].ready.wait()
@@ -73,6 +78,8 @@ async def test_a_snapshot_that_does_not_fit_is_waited_on_not_chased(
         status, h, body = await engine.get(offset="0_0", handle=handle, **where)
         assert status == 503, (status, body)  # (was 409 with a new shape's handle)
         assert 1 <= int(h["retry-after"]) <= 5
+        assert body["code"] == "disk_full", body  # (stable, as the engine's other 503s)
+        assert "No space left on device" in body["message"], body
         assert len(source.registry) == 0, "a new shape was made while the disk is full"
 
     # No space back: after `DISK_FULL_WAIT` a new snapshot is tried (one 409 per wait).

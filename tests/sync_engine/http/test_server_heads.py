@@ -142,3 +142,30 @@ async def test_refusals_and_answers_name_no_server(engine: Engine) -> None:
     ):
         _, headers, _ = await raw(engine, data)
         assert "server" not in headers, data
+
+
+async def test_what_is_echoed_is_what_came(engine: Engine) -> None:
+    """An `Origin` or `x-request-id` whose bytes are not UTF-8 was echoed with those bytes
+    dropped (aiohttp decodes them to lone surrogates, its writer leaves them out): `Origin:
+    http://<E9>.example` got `access-control-allow-origin: http://.example`, an origin
+    nobody sent (twin, LOW). Such an Origin is now answered `*`, as none is; such an id is
+    replaced. UTF-8 ones are echoed as they came."""
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY)")
+
+    async def head(origin: bytes, request_id: bytes) -> dict[str, str]:
+        data = (
+            b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nOrigin: " + origin
+            + b"\r\nx-request-id: " + request_id + b"\r\nConnection: close\r\n\r\n"
+        )  # fmt: skip
+        line, headers, _ = await raw(engine, data)
+        assert line == "HTTP/1.1 200 OK", line
+        return headers
+
+    # (`raw` decodes heads as latin-1: one char a byte)
+    headers = await head(b"http://\xe9.example", b"req-\xe9" + b"x" * 20)
+    assert headers["access-control-allow-origin"] == "*", headers
+    assert "\xe9" not in headers["x-request-id"] and len(headers["x-request-id"]) == 32
+    utf8 = "http://é.example".encode()
+    headers = await head(utf8, "req-é".encode() + b"x" * 20)
+    assert headers["access-control-allow-origin"].encode("latin-1") == utf8, headers
+    assert headers["x-request-id"].encode("latin-1") == "req-é".encode() + b"x" * 20

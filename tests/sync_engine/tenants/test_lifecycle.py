@@ -317,3 +317,33 @@ async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
     status, _, got = await request
     assert (status, got) == (401, UNAUTHORIZED)
     assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200
+
+
+async def test_a_cleanup_that_keeps_failing_says_so_once(
+    engines: Callable[..., MultiEngine],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A source deleted while its database cannot be reached (here: one that never
+    connected) is retried until it can, but its "could not drop" line was logged at every
+    retry, every five minutes for as long as the engine ran (attack, LOW). Now once, and
+    again only when the reason changes."""
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_MAX", 0.1)
+    tries = [0]
+    destroy = manager_module.ManagedSource.destroy
+
+    async def counted(self: Any) -> list[str]:
+        tries[0] += 1
+        return await destroy(self)
+
+    monkeypatch.setattr(manager_module.ManagedSource, "destroy", counted)
+    engine = await engines().start()
+    src = await engine.add("nowhere", "postgresql://shapegate@127.0.0.1:1/none")
+    caplog.set_level("INFO", logger="sync_engine.tenants.manager")
+    status, body = await engine.api("DELETE", f"/api/sources/{src['source_id']}")
+    assert status == 200 and body["deleted"] and body["warnings"], body
+    await wait_until_async(lambda: tries[0] >= 6, timeout=30, message="six tries")
+    said = [r for r in caplog.records if r.levelname == "INFO" and "(retrying)" in r.message]
+    assert len(said) == 1, [r.message for r in said]
+    await engine.close()
