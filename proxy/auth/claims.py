@@ -206,13 +206,27 @@ def _strict(token: str) -> None:
         if name not in payload:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            if name == "exp":
-                raise Unauthenticated("invalid_token", "the token exp claim is not a number")
             raise Unauthenticated("invalid_claims", f"the token {name} claim must be a number")
         if not _finite(value):
             # (JSON allows any number of digits: `"exp": 1e999` reads as infinity, a
             # 400-digit integer as one no float holds, and every deadline is a float)
             raise Unauthenticated("invalid_claims", f"the token {name} claim is out of range")
+
+
+def _a_lifetime(claims: Mapping[str, Any]) -> None:
+    """Refuse a token whose `iat` or `nbf` is after its `exp`: one issued, or valid only,
+    after it expires describes no lifetime (a clock or minting fault at the issuer). pyjwt
+    checks each date against the clock alone, so with all three inside the leeway such a
+    token passed, and `exp - iat` below zero passes any `max_lifetime`. Equal is a
+    zero-length lifetime, judged by the clock as any other (Microsoft.IdentityModel refuses
+    NotBefore > Expires the same way, IDX10224). The dates are finite numbers (`_strict`)."""
+    exp = float(claims["exp"])
+    for name in ("iat", "nbf"):
+        value = claims.get(name)
+        if isinstance(value, int | float) and float(value) > exp:
+            raise Unauthenticated(
+                "invalid_claims", f"the token {name} claim is after its exp claim"
+            )
 
 
 class TokenVerifier:
@@ -310,7 +324,8 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _translate(exc) from None
         if not isinstance(claims.get("exp"), int | float):
-            raise Unauthenticated("invalid_token", "the token exp claim is not a number")
+            raise Unauthenticated("invalid_claims", "the token exp claim must be a number")
+        _a_lifetime(claims)
         if not claims["sub"]:
             # (pyjwt checks it is a string; an empty one names nobody)
             raise Unauthenticated("invalid_claims", "the token sub claim must not be empty")
