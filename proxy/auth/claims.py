@@ -188,7 +188,7 @@ def _strict(token: str) -> None:
     one token two ways: a claim or header member given twice (pyjwt keeps the last one; an
     issuer's checks may have read the first), a header or payload that is not UTF-8 (pyjwt
     reads UTF-16 and a byte order mark), a NumericDate that is not a JSON number, and a
-    segment spelt other than canonical base64url (padding, stray bits)."""
+    segment spelt other than canonical base64url (padding, stray bits); and any `crit` header."""
     parts = token.split(".")
     if len(parts) != 3:
         return  # (pyjwt refuses it in its own words)
@@ -197,10 +197,16 @@ def _strict(token: str) -> None:
     if not _canonical(parts[2]):  # (a signature spelt otherwise is not this token's)
         raise Unauthenticated("invalid_signature", "the token signature is invalid")
     try:
-        _json_object(parts[0])
+        header = _json_object(parts[0])
         payload = _json_object(parts[1])
     except ValueError:
         raise Unauthenticated("invalid_token", "the token is malformed or invalid") from None
+    if "crit" in header:
+        # RFC 7515 §4.1.11: a verifier must refuse a token whose `crit` names an extension it
+        # does not understand, and the proxy understands none (pyjwt knows `b64`, whose only
+        # use, a detached payload, no bearer token has). Said here, not left to pyjwt: it
+        # checks `crit` only since 2.12.
+        raise Unauthenticated("invalid_token", "the token is malformed or invalid")
     for name in _DATES:
         value = payload.get(name)
         if name not in payload:
