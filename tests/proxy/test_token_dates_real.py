@@ -213,3 +213,44 @@ async def test_an_es256_signature_in_high_s_form_verifies(
     reply = await proxy.get(SHAPE, token=bent)
     assert (reply.status, _rows(reply)) == (401, "invalid_signature")
     _assert_json_401(reply, bent)
+
+
+@pytest.mark.parametrize("exp", [1.7e308, 1e307, 2.0**64])
+async def test_a_live_request_whose_token_expires_at_the_end_of_time_is_held(
+    engine: EngineProcess,
+    idp_server: Any,
+    reloadable_proxy: Any,
+    exp: float,
+) -> None:
+    """Under an issuer without `max_lifetime`, a token may expire when it likes. With `exp`
+    1.7e308 (a finite double) every live request was a 500: its hold's deadline, in tenths
+    of a second, overflowed to infinity (`Deadlines.add`). Long-polls (the three ways
+    through the proxy) and an SSE stream are held and answered as for any token."""
+    from functools import partial
+
+    from tests.proxy.real_proxies import by_mode, items_config
+
+    def config(collapse: bool) -> dict[str, Any]:
+        data = items_config(engine, idp_server, collapse=collapse, sse=True)
+        data["issuers"][0]["max_lifetime"] = None
+        return data
+
+    proxies = await by_mode(reloadable_proxy, partial(config))
+    wrong = []
+    for mode, proxy in proxies.items():
+        token = proxy.tokens.make(exp=exp)
+        first = await proxy.get(SHAPE, token=token)
+        assert first.status == 200, (mode, first.body)
+        handle, offset = first.headers["electric-handle"], first.headers["electric-offset"]
+        live = f"/v1/shape?table=items&offset={offset}&handle={handle}&live=true&cursor=x"
+        reply = await proxy.get(live, token=token)  # (the engine's 1 s long-poll ends it)
+        if (reply.status, reply.headers.get("electric-up-to-date")) != (200, ""):
+            wrong.append((mode, "long-poll", reply.status, reply.body[:100]))
+        async with proxy.client.get(
+            live + "&live_sse=true", headers={"Authorization": f"Bearer {token}"}
+        ) as stream:
+            if stream.status != 200 or not stream.headers["Content-Type"].startswith(
+                "text/event-stream"
+            ):
+                wrong.append((mode, "sse", stream.status, (await stream.read())[:100]))
+    assert not wrong
