@@ -23,6 +23,7 @@ from proxy.auth.bearer import refuse_token_in_query
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.errors import ProxyError
 from proxy.http.params import parse_shape_query
+from proxy.http.routes import NAMED_PREFIX, route_of
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate
 from proxy.runtime import RuntimeHolder
@@ -71,12 +72,12 @@ async def explain(
 ) -> dict[str, Any]:
     """The decision report for `url` under `token` (verified) or raw `claims` (unverified)."""
     target = URL(url)
-    path = target.raw_path
+    route = route_of(target.raw_path)  # (as the proxy routes it: `/v1/shape/` is the shape's)
     report: dict[str, Any] = {"url": url}
     shape_name = None
-    if path.startswith("/shapes/"):
-        shape_name = path.removeprefix("/shapes/")
-    elif path != "/v1/shape":
+    if route is not None and route.startswith(NAMED_PREFIX):
+        shape_name = route.removeprefix(NAMED_PREFIX)
+    elif route != "/v1/shape":
         report.update(allowed=False, status=404, reason="not_found")
         return report
     async with make_session(4) as session:
