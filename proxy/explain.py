@@ -22,7 +22,7 @@ from yarl import URL
 from proxy.auth.bearer import refuse_token_in_query
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.errors import ProxyError
-from proxy.http.params import parse_shape_query
+from proxy.http.params import check_as_the_engine, check_utf8, parse_shape_query
 from proxy.http.routes import NAMED_PREFIX, route_of
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate
@@ -83,11 +83,18 @@ async def explain(
     async with make_session(4) as session:
         holder = RuntimeHolder(loaded, session, Metrics())
         try:
-            query = list(target.query.items())
+            # The query as the proxy reads a request's (`proxy.http.wire.Request.query`), and
+            # its checks in the proxy's order (`proxy.http.handlers._prepare`): escapes that
+            # are not UTF-8 are the engine's 400, not a clause with U+FFFD in it (attack 05:30).
+            raw_query = target.raw_query_string
+            query = list(URL.build(query_string=raw_query, encoded=True).query.items())
             refuse_token_in_query(query)
             if token is not None:
                 claims = await holder.current.verifier.verify(token)
             report["claims"] = dict(claims or {})
+            check_utf8(raw_query)
+            if shape_name is None:
+                check_as_the_engine(query)
             decision = evaluate(
                 loaded.policy,
                 claims or {},
