@@ -300,7 +300,9 @@ class ProxyApp:
         # Every answer, a 404 or the engine's health too, carries CORS for an allowed Origin
         # as the engine's do (else a browser cannot read it); the methods offered are the
         # engine's for the route matched (`sync_engine.app._decorate`).
-        allowed, request.context.cors = self.cors_for(request, shape=is_shape_route(route))
+        allowed, request.context.cors = self.cors_for(
+            request, shape=is_shape_route(route, request.method)
+        )
         if route is None:
             raise NotFound("not_found", "Not Found")  # the engine's (aiohttp's) words
         if is_shape_route(route):
@@ -405,7 +407,9 @@ class ProxyApp:
         if request is not None:
             context = request.context
             context.request_id = new_request_id(request.headers.get("X-Request-Id"))
-            _, context.cors = self.cors_for(request, shape=is_shape_route(_route_of(request)))
+            _, context.cors = self.cors_for(
+                request, shape=is_shape_route(_route_of(request), request.method)
+            )
             self.on_prepare(request, response)
         return response
 

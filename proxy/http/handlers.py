@@ -808,7 +808,9 @@ async def root(request: Request) -> StreamResponse:
     `Cache-Control` either (the engine's has none; the proxy's said `no-store`).
     """
     request.context.outcome = "health"
-    return Response(status=200)
+    # (a HEAD's answer says `Content-Length: 0` as its GET's does: the engine's since
+    # 59c79ae9, as Electric's `Plug.Head`)
+    return Response(status=200, headers={"Content-Length": "0"})
 
 
 #: `/healthz`'s `config_error` for a caller that may not read `/metrics`.

@@ -43,6 +43,14 @@ def route_of(raw_path: str) -> str | None:
     return None
 
 
-def is_shape_route(route: str | None) -> bool:
-    """Whether `route` serves shapes (its answers get the shape route's CORS methods)."""
-    return route is not None and (route == "/v1/shape" or route.startswith(NAMED_PREFIX))
+#: The methods a shape route takes (the engine's: GET, with HEAD, POST, DELETE, OPTIONS).
+SHAPE_METHODS = frozenset({"GET", "HEAD", "POST", "DELETE", "OPTIONS"})
+
+
+def is_shape_route(route: str | None, method: str | None = None) -> bool:
+    """Whether `route` serves shapes, for `method` when given: a request matched by a shape
+    route (path and method) gets the shape route's CORS methods, any other answer (a 404, a
+    405 for a PATCH, health) the engine's `GET, HEAD`, as the engine's router sets them."""
+    if route is None or not (route == "/v1/shape" or route.startswith(NAMED_PREFIX)):
+        return False
+    return method is None or method in SHAPE_METHODS
