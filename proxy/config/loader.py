@@ -30,6 +30,7 @@ from proxy.config.model import (
     ProxyConfig,
     StaticKey,
     TablePolicy,
+    YamlNumber,
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
@@ -80,6 +81,90 @@ class _Loader(yaml.SafeLoader):
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
 
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """Merge keys (`<<`) as the YAML merge spec has them: a key in the mapping itself
+        overrides a merged one, and of merged mappings the *earlier* in a `<<: [*a, *b]`
+        list wins.
+
+        PyYAML 6 keeps the first merged key by `id()` of its text, which only interned
+        (one-letter) keys share: `<<: [*member, {columns: [..., secret]}]` took the *later*
+        mapping's `columns`, and a rule showed the column the operator's first mapping left
+        out (config probe 05:30, HIGH). Keys are compared by their tag and text here."""
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        seen: set[object] = set()
+        index = 0
+        while index < len(node.value):
+            key_node, value_node = node.value[index]
+            if key_node.tag == _MERGE_TAG:
+                del node.value[index]
+                if isinstance(value_node, yaml.MappingNode):
+                    sources = [value_node]
+                elif isinstance(value_node, yaml.SequenceNode):
+                    sources = value_node.value
+                else:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        "expected a mapping or list of mappings for merging, but found "
+                        f"{value_node.id}",
+                        value_node.start_mark,
+                    )
+                for source in sources:
+                    if not isinstance(source, yaml.MappingNode):
+                        raise yaml.constructor.ConstructorError(
+                            "while constructing a mapping",
+                            node.start_mark,
+                            f"expected a mapping for merging, but found {source.id}",
+                            source.start_mark,
+                        )
+                    self.flatten_mapping(source)
+                    for pair in source.value:
+                        name = _key_identity(pair[0])
+                        if name not in seen:
+                            seen.add(name)
+                            merged.append(pair)
+            elif key_node.tag == "tag:yaml.org,2002:value":
+                key_node.tag = "tag:yaml.org,2002:str"
+                index += 1
+            else:
+                index += 1
+        if merged:
+            node.value = merged + node.value
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        """An integer that YAML 1.1 and 1.2 read alike; the others stay their text (below)."""
+        text = self.construct_scalar(node)
+        if _YAML11_ONLY_INT.search(str(text)):
+            return YamlNumber(text)
+        return super().construct_yaml_int(node)
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
+        text = self.construct_scalar(node)
+        if _YAML11_ONLY_FLOAT.search(str(text)):
+            return YamlNumber(text)
+        return super().construct_yaml_float(node)
+
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+#: Numbers PyYAML reads by YAML 1.1 alone, where YAML 1.2 (and most other readers) differ: a
+#: leading-zero octal (`01234` is 668, 1234 in 1.2), binary `0b...`, base 60 (`12:30` is
+#: 750), digits with `_` (1.2: text). Kept as their text, `YamlNumber`: a claim condition
+#: with one is a load error (a deny rule `zip: 01234` compared the claim with 668 and never
+#: fired: config probe, HIGH); a numeric setting reads the text as decimal (pydantic).
+_YAML11_ONLY_INT = re.compile(r"^[-+]?0(?:b|[0-7_])|[_:]")
+_YAML11_ONLY_FLOAT = re.compile(r"[_:]")
+
+
+def _key_identity(key_node: yaml.Node) -> object:
+    """A merged key as its reader sees it: a scalar's tag and text; any other key node by
+    identity (PyYAML's own rule, which never names one key twice)."""
+    if isinstance(key_node, yaml.ScalarNode):
+        return (key_node.tag, key_node.value)
+    return id(key_node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]

@@ -62,6 +62,13 @@ class YamlWord(str):
     """
 
 
+class YamlNumber(str):
+    """A plain number that YAML 1.1 (PyYAML) and YAML 1.2 read differently: `01234` (octal
+    668, or 1234), `0b101`, `12:30` (base 60: 750), `1_000` (1.2: text). Kept as written: in
+    a claim condition it is refused at load (quote it); a numeric setting reads it as
+    decimal, as YAML 1.2 does."""
+
+
 def _no_yaml_words(when: object) -> object:
     if not isinstance(when, dict):
         return when
@@ -69,6 +76,12 @@ def _no_yaml_words(when: object) -> object:
         if value == []:
             raise ValueError(f"{path}: an empty list matches no token: give at least one value")
         for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, YamlNumber):
+                raise ValueError(
+                    f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for "
+                    f"an octal, binary or base-60 number): quote it ({str(item)!r}) for the "
+                    f"text, or write the number in plain decimal"
+                )
             if isinstance(item, YamlWord):
                 raise ValueError(
                     f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for a "
@@ -341,6 +354,19 @@ class AccessRule(_Model):
     where: str | None = Field(default=None, description="row filter; {{claim.path}} placeholders")
     all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
     columns: list[str] | None = Field(default=None, min_length=1)
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_given(cls, value: object) -> object:
+        # `columns:` with nothing after it (or an unset variable after envsubst) read as null,
+        # which showed every column: an empty restriction is a mistake, not "no restriction"
+        # (config probe, HIGH). Leaving the key out still means every column.
+        if value is None:
+            raise ValueError(
+                "columns: empty: list the columns, or remove the key to show every column"
+            )
+        return value
+
     client_where: Literal["forbid", "validated", "passthrough"] = Field(
         default="forbid",
         description="forbid: no client where; validated: a checked subset of SQL, ANDed with "
