@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bytes of the data directory's file system that snapshots leave free, for the"
         " live changes of the shapes there are: a new shape's snapshot that would go below"
         " it is refused (503 disk_full, Retry-After), so many new shapes cannot fill the"
-        " disk and stop replication. Default: the smaller of 1 GiB and 5%% of the file"
+        " disk and stop replication. Default: the smaller of 64 MiB and 5%% of the file"
         " system; 0: none. Env: SYNC_ENGINE_DISK_RESERVE",
     )
     p.add_argument(

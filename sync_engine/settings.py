@@ -23,7 +23,7 @@ class Settings:
     fsync: bool = True
     max_shapes: int | None = None
     # Bytes of the data directory's file system that snapshots leave free, for the shape
-    # logs' live changes (`Source.snapshot_room`). None: the smaller of 1 GiB and 5% of the
+    # logs' live changes (`Source.snapshot_room`). None: the smaller of 64 MiB and 5% of the
     # file system; 0: none.
     disk_reserve: int | None = None
     # Bytes a shape's transaction log may hold before the shape is rotated (its clients

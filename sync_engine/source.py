@@ -84,8 +84,10 @@ PERMANENT_RETRY = 10.0
 #: space, as the failed snapshot's own requests do (`_check_snapshot_room`), unless space
 #: comes back sooner: `SPACE_BACK` bytes more free than when it failed.
 DISK_FULL_WAIT = 5.0
-#: The most a disk's default reserve is (`Settings.disk_reserve`; else 5% of it).
-DEFAULT_DISK_RESERVE = 1 << 30
+#: The most a disk's default reserve is (`Settings.disk_reserve`; else 5% of it): room for
+#: the live changes of the shapes there are, which need little (machines with a few hundred
+#: MB free serve new shapes, as Electric does).
+DEFAULT_DISK_RESERVE = 64 << 20
 #: Seconds between two warnings that the reserve refused a snapshot.
 RESERVE_WARN_EVERY = 60.0
 SPACE_BACK = 1 << 20
@@ -263,6 +265,7 @@ class Source:
 
     async def start(self) -> None:
         self.snapshot_pool.open(wait=False)
+        self.snapshot_room(0)  # (says so at once when the disk is under its reserve already)
         self._main = asyncio.create_task(self._run(), name=f"source-{self.config.source_id}")
 
     async def stop(self) -> None:
@@ -847,9 +850,9 @@ class Source:
         if now - self._reserve_said_at >= RESERVE_WARN_EVERY:  # (the operator's to act on)
             self._reserve_said_at = now
             logger.warning(
-                "source %s: new snapshots refused (503 disk_full): %d bytes free on the data"
-                " directory's disk, its reserve is %d (--disk-reserve); free space, delete"
-                " shapes or set --max-shapes",
+                "source %s: %d bytes free on the data directory's disk, under its reserve of"
+                " %d (--disk-reserve): new snapshots are refused (503 disk_full) until there is"
+                " more; free space, delete shapes or set --max-shapes (or a smaller reserve)",
                 self.config.source_id,
                 free,
                 reserve,

@@ -5,7 +5,7 @@ Found by attack (05:20): each distinct `where` is a new shape whose snapshot sta
 one user asking for 60 of a big table filled the data directory, and then no source could
 write its changes (replication paused, health 503, every client's live updates stopped).
 Now a snapshot that would take the disk below its reserve (`--disk-reserve`, by default the
-smaller of 1 GiB and 5% of the file system) is refused: a 503 `disk_full` with Retry-After,
+smaller of 64 MiB and 5% of the file system) is refused: a 503 `disk_full` with Retry-After,
 its chunks deleted. The reserve here is the default: 5% of a 16 MiB tmpfs.
 
 Mounting a small tmpfs needs root (CI runs as root); elsewhere the test is skipped.
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SIZE = 16 << 20  # the tmpfs
-RESERVE = SIZE // 20  # the default reserve on it: 5% of it (less than 1 GiB)
+RESERVE = SIZE // 20  # the default reserve on it: 5% of it (less than 64 MiB)
 
 
 def _free(path: Path) -> int:

@@ -11,6 +11,7 @@ import pytest
 
 from sync_engine.tenants import auth as auth_module
 from sync_engine.tenants import manager as manager_module
+from sync_engine.tenants.managed import ManagedSource
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.tenants.harness import UNAUTHORIZED, Cluster, MultiEngine, make_items, sql
 
@@ -331,13 +332,13 @@ async def test_a_cleanup_that_keeps_failing_says_so_once(
     monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
     monkeypatch.setattr(manager_module, "CLEANUP_RETRY_MAX", 0.1)
     tries = [0]
-    destroy = manager_module.ManagedSource.destroy
+    destroy = ManagedSource.destroy
 
     async def counted(self: Any) -> list[str]:
         tries[0] += 1
         return await destroy(self)
 
-    monkeypatch.setattr(manager_module.ManagedSource, "destroy", counted)
+    monkeypatch.setattr(ManagedSource, "destroy", counted)
     engine = await engines().start()
     src = await engine.add("nowhere", "postgresql://shapegate@127.0.0.1:1/none")
     caplog.set_level("INFO", logger="sync_engine.tenants.manager")
