@@ -460,9 +460,26 @@ class RuntimeHolder:
 
     def _reload_soon(self) -> None:
         """SIGHUP: `reload_off_loop` in a task of its own."""
-        task = asyncio.get_running_loop().create_task(self.reload_off_loop())
+
+        async def reload() -> bool:
+            try:
+                return await self.reload_off_loop()
+            except Exception as exc:
+                self._crashed(exc)
+                return False
+
+        task = asyncio.get_running_loop().create_task(reload())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _crashed(self, exc: Exception) -> None:
+        """A reload that failed other than with a `ConfigError` (a bug, or one the loader
+        does not turn into one): counted and shown as a failed reload, and the file poll
+        goes on. It ended the poll's task, silently, and no later edit (a revocation) was
+        ever loaded while /healthz said all was well (config probe, MEDIUM)."""
+        logger.error("config reload failed unexpectedly, keeping the last good config: %r", exc)
+        self.last_error = f"the reload failed unexpectedly ({type(exc).__name__})"
+        self._metrics.config_reloads.labels(result="error").inc()
 
     def _failed(self, exc: ConfigError) -> bool:
         self.last_error = str(exc)
@@ -524,9 +541,12 @@ class RuntimeHolder:
         async def poll() -> None:
             while True:
                 await asyncio.sleep(interval)
-                stamp = self.poll_due()
-                if stamp is not _NOTHING:
-                    await self.reload_off_loop(expect=stamp)
+                try:
+                    stamp = self.poll_due()
+                    if stamp is not _NOTHING:
+                        await self.reload_off_loop(expect=stamp)
+                except Exception as exc:  # (a bug in a load: the poll must go on)
+                    self._crashed(exc)
 
         async def refresh_keys() -> None:
             # Without this a key set is refetched only when a token needs verifying; while

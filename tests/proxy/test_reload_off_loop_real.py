@@ -62,3 +62,39 @@ async def test_requests_are_answered_while_a_reload_loads(
     await wait_until_async(lambda: reloads.labels(result="ok")._value.get() >= 1)
     admin = proxy.tokens.make(role="admin")
     assert (await proxy.get(SHAPE, token=admin)).status == 403  # (the new config applies)
+
+
+async def test_the_file_poll_goes_on_after_a_reload_that_crashed(
+    engine: EngineProcess,
+    idp_server: Any,
+    reloadable_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A load that raised anything but a config error (a RecursionError from the YAML
+    parser, then) ended the poll's task for good: a later edit, a revocation, was never
+    loaded, and /healthz said all was well (config probe, MEDIUM). Now it is a failed
+    reload, shown, and the next edit loads."""
+    proxy = await reloadable_proxy(items_config(engine, idp_server, reload_interval=0.2))
+    admin = proxy.tokens.make(role="admin")
+    assert (await proxy.get(SHAPE, token=admin)).status == 200
+    load = runtime_module.load_config
+    calls: list[int] = []
+
+    def crashing(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RecursionError("maximum recursion depth exceeded")
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_module, "load_config", crashing)
+    proxy.config["server"]["reload_interval"] = 0.2
+    proxy.config["tables"]["items"]["allow"][1]["columns"] = ["id", "title"]
+    proxy.write_config()
+    await wait_until_async(lambda: proxy.app.holder.last_error is not None, timeout=30)
+    assert "RecursionError" in (await proxy.get("/healthz")).json()["config_error"]
+    proxy.withdraw("admin")  # the revocation, written after
+    proxy.write_config()
+    reloads = proxy.app.holder._metrics.config_reloads
+    await wait_until_async(lambda: reloads.labels(result="ok")._value.get() >= 1, timeout=30)
+    assert (await proxy.get(SHAPE, token=admin)).status == 403
+    assert (await proxy.get("/healthz")).json()["config_error"] is None
