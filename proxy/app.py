@@ -148,6 +148,15 @@ def _echoes_origin(cors: Mapping[str, str] | None) -> bool:
     return cors is not None and cors.get("Access-Control-Allow-Origin", "*") != "*"
 
 
+def _varies_with_origin(request: Request, cors: Mapping[str, str] | None) -> bool:
+    """`_echoes_origin`, or an answer with CORS to a request naming one Origin: the engine
+    echoes even `Origin: *` and says `Vary: Origin` (twin 05:30); `*` without an Origin, or
+    for two, varies with nothing."""
+    if _echoes_origin(cors):
+        return True
+    return cors is not None and len(request.headers.getall("Origin", ())) == 1
+
+
 @lru_cache(maxsize=256)
 def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
     """The `Vary` of a shape response: the engine's, Origin when CORS applies, Authorization.
@@ -349,7 +358,7 @@ class ProxyApp:
     def shape_vary(self, request: Request) -> str:
         """The `Vary` a shape answer gets when the engine sent none (see `on_prepare`)."""
         context = request.context
-        return _shape_vary((), _echoes_origin(context.cors), context.shared)
+        return _shape_vary((), _varies_with_origin(request, context.cors), context.shared)
 
     def answered(
         self, request: Request, response: StreamResponse | None, *, status: int = 499
@@ -383,10 +392,10 @@ class ProxyApp:
             return
         if context.shape:
             existing = tuple(headers.getall("Vary", ()))
-            vary = _shape_vary(existing, _echoes_origin(context.cors), context.shared)
+            vary = _shape_vary(existing, _varies_with_origin(request, context.cors), context.shared)
             if vary:
                 headers["Vary"] = vary
-        elif _echoes_origin(context.cors):
+        elif _varies_with_origin(request, context.cors):
             # Any other answer naming the caller's Origin varies with it too, as the engine's
             # (`GET /`: a shared cache keyed without Origin handed one origin's answer, and
             # its Access-Control-Allow-Origin, to another).

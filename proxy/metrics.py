@@ -84,7 +84,8 @@ def metrics_exposure(token_env: str | None, allow_loopback: bool) -> str:
     """How `/metrics` is exposed under this config, for the log at start and on reload."""
     ways = []
     if token_env is not None:
-        ways.append(f"to a bearer of the metrics token (metrics.token_env {token_env})")
+        # (not "a bearer of": the log redaction takes the word after "bearer" for a token)
+        ways.append(f"to a caller holding the metrics token (metrics.token_env {token_env})")
     if allow_loopback:
         ways.append(
             "to clients on a loopback address whose request has no Forwarded/X-Forwarded-For/"

@@ -228,6 +228,33 @@ def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
 SECRET_FILE_MAX_BYTES = 64 * 1024
 
 
+def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """The bytes of the regular file at `path` (at most `max_bytes` + 1 of them, so a caller
+    can tell a larger one), or `ConfigError` naming `what`. Opened without blocking and
+    checked before it is read: `open()` of a FIFO with no writer blocks, and the config file
+    (or a key file) replaced by one hung the whole proxy, at start and at every reload
+    (config probe, MEDIUM)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(f"{what}: {path} is not a regular file")
+            chunks = []
+            left = max_bytes + 1
+            while left > 0:
+                chunk = os.read(fd, left)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        raise ConfigError(f"{what}: cannot read {path} ({why})") from None
+
+
 def _secret_file(path: str, field_name: str) -> str:
     """A secret kept in a file (a mounted Docker or Kubernetes secret): its text without a
     leading byte order mark and the line end an editor or `echo` leaves. Read at every load,
@@ -272,7 +299,7 @@ def _static_key(
         if key.jwk is not None:
             return PyJWK(dict(key.jwk)).key
         if key.public_key_file is not None:
-            pem = Path(key.public_key_file).read_bytes()
+            pem = read_regular_file(key.public_key_file, MAX_CONFIG_BYTES, where)
         else:
             pem = (key.public_key or "").encode()
         return load_pem_public_key(pem)
@@ -357,15 +384,15 @@ def load_config(
     did not change while it read: `proxy.runtime.RuntimeHolder.reload`)."""
     path = Path(path)
     if raw is None:
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise ConfigError(f"{path}: cannot read ({why})") from None
+        raw = read_regular_file(path, MAX_CONFIG_BYTES, "config")
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: file is larger than {MAX_CONFIG_BYTES} bytes")
     try:
         data = parse_yaml(raw)
+    except RecursionError:
+        # (`[[[[...]]]]` 5,000 deep: PyYAML's composer recurses; a 3,000-line traceback at
+        # start, and on a reload an error nobody saw: config probe, MEDIUM)
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -374,4 +401,7 @@ def load_config(
         raise ConfigError(f"{path}: invalid YAML{where}{why}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return build_config(data, environ, source=str(path))
+    try:
+        return build_config(data, environ, source=str(path))
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to validate") from None

@@ -36,6 +36,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Protocol, cast
 
 import aiohttp
@@ -47,6 +48,9 @@ from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+#: Each status code's standard reason phrase (RFC 9110), sent in place of a hop's own.
+_REASONS: dict[int, bytes] = {status.value: status.phrase.encode() for status in HTTPStatus}
 
 #: Seconds an idle connection is kept for reuse (below the engine's keep-alive timeout, so a
 #: pooled connection is not reused just as the engine closes it).
@@ -618,6 +622,11 @@ class _Connection(asyncio.Protocol):
             self._raw_headers.clear()
             self._reason = b""
             return
+        # The standard phrase, never the hop's own words: a hop between the proxy and the
+        # engine that echoes its request target there ("400 Bad /v1/shape?...&secret=...")
+        # put the engine secret in the client's status line (attack 05:30, LOW). The engine
+        # (aiohttp) sends the standard phrases: the client sees no difference from it.
+        self._reason = _REASONS.get(status, b"")
         raw = self._raw_headers.copy()  # (the list is the next answer's too)
         # (llhttp answers this only until the message is complete)
         self._keep_alive = parser.should_keep_alive()

@@ -24,6 +24,7 @@ import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import pytest
@@ -118,3 +119,26 @@ async def test_a_client_the_cache_puts_chunks_behind_stays_on_sse(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_an_sse_answer_through_the_tier_still_says_not_to_buffer_it(
+    small_chunk_stack: Stack,
+) -> None:
+    """The engine marks every SSE answer `X-Accel-Buffering: no`, for any nginx or CDN in
+    front of it (docs/cdn.md). nginx takes `X-Accel-*` upstream headers for itself and drops
+    them, so through the tier (and the proxy in front of it) the client's answer had none: a
+    user's own nginx in front then buffered the stream, and client 1.5.28 falls back to long
+    polling after three streams it takes for buffered (twin 05:27). The tier passes it on."""
+    stack = small_chunk_stack
+    async with aiohttp.ClientSession() as s:
+        async with s.get(stack.url(offset="-1")) as r:
+            assert r.status == 200
+            handle, offset = r.headers["electric-handle"], r.headers["electric-offset"]
+        live = {"handle": handle, "offset": offset, "live": "true", "live_sse": "true"}
+        seen = []
+        for base in (f"{stack.counter.engine}/v1/shape?", f"{stack.nginx}/v1/shape?"):
+            url = base + urlencode({"table": "items", **live, "secret": SECRET})
+            async with s.get(url) as r:
+                assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+                seen.append(r.headers.get("X-Accel-Buffering"))
+    assert seen == ["no", "no"], seen

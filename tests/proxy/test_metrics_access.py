@@ -87,3 +87,26 @@ def test_a_missing_or_short_metrics_token_is_a_config_error(
 ) -> None:
     with pytest.raises(ConfigError, match=words):
         build_config({**config_data, "metrics": {"token_env": "METRICS_TOKEN"}}, {**environ, **env})
+
+
+def test_the_exposure_line_reads_as_written_through_the_log_redaction() -> None:
+    """The start-up line said "answers to a bearer of the metrics token", and the log
+    redaction took "of" for a bearer token: "a bearer [REDACTED] the metrics token", which
+    reads like a caught leak (attack 05:3x, LOW)."""
+    import io
+    import logging
+
+    from proxy.logs import JsonFormatter
+    from proxy.metrics import metrics_exposure
+
+    text = metrics_exposure("METRICS_TOKEN", False)
+    handler = logging.StreamHandler(out := io.StringIO())
+    handler.setFormatter(JsonFormatter())
+    log = logging.getLogger("test.exposure")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+        log.warning("%s", text)
+    finally:
+        log.removeHandler(handler)
+    assert "REDACTED" not in out.getvalue() and "metrics.token_env METRICS_TOKEN" in out.getvalue()
