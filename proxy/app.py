@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from functools import lru_cache
@@ -39,6 +38,7 @@ from proxy.http.errors import (
 )
 from proxy.http.fastlane import FastAnswer, FastConnection
 from proxy.http.headers import cors_headers, merge_vary, origin_allowed
+from proxy.http.routes import NAMED_PREFIX, is_shape_route, route_of
 from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
 from proxy.limits.subsets import SubsetSlots
@@ -58,15 +58,10 @@ access_logger = logging.getLogger(ACCESS_LOGGER)
 
 T = TypeVar("T")
 
-#: Exact raw paths served. Matching the raw request target (not the decoded, normalised path)
-#: means `/v1//shape`, `/v1/Shape` and `/v1/%73hape` are 404s, never a second way in.
-#: `/v1/shape/` is the engine's second route for shapes (Electric's router ignores a trailing
-#: slash too): a client configured with it syncs through the proxy as it does direct, under
-#: the same policy (the engine request's path is the proxy's own, `/v1/shape`).
-_EXACT_PATHS = frozenset({"/", "/v1/shape", "/v1/shape/", "/v1/health", "/healthz", "/metrics"})
-_NAMED_SHAPE_PATH = re.compile(r"^/shapes/[A-Za-z0-9_-]{1,100}$")
-_SHAPE_PATHS = ("/v1/shape", "/shapes/")
-_NAMED_PREFIX = len("/shapes/")
+#: Paths are routed as Electric's router and the engine route them (`proxy.http.routes`):
+#: `/v1//shape`, `/v1/shape/` and `/v1/%73hape` are the shape route, `/v1/Shape` and
+#: `/v1/shape%2F` 404s; every spelling of a route reaches its one handler, under the same
+#: policy (the engine request's path is the proxy's own, `/v1/shape`).
 
 Handler = Callable[[Request], Awaitable[StreamResponse]]
 #: The routes answering GET (and HEAD, its headers without the body, as the engine's routes
@@ -79,12 +74,9 @@ _GET_ONLY: dict[str, Handler] = {
 }
 
 
-def _check_path(request: Request) -> str:
-    """The raw path when it is served (then it equals the decoded path), else a 404."""
-    raw = request.raw_path.split("?", 1)[0]
-    if raw not in _EXACT_PATHS and not _NAMED_SHAPE_PATH.match(raw):
-        raise NotFound("not_found", "Not Found")  # the engine's (aiohttp's) words
-    return raw
+def _route_of(request: Request) -> str | None:
+    """The route the request's path picks (`proxy.http.routes.route_of`), or None."""
+    return route_of(request.raw_path.split("?", 1)[0])
 
 
 #: Electric's CORS on every shape answer (the engine's, `sync_engine.app`), which an open
@@ -304,23 +296,24 @@ class ProxyApp:
         return await self.answer(request, self._route(request))
 
     async def _route(self, request: Request) -> StreamResponse:
-        raw = request.raw_path.split("?", 1)[0]
+        route = _route_of(request)
         # Every answer, a 404 or the engine's health too, carries CORS for an allowed Origin
         # as the engine's do (else a browser cannot read it); the methods offered are the
-        # engine's for the path (`sync_engine.app._decorate`).
+        # engine's for the route matched (`sync_engine.app._decorate`).
         allowed, request.context.cors = self.cors_for(
-            request, shape=raw.rstrip("/").endswith("/shape") or raw.startswith("/shapes/")
+            request, shape=is_shape_route(route, request.method)
         )
-        path = _check_path(request)
-        if path.startswith(_SHAPE_PATHS):
+        if route is None:
+            raise NotFound("not_found", "Not Found")  # the engine's (aiohttp's) words
+        if is_shape_route(route):
             request.context.shape = True
             if not allowed:
                 raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
-            name = path[_NAMED_PREFIX:] if path.startswith("/shapes/") else None
+            name = route.removeprefix(NAMED_PREFIX) if route.startswith(NAMED_PREFIX) else None
             return await handlers.serve(request, shape_name=name)
         if request.method not in ("GET", "HEAD"):
             raise HttpError(405)
-        return await _GET_ONLY[path](request)
+        return await _GET_ONLY[route](request)
 
     def cors_for(
         self, request: Request, *, shape: bool = True
@@ -414,9 +407,8 @@ class ProxyApp:
         if request is not None:
             context = request.context
             context.request_id = new_request_id(request.headers.get("X-Request-Id"))
-            raw = request.raw_path.split("?", 1)[0]
             _, context.cors = self.cors_for(
-                request, shape=raw.rstrip("/").endswith("/shape") or raw.startswith("/shapes/")
+                request, shape=is_shape_route(_route_of(request), request.method)
             )
             self.on_prepare(request, response)
         return response

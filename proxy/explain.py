@@ -22,7 +22,8 @@ from yarl import URL
 from proxy.auth.bearer import refuse_token_in_query
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
 from proxy.errors import ProxyError
-from proxy.http.params import parse_shape_query
+from proxy.http.params import check_as_the_engine, check_utf8, parse_shape_query
+from proxy.http.routes import NAMED_PREFIX, route_of
 from proxy.metrics import Metrics
 from proxy.policy.evaluate import evaluate
 from proxy.runtime import RuntimeHolder
@@ -71,22 +72,29 @@ async def explain(
 ) -> dict[str, Any]:
     """The decision report for `url` under `token` (verified) or raw `claims` (unverified)."""
     target = URL(url)
-    path = target.raw_path
+    route = route_of(target.raw_path)  # (as the proxy routes it: `/v1/shape/` is the shape's)
     report: dict[str, Any] = {"url": url}
     shape_name = None
-    if path.startswith("/shapes/"):
-        shape_name = path.removeprefix("/shapes/")
-    elif path != "/v1/shape":
+    if route is not None and route.startswith(NAMED_PREFIX):
+        shape_name = route.removeprefix(NAMED_PREFIX)
+    elif route != "/v1/shape":
         report.update(allowed=False, status=404, reason="not_found")
         return report
     async with make_session(4) as session:
         holder = RuntimeHolder(loaded, session, Metrics())
         try:
-            query = list(target.query.items())
+            # The query as the proxy reads a request's (`proxy.http.wire.Request.query`), and
+            # its checks in the proxy's order (`proxy.http.handlers._prepare`): escapes that
+            # are not UTF-8 are the engine's 400, not a clause with U+FFFD in it (attack 05:30).
+            raw_query = target.raw_query_string
+            query = list(URL.build(query_string=raw_query, encoded=True).query.items())
             refuse_token_in_query(query)
             if token is not None:
                 claims = await holder.current.verifier.verify(token)
             report["claims"] = dict(claims or {})
+            check_utf8(raw_query)
+            if shape_name is None:
+                check_as_the_engine(query)
             decision = evaluate(
                 loaded.policy,
                 claims or {},

@@ -188,7 +188,7 @@ def _strict(token: str) -> None:
     one token two ways: a claim or header member given twice (pyjwt keeps the last one; an
     issuer's checks may have read the first), a header or payload that is not UTF-8 (pyjwt
     reads UTF-16 and a byte order mark), a NumericDate that is not a JSON number, and a
-    segment spelt other than canonical base64url (padding, stray bits)."""
+    segment spelt other than canonical base64url (padding, stray bits); and any `crit` header."""
     parts = token.split(".")
     if len(parts) != 3:
         return  # (pyjwt refuses it in its own words)
@@ -197,22 +197,42 @@ def _strict(token: str) -> None:
     if not _canonical(parts[2]):  # (a signature spelt otherwise is not this token's)
         raise Unauthenticated("invalid_signature", "the token signature is invalid")
     try:
-        _json_object(parts[0])
+        header = _json_object(parts[0])
         payload = _json_object(parts[1])
     except ValueError:
         raise Unauthenticated("invalid_token", "the token is malformed or invalid") from None
+    if "crit" in header:
+        # RFC 7515 §4.1.11: a verifier must refuse a token whose `crit` names an extension it
+        # does not understand, and the proxy understands none (pyjwt knows `b64`, whose only
+        # use, a detached payload, no bearer token has). Said here, not left to pyjwt: it
+        # checks `crit` only since 2.12.
+        raise Unauthenticated("invalid_token", "the token is malformed or invalid")
     for name in _DATES:
         value = payload.get(name)
         if name not in payload:
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
-            if name == "exp":
-                raise Unauthenticated("invalid_token", "the token exp claim is not a number")
             raise Unauthenticated("invalid_claims", f"the token {name} claim must be a number")
         if not _finite(value):
             # (JSON allows any number of digits: `"exp": 1e999` reads as infinity, a
             # 400-digit integer as one no float holds, and every deadline is a float)
             raise Unauthenticated("invalid_claims", f"the token {name} claim is out of range")
+
+
+def _a_lifetime(claims: Mapping[str, Any]) -> None:
+    """Refuse a token whose `iat` or `nbf` is after its `exp`: one issued, or valid only,
+    after it expires describes no lifetime (a clock or minting fault at the issuer). pyjwt
+    checks each date against the clock alone, so with all three inside the leeway such a
+    token passed, and `exp - iat` below zero passes any `max_lifetime`. Equal is a
+    zero-length lifetime, judged by the clock as any other (Microsoft.IdentityModel refuses
+    NotBefore > Expires the same way, IDX10224). The dates are finite numbers (`_strict`)."""
+    exp = float(claims["exp"])
+    for name in ("iat", "nbf"):
+        value = claims.get(name)
+        if isinstance(value, int | float) and float(value) > exp:
+            raise Unauthenticated(
+                "invalid_claims", f"the token {name} claim is after its exp claim"
+            )
 
 
 class TokenVerifier:
@@ -310,7 +330,8 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _translate(exc) from None
         if not isinstance(claims.get("exp"), int | float):
-            raise Unauthenticated("invalid_token", "the token exp claim is not a number")
+            raise Unauthenticated("invalid_claims", "the token exp claim must be a number")
+        _a_lifetime(claims)
         if not claims["sub"]:
             # (pyjwt checks it is a string; an empty one names nobody)
             raise Unauthenticated("invalid_claims", "the token sub claim must not be empty")

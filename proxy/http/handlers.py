@@ -158,16 +158,21 @@ async def authorise_and_forward(request: Request, *, shape_name: str | None) -> 
         if prepared.live and method in ("GET", "HEAD")
         else None
     )
-    # A subset snapshot keeps its answer in the engine's subset budget until it is handed
-    # over: charged to its principal's `max_subsets` for that long (`proxy.limits.subsets`).
+    # A subset snapshot takes one of the engine's subset query connections, then keeps its
+    # answer in the engine's subset budget until it is handed over: charged to its
+    # principal's `max_subsets` for that long, or waits for a place (`proxy.limits.subsets`).
     subset = None
     max_subsets = prepared.limits.max_subsets
     if max_subsets is not None and is_subset(prepared, method):
         try:
-            subset = _app(request).subsets.take(
-                principal(request, prepared), max_subsets, prepared.limits.retry_after
+            subset = await _app(request).subsets.take(
+                principal(request, prepared),
+                max_subsets,
+                prepared.limits.retry_after,
+                wait=prepared.limits.subset_wait,
+                max_waiting=prepared.limits.max_concurrent,
             )
-        except ProxyError:
+        except BaseException:  # (a 429, or its client gone while it waited)
             if held is not None:
                 held.release()
             raise
@@ -803,7 +808,9 @@ async def root(request: Request) -> StreamResponse:
     `Cache-Control` either (the engine's has none; the proxy's said `no-store`).
     """
     request.context.outcome = "health"
-    return Response(status=200)
+    # (a HEAD's answer says `Content-Length: 0` as its GET's does: the engine's since
+    # 59c79ae9, as Electric's `Plug.Head`)
+    return Response(status=200, headers={"Content-Length": "0"})
 
 
 #: `/healthz`'s `config_error` for a caller that may not read `/metrics`.

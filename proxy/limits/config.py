@@ -14,8 +14,10 @@ limits:                  # every principal (token subject, or client address whe
   new_shape_burst: 200   # ... with bursts up to this many
   max_shapes: null       # shapes one principal may have asked for within shape_window (null:
   shape_window: 60       # no bound); with the engine's --max-shapes, set it to a share of it
-  max_subsets: null      # subset snapshots in flight at once (null: no bound; see
-                         # proxy.limits.subsets): a share of the engine's subset spool budget
+  max_subsets: 4         # subset snapshots in flight at once (null: no bound; see
+                         # proxy.limits.subsets): half the engine's subset query pool (8),
+                         # a share of its subset spool budget; more wait for a place ...
+  subset_wait: 30        # ... up to this many seconds, then 429 `too_many_subsets`
 tables:
   items:
     allow:
@@ -140,10 +142,17 @@ class LimitsConfig(_Model):
         "(at least the engine's minimum idle age before eviction, 60 s)",
     )
     max_subsets: int | None = Field(
-        default=None,
+        default=4,
         ge=1,
         description="subset snapshots one principal may have in flight at once, until each "
-        "answer is handed over (none: no bound); a share of the engine's subset spool budget",
+        "answer is handed over (null: no bound); half the engine's subset query pool (8), "
+        "and a share of its subset spool budget",
+    )
+    subset_wait: float = Field(
+        default=30,
+        ge=0,
+        description="seconds a principal's subset beyond max_subsets waits for one of its "
+        "places before a 429 (0: refused at once)",
     )
 
 
@@ -161,7 +170,8 @@ class LimitSettings:
     new_shape_burst: int = 200
     max_shapes: int | None = None
     shape_window: float = 60.0
-    max_subsets: int | None = None
+    max_subsets: int | None = 4
+    subset_wait: float = 30.0
     #: The shape definition the request names (`proxy.upstream.url.definition_key`), or None
     #: when its engine request makes no shape (a DELETE): an engine request of a definition
     #: new to its principal is charged to the new-shape bucket (`proxy.limits.admission`).
@@ -186,6 +196,7 @@ def resolve(
             max_shapes=global_limits.max_shapes,
             shape_window=global_limits.shape_window,
             max_subsets=global_limits.max_subsets,
+            subset_wait=global_limits.subset_wait,
             shape=shape,
         )
     return LimitSettings(
@@ -200,5 +211,6 @@ def resolve(
         max_shapes=rule.max_shapes or global_limits.max_shapes,
         shape_window=global_limits.shape_window,
         max_subsets=rule.max_subsets or global_limits.max_subsets,
+        subset_wait=global_limits.subset_wait,
         shape=shape,
     )

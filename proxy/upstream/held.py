@@ -54,6 +54,10 @@ class Expiring(Protocol):
 #: after its token's `exp`): every held client whose token expires in the same tenth shares
 #: one loop timer.
 TICKS_PER_SECOND = 10
+#: The furthest deadline kept (seconds from now): a held answer lasts seconds (a long-poll,
+#: an SSE stream's life), so one whose token expires later than this is ended by the engine
+#: or the client long before; the bound keeps a far `exp` a number of ticks an int holds.
+HORIZON = 86400.0 * 366
 
 
 class _Bucket:
@@ -86,9 +90,12 @@ class Deadlines:
         self._buckets: dict[int, _Bucket] = {}
 
     def add(self, at: float, item: Expiring) -> int:
-        """Have `item.expire()` called at `at` (wall clock; rounded up to the next tick).
-        Returns the key to `discard` it with."""
-        key = math.ceil(at * TICKS_PER_SECOND)
+        """Have `item.expire()` called at `at` (wall clock; rounded up to the next tick), or
+        at `HORIZON` from now if that is sooner. Returns the key to `discard` it with.
+
+        (A token's `exp` is any finite number when its issuer sets no `max_lifetime`: 1.7e308
+        in tenths of a second is infinity, and every live request of that token was a 500.)"""
+        key = math.ceil(min(at, time.time() + HORIZON) * TICKS_PER_SECOND)
         bucket = self._buckets.get(key)
         if bucket is None:
             delay = max(0.0, key / TICKS_PER_SECOND - time.time())

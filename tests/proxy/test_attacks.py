@@ -249,22 +249,59 @@ async def test_oversized_post_body(proxy: Any) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1//shape?table=items&offset=-1",
-        "/v1/%73hape?table=items&offset=-1",
         "/v1/Shape?table=items&offset=-1",
         "/v1/shape%2F?table=items&offset=-1",
-        "//v1/shape?table=items&offset=-1",
-        "/shapes/my%2Ditems?offset=-1",
-        "/v1/health/",
-        "/v1//health",
+        "/v1%2Fshape?table=items&offset=-1",
+        "/v1/./shape?table=items&offset=-1",
+        "/v1/x/../shape?table=items&offset=-1",
+        "/shapes/..%2f?offset=-1",
+        "/shapes/my-items/x?offset=-1",
+        "/v1/healthz",
     ],
 )
 async def test_path_variants(proxy: Any, path: str) -> None:
+    """Paths Electric's router (and the engine) match to no route: 404, as the engine's."""
     reply = await proxy.raw_get(path, token=proxy.tokens.make())
     assert reply.status == 404
     assert reply.body == b'{"message":"Not Found"}'  # (the engine's, byte for byte)
     assert reply.headers["Cache-Control"] == "no-store"
     assert proxy.engine.requests == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1//shape?table=items&offset=-1",
+        "//v1/shape?table=items&offset=-1",
+        "/v1/%73hape?table=items&offset=-1",
+        "/v1/shape//?table=items&offset=-1",
+        "/shapes/my%2Ditems?offset=-1",
+        "//shapes//my-items?offset=-1",
+    ],
+)
+async def test_path_spellings_of_a_route_are_that_route_under_its_policy(
+    proxy: Any, path: str
+) -> None:
+    """Spellings Electric's router reads as a route (empty segments dropped, each one
+    percent-decoded) are that route, as on the engine: one handler, one policy, and the
+    engine asked at the proxy's own `/v1/shape`. No second way in."""
+    plain = "/shapes/my-items?offset=-1" if "items?" in path else SHAPE
+    expected = await proxy.raw_get(plain, token=proxy.tokens.make(role="member"))
+    assert expected.status == 200, expected.body
+    sent = [(r.url.path, dict(r.url.query)) for r in proxy.engine.requests]
+    proxy.engine.requests.clear()
+    reply = await proxy.raw_get(path, token=proxy.tokens.make(role="member"))
+    assert (reply.status, reply.body) == (200, expected.body)
+    assert [(r.url.path, dict(r.url.query)) for r in proxy.engine.requests] == sent
+    proxy.engine.requests.clear()
+    assert (await proxy.raw_get(path, token="x")).status == 401
+    assert proxy.engine.requests == []
+
+
+@pytest.mark.parametrize("path", ["/v1/health/", "/v1//health", "/v1/%68ealth"])
+async def test_path_spellings_of_health(proxy: Any, path: str) -> None:
+    reply = await proxy.raw_get(path, token=proxy.tokens.make())
+    assert reply.status == (await proxy.raw_get("/v1/health", token=proxy.tokens.make())).status
 
 
 async def test_delete_refused_unless_the_rule_allows_it(proxy: Any) -> None:

@@ -315,3 +315,36 @@ def test_clean_bodies_are_passed_as_they_are() -> None:
     assert sanitise_error_body(body, SECRET) is body
     text = f"Bad request: /v1/shape?secret={SECRET}".encode()
     assert SECRET.encode() not in sanitise_error_body(text, SECRET)  # not JSON: cleaned as text
+
+
+async def test_subset_places_wait_in_turn_and_a_gone_waiter_gives_its_place_on() -> None:
+    """`SubsetSlots`: past `limit`, a subset waits for its own principal's next place (in
+    order), other principals are not held up, a waiter whose client went away never keeps a
+    place, and a wait that runs out is a 429."""
+    import asyncio
+
+    from proxy.errors import ProxyError
+    from proxy.limits.subsets import SubsetSlots
+
+    slots = SubsetSlots()
+    first = await slots.take("alice", 1, 5, wait=10, max_waiting=2)
+    second = asyncio.create_task(slots.take("alice", 1, 5, wait=10, max_waiting=2))
+    third = asyncio.create_task(slots.take("alice", 1, 5, wait=10, max_waiting=2))
+    await asyncio.sleep(0)
+    assert slots.waiting() == 2
+    with pytest.raises(ProxyError) as refused:  # (a third waiter: past max_waiting)
+        await slots.take("alice", 1, 5, wait=10, max_waiting=2)
+    assert refused.value.reason == "too_many_subsets"
+    bob = await slots.take("bob", 1, 5, wait=10, max_waiting=2)  # (not behind alice)
+    second.cancel()  # its client went away
+    await asyncio.sleep(0)
+    first.release()  # the place goes to the next one still waiting
+    (await third).release()
+    assert second.cancelled() and slots.waiting() == 0
+    bob.release()
+    assert len(slots) == 0
+    held = await slots.take("carol", 1, 5, wait=10, max_waiting=2)
+    with pytest.raises(ProxyError):
+        await slots.take("carol", 1, 5, wait=0.05, max_waiting=2)
+    held.release()
+    assert len(slots) == 0 and slots.waiting() == 0

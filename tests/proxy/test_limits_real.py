@@ -265,7 +265,8 @@ async def test_a_client_holding_unread_subsets_is_refused_more_and_others_are_no
     """`max_subsets` (`proxy.limits.subsets`): a subset answer the engine has spooled stays in
     its subset budget until handed over, and the proxy relays one over 1 MiB at its client's
     pace. Mallory asks for a subset larger than the kernel can buffer toward her and reads
-    nothing of it: her next subset is a 429 `too_many_subsets` (she cannot pile up unread
+    nothing of it: her next subset waits for her place (`subset_wait`, 1 s here) and, as she
+    never reads, is a 429 `too_many_subsets` (she cannot pile up unread
     answers in the engine's budget, which would get everyone else's large subsets 503s), while
     Alice's subset is served; once Mallory's connection closes, her place is free again.
 
@@ -282,7 +283,7 @@ async def test_a_client_holding_unread_subsets_is_refused_more_and_others_are_no
             " ON CONFLICT DO NOTHING",
             (repeat,),
         )
-    config = _config(real_engine, idp_server, max_subsets=1)
+    config = _config(real_engine, idp_server, max_subsets=1, subset_wait=1)
     config["tables"]["big"] = {"allow": [{"when": {"role": "admin"}, "all_rows": True}]}
     proxy = await make_proxy(build_config(config, environ))
     mallory = proxy.tokens.make(sub="mallory", role="admin")

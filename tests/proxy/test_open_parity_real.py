@@ -5,6 +5,8 @@ Found by sending the same raw requests to both:
 - `/v1/shape/` is the engine's second shape route (Electric's router ignores the trailing
   slash too); the proxy answered 404, so a client configured with that URL synced direct
   and failed through the proxy. Served now, under the same policy (`test_policy_applies`).
+  So is every other spelling Electric's router reads as a route, as the engine (59c79ae9)
+  reads them: `/v1//shape`, `//v1/shape`, `/v1/%73hape`, `/v1/health/` (the proxy's 404s).
 - The engine puts CORS headers (and `electric-server`) on every answer; the proxy only on
   shape answers, so a browser could not read `/v1/health`, or a 404, through it.
 - A POST subset body may be as large as the engine reads (8 MiB: a long `= ANY($1)` list);
@@ -18,6 +20,7 @@ from typing import Any
 import aiohttp
 import psycopg
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy.config.loader import build_config
 from tests.proxy.engines import shared_engine_fixtures
@@ -62,39 +65,60 @@ async def _open_proxy(engine: EngineProcess, engine_secret: str, make_proxy: Any
     return str(proxy.client.make_url("")).rstrip("/")
 
 
-async def test_trailing_slash_shape_route_as_the_engine(
+#: Spellings of the routes' paths, read as Electric's router reads them (segments split on
+#: `/`, empty ones dropped, each percent-decoded): the first ones are the shape route, the
+#: next ones no route (404), the last the health route. Electric's router and the engine
+#: (59c79ae9) serve `/v1//shape` and `/v1/%73hape`; the proxy answered them 404.
+SHAPE_SPELLINGS = ("/v1/shape/", "/v1//shape", "//v1/shape", "/v1/%73hape", "/v1/shape//")
+NO_ROUTE = ("/v1/shape%2F", "/v1%2Fshape", "/v1/./shape", "/v1/Shape", "/v1/shape/x")
+HEALTH_SPELLINGS = ("/v1/health/", "/v1//health", "/v1/%68ealth")
+
+
+async def test_every_spelling_of_a_route_as_the_engine(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     base = await _open_proxy(engine, engine_secret, make_proxy)
-    direct = f"{engine.url}/v1/shape/?secret={engine_secret}&"
-    for query in ("table=items&offset=-1", "offset=-1", "table=items&offset=-1&where=id>1"):
-        e_status, e_headers, e_body = await _get(direct + query)
-        p_status, p_headers, p_body = await _get(f"{base}/v1/shape/?{query}")
-        assert p_status == e_status, (query, p_body)
-        if e_status == 200:
-            assert p_body == e_body
-            assert p_headers["electric-handle"] == e_headers["electric-handle"]
-            handle, offset = p_headers["electric-handle"], p_headers["electric-offset"]
-            status, headers, _ = await _get(
-                f"{base}/v1/shape/?{query.replace('offset=-1', f'offset={offset}')}&handle={handle}"
+    wrong = []
+    for path in SHAPE_SPELLINGS + NO_ROUTE:
+        for query in ("table=items&offset=-1", "offset=-1", "table=items&offset=-1&where=id>1"):
+            e_status, e_headers, e_body = await _get(
+                URL(f"{engine.url}{path}?secret={engine_secret}&{query}", encoded=True)
             )
-            assert status == 200 and "electric-up-to-date" in headers
+            p_status, p_headers, p_body = await _get(URL(f"{base}{path}?{query}", encoded=True))
+            if (p_status, p_body) != (e_status, e_body):
+                wrong.append((path, query, e_status, p_status, p_body[:80]))
+                continue
+            if e_status == 200:
+                assert p_headers["electric-handle"] == e_headers["electric-handle"]
+                handle, offset = p_headers["electric-handle"], p_headers["electric-offset"]
+                next_query = query.replace("offset=-1", f"offset={offset}")
+                status, headers, _ = await _get(
+                    URL(f"{base}{path}?{next_query}&handle={handle}", encoded=True)
+                )
+                assert status == 200 and "electric-up-to-date" in headers
+    for path in HEALTH_SPELLINGS:
+        e_status, _, e_body = await _get(URL(f"{engine.url}{path}", encoded=True))
+        p_status, _, p_body = await _get(URL(f"{base}{path}", encoded=True))
+        if (p_status, p_body) != (e_status, e_body):
+            wrong.append((path, "", e_status, p_status, p_body[:80]))
+    assert not wrong
 
 
-async def test_policy_applies_on_the_trailing_slash_route(
+async def test_policy_applies_on_every_spelling_of_the_shape_route(
     engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
 ) -> None:
     config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
     proxy = await make_proxy(build_config(config, environ))
     member = proxy.tokens.make(org_id="org-a")
-    reply = await proxy.get("/v1/shape/?table=items&offset=-1", token=member)
-    assert reply.status == 200
-    assert [m["value"] for m in reply.json() if "value" in m] == [
-        {"id": "1", "org_id": "org-a", "title": "a"}
-    ]
-    assert (await proxy.get("/v1/shape/?table=items&offset=-1")).status == 401
-    reply = await proxy.get("/v1/shape/?table=items&offset=-1&columns=salary", token=member)
-    assert reply.status == 403
+    for path in ("/v1/shape", *SHAPE_SPELLINGS):
+        reply = await proxy.raw_get(f"{path}?table=items&offset=-1", member)
+        assert reply.status == 200, (path, reply.body)
+        assert [m["value"] for m in reply.json() if "value" in m] == [
+            {"id": "1", "org_id": "org-a", "title": "a"}
+        ], path
+        assert (await proxy.raw_get(f"{path}?table=items&offset=-1", "x")).status == 401
+        reply = await proxy.raw_get(f"{path}?table=items&offset=-1&columns=salary", member)
+        assert reply.status == 403, path
 
 
 async def test_cors_on_every_answer_as_the_engine(
@@ -110,6 +134,9 @@ async def test_cors_on_every_answer_as_the_engine(
         "/v1/nosuch",
         "/v1/shape/x",
         "/v1//shape?table=items&offset=-1",
+        "/v1/%73hape?table=items&offset=-1",
+        "/v1/shape%2F?table=items&offset=-1",
+        "/v1//health",
         "/v1/shape?table=items&offset=-1",
     ):
         for origin in (ORIGIN, None, two):
@@ -118,8 +145,10 @@ async def test_cors_on_every_answer_as_the_engine(
             if origin is None:
                 headers = {}
             secret = f"&secret={engine_secret}" if "?" in path else ""
-            e_status, e_headers, _ = await _get(engine.url + path + secret, headers)
-            p_status, p_headers, _ = await _get(base + path, headers)
+            e_status, e_headers, _ = await _get(
+                URL(engine.url + path + secret, encoded=True), headers
+            )
+            p_status, p_headers, _ = await _get(URL(base + path, encoded=True), headers)
             assert p_status == e_status, path
             for name in CORS:
                 assert p_headers.get(name) == e_headers.get(name), (path, origin, name)
