@@ -340,7 +340,24 @@ class AccessRule(_Model):
     )
     where: str | None = Field(default=None, description="row filter; {{claim.path}} placeholders")
     all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
-    columns: list[str] | None = Field(default=None, min_length=1)
+    columns: list[str] | None = Field(
+        default=None, min_length=1, description="the columns shown; left out: every column"
+    )
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _columns_given(cls, value: object) -> object:
+        """`columns:` written with nothing after it (or `columns: ${COLS}` after an envsubst
+        with the variable unset) is null, which read as "no restriction": every column was
+        shown (config probe, 2026-12-07). An empty value under a key that restricts is a
+        mistake; only leaving the key out shows every column. (Runs only for a value given.)"""
+        if value is None:
+            raise ValueError(
+                "empty (null): list the columns to show, e.g. columns: [id, title], or remove "
+                "the key to show every column"
+            )
+        return value
+
     client_where: Literal["forbid", "validated", "passthrough"] = Field(
         default="forbid",
         description="forbid: no client where; validated: a checked subset of SQL, ANDed with "
