@@ -278,11 +278,44 @@ _Loader.add_constructor(
 _Loader.add_constructor(_AMBIGUOUS_TAG, _Loader.construct_ambiguous)
 
 
+#: How many more nodes aliases (`*name`) may add to a file than it has written out. Aliases
+#: are expanded by reference, but validation and `compile_policy` walk the expansion: 3.8 KB
+#: of nested aliases made 10,000 rules and stalled a reload for 33 s on the event loop
+#: (config probe, 2026-12-07). Reusing a rule or a column list a few times stays far below.
+MAX_ALIAS_EXPANSION = 10_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """The node count of `node` with every alias written out (memoised: `sizes`)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
 def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
     """The data and the node tree it was built from (for the line of a key path)."""
     loader = _Loader(raw)
     try:
         node = loader.get_single_node()
+        if node is not None:
+            sizes: dict[int, int] = {}
+            expanded = _expanded_size(node, sizes)
+            if expanded > len(sizes) + MAX_ALIAS_EXPANSION:
+                raise ShownYamlError(
+                    None,
+                    None,
+                    f"aliases (*name) expand this file to {expanded:,} nodes from "
+                    f"{len(sizes):,} written (at most {MAX_ALIAS_EXPANSION:,} more are "
+                    "allowed): alias smaller pieces, or write the repeated parts out",
+                    None,
+                )
         data = None if node is None else loader.construct_document(node)
         return data, node
     finally:
@@ -407,7 +440,10 @@ def _static_key(
         if key.jwk is not None:
             return PyJWK(dict(key.jwk)).key
         if key.public_key_file is not None:
-            pem = Path(key.public_key_file).read_bytes()
+            # (a FIFO there blocked the load for good, at start and on a reload)
+            pem = _read_regular_file(
+                key.public_key_file, SECRET_FILE_MAX_BYTES, f"{where}.public_key_file"
+            )
         else:
             pem = (key.public_key or "").encode()
         return load_pem_public_key(pem)
@@ -506,19 +542,25 @@ def read_config_file(path: str | Path) -> bytes:
     the proxy hung at start; a reload hung every request), so it is opened non-blocking and
     refused unless it is a regular file. At most `MAX_CONFIG_BYTES` + 1 bytes are read.
     Raises `ConfigError`."""
+    return _read_regular_file(path, MAX_CONFIG_BYTES + 1, str(path))
+
+
+def _read_regular_file(path: str | Path, limit: int, label: str) -> bytes:
+    """At most `limit` bytes of the regular file at `path` (opened non-blocking: a FIFO
+    with no writer would block open() for good); `ConfigError` naming `label` otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or type(exc).__name__})") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(
-                f"{path}: not a regular file (a FIFO, device or directory): give the path of "
-                "the YAML file itself"
+                f"{label}: not a regular file (a FIFO, device or directory): give the path of "
+                "the file itself"
             )
         os.set_blocking(fd, True)
         chunks = []
-        left = MAX_CONFIG_BYTES + 1
+        left = limit
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 20))
             if not chunk:
@@ -527,9 +569,27 @@ def read_config_file(path: str | Path) -> bytes:
             left -= len(chunk)
         return b"".join(chunks)
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or type(exc).__name__})") from None
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or type(exc).__name__})") from None
     finally:
         os.close(fd)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what of a YAML error, without the file's text: PyYAML's `problem` names a
+    token, a character, a tag or a key ("expected a single document in the stream", "found
+    character '\\t' that cannot start any token"); its `context` and snippet quote lines of
+    the file, and a line may hold a secret, so they are left out."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f" at byte {exc.position}: {exc.reason} (the file must be UTF-8 text)"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None)
+    if not isinstance(problem, str):
+        return where
+    context = getattr(exc, "context", None)
+    if problem.startswith("but ") and isinstance(context, str):
+        problem = f"{context}, {problem}"  # ("expected a single document in the stream")
+    return f"{where}: {problem[:300]}"
 
 
 def load_config(
@@ -548,11 +608,7 @@ def load_config(
     try:
         data, node = _compose(raw)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        # (a key's name only: other problems may quote a line, and a line may hold a secret)
-        why = f": {exc.problem}" if isinstance(exc, ShownYamlError) else ""
-        raise ConfigError(f"{path}: invalid YAML{where}{why}") from None
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc)}") from None
     except RecursionError:  # (a backstop: `_Loader` refuses deep nesting first)
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):

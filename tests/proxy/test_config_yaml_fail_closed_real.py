@@ -79,6 +79,45 @@ BAD = {
         "tables:\n  items:\n    allow:\n      - where: 'org_id = {{org_id}}'\n        columns:\n",
         r"tables\.items\.allow\.0\.columns \(line @5\): .*empty.*list the columns.*remove the key",
     ),
+    "dash_comment_in_folded_where": (
+        "tables:\n"
+        "  items:\n"
+        "    allow:\n"
+        "      - where: >\n"
+        "          org_id = {{org_id}}   -- the caller's organisation\n"
+        "          AND title <> 'a1'     -- never the draft row\n"
+        "        columns: [id, org_id, title]\n",
+        r"tables\.items\.allow\.0\.where \(line @4\): Value error, a `--` comment runs to the "
+        r"end of the filter once YAML folds its lines",
+    ),
+    "yaml_escape_in_where": (
+        "tables:\n"
+        "  items:\n"
+        "    allow:\n"
+        "      - where: \"org_id = {{org_id}} AND title NOT LIKE 'tmp\\_%'\"\n"
+        "        columns: [id, org_id, title]\n",
+        r"allow\.0\.where \(line @4\): Value error, holds an invisible character U\+00A0 "
+        r"\(NO-BREAK SPACE\).*single quotes or a `\|` block",
+    ),
+    "invisible_claim_name_in_deny": (
+        "tables:\n"
+        "  items:\n"
+        "    deny:\n"
+        "      - when: {account_status\u200b: suspended}\n"
+        "    allow: [{where: 'org_id = {{org_id}}', columns: [id, org_id, title]}]\n",
+        r"deny\.0\.when \(line @4\): Value error, 'account_status\\u200b': the claim name "
+        r"holds an invisible character U\+200B \(ZERO WIDTH SPACE\): retype it",
+    ),
+    "alias_expansion": (
+        "tables:\n"
+        "  t0: {allow: &rules [&r0 {when: {role: r0}, where: 'org_id = {{org_id}}',"
+        " columns: [id, org_id]}"
+        + ", *r0" * 39
+        + "]}\n"
+        + "".join(f"  t{i}: {{allow: *rules}}\n" for i in range(1, 40))
+        + "  items: {allow: [{where: 'org_id = {{org_id}}', columns: [id, org_id, title]}]}\n",
+        r"invalid YAML: aliases \(\*name\) expand this file to [\d,]+ nodes from [\d,]+ written",
+    ),
     "deep_nesting": (
         "tables:\n"
         "  items:\n"

@@ -7,6 +7,7 @@ engine, reload and start) are in `test_config_yaml_fail_closed_real.py`."""
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,12 @@ from proxy.config.loader import (
     MAX_CONFIG_BYTES,
     MAX_DEPTH,
     ConfigError,
+    build_config,
     load_config,
     parse_yaml,
     read_config_file,
 )
+from proxy.config.model import AccessRule, CorsConfig, DenyRule, IssuerConfig, UpstreamConfig
 from tests.proxy.proxy_fakes import base_config
 
 ENV = {"ENGINE_SECRET": "e" * 32}
@@ -262,7 +265,7 @@ def test_a_fifo_at_the_config_path_is_refused_without_waiting(tmp_path: Path) ->
     assert len(result) == 1
     assert str(result[0]) == (
         f"{path}: not a regular file (a FIFO, device or directory): give the path of the "
-        "YAML file itself"
+        "file itself"
     )
 
 
@@ -282,6 +285,172 @@ def test_a_file_too_large_is_read_only_one_byte_past_the_bound(tmp_path: Path) -
 
 
 def _re(text: str) -> str:
-    import re
-
     return re.escape(text)
+
+
+# -- what YAML does to a where, claim names, conditions ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "org_id = {{org_id}} -- tenant AND title <> 'o'",
+        "org_id = {{org_id}} /* a */ -- b",
+        "org_id = {{org_id}} AND title = E'\\'' -- c",
+    ],
+)
+def test_a_dash_dash_comment_in_a_where_is_refused(where: str) -> None:
+    with pytest.raises(ValueError, match=r"a `--` comment runs to the end of the filter"):
+        AccessRule(where=where)
+
+
+@pytest.mark.parametrize(
+    "where",
+    [
+        "org_id = {{org_id}} AND title <> '--'",
+        "org_id = {{org_id}} AND title <> 'it''s -- no'",
+        'org_id = {{org_id}} AND "a--b" = 1',
+        "org_id = {{org_id}} /* -- /* nested */ -- */ AND id > 0",
+        "org_id = {{org_id}} AND id - -1 > 0",
+        "org_id = {{org_id}}\nAND title <> 'x'\n",
+        "org_id = {{org_id}} AND title = 'café'",
+    ],
+)
+def test_a_where_without_a_line_comment_or_hidden_character_is_kept(where: str) -> None:
+    assert AccessRule(where=where).where == where
+
+
+@pytest.mark.parametrize(
+    ("char", "named"),
+    [
+        ("\xa0", "U+00A0 (NO-BREAK SPACE)"),
+        ("\x85", "U+0085"),
+        ("\u2028", "U+2028 (LINE SEPARATOR)"),
+        ("\u2029", "U+2029 (PARAGRAPH SEPARATOR)"),
+        ("\t", "U+0009"),
+        ("\u200b", "U+200B (ZERO WIDTH SPACE)"),
+    ],
+)
+def test_a_where_holding_an_invisible_character_is_refused(char: str, named: str) -> None:
+    with pytest.raises(ValueError, match=rf"invisible character {re.escape(named)}"):
+        AccessRule(where=f"org_id = {{{{org_id}}}} AND title NOT LIKE 'tmp{char}%'")
+
+
+def test_the_yaml_escape_that_made_a_no_break_space_is_named_in_the_error(tmp_path: Path) -> None:
+    text = (
+        "tables:\n"
+        "  items:\n"
+        "    allow:\n"
+        "      - where: \"org_id = {{org_id}} AND title NOT LIKE 'tmp\\_%'\"\n"
+    )
+    with pytest.raises(ConfigError, match=r"from a YAML escape such as \\_ in a double-quoted"):
+        _load(tmp_path, text)
+    quoted = text.replace('where: "', "where: '").replace("'tmp\\_%'\"", "''tmp\\_%'''")
+    rule = _load(tmp_path, quoted).config.tables["items"].allow[0]
+    assert rule.where == "org_id = {{org_id}} AND title NOT LIKE 'tmp\\_%'"
+
+
+@pytest.mark.parametrize("name", ["role\u200b", "\ufeffrole", " role", "role "])
+def test_a_claim_name_no_one_can_see_is_refused_in_deny_allow_and_require(name: str) -> None:
+    with pytest.raises(ValueError, match="the claim name"):
+        DenyRule(when={name: "x"})
+    with pytest.raises(ValueError, match="the claim name"):
+        AccessRule(when={name: "x"}, all_rows=True)
+    issuer = {"issuer": "i", "audience": "a", "algorithms": ["RS256"], "jwks_url": "https://i/j"}
+    with pytest.raises(ValueError, match="the claim name"):
+        IssuerConfig.model_validate({**issuer, "require": [name]})
+
+
+@pytest.mark.parametrize(("value", "what"), [(None, "null"), (1.5, "float"), ({"a": 1}, "dict")])
+def test_a_condition_no_token_can_match_says_so_in_one_line(value: object, what: str) -> None:
+    with pytest.raises(ValueError, match=rf"role: a {what} matches no token") as info:
+        DenyRule.model_validate({"when": {"role": value}})
+    assert str(info.value).count("\n") <= 3
+
+
+def test_a_public_key_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "key.pem"
+    os.mkfifo(fifo)
+    config = base_config("http://127.0.0.1:3000", "https://idp.example/jwks.json")
+    config["issuers"][0].pop("jwks_url")
+    config["issuers"][0]["keys"] = [{"public_key_file": str(fifo)}]
+    result: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            build_config(config, ENV)
+        except ConfigError as exc:
+            result.append(exc)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(20)
+    if thread.is_alive():
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("build_config blocked opening a FIFO")
+    assert "issuers.0.keys.0.public_key_file: not a regular file" in str(result[0])
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"a: 1\n---\nb: 2\n", "line 2, column 1: expected a single document in the stream"),
+        (b"a:\n\tb: 1\n", r"line 2, column 1: found character '\\t' that cannot start any token"),
+        (b"a: \xe9t\xe9\n", r"at byte 3: invalid continuation byte \(the file must be UTF-8"),
+        (b"a: !custom x\n", "could not determine a constructor for the tag '!custom'"),
+    ],
+)
+def test_a_yaml_error_says_what_is_wrong_without_quoting_the_file(
+    raw: bytes, message: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_bytes(raw)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, ENV)
+    assert "b: 1" not in str(info.value)
+
+
+def test_aliases_expanding_to_thousands_of_rules_are_refused_at_once() -> None:
+    rule = "[&r0 {when: {role: r0}, where: 'org_id = {{org_id}}', columns: [id, org_id]}"
+    text = "tables:\n  t0: {allow: &rules " + rule + ", *r0" * 99 + "]}\n"
+    text += "".join(f"  t{i}: {{allow: *rules}}\n" for i in range(1, 100))
+    with pytest.raises(yaml.YAMLError, match=r"aliases \(\*name\) expand this file to 110,403"):
+        parse_yaml(text)
+    # A rule reused a few times is fine.
+    few = "tables:\n  t0: {allow: &rules " + rule + "]}\n  t1: {allow: *rules}\n"
+    assert parse_yaml(few)["tables"]["t1"]["allow"][0]["columns"] == ["id", "org_id"]
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:3000/v1/shape", "http://127.0.0.1:3000/v1/", "http://e/p/v1"]
+)
+def test_an_upstream_url_with_the_shape_path_is_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="the proxy appends /v1/shape itself"):
+        UpstreamConfig(url=url)
+    assert UpstreamConfig(url="http://e/prefix/").url == "http://e/prefix"
+
+
+@pytest.mark.parametrize(
+    "origin", ["app.example.com", "https://app.example.com/", "https://App.example.com", ""]
+)
+def test_a_cors_origin_no_browser_sends_is_refused(origin: str) -> None:
+    with pytest.raises(ValueError, match="not an origin as browsers send it"):
+        CorsConfig(allow_origins=[origin])
+
+
+@pytest.mark.parametrize(
+    "origin", ["*", "null", "https://app.example.com", "http://localhost:5173", "tauri://localhost"]
+)
+def test_a_cors_origin_as_browsers_send_it_loads(origin: str) -> None:
+    assert CorsConfig(allow_origins=[origin]).allow_origins == [origin]
+
+
+def test_a_named_shape_with_columns_left_empty_is_refused(tmp_path: Path) -> None:
+    text = (
+        "tables:\n  items:\n    allow: [{where: 'org_id = {{org_id}}'}]\n"
+        "shapes:\n  mine:\n    table: items\n    allow:\n"
+        "      - where: 'org_id = {{org_id}}'\n        columns:\n"
+    )
+    with pytest.raises(ConfigError, match=r"shapes\.mine\.allow\.0\.columns \(line \d+\): .*empty"):
+        _load(tmp_path, text)
