@@ -572,7 +572,9 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     cache, remapped = runtime.prepared, runtime.remapped
     key = None
     if cache is not None and remapped is not None:
-        digest = TokenVerifier.digest(authorization) if authorization else ANONYMOUS_KEY
+        # (an empty header is a token, and a 401 (`_claims`), never the anonymous entry: it
+        # was served what an anonymous client had asked before it: attack 05:24)
+        digest = ANONYMOUS_KEY if authorization is None else TokenVerifier.digest(authorization)
         key = (digest, shape_name or "", request.query_string)
         prepared = cache.get(key) or remapped.get(key)
         if prepared is not None and prepared.expires > time.time():
