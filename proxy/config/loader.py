@@ -33,6 +33,7 @@ from proxy.config.model import (
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
+from proxy.policy.tables import parse_table_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -478,6 +479,7 @@ def _build_config(
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation(exc, node)}") from None
     try:
+        config = _shapes_with_table_denies(config)
         policy = compile_policy(config)
         secret = None
         if config.upstream.secret_env is not None:
@@ -511,6 +513,35 @@ def _build_config(
         source=source,
         metrics_token=metrics_token,
     )
+
+
+def _shapes_with_table_denies(config: ProxyConfig) -> ProxyConfig:
+    """Each named shape also refused where its table's entries refuse: `tables.items.deny`
+    (and the deny of every pattern naming the table) read as "nobody suspended syncs items",
+    yet `shapes.my-items` (table items) without a deny of its own served the suspended account
+    (config probe, 2026-12-07: the shipped multi-tenant example did). A deny only narrows,
+    so adding the table's can never open anything. A name that does not parse is left for
+    `compile_policy` to refuse."""
+    if not config.shapes:
+        return config
+    try:
+        entries = [(parse_table_pattern(name), policy) for name, policy in config.tables.items()]
+        keys = {name: parse_table_pattern(shape.table).key for name, shape in config.shapes.items()}
+    except ValueError:
+        return config
+    shapes = dict(config.shapes)
+    for name, shape in config.shapes.items():
+        key = keys[name]
+        extra = [
+            deny
+            for pattern, policy in entries
+            if (pattern.key == key if pattern.exact else pattern.matches(key))
+            for deny in policy.deny
+            if deny not in shape.deny
+        ]
+        if extra:
+            shapes[name] = shape.model_copy(update={"deny": [*shape.deny, *extra]})
+    return config.model_copy(update={"shapes": shapes})
 
 
 def _rule_label(policy: TablePolicy, index: int) -> str:
