@@ -8,6 +8,7 @@ what a failure means: exit at start-up, keep the last good config on reload.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -503,7 +505,7 @@ def _build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for warning in shadowed_rules(config):
+    for warning in [*shadowed_rules(config), *exposure_warnings(config)]:
         logger.warning("%s: %s", source, warning)
     return LoadedConfig(
         config=config,
@@ -542,6 +544,35 @@ def _shapes_with_table_denies(config: ProxyConfig) -> ProxyConfig:
         if extra:
             shapes[name] = shape.model_copy(update={"deny": [*shape.deny, *extra]})
     return config.model_copy(update={"shapes": shapes})
+
+
+def exposure_warnings(config: ProxyConfig) -> list[str]:
+    """Settings that load but hand an outsider a lever (config probe, 2026-12-07): keys
+    fetched over plain http from another host (anyone on the path can serve keys and mint
+    tokens), a `trusted_proxies` network holding every address (any client then picks its
+    own address for the anonymous limits)."""
+    out = []
+    for i, issuer in enumerate(config.issuers):
+        url = issuer.jwks_url
+        if url is not None and url.startswith("http://"):
+            host = (urlsplit(url).hostname or "").lower()
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                out.append(
+                    f"issuers.{i}.jwks_url is plain http to another host: anyone on the path "
+                    "can serve keys and mint tokens; use https"
+                )
+    for network in config.server.trusted_proxies:
+        if network.prefixlen == 0:
+            out.append(
+                f"server.trusted_proxies: {network} trusts every address, so any client picks "
+                "its own address for the anonymous limits with X-Forwarded-For; list your load "
+                "balancers' networks"
+            )
+    return out
 
 
 def _rule_label(policy: TablePolicy, index: int) -> str:

@@ -454,3 +454,37 @@ def test_a_named_shape_with_columns_left_empty_is_refused(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match=r"shapes\.mine\.allow\.0\.columns \(line \d+\): .*empty"):
         _load(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("change", "warned"),
+    [
+        (
+            lambda c: c["issuers"][0].update(jwks_url="http://idp.example/jwks.json"),
+            "issuers.0.jwks_url is plain http to another host",
+        ),
+        (
+            lambda c: c.update(server={"trusted_proxies": ["0.0.0.0/0"]}),
+            "server.trusted_proxies: 0.0.0.0/0 trusts every address",
+        ),
+        (
+            lambda c: c.update(server={"trusted_proxies": ["::/0"]}),
+            "server.trusted_proxies: ::/0 trusts every address",
+        ),
+    ],
+)
+def test_a_setting_that_hands_outsiders_a_lever_is_warned_at_load(
+    change: Any, warned: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = base_config("http://127.0.0.1:3000", "https://idp.example/jwks.json")
+    build_config(config, ENV)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    change(config)
+    build_config(config, ENV)
+    assert any(warned in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+
+
+def test_plain_http_keys_on_this_host_are_not_warned(caplog: pytest.LogCaptureFixture) -> None:
+    for url in ("http://127.0.0.1:9/jwks.json", "http://localhost:9/j", "http://[::1]:9/j"):
+        build_config(base_config("http://127.0.0.1:3000", url), ENV)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
