@@ -24,7 +24,13 @@ from yarl import URL
 
 from proxy.auth.claims import Issuer, KeySource, StaticKeys, TokenVerifier
 from proxy.auth.jwks import JwksCache
-from proxy.config.loader import ConfigError, LoadedConfig, load_config
+from proxy.config.loader import (
+    MAX_CONFIG_BYTES,
+    ConfigError,
+    LoadedConfig,
+    load_config,
+    read_regular_file,
+)
 from proxy.config.model import AccessRule, ProxyConfig, TablePolicy
 from proxy.limits.config import LimitSettings
 from proxy.limits.upstream import secret_forms, secret_marker
@@ -348,12 +354,9 @@ class RuntimeHolder:
         before and after the read equal, and a second read the same bytes. None when it
         changed (a writer is at it). Raises `ConfigError` when it cannot be read."""
         before = self._stamp()
-        try:
-            raw = path.read_bytes()
-            again = path.read_bytes()
-        except OSError as exc:
-            why = exc.strerror or type(exc).__name__
-            raise ConfigError(f"{path}: cannot read ({why})") from None
+        # (a FIFO put in its place is refused, never opened blocking: `read_regular_file`)
+        raw = read_regular_file(path, MAX_CONFIG_BYTES, "config")
+        again = read_regular_file(path, MAX_CONFIG_BYTES, "config")
         after = self._stamp()
         if before is None or after != before or again != raw:
             return None

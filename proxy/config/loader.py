@@ -130,8 +130,8 @@ class _Loader(yaml.SafeLoader):
                 raise ShownYamlError(
                     None,
                     None,
-                    f"nested more than {MAX_DEPTH} levels deep (a config needs about ten): "
-                    "is a bracket left open?",
+                    f"nested too deeply: more than {MAX_DEPTH} levels (a config needs about "
+                    "ten): is a bracket left open?",
                     self.peek_event().start_mark,
                 )
             return super().compose_node(parent, index)
@@ -445,7 +445,9 @@ def _static_key(
         if key.public_key_file is not None:
             # (a FIFO there blocked the load for good, at start and on a reload)
             pem = _read_regular_file(
-                key.public_key_file, SECRET_FILE_MAX_BYTES, f"{where}.public_key_file"
+                key.public_key_file,
+                SECRET_FILE_MAX_BYTES,
+                f"{where}.public_key_file: {key.public_key_file}",
             )
         else:
             pem = (key.public_key or "").encode()
@@ -607,6 +609,13 @@ def read_config_file(path: str | Path) -> bytes:
     return _read_regular_file(path, MAX_CONFIG_BYTES + 1, str(path))
 
 
+def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """At most `max_bytes` + 1 bytes of the regular file at `path` (so a caller can tell a
+    larger one), or `ConfigError` naming `what` and the path (`_read_regular_file`). The
+    reload's read (`proxy.runtime.RuntimeHolder._read_whole`)."""
+    return _read_regular_file(path, max_bytes + 1, f"{what}: {path}")
+
+
 def _read_regular_file(path: str | Path, limit: int, label: str) -> bytes:
     """At most `limit` bytes of the regular file at `path` (opened non-blocking: a FIFO
     with no writer would block open() for good); `ConfigError` naming `label` otherwise."""
@@ -617,8 +626,8 @@ def _read_regular_file(path: str | Path, limit: int, label: str) -> bytes:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(
-                f"{label}: not a regular file (a FIFO, device or directory): give the path of "
-                "the file itself"
+                f"{label} is not a regular file (a FIFO, device or directory): give the path "
+                "of the file itself"
             )
         os.set_blocking(fd, True)
         chunks = []

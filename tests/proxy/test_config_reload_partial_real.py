@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
+import proxy.runtime as runtime_module
 from proxy.config.loader import load_config
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
@@ -157,16 +158,16 @@ async def test_no_reload_loads_a_file_changing_while_it_is_read(
     path = tmp_path / "proxy.yaml"
     proxy, token, head = await _start(engine, idp_server, environ, make_proxy, path)
     path.write_text(head + RULE)  # (a prefix: every column)
-    read_bytes = Path.read_bytes
+    read = runtime_module.read_regular_file
 
-    def written_to_while_read(self: Path) -> bytes:
-        raw = read_bytes(self)
-        if self == path and not raw.endswith(COLUMNS.encode()):
+    def written_to_while_read(file: str | Path, max_bytes: int, what: str) -> bytes:
+        raw = read(file, max_bytes, what)
+        if Path(file) == path and not raw.endswith(COLUMNS.encode()):
             with open(path, "a") as f:
                 f.write(COLUMNS)  # (the writer's last piece lands during the read)
         return raw
 
-    monkeypatch.setattr(Path, "read_bytes", written_to_while_read)
+    monkeypatch.setattr(runtime_module, "read_regular_file", written_to_while_read)
     holder = proxy.app.holder
     assert holder.reload() is False
     reply = await proxy.get(SHAPE, token=token)

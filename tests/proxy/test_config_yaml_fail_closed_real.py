@@ -123,7 +123,7 @@ BAD = {
         "  items:\n"
         "    allow: [{where: 'org_id = {{org_id}}', columns: [id, org_id, title]}]\n"
         "extra: " + "[" * 5000 + "]" * 5000 + "\n",
-        r"line @4, column \d+: nested more than \d+ levels deep",
+        r"line @4, column \d+: nested too deeply: more than \d+ levels",
     ),
 }
 

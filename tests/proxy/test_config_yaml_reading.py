@@ -230,8 +230,8 @@ def test_deep_nesting_is_a_config_error_naming_the_line(opening: str, tmp_path: 
         closing = "]" if opening == "[" else "}"
         deep = "extra: " + opening * 5000 + "1" + closing * 5000 + "\n"
     text = "tables:\n  items:\n    allow: [{where: 'org_id = {{org_id}}'}]\n" + deep
-    with pytest.raises(ConfigError, match=rf"invalid YAML at line \d+, column \d+: nested more "
-                       rf"than {MAX_DEPTH} levels deep"):  # fmt: skip
+    with pytest.raises(ConfigError, match=rf"invalid YAML at line \d+, column \d+: nested too "
+                       rf"deeply: more than {MAX_DEPTH} levels"):  # fmt: skip
         _load(tmp_path, text)
 
 
@@ -264,7 +264,7 @@ def test_a_fifo_at_the_config_path_is_refused_without_waiting(tmp_path: Path) ->
         pytest.fail("load_config blocked opening a FIFO")
     assert len(result) == 1
     assert str(result[0]) == (
-        f"{path}: not a regular file (a FIFO, device or directory): give the path of the "
+        f"{path} is not a regular file (a FIFO, device or directory): give the path of the "
         "file itself"
     )
 
@@ -389,7 +389,7 @@ def test_a_public_key_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: P
         with open(fifo, "wb"):
             pass
         pytest.fail("build_config blocked opening a FIFO")
-    assert "issuers.0.keys.0.public_key_file: not a regular file" in str(result[0])
+    assert f"issuers.0.keys.0.public_key_file: {fifo} is not a regular file" in str(result[0])
 
 
 @pytest.mark.parametrize(
