@@ -507,7 +507,7 @@ def _build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for warning in [*shadowed_rules(config), *exposure_warnings(config)]:
+    for warning in [*shadowed_rules(config), *exposure_warnings(config), *folded_names(config)]:
         logger.warning("%s: %s", source, warning)
     return LoadedConfig(
         config=config,
@@ -573,6 +573,22 @@ def exposure_warnings(config: ProxyConfig) -> list[str]:
                 f"server.trusted_proxies: {network} trusts every address, so any client picks "
                 "its own address for the anonymous limits with X-Forwarded-For; list your load "
                 "balancers' networks"
+            )
+    return out
+
+
+def folded_names(config: ProxyConfig) -> list[str]:
+    """Table names with capitals outside double quotes: Postgres folds an unquoted name to
+    lower case, so `User:` is the table `user`, and with an ORM's `"User"` table the rule
+    never matched (only 403s; config probe, 2026-12-07). Loads (it may be meant); says so."""
+    named = [(f"tables.{name}", name) for name in config.tables]
+    named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
+    out = []
+    for where, name in named:
+        if any(char.isupper() for char in re.sub(r'"[^"]*"', "", name)):
+            out.append(
+                f"{where}: {name} names {name.lower()} (Postgres folds unquoted names to lower "
+                f"case); for a table spelt with capitals quote it: '\"{name}\"'"
             )
     return out
 

@@ -488,3 +488,14 @@ def test_plain_http_keys_on_this_host_are_not_warned(caplog: pytest.LogCaptureFi
     for url in ("http://127.0.0.1:9/jwks.json", "http://localhost:9/j", "http://[::1]:9/j"):
         build_config(base_config("http://127.0.0.1:3000", url), ENV)
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_a_table_name_with_unquoted_capitals_is_warned(caplog: pytest.LogCaptureFixture) -> None:
+    config = base_config("http://127.0.0.1:3000", "https://idp.example/jwks.json")
+    config["tables"]["User"] = {"allow": [{"all_rows": True}]}
+    config["tables"]['"Post"'] = {"allow": [{"all_rows": True}]}
+    build_config(config, ENV)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1, warned
+    assert "tables.User: User names user (Postgres folds unquoted names" in warned[0]
+    assert """quote it: '"User"'""" in warned[0]
