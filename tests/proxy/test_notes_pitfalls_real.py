@@ -67,13 +67,14 @@ async def test_a_critical_header_extension_the_proxy_does_not_know_is_refused(
     token = _signed(key, plain, claims)
     proxy.tokens.issued.append(token)
     assert (await proxy.get(SHAPE, token=token)).status == 200
-    for extra in (
+    extras: tuple[dict[str, Any], ...] = (
         {"crit": ["exp"], "exp": 1},  # an extension named like a claim is still unknown here
         {"crit": ["http://example.com/policy"], "http://example.com/policy": "strict"},
         {"crit": ["b64"], "b64": False},  # understood by pyjwt, but a detached payload
         {"crit": []},  # RFC 7515: the list must not be empty
         {"crit": "exp"},  # not a list
-    ):
+    )
+    for extra in extras:
         token = _signed(key, {**plain, **extra}, claims)
         proxy.tokens.issued.append(token)
         reply = await proxy.get(SHAPE, token=token)

@@ -52,7 +52,7 @@ engine_secret, engine = shared_engine_fixtures(
 )
 
 
-async def _get(url: str, headers: Any = None) -> tuple[int, Any, bytes]:
+async def _get(url: str | URL, headers: Any = None) -> tuple[int, Any, bytes]:
     async with (
         aiohttp.ClientSession() as session,
         session.get(url, headers=headers or {}, allow_redirects=False) as resp,
