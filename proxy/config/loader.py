@@ -8,6 +8,7 @@ what a failure means: exit at start-up, keep the last good config on reload.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -30,10 +32,10 @@ from proxy.config.model import (
     ProxyConfig,
     StaticKey,
     TablePolicy,
-    YamlNumber,
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
+from proxy.policy.tables import parse_table_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -45,126 +47,220 @@ _BOOL_TAG = "tag:yaml.org,2002:bool"
 _WORD_TAG = "!shapegate/yaml-1.1-bool-word"
 
 
-class DuplicateKey(yaml.constructor.ConstructorError):
+class ShownYamlError(yaml.constructor.ConstructorError):
+    """A YAML problem whose text names only keys and number-like scalars, never a line of
+    the file (a line may hold a secret): the load error quotes it."""
+
+
+class DuplicateKey(ShownYamlError):
     """A mapping names one key twice."""
 
 
-class _Loader(yaml.SafeLoader):
-    """`yaml.SafeLoader` with YAML 1.2's booleans: only true/false (any case) are booleans,
-    and no mapping with a key twice.
-
-    The YAML 1.1 words yes/no/on/off stay text, as `YamlWord`, so a claim condition
-    `country: NO` is a load error instead of a comparison with false (`model.YamlWord`).
-    PyYAML keeps the last of two equal keys without a word: a second `todos:` block under
-    `tables` silently replaced the first one's owner filter (the policy failed open). YAML
-    1.2 requires keys to be unique; a merge (`<<`) may still be overridden, as intended.
-    """
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    duplicate = key in seen
-                except TypeError:
-                    continue  # (an unhashable key: SafeLoader refuses it in its words)
-                if duplicate:
-                    raise DuplicateKey(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        f"found the key {key!r} twice",
-                        key_node.start_mark,
-                    )
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
-
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        """Merge keys (`<<`) as the YAML merge spec has them: a key in the mapping itself
-        overrides a merged one, and of merged mappings the *earlier* in a `<<: [*a, *b]`
-        list wins.
-
-        PyYAML 6 keeps the first merged key by `id()` of its text, which only interned
-        (one-letter) keys share: `<<: [*member, {columns: [..., secret]}]` took the *later*
-        mapping's `columns`, and a rule showed the column the operator's first mapping left
-        out (config probe 05:30, HIGH). Keys are compared by their tag and text here."""
-        merged: list[tuple[yaml.Node, yaml.Node]] = []
-        seen: set[object] = set()
-        index = 0
-        while index < len(node.value):
-            key_node, value_node = node.value[index]
-            if key_node.tag == _MERGE_TAG:
-                del node.value[index]
-                if isinstance(value_node, yaml.MappingNode):
-                    sources = [value_node]
-                elif isinstance(value_node, yaml.SequenceNode):
-                    sources = value_node.value
-                else:
-                    raise yaml.constructor.ConstructorError(
-                        "while constructing a mapping",
-                        node.start_mark,
-                        "expected a mapping or list of mappings for merging, but found "
-                        f"{value_node.id}",
-                        value_node.start_mark,
-                    )
-                for source in sources:
-                    if not isinstance(source, yaml.MappingNode):
-                        raise yaml.constructor.ConstructorError(
-                            "while constructing a mapping",
-                            node.start_mark,
-                            f"expected a mapping for merging, but found {source.id}",
-                            source.start_mark,
-                        )
-                    self.flatten_mapping(source)
-                    for pair in source.value:
-                        name = _key_identity(pair[0])
-                        if name not in seen:
-                            seen.add(name)
-                            merged.append(pair)
-            elif key_node.tag == "tag:yaml.org,2002:value":
-                key_node.tag = "tag:yaml.org,2002:str"
-                index += 1
-            else:
-                index += 1
-        if merged:
-            node.value = merged + node.value
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
-        """An integer that YAML 1.1 and 1.2 read alike; the others stay their text (below)."""
-        text = self.construct_scalar(node)
-        if _YAML11_ONLY_INT.search(str(text)):
-            return YamlNumber(text)
-        return super().construct_yaml_int(node)
-
-    def construct_yaml_float(self, node: yaml.ScalarNode) -> Any:
-        text = self.construct_scalar(node)
-        if _YAML11_ONLY_FLOAT.search(str(text)):
-            return YamlNumber(text)
-        return super().construct_yaml_float(node)
-
+#: The deepest nesting a config may have (a real one has about ten levels). PyYAML composes
+#: and constructs recursively: 5,000 `[` ended in a RecursionError out of the loader (a
+#: traceback at start; on reload an asyncio traceback while /healthz said all was well).
+MAX_DEPTH = 64
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-#: Numbers PyYAML reads by YAML 1.1 alone, where YAML 1.2 (and most other readers) differ: a
-#: leading-zero octal (`01234` is 668, 1234 in 1.2), binary `0b...`, base 60 (`12:30` is
-#: 750), digits with `_` (1.2: text). Kept as their text, `YamlNumber`: a claim condition
-#: with one is a load error (a deny rule `zip: 01234` compared the claim with 668 and never
-#: fired: config probe, HIGH); a numeric setting reads the text as decimal (pydantic).
-_YAML11_ONLY_INT = re.compile(r"^[-+]?0(?:b|[0-7_])|[_:]")
-_YAML11_ONLY_FLOAT = re.compile(r"[_:]")
+_STR_TAG = "tag:yaml.org,2002:str"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_AMBIGUOUS_TAG = "!shapegate/yaml-1.1-1.2-differ"
+
+#: YAML 1.2's core schema numbers (what a YAML 1.2 reader makes of a plain scalar).
+_CORE_INT = re.compile(r"[-+]?[0-9]+")
+_CORE_OCT = re.compile(r"0o[0-7]+")
+_CORE_HEX = re.compile(r"0x[0-9a-fA-F]+")
+_CORE_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?")
+_CORE_INF = re.compile(r"[-+]?\.(?:inf|Inf|INF)")
+_CORE_NAN = re.compile(r"\.(?:nan|NaN|NAN)")
 
 
-def _key_identity(key_node: yaml.Node) -> object:
-    """A merged key as its reader sees it: a scalar's tag and text; any other key node by
-    identity (PyYAML's own rule, which never names one key twice)."""
-    if isinstance(key_node, yaml.ScalarNode):
-        return (key_node.tag, key_node.value)
-    return id(key_node)
+def _yaml12_number(text: str) -> int | float | None:
+    """The number YAML 1.2's core schema reads `text` (a plain scalar) as; None: text."""
+    if _CORE_INT.fullmatch(text):
+        return int(text, 10)
+    if _CORE_OCT.fullmatch(text):
+        return int(text[2:], 8)
+    if _CORE_HEX.fullmatch(text):
+        return int(text[2:], 16)
+    if _CORE_FLOAT.fullmatch(text):
+        return float(text)
+    if _CORE_INF.fullmatch(text):
+        return float(text.replace(".", "", 1))
+    if _CORE_NAN.fullmatch(text):
+        return float("nan")
+    return None
 
 
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_yaml_float)
+def _same_number(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True  # (nan)
+    return a == b
+
+
+class _Loader(yaml.SafeLoader):
+    """`yaml.SafeLoader` made to refuse what two readers of the file would read two ways.
+
+    - Booleans are YAML 1.2's: only true/false (any case). The YAML 1.1 words yes/no/on/off
+      stay text, as `YamlWord`, so a claim condition `country: NO` is a load error instead
+      of a comparison with false (`model.YamlWord`).
+    - A number YAML 1.1 (PyYAML) and YAML 1.2 read differently is refused wherever it is:
+      `01234` (1.1: octal 668; 1.2: 1234), `12:30` (1.1: base 60, 750), `1_000`, `0b1`,
+      `1e3` (1.1: text), a 1.1 date. A deny rule `zip: 01234` compared claims with 668 and
+      never fired (config probe, 2026-12-07). Quoted, each is the text.
+    - No mapping with a key twice: PyYAML keeps the last of two equal keys, and a second
+      `todos:` block under `tables` silently replaced the first one's owner filter.
+    - Merges (`<<`) follow YAML's rule (the mapping's own keys win over merged ones) and a
+      key two mappings of one merge sequence give is refused: PyYAML 6.0.x let the LAST
+      one win for every real key (it dedups by `id()`), against the rule (the first wins),
+      and `<<: [*tenant, *defaults]` showed the defaults' columns.
+    - No nesting deeper than `MAX_DEPTH`.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ShownYamlError(
+                    None,
+                    None,
+                    f"nested too deeply: more than {MAX_DEPTH} levels (a config needs about "
+                    "ten): is a bracket left open?",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+        tag: str = super().resolve(kind, value, implicit)
+        if kind is not yaml.ScalarNode or not implicit[0]:
+            return tag
+        if tag == _TIMESTAMP_TAG:
+            return _AMBIGUOUS_TAG
+        if tag in (_INT_TAG, _FLOAT_TAG) or (tag == _STR_TAG and _yaml12_number(value) is not None):
+            if not _same_number(self._yaml11_value(tag, value), _yaml12_number(value)):
+                return _AMBIGUOUS_TAG
+        return tag
+
+    def _yaml11_value(self, tag: str, value: str) -> object:
+        node = yaml.ScalarNode(tag, value)
+        if tag == _INT_TAG:
+            return self.construct_yaml_int(node)
+        if tag == _FLOAT_TAG:
+            return self.construct_yaml_float(node)
+        return value
+
+    def construct_ambiguous(self, node: yaml.ScalarNode) -> object:
+        text = node.value
+        tag = yaml.SafeLoader.resolve(self, yaml.ScalarNode, text, (True, False))
+        old = self._yaml11_value(tag, text)
+        new = _yaml12_number(text)
+        if tag == _TIMESTAMP_TAG:
+            why = "a date only in YAML 1.1 (YAML 1.2 reads the text)"
+            plainly = ""
+        elif new is None:
+            why = f"a number only in YAML 1.1 ({old!r}; YAML 1.2 reads the text)"
+            plainly = f", or write the number plainly ({old!r})"
+        elif isinstance(old, str):
+            why = f"a number only in YAML 1.2 ({new!r}; YAML 1.1 reads the text)"
+            plainly = f", or write the number plainly ({new!r})"
+        else:
+            why = f"{old!r} in YAML 1.1 but {new!r} in YAML 1.2"
+            plainly = f", or write the number you mean plainly ({old!r} or {new!r})"
+        raise ShownYamlError(
+            None,
+            None,
+            f"{text} is {why}: quote it ('{text}') for the text{plainly}",
+            node.start_mark,
+        )
+
+    def _key(self, key_node: yaml.Node, mapping: yaml.Node) -> Any:
+        key = self.construct_object(key_node, deep=True)
+        try:
+            hash(key)
+        except TypeError:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", mapping.start_mark, "found unhashable key",
+                key_node.start_mark,
+            ) from None  # fmt: skip
+        return key
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        merges: list[tuple[yaml.Node, yaml.Node]] = []
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merges.append((key_node, value_node))
+                continue
+            if key_node.tag == "tag:yaml.org,2002:value":
+                key_node.tag = _STR_TAG
+            key = self._key(key_node, node)
+            if key in seen:
+                raise DuplicateKey(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+            own.append((key_node, value_node))
+        if not merges:
+            node.value = own
+            return
+        if len(merges) > 1:
+            raise DuplicateKey(
+                "while constructing a mapping",
+                node.start_mark,
+                "found the merge key '<<' twice: merge a list instead (<<: [*a, *b])",
+                merges[1][0].start_mark,
+            )
+        merge_key, value_node = merges[0]
+        if isinstance(value_node, yaml.MappingNode):
+            sources = [value_node]
+        elif isinstance(value_node, yaml.SequenceNode):
+            sources = value_node.value
+        else:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark,
+                "expected a mapping or list of mappings for merging, but found "
+                f"{getattr(value_node, 'id', '?')}",
+                value_node.start_mark,
+            )  # fmt: skip
+        merged: dict[Any, tuple[yaml.Node, yaml.Node]] = {}
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                kind = getattr(source, "id", "?")
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"expected a mapping for merging, but found {kind}", source.start_mark,
+                )  # fmt: skip
+            self.flatten_mapping(source)
+            for key_node, item in source.value:
+                key = self._key(key_node, source)
+                if key in seen:
+                    continue  # (the mapping's own key wins: YAML's rule)
+                if key in merged:
+                    first = merged[key][0].start_mark.line + 1
+                    raise ShownYamlError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"the key {key!r} is given by more than one of the mappings merged "
+                        f"here (lines {first} and {key_node.start_mark.line + 1}): YAML takes "
+                        "the first one's, which is easy to misread; set it in this mapping "
+                        "itself, or leave it in only one of them",
+                        merge_key.start_mark,
+                    )
+                merged[key] = (key_node, item)
+        node.value = [*merged.values(), *own]
+
 
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
@@ -182,11 +278,83 @@ _Loader.add_constructor(
     _WORD_TAG,
     lambda loader, node: YamlWord(loader.construct_scalar(node)),  # type: ignore[arg-type]
 )
+_Loader.add_constructor(_AMBIGUOUS_TAG, _Loader.construct_ambiguous)
+
+
+#: How many more nodes aliases (`*name`) may add to a file than it has written out. Aliases
+#: are expanded by reference, but validation and `compile_policy` walk the expansion: 3.8 KB
+#: of nested aliases made 10,000 rules and stalled a reload for 33 s on the event loop
+#: (config probe, 2026-12-07). Reusing a rule or a column list a few times stays far below.
+MAX_ALIAS_EXPANSION = 10_000
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """The node count of `node` with every alias written out (memoised: `sizes`)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(item, sizes) for item in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    sizes[id(node)] = size
+    return size
+
+
+def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
+    """The data and the node tree it was built from (for the line of a key path)."""
+    loader = _Loader(raw)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            sizes: dict[int, int] = {}
+            expanded = _expanded_size(node, sizes)
+            if expanded > len(sizes) + MAX_ALIAS_EXPANSION:
+                raise ShownYamlError(
+                    None,
+                    None,
+                    f"aliases (*name) expand this file to {expanded:,} nodes from "
+                    f"{len(sizes):,} written (at most {MAX_ALIAS_EXPANSION:,} more are "
+                    "allowed): alias smaller pieces, or write the repeated parts out",
+                    None,
+                )
+        data = None if node is None else loader.construct_document(node)
+        return data, node
+    finally:
+        loader.dispose()
 
 
 def parse_yaml(raw: bytes | str) -> Any:
-    """Parse config YAML with YAML 1.2 booleans (see `_Loader`); raises `yaml.YAMLError`."""
-    return yaml.load(raw, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    """Parse config YAML as `_Loader` reads it; raises `yaml.YAMLError`."""
+    return _compose(raw)[0]
+
+
+def line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
+    """The line (1-based) of the deepest part of the key path `loc` (a validation error's
+    `loc`: keys and list indexes) found in the node tree; None if not even its first."""
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            found = next(
+                (
+                    (k, v)
+                    for k, v in node.value
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(part)
+                ),
+                None,
+            )
+            if found is None:
+                break
+            line, node = found[0].start_mark.line + 1, found[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                break
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
 
 
 #: A `/metrics` token shorter than this is refused at load (a guessable token is no gate).
@@ -209,11 +377,14 @@ class LoadedConfig:
     metrics_token: SecretStr | None = None
 
 
-def _format_validation(error: ValidationError) -> str:
+def _format_validation(error: ValidationError, node: yaml.Node | None = None) -> str:
+    """Each error's key path, its line in the file when known, and what is wrong."""
     lines = []
     for item in error.errors():
         loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        lines.append(f"{loc}: {item['msg']}")
+        line = line_of(node, item["loc"])
+        where = f" (line {line})" if line is not None else ""
+        lines.append(f"{loc}{where}: {item['msg']}")
     return "; ".join(lines)
 
 
@@ -226,33 +397,6 @@ def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
 
 #: The most a secret file may hold: a secret is a line, not a file's worth.
 SECRET_FILE_MAX_BYTES = 64 * 1024
-
-
-def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
-    """The bytes of the regular file at `path` (at most `max_bytes` + 1 of them, so a caller
-    can tell a larger one), or `ConfigError` naming `what`. Opened without blocking and
-    checked before it is read: `open()` of a FIFO with no writer blocks, and the config file
-    (or a key file) replaced by one hung the whole proxy, at start and at every reload
-    (config probe, MEDIUM)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise ConfigError(f"{what}: {path} is not a regular file")
-            chunks = []
-            left = max_bytes + 1
-            while left > 0:
-                chunk = os.read(fd, left)
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                left -= len(chunk)
-            return b"".join(chunks)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        why = exc.strerror or type(exc).__name__
-        raise ConfigError(f"{what}: cannot read {path} ({why})") from None
 
 
 def _secret_file(path: str, field_name: str) -> str:
@@ -299,7 +443,12 @@ def _static_key(
         if key.jwk is not None:
             return PyJWK(dict(key.jwk)).key
         if key.public_key_file is not None:
-            pem = read_regular_file(key.public_key_file, MAX_CONFIG_BYTES, where)
+            # (a FIFO there blocked the load for good, at start and on a reload)
+            pem = _read_regular_file(
+                key.public_key_file,
+                SECRET_FILE_MAX_BYTES,
+                f"{where}.public_key_file: {key.public_key_file}",
+            )
         else:
             pem = (key.public_key or "").encode()
         return load_pem_public_key(pem)
@@ -308,15 +457,33 @@ def _static_key(
 
 
 def build_config(
-    data: object, environ: Mapping[str, str] | None = None, *, source: str = "<memory>"
+    data: object,
+    environ: Mapping[str, str] | None = None,
+    *,
+    source: str = "<memory>",
+    node: yaml.Node | None = None,
 ) -> LoadedConfig:
-    """Validate already-parsed YAML data. Raises `ConfigError`."""
+    """Validate already-parsed YAML data. Raises `ConfigError`.
+
+    `node`: the YAML node tree `data` was built from, for the line of a key an error names."""
+    try:
+        return _build_config(data, environ, source=source, node=node)
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: nested too deeply to check (more than {MAX_DEPTH} levels)"
+        ) from None
+
+
+def _build_config(
+    data: object, environ: Mapping[str, str] | None, *, source: str, node: yaml.Node | None
+) -> LoadedConfig:
     environ = os.environ if environ is None else environ
     try:
         config = ProxyConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {_format_validation(exc)}") from None
+        raise ConfigError(f"{source}: {_format_validation(exc, node)}") from None
     try:
+        config = _shapes_with_table_denies(config)
         policy = compile_policy(config)
         secret = None
         if config.upstream.secret_env is not None:
@@ -340,7 +507,7 @@ def build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for warning in shadowed_rules(config):
+    for warning in [*shadowed_rules(config), *exposure_warnings(config), *folded_names(config)]:
         logger.warning("%s: %s", source, warning)
     return LoadedConfig(
         config=config,
@@ -350,6 +517,80 @@ def build_config(
         source=source,
         metrics_token=metrics_token,
     )
+
+
+def _shapes_with_table_denies(config: ProxyConfig) -> ProxyConfig:
+    """Each named shape also refused where its table's entries refuse: `tables.items.deny`
+    (and the deny of every pattern naming the table) read as "nobody suspended syncs items",
+    yet `shapes.my-items` (table items) without a deny of its own served the suspended account
+    (config probe, 2026-12-07: the shipped multi-tenant example did). A deny only narrows,
+    so adding the table's can never open anything. A name that does not parse is left for
+    `compile_policy` to refuse."""
+    if not config.shapes:
+        return config
+    try:
+        entries = [(parse_table_pattern(name), policy) for name, policy in config.tables.items()]
+        keys = {name: parse_table_pattern(shape.table).key for name, shape in config.shapes.items()}
+    except ValueError:
+        return config
+    shapes = dict(config.shapes)
+    for name, shape in config.shapes.items():
+        key = keys[name]
+        extra = [
+            deny
+            for pattern, policy in entries
+            if (pattern.key == key if pattern.exact else pattern.matches(key))
+            for deny in policy.deny
+            if deny not in shape.deny
+        ]
+        if extra:
+            shapes[name] = shape.model_copy(update={"deny": [*shape.deny, *extra]})
+    return config.model_copy(update={"shapes": shapes})
+
+
+def exposure_warnings(config: ProxyConfig) -> list[str]:
+    """Settings that load but hand an outsider a lever (config probe, 2026-12-07): keys
+    fetched over plain http from another host (anyone on the path can serve keys and mint
+    tokens), a `trusted_proxies` network holding every address (any client then picks its
+    own address for the anonymous limits)."""
+    out = []
+    for i, issuer in enumerate(config.issuers):
+        url = issuer.jwks_url
+        if url is not None and url.startswith("http://"):
+            host = (urlsplit(url).hostname or "").lower()
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = host == "localhost"
+            if not loopback:
+                out.append(
+                    f"issuers.{i}.jwks_url is plain http to another host: anyone on the path "
+                    "can serve keys and mint tokens; use https"
+                )
+    for network in config.server.trusted_proxies:
+        if network.prefixlen == 0:
+            out.append(
+                f"server.trusted_proxies: {network} trusts every address, so any client picks "
+                "its own address for the anonymous limits with X-Forwarded-For; list your load "
+                "balancers' networks"
+            )
+    return out
+
+
+def folded_names(config: ProxyConfig) -> list[str]:
+    """Table names with capitals outside double quotes: Postgres folds an unquoted name to
+    lower case, so `User:` is the table `user`, and with an ORM's `"User"` table the rule
+    never matched (only 403s; config probe, 2026-12-07). Loads (it may be meant); says so."""
+    named = [(f"tables.{name}", name) for name in config.tables]
+    named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
+    out = []
+    for where, name in named:
+        if any(char.isupper() for char in re.sub(r'"[^"]*"', "", name)):
+            out.append(
+                f"{where}: {name} names {name.lower()} (Postgres folds unquoted names to lower "
+                f"case); for a table spelt with capitals quote it: '\"{name}\"'"
+            )
+    return out
 
 
 def _rule_label(policy: TablePolicy, index: int) -> str:
@@ -375,33 +616,88 @@ def shadowed_rules(config: ProxyConfig) -> list[str]:
     return out
 
 
+def read_config_file(path: str | Path) -> bytes:
+    """The config file's bytes, read without blocking the event loop on something that is
+    not a file: a FIFO at the config path blocked open() for good (config probe, 2026-12-07:
+    the proxy hung at start; a reload hung every request), so it is opened non-blocking and
+    refused unless it is a regular file. At most `MAX_CONFIG_BYTES` + 1 bytes are read.
+    Raises `ConfigError`."""
+    return _read_regular_file(path, MAX_CONFIG_BYTES + 1, str(path))
+
+
+def read_regular_file(path: str | Path, max_bytes: int, what: str) -> bytes:
+    """At most `max_bytes` + 1 bytes of the regular file at `path` (so a caller can tell a
+    larger one), or `ConfigError` naming `what` and the path (`_read_regular_file`). The
+    reload's read (`proxy.runtime.RuntimeHolder._read_whole`)."""
+    return _read_regular_file(path, max_bytes + 1, f"{what}: {path}")
+
+
+def _read_regular_file(path: str | Path, limit: int, label: str) -> bytes:
+    """At most `limit` bytes of the regular file at `path` (opened non-blocking: a FIFO
+    with no writer would block open() for good); `ConfigError` naming `label` otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(
+                f"{label} is not a regular file (a FIFO, device or directory): give the path "
+                "of the file itself"
+            )
+        os.set_blocking(fd, True)
+        chunks = []
+        left = limit
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or type(exc).__name__})") from None
+    finally:
+        os.close(fd)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where and what of a YAML error, without the file's text: PyYAML's `problem` names a
+    token, a character, a tag or a key ("expected a single document in the stream", "found
+    character '\\t' that cannot start any token"); its `context` and snippet quote lines of
+    the file, and a line may hold a secret, so they are left out."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f" at byte {exc.position}: {exc.reason} (the file must be UTF-8 text)"
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None)
+    if not isinstance(problem, str):
+        return where
+    context = getattr(exc, "context", None)
+    if problem.startswith("but ") and isinstance(context, str):
+        problem = f"{context}, {problem}"  # ("expected a single document in the stream")
+    return f"{where}: {problem[:300]}"
+
+
 def load_config(
     path: str | Path, environ: Mapping[str, str] | None = None, *, raw: bytes | None = None
 ) -> LoadedConfig:
     """Read, parse and validate the YAML file at `path`. Raises `ConfigError`.
 
     `raw`: the file's bytes, already read (a reload reads them itself, to be sure the file
-    did not change while it read: `proxy.runtime.RuntimeHolder.reload`)."""
+    did not change while it read: `proxy.runtime.RuntimeHolder.reload`; it should read them
+    with `read_config_file`)."""
     path = Path(path)
     if raw is None:
-        raw = read_regular_file(path, MAX_CONFIG_BYTES, "config")
+        raw = read_config_file(path)
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: file is larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        data = parse_yaml(raw)
-    except RecursionError:
-        # (`[[[[...]]]]` 5,000 deep: PyYAML's composer recurses; a 3,000-line traceback at
-        # start, and on a reload an error nobody saw: config probe, MEDIUM)
-        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
+        data, node = _compose(raw)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        # (a key's name only: other problems may quote a line, and a line may hold a secret)
-        why = f": {exc.problem}" if isinstance(exc, DuplicateKey) else ""
-        raise ConfigError(f"{path}: invalid YAML{where}{why}") from None
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc)}") from None
+    except RecursionError:  # (a backstop: `_Loader` refuses deep nesting first)
+        raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    try:
-        return build_config(data, environ, source=str(path))
-    except RecursionError:
-        raise ConfigError(f"{path}: nested too deeply to validate") from None
+    return build_config(data, environ, source=str(path), node=node)

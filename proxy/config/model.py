@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 import uuid
 from typing import Annotated, Literal
 
@@ -46,6 +47,8 @@ Algorithm = Literal[
 ]
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: An origin as a browser writes it: scheme://host[:port] (RFC 6454), lower case.
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@A-Z]+")
 _SHAPE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
 #: A claim value a condition compares against.
@@ -62,25 +65,50 @@ class YamlWord(str):
     """
 
 
-class YamlNumber(str):
-    """A plain number that YAML 1.1 (PyYAML) and YAML 1.2 read differently: `01234` (octal
-    668, or 1234), `0b101`, `12:30` (base 60: 750), `1_000` (1.2: text). Kept as written: in
-    a claim condition it is refused at load (quote it); a numeric setting reads it as
-    decimal, as YAML 1.2 does."""
+def _invisible(text: str) -> str | None:
+    """The first character of `text` no one sees in an editor: a control character other
+    than a newline, a format character (zero-width space, BOM, bidi marks), a line or
+    paragraph separator, a space other than U+0020 (a no-break space). Named as `U+XXXX`."""
+    for char in text:
+        kind = unicodedata.category(char)
+        if (
+            (kind == "Cc" and char != "\n")
+            or kind in ("Cf", "Zl", "Zp", "Co", "Cn")
+            or (kind == "Zs" and char != " ")
+        ):
+            name = unicodedata.name(char, "")
+            return f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+    return None
+
+
+def _claim_path(path: object) -> None:
+    """A claim name or path compared byte for byte: one holding a character no one sees
+    (a zero-width space pasted from a web page) or surrounding spaces never matches a
+    token's claim, and in a deny rule that fails open (config probe, 2026-12-07)."""
+    if not isinstance(path, str):
+        return
+    hidden = _invisible(path)
+    if hidden is not None:
+        raise ValueError(
+            f"{path!r}: the claim name holds an invisible character {hidden}: retype it"
+        )
+    if path != path.strip():
+        raise ValueError(f"{path!r}: the claim name has spaces around it: remove them")
 
 
 def _no_yaml_words(when: object) -> object:
     if not isinstance(when, dict):
         return when
     for path, value in when.items():
+        _claim_path(path)
         if value == []:
             raise ValueError(f"{path}: an empty list matches no token: give at least one value")
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, YamlNumber):
+            if item is None or isinstance(item, float | dict):
+                what = "null" if item is None else type(item).__name__
                 raise ValueError(
-                    f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for "
-                    f"an octal, binary or base-60 number): quote it ({str(item)!r}) for the "
-                    f"text, or write the number in plain decimal"
+                    f"{path}: a {what} matches no token: write the text, number, true or "
+                    "false the claim must be, or remove the condition"
                 )
             if isinstance(item, YamlWord):
                 raise ValueError(
@@ -130,6 +158,14 @@ class IssuerConfig(_Model):
         default=86400, gt=0, description="max exp - iat in seconds; requires iat when set"
     )
     require: list[str] = Field(default_factory=list, description="extra claims that must exist")
+
+    @field_validator("require")
+    @classmethod
+    def _require_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            _claim_path(path)
+        return value
+
     typ: str | None = Field(default=None, description="required `typ` header, e.g. 'JWT'")
     jwks_ttl: float = Field(default=300, gt=0)
     jwks_refetch_cooldown: float = Field(default=30, ge=0)
@@ -215,7 +251,14 @@ class UpstreamConfig(_Model):
             raise ValueError("must be an http:// or https:// URL")
         if "?" in value or "#" in value:
             raise ValueError("must not contain a query or fragment")
-        return value.rstrip("/")
+        base = value.rstrip("/")
+        if base.endswith(("/v1/shape", "/v1")):
+            # (the proxy appends /v1/shape: every request was the engine's bare 404)
+            raise ValueError(
+                "give the engine's base URL, e.g. http://127.0.0.1:3000: the proxy appends "
+                "/v1/shape itself"
+            )
+        return base
 
 
 class ServerConfig(_Model):
@@ -275,6 +318,21 @@ class CorsConfig(_Model):
     allow_origins: list[str] = Field(default_factory=list)
     allow_credentials: bool = False
     max_age: int = Field(default=86400, ge=0)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        """Each entry as a browser sends `Origin:` (scheme://host[:port], no path, no
+        slash): `app.example.com` or `https://app.example.com/` can never equal one, and
+        CORS silently never worked (config probe, 2026-12-07)."""
+        for origin in value:
+            if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"{origin!r} is not an origin as browsers send it: write "
+                    "scheme://host[:port] with no path or trailing slash, e.g. "
+                    "https://app.example.com"
+                )
+        return value
 
     @model_validator(mode="after")
     def _no_credentials_for_everyone(self) -> CorsConfig:
@@ -352,18 +410,46 @@ class AccessRule(_Model):
         "claims, so the rule may have no `when` and no {{claim}} in its where)",
     )
     where: str | None = Field(default=None, description="row filter; {{claim.path}} placeholders")
+
+    @field_validator("where")
+    @classmethod
+    def _where_as_written(cls, value: str | None) -> str | None:
+        """A filter YAML changed on its way in is refused: YAML folds the lines of a plain,
+        quoted or `>` value into one, so a `--` comment then runs to the end of the whole
+        filter and swallows the conditions after it; a double-quoted value's escapes turn
+        SQL's `\\_` into a no-break space (`NOT LIKE 'tmp\\_%'` matched tmp_ rows). Both
+        served rows the filter as written forbids (config probe, 2026-12-07)."""
+        if value is None:
+            return None
+        hidden = _invisible(value)
+        if hidden is not None:
+            raise ValueError(
+                f"holds an invisible character {hidden} (from a YAML escape such as \\_ in a "
+                "double-quoted string?): write SQL filters in single quotes or a `|` block"
+            )
+        if _line_comment(value):
+            raise ValueError(
+                "a `--` comment runs to the end of the filter once YAML folds its lines into "
+                "one (it hides the conditions after it): use /* ... */ comments"
+            )
+        return value
+
     all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
-    columns: list[str] | None = Field(default=None, min_length=1)
+    columns: list[str] | None = Field(
+        default=None, min_length=1, description="the columns shown; left out: every column"
+    )
 
     @field_validator("columns", mode="before")
     @classmethod
     def _columns_given(cls, value: object) -> object:
-        # `columns:` with nothing after it (or an unset variable after envsubst) read as null,
-        # which showed every column: an empty restriction is a mistake, not "no restriction"
-        # (config probe, HIGH). Leaving the key out still means every column.
+        """`columns:` written with nothing after it (or `columns: ${COLS}` after an envsubst
+        with the variable unset) is null, which read as "no restriction": every column was
+        shown (config probe, 2026-12-07). An empty value under a key that restricts is a
+        mistake; only leaving the key out shows every column. (Runs only for a value given.)"""
         if value is None:
             raise ValueError(
-                "columns: empty: list the columns, or remove the key to show every column"
+                "empty (null): list the columns to show, e.g. columns: [id, title], or remove "
+                "the key to show every column"
             )
         return value
 
@@ -397,6 +483,43 @@ class AccessRule(_Model):
                 "clause passed through unchecked could reveal filtered rows or hidden columns)"
             )
         return self
+
+
+def _line_comment(sql: str) -> bool:
+    """Whether `sql` holds a `--` comment outside its string literals, quoted names and
+    block comments (which Postgres nests)."""
+    i, n, depth = 0, len(sql), 0
+    while i < n:
+        if depth:
+            if sql.startswith("/*", i):
+                depth, i = depth + 1, i + 2
+            elif sql.startswith("*/", i):
+                depth, i = depth - 1, i + 2
+            else:
+                i += 1
+            continue
+        char = sql[i]
+        if sql.startswith("--", i):
+            return True
+        if sql.startswith("/*", i):
+            depth, i = 1, i + 2
+        elif char in "'\"":
+            escapes = char == "'" and i > 0 and sql[i - 1] in "eE"
+            i += 1
+            while i < n:
+                if escapes and sql[i] == "\\":
+                    i += 2
+                elif sql[i] == char:
+                    if sql.startswith(char * 2, i):
+                        i += 2
+                    else:
+                        break
+                else:
+                    i += 1
+            i += 1
+        else:
+            i += 1
+    return False
 
 
 def _claim_values(match: ClaimMatch) -> set[tuple[bool, Scalar]]:

@@ -1,0 +1,81 @@
+"""A table's deny rules cover the named shapes on that table (config probe, 2026-12-07, HIGH).
+
+config/examples/multi-tenant.yaml denies `items` to suspended accounts and also ships
+`shapes.my-items` (table items) with no deny of its own: the suspended account was refused
+`/v1/shape?table=items` and served `/shapes/my-items`. A deny only narrows, so the loader now
+adds each table entry's deny (the exact name's, and every pattern's naming the table) to the
+named shapes on it.
+
+Real path: the proxy from a config file in front of a real `sync-engine` and Postgres. On the
+old code `/shapes/my-items` answered the suspended token 200 with org-a's rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.config.loader import load_config
+from tests.proxy.proxy_fakes import base_config
+from tests.support.engine_process import EngineProcess
+
+
+@pytest.fixture
+def engine(start_engine: Any) -> EngineProcess:
+    return start_engine(
+        "CREATE TABLE items (id int PRIMARY KEY, org_id text NOT NULL, title text, owner text)",
+        "INSERT INTO items VALUES (1, 'org-a', 'a1', 'user-1'), (2, 'org-b', 'b1', 'user-2')",
+    )
+
+
+@pytest.mark.parametrize("entry", ["items", "public.*"])
+async def test_a_suspended_account_is_refused_the_named_shape_too(
+    entry: str,
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    tmp_path: Path,
+) -> None:
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["tables"] = {
+        entry: {
+            "deny": [{"when": {"account_status": "suspended"}, "reason": "suspended account"}],
+            "allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id", "title"]}],
+        }
+    }
+    config["shapes"] = {
+        "my-items": {
+            "table": "items",
+            "allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "title"]}],
+        }
+    }
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proxy = await make_proxy(load_config(path, environ))
+    suspended = proxy.tokens.make(org_id="org-a", account_status="suspended")
+    reply = await proxy.get("/v1/shape?table=items&offset=-1", token=suspended)
+    assert (reply.status, reply.json()["code"]) == (403, "denied_by_rule")
+    reply = await proxy.get("/shapes/my-items?offset=-1", token=suspended)
+    assert reply.status == 403, reply.body
+    assert reply.json()["code"] == "denied_by_rule"
+    active = proxy.tokens.make(org_id="org-a", account_status="active")
+    reply = await proxy.get("/shapes/my-items?offset=-1", token=active)
+    assert reply.status == 200, reply.body
+    assert [m["value"] for m in reply.json() if "value" in m] == [{"id": "1", "title": "a1"}]
+
+
+def test_the_shipped_multi_tenant_example_denies_its_named_shape_to_suspended_accounts() -> None:
+    root = Path(__file__).resolve().parents[2]
+    loaded = load_config(
+        root / "config/examples/multi-tenant.yaml",
+        {"ENGINE_SECRET": "e" * 32, "SHAPE_PROXY_JWT_SECRET": "j" * 32},
+    )
+    table_denies = loaded.config.tables["items"].deny
+    assert table_denies
+    for deny in table_denies:
+        assert deny in loaded.config.shapes["my-items"].deny
