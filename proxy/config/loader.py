@@ -483,7 +483,7 @@ def _build_config(
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation(exc, node)}") from None
     try:
-        config = _shapes_with_table_denies(config)
+        config = _shapes_with_table_denies(_tables_with_pattern_denies(config))
         policy = compile_policy(config)
         secret = None
         if config.upstream.secret_env is not None:
@@ -517,6 +517,38 @@ def _build_config(
         source=source,
         metrics_token=metrics_token,
     )
+
+
+def _tables_with_pattern_denies(config: ProxyConfig) -> ProxyConfig:
+    """Each table listed by name also refused where a pattern naming it refuses: a
+    `public.*` entry's `deny` reads as "nobody suspended syncs anything in public", yet a
+    table also listed by name (`items`) took only its own entry's rules and served the
+    suspended account (config probe, 2026-12-07). The allow rules stay the exact entry's
+    own (docs/policy-tables.md); a deny only narrows, so adding a pattern's can never open
+    anything. A name that does not parse is left for `compile_policy` to refuse."""
+    try:
+        entries = [
+            (name, parse_table_pattern(name), policy) for name, policy in config.tables.items()
+        ]
+    except ValueError:
+        return config
+    patterns = [(pattern, policy) for _, pattern, policy in entries if not pattern.exact]
+    if not patterns:
+        return config
+    tables = dict(config.tables)
+    for name, table, policy in entries:
+        if not table.exact:
+            continue
+        extra = [
+            deny
+            for pattern, other in patterns
+            if pattern.matches(table.key)
+            for deny in other.deny
+            if deny not in policy.deny
+        ]
+        if extra:
+            tables[name] = policy.model_copy(update={"deny": [*policy.deny, *extra]})
+    return config.model_copy(update={"tables": tables})
 
 
 def _shapes_with_table_denies(config: ProxyConfig) -> ProxyConfig:

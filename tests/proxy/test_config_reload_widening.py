@@ -46,6 +46,8 @@ def test_each_widening_of_a_named_rule_is_named(
         "tables.items rule 'member' shows every column (was id, org_id, title)",
         "tables.items rule 'member' no longer requires the claims role",
         "tables.items rule 'member' now allows replica_full",
+        # (the named shape on items carries the table's deny too: its removal widens it)
+        "shapes.my-items: a deny rule was removed",
     ]
     assert widened(new, old) == []  # (the other way narrows)
     assert widened(old, old) == []

@@ -4,7 +4,7 @@ config/examples/multi-tenant.yaml denies `items` to suspended accounts and also 
 `shapes.my-items` (table items) with no deny of its own: the suspended account was refused
 `/v1/shape?table=items` and served `/shapes/my-items`. A deny only narrows, so the loader now
 adds each table entry's deny (the exact name's, and every pattern's naming the table) to the
-named shapes on it.
+named shapes on it, and every pattern's deny to the tables listed by name that it matches.
 
 Real path: the proxy from a config file in front of a real `sync-engine` and Postgres. On the
 old code `/shapes/my-items` answered the suspended token 200 with org-a's rows.
@@ -67,6 +67,41 @@ async def test_a_suspended_account_is_refused_the_named_shape_too(
     reply = await proxy.get("/shapes/my-items?offset=-1", token=active)
     assert reply.status == 200, reply.body
     assert [m["value"] for m in reply.json() if "value" in m] == [{"id": "1", "title": "a1"}]
+
+
+async def test_a_patterns_deny_covers_a_table_also_listed_by_name(
+    engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    tmp_path: Path,
+) -> None:
+    """`public.*` denies suspended accounts; `items` is also listed by name with its own
+    allow rule: its allow rules stay its own, the pattern's deny is added (on the old code
+    the suspended token was served items' rows)."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=10)
+    config["tables"] = {
+        "public.*": {
+            "deny": [{"when": {"account_status": "suspended"}, "reason": "suspended account"}],
+            "allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id"]}],
+        },
+        "items": {
+            "allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id", "title"]}],
+        },
+    }
+    path = tmp_path / "proxy.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proxy = await make_proxy(load_config(path, environ))
+    suspended = proxy.tokens.make(org_id="org-a", account_status="suspended")
+    reply = await proxy.get("/v1/shape?table=items&offset=-1", token=suspended)
+    assert reply.status == 403, reply.body
+    assert reply.json()["code"] == "denied_by_rule"
+    active = proxy.tokens.make(org_id="org-a", account_status="active")
+    reply = await proxy.get("/v1/shape?table=items&offset=-1", token=active)
+    assert reply.status == 200, reply.body
+    rows = [m["value"] for m in reply.json() if "value" in m]
+    assert rows == [{"id": "1", "org_id": "org-a", "title": "a1"}]  # items' own rule
 
 
 def test_the_shipped_multi_tenant_example_denies_its_named_shape_to_suspended_accounts() -> None:
