@@ -186,7 +186,7 @@ async def test_a_tiers_html_failure_is_said_as_the_proxys_own_json(
         await writer.drain()
 
     async with RawServer(serve) as tier:
-        config_data["upstream"]["url"] = str(tier.url().with_query(None))
+        config_data["upstream"]["url"] = str(tier.url("").with_query(None))
         proxy = await make_proxy(build_config(config_data, environ))
         reply = await proxy.get(SHAPE, token=proxy.tokens.make())
     assert reply.status == status and reply.json()["code"] == code
