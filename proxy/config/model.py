@@ -51,6 +51,9 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@A-Z]+")
 _SHAPE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
+#: `issuers[].max_lifetime: unlimited`: no cap on a token's lifetime (null is refused).
+UNLIMITED = "unlimited"
+
 #: A claim value a condition compares against.
 Scalar = str | int | bool
 
@@ -155,8 +158,33 @@ class IssuerConfig(_Model):
     keys: list[StaticKey] = Field(default_factory=list)
     leeway: float = Field(default=30, ge=0, le=300, description="clock skew, seconds")
     max_lifetime: int | None = Field(
-        default=86400, gt=0, description="max exp - iat in seconds; requires iat when set"
+        default=86400,
+        gt=0,
+        description="max exp - iat in seconds, which requires iat; `unlimited`: no cap",
     )
+
+    @field_validator("max_lifetime", mode="before")
+    @classmethod
+    def _lifetime_given(cls, value: object) -> object:
+        """`max_lifetime:` left empty (or `${MAX_LIFETIME}` after an envsubst with the
+        variable unset) is null, which read as "no cap": any token lifetime passed (config
+        probe, 2026-12-07). No cap is said in words, `unlimited`; null is a load error. (Runs
+        only for a value given: left out, the default cap holds.)"""
+        if value is None:
+            raise ValueError(
+                "empty (null): give the longest token lifetime in seconds (exp - iat), e.g. "
+                "max_lifetime: 86400, or write max_lifetime: unlimited for no cap (an unset "
+                "variable in max_lifetime: ${VAR} leaves it empty)"
+            )
+        if value == UNLIMITED:
+            return None
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(
+                f"{value!r}: give the longest token lifetime in seconds (a number), or "
+                f"{UNLIMITED} for no cap"
+            )
+        return value
+
     require: list[str] = Field(default_factory=list, description="extra claims that must exist")
 
     @field_validator("require")

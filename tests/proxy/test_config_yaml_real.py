@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from proxy.config.loader import ConfigError, load_config
-from tests.proxy.proxy_fakes import AUDIENCE, ISSUER
+from tests.proxy.proxy_fakes import AUDIENCE, ISSUER, now
 from tests.support.engine_process import EngineProcess
 
 SHAPE = "/v1/shape?table=items&offset=-1"
@@ -164,3 +164,32 @@ async def test_columns_left_empty_is_refused_and_left_out_shows_every_column(
     assert _rows(await proxy.get(SHAPE, token=proxy.tokens.make())) == [
         {"id": "1", "org_id": "org-a", "title": "a1", "secret": "s1"}
     ]
+
+
+@pytest.mark.parametrize("empty", ["", " null", " ~"])
+async def test_max_lifetime_left_empty_is_refused_and_unlimited_is_said_in_words(
+    engine: EngineProcess, proxy_from_yaml: Any, empty: str
+) -> None:
+    """`max_lifetime:` left empty (`max_lifetime: ${MAX_LIFETIME}` after an envsubst with the
+    variable unset) read as null: no cap, and a token living a year was served (config probe
+    MEDIUM). A load error naming the line now; no cap is `max_lifetime: unlimited`."""
+    ten_days = 10 * 86400
+    base = proxy_from_yaml.head(engine.url) + (
+        "    max_lifetime:LIFETIME\n"
+        'tables:\n  items:\n    allow: [{where: "org_id = {{org_id}}", columns: [id, title]}]\n'
+    )
+    with pytest.raises(
+        ConfigError, match=r"issuers\.0\.max_lifetime \(line 7\): .*empty.*unlimited for no cap"
+    ):
+        proxy_from_yaml.load(base.replace("LIFETIME", empty))
+    with pytest.raises(
+        ConfigError, match=r"max_lifetime \(line 7\): Value error, 'forever'.*unlimited"
+    ):
+        proxy_from_yaml.load(base.replace("LIFETIME", " forever"))
+    capped = await proxy_from_yaml(base.replace("LIFETIME", " 86400"), name="capped")
+    token = capped.tokens.make(iat=now(), exp=now() + ten_days)
+    reply = await capped.get(SHAPE, token=token)
+    assert (reply.status, reply.json()["code"]) == (401, "token_lifetime_too_long")
+    unlimited = await proxy_from_yaml(base.replace("LIFETIME", " unlimited"), name="open")
+    assert unlimited.app.holder.current.loaded.config.issuers[0].max_lifetime is None
+    assert _rows(await unlimited.get(SHAPE, token=token)) == [{"id": "1", "title": "a1"}]
