@@ -16,7 +16,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +28,7 @@ from pydantic import SecretStr, ValidationError
 
 from proxy.config.model import (
     HMAC_ALGORITHMS,
+    DenyRule,
     IssuerConfig,
     ProxyConfig,
     StaticKey,
@@ -35,7 +36,7 @@ from proxy.config.model import (
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
-from proxy.policy.tables import parse_table_pattern
+from proxy.policy.tables import TablePattern, parse_table_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -483,7 +484,7 @@ def _build_config(
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation(exc, node)}") from None
     try:
-        config = _shapes_with_table_denies(_tables_with_pattern_denies(config))
+        config = _with_covering_denies(config)
         policy = compile_policy(config)
         secret = None
         if config.upstream.secret_env is not None:
@@ -519,65 +520,61 @@ def _build_config(
     )
 
 
-def _tables_with_pattern_denies(config: ProxyConfig) -> ProxyConfig:
-    """Each table listed by name also refused where a pattern naming it refuses: a
-    `public.*` entry's `deny` reads as "nobody suspended syncs anything in public", yet a
-    table also listed by name (`items`) took only its own entry's rules and served the
-    suspended account (config probe, 2026-12-07). The allow rules stay the exact entry's
-    own (docs/policy-tables.md); a deny only narrows, so adding a pattern's can never open
-    anything. A name that does not parse is left for `compile_policy` to refuse."""
+def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
+    """Every entry also refused where another entry covering its tables refuses (a deny only
+    narrows, so adding one can never open anything; allow rules stay each entry's own, as
+    docs/policy-tables.md says):
+
+    - a table listed by name takes the deny of every pattern matching it: `public.*` denying
+      suspended accounts read as "nobody suspended syncs anything in public", yet `items`,
+      also listed by name, served them (config probe, 2026-12-07);
+    - a named shape takes the deny of its table's entry and of those patterns: the shipped
+      multi-tenant example's `shapes.my-items` served the suspended account `items` denies
+      (config probe, 2026-12-07);
+
+    What each takes is `_denies_covering`'s, from the entries as written. A name that does
+    not parse is left for `compile_policy` to refuse."""
     try:
-        entries = [
-            (name, parse_table_pattern(name), policy) for name, policy in config.tables.items()
-        ]
+        entries = [parse_table_pattern(name) for name in config.tables]
+        shape_tables = {name: parse_table_pattern(s.table) for name, s in config.shapes.items()}
     except ValueError:
         return config
-    patterns = [(pattern, policy) for _, pattern, policy in entries if not pattern.exact]
-    if not patterns:
-        return config
-    tables = dict(config.tables)
-    for name, table, policy in entries:
-        if not table.exact:
-            continue
-        extra = [
-            deny
-            for pattern, other in patterns
-            if pattern.matches(table.key)
-            for deny in other.deny
-            if deny not in policy.deny
-        ]
-        if extra:
-            tables[name] = policy.model_copy(update={"deny": [*policy.deny, *extra]})
-    return config.model_copy(update={"tables": tables})
+    policies = list(config.tables.values())
+    covering = list(zip(entries, policies, strict=True))
+    tables = {
+        name: _add_denies(policy, _denies_covering(covering, entries[i], index=i))
+        for i, (name, policy) in enumerate(config.tables.items())
+    }
+    shapes = {
+        name: _add_denies(shape, _denies_covering(covering, shape_tables[name]))
+        for name, shape in config.shapes.items()
+    }
+    return config.model_copy(update={"tables": tables, "shapes": shapes})
 
 
-def _shapes_with_table_denies(config: ProxyConfig) -> ProxyConfig:
-    """Each named shape also refused where its table's entries refuse: `tables.items.deny`
-    (and the deny of every pattern naming the table) read as "nobody suspended syncs items",
-    yet `shapes.my-items` (table items) without a deny of its own served the suspended account
-    (config probe, 2026-12-07: the shipped multi-tenant example did). A deny only narrows,
-    so adding the table's can never open anything. A name that does not parse is left for
-    `compile_policy` to refuse."""
-    if not config.shapes:
-        return config
-    try:
-        entries = [(parse_table_pattern(name), policy) for name, policy in config.tables.items()]
-        keys = {name: parse_table_pattern(shape.table).key for name, shape in config.shapes.items()}
-    except ValueError:
-        return config
-    shapes = dict(config.shapes)
-    for name, shape in config.shapes.items():
-        key = keys[name]
-        extra = [
-            deny
-            for pattern, policy in entries
-            if (pattern.key == key if pattern.exact else pattern.matches(key))
-            for deny in policy.deny
-            if deny not in shape.deny
-        ]
-        if extra:
-            shapes[name] = shape.model_copy(update={"deny": [*shape.deny, *extra]})
-    return config.model_copy(update={"shapes": shapes})
+_P = TypeVar("_P", bound=TablePolicy)
+
+
+def _add_denies(policy: _P, denies: list[DenyRule]) -> _P:
+    extra = [deny for deny in denies if deny not in policy.deny]
+    return policy.model_copy(update={"deny": [*policy.deny, *extra]}) if extra else policy
+
+
+def _denies_covering(
+    entries: list[tuple[TablePattern, TablePolicy]], target: TablePattern, index: int = -1
+) -> list[DenyRule]:
+    """The deny rules that cover the table key `target` names, from `entries` (the
+    `tables:` entries, parsed, in file order): for one table (a table listed by name, or a
+    named shape's), those of its exact entry and of every pattern matching it."""
+    out: list[DenyRule] = []
+    for pattern, policy in entries:
+        if target.exact:
+            covers = pattern.key == target.key if pattern.exact else pattern.matches(target.key)
+        else:
+            covers = False  # (a pattern's tables: its own deny only)
+        if covers:
+            out.extend(deny for deny in policy.deny if deny not in out)
+    return out
 
 
 def exposure_warnings(config: ProxyConfig) -> list[str]:

@@ -114,3 +114,4 @@ def test_the_shipped_multi_tenant_example_denies_its_named_shape_to_suspended_ac
     assert table_denies
     for deny in table_denies:
         assert deny in loaded.config.shapes["my-items"].deny
+
