@@ -15,6 +15,7 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -531,6 +532,9 @@ def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
     - a named shape takes the deny of its table's entry and of those patterns: the shipped
       multi-tenant example's `shapes.my-items` served the suspended account `items` denies
       (config probe, 2026-12-07);
+    - a pattern takes the deny of every later pattern that may match a table it serves: the
+      table is reached through the first pattern that matches it, and a later `*.*` denying
+      suspended accounts did not apply to it.
 
     What each takes is `_denies_covering`'s, from the entries as written. A name that does
     not parse is left for `compile_policy` to refuse."""
@@ -565,16 +569,42 @@ def _denies_covering(
 ) -> list[DenyRule]:
     """The deny rules that cover the table key `target` names, from `entries` (the
     `tables:` entries, parsed, in file order): for one table (a table listed by name, or a
-    named shape's), those of its exact entry and of every pattern matching it."""
+    named shape's), those of its exact entry and of every pattern matching it; for a pattern
+    (the entry at `index`), those of every later pattern that may match a table it matches
+    (an earlier one matching such a table serves it itself; where which tables two patterns
+    share cannot be told, `_may_share`, the deny is taken, failing closed)."""
     out: list[DenyRule] = []
-    for pattern, policy in entries:
+    for i, (pattern, policy) in enumerate(entries):
         if target.exact:
             covers = pattern.key == target.key if pattern.exact else pattern.matches(target.key)
         else:
-            covers = False  # (a pattern's tables: its own deny only)
+            covers = i > index and not pattern.exact and _may_share(target, pattern)
         if covers:
             out.extend(deny for deny in policy.deny if deny not in out)
     return out
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _may_share(a: TablePattern, b: TablePattern) -> bool:
+    """Whether some table could match both patterns: False only when certain (a literal
+    part the other's does not match, literal prefixes or suffixes that disagree)."""
+    return _parts_may_meet(a.schema, b.schema) and _parts_may_meet(a.table, b.table)
+
+
+def _parts_may_meet(a: str, b: str) -> bool:
+    if not _GLOB_CHARS.search(a):
+        return fnmatchcase(a, b)
+    if not _GLOB_CHARS.search(b):
+        return fnmatchcase(b, a)
+    prefix_a, prefix_b = _GLOB_CHARS.split(a, 1)[0], _GLOB_CHARS.split(b, 1)[0]
+    if not (prefix_a.startswith(prefix_b) or prefix_b.startswith(prefix_a)):
+        return False
+    suffix_a, suffix_b = re.split(r"[*?\]]", a)[-1], re.split(r"[*?\]]", b)[-1]
+    if "[" in suffix_a or "[" in suffix_b:
+        return True
+    return suffix_a.endswith(suffix_b) or suffix_b.endswith(suffix_a)
 
 
 def exposure_warnings(config: ProxyConfig) -> list[str]:
