@@ -107,9 +107,10 @@ def _same_number(a: object, b: object) -> bool:
 class _Loader(yaml.SafeLoader):
     """`yaml.SafeLoader` made to refuse what two readers of the file would read two ways.
 
-    - Booleans are YAML 1.2's: only true/false (any case). The YAML 1.1 words yes/no/on/off
-      stay text, as `YamlWord`, so a claim condition `country: NO` is a load error instead
-      of a comparison with false (`model.YamlWord`).
+    - Booleans are YAML 1.2's: only true/false (any case). The YAML 1.1 words y/yes/n/no/
+      on/off stay text, as `YamlWord`, so a claim condition `country: NO` or a setting
+      `collapse: yes` is a load error instead of a boolean one reader sees and another does
+      not (`model.YamlWord`, `model.YamlBool`).
     - A number YAML 1.1 (PyYAML) and YAML 1.2 read differently is refused wherever it is:
       `01234` (1.1: octal 668; 1.2: 1234), `12:30` (1.1: base 60, 750), `1_000`, `0b1`,
       `1e3` (1.1: text), a 1.1 date. A deny rule `zip: 01234` compared claims with 668 and
@@ -273,7 +274,7 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     _WORD_TAG,
-    re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"),
+    re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$"),
     list("yYnNoO"),
 )
 _Loader.add_constructor(

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -59,13 +60,33 @@ Scalar = str | int | bool
 
 
 class YamlWord(str):
-    """A plain (unquoted) yes, no, on or off in the YAML file (PyYAML read them as booleans).
+    """A plain (unquoted) y, yes, n, no, on or off in the YAML file (YAML 1.1's booleans).
 
-    YAML 1.1 reads these as booleans (`country: NO` is false: the "Norway problem"); the
-    loader keeps them as this text so that where it matters, in a claim condition, a rule is
-    refused at load rather than silently comparing against a boolean the operator did not
-    write. Elsewhere (a boolean setting such as `collapse: yes`) it reads as the word.
+    YAML 1.1 reads these as booleans (`country: NO` is false: the "Norway problem"), YAML 1.2
+    as text; the loader keeps them as this text so that where the two readings differ, a
+    claim condition or a boolean setting (`YamlBool`), the file is refused at load rather
+    than read one way by the proxy and another by the operator's tools. Where text is
+    expected (a column `y`, a reason) it is the text, as both read it there.
     """
+
+
+def _yaml_bool(value: object) -> object:
+    """A boolean setting takes YAML's true or false only: `collapse: yes` (or `sse: off`)
+    read as a boolean here and as text to a YAML 1.2 reader, and pydantic also took `1`,
+    `"t"` or a quoted `"false"` (config probe, 2026-12-07). Said as the YAML 1.1 numbers
+    are: write true/false, or quote the text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, YamlWord):
+        raise ValueError(
+            f"{str(value)!r} is a boolean only in YAML 1.1 (YAML 1.2 reads the text): write "
+            "true or false"
+        )
+    raise ValueError(f"{value!r} is not a boolean: write true or false (unquoted)")
+
+
+#: A boolean setting: true or false as YAML 1.2 writes them, nothing else (`_yaml_bool`).
+YamlBool = Annotated[bool, BeforeValidator(_yaml_bool)]
 
 
 def _invisible(text: str) -> str | None:
@@ -331,7 +352,7 @@ class MetricsConfig(_Model):
         description="bearer token /metrics requires (`Authorization: Bearer <token>`), from "
         "this env var",
     )
-    allow_loopback: bool = Field(
+    allow_loopback: YamlBool = Field(
         default=False,
         description="clients on a loopback address whose request has no forwarding header "
         "may read /metrics without the token (a scraper on this host); a reverse proxy on "
@@ -344,7 +365,7 @@ class CorsConfig(_Model):
     """Cross-origin access: an exact allowlist of origins ("*" echoes any origin)."""
 
     allow_origins: list[str] = Field(default_factory=list)
-    allow_credentials: bool = False
+    allow_credentials: YamlBool = False
     max_age: int = Field(default=86400, ge=0)
 
     @field_validator("allow_origins")
@@ -432,7 +453,7 @@ class AccessRule(_Model):
     def _when_words(cls, value: object) -> object:
         return _no_yaml_words(value)
 
-    anonymous: bool = Field(
+    anonymous: YamlBool = Field(
         default=False,
         description="also serve requests without a token (the anonymous principal has no "
         "claims, so the rule may have no `when` and no {{claim}} in its where)",
@@ -462,7 +483,7 @@ class AccessRule(_Model):
             )
         return value
 
-    all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
+    all_rows: YamlBool = Field(default=False, description="explicitly allow every row (no filter)")
     columns: list[str] | None = Field(
         default=None, min_length=1, description="the columns shown; left out: every column"
     )
@@ -488,10 +509,10 @@ class AccessRule(_Model):
         "written (only with all_rows and no columns: nothing is hidden, and a subquery may "
         "read other tables)",
     )
-    subset: bool = True
-    replica_full: bool = False
-    sse: bool = True
-    delete: bool = Field(
+    subset: YamlBool = True
+    replica_full: YamlBool = False
+    sse: YamlBool = True
+    delete: YamlBool = Field(
         default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
     )
     limits: RuleLimits | None = Field(default=None, description="overrides of the limits")
@@ -606,7 +627,7 @@ class ProxyConfig(_Model):
     )
     cors: CorsConfig = Field(default_factory=CorsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
-    collapse: bool = Field(
+    collapse: YamlBool = Field(
         default=True,
         description="send identical concurrent engine requests once and share the answer",
     )

@@ -193,3 +193,52 @@ async def test_max_lifetime_left_empty_is_refused_and_unlimited_is_said_in_words
     unlimited = await proxy_from_yaml(base.replace("LIFETIME", " unlimited"), name="open")
     assert unlimited.app.holder.current.loaded.config.issuers[0].max_lifetime is None
     assert _rows(await unlimited.get(SHAPE, token=token)) == [{"id": "1", "title": "a1"}]
+
+
+BOOLEAN_SETTINGS = [
+    ("collapse: VALUE\n", "collapse"),
+    ("cors: {allow_origins: ['https://a.example'], allow_credentials: VALUE}\n", "cors"),
+    ("metrics: {allow_loopback: VALUE}\n", "metrics"),
+    *(
+        (f"RULE_{name}", f"tables.items.allow.0.{name}")
+        for name in ("anonymous", "all_rows", "subset", "replica_full", "sse", "delete")
+    ),
+]
+
+
+@pytest.mark.parametrize(("setting", "where"), BOOLEAN_SETTINGS)
+async def test_a_boolean_setting_takes_true_or_false_only(
+    engine: EngineProcess, proxy_from_yaml: Any, setting: str, where: str
+) -> None:
+    """`sse: no`, `collapse: yes`, `anonymous: y`: YAML 1.1 booleans (and 1, 0, a quoted
+    'true') were read as booleans by the proxy, as text by a YAML 1.2 reader (config probe
+    LOW). Every boolean setting refuses them at load, naming the setting and its line, as the
+    YAML 1.1 numbers are; true and false load, and the proxy serves by them."""
+    rule = proxy_from_yaml.head(engine.url) + (
+        "tables:\n  items:\n    allow:\n      - columns: [id, title]\n"
+        '        where: "org_id = {{org_id}}"\n'
+    )
+    if setting.startswith("RULE_"):
+        name = setting.removeprefix("RULE_")
+        if name == "all_rows":
+            rule = rule.replace('        where: "org_id = {{org_id}}"\n', "")
+        elif name == "anonymous":
+            rule = rule.replace("{{org_id}}", "'org-a'")
+        text = rule + f"        {name}: VALUE\n"
+    else:
+        text = setting + rule
+    line = next(i for i, text_line in enumerate(text.splitlines(), 1) if "VALUE" in text_line)
+    for value in ("yes", "No", "ON", "off", "y", "N", "1", "0", "'true'", "'no'"):
+        quoted = value.startswith("'")
+        words = r"a boolean only in YAML 1\.1" if not quoted and value[0] not in "01" else ""
+        with pytest.raises(
+            ConfigError,
+            match=rf"{re.escape(where)}.* \(line {line}\): Value error, .*{words}.*write true or "
+            "false",
+        ):
+            proxy_from_yaml.load(text.replace("VALUE", value))
+    proxy = await proxy_from_yaml(text.replace("VALUE", "true"))
+    reply = await proxy.get(SHAPE, token=proxy.tokens.make(org_id="org-a"))
+    assert _rows(reply)[0]["id"] == "1"
+    if "all_rows" not in setting:  # (all_rows: false needs a where)
+        proxy_from_yaml.load(text.replace("VALUE", "false"))
