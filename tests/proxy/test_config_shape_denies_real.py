@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from proxy.config.loader import load_config
 from tests.proxy.proxy_fakes import base_config
@@ -37,12 +36,9 @@ def engine(start_engine: Any) -> EngineProcess:
 async def test_a_suspended_account_is_refused_the_named_shape_too(
     entry: str,
     engine: EngineProcess,
-    idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    proxy_from_yaml: Any,
 ) -> None:
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config = base_config(engine.url, proxy_from_yaml.jwks_url)
     config["upstream"].update(first_byte_timeout=10)
     config["tables"] = {
         entry: {
@@ -56,9 +52,7 @@ async def test_a_suspended_account_is_refused_the_named_shape_too(
             "allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "title"]}],
         }
     }
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proxy = await make_proxy(load_config(path, environ))
+    proxy = await proxy_from_yaml(config)
     suspended = proxy.tokens.make(org_id="org-a", account_status="suspended")
     reply = await proxy.get("/v1/shape?table=items&offset=-1", token=suspended)
     assert (reply.status, reply.json()["code"]) == (403, "denied_by_rule")
@@ -73,15 +67,12 @@ async def test_a_suspended_account_is_refused_the_named_shape_too(
 
 async def test_a_patterns_deny_covers_a_table_also_listed_by_name(
     engine: EngineProcess,
-    idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    proxy_from_yaml: Any,
 ) -> None:
     """`public.*` denies suspended accounts; `items` is also listed by name with its own
     allow rule: its allow rules stay its own, the pattern's deny is added (on the old code
     the suspended token was served items' rows)."""
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config = base_config(engine.url, proxy_from_yaml.jwks_url)
     config["upstream"].update(first_byte_timeout=10)
     config["tables"] = {
         "public.*": {
@@ -92,9 +83,7 @@ async def test_a_patterns_deny_covers_a_table_also_listed_by_name(
             "allow": [{"where": "org_id = {{org_id}}", "columns": ["id", "org_id", "title"]}],
         },
     }
-    path = tmp_path / "proxy.yaml"
-    path.write_text(yaml.safe_dump(config))
-    proxy = await make_proxy(load_config(path, environ))
+    proxy = await proxy_from_yaml(config)
     suspended = proxy.tokens.make(org_id="org-a", account_status="suspended")
     reply = await proxy.get("/v1/shape?table=items&offset=-1", token=suspended)
     assert reply.status == 403, reply.body
