@@ -37,6 +37,7 @@ from proxy.config.model import (
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
+from proxy.policy.sql import _split_outside_quotes
 from proxy.policy.tables import TablePattern, parse_table_pattern
 
 logger = logging.getLogger(__name__)
@@ -486,6 +487,7 @@ def _build_config(
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation(exc, node)}") from None
     try:
+        _quoted_globs(config)
         config = _with_covering_denies(config)
         policy = compile_policy(config)
         secret = None
@@ -520,6 +522,26 @@ def _build_config(
         source=source,
         metrics_token=metrics_token,
     )
+
+
+def _quoted_globs(config: ProxyConfig) -> None:
+    """A quoted part of a table name holding `*`, `?` or `[` is refused: the policy matches
+    a name holding them as a pattern (`proxy.policy.tables.TablePattern.exact`), so
+    `'"user*"'`, the table literally named `user*`, served every table whose name starts
+    with `user` by its rule, `user_secrets` too (config probe, 2026-12-07). Raises
+    ValueError naming the entry."""
+    named = [(f"tables.{name}", name) for name in config.tables]
+    named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
+    for where, name in named:
+        for part in _split_outside_quotes(name, "."):
+            part = part.strip()
+            if part.startswith('"') and _GLOB_CHARS.search(part):
+                raise ValueError(
+                    f"{where}: the quoted name {part} holds *, ? or [, and such a name is "
+                    "matched as a pattern (every table it matches would be served by this "
+                    "entry): a table named so cannot be listed; rename it, or write the "
+                    "pattern you mean unquoted"
+                )
 
 
 def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
