@@ -77,6 +77,11 @@ def _yaml_bool(value: object) -> object:
     are: write true/false, or quote the text."""
     if isinstance(value, bool):
         return value
+    if value is None:
+        raise ValueError(
+            "empty (null): write true or false, or remove the key for its default (an unset "
+            "variable after envsubst leaves it empty)"
+        )
     if isinstance(value, YamlWord):
         raise ValueError(
             f"{str(value)!r} is a boolean only in YAML 1.1 (YAML 1.2 reads the text): write "
@@ -111,6 +116,10 @@ def _claim_path(path: object) -> None:
     token's claim, and in a deny rule that fails open (config probe, 2026-12-07)."""
     if not isinstance(path, str):
         return
+    if not path:
+        # (`"${CLAIM}": suspended` after an envsubst with the variable unset: a deny on no
+        # claim never fires)
+        raise ValueError("an empty claim name names no claim: write the claim's name")
     hidden = _invisible(path)
     if hidden is not None:
         raise ValueError(
@@ -216,6 +225,21 @@ class IssuerConfig(_Model):
         return value
 
     typ: str | None = Field(default=None, description="required `typ` header, e.g. 'JWT'")
+
+    @field_validator("typ", mode="before")
+    @classmethod
+    def _typ_given(cls, value: object) -> object:
+        """`typ:` left empty (`typ: ${TOKEN_TYP}` after an envsubst with the variable unset)
+        is null, which read as "any typ": an ID token passed where only access tokens
+        (`at+jwt`) should (config probe, 2026-12-07). Only leaving the key out checks no
+        typ. (Runs only for a value given.)"""
+        if value is None or value == "":
+            raise ValueError(
+                "empty: give the typ header tokens must carry (e.g. typ: at+jwt), or remove "
+                "the key to accept any typ"
+            )
+        return value
+
     jwks_ttl: float = Field(default=300, gt=0)
     jwks_refetch_cooldown: float = Field(default=30, ge=0)
     jwks_timeout: float = Field(default=5, gt=0)

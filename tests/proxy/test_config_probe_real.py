@@ -5,6 +5,10 @@ config probe, 2026-12-07, afternoon batch): each a real file loaded by `load_con
 - A quoted table name holding a glob character (`'"user*"'`, the table literally named
   `user*`) was matched as a pattern: every table whose name starts with `user` was served by
   its rule, `user_secrets` too. A load error now (`_quoted_globs`).
+- Left empty by an envsubst with its variable unset: an issuer's `typ:` (null read as "any
+  typ": an ID token passed where only access tokens should), a condition's claim name
+  (`"${CLAIM}": suspended` became `"": suspended`, a deny that never fires) and a boolean
+  setting (null). Each a load error now, naming the line.
 """
 
 from __future__ import annotations
@@ -47,3 +51,56 @@ async def test_a_quoted_name_with_a_glob_character_is_no_pattern(
         assert reply.status == 403, reply.body
         refused = ""
     assert re.search(r"quoted .* is matched as a pattern", refused), refused
+
+
+async def test_typ_left_empty_is_refused(engine: EngineProcess, proxy_from_yaml: Any) -> None:
+    """On the old code `typ:` (null) loaded and a token whose typ is `id+jwt` was served."""
+    rule = "tables:\n  user_secrets:\n    allow: [{all_rows: true}]\n"
+    for empty in ("", " null", " ''"):
+        text = proxy_from_yaml.head(engine.url) + f"    typ:{empty}\n" + rule
+        try:
+            proxy = await proxy_from_yaml(text, name=f"typ{len(empty)}")
+        except ConfigError as exc:
+            assert re.search(r"issuers\.0\.typ \(line 7\): .*empty.*remove the key", str(exc))
+            continue
+        token = proxy.tokens.make(headers={"typ": "id+jwt"})
+        reply = await proxy.get("/v1/shape?table=user_secrets&offset=-1", token=token)
+        assert reply.status == 401, reply.body
+    proxy = await proxy_from_yaml(proxy_from_yaml.head(engine.url) + "    typ: at+jwt\n" + rule)
+    path = "/v1/shape?table=user_secrets&offset=-1"
+    reply = await proxy.get(path, token=proxy.tokens.make(headers={"typ": "id+jwt"}))
+    assert (reply.status, reply.json()["code"]) == (401, "invalid_token_type")
+    reply = await proxy.get(path, token=proxy.tokens.make(headers={"typ": "at+jwt"}))
+    assert reply.status == 200, reply.body
+
+
+async def test_an_empty_claim_name_in_a_condition_is_refused(
+    engine: EngineProcess, proxy_from_yaml: Any
+) -> None:
+    """On the old code the deny on `""` loaded and never fired: the suspended token was
+    served."""
+    text = proxy_from_yaml.head(engine.url) + (
+        "tables:\n  user_secrets:\n"
+        "    deny: [{when: {'': suspended}}]\n"
+        "    allow: [{all_rows: true}]\n"
+    )
+    try:
+        proxy = await proxy_from_yaml(text)
+    except ConfigError as exc:
+        assert "an empty claim name names no claim" in str(exc), exc
+        assert "(line 9)" in str(exc), exc
+    else:
+        token = proxy.tokens.make(account_status="suspended")
+        reply = await proxy.get("/v1/shape?table=user_secrets&offset=-1", token=token)
+        assert reply.status == 403, reply.body
+    with pytest.raises(ConfigError, match=r"require.*an empty claim name"):
+        proxy_from_yaml.load(text.replace("tables:", "    require: ['']\ntables:", 1))
+
+
+def test_a_boolean_setting_left_empty_is_refused(proxy_from_yaml: Any) -> None:
+    text = proxy_from_yaml.head("http://127.0.0.1:9") + (
+        "tables:\n  items:\n    allow: [{all_rows: true, sse: SSE}]\n"
+    )
+    with pytest.raises(ConfigError, match=r"allow\.0\.sse \(line 9\): .*empty \(null\)"):
+        proxy_from_yaml.load(text.replace("SSE", "null"))
+    assert proxy_from_yaml.load(text.replace("SSE", "false")).config.tables["items"].allow[0]
