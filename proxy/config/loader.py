@@ -662,17 +662,34 @@ def exposure_warnings(config: ProxyConfig) -> list[str]:
 def folded_names(config: ProxyConfig) -> list[str]:
     """Table names with capitals outside double quotes: Postgres folds an unquoted name to
     lower case, so `User:` is the table `user`, and with an ORM's `"User"` table the rule
-    never matched (only 403s; config probe, 2026-12-07). Loads (it may be meant); says so."""
+    never matched (only 403s; config probe, 2026-12-07). Loads (it may be meant); says so,
+    with the name as it would be quoted part by part (`Sales.Q1`: `"Sales"."Q1"`, not one
+    table named `Sales.Q1`); a pattern part cannot be quoted (a quoted glob is a load error)."""
     named = [(f"tables.{name}", name) for name in config.tables]
     named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
     out = []
     for where, name in named:
-        if any(char.isupper() for char in re.sub(r'"[^"]*"', "", name)):
-            out.append(
-                f"{where}: {name} names {name.lower()} (Postgres folds unquoted names to lower "
-                f"case); for a table spelt with capitals quote it: '\"{name}\"'"
+        parts = [part.strip() for part in _split_outside_quotes(name, ".")]
+        folded = [part for part in parts if not part.startswith('"') and _has_upper(part)]
+        if not folded:
+            continue
+        read = ".".join(part if part.startswith('"') else part.lower() for part in parts)
+        if any(_GLOB_CHARS.search(part) for part in folded):
+            fix = (
+                "a pattern matches names as Postgres stores them, so it matches the lower-case "
+                "ones only: list a table spelt with capitals by its quoted name"
             )
+        else:
+            quoted = ".".join(f'"{part}"' if part in folded else part for part in parts)
+            fix = f"for a table spelt with capitals quote it: '{quoted}'"
+        out.append(
+            f"{where}: {name} names {read} (Postgres folds unquoted names to lower case); {fix}"
+        )
     return out
+
+
+def _has_upper(text: str) -> bool:
+    return any(char.isupper() for char in text)
 
 
 def _rule_label(policy: TablePolicy, index: int) -> str:

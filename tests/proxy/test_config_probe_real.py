@@ -104,3 +104,28 @@ def test_a_boolean_setting_left_empty_is_refused(proxy_from_yaml: Any) -> None:
     with pytest.raises(ConfigError, match=r"allow\.0\.sse \(line 9\): .*empty \(null\)"):
         proxy_from_yaml.load(text.replace("SSE", "null"))
     assert proxy_from_yaml.load(text.replace("SSE", "false")).config.tables["items"].allow[0]
+
+
+def test_the_capitals_warning_quotes_each_part_and_never_a_pattern(
+    proxy_from_yaml: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning for unquoted capitals told `Sales.Q1` to write `'"Sales.Q1"'` (one table
+    named `Sales.Q1` in public) and `PUBLIC.Item*` to quote the pattern (now a load error):
+    each part is quoted on its own, and a pattern part is not quoted at all."""
+    text = (
+        proxy_from_yaml.head("http://127.0.0.1:9")
+        + "tables:\n"
+        + "".join(
+            f"  {key}:\n    allow: [{{all_rows: true}}]\n"
+            for key in ("Sales.Q1", "'\"Sales\".Q2'", "PUBLIC.Item*", "User")
+        )
+    )
+    proxy_from_yaml.load(text)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("tables.Sales.Q1: Sales.Q1 names sales.q1" in w for w in warned), warned
+    assert any("""quote it: '"Sales"."Q1"'""" in w for w in warned), warned
+    assert any("""tables."Sales".Q2: "Sales".Q2 names "Sales".q2""" in w for w in warned)
+    assert any("""quote it: '"Sales"."Q2"'""" in w for w in warned), warned
+    item = [w for w in warned if w.startswith(("/", "<")) and "PUBLIC.Item*" in w]
+    assert len(item) == 1 and "list a table spelt with capitals by its quoted name" in item[0]
+    assert any("""quote it: '"User"'""" in w for w in warned), warned
