@@ -105,6 +105,9 @@ def test_the_shipped_multi_tenant_example_denies_its_named_shape_to_suspended_ac
     assert table_denies
     for deny in table_denies:
         assert deny in loaded.config.shapes["my-items"].deny
+    # the suspended account syncs no table of the example (comments had no deny)
+    for name, table in loaded.config.tables.items():
+        assert [d.reason for d in table.deny] == ["suspended account"], name
 
 
 @pytest.mark.parametrize("later", ["'*.*'", "'*.items'", "'public.it*'"])
