@@ -185,6 +185,54 @@ class _Loader(yaml.SafeLoader):
             node.start_mark,
         )
 
+    def construct_checked_bool(self, node: yaml.ScalarNode) -> bool:
+        """A boolean, implicit or tagged `!!bool`: true or false only. `!!bool yes` was True
+        (PyYAML's YAML 1.1 words); YAML 1.2 has no such boolean."""
+        text = str(node.value)
+        if text.lower() in ("true", "false") and text in (text.lower(), text.title(), text.upper()):
+            return text.lower() == "true"
+        raise ShownYamlError(
+            None,
+            None,
+            "!!bool takes true or false only (yes, no, on and off are booleans only in YAML "
+            "1.1): write true or false",
+            node.start_mark,
+        )
+
+    def construct_checked_number(self, node: yaml.ScalarNode) -> int | float:
+        """An int or float, implicit or tagged (`!!int 0777`, `!!float 1`): what YAML 1.1 and
+        1.2 both read it as. A tagged value they read differently (`!!int 0777`: 511 or 777)
+        or not as a number (`!!int abc`, which raised a ValueError out of the loader: a
+        traceback at start) is refused; the value is not quoted (it may be any text)."""
+        tag, text = node.tag, str(node.value)
+        try:
+            old = self._yaml11_value(tag, text)
+        except (ValueError, TypeError, OverflowError):
+            old = None
+        new = _yaml12_number(text)
+        if tag == _FLOAT_TAG and isinstance(new, int):
+            new = float(new)
+        if tag == _INT_TAG and not isinstance(new, int):
+            new = None
+        if isinstance(old, int | float) and new is not None and _same_number(old, new):
+            return old
+        kind = "!!int" if tag == _INT_TAG else "!!float"
+        raise ShownYamlError(
+            None,
+            None,
+            f"a {kind} value that YAML 1.1 and 1.2 read differently, or not as that kind of "
+            "number: write the number plainly (decimal), without the tag",
+            node.start_mark,
+        )
+
+    def construct_refused_timestamp(self, node: yaml.ScalarNode) -> object:
+        raise ShownYamlError(
+            None,
+            None,
+            "a date (!!timestamp) is YAML 1.1 only: quote it for the text",
+            node.start_mark,
+        )
+
     def _key(self, key_node: yaml.Node, mapping: yaml.Node) -> Any:
         key = self.construct_object(key_node, deep=True)
         try:
@@ -283,6 +331,10 @@ _Loader.add_constructor(
     lambda loader, node: YamlWord(loader.construct_scalar(node)),  # type: ignore[arg-type]
 )
 _Loader.add_constructor(_AMBIGUOUS_TAG, _Loader.construct_ambiguous)
+_Loader.add_constructor(_BOOL_TAG, _Loader.construct_checked_bool)
+_Loader.add_constructor(_INT_TAG, _Loader.construct_checked_number)
+_Loader.add_constructor(_FLOAT_TAG, _Loader.construct_checked_number)
+_Loader.add_constructor(_TIMESTAMP_TAG, _Loader.construct_refused_timestamp)
 
 
 #: How many more nodes aliases (`*name`) may add to a file than it has written out. Aliases
@@ -323,7 +375,17 @@ def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
                     "allowed): alias smaller pieces, or write the repeated parts out",
                     None,
                 )
-        data = None if node is None else loader.construct_document(node)
+        try:
+            data = None if node is None else loader.construct_document(node)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # (a backstop: PyYAML's constructors raise these for a tagged value they cannot
+            # read; the text is not quoted, it may be any line of the file)
+            raise ShownYamlError(
+                None,
+                None,
+                f"a value could not be read as its tag (!!...) says ({type(exc).__name__})",
+                None,
+            ) from None
         return data, node
     finally:
         loader.dispose()

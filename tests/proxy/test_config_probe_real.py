@@ -9,6 +9,9 @@ config probe, 2026-12-07, afternoon batch): each a real file loaded by `load_con
   typ": an ID token passed where only access tokens should), a condition's claim name
   (`"${CLAIM}": suspended` became `"": suspended`, a deny that never fires) and a boolean
   setting (null). Each a load error now, naming the line.
+- A value with an explicit tag (`!!bool yes`, `!!int 0777`) took YAML 1.1's reading, and one
+  its tag's constructor could not read (`!!int abc`) raised out of the loader (a traceback at
+  start). Read as both YAMLs read it, or a load error.
 """
 
 from __future__ import annotations
@@ -129,3 +132,32 @@ def test_the_capitals_warning_quotes_each_part_and_never_a_pattern(
     item = [w for w in warned if w.startswith(("/", "<")) and "PUBLIC.Item*" in w]
     assert len(item) == 1 and "list a table spelt with capitals by its quoted name" in item[0]
     assert any("""quote it: '"User"'""" in w for w in warned), warned
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("!!int abc", r"a !!int value that YAML 1\.1 and 1\.2 read differently, or not as"),
+        ("!!float abc", r"a !!float value"),
+        ("!!int 0777", r"a !!int value that YAML 1\.1 and 1\.2 read differently"),
+        ("!!timestamp abc", r"a date \(!!timestamp\) is YAML 1\.1 only"),
+        ("!!bool maybe", r"!!bool takes true or false only"),
+        ("!!bool yes", r"!!bool takes true or false only"),
+    ],
+)
+def test_a_tagged_value_is_read_as_both_yamls_read_it_or_refused(
+    proxy_from_yaml: Any, value: str, said: str
+) -> None:
+    """An explicit tag took PyYAML's YAML 1.1 reading (`!!bool yes` True, `!!int 0777` 511,
+    which YAML 1.2 reads as 777) and a value the tag's constructor could not read raised a
+    ValueError, AttributeError or KeyError out of `load_config` (not a `ConfigError`: a
+    traceback at start, quoting the value). Each is a load error naming the line now."""
+    head = proxy_from_yaml.head("http://127.0.0.1:9")
+    rule = "tables:\n  items:\n    allow: [{all_rows: true}]\n"
+    setting = "server: {port: VALUE}\n" if "int" in value else "collapse: VALUE\n"
+    with pytest.raises(ConfigError, match=rf"invalid YAML at line 7, column \d+: {said}") as err:
+        proxy_from_yaml.load(head + setting.replace("VALUE", value) + rule)
+    assert "abc" not in str(err.value) and "maybe" not in str(err.value)
+    good = {"server: {port: VALUE}\n": "!!int 8080", "collapse: VALUE\n": "!!bool false"}[setting]
+    loaded = proxy_from_yaml.load(head + setting.replace("VALUE", good) + rule)
+    assert (loaded.config.server.port, loaded.config.collapse) in ((8080, True), (8080, False))
