@@ -37,7 +37,7 @@ from proxy.config.model import (
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
-from proxy.policy.sql import _split_outside_quotes
+from proxy.policy.sql import _split_outside_quotes, parse_identifier
 from proxy.policy.tables import TablePattern, parse_table_pattern
 
 logger = logging.getLogger(__name__)
@@ -587,23 +587,32 @@ def _build_config(
 
 
 def _quoted_globs(config: ProxyConfig) -> None:
-    """A quoted part of a table name holding `*`, `?` or `[` is refused: the policy matches
-    a name holding them as a pattern (`proxy.policy.tables.TablePattern.exact`), so
+    """A quoted part of a table name holding `*`, `?` or `[` is refused when the policy
+    would match it as a pattern: `TablePattern` read a name holding them as one, so
     `'"user*"'`, the table literally named `user*`, served every table whose name starts
-    with `user` by its rule, `user_secrets` too (config probe, 2026-12-07). Raises
-    ValueError naming the entry."""
+    with `user` by its rule, `user_secrets` too (config probe, 2026-12-07). A policy that
+    reads a quoted part as a name (w-proxy e742ebb1: exact, or escaped inside a pattern)
+    passes. Raises ValueError naming the entry; a name that does not parse is left for
+    `compile_policy` to refuse."""
     named = [(f"tables.{name}", name) for name in config.tables]
     named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
     for where, name in named:
-        for part in _split_outside_quotes(name, "."):
-            part = part.strip()
-            if part.startswith('"') and _GLOB_CHARS.search(part):
-                raise ValueError(
-                    f"{where}: the quoted name {part} holds *, ? or [, and such a name is "
-                    "matched as a pattern (every table it matches would be served by this "
-                    "entry): a table named so cannot be listed; rename it, or write the "
-                    "pattern you mean unquoted"
-                )
+        parts = [part.strip() for part in _split_outside_quotes(name, ".")]
+        try:
+            pattern = parse_table_pattern(name)
+            read = [pattern.schema, pattern.table][-len(parts) :]
+            quoted = [parse_identifier(part) if part.startswith('"') else None for part in parts]
+        except ValueError:
+            continue
+        for part, literal, parsed in zip(parts, quoted, read, strict=True):
+            if literal is not None and _GLOB_CHARS.search(literal) and not pattern.exact:
+                if parsed == literal:  # (fnmatch'ed as written: a pattern)
+                    raise ValueError(
+                        f"{where}: the quoted name {part} holds *, ? or [, and this proxy "
+                        "matches such a name as a pattern (every table it matches would be "
+                        "served by this entry): a table named so cannot be listed; rename it, "
+                        "or write the pattern you mean unquoted"
+                    )
 
 
 def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
