@@ -125,6 +125,15 @@ def _claim_path(path: object) -> None:
         raise ValueError(
             f"{path!r}: the claim name holds an invisible character {hidden}: retype it"
         )
+    if path.startswith("$") or "[" in path or "]" in path:
+        # (`$.account.status`, `roles[0]`: no token has such a claim, so a deny on it never
+        # fired)
+        raise ValueError(
+            f"{path!r}: a claim is named by its name or a dotted path into objects "
+            "(account.status); JSONPath ($, [n]) is not read here"
+        )
+    if "." in path and "" in path.split("."):
+        raise ValueError(f"{path!r}: a dotted claim path with an empty part names no claim")
     if path != path.strip():
         raise ValueError(f"{path!r}: the claim name has spaces around it: remove them")
 

@@ -13,6 +13,8 @@ config probe, 2026-12-07, afternoon batch): each a real file loaded by `load_con
 - A value with an explicit tag (`!!bool yes`, `!!int 0777`) took YAML 1.1's reading, and one
   its tag's constructor could not read (`!!int abc`) raised out of the loader (a traceback at
   start). Read as both YAMLs read it, or a load error.
+- A deny on a claim path no token can have (`$.account_status`, `statuses[0]`,
+  `account..status`) never fired. A load error now.
 """
 
 from __future__ import annotations
@@ -163,3 +165,32 @@ def test_a_tagged_value_is_read_as_both_yamls_read_it_or_refused(
     good = {"server: {port: VALUE}\n": "!!int 8080", "collapse: VALUE\n": "!!bool false"}[setting]
     loaded = proxy_from_yaml.load(head + setting.replace("VALUE", good) + rule)
     assert (loaded.config.server.port, loaded.config.collapse) in ((8080, True), (8080, False))
+
+
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("$.account_status", r"JSONPath \(\$, \[n\]\) is not read here"),
+        ("statuses[0]", r"JSONPath"),
+        ("account..status", r"a dotted claim path with an empty part"),
+        (".account_status", r"a dotted claim path with an empty part"),
+    ],
+)
+async def test_a_claim_path_no_token_can_have_is_refused(
+    engine: EngineProcess, proxy_from_yaml: Any, path: str, said: str
+) -> None:
+    """A deny on `$.account_status` (JSONPath) or `account..status` looked up a claim no
+    token has, so it never fired: on the old code the suspended token was served."""
+    text = proxy_from_yaml.head(engine.url) + (
+        "tables:\n  user_secrets:\n"
+        f"    deny: [{{when: {{'{path}': suspended}}}}]\n"
+        "    allow: [{all_rows: true}]\n"
+    )
+    try:
+        proxy = await proxy_from_yaml(text)
+    except ConfigError as exc:
+        assert re.search(rf"deny\.0\.when \(line 9\): .*{said}", str(exc)), exc
+        return
+    token = proxy.tokens.make(account_status="suspended", statuses=["suspended"])
+    reply = await proxy.get("/v1/shape?table=user_secrets&offset=-1", token=token)
+    assert reply.status == 403, reply.body
