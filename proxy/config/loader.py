@@ -15,8 +15,9 @@ import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -28,6 +29,7 @@ from pydantic import SecretStr, ValidationError
 
 from proxy.config.model import (
     HMAC_ALGORITHMS,
+    DenyRule,
     IssuerConfig,
     ProxyConfig,
     StaticKey,
@@ -35,7 +37,8 @@ from proxy.config.model import (
     YamlWord,
 )
 from proxy.policy.compiled import CompiledPolicy, compile_policy
-from proxy.policy.tables import parse_table_pattern
+from proxy.policy.sql import _split_outside_quotes, parse_identifier
+from proxy.policy.tables import TablePattern, parse_table_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -105,9 +108,10 @@ def _same_number(a: object, b: object) -> bool:
 class _Loader(yaml.SafeLoader):
     """`yaml.SafeLoader` made to refuse what two readers of the file would read two ways.
 
-    - Booleans are YAML 1.2's: only true/false (any case). The YAML 1.1 words yes/no/on/off
-      stay text, as `YamlWord`, so a claim condition `country: NO` is a load error instead
-      of a comparison with false (`model.YamlWord`).
+    - Booleans are YAML 1.2's: only true/false (any case). The YAML 1.1 words y/yes/n/no/
+      on/off stay text, as `YamlWord`, so a claim condition `country: NO` or a setting
+      `collapse: yes` is a load error instead of a boolean one reader sees and another does
+      not (`model.YamlWord`, `model.YamlBool`).
     - A number YAML 1.1 (PyYAML) and YAML 1.2 read differently is refused wherever it is:
       `01234` (1.1: octal 668; 1.2: 1234), `12:30` (1.1: base 60, 750), `1_000`, `0b1`,
       `1e3` (1.1: text), a 1.1 date. A deny rule `zip: 01234` compared claims with 668 and
@@ -178,6 +182,54 @@ class _Loader(yaml.SafeLoader):
             None,
             None,
             f"{text} is {why}: quote it ('{text}') for the text{plainly}",
+            node.start_mark,
+        )
+
+    def construct_checked_bool(self, node: yaml.ScalarNode) -> bool:
+        """A boolean, implicit or tagged `!!bool`: true or false only. `!!bool yes` was True
+        (PyYAML's YAML 1.1 words); YAML 1.2 has no such boolean."""
+        text = str(node.value)
+        if text.lower() in ("true", "false") and text in (text.lower(), text.title(), text.upper()):
+            return text.lower() == "true"
+        raise ShownYamlError(
+            None,
+            None,
+            "!!bool takes true or false only (yes, no, on and off are booleans only in YAML "
+            "1.1): write true or false",
+            node.start_mark,
+        )
+
+    def construct_checked_number(self, node: yaml.ScalarNode) -> int | float:
+        """An int or float, implicit or tagged (`!!int 0777`, `!!float 1`): what YAML 1.1 and
+        1.2 both read it as. A tagged value they read differently (`!!int 0777`: 511 or 777)
+        or not as a number (`!!int abc`, which raised a ValueError out of the loader: a
+        traceback at start) is refused; the value is not quoted (it may be any text)."""
+        tag, text = node.tag, str(node.value)
+        try:
+            old = self._yaml11_value(tag, text)
+        except (ValueError, TypeError, OverflowError):
+            old = None
+        new = _yaml12_number(text)
+        if tag == _FLOAT_TAG and isinstance(new, int):
+            new = float(new)
+        if tag == _INT_TAG and not isinstance(new, int):
+            new = None
+        if isinstance(old, int | float) and new is not None and _same_number(old, new):
+            return old
+        kind = "!!int" if tag == _INT_TAG else "!!float"
+        raise ShownYamlError(
+            None,
+            None,
+            f"a {kind} value that YAML 1.1 and 1.2 read differently, or not as that kind of "
+            "number: write the number plainly (decimal), without the tag",
+            node.start_mark,
+        )
+
+    def construct_refused_timestamp(self, node: yaml.ScalarNode) -> object:
+        raise ShownYamlError(
+            None,
+            None,
+            "a date (!!timestamp) is YAML 1.1 only: quote it for the text",
             node.start_mark,
         )
 
@@ -271,7 +323,7 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     _WORD_TAG,
-    re.compile(r"^(?:yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$"),
+    re.compile(r"^(?:y|Y|yes|Yes|YES|n|N|no|No|NO|on|On|ON|off|Off|OFF)$"),
     list("yYnNoO"),
 )
 _Loader.add_constructor(
@@ -279,6 +331,10 @@ _Loader.add_constructor(
     lambda loader, node: YamlWord(loader.construct_scalar(node)),  # type: ignore[arg-type]
 )
 _Loader.add_constructor(_AMBIGUOUS_TAG, _Loader.construct_ambiguous)
+_Loader.add_constructor(_BOOL_TAG, _Loader.construct_checked_bool)
+_Loader.add_constructor(_INT_TAG, _Loader.construct_checked_number)
+_Loader.add_constructor(_FLOAT_TAG, _Loader.construct_checked_number)
+_Loader.add_constructor(_TIMESTAMP_TAG, _Loader.construct_refused_timestamp)
 
 
 #: How many more nodes aliases (`*name`) may add to a file than it has written out. Aliases
@@ -319,7 +375,17 @@ def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
                     "allowed): alias smaller pieces, or write the repeated parts out",
                     None,
                 )
-        data = None if node is None else loader.construct_document(node)
+        try:
+            data = None if node is None else loader.construct_document(node)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # (a backstop: PyYAML's constructors raise these for a tagged value they cannot
+            # read; the text is not quoted, it may be any line of the file)
+            raise ShownYamlError(
+                None,
+                None,
+                f"a value could not be read as its tag (!!...) says ({type(exc).__name__})",
+                None,
+            ) from None
         return data, node
     finally:
         loader.dispose()
@@ -483,7 +549,8 @@ def _build_config(
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_format_validation(exc, node)}") from None
     try:
-        config = _shapes_with_table_denies(_tables_with_pattern_denies(config))
+        _quoted_globs(config)
+        config = _with_covering_denies(config)
         policy = compile_policy(config)
         secret = None
         if config.upstream.secret_env is not None:
@@ -519,65 +586,119 @@ def _build_config(
     )
 
 
-def _tables_with_pattern_denies(config: ProxyConfig) -> ProxyConfig:
-    """Each table listed by name also refused where a pattern naming it refuses: a
-    `public.*` entry's `deny` reads as "nobody suspended syncs anything in public", yet a
-    table also listed by name (`items`) took only its own entry's rules and served the
-    suspended account (config probe, 2026-12-07). The allow rules stay the exact entry's
-    own (docs/policy-tables.md); a deny only narrows, so adding a pattern's can never open
-    anything. A name that does not parse is left for `compile_policy` to refuse."""
-    try:
-        entries = [
-            (name, parse_table_pattern(name), policy) for name, policy in config.tables.items()
-        ]
-    except ValueError:
-        return config
-    patterns = [(pattern, policy) for _, pattern, policy in entries if not pattern.exact]
-    if not patterns:
-        return config
-    tables = dict(config.tables)
-    for name, table, policy in entries:
-        if not table.exact:
-            continue
-        extra = [
-            deny
-            for pattern, other in patterns
-            if pattern.matches(table.key)
-            for deny in other.deny
-            if deny not in policy.deny
-        ]
-        if extra:
-            tables[name] = policy.model_copy(update={"deny": [*policy.deny, *extra]})
-    return config.model_copy(update={"tables": tables})
-
-
-def _shapes_with_table_denies(config: ProxyConfig) -> ProxyConfig:
-    """Each named shape also refused where its table's entries refuse: `tables.items.deny`
-    (and the deny of every pattern naming the table) read as "nobody suspended syncs items",
-    yet `shapes.my-items` (table items) without a deny of its own served the suspended account
-    (config probe, 2026-12-07: the shipped multi-tenant example did). A deny only narrows,
-    so adding the table's can never open anything. A name that does not parse is left for
+def _quoted_globs(config: ProxyConfig) -> None:
+    """A quoted part of a table name holding `*`, `?` or `[` is refused when the policy
+    would match it as a pattern: `TablePattern` read a name holding them as one, so
+    `'"user*"'`, the table literally named `user*`, served every table whose name starts
+    with `user` by its rule, `user_secrets` too (config probe, 2026-12-07). A policy that
+    reads a quoted part as a name (w-proxy e742ebb1: exact, or escaped inside a pattern)
+    passes. Raises ValueError naming the entry; a name that does not parse is left for
     `compile_policy` to refuse."""
-    if not config.shapes:
-        return config
+    named = [(f"tables.{name}", name) for name in config.tables]
+    named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
+    for where, name in named:
+        parts = [part.strip() for part in _split_outside_quotes(name, ".")]
+        try:
+            pattern = parse_table_pattern(name)
+            read = [pattern.schema, pattern.table][-len(parts) :]
+            quoted = [parse_identifier(part) if part.startswith('"') else None for part in parts]
+        except ValueError:
+            continue
+        for part, literal, parsed in zip(parts, quoted, read, strict=True):
+            if literal is not None and _GLOB_CHARS.search(literal) and not pattern.exact:
+                if parsed == literal:  # (fnmatch'ed as written: a pattern)
+                    raise ValueError(
+                        f"{where}: the quoted name {part} holds *, ? or [, and this proxy "
+                        "matches such a name as a pattern (every table it matches would be "
+                        "served by this entry): a table named so cannot be listed; rename it, "
+                        "or write the pattern you mean unquoted"
+                    )
+
+
+def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
+    """Every entry also refused where another entry covering its tables refuses (a deny only
+    narrows, so adding one can never open anything; allow rules stay each entry's own, as
+    docs/policy-tables.md says):
+
+    - a table listed by name takes the deny of every pattern matching it: `public.*` denying
+      suspended accounts read as "nobody suspended syncs anything in public", yet `items`,
+      also listed by name, served them (config probe, 2026-12-07);
+    - a named shape takes the deny of its table's entry and of those patterns: the shipped
+      multi-tenant example's `shapes.my-items` served the suspended account `items` denies
+      (config probe, 2026-12-07);
+    - a pattern takes the deny of every later pattern that may match a table it serves: the
+      table is reached through the first pattern that matches it, and a later `*.*` denying
+      suspended accounts did not apply to it.
+
+    What each takes is `_denies_covering`'s, from the entries as written. A name that does
+    not parse is left for `compile_policy` to refuse."""
     try:
-        entries = [(parse_table_pattern(name), policy) for name, policy in config.tables.items()]
-        keys = {name: parse_table_pattern(shape.table).key for name, shape in config.shapes.items()}
+        entries = [parse_table_pattern(name) for name in config.tables]
+        shape_tables = {name: parse_table_pattern(s.table) for name, s in config.shapes.items()}
     except ValueError:
         return config
-    shapes = dict(config.shapes)
-    for name, shape in config.shapes.items():
-        key = keys[name]
-        extra = [
-            deny
-            for pattern, policy in entries
-            if (pattern.key == key if pattern.exact else pattern.matches(key))
-            for deny in policy.deny
-            if deny not in shape.deny
-        ]
-        if extra:
-            shapes[name] = shape.model_copy(update={"deny": [*shape.deny, *extra]})
-    return config.model_copy(update={"shapes": shapes})
+    policies = list(config.tables.values())
+    covering = list(zip(entries, policies, strict=True))
+    tables = {
+        name: _add_denies(policy, _denies_covering(covering, entries[i], index=i))
+        for i, (name, policy) in enumerate(config.tables.items())
+    }
+    shapes = {
+        name: _add_denies(shape, _denies_covering(covering, shape_tables[name]))
+        for name, shape in config.shapes.items()
+    }
+    return config.model_copy(update={"tables": tables, "shapes": shapes})
+
+
+_P = TypeVar("_P", bound=TablePolicy)
+
+
+def _add_denies(policy: _P, denies: list[DenyRule]) -> _P:
+    extra = [deny for deny in denies if deny not in policy.deny]
+    return policy.model_copy(update={"deny": [*policy.deny, *extra]}) if extra else policy
+
+
+def _denies_covering(
+    entries: list[tuple[TablePattern, TablePolicy]], target: TablePattern, index: int = -1
+) -> list[DenyRule]:
+    """The deny rules that cover the table key `target` names, from `entries` (the
+    `tables:` entries, parsed, in file order): for one table (a table listed by name, or a
+    named shape's), those of its exact entry and of every pattern matching it; for a pattern
+    (the entry at `index`), those of every later pattern that may match a table it matches
+    (an earlier one matching such a table serves it itself; where which tables two patterns
+    share cannot be told, `_may_share`, the deny is taken, failing closed)."""
+    out: list[DenyRule] = []
+    for i, (pattern, policy) in enumerate(entries):
+        if target.exact:
+            covers = pattern.key == target.key if pattern.exact else pattern.matches(target.key)
+        else:
+            covers = i > index and not pattern.exact and _may_share(target, pattern)
+        if covers:
+            out.extend(deny for deny in policy.deny if deny not in out)
+    return out
+
+
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+def _may_share(a: TablePattern, b: TablePattern) -> bool:
+    """Whether some table could match both patterns: False only when certain (a literal
+    part the other's does not match, literal prefixes or suffixes that disagree)."""
+    return _parts_may_meet(a.schema, b.schema) and _parts_may_meet(a.table, b.table)
+
+
+def _parts_may_meet(a: str, b: str) -> bool:
+    if not _GLOB_CHARS.search(a):
+        return fnmatchcase(a, b)
+    if not _GLOB_CHARS.search(b):
+        return fnmatchcase(b, a)
+    prefix_a, prefix_b = _GLOB_CHARS.split(a, 1)[0], _GLOB_CHARS.split(b, 1)[0]
+    if not (prefix_a.startswith(prefix_b) or prefix_b.startswith(prefix_a)):
+        return False
+    suffix_a, suffix_b = re.split(r"[*?\]]", a)[-1], re.split(r"[*?\]]", b)[-1]
+    if "[" in suffix_a or "[" in suffix_b:
+        return True
+    return suffix_a.endswith(suffix_b) or suffix_b.endswith(suffix_a)
 
 
 def exposure_warnings(config: ProxyConfig) -> list[str]:
@@ -612,17 +733,34 @@ def exposure_warnings(config: ProxyConfig) -> list[str]:
 def folded_names(config: ProxyConfig) -> list[str]:
     """Table names with capitals outside double quotes: Postgres folds an unquoted name to
     lower case, so `User:` is the table `user`, and with an ORM's `"User"` table the rule
-    never matched (only 403s; config probe, 2026-12-07). Loads (it may be meant); says so."""
+    never matched (only 403s; config probe, 2026-12-07). Loads (it may be meant); says so,
+    with the name as it would be quoted part by part (`Sales.Q1`: `"Sales"."Q1"`, not one
+    table named `Sales.Q1`); a pattern part cannot be quoted (a quoted glob is a load error)."""
     named = [(f"tables.{name}", name) for name in config.tables]
     named += [(f"shapes.{name}.table", shape.table) for name, shape in config.shapes.items()]
     out = []
     for where, name in named:
-        if any(char.isupper() for char in re.sub(r'"[^"]*"', "", name)):
-            out.append(
-                f"{where}: {name} names {name.lower()} (Postgres folds unquoted names to lower "
-                f"case); for a table spelt with capitals quote it: '\"{name}\"'"
+        parts = [part.strip() for part in _split_outside_quotes(name, ".")]
+        folded = [part for part in parts if not part.startswith('"') and _has_upper(part)]
+        if not folded:
+            continue
+        read = ".".join(part if part.startswith('"') else part.lower() for part in parts)
+        if any(_GLOB_CHARS.search(part) for part in folded):
+            fix = (
+                "a pattern matches names as Postgres stores them, so it matches the lower-case "
+                "ones only: list a table spelt with capitals by its quoted name"
             )
+        else:
+            quoted = ".".join(f'"{part}"' if part in folded else part for part in parts)
+            fix = f"for a table spelt with capitals quote it: '{quoted}'"
+        out.append(
+            f"{where}: {name} names {read} (Postgres folds unquoted names to lower case); {fix}"
+        )
     return out
+
+
+def _has_upper(text: str) -> bool:
+    return any(char.isupper() for char in text)
 
 
 def _rule_label(policy: TablePolicy, index: int) -> str:

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
@@ -51,18 +52,46 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@A-Z]+")
 _SHAPE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 
+#: `issuers[].max_lifetime: unlimited`: no cap on a token's lifetime (null is refused).
+UNLIMITED = "unlimited"
+
 #: A claim value a condition compares against.
 Scalar = str | int | bool
 
 
 class YamlWord(str):
-    """A plain (unquoted) yes, no, on or off in the YAML file (PyYAML read them as booleans).
+    """A plain (unquoted) y, yes, n, no, on or off in the YAML file (YAML 1.1's booleans).
 
-    YAML 1.1 reads these as booleans (`country: NO` is false: the "Norway problem"); the
-    loader keeps them as this text so that where it matters, in a claim condition, a rule is
-    refused at load rather than silently comparing against a boolean the operator did not
-    write. Elsewhere (a boolean setting such as `collapse: yes`) it reads as the word.
+    YAML 1.1 reads these as booleans (`country: NO` is false: the "Norway problem"), YAML 1.2
+    as text; the loader keeps them as this text so that where the two readings differ, a
+    claim condition or a boolean setting (`YamlBool`), the file is refused at load rather
+    than read one way by the proxy and another by the operator's tools. Where text is
+    expected (a column `y`, a reason) it is the text, as both read it there.
     """
+
+
+def _yaml_bool(value: object) -> object:
+    """A boolean setting takes YAML's true or false only: `collapse: yes` (or `sse: off`)
+    read as a boolean here and as text to a YAML 1.2 reader, and pydantic also took `1`,
+    `"t"` or a quoted `"false"` (config probe, 2026-12-07). Said as the YAML 1.1 numbers
+    are: write true/false, or quote the text."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        raise ValueError(
+            "empty (null): write true or false, or remove the key for its default (an unset "
+            "variable after envsubst leaves it empty)"
+        )
+    if isinstance(value, YamlWord):
+        raise ValueError(
+            f"{str(value)!r} is a boolean only in YAML 1.1 (YAML 1.2 reads the text): write "
+            "true or false"
+        )
+    raise ValueError(f"{value!r} is not a boolean: write true or false (unquoted)")
+
+
+#: A boolean setting: true or false as YAML 1.2 writes them, nothing else (`_yaml_bool`).
+YamlBool = Annotated[bool, BeforeValidator(_yaml_bool)]
 
 
 def _invisible(text: str) -> str | None:
@@ -87,11 +116,24 @@ def _claim_path(path: object) -> None:
     token's claim, and in a deny rule that fails open (config probe, 2026-12-07)."""
     if not isinstance(path, str):
         return
+    if not path:
+        # (`"${CLAIM}": suspended` after an envsubst with the variable unset: a deny on no
+        # claim never fires)
+        raise ValueError("an empty claim name names no claim: write the claim's name")
     hidden = _invisible(path)
     if hidden is not None:
         raise ValueError(
             f"{path!r}: the claim name holds an invisible character {hidden}: retype it"
         )
+    if path.startswith("$") or "[" in path or "]" in path:
+        # (`$.account.status`, `roles[0]`: no token has such a claim, so a deny on it never
+        # fired)
+        raise ValueError(
+            f"{path!r}: a claim is named by its name or a dotted path into objects "
+            "(account.status); JSONPath ($, [n]) is not read here"
+        )
+    if "." in path and "" in path.split("."):
+        raise ValueError(f"{path!r}: a dotted claim path with an empty part names no claim")
     if path != path.strip():
         raise ValueError(f"{path!r}: the claim name has spaces around it: remove them")
 
@@ -155,8 +197,33 @@ class IssuerConfig(_Model):
     keys: list[StaticKey] = Field(default_factory=list)
     leeway: float = Field(default=30, ge=0, le=300, description="clock skew, seconds")
     max_lifetime: int | None = Field(
-        default=86400, gt=0, description="max exp - iat in seconds; requires iat when set"
+        default=86400,
+        gt=0,
+        description="max exp - iat in seconds, which requires iat; `unlimited`: no cap",
     )
+
+    @field_validator("max_lifetime", mode="before")
+    @classmethod
+    def _lifetime_given(cls, value: object) -> object:
+        """`max_lifetime:` left empty (or `${MAX_LIFETIME}` after an envsubst with the
+        variable unset) is null, which read as "no cap": any token lifetime passed (config
+        probe, 2026-12-07). No cap is said in words, `unlimited`; null is a load error. (Runs
+        only for a value given: left out, the default cap holds.)"""
+        if value is None:
+            raise ValueError(
+                "empty (null): give the longest token lifetime in seconds (exp - iat), e.g. "
+                "max_lifetime: 86400, or write max_lifetime: unlimited for no cap (an unset "
+                "variable in max_lifetime: ${VAR} leaves it empty)"
+            )
+        if value == UNLIMITED:
+            return None
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError(
+                f"{value!r}: give the longest token lifetime in seconds (a number), or "
+                f"{UNLIMITED} for no cap"
+            )
+        return value
+
     require: list[str] = Field(default_factory=list, description="extra claims that must exist")
 
     @field_validator("require")
@@ -167,6 +234,21 @@ class IssuerConfig(_Model):
         return value
 
     typ: str | None = Field(default=None, description="required `typ` header, e.g. 'JWT'")
+
+    @field_validator("typ", mode="before")
+    @classmethod
+    def _typ_given(cls, value: object) -> object:
+        """`typ:` left empty (`typ: ${TOKEN_TYP}` after an envsubst with the variable unset)
+        is null, which read as "any typ": an ID token passed where only access tokens
+        (`at+jwt`) should (config probe, 2026-12-07). Only leaving the key out checks no
+        typ. (Runs only for a value given.)"""
+        if value is None or value == "":
+            raise ValueError(
+                "empty: give the typ header tokens must carry (e.g. typ: at+jwt), or remove "
+                "the key to accept any typ"
+            )
+        return value
+
     jwks_ttl: float = Field(default=300, gt=0)
     jwks_refetch_cooldown: float = Field(default=30, ge=0)
     jwks_timeout: float = Field(default=5, gt=0)
@@ -303,7 +385,7 @@ class MetricsConfig(_Model):
         description="bearer token /metrics requires (`Authorization: Bearer <token>`), from "
         "this env var",
     )
-    allow_loopback: bool = Field(
+    allow_loopback: YamlBool = Field(
         default=False,
         description="clients on a loopback address whose request has no forwarding header "
         "may read /metrics without the token (a scraper on this host); a reverse proxy on "
@@ -316,7 +398,7 @@ class CorsConfig(_Model):
     """Cross-origin access: an exact allowlist of origins ("*" echoes any origin)."""
 
     allow_origins: list[str] = Field(default_factory=list)
-    allow_credentials: bool = False
+    allow_credentials: YamlBool = False
     max_age: int = Field(default=86400, ge=0)
 
     @field_validator("allow_origins")
@@ -404,7 +486,7 @@ class AccessRule(_Model):
     def _when_words(cls, value: object) -> object:
         return _no_yaml_words(value)
 
-    anonymous: bool = Field(
+    anonymous: YamlBool = Field(
         default=False,
         description="also serve requests without a token (the anonymous principal has no "
         "claims, so the rule may have no `when` and no {{claim}} in its where)",
@@ -434,7 +516,7 @@ class AccessRule(_Model):
             )
         return value
 
-    all_rows: bool = Field(default=False, description="explicitly allow every row (no filter)")
+    all_rows: YamlBool = Field(default=False, description="explicitly allow every row (no filter)")
     columns: list[str] | None = Field(
         default=None, min_length=1, description="the columns shown; left out: every column"
     )
@@ -460,10 +542,10 @@ class AccessRule(_Model):
         "written (only with all_rows and no columns: nothing is hidden, and a subquery may "
         "read other tables)",
     )
-    subset: bool = True
-    replica_full: bool = False
-    sse: bool = True
-    delete: bool = Field(
+    subset: YamlBool = True
+    replica_full: YamlBool = False
+    sse: YamlBool = True
+    delete: YamlBool = Field(
         default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
     )
     limits: RuleLimits | None = Field(default=None, description="overrides of the limits")
@@ -578,7 +660,7 @@ class ProxyConfig(_Model):
     )
     cors: CorsConfig = Field(default_factory=CorsConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
-    collapse: bool = Field(
+    collapse: YamlBool = Field(
         default=True,
         description="send identical concurrent engine requests once and share the answer",
     )

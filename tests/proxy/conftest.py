@@ -358,3 +358,61 @@ def no_secret_in_logs(
             assert engine_secret not in line, line
             for token in tokens.issued:
                 assert token not in line, line
+
+
+@dataclass
+class YamlProxies:
+    """`proxy_from_yaml`: a proxy run from a real config file, as an operator writes one."""
+
+    make_proxy: Callable[..., Awaitable[ProxyHarness]]
+    environ: dict[str, str]
+    tmp_path: Path
+    jwks_url: str
+
+    def head(self, engine_url: str) -> str:
+        """The `upstream` and `issuers` YAML for the engine at `engine_url` and the test's
+        identity provider (RS256 tokens from `tokens`): a test adds its `tables:`."""
+        return (
+            f'upstream: {{url: "{engine_url}", secret_env: ENGINE_SECRET, '
+            "first_byte_timeout: 10}\n"
+            "issuers:\n"
+            f'  - issuer: "{ISSUER}"\n'
+            f'    audience: "{AUDIENCE}"\n'
+            "    algorithms: [RS256]\n"
+            f'    jwks_url: "{self.jwks_url}"\n'
+        )
+
+    def write(self, config: str | dict[str, Any], name: str = "proxy") -> Path:
+        """`config` (YAML text as is, a dict dumped) written to `tmp_path/<name>.yaml`."""
+        path = self.tmp_path / f"{name}.yaml"
+        path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
+        return path
+
+    def load(self, config: str | dict[str, Any], name: str = "proxy") -> LoadedConfig:
+        """`write`, then `load_config` (raises its `ConfigError`)."""
+        return load_config(self.write(config, name), self.environ)
+
+    async def __call__(
+        self, config: str | dict[str, Any], name: str = "proxy", **kwargs: Any
+    ) -> ProxyHarness:
+        """`write`, `load_config`, then the real proxy (`make_proxy`, `create_app`'s
+        `kwargs`) running from that file (its poll and SIGHUP reload it)."""
+        path = self.write(config, name)
+        harness = await self.make_proxy(
+            load_config(path, self.environ), config_path=path, environ=self.environ, **kwargs
+        )
+        harness.path = path
+        return harness
+
+
+@pytest.fixture
+def proxy_from_yaml(
+    make_proxy: Callable[..., Awaitable[ProxyHarness]],
+    environ: dict[str, str],
+    tmp_path: Path,
+    idp_server: TestServer,
+) -> YamlProxies:
+    """`await proxy_from_yaml(text_or_dict)`: YAML written to a file in `tmp_path`, loaded
+    by `load_config`, and the real proxy made from it; `.head(engine.url)` gives a config's
+    `upstream` and `issuers`, `.load(text)` only loads (a test of a load error)."""
+    return YamlProxies(make_proxy, environ, tmp_path, str(idp_server.make_url("/jwks.json")))

@@ -27,7 +27,6 @@ import pytest
 import yaml
 
 import proxy.runtime as runtime_module
-from proxy.config.loader import load_config
 from tests.proxy.proxy_fakes import base_config
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until_async
@@ -55,36 +54,27 @@ def engine(start_engine: Any) -> EngineProcess:
     )
 
 
-def _head(engine: EngineProcess, idp_server: Any) -> str:
-    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+async def _start(engine: EngineProcess, proxy_from_yaml: Any) -> tuple[Any, str, str, Path]:
+    """The proxy from `tmp_path/proxy.yaml` (polled every `INTERVAL`): the file's `upstream`,
+    `issuers` and `server` part, and the path."""
+    config = base_config(engine.url, proxy_from_yaml.jwks_url)
     del config["tables"], config["shapes"]
     config["upstream"].update(first_byte_timeout=10)
     config["server"] = {"reload_interval": INTERVAL}
-    return yaml.safe_dump(config)
-
-
-async def _start(
-    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any, path: Path
-) -> tuple[Any, str, str]:
-    head = _head(engine, idp_server)
-    path.write_text(head + RULE + COLUMNS)
-    proxy = await make_proxy(load_config(path, environ), config_path=path, environ=environ)
+    head = yaml.safe_dump(config)
+    proxy = await proxy_from_yaml(head + RULE + COLUMNS)
     token = proxy.tokens.make(org_id="org-a")
     reply = await proxy.get(SHAPE, token=token)
     assert reply.status == 200, reply.body
     assert set(json.loads(reply.headers["electric-schema"])) == {"id", "org_id", "title"}
-    return proxy, token, head
+    return proxy, token, head, proxy.path
 
 
 async def test_an_in_place_rewrite_never_serves_its_prefix(
     engine: EngineProcess,
-    idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    proxy_from_yaml: Any,
 ) -> None:
-    path = tmp_path / "proxy.yaml"
-    proxy, token, head = await _start(engine, idp_server, environ, make_proxy, path)
+    proxy, token, head, path = await _start(engine, proxy_from_yaml)
     # The same file again, written in place in pieces: the first ends after the rule's
     # `where:` (a valid config showing every column), then comment lines, then `columns:`.
     pieces = [head + RULE] + [f"# {i}\n" for i in range(12)] + [COLUMNS]
@@ -127,14 +117,10 @@ async def test_an_in_place_rewrite_never_serves_its_prefix(
 
 async def test_a_renamed_complete_file_is_picked_up(
     engine: EngineProcess,
-    idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    proxy_from_yaml: Any,
 ) -> None:
-    path = tmp_path / "proxy.yaml"
-    proxy, token, head = await _start(engine, idp_server, environ, make_proxy, path)
-    tmp = tmp_path / "proxy.yaml.tmp"
+    proxy, token, head, path = await _start(engine, proxy_from_yaml)
+    tmp = path.with_suffix(".yaml.tmp")
     tmp.write_text(head + RULE + "        columns: [id, org_id]\n")
     os.replace(tmp, path)
 
@@ -147,16 +133,12 @@ async def test_a_renamed_complete_file_is_picked_up(
 
 async def test_no_reload_loads_a_file_changing_while_it_is_read(
     engine: EngineProcess,
-    idp_server: Any,
-    environ: dict[str, str],
-    make_proxy: Any,
-    tmp_path: Path,
+    proxy_from_yaml: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SIGHUP's reload (`reload()`, immediate) reads a file a writer appends to meanwhile:
     it is not loaded (a warning says why); once the writer is done the poll loads it."""
-    path = tmp_path / "proxy.yaml"
-    proxy, token, head = await _start(engine, idp_server, environ, make_proxy, path)
+    proxy, token, head, path = await _start(engine, proxy_from_yaml)
     path.write_text(head + RULE)  # (a prefix: every column)
     read = runtime_module.read_regular_file
 
