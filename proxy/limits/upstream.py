@@ -148,8 +148,8 @@ def sanitise_error_body(body: bytes, secret: str | None) -> bytes:
 def clean_error_response(response: object, secret: str | None) -> None:
     """Clean the body of a whole engine error answer in place, before it is sent.
 
-    The engine sends its errors with a Content-Length, so they arrive here whole (a
-    `Response` with bytes); a streamed answer (a snapshot, a live body) is not an error.
+    Every error body arrives here whole (a `Response` with bytes), however it was framed
+    (`proxy.upstream.client.read_error_body`: a hop's chunked error page too).
     """
     from proxy.http.wire import Response
 
