@@ -10,8 +10,10 @@ collapsed flights and shared SSE streams)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
+import zlib
 from typing import Any
 
 import pytest
@@ -157,3 +159,56 @@ async def test_a_streamed_error_body_past_its_bounds_is_a_502(
     assert raw.startswith(b"HTTP/1.1 502 "), raw[:300]
     assert json.loads(raw.partition(b"\r\n\r\n")[2])["code"] == "upstream_error"
     _assert_clean(raw, engine_secret)
+
+
+def _compressed_hop(coding: bytes, framing: str) -> Any:
+    """A hop answering 400 with a compressed body (`coding`) echoing its request target."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _n: int) -> None:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            target = head.split(b" ", 2)[1]
+            body = json.dumps({"message": "bad upstream " + target.decode()}).encode()
+            if coding == b"gzip":
+                body = gzip.compress(body)
+            elif coding == b"deflate":
+                body = zlib.compress(body)
+            else:
+                body = b"\x1b" + body  # (a coding the proxy cannot read: "br")
+            writer.write(
+                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+                b"Content-Encoding: " + coding + b"\r\n"
+            )
+            if framing == "chunked":
+                writer.write(b"Transfer-Encoding: chunked\r\n\r\n" + _chunked(body))
+            else:
+                writer.write(b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            await writer.drain()
+
+    return serve
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate", b"br"])
+async def test_a_hops_compressed_error_body_is_scrubbed(
+    idp_server: Any, environ: dict[str, str], make_proxy: Any, engine_secret: str,
+    framing: str, coding: bytes,
+) -> None:  # fmt: skip
+    """Compressed, the echo hid from the scrub (it looked for the secret in gzip bytes) and
+    the client decoded it: now a gzip or deflate error body is looked at decoded (and sent
+    decoded when cleaned); one in a coding the proxy cannot decode is its own 502."""
+    async with RawServer(_compressed_hop(coding, framing)) as hop:
+        proxy = await make_proxy(build_config(_config(hop, idp_server, False), environ))
+        token = proxy.tokens.make()
+        for _ in range(3):  # (general path, then the fast lane)
+            raw = await _get(proxy, "/v1/shape?table=items&offset=-1", token,
+                             b"Accept-Encoding: gzip, deflate, br\r\n")  # fmt: skip
+            head, _, body = raw.partition(b"\r\n\r\n")
+            if coding == b"br":
+                assert raw.startswith(b"HTTP/1.1 502 "), raw
+                assert json.loads(body)["code"] == "upstream_error"
+                continue
+            assert raw.startswith(b"HTTP/1.1 400 "), raw
+            assert b"content-encoding" not in head.lower(), raw
+            _assert_clean(raw, engine_secret)
+            assert "[engine request removed]" in json.loads(body)["message"]
