@@ -15,6 +15,12 @@ from sync_engine.http.parser_refusals import Refusal
 #: for a streamed answer an engine connection, for good (nginx's send_timeout is 60 s). An
 #: idle connection whose last answer was never read is dropped when its keep-alive ends.
 SEND_TIMEOUT = 60.0
+#: Seconds a connection's answer may wait for its client to read (over the buffer's high
+#: mark) before, at the connection cap with no idle connection to close, it may be closed to
+#: make room for a new client (`proxy.http.serve.Server._make_room`): clients that stop
+#: reading a large answer (from the cache: charged to no principal) held every connection
+#: for `SEND_TIMEOUT` (attack 07:50).
+STALL_GRACE = 5.0
 #: A fast answer's body below this size goes out in one write with its head, joined if it
 #: came in pieces (one write is cheaper); from it up, piece by piece in one writev (no copy).
 JOIN_BELOW = 64 * 1024

@@ -524,7 +524,22 @@ def finish(
         )  # fmt: skip
     if outcome.upstream_status is not None and outcome.upstream_status >= 400:
         secret = runtime.loaded.upstream_secret
-        clean_error_response(outcome.response, secret.get_secret_value() if secret else None)
+        if not clean_error_response(
+            outcome.response, secret.get_secret_value() if secret else None
+        ):
+            logger.warning(
+                "an upstream %d answer's body has a Content-Encoding the proxy cannot decode "
+                "to scrub it (a hop between the proxy and the engine?): answered 502",
+                outcome.upstream_status,
+            )
+            context.upstream_status = outcome.upstream_status
+            context.outcome, context.reason = "error", "upstream_error"
+            return error_response(
+                502,
+                "upstream_error",
+                "the sync engine connection failed",
+                retry_after=runtime.options.retry_after,
+            )
         if prepared is not None and outcome.upstream_status == 400:
             response = outcome.response
             if (

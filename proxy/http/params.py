@@ -122,6 +122,30 @@ def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
 _KEPT_EMPTY = frozenset({"cursor", "live", "live_sse", "experimental_live_sse"})
 
 
+def _protocol(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The protocol parameters sent on, in `PROTOCOL_PARAMS` order, the flags in one spelling:
+    `live` and `live_sse` as `true` (anything but `false`: `1`, `yes`, a bare `?live`) or
+    `false`, and `experimental_live_sse` as `live_sse` when there is no `live_sse` (the
+    engine's reading, Electric's: it is dropped when both are given). Every tier behind the
+    proxy then routes and keys on one spelling: nginx's routes SSE on `live=true&live_sse=true`,
+    and an SSE stream asked as `experimental_live_sse=true` (clients before `live_sse`) or
+    `live_sse=1` went to its cached locations, which swallowed the engine's
+    `X-Accel-Buffering: no` (twin 07:55)."""
+    protocol = []
+    for name in PROTOCOL_PARAMS:
+        value = values.get(name)
+        if value is None:
+            continue
+        if name == "experimental_live_sse":
+            if "live_sse" in values:
+                continue
+            name = "live_sse"
+        if name in ("live", "live_sse"):
+            value = "false" if value == "false" else "true"
+        protocol.append((name, value))
+    return tuple(protocol)
+
+
 def _numbered(params: Mapping[str, str], field: str) -> dict[int, str]:
     """`{"1": a, "2": b}` -> `{1: a, 2: b}`: numbers as keys, 1..n without a gap."""
     if len(params) > MAX_PARAMS:
@@ -245,7 +269,7 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
         columns_text=values.get("columns"),
         columns_error=columns_error,
         replica=values.get("replica"),
-        protocol=tuple((k, values[k]) for k in PROTOCOL_PARAMS if k in values),
+        protocol=_protocol(values),
         subset=_parse_subset(values, any(name.startswith("subset__") for name, _ in items)),
     )
 

@@ -211,6 +211,7 @@ class Connection(asyncio.Protocol, Writer):
         "_on_close",
         "_parser",
         "_parser_idle",
+        "_paused_at",
         "_paused_reading",
         "_queue",
         "_refused_head",
@@ -286,6 +287,8 @@ class Connection(asyncio.Protocol, Writer):
         self._idle: asyncio.TimerHandle | None = None
         self._idle_since = 0.0
         self._writing_paused = False
+        #: When writing last paused (the client not reading: `stalled_for`).
+        self._paused_at = 0.0
         self._paused_reading = False
         #: Bytes still read and dropped after a refusal before the close (`_linger_close`);
         #: -1: not lingering.
@@ -329,6 +332,7 @@ class Connection(asyncio.Protocol, Writer):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self._paused_at = self._loop.time()
 
     def resume_writing(self) -> None:
         self._writing_paused = False
@@ -1050,6 +1054,24 @@ class Connection(asyncio.Protocol, Writer):
         if self._in_message:
             return now - self._message_began if self._message_began else 0.0
         return now - self._idle_since
+
+    def stalled_for(self, now: float) -> float:
+        """Seconds this connection's writing has been paused, its client reading nothing
+        (below the buffer's low mark since); 0 while it is not (`Server._make_room`)."""
+        if self._transport is None or not self._writing_paused:
+            return 0.0
+        return now - self._paused_at
+
+    def evict(self) -> None:
+        """Drop the connection now, its unread answer with it (`Server._make_room`)."""
+        logger.info(
+            "closed a connection from %s to make room at the connection cap: its client "
+            "read nothing of its answer for %.0f s",
+            self._peer(),
+            self.stalled_for(self._loop.time()),
+        )
+        if self._transport is not None:
+            self._transport.abort()  # (connection_lost: its answer is cancelled)
 
     @property
     def answering(self) -> asyncio.Future[None] | None:

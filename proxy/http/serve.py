@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 from typing import Protocol
 
+from proxy.connection_terms import STALL_GRACE
 from proxy.http.protocol import App, Connection
 from proxy.upstream.forward import Forwarder
 from sync_engine.http.parser_refusals import (
@@ -87,9 +88,14 @@ class Server:
 
     def _make_room(self) -> bool:
         """Close the connection waiting longest without a request (see `Connection.waiting`);
-        False when every one is busy or just opened. One passed over goes to the back, so a
-        round looks at each at most once."""
+        else the one whose client has read nothing of its answer the longest, past
+        `STALL_GRACE` (clients that stop reading a large answer, from the cache and charged
+        to no principal, held every connection for `SEND_TIMEOUT`: attack 07:50); False when
+        every one is busy or just opened. One passed over goes to the back, so a round looks
+        at each at most once."""
         now = asyncio.get_running_loop().time()
+        stalled: Connection | None = None
+        longest = STALL_GRACE
         for _ in range(len(self._connections)):
             conn = next(iter(self._connections))
             del self._connections[conn]
@@ -97,6 +103,13 @@ class Server:
                 conn.abort()
                 return True
             self._connections[conn] = None
+            waited = conn.stalled_for(now)
+            if waited >= longest:
+                stalled, longest = conn, waited
+        if stalled is not None:
+            del self._connections[stalled]
+            stalled.evict()
+            return True
         return False
 
     async def start(self, socks: list[socket.socket], *, backlog: int = 128) -> None:

@@ -12,9 +12,9 @@ limits:                  # every principal (token subject, or client address whe
                          # streams), each client counted, identical ones joined included
   new_shape_rate: 2      # shapes new to this principal per second, sustained ...
   new_shape_burst: 200   # ... with bursts up to this many
-  max_shapes: null       # shapes one principal may have asked for within shape_window (null:
-  shape_window: 60       # no bound); with the engine's --max-shapes, set it to a share of it
-  max_subsets: 4         # subset snapshots in flight at once (null: no bound; see
+  max_shapes: unlimited  # shapes one principal may have asked for within shape_window (the
+  shape_window: 60       # default); with the engine's --max-shapes, set it to a share of it
+  max_subsets: 4         # subset snapshots in flight at once (unlimited: no bound; see
                          # proxy.limits.subsets): half the engine's subset query pool (8),
                          # a share of its subset spool budget; more wait for a place ...
   subset_wait: 30        # ... up to this many seconds, then 429 `too_many_subsets`
@@ -73,7 +73,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 #: How many of the shape definitions it asked for most recently a principal may ask for again
 #: without a new-shape token: twice the live requests it may hold (`max_held`, 256), so every
@@ -81,6 +81,23 @@ from pydantic import BaseModel, ConfigDict, Field
 #: forgotten (asking for it again costs one token, nothing else): the state stays bounded.
 #: Also the most `max_shapes` may be (a principal's shapes are counted among these).
 REMEMBERED_SHAPES = 512
+#: `limits.max_shapes` / `limits.max_subsets: unlimited`: no bound (null is refused).
+UNLIMITED = "unlimited"
+
+
+def _bound_given(name: str, value: object) -> object:
+    """A global bound that may be lifted: `unlimited` lifts it; null is refused. `max_subsets:`
+    left empty (or `${MAX_SUBSETS}` after an envsubst with the variable unset) read as "no
+    bound", and the per-principal cap silently went (proxycfg, 2026-12-07; as `max_lifetime`).
+    (Runs only for a value given: left out, the default holds.)"""
+    if value is None:
+        raise ValueError(
+            f"empty (null): give a number, or write {name}: {UNLIMITED} for no bound (an unset "
+            f"variable in {name}: ${{VAR}} leaves it empty)"
+        )
+    if value == UNLIMITED:
+        return None
+    return value
 
 
 class _Model(BaseModel):
@@ -132,8 +149,8 @@ class LimitsConfig(_Model):
         default=None,
         ge=1,
         le=REMEMBERED_SHAPES,
-        description="shapes one principal may have asked for within shape_window (none: no "
-        "bound); with the engine's --max-shapes, a share of it",
+        description="shapes one principal may have asked for within shape_window (unlimited, "
+        "the default: no bound; null is refused); with the engine's --max-shapes, a share of it",
     )
     shape_window: float = Field(
         default=60,
@@ -145,7 +162,8 @@ class LimitsConfig(_Model):
         default=4,
         ge=1,
         description="subset snapshots one principal may have in flight at once, until each "
-        "answer is handed over (null: no bound); half the engine's subset query pool (8), "
+        "answer is handed over (unlimited: no bound; null is refused); half the engine's "
+        "subset query pool (8), "
         "and a share of its subset spool budget",
     )
     subset_wait: float = Field(
@@ -154,6 +172,11 @@ class LimitsConfig(_Model):
         description="seconds a principal's subset beyond max_subsets waits for one of its "
         "places before a 429 (0: refused at once)",
     )
+
+    @field_validator("max_shapes", "max_subsets", mode="before")
+    @classmethod
+    def _unlimited_in_words(cls, value: object, info: ValidationInfo) -> object:
+        return _bound_given(info.field_name or "limit", value)
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ An answer the kernel's send buffer swallows whole (it grows by itself up to
 net.ipv4.tcp_wmem's max, 4 MiB by default: ~3 MB of payload) frees its place though its
 client has read none of it: it is out of the engine's budget and the proxy's hands by then,
 as any other answer of that size is. It is a count, not bytes: the proxy cannot know how
-large an answer will be before the engine has spooled it. `max_subsets: null` lifts the bound
+large an answer will be before the engine has spooled it. `max_subsets: unlimited` lifts the bound
 (an engine with a larger pool, one principal only); a rule may raise or lower it.
 """
 

@@ -145,15 +145,58 @@ def sanitise_error_body(body: bytes, secret: str | None) -> bytes:
     return json.dumps(_clean_json(parsed, needles), separators=(",", ":")).encode()
 
 
-def clean_error_response(response: object, secret: str | None) -> None:
-    """Clean the body of a whole engine error answer in place, before it is sent.
+def clean_error_response(response: object, secret: str | None) -> bool:
+    """Clean the body of a whole engine error answer in place, before it is sent; False
+    when it cannot be looked at (a coding other than gzip or deflate, or a corrupt one): the
+    caller answers its own 502 instead.
 
-    The engine sends its errors with a Content-Length, so they arrive here whole (a
-    `Response` with bytes); a streamed answer (a snapshot, a live body) is not an error.
+    Every error body arrives here whole (a `Response` with bytes), however it was framed
+    (`proxy.upstream.client.read_error_body`: a hop's chunked error page too).
     """
     from proxy.http.wire import Response
 
-    if isinstance(response, Response) and isinstance(response.body, bytes):
-        cleaned = sanitise_error_body(response.body, secret)
-        if cleaned is not response.body:
+    if not (isinstance(response, Response) and isinstance(response.body, bytes)):
+        return True
+    body = response.body
+    encoding = (response.headers.get("Content-Encoding") or "identity").strip().lower()
+    if encoding != "identity" and body:
+        # (never the engine's, which compresses no answer: a hop's, e.g. nginx's gzip on an
+        # error page echoing the engine URL; its compressed bytes hide the secret from
+        # `needs_sanitising`, so it is looked at decoded)
+        decoded = _decoded(body, encoding)
+        if decoded is None:
+            return False
+        cleaned = sanitise_error_body(decoded, secret)
+        if cleaned is not decoded:  # sent decoded, cleaned (identity is always acceptable)
+            response.headers.popall("Content-Encoding", None)
             response.body = cleaned
+        return True
+    cleaned = sanitise_error_body(body, secret)
+    if cleaned is not body:
+        response.body = cleaned
+    return True
+
+
+def _decoded(body: bytes, encoding: str) -> bytes | None:
+    """A gzip or deflate error body decoded (at most `ERROR_BODY_LIMIT` bytes); None for
+    any other coding, a corrupt or truncated one, or one decoding to more."""
+    import zlib
+
+    from proxy.upstream.client import ERROR_BODY_LIMIT
+
+    if encoding in ("gzip", "x-gzip"):
+        tries = [16 + zlib.MAX_WBITS]
+    elif encoding == "deflate":
+        tries = [zlib.MAX_WBITS, -zlib.MAX_WBITS]  # (zlib-wrapped, or raw as some send it)
+    else:
+        return None
+    for wbits in tries:
+        decoder = zlib.decompressobj(wbits)
+        try:
+            data = decoder.decompress(body, ERROR_BODY_LIMIT + 1)
+        except zlib.error:
+            continue
+        if len(data) <= ERROR_BODY_LIMIT and decoder.eof and not decoder.unconsumed_tail:
+            return data
+        return None
+    return None

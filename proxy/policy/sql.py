@@ -516,6 +516,13 @@ def tables_read_by(clause: str, *, order_by: bool = False) -> tuple[tuple[str, s
 
     The engine refuses subqueries today, but Electric plans `IN (SELECT ...)`: the policy
     checks these tables so a subquery cannot read one the caller may not sync.
+
+    An unqualified name is `public`'s, and also `pg_catalog`'s when it starts with `pg_`
+    (every relation of the catalog does): Postgres looks a name up in `pg_catalog` before
+    the search path (the engine's sessions read `pg_catalog, pg_temp`), so `pg_authid`
+    alone is `pg_catalog.pg_authid`; checked as `public.pg_authid` only, a `public.*` rule
+    let a subquery read role password hashes (attack 08:15, latent until the engine reads
+    subqueries). Both are checked: the caller must be allowed each.
     """
     lowered = clause.lower()
     if "select" not in lowered and "table" not in lowered:  # `IN (TABLE t)` reads t too
@@ -539,11 +546,17 @@ def tables_read_by(clause: str, *, order_by: bool = False) -> tuple[tuple[str, s
         stmts = parse_sql(blank_line_comments(prefix + clause))
     except ParseError:
         return ()
-    return tuple(
-        (node.schemaname or "public", node.relname)
-        for node in _walk(stmts)
-        if isinstance(node, ast.RangeVar)
-    )
+    read: list[tuple[str, str]] = []
+    for node in _walk(stmts):
+        if not isinstance(node, ast.RangeVar):
+            continue
+        if node.schemaname:
+            read.append((node.schemaname, node.relname))
+            continue
+        if node.relname.startswith("pg_"):
+            read.append(("pg_catalog", node.relname))
+        read.append(("public", node.relname))
+    return tuple(read)
 
 
 #: Where pglast parses a client ORDER BY list (as the engine does).

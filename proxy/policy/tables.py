@@ -25,27 +25,41 @@ _GLOB_PART = re.compile(r"^[\w$*?\[\]!-]+$")
 
 @dataclass(frozen=True, slots=True)
 class TablePattern:
-    """A schema pattern and a table pattern; a plain name is a pattern without glob chars."""
+    """A schema and a table name; with `glob`, `fnmatch` patterns for them instead (a quoted
+    part escaped to match itself only: `[*]`).
+
+    Whether it is a pattern is what the key's unquoted parts say, never what the parsed names
+    hold: `'"user*"'`, the table literally named `user*`, was read as a pattern from its name
+    (`*` in it), matched `user_secrets` and served it by its rule (config probe, 2026-12-07).
+    """
 
     schema: str
     table: str
+    glob: bool = False
 
     @property
     def exact(self) -> bool:
-        return not (_GLOB.search(self.schema) or _GLOB.search(self.table))
+        return not self.glob
 
     @property
     def key(self) -> TableKey:
         return (self.schema, self.table)
 
     def matches(self, key: TableKey) -> bool:
+        if not self.glob:
+            return key == (self.schema, self.table)
         return fnmatchcase(key[0], self.schema) and fnmatchcase(key[1], self.table)
+
+
+def _literal(name: str) -> str:
+    """`name` as an `fnmatch` pattern matching itself only (`*`, `?`, `[` in brackets)."""
+    return _GLOB.sub(lambda m: f"[{m.group(0)}]", name)
 
 
 def _pattern_part(text: str) -> str:
     text = text.strip()
     if text.startswith('"') or not _GLOB.search(text):
-        return parse_identifier(text)
+        return _literal(parse_identifier(text))
     if not _GLOB_PART.match(text):
         raise ValueError(f"invalid table pattern part {text!r}")
     return ascii_lower(text)
@@ -67,9 +81,9 @@ def parse_table_pattern(text: str) -> TablePattern:
                 f"table {text!r}: {exc} (quote a name as Postgres stores it)"
             ) from None
     if len(parts) == 1:
-        return TablePattern("public", _pattern_part(parts[0]))
+        return TablePattern("public", _pattern_part(parts[0]), glob=True)
     if len(parts) == 2:
-        return TablePattern(_pattern_part(parts[0]), _pattern_part(parts[1]))
+        return TablePattern(_pattern_part(parts[0]), _pattern_part(parts[1]), glob=True)
     raise ValueError(f"invalid table name {text!r}")
 
 

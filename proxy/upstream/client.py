@@ -440,6 +440,44 @@ class UpstreamResponse:
             self._conn.unlisten()
 
 
+#: The longest error body (a 4xx/5xx answer's) read to be scrubbed (`read_error_body`):
+#: the engine's are JSON of a few hundred bytes, a hop's error page a few KiB.
+ERROR_BODY_LIMIT = 1024 * 1024
+
+
+async def read_error_body(
+    upstream: UpstreamResponse, timeout: float, limit: int = ERROR_BODY_LIMIT
+) -> bytes | None:
+    """The whole body of an error answer (4xx/5xx), to be scrubbed before a client sees any
+    of it: Content-Length, chunked or to the close alike, at most `limit` bytes, all of it
+    within `timeout` seconds. None when it is longer, slower or broke (the caller answers
+    the proxy's own 502): an error body is never streamed to a client as it comes, as the
+    engine secret or its URL could be in it (a hop's echo of its request target: attack,
+    LOW, a load balancer's chunked error page)."""
+    length = upstream.content_length
+    if length is not None and length > limit:
+        data = None
+    else:
+        content = upstream.content
+        try:
+            async with asyncio.timeout(timeout):
+                if length is not None:
+                    return await content.readexactly(length) if length else b""
+                data = await content.read(limit + 1)
+        except (BodyError, TimeoutError):
+            data = None
+        if data is not None and len(data) <= limit and content.is_eof():
+            return data
+    logger.warning(
+        "an upstream %d answer's body was longer than %d bytes, slower than %g s or broken "
+        "(a hop between the proxy and the engine?): answered 502 upstream_error",
+        upstream.status,
+        limit,
+        timeout,
+    )
+    return None
+
+
 class RawHead:
     """An engine answer's status and headers as llhttp gave them (bytes, in order), and its
     body as it arrives: what a `Listener` gets, before any `UpstreamResponse` is made."""

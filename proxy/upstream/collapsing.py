@@ -33,7 +33,13 @@ from proxy.errors import ProxyError
 from proxy.http.wire import Request
 from proxy.upstream.broadcast import Broadcast
 from proxy.upstream.cache import CacheKey
-from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
+from proxy.upstream.client import (
+    BodyError,
+    UpstreamOptions,
+    UpstreamResponse,
+    connection_failed,
+    read_error_body,
+)
 from proxy.upstream.headers import Head
 from proxy.upstream.held import Hold, HoldEnded
 from proxy.upstream.respond import Outcome, complete, streaming
@@ -42,6 +48,8 @@ logger = logging.getLogger(__name__)
 
 #: Length-delimited engine bodies up to this size are read whole and sent in one write.
 WHOLE_BODY_LIMIT = 1024 * 1024
+#: Seconds an error answer's body may take in all (`read_error_body`), unless told.
+ERROR_BODY_SECONDS = 30.0
 
 
 class Flight:
@@ -126,16 +134,18 @@ class Flights:
         on_complete: OnComplete,
         *,
         held: bool = False,
+        error_timeout: float = ERROR_BODY_SECONDS,
     ) -> tuple[Flight, bool]:
         """The flight for `key`, started if there is none; True when it already existed.
-        `held`: a long-poll's (see `end_held`)."""
+        `held`: a long-poll's (see `end_held`); `error_timeout`: the seconds an error
+        answer's body may take in all (`read_error_body`)."""
         flight = self._flights.get(key)
         joined = flight is not None
         if flight is None:
             flight = Flight(key, held)
             self._flights[key] = flight
             task = asyncio.get_running_loop().create_task(
-                self._fly(flight, open_, make_head, on_complete)
+                self._fly(flight, open_, make_head, on_complete, error_timeout)
             )
             flight.task = task
             self._tasks.add(task)
@@ -174,7 +184,12 @@ class Flights:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _fly(
-        self, flight: Flight, open_: Opener, make_head: HeadMaker, on_complete: OnComplete
+        self,
+        flight: Flight,
+        open_: Opener,
+        make_head: HeadMaker,
+        on_complete: OnComplete,
+        error_timeout: float,
     ) -> None:
         """The shared engine request: headers, then every body chunk, told to all waiters."""
         upstream: UpstreamResponse | None = None
@@ -195,14 +210,24 @@ class Flights:
                 flight.failure = ProxyError("internal_error", "internal error")
                 return
             flight.notify()
-            try:
-                async for chunk in upstream.content.iter_any():
-                    flight.chunks.append(chunk)
-                    flight.notify()
-            except BodyError as exc:
-                logger.warning("upstream stream broke (%s)", type(exc).__name__)
-                flight.broken = True
-                return
+            if flight.head.status >= 400:
+                # Read whole, bounded, however it is framed (`wait` gives it to each waiter
+                # whole, to be scrubbed): a broken flight, each waiter's 502, when it is too
+                # long or too slow.
+                error = await read_error_body(upstream, error_timeout)
+                if error is None:
+                    flight.broken = True
+                    return
+                flight.chunks.append(error)
+            else:
+                try:
+                    async for chunk in upstream.content.iter_any():
+                        flight.chunks.append(chunk)
+                        flight.notify()
+                except BodyError as exc:
+                    logger.warning("upstream stream broke (%s)", type(exc).__name__)
+                    flight.broken = True
+                    return
             flight.complete = True
             upstream.release()
             upstream = None
@@ -266,7 +291,7 @@ async def wait(
         raise (flight.failure or connection_failed(options)).copy()
     cache = "collapsed" if joined else "-"
     length = head.content_length
-    if flight.complete or (length is not None and length <= WHOLE_BODY_LIMIT):
+    if flight.complete or head.status >= 400 or (length is not None and length <= WHOLE_BODY_LIMIT):
         while not flight.finished:
             await flight.changed()
         if not flight.complete:

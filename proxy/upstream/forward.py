@@ -47,6 +47,7 @@ from proxy.upstream.client import (
     UpstreamPool,
     UpstreamResponse,
     connection_failed,
+    read_error_body,
     send,
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT, Flight, Flights
@@ -567,6 +568,15 @@ class Forwarder:
                 if head.content_length is not None:
                     bodiless.headers["Content-Length"] = str(head.content_length)
                 return Outcome(bodiless, head.status)
+            if head.status >= 400:
+                # Read whole however it is framed, and scrubbed by `handlers.finish` before
+                # any of it goes out: never streamed as it comes (a hop's chunked error page
+                # echoing the engine URL, secret included: attack, LOW).
+                error = await read_error_body(upstream, options.first_byte_timeout)
+                if error is None:
+                    raise connection_failed(options)
+                whole = True
+                return Outcome(complete(head, error), head.status)
             length = head.content_length
             whole_limit = WHOLE_BODY_LIMIT
             if head.ttl > 0 and self.cache.enabled:
@@ -752,6 +762,7 @@ class Forwarder:
             lambda upstream: self.head(upstream, options, target, cacheable=True),
             on_complete,
             held=target.live,
+            error_timeout=options.first_byte_timeout,
         )
         if permit is not None:
             if joined or flight.task is None:  # another client started it while we waited
@@ -831,6 +842,7 @@ class Forwarder:
                 spec,
                 functools.partial(self._open_shared, request, opening, options, request_id),
                 lambda upstream: self.head(upstream, options, target, cacheable=False),
+                options.first_byte_timeout,
             )
             if permit is not None:
                 if joined or stream.task is None:

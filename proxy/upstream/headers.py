@@ -52,6 +52,10 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
         "cache-control",
         "x-request-id",
         "content-length",  # set per response from the body actually sent
+        # A cache tier's own state (the nginx tier's `add_header ... always`): HIT or MISS
+        # told a user whether a colleague had asked for the same filter (attack 08:18)
+        "x-cache-status",
+        "x-proxy-cache",
     }
 )
 

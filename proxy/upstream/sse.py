@@ -73,7 +73,13 @@ from yarl import URL
 from proxy.errors import ProxyError
 from proxy.http.wire import Request, StreamResponse, Writer
 from proxy.upstream.broadcast import Broadcast
-from proxy.upstream.client import BodyError, UpstreamOptions, UpstreamResponse, connection_failed
+from proxy.upstream.client import (
+    BodyError,
+    UpstreamOptions,
+    UpstreamResponse,
+    connection_failed,
+    read_error_body,
+)
 from proxy.upstream.headers import Head
 from proxy.upstream.held import Deadlines
 from proxy.upstream.respond import Outcome, complete
@@ -92,6 +98,8 @@ LAG_LIMIT = 256 * 1024
 SEND_BUFFER = 256 * 1024
 #: A non-200 engine answer is read whole to be shared; a larger one fails the stream.
 ERROR_BODY_LIMIT = 1024 * 1024
+#: Seconds a non-200 engine answer's body may take in all, unless told.
+ERROR_BODY_SECONDS = 30.0
 #: Seconds a client's stream lasts at least: when the engine stream it reads ends sooner
 #: after the client joined (it joined just before the engine's SSE timeout, or read a
 #: catch-up stream that handed it over), the client's response goes on, on the next stream
@@ -629,9 +637,14 @@ class SharedStreams:
         return key in self._streams
 
     def join(
-        self, spec: StreamSpec, open_: Opener, make_head: HeadMaker
+        self,
+        spec: StreamSpec,
+        open_: Opener,
+        make_head: HeadMaker,
+        error_timeout: float = ERROR_BODY_SECONDS,
     ) -> tuple[SharedStream, bool]:
         """The stream for `spec`, started at its offset if there is none; True if it existed.
+        `error_timeout`: the seconds an error answer's body may take in all.
 
         Every `join` is followed by one `leave` when that client is done with the stream.
         """
@@ -640,7 +653,9 @@ class SharedStreams:
         if stream is None:
             stream = SharedStream(spec)
             self._streams[spec.key] = stream
-            task = asyncio.get_running_loop().create_task(self._run(stream, open_, make_head))
+            task = asyncio.get_running_loop().create_task(
+                self._run(stream, open_, make_head, error_timeout)
+            )
             stream.task = task
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -693,7 +708,9 @@ class SharedStreams:
             return False
         return target.head.status == 200 and target.can_join(last)
 
-    async def _run(self, stream: SharedStream, open_: Opener, make_head: HeadMaker) -> None:
+    async def _run(
+        self, stream: SharedStream, open_: Opener, make_head: HeadMaker, error_timeout: float
+    ) -> None:
         """The engine request: headers, then every read fanned out, until it ends."""
         upstream: UpstreamResponse | None = None
         reason = "broken"
@@ -714,14 +731,9 @@ class SharedStreams:
             event_stream = (head.get("content-type") or "").startswith("text/event-stream")
             if head.status != 200:
                 self._forget(stream)  # nobody else joins an error
-                length = upstream.content_length
-                if length is None or length <= ERROR_BODY_LIMIT:
-                    try:
-                        stream.body = await upstream.content.read(ERROR_BODY_LIMIT + 1)
-                    except BodyError:
-                        stream.body = None
-                if stream.body is not None and len(stream.body) > ERROR_BODY_LIMIT:
-                    stream.body = None  # each identical waiter gets a 502
+                # (whole, bounded in size and time, to be scrubbed; else each identical
+                # waiter gets a 502)
+                stream.body = await read_error_body(upstream, error_timeout, ERROR_BODY_LIMIT)
                 stream.head = head
                 reason = "ended"
                 return

@@ -206,8 +206,11 @@ def test_yaml_1_1_boolean_words_in_a_condition_are_refused_at_load() -> None:
     quoted = base + "    deny: [{when: {country: 'NO'}}]\n    allow: [{all_rows: true}]\n"
     loaded = build_config(parse_yaml(quoted), {})
     assert loaded.policy.tables[("public", "items")].deny[0].when == {"country": "NO"}
-    # booleans spelt true/false, and settings that read the words, are unchanged
+    # boolean settings take true/false only: the words are a load error there too
     flags = "collapse: no\n" + base + "    allow: [{all_rows: yes, sse: false}]\n"
+    with pytest.raises(ConfigError, match=r"collapse: .*'no' is a boolean only in YAML 1\.1"):
+        build_config(parse_yaml(flags), {})
+    flags = "collapse: false\n" + base + "    allow: [{all_rows: true, sse: false}]\n"
     loaded = build_config(parse_yaml(flags), {})
     assert loaded.config.collapse is False
     assert loaded.config.tables["items"].allow[0].all_rows is True

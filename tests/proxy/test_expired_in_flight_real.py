@@ -40,7 +40,7 @@ def _config(engine: EngineProcess, idp_server: Any, leeway: int, collapse: bool)
     )
     # (subsets under `max_subsets`, 4 by default, never take the fast lane: lifted here, so
     # the fast lane's GET subset is one of the answers in flight when the token expires)
-    config["limits"] = {"max_subsets": None}
+    config["limits"] = {"max_subsets": "unlimited"}
     return config
 
 

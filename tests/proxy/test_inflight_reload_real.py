@@ -41,7 +41,7 @@ async def test_a_subset_in_flight_at_a_narrowing_reload_gets_no_hidden_column(
     )
     # (subsets under `max_subsets`, 4 by default, never take the fast lane: lifted here, so
     # the fast lane's subset is still the one in flight at the reload)
-    config["limits"] = {"max_subsets": None}
+    config["limits"] = {"max_subsets": "unlimited"}
     proxy = await reloadable_proxy(config, fast_lane=mode == "fast")
     token = proxy.tokens.make()
     rows, handle, offset = await sync_through(proxy, token)

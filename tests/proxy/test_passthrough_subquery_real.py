@@ -64,3 +64,28 @@ async def test_passthrough_clauses_are_read_for_subqueries_at_bounded_cost(
     # A short one is still read: a table the caller may not sync is a 403.
     reply = await proxy.get(_shape("id IN (SELECT id FROM audit)"), token=token)
     assert (reply.status, reply.json()["code"]) == (403, "subquery_not_allowed")
+
+
+async def test_an_unqualified_catalog_name_in_a_subquery_is_the_catalogs(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """Postgres reads an unqualified name in `pg_catalog` first (the engine's sessions:
+    `search_path = pg_catalog, pg_temp`): `pg_authid` alone is `pg_catalog.pg_authid`. The
+    check read it as `public.pg_authid`, which a `public.*` rule serves, so the clause went
+    to the engine (refused there only because it reads no subquery yet; attack 08:15, latent
+    HIGH: role password hashes once it does). Spelt out, it was refused already."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    auditor = {"when": {"role": "auditor"}, "all_rows": True, "client_where": "passthrough"}
+    config["tables"] = {"items": {"allow": [auditor]}, "public.*": {"allow": [auditor]}}
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make(role="auditor")
+    for where in (
+        "title IN (SELECT rolname::text FROM pg_authid)",
+        "title IN (SELECT rolname::text FROM pg_catalog.pg_authid)",
+        "EXISTS (SELECT 1 FROM pg_settings)",
+    ):
+        reply = await proxy.get(_shape(where), token=token)
+        assert (reply.status, reply.json()["code"]) == (403, "subquery_not_allowed"), where
+    # A table of its own schema, unqualified, is still public's: the engine's answer.
+    reply = await proxy.get(_shape("id IN (SELECT id FROM audit)"), token=token)
+    assert reply.status == 400 and "subquer" in reply.body.decode().lower(), reply.body
