@@ -902,7 +902,13 @@ class Source:
             )
         )
         if snapshot_errors.is_disk_full(exc):
-            self._snapshot_disk_full = (time.monotonic(), _free_bytes(self.config.data_dir))
+            # The free space once its own chunks are deleted (the rotation below, its
+            # batch): deleting them is no space come back, or its clients' next requests
+            # made the same snapshot again at once, refused again at the same place, a 409
+            # and a snapshot query each time, never the 503 (ci1, 2026-12-07).
+            own = shape.log.snapshot_bytes_on_disk()  # (first: then freed ones count once)
+            free = _free_bytes(self.config.data_dir)
+            self._snapshot_disk_full = (time.monotonic(), None if free is None else free + own)
         what = snapshot_errors.kind(exc)
         if isinstance(exc, Abandoned):
             logger.info("snapshot of shape %s cancelled: %s", shape.handle, exc)

@@ -566,6 +566,18 @@ class ShapeLog:
     def _log_name(self, index: int) -> str:
         return f"{self._prefix}.log.{index:08d}.log"
 
+    def snapshot_bytes_on_disk(self) -> int:
+        """What the snapshot's chunk files written so far take on the disk now (0 once
+        they are deleted): the space a failed snapshot gives back by itself."""
+        taken = 0
+        for index in list(self._snapshot_sums):
+            try:
+                st = os.stat(self._snapshot_name(index))
+            except OSError:
+                continue
+            taken += st.st_blocks * 512
+        return taken
+
     def write_snapshot_chunk(self, index: int, data: bytes) -> None:
         """A snapshot chunk but the last (see `finish_snapshot`), in a file of its own.
 

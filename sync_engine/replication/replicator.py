@@ -49,7 +49,7 @@ from ..log.entries import change_messages
 from ..log.files import LogCutBack, LogWriteError, is_log_chunk, note_durable_size
 from ..pg.row_where import Unevaluable
 from ..pg.values import UnrepresentableValue
-from ..shapes.changes import Change, ChangeEntry, Row, convert_change
+from ..shapes.changes import Change, ChangeEntry, Row, convert_change, moved_onto_held_key
 from ..shapes.registry import ShapeRegistry
 from ..shapes.router import ShapeRouter
 from ..shapes.shape import Shape
@@ -776,7 +776,9 @@ class Replicator:
         relation = shape.relation
         entries: list[ChangeEntry] = []
         written = False
+        moved_in: set[str] = set()
         for kind, old, new, op in changes:
+            start = len(entries)
             try:
                 convert_change(shape, kind, old, new, op, entries, matches)
             except UnrepresentableValue:
@@ -785,6 +787,12 @@ class Replicator:
                 if written:
                     log.rollback()
                 self._hold_unreadable(shape, xid, lsn, changes)
+                return False
+            # (a key change is the one change that makes two entries)
+            if len(entries) - start == 2 and moved_onto_held_key(entries, start, moved_in):
+                if written:
+                    log.rollback()
+                self._rotate_key_swap(shape, xid)
                 return False
             if len(entries) > PART_ENTRIES:
                 # The last entry is kept back: the last part must end the transaction (its
@@ -891,9 +899,23 @@ class Replicator:
         except UnrepresentableValue:  # (its message holds the row's value: not logged)
             self._hold_unreadable(shape, xid, lsn, changes)
             return
+        if len(entries) > 2 and moved_onto_held_key(entries, 0, set()):
+            self._rotate_key_swap(shape, xid)
+            return
         if entries:
             shape.log.append_transaction(lsn, change_messages(shape.relation, xid, lsn, entries))
             self._dirty.add(shape)
+
+    def _rotate_key_swap(self, shape: Shape, xid: Xid) -> None:
+        """Retire a shape a transaction moved a row onto a key another row still held
+        (`moved_onto_held_key`): its clients refetch, and get Postgres's rows."""
+        logger.info(
+            "shape %s: transaction %d moved a row onto a key another row held until later in"
+            " it (a deferred primary key): rotating the shape, its clients refetch",
+            shape.handle,
+            xid,
+        )
+        self.registry.rotate(shape, "a transaction swapped or shifted primary keys")
 
     def _hold_unreadable(self, shape: Shape, xid: Xid, lsn: Lsn, changes: list[Change]) -> None:
         """The shape's where clause read a value Postgres holds but the engine cannot read
@@ -1050,6 +1072,9 @@ class Replicator:
             entries: list[ChangeEntry] = []
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries, matches)
+            if len(entries) > 2 and moved_onto_held_key(entries, 0, set()):
+                self._rotate_key_swap(shape, Xid(xid))
+                return
             if entries:
                 try:
                     messages = change_messages(shape.relation, Xid(xid), Lsn(lsn), entries)

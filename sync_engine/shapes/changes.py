@@ -25,7 +25,7 @@ from ..log.entries import ChangeEntry, build_key
 if TYPE_CHECKING:
     from .shape import Shape
 
-__all__ = ["Change", "ChangeEntry", "ChangeKind", "Row", "convert_change"]
+__all__ = ["Change", "ChangeEntry", "ChangeKind", "Row", "convert_change", "moved_onto_held_key"]
 
 
 class ChangeKind(enum.StrEnum):
@@ -103,6 +103,25 @@ def convert_change(
         for c in changed:
             value[c] = new.get(c)
         out.append((op, new_key, "update", value, None, None, None))
+
+
+def moved_onto_held_key(entries: list[ChangeEntry], start: int, moved_in: set[str]) -> bool:
+    """Whether `entries[start:]`, read on from a transaction's earlier entries for a shape
+    (`moved_in`: the keys rows were moved onto so far, updated here), move a row off a key
+    another row was moved onto earlier in it: a key swap or shift under a deferred primary
+    key (`UPDATE t SET id = 3 - id`). Each key change is a delete and an insert in WAL
+    order, so the insert landed on a key a client still held and the later delete removed
+    it: every client was left a row short (wherefuzz, 2026-12-07). Such a transaction
+    cannot be told as changes a client applies in order; its shape is retired instead.
+    (A row moved twice in one transaction, 1 -> 2 -> 3, counts too: retired, needlessly
+    but correctly, its clients refetch.)"""
+    for i in range(start, len(entries)):
+        entry = entries[i]
+        if entry[6] is not None:  # key_change_from: a row moved onto this key
+            moved_in.add(entry[1])
+        elif entry[5] is not None and entry[1] in moved_in:  # moved off it again
+            return True
+    return False
 
 
 def _insert(
