@@ -34,13 +34,20 @@ if TYPE_CHECKING:
 
 # Types whose cast to text differs from their output function, which is what pgoutput
 # sends: bpchar (the cast strips padding), bool (`true` vs `t`), inet (`/32` appended).
-_OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet"})
+# And xml (its cast keeps an XML declaration that xml_out drops, fidelity 08:27), and a
+# domain over any of these (a domain's cast to text is its base type's; pgoutput sends the
+# output function's text: `ab  ` of a domain over char(4) was `ab` in the snapshot, a key
+# the live update did not match, the row duplicated; fidelity 08:26).
+_OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet", "xml"})
 
 
 def text_expr(col: ColumnInfo) -> sql.Composable:
     """The column as Postgres text, exactly as pgoutput renders it (keys must agree)."""
     ident = sql.Identifier(col.name)
-    if col.type_name in _OUTPUT_FUNCTION_TYPES:
+    scalar = col.type_name
+    if col.type_kind == "d" and not col.is_array and col.domain_base is not None:
+        scalar = col.domain_base  # (through domains over domains)
+    if scalar in _OUTPUT_FUNCTION_TYPES:
         return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
     return sql.SQL("{c}::text").format(c=ident)
 
