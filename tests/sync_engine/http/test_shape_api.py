@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import orjson
+import psycopg
 import pytest
 
 from sync_engine.shapes import definition
@@ -333,6 +334,22 @@ async def test_domains_and_xml_read_the_same_in_the_snapshot_as_live(engine: Eng
     assert {**snapshot, "n": "1"} == live["value"], (snapshot, live["value"])
     assert snapshot["id"] == "ab  " and snapshot["b"] == "t" and snapshot["i"] == "1.2.3.4"
     assert snapshot["x"] == "<r/>" and snapshot["dd"] == "cd  "
+
+
+async def test_another_sessions_temporary_child_is_none_of_the_shapes(engine: Engine) -> None:
+    """A TEMP table inheriting from a shaped table in another session: a scan of the parent
+    skips it, so does the stream; the engine tried to set its replica identity and the
+    shape was a 500 (wherefuzz 08:31)."""
+    engine.sql("CREATE TABLE tpar (id int PRIMARY KEY, v int)")
+    engine.sql("INSERT INTO tpar VALUES (1, 1)")
+    with psycopg.connect(engine.db_url, autocommit=True) as other:
+        other.execute("CREATE TEMP TABLE tchild (id int PRIMARY KEY) INHERITS (tpar)")
+        other.execute("INSERT INTO tchild VALUES (2, 2)")
+        rows, handle, offset = await engine.sync(table="tpar", where="v > 0")
+        assert [r["id"] for r in rows.values()] == ["1"]
+        engine.sql("INSERT INTO tpar VALUES (3, 3)")
+        await engine.follow_live(rows, handle, offset, "3", table="tpar", where="v > 0")
+        assert sorted(r["id"] for r in rows.values()) == ["1", "3"]
 
 
 async def test_columns_subset(engine: Engine) -> None:
