@@ -180,7 +180,9 @@ def _is_transient(code: str, message: str) -> bool:
 
 def _check_once(url: str) -> None:
     """Connect as the engine will (a normal and a replication connection); raise on failure."""
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+    # (UTF8 as the engine's own sessions: in an SQL_ASCII database psycopg reads text as
+    # bytes otherwise, and the CLI refused to start: "wal_level is b'logical', not logical")
+    with psycopg.connect(url, autocommit=True, connect_timeout=5, client_encoding="UTF8") as conn:
         row = conn.execute("SHOW wal_level").fetchone()
         level = row[0] if row else "?"
         if level != "logical":
