@@ -352,6 +352,33 @@ async def test_another_sessions_temporary_child_is_none_of_the_shapes(engine: En
         assert sorted(r["id"] for r in rows.values()) == ["1", "3"]
 
 
+async def test_a_cast_to_text_its_owner_made_changes_no_snapshot_value(engine: Engine) -> None:
+    """`col::text` ran any cast to text the type's owner had made: the snapshot served what
+    it returned (and keyed rows by it), the stream the output function's text (fidelity
+    08:40 HIGH). Now every type a non-superuser can own goes through its output function."""
+    engine.sql("CREATE TYPE cmood AS ENUM ('happy', 'sad')")
+    engine.sql("CREATE TYPE cpair AS (a int, b text)")
+    for t in ("cmood", "cpair"):
+        engine.sql(
+            f"CREATE FUNCTION public.{t}_txt({t}) RETURNS text LANGUAGE sql IMMUTABLE"
+            " AS $$ SELECT 'CAST' $$"
+        )
+        engine.sql(f"CREATE CAST ({t} AS text) WITH FUNCTION public.{t}_txt({t})")
+    engine.sql("CREATE TABLE cc (id cmood PRIMARY KEY, p cpair, n int)")
+    engine.sql("INSERT INTO cc VALUES ('happy', ROW(1, 'x'), 0)")
+    rows, handle, offset = await engine.sync(table="cc", replica="full")
+    engine.sql("UPDATE cc SET n = 1")
+    status, _, body = await engine.get(
+        table="cc", replica="full", offset=offset, handle=handle, live="true"
+    )
+    assert status == 200, body
+    (live,) = [m for m in body if "key" in m]
+    assert list(rows) == ['"public"."cc"/"happy"'], rows
+    assert live["key"] == '"public"."cc"/"happy"', live
+    assert rows['"public"."cc"/"happy"'] == {"id": "happy", "p": "(1,x)", "n": "0"}, rows
+    assert live["value"] == {"id": "happy", "p": "(1,x)", "n": "1"}, live
+
+
 async def test_columns_subset(engine: Engine) -> None:
     make_items(engine, 2)
     rows, _, _ = await engine.sync(table="items", columns='"id","title"')
