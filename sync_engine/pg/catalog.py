@@ -144,6 +144,10 @@ class TableInfo:
     an enum, an array of one or a domain over either: `ALTER TYPE ... RENAME VALUE`
     changes what every such row reads and writes nothing to the WAL. None: described by an
     engine that did not record it."""
+    pk_deferrable: bool = False
+    """Whether its primary key is DEFERRABLE: only then may two rows hold one key inside a
+    transaction (a swap, a shift), which per-change messages cannot tell a client
+    (`shapes.changes.moved_onto_held_key`)."""
     unsynced: tuple[str, ...] = ()
     """The descendants (partitions, inheritance children) whose rows change with nothing
     in the WAL, as `"schema"."name" (unlogged)` or `(foreign)`: the table's SELECT reads
@@ -263,6 +267,10 @@ FROM d JOIN pg_class c ON c.oid = d.oid JOIN pg_namespace n ON n.oid = c.relname
 ORDER BY 1
 """
 
+_PK_DEFERRABLE_SQL = """
+SELECT condeferrable FROM pg_constraint WHERE conrelid = %s AND contype = 'p'
+"""
+
 _FILES_SQL = """
 WITH RECURSIVE d(oid, depth) AS (
     SELECT inhrelid, 1 FROM pg_inherits WHERE inhparent = %s
@@ -299,6 +307,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         return None
     oid, nsp, rel, kind, replident, relfilenode = row
     pk = [r[0] for r in await (await conn.execute(_PK_SQL, (oid,))).fetchall()]
+    deferrable = await (await conn.execute(_PK_DEFERRABLE_SQL, (oid,))).fetchone()
     db_row = await (await conn.execute(_DATABASE_SQL)).fetchone()
     database: dict[str, Any] = db_row[0] if db_row else {}
     cols = []
@@ -341,6 +350,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         schema=nsp,
         name=rel,
         unsynced=tuple(unsynced),
+        pk_deferrable=bool(deferrable and deferrable[0]),
         columns=tuple(cols),
         pk=tuple(pk),
         kind=kind,
