@@ -103,12 +103,13 @@ async def test_an_sql_ascii_database_is_served(
         drop_database(pg_server_url, name)
 
 
-def test_the_engine_process_starts_on_an_sql_ascii_database(
+def test_the_engine_process_refuses_an_sql_ascii_database_by_name(
     pg_server_url: str, tmp_path: Path
 ) -> None:
     """The CLI's preflight read `SHOW wal_level` as bytes in an SQL_ASCII database and
-    refused to start ("wal_level is b'logical', not logical"; fidelity 08:33), where the
-    in-process engine above serves it."""
+    refused with "wal_level is b'logical', not logical" (fidelity 08:33). Started, one
+    non-UTF-8 byte there stops the stream for every shape (fidelity 08:39): the CLI refuses
+    such a database, naming its encoding."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server_url, autocommit=True) as conn:
         conn.execute(
@@ -119,7 +120,11 @@ def test_the_engine_process_starts_on_an_sql_ascii_database(
     url = pg_server_url.rpartition("/")[0] + "/" + name
     engine = EngineProcess(url, tmp_path / "data")
     try:
-        engine.start()  # (healthy: /v1/health 200)
+        engine.spawn()
+        assert engine.proc is not None
+        assert engine.proc.wait(60) != 0
+        said = engine.log_tail()
+        assert "encoding is SQL_ASCII" in said and "wal_level" not in said, said
     finally:
         engine.stop()
         drop_database(pg_server_url, name)
