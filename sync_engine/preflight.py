@@ -180,7 +180,18 @@ def _is_transient(code: str, message: str) -> bool:
 
 def _check_once(url: str) -> None:
     """Connect as the engine will (a normal and a replication connection); raise on failure."""
-    with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+    # (UTF8 as the engine's own sessions: in an SQL_ASCII database psycopg reads text as
+    # bytes otherwise: "wal_level is b'logical', not logical" was the CLI's whole message)
+    with psycopg.connect(url, autocommit=True, connect_timeout=5, client_encoding="UTF8") as conn:
+        if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+            # Its text need not be UTF-8, and the walsender converts each change to the
+            # engine's UTF8: one byte that is not fails the stream at that change, again
+            # at every retry, every shape of the source stalled (fidelity 08:39).
+            raise PermanentError(
+                "the database's encoding is SQL_ASCII: its text need not be UTF-8, and one"
+                " value that is not would stop replication for every shape; use a database"
+                " created with ENCODING 'UTF8'"
+            )
         row = conn.execute("SHOW wal_level").fetchone()
         level = row[0] if row else "?"
         if level != "logical":

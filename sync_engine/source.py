@@ -849,12 +849,17 @@ class Source:
         now = time.monotonic()
         if now - self._reserve_said_at >= RESERVE_WARN_EVERY:  # (the operator's to act on)
             self._reserve_said_at = now
+            # (the number compared: free less the chunk about to be written; "N free, under
+            # a reserve of R" with N > R read as a contradiction, chaos 08:36)
             logger.warning(
-                "source %s: %d bytes free on the data directory's disk, under its reserve of"
-                " %d (--disk-reserve): new snapshots are refused (503 disk_full) until there is"
-                " more; free space, delete shapes or set --max-shapes (or a smaller reserve)",
+                "source %s: %d bytes free on the data directory's disk (%d once a snapshot"
+                " chunk of %d bytes is written), under its reserve of %d (--disk-reserve): new"
+                " snapshots are refused (503 disk_full) until there is more; free space,"
+                " delete shapes or set --max-shapes (or a smaller reserve)",
                 self.config.source_id,
                 free,
+                free - size,
+                size,
                 reserve,
             )
         return False

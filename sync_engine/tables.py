@@ -1015,6 +1015,14 @@ def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
         return "partition rewritten"
     if _renamed_enum_value(t, current):
         return "enum value renamed"
+    if set(current.unsynced) - set(t.unsynced):
+        # (a partition set UNLOGGED, an unlogged or foreign one attached: its rows change
+        # with no WAL; the shape made again is refused, naming it)
+        return "a partition or child table is not replicated (unlogged or foreign)"
+    pairs = zip(t.columns, current.columns, strict=False)
+    if any(now.generated and not then.generated for then, now in pairs):
+        # (a partition or child that generates the column: its changes come without it)
+        return "a column is generated in a partition or child table"
     if _collation_changed(t, current):
         return "column collation changed"
     return None

@@ -6,7 +6,7 @@ works from these frozen descriptions, never from ad-hoc catalog queries.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .types import PgType
@@ -144,6 +144,14 @@ class TableInfo:
     an enum, an array of one or a domain over either: `ALTER TYPE ... RENAME VALUE`
     changes what every such row reads and writes nothing to the WAL. None: described by an
     engine that did not record it."""
+    pk_deferrable: bool = False
+    """Whether its primary key is DEFERRABLE: only then may two rows hold one key inside a
+    transaction (a swap, a shift), which per-change messages cannot tell a client
+    (`shapes.changes.moved_onto_held_key`)."""
+    unsynced: tuple[str, ...] = ()
+    """The descendants (partitions, inheritance children) whose rows change with nothing
+    in the WAL, as `"schema"."name" (unlogged)` or `(foreign)`: the table's SELECT reads
+    them, its replication never will (wherefuzz 08:19), so no shape is made on it."""
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -238,6 +246,31 @@ WHERE i.indrelid = %s AND i.indisprimary
 ORDER BY k.ord
 """
 
+#: Each descendant whose rows change without WAL (unlogged, foreign), and the columns a
+#: descendant generates that the table itself does not (pgoutput on Postgres 15 sends no
+#: generated column: the table's rows read it, its changes come without it).
+_MEMBERS_SQL = """
+WITH RECURSIVE d(oid, depth) AS (
+    SELECT inhrelid, 1 FROM pg_inherits WHERE inhparent = %(oid)s
+    UNION ALL
+    SELECT i.inhrelid, d.depth + 1 FROM pg_inherits i JOIN d ON i.inhparent = d.oid
+    WHERE d.depth < 100
+)
+SELECT DISTINCT format('%%I.%%I', n.nspname, c.relname),
+       CASE WHEN c.relkind = 'f' THEN 'foreign'
+            WHEN c.relpersistence = 'u' THEN 'unlogged' END,
+       ARRAY(SELECT a.attname::text FROM pg_attribute a
+             JOIN pg_attribute r ON r.attrelid = %(oid)s AND r.attname = a.attname
+             WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+               AND a.attgenerated <> '' AND r.attgenerated = '')
+FROM d JOIN pg_class c ON c.oid = d.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+ORDER BY 1
+"""
+
+_PK_DEFERRABLE_SQL = """
+SELECT condeferrable FROM pg_constraint WHERE conrelid = %s AND contype = 'p'
+"""
+
 _FILES_SQL = """
 WITH RECURSIVE d(oid, depth) AS (
     SELECT inhrelid, 1 FROM pg_inherits WHERE inhparent = %s
@@ -274,6 +307,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         return None
     oid, nsp, rel, kind, replident, relfilenode = row
     pk = [r[0] for r in await (await conn.execute(_PK_SQL, (oid,))).fetchall()]
+    deferrable = await (await conn.execute(_PK_DEFERRABLE_SQL, (oid,))).fetchone()
     db_row = await (await conn.execute(_DATABASE_SQL)).fetchone()
     database: dict[str, Any] = db_row[0] if db_row else {}
     cols = []
@@ -300,10 +334,23 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         )
     files = await (await conn.execute(_FILES_SQL, (oid,))).fetchall()
     enums = await (await conn.execute(_ENUMS_SQL, (oid,))).fetchall()
+    unsynced: list[str] = []
+    generated_below: set[str] = set()
+    for member, why, generated_names in await (
+        await conn.execute(_MEMBERS_SQL, {"oid": oid})
+    ).fetchall():
+        if why is not None:
+            unsynced.append(f"{member} ({why})")
+        generated_below.update(generated_names or ())
+    if generated_below:
+        # (as the table's own generated columns: no where on them, left out of columns)
+        cols = [replace(c, generated=True) if c.name in generated_below else c for c in cols]
     return TableInfo(
         oid=oid,
         schema=nsp,
         name=rel,
+        unsynced=tuple(unsynced),
+        pk_deferrable=bool(deferrable and deferrable[0]),
         columns=tuple(cols),
         pk=tuple(pk),
         kind=kind,

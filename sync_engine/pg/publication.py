@@ -32,7 +32,10 @@ logger = logging.getLogger(__name__)
 #: and its row type's xmin agree: the raw xmin, kept through a freeze), else NULL.
 #: A partition left "detach pending" by an interrupted DETACH PARTITION CONCURRENTLY is not
 #: one: its parent's SELECT no longer reads it (`inhdetachpending` is read through jsonb so
-#: that the query runs on Postgres 13 too, which has no such column).
+#: that the query runs on Postgres 13 too, which has no such column). Nor is a session's
+#: temporary child: a scan of the parent from another session skips it and logical decoding
+#: never sees it (its identity could not even be set: "cannot alter temporary tables of
+#: other sessions" made the shape a 500; wherefuzz 08:31).
 _DESCENDANTS = """
 WITH RECURSIVE down(root, relid, parent) AS (
     SELECT i.inhparent, i.inhrelid, i.inhparent FROM pg_inherits i
@@ -51,6 +54,7 @@ FROM down d
 JOIN pg_inherits i ON i.inhrelid = d.relid AND i.inhparent = d.parent
 JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_type t ON t.oid = c.reltype
+WHERE c.relpersistence <> 't'
 ORDER BY d.root, d.relid
 """
 

@@ -777,6 +777,7 @@ class Replicator:
         entries: list[ChangeEntry] = []
         written = False
         moved_in: set[str] = set()
+        deferrable = shape.table.pk_deferrable
         for kind, old, new, op in changes:
             start = len(entries)
             try:
@@ -788,8 +789,7 @@ class Replicator:
                     log.rollback()
                 self._hold_unreadable(shape, xid, lsn, changes)
                 return False
-            # (a key change is the one change that makes two entries)
-            if len(entries) - start == 2 and moved_onto_held_key(entries, start, moved_in):
+            if deferrable and moved_onto_held_key(entries, start, moved_in):
                 if written:
                     log.rollback()
                 self._rotate_key_swap(shape, xid)
@@ -899,7 +899,7 @@ class Replicator:
         except UnrepresentableValue:  # (its message holds the row's value: not logged)
             self._hold_unreadable(shape, xid, lsn, changes)
             return
-        if len(entries) > 2 and moved_onto_held_key(entries, 0, set()):
+        if shape.table.pk_deferrable and moved_onto_held_key(entries, 0, set()):
             self._rotate_key_swap(shape, xid)
             return
         if entries:
@@ -1072,7 +1072,7 @@ class Replicator:
             entries: list[ChangeEntry] = []
             for kind, old, new, op in changes:
                 convert_change(shape, kind, old, new, op, entries, matches)
-            if len(entries) > 2 and moved_onto_held_key(entries, 0, set()):
+            if shape.table.pk_deferrable and moved_onto_held_key(entries, 0, set()):
                 self._rotate_key_swap(shape, Xid(xid))
                 return
             if entries:

@@ -107,19 +107,21 @@ def convert_change(
 
 def moved_onto_held_key(entries: list[ChangeEntry], start: int, moved_in: set[str]) -> bool:
     """Whether `entries[start:]`, read on from a transaction's earlier entries for a shape
-    (`moved_in`: the keys rows were moved onto so far, updated here), move a row off a key
-    another row was moved onto earlier in it: a key swap or shift under a deferred primary
-    key (`UPDATE t SET id = 3 - id`). Each key change is a delete and an insert in WAL
-    order, so the insert landed on a key a client still held and the later delete removed
-    it: every client was left a row short (wherefuzz, 2026-12-07). Such a transaction
-    cannot be told as changes a client applies in order; its shape is retired instead.
-    (A row moved twice in one transaction, 1 -> 2 -> 3, counts too: retired, needlessly
-    but correctly, its clients refetch.)"""
+    (`moved_in`: the keys an insert landed on so far, updated here), delete a key an insert
+    landed on earlier in it. Under a DEFERRABLE primary key two rows may hold one key inside
+    a transaction (a swap `SET id = 3 - id`, a shift, a row moved onto a key whose row then
+    leaves), and the per-change messages put the second row on a key the client still held,
+    whose later delete then removed it: every client a row short (wherefuzz 08:13, review
+    08:41). Such a transaction cannot be told as changes; its shape is retired instead. Only
+    asked for such tables (`TableInfo.pk_deferrable`): under an immediate key the order is
+    always one a client applies right. (An insert then a delete of one row in a transaction
+    counts too: a needless refetch, never a wrong row.)"""
     for i in range(start, len(entries)):
         entry = entries[i]
-        if entry[6] is not None:  # key_change_from: a row moved onto this key
+        operation = entry[2]
+        if operation == "insert":
             moved_in.add(entry[1])
-        elif entry[5] is not None and entry[1] in moved_in:  # moved off it again
+        elif operation == "delete" and entry[1] in moved_in:
             return True
     return False
 

@@ -202,6 +202,16 @@ async def describe(
                 ]
             }
         )
+    if table.unsynced:
+        raise InvalidRequest(
+            {
+                "table": [
+                    f'Table "{schema}"."{name}" has partitions or child tables whose changes'
+                    " are not replicated (unlogged or foreign tables write no WAL): "
+                    + ", ".join(table.unsynced)
+                ]
+            }
+        )
     chosen = choose_columns(table, params.columns)
     where = None
     if params.where is not None:

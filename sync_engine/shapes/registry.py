@@ -98,6 +98,8 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
         "relfilenode": t.relfilenode,
         "files": None if t.files is None else [list(f) for f in t.files],
         "enums": None if t.enums is None else [list(e) for e in t.enums],
+        "unsynced": list(t.unsynced),
+        "pk_deferrable": t.pk_deferrable,
         # every field of each column, whatever it is: a field left out of a hand-written
         # list came back as its default after a restart (a domain's base type, an enum's
         # schema), and the shape was refused or compiled otherwise
@@ -124,7 +126,18 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         relfilenode=relfilenode,
         files=_rows(d.get("files"), (int, int)),
         enums=_rows(d.get("enums"), (int, int, str)),
+        unsynced=tuple(str(u) for u in _list(d.get("unsynced"))),
+        pk_deferrable=d.get("pk_deferrable") is True,
     )
+
+
+def _list(value: object) -> list[object]:
+    """A list field recorded since some version (absent: empty)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError("not a table description")
+    return value
 
 
 def _rows(value: object, kinds: tuple[type, ...]) -> tuple[tuple[Any, ...], ...] | None:

@@ -153,6 +153,18 @@ def to_engine_error(
     """
     if isinstance(exc, Abandoned):
         return ShapeGone(None)
+    if _row_security(exc):
+        refused: dict[str, object] = {
+            "table": [
+                f'Table "{schema}"."{table}" has row-level security that applies to the'
+                " engine's role (FORCE ROW LEVEL SECURITY on a table it owns): its policies"
+                " would filter the snapshot but not the replication stream. Run ALTER TABLE"
+                " ... NO FORCE ROW LEVEL SECURITY, or give the role BYPASSRLS (the engine"
+                " syncs every row; restrict rows with the shape's where, or the proxy's"
+                " policies)"
+            ]
+        }
+        return InvalidRequest({"subset": refused} if subset else refused)
     k = kind(exc)
     if k == "user":
         errors: dict[str, object] = {field: [user_message(exc)]}
@@ -173,6 +185,16 @@ def to_engine_error(
     if is_disk_full(exc):
         return disk_full_error()
     return ServiceUnavailable(f"Could not take the shape's snapshot: {describe(exc)}", 5)
+
+
+def _row_security(exc: BaseException) -> bool:
+    """Whether `exc` is Postgres refusing a query that row-level security would filter
+    (`row_security = off`, `pg.session.ENGINE_SETTINGS`)."""
+    return (
+        isinstance(exc, psycopg.Error)
+        and exc.sqlstate == INSUFFICIENT_PRIVILEGE
+        and "row-level security" in (exc.diag.message_primary or "")
+    )
 
 
 def timed_out(exc: BaseException) -> bool:

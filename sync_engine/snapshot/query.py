@@ -34,13 +34,46 @@ if TYPE_CHECKING:
 
 # Types whose cast to text differs from their output function, which is what pgoutput
 # sends: bpchar (the cast strips padding), bool (`true` vs `t`), inet (`/32` appended).
-_OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet"})
+# And xml (its cast keeps an XML declaration that xml_out drops, fidelity 08:27), and a
+# domain over any of these (a domain's cast to text is its base type's; pgoutput sends the
+# output function's text: `ab  ` of a domain over char(4) was `ab` in the snapshot, a key
+# the live update did not match, the row duplicated; fidelity 08:26).
+_OUTPUT_FUNCTION_TYPES = frozenset({"bpchar", "bool", "inet", "xml"})
+
+
+#: Built-in base types whose `::text` is their output function's text (an I/O conversion,
+#: or text itself), and to which nobody but a superuser can add a cast (CREATE CAST needs to
+#: own one of the types). Any other type (an enum, a composite, a range, an extension's type,
+#: a domain over one) may have a cast to text its owner made (`CREATE CAST (mood AS text)
+#: WITH FUNCTION ...`): `::text` ran it, the snapshot served what it returned while
+#: pgoutput sent the output function's text (keys differed too; fidelity 08:40). Those go
+#: through `concat`, which calls the output function, whatever casts exist. (An array is
+#: always `array_out`'s text, its elements' output functions: `::text` is exact.)
+_CAST_SAFE_TYPES = frozenset(
+    {
+        "int2", "int4", "int8", "float4", "float8", "numeric", "text", "varchar", "name",
+        "char", "date", "time", "timetz", "timestamp", "timestamptz", "interval", "uuid",
+        "json", "jsonb", "bytea", "oid", "money", "bit", "varbit", "cidr", "macaddr",
+        "macaddr8", "tsvector", "tsquery", "point", "line", "lseg", "box", "path", "polygon",
+        "circle", "pg_lsn", "xid", "xid8", "cid", "tid", "int2vector", "oidvector",
+        "txid_snapshot", "pg_snapshot", "jsonpath", "regclass", "regtype", "regproc",
+        "regprocedure", "regoper", "regoperator", "regconfig", "regdictionary",
+        "regnamespace", "regrole", "regcollation",
+    }
+)  # fmt: skip
 
 
 def text_expr(col: ColumnInfo) -> sql.Composable:
     """The column as Postgres text, exactly as pgoutput renders it (keys must agree)."""
     ident = sql.Identifier(col.name)
-    if col.type_name in _OUTPUT_FUNCTION_TYPES:
+    if col.is_array:
+        return sql.SQL("{c}::text").format(c=ident)
+    scalar = col.type_name
+    if col.type_kind == "d" and col.domain_base is not None:
+        scalar = col.domain_base  # (through domains over domains)
+    elif col.type_kind == "d":  # (recorded before domain_base was: its base unknown)
+        scalar = ""
+    if scalar in _OUTPUT_FUNCTION_TYPES or scalar not in _CAST_SAFE_TYPES:
         return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
     return sql.SQL("{c}::text").format(c=ident)
 

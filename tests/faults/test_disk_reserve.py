@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,14 @@ async def test_new_shapes_leave_the_reserve_and_live_changes_go_on(
                 assert status == 200, (status, body)
             assert refusals, "13 MB of new snapshots on a 16 MB disk, none refused"
             assert refusals[0]["code"] == "disk_full", refusals
+            # The warning's numbers say the refusal: what is left is under the reserve
+            # (it said "N bytes free, under its reserve of R" with N > R; chaos 08:36).
+            said = re.search(
+                r"\((-?\d+) once a snapshot chunk of \d+ bytes is written\), under its reserve"
+                r" of (\d+)",
+                engine.log_tail(1_000_000),
+            )
+            assert said is not None and int(said[1]) < int(said[2]), said
             # What the refused snapshot wrote goes; the reserve is left (a chunk or two of
             # concurrent writes aside). The old engine left what ENOSPC left: a few kB.
             await wait_until_async(

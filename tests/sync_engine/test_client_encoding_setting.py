@@ -22,6 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from sync_engine.app import SOURCES, build_app
 from tests.support.databases import drop_database
+from tests.support.engine_process import EngineProcess
 from tests.sync_engine.engine_harness import SETTINGS, Engine, stopped_within
 
 
@@ -99,4 +100,31 @@ async def test_an_sql_ascii_database_is_served(
         finally:
             await stopped_within(client.close(), "the in-process engine")
     finally:
+        drop_database(pg_server_url, name)
+
+
+def test_the_engine_process_refuses_an_sql_ascii_database_by_name(
+    pg_server_url: str, tmp_path: Path
+) -> None:
+    """The CLI's preflight read `SHOW wal_level` as bytes in an SQL_ASCII database and
+    refused with "wal_level is b'logical', not logical" (fidelity 08:33). Started, one
+    non-UTF-8 byte there stops the stream for every shape (fidelity 08:39): the CLI refuses
+    such a database, naming its encoding."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(
+            pgsql.SQL(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING 'SQL_ASCII' LOCALE 'C'"
+            ).format(pgsql.Identifier(name))
+        )
+    url = pg_server_url.rpartition("/")[0] + "/" + name
+    engine = EngineProcess(url, tmp_path / "data")
+    try:
+        engine.spawn()
+        assert engine.proc is not None
+        assert engine.proc.wait(60) != 0
+        said = engine.log_tail()
+        assert "encoding is SQL_ASCII" in said and "wal_level" not in said, said
+    finally:
+        engine.stop()
         drop_database(pg_server_url, name)
