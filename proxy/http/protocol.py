@@ -185,6 +185,12 @@ class _UpgradeBody:
             self._connection.upgrade_body_read()
 
 
+class Stalling(Protocol):
+    """An answer written to a connection outside its transport (`upstream.client.Splice`)."""
+
+    def stalled_for(self, now: float) -> float: ...
+
+
 class Connection(asyncio.Protocol, Writer):
     """One client connection (see the module doc)."""
 
@@ -226,6 +232,7 @@ class Connection(asyncio.Protocol, Writer):
         "_writing_paused",
         "closing",
         "fast_token",
+        "splicing",
     )
 
     def __init__(self, app: App, on_close: Callable[[Connection], None] | None = None) -> None:
@@ -289,6 +296,8 @@ class Connection(asyncio.Protocol, Writer):
         self._writing_paused = False
         #: When writing last paused (the client not reading: `stalled_for`).
         self._paused_at = 0.0
+        #: The answer's body being spliced to this client (`upstream.client.Splice`), if any.
+        self.splicing: Stalling | None = None
         self._paused_reading = False
         #: Bytes still read and dropped after a refusal before the close (`_linger_close`);
         #: -1: not lingering.
@@ -1058,9 +1067,12 @@ class Connection(asyncio.Protocol, Writer):
     def stalled_for(self, now: float) -> float:
         """Seconds this connection's writing has been paused, its client reading nothing
         (below the buffer's low mark since); 0 while it is not (`Server._make_room`)."""
-        if self._transport is None or not self._writing_paused:
+        if self._transport is None:
             return 0.0
-        return now - self._paused_at
+        spliced = self.splicing.stalled_for(now) if self.splicing is not None else 0.0
+        if not self._writing_paused:
+            return spliced  # (a spliced answer never fills the transport's buffer)
+        return max(now - self._paused_at, spliced)
 
     def evict(self) -> None:
         """Drop the connection now, its unread answer with it (`Server._make_room`)."""

@@ -1116,6 +1116,12 @@ def can_splice(conn: _Connection, dst: asyncio.Transport) -> bool:
     return _socket_fd(src) is not None and _socket_fd(dst) is not None
 
 
+def _protocol_of(transport: object) -> object:
+    """A transport's protocol (None for none: a test's stand-in)."""
+    get = getattr(transport, "get_protocol", None)
+    return get() if get is not None else None
+
+
 class Splice:
     """The rest of an engine answer's body moved to the client's socket by splice(2).
 
@@ -1171,6 +1177,9 @@ class Splice:
         self._loop = loop = conn._loop
         self._conn = conn
         self._dst_transport = dst
+        protocol = _protocol_of(dst)
+        if hasattr(protocol, "splicing"):  # (the client's `Connection`: `stalled_for`)
+            protocol.splicing = self
         self.done: asyncio.Future[None] = loop.create_future()
         self._closed = False
         self._src, self._dst, self._pipe = fds  # (`_splice_fds`)
@@ -1277,8 +1286,17 @@ class Splice:
         else:
             self._finish(BodyTimeout())
 
+    def stalled_for(self, now: float) -> float:
+        """Seconds the client has taken nothing while the pipe held bytes for it; 0 while it
+        is not waited on (`proxy.http.protocol.Connection.stalled_for`: a spliced answer
+        never fills the transport's buffer, so its client never pauses writing)."""
+        return now - self._last_write if self._waiting == "w" and not self._closed else 0.0
+
     def _release(self, reuse_pipe: bool) -> None:
         self._closed = True
+        protocol = _protocol_of(self._dst_transport)
+        if getattr(protocol, "splicing", None) is self:
+            protocol.splicing = None  # type: ignore[attr-defined]
         loop = self._loop
         if self._waiting == "r":
             loop.remove_reader(self._src)

@@ -56,6 +56,12 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
         # told a user whether a colleague had asked for the same filter (attack 08:18)
         "x-cache-status",
         "x-proxy-cache",
+        # ... and Varnish's own on every delivery (config/varnish): its transaction ids (two
+        # on a hit), the seconds the object was kept, its name (review 08:45); the engine
+        # sends none of them, and the proxy's cache says its own `Age`
+        "x-varnish",
+        "age",
+        "via",
     }
 )
 

@@ -311,6 +311,7 @@ class SharedStream:
         "failure",
         "finished",
         "floor",
+        "handed_over",
         "handover",
         "head",
         "key",
@@ -347,6 +348,9 @@ class SharedStream:
         #: The log's last entry when the engine opened it, if the log had any (`learn_head`).
         self._log_end: Key | None = None
         self.handover = spec.handover
+        #: It ended where its clients can join the stream it hands over to (`_caught_up`):
+        #: their responses go on there (`_read`).
+        self.handed_over = False
         self.head: Head | None = None
         self.body: bytes | None = None  # a non-200 answer, whole
         self.raw = False  # a 200 that is not an event stream: only identical requests share
@@ -752,7 +756,8 @@ class SharedStreams:
                         await stream.drained()
                     stream.feed(piece)
                     if stream.handover is not None and self._caught_up(stream):
-                        reason = "ended"  # (its clients reconnect and join that stream)
+                        reason = "ended"  # (its clients go on on that stream: `_read`)
+                        stream.handed_over = True
                         return
             except BodyError as exc:
                 logger.warning("shared SSE stream broke (%s)", type(exc).__name__)
@@ -953,6 +958,11 @@ async def _read(
             started.outcome.failure = ("client_gone", "client_too_slow")
             return started.outcome
         return Continue(_resumed(key, sub, spec.cursor, paced=True), started)
+    if reason == "ended" and stream.handed_over and not transport.is_closing():
+        # A client's own stream (it fell behind) caught up with its shape's shared stream:
+        # its response goes on there, as README promises, not ended at that up-to-date (its
+        # client then reconnected once per fall-behind: twin 08:16).
+        return Continue(_resumed(key, sub, spec.cursor), started)
     if reason == "ended" and time.monotonic() - started.since < MIN_CLIENT_STREAM:
         # Only from a position an offset names (or its own): after an event with no position
         # of its own (raw bytes, a control message) a next stream cannot tell which of its

@@ -105,6 +105,7 @@ def open_proxy_process(
     *,
     limits: dict[str, Any] | None = None,
     launcher: Sequence[str] = (),
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[ProxyProcess]:
     """A real engine (`engine_args`) on `db_url` and, in front of it, `python -m proxy` under
     config/examples/open.yaml (its anonymous rule's `limits` updated with `limits`), started
@@ -117,6 +118,7 @@ def open_proxy_process(
         config["upstream"]["url"] = engine.url
         if limits is not None:
             config["tables"]["*.*"]["allow"][0]["limits"].update(limits)
+        config.update(settings or {})  # (top-level sections: `collapse`, `cache`...)
         path = work / "proxy.yaml"
         path.write_text(yaml.safe_dump(config))
         port = free_port()

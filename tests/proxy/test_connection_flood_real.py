@@ -25,6 +25,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -42,7 +43,11 @@ def proxy_url(db_url: str, tmp_path: Path) -> Iterator[str]:
 
 @contextmanager
 def _proxy(
-    db_url: str, tmp_path: Path, nofile: int, limits: dict[str, int] | None = None
+    db_url: str,
+    tmp_path: Path,
+    nofile: int,
+    limits: dict[str, int] | None = None,
+    settings: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """The engine and `shape-proxy` under open.yaml (its anonymous rule's `limits` updated
     with `limits`) and `prlimit --nofile=<nofile>`."""
@@ -51,7 +56,7 @@ def _proxy(
         conn.execute("INSERT INTO items VALUES (1, 'one')")
     launcher = ["prlimit", f"--nofile={nofile}:{nofile}", "--"]
     with open_proxy_process(
-        db_url, tmp_path, ["--no-fsync"], limits=limits, launcher=launcher
+        db_url, tmp_path, ["--no-fsync"], limits=limits, launcher=launcher, settings=settings
     ) as proxy:
         yield proxy.url
 

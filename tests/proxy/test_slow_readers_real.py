@@ -30,8 +30,14 @@ from tests.proxy.test_connection_flood_real import _get, _port, _proxy
 pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
 
 
-def test_slow_readers_of_a_large_answer_cannot_lock_others_out(db_url: str, tmp_path: Path) -> None:
-    with _proxy(db_url, tmp_path, 256) as proxy_url:
+@pytest.mark.parametrize("spliced", [False, True], ids=["cached", "spliced"])
+def test_slow_readers_of_a_large_answer_cannot_lock_others_out(
+    db_url: str, tmp_path: Path, spliced: bool
+) -> None:
+    # spliced: no cache, no collapsing: each answer goes from the engine's socket to the
+    # client's by splice(2), outside the transport, whose writing never pauses (review 08:47)
+    settings = {"collapse": False, "cache": {"max_bytes": 0}} if spliced else None
+    with _proxy(db_url, tmp_path, 256, settings=settings) as proxy_url:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
         status, headers, _ = _get(proxy_url + "/v1/shape?table=big&offset=-1")
