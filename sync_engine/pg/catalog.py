@@ -224,7 +224,14 @@ LEFT JOIN LATERAL (
         FROM under u JOIN pg_type b ON b.oid = u.typbasetype
         WHERE u.typtype = 'd' AND u.depth < 100
     )
-    SELECT typname FROM under WHERE typtype <> 'd' LIMIT 1
+    -- (a base type someone made, whatever its name, is named with its schema: it is never
+    -- taken for the built-in type of that name, e.g. an enum public.uuid with its own cast)
+    SELECT CASE WHEN oid < 16384 THEN typname
+                ELSE format('%%I.%%I', (SELECT nspname FROM pg_namespace n
+                                        WHERE n.oid = (SELECT typnamespace FROM pg_type x
+                                                       WHERE x.oid = under.oid)), typname)
+           END AS typname
+    FROM under WHERE typtype <> 'd' LIMIT 1
 ) base ON true
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum

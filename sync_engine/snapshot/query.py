@@ -63,11 +63,24 @@ _CAST_SAFE_TYPES = frozenset(
 )  # fmt: skip
 
 
+#: Postgres's FirstNormalObjectId: every type initdb made (the built-in ones, their arrays)
+#: has an OID below it, every type made since (by anyone, under any name) one above.
+FIRST_NORMAL_OID = 16384
+
+
 def text_expr(col: ColumnInfo) -> sql.Composable:
-    """The column as Postgres text, exactly as pgoutput renders it (keys must agree)."""
+    """The column as Postgres text, exactly as pgoutput renders it (keys must agree).
+
+    Whether `::text` is safe is decided by the type's OID, not its name: anyone may create
+    `public.uuid` (an enum) or an array type's cast to text (the owner of a type owns its
+    array type too), and `::text` then ran their function (review, after 55507a35)."""
     ident = sql.Identifier(col.name)
     if col.is_array:
-        return sql.SQL("{c}::text").format(c=ident)
+        if col.type_oid < FIRST_NORMAL_OID:  # (a built-in array: array_out, exactly)
+            return sql.SQL("{c}::text").format(c=ident)
+        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+    if col.type_kind != "d" and col.type_oid >= FIRST_NORMAL_OID:
+        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
     scalar = col.type_name
     if col.type_kind == "d" and col.domain_base is not None:
         scalar = col.domain_base  # (through domains over domains)
