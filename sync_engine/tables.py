@@ -1025,6 +1025,11 @@ def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
         return "a column is generated in a partition or child table"
     if _collation_changed(t, current):
         return "column collation changed"
+    if current.pk_deferrable and not t.pk_deferrable:
+        # (the deferred-key check runs only for shapes made on a deferrable key: a key made
+        # deferrable since, or a shape recorded before the flag was, would go unchecked and
+        # a swap inside a transaction lose a row: `changes.moved_onto_held_key`)
+        return "primary key made deferrable"
     return None
 
 
