@@ -1069,6 +1069,7 @@ class Compiler:
             return replace(arg, node=node)
         if src == UNKNOWN:
             return replace(self.coerce(arg, target), node=node)
+        self._refuse_function_cast(src, target, node)
         if target in (TEXT, VARCHAR):
             return self.cast_to_text(arg, target, node)
         if src in STRING_TYPES:
@@ -1142,8 +1143,37 @@ class Compiler:
             node,
         )
 
+    def _refuse_function_cast(self, src: PgType, target: PgType, node: ast.Node) -> None:
+        """Refuse a cast (explicit, or `||`'s cast to text) from `src` to `target` where the
+        database has a cast of a user's between them, or from the base type of a domain
+        `src` is (`CREATE CAST (mood AS text) WITH FUNCTION ...`, `TableInfo.casts`):
+        Postgres runs that function (the snapshot's rows are its answer), where the engine
+        reads the value's text or parses it as the type's input does, so live rows were
+        judged otherwise (fidelity 08:50: `v::text = 'happy'` on such an enum). An array's
+        cast is its elements'. A clause only Postgres evaluates (a subset) keeps it."""
+        casts = getattr(self.columns, "function_casts", None)
+        if not casts or not self.live or src.array != target.array:
+            return
+        sources = {src.element.name}
+        for col in self.columns.values():  # (a domain's casts are its base type's)
+            base = col.domain_base
+            if col.base_type == src.element.name and base is not None:
+                if not base.startswith("_"):
+                    sources.add(base)
+        for name in sorted(sources):
+            func = casts.get((name, target.element.name))
+            if func is not None:
+                raise error_at(
+                    f"casting {src.sql_name} to {target.sql_name} is not supported here:"
+                    f" the database has its own cast from {name} to"
+                    f" {target.element.sql_name} (WITH FUNCTION {func}), which Postgres runs"
+                    " and the engine does not",
+                    node,
+                )
+
     def cast_to_text(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         src = arg.type
+        self._refuse_function_cast(src, target, node)
         if src == CHAR and not (arg.raw and arg.column is not None):
             return replace(self.coerce(arg, TEXT), type=target, node=node)  # (char_text)
         if src == JSONB and _is_json_field(arg.node):  # (its text is jsonb_out's)
