@@ -1015,11 +1015,6 @@ def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
         return "partition rewritten"
     if _renamed_enum_value(t, current):
         return "enum value renamed"
-    if current.pk_deferrable and not t.pk_deferrable:
-        # (the check of rows landing on a held key, `moved_onto_held_key`, is made for a
-        # deferrable key only, as recorded: a key made DEFERRABLE since, or a shape recorded
-        # before the field was, skipped it and lost a row; review 08:55)
-        return "primary key made deferrable"
     if t.casts is not None and set(current.casts or ()) - set(t.casts):
         # (`CREATE CAST (mood AS text) WITH FUNCTION ...`: a where clause casting through it
         # is now Postgres's to judge, which the shape made again tells: a 400)

@@ -55,32 +55,3 @@ async def test_a_row_displaced_inside_a_transaction_ends_as_in_postgres(
     want = {f'"public"."d"/"{i}"': str(v) for i, v in engine.sql(q)}
     got = {k: r["v"] for k, r in rows.items()}
     assert got == want, (case, status, body)
-
-
-async def test_a_key_made_deferrable_after_the_shape_is_checked_too(engine: Engine) -> None:
-    """The check is made for a shape whose key was DEFERRABLE when it was made: a key made
-    DEFERRABLE since (same columns, no drift) skipped it, and a swap left the client a row
-    short with a 200 (review 08:55). The shape is retired at the change (a refetch)."""
-    engine.sql("CREATE TABLE d (id int, v int, CONSTRAINT d_pk PRIMARY KEY (id))")
-    engine.sql("INSERT INTO d VALUES (1, 10), (2, 20)")
-    rows, handle, offset = await engine.sync(table="d")
-    engine.sql(
-        "ALTER TABLE d DROP CONSTRAINT d_pk,"
-        " ADD CONSTRAINT d_pk PRIMARY KEY (id) DEFERRABLE INITIALLY DEFERRED"
-    )
-    engine.sql("UPDATE d SET v = v WHERE id = 1")  # (a change after the DDL: Relation message)
-    status, h, body = await engine.get(table="d", offset=offset, handle=handle, live="true")
-    if status == 409:
-        rows, handle, offset = await engine.sync(table="d")
-    else:
-        apply(rows, body)
-        offset = h["electric-offset"]
-    engine.sql("UPDATE d SET id = 3 - id")
-    status, h, body = await engine.get(table="d", offset=offset, handle=handle, live="true")
-    if status == 409:
-        rows, _, _ = await engine.sync(table="d")
-    else:
-        assert status == 200, body
-        apply(rows, body)
-    want = {f'"public"."d"/"{i}"': str(v) for i, v in engine.sql("SELECT id, v FROM d")}
-    assert {k: r["v"] for k, r in rows.items()} == want, (status, body)
