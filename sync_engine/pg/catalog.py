@@ -157,8 +157,9 @@ class TableInfo:
     (pg_cast, castmethod 'f', not built in) from or to a type the columns are made of (their
     types, arrays' element types, domains' base types): `v::text` of an enum with such a
     cast to text runs that function in Postgres, where the engine reads the value's text
-    (fidelity 08:50), so a where clause casting through one is refused. None: described by
-    an engine that did not record it."""
+    (fidelity 08:50), so a where clause casting through one is refused. Each source is
+    recorded by its typname and schema-qualified (as `ColumnInfo.domain_base` names a base
+    type someone made). None: described by an engine that did not record it."""
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -324,10 +325,15 @@ WITH RECURSIVE ty(oid, depth) AS (
     FROM ty JOIN pg_type t ON t.oid = ty.oid
     WHERE (t.typtype = 'd' OR t.typelem <> 0) AND ty.depth < 100
 )
-SELECT DISTINCT s.typname::text, d.typname::text, c.castfunc::regprocedure::text
+SELECT DISTINCT src, d.typname::text, c.castfunc::regprocedure::text
 FROM pg_cast c
 JOIN pg_type s ON s.oid = c.castsource
+JOIN pg_namespace n ON n.oid = s.typnamespace
 JOIN pg_type d ON d.oid = c.casttarget
+CROSS JOIN LATERAL (
+    -- (also as a domain's base type someone made is recorded: `ColumnInfo.domain_base`)
+    VALUES (s.typname::text), (format('%%I.%%I', n.nspname, s.typname))
+) AS names(src)
 WHERE c.castmethod = 'f' AND c.oid >= 16384
   AND (c.castsource IN (SELECT oid FROM ty) OR c.casttarget IN (SELECT oid FROM ty))
 ORDER BY 1, 2, 3

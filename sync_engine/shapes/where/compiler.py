@@ -1145,29 +1145,35 @@ class Compiler:
 
     def _refuse_function_cast(self, src: PgType, target: PgType, node: ast.Node) -> None:
         """Refuse a cast (explicit, or `||`'s cast to text) from `src` to `target` where the
-        database has a cast of a user's between them, or from the base type of a domain
-        `src` is (`CREATE CAST (mood AS text) WITH FUNCTION ...`, `TableInfo.casts`):
-        Postgres runs that function (the snapshot's rows are its answer), where the engine
-        reads the value's text or parses it as the type's input does, so live rows were
-        judged otherwise (fidelity 08:50: `v::text = 'happy'` on such an enum). An array's
-        cast is its elements'. A clause only Postgres evaluates (a subset) keeps it."""
+        database has a cast of a user's between them (`CREATE CAST (mood AS text) WITH
+        FUNCTION ...`, `TableInfo.casts`): Postgres runs that function (the snapshot's rows
+        are its answer), where the engine reads the value's text or parses it as the type's
+        input does, so live rows were judged otherwise (fidelity 08:50: `v::text = 'happy'`
+        on such an enum). Looked up by type name (a name shared with another type refuses
+        more, never less): the array types' own (`mood[]` to text), the elements' for an
+        array to an array, and a domain's base type's (a domain's casts are its base's). A
+        clause only Postgres evaluates (a subset) keeps it."""
         casts = getattr(self.columns, "function_casts", None)
-        if not casts or not self.live or src.array != target.array:
+        if not casts or not self.live:
             return
-        sources = {src.element.name}
-        for col in self.columns.values():  # (a domain's casts are its base type's)
-            base = col.domain_base
-            if col.base_type == src.element.name and base is not None:
-                if not base.startswith("_"):
-                    sources.add(base)
-        for name in sorted(sources):
-            func = casts.get((name, target.element.name))
+
+        def names(t: PgType) -> set[str]:
+            scalar = {t.name}
+            for col in self.columns.values():
+                if col.base_type == t.name and col.domain_base is not None:
+                    scalar.add(col.domain_base)
+            return {"_" + n for n in scalar} if t.array else scalar
+
+        pairs = {(a, b) for a in names(src) for b in names(target)}
+        if src.array and target.array:
+            pairs |= {(a, b) for a in names(src.element) for b in names(target.element)}
+        for pair in sorted(pairs):
+            func = casts.get(pair)
             if func is not None:
                 raise error_at(
                     f"casting {src.sql_name} to {target.sql_name} is not supported here:"
-                    f" the database has its own cast from {name} to"
-                    f" {target.element.sql_name} (WITH FUNCTION {func}), which Postgres runs"
-                    " and the engine does not",
+                    f" the database has its own cast from {pair[0]} to {pair[1]} (WITH"
+                    f" FUNCTION {func}), which Postgres runs and the engine does not",
                     node,
                 )
 

@@ -399,22 +399,30 @@ async def test_a_where_casting_through_a_cast_its_owner_made_is_refused(engine: 
         " AS $$ SELECT 'sad'::cmood $$"
     )
     engine.sql("CREATE CAST (text AS cmood) WITH FUNCTION public.txt_cmood(text)")
-    engine.sql("CREATE TABLE cw (id int PRIMARY KEY, v cmood, d dmood, t text, p plain)")
-    engine.sql("INSERT INTO cw VALUES (1, 'happy', 'happy', 'happy', 'happy')")
-    for where in (
-        "v::text = 'happy'",
-        "d::text = 'happy'",
-        "v || '' = 'happy'",
-        "t::cmood = 'happy'",
+    engine.sql(
+        "CREATE FUNCTION public.cmoods_txt(cmood[]) RETURNS text LANGUAGE sql IMMUTABLE"
+        " AS $$ SELECT 'MOODS' $$"
+    )
+    engine.sql("CREATE CAST (cmood[] AS text) WITH FUNCTION public.cmoods_txt(cmood[])")
+    engine.sql(
+        "CREATE TABLE cw (id int PRIMARY KEY, v cmood, d dmood, t text, p plain, va cmood[])"
+    )
+    engine.sql("INSERT INTO cw VALUES (1, 'happy', 'happy', 'happy', 'happy', '{happy}')")
+    for where, func in (
+        ("v::text = 'happy'", "cmood_txt"),
+        ("d::text = 'happy'", "cmood_txt"),
+        ("v || '' = 'happy'", "cmood_txt"),
+        ("t::cmood = 'happy'", "txt_cmood"),
+        ("va::text = '{happy}'", "cmoods_txt"),
+        ("va::text[] = '{happy}'", "cmood_txt"),
     ):
         status, _, body = await engine.get(table="cw", offset="-1", where=where)
         assert status == 400, (where, body)
-        message = body["errors"]["where"][0]
-        assert "WITH FUNCTION public.cmood_txt(" in message or "public.txt_cmood(" in message
+        assert f"WITH FUNCTION public.{func}(" in body["errors"]["where"][0], (where, body)
     both = "p::text = 'happy' AND v::varchar = 'happy'"
     rows, handle, offset = await engine.sync(table="cw", where=both)
     assert list(rows) == ['"public"."cw"/"1"'], rows
-    engine.sql("INSERT INTO cw VALUES (2, 'happy', 'happy', 'happy', 'happy')")
+    engine.sql("INSERT INTO cw VALUES (2, 'happy', 'happy', 'happy', 'happy', '{happy}')")
     await engine.follow_live(rows, handle, offset, "2", table="cw", where=both)
     assert sorted(rows) == ['"public"."cw"/"1"', '"public"."cw"/"2"'], rows
 
