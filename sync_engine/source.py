@@ -722,6 +722,22 @@ class Source:
         described = await self.describe(params)
         definition = described.definition
         existing = self.registry.current(definition)
+        if (
+            existing is not None
+            and from_start
+            and not await self.tables.still_there(existing.table)
+        ):
+            # The same check as a request spelled as the shape's first (above): the table
+            # was dropped (or dropped and created again) and the description came from the
+            # lookup's cache (`LOOKUP_TTL`), so the definition named the old table and its
+            # shape. Spelled otherwise (`public.t` for `t`, `columns=` listing every
+            # column), such a request was served the dropped table's rows, and none of the
+            # new table's changes, until the schema check retired the shape (fidelity
+            # 08:44). `still_there` retired it and forgot the cached description: the
+            # request is described again, from the catalog.
+            described = await self.describe(params)
+            definition = described.definition
+            existing = self.registry.current(definition)
         if existing is None:
             # A new snapshot's point must be followed by the stream: taken while the
             # stream is down, it holds rows the other shapes do not get until it follows.

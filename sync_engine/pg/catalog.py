@@ -152,6 +152,14 @@ class TableInfo:
     """The descendants (partitions, inheritance children) whose rows change with nothing
     in the WAL, as `"schema"."name" (unlogged)` or `(foreign)`: the table's SELECT reads
     them, its replication never will (wherefuzz 08:19), so no shape is made on it."""
+    casts: tuple[tuple[str, str, str], ...] | None = None
+    """(source typname, target typname, function) of every cast a user made WITH FUNCTION
+    (pg_cast, castmethod 'f', not built in) from or to a type the columns are made of (their
+    types, arrays' element types, domains' base types): `v::text` of an enum with such a
+    cast to text runs that function in Postgres, where the engine reads the value's text
+    (fidelity 08:50), so a where clause casting through one is refused. Each source is
+    recorded by its typname and schema-qualified (as `ColumnInfo.domain_base` names a base
+    type someone made). None: described by an engine that did not record it."""
 
     def column(self, name: str) -> ColumnInfo | None:
         for c in self.columns:
@@ -173,6 +181,7 @@ class TableInfo:
                 for c in self.columns
                 if c.is_enum and c.attnum in labels
             },
+            {(source, target): func for source, target, func in self.casts or ()},
         )
 
 
@@ -182,13 +191,19 @@ class ColumnMap(dict[str, ColumnInfo]):
     (`pg_enum.enumsortorder`: `ALTER TYPE ... ADD VALUE 'x' BEFORE 'y'` puts 'x' before
     'y'), by which Postgres orders its values. A where clause compares enum values only
     where it knows them (`shapes/where`); a plain mapping of columns tells none. Not a
-    field of `ColumnInfo`: the table's record keeps them (`TableInfo.enums`)."""
+    field of `ColumnInfo`: the table's record keeps them (`TableInfo.enums`).
+    `function_casts`: (source, target) typname -> the function of a cast a user made between
+    them (`TableInfo.casts`), which a where clause may not cast through."""
 
     def __init__(
-        self, columns: dict[str, ColumnInfo], enum_labels: dict[str, tuple[str, ...]]
+        self,
+        columns: dict[str, ColumnInfo],
+        enum_labels: dict[str, tuple[str, ...]],
+        function_casts: dict[tuple[str, str], str] | None = None,
     ) -> None:
         super().__init__(columns)
         self.enum_labels = enum_labels
+        self.function_casts = function_casts or {}
 
 
 _TABLE_SQL = """
@@ -306,6 +321,31 @@ FROM ty JOIN pg_enum e ON e.enumtypid = ty.oid
 ORDER BY ty.attnum, e.enumsortorder
 """
 
+# The casts users made WITH FUNCTION (not built in: oid >= FirstNormalObjectId) from or to
+# any type the columns are made of (through arrays' element types and domains' base types).
+_CASTS_SQL = """
+WITH RECURSIVE ty(oid, depth) AS (
+    SELECT a.atttypid, 0 FROM pg_attribute a
+    WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+    UNION ALL
+    SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END, ty.depth + 1
+    FROM ty JOIN pg_type t ON t.oid = ty.oid
+    WHERE (t.typtype = 'd' OR t.typelem <> 0) AND ty.depth < 100
+)
+SELECT DISTINCT src, d.typname::text, c.castfunc::regprocedure::text
+FROM pg_cast c
+JOIN pg_type s ON s.oid = c.castsource
+JOIN pg_namespace n ON n.oid = s.typnamespace
+JOIN pg_type d ON d.oid = c.casttarget
+CROSS JOIN LATERAL (
+    -- (also as a domain's base type someone made is recorded: `ColumnInfo.domain_base`)
+    VALUES (s.typname::text), (format('%%I.%%I', n.nspname, s.typname))
+) AS names(src)
+WHERE c.castmethod = 'f' AND c.oid >= 16384
+  AND (c.castsource IN (SELECT oid FROM ty) OR c.casttarget IN (SELECT oid FROM ty))
+ORDER BY 1, 2, 3
+"""
+
 
 async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> TableInfo | None:
     """Describe `schema.name`, or None when no such relation exists."""
@@ -341,6 +381,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         )
     files = await (await conn.execute(_FILES_SQL, (oid,))).fetchall()
     enums = await (await conn.execute(_ENUMS_SQL, (oid,))).fetchall()
+    casts = await (await conn.execute(_CASTS_SQL, (oid,))).fetchall()
     unsynced: list[str] = []
     generated_below: set[str] = set()
     for member, why, generated_names in await (
@@ -365,6 +406,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         relfilenode=relfilenode,
         files=tuple((int(o), int(f)) for o, f in files),
         enums=tuple((int(a), int(o), str(label)) for a, o, label, _ in enums),
+        casts=tuple((str(src), str(dst), str(f)) for src, dst, f in casts),
     )
 
 

@@ -100,6 +100,7 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
         "enums": None if t.enums is None else [list(e) for e in t.enums],
         "unsynced": list(t.unsynced),
         "pk_deferrable": t.pk_deferrable,
+        "casts": None if t.casts is None else [list(c) for c in t.casts],
         # every field of each column, whatever it is: a field left out of a hand-written
         # list came back as its default after a restart (a domain's base type, an enum's
         # schema), and the shape was refused or compiled otherwise
@@ -128,6 +129,7 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         enums=_rows(d.get("enums"), (int, int, str)),
         unsynced=tuple(str(u) for u in _list(d.get("unsynced"))),
         pk_deferrable=d.get("pk_deferrable") is True,
+        casts=_rows(d.get("casts"), (str, str, str)),
     )
 
 
