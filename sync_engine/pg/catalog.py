@@ -230,23 +230,21 @@ JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
 LEFT JOIN pg_collation co ON co.oid = a.attcollation AND a.attcollation <> 100
 LEFT JOIN LATERAL (
-    WITH RECURSIVE under(oid, typtype, typbasetype, typname, depth) AS (
-        SELECT s.oid, s.typtype, s.typbasetype, s.typname, 0 FROM pg_type s
+    WITH RECURSIVE under(oid, typtype, typbasetype, typname, typnamespace, depth) AS (
+        SELECT s.oid, s.typtype, s.typbasetype, s.typname, s.typnamespace, 0 FROM pg_type s
         WHERE s.oid = CASE WHEN et.typarray = t.oid THEN et.oid ELSE t.oid END
           AND s.typtype = 'd'
         UNION ALL
-        SELECT b.oid, b.typtype, b.typbasetype, b.typname, u.depth + 1
+        SELECT b.oid, b.typtype, b.typbasetype, b.typname, b.typnamespace, u.depth + 1
         FROM under u JOIN pg_type b ON b.oid = u.typbasetype
         WHERE u.typtype = 'd' AND u.depth < 100
     )
     -- (a base type someone made, whatever its name, is named with its schema: it is never
     -- taken for the built-in type of that name, e.g. an enum public.uuid with its own cast)
-    SELECT CASE WHEN oid < 16384 THEN typname
-                ELSE format('%%I.%%I', (SELECT nspname FROM pg_namespace n
-                                        WHERE n.oid = (SELECT typnamespace FROM pg_type x
-                                                       WHERE x.oid = under.oid)), typname)
-           END AS typname
-    FROM under WHERE typtype <> 'd' LIMIT 1
+    SELECT CASE WHEN u.oid < 16384 THEN u.typname
+                ELSE format('%%I.%%I', n.nspname, u.typname) END AS typname
+    FROM under u JOIN pg_namespace n ON n.oid = u.typnamespace
+    WHERE u.typtype <> 'd' LIMIT 1
 ) base ON true
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum

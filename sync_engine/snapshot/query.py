@@ -68,6 +68,12 @@ _CAST_SAFE_TYPES = frozenset(
 FIRST_NORMAL_OID = 16384
 
 
+def _output_text(ident: sql.Identifier) -> sql.Composable:
+    """The column's text by its type's output function, whatever casts to text exist
+    (`concat` calls the output function; NULL stays NULL)."""
+    return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+
+
 def text_expr(col: ColumnInfo) -> sql.Composable:
     """The column as Postgres text, exactly as pgoutput renders it (keys must agree).
 
@@ -78,16 +84,16 @@ def text_expr(col: ColumnInfo) -> sql.Composable:
     if col.is_array:
         if col.type_oid < FIRST_NORMAL_OID:  # (a built-in array: array_out, exactly)
             return sql.SQL("{c}::text").format(c=ident)
-        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+        return _output_text(ident)
     if col.type_kind != "d" and col.type_oid >= FIRST_NORMAL_OID:
-        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+        return _output_text(ident)
     scalar = col.type_name
     if col.type_kind == "d" and col.domain_base is not None:
         scalar = col.domain_base  # (through domains over domains)
     elif col.type_kind == "d":  # (recorded before domain_base was: its base unknown)
         scalar = ""
     if scalar in _OUTPUT_FUNCTION_TYPES or scalar not in _CAST_SAFE_TYPES:
-        return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+        return _output_text(ident)
     return sql.SQL("{c}::text").format(c=ident)
 
 

@@ -14,9 +14,11 @@ Mounting a small tmpfs needs root (CI runs as root); elsewhere the test is skipp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import subprocess
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,31 @@ def _free(path: Path) -> int:
 
 #: How many 409s `_sync` follows as the client does (from -1 again) before it gives up.
 REFETCHES = 3
+
+
+@contextlib.asynccontextmanager
+async def _engine_on_a_small_disk(
+    db_url: str, tmp_path: Path, rows: int
+) -> AsyncIterator[tuple[EngineProcess, Path]]:
+    """The engine on a SIZE tmpfs (its log elsewhere), a table `items` of `rows` rows of
+    ~260 bytes; stopped and unmounted after."""
+    mnt = tmp_path / "data"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mnt)], check=True)
+    engine = EngineProcess(db_url, mnt, "--long-poll-timeout", "2", "--chunk-bytes", "65536")
+    engine.log = tmp_path / "engine.log"  # not on the disk that fills up
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, t text)")
+            conn.execute(
+                "INSERT INTO items SELECT g, g, repeat('x', 200) FROM generate_series(1, %s) g",
+                (rows,),
+            )
+        await asyncio.to_thread(engine.start)
+        yield engine, mnt
+    finally:
+        engine.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 async def _sync(
@@ -78,18 +105,7 @@ async def _sync(
 async def test_new_shapes_leave_the_reserve_and_live_changes_go_on(
     db_url: str, tmp_path: Path
 ) -> None:
-    mnt = tmp_path / "data"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mnt)], check=True)
-    engine = EngineProcess(db_url, mnt, "--long-poll-timeout", "2", "--chunk-bytes", "65536")
-    engine.log = tmp_path / "engine.log"  # not on the disk that fills up
-    try:
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, t text)")
-            conn.execute(  # (a snapshot of it: ~1.3 MB)
-                "INSERT INTO items SELECT g, g, repeat('x', 200) FROM generate_series(1, 5000) g"
-            )
-        await asyncio.to_thread(engine.start)
+    async with _engine_on_a_small_disk(db_url, tmp_path, rows=5000) as (engine, mnt):  # ~1.3 MB
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             status, _, handle, offset = await _sync(session, engine.url, "id <= 10")
             assert status == 200
@@ -137,9 +153,6 @@ async def test_new_shapes_leave_the_reserve_and_live_changes_go_on(
             assert [m["value"].get("t") for m in got] == ["changed"], got
             async with session.get(engine.url + "/v1/health") as r:
                 assert r.status == 200, await r.text()
-    finally:
-        engine.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.timeout(120)
@@ -151,18 +164,7 @@ async def test_a_snapshot_refused_late_is_not_retried_at_once_for_the_space_it_f
     the client's -1 after its 409 made the same snapshot again, refused again at the same
     place, a 409 each time (a snapshot query each): the 503 disk_full never came (ci1,
     2026-12-07, and locally 1 run in 3). Its -1 now gets the 503."""
-    mnt = tmp_path / "data"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mnt)], check=True)
-    engine = EngineProcess(db_url, mnt, "--long-poll-timeout", "2", "--chunk-bytes", "65536")
-    engine.log = tmp_path / "engine.log"  # not on the disk that fills up
-    try:
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, t text)")
-            conn.execute(  # (a snapshot of it: ~5 MB)
-                "INSERT INTO items SELECT g, g, repeat('x', 200) FROM generate_series(1, 20000) g"
-            )
-        await asyncio.to_thread(engine.start)
+    async with _engine_on_a_small_disk(db_url, tmp_path, rows=20000) as (engine, mnt):  # ~5 MB
         # Room for ~2.5 MB of snapshot above the reserve: the snapshot is refused after it
         # wrote more than 1 MiB.
         filler = mnt / "filler"
@@ -182,9 +184,6 @@ async def test_a_snapshot_refused_late_is_not_retried_at_once_for_the_space_it_f
                 for line in engine.log_tail(1_000_000).splitlines()
             )
             assert refused == 1, (refused, statuses)
-    finally:
-        engine.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 async def _sync_once(
