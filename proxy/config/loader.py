@@ -29,6 +29,7 @@ from pydantic import SecretStr, ValidationError
 
 from proxy.config.model import (
     HMAC_ALGORITHMS,
+    BooleanNotNumber,
     DenyRule,
     IssuerConfig,
     ProxyConfig,
@@ -447,8 +448,12 @@ def _format_validation(error: ValidationError, node: yaml.Node | None = None) ->
     """Each error's key path, its line in the file when known, and what is wrong."""
     lines = []
     for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        line = line_of(node, item["loc"])
+        path = tuple(item["loc"])
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, BooleanNotNumber):
+            path += (cause.key,)  # (raised for the mapping holding the setting)
+        loc = ".".join(str(part) for part in path) or "(top level)"
+        line = line_of(node, path)
         where = f" (line {line})" if line is not None else ""
         lines.append(f"{loc}{where}: {item['msg']}")
     return "; ".join(lines)

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import types
 import unicodedata
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -152,6 +153,13 @@ def _no_yaml_words(when: object) -> object:
                     f"{path}: a {what} matches no token: write the text, number, true or "
                     "false the claim must be, or remove the condition"
                 )
+            if isinstance(item, str) and not item.strip():
+                # (`status: "${SUSPENDED}"` after an envsubst with the variable unset: a deny
+                # that matched only tokens whose claim is blank, never the suspended ones)
+                raise ValueError(
+                    f'{path}: {item!r} is empty text (an unset variable in "${{VAR}}" '
+                    "leaves it so): write the value the claim must be, or remove the condition"
+                )
             if isinstance(item, YamlWord):
                 raise ValueError(
                     f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for a "
@@ -164,8 +172,48 @@ def _no_yaml_words(when: object) -> object:
 EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
 
 
+class BooleanNotNumber(ValueError):
+    """A boolean where a number is expected. `key`: the setting, which the loader adds to
+    the error's key path, so the message names its line (`loader._format_validation`)."""
+
+    def __init__(self, key: str, value: bool) -> None:
+        super().__init__(
+            f"{str(value).lower()} is a boolean, not a number (it was read as "
+            f"{int(value)}): write the number"
+        )
+        self.key = key
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field of this type takes a number and no boolean (`int`, `float | None`)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = get_args(annotation)
+    else:
+        kinds = (annotation,)
+    return bool not in kinds and any(kind in (int, float) for kind in kinds)
+
+
+def refuse_boolean_numbers(model: type[BaseModel], value: object) -> object:
+    """`value` (the mapping `model` is made from) unless it gives `true` or `false` for a
+    number: a YAML boolean is a Python int, so pydantic took `port: true` as 1 and
+    `max_age_cap: false` as 0 (`${FLAG}` pasted into the wrong key, a list of settings
+    shifted by a line). Raises `BooleanNotNumber`."""
+    if isinstance(value, dict):
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            given = value.get(key)
+            if isinstance(given, bool) and _numeric(info.annotation):
+                raise BooleanNotNumber(key, given)
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: object) -> object:
+        return refuse_boolean_numbers(cls, value)
 
 
 class StaticKey(_Model):
@@ -437,8 +485,30 @@ class CacheConfig(_Model):
     """
 
     max_age_cap: int | None = Field(
-        default=60, ge=0, description="cap max-age of private responses (None: keep upstream's)"
+        default=60,
+        ge=0,
+        description="cap max-age of private responses, seconds; `unlimited`: the engine's "
+        "max-age as it sent it (null is refused)",
     )
+
+    @field_validator("max_age_cap", mode="before")
+    @classmethod
+    def _cap_given(cls, value: object) -> object:
+        """`max_age_cap:` left empty (`${MAX_AGE_CAP}` after an envsubst with the variable
+        unset) is null, which read as "no cap": browsers kept a private answer as long as
+        the engine said, past a revoked grant (as `max_lifetime`). No cap is said in words,
+        `unlimited`; null is a load error. (Runs only for a value given: left out, 60.)"""
+        if value is None:
+            raise ValueError(
+                "empty (null): give the longest max-age clients may keep a private answer, in "
+                f"seconds (e.g. max_age_cap: 60), or write max_age_cap: {UNLIMITED} to pass "
+                "the engine's max-age on as it is (an unset variable in max_age_cap: ${VAR} "
+                "leaves it empty)"
+            )
+        if value == UNLIMITED:
+            return None
+        return value
+
     max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,
@@ -549,6 +619,11 @@ class AccessRule(_Model):
         default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
     )
     limits: RuleLimits | None = Field(default=None, description="overrides of the limits")
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limit_numbers(cls, value: object) -> object:
+        return refuse_boolean_numbers(RuleLimits, value)
 
     @model_validator(mode="after")
     def _rows_explicit(self) -> AccessRule:
@@ -669,6 +744,12 @@ class ProxyConfig(_Model):
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="per-principal limits (proxy.limits.config)"
     )
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limit_numbers(cls, value: object) -> object:
+        return refuse_boolean_numbers(LimitsConfig, value)
+
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("shapes")
