@@ -304,7 +304,17 @@ class IssuerConfig(_Model):
     @field_validator("audience", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+        """One audience or a list. An empty one (`audience: "${AUDIENCE}"` after an
+        envsubst with the variable unset) is refused: it accepted the issuer's tokens whose
+        `aud` is empty text, meant for no service in particular."""
+        value = [value] if isinstance(value, str) else value
+        for item in value if isinstance(value, list) else ():
+            if isinstance(item, str) and not item.strip():
+                raise ValueError(
+                    f"{item!r} is empty: give the aud value this service's tokens carry (an "
+                    'unset variable in "${VAR}" leaves it empty)'
+                )
+        return value
 
     @model_validator(mode="after")
     def _keys_and_algorithms(self) -> IssuerConfig:
@@ -603,6 +613,22 @@ class AccessRule(_Model):
                 "empty (null): list the columns to show, e.g. columns: [id, title], or remove "
                 "the key to show every column"
             )
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _column_names_as_stored(cls, value: list[str] | None) -> list[str] | None:
+        """A column written with spaces around it or a character no one sees (pasted from a
+        web page) names a column no table has: the rule loaded and every request of it was
+        the engine's 400 about a column the client never named (config probe, 2026-12-07).
+        (Quotes are part of a name as written: `'"Title"'` is the column `"Title"`, as
+        stored; tests/proxy/test_policy.py.)"""
+        for name in value or ():
+            if name != name.strip():
+                raise ValueError(f"{name!r}: the column name has spaces around it: remove them")
+            hidden = _invisible(name)
+            if hidden is not None:
+                raise ValueError(f"{name!r}: holds an invisible character {hidden}: retype it")
         return value
 
     client_where: Literal["forbid", "validated", "passthrough"] = Field(

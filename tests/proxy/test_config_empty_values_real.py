@@ -11,6 +11,9 @@ session): each a real file loaded by `load_config`, the proxy in front of a real
 - `true` or `false` where a number is expected (`max_age_cap: false`, `port: true`, a
   limit): YAML's booleans are Python ints, so they loaded as 0 or 1. A load error now,
   naming the setting's line, in every section (limits and a rule's limits too).
+- `audience: "${AUDIENCE}"` unset: every token was refused (401) by a proxy that ran; a rule's
+  column written with spaces around it or an invisible character: every request of the
+  rule was the engine's 400. Load errors now.
 """
 
 from __future__ import annotations
@@ -124,3 +127,40 @@ def test_a_boolean_where_a_number_is_expected_is_refused(
     assert "is a boolean, not a number" in str(raised.value)
     fixed = text.replace("true", "1").replace("false", "1").replace("all_rows: 1", "all_rows: true")
     assert proxy_from_yaml.load(fixed).config.tables["items"]
+
+
+def test_an_empty_audience_is_refused(proxy_from_yaml: Any) -> None:
+    """On the old code `audience: ''` loaded, and every token was refused with a 401 (an
+    empty `aud` reads as none): the proxy ran, refusing everyone, for a missing variable.
+    A load error naming the line now."""
+    rule = "tables:\n  items:\n    allow: [{all_rows: true}]\n"
+    head = proxy_from_yaml.head("http://127.0.0.1:9")
+    for empty in ("''", "[app, ' ']"):
+        text = re.sub(r'    audience: "[^"]*"\n', f"    audience: {empty}\n", head) + rule
+        with pytest.raises(ConfigError, match=r"issuers\.0\.audience \(line 4\): .* is empty"):
+            proxy_from_yaml.load(text)
+
+
+@pytest.mark.parametrize(
+    ("column", "why"),
+    [
+        ("' title'", "spaces around it"),
+        ('"title\\u200b"', "invisible character U\\+200B"),
+    ],
+)
+async def test_a_rule_column_spelt_unlike_postgres_is_refused(
+    engine: EngineProcess, proxy_from_yaml: Any, column: str, why: str
+) -> None:
+    """On the old code each loaded, and every request of the rule was the engine's 400
+    about a column the client never named."""
+    text = proxy_from_yaml.head(engine.url) + (
+        f"tables:\n  items:\n    allow: [{{all_rows: true, columns: [id, {column}]}}]\n"
+    )
+    try:
+        proxy = await proxy_from_yaml(text)
+    except ConfigError as exc:
+        assert re.search(rf"allow\.0\.columns \(line 9\): .*{why}", str(exc)), exc
+        return
+    reply = await proxy.get(PATH, token=proxy.tokens.make())
+    assert reply.status == 200, reply.body
+    assert reply.json()[0]["value"] == {"id": "1", "title": "one"}
