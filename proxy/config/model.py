@@ -365,6 +365,23 @@ class UpstreamConfig(_Model):
     pool_size: int = Field(default=4096, ge=1, description="max upstream connections")
     retry_after: int = Field(default=2, ge=1, description="Retry-After on 502/503/504")
 
+    @field_validator("source_id", mode="before")
+    @classmethod
+    def _source_id_given(cls, value: object) -> object:
+        """`source_id:` left empty (`${SOURCE_ID}` after an envsubst with the variable unset)
+        sent every request to the engine's own `--database-url` database instead of the
+        source (checked against the engine's `--secret`, not the source's), or as
+        `source_id=` to no source: a proxy that ran, with a 401 for every request. Only
+        leaving the key out means the engine's own database. (Runs only for a value
+        given.)"""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError(
+                "empty: give the source's id (`sync-engine sources add` prints it), or remove "
+                "the key to use the engine's own database (an unset variable in "
+                "source_id: ${VAR} leaves it empty)"
+            )
+        return value
+
     @field_validator("source_id")
     @classmethod
     def _canonical_source_id(cls, value: str | None) -> str | None:

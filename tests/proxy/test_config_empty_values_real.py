@@ -164,3 +164,17 @@ async def test_a_rule_column_spelt_unlike_postgres_is_refused(
     reply = await proxy.get(PATH, token=proxy.tokens.make())
     assert reply.status == 200, reply.body
     assert reply.json()[0]["value"] == {"id": "1", "title": "one"}
+
+
+def test_a_source_id_left_empty_is_refused(proxy_from_yaml: Any) -> None:
+    """On the old code `source_id:` (null) loaded and every request went to the engine's own
+    database, not the source (`''`: to no source): a proxy that ran, refusing everyone."""
+    rule = "tables:\n  items:\n    allow: [{all_rows: true}]\n"
+    head = proxy_from_yaml.head("http://127.0.0.1:9")
+    for empty in ("", " ''", " ' '"):
+        text = head.replace("secret_env:", f"source_id:{empty}, secret_env:", 1) + rule
+        text = text.replace("source_id:,", "source_id: ,")
+        with pytest.raises(ConfigError, match=r"upstream\.source_id \(line 1\): .*empty: give"):
+            proxy_from_yaml.load(text)
+    text = head.replace("secret_env:", "source_id: SRC, secret_env:", 1) + rule
+    assert proxy_from_yaml.load(text).config.upstream.source_id == "SRC"
