@@ -435,6 +435,27 @@ class ServerConfig(_Model):
         "forwarding headers are ignored (proxy.limits.client). Applied on reload.",
     )
 
+    max_connections_per_address: int | None = Field(
+        default=None,
+        ge=1,
+        description="client connections one client address may hold at once (its next one "
+        "gets a 503 and is closed); left out: a quarter of the proxy's connection cap, at "
+        "least 8. Loopback and trusted_proxies peers are exempt. Applied on reload, to new "
+        "connections (proxy.http.serve)",
+    )
+
+    @field_validator("max_connections_per_address", mode="before")
+    @classmethod
+    def _per_address_given(cls, value: object) -> object:
+        """Left empty (`${MAX_CONNS}` with the variable unset) it is refused, as every
+        setting left empty is: only leaving the key out means the default share."""
+        if value is None:
+            raise ValueError(
+                "empty (null): give a number of connections, or remove the key for the "
+                "default (a quarter of the connection cap, at least 8)"
+            )
+        return value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _networks(cls, value: object) -> object:

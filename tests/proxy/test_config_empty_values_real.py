@@ -178,3 +178,21 @@ def test_a_source_id_left_empty_is_refused(proxy_from_yaml: Any) -> None:
             proxy_from_yaml.load(text)
     text = head.replace("secret_env:", "source_id: SRC, secret_env:", 1) + rule
     assert proxy_from_yaml.load(text).config.upstream.source_id == "SRC"
+
+
+def test_max_connections_per_address_is_a_number_or_left_out(proxy_from_yaml: Any) -> None:
+    """`server.max_connections_per_address` (read by proxy/http/serve.py): a number of at
+    least 1; left empty, 0, or a boolean, a load error naming the line; left out, None (the
+    default share)."""
+    head = proxy_from_yaml.head("http://127.0.0.1:9")
+    rule = "tables:\n  items:\n    allow: [{all_rows: true}]\n"
+    for value, words in (("", "empty \\(null\\)"), ("0", "greater than or equal to 1"),
+                         ("true", "is a boolean")):  # fmt: skip
+        text = head + f"server:\n  max_connections_per_address: {value}\n" + rule
+        with pytest.raises(
+            ConfigError, match=rf"max_connections_per_address \(line 8\): .*{words}"
+        ):
+            proxy_from_yaml.load(text)
+    text = head + "server:\n  max_connections_per_address: 12\n" + rule
+    assert proxy_from_yaml.load(text).config.server.max_connections_per_address == 12
+    assert proxy_from_yaml.load(head + rule).config.server.max_connections_per_address is None
