@@ -196,3 +196,23 @@ def test_max_connections_per_address_is_a_number_or_left_out(proxy_from_yaml: An
     text = head + "server:\n  max_connections_per_address: 12\n" + rule
     assert proxy_from_yaml.load(text).config.server.max_connections_per_address == 12
     assert proxy_from_yaml.load(head + rule).config.server.max_connections_per_address is None
+
+
+async def test_a_named_shape_saying_clients_may_filter_is_warned_about(
+    engine: EngineProcess, proxy_from_yaml: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A named shape's `client_where: validated` loaded silently, and every client `where`
+    was refused there (its URL is its definition): the file said something the proxy never
+    did. It still loads (it errs safe), with a warning naming the rule."""
+    text = proxy_from_yaml.head(engine.url) + (
+        "shapes:\n  mine:\n    table: items\n"
+        "    allow: [{name: own, all_rows: true, client_where: validated}]\n"
+    )
+    proxy = await proxy_from_yaml(text)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(
+        "shapes.mine: allow rule 'own' (allow.0) says client_where: validated" in w for w in warned
+    ), warned
+    token = proxy.tokens.make()
+    reply = await proxy.get("/shapes/mine?offset=-1&where=id%20%3D%201", token=token)
+    assert (reply.status, reply.json()["code"]) == (400, "named_shape_definition"), reply.body
