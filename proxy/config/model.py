@@ -16,6 +16,7 @@ import unicodedata
 import uuid
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from pglast.parser import ParseError, scan
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from proxy.limits.config import LimitsConfig, RuleLimits
+from proxy.policy.sql import PLACEHOLDER
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -707,40 +709,19 @@ class AccessRule(_Model):
 
 
 def _line_comment(sql: str) -> bool:
-    """Whether `sql` holds a `--` comment outside its string literals, quoted names and
-    block comments (which Postgres nests)."""
-    i, n, depth = 0, len(sql), 0
-    while i < n:
-        if depth:
-            if sql.startswith("/*", i):
-                depth, i = depth + 1, i + 2
-            elif sql.startswith("*/", i):
-                depth, i = depth - 1, i + 2
-            else:
-                i += 1
-            continue
-        char = sql[i]
-        if sql.startswith("--", i):
-            return True
-        if sql.startswith("/*", i):
-            depth, i = 1, i + 2
-        elif char in "'\"":
-            escapes = char == "'" and i > 0 and sql[i - 1] in "eE"
-            i += 1
-            while i < n:
-                if escapes and sql[i] == "\\":
-                    i += 2
-                elif sql[i] == char:
-                    if sql.startswith(char * 2, i):
-                        i += 2
-                    else:
-                        break
-                else:
-                    i += 1
-            i += 1
-        else:
-            i += 1
-    return False
+    """Whether `sql` holds a `--` comment, as Postgres's own scanner (pglast's) reads the
+    filter the proxy parses (its `{{claim}}` placeholders made `$1`, as `compile_policy`
+    does). A hand-written reading missed one after a dollar-quoted string holding a quote
+    (`title <> $q$it's$q$ -- note` + a folded line: the comment hid `AND org_id = 'a'`, and
+    every organisation's rows were served; config probe, 2026-12-07). A filter the scanner
+    refuses does not parse either: its load error says why."""
+    if "--" not in sql:
+        return False
+    try:
+        tokens = scan(PLACEHOLDER.sub("$1", sql))
+    except (ParseError, ValueError):
+        return False
+    return any(token.name == "SQL_COMMENT" for token in tokens)
 
 
 def _claim_values(match: ClaimMatch) -> set[tuple[bool, Scalar]]:
