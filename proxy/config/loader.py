@@ -29,9 +29,9 @@ from pydantic import SecretStr, ValidationError
 
 from proxy.config.model import (
     HMAC_ALGORITHMS,
-    BooleanNotNumber,
     DenyRule,
     IssuerConfig,
+    NumberSettingError,
     ProxyConfig,
     StaticKey,
     TablePolicy,
@@ -450,7 +450,7 @@ def _format_validation(error: ValidationError, node: yaml.Node | None = None) ->
     for item in error.errors():
         path = tuple(item["loc"])
         cause = item.get("ctx", {}).get("error")
-        if isinstance(cause, BooleanNotNumber):
+        if isinstance(cause, NumberSettingError):
             path += (cause.key,)  # (raised for the mapping holding the setting)
         loc = ".".join(str(part) for part in path) or "(top level)"
         line = line_of(node, path)

@@ -10,6 +10,7 @@ one field (HMAC mixed with asymmetric algorithms, a rule with neither a filter n
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import types
 import unicodedata
@@ -174,15 +175,13 @@ def _no_yaml_words(when: object) -> object:
 EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
 
 
-class BooleanNotNumber(ValueError):
-    """A boolean where a number is expected. `key`: the setting, which the loader adds to
-    the error's key path, so the message names its line (`loader._format_validation`)."""
+class NumberSettingError(ValueError):
+    """A value no number setting takes (a boolean, `.inf`, `.nan`). `key`: the setting,
+    which the loader adds to the error's key path, so the message names its line
+    (`loader._format_validation`)."""
 
-    def __init__(self, key: str, value: bool) -> None:
-        super().__init__(
-            f"{str(value).lower()} is a boolean, not a number (it was read as "
-            f"{int(value)}): write the number"
-        )
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
         self.key = key
 
 
@@ -195,17 +194,31 @@ def _numeric(annotation: Any) -> bool:
     return bool not in kinds and any(kind in (int, float) for kind in kinds)
 
 
-def refuse_boolean_numbers(model: type[BaseModel], value: object) -> object:
-    """`value` (the mapping `model` is made from) unless it gives `true` or `false` for a
-    number: a YAML boolean is a Python int, so pydantic took `port: true` as 1 and
-    `max_age_cap: false` as 0 (`${FLAG}` pasted into the wrong key, a list of settings
-    shifted by a line). Raises `BooleanNotNumber`."""
+def check_number_settings(model: type[BaseModel], value: object) -> object:
+    """`value` (the mapping `model` is made from) unless it gives a number setting
+    something no number means there: `true` or `false` (a YAML boolean is a Python int,
+    so pydantic took `port: true` as 1 and `max_age_cap: false` as 0: `${FLAG}` pasted
+    into the wrong key, a list of settings shifted by a line), or `.inf` / `.nan` (YAML's
+    infinity loaded wherever no upper bound was set: `reload_interval: .inf` never
+    reloaded the file, so an edit narrowing the policy silently never applied;
+    `jwks_ttl: .inf` kept a key dropped from the issuer's set). Raises
+    `NumberSettingError`."""
     if isinstance(value, dict):
         for name, info in model.model_fields.items():
             key = info.alias or name
             given = value.get(key)
-            if isinstance(given, bool) and _numeric(info.annotation):
-                raise BooleanNotNumber(key, given)
+            if not _numeric(info.annotation):
+                continue
+            if isinstance(given, bool):
+                raise NumberSettingError(
+                    key,
+                    f"{str(given).lower()} is a boolean, not a number (it was read as "
+                    f"{int(given)}): write the number",
+                )
+            if isinstance(given, float) and not math.isfinite(given):
+                raise NumberSettingError(
+                    key, f"{given!r} is no finite number: write the number (a finite one)"
+                )
     return value
 
 
@@ -215,7 +228,7 @@ class _Model(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _no_boolean_numbers(cls, value: object) -> object:
-        return refuse_boolean_numbers(cls, value)
+        return check_number_settings(cls, value)
 
 
 class StaticKey(_Model):
@@ -689,7 +702,7 @@ class AccessRule(_Model):
     @field_validator("limits", mode="before")
     @classmethod
     def _limit_numbers(cls, value: object) -> object:
-        return refuse_boolean_numbers(RuleLimits, value)
+        return check_number_settings(RuleLimits, value)
 
     @model_validator(mode="after")
     def _rows_explicit(self) -> AccessRule:
@@ -793,7 +806,7 @@ class ProxyConfig(_Model):
     @field_validator("limits", mode="before")
     @classmethod
     def _limit_numbers(cls, value: object) -> object:
-        return refuse_boolean_numbers(LimitsConfig, value)
+        return check_number_settings(LimitsConfig, value)
 
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
