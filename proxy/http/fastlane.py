@@ -79,7 +79,7 @@ class _Layout:
     (the engine sends the same names in the same order for each kind of answer): worked out
     once per sequence instead of once per answer."""
 
-    __slots__ = ("cache_control", "kept", "length", "plain", "server", "typed")
+    __slots__ = ("cache_control", "kept", "length", "pick", "plain", "server", "typed")
 
     def __init__(self, names: tuple[bytes, ...]) -> None:
         lower = [name.lower() for name in names]
@@ -100,22 +100,27 @@ class _Layout:
         self.typed = any(lower[i] == b"content-type" for i in kept)
         #: No Vary (merged with the proxy's own) and no framing but Content-Length.
         self.plain = b"vary" not in lower and b"transfer-encoding" not in lower
-        #: raw -> the kept headers as `Name: value` lines, each ending in CRLF (b"" when none).
-        self.kept = _kept_lines(names, kept)
+        #: The kept headers as `Name: value` lines, each ending in CRLF (b"" when none):
+        #: `kept % pick(raw)`.
+        self.kept, self.pick = _kept_lines(names, kept)
 
 
-def _kept_lines(names: tuple[bytes, ...], kept: list[int]) -> Callable[[list[bytes]], bytes]:
-    """The kept headers' lines of an answer with these header `names`: the names are the
-    layout's own (it is looked up by the exact name sequence), so they go into a template
-    once and each answer's values are put in by one `%` (any `%` in a name is escaped)."""
+def _kept_lines(
+    names: tuple[bytes, ...], kept: list[int]
+) -> tuple[bytes, Callable[[list[bytes]], Any]]:
+    """The kept headers' lines of an answer with these header `names`, as (template, pick):
+    `template % pick(raw)` is those lines. The names are the layout's own (it is looked up
+    by the exact name sequence), so they go into the template once and each answer's values
+    are put in by one `%` (any `%` in a name is escaped); `pick` is an `itemgetter` (one
+    value, or a tuple of them), so no Python-level call is made per answer."""
     if not kept:
-        return lambda raw: b""
+        return b"", _no_values
     template = b"".join(names[i].replace(b"%", b"%%") + b": %b\r\n" for i in kept)
-    if len(kept) == 1:
-        index = 2 * kept[0] + 1
-        return lambda raw: template % (raw[index],)
-    pick = itemgetter(*(2 * i + 1 for i in kept))  # (2 or more indexes: it returns a tuple)
-    return lambda raw: template % pick(raw)
+    return template, itemgetter(*(2 * i + 1 for i in kept))
+
+
+def _no_values(raw: list[bytes]) -> tuple[()]:
+    return ()
 
 
 #: `Runtime.fast_cors`: at most this many origins remembered per config (any header value).
@@ -636,7 +641,7 @@ class FastAnswer:
         raw = head.raw
         plan = self._layout
         assert plan is not None
-        kept = plan.kept(raw)
+        kept = plan.kept % plan.pick(raw)
         options = self._runtime.options
         if options.secret_marker_bytes in kept and options.secret_bytes:
             # (an echo of the engine URL, the secret in it: never to a client)
