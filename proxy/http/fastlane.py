@@ -42,9 +42,9 @@ from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
 from proxy.http.wire import Request, Response, StreamResponse, http_date
-from proxy.limits.admission import Permit
+from proxy.limits.admission import Admission, Permit
 from proxy.limits.client import client_address
-from proxy.runtime import ANONYMOUS, Prepared, Runtime
+from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
 from proxy.upstream.client import (
     HIGH_WATER,
     SPLICE_FROM,
@@ -186,6 +186,9 @@ class LaneApp(handlers.Services, Protocol):
     what the handlers need (`handlers.Services`: holder, forwarder, admission, metrics...)
     and the lane's own members below. The lane sits below the app and does not import it."""
 
+    #: (holder, forwarder, admission) once the app started (the properties' values).
+    lane: tuple[RuntimeHolder, Forwarder, Admission] | None
+
     def cors_for(
         self, request: Request, *, shape: bool = True
     ) -> tuple[bool, Mapping[str, str] | None]: ...
@@ -203,9 +206,11 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     raw_path = request.raw_path  # (its path is /v1/shape: the target is that, or that and "?")
     if raw_path[:10] != _SHAPE_QUERY and raw_path != _SHAPE_PATH:
         return None
-    runtime = app.holder.current
+    lane = app.lane  # (`answer_fast` called it only once the app started)
+    assert lane is not None
+    holder, forwarder, admission = lane
+    runtime = holder.current
     options = runtime.options
-    forwarder = app.forwarder
     cache = runtime.prepared
     if cache is None or options.collapse or (options.cache and forwarder.cache.enabled):
         return None
@@ -258,7 +263,7 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
         trusted = runtime.loaded.config.server.trusted_proxies
         principal = f"{ANONYMOUS} {client_address(request.remote, headers, trusted)}"
     live = prepared.live
-    permit = app.admission.admit_now(principal, prepared.limits, held=live)
+    permit = admission.admit_now(principal, prepared.limits, live)
     if permit is None:
         forwarder.pool.put_back(engine)
         return None

@@ -495,11 +495,19 @@ class RawHead:
         self.body = body
 
     def release(self) -> None:
-        """`UpstreamResponse.release` for an answer read whole from its `body`."""
-        if self.body._eof and self.body._error is None:
-            self._conn.done()
+        """`UpstreamResponse.release` for an answer read whole from its `body`: the
+        connection back to the pool (`_Connection.done`, inline: once per fast-lane
+        forward), or closed if the body broke or the connection cannot be reused."""
+        body, conn = self.body, self._conn
+        if (
+            body._eof
+            and body._error is None
+            and not (conn.lost or conn._head_only or not conn._keep_alive)
+        ):
+            conn._body = None
+            conn.pool.put_back(conn)
         else:
-            self._conn.close()
+            conn.close()
 
     def response(self) -> UpstreamResponse:
         """The same answer as an `UpstreamResponse` (decoded headers in a `CIMultiDict`)."""
