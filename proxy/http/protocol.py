@@ -215,6 +215,7 @@ class Connection(asyncio.Protocol, Writer):
         "_loop",
         "_message_began",
         "_on_close",
+        "_on_open",
         "_parser",
         "_parser_idle",
         "_paused_at",
@@ -235,9 +236,17 @@ class Connection(asyncio.Protocol, Writer):
         "splicing",
     )
 
-    def __init__(self, app: App, on_close: Callable[[Connection], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        on_close: Callable[[Connection], None] | None = None,
+        on_open: Callable[[Connection, asyncio.BaseTransport], bool] | None = None,
+    ) -> None:
         self._app = app
         self._on_close = on_close
+        #: Told of the connection's transport first; False: it was refused there (answered
+        #: and closing: `proxy.http.serve.Server`'s cap per client address), nothing is read.
+        self._on_open = on_open
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         #: Made when a request starts arriving. Kept for the next request after a keep-alive
@@ -355,6 +364,8 @@ class Connection(asyncio.Protocol, Writer):
     # --- connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._on_open is not None and not self._on_open(self, transport):
+            return  # (refused: no transport, no timer, nothing read; `connection_lost` follows)
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self._idle_since = self._loop.time()
         self._idle = self._loop.call_later(REQUEST_READ_TIMEOUT, self._idle_close)
