@@ -29,7 +29,7 @@ from proxy.config.loader import LoadedConfig
 from proxy.connection_terms import REPEATED_AUTHORIZATION, REQUEST_TIMEOUT
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http import fastlane, handlers
-from proxy.http.context import RequestContext, new_request_id
+from proxy.http.context import new_request_id
 from proxy.http.errors import (
     engine_response,
     error_response,
@@ -166,53 +166,6 @@ def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
     """
     extra = (*(() if shared else ("Authorization",)), *(("Origin",) if origin else ()))
     return merge_vary(existing, *extra)
-
-
-def _log_access(
-    request: Request,
-    metrics: Metrics,
-    context: RequestContext,
-    response: StreamResponse | None,
-    status: int = 499,
-) -> None:
-    duration = time.monotonic() - context.started
-    if response is not None:
-        status = response.status
-    live = context.live
-    metrics.request_done(
-        context.outcome, context.reason or "-", "live" if live else "other", duration
-    )
-    # The access line's level: routine long-polls DEBUG, failures WARNING (`ROUTINE_LIVE`).
-    if status >= 500:
-        level = logging.WARNING
-    elif live and status in ROUTINE_LIVE:
-        level = logging.DEBUG
-    else:
-        level = logging.INFO
-    if not access_logger.isEnabledFor(level):
-        return  # building the record (redaction regexes) costs more than the rest of this
-    access_logger.log(
-        level,
-        "%s %s %s",
-        request.method,
-        request.raw_path.split("?", 1)[0],
-        status,
-        extra={
-            "request_id": context.request_id,
-            "method": request.method,
-            "path": request.raw_path.split("?", 1)[0],
-            "query": redact_query(request.query.items()),
-            "status": status,
-            "outcome": context.outcome,
-            "reason": context.reason,
-            "subject": context.subject,
-            "table": context.table,
-            "rule": context.rule,
-            "upstream_status": context.upstream_status,
-            "cache": context.cache,
-            "duration_ms": round(duration * 1000, 2),
-        },
-    )
 
 
 class ProxyApp:
@@ -364,7 +317,7 @@ class ProxyApp:
             context.outcome, context.reason = "error", "internal_error"
             response = error_response(500, "internal_error", "internal error")
         finally:
-            _log_access(request, self.metrics, context, response)
+            self.answered(request, response)
         return response
 
     def shape_vary(self, request: Request) -> str:
@@ -373,11 +326,51 @@ class ProxyApp:
         return _shape_vary((), _varies_with_origin(request, context.cors), context.shared)
 
     def answered(
-        self, request: Request, response: StreamResponse | None, *, status: int = 499
+        self, request: Request, response: StreamResponse | None, status: int = 499
     ) -> None:
-        """Record a request answered outside `answer` (`proxy.http.fastlane`): the access
-        log line and metrics. Without a response, `status` (499: the client went away)."""
-        _log_access(request, self.metrics, request.context, response, status)
+        """Record an answered request (`answer`, and `proxy.http.fastlane` outside it): the
+        access log line and metrics. Without a response, `status` (499: the client went
+        away). (One method, not a method calling a function: once per request.)"""
+        context = request.context
+        metrics = self.metrics
+        duration = time.monotonic() - context.started
+        if response is not None:
+            status = response.status
+        live = context.live
+        metrics.request_done(
+            context.outcome, context.reason or "-", "live" if live else "other", duration
+        )
+        # The access line's level: routine long-polls DEBUG, failures WARNING (`ROUTINE_LIVE`).
+        if status >= 500:
+            level = logging.WARNING
+        elif live and status in ROUTINE_LIVE:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        if not access_logger.isEnabledFor(level):
+            return  # building the record (redaction regexes) costs more than the rest of this
+        access_logger.log(
+            level,
+            "%s %s %s",
+            request.method,
+            request.raw_path.split("?", 1)[0],
+            status,
+            extra={
+                "request_id": context.request_id,
+                "method": request.method,
+                "path": request.raw_path.split("?", 1)[0],
+                "query": redact_query(request.query.items()),
+                "status": status,
+                "outcome": context.outcome,
+                "reason": context.reason,
+                "subject": context.subject,
+                "table": context.table,
+                "rule": context.rule,
+                "upstream_status": context.upstream_status,
+                "cache": context.cache,
+                "duration_ms": round(duration * 1000, 2),
+            },
+        )
 
     def answer_fast(self, request: Request, connection: FastConnection) -> FastAnswer | None:
         """Start answering `request` by callbacks, without a task, if it can be

@@ -65,7 +65,7 @@ def redact_query(items: Iterable[tuple[str, str]]) -> str:
 #: The statuses a held live request routinely ends with: its access line is DEBUG (a held
 #: live request ends every 20 s, 204/200 up-to-date or 304, for every idle client: at INFO
 #: they would bury everything else), where a 5xx is WARNING (the engine unreachable: 502
-#: needs a look) and anything else INFO (`proxy.app._log_access`).
+#: needs a look) and anything else INFO (`proxy.app.ProxyApp.answered`).
 ROUTINE_LIVE = frozenset((200, 204, 304, 499))
 
 

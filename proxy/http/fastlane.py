@@ -195,7 +195,7 @@ class LaneApp(handlers.Services, Protocol):
     async def handle(self, request: Request) -> StreamResponse: ...
     async def answer(self, request: Request, work: Awaitable[StreamResponse]) -> StreamResponse: ...
     def answered(
-        self, request: Request, response: StreamResponse | None, *, status: int = 499
+        self, request: Request, response: StreamResponse | None, status: int = 499
     ) -> None: ...
     def shape_vary(self, request: Request) -> str: ...
     def crashed(self) -> Response: ...
@@ -578,7 +578,7 @@ class FastAnswer:
             if request.transport is not None:
                 request.transport.abort()
         self._end()
-        self._app.answered(request, None, status=200)
+        self._app.answered(request, None, 200)
         transport = request.transport
         if transport is not None and not transport.is_closing():
             self._client.fast_written(request, b"", [])  # (all written: on to the next request)
@@ -702,7 +702,7 @@ class FastAnswer:
             server = f"electric-server: {forwarder.server_name}\r\n"
         context.upstream_status = 200
         if log:
-            app.answered(request, None, status=200)
+            app.answered(request, None, 200)
         lines = (
             f"{lines_of[2]}{context.request_id}{lines_of[3]}{server}{lines_of[4]}{length}\r\n"
             f"{typed}Date: {http_date()}\r\n{connection}\r\n"

@@ -477,7 +477,8 @@ class Connection(asyncio.Protocol, Writer):
     def _feed(self, data: bytes, at: int = 0, end: int | None = None) -> bool:
         """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,
         or the rest of `data` is the body of a request asking to upgrade)."""
-        piece = data if at == 0 and end is None else data[at:end]
+        # (`end` at the read's end is the usual head: `data` itself, not a copy of it)
+        piece = data if at == 0 and (end is None or end == len(data)) else data[at:end]
         parser = self._parser
         if parser is None or self._parser_idle:
             if self.closing or self._transport is None:
@@ -865,6 +866,17 @@ class Connection(asyncio.Protocol, Writer):
         if not request.keep_alive:  # (`_finished`, inline: once per fast answer)
             self.closing = True
             self._queue.clear()
+        elif not (
+            self._queue
+            or self.closing
+            or self._paused_reading
+            or self._continue_owed is not None
+            or self._idle is None
+        ):
+            # (`_next` with nothing queued and the keep-alive timer running, inline: the
+            # usual case, once per fast answer)
+            self._idle_since = self._loop.time()
+            return
         self._next()
 
     def fast_handover(
