@@ -41,7 +41,7 @@ from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
-from proxy.http.wire import Request, Response, StreamResponse, http_date
+from proxy.http.wire import CLOCK, Request, Response, StreamResponse
 from proxy.limits.admission import Admission, Permit
 from proxy.limits.client import client_address
 from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
@@ -614,7 +614,15 @@ class FastAnswer:
             upstream.release()  # the connection goes back to the pool
         else:
             head.release()
-        self._end()
+        # (`_end`, inline: once per fast-lane forward)
+        self._done = True
+        self._engine = None
+        self._permit.release()
+        if self._prepared.live:
+            self._unhold()
+        finished = self._finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
         request = self._request
         try:
             if upstream is None:
@@ -700,12 +708,14 @@ class FastAnswer:
                 forwarder.server_name = raw[plan.server].decode("utf-8", "surrogateescape")
         elif forwarder.server_name is not None:
             server = f"electric-server: {forwarder.server_name}\r\n"
+        clock = CLOCK  # (`http_date()`, inline: once per answer)
+        date = clock.value if int(time.time()) == clock.second else clock.now()
         context.upstream_status = 200
         if log:
             app.answered(request, None, 200)
         lines = (
             f"{lines_of[2]}{context.request_id}{lines_of[3]}{server}{lines_of[4]}{length}\r\n"
-            f"{typed}Date: {http_date()}\r\n{connection}\r\n"
+            f"{typed}Date: {date}\r\n{connection}\r\n"
         )
         return b"".join(
             (version, head.reason or b"OK", b"\r\n", kept, lines.encode("utf-8", "surrogateescape"))
