@@ -29,7 +29,7 @@ from proxy.config.loader import LoadedConfig
 from proxy.connection_terms import REPEATED_AUTHORIZATION, REQUEST_TIMEOUT
 from proxy.errors import Forbidden, NotFound, ProxyError
 from proxy.http import fastlane, handlers
-from proxy.http.context import RequestContext, new_request_id
+from proxy.http.context import new_request_id
 from proxy.http.errors import (
     engine_response,
     error_response,
@@ -42,7 +42,7 @@ from proxy.http.routes import NAMED_PREFIX, is_shape_route, route_of
 from proxy.http.wire import HttpError, Request, Response, StateKey, StreamResponse
 from proxy.limits.admission import Admission
 from proxy.limits.subsets import SubsetSlots
-from proxy.logs import ACCESS_LOGGER, access_level, redact_query
+from proxy.logs import ACCESS_LOGGER, ROUTINE_LIVE, redact_query
 from proxy.metrics import Metrics
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.cache import ResponseCache
@@ -168,45 +168,6 @@ def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
     return merge_vary(existing, *extra)
 
 
-def _log_access(
-    request: Request,
-    metrics: Metrics,
-    context: RequestContext,
-    response: StreamResponse | None,
-    status: int = 499,
-) -> None:
-    duration = time.monotonic() - context.started
-    if response is not None:
-        status = response.status
-    kind = "live" if context.live else "other"
-    metrics.request_done(context.outcome, context.reason or "-", kind, duration)
-    level = access_level(status, live=context.live)
-    if not access_logger.isEnabledFor(level):
-        return  # building the record (redaction regexes) costs more than the rest of this
-    access_logger.log(
-        level,
-        "%s %s %s",
-        request.method,
-        request.raw_path.split("?", 1)[0],
-        status,
-        extra={
-            "request_id": context.request_id,
-            "method": request.method,
-            "path": request.raw_path.split("?", 1)[0],
-            "query": redact_query(request.query.items()),
-            "status": status,
-            "outcome": context.outcome,
-            "reason": context.reason,
-            "subject": context.subject,
-            "table": context.table,
-            "rule": context.rule,
-            "upstream_status": context.upstream_status,
-            "cache": context.cache,
-            "duration_ms": round(duration * 1000, 2),
-        },
-    )
-
-
 class ProxyApp:
     """One proxy: its resources (after `start`), its request handling and its hooks."""
 
@@ -233,6 +194,9 @@ class ProxyApp:
         self.subsets = SubsetSlots()
         self._holder: RuntimeHolder | None = None
         self._forwarder: Forwarder | None = None
+        #: (holder, forwarder, admission) once started, for the fast lane: one attribute
+        #: read instead of three property calls per request (`fastlane.start`).
+        self.lane: tuple[RuntimeHolder, Forwarder, Admission] | None = None
         self._admission: Admission | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stack: contextlib.AsyncExitStack | None = None
@@ -289,6 +253,7 @@ class ProxyApp:
         self._session, self._forwarder, self._holder = session, forwarder, holder
         # Per-principal limits; one pool slot per upstream connection (sized at start).
         self._admission = Admission(loaded.config.upstream.pool_size)
+        self.lane = (holder, forwarder, self._admission)
         self._stack = stack
 
     async def stop(self) -> None:
@@ -352,7 +317,7 @@ class ProxyApp:
             context.outcome, context.reason = "error", "internal_error"
             response = error_response(500, "internal_error", "internal error")
         finally:
-            _log_access(request, self.metrics, context, response)
+            self.answered(request, response)
         return response
 
     def shape_vary(self, request: Request) -> str:
@@ -361,16 +326,56 @@ class ProxyApp:
         return _shape_vary((), _varies_with_origin(request, context.cors), context.shared)
 
     def answered(
-        self, request: Request, response: StreamResponse | None, *, status: int = 499
+        self, request: Request, response: StreamResponse | None, status: int = 499
     ) -> None:
-        """Record a request answered outside `answer` (`proxy.http.fastlane`): the access
-        log line and metrics. Without a response, `status` (499: the client went away)."""
-        _log_access(request, self.metrics, request.context, response, status)
+        """Record an answered request (`answer`, and `proxy.http.fastlane` outside it): the
+        access log line and metrics. Without a response, `status` (499: the client went
+        away). (One method, not a method calling a function: once per request.)"""
+        context = request.context
+        metrics = self.metrics
+        duration = time.monotonic() - context.started
+        if response is not None:
+            status = response.status
+        live = context.live
+        metrics.request_done(
+            context.outcome, context.reason or "-", "live" if live else "other", duration
+        )
+        # The access line's level: routine long-polls DEBUG, failures WARNING (`ROUTINE_LIVE`).
+        if status >= 500:
+            level = logging.WARNING
+        elif live and status in ROUTINE_LIVE:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
+        if not access_logger.isEnabledFor(level):
+            return  # building the record (redaction regexes) costs more than the rest of this
+        access_logger.log(
+            level,
+            "%s %s %s",
+            request.method,
+            request.raw_path.split("?", 1)[0],
+            status,
+            extra={
+                "request_id": context.request_id,
+                "method": request.method,
+                "path": request.raw_path.split("?", 1)[0],
+                "query": redact_query(request.query.items()),
+                "status": status,
+                "outcome": context.outcome,
+                "reason": context.reason,
+                "subject": context.subject,
+                "table": context.table,
+                "rule": context.rule,
+                "upstream_status": context.upstream_status,
+                "cache": context.cache,
+                "duration_ms": round(duration * 1000, 2),
+            },
+        )
 
     def answer_fast(self, request: Request, connection: FastConnection) -> FastAnswer | None:
         """Start answering `request` by callbacks, without a task, if it can be
         (`proxy.http.fastlane`); None: `handle` answers it."""
-        if not self.fast_lane or self._holder is None or request.method != "GET":
+        if not self.fast_lane or self.lane is None or request.method != "GET":
             return None
         return fastlane.start(self, request, connection)
 

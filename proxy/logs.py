@@ -62,17 +62,11 @@ def redact_query(items: Iterable[tuple[str, str]]) -> str:
     return redact("&".join(parts))
 
 
-def access_level(status: int, *, live: bool) -> int:
-    """The level of an access line: routine long-polls are DEBUG, failures WARNING.
-
-    A held live request ends every 20 s (204/200 up-to-date, 304) for every idle client: at
-    INFO they would bury everything else. A 5xx (the engine unreachable: 502) needs a look.
-    """
-    if status >= 500:
-        return logging.WARNING
-    if live and status in (200, 204, 304, 499):
-        return logging.DEBUG
-    return logging.INFO
+#: The statuses a held live request routinely ends with: its access line is DEBUG (a held
+#: live request ends every 20 s, 204/200 up-to-date or 304, for every idle client: at INFO
+#: they would bury everything else), where a 5xx is WARNING (the engine unreachable: 502
+#: needs a look) and anything else INFO (`proxy.app.ProxyApp.answered`).
+ROUTINE_LIVE = frozenset((200, 204, 304, 499))
 
 
 class JsonFormatter(console.JsonFormatter):

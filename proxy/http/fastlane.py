@@ -41,10 +41,10 @@ from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
-from proxy.http.wire import Request, Response, StreamResponse, http_date
-from proxy.limits.admission import Permit
+from proxy.http.wire import CLOCK, Request, Response, StreamResponse
+from proxy.limits.admission import Admission, Permit
 from proxy.limits.client import client_address
-from proxy.runtime import ANONYMOUS, Prepared, Runtime
+from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
 from proxy.upstream.client import (
     HIGH_WATER,
     SPLICE_FROM,
@@ -79,7 +79,7 @@ class _Layout:
     (the engine sends the same names in the same order for each kind of answer): worked out
     once per sequence instead of once per answer."""
 
-    __slots__ = ("cache_control", "kept", "length", "plain", "server", "typed")
+    __slots__ = ("cache_control", "kept", "length", "pick", "plain", "server", "typed")
 
     def __init__(self, names: tuple[bytes, ...]) -> None:
         lower = [name.lower() for name in names]
@@ -100,22 +100,27 @@ class _Layout:
         self.typed = any(lower[i] == b"content-type" for i in kept)
         #: No Vary (merged with the proxy's own) and no framing but Content-Length.
         self.plain = b"vary" not in lower and b"transfer-encoding" not in lower
-        #: raw -> the kept headers as `Name: value` lines, each ending in CRLF (b"" when none).
-        self.kept = _kept_lines(names, kept)
+        #: The kept headers as `Name: value` lines, each ending in CRLF (b"" when none):
+        #: `kept % pick(raw)`.
+        self.kept, self.pick = _kept_lines(names, kept)
 
 
-def _kept_lines(names: tuple[bytes, ...], kept: list[int]) -> Callable[[list[bytes]], bytes]:
-    """The kept headers' lines of an answer with these header `names`: the names are the
-    layout's own (it is looked up by the exact name sequence), so they go into a template
-    once and each answer's values are put in by one `%` (any `%` in a name is escaped)."""
+def _kept_lines(
+    names: tuple[bytes, ...], kept: list[int]
+) -> tuple[bytes, Callable[[list[bytes]], Any]]:
+    """The kept headers' lines of an answer with these header `names`, as (template, pick):
+    `template % pick(raw)` is those lines. The names are the layout's own (it is looked up
+    by the exact name sequence), so they go into the template once and each answer's values
+    are put in by one `%` (any `%` in a name is escaped); `pick` is an `itemgetter` (one
+    value, or a tuple of them), so no Python-level call is made per answer."""
     if not kept:
-        return lambda raw: b""
+        return b"", _no_values
     template = b"".join(names[i].replace(b"%", b"%%") + b": %b\r\n" for i in kept)
-    if len(kept) == 1:
-        index = 2 * kept[0] + 1
-        return lambda raw: template % (raw[index],)
-    pick = itemgetter(*(2 * i + 1 for i in kept))  # (2 or more indexes: it returns a tuple)
-    return lambda raw: template % pick(raw)
+    return template, itemgetter(*(2 * i + 1 for i in kept))
+
+
+def _no_values(raw: list[bytes]) -> tuple[()]:
+    return ()
 
 
 #: `Runtime.fast_cors`: at most this many origins remembered per config (any header value).
@@ -181,13 +186,16 @@ class LaneApp(handlers.Services, Protocol):
     what the handlers need (`handlers.Services`: holder, forwarder, admission, metrics...)
     and the lane's own members below. The lane sits below the app and does not import it."""
 
+    #: (holder, forwarder, admission) once the app started (the properties' values).
+    lane: tuple[RuntimeHolder, Forwarder, Admission] | None
+
     def cors_for(
         self, request: Request, *, shape: bool = True
     ) -> tuple[bool, Mapping[str, str] | None]: ...
     async def handle(self, request: Request) -> StreamResponse: ...
     async def answer(self, request: Request, work: Awaitable[StreamResponse]) -> StreamResponse: ...
     def answered(
-        self, request: Request, response: StreamResponse | None, *, status: int = 499
+        self, request: Request, response: StreamResponse | None, status: int = 499
     ) -> None: ...
     def shape_vary(self, request: Request) -> str: ...
     def crashed(self) -> Response: ...
@@ -198,9 +206,11 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     raw_path = request.raw_path  # (its path is /v1/shape: the target is that, or that and "?")
     if raw_path[:10] != _SHAPE_QUERY and raw_path != _SHAPE_PATH:
         return None
-    runtime = app.holder.current
+    lane = app.lane  # (`answer_fast` called it only once the app started)
+    assert lane is not None
+    holder, forwarder, admission = lane
+    runtime = holder.current
     options = runtime.options
-    forwarder = app.forwarder
     cache = runtime.prepared
     if cache is None or options.collapse or (options.cache and forwarder.cache.enabled):
         return None
@@ -253,7 +263,7 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
         trusted = runtime.loaded.config.server.trusted_proxies
         principal = f"{ANONYMOUS} {client_address(request.remote, headers, trusted)}"
     live = prepared.live
-    permit = app.admission.admit_now(principal, prepared.limits, held=live)
+    permit = admission.admit_now(principal, prepared.limits, live)
     if permit is None:
         forwarder.pool.put_back(engine)
         return None
@@ -568,7 +578,7 @@ class FastAnswer:
             if request.transport is not None:
                 request.transport.abort()
         self._end()
-        self._app.answered(request, None, status=200)
+        self._app.answered(request, None, 200)
         transport = request.transport
         if transport is not None and not transport.is_closing():
             self._client.fast_written(request, b"", [])  # (all written: on to the next request)
@@ -604,7 +614,15 @@ class FastAnswer:
             upstream.release()  # the connection goes back to the pool
         else:
             head.release()
-        self._end()
+        # (`_end`, inline: once per fast-lane forward)
+        self._done = True
+        self._engine = None
+        self._permit.release()
+        if self._prepared.live:
+            self._unhold()
+        finished = self._finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
         request = self._request
         try:
             if upstream is None:
@@ -636,7 +654,7 @@ class FastAnswer:
         raw = head.raw
         plan = self._layout
         assert plan is not None
-        kept = plan.kept(raw)
+        kept = plan.kept % plan.pick(raw)
         options = self._runtime.options
         if options.secret_marker_bytes in kept and options.secret_bytes:
             # (an echo of the engine URL, the secret in it: never to a client)
@@ -690,12 +708,14 @@ class FastAnswer:
                 forwarder.server_name = raw[plan.server].decode("utf-8", "surrogateescape")
         elif forwarder.server_name is not None:
             server = f"electric-server: {forwarder.server_name}\r\n"
+        clock = CLOCK  # (`http_date()`, inline: once per answer)
+        date = clock.value if int(time.time()) == clock.second else clock.now()
         context.upstream_status = 200
         if log:
-            app.answered(request, None, status=200)
+            app.answered(request, None, 200)
         lines = (
             f"{lines_of[2]}{context.request_id}{lines_of[3]}{server}{lines_of[4]}{length}\r\n"
-            f"{typed}Date: {http_date()}\r\n{connection}\r\n"
+            f"{typed}Date: {date}\r\n{connection}\r\n"
         )
         return b"".join(
             (version, head.reason or b"OK", b"\r\n", kept, lines.encode("utf-8", "surrogateescape"))

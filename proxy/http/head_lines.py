@@ -59,6 +59,22 @@ class HeadLines:
         its limit or one header too many has ended.
         """
         if not self._started and self._line == 0 and self._lead == 0:
+            if (
+                at == 0
+                and len(data) <= _SHORT + 2
+                and data.endswith(b"\r\n\r\n")
+                and data[:1] not in (b"\r", b"\n")
+            ):
+                # The usual read, one whole head and nothing after it (`_short_head`'s first
+                # case, inline: once per request): its lines split at each LF in one C pass;
+                # it ends here if no line before its blank one is empty or a lone CR.
+                lines = data.split(b"\n")
+                if (
+                    lines.count(b"") == 1
+                    and lines.count(b"\r") == 1
+                    and len(lines) - 3 <= MAX_HEADERS
+                ):
+                    return len(data), None
             end = self._short_head(data, at)
             if end > 0:
                 return end, None

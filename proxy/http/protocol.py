@@ -215,6 +215,7 @@ class Connection(asyncio.Protocol, Writer):
         "_loop",
         "_message_began",
         "_on_close",
+        "_on_open",
         "_parser",
         "_parser_idle",
         "_paused_at",
@@ -235,9 +236,17 @@ class Connection(asyncio.Protocol, Writer):
         "splicing",
     )
 
-    def __init__(self, app: App, on_close: Callable[[Connection], None] | None = None) -> None:
+    def __init__(
+        self,
+        app: App,
+        on_close: Callable[[Connection], None] | None = None,
+        on_open: Callable[[Connection, asyncio.BaseTransport], bool] | None = None,
+    ) -> None:
         self._app = app
         self._on_close = on_close
+        #: Told of the connection's transport first; False: it was refused there (answered
+        #: and closing: `proxy.http.serve.Server`'s cap per client address), nothing is read.
+        self._on_open = on_open
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         #: Made when a request starts arriving. Kept for the next request after a keep-alive
@@ -355,6 +364,8 @@ class Connection(asyncio.Protocol, Writer):
     # --- connection ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._on_open is not None and not self._on_open(self, transport):
+            return  # (refused: no transport, no timer, nothing read; `connection_lost` follows)
         self._transport = cast(asyncio.Transport, transport)  # (uvloop's are not subclasses)
         self._idle_since = self._loop.time()
         self._idle = self._loop.call_later(REQUEST_READ_TIMEOUT, self._idle_close)
@@ -466,7 +477,8 @@ class Connection(asyncio.Protocol, Writer):
     def _feed(self, data: bytes, at: int = 0, end: int | None = None) -> bool:
         """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,
         or the rest of `data` is the body of a request asking to upgrade)."""
-        piece = data if at == 0 and end is None else data[at:end]
+        # (`end` at the read's end is the usual head: `data` itself, not a copy of it)
+        piece = data if at == 0 and (end is None or end == len(data)) else data[at:end]
         parser = self._parser
         if parser is None or self._parser_idle:
             if self.closing or self._transport is None:
@@ -596,7 +608,8 @@ class Connection(asyncio.Protocol, Writer):
         self._url = []
         self._headers = []
         method = parser.get_method()
-        query = origin_query(target)
+        # (`origin_query`, inline: once per request)
+        query = target.partition(b"?")[2] if target[:1] == b"/" and 0x23 not in target else None
         if query is None:
             try:
                 url = httptools.parse_url(target)
@@ -853,6 +866,17 @@ class Connection(asyncio.Protocol, Writer):
         if not request.keep_alive:  # (`_finished`, inline: once per fast answer)
             self.closing = True
             self._queue.clear()
+        elif not (
+            self._queue
+            or self.closing
+            or self._paused_reading
+            or self._continue_owed is not None
+            or self._idle is None
+        ):
+            # (`_next` with nothing queued and the keep-alive timer running, inline: the
+            # usual case, once per fast answer)
+            self._idle_since = self._loop.time()
+            return
         self._next()
 
     def fast_handover(

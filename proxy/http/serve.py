@@ -17,6 +17,8 @@ from typing import Protocol
 
 from proxy.connection_terms import STALL_GRACE
 from proxy.http.protocol import App, Connection
+from proxy.limits.client import Address, Network, charged_peer, parse_address
+from proxy.runtime import RuntimeHolder
 from proxy.upstream.forward import Forwarder
 from sync_engine.http.parser_refusals import (
     CONNECTION_GRACE,
@@ -33,6 +35,37 @@ class ServedApp(App, Protocol):
 
     @property
     def forwarder(self) -> Forwarder: ...
+    @property
+    def holder(self) -> RuntimeHolder: ...
+
+
+#: The share of the connection cap one client address may hold by default (a quarter), and
+#: the least it may hold whatever the cap. Why: connections cost no token, and a client
+#: reading a large answer slowly enough never to count as stalled (~48 KB every 5 s) could
+#: hold every slot for as long as it liked, one address locking everyone else out (the
+#: stalled-reader eviction cannot tell it from a slow phone). A quarter leaves the other
+#: three to everyone else and is still far more than any browser opens (6 per host).
+PER_ADDRESS_SHARE = 4
+MIN_PER_ADDRESS = 8
+
+
+def per_address_cap(cap: int, configured: int | None = None) -> int:
+    """How many connections one client address may hold when `cap` may be open in all:
+    `configured` (`server.max_connections_per_address`) if set, else a quarter of the cap,
+    at least `MIN_PER_ADDRESS`."""
+    if configured is not None:
+        return configured
+    return max(MIN_PER_ADDRESS, cap // PER_ADDRESS_SHARE)
+
+
+def _exempt(address: Address, trusted: tuple[Network, ...]) -> bool:
+    """A peer whose connections are many clients': loopback (a front tier on this host:
+    nginx, Varnish, a CDN's agent) or a trusted proxy (`server.trusted_proxies`: a load
+    balancer). The cap per address is not theirs to bear (they are capped as a whole). (A
+    peer that is no IP address, a Unix socket's, only this host reaches: exempt too.)"""
+    if address.is_loopback:
+        return True
+    return any(address.version == net.version and address in net for net in trusted)
 
 
 #: File descriptors kept free of client and engine connections: JWKS fetches, the log, the
@@ -68,21 +101,62 @@ class Server:
         self._connections: dict[Connection, None] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._budget: int | None = None
+        #: Open connections per client address (`_opened`; IPv6 by its /64, as the limits
+        #: charge it), and each counted connection's address.
+        self._per_address: dict[str, int] = {}
+        self._address_of: dict[Connection, str] = {}
 
     def _closed(self, conn: Connection) -> None:
         self._connections.pop(conn, None)
+        address = self._address_of.pop(conn, None)
+        if address is not None:
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
 
-    def _connection(self) -> asyncio.Protocol:
+    def _opened(self, conn: Connection, transport: asyncio.BaseTransport) -> bool:
+        """Count a new connection against its client address's share of the cap
+        (`per_address_cap`); one over it is answered 503 and closed, its request never
+        read, as a connection over the whole cap is (`refuse_at_the_cap`)."""
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, (list, tuple)) and peer else None
+        if host is None:
+            return True
+        parsed = parse_address(host)
+        if parsed is None or parsed.is_loopback:
+            return True  # (`_exempt`'s first cases, before the config is read)
+        server = self._app.holder.current.loaded.config.server
+        if _exempt(parsed, tuple(server.trusted_proxies)):
+            return True
+        address = charged_peer(host)
+        held = self._per_address.get(address, 0)
+        configured = getattr(server, "max_connections_per_address", None)
+        if held >= per_address_cap(self._cap(), configured):
+            self._connections.pop(conn, None)
+            logger.info("refused a connection: %s holds its share of the connections", address)
+            refuse_at_the_cap(transport)
+            return False
+        self._per_address[address] = held + 1
+        self._address_of[conn] = address
+        return True
+
+    def _cap(self) -> int:
+        """Client connections that may be open at once: the descriptor budget less the
+        engine connections open now."""
         if self._budget is None:
             self._budget = descriptor_budget()
         # The engine connections open now, not the pool's size, count against the budget: a
         # pool sized for thousands (the default 4,096) that collapsing keeps at a handful left
         # 7,500 of a 20,000 limit for clients, and 10,000 held long-polls got 503s.
         engine = self._app.forwarder.pool.open_connections
-        cap = max(MIN_CONNECTIONS, self._budget - engine)
-        if len(self._connections) >= cap and not self._make_room():
+        return max(MIN_CONNECTIONS, self._budget - engine)
+
+    def _connection(self) -> asyncio.Protocol:
+        if len(self._connections) >= self._cap() and not self._make_room():
             return _TooMany()
-        conn = Connection(self._app, self._closed)
+        conn = Connection(self._app, self._closed, self._opened)
         self._connections[conn] = None
         return conn
 

@@ -174,6 +174,8 @@ class _Clock:
 _CLOCK = _Clock()
 
 
+#: The one clock (`proxy.http.fastlane` reads its `value` while `second` is now's).
+CLOCK = _CLOCK
 #: Now, as a `Date` header value (formatted once per second); `_CLOCK.now` itself, one
 #: call fewer per answer.
 http_date: Callable[[], str] = _CLOCK.now

@@ -243,7 +243,7 @@ class Permit:
     __slots__ = ("_admission", "_engine", "_held", "_principal", "_released")
 
     def __init__(
-        self, admission: Admission, principal: str, *, engine: bool = True, held: bool = False
+        self, admission: Admission, principal: str, engine: bool = True, held: bool = False
     ) -> None:
         self._admission = admission
         self._principal = principal
@@ -414,9 +414,7 @@ class Admission:
             )
         return Permit(self, principal)
 
-    def admit_now(
-        self, principal: str, limits: LimitSettings, *, held: bool = False
-    ) -> Permit | None:
+    def admit_now(self, principal: str, limits: LimitSettings, held: bool = False) -> Permit | None:
         """`admit` for a known principal when it needs no wait and refuses nothing, without
         a coroutine (`proxy.http.fastlane`), and with `held` (a live request) `hold` too, in
         the same permit; None: call `hold` and `admit`, which wait or refuse. Nothing is
@@ -459,7 +457,7 @@ class Admission:
         state.active += 1
         if held:
             state.held += 1
-        return Permit(self, principal, held=held)
+        return Permit(self, principal, True, held)  # (positional: a keyword costs more)
 
     def _spread(self, retry_after: int) -> int:
         """`Retry-After` between `retry_after` and twice that, as Electric's admission 503s

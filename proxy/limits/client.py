@@ -83,7 +83,7 @@ def _charged(address: Address) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _charged_peer(peer: str) -> str:
+def charged_peer(peer: str) -> str:
     """`_charged` of a peer as the socket gave it (itself when it is no IP address)."""
     address = parse_address(peer)
     return peer if address is None else _charged(address)
@@ -99,7 +99,7 @@ def client_address(
     if peer is None:
         return None
     if not trusted:
-        return peer if ":" not in peer else _charged_peer(peer)
+        return peer if ":" not in peer else charged_peer(peer)
     peer_address = parse_address(peer)
     if peer_address is None:
         return peer

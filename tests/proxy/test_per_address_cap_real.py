@@ -1,0 +1,114 @@
+"""One client address cannot take every connection slot (LOW, trust).
+
+Connections cost no token, and the connection cap's eviction closes only connections waiting
+for a request head or whose client read nothing for `STALL_GRACE`: a client reading a large
+answer at ~48 KB every 5 s is never stalled, so from one address it could hold every slot for
+as long as it liked, and everyone else got 503 "Too many connections". Now one address may
+hold a quarter of the cap (`proxy.http.serve.per_address_cap`); its next connection is
+answered the same clear 503 and closed, while other addresses are served. Loopback and
+`server.trusted_proxies` peers (a front tier, a load balancer: many clients behind one
+address) are exempt.
+
+Real path: `shape-proxy` (open.yaml, listening on every address) under `prlimit
+--nofile=256` (a cap of 32, so 8 per address) in front of a real engine and Postgres; raw
+sockets from this host's own non-loopback address, and a client on loopback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from proxy.http.serve import MIN_CONNECTIONS, per_address_cap
+from tests.proxy.test_connection_flood_real import _get, _port, _proxy
+
+pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs prlimit")
+
+
+def _own_address() -> str | None:
+    """This host's address on its default route (a UDP socket's connect sends nothing)."""
+    for probe in ("192.0.2.1", "203.0.113.1", "10.255.255.254"):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            try:
+                udp.connect((probe, 9))
+            except OSError:
+                continue
+            address = str(udp.getsockname()[0])
+            if not address.startswith("127."):
+                return address
+    return None
+
+
+def _ask(host: str, port: int, sock: socket.socket | None = None) -> bytes:
+    """GET /v1/health from `host` to the proxy at `host`:`port` on `sock` (a new connection
+    when None); the whole answer (the connection closes after it)."""
+    if sock is None:
+        sock = socket.create_connection((host, port), timeout=10, source_address=(host, 0))
+    with sock:
+        sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_one_address_holds_at_most_its_share_of_the_connections(
+    db_url: str, tmp_path: Path
+) -> None:
+    host = _own_address()
+    if host is None:
+        pytest.skip("no non-loopback address on this host")
+    settings = {"server": {"max_body_bytes": 8388608, "host": "0.0.0.0"}}
+    share = per_address_cap(MIN_CONNECTIONS)  # (256 descriptors: the cap is the least, 32)
+    assert share == 8
+    with _proxy(db_url, tmp_path, 256, settings=settings) as proxy_url:
+        port = _port(proxy_url)
+        held: list[socket.socket] = []
+        try:
+            for _ in range(share):  # (a request begun and held, as a slow reader's answer)
+                sock = socket.create_connection((host, port), timeout=10, source_address=(host, 0))
+                sock.sendall(b"GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                held.append(sock)
+            beyond = _ask(host, port)
+            head, _, body = beyond.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 503 "), beyond
+            assert b"\r\nRetry-After: 1\r\n" in head
+            assert json.loads(body) == {
+                "message": "Too many connections: try again in a moment, please."
+            }
+            # Another address is served meanwhile.
+            status, _, body = _get(f"{proxy_url}/v1/health")
+            assert status == 200, body
+            # One of the address's connections closes: its next one is served.
+            held.pop().close()
+            answer = b""
+            for _ in range(50):  # (until the proxy has seen the close)
+                answer = _ask(host, port)
+                if not answer.startswith(b"HTTP/1.1 503 "):
+                    break
+            assert answer.startswith(b"HTTP/1.1 200 "), answer
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_loopback_peers_are_not_capped_per_address(db_url: str, tmp_path: Path) -> None:
+    """A front tier on this host (nginx, Varnish) connects from loopback for all its clients:
+    more connections than one address's share, each served."""
+    with _proxy(db_url, tmp_path, 256) as proxy_url:
+        port = _port(proxy_url)
+        held: list[socket.socket] = []
+        try:
+            for _ in range(per_address_cap(MIN_CONNECTIONS) + 4):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                held.append(sock)
+            for sock in held:
+                answer = _ask("127.0.0.1", port, sock)
+                assert answer.startswith(b"HTTP/1.1 200 "), answer
+        finally:
+            for sock in held:
+                sock.close()
