@@ -1034,6 +1034,10 @@ def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
         return "partition rewritten"
     if _renamed_enum_value(t, current):
         return "enum value renamed"
+    if t.composites is not None and current.composites != t.composites:
+        # (an attribute added, dropped, renamed or retyped: every row's text of such a
+        # column reads otherwise, with no WAL row and no rewrite)
+        return "a composite type's attributes changed"
     if t.casts is not None and set(current.casts or ()) - set(t.casts):
         # (`CREATE CAST (mood AS text) WITH FUNCTION ...`: a where clause casting through it
         # is now Postgres's to judge, which the shape made again tells: a 400)

@@ -152,6 +152,13 @@ class TableInfo:
     """The descendants (partitions, inheritance children) whose rows change with nothing
     in the WAL, as `"schema"."name" (unlogged)` or `(foreign)`: the table's SELECT reads
     them, its replication never will (wherefuzz 08:19), so no shape is made on it."""
+    composites: tuple[tuple[int, int, str, int], ...] | None = None
+    """(type oid, attnum, attname, attribute type oid) of every attribute of every composite
+    type the columns are made of (their types, arrays' element types, domains' base types,
+    ranges' subtypes, composites' attributes, at any depth): `ALTER TYPE cc ADD ATTRIBUTE z
+    int` makes every row's `(1,a)` read `(1,a,)` and writes nothing to the WAL, nor rewrites
+    the table (fidelity: shapes served the old text for good). None: described by an engine
+    that did not record it."""
     casts: tuple[tuple[str, str, str], ...] | None = None
     """(source typname, target typname, function) of every cast a user made WITH FUNCTION
     (pg_cast, castmethod 'f', not built in) from or to a type the columns are made of (their
@@ -345,6 +352,33 @@ ORDER BY 1, 2, 3
 """
 
 
+# The composite types the columns are made of, at any depth (through domains, arrays,
+# ranges and the composites' own attributes), with their attributes.
+_COMPOSITES_SQL = """
+WITH RECURSIVE ty(oid, depth) AS (
+    SELECT a.atttypid, 0 FROM pg_attribute a
+    WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+    UNION
+    SELECT n.oid, ty.depth + 1
+    FROM ty JOIN pg_type t ON t.oid = ty.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
+          AND NOT a.attisdropped
+    ) AS n(oid)
+    WHERE ty.depth < 100
+)
+SELECT DISTINCT t.oid::int8, a.attnum::int, a.attname::text, a.atttypid::int8
+FROM ty JOIN pg_type t ON t.oid = ty.oid
+JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE t.typtype = 'c'
+ORDER BY 1, 2
+"""
+
+
 async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> TableInfo | None:
     """Describe `schema.name`, or None when no such relation exists."""
     row = await (await conn.execute(_TABLE_SQL, (schema, name))).fetchone()
@@ -380,6 +414,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     files = await (await conn.execute(_FILES_SQL, (oid,))).fetchall()
     enums = await (await conn.execute(_ENUMS_SQL, (oid,))).fetchall()
     casts = await (await conn.execute(_CASTS_SQL, (oid,))).fetchall()
+    composites = await (await conn.execute(_COMPOSITES_SQL, (oid,))).fetchall()
     unsynced: list[str] = []
     generated_below: set[str] = set()
     for member, why, generated_names in await (
@@ -405,6 +440,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         files=tuple((int(o), int(f)) for o, f in files),
         enums=tuple((int(a), int(o), str(label)) for a, o, label, _ in enums),
         casts=tuple((str(src), str(dst), str(f)) for src, dst, f in casts),
+        composites=tuple((int(t), int(n), str(a), int(at)) for t, n, a, at in composites),
     )
 
 

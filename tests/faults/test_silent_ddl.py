@@ -230,3 +230,43 @@ async def test_a_partition_rewrite_or_an_enum_rename_is_noticed(
             assert _values(body, "d") == ["happy", "ok"]
     finally:
         await asyncio.to_thread(engine.stop)
+
+
+@pytest.mark.timeout(60)
+async def test_a_composite_type_s_attributes_changed_are_noticed(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`ALTER TYPE cc ADD ATTRIBUTE` / `DROP ATTRIBUTE` changes the text of every row's value
+    of that type (`(1,a)` reads `(1,a,)`), in a column, an array of it, a composite holding
+    it, with no WAL row and no rewrite: the shapes served the old text for good (fidelity
+    HIGH). They are retired: a new client reads what `SELECT` reads."""
+    run_sql(
+        db_url,
+        "CREATE TYPE cc AS (x int, y text)",
+        "CREATE TYPE outer_cc AS (inner_v cc, k int)",
+        "CREATE TABLE ct (id int PRIMARY KEY, c cc, cs cc[], o outer_cc, n int)",
+        "INSERT INTO ct VALUES (1, '(1,a)', '{\"(2,b)\"}', '(\"(3,c)\",4)', 0)",
+        "CREATE TABLE plain (id int PRIMARY KEY, t text)",
+        "INSERT INTO plain VALUES (1, 'p')",
+    )
+    engine = EngineProcess(
+        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "0.3"
+    )
+    engine.log = tmp_path / "engine.log"
+    await asyncio.to_thread(engine.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            old, _, body = await _fresh(session, engine.url, "ct")
+            assert _values(body, "c") == ["(1,a)"]
+            plain, _, _ = await _fresh(session, engine.url, "plain")
+            run_sql(db_url, "ALTER TYPE cc ADD ATTRIBUTE z int")
+            assert await _retired_to(session, engine.url, "ct", old, "c") == ["(1,a,)"]
+            old, _, body = await _fresh(session, engine.url, "ct")
+            assert _values(body, "cs") == ['{"(2,b,)"}']
+            assert _values(body, "o") == ['("(3,c,)",4)']
+            run_sql(db_url, "ALTER TYPE cc DROP ATTRIBUTE x")
+            assert await _retired_to(session, engine.url, "ct", old, "c") == ["(a,)"]
+            # (a table of no such type keeps its shape)
+            assert (await _fresh(session, engine.url, "plain"))[0] == plain
+    finally:
+        await asyncio.to_thread(engine.stop)
