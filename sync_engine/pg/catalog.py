@@ -309,17 +309,26 @@ SELECT DISTINCT c.oid::int8, c.relfilenode::int8 FROM d JOIN pg_class c ON c.oid
 ORDER BY 1
 """
 
-# Each column's type, then (through arrays' element types and domains' base types) what
-# it is made of, down to an enum if any; its values by oid, in sort order.
+# Each column's type, then (through arrays' element types, domains' base types, ranges'
+# subtypes and composites' attributes) what it is made of, down to an enum if any; its
+# values by oid, in sort order. (A value renamed in an enum inside a composite changes the
+# composite's text too: fidelity.)
 _ENUMS_SQL = """
 WITH RECURSIVE ty(attnum, oid, depth) AS (
     SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
     WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-    UNION ALL
-    SELECT ty.attnum, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
-           ty.depth + 1
+    UNION
+    SELECT ty.attnum, n.oid, ty.depth + 1
     FROM ty JOIN pg_type t ON t.oid = ty.oid
-    WHERE (t.typtype = 'd' OR t.typelem <> 0) AND ty.depth < 100
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
+          AND NOT a.attisdropped
+    ) AS n(oid)
+    WHERE ty.depth < 100
 )
 SELECT DISTINCT ty.attnum, e.oid::int8, e.enumlabel, e.enumsortorder
 FROM ty JOIN pg_enum e ON e.enumtypid = ty.oid

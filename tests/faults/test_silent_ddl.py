@@ -248,6 +248,11 @@ async def test_a_composite_type_s_attributes_changed_are_noticed(
         "INSERT INTO ct VALUES (1, '(1,a)', '{\"(2,b)\"}', '(\"(3,c)\",4)', 0)",
         "CREATE TABLE plain (id int PRIMARY KEY, t text)",
         "INSERT INTO plain VALUES (1, 'p')",
+        "CREATE TYPE e3 AS ENUM ('a', 'b')",
+        "CREATE TYPE c3 AS (x e3)",
+        "CREATE TABLE base4 (k int, t text)",
+        "CREATE TABLE more (id int PRIMARY KEY, e c3, r base4)",
+        "INSERT INTO more VALUES (1, '(a)', '(1,a)')",
     )
     engine = EngineProcess(
         db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "0.3"
@@ -268,5 +273,14 @@ async def test_a_composite_type_s_attributes_changed_are_noticed(
             assert await _retired_to(session, engine.url, "ct", old, "c") == ["(a,)"]
             # (a table of no such type keeps its shape)
             assert (await _fresh(session, engine.url, "plain"))[0] == plain
+            # an enum value renamed inside a composite; a column of another table's row
+            # type, that table given a column
+            old, _, body = await _fresh(session, engine.url, "more")
+            assert _values(body, "e") == ["(a)"]
+            run_sql(db_url, "ALTER TYPE e3 RENAME VALUE 'a' TO 'aa'")
+            assert await _retired_to(session, engine.url, "more", old, "e") == ["(aa)"]
+            old, _, _ = await _fresh(session, engine.url, "more")
+            run_sql(db_url, "ALTER TABLE base4 ADD COLUMN z int")
+            assert await _retired_to(session, engine.url, "more", old, "r") == ["(1,a,)"]
     finally:
         await asyncio.to_thread(engine.stop)
