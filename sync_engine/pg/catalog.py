@@ -72,6 +72,11 @@ class ColumnInfo:
     `d::text` of a domain over boolean is 'true' (text(boolean)), not its output 't'. None
     for other columns, and for domains described by an engine that did not record it."""
 
+    domain_base_kind: str | None = None
+    """`pg_type.typtype` of `domain_base` (`c`: a domain over a composite, whose `IS NULL`
+    tests its fields as the composite's does). None for other columns, and for domains
+    described by an engine that did not record it."""
+
     type_schema: str | None = None
     """For a column whose scalar (element) type is an enum: the schema of that type. The
     where clause Postgres runs names an enum type qualified by it (`CAST('ok' AS
@@ -231,7 +236,8 @@ SELECT a.attname, a.attnum, a.atttypid, t.typname,
        a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
        a.attcollation, to_jsonb(co), base.typname,
        (SELECT nspname FROM pg_namespace
-        WHERE oid = CASE WHEN et.typarray = t.oid THEN et.typnamespace ELSE t.typnamespace END)
+        WHERE oid = CASE WHEN et.typarray = t.oid THEN et.typnamespace ELSE t.typnamespace END),
+       base.typtype
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
@@ -249,7 +255,8 @@ LEFT JOIN LATERAL (
     -- (a base type someone made, whatever its name, is named with its schema: it is never
     -- taken for the built-in type of that name, e.g. an enum public.uuid with its own cast)
     SELECT CASE WHEN u.oid < 16384 THEN u.typname
-                ELSE format('%%I.%%I', n.nspname, u.typname) END AS typname
+                ELSE format('%%I.%%I', n.nspname, u.typname) END AS typname,
+           u.typtype::text AS typtype
     FROM under u JOIN pg_namespace n ON n.oid = u.typnamespace
     WHERE u.typtype <> 'd' LIMIT 1
 ) base ON true
@@ -401,7 +408,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     cols = []
     for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
         aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r[:10]
-        coll_oid, own, domain_base, type_schema = r[10], r[11], r[12], r[13]
+        coll_oid, own, domain_base, type_schema, base_kind = r[10], r[11], r[12], r[13], r[14]
         cols.append(
             ColumnInfo(
                 name=aname,
@@ -417,6 +424,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 generated=bool(generated),
                 collation=_column_collation(coll_oid, own, database),
                 domain_base=domain_base,
+                domain_base_kind=base_kind,
                 type_schema=type_schema if tkind == "e" else None,
             )
         )
