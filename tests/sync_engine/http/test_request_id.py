@@ -11,6 +11,7 @@ Real path: the in-process engine over HTTP.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from tests.sync_engine.engine_harness import Engine
@@ -25,7 +26,7 @@ async def test_the_engine_s_request_ids_are_not_a_counter(engine: Engine) -> Non
         ids.append(headers["x-request-id"])
     assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
     assert len({i[:16] for i in ids}) == len(ids), ids  # (was one prefix for all)
-    steps = {int(b, 16) - int(a, 16) for a, b in zip(ids, ids[1:], strict=False)}
+    steps = {int(b, 16) - int(a, 16) for a, b in itertools.pairwise(ids)}
     assert 1 not in steps, ids
     # (a usable id of the client's own comes back as it was)
     given = "client-request-0123456789"
