@@ -331,6 +331,10 @@ WITH RECURSIVE ty(attnum, oid, depth) AS (
         SELECT t.typbasetype WHERE t.typtype = 'd'
         UNION ALL SELECT t.typelem WHERE t.typelem <> 0
         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        -- (a multirange's subtype: rngmultitypid from Postgres 14, read as JSON so that
+        -- older ones, without it, run the query too)
+        UNION ALL SELECT r.rngsubtype FROM pg_range r
+        WHERE t.typtype = 'm' AND (to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid
         UNION ALL SELECT a.atttypid FROM pg_attribute a
         WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
           AND NOT a.attisdropped
@@ -381,6 +385,10 @@ WITH RECURSIVE ty(oid, depth) AS (
         SELECT t.typbasetype WHERE t.typtype = 'd'
         UNION ALL SELECT t.typelem WHERE t.typelem <> 0
         UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        -- (a multirange's subtype: rngmultitypid from Postgres 14, read as JSON so that
+        -- older ones, without it, run the query too)
+        UNION ALL SELECT r.rngsubtype FROM pg_range r
+        WHERE t.typtype = 'm' AND (to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid
         UNION ALL SELECT a.atttypid FROM pg_attribute a
         WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
           AND NOT a.attisdropped

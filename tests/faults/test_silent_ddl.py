@@ -253,6 +253,13 @@ async def test_a_composite_type_s_attributes_changed_are_noticed(
         "CREATE TABLE base4 (k int, t text)",
         "CREATE TABLE more (id int PRIMARY KEY, e c3, r base4)",
         "INSERT INTO more VALUES (1, '(a)', '(1,a)')",
+        "CREATE TYPE e6 AS ENUM ('a', 'b', 'c')",
+        "CREATE TYPE r6 AS RANGE (subtype = e6)",
+        "CREATE TYPE c7 AS (x e6[])",
+        "CREATE TABLE rng (id int PRIMARY KEY, m r6_multirange)",
+        "INSERT INTO rng VALUES (1, '{[a,b)}')",
+        "CREATE TABLE rc (id int PRIMARY KEY, r r6, c c7)",
+        "INSERT INTO rc VALUES (1, '[a,c)', '(\"{a,b}\")')",
     )
     engine = EngineProcess(
         db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "0.3"
@@ -282,5 +289,14 @@ async def test_a_composite_type_s_attributes_changed_are_noticed(
             old, _, _ = await _fresh(session, engine.url, "more")
             run_sql(db_url, "ALTER TABLE base4 ADD COLUMN z int")
             assert await _retired_to(session, engine.url, "more", old, "r") == ["(1,a,)"]
+            # an enum value renamed under a range, a multirange, an array in a composite
+            old, _, body = await _fresh(session, engine.url, "rng")
+            assert _values(body, "m") == ["{[a,b)}"]
+            old_rc, _, _ = await _fresh(session, engine.url, "rc")
+            run_sql(db_url, "ALTER TYPE e6 RENAME VALUE 'a' TO 'aa'")
+            assert await _retired_to(session, engine.url, "rng", old, "m") == ["{[aa,b)}"]
+            assert await _retired_to(session, engine.url, "rc", old_rc, "r") == ["[aa,c)"]
+            _, _, body = await _fresh(session, engine.url, "rc")
+            assert _values(body, "c") == ['("{aa,b}")']
     finally:
         await asyncio.to_thread(engine.stop)
