@@ -676,6 +676,10 @@ def parse_interval(text: str) -> Interval:
     s = text.strip()
     m = _ISO_INTERVAL_RE.fullmatch(s)
     if m and s not in ("P", "-P") and not s.endswith("T"):
+        if s != text:
+            # (DecodeISO8601Interval reads the text as given: a space before or after is
+            # "invalid input syntax", where the engine read it; wherefuzz 11:00)
+            raise invalid(INTERVAL, text)
         return _iso_interval(text, m)
     s = s.lower().removeprefix("@").strip()
     ago = s.endswith(" ago") or s == "ago"
