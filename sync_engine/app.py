@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import itertools
 import logging
 import os
 import sqlite3
@@ -41,14 +40,19 @@ logger = logging.getLogger(__name__)
 #: Seconds between tries to open the source registry while the disk is full.
 REGISTRY_RETRY = 2.0
 
-# Request ids for responses whose request had none: a random per-process prefix and a
-# counter (32 hex digits, like a uuid4's), without a getrandom() call per response.
-_ID_PREFIX = os.urandom(8).hex()
-_ID_COUNTER = itertools.count()
+# Request ids for responses whose request had none: 32 random hex digits (a uuid4's
+# length), drawn 256 at a time (one getrandom() per 256 responses). Not a per-process
+# prefix and a counter: a holder of one source's secret could count every source's
+# requests between two of its own.
+_ID_BATCH = 256
+_ids: list[str] = []
 
 
 def new_request_id() -> str:
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    if not _ids:
+        pool = os.urandom(16 * _ID_BATCH).hex()
+        _ids.extend(pool[i : i + 32] for i in range(0, len(pool), 32))
+    return _ids.pop()
 
 
 @web.middleware

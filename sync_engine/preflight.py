@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 
+from .pg.encoding import UnsupportedEncoding, check_encoding
 from .tenants.dburl import describe_target
 from .tenants.diagnose import explain
 from .tenants.store import read_snapshot
@@ -183,15 +184,10 @@ def _check_once(url: str) -> None:
     # (UTF8 as the engine's own sessions: in an SQL_ASCII database psycopg reads text as
     # bytes otherwise: "wal_level is b'logical', not logical" was the CLI's whole message)
     with psycopg.connect(url, autocommit=True, connect_timeout=5, client_encoding="UTF8") as conn:
-        if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
-            # Its text need not be UTF-8, and the walsender converts each change to the
-            # engine's UTF8: one byte that is not fails the stream at that change, again
-            # at every retry, every shape of the source stalled (fidelity 08:39).
-            raise PermanentError(
-                "the database's encoding is SQL_ASCII: its text need not be UTF-8, and one"
-                " value that is not would stop replication for every shape; use a database"
-                " created with ENCODING 'UTF8'"
-            )
+        try:
+            check_encoding(conn)  # (as every source's start does: `pg.encoding`)
+        except UnsupportedEncoding as exc:
+            raise PermanentError(str(exc)) from None
         row = conn.execute("SHOW wal_level").fetchone()
         level = row[0] if row else "?"
         if level != "logical":

@@ -42,7 +42,7 @@ from .pg.session import engine_conninfo, redact_dsn
 from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.position import FILE_NAME as POSITION_FILE
-from .replication.position import SavedPosition, read_saved
+from .replication.position import DamagedPosition, SavedPosition, read_saved
 from .replication.replicator import Replicator
 from .replication.slot import SlotState, ensure_slot, slot_confirmed_lsn, slot_state, wal_end
 from .replication.wal import Lsn, format_lsn
@@ -393,10 +393,34 @@ class Source:
         confirmed = await slot_confirmed_lsn(self.dsn, self.config.slot_name)
         if confirmed is None:
             return
-        saved = read_saved(self.position.path)
+        try:
+            saved = read_saved(self.position.path)
+            unknown = None if saved is not None else "missing"
+        except DamagedPosition as exc:
+            saved, unknown = None, f"damaged ({exc})"
         if await self._postgres_went_back(saved):
-            saved = None  # (what this data dir saved is of a history Postgres no longer has)
-        if saved is not None and confirmed > saved and len(self.registry):
+            saved = unknown = None  # (what this data dir saved is of a history gone)
+        if unknown is not None and len(self.registry):
+            # Its shapes may be older than the slot, and nothing says how much: a data dir
+            # this engine wrote always has the file before its first shape (saved below at
+            # its first start), so shapes without it are damage or an older engine's. Taken
+            # as a new data dir, such shapes were served without the changes in between,
+            # for good (chaos 10:40); retired, their clients refetch once.
+            logger.error(
+                "source %s: its saved replication position %s is %s, and its %d shapes may"
+                " lack changes its slot %s confirmed (up to %s): they are retired, their"
+                " clients refetch",
+                self.config.source_id,
+                self.position.path,
+                unknown,
+                len(self.registry),
+                self.config.slot_name,
+                format_lsn(confirmed),
+            )
+            await self.registry.retire_all(
+                "the engine's saved replication position was lost: its shapes may lack changes"
+            )
+        elif saved is not None and confirmed > saved and len(self.registry):
             logger.error(
                 "source %s: its replication slot %s confirmed WAL up to %s, but its data dir"
                 " saved only %s: the data dir is older than what was processed (restored from"

@@ -35,6 +35,7 @@ from psycopg import AsyncConnection
 
 from .errors import InvalidRequest, ServiceUnavailable
 from .pg.catalog import TableInfo, load_table
+from .pg.encoding import UnsupportedEncoding, check_encoding
 from .pg.publication import (
     Descendant,
     HowPublished,
@@ -58,6 +59,7 @@ from .pg.publication import (
 from .shapes.registry import ShapeRegistry
 from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
+from .tenants.diagnose import public_reason
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -210,7 +212,15 @@ class Tables:
         if self._closed:
             raise stopping()
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+            conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+            try:
+                # Every catalog read goes through here, the source's start (`prepare`)
+                # first: no table of such a database is ever described (`pg.encoding`).
+                check_encoding(conn)
+            except UnsupportedEncoding:
+                await conn.close()
+                raise
+            self._conn = conn
         return self._conn
 
     async def on_catalog(
@@ -228,6 +238,12 @@ class Tables:
             for attempt in range(2):
                 try:
                     return await work(await self._connection())
+                except UnsupportedEncoding as exc:
+                    # (a request before the source's start refused it: a subset's or a
+                    # DELETE's description; said by kind, as `Source._wait_ready` does)
+                    raise ServiceUnavailable(
+                        f"Source is not ready: {public_reason(str(exc))}", retry_after=5
+                    ) from exc
                 except psycopg.OperationalError as exc:
                     if attempt or self._conn is None or not self._conn.broken:
                         raise ServiceUnavailable(
@@ -340,10 +356,13 @@ class Tables:
         return await self.on_catalog(lambda conn: publication_exists(conn, self.publication))
 
     async def prepare(self) -> bool:
-        """Check `wal_level` and make the publication (raises when the database cannot
-        serve); True when it had to be created."""
+        """Check the database's encoding (as the catalog connection is made: `_connection`)
+        and `wal_level` and make the publication (raises when the database cannot serve);
+        True when it had to be created. Every source's start comes here first, however it
+        was added (`pg.encoding`)."""
 
         async def work(conn: AsyncConnection[Any]) -> bool:
+            # (its encoding was checked as it connected: `_connection`)
             cur = await conn.execute("SHOW wal_level")
             row = await cur.fetchone()
             if row is None or row[0] != "logical":
@@ -1015,6 +1034,10 @@ def _drift(t: TableInfo, current: TableInfo | None) -> str | None:
         return "partition rewritten"
     if _renamed_enum_value(t, current):
         return "enum value renamed"
+    if t.composites is not None and current.composites != t.composites:
+        # (an attribute added, dropped, renamed or retyped: every row's text of such a
+        # column reads otherwise, with no WAL row and no rewrite)
+        return "a composite type's attributes changed"
     if t.casts is not None and set(current.casts or ()) - set(t.casts):
         # (`CREATE CAST (mood AS text) WITH FUNCTION ...`: a where clause casting through it
         # is now Postgres's to judge, which the shape made again tells: a 400)

@@ -38,7 +38,25 @@ from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestHandler, RequestPayloadError, _ErrInfo
 
+from .log_throttle import INTERVAL, ThrottledLog
+
 logger = logging.getLogger(__name__)
+
+#: One line per refused request, up to a few a minute per kind, then a count
+#: (`log_throttle`): anyone who reaches the port can be refused as fast as they connect.
+_MALFORMED = ThrottledLog(
+    logger, f"refused %d more malformed requests in the last {INTERVAL:g} s (not each logged)"
+)
+_SLOW_HEADS = ThrottledLog(
+    logger,
+    f"refused %d more requests whose head did not arrive in time in the last {INTERVAL:g} s"
+    " (not each logged)",
+)
+_DROPPED_HEADS = ThrottledLog(
+    logger,
+    f"refused %d more requests for the bytes of unfinished request heads in the last"
+    f" {INTERVAL:g} s (not each logged)",
+)
 
 #: A request head's limits, Electric's server's (Bandit, lib/bandit/http1/socket.ex:
 #: `max_request_line_length`, `max_header_length`, `max_header_count`), shared with the proxy
@@ -667,7 +685,8 @@ class RefusingRequestHandler(RequestHandler):
         if left > 0:
             self._head_timer = self._loop.call_later(left, self._head_deadline)
             return
-        logger.info(
+        _SLOW_HEADS.log(
+            logging.INFO,
             "refused a request from %s: its head did not arrive within %g s",
             self._peer(),
             REQUEST_HEAD_TIMEOUT,
@@ -972,7 +991,8 @@ class RefusingRequestHandler(RequestHandler):
         """Refuse this connection's unfinished head for `HEAD_BYTES` and close it: its
         parser (the head's copies) is let go at once; the answer is `TOO_MANY_UNFINISHED`
         when no request is in progress on it, else it is cut."""
-        logger.info(
+        _DROPPED_HEADS.log(
+            logging.INFO,
             "refused a request from %s: its head was the oldest of more than %d bytes of"
             " unfinished request heads",
             self._peer(),
@@ -1042,7 +1062,7 @@ class RefusingRequestHandler(RequestHandler):
         self, request: Any, answer: Refusal, level: int = logging.INFO
     ) -> web.StreamResponse:
         """Answer `request` with `answer` (logged at `level`) and close the connection."""
-        logger.log(
+        _MALFORMED.log(
             level,
             "refused a malformed request from %s: %s %s",
             request.remote,

@@ -72,6 +72,11 @@ class ColumnInfo:
     `d::text` of a domain over boolean is 'true' (text(boolean)), not its output 't'. None
     for other columns, and for domains described by an engine that did not record it."""
 
+    domain_base_kind: str | None = None
+    """`pg_type.typtype` of `domain_base` (`c`: a domain over a composite, whose `IS NULL`
+    tests its fields as the composite's does). None for other columns, and for domains
+    described by an engine that did not record it."""
+
     type_schema: str | None = None
     """For a column whose scalar (element) type is an enum: the schema of that type. The
     where clause Postgres runs names an enum type qualified by it (`CAST('ok' AS
@@ -152,6 +157,13 @@ class TableInfo:
     """The descendants (partitions, inheritance children) whose rows change with nothing
     in the WAL, as `"schema"."name" (unlogged)` or `(foreign)`: the table's SELECT reads
     them, its replication never will (wherefuzz 08:19), so no shape is made on it."""
+    composites: tuple[tuple[int, int, str, int], ...] | None = None
+    """(type oid, attnum, attname, attribute type oid) of every attribute of every composite
+    type the columns are made of (their types, arrays' element types, domains' base types,
+    ranges' subtypes, composites' attributes, at any depth): `ALTER TYPE cc ADD ATTRIBUTE z
+    int` makes every row's `(1,a)` read `(1,a,)` and writes nothing to the WAL, nor rewrites
+    the table (fidelity: shapes served the old text for good). None: described by an engine
+    that did not record it."""
     casts: tuple[tuple[str, str, str], ...] | None = None
     """(source typname, target typname, function) of every cast a user made WITH FUNCTION
     (pg_cast, castmethod 'f', not built in) from or to a type the columns are made of (their
@@ -224,7 +236,8 @@ SELECT a.attname, a.attnum, a.atttypid, t.typname,
        a.atttypmod, a.attndims, a.attnotnull, a.attgenerated <> '',
        a.attcollation, to_jsonb(co), base.typname,
        (SELECT nspname FROM pg_namespace
-        WHERE oid = CASE WHEN et.typarray = t.oid THEN et.typnamespace ELSE t.typnamespace END)
+        WHERE oid = CASE WHEN et.typarray = t.oid THEN et.typnamespace ELSE t.typnamespace END),
+       base.typtype
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_type et ON et.oid = t.typelem
@@ -242,7 +255,8 @@ LEFT JOIN LATERAL (
     -- (a base type someone made, whatever its name, is named with its schema: it is never
     -- taken for the built-in type of that name, e.g. an enum public.uuid with its own cast)
     SELECT CASE WHEN u.oid < 16384 THEN u.typname
-                ELSE format('%%I.%%I', n.nspname, u.typname) END AS typname
+                ELSE format('%%I.%%I', n.nspname, u.typname) END AS typname,
+           u.typtype::text AS typtype
     FROM under u JOIN pg_namespace n ON n.oid = u.typnamespace
     WHERE u.typtype <> 'd' LIMIT 1
 ) base ON true
@@ -302,17 +316,30 @@ SELECT DISTINCT c.oid::int8, c.relfilenode::int8 FROM d JOIN pg_class c ON c.oid
 ORDER BY 1
 """
 
-# Each column's type, then (through arrays' element types and domains' base types) what
-# it is made of, down to an enum if any; its values by oid, in sort order.
+# Each column's type, then (through arrays' element types, domains' base types, ranges'
+# subtypes and composites' attributes) what it is made of, down to an enum if any; its
+# values by oid, in sort order. (A value renamed in an enum inside a composite changes the
+# composite's text too: fidelity.)
 _ENUMS_SQL = """
 WITH RECURSIVE ty(attnum, oid, depth) AS (
     SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
     WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-    UNION ALL
-    SELECT ty.attnum, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,
-           ty.depth + 1
+    UNION
+    SELECT ty.attnum, n.oid, ty.depth + 1
     FROM ty JOIN pg_type t ON t.oid = ty.oid
-    WHERE (t.typtype = 'd' OR t.typelem <> 0) AND ty.depth < 100
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        -- (a multirange's subtype: rngmultitypid from Postgres 14, read as JSON so that
+        -- older ones, without it, run the query too)
+        UNION ALL SELECT r.rngsubtype FROM pg_range r
+        WHERE t.typtype = 'm' AND (to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
+          AND NOT a.attisdropped
+    ) AS n(oid)
+    WHERE ty.depth < 100
 )
 SELECT DISTINCT ty.attnum, e.oid::int8, e.enumlabel, e.enumsortorder
 FROM ty JOIN pg_enum e ON e.enumtypid = ty.oid
@@ -345,6 +372,37 @@ ORDER BY 1, 2, 3
 """
 
 
+# The composite types the columns are made of, at any depth (through domains, arrays,
+# ranges and the composites' own attributes), with their attributes.
+_COMPOSITES_SQL = """
+WITH RECURSIVE ty(oid, depth) AS (
+    SELECT a.atttypid, 0 FROM pg_attribute a
+    WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+    UNION
+    SELECT n.oid, ty.depth + 1
+    FROM ty JOIN pg_type t ON t.oid = ty.oid
+    CROSS JOIN LATERAL (
+        SELECT t.typbasetype WHERE t.typtype = 'd'
+        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
+        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
+        -- (a multirange's subtype: rngmultitypid from Postgres 14, read as JSON so that
+        -- older ones, without it, run the query too)
+        UNION ALL SELECT r.rngsubtype FROM pg_range r
+        WHERE t.typtype = 'm' AND (to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid
+        UNION ALL SELECT a.atttypid FROM pg_attribute a
+        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
+          AND NOT a.attisdropped
+    ) AS n(oid)
+    WHERE ty.depth < 100
+)
+SELECT DISTINCT t.oid::int8, a.attnum::int, a.attname::text, a.atttypid::int8
+FROM ty JOIN pg_type t ON t.oid = ty.oid
+JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE t.typtype = 'c'
+ORDER BY 1, 2
+"""
+
+
 async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> TableInfo | None:
     """Describe `schema.name`, or None when no such relation exists."""
     row = await (await conn.execute(_TABLE_SQL, (schema, name))).fetchone()
@@ -358,7 +416,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
     cols = []
     for r in await (await conn.execute(_COLUMNS_SQL, (oid,))).fetchall():
         aname, attnum, typoid, typname, elem, tkind, typmod, ndims, notnull, generated = r[:10]
-        coll_oid, own, domain_base, type_schema = r[10], r[11], r[12], r[13]
+        coll_oid, own, domain_base, type_schema, base_kind = r[10], r[11], r[12], r[13], r[14]
         cols.append(
             ColumnInfo(
                 name=aname,
@@ -374,12 +432,14 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
                 generated=bool(generated),
                 collation=_column_collation(coll_oid, own, database),
                 domain_base=domain_base,
+                domain_base_kind=base_kind,
                 type_schema=type_schema if tkind == "e" else None,
             )
         )
     files = await (await conn.execute(_FILES_SQL, (oid,))).fetchall()
     enums = await (await conn.execute(_ENUMS_SQL, (oid,))).fetchall()
     casts = await (await conn.execute(_CASTS_SQL, (oid,))).fetchall()
+    composites = await (await conn.execute(_COMPOSITES_SQL, (oid,))).fetchall()
     unsynced: list[str] = []
     generated_below: set[str] = set()
     for member, why, generated_names in await (
@@ -405,6 +465,7 @@ async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> Tabl
         files=tuple((int(o), int(f)) for o, f in files),
         enums=tuple((int(a), int(o), str(label)) for a, o, label, _ in enums),
         casts=tuple((str(src), str(dst), str(f)) for src, dst, f in casts),
+        composites=tuple((int(t), int(n), str(a), int(at)) for t, n, a, at in composites),
     )
 
 

@@ -642,8 +642,9 @@ def row_may_match(buf: bytes, pos: int, probes: Sequence[Probe]) -> bool:
                 else:
                     try:
                         key = parse(buf[start:pos].decode())
-                    except ValueError:
-                        pass
+                    except ValueError:  # (a value the key cannot hold: `candidates`)
+                        if any(by_key.values()):
+                            return True
                     else:
                         if by_key.get(key):
                             return True

@@ -29,15 +29,22 @@ FILE_NAME = "confirmable-lsn"
 _LSN = struct.Struct(">Q")
 
 
+class DamagedPosition(Exception):
+    """The saved position's file is there but does not hold one position (a zeroed or torn
+    sector, a restore that cut it): damage, not absence (`Source._check_position`)."""
+
+
 def read_saved(path: Path) -> Lsn | None:
     """The position saved at `path`, None when there is none (a new data dir, or one an
-    engine without this file wrote)."""
+    engine without this file wrote). Raises DamagedPosition for a file of another length:
+    read as none, the check it serves was off for a data dir older than its slot (chaos
+    10:40)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     if len(data) != _LSN.size:
-        return None
+        raise DamagedPosition(f"{path} holds {len(data)} bytes, not one position ({_LSN.size})")
     return Lsn(_LSN.unpack(data)[0])
 
 
@@ -49,7 +56,10 @@ class SavedPosition:
     ) -> None:
         self.path = path
         self.fsync = fsync
-        self.saved = read_saved(path) or Lsn(0)
+        try:
+            self.saved = read_saved(path) or Lsn(0)
+        except DamagedPosition:  # (`Source._check_position` retires the shapes, saves anew)
+            self.saved = Lsn(0)
         #: Called on the event loop once a new position is saved.
         self.on_saved = on_saved
         self._saving: asyncio.Future[None] | None = None

@@ -101,6 +101,7 @@ def table_to_json(t: TableInfo) -> dict[str, object]:
         "unsynced": list(t.unsynced),
         "pk_deferrable": t.pk_deferrable,
         "casts": None if t.casts is None else [list(c) for c in t.casts],
+        "composites": None if t.composites is None else [list(c) for c in t.composites],
         # every field of each column, whatever it is: a field left out of a hand-written
         # list came back as its default after a restart (a domain's base type, an enum's
         # schema), and the shape was refused or compiled otherwise
@@ -130,6 +131,7 @@ def table_from_json(d: dict[str, object]) -> TableInfo:
         unsynced=tuple(str(u) for u in _list(d.get("unsynced"))),
         pk_deferrable=d.get("pk_deferrable") is True,
         casts=_rows(d.get("casts"), (str, str, str)),
+        composites=_rows(d.get("composites"), (int, int, str, int)),
     )
 
 

@@ -258,6 +258,13 @@ class ShapeRouter:
                     try:
                         key = parse(v)
                     except ValueError:
+                        # A value Postgres holds and the key cannot (a timestamptz past
+                        # year 9999 in UTC, `UnrepresentableValue`): any shape of this
+                        # column may accept it (`'9999-12-31 23:59:59-12'` is the same
+                        # instant), so each one's where says, or asks Postgres. Skipped, the
+                        # row was dropped from shapes that match it (wherefuzz 10:55).
+                        for shapes in by_key.values():
+                            out |= shapes
                         continue
                 hit = by_key.get(key)
                 if hit:

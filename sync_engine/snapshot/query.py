@@ -70,8 +70,13 @@ FIRST_NORMAL_OID = 16384
 
 def _output_text(ident: sql.Identifier) -> sql.Composable:
     """The column's text by its type's output function, whatever casts to text exist
-    (`concat` calls the output function; NULL stays NULL)."""
-    return sql.SQL("CASE WHEN {c} IS NULL THEN NULL ELSE concat({c}, '') END").format(c=ident)
+    (`concat` calls the output function; NULL stays NULL). NULL is the value's own
+    (`num_nulls`), not `IS NULL`, which is true of a composite whose attributes are all
+    NULL: `ROW(NULL,NULL)` reads `(,)` (pgoutput sends that), and was served as null, a
+    primary key of it losing its row (fidelity)."""
+    return sql.SQL("CASE WHEN num_nulls({c}) = 1 THEN NULL ELSE concat({c}, '') END").format(
+        c=ident
+    )
 
 
 def text_expr(col: ColumnInfo) -> sql.Composable:

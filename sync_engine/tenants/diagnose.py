@@ -2,7 +2,7 @@
 
 Pure functions: the text of the error in, a short code and a sentence saying what is wrong
 and what to do out. Codes: unreachable, auth_failed, database_missing, wal_level,
-no_replication_role, no_replication_slots, no_wal_senders, permission, other.
+encoding, no_replication_role, no_replication_slots, no_wal_senders, permission, other.
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ _STREAM_LOST = (
 PUBLIC_REASONS = {
     "connecting": "connecting to the database",
     "wal_level": "the database's wal_level is not logical",
+    "encoding": "the database's encoding is SQL_ASCII, not UTF8",
     "no_replication_role": "the engine's database role lacks the REPLICATION attribute",
     "no_replication_slots": "the database has no free replication slot (max_replication_slots)",
     "no_wal_senders": "the database has no free WAL sender (max_wal_senders)",
@@ -80,6 +81,8 @@ def _classify(low: str) -> str:
     `slot_in_use` / `lost` (an `unreachable` of a connection that was up)."""
     if "wal_level" in low:
         return "wal_level"
+    if low.startswith("the database's encoding is"):  # (`pg.encoding`)
+        return "encoding"
     if (
         "replication role" in low
         or "must be superuser or have replication" in low
@@ -180,5 +183,5 @@ def explain(error: str, database_url: str) -> Diagnosis:
             " port (listen_addresses) and that no firewall blocks the engine."
             f" (Error: {raw})",
         )
-    # (wal_level, a slot in use, other: the text says it)
+    # (wal_level, encoding, a slot in use, other: the text says it)
     return Diagnosis("other" if code == "slot_in_use" else code, raw)

@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 from .. import stopping
 from ..errors import ServiceUnavailable, Unauthorized
 from ..log.store import count_on_disk
+from ..pg.encoding import refused_encoding
 from ..settings import Settings
 from ..source import SourceConfig, SourceState
 from ..stopping import cancel_and_wait
@@ -409,6 +410,10 @@ class SourceManager:
         url = check_database_url(database_url)
         shapes_limit = check_limit("max_shapes", max_shapes)
         syncs_limit = check_limit("max_initial_syncs", max_initial_syncs)
+        # (its start would refuse it for ever: `Tables.prepare`; said now, nothing saved)
+        refused = await refused_encoding(url)
+        if refused is not None:
+            raise InvalidInput("database_url", str(refused))
         secret = new_secret()
         secret_hash = hash_secret(secret)
         same: SourceRecord | None = None

@@ -61,8 +61,17 @@ def _select(db_url: str) -> dict[str, str]:
         }
 
 
+#: The restored data dir's saved position: as it was; cut to nothing (a zeroed or torn
+#: sector, a restore that skipped it); gone. Damaged or gone, it was read as a new data dir
+#: and the old shapes were served without the changes in between, for good (chaos 10:40).
+POSITIONS = ["intact", "damaged", "missing"]
+
+
 @pytest.mark.timeout(120)
-def test_a_data_dir_older_than_its_slot_retires_its_shapes(db_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("position", POSITIONS)
+def test_a_data_dir_older_than_its_slot_retires_its_shapes(
+    db_url: str, tmp_path: Path, position: str
+) -> None:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text)")
         conn.execute("INSERT INTO items VALUES (1, 'a'), (2, 'b')")
@@ -95,6 +104,12 @@ def test_a_data_dir_older_than_its_slot_retires_its_shapes(db_url: str, tmp_path
         engine.kill()
         shutil.rmtree(data)
         shutil.copytree(tmp_path / "backup", data)  # the data dir restored
+        saved = data / "sources" / "default" / "confirmable-lsn"
+        assert saved.stat().st_size == 8
+        if position == "damaged":
+            saved.write_bytes(b"")
+        elif position == "missing":
+            saved.unlink()
         engine.start()
         rows, handle, _ = _sync(engine.url)
         assert rows == _select(db_url)  # (the old engine: 'b' and no row 60, for good)

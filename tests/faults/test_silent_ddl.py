@@ -230,3 +230,73 @@ async def test_a_partition_rewrite_or_an_enum_rename_is_noticed(
             assert _values(body, "d") == ["happy", "ok"]
     finally:
         await asyncio.to_thread(engine.stop)
+
+
+@pytest.mark.timeout(60)
+async def test_a_composite_type_s_attributes_changed_are_noticed(
+    db_url: str, tmp_path: Path
+) -> None:
+    """`ALTER TYPE cc ADD ATTRIBUTE` / `DROP ATTRIBUTE` changes the text of every row's value
+    of that type (`(1,a)` reads `(1,a,)`), in a column, an array of it, a composite holding
+    it, with no WAL row and no rewrite: the shapes served the old text for good (fidelity
+    HIGH). They are retired: a new client reads what `SELECT` reads."""
+    run_sql(
+        db_url,
+        "CREATE TYPE cc AS (x int, y text)",
+        "CREATE TYPE outer_cc AS (inner_v cc, k int)",
+        "CREATE TABLE ct (id int PRIMARY KEY, c cc, cs cc[], o outer_cc, n int)",
+        "INSERT INTO ct VALUES (1, '(1,a)', '{\"(2,b)\"}', '(\"(3,c)\",4)', 0)",
+        "CREATE TABLE plain (id int PRIMARY KEY, t text)",
+        "INSERT INTO plain VALUES (1, 'p')",
+        "CREATE TYPE e3 AS ENUM ('a', 'b')",
+        "CREATE TYPE c3 AS (x e3)",
+        "CREATE TABLE base4 (k int, t text)",
+        "CREATE TABLE more (id int PRIMARY KEY, e c3, r base4)",
+        "INSERT INTO more VALUES (1, '(a)', '(1,a)')",
+        "CREATE TYPE e6 AS ENUM ('a', 'b', 'c')",
+        "CREATE TYPE r6 AS RANGE (subtype = e6)",
+        "CREATE TYPE c7 AS (x e6[])",
+        "CREATE TABLE rng (id int PRIMARY KEY, m r6_multirange)",
+        "INSERT INTO rng VALUES (1, '{[a,b)}')",
+        "CREATE TABLE rc (id int PRIMARY KEY, r r6, c c7)",
+        "INSERT INTO rc VALUES (1, '[a,c)', '(\"{a,b}\")')",
+    )
+    engine = EngineProcess(
+        db_url, tmp_path / "data", "--long-poll-timeout", "1", "--schema-check-interval", "0.3"
+    )
+    engine.log = tmp_path / "engine.log"
+    await asyncio.to_thread(engine.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            old, _, body = await _fresh(session, engine.url, "ct")
+            assert _values(body, "c") == ["(1,a)"]
+            plain, _, _ = await _fresh(session, engine.url, "plain")
+            run_sql(db_url, "ALTER TYPE cc ADD ATTRIBUTE z int")
+            assert await _retired_to(session, engine.url, "ct", old, "c") == ["(1,a,)"]
+            old, _, body = await _fresh(session, engine.url, "ct")
+            assert _values(body, "cs") == ['{"(2,b,)"}']
+            assert _values(body, "o") == ['("(3,c,)",4)']
+            run_sql(db_url, "ALTER TYPE cc DROP ATTRIBUTE x")
+            assert await _retired_to(session, engine.url, "ct", old, "c") == ["(a,)"]
+            # (a table of no such type keeps its shape)
+            assert (await _fresh(session, engine.url, "plain"))[0] == plain
+            # an enum value renamed inside a composite; a column of another table's row
+            # type, that table given a column
+            old, _, body = await _fresh(session, engine.url, "more")
+            assert _values(body, "e") == ["(a)"]
+            run_sql(db_url, "ALTER TYPE e3 RENAME VALUE 'a' TO 'aa'")
+            assert await _retired_to(session, engine.url, "more", old, "e") == ["(aa)"]
+            old, _, _ = await _fresh(session, engine.url, "more")
+            run_sql(db_url, "ALTER TABLE base4 ADD COLUMN z int")
+            assert await _retired_to(session, engine.url, "more", old, "r") == ["(1,a,)"]
+            # an enum value renamed under a range, a multirange, an array in a composite
+            old, _, body = await _fresh(session, engine.url, "rng")
+            assert _values(body, "m") == ["{[a,b)}"]
+            old_rc, _, _ = await _fresh(session, engine.url, "rc")
+            run_sql(db_url, "ALTER TYPE e6 RENAME VALUE 'a' TO 'aa'")
+            assert await _retired_to(session, engine.url, "rng", old, "m") == ["{[aa,b)}"]
+            assert await _retired_to(session, engine.url, "rc", old_rc, "r") == ["[aa,c)"]
+            _, _, body = await _fresh(session, engine.url, "rc")
+            assert _values(body, "c") == ['("{aa,b}")']
+    finally:
+        await asyncio.to_thread(engine.stop)

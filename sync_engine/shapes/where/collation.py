@@ -21,8 +21,9 @@ everywhere else:
 - case mapping: ASCII-only under a `C`/`POSIX` ctype; Unicode simple (one character to one
   character) mappings under glibc's `C.UTF-8`, which is what `towupper`/`towlower` do
   there (`tests/.../where/test_collation.py` checks every code point against the
-  database), in a UTF8 database only: in an SQL_ASCII one Postgres maps byte by byte
-  (`toupper_l`), leaving every non-ASCII character as it is;
+  database). Only a UTF8 database takes a `C.UTF-8` ctype (any other encoding refuses it,
+  for the database and for CREATE COLLATION), but SQL_ASCII, where Postgres maps byte by
+  byte (`toupper_l`): such a database is never served (`sync_engine.pg.encoding`);
 - equality and LIKE: byte equality, which holds for every deterministic collation.
 
 A collatable column's `ColumnInfo.collation` (catalog.py) is
@@ -178,8 +179,6 @@ class Collations:
     default: TextRules
     utf8: bool = False
     """The database's encoding is UTF8 (False: not, or not known)."""
-    encoding: str = ""
-    """The database's encoding as pg_encoding_to_char names it ("": not known)."""
 
     def rules(self, ident: Ident | None) -> TextRules:
         if ident in (C_OID, POSIX_OID, UCS_BASIC):
@@ -210,7 +209,6 @@ def _collations(columns: tuple[ColumnInfo, ...]) -> Collations:
     by_ident: dict[Ident, TextRules] = {}
     default = UNKNOWN_DEFAULT
     utf8 = False
-    encoding = ""
     for col in columns:
         ident = column_ident(col)
         if col.collation is None:
@@ -219,25 +217,12 @@ def _collations(columns: tuple[ColumnInfo, ...]) -> Collations:
             continue
         parts = [*_parts(col.collation), "", "", "", "", "", "", "", "", ""]
         if ident is not None:
-            by_ident[ident] = _in_encoding(_rules_of(*parts[:4]), parts[9])
+            by_ident[ident] = _rules_of(*parts[:4])
         if parts[5]:  # (every column of any type recorded since the default was)
-            rules = _in_encoding(_rules_of(*parts[5:9]), parts[9])
+            rules = _rules_of(*parts[5:9])
             default = replace(rules, blocker=f"the database default {rules.blocker}")
         utf8 = utf8 or parts[9] == "UTF8"
-        encoding = encoding or parts[9]
-    return Collations(by_ident, default, utf8, encoding)
-
-
-def _in_encoding(rules: TextRules, encoding: str) -> TextRules:
-    """`rules` in a database of `encoding` ("": not recorded, as the rules say). Unicode
-    case mapping is Postgres's only where it reads characters: in a single-byte encoding
-    that takes a UTF-8 ctype (SQL_ASCII) it maps each byte with `toupper_l`, and `upper('é')`
-    is 'é' (the engine said 'É')."""
-    if rules.case_map != "unicode" or encoding in ("", "UTF8"):
-        return rules
-    return replace(
-        rules, case_map=None, blocker=f"{rules.blocker} in a database of encoding {encoding}"
-    )
+    return Collations(by_ident, default, utf8)
 
 
 def text_rules(columns: Iterable[ColumnInfo]) -> TextRules:

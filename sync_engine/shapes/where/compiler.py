@@ -729,10 +729,32 @@ class Compiler:
         arg = self.compile(node.arg)
         if arg.type == UNKNOWN and arg.param is not None:
             arg = self.coerce(arg, TEXT)
+        if self.live and self._row_valued(arg.type):
+            # Postgres tests a composite's fields: ROW(NULL, NULL) IS NULL is true, and
+            # IS NOT NULL false of ROW(1, NULL); the engine tested the value (its text `(,)`
+            # is there), and live rows disagreed with the snapshot's.
+            what = "IS NULL" if node.nulltesttype == NullTestType.IS_NULL else "IS NOT NULL"
+            raise error_at(
+                f"{what} of a composite value ({arg.type.name}) is not supported here:"
+                f" Postgres tests each of its fields (ROW(NULL, NULL) IS NULL is true)",
+                node,
+            )
         f = arg.fn
         if node.nulltesttype == NullTestType.IS_NULL:
             return bool_expr(lambda row, cache: f(row, cache) is None, node)
         return bool_expr(lambda row, cache: f(row, cache) is not None, node)
+
+    def _row_valued(self, typ: PgType) -> bool:
+        """Whether values of `typ` are composites (a column's composite type, or a domain
+        over one), whose IS [NOT] NULL tests their fields. (An array of them is not.)"""
+        if typ.array or typ.enum:
+            return False
+        return any(
+            col.type_name == typ.name
+            and not col.is_array
+            and (col.type_kind == "c" or (col.type_kind == "d" and col.domain_base_kind == "c"))
+            for col in self.columns.values()
+        )
 
     def _BooleanTest(self, node: ast.BooleanTest) -> Expr:
         # (Postgres names the test written: "argument of IS NOT FALSE must be type boolean")
@@ -1054,7 +1076,15 @@ class Compiler:
                 " encoding, in which Postgres counts characters, is not known to be UTF8)",
                 node,
             )
-        as_text = self.cast(arg, VARCHAR if arg.type == UNKNOWN else TEXT, node)
+        if arg.type != UNKNOWN and self._function_cast(arg.type, TEXT) is not None:
+            # A cast of the user's to text is not one to varchar or char(n): Postgres
+            # converts through the type's output function there (CoerceViaIO, as `concat`
+            # does), which is the value's text, unless a cast of the user's to the target
+            # itself exists (refused). These were refused as a cast to text.
+            self._refuse_function_cast(arg.type, target, node)
+            as_text = self.cast_to_text(arg, VARCHAR, node)
+        else:
+            as_text = self.cast(arg, VARCHAR if arg.type == UNKNOWN else TEXT, node)
 
         def cut(value: Value) -> Value:
             text = str(value)[:n]
@@ -1153,9 +1183,23 @@ class Compiler:
         more, never less): the array types' own (`mood[]` to text), the elements' for an
         array to an array, and a domain's base type's (a domain's casts are its base's). A
         clause only Postgres evaluates (a subset) keeps it."""
+        found = self._function_cast(src, target)
+        if found is not None:
+            pair, func = found
+            raise error_at(
+                f"casting {src.sql_name} to {target.sql_name} is not supported here:"
+                f" the database has its own cast from {pair[0]} to {pair[1]} (WITH"
+                f" FUNCTION {func}), which Postgres runs and the engine does not",
+                node,
+            )
+
+    def _function_cast(self, src: PgType, target: PgType) -> tuple[tuple[str, str], str] | None:
+        """The (source, target) typnames and function of a cast of a user's from `src` to
+        `target` (see `_refuse_function_cast`), None when there is none (or the clause is
+        Postgres's alone)."""
         casts = getattr(self.columns, "function_casts", None)
         if not casts or not self.live:
-            return
+            return None
 
         def names(t: PgType) -> set[str]:
             scalar = {t.name}
@@ -1170,12 +1214,8 @@ class Compiler:
         for pair in sorted(pairs):
             func = casts.get(pair)
             if func is not None:
-                raise error_at(
-                    f"casting {src.sql_name} to {target.sql_name} is not supported here:"
-                    f" the database has its own cast from {pair[0]} to {pair[1]} (WITH"
-                    f" FUNCTION {func}), which Postgres runs and the engine does not",
-                    node,
-                )
+                return pair, func
+        return None
 
     def cast_to_text(self, arg: Expr, target: PgType, node: ast.Node) -> Expr:
         src = arg.type

@@ -1004,8 +1004,6 @@ def like(
         # only the planner makes the pattern a constant (`coalesce('a', ucs)`). A snapshot
         # made before ANALYZE succeeded, a later one failed (collation fuzz seed 12).
         c.rules(state, "LIKE with a pattern that is not a column", node)
-    if c.collations.encoding == "SQL_ASCII":
-        _refuse_byte_wildcards(pattern, esc, node)
     fold = c.fold(ignore_case, node, state)
     if pattern.is_const and pattern.value is not None:
         try:
@@ -1035,41 +1033,6 @@ def like(
             return apply(BOOL, test_folded, [left], node)
         return apply(BOOL, test, [left], node)
     return apply(BOOL, like_function(fold, negate, esc or None), [left, pattern], node)
-
-
-def _refuse_byte_wildcards(pattern: Expr, esc: str | None, node: ast.Node) -> None:
-    """In an SQL_ASCII database Postgres matches LIKE byte by byte: `_` is one byte, so
-    `'Σ' LIKE '__'` is true there and `'Σ' LIKE '_'` false (the engine matched characters).
-    Accepted only where no `_` can occur: a constant pattern without an unescaped one (a
-    policy's escaped claim `\\_` matches the byte `_`, as the character), and an ASCII
-    escape character (a multi-byte one is no single escape byte)."""
-    if not pattern.is_const:
-        raise error_at(
-            "LIKE with a pattern that is not a constant is not supported in an SQL_ASCII"
-            " database (Postgres matches its _ against one byte, not one character)",
-            node,
-        )
-    if (pattern.value is not None and _has_wildcard_byte(pattern.value, esc)) or (
-        esc and not esc.isascii()
-    ):
-        raise error_at(
-            "LIKE with _ (or a non-ASCII escape) is not supported in an SQL_ASCII database"
-            " (Postgres matches _ against one byte, not one character)",
-            node,
-        )
-
-
-def _has_wildcard_byte(pattern: str, esc: str | None) -> bool:
-    """Whether `pattern` holds an `_` its escape character does not escape."""
-    escaped = False
-    for ch in pattern:
-        if escaped:
-            escaped = False
-        elif ch == esc:
-            escaped = True
-        elif ch == "_":
-            return True
-    return False
 
 
 def _like_subject(c: Compiler, left: Expr, node: ast.Node) -> Expr:

@@ -348,7 +348,8 @@ def test_read_row_reads_only_rows(payload: bytes) -> None:
 
 def _answer_of_decoded(payload: bytes, probes: list[Probe]) -> bool:
     """What probing the fully decoded rows answers: does a probed column's value, parsed,
-    have a non-empty entry?"""
+    have a non-empty entry? (A value the parser refuses: has any entry of that column one?
+    `ShapeRouter.candidates` asks every shape of the column then.)"""
     msg = decode(payload)
     rows = [getattr(msg, "old", None), getattr(msg, "new", None)]
     for row in rows:
@@ -361,6 +362,8 @@ def _answer_of_decoded(payload: bytes, probes: list[Probe]) -> bool:
             try:
                 key = value if parse is None else parse(value)
             except ValueError:
+                if any(by_key.values()):
+                    return True
                 continue
             if by_key.get(key):
                 return True
