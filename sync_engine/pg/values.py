@@ -635,6 +635,38 @@ for _names, _field, _factor in (
     for _n in _names:
         _UNIT_MICROS[_n] = (_field, _factor)
 
+#: The fields each unit sets, as DecodeInterval's masks: a field given twice ('1 day 1
+#: day', '1 hour 02:00:00') is "invalid input syntax". Seconds with a fraction, and a time
+#: `hh:mm[:ss]`, count as milli- and microseconds too (DTK_ALL_SECS_M, DTK_TIME_M).
+_UNIT_FIELD = {
+    n: n2
+    for names, n2 in (
+        (("microsecond", "microseconds", "us", "usec", "usecs"), "microsecond"),
+        (("millisecond", "milliseconds", "ms", "msec", "msecs"), "millisecond"),
+        (("second", "seconds", "s", "sec", "secs"), "second"),
+        (("minute", "minutes", "m", "min", "mins"), "minute"),
+        (("hour", "hours", "h", "hr", "hrs"), "hour"),
+        (("day", "days", "d"), "day"),
+        (("week", "weeks", "w"), "week"),
+        (("month", "months", "mon", "mons"), "month"),
+        (("year", "years", "y", "yr", "yrs"), "year"),
+        (("decade", "decades"), "decade"),
+        (("century", "centuries"), "century"),
+        (("millennium", "millennia"), "millennium"),
+    )
+    for n in names
+}
+_ALL_SECONDS = frozenset({"second", "millisecond", "microsecond"})
+_TIME_FIELDS = frozenset({"hour", "minute"}) | _ALL_SECONDS
+
+
+def _interval_fields(unit: str, number: str) -> frozenset[str]:
+    field = _UNIT_FIELD[unit]
+    if field == "second" and "." in number and float(number) != int(float(number)):
+        return _ALL_SECONDS
+    return frozenset({field})
+
+
 _VERBOSE_TOKEN_RE = re.compile(
     r"([+-]?\d+(?:\.\d+)?)\s*([a-z]+)|([+-])?(\d+):(\d{1,2})(?::(\d{1,2})(?:\.(\d+))?)?|(\S+)",
     re.ASCII,
@@ -688,13 +720,26 @@ def parse_interval(text: str) -> Interval:
     if not s:
         raise invalid(INTERVAL, text)
     acc: list[float] = [0, 0, 0]
-    for tok in _VERBOSE_TOKEN_RE.finditer(s):
+    given: set[str] = set()  # (the fields given so far: `_UNIT_FIELD`)
+
+    def once(fields: frozenset[str]) -> None:
+        if given & fields:
+            raise invalid(INTERVAL, text)
+        given.update(fields)
+
+    tokens = list(_VERBOSE_TOKEN_RE.finditer(s))
+    spills = timed = False
+    for tok in tokens:
         if tok.group(1) is not None:
             unit = _UNIT_MICROS.get(tok.group(2))
             if unit is None:
                 raise invalid(INTERVAL, text)
+            once(_interval_fields(tok.group(2), tok.group(1)))
+            spills = spills or (unit[0] != "micros" and "." in tok.group(1))
             _add_fraction(acc, unit[0], float(tok.group(1)) * unit[1])
         elif tok.group(5) is not None:
+            once(_TIME_FIELDS)
+            timed = True
             sign = -1 if tok.group(3) == "-" else 1
             micros = (
                 int(tok.group(4)) * 3600 + int(tok.group(5)) * 60 + int(tok.group(6) or 0)
@@ -703,9 +748,25 @@ def parse_interval(text: str) -> Interval:
         else:
             word = tok.group(8)
             if re.fullmatch(r"[+-]?\d+(?:\.\d+)?", word):
+                if len(tokens) > 1:
+                    # (DecodeInterval gives a number without a unit the unit of what
+                    # follows it, or days before a time: '8 3 hours' is 8 days 3 hours,
+                    # '8 1 day' an error; alone, it is seconds)
+                    raise ValueError(
+                        f'interval literal "{text}" is not supported here: give each number'
+                        " its unit"
+                    )
+                once(_interval_fields("second", word))
                 _add_fraction(acc, "micros", float(word) * USECS_PER_SEC)
             else:
                 raise invalid(INTERVAL, text)
+    if spills and timed:
+        # (a time field sets the time where a fraction of a day, week, month or year went
+        # before it: '02:00:00 1.5 days' is 1 day 02:00 in Postgres)
+        raise ValueError(
+            f'interval literal "{text}" is not supported here: a fraction of a day or more'
+            " beside a time of day"
+        )
     factor = -1 if ago else 1
     return Interval(factor * int(acc[0]), factor * int(acc[1]), factor * int(acc[2]))
 
