@@ -237,12 +237,13 @@ async def _checked_send(out: int, fd: int, size: int, crc: int) -> bool:
     buf = _pieces.pop() if _pieces else bytearray(SEND_PIECE)
     view = memoryview(buf)
     done = got = 0
+    reading = _Reading()
     writable: _Writable | None = None
     try:
         while done < size:
             want = view[: min(SEND_PIECE, size - done)]
             try:
-                n = await _read_piece(fd, want, done)
+                n = await _read_piece(fd, want, done, reading)
             except OSError as exc:
                 if transient_read_error(exc):
                     raise  # (the body is cut: the client retries)
@@ -264,19 +265,28 @@ async def _checked_send(out: int, fd: int, size: int, crc: int) -> bool:
     finally:
         if writable is not None:
             writable.close()
-        view.release()
-        if len(_pieces) < 4:
+        # (a read left running in a thread by a cancelled send still writes into it)
+        if not reading.in_thread and len(_pieces) < 4:
             _pieces.append(buf)
+
+
+class _Reading:
+    """Whether a send's read is running in a worker thread now."""
+
+    __slots__ = ("in_thread",)
+
+    def __init__(self) -> None:
+        self.in_thread = False
 
 
 #: `preadv` flag: read only what is cached, else fail with EAGAIN (Linux 4.14+).
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 
-async def _read_piece(fd: int, into: memoryview, at: int) -> int:
+async def _read_piece(fd: int, into: memoryview, at: int, reading: _Reading) -> int:
     """Read into `into` from offset `at` of the file: on the event loop when the bytes are
     cached (a copy, no wait), else in a worker thread (a read from the disk must not stall
-    the loop)."""
+    the loop; `reading.in_thread` meanwhile)."""
     if _NOWAIT:
         try:
             return os.preadv(fd, [into], at, _NOWAIT)
@@ -285,7 +295,10 @@ async def _read_piece(fd: int, into: memoryview, at: int) -> int:
         except OSError as exc:
             if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                 raise
-    return await asyncio.to_thread(os.preadv, fd, [into], at)
+    reading.in_thread = True
+    n = await asyncio.to_thread(os.preadv, fd, [into], at)
+    reading.in_thread = False
+    return n
 
 
 async def _flushed(transport: asyncio.Transport, writer: AbstractStreamWriter) -> None:
