@@ -8,12 +8,15 @@ file's cached pages to the socket instead. aiohttp's `FileResponse` does that to
 on uvloop (whose loop has no `sendfile`: it falls back to reading chunks), and it cannot
 frame the file with `[` and `]`.
 
-A big chunk file that passed a check once is not checked again before each send: its send
-checks the bytes it sends (`_checked_send`: each piece read into one buffer, added to a
-crc32 and written from that buffer; the body's `]` only when the crc32 of all of it is what
-was written, else the connection is cut and the shape retired: `log/verdicts.py` says what
-that covers). Smaller chunks, and the last chunk kept in a pack, are checked before the
-send and go out by `sendfile`.
+A chunk region that passed a check with its file as it is now is sent checking the bytes
+it sends (`_checked_send`: each piece read into one buffer, added to a crc32 and written
+from that buffer; the body's `]` only when the crc32 of all of it is what was written, else
+the connection is cut and the shape retired: `log/verdicts.py` says what that covers). A
+kept verdict vouches for cached pages only: a page dropped after the check was read again
+from the disk by `sendfile` itself, damaged or not, and went out whole (chaos 10:57). Big
+chunk files are not checked before the send at all (`ShapeLog.snapshot_check_kept`);
+smaller chunks and pack regions still are when no verdict stands (a 409 first). `sendfile`
+remains for a file changed since its check (`_unchanged` then cuts the body).
 
 The file is sent on the event loop, non-blocking, from a duplicate of the connection's
 socket descriptor: should the transport close the socket meanwhile (the client went
@@ -35,7 +38,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from ..log.checksum import crc32
-from ..log.files import SEND_CHECKED_BYTES, transient_read_error
+from ..log.files import transient_read_error
 from . import live
 from .parser_refusals import note_send_descriptors
 
@@ -147,7 +150,7 @@ class ChunkFileResponse(web.StreamResponse):
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         check: tuple[int, int] | None = None
-        if not self._offset and self._size >= SEND_CHECKED_BYTES:
+        if self._checked is not None:  # (a chunk of a shape log: see `ShapeLog.send_check`)
             st = os.fstat(self._fd)
             check = self._shape.log.send_check(st, self._offset, self._size)
         if transport is None or sock is None or transport.get_extra_info("sslcontext"):
@@ -166,7 +169,7 @@ class ChunkFileResponse(web.StreamResponse):
             try:
                 if check is None:
                     await _sendfile(out, self._fd, self._size, self._offset)
-                elif not await _checked_send(out, self._fd, self._size, check[1]):
+                elif not await _checked_send(out, self._fd, self._size, check[1], self._offset):
                     self._refuse(transport, check[0], st)
             except BaseException:
                 transport.abort()  # the body is short of its length: end the connection
@@ -191,7 +194,7 @@ class ChunkFileResponse(web.StreamResponse):
         if transport is not None:
             transport.abort()
         reason = "does not match its checksum (found while it was sent)"
-        self._shape.log.send_check_failed(index, st, reason)
+        self._shape.log.send_check_failed(index, st, self._offset, reason)
         raise ConnectionResetError(f"chunk {index} of {self._shape.handle} {reason}")
 
     def _unchanged(self) -> bool:
@@ -228,8 +231,8 @@ SEND_PIECE = 1 << 20
 _pieces: list[bytearray] = []
 
 
-async def _checked_send(out: int, fd: int, size: int, crc: int) -> bool:
-    """Send the first `size` bytes of the file `fd` to the socket `out`, each piece read into
+async def _checked_send(out: int, fd: int, size: int, crc: int, start: int = 0) -> bool:
+    """Send `size` bytes of the file `fd` from `start` to the socket `out`, each piece read into
     a buffer, added to a crc32 and written from that same buffer: returns whether the file
     had `size` bytes whose crc32 is `crc` (when not, the caller cuts the body before its end:
     what went out is never a complete response). Reads what is cached on the event loop
@@ -243,7 +246,7 @@ async def _checked_send(out: int, fd: int, size: int, crc: int) -> bool:
         while done < size:
             want = view[: min(SEND_PIECE, size - done)]
             try:
-                n = await _read_piece(fd, want, done, reading)
+                n = await _read_piece(fd, want, start + done, reading)
             except OSError as exc:
                 if transient_read_error(exc):
                     raise  # (the body is cut: the client retries)

@@ -379,8 +379,8 @@ class ShapeLog:
         # (with what the file was then, `_identity`): sent as their file from then on,
         # checked again at each send (`check_snapshot_file`).
         self._checked: dict[int, _Identity | None] = {}
-        # Big chunk files that passed a check, by (device, inode): their index (`send_check`).
-        self._send_checks: dict[tuple[int, int], int] = {}
+        # Chunk regions that passed a check, by (device, inode, start): index (`send_check`).
+        self._send_checks: dict[tuple[int, int, int], int] = {}
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again;
         #: cleared by `repair_checked` once the replicator has asked the slot.
@@ -767,39 +767,43 @@ class ShapeLog:
         if expected is None:
             return False
         identity, start = _identity_of(st), self._snapshot_region(index)[1]
-        if not start and expected[0] >= SEND_CHECKED_BYTES and verdicts.passed(identity, *expected):
+        if (
+            not start
+            and expected[0] >= SEND_CHECKED_BYTES
+            and verdicts.passed(identity, 0, *expected)
+        ):
             return True  # (its send checks the bytes it sends: `send_check`)
         return verdicts.holds(identity, start, *expected)
 
     def send_check(self, st: os.stat_result, offset: int, size: int) -> tuple[int, int] | None:
         """(chunk index, crc32) that a send of `size` bytes from `offset` of the file `st`
-        describes must check the bytes it sends against (`http/sendfile.py`), when that file
-        is a big chunk file of this log that passed a check as it is now (the same identity:
-        `snapshot_check_kept` lets its requests skip the check before the send); else None
-        (send it as it is: it was checked before the send)."""
-        if offset or size < SEND_CHECKED_BYTES:
-            return None
+        describes checks the bytes it sends against (`http/sendfile.py`), when that region is
+        a chunk of this log that passed a check with the file as it is now; else None (the
+        send of a region this process has no passed check of: checked before it, as ever).
+        Every such send checks its bytes, whatever it was checked before: a kept verdict
+        (`verdicts.holds`) vouches for cached pages, and a page dropped after the check is
+        read again from the disk by the send itself (chaos 10:57: damage below the
+        filesystem went out once, whole, before the next check found it). Big chunk files
+        skip the check before the send altogether (`snapshot_check_kept`)."""
         identity = _identity_of(st)
-        index = self._chunk_file_index(identity)
+        index = self._send_checks.get((st.st_dev, st.st_ino, offset))
         if index is None:
             return None
         expected = self._snapshot_sums.get(index)
-        if expected is None or expected[0] != size or not verdicts.passed(identity, *expected):
+        if expected is None or expected[0] != size:
+            return None
+        if not verdicts.passed(identity, offset, *expected):
             return None
         return index, expected[1]
 
-    def _chunk_file_index(self, identity: _Identity) -> int | None:
-        """The index of the snapshot chunk whose file has `identity` (as its check saw it)."""
-        return self._send_checks.get(identity[:2])
-
-    def send_check_failed(self, index: int, st: os.stat_result, reason: str) -> None:
-        """A send that checked the bytes it sent (`send_check`, of the file `st` describes)
-        found them other than what was written: the chunk is damaged. Its shape is retired
-        (`on_damage`: the next request gets a 409) and its passed check is forgotten."""
+    def send_check_failed(self, index: int, st: os.stat_result, offset: int, reason: str) -> None:
+        """A send that checked the bytes it sent (`send_check`, from `offset` of the file `st`
+        describes) found them other than what was written: the chunk is damaged. Its shape
+        is retired (`on_damage`: the next request gets a 409) and its passed check is
+        forgotten."""
         self._checked.pop(index, None)
-        self._send_checks.pop((st.st_dev, st.st_ino), None)
-        if (expected := self._snapshot_sums.get(index)) is not None:
-            verdicts.forget_passed(_identity_of(st), *expected)
+        self._send_checks.pop((st.st_dev, st.st_ino, offset), None)
+        verdicts.forget_all()  # (its region's kept verdict too: a check before any send)
         if self.on_damage is not None:
             self.on_damage(f"{self._snapshot_name(index)}: {reason}")
 
@@ -837,9 +841,8 @@ class ShapeLog:
             self._checked.pop(index, None)
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
         verdicts.remember(identity, start, expected[0], expected[1], before)
-        if not start and expected[0] >= SEND_CHECKED_BYTES:
-            self._send_checks[identity[:2]] = index
-            verdicts.remember_passed(identity, *expected)
+        self._send_checks[(identity[0], identity[1], start)] = index
+        verdicts.remember_passed(identity, start, *expected)
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
