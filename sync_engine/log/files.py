@@ -57,6 +57,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
@@ -142,6 +143,12 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _TRANSIENT = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR))
 
 
+def transient_read_error(exc: OSError) -> bool:
+    """Whether a failed read of a shape log's file is transient (`_TRANSIENT`: retry), not
+    damage."""
+    return exc.errno in _TRANSIENT
+
+
 def _read_failed(path: str, exc: OSError) -> ServiceUnavailable | None:
     """The 503 for a transient failure reading `path` (`_TRANSIENT`), else None (damage)."""
     if exc.errno not in _TRANSIENT:
@@ -175,20 +182,32 @@ def _identity_of(st: os.stat_result) -> _Identity:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-#: Bytes `_file_crc` reads at a time, into one buffer: 1 MiB pieces, each a new bytes
-#: object above glibc's mmap threshold (fresh pages faulted in per piece), made the check
-#: twice as costly (perf: 2.19 -> 1.01 ms per 10 MiB chunk, ~30% of a warm sync's CPU).
+#: Snapshot chunk files of at least this many bytes are checked by their sends once they
+#: passed a check (`ShapeLog.send_check`, `http/sendfile.py`): each send reads them, checks
+#: and writes those same bytes, and is cut before its end if they do not match; smaller ones
+#: (and the last chunk kept in a pack) are checked before each send, where a thread hop for
+#: the check costs about what the check does.
+SEND_CHECKED_BYTES = 1 << 20
+
+#: Bytes `_file_crc` reads at a time, into one buffer per thread, reused: 1 MiB pieces, each
+#: a new bytes object above glibc's mmap threshold (fresh pages faulted in per piece), made
+#: the check twice as costly (perf: 2.19 -> 1.01 ms per 10 MiB chunk, ~30% of a warm sync's
+#: CPU); a new buffer per check was fresh pages too, each check.
 CRC_PIECE = 256 << 10
+
+_pieces = threading.local()
 
 
 def _file_crc(fd: int, size: int, start: int = 0) -> int | None:
     """crc32 of the `size` bytes of the file `fd` from `start`, read a piece at a time (no
     copy of a whole chunk in memory; not a mapping, whose pages past a concurrent truncation
-    would kill the process with SIGBUS); None when the file is shorter. (A buffer per call:
-    the checks run in worker threads.)"""
+    would kill the process with SIGBUS); None when the file is shorter. (A buffer per
+    thread: the checks run in worker threads.)"""
     crc = 0
     done = 0
-    view = memoryview(bytearray(min(CRC_PIECE, size)))
+    if (piece := getattr(_pieces, "view", None)) is None:
+        piece = _pieces.view = memoryview(bytearray(CRC_PIECE))
+    view: memoryview = piece
     while done < size:
         n = os.preadv(fd, [view[: min(CRC_PIECE, size - done)]], start + done)
         if not n:
@@ -360,6 +379,8 @@ class ShapeLog:
         # (with what the file was then, `_identity`): sent as their file from then on,
         # checked again at each send (`check_snapshot_file`).
         self._checked: dict[int, _Identity | None] = {}
+        # Chunk regions that passed a check, by (device, inode, start): index (`send_check`).
+        self._send_checks: dict[tuple[int, int, int], int] = {}
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again;
         #: cleared by `repair_checked` once the replicator has asked the slot.
@@ -740,11 +761,51 @@ class ShapeLog:
         `check_snapshot_file` asks first, so that a send needing no check is not handed to
         a worker thread and back for it. Cheap enough for the event loop: a dict look-up,
         and when a check was kept, two reads of the block device's counters in sysfs
-        (kernel memory: no disk read)."""
+        (kernel memory: no disk read). A big chunk file (`SEND_CHECKED_BYTES`) that passed
+        a check as it is now needs none: its send checks the bytes it sends (`send_check`)."""
         expected = self._snapshot_sums.get(index)
         if expected is None:
             return False
-        return verdicts.holds(_identity_of(st), self._snapshot_region(index)[1], *expected)
+        identity, start = _identity_of(st), self._snapshot_region(index)[1]
+        if (
+            not start
+            and expected[0] >= SEND_CHECKED_BYTES
+            and verdicts.passed(identity, 0, *expected)
+        ):
+            return True  # (its send checks the bytes it sends: `send_check`)
+        return verdicts.holds(identity, start, *expected)
+
+    def send_check(self, st: os.stat_result, offset: int, size: int) -> tuple[int, int] | None:
+        """(chunk index, crc32) that a send of `size` bytes from `offset` of the file `st`
+        describes checks the bytes it sends against (`http/sendfile.py`), when that region is
+        a chunk of this log that passed a check with the file as it is now; else None (the
+        send of a region this process has no passed check of: checked before it, as ever).
+        Every such send checks its bytes, whatever it was checked before: a kept verdict
+        (`verdicts.holds`) vouches for cached pages, and a page dropped after the check is
+        read again from the disk by the send itself (chaos 10:57: damage below the
+        filesystem went out once, whole, before the next check found it). Big chunk files
+        skip the check before the send altogether (`snapshot_check_kept`)."""
+        identity = _identity_of(st)
+        index = self._send_checks.get((st.st_dev, st.st_ino, offset))
+        if index is None:
+            return None
+        expected = self._snapshot_sums.get(index)
+        if expected is None or expected[0] != size:
+            return None
+        if not verdicts.passed(identity, offset, *expected):
+            return None
+        return index, expected[1]
+
+    def send_check_failed(self, index: int, st: os.stat_result, offset: int, reason: str) -> None:
+        """A send that checked the bytes it sent (`send_check`, from `offset` of the file `st`
+        describes) found them other than what was written: the chunk is damaged. Its shape
+        is retired (`on_damage`: the next request gets a 409) and its passed check is
+        forgotten."""
+        self._checked.pop(index, None)
+        self._send_checks.pop((st.st_dev, st.st_ino, offset), None)
+        verdicts.forget_all()  # (its region's kept verdict too: a check before any send)
+        if self.on_damage is not None:
+            self.on_damage(f"{self._snapshot_name(index)}: {reason}")
 
     def check_snapshot_file(self, index: int, fd: int) -> None:
         """Check `fd`, opened to send chunk `index` as it is (its file, or its pack for a last
@@ -780,6 +841,8 @@ class ShapeLog:
             self._checked.pop(index, None)
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
         verdicts.remember(identity, start, expected[0], expected[1], before)
+        self._send_checks[(identity[0], identity[1], start)] = index
+        verdicts.remember_passed(identity, start, *expected)
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""
