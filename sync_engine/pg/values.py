@@ -462,7 +462,13 @@ _DATE_ISO_RE = re.compile(r"(\d{4,})-(\d{1,2})-(\d{1,2})", re.ASCII)
 _DATE_DMY_RE = re.compile(r"(\d{1,2})[/.-](\d{1,2})[/.-](\d{4,})", re.ASCII)
 _DATE_COMPACT_RE = re.compile(r"(\d{4})(\d{2})(\d{2})", re.ASCII)
 _TIME_RE = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?", re.ASCII)
-_TZ_RE = re.compile(r"(?:([+-])(\d{1,2})(?::?(\d{2}))?(?::(\d{2}))?|(Z|UTC|GMT))", re.ASCII)
+# A trailing zone offset, as Postgres's DecodeTimezone reads it: a sign, digits, then
+# `:minutes` and `:seconds` each of any number of digits; digits run together (`+0530`) are
+# hours and minutes (never seconds). One regex finds and reads it (two had disagreed: an
+# offset found but not read, `+155959`, failed an assert, a 500).
+_TZ_RE = re.compile(r"\s*(([+-])(\d+)(?::(\d+)(?::(\d+))?)?|Z|UTC|GMT)$", re.ASCII)
+_MAX_TZ_DIGITS = 9
+"""More digits than this overflow Postgres's strtoint (ERANGE: out of range there too)."""
 
 
 def _date_from_parts(pg_type: PgType, text: str, y: str, m: str, d: str) -> date:
@@ -509,22 +515,30 @@ def _parse_time_part(pg_type: PgType, text: str, part: str) -> time:
 
 
 def _split_tz(part: str) -> tuple[str, timezone | None]:
-    """Split a trailing zone offset (`+02`, `-05:30`, `Z`, `UTC`) off a time string."""
-    m = re.search(r"(?:\s*)([+-]\d{1,2}(?::?\d{2}){0,2}|Z|UTC|GMT)$", part, re.ASCII)
+    """Split a trailing zone offset (`+02`, `-05:30`, `+0530`, `Z`, `UTC`) off a time
+    string, read as Postgres's DecodeTimezone reads it. An offset past its bounds (hours
+    past 15, minutes or seconds past 59: `+16`, `+15:60`, `+155959`, which is 1559 hours
+    and 59 minutes) is refused as Postgres refuses it when it reads the literal."""
+    m = _TZ_RE.search(part)
     if not m or m.start(1) == 0:
         return part, None
-    zm = _TZ_RE.fullmatch(m.group(1))
-    assert zm is not None
-    if zm.group(5):
-        return part[: m.start()].rstrip(), UTC
-    sign = -1 if zm.group(1) == "-" else 1
-    hours, minutes, seconds = int(zm.group(2)), int(zm.group(3) or 0), int(zm.group(4) or 0)
+    rest = part[: m.start()].rstrip()
+    if m.group(2) is None:
+        return rest, UTC
+    digits, minutes_text, seconds_text = m.group(3), m.group(4), m.group(5)
+    out_of_range = ValueError(f'time zone displacement out of range: "{part.strip()}"')
+    parts = (digits, minutes_text, seconds_text)
+    if any(len((x or "").lstrip("0")) > _MAX_TZ_DIGITS for x in parts):
+        raise out_of_range
+    hours, minutes, seconds = int(digits), int(minutes_text or 0), int(seconds_text or 0)
+    if minutes_text is None and len(digits) > 2:
+        hours, minutes = divmod(hours, 100)  # (run together: `+0530`, `+123` is 1:23)
     if hours > 15 or minutes > 59 or seconds > 59:
         # (DecodeTimezone's bounds, MAX_TZDISP_HOUR: Postgres refuses `+16` when it reads
         # the literal; read here, the snapshot's failure blamed the table's rows)
-        raise ValueError(f'time zone displacement out of range: "{part.strip()}"')
+        raise out_of_range
     offset = timedelta(hours=hours, minutes=minutes, seconds=seconds)
-    return part[: m.start()].rstrip(), timezone(sign * offset)
+    return rest, timezone((-1 if m.group(2) == "-" else 1) * offset)
 
 
 def parse_date(text: str) -> date | PgInfinity:

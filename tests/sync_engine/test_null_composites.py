@@ -56,3 +56,32 @@ async def test_is_null_of_a_composite_is_refused_where_it_tests_fields(engine: E
     status, _h, body = await engine.get(table="nv", offset="-1", subset__where="c IS NULL")
     assert status == 200, body
     assert [m["value"]["id"] for m in body["data"]] == ["1"]
+
+
+async def test_is_null_of_an_element_of_an_array_of_composites_is_refused(engine: Engine) -> None:
+    """The refusal is by the expression's type, wherever it comes from: a table whose
+    composite is only an array's element (`cs c3[]`) had no refusal, and live, `cs[1] IS
+    NULL` tested the datum where Postgres tests its fields (review 11:32: live [1, 3, 4],
+    Postgres {1, 3, 4, 5}; `cs[1] IS NOT NULL` live [5, 6, 7, 8], Postgres {8})."""
+    engine.sql("CREATE TYPE inner_t AS (a int, b text)")
+    engine.sql("CREATE TYPE c3 AS (x int, y text, z inner_t)")
+    engine.sql("CREATE DOMAIN dc3 AS c3")
+    engine.sql("CREATE TABLE t2 (id int PRIMARY KEY, cs c3[], ds dc3[])")
+    engine.sql("INSERT INTO t2 VALUES (1, ARRAY[ROW(NULL, NULL, NULL)::c3], NULL)")
+    for where in [
+        "cs[1] IS NULL",
+        "cs[1] IS NOT NULL",
+        "(cs[1]) IS NOT NULL",
+        "COALESCE(cs[1], cs[2]) IS NOT NULL",
+        "(CASE WHEN id > 0 THEN cs[1] END) IS NULL",
+        "NOT (cs[2] IS NULL)",
+        "ds[1] IS NULL",
+    ]:
+        status, _h, body = await engine.get(table="t2", offset="-1", where=where)
+        assert status == 400, (where, body)
+        assert "composite value" in body["errors"]["where"][0], (where, body)
+    # An array of them, and a slice (an array), are tested as values, as Postgres does.
+    engine.sql("INSERT INTO t2 VALUES (2, NULL, NULL), (3, '{}', NULL)")
+    for where, ids in [("cs IS NULL", ["2"]), ("cs[1:1] IS NOT NULL", ["1", "3"])]:
+        rows, handle, offset = await engine.sync(table="t2", where=where)
+        assert sorted(r["id"] for r in rows.values()) == ids, where

@@ -745,13 +745,17 @@ class Compiler:
         return bool_expr(lambda row, cache: f(row, cache) is not None, node)
 
     def _row_valued(self, typ: PgType) -> bool:
-        """Whether values of `typ` are composites (a column's composite type, or a domain
-        over one), whose IS [NOT] NULL tests their fields. (An array of them is not.)"""
+        """Whether values of `typ` are composites (or of a domain over one), whose IS [NOT]
+        NULL tests their fields; an array of them is tested as a value. Decided by the type
+        (pg_type.typtype 'c', or 'd' over 'c'), whichever column it is the scalar type of:
+        an element of an array of composites (`cs[1]`, `COALESCE(cs[1], cs[2])`) has it too.
+        (It had matched non-array columns only, and `cs[1] IS NULL` was evaluated by the
+        datum live while Postgres tested its fields.) A where names no other composite
+        type: casts to one and field selection are refused."""
         if typ.array or typ.enum:
             return False
         return any(
-            col.type_name == typ.name
-            and not col.is_array
+            col.base_type == typ.name
             and (col.type_kind == "c" or (col.type_kind == "d" and col.domain_base_kind == "c"))
             for col in self.columns.values()
         )

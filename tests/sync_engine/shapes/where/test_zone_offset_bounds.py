@@ -20,6 +20,19 @@ LITERALS = [
     ("2024-01-01 00:00:00+15:59", True),
     ("2024-01-01 00:00:00-15:59:59", True),
     ("2024-01-01 00:00:00+05:30", True),
+    # digits run together are hours and minutes, never seconds (DecodeTimezone): `+155959`
+    # is 1559 hours and 59 minutes (it was a 500: found, then not read; review 11:39)
+    ("2024-01-01 00:00:00+155959", False),
+    ("2024-01-01 00:00:00+15:5959", False),
+    ("2024-01-01 00:00:00-15:59:5959", False),
+    ("2024-01-01 00:00:00+053000", False),
+    ("2024-01-01 00:00:00+99999999999999999999", False),
+    ("2024-01-01 00:00:00+1559", True),
+    ("2024-01-01 00:00:00-0530", True),
+    ("2024-01-01 00:00:00+123", True),
+    ("2024-01-01 00:00:00+000030", True),
+    ("2024-01-01 00:00:00+0001530", True),
+    ("2024-01-01 00:00:00+1:5:7", True),
 ]
 
 
@@ -46,3 +59,38 @@ async def test_a_zone_offset_is_taken_or_refused_as_postgres_does(
         message = body["errors"]["where"][0]
         assert f'"{literal}"' in message and "At location" in message, message
         assert "table's rows" not in message, message
+
+
+TIMES = [
+    "12:00:00+155959",
+    "12:00:00+15:5959",
+    "12:00:00+16",
+    "12:00:00+1559",
+    "12:00:00-05:30:15",
+    "2024-01-01 12:00:00+155959",
+]
+
+
+@pytest.mark.parametrize("literal", TIMES)
+async def test_a_zone_offset_in_a_time_literal_is_taken_or_refused_as_postgres_does(
+    engine: Engine, literal: str
+) -> None:
+    """time input reads (and drops) an offset, and refuses one past the bounds, as
+    timestamptz input does (`+155959` was a 500 here too)."""
+    engine.sql("CREATE TABLE tt (id int PRIMARY KEY, tm time)")
+    engine.sql("INSERT INTO tt VALUES (1, '11:00'), (2, '12:00'), (3, '13:00')")
+    try:
+        engine.sql("SELECT %s::time", (literal,))
+        taken = True
+    except psycopg.errors.InvalidTimeZoneDisplacementValue:
+        taken = False
+    where = f"tm >= '{literal}'"
+    status, _h, body = await engine.get(table="tt", offset="-1", where=where)
+    if taken:
+        assert status == 200, body
+        got = sorted(m["value"]["id"] for m in body if "value" in m)
+        assert got == sorted(str(r[0]) for r in engine.sql(f"SELECT id FROM tt WHERE {where}"))
+    else:
+        assert status == 400, body
+        message = body["errors"]["where"][0]
+        assert f'"{literal}"' in message and "At location" in message, message
