@@ -31,6 +31,7 @@ from proxy.config.model import (
     HMAC_ALGORITHMS,
     DenyRule,
     IssuerConfig,
+    NumberSettingError,
     ProxyConfig,
     StaticKey,
     TablePolicy,
@@ -447,8 +448,12 @@ def _format_validation(error: ValidationError, node: yaml.Node | None = None) ->
     """Each error's key path, its line in the file when known, and what is wrong."""
     lines = []
     for item in error.errors():
-        loc = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        line = line_of(node, item["loc"])
+        path = tuple(item["loc"])
+        cause = item.get("ctx", {}).get("error")
+        if isinstance(cause, NumberSettingError):
+            path += (cause.key,)  # (raised for the mapping holding the setting)
+        loc = ".".join(str(part) for part in path) or "(top level)"
+        line = line_of(node, path)
         where = f" (line {line})" if line is not None else ""
         lines.append(f"{loc}{where}: {item['msg']}")
     return "; ".join(lines)
@@ -574,7 +579,13 @@ def _build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for warning in [*shadowed_rules(config), *exposure_warnings(config), *folded_names(config)]:
+    warnings = [
+        *shadowed_rules(config),
+        *exposure_warnings(config),
+        *folded_names(config),
+        *named_shape_wheres(config),
+    ]
+    for warning in warnings:
         logger.warning("%s: %s", source, warning)
     return LoadedConfig(
         config=config,
@@ -766,6 +777,25 @@ def _has_upper(text: str) -> bool:
 def _rule_label(policy: TablePolicy, index: int) -> str:
     name = policy.allow[index].name
     return f"rule {name!r} (allow.{index})" if name else f"rule allow.{index}"
+
+
+def named_shape_wheres(config: ProxyConfig) -> list[str]:
+    """A named shape's rule saying `client_where: validated`: a named shape's URL is its
+    whole definition, so a client's `where` (and `params`, `columns`) is refused there
+    whatever the rule says (`proxy.policy.evaluate._find_table`), and the setting does
+    nothing; its subsets are checked as they are under `forbid` (config probe, 2026-12-07).
+    Errs safe, so it loads; this says so."""
+    out = []
+    for name, shape in config.shapes.items():
+        for index, rule in enumerate(shape.allow):
+            if rule.client_where == "validated":
+                out.append(
+                    f"shapes.{name}: allow {_rule_label(shape, index)} says client_where: "
+                    "validated, but a named shape takes no client where (its URL is its "
+                    "definition): the setting does nothing; remove it, or list the table "
+                    "under tables: for clients that filter"
+                )
+    return out
 
 
 def shadowed_rules(config: ProxyConfig) -> list[str]:

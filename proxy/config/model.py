@@ -10,11 +10,14 @@ one field (HMAC mixed with asymmetric algorithms, a rule with neither a filter n
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+import types
 import unicodedata
 import uuid
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+from pglast.parser import ParseError, scan
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -26,6 +29,7 @@ from pydantic import (
 )
 
 from proxy.limits.config import LimitsConfig, RuleLimits
+from proxy.policy.sql import PLACEHOLDER
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset(
@@ -152,6 +156,13 @@ def _no_yaml_words(when: object) -> object:
                     f"{path}: a {what} matches no token: write the text, number, true or "
                     "false the claim must be, or remove the condition"
                 )
+            if isinstance(item, str) and not item.strip():
+                # (`status: "${SUSPENDED}"` after an envsubst with the variable unset: a deny
+                # that matched only tokens whose claim is blank, never the suspended ones)
+                raise ValueError(
+                    f'{path}: {item!r} is empty text (an unset variable in "${{VAR}}" '
+                    "leaves it so): write the value the claim must be, or remove the condition"
+                )
             if isinstance(item, YamlWord):
                 raise ValueError(
                     f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for a "
@@ -164,8 +175,60 @@ def _no_yaml_words(when: object) -> object:
 EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
 
 
+class NumberSettingError(ValueError):
+    """A value no number setting takes (a boolean, `.inf`, `.nan`). `key`: the setting,
+    which the loader adds to the error's key path, so the message names its line
+    (`loader._format_validation`)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field of this type takes a number and no boolean (`int`, `float | None`)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        kinds = get_args(annotation)
+    else:
+        kinds = (annotation,)
+    return bool not in kinds and any(kind in (int, float) for kind in kinds)
+
+
+def check_number_settings(model: type[BaseModel], value: object) -> object:
+    """`value` (the mapping `model` is made from) unless it gives a number setting
+    something no number means there: `true` or `false` (a YAML boolean is a Python int,
+    so pydantic took `port: true` as 1 and `max_age_cap: false` as 0: `${FLAG}` pasted
+    into the wrong key, a list of settings shifted by a line), or `.inf` / `.nan` (YAML's
+    infinity loaded wherever no upper bound was set: `reload_interval: .inf` never
+    reloaded the file, so an edit narrowing the policy silently never applied;
+    `jwks_ttl: .inf` kept a key dropped from the issuer's set). Raises
+    `NumberSettingError`."""
+    if isinstance(value, dict):
+        for name, info in model.model_fields.items():
+            key = info.alias or name
+            given = value.get(key)
+            if not _numeric(info.annotation):
+                continue
+            if isinstance(given, bool):
+                raise NumberSettingError(
+                    key,
+                    f"{str(given).lower()} is a boolean, not a number (it was read as "
+                    f"{int(given)}): write the number",
+                )
+            if isinstance(given, float) and not math.isfinite(given):
+                raise NumberSettingError(
+                    key, f"{given!r} is no finite number: write the number (a finite one)"
+                )
+    return value
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: object) -> object:
+        return check_number_settings(cls, value)
 
 
 class StaticKey(_Model):
@@ -256,7 +319,17 @@ class IssuerConfig(_Model):
     @field_validator("audience", mode="before")
     @classmethod
     def _one_or_many(cls, value: object) -> object:
-        return [value] if isinstance(value, str) else value
+        """One audience or a list. An empty one (`audience: "${AUDIENCE}"` after an
+        envsubst with the variable unset) is refused: it accepted the issuer's tokens whose
+        `aud` is empty text, meant for no service in particular."""
+        value = [value] if isinstance(value, str) else value
+        for item in value if isinstance(value, list) else ():
+            if isinstance(item, str) and not item.strip():
+                raise ValueError(
+                    f"{item!r} is empty: give the aud value this service's tokens carry (an "
+                    'unset variable in "${VAR}" leaves it empty)'
+                )
+        return value
 
     @model_validator(mode="after")
     def _keys_and_algorithms(self) -> IssuerConfig:
@@ -306,6 +379,23 @@ class UpstreamConfig(_Model):
     )
     pool_size: int = Field(default=4096, ge=1, description="max upstream connections")
     retry_after: int = Field(default=2, ge=1, description="Retry-After on 502/503/504")
+
+    @field_validator("source_id", mode="before")
+    @classmethod
+    def _source_id_given(cls, value: object) -> object:
+        """`source_id:` left empty (`${SOURCE_ID}` after an envsubst with the variable unset)
+        sent every request to the engine's own `--database-url` database instead of the
+        source (checked against the engine's `--secret`, not the source's), or as
+        `source_id=` to no source: a proxy that ran, with a 401 for every request. Only
+        leaving the key out means the engine's own database. (Runs only for a value
+        given.)"""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise ValueError(
+                "empty: give the source's id (`sync-engine sources add` prints it), or remove "
+                "the key to use the engine's own database (an unset variable in "
+                "source_id: ${VAR} leaves it empty)"
+            )
+        return value
 
     @field_validator("source_id")
     @classmethod
@@ -359,6 +449,27 @@ class ServerConfig(_Model):
         "right-most X-Forwarded-For (else Forwarded for=) address not in this list; empty: "
         "forwarding headers are ignored (proxy.limits.client). Applied on reload.",
     )
+
+    max_connections_per_address: int | None = Field(
+        default=None,
+        ge=1,
+        description="client connections one client address may hold at once (its next one "
+        "gets a 503 and is closed); left out: a quarter of the proxy's connection cap, at "
+        "least 8. Loopback and trusted_proxies peers are exempt. Applied on reload, to new "
+        "connections (proxy.http.serve)",
+    )
+
+    @field_validator("max_connections_per_address", mode="before")
+    @classmethod
+    def _per_address_given(cls, value: object) -> object:
+        """Left empty (`${MAX_CONNS}` with the variable unset) it is refused, as every
+        setting left empty is: only leaving the key out means the default share."""
+        if value is None:
+            raise ValueError(
+                "empty (null): give a number of connections, or remove the key for the "
+                "default (a quarter of the connection cap, at least 8)"
+            )
+        return value
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -437,8 +548,30 @@ class CacheConfig(_Model):
     """
 
     max_age_cap: int | None = Field(
-        default=60, ge=0, description="cap max-age of private responses (None: keep upstream's)"
+        default=60,
+        ge=0,
+        description="cap max-age of private responses, seconds; `unlimited`: the engine's "
+        "max-age as it sent it (null is refused)",
     )
+
+    @field_validator("max_age_cap", mode="before")
+    @classmethod
+    def _cap_given(cls, value: object) -> object:
+        """`max_age_cap:` left empty (`${MAX_AGE_CAP}` after an envsubst with the variable
+        unset) is null, which read as "no cap": browsers kept a private answer as long as
+        the engine said, past a revoked grant (as `max_lifetime`). No cap is said in words,
+        `unlimited`; null is a load error. (Runs only for a value given: left out, 60.)"""
+        if value is None:
+            raise ValueError(
+                "empty (null): give the longest max-age clients may keep a private answer, in "
+                f"seconds (e.g. max_age_cap: 60), or write max_age_cap: {UNLIMITED} to pass "
+                "the engine's max-age on as it is (an unset variable in max_age_cap: ${VAR} "
+                "leaves it empty)"
+            )
+        if value == UNLIMITED:
+            return None
+        return value
+
     max_bytes: int = Field(
         default=64 * 1024 * 1024,
         ge=0,
@@ -535,6 +668,22 @@ class AccessRule(_Model):
             )
         return value
 
+    @field_validator("columns")
+    @classmethod
+    def _column_names_as_stored(cls, value: list[str] | None) -> list[str] | None:
+        """A column written with spaces around it or a character no one sees (pasted from a
+        web page) names a column no table has: the rule loaded and every request of it was
+        the engine's 400 about a column the client never named (config probe, 2026-12-07).
+        (Quotes are part of a name as written: `'"Title"'` is the column `"Title"`, as
+        stored; tests/proxy/test_policy.py.)"""
+        for name in value or ():
+            if name != name.strip():
+                raise ValueError(f"{name!r}: the column name has spaces around it: remove them")
+            hidden = _invisible(name)
+            if hidden is not None:
+                raise ValueError(f"{name!r}: holds an invisible character {hidden}: retype it")
+        return value
+
     client_where: Literal["forbid", "validated", "passthrough"] = Field(
         default="forbid",
         description="forbid: no client where; validated: a checked subset of SQL, ANDed with "
@@ -549,6 +698,11 @@ class AccessRule(_Model):
         default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
     )
     limits: RuleLimits | None = Field(default=None, description="overrides of the limits")
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limit_numbers(cls, value: object) -> object:
+        return check_number_settings(RuleLimits, value)
 
     @model_validator(mode="after")
     def _rows_explicit(self) -> AccessRule:
@@ -568,40 +722,19 @@ class AccessRule(_Model):
 
 
 def _line_comment(sql: str) -> bool:
-    """Whether `sql` holds a `--` comment outside its string literals, quoted names and
-    block comments (which Postgres nests)."""
-    i, n, depth = 0, len(sql), 0
-    while i < n:
-        if depth:
-            if sql.startswith("/*", i):
-                depth, i = depth + 1, i + 2
-            elif sql.startswith("*/", i):
-                depth, i = depth - 1, i + 2
-            else:
-                i += 1
-            continue
-        char = sql[i]
-        if sql.startswith("--", i):
-            return True
-        if sql.startswith("/*", i):
-            depth, i = 1, i + 2
-        elif char in "'\"":
-            escapes = char == "'" and i > 0 and sql[i - 1] in "eE"
-            i += 1
-            while i < n:
-                if escapes and sql[i] == "\\":
-                    i += 2
-                elif sql[i] == char:
-                    if sql.startswith(char * 2, i):
-                        i += 2
-                    else:
-                        break
-                else:
-                    i += 1
-            i += 1
-        else:
-            i += 1
-    return False
+    """Whether `sql` holds a `--` comment, as Postgres's own scanner (pglast's) reads the
+    filter the proxy parses (its `{{claim}}` placeholders made `$1`, as `compile_policy`
+    does). A hand-written reading missed one after a dollar-quoted string holding a quote
+    (`title <> $q$it's$q$ -- note` + a folded line: the comment hid `AND org_id = 'a'`, and
+    every organisation's rows were served; config probe, 2026-12-07). A filter the scanner
+    refuses does not parse either: its load error says why."""
+    if "--" not in sql:
+        return False
+    try:
+        tokens = scan(PLACEHOLDER.sub("$1", sql))
+    except (ParseError, ValueError):
+        return False
+    return any(token.name == "SQL_COMMENT" for token in tokens)
 
 
 def _claim_values(match: ClaimMatch) -> set[tuple[bool, Scalar]]:
@@ -669,6 +802,12 @@ class ProxyConfig(_Model):
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="per-principal limits (proxy.limits.config)"
     )
+
+    @field_validator("limits", mode="before")
+    @classmethod
+    def _limit_numbers(cls, value: object) -> object:
+        return check_number_settings(LimitsConfig, value)
+
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("shapes")
