@@ -223,7 +223,9 @@ def check_number_settings(model: type[BaseModel], value: object) -> object:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: a quoted "inf", "Infinity" or "1e999" became inf after the YAML
+    # check (`check_number_settings` sees only floats): every number setting refuses it.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -1078,6 +1078,15 @@ class Connection(asyncio.Protocol, Writer):
         else:
             self._transport.close()
 
+    def idle_for(self, now: float) -> float:
+        """Seconds this connection has been idle between requests: open or answered, no
+        byte of a next request come; 0 otherwise (a head arriving, a request answered or
+        queued, a live answer held). `Server._reclaim` closes such a one for a newcomer from
+        its client address: a NAT-mate's idle keep-alive, never work in flight."""
+        if self._transport is None or self._busy or self._queue or self._upgrading:
+            return 0.0
+        return 0.0 if self._in_message else now - self._idle_since
+
     def waiting_since(self, now: float) -> float:
         """Seconds this connection has waited without a request to answer: since its
         request began arriving (a head still incomplete), or since it was opened or last

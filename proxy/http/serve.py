@@ -84,12 +84,39 @@ def descriptor_budget() -> int:
     return max(MIN_CONNECTIONS, soft - _FD_RESERVE)
 
 
-class _TooMany(asyncio.Protocol):
-    """A connection beyond the cap while every other one is busy: answered 503 and closed,
-    its request never read (`refuse_at_the_cap`, as the engine refuses)."""
+#: Refusals over an address's share logged at most this many per `_REFUSAL_LOG_INTERVAL`
+#: seconds, then one line with the count: one client opening and closing connections in a
+#: loop wrote a line per connect (14,534 lines in 5 s; review 11:31), as the engine's
+#: refusals once did (w-engine 1bbef70e).
+_REFUSALS_LOGGED = 5
+_REFUSAL_LOG_INTERVAL = 60.0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        refuse_at_the_cap(transport)
+
+class _RefusalLog:
+    """The log of refusals over an address's share, rate-limited (`_REFUSALS_LOGGED`)."""
+
+    __slots__ = ("_logged", "_suppressed", "_until")
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self._logged = 0
+        self._suppressed = 0
+
+    def refused(self, address: str, now: float) -> None:
+        if now >= self._until:
+            if self._suppressed:
+                logger.info(
+                    "refused %d more connections over their address's share in the last %.0f s",
+                    self._suppressed,
+                    _REFUSAL_LOG_INTERVAL,
+                )
+            self._until = now + _REFUSAL_LOG_INTERVAL
+            self._logged = self._suppressed = 0
+        if self._logged < _REFUSALS_LOGGED:
+            self._logged += 1
+            logger.info("refused a connection: %s holds its share of the connections", address)
+        else:
+            self._suppressed += 1
 
 
 class Server:
@@ -101,45 +128,79 @@ class Server:
         self._connections: dict[Connection, None] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._budget: int | None = None
-        #: Open connections per client address (`_opened`; IPv6 by its /64, as the limits
-        #: charge it), and each counted connection's address.
-        self._per_address: dict[str, int] = {}
+        #: Open connections of each client address (`_opened`; IPv6 by its /64, as the
+        #: limits charge it), and each counted connection's address.
+        self._by_address: dict[str, dict[Connection, None]] = {}
         self._address_of: dict[Connection, str] = {}
+        self._refusals = _RefusalLog()
 
     def _closed(self, conn: Connection) -> None:
         self._connections.pop(conn, None)
         address = self._address_of.pop(conn, None)
         if address is not None:
-            left = self._per_address[address] - 1
-            if left:
-                self._per_address[address] = left
-            else:
-                del self._per_address[address]
+            held = self._by_address[address]
+            del held[conn]
+            if not held:
+                del self._by_address[address]
 
-    def _opened(self, conn: Connection, transport: asyncio.BaseTransport) -> bool:
-        """Count a new connection against its client address's share of the cap
-        (`per_address_cap`); one over it is answered 503 and closed, its request never
-        read, as a connection over the whole cap is (`refuse_at_the_cap`)."""
+    def _charged(self, transport: asyncio.BaseTransport) -> str | None:
+        """The client address a new connection counts against (`charged_peer`), or None
+        when its peer is not capped per address (`_exempt`)."""
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, (list, tuple)) and peer else None
         if host is None:
-            return True
+            return None
         parsed = parse_address(host)
         if parsed is None or parsed.is_loopback:
-            return True  # (`_exempt`'s first cases, before the config is read)
-        server = self._app.holder.current.loaded.config.server
-        if _exempt(parsed, tuple(server.trusted_proxies)):
-            return True
-        address = charged_peer(host)
-        held = self._per_address.get(address, 0)
-        configured = getattr(server, "max_connections_per_address", None)
-        if held >= per_address_cap(self._cap(), configured):
-            self._connections.pop(conn, None)
-            logger.info("refused a connection: %s holds its share of the connections", address)
+            return None  # (`_exempt`'s first cases, before the config is read)
+        if _exempt(parsed, tuple(self._app.holder.current.loaded.config.server.trusted_proxies)):
+            return None
+        return charged_peer(host)
+
+    def _opened(self, conn: Connection, transport: asyncio.BaseTransport) -> bool:
+        """Admit a new connection, or answer it 503 and close it, its request never read
+        (`refuse_at_the_cap`, as the engine refuses). Its client address's share
+        (`per_address_cap`) is checked first, an idle connection of that address closed to
+        make room (`_reclaim`); then the whole cap, where `_make_room` may close another
+        client's waiting connection: only for a newcomer that will then be admitted (one
+        refused for its share closed someone else's first: review LOW)."""
+        address = self._charged(transport)
+        if address is not None:
+            held = self._by_address.get(address)
+            if held is not None and len(held) >= self._share() and not self._reclaim(held):
+                self._refusals.refused(address, asyncio.get_running_loop().time())
+                refuse_at_the_cap(transport)
+                return False
+        if len(self._connections) >= self._cap() and not self._make_room():
             refuse_at_the_cap(transport)
             return False
-        self._per_address[address] = held + 1
-        self._address_of[conn] = address
+        self._connections[conn] = None
+        if address is not None:
+            self._by_address.setdefault(address, {})[conn] = None
+            self._address_of[conn] = address
+        return True
+
+    def _share(self) -> int:
+        configured = self._app.holder.current.loaded.config.server.max_connections_per_address
+        return per_address_cap(self._cap(), configured)
+
+    def _reclaim(self, held: dict[Connection, None]) -> bool:
+        """Close the one of `held` (an address's connections) idle between requests the
+        longest, past `CONNECTION_GRACE` (`Connection.idle_for`); False when none is. Why:
+        everyone behind one NAT shares an address, and their browsers' idle keep-alive
+        connections (kept 75 s) filled its share: the next user got 503s while those slots
+        sat idle (review 11:33). A request arriving, answered or held is never closed."""
+        now = asyncio.get_running_loop().time()
+        idlest: Connection | None = None
+        longest = CONNECTION_GRACE
+        for conn in held:
+            idle = conn.idle_for(now)
+            if idle >= longest:
+                idlest, longest = conn, idle
+        if idlest is None:
+            return False
+        self._closed(idlest)
+        idlest.abort()
         return True
 
     def _cap(self) -> int:
@@ -154,11 +215,8 @@ class Server:
         return max(MIN_CONNECTIONS, self._budget - engine)
 
     def _connection(self) -> asyncio.Protocol:
-        if len(self._connections) >= self._cap() and not self._make_room():
-            return _TooMany()
-        conn = Connection(self._app, self._closed, self._opened)
-        self._connections[conn] = None
-        return conn
+        # (Admitted or refused in `_opened`, once its peer is known.)
+        return Connection(self._app, self._closed, self._opened)
 
     def _make_room(self) -> bool:
         """Close the connection waiting longest without a request (see `Connection.waiting`);
