@@ -817,7 +817,7 @@ class ShapeLog:
         if self.on_damage is not None:
             self.on_damage(f"{self._snapshot_name(index)}: {reason}")
 
-    def check_snapshot_file(self, index: int, fd: int) -> None:
+    def check_snapshot_file(self, index: int, fd: int, fresh: bool = False) -> None:
         """Check `fd`, opened to send chunk `index` as it is (its file, or its pack for a last
         chunk kept there: the chunk's region of it), against the size and crc32 it was
         written with; raises `LogDamaged` (the shape is retired: a 409) when it does not
@@ -828,14 +828,16 @@ class ShapeLog:
         check. The file is read in pieces (which leaves its pages cached for the send): ~1 ms
         for a cached 10 MiB chunk (ISA-L's crc32 and the reads). A check that passed stands
         for the sends after it while neither the file (one `fstat`) nor its disk (nothing
-        read from it since) can have changed the bytes: see `verdicts`."""
+        read from it since) can have changed the bytes: see `verdicts`. `fresh`: check it
+        even so (a send about to go out by `sendfile` where it would have checked its bytes:
+        a kept verdict vouches for cached pages only)."""
         expected = self._snapshot_sums.get(index)
         path, start = self._snapshot_region(index)
         if expected is None:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         try:
             identity = _identity(fd)
-            if verdicts.holds(identity, start, *expected):
+            if not fresh and verdicts.holds(identity, start, *expected):
                 self._send_checks[(identity[0], identity[1], start)] = (index, identity)
                 return
             before = verdicts.stamp(identity[0])  # (before the read: one after it is seen)
