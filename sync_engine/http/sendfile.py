@@ -16,7 +16,9 @@ kept verdict vouches for cached pages only: a page dropped after the check was r
 from the disk by `sendfile` itself, damaged or not, and went out whole (chaos 10:57). Big
 chunk files are not checked before the send at all (`ShapeLog.snapshot_check_kept`);
 smaller chunks and pack regions still are when no verdict stands (a 409 first). `sendfile`
-remains for a file changed since its check (`_unchanged` then cuts the body).
+remains for a file changed since its check (`_unchanged` then cuts the body), and for a
+send that finds none of the `PIECE_BUFFERS` piece buffers free (slow clients hold them):
+it is checked before it goes out (`_check_before`), so memory does not grow with readers.
 
 The file is sent on the event loop, non-blocking, from a duplicate of the connection's
 socket descriptor: should the transport close the socket meanwhile (the client went
@@ -38,7 +40,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from ..log.checksum import crc32
-from ..log.files import transient_read_error
+from ..log.files import LogDamaged, transient_read_error
 from . import live
 from .parser_refusals import note_send_descriptors
 
@@ -167,10 +169,16 @@ class ChunkFileResponse(web.StreamResponse):
             await _flushed(transport, writer)
             out = os.dup(sock.fileno())  # (counted with the file: `open_chunk`)
             try:
-                if check is None:
+                sent = None  # (whether the bytes sent were checked and matched; None: not sent)
+                if check is not None:
+                    sent = await _checked_send(out, self._fd, self._size, check[1], self._offset)
+                    if sent is False:
+                        self._refuse(transport, check[0], st)
+                    if sent is None:  # (no piece buffer free: the way before, bounded memory)
+                        await self._check_before(transport, check[0])
+                        check = None
+                if sent is None:
                     await _sendfile(out, self._fd, self._size, self._offset)
-                elif not await _checked_send(out, self._fd, self._size, check[1], self._offset):
-                    self._refuse(transport, check[0], st)
             except BaseException:
                 transport.abort()  # the body is short of its length: end the connection
                 raise
@@ -184,6 +192,17 @@ class ChunkFileResponse(web.StreamResponse):
                 transport.abort()  # the body is short of its length: the client retries
             raise ConnectionResetError("the chunk's file was written to while it was sent")
         await self.write(b"]")
+
+    async def _check_before(self, transport: asyncio.Transport, index: int) -> None:
+        """Check the chunk's region of the file before it is sent by `sendfile` (a send that
+        found no piece buffer free: `_PiecePool`), whatever verdict was kept (it vouches for
+        cached pages only). Damaged: the body is cut before its end and the shape retired
+        (the check's `on_damage`), as a send that checks its bytes would do."""
+        try:
+            await asyncio.to_thread(self._shape.log.check_snapshot_file, index, self._fd, True)
+        except LogDamaged as exc:
+            transport.abort()
+            raise ConnectionResetError(f"chunk {index} of {self._shape.handle}: {exc}") from None
 
     def _refuse(
         self, transport: asyncio.Transport | None, index: int, st: os.stat_result
@@ -227,24 +246,76 @@ def _read(fd: int, size: int, offset: int) -> bytes:
 #: 1 MiB pieces cost the sender about what `sendfile` does, and the reader ~35% less than
 #: reading the file's pages, measured on this VM; 256 KiB pieces cost the sender more).
 SEND_PIECE = 1 << 20
-#: Piece buffers kept for the next sends (one per send at a time on the event loop).
-_pieces: list[bytearray] = []
+#: Piece buffers at most, held by sends or kept for the next ones (`_PiecePool`).
+PIECE_BUFFERS = 8
 
 
-async def _checked_send(out: int, fd: int, size: int, crc: int, start: int = 0) -> bool:
+class _PiecePool:
+    """The piece buffers of checked sends: at most `PIECE_BUFFERS`, whatever the number of
+    sends. A send holds its buffer while it waits for its client to take the bytes (up to
+    `live.SEND_TIMEOUT` per wait), so one buffer per send made the engine's memory grow with
+    its slow readers: 200 of them took +195 MiB (review 11:36). A send that finds every
+    buffer held is checked before it and sent by `sendfile` instead (`_check_before`), which
+    holds no buffer. Event loop only.
+
+    A buffer goes back to the pool only when nothing else can write into it or read from it:
+    its bytes are written with `os.write` to the socket (the kernel copies them: nothing is
+    left pending on the buffer when the call returns; the transport, whose `write` may keep
+    a reference, never sees it), and a send cancelled during a read in a worker thread gives
+    its slot back but drops its buffer (the thread still writes into it)."""
+
+    __slots__ = ("free", "held", "made", "most_held", "refused")
+
+    def __init__(self) -> None:
+        self.free: list[bytearray] = []
+        self.held = 0  # (slots taken by sends now)
+        self.made = 0  # (buffers allocated so far: for tests)
+        self.most_held = 0
+        self.refused = 0  # (sends that found no slot: for tests)
+
+    def take(self, size: int) -> bytearray | None:
+        """A buffer of at least min(`SEND_PIECE`, `size`) bytes, or None when all are held."""
+        if self.held >= PIECE_BUFFERS:
+            self.refused += 1
+            return None
+        self.held += 1
+        self.most_held = max(self.most_held, self.held)
+        need = min(SEND_PIECE, size)
+        for i, buf in enumerate(self.free):
+            if len(buf) >= need:
+                return self.free.pop(i)
+        if self.free and self.held + len(self.free) > PIECE_BUFFERS:
+            self.free.remove(min(self.free, key=len))  # (too small for this send)
+        self.made += 1
+        return bytearray(need)
+
+    def give(self, buf: bytearray, owned: bool) -> None:
+        """The slot back, and the buffer when the send still `owned` it (see the class)."""
+        self.held -= 1
+        if owned and self.held + len(self.free) < PIECE_BUFFERS:
+            self.free.append(buf)
+
+
+_pieces = _PiecePool()
+
+
+async def _checked_send(out: int, fd: int, size: int, crc: int, start: int = 0) -> bool | None:
     """Send `size` bytes of the file `fd` from `start` to the socket `out`, each piece read into
     a buffer, added to a crc32 and written from that same buffer: returns whether the file
     had `size` bytes whose crc32 is `crc` (when not, the caller cuts the body before its end:
-    what went out is never a complete response). Reads what is cached on the event loop
-    (`RWF_NOWAIT`), what is not in a worker thread (a read from the disk)."""
-    buf = _pieces.pop() if _pieces else bytearray(SEND_PIECE)
+    what went out is never a complete response); None, having sent nothing, when no piece
+    buffer is free (`_PiecePool`). Reads what is cached on the event loop (`RWF_NOWAIT`),
+    what is not in a worker thread (a read from the disk)."""
+    buf = _pieces.take(size)
+    if buf is None:
+        return None
     view = memoryview(buf)
     done = got = 0
     reading = _Reading()
     writable: _Writable | None = None
     try:
         while done < size:
-            want = view[: min(SEND_PIECE, size - done)]
+            want = view[: min(len(buf), size - done)]
             try:
                 n = await _read_piece(fd, want, start + done, reading)
             except OSError as exc:
@@ -258,7 +329,7 @@ async def _checked_send(out: int, fd: int, size: int, crc: int, start: int = 0) 
             sent = 0
             while sent < n:
                 try:
-                    sent += os.write(out, piece[sent:])
+                    sent += os.write(out, piece[sent:])  # (copied by the kernel: see the pool)
                 except BlockingIOError:
                     if writable is None:
                         writable = _Writable(asyncio.get_running_loop(), out)
@@ -269,8 +340,7 @@ async def _checked_send(out: int, fd: int, size: int, crc: int, start: int = 0) 
         if writable is not None:
             writable.close()
         # (a read left running in a thread by a cancelled send still writes into it)
-        if not reading.in_thread and len(_pieces) < 4:
-            _pieces.append(buf)
+        _pieces.give(buf, owned=not reading.in_thread)
 
 
 class _Reading:

@@ -379,8 +379,11 @@ class ShapeLog:
         # (with what the file was then, `_identity`): sent as their file from then on,
         # checked again at each send (`check_snapshot_file`).
         self._checked: dict[int, _Identity | None] = {}
-        # Chunk regions that passed a check, by (device, inode, start): index (`send_check`).
-        self._send_checks: dict[tuple[int, int, int], int] = {}
+        # Chunk regions that passed a check, by (device, inode, start): (index, what the file
+        # was then). Never evicted (one entry per region: a verdict cache's eviction must not
+        # leave a send unchecked whose check before the send was skipped) and kept after a
+        # failed send (a send in flight for that region still checks its bytes): `send_check`.
+        self._send_checks: dict[tuple[int, int, int], tuple[int, _Identity]] = {}
         #: Set by `load` when it cut the log back (a torn tail, damage): the lowest LSN it
         #: may have cut. The cut is only a repair if the slot sends that transaction again;
         #: cleared by `repair_checked` once the replicator has asked the slot.
@@ -767,13 +770,24 @@ class ShapeLog:
         if expected is None:
             return False
         identity, start = _identity_of(st), self._snapshot_region(index)[1]
-        if (
-            not start
-            and expected[0] >= SEND_CHECKED_BYTES
-            and verdicts.passed(identity, 0, *expected)
-        ):
+        if self._armed(identity, start, index) is None:
+            return False  # (its send would not check its bytes: a check before it, always)
+        if not start and expected[0] >= SEND_CHECKED_BYTES:
             return True  # (its send checks the bytes it sends: `send_check`)
         return verdicts.holds(identity, start, *expected)
+
+    def _armed(self, identity: _Identity, start: int, index: int) -> tuple[int, int] | None:
+        """(index, crc32) the send of chunk `index`'s region from `start` of the file
+        `identity` describes checks its bytes against: when that region passed a check with
+        the file as it is now (`_send_checks`). Both `snapshot_check_kept` (which skips the
+        check before the send) and `send_check` (which arms the one during it) ask this, so
+        a send that skipped the first always gets the second (review 11:35: two caches that
+        evicted differently let a hot region skip both)."""
+        got = self._send_checks.get((identity[0], identity[1], start))
+        if got is None or got[0] != index or got[1] != identity:
+            return None
+        expected = self._snapshot_sums.get(index)
+        return None if expected is None else (index, expected[1])
 
     def send_check(self, st: os.stat_result, offset: int, size: int) -> tuple[int, int] | None:
         """(chunk index, crc32) that a send of `size` bytes from `offset` of the file `st`
@@ -785,29 +799,25 @@ class ShapeLog:
         read again from the disk by the send itself (chaos 10:57: damage below the
         filesystem went out once, whole, before the next check found it). Big chunk files
         skip the check before the send altogether (`snapshot_check_kept`)."""
-        identity = _identity_of(st)
-        index = self._send_checks.get((st.st_dev, st.st_ino, offset))
-        if index is None:
+        got = self._send_checks.get((st.st_dev, st.st_ino, offset))
+        if got is None:
             return None
-        expected = self._snapshot_sums.get(index)
+        expected = self._snapshot_sums.get(got[0])
         if expected is None or expected[0] != size:
             return None
-        if not verdicts.passed(identity, offset, *expected):
-            return None
-        return index, expected[1]
+        return self._armed(_identity_of(st), offset, got[0])
 
     def send_check_failed(self, index: int, st: os.stat_result, offset: int, reason: str) -> None:
         """A send that checked the bytes it sent (`send_check`, from `offset` of the file `st`
         describes) found them other than what was written: the chunk is damaged. Its shape
         is retired (`on_damage`: the next request gets a 409) and its passed check is
         forgotten."""
-        self._checked.pop(index, None)
-        self._send_checks.pop((st.st_dev, st.st_ino, offset), None)
+        self._checked.pop(index, None)  # (its region stays armed: `_send_checks`)
         verdicts.forget_all()  # (its region's kept verdict too: a check before any send)
         if self.on_damage is not None:
             self.on_damage(f"{self._snapshot_name(index)}: {reason}")
 
-    def check_snapshot_file(self, index: int, fd: int) -> None:
+    def check_snapshot_file(self, index: int, fd: int, fresh: bool = False) -> None:
         """Check `fd`, opened to send chunk `index` as it is (its file, or its pack for a last
         chunk kept there: the chunk's region of it), against the size and crc32 it was
         written with; raises `LogDamaged` (the shape is retired: a 409) when it does not
@@ -818,14 +828,17 @@ class ShapeLog:
         check. The file is read in pieces (which leaves its pages cached for the send): ~1 ms
         for a cached 10 MiB chunk (ISA-L's crc32 and the reads). A check that passed stands
         for the sends after it while neither the file (one `fstat`) nor its disk (nothing
-        read from it since) can have changed the bytes: see `verdicts`."""
+        read from it since) can have changed the bytes: see `verdicts`. `fresh`: check it
+        even so (a send about to go out by `sendfile` where it would have checked its bytes:
+        a kept verdict vouches for cached pages only)."""
         expected = self._snapshot_sums.get(index)
         path, start = self._snapshot_region(index)
         if expected is None:
             self._damaged(f"{path}: no checksum recorded for chunk {index} of {self.handle}")
         try:
             identity = _identity(fd)
-            if verdicts.holds(identity, start, *expected):
+            if not fresh and verdicts.holds(identity, start, *expected):
+                self._send_checks[(identity[0], identity[1], start)] = (index, identity)
                 return
             before = verdicts.stamp(identity[0])  # (before the read: one after it is seen)
             size = identity[2]
@@ -840,9 +853,8 @@ class ShapeLog:
         if crc != expected[1]:
             self._checked.pop(index, None)
             self._damaged(f"{path}: chunk {index} of {self.handle} does not match its checksum")
+        self._send_checks[(identity[0], identity[1], start)] = (index, identity)
         verdicts.remember(identity, start, expected[0], expected[1], before)
-        self._send_checks[(identity[0], identity[1], start)] = index
-        verdicts.remember_passed(identity, start, *expected)
 
     def remember_snapshot_chunk(self, index: int, data: bytes) -> None:
         """Keep a small chunk just written for `fresh_snapshot_chunk` (event loop only)."""

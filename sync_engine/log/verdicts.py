@@ -41,7 +41,7 @@ cache of a quiet disk is not.
 A kept check vouches for the *cached* pages: a page dropped after the check and read again
 by the send itself (nothing else read the device meanwhile) was sent unchecked, damaged or
 not (chaos 10:57: one whole 200 with a changed value). So every send of a region that
-passed a check (`remember_passed`, `passed`: the file's identity) now checks its own
+passed a check with the file as it is now (`ShapeLog.send_check`) now checks its own
 bytes, and big chunk files (`files.SEND_CHECKED_BYTES` and more, their own file) skip the
 check before the send altogether. Such a send reads the file a piece at a time into a
 buffer, adds it to a crc32 and writes that same buffer to the socket (`http/sendfile.py`,
@@ -200,28 +200,7 @@ def holds(identity: Identity, start: int, size: int, crc: int) -> bool:
     return False
 
 
-#: Passed checks of big chunk files, whose sends check the bytes they send (`passed`).
-_passed: LRUCache[tuple[Identity, int, int, int], None] = LRUCache(MAX_KEPT)
-
-
-def remember_passed(identity: Identity, start: int, size: int, crc: int) -> None:
-    """A check of the region [start, start + size) of the file `identity` found crc32 `crc`,
-    what was written: its sends check the bytes they send (`ShapeLog.send_check`,
-    `http/sendfile.py`)."""
-    with _lock:
-        _passed[(identity, start, size, crc)] = None
-
-
-def passed(identity: Identity, start: int, size: int, crc: int) -> bool:
-    """Whether the file, as it is now (`identity`: one `fstat`), passed a check against
-    `crc` (`remember_passed`). Its device's reads do not matter here: each send reads the
-    bytes, checks them, and is cut before its end when they do not match."""
-    with _lock:
-        return (identity, start, size, crc) in _passed
-
-
 def forget_all() -> None:
     """Drop every kept check (tests)."""
     with _lock:
         _kept.clear()
-        _passed.clear()
