@@ -316,11 +316,10 @@ SELECT DISTINCT c.oid::int8, c.relfilenode::int8 FROM d JOIN pg_class c ON c.oid
 ORDER BY 1
 """
 
-# Each column's type, then (through arrays' element types, domains' base types, ranges'
-# subtypes and composites' attributes) what it is made of, down to an enum if any; its
-# values by oid, in sort order. (A value renamed in an enum inside a composite changes the
-# composite's text too: fidelity.)
-_ENUMS_SQL = """
+# What each column is made of (through domains' base types, arrays' elements, ranges' and
+# multiranges' subtypes and composites' attributes), at any depth, by the column's attnum:
+# the walk _ENUMS_SQL and _COMPOSITES_SQL share.
+_MADE_OF_CTE = """
 WITH RECURSIVE ty(attnum, oid, depth) AS (
     SELECT a.attnum, a.atttypid, 0 FROM pg_attribute a
     WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
@@ -341,10 +340,20 @@ WITH RECURSIVE ty(attnum, oid, depth) AS (
     ) AS n(oid)
     WHERE ty.depth < 100
 )
+"""
+
+# Each column's type, then (through arrays' element types, domains' base types, ranges'
+# subtypes and composites' attributes) what it is made of, down to an enum if any; its
+# values by oid, in sort order. (A value renamed in an enum inside a composite changes the
+# composite's text too: fidelity.)
+_ENUMS_SQL = (
+    _MADE_OF_CTE
+    + """
 SELECT DISTINCT ty.attnum, e.oid::int8, e.enumlabel, e.enumsortorder
 FROM ty JOIN pg_enum e ON e.enumtypid = ty.oid
 ORDER BY ty.attnum, e.enumsortorder
 """
+)
 
 # The casts users made WITH FUNCTION (not built in: oid >= FirstNormalObjectId) from or to
 # any type the columns are made of (through arrays' element types and domains' base types).
@@ -374,33 +383,16 @@ ORDER BY 1, 2, 3
 
 # The composite types the columns are made of, at any depth (through domains, arrays,
 # ranges and the composites' own attributes), with their attributes.
-_COMPOSITES_SQL = """
-WITH RECURSIVE ty(oid, depth) AS (
-    SELECT a.atttypid, 0 FROM pg_attribute a
-    WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
-    UNION
-    SELECT n.oid, ty.depth + 1
-    FROM ty JOIN pg_type t ON t.oid = ty.oid
-    CROSS JOIN LATERAL (
-        SELECT t.typbasetype WHERE t.typtype = 'd'
-        UNION ALL SELECT t.typelem WHERE t.typelem <> 0
-        UNION ALL SELECT r.rngsubtype FROM pg_range r WHERE r.rngtypid = t.oid
-        -- (a multirange's subtype: rngmultitypid from Postgres 14, read as JSON so that
-        -- older ones, without it, run the query too)
-        UNION ALL SELECT r.rngsubtype FROM pg_range r
-        WHERE t.typtype = 'm' AND (to_jsonb(r) ->> 'rngmultitypid')::oid = t.oid
-        UNION ALL SELECT a.atttypid FROM pg_attribute a
-        WHERE t.typtype = 'c' AND a.attrelid = t.typrelid AND a.attnum > 0
-          AND NOT a.attisdropped
-    ) AS n(oid)
-    WHERE ty.depth < 100
-)
+_COMPOSITES_SQL = (
+    _MADE_OF_CTE
+    + """
 SELECT DISTINCT t.oid::int8, a.attnum::int, a.attname::text, a.atttypid::int8
 FROM ty JOIN pg_type t ON t.oid = ty.oid
 JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
 WHERE t.typtype = 'c'
 ORDER BY 1, 2
 """
+)
 
 
 async def load_table(conn: AsyncConnection[Any], schema: str, name: str) -> TableInfo | None:
