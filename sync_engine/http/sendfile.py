@@ -8,15 +8,16 @@ file's cached pages to the socket instead. aiohttp's `FileResponse` does that to
 on uvloop (whose loop has no `sendfile`: it falls back to reading chunks), and it cannot
 frame the file with `[` and `]`.
 
-A chunk region that passed a check with its file as it is now is sent checking the bytes
-it sends (`_checked_send`: each piece read into one buffer, added to a crc32 and written
-from that buffer; the body's `]` only when the crc32 of all of it is what was written, else
-the connection is cut and the shape retired: `log/verdicts.py` says what that covers). A
-kept verdict vouches for cached pages only: a page dropped after the check was read again
-from the disk by `sendfile` itself, damaged or not, and went out whole (chaos 10:57). Big
-chunk files are not checked before the send at all (`ShapeLog.snapshot_check_kept`);
-smaller chunks and pack regions still are when no verdict stands (a 409 first). `sendfile`
-remains for a file changed since its check (`_unchanged` then cuts the body), and for a
+A chunk region that passed a check is sent checking the bytes it sends, whatever its file
+is now (a pack may grow between the two looks: review 11:52) (`_checked_send`: each piece
+read into one buffer, added to a crc32 and written from that buffer; the body's `]` only
+when the crc32 of all of it is what was written, else the connection is cut and the shape
+retired: `log/verdicts.py` says what that covers). A kept verdict vouches for cached pages
+only: a page dropped after the check was read again from the disk by `sendfile` itself,
+damaged or not, and went out whole (chaos 10:57). Big chunk files are not checked before
+the send at all (`ShapeLog.snapshot_check_kept`); smaller chunks and pack regions still are
+when no verdict stands (a 409 first). `sendfile` remains for a region with no passed check
+(`_unchanged` then cuts a body whose file changed since the check before it), and for a
 send that finds none of the `PIECE_BUFFERS` piece buffers free (slow clients hold them):
 it is checked before it goes out (`_check_before`), so memory does not grow with readers.
 

@@ -779,10 +779,11 @@ class ShapeLog:
     def _armed(self, identity: _Identity, start: int, index: int) -> tuple[int, int] | None:
         """(index, crc32) the send of chunk `index`'s region from `start` of the file
         `identity` describes checks its bytes against: when that region passed a check with
-        the file as it is now (`_send_checks`). Both `snapshot_check_kept` (which skips the
-        check before the send) and `send_check` (which arms the one during it) ask this, so
-        a send that skipped the first always gets the second (review 11:35: two caches that
-        evicted differently let a hot region skip both)."""
+        the file as it is now (`_send_checks`, never evicted). `snapshot_check_kept` skips
+        the check before the send only then, and `send_check` arms the one during it for
+        every region with an entry there, whatever the file is now: a send that skipped the
+        first always gets the second (review 11:35: two caches that evicted differently let
+        a hot region skip both; review 11:52: a pack grown between the two looks did)."""
         got = self._send_checks.get((identity[0], identity[1], start))
         if got is None or got[0] != index or got[1] != identity:
             return None
@@ -792,20 +793,27 @@ class ShapeLog:
     def send_check(self, st: os.stat_result, offset: int, size: int) -> tuple[int, int] | None:
         """(chunk index, crc32) that a send of `size` bytes from `offset` of the file `st`
         describes checks the bytes it sends against (`http/sendfile.py`), when that region is
-        a chunk of this log that passed a check with the file as it is now; else None (the
+        a chunk of this log that passed a check (in this file); else None (the
         send of a region this process has no passed check of: checked before it, as ever).
         Every such send checks its bytes, whatever it was checked before: a kept verdict
         (`verdicts.holds`) vouches for cached pages, and a page dropped after the check is
         read again from the disk by the send itself (chaos 10:57: damage below the
         filesystem went out once, whole, before the next check found it). Big chunk files
-        skip the check before the send altogether (`snapshot_check_kept`)."""
+        skip the check before the send altogether (`snapshot_check_kept`).
+
+        The region's size and crc32 are all a send needs to check its bytes, so it is armed
+        whatever `fstat` says of the file now: a pack grown since its region's check (another
+        shape's record appended between the check before the send, or its skipping, and this
+        look) was sent by `sendfile` with neither check (review 11:52), and a file written
+        to since is found by the bytes it sends (a mismatch: the body cut, the shape
+        retired)."""
         got = self._send_checks.get((st.st_dev, st.st_ino, offset))
         if got is None:
             return None
         expected = self._snapshot_sums.get(got[0])
         if expected is None or expected[0] != size:
             return None
-        return self._armed(_identity_of(st), offset, got[0])
+        return got[0], expected[1]
 
     def send_check_failed(self, index: int, st: os.stat_result, offset: int, reason: str) -> None:
         """A send that checked the bytes it sent (`send_check`, from `offset` of the file `st`
