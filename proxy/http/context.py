@@ -34,12 +34,23 @@ class RequestContext:
     cache: str = "-"  # "hit", "revalidated", "collapsed" (see upstream.respond.Outcome) or "-"
 
 
-#: Request ids are this process's random prefix plus a counter: unique across processes and
-#: restarts without a `getrandom` call per request (they identify, they protect nothing).
-_ID_PREFIX = os.urandom(8).hex()
-#: A new id each call (the prefix, then the counter as 16 hex digits), made in C: no
-#: Python-level frame per request (`proxy.http.fastlane` calls it when none came in).
-next_request_id: Callable[[], str] = map(f"{_ID_PREFIX}%016x".__mod__, itertools.count(1)).__next__
+#: Ids drawn per `os.urandom` call (one getrandom() per 256 requests without an id).
+_ID_BATCH = 256
+
+
+def _draw_ids() -> list[str]:
+    """A batch of request ids: 32 random hex digits each (a uuid4's length, as before and as
+    the engine's). Not a per-process prefix and a counter: with those, any client could count
+    every other user's requests between two of its own."""
+    pool = os.urandom(16 * _ID_BATCH).hex()
+    return [pool[i : i + 32] for i in range(0, len(pool), 32)]
+
+
+#: A new id each call, made in C (`chain` over batches `iter` draws when one runs out): no
+#: Python-level frame per request (`proxy.http.fastlane` calls it when none came in), one
+#: per `_ID_BATCH` requests. (The proxy does not fork; a forked child would share the
+#: parent's current batch.)
+next_request_id: Callable[[], str] = itertools.chain.from_iterable(iter(_draw_ids, None)).__next__
 
 
 def new_request_id(incoming: str | None) -> str:

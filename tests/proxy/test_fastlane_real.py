@@ -188,6 +188,16 @@ async def test_the_fast_lane_answers_byte_for_byte_as_the_general_path(
         if name != live:
             await twice(name, head)
     await holding
+    # Each made-up id (the repeat's on the fast lane) is 32 random hex digits: no shared
+    # prefix, no counter (a client could count other users' requests between two of its own).
+    made_up = [
+        re.search(rb"X-Request-Id: (\w+)", raw, re.IGNORECASE)
+        for pair in answers["no request id"]
+        for raw in pair
+    ]
+    ids = [m.group(1).decode() if m else "" for m in made_up]
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
+    assert len({i[:16] for i in ids}) == len(ids), ids
     for name, pairs in answers.items():
         for attempt, (fast_raw, general_raw) in enumerate(pairs):
             if name == "no request id":  # (each proxy makes up its own)

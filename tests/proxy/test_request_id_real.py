@@ -12,6 +12,8 @@ Real path: proxy (config/examples/open.yaml) -> `sync-engine` -> Postgres.
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import Any
 
 import aiohttp
@@ -65,3 +67,23 @@ async def test_an_incoming_request_id_comes_back_as_the_engine_gives_it_back(
             # (Electric's rule; the engine still echoes these: /work/bugs-for-faults.md)
             got = await request_id(session, through, given)
             assert got != given and 20 <= len(got) <= 200, (given, got)
+
+
+async def test_the_proxy_s_own_request_ids_are_not_a_counter(
+    engine: EngineProcess, engine_secret: str, make_proxy: Any
+) -> None:
+    """A request without an id gets the proxy's: 32 random hex digits. It was this process's
+    prefix and a counter (the last 16 digits went up by one per proxied request of any user),
+    so a client could count everyone else's requests between two of its own."""
+    proxy = await make_proxy(open_config(engine.url, engine_secret))
+    through = str(proxy.client.make_url(SHAPE))
+    ids = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(4):  # (the repeats may take the fast lane: both paths' ids)
+            async with session.get(through) as resp:
+                assert resp.status == 200, await resp.text()
+                ids.append(resp.headers["x-request-id"])
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), ids
+    assert len({i[:16] for i in ids}) == len(ids), ids  # (was one prefix for all)
+    steps = {int(b, 16) - int(a, 16) for a, b in itertools.pairwise(ids)}
+    assert 1 not in steps, ids
