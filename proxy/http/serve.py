@@ -20,6 +20,7 @@ from proxy.http.protocol import App, Connection
 from proxy.limits.client import Address, Network, charged_peer, parse_address
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.forward import Forwarder
+from sync_engine.http.log_throttle import ThrottledLog
 from sync_engine.http.parser_refusals import (
     CONNECTION_GRACE,
     MIN_CONNECTIONS,
@@ -84,39 +85,11 @@ def descriptor_budget() -> int:
     return max(MIN_CONNECTIONS, soft - _FD_RESERVE)
 
 
-#: Refusals over an address's share logged at most this many per `_REFUSAL_LOG_INTERVAL`
-#: seconds, then one line with the count: one client opening and closing connections in a
-#: loop wrote a line per connect (14,534 lines in 5 s; review 11:31), as the engine's
-#: refusals once did (w-engine 1bbef70e).
+#: Refusals over an address's share logged at most this many a minute, then one line with the
+#: count (the engine's `ThrottledLog`): one client opening and closing connections in a loop
+#: wrote a line per connect (14,534 lines in 5 s; review 11:31).
 _REFUSALS_LOGGED = 5
-_REFUSAL_LOG_INTERVAL = 60.0
-
-
-class _RefusalLog:
-    """The log of refusals over an address's share, rate-limited (`_REFUSALS_LOGGED`)."""
-
-    __slots__ = ("_logged", "_suppressed", "_until")
-
-    def __init__(self) -> None:
-        self._until = 0.0
-        self._logged = 0
-        self._suppressed = 0
-
-    def refused(self, address: str, now: float) -> None:
-        if now >= self._until:
-            if self._suppressed:
-                logger.info(
-                    "refused %d more connections over their address's share in the last %.0f s",
-                    self._suppressed,
-                    _REFUSAL_LOG_INTERVAL,
-                )
-            self._until = now + _REFUSAL_LOG_INTERVAL
-            self._logged = self._suppressed = 0
-        if self._logged < _REFUSALS_LOGGED:
-            self._logged += 1
-            logger.info("refused a connection: %s holds its share of the connections", address)
-        else:
-            self._suppressed += 1
+_REFUSED = "refused a connection: %s holds its share of the connections"
 
 
 class Server:
@@ -132,7 +105,11 @@ class Server:
         #: limits charge it), and each counted connection's address.
         self._by_address: dict[str, dict[Connection, None]] = {}
         self._address_of: dict[Connection, str] = {}
-        self._refusals = _RefusalLog()
+        self._refusals = ThrottledLog(
+            logger,
+            "refused %d more connections over their address's share in the last minute",
+            first=_REFUSALS_LOGGED,
+        )
 
     def _closed(self, conn: Connection) -> None:
         self._connections.pop(conn, None)
@@ -168,7 +145,7 @@ class Server:
         if address is not None:
             held = self._by_address.get(address)
             if held is not None and len(held) >= self._share() and not self._reclaim(held):
-                self._refusals.refused(address, asyncio.get_running_loop().time())
+                self._refusals.log(logging.INFO, _REFUSED, address)
                 refuse_at_the_cap(transport)
                 return False
         if len(self._connections) >= self._cap() and not self._make_room():
