@@ -7,7 +7,8 @@ ENGINE_PORT ?= 3000
 PROXY_PORT ?= 8080
 DEMO_PORT ?= 5173
 PG_PORT ?= 54329
-export ENGINE_PORT PROXY_PORT DEMO_PORT PG_PORT
+DEMO_ORIGINS ?=
+export ENGINE_PORT PROXY_PORT DEMO_PORT PG_PORT DEMO_ORIGINS
 # The demo page's sources: rebuilt by `make run` when one changes.
 DEMO_SRC := $(wildcard demo/src/*)
 

@@ -14,10 +14,12 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -28,11 +30,14 @@ from pathlib import Path
 import jwt
 import psycopg
 import pytest
+import yaml
+from psycopg import sql
 
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "scripts" / "container-entrypoint"
+DEV_POSTGRES = ROOT / "scripts" / "dev-postgres"
 DOCKERFILE = ROOT / "Dockerfile"
 ISSUER = "https://app.test/"
 AUDIENCE = "shapegate"
@@ -366,3 +371,58 @@ def test_sighup_reloads_the_proxys_policy_and_keeps_both_running(
 
     c.proc.send_signal(signal.SIGTERM)
     assert c.proc.wait(30) == 0, c.output()
+
+
+#: what `openssl rand -base64 32` gives about half the time, and what a person may type
+HOSTILE_PASSWORD = "a/b+c=d@e:f%g?h#i j'k\"l"
+
+
+@pytest.fixture
+def password_cluster() -> Iterator[str]:
+    """A Postgres that checks passwords (scripts/dev-postgres: scram on TCP), whose superuser's
+    password holds every character a URL gives a meaning to. Yields its port."""
+    d = Path(tempfile.mkdtemp(prefix="shapegate-test-pwpg-"))
+    port = free_port()
+    try:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PG_DEV_")}
+        out = subprocess.run(
+            [str(DEV_POSTGRES), "start", str(d), str(port)], env=base,
+            check=True, capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        url = next(x.split("=", 1)[1] for x in out.splitlines() if x.startswith("DATABASE_URL="))
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE postgres PASSWORD {}").format(HOSTILE_PASSWORD))
+            conn.execute("CREATE TABLE items (id int PRIMARY KEY, title text NOT NULL)")
+            conn.execute("INSERT INTO items VALUES (1, 'uno'), (2, 'dos')")
+        yield str(port)
+    finally:
+        subprocess.run([str(DEV_POSTGRES), "stop", str(d)], check=False, capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_compose_password_with_url_characters_reaches_the_engine_only(
+    start_container: Callable[..., Container], password_cluster: str
+) -> None:
+    """docker-compose.yml's shapegate environment, with a POSTGRES_PASSWORD holding / @ : % ? #
+    and quotes, against a Postgres that checks it: the engine logs in, the proxy serves its
+    rows, and only the engine's process holds the password. Before, compose pasted the password
+    into DATABASE_URL and the engine refused the URL at start for about half of the passwords
+    env.example's recipe drew (newuser 2026-12-07, HIGH: the stack down)."""
+    raw = (ROOT / "docker-compose.yml").read_text().replace("${POSTGRES_PASSWORD}", "$PW$")
+    env = yaml.safe_load(raw)["services"]["shapegate"]["environment"]
+    env = {k: str(v).replace("$PW$", HOSTILE_PASSWORD) for k, v in env.items()}
+    url = env["DATABASE_URL"].replace("@postgres:5432/", f"@127.0.0.1:{password_cluster}/")
+    assert HOSTILE_PASSWORD not in url
+    c = start_container(DATABASE_URL=url, PGPASSWORD=env["PGPASSWORD"])
+    c.wait_ready()
+
+    status, _, body = _get(c.proxy + "/v1/shape?table=items&offset=-1", c.token())
+    assert status == 200, body
+    assert sorted(m["value"]["title"] for m in json.loads(body) if "value" in m) == ["dos", "uno"]
+
+    children = _children(c.proc.pid)
+    engine_pid = next(p for p in children if _cmdline(p).split()[2] == "sync_engine")
+    proxy_pid = next(p for p in children if _cmdline(p).split()[2] == "proxy")
+    assert _environ(engine_pid)["PGPASSWORD"] == HOSTILE_PASSWORD
+    assert HOSTILE_PASSWORD not in _environ(proxy_pid).values()
+    assert HOSTILE_PASSWORD not in c.output()

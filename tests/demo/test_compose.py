@@ -103,9 +103,12 @@ def test_shapegate_environment_matches_the_entrypoint(compose: dict[str, Any]) -
     proxy_secrets = {"SHAPE_PROXY_JWT_SECRET"}  # named by the mounted proxy config (checked below)
     unknown = {name for name in env if name not in documented | proxy_secrets}
     assert not unknown, f"variables the entrypoint does not know: {unknown}"
-    # the database is the postgres service, with its password
+    # the database is the postgres service; its password goes to libpq beside the URL (a
+    # password inside it would need percent-encoding, which the postgres image's raw use of
+    # the same variable rules out: tests/container's hostile-password test runs this for real)
     url = urlsplit(env["DATABASE_URL"])
-    assert (url.hostname, url.port, url.password) == ("postgres", 5432, "pw")
+    assert (url.hostname, url.port, url.password) == ("postgres", 5432, None)
+    assert env["PGPASSWORD"] == "pw"
 
 
 def test_proxy_config_mount_loads_with_the_compose_secrets(compose: dict[str, Any]) -> None:
@@ -123,13 +126,19 @@ def test_ports_line_up(compose: dict[str, Any]) -> None:
     shapegate, nginx = services["shapegate"], services["nginx"]
     env, nginx_env = _env(shapegate), _env(nginx)
     image_env = {**_dockerfile_env(), **env}
-    # published port -> the proxy's listen port in the container
-    published = [str(p) for p in shapegate["ports"]]
+    # shapegate shares nginx's namespace: nginx owns it and stays up, so a shapegate restarted
+    # by its policy joins the live namespace again (the other way round, a restarted owner
+    # leaves the other container in a dead namespace, docker/compose#6626)
+    assert shapegate["network_mode"] == "service:nginx"
+    assert shapegate["depends_on"]["nginx"]["condition"] == "service_started"
+    assert "network_mode" not in nginx and "depends_on" not in nginx
+    assert {s.get("restart") for s in services.values()} == {"unless-stopped"}
+    # published port (by the namespace's owner) -> the proxy's listen port
+    assert "ports" not in shapegate
+    published = [str(p) for p in nginx["ports"]]
     proxy_port = image_env["SHAPE_PROXY_PORT"]
     assert any(p.split(":")[-1] == proxy_port for p in published), published
-    # nginx shares the shapegate container's localhost, where the engine listens
-    assert nginx["network_mode"] == "service:shapegate"
-    assert "ports" not in nginx  # published by the service whose namespace it shares
+    # the engine listens on the shared localhost
     engine_port = image_env.get("SHAPEGATE_ENGINE_PORT", "3000")
     assert nginx_env["SHAPEGATE_ENGINE"] == f"127.0.0.1:{engine_port}"
     # the proxy's upstream is nginx
