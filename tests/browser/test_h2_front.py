@@ -21,16 +21,19 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import importlib.util
 import json
 import os
+import queue
 import shutil
 import ssl
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +156,7 @@ class Stack:
     front: str  # https://127.0.0.1:port
     proxy: str  # http://127.0.0.1:port
     spki: str
+    cert: Path
     front_log: Path
 
 
@@ -184,6 +188,7 @@ def stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
                         "anonymous": True,
                         "all_rows": True,
                         "client_where": "passthrough",
+                        "sse": True,
                     }
                 ]
             }
@@ -232,7 +237,7 @@ def stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
 
         wait_until(healthy, timeout=60, interval=0.2, message="the front's /v1/health")
         yield Stack(page_origin, front, f"http://127.0.0.1:{proxy_port}", certificate.spki,
-                    front_log)  # fmt: skip
+                    certificate.cert, front_log)  # fmt: skip
     finally:
         for proc in reversed(procs):
             _stop(proc)
@@ -306,3 +311,85 @@ def test_the_same_page_over_http1_waits_for_a_connection(stack: Stack) -> None:
     assert [s["insertSeen"] for s in final["shapes"]] == [True] * 10, final["shapes"]
     for shape in final["shapes"][6:]:
         assert shape["liveDoneAtFirstRow"] > 0, shape  # only once a long-poll had ended
+
+
+def test_sse_goes_through_the_front_event_by_event(stack: Stack, db_url: str) -> None:
+    """An SSE stream through the front (curl over HTTP/2, as a user checks it): the INSERT's
+    event arrives while the stream is still open, so the front passed it on as written."""
+    tls = ssl.create_default_context(cafile=str(stack.cert))
+    shape = f"{stack.front}/v1/shape?table=items&where=id%20%3E%200"
+    with urllib.request.urlopen(shape + "&offset=-1", timeout=30, context=tls) as r:
+        handle, offset = r.headers["electric-handle"], r.headers["electric-offset"]
+        assert r.headers.get("Strict-Transport-Security") is None  # (--hsts not given)
+        r.read()
+    url = f"{shape}&handle={handle}&offset={offset}&live=true&live_sse=true"
+    curl = subprocess.Popen(
+        ["curl", "--http2", "-sSiN", "--cacert", str(stack.cert), url],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert curl.stdout is not None
+        for line in curl.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+
+    def until(predicate: Callable[[str], bool]) -> list[str]:
+        seen: list[str] = []
+        while True:
+            try:
+                # (a generous bound: the engine ends an SSE stream after 60 s)
+                line = lines.get(timeout=45)
+            except queue.Empty:
+                raise AssertionError(f"not seen; the stream so far: {seen}") from None
+            seen.append(line)
+            if predicate(line):
+                return seen
+
+    try:
+        # (the engine sends an SSE stream's head with its first event or keep-alive, ~21 s)
+        head = until(lambda line: line.strip() == "")
+        assert head[0].startswith("HTTP/2 200"), head
+        assert any(line.lower().startswith("content-type: text/event-stream") for line in head)
+        # (the stream asks from `offset` on: a change made now is in it whenever the engine
+        # takes the request)
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("INSERT INTO items VALUES (1000, 'for every shape')")
+        inserted_at = time.monotonic()
+        event = until(lambda line: line.startswith("data:") and '"1000"' in line)[-1]
+        print(f"SSE: the INSERT's event came {time.monotonic() - inserted_at:.3f} s after it")
+        assert '"insert"' in event, event
+        assert curl.poll() is None, "the stream ended before its event came through"
+    finally:
+        curl.terminate()
+        curl.wait(10)
+
+
+def _render_module() -> Any:
+    spec = importlib.util.spec_from_file_location("front_render", RENDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_render_spells_http2_for_old_and_new_nginx(tmp_path: Path) -> None:
+    """`listen ... ssl http2;` for nginx 1.22 (Debian 12), `listen ... ssl;` + `http2 on;`
+    for >= 1.25.1 (where the first is deprecated); every placeholder filled either way."""
+    render = _render_module()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    texts = {}
+    for new in (False, True):
+        conf = render.render(
+            tmp_path / str(new), listen="127.0.0.1:8443", server_name="sync.example.com",
+            cert=cert, key=key, proxy="127.0.0.1:8080", http2_on_syntax=new,
+        )  # fmt: skip
+        texts[new] = (conf.parent / "front.conf").read_text()
+        assert render.PLACEHOLDER.search(texts[new] + conf.read_text()) is None
+    assert "listen 127.0.0.1:8443 ssl http2;" in texts[False]
+    assert "\n    http2 on;" not in texts[False]
+    assert "listen 127.0.0.1:8443 ssl;\n    http2 on;" in texts[True]
+    assert " ssl http2;" not in texts[True]
+    assert render.HTTP2_ON_SINCE == (1, 25, 1)
