@@ -161,8 +161,9 @@ class Stack:
 
 
 @pytest.fixture
-def stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
-    """Postgres, engine, proxy, the front and the page's server, all real."""
+def stack(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """Postgres, engine, proxy, the front and the page's server, all real. An indirect
+    parameter is the proxy rule's `limits`."""
     _chromium()
     _node_deps()
     with psycopg.connect(db_url, autocommit=True) as conn:
@@ -189,6 +190,7 @@ def stack(db_url: str, tmp_path: Path) -> Iterator[Stack]:
                         "all_rows": True,
                         "client_where": "passthrough",
                         "sse": True,
+                        **({"limits": request.param} if hasattr(request, "param") else {}),
                     }
                 ]
             }
@@ -393,3 +395,25 @@ def test_render_spells_http2_for_old_and_new_nginx(tmp_path: Path) -> None:
     assert "listen 127.0.0.1:8443 ssl;\n    http2 on;" in texts[True]
     assert " ssl http2;" not in texts[True]
     assert render.HTTP2_ON_SINCE == (1, 25, 1)
+
+
+def _curl_status(stack: Stack, source: str, where: str) -> str:
+    """`<HTTP version> <status>` of a shape request to the front from local address
+    `source` (127.0.0.x: every one of them is this host's)."""
+    url = f"{stack.front}/v1/shape?table=items&offset=-1&where={quote(where, safe='')}"
+    out = subprocess.run(
+        ["curl", "--http2", "-sS", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+         "--interface", source, "--cacert", str(stack.cert), url],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return out.stdout
+
+
+@pytest.mark.parametrize("stack", [{"new_shape_rate": 0.001, "new_shape_burst": 1}], indirect=True)
+def test_the_proxy_charges_each_browser_not_the_front(stack: Stack) -> None:
+    """The front's X-Forwarded-For with the proxy's `server.trusted_proxies` naming the
+    front: two anonymous clients behind it have budgets of their own (here one new shape
+    each). Charged to the front's address instead, the second would get the first's 429."""
+    assert _curl_status(stack, "127.0.0.5", "id > 1") == "2 200"
+    assert _curl_status(stack, "127.0.0.5", "id > 2") == "2 429"  # (its one new shape used)
+    assert _curl_status(stack, "127.0.0.6", "id > 2") == "2 200"
