@@ -590,6 +590,11 @@ class ShapeLog:
     def _log_name(self, index: int) -> str:
         return f"{self._prefix}.log.{index:08d}.log"
 
+    @property
+    def snapshot_bytes(self) -> int:
+        """Bytes of the snapshot chunks written (as written; no `stat`): read by /metrics."""
+        return sum(size for size, _ in self._snapshot_sums.values())
+
     def snapshot_bytes_on_disk(self) -> int:
         """What the snapshot's chunk files written so far take on the disk now (0 once
         they are deleted): the space a failed snapshot gives back by itself."""
