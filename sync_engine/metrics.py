@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 #: and error texts. A reason none matches counts as `other`.
 RETIRE_KINDS: tuple[tuple[str, str], ...] = (
     ("deleted through the API", "deleted"),
+    ("source deleted", "source_deleted"),
     ("least recently used of more than", "max_shapes"),
     ("--max-log-bytes", "max_log_bytes"),
     ("snapshot failed", "snapshot_failed"),
