@@ -162,6 +162,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     app.on_response_prepare.append(_prepare_stream)
     responses = engine_metrics.ShapeResponses()
     app.on_response_prepare.append(responses.on_prepare)
+    wal_ends = engine_metrics.WalEnds()
     scrape = engine_metrics.new_registry(
         engine_metrics.EngineCollector(
             lambda: [*app[SOURCES].values(), *manager.running.values()],
@@ -172,6 +173,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
             ],
             settings.data_dir,
             responses,
+            wal_ends,
         )
     )
 
@@ -292,6 +294,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         await registry.start(manager, settings)
         yield
         await registry.stop()
+        await wal_ends.close()
         await manager.stop()
         for s in srcs.values():
             await s.stop()

@@ -8,12 +8,13 @@ scrape, and nothing is updated per request but one integer per `/v1/shape` respo
 
 Per source (label `source_id`):
 
-- `sync_engine_replication_lag_bytes`: the WAL end the walsender last reported (keepalives
-  and XLogData: the WAL it has decoded and sent) less what the engine has durably processed
-  (its saved position, what it confirms to the slot). Grows while the engine falls behind
-  or is paused; it does not show WAL the walsender has not decoded yet (Postgres's
-  `pg_current_wal_lsn() - confirmed_flush_lsn`, which the admin API shows per registered
-  source, does). Absent until a stream has reported a WAL end.
+- `sync_engine_replication_lag_bytes`: the end of the source's WAL as last known, less what
+  the engine has durably processed (its saved position, what it confirms to the slot). The
+  end known is the later of what the walsender last reported (keepalives and XLogData: the
+  WAL it has decoded and sent) and what Postgres said when last asked (`WalEnds`: at most
+  once every `WAL_CHECK_EVERY` seconds, in the background, asked by scrapes): the first
+  alone misses the WAL the walsender has not decoded yet, all of a backlog after a pause.
+  A lower bound, never more than the true lag. Absent until an end is known.
 - `sync_engine_replication_last_message_seconds`: seconds since Postgres last sent anything
   on the replication stream (a stream starting counts). Absent before any.
 - `sync_engine_replication_paused`: 1 while shape logs cannot be written (a full disk, a
@@ -32,12 +33,15 @@ directory's filesystem; free is what the engine may use), `sync_engine_parked_re
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from multidict import MultiMapping
 from prometheus_client import CollectorRegistry, generate_latest
@@ -48,8 +52,22 @@ from .http.routes import is_shape_route
 
 if TYPE_CHECKING:
     from aiohttp import web
+    from psycopg import AsyncConnection
 
     from .source import Source
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two asks of a source's Postgres for the end of its WAL (`WalEnds`).
+WAL_CHECK_EVERY = 10.0
+#: Seconds such an ask may take (then the end last known stays).
+WAL_CHECK_TIMEOUT = 5.0
+#: The end of the WAL: written (a primary), or replayed (a standby, where logical
+#: replication may run from Postgres 16 and `pg_current_wal_lsn()` fails).
+_WAL_END_SQL = (
+    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()"
+    " ELSE pg_current_wal_lsn() END) - '0/0'"
+)
 
 #: Kinds of reasons a shape is retired (`ShapeRegistry.rotate`), by a part of the reason's
 #: text, first match wins: a label must take few values, and the reasons carry table names
@@ -144,6 +162,52 @@ def may_read(
     return secret is None and admin_token is None and not has_sources
 
 
+class WalEnds:
+    """The end of each source's WAL as its Postgres last said: asked on the source's catalog
+    connection in the background, when a scrape finds the last answer older than
+    `WAL_CHECK_EVERY` (no scrape, no query; a scrape never waits for one)."""
+
+    def __init__(self) -> None:
+        self._known: WeakKeyDictionary[Source, tuple[float, int]] = WeakKeyDictionary()
+        self._asking: set[asyncio.Task[None]] = set()
+
+    def get(self, source: Source, now: float) -> int:
+        """The end last known (0: none yet); asks again if it is old and the source has
+        started (paused for a full disk too: its lag grows then)."""
+        asked_at, end = self._known.get(source, (float("-inf"), 0))
+        if now - asked_at >= WAL_CHECK_EVERY and source.ready.is_set():
+            self._known[source] = (now, end)  # (one ask at a time)
+            try:
+                task = asyncio.get_running_loop().create_task(self._ask(source))
+            except RuntimeError:  # (no loop: collected outside the app)
+                return end
+            self._asking.add(task)
+            task.add_done_callback(self._asking.discard)
+        return end
+
+    async def _ask(self, source: Source) -> None:
+        async def ask(conn: AsyncConnection[Any]) -> int | None:
+            cur = await conn.execute(_WAL_END_SQL)
+            row = await cur.fetchone()
+            return None if row is None or row[0] is None else int(row[0])
+
+        try:
+            end = await source.tables.on_catalog(ask, timeout=WAL_CHECK_TIMEOUT)
+        except Exception as exc:  # (unreachable, say: the end last known stays)
+            logger.debug("source %s: its WAL end unknown: %s", source.config.source_id, exc)
+            return
+        if end is not None and source in self._known:
+            asked_at, known = self._known[source]
+            self._known[source] = (asked_at, max(known, end))
+
+    async def close(self) -> None:
+        """Cancel the asks in flight (the app is stopping)."""
+        tasks = list(self._asking)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class EngineCollector(Collector):
     """Reads the sources and the data directory at each scrape (see the module's doc)."""
 
@@ -153,10 +217,13 @@ class EngineCollector(Collector):
         paused: Callable[[], Iterable[str]],
         data_dir: Path,
         responses: ShapeResponses,
+        wal_ends: WalEnds | None = None,
     ) -> None:
         """`sources()`: the running sources; `paused()`: the ids of registered sources an
-        operator paused (not running)."""
+        operator paused (not running); `wal_ends`: None asks Postgres nothing (the lag is
+        then from the stream alone)."""
         self._sources = sources
+        self._wal_ends = wal_ends
         self._paused = paused
         self._data_dir = data_dir
         self._responses = responses
@@ -165,7 +232,7 @@ class EngineCollector(Collector):
         label = ["source_id"]
         lag = GaugeMetricFamily(
             "sync_engine_replication_lag_bytes",
-            "WAL the walsender last reported sent, less what the engine durably processed",
+            "End of the source's WAL as last known, less what the engine durably processed",
             labels=label,
         )
         heard = GaugeMetricFamily(
@@ -203,7 +270,9 @@ class EngineCollector(Collector):
         for source in self._sources():
             sid = source.config.source_id
             rep = source.replicator
-            end = rep.wal_end
+            end: int = rep.wal_end
+            if self._wal_ends is not None:
+                end = max(end, self._wal_ends.get(source, now))
             if end:
                 position = rep.position
                 done = position.saved if position is not None else 0

@@ -15,6 +15,7 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psycopg
@@ -45,6 +46,12 @@ async def scrape(session: aiohttp.ClientSession, url: str) -> dict[tuple[str, ob
     }
 
 
+def wal_position(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def health(session: aiohttp.ClientSession, url: str) -> int:
     async with session.get(url + "/v1/health") as resp:
         return resp.status
@@ -54,7 +61,7 @@ async def health(session: aiohttp.ClientSession, url: str) -> int:
 async def test_a_full_disk_shows_as_paused_replication_and_lag(db_url: str, tmp_path: Path) -> None:
     mnt = tmp_path / "data"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mnt)], check=True)
     engine = EngineProcess(db_url, mnt, "--secret", SECRET, "--long-poll-timeout", "2")
     engine.log = tmp_path / "engine.log"  # not on the disk that fills up
     filler = mnt / "filler"
@@ -74,7 +81,7 @@ async def test_a_full_disk_shows_as_paused_replication_and_lag(db_url: str, tmp_
             with psycopg.connect(db_url, autocommit=True) as conn:
                 conn.execute(
                     "INSERT INTO items SELECT g, repeat(md5(g::text), 100)"
-                    " FROM generate_series(1, 2000) g"
+                    " FROM generate_series(1, 500) g"
                 )
 
             async def paused() -> dict[tuple[str, object], float] | None:
@@ -85,6 +92,22 @@ async def test_a_full_disk_shows_as_paused_replication_and_lag(db_url: str, tmp_
             assert await health(session, engine.url) == 503
             assert m[("sync_engine_replication_lag_bytes", DEFAULT)] > 0
             assert m[("sync_engine_data_dir_free_bytes", ())] < free_before
+
+            # WAL written while paused, which the walsender has not sent: in the lag too
+            # (from Postgres's own WAL end, asked every few seconds, not the stream's)
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                before = wal_position(conn)
+                conn.execute(
+                    "INSERT INTO items SELECT g, repeat(md5(g::text), 100)"
+                    " FROM generate_series(5001, 5500) g"
+                )
+                written = wal_position(conn) - before
+
+            async def lag_covers_it() -> bool:
+                m = await scrape(session, engine.url)
+                return m[("sync_engine_replication_lag_bytes", DEFAULT)] >= written
+
+            await wait_until_async(lag_covers_it, timeout=30, message=f"lag >= {written}")
 
             filler.unlink()
 

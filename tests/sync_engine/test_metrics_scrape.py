@@ -8,8 +8,11 @@ retired, and why?) had a metric.
 
 from __future__ import annotations
 
+import os
+import signal
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.waiting import wait_until_async
@@ -119,3 +122,34 @@ async def test_shape_responses_by_status_class(engine: Engine) -> None:
     assert (value(m, "sync_engine_shape_responses_total", status_class="2xx") or 0) >= 2
     assert value(m, "sync_engine_shape_responses_total", status_class="4xx") == 2
     assert value(m, "sync_engine_shape_responses_total", status_class="5xx") == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="signals Postgres's walsender (needs root)")
+async def test_lag_counts_wal_the_walsender_has_not_sent(engine: Engine) -> None:
+    """A walsender that stops sending (stopped here; busy decoding a backlog, in life) leaves
+    the stream knowing nothing of the WAL written since: the lag still shows it, from
+    Postgres's own WAL end."""
+    engine.sql("CREATE TABLE items (id int PRIMARY KEY, v text)")
+    await engine.sync(table="items")
+
+    async def caught_up() -> bool:
+        return value(await scrape(engine), "sync_engine_replication_lag_bytes", **DEFAULT) == 0
+
+    await wait_until_async(caught_up, timeout=30, message="lag 0 before")
+    slot = engine.source.config.slot_name
+    pid = engine.sql("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+    walsender = int(pid[0][0])
+    os.kill(walsender, signal.SIGSTOP)
+    try:
+        before = engine.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0]
+        engine.sql("INSERT INTO items SELECT g, repeat('z', 1000) FROM generate_series(1, 300) g")
+        written = int(engine.sql("SELECT pg_current_wal_lsn() - '0/0'")[0][0] - before)
+
+        async def lag_covers_it() -> bool:
+            lag = value(await scrape(engine), "sync_engine_replication_lag_bytes", **DEFAULT)
+            return lag is not None and lag >= written
+
+        await wait_until_async(lag_covers_it, timeout=30, message=f"lag >= {written}")
+    finally:
+        os.kill(walsender, signal.SIGCONT)
+    await wait_until_async(caught_up, timeout=60, message="lag 0 once it sends again")
