@@ -2,9 +2,10 @@
 
 A custom collector (as `proxy/metrics.py`'s) reads what the engine already keeps: the
 replication stream's last WAL end and last message, the saved position, the shape
-registries' counts, one `statvfs` of the data directory. Nothing is asked of Postgres per
-scrape, and nothing is updated per request but one integer per `/v1/shape` response
-(`ShapeResponses`).
+registries' counts, one `statvfs` of the data directory. A scrape never waits for Postgres
+(its WAL end is asked in the background, at most every `WAL_CHECK_EVERY` seconds per
+source: `WalEnds`), and nothing is updated per request but one integer per `/v1/shape`
+response (`ShapeResponses`).
 
 Per source (label `source_id`):
 
