@@ -15,7 +15,6 @@ import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +182,13 @@ def _digest(value: object) -> str | None:
     if not isinstance(value, str):
         raise TypeError("not a family digest")
     return value
+
+
+class _Damage(str):
+    """The reason of a retirement for damage a read found (`ShapeRegistry._damaged`): its
+    text is the file and what is wrong with it; /metrics counts it as `damaged`."""
+
+    __slots__ = ()
 
 
 class ShapeRegistry:
@@ -424,16 +430,15 @@ class ShapeRegistry:
             except RuntimeError:
                 running = None
             if running is not loop:
-                loop.call_soon_threadsafe(partial(self.rotate, shape, reason, kind="damaged"))
+                loop.call_soon_threadsafe(self.rotate, shape, _Damage(reason))
                 return
-        self.rotate(shape, reason, kind="damaged")
+        self.rotate(shape, _Damage(reason))
 
-    def rotate(self, shape: Shape, reason: str, kind: str | None = None) -> None:
-        """Retire a shape: waiters get 409, the next request for it makes a new handle.
-        `kind`: the reason's label in /metrics (else `retire_kind(reason)`)."""
+    def rotate(self, shape: Shape, reason: str) -> None:
+        """Retire a shape: waiters get 409, the next request for it makes a new handle."""
         if not shape.retire():
             return
-        self.retired[kind or retire_kind(reason)] += 1
+        self.retired["damaged" if isinstance(reason, _Damage) else retire_kind(reason)] += 1
         logger.info("shape %s rotated: %s", shape.handle, reason)
         self.by_handle.pop(shape.handle, None)
         self._recency.pop(shape, None)
