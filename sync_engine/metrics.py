@@ -16,7 +16,7 @@ Per source (label `source_id`):
   once every `WAL_CHECK_EVERY` seconds, in the background, asked by scrapes): the first
   alone misses the WAL the walsender has not decoded yet, all of a backlog after a pause.
   A lower bound, never more than the true lag. Absent until an end is known.
-- `sync_engine_replication_last_message_seconds`: seconds since Postgres last sent anything
+- `sync_engine_replication_last_message_age_seconds`: seconds since Postgres last sent anything
   on the replication stream (a stream starting counts). Absent before any.
 - `sync_engine_replication_paused`: 1 while shape logs cannot be written (a full disk, a
   write error) and replication waits; `/v1/health` answers 503 then.
@@ -237,7 +237,7 @@ class EngineCollector(Collector):
             labels=label,
         )
         heard = GaugeMetricFamily(
-            "sync_engine_replication_last_message_seconds",
+            "sync_engine_replication_last_message_age_seconds",
             "Seconds since Postgres last sent anything on the replication stream",
             labels=label,
         )

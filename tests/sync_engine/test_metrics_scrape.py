@@ -72,7 +72,7 @@ async def test_lag_comes_back_to_zero_once_writes_are_processed(engine: Engine) 
 
     async def lag() -> float | None:
         m = await scrape(engine)
-        heard = value(m, "sync_engine_replication_last_message_seconds", **DEFAULT)
+        heard = value(m, "sync_engine_replication_last_message_age_seconds", **DEFAULT)
         # (heard from within the stream's silence timeout, else it would have been lost)
         assert heard is not None and 0 <= heard < engine.source.config.replication_timeout
         got = value(m, "sync_engine_replication_lag_bytes", **DEFAULT)
