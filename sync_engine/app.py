@@ -14,6 +14,7 @@ from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
 from . import __version__
+from . import metrics as engine_metrics
 from .errors import ServiceUnavailable, Unauthorized
 from .http.errors import error_answer, json_response
 from .http.headers import ALLOW_METHODS_SHAPE, EXPOSE_HEADERS
@@ -159,6 +160,22 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     # (a full disk): the single database is served meanwhile, registered sources are not.
     registry = _Registry()
     app.on_response_prepare.append(_prepare_stream)
+    responses = engine_metrics.ShapeResponses()
+    app.on_response_prepare.append(responses.on_prepare)
+    wal_ends = engine_metrics.WalEnds()
+    scrape = engine_metrics.new_registry(
+        engine_metrics.EngineCollector(
+            lambda: [*app[SOURCES].values(), *manager.running.values()],
+            lambda: [
+                sid
+                for sid, rec in manager.records.items()
+                if rec.paused and sid not in manager.running
+            ],
+            settings.data_dir,
+            responses,
+            wal_ends,
+        )
+    )
 
     secret = settings.secret.encode() if settings.secret is not None else None
     admin_token = settings.admin_token.encode() if settings.admin_token is not None else None
@@ -217,26 +234,23 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         return json_response(status, body, no_cache)
 
     async def metrics(request: web.Request) -> web.StreamResponse:
-        """Prometheus text: live requests (long-polls, SSE streams) waiting for a change, over
-        every source; what an operator watches for held connections, and what end-to-end
-        tests wait on instead of sleeping (the engine runs as a subprocess there). Behind
-        `--secret` when one is set, as `/v1/shape` is (a CDN tier forwards `/` to the engine).
-        With registered sources (or the admin token that registers them) it counts every
-        tenant's live requests, a signal of their activity: without `--secret` it answered
-        anyone then; now the admin token (`Authorization: Bearer`, as the admin API takes
-        it) is required, and with no admin token configured nobody reads it there.
+        """Prometheus text (`sync_engine.metrics`): per source, replication lag, last message
+        from Postgres, paused for a write error, state, shapes and their bytes, shapes
+        created and retired by reason; engine-wide, the data directory's disk, live requests
+        waiting for a change (what end-to-end tests wait on instead of sleeping), and
+        `/v1/shape` responses by status class.
+
+        Behind `--secret` when one is set, as `/v1/shape` is (a CDN tier forwards `/` to the
+        engine): as the `secret` query parameter or as `Authorization: Bearer <secret>`,
+        Prometheus's way. With registered sources (or the admin token that registers them)
+        it shows every tenant's activity: without `--secret` it answered anyone then; now
+        the admin token (`Authorization: Bearer`, as the admin API takes it) is required,
+        and with no admin token configured nobody reads it there.
         """
         if not _may_read_metrics(request, secret, admin_token, manager.has_sources()):
             raise Unauthorized()
-        srcs: list[Source] = [*request.app[SOURCES].values(), *manager.running.values()]
-        parked = sum(s.parked_requests for s in srcs)
-        text = (
-            "# HELP sync_engine_parked_requests Live requests waiting for their shape to change\n"
-            "# TYPE sync_engine_parked_requests gauge\n"
-            f"sync_engine_parked_requests {parked}\n"
-        )
-        no_cache = {"cache-control": "no-store"}
-        return web.Response(text=text, content_type="text/plain", headers=no_cache)
+        headers = {"content-type": engine_metrics.CONTENT_TYPE, "cache-control": "no-store"}
+        return web.Response(body=engine_metrics.exposition(scrape), headers=headers)
 
     async def root(request: web.Request) -> web.StreamResponse:
         # (said, not left to aiohttp: it leaves a HEAD's `Content-Length: 0` out, and a HEAD
@@ -280,6 +294,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
         await registry.start(manager, settings)
         yield
         await registry.stop()
+        await wal_ends.close()
         await manager.stop()
         for s in srcs.values():
             await s.stop()
@@ -302,20 +317,16 @@ def _given_secret(query: MultiMapping[str]) -> str | None:
 def _may_read_metrics(
     request: web.Request, secret: bytes | None, admin_token: bytes | None, has_sources: bool
 ) -> bool:
-    """Whether `request` may read /metrics: with the `--secret` when one is set (as a shape
-    request), or with the admin token as a Bearer header when one is set; without either
-    configured, anyone may unless sources are registered (then nobody may: their activity
-    is not the public's)."""
-    if secret is not None:
-        given = _given_secret(request.query)
-        if given is not None and hmac.compare_digest(given.encode(), secret):
-            return True
-    if admin_token is not None:
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        token = value.strip().encode("utf-8", "surrogateescape")
-        if scheme.lower() == "bearer" and token and hmac.compare_digest(token, admin_token):
-            return True
-    return secret is None and admin_token is None and not has_sources
+    """Whether `request` may read /metrics (`metrics.may_read`): the `--secret` as a shape
+    request gives it or as a Bearer header, or the admin token as a Bearer header."""
+    return engine_metrics.may_read(
+        request.query,
+        request.headers,
+        _given_secret(request.query),
+        secret,
+        admin_token,
+        has_sources,
+    )
 
 
 class _Registry:

@@ -318,6 +318,10 @@ class Replicator:
         if position is not None:
             position.on_saved = self._position_saved
         self._stream: ReplicationStream | None = None
+        # The WAL end and the time last heard of the streams before this one (`wal_end`,
+        # `last_heard`: a new stream knows neither until Postgres sends something).
+        self._wal_end_before = Lsn(0)
+        self._heard_before = 0.0
         self._background_status: set[asyncio.Future[None]] = set()
         # Shapes holding transactions for Postgres's answer, each with its task (`_settle`).
         self._holding: dict[Shape, asyncio.Task[None]] = {}
@@ -370,6 +374,20 @@ class Replicator:
         (`ShapeLog.has_unpublished`).
         """
         return self._readable_lsn
+
+    @property
+    def wal_end(self) -> Lsn:
+        """The highest WAL end Postgres's walsender reported (keepalives and XLogData: the
+        WAL it has decoded and sent) on any stream of this replicator; 0 before any."""
+        stream = self._stream
+        return max(self._wal_end_before, stream.wal_end if stream is not None else Lsn(0))
+
+    @property
+    def last_heard(self) -> float:
+        """When (`time.monotonic()`) Postgres last sent anything on a replication stream (or
+        one started); 0.0 before any."""
+        stream = self._stream
+        return max(self._heard_before, stream.last_heard if stream is not None else 0.0)
 
     @property
     def recent_xids(self) -> deque[Xid]:
@@ -497,6 +515,8 @@ class Replicator:
                 self.on_state(ReplicationState.CONNECTING, problem.reason)
                 wait = retry.wait
             finally:
+                self._wal_end_before = max(self._wal_end_before, stream.wal_end)
+                self._heard_before = max(self._heard_before, stream.last_heard)
                 self.assembler.reset()
                 self._delivered = 0  # the next stream starts again from the slot
                 # The next stream sends again from the slot's confirmed position: older

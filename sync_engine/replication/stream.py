@@ -262,6 +262,12 @@ class ReplicationStream:
         """The LSN last recorded by :meth:`ack`, reported to the server as flushed."""
         return self._flushed_lsn
 
+    @property
+    def last_heard(self) -> float:
+        """When (``time.monotonic()``) the server last sent anything on this stream, or the
+        stream started (0.0: not started): read by the engine's /metrics."""
+        return self._last_heard
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from cachetools import LRUCache
 from ..errors import ServiceUnavailable
 from ..log.files import ShapeLog
 from ..log.store import ShapeStore
+from ..metrics import retire_kind
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.xid_snapshot import XidSnapshot
 from .definition import Described, ShapeDefinition, ShapeParams
@@ -183,6 +184,13 @@ def _digest(value: object) -> str | None:
     return value
 
 
+class _Damage(str):
+    """The reason of a retirement for damage a read found (`ShapeRegistry._damaged`): its
+    text is the file and what is wrong with it; /metrics counts it as `damaged`."""
+
+    __slots__ = ()
+
+
 class ShapeRegistry:
     def __init__(
         self, directory: Path, chunk_bytes: int, router: ShapeRouter, fsync: bool = True
@@ -209,6 +217,10 @@ class ShapeRegistry:
         # (monotonic) before which no shape may go, as the last `evict` that found too few
         # found it; 0 after one that found enough.
         self._room_at = 0.0
+        #: Shapes made since start, and shapes retired by kind of reason (`retire_kind`):
+        #: read by the engine's /metrics.
+        self.created = 0
+        self.retired: Counter[str] = Counter()
 
     def __len__(self) -> int:
         return len(self.by_handle)
@@ -348,6 +360,7 @@ class ShapeRegistry:
         # was not)
         shape.used_at = shape.paged_at = time.monotonic()
         self.add(shape)
+        self.created += 1
         return shape
 
     def add(self, shape: Shape) -> None:
@@ -417,14 +430,15 @@ class ShapeRegistry:
             except RuntimeError:
                 running = None
             if running is not loop:
-                loop.call_soon_threadsafe(self.rotate, shape, reason)
+                loop.call_soon_threadsafe(self.rotate, shape, _Damage(reason))
                 return
-        self.rotate(shape, reason)
+        self.rotate(shape, _Damage(reason))
 
     def rotate(self, shape: Shape, reason: str) -> None:
         """Retire a shape: waiters get 409, the next request for it makes a new handle."""
         if not shape.retire():
             return
+        self.retired["damaged" if isinstance(reason, _Damage) else retire_kind(reason)] += 1
         logger.info("shape %s rotated: %s", shape.handle, reason)
         self.by_handle.pop(shape.handle, None)
         self._recency.pop(shape, None)
