@@ -124,12 +124,37 @@ class _Loader(yaml.SafeLoader):
       one win for every real key (it dedups by `id()`), against the rule (the first wins),
       and `<<: [*tenant, *defaults]` showed the defaults' columns.
     - No nesting deeper than `MAX_DEPTH`.
+    - No comma with nothing after it in a flow list or mapping (`[a, ]`, `{a: 1, }`): it is
+      what an envsubst leaves of `[suspended, ${BANNED}]` with the variable unset, and YAML
+      reads it as a trailing comma: a deny rule's `[suspended, ]` silently lost `banned`
+      (config probe, 2026-12-07). Refused naming the key (`error_key`).
     """
 
     _depth = 0
+    #: The key path (keys and list indexes) being composed when a YAML error was raised,
+    #: for the load error (`error_key`); None until one is.
+    error_path: tuple[str, ...] | None = None
+
+    def __init__(self, stream: bytes | str) -> None:
+        super().__init__(stream)
+        self._path: list[str | None] = []
+
+    def _key_path(self) -> tuple[str, ...]:
+        return tuple(part for part in self._path if part is not None)
+
+    def error_key(self) -> str | None:
+        """The dotted key path of the YAML error raised while composing, if any."""
+        return ".".join(self.error_path) if self.error_path else None
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
+        # (`index`: a list item's index, a mapping value's key node, None for a key)
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append(str(index.value))
+        elif isinstance(index, yaml.Node):
+            self._path.append("?")
+        else:
+            self._path.append(None if index is None else str(index))
         try:
             if self._depth > MAX_DEPTH:
                 raise ShownYamlError(
@@ -140,8 +165,36 @@ class _Loader(yaml.SafeLoader):
                     self.peek_event().start_mark,
                 )
             return super().compose_node(parent, index)
+        except yaml.YAMLError:
+            if self.error_path is None:
+                self.error_path = self._key_path()
+            raise
         finally:
+            self._path.pop()
             self._depth -= 1
+
+    def get_token(self) -> yaml.Token:
+        token: yaml.Token = super().get_token()
+        opens = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.FlowEntryToken)
+        if isinstance(token, yaml.FlowEntryToken) and self.check_token(
+            yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken
+        ):
+            bracket = "]" if self.check_token(yaml.FlowSequenceEndToken) else "}"
+            self._empty_item(f"a comma with nothing after it before '{bracket}'", token)
+        elif isinstance(token, opens) and self.check_token(yaml.FlowEntryToken):
+            self._empty_item("a comma with nothing before it", self.peek_token())
+        return token
+
+    def _empty_item(self, what: str, comma: yaml.Token) -> None:
+        key = ".".join(self._key_path())[:200] or "(top level)"
+        self.error_path = ()  # (the message names the key itself)
+        raise ShownYamlError(
+            None,
+            None,
+            f"{key}: {what}, as an unset variable leaves `[a, ${{VAR}}]` after envsubst (YAML "
+            "drops a last empty item silently): give the value, or remove the comma",
+            comma.start_mark,
+        )
 
     def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
         tag: str = super().resolve(kind, value, implicit)
@@ -360,36 +413,44 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 
 
 def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
-    """The data and the node tree it was built from (for the line of a key path)."""
+    """The data and the node tree it was built from (for the line of a key path). A YAML
+    error raised while composing gets the key path it was under as `key` (or None)."""
     loader = _Loader(raw)
     try:
-        node = loader.get_single_node()
-        if node is not None:
-            sizes: dict[int, int] = {}
-            expanded = _expanded_size(node, sizes)
-            if expanded > len(sizes) + MAX_ALIAS_EXPANSION:
-                raise ShownYamlError(
-                    None,
-                    None,
-                    f"aliases (*name) expand this file to {expanded:,} nodes from "
-                    f"{len(sizes):,} written (at most {MAX_ALIAS_EXPANSION:,} more are "
-                    "allowed): alias smaller pieces, or write the repeated parts out",
-                    None,
-                )
-        try:
-            data = None if node is None else loader.construct_document(node)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            # (a backstop: PyYAML's constructors raise these for a tagged value they cannot
-            # read; the text is not quoted, it may be any line of the file)
+        return _compose_with(loader)
+    except yaml.YAMLError as exc:
+        exc.key = loader.error_key()  # type: ignore[attr-defined]
+        raise
+    finally:
+        loader.dispose()
+
+
+def _compose_with(loader: _Loader) -> tuple[Any, yaml.Node | None]:
+    node = loader.get_single_node()
+    if node is not None:
+        sizes: dict[int, int] = {}
+        expanded = _expanded_size(node, sizes)
+        if expanded > len(sizes) + MAX_ALIAS_EXPANSION:
             raise ShownYamlError(
                 None,
                 None,
-                f"a value could not be read as its tag (!!...) says ({type(exc).__name__})",
+                f"aliases (*name) expand this file to {expanded:,} nodes from "
+                f"{len(sizes):,} written (at most {MAX_ALIAS_EXPANSION:,} more are "
+                "allowed): alias smaller pieces, or write the repeated parts out",
                 None,
-            ) from None
-        return data, node
-    finally:
-        loader.dispose()
+            )
+    try:
+        data = None if node is None else loader.construct_document(node)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # (a backstop: PyYAML's constructors raise these for a tagged value they cannot
+        # read; the text is not quoted, it may be any line of the file)
+        raise ShownYamlError(
+            None,
+            None,
+            f"a value could not be read as its tag (!!...) says ({type(exc).__name__})",
+            None,
+        ) from None
+    return data, node
 
 
 def parse_yaml(raw: bytes | str) -> Any:
@@ -895,7 +956,9 @@ def load_config(
     try:
         data, node = _compose(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc)}") from None
+        key = getattr(exc, "key", None)
+        under = f" (in {key})" if key else ""
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc)}{under}") from None
     except RecursionError:  # (a backstop: `_Loader` refuses deep nesting first)
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
