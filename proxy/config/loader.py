@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import stat
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -124,6 +125,8 @@ class _Loader(yaml.SafeLoader):
       one win for every real key (it dedups by `id()`), against the rule (the first wins),
       and `<<: [*tenant, *defaults]` showed the defaults' columns.
     - No nesting deeper than `MAX_DEPTH`.
+    - No YAML 1.1-only type (`!!binary`, `!!set`, `!!omap`, `!!pairs`) and no U+0085,
+      U+2028 or U+2029 anywhere (`_refuse_yaml11_breaks`): YAML 1.1 ends a line there.
     - No comma with nothing after it in a flow list or mapping (`[a, ]`, `{a: 1, }`): it is
       what an envsubst leaves of `[suspended, ${BANNED}]` with the variable unset, and YAML
       reads it as a trailing comma: a deny rule's `[suspended, ]` silently lost `banned`
@@ -287,6 +290,21 @@ class _Loader(yaml.SafeLoader):
             node.start_mark,
         )
 
+    def construct_refused_yaml11(self, node: yaml.Node) -> object:
+        """`!!binary`, `!!set`, `!!omap`, `!!pairs`: YAML 1.1 types a YAML 1.2 reader does
+        not know. `where: !!binary b3Jn...` loaded as the filter `org_id = 'a' OR true`,
+        which no one reviewing the file could read; a `!!set` of columns went in an order
+        that changed from run to run (config probe, 2026-12-07)."""
+        kind = node.tag.rsplit(":", 1)[-1]
+        unread = ", and its value cannot be read in review" if kind == "binary" else ""
+        raise ShownYamlError(
+            None,
+            None,
+            f"!!{kind} is a YAML 1.1 type (YAML 1.2 readers do not know it{unread}): write "
+            "the value as text, or a list",
+            node.start_mark,
+        )
+
     def _key(self, key_node: yaml.Node, mapping: yaml.Node) -> Any:
         key = self.construct_object(key_node, deep=True)
         try:
@@ -389,6 +407,38 @@ _Loader.add_constructor(_BOOL_TAG, _Loader.construct_checked_bool)
 _Loader.add_constructor(_INT_TAG, _Loader.construct_checked_number)
 _Loader.add_constructor(_FLOAT_TAG, _Loader.construct_checked_number)
 _Loader.add_constructor(_TIMESTAMP_TAG, _Loader.construct_refused_timestamp)
+for _kind in ("binary", "set", "omap", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_kind}", _Loader.construct_refused_yaml11)
+
+#: Characters YAML 1.1 (PyYAML) reads as a line break and YAML 1.2, editors and diffs as
+#: part of the line: NEXT LINE, LINE SEPARATOR, PARAGRAPH SEPARATOR.
+_YAML11_BREAKS = re.compile("[\x85\u2028\u2029]")
+
+
+def _refuse_yaml11_breaks(loader: _Loader) -> None:
+    """A U+0085, U+2028 or U+2029 anywhere in the file is refused: PyYAML ends a line there,
+    so `    # old rule<U+0085>    allow: [{all_rows: true}]` read as a comment in an editor,
+    a diff and any YAML 1.2 reader, and as a rule serving every row to this proxy (config
+    probe, 2026-12-07). Checked on the decoded text, before parsing."""
+    loader.update(1 << 62)  # (the whole stream: the file is at most MAX_CONFIG_BYTES)
+    text = loader.buffer
+    found = _YAML11_BREAKS.search(text)
+    if found is None:
+        return
+    at = found.start()
+    # (PyYAML's lines: a "\r\n", a "\n" or a lone "\r" ends one)
+    line = text.count("\n", 0, at) + text.count("\r", 0, at) - text.count("\r\n", 0, at)
+    column = at - max(text.rfind("\n", 0, at), text.rfind("\r", 0, at)) - 1
+    char = found.group()
+    name = unicodedata.name(char, "NEXT LINE")
+    raise ShownYamlError(
+        None,
+        None,
+        f"a U+{ord(char):04X} ({name}) character: this proxy's YAML reader (YAML 1.1) ends a "
+        "line there, where editors, diffs and YAML 1.2 readers show one line (a `# comment` "
+        "before it would go on as config): replace it with a plain line break, or remove it",
+        yaml.error.Mark("<file>", at, line, column, "", 0),
+    )
 
 
 #: How many more nodes aliases (`*name`) may add to a file than it has written out. Aliases
@@ -426,6 +476,7 @@ def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
 
 
 def _compose_with(loader: _Loader) -> tuple[Any, yaml.Node | None]:
+    _refuse_yaml11_breaks(loader)
     node = loader.get_single_node()
     if node is not None:
         sizes: dict[int, int] = {}
