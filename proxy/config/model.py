@@ -236,9 +236,15 @@ class _Model(BaseModel):
 class StaticKey(_Model):
     """One verification key given in the file: a public key (PEM or JWK) or an HMAC secret."""
 
-    kid: str | None = None
+    kid: str | None = Field(
+        default=None,
+        description="the token header `kid` this key verifies; left out: tokens without a "
+        "kid (or any token, when it is the issuer's only key)",
+    )
     public_key: str | None = Field(default=None, description="PEM public key (not a secret)")
-    public_key_file: str | None = None
+    public_key_file: str | None = Field(
+        default=None, description="PEM public key, read from this file at start and reload"
+    )
     jwk: dict[str, str] | None = Field(default=None, description="public JWK object")
     secret_env: EnvName | None = Field(default=None, description="HMAC secret, from this env var")
 
@@ -257,9 +263,17 @@ class IssuerConfig(_Model):
 
     issuer: str = Field(min_length=1, description="exact `iss` value")
     audience: list[str] = Field(min_length=1, description="accepted `aud` values (exact)")
-    algorithms: list[Algorithm] = Field(min_length=1)
-    jwks_url: str | None = None
-    keys: list[StaticKey] = Field(default_factory=list)
+    algorithms: list[Algorithm] = Field(
+        min_length=1,
+        description="accepted `alg` values: HS256/384/512 (with a secret_env key) or "
+        "RS/PS/ES/EdDSA ones (with public keys or jwks_url), not both kinds",
+    )
+    jwks_url: str | None = Field(
+        default=None, description="the issuer's JWKS (https); or give keys, not both"
+    )
+    keys: list[StaticKey] = Field(
+        default_factory=list, description="verification keys written in the file (below)"
+    )
     leeway: float = Field(default=30, ge=0, le=300, description="clock skew, seconds")
     max_lifetime: int | None = Field(
         default=86400,
@@ -314,9 +328,11 @@ class IssuerConfig(_Model):
             )
         return value
 
-    jwks_ttl: float = Field(default=300, gt=0)
-    jwks_refetch_cooldown: float = Field(default=30, ge=0)
-    jwks_timeout: float = Field(default=5, gt=0)
+    jwks_ttl: float = Field(default=300, gt=0, description="seconds a fetched JWKS is kept")
+    jwks_refetch_cooldown: float = Field(
+        default=30, ge=0, description="at most one refetch per this many seconds for an unknown kid"
+    )
+    jwks_timeout: float = Field(default=5, gt=0, description="seconds a JWKS fetch may take")
 
     @field_validator("audience", mode="before")
     @classmethod
@@ -364,7 +380,11 @@ class UpstreamConfig(_Model):
     """Where the engine is and how to authenticate to it."""
 
     url: str = Field(description="engine base URL, e.g. http://127.0.0.1:3000")
-    source_id: str | None = None
+    source_id: str | None = Field(
+        default=None,
+        description="the engine source to serve (`sync-engine sources add` prints its id); "
+        "left out: the engine's own --database-url database",
+    )
     secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
     secret_file: str | None = Field(
         default=None,
@@ -372,7 +392,9 @@ class UpstreamConfig(_Model):
         description="engine secret, read from this file at start and at every reload (a "
         "rotated secret without a restart: write the file, then reload)",
     )
-    connect_timeout: float = Field(default=5, gt=0)
+    connect_timeout: float = Field(
+        default=5, gt=0, description="seconds to open a connection to the engine"
+    )
     first_byte_timeout: float = Field(
         default=75,
         gt=0,
@@ -438,12 +460,20 @@ class UpstreamConfig(_Model):
 class ServerConfig(_Model):
     """Listener settings; read at start (a reload does not rebind)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="largest request body (POST /v1/shape) read"
+    )
     reload_interval: float = Field(default=1.0, gt=0, description="config file poll, seconds")
-    token_cache_size: int = Field(default=10_000, ge=0)
-    token_cache_ttl: float = Field(default=300, gt=0)
+    token_cache_size: int = Field(
+        default=10_000, ge=0, description="verified tokens kept (by their SHA-256); 0: none"
+    )
+    token_cache_ttl: float = Field(
+        default=300,
+        gt=0,
+        description="seconds a verified token is kept at most (and never past its exp)",
+    )
     trusted_proxies: tuple[IPvAnyNetwork, ...] = Field(
         default=(),
         description="CIDRs of load balancers / reverse proxies in front of the proxy: a "
@@ -510,9 +540,14 @@ class MetricsConfig(_Model):
 class CorsConfig(_Model):
     """Cross-origin access: an exact allowlist of origins ("*" echoes any origin)."""
 
-    allow_origins: list[str] = Field(default_factory=list)
-    allow_credentials: YamlBool = False
-    max_age: int = Field(default=86400, ge=0)
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description='origins (scheme://host[:port]) browsers may call from; "*": any',
+    )
+    allow_credentials: YamlBool = Field(
+        default=False, description="send Access-Control-Allow-Credentials: true"
+    )
+    max_age: int = Field(default=86400, ge=0, description="seconds a browser keeps a preflight")
 
     @field_validator("allow_origins")
     @classmethod
@@ -599,8 +634,12 @@ ClaimMatch = Scalar | list[Scalar]
 class DenyRule(_Model):
     """Refuse the table when every condition matches (deny wins over allow)."""
 
-    when: dict[str, ClaimMatch] = Field(min_length=1)
-    reason: str | None = None
+    when: dict[str, ClaimMatch] = Field(
+        min_length=1,
+        description="claim path -> value or any-of list; all must match (a claim present "
+        "but not comparable matches too)",
+    )
+    reason: str | None = Field(default=None, description="the 403's message; default: denied")
 
     @field_validator("when", mode="before")
     @classmethod
@@ -611,7 +650,9 @@ class DenyRule(_Model):
 class AccessRule(_Model):
     """Who may sync a table, which rows and columns, and what the client may add."""
 
-    name: str | None = None
+    name: str | None = Field(
+        default=None, description="the rule's name in logs, explain and load errors"
+    )
     when: dict[str, ClaimMatch] = Field(
         default_factory=dict, description="claim path -> value or any-of list; all must match"
     )
@@ -693,9 +734,11 @@ class AccessRule(_Model):
         "written (only with all_rows and no columns: nothing is hidden, and a subquery may "
         "read other tables)",
     )
-    subset: YamlBool = True
-    replica_full: YamlBool = False
-    sse: YamlBool = True
+    subset: YamlBool = Field(
+        default=True, description="accept subset requests (`subset__*`, checked as a where)"
+    )
+    replica_full: YamlBool = Field(default=False, description="accept `replica=full`")
+    sse: YamlBool = Field(default=True, description="accept live SSE (`live_sse=true`)")
     delete: YamlBool = Field(
         default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
     )
@@ -765,8 +808,12 @@ def covers(earlier: AccessRule, later: AccessRule) -> bool:
 class TablePolicy(_Model):
     """Rules for one table. No matching allow rule means denied."""
 
-    allow: list[AccessRule] = Field(min_length=1)
-    deny: list[DenyRule] = Field(default_factory=list)
+    allow: list[AccessRule] = Field(
+        min_length=1, description="access rules, first match serves (below)"
+    )
+    deny: list[DenyRule] = Field(
+        default_factory=list, description="deny rules, any match refuses (below)"
+    )
 
     def shadowed(self) -> list[tuple[int, int]]:
         """(index of an allow rule that can never apply, index of the first earlier rule
@@ -782,25 +829,30 @@ class TablePolicy(_Model):
 class NamedShape(TablePolicy):
     """A shape served at `/shapes/<name>`: table fixed by the config, same rules."""
 
-    table: str
+    table: str = Field(description="the one table the shape serves (no pattern)")
 
 
 class ProxyConfig(_Model):
     """The whole configuration file."""
 
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    upstream: UpstreamConfig
+    server: ServerConfig = Field(default_factory=ServerConfig, description="the listener")
+    upstream: UpstreamConfig = Field(description="the sync engine")
     issuers: list[IssuerConfig] = Field(
         default_factory=list, description="token issuers; none: only anonymous rules serve"
     )
-    cors: CorsConfig = Field(default_factory=CorsConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig, description="cross-origin access")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="caching")
     collapse: YamlBool = Field(
         default=True,
         description="send identical concurrent engine requests once and share the answer",
     )
-    tables: dict[str, TablePolicy] = Field(default_factory=dict)
-    shapes: dict[str, NamedShape] = Field(default_factory=dict)
+    tables: dict[str, TablePolicy] = Field(
+        default_factory=dict,
+        description='table name or pattern (items, public.*, "Sales"."Q1") -> its rules',
+    )
+    shapes: dict[str, NamedShape] = Field(
+        default_factory=dict, description="name -> a shape served at GET /shapes/<name>"
+    )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="per-principal limits (proxy.limits.config)"
     )
@@ -810,7 +862,9 @@ class ProxyConfig(_Model):
     def _limit_numbers(cls, value: object) -> object:
         return check_number_settings(LimitsConfig, value)
 
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="who may read GET /metrics"
+    )
 
     @field_validator("shapes")
     @classmethod
