@@ -571,10 +571,26 @@ def _format_validation(error: ValidationError, node: yaml.Node | None = None) ->
     return "; ".join(lines)
 
 
+#: A variable's name as one is written by convention (`ENGINE_SECRET`): only such a name is
+#: repeated in a load error.
+_SHOWN_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+
+
 def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
+    """The value of the variable `name`; `ConfigError` when it is unset or empty. The name is
+    said only when it is written as variable names are (upper case): a secret pasted where
+    its variable's name goes (`secret_env: 3fa9...`, as `openssl rand -hex` prints it)
+    passes the name's pattern when it starts with a letter, and the error put it in the log
+    and in `/healthz` for a metrics reader (config probe, 2026-12-07)."""
     value = environ.get(name)
     if not value:
-        raise ConfigError(f"{field_name}: environment variable {name} is not set or empty")
+        if _SHOWN_ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{field_name}: environment variable {name} is not set or empty")
+        raise ConfigError(
+            f"{field_name}: the environment variable it names is not set or empty (the name "
+            "is not repeated here: not in upper case, it may be a secret pasted where the "
+            "variable's name goes; give the name, e.g. ENGINE_SECRET)"
+        )
     return value
 
 
