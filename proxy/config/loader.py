@@ -475,10 +475,48 @@ def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
         loader.dispose()
 
 
+#: A shell-style variable reference (`${NAME}`, `${NAME:-default}`) as envsubst or compose
+#: would fill in.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?+=-][^}]*)?\}")
+
+
+def _refuse_unexpanded(root: yaml.Node) -> None:
+    """A `${NAME}` left in a value or key is refused: the proxy expands no variables in the
+    file (only the `*_env` keys name one), so a file deployed without its envsubst step
+    loaded `account_status: ${BANNED}` as the text `${BANNED}`, a deny rule no token ever
+    matched: the banned were served (config probe, 2026-12-07)."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            found = _VARIABLE.search(str(node.value))
+            if found is not None:
+                key = ".".join(path)[:200] or "(top level)"
+                raise ShownYamlError(
+                    None,
+                    None,
+                    f"{key}: holds ${{{found.group(1)}}}, a variable reference: the proxy "
+                    "does not expand variables in its file (only the *_env keys name one); "
+                    "fill the file in before it is loaded (envsubst), or write the value",
+                    node.start_mark,
+                )
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, (*path, str(i))) for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value in node.value:
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                stack += [(key_node, path), (value, (*path, name))]
+
+
 def _compose_with(loader: _Loader) -> tuple[Any, yaml.Node | None]:
     _refuse_yaml11_breaks(loader)
     node = loader.get_single_node()
     if node is not None:
+        _refuse_unexpanded(node)
         sizes: dict[int, int] = {}
         expanded = _expanded_size(node, sizes)
         if expanded > len(sizes) + MAX_ALIAS_EXPANSION:

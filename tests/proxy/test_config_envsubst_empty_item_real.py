@@ -105,3 +105,31 @@ def test_other_items_left_empty_are_load_errors(
     with pytest.raises(ConfigError, match=rf"tables\.items\.{re.escape(key)}: a comma with "
                        rf"nothing {re.escape(what)}"):  # fmt: skip
         proxy_from_yaml.load(_envsubst(template, {}))
+
+
+async def test_a_file_deployed_without_its_envsubst_fails_the_load(
+    engine: EngineProcess, proxy_from_yaml: Any
+) -> None:
+    """The template loaded as it was (the deploy's envsubst step skipped): `${BANNED}` was the
+    text of a deny condition no token has, and on the old code the banned account was served
+    (200). Now any `${NAME}` left in the file is a load error naming the key and line."""
+    block = RULES.replace(
+        "      - when: {account_status: [suspended, ${BANNED}]}\n",
+        "      - when:\n          account_status: ${BANNED}\n",
+    )
+    text = proxy_from_yaml.head(engine.url) + block
+    line = text.count("\n") - 1  # (the `account_status:` line)
+    try:
+        proxy = await proxy_from_yaml(text)
+    except ConfigError as exc:
+        said = str(exc)
+        assert f"at line {line}, column" in said, said
+        assert "tables.items.deny.0.when.account_status: holds ${BANNED}" in said, said
+        assert "envsubst" in said, said
+    else:
+        reply = await proxy.get(SHAPE, token=proxy.tokens.make(account_status="banned"))
+        assert reply.status == 403, reply.body  # (the old code: 200)
+        pytest.fail("loaded")
+    for value in ('"${BANNED}"', "[suspended, '${BANNED:-banned}']"):
+        with pytest.raises(ConfigError, match=r"holds \$\{BANNED\}, a variable reference"):
+            proxy_from_yaml.load(text.replace("${BANNED}", value, 1))
