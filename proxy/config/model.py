@@ -114,6 +114,21 @@ def _invisible(text: str) -> str | None:
     return None
 
 
+def _not_composed(text: str) -> str | None:
+    """Why `text` is not in Unicode's composed form (NFC), or None when it is. A letter
+    written as a base letter and a combining accent (`c` + U+0327 for `ç`, as some editors,
+    macOS file names and copied text give it) looks the same as the composed letter a token
+    or a database row carries, and never equals it: a deny on `country: Curaçao` so written
+    never fired (config probe, 2026-12-07)."""
+    if unicodedata.is_normalized("NFC", text):
+        return None
+    return (
+        "is not in composed Unicode form (NFC): a letter written with a separate combining "
+        "accent looks the same as the composed letter tokens and rows carry, and never "
+        "equals it; retype it"
+    )
+
+
 def _claim_path(path: object) -> None:
     """A claim name or path compared byte for byte: one holding a character no one sees
     (a zero-width space pasted from a web page) or surrounding spaces never matches a
@@ -129,6 +144,9 @@ def _claim_path(path: object) -> None:
         raise ValueError(
             f"{path!r}: the claim name holds an invisible character {hidden}: retype it"
         )
+    decomposed = _not_composed(path)
+    if decomposed is not None:
+        raise ValueError(f"{path!r}: the claim name {decomposed}")
     if path.startswith("$") or "[" in path or "]" in path:
         # (`$.account.status`, `roles[0]`: no token has such a claim, so a deny on it never
         # fired)
@@ -163,6 +181,8 @@ def _no_yaml_words(when: object) -> object:
                     f'{path}: {item!r} is empty text (an unset variable in "${{VAR}}" '
                     "leaves it so): write the value the claim must be, or remove the condition"
                 )
+            if isinstance(item, str) and _not_composed(item) is not None:
+                raise ValueError(f"{path}: {item!r} {_not_composed(item)}")
             if isinstance(item, YamlWord):
                 raise ValueError(
                     f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for a "
@@ -685,6 +705,9 @@ class AccessRule(_Model):
                 f"holds an invisible character {hidden} (from a YAML escape such as \\_ in a "
                 "double-quoted string?): write SQL filters in single quotes or a `|` block"
             )
+        decomposed = _not_composed(value)
+        if decomposed is not None:
+            raise ValueError(f"the filter {decomposed}")
         if _line_comment(value):
             raise ValueError(
                 "a `--` comment runs to the end of the filter once YAML folds its lines into "
