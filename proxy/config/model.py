@@ -576,6 +576,14 @@ class CorsConfig(_Model):
         slash): `app.example.com` or `https://app.example.com/` can never equal one, and
         CORS silently never worked (config probe, 2026-12-07)."""
         for origin in value:
+            if origin != "*" and any(char in origin for char in "*?"):
+                # (`https://*.example.com`, what preview-deploy users write first, loaded and
+                # was compared as written: no browser's Origin ever equalled it; newuser
+                # 2026-12-07)
+                raise ValueError(
+                    f"{origin!r}: origins are compared whole, with no wildcards (a browser "
+                    "sends its own host, never a *): list each origin, or '*' for any"
+                )
             if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
                 raise ValueError(
                     f"{origin!r} is not an origin as browsers send it: write "
