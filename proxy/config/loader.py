@@ -745,7 +745,15 @@ def _build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    unverifiable = token_rules_without_issuers(config)
+    if unverifiable and len(unverifiable) == _rule_count(config):
+        raise ConfigError(
+            f"{source}: issuers: none is configured, and every rule needs a token (none is "
+            "anonymous): no token can be verified, so nothing would ever be served; add the "
+            "issuer of your tokens under issuers:"
+        )
     warnings = [
+        *unverifiable,
         *shadowed_rules(config),
         *exposure_warnings(config),
         *folded_names(config),
@@ -961,6 +969,30 @@ def named_shape_wheres(config: ProxyConfig) -> list[str]:
                     "definition): the setting does nothing; remove it, or list the table "
                     "under tables: for clients that filter"
                 )
+    return out
+
+
+def _rule_count(config: ProxyConfig) -> int:
+    return sum(len(p.allow) for p in (*config.tables.values(), *config.shapes.values()))
+
+
+def token_rules_without_issuers(config: ProxyConfig) -> list[str]:
+    """With no `issuers:`, each allow rule that needs a token (not `anonymous`): it can never
+    serve. The file loaded silently and every token was a 401 "the token signature is
+    invalid" (newuser, 2026-12-07); `_build_config` refuses the file when this is every rule,
+    and warns otherwise (its anonymous rules serve)."""
+    if config.issuers:
+        return []
+    out = []
+    for kind, policies in (("tables", config.tables), ("shapes", config.shapes)):
+        for name, policy in policies.items():
+            for index, rule in enumerate(policy.allow):
+                if not rule.anonymous:
+                    out.append(
+                        f"{kind}.{name}: allow {_rule_label(policy, index)} needs a token, and "
+                        "no issuers are configured: it never serves; add the issuer under "
+                        "issuers:, or make the rule anonymous: true"
+                    )
     return out
 
 
