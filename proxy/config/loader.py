@@ -609,9 +609,10 @@ def _format_validation(error: ValidationError, node: yaml.Node | None = None) ->
     return "; ".join(lines)
 
 
-#: A variable's name as one is written by convention (`ENGINE_SECRET`): only such a name is
-#: repeated in a load error.
-_SHOWN_ENV_NAME = re.compile(r"[A-Z_][A-Z0-9_]{0,63}")
+#: A variable's name as one is written by convention (`ENGINE_SECRET`, `JWT_KEY`,
+#: `SECRET`): upper case, and with a `_` or short. Only such a name is repeated in a load
+#: error: an upper-case hex or base32 secret (`ABCDEF0123...`) is neither (newuser 13:46).
+_SHOWN_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]{0,23}|[A-Z_][A-Z0-9_]*_[A-Z0-9_]*")
 
 
 def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
@@ -622,12 +623,12 @@ def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
     and in `/healthz` for a metrics reader (config probe, 2026-12-07)."""
     value = environ.get(name)
     if not value:
-        if _SHOWN_ENV_NAME.fullmatch(name):
+        if len(name) <= 64 and _SHOWN_ENV_NAME.fullmatch(name):
             raise ConfigError(f"{field_name}: environment variable {name} is not set or empty")
         raise ConfigError(
             f"{field_name}: the environment variable it names is not set or empty (the name "
-            "is not repeated here: not in upper case, it may be a secret pasted where the "
-            "variable's name goes; give the name, e.g. ENGINE_SECRET)"
+            "is not repeated here: it is not written as variable names are, and may be a "
+            "secret pasted where the name goes; give the name, e.g. ENGINE_SECRET)"
         )
     return value
 

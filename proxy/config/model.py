@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pglast.parser import ParseError, scan
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -192,7 +193,20 @@ def _no_yaml_words(when: object) -> object:
     return when
 
 
-EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
+def _env_name(value: str) -> str:
+    """A variable's name (letters, digits, `_`, not starting with a digit). Anything else is
+    refused without repeating it: what is written there instead is most often the secret
+    itself (pydantic's "should match pattern" said neither that nor what to write)."""
+    if not _ENV_NAME.match(value):
+        raise ValueError(
+            "not a variable's name (letters, digits and _ only, not starting with a digit; "
+            "the value is not repeated here): give the name of the environment variable "
+            "holding the secret, e.g. ENGINE_SECRET, not the secret itself"
+        )
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name), Field(description="environment variable")]
 
 
 class NumberSettingError(ValueError):

@@ -122,3 +122,33 @@ def test_at_start_the_secret_is_not_printed(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr[-2000:]
     assert "upstream.secret_env" in done.stderr, done.stderr
     assert pasted not in done.stderr + done.stdout
+
+
+@pytest.mark.parametrize(
+    "pasted",
+    [
+        "ABCDEF" + secrets.token_hex(29).upper(),  # (upper-case hex)
+        "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP",  # (base32, as TOTP-style secrets are written)
+        "3fa9" + secrets.token_hex(30),  # (starts with a digit: not a name at all)
+        secrets.token_urlsafe(32).replace("-", "+", 1) + "/=",  # (base64)
+    ],
+)
+def test_an_upper_case_or_unnameable_secret_is_not_repeated(
+    proxy_from_yaml: Any, pasted: str
+) -> None:
+    """newuser 13:46: an upper-case hex or base32 secret still passed as a name and was
+    repeated; one with characters no name has got pydantic's "String should match pattern",
+    which did not say that the key takes the variable's name. On 73c87501 the first two were
+    echoed and the last two said nothing of what to write."""
+    text = (
+        proxy_from_yaml.head("http://127.0.0.1:9").replace(
+            "secret_env: ENGINE_SECRET", f"secret_env: '{pasted}'"
+        )
+        + RULES
+    )
+    with pytest.raises(ConfigError) as err:
+        proxy_from_yaml.load(text)
+    said = str(err.value)
+    assert "upstream.secret_env" in said, said
+    assert "not repeated here" in said and "e.g. ENGINE_SECRET" in said, said
+    assert pasted not in said
