@@ -303,7 +303,9 @@ class IssuerConfig(_Model):
         "RS/PS/ES/EdDSA ones (with public keys or jwks_url), not both kinds",
     )
     jwks_url: str | None = Field(
-        default=None, description="the issuer's JWKS (https); or give keys, not both"
+        default=None,
+        description="the issuer's JWKS URL, https (plain http loads, with a warning unless "
+        "it is a loopback address); or give keys, not both",
     )
     keys: list[StaticKey] = Field(
         default_factory=list, description="verification keys written in the file (below)"
