@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import types
 import unicodedata
@@ -206,6 +207,22 @@ def _env_name(value: str) -> str:
     return value
 
 
+def _absolute(value: str) -> str:
+    """A key or secret file's path, absolute: a relative one was read from the proxy's
+    working directory, not the config file's, so `secret_file: engine.secret` beside the
+    config read whatever file of that name the directory the proxy was started in held (an
+    old secret, an old key) or nothing (config probe, 2026-12-07)."""
+    if not os.path.isabs(value):
+        raise ValueError(
+            "give an absolute path (/run/secrets/...): a relative one is read from the "
+            "directory the proxy was started in, not the config file's"
+        )
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
 EnvName = Annotated[str, AfterValidator(_env_name), Field(description="environment variable")]
 
 
@@ -276,8 +293,9 @@ class StaticKey(_Model):
         "kid (or any token, when it is the issuer's only key)",
     )
     public_key: str | None = Field(default=None, description="PEM public key (not a secret)")
-    public_key_file: str | None = Field(
-        default=None, description="PEM public key, read from this file at start and reload"
+    public_key_file: AbsolutePath | None = Field(
+        default=None,
+        description="PEM public key, read from this file (an absolute path) at start and reload",
     )
     jwk: dict[str, str] | None = Field(default=None, description="public JWK object")
     secret_env: EnvName | None = Field(default=None, description="HMAC secret, from this env var")
@@ -422,11 +440,11 @@ class UpstreamConfig(_Model):
         "left out: the engine's own --database-url database",
     )
     secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
-    secret_file: str | None = Field(
+    secret_file: AbsolutePath | None = Field(
         default=None,
         min_length=1,
-        description="engine secret, read from this file at start and at every reload (a "
-        "rotated secret without a restart: write the file, then reload)",
+        description="engine secret, read from this file (an absolute path) at start and at "
+        "every reload (a rotated secret without a restart: write the file, then reload)",
     )
     connect_timeout: float = Field(
         default=5, gt=0, description="seconds to open a connection to the engine"
