@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     IPvAnyNetwork,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -440,7 +441,7 @@ class UpstreamConfig(_Model):
         "left out: the engine's own --database-url database",
     )
     secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
-    secret_file: AbsolutePath | None = Field(
+    secret_file: str | None = Field(
         default=None,
         min_length=1,
         description="engine secret, read from this file (an absolute path) at start and at "
@@ -487,6 +488,13 @@ class UpstreamConfig(_Model):
             return str(uuid.UUID(value.strip()))
         except ValueError:
             return value  # (not a uuid: the engine says what it makes of it)
+
+    @field_validator("secret_file")
+    @classmethod
+    def _absolute_secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or info.data.get("secret_env") is not None:
+            return value  # (given with secret_env: `_one_secret` says so first)
+        return _absolute(value)
 
     @model_validator(mode="after")
     def _one_secret(self) -> UpstreamConfig:
