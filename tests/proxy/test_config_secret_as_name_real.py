@@ -132,6 +132,7 @@ def test_at_start_the_secret_is_not_printed(tmp_path: Path) -> None:
         "3fa9" + secrets.token_hex(30),  # (starts with a digit: not a name at all)
         secrets.token_urlsafe(32).replace("-", "+", 1) + "/=",  # (base64)
     ],
+    ids=["upper_hex", "base32", "digit_first", "base64"],  # (values drawn: ids fixed for xdist)
 )
 def test_an_upper_case_or_unnameable_secret_is_not_repeated(
     proxy_from_yaml: Any, pasted: str
