@@ -1060,13 +1060,41 @@ def _read_regular_file(path: str | Path, limit: int, label: str) -> bytes:
         os.close(fd)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _reader_problem(exc: yaml.reader.ReaderError, raw: bytes | None) -> str:
+    """Where and what of a character YAML refuses. A byte that is no UTF-8 (`encoding` the
+    codec's name, `position` a byte offset) and a control character (`encoding` "unicode",
+    `position` a character index, as an ESC a terminal's colour codes leave) were both "at
+    byte N: ... (the file must be UTF-8 text)", the second wrong twice; now each says its line
+    and what it is (never the text around it)."""
+    if exc.encoding != "unicode":
+        lines = None if raw is None else raw[: exc.position].count(b"\n") + 1
+        line = "" if lines is None else f" at line {lines}"
+        return f"{line} (byte {exc.position}): {exc.reason}: the file must be UTF-8 text"
+    char = chr(exc.character) if isinstance(exc.character, int) else "?"
+    name = unicodedata.name(char, "")
+    what = f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+    where = f" at character {exc.position}"
+    if raw is not None:
+        codec = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(raw[:2], "utf-8")
+        # (decoded as PyYAML does, byte order mark kept: its index counts it as a character)
+        text = raw.decode(codec, "replace")
+        at = exc.position
+        start = text.rfind("\n", 0, at) + 1
+        column = at - start + 1 - (start == 0 and text.startswith("\ufeff"))
+        where = f" at line {text.count(chr(10), 0, at) + 1}, column {column}"
+    return (
+        f"{where}: a control character {what}, which YAML does not allow (left by a "
+        "terminal's colour codes or a paste?): remove it"
+    )
+
+
+def _yaml_problem(exc: yaml.YAMLError, raw: bytes | None = None) -> str:
     """Where and what of a YAML error, without the file's text: PyYAML's `problem` names a
     token, a character, a tag or a key ("expected a single document in the stream", "found
     character '\\t' that cannot start any token"); its `context` and snippet quote lines of
     the file, and a line may hold a secret, so they are left out."""
     if isinstance(exc, yaml.reader.ReaderError):
-        return f" at byte {exc.position}: {exc.reason} (the file must be UTF-8 text)"
+        return _reader_problem(exc, raw)
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(exc, "problem", None)
@@ -1096,7 +1124,7 @@ def load_config(
     except yaml.YAMLError as exc:
         key = getattr(exc, "key", None)
         under = f" (in {key})" if key else ""
-        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc)}{under}") from None
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc, raw)}{under}") from None
     except RecursionError:  # (a backstop: `_Loader` refuses deep nesting first)
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):
