@@ -14,7 +14,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -906,11 +906,18 @@ def exposure_warnings(config: ProxyConfig) -> list[str]:
                     f"issuers.{i}.jwks_url is plain http to another host: anyone on the path "
                     "can serve keys and mint tokens; use https"
                 )
-    for network in config.server.trusted_proxies:
-        if network.prefixlen == 0:
+    for version, everything in ((4, 1 << 32), (6, 1 << 128)):
+        # (the networks of one family together: `0.0.0.0/1` and `128.0.0.0/1` trust every
+        # address as `0.0.0.0/0` does, and were not warned of)
+        networks = [n for n in config.server.trusted_proxies if n.version == version]
+        collapsed: Iterable[Any] = ipaddress.collapse_addresses(networks)
+        covered: int = sum(n.num_addresses for n in collapsed)
+        if networks and covered * 2 >= everything:
+            listed = ", ".join(str(n) for n in networks)
+            what = "every address" if covered == everything else "half of all addresses or more"
             out.append(
-                f"server.trusted_proxies: {network} trusts every address, so any client picks "
-                "its own address for the anonymous limits with X-Forwarded-For; list your load "
+                f"server.trusted_proxies: {listed} trusts {what}, so any client picks its own "
+                "address for the anonymous limits with X-Forwarded-For; list your load "
                 "balancers' networks"
             )
     return out

@@ -481,6 +481,15 @@ def test_a_named_shape_with_columns_left_empty_is_refused(tmp_path: Path) -> Non
             lambda c: c.update(server={"trusted_proxies": ["::/0"]}),
             "server.trusted_proxies: ::/0 trusts every address",
         ),
+        # (two halves are every address too: not warned on 83a9801a)
+        (
+            lambda c: c.update(server={"trusted_proxies": ["0.0.0.0/1", "128.0.0.0/1"]}),
+            "server.trusted_proxies: 0.0.0.0/1, 128.0.0.0/1 trusts every address",
+        ),
+        (
+            lambda c: c.update(server={"trusted_proxies": ["10.0.0.0/8", "0.0.0.0/1"]}),
+            "trusts half of all addresses or more",
+        ),
     ],
 )
 def test_a_setting_that_hands_outsiders_a_lever_is_warned_at_load(
