@@ -13,7 +13,8 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -124,12 +125,39 @@ class _Loader(yaml.SafeLoader):
       one win for every real key (it dedups by `id()`), against the rule (the first wins),
       and `<<: [*tenant, *defaults]` showed the defaults' columns.
     - No nesting deeper than `MAX_DEPTH`.
+    - No YAML 1.1-only type (`!!binary`, `!!set`, `!!omap`, `!!pairs`) and no U+0085,
+      U+2028 or U+2029 anywhere (`_refuse_yaml11_breaks`): YAML 1.1 ends a line there.
+    - No comma with nothing after it in a flow list or mapping (`[a, ]`, `{a: 1, }`): it is
+      what an envsubst leaves of `[suspended, ${BANNED}]` with the variable unset, and YAML
+      reads it as a trailing comma: a deny rule's `[suspended, ]` silently lost `banned`
+      (config probe, 2026-12-07). Refused naming the key (`error_key`).
     """
 
     _depth = 0
+    #: The key path (keys and list indexes) being composed when a YAML error was raised,
+    #: for the load error (`error_key`); None until one is.
+    error_path: tuple[str, ...] | None = None
+
+    def __init__(self, stream: bytes | str) -> None:
+        super().__init__(stream)
+        self._path: list[str | None] = []
+
+    def _key_path(self) -> tuple[str, ...]:
+        return tuple(part for part in self._path if part is not None)
+
+    def error_key(self) -> str | None:
+        """The dotted key path of the YAML error raised while composing, if any."""
+        return ".".join(self.error_path) if self.error_path else None
 
     def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
+        # (`index`: a list item's index, a mapping value's key node, None for a key)
+        if isinstance(index, yaml.ScalarNode):
+            self._path.append(str(index.value))
+        elif isinstance(index, yaml.Node):
+            self._path.append("?")
+        else:
+            self._path.append(None if index is None else str(index))
         try:
             if self._depth > MAX_DEPTH:
                 raise ShownYamlError(
@@ -140,8 +168,36 @@ class _Loader(yaml.SafeLoader):
                     self.peek_event().start_mark,
                 )
             return super().compose_node(parent, index)
+        except yaml.YAMLError:
+            if self.error_path is None:
+                self.error_path = self._key_path()
+            raise
         finally:
+            self._path.pop()
             self._depth -= 1
+
+    def get_token(self) -> yaml.Token:
+        token: yaml.Token = super().get_token()
+        opens = (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.FlowEntryToken)
+        if isinstance(token, yaml.FlowEntryToken) and self.check_token(
+            yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken
+        ):
+            bracket = "]" if self.check_token(yaml.FlowSequenceEndToken) else "}"
+            self._empty_item(f"a comma with nothing after it before '{bracket}'", token)
+        elif isinstance(token, opens) and self.check_token(yaml.FlowEntryToken):
+            self._empty_item("a comma with nothing before it", self.peek_token())
+        return token
+
+    def _empty_item(self, what: str, comma: yaml.Token) -> None:
+        key = ".".join(self._key_path())[:200] or "(top level)"
+        self.error_path = ()  # (the message names the key itself)
+        raise ShownYamlError(
+            None,
+            None,
+            f"{key}: {what}, as an unset variable leaves `[a, ${{VAR}}]` after envsubst (YAML "
+            "drops a last empty item silently): give the value, or remove the comma",
+            comma.start_mark,
+        )
 
     def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
         tag: str = super().resolve(kind, value, implicit)
@@ -231,6 +287,21 @@ class _Loader(yaml.SafeLoader):
             None,
             None,
             "a date (!!timestamp) is YAML 1.1 only: quote it for the text",
+            node.start_mark,
+        )
+
+    def construct_refused_yaml11(self, node: yaml.Node) -> object:
+        """`!!binary`, `!!set`, `!!omap`, `!!pairs`: YAML 1.1 types a YAML 1.2 reader does
+        not know. `where: !!binary b3Jn...` loaded as the filter `org_id = 'a' OR true`,
+        which no one reviewing the file could read; a `!!set` of columns went in an order
+        that changed from run to run (config probe, 2026-12-07)."""
+        kind = node.tag.rsplit(":", 1)[-1]
+        unread = ", and its value cannot be read in review" if kind == "binary" else ""
+        raise ShownYamlError(
+            None,
+            None,
+            f"!!{kind} is a YAML 1.1 type (YAML 1.2 readers do not know it{unread}): write "
+            "the value as text, or a list",
             node.start_mark,
         )
 
@@ -336,6 +407,38 @@ _Loader.add_constructor(_BOOL_TAG, _Loader.construct_checked_bool)
 _Loader.add_constructor(_INT_TAG, _Loader.construct_checked_number)
 _Loader.add_constructor(_FLOAT_TAG, _Loader.construct_checked_number)
 _Loader.add_constructor(_TIMESTAMP_TAG, _Loader.construct_refused_timestamp)
+for _kind in ("binary", "set", "omap", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_kind}", _Loader.construct_refused_yaml11)
+
+#: Characters YAML 1.1 (PyYAML) reads as a line break and YAML 1.2, editors and diffs as
+#: part of the line: NEXT LINE, LINE SEPARATOR, PARAGRAPH SEPARATOR.
+_YAML11_BREAKS = re.compile("[\x85\u2028\u2029]")
+
+
+def _refuse_yaml11_breaks(loader: _Loader) -> None:
+    """A U+0085, U+2028 or U+2029 anywhere in the file is refused: PyYAML ends a line there,
+    so `    # old rule<U+0085>    allow: [{all_rows: true}]` read as a comment in an editor,
+    a diff and any YAML 1.2 reader, and as a rule serving every row to this proxy (config
+    probe, 2026-12-07). Checked on the decoded text, before parsing."""
+    loader.update(1 << 62)  # (the whole stream: the file is at most MAX_CONFIG_BYTES)
+    text = loader.buffer
+    found = _YAML11_BREAKS.search(text)
+    if found is None:
+        return
+    at = found.start()
+    # (PyYAML's lines: a "\r\n", a "\n" or a lone "\r" ends one)
+    line = text.count("\n", 0, at) + text.count("\r", 0, at) - text.count("\r\n", 0, at)
+    column = at - max(text.rfind("\n", 0, at), text.rfind("\r", 0, at)) - 1
+    char = found.group()
+    name = unicodedata.name(char, "NEXT LINE")
+    raise ShownYamlError(
+        None,
+        None,
+        f"a U+{ord(char):04X} ({name}) character: this proxy's YAML reader (YAML 1.1) ends a "
+        "line there, where editors, diffs and YAML 1.2 readers show one line (a `# comment` "
+        "before it would go on as config): replace it with a plain line break, or remove it",
+        yaml.error.Mark("<file>", at, line, column, "", 0),
+    )
 
 
 #: How many more nodes aliases (`*name`) may add to a file than it has written out. Aliases
@@ -360,36 +463,83 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 
 
 def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
-    """The data and the node tree it was built from (for the line of a key path)."""
+    """The data and the node tree it was built from (for the line of a key path). A YAML
+    error raised while composing gets the key path it was under as `key` (or None)."""
     loader = _Loader(raw)
     try:
-        node = loader.get_single_node()
-        if node is not None:
-            sizes: dict[int, int] = {}
-            expanded = _expanded_size(node, sizes)
-            if expanded > len(sizes) + MAX_ALIAS_EXPANSION:
+        return _compose_with(loader)
+    except yaml.YAMLError as exc:
+        exc.key = loader.error_key()  # type: ignore[attr-defined]
+        raise
+    finally:
+        loader.dispose()
+
+
+#: A shell-style variable reference (`${NAME}`, `${NAME:-default}`) as envsubst or compose
+#: would fill in.
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:[:?+=-][^}]*)?\}")
+
+
+def _refuse_unexpanded(root: yaml.Node) -> None:
+    """A `${NAME}` left in a value or key is refused: the proxy expands no variables in the
+    file (only the `*_env` keys name one), so a file deployed without its envsubst step
+    loaded `account_status: ${BANNED}` as the text `${BANNED}`, a deny rule no token ever
+    matched: the banned were served (config probe, 2026-12-07)."""
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            found = _VARIABLE.search(str(node.value))
+            if found is not None:
+                key = ".".join(path)[:200] or "(top level)"
                 raise ShownYamlError(
                     None,
                     None,
-                    f"aliases (*name) expand this file to {expanded:,} nodes from "
-                    f"{len(sizes):,} written (at most {MAX_ALIAS_EXPANSION:,} more are "
-                    "allowed): alias smaller pieces, or write the repeated parts out",
-                    None,
+                    f"{key}: holds ${{{found.group(1)}}}, a variable reference: the proxy "
+                    "does not expand variables in its file (only the *_env keys name one); "
+                    "fill the file in before it is loaded (envsubst), or write the value",
+                    node.start_mark,
                 )
-        try:
-            data = None if node is None else loader.construct_document(node)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            # (a backstop: PyYAML's constructors raise these for a tagged value they cannot
-            # read; the text is not quoted, it may be any line of the file)
+        elif isinstance(node, yaml.SequenceNode):
+            stack += [(item, (*path, str(i))) for i, item in enumerate(node.value)]
+        elif isinstance(node, yaml.MappingNode):
+            for key_node, value in node.value:
+                name = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "?"
+                stack += [(key_node, path), (value, (*path, name))]
+
+
+def _compose_with(loader: _Loader) -> tuple[Any, yaml.Node | None]:
+    _refuse_yaml11_breaks(loader)
+    node = loader.get_single_node()
+    if node is not None:
+        _refuse_unexpanded(node)
+        sizes: dict[int, int] = {}
+        expanded = _expanded_size(node, sizes)
+        if expanded > len(sizes) + MAX_ALIAS_EXPANSION:
             raise ShownYamlError(
                 None,
                 None,
-                f"a value could not be read as its tag (!!...) says ({type(exc).__name__})",
+                f"aliases (*name) expand this file to {expanded:,} nodes from "
+                f"{len(sizes):,} written (at most {MAX_ALIAS_EXPANSION:,} more are "
+                "allowed): alias smaller pieces, or write the repeated parts out",
                 None,
-            ) from None
-        return data, node
-    finally:
-        loader.dispose()
+            )
+    try:
+        data = None if node is None else loader.construct_document(node)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        # (a backstop: PyYAML's constructors raise these for a tagged value they cannot
+        # read; the text is not quoted, it may be any line of the file)
+        raise ShownYamlError(
+            None,
+            None,
+            f"a value could not be read as its tag (!!...) says ({type(exc).__name__})",
+            None,
+        ) from None
+    return data, node
 
 
 def parse_yaml(raw: bytes | str) -> Any:
@@ -459,10 +609,27 @@ def _format_validation(error: ValidationError, node: yaml.Node | None = None) ->
     return "; ".join(lines)
 
 
+#: A variable's name as one is written by convention (`ENGINE_SECRET`, `JWT_KEY`,
+#: `SECRET`): upper case, and with a `_` or short. Only such a name is repeated in a load
+#: error: an upper-case hex or base32 secret (`ABCDEF0123...`) is neither (newuser 13:46).
+_SHOWN_ENV_NAME = re.compile(r"[A-Z][A-Z0-9]{0,23}|[A-Z_][A-Z0-9_]*_[A-Z0-9_]*")
+
+
 def _env(environ: Mapping[str, str], name: str, field_name: str) -> str:
+    """The value of the variable `name`; `ConfigError` when it is unset or empty. The name is
+    said only when it is written as variable names are (upper case): a secret pasted where
+    its variable's name goes (`secret_env: 3fa9...`, as `openssl rand -hex` prints it)
+    passes the name's pattern when it starts with a letter, and the error put it in the log
+    and in `/healthz` for a metrics reader (config probe, 2026-12-07)."""
     value = environ.get(name)
     if not value:
-        raise ConfigError(f"{field_name}: environment variable {name} is not set or empty")
+        if len(name) <= 64 and _SHOWN_ENV_NAME.fullmatch(name):
+            raise ConfigError(f"{field_name}: environment variable {name} is not set or empty")
+        raise ConfigError(
+            f"{field_name}: the environment variable it names is not set or empty (the name "
+            "is not repeated here: it is not written as variable names are, and may be a "
+            "secret pasted where the name goes; give the name, e.g. ENGINE_SECRET)"
+        )
     return value
 
 
@@ -579,7 +746,15 @@ def _build_config(
         }
     except (ValueError, ConfigError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    unverifiable = token_rules_without_issuers(config)
+    if unverifiable and len(unverifiable) == _rule_count(config):
+        raise ConfigError(
+            f"{source}: issuers: none is configured, and every rule needs a token (none is "
+            "anonymous): no token can be verified, so nothing would ever be served; add the "
+            "issuer of your tokens under issuers:"
+        )
     warnings = [
+        *unverifiable,
         *shadowed_rules(config),
         *exposure_warnings(config),
         *folded_names(config),
@@ -649,7 +824,13 @@ def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
     except ValueError:
         return config
     policies = list(config.tables.values())
-    covering = list(zip(entries, policies, strict=True))
+    # (only entries with deny rules give any: looking at every entry for every entry made a
+    # file of 8,000 tables take 35 s to load, and a reload as long)
+    covering = [
+        (i, entry, policy)
+        for i, (entry, policy) in enumerate(zip(entries, policies, strict=True))
+        if policy.deny
+    ]
     tables = {
         name: _add_denies(policy, _denies_covering(covering, entries[i], index=i))
         for i, (name, policy) in enumerate(config.tables.items())
@@ -670,16 +851,17 @@ def _add_denies(policy: _P, denies: list[DenyRule]) -> _P:
 
 
 def _denies_covering(
-    entries: list[tuple[TablePattern, TablePolicy]], target: TablePattern, index: int = -1
+    entries: list[tuple[int, TablePattern, TablePolicy]], target: TablePattern, index: int = -1
 ) -> list[DenyRule]:
     """The deny rules that cover the table key `target` names, from `entries` (the
-    `tables:` entries, parsed, in file order): for one table (a table listed by name, or a
+    `tables:` entries that have deny rules, parsed, with their places in the file, in file
+    order): for one table (a table listed by name, or a
     named shape's), those of its exact entry and of every pattern matching it; for a pattern
     (the entry at `index`), those of every later pattern that may match a table it matches
     (an earlier one matching such a table serves it itself; where which tables two patterns
     share cannot be told, `_may_share`, the deny is taken, failing closed)."""
     out: list[DenyRule] = []
-    for i, (pattern, policy) in enumerate(entries):
+    for i, pattern, policy in entries:
         if target.exact:
             covers = pattern.key == target.key if pattern.exact else pattern.matches(target.key)
         else:
@@ -731,11 +913,18 @@ def exposure_warnings(config: ProxyConfig) -> list[str]:
                     f"issuers.{i}.jwks_url is plain http to another host: anyone on the path "
                     "can serve keys and mint tokens; use https"
                 )
-    for network in config.server.trusted_proxies:
-        if network.prefixlen == 0:
+    for version, everything in ((4, 1 << 32), (6, 1 << 128)):
+        # (the networks of one family together: `0.0.0.0/1` and `128.0.0.0/1` trust every
+        # address as `0.0.0.0/0` does, and were not warned of)
+        networks = [n for n in config.server.trusted_proxies if n.version == version]
+        collapsed: Iterable[Any] = ipaddress.collapse_addresses(networks)
+        covered: int = sum(n.num_addresses for n in collapsed)
+        if networks and covered * 2 >= everything:
+            listed = ", ".join(str(n) for n in networks)
+            what = "every address" if covered == everything else "half of all addresses or more"
             out.append(
-                f"server.trusted_proxies: {network} trusts every address, so any client picks "
-                "its own address for the anonymous limits with X-Forwarded-For; list your load "
+                f"server.trusted_proxies: {listed} trusts {what}, so any client picks its own "
+                "address for the anonymous limits with X-Forwarded-For; list your load "
                 "balancers' networks"
             )
     return out
@@ -795,6 +984,30 @@ def named_shape_wheres(config: ProxyConfig) -> list[str]:
                     "definition): the setting does nothing; remove it, or list the table "
                     "under tables: for clients that filter"
                 )
+    return out
+
+
+def _rule_count(config: ProxyConfig) -> int:
+    return sum(len(p.allow) for p in (*config.tables.values(), *config.shapes.values()))
+
+
+def token_rules_without_issuers(config: ProxyConfig) -> list[str]:
+    """With no `issuers:`, each allow rule that needs a token (not `anonymous`): it can never
+    serve. The file loaded silently and every token was a 401 "the token signature is
+    invalid" (newuser, 2026-12-07); `_build_config` refuses the file when this is every rule,
+    and warns otherwise (its anonymous rules serve)."""
+    if config.issuers:
+        return []
+    out = []
+    for kind, policies in (("tables", config.tables), ("shapes", config.shapes)):
+        for name, policy in policies.items():
+            for index, rule in enumerate(policy.allow):
+                if not rule.anonymous:
+                    out.append(
+                        f"{kind}.{name}: allow {_rule_label(policy, index)} needs a token, and "
+                        "no issuers are configured: it never serves; add the issuer under "
+                        "issuers:, or make the rule anonymous: true"
+                    )
     return out
 
 
@@ -861,13 +1074,41 @@ def _read_regular_file(path: str | Path, limit: int, label: str) -> bytes:
         os.close(fd)
 
 
-def _yaml_problem(exc: yaml.YAMLError) -> str:
+def _reader_problem(exc: yaml.reader.ReaderError, raw: bytes | None) -> str:
+    """Where and what of a character YAML refuses. A byte that is no UTF-8 (`encoding` the
+    codec's name, `position` a byte offset) and a control character (`encoding` "unicode",
+    `position` a character index, as an ESC a terminal's colour codes leave) were both "at
+    byte N: ... (the file must be UTF-8 text)", the second wrong twice; now each says its line
+    and what it is (never the text around it)."""
+    if exc.encoding != "unicode":
+        lines = None if raw is None else raw[: exc.position].count(b"\n") + 1
+        line = "" if lines is None else f" at line {lines}"
+        return f"{line} (byte {exc.position}): {exc.reason}: the file must be UTF-8 text"
+    char = chr(exc.character) if isinstance(exc.character, int) else "?"
+    name = unicodedata.name(char, "")
+    what = f"U+{ord(char):04X}" + (f" ({name})" if name else "")
+    where = f" at character {exc.position}"
+    if raw is not None:
+        codec = {b"\xff\xfe": "utf-16-le", b"\xfe\xff": "utf-16-be"}.get(raw[:2], "utf-8")
+        # (decoded as PyYAML does, byte order mark kept: its index counts it as a character)
+        text = raw.decode(codec, "replace")
+        at = exc.position
+        start = text.rfind("\n", 0, at) + 1
+        column = at - start + 1 - (start == 0 and text.startswith("\ufeff"))
+        where = f" at line {text.count(chr(10), 0, at) + 1}, column {column}"
+    return (
+        f"{where}: a control character {what}, which YAML does not allow (left by a "
+        "terminal's colour codes or a paste?): remove it"
+    )
+
+
+def _yaml_problem(exc: yaml.YAMLError, raw: bytes | None = None) -> str:
     """Where and what of a YAML error, without the file's text: PyYAML's `problem` names a
     token, a character, a tag or a key ("expected a single document in the stream", "found
     character '\\t' that cannot start any token"); its `context` and snippet quote lines of
     the file, and a line may hold a secret, so they are left out."""
     if isinstance(exc, yaml.reader.ReaderError):
-        return f" at byte {exc.position}: {exc.reason} (the file must be UTF-8 text)"
+        return _reader_problem(exc, raw)
     mark = getattr(exc, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = getattr(exc, "problem", None)
@@ -895,7 +1136,9 @@ def load_config(
     try:
         data, node = _compose(raw)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc)}") from None
+        key = getattr(exc, "key", None)
+        under = f" (in {key})" if key else ""
+        raise ConfigError(f"{path}: invalid YAML{_yaml_problem(exc, raw)}{under}") from None
     except RecursionError:  # (a backstop: `_Loader` refuses deep nesting first)
         raise ConfigError(f"{path}: invalid YAML: nested too deeply") from None
     if not isinstance(data, dict):

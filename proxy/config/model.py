@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 import types
 import unicodedata
@@ -19,11 +20,13 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pglast.parser import ParseError, scan
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     IPvAnyNetwork,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -114,6 +117,21 @@ def _invisible(text: str) -> str | None:
     return None
 
 
+def _not_composed(text: str) -> str | None:
+    """Why `text` is not in Unicode's composed form (NFC), or None when it is. A letter
+    written as a base letter and a combining accent (`c` + U+0327 for `ç`, as some editors,
+    macOS file names and copied text give it) looks the same as the composed letter a token
+    or a database row carries, and never equals it: a deny on `country: Curaçao` so written
+    never fired (config probe, 2026-12-07)."""
+    if unicodedata.is_normalized("NFC", text):
+        return None
+    return (
+        "is not in composed Unicode form (NFC): a letter written with a separate combining "
+        "accent looks the same as the composed letter tokens and rows carry, and never "
+        "equals it; retype it"
+    )
+
+
 def _claim_path(path: object) -> None:
     """A claim name or path compared byte for byte: one holding a character no one sees
     (a zero-width space pasted from a web page) or surrounding spaces never matches a
@@ -129,6 +147,9 @@ def _claim_path(path: object) -> None:
         raise ValueError(
             f"{path!r}: the claim name holds an invisible character {hidden}: retype it"
         )
+    decomposed = _not_composed(path)
+    if decomposed is not None:
+        raise ValueError(f"{path!r}: the claim name {decomposed}")
     if path.startswith("$") or "[" in path or "]" in path:
         # (`$.account.status`, `roles[0]`: no token has such a claim, so a deny on it never
         # fired)
@@ -163,6 +184,8 @@ def _no_yaml_words(when: object) -> object:
                     f'{path}: {item!r} is empty text (an unset variable in "${{VAR}}" '
                     "leaves it so): write the value the claim must be, or remove the condition"
                 )
+            if isinstance(item, str) and _not_composed(item) is not None:
+                raise ValueError(f"{path}: {item!r} {_not_composed(item)}")
             if isinstance(item, YamlWord):
                 raise ValueError(
                     f"{path}: {str(item)!r} is ambiguous in YAML (older readers take it for a "
@@ -172,7 +195,36 @@ def _no_yaml_words(when: object) -> object:
     return when
 
 
-EnvName = Annotated[str, Field(pattern=_ENV_NAME.pattern, description="environment variable")]
+def _env_name(value: str) -> str:
+    """A variable's name (letters, digits, `_`, not starting with a digit). Anything else is
+    refused without repeating it: what is written there instead is most often the secret
+    itself (pydantic's "should match pattern" said neither that nor what to write)."""
+    if not _ENV_NAME.match(value):
+        raise ValueError(
+            "not a variable's name (letters, digits and _ only, not starting with a digit; "
+            "the value is not repeated here): give the name of the environment variable "
+            "holding the secret, e.g. ENGINE_SECRET, not the secret itself"
+        )
+    return value
+
+
+def _absolute(value: str) -> str:
+    """A key or secret file's path, absolute: a relative one was read from the proxy's
+    working directory, not the config file's, so `secret_file: engine.secret` beside the
+    config read whatever file of that name the directory the proxy was started in held (an
+    old secret, an old key) or nothing (config probe, 2026-12-07)."""
+    if not os.path.isabs(value):
+        raise ValueError(
+            "give an absolute path (/run/secrets/...): a relative one is read from the "
+            "directory the proxy was started in, not the config file's"
+        )
+    return value
+
+
+AbsolutePath = Annotated[str, AfterValidator(_absolute)]
+
+
+EnvName = Annotated[str, AfterValidator(_env_name), Field(description="environment variable")]
 
 
 class NumberSettingError(ValueError):
@@ -236,9 +288,16 @@ class _Model(BaseModel):
 class StaticKey(_Model):
     """One verification key given in the file: a public key (PEM or JWK) or an HMAC secret."""
 
-    kid: str | None = None
+    kid: str | None = Field(
+        default=None,
+        description="the token header `kid` this key verifies; left out: tokens without a "
+        "kid (or any token, when it is the issuer's only key)",
+    )
     public_key: str | None = Field(default=None, description="PEM public key (not a secret)")
-    public_key_file: str | None = None
+    public_key_file: AbsolutePath | None = Field(
+        default=None,
+        description="PEM public key, read from this file (an absolute path) at start and reload",
+    )
     jwk: dict[str, str] | None = Field(default=None, description="public JWK object")
     secret_env: EnvName | None = Field(default=None, description="HMAC secret, from this env var")
 
@@ -257,9 +316,19 @@ class IssuerConfig(_Model):
 
     issuer: str = Field(min_length=1, description="exact `iss` value")
     audience: list[str] = Field(min_length=1, description="accepted `aud` values (exact)")
-    algorithms: list[Algorithm] = Field(min_length=1)
-    jwks_url: str | None = None
-    keys: list[StaticKey] = Field(default_factory=list)
+    algorithms: list[Algorithm] = Field(
+        min_length=1,
+        description="accepted `alg` values: HS256/384/512 (with a secret_env key) or "
+        "RS/PS/ES/EdDSA ones (with public keys or jwks_url), not both kinds",
+    )
+    jwks_url: str | None = Field(
+        default=None,
+        description="the issuer's JWKS URL, https (plain http loads, with a warning unless "
+        "it is a loopback address); or give keys, not both",
+    )
+    keys: list[StaticKey] = Field(
+        default_factory=list, description="verification keys written in the file (below)"
+    )
     leeway: float = Field(default=30, ge=0, le=300, description="clock skew, seconds")
     max_lifetime: int | None = Field(
         default=86400,
@@ -314,9 +383,11 @@ class IssuerConfig(_Model):
             )
         return value
 
-    jwks_ttl: float = Field(default=300, gt=0)
-    jwks_refetch_cooldown: float = Field(default=30, ge=0)
-    jwks_timeout: float = Field(default=5, gt=0)
+    jwks_ttl: float = Field(default=300, gt=0, description="seconds a fetched JWKS is kept")
+    jwks_refetch_cooldown: float = Field(
+        default=30, ge=0, description="at most one refetch per this many seconds for an unknown kid"
+    )
+    jwks_timeout: float = Field(default=5, gt=0, description="seconds a JWKS fetch may take")
 
     @field_validator("audience", mode="before")
     @classmethod
@@ -364,15 +435,21 @@ class UpstreamConfig(_Model):
     """Where the engine is and how to authenticate to it."""
 
     url: str = Field(description="engine base URL, e.g. http://127.0.0.1:3000")
-    source_id: str | None = None
+    source_id: str | None = Field(
+        default=None,
+        description="the engine source to serve (`sync-engine sources add` prints its id); "
+        "left out: the engine's own --database-url database",
+    )
     secret_env: EnvName | None = Field(default=None, description="engine secret, from env var")
     secret_file: str | None = Field(
         default=None,
         min_length=1,
-        description="engine secret, read from this file at start and at every reload (a "
-        "rotated secret without a restart: write the file, then reload)",
+        description="engine secret, read from this file (an absolute path) at start and at "
+        "every reload (a rotated secret without a restart: write the file, then reload)",
     )
-    connect_timeout: float = Field(default=5, gt=0)
+    connect_timeout: float = Field(
+        default=5, gt=0, description="seconds to open a connection to the engine"
+    )
     first_byte_timeout: float = Field(
         default=75,
         gt=0,
@@ -412,6 +489,13 @@ class UpstreamConfig(_Model):
         except ValueError:
             return value  # (not a uuid: the engine says what it makes of it)
 
+    @field_validator("secret_file")
+    @classmethod
+    def _absolute_secret_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or info.data.get("secret_env") is not None:
+            return value  # (given with secret_env: `_one_secret` says so first)
+        return _absolute(value)
+
     @model_validator(mode="after")
     def _one_secret(self) -> UpstreamConfig:
         if self.secret_env is not None and self.secret_file is not None:
@@ -438,12 +522,20 @@ class UpstreamConfig(_Model):
 class ServerConfig(_Model):
     """Listener settings; read at start (a reload does not rebind)."""
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8080, ge=0, le=65535)
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8080, ge=0, le=65535, description="port to listen on")
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="largest request body (POST /v1/shape) read"
+    )
     reload_interval: float = Field(default=1.0, gt=0, description="config file poll, seconds")
-    token_cache_size: int = Field(default=10_000, ge=0)
-    token_cache_ttl: float = Field(default=300, gt=0)
+    token_cache_size: int = Field(
+        default=10_000, ge=0, description="verified tokens kept (by their SHA-256); 0: none"
+    )
+    token_cache_ttl: float = Field(
+        default=300,
+        gt=0,
+        description="seconds a verified token is kept at most (and never past its exp)",
+    )
     trusted_proxies: tuple[IPvAnyNetwork, ...] = Field(
         default=(),
         description="CIDRs of load balancers / reverse proxies in front of the proxy: a "
@@ -510,9 +602,14 @@ class MetricsConfig(_Model):
 class CorsConfig(_Model):
     """Cross-origin access: an exact allowlist of origins ("*" echoes any origin)."""
 
-    allow_origins: list[str] = Field(default_factory=list)
-    allow_credentials: YamlBool = False
-    max_age: int = Field(default=86400, ge=0)
+    allow_origins: list[str] = Field(
+        default_factory=list,
+        description='origins (scheme://host[:port]) browsers may call from; "*": any',
+    )
+    allow_credentials: YamlBool = Field(
+        default=False, description="send Access-Control-Allow-Credentials: true"
+    )
+    max_age: int = Field(default=86400, ge=0, description="seconds a browser keeps a preflight")
 
     @field_validator("allow_origins")
     @classmethod
@@ -521,6 +618,14 @@ class CorsConfig(_Model):
         slash): `app.example.com` or `https://app.example.com/` can never equal one, and
         CORS silently never worked (config probe, 2026-12-07)."""
         for origin in value:
+            if origin != "*" and any(char in origin for char in "*?"):
+                # (`https://*.example.com`, what preview-deploy users write first, loaded and
+                # was compared as written: no browser's Origin ever equalled it; newuser
+                # 2026-12-07)
+                raise ValueError(
+                    f"{origin!r}: origins are compared whole, with no wildcards (a browser "
+                    "sends its own host, never a *): list each origin, or '*' for any"
+                )
             if origin not in ("*", "null") and not _ORIGIN.fullmatch(origin):
                 raise ValueError(
                     f"{origin!r} is not an origin as browsers send it: write "
@@ -599,8 +704,12 @@ ClaimMatch = Scalar | list[Scalar]
 class DenyRule(_Model):
     """Refuse the table when every condition matches (deny wins over allow)."""
 
-    when: dict[str, ClaimMatch] = Field(min_length=1)
-    reason: str | None = None
+    when: dict[str, ClaimMatch] = Field(
+        min_length=1,
+        description="claim path -> value or any-of list; all must match (a claim present "
+        "but not comparable matches too)",
+    )
+    reason: str | None = Field(default=None, description="the 403's message; default: denied")
 
     @field_validator("when", mode="before")
     @classmethod
@@ -611,7 +720,9 @@ class DenyRule(_Model):
 class AccessRule(_Model):
     """Who may sync a table, which rows and columns, and what the client may add."""
 
-    name: str | None = None
+    name: str | None = Field(
+        default=None, description="the rule's name in logs, explain and load errors"
+    )
     when: dict[str, ClaimMatch] = Field(
         default_factory=dict, description="claim path -> value or any-of list; all must match"
     )
@@ -644,6 +755,9 @@ class AccessRule(_Model):
                 f"holds an invisible character {hidden} (from a YAML escape such as \\_ in a "
                 "double-quoted string?): write SQL filters in single quotes or a `|` block"
             )
+        decomposed = _not_composed(value)
+        if decomposed is not None:
+            raise ValueError(f"the filter {decomposed}")
         if _line_comment(value):
             raise ValueError(
                 "a `--` comment runs to the end of the filter once YAML folds its lines into "
@@ -693,9 +807,11 @@ class AccessRule(_Model):
         "written (only with all_rows and no columns: nothing is hidden, and a subquery may "
         "read other tables)",
     )
-    subset: YamlBool = True
-    replica_full: YamlBool = False
-    sse: YamlBool = True
+    subset: YamlBool = Field(
+        default=True, description="accept subset requests (`subset__*`, checked as a where)"
+    )
+    replica_full: YamlBool = Field(default=False, description="accept `replica=full`")
+    sse: YamlBool = Field(default=True, description="accept live SSE (`live_sse=true`)")
     delete: YamlBool = Field(
         default=False, description="forward DELETE /v1/shape (the engine must allow it too)"
     )
@@ -765,8 +881,12 @@ def covers(earlier: AccessRule, later: AccessRule) -> bool:
 class TablePolicy(_Model):
     """Rules for one table. No matching allow rule means denied."""
 
-    allow: list[AccessRule] = Field(min_length=1)
-    deny: list[DenyRule] = Field(default_factory=list)
+    allow: list[AccessRule] = Field(
+        min_length=1, description="access rules, first match serves (below)"
+    )
+    deny: list[DenyRule] = Field(
+        default_factory=list, description="deny rules, any match refuses (below)"
+    )
 
     def shadowed(self) -> list[tuple[int, int]]:
         """(index of an allow rule that can never apply, index of the first earlier rule
@@ -782,25 +902,30 @@ class TablePolicy(_Model):
 class NamedShape(TablePolicy):
     """A shape served at `/shapes/<name>`: table fixed by the config, same rules."""
 
-    table: str
+    table: str = Field(description="the one table the shape serves (no pattern)")
 
 
 class ProxyConfig(_Model):
     """The whole configuration file."""
 
-    server: ServerConfig = Field(default_factory=ServerConfig)
-    upstream: UpstreamConfig
+    server: ServerConfig = Field(default_factory=ServerConfig, description="the listener")
+    upstream: UpstreamConfig = Field(description="the sync engine")
     issuers: list[IssuerConfig] = Field(
         default_factory=list, description="token issuers; none: only anonymous rules serve"
     )
-    cors: CorsConfig = Field(default_factory=CorsConfig)
-    cache: CacheConfig = Field(default_factory=CacheConfig)
+    cors: CorsConfig = Field(default_factory=CorsConfig, description="cross-origin access")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="caching")
     collapse: YamlBool = Field(
         default=True,
         description="send identical concurrent engine requests once and share the answer",
     )
-    tables: dict[str, TablePolicy] = Field(default_factory=dict)
-    shapes: dict[str, NamedShape] = Field(default_factory=dict)
+    tables: dict[str, TablePolicy] = Field(
+        default_factory=dict,
+        description='table name or pattern (items, public.*, "Sales"."Q1") -> its rules',
+    )
+    shapes: dict[str, NamedShape] = Field(
+        default_factory=dict, description="name -> a shape served at GET /shapes/<name>"
+    )
     limits: LimitsConfig = Field(
         default_factory=LimitsConfig, description="per-principal limits (proxy.limits.config)"
     )
@@ -810,7 +935,9 @@ class ProxyConfig(_Model):
     def _limit_numbers(cls, value: object) -> object:
         return check_number_settings(LimitsConfig, value)
 
-    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    metrics: MetricsConfig = Field(
+        default_factory=MetricsConfig, description="who may read GET /metrics"
+    )
 
     @field_validator("shapes")
     @classmethod

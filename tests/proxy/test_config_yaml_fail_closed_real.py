@@ -118,6 +118,37 @@ BAD = {
         + "  items: {allow: [{where: 'org_id = {{org_id}}', columns: [id, org_id, title]}]}\n",
         r"invalid YAML: aliases \(\*name\) expand this file to [\d,]+ nodes from [\d,]+ written",
     ),
+    # (this session's refusals, each also at a reload: the last good config serves)
+    "envsubst_empty_item": (
+        "tables:\n"
+        "  items:\n"
+        "    allow: [{where: 'org_id = {{org_id}}', columns: [id, org_id, title, ]}]\n",
+        r"line @3, column \d+: tables\.items\.allow\.0\.columns: a comma with nothing after it",
+    ),
+    "unexpanded_variable": (
+        "tables:\n"
+        "  items:\n"
+        "    allow: [{where: 'org_id = {{org_id}}', columns: [id, org_id, title]}]\n"
+        "    deny:\n"
+        "      - when:\n"
+        "          account_status: ${BANNED}\n",
+        r"line @6, column \d+: tables\.items\.deny\.0\.when\.account_status: holds \$\{BANNED\}",
+    ),
+    "next_line_in_comment": (
+        "tables:\n"
+        "  items:\n"
+        "    allow:\n"
+        "      # - {all_rows: true} (removed)\u0085      - {all_rows: true}\n"
+        "      - {where: 'org_id = {{org_id}}', columns: [id, org_id, title]}\n",
+        r"line @4, column \d+: a U\+0085 \(NEXT LINE\) character",
+    ),
+    "binary_filter": (
+        "tables:\n"
+        "  items:\n"
+        "    allow: [{where: !!binary b3JnX2lkID0ge3tvcmdfaWR9fSBPUiB0cnVl,"
+        " columns: [id, org_id, title]}]\n",
+        r"line @3, column \d+: !!binary is a YAML 1\.1 type",
+    ),
     "deep_nesting": (
         "tables:\n"
         "  items:\n"
@@ -199,7 +230,17 @@ def _start(path: Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.mark.parametrize("case", ["deep_nesting", "merge_sequence_later_wins", "octal_in_deny"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "deep_nesting",
+        "merge_sequence_later_wins",
+        "octal_in_deny",
+        "envsubst_empty_item",
+        "unexpanded_variable",
+        "next_line_in_comment",
+    ],
+)
 def test_a_bad_file_at_start_exits_with_where_and_what_no_traceback(
     case: str, tmp_path: Path
 ) -> None:

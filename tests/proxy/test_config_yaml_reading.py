@@ -397,7 +397,17 @@ def test_a_public_key_file_that_is_a_fifo_is_refused_without_waiting(tmp_path: P
     [
         (b"a: 1\n---\nb: 2\n", "line 2, column 1: expected a single document in the stream"),
         (b"a:\n\tb: 1\n", r"line 2, column 1: found character '\\t' that cannot start any token"),
-        (b"a: \xe9t\xe9\n", r"at byte 3: invalid continuation byte \(the file must be UTF-8"),
+        (
+            b"a: \xe9t\xe9\n",
+            r"at line 1 \(byte 3\): invalid continuation byte: the file must be UTF-8",
+        ),
+        # (a control character was "at byte N: special characters are not allowed (the file
+        # must be UTF-8 text)": a character index, and not an encoding problem at all)
+        (
+            b"a: 1\nb: \x1b[31mred\n",
+            r"at line 2, column 4: a control character U\+001B, which YAML",
+        ),
+        (b"\xef\xbb\xbfa: 1\nb: \x07\n", r"at line 2, column 4: a control character U\+0007"),
         (b"a: !custom x\n", "could not determine a constructor for the tag '!custom'"),
     ],
 )
@@ -470,6 +480,15 @@ def test_a_named_shape_with_columns_left_empty_is_refused(tmp_path: Path) -> Non
         (
             lambda c: c.update(server={"trusted_proxies": ["::/0"]}),
             "server.trusted_proxies: ::/0 trusts every address",
+        ),
+        # (two halves are every address too: not warned on 83a9801a)
+        (
+            lambda c: c.update(server={"trusted_proxies": ["0.0.0.0/1", "128.0.0.0/1"]}),
+            "server.trusted_proxies: 0.0.0.0/1, 128.0.0.0/1 trusts every address",
+        ),
+        (
+            lambda c: c.update(server={"trusted_proxies": ["10.0.0.0/8", "0.0.0.0/1"]}),
+            "trusts half of all addresses or more",
         ),
     ],
 )
