@@ -624,6 +624,12 @@ def check_secret(settings: Settings) -> None:
     if not settings.database_url or settings.secret is not None:
         return
     if is_loopback(settings.host):
+        logger.info(
+            "serving --database-url on %s without a secret: every local user (and anything"
+            " that forwards to this port) can read every row the role can read; set"
+            " --secret (env SYNC_ENGINE_SECRET) where that matters",
+            settings.host,
+        )
         return
     if not settings.insecure:
         fail(

@@ -56,3 +56,15 @@ def test_a_secret_on_every_address_starts_quietly(db_url: str, tmp_path: Path) -
         assert "without a secret" not in engine.log_tail(20_000)
     finally:
         engine.stop()
+
+
+def test_no_secret_on_loopback_starts_and_says_so(db_url: str, tmp_path: Path) -> None:
+    """Loopback needs no secret (make run, the container, tests), but every local user
+    reaches 127.0.0.1: the start says so in a line of its own."""
+    engine = EngineProcess(db_url, tmp_path / "data")
+    try:
+        engine.start()
+        log = engine.log_tail(20_000)
+        assert "without a secret: every local user" in log, log
+    finally:
+        engine.stop()
