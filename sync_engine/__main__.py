@@ -13,6 +13,7 @@ import asyncio
 import errno
 import fcntl
 import gc
+import ipaddress
 import logging
 import os
 import re
@@ -124,6 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=_env("SECRET"),
         help="when set, every /v1/shape request must carry secret=<this>. Env: SYNC_ENGINE_SECRET"
         " (prefer it: a flag shows in ps)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_flag("INSECURE"),
+        help="serve --database-url without --secret on an address other hosts can reach"
+        " (--host other than loopback; refused otherwise: anyone reaching it reads every"
+        " row the role can read). Env: SYNC_ENGINE_INSECURE=true",
     )
     p.add_argument(
         "--long-poll-timeout",
@@ -404,6 +413,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         port=args.port,
         data_dir=Path(args.data_dir),
         secret=args.secret or None,
+        insecure=args.insecure,
         long_poll_timeout=args.long_poll_timeout,
         sse_timeout=args.sse_timeout,
         max_age=args.max_age,
@@ -571,6 +581,7 @@ def check_settings(settings: Settings) -> None:
                 PROG,
                 f"{message} (flag --database-url, env SYNC_ENGINE_DATABASE_URL or DATABASE_URL)",
             )
+    check_secret(settings)
     problem = check_data_dir(settings.data_dir)
     if problem is not None:
         fail(
@@ -594,6 +605,45 @@ def check_settings(settings: Settings) -> None:
             " unless sources are registered (start with --admin-token to register"
             " them)",
         )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (an address or a name) is one only this machine reaches."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # (a name: whatever it resolves to, other hosts may reach it)
+
+
+def check_secret(settings: Settings) -> None:
+    """Refuse to serve `--database-url` without a secret where other hosts can reach it,
+    unless `--insecure`: every row the role can read would be anyone's, past any proxy.
+    (Registered sources each have a secret of their own.)"""
+    if not settings.database_url or settings.secret is not None:
+        return
+    if is_loopback(settings.host):
+        logger.info(
+            "serving --database-url on %s without a secret: every local user (and anything"
+            " that forwards to this port) can read every row the role can read; set"
+            " --secret (env SYNC_ENGINE_SECRET) where that matters",
+            settings.host,
+        )
+        return
+    if not settings.insecure:
+        fail(
+            PROG,
+            f"refusing to serve --database-url on {settings.host} (--host) without a secret:"
+            " anyone who reaches it would read every row the role can read; set --secret"
+            " (env SYNC_ENGINE_SECRET), listen on 127.0.0.1, or pass --insecure (env"
+            " SYNC_ENGINE_INSECURE=true) on a network only trusted clients reach",
+        )
+    logger.warning(
+        "serving --database-url on %s without a secret (--insecure): anyone who reaches"
+        " it reads every row the role can read",
+        settings.host,
+    )
 
 
 def serve(

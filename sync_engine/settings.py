@@ -13,6 +13,10 @@ class Settings:
     port: int = 3000
     data_dir: Path = Path("./data")
     secret: str | None = field(default=None, repr=False)
+    # Serve the database without a secret on an address other hosts can reach (--insecure):
+    # refused otherwise (`__main__.check_secret`), as Electric refuses to start without
+    # ELECTRIC_SECRET unless ELECTRIC_INSECURE=true.
+    insecure: bool = False
     long_poll_timeout: float = 20.0
     sse_timeout: float = 60.0
     sse_keepalive: float = 21.0

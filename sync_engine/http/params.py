@@ -88,7 +88,10 @@ def _numbered(items: Mapping[str, str], field_name: str) -> dict[str, str]:
         raise InvalidRequest(
             {field_name: ["Parameters must be numbered sequentially, starting from 1"]}
         )
-    return {str(int(k)): v for k, v in items.items()}
+    # Keys as given, as Electric keeps them (`Integer.parse` only validates them): `$1` is
+    # the value of `1`, never of `01`, which was read as `$1` here; Electric answers such a
+    # clause "parameter $1 was not provided" (and "parameter value for $01 was not used").
+    return dict(items)
 
 
 #: A percent-escape of a byte past ASCII: the only way into a query string of bytes that

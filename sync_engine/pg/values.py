@@ -466,7 +466,10 @@ _TIME_RE = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?", re.ASCII)
 # `:minutes` and `:seconds` each of any number of digits; digits run together (`+0530`) are
 # hours and minutes (never seconds). One regex finds and reads it (two had disagreed: an
 # offset found but not read, `+155959`, failed an assert, a 500).
-_TZ_RE = re.compile(r"\s*(([+-])(\d+)(?::(\d+)(?::(\d+))?)?|Z|UTC|GMT)$", re.ASCII)
+# The zone words in any case ('utc', 'z'): Postgres's ParseDateTime lowers a literal's
+# words before reading them.
+_TZ_RE = re.compile(r"\s*(([+-])(\d+)(?::(\d+)(?::(\d+))?)?|(?i:Z|UTC|GMT))$", re.ASCII)
+_ISO_T = re.compile(r"(?<=\d)[Tt](?=\d)", re.ASCII)
 _MAX_TZ_DIGITS = 9
 """More digits than this overflow Postgres's strtoint (ERANGE: out of range there too)."""
 
@@ -548,6 +551,12 @@ def parse_date(text: str) -> date | PgInfinity:
         return _SPECIAL_TIMES[s]
     if s.endswith(" bc"):
         raise unrepresentable(DATE, text)
+    if " " in s or "t" in s:
+        # A time and a zone may follow (`2024-01-01 12:00`, `2024-01-01 +0530`,
+        # `2024-01-01T23:00-05`): Postgres's date_in reads them as a timestamp's and keeps
+        # the date as written (no zone conversion); a bad time or zone fails it alike.
+        value, _tz = _parse_timestamp(DATE, text)
+        return value.date() if isinstance(value, datetime) else value
     return _parse_date_part(DATE, text, s)
 
 
@@ -558,12 +567,16 @@ def _parse_timestamp(pg_type: PgType, text: str) -> tuple[datetime | PgInfinity,
         return _SPECIAL_TIMES[low], None
     if low.endswith(" bc"):
         raise unrepresentable(pg_type, text)
-    date_part, sep, time_part = s.replace("T", " ", 1).partition(" ")
+    # (the 'T' of ISO 8601 between the date and the time: not the T of a 'UTC' after them)
+    date_part, sep, time_part = _ISO_T.sub(" ", s, count=1).partition(" ")
     d = _parse_date_part(pg_type, text, date_part)
     tz: timezone | None = None
     t = time(0)
     if sep:
-        time_part, tz = _split_tz(time_part.strip())
+        # (a zone alone after the date, `2024-01-01 +0530`, is a zone: the space keeps
+        # `_split_tz` from reading a leading sign as the time's own)
+        time_part, tz = _split_tz(" " + time_part.strip())
+        time_part = time_part.strip()
         if time_part:
             t = _parse_time_part(pg_type, text, time_part)
     return datetime.combine(d, t), tz

@@ -10,16 +10,15 @@ Nothing here knows HTTP: `http/params.py` builds the `ShapeParams` from a query 
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..errors import InvalidRequest
 from ..pg.catalog import ColumnInfo, TableInfo
 from ..pg.identifiers import InvalidIdentifier, parse_columns, parse_relation
+from .parse_thread import PARSE_IN_THREAD, parse_off_loop
 from .where import Where, WhereError, parse_where
 from .where.clause import full_parse
 
@@ -156,29 +155,18 @@ def _sorted_names(chosen: tuple[ColumnInfo, ...]) -> tuple[str, ...]:
     return names
 
 
-#: A where (with its params) this long or longer is parsed in a worker thread
-#: (`_parse_where`): a 62 KB one took the event loop ~1 s, for every request of a new
-#: definition (where, attack). Shorter ones take the templates' fast path on the loop.
-PARSE_IN_THREAD = 2048
-#: Threads for those parses: the loop waits behind each for the GIL (parsing is mostly
-#: Python), so few, and not the default executor (fsyncs and snapshot writes wait there).
-PARSE_THREADS = 2
-
-_parse_executor: ThreadPoolExecutor | None = None
-
-
 async def _parse_where(params: ShapeParams, columns: Mapping[str, ColumnInfo]) -> Where:
     """`parse_where` of a shape's where; a long one the long way (`full_parse`, the same
-    answer, leaving the templates' cache to the loop) in one of `PARSE_THREADS` threads."""
+    answer, leaving the templates' cache to the loop) in the parse thread
+    (`parse_thread`: a 62 KB one took the event loop ~1 s, for every request of a new
+    definition)."""
     assert params.where is not None
     values = dict(params.params)
-    if len(params.where) + sum(len(k) + len(v) for k, v in values.items()) < PARSE_IN_THREAD:
+    size = len(params.where) + sum(len(k) + len(v) for k, v in values.items())
+    if size < PARSE_IN_THREAD:
         return parse_where(params.where, values, columns, allow_subqueries=True)
-    global _parse_executor
-    if _parse_executor is None:
-        _parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="where-parse")
     parse = functools.partial(full_parse, params.where, values, columns, allow_subqueries=True)
-    return await asyncio.get_running_loop().run_in_executor(_parse_executor, parse)
+    return await parse_off_loop(parse)
 
 
 async def describe(

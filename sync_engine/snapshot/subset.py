@@ -42,7 +42,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +54,7 @@ from psycopg_pool import ConnectionPool
 from ..errors import EngineError, InvalidRequest, ServiceUnavailable
 from ..pg.xid_snapshot import XidSnapshot
 from ..shapes.definition import SubsetParams
+from ..shapes.parse_thread import PARSE_IN_THREAD, parse_off_loop
 from ..shapes.where import WhereError, guarded_and, parse_order_by, parse_where
 from ..shapes.where.clause import full_parse
 from ..tables import not_answering, stopping
@@ -101,27 +101,17 @@ def build_subset_query(
     return SubsetQuery(where_sql, order, sub.limit, sub.offset)
 
 
-#: Subset clauses (where and order_by together) this long or longer are parsed in a worker
-#: thread (`parse_subset`): a 63 KB clause took the event loop 0.5-1.1 s, and 8-16 of them
-#: in flight held every other client of the engine for seconds (attack).
-PARSE_IN_THREAD = 2048
-#: Threads for those parses: the loop waits behind each for the GIL (parsing is mostly
-#: Python), so few, and not the default executor (fsyncs and snapshot writes wait there).
-PARSE_THREADS = 2
-
-_parse_executor: ThreadPoolExecutor | None = None
-
-
 async def parse_subset(columns: Sequence[ColumnInfo], sub: SubsetParams) -> SubsetQuery:
-    """`build_subset_query`, a long clause parsed in one of `PARSE_THREADS` worker threads:
-    the loop goes on serving other clients meanwhile (it takes the GIL back every few ms)."""
-    if len(sub.where or "") + len(sub.order_by or "") < PARSE_IN_THREAD:
+    """`build_subset_query`, a long clause (where, order_by and params together) parsed in
+    the parse thread (`parse_thread`): a 63 KB clause took the event loop 0.5-1.1 s, and
+    8-16 of them in flight held every other client of the engine for seconds (attack)."""
+    size = len(sub.where or "") + len(sub.order_by or "")
+    size += sum(len(k) + len(v) for k, v in sub.params.items())
+    if size < PARSE_IN_THREAD:
         return build_subset_query(columns, sub)
-    global _parse_executor
-    if _parse_executor is None:
-        _parse_executor = ThreadPoolExecutor(PARSE_THREADS, thread_name_prefix="subset-parse")
-    parse = functools.partial(build_subset_query, columns, sub, templates=False)
-    return await asyncio.get_running_loop().run_in_executor(_parse_executor, parse)
+    return await parse_off_loop(
+        functools.partial(build_subset_query, columns, sub, templates=False)
+    )
 
 
 def within_shape(shape_where: str | None, subset_where: str | None) -> str | None:
@@ -415,8 +405,12 @@ def _run(
         running.running(conn)
         try:
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            # JIT off for the transaction, as for shape snapshots (`batch.py`): a long where
+            # has a high estimated cost, and Postgres compiled it with LLVM before the first
+            # row (5,000 ORs on 10,000 rows: 4.7 s of the query's 6.8 s; 0.8 s without).
             row = conn.execute(
-                "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint"
+                "SELECT pg_current_snapshot()::text, (pg_current_wal_lsn() - '0/0')::bigint,"
+                " set_config('jit', 'off', true)"
             ).fetchone()
             assert row is not None
             with conn.cursor() as cur:

@@ -213,6 +213,8 @@ class SourceManager:
     async def start(self) -> None:
         self.store = store = await self._db(SourceStore, self.path)
         self._ever_registered = await self._db(store.ever_had_sources)
+        if not self._ever_registered:
+            self._ever_registered = await self._db(self._sources_without_registry)
         for rec in await self._db(store.all):
             self.records[rec.source_id] = rec
             self._persisted[rec.source_id] = (rec.state, rec.last_error)
@@ -269,6 +271,36 @@ class SourceManager:
         ever registered here. Deleting the last one must not send its clients' requests to
         the engine's single database (`--database-url`), which may need no secret."""
         return bool(self.records) or self._ever_registered
+
+    def _sources_without_registry(self) -> bool:
+        """Whether `<data-dir>/sources/` holds source directories though the registry
+        knows of no source, ever (called only then; `sources/default` is the single
+        database's, not a source's): `sources.db` was lost (a backup
+        restored without it, an operator who "reset" it) while the sources' data stayed.
+        Requests naming a `source_id` are then still for registered sources, refused with
+        401, never answered from `--database-url`'s database (a proxy configured for such
+        a source served its users that database's rows); and the operator is told."""
+        try:
+            found = sorted(d.name for d in (self.settings.data_dir / "sources").iterdir()
+                           if d.is_dir() and canonical_source_id(d.name) == d.name)  # fmt: skip
+        except OSError:  # (none: no source ever ran here)
+            return False
+        if not found:
+            return False
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        logger.error(
+            "%s knows of no source, but %s holds the data of %d (%s): the registry was lost"
+            " or replaced. Requests naming a source_id are refused (401) until the sources"
+            " are registered again; restore %s from a backup to keep them, or drop their"
+            " replication slots (they hold WAL in their databases) and remove those"
+            " directories.",
+            self.path.name,
+            self.settings.data_dir / "sources",
+            len(found),
+            shown,
+            self.path.name,
+        )
+        return True
 
     def _store(self) -> SourceStore:
         if self.store is None:  # (not started, or sources.db could not be opened at all)

@@ -1257,6 +1257,15 @@ class Compiler:
                 node=node,
             )
         out = text_output(src)
+        if out is None and self._row_valued(src):
+            # (`cs[1]::text`: Postgres casts any composite to text; "cannot cast type pair to
+            # text" said it could not. A composite column's own text, `c::text`, is served.)
+            raise error_at(
+                f"casting an element of a composite array ({src.name}) to {target.sql_name}"
+                " is not supported here: the engine reads a composite's text only from its"
+                " own column (c::text), not from an array's elements (cs[1]::text)",
+                node,
+            )
         if out is None:
             raise error_at(f"cannot cast type {src.sql_name} to {target.sql_name}", node)
         _refuse_lost_padding(src, node)
@@ -1376,6 +1385,8 @@ class Compiler:
         arg = self.compile(node.arg)
         inds = list(node.indirection)
         for ind in inds:
+            if isinstance(ind, ast.String):  # (`(c).a`, `(cs[1]).a`: "String" said nothing)
+                raise error_at(f"field selection (.{ind.sval}) is not supported here", node)
             if not isinstance(ind, ast.A_Indices):
                 raise error_at(f"{construct_name(ind)} is not supported here", node)
             if not arg.type.array:
@@ -1454,6 +1465,14 @@ class Compiler:
         compiled = [self.compile(a) for a in node.args]
         state = self.input_collation(compiled, node)
         typ, args = self.unify(compiled, "GREATEST/LEAST", node)
+        if self._row_valued(typ):
+            # (`GREATEST(cs[1], cs[2])`: Postgres has an order on composites, field by field;
+            # "could not identify a comparison function" said it had none)
+            raise error_at(
+                f"GREATEST/LEAST of composite values ({typ.name}) is not supported here:"
+                " Postgres compares them field by field, which the engine does not evaluate",
+                node,
+            )
         if not self.ordered(typ):
             raise error_at(
                 f"could not identify a comparison function for type {typ.sql_name}", node

@@ -49,9 +49,12 @@ def _zone_names() -> dict[str, str]:
 
 def zone_key(name: str) -> str | None:
     """The zone file a name reads (`Europe/Paris` for `europe/paris`), `UTC`, or None for a
-    name the engine does not take (an abbreviation, a POSIX spec, an unknown name)."""
-    if name == "UTC":
-        return name
+    name the engine does not take (an abbreviation, a POSIX spec, an unknown name).
+
+    'UTC' in any case ('utc', 'Utc'): Postgres reads it as the abbreviation UTC (it
+    looks abbreviations up in lower case), offset 0 whatever the date, as the engine's UTC."""
+    if name.lower() == "utc":
+        return "UTC"
     return _zone_names().get(name.lower())
 
 

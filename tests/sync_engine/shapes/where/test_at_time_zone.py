@@ -41,6 +41,8 @@ ZONES = [
     "Etc/GMT+5",  # POSIX sign: five hours behind UTC
     "UTC",
     "europe/paris",  # Postgres finds zone files whatever the case
+    "utc",  # ... and abbreviations: 'utc' and 'Utc' are its UTC (they were refused)
+    "Utc",
 ]
 
 
@@ -190,6 +192,70 @@ async def test_live_rows_equal_the_snapshot(engine: Engine) -> None:
             break
     snapshot = {str(r[0]) for r in engine.sql(f"SELECT id FROM ev WHERE {where}")}
     assert {r["id"] for r in rows.values()} == snapshot == {"2", "3", "4", "6", "99"}
+
+
+#: Literals with a zone word in any case, or a time and zone after a date: Postgres reads
+#: them all (ParseDateTime lowers the words; date_in keeps the date as written), the engine
+#: refused them ("not supported"). Postgres's failures must stay the engine's refusals.
+LITERALS = [
+    ("2024-01-01 12:00 utc", "timestamptz"),
+    ("2024-01-01 12:00z", "timestamptz"),
+    ("2024-01-01 12:00 Gmt", "timestamptz"),
+    ("2024-01-01 12:00:00.5 UTC", "timestamptz"),
+    ("2024-01-01T12:00Z", "timestamptz"),
+    ("2024-01-01t12:00", "timestamp"),
+    ("2024-01-01 12:00 UTC", "timestamptz"),
+    ("2024-01-01 12:00 utc", "timestamp"),
+    ("2024-01-01 +0530", "timestamptz"),
+    ("2024-01-01 -05", "timestamp"),
+    ("12:00 utc", "time"),
+    ("2024-01-01 utc", "date"),
+    ("2024-01-01 z", "date"),
+    ("2024-01-01 +0530", "date"),
+    ("2024-01-01 23:00 -05", "date"),
+    ("2024-01-01 12:00", "date"),
+    ("2024-01-01T12:00", "date"),
+    (" 2024-01-01  12:00:00+05:30 ", "date"),
+    ("2024-01-01 +16", "date"),  # (out of range to both)
+    ("2024-01-01 25:00", "date"),
+    ("2024-01-01 12:00 xyz", "date"),
+    ("2024-01-01 utc", "timestamptz"),
+]
+
+
+@pytest.mark.parametrize(("literal", "type_name"), LITERALS)
+def test_zone_words_in_literals_equal_postgres(
+    table: tuple[psycopg.Connection[Any], Any], literal: str, type_name: str
+) -> None:
+    conn, columns = table
+    try:
+        with conn.transaction():
+            row = conn.execute(f"SELECT (%s::{type_name})::text", (literal,)).fetchone()
+        expected: str | None = row[0] if row else None
+    except psycopg.Error:
+        expected = None  # Postgres refuses it: so must the engine
+    clause = f"'{literal}'::{type_name} = '{expected}'::{type_name}"
+    if expected is None:
+        with pytest.raises(WhereError):
+            parse_where(f"'{literal}'::{type_name} IS NOT NULL", {}, columns)
+        return
+    where = parse_where(clause, {}, columns)
+    assert where.matches({}) is True, (clause, where.sql)
+    assert conn.execute(f"SELECT {where.sql}").fetchone() == (True,)
+
+
+async def test_a_lower_case_utc_through_http(engine: Engine) -> None:
+    """`AT TIME ZONE 'utc'` and a literal's 'utc' were 400s; now the rows Postgres returns,
+    live too."""
+    engine.sql("CREATE TABLE ev (id int PRIMARY KEY, at timestamp)")
+    engine.sql("INSERT INTO ev VALUES (1, '2024-03-10 06:59:59'), (2, '2024-03-10 07:00')")
+    where = "at AT TIME ZONE 'utc' >= '2024-03-10 07:00:00 utc' AND timezone('Utc', at) IS NOT NULL"
+    rows, handle, offset = await engine.sync(table="ev", where=where)
+    assert {r["id"] for r in rows.values()} == {"2"}
+    engine.sql("INSERT INTO ev VALUES (3, '2024-03-10 06:00'), (4, '2024-03-10 08:00')")
+    await engine.follow_live(rows, handle, offset, "4", table="ev", where=where)
+    snapshot = {str(r[0]) for r in engine.sql(f"SELECT id FROM ev WHERE {where}")}
+    assert {r["id"] for r in rows.values()} == snapshot == {"2", "4"}
 
 
 async def test_refusals_are_400s(engine: Engine) -> None:
