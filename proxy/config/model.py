@@ -891,11 +891,26 @@ class TablePolicy(_Model):
     def shadowed(self) -> list[tuple[int, int]]:
         """(index of an allow rule that can never apply, index of the first earlier rule
         that matches every request it would: `covers`)."""
+        # Only rules that could cover `later` are tried: ones with no `when`, and ones
+        # accepting on some path of `later`'s a value `later` needs there (every condition of
+        # a covering rule is on one of `later`'s paths and accepts all of its values). Trying
+        # every earlier rule made 12,000 rules take 130 s to load (config probe, 2026-12-07).
+        unconditional: list[int] = []
+        accepting: dict[tuple[str, tuple[bool, Scalar]], list[int]] = {}
         out = []
         for j, later in enumerate(self.allow):
-            first = next((i for i in range(j) if covers(self.allow[i], later)), None)
+            candidates = set(unconditional)
+            for path, wanted in later.when.items():
+                value = next(iter(_claim_values(wanted)))
+                candidates.update(accepting.get((path, value), ()))
+            first = min((i for i in candidates if covers(self.allow[i], later)), default=None)
             if first is not None:
                 out.append((j, first))
+            if not later.when:
+                unconditional.append(j)
+            for path, wanted in later.when.items():
+                for value in _claim_values(wanted):
+                    accepting.setdefault((path, value), []).append(j)
         return out
 
 

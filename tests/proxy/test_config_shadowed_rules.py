@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from proxy.config.loader import build_config, load_config
+from proxy.config.model import AccessRule, TablePolicy, covers
 from proxy.errors import Forbidden, Unauthenticated
 from proxy.policy.compiled import CompiledTable, compile_policy
 from proxy.policy.evaluate import _select_rule
@@ -212,3 +213,32 @@ def test_a_rule_said_unreachable_is_never_selected() -> None:
             assert all(_selected(table, c, False) != name for c in samples), rules
             assert _selected(table, {}, True) != name, rules
     assert said > 50  # (the check ran on many shadowed rules)
+
+
+def test_the_indexed_shadow_check_finds_what_comparing_every_pair_finds() -> None:
+    """`TablePolicy.shadowed` tries only the earlier rules that could cover a rule (comparing
+    every pair made 12,000 rules take 130 s to load): for random rule
+    lists it names the same rules, each with the same first covering rule, as `covers` on
+    every pair does."""
+    rng = random.Random(20261207)
+    values: list[Any] = ["admin", "member", 1, True, False, "1", 0]
+    paths = ["role", "level", "org.id"]
+    checked = 0
+    for _ in range(400):
+        rules = []
+        for _ in range(rng.randint(2, 8)):
+            when: dict[str, Any] = {}
+            for path in rng.sample(paths, rng.randint(0, 3)):
+                picked = rng.sample(values, rng.randint(1, 3))
+                when[path] = picked[0] if len(picked) == 1 else picked
+            anonymous = not when and rng.random() < 0.5
+            rules.append(AccessRule(when=when, all_rows=True, anonymous=anonymous))
+        policy = TablePolicy(allow=rules)
+        pairs = []
+        for j, later in enumerate(rules):
+            first = next((i for i in range(j) if covers(rules[i], later)), None)
+            if first is not None:
+                pairs.append((j, first))
+        assert policy.shadowed() == pairs, rules
+        checked += len(pairs)
+    assert checked > 100
