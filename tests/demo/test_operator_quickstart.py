@@ -80,8 +80,12 @@ def test_steps_two_to_four_run_as_written(db_url: str, tmp_path: Path) -> None:
     text = text.replace("--port 3000", f"--port {engine_port}")
     text = text.replace("127.0.0.1:3000", f"127.0.0.1:{engine_port}")
     text = text.replace("127.0.0.1:8080", f"127.0.0.1:{proxy_port}")
+    # the proxy (job 2) must not hold the database password
+    text += "\necho; tr '\\0' '\\n' < /proc/$(jobs -p %2)/environ | grep -c '^PGPASSWORD=' || true"
     text += "\nkill %1 %2; wait\n"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ENGINE_", "SHAPE_"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SYNC_ENGINE_", "SHAPE_", "PG"))
+    }
     proc = subprocess.Popen(
         ["bash", "-c", text], cwd=tmp_path, env=env, start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -99,9 +103,10 @@ def test_steps_two_to_four_run_as_written(db_url: str, tmp_path: Path) -> None:
             pass
     lines = out.splitlines()
     assert json.loads(lines[0])["status"] == "active", out + err
-    explained = "\n".join(lines[1:-1])
+    explained = "\n".join(lines[1:-3])
     assert "owner" in explained and "allow" in explained.lower(), out + err
-    rows = [m for m in json.loads(lines[-1]) if "value" in m]
+    assert lines[-1] == "0", "the proxy's environment holds PGPASSWORD"
+    rows = [m for m in json.loads(lines[-3]) if "value" in m]
     assert sorted(m["value"]["title"] for m in rows) == ["a1", "a2"], out
     assert all(set(m["value"]) == {"id", "owner_id", "title", "done"} for m in rows), rows
     for secret_value in (env.get("PGPASSWORD"), "choose-one"):
