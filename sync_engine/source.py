@@ -820,6 +820,12 @@ class Source:
         bound on how many one source holds (`ManagedSource`); none here."""
         return nullcontext()
 
+    def revoked(self) -> bool:
+        """Whether the current request's secret stopped working while it was held (a hook:
+        only a registered source's secret is rotated, `ManagedSource.revoke`). A held
+        long-poll then ends as at its timeout, an SSE stream after its last whole event."""
+        return False
+
     def _admission(
         self, definition: ShapeDefinition, existing: Shape | None
     ) -> AbstractContextManager[None]:

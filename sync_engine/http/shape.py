@@ -245,7 +245,7 @@ class ShapeView:
         def grew() -> bool:
             if shape.rotated or source.closing:  # (a rotated shape's files are being deleted)
                 return True
-            return not req.live or shape.log.has_after(offset)
+            return not req.live or shape.log.has_after(offset) or source.revoked()
 
         if req.live and source.stream_down is not None and not shape.log.has_after(offset):
             # At the tip while the replication stream is not following (reconnecting, its
@@ -255,15 +255,21 @@ class ShapeView:
             await source.require_following()
         gone = client_gone(request) if req.live else None
         came = await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone)
+        # Its secret revoked while it was held: answered as at its timeout (`revoke`).
+        cut = req.live and source.revoked() and not shape.rotated and source.closing is None
+        if cut:
+            came = False
         if not came:
             if gone is not None and gone.done():
                 raise ConnectionResetError("the client went away")  # nobody to answer
             if source.stream_down is not None:  # lost while it waited: back soon, or a 503
                 await source.require_following()
-                came = grew()  # (read below if the log grew meanwhile)
+                came = grew() and not cut  # (read below if the log grew meanwhile)
         if not came:
-            # A live request at the tip, and nothing came: up to date, no data.
-            end = max(offset, shape.log.latest_offset)
+            # A live request at the tip, and nothing came: up to date, no data. (Cut, its
+            # offset stays where it was if the log grew: nothing is skipped.)
+            grown = cut and shape.log.has_after(offset)
+            end = offset if grown else max(offset, shape.log.latest_offset)
             return self._respond(
                 request,
                 shape,
