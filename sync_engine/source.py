@@ -653,6 +653,16 @@ class Source:
             code=STREAM_NOT_READY,
         )
 
+    @property
+    def start_problem(self) -> str | None:
+        """Why the source cannot start, by kind (`public_reason`), when only a person can
+        fix it (wal_level, a slot of another database...): /v1/health says it, as a 503,
+        rather than "starting" for good. None while it starts, retries a transient failure
+        or runs."""
+        if self.state is SourceState.ERROR and self._start_permanent:
+            return public_reason(self.error)
+        return None
+
     async def _wait_ready(self) -> None:
         # (its 503 says why by kind only, as `not_following`'s does)
         if self.ready.is_set():
