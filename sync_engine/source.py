@@ -739,6 +739,12 @@ class Source:
         """The definition the parameters ask for, checked against the catalog."""
         return await describe(params, self.tables.lookup, self.zones.problem)
 
+    async def describe_fresh(self, params: ShapeParams) -> Described:
+        """`describe` from a catalog read begun now (`Tables.read_fresh`), not the lookup's
+        cache: a table dropped is its 400 "does not exist" here, whatever a read begun
+        before the DROP left in the cache."""
+        return await describe(params, self.tables.read_fresh, self.zones.problem)
+
     async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
         """The shape of a definition, created (with its snapshot) if new.
 

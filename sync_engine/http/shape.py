@@ -493,11 +493,22 @@ def _check_issued(shape: Shape, offset: LogOffset) -> None:
 
 async def _resolve(source: Source, req: ShapeRequest) -> Shape:
     """The request's shape (`Source.resolve`), described again once if its table changed
-    while it was being made (`StaleDescription`: the first description was cached)."""
+    while it was being made (`StaleDescription`: the first description was cached).
+
+    After each such change the table is read afresh (`describe_fresh`): a table dropped is
+    then the 400 "does not exist", as a request after the DROP gets. The retry alone could
+    meet the dropped table's description again (a lookup begun before the DROP and ended
+    after, cached or joined), and a request racing a DROP TABLE got the 503 table_changed:
+    a server error to an operator's alerts, for an application's schema change."""
     try:
         return await source.resolve(req.shape, from_start=req.from_start)
     except StaleDescription:
+        await source.describe_fresh(req.shape)  # (gone: its 400)
+    try:
         return await source.resolve(req.shape, from_start=req.from_start)
+    except StaleDescription:
+        await source.describe_fresh(req.shape)
+        raise  # (there again, changed again: the client retries after Retry-After)
 
 
 def _left(source: Source, handle: str) -> bool:
