@@ -36,6 +36,7 @@ from psycopg_pool import ConnectionPool
 
 from . import stopping
 from .errors import EngineError, ServiceUnavailable
+from .identity import database_identity, differs, read_identity, write_identity
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
 from .pg.session import engine_conninfo, redact_dsn
@@ -367,8 +368,10 @@ class Source:
     async def _prepare(self) -> None:
         publication_created = await self.tables.prepare()
         loaded = self.registry.load()
+        await self._check_identity()
         for shape in loaded:
-            await self._check_zones(shape)
+            if not shape.rotated:  # (retired by `_check_identity`)
+                await self._check_zones(shape)
         # (partitions and inheritance children of their tables: routed to their shapes,
         # and the shapes whose table's family changed while the engine was down retired)
         await self.tables.check_families()
@@ -383,6 +386,30 @@ class Source:
             len(self.registry),
             self.config.slot_name,
         )
+
+    async def _check_identity(self) -> None:
+        """Retire every shape of a data directory written for another source or database
+        (`identity`), before any is served; write the identity where it is missing."""
+        sid = self.config.source_id
+        current = await self.tables.on_catalog(lambda conn: database_identity(conn, sid))
+        saved = await asyncio.to_thread(read_identity, self.config.data_dir)
+        why = differs(saved, current) if saved is not None else None
+        if why is not None:
+            logger.error(
+                "source %s: its data directory %s is not this database's (%s: restored from"
+                " another source's backup? directories swapped?); its %d shapes are retired,"
+                " their clients refetch",
+                sid,
+                self.config.data_dir,
+                why,
+                len(self.registry),
+            )
+            await self.registry.retire_all("the data directory was another database's")
+            await asyncio.to_thread(self.position.forget)
+        if saved != current:
+            await asyncio.to_thread(
+                write_identity, self.config.data_dir, current, self.config.fsync
+            )
 
     async def _check_position(self) -> None:
         """Retire every shape when the slot has confirmed more than this data dir saved as
