@@ -222,6 +222,9 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
             active = True  # serving registered sources; each one's state is in the admin API
         body: dict[str, Any] = {"status": "active" if active else "starting"}
         status = 200 if active else 202
+        stuck = [p for s in srcs.values() if (p := s.start_problem) is not None]
+        if stuck:  # cannot start until a person acts: not "starting" for good (kind only)
+            body, status = {"status": "error", "message": stuck[0]}, 503
         paused = [s.write_error for s in srcs.values() if s.write_error]
         if registry.problem is not None:
             paused.append(registry.problem)

@@ -36,6 +36,7 @@ from psycopg_pool import ConnectionPool
 
 from . import stopping
 from .errors import EngineError, ServiceUnavailable
+from .identity import database_identity, differs, read_identity, write_identity
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
 from .pg.session import engine_conninfo, redact_dsn
@@ -367,8 +368,10 @@ class Source:
     async def _prepare(self) -> None:
         publication_created = await self.tables.prepare()
         loaded = self.registry.load()
+        await self._check_identity()
         for shape in loaded:
-            await self._check_zones(shape)
+            if not shape.rotated:  # (retired by `_check_identity`)
+                await self._check_zones(shape)
         # (partitions and inheritance children of their tables: routed to their shapes,
         # and the shapes whose table's family changed while the engine was down retired)
         await self.tables.check_families()
@@ -383,6 +386,30 @@ class Source:
             len(self.registry),
             self.config.slot_name,
         )
+
+    async def _check_identity(self) -> None:
+        """Retire every shape of a data directory written for another source or database
+        (`identity`), before any is served; write the identity where it is missing."""
+        sid = self.config.source_id
+        current = await self.tables.on_catalog(lambda conn: database_identity(conn, sid))
+        saved = await asyncio.to_thread(read_identity, self.config.data_dir)
+        why = differs(saved, current) if saved is not None else None
+        if why is not None:
+            logger.error(
+                "source %s: its data directory %s is not this database's (%s: restored from"
+                " another source's backup? directories swapped?); its %d shapes are retired,"
+                " their clients refetch",
+                sid,
+                self.config.data_dir,
+                why,
+                len(self.registry),
+            )
+            await self.registry.retire_all("the data directory was another database's")
+            await asyncio.to_thread(self.position.forget)
+        if saved != current:
+            await asyncio.to_thread(
+                write_identity, self.config.data_dir, current, self.config.fsync
+            )
 
     async def _check_position(self) -> None:
         """Retire every shape when the slot has confirmed more than this data dir saved as
@@ -653,6 +680,16 @@ class Source:
             code=STREAM_NOT_READY,
         )
 
+    @property
+    def start_problem(self) -> str | None:
+        """Why the source cannot start, by kind (`public_reason`), when only a person can
+        fix it (wal_level, a slot of another database...): /v1/health says it, as a 503,
+        rather than "starting" for good. None while it starts, retries a transient failure
+        or runs."""
+        if self.state is SourceState.ERROR and self._start_permanent:
+            return public_reason(self.error)
+        return None
+
     async def _wait_ready(self) -> None:
         # (its 503 says why by kind only, as `not_following`'s does)
         if self.ready.is_set():
@@ -728,6 +765,12 @@ class Source:
     async def describe(self, params: ShapeParams) -> Described:
         """The definition the parameters ask for, checked against the catalog."""
         return await describe(params, self.tables.lookup, self.zones.problem)
+
+    async def describe_fresh(self, params: ShapeParams) -> Described:
+        """`describe` from a catalog read begun now (`Tables.read_fresh`), not the lookup's
+        cache: a table dropped is its 400 "does not exist" here, whatever a read begun
+        before the DROP left in the cache."""
+        return await describe(params, self.tables.read_fresh, self.zones.problem)
 
     async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
         """The shape of a definition, created (with its snapshot) if new.
@@ -819,6 +862,12 @@ class Source:
         """Held while a live request (a long-poll or an SSE stream) waits: a hook for a
         bound on how many one source holds (`ManagedSource`); none here."""
         return nullcontext()
+
+    def revoked(self) -> bool:
+        """Whether the current request's secret stopped working while it was held (a hook:
+        only a registered source's secret is rotated, `ManagedSource.revoke`). A held
+        long-poll then ends as at its timeout, an SSE stream after its last whole event."""
+        return False
 
     def _admission(
         self, definition: ShapeDefinition, existing: Shape | None

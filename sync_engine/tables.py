@@ -432,6 +432,12 @@ class Tables:
             if self._fresh_reads.get(key) == (started, read):
                 del self._fresh_reads[key]
 
+    async def read_fresh(self, schema: str, name: str) -> TableInfo | None:
+        """The table `schema.name` as a catalog read begun now finds it (`_read_since`),
+        never a description read (or begun) earlier: what a request asks after its table
+        was found changed (`http.shape._resolve`)."""
+        return await self._read_since(schema, name, time.monotonic())
+
     def _check_fresh(self, table: TableInfo, current: TableInfo | None) -> None:
         """Raise `StaleDescription` if `table` (a description a new shape is made from) is
         not what the catalog now says (`current`, read after the shape was asked for)."""

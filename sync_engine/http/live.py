@@ -262,8 +262,8 @@ async def _stream(
         offset = end
     mid_transaction = not whole
 
-    def over() -> bool:
-        return shape.rotated or source.closing is not None
+    def over() -> bool:  # (a revoked secret: the stream ends, whole, `Source.revoked`)
+        return shape.rotated or source.closing is not None or source.revoked()
 
     def fresh() -> bool:
         return over() or shape.log.has_after(offset)

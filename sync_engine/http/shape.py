@@ -245,7 +245,7 @@ class ShapeView:
         def grew() -> bool:
             if shape.rotated or source.closing:  # (a rotated shape's files are being deleted)
                 return True
-            return not req.live or shape.log.has_after(offset)
+            return not req.live or shape.log.has_after(offset) or source.revoked()
 
         if req.live and source.stream_down is not None and not shape.log.has_after(offset):
             # At the tip while the replication stream is not following (reconnecting, its
@@ -255,15 +255,21 @@ class ShapeView:
             await source.require_following()
         gone = client_gone(request) if req.live else None
         came = await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone)
+        # Its secret revoked while it was held: answered as at its timeout (`revoke`).
+        cut = req.live and source.revoked() and not shape.rotated and source.closing is None
+        if cut:
+            came = False
         if not came:
             if gone is not None and gone.done():
                 raise ConnectionResetError("the client went away")  # nobody to answer
             if source.stream_down is not None:  # lost while it waited: back soon, or a 503
                 await source.require_following()
-                came = grew()  # (read below if the log grew meanwhile)
+                came = grew() and not cut  # (read below if the log grew meanwhile)
         if not came:
-            # A live request at the tip, and nothing came: up to date, no data.
-            end = max(offset, shape.log.latest_offset)
+            # A live request at the tip, and nothing came: up to date, no data. (Cut, its
+            # offset stays where it was if the log grew: nothing is skipped.)
+            grown = cut and shape.log.has_after(offset)
+            end = offset if grown else max(offset, shape.log.latest_offset)
             return self._respond(
                 request,
                 shape,
@@ -487,11 +493,22 @@ def _check_issued(shape: Shape, offset: LogOffset) -> None:
 
 async def _resolve(source: Source, req: ShapeRequest) -> Shape:
     """The request's shape (`Source.resolve`), described again once if its table changed
-    while it was being made (`StaleDescription`: the first description was cached)."""
+    while it was being made (`StaleDescription`: the first description was cached).
+
+    After each such change the table is read afresh (`describe_fresh`): a table dropped is
+    then the 400 "does not exist", as a request after the DROP gets. The retry alone could
+    meet the dropped table's description again (a lookup begun before the DROP and ended
+    after, cached or joined), and a request racing a DROP TABLE got the 503 table_changed:
+    a server error to an operator's alerts, for an application's schema change."""
     try:
         return await source.resolve(req.shape, from_start=req.from_start)
     except StaleDescription:
+        await source.describe_fresh(req.shape)  # (gone: its 400)
+    try:
         return await source.resolve(req.shape, from_start=req.from_start)
+    except StaleDescription:
+        await source.describe_fresh(req.shape)
+        raise  # (there again, changed again: the client retries after Retry-After)
 
 
 def _left(source: Source, handle: str) -> bool:

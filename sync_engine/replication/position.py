@@ -78,6 +78,12 @@ class SavedPosition:
         self._write(lsn)
         self.saved = self._wanted = lsn
 
+    def forget(self) -> None:
+        """Delete the saved position (at start, nothing streaming yet): it was another
+        database's (`Source._check_identity`); the start saves the slot's anew."""
+        self.path.unlink(missing_ok=True)
+        self.saved = self._wanted = Lsn(0)
+
     async def _save(self) -> None:
         try:
             while self._wanted > self.saved:

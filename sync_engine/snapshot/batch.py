@@ -62,6 +62,10 @@ Connection = psycopg.AsyncConnection[TupleRow]
 BIG_WRITE = 1 << 20
 #: Seconds a finished snapshot waits for more to share its pack while Postgres is busy.
 PACK_WAIT = 0.02
+#: Bytes of last chunks taken into packs and not yet written, over every batch of the
+#: process (`_Packer`): the reserve check of a last chunk counts them, as the disk's free
+#: space does not yet.
+_UNWRITTEN = [0]
 
 
 class SnapshotBehind(Exception):
@@ -440,11 +444,22 @@ class _Packer:
         self._jobs: list[tuple[SnapshotJob, int]] = []
         self._since = 0.0
         self._writing: set[asyncio.Task[None]] = set()
+        self._bytes = 0  # (of the jobs pending: counted in `_UNWRITTEN` until written)
 
     def add(self, job: SnapshotJob, count: int, last: bytes) -> None:
-        """`job`'s snapshot of `count` chunks is read; `last` is its last chunk."""
+        """`job`'s snapshot of `count` chunks is read; `last` is its last chunk.
+
+        Refused as a chunk file is (`_write`) when it would take the disk below the
+        engine's reserve, counting the last chunks of every pack not yet written: a burst
+        of new shapes of one chunk each (most `where` shapes) was checked only as each
+        request came, and filled the disk past the reserve (soak 14:20)."""
         if job.error is not None or job.cancelled():
             return
+        if job.room is not None and not job.room(_UNWRITTEN[0] + len(last)):
+            job.error = OSError(errno.ENOSPC, "No space left on device (the engine's reserve)")
+            return
+        _UNWRITTEN[0] += len(last)
+        self._bytes += len(last)
         if not self._jobs:
             self._since = self.loop.time()
         self._builder.add(job.log, count, last, job.record)
@@ -459,19 +474,23 @@ class _Packer:
         """Start writing what is pending as one pack (in a worker thread)."""
         if not self._jobs:
             return
-        builder, jobs = self._builder, self._jobs
-        self._builder, self._jobs = PackBuilder(), []
-        task = self.loop.create_task(self._write(builder, jobs))
+        builder, jobs, size = self._builder, self._jobs, self._bytes
+        self._builder, self._jobs, self._bytes = PackBuilder(), [], 0
+        task = self.loop.create_task(self._write(builder, jobs, size))
         self._writing.add(task)
         task.add_done_callback(self._writing.discard)
 
-    async def _write(self, builder: PackBuilder, jobs: list[tuple[SnapshotJob, int]]) -> None:
+    async def _write(
+        self, builder: PackBuilder, jobs: list[tuple[SnapshotJob, int]], size: int
+    ) -> None:
         try:
             await asyncio.to_thread(builder.write, self.fsync)
         except OSError as exc:
             for job, _ in jobs:
                 job.error = exc
             return
+        finally:
+            _UNWRITTEN[0] -= size
         builder.publish()
         for job, count in jobs:
             if not job.cancelled():

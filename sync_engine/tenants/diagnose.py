@@ -70,6 +70,10 @@ PUBLIC_REASONS = {
     "database_missing": "the engine's database does not exist",
     "permission": "the engine's database role lacks a privilege it needs",
     "slot_in_use": "the replication slot is in use by another connection",
+    "slot_other_database": (
+        "the replication slot belongs to another database of the cluster"
+        " (give each engine its own --replication-stream-id)"
+    ),
     "lost": "the connection to the database was lost; reconnecting",
     "unreachable": "the database is unreachable",
     "other": "the engine cannot use its database now (its log says why)",
@@ -101,6 +105,8 @@ def _classify(low: str) -> str:
         or ("authentication failed" in low)
     ):
         return "auth_failed"
+    if "replication slot" in low and "belongs to database" in low:  # (`replication.slot`)
+        return "slot_other_database"
     if "does not exist" in low and "database" in low:
         return "database_missing"
     if "permission denied" in low or "must be owner" in low:
@@ -184,4 +190,4 @@ def explain(error: str, database_url: str) -> Diagnosis:
             f" (Error: {raw})",
         )
     # (wal_level, encoding, a slot in use, other: the text says it)
-    return Diagnosis("other" if code == "slot_in_use" else code, raw)
+    return Diagnosis("other" if code in ("slot_in_use", "slot_other_database") else code, raw)

@@ -81,6 +81,10 @@ class ManagedSource(Source):
         self._reserved = 0
         # The requests in flight, each with the secret hash it authenticated with.
         self._requests: dict[asyncio.Task[Any], str | None] = {}
+        # The live requests held (`holding_live`), and those of them whose secret was
+        # revoked meanwhile (`revoke`: they end with an answer, `revoked`).
+        self._held: set[asyncio.Task[Any]] = set()
+        self._revoked: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await super().start()
@@ -119,31 +123,56 @@ class ManagedSource(Source):
                     code="source_live_share",
                 )
         self.held_live += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._held.add(task)
         try:
             yield
         finally:
             self.held_live -= 1
+            self._held.discard(task)
+            self._revoked.discard(task)
 
     def _forget_request(self, task: asyncio.Task[Any]) -> None:
         self._requests.pop(task, None)
+        self._held.discard(task)
+        self._revoked.discard(task)
+
+    def revoked(self) -> bool:
+        return asyncio.current_task() in self._revoked
 
     def revoke(self, valid_hashes: list[str]) -> int:
-        """Cut off the requests in flight that authenticated with a secret no longer valid
+        """End the requests in flight that authenticated with a secret no longer valid
         (rotated, or its grace period over): a long-poll or SSE stream opened with it must
         not go on receiving changes. Their clients' next request gets the 401.
 
-        Cut off, not answered 401: behind the proxy (which injects the secret) a 401 would
+        A held live request ends with a whole answer, not a cut connection (which a client
+        cannot tell from a crash, and nginx in front turns into a 502): a long-poll is
+        answered as at its timeout (200, up-to-date, nothing new: the proxy ends a held
+        long-poll the same way, `proxy.upstream.held`), an SSE stream ends after its last
+        whole event. Not a 401: behind the proxy (which injects the secret) a 401 would
         reach the client as if its own token were bad (the TS client's `onError` refreshes
-        tokens on it; without one the stream stops), whereas a dropped connection is a 502
-        the client retries, and the retry carries the proxy's new secret."""
+        tokens on it; without one the stream stops), whereas after these the client simply
+        makes its next request, and through the proxy that carries the new secret. Other
+        requests in flight (not held) are cut off, as before."""
         stale = [t for t, h in self._requests.items() if h not in valid_hashes and not t.done()]
+        held = [t for t in stale if t in self._held]
         for t in stale:
-            t.cancel()
+            if t in self._held:
+                self._revoked.add(t)
+            else:
+                t.cancel()
+        if held:
+            for shape in list(self.registry.by_handle.values()):
+                shape.notify()  # (the held ones look at `revoked` when woken)
         if stale:
             logger.info(
-                "source %s: %d requests made with a revoked secret cut off",
+                "source %s: %d requests made with a revoked secret ended (%d held, answered;"
+                " %d cut off)",
                 self.config.source_id,
                 len(stale),
+                len(held),
+                len(stale) - len(held),
             )
         return len(stale)
 

@@ -49,14 +49,16 @@ REFETCHES = 3
 
 @contextlib.asynccontextmanager
 async def _engine_on_a_small_disk(
-    db_url: str, tmp_path: Path, rows: int
+    db_url: str, tmp_path: Path, rows: int, chunk_bytes: int = 65536
 ) -> AsyncIterator[tuple[EngineProcess, Path]]:
     """The engine on a SIZE tmpfs (its log elsewhere), a table `items` of `rows` rows of
     ~260 bytes; stopped and unmounted after."""
     mnt = tmp_path / "data"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mnt)], check=True)
-    engine = EngineProcess(db_url, mnt, "--long-poll-timeout", "2", "--chunk-bytes", "65536")
+    engine = EngineProcess(
+        db_url, mnt, "--long-poll-timeout", "2", "--chunk-bytes", str(chunk_bytes)
+    )
     engine.log = tmp_path / "engine.log"  # not on the disk that fills up
     try:
         with psycopg.connect(db_url, autocommit=True) as conn:
@@ -153,6 +155,29 @@ async def test_new_shapes_leave_the_reserve_and_live_changes_go_on(
             assert [m["value"].get("t") for m in got] == ["changed"], got
             async with session.get(engine.url + "/v1/health") as r:
                 assert r.status == 200, await r.text()
+
+
+@pytest.mark.timeout(120)
+async def test_a_burst_of_one_chunk_snapshots_leaves_the_reserve(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Many new shapes at once whose snapshots are one chunk each (most `where` shapes):
+    their last chunks go into packs, whose write checked no reserve, and each request was
+    checked as it came, before any was written; 30 of them filled the disk to a few kB
+    (soak 14:20: replication then paused at the first changes). Now the packs' chunks are
+    checked, counting those not yet written: the reserve is left, the rest refused."""
+    async with _engine_on_a_small_disk(db_url, tmp_path, rows=2000, chunk_bytes=4 << 20) as (
+        engine,
+        mnt,
+    ):  # ~0.5 MB a snapshot, one chunk each: ~15 MB asked of a 16 MB disk
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
+            got = await asyncio.gather(
+                *(_sync(session, engine.url, f"v <> {k}") for k in range(30))
+            )
+            statuses = sorted(status for status, _, _, _ in got)
+            assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+            assert all(b["code"] == "disk_full" for st, b, _, _ in got if st == 503), got
+            assert _free(mnt) >= RESERVE - (64 << 10), (_free(mnt), RESERVE)
 
 
 @pytest.mark.timeout(120)

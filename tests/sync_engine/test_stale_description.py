@@ -46,3 +46,31 @@ async def test_a_shape_made_right_after_a_primary_key_change_uses_the_new_key(
     status, h, _ = await engine.get(table="items", where="id > 0", offset="-1")
     schema = json.loads(h["electric-schema"])
     assert schema["code"].get("pk_index") == 0 and "pk_index" not in schema["id"], schema
+
+
+async def test_a_live_request_racing_a_drop_table_gets_the_400_not_the_503(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live request whose shape was deleted, racing a DROP TABLE of its table: its lookup
+    can return the table as a catalog read begun before the DROP found it (cached, or a read
+    in flight joined), also on the one retry after the fresh read found the table gone. It
+    got the 503 table_changed (counted as a server error); now the 400 a request after the
+    DROP gets. The race is made certain: the lookup returns the dropped table's description
+    each time, as such a read would."""
+    engine.sql("CREATE TABLE gone (id int PRIMARY KEY, v text)")
+    engine.sql("INSERT INTO gone VALUES (1, 'a')")
+    _, handle, offset = await engine.sync(table="gone")
+    source = engine.source
+    before = await source.tables.lookup("public", "gone")
+    assert before is not None
+    resp = await engine.client.delete("/v1/shape", params={"table": "gone"})
+    assert resp.status in (200, 202), await resp.text()
+    engine.sql("DROP TABLE gone")
+
+    async def read_before_the_drop(schema: str, name: str) -> Any:
+        return before if (schema, name) == ("public", "gone") else None
+
+    monkeypatch.setattr(source.tables, "lookup", read_before_the_drop)
+    status, _, body = await engine.get(table="gone", offset=offset, handle=handle, live="true")
+    assert status == 400, body
+    assert 'Table "public"."gone" does not exist' in body["errors"]["table"][0], body

@@ -30,7 +30,8 @@ async def test_a_slot_of_another_database_is_refused_not_taken(
     name, other_url = create_database(pg_server_url)
     try:
         settings = replace(SETTINGS, database_url=other_url, data_dir=tmp_path / "other")
-        other = (await aiohttp_client(build_app(settings))).app[SOURCES]["default"]
+        client = await aiohttp_client(build_app(settings))
+        other = client.app[SOURCES]["default"]
 
         def decided() -> bool:
             return other.ready.is_set() or other.state is SourceState.ERROR
@@ -38,6 +39,14 @@ async def test_a_slot_of_another_database_is_refused_not_taken(
         await wait_until_async(decided, timeout=15, message="the second engine's verdict")
         assert not other.ready.is_set()
         assert "--replication-stream-id" in (other.error or ""), other.error
+        # and its health says so (it said 202 "starting" for good): by kind, no names
+        resp = await client.get("/v1/health")
+        assert resp.status == 503, await resp.text()
+        assert await resp.json() == {
+            "status": "error",
+            "message": "the replication slot belongs to another database of the cluster"
+            " (give each engine its own --replication-stream-id)",
+        }
         # the first engine streams on, under the same handle
         engine.sql("INSERT INTO items VALUES (2, 't2')")
         await engine.follow_live(rows, handle, offset, "2", table="items")

@@ -125,7 +125,10 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
 ) -> None:
     """A long-poll or SSE stream opened with a secret goes on no longer than the secret
     works: rotated without a grace period, at once; with one, when it ends. They used to
-    stay open (up to the long-poll or SSE timeout) and deliver the changes made after."""
+    stay open (up to the long-poll or SSE timeout) and deliver the changes made after; then
+    they were cut with no answer (the long-poll's client saw the connection drop, the
+    stream ended mid-chunk). Each ends with a whole answer: the long-poll's is its
+    timeout's (200, up-to-date, nothing new, its own offset), the stream's a clean end."""
     url = make_db()
     make_items(url, ["x1"])
     engine = await engines(long_poll_timeout=60.0, sse_timeout=60.0).start()
@@ -158,9 +161,9 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     sql(url, "INSERT INTO items VALUES (2, 'x2')")
     status, _, got = await new_lp
     assert status == 200 and any(m.get("value", {}).get("name") == "x2" for m in got), got
-    for task in (old_lp, old_sse, in_grace_lp):
-        outcome = await _outcome(task)
-        assert "x2" not in str(outcome), outcome
+    for task in (old_lp, in_grace_lp):
+        _ended_as_at_timeout(await _outcome(task), offset)
+    _ended_cleanly(await _outcome(old_sse))
     status, _, got = await engine.get(sid, first, table="items", offset="-1")
     assert (status, got) == (401, UNAUTHORIZED)
     status, body = await engine.api("GET", f"/api/sources/{sid}")
@@ -178,9 +181,26 @@ async def test_requests_made_with_a_revoked_secret_end_when_it_stops_working(
     assert (await engine.get(sid, second, table="items", offset="-1"))[0] == 401
     assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200
     sql(url, "INSERT INTO items VALUES (3, 'x3')")
-    for task in (lp, sse):
-        outcome = await _outcome(task)
-        assert "x3" not in str(outcome), outcome
+    _ended_as_at_timeout(await _outcome(lp), offset)
+    _ended_cleanly(await _outcome(sse))
+
+
+def _ended_as_at_timeout(outcome: object, offset: str) -> None:
+    """A held long-poll's answer as at its timeout: 200, up-to-date, no change, and the
+    offset it asked from (its next request resumes there: nothing skipped)."""
+    assert isinstance(outcome, tuple), outcome  # (not a dropped connection)
+    status, headers, body = outcome
+    assert status == 200, outcome
+    assert "electric-up-to-date" in headers and headers["electric-offset"] == offset, headers
+    assert [m["headers"].get("control") for m in body] == ["up-to-date"], body
+
+
+def _ended_cleanly(outcome: object) -> None:
+    """An SSE stream that ended whole (no `ClientPayloadError`) and sent no change."""
+    assert isinstance(outcome, tuple), outcome
+    status, raw = outcome
+    assert status == 200 and b'"value"' not in raw, outcome
+    assert raw == b"" or raw.endswith(b"\n\n"), raw
 
 
 def _slots(url: str) -> set[str]:
