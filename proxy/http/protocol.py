@@ -220,6 +220,7 @@ class Connection(asyncio.Protocol, Writer):
 
     __slots__ = (
         "_app",
+        "_block",
         "_body",
         "_body_left",
         "_body_size",
@@ -228,10 +229,8 @@ class Connection(asyncio.Protocol, Writer):
         "_drain",
         "_early",
         "_fast",
-        "_block",
         "_head_bytes",
         "_headers",
-        "_memo",
         "_idle",
         "_idle_since",
         "_in_head",
@@ -239,6 +238,7 @@ class Connection(asyncio.Protocol, Writer):
         "_lines",
         "_linger",
         "_loop",
+        "_memo",
         "_message_began",
         "_on_close",
         "_on_open",

@@ -147,7 +147,10 @@ async def test_a_list_claim_where_the_filter_compares_one_value_is_refused(
             body = reply.json()
             if name in single:
                 expected: tuple[int, object] = (403, "claim_unusable")
-                got: tuple[int, object] = (reply.status, isinstance(body, dict) and body.get("code"))
+                got: tuple[int, object] = (
+                    reply.status,
+                    isinstance(body, dict) and body.get("code"),
+                )
             else:
                 literal = "{" + ",".join(f'"{c}"' for c in claim) + "}"
                 expected = (200, _postgres(db_url, where, {"s": literal}))

@@ -382,7 +382,7 @@ async def test_pipelined_requests_with_the_same_header_lines_each_get_their_own_
         assert _normal(fast_raw) == _normal(general_raw)
         assert fast_raw.startswith(b"HTTP/1.1 200 ")
     bodies = [json.loads(raw.split(b"\r\n\r\n", 1)[1]) for raw in answers[0]]
-    assert [sorted(item["value"]) for item in bodies[1] if "value" in item][0] == ["id", "org_id"]
+    assert next(sorted(item["value"]) for item in bodies[1] if "value" in item) == ["id", "org_id"]
 
 
 async def test_origins_in_turn_get_the_general_paths_cors_answer(

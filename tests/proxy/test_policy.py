@@ -133,7 +133,9 @@ def test_role_list_claim_and_array_param(policy: Any) -> None:
             {"sub": "u", "role": ["x", "editor"], "org_id": ["a", 'b"c']},
         )
     assert refused.value.reason == "claim_unusable"
-    d = decide(policy, "table=items&offset=-1", {"sub": "u", "role": ["x", "editor"], "org_id": "a"})
+    d = decide(
+        policy, "table=items&offset=-1", {"sub": "u", "role": ["x", "editor"], "org_id": "a"}
+    )
     assert d.rule == "member" and d.params == ("a",)
 
 
