@@ -44,6 +44,7 @@ from aiohttp.http_exceptions import BadHttpMethod
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.connection_terms import JOIN_BELOW, REPEATED_AUTHORIZATION, REQUEST_TIMEOUT, SEND_TIMEOUT
+from proxy.http.head_lines import SHORT_HEAD as _SHORT_HEAD
 from proxy.http.head_lines import HeadLines
 from proxy.http.wire import Owner, Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
@@ -439,7 +440,33 @@ class Connection(asyncio.Protocol, Writer):
         return None  # the client closed its side: treated as gone (close, as aiohttp did)
 
     def data_received(self, data: bytes) -> None:
-        self._received(data)
+        memo = self._memo
+        if (
+            memo is not None
+            and self._parser_idle
+            and self._parser_lean
+            and self._scanning
+            and self._linger < 0
+        ):
+            # The usual keep-alive read: one whole head with the last request's header lines
+            # (`_Lean`), its request line without LF and not begun by CR. `HeadLines` would
+            # find it whole and every line within its limits (those lines passed them, this
+            # is under the shortest limit), so it goes straight to the lean parser.
+            block = memo[0]
+            line = len(data) - len(block)  # (where the block's CRLF begins)
+            if (
+                line > 1
+                and len(data) <= _SHORT_HEAD
+                and data.endswith(block)
+                and data.find(b"\n", 0, line + 2) == line + 1
+                and data[0] != 13
+            ):
+                if self._feed(data, 0, None, 2) and self._in_message:
+                    self._scanning = False  # a body follows
+            else:
+                self._received(data)
+        else:
+            self._received(data)
         if self._early:
             self._answer_early()
         if self._deferred is not None:
@@ -489,7 +516,7 @@ class Connection(asyncio.Protocol, Writer):
                     return
                 if end < 0:
                     break
-                if not self._feed(data, at, end, True):
+                if not self._feed(data, at, end, 1):
                     return
                 at = end
                 if self._in_message:
@@ -524,10 +551,11 @@ class Connection(asyncio.Protocol, Writer):
         except httptools.HttpParserError:
             pass
 
-    def _feed(self, data: bytes, at: int = 0, end: int | None = None, head: bool = False) -> bool:
+    def _feed(self, data: bytes, at: int = 0, end: int | None = None, head: int = 0) -> bool:
         """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,
-        or the rest of `data` is the body of a request asking to upgrade). `head`: the piece
-        is one whole head, measured by `HeadLines`."""
+        or the rest of `data` is the body of a request asking to upgrade). `head`: 1, the
+        piece is one whole head, measured by `HeadLines`; 2, one whole head with the header
+        lines of `_memo` (`data_received`)."""
         # (`end` at the read's end is the usual head: `data` itself, not a copy of it)
         piece = data if at == 0 and (end is None or end == len(data)) else data[at:end]
         parser = self._parser
@@ -538,8 +566,8 @@ class Connection(asyncio.Protocol, Writer):
             # begins with neither CR nor LF, whose first LF follows a CR) byte for byte
             # those of `_memo`: read by a `_Lean` parser (see `_Lean`).
             self._block = None
-            lean = False
-            if head:
+            lean = head == 2
+            if head == 1:
                 lf = piece.find(b"\n")
                 if lf > 1 and piece[lf - 1] == 13 and piece[0] != 13:
                     memo = self._memo

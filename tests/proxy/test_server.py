@@ -394,6 +394,44 @@ async def test_a_keep_alive_connection_parses_its_next_request_with_the_same_par
     conn.connection_lost(None)
 
 
+async def test_repeated_header_lines_with_a_body_after_the_head_read_each_body_whole() -> None:
+    """A POST whose head repeats the last request's header lines (read lean, straight from
+    `data_received`) with its body in the same read, in the next read, or split: each
+    request gets its own target and its whole body, and the connection reads on after."""
+    from proxy.http.protocol import Connection
+
+    app = _AtOnceApp()
+    conn = Connection(app)  # type: ignore[arg-type]
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+
+    def head(n: int) -> bytes:
+        return (
+            f"POST /v1/shape?table=t{n}&offset=-1 HTTP/1.1\r\nHost: proxy.test\r\n"
+            "Content-Type: application/json\r\nContent-Length: 9\r\n\r\n"
+        ).encode()
+
+    reads = [
+        [head(1) + b'{"n": 11}'],
+        [head(2) + b'{"n": 22}'],
+        [head(3), b'{"n": 33}'],  # (the head alone: straight to the lean parser)
+        [head(4), b'{"n"', b": 44}"],
+        [head(5) + b'{"n": 55}' + head(6) + b'{"n": 66}'],
+    ]
+    for pieces in reads:
+        for piece in pieces:
+            conn.data_received(piece)
+        await asyncio.sleep(0)
+    assert [r.raw_path for r in app.requests] == [
+        f"/v1/shape?table=t{n}&offset=-1" for n in range(1, 7)
+    ]
+    assert [r.body for r in app.requests] == [f'{{"n": {n}{n}}}'.encode() for n in range(1, 7)]
+    await asyncio.sleep(0)  # (the pipelined one's answer: after the one before it)
+    assert transport.out.count(b"HTTP/1.1 204 ") == 6
+    assert conn._parser_lean  # (the repeats were read lean)
+    conn.connection_lost(None)
+
+
 async def test_http_1_1_without_host_is_refused_as_the_engine_refuses_it(proxy: Any) -> None:
     raw = await _exchange(proxy, b"GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n")
     [(status, headers, body)] = _answers(raw)
