@@ -51,6 +51,7 @@ from proxy.upstream.forward import Forwarder
 from sync_engine import __version__ as ENGINE_VERSION
 from sync_engine.http.headers import ALLOW_METHODS_SHAPE as ENGINE_ALLOW_METHODS
 from sync_engine.http.headers import EXPOSE_HEADERS as ENGINE_EXPOSE_HEADERS
+from sync_engine.http.log_throttle import ThrottledLog
 from sync_engine.http.parser_refusals import Refusal
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,11 @@ class ProxyApp:
         self._admission: Admission | None = None
         self._session: aiohttp.ClientSession | None = None
         self._stack: contextlib.AsyncExitStack | None = None
+        #: Shape requests refused for their Origin: a few lines a minute naming it, then a
+        #: count (anyone can send any Origin).
+        self._origins_refused = ThrottledLog(
+            logger, "refused %d more requests for their Origin in the last minute", first=5
+        )
 
     # --- state -----------------------------------------------------------------------------
 
@@ -282,7 +288,18 @@ class ProxyApp:
         if is_shape_route(route):
             request.context.shape = True
             if not allowed:
-                raise Forbidden("origin_not_allowed", "this origin may not use the proxy")
+                # A browser shows its page nothing of this answer (no CORS headers: only "blocked
+                # by CORS policy"), so the log says which Origin was refused and what to set.
+                self._origins_refused.log(
+                    logging.WARNING,
+                    "refused a request from Origin %r: it is not in cors.allow_origins",
+                    request_origin(request),
+                )
+                raise Forbidden(
+                    "origin_not_allowed",
+                    "this origin may not use the proxy (it is not in the proxy's "
+                    "cors.allow_origins)",
+                )
             name = route.removeprefix(NAMED_PREFIX) if route.startswith(NAMED_PREFIX) else None
             return await handlers.serve(request, shape_name=name)
         if request.method not in ("GET", "HEAD"):

@@ -61,7 +61,7 @@ from proxy.upstream.client import (
 )
 from proxy.upstream.collapsing import WHOLE_BODY_LIMIT
 from proxy.upstream.forward import HOLD_ENDED, Forwarder, Target
-from proxy.upstream.headers import kept_raw, upstream_request_lines, without_secret_lines
+from proxy.upstream.headers import kept_raw, upstream_client_lines, without_secret_lines
 from proxy.upstream.held import MIN_HOLD, Deadlines
 from proxy.upstream.respond import Outcome, complete
 
@@ -169,6 +169,11 @@ class FastConnection(Protocol):
 
     #: (Authorization, `TokenVerifier.digest` of it) of its last fast-lane request.
     fast_token: tuple[str, bytes] | None
+    #: `start`'s facts of its last fast-lane request's headers: (the `Request.headers`
+    #: object, token digest, Origin, X-Request-Id, the engine request's client header
+    #: lines). The connection hands the same headers object to a request whose header
+    #: lines are byte for byte the last one's (`Connection._memo`).
+    fast_memo: tuple[Any, ...] | None
 
     def fast_answered(self, request: Request, response: Response) -> None: ...
     def release_parser(self) -> None: ...
@@ -215,16 +220,26 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     if cache is None or options.collapse or (options.cache and forwarder.cache.enabled):
         return None
     headers = request.headers
-    authorization = headers.get("Authorization")
-    if authorization is None:  # (an empty one is a token, and a 401: `handlers._claims`)
-        digest = handlers.ANONYMOUS_KEY
+    memo = client.fast_memo
+    if memo is not None and memo[0] is headers:  # (the last request's header lines)
+        _, digest, origin, incoming, lines = memo
     else:
-        known = client.fast_token
-        if known is not None and known[0] == authorization:
-            digest = known[1]
+        authorization = headers.get("Authorization")
+        if authorization is None:  # (an empty one is a token, and a 401: `handlers._claims`)
+            digest = handlers.ANONYMOUS_KEY
         else:
-            digest = TokenVerifier.digest(authorization)
-            client.fast_token = (authorization, digest)
+            known = client.fast_token
+            if known is not None and known[0] == authorization:
+                digest = known[1]
+            else:
+                digest = TokenVerifier.digest(authorization)
+                client.fast_token = (authorization, digest)
+        origin = headers.get("Origin")
+        if origin is not None and len(headers.getall("Origin")) > 1:
+            return None  # (several: `ProxyApp.request_origin` decides, in `handle`)
+        incoming = headers.get("X-Request-Id")
+        lines = upstream_client_lines(headers)
+        client.fast_memo = (headers, digest, origin, incoming, lines)
     key = (digest, "", request.query_string)
     try:  # (`PreparedCache.get`, as two C calls)
         prepared = cache[key]
@@ -236,9 +251,6 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
         return None
     if prepared.sse or prepared.upstream_body is not None:
         return None
-    origin = headers.get("Origin")
-    if origin is not None and len(headers.getall("Origin")) > 1:
-        return None  # (several: `ProxyApp.request_origin` decides, in `handle`)
     known_cors = runtime.fast_cors.get(origin)
     if known_cors is None:  # (the same config's answer for the same Origin: kept)
         known_cors = app.cors_for(request)
@@ -247,9 +259,9 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     allowed, cors = known_cors
     if not allowed:
         return None
-    incoming = headers.get("X-Request-Id")
     request_id = next_request_id() if incoming is None else new_request_id(incoming)
-    lines = upstream_request_lines(headers, request_id)
+    if "\r" not in request_id and "\n" not in request_id:  # (as `client.header_lines`)
+        lines = f"{lines}x-request-id: {request_id}\r\n"
     # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
     data = f"{prepared.request_line}{lines}\r\n".encode("utf-8", "surrogateescape")
     engine = forwarder.pool.take_idle(prepared.pool_key)

@@ -29,6 +29,8 @@ from sync_engine.http.parser_refusals import (
 
 #: A head no longer than this has no line over either limit.
 _SHORT = min(MAX_REQUEST_LINE, MAX_HEADER_LINE)
+#: A head this long at most has no line over either limit (its end's CRLF CRLF aside).
+SHORT_HEAD = _SHORT + 2
 _LF = 10
 _CR = 13
 

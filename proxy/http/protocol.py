@@ -37,13 +37,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import httptools
 from aiohttp.http_exceptions import BadHttpMethod
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.connection_terms import JOIN_BELOW, REPEATED_AUTHORIZATION, REQUEST_TIMEOUT, SEND_TIMEOUT
+from proxy.http.head_lines import SHORT_HEAD as _SHORT_HEAD
 from proxy.http.head_lines import HeadLines
 from proxy.http.wire import Owner, Request, Response, StreamResponse, Writer
 from sync_engine.http.parser_refusals import (
@@ -185,6 +186,36 @@ class _UpgradeBody:
             self._connection.upgrade_body_read()
 
 
+#: A head's header lines are remembered (`Connection._memo`) up to this many bytes: clients
+#: repeating their headers send ~0.5-2 KB; a bigger head kept per idle connection is memory
+#: for little (review 14:24: 200 KB per idle connection with 90 KB heads).
+_MEMO_MAX = 8192
+
+
+class _Lean:
+    """The connection's parser callbacks but `on_header`: for a head whose header lines are
+    byte for byte those of the connection's last request (`Connection._feed`). llhttp still
+    reads and checks the whole head; only the per-header callbacks (each one a Python call
+    that decodes and checks one header, ~2.5K instructions, 2 to 15 a request) and the
+    header table are skipped: `on_headers_complete` takes the last request's, which came
+    from the same bytes."""
+
+    __slots__ = (
+        "on_body",
+        "on_headers_complete",
+        "on_message_begin",
+        "on_message_complete",
+        "on_url",
+    )
+
+    def __init__(self, connection: Connection) -> None:
+        self.on_message_begin = connection.on_message_begin
+        self.on_url = connection.on_url
+        self.on_headers_complete = connection.on_headers_complete
+        self.on_body = connection.on_body
+        self.on_message_complete = connection.on_message_complete
+
+
 class Stalling(Protocol):
     """An answer written to a connection outside its transport (`upstream.client.Splice`)."""
 
@@ -196,6 +227,7 @@ class Connection(asyncio.Protocol, Writer):
 
     __slots__ = (
         "_app",
+        "_block",
         "_body",
         "_body_left",
         "_body_size",
@@ -213,11 +245,13 @@ class Connection(asyncio.Protocol, Writer):
         "_lines",
         "_linger",
         "_loop",
+        "_memo",
         "_message_began",
         "_on_close",
         "_on_open",
         "_parser",
         "_parser_idle",
+        "_parser_lean",
         "_paused_at",
         "_paused_reading",
         "_queue",
@@ -232,6 +266,7 @@ class Connection(asyncio.Protocol, Writer):
         "_url",
         "_writing_paused",
         "closing",
+        "fast_memo",
         "fast_token",
         "splicing",
     )
@@ -259,6 +294,22 @@ class Connection(asyncio.Protocol, Writer):
         #: `_parser` is kept between requests: none is being read (where the parser was
         #: dropped before, so a new request begins here as it did then).
         self._parser_idle = False
+        #: `_parser` is a `_Lean` one (no `on_header`): the request it reads has the header
+        #: lines of `_memo`.
+        self._parser_lean = False
+        #: The last request's header lines as bytes (from its request line's CRLF to its
+        #: head's end) and what `on_headers_complete` made of them: (bytes, headers, their
+        #: read-only view, the names lower-cased, two Authorization headers). A keep-alive
+        #: client sends the same headers request after request: a head whose header lines
+        #: are these bytes is read by a `_Lean` parser and gets these. Only for a head with
+        #: neither Content-Length nor Transfer-Encoding: its message ends at the head, so
+        #: the lean parser reads no body, trailer or next request. Dropped with the parser
+        #: (`release_parser`): a connection holding a long-poll keeps none.
+        self._memo: tuple[bytes, CIMultiDict[str], CIMultiDictProxy[str], set[str], bool] | None
+        self._memo = None
+        #: The header lines of the head being read by a full parser, when it came whole in
+        #: one piece (`_feed`): the next `_memo`'s bytes.
+        self._block: bytes | None = None
         #: The request just read was keep-alive as llhttp reads it: its parser can be kept.
         self._reuse_parser = False
         self._in_message = False
@@ -320,6 +371,10 @@ class Connection(asyncio.Protocol, Writer):
         #: (Authorization, its digest) of this connection's last fast-lane request: a client
         #: sends the same token on each, and hashing it was ~1 µs a request.
         self.fast_token: tuple[str, bytes] | None = None
+        #: `proxy.http.fastlane`'s facts of this connection's last fast-lane request's
+        #: headers, by the identity of its `Request.headers` (the same object while `_memo`
+        #: holds: the same header lines).
+        self.fast_memo: tuple[Any, ...] | None = None
 
     # --- Writer --------------------------------------------------------------------------
 
@@ -373,7 +428,9 @@ class Connection(asyncio.Protocol, Writer):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._parser = None  # (it refers back to this protocol: no cycle left for the collector)
+        self._memo = None
         self.fast_token = None
+        self.fast_memo = None
         self._continue_owed = None
         self._cancel_idle()
         self._queue.clear()
@@ -391,7 +448,33 @@ class Connection(asyncio.Protocol, Writer):
         return None  # the client closed its side: treated as gone (close, as aiohttp did)
 
     def data_received(self, data: bytes) -> None:
-        self._received(data)
+        memo = self._memo
+        if (
+            memo is not None
+            and self._parser_idle
+            and self._parser_lean
+            and self._scanning
+            and self._linger < 0
+        ):
+            # The usual keep-alive read: one whole head with the last request's header lines
+            # (`_Lean`), its request line without LF and not begun by CR. `HeadLines` would
+            # find it whole and every line within its limits (those lines passed them, this
+            # is under the shortest limit), so it goes straight to the lean parser.
+            block = memo[0]
+            line = len(data) - len(block)  # (where the block's CRLF begins)
+            if (
+                line > 1
+                and len(data) <= _SHORT_HEAD
+                and data.endswith(block)
+                and data.find(b"\n", 0, line + 2) == line + 1
+                and data[0] != 13
+            ):
+                if self._feed(data, 0, None, 2) and self._in_message:
+                    self._scanning = False  # a body follows
+            else:
+                self._received(data)
+        else:
+            self._received(data)
         if self._early:
             self._answer_early()
         if self._deferred is not None:
@@ -441,7 +524,7 @@ class Connection(asyncio.Protocol, Writer):
                     return
                 if end < 0:
                     break
-                if not self._feed(data, at, end):
+                if not self._feed(data, at, end, 1):
                     return
                 at = end
                 if self._in_message:
@@ -466,25 +549,44 @@ class Connection(asyncio.Protocol, Writer):
     def _feed_quietly(self, piece: bytes) -> None:
         """Parse `piece` for what it tells of the request (its method), nothing refused."""
         parser = self._parser
-        if parser is None:
+        if parser is None or self._parser_lean:
             parser = self._parser = httptools.HttpRequestParser(self)
+            self._parser_lean = False
         self._parser_idle = False
+        self._block = None
         try:
             parser.feed_data(piece)
         except httptools.HttpParserError:
             pass
 
-    def _feed(self, data: bytes, at: int = 0, end: int | None = None) -> bool:
+    def _feed(self, data: bytes, at: int = 0, end: int | None = None, head: int = 0) -> bool:
         """Parse `data[at:end]`; False when nothing after it is to be read (refused, closing,
-        or the rest of `data` is the body of a request asking to upgrade)."""
+        or the rest of `data` is the body of a request asking to upgrade). `head`: 1, the
+        piece is one whole head, measured by `HeadLines`; 2, one whole head with the header
+        lines of `_memo` (`data_received`)."""
         # (`end` at the read's end is the usual head: `data` itself, not a copy of it)
         piece = data if at == 0 and (end is None or end == len(data)) else data[at:end]
         parser = self._parser
         if parser is None or self._parser_idle:
             if self.closing or self._transport is None:
                 return False  # no further request is read on this connection
-            if parser is None:
-                parser = self._parser = httptools.HttpRequestParser(self)
+            # A new request. Its header lines (after its request line's CRLF: a head that
+            # begins with neither CR nor LF, whose first LF follows a CR) byte for byte
+            # those of `_memo`: read by a `_Lean` parser (see `_Lean`).
+            self._block = None
+            lean = head == 2
+            if head == 1:
+                lf = piece.find(b"\n")
+                if lf > 1 and piece[lf - 1] == 13 and piece[0] != 13:
+                    memo = self._memo
+                    if memo is not None and len(piece) - lf + 1 == len(memo[0]):
+                        lean = piece.endswith(memo[0])
+                    if not lean:
+                        self._block = piece[lf - 1 :]
+            if parser is None or lean != self._parser_lean:
+                # (one parser at a time: a client whose headers change makes a new one)
+                parser = self._parser = httptools.HttpRequestParser(_Lean(self) if lean else self)
+                self._parser_lean = lean
             self._parser_idle = False
         if self._in_head:
             self._head_bytes += len(piece)
@@ -585,21 +687,40 @@ class Connection(asyncio.Protocol, Writer):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        pairs = self._headers
-        headers = CIMultiDict(pairs)
-        #: The names sent, lower-cased: whether one repeats, and whether the few a bodiless
-        #: GET lacks are there at all (a set lookup, not a case-insensitive search).
-        names = {name.lower() for name, _ in pairs}
-        #: Two `Authorization` headers: refused (`REPEATED_AUTHORIZATION`) once every check
-        #: the engine makes of the head has passed, so a head the engine refuses otherwise
-        #: (HTTP/2.0's 505, a bad target, `Expect: 200-ok`'s 417...) gets the engine's answer,
-        #: as the engine checks it; the proxy's 400 only where the engine would serve it.
-        repeated_authorization = False
-        if len(headers) != len(names):
-            for name in _SINGLETONS:
-                if len(headers.getall(name, ())) > 1:
-                    raise _Refused(MALFORMED)
-            repeated_authorization = len(headers.getall("authorization", ())) > 1
+        if self._parser_lean:  # (the header lines of `_memo`: what was made of them then)
+            assert self._memo is not None
+            _, headers, view, names, repeated_authorization = self._memo
+        else:
+            pairs = self._headers
+            headers = CIMultiDict(pairs)
+            #: The names sent, lower-cased: whether one repeats, and whether the few a
+            #: bodiless GET lacks are there at all (a set lookup, not a case-insensitive
+            #: search).
+            names = {name.lower() for name, _ in pairs}
+            #: Two `Authorization` headers: refused (`REPEATED_AUTHORIZATION`) once every
+            #: check the engine makes of the head has passed, so a head the engine refuses
+            #: otherwise (HTTP/2.0's 505, a bad target, `Expect: 200-ok`'s 417...) gets the
+            #: engine's answer, as the engine checks it; the proxy's 400 only where the
+            #: engine would serve it.
+            repeated_authorization = False
+            if len(headers) != len(names):
+                for name in _SINGLETONS:
+                    if len(headers.getall(name, ())) > 1:
+                        raise _Refused(MALFORMED)
+                repeated_authorization = len(headers.getall("authorization", ())) > 1
+            view = CIMultiDictProxy(headers)
+            block, self._block = self._block, None
+            if (
+                block is not None  # (the head came whole: the next one may repeat its lines)
+                and len(block) <= _MEMO_MAX
+                and "transfer-encoding" not in names
+                and "content-length" not in names
+            ):
+                # Only a head with no body: its message ends with the head, so a lean parser
+                # never reads past it (a chunked body read lean had its trailers unchecked,
+                # and the request pipelined after it read lean with these headers, another
+                # user's token included: review 14:10).
+                self._memo = (block, headers, view, names, repeated_authorization)
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)
@@ -654,7 +775,7 @@ class Connection(asyncio.Protocol, Writer):
             method.decode("ascii", "surrogateescape"),
             target.decode("utf-8", "surrogateescape"),
             query.decode("utf-8", "surrogateescape"),
-            CIMultiDictProxy(headers),
+            view,
             (1, 0) if version == "1.0" else (1, 1),
             parser.should_keep_alive(),
             self,
@@ -775,6 +896,7 @@ class Connection(asyncio.Protocol, Writer):
         self._in_message = True
         self.closing = True
         parser = self._parser = httptools.HttpRequestParser(_UpgradeBody(self))
+        self._parser_lean = False
         parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\n" + framing + b"\r\n\r\n")
         self.data_received(rest)
 
@@ -823,8 +945,11 @@ class Connection(asyncio.Protocol, Writer):
             self._send_refusal(item)
 
     def release_parser(self) -> None:
-        """Let go of a parser kept between requests (`_parser_idle`): the connection holds
-        a long-poll, or has been idle, and a new request makes one again."""
+        """Let go of a parser kept between requests (`_parser_idle`) and of what the last
+        request's headers were found to be (`_memo`, `fast_memo`): the connection holds a
+        long-poll, or has been idle, and a new request makes them again."""
+        self._memo = None
+        self.fast_memo = None
         if self._parser_idle:
             self._parser = None
             self._parser_idle = False

@@ -315,6 +315,14 @@ def _param_from_claim(
     if value is _MISSING or value is None:
         raise Forbidden("missing_claim", f"the token has no {path!r} claim, which this shape needs")
     if isinstance(value, list):
+        if single and not array:
+            # Where every use reads one value (`org_id = {{org}}`, `IN`, `<>`, `::text`) an
+            # array literal was compared as the text `{"a","b"}`: no rows, a row holding
+            # that text, or for `<>` every other org's rows (proxycfg 13:18).
+            raise Forbidden(
+                "claim_unusable",
+                f"the token's {path!r} claim is a list; this shape's filter needs one value",
+            )
         return _pg_array(value, path, like_escape)
     if isinstance(value, dict):
         raise Forbidden("claim_unusable", f"claim {path!r} is an object, not a value")

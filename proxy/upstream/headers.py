@@ -87,19 +87,19 @@ def upstream_request_headers(
     return headers
 
 
-def upstream_request_lines(client: Mapping[str, str], request_id: str) -> str:
-    """`upstream_request_headers` as request header lines (`proxy.http.fastlane`): `client`
-    is the request's case-insensitive headers (`CIMultiDictProxy`), so each name's lookup
-    is one C call and gives its first value, as there; lines whose value holds CR or LF are
-    dropped, as `client.header_lines` drops them."""
+def upstream_client_lines(client: Mapping[str, str]) -> str:
+    """`upstream_request_headers` as request header lines (`proxy.http.fastlane`), without
+    the request id's: the same for every request with the same headers, so the fast lane
+    keeps them per connection. `client` is the request's case-insensitive headers
+    (`CIMultiDictProxy`), so each name's lookup is one C call and gives its first value, as
+    there; lines whose value holds CR or LF are dropped, as `client.header_lines` drops
+    them."""
     get = client.get
     lines = ""  # (a loop, not a list comprehension: no frame of its own, once per request)
     for name in FORWARDED_REQUEST_HEADERS:
         value = get(name)
         if value is not None and "\r" not in value and "\n" not in value:
             lines += f"{name}: {value}\r\n"
-    if "\r" not in request_id and "\n" not in request_id:
-        lines += f"x-request-id: {request_id}\r\n"
     return lines
 
 

@@ -114,6 +114,53 @@ async def test_array_syntax_text_is_one_value_where_the_filter_compares_it(
     assert served >= 10  # (rows were really compared, not only refusals)
 
 
+#: filters reading a list claim (a JSON array) as an array: Postgres's rows
+LIST_READ = {
+    "any": "t = ANY({{s}})",
+    "overlap": "tags && {{s}}",
+    "whole": "{{s}}::text[] = tags",
+}
+
+
+async def test_a_list_claim_where_the_filter_compares_one_value_is_refused(
+    engine: EngineProcess, db_url: str, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """A JSON-array claim bound where every use reads one value (`org_id = {{org}}`, `IN`,
+    `<>`, `::text`...) was bound as an array literal and compared as the text `{"a","b"}`:
+    a 200 with no rows, or the rows of every other org for `<>`, or a row whose text is
+    that literal (proxycfg 13:18). It is the 403 claim_unusable the docs promise; where the
+    filter reads an array it is still bound element by element and answered by Postgres."""
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    single = {**SINGLE, "tne": "t <> {{s}}"}
+    config["tables"]["items"] = {
+        "allow": [
+            {"name": name, "when": {"role": name}, "where": where}
+            for name, where in {**single, **LIST_READ}.items()
+        ]
+    }
+    proxy = await make_proxy(build_config(config, environ))
+    wrong = []
+    for name, where in {**single, **LIST_READ}.items():
+        for claim in (["{a}", "[1]"], ["a", "b"], ["[team] x"]):
+            token = proxy.tokens.make(role=name, s=claim, s2="{a}")
+            reply = await proxy.get(SHAPE, token=token)
+            body = reply.json()
+            if name in single:
+                expected: tuple[int, object] = (403, "claim_unusable")
+                got: tuple[int, object] = (
+                    reply.status,
+                    isinstance(body, dict) and body.get("code"),
+                )
+            else:
+                literal = "{" + ",".join(f'"{c}"' for c in claim) + "}"
+                expected = (200, _postgres(db_url, where, {"s": literal}))
+                rows = {m["value"]["id"] for m in body if "value" in m}
+                got = (reply.status, rows if reply.status == 200 else body)
+            if got != expected:
+                wrong.append((name, claim, got, expected))
+    assert not wrong
+
+
 @pytest.mark.parametrize(
     ("sql", "single"),
     [

@@ -63,6 +63,30 @@ def real_engine(
         yield engine
 
 
+@pytest.fixture
+def lean_heads(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The header lines of each head read without its per-header callbacks (`_Lean`)."""
+    import proxy.http.protocol as protocol
+
+    heads: list[bytes] = []
+
+    class Spy(protocol._Lean):
+        __slots__ = ()
+
+        def __init__(self, connection: Any) -> None:
+            super().__init__(connection)
+            complete = self.on_headers_complete
+
+            def on_headers_complete() -> None:
+                heads.append(connection._memo[0])
+                complete()
+
+            self.on_headers_complete = on_headers_complete
+
+    monkeypatch.setattr(protocol, "_Lean", Spy)
+    return heads
+
+
 async def _pair(
     real_engine: EngineProcess,
     idp_server: Any,
@@ -257,6 +281,108 @@ async def test_two_users_taking_turns_on_one_connection_each_get_their_own_rows(
         body = json.loads(fast_raw.split(b"\r\n\r\n", 1)[1])
         orgs = {item["value"]["org_id"] for item in body if "value" in item}
         assert orgs == {org}
+
+
+async def test_a_client_repeating_its_header_lines_gets_what_each_request_asks_for(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    lean_heads: list[bytes],
+) -> None:
+    """A head whose header lines are byte for byte the last request's on the connection is
+    read without its per-header callbacks and gets the last request's headers
+    (`protocol._Lean`), and the fast lane keeps what it made of them (`fast_memo`): other
+    targets with the same lines, one changed header (a token of the same length, an
+    Origin added, then another), and a repeated Authorization must each be answered as
+    the general path answers them, on one kept-alive connection."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    carol = fast.tokens.make(sub="carol", org_id="org-0")
+    assert len(alice) == len(carol)  # (the lines differ in bytes only, not in length)
+    rid = "X-Request-Id: fast-lane-test-id-0005"
+    items, posts = "/v1/shape?table=items&offset=-1", "/v1/shape?table=posts&offset=-1"
+    a, c = f"Authorization: Bearer {alice}", f"Authorization: Bearer {carol}"
+    origin = f"Origin: {ORIGIN}"
+    turns = [
+        ("org-1", _request(items, a, rid)),
+        ("org-1", _request(items, a, rid)),
+        (None, _request(posts, a, rid)),
+        ("org-1", _request(items + "&columns=id,org_id", a, rid)),
+        ("org-0", _request(items, c, rid)),
+        ("org-0", _request(items, c, rid)),
+        ("org-0", _request(items, c, rid)),
+        ("org-1", _request(items, a, rid)),
+        ("org-1", _request(items, a, rid, origin)),
+        ("org-1", _request(items, a, rid, origin)),
+        (None, _request(items, a, rid, "Origin: https://not-allowed.test")),  # (a 403)
+        ("org-1", _request(items, a, rid)),
+        (None, _request(items, a, rid, a)),  # (two Authorization headers: a 400)
+    ]
+    heads = [head for _, head in turns]
+    fast_answers = await _ask_in_turn(fast, heads)
+    lean, taken = len(lean_heads), len(fast_lane_taken)
+    general_answers = await _ask_in_turn(general, heads)
+    for (org, head), fast_raw, general_raw in zip(
+        turns, fast_answers, general_answers, strict=True
+    ):
+        assert _normal(fast_raw) == _normal(general_raw), head
+        if org is not None:
+            assert fast_raw.startswith(b"HTTP/1.1 200 "), head
+            body = json.loads(fast_raw.split(b"\r\n\r\n", 1)[1])
+            assert {item["value"]["org_id"] for item in body if "value" in item} == {org}
+    assert fast_answers[-3].startswith(b"HTTP/1.1 403 ")
+    assert fast_answers[-1].startswith(b"HTTP/1.1 400 ")
+    # (a repeat after a fast-lane answer is read lean; one answered by a task lets go of
+    # what it learnt of the headers, as of its parser)
+    assert lean == 3
+    assert taken >= 6
+
+
+async def test_pipelined_requests_with_the_same_header_lines_each_get_their_own_answer(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    lean_heads: list[bytes],
+) -> None:
+    """Requests sent in one write with the same header lines (the later ones read lean
+    once one went by the fast lane) are answered in order, each as the general path."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    a, rid = f"Authorization: Bearer {alice}", "X-Request-Id: fast-lane-test-id-0006"
+    targets = [
+        "/v1/shape?table=items&offset=-1",
+        "/v1/shape?table=items&offset=-1&columns=id,org_id",
+        "/v1/shape?table=posts&offset=-1",
+    ]
+    heads = [_request(t, a, rid) for t in targets]
+    for proxy in (fast, general):  # (each authorised once: the fast lane takes the repeats)
+        await _ask_in_turn(proxy, heads)
+    answers = []
+    for proxy in (fast, general):
+        server = proxy.client.server
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        try:
+            writer.write(b"".join(heads + heads))
+            got = []
+            for _ in range(2 * len(heads)):
+                raw = await reader.readuntil(b"\r\n\r\n")
+                length = re.search(rb"\r\nContent-Length: (\d+)\r\n", raw)
+                assert length is not None
+                got.append(raw + await reader.readexactly(int(length.group(1))))
+            answers.append(got)
+        finally:
+            writer.close()
+    assert len(fast_lane_taken) >= 2 * len(heads)
+    assert len(lean_heads) >= len(heads)
+    for fast_raw, general_raw in zip(*answers, strict=True):
+        assert _normal(fast_raw) == _normal(general_raw)
+        assert fast_raw.startswith(b"HTTP/1.1 200 ")
+    bodies = [json.loads(raw.split(b"\r\n\r\n", 1)[1]) for raw in answers[0]]
+    assert next(sorted(item["value"]) for item in bodies[1] if "value" in item) == ["id", "org_id"]
 
 
 async def test_origins_in_turn_get_the_general_paths_cors_answer(

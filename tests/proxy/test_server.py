@@ -341,9 +341,11 @@ class _AtOnceApp:
 
     def __init__(self) -> None:
         self.parsers: list[Any] = []
+        self.requests: list[Any] = []
 
     def answer_fast(self, request: Any, connection: Any) -> object:
         self.parsers.append(connection._parser)
+        self.requests.append(request)
         asyncio.get_running_loop().call_soon(
             connection.fast_written, request, b"HTTP/1.1 204 No Content\r\n\r\n", []
         )
@@ -357,7 +359,9 @@ async def test_a_keep_alive_connection_parses_its_next_request_with_the_same_par
     """llhttp reads one request after another: a keep-alive connection answered by the fast
     lane keeps its parser between requests (making one per request was ~1% of a forward),
     and lets go of it after a request that closes the connection, once it holds a
-    long-poll, or when it goes idle (`release_parser`), as before."""
+    long-poll, or when it goes idle (`release_parser`), as before. A request with the last
+    one's header lines is read by a parser without per-header callbacks (`_Lean`, made
+    once and then kept as well) and gets the headers read from those lines."""
     from proxy.http.protocol import Connection
 
     app = _AtOnceApp()
@@ -365,20 +369,67 @@ async def test_a_keep_alive_connection_parses_its_next_request_with_the_same_par
     transport = _Transport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     get = b"GET /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: proxy.test\r\n"
-    for n in (1, 2):
+    for n in (1, 2, 3):
         conn.data_received(get + b"\r\n")
         await asyncio.sleep(0)
         assert transport.out.count(b"HTTP/1.1 204 ") == n
-    assert len(app.parsers) == 2 and app.parsers[0] is app.parsers[1]
+    assert len(app.parsers) == 3 and app.parsers[1] is app.parsers[2]
+    assert app.parsers[0] is not app.parsers[1]  # (the second and third: lean)
+    assert [dict(r.headers) for r in app.requests] == [{"Host": "proxy.test"}] * 3
+    other = get.replace(b"?table=items", b"?table=posts") + b"Accept: */*\r\n\r\n"
+    conn.data_received(other)  # (other lines: read with the header callbacks again)
+    await asyncio.sleep(0)
+    assert app.parsers[3] is not app.parsers[2]
+    assert dict(app.requests[3].headers) == {"Host": "proxy.test", "Accept": "*/*"}
+    assert app.requests[3].raw_path == "/v1/shape?table=posts&offset=-1"
     kept = conn._parser
     assert kept is not None
     conn.release_parser()  # (held, or idle: the next request makes a new one)
     assert conn._parser is None
     conn.data_received(get + b"Connection: close\r\n\r\n")
-    assert len(app.parsers) == 3 and app.parsers[2] is not kept
+    assert len(app.parsers) == 5 and app.parsers[4] is not kept
     assert conn._parser is None  # (not kept after a request that closes the connection)
     await asyncio.sleep(0)
-    assert transport.out.count(b"HTTP/1.1 204 ") == 3
+    assert transport.out.count(b"HTTP/1.1 204 ") == 5
+    conn.connection_lost(None)
+
+
+async def test_repeated_header_lines_with_a_body_after_the_head_read_each_body_whole() -> None:
+    """POSTs whose heads repeat the last request's header lines, with the body in the same
+    read, in the next read, or split, and pipelined: each request gets its own target and
+    its whole body, and the connection reads on after. (A head with a body is not read
+    lean: its parser would read on past it.)"""
+    from proxy.http.protocol import Connection
+
+    app = _AtOnceApp()
+    conn = Connection(app)  # type: ignore[arg-type]
+    transport = _Transport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+
+    def head(n: int) -> bytes:
+        return (
+            f"POST /v1/shape?table=t{n}&offset=-1 HTTP/1.1\r\nHost: proxy.test\r\n"
+            "Content-Type: application/json\r\nContent-Length: 9\r\n\r\n"
+        ).encode()
+
+    reads = [
+        [head(1) + b'{"n": 11}'],
+        [head(2) + b'{"n": 22}'],
+        [head(3), b'{"n": 33}'],  # (the head alone: straight to the lean parser)
+        [head(4), b'{"n"', b": 44}"],
+        [head(5) + b'{"n": 55}' + head(6) + b'{"n": 66}'],
+    ]
+    for pieces in reads:
+        for piece in pieces:
+            conn.data_received(piece)
+        await asyncio.sleep(0)
+    assert [r.raw_path for r in app.requests] == [
+        f"/v1/shape?table=t{n}&offset=-1" for n in range(1, 7)
+    ]
+    assert [r.body for r in app.requests] == [f'{{"n": {n}{n}}}'.encode() for n in range(1, 7)]
+    await asyncio.sleep(0)  # (the pipelined one's answer: after the one before it)
+    assert transport.out.count(b"HTTP/1.1 204 ") == 6
+    assert not conn._parser_lean  # (a head with a body is never read lean: review 14:10)
     conn.connection_lost(None)
 
 
