@@ -26,7 +26,7 @@ from proxy.errors import ProxyError, Unauthenticated
 from proxy.http.params import check_as_the_engine, check_utf8, parse_shape_query
 from proxy.http.routes import NAMED_PREFIX, route_of
 from proxy.metrics import Metrics
-from proxy.policy.evaluate import evaluate
+from proxy.policy.evaluate import evaluate, why_no_rule
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.client import make_session
 from proxy.upstream.url import build_upstream_url, mask_url
@@ -109,6 +109,14 @@ async def explain(
             )
         except ProxyError as exc:
             report.update(allowed=False, status=exc.status, reason=exc.reason, message=exc.message)
+            if exc.reason == "no_matching_rule":
+                report["rules"] = why_no_rule(
+                    loaded.policy,
+                    claims or {},
+                    parse_shape_query(query),
+                    shape_name=shape_name,
+                    anonymous=token is None and not claims,
+                )
             return report
     secret = loaded.upstream_secret
     upstream = build_upstream_url(
