@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -44,13 +45,18 @@ ACCESS_LOGGER = "proxy.access"
 
 def redact(text: str) -> str:
     """Mask bearer tokens, JWTs and secret query values in arbitrary text."""
+    return _redact(text, params=True)
+
+
+def _redact(text: str, *, params: bool) -> str:
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     text = _JWT.sub(MASK, text)
-    if "=" not in text or not _MAYBE_SECRET.search(text):
+    if not params or "=" not in text or not _MAYBE_SECRET.search(text):
         return text
     return _PARAM.sub(_masked_param, text)
 
 
+@lru_cache(maxsize=4096)
 def secret_name(name: str) -> bool:
     """Whether a query parameter called `name` (as sent or decoded) carries a secret: its
     percent-decoded, lower-cased letters and digits name one (`_SECRET_NAME`)."""
@@ -91,10 +97,14 @@ def _text_scrub(text: str) -> str:
 def redact_query(items: Iterable[tuple[str, str]]) -> str:
     """A query string for logs: secret-named values masked, then scrubbed like any text."""
     parts = []
+    nested = False  # (a value holding `name=`: `offset=-1;secret=S`, or a decoded `&secret=S`)
     for name, value in items:
-        shown = MASK if secret_name(name) else value
-        parts.append(f"{name}={shown}")
-    return redact("&".join(parts))
+        if secret_name(name):
+            value = MASK
+        elif "=" in value and _MAYBE_SECRET.search(value):
+            nested = True
+        parts.append(f"{name}={value}")
+    return _redact("&".join(parts), params=nested)
 
 
 #: The statuses a held live request routinely ends with: its access line is DEBUG (a held
