@@ -20,12 +20,13 @@ from typing import Any
 from yarl import URL
 
 from proxy.auth.bearer import refuse_token_in_query
+from proxy.auth.claims import mismatch_hint, unverified_summary
 from proxy.config.loader import ConfigError, LoadedConfig, load_config
-from proxy.errors import ProxyError
+from proxy.errors import ProxyError, Unauthenticated
 from proxy.http.params import check_as_the_engine, check_utf8, parse_shape_query
 from proxy.http.routes import NAMED_PREFIX, route_of
 from proxy.metrics import Metrics
-from proxy.policy.evaluate import evaluate
+from proxy.policy.evaluate import evaluate, why_no_rule
 from proxy.runtime import RuntimeHolder
 from proxy.upstream.client import make_session
 from proxy.upstream.url import build_upstream_url, mask_url
@@ -90,7 +91,11 @@ async def explain(
             query = list(URL.build(query_string=raw_query, encoded=True).query.items())
             refuse_token_in_query(query)
             if token is not None:
-                claims = await holder.current.verifier.verify(token)
+                try:
+                    claims = await holder.current.verifier.verify(token)
+                except Unauthenticated as exc:
+                    report.update(_refused_token(loaded, token, exc))
+                    raise
             report["claims"] = dict(claims or {})
             check_utf8(raw_query)
             if shape_name is None:
@@ -104,6 +109,14 @@ async def explain(
             )
         except ProxyError as exc:
             report.update(allowed=False, status=exc.status, reason=exc.reason, message=exc.message)
+            if exc.reason == "no_matching_rule":
+                report["rules"] = why_no_rule(
+                    loaded.policy,
+                    claims or {},
+                    parse_shape_query(query),
+                    shape_name=shape_name,
+                    anonymous=token is None and not claims,
+                )
             return report
     secret = loaded.upstream_secret
     upstream = build_upstream_url(
@@ -129,6 +142,32 @@ async def explain(
         upstream_url=mask_url(upstream),
     )
     return report
+
+
+def _refused_token(loaded: LoadedConfig, token: str, exc: Unauthenticated) -> dict[str, Any]:
+    """What explains a refused `--token` (newuser MEDIUM: invalid_issuer alone hid the trailing
+    slash): the token's unverified `iss`/`aud`/`alg`/`kid`/`typ` beside the config's accepted
+    issuers, audiences and algorithms, and a hint when they differ only by a slash or case.
+    Local tool, the caller holds the token: never the token or its signature, and the
+    proxy's 401 body stays as it was (an anonymous client learns nothing of the config)."""
+    shown = unverified_summary(token)
+    issuers = loaded.config.issuers
+    accepted = [
+        {"issuer": cfg.issuer, "audience": list(cfg.audience), "algorithms": list(cfg.algorithms)}
+        for cfg in issuers
+    ]
+    extra: dict[str, Any] = {"token": shown, "accepted": accepted}
+    hint = None
+    if exc.reason == "invalid_issuer":
+        hint = mismatch_hint(shown.get("iss"), [cfg.issuer for cfg in issuers], "iss")
+    elif exc.reason == "invalid_audience":
+        audiences = [
+            aud for cfg in issuers if cfg.issuer == shown.get("iss") for aud in cfg.audience
+        ]
+        hint = mismatch_hint(shown.get("aud"), audiences, "aud")
+    if hint is not None:
+        extra["hint"] = hint
+    return extra
 
 
 def format_report(report: Mapping[str, Any]) -> str:

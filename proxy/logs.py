@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
+from urllib.parse import unquote_plus
 
 from proxy.upstream.url import MASK, SECRET_PARAMS
 from sync_engine import console
@@ -19,17 +21,56 @@ from sync_engine import console
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+")
-_SECRET_QUERY = re.compile(
-    r"(?i)((?:^|[?&\s\"'])(?:" + "|".join(sorted(SECRET_PARAMS)) + r")=)[^&\s\"']*"
+#: What makes a query parameter's name secret-bearing once spelling is set aside (lower case,
+#: percent-decoded, only letters and digits kept: `secret[]`, `%73ecret`, `Api-Secret`,
+#: `source_secret`, `secret[0]` all read `...secret...`). Broader than what the engine reads as
+#: its secret (`secret`, `api_secret`, `source_secret`) on purpose: a value named like a secret
+#: is masked whatever it is (sources 13:46: `secret[]=` and `;secret=` were logged in clear).
+_SECRET_NAME = re.compile(
+    "|".join(
+        sorted(
+            {"secret", "token", "passw", "jwt", "credential", "auth", "apikey", "signature"}
+            | {re.escape(name.replace("_", "")) for name in SECRET_PARAMS}
+        )
+    )
 )
+#: A `name=value` in free text: after the start, `?`, `&`, `;`, a space or a quote, the name up
+#: to `=` (possibly percent-encoded or bracketed), the value up to the next separator (`;` too:
+#: a query parser may split there, so `offset=-1;secret=S` is read as a second parameter).
+_PARAM = re.compile(r"""(^|[?&;\s"'])([^=?&;\s"']{1,200})=([^&;\s"']*)""")
+#: Text without any of these cannot hold a secret-named parameter (skips `_PARAM` for most).
+_MAYBE_SECRET = re.compile(r"(?i)secret|token|passw|jwt|credential|auth|key|signature|%")
 ACCESS_LOGGER = "proxy.access"
 
 
 def redact(text: str) -> str:
     """Mask bearer tokens, JWTs and secret query values in arbitrary text."""
+    return _redact(text, params=True)
+
+
+def _redact(text: str, *, params: bool) -> str:
     text = _BEARER.sub(lambda m: m.group(1) + MASK, text)
     text = _JWT.sub(MASK, text)
-    return _SECRET_QUERY.sub(lambda m: m.group(1) + MASK, text)
+    if not params or "=" not in text or not _MAYBE_SECRET.search(text):
+        return text
+    return _PARAM.sub(_masked_param, text)
+
+
+@lru_cache(maxsize=4096)
+def secret_name(name: str) -> bool:
+    """Whether a query parameter called `name` (as sent or decoded) carries a secret: its
+    percent-decoded, lower-cased letters and digits name one (`_SECRET_NAME`)."""
+    plain = _NOT_ALNUM.sub("", unquote_plus(name).lower())
+    return _SECRET_NAME.search(plain) is not None
+
+
+_NOT_ALNUM = re.compile(r"[^a-z0-9]")
+
+
+def _masked_param(match: re.Match[str]) -> str:
+    if not secret_name(match.group(2)):
+        return match.group(0)
+    return f"{match.group(1)}{match.group(2)}={MASK}"
 
 
 def escape_controls(text: str) -> str:
@@ -56,10 +97,14 @@ def _text_scrub(text: str) -> str:
 def redact_query(items: Iterable[tuple[str, str]]) -> str:
     """A query string for logs: secret-named values masked, then scrubbed like any text."""
     parts = []
+    nested = False  # (a value holding `name=`: `offset=-1;secret=S`, or a decoded `&secret=S`)
     for name, value in items:
-        shown = MASK if name.lower() in SECRET_PARAMS or name.lower() == "authorization" else value
-        parts.append(f"{name}={shown}")
-    return redact("&".join(parts))
+        if secret_name(name):
+            value = MASK
+        elif "=" in value and _MAYBE_SECRET.search(value):
+            nested = True
+        parts.append(f"{name}={value}")
+    return _redact("&".join(parts), params=nested)
 
 
 #: The statuses a held live request routinely ends with: its access line is DEBUG (a held

@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from proxy.config.model import IssuerConfig
 from proxy.errors import Unauthenticated
 
 Claims = Mapping[str, Any]
+logger = logging.getLogger(__name__)
 
 
 class KeySource(Protocol):
@@ -93,8 +95,10 @@ _ERRORS: tuple[tuple[type[Exception], str, str], ...] = (
 
 
 def _translate(exc: Exception) -> Unauthenticated:
-    if isinstance(exc, jwt.MissingRequiredClaimError) and exc.claim in _NAMED_CLAIMS:
-        # (a registered or configured claim name, never a value: safe to say which)
+    if isinstance(exc, jwt.MissingRequiredClaimError):
+        # pyjwt reports only names from the `require` list it was given: the registered ones
+        # and the issuer's `require:` (the operator's config, not a secret). Named, so a
+        # frontend developer need not guess which claim the token lacks (newuser LOW).
         return Unauthenticated("missing_claim", f"the token lacks the required {exc.claim} claim")
     if isinstance(exc, jwt.DecodeError) and "crypto padding" in str(exc):
         # The signature segment is not valid base64url (one character changed or cut):
@@ -108,9 +112,6 @@ def _translate(exc: Exception) -> Unauthenticated:
 
 #: Claims every token must carry, whatever the issuer's `require:` adds.
 _ALWAYS_REQUIRED = ("exp", "iss", "aud", "sub")
-#: Claim names a refusal may name (the registered ones; a configured `require:` name is
-#: the operator's, and said as "a required claim").
-_NAMED_CLAIMS = frozenset({"exp", "iss", "aud", "sub", "iat", "nbf", "jti"})
 
 
 def _media_type(value: str) -> str:
@@ -294,6 +295,12 @@ class TokenVerifier:
         return claims
 
     async def _verify(self, token: str) -> Claims:
+        if not self._issuers:
+            # (not "the signature is invalid" or "the issuer is not accepted": those send the
+            # operator to the keys or the token; the config has no `issuers:` at all)
+            raise Unauthenticated(
+                "no_issuer", "this proxy accepts no bearer token: no issuer is configured"
+            )
         _strict(token)
         try:
             header = jwt.get_unverified_header(token)
@@ -303,6 +310,11 @@ class TokenVerifier:
         iss = unverified.get("iss") if isinstance(unverified, dict) else None
         issuer = self._issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None:
+            logger.debug(
+                "refused a token whose iss %s is not a configured issuer (%s)",
+                json.dumps(iss)[:200],
+                ", ".join(json.dumps(name) for name in self._issuers),
+            )
             raise Unauthenticated("invalid_issuer", "the token issuer is not accepted")
         config = issuer.config
         algorithm = header.get("alg")
@@ -327,6 +339,14 @@ class TokenVerifier:
                 leeway=config.leeway,
                 options={"require": required, "enforce_minimum_key_length": True},
             )
+        except jwt.InvalidAudienceError as exc:
+            logger.debug(
+                "refused a token of %s whose aud %s is not the configured audience %s",
+                json.dumps(iss),
+                json.dumps(unverified.get("aud"))[:200],
+                json.dumps(config.audience),
+            )
+            raise _translate(exc) from None
         except jwt.PyJWTError as exc:
             raise _translate(exc) from None
         if not isinstance(claims.get("exp"), int | float):
@@ -340,3 +360,38 @@ class TokenVerifier:
             if not isinstance(iat, int | float) or claims["exp"] - iat > config.max_lifetime:
                 raise Unauthenticated("token_lifetime_too_long", "the token lives too long")
         return MappingProxyType(claims)
+
+
+def unverified_summary(token: str) -> dict[str, Any]:
+    """What `explain --token` shows of a refused token, read without verifying it: the
+    header's `alg`, `kid` and `typ` and the payload's `iss` and `aud` (never the token, its
+    signature or any other claim). Members it cannot read are left out."""
+    parts = token.split(".")
+    shown: dict[str, Any] = {}
+    for segment, names in ((0, ("alg", "kid", "typ")), (1, ("iss", "aud"))):
+        try:
+            value = _json_object(parts[segment])
+        except (ValueError, IndexError):
+            continue
+        shown.update((name, value[name]) for name in names if name in value)
+    return shown
+
+
+def _loose(value: object) -> object:
+    return value.rstrip("/").lower() if isinstance(value, str) else value
+
+
+def mismatch_hint(given: object, accepted: Sequence[str], what: str) -> str | None:
+    """A hint when the token's `iss` or `aud` differs from an accepted one only by a trailing
+    slash or letter case (the most common JWT setup mistake: Auth0 writes `https://x/`,
+    Clerk and Supabase `https://x`), else None. The comparison stays exact."""
+    values = given if isinstance(given, list) else [given]
+    for value in values:
+        for wanted in accepted:
+            if value != wanted and _loose(value) == _loose(wanted):
+                return (
+                    f"the token's {what} {json.dumps(value)} differs from the configured"
+                    f" {json.dumps(wanted)} only by a trailing slash or letter case; they must"
+                    " be equal (fix the config or the issuer's setting)"
+                )
+    return None

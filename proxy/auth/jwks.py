@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -164,9 +165,9 @@ class JwksCache:
                 self._failed_at = self._clock()
                 self._on_fetch("error")
                 logger.warning(
-                    "JWKS fetch failed for %s (%s); keeping %d cached keys",
+                    "JWKS fetch failed for %s: %s; keeping %d cached keys",
                     self.shown,
-                    type(exc).__name__,
+                    fetch_problem(exc, self._timeout),
                     len(self._keys),
                 )
                 return
@@ -186,11 +187,50 @@ class JwksCache:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with self._session.get(self.url, timeout=timeout, allow_redirects=False) as resp:
             if resp.status != 200:
-                raise ValueError(f"JWKS endpoint answered {resp.status}")
+                where = resp.headers.get("Location")
+                moved = (
+                    f", a redirect to {redact_url(where)} (not followed: set jwks_url to it)"
+                    if where and 300 <= resp.status < 400
+                    else ""
+                )
+                raise JwksError(f"the endpoint answered HTTP {resp.status}{moved}")
             raw = await resp.content.read(MAX_JWKS_BYTES + 1)
             if len(raw) > MAX_JWKS_BYTES:
-                raise ValueError("JWKS document too large")
+                raise JwksError(f"the document is larger than {MAX_JWKS_BYTES} bytes")
         return parse_jwks(raw)
+
+
+class JwksError(ValueError):
+    """What is wrong with a JWKS answer, in words an operator acts on (its text is logged:
+    it holds no document content but a redacted `jwks_uri`)."""
+
+
+def fetch_problem(exc: BaseException, timeout: float) -> str:
+    """Why a JWKS fetch failed, in words (newuser LOW: the log said only `ValueError` or
+    `ClientConnectorError`): the HTTP status, not JSON, no `keys` list (an OpenID
+    configuration's `jwks_uri` named), a timeout, connection refused, a name that does not
+    resolve, a TLS failure. Never the exception's own text, which may carry the URL."""
+    if isinstance(exc, JwksError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {timeout:g} s (jwks_timeout)"
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "the host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return "its TLS certificate is not trusted"
+    if isinstance(exc, aiohttp.ClientSSLError):
+        return "the TLS handshake failed"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, ConnectionRefusedError):
+            return "cannot connect (connection refused)"
+        reason = os.strerror(error.errno).lower() if error.errno else type(error).__name__
+        return f"cannot connect ({reason})"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return "the server closed the connection before the whole answer"
+    if isinstance(exc, aiohttp.ClientError):
+        return f"the request failed ({type(exc).__name__})"
+    return f"an unexpected error ({type(exc).__name__})"
 
 
 def parse_jwks(raw: bytes) -> dict[str | None, dict[str, Any]]:
@@ -199,9 +239,17 @@ def parse_jwks(raw: bytes) -> dict[str | None, dict[str, Any]]:
     A document with none (`{"keys": []}`, or only encryption keys) is an empty key set: the
     issuer's word that no token of its old keys is good any more (ValueError is for what is
     no JWKS document at all)."""
-    data = json.loads(raw)
+    try:
+        data = json.loads(raw)
+    except ValueError:  # (JSONDecodeError, UnicodeDecodeError)
+        raise JwksError("the answer is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
-        raise ValueError("not a JWKS document")
+        if isinstance(data, dict) and isinstance(data.get("jwks_uri"), str):
+            raise JwksError(
+                "the document has no keys list: it is an OpenID configuration; set jwks_url to"
+                f" its jwks_uri, {redact_url(data['jwks_uri'])}"
+            )
+        raise JwksError("the document is JSON but has no keys list (not a JWKS document)")
     keys: dict[str | None, dict[str, Any]] = {}
     for jwk in data["keys"]:
         if not isinstance(jwk, dict) or jwk.get("kty") in (None, "oct"):

@@ -203,11 +203,14 @@ def compile_policy(config: ProxyConfig) -> CompiledPolicy:
             _check_subject_scope(rule, index, name, issuers)
     tables: dict[TableKey, CompiledTable] = {}
     patterns: list[CompiledTable] = []
+    # (a set beside the list: `any(...)` over the list made 20,000 patterns a 170 s load)
+    pattern_keys: set[TableKey] = set()
     for name, table_policy in config.tables.items():
         compiled = _compile_table(name, table_policy, f"tables.{name}")
         if not compiled.pattern.exact:
-            if any(p.key == compiled.key for p in patterns):
+            if compiled.key in pattern_keys:
                 raise ValueError(f"tables.{name}: the same pattern is listed twice")
+            pattern_keys.add(compiled.key)
             patterns.append(compiled)
             continue
         if compiled.key in tables:

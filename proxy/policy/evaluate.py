@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from proxy.config.model import ClaimMatch, Scalar
-from proxy.errors import BadShapeRequest, EngineWords, Forbidden, Unauthenticated
+from proxy.errors import BadShapeRequest, EngineWords, Forbidden, ProxyError, Unauthenticated
 from proxy.limits.config import RuleLimits
 from proxy.policy.blame import PolicyWhere
 from proxy.policy.compiled import CompiledPolicy, CompiledRule, CompiledTable
@@ -363,6 +363,43 @@ def _select_rule(table: CompiledTable, claims: Claims, *, anonymous: bool) -> Co
     if anonymous:
         raise _sign_in()
     raise Forbidden("no_matching_rule", "no policy rule allows this user to sync this shape")
+
+
+def why_no_rule(
+    policy: CompiledPolicy,
+    claims: Claims,
+    request: ShapeRequest,
+    *,
+    shape_name: str | None = None,
+    anonymous: bool = False,
+) -> list[dict[str, str]]:
+    """For `explain` on `no_matching_rule` (newuser LOW): each allow rule of the shape's table
+    with the first reason it does not serve `claims` (the first `when` condition that fails,
+    the claim it misses). A local tool's words: the 403 a client gets stays as it is."""
+    try:
+        table, _ = _find_table(policy, request, shape_name)
+    except ProxyError:
+        return []
+    return [{"rule": rule.name, "why": _why_not(rule, claims, anonymous)} for rule in table.allow]
+
+
+def _shown(value: object) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)[:200]
+
+
+def _why_not(rule: CompiledRule, claims: Claims, anonymous: bool) -> str:
+    if anonymous and not rule.anonymous:
+        return "needs a token (the rule is not anonymous: true)"
+    for path, expected in rule.when.items():
+        actual = claim_value(claims, path)
+        if actual is _MISSING:
+            return f"when {path}: the token has no {path} claim (wants {_shown(expected)})"
+        if actual in _UNUSABLE or actual is None or isinstance(actual, Mapping):
+            shown = "unusable" if actual in _UNUSABLE else _shown(actual)
+            return f"when {path}: the claim is {shown}, which no condition matches"
+        if not _condition_matches(actual, expected, deny=False):
+            return f"when {path}: the claim is {_shown(actual)}, the rule wants {_shown(expected)}"
+    return "its when conditions match"
 
 
 def _shows_at_least(rule: CompiledRule, other: CompiledRule) -> bool:
