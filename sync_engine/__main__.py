@@ -617,19 +617,33 @@ def is_loopback(host: str) -> bool:
         return False  # (a name: whatever it resolves to, other hosts may reach it)
 
 
+def _listening(url: str, open_files: object, notice: str | None) -> None:
+    logger.info(
+        "listening on %s (Shape API: %s/v1/shape; open files limit %s)", url, url, open_files
+    )
+    if notice is not None:
+        logger.info("%s", notice)
+
+
+def secret_notice(settings: Settings) -> str | None:
+    """What to say once the engine listens on loopback with `--database-url` and no secret
+    (not before: a start that fails says only what to fix)."""
+    if not settings.database_url or settings.secret is not None:
+        return None
+    if not is_loopback(settings.host):
+        return None  # (refused by `check_secret`, or --insecure: warned there)
+    return (
+        f"serving --database-url on {settings.host} without a secret: every local user"
+        " (and anything that forwards to this port) can read every row the role can read;"
+        " set --secret (env SYNC_ENGINE_SECRET) where that matters"
+    )
+
+
 def check_secret(settings: Settings) -> None:
     """Refuse to serve `--database-url` without a secret where other hosts can reach it,
     unless `--insecure`: every row the role can read would be anyone's, past any proxy.
     (Registered sources each have a secret of their own.)"""
-    if not settings.database_url or settings.secret is not None:
-        return
-    if is_loopback(settings.host):
-        logger.info(
-            "serving --database-url on %s without a secret: every local user (and anything"
-            " that forwards to this port) can read every row the role can read; set"
-            " --secret (env SYNC_ENGINE_SECRET) where that matters",
-            settings.host,
-        )
+    if not settings.database_url or settings.secret is not None or is_loopback(settings.host):
         return
     if not settings.insecure:
         fail(
@@ -681,12 +695,7 @@ def serve(
         web.run_app(
             app,
             sock=engine_sock,
-            print=lambda *_: logger.info(
-                "listening on %s (Shape API: %s/v1/shape; open files limit %s)",
-                url,
-                url,
-                open_files,
-            ),
+            print=lambda *_: _listening(url, open_files, secret_notice(settings)),
             access_log=None,
             shutdown_timeout=2,
             loop=loop,

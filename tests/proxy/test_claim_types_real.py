@@ -190,28 +190,36 @@ async def test_claim_types_neither_dodge_a_deny_nor_gain_an_allow(
     assert not wrong
 
 
+#: the issuer's key, for the configs below that need one
+ENV = {"K": "k" * 40}
+
+
 def test_yaml_1_1_boolean_words_in_a_condition_are_refused_at_load() -> None:
     """`country: NO` is false to YAML 1.1 readers (PyYAML's safe_load): the rule compared
     claims with a boolean the operator never wrote. Now a load error; quoted, the text."""
-    base = "upstream: {url: 'http://127.0.0.1:1'}\ntables:\n  items:\n"
+    base = (
+        "upstream: {url: 'http://127.0.0.1:1'}\n"
+        "issuers: [{issuer: a, audience: b, algorithms: [HS256], keys: [{secret_env: K}]}]\n"
+        "tables:\n  items:\n"
+    )
     for word in ("NO", "yes", "off", "On"):
         text = (
             base + f"    deny: [{{when: {{country: {word}}}}}]\n    allow: [{{all_rows: true}}]\n"
         )
         with pytest.raises(ConfigError, match="write true or false for a boolean, or quote it"):
-            build_config(parse_yaml(text), {})
+            build_config(parse_yaml(text), ENV)
     empty = base + "    deny: [{when: {country: []}}]\n    allow: [{all_rows: true}]\n"
     with pytest.raises(ConfigError, match="an empty list matches no token"):
-        build_config(parse_yaml(empty), {})
+        build_config(parse_yaml(empty), ENV)
     quoted = base + "    deny: [{when: {country: 'NO'}}]\n    allow: [{all_rows: true}]\n"
-    loaded = build_config(parse_yaml(quoted), {})
+    loaded = build_config(parse_yaml(quoted), ENV)
     assert loaded.policy.tables[("public", "items")].deny[0].when == {"country": "NO"}
     # boolean settings take true/false only: the words are a load error there too
     flags = "collapse: no\n" + base + "    allow: [{all_rows: yes, sse: false}]\n"
     with pytest.raises(ConfigError, match=r"collapse: .*'no' is a boolean only in YAML 1\.1"):
-        build_config(parse_yaml(flags), {})
+        build_config(parse_yaml(flags), ENV)
     flags = "collapse: false\n" + base + "    allow: [{all_rows: true, sse: false}]\n"
-    loaded = build_config(parse_yaml(flags), {})
+    loaded = build_config(parse_yaml(flags), ENV)
     assert loaded.config.collapse is False
     assert loaded.config.tables["items"].allow[0].all_rows is True
 

@@ -14,7 +14,7 @@ import pytest
 
 from proxy.config.loader import ConfigError, build_config, parse_yaml
 
-BASE = "upstream: {url: 'http://127.0.0.1:1'}\ntables:\n  items:\n    allow: [{all_rows: true}]\n"
+BASE = "upstream: {url: 'http://127.0.0.1:1'}\ntables:\n  items:\n    allow: [{all_rows: true, anonymous: true}]\n"
 
 
 @pytest.mark.parametrize("name", ["max_subsets", "max_shapes"])
@@ -33,7 +33,10 @@ def test_left_out_the_defaults_hold() -> None:
 
 
 def test_a_rules_null_inherits() -> None:
-    text = BASE.replace("{all_rows: true}", "{all_rows: true, limits: {max_subsets: null}}")
+    text = BASE.replace(
+        "{all_rows: true, anonymous: true}",
+        "{all_rows: true, anonymous: true, limits: {max_subsets: null}}",
+    )
     loaded = build_config(parse_yaml("limits: {max_subsets: 2}\n" + text), {})
     rule = loaded.config.tables["items"].allow[0]
     assert rule.limits is not None and rule.limits.max_subsets is None  # (inherits the 2)
