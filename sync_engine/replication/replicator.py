@@ -1294,13 +1294,16 @@ class Replicator:
         self._rollback_staged()
         if self.write_error is None:
             what = "the disk is full" if exc.disk_full else "a write failed"
-            self.write_error = f"cannot write shape logs ({what}: {exc.strerror})"
+            # (said to anyone by /v1/health, and through the proxy: the kind only; the
+            # file and the system's words go to the log, soak 14:32)
+            self.write_error = f"cannot write shape logs ({what})"
             self._write_error_since = time.monotonic()
             logger.error(
-                "%s in %s; replication paused: the slot is not confirmed and keeps the WAL,"
-                " existing shapes are still served, new shapes get 503. Resuming by itself"
-                " once writes succeed (checked every few seconds).",
+                "%s (%s) in %s; replication paused: the slot is not confirmed and keeps the"
+                " WAL, existing shapes are still served, new shapes get 503. Resuming by"
+                " itself once writes succeed (checked every few seconds).",
                 self.write_error,
+                exc.strerror,
                 self.registry.directory,
             )
             self.on_state(ReplicationState.DISK_FULL, self.write_error)

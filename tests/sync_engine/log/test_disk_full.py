@@ -166,6 +166,8 @@ async def test_disk_full_loses_and_duplicates_nothing(db_url: str, tmp_path: Pat
             await _wait_for("health 503", lambda: _health(engine.url)[0] == 503, 30)
             status, body = _health(engine.url)
             assert body["status"] == "waiting" and "disk is full" in body["message"]
+            # the public answer says what, not where: no path of the data dir, no handle
+            assert str(tmp_path) not in body["message"] and ".log" not in body["message"], body
             before = sum(f.statuses[200] for f in followers)
             confirmed = _confirmed_lsn(db_url)
             await rows_written(200, "while the disk is full")
