@@ -90,6 +90,7 @@ RETIRE_KINDS: tuple[tuple[str, str], ...] = (
     ("Postgres went back in time", "postgres_went_back"),
     ("saved replication position was lost", "data_dir_behind"),
     ("data is older than its replication slot", "data_dir_behind"),
+    ("data directory was another database's", "data_dir_foreign"),
     ("came without its old row", "old_row_missing"),
     ("swapped or shifted primary keys", "primary_key_changed"),
     ("where clause", "where_unevaluable"),

@@ -650,14 +650,23 @@ async def _prepare(
     shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
-    decision = evaluate(
-        runtime.loaded.policy,
-        claims,
-        shape_request,
-        shape_name=shape_name,
-        anonymous=anonymous,
-        delete=method == "DELETE",
-    )
+    try:
+        decision = evaluate(
+            runtime.loaded.policy,
+            claims,
+            shape_request,
+            shape_name=shape_name,
+            anonymous=anonymous,
+            delete=method == "DELETE",
+        )
+    except Unauthenticated:
+        if anonymous and "Authorization" in request.headers and not config.issuers:
+            # (a token was sent, ignored by `_claims` as nothing could verify it: "a bearer
+            # token is required" would send its sender looking at the token, not the config)
+            raise Unauthenticated(
+                "no_issuer", "this proxy accepts no bearer token: no issuer is configured"
+            ) from None
+        raise
     secret = runtime.loaded.upstream_secret
     build = functools.partial(
         build_upstream_url,
