@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
-from proxy.policy.slots import single_value_slots
+from proxy.policy.slots import list_slots, single_value_slots
 from proxy.policy.sql import (
     PLACEHOLDER,
     ClauseCache,
@@ -54,6 +54,9 @@ class CompiledRule:
     #: Indexes (into `claim_paths`) of the claims the filter reads as one value wherever it
     #: uses them (`slots.single_value_slots`): text in array syntax is bound there as is.
     single_slots: frozenset[int] = frozenset()
+    #: Indexes of the claims the filter reads whole as an array wherever it uses them
+    #: (`slots.list_slots`): the only places a JSON-list claim is bound.
+    list_slots: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,7 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         delete=rule.delete,
         limits=rule.limits,
         single_slots=single_value_slots(template.sql) if template is not None else frozenset(),
+        list_slots=list_slots(template.sql) if template is not None else frozenset(),
     )
 
 

@@ -299,6 +299,7 @@ def _param_from_claim(
     *,
     array: bool = False,
     single: bool = False,
+    listable: bool = False,
 ) -> str:
     """A claim as the text of a filter parameter; `like_escape`: it is (part of) a LIKE
     pattern, so each text gets its wildcards escaped (a claim is a literal, never a pattern);
@@ -315,10 +316,12 @@ def _param_from_claim(
     if value is _MISSING or value is None:
         raise Forbidden("missing_claim", f"the token has no {path!r} claim, which this shape needs")
     if isinstance(value, list):
-        if single and not array:
-            # Where every use reads one value (`org_id = {{org}}`, `IN`, `<>`, `::text`) an
-            # array literal was compared as the text `{"a","b"}`: no rows, a row holding
-            # that text, or for `<>` every other org's rows (proxycfg 13:18).
+        if not (array or listable):
+            # Bound anywhere but where the filter reads an array (`= ANY({{orgs}})`,
+            # `tags && {{tags}}`, `{{orgs}}::text[]`: `CompiledRule.list_slots`), an array
+            # literal was compared as the text `{"a","b"}`: no rows, a row holding that
+            # text, or for `<>` every other org's rows (`org_id <> {{org}}`, proxycfg
+            # 13:18; inside a function, `org_id <> lower({{org}})`, review 14:27).
             raise Forbidden(
                 "claim_unusable",
                 f"the token's {path!r} claim is a list; this shape's filter needs one value",
@@ -547,6 +550,7 @@ def _build_where(
             template.escape_of(i) if template else None,
             array=i in slots,
             single=i in rule.single_slots,
+            listable=i in rule.list_slots,
         )
         for i, p in enumerate(rule.claim_paths)
     )

@@ -87,6 +87,53 @@ def _walk(node: object) -> Iterator[ast.Node]:
             stack.extend(item)
 
 
+_ARRAY_OPERATORS = frozenset({"<@", "@>", "&&"})
+
+
+def _array_operand(node: object) -> ast.ParamRef | None:
+    """`node` if it is a `$n` read whole as an array: bare, or cast to an array type
+    (`$1::text[]`), and nothing else around it."""
+    if isinstance(node, ast.TypeCast):
+        if node.typeName is None or not node.typeName.arrayBounds:
+            return None
+        node = node.arg
+        while isinstance(node, ast.TypeCast) and node.typeName and node.typeName.arrayBounds:
+            node = node.arg
+    return node if isinstance(node, ast.ParamRef) else None
+
+
+def _array_refs(node: ast.Node) -> Iterator[ast.ParamRef]:
+    """The `$n` that `node` reads whole as an array: the right side of `= ANY(...)` /
+    `ALL(...)`, an operand of `<@`, `@>`, `&&`, or a cast to an array type anywhere."""
+    sides: list[object] = []
+    if isinstance(node, ast.A_Expr):
+        op = node.name[-1].sval if node.name else None
+        if node.kind in (A_Expr_Kind.AEXPR_OP_ANY, A_Expr_Kind.AEXPR_OP_ALL):
+            sides = [node.rexpr]
+        elif node.kind == A_Expr_Kind.AEXPR_OP and op in _ARRAY_OPERATORS:
+            sides = [node.lexpr, node.rexpr]
+    elif isinstance(node, ast.TypeCast) and node.typeName and node.typeName.arrayBounds:
+        # (a cast inside ANY/&& is the same use: counted once, by the set below)
+        sides = [node]
+    for side in sides:
+        ref = _array_operand(side)
+        if ref is not None:
+            yield ref
+
+
+def list_slots(sql: str) -> frozenset[int]:
+    """Indexes `i` (of `$i+1`) whose every use reads the claim whole as an array: there a
+    JSON-list claim is bound as an array literal. Anywhere else (one value, a function's
+    argument, `||`...) a list claim is refused: bound there as the text `{"a","b"}` it was
+    compared as one value (`org_id <> lower({{org}})` served every org, review 14:27)."""
+    where = parse_sql(blank_line_comments(f"SELECT 1 WHERE {sql}"))[0].stmt.whereClause
+    nodes = list(_walk(where))
+    uses = Counter(node.number for node in nodes if isinstance(node, ast.ParamRef))
+    arrays = {id(ref): ref.number for node in nodes for ref in _array_refs(node)}
+    read = Counter(arrays.values())
+    return frozenset(n - 1 for n, count in uses.items() if read[n] == count)
+
+
 def single_value_slots(sql: str) -> frozenset[int]:
     """Indexes `i` (of `$i+1`) of the compiled filter `sql` whose every use is one value."""
     where = parse_sql(blank_line_comments(f"SELECT 1 WHERE {sql}"))[0].stmt.whereClause

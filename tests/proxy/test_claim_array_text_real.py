@@ -131,7 +131,8 @@ async def test_a_list_claim_where_the_filter_compares_one_value_is_refused(
     that literal (proxycfg 13:18). It is the 403 claim_unusable the docs promise; where the
     filter reads an array it is still bound element by element and answered by Postgres."""
     config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
-    single = {**SINGLE, "tne": "t <> {{s}}"}
+    # (and inside a function: `t <> lower({{s}})` served every other row, review 14:27)
+    single = {**SINGLE, "tne": "t <> {{s}}", "fn": "t <> lower({{s}})", "fn_eq": "t = upper({{s}})"}
     config["tables"]["items"] = {
         "allow": [
             {"name": name, "when": {"role": name}, "where": where}
