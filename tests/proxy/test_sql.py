@@ -209,7 +209,12 @@ def test_claims_in_like_patterns_are_bound_escaped() -> None:
 def test_like_literal_escapes_its_wildcards() -> None:
     assert _like_literal("a_b%c\\d", "\\") == "a\\_b\\%c\\\\d"
     assert _like_literal("50%#_", "#") == "50#%###_"
-    assert _param_from_claim({"x": ["a_", "b"]}, "x", "\\") == '{"a\\\\_","b"}'
+    # a list is bound (each item escaped) only where the filter reads it whole as an array;
+    # anywhere else it is refused (b215cab8: as text it was compared as one value)
+    listed = _param_from_claim({"x": ["a_", "b"]}, "x", "\\", listable=True)
+    assert listed == '{"a\\\\_","b"}'
+    with pytest.raises(Forbidden):
+        _param_from_claim({"x": ["a_", "b"]}, "x", "\\")
 
 
 def test_a_claim_as_the_subject_of_a_regex_is_no_pattern() -> None:
