@@ -5,31 +5,15 @@ no other tenant's activity). Real Postgres databases, the engine's app and admin
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.databases import create_database, drop_database
 from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import stopped_within
 from tests.sync_engine.tenants.harness import TOKEN, MultiEngine, make_items
-
-
-@pytest.fixture
-def make_db(pg_server_url: str) -> Iterator[Callable[[], str]]:
-    """make_db() -> URL of a fresh database on the test cluster (dropped afterwards)."""
-    made: list[str] = []
-
-    def make() -> str:
-        dbname, url = create_database(pg_server_url)
-        made.append(dbname)
-        return url
-
-    yield make
-    for dbname in made:
-        drop_database(pg_server_url, dbname)
 
 
 @pytest.fixture
