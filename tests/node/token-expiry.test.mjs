@@ -12,6 +12,7 @@
 import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { createHmac, randomBytes } from 'node:crypto'
+import { FetchError } from '@electric-sql/client'
 import { useCluster, VIA, ShapeStream, Shape, show, startProxy, waitFor, sleep } from './harness.mjs'
 
 const cluster = useCluster()
@@ -128,4 +129,76 @@ test(`${VIA}: held answers end at the token's expiry; clients go on with fresh t
     assert.deepEqual(repeated, [], `${c.name}: inserts seen twice`)
   }
   assert.ok(minted > 8, `tokens minted: ${minted}`)
+})
+
+// docs/operator-quickstart.md, step 5, as written: the page's cached token expired while the
+// laptop slept, so the first request gets the proxy's 401. The client does not retry a 4xx by
+// itself; the snippet's `onError` renews the token and returns {} so the client goes on (its
+// `headers` function runs again). Without `onError` the stream stops with the 401 and no rows.
+test(`${VIA}: an expired token's 401 is recovered by the quickstart's onError, and ends the stream without it`, { ...T, skip: VIA !== 'proxy' && 'tokens only through the proxy' }, async (t) => {
+  const env = await cluster.newEnv(t)
+  await env.sql(`CREATE TABLE items (id int PRIMARY KEY, grp int NOT NULL, n int NOT NULL);
+                 INSERT INTO items SELECT i, i % 2, 0 FROM generate_series(1, 6) i;`)
+  const proxy = await startProxy(env.engine.baseUrl, { config: POLICY, env: { EXPIRY_JWT_SECRET: JWT_SECRET } })
+  t.after(() => proxy.stop())
+  const expired = () => {
+    const b64 = (x) => Buffer.from(JSON.stringify(x)).toString('base64url')
+    const now = Math.floor(Date.now() / 1000)
+    const claims = { iss: ISSUER, aud: 'shapegate', sub: 'user-1', org_id: 1, iat: now - 600, exp: now - 300 }
+    const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`
+    return `${body}.${createHmac('sha256', JWT_SECRET).update(body).digest('base64url')}`
+  }
+
+  const run = (withOnError) => {
+    const aborter = new AbortController()
+    t.after(() => aborter.abort())
+    let cached = expired()
+    const seen = { statuses: [], renewals: 0 }
+    const getFreshToken = async () => cached
+    const renewToken = async () => {
+      seen.renewals += 1
+      cached = token(1)
+    }
+    const options = {
+      url: `${proxy.baseUrl}/v1/shape`,
+      params: { table: 'items' },
+      headers: { Authorization: async () => `Bearer ${await getFreshToken()}` },
+      signal: aborter.signal,
+    }
+    if (withOnError) {
+      options.onError = async (error) => {
+        seen.statuses.push(error.status)
+        if (error instanceof FetchError && error.status === 401) {
+          await renewToken()
+          return {}
+        }
+      }
+    }
+    const stream = new ShapeStream(options)
+    return { stream, shape: new Shape(stream), seen }
+  }
+
+  const want = show((await env.query(`SELECT id FROM items WHERE grp = 1 ORDER BY id`)).map(([id]) => Number(id)))
+  const ids = (c) => show(c.shape.currentRows.map((r) => r.id).sort((a, b) => a - b))
+
+  const recovering = run(true)
+  await waitFor(async () => ids(recovering) === want, {
+    timeout: 20_000,
+    message: 'the onError client synced after renewing its token',
+    details: () => `${ids(recovering)} ${show(recovering.seen)}`,
+  })
+  assert.deepEqual(recovering.seen.statuses, [401])
+  assert.equal(recovering.seen.renewals, 1)
+  await env.sql(`INSERT INTO items VALUES (7, 1, 0)`)
+  const after = show([1, 3, 5, 7])
+  await waitFor(async () => ids(recovering) === after, { timeout: 20_000, message: 'a live change after the renewal' })
+
+  const stopped = run(false)
+  await waitFor(async () => stopped.stream.error !== undefined, {
+    timeout: 20_000,
+    message: 'the client without onError stops on the 401',
+  })
+  await sleep(1_000)
+  assert.equal(stopped.stream.error?.status, 401, `error: ${stopped.stream.error}`)
+  assert.equal(stopped.shape.currentRows.length, 0)
 })
