@@ -44,7 +44,7 @@ from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.position import FILE_NAME as POSITION_FILE
 from .replication.position import DamagedPosition, SavedPosition, read_saved
-from .replication.replicator import Replicator
+from .replication.replicator import AUTO_LOG_FLOOR, Replicator
 from .replication.slot import SlotState, ensure_slot, slot_confirmed_lsn, slot_state, wal_end
 from .replication.wal import Lsn, format_lsn
 from .shapes.changes import Row
@@ -155,7 +155,9 @@ class SourceConfig:
     chunk_bytes: int = 10 * 1024 * 1024
     max_concurrent_snapshots: int = 8
     max_shapes: int | None = None
-    max_log_bytes: int | None = None  # see `Settings.max_log_bytes`
+    max_log_bytes: int | None = None  # see `Settings.max_log_bytes` (None: the default)
+    #: The least the default log limit is (`Replicator.log_limit`): a test's, not a setting.
+    auto_log_floor: int = AUTO_LOG_FLOOR
     disk_reserve: int | None = None  # see `Settings.disk_reserve`
     fsync: bool = True
     schema_check_interval: float = 10.0
@@ -218,6 +220,7 @@ class Source:
             verify_table=self.tables.verify_relation,
             position=self.position,
             max_log_bytes=config.max_log_bytes,
+            auto_log_floor=config.auto_log_floor,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
