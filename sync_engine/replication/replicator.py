@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from ..errors import ServiceUnavailable
+from ..log.ends import End
 from ..log.entries import change_messages
 from ..log.files import LogCutBack, LogWriteError, is_log_chunk, note_durable_size
 from ..pg.row_where import Unevaluable
@@ -1256,10 +1257,20 @@ class Replicator:
         dirty, self._dirty = self._dirty, set()
         tokens = []
         paths: set[str] = set()
+        ends: list[tuple[str, End]] = []
         for shape in dirty:
+            if (end := shape.log.durable_end()) is not None:
+                ends.append((shape.handle, end))
             files, token = shape.log.take_dirty()
             paths |= files
             tokens.append((shape, token))
+        try:  # (where each log ends, apart from its files: `log/ends.py`)
+            self.registry.store.ends.note(ends)
+        except OSError as exc:
+            self._dirty |= dirty
+            self._rollback_staged()
+            self._failure = LogWriteError(exc.errno, f"noting log ends: {exc.strerror}")
+            return
         if self.fsync and paths:
             try:
                 await asyncio.to_thread(_fsync_paths, paths)
