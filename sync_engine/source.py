@@ -36,6 +36,7 @@ from psycopg_pool import ConnectionPool
 
 from . import stopping
 from .errors import EngineError, ServiceUnavailable
+from .identity import FILE_NAME as IDENTITY_FILE
 from .identity import database_identity, differs, read_identity, write_identity
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
@@ -145,6 +146,10 @@ class SourceState(enum.StrEnum):
     CONNECTING = "connecting"
     ACTIVE = "active"
     ERROR = "error"
+
+
+#: A file in a source's data dir: it may have made its publication or slot (`note_made`).
+MADE_FILE = "made-in-database"
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,15 +300,59 @@ class Source:
             POOL_CLOSE_WAIT,
         )
 
-    async def destroy(self) -> list[str]:
+    def note_made(self) -> None:
+        """Note in the data dir, before the source first makes anything in its database
+        (its publication, then its slot), that it may have: a source deleted before it
+        ever got that far has nothing to drop (`made_in_database`). Durable before it
+        returns (a crash right after must not forget it)."""
+        data_dir = self.config.data_dir
+        path = data_dir / MADE_FILE
+        if path.exists():
+            return
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if self.config.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.config.fsync:
+            dfd = os.open(data_dir, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def made_in_database(self) -> bool:
+        """Whether the source may have made its publication or slot: `note_made`'s file, or
+        (a data dir of an engine before it) its saved position, identity or shape logs."""
+        data_dir = self.config.data_dir
+        return any(
+            (data_dir / name).exists()
+            for name in (MADE_FILE, POSITION_FILE, IDENTITY_FILE, "shapes")
+        )
+
+    async def destroy(self, *, only_if_made: bool = False) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
 
         Returns what could not be cleaned up (e.g. the database is unreachable), each with
-        the SQL to finish by hand; the shape logs are deleted in any case.
+        the SQL to finish by hand; the shape logs are deleted in any case. `only_if_made`:
+        nothing is dropped if the source never made anything in its database
+        (`made_in_database`, asked once it is stopped): a source deleted before it ever
+        connected was retried for as long as its database could not be reached, for a slot
+        it never made (the retries of a deletion that failed drop in any case: its data
+        dir is gone by then).
         """
         await self.stop()
         slot, pub = self.config.slot_name, self.config.publication_name
         problems: list[str] = []
+        if only_if_made and not await asyncio.to_thread(self.made_in_database):
+            logger.info(
+                "source %s never made its slot or publication: nothing to drop",
+                self.config.source_id,
+            )
+            await self._delete_data_dir()
+            return problems
         try:
             # A Postgres that accepts the connection and then stops answering (a partition)
             # must not hold the deletion: it is retried (`SourceManager._cleanup`).
@@ -325,12 +374,15 @@ class Source:
                 f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
                 f" IF EXISTS {pub};"
             )
+        await self._delete_data_dir()
+        return problems
+
+    async def _delete_data_dir(self) -> None:
         # (not in the default executor, which other work may hold: `in_own_thread`)
         data_dir = self.config.data_dir
         await in_own_thread(
             lambda: shutil.rmtree(data_dir, True), f"deleting {data_dir}", RMTREE_WAIT
         )
-        return problems
 
     async def _run(self) -> None:
         """Connect (retrying with backoff), prepare slot and publication, then replicate."""
@@ -369,7 +421,7 @@ class Source:
         await self.replicator.run()
 
     async def _prepare(self) -> None:
-        publication_created = await self.tables.prepare()
+        publication_created = await self.tables.prepare(self.note_made)
         loaded = self.registry.load()
         await self._check_identity()
         for shape in loaded:

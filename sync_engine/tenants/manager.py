@@ -673,7 +673,7 @@ class SourceManager:
             source.registry.rotate_all("source deleted")
             try:
                 await source.end_requests(Unauthorized)
-                warnings = await source.destroy()
+                warnings = await source.destroy(only_if_made=True)
             except Exception as exc:  # recorded as deleted: the cleanup is tried again
                 logger.exception("cleaning up deleted source %s failed", rec.source_id)
                 warnings = [f"could not drop its replication slot and publication ({exc})."]

@@ -7,8 +7,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 
+from sync_engine.source import MADE_FILE
 from sync_engine.tenants import auth as auth_module
 from sync_engine.tenants import manager as manager_module
 from sync_engine.tenants.managed import ManagedSource
@@ -345,26 +347,66 @@ async def test_a_cleanup_that_keeps_failing_says_so_once(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A source deleted while its database cannot be reached (here: one that never
-    connected) is retried until it can, but its "could not drop" line was logged at every
-    retry, every five minutes for as long as the engine ran (attack, LOW). Now once, and
-    again only when the reason changes."""
+    """A source deleted while its database cannot be reached is retried until it can, but
+    its "could not drop" line was logged at every retry, every five minutes for as long as
+    the engine ran (attack, LOW). Now once, and again only when the reason changes. (Here
+    one that never connected, noted as if it had made its slot before its database went
+    away: one that never did has nothing to drop, see the next test.)"""
     monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
     monkeypatch.setattr(manager_module, "CLEANUP_RETRY_MAX", 0.1)
     tries = [0]
     destroy = ManagedSource.destroy
 
-    async def counted(self: Any) -> list[str]:
+    async def counted(self: Any, **kwargs: Any) -> list[str]:
         tries[0] += 1
-        return await destroy(self)
+        return await destroy(self, **kwargs)
 
     monkeypatch.setattr(ManagedSource, "destroy", counted)
     engine = await engines().start()
     src = await engine.add("nowhere", "postgresql://shapegate@127.0.0.1:1/none")
+    source_dir = engine.data_dir / "sources" / src["source_id"]
+    source_dir.mkdir(parents=True, exist_ok=True)
+    (source_dir / MADE_FILE).touch()
     caplog.set_level("INFO", logger="sync_engine.tenants.manager")
     status, body = await engine.api("DELETE", f"/api/sources/{src['source_id']}")
     assert status == 200 and body["deleted"] and body["warnings"], body
     await wait_until_async(lambda: tries[0] >= 6, timeout=30, message="six tries")
     said = [r for r in caplog.records if r.levelname == "INFO" and "(retrying)" in r.message]
     assert len(said) == 1, [r.message for r in said]
+    await engine.close()
+
+
+async def test_a_source_deleted_before_it_ever_connected_has_nothing_to_drop(
+    engines: Callable[..., MultiEngine], monkeypatch: pytest.MonkeyPatch, make_db: Any
+) -> None:
+    """A source that never reached its database never made a slot or publication there:
+    its deletion was "could not drop replication slot ..." and retries for as long as the
+    engine ran (LOW). Now done at once, no warning, no retry; one that connected still
+    drops its slot (the database's slots say so)."""
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
+    tries = [0]
+    destroy = ManagedSource.destroy
+
+    async def counted(self: Any, **kwargs: Any) -> list[str]:
+        tries[0] += 1
+        return await destroy(self, **kwargs)
+
+    monkeypatch.setattr(ManagedSource, "destroy", counted)
+    url = make_db()
+    engine = await engines().start()
+    src = await engine.add("nowhere", "postgresql://shapegate@127.0.0.1:1/none")
+    status, body = await engine.api("DELETE", f"/api/sources/{src['source_id']}")
+    assert status == 200 and body["deleted"] and body["warnings"] == [], body
+    await asyncio.sleep(0.3)  # (six retries' time, were it retried)
+    assert tries[0] == 1 and not engine.manager._cleanups
+    assert not (engine.data_dir / "sources" / src["source_id"]).exists()
+    real = await engine.add("real", url)
+    await engine.wait_state(real["source_id"], "active")
+    slots = "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE %s"
+    with psycopg.connect(url) as conn:
+        assert conn.execute(slots, ("%" + real["source_id"][:8] + "%",)).fetchone() == (1,)
+    status, body = await engine.api("DELETE", f"/api/sources/{real['source_id']}")
+    assert status == 200 and body["warnings"] == [], body
+    with psycopg.connect(url) as conn:
+        assert conn.execute(slots, ("%" + real["source_id"][:8] + "%",)).fetchone() == (0,)
     await engine.close()
