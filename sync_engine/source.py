@@ -190,6 +190,9 @@ class SourceConfig:
 class Source:
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
+        #: Whether the data dir showed, as `destroy` stopped the source, that it may have
+        #: made its slot or publication (`made_in_database`).
+        self.made_before = True
         self.dsn = engine_conninfo(config.database_url)
         self.router = ShapeRouter()
         self.registry = ShapeRegistry(
@@ -332,27 +335,19 @@ class Source:
             for name in (MADE_FILE, POSITION_FILE, IDENTITY_FILE, "shapes")
         )
 
-    async def destroy(self, *, only_if_made: bool = False) -> list[str]:
+    async def destroy(self) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
 
         Returns what could not be cleaned up (e.g. the database is unreachable), each with
-        the SQL to finish by hand; the shape logs are deleted in any case. `only_if_made`:
-        nothing is dropped if the source never made anything in its database
-        (`made_in_database`, asked once it is stopped): a source deleted before it ever
-        connected was retried for as long as its database could not be reached, for a slot
-        it never made (the retries of a deletion that failed drop in any case: its data
-        dir is gone by then).
+        the SQL to finish by hand; the shape logs are deleted in any case. `made_before`
+        says afterwards whether the data dir showed the source may have made its slot or
+        publication (`made_in_database`, asked once it is stopped): the deletion of one
+        that shows none warns of nothing (`SourceManager._delete`).
         """
         await self.stop()
+        self.made_before = await asyncio.to_thread(self.made_in_database)
         slot, pub = self.config.slot_name, self.config.publication_name
         problems: list[str] = []
-        if only_if_made and not await asyncio.to_thread(self.made_in_database):
-            logger.info(
-                "source %s never made its slot or publication: nothing to drop",
-                self.config.source_id,
-            )
-            await self._delete_data_dir()
-            return problems
         try:
             # A Postgres that accepts the connection and then stops answering (a partition)
             # must not hold the deletion: it is retried (`SourceManager._cleanup`).
