@@ -209,11 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-log-bytes",
         type=whole_number,
         default=_num(
-            "MAX_LOG_BYTES", whole_number, "a whole number of bytes", "--max-log-bytes", 0
+            "MAX_LOG_BYTES", whole_number, "a whole number of bytes", "--max-log-bytes", None
         ),
         help="rotate a shape whose transaction log grows past this many bytes: its clients"
-        " get 409 must-refetch and a fresh snapshot (logs are never compacted; repeated big"
-        " transactions would fill the disk). Default 0: no limit."
+        " get 409 must-refetch and a fresh snapshot (logs are never compacted: a new client"
+        " downloads all of it, and repeated big transactions would fill the disk). Default:"
+        " the larger of 64 MiB and 4 times the shape's snapshot bytes; 0: no limit."
         " Env: SYNC_ENGINE_MAX_LOG_BYTES",
     )
     p.add_argument(
@@ -420,7 +421,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         stale_age=args.stale_age,
         chunk_bytes=args.chunk_bytes,
         max_shapes=args.max_shapes or None,
-        max_log_bytes=args.max_log_bytes or None,
+        max_log_bytes=args.max_log_bytes,
         disk_reserve=args.disk_reserve,
         subset_spool_budget=args.subset_spool_budget,
         allow_delete=args.allow_delete,

@@ -31,7 +31,8 @@ class Settings:
     # file system; 0: none.
     disk_reserve: int | None = None
     # Bytes a shape's transaction log may hold before the shape is rotated (its clients
-    # refetch a fresh snapshot): logs are never compacted. None: no limit.
+    # refetch a fresh snapshot): logs are never compacted. None (the default): the larger
+    # of 64 MiB and 4 times the shape's snapshot bytes (`Replicator.log_limit`); 0: none.
     max_log_bytes: int | None = None
     # Bytes all subset answers may hold at once, in memory or spooled to the data dir's
     # disk, from their first row until sent (`snapshot.subset.set_spool_budget`): past it a

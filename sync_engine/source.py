@@ -36,6 +36,7 @@ from psycopg_pool import ConnectionPool
 
 from . import stopping
 from .errors import EngineError, ServiceUnavailable
+from .identity import FILE_NAME as IDENTITY_FILE
 from .identity import database_identity, differs, read_identity, write_identity
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
@@ -44,7 +45,7 @@ from .pg.xid_snapshot import XidSnapshot
 from .replication.failures import describe_failure
 from .replication.position import FILE_NAME as POSITION_FILE
 from .replication.position import DamagedPosition, SavedPosition, read_saved
-from .replication.replicator import Replicator
+from .replication.replicator import AUTO_LOG_FLOOR, Replicator
 from .replication.slot import SlotState, ensure_slot, slot_confirmed_lsn, slot_state, wal_end
 from .replication.wal import Lsn, format_lsn
 from .shapes.changes import Row
@@ -147,6 +148,10 @@ class SourceState(enum.StrEnum):
     ERROR = "error"
 
 
+#: A file in a source's data dir: it may have made its publication or slot (`note_made`).
+MADE_FILE = "made-in-database"
+
+
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
     source_id: str
@@ -155,7 +160,9 @@ class SourceConfig:
     chunk_bytes: int = 10 * 1024 * 1024
     max_concurrent_snapshots: int = 8
     max_shapes: int | None = None
-    max_log_bytes: int | None = None  # see `Settings.max_log_bytes`
+    max_log_bytes: int | None = None  # see `Settings.max_log_bytes` (None: the default)
+    #: The least the default log limit is (`Replicator.log_limit`): a test's, not a setting.
+    auto_log_floor: int = AUTO_LOG_FLOOR
     disk_reserve: int | None = None  # see `Settings.disk_reserve`
     fsync: bool = True
     schema_check_interval: float = 10.0
@@ -183,6 +190,9 @@ class SourceConfig:
 class Source:
     def __init__(self, config: SourceConfig) -> None:
         self.config = config
+        #: Whether the data dir showed, as `destroy` stopped the source, that it may have
+        #: made its slot or publication (`made_in_database`).
+        self.made_before = True
         self.dsn = engine_conninfo(config.database_url)
         self.router = ShapeRouter()
         self.registry = ShapeRegistry(
@@ -218,6 +228,7 @@ class Source:
             verify_table=self.tables.verify_relation,
             position=self.position,
             max_log_bytes=config.max_log_bytes,
+            auto_log_floor=config.auto_log_floor,
         )
         self.state = SourceState.CONNECTING
         self.error: str | None = None
@@ -292,13 +303,49 @@ class Source:
             POOL_CLOSE_WAIT,
         )
 
+    def note_made(self) -> None:
+        """Note in the data dir, before the source first makes anything in its database
+        (its publication, then its slot), that it may have: a source deleted before it
+        ever got that far has nothing to drop (`made_in_database`). Durable before it
+        returns (a crash right after must not forget it)."""
+        data_dir = self.config.data_dir
+        path = data_dir / MADE_FILE
+        if path.exists():
+            return
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if self.config.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.config.fsync:
+            dfd = os.open(data_dir, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def made_in_database(self) -> bool:
+        """Whether the source may have made its publication or slot: `note_made`'s file, or
+        (a data dir of an engine before it) its saved position, identity or shape logs."""
+        data_dir = self.config.data_dir
+        return any(
+            (data_dir / name).exists()
+            for name in (MADE_FILE, POSITION_FILE, IDENTITY_FILE, "shapes")
+        )
+
     async def destroy(self) -> list[str]:
         """Stop, then drop the slot and publication and delete the shape logs.
 
         Returns what could not be cleaned up (e.g. the database is unreachable), each with
-        the SQL to finish by hand; the shape logs are deleted in any case.
+        the SQL to finish by hand; the shape logs are deleted in any case. `made_before`
+        says afterwards whether the data dir showed the source may have made its slot or
+        publication (`made_in_database`, asked once it is stopped): the deletion of one
+        that shows none warns of nothing (`SourceManager._delete`).
         """
         await self.stop()
+        self.made_before = await asyncio.to_thread(self.made_in_database)
         slot, pub = self.config.slot_name, self.config.publication_name
         problems: list[str] = []
         try:
@@ -322,12 +369,15 @@ class Source:
                 f" them by hand: SELECT pg_drop_replication_slot('{slot}'); DROP PUBLICATION"
                 f" IF EXISTS {pub};"
             )
+        await self._delete_data_dir()
+        return problems
+
+    async def _delete_data_dir(self) -> None:
         # (not in the default executor, which other work may hold: `in_own_thread`)
         data_dir = self.config.data_dir
         await in_own_thread(
             lambda: shutil.rmtree(data_dir, True), f"deleting {data_dir}", RMTREE_WAIT
         )
-        return problems
 
     async def _run(self) -> None:
         """Connect (retrying with backoff), prepare slot and publication, then replicate."""
@@ -366,7 +416,7 @@ class Source:
         await self.replicator.run()
 
     async def _prepare(self) -> None:
-        publication_created = await self.tables.prepare()
+        publication_created = await self.tables.prepare(self.note_made)
         loaded = self.registry.load()
         await self._check_identity()
         for shape in loaded:

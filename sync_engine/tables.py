@@ -355,11 +355,12 @@ class Tables:
         """Whether the publication is there (someone may have dropped it)."""
         return await self.on_catalog(lambda conn: publication_exists(conn, self.publication))
 
-    async def prepare(self) -> bool:
+    async def prepare(self, before_making: Callable[[], None] | None = None) -> bool:
         """Check the database's encoding (as the catalog connection is made: `_connection`)
         and `wal_level` and make the publication (raises when the database cannot serve);
         True when it had to be created. Every source's start comes here first, however it
-        was added (`pg.encoding`)."""
+        was added (`pg.encoding`). `before_making` is called (on the event loop) once the
+        database is reached, before anything is made in it (`Source.note_made`)."""
 
         async def work(conn: AsyncConnection[Any]) -> bool:
             # (its encoding was checked as it connected: `_connection`)
@@ -370,6 +371,8 @@ class Tables:
                     f"wal_level is {row[0] if row else '?'}, not logical: set wal_level ="
                     " logical in postgresql.conf (or ALTER SYSTEM) and restart Postgres"
                 )
+            if before_making is not None:
+                before_making()
             return await ensure_publication(conn, self.publication)
 
         created = await self._on_connection(work, PUBLISH_TIMEOUT)

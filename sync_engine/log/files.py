@@ -1092,6 +1092,37 @@ class ShapeLog:
                     pass
             del self._needs_cut[path]
 
+    def durable_end(self) -> tuple[int, int, int] | None:
+        """What the next flush makes durable, for `ends.LogEnds`: (the LSN published so
+        far, the first and the last LSN staged); None with nothing staged."""
+        if not self._staged:
+            return None
+        return self._published_lsn, self._staged[0][4], self._staged[-1][4]
+
+    def check_end(self, end: tuple[int, int, int]) -> bool:
+        """After `load_transactions`: compare the log with where it ended when last made
+        durable as noted apart from its files (`ends.LogEnds`). A log that ends before it
+        lost durable records its files cannot tell of: an older copy of a chunk file, its
+        xattrs with it, put in place of the newer one. It is cut there like any damage
+        (`repaired_from`: kept only if the slot sends the lost transactions again).
+
+        The lowest LSN that may be lost: the first the last flush wrote, if the log holds
+        everything before that flush (a crash during it: those records were never
+        published, so the slot replays them); else anything after the log's end."""
+        before, first, last = end
+        loaded = self._published_lsn
+        if last <= loaded:
+            return False
+        cut_from = first if loaded >= before else loaded + 1
+        if self.damage is None:
+            self.damage = (
+                f"{self._prefix}: its log ends at LSN {loaded:X}, it was made durable up to"
+                f" {last:X} (an older copy of a chunk file?)"
+            )
+        if self.repaired_from is None or cut_from < self.repaired_from:
+            self.repaired_from = cut_from
+        return True
+
     @property
     def has_unpublished(self) -> bool:
         """Whether appends are staged but not yet readable (waiting for their fsync)."""

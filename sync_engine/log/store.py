@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .ends import NAME as ENDS_NAME
+from .ends import LogEnds
 from .files import LogDamaged, LogWriteError, ShapeLog
 from .packs import (
     MAGIC,
@@ -51,6 +53,8 @@ class ShapeStore:
         self._directory_text = str(directory)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
+        #: Where each shape's log ended when last made durable (`ends.py`).
+        self.ends = LogEnds(self._directory_text, fsync)
 
     def new_log(self, handle: str) -> ShapeLog:
         """An empty log for a new shape (it creates no file until it writes)."""
@@ -67,8 +71,13 @@ class ShapeStore:
         found: dict[str, _Found] = {}
         base = str(self.directory)
         _unnoted.pop(base, None)  # (logs of an earlier load: replaced by these)
+        ends = self.ends.read()
         for name in names:
             path = f"{base}/{name}"
+            if name.startswith(ENDS_NAME):
+                if name != ENDS_NAME:  # (a rewrite a crash cut short)
+                    _unlink(path)
+                continue
             if name.endswith(SUFFIX):
                 self._read_pack(path, found)
             elif os.path.isdir(path):  # a layout older than packs: not loaded
@@ -83,6 +92,8 @@ class ShapeStore:
             try:
                 log.restore_snapshot(marker, PackedChunk(pack, offset, size))
                 log.load_transactions([p for p in own if ".log." in p], begun)
+                if (end := ends.get(handle)) is not None and log.check_end(end):
+                    logger.warning("shape %s: %s", handle, log.damage)
             except (LogDamaged, OSError) as exc:
                 logger.warning("discarding shape %s: %s", handle, exc)
                 log.close()
@@ -95,6 +106,12 @@ class ShapeStore:
         for paths in files.values():  # snapshots that never finished, retired shapes
             for path in paths:
                 _unlink(path)
+        # One line per loaded shape (a lost end stays noted until its log is past it again).
+        self.ends.ends = {log.handle: ends[log.handle] for log in logs if log.handle in ends}
+        try:
+            self.ends.rewrite()
+        except OSError as exc:  # (a full disk: rewritten at a later flush)
+            logger.warning("%s: %s", self.ends.path, exc.strerror)
         return logs
 
     def _read_pack(self, path: str, found: dict[str, _Found]) -> None:
@@ -147,6 +164,7 @@ class ShapeStore:
             _unlink(path)
 
     def retire(self, log: ShapeLog) -> None:
+        self.ends.forget(log.handle)
         retire(log)
 
     async def settle(self) -> None:

@@ -45,6 +45,7 @@ from collections.abc import Awaitable, Callable
 import psycopg
 
 from ..errors import ServiceUnavailable
+from ..log.ends import End
 from ..log.entries import change_messages
 from ..log.files import LogCutBack, LogWriteError, is_log_chunk, note_durable_size
 from ..pg.row_where import Unevaluable
@@ -92,6 +93,11 @@ PART_ENTRIES = 1000
 #: waits in the socket behind megabytes of changes the engine reads first, and a 1 s
 #: timeout ran out before the engine read it.
 KEEPALIVE_EVERY = 0.25
+
+#: The default limit of a shape's log (`Replicator.log_limit`, no `--max-log-bytes`): the
+#: larger of this many bytes and `AUTO_LOG_SNAPSHOTS` times its snapshot's bytes.
+AUTO_LOG_FLOOR = 64 << 20
+AUTO_LOG_SNAPSHOTS = 4
 
 
 class StreamReleased(Exception):
@@ -287,6 +293,7 @@ class Replicator:
         verify_table: Callable[[int], Awaitable[None]] | None = None,
         position: SavedPosition | None = None,
         max_log_bytes: int | None = None,
+        auto_log_floor: int = AUTO_LOG_FLOOR,
     ) -> None:
         self.dsn = dsn
         self.slot = slot
@@ -313,8 +320,11 @@ class Replicator:
         self.verify_table = verify_table
         #: What the stream may confirm, saved in the data dir first (None: no limit).
         self.position = position
-        #: A shape whose log grows past this many bytes is rotated (`_rotate_oversized`).
+        #: A shape whose log grows past this many bytes is rotated (`_rotate_oversized`):
+        #: None is the default, `log_limit`'s relative one; 0: no limit.
         self.max_log_bytes = max_log_bytes
+        #: The least the default limit is (`log_limit`; smaller only in tests).
+        self.auto_log_floor = auto_log_floor
         if position is not None:
             position.on_saved = self._position_saved
         self._stream: ReplicationStream | None = None
@@ -441,10 +451,11 @@ class Replicator:
                 self._abandoned = None  # (the slot is this stream's now)
                 if not self._slot_checked:
                     await self._check_repaired_shapes()
-                    if self.max_log_bytes:  # (loaded over a limit set since: the disk may
-                        for shape in list(self.registry.by_handle.values()):  # be full)
-                            if shape.log.log_bytes > self.max_log_bytes:
-                                self._rotate_oversized(shape, self.max_log_bytes)
+                    if self.max_log_bytes != 0:  # (loaded over a limit set since: the
+                        for shape in list(self.registry.by_handle.values()):  # disk may be full)
+                            limit = self.log_limit(shape)
+                            if limit is not None and shape.log.log_bytes > limit:
+                                self._rotate_oversized(shape, limit)
                 if not self._readable_lsn:
                     # Nothing read since start: every commit before the slot's position is
                     # in the shape logs (the slot only confirms what is durable), so that is
@@ -1246,10 +1257,20 @@ class Replicator:
         dirty, self._dirty = self._dirty, set()
         tokens = []
         paths: set[str] = set()
+        ends: list[tuple[str, End]] = []
         for shape in dirty:
+            if (end := shape.log.durable_end()) is not None:
+                ends.append((shape.handle, end))
             files, token = shape.log.take_dirty()
             paths |= files
             tokens.append((shape, token))
+        try:  # (where each log ends, apart from its files: `log/ends.py`)
+            self.registry.store.ends.note(ends)
+        except OSError as exc:
+            self._dirty |= dirty
+            self._rollback_staged()
+            self._failure = LogWriteError(exc.errno, f"noting log ends: {exc.strerror}")
+            return
         if self.fsync and paths:
             try:
                 await asyncio.to_thread(_fsync_paths, paths)
@@ -1258,22 +1279,40 @@ class Replicator:
                 self._rollback_staged()
                 self._failure = LogWriteError(exc.errno, f"fsync: {exc.strerror}")
                 return
-        limit = self.max_log_bytes
+        bounded = self.max_log_bytes != 0
         for shape, token in tokens:
             if shape.log.publish(token):
                 shape.notify()
-                if limit and shape.log.log_bytes > limit:
-                    self._rotate_oversized(shape, limit)
+                if bounded and (limit := self.log_limit(shape)) is not None:
+                    if shape.log.log_bytes > limit:
+                        self._rotate_oversized(shape, limit)
+
+    def log_limit(self, shape: Shape) -> int | None:
+        """The bytes `shape`'s transaction log may hold before the shape is rotated (None:
+        no limit now). `--max-log-bytes N`: N (0: none). By default, relative to what a
+        new client pays anyway: the larger of `auto_log_floor` (64 MiB) and 4 times the
+        shape's snapshot bytes (the sizes of its chunk files, from its marker once loaded):
+        a new client then downloads at most ~5 times the snapshot, and a shape with a big
+        snapshot is not refetched for a log that is small beside it. Not before its
+        snapshot is complete (its size is not known yet): checked at its next publish."""
+        fixed = self.max_log_bytes
+        if fixed is not None:
+            return fixed or None
+        if not shape.log.snapshot_complete:
+            return None
+        return max(self.auto_log_floor, AUTO_LOG_SNAPSHOTS * shape.log.snapshot_bytes)
 
     def _rotate_oversized(self, shape: Shape, limit: int) -> None:
-        """Rotate a shape whose log passed `--max-log-bytes`: shape logs are never compacted,
-        so repeated big transactions (or huge rows) on a table would fill the disk. Its
-        clients get 409 must-refetch and a fresh snapshot (which has what was just
-        published): nothing lost, nothing served twice. Its files are deleted in the
-        executor; a read in flight gets its 409 (`ShapeLog.read_after_async`), a snapshot
-        chunk being sent keeps its open file."""
+        """Rotate a shape whose log passed its limit (`log_limit`): shape logs are never
+        compacted, so a busy table's shapes grew their logs for good, and a new client
+        downloaded all of it (soak: 1.7 MB after an hour for a 20-row shape), and repeated
+        big transactions (or huge rows) would fill the disk. Its clients get 409
+        must-refetch and a fresh snapshot (which has what was just published): nothing
+        lost, nothing served twice. Its files are deleted in the executor; a read in
+        flight gets its 409 (`ShapeLog.read_after_async`), a snapshot chunk being sent
+        keeps its open file."""
         logger.info(
-            "shape %s: its log holds %d bytes, over --max-log-bytes %d: rotating it",
+            "shape %s: its log holds %d bytes, over its limit %d (--max-log-bytes): rotating",
             shape.handle,
             shape.log.log_bytes,
             limit,

@@ -62,9 +62,9 @@ Connection = psycopg.AsyncConnection[TupleRow]
 BIG_WRITE = 1 << 20
 #: Seconds a finished snapshot waits for more to share its pack while Postgres is busy.
 PACK_WAIT = 0.02
-#: Bytes of last chunks taken into packs and not yet written, over every batch of the
-#: process (`_Packer`): the reserve check of a last chunk counts them, as the disk's free
-#: space does not yet.
+#: Bytes of snapshot chunks being written (chunk files: `_write`) or taken into packs and
+#: not yet written (`_Packer`), over every batch of the process: the reserve check of a
+#: chunk counts them, as the disk's free space does not yet.
 _UNWRITTEN = [0]
 
 
@@ -508,10 +508,14 @@ async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None
     """Write a chunk file unless the job failed or its shape is gone (rows are still read)."""
     if job.error is not None or job.cancelled():
         return
-    if job.room is not None and not job.room(len(data)):
+    if job.room is not None and not job.room(_UNWRITTEN[0] + len(data)):
         # (failed as a full disk's: a 503 disk_full, new snapshots held back a while)
         job.error = OSError(errno.ENOSPC, "No space left on device (the engine's reserve)")
         return
+    # Counted until written, as a pack's last chunks are: each file of several snapshots
+    # written at once was checked against the disk's free space without the others, and a
+    # burst went past the reserve by about a chunk per snapshot being written.
+    _UNWRITTEN[0] += len(data)
     try:
         if fsync or len(data) >= BIG_WRITE:
             await asyncio.to_thread(job.log.write_snapshot_chunk, index, data)
@@ -520,6 +524,8 @@ async def _write(job: SnapshotJob, index: int, data: bytes, fsync: bool) -> None
     except OSError as exc:
         job.error = exc
         return
+    finally:
+        _UNWRITTEN[0] -= len(data)
     job.log.remember_snapshot_chunk(index, data)
 
 

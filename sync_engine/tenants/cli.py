@@ -8,16 +8,24 @@ publication on delete, and keep its in-memory auth in step with the store.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ..console import OneLineParser
 
 _ENV = "SYNC_ENGINE_"
+#: A postgresql:// URL (else a keyword/value connection string).
+_URI = re.compile(r"\s*postgres(ql)?://", re.IGNORECASE)
 
 
 class CliError(Exception):
@@ -70,10 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True, help="a unique name, e.g. shop-production")
     add.add_argument(
         "--database-url",
-        required=True,
-        help="postgresql://user:password@host:5432/dbname; the role needs"
-        " REPLICATION, CREATE on the database and must own the synced"
-        " tables",
+        default=os.environ.get(_ENV + "SOURCE_DATABASE_URL"),
+        help="postgresql://user@host:5432/dbname (a password in it shows up in `ps`: prefer"
+        " --password-stdin or SYNC_ENGINE_SOURCE_PASSWORD); the role needs REPLICATION,"
+        " CREATE on the database and must own the synced tables."
+        " Env: SYNC_ENGINE_SOURCE_DATABASE_URL",
+    )
+    add.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the database password from stdin (its first line; asked without echo on"
+        " a terminal) and add it to --database-url. Else the env SYNC_ENGINE_SOURCE_PASSWORD,"
+        " if set, is added",
     )
     add.add_argument("--max-shapes", type=int, help="per-source shape limit (default: engine's)")
     add.add_argument(
@@ -218,10 +234,55 @@ def _secret_block(s: dict[str, Any]) -> str:
     )
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    """`--database-url` with the password from stdin or the environment added, if given:
+    a password on the command line shows up in `ps` and the shell's history. Never echoed
+    (a terminal is asked with `getpass`); never in an error message."""
+    url = args.database_url
+    if not url:
+        raise CliError("--database-url is required (or the env SYNC_ENGINE_SOURCE_DATABASE_URL)")
+    if args.password_stdin:
+        if sys.stdin.isatty():
+            password = getpass.getpass("database password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise CliError("--password-stdin: no password on stdin")
+    else:
+        password = os.environ.get(_ENV + "SOURCE_PASSWORD", "")
+        if not password:
+            return str(url)
+    return with_password(str(url), password)
+
+
+def with_password(url: str, password: str) -> str:
+    """`url` (a postgresql:// URL or a keyword/value string) with `password` in it,
+    percent-encoded or quoted as it needs; `CliError` if it has one already."""
+    if _URI.match(url):
+        try:
+            parts = urlsplit(url.strip())
+            has = parts.password is not None
+        except ValueError:
+            raise CliError("--database-url is not a valid URL") from None
+        if has or "password=" in parts.query:
+            raise CliError("--database-url has a password already: give it one way only")
+        user, at, host = parts.netloc.rpartition("@")
+        if not at:
+            user, host = "", parts.netloc
+        netloc = f"{user}:{quote(password, safe='')}@{host}"
+        return urlunsplit(parts._replace(netloc=netloc))
+    try:
+        if "password" in conninfo_to_dict(url):
+            raise CliError("--database-url has a password already: give it one way only")
+        return make_conninfo(url, password=password)
+    except psycopg.ProgrammingError:
+        raise CliError("--database-url is not a valid connection string") from None
+
+
 def run(args: argparse.Namespace) -> str:
     cmd = args.command
     if cmd == "add":
-        body: dict[str, Any] = {"name": args.name, "database_url": args.database_url}
+        body: dict[str, Any] = {"name": args.name, "database_url": _database_url(args)}
         if args.max_shapes is not None:
             body["max_shapes"] = args.max_shapes
         if args.max_initial_syncs is not None:

@@ -679,25 +679,47 @@ class SourceManager:
                 warnings = [f"could not drop its replication slot and publication ({exc})."]
             if not warnings:
                 await self._db(self._store().cleaned, rec.source_id)
-        for w in warnings:
+        # A source whose data dir shows it never made its slot or publication (it never
+        # reached its database) has, most likely, nothing to drop: its deletion warned of
+        # a slot to drop by hand and logged every retry (LOW). Its retries go on, quietly:
+        # a data dir lost or restored from before its first connection shows nothing either,
+        # and a slot left behind keeps WAL for good (review 17:01).
+        quiet = bool(warnings) and not source.made_before
+        if quiet:
+            logger.info(
+                "source %s (%s) deleted; its database could not be reached, and its data dir"
+                " shows it never made its slot or publication there: the engine drops them,"
+                " should they exist, once it can be reached",
+                rec.name,
+                rec.source_id,
+            )
+            logger.debug("source %s: %s", rec.source_id, warnings[0])
+        for w in [] if quiet else warnings:
             logger.warning("source %s (%s) deleted with a problem: %s", rec.name, rec.source_id, w)
         if warnings:
-            self._start_cleanup(rec.source_id, rec.database_url, retry_first=True)
-            warnings = [f"{w} The engine keeps trying to drop them." for w in warnings]
+            self._start_cleanup(rec.source_id, rec.database_url, retry_first=True, quiet=quiet)
+            warnings = (
+                [] if quiet else [f"{w} The engine keeps trying to drop them." for w in warnings]
+            )
         logger.info("source %s (%s) deleted", rec.name, rec.source_id)
         return warnings
 
-    def _start_cleanup(self, source_id: str, database_url: str, *, retry_first: bool) -> None:
+    def _start_cleanup(
+        self, source_id: str, database_url: str, *, retry_first: bool, quiet: bool = False
+    ) -> None:
         if source_id in self._cleanups:
             return
         task = asyncio.create_task(
-            self._cleanup(source_id, database_url, retry_first), name=f"cleanup-{source_id}"
+            self._cleanup(source_id, database_url, retry_first, quiet), name=f"cleanup-{source_id}"
         )
         self._cleanups[source_id] = task
         task.add_done_callback(lambda _: self._cleanups.pop(source_id, None))
 
-    async def _cleanup(self, source_id: str, database_url: str, retry_first: bool) -> None:
-        """Drop a deleted source's slot and publication (and shape logs) until that works."""
+    async def _cleanup(
+        self, source_id: str, database_url: str, retry_first: bool, quiet: bool = False
+    ) -> None:
+        """Drop a deleted source's slot and publication (and shape logs) until that works.
+        `quiet`: it most likely has none (`_delete`): its retries are logged at debug."""
         ghost = SourceRecord(source_id=source_id, name="", database_url=database_url,
                              secret_hash="")  # fmt: skip
         delay = CLEANUP_RETRY_FIRST
@@ -717,7 +739,7 @@ class SourceManager:
             # as the database cannot be reached (its slot, if it has one, keeps WAL; whether
             # it has one cannot be told), and a source deleted before it ever connected
             # logged the same line every five minutes for as long as the engine ran.
-            log = logger.info if problems[0] != said else logger.debug
+            log = logger.info if problems[0] != said and not quiet else logger.debug
             log("deleted source %s: %s (retrying)", source_id, problems[0])
             said = problems[0]
             await asyncio.sleep(delay)

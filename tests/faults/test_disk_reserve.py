@@ -75,7 +75,7 @@ async def _engine_on_a_small_disk(
 
 
 async def _sync(
-    session: aiohttp.ClientSession, url: str, where: str | None = None
+    session: aiohttp.ClientSession, url: str, where: str | None = None, table: str = "items"
 ) -> tuple[int, dict[str, Any], str, str]:
     """Follow one shape from -1 to up-to-date, as the client does: (status, the refusal's
     body or {}, handle, offset); stops at the first answer that is not a 200 or a 409.
@@ -84,7 +84,7 @@ async def _sync(
     first snapshot chunk was served before a later one was refused for the reserve is
     retired, and its next request is a 409 (ci1, 2026-12-07: `(409, must-refetch)` in the
     loop of new shapes); its -1 then gets the 503 disk_full (`Source._check_snapshot_room`)."""
-    first = {"table": "items", "offset": "-1", **({"where": where} if where else {})}
+    first = {"table": table, "offset": "-1", **({"where": where} if where else {})}
     params = dict(first)
     handle = ""
     refetches = 0
@@ -226,3 +226,41 @@ async def _sync_once(
             params.update(handle=handle, offset=r.headers["electric-offset"])
             if "electric-up-to-date" in r.headers:
                 return 200, {}, handle, params["offset"]
+
+
+@pytest.mark.timeout(120)
+async def test_a_burst_of_multi_chunk_snapshots_leaves_the_reserve(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Many new shapes at once whose snapshots are several chunk files each: each file was
+    checked against the reserve as it came, not counting the files other snapshots were
+    writing at that moment, so a burst went past the reserve by about a chunk per snapshot
+    being written (LOW). Now the chunk files being written count too."""
+    async with _engine_on_a_small_disk(db_url, tmp_path, rows=6000, chunk_bytes=1 << 20) as (
+        engine,
+        mnt,
+    ):  # ~1.6 MB a snapshot, two chunk files and a packed last chunk: ~40 MB asked of 16 MB
+        with psycopg.connect(db_url, autocommit=True) as conn:  # (a batch per table: at once)
+            for n in range(1, 6):
+                conn.execute(f"CREATE TABLE items{n} AS SELECT * FROM items")
+                conn.execute(f"ALTER TABLE items{n} ADD PRIMARY KEY (id)")
+        tables = ["items"] + [f"items{n}" for n in range(1, 6)]
+        lowest = [_free(mnt)]
+        done = asyncio.Event()
+
+        async def watch() -> None:  # (a refused snapshot's files are deleted: look meanwhile)
+            while not done.is_set():
+                lowest[0] = min(lowest[0], _free(mnt))
+                await asyncio.sleep(0.001)
+
+        watching = asyncio.create_task(watch())
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90)) as session:
+            got = await asyncio.gather(
+                *(_sync(session, engine.url, f"v <> {k}", t) for t in tables for k in range(4))
+            )
+        done.set()
+        await watching
+        statuses = sorted(status for status, _, _, _ in got)
+        assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+        assert all(b["code"] == "disk_full" for st, b, _, _ in got if st == 503), got
+        assert lowest[0] >= RESERVE - (64 << 10), (lowest[0], RESERVE)

@@ -144,3 +144,50 @@ def test_cli_manages_sources(make_db: Callable[[], str], admin_url: str) -> None
     assert out.returncode == 1 and "401" in out.stderr
     out = cli("http://127.0.0.1:1", "list")
     assert out.returncode == 1 and "cannot reach the admin API" in out.stderr
+
+
+def test_the_password_comes_from_stdin_or_the_environment_never_argv(
+    make_db: Callable[[], str], admin_url: str
+) -> None:
+    """`--database-url` carried the password on the command line only, where `ps` and the
+    shell's history show it: `--password-stdin` and `SYNC_ENGINE_SOURCE_PASSWORD` add it."""
+    url = make_db()  # (no password: the test cluster trusts TCP)
+    env = {**os.environ, "SYNC_ENGINE_ADMIN_URL": admin_url, "SYNC_ENGINE_ADMIN_TOKEN": TOKEN}
+    out = subprocess.run(
+        [sys.executable, "-m", "sync_engine", "sources", "add", "--name", "stdin-pw",
+         "--database-url", url, "--password-stdin", "--json"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, input="pw-hidden/@ 'x\n",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "pw-hidden" not in out.stdout + out.stderr
+    source_id = json.loads(out.stdout)["source_id"]
+    shown = cli(admin_url, "show", source_id, "--json").stdout
+    assert "pw-hidden" not in shown and ":****@" in shown  # (it has one, kept secret)
+    with mock.patch.dict(os.environ, {"SYNC_ENGINE_SOURCE_PASSWORD": "pw-hidden2"}):
+        out = cli(admin_url, "add", "--name", "env-pw", "--database-url", url, "--json")
+    assert out.returncode == 0, out.stderr
+    shown = cli(admin_url, "show", json.loads(out.stdout)["source_id"], "--json").stdout
+    assert "pw-hidden" not in out.stdout + shown and ":****@" in shown
+    # given twice: refused, the password not repeated
+    with mock.patch.dict(os.environ, {"SYNC_ENGINE_SOURCE_PASSWORD": "pw-hidden3"}):
+        out = cli(admin_url, "add", "--name", "x", "--database-url", url.replace("@", ":a@"))
+    assert out.returncode == 1 and "one way only" in out.stderr and "pw-hidden" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db.example:5432/app?sslmode=require",
+        "postgres://db.example/app",
+        "host=db.example user=u dbname=app",
+    ],
+)
+def test_a_password_is_added_to_either_form_exactly(url: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    from sync_engine.tenants.cli import with_password
+
+    for password in ("plain", "p@ss/w:rd?#%", "it's a \\ space"):
+        got = conninfo_to_dict(with_password(url, password))
+        assert got["password"] == password
+        assert {k: v for k, v in got.items() if k != "password"} == conninfo_to_dict(url)

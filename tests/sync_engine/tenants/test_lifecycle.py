@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shutil
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
+from sync_engine.source import MADE_FILE
 from sync_engine.tenants import auth as auth_module
 from sync_engine.tenants import manager as manager_module
 from sync_engine.tenants.managed import ManagedSource
@@ -340,27 +345,34 @@ async def test_a_secret_rotated_away_while_it_is_being_checked_is_refused(
     assert (await engine.get(sid, body["secret"], table="items", offset="-1"))[0] == 200
 
 
+SLOTS = "SELECT slot_name FROM pg_replication_slots WHERE database = %s"
+
+
 async def test_a_cleanup_that_keeps_failing_says_so_once(
     engines: Callable[..., MultiEngine],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A source deleted while its database cannot be reached (here: one that never
-    connected) is retried until it can, but its "could not drop" line was logged at every
-    retry, every five minutes for as long as the engine ran (attack, LOW). Now once, and
-    again only when the reason changes."""
+    """A source deleted while its database cannot be reached is retried until it can, but
+    its "could not drop" line was logged at every retry, every five minutes for as long as
+    the engine ran (attack, LOW). Now once, and again only when the reason changes. (Here
+    one that never connected, noted as if it had made its slot before its database went
+    away: one that never did has nothing to drop, see the next test.)"""
     monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
     monkeypatch.setattr(manager_module, "CLEANUP_RETRY_MAX", 0.1)
     tries = [0]
     destroy = ManagedSource.destroy
 
-    async def counted(self: Any) -> list[str]:
+    async def counted(self: Any, **kwargs: Any) -> list[str]:
         tries[0] += 1
-        return await destroy(self)
+        return await destroy(self, **kwargs)
 
     monkeypatch.setattr(ManagedSource, "destroy", counted)
     engine = await engines().start()
     src = await engine.add("nowhere", "postgresql://shapegate@127.0.0.1:1/none")
+    source_dir = engine.data_dir / "sources" / src["source_id"]
+    source_dir.mkdir(parents=True, exist_ok=True)
+    (source_dir / MADE_FILE).touch()
     caplog.set_level("INFO", logger="sync_engine.tenants.manager")
     status, body = await engine.api("DELETE", f"/api/sources/{src['source_id']}")
     assert status == 200 and body["deleted"] and body["warnings"], body
@@ -368,3 +380,70 @@ async def test_a_cleanup_that_keeps_failing_says_so_once(
     said = [r for r in caplog.records if r.levelname == "INFO" and "(retrying)" in r.message]
     assert len(said) == 1, [r.message for r in said]
     await engine.close()
+
+
+async def test_a_source_deleted_before_it_ever_connected_warns_of_nothing(
+    engines: Callable[..., MultiEngine],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A source that never reached its database never made a slot or publication there:
+    its deletion warned "could not drop replication slot ..." with SQL to run by hand, and
+    logged its retries for as long as the engine ran (LOW). Now no warning, and its retries
+    (a data dir lost shows nothing either: the next test) are quiet."""
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_MAX", 0.1)
+    engine = await engines().start()
+    src = await engine.add("nowhere", "postgresql://shapegate@127.0.0.1:1/none")
+    caplog.set_level("INFO", logger="sync_engine.tenants.manager")
+    status, body = await engine.api("DELETE", f"/api/sources/{src['source_id']}")
+    assert status == 200 and body["deleted"] and body["warnings"] == [], body
+    await asyncio.sleep(0.5)  # (several retries)
+    said = [r.message for r in caplog.records if r.levelno >= logging.INFO]
+    assert not [m for m in said if "(retrying)" in m or "could not drop" in m], said
+    assert not (engine.data_dir / "sources" / src["source_id"]).exists()
+    await engine.close()
+
+
+async def test_a_deleted_source_whose_data_dir_was_lost_still_drops_its_slot(
+    engines: Callable[..., MultiEngine],
+    make_db: Any,
+    pg_server_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """review 17:01: a source that made its slot, whose data dir was then lost (a volume
+    replaced, a backup from before its first connection restored), deleted while its
+    database cannot be reached: the slot is dropped once it can be (it kept WAL for good)."""
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_FIRST", 0.05)
+    monkeypatch.setattr(manager_module, "CLEANUP_RETRY_MAX", 0.2)
+    url = make_db()
+    dbname = conninfo_to_dict(url)["dbname"]
+    engine = await engines().start()
+    src = await engine.add("real", url)
+    await engine.wait_state(src["source_id"], "active")
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        assert len(conn.execute(SLOTS, (dbname,)).fetchall()) == 1
+    await engine.close()
+    shutil.rmtree(engine.data_dir / "sources" / src["source_id"])  # (sources.db kept)
+    with psycopg.connect(pg_server_url, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false')
+    try:
+        again = await engines(engine.data_dir).start()
+        status, body = await again.api("DELETE", f"/api/sources/{src['source_id']}")
+        assert status == 200 and body["deleted"], body
+        await asyncio.sleep(0.5)
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS true')
+
+    def slots() -> list[Any]:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:
+            return conn.execute(SLOTS, (dbname,)).fetchall()
+
+    try:
+        await wait_until_async(lambda: not slots(), timeout=10, message="its slot dropped")
+    finally:
+        with psycopg.connect(pg_server_url, autocommit=True) as conn:  # (so make_db can drop it)
+            for (name,) in conn.execute(SLOTS, (dbname,)).fetchall():
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+        await again.close()

@@ -32,7 +32,7 @@ def test_every_setting_a_source_has_reaches_a_registered_source(tmp_path: Path) 
         default = getattr(Settings(), f.name)
         if isinstance(default, bool):
             changed[f.name] = not default
-        else:  # (None: a limit that is off by default, e.g. --max-log-bytes)
+        else:  # (None: a default of its own, e.g. --max-log-bytes: auto)
             changed[f.name] = 4097 if default is None else default * 3 + 1
     settings = dataclasses.replace(Settings(data_dir=tmp_path), **changed)
     rec = SourceRecord(source_id="s1", name="one", database_url="postgresql://x/y", secret_hash="h")

@@ -1,0 +1,142 @@
+"""Where each shape's log ended when last made durable, kept apart from its chunk files.
+
+A chunk file vouches for itself: its records' checksums, its `user.shapegate.durable` size
+(`files.DURABLE_SIZE`). An older copy of the file put in its place (a restore mix-up, a
+partial `rsync -X` or `cp -a` of a backup) carries an older, self-consistent version of all
+of that, and loaded as a whole log that merely ended earlier: every change after the copy
+was gone for new clients, with nothing logged (chaos, MEDIUM). What binds a chunk to its
+shape's position must not travel with the file.
+
+So every flush also appends, per shape it makes durable, one line to the source's
+`log-ends` file (in the shapes directory), before the chunk files are fsynced and anything
+is published: the LSN its log was published to before the flush, the first and the last LSN
+the flush writes. `load` compares: a log that ends before its last noted LSN lost records
+that were durable (`ShapeLog.check_end`), and is cut there like any other damage: the
+replicator keeps the shape only if the slot will send the lost transactions again. A line
+whose flush never became durable (a crash during it) notes records the slot never got
+past: the cut is a repair, from the flush's first LSN.
+
+Best effort in one direction only: a missing, torn or damaged line (a crash during an
+append; a filesystem error) loses only that detection, never retires a shape that is
+whole. So the file is not fsynced itself (one more fsync per flush): a power loss can only
+lose its last lines. It is rewritten with one line per live shape once it grows past a few
+times that (`LogEnds.rewrite`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .checksum import crc32
+
+logger = logging.getLogger(__name__)
+
+#: The file's name in the shapes directory (`store.ShapeStore.load` skips it).
+NAME = "log-ends"
+
+#: The file is rewritten once it holds more than this many bytes and `COMPACT_FACTOR` times
+#: the lines of the shapes there are.
+COMPACT_MIN = 1 << 20
+COMPACT_FACTOR = 4
+
+#: A shape's noted end: (published LSN before the flush, first LSN it wrote, last LSN).
+End = tuple[int, int, int]
+
+
+def _line(handle: str, end: End) -> bytes:
+    body = b"%s %x %x %x" % (handle.encode(), *end)
+    return b"%s %08x\n" % (body, crc32(body))
+
+
+def _parse(line: bytes) -> tuple[str, End] | None:
+    try:
+        body, crc = line.rsplit(b" ", 1)
+        if int(crc, 16) != crc32(body):
+            return None
+        handle, before, first, last = body.split(b" ")
+        return handle.decode(), (int(before, 16), int(first, 16), int(last, 16))
+    except ValueError:
+        return None
+
+
+class LogEnds:
+    """The `log-ends` file of one shapes directory, and what it says, by handle."""
+
+    def __init__(self, directory: str, fsync: bool) -> None:
+        self.path = f"{directory}/{NAME}"
+        self.fsync = fsync
+        self.ends: dict[str, End] = {}
+        self._size = 0
+
+    def read(self) -> dict[str, End]:
+        """What the file says (the last whole line of each shape; damaged lines skipped)."""
+        self.ends = {}
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        except OSError as exc:
+            logger.warning("%s: %s; log ends not checked", self.path, exc.strerror)
+            data = b""
+        bad = 0
+        for line in data.split(b"\n")[:-1]:  # (a last line without its newline: torn)
+            parsed = _parse(line)
+            if parsed is None:
+                bad += 1
+            else:
+                self.ends[parsed[0]] = parsed[1]
+        if bad:
+            logger.warning("%s: %d damaged lines skipped", self.path, bad)
+        self._size = len(data)
+        return dict(self.ends)
+
+    def forget(self, handle: str) -> None:
+        """A retired shape's end is no longer kept (dropped at the next rewrite)."""
+        self.ends.pop(handle, None)
+
+    def note(self, ends: list[tuple[str, End]]) -> None:
+        """Append the ends a flush is about to make durable (before its fsync). Raises
+        OSError as a chunk write does (the flush fails, its records are cut back and
+        replayed)."""
+        if not ends:
+            return
+        for handle, end in ends:
+            self.ends[handle] = end
+        if self._size > max(COMPACT_MIN, COMPACT_FACTOR * 64 * len(self.ends)):
+            self.rewrite()
+            return
+        data = b"".join(_line(h, e) for h, e in ends)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            written = os.write(fd, data)
+            if written != len(data):  # (a full disk: the line is torn, skipped on read)
+                raise OSError(28, "short write")
+        finally:
+            os.close(fd)
+        self._size += len(data)
+
+    def rewrite(self) -> None:
+        """Write the file anew with one line per shape kept (`ends`): a new file renamed
+        over the old, so that a crash leaves one or the other, whole or torn at its end;
+        none when no shape is kept."""
+        if not self.ends:  # (no file for no shape: a directory of none is left empty)
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self._size = 0
+            return
+        data = b"".join(_line(h, e) for h, e in self.ends.items())
+        tmp = self.path + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(28, "short write")
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        self._size = len(data)
