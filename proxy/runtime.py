@@ -95,9 +95,23 @@ class Prepared:
     #: The rule's enforced filter went in `where`: the engine's 400s located in it are the
     #: policy's, never shown as they are (`proxy.http.handlers.blame_policy_where`).
     policy_where: PolicyWhere | None = None
+    #: Set on a decision kept for every request of one kind of position (`proxy.http.
+    #: positions`: a live follower's offsets and cursors): the kind, and the engine request
+    #: line and URL as templates the values go into (`positions.instantiate`; the fast lane
+    #: puts them into `line_template` itself). Its own `url`, `request_line` and `handle`
+    #: are those of the request it was made for: never sent.
+    kind: str | None = None
+    line_template: str = ""
+    url_template: str = ""
 
 
-class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
+#: (token digest, named shape or "", raw query string), or (token digest, named shape or "",
+#: the query without its position parameters, their kind) for a template
+#: (`proxy.http.positions`): the two never compare equal.
+PreparedKey = tuple[bytes, str, str] | tuple[bytes, str, str, str]
+
+
+class PreparedCache(OrderedDict[PreparedKey, Prepared]):
     """At most `maxsize` prepared requests, least recently used forgotten first: what
     `cachetools.LRUCache` kept, for `get`, `[key] = ...`, `clear` and `len`.
 
@@ -110,7 +124,7 @@ class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
         super().__init__()
         self.maxsize = maxsize
 
-    def get(self, key: tuple[bytes, str, str], default: Any = None) -> Any:
+    def get(self, key: PreparedKey, default: Any = None) -> Any:
         """The entry, marked used now (as a hit is), or `default`."""
         try:
             value = self[key]
@@ -119,7 +133,7 @@ class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
         self.move_to_end(key)
         return value
 
-    def __setitem__(self, key: tuple[bytes, str, str], value: Prepared) -> None:
+    def __setitem__(self, key: PreparedKey, value: Prepared) -> None:
         if key in self:
             super().__setitem__(key, value)
             self.move_to_end(key)
@@ -227,7 +241,7 @@ class Runtime:
     verifier: TokenVerifier
     loaded_at: float
     options: UpstreamOptions
-    #: (token digest, named shape or "", raw query string) -> Prepared, for GET requests.
+    #: `PreparedKey` -> Prepared, for GET requests.
     prepared: PreparedCache | None
     #: The same, for the requests whose engine errors are remapped (`Prepared.combined`).
     remapped: PreparedCache | None = None
