@@ -252,6 +252,18 @@ class Runtime:
     )
     #: Rules already named in a WARNING under this config (`handlers.name_the_rule`).
     warned_rules: set[str] = field(default_factory=set, compare=False, repr=False)
+    #: (token digest, named shape or "", whole query) -> (a template, its decision for that
+    #: query): the last `INSTANCES` made (`proxy.http.handlers._prepare_get`). Every live
+    #: follower of a shape at its tip asks the same query, and each held request kept its
+    #: own copy of the same decision (~1.3 KB: engine URL, request line) where the whole-query
+    #: entry had been one object for all of them.
+    instances: OrderedDict[tuple[bytes, str, str], tuple[Prepared, Prepared]] = field(
+        default_factory=OrderedDict, compare=False, repr=False
+    )
+
+
+#: `Runtime.instances`' bound (a few hundred KB at most).
+INSTANCES = 512
 
 
 class RuntimeHolder:

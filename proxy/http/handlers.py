@@ -71,7 +71,14 @@ from proxy.policy.evaluate import (
     subset_body,
 )
 from proxy.policy.sql import CombinedWhere, remap_where_error
-from proxy.runtime import ANONYMOUS, Prepared, PreparedKey, Runtime, RuntimeHolder, principal_of
+from proxy.runtime import (
+    ANONYMOUS,
+    INSTANCES,
+    Prepared,
+    Runtime,
+    RuntimeHolder,
+    principal_of,
+)
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
 from proxy.upstream.forward import Admit, Forwarder, Reauthorise, Target
@@ -589,7 +596,7 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     """
     authorization = request.headers.get("Authorization")
     cache, remapped = runtime.prepared, runtime.remapped
-    key: PreparedKey | None = None
+    key: tuple[bytes, str, str] | None = None
     found: positions.Split | None = None
     if cache is not None and remapped is not None:
         # (an empty header is a token, and a 401 (`_claims`), never the anonymous entry: it
@@ -604,7 +611,7 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
             )
             if prepared is not None and prepared.expires > time.time():
                 _app(request).metrics.token_cache_lookup(True)
-                return positions.instantiate(prepared, values)
+                return _instance(runtime, (digest, name, request.query_string), prepared, values)
         key = (digest, name, request.query_string)
         prepared = cache.get(key) or remapped.get(key)
         if prepared is not None and prepared.expires > time.time():
@@ -622,9 +629,32 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
             made = None if found is None else positions.template(prepared, found[1], found[2])
             if found is not None and made is not None:
                 kept[(key[0], key[1], found[0], found[1])] = made
+                _remember(runtime, key, made, prepared)  # (this query's: `_instance`)
             else:
                 kept[key] = prepared
     return prepared
+
+
+def _instance(
+    runtime: Runtime, key: tuple[bytes, str, str], template: Prepared, values: tuple[str, ...]
+) -> Prepared:
+    """`template`'s decision for this query (`positions.instantiate`), the same object for
+    the same query while it is among the last `INSTANCES` made (`Runtime.instances`)."""
+    made = runtime.instances.get(key)
+    if made is not None and made[0] is template:
+        runtime.instances.move_to_end(key)
+        return made[1]
+    prepared = positions.instantiate(template, values)
+    _remember(runtime, key, template, prepared)
+    return prepared
+
+
+def _remember(
+    runtime: Runtime, key: tuple[bytes, str, str], template: Prepared, prepared: Prepared
+) -> None:
+    runtime.instances[key] = (template, prepared)
+    if len(runtime.instances) > INSTANCES:
+        runtime.instances.popitem(last=False)
 
 
 async def _claims(request: Request, runtime: Runtime) -> tuple[Claims, bool]:

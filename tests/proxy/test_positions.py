@@ -22,7 +22,7 @@ import pytest
 from yarl import URL
 
 from proxy.config.loader import build_config
-from proxy.http import positions
+from proxy.http import handlers, positions
 from tests.proxy.proxy_fakes import base_config
 from tests.proxy.test_upstream_client import RawServer, read_request
 
@@ -260,3 +260,35 @@ async def test_two_users_never_share_a_prepared_entry(
                 assert f"offset={i}_0&handle=1-2&live=true&cursor={i}&".encode() in line
         assert len(proxy.app.lane[0].current.prepared) == 2
         assert len(fast_lane_taken) == 58
+
+
+async def test_the_same_follower_query_is_one_decision_object_however_many_hold_it(
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Live followers of a shape at its tip all ask the same query; each held request kept
+    its own copy of the decision made from the template (its engine URL and request line,
+    ~1.3 KB a held long-poll: S2's memory per held request went from 7.4 to 8.7 KB). The
+    same query is now the same decision object (`Runtime.instances`); another cursor is
+    another. (Fails on 9235ce6a: four objects.)"""
+    seen: list[Any] = []
+    target_of = handlers.target_of
+
+    def spy(prepared: Any, *args: Any) -> Any:
+        seen.append(prepared)
+        return target_of(prepared, *args)
+
+    monkeypatch.setattr(handlers, "target_of", spy)
+    async with _engine(idp_server, environ) as (engine, config, _):
+        proxy = await make_proxy(config, fast_lane=False)
+        alice = proxy.tokens.make(sub="alice", org_id="org-1")
+        query = "/v1/shape?cursor=7&handle=5-6&live=true&offset=3_1&table=items"
+        for target in (query, query, query, query.replace("cursor=7", "cursor=8")):
+            assert (await proxy.get(target, token=alice)).status == 200
+        assert len(seen) == 4
+        assert seen[0] is seen[1] is seen[2]
+        assert seen[3] is not seen[0]
+        assert seen[3].url_text == seen[0].url_text.replace("cursor=7", "cursor=8")
+        assert b"cursor=8&" in engine.heads[-1]
