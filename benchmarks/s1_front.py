@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from _common import (
     fmt,
     follow,
     free_port,
+    rss_mib,
     token,
     verdict,
 )
@@ -84,12 +86,28 @@ async def _get_big(conn: _Response, host: str, port: int, path: str,
     return conn.nbytes
 
 
+#: In a follower arm's URL: replaced per request by a number never sent before (`cursor`),
+#: and by one of the follower's offsets in turn (`FOLLOWER_OFFSETS`).
+CURSOR_MARK, OFFSET_MARK = "CURSORMARK", "OFFSETMARK"
+FOLLOWER_OFFSETS: list[str] = []
+_SENT = itertools.count(10_000_000)
+
+
+def _follower_path(path: str) -> str:
+    """`path` with this request's cursor and offset, as a live follower's next request."""
+    n = next(_SENT)
+    offset = FOLLOWER_OFFSETS[n % len(FOLLOWER_OFFSETS)]
+    return path.replace(CURSOR_MARK, str(n)).replace(OFFSET_MARK, offset)
+
+
 async def load(url: str, headers: dict[str, str], n: int, concurrency: int,
                max_s: float, big: bool = False) -> tuple[float, int, int]:  # fmt: skip
     """n GETs at `concurrency` (one kept-alive connection each), stopping early after max_s:
     (requests/s, requests, bytes). The client is `RawHTTP`: several times cheaper per
-    request than aiohttp's, so less of the two cores goes to the load generator."""
+    request than aiohttp's, so less of the two cores goes to the load generator. A URL with
+    `CURSOR_MARK` is a follower's: each request at a new cursor (`_follower_path`)."""
     host, port, path = _split(url)
+    follower = CURSOR_MARK in path
     counter = iter(range(n))
     done = nbytes = 0
     t0 = time.perf_counter()
@@ -109,7 +127,8 @@ async def load(url: str, headers: dict[str, str], n: int, concurrency: int,
                 if conn is not None:
                     size = await _get_big(conn, host, port, path, headers)
                 else:
-                    size = await _get(client, path, headers)  # (not `nbytes += await`: the
+                    asked = _follower_path(path) if follower else path
+                    size = await _get(client, asked, headers)  # (not `nbytes += await`: the
                 nbytes += size  # read of nbytes before the await would lose other workers' adds)
                 done += 1
         finally:
@@ -134,7 +153,7 @@ async def median_latency(url: str, headers: dict[str, str], n: int, big: bool = 
             if conn is not None:
                 await _get_big(conn, host, port, path, headers)
             else:
-                await _get(client, path, headers)
+                await _get(client, _follower_path(path) if CURSOR_MARK in path else path, headers)
             out.append(time.perf_counter() - t0)
     finally:
         client.close()
@@ -168,9 +187,16 @@ async def prepare(pg: Postgres, proxy: ProxyProcess, auth: dict[str, str]) -> di
             await r.read()
             big = [("table", "blob"), ("offset", r.headers["electric-offset"]),
                    ("handle", r.headers["electric-handle"])]  # fmt: skip
+    FOLLOWER_OFFSETS[:] = [t0, t1]
     return {
         "small live answer": [("table", "items"), ("offset", t1), ("handle", handle),
                               ("live", "true"), ("cursor", cursor)],
+        # A live follower's requests: each names a new position (here a cursor never sent
+        # before, and the follower's two real offsets behind the tip in turn, so each is
+        # answered at once), as no two requests of a real follower are the same URL.
+        "follower (new cursor each request)": [
+            ("table", "items"), ("offset", OFFSET_MARK), ("handle", handle), ("live", "true"),
+            ("cursor", CURSOR_MARK)],
         "1 KiB catch-up": [("table", "items"), ("offset", t0), ("handle", handle)],
         "10 MiB chunk": big,
     }  # fmt: skip
@@ -209,7 +235,7 @@ def baseline_proxy(root: Path, upstream: str) -> ProxyProcess:
         sys.executable, _common.ROOT = saved
 
 
-async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
+async def run(quick: bool, baseline: Path | None = None, only: str | None = None) -> list[Row]:
     stack = Stack()
     rows: list[Row] = []
     try:
@@ -239,7 +265,12 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
         if base is not None:
             fronts["proxy@base"] = base
         for kind, pairs in kinds.items():
+            if only is not None and not any(word in kind for word in only.split(",")):
+                continue
             big = kind.startswith("10 MiB")
+            follower = any(value == CURSOR_MARK for _, value in pairs)
+            rss_before = {a: rss_mib(f.proc.pid) for a, f in fronts.items()
+                          if isinstance(f, ProxyProcess)}  # fmt: skip
             direct = proxy.direct_url(engine.url, {"sub": "u1", **CLAIMS}, pairs)
             query = "&".join(f"{k}={v}" for k, v in pairs)
             targets = {
@@ -319,6 +350,16 @@ async def run(quick: bool, baseline: Path | None = None) -> list[Row]:
                             note,
                             "" if big else "<= 1.5x nginx (issue 13)",
                             "" if big else verdict(versus <= 1.5)))  # fmt: skip
+            if follower:
+                # Per proxy process: its RSS before this kind's first request and after its
+                # last (old code kept a prepared entry per request: `proxy.http.positions`).
+                rss = {a: (before, rss_mib(fronts[a].proc.pid))
+                       for a, before in rss_before.items()}  # fmt: skip
+                sent = count["proxy"] + 100 + lat_n  # (timed, warm-up, latency)
+                rows.append(Row(label, f"proxy RSS MiB before -> after ~{sent:,} requests "
+                                "each", [(a, f"{b:.1f} -> {f:.1f}")
+                                         for a, (b, f) in rss.items()],
+                                "", "", ""))  # fmt: skip
     finally:
         stack.close()
     return rows
@@ -330,6 +371,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--baseline", type=Path, help="another checkout whose proxy runs beside")
+    ap.add_argument("--kinds", help="only the kinds of answer naming one of these words "
+                    "(comma-separated: live,catch-up,chunk,follower)")  # fmt: skip
     a = ap.parse_args()
     print(machine())
-    print(table(asyncio.run(run(a.quick, a.baseline))))
+    print(table(asyncio.run(run(a.quick, a.baseline, a.kinds))))

@@ -95,9 +95,23 @@ class Prepared:
     #: The rule's enforced filter went in `where`: the engine's 400s located in it are the
     #: policy's, never shown as they are (`proxy.http.handlers.blame_policy_where`).
     policy_where: PolicyWhere | None = None
+    #: Set on a decision kept for every request of one kind of position (`proxy.http.
+    #: positions`: a live follower's offsets and cursors): the kind, and the engine request
+    #: line and URL as templates the values go into (`positions.instantiate`; the fast lane
+    #: puts them into `line_template` itself). Its own `url`, `request_line` and `handle`
+    #: are those of the request it was made for: never sent.
+    kind: str | None = None
+    line_template: str = ""
+    url_template: str = ""
 
 
-class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
+#: (token digest, named shape or "", raw query string), or (token digest, named shape or "",
+#: the query without its position parameters, their kind) for a template
+#: (`proxy.http.positions`): the two never compare equal.
+PreparedKey = tuple[bytes, str, str] | tuple[bytes, str, str, str]
+
+
+class PreparedCache(OrderedDict[PreparedKey, Prepared]):
     """At most `maxsize` prepared requests, least recently used forgotten first: what
     `cachetools.LRUCache` kept, for `get`, `[key] = ...`, `clear` and `len`.
 
@@ -110,7 +124,7 @@ class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
         super().__init__()
         self.maxsize = maxsize
 
-    def get(self, key: tuple[bytes, str, str], default: Any = None) -> Any:
+    def get(self, key: PreparedKey, default: Any = None) -> Any:
         """The entry, marked used now (as a hit is), or `default`."""
         try:
             value = self[key]
@@ -119,7 +133,7 @@ class PreparedCache(OrderedDict[tuple[bytes, str, str], Prepared]):
         self.move_to_end(key)
         return value
 
-    def __setitem__(self, key: tuple[bytes, str, str], value: Prepared) -> None:
+    def __setitem__(self, key: PreparedKey, value: Prepared) -> None:
         if key in self:
             super().__setitem__(key, value)
             self.move_to_end(key)
@@ -227,7 +241,7 @@ class Runtime:
     verifier: TokenVerifier
     loaded_at: float
     options: UpstreamOptions
-    #: (token digest, named shape or "", raw query string) -> Prepared, for GET requests.
+    #: `PreparedKey` -> Prepared, for GET requests.
     prepared: PreparedCache | None
     #: The same, for the requests whose engine errors are remapped (`Prepared.combined`).
     remapped: PreparedCache | None = None
@@ -238,6 +252,18 @@ class Runtime:
     )
     #: Rules already named in a WARNING under this config (`handlers.name_the_rule`).
     warned_rules: set[str] = field(default_factory=set, compare=False, repr=False)
+    #: (token digest, named shape or "", whole query) -> (a template, its decision for that
+    #: query): the last `INSTANCES` made (`proxy.http.handlers._prepare_get`). Every live
+    #: follower of a shape at its tip asks the same query, and each held request kept its
+    #: own copy of the same decision (~1.3 KB: engine URL, request line) where the whole-query
+    #: entry had been one object for all of them.
+    instances: OrderedDict[tuple[bytes, str, str], tuple[Prepared, Prepared]] = field(
+        default_factory=OrderedDict, compare=False, repr=False
+    )
+
+
+#: `Runtime.instances`' bound (a few hundred KB at most).
+INSTANCES = 512
 
 
 class RuntimeHolder:

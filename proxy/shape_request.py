@@ -36,6 +36,12 @@ class ShapeRequest:
     columns_text: str | None = None
     columns_error: str | None = None
     replica: str | None = None
+    #: The `params[...]` keys as the client wrote them, in their numbers' order, when one is
+    #: not the plain number (`params[01]`); else None. The engine (as Electric) looks `$1` up
+    #: under the key `1` only, so such a request is its 400 (`parameter $1 was not provided`,
+    #: or `parameter value for $01 was not used`); the keys go to it as written so that it
+    #: answers exactly that (the proxy read `01` as `$1` and served rows).
+    param_keys: tuple[str, ...] | None = None
     #: Allow-listed protocol parameters (offset, handle, live, cursor...), in a fixed order.
     protocol: tuple[tuple[str, str], ...] = ()
     subset: SubsetRequest | None = None

@@ -8,8 +8,11 @@ unusual on the way, goes through `ProxyApp.handle` as before. A request takes it
 
 - it is a `GET /v1/shape` whose (token digest, query) was authorised before under the
   current config and has not expired (`Runtime.prepared`: the token, claims, policy and
-  upstream URL are those of that decision), its Origin is allowed, and it is neither SSE
-  nor a subset sent as a POST;
+  upstream URL are those of that decision; a query whose position parameters, a live
+  follower's new offset, handle and cursor, split off (`proxy.http.positions`) by the rest
+  of its query and its kind of position, the engine request line made from the decision's
+  template with its values), its Origin is allowed, and it is neither SSE nor a subset sent
+  as a POST;
 - the config sends it straight to the engine: collapsing off, and no response cache;
 - its principal is admitted at once (`Admission.admit_now`: under its limits, its held
   requests included for a live one, a pool slot free) and a kept-alive engine connection
@@ -41,10 +44,12 @@ from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
+from proxy.http.positions import instantiate
+from proxy.http.positions import split as split_positions
 from proxy.http.wire import CLOCK, Request, Response, StreamResponse
 from proxy.limits.admission import Admission, Permit
 from proxy.limits.client import client_address
-from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder
+from proxy.runtime import ANONYMOUS, Prepared, PreparedKey, Runtime, RuntimeHolder
 from proxy.upstream.client import (
     HIGH_WATER,
     SPLICE_FROM,
@@ -151,6 +156,11 @@ _LINES_MAX = 256
 _LAST: list[Any] = [None, None]
 
 
+#: The last query string `start` read and its position parameters (`positions.split`): every
+#: live follower of a shape at its tip asks for the same offset and cursor after a write.
+_LAST_SPLIT: list[Any] = [None, None]
+
+
 def _plan(names: list[bytes]) -> _Layout:
     """The layout of an answer with these header `names` (`FastAnswer.on_headers` checks
     `_LAST` first, inline)."""
@@ -240,11 +250,30 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
         incoming = headers.get("X-Request-Id")
         lines = upstream_client_lines(headers)
         client.fast_memo = (headers, digest, origin, incoming, lines)
-    key = (digest, "", request.query_string)
+    query = request.query_string
+    last = _LAST_SPLIT  # (live followers of one shape at its tip ask the same query)
+    if query == last[0]:
+        found = last[1]
+    else:
+        found = split_positions(query)
+        last[0], last[1] = query, found
+    values = None
+    key: PreparedKey
+    if found is not None:  # (a follower's offset, handle, cursor: `proxy.http.positions`)
+        key = (digest, "", found[0], found[1])
+        values = found[2]
+    else:
+        key = (digest, "", query)
     try:  # (`PreparedCache.get`, as two C calls)
         prepared = cache[key]
     except KeyError:
-        return None
+        if values is None:
+            return None
+        key, values = (digest, "", query), None  # (a query kept whole: `positions.template`)
+        try:
+            prepared = cache[key]
+        except KeyError:
+            return None
     cache.move_to_end(key)
     now = time.time()
     if prepared.expires <= now:
@@ -263,7 +292,8 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     if "\r" not in request_id and "\n" not in request_id:  # (as `client.header_lines`)
         lines = f"{lines}x-request-id: {request_id}\r\n"
     # (a header the client sent as bytes that are not UTF-8 goes on as the same bytes)
-    data = f"{prepared.request_line}{lines}\r\n".encode("utf-8", "surrogateescape")
+    line = prepared.request_line if values is None else prepared.line_template % values
+    data = f"{line}{lines}\r\n".encode("utf-8", "surrogateescape")
     engine = forwarder.pool.take_idle(prepared.pool_key)
     if engine is None:
         return None
@@ -290,7 +320,7 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     metrics = app.metrics
     metrics.token_cache["hit"] += 1  # (`token_cache_lookup(True)` and `upstream_sent()`,
     metrics.upstream_requests += 1  # inline)
-    answer = FastAnswer(app, forwarder, client, request, runtime, prepared, permit, engine)
+    answer = FastAnswer(app, forwarder, client, request, runtime, prepared, permit, engine, values)
     try:
         engine.send_to(data, options.first_byte_timeout, answer)
     except Exception:  # (the engine connection was closing): `handle` answers instead
@@ -334,6 +364,7 @@ class FastAnswer:
         "_sent",
         "_splicing",
         "_swept",
+        "_values",
     )
 
     def __init__(
@@ -346,6 +377,7 @@ class FastAnswer:
         prepared: Prepared,
         permit: Permit,
         engine: EngineConnection,
+        values: tuple[str, ...] | None = None,
     ) -> None:
         self._app = app
         self._forwarder = forwarder  # (`app.forwarder`, a property: read once)
@@ -353,6 +385,8 @@ class FastAnswer:
         self._request = request
         self._runtime = runtime
         self._prepared = prepared
+        #: Its position parameters' values when `prepared` is a template (`_target`).
+        self._values = values
         self._permit = permit
         self._engine: EngineConnection | None = engine
         #: `Forwarder.revocations` when it was sent (its decision is the current config's).
@@ -437,7 +471,11 @@ class FastAnswer:
             finished.set_result(None)
 
     def _target(self) -> Target:
-        return handlers.target_of(self._prepared, "GET", None)
+        """Its engine request as the general path makes it: with its own URL and handle when
+        its decision is a template (`proxy.http.positions.instantiate`)."""
+        values = self._values
+        prepared = self._prepared if values is None else instantiate(self._prepared, values)
+        return handlers.target_of(prepared, "GET", None)
 
     # --- Listener --------------------------------------------------------------------------
 
@@ -642,8 +680,7 @@ class FastAnswer:
                 return
             body = b"".join(chunks)
             forwarder = self._forwarder
-            target = handlers.target_of(self._prepared, "GET", None)
-            head_ = forwarder.head(upstream, self._runtime.options, target, True)
+            head_ = forwarder.head(upstream, self._runtime.options, self._target(), True)
             response: StreamResponse = handlers.finish(
                 request, self._runtime, Outcome(complete(head_, body), head_.status), self._prepared
             )

@@ -35,6 +35,7 @@ from proxy.errors import (
     Unauthenticated,
     UnsupportedMediaType,
 )
+from proxy.http import positions
 from proxy.http.errors import error_response
 from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
 from proxy.http.params import (
@@ -70,7 +71,14 @@ from proxy.policy.evaluate import (
     subset_body,
 )
 from proxy.policy.sql import CombinedWhere, remap_where_error
-from proxy.runtime import ANONYMOUS, Prepared, Runtime, RuntimeHolder, principal_of
+from proxy.runtime import (
+    ANONYMOUS,
+    INSTANCES,
+    Prepared,
+    Runtime,
+    RuntimeHolder,
+    principal_of,
+)
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
 from proxy.upstream.forward import Admit, Forwarder, Reauthorise, Target
@@ -581,16 +589,30 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     """`_prepare` for a GET, remembered per (Authorization, query) under this config.
 
     A repeated pair was already authorised: its result is reused until the token expires
-    (bounded by the token-cache TTL) instead of redoing every step.
+    (bounded by the token-cache TTL) instead of redoing every step. A query whose position
+    parameters (`offset`, `handle`, `cursor`: a live follower's, new each request) split off
+    (`proxy.http.positions`) is remembered once per rest of the query and kind of position,
+    its engine URL made from a template with this request's values.
     """
     authorization = request.headers.get("Authorization")
     cache, remapped = runtime.prepared, runtime.remapped
-    key = None
+    key: tuple[bytes, str, str] | None = None
+    found: positions.Split | None = None
     if cache is not None and remapped is not None:
         # (an empty header is a token, and a 401 (`_claims`), never the anonymous entry: it
         # was served what an anonymous client had asked before it: attack 05:24)
         digest = ANONYMOUS_KEY if authorization is None else TokenVerifier.digest(authorization)
-        key = (digest, shape_name or "", request.query_string)
+        name = shape_name or ""
+        found = positions.split(request.query_string)
+        if found is not None:
+            rest, kind, values = found
+            prepared = cache.get((digest, name, rest, kind)) or remapped.get(
+                (digest, name, rest, kind)
+            )
+            if prepared is not None and prepared.expires > time.time():
+                _app(request).metrics.token_cache_lookup(True)
+                return _instance(runtime, (digest, name, request.query_string), prepared, values)
+        key = (digest, name, request.query_string)
         prepared = cache.get(key) or remapped.get(key)
         if prepared is not None and prepared.expires > time.time():
             _app(request).metrics.token_cache_lookup(True)
@@ -603,8 +625,36 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
         # would forward its repeats without counting them)
         if epoch == runtime.verifier.epoch:
             # (not when the issuer's keys changed meanwhile: the token may be one they dropped)
-            (cache if prepared.combined is None else remapped)[key] = prepared
+            kept = cache if prepared.combined is None else remapped
+            made = None if found is None else positions.template(prepared, found[1], found[2])
+            if found is not None and made is not None:
+                kept[(key[0], key[1], found[0], found[1])] = made
+                _remember(runtime, key, made, prepared)  # (this query's: `_instance`)
+            else:
+                kept[key] = prepared
     return prepared
+
+
+def _instance(
+    runtime: Runtime, key: tuple[bytes, str, str], template: Prepared, values: tuple[str, ...]
+) -> Prepared:
+    """`template`'s decision for this query (`positions.instantiate`), the same object for
+    the same query while it is among the last `INSTANCES` made (`Runtime.instances`)."""
+    made = runtime.instances.get(key)
+    if made is not None and made[0] is template:
+        runtime.instances.move_to_end(key)
+        return made[1]
+    prepared = positions.instantiate(template, values)
+    _remember(runtime, key, template, prepared)
+    return prepared
+
+
+def _remember(
+    runtime: Runtime, key: tuple[bytes, str, str], template: Prepared, prepared: Prepared
+) -> None:
+    runtime.instances[key] = (template, prepared)
+    if len(runtime.instances) > INSTANCES:
+        runtime.instances.popitem(last=False)
 
 
 async def _claims(request: Request, runtime: Runtime) -> tuple[Claims, bool]:

@@ -162,6 +162,22 @@ def _numbered(params: Mapping[str, str], field: str) -> dict[int, str]:
     return numbered
 
 
+def _keys_as_given(params: Mapping[str, str]) -> tuple[str, ...] | None:
+    """The keys of numbered params (checked by `_numbered`) in their numbers' order, when one
+    is not written as the plain number (`01`); None when all are (see
+    `ShapeRequest.param_keys`)."""
+    keys = sorted(params, key=int)
+    return tuple(keys) if any(key != str(int(key)) for key in keys) else None
+
+
+def _keyed(params: Mapping[str, str], field: str) -> dict[str, str]:
+    """Numbered params checked as the engine checks them (`_numbered`), in their numbers'
+    order, each under its key as written: the engine looks `$1` up under `1` only, so a
+    subset's `{"01": ...}` must reach it as `01` (its 400), never as `1` (rows)."""
+    _numbered(params, field)
+    return {key: params[key] for key in sorted(params, key=int)}
+
+
 def _int_param(name: str, value: object, minimum: int) -> int | None:
     """A subset limit or offset, refused in the engine's words."""
     field = f"subset.{name}"
@@ -180,7 +196,7 @@ def _int_param(name: str, value: object, minimum: int) -> int | None:
     return number
 
 
-def _subset_params(raw: object) -> dict[int, str]:
+def _subset_params(raw: object) -> dict[str, str]:
     """Subset params as the engine reads them: a JSON object or array, scalar values (in the
     URL as JSON text; in a POST body as JSON itself or as JSON text in a string)."""
     field = "subset.params"
@@ -208,7 +224,7 @@ def _subset_params(raw: object) -> dict[int, str]:
     }
     if any("\x00" in text for text in texts.values()):
         raise _invalid("nul_byte", "subset.where", "must not contain NUL bytes")
-    return _numbered(texts, field) if texts else {}
+    return _keyed(texts, field) if texts else {}
 
 
 def _parse_subset(values: dict[str, str], present: bool) -> SubsetRequest | None:
@@ -224,10 +240,10 @@ def _parse_subset(values: dict[str, str], present: bool) -> SubsetRequest | None
             match = _SUBSET_PARAM_KEY.match(key)
             if match:
                 bracketed[match.group(1)] = value
-        params = _numbered(bracketed, "subset.params") if bracketed else {}
+        params = _keyed(bracketed, "subset.params") if bracketed else {}
     return SubsetRequest(
         where=values.get("subset__where"),
-        params={str(k): v for k, v in params.items()},
+        params=params,
         limit=_int_param("limit", values.get("subset__limit"), 1),
         offset=_int_param("offset", values.get("subset__offset"), 0),
         order_by=values.get("subset__order_by"),
@@ -250,6 +266,7 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
         # value), which the engine ignores.
         raise _invalid("invalid_params", "params", "is invalid")
     params = _numbered(bracketed, "params") if bracketed else {}
+    param_keys = _keys_as_given(bracketed) if bracketed else None
     if "table" in values:  # (the engine reads the table's name before its columns)
         try:
             parse_table_name(values["table"])
@@ -265,6 +282,7 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
         table=values.get("table"),
         where=values.get("where"),
         params=params,
+        param_keys=param_keys,
         columns=columns,
         columns_text=values.get("columns"),
         columns_error=columns_error,
@@ -303,9 +321,7 @@ def parse_subset_body(body: bytes) -> SubsetRequest:
     raw_params = data.get("params")
     return SubsetRequest(
         where=where,
-        params={str(k): v for k, v in _subset_params(raw_params).items()}
-        if raw_params is not None
-        else {},
+        params=_subset_params(raw_params) if raw_params is not None else {},
         limit=_int_param("limit", data.get("limit"), 1),
         offset=_int_param("offset", data.get("offset"), 0),
         order_by=order_by,
@@ -463,7 +479,7 @@ def parse_post_request(
     order_by = subset_body.get("order_by", url.order_by)
     if "params" in subset_body and subset_body["params"] is not None:
         raw_params = subset_body["params"]
-        params = {str(k): v for k, v in _subset_params(raw_params).items()}
+        params = _subset_params(raw_params)
     else:
         params = dict(url.params)
     limit = subset_body["limit"] if "limit" in subset_body else url.limit

@@ -41,7 +41,7 @@ from typing import Any, Protocol, cast
 
 import httptools
 from aiohttp.http_exceptions import BadHttpMethod
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 
 from proxy.connection_terms import JOIN_BELOW, REPEATED_AUTHORIZATION, REQUEST_TIMEOUT, SEND_TIMEOUT
 from proxy.http.head_lines import SHORT_HEAD as _SHORT_HEAD
@@ -185,6 +185,18 @@ class _UpgradeBody:
             self._done = True
             self._connection.upgrade_body_read()
 
+
+#: Header names as decoded, by their bytes: each request's held headers share one string per
+#: name (a held long-poll keeps its headers: ~50 B a name otherwise). An `istr`, which
+#: `CIMultiDict` keeps as it is (a plain `str` it copies into an `istr` of its own).
+#: Bounded: the first `_NAMES_MAX` names of at most 64 bytes seen (a client's made-up names
+#: fill it at worst).
+_NAMES: dict[bytes, str] = {}
+_NAMES_MAX = 512
+#: The same for short values (`Host`, `Accept`, `Connection`...; a token is longer): the first
+#: `_VALUES_MAX` of at most 64 bytes, as read (checked: no NUL).
+_VALUES: dict[bytes, str] = {}
+_VALUES_MAX = 1024
 
 #: A head's header lines are remembered (`Connection._memo`) up to this many bytes: clients
 #: repeating their headers send ~0.5-2 KB; a bigger head kept per idle connection is memory
@@ -668,10 +680,19 @@ class Connection(asyncio.Protocol, Writer):
         headers = self._headers
         if len(headers) >= MAX_HEADERS:
             raise _Refused(TOO_MANY_HEADERS)
-        text = value.decode("utf-8", "surrogateescape").rstrip(" \t")
-        if "\x00" in text:
-            raise _Refused(MALFORMED)
-        headers.append((name.decode("utf-8", "surrogateescape"), text))
+        text = _VALUES.get(value)
+        if text is None:
+            text = value.decode("utf-8", "surrogateescape").rstrip(" \t")
+            if "\x00" in text:
+                raise _Refused(MALFORMED)
+            if len(_VALUES) < _VALUES_MAX and len(value) <= 64:
+                _VALUES[value] = text
+        decoded = _NAMES.get(name)
+        if decoded is None:
+            decoded = istr(name.decode("utf-8", "surrogateescape"))
+            if len(_NAMES) < _NAMES_MAX and len(name) <= 64:
+                _NAMES[name] = decoded
+        headers.append((decoded, text))
 
     def _defer(self, refusal: Refusal, method: bytes) -> None:
         """Refuse the head just read as the engine does once it dispatches it (`unserved`:

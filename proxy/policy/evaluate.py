@@ -62,6 +62,9 @@ class Decision:
     #: Set when the rule has an enforced filter: how to tell the engine's errors about it
     #: from those about the client's where (`proxy.policy.blame`).
     policy_where: PolicyWhere | None = None
+    #: The keys of the first `params` (the client's) as it wrote them, when one is not the
+    #: plain number (`ShapeRequest.param_keys`): sent so, the engine answers its own 400.
+    param_keys: tuple[str, ...] | None = None
 
 
 def claim_value(claims: Claims, path: str) -> Any:
@@ -732,6 +735,8 @@ def evaluate(
         limits=rule.limits,
         combined=combined,
         policy_where=policy_where,
+        # (the client's params lead `params` whenever they are sent: with its where)
+        param_keys=request.param_keys if request.where is not None else None,
     )
 
 

@@ -45,7 +45,11 @@ def build_upstream_url(
     query: list[tuple[str, str]] = [("table", decision.table)]
     if decision.where is not None:
         query.append(("where", decision.where))
-    query.extend((f"params[{i}]", value) for i, value in enumerate(decision.params, start=1))
+    keys = decision.param_keys or ()  # (the client's keys as written: `Decision.param_keys`)
+    query.extend(
+        (f"params[{keys[i - 1] if i <= len(keys) else i}]", value)
+        for i, value in enumerate(decision.params, start=1)
+    )
     if decision.columns_text is not None:
         query.append(("columns", decision.columns_text))
     elif decision.columns is not None:

@@ -691,7 +691,8 @@ async def test_answers_without_electric_server_or_with_no_store_match_the_genera
                 fast_raw, general_raw = await _ask(fast, head), await _ask(general, head)
                 assert _normal(fast_raw) == _normal(general_raw), handle
                 seen.append(fast_raw)
-        assert len(fast_lane_taken) == 3  # (each handle's repeat)
+        # (after the first: each handle's is the same decision, `proxy.http.positions`)
+        assert len(fast_lane_taken) == 5
         assert all(b"\r\nelectric-server: engine/9\r\n" in raw for raw in seen)
         assert b"\r\nVary:" in seen[3] and b"\r\nVary:" not in seen[5]
 
@@ -792,9 +793,14 @@ async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_i
         proxy = await make_proxy(loaded)
         alice = proxy.tokens.make(sub="alice", org_id="org-1")
         auth = f"Authorization: Bearer {alice}"
-        target = "/v1/shape?table=items&offset=0_0&handle="
+        # (each its own kind of position, so its own prepared decision: `proxy.http.positions`)
+        targets = {
+            "whole": "/v1/shape?table=items&offset=0_0&handle=whole",
+            "cut": "/v1/shape?table=items&offset=0_0&cursor=&handle=cut",
+            "left": "/v1/shape?table=items&offset=-1&handle=left",
+        }
         for name in ("whole", "cut", "left"):  # (each authorised once: the general path)
-            reply = await proxy.get(target + name, token=alice)
+            reply = await proxy.get(targets[name], token=alice)
             assert (reply.status, reply.body) == (200, body)
         general = reply.headers
         assert fast_lane_taken == []
@@ -802,7 +808,7 @@ async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_i
         host, port_ = proxy.client.server.host, proxy.client.server.port
         # Spliced, twice on one client connection, the second read slowly.
         reader, writer = await asyncio.open_connection(host, port_)
-        writer.write(_request(target + "whole", auth) * 2)
+        writer.write(_request(targets["whole"], auth) * 2)
         for slowly in (False, True):
             raw = await reader.readuntil(b"\r\n\r\n")
             assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
@@ -815,29 +821,29 @@ async def test_a_long_answer_is_spliced_byte_for_byte_and_ends_cleanly_however_i
                     await asyncio.sleep(0.01)
             assert got == body
         writer.close()
-        assert fast_lane_taken == [target + "whole"] * 2
+        assert fast_lane_taken == [targets["whole"]] * 2
         assert len(spliced) == 2 and all(0 < rest <= len(body) for rest in spliced)
         # The engine fails mid-body: a short body, then the client connection closes.
         reader, writer = await asyncio.open_connection(host, port_)
-        writer.write(_request(target + "cut", auth))
+        writer.write(_request(targets["cut"], auth))
         raw = await asyncio.wait_for(reader.read(-1), 10)
         writer.close()
         assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
         assert raw.split(b"\r\n\r\n", 1)[1] == body[:700_000]
         # (the general path, as the engine connection was closed: a new one, kept alive)
-        reply = await proxy.get(target + "whole", token=alice)
+        reply = await proxy.get(targets["whole"], token=alice)
         assert (reply.status, reply.body) == (200, body)
         # The client goes away mid-body: the engine connection is closed, not kept.
         before = len(spliced)
         reader, writer = await asyncio.open_connection(host, port_)
-        writer.write(_request(target + "left", auth))
+        writer.write(_request(targets["left"], auth))
         await reader.readexactly(200_000)
         writer.close()
         await wait_until_async(lambda: dropped == ["left"], timeout=10,
                                message="the proxy closed the engine connection")  # fmt: skip
         assert len(spliced) == before + 1
         # Still serving, on a kept-alive or a new engine connection.
-        reply = await proxy.get(target + "whole", token=alice)
+        reply = await proxy.get(targets["whole"], token=alice)
         assert (reply.status, reply.body) == (200, body)
         assert seen == {"whole": 5, "cut": 2, "left": 2}
         await proxy.client.close()

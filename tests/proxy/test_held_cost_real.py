@@ -160,3 +160,60 @@ async def test_a_lone_clients_next_live_request_reuses_its_deadline_timer(
     for _ in range(5):
         deadlines.discard(deadlines.add(at, item), item)
     assert len(timers) == 1 and len(deadlines) == 0
+
+
+def _chain(coro: Any) -> list[str]:
+    """The coroutine frames a task holds while it waits, outermost first."""
+    names = []
+    while coro is not None and hasattr(coro, "cr_frame"):
+        names.append(coro.cr_code.co_qualname)
+        coro = coro.cr_await
+    return names
+
+
+async def test_a_held_long_poll_keeps_no_frame_or_string_it_need_not(
+    engine: EngineProcess, idp_server: Any, environ: dict[str, str], make_proxy: Any
+) -> None:
+    """What every held long-poll keeps while it waits, counted, not sized (it cannot flake):
+    its task's chain of coroutine frames (~300 B each) has no frame that only hands on
+    another's answer (`ProxyApp.handle` returns `answer`'s coroutine), and the header names
+    and short values of the held requests are one string each for all of them, not a copy
+    per request (~50 B a header). On 01d93aac: the chain is one frame longer
+    (`ProxyApp.handle`), and each request has its own `Host` name and value strings."""
+    from proxy.http.wire import Request
+
+    config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
+    config["upstream"].update(first_byte_timeout=30)
+    proxy = await make_proxy(build_config(config, environ))
+    token = proxy.tokens.make(exp=now() + 120)
+    _, handle, offset = await sync_through(proxy, token)
+    live = f"/v1/shape?table=items&handle={handle}&offset={offset}&live=true&cursor=5"
+    forwarder = proxy.app.forwarder
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+
+    async def poll() -> int:
+        async with proxy.client.get(live, headers=headers) as resp:
+            await resp.read()
+            return resp.status
+
+    polls = [asyncio.create_task(poll()) for _ in range(CLIENTS)]
+    try:
+        await wait_until_async(
+            lambda: sum(f.waiters for f in forwarder._flights._flights.values()) == CLIENTS,
+            message="every long-poll held on the shared engine request",
+        )
+        held = [o for o in gc.get_objects() if isinstance(o, Request) and "live=true" in o.raw_path]
+        assert len(held) == CLIENTS
+        for name in ("Host", "Accept"):
+            keys = {id(k) for r in held for k in r.headers if k == name}
+            values = {id(r.headers[name]) for r in held}
+            assert len(keys) == 1 and len(values) == 1, name
+        chains = [_chain(task.get_coro()) for task in asyncio.all_tasks()]
+        chains = [c for c in chains if c[:1] == ["Connection._answer"]]
+        assert len(chains) == CLIENTS
+        assert "ProxyApp.handle" not in chains[0], chains[0]
+        assert chains[0][:2] == ["Connection._answer", "ProxyApp.answer"], chains[0]
+    finally:
+        for task in polls:
+            task.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
