@@ -604,7 +604,11 @@ class CorsConfig(_Model):
 
     allow_origins: list[str] = Field(
         default_factory=list,
-        description='origins (scheme://host[:port]) browsers may call from; "*": any',
+        description=(
+            'origins (scheme://host[:port]) browsers may call from; "*": any. A page on one '
+            "may send its own request headers too (X-Tenant, Sentry's sentry-trace and "
+            "baggage): the preflight allows the names it asks for; none reaches the engine"
+        ),
     )
     allow_credentials: YamlBool = Field(
         default=False, description="send Access-Control-Allow-Credentials: true"
