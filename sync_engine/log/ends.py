@@ -20,8 +20,8 @@ The file lies in the source's directory, beside its saved replication position, 
 the shapes directory: a restore of that directory from a backup (cp -a, rsync -aX) brought
 back an older `log-ends` with the older chunks, which then agreed (chaos 17:00). A whole
 source directory restored is the data-dir rollback the saved position catches. A file that
-should be there and is not (this engine ran here before: `made-in-database` was there when
-the source started), or that holds no readable line at all (zeroed), cannot vouch for any
+should be there and is not (`log-ends-kept`, written once it first was, was there when the
+source started), or that holds no readable line at all (zeroed), cannot vouch for any
 log: every shape with a log is checked as if it lost what followed its end
 (`ShapeLog.unverified`): kept only if the slot replays from there.
 
@@ -45,9 +45,13 @@ logger = logging.getLogger(__name__)
 #: engine that put it there, is deleted by `store.ShapeStore.load`).
 NAME = "log-ends"
 #: A file in a source's directory, written before the source first makes anything in its
-#: database (`Source.note_made`): found when the source starts, this engine ran here, and
-#: wrote `NAME` (at its first load) if it loaded any shape.
+#: database (`Source.note_made`).
 MADE = "made-in-database"
+#: A file in a source's directory, written once `NAME` was first written whole (`note_kept`):
+#: found when the source starts, `NAME` should be there. Not `MADE`, which is written before
+#: the first load: a first start of this engine on an older directory ended between the two
+#: made the next start take every log as unverifiable (review 17:24).
+KEPT = "log-ends-kept"
 
 #: The file is rewritten once it holds more than this many bytes and `COMPACT_FACTOR` times
 #: the lines of the shapes there are.
@@ -135,6 +139,30 @@ class LogEnds:
         finally:
             os.close(fd)
         self._size += len(data)
+
+    def note_kept(self) -> None:
+        """Note (once, durably) that the file was written whole: from the next start on, a
+        missing one is damage (`KEPT`). A rewrite's leftover `.new` goes too."""
+        directory = os.path.dirname(self.path)
+        kept = f"{directory}/{KEPT}"
+        try:
+            os.unlink(self.path + ".new")
+        except FileNotFoundError:
+            pass
+        if os.path.exists(kept):
+            return
+        fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.fsync:
+            dfd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
 
     def rewrite(self) -> None:
         """Write the file anew with one line per shape kept (`ends`): a new file renamed

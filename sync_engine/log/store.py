@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .ends import MADE as ENDS_MADE
+from .ends import KEPT as ENDS_KEPT
 from .ends import NAME as ENDS_NAME
 from .ends import LogEnds
 from .files import LogDamaged, LogWriteError, ShapeLog
@@ -57,7 +57,7 @@ class ShapeStore:
         #: Where each shape's log ended when last made durable (`ends.py`), in the source's
         #: directory; and whether the file should be there (this engine ran here).
         self.ends = LogEnds(str(directory.parent), fsync)
-        self._ends_expected = (directory.parent / ENDS_MADE).exists()
+        self._ends_expected = (directory.parent / ENDS_KEPT).exists()
 
     def new_log(self, handle: str) -> ShapeLog:
         """An empty log for a new shape (it creates no file until it writes)."""
@@ -117,6 +117,7 @@ class ShapeStore:
         self.ends.ends = {log.handle: ends[log.handle] for log in logs if log.handle in ends}
         try:
             self.ends.rewrite()
+            self.ends.note_kept()
         except OSError as exc:  # (a full disk: rewritten at a later flush)
             logger.warning("%s: %s", self.ends.path, exc.strerror)
         return logs
