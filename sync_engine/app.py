@@ -156,6 +156,7 @@ def build_app(settings: Settings, sources: dict[str, Source] | None = None) -> w
     app[SOURCES] = sources if sources is not None else {}
     manager = SourceManager(settings)
     app[MANAGER] = manager
+    app.on_shutdown.append(_answer_held)
     # Why the source registry (`sources.db`) could not be opened at start, while it cannot
     # (a full disk): the single database is served meanwhile, registered sources are not.
     registry = _Registry()
@@ -389,3 +390,19 @@ class _Registry:
     async def stop(self) -> None:
         if self._retry is not None:
             await cancel_and_wait([self._retry], "opening the source registry")
+
+
+async def _answer_held(app: web.Application) -> None:
+    """On shutdown (SIGTERM), before the server stops: every source is closed to requests,
+    so its held ones (long-polls, SSE streams, snapshot waits) answer at once, a 503 with
+    Retry-After their client retries (`Source.close_to_requests`). They were cut without an
+    answer when the server's shutdown timeout ran out (newuser 16:57: `curl` got nothing,
+    the proxy a 502 `upstream_unreachable`), though README said they were answered."""
+    for source in [*app[SOURCES].values(), *app[MANAGER].running.values()]:
+        source.close_to_requests(_stopping)
+
+
+def _stopping() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "the engine is stopping (restarting?): retry shortly", retry_after=1, code="stopping"
+    )

@@ -13,6 +13,7 @@ right one; a directory without the file (made before it existed) gets it, as it 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ import psycopg
 from psycopg import AsyncConnection
 
 FILE_NAME = "identity.json"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,14 @@ def read_identity(data_dir: Path) -> Identity | None:
         )
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError) as exc:
+        # (said: it was rewritten silently, the check it serves off with no line, chaos 17:00)
+        logger.warning(
+            "%s is damaged (%s): written again; whether this data directory is this"
+            " database's is not checked at this start (the replication slot still is)",
+            data_dir / FILE_NAME,
+            type(exc).__name__,
+        )
         return None
 
 

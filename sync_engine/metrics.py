@@ -78,6 +78,7 @@ RETIRE_KINDS: tuple[tuple[str, str], ...] = (
     ("source deleted", "source_deleted"),
     ("least recently used of more than", "max_shapes"),
     ("--max-log-bytes", "max_log_bytes"),
+    ("the default log limit", "max_log_bytes"),
     ("snapshot failed", "snapshot_failed"),
     ("table truncated", "truncated"),
     # (its files replaced: TRUNCATE, VACUUM FULL, CLUSTER, a column's type altered; a

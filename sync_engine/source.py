@@ -38,6 +38,7 @@ from . import stopping
 from .errors import EngineError, ServiceUnavailable
 from .identity import FILE_NAME as IDENTITY_FILE
 from .identity import database_identity, differs, read_identity, write_identity
+from .log.ends import MADE as LOG_ENDS_MADE
 from .pg.catalog import TableInfo
 from .pg.row_where import RowDataError, row_matches, rows_match
 from .pg.session import engine_conninfo, redact_dsn
@@ -149,7 +150,7 @@ class SourceState(enum.StrEnum):
 
 
 #: A file in a source's data dir: it may have made its publication or slot (`note_made`).
-MADE_FILE = "made-in-database"
+MADE_FILE = LOG_ENDS_MADE
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,12 +79,28 @@ def _blank(value: str | None) -> str | None:
     return None if value is None or value == "" else value
 
 
+#: A key Electric reads as a number (`Integer.parse` with nothing left over): a sign, then
+#: any number of digits (`+1`, `-1`, `0000000001`), as `Validators.all_keys_are_numbers`.
+#: `PARAM_NUMBER` (the proxy's) stays the narrower form it binds.
+ELECTRIC_NUMBER = re.compile(r"\A[+-]?[0-9]+\Z")
+
+
+def _key_number(key: str) -> int:
+    """The number `ELECTRIC_NUMBER` key `key` is, or -1 for one past any count of keys
+    (never `int()` of thousands of digits: Python refuses those, and they are just big)."""
+    digits = key.lstrip("+-").lstrip("0")
+    if len(digits) > 12:
+        return -1
+    value = int(digits or "0")
+    return -value if key.startswith("-") else value
+
+
 def _numbered(items: Mapping[str, str], field_name: str) -> dict[str, str]:
     limits.check_params_count(items, field_name)
     keys = list(items)
-    if not all(PARAM_NUMBER.match(k) for k in keys):
+    if not all(ELECTRIC_NUMBER.match(k) for k in keys):
         raise InvalidRequest({field_name: ["Parameters can only use numbers as keys"]})
-    if sorted(int(k) for k in keys) != list(range(1, len(keys) + 1)):
+    if sorted(_key_number(k) for k in keys) != list(range(1, len(keys) + 1)):
         raise InvalidRequest(
             {field_name: ["Parameters must be numbered sequentially, starting from 1"]}
         )

@@ -8,13 +8,22 @@ was gone for new clients, with nothing logged (chaos, MEDIUM). What binds a chun
 shape's position must not travel with the file.
 
 So every flush also appends, per shape it makes durable, one line to the source's
-`log-ends` file (in the shapes directory), before the chunk files are fsynced and anything
+`log-ends` file, before the chunk files are fsynced and anything
 is published: the LSN its log was published to before the flush, the first and the last LSN
 the flush writes. `load` compares: a log that ends before its last noted LSN lost records
 that were durable (`ShapeLog.check_end`), and is cut there like any other damage: the
 replicator keeps the shape only if the slot will send the lost transactions again. A line
 whose flush never became durable (a crash during it) notes records the slot never got
 past: the cut is a repair, from the flush's first LSN.
+
+The file lies in the source's directory, beside its saved replication position, not in
+the shapes directory: a restore of that directory from a backup (cp -a, rsync -aX) brought
+back an older `log-ends` with the older chunks, which then agreed (chaos 17:00). A whole
+source directory restored is the data-dir rollback the saved position catches. A file that
+should be there and is not (`log-ends-kept`, written once it first was, was there when the
+source started), or that holds no readable line at all (zeroed), cannot vouch for any
+log: every shape with a log is checked as if it lost what followed its end
+(`ShapeLog.unverified`): kept only if the slot replays from there.
 
 Best effort in one direction only: a missing, torn or damaged line (a crash during an
 append; a filesystem error) loses only that detection, never retires a shape that is
@@ -32,8 +41,17 @@ from .checksum import crc32
 
 logger = logging.getLogger(__name__)
 
-#: The file's name in the shapes directory (`store.ShapeStore.load` skips it).
+#: The file's name in the source's directory (an older one in the shapes directory, of an
+#: engine that put it there, is deleted by `store.ShapeStore.load`).
 NAME = "log-ends"
+#: A file in a source's directory, written before the source first makes anything in its
+#: database (`Source.note_made`).
+MADE = "made-in-database"
+#: A file in a source's directory, written once `NAME` was first written whole (`note_kept`):
+#: found when the source starts, `NAME` should be there. Not `MADE`, which is written before
+#: the first load: a first start of this engine on an older directory ended between the two
+#: made the next start take every log as unverifiable (review 17:24).
+KEPT = "log-ends-kept"
 
 #: The file is rewritten once it holds more than this many bytes and `COMPACT_FACTOR` times
 #: the lines of the shapes there are.
@@ -68,18 +86,21 @@ class LogEnds:
         self.fsync = fsync
         self.ends: dict[str, End] = {}
         self._size = 0
+        #: After `read`: whether the file was there, and why it cannot vouch for any log
+        #: (None: it can).
+        self.found = False
+        self.damaged: str | None = None
 
     def read(self) -> dict[str, End]:
         """What the file says (the last whole line of each shape; damaged lines skipped)."""
-        self.ends = {}
+        self.ends, self.found, self.damaged = {}, True, None
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            data = b""
+            data, self.found = b"", False
         except OSError as exc:
-            logger.warning("%s: %s; log ends not checked", self.path, exc.strerror)
-            data = b""
+            data, self.damaged = b"", f"{self.path}: {exc.strerror}"
         bad = 0
         for line in data.split(b"\n")[:-1]:  # (a last line without its newline: torn)
             parsed = _parse(line)
@@ -87,7 +108,9 @@ class LogEnds:
                 bad += 1
             else:
                 self.ends[parsed[0]] = parsed[1]
-        if bad:
+        if data and not self.ends:  # (zeroed, or garbage: no line a torn tail leaves)
+            self.damaged = f"{self.path}: {len(data)} bytes and not one readable line"
+        elif bad:
             logger.warning("%s: %d damaged lines skipped", self.path, bad)
         self._size = len(data)
         return dict(self.ends)
@@ -117,17 +140,34 @@ class LogEnds:
             os.close(fd)
         self._size += len(data)
 
+    def note_kept(self) -> None:
+        """Note (once, durably) that the file was written whole: from the next start on, a
+        missing one is damage (`KEPT`). A rewrite's leftover `.new` goes too."""
+        directory = os.path.dirname(self.path)
+        kept = f"{directory}/{KEPT}"
+        try:
+            os.unlink(self.path + ".new")
+        except FileNotFoundError:
+            pass
+        if os.path.exists(kept):
+            return
+        fd = os.open(kept, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.fsync:
+            dfd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
     def rewrite(self) -> None:
         """Write the file anew with one line per shape kept (`ends`): a new file renamed
-        over the old, so that a crash leaves one or the other, whole or torn at its end;
-        none when no shape is kept."""
-        if not self.ends:  # (no file for no shape: a directory of none is left empty)
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self._size = 0
-            return
+        over the old, so that a crash leaves one or the other, whole or torn at its end
+        (an empty one when no shape is kept: that it is there says this engine ran here)."""
         data = b"".join(_line(h, e) for h, e in self.ends.items())
         tmp = self.path + ".new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -139,4 +179,10 @@ class LogEnds:
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
+        if self.fsync:  # (its name too: a file found missing makes every log unverified)
+            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
         self._size = len(data)

@@ -1123,6 +1123,20 @@ class ShapeLog:
             self.repaired_from = cut_from
         return True
 
+    def unverified(self, reason: str) -> bool:
+        """After `load_transactions`: where the log ended cannot be checked (`reason`: the
+        note of it is missing or damaged, `ends.py`). A log with published records is cut
+        as if it lost what followed its end (`repaired_from`: kept only if the slot sends
+        that again); one with none has nothing to lose. Returns whether it was cut."""
+        loaded = self._published_lsn
+        if not loaded:
+            return False
+        if self.damage is None:
+            self.damage = f"{self._prefix}: its log's end cannot be checked ({reason})"
+        if self.repaired_from is None or loaded + 1 < self.repaired_from:
+            self.repaired_from = loaded + 1
+        return True
+
     @property
     def has_unpublished(self) -> bool:
         """Whether appends are staged but not yet readable (waiting for their fsync)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .ends import KEPT as ENDS_KEPT
 from .ends import NAME as ENDS_NAME
 from .ends import LogEnds
 from .files import LogDamaged, LogWriteError, ShapeLog
@@ -53,8 +54,10 @@ class ShapeStore:
         self._directory_text = str(directory)
         self.chunk_bytes = chunk_bytes
         self.fsync = fsync
-        #: Where each shape's log ended when last made durable (`ends.py`).
-        self.ends = LogEnds(self._directory_text, fsync)
+        #: Where each shape's log ended when last made durable (`ends.py`), in the source's
+        #: directory; and whether the file should be there (this engine ran here).
+        self.ends = LogEnds(str(directory.parent), fsync)
+        self._ends_expected = (directory.parent / ENDS_KEPT).exists()
 
     def new_log(self, handle: str) -> ShapeLog:
         """An empty log for a new shape (it creates no file until it writes)."""
@@ -72,11 +75,13 @@ class ShapeStore:
         base = str(self.directory)
         _unnoted.pop(base, None)  # (logs of an earlier load: replaced by these)
         ends = self.ends.read()
+        unverified = self.ends.damaged
+        if unverified is None and not self.ends.found and self._ends_expected:
+            unverified = f"{self.ends.path}: missing"
         for name in names:
             path = f"{base}/{name}"
-            if name.startswith(ENDS_NAME):
-                if name != ENDS_NAME:  # (a rewrite a crash cut short)
-                    _unlink(path)
+            if name.startswith(ENDS_NAME):  # (where an engine before kept it)
+                _unlink(path)
                 continue
             if name.endswith(SUFFIX):
                 self._read_pack(path, found)
@@ -94,6 +99,8 @@ class ShapeStore:
                 log.load_transactions([p for p in own if ".log." in p], begun)
                 if (end := ends.get(handle)) is not None and log.check_end(end):
                     logger.warning("shape %s: %s", handle, log.damage)
+                elif end is None and unverified is not None and log.unverified(unverified):
+                    logger.warning("shape %s: %s", handle, log.damage)
             except (LogDamaged, OSError) as exc:
                 logger.warning("discarding shape %s: %s", handle, exc)
                 log.close()
@@ -110,6 +117,7 @@ class ShapeStore:
         self.ends.ends = {log.handle: ends[log.handle] for log in logs if log.handle in ends}
         try:
             self.ends.rewrite()
+            self.ends.note_kept()
         except OSError as exc:  # (a full disk: rewritten at a later flush)
             logger.warning("%s: %s", self.ends.path, exc.strerror)
         return logs

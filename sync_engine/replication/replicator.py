@@ -1311,13 +1311,24 @@ class Replicator:
         lost, nothing served twice. Its files are deleted in the executor; a read in
         flight gets its 409 (`ShapeLog.read_after_async`), a snapshot chunk being sent
         keeps its open file."""
+        # (the default named as such: an operator who set no flag looked for who did)
+        which = (
+            "the default log limit (the larger of 64 MiB and 4 times its snapshot;"
+            " --max-log-bytes sets one)"
+            if self.max_log_bytes is None
+            else "--max-log-bytes"
+        )
         logger.info(
-            "shape %s: its log holds %d bytes, over its limit %d (--max-log-bytes): rotating",
+            "shape %s: its log holds %d bytes, over %s of %d: rotating",
             shape.handle,
             shape.log.log_bytes,
+            which,
             limit,
         )
-        self.registry.rotate(shape, f"its log passed --max-log-bytes ({limit} bytes)")
+        if self.max_log_bytes is None:
+            self.registry.rotate(shape, f"its log passed the default log limit ({limit} bytes)")
+        else:
+            self.registry.rotate(shape, f"its log passed --max-log-bytes ({limit} bytes)")
 
     def _rollback_staged(self) -> None:
         """Cut every append not yet published off its log (the slot replays them)."""

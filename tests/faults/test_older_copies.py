@@ -36,11 +36,18 @@ from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, expected_rows, until_equal
 from tests.support.waiting import wait_until_async
 
+#: What is put back of the backup: the chunk file; the whole shapes directory (a restore of
+#: it, which brought back an older note of the log ends with it while that was kept there);
+#: the chunk file, the note of the log ends deleted, or zeroed (chaos 17:00).
+HOWS = ["chunk", "shapes directory", "chunk, log-ends deleted", "chunk, log-ends zeroed"]
+
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize("how", HOWS)
 async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
     pg: FaultCluster,  # noqa: F811
     tmp_path: Path,
+    how: str,
 ) -> None:
     db = Db(pg)
     db.query("CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL)")
@@ -71,9 +78,10 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
             await until_equal([follower], [expected_rows(db.url, None, table="d")], 30)
             assert follower.handle
             (chunk,) = _files(data, follower.handle)["log"]  # (one chunk: 10 MiB)
-            # The backup: the chunk file as it is now, its xattrs with it.
-            subprocess.run(["cp", "-a", str(chunk), str(old)], check=True)
-            copy = old / chunk.name
+            # The backup: the shapes directory as it is now, xattrs and all.
+            shapes = chunk.parent
+            subprocess.run(["cp", "-a", str(shapes), str(old)], check=True)
+            copy = old / shapes.name / chunk.name
             durable = os.getxattr(copy, "user.shapegate.durable")  # (kept by the copy)
             assert int(durable) == copy.stat().st_size
             await asyncio.to_thread(db.write, "d", 2000, 20)
@@ -82,7 +90,16 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
             pg.query("SELECT pg_switch_wal()")
             await wait_until_async(confirmed, timeout=60, message="slot confirmed")
             engine.kill()
-            subprocess.run(["cp", "-a", str(copy), str(chunk)], check=True)  # the mix-up
+            if how == "shapes directory":  # the mix-up
+                subprocess.run(["rm", "-rf", str(shapes)], check=True)
+                subprocess.run(["cp", "-a", str(old / shapes.name), str(shapes)], check=True)
+            else:
+                subprocess.run(["cp", "-a", str(copy), str(chunk)], check=True)
+            ends = shapes.parent / "log-ends"
+            if how.endswith("deleted"):
+                ends.unlink()
+            elif how.endswith("zeroed"):
+                ends.write_bytes(b"\0" * ends.stat().st_size)
             await asyncio.to_thread(engine.start)
             # A sync of the shape as the engine has it, from -1 to its up-to-date: a 409
             # (retired), never a whole answer that lacks the last 20 transactions.
@@ -104,7 +121,8 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
             f.assert_clean()
         assert follower.resets >= 1  # (its shape was retired: 409, refetched)
         assert not npm.errors, npm.errors
-        assert "an older copy of a chunk file?" in engine.log.read_text()
+        said = "cannot be checked" if "log-ends" in how else "an older copy of a chunk file?"
+        assert said in engine.log.read_text()
     finally:
         await npm.stop()
         engine.stop()

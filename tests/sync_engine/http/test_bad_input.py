@@ -1006,8 +1006,9 @@ def engine_proc_sql(engine: EngineProcess, query: str) -> None:
         pytest.param({"offset": "0_0", "handle": "h" * 300}, "handle", "limit is 256",
                      id="long-handle"),
         pytest.param({"where": "id = $1", "params[²]": "1"}, "params", "numbers", id="unicode-digit"),
-        pytest.param({"where": "id = $1", "params[1234567890123]": "1"}, "params", "numbers",
-                     id="huge-param-number"),
+        # (a number, as Electric's Integer.parse reads it: out of sequence)
+        pytest.param({"where": "id = $1", "params[1234567890123]": "1"}, "params",
+                     "sequentially", id="huge-param-number"),
         pytest.param({"subset__limit": "9" * 30, "subset__order_by": "id"}, "subset",
                      "less than or equal to 9223372036854775807", id="subset-limit-beyond-bigint"),
         pytest.param({"subset__offset": str(2**63), "subset__order_by": "id"}, "subset",

@@ -184,11 +184,12 @@ async def test_a_log_over_the_default_limit_at_restart_is_rotated_then(
 
 @pytest.mark.timeout(180)
 async def test_the_default_floor_rotates_a_small_shape_past_64_mib(
-    aiohttp_client: Any, db_url: str, tmp_path: Path
+    aiohttp_client: Any, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The default itself, with real arithmetic: a 20-row shape (a snapshot of ~1 KB) keeps
     its log through 60 MB of changes and is rotated by the 4th 20 MB transaction (80 MB >
     64 MiB); its client ends with Postgres's rows."""
+    caplog.set_level("INFO")
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, t text NOT NULL)")
         conn.execute("INSERT INTO items SELECT i, 0, 'a' FROM generate_series(1, 20) i")
@@ -220,6 +221,11 @@ async def test_the_default_floor_rotates_a_small_shape_past_64_mib(
             await asyncio.gather(*tasks)
     assert shape.log.log_bytes > AUTO_LOG_FLOOR and source.shape(first) is None
     follower.assert_clean()
+    # Said as the default, which no flag set (chaos, soak 17:10); counted as a log limit's.
+    said = [r.getMessage() for r in caplog.records if first in r.getMessage()]
+    assert any("the default log limit" in m for m in said), said
+    assert not any("--max-log-bytes (" in m or "over --max-log-bytes" in m for m in said), said
+    assert source.registry.retired["max_log_bytes"] == 1
     resp = await client.get(
         "/v1/shape", params={"table": "items", "handle": first, "offset": "0_0"}
     )
