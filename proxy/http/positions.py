@@ -114,8 +114,8 @@ def template(prepared: Prepared, kind: str, values: tuple[str, ...]) -> Prepared
     values, or carries a subset (sent as a POST once too long): then it is kept whole."""
     url = prepared.url
     raw_query = url.raw_query_string
-    if any(name.startswith("subset__") for name in url.query):
-        return None
+    if prepared.upstream_body is not None or any(n.startswith("subset__") for n in url.query):
+        return None  # (a subset, in the URL or moved to a POST body: review 16:57)
     if len(url.raw_path_qs) - sum(map(len, values)) + _LONGEST > MAX_REQUEST_TARGET:
         return None
     parts = []
