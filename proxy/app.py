@@ -425,8 +425,9 @@ class ProxyApp:
             server = forwarder.server_name if forwarder is not None else None
             headers["electric-server"] = server if server is not None else ENGINE_SERVER
         if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
-            # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
-            # would mean nothing, and the engine sends none.
+            # No cache keeps it (a browser keeps a preflight by its max-age, per origin); a
+            # preflight from an Origin has its own Vary (`handlers._preflight`: it reflects
+            # the requested header names).
             return
         if context.shape:
             existing = tuple(headers.getall("Vary", ()))

@@ -37,7 +37,11 @@ from proxy.errors import (
 )
 from proxy.http import positions
 from proxy.http.errors import error_response
-from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
+from proxy.http.headers import (
+    ALLOWED_REQUEST_HEADERS,
+    preflight_headers,
+    reflected_request_headers,
+)
 from proxy.http.params import (
     check_as_the_engine,
     check_delete_as_the_engine,
@@ -244,17 +248,25 @@ async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamRe
 
 
 def _preflight(request: Request, max_age: int) -> dict[str, str]:
-    """A preflight's headers: as the engine does, `Access-Control-Allow-Headers` echoes the
-    requested headers it allows (here the proxy's list, which has `authorization` for the
-    token) and is left out when none was asked for."""
+    """A preflight's headers. From an Origin (one allowed: a refused one is a 403 before any
+    handler), `Access-Control-Allow-Headers` reflects every valid header name the browser
+    asks for (`reflected_request_headers`: a page's own X-Tenant, Sentry's headers), with
+    `Vary: Origin, Access-Control-Request-Headers` (the answer depends on both, so a cache
+    must not hand one page's answer to another). Without an Origin (no browser's), as the
+    engine does: the requested names on the proxy's fixed list. Left out when none is asked
+    for."""
     headers = preflight_headers(max_age)
-    wanted = request.headers.get("Access-Control-Request-Headers", "")
-    allowed = [
-        name.strip()
-        for name in wanted.split(",")
-        if name.strip().lower() in ALLOWED_REQUEST_HEADERS
-    ]
     headers.pop("Access-Control-Allow-Headers", None)
+    wanted = ", ".join(request.headers.getall("Access-Control-Request-Headers", ()))
+    if len(request.headers.getall("Origin", ())) == 1:
+        allowed = reflected_request_headers(wanted)
+        headers["Vary"] = "Origin, Access-Control-Request-Headers"
+    else:
+        allowed = [
+            name.strip()
+            for name in wanted.split(",")
+            if name.strip().lower() in ALLOWED_REQUEST_HEADERS
+        ]
     if allowed:
         headers["Access-Control-Allow-Headers"] = ", ".join(allowed)
     return headers
