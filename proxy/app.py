@@ -169,6 +169,11 @@ def _shape_vary(existing: tuple[str, ...], origin: bool, shared: bool) -> str:
     return merge_vary(existing, *extra)
 
 
+async def _raising(exc: Exception) -> StreamResponse:
+    """`exc`, raised when awaited (`ProxyApp.handle`)."""
+    raise exc
+
+
 class ProxyApp:
     """One proxy: its resources (after `start`), its request handling and its hooks."""
 
@@ -278,9 +283,15 @@ class ProxyApp:
         each: issue 13's memory per held long-poll). Its caller awaits it in the same `try`
         (`proxy.http.protocol.Connection._answer`), so what it raises is handled alike."""
         request.context.request_id = new_request_id(request.headers.get("X-Request-Id"))
-        return self.answer(request, self._route(request))
+        try:
+            work = self._route(request)
+        except Exception as exc:  # (a refusal: `answer` renders it as if raised when awaited)
+            work = _raising(exc)
+        return self.answer(request, work)
 
-    async def _route(self, request: Request) -> StreamResponse:
+    def _route(self, request: Request) -> Awaitable[StreamResponse]:
+        """The route's handler's coroutine (not awaited here: one frame fewer per held
+        request, as `handle`); raises what refuses the request before any handler runs."""
         route = _route_of(request)
         # Every answer, a 404 or the engine's health too, carries CORS for an allowed Origin
         # as the engine's do (else a browser cannot read it); the methods offered are the
@@ -306,10 +317,10 @@ class ProxyApp:
                     "cors.allow_origins)",
                 )
             name = route.removeprefix(NAMED_PREFIX) if route.startswith(NAMED_PREFIX) else None
-            return await handlers.serve(request, shape_name=name)
+            return handlers.serve(request, shape_name=name)
         if request.method not in ("GET", "HEAD"):
             raise HttpError(405)
-        return await _GET_ONLY[route](request)
+        return _GET_ONLY[route](request)
 
     def cors_for(
         self, request: Request, *, shape: bool = True
@@ -414,8 +425,9 @@ class ProxyApp:
             server = forwarder.server_name if forwarder is not None else None
             headers["electric-server"] = server if server is not None else ENGINE_SERVER
         if request.method == "OPTIONS" or "no-store" in headers.get("Cache-Control", ""):
-            # No cache keeps it (a preflight is kept by its max-age, per origin): a Vary
-            # would mean nothing, and the engine sends none.
+            # No cache keeps it (a browser keeps a preflight by its max-age, per origin); a
+            # preflight from an Origin has its own Vary (`handlers._preflight`: it reflects
+            # the requested header names).
             return
         if context.shape:
             existing = tuple(headers.getall("Vary", ()))

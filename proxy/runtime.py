@@ -98,8 +98,8 @@ class Prepared:
     #: Set on a decision kept for every request of one kind of position (`proxy.http.
     #: positions`: a live follower's offsets and cursors): the kind, and the engine request
     #: line and URL as templates the values go into (`positions.instantiate`; the fast lane
-    #: puts them into `line_template` itself). Its own `url`, `request_line` and `handle`
-    #: are those of the request it was made for: never sent.
+    #: puts them into `line_template` itself). Its `url` is empty, its `url_text` and
+    #: `request_line` too, and its `handle` that of the request it was made for: never sent.
     kind: str | None = None
     line_template: str = ""
     url_template: str = ""

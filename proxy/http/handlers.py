@@ -37,7 +37,11 @@ from proxy.errors import (
 )
 from proxy.http import positions
 from proxy.http.errors import error_response
-from proxy.http.headers import ALLOWED_REQUEST_HEADERS, preflight_headers
+from proxy.http.headers import (
+    ALLOWED_REQUEST_HEADERS,
+    preflight_headers,
+    reflected_request_headers,
+)
 from proxy.http.params import (
     check_as_the_engine,
     check_delete_as_the_engine,
@@ -187,9 +191,22 @@ async def authorise_and_forward(request: Request, *, shape_name: str | None) -> 
     if prepared.upstream_body is not None:  # a GET subset too long for a URL: sent as a POST
         method, body = "POST", prepared.upstream_body
     try:
-        return await _forward(
-            request, runtime, prepared, method, body, _admitter(request, prepared), epoch
+        # (`_forward`'s steps here, not in a coroutine of its own: a held long-poll keeps
+        # each frame of its chain, ~300 B apiece, for as long as it is held)
+        target = target_of(prepared, method, body, epoch)
+        forwarder = _app(request).forwarder
+        outcome = await forwarder.forward(
+            request, target, runtime.options, context.request_id, _admitter(request, prepared)
         )
+        if (
+            method == "HEAD"
+            and outcome.upstream_status == 400
+            and prepared.policy_where is not None
+        ):
+            refusal = await _blame_head(request, runtime, prepared)
+            if refusal is not None:
+                return refusal
+        return finish(request, runtime, outcome, prepared)
     finally:
         if held is not None:
             held.release()
@@ -231,17 +248,25 @@ async def _engine_refuses_delete(request: Request, runtime: Runtime) -> StreamRe
 
 
 def _preflight(request: Request, max_age: int) -> dict[str, str]:
-    """A preflight's headers: as the engine does, `Access-Control-Allow-Headers` echoes the
-    requested headers it allows (here the proxy's list, which has `authorization` for the
-    token) and is left out when none was asked for."""
+    """A preflight's headers. From an Origin (one allowed: a refused one is a 403 before any
+    handler), `Access-Control-Allow-Headers` reflects every valid header name the browser
+    asks for (`reflected_request_headers`: a page's own X-Tenant, Sentry's headers), with
+    `Vary: Origin, Access-Control-Request-Headers` (the answer depends on both, so a cache
+    must not hand one page's answer to another). Without an Origin (no browser's), as the
+    engine does: the requested names on the proxy's fixed list. Left out when none is asked
+    for."""
     headers = preflight_headers(max_age)
-    wanted = request.headers.get("Access-Control-Request-Headers", "")
-    allowed = [
-        name.strip()
-        for name in wanted.split(",")
-        if name.strip().lower() in ALLOWED_REQUEST_HEADERS
-    ]
     headers.pop("Access-Control-Allow-Headers", None)
+    wanted = ", ".join(request.headers.getall("Access-Control-Request-Headers", ()))
+    if len(request.headers.getall("Origin", ())) == 1:
+        allowed = reflected_request_headers(wanted)
+        headers["Vary"] = "Origin, Access-Control-Request-Headers"
+    else:
+        allowed = [
+            name.strip()
+            for name in wanted.split(",")
+            if name.strip().lower() in ALLOWED_REQUEST_HEADERS
+        ]
     if allowed:
         headers["Access-Control-Allow-Headers"] = ", ".join(allowed)
     return headers
@@ -288,31 +313,18 @@ def principal(request: Request, prepared: Prepared) -> str:
     return prepared.principal
 
 
-async def _forward(
-    request: Request,
-    runtime: Runtime,
-    prepared: Prepared,
-    method: str,
-    body: bytes | None,
-    admit: Admit | None = None,
-    epoch: int | None = None,
-) -> StreamResponse:
-    """Send the authorised request upstream and record how it went in the request context."""
+async def _blame_head(request: Request, runtime: Runtime, prepared: Prepared) -> Response | None:
+    """A HEAD's 400 has no body to tell whose part of the where the engine refused: the GET's
+    says (the engine checks both alike; a refused where makes no shape). The policy's
+    refusal when it is the policy's filter, else None (the engine's 400 as it is)."""
     context = request.context
-    target = target_of(prepared, method, body, epoch)
-    forwarder = _app(request).forwarder
-    outcome = await forwarder.forward(request, target, runtime.options, context.request_id, admit)
-    if method == "HEAD" and outcome.upstream_status == 400 and prepared.policy_where is not None:
-        # A HEAD's 400 has no body to tell whose part of the where the engine refused: the
-        # GET's says (the engine checks both alike; a refused where makes no shape).
-        said = await forwarder.error_body(
-            request, target_of(prepared, "GET", None), runtime.options, context.request_id, 400
-        )
-        refusal = None if said is None else blame_policy_where(request, runtime, prepared, said)
-        if refusal is not None:
-            context.upstream_status = 400
-            return refusal
-    return finish(request, runtime, outcome, prepared)
+    said = await _app(request).forwarder.error_body(
+        request, target_of(prepared, "GET", None), runtime.options, context.request_id, 400
+    )
+    refusal = None if said is None else blame_policy_where(request, runtime, prepared, said)
+    if refusal is not None:
+        context.upstream_status = 400
+    return refusal
 
 
 def blame_policy_where(

@@ -592,7 +592,11 @@ class Forwarder:
                 return Outcome(complete(head, raw), head.status)
             response = streaming(head)
             outcome = Outcome(response, head.status)
-            await response.prepare(request)
+            try:
+                await response.prepare(request)
+            except ConnectionError:  # (gone before its head went out: as below, not a 500)
+                outcome.failure = ("client_gone", "client_disconnected")
+                return outcome
             if target.sse and target.live and head.status == 200:
                 whole = await self._relay_held(request, target, upstream, response, outcome)
                 return outcome

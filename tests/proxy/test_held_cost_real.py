@@ -176,10 +176,12 @@ async def test_a_held_long_poll_keeps_no_frame_or_string_it_need_not(
 ) -> None:
     """What every held long-poll keeps while it waits, counted, not sized (it cannot flake):
     its task's chain of coroutine frames (~300 B each) has no frame that only hands on
-    another's answer (`ProxyApp.handle` returns `answer`'s coroutine), and the header names
+    another's answer (`ProxyApp.handle` returns `answer`'s coroutine, `_route` the handler's,
+    `authorise_and_forward` forwards itself), and the header names
     and short values of the held requests are one string each for all of them, not a copy
-    per request (~50 B a header). On 01d93aac: the chain is one frame longer
-    (`ProxyApp.handle`), and each request has its own `Host` name and value strings."""
+    per request (~50 B a header). On 01d93aac: the chain is three frames longer
+    (`ProxyApp.handle`, `ProxyApp._route`, `_forward`), and each request has its own `Host`
+    name and value strings."""
     from proxy.http.wire import Request
 
     config = base_config(engine.url, str(idp_server.make_url("/jwks.json")))
@@ -211,8 +213,14 @@ async def test_a_held_long_poll_keeps_no_frame_or_string_it_need_not(
         chains = [_chain(task.get_coro()) for task in asyncio.all_tasks()]
         chains = [c for c in chains if c[:1] == ["Connection._answer"]]
         assert len(chains) == CLIENTS
-        assert "ProxyApp.handle" not in chains[0], chains[0]
-        assert chains[0][:2] == ["Connection._answer", "ProxyApp.answer"], chains[0]
+        # (no frame that only awaits another's answer: `handle`, `_route`, `_forward`)
+        assert chains[0][:4] == [
+            "Connection._answer",
+            "ProxyApp.answer",
+            "serve",
+            "authorise_and_forward",
+        ], chains[0]
+        assert chains[0][4] == "Forwarder.forward", chains[0]
     finally:
         for task in polls:
             task.cancel()

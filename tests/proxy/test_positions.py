@@ -230,8 +230,11 @@ async def test_a_followers_new_offsets_are_one_prepared_entry_on_the_fast_lane(
                 token=alice,
             )
             assert reply.status == 200
-        assert len(proxy.app.lane[0].current.prepared) == 1
+        (entry,) = proxy.app.lane[0].current.prepared.values()
         assert len(fast_lane_taken) == 49
+        # Only its templates: no first request's URL, text or line besides (review 17:27).
+        assert (str(entry.url), entry.url_text, entry.request_line) == ("", "", "")
+        assert entry.line_template.count("%s") == 3
         lines = [head.split(b"\r\n")[0] for head in engine.heads]
         assert lines[-1].startswith(
             b"GET /v1/shape?table=items&where=org_id+%3D+$1&params%5B1%5D=org-1&"

@@ -332,10 +332,12 @@ def _comparable(status: int, headers: Any, body: bytes, method: str, query: str 
         values = headers.getall(name, [])
         if name == "vary":
             # The proxy adds `Vary: Origin` where it echoes an Origin into a cacheable answer
-            # (else a shared cache hands one origin's CORS answer to another); the engine
-            # adds no Vary at all.
+            # (else a shared cache hands one origin's CORS answer to another), and to a
+            # preflight from an Origin `Access-Control-Request-Headers` too (it reflects the
+            # names asked for: docs/proxy-transparency.md); the engine adds no Vary at all.
             values = sorted(
-                {v.strip().lower() for value in values for v in value.split(",")} - {"origin"}
+                {v.strip().lower() for value in values for v in value.split(",")}
+                - {"origin", "access-control-request-headers"}
             )
         seen[name] = values
     for name in {
@@ -348,7 +350,8 @@ def _comparable(status: int, headers: Any, body: bytes, method: str, query: str 
             )
         if name == "access-control-allow-headers":
             # The proxy allows more request headers than the engine (its token in
-            # Authorization, a POST's Content-Type): compared on the engine's own list.
+            # Authorization, a POST's Content-Type, any name an Origin's preflight asks
+            # for): compared on the engine's own list.
             seen[name] = sorted(
                 {v.strip().lower() for value in seen[name] for v in value.split(",")}
                 & {"if-none-match", "traceparent"}
