@@ -267,6 +267,9 @@ async def test_switching_both_off_restores_one_upstream_request_per_client(
 ) -> None:
     config_data["collapse"] = False
     config_data["cache"] = {"max_bytes": 0}
+    # (20 held at once on a loaded 2-core CI machine: 3 of them passed the fakes' 3 s
+    # first_byte_timeout behind a 0.5 s hold; what is counted here is engine requests)
+    config_data["upstream"]["first_byte_timeout"] = 15
     proxy = await make_proxy(build_config(config_data, environ))
     proxy.engine.hold = 0.5
     token = proxy.tokens.make()

@@ -47,7 +47,7 @@ async def test_the_head_and_the_opening_bracket_go_out_in_one_write(
     assert head_writes == [head, b"]"], [w[:40] for w in head_writes]
     assert answer == head + data + b"]"
     assert f"Content-Length: {len(data) + 2}\r\n".encode() in head
-    assert head_only == head[:-1]  # the same head, no body
+    assert undated(head_only) == undated(head[:-1])  # the same head, no body (its Date may tick)
 
 
 async def test_a_region_of_a_file_is_sent_from_its_offset(tmp_path: Path) -> None:

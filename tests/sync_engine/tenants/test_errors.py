@@ -72,8 +72,8 @@ async def test_reasons_for_bad_databases_then_fixed(
     assert list(rows.values()) == [{"id": "7"}]
     # deleting a source whose database never came up still works
     status, body = await engine.api("DELETE", f"/api/sources/{nope['source_id']}")
-    assert status == 200 and body["deleted"] and body["warnings"]
-    assert "pg_drop_replication_slot" in body["warnings"][0]
+    # (it never made a slot or publication: no warning, the quiet retries are 040c562d's)
+    assert status == 200 and body["deleted"] and body["warnings"] == [], body
 
 
 @pytest.mark.usefixtures("quick_retries")
