@@ -495,6 +495,7 @@ class ShapeLog:
         head = 0  # LSN of a transaction's first record not yet followed by its end
         cut_from = 0  # lowest LSN cut, when known
         prev_size = 0
+        durables: list[int | None] = []  # each chunk's size when it was last made durable
         lost_tail = False  # the last chunk read lost durable records at its end
         first_lsn = 0  # LSN of chunk 0's first record
         for n, path in enumerate(paths):
@@ -516,6 +517,7 @@ class ShapeLog:
                 break
             prev_size = len(data)
             durable = _durable_size(path)
+            durables.append(durable)
             chunk = _Chunk(path, n)
             chunks.append(chunk)
             for start, end, last_key, lsn, ends_tx in result.records:
@@ -573,6 +575,7 @@ class ShapeLog:
                 cut = True
         if cut:
             self.repaired_from = cut_from or last_good_lsn + 1
+        self._make_kept_durable(paths[: min(keep_chunks, len(durables))], durables)
         if first_lsn and keep_chunks and not self._begun_recorded:
             # It began, and its pack does not say so (the note failed on a full disk and
             # the process ended before it was written): noted on the next append or
@@ -583,6 +586,37 @@ class ShapeLog:
         self._chunk_lasts = [c.lasts[-1] for c in self._chunks]
         self._tail = self._chunks[-1] if self._chunks else None
         self.last_lsn = self._published_lsn = last_good_lsn
+
+    def _make_kept_durable(self, paths: list[str], durables: list[int | None]) -> None:
+        """fsync each kept chunk holding more than it was last made durable at (or never
+        noted), and the directory, before anything of it is served.
+
+        Why: a process killed between writing a transaction to its shapes' chunks and the
+        one fsync after them (`Replicator._deliver_big` writes every shape's parts first)
+        leaves those bytes in the page cache, whole, and this load reads them back as a
+        whole transaction: the shape then skips the slot's replay of it and the slot is
+        confirmed past bytes nobody fsynced, lost for good by a power cut in the next ~30 s
+        (engine probe, 2026-12-07). Chunks noted durable at their size cost nothing here."""
+        if not self.fsync:
+            return  # (`--no-fsync`: nothing is made durable on purpose)
+        synced = False
+        for path, durable in zip(paths, durables, strict=False):
+            try:
+                with open(path, "r+b") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if durable is not None and durable >= size:
+                        continue
+                    os.fsync(f.fileno())
+                    note_durable_size(f.fileno(), size)
+                    synced = True
+            except FileNotFoundError:
+                continue  # (cut above)
+        if synced:
+            fd = os.open(self._dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     # -- snapshot -------------------------------------------------------------------------
 
