@@ -357,8 +357,20 @@ class TokenVerifier:
             raise Unauthenticated("invalid_claims", "the token sub claim must not be empty")
         if config.max_lifetime is not None:
             iat = claims.get("iat")
-            if not isinstance(iat, int | float) or claims["exp"] - iat > config.max_lifetime:
-                raise Unauthenticated("token_lifetime_too_long", "the token lives too long")
+            if not isinstance(iat, int | float):
+                raise Unauthenticated(
+                    "token_lifetime_too_long",
+                    "the token has no iat claim, so its lifetime cannot be checked against "
+                    f"this service's limit of {config.max_lifetime:g} s",
+                )
+            if claims["exp"] - iat > config.max_lifetime:
+                # (the two numbers say what to fix: an IdP's 7-day tokens, or an exp written
+                # in milliseconds; neither is a secret: newuser 2026-12-07)
+                raise Unauthenticated(
+                    "token_lifetime_too_long",
+                    f"the token lives too long: exp - iat is {claims['exp'] - iat:g} s, this "
+                    f"service accepts at most {config.max_lifetime:g} s",
+                )
         return MappingProxyType(claims)
 
 

@@ -110,6 +110,17 @@ async def test_bad_claims(proxy: Any, claims: Callable[[], dict[str, Any]], reas
     assert_refused(await proxy.get(SHAPE, token=token), 401, reason, proxy)
 
 
+async def test_a_lifetime_refusal_says_both_numbers(proxy: Any) -> None:
+    """What to fix is in the message: the token's lifetime and the limit (an IdP's 7-day
+    tokens, or an `exp` written in milliseconds, looked the same as any refusal)."""
+    issued = now()
+    token = proxy.tokens.make(iat=issued, exp=issued + 10 * 86400)
+    reply = await proxy.get(SHAPE, token=token)
+    assert_refused(reply, 401, "token_lifetime_too_long", proxy)
+    message = json.loads(reply.body)["message"]
+    assert "864000 s" in message and "at most 7200 s" in message, message
+
+
 async def test_missing_exp(proxy: Any) -> None:
     token = proxy.tokens.make(drop=("exp",))
     assert_refused(await proxy.get(SHAPE, token=token), 401, "missing_claim", proxy)
