@@ -26,6 +26,7 @@ from proxy.policy.sql import (
     CombinedWhere,
     parse_table_name,
     quote_identifier,
+    shown_columns,
     tables_read_by,
 )
 from proxy.policy.tables import format_table
@@ -698,7 +699,7 @@ def evaluate(
         if hidden:
             raise Forbidden(
                 "column_not_allowed",
-                f"columns not allowed: {', '.join(hidden)}",
+                f"columns not allowed: {', '.join(hidden)}{shown_columns(rule.columns)}",
                 field="columns",
             )
     if columns is None:

@@ -232,6 +232,20 @@ def _walk(node: object) -> Iterator[ast.Node]:
 _ENGINE_CHECKED = frozenset({"FuncCall", "MinMaxExpr", "A_Indirection"})
 
 
+def shown_columns(allowed: Collection[str]) -> str:
+    """ "; the rule shows: a, b, c" for a column refusal: a typo and a hidden column read
+    alike, and the page's developer could not tell which names would do (newuser,
+    2026-12-07). The names are the rule's, which this principal may read anyway; at most
+    `_SHOWN_MAX` of them."""
+    names = list(allowed) if isinstance(allowed, list | tuple) else sorted(allowed)
+    more = f", and {len(names) - _SHOWN_MAX} more" if len(names) > _SHOWN_MAX else ""
+    return f"; the rule shows: {', '.join(names[:_SHOWN_MAX])}{more}"
+
+
+#: The most column names a refusal lists (`shown_columns`).
+_SHOWN_MAX = 40
+
+
 def _check_tree(
     root: object,
     allowed_columns: Collection[str] | None,
@@ -257,8 +271,9 @@ def _check_tree(
                 )
             name = fields[0].sval
             if allowed_columns is not None and name not in allowed_columns:
+                shown = shown_columns(allowed_columns)
                 raise Forbidden(
-                    "column_not_allowed", f"{what}: column {name!r} may not be referenced"
+                    "column_not_allowed", f"{what}: column {name!r} may not be referenced{shown}"
                 )
         elif isinstance(node, ast.ParamRef):
             refs.append((node.number, node.location - len(_PREFIX)))
@@ -605,7 +620,10 @@ def _check_sort_item(item: ast.SortBy, allowed_columns: Collection[str] | None, 
     if len(names) != 1 or not isinstance(node.fields[0], ast.String):
         raise BadShapeRequest("invalid_order_by", f"{at}unknown reference {'.'.join(names)}")
     if allowed_columns is not None and names[0] not in allowed_columns:
-        raise Forbidden("column_not_allowed", f"{what}: column {names[0]!r} may not be referenced")
+        raise Forbidden(
+            "column_not_allowed",
+            f"{what}: column {names[0]!r} may not be referenced{shown_columns(allowed_columns)}",
+        )
     if item.sortby_dir == SortByDir.SORTBY_USING:
         message = f"{at}ORDER BY ... USING is not allowed in ORDER BY clauses"
         raise BadShapeRequest("invalid_order_by", message)

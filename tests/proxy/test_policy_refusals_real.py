@@ -81,6 +81,8 @@ async def test_a_members_clause_is_refused_as_the_engine_refuses_it(
         "/v1/shape?table=items&offset=-1&subset__order_by=salary%20DESC", token=member
     )
     assert hidden.status == 403 and hidden.json()["code"] == "column_not_allowed"
+    # ... and says which columns would do: a typo and a hidden column read alike without it
+    assert "the rule shows: id, org_id, title" in hidden.json()["message"], hidden.json()
     # And what the engine accepts the proxy passes: plain columns, directions, NULLS.
     reply = await proxy.get(
         "/v1/shape?table=items&offset=-1&subset__limit=2&subset__order_by="
