@@ -32,10 +32,11 @@ from sync_engine.http.params import (
     parse_delete_request,
     parse_json_body,
 )
+from sync_engine.http.params import ELECTRIC_NUMBER as _NUMBER
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
-from sync_engine.http.params import PARAM_NUMBER as _NUMBER
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
+from sync_engine.http.params import key_number as _key_number
 from sync_engine.http.params import parse_shape_request as engine_parse
 from sync_engine.http.parser_refusals import MAX_REQUEST_TARGET as CLIENT_MAX_TARGET
 
@@ -154,7 +155,9 @@ def _numbered(params: Mapping[str, str], field: str) -> dict[int, str]:
         )
     if not all(_NUMBER.match(key) for key in params):
         raise _invalid("invalid_params", field, "Parameters can only use numbers as keys")
-    numbered = {int(key): value for key, value in params.items()}
+    # (as the engine reads them, which is Electric's `Integer.parse`: `+1` and `0000000001`
+    # are 1, `-1` and a key of 13 digits or more never fit)
+    numbered = {_key_number(key): value for key, value in params.items()}
     if sorted(numbered) != list(range(1, len(params) + 1)):
         raise _invalid(
             "invalid_params", field, "Parameters must be numbered sequentially, starting from 1"
@@ -166,8 +169,8 @@ def _keys_as_given(params: Mapping[str, str]) -> tuple[str, ...] | None:
     """The keys of numbered params (checked by `_numbered`) in their numbers' order, when one
     is not written as the plain number (`01`); None when all are (see
     `ShapeRequest.param_keys`)."""
-    keys = sorted(params, key=int)
-    return tuple(keys) if any(key != str(int(key)) for key in keys) else None
+    keys = sorted(params, key=_key_number)
+    return tuple(keys) if any(key != str(_key_number(key)) for key in keys) else None
 
 
 def _keyed(params: Mapping[str, str], field: str) -> dict[str, str]:
@@ -175,7 +178,7 @@ def _keyed(params: Mapping[str, str], field: str) -> dict[str, str]:
     order, each under its key as written: the engine looks `$1` up under `1` only, so a
     subset's `{"01": ...}` must reach it as `01` (its 400), never as `1` (rows)."""
     _numbered(params, field)
-    return {key: params[key] for key in sorted(params, key=int)}
+    return {key: params[key] for key in sorted(params, key=_key_number)}
 
 
 def _int_param(name: str, value: object, minimum: int) -> int | None:

@@ -46,7 +46,6 @@ SINGLE_PARAMS = (
     "subset__params",
 )
 SINGLE_PARAMS_SET = frozenset(SINGLE_PARAMS)
-PARAM_NUMBER = re.compile(r"\A[0-9]{1,9}\Z")
 #: By value (a dict lookup; calling the enum costs ~1 µs).
 _REPLICAS = {str(m.value): m for m in Replica}
 _LOG_MODES = {str(m.value): m for m in LogMode}
@@ -81,11 +80,11 @@ def _blank(value: str | None) -> str | None:
 
 #: A key Electric reads as a number (`Integer.parse` with nothing left over): a sign, then
 #: any number of digits (`+1`, `-1`, `0000000001`), as `Validators.all_keys_are_numbers`.
-#: `PARAM_NUMBER` (the proxy's) stays the narrower form it binds.
+#: The proxy checks keys with it too (`proxy.http.params._numbered`).
 ELECTRIC_NUMBER = re.compile(r"\A[+-]?[0-9]+\Z")
 
 
-def _key_number(key: str) -> int:
+def key_number(key: str) -> int:
     """The number `ELECTRIC_NUMBER` key `key` is, or -1 for one past any count of keys
     (never `int()` of thousands of digits: Python refuses those, and they are just big)."""
     digits = key.lstrip("+-").lstrip("0")
@@ -100,7 +99,7 @@ def _numbered(items: Mapping[str, str], field_name: str) -> dict[str, str]:
     keys = list(items)
     if not all(ELECTRIC_NUMBER.match(k) for k in keys):
         raise InvalidRequest({field_name: ["Parameters can only use numbers as keys"]})
-    if sorted(_key_number(k) for k in keys) != list(range(1, len(keys) + 1)):
+    if sorted(key_number(k) for k in keys) != list(range(1, len(keys) + 1)):
         raise InvalidRequest(
             {field_name: ["Parameters must be numbered sequentially, starting from 1"]}
         )
