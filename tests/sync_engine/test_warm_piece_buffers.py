@@ -85,8 +85,9 @@ async def test_many_slow_readers_of_a_checked_chunk_hold_a_bounded_number_of_buf
     finally:
         tracemalloc.stop()
     try:
-        # (the buffers, the check's piece buffer of each worker thread, and slack)
-        assert held < 16 * sendfile.SEND_PIECE, f"{held / 2**20:.0f} MiB held by {READERS} sends"
+        # (the buffers, the check's piece buffer of each worker thread, and slack: 17 MiB
+        # once in ci3; a buffer per send, the way before, held 32 MiB and more)
+        assert held < 24 * sendfile.SEND_PIECE, f"{held / 2**20:.0f} MiB held by {READERS} sends"
         assert sendfile._pieces.most_held <= sendfile.PIECE_BUFFERS
         assert sendfile._pieces.refused >= READERS - sendfile.PIECE_BUFFERS  # (the way before)
         loop = asyncio.get_running_loop()

@@ -149,7 +149,11 @@ async def test_a_source_paused_and_deleted_in_the_middle_of_a_snapshot(
     assert status == 200 and body["warnings"] == [], body
     done, _ = await asyncio.wait({second}, timeout=30)
     assert done, "the snapshot's request hangs after the deletion"
-    assert second.result()[0] != 200, second.result()  # (deleted mid-snapshot)
+    # (deleted mid-snapshot: no answer that ends the snapshot; its first chunk may have been
+    # whole, durable and sent before the deletion, as a page of it, and the next is refused:
+    # ci3, at load 1.5, the 75,000-row snapshot's first chunk beat the DELETE)
+    status, headers, _ = second.result()
+    assert status != 200 or "electric-up-to-date" not in headers, (status, headers)
     assert sql(url, "SELECT slot_name FROM pg_replication_slots") == []
     assert sql(url, "SELECT pubname FROM pg_publication") == []
 
