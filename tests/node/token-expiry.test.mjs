@@ -30,11 +30,11 @@ const POLICY = {
 }
 
 let minted = 0
-function token(org) {
+function token(org, lifetime = 3) {
   minted += 1
   const b64 = (x) => Buffer.from(JSON.stringify(x)).toString('base64url')
   const now = Math.floor(Date.now() / 1000)
-  const claims = { iss: ISSUER, aud: 'shapegate', sub: `user-${org}`, org_id: org, iat: now, exp: now + 3 }
+  const claims = { iss: ISSUER, aud: 'shapegate', sub: `user-${org}`, org_id: org, iat: now, exp: now + lifetime }
   const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64(claims)}`
   return `${body}.${createHmac('sha256', JWT_SECRET).update(body).digest('base64url')}`
 }
@@ -165,7 +165,7 @@ test(`${VIA}: an expired token's 401 is recovered by the quickstart's onError, a
     }
     const renewToken = async () => {
       seen.renewals += 1
-      cached = token(1)
+      cached = token(1, 60) // (a 3 s token expired again before its retry on a loaded CI machine)
     }
     const options = {
       url: `${proxy.baseUrl}/v1/shape`,
