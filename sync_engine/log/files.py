@@ -496,6 +496,7 @@ class ShapeLog:
         cut_from = 0  # lowest LSN cut, when known
         prev_size = 0
         durables: list[int | None] = []  # each chunk's size when it was last made durable
+        sizes: list[int] = []  # each chunk's size as read here
         lost_tail = False  # the last chunk read lost durable records at its end
         first_lsn = 0  # LSN of chunk 0's first record
         for n, path in enumerate(paths):
@@ -518,6 +519,7 @@ class ShapeLog:
             prev_size = len(data)
             durable = _durable_size(path)
             durables.append(durable)
+            sizes.append(len(data))
             chunk = _Chunk(path, n)
             chunks.append(chunk)
             for start, end, last_key, lsn, ends_tx in result.records:
@@ -562,12 +564,13 @@ class ShapeLog:
                 os.unlink(path)
                 cut = True
             elif n == keep_chunks - 1 and (
-                lost_tail or len(paths) > keep_chunks or os.stat(path).st_size != keep_end
+                lost_tail or len(paths) > keep_chunks or sizes[n] != keep_end
             ):
                 with open(path, "r+b") as f:
                     f.truncate(keep_end)
                     os.fsync(f.fileno())
                     note_durable_size(f.fileno(), keep_end)
+                sizes[n] = durables[n] = keep_end  # (durable at its size now)
                 _note_next_chunk(path, False)  # the last chunk now: appends go on in it
                 chunk = chunks[n]
                 del chunk.starts[keep_records:], chunk.lasts[keep_records:]
@@ -575,7 +578,7 @@ class ShapeLog:
                 cut = True
         if cut:
             self.repaired_from = cut_from or last_good_lsn + 1
-        self._make_kept_durable(paths[: min(keep_chunks, len(durables))], durables)
+        self._make_kept_durable(paths[: min(keep_chunks, len(durables))], durables, sizes)
         if first_lsn and keep_chunks and not self._begun_recorded:
             # It began, and its pack does not say so (the note failed on a full disk and
             # the process ended before it was written): noted on the next append or
@@ -587,9 +590,14 @@ class ShapeLog:
         self._tail = self._chunks[-1] if self._chunks else None
         self.last_lsn = self._published_lsn = last_good_lsn
 
-    def _make_kept_durable(self, paths: list[str], durables: list[int | None]) -> None:
+    def _make_kept_durable(
+        self, paths: list[str], durables: list[int | None], sizes: list[int]
+    ) -> None:
         """fsync each kept chunk holding more than it was last made durable at (or never
-        noted), and the directory, before anything of it is served.
+        noted), and the directory, before anything of it is served. `durables` and `sizes`:
+        each chunk's noted durable size and its size as the load read it (the file is not
+        opened again for those durable at that size: the usual case, one open, fstat and
+        close per chunk of every shape at each start otherwise).
 
         Why: a process killed between writing a transaction to its shapes' chunks and the
         one fsync after them (`Replicator._deliver_big` writes every shape's parts first)
@@ -600,7 +608,9 @@ class ShapeLog:
         if not self.fsync:
             return  # (`--no-fsync`: nothing is made durable on purpose)
         synced = False
-        for path, durable in zip(paths, durables, strict=False):
+        for path, durable, read in zip(paths, durables, sizes, strict=False):
+            if durable is not None and durable >= read:
+                continue
             try:
                 with open(path, "r+b") as f:
                     size = os.fstat(f.fileno()).st_size
