@@ -87,6 +87,9 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
             await asyncio.to_thread(db.write, "d", 2000, 20)
             await until_equal([follower], [expected_rows(db.url, None, table="d")], 30)
             assert chunk.stat().st_size > copy.stat().st_size
+            # (taken now: the follower goes on, and moves to the new shape once this one is
+            # retired, its handle with it)
+            old_handle = follower.handle
             pg.query("SELECT pg_switch_wal()")
             await wait_until_async(confirmed, timeout=60, message="slot confirmed")
             engine.kill()
@@ -101,9 +104,9 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
             elif how.endswith("zeroed"):
                 ends.write_bytes(b"\0" * ends.stat().st_size)
             await asyncio.to_thread(engine.start)
-            # A sync of the shape as the engine has it, from -1 to its up-to-date: a 409
-            # (retired), never a whole answer that lacks the last 20 transactions.
-            assert await _sync_old(session, engine.url, follower.handle) == 409
+            # A sync of the old shape's log, from its snapshot's end to its up-to-date: a
+            # 409 (retired), never a whole answer that lacks the last 20 transactions.
+            assert await _sync_old(session, engine.url, old_handle) == 409
             await npm.start()
             await asyncio.to_thread(db.write, "d", 3000, 10)
             fresh = Follower(engine.url, table="d")
@@ -130,10 +133,16 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
 
 
 async def _sync_old(session: aiohttp.ClientSession, url: str, handle: str) -> int:
-    """Follow `handle` from -1 until up to date: the status that ended it (409: retired;
-    200: an up-to-date, once what it served is checked against SELECT by the caller's
-    followers, here refused: the log lost 20 transactions the slot is past)."""
-    offset = "-1"
+    """Follow `handle`'s log from its snapshot's end until up to date: the status that ended
+    it (409: retired; 200: an up-to-date, here refused: the log lost 20 transactions the
+    slot is past).
+
+    Not from -1, which names no shape (its handle is ignored, as Electric's): it gets the
+    definition's shape as it is then, the new one once the follower's refetch made it, whose
+    up-to-date is whole and right. Nor with the follower's handle read after the restart: the
+    follower has moved to the new shape by then, or not, as the machine's load has it (ci4:
+    a 200 up-to-date of the new shape, taken for the old one's)."""
+    offset = "0_inf"
     while True:
         params = {"table": "d", "handle": handle, "offset": offset}
         async with session.get(f"{url}/v1/shape", params=params) as r:
