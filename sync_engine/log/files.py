@@ -1181,6 +1181,23 @@ class ShapeLog:
             self.repaired_from = loaded + 1
         return True
 
+    def cut_end(self) -> tuple[int, int, int] | None:
+        """While the slot has not been asked about this load's cut (`repaired_from`): an end
+        for `ends.LogEnds` that makes the next load cut the log from the same LSN
+        (`check_end`: the log ends at `_published_lsn` < the last LSN, which it holds
+        everything before, so the cut is from the first); None with no cut pending.
+
+        The load rewrites the file at once, with a line only for shapes it has one of: a
+        shape found unverified (the file missing or zeroed) had none, and a start ended
+        between the load and the slot check (killed, OOM, a restart loop) left the next one
+        a readable file that vouched for the cut log as whole: served up-to-date without the
+        lost changes, for good (chaos 19:37, HIGH)."""
+        cut = self.repaired_from
+        if cut is None:
+            return None
+        loaded = self._published_lsn
+        return loaded, cut, max(cut, loaded + 1)
+
     @property
     def has_unpublished(self) -> bool:
         """Whether appends are staged but not yet readable (waiting for their fsync)."""

@@ -113,8 +113,15 @@ class ShapeStore:
         for paths in files.values():  # snapshots that never finished, retired shapes
             for path in paths:
                 _unlink(path)
-        # One line per loaded shape (a lost end stays noted until its log is past it again).
-        self.ends.ends = {log.handle: ends[log.handle] for log in logs if log.handle in ends}
+        # One line per loaded shape (a lost end stays noted until its log is past it again),
+        # and one for each cut whose fate the slot decides later (`ShapeLog.cut_end`): the
+        # next load must find it cut again if this start ends before the slot is asked.
+        kept: dict[str, tuple[int, int, int]] = {}
+        for log in logs:
+            end = log.cut_end() or ends.get(log.handle)
+            if end is not None:
+                kept[log.handle] = end
+        self.ends.ends = kept
         try:
             self.ends.rewrite()
             self.ends.note_kept()
@@ -170,6 +177,18 @@ class ShapeStore:
                 found[entry.handle] = (pack, entry.marker, entry.offset, entry.size, begun)
         if not pack.live:
             _unlink(path)
+
+    def cuts_replayed(self, handles: list[str]) -> None:
+        """The slot sends again what these shapes' logs lost at load: the ends noted for
+        their cuts (`ShapeLog.cut_end`) go, or a later start would cut them again, and
+        retire them once the slot is past, though nothing of theirs was lost (a log the
+        replay does not touch never grows past its noted end)."""
+        for handle in handles:
+            self.ends.forget(handle)
+        try:
+            self.ends.rewrite()
+        except OSError as exc:  # (a full disk: at worst such a shape is retired later)
+            logger.warning("%s: %s", self.ends.path, exc.strerror)
 
     def retire(self, log: ShapeLog) -> None:
         self.ends.forget(log.handle)

@@ -702,13 +702,17 @@ class Replicator:
         repaired = [s for s in self.registry.by_handle.values() if s.log.repaired_from]
         if repaired:
             confirmed = await slot_confirmed_lsn(self.dsn, self.slot)
+            kept: list[str] = []
             for shape in repaired:
                 cut_from = shape.log.repaired_from
                 if confirmed is None or (cut_from is not None and cut_from < confirmed):
                     self.registry.rotate(shape, "its log was damaged past what can be replayed")
                 else:
                     logger.info("shape %s: torn log tail cut, replaying it", shape.handle)
+                    kept.append(shape.handle)
                 shape.log.repair_checked()
+            if kept:
+                self.registry.store.cuts_replayed(kept)
         self._slot_checked = True
 
     # -- shape log writes: stage, flush, pause while they fail -----------------------------

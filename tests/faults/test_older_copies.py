@@ -18,8 +18,10 @@ import asyncio
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import psycopg
 import pytest
 
 from tests.faults.cluster import FaultCluster
@@ -34,7 +36,7 @@ from tests.faults.test_damaged_files import (
 )
 from tests.support.engine_process import EngineProcess
 from tests.support.follower import Follower, expected_rows, until_equal
-from tests.support.waiting import wait_until_async
+from tests.support.waiting import wait_until, wait_until_async
 
 #: What is put back of the backup: the chunk file; the whole shapes directory (a restore of
 #: it, which brought back an older note of the log ends with it while that was kept there);
@@ -153,3 +155,107 @@ async def _sync_old(session: aiohttp.ClientSession, url: str, handle: str) -> in
             if r.status != 200 or "electric-up-to-date" in r.headers:
                 return r.status
             offset = r.headers["electric-offset"]
+
+
+@pytest.mark.timeout(240)
+async def test_a_start_ended_before_its_slot_check_leaves_the_cut_to_the_next(
+    pg: FaultCluster,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """chaos 19:37 (HIGH): the older chunk copy put back and log-ends deleted, the start that
+    finds it is killed after its load and before the replicator asks the slot (here: the
+    slot is held by another connection meanwhile, so that check cannot come). That load
+    rewrote log-ends with no line for the shape it had found unverifiable, so the next start
+    read a whole, readable file that vouched for the older log: every fresh client got a
+    whole up-to-date missing the last 20 transactions, for good. The next start must find
+    the cut again, and retire the shape (the slot is past what was lost)."""
+    db = Db(pg)
+    db.query("CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL)")
+    db.query("INSERT INTO d SELECT g, 0 FROM generate_series(1, 100) g")
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = EngineProcess(
+        db.url, data, "--long-poll-timeout", "1", "--replication-stream-id", db.name,
+        "--replication-timeout", "3",
+    )  # fmt: skip
+    slot = f"shapegate_slot_{db.name}"
+    await asyncio.to_thread(engine.start)
+    old = tmp_path / "old"
+    old.mkdir()
+    holder: psycopg.Connection[Any] | None = None
+
+    def confirmed() -> bool:
+        (flushed, current), *_ = db.query(CONFIRMED, (slot,))
+        assert isinstance(flushed, int) and isinstance(current, int)
+        return flushed >= current
+
+    def held() -> bool:
+        return db.query(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ) == [(True,)]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            stop = asyncio.Event()
+            follower = Follower(engine.url, table="d")
+            task = asyncio.create_task(follower.run(session, stop))
+            await wait_until_async(_live(follower), timeout=30, message="live")
+            await asyncio.to_thread(db.write, "d", 1000, 20)
+            await until_equal([follower], [expected_rows(db.url, None, table="d")], 30)
+            assert follower.handle
+            old_handle = follower.handle
+            (chunk,) = _files(data, old_handle)["log"]
+            subprocess.run(["cp", "-a", str(chunk), str(old)], check=True)
+            await asyncio.to_thread(db.write, "d", 2000, 20)
+            await until_equal([follower], [expected_rows(db.url, None, table="d")], 30)
+            stop.set()
+            await task
+            pg.query("SELECT pg_switch_wal()")
+            await wait_until_async(confirmed, timeout=60, message="slot confirmed")
+            engine.kill()
+            subprocess.run(["cp", "-a", str(old / chunk.name), str(chunk)], check=True)
+            (chunk.parent.parent / "log-ends").unlink()
+
+            # The first start: loads (the shape found unverifiable), then cannot stream.
+            holder = _hold_slot(db.url, slot, f"shapegate_pub_{db.name}")
+            await asyncio.to_thread(wait_until, held, timeout=30, message="slot held")
+            engine.spawn()
+            await asyncio.to_thread(
+                wait_until,
+                lambda: "is active for PID" in engine.log_tail(100_000),
+                timeout=60,
+                message="the engine finds its slot held",
+            )
+            assert "cannot be checked" in engine.log_tail(100_000)
+            engine.kill()  # (before the slot check: it never ran)
+            holder.close()
+            holder = None
+            await asyncio.to_thread(wait_until, lambda: not held(), timeout=30, message="free")
+
+            # The next start: the cut is found again, the shape retired.
+            await asyncio.to_thread(engine.start)
+            assert await _sync_old(session, engine.url, old_handle) == 409
+            fresh = Follower(engine.url, table="d")
+            stop = asyncio.Event()
+            task = asyncio.create_task(fresh.run(session, stop))
+            await until_equal([fresh], [expected_rows(db.url, None, table="d")], 30)
+            stop.set()
+            await task
+        fresh.assert_clean()
+    finally:
+        if holder is not None:
+            holder.close()
+        engine.stop()
+        db.drop(pg)
+
+
+def _hold_slot(url: str, slot: str, publication: str) -> psycopg.Connection[Any]:
+    """A replication connection streaming the engine's slot (Postgres says it is active for
+    that walsender): the engine's stream cannot start. It reads and confirms nothing."""
+    conn = psycopg.connect(url, replication="database", autocommit=True)
+    command = (
+        f"START_REPLICATION SLOT {slot} LOGICAL 0/0"
+        f" (proto_version '1', publication_names '{publication}')"
+    )
+    conn.pgconn.send_query(command.encode())
+    return conn

@@ -95,3 +95,24 @@ def test_damaged_lines_are_skipped_and_the_file_is_compacted(
         again.note([("a", (n - 10, n, n))])
     assert os.path.getsize(again.path) < 64 * 5
     assert LogEnds(str(tmp_path), fsync=False).read() == {"a": (380, 390, 390)}
+
+
+def test_a_cut_noted_at_load_is_found_again_by_the_next_load(tmp_path: Path) -> None:
+    """The load rewrites log-ends before the slot is asked about its cuts: each cut pending
+    is noted there (`cut_end`), so a start ended in between leaves the next load the same
+    cut, never a log that looks whole (chaos 19:37)."""
+    log = _new(tmp_path)
+    ends = LogEnds(str(log.directory), fsync=False)
+    for lsn in (100, 200):
+        log.append_transaction(lsn, _tx(lsn))
+        _flush(log, ends)
+    again = _reload(log)
+    assert again.cut_end() is None  # (nothing cut: no note of its own)
+    assert again.unverified("log-ends: missing")  # (the note was lost)
+    assert again.repaired_from == 201
+    end = again.cut_end()
+    assert end is not None
+    third = _reload(again)  # (the next start: the cut is not in the files)
+    assert third.repaired_from is None
+    assert third.check_end(end)
+    assert third.repaired_from == 201
