@@ -213,6 +213,8 @@ class Source:
         #: What the slot may be told is processed: saved in the data dir first, so that a
         #: data dir that went back in time (restored from a backup) is noticed at start.
         self.position = SavedPosition(config.data_dir / POSITION_FILE, config.fsync)
+        # (the log ends noted by the flushes it confirms: durable first, `log/ends.py`)
+        self.position.before_save = self.registry.store.ends.sync
         self.replicator = Replicator(
             self.dsn,
             config.slot_name,

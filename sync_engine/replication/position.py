@@ -62,6 +62,10 @@ class SavedPosition:
             self.saved = Lsn(0)
         #: Called on the event loop once a new position is saved.
         self.on_saved = on_saved
+        #: Called in the save's worker thread before the position is written (when
+        #: `fsync`): what else must be durable before the slot may confirm it
+        #: (`log.ends.LogEnds.sync`). Its OSError is logged, and the save goes on.
+        self.before_save: Callable[[], None] | None = None
         self._saving: asyncio.Future[None] | None = None
         self._wanted = self.saved
 
@@ -101,6 +105,11 @@ class SavedPosition:
             self._saving = None
 
     def _write(self, lsn: Lsn) -> None:
+        if self.fsync and self.before_save is not None:
+            try:
+                self.before_save()
+            except OSError as exc:
+                logger.warning("before saving the replication position: %s", exc)
         new = not self.path.exists()
         if new:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
