@@ -58,6 +58,8 @@ class ShapeStore:
         #: directory; and whether the file should be there (this engine ran here).
         self.ends = LogEnds(str(directory.parent), fsync)
         self._ends_expected = (directory.parent / ENDS_KEPT).exists()
+        #: Retired shapes whose noted ends go once their retirement is on disk (`retire`).
+        self._forget: set[str] = set()
 
     def new_log(self, handle: str) -> ShapeLog:
         """An empty log for a new shape (it creates no file until it writes)."""
@@ -191,7 +193,11 @@ class ShapeStore:
             logger.warning("%s: %s", self.ends.path, exc.strerror)
 
     def retire(self, log: ShapeLog) -> None:
-        self.ends.forget(log.handle)
+        # Its noted end goes once the retirement is on disk (`settle`): a rewrite of the
+        # file before that (the slot check's, a compaction) would drop a line that is the
+        # only evidence of its cut, and a crash then loaded it again, unchecked (chaos
+        # 19:48: killed right after the slot check's first retirement).
+        self._forget.add(log.handle)
         retire(log)
 
     async def settle(self) -> None:
@@ -201,7 +207,9 @@ class ShapeStore:
         past what retired them). Also notes in its pack that a log began where the note
         failed (a full disk) and no append since wrote it (`_unnoted`). Raises
         `LogWriteError` while a pack cannot be marked (a full disk): the caller pauses as
-        for any failed write, and tries again."""
+        for any failed write, and tries again. The retired shapes' noted ends go after
+        (`retire`)."""
+        forget = set(self._forget)
         while _pending:
             await asyncio.gather(*list(_pending), return_exceptions=True)
         if _failed:
@@ -218,6 +226,9 @@ class ShapeStore:
             packs = list(_touched)
             _touched.clear()
             await asyncio.to_thread(_sync_packs, str(self.directory), packs)
+        for handle in forget:
+            self.ends.forget(handle)
+        self._forget -= forget
 
     @property
     def unsettled(self) -> bool:
@@ -228,6 +239,7 @@ class ShapeStore:
             or bool(_failed)
             or bool(_unnoted.get(self._directory_text))
             or (self.fsync and bool(_touched))
+            or bool(self._forget)
         )
 
 

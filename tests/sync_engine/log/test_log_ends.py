@@ -16,6 +16,7 @@ import pytest
 from sync_engine.log import ends as ends_module
 from sync_engine.log.ends import LogEnds
 from sync_engine.log.files import ShapeLog
+from sync_engine.log.store import ShapeStore
 from tests.sync_engine.log.test_files import _commit, _new, _reload, _tx
 
 
@@ -116,3 +117,22 @@ def test_a_cut_noted_at_load_is_found_again_by_the_next_load(tmp_path: Path) -> 
     assert third.repaired_from is None
     assert third.check_end(end)
     assert third.repaired_from == 201
+
+
+async def test_a_retired_shapes_noted_end_stays_until_its_retirement_is_on_disk(
+    tmp_path: Path,
+) -> None:
+    """The slot check retires some cut shapes and keeps others (the slot replays theirs),
+    whose noted cut it drops with a rewrite (`cuts_replayed`): that rewrite must keep the
+    retired ones' lines until their retirement is on disk, else a crash in between loads
+    them again with nothing to say their log was cut (chaos 19:48)."""
+    store = ShapeStore(tmp_path / "shapes", 1 << 20, fsync=False)
+    (tmp_path / "shapes").mkdir()
+    store.ends.ends = {"retired": (100, 201, 201), "kept": (300, 401, 401)}
+    store.ends.rewrite()
+    store.retire(store.new_log("retired"))
+    store.cuts_replayed(["kept"])
+    on_disk = LogEnds(str(tmp_path), fsync=False).read()
+    assert on_disk == {"retired": (100, 201, 201)}
+    await store.settle()
+    assert store.ends.ends == {}
