@@ -37,6 +37,7 @@ SINGLE_PARAMS = (
     "cursor",
     "where",
     "columns",
+    "queryable_columns",
     "replica",
     "log",
     "subset__where",
@@ -230,6 +231,7 @@ def parse_shape_request(
         columns=_blank(q.get("columns")),
         replica=replica,
         log_mode=log_mode,
+        queryable_columns=_blank(q.get("queryable_columns")),
     )
     return ShapeRequest(
         shape=shape,

@@ -158,9 +158,11 @@ class ShapeView:
             # Check the subset before anything is created, as a bad one must change nothing.
             # Its where and order_by may name any column of the table, as Electric's
             # (`Shape.Subset.new` checks them against the root table's columns), not only the
-            # shape's `columns`; the rows still carry only those.
+            # shape's `columns`; the rows still carry only those. With `queryable_columns`,
+            # only those (Electric's allow-list: a subset filtering or ordering on a hidden
+            # column tells its values by which rows come, and in what order).
             described = await source.describe(req.shape)
-            subset = await parse_subset(described.table.columns, req.subset)
+            subset = await parse_subset(described.queryable, req.subset)
             shape = await _resolve(source, req)
             return await serve_subset(source, shape, req, subset, request)
         shape = await _resolve_moving(source, req)

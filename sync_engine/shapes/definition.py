@@ -51,6 +51,10 @@ class ShapeParams:
     columns: str | None = None
     replica: Replica = Replica.DEFAULT
     log_mode: LogMode = LogMode.FULL
+    #: `queryable_columns=`: the columns `columns` and a subset's where and order_by may
+    #: name (Electric's allow-list, GHSA-c82q-v86f-c87f); the default for `columns`. Not
+    #: part of a shape's identity: it changes no log, only what a request may ask.
+    queryable_columns: str | None = None
 
     def key(self) -> tuple[object, ...]:
         """The raw parameters, as a cache key for resolving the shape quickly."""
@@ -61,6 +65,7 @@ class ShapeParams:
             self.columns,
             self.replica,
             self.log_mode,
+            self.queryable_columns,
         )
 
 
@@ -125,6 +130,8 @@ class Described:
     table: TableInfo
     columns: tuple[ColumnInfo, ...]
     where: Where | None
+    #: The columns a subset's where and order_by may name (`queryable_columns`, else all).
+    queryable: tuple[ColumnInfo, ...] = ()
 
 
 #: `parse_relation` of the table texts seen (a storm names one table 10,000 times).
@@ -200,7 +207,24 @@ async def describe(
                 ]
             }
         )
-    chosen = choose_columns(table, params.columns)
+    # (`columns` first, when given: its errors as before, which the proxy names a rule by)
+    chosen = choose_columns(table, params.columns) if params.columns is not None else ()
+    queryable = table.columns
+    if params.queryable_columns is not None:
+        queryable = _queryable(table, params.queryable_columns)
+    if params.columns is None:
+        chosen = choose_columns(table, params.queryable_columns)
+    elif len(queryable) < len(table.columns):
+        allowed = {c.name for c in queryable}
+        hidden = [c.name for c in chosen if c.name not in allowed]
+        if hidden:
+            raise InvalidRequest(
+                {
+                    "columns": [
+                        "The following columns are not in queryable_columns: " + ", ".join(hidden)
+                    ]
+                }
+            )
     where = None
     if params.where is not None:
         try:
@@ -223,11 +247,23 @@ async def describe(
         replica=params.replica,
         log_mode=params.log_mode,
     )
-    return Described(definition, table, chosen, where)
+    return Described(definition, table, chosen, where, queryable)
 
 
-def choose_columns(table: TableInfo, columns: str | None) -> tuple[ColumnInfo, ...]:
-    """The columns a `columns=` list selects (all when None), in the table's order."""
+def _queryable(table: TableInfo, text: str) -> tuple[ColumnInfo, ...]:
+    """The columns `queryable_columns` allows: the same rules as `columns` (known columns,
+    every primary key column), its errors under its own name."""
+    try:
+        return choose_columns(table, text, generated_ok=True)
+    except InvalidRequest as exc:
+        raise InvalidRequest({"queryable_columns": exc.errors["columns"]}) from None
+
+
+def choose_columns(
+    table: TableInfo, columns: str | None, *, generated_ok: bool = False
+) -> tuple[ColumnInfo, ...]:
+    """The columns a `columns=` list selects (all when None), in the table's order.
+    `generated_ok`: a list that names what may be queried, not what is replicated."""
     if columns is None:
         chosen = table.columns
     else:
@@ -261,7 +297,7 @@ def choose_columns(table: TableInfo, columns: str | None) -> tuple[ColumnInfo, .
             )
         wanted = set(names)
         chosen = tuple(c for c in table.columns if c.name in wanted)
-    generated = [c.name for c in chosen if c.generated]
+    generated = [] if generated_ok else [c.name for c in chosen if c.generated]
     if generated:
         raise InvalidRequest(
             {
