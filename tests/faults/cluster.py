@@ -8,7 +8,7 @@ import shutil
 import signal
 import subprocess
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 
@@ -159,3 +159,17 @@ class PartitionedCluster(FaultCluster):
         super().stop()
         subprocess.run(("ip", "link", "del", self.host_if), check=False, capture_output=True)
         subprocess.run(("ip", "netns", "del", self.ns), check=False, capture_output=True)
+
+
+def hold_slot(url: str, slot: str, publication: str) -> psycopg.Connection[Any]:
+    """A replication connection streaming `slot` (Postgres says it is active for that
+    walsender's PID), so an engine's own stream cannot start: a second engine on the same
+    database in a rolling deploy, or a stuck walsender. It reads and confirms nothing; close
+    it to let go of the slot."""
+    conn = psycopg.connect(url, replication="database", autocommit=True)
+    command = (
+        f"START_REPLICATION SLOT {slot} LOGICAL 0/0"
+        f" (proto_version '1', publication_names '{publication}')"
+    )
+    conn.pgconn.send_query(command.encode())
+    return conn

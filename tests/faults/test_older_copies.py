@@ -24,7 +24,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import FaultCluster, hold_slot
 from tests.faults.test_damaged_files import (
     CONFIRMED,
     Db,
@@ -51,15 +51,7 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
     tmp_path: Path,
     how: str,
 ) -> None:
-    db = Db(pg)
-    db.query("CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL)")
-    db.query("INSERT INTO d SELECT g, 0 FROM generate_series(1, 100) g")
-    data = tmp_path / "data"
-    data.mkdir()
-    engine = EngineProcess(
-        db.url, data, "--long-poll-timeout", "1", "--replication-stream-id", db.name,
-        "--replication-timeout", "3",
-    )  # fmt: skip
+    db, data, engine = _engine_on_table_d(pg, tmp_path)
     await asyncio.to_thread(engine.start)
     npm = NpmClient(engine.url, "d")
     old = tmp_path / "old"
@@ -134,6 +126,21 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
         db.drop(pg)
 
 
+def _engine_on_table_d(cluster: FaultCluster, tmp_path: Path) -> tuple[Db, Path, EngineProcess]:
+    """A database of its own with a table `d` of 100 rows, and an engine (not started) on it
+    with its data dir under `tmp_path`."""
+    db = Db(cluster)
+    db.query("CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL)")
+    db.query("INSERT INTO d SELECT g, 0 FROM generate_series(1, 100) g")
+    data = tmp_path / "data"
+    data.mkdir()
+    engine = EngineProcess(
+        db.url, data, "--long-poll-timeout", "1", "--replication-stream-id", db.name,
+        "--replication-timeout", "3",
+    )  # fmt: skip
+    return db, data, engine
+
+
 async def _sync_old(session: aiohttp.ClientSession, url: str, handle: str) -> int:
     """Follow `handle`'s log from its snapshot's end until up to date: the status that ended
     it (409: retired; 200: an up-to-date, here refused: the log lost 20 transactions the
@@ -169,15 +176,7 @@ async def test_a_start_ended_before_its_slot_check_leaves_the_cut_to_the_next(
     read a whole, readable file that vouched for the older log: every fresh client got a
     whole up-to-date missing the last 20 transactions, for good. The next start must find
     the cut again, and retire the shape (the slot is past what was lost)."""
-    db = Db(pg)
-    db.query("CREATE TABLE d (id int PRIMARY KEY, v int NOT NULL)")
-    db.query("INSERT INTO d SELECT g, 0 FROM generate_series(1, 100) g")
-    data = tmp_path / "data"
-    data.mkdir()
-    engine = EngineProcess(
-        db.url, data, "--long-poll-timeout", "1", "--replication-stream-id", db.name,
-        "--replication-timeout", "3",
-    )  # fmt: skip
+    db, data, engine = _engine_on_table_d(pg, tmp_path)
     slot = f"shapegate_slot_{db.name}"
     await asyncio.to_thread(engine.start)
     old = tmp_path / "old"
@@ -217,7 +216,7 @@ async def test_a_start_ended_before_its_slot_check_leaves_the_cut_to_the_next(
             (chunk.parent.parent / "log-ends").unlink()
 
             # The first start: loads (the shape found unverifiable), then cannot stream.
-            holder = _hold_slot(db.url, slot, f"shapegate_pub_{db.name}")
+            holder = hold_slot(db.url, slot, f"shapegate_pub_{db.name}")
             await asyncio.to_thread(wait_until, held, timeout=30, message="slot held")
             engine.spawn()
             await asyncio.to_thread(
@@ -247,15 +246,3 @@ async def test_a_start_ended_before_its_slot_check_leaves_the_cut_to_the_next(
             holder.close()
         engine.stop()
         db.drop(pg)
-
-
-def _hold_slot(url: str, slot: str, publication: str) -> psycopg.Connection[Any]:
-    """A replication connection streaming the engine's slot (Postgres says it is active for
-    that walsender): the engine's stream cannot start. It reads and confirms nothing."""
-    conn = psycopg.connect(url, replication="database", autocommit=True)
-    command = (
-        f"START_REPLICATION SLOT {slot} LOGICAL 0/0"
-        f" (proto_version '1', publication_names '{publication}')"
-    )
-    conn.pgconn.send_query(command.encode())
-    return conn

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from multidict import CIMultiDict
 
-from tests.faults.cluster import FaultCluster
+from tests.faults.cluster import FaultCluster, hold_slot
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until, wait_until_async
 from tests.sync_engine.tenants.harness import PGBIN
@@ -34,15 +34,7 @@ SLOT, PUBLICATION = "shapegate_slot_default", "shapegate_pub_default"
 
 
 def _hold_slot(url: str) -> psycopg.Connection[Any]:
-    """A replication connection streaming the engine's slot (so Postgres says it is active
-    for that walsender's PID); it reads nothing and confirms nothing."""
-    conn = psycopg.connect(url, replication="database", autocommit=True)
-    command = (
-        f"START_REPLICATION SLOT {SLOT} LOGICAL 0/0"
-        f" (proto_version '1', publication_names '{PUBLICATION}')"
-    )
-    conn.pgconn.send_query(command.encode())
-    return conn
+    return hold_slot(url, SLOT, PUBLICATION)
 
 
 async def _get(
