@@ -830,7 +830,35 @@ class Source:
 
         `from_start`: the client starts at `-1`, so the table is checked to be still there
         (see `Tables.still_there`); a client further on keeps its shape until rotated.
+
+        A shape whose log the load cut (`ShapeLog.repaired_from`: damage, an older chunk,
+        a log-ends that cannot vouch for it) is not answered at all until the replicator has
+        asked the slot whether the cut is replayed (`Replicator.cuts_checked`): it is
+        retired if not, and its snapshot, whole and right but of a shape about to go, was
+        served to `-1` first, a download its client then threw away at its 409. Meanwhile
+        the request waits, as an up-to-date waits for the stream (`require_following`).
         """
+        shape = await self._resolve(params, from_start)
+        if shape.log.repaired_from is not None:
+            await self._until_cuts_checked()
+            if shape.rotated:
+                shape = await self._resolve(params, from_start)
+        return shape
+
+    async def _until_cuts_checked(self) -> None:
+        """Wait up to `FOLLOW_WAIT` seconds for the replicator's slot check of the cuts the
+        load made (then the 503 of a stream not following, retried by the client)."""
+        checked = self.replicator.cuts_checked
+        if not checked.is_set():
+            try:
+                async with asyncio.timeout(FOLLOW_WAIT):
+                    await checked.wait()
+            except TimeoutError:
+                raise self.not_following() from None
+        self.check_open()
+
+    async def _resolve(self, params: ShapeParams, from_start: bool) -> Shape:
+        """`resolve`, before the wait for the slot check."""
         shape = self.registry.cached(params)
         if shape is not None and not from_start:
             self.registry.touch(shape)

@@ -352,6 +352,9 @@ class Replicator:
         self._space_delay = 0.0
         self._failure: LogWriteError | None = None  # a background flush's failed write
         self._slot_checked = False
+        #: Set once the slot was asked about the cuts the load made (`_check_repaired_shapes`):
+        #: a cut shape is not served before (`Source.resolve`).
+        self.cuts_checked = asyncio.Event()
         #: The walsender of the last stream that started and then failed: on a network that
         #: went silent it may still hold the slot (`_end_abandoned_walsender`).
         self._abandoned: Walsender | None = None
@@ -714,6 +717,7 @@ class Replicator:
             if kept:
                 self.registry.store.cuts_replayed(kept)
         self._slot_checked = True
+        self.cuts_checked.set()
 
     # -- shape log writes: stage, flush, pause while they fail -----------------------------
 

@@ -42,6 +42,7 @@ from tests.support.waiting import wait_until, wait_until_async
 #: it, which brought back an older note of the log ends with it while that was kept there);
 #: the chunk file, the note of the log ends deleted, or zeroed (chaos 17:00).
 HOWS = ["chunk", "shapes directory", "chunk, log-ends deleted", "chunk, log-ends zeroed"]
+FROM_START = {"table": "d", "offset": "-1"}
 
 
 @pytest.mark.timeout(240)
@@ -226,6 +227,11 @@ async def test_a_start_ended_before_its_slot_check_leaves_the_cut_to_the_next(
                 message="the engine finds its slot held",
             )
             assert "cannot be checked" in engine.log_tail(100_000)
+            # Nothing of the cut shape is served before the check decides its fate, not
+            # even its snapshot (whole, but of a shape about to go): the stream's 503.
+            async with session.get(f"{engine.url}/v1/shape", params=FROM_START) as r:
+                await r.read()
+                assert (r.status, r.headers.get("electric-handle")) == (503, None)
             engine.kill()  # (before the slot check: it never ran)
             holder.close()
             holder = None
