@@ -236,9 +236,7 @@ async def test_a_followers_new_offsets_are_one_prepared_entry_on_the_fast_lane(
         assert (str(entry.url), entry.url_text, entry.request_line) == ("", "", "")
         assert entry.line_template.count("%s") == 3
         lines = [head.split(b"\r\n")[0] for head in engine.heads]
-        assert lines[-1].startswith(
-            b"GET /v1/shape?table=items&where=org_id+%3D+$1&params%5B1%5D=org-1&"
-        )
+        assert lines[-1].startswith(b"GET /v1/shape?table=items&where=org_id+=+$1&params[1]=org-1&")
         assert b"&offset=50_1&handle=5-6&live=true&cursor=1049&source_id=src-1&secret=" in lines[-1]
         assert len(set(lines)) == 50
 
@@ -259,7 +257,7 @@ async def test_two_users_never_share_a_prepared_entry(
                 query = f"table=items&offset={i}_0&handle=1-2&live=true&cursor={i}"
                 assert (await proxy.get(f"/v1/shape?{query}", token=token)).status == 200
                 line = engine.heads[-1].split(b"\r\n")[0]
-                assert f"params%5B1%5D={org}&".encode() in line, line
+                assert f"params[1]={org}&".encode() in line, line
                 assert f"offset={i}_0&handle=1-2&live=true&cursor={i}&".encode() in line
         assert len(proxy.app.lane[0].current.prepared) == 2
         assert len(fast_lane_taken) == 58
