@@ -197,8 +197,9 @@ def test_split_again_is_split() -> None:
     assert matched > 1_000
     # one follower's next requests: new offsets and cursors, the same rest
     query = "table=items&offset=26858096_4&handle=1-2&live=true&cursor=1"
-    made = positions.shape(positions.shape(None, query, positions.split(query)), query,
-                           positions.split(query))  # fmt: skip
+    first = positions.split(query)
+    assert first is not None
+    made = positions.shape(positions.shape(None, query, first), query, first)
     for offset, cursor in (("0_0", ""), ("1_inf", "9" * 18), ("-1", "1"), ("1_0", "9" * 19)):
         query = f"table=items&offset={offset}&handle=1-2&live=true&cursor={cursor}"
         again = positions.split_again(made, query)
