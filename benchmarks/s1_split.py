@@ -256,7 +256,8 @@ async def run(n: int, rounds: int, kinds: list[str], baseline: Path | None,
             await p.wait_ready()  # type: ignore[attr-defined]
         auth = {"Authorization": f"Bearer {token(**s1_front.CLAIMS)}"}
         answers = await s1_front.prepare(pg, proxy, auth)
-        names = {"live": "small live answer", "catch-up": "1 KiB catch-up"}
+        names = {"live": "small live answer", "catch-up": "1 KiB catch-up",
+                 "follower": "follower (new cursor each request)"}  # fmt: skip
         perf = shutil.which("perf") is not None
         print(machine())
         for kind in kinds:

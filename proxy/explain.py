@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -146,17 +147,26 @@ async def explain(
 
 def _refused_token(loaded: LoadedConfig, token: str, exc: Unauthenticated) -> dict[str, Any]:
     """What explains a refused `--token` (newuser MEDIUM: invalid_issuer alone hid the trailing
-    slash): the token's unverified `iss`/`aud`/`alg`/`kid`/`typ` beside the config's accepted
-    issuers, audiences and algorithms, and a hint when they differ only by a slash or case.
+    slash): the token's unverified `iss`/`aud`/`alg`/`kid`/`typ` and times (`iat`/`nbf`/`exp`,
+    `lifetime`) and the clock's `now` beside the config's accepted issuers, audiences,
+    algorithms, `max_lifetime` and `leeway` (newuser LOW: a 7-day token's refusal showed none
+    of them), and a hint when an issuer or audience differs only by a slash or case.
     Local tool, the caller holds the token: never the token or its signature, and the
     proxy's 401 body stays as it was (an anonymous client learns nothing of the config)."""
     shown = unverified_summary(token)
     issuers = loaded.config.issuers
     accepted = [
-        {"issuer": cfg.issuer, "audience": list(cfg.audience), "algorithms": list(cfg.algorithms)}
+        {
+            "issuer": cfg.issuer,
+            "audience": list(cfg.audience),
+            "algorithms": list(cfg.algorithms),
+            "max_lifetime": cfg.max_lifetime if cfg.max_lifetime is not None else "unlimited",
+            "leeway": cfg.leeway,
+        }
         for cfg in issuers
     ]
-    extra: dict[str, Any] = {"token": shown, "accepted": accepted}
+    # (`now`: the token's times are read against this clock, as the proxy's)
+    extra: dict[str, Any] = {"token": shown, "now": int(time.time()), "accepted": accepted}
     hint = None
     if exc.reason == "invalid_issuer":
         hint = mismatch_hint(shown.get("iss"), [cfg.issuer for cfg in issuers], "iss")

@@ -376,17 +376,27 @@ class TokenVerifier:
 
 def unverified_summary(token: str) -> dict[str, Any]:
     """What `explain --token` shows of a refused token, read without verifying it: the
-    header's `alg`, `kid` and `typ` and the payload's `iss` and `aud` (never the token, its
-    signature or any other claim). Members it cannot read are left out."""
+    header's `alg`, `kid` and `typ` and the payload's `iss`, `aud`, `iat`, `nbf` and `exp`
+    (its times: a lifetime over the issuer's `max_lifetime`, an expiry or a clock skew are
+    told by them; never the token, its signature or any other claim), and `exp - iat` as
+    `lifetime` when both are numbers. Members it cannot read are left out."""
     parts = token.split(".")
     shown: dict[str, Any] = {}
-    for segment, names in ((0, ("alg", "kid", "typ")), (1, ("iss", "aud"))):
+    for segment, names in ((0, ("alg", "kid", "typ")), (1, ("iss", "aud", "iat", "nbf", "exp"))):
         try:
             value = _json_object(parts[segment])
         except (ValueError, IndexError):
             continue
         shown.update((name, value[name]) for name in names if name in value)
+    iat, exp = shown.get("iat"), shown.get("exp")
+    if isinstance(iat, int | float) and isinstance(exp, int | float) and _is_number(iat):
+        if _is_number(exp):
+            shown["lifetime"] = exp - iat
     return shown
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _loose(value: object) -> object:

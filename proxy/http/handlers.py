@@ -62,7 +62,7 @@ from proxy.limits.admission import Admission
 from proxy.limits.client import client_address
 from proxy.limits.config import resolve
 from proxy.limits.subsets import SubsetSlots
-from proxy.limits.upstream import check_fits, clean_error_response, fits
+from proxy.limits.upstream import check_forwarded_fits, clean_error_response, fits
 from proxy.metrics import Metrics, metrics_refusal
 from proxy.policy.blame import blame
 from proxy.policy.evaluate import (
@@ -91,6 +91,7 @@ from proxy.upstream.respond import Outcome
 from proxy.upstream.url import (
     build_delete_by_handle_url,
     build_upstream_url,
+    credentials_query,
     definition_key,
     handle_definition_key,
 )
@@ -711,7 +712,7 @@ async def _prepare(
         check_as_the_engine(query, posted)
     shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
-        return _prepare_delete_by_handle(runtime, claims, anonymous, shape_request), None
+        return _prepare_delete_by_handle(request, runtime, claims, anonymous, shape_request), None
     try:
         decision = evaluate(
             runtime.loaded.policy,
@@ -742,7 +743,16 @@ async def _prepare(
     if not post and decision.subset is not None and not fits(url):
         # Too long for the engine's request line: the subset clauses go in a POST body.
         url, upstream_body = build(subset_in_query=False), subset_body(decision.subset)
-    check_fits(url)  # else a 414 naming the limit (the engine would answer with a 400)
+    # else a 414 naming the limit (the engine would answer with a 400); measured for the
+    # method the engine gets (a HEAD's, as long as a POST's, the engine's own 414 past it)
+    sent = "POST" if post or upstream_body is not None else method
+    check_forwarded_fits(
+        url,
+        "GET" if sent == "HEAD" else sent,
+        client_method=request.method,
+        client_target=request.raw_path,
+        credentials=credentials_query(config.upstream.source_id, secret),
+    )
     protocol = dict(decision.protocol)
     # (`-1_0` is the engine's other spelling of `-1`: the same answer, revalidated the same
     # way, never a plain cache entry served for its s-maxage after a rotation: twin 02:40)
@@ -830,7 +840,11 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _prepare_delete_by_handle(
-    runtime: Runtime, claims: Claims, anonymous: bool, shape_request: ShapeRequest
+    request: Request,
+    runtime: Runtime,
+    claims: Claims,
+    anonymous: bool,
+    shape_request: ShapeRequest,
 ) -> Prepared:
     """`DELETE /v1/shape?handle=H` with no definition, for a caller who may delete any shape.
 
@@ -847,7 +861,13 @@ def _prepare_delete_by_handle(
         source_id=config.upstream.source_id,
         secret=secret.get_secret_value() if secret is not None else None,
     )
-    check_fits(url)
+    check_forwarded_fits(
+        url,
+        "DELETE",
+        client_method=request.method,
+        client_target=request.raw_path,
+        credentials=credentials_query(config.upstream.source_id, secret),
+    )
     sub = claims.get("sub")
     return Prepared(
         url=url,

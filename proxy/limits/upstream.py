@@ -1,12 +1,14 @@
 """Bounded engine requests, and engine error bodies cleaned before a client sees them.
 
 The proxy rebuilds every engine URL: the enforced filter, its parameters, the client's own
-clauses (percent-encoded, so a 4 KiB `where` of `<` characters becomes 12 KiB) and the
-secret. The engine reads request lines of at most 10,000 bytes with their line end (Electric's
-server's limit, `sync_engine.http.parser_refusals.MAX_REQUEST_LINE`); past that it answers a 414
-(older engines a 400 whose text could echo the start of the URL). So the proxy measures the
-request target first and refuses with a 414 that names the limit (a GET subset snapshot can move its
-clauses into a POST body instead: see `fits`).
+clauses (escaped no more than the client could have written them: `proxy.upstream.url.
+encode_query`) and the secret. The engine reads request lines of at most 10,000 bytes with
+their line end (Electric's server's limit, `sync_engine.http.parser_refusals.
+MAX_REQUEST_LINE`); past that it answers a 414 (older engines a 400 whose text could echo
+the start of the URL). So the proxy measures the request target first and refuses with a
+414 (`check_forwarded_fits`: in the engine's words when the client's own request would be
+too long for it, else naming the limit; a GET subset snapshot can move its clauses into a
+POST body instead: see `fits`).
 
 Whatever the engine answers with a 4xx/5xx body is also passed through `sanitise_error_body`:
 the secret (in any of its encodings) and any echo of the engine URL are removed, so no
@@ -23,7 +25,7 @@ from urllib.parse import quote, quote_plus
 from yarl import URL
 
 from proxy.errors import ProxyError
-from sync_engine.http.parser_refusals import MAX_REQUEST_LINE
+from sync_engine.http.parser_refusals import MAX_REQUEST_LINE, REQUEST_LINE_TOO_LONG
 
 #: The engine's request-line limit (its line end included) less `POST ` and ` HTTP/1.1\r\n`:
 #: the longest request target (path and query) it reads, for a GET or a POST. (It was
@@ -51,17 +53,24 @@ def request_target_length(url: URL) -> int:
     return len(url.raw_path_qs)
 
 
-def fits(url: URL, limit: int | None = None) -> bool:
-    return request_target_length(url) <= (limit or MAX_REQUEST_TARGET)
+def target_limit(method: str = "GET") -> int:
+    """The longest request target the engine reads after `method` (its request line is
+    bounded, so a GET's target may be a byte longer than a POST's: the proxy measured every
+    GET as a POST and refused a 9,985-byte target the engine serves)."""
+    return MAX_REQUEST_TARGET + len("POST") - len(method)
 
 
-def check_fits(url: URL, limit: int | None = None) -> None:
-    """Raise `UriTooLong` when `url` is over the engine's request-line limit.
+def fits(url: URL, limit: int | None = None, method: str = "GET") -> bool:
+    return request_target_length(url) <= (limit or target_limit(method))
+
+
+def check_fits(url: URL, limit: int | None = None, method: str = "GET") -> None:
+    """Raise `UriTooLong` when `url` is over the engine's request-line limit (for `method`).
 
     The message names the limit but nothing of the URL (which carries the enforced filter and
     the secret).
     """
-    limit = limit or MAX_REQUEST_TARGET
+    limit = limit or target_limit(method)
     if request_target_length(url) > limit:
         raise UriTooLong(
             "uri_too_long",
@@ -70,18 +79,38 @@ def check_fits(url: URL, limit: int | None = None) -> None:
         )
 
 
+def check_forwarded_fits(
+    url: URL, method: str, *, client_method: str, client_target: str, credentials: str
+) -> None:
+    """`check_fits` for the engine request made of a client's (`client_method`,
+    `client_target` as sent): past the limit, in the engine's own words (its
+    `REQUEST_LINE_TOO_LONG`) when the client's request with the `credentials` a client of the
+    engine adds itself (`&source_id=...&secret=...` as the proxy encodes them) is past it too,
+    as the engine would answer it; else in the proxy's (the policy's filter or the proxy's
+    forms made it longer), which say what to shorten."""
+    try:
+        check_fits(url, method=method)
+    except UriTooLong:
+        if len(client_target) + len(credentials) > target_limit(client_method):
+            raise UriTooLong("uri_too_long", REQUEST_LINE_TOO_LONG.message) from None
+        raise
+
+
 def _needles(secret: str | None) -> list[str]:
     """The forms the secret takes in text: as it is, percent-encoded (as the proxy sends it
-    in the engine URL's query, and as `quote`/`quote_plus` make it) and JSON-escaped; longest
+    in the engine URL's query, as yarl and `quote`/`quote_plus` make it) and JSON-escaped; longest
     first. One form for a hex or alphanumeric secret."""
     if not secret:
         return []
+    from proxy.upstream.url import encode_value
+
     forms = {
         secret,
         quote(secret, safe=""),
         quote_plus(secret, safe=""),
         json.dumps(secret)[1:-1],
         URL.build(query={"s": secret}).raw_query_string[2:],
+        encode_value(secret),  # (as the engine URL holds it: `proxy.upstream.url`)
     }
     return sorted(forms, key=len, reverse=True)
 

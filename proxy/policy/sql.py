@@ -595,9 +595,9 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     except WhereError as exc:
         if "nested too deeply" in str(exc):  # (the proxy's own, lower, limit: its words)
             raise BadShapeRequest("too_deep", too_deep_message(what)) from None
-        raise BadShapeRequest("invalid_order_by", str(exc)) from None
+        raise EngineWords("invalid_order_by", str(exc)) from None
     if stmt.whereClause is not None or not stmt.sortClause:
-        raise BadShapeRequest("invalid_order_by", "malformed query ending with SQL clauses")
+        raise EngineWords("invalid_order_by", "malformed query ending with SQL clauses")
     _check_depth(stmt.sortClause, what)
     for item in stmt.sortClause:
         _check_sort_item(item, allowed_columns, what)
@@ -612,13 +612,13 @@ def _check_sort_item(item: ast.SortBy, allowed_columns: Collection[str] | None, 
         at = f"At location {location - len(_ORDER_BY_PREFIX)}: "
     if isinstance(node, ast.ParamRef):
         message = f"{at}parameter ${node.number} is not supported in ORDER BY clauses"
-        raise BadShapeRequest("invalid_order_by", message)
+        raise EngineWords("invalid_order_by", message)
     if not isinstance(node, ast.ColumnRef):
         message = f"{at}{construct_name(node)} expressions are not allowed in ORDER BY clauses"
-        raise BadShapeRequest("invalid_order_by", message)
+        raise EngineWords("invalid_order_by", message)
     names = [getattr(field, "sval", "*") for field in node.fields]
     if len(names) != 1 or not isinstance(node.fields[0], ast.String):
-        raise BadShapeRequest("invalid_order_by", f"{at}unknown reference {'.'.join(names)}")
+        raise EngineWords("invalid_order_by", f"{at}unknown reference {'.'.join(names)}")
     if allowed_columns is not None and names[0] not in allowed_columns:
         raise Forbidden(
             "column_not_allowed",
@@ -626,7 +626,7 @@ def _check_sort_item(item: ast.SortBy, allowed_columns: Collection[str] | None, 
         )
     if item.sortby_dir == SortByDir.SORTBY_USING:
         message = f"{at}ORDER BY ... USING is not allowed in ORDER BY clauses"
-        raise BadShapeRequest("invalid_order_by", message)
+        raise EngineWords("invalid_order_by", message)
 
 
 #: Collations a policy filter may name: those the engine evaluates exactly on any database

@@ -66,7 +66,7 @@ from proxy.upstream.held import (
     ended_long_poll,
 )
 from proxy.upstream.respond import Outcome, complete, from_cache, streaming
-from proxy.upstream.url import is_handle_definition
+from proxy.upstream.url import is_handle_definition, with_param
 
 logger = logging.getLogger(__name__)
 
@@ -840,7 +840,7 @@ class Forwarder:
                 raise Reauthorise
             # (a client going on from an earlier stream opens the next from where it is)
             opening = target if started is None else replace(
-                target, url=target.url.update_query(offset=spec.offset)
+                target, url=with_param(target.url, "offset", spec.offset)
             )  # fmt: skip
             stream, joined = self._streams.join(
                 spec,

@@ -20,10 +20,10 @@ from urllib.parse import quote
 import psycopg
 import pytest
 from aiohttp import web
-from yarl import URL
 
 import proxy.limits.upstream as upstream_limits
 from proxy.config.loader import build_config
+from proxy.upstream.url import encode_query
 from sync_engine.http.parser_refusals import MAX_REQUEST_TARGET as CLIENT_MAX_TARGET
 from tests.proxy.proxy_fakes import base_config
 from tests.support.databases import create_database, drop_database
@@ -219,24 +219,36 @@ async def test_engine_url_over_the_engine_limit_is_a_414_and_long_subsets_go_as_
 ) -> None:
     proxy = await make_proxy(build_config(_config(real_engine, idp_server), environ))
     admin = proxy.tokens.make(sub="root", role="admin")
-    # 2,700 `<` in a literal: 8.1 KB once encoded, past aiohttp's 8,190-byte line but within
+    # 1,400 `é` in a literal: 8.4 KB encoded, past aiohttp's 8,190-byte line but within
     # the engine's (Electric's) 10,000: served (the proxy's old bound made it a 414).
-    reply = await proxy.get(_long_where(2700), token=admin)
+    reply = await proxy.get(_long_where(1400), token=admin)
     assert reply.status == 200, reply.body
     # The longest the proxy's own HTTP parser still reads is over the engine's limit once the
-    # proxy adds its source id and secret: a 414 naming the limit, not the engine's answer.
+    # proxy adds its source id and secret, as it is with them sent straight to the engine: a
+    # 414 in the engine's words (not the engine's answer: it never gets the request).
     reply = await proxy.get(_long_where(_longest(_long_where)), token=admin)
     assert reply.status == 414, reply.body
-    body = reply.json()
-    assert f"{upstream_limits.MAX_REQUEST_TARGET:,}" in body["message"]
-    assert "<<<" not in reply.body.decode() and "/v1/shape" not in reply.body.decode()
+    assert reply.json()["message"] == "Request line too long: the limit is 10000 bytes"
+    assert "%C3%A9%C3%A9" not in reply.body.decode() and "/v1/shape" not in reply.body.decode()
     assert reply.headers["Cache-Control"] == "no-store"
+    # One the engine would read with them, made too long by the member rule's filter: a 414
+    # naming the limit and what to shorten.
+    credentials = len(f"&source_id=src-1&secret={engine_secret}")
+    limit = upstream_limits.target_limit("GET")
+    n = max(n for n in range(1000, 1700) if len(_long_where(n)) + credentials <= limit)
+    member = proxy.tokens.make(sub="alice", org_id="org-a")
+    reply = await proxy.get(_long_where(n), token=member)
+    assert reply.status == 414, reply.body
+    body = reply.json()
+    assert f"{limit:,}-byte limit; shorten the where clause" in body["message"]
+    assert "%C3%A9%C3%A9" not in reply.body.decode() and "/v1/shape" not in reply.body.decode()
+    assert (await proxy.get(_long_where(n), token=admin)).status == 200
 
     # A subset clause as long goes in a POST body to the engine instead (else this is a 414).
     _, handle, _ = await sync_through(proxy, admin)
 
     def subset(n: int) -> tuple[str, str]:
-        clause = f"title <> '{'<' * n}' AND id <= 3"
+        clause = f"title <> '{'é' * n}' AND id <= 3"
         query = (
             f"table=items&offset=-1&handle={handle}&log=changes_only"
             f"&subset__where={quote(clause)}&subset__order_by=id"
@@ -246,11 +258,12 @@ async def test_engine_url_over_the_engine_limit_is_a_414_and_long_subsets_go_as_
     # The longest that the proxy's own HTTP parser still reads ...
     clause, query = subset(_longest(lambda n: f"/v1/shape?{subset(n)[1]}"))
     # ... is over the engine's limit once rebuilt with the proxy's source id and secret.
-    as_get = URL(real_engine + "/v1/shape").with_query(
-        table="items", offset="-1", handle=handle, log="changes_only", subset__where=clause,
-        subset__order_by="id", source_id="src-1", secret=engine_secret,
+    as_get = "/v1/shape?" + encode_query(
+        [("table", "items"), ("offset", "-1"), ("handle", handle), ("log", "changes_only"),
+         ("subset__where", clause), ("subset__order_by", "id"), ("source_id", "src-1"),
+         ("secret", engine_secret)]
     )  # fmt: skip
-    assert len(as_get.raw_path_qs) > upstream_limits.MAX_REQUEST_TARGET
+    assert len(as_get) > upstream_limits.target_limit("GET")
     reply = await proxy.get(f"/v1/shape?{query}", token=admin)
     assert reply.status == 200, reply.body
     rows: dict[str, Any] = {}
@@ -334,7 +347,7 @@ async def test_engine_error_bodies_reach_clients_without_the_url_or_secret(
     reply = await proxy.get(_long_where(_longest(_long_where)), token=admin)
     assert 400 <= reply.status < 500, reply.body
     text = reply.body.decode()
-    assert "/v1/shape" not in text and "%3C%3C" not in text and engine_secret not in text
+    assert "/v1/shape" not in text and "%C3%A9%C3%A9" not in text and engine_secret not in text
 
 
 async def test_a_secret_echoing_engine_error_is_cleaned(
@@ -377,15 +390,16 @@ async def test_a_secret_echoing_engine_error_is_cleaned(
 
 
 def _long_where(n: int) -> str:
-    """A shape request whose where holds `n` `<` (3 bytes each once encoded)."""
-    where = "title <> '" + "<" * n + "'"
+    """A shape request whose where holds `n` `é` (6 bytes each, encoded by the client and the
+    proxy alike: a `<`, which the proxy sends raw, makes the engine URL shorter)."""
+    where = "title <> '" + "é" * n + "'"
     return f"/v1/shape?table=items&offset=-1&where={quote(where)}"
 
 
 def _longest(target: Any) -> int:
     """The largest n for which `target(n)` is a request target the proxy's own HTTP parser
     reads (the engine's limit, Electric's); the proxy's engine URL adds ~70 bytes to it."""
-    return max(n for n in range(2000, 3400) if len(target(n)) <= CLIENT_MAX_TARGET)
+    return max(n for n in range(1000, 1700) if len(target(n)) <= CLIENT_MAX_TARGET)
 
 
 def _kernel_send_buffer_max() -> int:

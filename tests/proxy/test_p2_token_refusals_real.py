@@ -79,7 +79,8 @@ def test_explain_shows_the_issuer_that_differs_by_a_trailing_slash(tmp_path: Pat
     token = _token(iss="https://app.example.com")
     report, text = _explain(_config(tmp_path), token)
     assert report["reason"] == "invalid_issuer"
-    assert report["token"] == {
+    shown = report["token"]
+    assert {k: shown[k] for k in ("alg", "kid", "typ", "iss", "aud")} == {
         "alg": "HS256",
         "kid": "k-1",
         "typ": "JWT",
@@ -87,10 +88,37 @@ def test_explain_shows_the_issuer_that_differs_by_a_trailing_slash(tmp_path: Pat
         "aud": "shapegate",
     }
     assert report["accepted"] == [
-        {"issuer": "https://app.example.com/", "audience": ["shapegate"], "algorithms": ["HS256"]}
+        {
+            "issuer": "https://app.example.com/",
+            "audience": ["shapegate"],
+            "algorithms": ["HS256"],
+            "max_lifetime": 86400,
+            "leeway": 30,
+        }
     ]
     assert "trailing slash" in report["hint"]
     assert token not in text and token.split(".")[2] not in text and KEY not in text
+
+
+def test_explain_shows_a_refused_tokens_times_and_the_issuers_limits(tmp_path: Path) -> None:
+    """A 7-day token (an IdP's default, or `exp` in milliseconds) is `token_lifetime_too_long`:
+    explain shows its iat, exp and lifetime, the clock's now and the issuer's max_lifetime and
+    leeway, so the fix is plain (newuser LOW: none of them was shown)."""
+    now = int(time.time())
+    token = _token(iss="https://app.example.com/", iat=now, exp=now + 7 * 86400)
+    report, text = _explain(_config(tmp_path), token)
+    assert report["reason"] == "token_lifetime_too_long"
+    assert report["token"]["iat"] == now and report["token"]["exp"] == now + 7 * 86400
+    assert report["token"]["lifetime"] == 7 * 86400
+    assert abs(report["now"] - now) < 60
+    assert report["accepted"][0]["max_lifetime"] == 86400
+    assert report["accepted"][0]["leeway"] == 30
+    assert token.split(".")[2] not in text and KEY not in text
+    # An expired one: its exp beside now (a clock skew reads the same way).
+    token = _token(iss="https://app.example.com/", iat=now - 7200, exp=now - 3600)
+    report, _ = _explain(_config(tmp_path), token)
+    assert report["reason"] == "token_expired"
+    assert report["token"]["exp"] == now - 3600 < report["now"]
 
 
 def test_explain_shows_the_audience_that_differs(tmp_path: Path) -> None:

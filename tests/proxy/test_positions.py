@@ -174,6 +174,38 @@ def test_split_reads_the_query_as_its_decoding_does() -> None:
     assert splits > 5_000
 
 
+def test_split_again_is_split() -> None:
+    """A connection's follower shape (`positions.shape`, made from two splits in a row of
+    one rest and kind) reads a query as `split` does, or not at all: every query of the
+    generator, odd ones too, after every shape the generator's queries make."""
+    rng = random.Random(11)
+    queries = [_query(rng, rng.choice(_SHAPES), rng.random() < 0.5) for _ in range(3_000)]
+    shapes = []
+    for query in queries:
+        found = positions.split(query)
+        if found is not None:
+            made = positions.shape(positions.shape(None, query, found), query, found)
+            assert made[0] is not None and positions.split_again(made, query) == found
+            shapes.append(made)
+    matched = 0
+    for made in shapes[:300]:
+        for query in queries:
+            again = positions.split_again(made, query)
+            if again is not None:
+                matched += 1
+                assert again == positions.split(query), (made[0], query)
+    assert matched > 1_000
+    # one follower's next requests: new offsets and cursors, the same rest
+    query = "table=items&offset=26858096_4&handle=1-2&live=true&cursor=1"
+    first = positions.split(query)
+    assert first is not None
+    made = positions.shape(positions.shape(None, query, first), query, first)
+    for offset, cursor in (("0_0", ""), ("1_inf", "9" * 18), ("-1", "1"), ("1_0", "9" * 19)):
+        query = f"table=items&offset={offset}&handle=1-2&live=true&cursor={cursor}"
+        again = positions.split_again(made, query)
+        assert again == (positions.split(query) if offset != "-1" and len(cursor) < 19 else None)
+
+
 @pytest.mark.parametrize("seed", range(3))
 async def test_the_engine_gets_what_the_general_path_sends_for_followers_and_odd_queries(
     idp_server: Any,
@@ -236,9 +268,7 @@ async def test_a_followers_new_offsets_are_one_prepared_entry_on_the_fast_lane(
         assert (str(entry.url), entry.url_text, entry.request_line) == ("", "", "")
         assert entry.line_template.count("%s") == 3
         lines = [head.split(b"\r\n")[0] for head in engine.heads]
-        assert lines[-1].startswith(
-            b"GET /v1/shape?table=items&where=org_id+%3D+$1&params%5B1%5D=org-1&"
-        )
+        assert lines[-1].startswith(b"GET /v1/shape?table=items&where=org_id+=+$1&params[1]=org-1&")
         assert b"&offset=50_1&handle=5-6&live=true&cursor=1049&source_id=src-1&secret=" in lines[-1]
         assert len(set(lines)) == 50
 
@@ -259,7 +289,7 @@ async def test_two_users_never_share_a_prepared_entry(
                 query = f"table=items&offset={i}_0&handle=1-2&live=true&cursor={i}"
                 assert (await proxy.get(f"/v1/shape?{query}", token=token)).status == 200
                 line = engine.heads[-1].split(b"\r\n")[0]
-                assert f"params%5B1%5D={org}&".encode() in line, line
+                assert f"params[1]={org}&".encode() in line, line
                 assert f"offset={i}_0&handle=1-2&live=true&cursor={i}&".encode() in line
         assert len(proxy.app.lane[0].current.prepared) == 2
         assert len(fast_lane_taken) == 58
