@@ -46,6 +46,8 @@ from .settings import Settings
 
 PROG = "sync-engine"
 _ENV = "SYNC_ENGINE_"
+#: Seconds an idle admin connection stays open (the public port's keep-alive, `run_app`'s).
+ADMIN_KEEPALIVE = 75.0
 T = TypeVar("T")
 # Not __name__: run as `python -m sync_engine` this module is `__main__`.
 logger = logging.getLogger("sync_engine")
@@ -723,7 +725,13 @@ def _admin_listener(settings: Settings, socks: list[socket.socket]) -> Any:
         from .admin import build_admin_app
         from .app import MANAGER
 
-        runner = web.AppRunner(build_admin_app(settings, app[MANAGER]), access_log=None)
+        # (keep-alive as the public port's, run_app's 75 s: aiohttp's own default is 3630 s,
+        # and an idle admin connection, no token needed, stayed open an hour: attack 20:13)
+        runner = web.AppRunner(
+            build_admin_app(settings, app[MANAGER]),
+            access_log=None,
+            keepalive_timeout=ADMIN_KEEPALIVE,
+        )
         await runner.setup()
         for sock in socks:
             await web.SockSite(runner, sock).start()

@@ -828,8 +828,9 @@ class Source:
     async def resolve(self, params: ShapeParams, *, from_start: bool = False) -> Shape:
         """The shape of a definition, created (with its snapshot) if new.
 
-        `from_start`: the client starts at `-1`, so the table is checked to be still there
-        (see `Tables.still_there`); a client further on keeps its shape until rotated.
+        `from_start`: the client starts at `-1`, so the table is checked to be still there,
+        by a check begun after this call (see `Tables.still_there`); a client further on
+        keeps its shape until rotated.
 
         A shape whose log the load cut (`ShapeLog.repaired_from`: damage, an older chunk,
         a log-ends that cannot vouch for it) is not answered at all until the replicator has
@@ -838,11 +839,12 @@ class Source:
         served to `-1` first, a download its client then threw away at its 409. Meanwhile
         the request waits, as an up-to-date waits for the stream (`require_following`).
         """
-        shape = await self._resolve(params, from_start)
+        asked = time.monotonic()  # (what `Tables.still_there` checks after)
+        shape = await self._resolve(params, from_start, asked)
         if shape.log.repaired_from is not None:
             await self._until_cuts_checked()
             if shape.rotated:
-                shape = await self._resolve(params, from_start)
+                shape = await self._resolve(params, from_start, asked)
         return shape
 
     async def _until_cuts_checked(self) -> None:
@@ -857,13 +859,13 @@ class Source:
                 raise self.not_following() from None
         self.check_open()
 
-    async def _resolve(self, params: ShapeParams, from_start: bool) -> Shape:
+    async def _resolve(self, params: ShapeParams, from_start: bool, asked: float) -> Shape:
         """`resolve`, before the wait for the slot check."""
         shape = self.registry.cached(params)
         if shape is not None and not from_start:
             self.registry.touch(shape)
             return shape
-        if shape is not None and await self.tables.still_there(shape.table):
+        if shape is not None and await self.tables.still_there(shape.table, asked):
             self.registry.touch(shape)
             return shape
         await self._wait_ready()
@@ -873,7 +875,7 @@ class Source:
         if (
             existing is not None
             and from_start
-            and not await self.tables.still_there(existing.table)
+            and not await self.tables.still_there(existing.table, asked)
         ):
             # The same check as a request spelled as the shape's first (above): the table
             # was dropped (or dropped and created again) and the description came from the

@@ -5,7 +5,7 @@ replication stream and the snapshot connections:
 - `lookup`: a table by name, cached for a few seconds; a storm of first requests for one
   table asks the catalog once;
 - `still_there`: whether a shape's table is still there under its name, for a client
-  starting at `-1` (trusted for `TABLE_CHECK_TTL`);
+  starting at `-1` (by a check begun after the request arrived, shared by a storm);
 - `publish`: add a table to the publication before its first shape's snapshot;
 - `check_schemas`: every `schema_check_interval`, rotate the shapes whose table was dropped,
   renamed or altered (a change without DML since never reaches the replication stream),
@@ -66,8 +66,6 @@ T = TypeVar("T")
 
 #: Seconds a table found by `lookup` is trusted.
 LOOKUP_TTL = 2.0
-#: Seconds a table's "still there" check (`Tables.still_there`) is trusted.
-TABLE_CHECK_TTL = 1.0
 #: Seconds a catalog query may take before a 503 (the default of `Settings.catalog_timeout`).
 CATALOG_TIMEOUT = 5.0
 #: Seconds a call may wait for the catalog connection (others' queries before it) before a
@@ -140,7 +138,8 @@ class Tables:
         self._fresh_reads: dict[tuple[str, str], tuple[float, asyncio.Future[TableInfo | None]]]
         self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
-        self._checks: dict[int, asyncio.Future[bool]] = {}
+        # Still-there checks in progress, by table oid: (when begun, the check).
+        self._checks: dict[int, tuple[float, asyncio.Future[bool]]] = {}
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
         self._published: set[int] = set()
@@ -450,30 +449,64 @@ class Tables:
                 self._cache.pop((table.schema, table.name), None)
             raise StaleDescription(table, reason)
 
-    async def still_there(self, table: TableInfo) -> bool:
-        """Whether a shape's table is still there under its name, for a client starting at -1.
+    async def still_there(self, table: TableInfo, asked: float) -> bool:
+        """Whether a shape's table is still there under its name, for a client starting at
+        -1 whose request arrived at `asked` (monotonic), by a check begun at or after then.
 
         A new client of a table dropped (or dropped and created again) since the shape was
-        made gets the table's 400 (or a new shape) within `TABLE_CHECK_TTL`, not the old rows
-        until the periodic schema check notices: the table's shapes are rotated here. One
-        query on the catalog connection per table and TTL (concurrent checks share it):
-        asking on every request doubled the latency of `-1` requests for existing shapes.
-        With the database unreachable the intact log is served.
+        made gets the table's 400 (or a new shape), not the old rows: the table's shapes are
+        rotated here. Postgres streams no DROP (Electric notices one at its 60 s publication
+        reconcile), so only a read begun after the request can say; a check trusted for 1 s
+        (`TABLE_CHECK_TTL`, before) answered a request arriving right after
+        `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. The
+        check is one query by oid on the catalog connection, shared by every request that
+        arrived before it began (`_check_since`): a storm makes about one per query's
+        duration, not one each. With the database unreachable the intact log is served.
         """
-        now = time.monotonic()
-        checked = self._checked.get(table.oid)
-        if checked is not None and now - checked < TABLE_CHECK_TTL:
-            return True
         try:
-            there = await single_flight(self._checks, table.oid, lambda: self._there(table))
+            there = await self._check_since(table, asked)
         except ServiceUnavailable:
             return True
         if there:
-            self._checked[table.oid] = now
             return True
         self._checked.pop(table.oid, None)
         self.changed(table, dropped=True, reason="table dropped or renamed")
         return False
+
+    async def _check_since(self, table: TableInfo, asked: float) -> bool:
+        """`_there(table)` as a check begun at or after `asked` found it: a check passed
+        since, or one in progress begun since, is shared; after one begun earlier, one more
+        is begun (`_read_since`'s way)."""
+        oid = table.oid
+        while True:
+            checked = self._checked.get(oid)
+            if checked is not None and checked >= asked:
+                return True
+            running = self._checks.get(oid)
+            if running is None:
+                break
+            started, check = running
+            if check.done() and started < asked:
+                break  # (its starter has not taken it out yet)
+            if started >= asked:
+                return await asyncio.shield(check)
+            await asyncio.wait([check])  # (begun too early: wait for it, then look again)
+        started = time.monotonic()
+
+        async def run() -> bool:
+            there = await self._there(table)
+            if there:
+                self._checked[oid] = started
+            return there
+
+        check = asyncio.ensure_future(run())
+        check.add_done_callback(_retrieve)  # (its error is seen even if no one awaits it)
+        self._checks[oid] = (started, check)
+        try:
+            return await asyncio.shield(check)
+        finally:
+            if self._checks.get(oid) == (started, check):
+                del self._checks[oid]
 
     async def _there(self, t: TableInfo) -> bool:
         async def ask(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:

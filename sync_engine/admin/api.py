@@ -238,7 +238,8 @@ async def _body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any
     return data
 
 
-#: Connections the admin listener may open once the public port's connections fill the cap.
+#: Connections the admin listener may open (counted apart from the public port's, out of its
+#: descriptor reserve: `RefusingRequestHandler.reserved_connections`).
 ADMIN_RESERVE = 32
 
 

@@ -340,8 +340,13 @@ def refuse_at_the_cap(transport: Any) -> None:
 class _Descriptors:
     """What the process's descriptors hold besides client connections, counted now and then."""
 
-    #: Client connections open now (every listener's).
+    #: Client connections open now (the public listener's).
     clients = 0
+    #: Connections open now of listeners with room of their own (`reserved_connections`:
+    #: the admin listener's), counted apart: at most that room, never against the public
+    #: port's cap (attack 20:13: idle admin connections, which nothing made room among,
+    #: filled it, and every public client got 503).
+    reserved = 0
     #: Descriptors held by responses being sent besides their connection's: a chunk file
     #: and a duplicate of the socket for `sendfile` (`sendfile.py`), counted as they are
     #: opened and closed.
@@ -605,8 +610,10 @@ class RefusingRequestHandler(RequestHandler):
     def _handler_waiter(self, waiter: asyncio.Future[None] | None) -> None:
         _HANDLER_WAITER.__set__(self, waiter)
 
-    #: Connections this listener may open past `connection_cap` (out of `FD_RESERVE`): the
-    #: admin listener's, so that an operator reaches the API while the public port is full.
+    #: Connections this listener may open, counted apart from the public port's (out of
+    #: `FD_RESERVE`; 0: it is the public port, bounded by `connection_cap`): the admin
+    #: listener's, so that an operator reaches the API while the public port is full, and
+    #: its idle connections never take the public port's room.
     reserved_connections = 0
 
     def connection_made(self, transport: Any) -> None:
@@ -628,9 +635,14 @@ class RefusingRequestHandler(RequestHandler):
             manager._waiting_order = waiting  # type: ignore[attr-defined]
         now = time.monotonic()
         waiting[self] = now
-        _Descriptors.clients += 1
-        if _Descriptors.clients <= connection_cap() + self.reserved_connections:
-            return
+        if self.reserved_connections:
+            _Descriptors.reserved += 1
+            if _Descriptors.reserved <= self.reserved_connections:
+                return
+        else:
+            _Descriptors.clients += 1
+            if _Descriptors.clients <= connection_cap():
+                return
         # Oldest first; one passed over goes to the back (keeping its time), so a round
         # looks at each at most once.
         for _ in range(len(waiting) - 1):
@@ -647,13 +659,13 @@ class RefusingRequestHandler(RequestHandler):
                 waiting.move_to_end(victim)
                 continue
             del waiting[victim]
-            _Descriptors.clients -= 1
+            victim._uncount()
             victim.force_close()
             if victim.transport is not None:
                 victim.transport.abort()
             return
         del waiting[self]
-        _Descriptors.clients -= 1
+        self._uncount()
         # (`_force_close` by hand: aiohttp's `force_close` closes the transport at once, before
         # the answer is out; set, the connection's task ends without reading a request)
         self._force_close = True
@@ -820,8 +832,15 @@ class RefusingRequestHandler(RequestHandler):
         manager = self._manager
         waiting = getattr(manager, "_waiting_order", None) if manager is not None else None
         if waiting is not None and waiting.pop(self, None) is not None:
-            _Descriptors.clients -= 1
+            self._uncount()
         super().connection_lost(exc)
+
+    def _uncount(self) -> None:
+        """The connection no longer counts (`connection_made` counted it)."""
+        if self.reserved_connections:
+            _Descriptors.reserved -= 1
+        else:
+            _Descriptors.clients -= 1
 
     def refused_method(self) -> str:
         """The method of the request the parser refused, as far as its bytes tell: HEAD or

@@ -65,3 +65,30 @@ async def test_a_request_spelled_otherwise_after_drop_and_create_gets_the_new_ta
 
     status, _, _ = await engine.get(table="st", offset=offset, handle=old)
     assert status == 409  # (the old shape's clients refetch)
+
+
+async def test_a_first_request_right_after_another_ones_check_gets_the_new_table(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `-1` request for an existing shape checks its table is still there
+    (`Tables.still_there`). That check was trusted for `TABLE_CHECK_TTL` (1 s): a request
+    arriving within it after `DROP TABLE` + `CREATE TABLE` (same name) + inserts got the
+    dropped table's rows under the old handle. Held open here (600 s, as any request within
+    the second) where that constant still exists; now a check counts only if it began
+    after the request arrived."""
+    monkeypatch.setattr(tables, "TABLE_CHECK_TTL", 600.0, raising=False)
+    engine.sql("CREATE TABLE st (id int PRIMARY KEY, v text)")
+    engine.sql("INSERT INTO st VALUES (0, 'old'), (1, 'old'), (2, 'old')")
+    rows, old, offset = await engine.sync(table="st")
+    assert len(rows) == 3
+    again, same, _ = await engine.sync(table="st")  # (another client's -1: the check ran)
+    assert same == old and len(again) == 3
+    engine.sql("DROP TABLE st")
+    engine.sql("CREATE TABLE st (id int PRIMARY KEY, v text)")
+    engine.sql("INSERT INTO st VALUES (7, 'new')")
+
+    new_rows, new, _ = await engine.sync(table="st")
+    assert new != old
+    assert [r["v"] for r in new_rows.values()] == ["new"]  # (never the dropped table's rows)
+    status, _, _ = await engine.get(table="st", offset=offset, handle=old)
+    assert status == 409
