@@ -35,6 +35,9 @@ class ShapeRequest:
     #: reads the text itself, after the table (as it refuses them: a missing table first).
     columns_text: str | None = None
     columns_error: str | None = None
+    #: `queryable_columns` as the client wrote it (Electric's allow-list of the columns its
+    #: subset clauses and `columns` may name): sent as is when the rule hides no column.
+    queryable_columns_text: str | None = None
     replica: str | None = None
     #: The `params[...]` keys as the client wrote them, in their numbers' order, when one is
     #: not the plain number (`params[01]`); else None. The engine (as Electric) looks `$1` up

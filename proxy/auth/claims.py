@@ -387,16 +387,22 @@ def unverified_summary(token: str) -> dict[str, Any]:
             value = _json_object(parts[segment])
         except (ValueError, IndexError):
             continue
-        shown.update((name, value[name]) for name in names if name in value)
+        shown.update((name, value[name]) for name in names if name in value and _shown(value[name]))
     iat, exp = shown.get("iat"), shown.get("exp")
-    if isinstance(iat, int | float) and isinstance(exp, int | float) and _is_number(iat):
-        if _is_number(exp):
-            shown["lifetime"] = exp - iat
+    if (
+        isinstance(iat, int | float)
+        and isinstance(exp, int | float)
+        and not isinstance(iat, bool)
+        and not isinstance(exp, bool)
+    ):
+        shown["lifetime"] = exp - iat
     return shown
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _shown(value: object) -> bool:
+    """Not a float past JSON's numbers (`1e400` reads as inf: the report would not be JSON,
+    review 20:07); any other value is shown as it came."""
+    return not isinstance(value, float) or math.isfinite(value)
 
 
 def _loose(value: object) -> object:

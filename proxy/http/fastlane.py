@@ -44,8 +44,7 @@ from proxy.errors import ProxyError
 from proxy.http import handlers
 from proxy.http.context import new_request_id, next_request_id
 from proxy.http.errors import render_proxy_error
-from proxy.http.positions import Shape, instantiate, split_again
-from proxy.http.positions import shape as follower_shape
+from proxy.http.positions import instantiate
 from proxy.http.positions import split as split_positions
 from proxy.http.wire import CLOCK, Request, Response, StreamResponse
 from proxy.limits.admission import Admission, Permit
@@ -185,8 +184,6 @@ class FastConnection(Protocol):
     #: lines). The connection hands the same headers object to a request whose header
     #: lines are byte for byte the last one's (`Connection._memo`).
     fast_memo: tuple[Any, ...] | None
-    #: The shape of its last follower query (`proxy.http.positions.shape`).
-    fast_split: Shape | None
 
     def fast_answered(self, request: Request, response: Response) -> None: ...
     def release_parser(self) -> None: ...
@@ -258,14 +255,7 @@ def start(app: LaneApp, request: Request, client: FastConnection) -> FastAnswer 
     if query == last[0]:
         found = last[1]
     else:
-        # (a follower's next query: its connection's last shape with new values, one
-        # regex match; else read part by part, and the connection's shape noted)
-        followed = client.fast_split
-        found = split_again(followed, query)
-        if found is None:
-            found = split_positions(query)
-            if found is not None:
-                client.fast_split = follower_shape(followed, query, found)
+        found = split_positions(query)
         last[0], last[1] = query, found
     values = None
     key: PreparedKey

@@ -289,6 +289,7 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
         columns=columns,
         columns_text=values.get("columns"),
         columns_error=columns_error,
+        queryable_columns_text=values.get("queryable_columns"),
         replica=values.get("replica"),
         protocol=_protocol(values),
         subset=_parse_subset(values, any(name.startswith("subset__") for name, _ in items)),

@@ -105,60 +105,6 @@ def split(query: str) -> Split | None:
     return "&".join(rest), kind, tuple(values)
 
 
-#: A connection's follower shape (`shape`): a pattern whose full matches are exactly the
-#: queries `split` reads as `rest` and `kind`, the position names it has (in `POSITIONS`
-#: order, the pattern's groups); the pattern None until two splits of the shape in a row.
-Shape = tuple[re.Pattern[str] | None, str, str, tuple[str, ...]]
-
-#: Each position's values as `split` takes them (an offset's by its kind's class).
-_VALUE_PATTERNS = {
-    "L": _LOG_OFFSET.pattern,
-    "handle": _HANDLE.pattern,
-    "cursor": _CURSOR.pattern,
-}
-
-
-def split_again(shape: Shape | None, query: str) -> Split | None:
-    """`split(query)` by a connection's last follower `shape` (`shape`): its pattern's one
-    full match in C where `split` reads every part in Python (~2.5 µs of each follower
-    request: issue 13, bar 4); None when it does not match (`split` decides then)."""
-    if shape is None or shape[0] is None:
-        return None
-    match = shape[0].fullmatch(query)
-    if match is None:
-        return None
-    names = shape[3]
-    values = match.group(*names) if len(names) > 1 else (match.group(names[0]),)
-    return shape[1], shape[2], values
-
-
-def shape(last: Shape | None, query: str, found: Split) -> Shape:
-    """The connection's follower shape after `split(query)` gave `found`: its pattern made
-    once two splits in a row had the same rest and kind (a connection following one shape;
-    one that alternates shapes makes none), each part of `query` as it is, each position's
-    value as `split` takes it. Its full matches are the queries whose parts are these with
-    only the values changed, each value one `split` takes for the same kind (none holds an
-    `&`): `split` reads each alike (`test_split_again_is_split`)."""
-    rest, kind, _ = found
-    if last is None or last[1] != rest or last[2] != kind:
-        return (None, rest, kind, ())
-    # (made again when the last one did not match: the same parameters in another order)
-    value_patterns = {**_VALUE_PATTERNS, "offset": _VALUE_PATTERNS.get(kind.partition(":")[0])}
-    pieces = []
-    present = set()
-    for part in query.split("&"):
-        name, eq, value = part.partition("=")
-        if eq and name in POSITIONS:
-            # (`-1`, `-1_0`, `now`: that value; a log offset's, a handle's, a cursor's class)
-            pattern = value_patterns[name] or re.escape(value)
-            pieces.append(f"{name}=(?P<{name}>{pattern})")
-            present.add(name)
-        else:
-            pieces.append(re.escape(part))
-    names = tuple(n for n in POSITIONS if n in present)
-    return (re.compile("&".join(pieces)), rest, kind, names)
-
-
 def template(prepared: Prepared, kind: str, values: tuple[str, ...]) -> Prepared | None:
     """`prepared` (the general path's decision for a request whose positions `split` gave as
     `kind` and `values`) as the decision of every request of that kind with the same rest of

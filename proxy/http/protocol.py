@@ -279,7 +279,6 @@ class Connection(asyncio.Protocol, Writer):
         "_writing_paused",
         "closing",
         "fast_memo",
-        "fast_split",
         "fast_token",
         "splicing",
     )
@@ -388,9 +387,6 @@ class Connection(asyncio.Protocol, Writer):
         #: headers, by the identity of its `Request.headers` (the same object while `_memo`
         #: holds: the same header lines).
         self.fast_memo: tuple[Any, ...] | None = None
-        #: `proxy.http.positions.shape` of this connection's last follower query (kept while
-        #: a long-poll is held: a follower's next query has its shape; shared patterns).
-        self.fast_split: Any = None
 
     # --- Writer --------------------------------------------------------------------------
 

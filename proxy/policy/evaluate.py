@@ -57,6 +57,9 @@ class Decision:
     limits: RuleLimits | None = None  # the rule's overrides of the per-principal limits
     #: The client's `columns` as written, sent as is when the rule hides no column.
     columns_text: str | None = None
+    #: The client's `queryable_columns` as written, sent as is when the rule hides no column
+    #: (else the rule's `queryable_columns` go: the rule's list is the policy's narrowing).
+    queryable_columns_text: str | None = None
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
@@ -499,9 +502,15 @@ def _find_table(
         table = policy.shapes.get(shape_name)
         if table is None:
             raise Forbidden("unknown_shape", f"there is no named shape {shape_name!r}")
-        if request.where is not None or request.params or request.columns_text is not None:
+        if (
+            request.where is not None
+            or request.params
+            or request.columns_text is not None
+            or request.queryable_columns_text is not None
+        ):
             raise BadShapeRequest(
-                "named_shape_definition", "a named shape takes no where, params or columns"
+                "named_shape_definition",
+                "a named shape takes no where, params, columns or queryable_columns",
             )
         if request.table is not None and _table_key(request.table) != table.key:
             raise BadShapeRequest(
@@ -728,6 +737,7 @@ def evaluate(
         params=params,
         columns=columns,
         columns_text=columns_text,
+        queryable_columns_text=(request.queryable_columns_text if rule.columns is None else None),
         queryable_columns=rule.column_order,
         replica=request.replica,
         protocol=request.protocol,
@@ -775,6 +785,7 @@ def is_delete_by_handle(request: ShapeRequest, shape_name: str | None) -> bool:
         and request.where is None
         and not request.params
         and request.columns_text is None
+        and request.queryable_columns_text is None
         and request.replica is None
         and request.subset is None
         and "handle" in dict(request.protocol)

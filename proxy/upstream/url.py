@@ -64,7 +64,9 @@ def build_upstream_url(
         query.append(("columns", decision.columns_text))
     elif decision.columns is not None:
         query.append(("columns", ",".join(quote_identifier(c) for c in decision.columns)))
-    if decision.queryable_columns is not None:
+    if decision.queryable_columns_text is not None:
+        query.append(("queryable_columns", decision.queryable_columns_text))
+    elif decision.queryable_columns is not None:
         query.append(
             ("queryable_columns", ",".join(quote_identifier(c) for c in decision.queryable_columns))
         )
@@ -224,7 +226,9 @@ def definition_key(decision: Decision, *, source_id: str | None) -> str:
             decision.where,
             decision.params,
             decision.columns_text if decision.columns_text is not None else decision.columns,
-            decision.queryable_columns,
+            decision.queryable_columns_text
+            if decision.queryable_columns_text is not None
+            else decision.queryable_columns,
             decision.replica or "default",
             protocol.get("log", "full"),
         ],

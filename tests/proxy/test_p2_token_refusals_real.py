@@ -10,6 +10,7 @@ refused in words that send the operator to the keys or the token.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -119,6 +120,18 @@ def test_explain_shows_a_refused_tokens_times_and_the_issuers_limits(tmp_path: P
     report, _ = _explain(_config(tmp_path), token)
     assert report["reason"] == "token_expired"
     assert report["token"]["exp"] == now - 3600 < report["now"]
+
+
+def test_explain_of_a_token_with_out_of_range_times_is_json(tmp_path: Path) -> None:
+    """`1e400` reads as an infinite float: shown, it made the report `Infinity`/`NaN`, which
+    no strict JSON reader takes (review 20:07). Such times are left out."""
+    header = base64.urlsafe_b64encode(b'{"alg":"HS256","typ":"JWT"}').rstrip(b"=").decode()
+    payload = b'{"iss":"https://app.example.com/","aud":"shapegate","iat":1e400,"exp":1e400}'
+    body = base64.urlsafe_b64encode(payload).rstrip(b"=").decode()
+    report, text = _explain(_config(tmp_path), f"{header}.{body}.c2ln")
+    assert "Infinity" not in text and "NaN" not in text
+    assert "exp" not in report["token"] and "lifetime" not in report["token"]
+    assert report["token"]["iss"] == "https://app.example.com/"
 
 
 def test_explain_shows_the_audience_that_differs(tmp_path: Path) -> None:

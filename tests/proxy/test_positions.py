@@ -174,38 +174,6 @@ def test_split_reads_the_query_as_its_decoding_does() -> None:
     assert splits > 5_000
 
 
-def test_split_again_is_split() -> None:
-    """A connection's follower shape (`positions.shape`, made from two splits in a row of
-    one rest and kind) reads a query as `split` does, or not at all: every query of the
-    generator, odd ones too, after every shape the generator's queries make."""
-    rng = random.Random(11)
-    queries = [_query(rng, rng.choice(_SHAPES), rng.random() < 0.5) for _ in range(3_000)]
-    shapes = []
-    for query in queries:
-        found = positions.split(query)
-        if found is not None:
-            made = positions.shape(positions.shape(None, query, found), query, found)
-            assert made[0] is not None and positions.split_again(made, query) == found
-            shapes.append(made)
-    matched = 0
-    for made in shapes[:300]:
-        for query in queries:
-            again = positions.split_again(made, query)
-            if again is not None:
-                matched += 1
-                assert again == positions.split(query), (made[0], query)
-    assert matched > 1_000
-    # one follower's next requests: new offsets and cursors, the same rest
-    query = "table=items&offset=26858096_4&handle=1-2&live=true&cursor=1"
-    first = positions.split(query)
-    assert first is not None
-    made = positions.shape(positions.shape(None, query, first), query, first)
-    for offset, cursor in (("0_0", ""), ("1_inf", "9" * 18), ("-1", "1"), ("1_0", "9" * 19)):
-        query = f"table=items&offset={offset}&handle=1-2&live=true&cursor={cursor}"
-        again = positions.split_again(made, query)
-        assert again == (positions.split(query) if offset != "-1" and len(cursor) < 19 else None)
-
-
 @pytest.mark.parametrize("seed", range(3))
 async def test_the_engine_gets_what_the_general_path_sends_for_followers_and_odd_queries(
     idp_server: Any,

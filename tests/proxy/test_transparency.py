@@ -333,3 +333,26 @@ async def test_without_issuers_a_token_is_ignored_and_the_caller_is_anonymous(
     assert plain.status == with_token.status == 200, with_token.body
     assert with_token.body == plain.body
     assert "app-token" not in proxy.engine.requests[-1].url.human_repr()
+
+
+async def test_a_clients_queryable_columns_reach_the_engine_unless_the_rule_narrows_them(
+    open_proxy: Any,
+) -> None:
+    """Electric's `queryable_columns` (the columns a shape's subset clauses and `columns` may
+    name; the engine honours it since w-engine 63475a6a) went nowhere: the proxy dropped it,
+    so a list the engine refuses (`a&b`) was served (engine 20:10 MEDIUM, seen by
+    test_transparency_fuzz_real). A rule with no columns sends it as written; a rule that
+    hides columns sends its own list (the policy's narrowing); a named shape takes none."""
+    ok = await open_proxy.get("/v1/shape?table=posts&offset=-1&queryable_columns=id,%22a%26b%22")
+    assert ok.status == 200, ok.body
+    seen = open_proxy.engine.requests[-1].url.query
+    assert seen.getall("queryable_columns") == ['id,"a&b"']
+    member = open_proxy.tokens.make(role="member", org_id="org-a")
+    narrowed = await open_proxy.get(
+        "/v1/shape?table=items&offset=-1&queryable_columns=title", token=member
+    )
+    assert narrowed.status == 200, narrowed.body
+    seen = open_proxy.engine.requests[-1].url.query
+    assert seen.getall("queryable_columns") == ['"id","org_id","title"']
+    named = await open_proxy.get("/shapes/my-items?offset=-1&queryable_columns=id", token=member)
+    assert named.status == 400 and named.json()["code"] == "named_shape_definition"
