@@ -139,7 +139,8 @@ class LogEnds:
         for handle, end in ends:
             self.ends[handle] = end
         if self._size > max(COMPACT_MIN, COMPACT_FACTOR * 64 * len(self.ends)):
-            self.rewrite()
+            self.rewrite()  # (its lines hold these ends: the mark may count them)
+            self.high = max(self.high, *(e[2] for _, e in ends))
             return
         data = b"".join(_line(h, e) for h, e in ends)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
