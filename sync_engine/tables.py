@@ -102,6 +102,45 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+K = TypeVar("K")
+
+
+async def _begun_since(
+    runs: dict[K, tuple[float, asyncio.Future[T]]],
+    key: K,
+    asked: float,
+    known: Callable[[], tuple[bool, T]],
+    begin: Callable[[float], Awaitable[T]],
+) -> T:
+    """What a catalog read of `key` begun at or after `asked` (monotonic) found: `known`'s
+    answer when it has one (a result kept from such a read), else a read in progress
+    begun since, joined; after one begun earlier, `begin(started)` begins one, which every
+    caller waiting meanwhile shares: a storm of callers makes about one read per read's
+    duration (`Tables._read_since`, `Tables._check_since`)."""
+    while True:
+        have, value = known()
+        if have:
+            return value
+        running = runs.get(key)
+        if running is None:
+            break
+        started, read = running
+        if read.done() and started < asked:
+            break  # (its starter has not taken it out yet)
+        if started >= asked:
+            return await asyncio.shield(read)
+        await asyncio.wait([read])  # (begun too early: wait for it, then look again)
+    started = time.monotonic()
+    read = asyncio.ensure_future(begin(started))
+    read.add_done_callback(_retrieve)  # (its error is seen even if no one awaits it)
+    runs[key] = (started, read)
+    try:
+        return await asyncio.shield(read)
+    finally:
+        if runs.get(key) == (started, read):
+            del runs[key]
+
+
 def not_answering() -> ServiceUnavailable:
     """The 503 for a database that does not answer (stopped, or behind a partition)."""
     return ServiceUnavailable(
@@ -406,33 +445,18 @@ class Tables:
         after one begun earlier, begins one: every caller waiting meanwhile shares it, so
         a storm of callers makes about one read per read's duration."""
         key = (schema, name)
-        while True:
-            hit = self._cache.get(key)
-            if hit is not None and hit[0] >= asked:
-                return hit[1]
-            running = self._fresh_reads.get(key)
-            if running is None:
-                break
-            started, read = running
-            if started >= asked:
-                return await asyncio.shield(read)
-            await asyncio.wait([read])  # (begun too early: wait for it, then look again)
-        started = time.monotonic()
 
-        async def load() -> TableInfo | None:
+        def known() -> tuple[bool, TableInfo | None]:
+            hit = self._cache.get(key)
+            return (True, hit[1]) if hit is not None and hit[0] >= asked else (False, None)
+
+        async def load(started: float) -> TableInfo | None:
             table = await self.on_catalog(lambda conn: load_table(conn, schema, name))
             if table is not None:
                 self._cache[key] = (started, table)
             return table
 
-        read = asyncio.ensure_future(load())
-        read.add_done_callback(_retrieve)  # (its error is seen even if no one awaits it)
-        self._fresh_reads[key] = (started, read)
-        try:
-            return await asyncio.shield(read)
-        finally:
-            if self._fresh_reads.get(key) == (started, read):
-                del self._fresh_reads[key]
+        return await _begun_since(self._fresh_reads, key, asked, known, load)
 
     async def read_fresh(self, schema: str, name: str) -> TableInfo | None:
         """The table `schema.name` as a catalog read begun now finds it (`_read_since`),
@@ -476,37 +500,20 @@ class Tables:
     async def _check_since(self, table: TableInfo, asked: float) -> bool:
         """`_there(table)` as a check begun at or after `asked` found it: a check passed
         since, or one in progress begun since, is shared; after one begun earlier, one more
-        is begun (`_read_since`'s way)."""
+        is begun (`_begun_since`)."""
         oid = table.oid
-        while True:
-            checked = self._checked.get(oid)
-            if checked is not None and checked >= asked:
-                return True
-            running = self._checks.get(oid)
-            if running is None:
-                break
-            started, check = running
-            if check.done() and started < asked:
-                break  # (its starter has not taken it out yet)
-            if started >= asked:
-                return await asyncio.shield(check)
-            await asyncio.wait([check])  # (begun too early: wait for it, then look again)
-        started = time.monotonic()
 
-        async def run() -> bool:
+        def known() -> tuple[bool, bool]:
+            checked = self._checked.get(oid)
+            return (checked is not None and checked >= asked, True)
+
+        async def run(started: float) -> bool:
             there = await self._there(table)
             if there:
                 self._checked[oid] = started
             return there
 
-        check = asyncio.ensure_future(run())
-        check.add_done_callback(_retrieve)  # (its error is seen even if no one awaits it)
-        self._checks[oid] = (started, check)
-        try:
-            return await asyncio.shield(check)
-        finally:
-            if self._checks.get(oid) == (started, check):
-                del self._checks[oid]
+        return await _begun_since(self._checks, oid, asked, known, run)
 
     async def _there(self, t: TableInfo) -> bool:
         async def ask(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:

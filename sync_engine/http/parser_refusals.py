@@ -343,9 +343,10 @@ class _Descriptors:
     #: Client connections open now (the public listener's).
     clients = 0
     #: Connections open now of listeners with room of their own (`reserved_connections`:
-    #: the admin listener's), counted apart: at most that room, never against the public
-    #: port's cap (attack 20:13: idle admin connections, which nothing made room among,
-    #: filled it, and every public client got 503).
+    #: the admin listener's), counted apart: at most that room (attack 20:13: idle admin
+    #: connections, which nothing made room among, filled the one shared cap, and every
+    #: public client got 503). Their descriptors still land in `others` at a recount, so
+    #: they take at most that many of the public port's places (review 20:21).
     reserved = 0
     #: Descriptors held by responses being sent besides their connection's: a chunk file
     #: and a duplicate of the socket for `sendfile` (`sendfile.py`), counted as they are
@@ -388,7 +389,8 @@ def _open_descriptors() -> int | None:
 
 
 def connections_in_use() -> int:
-    """Client connections open now, every listener's (what `connection_cap` bounds)."""
+    """Client connections open now, the public listener's (what `connection_cap` bounds;
+    the admin listener's are `_Descriptors.reserved`)."""
     return _Descriptors.clients
 
 

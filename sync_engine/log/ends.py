@@ -63,6 +63,9 @@ COMPACT_FACTOR = 4
 
 #: A shape's noted end: (published LSN before the flush, first LSN it wrote, last LSN).
 End = tuple[int, int, int]
+#: The handle of the line a rewrite begins with: (0, 0, the highest last LSN noted before,
+#: `LogEnds.high`), so that the mark survives the retirement of the shape that noted it.
+HIGH = "high"
 
 
 def _line(handle: str, end: End) -> bytes:
@@ -93,10 +96,13 @@ class LogEnds:
         #: (None: it can).
         self.found = False
         self.damaged: str | None = None
+        #: The highest last LSN any line noted (the mark `sync` returns, saved with the
+        #: replication position: `replication.position`).
+        self.high = 0
 
     def read(self) -> dict[str, End]:
         """What the file says (the last whole line of each shape; damaged lines skipped)."""
-        self.ends, self.found, self.damaged = {}, True, None
+        self.ends, self.found, self.damaged, self.high = {}, True, None, 0
         try:
             with open(self.path, "rb") as f:
                 data = f.read()
@@ -109,9 +115,11 @@ class LogEnds:
             parsed = _parse(line)
             if parsed is None:
                 bad += 1
-            else:
+                continue
+            self.high = max(self.high, parsed[1][2])
+            if parsed[0] != HIGH:
                 self.ends[parsed[0]] = parsed[1]
-        if data and not self.ends:  # (zeroed, or garbage: no line a torn tail leaves)
+        if data and not self.ends and not self.high:  # (zeroed, or garbage: no line)
             self.damaged = f"{self.path}: {len(data)} bytes and not one readable line"
         elif bad:
             logger.warning("%s: %d damaged lines skipped", self.path, bad)
@@ -131,7 +139,8 @@ class LogEnds:
         for handle, end in ends:
             self.ends[handle] = end
         if self._size > max(COMPACT_MIN, COMPACT_FACTOR * 64 * len(self.ends)):
-            self.rewrite()
+            self.rewrite()  # (its lines hold these ends: the mark may count them)
+            self.high = max(self.high, *(e[2] for _, e in ends))
             return
         data = b"".join(_line(h, e) for h, e in ends)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -142,22 +151,26 @@ class LogEnds:
         finally:
             os.close(fd)
         self._size += len(data)
+        self.high = max(self.high, *(e[2] for _, e in ends))
 
-    def sync(self) -> None:
+    def sync(self) -> int:
         """Make the lines appended so far durable (`fdatasync`), before the replication
         position past their flushes is saved (`SavedPosition.before_save`, in its worker
-        thread). Nothing to do when the file is not there (none noted since a start
-        rewrote it, fsynced)."""
+        thread); returns the mark saved with it (`high` before the sync: every line up to
+        it is durable after). Nothing to sync when the file is not there (none noted since
+        a start rewrote it, fsynced)."""
+        high = self.high
         if not self.fsync:
-            return
+            return high
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
-            return
+            return high
         try:
             os.fdatasync(fd)
         finally:
             os.close(fd)
+        return high
 
     def note_kept(self) -> None:
         """Note (once, durably) that the file was written whole: from the next start on, a
@@ -187,7 +200,8 @@ class LogEnds:
         """Write the file anew with one line per shape kept (`ends`): a new file renamed
         over the old, so that a crash leaves one or the other, whole or torn at its end
         (an empty one when no shape is kept: that it is there says this engine ran here)."""
-        data = b"".join(_line(h, e) for h, e in self.ends.items())
+        data = _line(HIGH, (0, 0, self.high)) if self.high else b""
+        data += b"".join(_line(h, e) for h, e in self.ends.items())
         tmp = self.path + ".new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..replication.position import FILE_NAME as POSITION_FILE
+from ..replication.position import read_mark
 from .ends import KEPT as ENDS_KEPT
 from .ends import NAME as ENDS_NAME
 from .ends import LogEnds
@@ -80,6 +82,15 @@ class ShapeStore:
         unverified = self.ends.damaged
         if unverified is None and not self.ends.found and self._ends_expected:
             unverified = f"{self.ends.path}: missing"
+        # Older than the replication position saved after it (restored with older chunks,
+        # or deleted with log-ends-kept): no line of it vouches for a log (chaos 19:48).
+        mark = read_mark(self.directory.parent / POSITION_FILE)
+        older = unverified is None and mark is not None and self.ends.high < mark
+        if older:
+            unverified = (
+                f"{self.ends.path}: older than the saved replication position"
+                f" (notes up to {self.ends.high:X}, the position's mark {mark:X})"
+            )
         for name in names:
             path = f"{base}/{name}"
             if name.startswith(ENDS_NAME):  # (where an engine before kept it)
@@ -99,7 +110,8 @@ class ShapeStore:
             try:
                 log.restore_snapshot(marker, PackedChunk(pack, offset, size))
                 log.load_transactions([p for p in own if ".log." in p], begun)
-                if (end := ends.get(handle)) is not None and log.check_end(end):
+                end = None if older else ends.get(handle)
+                if end is not None and log.check_end(end):
                     logger.warning("shape %s: %s", handle, log.damage)
                 elif end is None and unverified is not None and log.unverified(unverified):
                     logger.warning("shape %s: %s", handle, log.damage)

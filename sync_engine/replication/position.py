@@ -8,8 +8,15 @@ the stream may report it (`ReplicationStream.confirm_limit`), and at start a slo
 `confirmed_flush_lsn` is past the saved position means the data dir went back in time:
 every shape is retired (`Source._prepare`).
 
-One small file per source, rewritten in place (8 bytes: one sector, never torn); a save
-runs in a worker thread, one at a time, as soon as the stream has more to confirm.
+One small file per source, rewritten in place (8 bytes, or 16 with the mark below: one
+sector, never torn); a save runs in a worker thread, one at a time, as soon as the stream
+has more to confirm.
+
+Its second 8 bytes, when there, are the mark of the source's `log-ends` the save made
+durable first (`before_save`: `log.ends.LogEnds.sync`, the highest LSN its lines noted): an
+older `log-ends` restored with older chunks while this file stayed current (or deleted with
+`log-ends-kept`) noted less than that, and the load takes it as unable to vouch for any log
+(`log.store.ShapeStore.load`, chaos 19:48). An engine before it wrote 8 bytes: no mark.
 """
 
 from __future__ import annotations
@@ -43,9 +50,21 @@ def read_saved(path: Path) -> Lsn | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    if len(data) != _LSN.size:
+    if len(data) not in (_LSN.size, 2 * _LSN.size):
         raise DamagedPosition(f"{path} holds {len(data)} bytes, not one position ({_LSN.size})")
-    return Lsn(_LSN.unpack(data)[0])
+    return Lsn(_LSN.unpack_from(data)[0])
+
+
+def read_mark(path: Path) -> int | None:
+    """The `log-ends` mark saved with the position at `path` (see above); None when there is
+    none (no file, an older engine's, unreadable: `Source._check_position` judges those)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if len(data) != 2 * _LSN.size:
+        return None
+    return int(_LSN.unpack_from(data, _LSN.size)[0])
 
 
 class SavedPosition:
@@ -64,8 +83,10 @@ class SavedPosition:
         self.on_saved = on_saved
         #: Called in the save's worker thread before the position is written (when
         #: `fsync`): what else must be durable before the slot may confirm it
-        #: (`log.ends.LogEnds.sync`). Its OSError is logged, and the save goes on.
-        self.before_save: Callable[[], None] | None = None
+        #: (`log.ends.LogEnds.sync`), returning the mark saved with the position. Its
+        #: OSError is logged, and the save goes on (with the mark saved before).
+        self.before_save: Callable[[], int | None] | None = None
+        self._mark: int | None = None
         self._saving: asyncio.Future[None] | None = None
         self._wanted = self.saved
 
@@ -107,15 +128,22 @@ class SavedPosition:
     def _write(self, lsn: Lsn) -> None:
         if self.fsync and self.before_save is not None:
             try:
-                self.before_save()
+                mark = self.before_save()
+                if mark is not None:
+                    self._mark = mark
             except OSError as exc:
                 logger.warning("before saving the replication position: %s", exc)
+        data = _LSN.pack(lsn)
+        if self._mark is not None:
+            data += _LSN.pack(self._mark)
         new = not self.path.exists()
         if new:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
-            os.pwrite(fd, _LSN.pack(lsn), 0)
+            os.pwrite(fd, data, 0)
+            if len(data) == _LSN.size:  # (no mark: none of an earlier run's left behind)
+                os.ftruncate(fd, _LSN.size)
             if self.fsync:
                 os.fsync(fd)
         finally:

@@ -40,8 +40,13 @@ from tests.support.waiting import wait_until, wait_until_async
 
 #: What is put back of the backup: the chunk file; the whole shapes directory (a restore of
 #: it, which brought back an older note of the log ends with it while that was kept there);
-#: the chunk file, the note of the log ends deleted, or zeroed (chaos 17:00).
-HOWS = ["chunk", "shapes directory", "chunk, log-ends deleted", "chunk, log-ends zeroed"]
+#: the chunk file, the note of the log ends deleted, or zeroed (chaos 17:00); the chunk file
+#: and an older copy of the note with it, or the note and `log-ends-kept` both deleted, while
+#: the saved replication position stays current (chaos 19:48).
+HOWS = [
+    "chunk", "shapes directory", "chunk, log-ends deleted", "chunk, log-ends zeroed",
+    "chunk, log-ends older", "chunk, log-ends and log-ends-kept deleted",
+]  # fmt: skip
 FROM_START = {"table": "d", "offset": "-1"}
 
 
@@ -76,6 +81,8 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
             # The backup: the shapes directory as it is now, xattrs and all.
             shapes = chunk.parent
             subprocess.run(["cp", "-a", str(shapes), str(old)], check=True)
+            ends = shapes.parent / "log-ends"
+            subprocess.run(["cp", "-a", str(ends), str(old)], check=True)
             copy = old / shapes.name / chunk.name
             durable = os.getxattr(copy, "user.shapegate.durable")  # (kept by the copy)
             assert int(durable) == copy.stat().st_size
@@ -93,8 +100,12 @@ async def test_an_older_copy_of_a_log_chunk_with_its_xattrs_is_not_served(
                 subprocess.run(["cp", "-a", str(old / shapes.name), str(shapes)], check=True)
             else:
                 subprocess.run(["cp", "-a", str(copy), str(chunk)], check=True)
-            ends = shapes.parent / "log-ends"
-            if how.endswith("deleted"):
+            if how.endswith("older"):
+                subprocess.run(["cp", "-a", str(old / ends.name), str(ends)], check=True)
+            elif how.endswith("log-ends-kept deleted"):
+                ends.unlink()
+                (shapes.parent / "log-ends-kept").unlink()
+            elif how.endswith("deleted"):
                 ends.unlink()
             elif how.endswith("zeroed"):
                 ends.write_bytes(b"\0" * ends.stat().st_size)
