@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import psycopg
 
+from tests.support.waiting import wait_until
 from tests.sync_engine.tenants.harness import PGBIN, Cluster
 
 StopMode = Literal["fast", "immediate"]
@@ -173,3 +174,13 @@ def hold_slot(url: str, slot: str, publication: str) -> psycopg.Connection[Any]:
     )
     conn.pgconn.send_query(command.encode())
     return conn
+
+
+def until_slot_found_held(engine: Any) -> None:
+    """Block until `engine` (an `EngineProcess`, spawned while `hold_slot` holds its slot)
+    logs that its slot is active for another PID: it has loaded and cannot stream."""
+    wait_until(
+        lambda: "is active for PID" in engine.log_tail(100_000),
+        timeout=60,
+        message="the engine finds its slot held",
+    )

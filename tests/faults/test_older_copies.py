@@ -24,7 +24,7 @@ import aiohttp
 import psycopg
 import pytest
 
-from tests.faults.cluster import FaultCluster, hold_slot
+from tests.faults.cluster import FaultCluster, hold_slot, until_slot_found_held
 from tests.faults.test_damaged_files import (
     CONFIRMED,
     Db,
@@ -231,12 +231,7 @@ async def test_a_start_ended_before_its_slot_check_leaves_the_cut_to_the_next(
             holder = hold_slot(db.url, slot, f"shapegate_pub_{db.name}")
             await asyncio.to_thread(wait_until, held, timeout=30, message="slot held")
             engine.spawn()
-            await asyncio.to_thread(
-                wait_until,
-                lambda: "is active for PID" in engine.log_tail(100_000),
-                timeout=60,
-                message="the engine finds its slot held",
-            )
+            await asyncio.to_thread(until_slot_found_held, engine)
             assert "cannot be checked" in engine.log_tail(100_000)
             # Nothing of the cut shape is served before the check decides its fate, not
             # even its snapshot (whole, but of a shape about to go): the stream's 503.

@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from multidict import CIMultiDict
 
-from tests.faults.cluster import FaultCluster, hold_slot
+from tests.faults.cluster import FaultCluster, hold_slot, until_slot_found_held
 from tests.support.engine_process import EngineProcess
 from tests.support.waiting import wait_until, wait_until_async
 from tests.sync_engine.tenants.harness import PGBIN
@@ -97,12 +97,7 @@ async def test_an_engine_whose_slot_is_held_elsewhere_claims_no_currency(
                 message="the slot held by the other connection",
             )
             engine.spawn()
-            await asyncio.to_thread(
-                wait_until,
-                lambda: "is active for PID" in engine.log_tail(100_000),
-                timeout=60,
-                message="the engine finds its slot held",
-            )
+            await asyncio.to_thread(until_slot_found_held, engine)
             cluster.query("INSERT INTO items VALUES (1001, 7)")
 
             tip = {"table": "items", "offset": offset, "handle": handle}
