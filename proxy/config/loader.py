@@ -831,15 +831,48 @@ def _with_covering_denies(config: ProxyConfig) -> ProxyConfig:
         for i, (entry, policy) in enumerate(zip(entries, policies, strict=True))
         if policy.deny
     ]
+    near = _BySchema(covering)
     tables = {
-        name: _add_denies(policy, _denies_covering(covering, entries[i], index=i))
+        name: _add_denies(policy, _denies_covering(near.of(entries[i]), entries[i], index=i))
         for i, (name, policy) in enumerate(config.tables.items())
     }
     shapes = {
-        name: _add_denies(shape, _denies_covering(covering, shape_tables[name]))
+        name: _add_denies(shape, _denies_covering(near.of(shape_tables[name]), shape_tables[name]))
         for name, shape in config.shapes.items()
     }
     return config.model_copy(update={"tables": tables, "shapes": shapes})
+
+
+_Entry = tuple[int, TablePattern, TablePolicy]
+
+
+class _BySchema:
+    """The entries with deny rules, indexed by a schema written without `*`, `?` or `[`, so
+    that each entry is compared only with those that could name the same schema: compared
+    pair by pair, a file of 5,000 schema-scoped patterns (`s1.t_*`, `s2.t_*`, ...) with deny
+    rules took 16 s to load (4.5M comparisons at 3,000). A schema without those characters
+    matches only itself, both as an exact name and as a pattern's part, so the entries left
+    out could never cover the target; a target whose schema has them is compared with all."""
+
+    def __init__(self, entries: list[_Entry]) -> None:
+        self.every = entries
+        self.literal: dict[str, list[_Entry]] = {}
+        self.patterned: list[_Entry] = []
+        for entry in entries:
+            schema = entry[1].schema
+            if _GLOB_CHARS.search(schema):
+                self.patterned.append(entry)
+            else:
+                self.literal.setdefault(schema, []).append(entry)
+
+    def of(self, target: TablePattern) -> list[_Entry]:
+        """The entries that may cover `target`, in file order."""
+        if _GLOB_CHARS.search(target.schema):
+            return self.every
+        same = self.literal.get(target.schema, [])
+        if not self.patterned:
+            return same
+        return sorted([*same, *self.patterned], key=lambda entry: entry[0])
 
 
 _P = TypeVar("_P", bound=TablePolicy)
