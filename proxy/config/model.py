@@ -454,7 +454,8 @@ class UpstreamConfig(_Model):
         default=75,
         gt=0,
         description="max wait for the response headers and max silence between body chunks; "
-        "must exceed the engine's 20 s long-poll hold and 21 s SSE keep-alive",
+        "must exceed the engine's 20 s long-poll hold and 21 s SSE keep-alive (a subset "
+        "snapshot's answer is waited for at least 310 s: the engine's own limit is 300 s)",
     )
     pool_size: int = Field(default=4096, ge=1, description="max upstream connections")
     retry_after: int = Field(default=2, ge=1, description="Retry-After on 502/503/504")
