@@ -1,0 +1,253 @@
+"""Whether tables are still there under their names, asked in rounds on a connection of its
+own: the check each `-1` request for an existing shape waits for (`Tables.still_there`).
+
+Each such request must be answered from a check begun after it arrived: Postgres streams no
+DROP, so only a read of the catalog can say that a table was dropped (or dropped and made
+again under its name) since its shapes were made. That is one check per request in a busy
+second, so it must cost little:
+
+- Rounds. Every request waits for the next round that begins after it arrived; a round asks
+  about every table asked for since the previous one began, in one query, and the next
+  begins as soon as one ends if anyone waits. A storm of requests for many shapes of many
+  tables costs one query per round trip, not one per request or per table.
+- Its own connection, driven through libpq (`SocketWaiter`), one prepared statement. On the
+  catalog connection through psycopg (its lock, a task and a timeout per use, `execute`),
+  a check cost ~200 µs of event-loop CPU, ~40% of a `-1` answer's; a lookup or a `publish`
+  waiting up to 30 s for older transactions held that connection, and these checks queued
+  behind it. The connection closes after `IDLE_CLOSE` seconds unused.
+
+A round that Postgres does not answer within the timeout (`Settings.catalog_timeout`), or
+on a connection that fails, fails its waiters with the 503 it would have been (the caller
+serves the intact log then); its connection is given up and the next round opens another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection, pq
+
+from ..errors import ServiceUnavailable
+from .waiter import SocketWaiter
+
+logger = logging.getLogger(__name__)
+
+#: The prepared statement: the schema and name of each of the tables (by oid) still there.
+STATEMENT = b"shapegate_still_there"
+QUERY = (
+    b"SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c"
+    b" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    b" WHERE c.oid = ANY($1::pg_catalog.oid[])"
+)
+#: Seconds the connection is kept unused before it is closed.
+IDLE_CLOSE = 60.0
+
+#: What a round found of a table: its (schema, name), None when no table has its oid.
+Names = tuple[str, str] | None
+
+
+def unreachable() -> ServiceUnavailable:
+    return ServiceUnavailable("Database is unreachable", retry_after=1, code="database_unreachable")
+
+
+def stopping() -> ServiceUnavailable:
+    return ServiceUnavailable("The source is stopping", retry_after=1)
+
+
+def not_answering() -> ServiceUnavailable:
+    return ServiceUnavailable(
+        "Database is not answering", retry_after=5, code="database_unreachable"
+    )
+
+
+class _Link:
+    """The connection, its socket watched by a `SocketWaiter`, the statement prepared."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.pgconn = conn.pgconn
+        self.waiter = SocketWaiter(conn.pgconn)
+        self.encoding = conn.info.encoding  # (names are decoded as the catalog's are)
+        self.used_at = time.monotonic()
+
+    async def prepare(self) -> None:
+        self.pgconn.send_prepare(STATEMENT, QUERY)
+        await self._results()
+
+    async def ask(self, oids: list[int]) -> dict[int, tuple[str, str]]:
+        """Each table of `oids` there now: its (schema, name)."""
+        self.used_at = time.monotonic()
+        array = "{" + ",".join(map(str, oids)) + "}"
+        self.pgconn.send_query_prepared(STATEMENT, [array.encode()])
+        return {
+            int(oid): (schema.decode(self.encoding), name.decode(self.encoding))
+            for oid, schema, name in await self._results()
+        }
+
+    async def _results(self) -> list[tuple[bytes, bytes, bytes]]:
+        await self.waiter.flush()
+        rows: list[tuple[bytes, bytes, bytes]] = []
+        error: pq.abc.PGresult | None = None
+        while (res := await self.waiter.result()) is not None:
+            if res.status == pq.ExecStatus.TUPLES_OK:
+                for i in range(res.ntuples):
+                    oid, schema, name = (res.get_value(i, j) or b"" for j in range(3))
+                    rows.append((oid, schema, name))
+            elif res.status != pq.ExecStatus.COMMAND_OK and error is None:
+                error = res
+        if error is not None:
+            message = (error.error_message or b"").decode(self.encoding, "replace").strip()
+            raise psycopg.OperationalError(f"still-there check failed: {message}")
+        return rows
+
+    def close(self) -> None:
+        """Close at once (the socket unwatched first: see `SocketWaiter`); a query running
+        in a backend that does not answer ends when it reads the closed socket."""
+        self.waiter.unwatch()
+        self.pgconn.finish()
+
+
+class StillThere:
+    """The tables' still-there checks of one source (see the module's docstring)."""
+
+    def __init__(self, dsn: str, timeout: Callable[[], float]) -> None:
+        self.dsn = dsn
+        #: Seconds a round (with the connection it may open) may take: the catalog's.
+        self.timeout = timeout
+        self._waiting: dict[int, list[asyncio.Future[Names]]] = {}
+        self._rounds: asyncio.Task[None] | None = None
+        # What the last round that asked about each table found: (when it began, names).
+        self._seen: dict[int, tuple[float, Names]] = {}
+        self._link: _Link | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        #: Rounds run (for tests and benchmarks: how many requests shared one).
+        self.rounds_run = 0
+
+    async def names(self, oid: int, asked: float) -> Names:
+        """The schema and name of the table `oid` (None: not there) as a round begun at or
+        after `asked` (monotonic) found them; raises `ServiceUnavailable` when the round
+        got no answer."""
+        seen = self._seen.get(oid)
+        if seen is not None and seen[0] >= asked:
+            return seen[1]
+        if self._closed:
+            raise stopping()
+        found: asyncio.Future[Names] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(oid, []).append(found)
+        if self._rounds is None:  # (one running began before this request: it waits)
+            self._rounds = asyncio.ensure_future(self._run())
+        return await found
+
+    def forget(self, oid: int) -> None:
+        """Drop what was seen of `oid` (its table changed)."""
+        self._seen.pop(oid, None)
+
+    async def _run(self) -> None:
+        while self._waiting and not self._closed:
+            batch, self._waiting = self._waiting, {}
+            started = time.monotonic()  # (after every waiter of `batch` arrived)
+            try:
+                found = await self._ask(list(batch))
+            except BaseException as exc:
+                failure = exc if isinstance(exc, ServiceUnavailable) else stopping()
+                for futures in batch.values():
+                    for future in futures:
+                        if not future.done():
+                            future.set_exception(failure)
+                if isinstance(exc, ServiceUnavailable):
+                    continue
+                self._end(failure)
+                raise
+            self.rounds_run += 1
+            for oid, futures in batch.items():
+                names = found.get(oid)
+                self._seen[oid] = (started, names)
+                for future in futures:
+                    if not future.done():
+                        future.set_result(names)
+        self._end(stopping())
+
+    def _end(self, failure: ServiceUnavailable) -> None:
+        """The rounds end: fail whoever still waits if no round will come (closed)."""
+        self._rounds = None
+        if self._closed:
+            waiting, self._waiting = self._waiting, {}
+            for futures in waiting.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(failure)
+
+    async def _ask(self, oids: list[int]) -> dict[int, tuple[str, str]]:
+        """One round's query, on the kept connection (again on a new one if that one had
+        died: Postgres restarted since) or a new one, within `timeout()`."""
+        timeout = self.timeout()
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in range(2):
+                    link = self._link
+                    fresh = link is None
+                    try:
+                        if link is None:
+                            link = self._link = await self._open()
+                        return await link.ask(oids)
+                    except (psycopg.Error, OSError) as exc:
+                        self._drop()
+                        if fresh or attempt:
+                            logger.debug("still-there check failed: %s", exc)
+                            raise unreachable() from None
+        except TimeoutError:
+            self._drop()
+            logger.warning(
+                "the database did not answer a still-there check in %g s: answering from"
+                " the intact log",
+                timeout,
+            )
+            raise not_answering() from None
+        raise AssertionError("unreachable")
+
+    async def _open(self) -> _Link:
+        conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
+        link = _Link(conn)
+        try:
+            await link.prepare()
+        except BaseException:
+            link.close()
+            raise
+        if self._idle_timer is None:
+            self._idle_timer = asyncio.get_running_loop().call_later(IDLE_CLOSE, self._reap)
+        return link
+
+    def _reap(self) -> None:
+        self._idle_timer = None
+        link = self._link
+        if link is None:
+            return
+        idle = time.monotonic() - link.used_at
+        if idle >= IDLE_CLOSE and self._rounds is None:
+            self._drop()
+        else:
+            wait = max(1.0, IDLE_CLOSE - idle)
+            self._idle_timer = asyncio.get_running_loop().call_later(wait, self._reap)
+
+    def _drop(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    async def close(self) -> None:
+        """Close the connection; a round in progress ends (its waiters get a 503)."""
+        self._closed = True
+        rounds = self._rounds
+        if rounds is not None:
+            rounds.cancel()
+            await asyncio.wait({rounds})
+        self._drop()
