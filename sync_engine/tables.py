@@ -484,8 +484,9 @@ class Tables:
         rotated here. Postgres streams no DROP (Electric notices one at its 60 s publication
         reconcile), so only a read begun after the request can say; a check trusted for 1 s
         (`TABLE_CHECK_TTL`, before) answered a request arriving right after
-        `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. The
-        checks run in rounds on a connection of their own, each round one query for every
+        `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. A
+        table rewritten since (a new relfilenode) is as good as a new one. The checks run
+        in rounds on a connection of their own, each round one query for every
         table asked about since the last began (`pg.still_there`). With the database
         unreachable the intact log is served.
         """
@@ -493,10 +494,16 @@ class Tables:
             names = await self._still_there.names(table.oid, asked)
         except ServiceUnavailable:
             return True
-        if names == (table.schema, table.name):
-            return True
-        self.changed(table, dropped=True, reason="table dropped or renamed")
-        return False
+        if names is None or names[:2] != (table.schema, table.name):
+            self.changed(table, dropped=True, reason="table dropped or renamed")
+            return False
+        if table.relfilenode is not None and names[2] != table.relfilenode:
+            # Rewritten (`ALTER COLUMN v TYPE int USING v + 1`): every row may read
+            # otherwise and no row change reached the stream; `_drift`'s reason, as the
+            # periodic check would say it up to `schema_check_interval` later.
+            self.changed(table, dropped=True, reason="table rewritten")
+            return False
+        return True
 
     def changed(self, table: TableInfo, *, dropped: bool = False, reason: str = "") -> None:
         """A table changed: forget what is cached about it, so the next request looks again;

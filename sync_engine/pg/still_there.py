@@ -37,18 +37,20 @@ from .waiter import SocketWaiter
 
 logger = logging.getLogger(__name__)
 
-#: The prepared statement: the schema and name of each of the tables (by oid) still there.
+#: The prepared statement: the schema, name and relfilenode of each of the tables (by oid)
+#: still there.
 STATEMENT = b"shapegate_still_there"
 QUERY = (
-    b"SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c"
+    b"SELECT c.oid, n.nspname, c.relname, c.relfilenode FROM pg_catalog.pg_class c"
     b" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     b" WHERE c.oid = ANY($1::pg_catalog.oid[])"
 )
 #: Seconds the connection is kept unused before it is closed.
 IDLE_CLOSE = 60.0
 
-#: What a round found of a table: its (schema, name), None when no table has its oid.
-Names = tuple[str, str] | None
+#: What a round found of a table: its (schema, name, relfilenode), None when no table has
+#: its oid.
+Names = tuple[str, str, int] | None
 
 
 def unreachable() -> ServiceUnavailable:
@@ -79,25 +81,24 @@ class _Link:
         self.pgconn.send_prepare(STATEMENT, QUERY)
         await self._results()
 
-    async def ask(self, oids: list[int]) -> dict[int, tuple[str, str]]:
-        """Each table of `oids` there now: its (schema, name)."""
+    async def ask(self, oids: list[int]) -> dict[int, tuple[str, str, int]]:
+        """Each table of `oids` there now: its (schema, name, relfilenode)."""
         self.used_at = time.monotonic()
         array = "{" + ",".join(map(str, oids)) + "}"
         self.pgconn.send_query_prepared(STATEMENT, [array.encode()])
         return {
-            int(oid): (schema.decode(self.encoding), name.decode(self.encoding))
-            for oid, schema, name in await self._results()
+            int(oid): (schema.decode(self.encoding), name.decode(self.encoding), int(node))
+            for oid, schema, name, node in await self._results()
         }
 
-    async def _results(self) -> list[tuple[bytes, bytes, bytes]]:
+    async def _results(self) -> list[tuple[bytes, ...]]:
         await self.waiter.flush()
-        rows: list[tuple[bytes, bytes, bytes]] = []
+        rows: list[tuple[bytes, ...]] = []
         error: pq.abc.PGresult | None = None
         while (res := await self.waiter.result()) is not None:
             if res.status == pq.ExecStatus.TUPLES_OK:
                 for i in range(res.ntuples):
-                    oid, schema, name = (res.get_value(i, j) or b"" for j in range(3))
-                    rows.append((oid, schema, name))
+                    rows.append(tuple(res.get_value(i, j) or b"" for j in range(res.nfields)))
             elif res.status != pq.ExecStatus.COMMAND_OK and error is None:
                 error = res
         if error is not None:
@@ -130,9 +131,9 @@ class StillThere:
         self.rounds_run = 0
 
     async def names(self, oid: int, asked: float) -> Names:
-        """The schema and name of the table `oid` (None: not there) as a round begun at or
-        after `asked` (monotonic) found them; raises `ServiceUnavailable` when the round
-        got no answer."""
+        """The schema, name and relfilenode of the table `oid` (None: not there) as a round
+        begun at or after `asked` (monotonic) found them; raises `ServiceUnavailable` when
+        the round got no answer."""
         seen = self._seen.get(oid)
         if seen is not None and seen[0] >= asked:
             return seen[1]
@@ -183,7 +184,7 @@ class StillThere:
                     if not future.done():
                         future.set_exception(failure)
 
-    async def _ask(self, oids: list[int]) -> dict[int, tuple[str, str]]:
+    async def _ask(self, oids: list[int]) -> dict[int, tuple[str, str, int]]:
         """One round's query, on the kept connection (again on a new one if that one had
         died: Postgres restarted since) or a new one, within `timeout()`."""
         timeout = self.timeout()

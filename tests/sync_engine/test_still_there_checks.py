@@ -114,3 +114,30 @@ async def test_a_storm_over_tables_one_recreated_gets_each_its_table(engine: Eng
             assert headers["electric-handle"] == handles[name]
             assert values == [f"old {name}"]
     assert len(new_handles) == 1
+
+
+@pytest.mark.parametrize(
+    "alter",
+    [
+        "ALTER TABLE rw ALTER COLUMN v TYPE bigint USING v + 1000",
+        "ALTER TABLE rw ALTER COLUMN v TYPE int USING v + 1000",
+    ],
+    ids=["new-type", "same-type"],
+)
+async def test_a_first_request_after_a_rewrite_gets_the_new_values(
+    engine: Engine, alter: str
+) -> None:
+    """A rewrite (`ALTER COLUMN ... TYPE ... USING`) keeps the table's oid and name and
+    sends no row change: a `-1` was answered the old values, up to date, until the
+    periodic schema check (chaos 22:50: up to `schema_check_interval`, 600 s here)."""
+    engine.sql("CREATE TABLE rw (id int PRIMARY KEY, v int NOT NULL)")
+    engine.sql("INSERT INTO rw VALUES (1, 1), (2, 2)")
+    rows, old, offset = await engine.sync(table="rw")
+    assert sorted(r["v"] for r in rows.values()) == ["1", "2"]
+    engine.sql(alter)
+
+    new_rows, new, _ = await engine.sync(table="rw")
+    assert new != old
+    assert sorted(r["v"] for r in new_rows.values()) == ["1001", "1002"]
+    status, _, _ = await engine.get(table="rw", offset=offset, handle=old)
+    assert status == 409
