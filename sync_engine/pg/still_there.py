@@ -19,6 +19,8 @@ second, so it must cost little:
 A round that Postgres does not answer within the timeout (`Settings.catalog_timeout`), or
 on a connection that fails, fails its waiters with the 503 it would have been (the caller
 serves the intact log then); its connection is given up and the next round opens another.
+After a round that ran out of time, and until one is answered, a request waits at most
+`DOWN_WAIT` for its round: a hung Postgres costs each `-1` half a second, not the timeout.
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ QUERY = (
 )
 #: Seconds the connection is kept unused before it is closed.
 IDLE_CLOSE = 60.0
+#: Seconds a request waits for its round while the last one got no answer in its time
+#: (then the caller serves the intact log, as after a timeout).
+DOWN_WAIT = 0.5
 
 #: What a round found of a table: its (schema, name, relfilenode), None when no table has
 #: its oid.
@@ -127,6 +132,9 @@ class StillThere:
         self._link: _Link | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        # The last round ran out of time (Postgres hangs, or a partition): requests wait
+        # `DOWN_WAIT` for theirs, not the timeout, until a round is answered.
+        self._down = False
         #: Rounds run (for tests and benchmarks: how many requests shared one).
         self.rounds_run = 0
 
@@ -143,6 +151,14 @@ class StillThere:
         self._waiting.setdefault(oid, []).append(found)
         if self._rounds is None:  # (one running began before this request: it waits)
             self._rounds = asyncio.ensure_future(self._run())
+        if self._down:
+            # The last round got no answer in its time: each request waiting the whole
+            # timeout again (twice when it arrived during a round) held every -1 of every
+            # shape 5-10 s while Postgres hung. Its round still runs, for the next ones.
+            await asyncio.wait({found}, timeout=DOWN_WAIT)
+            if not found.done():
+                found.cancel()
+                raise not_answering()
         return await found
 
     def forget(self, oid: int) -> None:
@@ -157,7 +173,11 @@ class StillThere:
                 found = await self._ask(list(batch))
             except BaseException as exc:
                 failure = exc if isinstance(exc, ServiceUnavailable) else stopping()
-                for futures in batch.values():
+                failed = [batch]
+                if self._down:  # (and those that came meanwhile wait no more either)
+                    failed.append(self._waiting)
+                    self._waiting = {}
+                for futures in (f for waiting in failed for f in waiting.values()):
                     for future in futures:
                         if not future.done():
                             future.set_exception(failure)
@@ -166,6 +186,7 @@ class StillThere:
                 self._end(failure)
                 raise
             self.rounds_run += 1
+            self._down = False
             for oid, futures in batch.items():
                 names = found.get(oid)
                 self._seen[oid] = (started, names)
@@ -204,6 +225,7 @@ class StillThere:
                             raise unreachable() from None
         except TimeoutError:
             self._drop()
+            self._down = True
             logger.warning(
                 "the database did not answer a still-there check in %g s: answering from"
                 " the intact log",
