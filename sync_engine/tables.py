@@ -57,7 +57,7 @@ from .pg.publication import (
     set_identity_full,
     wait_for_older_transactions,
 )
-from .pg.still_there import StillThere
+from .pg.still_there import StillThere, ask_on
 from .shapes.registry import ShapeRegistry
 from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
@@ -180,7 +180,11 @@ class Tables:
         self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
         # Still-there checks, in rounds on a connection of their own.
-        self._still_there = StillThere(dsn, lambda: self.catalog_timeout)
+        self._still_there = StillThere(
+            dsn,
+            lambda: self.catalog_timeout,
+            lambda oids: self.on_catalog(partial(ask_on, oids=oids)),
+        )
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._published: set[int] = set()
         # How the publication published each table (and family member) when its shapes were
@@ -491,7 +495,7 @@ class Tables:
         unreachable the intact log is served.
         """
         try:
-            names = await self._still_there.names(table.oid, asked)
+            (names,) = await self._still_there.names([table.oid], asked)
         except ServiceUnavailable:
             return True
         if names is None or names[:2] != (table.schema, table.name):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -39,14 +39,15 @@ from .waiter import SocketWaiter
 
 logger = logging.getLogger(__name__)
 
-#: The prepared statement: the schema, name and relfilenode of each of the tables (by oid)
-#: still there.
-STATEMENT = b"shapegate_still_there"
-QUERY = (
-    b"SELECT c.oid, n.nspname, c.relname, c.relfilenode FROM pg_catalog.pg_class c"
-    b" JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    b" WHERE c.oid = ANY($1::pg_catalog.oid[])"
+#: The query: the schema, name and relfilenode of each of the tables (by oid) still there.
+_SELECT = (
+    "SELECT c.oid, n.nspname, c.relname, c.relfilenode FROM pg_catalog.pg_class c"
+    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.oid = ANY({}::pg_catalog.oid[])"
 )
+#: Prepared on the checks' own connection.
+STATEMENT = b"shapegate_still_there"
+QUERY = _SELECT.format("$1").encode()
 #: Seconds the connection is kept unused before it is closed.
 IDLE_CLOSE = 60.0
 #: Seconds a request waits for its round while the last one got no answer in its time
@@ -58,10 +59,6 @@ DOWN_WAIT = 0.5
 Names = tuple[str, str, int] | None
 
 
-def unreachable() -> ServiceUnavailable:
-    return ServiceUnavailable("Database is unreachable", retry_after=1, code="database_unreachable")
-
-
 def stopping() -> ServiceUnavailable:
     return ServiceUnavailable("The source is stopping", retry_after=1)
 
@@ -70,6 +67,16 @@ def not_answering() -> ServiceUnavailable:
     return ServiceUnavailable(
         "Database is not answering", retry_after=5, code="database_unreachable"
     )
+
+
+#: What a round found: (schema, name, relfilenode) by oid, for the oids there.
+Found = dict[int, tuple[str, str, int]]
+
+
+async def ask_on(conn: AsyncConnection[Any], oids: list[int]) -> Found:
+    """A round's query on a psycopg connection (the catalog's: `StillThere`'s fallback)."""
+    cur = await conn.execute(_SELECT.format("%s"), (oids,))
+    return {oid: (schema, name, node) for oid, schema, name, node in await cur.fetchall()}
 
 
 class _Link:
@@ -86,7 +93,7 @@ class _Link:
         self.pgconn.send_prepare(STATEMENT, QUERY)
         await self._results()
 
-    async def ask(self, oids: list[int]) -> dict[int, tuple[str, str, int]]:
+    async def ask(self, oids: list[int]) -> Found:
         """Each table of `oids` there now: its (schema, name, relfilenode)."""
         self.used_at = time.monotonic()
         array = "{" + ",".join(map(str, oids)) + "}"
@@ -121,10 +128,19 @@ class _Link:
 class StillThere:
     """The tables' still-there checks of one source (see the module's docstring)."""
 
-    def __init__(self, dsn: str, timeout: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        timeout: Callable[[], float],
+        fallback: Callable[[list[int]], Awaitable[Found]],
+    ) -> None:
         self.dsn = dsn
         #: Seconds a round (with the connection it may open) may take: the catalog's.
         self.timeout = timeout
+        #: A round's query on the catalog connection, for when this one's cannot be opened.
+        self.fallback = fallback
+        # Rounds have failed since one was last answered (said once, at WARNING).
+        self._failing = False
         self._waiting: dict[int, list[asyncio.Future[Names]]] = {}
         self._rounds: asyncio.Task[None] | None = None
         # What the last round that asked about each table found: (when it began, names).
@@ -138,28 +154,37 @@ class StillThere:
         #: Rounds run (for tests and benchmarks: how many requests shared one).
         self.rounds_run = 0
 
-    async def names(self, oid: int, asked: float) -> Names:
-        """The schema, name and relfilenode of the table `oid` (None: not there) as a round
-        begun at or after `asked` (monotonic) found them; raises `ServiceUnavailable` when
-        the round got no answer."""
-        seen = self._seen.get(oid)
-        if seen is not None and seen[0] >= asked:
-            return seen[1]
-        if self._closed:
-            raise stopping()
-        found: asyncio.Future[Names] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(oid, []).append(found)
+    async def names(self, oids: Sequence[int], asked: float) -> list[Names]:
+        """The schema, name and relfilenode of each table of `oids` (None: not there) as a
+        round begun at or after `asked` (monotonic) found them; raises `ServiceUnavailable`
+        when the round got no answer."""
+        answers: list[Names | asyncio.Future[Names]] = []
+        futures: list[asyncio.Future[Names]] = []
+        for oid in oids:
+            seen = self._seen.get(oid)
+            if seen is not None and seen[0] >= asked:
+                answers.append(seen[1])
+                continue
+            if self._closed:
+                raise stopping()
+            found: asyncio.Future[Names] = asyncio.get_running_loop().create_future()
+            self._waiting.setdefault(oid, []).append(found)
+            answers.append(found)
+            futures.append(found)
+        if not futures:
+            return answers  # type: ignore[return-value]
         if self._rounds is None:  # (one running began before this request: it waits)
             self._rounds = asyncio.ensure_future(self._run())
         if self._down:
             # The last round got no answer in its time: each request waiting the whole
             # timeout again (twice when it arrived during a round) held every -1 of every
             # shape 5-10 s while Postgres hung. Its round still runs, for the next ones.
-            await asyncio.wait({found}, timeout=DOWN_WAIT)
-            if not found.done():
-                found.cancel()
+            await asyncio.wait(futures, timeout=DOWN_WAIT)
+            if not all(f.done() for f in futures):
+                for f in futures:
+                    f.cancel()
                 raise not_answering()
-        return await found
+        return [await a if isinstance(a, asyncio.Future) else a for a in answers]
 
     def forget(self, oid: int) -> None:
         """Drop what was seen of `oid` (its table changed)."""
@@ -173,6 +198,13 @@ class StillThere:
                 found = await self._ask(list(batch))
             except BaseException as exc:
                 failure = exc if isinstance(exc, ServiceUnavailable) else stopping()
+                if isinstance(exc, ServiceUnavailable) and not self._failing:
+                    self._failing = True
+                    logger.warning(
+                        "a still-there check got no answer (%s): first requests of existing"
+                        " shapes are answered from their logs unchecked until one does",
+                        exc.message,
+                    )
                 failed = [batch]
                 if self._down:  # (and those that came meanwhile wait no more either)
                     failed.append(self._waiting)
@@ -187,6 +219,9 @@ class StillThere:
                 raise
             self.rounds_run += 1
             self._down = False
+            if self._failing:
+                self._failing = False
+                logger.warning("still-there checks are answered again")
             for oid, futures in batch.items():
                 names = found.get(oid)
                 self._seen[oid] = (started, names)
@@ -205,9 +240,12 @@ class StillThere:
                     if not future.done():
                         future.set_exception(failure)
 
-    async def _ask(self, oids: list[int]) -> dict[int, tuple[str, str, int]]:
+    async def _ask(self, oids: list[int]) -> Found:
         """One round's query, on the kept connection (again on a new one if that one had
-        died: Postgres restarted since) or a new one, within `timeout()`."""
+        died: Postgres restarted since) or a new one, within `timeout()`. When no connection
+        of its own can be had (Postgres out of connection slots, a role's CONNECTION LIMIT),
+        on the catalog connection (`fallback`), open already: a failed open served the -1
+        unchecked (review 23:05, MEDIUM), where the catalog connection saw the DROP."""
         timeout = self.timeout()
         try:
             async with asyncio.timeout(timeout):
@@ -221,18 +259,13 @@ class StillThere:
                     except (psycopg.Error, OSError) as exc:
                         self._drop()
                         if fresh or attempt:
-                            logger.debug("still-there check failed: %s", exc)
-                            raise unreachable() from None
+                            logger.debug("still-there check on its own connection: %s", exc)
+                            break
         except TimeoutError:
             self._drop()
             self._down = True
-            logger.warning(
-                "the database did not answer a still-there check in %g s: answering from"
-                " the intact log",
-                timeout,
-            )
             raise not_answering() from None
-        raise AssertionError("unreachable")
+        return await self.fallback(oids)
 
     async def _open(self) -> _Link:
         conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)

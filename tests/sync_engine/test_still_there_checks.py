@@ -117,20 +117,22 @@ async def test_a_storm_over_tables_one_recreated_gets_each_its_table(engine: Eng
 
 
 @pytest.mark.parametrize(
-    "alter",
+    ("create", "alter"),
     [
-        "ALTER TABLE rw ALTER COLUMN v TYPE bigint USING v + 1000",
-        "ALTER TABLE rw ALTER COLUMN v TYPE int USING v + 1000",
+        ("", "ALTER TABLE rw ALTER COLUMN v TYPE bigint USING v + 1000"),
+        ("", "ALTER TABLE rw ALTER COLUMN v TYPE int USING v + 1000"),
     ],
     ids=["new-type", "same-type"],
 )
 async def test_a_first_request_after_a_rewrite_gets_the_new_values(
-    engine: Engine, alter: str
+    engine: Engine, create: str, alter: str
 ) -> None:
     """A rewrite (`ALTER COLUMN ... TYPE ... USING`) keeps the table's oid and name and
     sends no row change: a `-1` was answered the old values, up to date, until the
     periodic schema check (chaos 22:50: up to `schema_check_interval`, 600 s here)."""
-    engine.sql("CREATE TABLE rw (id int PRIMARY KEY, v int NOT NULL)")
+    engine.sql(f"CREATE TABLE rw (id int PRIMARY KEY, v int NOT NULL){create}")
+    if create:
+        engine.sql("CREATE TABLE rw_1 PARTITION OF rw FOR VALUES FROM (0) TO (100)")
     engine.sql("INSERT INTO rw VALUES (1, 1), (2, 2)")
     rows, old, offset = await engine.sync(table="rw")
     assert sorted(r["v"] for r in rows.values()) == ["1", "2"]
@@ -141,3 +143,34 @@ async def test_a_first_request_after_a_rewrite_gets_the_new_values(
     assert sorted(r["v"] for r in new_rows.values()) == ["1001", "1002"]
     status, _, _ = await engine.get(table="rw", offset=offset, handle=old)
     assert status == 409
+
+
+async def test_a_first_request_with_postgres_out_of_connections_is_still_checked(
+    engine: Engine,
+) -> None:
+    """The checks' own connection is opened when first needed; Postgres with no connection
+    slot left (answering, just full) refused it, and the -1 was served the dropped table's
+    rows unchecked (review 23:05, MEDIUM). The catalog connection, open already, asks."""
+    engine.sql("CREATE TABLE full_t (id int PRIMARY KEY, v text)")
+    engine.sql("INSERT INTO full_t VALUES (1, 'old')")
+    _, handle, _ = await engine.sync(table="full_t")
+    engine.sql("DROP TABLE full_t")
+    engine.sql("CREATE TABLE full_t (id int PRIMARY KEY, v text)")
+    engine.sql("INSERT INTO full_t VALUES (2, 'new')")
+    fillers = []
+    try:
+        while True:  # every connection slot taken (superusers' reserved ones too)
+            try:
+                fillers.append(await psycopg.AsyncConnection.connect(engine.db_url))
+            except psycopg.OperationalError:
+                break
+        assert fillers
+        status, headers, body = await engine.get(table="full_t", offset="-1")
+    finally:
+        for conn in fillers:
+            await conn.close()
+    assert status == 200, body
+    assert headers["electric-handle"] != handle
+    got: dict[str, dict[str, Any]] = {}
+    apply(got, body)
+    assert [r["v"] for r in got.values()] == ["new"]
