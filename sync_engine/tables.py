@@ -494,18 +494,26 @@ class Tables:
         table asked about since the last began (`pg.still_there`). With the database
         unreachable the intact log is served.
         """
+        files = table.files or ()
         try:
-            (names,) = await self._still_there.names([table.oid], asked)
+            names, *parts = await self._still_there.names(
+                [table.oid, *(oid for oid, _ in files)], asked
+            )
         except ServiceUnavailable:
             return True
         if names is None or names[:2] != (table.schema, table.name):
             self.changed(table, dropped=True, reason="table dropped or renamed")
             return False
+        # Rewritten (`ALTER COLUMN v TYPE int USING v + 1`; on a partitioned table, its
+        # partitions: its own relfilenode stays 0): every row may read otherwise and no row
+        # change reached the stream. `_drift`'s reasons, as the periodic check would say
+        # them up to `schema_check_interval` later. (Descendants attached or detached are
+        # `check_families`' business, as there.)
         if table.relfilenode is not None and names[2] != table.relfilenode:
-            # Rewritten (`ALTER COLUMN v TYPE int USING v + 1`): every row may read
-            # otherwise and no row change reached the stream; `_drift`'s reason, as the
-            # periodic check would say it up to `schema_check_interval` later.
             self.changed(table, dropped=True, reason="table rewritten")
+            return False
+        if any(p is not None and p[2] != node for (_, node), p in zip(files, parts, strict=True)):
+            self.changed(table, dropped=True, reason="partition rewritten")
             return False
         return True
 
