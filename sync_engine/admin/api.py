@@ -195,6 +195,11 @@ def _token_middleware(token: str) -> Any:
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/"):
+            for name in ("Authorization", "X-Admin-Token"):
+                sent = len(request.headers.getall(name, ()))
+                if sent > 1:
+                    # (a singleton field, RFC 9110: the first was taken, whatever followed)
+                    return _error(400, "invalid_request", f"send one {name} header, not {sent}")
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer":
