@@ -179,6 +179,10 @@ class Tables:
         self._fresh_reads: dict[tuple[str, str], tuple[float, asyncio.Future[TableInfo | None]]]
         self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
+        # The WAL's insert position as last read (when begun, the LSN), and such reads in
+        # progress (`wal_end_since`).
+        self._wal_end: tuple[float, int] | None = None
+        self._wal_reads: dict[None, tuple[float, asyncio.Future[int]]] = {}
         # Still-there checks, in rounds on a connection of their own.
         self._still_there = StillThere(
             dsn,
@@ -463,6 +467,32 @@ class Tables:
             return table
 
         return await _begun_since(self._fresh_reads, key, asked, known, load)
+
+    async def wal_end_since(self, asked: float) -> int:
+        """Postgres's WAL insert position (an LSN) as a read begun at or after `asked`
+        (monotonic) found it: no transaction committed before then, so no offset any engine
+        could have given, lies past it (`http.shape._check_bounds`). Shared as `_read_since`
+        shares table reads: a storm of such requests makes about one query per round trip."""
+
+        def known() -> tuple[bool, int]:
+            hit = self._wal_end
+            return (True, hit[1]) if hit is not None and hit[0] >= asked else (False, 0)
+
+        async def read(started: float) -> int:
+            async def ask(conn: AsyncConnection[Any]) -> int:
+                cur = await conn.execute(
+                    "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)"
+                    "::pg_catalog.int8"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+            end = await self.on_catalog(ask)
+            self._wal_end = (started, end)
+            return end
+
+        return await _begun_since(self._wal_reads, None, asked, known, read)
 
     async def read_fresh(self, schema: str, name: str) -> TableInfo | None:
         """The table `schema.name` as a catalog read begun now finds it (`_read_since`),
