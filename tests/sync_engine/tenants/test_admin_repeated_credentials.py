@@ -1,7 +1,7 @@
-"""An admin API request with its credential header twice is a 400, whatever the values: it
-was read by its first (a valid token first, anything after: 200; the reverse a 401), where a
-request carrying two credentials is malformed (Authorization is a singleton field, RFC
-9110). A real engine process, its admin listener spoken to over a raw socket."""
+"""An admin API request with its credential header twice, or with both credential headers
+(Authorization and X-Admin-Token), is a 400, whatever the values: one was read (a valid
+token first, anything after: 200; the reverse a 401), where a request carrying two
+credentials is malformed (Authorization is a singleton field, RFC 9110). A real engine process, its admin listener spoken to over a raw socket."""
 
 from __future__ import annotations
 
@@ -50,7 +50,12 @@ async def test_a_credential_header_sent_twice_is_a_400(engine: AdminEngine) -> N
         [b"Authorization: Bearer wrong", bearer],
         [bearer, bearer],
         [b"X-Admin-Token: " + good, b"X-Admin-Token: wrong"],
+        [bearer, b"X-Admin-Token: wrong"],
+        [b"Authorization: Basic eDp5", b"X-Admin-Token: " + good],
+        [bearer, b"X-Admin-Token: " + good],
     ):
         status, body = await _ask(engine.admin_port, headers)
         assert status == 400, (headers, status, body)
-        assert body["error"] == "invalid_request" and "one" in body["message"], body
+        assert body["error"] == "invalid_request" and "send one" in body["message"], body
+    status, _ = await _ask(engine.admin_port, [b"X-Admin-Token: " + good])
+    assert status == 200
