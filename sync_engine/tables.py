@@ -1,11 +1,12 @@
 """A source's tables: catalog lookups, publication membership and schema drift.
 
 Everything here runs on the source's one catalog connection (`on_catalog`), apart from the
-replication stream and the snapshot connections:
+replication stream, the snapshot connections and the still-there checks:
 - `lookup`: a table by name, cached for a few seconds; a storm of first requests for one
   table asks the catalog once;
 - `still_there`: whether a shape's table is still there under its name, for a client
-  starting at `-1` (by a check begun after the request arrived, shared by a storm);
+  starting at `-1` (by a check begun after the request arrived, in rounds shared by a
+  storm, on a connection of their own: `pg.still_there`);
 - `publish`: add a table to the publication before its first shape's snapshot;
 - `check_schemas`: every `schema_check_interval`, rotate the shapes whose table was dropped,
   renamed or altered (a change without DML since never reaches the replication stream),
@@ -56,6 +57,7 @@ from .pg.publication import (
     set_identity_full,
     wait_for_older_transactions,
 )
+from .pg.still_there import StillThere, ask_on
 from .shapes.registry import ShapeRegistry
 from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
@@ -116,7 +118,7 @@ async def _begun_since(
     answer when it has one (a result kept from such a read), else a read in progress
     begun since, joined; after one begun earlier, `begin(started)` begins one, which every
     caller waiting meanwhile shares: a storm of callers makes about one read per read's
-    duration (`Tables._read_since`, `Tables._check_since`)."""
+    duration (`Tables._read_since`)."""
     while True:
         have, value = known()
         if have:
@@ -177,10 +179,17 @@ class Tables:
         self._fresh_reads: dict[tuple[str, str], tuple[float, asyncio.Future[TableInfo | None]]]
         self._fresh_reads = {}
         self._lookups: dict[tuple[str, str], asyncio.Future[TableInfo | None]] = {}
-        # Still-there checks in progress, by table oid: (when begun, the check).
-        self._checks: dict[int, tuple[float, asyncio.Future[bool]]] = {}
+        # The WAL's insert position as last read (when begun, the LSN), and such reads in
+        # progress (`wal_end_since`).
+        self._wal_end: tuple[float, int] | None = None
+        self._wal_reads: dict[None, tuple[float, asyncio.Future[int]]] = {}
+        # Still-there checks, in rounds on a connection of their own.
+        self._still_there = StillThere(
+            dsn,
+            lambda: self.catalog_timeout,
+            lambda oids: self.on_catalog(partial(ask_on, oids=oids)),
+        )
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
-        self._checked: dict[int, float] = {}  # oid -> when last seen unchanged
         self._published: set[int] = set()
         # How the publication published each table (and family member) when its shapes were
         # made, or when first looked at by this process (`check_published`).
@@ -217,6 +226,7 @@ class Tables:
         not. Later work gets a 503 and opens nothing."""
         self._closed = True
         self._drop_verify_conn()
+        await self._still_there.close()
         work = self._work
         if work is not None:
             await asyncio.wait({work}, timeout=CLOSE_GRACE)
@@ -458,6 +468,32 @@ class Tables:
 
         return await _begun_since(self._fresh_reads, key, asked, known, load)
 
+    async def wal_end_since(self, asked: float) -> int:
+        """Postgres's WAL insert position (an LSN) as a read begun at or after `asked`
+        (monotonic) found it: no transaction committed before then, so no offset any engine
+        could have given, lies past it (`http.shape._check_bounds`). Shared as `_read_since`
+        shares table reads: a storm of such requests makes about one query per round trip."""
+
+        def known() -> tuple[bool, int]:
+            hit = self._wal_end
+            return (True, hit[1]) if hit is not None and hit[0] >= asked else (False, 0)
+
+        async def read(started: float) -> int:
+            async def ask(conn: AsyncConnection[Any]) -> int:
+                cur = await conn.execute(
+                    "SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)"
+                    "::pg_catalog.int8"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return int(row[0])
+
+            end = await self.on_catalog(ask)
+            self._wal_end = (started, end)
+            return end
+
+        return await _begun_since(self._wal_reads, None, asked, known, read)
+
     async def read_fresh(self, schema: str, name: str) -> TableInfo | None:
         """The table `schema.name` as a catalog read begun now finds it (`_read_since`),
         never a description read (or begun) earlier: what a request asks after its table
@@ -482,56 +518,41 @@ class Tables:
         rotated here. Postgres streams no DROP (Electric notices one at its 60 s publication
         reconcile), so only a read begun after the request can say; a check trusted for 1 s
         (`TABLE_CHECK_TTL`, before) answered a request arriving right after
-        `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. The
-        check is one query by oid on the catalog connection, shared by every request that
-        arrived before it began (`_check_since`): a storm makes about one per query's
-        duration, not one each. With the database unreachable the intact log is served.
+        `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. A
+        table rewritten since (a new relfilenode) is as good as a new one. The checks run
+        in rounds on a connection of their own, each round one query for every
+        table asked about since the last began (`pg.still_there`). With the database
+        unreachable the intact log is served.
         """
+        files = table.files or ()
         try:
-            there = await self._check_since(table, asked)
+            names, *parts = await self._still_there.names(
+                [table.oid, *(oid for oid, _ in files)], asked
+            )
         except ServiceUnavailable:
             return True
-        if there:
-            return True
-        self._checked.pop(table.oid, None)
-        self.changed(table, dropped=True, reason="table dropped or renamed")
-        return False
-
-    async def _check_since(self, table: TableInfo, asked: float) -> bool:
-        """`_there(table)` as a check begun at or after `asked` found it: a check passed
-        since, or one in progress begun since, is shared; after one begun earlier, one more
-        is begun (`_begun_since`)."""
-        oid = table.oid
-
-        def known() -> tuple[bool, bool]:
-            checked = self._checked.get(oid)
-            return (checked is not None and checked >= asked, True)
-
-        async def run(started: float) -> bool:
-            there = await self._there(table)
-            if there:
-                self._checked[oid] = started
-            return there
-
-        return await _begun_since(self._checks, oid, asked, known, run)
-
-    async def _there(self, t: TableInfo) -> bool:
-        async def ask(conn: AsyncConnection[Any]) -> tuple[Any, ...] | None:
-            cur = await conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_class c"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-                (t.oid,),
-            )
-            return await cur.fetchone()
-
-        row = await self.on_catalog(ask)
-        return row is not None and (row[0], row[1]) == (t.schema, t.name)
+        if names is None or names[:2] != (table.schema, table.name):
+            self.changed(table, dropped=True, reason="table dropped or renamed")
+            return False
+        # Rewritten (`ALTER COLUMN v TYPE int USING v + 1`; on a partitioned table, its
+        # partitions: its own relfilenode stays 0): every row may read otherwise and no row
+        # change reached the stream. `_drift`'s reasons, as the periodic check would say
+        # them up to `schema_check_interval` later. (Descendants attached or detached are
+        # `check_families`' business, as there.)
+        if table.relfilenode is not None and names[2] != table.relfilenode:
+            self.changed(table, dropped=True, reason="table rewritten")
+            return False
+        if any(p is not None and p[2] != node for (_, node), p in zip(files, parts, strict=True)):
+            self.changed(table, dropped=True, reason="partition rewritten")
+            return False
+        return True
 
     def changed(self, table: TableInfo, *, dropped: bool = False, reason: str = "") -> None:
         """A table changed: forget what is cached about it, so the next request looks again;
         when it was dropped, its shapes are rotated (`reason`)."""
         self._cache.pop((table.schema, table.name), None)
         self._published.discard(table.oid)
+        self._still_there.forget(table.oid)
         if dropped:
             self.registry.rotate_table(table.oid, reason)
 

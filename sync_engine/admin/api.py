@@ -195,6 +195,20 @@ def _token_middleware(token: str) -> Any:
     @web.middleware
     async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith("/api/"):
+            for name in ("Authorization", "X-Admin-Token"):
+                sent = len(request.headers.getall(name, ()))
+                if sent > 1:
+                    # (a singleton field, RFC 9110: the first was taken, whatever followed)
+                    return _error(400, "invalid_request", f"send one {name} header, not {sent}")
+            if "authorization" in request.headers and "x-admin-token" in request.headers:
+                # (one was read, the other ignored: a wrong X-Admin-Token beside a valid Bearer
+                # passed, the reverse did not; hostile 23:08)
+                return _error(
+                    400,
+                    "invalid_request",
+                    "send one credential: an Authorization header or an X-Admin-Token header,"
+                    " not both",
+                )
             given = request.headers.get("authorization", "")
             scheme, _, value = given.partition(" ")
             if scheme.lower() != "bearer":

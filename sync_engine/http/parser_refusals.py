@@ -345,8 +345,9 @@ class _Descriptors:
     #: Connections open now of listeners with room of their own (`reserved_connections`:
     #: the admin listener's), counted apart: at most that room (attack 20:13: idle admin
     #: connections, which nothing made room among, filled the one shared cap, and every
-    #: public client got 503). Their descriptors still land in `others` at a recount, so
-    #: they take at most that many of the public port's places (review 20:21).
+    #: public client got 503). Out of `FD_RESERVE`: a recount leaves them out of `others`
+    #: (they took as many of the public port's places, review 20:21), a send's room counts
+    #: them.
     reserved = 0
     #: Descriptors held by responses being sent besides their connection's: a chunk file
     #: and a duplicate of the socket for `sendfile` (`sendfile.py`), counted as they are
@@ -377,7 +378,7 @@ def room_for_send(needed: int = 2) -> bool:
     from ..log import fds
 
     d = _Descriptors
-    held = d.clients + d.sends + fds.open_count() + max(d.others, 0)
+    held = d.clients + d.reserved + d.sends + fds.open_count() + max(d.others, 0)
     return held + needed <= soft - FD_RESERVE // 2
 
 
@@ -416,7 +417,9 @@ def connection_cap() -> int:
         if total is None:  # (no /proc: as much as the logs' cache may ever hold)
             d.others = max(0, fds.MAX_OPEN - fds.open_count())
         else:
-            d.others = max(0, total - d.clients - fds.open_count() - d.sends)
+            # (the admin listener's connections are out of `FD_RESERVE`, not others: counted
+            # there too, up to 32 idle ones took as many of the public port's places)
+            d.others = max(0, total - d.clients - d.reserved - fds.open_count() - d.sends)
         d.counted_at = now
     return max(MIN_CONNECTIONS, room - d.others)
 

@@ -411,7 +411,10 @@ class ShapeView:
         self, request: web.Request, source: Source, shape: Shape, offset: LogOffset
     ) -> None:
         """An offset beyond anything seen (e.g. from another engine) waits, then is a 400;
-        the wait ends when its client goes away (nobody to answer)."""
+        the wait ends when its client goes away (nobody to answer). An offset past the
+        WAL's end as Postgres says it after the request arrived (`Tables.wal_end_since`)
+        can never come (another database's, or made up) and is the 400 at once: it waited
+        the whole `out_of_bounds_wait` (10 s) first (attack, LOW)."""
 
         def in_bounds() -> bool:
             return offset.is_virtual or offset.tx <= max(shape.log.last_lsn, source.global_lsn)
@@ -421,6 +424,13 @@ class ShapeView:
 
         if in_bounds():
             return
+        asked = time.monotonic()
+        try:
+            never = offset.tx > await source.tables.wal_end_since(asked)
+        except ServiceUnavailable:
+            never = False  # (not known now: waited for, as before)
+        if never:
+            raise InvalidRequest({"offset": ["out of bounds for this shape"]})
         gone = client_gone(request)
         # The stream's position is not announced on the shape: polled.
         if not await shape.wait_until(

@@ -305,3 +305,46 @@ async def test_a_snapshot_that_postgres_is_slow_to_start_is_waited_for(
             assert rows == {str(i): "0" for i in range(6, 21)}
     finally:
         engine.stop()
+
+
+@pytest.mark.timeout(180)
+async def test_first_requests_of_a_shape_wait_once_for_a_silent_postgres(
+    silenced: Silenced, tmp_path: Path
+) -> None:
+    """A `-1` for an existing shape waits for a still-there check begun after it arrived
+    (`Tables.still_there`); Postgres silent, the check runs out of time (the default
+    `--catalog-timeout`, 5 s) and the intact log is served. Before, every such request
+    waited the whole timeout again (one arriving during a check, twice): 10 in a row took
+    50 s or more. Now, once a check went unanswered, each waits half a second for its own
+    until one is answered; and once Postgres answers the check is back (a dropped table's
+    `-1` is its 400)."""
+    url = silenced.url
+    cluster = silenced.cluster
+    engine = EngineProcess(url, tmp_path / "data", "--probe-timeout", "1")
+    await asyncio.to_thread(engine.start)
+    stopped: list[int] = []
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = await _get(session, engine.url, table="items", offset="-1")
+            assert first[0] == 200, first
+            stopped = cluster.pids()
+            cluster.signal(stopped, signal.SIGSTOP)
+            status, body, _ = await _get(session, engine.url, table="items", offset="-1")
+            assert (status, body) == (200, first[1])  # (the intact log, after the timeout)
+            async with asyncio.timeout(25):  # (half of what 10 timeouts take)
+                for _ in range(10):
+                    status, body, _ = await _get(session, engine.url, table="items", offset="-1")
+                    assert (status, body) == (200, first[1])
+            cluster.signal(stopped, signal.SIGCONT)
+
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("DROP TABLE items")
+
+            async def dropped_is_said() -> bool:
+                status, body, _ = await _get(session, engine.url, table="items", offset="-1")
+                return status == 400 and b"does not exist" in body
+
+            await wait_until_async(dropped_is_said, timeout=30, message="the check back")
+    finally:
+        cluster.signal(stopped, signal.SIGCONT)
+        engine.stop()
