@@ -92,6 +92,9 @@ class Prepared:
     #: The columns the rule shows (None: all): the engine's refusal of a shape without its
     #: primary key is said in the rule's terms when the rule hides a key column.
     rule_columns: tuple[str, ...] | None = None
+    #: The `columns` sent are the client's `queryable_columns` (it sent no `columns`): the
+    #: engine's refusals of them are said under `queryable_columns`, as the engine says them.
+    columns_are_queryable: bool = False
     #: The rule's enforced filter went in `where`: the engine's 400s located in it are the
     #: policy's, never shown as they are (`proxy.http.handlers.blame_policy_where`).
     policy_where: PolicyWhere | None = None

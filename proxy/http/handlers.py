@@ -436,14 +436,23 @@ def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> Non
 
 
 def name_the_rule(
-    response: StreamResponse, rule: str, rule_columns: tuple[str, ...], warned: set[str]
+    response: StreamResponse,
+    rule: str,
+    rule_columns: tuple[str, ...],
+    warned: set[str],
+    *,
+    field: str = "columns",
 ) -> None:
     """The engine's 400 for a shape without all its primary key columns, when the policy rule
     hides one of them: no request of that rule can succeed, and the engine's words (about a
     `columns` the client may not have sent) blame the client. Said in the rule's terms
     instead (`proxy.policy.evaluate.rule_columns_error`), in place; the missing columns go to
     the operator, in a WARNING once per rule (`warned`: those named so far under this config;
-    the client may not see their names)."""
+    the client may not see their names).
+
+    `field="queryable_columns"`: the `columns` the engine refused were the client's
+    `queryable_columns` (`Decision.columns_are_queryable`), so its other refusals of them go
+    under that name, as the engine names them when it gets the list alone."""
     if not isinstance(response, Response) or not isinstance(response.body, bytes):
         return
     try:
@@ -458,6 +467,10 @@ def name_the_rule(
         rule_columns_error(m, rule, rule_columns) if isinstance(m, str) else None for m in messages
     ]
     if not any(said):
+        if field != "columns":
+            assert isinstance(errors, dict)
+            answer["errors"] = {field if k == "columns" else k: v for k, v in errors.items()}
+            response.body = orjson.dumps(answer)
         return
     if rule not in warned:
         warned.add(rule)
@@ -576,7 +589,11 @@ def finish(
                 remap_where_errors(outcome.response, prepared.combined)
             if prepared.rule_columns is not None:
                 name_the_rule(
-                    outcome.response, prepared.rule, prepared.rule_columns, runtime.warned_rules
+                    outcome.response,
+                    prepared.rule,
+                    prepared.rule_columns,
+                    runtime.warned_rules,
+                    field="queryable_columns" if prepared.columns_are_queryable else "columns",
                 )
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
@@ -788,7 +805,8 @@ async def _prepare(
         request_line=request_line("GET", url),
         pool_key=key_of(url),
         combined=decision.combined,
-        rule_columns=decision.queryable_columns,
+        rule_columns=decision.rule_columns,
+        columns_are_queryable=decision.columns_are_queryable,
         policy_where=decision.policy_where,
     )
     body = None

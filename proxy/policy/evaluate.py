@@ -24,6 +24,7 @@ from proxy.policy.sql import (
     ClauseCache,
     ClientClause,
     CombinedWhere,
+    parse_identifier_list,
     parse_table_name,
     quote_identifier,
     shown_columns,
@@ -58,8 +59,16 @@ class Decision:
     #: The client's `columns` as written, sent as is when the rule hides no column.
     columns_text: str | None = None
     #: The client's `queryable_columns` as written, sent as is when the rule hides no column
-    #: (else the rule's `queryable_columns` go: the rule's list is the policy's narrowing).
+    #: (else `queryable_columns` go: the client's list when every name in it is one the rule
+    #: shows, the rule's when it sent none; the client may narrow the rule, never widen it).
     queryable_columns_text: str | None = None
+    #: The columns the rule shows (None: all), to name the rule when the engine refuses a
+    #: shape for want of a primary key column the rule hides (`rule_columns_error`).
+    rule_columns: tuple[str, ...] | None = None
+    #: The engine's refusals of `columns` are the client's `queryable_columns`'s: the client
+    #: sent a list to query and no `columns` under a rule that hides columns, so the proxy
+    #: sends that list as `columns` too (the rows never rest on the engine's default).
+    columns_are_queryable: bool = False
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
@@ -537,6 +546,29 @@ def _table_key(text: str) -> tuple[str, str]:
         raise BadShapeRequest("invalid_table", str(exc), field="table") from None
 
 
+def _queryable_columns(rule: CompiledRule, request: ShapeRequest) -> tuple[str, ...] | None:
+    """The client's `queryable_columns` under a rule that hides columns: its names, each one
+    the rule shows (a hidden one refused as in `columns`: a client may narrow what the rule
+    lets it query, never widen it). None when the rule hides nothing (the text goes as
+    written) or the client sent none (a blank value is none to the engine too)."""
+    text = request.queryable_columns_text
+    if rule.columns is None or text is None or text == "":
+        return None
+    try:
+        names = parse_identifier_list(text)
+    except ValueError as exc:
+        # (the engine's words for the same list: it reads it with the same parser)
+        raise EngineWords("invalid_columns", str(exc), field="queryable_columns") from None
+    hidden = [c for c in names if c not in rule.columns]
+    if hidden:
+        raise Forbidden(
+            "column_not_allowed",
+            f"queryable_columns not allowed: {', '.join(hidden)}{shown_columns(rule.columns)}",
+            field="queryable_columns",
+        )
+    return names
+
+
 def _ordered(params: Mapping[Any, str]) -> tuple[str, ...]:
     """Params numbered 1..n (checked by `http.params`) as the tuple for `$1..$n`."""
     by_number = {int(k): v for k, v in params.items()}
@@ -711,8 +743,10 @@ def evaluate(
                 f"columns not allowed: {', '.join(hidden)}{shown_columns(rule.columns)}",
                 field="columns",
             )
+    queryable = _queryable_columns(rule, request)
+    columns_are_queryable = columns is None and queryable is not None
     if columns is None:
-        columns = rule.column_order
+        columns = queryable if queryable is not None else rule.column_order
     if request.replica not in (None, "default", "full"):
         raise BadShapeRequest("invalid_replica", "is invalid", field="replica")
     if request.replica == "full" and not rule.replica_full:
@@ -738,7 +772,9 @@ def evaluate(
         columns=columns,
         columns_text=columns_text,
         queryable_columns_text=(request.queryable_columns_text if rule.columns is None else None),
-        queryable_columns=rule.column_order,
+        queryable_columns=queryable if queryable is not None else rule.column_order,
+        rule_columns=rule.column_order,
+        columns_are_queryable=columns_are_queryable,
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,
