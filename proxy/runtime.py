@@ -92,6 +92,9 @@ class Prepared:
     #: The columns the rule shows (None: all): the engine's refusal of a shape without its
     #: primary key is said in the rule's terms when the rule hides a key column.
     rule_columns: tuple[str, ...] | None = None
+    #: A subset snapshot (a POST, or a GET with `subset__*`): its engine answer is waited for
+    #: as long as the engine's subset query may run (`upstream.forward.subset_wait`).
+    subset: bool = False
     #: The `columns` sent are the client's `queryable_columns` (it sent no `columns`): the
     #: engine's refusals of them are said under `queryable_columns`, as the engine says them.
     columns_are_queryable: bool = False

@@ -508,6 +508,7 @@ def target_of(
         deadline=prepared.token_exp,
         epoch=epoch,
         answer_by=None if until is None else max(until, time.time() + MIN_HOLD),
+        subset=prepared.subset or method == "POST",
     )
 
 
@@ -793,6 +794,7 @@ async def _prepare(
         definition=definition,
         handle=None if initial else protocol.get("handle"),
         initial=initial,
+        subset=post or decision.subset is not None,
         expires=expires,
         token_exp=None if anonymous else float(claims["exp"]),
         token_until=(
