@@ -36,7 +36,7 @@ from proxy.errors import (
     UnsupportedMediaType,
 )
 from proxy.http import positions
-from proxy.http.errors import error_response
+from proxy.http.errors import error_response, render_proxy_error
 from proxy.http.headers import (
     ALLOWED_REQUEST_HEADERS,
     preflight_headers,
@@ -495,7 +495,7 @@ def target_of(
     until = prepared.token_until
     return Target(
         method=method,
-        cacheable=method != "HEAD",
+        cacheable=method != "HEAD" and prepared.unless_engine_refuses is None,
         url=prepared.url,
         url_text=prepared.url_text,
         body=body,
@@ -522,6 +522,18 @@ def finish(
     refusing the shape's columns for want of a primary key column the rule hides is said in
     the rule's terms (`name_the_rule`)."""
     context = request.context
+    if (
+        prepared is not None
+        and prepared.unless_engine_refuses is not None
+        and outcome.upstream_status != 400
+    ):
+        # The engine named no fault before the proxy's: the proxy's refusal. (The engine
+        # refuses such an order_by by the same rule, so it never answers rows; were it to,
+        # they would be the policy's own: its filter and columns went with the request.)
+        deferred = prepared.unless_engine_refuses.copy()
+        context.upstream_status = outcome.upstream_status
+        context.outcome, context.reason = "refused", deferred.reason
+        return render_proxy_error(deferred)
     if outcome.upstream_status == 401:
         # The engine refused the proxy's own credentials (`upstream.secret_env` or
         # `secret_file`, `source_id`): nothing the client can mend with its token, so not a
@@ -651,6 +663,8 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
     limited = prepared.limits.max_subsets is not None and is_subset(prepared, "GET")
+    # (nor one whose refusal waits for the engine's answer: the fast lane would relay it)
+    limited = limited or prepared.unless_engine_refuses is not None
     if cache is not None and remapped is not None and key is not None and not limited:
         # (a subset under `max_subsets` is never remembered: the fast lane, which reads these,
         # would forward its repeats without counting them)
@@ -795,6 +809,7 @@ async def _prepare(
         handle=None if initial else protocol.get("handle"),
         initial=initial,
         subset=post or decision.subset is not None,
+        unless_engine_refuses=decision.unless_engine_refuses,
         expires=expires,
         token_exp=None if anonymous else float(claims["exp"]),
         token_until=(

@@ -69,6 +69,10 @@ class Decision:
     #: sent a list to query and no `columns` under a rule that hides columns, so the proxy
     #: sends that list as `columns` too (the rows never rest on the engine's default).
     columns_are_queryable: bool = False
+    #: The proxy's refusal of the request, said only if the engine does not refuse it first
+    #: (its 400 names the first fault, in its order of checks): a subset whose `order_by` is
+    #: no plain column, beside a where whose faults only the engine can see.
+    unless_engine_refuses: EngineWords | None = None
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
@@ -631,13 +635,17 @@ def _build_where(
     return combined.sql, client_params + enforced_params, combined, policy
 
 
-def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
+def _check_subset(
+    rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache
+) -> tuple[SubsetRequest, EngineWords | None]:
+    """The subset to send, and the refusal of its `order_by` left for after the engine's
+    answer (`Decision.unless_engine_refuses`), if any."""
     if not rule.subset:
         raise Forbidden(
             "subset_not_allowed", "this shape does not accept subset requests", field="subset"
         )
     if rule.client_where == "passthrough":
-        return subset
+        return subset, None
     where = None
     params: Mapping[str, str] = {}
     if subset.where is not None:
@@ -649,15 +657,27 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
         params = subset.params
     # (subset params without a subset where: ignored, as the engine ignores them)
     order_by = None
+    deferred = None
     if subset.order_by is not None:
-        order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
-    return SubsetRequest(
+        try:
+            order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
+        except EngineWords as exc:
+            if where is None or exc.reason != "invalid_order_by":
+                raise
+            # The engine checks a subset's where (its types, its params) before its order_by,
+            # and the proxy cannot see all of that where's faults: the list goes as written,
+            # for the engine to name the first fault, as it would of this request (an order_by
+            # that is no plain column, which it refuses by the same rule). Whatever else the
+            # engine answers, the client gets this refusal (transparency LOW, 11 of 250).
+            order_by, deferred = subset.order_by, exc
+    checked = SubsetRequest(
         where=where,
         params=params,
         limit=subset.limit,
         offset=subset.offset,
         order_by=order_by,
     )
+    return checked, deferred
 
 
 def _check_subquery_tables(
@@ -761,8 +781,10 @@ def evaluate(
             "SSE is not allowed for this shape; use long-polling",
             field="live_sse",
         )
-    subset = (
-        _check_subset(rule, request.subset, policy.clauses) if request.subset is not None else None
+    subset, deferred = (
+        _check_subset(rule, request.subset, policy.clauses)
+        if request.subset is not None
+        else (None, None)
     )
     return Decision(
         table=upstream_table,
@@ -775,6 +797,7 @@ def evaluate(
         queryable_columns=queryable if queryable is not None else rule.column_order,
         rule_columns=rule.column_order,
         columns_are_queryable=columns_are_queryable,
+        unless_engine_refuses=deferred,
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,

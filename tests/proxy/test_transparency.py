@@ -363,3 +363,31 @@ async def test_a_clients_queryable_columns_reach_the_engine_unless_the_rule_narr
     assert seen.getall("queryable_columns") == ['"id","org_id","title"']
     named = await open_proxy.get("/shapes/my-items?offset=-1&queryable_columns=id", token=member)
     assert named.status == 400 and named.json()["code"] == "named_shape_definition"
+
+
+async def test_an_order_by_refusal_left_to_the_engine_stands_unless_it_refuses_first(
+    proxy: Any,
+) -> None:
+    """A subset whose order_by is no plain column, beside a where, goes to the engine as
+    written, for the engine to name the first fault as it would (its where's); whatever
+    else the engine answers (here a fake's 200), the client gets the proxy's refusal, in the
+    engine's words, and the request is not remembered for the fast lane."""
+    member = proxy.tokens.make()
+    for _ in range(2):
+        reply = await proxy.get(
+            f"/v1/shape?table=items&offset=-1&subset__where={quote('id > 0')}"
+            f"&subset__order_by={quote('id + 1')}",
+            token=member,
+        )
+        assert reply.status == 400, reply.body
+        assert reply.json() == {
+            "message": "Invalid request",
+            "errors": {
+                "subset": {
+                    "order_by": [
+                        "At location 3: A_Expr expressions are not allowed in ORDER BY clauses"
+                    ]
+                }
+            },
+        }
+        assert proxy.engine.requests[-1].url.query["subset__order_by"] == "id + 1"
