@@ -74,7 +74,7 @@ async def test_a_subsets_first_fault_is_the_one_the_engine_names(
         reloadable_proxy, lambda collapse: items_config(engine, idp_server, collapse=collapse)
     )
     member = proxies["direct"].tokens.make(org_id="org-a")
-    differences = []
+    differences: list[tuple[Any, ...]] = []
     base = "/v1/shape?table=items&offset=-1"
     async with aiohttp.ClientSession() as session:
         for subset in SUBSETS:
