@@ -509,6 +509,7 @@ def target_of(
         epoch=epoch,
         answer_by=None if until is None else max(until, time.time() + MIN_HOLD),
         subset=prepared.subset or method == "POST",
+        refused=prepared.unless_engine_refuses is not None,
     )
 
 

@@ -589,7 +589,13 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
 
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
-) -> tuple[str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None]:
+) -> tuple[
+    str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None, EngineWords | None
+]:
+    """The where and params to send, how to read the engine's errors about them, and the
+    proxy's refusal of a function in the client's where left for after the engine's answer
+    (`ClientClause.refused`: the engine, knowing the columns' types, may name another fault
+    of the clause first, as it would of this request)."""
     template = rule.template
     slots = template.array_slots if template else frozenset()
     enforced_params = tuple(
@@ -608,9 +614,9 @@ def _build_where(
         # Params without a where mean nothing to the engine, which ignores them: so does
         # the proxy (they never reach the engine, whose `$1..$n` are the enforced ones).
         if enforced_sql is None:
-            return None, enforced_params, None, None
+            return None, enforced_params, None, None, None
         policy = PolicyWhere(enforced_sql, False, 0, rule.claim_paths)
-        return enforced_sql, enforced_params, None, policy
+        return enforced_sql, enforced_params, None, policy, None
     if rule.client_where == "forbid":
         raise Forbidden(
             "client_where_not_allowed", "this shape does not accept a client where", field="where"
@@ -618,21 +624,21 @@ def _build_where(
     client_params = _ordered(request.params)
     if rule.client_where == "passthrough":
         # No enforced filter and no hidden column (checked at load): the engine checks it.
-        return request.where, client_params, None, None
-    clause = clauses.client_where(request.where, rule.columns, what="where")
+        return request.where, client_params, None, None, None
+    clause = clauses.client_where(request.where, rule.columns, what="where", defer_functions=True)
     _refuse_missing(clause, len(client_params), "where")
     if enforced_sql is None:
         # Nothing to AND it with: the text as the client wrote it, which the engine parses
         # into the very tree checked here (both use pglast), so its errors locate the
         # client's own text.
-        return request.where, client_params, None, None
+        return request.where, client_params, None, None, clause.refused
     # The client's clause as written, with its own `$1..$k`, reached only for rows the
     # enforced filter admits (`guarded_and`); the enforced filter's params after the
     # client's. The engine's errors about the client's part then name what the client
     # sent, once its offset is taken off their locations (`remap_where_error`).
     combined = clauses.combined(clause, enforced_sql, len(client_params))
     policy = PolicyWhere(combined.sql, True, len(client_params), rule.claim_paths)
-    return combined.sql, client_params + enforced_params, combined, policy
+    return combined.sql, client_params + enforced_params, combined, policy, clause.refused
 
 
 def _check_subset(
@@ -647,17 +653,20 @@ def _check_subset(
     if rule.client_where == "passthrough":
         return subset, None
     where = None
+    deferred = None
     params: Mapping[str, str] = {}
     if subset.where is not None:
-        clause = clauses.client_where(subset.where, rule.columns, what="subset where")
+        clause = clauses.client_where(
+            subset.where, rule.columns, what="subset where", defer_functions=True
+        )
         _refuse_missing(clause, len(subset.params), "subset.where")
+        deferred = clause.refused
         # As written: the engine parses it into the tree checked here, and its errors then
         # locate what the client sent (the regenerated text moves every position).
         where = clause.text
         params = subset.params
     # (subset params without a subset where: ignored, as the engine ignores them)
     order_by = None
-    deferred = None
     if subset.order_by is not None:
         try:
             order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
@@ -669,7 +678,7 @@ def _check_subset(
             # for the engine to name the first fault, as it would of this request (an order_by
             # that is no plain column, which it refuses by the same rule). Whatever else the
             # engine answers, the client gets this refusal (transparency LOW, 11 of 250).
-            order_by, deferred = subset.order_by, exc
+            order_by, deferred = subset.order_by, deferred or exc
     checked = SubsetRequest(
         where=where,
         params=params,
@@ -742,7 +751,9 @@ def evaluate(
     _refuse_unsafe_pattern(policy, table, rule, claims, anonymous=anonymous)
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
-    where, params, combined, policy_where = _build_where(rule, claims, request, policy.clauses)
+    where, params, combined, policy_where, where_refused = _build_where(
+        rule, claims, request, policy.clauses
+    )
     shared = table.shared and _pattern_shared(policy, table)
     if rule.client_where == "passthrough":
         # A clause that reads other tables answers by what the caller may read there too:
@@ -786,6 +797,8 @@ def evaluate(
         if request.subset is not None
         else (None, None)
     )
+    # (the engine reads the shape's where before the subset's: its refusal first)
+    deferred = where_refused or deferred
     return Decision(
         table=upstream_table,
         rule=rule.name,

@@ -110,6 +110,11 @@ class ClientClause:
     #: Location of the clause's root node in `text`, unless the root is an AND (always a
     #: boolean) or has none.
     root_at: int | None = None
+    #: Set with `defer_functions`: the engine's schema-free refusal of a function (or
+    #: operator) the clause uses. The engine, which knows the columns' types, may name
+    #: another fault of the clause first; the caller sends the clause and says this only if
+    #: the engine does not refuse it (`proxy.policy.evaluate.Decision.unless_engine_refuses`).
+    refused: EngineWords | None = None
 
     def missing_param(self, given: int) -> str | None:
         """The engine's error for the first `$n` beyond the `given` params, if any."""
@@ -367,13 +372,20 @@ def _deparse_where(node: ast.Node, what: str, source: str | None = None) -> str:
 
 
 def check_client_where(
-    clause: str, allowed_columns: Collection[str] | None, *, param_offset: int = 0, what: str
+    clause: str,
+    allowed_columns: Collection[str] | None,
+    *,
+    param_offset: int = 0,
+    what: str,
+    defer_functions: bool = False,
 ) -> ClientClause:
     """Validate a client where clause and return it deparsed with `$n` shifted.
 
     Raises `BadShapeRequest` when it does not parse as exactly one boolean-ish expression or
     uses something outside the allowed node types, `Forbidden` when it references a column
-    outside `allowed_columns` (None means every column is visible).
+    outside `allowed_columns` (None means every column is visible). `defer_functions`: a
+    function the engine does not evaluate is not raised but kept in `ClientClause.refused`
+    (every other check passed: node types, columns, depth).
     """
     if len(clause) > MAX_CLAUSE_LENGTH:
         # (the parse and check run on the proxy's event loop, ~7 µs a character for a long IN
@@ -387,8 +399,14 @@ def check_client_where(
     where = stmt.whereClause
     _check_depth(where, what)
     refs, calls = _check_tree(where, allowed_columns, what)
+    refused = None
     if calls:
-        _check_functions(clause, what)
+        try:
+            _check_functions(clause, what)
+        except EngineWords as exc:
+            if not defer_functions:
+                raise
+            refused = exc
     if isinstance(where, ast.A_Const) and where.isnull:
         # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
         # filter it would become a boolean and match nothing, a 200 the engine never gives.
@@ -400,6 +418,7 @@ def check_client_where(
         param_refs=tuple(refs),
         text=clause,
         root_at=_root_location(where),
+        refused=refused,
     )
 
 
@@ -1009,12 +1028,18 @@ class ClauseCache:
         *,
         param_offset: int = 0,
         what: str,
+        defer_functions: bool = False,
     ) -> ClientClause:
-        key = ("where", clause, allowed_columns, param_offset, what)
+        kind = "where deferring" if defer_functions else "where"
+        key = (kind, clause, allowed_columns, param_offset, what)
         result = self._get(
             key,
             lambda: check_client_where(
-                clause, allowed_columns, param_offset=param_offset, what=what
+                clause,
+                allowed_columns,
+                param_offset=param_offset,
+                what=what,
+                defer_functions=defer_functions,
             ),
         )
         assert isinstance(result, ClientClause)

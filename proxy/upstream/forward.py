@@ -111,6 +111,9 @@ class Target:
     #: A subset snapshot (a POST, or a GET whose engine URL carries one): its engine answer
     #: may come as late as the engine's subset query may run (`subset_wait`).
     subset: bool = False
+    #: The proxy refuses the request unless the engine refuses it first (`proxy.http.handlers.
+    #: finish`): only the engine's error answer is read, never a body of rows. Always direct.
+    refused: bool = False
 
 
 #: The least time the proxy waits for the engine's answer to a subset snapshot: the engine's
@@ -336,6 +339,8 @@ class Forwarder:
         self.still_authorised(target)
         if target.subset and options.first_byte_timeout < SUBSET_WAIT:
             options = replace(options, first_byte_timeout=subset_wait(options))
+        if target.refused:
+            return await self._admitted_direct(request, target, options, request_id, None, admit)
         if target.sse and target.live and target.method == "GET" and options.collapse:
             outcome = await self._shared_sse(request, target, options, request_id, admit)
             if outcome is not None:
@@ -584,6 +589,10 @@ class Forwarder:
         whole = False
         try:
             head = self.head(upstream, options, target, cacheable=key is not None)
+            if target.refused and head.status < 400:
+                # (the proxy's refusal goes instead: the body is not read, the connection
+                # closed; any rows in it would be the policy's own, but none go out)
+                return Outcome(complete(head, b""), head.status)
             if target.method == "HEAD":  # headers only; Content-Length says what a GET would send
                 whole = True
                 bodiless = complete(head, b"")
