@@ -85,7 +85,7 @@ from proxy.runtime import (
 )
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
-from proxy.upstream.forward import Admit, Forwarder, Reauthorise, Target
+from proxy.upstream.forward import SUBSET_WAIT, Admit, Forwarder, Reauthorise, Target
 from proxy.upstream.held import MIN_HOLD
 from proxy.upstream.respond import Outcome
 from proxy.upstream.url import (
@@ -664,8 +664,15 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
     limited = prepared.limits.max_subsets is not None and is_subset(prepared, "GET")
-    # (nor one whose refusal waits for the engine's answer: the fast lane would relay it)
-    limited = limited or prepared.unless_engine_refuses is not None
+    # (nor one whose refusal waits for the engine's answer: the fast lane would relay it;
+    # nor a subset while the fast lane would wait less for its answer than the general path,
+    # `subset_wait`: its own `first_byte_timeout` made a slow subset the proxy's 504, review
+    # 22:55; remembered again once the fast lane waits as long, bugs-for-perf 22:45)
+    limited = (
+        limited
+        or prepared.unless_engine_refuses is not None
+        or (prepared.subset and runtime.options.first_byte_timeout < SUBSET_WAIT)
+    )
     if cache is not None and remapped is not None and key is not None and not limited:
         # (a subset under `max_subsets` is never remembered: the fast lane, which reads these,
         # would forward its repeats without counting them)

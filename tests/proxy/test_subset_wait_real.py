@@ -75,3 +75,48 @@ async def test_a_subset_slower_than_the_first_byte_timeout_is_the_engines_answer
         items = answer["data"] if isinstance(answer, dict) else answer
         # the member's org-a rows, in the subset's order
         assert [item["value"]["id"] for item in items if "value" in item] == ["1", "3"], body
+
+
+async def test_a_repeated_subset_waits_as_long(
+    items_engine: EngineProcess,
+    db_url: str,
+    idp_server: Any,
+    reloadable_proxy: Any,
+    fast_lane_taken: list[str],
+) -> None:
+    """The same GET subset asked again (a request the proxy authorised before, which the fast
+    lane may take when `max_subsets` is unlimited) waits as long (review 22:55: the fast lane
+    sent it with `first_byte_timeout`, and it was a 504 after 1 s). Probe test by review."""
+    config = items_config(
+        items_engine, idp_server, collapse=False, first_byte_timeout=FIRST_BYTE_TIMEOUT
+    )
+    config["limits"] = {"max_subsets": "unlimited"}
+    proxy = await reloadable_proxy(config)  # (the fast lane on)
+    token = proxy.tokens.make()
+    _, handle, offset = await sync_through(proxy, token)
+    where = quote("title <> 'none'")
+    url = (
+        f"/v1/shape?table=items&handle={handle}&offset={offset}"
+        f"&subset__where={where}&subset__order_by=id&subset__limit=10"
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async def get() -> tuple[int, bytes]:
+        async with proxy.client.get(url, headers=auth) as resp:
+            return resp.status, await resp.read()
+
+    assert (await get())[0] == 200  # authorised: its repeat may take the fast lane
+    lock = psycopg.connect(db_url)
+    try:
+        lock.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        task = asyncio.create_task(get())
+        await wait_until_async(lambda: waiting_on_lock(db_url) >= 1, timeout=60, message="waits")
+        await asyncio.sleep(FIRST_BYTE_TIMEOUT + 2)
+    finally:
+        lock.rollback()
+        lock.close()
+    status, body = await task
+    assert status == 200, body  # (on d4dedaf2: 504 upstream_timeout, from the fast lane)
+    answer = json.loads(body)
+    items = answer["data"] if isinstance(answer, dict) else answer
+    assert [item["value"]["id"] for item in items if "value" in item] == ["1", "3"], body
