@@ -563,14 +563,20 @@ def _queryable_columns(rule: CompiledRule, request: ShapeRequest) -> tuple[str, 
     except ValueError as exc:
         # (the engine's words for the same list: it reads it with the same parser)
         raise EngineWords("invalid_columns", str(exc), field="queryable_columns") from None
-    hidden = [c for c in names if c not in rule.columns]
+    _refuse_hidden(names, rule.columns, "queryable_columns")
+    return names
+
+
+def _refuse_hidden(names: tuple[str, ...], shown: frozenset[str], field: str) -> None:
+    """A list (`columns`, `queryable_columns`) naming a column the rule hides: a 403 naming
+    those names and the rule's (a typo and a hidden column read alike)."""
+    hidden = [c for c in names if c not in shown]
     if hidden:
         raise Forbidden(
             "column_not_allowed",
-            f"queryable_columns not allowed: {', '.join(hidden)}{shown_columns(rule.columns)}",
-            field="queryable_columns",
+            f"{field} not allowed: {', '.join(hidden)}{shown_columns(shown)}",
+            field=field,
         )
-    return names
 
 
 def _ordered(params: Mapping[Any, str]) -> tuple[str, ...]:
@@ -767,13 +773,7 @@ def evaluate(
         # Nothing hidden: the list goes as written, and the engine reads (or refuses) it.
         columns, columns_text = None, request.columns_text
     if rule.columns is not None and columns is not None:
-        hidden = [c for c in columns if c not in rule.columns]
-        if hidden:
-            raise Forbidden(
-                "column_not_allowed",
-                f"columns not allowed: {', '.join(hidden)}{shown_columns(rule.columns)}",
-                field="columns",
-            )
+        _refuse_hidden(columns, rule.columns, "columns")
     queryable = _queryable_columns(rule, request)
     columns_are_queryable = columns is None and queryable is not None
     if columns is None:
