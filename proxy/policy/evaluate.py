@@ -70,8 +70,9 @@ class Decision:
     #: sends that list as `columns` too (the rows never rest on the engine's default).
     columns_are_queryable: bool = False
     #: The proxy's refusal of the request, said only if the engine does not refuse it first
-    #: (its 400 names the first fault, in its order of checks): a subset whose `order_by` is
-    #: no plain column, beside a where whose faults only the engine can see.
+    #: (its 400 names the first fault, in its order of checks, some of which only the column
+    #: types show): a where calling a function the engine never evaluates, a subset whose
+    #: `order_by` is no plain column. The engine refuses both whatever the table.
     unless_engine_refuses: EngineWords | None = None
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
@@ -650,8 +651,8 @@ def _build_where(
 def _check_subset(
     rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache
 ) -> tuple[SubsetRequest, EngineWords | None]:
-    """The subset to send, and the refusal of its `order_by` left for after the engine's
-    answer (`Decision.unless_engine_refuses`), if any."""
+    """The subset to send, and the refusal of its where's function or of its `order_by` left
+    for after the engine's answer (`Decision.unless_engine_refuses`), if any."""
     if not rule.subset:
         raise Forbidden(
             "subset_not_allowed", "this shape does not accept subset requests", field="subset"
@@ -677,13 +678,14 @@ def _check_subset(
         try:
             order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
         except EngineWords as exc:
-            if where is None or exc.reason != "invalid_order_by":
+            if exc.reason != "invalid_order_by":
                 raise
-            # The engine checks a subset's where (its types, its params) before its order_by,
-            # and the proxy cannot see all of that where's faults: the list goes as written,
-            # for the engine to name the first fault, as it would of this request (an order_by
-            # that is no plain column, which it refuses by the same rule). Whatever else the
-            # engine answers, the client gets this refusal (transparency LOW, 11 of 250).
+            # The engine checks the shape (its columns, its where) and the subset's where
+            # (their types, their params) before the order_by, and the proxy cannot see all
+            # their faults: the list goes as written, for the engine to name the first fault,
+            # as it would of this request (an order_by that is no plain column, which it
+            # refuses by the same rule). Whatever else the engine answers, the client gets
+            # this refusal (transparency LOW, 11 of 250).
             order_by, deferred = subset.order_by, deferred or exc
     checked = SubsetRequest(
         where=where,
