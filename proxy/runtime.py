@@ -32,7 +32,7 @@ from proxy.config.loader import (
     read_regular_file,
 )
 from proxy.config.model import AccessRule, ProxyConfig, TablePolicy
-from proxy.errors import EngineWords
+from proxy.errors import BadShapeRequest
 from proxy.limits.config import LimitSettings
 from proxy.limits.upstream import secret_forms, secret_marker
 from proxy.metrics import Metrics, metrics_exposure
@@ -98,7 +98,7 @@ class Prepared:
     subset: bool = False
     #: `Decision.unless_engine_refuses`: the client's answer unless the engine's is a 400.
     #: Such a request is never remembered (the fast lane relays a 200 as it is) nor cached.
-    unless_engine_refuses: EngineWords | None = None
+    unless_engine_refuses: BadShapeRequest | None = None
     #: The `columns` sent are the client's `queryable_columns` (it sent no `columns`): the
     #: engine's refusals of them are said under `queryable_columns`, as the engine says them.
     columns_are_queryable: bool = False

@@ -24,6 +24,7 @@ from proxy.policy.sql import (
     ClauseCache,
     ClientClause,
     CombinedWhere,
+    order_by_may_go,
     parse_identifier_list,
     parse_table_name,
     quote_identifier,
@@ -73,7 +74,7 @@ class Decision:
     #: (its 400 names the first fault, in its order of checks, some of which only the column
     #: types show): a where calling a function the engine never evaluates, a subset whose
     #: `order_by` is no plain column. The engine refuses both whatever the table.
-    unless_engine_refuses: EngineWords | None = None
+    unless_engine_refuses: BadShapeRequest | None = None
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
@@ -597,7 +598,7 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
 ) -> tuple[
-    str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None, EngineWords | None
+    str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None, BadShapeRequest | None
 ]:
     """The where and params to send, how to read the engine's errors about them, and the
     proxy's refusal of a function in the client's where left for after the engine's answer
@@ -650,7 +651,7 @@ def _build_where(
 
 def _check_subset(
     rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache
-) -> tuple[SubsetRequest, EngineWords | None]:
+) -> tuple[SubsetRequest, BadShapeRequest | None]:
     """The subset to send, and the refusal of its where's function or of its `order_by` left
     for after the engine's answer (`Decision.unless_engine_refuses`), if any."""
     if not rule.subset:
@@ -678,7 +679,9 @@ def _check_subset(
         try:
             order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
         except EngineWords as exc:
-            if exc.reason != "invalid_order_by":
+            if exc.reason != "invalid_order_by" or not order_by_may_go(
+                subset.order_by, rule.columns
+            ):
                 raise
             # The engine checks the shape (its columns, its where) and the subset's where
             # (their types, their params) before the order_by, and the proxy cannot see all

@@ -33,6 +33,10 @@ CLAUSES = [
     "round(id) = mod(id, 3) OR least(id, 9) > +4 AND least(id, 9) > ceil(id)",
     "lower(id) = 'a' AND now() > '2020-01-01'",
     "title > 5 OR pg_sleep(1) IS NULL",
+    # a row expression (the engine's words, not the proxy's `unsupported_where`)
+    "NOT ((id::numeric > 2147483647 AND (id, n) > (5, 1)))",
+    "(id, n) > (5, 1)",
+    "lower(id) = 'a' OR (id, n) = (1, 1)",
     # one fault
     "title !~ 'x'",
     "now() > '2020-01-01'",
