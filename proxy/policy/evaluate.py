@@ -645,6 +645,12 @@ def _build_where(
     # client's. The engine's errors about the client's part then name what the client
     # sent, once its offset is taken off their locations (`remap_where_error`).
     combined = clauses.combined(clause, enforced_sql, len(client_params))
+    if clause.refused is not None and combined.client_at is None:
+        # The client's text could not go verbatim (`trim(x)` is sent as `pg_catalog.btrim`):
+        # the engine's locations would count in the regenerated where, which the client
+        # never wrote and whose length tells the enforced filter's (hostile 23:12). The
+        # proxy's refusal, located in the client's own text, goes at once.
+        raise clause.refused.copy()
     policy = PolicyWhere(combined.sql, True, len(client_params), rule.claim_paths)
     return combined.sql, client_params + enforced_params, combined, policy, clause.refused
 
