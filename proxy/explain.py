@@ -108,6 +108,9 @@ async def explain(
                 shape_name=shape_name,
                 anonymous=token is None and not claims,
             )
+            if decision.unless_engine_refuses is not None:
+                # (the proxy refuses it unless the engine names another fault first)
+                raise decision.unless_engine_refuses.copy()
         except ProxyError as exc:
             report.update(allowed=False, status=exc.status, reason=exc.reason, message=exc.message)
             if exc.reason == "no_matching_rule":

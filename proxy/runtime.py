@@ -32,6 +32,7 @@ from proxy.config.loader import (
     read_regular_file,
 )
 from proxy.config.model import AccessRule, ProxyConfig, TablePolicy
+from proxy.errors import BadShapeRequest
 from proxy.limits.config import LimitSettings
 from proxy.limits.upstream import secret_forms, secret_marker
 from proxy.metrics import Metrics, metrics_exposure
@@ -92,6 +93,15 @@ class Prepared:
     #: The columns the rule shows (None: all): the engine's refusal of a shape without its
     #: primary key is said in the rule's terms when the rule hides a key column.
     rule_columns: tuple[str, ...] | None = None
+    #: A subset snapshot (a POST, or a GET with `subset__*`): its engine answer is waited for
+    #: as long as the engine's subset query may run (`upstream.forward.subset_wait`).
+    subset: bool = False
+    #: `Decision.unless_engine_refuses`: the client's answer unless the engine's is a 400.
+    #: Such a request is never remembered (the fast lane relays a 200 as it is) nor cached.
+    unless_engine_refuses: BadShapeRequest | None = None
+    #: The `columns` sent are the client's `queryable_columns` (it sent no `columns`): the
+    #: engine's refusals of them are said under `queryable_columns`, as the engine says them.
+    columns_are_queryable: bool = False
     #: The rule's enforced filter went in `where`: the engine's 400s located in it are the
     #: policy's, never shown as they are (`proxy.http.handlers.blame_policy_where`).
     policy_where: PolicyWhere | None = None

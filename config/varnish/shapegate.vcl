@@ -59,6 +59,16 @@ sub vcl_hash {
     return (lookup);
 }
 
+sub vcl_backend_fetch {
+    # A subset snapshot (a POST, or a GET with `subset__*`) is answered only once its query
+    # has ended, after up to the engine's --snapshot-timeout (300 s by default): waited for
+    # 310 s, as shape-proxy waits (the backend's 90 s made a slow subset Varnish's 503).
+    if (bereq.method == "POST" || bereq.url ~ "[?&]subset__") {
+        set bereq.first_byte_timeout = 310s;
+        set bereq.between_bytes_timeout = 310s;
+    }
+}
+
 sub vcl_backend_response {
     # Only these statuses are ever stored; the engine's cache-control sets their TTLs
     # (Varnish reads s-maxage / max-age / stale-while-revalidate itself).

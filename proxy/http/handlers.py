@@ -36,7 +36,7 @@ from proxy.errors import (
     UnsupportedMediaType,
 )
 from proxy.http import positions
-from proxy.http.errors import error_response
+from proxy.http.errors import error_response, render_proxy_error
 from proxy.http.headers import (
     ALLOWED_REQUEST_HEADERS,
     preflight_headers,
@@ -85,7 +85,7 @@ from proxy.runtime import (
 )
 from proxy.shape_request import ShapeRequest
 from proxy.upstream.client import key_of, request_line
-from proxy.upstream.forward import Admit, Forwarder, Reauthorise, Target
+from proxy.upstream.forward import SUBSET_WAIT, Admit, Forwarder, Reauthorise, Target
 from proxy.upstream.held import MIN_HOLD
 from proxy.upstream.respond import Outcome
 from proxy.upstream.url import (
@@ -436,14 +436,23 @@ def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> Non
 
 
 def name_the_rule(
-    response: StreamResponse, rule: str, rule_columns: tuple[str, ...], warned: set[str]
+    response: StreamResponse,
+    rule: str,
+    rule_columns: tuple[str, ...],
+    warned: set[str],
+    *,
+    field: str = "columns",
 ) -> None:
     """The engine's 400 for a shape without all its primary key columns, when the policy rule
     hides one of them: no request of that rule can succeed, and the engine's words (about a
     `columns` the client may not have sent) blame the client. Said in the rule's terms
     instead (`proxy.policy.evaluate.rule_columns_error`), in place; the missing columns go to
     the operator, in a WARNING once per rule (`warned`: those named so far under this config;
-    the client may not see their names)."""
+    the client may not see their names).
+
+    `field="queryable_columns"`: the `columns` the engine refused were the client's
+    `queryable_columns` (`Decision.columns_are_queryable`), so its other refusals of them go
+    under that name, as the engine names them when it gets the list alone."""
     if not isinstance(response, Response) or not isinstance(response.body, bytes):
         return
     try:
@@ -458,6 +467,10 @@ def name_the_rule(
         rule_columns_error(m, rule, rule_columns) if isinstance(m, str) else None for m in messages
     ]
     if not any(said):
+        if field != "columns":
+            assert isinstance(errors, dict)
+            answer["errors"] = {field if k == "columns" else k: v for k, v in errors.items()}
+            response.body = orjson.dumps(answer)
         return
     if rule not in warned:
         warned.add(rule)
@@ -482,7 +495,7 @@ def target_of(
     until = prepared.token_until
     return Target(
         method=method,
-        cacheable=method != "HEAD",
+        cacheable=method != "HEAD" and prepared.unless_engine_refuses is None,
         url=prepared.url,
         url_text=prepared.url_text,
         body=body,
@@ -495,6 +508,8 @@ def target_of(
         deadline=prepared.token_exp,
         epoch=epoch,
         answer_by=None if until is None else max(until, time.time() + MIN_HOLD),
+        subset=prepared.subset or method == "POST",
+        refused=prepared.unless_engine_refuses is not None,
     )
 
 
@@ -508,6 +523,18 @@ def finish(
     refusing the shape's columns for want of a primary key column the rule hides is said in
     the rule's terms (`name_the_rule`)."""
     context = request.context
+    if (
+        prepared is not None
+        and prepared.unless_engine_refuses is not None
+        and outcome.upstream_status != 400
+    ):
+        # The engine named no fault before the proxy's: the proxy's refusal. (The engine
+        # refuses such an order_by by the same rule, so it never answers rows; were it to,
+        # they would be the policy's own: its filter and columns went with the request.)
+        deferred = prepared.unless_engine_refuses.copy()
+        context.upstream_status = outcome.upstream_status
+        context.outcome, context.reason = "refused", deferred.reason
+        return render_proxy_error(deferred)
     if outcome.upstream_status == 401:
         # The engine refused the proxy's own credentials (`upstream.secret_env` or
         # `secret_file`, `source_id`): nothing the client can mend with its token, so not a
@@ -576,7 +603,11 @@ def finish(
                 remap_where_errors(outcome.response, prepared.combined)
             if prepared.rule_columns is not None:
                 name_the_rule(
-                    outcome.response, prepared.rule, prepared.rule_columns, runtime.warned_rules
+                    outcome.response,
+                    prepared.rule,
+                    prepared.rule_columns,
+                    runtime.warned_rules,
+                    field="queryable_columns" if prepared.columns_are_queryable else "columns",
                 )
     context.upstream_status = outcome.upstream_status
     context.cache = outcome.cache
@@ -633,6 +664,15 @@ async def _prepare_get(request: Request, runtime: Runtime, shape_name: str | Non
     epoch = runtime.verifier.epoch
     prepared, _ = await _prepare(request, runtime, shape_name, method="GET")
     limited = prepared.limits.max_subsets is not None and is_subset(prepared, "GET")
+    # (nor one whose refusal waits for the engine's answer: the fast lane would relay it;
+    # nor a subset while the fast lane would wait less for its answer than the general path,
+    # `subset_wait`: its own `first_byte_timeout` made a slow subset the proxy's 504, review
+    # 22:55; remembered again once the fast lane waits as long, bugs-for-perf 22:45)
+    limited = (
+        limited
+        or prepared.unless_engine_refuses is not None
+        or (prepared.subset and runtime.options.first_byte_timeout < SUBSET_WAIT)
+    )
     if cache is not None and remapped is not None and key is not None and not limited:
         # (a subset under `max_subsets` is never remembered: the fast lane, which reads these,
         # would forward its repeats without counting them)
@@ -776,6 +816,8 @@ async def _prepare(
         definition=definition,
         handle=None if initial else protocol.get("handle"),
         initial=initial,
+        subset=post or decision.subset is not None,
+        unless_engine_refuses=decision.unless_engine_refuses,
         expires=expires,
         token_exp=None if anonymous else float(claims["exp"]),
         token_until=(
@@ -788,7 +830,8 @@ async def _prepare(
         request_line=request_line("GET", url),
         pool_key=key_of(url),
         combined=decision.combined,
-        rule_columns=decision.queryable_columns,
+        rule_columns=decision.rule_columns,
+        columns_are_queryable=decision.columns_are_queryable,
         policy_where=decision.policy_where,
     )
     body = None

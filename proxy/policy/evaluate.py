@@ -24,6 +24,8 @@ from proxy.policy.sql import (
     ClauseCache,
     ClientClause,
     CombinedWhere,
+    order_by_may_go,
+    parse_identifier_list,
     parse_table_name,
     quote_identifier,
     shown_columns,
@@ -58,8 +60,21 @@ class Decision:
     #: The client's `columns` as written, sent as is when the rule hides no column.
     columns_text: str | None = None
     #: The client's `queryable_columns` as written, sent as is when the rule hides no column
-    #: (else the rule's `queryable_columns` go: the rule's list is the policy's narrowing).
+    #: (else `queryable_columns` go: the client's list when every name in it is one the rule
+    #: shows, the rule's when it sent none; the client may narrow the rule, never widen it).
     queryable_columns_text: str | None = None
+    #: The columns the rule shows (None: all), to name the rule when the engine refuses a
+    #: shape for want of a primary key column the rule hides (`rule_columns_error`).
+    rule_columns: tuple[str, ...] | None = None
+    #: The engine's refusals of `columns` are the client's `queryable_columns`'s: the client
+    #: sent a list to query and no `columns` under a rule that hides columns, so the proxy
+    #: sends that list as `columns` too (the rows never rest on the engine's default).
+    columns_are_queryable: bool = False
+    #: The proxy's refusal of the request, said only if the engine does not refuse it first
+    #: (its 400 names the first fault, in its order of checks, some of which only the column
+    #: types show): a where calling a function the engine never evaluates, a subset whose
+    #: `order_by` is no plain column. The engine refuses both whatever the table.
+    unless_engine_refuses: BadShapeRequest | None = None
     #: Set when a client's where was ANDed with the enforced one: how to put the engine's
     #: errors about it back in the client's terms (`proxy.policy.sql.remap_where_error`).
     combined: CombinedWhere | None = None
@@ -537,6 +552,35 @@ def _table_key(text: str) -> tuple[str, str]:
         raise BadShapeRequest("invalid_table", str(exc), field="table") from None
 
 
+def _queryable_columns(rule: CompiledRule, request: ShapeRequest) -> tuple[str, ...] | None:
+    """The client's `queryable_columns` under a rule that hides columns: its names, each one
+    the rule shows (a hidden one refused as in `columns`: a client may narrow what the rule
+    lets it query, never widen it). None when the rule hides nothing (the text goes as
+    written) or the client sent none (a blank value is none to the engine too)."""
+    text = request.queryable_columns_text
+    if rule.columns is None or text is None or text == "":
+        return None
+    try:
+        names = parse_identifier_list(text)
+    except ValueError as exc:
+        # (the engine's words for the same list: it reads it with the same parser)
+        raise EngineWords("invalid_columns", str(exc), field="queryable_columns") from None
+    _refuse_hidden(names, rule.columns, "queryable_columns")
+    return names
+
+
+def _refuse_hidden(names: tuple[str, ...], shown: frozenset[str], field: str) -> None:
+    """A list (`columns`, `queryable_columns`) naming a column the rule hides: a 403 naming
+    those names and the rule's (a typo and a hidden column read alike)."""
+    hidden = [c for c in names if c not in shown]
+    if hidden:
+        raise Forbidden(
+            "column_not_allowed",
+            f"{field} not allowed: {', '.join(hidden)}{shown_columns(shown)}",
+            field=field,
+        )
+
+
 def _ordered(params: Mapping[Any, str]) -> tuple[str, ...]:
     """Params numbered 1..n (checked by `http.params`) as the tuple for `$1..$n`."""
     by_number = {int(k): v for k, v in params.items()}
@@ -553,7 +597,13 @@ def _refuse_missing(clause: ClientClause, given: int, field: str) -> None:
 
 def _build_where(
     rule: CompiledRule, claims: Claims, request: ShapeRequest, clauses: ClauseCache
-) -> tuple[str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None]:
+) -> tuple[
+    str | None, tuple[str, ...], CombinedWhere | None, PolicyWhere | None, BadShapeRequest | None
+]:
+    """The where and params to send, how to read the engine's errors about them, and the
+    proxy's refusal of a function in the client's where left for after the engine's answer
+    (`ClientClause.refused`: the engine, knowing the columns' types, may name another fault
+    of the clause first, as it would of this request)."""
     template = rule.template
     slots = template.array_slots if template else frozenset()
     enforced_params = tuple(
@@ -572,9 +622,9 @@ def _build_where(
         # Params without a where mean nothing to the engine, which ignores them: so does
         # the proxy (they never reach the engine, whose `$1..$n` are the enforced ones).
         if enforced_sql is None:
-            return None, enforced_params, None, None
+            return None, enforced_params, None, None, None
         policy = PolicyWhere(enforced_sql, False, 0, rule.claim_paths)
-        return enforced_sql, enforced_params, None, policy
+        return enforced_sql, enforced_params, None, policy, None
     if rule.client_where == "forbid":
         raise Forbidden(
             "client_where_not_allowed", "this shape does not accept a client where", field="where"
@@ -582,35 +632,49 @@ def _build_where(
     client_params = _ordered(request.params)
     if rule.client_where == "passthrough":
         # No enforced filter and no hidden column (checked at load): the engine checks it.
-        return request.where, client_params, None, None
-    clause = clauses.client_where(request.where, rule.columns, what="where")
+        return request.where, client_params, None, None, None
+    clause = clauses.client_where(request.where, rule.columns, what="where", defer_functions=True)
     _refuse_missing(clause, len(client_params), "where")
     if enforced_sql is None:
         # Nothing to AND it with: the text as the client wrote it, which the engine parses
         # into the very tree checked here (both use pglast), so its errors locate the
         # client's own text.
-        return request.where, client_params, None, None
+        return request.where, client_params, None, None, clause.refused
     # The client's clause as written, with its own `$1..$k`, reached only for rows the
     # enforced filter admits (`guarded_and`); the enforced filter's params after the
     # client's. The engine's errors about the client's part then name what the client
     # sent, once its offset is taken off their locations (`remap_where_error`).
     combined = clauses.combined(clause, enforced_sql, len(client_params))
+    if clause.refused is not None and combined.client_at is None:
+        # The client's text could not go verbatim (`trim(x)` is sent as `pg_catalog.btrim`):
+        # the engine's locations would count in the regenerated where, which the client
+        # never wrote and whose length tells the enforced filter's (hostile 23:12). The
+        # proxy's refusal, located in the client's own text, goes at once.
+        raise clause.refused.copy()
     policy = PolicyWhere(combined.sql, True, len(client_params), rule.claim_paths)
-    return combined.sql, client_params + enforced_params, combined, policy
+    return combined.sql, client_params + enforced_params, combined, policy, clause.refused
 
 
-def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache) -> SubsetRequest:
+def _check_subset(
+    rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCache
+) -> tuple[SubsetRequest, BadShapeRequest | None]:
+    """The subset to send, and the refusal of its where's function or of its `order_by` left
+    for after the engine's answer (`Decision.unless_engine_refuses`), if any."""
     if not rule.subset:
         raise Forbidden(
             "subset_not_allowed", "this shape does not accept subset requests", field="subset"
         )
     if rule.client_where == "passthrough":
-        return subset
+        return subset, None
     where = None
+    deferred = None
     params: Mapping[str, str] = {}
     if subset.where is not None:
-        clause = clauses.client_where(subset.where, rule.columns, what="subset where")
+        clause = clauses.client_where(
+            subset.where, rule.columns, what="subset where", defer_functions=True
+        )
         _refuse_missing(clause, len(subset.params), "subset.where")
+        deferred = clause.refused
         # As written: the engine parses it into the tree checked here, and its errors then
         # locate what the client sent (the regenerated text moves every position).
         where = clause.text
@@ -618,14 +682,28 @@ def _check_subset(rule: CompiledRule, subset: SubsetRequest, clauses: ClauseCach
     # (subset params without a subset where: ignored, as the engine ignores them)
     order_by = None
     if subset.order_by is not None:
-        order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
-    return SubsetRequest(
+        try:
+            order_by = clauses.order_by(subset.order_by, rule.columns, what="subset order_by")
+        except EngineWords as exc:
+            if exc.reason != "invalid_order_by" or not order_by_may_go(
+                subset.order_by, rule.columns
+            ):
+                raise
+            # The engine checks the shape (its columns, its where) and the subset's where
+            # (their types, their params) before the order_by, and the proxy cannot see all
+            # their faults: the list goes as written, for the engine to name the first fault,
+            # as it would of this request (an order_by that is no plain column, which it
+            # refuses by the same rule). Whatever else the engine answers, the client gets
+            # this refusal (transparency LOW, 11 of 250).
+            order_by, deferred = subset.order_by, deferred or exc
+    checked = SubsetRequest(
         where=where,
         params=params,
         limit=subset.limit,
         offset=subset.offset,
         order_by=order_by,
     )
+    return checked, deferred
 
 
 def _check_subquery_tables(
@@ -690,7 +768,9 @@ def evaluate(
     _refuse_unsafe_pattern(policy, table, rule, claims, anonymous=anonymous)
     if delete and not rule.delete:
         raise Forbidden("delete_not_allowed", "this shape may not be deleted through the proxy")
-    where, params, combined, policy_where = _build_where(rule, claims, request, policy.clauses)
+    where, params, combined, policy_where, where_refused = _build_where(
+        rule, claims, request, policy.clauses
+    )
     shared = table.shared and _pattern_shared(policy, table)
     if rule.client_where == "passthrough":
         # A clause that reads other tables answers by what the caller may read there too:
@@ -704,15 +784,11 @@ def evaluate(
         # Nothing hidden: the list goes as written, and the engine reads (or refuses) it.
         columns, columns_text = None, request.columns_text
     if rule.columns is not None and columns is not None:
-        hidden = [c for c in columns if c not in rule.columns]
-        if hidden:
-            raise Forbidden(
-                "column_not_allowed",
-                f"columns not allowed: {', '.join(hidden)}{shown_columns(rule.columns)}",
-                field="columns",
-            )
+        _refuse_hidden(columns, rule.columns, "columns")
+    queryable = _queryable_columns(rule, request)
+    columns_are_queryable = columns is None and queryable is not None
     if columns is None:
-        columns = rule.column_order
+        columns = queryable if queryable is not None else rule.column_order
     if request.replica not in (None, "default", "full"):
         raise BadShapeRequest("invalid_replica", "is invalid", field="replica")
     if request.replica == "full" and not rule.replica_full:
@@ -727,9 +803,13 @@ def evaluate(
             "SSE is not allowed for this shape; use long-polling",
             field="live_sse",
         )
-    subset = (
-        _check_subset(rule, request.subset, policy.clauses) if request.subset is not None else None
+    subset, deferred = (
+        _check_subset(rule, request.subset, policy.clauses)
+        if request.subset is not None
+        else (None, None)
     )
+    # (the engine reads the shape's where before the subset's: its refusal first)
+    deferred = where_refused or deferred
     return Decision(
         table=upstream_table,
         rule=rule.name,
@@ -738,7 +818,10 @@ def evaluate(
         columns=columns,
         columns_text=columns_text,
         queryable_columns_text=(request.queryable_columns_text if rule.columns is None else None),
-        queryable_columns=rule.column_order,
+        queryable_columns=queryable if queryable is not None else rule.column_order,
+        rule_columns=rule.column_order,
+        columns_are_queryable=columns_are_queryable,
+        unless_engine_refuses=deferred,
         replica=request.replica,
         protocol=request.protocol,
         subset=subset,

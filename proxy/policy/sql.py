@@ -110,6 +110,12 @@ class ClientClause:
     #: Location of the clause's root node in `text`, unless the root is an AND (always a
     #: boolean) or has none.
     root_at: int | None = None
+    #: Set with `defer_functions`: the refusal of a function (or operator) the engine never
+    #: evaluates (its schema-free check's words), or of a node it refuses wherever it is (a
+    #: row expression). The engine, which knows the columns' types, may name another fault
+    #: of the clause first; the caller sends the clause and says this only if the engine
+    #: does not refuse it (`proxy.policy.evaluate.Decision.unless_engine_refuses`).
+    refused: BadShapeRequest | None = None
 
     def missing_param(self, given: int) -> str | None:
         """The engine's error for the first `$n` beyond the `given` params, if any."""
@@ -230,6 +236,10 @@ def _walk(node: object) -> Iterator[ast.Node]:
 
 #: Node types whose use the engine's own check decides (`_check_functions`).
 _ENGINE_CHECKED = frozenset({"FuncCall", "MinMaxExpr", "A_Indirection"})
+#: Node types the engine refuses wherever they are in a clause the proxy lets through (a
+#: row expression: only on the left of `IN (SELECT ...)`, a subquery the proxy never
+#: sends), in its words: left to it with `defer_functions`, as a function it never evaluates.
+_ENGINE_REFUSED = frozenset({"RowExpr"})
 
 
 def shown_columns(allowed: Collection[str]) -> str:
@@ -251,17 +261,24 @@ def _check_tree(
     allowed_columns: Collection[str] | None,
     what: str,
     allowed_nodes: frozenset[str] = _ALLOWED_NODES,
+    deferred: list[BadShapeRequest] | None = None,
 ) -> tuple[list[tuple[int, int]], bool]:
     """Refuse disallowed node types and columns; return each `$n` and its location, and
-    whether the tree calls functions (or subscripts, GREATEST...) for `_check_functions`."""
+    whether the tree calls functions (or subscripts, GREATEST...) for `_check_functions`.
+    `deferred`: a node the engine refuses wherever it is (`_ENGINE_REFUSED`) is not raised
+    but appended there, and the walk goes on (its columns are checked as any)."""
     refs: list[tuple[int, int]] = []
     calls = False
     for node in _walk(root):
         kind = type(node).__name__
         if kind not in allowed_nodes:
-            raise BadShapeRequest(
+            refused = BadShapeRequest(
                 "unsupported_where", f"{what}: {kind} is not allowed in a client clause"
             )
+            if deferred is None or kind not in _ENGINE_REFUSED:
+                raise refused
+            deferred.append(refused)
+            continue
         calls = calls or kind in _ENGINE_CHECKED
         if isinstance(node, ast.ColumnRef):
             fields = node.fields
@@ -367,13 +384,20 @@ def _deparse_where(node: ast.Node, what: str, source: str | None = None) -> str:
 
 
 def check_client_where(
-    clause: str, allowed_columns: Collection[str] | None, *, param_offset: int = 0, what: str
+    clause: str,
+    allowed_columns: Collection[str] | None,
+    *,
+    param_offset: int = 0,
+    what: str,
+    defer_functions: bool = False,
 ) -> ClientClause:
     """Validate a client where clause and return it deparsed with `$n` shifted.
 
     Raises `BadShapeRequest` when it does not parse as exactly one boolean-ish expression or
     uses something outside the allowed node types, `Forbidden` when it references a column
-    outside `allowed_columns` (None means every column is visible).
+    outside `allowed_columns` (None means every column is visible). `defer_functions`: a
+    function the engine does not evaluate is not raised but kept in `ClientClause.refused`
+    (every other check passed: node types, columns, depth).
     """
     if len(clause) > MAX_CLAUSE_LENGTH:
         # (the parse and check run on the proxy's event loop, ~7 µs a character for a long IN
@@ -384,11 +408,27 @@ def check_client_where(
         stmt = _parse_select(_PREFIX + clause)
     except ValueError as exc:
         raise _syntax_error(clause, f"{what} {exc}") from None
+    try:
+        # (pglast reads a newer grammar than the engine's PostgreSQL 15: `0x10`, `1_000` are
+        # the engine's "trailing junk", the first fault it names, located its own way, which
+        # no location in a where ANDed with the rule's filter maps back to: hostile 23:12)
+        where_parse.parse_clause(clause)
+    except WhereError as exc:
+        raise EngineWords("invalid_where", str(exc)) from None
     where = stmt.whereClause
     _check_depth(where, what)
-    refs, calls = _check_tree(where, allowed_columns, what)
+    deferred: list[BadShapeRequest] = []
+    refs, calls = _check_tree(
+        where, allowed_columns, what, deferred=deferred if defer_functions else None
+    )
+    refused = deferred[0] if deferred else None
     if calls:
-        _check_functions(clause, what)
+        try:
+            _check_functions(clause, what)
+        except EngineWords as exc:
+            if not defer_functions:
+                raise
+            refused = refused or exc
     if isinstance(where, ast.A_Const) and where.isnull:
         # Alone, the engine refuses a bare NULL (it has no type); ANDed with the enforced
         # filter it would become a boolean and match nothing, a 200 the engine never gives.
@@ -400,6 +440,7 @@ def check_client_where(
         param_refs=tuple(refs),
         text=clause,
         root_at=_root_location(where),
+        refused=refused,
     )
 
 
@@ -602,6 +643,29 @@ def check_order_by(clause: str, allowed_columns: Collection[str] | None, *, what
     for item in stmt.sortClause:
         _check_sort_item(item, allowed_columns, what)
     return ", ".join(_deparse(item, what) for item in stmt.sortClause)
+
+
+def order_by_may_go(clause: str, allowed_columns: Collection[str] | None) -> bool:
+    """Whether a client `ORDER BY` list `check_order_by` refused in the engine's words may go
+    to the engine as written, for it to refuse (having named any fault it checks first): it
+    parses, every node is one a client clause may hold, and every column it names, inside
+    an expression too, is a plain one the rule shows. A hidden column, a subquery or a text
+    that does not parse never reaches the engine (the proxy's refusal goes at once)."""
+    try:
+        stmt = where_parse.parse_clause(clause, _ORDER_BY_PREFIX)
+    except WhereError:
+        return False
+    for item in stmt.sortClause or ():
+        for node in _walk(item):
+            if type(node).__name__ not in _ALLOWED_NODES:
+                return False
+            if isinstance(node, ast.ColumnRef):
+                fields = node.fields
+                if len(fields) != 1 or not isinstance(fields[0], ast.String):
+                    return False
+                if allowed_columns is not None and fields[0].sval not in allowed_columns:
+                    return False
+    return True
 
 
 def _check_sort_item(item: ast.SortBy, allowed_columns: Collection[str] | None, what: str) -> None:
@@ -1009,12 +1073,18 @@ class ClauseCache:
         *,
         param_offset: int = 0,
         what: str,
+        defer_functions: bool = False,
     ) -> ClientClause:
-        key = ("where", clause, allowed_columns, param_offset, what)
+        kind = "where deferring" if defer_functions else "where"
+        key = (kind, clause, allowed_columns, param_offset, what)
         result = self._get(
             key,
             lambda: check_client_where(
-                clause, allowed_columns, param_offset=param_offset, what=what
+                clause,
+                allowed_columns,
+                param_offset=param_offset,
+                what=what,
+                defer_functions=defer_functions,
             ),
         )
         assert isinstance(result, ClientClause)

@@ -108,6 +108,29 @@ class Target:
     #: token was accepted within the leeway still gets `MIN_HOLD` seconds for its answer
     #: (its re-authorisation would pass, and the request would go round again to the 503).
     answer_by: float | None = None
+    #: A subset snapshot (a POST, or a GET whose engine URL carries one): its engine answer
+    #: may come as late as the engine's subset query may run (`subset_wait`).
+    subset: bool = False
+    #: The proxy refuses the request unless the engine refuses it first (`proxy.http.handlers.
+    #: finish`): only the engine's error answer is read, never a body of rows. Always direct.
+    refused: bool = False
+
+
+#: The least time the proxy waits for the engine's answer to a subset snapshot: the engine's
+#: default `--snapshot-timeout` (300 s, how long a subset query may run in Postgres before it
+#: is cancelled into a 503 `snapshot_timeout`; the answer is sent only once the query ended)
+#: and 10 s for its queue and its answer. A subset query of 80 s on a big table is the
+#: engine's 200: `upstream.first_byte_timeout` (75 s by default, set for a long-poll's 20 s
+#: hold and a snapshot chunk's 60 s wait, the engine's longest silences otherwise) made it
+#: the proxy's 504 (a slow but legitimate answer cut before the engine would give up).
+SUBSET_WAIT = 310.0
+
+
+def subset_wait(options: UpstreamOptions) -> float:
+    """How long a subset snapshot's engine answer is waited for (and any silence within its
+    body): `first_byte_timeout`, and at least `SUBSET_WAIT`. An engine run with a longer
+    `--snapshot-timeout` needs a `first_byte_timeout` above it (docs/proxy-errors.md)."""
+    return max(options.first_byte_timeout, SUBSET_WAIT)
 
 
 #: How a long-poll the proxy ended is logged (access log `outcome`, `reason`).
@@ -314,6 +337,10 @@ class Forwarder:
         Raises `Reauthorise` when access was revoked before the engine was asked.
         """
         self.still_authorised(target)
+        if target.subset and options.first_byte_timeout < SUBSET_WAIT:
+            options = replace(options, first_byte_timeout=subset_wait(options))
+        if target.refused:
+            return await self._admitted_direct(request, target, options, request_id, None, admit)
         if target.sse and target.live and target.method == "GET" and options.collapse:
             outcome = await self._shared_sse(request, target, options, request_id, admit)
             if outcome is not None:
@@ -562,6 +589,10 @@ class Forwarder:
         whole = False
         try:
             head = self.head(upstream, options, target, cacheable=key is not None)
+            if target.refused and head.status < 400:
+                # (the proxy's refusal goes instead: the body is not read, the connection
+                # closed; any rows in it would be the policy's own, but none go out)
+                return Outcome(complete(head, b""), head.status)
             if target.method == "HEAD":  # headers only; Content-Length says what a GET would send
                 whole = True
                 bodiless = complete(head, b"")

@@ -72,3 +72,25 @@ async def test_explains_where_is_what_the_engine_receives(
     if name == "folded":
         # (YAML folded the lines: explain shows that too)
         assert "\n" not in sent_where.rstrip("\n")
+
+
+async def test_explain_refuses_a_where_the_proxy_refuses_after_the_engine(
+    proxy_from_yaml: Any, engine_server: Any, environ: dict[str, str]
+) -> None:
+    """A client where calling a function the engine never evaluates goes to the engine (which
+    may name another fault first: 64029210) and is refused: explain says refused, in the
+    words the client gets, not `allowed` with an upstream URL."""
+    text = proxy_from_yaml.head(str(engine_server.make_url(""))) + (
+        "tables:\n  items:\n    allow:\n      - where: 'org_id = {{org_id}}'\n"
+        "        client_where: validated\n        columns: [id, org_id, title]\n"
+    )
+    proxy = await proxy_from_yaml(text)
+    report = await explain(
+        load_for_explain(proxy.path, verify_tokens=False, environ=environ),
+        "/v1/shape?table=items&offset=-1&where=now()%20%3E%20%272020-01-01%27",
+        token=None,
+        claims={"org_id": "org-a"},
+    )
+    assert report["allowed"] is False, report
+    assert report["status"] == 400 and "now() is not supported" in report["message"], report
+    assert "upstream_url" not in report

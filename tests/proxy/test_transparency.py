@@ -342,17 +342,52 @@ async def test_a_clients_queryable_columns_reach_the_engine_unless_the_rule_narr
     name; the engine honours it since w-engine 63475a6a) went nowhere: the proxy dropped it,
     so a list the engine refuses (`a&b`) was served (engine 20:10 MEDIUM, seen by
     test_transparency_fuzz_real). A rule with no columns sends it as written; a rule that
-    hides columns sends its own list (the policy's narrowing); a named shape takes none."""
+    hides columns sends its own list, or the client's when every name in it is the rule's
+    (a narrowing of the rule's: review LOW), as `columns` too when the client sent none; a
+    named shape takes none."""
     ok = await open_proxy.get("/v1/shape?table=posts&offset=-1&queryable_columns=id,%22a%26b%22")
     assert ok.status == 200, ok.body
     seen = open_proxy.engine.requests[-1].url.query
     assert seen.getall("queryable_columns") == ['id,"a&b"']
     member = open_proxy.tokens.make(role="member", org_id="org-a")
     narrowed = await open_proxy.get(
-        "/v1/shape?table=items&offset=-1&queryable_columns=title", token=member
+        "/v1/shape?table=items&offset=-1&queryable_columns=id,title", token=member
     )
     assert narrowed.status == 200, narrowed.body
+    seen = open_proxy.engine.requests[-1].url.query
+    assert seen.getall("queryable_columns") == ['"id","title"']
+    assert seen.getall("columns") == ['"id","title"']
+    rule = await open_proxy.get("/v1/shape?table=items&offset=-1&columns=id", token=member)
+    assert rule.status == 200, rule.body
     seen = open_proxy.engine.requests[-1].url.query
     assert seen.getall("queryable_columns") == ['"id","org_id","title"']
     named = await open_proxy.get("/shapes/my-items?offset=-1&queryable_columns=id", token=member)
     assert named.status == 400 and named.json()["code"] == "named_shape_definition"
+
+
+async def test_an_order_by_refusal_left_to_the_engine_stands_unless_it_refuses_first(
+    proxy: Any,
+) -> None:
+    """A subset whose order_by is no plain column, beside a where, goes to the engine as
+    written, for the engine to name the first fault as it would (its where's); whatever
+    else the engine answers (here a fake's 200), the client gets the proxy's refusal, in the
+    engine's words, and the request is not remembered for the fast lane."""
+    member = proxy.tokens.make()
+    for _ in range(2):
+        reply = await proxy.get(
+            f"/v1/shape?table=items&offset=-1&subset__where={quote('id > 0')}"
+            f"&subset__order_by={quote('id + 1')}",
+            token=member,
+        )
+        assert reply.status == 400, reply.body
+        assert reply.json() == {
+            "message": "Invalid request",
+            "errors": {
+                "subset": {
+                    "order_by": [
+                        "At location 3: A_Expr expressions are not allowed in ORDER BY clauses"
+                    ]
+                }
+            },
+        }
+        assert proxy.engine.requests[-1].url.query["subset__order_by"] == "id + 1"
