@@ -1,6 +1,7 @@
 """One forward's own cost in-process, no sockets: the proxy's fast lane or the floor forwarder.
 
-Run: `.venv/bin/python benchmarks/floor_inprocess.py {proxy|floor} [N] [--root DIR]`.
+Run: `.venv/bin/python benchmarks/floor_inprocess.py {proxy|floor} [N] [--root DIR]
+[--kind live|follower|catch-up]`.
 
 Why: S1's CPU per request includes the kernel and the event loop and moves with the
 machine's load; this measures only the Python (and the C it calls) of one forward, so a
@@ -16,7 +17,11 @@ N=1000 and N=0 (compile first, so both runs load the same .pyc files):
     .venv/bin/python -m compileall -q proxy benchmarks sync_engine
     valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.0 .venv/bin/python \\
         benchmarks/floor_inprocess.py proxy 0   # then with 1000; (Ir(1000) - Ir(0)) / 1000
+`benchmarks/floor_instructions.py` runs both and prints the difference per forward.
 `--root DIR` measures another checkout's proxy (its `proxy` package, this script's floor).
+`--kind` is S1's arm (`s1_front.py --kinds`): `live` one URL repeated (the default),
+`follower` a live follower's (a cursor never sent before and one of two offsets in turn on
+every request: no two requests the same URL), `catch-up` a non-live request repeated.
 This is a measuring tool: it reaches into the proxy's engine connection to fake its socket.
 """
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import itertools
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -62,6 +68,32 @@ ANSWER = (
     b'"up-to-date","global_last_seen_lsn":"49285728"}}]'
 )
 QUERY = "table=items&offset=49285536_8&handle=3762131176-1796323926870057&live=true&cursor=1"
+#: Per `--kind`: the query, `{n}` a request's own number (a follower's new cursor; its offset
+#: is one of `FOLLOWER_OFFSETS` by the number's parity).
+QUERIES = {
+    "live": QUERY,
+    "follower": "table=items&offset={offset}&handle=3762131176-1796323926870057&live=true"
+    "&cursor={n}",
+    "catch-up": "table=items&offset=49285536_8&handle=3762131176-1796323926870057",
+}
+FOLLOWER_OFFSETS = ("49285536_8", "49285410_0")
+#: Distinct requests made before measuring (the same number whatever N: the instruction
+#: count's N=0 run makes them too); a follower's repeat after this many.
+DISTINCT = 4096
+
+
+def requests_of(kind: str, head: str) -> list[bytes]:
+    """The requests forwarded in turn: `head` (the line after the target and the headers,
+    `{query}` where the query goes) with this kind's queries."""
+    template = QUERIES[kind]
+    if "{n}" not in template:
+        return [head.format(query=template).encode()]
+    return [
+        head.format(
+            query=template.format(n=10_000_000 + n, offset=FOLLOWER_OFFSETS[n % 2])
+        ).encode()
+        for n in range(DISTINCT)
+    ]
 
 
 class FakeTransport:
@@ -103,7 +135,7 @@ async def _until(ready: Callable[[], bool]) -> None:
 
 
 async def proxy_forward(
-    inflight: int = 1,
+    inflight: int = 1, kind: str = "live"
 ) -> tuple[Callable[[], bytes], Callable[[], Awaitable[None]]]:
     """The proxy app of S1's "proxy" arm, its engine connections faked; and its stop.
     `inflight` > 1: each call forwards that many requests, one per client connection, all
@@ -143,12 +175,15 @@ async def proxy_forward(
     out: list[bytes] = []
     conn = Connection(app)
     conn.connection_made(FakeTransport(out.append))  # type: ignore[arg-type]
-    request = (
-        f"GET /v1/shape?{QUERY} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer "
-        f"{token(org_id='org-a')}\r\nUser-Agent: node\r\nAccept: */*\r\n\r\n"
-    ).encode()
+    requests = requests_of(
+        kind,
+        "GET /v1/shape?{query} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nAuthorization: Bearer "
+        f"{token(org_id='org-a')}\r\nUser-Agent: node\r\nAccept: */*\r\n\r\n",
+    )
+    turn = itertools.cycle(requests)
+    request = requests[0]
     for _ in range(100):  # the first authorises (a task); later ones take the fast lane
-        conn.data_received(request)
+        conn.data_received(next(turn))
         await _until(lambda: bool(sent))
         sent.pop().data_received(ANSWER)
         await _until(lambda: bool(out))
@@ -175,7 +210,7 @@ async def proxy_forward(
 
         def forward_many() -> bytes:
             for c in clients:
-                c.data_received(request)
+                c.data_received(next(turn))
             if len(sent) != inflight:
                 raise RuntimeError("a request did not take the fast lane")
             engines = sent[:]
@@ -187,14 +222,16 @@ async def proxy_forward(
         return forward_many, app.stop
 
     def forward() -> bytes:
-        conn.data_received(request)
+        conn.data_received(next(turn))
         sent.pop().data_received(ANSWER)
         return out.pop()
 
     return forward, app.stop
 
 
-async def floor_forward() -> tuple[Callable[[], bytes], Callable[[], Awaitable[None]]]:
+async def floor_forward(
+    kind: str = "live",
+) -> tuple[Callable[[], bytes], Callable[[], Awaitable[None]]]:
     """`floor_forwarder.py`'s protocols, its engine connections faked."""
     import floor_forwarder as floor
 
@@ -210,18 +247,21 @@ async def floor_forward() -> tuple[Callable[[], bytes], Callable[[], Awaitable[N
     out: list[bytes] = []
     conn = floor.Client(forwarder)
     conn.connection_made(FakeTransport(out.append))  # type: ignore[arg-type]
-    request = (
-        f"GET /v1/shape?{QUERY}&secret=x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
-        "User-Agent: node\r\nAccept: */*\r\n\r\n"
-    ).encode()
+    turn = itertools.cycle(
+        requests_of(
+            kind,
+            "GET /v1/shape?{query}&secret=x HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            "User-Agent: node\r\nAccept: */*\r\n\r\n",
+        )
+    )
     for _ in range(100):
-        conn.data_received(request)
+        conn.data_received(next(turn))
         await _until(lambda: bool(sent))
         sent.pop().data_received(ANSWER)
         out.pop()
 
     def forward() -> bytes:
-        conn.data_received(request)
+        conn.data_received(next(turn))
         sent.pop().data_received(ANSWER)
         return out.pop()
 
@@ -231,8 +271,8 @@ async def floor_forward() -> tuple[Callable[[], bytes], Callable[[], Awaitable[N
     return forward, stop
 
 
-async def main(arm: str, n: int, inflight: int = 1) -> None:
-    forward, stop = await (proxy_forward(inflight) if arm == "proxy" else floor_forward())
+async def main(arm: str, n: int, inflight: int = 1, kind: str = "live") -> None:
+    forward, stop = await (proxy_forward(inflight, kind) if arm == "proxy" else floor_forward(kind))
     if arm != "proxy":
         inflight = 1
     n = n // inflight  # (each call forwards `inflight` requests)
@@ -246,8 +286,8 @@ async def main(arm: str, n: int, inflight: int = 1) -> None:
     cpu = time.process_time() - t0
     await stop()
     done = n * inflight
-    print(f"{arm}: {cpu / max(done, 1) * 1e6:.1f} µs of CPU per forward in-process (N={done}"
-          f"{f', {inflight} in flight' if inflight > 1 else ''})")  # fmt: skip
+    print(f"{arm} ({kind}): {cpu / max(done, 1) * 1e6:.1f} µs of CPU per forward in-process "
+          f"(N={done}{f', {inflight} in flight' if inflight > 1 else ''})")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -258,7 +298,8 @@ if __name__ == "__main__":
     ap.add_argument(
         "--inflight", type=int, default=1, help="proxy: requests in flight at once (S1: 32)"
     )
+    ap.add_argument("--kind", choices=tuple(QUERIES), default="live", help="S1's arm")
     a = ap.parse_args()
     sys.path[:0] = [str(a.root), str(HERE)]
     importlib.import_module("proxy")  # (now: `_common` puts this checkout first on the path)
-    uvloop.run(main(a.arm, a.n, a.inflight))
+    uvloop.run(main(a.arm, a.n, a.inflight, a.kind))

@@ -205,27 +205,21 @@ _MEMO_MAX = 8192
 
 
 class _Lean:
-    """The connection's parser callbacks but `on_header`: for a head whose header lines are
-    byte for byte those of the connection's last request (`Connection._feed`). llhttp still
-    reads and checks the whole head; only the per-header callbacks (each one a Python call
-    that decodes and checks one header, ~2.5K instructions, 2 to 15 a request) and the
-    header table are skipped: `on_headers_complete` takes the last request's, which came
-    from the same bytes."""
+    """The connection's parser callbacks for a head whose header lines are byte for byte
+    those of the connection's last request (`Connection._feed`). llhttp still reads and
+    checks the whole head; the per-header callbacks (each one a Python call that decodes and
+    checks one header, ~2.5K instructions, 2 to 15 a request) and the header table are
+    skipped: `on_headers_complete` takes the last request's, which came from the same bytes.
+    Such a head has no body (`_memo`), so its message ends with it: there is no
+    `on_message_begin` or `on_message_complete` (the connection's `_lean_head` does their
+    work), and `on_url` is the target list's own `append` (a C call: its length was measured
+    with the head's lines). Two Python calls a request instead of four (`_lean_head`)."""
 
-    __slots__ = (
-        "on_body",
-        "on_headers_complete",
-        "on_message_begin",
-        "on_message_complete",
-        "on_url",
-    )
+    __slots__ = ("on_headers_complete", "on_url")
 
     def __init__(self, connection: Connection) -> None:
-        self.on_message_begin = connection.on_message_begin
-        self.on_url = connection.on_url
-        self.on_headers_complete = connection.on_headers_complete
-        self.on_body = connection.on_body
-        self.on_message_complete = connection.on_message_complete
+        self.on_url = connection._url.append
+        self.on_headers_complete = connection._lean_head
 
 
 class Stalling(Protocol):
@@ -316,8 +310,12 @@ class Connection(asyncio.Protocol, Writer):
         #: are these bytes is read by a `_Lean` parser and gets these. Only for a head with
         #: neither Content-Length nor Transfer-Encoding: its message ends at the head, so
         #: the lean parser reads no body, trailer or next request. Dropped with the parser
-        #: (`release_parser`): a connection holding a long-poll keeps none.
-        self._memo: tuple[bytes, CIMultiDict[str], CIMultiDictProxy[str], set[str], bool] | None
+        #: (`release_parser`): a connection holding a long-poll keeps none. Last: whether
+        #: they need no check `_lean_head` would make again (`Host` there; no `Expect`, no
+        #: `Upgrade`, one `Authorization` at most).
+        self._memo: (
+            tuple[bytes, CIMultiDict[str], CIMultiDictProxy[str], set[str], bool, bool] | None
+        )
         self._memo = None
         #: The header lines of the head being read by a full parser, when it came whole in
         #: one piece (`_feed`): the next `_memo`'s bytes.
@@ -326,6 +324,8 @@ class Connection(asyncio.Protocol, Writer):
         self._reuse_parser = False
         self._in_message = False
         self._message_began = 0.0  # (loop time of the first byte of the request being read)
+        #: The target's pieces as llhttp gives them (one, unless it came split over reads).
+        #: Never rebound, only cleared: a `_Lean` parser appends to it directly.
         self._url: list[bytes] = []
         self._headers: list[tuple[str, str]] = []
         self._head_bytes = 0
@@ -481,8 +481,25 @@ class Connection(asyncio.Protocol, Writer):
                 and data.find(b"\n", 0, line + 2) == line + 1
                 and data[0] != 13
             ):
-                if self._feed(data, 0, None, 2) and self._in_message:
-                    self._scanning = False  # a body follows
+                parser = self._parser
+                if parser is None or self.closing or self._transport is None:
+                    if self._feed(data, 0, None, 2) and self._in_message:
+                        self._scanning = False  # a body follows
+                else:  # (`_feed` of such a head, inline: once per keep-alive request)
+                    self._block = None
+                    self._parser_idle = False
+                    try:
+                        parser.feed_data(data)
+                    except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+                        self._parse_failed(exc, data, 0)
+                    else:
+                        if self._in_message:
+                            if not self.closing:
+                                self._scanning = False  # a body follows
+                        elif self._reuse_parser and self._task is None:
+                            self._parser_idle = True
+                        else:
+                            self._parser = None
             else:
                 self._received(data)
         else:
@@ -604,38 +621,8 @@ class Connection(asyncio.Protocol, Writer):
             self._head_bytes += len(piece)
         try:
             parser.feed_data(piece)
-        except httptools.HttpParserUpgrade as exc:
-            # A request asking to switch protocols is answered as plain HTTP; nothing after
-            # it (and its body) on this connection is read.
-            if self._deferred is not None:
-                self._refuse_deferred()  # (refused at its head: nothing after it is read)
-                return False
-            if self._upgrading is not None:
-                self._scanning = False
-                self._read_upgrade_body(data[at + exc.args[0] :])
-                return False
-            self.closing = True
-            self._pause_reading()
-            return False
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__ or exc.__cause__
-            if isinstance(cause, _Answered):
-                self._in_head = False
-                self.closing = True
-                self._pause_reading()
-                if not self._busy:
-                    self._next()
-                return False
-            if self._deferred is not None:
-                self._refuse_deferred()  # (the first refusal in this read is answered)
-                return False
-            self._refuse(cause.refusal if isinstance(cause, _Refused) else MALFORMED)
-            return False
-        except httptools.HttpParserInvalidMethodError:
-            self._refuse(BAD_METHOD)
-            return False
-        except httptools.HttpParserError:
-            self._refuse(MALFORMED)
+        except (httptools.HttpParserUpgrade, httptools.HttpParserError) as exc:
+            self._parse_failed(exc, data, at)
             return False
         if self._in_head and not self._scanning and self._head_bytes > _MAX_HEAD_BYTES:
             self._refuse(HEADER_LINE_TOO_LONG)
@@ -647,6 +634,39 @@ class Connection(asyncio.Protocol, Writer):
                 self._parser = None
         return not self.closing
 
+    def _parse_failed(self, exc: Exception, data: bytes, at: int) -> None:
+        """What `feed_data` raised parsing `data` from `at` (`_feed`, `data_received`): the
+        request is refused, or answered and nothing after it read."""
+        if isinstance(exc, httptools.HttpParserUpgrade):
+            # A request asking to switch protocols is answered as plain HTTP; nothing after
+            # it (and its body) on this connection is read.
+            if self._deferred is not None:
+                self._refuse_deferred()  # (refused at its head: nothing after it is read)
+                return
+            if self._upgrading is not None:
+                self._scanning = False
+                self._read_upgrade_body(data[at + exc.args[0] :])
+                return
+            self.closing = True
+            self._pause_reading()
+        elif isinstance(exc, httptools.HttpParserCallbackError):
+            cause = exc.__context__ or exc.__cause__
+            if isinstance(cause, _Answered):
+                self._in_head = False
+                self.closing = True
+                self._pause_reading()
+                if not self._busy:
+                    self._next()
+                return
+            if self._deferred is not None:
+                self._refuse_deferred()  # (the first refusal in this read is answered)
+                return
+            self._refuse(cause.refusal if isinstance(cause, _Refused) else MALFORMED)
+        elif isinstance(exc, httptools.HttpParserInvalidMethodError):
+            self._refuse(BAD_METHOD)
+        else:
+            self._refuse(MALFORMED)
+
     # --- parser callbacks ----------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -654,7 +674,7 @@ class Connection(asyncio.Protocol, Writer):
         self._reuse_parser = False
         self._message_began = self._loop.time()
         if self._url:
-            self._url = []
+            self._url.clear()
         if self._headers:
             self._headers = []
         self._head_bytes = 0
@@ -710,7 +730,7 @@ class Connection(asyncio.Protocol, Writer):
         self._in_head = False
         if self._parser_lean:  # (the header lines of `_memo`: what was made of them then)
             assert self._memo is not None
-            _, headers, view, names, repeated_authorization = self._memo
+            _, headers, view, names, repeated_authorization, _ = self._memo
         else:
             pairs = self._headers
             headers = CIMultiDict(pairs)
@@ -741,13 +761,24 @@ class Connection(asyncio.Protocol, Writer):
                 # never reads past it (a chunked body read lean had its trailers unchecked,
                 # and the request pipelined after it read lean with these headers, another
                 # user's token included: review 14:10).
-                self._memo = (block, headers, view, names, repeated_authorization)
+                self._memo = (
+                    block,
+                    headers,
+                    view,
+                    names,
+                    repeated_authorization,
+                    # (`_lean_head`'s usual case: nothing in these lines to check again)
+                    not repeated_authorization
+                    and "host" in names
+                    and "expect" not in names
+                    and "upgrade" not in names,
+                )
         parser = self._parser
         assert parser is not None
         target = b"".join(self._url)
         # Not kept while the request is answered: a held long-poll would keep the list of
         # header pairs and the target's bytes, which `Request` already has in its own form.
-        self._url = []
+        self._url.clear()
         self._headers = []
         method = parser.get_method()
         # (`origin_query`, inline: once per request)
@@ -877,6 +908,61 @@ class Connection(asyncio.Protocol, Writer):
                 self._continue_owed = None if self.closing else request
             elif not self._too_large:
                 self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _lean_head(self) -> None:
+        """`_Lean`'s `on_headers_complete`, for a head with the header lines of `_memo` (no
+        body: its message ends here). The usual one, a GET of an origin-form target without
+        a fragment over HTTP/1.1 whose lines need no check (`_memo`'s last item), becomes its
+        `Request` and is queued here, as `on_message_begin`, `on_headers_complete` and
+        `on_message_complete` would make and queue it (no state of theirs is left otherwise
+        between requests); any other goes their way, in their order."""
+        parser = self._parser
+        memo = self._memo
+        assert parser is not None and memo is not None
+        url = self._url
+        if len(url) == 1 and memo[5]:
+            target = url[0]
+            if (
+                target[:1] == b"/"
+                and 0x23 not in target  # (see `origin_query`)
+                and parser.get_method() == b"GET"
+                and parser.get_http_version() == "1.1"
+            ):
+                url.clear()
+                keep_alive = parser.should_keep_alive()
+                request = Request(  # (as `on_headers_complete` makes it)
+                    "GET",
+                    target.decode("utf-8", "surrogateescape"),
+                    target.partition(b"?")[2].decode("utf-8", "surrogateescape"),
+                    memo[2],
+                    (1, 1),
+                    keep_alive,
+                    self,
+                    self._app,
+                )
+                self._reuse_parser = keep_alive  # (`on_message_complete`, inline)
+                queue = self._queue
+                if self._task is None and self._fast is None:
+                    if not queue and self._transport is not None:
+                        # (`_next` with nothing queued before it, inline: the usual case)
+                        fast = self._fast = self._app.answer_fast(request, self)
+                        if fast is None:
+                            self._cancel_idle()
+                            self.release_parser()  # (a task's answer may be held)
+                            self._task = self._loop.create_task(self._answer(request))
+                        return
+                    queue.append(request)
+                    self._next()
+                else:
+                    queue.append(request)
+                    if len(queue) >= PIPELINE_LIMIT:
+                        self._pause_reading()
+                return
+        pieces = url[:]
+        self.on_message_begin()
+        url.extend(pieces)
+        self.on_headers_complete()
+        self.on_message_complete()
 
     def on_body(self, body: bytes) -> None:
         if self._too_large:

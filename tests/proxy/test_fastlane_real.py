@@ -340,6 +340,77 @@ async def test_a_client_repeating_its_header_lines_gets_what_each_request_asks_f
     assert taken >= 6
 
 
+async def _ask_in_turn_with_heads(proxy: Any, heads: list[bytes]) -> list[bytes]:
+    """`_ask_in_turn`, a HEAD's answer read without a body; the last answer read to the
+    connection's end (an HTTP/1.0 request's)."""
+    server = proxy.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    answers = []
+    try:
+        for i, head in enumerate(heads):
+            writer.write(head)
+            if i == len(heads) - 1:
+                answers.append(await asyncio.wait_for(reader.read(), 10))
+                break
+            raw = await reader.readuntil(b"\r\n\r\n")
+            length = re.search(rb"\r\nContent-Length: (\d+)\r\n", raw)
+            assert length is not None
+            if not head.startswith(b"HEAD "):
+                raw += await reader.readexactly(int(length.group(1)))
+            answers.append(raw)
+        return answers
+    finally:
+        writer.close()
+
+
+async def test_a_repeated_head_that_is_not_a_plain_get_is_read_the_full_way(
+    real_engine: EngineProcess,
+    idp_server: Any,
+    environ: dict[str, str],
+    make_proxy: Any,
+    fast_lane_taken: list[str],
+    lean_heads: list[bytes],
+) -> None:
+    """A head with the last request's header lines is read lean (`protocol._Lean`), and
+    only a GET of an origin-form target over HTTP/1.1 is made into its request there
+    (`Connection._lean_head`); a HEAD, a target with a fragment, an HTTP/1.0 request with
+    the same lines go the way every request went before, and each is answered as the
+    general path answers it, on one kept-alive connection."""
+    fast, general = await _pair(real_engine, idp_server, environ, make_proxy)
+    alice = fast.tokens.make(sub="alice", org_id="org-1")
+    a, rid = f"Authorization: Bearer {alice}", "X-Request-Id: fast-lane-test-id-0007"
+    items = "/v1/shape?table=items&offset=-1"
+    get = _request(items, a, rid)
+    heads = [
+        get,
+        get,
+        get,
+        get.replace(b"GET ", b"HEAD ", 1),
+        get,
+        get,
+        _request(items + "#part", a, rid),
+        get,
+        get,
+        _request(items + "&columns=id,org_id", a, rid, version="1.0"),
+    ]
+    fast_answers = await _ask_in_turn_with_heads(fast, heads)
+    lean, taken = len(lean_heads), len(fast_lane_taken)
+    general_answers = await _ask_in_turn_with_heads(general, heads)
+    for head, fast_raw, general_raw in zip(heads, fast_answers, general_answers, strict=True):
+        assert _normal(fast_raw) == _normal(general_raw), head
+        if not head.startswith(b"HEAD "):
+            assert fast_raw.startswith((b"HTTP/1.1 200 ", b"HTTP/1.0 200 ")), head
+            body = json.loads(fast_raw.split(b"\r\n\r\n", 1)[1])
+            assert {item["value"]["org_id"] for item in body if "value" in item} == {"org-1"}
+    assert fast_answers[3].startswith(b"HTTP/1.1 200 ") and fast_answers[3].endswith(b"\r\n\r\n")
+    assert fast_answers[-1].startswith(b"HTTP/1.0 200 ")
+    assert "Connection: keep-alive" not in fast_answers[-1].decode()
+    # (read lean: each head after a fast-lane answer, the HEAD, the fragment's and the
+    # HTTP/1.0 one among them)
+    assert lean >= 6, lean
+    assert taken >= 4
+
+
 async def test_pipelined_requests_with_the_same_header_lines_each_get_their_own_answer(
     real_engine: EngineProcess,
     idp_server: Any,
