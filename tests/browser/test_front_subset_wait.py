@@ -1,5 +1,5 @@
 """A subset snapshot slower than the front's read timeout is the proxy's answer, not the
-front's 504.
+front's 504; with the proxy gone, a subset's 502 is the front's JSON as any request's.
 
     client -> the TLS front (config/front, real nginx) -> a shape-proxy stand-in answering late
 
@@ -97,6 +97,19 @@ async def test_a_slow_subset_gets_through_the_front_a_slow_catch_up_is_its_504(
                 assert r.status == 200, await r.read()
                 answer = await r.json()
                 assert answer["asked"] == "POST" and answer["body"] == body.decode()
+            # The proxy gone: a subset's 502 is the front's JSON with CORS, as any other
+            # request's (without recursive_error_pages it was nginx's HTML page).
+            await runner.cleanup()
+            origin = {"Origin": "https://app.example"}
+            for method, url, data in (
+                ("GET", f"{base}&offset=-1", None),
+                ("GET", subset, None),
+                ("POST", f"{base}&offset=0_0&handle=1-2", body),
+            ):
+                async with s.request(method, url, data=data, headers=origin) as r:
+                    assert r.status == 502, (method, url)
+                    assert r.headers["access-control-allow-origin"] == "https://app.example"
+                    assert (await r.json())["code"] == "upstream_unreachable", (method, url)
     finally:
         _stop(front)
         await runner.cleanup()
