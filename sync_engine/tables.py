@@ -187,7 +187,7 @@ class Tables:
         self._still_there = StillThere(
             dsn,
             lambda: self.catalog_timeout,
-            lambda oids: self.on_catalog(partial(ask_on, oids=oids)),
+            lambda question: self.on_catalog(partial(ask_on, question=question)),
         )
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._published: set[int] = set()
@@ -524,11 +524,8 @@ class Tables:
         table asked about since the last began (`pg.still_there`). With the database
         unreachable the intact log is served.
         """
-        files = table.files or ()
         try:
-            names, *parts = await self._still_there.names(
-                [table.oid, *(oid for oid, _ in files)], asked
-            )
+            names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
         except ServiceUnavailable:
             return True
         if names is None or names[:2] != (table.schema, table.name):
@@ -542,7 +539,7 @@ class Tables:
         if table.relfilenode is not None and names[2] != table.relfilenode:
             self.changed(table, dropped=True, reason="table rewritten")
             return False
-        if any(p is not None and p[2] != node for (_, node), p in zip(files, parts, strict=True)):
+        if rewritten:
             self.changed(table, dropped=True, reason="partition rewritten")
             return False
         return True
