@@ -42,6 +42,7 @@ from .pg.publication import (
     HowPublished,
     Identity,
     PublicationError,
+    TableLocked,
     add_table,
     ancestors_of,
     born_in_family,
@@ -615,6 +616,14 @@ class Tables:
                 )
             except PublicationError as exc:
                 raise InvalidRequest({"table": [str(exc)]}) from None
+            except TableLocked:
+                raise ServiceUnavailable(
+                    f'table "{table.schema}"."{table.name}" is locked by another transaction'
+                    " (a migration's ALTER TABLE, a VACUUM FULL?): its first shape cannot"
+                    " publish it until that ends. Retry.",
+                    retry_after=1,
+                    code="table_locked",
+                ) from None
             # (a busy descendant's identity is not waited for: the application's queries on
             # it would queue behind the ALTER's lock request; it is tried again later)
             more, unready = await prepare_descendants(
