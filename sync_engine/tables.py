@@ -58,7 +58,7 @@ from .pg.publication import (
     set_identity_full,
     wait_for_older_transactions,
 )
-from .pg.still_there import StillThere, ask_on
+from .pg.still_there import StillThere, ask_on, columns_text
 from .shapes.registry import ShapeRegistry
 from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
@@ -190,6 +190,8 @@ class Tables:
             lambda: self.catalog_timeout,
             lambda question: self.on_catalog(partial(ask_on, question=question)),
         )
+        # Each description's columns as the checks' rounds say them (`_columns_text`).
+        self._columns_texts: dict[int, tuple[TableInfo, str]] = {}
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._published: set[int] = set()
         # How the publication published each table (and family member) when its shapes were
@@ -520,7 +522,8 @@ class Tables:
         reconcile), so only a read begun after the request can say; a check trusted for 1 s
         (`TABLE_CHECK_TTL`, before) answered a request arriving right after
         `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. A
-        table rewritten since (a new relfilenode) is as good as a new one. The checks run
+        table rewritten since (a new relfilenode), or whose columns changed (`columns_text`),
+        is as good as a new one. The checks run
         in rounds on a connection of their own, each round one query for every
         table asked about since the last began (`pg.still_there`). With the database
         unreachable the intact log is served.
@@ -543,7 +546,27 @@ class Tables:
         if rewritten:
             self.changed(table, dropped=True, reason="partition rewritten")
             return False
+        # A column added (with a default), dropped, renamed, or retyped or made NOT NULL
+        # without a rewrite: no row change streamed, same relfilenode, yet the rows read
+        # other columns (chaos 23:20: ADD COLUMN .. DEFAULT, DROP COLUMN served the old
+        # columns up to date for ~3 s). `_drift`'s reason.
+        if names[3] != self._columns_text(table):
+            self.changed(table, dropped=True, reason="table schema changed")
+            return False
         return True
+
+    def _columns_text(self, table: TableInfo) -> str:
+        """`columns_text` of `table`'s columns, kept per description (a -1 compares it)."""
+        kept = self._columns_texts.get(id(table))
+        if kept is not None and kept[0] is table:
+            return kept[1]
+        if len(self._columns_texts) >= 256:  # (descriptions come and go: dropped, made again)
+            self._columns_texts.clear()
+        text = columns_text(
+            (c.attnum, c.type_oid, c.type_mod, c.not_null, c.name) for c in table.columns
+        )
+        self._columns_texts[id(table)] = (table, text)
+        return text
 
     def changed(self, table: TableInfo, *, dropped: bool = False, reason: str = "") -> None:
         """A table changed: forget what is cached about it, so the next request looks again;

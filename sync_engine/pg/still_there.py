@@ -39,16 +39,21 @@ from .waiter import SocketWaiter
 
 logger = logging.getLogger(__name__)
 
-#: The query: the schema, name and relfilenode of each of the tables (by oid, $1) still
-#: there; then the groups ($2) of descendants ($3, with the relfilenodes described, $4) of
-#: which one has another relfilenode now, one row each (compared in Postgres: a table of
-#: 500 partitions is one row, not 500 to read and compare here). Arrays as text.
+#: The query: the schema, name, relfilenode and columns (`COLUMNS`) of each of the tables
+#: (by oid, $1) still there; then the groups ($2) of descendants ($3, with the relfilenodes
+#: described, $4) of which one has another relfilenode now, one row each (compared in
+#: Postgres: a table of 500 partitions is one row, not 500 to read and compare here).
+#: Arrays as text.
 _SELECT = (
     "SELECT c.oid::pg_catalog.int8, n.nspname, c.relname, c.relfilenode::pg_catalog.int8,"
-    " NULL::pg_catalog.int4 FROM pg_catalog.pg_class c"
+    " NULL::pg_catalog.int4, COALESCE((SELECT pg_catalog.string_agg("
+    "pg_catalog.concat_ws(' ', a.attnum, a.atttypid, a.atttypmod, a.attnotnull,"
+    " pg_catalog.length(a.attname::pg_catalog.text), a.attname), '/' ORDER BY a.attnum)"
+    " FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0"
+    " AND NOT a.attisdropped), '') FROM pg_catalog.pg_class c"
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.oid = ANY({0}::pg_catalog.text::pg_catalog.oid[])"
-    " UNION ALL SELECT NULL, NULL, NULL, NULL, w.g FROM ROWS FROM ("
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, w.g, NULL FROM ROWS FROM ("
     "pg_catalog.unnest({1}::pg_catalog.text::pg_catalog.int4[]),"
     " pg_catalog.unnest({2}::pg_catalog.text::pg_catalog.oid[]),"
     " pg_catalog.unnest({3}::pg_catalog.text::pg_catalog.oid[])) AS w(g, oid, node)"
@@ -65,9 +70,23 @@ TEXTS_KEPT = 256
 #: (then the caller serves the intact log, as after a timeout).
 DOWN_WAIT = 0.5
 
-#: What a round found of a table: its (schema, name, relfilenode), None when no table has
-#: its oid.
-Names = tuple[str, str, int] | None
+#: What a round found of a table: its (schema, name, relfilenode, columns), None when no
+#: table has its oid.
+Names = tuple[str, str, int, str] | None
+
+
+def columns_text(columns: Iterable[tuple[int, int, int, bool, str]]) -> str:
+    """The text the round's query says a table's columns in, from (attnum, type oid,
+    typmod, not null, name) of each column there (attnum > 0, not dropped): what a
+    description's are compared with. A column added (with a default), dropped, renamed,
+    retyped without a rewrite (`varchar(10)` to `varchar(20)`) or made NOT NULL changes
+    it: each writes no row to the WAL and keeps the table's relfilenode, yet the rows'
+    columns, or the `electric-schema` header, read otherwise (`_shape_of`'s fields but the
+    primary key). Each name is preceded by its length: no two column lists say one text."""
+    return "/".join(
+        f"{attnum} {type_oid} {type_mod} {'t' if not_null else 'f'} {len(name)} {name}"
+        for attnum, type_oid, type_mod, not_null, name in sorted(columns)
+    )
 
 
 def stopping() -> ServiceUnavailable:
@@ -80,8 +99,8 @@ def not_answering() -> ServiceUnavailable:
     )
 
 
-#: What a round found: (schema, name, relfilenode) by oid, for the oids there.
-Found = dict[int, tuple[str, str, int]]
+#: What a round found: (schema, name, relfilenode, columns) by oid, for the oids there.
+Found = dict[int, tuple[str, str, int, str]]
 #: A round's question: the tables' oids, and the descendants' groups, oids, relfilenodes
 #: (the query's four array texts).
 Question = tuple[str, str, str, str]
@@ -94,11 +113,11 @@ async def ask_on(conn: AsyncConnection[Any], question: Question) -> Answer:
     cur = await conn.execute(_SELECT.format("%s", "%s", "%s", "%s"), question)
     found: Found = {}
     rewritten: set[int] = set()
-    for oid, schema, name, node, group in await cur.fetchall():
+    for oid, schema, name, node, group, columns in await cur.fetchall():
         if group is not None:
             rewritten.add(group)
         else:
-            found[oid] = (schema, name, node)
+            found[oid] = (schema, name, node, columns)
     return found, rewritten
 
 
@@ -122,14 +141,16 @@ class _Link:
         self.pgconn.send_query_prepared(STATEMENT, [text.encode() for text in question])
         found: Found = {}
         rewritten: set[int] = set()
-        for oid, schema, name, node, group in await self._results():
+        encoding = self.encoding
+        for oid, schema, name, node, group, columns in await self._results():
             if group is not None:
                 rewritten.add(int(group))
             elif oid is not None and schema is not None and name is not None and node:
                 found[int(oid)] = (
-                    schema.decode(self.encoding),
-                    name.decode(self.encoding),
+                    schema.decode(encoding),
+                    name.decode(encoding),
                     int(node),
+                    (columns or b"").decode(encoding),
                 )
         return found, rewritten
 
@@ -212,10 +233,10 @@ class StillThere:
 
     async def check(self, oid: int, watch: Watch, asked: float) -> Verdict:
         """What a round begun at or after `asked` (monotonic) found of the table `oid`: its
-        schema, name and relfilenode (None: not there), and whether one of the descendants
-        `watch` lists (oid, relfilenode: a partitioned table's partitions) has another
-        relfilenode now (one missing is `check_families`' business). Raises
-        `ServiceUnavailable` when the round got no answer.
+        schema, name, relfilenode and columns (`columns_text`; None: not there), and
+        whether one of the descendants `watch` lists (oid, relfilenode: a partitioned
+        table's partitions) has another relfilenode now (one missing is `check_families`'
+        business). Raises `ServiceUnavailable` when the round got no answer.
 
         One waiter per request whatever `watch` holds: the round compares the descendants
         once for every request of the same description (a waiter per descendant cost a -1
