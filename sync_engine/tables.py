@@ -42,6 +42,7 @@ from .pg.publication import (
     HowPublished,
     Identity,
     PublicationError,
+    TableLocked,
     add_table,
     ancestors_of,
     born_in_family,
@@ -57,7 +58,7 @@ from .pg.publication import (
     set_identity_full,
     wait_for_older_transactions,
 )
-from .pg.still_there import StillThere, ask_on
+from .pg.still_there import StillThere, ask_on, columns_text
 from .shapes.registry import ShapeRegistry
 from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
@@ -187,8 +188,10 @@ class Tables:
         self._still_there = StillThere(
             dsn,
             lambda: self.catalog_timeout,
-            lambda oids: self.on_catalog(partial(ask_on, oids=oids)),
+            lambda question: self.on_catalog(partial(ask_on, question=question)),
         )
+        # Each description's columns as the checks' rounds say them (`_columns_text`).
+        self._columns_texts: dict[int, tuple[TableInfo, str]] = {}
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._published: set[int] = set()
         # How the publication published each table (and family member) when its shapes were
@@ -519,16 +522,14 @@ class Tables:
         reconcile), so only a read begun after the request can say; a check trusted for 1 s
         (`TABLE_CHECK_TTL`, before) answered a request arriving right after
         `DROP` + `CREATE` + inserts with the dropped table's rows under the old handle. A
-        table rewritten since (a new relfilenode) is as good as a new one. The checks run
+        table rewritten since (a new relfilenode), or whose columns changed (`columns_text`),
+        is as good as a new one. The checks run
         in rounds on a connection of their own, each round one query for every
         table asked about since the last began (`pg.still_there`). With the database
         unreachable the intact log is served.
         """
-        files = table.files or ()
         try:
-            names, *parts = await self._still_there.names(
-                [table.oid, *(oid for oid, _ in files)], asked
-            )
+            names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
         except ServiceUnavailable:
             return True
         if names is None or names[:2] != (table.schema, table.name):
@@ -542,10 +543,30 @@ class Tables:
         if table.relfilenode is not None and names[2] != table.relfilenode:
             self.changed(table, dropped=True, reason="table rewritten")
             return False
-        if any(p is not None and p[2] != node for (_, node), p in zip(files, parts, strict=True)):
+        if rewritten:
             self.changed(table, dropped=True, reason="partition rewritten")
             return False
+        # A column added (with a default), dropped, renamed, or retyped or made NOT NULL
+        # without a rewrite: no row change streamed, same relfilenode, yet the rows read
+        # other columns (chaos 23:20: ADD COLUMN .. DEFAULT, DROP COLUMN served the old
+        # columns up to date for ~3 s). `_drift`'s reason.
+        if names[3] != self._columns_text(table):
+            self.changed(table, dropped=True, reason="table schema changed")
+            return False
         return True
+
+    def _columns_text(self, table: TableInfo) -> str:
+        """`columns_text` of `table`'s columns, kept per description (a -1 compares it)."""
+        kept = self._columns_texts.get(id(table))
+        if kept is not None and kept[0] is table:
+            return kept[1]
+        if len(self._columns_texts) >= 256:  # (descriptions come and go: dropped, made again)
+            self._columns_texts.clear()
+        text = columns_text(
+            (c.attnum, c.type_oid, c.type_mod, c.not_null, c.name) for c in table.columns
+        )
+        self._columns_texts[id(table)] = (table, text)
+        return text
 
     def changed(self, table: TableInfo, *, dropped: bool = False, reason: str = "") -> None:
         """A table changed: forget what is cached about it, so the next request looks again;
@@ -618,6 +639,14 @@ class Tables:
                 )
             except PublicationError as exc:
                 raise InvalidRequest({"table": [str(exc)]}) from None
+            except TableLocked:
+                raise ServiceUnavailable(
+                    f'table "{table.schema}"."{table.name}" is locked by another transaction'
+                    " (a migration's ALTER TABLE, a VACUUM FULL?): its first shape cannot"
+                    " publish it until that ends. Retry.",
+                    retry_after=1,
+                    code="table_locked",
+                ) from None
             # (a busy descendant's identity is not waited for: the application's queries on
             # it would queue behind the ALTER's lock request; it is tried again later)
             more, unready = await prepare_descendants(

@@ -91,10 +91,34 @@ async def ensure_publication(conn: AsyncConnection[Any], name: str) -> bool:
     return False
 
 
+class TableLocked(Exception):
+    """The table's lock was not had within `TABLE_LOCK_WAIT` (`add_table`)."""
+
+
+#: Seconds `add_table` waits for the table's lock (its ALTERs need it alone or nearly): the
+#: application's queries on the table queue behind a lock request that waits, so not long.
+TABLE_LOCK_WAIT = 2
+
+
 async def add_table(
     conn: AsyncConnection[Any], publication: str, schema: str, table: str, replica_identity: str
 ) -> bool:
-    """Publish the table with REPLICA IDENTITY FULL; True if it was newly added."""
+    """Publish the table with REPLICA IDENTITY FULL; True if it was newly added. Raises
+    `TableLocked` when another transaction holds its lock (a migration's ALTER, a VACUUM
+    FULL) past `TABLE_LOCK_WAIT`: the wait ran out the whole publish's 30 s and was said
+    as a database not answering (proxy 22:54)."""
+    try:
+        await conn.execute(f"SET lock_timeout = '{TABLE_LOCK_WAIT}s'")
+        return await _add_table(conn, publication, schema, table, replica_identity)
+    except psycopg.errors.LockNotAvailable:
+        raise TableLocked() from None
+    finally:
+        await conn.execute("RESET lock_timeout")
+
+
+async def _add_table(
+    conn: AsyncConnection[Any], publication: str, schema: str, table: str, replica_identity: str
+) -> bool:
     ident = sql.Identifier(schema, table)
     try:
         cur = await conn.execute(

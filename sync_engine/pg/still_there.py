@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -39,24 +39,54 @@ from .waiter import SocketWaiter
 
 logger = logging.getLogger(__name__)
 
-#: The query: the schema, name and relfilenode of each of the tables (by oid) still there.
+#: The query: the schema, name, relfilenode and columns (`COLUMNS`) of each of the tables
+#: (by oid, $1) still there; then the groups ($2) of descendants ($3, with the relfilenodes
+#: described, $4) of which one has another relfilenode now, one row each (compared in
+#: Postgres: a table of 500 partitions is one row, not 500 to read and compare here).
+#: Arrays as text.
 _SELECT = (
-    "SELECT c.oid, n.nspname, c.relname, c.relfilenode FROM pg_catalog.pg_class c"
+    "SELECT c.oid::pg_catalog.int8, n.nspname, c.relname, c.relfilenode::pg_catalog.int8,"
+    " NULL::pg_catalog.int4, COALESCE((SELECT pg_catalog.string_agg("
+    "pg_catalog.concat_ws(' ', a.attnum, a.atttypid, a.atttypmod, a.attnotnull,"
+    " pg_catalog.length(a.attname::pg_catalog.text), a.attname), '/' ORDER BY a.attnum)"
+    " FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0"
+    " AND NOT a.attisdropped), '') FROM pg_catalog.pg_class c"
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
-    " WHERE c.oid = ANY({}::pg_catalog.oid[])"
+    " WHERE c.oid = ANY({0}::pg_catalog.text::pg_catalog.oid[])"
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, w.g, NULL FROM ROWS FROM ("
+    "pg_catalog.unnest({1}::pg_catalog.text::pg_catalog.int4[]),"
+    " pg_catalog.unnest({2}::pg_catalog.text::pg_catalog.oid[]),"
+    " pg_catalog.unnest({3}::pg_catalog.text::pg_catalog.oid[])) AS w(g, oid, node)"
+    " JOIN pg_catalog.pg_class c ON c.oid = w.oid WHERE c.relfilenode <> w.node GROUP BY w.g"
 )
 #: Prepared on the checks' own connection.
 STATEMENT = b"shapegate_still_there"
-QUERY = _SELECT.format("$1").encode()
+QUERY = _SELECT.format("$1", "$2", "$3", "$4").encode()
 #: Seconds the connection is kept unused before it is closed.
 IDLE_CLOSE = 60.0
+#: Descriptions whose descendants' array texts are kept (then all are dropped and made again).
+TEXTS_KEPT = 256
 #: Seconds a request waits for its round while the last one got no answer in its time
 #: (then the caller serves the intact log, as after a timeout).
 DOWN_WAIT = 0.5
 
-#: What a round found of a table: its (schema, name, relfilenode), None when no table has
-#: its oid.
-Names = tuple[str, str, int] | None
+#: What a round found of a table: its (schema, name, relfilenode, columns), None when no
+#: table has its oid.
+Names = tuple[str, str, int, str] | None
+
+
+def columns_text(columns: Iterable[tuple[int, int, int, bool, str]]) -> str:
+    """The text the round's query says a table's columns in, from (attnum, type oid,
+    typmod, not null, name) of each column there (attnum > 0, not dropped): what a
+    description's are compared with. A column added (with a default), dropped, renamed,
+    retyped without a rewrite (`varchar(10)` to `varchar(20)`) or made NOT NULL changes
+    it: each writes no row to the WAL and keeps the table's relfilenode, yet the rows'
+    columns, or the `electric-schema` header, read otherwise (`_shape_of`'s fields but the
+    primary key). Each name is preceded by its length: no two column lists say one text."""
+    return "/".join(
+        f"{attnum} {type_oid} {type_mod} {'t' if not_null else 'f'} {len(name)} {name}"
+        for attnum, type_oid, type_mod, not_null, name in sorted(columns)
+    )
 
 
 def stopping() -> ServiceUnavailable:
@@ -69,14 +99,26 @@ def not_answering() -> ServiceUnavailable:
     )
 
 
-#: What a round found: (schema, name, relfilenode) by oid, for the oids there.
-Found = dict[int, tuple[str, str, int]]
+#: What a round found: (schema, name, relfilenode, columns) by oid, for the oids there.
+Found = dict[int, tuple[str, str, int, str]]
+#: A round's question: the tables' oids, and the descendants' groups, oids, relfilenodes
+#: (the query's four array texts).
+Question = tuple[str, str, str, str]
+#: A round's answer: what it found, and the groups with a descendant rewritten.
+Answer = tuple[Found, set[int]]
 
 
-async def ask_on(conn: AsyncConnection[Any], oids: list[int]) -> Found:
+async def ask_on(conn: AsyncConnection[Any], question: Question) -> Answer:
     """A round's query on a psycopg connection (the catalog's: `StillThere`'s fallback)."""
-    cur = await conn.execute(_SELECT.format("%s"), (oids,))
-    return {oid: (schema, name, node) for oid, schema, name, node in await cur.fetchall()}
+    cur = await conn.execute(_SELECT.format("%s", "%s", "%s", "%s"), question)
+    found: Found = {}
+    rewritten: set[int] = set()
+    for oid, schema, name, node, group, columns in await cur.fetchall():
+        if group is not None:
+            rewritten.add(group)
+        else:
+            found[oid] = (schema, name, node, columns)
+    return found, rewritten
 
 
 class _Link:
@@ -93,24 +135,33 @@ class _Link:
         self.pgconn.send_prepare(STATEMENT, QUERY)
         await self._results()
 
-    async def ask(self, oids: list[int]) -> Found:
-        """Each table of `oids` there now: its (schema, name, relfilenode)."""
+    async def ask(self, question: Question) -> Answer:
+        """The round's `question` answered now."""
         self.used_at = time.monotonic()
-        array = "{" + ",".join(map(str, oids)) + "}"
-        self.pgconn.send_query_prepared(STATEMENT, [array.encode()])
-        return {
-            int(oid): (schema.decode(self.encoding), name.decode(self.encoding), int(node))
-            for oid, schema, name, node in await self._results()
-        }
+        self.pgconn.send_query_prepared(STATEMENT, [text.encode() for text in question])
+        found: Found = {}
+        rewritten: set[int] = set()
+        encoding = self.encoding
+        for oid, schema, name, node, group, columns in await self._results():
+            if group is not None:
+                rewritten.add(int(group))
+            elif oid is not None and schema is not None and name is not None and node:
+                found[int(oid)] = (
+                    schema.decode(encoding),
+                    name.decode(encoding),
+                    int(node),
+                    (columns or b"").decode(encoding),
+                )
+        return found, rewritten
 
-    async def _results(self) -> list[tuple[bytes, ...]]:
+    async def _results(self) -> list[tuple[bytes | None, ...]]:
         await self.waiter.flush()
-        rows: list[tuple[bytes, ...]] = []
+        rows: list[tuple[bytes | None, ...]] = []
         error: pq.abc.PGresult | None = None
         while (res := await self.waiter.result()) is not None:
             if res.status == pq.ExecStatus.TUPLES_OK:
                 for i in range(res.ntuples):
-                    rows.append(tuple(res.get_value(i, j) or b"" for j in range(res.nfields)))
+                    rows.append(tuple(res.get_value(i, j) for j in range(res.nfields)))
             elif res.status != pq.ExecStatus.COMMAND_OK and error is None:
                 error = res
         if error is not None:
@@ -125,6 +176,28 @@ class _Link:
         self.pgconn.finish()
 
 
+#: Descendants to compare: (oid, relfilenode) of each, as a shape's description has them.
+Watch = tuple[tuple[int, int], ...]
+#: What a round found of a table: its names, and whether a watched descendant was rewritten.
+Verdict = tuple[Names, bool]
+
+
+class _Group:
+    """The requests a round answers about one table under one description."""
+
+    __slots__ = ("futures", "oid", "watch")
+
+    def __init__(self, oid: int, watch: Watch) -> None:
+        self.oid = oid
+        self.watch = watch
+        self.futures: list[asyncio.Future[Verdict]] = []
+
+    def fail(self, failure: BaseException) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(failure)
+
+
 class StillThere:
     """The tables' still-there checks of one source (see the module's docstring)."""
 
@@ -132,7 +205,7 @@ class StillThere:
         self,
         dsn: str,
         timeout: Callable[[], float],
-        fallback: Callable[[list[int]], Awaitable[Found]],
+        fallback: Callable[[Question], Awaitable[Answer]],
     ) -> None:
         self.dsn = dsn
         #: Seconds a round (with the connection it may open) may take: the catalog's.
@@ -141,50 +214,55 @@ class StillThere:
         self.fallback = fallback
         # Rounds have failed since one was last answered (said once, at WARNING).
         self._failing = False
-        self._waiting: dict[int, list[asyncio.Future[Names]]] = {}
+        # Requests waiting for the next round, by table and description of its descendants.
+        self._waiting: dict[tuple[int, int], _Group] = {}
         self._rounds: asyncio.Task[None] | None = None
-        # What the last round that asked about each table found: (when it began, names).
-        self._seen: dict[int, tuple[float, Names]] = {}
+        # What the last round that asked about each table found: (when it began, names, the
+        # descendants it compared, whether one was rewritten).
+        self._seen: dict[int, tuple[float, Names, Watch, bool]] = {}
         self._link: _Link | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closed = False
         # The last round ran out of time (Postgres hangs, or a partition): requests wait
         # `DOWN_WAIT` for theirs, not the timeout, until a round is answered.
         self._down = False
+        # The array texts of each description's descendants (`_question`).
+        self._texts: dict[int, tuple[Watch, tuple[int, str, str]]] = {}
         #: Rounds run (for tests and benchmarks: how many requests shared one).
         self.rounds_run = 0
 
-    async def names(self, oids: Sequence[int], asked: float) -> list[Names]:
-        """The schema, name and relfilenode of each table of `oids` (None: not there) as a
-        round begun at or after `asked` (monotonic) found them; raises `ServiceUnavailable`
-        when the round got no answer."""
-        answers: list[Names | asyncio.Future[Names]] = []
-        futures: list[asyncio.Future[Names]] = []
-        for oid in oids:
-            seen = self._seen.get(oid)
-            if seen is not None and seen[0] >= asked:
-                answers.append(seen[1])
-                continue
-            if self._closed:
-                raise stopping()
-            found: asyncio.Future[Names] = asyncio.get_running_loop().create_future()
-            self._waiting.setdefault(oid, []).append(found)
-            answers.append(found)
-            futures.append(found)
-        if not futures:
-            return answers  # type: ignore[return-value]
+    async def check(self, oid: int, watch: Watch, asked: float) -> Verdict:
+        """What a round begun at or after `asked` (monotonic) found of the table `oid`: its
+        schema, name, relfilenode and columns (`columns_text`; None: not there), and
+        whether one of the descendants `watch` lists (oid, relfilenode: a partitioned
+        table's partitions) has another relfilenode now (one missing is `check_families`'
+        business). Raises `ServiceUnavailable` when the round got no answer.
+
+        One waiter per request whatever `watch` holds: the round compares the descendants
+        once for every request of the same description (a waiter per descendant cost a -1
+        of a table of 500 partitions 4.6 times the CPU, review 23:15)."""
+        seen = self._seen.get(oid)
+        if seen is not None and seen[0] >= asked and seen[2] is watch:
+            return seen[1], seen[3]
+        if self._closed:
+            raise stopping()
+        key = (oid, id(watch))
+        group = self._waiting.get(key)
+        if group is None:
+            group = self._waiting[key] = _Group(oid, watch)
+        found: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        group.futures.append(found)
         if self._rounds is None:  # (one running began before this request: it waits)
             self._rounds = asyncio.ensure_future(self._run())
         if self._down:
             # The last round got no answer in its time: each request waiting the whole
             # timeout again (twice when it arrived during a round) held every -1 of every
             # shape 5-10 s while Postgres hung. Its round still runs, for the next ones.
-            await asyncio.wait(futures, timeout=DOWN_WAIT)
-            if not all(f.done() for f in futures):
-                for f in futures:
-                    f.cancel()
+            await asyncio.wait({found}, timeout=DOWN_WAIT)
+            if not found.done():
+                found.cancel()
                 raise not_answering()
-        return [await a if isinstance(a, asyncio.Future) else a for a in answers]
+        return await found
 
     def forget(self, oid: int) -> None:
         """Drop what was seen of `oid` (its table changed)."""
@@ -194,8 +272,9 @@ class StillThere:
         while self._waiting and not self._closed:
             batch, self._waiting = self._waiting, {}
             started = time.monotonic()  # (after every waiter of `batch` arrived)
+            watched = [group for group in batch.values() if group.watch]
             try:
-                found = await self._ask(list(batch))
+                found, rewritten = await self._ask(self._question(batch.values(), watched))
             except BaseException as exc:
                 failure = exc if isinstance(exc, ServiceUnavailable) else stopping()
                 if isinstance(exc, ServiceUnavailable) and not self._failing:
@@ -209,10 +288,8 @@ class StillThere:
                 if self._down:  # (and those that came meanwhile wait no more either)
                     failed.append(self._waiting)
                     self._waiting = {}
-                for futures in (f for waiting in failed for f in waiting.values()):
-                    for future in futures:
-                        if not future.done():
-                            future.set_exception(failure)
+                for group in (g for waiting in failed for g in waiting.values()):
+                    group.fail(failure)
                 if isinstance(exc, ServiceUnavailable):
                     continue
                 self._end(failure)
@@ -222,12 +299,13 @@ class StillThere:
             if self._failing:
                 self._failing = False
                 logger.warning("still-there checks are answered again")
-            for oid, futures in batch.items():
-                names = found.get(oid)
-                self._seen[oid] = (started, names)
-                for future in futures:
+            changed = {id(watched[i]) for i in rewritten}
+            for group in batch.values():
+                verdict = (found.get(group.oid), id(group) in changed)
+                self._seen[group.oid] = (started, verdict[0], group.watch, verdict[1])
+                for future in group.futures:
                     if not future.done():
-                        future.set_result(names)
+                        future.set_result(verdict)
         self._end(stopping())
 
     def _end(self, failure: ServiceUnavailable) -> None:
@@ -235,12 +313,42 @@ class StillThere:
         self._rounds = None
         if self._closed:
             waiting, self._waiting = self._waiting, {}
-            for futures in waiting.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(failure)
+            for group in waiting.values():
+                group.fail(failure)
 
-    async def _ask(self, oids: list[int]) -> Found:
+    def _question(self, groups: Iterable[_Group], watched: list[_Group]) -> Question:
+        """The round's question: the tables' oids, and each watched group's descendants
+        (their texts kept per description: a table of 500 partitions costs a few string
+        joins a round, not 500 numbers to write)."""
+        roots = "{" + ",".join({str(group.oid) for group in groups}) + "}"
+        numbers, oids, nodes = [], [], []
+        for i, group in enumerate(watched):
+            count, oid_text, node_text = self._texts_of(group.watch)
+            numbers.append((f"{i}," * count)[:-1])
+            oids.append(oid_text)
+            nodes.append(node_text)
+        return (
+            roots,
+            "{" + ",".join(numbers) + "}",
+            "{" + ",".join(oids) + "}",
+            "{" + ",".join(nodes) + "}",
+        )
+
+    def _texts_of(self, watch: Watch) -> tuple[int, str, str]:
+        kept = self._texts.get(id(watch))
+        if kept is not None and kept[0] is watch:
+            return kept[1]
+        if len(self._texts) >= TEXTS_KEPT:
+            self._texts.clear()
+        texts = (
+            len(watch),
+            ",".join(str(oid) for oid, _ in watch),
+            ",".join(str(node) for _, node in watch),
+        )
+        self._texts[id(watch)] = (watch, texts)
+        return texts
+
+    async def _ask(self, question: Question) -> Answer:
         """One round's query, on the kept connection (again on a new one if that one had
         died: Postgres restarted since) or a new one, within `timeout()`. When no connection
         of its own can be had (Postgres out of connection slots, a role's CONNECTION LIMIT),
@@ -255,7 +363,7 @@ class StillThere:
                     try:
                         if link is None:
                             link = self._link = await self._open()
-                        return await link.ask(oids)
+                        return await link.ask(question)
                     except (psycopg.Error, OSError) as exc:
                         self._drop()
                         if fresh or attempt:
@@ -265,7 +373,7 @@ class StillThere:
             self._drop()
             self._down = True
             raise not_answering() from None
-        return await self.fallback(oids)
+        return await self.fallback(question)
 
     async def _open(self) -> _Link:
         conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)

@@ -87,6 +87,7 @@ class SavedPosition:
         #: OSError is logged, and the save goes on (with the mark saved before).
         self.before_save: Callable[[], int | None] | None = None
         self._mark: int | None = None
+        self._before_failing = False  # (`before_save` failed at the last save)
         self._saving: asyncio.Future[None] | None = None
         self._wanted = self.saved
 
@@ -132,7 +133,21 @@ class SavedPosition:
                 if mark is not None:
                     self._mark = mark
             except OSError as exc:
-                logger.warning("before saving the replication position: %s", exc)
+                # Said once while it goes on (a full disk failed it at every save: ~21
+                # warnings a second, chaos 23:28), and once when it works again.
+                if not self._before_failing:
+                    self._before_failing = True
+                    logger.warning(
+                        "before saving the replication position: %s (the position is saved"
+                        " with the mark saved before; said again only once this works)",
+                        exc,
+                    )
+                else:
+                    logger.debug("before saving the replication position: %s", exc)
+            else:
+                if self._before_failing:
+                    self._before_failing = False
+                    logger.warning("before saving the replication position: works again")
         data = _LSN.pack(lsn)
         if self._mark is not None:
             data += _LSN.pack(self._mark)
