@@ -408,6 +408,8 @@ def check_client_where(
         stmt = _parse_select(_PREFIX + clause)
     except ValueError as exc:
         raise _syntax_error(clause, f"{what} {exc}") from None
+    where = stmt.whereClause
+    _check_depth(where, what)  # (first: the proxy's `too_deep`, as before 91c0d2cf)
     try:
         # (pglast reads a newer grammar than the engine's PostgreSQL 15: `0x10`, `1_000` are
         # the engine's "trailing junk", the first fault it names, located its own way, which
@@ -415,8 +417,6 @@ def check_client_where(
         where_parse.parse_clause(clause)
     except WhereError as exc:
         raise EngineWords("invalid_where", str(exc)) from None
-    where = stmt.whereClause
-    _check_depth(where, what)
     deferred: list[BadShapeRequest] = []
     refs, calls = _check_tree(
         where, allowed_columns, what, deferred=deferred if defer_functions else None
