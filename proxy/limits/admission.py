@@ -432,15 +432,31 @@ class Admission:
         rate, burst = limits.rate, limits.burst
         state.rate, state.burst = rate, burst
         now = self._clock()
-        new = state.new_shape(limits, now) if limits.shape is not None else None
-        if new is not None and (
-            state.quota_wait(limits, now)
-            or (
-                new[1] is not None
-                and new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now)
-            )
-        ):
-            return None  # (`admit` refuses it)
+        new = None
+        shape = limits.shape
+        if shape is not None:
+            # (`_State.new_shape`'s first case, inline: the shape this principal asked for
+            # last, within `shape_window`, is free and only marked asked for now; a
+            # follower's every request)
+            recent = state.recent
+            key = hash(shape)
+            if (
+                recent is None
+                or key != state.last
+                or (asked := recent.get(key)) is None
+                or asked < now - limits.shape_window
+            ):
+                new = state.new_shape(limits, now)
+                if new is not None and (
+                    state.quota_wait(limits, now)
+                    or (
+                        new[1] is not None
+                        and new[1].wait(limits.new_shape_rate, limits.new_shape_burst, now)
+                    )
+                ):
+                    return None  # (`admit` refuses it)
+            else:
+                recent[key] = now
         bucket = state.bucket  # (`TokenBucket.take`, inline: once per fast-lane request)
         tokens = bucket._tokens
         elapsed = now - bucket._updated
