@@ -370,9 +370,7 @@ class ProxyApp:
         if response is not None:
             status = response.status
         live = context.live
-        metrics.request_done(
-            context.outcome, context.reason or "-", "live" if live else "other", duration
-        )
+        metrics.request_done(context.outcome, context.reason or "-", live, duration)
         # The access line's level: routine long-polls DEBUG, failures WARNING (`ROUTINE_LIVE`).
         if status >= 500:
             level = logging.WARNING

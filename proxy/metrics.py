@@ -116,10 +116,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 
 FIRST_BYTE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 20, 60)
 
 
-#: The label of the engine's common statuses, made once.
-_STATUS = {status: str(status) for status in (200, 204, 304, 400, 404, 409, 429, 500, 503)}
-
-
 def _registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
 
@@ -155,7 +151,12 @@ class Metrics:
     def __post_init__(self) -> None:
         self.requests: dict[tuple[str, str], int] = {}
         self.latency: dict[str, _Histogram] = {}
-        self.upstream_responses: dict[str, int] = {}
+        #: `latency`'s "live" and "other" histograms, once made (made at a kind's first
+        #: request, so /metrics names only kinds seen, as before): no lookup per request.
+        self._live: _Histogram | None = None
+        self._other: _Histogram | None = None
+        #: By status as a number: its label is made at scrape time, not per response.
+        self.upstream_responses: dict[int, int] = {}
         self.upstream_first_byte = _Histogram(FIRST_BYTE_BUCKETS)
         self.upstream_requests = 0
         self.collapsed = 0
@@ -175,23 +176,31 @@ class Metrics:
 
     # --- updates (event-loop thread only) ----------------------------------------------
 
-    def request_done(self, outcome: str, reason: str, kind: str, duration: float) -> None:
+    def request_done(self, outcome: str, reason: str, live: bool, duration: float) -> None:
+        """Count one answered request; its duration under kind "live" or "other"."""
         key = (outcome, reason)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
-        histogram = self.latency.get(kind)
+        histogram = self._live if live else self._other
         if histogram is None:
-            histogram = self.latency[kind] = _Histogram(LATENCY_BUCKETS)
+            histogram = self._latency_of(live)
         histogram.counts[bisect_left(histogram.bounds, duration)] += 1  # (`observe`, inline:
         histogram.total += duration  # once per request)
+
+    def _latency_of(self, live: bool) -> _Histogram:
+        histogram = _Histogram(LATENCY_BUCKETS)
+        if live:
+            self._live = self.latency["live"] = histogram
+        else:
+            self._other = self.latency["other"] = histogram
+        return histogram
 
     def upstream_sent(self) -> None:
         self.upstream_requests += 1
 
     def upstream_answered(self, status: int, first_byte_seconds: float) -> None:
-        key = _STATUS.get(status) or str(status)
         responses = self.upstream_responses
-        responses[key] = responses.get(key, 0) + 1
+        responses[status] = responses.get(status, 0) + 1
         histogram = self.upstream_first_byte
         histogram.counts[bisect_left(histogram.bounds, first_byte_seconds)] += 1
         histogram.total += first_byte_seconds
@@ -248,8 +257,9 @@ class _Exporter(Collector):
         responses = CounterMetricFamily(
             "shape_proxy_upstream_responses", "Engine responses by status", labels=["status"]
         )
-        for status, count in sorted(m.upstream_responses.items()):
-            responses.add_metric([status], count)
+        by_label = {str(status): count for status, count in m.upstream_responses.items()}
+        for label, count in sorted(by_label.items()):
+            responses.add_metric([label], count)
         yield responses
         first_byte = HistogramMetricFamily(
             "shape_proxy_upstream_first_byte_seconds", "Time until the engine's response headers"

@@ -408,6 +408,8 @@ def check_client_where(
         stmt = _parse_select(_PREFIX + clause)
     except ValueError as exc:
         raise _syntax_error(clause, f"{what} {exc}") from None
+    where = stmt.whereClause
+    _check_depth(where, what)  # (first: the proxy's `too_deep`, as before 91c0d2cf)
     try:
         # (pglast reads a newer grammar than the engine's PostgreSQL 15: `0x10`, `1_000` are
         # the engine's "trailing junk", the first fault it names, located its own way, which
@@ -415,8 +417,6 @@ def check_client_where(
         where_parse.parse_clause(clause)
     except WhereError as exc:
         raise EngineWords("invalid_where", str(exc)) from None
-    where = stmt.whereClause
-    _check_depth(where, what)
     deferred: list[BadShapeRequest] = []
     refs, calls = _check_tree(
         where, allowed_columns, what, deferred=deferred if defer_functions else None
@@ -498,11 +498,16 @@ class CombinedWhere:
 
 
 _POSITIONS = re.compile(r'"(?:location|stmt_location|stmt_len)":-?[0-9]+')
+#: How a function call was spelt (`trim(x)` in SQL syntax, `pg_catalog.btrim(x)` as its
+#: printing): the same call, so not part of a tree's meaning (the printing of a clause with
+#: `trim` kept it from going verbatim, and the engine's locations from mapping back).
+_FUNCFORMAT = re.compile(r'"funcformat":"COERCE_[A-Z_]+"')
 
 
 def _shape_of(where: str) -> str:
     """The parse tree of a where clause without positions (equal: same meaning)."""
-    return _POSITIONS.sub("", parse_sql_json(blank_line_comments(_PREFIX + where)))
+    tree = _POSITIONS.sub("", parse_sql_json(blank_line_comments(_PREFIX + where)))
+    return _FUNCFORMAT.sub("", tree)
 
 
 def shift_template(sql: str, offset: int) -> str:

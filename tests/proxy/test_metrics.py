@@ -19,9 +19,9 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def test_counters_and_histograms_are_exposed_like_stock_metrics() -> None:
     m = Metrics()
-    m.request_done("ok", "-", "live", 0.003)
-    m.request_done("ok", "-", "live", 0.2)
-    m.request_done("refused", "token_expired", "other", 0.001)
+    m.request_done("ok", "-", True, 0.003)
+    m.request_done("ok", "-", True, 0.2)
+    m.request_done("refused", "token_expired", False, 0.001)
     m.upstream_sent()
     m.upstream_answered(200, 0.004)
     m.collapsed_request()
@@ -58,7 +58,7 @@ def test_counters_and_histograms_are_exposed_like_stock_metrics() -> None:
 
 def test_an_observation_on_a_bucket_bound_counts_in_that_bucket() -> None:
     m = Metrics()
-    m.request_done("ok", "-", "other", 0.01)  # le="0.01" includes 0.01
+    m.request_done("ok", "-", False, 0.01)  # le="0.01" includes 0.01
     s = samples(m)
     other = (("kind", "other"),)
     assert s[("shape_proxy_request_duration_seconds_bucket", (*other, ("le", "0.005")))] == 0

@@ -37,11 +37,13 @@ CLAUSES = [
     "NOT ((id::numeric > 2147483647 AND (id, n) > (5, 1)))",
     "(id, n) > (5, 1)",
     "lower(id) = 'a' OR (id, n) = (1, 1)",
-    # a clause sent regenerated under the rule's filter (`trim` as `pg_catalog.btrim`): the
-    # engine's location would count in the regenerated where (hostile 23:12), so the proxy's
-    # refusal, located in the client's own text, as the engine's for the clause alone
+    # SQL-syntax calls (`trim`, `substring`): the client's text goes verbatim (it was sent
+    # regenerated, `pg_catalog.btrim`, where the engine's locations did not map back: hostile
+    # 23:12), so the engine names its first fault, located in the client's own text
     "trim(title) <> 'x'",
     "trim(title) <> 'x' AND lower(id) = 'a'",
+    "title ~* 'x' OR trim(title) ILIKE '1'",
+    "substring(title from 1 for 1) = 't' OR id = 3",
     # a fault of the engine's reading itself (PostgreSQL 15's grammar): its words, its
     # location (hostile 23:12: 106 for the engine's 31)
     "power(id, 2) != 1_000",
