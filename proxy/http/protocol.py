@@ -637,6 +637,16 @@ class Connection(asyncio.Protocol, Writer):
     def _parse_failed(self, exc: Exception, data: bytes, at: int) -> None:
         """What `feed_data` raised parsing `data` from `at` (`_feed`, `data_received`): the
         request is refused, or answered and nothing after it read."""
+        if (
+            self._parser_lean
+            and not self._in_message
+            and not isinstance(exc, httptools.HttpParserUpgrade)
+        ):
+            # A lean head refused by llhttp: as its message began (`_Lean` has no
+            # `on_message_begin`; llhttp calls it at a head's first byte), so it is refused
+            # as a full read refuses it: a HEAD's refusal without a body (`_reading_head`),
+            # its deadline its own (hostile 23:41).
+            self.on_message_begin()
         if isinstance(exc, httptools.HttpParserUpgrade):
             # A request asking to switch protocols is answered as plain HTTP; nothing after
             # it (and its body) on this connection is read.
