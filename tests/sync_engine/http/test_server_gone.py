@@ -62,7 +62,11 @@ async def test_a_request_beyond_the_log_is_let_go_when_its_client_leaves(
     engine.sql("INSERT INTO items VALUES (1, 't1')")
     _, handle, _ = await engine.sync(table="items")
     assert engine.parked() == 0
-    target = f"/v1/shape?table=items&handle={handle}&offset={10**18}_0"
+    # An offset within the WAL that this engine's stream has not passed (one far past the
+    # WAL's end is a 400 at once, 5fa2311b): it is held, waiting for the stream.
+    engine.sql("SELECT pg_switch_wal()")
+    end = engine.sql("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8")[0][0]
+    target = f"/v1/shape?table=items&handle={handle}&offset={end}_0"
     if live:
         target += "&live=true"
     server = engine.client.server
