@@ -525,13 +525,15 @@ class Tables:
         table rewritten since (a new relfilenode), or whose columns changed (`columns_text`),
         is as good as a new one. The checks run
         in rounds on a connection of their own, each round one query for every
-        table asked about since the last began (`pg.still_there`). With the database
-        unreachable the intact log is served.
+        table asked about since the last began (`pg.still_there`).
+
+        A check Postgres does not answer (stopped, silent, unreachable) raises its 503
+        (`database_unreachable`, Retry-After): the log is never served unchecked. Served
+        after the timeout, a table dropped and made again just before Postgres went silent
+        gave a new client the dropped table's rows as up to date (chaos: DROP + CREATE,
+        SIGSTOP, `-1`).
         """
-        try:
-            names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
-        except ServiceUnavailable:
-            return True
+        names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
         if names is None or names[:2] != (table.schema, table.name):
             self.changed(table, dropped=True, reason="table dropped or renamed")
             return False

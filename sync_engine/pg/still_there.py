@@ -17,8 +17,9 @@ second, so it must cost little:
   behind it. The connection closes after `IDLE_CLOSE` seconds unused.
 
 A round that Postgres does not answer within the timeout (`Settings.catalog_timeout`), or
-on a connection that fails, fails its waiters with the 503 it would have been (the caller
-serves the intact log then); its connection is given up and the next round opens another.
+on a connection that fails, fails its waiters with the 503 it would have been (answered as
+such: an unchecked log may be a dropped table's); its connection is given up and the next
+round opens another.
 After a round that ran out of time, and until one is answered, a request waits at most
 `DOWN_WAIT` for its round: a hung Postgres costs each `-1` half a second, not the timeout.
 """
@@ -67,7 +68,7 @@ IDLE_CLOSE = 60.0
 #: Descriptions whose descendants' array texts are kept (then all are dropped and made again).
 TEXTS_KEPT = 256
 #: Seconds a request waits for its round while the last one got no answer in its time
-#: (then the caller serves the intact log, as after a timeout).
+#: (then its 503, as after a timeout).
 DOWN_WAIT = 0.5
 
 #: What a round found of a table: its (schema, name, relfilenode, columns), None when no
@@ -281,7 +282,7 @@ class StillThere:
                     self._failing = True
                     logger.warning(
                         "a still-there check got no answer (%s): first requests of existing"
-                        " shapes are answered from their logs unchecked until one does",
+                        " shapes are answered 503 until one does",
                         exc.message,
                     )
                 failed = [batch]
