@@ -551,7 +551,8 @@ class Tables:
         # A column added (with a default), dropped, renamed, or retyped or made NOT NULL
         # without a rewrite: no row change streamed, same relfilenode, yet the rows read
         # other columns (chaos 23:20: ADD COLUMN .. DEFAULT, DROP COLUMN served the old
-        # columns up to date for ~3 s). `_drift`'s reason.
+        # columns up to date for ~3 s); or a new primary key, the log keyed by the old one.
+        # `_drift`'s reason.
         if names[3] != self._columns_text(table):
             self.changed(table, dropped=True, reason="table schema changed")
             return False
@@ -564,8 +565,10 @@ class Tables:
             return kept[1]
         if len(self._columns_texts) >= 256:  # (descriptions come and go: dropped, made again)
             self._columns_texts.clear()
+        key = sorted((c.pk_index, c.attnum) for c in table.columns if c.pk_index is not None)
         text = columns_text(
-            (c.attnum, c.type_oid, c.type_mod, c.not_null, c.name) for c in table.columns
+            ((c.attnum, c.type_oid, c.type_mod, c.not_null, c.name) for c in table.columns),
+            (attnum for _, attnum in key),
         )
         self._columns_texts[id(table)] = (table, text)
         return text

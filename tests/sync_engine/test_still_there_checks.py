@@ -207,3 +207,36 @@ async def test_a_first_request_after_a_column_change_gets_the_new_columns(
     assert all(set(r) == expected for r in new_rows.values())
     status, _, _ = await engine.get(table="cc", offset=offset, handle=old)
     assert status == 409
+
+
+@pytest.mark.parametrize(
+    "alter",
+    [
+        "ALTER TABLE pk DROP CONSTRAINT pk_pkey, ADD PRIMARY KEY (id, org)",
+        "ALTER TABLE pk DROP CONSTRAINT pk_pkey, ADD PRIMARY KEY (org, id)",
+        "ALTER TABLE pk DROP CONSTRAINT pk_pkey",
+    ],
+    ids=["wider", "reordered", "dropped"],
+)
+async def test_a_first_request_after_a_primary_key_change_gets_a_new_shape(
+    engine: Engine, alter: str
+) -> None:
+    """A new primary key (or none) rewrites nothing and streams no row: the table's oid,
+    name, relfilenode and columns the same, a `-1` was answered the log keyed by the old
+    key, up to date, until the periodic schema check (600 s here), and a row new under the
+    new key ((1, 2) beside (1, 1)) would overwrite another in every client. The round
+    compares the key (`pg_index.indkey`): a new shape, its rows keyed by the new key, and
+    the old handle's client gets a 409."""
+    engine.sql("CREATE TABLE pk (id int NOT NULL, org int NOT NULL, v text)")
+    engine.sql("ALTER TABLE pk ADD CONSTRAINT pk_pkey PRIMARY KEY (id)")
+    engine.sql("INSERT INTO pk VALUES (1, 1, 'a'), (2, 1, 'b')")
+    rows, old, offset = await engine.sync(table="pk")
+    old_keys = set(rows)
+    assert len(old_keys) == 2
+    engine.sql(alter)
+
+    new_rows, new, _ = await engine.sync(table="pk")
+    assert new != old
+    assert len(new_rows) == 2 and set(new_rows) != old_keys, (old_keys, set(new_rows))
+    status, _, _ = await engine.get(table="pk", offset=offset, handle=old)
+    assert status == 409
