@@ -22,7 +22,6 @@ import pytest
 
 from sync_engine import tables
 from sync_engine.app import SOURCES, build_app
-from tests.support.waiting import wait_until_async
 from tests.sync_engine.engine_harness import SETTINGS, Engine, apply, stopped_within
 
 #: Seconds the test holds the lock at most: far beyond a check's round trip, and within
@@ -42,6 +41,7 @@ async def engine(
     # checks on the catalog connection, a -1 waits for the lock's release.
     monkeypatch.setattr(tables, "QUEUE_TIMEOUT", 120.0)
     monkeypatch.setattr(tables, "PUBLISH_TIMEOUT", 120.0)
+    monkeypatch.setattr(tables, "PUBLISH_LOCK_WAIT", 120.0)
     settings = replace(
         SETTINGS, database_url=db_url, data_dir=tmp_path / "data", schema_check_interval=600.0
     )
@@ -59,19 +59,20 @@ async def test_a_first_request_is_not_held_by_another_tables_publish(engine: Eng
     assert len(rows) == 2
 
     # An application's open transaction on `two`: the first shape of `two` waits for it
-    # (its REPLICA IDENTITY FULL needs the table alone).
+    # (its REPLICA IDENTITY FULL needs the table alone), never in the lock's queue, where
+    # the application's queries of `two` would wait behind it (`LockWatch`).
     holder = await psycopg.AsyncConnection.connect(engine.db_url)
     try:
         await holder.execute("LOCK TABLE two IN ACCESS SHARE MODE")
         first_of_two = asyncio.ensure_future(engine.get(table="two", offset="-1"))
-        await wait_until_async(
-            lambda: engine.sql(ALTER_WAITING)[0][0] == 1, message="the publish of two waits"
-        )
+        await asyncio.sleep(1)
+        assert not first_of_two.done(), first_of_two.result()  # (the publish of two waits)
 
         again = asyncio.ensure_future(engine.get(table="one", offset="-1"))
         await asyncio.wait({again}, timeout=HOLD)
         assert again.done(), "the -1 of an existing shape waited for another table's publish"
-        assert engine.sql(ALTER_WAITING)[0][0] == 1  # (answered while the publish waits)
+        assert not first_of_two.done()  # (answered while the publish waits)
+        assert engine.sql(ALTER_WAITING)[0][0] == 0  # (and never queued for the lock)
         status, headers, body = again.result()
         assert status == 200, body
         assert headers["electric-handle"] == handle
