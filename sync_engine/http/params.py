@@ -382,7 +382,9 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
-        n = int(value)
+        # (one of 20 or more digits is past bigint either way; `int()` refuses over 4,300)
+        digits = value.lstrip("+-").lstrip("0") or "0"
+        n = (-1 if value[0] == "-" else 1) * (int(digits) if len(digits) < 20 else 10**20)
     else:
         raise _subset_error(field_name, "is invalid")
     if n < minimum:
