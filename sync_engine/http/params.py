@@ -379,6 +379,8 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     # As Ecto's :integer cast (Electric's): a JSON integer, or a string of ASCII digits with an
     # optional sign. Not a bool, not a float (1.5, 1e3, 2.0), not Python's wider `int(str)`
     # (spaces, `1_0`, non-ASCII digits).
+    if isinstance(value, JsonNumber):
+        value = value.text
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
@@ -425,9 +427,11 @@ def _parse_subset(
         try:
             raw_params = orjson.loads(params_text)
         except orjson.JSONDecodeError:
-            raise _subset_error("params", "params must be valid JSON") from None
+            raw_params = _exact_json(params_text)  # (a number past a double's range?)
+            if raw_params is None:
+                raise _subset_error("params", "params must be valid JSON") from None
         if _has_float_value(raw_params):  # (a flat object: no depth for `json` to recurse)
-            raw_params = json.loads(params_text)  # (integers beyond 64 bits, exactly)
+            raw_params = _exact_json(params_text)  # (each number as written)
         if not isinstance(raw_params, dict):
             raise _subset_error("params", "params must be a JSON object")
     if raw_params is None:
@@ -470,10 +474,16 @@ MAX_BODY = 8 * 1024 * 1024
 SUBSET_BODY_KEYS = ("where", "params", "limit", "offset", "order_by", "where_expr", "order_by_expr")
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any] | None:
+def parse_json_body(raw: bytes, *, exact: bool = False) -> dict[str, Any] | None:
     """A POST body as the engine reads it: None when empty, else a JSON object, refused in
     Electric's words (`BadBody`) otherwise. The proxy reads bodies with this too, so both
-    refuse the same body the same way."""
+    refuse the same body the same way.
+
+    `exact` (the engine's own reading): a body whose params hold a fraction, an integer
+    beyond 64 bits or a number past a double's range (`1` and 5,000 zeros, which orjson
+    refuses) is read again with every number kept as written (`JsonNumber`): the param is
+    bound to the digits the client sent, where a double's nearest value (30 digits read as
+    `1.2345678901234568e+29`) selected other rows than Postgres does for the number sent."""
     if len(raw) > MAX_BODY:
         raise BadBody("Request body too large", 413)
     if not raw.strip():
@@ -483,7 +493,9 @@ def parse_json_body(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc):  # orjson's own limit (1,024 levels), far above ours
             raise limits.too_deep() from None
-        raise BadBody("Invalid JSON in request body", details=str(exc)) from None
+        data = _exact_json(raw) if exact else None
+        if data is None:
+            raise BadBody("Invalid JSON in request body", details=str(exc)) from None
     if not isinstance(data, dict):
         raise BadBody("Request body must be a JSON object")
     limits.check_body(data)  # (its depth bounded before `json` recurses into it below)
@@ -491,9 +503,38 @@ def parse_json_body(raw: bytes) -> dict[str, Any] | None:
     if _has_float_value(data.get("params")) or (
         isinstance(subset, dict) and _has_float_value(subset.get("params"))
     ):
-        exact: dict[str, Any] = json.loads(raw)  # (integers beyond 64 bits, exactly)
-        return exact
+        again: dict[str, Any] = _exact_json(raw) if exact else json.loads(raw)
+        return again
     return data
+
+
+class JsonNumber:
+    """A JSON number as written (`_exact_json`): bound to a `$n` as its text, never a
+    double's approximation; a subset's limit or offset reads its text as an integer."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"JsonNumber({self.text!r})"
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")  # (Python's json reads NaN, Infinity)
+
+
+def _exact_json(text: str | bytes) -> Any:
+    """`text` as JSON with each number a `JsonNumber` (no `int()`: it refuses 4,300+
+    digits), NaN and Infinity refused as Electric's Jason refuses them; None when it is
+    not JSON (or nests past the interpreter's recursion: orjson bounds the depth first)."""
+    try:
+        return json.loads(
+            text, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_not_json
+        )
+    except (ValueError, RecursionError):
+        return None
 
 
 def _param_text(value: object) -> str:
@@ -503,6 +544,8 @@ def _param_text(value: object) -> str:
     and otherwise than the proxy, which forwards "true"), `null` is ""."""
     if value is None:
         return ""
+    if isinstance(value, JsonNumber):
+        return value.text
     if value is True:
         return "true"
     if value is False:

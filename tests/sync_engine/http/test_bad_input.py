@@ -484,8 +484,11 @@ async def test_subset_limit_and_offset_must_be_integers(engine: Engine) -> None:
         ("limit", "0" * 5000 + "7", None),
     ]:
         q = {**shape, "subset__order_by": "id", f"subset__{field}": value}
-        for method, kw in [("GET", {"params": q}), ("POST", {"params": shape, "json": {
-                "order_by": "id", field: value}})]:  # fmt: skip
+        forms: list[tuple[str, dict[str, Any]]] = [
+            ("GET", {"params": q}),
+            ("POST", {"params": shape, "json": {"order_by": "id", field: value}}),
+        ]
+        for method, kw in forms:
             status, headers, raw = await request(engine, method, **kw)
             if words is None:
                 assert status == 200, raw
