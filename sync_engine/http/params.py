@@ -75,8 +75,22 @@ def _flag(value: str | None) -> bool:
     return value is not None and value != "false"
 
 
+#: Unicode's White_Space characters, which Elixir's `String.trim_leading` removes (Python's
+#: `str.strip` removes U+001C-U+001F too, which are not).
+ECTO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
 def _blank(value: str | None) -> str | None:
-    return None if value is None or value == "" else value
+    """None for an absent value and for Ecto's empty one, whitespace only: Electric casts its
+    parameters with Ecto's `cast/4`, whose default `empty_values` is
+    `Ecto.Type.empty_trimmed_string?` (`String.trim_leading(value) == ""`), so `where=%20`
+    is no where, `handle=%20` no handle and `offset=%20` "can't be blank". A value with
+    anything else is kept as sent, spaces and all. (Not `live`/`live_sse`: Electric's plug
+    makes them booleans first, `value != "false"`, so `live=%20` is true.)"""
+    return None if value is None or not value.lstrip(ECTO_SPACE) else value
 
 
 #: A key Electric reads as a number (`Integer.parse` with nothing left over): a sign, then
@@ -171,10 +185,8 @@ def parse_shape_request(
         has_subset = has_subset or bool(subset_body)
 
     # 1. offset
-    raw_offset = q.get("offset")
+    raw_offset = _blank(q.get("offset"))
     if raw_offset is None:
-        raise InvalidRequest({"offset": ["can't be blank"]})
-    if raw_offset == "":
         raise InvalidRequest({"offset": ["can't be blank"]})
     offset: LogOffset | None
     if raw_offset == "now":
@@ -192,7 +204,7 @@ def parse_shape_request(
     elif handle is None:
         raise InvalidRequest({"handle": ["can't be blank when offset != -1"]})
     # 3. live vs offset, live_sse
-    live = _flag(q.get("live"))
+    live = _flag(q.get("live"))  # (a boolean before Ecto sees it: `live=%20` is true)
     if live and offset is None:
         raise InvalidRequest({"live": ["can't be true when offset is 'now'"]})
     if live and offset is not None and offset.is_before_all:
@@ -205,10 +217,10 @@ def parse_shape_request(
     table = _blank(q.get("table"))
     if table is None:
         raise InvalidRequest({"table": ["can't be blank"]})
-    replica = _REPLICAS.get(q.get("replica") or "default")
+    replica = _REPLICAS.get(_blank(q.get("replica")) or "default")
     if replica is None:
         raise InvalidRequest({"replica": ["is invalid"]})
-    log_mode = _LOG_MODES.get(q.get("log") or "full")
+    log_mode = _LOG_MODES.get(_blank(q.get("log")) or "full")
     if log_mode is None:
         raise InvalidRequest({"log": ["is invalid"]})
     where = _blank(q.get("where"))
@@ -347,7 +359,7 @@ def _checked(
             if m and kept[k] == i:
                 subset_params[m.group(1)] = v
     bare = last(query, "params")
-    if bare is not None and bare.strip():
+    if _blank(bare) is not None:
         # `params=...` is one string where Electric's `params` field is a map
         # (`{:map, :string}`): Ecto's cast fails with its own words, "is invalid". An empty
         # (or blank) value is Ecto's empty value: the field keeps its default, no params.
@@ -400,13 +412,18 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     return n
 
 
+def _blank_text(value: Any) -> Any:
+    """A subset field (URL text or any JSON value) with Ecto's empty text as None."""
+    return _blank(value) if isinstance(value, str) else value
+
+
 def _parse_subset(
     q: Mapping[str, str], bracket_params: dict[str, str], body: Mapping[str, Any]
 ) -> SubsetParams:
-    where = body.get("where", q.get("subset__where"))
+    where = _blank_text(body.get("where", q.get("subset__where")))
     if where is not None and not isinstance(where, str):
         raise _subset_error("where", "is invalid")
-    order_by = body.get("order_by", q.get("subset__order_by"))
+    order_by = _blank_text(body.get("order_by", q.get("subset__order_by")))
     if order_by is not None and not isinstance(order_by, str):
         raise _subset_error("order_by", "is invalid")
     # Electric's SubsetParams `params` is a JsonOrMapStringParams: a string (the query's
@@ -420,7 +437,7 @@ def _parse_subset(
     raw_params: Any = body.get("params")
     if raw_params is None and "subset__params" in q:
         raw_params = q["subset__params"]
-    if isinstance(raw_params, str) and not raw_params.strip():
+    if isinstance(raw_params, str) and _blank(raw_params) is None:
         raw_params = None  # Ecto's empty value: the default, no params
     if isinstance(raw_params, str):
         params_text = raw_params
@@ -453,8 +470,8 @@ def _parse_subset(
     for text in (where or "", order_by or "", *params.values()):
         if "\x00" in text:
             raise _subset_error("where", "must not contain NUL bytes")
-    limit = _int_field(body.get("limit", q.get("subset__limit")), "limit", 1)
-    offset = _int_field(body.get("offset", q.get("subset__offset")), "offset", 0)
+    limit = _int_field(_blank_text(body.get("limit", q.get("subset__limit"))), "limit", 1)
+    offset = _int_field(_blank_text(body.get("offset", q.get("subset__offset"))), "offset", 0)
     if (limit is not None or offset is not None) and not order_by:
         raise _subset_error("order_by", "order_by is required when limit or offset is present")
     if params:
