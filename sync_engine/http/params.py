@@ -545,13 +545,23 @@ def _not_json(constant: str) -> None:
 def _exact_json(text: str | bytes) -> Any:
     """`text` as JSON with each number a `JsonNumber` (no `int()`: it refuses 4,300+
     digits), NaN and Infinity refused as Electric's Jason refuses them; None when it is
-    not JSON (or nests past the interpreter's recursion: orjson bounds the depth first)."""
+    not JSON (or nests past the interpreter's recursion: orjson bounds the depth first).
+    A lone surrogate (`"\\ud800"`), which `json` reads and orjson refuses, is not JSON
+    either: its text cannot be encoded (a 500 in any `.encode()` after)."""
     try:
-        return json.loads(
+        value = json.loads(
             text, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_not_json
         )
-    except (ValueError, RecursionError):
+        orjson.dumps(value, default=_number_text)  # (refuses a surrogate, as `loads` does)
+    except (ValueError, RecursionError, TypeError):  # (orjson.JSONEncodeError: TypeError)
         return None
+    return value
+
+
+def _number_text(value: object) -> str:
+    if isinstance(value, JsonNumber):
+        return value.text
+    raise TypeError(type(value).__name__)
 
 
 def _param_text(value: object) -> str:
