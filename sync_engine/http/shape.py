@@ -671,7 +671,7 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
         if size > MAX_BODY:  # (chunked: no length said so before)
             raise BadBody("Request body too large", 413)
         pieces.append(piece)
-    return parse_json_body(b"".join(pieces))
+    return parse_json_body(b"".join(pieces), exact=True)
 
 
 def _etag(shape: Shape, req: ShapeRequest, end: str, *, has_data: bool) -> str:
