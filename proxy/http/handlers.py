@@ -435,6 +435,11 @@ def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> Non
         response.body = orjson.dumps(answer)  # (as the engine writes it: compact)
 
 
+#: How the engine's refusal of a generated column in the replicated columns begins
+#: (`sync_engine.shapes.definition.choose_columns`).
+_GENERATED_REFUSAL = "Generated columns cannot be replicated by PostgreSQL"
+
+
 def name_the_rule(
     response: StreamResponse,
     rule: str,
@@ -452,7 +457,9 @@ def name_the_rule(
 
     `field="queryable_columns"`: the `columns` the engine refused were the client's
     `queryable_columns` (`Decision.columns_are_queryable`), so its other refusals of them go
-    under that name, as the engine names them when it gets the list alone."""
+    under that name, as the engine names them when it gets the list alone; all but a
+    generated column's, which the engine names `columns` then too (it checks the list as
+    the columns it replicates: `sync_engine.shapes.definition.choose_columns`)."""
     if not isinstance(response, Response) or not isinstance(response.body, bytes):
         return
     try:
@@ -467,7 +474,9 @@ def name_the_rule(
         rule_columns_error(m, rule, rule_columns) if isinstance(m, str) else None for m in messages
     ]
     if not any(said):
-        if field != "columns":
+        if field != "columns" and not all(
+            isinstance(m, str) and m.startswith(_GENERATED_REFUSAL) for m in messages
+        ):
             assert isinstance(errors, dict)
             answer["errors"] = {field if k == "columns" else k: v for k, v in errors.items()}
             response.body = orjson.dumps(answer)
