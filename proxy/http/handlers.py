@@ -759,6 +759,12 @@ async def _prepare(
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
         check_as_the_engine(query, posted)
+    elif method != "DELETE" and (named := runtime.loaded.policy.shapes.get(shape_name)):
+        # A named shape is the engine's request for its table: its numbers, flags and
+        # subset read (and refused) as the engine reads them, not by the proxy's own reading
+        # (`subset__limit=%205` was served, `subset__limit=0` refused in other words).
+        named_table = [] if any(name == "table" for name, _ in query) else [("table", named.table)]
+        check_as_the_engine([*query, *named_table], posted)
     shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(request, runtime, claims, anonymous, shape_request), None

@@ -36,6 +36,7 @@ from sync_engine.http.params import ELECTRIC_NUMBER as _NUMBER
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
+from sync_engine.http.params import _int_field as _engine_int
 from sync_engine.http.params import key_number as _key_number
 from sync_engine.http.params import parse_shape_request as engine_parse
 from sync_engine.http.parser_refusals import MAX_REQUEST_TARGET as CLIENT_MAX_TARGET
@@ -60,8 +61,6 @@ _SUBSET_IGNORED = ("subset__where_expr", "subset__order_by_expr")
 #: query values are bounded by it anyway), also for a shape parameter sent in a POST body. An
 #: 8,192-character cap refused a `where` of 8,193-9,950 characters the engine serves (attack).
 MAX_VALUE_LENGTH = CLIENT_MAX_TARGET
-#: LIMIT and OFFSET are bigint in Postgres (the engine's bound and words).
-_MAX_BIGINT = 2**63 - 1
 
 
 def _invalid(reason: str, field: str, message: str) -> EngineRefusal:
@@ -182,21 +181,14 @@ def _keyed(params: Mapping[str, str], field: str) -> dict[str, str]:
 
 
 def _int_param(name: str, value: object, minimum: int) -> int | None:
-    """A subset limit or offset, refused in the engine's words."""
-    field = f"subset.{name}"
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _invalid("invalid_subset", field, "is invalid")
+    """A subset limit or offset, read and refused by the engine's own reading
+    (`sync_engine.http.params._int_field`: Ecto's integer cast, the bigint bound), so the
+    two cannot drift (the proxy's `int()` took `" 5"`, `1_0`, `\u0665` and `1.0`, and said
+    "greater than or equal to 1" where the engine says "greater than 0")."""
     try:
-        number = int(value)
-    except (ValueError, OverflowError):  # "abc", "1.5", NaN, Infinity
-        raise _invalid("invalid_subset", field, "is invalid") from None
-    if number < minimum:
-        raise _invalid("invalid_subset", field, f"must be greater than or equal to {minimum}")
-    if number > _MAX_BIGINT:
-        raise _invalid("invalid_subset", field, f"must be less than or equal to {_MAX_BIGINT}")
-    return number
+        return _engine_int(value, name, minimum)
+    except InvalidRequest as exc:
+        raise _refusal(exc) from None
 
 
 def _subset_params(raw: object) -> dict[str, str]:
