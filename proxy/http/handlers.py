@@ -752,20 +752,23 @@ async def _prepare(
     posted = engine_body(await _read_body(request, config.server.max_body_bytes)) if post else None
     # (before anything reads the decoded query's values; after the body, as the engine)
     check_utf8(request.query_string)
+    checked = None
     if shape_name is None and method == "DELETE":
         # (the engine's checks of a DELETE, before the policy's; its offset never read)
         query = check_delete_as_the_engine(query)
     elif shape_name is None:
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
-        check_as_the_engine(query, posted)
+        checked = check_as_the_engine(query, posted)
     elif method != "DELETE" and (named := runtime.loaded.policy.shapes.get(shape_name)):
         # A named shape is the engine's request for its table: its numbers, flags and
         # subset read (and refused) as the engine reads them, not by the proxy's own reading
         # (`subset__limit=%205` was served, `subset__limit=0` refused in other words).
         named_table = [] if any(name == "table" for name, _ in query) else [("table", named.table)]
-        check_as_the_engine([*query, *named_table], posted)
-    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+        checked = check_as_the_engine([*query, *named_table], posted)
+    shape_request = (
+        parse_post_request(query, posted, checked) if post else parse_shape_query(query, checked)
+    )
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(request, runtime, claims, anonymous, shape_request), None
     try:
