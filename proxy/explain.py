@@ -99,12 +99,11 @@ async def explain(
                     raise
             report["claims"] = dict(claims or {})
             check_utf8(raw_query)
-            if shape_name is None:
-                check_as_the_engine(query)
+            checked = check_as_the_engine(query) if shape_name is None else None
             decision = evaluate(
                 loaded.policy,
                 claims or {},
-                parse_shape_query(query),
+                parse_shape_query(query, checked),
                 shape_name=shape_name,
                 anonymous=token is None and not claims,
             )

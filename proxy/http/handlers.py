@@ -435,6 +435,11 @@ def remap_where_errors(response: StreamResponse, combined: CombinedWhere) -> Non
         response.body = orjson.dumps(answer)  # (as the engine writes it: compact)
 
 
+#: How the engine's refusal of a generated column in the replicated columns begins
+#: (`sync_engine.shapes.definition.choose_columns`).
+_GENERATED_REFUSAL = "Generated columns cannot be replicated by PostgreSQL"
+
+
 def name_the_rule(
     response: StreamResponse,
     rule: str,
@@ -452,7 +457,9 @@ def name_the_rule(
 
     `field="queryable_columns"`: the `columns` the engine refused were the client's
     `queryable_columns` (`Decision.columns_are_queryable`), so its other refusals of them go
-    under that name, as the engine names them when it gets the list alone."""
+    under that name, as the engine names them when it gets the list alone; all but a
+    generated column's, which the engine names `columns` then too (it checks the list as
+    the columns it replicates: `sync_engine.shapes.definition.choose_columns`)."""
     if not isinstance(response, Response) or not isinstance(response.body, bytes):
         return
     try:
@@ -467,7 +474,9 @@ def name_the_rule(
         rule_columns_error(m, rule, rule_columns) if isinstance(m, str) else None for m in messages
     ]
     if not any(said):
-        if field != "columns":
+        if field != "columns" and not all(
+            isinstance(m, str) and m.startswith(_GENERATED_REFUSAL) for m in messages
+        ):
             assert isinstance(errors, dict)
             answer["errors"] = {field if k == "columns" else k: v for k, v in errors.items()}
             response.body = orjson.dumps(answer)
@@ -743,14 +752,23 @@ async def _prepare(
     posted = engine_body(await _read_body(request, config.server.max_body_bytes)) if post else None
     # (before anything reads the decoded query's values; after the body, as the engine)
     check_utf8(request.query_string)
+    checked = None
     if shape_name is None and method == "DELETE":
         # (the engine's checks of a DELETE, before the policy's; its offset never read)
         query = check_delete_as_the_engine(query)
     elif shape_name is None:
         # The engine's own checks first, so a request wrong in several ways is refused for
         # what the engine would name first (an offset before a table, say).
-        check_as_the_engine(query, posted)
-    shape_request = parse_post_request(query, posted) if post else parse_shape_query(query)
+        checked = check_as_the_engine(query, posted)
+    elif method != "DELETE" and (named := runtime.loaded.policy.shapes.get(shape_name)):
+        # A named shape is the engine's request for its table: its numbers, flags and
+        # subset read (and refused) as the engine reads them, not by the proxy's own reading
+        # (`subset__limit=%205` was served, `subset__limit=0` refused in other words).
+        named_table = [] if any(name == "table" for name, _ in query) else [("table", named.table)]
+        checked = check_as_the_engine([*query, *named_table], posted)
+    shape_request = (
+        parse_post_request(query, posted, checked) if post else parse_shape_query(query, checked)
+    )
     if method == "DELETE" and is_delete_by_handle(shape_request, shape_name):
         return _prepare_delete_by_handle(request, runtime, claims, anonymous, shape_request), None
     try:

@@ -36,9 +36,12 @@ from sync_engine.http.params import ELECTRIC_NUMBER as _NUMBER
 from sync_engine.http.params import PARAM_KEY as _PARAM_KEY
 from sync_engine.http.params import SINGLE_PARAMS_SET as _SINGLE_SET
 from sync_engine.http.params import SUBSET_PARAM_KEY as _SUBSET_PARAM_KEY
+from sync_engine.http.params import ShapeRequest as EngineRequest
+from sync_engine.http.params import _int_field as _engine_int
 from sync_engine.http.params import key_number as _key_number
 from sync_engine.http.params import parse_shape_request as engine_parse
 from sync_engine.http.parser_refusals import MAX_REQUEST_TARGET as CLIENT_MAX_TARGET
+from sync_engine.shapes.definition import SubsetParams as EngineSubset
 
 #: Electric's protocol parameters that the client controls (`ELECTRIC_PROTOCOL_QUERY_PARAMS`
 #: minus the subset ones, which are checked separately).
@@ -60,8 +63,6 @@ _SUBSET_IGNORED = ("subset__where_expr", "subset__order_by_expr")
 #: query values are bounded by it anyway), also for a shape parameter sent in a POST body. An
 #: 8,192-character cap refused a `where` of 8,193-9,950 characters the engine serves (attack).
 MAX_VALUE_LENGTH = CLIENT_MAX_TARGET
-#: LIMIT and OFFSET are bigint in Postgres (the engine's bound and words).
-_MAX_BIGINT = 2**63 - 1
 
 
 def _invalid(reason: str, field: str, message: str) -> EngineRefusal:
@@ -182,21 +183,14 @@ def _keyed(params: Mapping[str, str], field: str) -> dict[str, str]:
 
 
 def _int_param(name: str, value: object, minimum: int) -> int | None:
-    """A subset limit or offset, refused in the engine's words."""
-    field = f"subset.{name}"
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise _invalid("invalid_subset", field, "is invalid")
+    """A subset limit or offset, read and refused by the engine's own reading
+    (`sync_engine.http.params._int_field`: Ecto's integer cast, the bigint bound), so the
+    two cannot drift (the proxy's `int()` took `" 5"`, `1_0`, `\u0665` and `1.0`, and said
+    "greater than or equal to 1" where the engine says "greater than 0")."""
     try:
-        number = int(value)
-    except (ValueError, OverflowError):  # "abc", "1.5", NaN, Infinity
-        raise _invalid("invalid_subset", field, "is invalid") from None
-    if number < minimum:
-        raise _invalid("invalid_subset", field, f"must be greater than or equal to {minimum}")
-    if number > _MAX_BIGINT:
-        raise _invalid("invalid_subset", field, f"must be less than or equal to {_MAX_BIGINT}")
-    return number
+        return _engine_int(value, name, minimum)
+    except InvalidRequest as exc:
+        raise _refusal(exc) from None
 
 
 def _subset_params(raw: object) -> dict[str, str]:
@@ -230,11 +224,29 @@ def _subset_params(raw: object) -> dict[str, str]:
     return _keyed(texts, field) if texts else {}
 
 
-def _parse_subset(values: dict[str, str], present: bool) -> SubsetRequest | None:
+def _as_read_by_the_engine(subset: EngineSubset) -> SubsetRequest:
+    """The engine's own reading of a request's subset (`check_as_the_engine`) as the
+    proxy's: its params' text as the engine binds it (a JSON number's, `true`, `null`), its
+    limit and offset as the engine reads them, the params in their numbers' order."""
+    return SubsetRequest(
+        where=subset.where,
+        params={key: subset.params[key] for key in sorted(subset.params, key=_key_number)},
+        limit=subset.limit,
+        offset=subset.offset,
+        order_by=subset.order_by,
+    )
+
+
+def _parse_subset(
+    values: dict[str, str], present: bool, checked: EngineRequest | None
+) -> SubsetRequest | None:
     """The subset of a query string; `present`: some `subset__*` parameter came, even empty
-    (`subset__offset=`), which makes the request a subset request to the engine."""
+    (`subset__offset=`), which makes the request a subset request to the engine. `checked`:
+    the engine's reading of the request, whose subset is taken as it is when it has one."""
     if not present:
         return None
+    if checked is not None and checked.subset is not None:
+        return _as_read_by_the_engine(checked.subset)
     if "subset__params" in values:
         params = _subset_params(values["subset__params"])
     else:
@@ -253,8 +265,11 @@ def _parse_subset(values: dict[str, str], present: bool) -> SubsetRequest | None
     )
 
 
-def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
-    """Parse a `/v1/shape` query string (as decoded name/value pairs)."""
+def parse_shape_query(
+    items: Iterable[tuple[str, str]], checked: EngineRequest | None = None
+) -> ShapeRequest:
+    """Parse a `/v1/shape` query string (as decoded name/value pairs); `checked`: the
+    engine's own reading of it (`check_as_the_engine`), whose subset is the proxy's."""
     items = list(items)
     values = _one_each(items)
     bracketed: dict[str, str] = {}
@@ -292,7 +307,9 @@ def parse_shape_query(items: Iterable[tuple[str, str]]) -> ShapeRequest:
         queryable_columns_text=values.get("queryable_columns"),
         replica=values.get("replica"),
         protocol=_protocol(values),
-        subset=_parse_subset(values, any(name.startswith("subset__") for name, _ in items)),
+        subset=_parse_subset(
+            values, any(name.startswith("subset__") for name, _ in items), checked
+        ),
     )
 
 
@@ -393,13 +410,15 @@ def engine_body(raw: bytes) -> dict[str, object] | None:
 
 def check_as_the_engine(
     items: Iterable[tuple[str, str]], body: Mapping[str, object] | None = None
-) -> None:
+) -> EngineRequest:
     """Refuse what the engine's own parameter checks refuse (`sync_engine.http.params`), in
     their order and words: query size and repeats, then offset, handle, live, table, replica,
     log, the subset, the params. The proxy's own parsing and the policy come after, so a
-    request wrong in several ways gets the engine's first complaint, not another one."""
+    request wrong in several ways gets the engine's first complaint, not another one.
+    Returns the engine's reading, whose subset the proxy then takes as it is (its numbers
+    and params read by the engine's code, never by a second reading of the proxy's)."""
     try:
-        engine_parse(MultiDict(items), dict(body) if body is not None else None)
+        return engine_parse(MultiDict(items), dict(body) if body is not None else None)
     except (InvalidRequest, BadBody) as exc:
         raise _refusal(exc) from None
 
@@ -440,7 +459,9 @@ def _is_subset_param(name: str) -> bool:
 
 
 def parse_post_request(
-    items: Iterable[tuple[str, str]], body: Mapping[str, object] | None
+    items: Iterable[tuple[str, str]],
+    body: Mapping[str, object] | None,
+    checked: EngineRequest | None = None,
 ) -> ShapeRequest:
     """A POST `/v1/shape` (query string and JSON body, already passed `check_as_the_engine`)
     read as the engine reads it: the body's subset keys (top level, or under `subset`) over
@@ -475,9 +496,11 @@ def parse_post_request(
         (name, "" if name in overridden or (replaced_params and _is_subset_param(name)) else v)
         for name, v in pairs
     ]
-    request = parse_shape_query([*pairs, *extra])
+    request = parse_shape_query([*pairs, *extra], checked)
     if not subset_body:
         return request
+    if checked is not None and checked.subset is not None:
+        return dataclasses.replace(request, subset=_as_read_by_the_engine(checked.subset))
     url = request.subset or SubsetRequest()
     where = subset_body.get("where", url.where)
     order_by = subset_body.get("order_by", url.order_by)

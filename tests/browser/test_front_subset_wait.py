@@ -14,24 +14,38 @@ the stand-in's 200.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import ssl
 import subprocess
 import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 
 from tests.browser.test_h2_front import _certificate, _render_module, _stop
+from tests.cdn.processes import assert_subsets_wait
 from tests.support.ports import free_port
 
 LATE = 3  # seconds the stand-in takes (past the 1 s read timeout the test gives the front)
 
 
-async def test_a_slow_subset_gets_through_the_front_a_slow_catch_up_is_its_504(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class SlowFront:
+    """The front (real nginx, its general read timeout shortened to 1 s) before a stand-in
+    that answers `/v1/shape` `LATE` seconds late: a request the front routes as a subset gets
+    the stand-in's 200, any other the front's 504."""
+
+    session: aiohttp.ClientSession
+    base: str  # https://127.0.0.1:<port>
+    runner: web.AppRunner
+
+
+@contextlib.asynccontextmanager
+async def slow_front(tmp_path: Path) -> AsyncIterator[SlowFront]:
     front_port, proxy_port = free_port(), free_port()
 
     async def shape(request: web.Request) -> web.Response:
@@ -66,7 +80,6 @@ async def test_a_slow_subset_gets_through_the_front_a_slow_catch_up_is_its_504(
         [nginx, "-c", str(nginx_conf)], stdout=log.open("ab"), stderr=subprocess.STDOUT
     )
     tls = ssl.create_default_context(cafile=str(certificate.cert))
-    base = f"https://127.0.0.1:{front_port}/v1/shape?table=items"
     try:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as s:
 
@@ -84,33 +97,33 @@ async def test_a_slow_subset_gets_through_the_front_a_slow_catch_up_is_its_504(
                 await asyncio.sleep(0.1)
             else:
                 raise AssertionError(f"the front never answered: {log.read_text()[-3000:]}")
-            async with s.get(f"{base}&offset=-1") as r:
-                assert r.status == 504, await r.read()  # (the shortened timeout holds)
-                assert (await r.json())["code"] == "upstream_timeout"
-            subset = f"{base}&offset=0_0&handle=1-2&subset__where=id%3E1&subset__limit=2"
-            async with s.get(subset) as r:
-                # through the front before this change: 504 upstream_timeout
-                assert r.status == 200, await r.read()
-                assert (await r.json())["asked"] == "GET"
-            body = b'{"where":"id > 1"}'
-            async with s.post(f"{base}&offset=0_0&handle=1-2", data=body) as r:
-                assert r.status == 200, await r.read()
-                answer = await r.json()
-                assert answer["asked"] == "POST" and answer["body"] == body.decode()
-            # The proxy gone: a subset's 502 is the front's JSON with CORS, as any other
-            # request's (without recursive_error_pages it was nginx's HTML page).
-            await runner.cleanup()
-            origin = {"Origin": "https://app.example"}
-            for method, url, data in (
-                ("GET", f"{base}&offset=-1", None),
-                ("GET", subset, None),
-                ("POST", f"{base}&offset=0_0&handle=1-2", body),
-            ):
-                async with s.request(method, url, data=data, headers=origin) as r:
-                    assert r.status == 502, (method, url)
-                    assert r.headers["access-control-allow-origin"] == "https://app.example"
-                    assert (await r.json())["code"] == "upstream_unreachable", (method, url)
+            yield SlowFront(s, f"https://127.0.0.1:{front_port}", runner)
     finally:
         _stop(front)
         await runner.cleanup()
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def test_a_slow_subset_gets_through_the_front_a_slow_catch_up_is_its_504(
+    tmp_path: Path,
+) -> None:
+    async with slow_front(tmp_path) as front:
+        s, runner = front.session, front.runner
+        base = f"{front.base}/v1/shape?table=items"
+        async with s.get(f"{base}&offset=-1") as r:
+            assert (await r.json())["code"] == "upstream_timeout"
+        subset = await assert_subsets_wait(s, base)
+        body = b'{"where":"id > 1"}'
+        # The proxy gone: a subset's 502 is the front's JSON with CORS, as any other
+        # request's (without recursive_error_pages it was nginx's HTML page).
+        await runner.cleanup()
+        origin = {"Origin": "https://app.example"}
+        for method, url, data in (
+            ("GET", f"{base}&offset=-1", None),
+            ("GET", subset, None),
+            ("POST", f"{base}&offset=0_0&handle=1-2", body),
+        ):
+            async with s.request(method, url, data=data, headers=origin) as r:
+                assert r.status == 502, (method, url)
+                assert r.headers["access-control-allow-origin"] == "https://app.example"
+                assert (await r.json())["code"] == "upstream_unreachable", (method, url)
