@@ -17,7 +17,6 @@ import urllib.parse
 from typing import Any
 
 import aiohttp
-import pytest
 from yarl import URL
 
 from tests.proxy.engines import shared_engine_fixtures
