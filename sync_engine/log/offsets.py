@@ -64,8 +64,9 @@ def parse_offset(text: str) -> LogOffset:
     if not m or any(len(half.lstrip("0")) > _MAX_DIGITS for half in m.groups()):
         # (past 2**64 anyway: `int()` refuses over 4,300 digits, a ValueError, a 500)
         raise InvalidOffset(text)
-    tx = int(m.group(1))
-    op = INF_OP if m.group(2) == "inf" else int(m.group(2))
+    # (leading zeros off first: `int()` counts them toward its 4,300-digit limit)
+    tx = int(m.group(1).lstrip("0") or "0")
+    op = INF_OP if m.group(2) == "inf" else int(m.group(2).lstrip("0") or "0")
     if tx >= 1 << 64 or op > INF_OP:
         raise InvalidOffset(text)
     return LogOffset(tx, op)

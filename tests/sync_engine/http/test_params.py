@@ -16,7 +16,7 @@ from sync_engine.errors import InvalidRequest
 from sync_engine.http.errors import error_response
 from sync_engine.http.limits import DEFAULT_LENGTH, MAX_LENGTH, MAX_QUERY_PARAMS
 from sync_engine.http.params import ShapeRequest, parse_shape_request
-from sync_engine.log.offsets import BEFORE_ALL
+from sync_engine.log.offsets import BEFORE_ALL, parse_offset
 from sync_engine.shapes.definition import LogMode, Replica
 
 
@@ -116,6 +116,20 @@ def test_offset_is_required(params: dict[str, str]) -> None:
 def test_invalid_offset_format(offset: str) -> None:
     errors = refused({"table": "items", "offset": offset, "handle": "1-2"})
     assert errors == {"offset": ["has invalid format"]}
+
+
+@pytest.mark.parametrize(
+    ("offset", "read"),
+    [("007_03", (7, 3)), ("0" * 5000 + "_0", (0, 0)), ("0_" + "0" * 5000, (0, 0)),
+     ("0" * 4999 + "7_" + "0" * 4999 + "3", (7, 3))],
+    ids=["short", "tx-5000-zeros", "op-5000-zeros", "both-padded"],
+)  # fmt: skip
+def test_leading_zeros_are_read_past_python_int_limit(offset: str, read: tuple[int, int]) -> None:
+    """Zeros in front do not make a half big (Electric's Integer.parse reads `007` as 7), and
+    Python's `int()` counts them toward its 4,300-digit limit: `0_` and 5,000 zeros was a
+    ValueError, a 500, once the significant-digit check let it through."""
+    offset_read = parse_offset(offset)
+    assert (offset_read.tx, offset_read.op) == read
 
 
 @pytest.mark.parametrize("offset", ["0_0", "0_inf", "26800584_4"])
