@@ -49,16 +49,16 @@ CORNERS = [
     "a: !!binary aGVsbG8=\n",
     "a: 1\na: 2\n",
     "r: &r [*r]\n",
-    "a: \"unterminated\n",
+    'a: "unterminated\n',
     "a:\n  - b\n c: d\n",
-    "a: é ü 日本\n'b c': \"d\\\"e\"\n",
+    'a: é ü 日本\n\'b c\': "d\\"e"\n',
     "",
     "# only a comment\n",
     "- a\n- b\n",
     "a: @x\n",
     "a: `x\n",
     "a: x\n---\nb: y\n",
-    "tables:\n  items:\n    allow:\n      - where: \"org_id = {{org_id}}\"\n        columns: [id, org_id]\n",
+    'tables:\n  items:\n    allow:\n      - where: "org_id = {{org_id}}"\n        columns: [id, org_id]\n',
 ]
 
 
