@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
-from proxy.policy.slots import list_slots, single_value_slots
+from proxy.policy.slots import claim_slots
 from proxy.policy.sql import (
     PLACEHOLDER,
     ClauseCache,
@@ -136,6 +136,7 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
             ) from None
     if rule.columns is not None:
         _check_columns(rule.columns, f"{where}.allow.{index}.columns{named}")
+    slots = claim_slots(template.sql) if template is not None else (frozenset(), frozenset())
     return CompiledRule(
         name=rule.name or f"rule{index}",
         when=MappingProxyType(dict(rule.when)),
@@ -149,8 +150,8 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         anonymous=rule.anonymous,
         delete=rule.delete,
         limits=rule.limits,
-        single_slots=single_value_slots(template.sql) if template is not None else frozenset(),
-        list_slots=list_slots(template.sql) if template is not None else frozenset(),
+        single_slots=slots[0],
+        list_slots=slots[1],
     )
 
 
