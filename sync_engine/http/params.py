@@ -75,8 +75,22 @@ def _flag(value: str | None) -> bool:
     return value is not None and value != "false"
 
 
+#: Unicode's White_Space characters, which Elixir's `String.trim_leading` removes (Python's
+#: `str.strip` removes U+001C-U+001F too, which are not).
+ECTO_SPACE = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008"
+    "\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+)
+
+
 def _blank(value: str | None) -> str | None:
-    return None if value is None or value == "" else value
+    """None for an absent value and for Ecto's empty one, whitespace only: Electric casts its
+    parameters with Ecto's `cast/4`, whose default `empty_values` is
+    `Ecto.Type.empty_trimmed_string?` (`String.trim_leading(value) == ""`), so `where=%20`
+    is no where, `handle=%20` no handle and `offset=%20` "can't be blank". A value with
+    anything else is kept as sent, spaces and all. (Not `live`/`live_sse`: Electric's plug
+    makes them booleans first, `value != "false"`, so `live=%20` is true.)"""
+    return None if value is None or not value.lstrip(ECTO_SPACE) else value
 
 
 #: A key Electric reads as a number (`Integer.parse` with nothing left over): a sign, then
@@ -171,10 +185,8 @@ def parse_shape_request(
         has_subset = has_subset or bool(subset_body)
 
     # 1. offset
-    raw_offset = q.get("offset")
+    raw_offset = _blank(q.get("offset"))
     if raw_offset is None:
-        raise InvalidRequest({"offset": ["can't be blank"]})
-    if raw_offset == "":
         raise InvalidRequest({"offset": ["can't be blank"]})
     offset: LogOffset | None
     if raw_offset == "now":
@@ -192,7 +204,7 @@ def parse_shape_request(
     elif handle is None:
         raise InvalidRequest({"handle": ["can't be blank when offset != -1"]})
     # 3. live vs offset, live_sse
-    live = _flag(q.get("live"))
+    live = _flag(q.get("live"))  # (a boolean before Ecto sees it: `live=%20` is true)
     if live and offset is None:
         raise InvalidRequest({"live": ["can't be true when offset is 'now'"]})
     if live and offset is not None and offset.is_before_all:
@@ -205,10 +217,10 @@ def parse_shape_request(
     table = _blank(q.get("table"))
     if table is None:
         raise InvalidRequest({"table": ["can't be blank"]})
-    replica = _REPLICAS.get(q.get("replica") or "default")
+    replica = _REPLICAS.get(_blank(q.get("replica")) or "default")
     if replica is None:
         raise InvalidRequest({"replica": ["is invalid"]})
-    log_mode = _LOG_MODES.get(q.get("log") or "full")
+    log_mode = _LOG_MODES.get(_blank(q.get("log")) or "full")
     if log_mode is None:
         raise InvalidRequest({"log": ["is invalid"]})
     where = _blank(q.get("where"))
@@ -347,7 +359,7 @@ def _checked(
             if m and kept[k] == i:
                 subset_params[m.group(1)] = v
     bare = last(query, "params")
-    if bare is not None and bare.strip():
+    if _blank(bare) is not None:
         # `params=...` is one string where Electric's `params` field is a map
         # (`{:map, :string}`): Ecto's cast fails with its own words, "is invalid". An empty
         # (or blank) value is Ecto's empty value: the field keeps its default, no params.
@@ -379,10 +391,14 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     # As Ecto's :integer cast (Electric's): a JSON integer, or a string of ASCII digits with an
     # optional sign. Not a bool, not a float (1.5, 1e3, 2.0), not Python's wider `int(str)`
     # (spaces, `1_0`, non-ASCII digits).
+    if isinstance(value, JsonNumber):
+        value = value.text
     if isinstance(value, int) and not isinstance(value, bool):
         n = value
     elif isinstance(value, str) and _INTEGER_TEXT.fullmatch(value):
-        n = int(value)
+        # (one of 20 or more digits is past bigint either way; `int()` refuses over 4,300)
+        digits = value.lstrip("+-").lstrip("0") or "0"
+        n = (-1 if value[0] == "-" else 1) * (int(digits) if len(digits) < 20 else 10**20)
     else:
         raise _subset_error(field_name, "is invalid")
     if n < minimum:
@@ -396,13 +412,18 @@ def _int_field(value: Any, field_name: str, minimum: int) -> int | None:
     return n
 
 
+def _blank_text(value: Any) -> Any:
+    """A subset field (URL text or any JSON value) with Ecto's empty text as None."""
+    return _blank(value) if isinstance(value, str) else value
+
+
 def _parse_subset(
     q: Mapping[str, str], bracket_params: dict[str, str], body: Mapping[str, Any]
 ) -> SubsetParams:
-    where = body.get("where", q.get("subset__where"))
+    where = _blank_text(body.get("where", q.get("subset__where")))
     if where is not None and not isinstance(where, str):
         raise _subset_error("where", "is invalid")
-    order_by = body.get("order_by", q.get("subset__order_by"))
+    order_by = _blank_text(body.get("order_by", q.get("subset__order_by")))
     if order_by is not None and not isinstance(order_by, str):
         raise _subset_error("order_by", "is invalid")
     # Electric's SubsetParams `params` is a JsonOrMapStringParams: a string (the query's
@@ -416,16 +437,18 @@ def _parse_subset(
     raw_params: Any = body.get("params")
     if raw_params is None and "subset__params" in q:
         raw_params = q["subset__params"]
-    if isinstance(raw_params, str) and not raw_params.strip():
+    if isinstance(raw_params, str) and _blank(raw_params) is None:
         raw_params = None  # Ecto's empty value: the default, no params
     if isinstance(raw_params, str):
         params_text = raw_params
         try:
             raw_params = orjson.loads(params_text)
         except orjson.JSONDecodeError:
-            raise _subset_error("params", "params must be valid JSON") from None
+            raw_params = _exact_json(params_text)  # (a number past a double's range?)
+            if raw_params is None:
+                raise _subset_error("params", "params must be valid JSON") from None
         if _has_float_value(raw_params):  # (a flat object: no depth for `json` to recurse)
-            raw_params = json.loads(params_text)  # (integers beyond 64 bits, exactly)
+            raw_params = _exact_json(params_text)  # (each number as written)
         if not isinstance(raw_params, dict):
             raise _subset_error("params", "params must be a JSON object")
     if raw_params is None:
@@ -447,8 +470,8 @@ def _parse_subset(
     for text in (where or "", order_by or "", *params.values()):
         if "\x00" in text:
             raise _subset_error("where", "must not contain NUL bytes")
-    limit = _int_field(body.get("limit", q.get("subset__limit")), "limit", 1)
-    offset = _int_field(body.get("offset", q.get("subset__offset")), "offset", 0)
+    limit = _int_field(_blank_text(body.get("limit", q.get("subset__limit"))), "limit", 1)
+    offset = _int_field(_blank_text(body.get("offset", q.get("subset__offset"))), "offset", 0)
     if (limit is not None or offset is not None) and not order_by:
         raise _subset_error("order_by", "order_by is required when limit or offset is present")
     if params:
@@ -468,10 +491,16 @@ MAX_BODY = 8 * 1024 * 1024
 SUBSET_BODY_KEYS = ("where", "params", "limit", "offset", "order_by", "where_expr", "order_by_expr")
 
 
-def parse_json_body(raw: bytes) -> dict[str, Any] | None:
+def parse_json_body(raw: bytes, *, exact: bool = False) -> dict[str, Any] | None:
     """A POST body as the engine reads it: None when empty, else a JSON object, refused in
     Electric's words (`BadBody`) otherwise. The proxy reads bodies with this too, so both
-    refuse the same body the same way."""
+    refuse the same body the same way.
+
+    `exact` (the engine's own reading): a body whose params hold a fraction, an integer
+    beyond 64 bits or a number past a double's range (`1` and 5,000 zeros, which orjson
+    refuses) is read again with every number kept as written (`JsonNumber`): the param is
+    bound to the digits the client sent, where a double's nearest value (30 digits read as
+    `1.2345678901234568e+29`) selected other rows than Postgres does for the number sent."""
     if len(raw) > MAX_BODY:
         raise BadBody("Request body too large", 413)
     if not raw.strip():
@@ -481,7 +510,9 @@ def parse_json_body(raw: bytes) -> dict[str, Any] | None:
     except orjson.JSONDecodeError as exc:
         if "depth limit" in str(exc):  # orjson's own limit (1,024 levels), far above ours
             raise limits.too_deep() from None
-        raise BadBody("Invalid JSON in request body", details=str(exc)) from None
+        data = _exact_json(raw) if exact else None
+        if data is None:
+            raise BadBody("Invalid JSON in request body", details=str(exc)) from None
     if not isinstance(data, dict):
         raise BadBody("Request body must be a JSON object")
     limits.check_body(data)  # (its depth bounded before `json` recurses into it below)
@@ -489,9 +520,48 @@ def parse_json_body(raw: bytes) -> dict[str, Any] | None:
     if _has_float_value(data.get("params")) or (
         isinstance(subset, dict) and _has_float_value(subset.get("params"))
     ):
-        exact: dict[str, Any] = json.loads(raw)  # (integers beyond 64 bits, exactly)
-        return exact
+        again: dict[str, Any] = _exact_json(raw) if exact else json.loads(raw)
+        return again
     return data
+
+
+class JsonNumber:
+    """A JSON number as written (`_exact_json`): bound to a `$n` as its text, never a
+    double's approximation; a subset's limit or offset reads its text as an integer."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"JsonNumber({self.text!r})"
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")  # (Python's json reads NaN, Infinity)
+
+
+def _exact_json(text: str | bytes) -> Any:
+    """`text` as JSON with each number a `JsonNumber` (no `int()`: it refuses 4,300+
+    digits), NaN and Infinity refused as Electric's Jason refuses them; None when it is
+    not JSON (or nests past the interpreter's recursion: orjson bounds the depth first).
+    A lone surrogate (`"\\ud800"`), which `json` reads and orjson refuses, is not JSON
+    either: its text cannot be encoded (a 500 in any `.encode()` after)."""
+    try:
+        value = json.loads(
+            text, parse_float=JsonNumber, parse_int=JsonNumber, parse_constant=_not_json
+        )
+        orjson.dumps(value, default=_number_text)  # (refuses a surrogate, as `loads` does)
+    except (ValueError, RecursionError, TypeError):  # (orjson.JSONEncodeError: TypeError)
+        return None
+    return value
+
+
+def _number_text(value: object) -> str:
+    if isinstance(value, JsonNumber):
+        return value.text
+    raise TypeError(type(value).__name__)
 
 
 def _param_text(value: object) -> str:
@@ -501,6 +571,8 @@ def _param_text(value: object) -> str:
     and otherwise than the proxy, which forwards "true"), `null` is ""."""
     if value is None:
         return ""
+    if isinstance(value, JsonNumber):
+        return value.text
     if value is True:
         return "true"
     if value is False:

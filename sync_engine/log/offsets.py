@@ -20,6 +20,10 @@ INF_OP = 1 << 62
 _OFFSET_RE = re.compile(r"\A([0-9]+)_([0-9]+|inf)\Z")
 
 
+#: Significant digits of an offset's half that can still be below 2**64.
+_MAX_DIGITS = 20
+
+
 class InvalidOffset(ValueError):
     """The text is not an offset the protocol accepts."""
 
@@ -57,7 +61,8 @@ def parse_offset(text: str) -> LogOffset:
     if text in ("-1", "-1_0"):
         return BEFORE_ALL
     m = _OFFSET_RE.match(text)
-    if not m:
+    if not m or any(len(half.lstrip("0")) > _MAX_DIGITS for half in m.groups()):
+        # (past 2**64 anyway: `int()` refuses over 4,300 digits, a ValueError, a 500)
         raise InvalidOffset(text)
     tx = int(m.group(1))
     op = INF_OP if m.group(2) == "inf" else int(m.group(2))

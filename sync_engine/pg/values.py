@@ -475,6 +475,8 @@ _MAX_TZ_DIGITS = 9
 
 
 def _date_from_parts(pg_type: PgType, text: str, y: str, m: str, d: str) -> date:
+    if len(y.lstrip("0")) > 4:  # (past C long, or 4,300 digits: int() and date() raise)
+        raise unrepresentable(pg_type, text)
     try:
         return date(int(y), int(m), int(d))
     except ValueError:

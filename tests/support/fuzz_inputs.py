@@ -412,6 +412,62 @@ def shape_requests(seed: int, n: int) -> Iterator[FuzzRequest]:
             yield FuzzRequest("GET", _encode(q, rng), kind="many-params")
 
 
+#: Every parameter the engine reads, and a few it must ignore.
+PARAM_NAMES = ("table", "offset", "handle", "where", "columns", "replica", "log", "live",
+               "live_sse", "experimental_live_sse", "cursor", "params[1]", "params",
+               "subset__where", "subset__params", "subset__params[1]", "subset__limit",
+               "subset__offset", "subset__order_by", "queryable_columns", "source_id",
+               "secret", "zz")  # fmt: skip
+#: Values as sent (already percent-encoded): invalid UTF-8, a UTF-8 encoded lone surrogate,
+#: an overlong slash, NUL bytes, malformed escapes, whitespace only, huge integers.
+BAD_ENCODED = ("%ff%fe", "%ED%A0%80", "%C0%AF", "%00", "a%00b", "%zz", "%", "%4", "%20",
+               "%C2%A0", "%09%0A", "1" + "0" * 5000, "-" + "9" * 5000, "0_" + "1" * 5000,
+               "1" + "0" * 5000 + "_0", "%5Cud800", "%22%5Cud800%22")  # fmt: skip
+_VALID_DEFINITION = "table=items&offset=%7Boffset%7D&handle=%7Bhandle%7D"  # (`send` fills them)
+_DEEP_PARENS = "(" * 1000 + "true" + ")" * 1000
+_BIG = "x" * (100 * 1024)
+
+
+def _with(name: str, value: str) -> str:
+    """The valid definition with `name` set to the encoded `value` (replacing its own)."""
+    base = [p for p in _VALID_DEFINITION.split("&") if not p.startswith(name + "=")]
+    return "&".join([*base, f"{quote(name, safe='[]')}={value}"])
+
+
+def edge_requests() -> Iterator[FuzzRequest]:
+    """Each malformed input in each parameter, deterministically (no seed): invalid UTF-8
+    (`%ff%fe`), NUL bytes, bad escapes (`%zz`), repeated parameters, 100 KB values, 1,000
+    parentheses deep, unknown parameters, lone surrogates (UTF-8 encoded in the URL, a
+    `\\ud800` escape in JSON), whitespace-only values, integers of 5,000 digits."""
+    for name in PARAM_NAMES:
+        for value in BAD_ENCODED:
+            yield FuzzRequest("GET", _with(name, value), kind="edge-value")
+        for value in BAD_ENCODED[:7]:  # (the name itself malformed)
+            yield FuzzRequest("GET", _VALID_DEFINITION + f"&{value}{name}=1", kind="edge-name")
+        yield FuzzRequest("GET", _VALID_DEFINITION + f"&{name}=a&{name}=b", kind="edge-repeated")
+        yield FuzzRequest("GET", _with(name, "items") + f"&{name}=nope", kind="edge-repeated")
+        yield FuzzRequest("GET", _with(name, _BIG), kind="edge-100kb")
+    yield FuzzRequest("GET", "table=a&table=b&offset=-1", kind="edge-repeated")
+    for name in ("where", "subset__where", "subset__order_by"):
+        yield FuzzRequest("GET", _with(name, quote(_DEEP_PARENS)), kind="edge-deep")
+        yield FuzzRequest("GET", _with(name, quote("n > 1 AND " + _DEEP_PARENS)), kind="edge-deep")
+    for extra in ("zz=1", "foo[bar]=1", "params[1][2]=x", "subset__zz=1", "subset=1",
+                  "subset[where]=true", "params[]=1", "params[=1", "=1", "&&", "="):  # fmt: skip
+        yield FuzzRequest("GET", _VALID_DEFINITION + "&" + extra, kind="edge-unknown")
+    json_headers = {"content-type": "application/json"}
+    for key in ("where", "order_by", "params", "limit", "offset", "table", "subset"):
+        for value in ('"\\ud800"', '"a\\u0000b"', '"' + _BIG + '"', '"' + _DEEP_PARENS + '"',
+                      "1e400", "1" + "0" * 5000, "-" + "9" * 5000, "NaN", '"  "',
+                      '{"1":"\\ud800"}', '{"1":1e400}', '{"1":' + "1" * 5000 + "}"):  # fmt: skip
+            body = ('{"order_by":"id",' if key != "order_by" else "{") + f'"{key}":{value}}}'
+            yield FuzzRequest("POST", _VALID_DEFINITION, body.encode(), json_headers, "edge-body")
+    for raw in (b'{"where":"\xff\xfe"}', b'\xef\xbb\xbf{"where":"true"}',
+                b'{"where":"true","where":"\\ud800"}', b'{"a":1e400,"where":"\\ud800"}'):  # fmt: skip
+        yield FuzzRequest("POST", _VALID_DEFINITION, raw, json_headers, "edge-body")
+    for name in PARAM_NAMES:  # (last: one may delete the shape the others name)
+        yield FuzzRequest("DELETE", _with(name, "%ff%fe"), kind="edge-delete")
+
+
 def loud_log_lines(text: str) -> list[str]:
     """Lines of a program's log (text or JSON format) at ERROR or above, or with a traceback."""
     loud = []

@@ -112,7 +112,10 @@ async def test_offset_is_required(engine: Engine, params: dict[str, str]) -> Non
 
 @pytest.mark.parametrize(
     "offset",
-    ["abc", "9" * 5000, "0_\u0663", "\u0967_0"],  # (non-ASCII digits: attack)
+    ["abc", "9" * 5000, "0_\u0663", "\u0967_0",  # (non-ASCII digits: attack)
+     # (halves of 4,300+ digits, which Python's int() refuses: were 500s)
+     "1" + "0" * 5000 + "_0", "0_" + "1" + "0" * 5000, "1_" + "9" * 5000,
+     "1" + "0" * 20 + "_0"],
     ids=lambda o: o if len(o) < 20 else f"long-{len(o)}",
 )  # fmt: skip
 async def test_invalid_offset_format(engine: Engine, offset: str) -> None:
@@ -288,8 +291,11 @@ async def test_bad_columns(engine: Engine, columns: str, fragment: str) -> None:
         pytest.param("n = 1; DROP TABLE items", "", id="statement-injection"),
         pytest.param("n = 1 -- comment", "", id="trailing-comment-ok-or-not"),
         pytest.param("id IN (SELECT id FROM items)", "", id="in-subquery"),
+        # (a year past C long was OverflowError, past 4,300 digits int()'s ValueError: 500s)
+        *(pytest.param(f"n::text::date > '{y}-01-01'", "years 1-9999", id=f"year-{len(y)}")
+          for y in ("1" + "0" * 30, "9" * 5000)),
     ],
-)
+)  # fmt: skip
 async def test_bad_where(engine: Engine, where: str, fragment: str) -> None:
     make_items(engine)
     status, headers, raw = await request(
@@ -468,6 +474,27 @@ async def test_subset_limit_and_offset_must_be_integers(engine: Engine) -> None:
             q = {**shape, "subset__order_by": "id", f"subset__{field}": bad}
             status, headers, raw = await request(engine, "GET", params=q)
             assert_client_error(status, headers, raw, names=field)
+    # Integers of 4,300+ digits (Python's int() refuses them: were 500s), in their words.
+    huge = "1" + "0" * 5000
+    for field, value, words in [
+        ("limit", huge, "must be less than or equal to 9223372036854775807"),
+        ("offset", "+" + huge, "must be less than or equal to 9223372036854775807"),
+        ("limit", "-" + huge, "must be greater than 0"),
+        ("offset", "-" + huge, "must be greater than or equal to 0"),
+        ("limit", "0" * 5000 + "7", None),
+    ]:
+        q = {**shape, "subset__order_by": "id", f"subset__{field}": value}
+        forms: list[tuple[str, dict[str, Any]]] = [
+            ("GET", {"params": q}),
+            ("POST", {"params": shape, "json": {"order_by": "id", field: value}}),
+        ]
+        for method, kw in forms:
+            status, headers, raw = await request(engine, method, **kw)
+            if words is None:
+                assert status == 200, raw
+                continue
+            out = assert_client_error(status, headers, raw)
+            assert out["errors"] == {"subset": {field: [words]}}, out
     # What Electric takes: integers, and digit strings with a sign.
     for field, good in [("limit", 2), ("limit", "2"), ("limit", "+2"), ("offset", "0")]:
         body = {"order_by": "id", field: good}

@@ -29,6 +29,7 @@ from tests.support.engine_process import EngineProcess, apply_messages
 from tests.support.fuzz_inputs import (
     ITEMS_DDL,
     FuzzRequest,
+    edge_requests,
     loud_log_lines,
     raw_requests,
     shape_requests,
@@ -212,3 +213,34 @@ async def test_fuzz_requests_never_500(engine_proc: EngineProcess, capsys: Any) 
         while not any(m.get("value", {}).get("title") == "after the storm" for m in messages):
             assert time.monotonic() < deadline, messages
             messages = await follow()
+
+
+async def test_edge_requests_are_json_4xx(engine_proc: EngineProcess) -> None:
+    """Each malformed input in each parameter (`edge_requests`: invalid UTF-8, NUL bytes,
+    `%zz`, repeated and unknown parameters, 100 KB values, 1,000 parentheses deep, lone
+    surrogates, whitespace only, 5,000-digit integers, in the URL and in a POST body):
+    every answer below 500, every 4xx a JSON body with a message, nothing loud logged."""
+    base = engine_proc.url
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        _, handle, offset = await sync(session, base)
+        requests = list(edge_requests())
+        statuses: collections.Counter[int] = collections.Counter()
+        problems: list[str] = []
+
+        async def worker() -> None:
+            while requests:
+                req = requests.pop(0)
+                status, raw, ctype = await send(session, base, req, handle, offset)
+                statuses[status] += 1
+                wrong = check_answer(req, status, raw, ctype)
+                if wrong:
+                    problems.append(f"{req.method} {req.query[:160]!r} {req.body!r:.120}: {wrong}")
+
+        await asyncio.gather(*(worker() for _ in range(4)))
+        print(f"\nedge requests: by status {dict(sorted(statuses.items()))}")
+        assert not problems, "\n".join(problems[:30])
+        log = engine_proc.log.read_text(errors="replace")
+        assert not loud_log_lines(log), "\n".join(loud_log_lines(log)[:20])
+        async with session.get(base + "/v1/health") as resp:
+            assert resp.status == 200

@@ -14,6 +14,7 @@ import pytest
 
 from sync_engine.pg.catalog import ColumnInfo, ColumnMap, load_table
 from sync_engine.pg.session import with_display_settings
+from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import Where, WhereError, parse_where
 from sync_engine.shapes.where.clause import ClauseFails
 from tests.support.databases import create_database, drop_database
@@ -56,6 +57,23 @@ VERDICT_FUNCTION = (
     "RETURN coalesce(res::text, 'null'); "
     "EXCEPTION WHEN others THEN RETURN 'error'; END $$ LANGUAGE plpgsql"
 )
+
+
+def disagreements(
+    where: Where, rows: Mapping[int, Mapping[str, str | None]], expected: set[int]
+) -> list[int]:
+    """The ids of `rows` where the engine's verdict on `where` is not Postgres's (the ids in
+    `expected`), leaving out the rows the engine does not know (UnrepresentableValue:
+    Postgres is asked about such a row)."""
+    got: set[int] = set()
+    unknown: set[int] = set()
+    for rid, row in rows.items():
+        try:
+            if where.matches(row):
+                got.add(rid)
+        except UnrepresentableValue:
+            unknown.add(rid)
+    return sorted((got ^ expected) - unknown)
 
 
 def engine_verdict(where: Where, row: Mapping[str, str | None]) -> str:

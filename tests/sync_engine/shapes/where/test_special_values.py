@@ -26,9 +26,8 @@ import psycopg
 import pytest
 
 from sync_engine.pg.session import with_display_settings
-from sync_engine.pg.values import UnrepresentableValue
 from sync_engine.shapes.where import WhereError, parse_where
-from tests.sync_engine.shapes.where.columns import column_map
+from tests.sync_engine.shapes.where.columns import column_map, disagreements
 
 SEED = 20261205
 CLAUSES = 250
@@ -233,7 +232,7 @@ def test_special_values_equal_postgres(db_url: str, grammar: str) -> None:
     table = "nums" if grammar == "numbers" else "times"
     gen = Numbers(rng) if grammar == "numbers" else Times(rng)
     verdicts: dict[str, int] = {}
-    disagreements = []
+    wrong_clauses = []
     with psycopg.connect(url, autocommit=True) as conn:
         _fill(conn, random.Random(seed + 1))
         rows = _rows(conn, table)
@@ -250,16 +249,9 @@ def test_special_values_equal_postgres(db_url: str, grammar: str) -> None:
             except psycopg.Error:  # (fails on some row: each row's verdict on its own)
                 per_row = conn.execute("SELECT * FROM verdicts(%s, %s)", (table, where.sql))
                 expected = {rid for rid, verdict in per_row if verdict == "true"}
-            unknown = set()
-            got = set()
-            for i, row in rows.items():
-                try:
-                    if where.matches(row):
-                        got.add(i)
-                except UnrepresentableValue:  # (Postgres is asked about such a row)
-                    unknown.add(i)
-            if (got ^ expected) - unknown:
-                disagreements.append((where.sql, sorted((got ^ expected) - unknown)[:3]))
+            wrong = disagreements(where, rows, expected)
+            if wrong:
+                wrong_clauses.append((where.sql, wrong[:3]))
             verdicts["compared"] = verdicts.get("compared", 0) + 1
-    assert not disagreements, (seed, len(disagreements), disagreements[:5])
+    assert not wrong_clauses, (seed, len(wrong_clauses), wrong_clauses[:5])
     assert verdicts.get("compared", 0) >= CLAUSES * 2 // 3, verdicts
