@@ -403,7 +403,7 @@ def engine_body(raw: bytes) -> dict[str, object] | None:
     """A POST body read as the engine reads it (`sync_engine.http.params.parse_json_body`):
     None when empty, else a JSON object, or its refusal in its words."""
     try:
-        return parse_json_body(raw)
+        return parse_json_body(raw, exact=True)
     except (InvalidRequest, BadBody) as exc:
         raise _refusal(exc) from None
 
