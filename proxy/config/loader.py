@@ -465,6 +465,9 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
 def _compose(raw: bytes | str) -> tuple[Any, yaml.Node | None]:
     """The data and the node tree it was built from (for the line of a key path). A YAML
     error raised while composing gets the key path it was under as `key` (or None)."""
+    fast = _compose_fast(raw)
+    if fast is not None:
+        return fast
     loader = _Loader(raw)
     try:
         return _compose_with(loader)
@@ -514,7 +517,86 @@ def _refuse_unexpanded(root: yaml.Node) -> None:
 
 def _compose_with(loader: _Loader) -> tuple[Any, yaml.Node | None]:
     _refuse_yaml11_breaks(loader)
-    node = loader.get_single_node()
+    return _checked_and_constructed(loader, loader.get_single_node())
+
+
+try:
+    from yaml.cyaml import CParser as _CParser  # type: ignore[attr-defined]
+except ImportError:  # (a PyYAML built without libyaml: every file is read the pure way)
+    _CParser = None  # type: ignore[misc,assignment]
+
+
+class _FastLoader(*([_CParser] if _CParser else []), _Loader):  # type: ignore[misc]
+    """`_Loader` with libyaml's scanner, parser and composer (C) in place of PyYAML's pure
+    Python ones, its resolver and constructors (the YAML 1.1/1.2 checks) as they are; the
+    same node tree (marks included, for `line_of`): 6.9 s of CPU for a 5,000-rule file the
+    pure way, 2.5 s this way (with `_compose_fast`'s checks). What only the pure composer
+    checks (the depth, an empty flow item, the key path of an error) is not checked here:
+    `_compose_fast` takes this reading only for a file where none of them can apply."""
+
+    def __init__(self, stream: str) -> None:
+        _CParser.__init__(self, stream)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+        self._path = []
+
+
+#: Text that may hold an empty flow item (`[a, ]`, `{a: 1, }`, `[, a]`, `[a,, b]`), which
+#: only `_Loader.get_token` refuses; generous (a comma before a bracket in a comment or a
+#: quoted string matches too: such a file is read the pure way).
+_MAYBE_EMPTY_FLOW_ITEM = re.compile(r"[\[{,](?:\s|#[^\n]*\n)*,|,(?:\s|#[^\n]*\n)*[\]}]")
+
+
+def _deeper_than(node: yaml.Node, limit: int) -> bool:
+    """Whether the tree under `node` (itself level 1, as `_Loader.compose_node` counts) has
+    more than `limit` levels; an alias's node counts where it is used (at least as deep as
+    where it was written), and a recursive alias is endless."""
+    if limit < 1:
+        return True
+    if isinstance(node, yaml.SequenceNode):
+        return any(_deeper_than(item, limit - 1) for item in node.value)
+    if isinstance(node, yaml.MappingNode):
+        return any(_deeper_than(k, limit - 1) or _deeper_than(v, limit - 1) for k, v in node.value)
+    return False
+
+
+def _compose_fast(raw: bytes | str) -> tuple[Any, yaml.Node | None] | None:
+    """`_compose`'s answer read by `_FastLoader`, or None: read the file the pure way, which
+    also words any refusal (its key path, its depth and empty-item checks). None for a file
+    that is not plain UTF-8 (a BOM, UTF-16), holds a tab or a character either reader
+    refuses or reads as a line break, may hold an empty flow item, nests deeper than
+    `MAX_DEPTH` less one, or that anything refuses."""
+    if _CParser is None:
+        return None
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError:
+        return None
+    if (
+        text.startswith("\ufeff")
+        or "\t" in text  # (libyaml reads `a:<TAB>1`, PyYAML refuses it)
+        or _YAML11_BREAKS.search(text)
+        or yaml.reader.Reader.NON_PRINTABLE.search(text)
+        or _MAYBE_EMPTY_FLOW_ITEM.search(text)
+    ):
+        return None
+    loader = _FastLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None and _deeper_than(node, MAX_DEPTH - 1):
+            return None
+        return _checked_and_constructed(loader, node)
+    except Exception:  # (any refusal is the pure reading's to say, in its words)
+        return None
+    finally:
+        loader.dispose()
+
+
+def _checked_and_constructed(
+    loader: _Loader, node: yaml.Node | None
+) -> tuple[Any, yaml.Node | None]:
+    """The checks of a composed file's node tree (variables, alias expansion), then its
+    data, built by `loader`'s constructors."""
     if node is not None:
         _refuse_unexpanded(node)
         sizes: dict[int, int] = {}

@@ -27,6 +27,7 @@ from sync_engine.errors import BadBody, InvalidRequest
 from sync_engine.http.limits import MAX_PARAMS
 from sync_engine.http.params import (
     DELETE_DEFINITION,
+    ECTO_SPACE,
     SUBSET_BODY_KEYS,
     check_query_utf8,
     parse_delete_request,
@@ -113,15 +114,25 @@ def _one_each(items: Iterable[tuple[str, str]]) -> dict[str, str]:
     # Electric, reads an empty cursor as none) and the flags, which the engine reads as true
     # when present and not `false` (a bare `?live`, `experimental_live_sse=`: the proxy
     # dropped them, so the engine got a long-poll where straight it served SSE).
+    # Those the engine reads through Ecto's empty value (`sync_engine.http.params._blank`)
+    # are absent when only white space, too: `replica=%20` was the proxy's "is invalid"
+    # where the engine serves the default.
     return {
         name: value
         for name, value in values.items()
-        if value != "" or name in _KEPT_EMPTY or name.startswith(("params[", "subset__params["))
+        if (value.lstrip(ECTO_SPACE) if name in _BLANK_WHEN_SPACE else value != "")
+        or name in _KEPT_EMPTY
+        or name.startswith(("params[", "subset__params["))
     }
 
 
 #: Parameters whose empty value the engine reads as something other than absent.
 _KEPT_EMPTY = frozenset({"cursor", "live", "live_sse", "experimental_live_sse"})
+#: Parameters the engine reads as absent when they hold only white space (`ECTO_SPACE`).
+_BLANK_WHEN_SPACE = frozenset(
+    {"table", "offset", "handle", "where", "columns", "queryable_columns", "replica", "log",
+     "params", *_SUBSET_SCALARS, "subset__params"}
+)  # fmt: skip
 
 
 def _protocol(values: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
@@ -403,7 +414,7 @@ def engine_body(raw: bytes) -> dict[str, object] | None:
     """A POST body read as the engine reads it (`sync_engine.http.params.parse_json_body`):
     None when empty, else a JSON object, or its refusal in its words."""
     try:
-        return parse_json_body(raw)
+        return parse_json_body(raw, exact=True)
     except (InvalidRequest, BadBody) as exc:
         raise _refusal(exc) from None
 

@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from proxy.config.model import AccessRule, ClaimMatch, ProxyConfig, TablePolicy
 from proxy.limits.config import RuleLimits
-from proxy.policy.slots import list_slots, single_value_slots
+from proxy.policy.slots import claim_slots
 from proxy.policy.sql import (
     PLACEHOLDER,
     ClauseCache,
@@ -117,23 +117,44 @@ def _check_columns(columns: list[str], label: str) -> None:
         seen.add(name)
 
 
-def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
+#: A rule's filter compiled (`_compile_where`): its template and `claim_slots`.
+CompiledWhere = tuple[CompiledTemplate, tuple[frozenset[int], frozenset[int]]]
+
+
+def _compile_where(text: str, compiled: dict[str, CompiledWhere]) -> CompiledWhere:
+    """A rule's filter compiled and checked, once per load: the rules of many tables often
+    share one (`org_id = {{org_id}}`), and each was parsed, printed and checked the whole
+    way again (`compiled`: the filters of this load so far, by their text; what it holds is
+    immutable). Raises ValueError."""
+    known = compiled.get(text)
+    if known is not None:
+        return known
+    template = compile_template(text)
+    # The engine ships with the proxy: a filter it would refuse (a subquery, a function it
+    # does not evaluate...) would make every request of the rule fail, so it fails here.
+    try:
+        # (its COLLATE clauses are checked by `compile_template`: "C" and "POSIX" only)
+        check_where_constructs(without_collate(template.sql))
+    except WhereError as exc:
+        raise ValueError(
+            f"the sync engine does not accept this filter ({template.sql!r}): {exc}"
+        ) from None
+    compiled[text] = template, claim_slots(template.sql)
+    return compiled[text]
+
+
+def _compile_rule(
+    rule: AccessRule, index: int, where: str, compiled: dict[str, CompiledWhere]
+) -> CompiledRule:
     named = f" (rule {rule.name!r})" if rule.name else ""
     label = f"{where}.allow.{index}{named}.where"
-    try:
-        template = compile_template(rule.where) if rule.where is not None else None
-    except ValueError as exc:
-        raise ValueError(f"{label}: {exc}") from None
-    if template is not None:
-        # The engine ships with the proxy: a filter it would refuse (a subquery, a function it
-        # does not evaluate...) would make every request of the rule fail, so it fails here.
+    template: CompiledTemplate | None = None
+    slots: tuple[frozenset[int], frozenset[int]] = (frozenset(), frozenset())
+    if rule.where is not None:
         try:
-            # (its COLLATE clauses are checked by `compile_template`: "C" and "POSIX" only)
-            check_where_constructs(without_collate(template.sql))
-        except WhereError as exc:
-            raise ValueError(
-                f"{label}: the sync engine does not accept this filter ({template.sql!r}): {exc}"
-            ) from None
+            template, slots = _compile_where(rule.where, compiled)
+        except ValueError as exc:
+            raise ValueError(f"{label}: {exc}") from None
     if rule.columns is not None:
         _check_columns(rule.columns, f"{where}.allow.{index}.columns{named}")
     return CompiledRule(
@@ -149,12 +170,14 @@ def _compile_rule(rule: AccessRule, index: int, where: str) -> CompiledRule:
         anonymous=rule.anonymous,
         delete=rule.delete,
         limits=rule.limits,
-        single_slots=single_value_slots(template.sql) if template is not None else frozenset(),
-        list_slots=list_slots(template.sql) if template is not None else frozenset(),
+        single_slots=slots[0],
+        list_slots=slots[1],
     )
 
 
-def _compile_table(table: str, policy: TablePolicy, where: str) -> CompiledTable:
+def _compile_table(
+    table: str, policy: TablePolicy, where: str, compiled: dict[str, CompiledWhere]
+) -> CompiledTable:
     try:
         pattern = parse_table_pattern(table)
     except ValueError as exc:
@@ -162,7 +185,7 @@ def _compile_table(table: str, policy: TablePolicy, where: str) -> CompiledTable
     return CompiledTable(
         table=table,
         pattern=pattern,
-        allow=tuple(_compile_rule(r, i, where) for i, r in enumerate(policy.allow)),
+        allow=tuple(_compile_rule(r, i, where, compiled) for i, r in enumerate(policy.allow)),
         deny=tuple(
             CompiledDeny(when=MappingProxyType(dict(d.when)), reason=d.reason or "denied")
             for d in policy.deny
@@ -209,8 +232,9 @@ def compile_policy(config: ProxyConfig) -> CompiledPolicy:
     patterns: list[CompiledTable] = []
     # (a set beside the list: `any(...)` over the list made 20,000 patterns a 170 s load)
     pattern_keys: set[TableKey] = set()
+    wheres: dict[str, CompiledWhere] = {}
     for name, table_policy in config.tables.items():
-        compiled = _compile_table(name, table_policy, f"tables.{name}")
+        compiled = _compile_table(name, table_policy, f"tables.{name}", wheres)
         if not compiled.pattern.exact:
             if compiled.key in pattern_keys:
                 raise ValueError(f"tables.{name}: the same pattern is listed twice")
@@ -222,7 +246,7 @@ def compile_policy(config: ProxyConfig) -> CompiledPolicy:
         tables[compiled.key] = compiled
     shapes = {}
     for name, shape in config.shapes.items():
-        compiled = _compile_table(shape.table, shape, f"shapes.{name}")
+        compiled = _compile_table(shape.table, shape, f"shapes.{name}", wheres)
         if not compiled.pattern.exact:
             raise ValueError(f"shapes.{name}.table: a named shape names one table, not a pattern")
         shapes[name] = compiled

@@ -53,6 +53,13 @@ CASES = [
         "columns=id&subset__order_by=g&subset__limit=1",
         f"{ORG}&queryable_columns=id,org_id,g&columns=id&subset__order_by=g&subset__limit=1",
     ),
+    # white space only: absent, to the engine as to the proxy
+    ("member", "columns=id&where=%20", f"{ORG}&queryable_columns=id,org_id,g&columns=id"),
+    (
+        "member",
+        "columns=id&replica=%20&where=%09",
+        f"{ORG}&queryable_columns=id,org_id,g&columns=id",
+    ),
     ("gonly", "", f"{ORG}&columns=id,g"),
     ("gonly", "columns=id", f"{ORG}&queryable_columns=id,g&columns=id"),
     # a rule that hides nothing: the client's lists as written

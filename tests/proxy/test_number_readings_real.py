@@ -13,10 +13,12 @@ Real path: proxy -> `sync-engine` -> PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import re
 import urllib.parse
 from typing import Any
 
 import aiohttp
+import pytest
 from yarl import URL
 
 from tests.proxy.engines import shared_engine_fixtures
@@ -107,6 +109,8 @@ async def _answer(session: aiohttp.ClientSession, method: str, url: str, body: b
         skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
     ) as resp:
         raw = await asyncio.wait_for(resp.read(), 30)
+        # (a subset's snapshot metadata moves with whatever else writes WAL meanwhile)
+        raw = re.sub(rb'"metadata":\{[^}]*\}', b'"metadata":{}', raw)
         return _comparable(resp.status, resp.headers, raw, method)
 
 
@@ -178,6 +182,11 @@ async def test_numbers_are_read_as_the_engine_reads_them(
     assert await _differences(engine, engine_secret, make_proxy, cases) == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the engine's own 500 for an offset of 5,000 zeros (`0`*5000, `0_`+`0`*5000; "
+    "/work/bugs/bugs-for-inputs.md 05:45): passes, and this mark goes, with its fix",
+)
 async def test_numbers_of_thousands_of_digits_are_a_400(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
