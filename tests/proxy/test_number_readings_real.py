@@ -18,7 +18,6 @@ import urllib.parse
 from typing import Any
 
 import aiohttp
-import pytest
 from yarl import URL
 
 from tests.proxy.engines import shared_engine_fixtures
@@ -182,15 +181,11 @@ async def test_numbers_are_read_as_the_engine_reads_them(
     assert await _differences(engine, engine_secret, make_proxy, cases) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the engine's own 500 for an offset of 5,000 zeros (`0`*5000, `0_`+`0`*5000; "
-    "/work/bugs/bugs-for-inputs.md 05:45): passes, and this mark goes, with its fix",
-)
 async def test_numbers_of_thousands_of_digits_are_a_400(
     engine: EngineProcess, engine_secret: str, make_proxy: Any
 ) -> None:
     """A 5,000-digit offset, subset limit or offset (URL or POST body): the engine's 400
-    through the proxy too, never a 500 (both were 500s before w-inputs ce285d8b)."""
+    through the proxy too, never a 500 (both were 500s before w-inputs ce285d8b and the
+    lead's leading-zeros fix in parse_offset)."""
     cases = [case for case in _cases() if _huge(case)]
     assert await _differences(engine, engine_secret, make_proxy, cases) == []
