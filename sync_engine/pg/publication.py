@@ -100,6 +100,9 @@ class TableBusy(Exception):
 #: Milliseconds one try at a table's lock may wait (`lock_timeout`): while a lock request
 #: waits in the queue, every later query of the application on the table waits behind it.
 LOCK_TRY_MS = 100
+#: Milliseconds a try may grow to: each try that ran out behind young holders only (a table
+#: kept busy by back-to-back transactions longer than a try) waits twice as long as the last.
+LOCK_TRY_MAX_MS = 800
 #: Seconds between two looks at `pg_locks` (and tries) while the table's lock is busy.
 LOCK_LOOK = 0.05
 
@@ -127,45 +130,59 @@ _CONFLICTS = {
 }
 
 #: The transactions (virtualtransaction; a prepared one has no pid) other than this session
-#: holding or awaiting a lock on the tables $1 of one of the modes $2.
+#: holding or awaiting a lock on the tables $1 of one of the modes $2, each with the seconds
+#: since it began (NULL: not known, a prepared transaction's).
 _LOCK_HOLDERS = """
-SELECT DISTINCT l.virtualtransaction FROM pg_catalog.pg_locks l
+SELECT l.virtualtransaction,
+       pg_catalog.max(pg_catalog.date_part('epoch',
+                      pg_catalog.clock_timestamp() - a.xact_start))
+FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'relation' AND l.relation = ANY(%s::pg_catalog.oid[])
   AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
                     WHERE d.datname = pg_catalog.current_database())
   AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
   AND l.mode = ANY(%s::pg_catalog.text[])
+GROUP BY l.virtualtransaction
 """
+
+#: Seconds a transaction holding the table's lock may have been running and still count as
+#: a short query of a busy table, queued behind for `LOCK_TRY_MS` at most (`LockWatch`).
+SHORT_HOLDER = 0.2
 
 
 class LockWatch:
     """Whether to ask for a table's lock now, from what `pg_locks` shows, so that the
-    engine's lock request never sits queued ahead of the application's queries.
+    engine's lock request never sits queued ahead of the application's queries for long.
 
     A lock request that waits blocks every later query of the table behind it: a first
     shape's `ALTER TABLE ... REPLICA IDENTITY FULL`, waiting (2 s, then again at the
     client's retry) for a long transaction that had read the table, blocked the
     application's writes 5.8 s of 9. So a lock is asked for (for `LOCK_TRY_MS` at most) only
-    when no other transaction holds a conflicting one, or when every one that does is new
-    since the last look (short queries of a busy table: a try waits for them, briefly). A
-    transaction seen holding at two looks in a row is a long one: not queued behind."""
+    when every other transaction holding a conflicting one began less than `SHORT_HOLDER` s
+    ago (short queries of a busy table: a try waits for them, briefly), and none of them was
+    there at the first look (one there before the publish began may be of any length: it is
+    waited out, until it ends or is old enough to be known as long). A try that runs out
+    makes the next one twice as long, up to `LOCK_TRY_MAX_MS`: back-to-back transactions
+    longer than a try are never all over within it. Judging a holder long when seen at two
+    looks 50 ms apart instead, and every try 100 ms, a table kept busy by 4 writers'
+    back-to-back 300 ms transactions got no first shape in 60 s (503 table_locked)."""
 
     def __init__(self) -> None:
-        # The holders at the last look (None: not looked yet).
-        self._seen: frozenset[str] | None = None
+        # The holders at the first look (None: not looked yet).
+        self._first: frozenset[str] | None = None
+        self._try_ms = LOCK_TRY_MS  # (the next try's `lock_timeout`)
         #: A try was put off or ran out (the table may have changed while it waited).
         self.waited = False
 
     async def clear(self, conn: AsyncConnection[Any], oids: Collection[int], mode: str) -> bool:
         """Whether a lock of `mode` on the tables `oids` may be asked for now."""
         cur = await conn.execute(_LOCK_HOLDERS, (sorted(oids), list(_CONFLICTS[mode])))
-        holders = frozenset(str(r[0]) for r in await cur.fetchall())
-        seen, self._seen = self._seen, holders
-        if not holders:
-            return True
-        if seen is None:
-            return False  # (held: how long is seen at the next look)
-        return not holders & seen
+        ages = {str(r[0]): r[1] for r in await cur.fetchall()}
+        if self._first is None:
+            self._first = frozenset(ages)
+        if ages.keys() & self._first:
+            return False
+        return all(age is not None and age < SHORT_HOLDER for age in ages.values())
 
     async def run(
         self, conn: AsyncConnection[Any], oids: Collection[int], mode: str, statement: sql.Composed
@@ -175,11 +192,12 @@ class LockWatch:
         if not await self.clear(conn, oids, mode):
             self.waited = True
             raise TableBusy()
-        await conn.execute(f"SET lock_timeout = '{LOCK_TRY_MS}ms'")
+        await conn.execute(f"SET lock_timeout = '{self._try_ms}ms'")
         try:
             await conn.execute(statement)
         except psycopg.errors.LockNotAvailable:
             self.waited = True
+            self._try_ms = min(2 * self._try_ms, LOCK_TRY_MAX_MS)
             raise TableBusy() from None
         finally:
             await conn.execute("RESET lock_timeout")
