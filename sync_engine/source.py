@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +86,10 @@ RETRY_MAX = 5.0
 PERMANENT_RETRY = 10.0
 #: Seconds new shapes get a 503 (with Retry-After) after a snapshot failed for want of disk
 #: space, as the failed snapshot's own requests do (`_check_snapshot_room`), unless space
-#: comes back sooner: `SPACE_BACK` bytes more free than when it failed.
+#: comes back sooner: `SPACE_BACK` bytes more free than when it failed. Doubled after each
+#: such failure that follows a wait, up to `DISK_FULL_WAIT_MAX`, until a snapshot is whole.
 DISK_FULL_WAIT = 5.0
+DISK_FULL_WAIT_MAX = 60.0
 #: The most a disk's default reserve is (`Settings.disk_reserve`; else 5% of it): room for
 #: the live changes of the shapes there are, which need little (machines with a few hundred
 #: MB free serve new shapes, as Electric does).
@@ -272,8 +275,10 @@ class Source:
         # Whether the last failure to start is one only a person can fix (`_wait_ready`).
         self._start_permanent = False
         # When a snapshot last failed for want of disk space, and the bytes then free
-        # (`_check_snapshot_room`).
+        # (`_check_snapshot_room`); and the wait after it (0: no such failure since a
+        # snapshot was last whole).
         self._snapshot_disk_full: tuple[float, int | None] | None = None
+        self._disk_full_wait = 0.0
         self._reserve_said_at = float("-inf")  # (`snapshot_room`'s warning, once a minute)
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -994,14 +999,16 @@ class Source:
         inserts (chaos, seed 3102 and t_fullnew.py). Now the client waits, holding its
         first chunk, and is told to refetch only once a new snapshot may fit: after the
         wait, or as soon as `SPACE_BACK` more bytes are free than when the snapshot failed
-        (space freed: new shapes at once, as before).
+        (space freed: new shapes at once, as before). The wait grows, 5 s to 60 s, with each
+        snapshot the disk refused in a row (`_snapshot_failed`): a disk that stays full cost
+        a snapshot query and its chunks written and deleted every 5 s, for ever.
 
         Refused too while the disk has less free than its reserve (`snapshot_room`): no
         query is started for a snapshot that could not be written."""
         full = self._snapshot_disk_full
         if full is not None:
             failed, free_then = full
-            left = failed + DISK_FULL_WAIT - time.monotonic()
+            left = failed + self._disk_full_wait - time.monotonic()
             free = _free_bytes(self.config.data_dir)
             if left > 0 and (free is None or free_then is None or free < free_then + SPACE_BACK):
                 raise snapshot_errors.disk_full_error(max(1, math.ceil(left)))
@@ -1056,7 +1063,7 @@ class Source:
             log=shape.log,
             query=query,
             on_snapshot=lambda snapshot: self._snapshot_taken(shape, snapshot),
-            on_chunk=shape.snapshot_progress,
+            on_chunk=partial(self._snapshot_progress, shape),
             cancelled=lambda: shape.rotated,
             record=shape_record(shape),
             room=self.snapshot_room,
@@ -1067,16 +1074,20 @@ class Source:
         if not shape.rotated:
             self.replicator.release_pending(shape)
 
+    def _snapshot_progress(self, shape: Shape, chunks: int, complete: bool) -> None:
+        shape.snapshot_progress(chunks, complete)
+        if complete:  # (the disk took a whole snapshot: the next refusal waits the least)
+            self._disk_full_wait = 0.0
+
     def _snapshot_failed(self, shape: Shape, exc: BaseException) -> None:
-        """Discard the shape; its waiting requests get the answer `to_engine_error` picks."""
+        """Discard the shape; its waiting requests get the answer `to_engine_error` picks
+        (a full disk's with the Retry-After of the wait it begins, `_check_snapshot_room`)."""
         t = shape.table
-        shape.snapshot_failed(
-            to_engine_error(
-                exc,
-                field="where" if shape.definition.where is not None else "table",
-                schema=t.schema,
-                table=t.name,
-            )
+        error = to_engine_error(
+            exc,
+            field="where" if shape.definition.where is not None else "table",
+            schema=t.schema,
+            table=t.name,
         )
         if snapshot_errors.is_disk_full(exc):
             # The free space once its own chunks are deleted (the rotation below, its
@@ -1085,7 +1096,19 @@ class Source:
             # and a snapshot query each time, never the 503 (ci1, 2026-12-07).
             own = shape.log.snapshot_bytes_on_disk()  # (first: then freed ones count once)
             free = _free_bytes(self.config.data_dir)
+            if self._snapshot_disk_full is None:  # (else one refused in the same wait)
+                wait = self._disk_full_wait
+                self._disk_full_wait = min(2 * wait, DISK_FULL_WAIT_MAX) or DISK_FULL_WAIT
+                logger.warning(
+                    "source %s: the disk refused a snapshot: new snapshots wait %g s (doubled"
+                    " after each refusal in a row, up to %g s) unless space comes back",
+                    self.config.source_id,
+                    self._disk_full_wait,
+                    DISK_FULL_WAIT_MAX,
+                )
             self._snapshot_disk_full = (time.monotonic(), None if free is None else free + own)
+            error = snapshot_errors.disk_full_error(math.ceil(self._disk_full_wait))
+        shape.snapshot_failed(error)
         what = snapshot_errors.kind(exc)
         if isinstance(exc, Abandoned):
             logger.info("snapshot of shape %s cancelled: %s", shape.handle, exc)

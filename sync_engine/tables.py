@@ -38,11 +38,13 @@ from .errors import InvalidRequest, ServiceUnavailable
 from .pg.catalog import TableInfo, load_table
 from .pg.encoding import UnsupportedEncoding, check_encoding
 from .pg.publication import (
+    LOCK_LOOK,
     Descendant,
     HowPublished,
     Identity,
+    LockWatch,
     PublicationError,
-    TableLocked,
+    TableBusy,
     add_table,
     ancestors_of,
     born_in_family,
@@ -76,6 +78,9 @@ CATALOG_TIMEOUT = 5.0
 QUEUE_TIMEOUT = 20.0
 #: Seconds `publish` may take: adding a table waits for locks and older transactions.
 PUBLISH_TIMEOUT = 30.0
+#: Seconds a first shape's publish tries for the table's lock (`_publish_new`) before its
+#: 503 `table_locked`.
+PUBLISH_LOCK_WAIT = 10.0
 #: Seconds `answers` gives Postgres to accept a connection and answer `SELECT 1` (the
 #: default of `Settings.probe_timeout`).
 PROBE_TIMEOUT = 5.0
@@ -193,6 +198,7 @@ class Tables:
         # Each description's columns as the checks' rounds say them (`_columns_text`).
         self._columns_texts: dict[int, tuple[TableInfo, str]] = {}
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
+        self._publishing: dict[int, asyncio.Future[TableInfo]] = {}  # (`publish`)
         self._published: set[int] = set()
         # How the publication published each table (and family member) when its shapes were
         # made, or when first looked at by this process (`check_published`).
@@ -525,13 +531,15 @@ class Tables:
         table rewritten since (a new relfilenode), or whose columns changed (`columns_text`),
         is as good as a new one. The checks run
         in rounds on a connection of their own, each round one query for every
-        table asked about since the last began (`pg.still_there`). With the database
-        unreachable the intact log is served.
+        table asked about since the last began (`pg.still_there`).
+
+        A check Postgres does not answer (stopped, silent, unreachable) raises its 503
+        (`database_unreachable`, Retry-After): the log is never served unchecked. Served
+        after the timeout, a table dropped and made again just before Postgres went silent
+        gave a new client the dropped table's rows as up to date (chaos: DROP + CREATE,
+        SIGSTOP, `-1`).
         """
-        try:
-            names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
-        except ServiceUnavailable:
-            return True
+        names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
         if names is None or names[:2] != (table.schema, table.name):
             self.changed(table, dropped=True, reason="table dropped or renamed")
             return False
@@ -549,7 +557,8 @@ class Tables:
         # A column added (with a default), dropped, renamed, or retyped or made NOT NULL
         # without a rewrite: no row change streamed, same relfilenode, yet the rows read
         # other columns (chaos 23:20: ADD COLUMN .. DEFAULT, DROP COLUMN served the old
-        # columns up to date for ~3 s). `_drift`'s reason.
+        # columns up to date for ~3 s); or a new primary key, the log keyed by the old one.
+        # `_drift`'s reason.
         if names[3] != self._columns_text(table):
             self.changed(table, dropped=True, reason="table schema changed")
             return False
@@ -562,8 +571,10 @@ class Tables:
             return kept[1]
         if len(self._columns_texts) >= 256:  # (descriptions come and go: dropped, made again)
             self._columns_texts.clear()
+        key = sorted((c.pk_index, c.attnum) for c in table.columns if c.pk_index is not None)
         text = columns_text(
-            (c.attnum, c.type_oid, c.type_mod, c.not_null, c.name) for c in table.columns
+            ((c.attnum, c.type_oid, c.type_mod, c.not_null, c.name) for c in table.columns),
+            (attnum for _, attnum in key),
         )
         self._columns_texts[id(table)] = (table, text)
         return text
@@ -591,11 +602,9 @@ class Tables:
         shape keyed by the old primary key until the periodic check retired it. So the
         table is read again, by a read begun after this call, and `StaleDescription` raised
         if it changed (`_check_fresh`). A published table's is a read of its own, shared
-        by a storm of new shapes (`_read_since`). A table to publish is read in the same
-        turn on the catalog connection as its publishing: a read queued on its own ahead
-        of it put the new shapes' publishing behind others' (a partitioned table's second
-        new shape then published after a busy partition's lock was free, never learning
-        it had been busy), and it costs one turn per first shape only.
+        by a storm of new shapes (`_read_since`), as is a table another first shape of it
+        is publishing: one publish per table in flight (`_publish_new`), which the others
+        share, then read the table as for one published.
         """
         asked = time.monotonic()
         if table.oid in self._published:
@@ -603,15 +612,40 @@ class Tables:
             if table.replica_identity != "f" and table.kind == "r":
                 await self._restore_identity(table)
             return
+        published = await single_flight(
+            self._publishing, table.oid, partial(self._publish_new, table)
+        )
+        if published is not table:  # (another description's publish, shared)
+            self._check_fresh(table, await self._read_since(table.schema, table.name, asked))
 
-        async def work(conn: AsyncConnection[Any]) -> None:
+    async def _publish_new(self, table: TableInfo) -> TableInfo:
+        """Publish `table` (`publish`), the first shape of it; returns `table`.
+
+        A table to publish is read in the same turn on the catalog connection as its
+        publishing: a read queued on its own ahead of it put the new shapes' publishing
+        behind others' (a partitioned table's second new shape then published after a busy
+        partition's lock was free, never learning it had been busy).
+
+        Its statements that lock the table (`add_table`) never wait queued ahead of the
+        application's queries (`LockWatch`): each is tried for `LOCK_TRY_MS` at most, only
+        while no long transaction holds a conflicting lock, and tried again every
+        `LOCK_LOOK` s, the catalog connection free between tries, for up to
+        `PUBLISH_LOCK_WAIT` s (then 503 `table_locked`). Waiting 2 s in the lock queue
+        behind a long transaction (then again at each retry of the client's), the
+        `REPLICA IDENTITY FULL` blocked the application's writes of the table 5.8 s of 9.
+        """
+        watch = LockWatch()
+        descendants: list[Descendant] = []
+
+        async def first(conn: AsyncConnection[Any]) -> bool:
+            nonlocal descendants
             started = time.monotonic()
             current = await load_table(conn, table.schema, table.name)
             if current is not None:
                 self._cache[(table.schema, table.name)] = (started, current)
             self._check_fresh(table, current)
             if table.oid in self._published:  # published while this request waited
-                return
+                return True
             # its partitions and inheritance children: their changes come under their own
             # relations (routed to this table's shapes), each with the old row
             descendants = await descendants_of(conn, [table.oid])
@@ -633,20 +667,31 @@ class Tables:
                     retry_after=1,
                     code="partition_identity_pending",
                 )
+            return await add(conn)
+
+        async def add(conn: AsyncConnection[Any]) -> bool:
+            """The table added (False: its lock busy, tried again later), then the rest."""
+            members = [table.oid, *(d.oid for d in descendants)]
             try:
                 added = await add_table(
-                    conn, self.publication, table.schema, table.name, table.replica_identity
+                    conn,
+                    self.publication,
+                    table.schema,
+                    table.name,
+                    table.replica_identity,
+                    watch,
+                    members,
                 )
             except PublicationError as exc:
                 raise InvalidRequest({"table": [str(exc)]}) from None
-            except TableLocked:
-                raise ServiceUnavailable(
-                    f'table "{table.schema}"."{table.name}" is locked by another transaction'
-                    " (a migration's ALTER TABLE, a VACUUM FULL?): its first shape cannot"
-                    " publish it until that ends. Retry.",
-                    retry_after=1,
-                    code="table_locked",
-                ) from None
+            except TableBusy:
+                return False
+            if watch.waited:  # (changed while its lock was awaited: a migration's ALTER)
+                started = time.monotonic()
+                current = await load_table(conn, table.schema, table.name)
+                if current is not None:
+                    self._cache[(table.schema, table.name)] = (started, current)
+                self._check_fresh(table, current)
             # (a busy descendant's identity is not waited for: the application's queries on
             # it would queue behind the ALTER's lock request; it is tried again later)
             more, unready = await prepare_descendants(
@@ -656,7 +701,6 @@ class Tables:
                 await wait_for_older_transactions(conn)
             # (kept, not replaced: a table found out of the publication here while it has
             # shapes lost changes meanwhile, which the next `check_published` sees)
-            members = [table.oid, *(d.oid for d in descendants)]
             for oid, how in (await how_published(conn, self.publication, members)).items():
                 self._how_published.setdefault(oid, how)
             if table.kind == "p":
@@ -664,12 +708,26 @@ class Tables:
             # (a child left unpublished is not routed: `check_families` adds it once it is
             # published, and retires the shapes made without it)
             self._set_families({table.oid: frozenset(d.oid for d in descendants) - unready})
+            return True
 
         # (a connection found dead, Postgres restarted since it was last used, is replaced
         # once: a 503 otherwise, never the 400 of a table that cannot be published)
-        await self.on_catalog(work, PUBLISH_TIMEOUT)
+        done = await self.on_catalog(first, PUBLISH_TIMEOUT)
+        deadline = time.monotonic() + PUBLISH_LOCK_WAIT
+        while not done:
+            if time.monotonic() >= deadline:
+                raise ServiceUnavailable(
+                    f'table "{table.schema}"."{table.name}" is locked by another transaction'
+                    " (a migration's ALTER TABLE, a VACUUM FULL, a long transaction that read"
+                    " it?): its first shape cannot publish it until that ends. Retry.",
+                    retry_after=1,
+                    code="table_locked",
+                )
+            await asyncio.sleep(LOCK_LOOK)
+            done = await self.on_catalog(add, PUBLISH_TIMEOUT)
         self._published.add(table.oid)
         self._cache.pop((table.schema, table.name), None)
+        return table
 
     async def _restore_identity(self, table: TableInfo) -> None:
         """Set REPLICA IDENTITY FULL again on a published table someone set back (a DBA, a

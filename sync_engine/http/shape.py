@@ -170,7 +170,9 @@ class ShapeView:
             _left(source, req.handle)
             raise ShapeGone(shape.handle)
         try:
-            with source.holding_live() if req.live else nullcontext():
+            # (an SSE stream is held for its whole life; a long-poll only while it waits at
+            # the tip, `_serve_log`)
+            with source.holding_live() if req.live and req.live_sse else nullcontext():
                 if req.live and req.live_sse:
                     if req.offset is not None:  # (an offset past the log: the long-poll's 400)
                         await self._check_bounds(request, source, shape, req.offset)
@@ -256,9 +258,17 @@ class ShapeView:
             # then gets a 503 (and retries with backoff).
             await source.require_following()
         gone = client_gone(request) if req.live else None
-        came = await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone)
-        # Its secret revoked while it was held: answered as at its timeout (`revoke`).
-        cut = req.live and source.revoked() and not shape.rotated and source.closing is None
+        came, cut = grew(), False
+        if not came:
+            # Counted as held (`holding_live`: a source's share of the connection cap) only
+            # now that it waits: counted from its start, a long-poll answered at once (the
+            # log already past its offset) was refused 503 `source_live_share` too, ~22% of
+            # the live requests of a loaded source.
+            with source.holding_live():
+                came = await shape.wait_until(grew, self.settings.long_poll_timeout, gone=gone)
+                # Its secret revoked while it was held: answered as at its timeout
+                # (`revoke`; asked before `holding_live` forgets it).
+                cut = source.revoked() and not shape.rotated and source.closing is None
         if cut:
             came = False
         if not came:

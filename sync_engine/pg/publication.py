@@ -91,34 +91,114 @@ async def ensure_publication(conn: AsyncConnection[Any], name: str) -> bool:
     return False
 
 
-class TableLocked(Exception):
-    """The table's lock was not had within `TABLE_LOCK_WAIT` (`add_table`)."""
+class TableBusy(Exception):
+    """Another transaction holds a lock on the table that the statement's lock conflicts
+    with (`LockWatch`), or one try at the lock (`LOCK_TRY_MS`) ran out: nothing was done, the
+    caller tries again after `LOCK_LOOK` (`Tables.publish`)."""
 
 
-#: Seconds `add_table` waits for the table's lock (its ALTERs need it alone or nearly): the
-#: application's queries on the table queue behind a lock request that waits, so not long.
-TABLE_LOCK_WAIT = 2
+#: Milliseconds one try at a table's lock may wait (`lock_timeout`): while a lock request
+#: waits in the queue, every later query of the application on the table waits behind it.
+LOCK_TRY_MS = 100
+#: Seconds between two looks at `pg_locks` (and tries) while the table's lock is busy.
+LOCK_LOOK = 0.05
+
+#: The lock modes (as `pg_locks` names them) each mode the engine takes conflicts with.
+_CONFLICTS = {
+    # ALTER TABLE ... REPLICA IDENTITY FULL
+    "AccessExclusiveLock": (
+        "AccessShareLock",
+        "RowShareLock",
+        "RowExclusiveLock",
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    ),
+    # ALTER PUBLICATION ... ADD TABLE (of the table and, not ONLY, its partitions)
+    "ShareUpdateExclusiveLock": (
+        "ShareUpdateExclusiveLock",
+        "ShareLock",
+        "ShareRowExclusiveLock",
+        "ExclusiveLock",
+        "AccessExclusiveLock",
+    ),
+}
+
+#: The transactions (virtualtransaction; a prepared one has no pid) other than this session
+#: holding or awaiting a lock on the tables $1 of one of the modes $2.
+_LOCK_HOLDERS = """
+SELECT DISTINCT l.virtualtransaction FROM pg_catalog.pg_locks l
+WHERE l.locktype = 'relation' AND l.relation = ANY(%s::pg_catalog.oid[])
+  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                    WHERE d.datname = pg_catalog.current_database())
+  AND l.pid IS DISTINCT FROM pg_catalog.pg_backend_pid()
+  AND l.mode = ANY(%s::pg_catalog.text[])
+"""
+
+
+class LockWatch:
+    """Whether to ask for a table's lock now, from what `pg_locks` shows, so that the
+    engine's lock request never sits queued ahead of the application's queries.
+
+    A lock request that waits blocks every later query of the table behind it: a first
+    shape's `ALTER TABLE ... REPLICA IDENTITY FULL`, waiting (2 s, then again at the
+    client's retry) for a long transaction that had read the table, blocked the
+    application's writes 5.8 s of 9. So a lock is asked for (for `LOCK_TRY_MS` at most) only
+    when no other transaction holds a conflicting one, or when every one that does is new
+    since the last look (short queries of a busy table: a try waits for them, briefly). A
+    transaction seen holding at two looks in a row is a long one: not queued behind."""
+
+    def __init__(self) -> None:
+        # The holders at the last look (None: not looked yet).
+        self._seen: frozenset[str] | None = None
+        #: A try was put off or ran out (the table may have changed while it waited).
+        self.waited = False
+
+    async def clear(self, conn: AsyncConnection[Any], oids: Collection[int], mode: str) -> bool:
+        """Whether a lock of `mode` on the tables `oids` may be asked for now."""
+        cur = await conn.execute(_LOCK_HOLDERS, (sorted(oids), list(_CONFLICTS[mode])))
+        holders = frozenset(str(r[0]) for r in await cur.fetchall())
+        seen, self._seen = self._seen, holders
+        if not holders:
+            return True
+        if seen is None:
+            return False  # (held: how long is seen at the next look)
+        return not holders & seen
+
+    async def run(
+        self, conn: AsyncConnection[Any], oids: Collection[int], mode: str, statement: sql.Composed
+    ) -> None:
+        """`statement` (which takes a lock of `mode` on `oids`) if the lock is clear and had
+        within `LOCK_TRY_MS`; else `TableBusy`, nothing done."""
+        if not await self.clear(conn, oids, mode):
+            self.waited = True
+            raise TableBusy()
+        await conn.execute(f"SET lock_timeout = '{LOCK_TRY_MS}ms'")
+        try:
+            await conn.execute(statement)
+        except psycopg.errors.LockNotAvailable:
+            self.waited = True
+            raise TableBusy() from None
+        finally:
+            await conn.execute("RESET lock_timeout")
 
 
 async def add_table(
-    conn: AsyncConnection[Any], publication: str, schema: str, table: str, replica_identity: str
+    conn: AsyncConnection[Any],
+    publication: str,
+    schema: str,
+    table: str,
+    replica_identity: str,
+    watch: LockWatch,
+    oids: Collection[int],
 ) -> bool:
-    """Publish the table with REPLICA IDENTITY FULL; True if it was newly added. Raises
-    `TableLocked` when another transaction holds its lock (a migration's ALTER, a VACUUM
-    FULL) past `TABLE_LOCK_WAIT`: the wait ran out the whole publish's 30 s and was said
-    as a database not answering (proxy 22:54)."""
-    try:
-        await conn.execute(f"SET lock_timeout = '{TABLE_LOCK_WAIT}s'")
-        return await _add_table(conn, publication, schema, table, replica_identity)
-    except psycopg.errors.LockNotAvailable:
-        raise TableLocked() from None
-    finally:
-        await conn.execute("RESET lock_timeout")
-
-
-async def _add_table(
-    conn: AsyncConnection[Any], publication: str, schema: str, table: str, replica_identity: str
-) -> bool:
+    """Publish the table with REPLICA IDENTITY FULL; True if it was newly added. Each
+    statement that locks the table does so through `watch` (`LockWatch.run`): `TableBusy`
+    when its lock is not to be had now, the caller trying again (idempotent: what was done
+    is found done). `oids`: the table's and its descendants' (`ADD TABLE` of a partitioned
+    table locks its partitions too)."""
     ident = sql.Identifier(schema, table)
     try:
         cur = await conn.execute(
@@ -131,9 +211,11 @@ async def _add_table(
         partitioned = row is not None and row[1] == "p"
         if row is not None:
             replica_identity = str(row[0])  # fresher than the caller's description
+        own = list(oids)[:1]
         if replica_identity != "f":
             # Takes an ACCESS EXCLUSIVE lock: only when needed, never while it is already FULL.
-            await conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident))
+            alter = sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(ident)
+            await watch.run(conn, own, "AccessExclusiveLock", alter)
         cur = await conn.execute(
             "SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid"
             " JOIN pg_class c ON c.oid = r.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace"
@@ -152,7 +234,8 @@ async def _add_table(
             if partitioned
             else "ALTER PUBLICATION {} ADD TABLE ONLY {}"
         )
-        await conn.execute(sql.SQL(add).format(sql.Identifier(publication), ident))
+        statement = sql.SQL(add).format(sql.Identifier(publication), ident)
+        await watch.run(conn, oids if partitioned else own, "ShareUpdateExclusiveLock", statement)
         return True
     except psycopg.errors.DuplicateObject:
         return False

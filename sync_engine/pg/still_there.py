@@ -17,8 +17,9 @@ second, so it must cost little:
   behind it. The connection closes after `IDLE_CLOSE` seconds unused.
 
 A round that Postgres does not answer within the timeout (`Settings.catalog_timeout`), or
-on a connection that fails, fails its waiters with the 503 it would have been (the caller
-serves the intact log then); its connection is given up and the next round opens another.
+on a connection that fails, fails its waiters with the 503 it would have been (answered as
+such: an unchecked log may be a dropped table's); its connection is given up and the next
+round opens another.
 After a round that ran out of time, and until one is answered, a request waits at most
 `DOWN_WAIT` for its round: a hung Postgres costs each `-1` half a second, not the timeout.
 """
@@ -39,14 +40,17 @@ from .waiter import SocketWaiter
 
 logger = logging.getLogger(__name__)
 
-#: The query: the schema, name, relfilenode and columns (`COLUMNS`) of each of the tables
-#: (by oid, $1) still there; then the groups ($2) of descendants ($3, with the relfilenodes
-#: described, $4) of which one has another relfilenode now, one row each (compared in
-#: Postgres: a table of 500 partitions is one row, not 500 to read and compare here).
+#: The query: the schema, name, relfilenode and primary key and columns (`columns_text`) of
+#: each of the tables (by oid, $1) still there; then the groups ($2) of descendants ($3,
+#: with the relfilenodes described, $4) of which one has another relfilenode now, one row
+#: each (compared in Postgres: a table of 500 partitions is one row, not 500 to read and
+#: compare here).
 #: Arrays as text.
 _SELECT = (
     "SELECT c.oid::pg_catalog.int8, n.nspname, c.relname, c.relfilenode::pg_catalog.int8,"
-    " NULL::pg_catalog.int4, COALESCE((SELECT pg_catalog.string_agg("
+    " NULL::pg_catalog.int4, COALESCE((SELECT i.indkey::pg_catalog.text"
+    " FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), '')"
+    " OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) COALESCE((SELECT pg_catalog.string_agg("
     "pg_catalog.concat_ws(' ', a.attnum, a.atttypid, a.atttypmod, a.attnotnull,"
     " pg_catalog.length(a.attname::pg_catalog.text), a.attname), '/' ORDER BY a.attnum)"
     " FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0"
@@ -67,7 +71,7 @@ IDLE_CLOSE = 60.0
 #: Descriptions whose descendants' array texts are kept (then all are dropped and made again).
 TEXTS_KEPT = 256
 #: Seconds a request waits for its round while the last one got no answer in its time
-#: (then the caller serves the intact log, as after a timeout).
+#: (then its 503, as after a timeout).
 DOWN_WAIT = 0.5
 
 #: What a round found of a table: its (schema, name, relfilenode, columns), None when no
@@ -75,17 +79,29 @@ DOWN_WAIT = 0.5
 Names = tuple[str, str, int, str] | None
 
 
-def columns_text(columns: Iterable[tuple[int, int, int, bool, str]]) -> str:
-    """The text the round's query says a table's columns in, from (attnum, type oid,
-    typmod, not null, name) of each column there (attnum > 0, not dropped): what a
-    description's are compared with. A column added (with a default), dropped, renamed,
-    retyped without a rewrite (`varchar(10)` to `varchar(20)`) or made NOT NULL changes
-    it: each writes no row to the WAL and keeps the table's relfilenode, yet the rows'
-    columns, or the `electric-schema` header, read otherwise (`_shape_of`'s fields but the
-    primary key). Each name is preceded by its length: no two column lists say one text."""
-    return "/".join(
-        f"{attnum} {type_oid} {type_mod} {'t' if not_null else 'f'} {len(name)} {name}"
-        for attnum, type_oid, type_mod, not_null, name in sorted(columns)
+def columns_text(
+    columns: Iterable[tuple[int, int, int, bool, str]], primary_key: Iterable[int]
+) -> str:
+    """The text the round's query says a table's primary key and columns in, from the
+    key's attnums in key order (`pg_index.indkey`; none without a key), then (attnum, type
+    oid, typmod, not null, name) of each column there (attnum > 0, not dropped): what a
+    description's are compared with (`_shape_of`'s fields).
+
+    A column added (with a default), dropped, renamed, retyped without a rewrite
+    (`varchar(10)` to `varchar(20)`) or made NOT NULL changes it: each writes no row to
+    the WAL and keeps the table's relfilenode, yet the rows' columns, or the
+    `electric-schema` header, read otherwise. So does a new primary key (`DROP CONSTRAINT
+    t_pkey, ADD PRIMARY KEY (id, org)`): the log's rows are keyed by the old one, and a row
+    new under the new key would overwrite another under the old one in every client. The
+    key's attnums are digits and spaces, ended by `|`; each name is preceded by its length:
+    no two keys and column lists say one text."""
+    return (
+        " ".join(str(attnum) for attnum in primary_key)
+        + "|"
+        + "/".join(
+            f"{attnum} {type_oid} {type_mod} {'t' if not_null else 'f'} {len(name)} {name}"
+            for attnum, type_oid, type_mod, not_null, name in sorted(columns)
+        )
     )
 
 
@@ -281,7 +297,7 @@ class StillThere:
                     self._failing = True
                     logger.warning(
                         "a still-there check got no answer (%s): first requests of existing"
-                        " shapes are answered from their logs unchecked until one does",
+                        " shapes are answered 503 until one does",
                         exc.message,
                     )
                 failed = [batch]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
@@ -36,16 +38,18 @@ def _fill(path: Path, leave: int) -> None:
         f.write(b"\0" * max(free - leave, 0))
 
 
-@pytest.mark.timeout(120)
-async def test_a_snapshot_that_fills_the_disk_is_a_503_then_whole(
-    db_url: str, tmp_path: Path
-) -> None:
+@asynccontextmanager
+async def _full_disk(
+    db_url: str, tmp_path: Path, *args: str
+) -> AsyncIterator[tuple[EngineProcess, Path]]:
+    """An engine (`args`) on a data directory of its own 8 MiB tmpfs, and a table `items`
+    whose snapshot (~1.5 MB) the disk has no room for: filled to 256 KiB free by
+    `mnt / "filler"` (deleted: space back). Yields the engine and the mount point."""
     mnt = tmp_path / "data"
     mnt.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    engine = EngineProcess(db_url, mnt, "--long-poll-timeout", "2", "--chunk-bytes", "65536")
+    engine = EngineProcess(db_url, mnt, "--chunk-bytes", "65536", *args)
     engine.log = tmp_path / "engine.log"  # not on the disk that fills up
-    filler = mnt / "filler"
     try:
         with psycopg.connect(db_url, autocommit=True) as conn:
             conn.execute("CREATE TABLE items (id int PRIMARY KEY, v int NOT NULL, t text)")
@@ -53,7 +57,19 @@ async def test_a_snapshot_that_fills_the_disk_is_a_503_then_whole(
                 "INSERT INTO items SELECT g, 0, repeat('x', 200) FROM generate_series(1, 5000) g"
             )
         await asyncio.to_thread(engine.start)
-        await asyncio.to_thread(_fill, filler, 256 * 1024)  # the snapshot needs about 1.5 MB
+        await asyncio.to_thread(_fill, mnt / "filler", 256 * 1024)
+        yield engine, mnt
+    finally:
+        engine.stop()
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.timeout(120)
+async def test_a_snapshot_that_fills_the_disk_is_a_503_then_whole(
+    db_url: str, tmp_path: Path
+) -> None:
+    async with _full_disk(db_url, tmp_path, "--long-poll-timeout", "2") as (engine, mnt):
+        filler = mnt / "filler"
         async with aiohttp.ClientSession() as session:
             follower = Follower(engine.url)
             stop = asyncio.Event()
@@ -108,9 +124,59 @@ async def test_a_snapshot_that_fills_the_disk_is_a_503_then_whole(
         assert follower.rows == expected_rows(db_url, None, ("id", "v", "t"))
         assert follower.counts()["invalid_json"] == follower.counts()["bad_error_bodies"] == 0
         assert not [s for s in follower.statuses if s >= 500 and s != 503], follower.statuses
-    finally:
-        engine.stop()
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+async def _first_sync(session: aiohttp.ClientSession, url: str) -> tuple[int, str, bytes]:
+    """A client's start at `-1`, followed until its up-to-date or another answer than a 200
+    (a 409 is not followed): (status, Retry-After, body of the last answer)."""
+    params = {"table": "items", "offset": "-1"}
+    while True:
+        async with session.get(
+            url + "/v1/shape", params=params, timeout=aiohttp.ClientTimeout(total=60)
+        ) as r:
+            body = await r.read()
+            if r.status != 200 or "electric-up-to-date" in r.headers:
+                return r.status, r.headers.get("Retry-After", ""), body
+            params.update(handle=r.headers["electric-handle"], offset=r.headers["electric-offset"])
+
+
+@pytest.mark.timeout(180)
+async def test_a_disk_that_stays_full_is_tried_less_and_less_often(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A snapshot the disk refused is not tried again for 5 s, then 10, 20, ... 60 s while
+    each try is refused in turn (a snapshot query, its chunks written and deleted): before,
+    every 5 s for as long as the disk stayed full. Meanwhile a client's every request is a
+    503 `disk_full` whose Retry-After says how long the wait still is; never a part of a
+    snapshot as whole. Space freed (`SPACE_BACK`), the next request syncs at once."""
+    async with _full_disk(db_url, tmp_path, "--disk-reserve", "0") as (engine, mnt):
+        filler = mnt / "filler"
+        async with aiohttp.ClientSession() as session:
+            waits = []
+            for _ in range(3):  # three snapshots refused in a row
+                while True:
+                    status, retry_after, body = await _first_sync(session, engine.url)
+                    assert status in (409, 503), (status, body)  # (never up to date)
+                    if status == 503:
+                        break
+                assert orjson.loads(body)["code"] == "disk_full", body
+                waits.append(int(retry_after))
+                # the wait's every request: the 503, no snapshot tried
+                status, again, body = await _first_sync(session, engine.url)
+                assert status == 503 and orjson.loads(body)["code"] == "disk_full", body
+                assert 1 <= int(again) <= int(retry_after), (again, retry_after)
+                await asyncio.sleep(int(retry_after) + 0.5)
+            assert len(waits) == 3 and all(
+                m - 1 <= w <= m for w, m in zip(waits, (5, 10, 20), strict=True)
+            ), waits
+            tried = engine.log_tail(1_000_000).count("the disk refused a snapshot")
+            assert tried == 3, tried
+            filler.unlink()
+            status, _, body = await _first_sync(session, engine.url)
+            assert status in (200, 409), body  # (a 409: the last refused shape's successor)
+            if status == 409:
+                status, _, body = await _first_sync(session, engine.url)
+            assert status == 200, body
 
 
 async def test_a_retirement_the_full_disk_refused_is_written_once_space_is_back(
