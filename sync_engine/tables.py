@@ -60,7 +60,14 @@ from .pg.publication import (
     set_identity_full,
     wait_for_older_transactions,
 )
-from .pg.still_there import StillThere, ask_on, columns_text
+from .pg.still_there import (
+    StillThere,
+    ask_on,
+    collations_text,
+    columns_text,
+    published_text,
+    types_of,
+)
 from .shapes.registry import ShapeRegistry
 from .shapes.shape import Shape, family_digest
 from .single_flight import single_flight
@@ -192,11 +199,15 @@ class Tables:
         # Still-there checks, in rounds on a connection of their own.
         self._still_there = StillThere(
             dsn,
+            publication,
             lambda: self.catalog_timeout,
             lambda question: self.on_catalog(partial(ask_on, question=question)),
         )
         # Each description's columns as the checks' rounds say them (`_columns_text`).
         self._columns_texts: dict[int, tuple[TableInfo, str]] = {}
+        # The collations, publication and types a round last found of each description
+        # with nothing changed that matters (`_unchanged`).
+        self._extras_seen: dict[int, tuple[TableInfo, tuple[str, str | None, str]]] = {}
         self._restoring: dict[int, asyncio.Future[None]] = {}  # (`_restore_identity`)
         self._publishing: dict[int, asyncio.Future[TableInfo]] = {}  # (`publish`)
         self._published: set[int] = set()
@@ -539,7 +550,9 @@ class Tables:
         gave a new client the dropped table's rows as up to date (chaos: DROP + CREATE,
         SIGSTOP, `-1`).
         """
-        names, rewritten = await self._still_there.check(table.oid, table.files or (), asked)
+        names, rewritten = await self._still_there.check(
+            table.oid, table.files or (), asked, types=bool(table.enums or table.composites)
+        )
         if names is None or names[:2] != (table.schema, table.name):
             self.changed(table, dropped=True, reason="table dropped or renamed")
             return False
@@ -562,7 +575,59 @@ class Tables:
         if names[3] != self._columns_text(table):
             self.changed(table, dropped=True, reason="table schema changed")
             return False
+        # A column's collation, the table's publication, an enum's values or a composite's
+        # attributes changed: no row streamed, no rewrite, every column the same (each was
+        # seen up to `schema_check_interval` later, the -1 meanwhile served the old log).
+        extras = names[4:]
+        seen = self._extras_seen.get(id(table))
+        if seen is not None and seen[0] is table and seen[1] == extras:
+            return True
+        reason = self._other_change(table, *extras)
+        if reason is not None:
+            if reason == REPUBLISH:
+                logger.warning(
+                    'table "%s"."%s" was taken out of publication %s (or its entry changed):'
+                    " its shapes are retired (their clients refetch) and it is published"
+                    " again",
+                    table.schema,
+                    table.name,
+                    self.publication,
+                )
+                for member in (table.oid, *self.families.get(table.oid, frozenset())):
+                    self._how_published.pop(member, None)  # (`publish` notes it afresh)
+            self.changed(table, dropped=True, reason=reason)
+            return False
+        if len(self._extras_seen) >= 256:  # (descriptions come and go, as `_columns_texts`)
+            self._extras_seen.clear()
+        self._extras_seen[id(table)] = (table, extras)
         return True
+
+    def _other_change(
+        self, table: TableInfo, collations: str, published: str | None, types: str
+    ) -> str | None:
+        """Why a shape of `table` is stale, a round having found these texts of it
+        (`pg.still_there.Found`), beyond its name, files and columns: `_drift`'s reason
+        (the periodic check's), or `REPUBLISH`; None when nothing that matters changed."""
+        then = collations_text((c.attnum, c.collation) for c in table.columns)
+        if then is not None and collations != then:
+            return "column collation changed"
+        how = self._how_published.get(table.oid)
+        if (
+            how is not None
+            and published is not None  # (the publication gone: `Source` makes it again)
+            and published != published_text(how.entries, how.all_tables, how.schemas)
+        ):
+            return REPUBLISH
+        if table.enums is None and table.composites is None:
+            return None
+        values, attributes = types_of(types)
+        if table.enums is not None and not {(o, label) for _, o, label in table.enums} <= values:
+            return "enum value renamed"  # (`_renamed_enum_value`: values added change no row)
+        if table.composites is not None and attributes != {
+            (t, n, at, a) for t, n, a, at in table.composites
+        }:
+            return "a composite type's attributes changed"
+        return None
 
     def _columns_text(self, table: TableInfo) -> str:
         """`columns_text` of `table`'s columns, kept per description (a -1 compares it)."""
@@ -1161,15 +1226,18 @@ class Tables:
             for member, root in of.items():
                 if root == oid:
                     self._how_published.pop(member, None)  # (`publish` notes it afresh)
-            self.registry.rotate_table(
-                oid, "the table's publication changed: changes may not have been streamed"
-            )
+            self.registry.rotate_table(oid, REPUBLISH)
             try:
                 await self.publish(table)
             except Exception as exc:  # (a new shape's request publishes it, or says why)
                 logger.warning(
                     'could not publish "%s"."%s" again: %s', table.schema, table.name, exc
                 )
+
+
+#: `Tables._other_change`'s reason for a table its publication no longer publishes as when
+#: its shapes were made (`check_published`'s rotation, seen by a round).
+REPUBLISH = "the table's publication changed: changes may not have been streamed"
 
 
 def _drift(t: TableInfo, current: TableInfo | None) -> str | None:

@@ -196,8 +196,17 @@ def _content_length(message: Any) -> int | None:
     """The body length a parsed request (`RawRequestMessage`) announced; None if chunked."""
     if message.chunked:
         return None
-    value = message.headers.get("Content-Length")
-    return int(value) if value is not None and value.isdigit() else 0
+    return announced_length(message.headers.get("Content-Length")) or 0
+
+
+def announced_length(value: str | None) -> int | None:
+    """A Content-Length header's number (None when absent or not digits). llhttp takes
+    leading zeros, any number of them: `int()` of 4,300+ characters raised a ValueError in
+    `data_received`, which ended the connection with no answer and an ERROR traceback."""
+    if value is None or not value.isascii() or not value.isdigit():
+        return None
+    digits = value.lstrip("0")
+    return int(digits) if len(digits) <= 20 else 1 << 64  # (llhttp allows at most 2**64-1)
 
 
 class _Refusing:

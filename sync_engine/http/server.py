@@ -26,7 +26,12 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from .errors import BodyTimeout, json_response
 from .params import MAX_BODY
-from .parser_refusals import Refusal, RefusingApplication, RefusingRequestHandler
+from .parser_refusals import (
+    Refusal,
+    RefusingApplication,
+    RefusingRequestHandler,
+    announced_length,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +148,8 @@ class EngineRequestHandler(RefusingRequestHandler):
     def request_body(self, message: Any, payload: StreamReader) -> StreamReader:
         # (a no-op when it fires after the body has arrived)
         self._loop.call_later(REQUEST_READ_TIMEOUT, _deadline, payload)
-        length = message.headers.get("Content-Length")
-        self._oversized = length is not None and length.isdigit() and int(length) > MAX_BODY
+        length = announced_length(message.headers.get("Content-Length"))
+        self._oversized = length is not None and length > MAX_BODY
         coding = message.headers.get("Content-Encoding")
         if coding is None:
             return payload

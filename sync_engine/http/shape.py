@@ -40,7 +40,7 @@ from .params import (
     parse_json_body,
     parse_shape_request,
 )
-from .parser_refusals import room_for_send
+from .parser_refusals import announced_length, room_for_send
 from .sendfile import ChunkFileResponse, Ident, close_chunk, ident, open_chunk
 from .subset import serve_subset
 
@@ -662,7 +662,8 @@ async def _json_body(request: web.Request) -> dict[str, Any] | None:
     has arrived so far, and parsing that alone read a long body's first segment)."""
     if not request.can_read_body:
         return None
-    if request.content_length is not None and request.content_length > MAX_BODY:
+    length = announced_length(request.headers.get("Content-Length"))  # (not int(): 0000..)
+    if length is not None and length > MAX_BODY:
         raise BadBody("Request body too large", 413)
     pieces = []
     size = 0

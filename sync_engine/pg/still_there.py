@@ -41,10 +41,15 @@ from .waiter import SocketWaiter
 logger = logging.getLogger(__name__)
 
 #: The query: the schema, name, relfilenode and primary key and columns (`columns_text`) of
-#: each of the tables (by oid, $1) still there; then the groups ($2) of descendants ($3,
-#: with the relfilenodes described, $4) of which one has another relfilenode now, one row
-#: each (compared in Postgres: a table of 500 partitions is one row, not 500 to read and
-#: compare here).
+#: each of the tables (by oid, $1) still there, and what else changes its rows with no
+#: WAL row and no rewrite (`Extra`): its columns' collations, how the publication ($5)
+#: publishes it, its columns' enums' values and composites' attributes (of the tables $6
+#: only, whose descriptions have any: a walk of its types cost a round ~3 ms of Postgres
+#: time, four times the rest, where every such change of any other table changes a
+#: column's type, seen in its columns); then the groups
+#: ($2) of descendants ($3, with the relfilenodes described, $4) of which one has another
+#: relfilenode now, one row each (compared in Postgres: a table of 500 partitions is one
+#: row, not 500 to read and compare here).
 #: Arrays as text.
 _SELECT = (
     "SELECT c.oid::pg_catalog.int8, n.nspname, c.relname, c.relfilenode::pg_catalog.int8,"
@@ -54,18 +59,63 @@ _SELECT = (
     "pg_catalog.concat_ws(' ', a.attnum, a.atttypid, a.atttypmod, a.attnotnull,"
     " pg_catalog.length(a.attname::pg_catalog.text), a.attname), '/' ORDER BY a.attnum)"
     " FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0"
-    " AND NOT a.attisdropped), '') FROM pg_catalog.pg_class c"
+    " AND NOT a.attisdropped), ''),"
+    " (SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', a.attnum, a.attcollation), '/'"
+    " ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid"
+    " AND a.attnum > 0 AND NOT a.attisdropped),"
+    " (SELECT pg_catalog.concat_ws('|', COALESCE((SELECT pg_catalog.string_agg("
+    "r.oid::pg_catalog.text, ',' ORDER BY r.oid) FROM pg_catalog.pg_publication_rel r"
+    " WHERE r.prpubid = p.oid AND (r.prrelid = c.oid OR r.prrelid IN (SELECT pa.relid"
+    " FROM pg_catalog.pg_partition_ancestors(c.oid) pa))), ''), p.puballtables, {5})"
+    " FROM pg_catalog.pg_publication p WHERE p.pubname = {4}),"
+    " CASE WHEN c.oid = ANY({6}::pg_catalog.text::pg_catalog.oid[]) THEN"
+    " (WITH RECURSIVE ty(oid) AS (SELECT a.atttypid FROM pg_catalog.pg_attribute a"
+    " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+    " UNION SELECT m.oid FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid"
+    " CROSS JOIN LATERAL (SELECT t.typbasetype WHERE t.typtype = 'd'"
+    " UNION ALL SELECT t.typelem WHERE t.typelem <> 0"
+    " UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid"
+    " UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE t.typtype = 'm'"
+    " AND (pg_catalog.to_jsonb(r) OPERATOR(pg_catalog.->>) 'rngmultitypid')::pg_catalog.oid"
+    " = t.oid"
+    " UNION ALL SELECT a.atttypid FROM pg_catalog.pg_attribute a WHERE t.typtype = 'c'"
+    " AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS m(oid))"
+    " SELECT COALESCE((SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', e.oid,"
+    " pg_catalog.length(e.enumlabel::pg_catalog.text), e.enumlabel), '/' ORDER BY e.oid)"
+    " FROM pg_catalog.pg_enum e WHERE e.enumtypid IN (SELECT ty.oid FROM ty)), '')"
+    " OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) COALESCE((SELECT"
+    " pg_catalog.string_agg(pg_catalog.concat_ws(' ', t.oid, a.attnum, a.atttypid,"
+    " pg_catalog.length(a.attname::pg_catalog.text), a.attname), '/' ORDER BY t.oid, a.attnum)"
+    " FROM pg_catalog.pg_type t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid"
+    " AND a.attnum > 0 AND NOT a.attisdropped WHERE t.typtype = 'c'"
+    " AND t.oid IN (SELECT ty.oid FROM ty)), '')) ELSE '' END"
+    " FROM pg_catalog.pg_class c"
     " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.oid = ANY({0}::pg_catalog.text::pg_catalog.oid[])"
-    " UNION ALL SELECT NULL, NULL, NULL, NULL, w.g, NULL FROM ROWS FROM ("
+    " UNION ALL SELECT NULL, NULL, NULL, NULL, w.g, NULL, NULL, NULL, NULL FROM ROWS FROM ("
     "pg_catalog.unnest({1}::pg_catalog.text::pg_catalog.int4[]),"
     " pg_catalog.unnest({2}::pg_catalog.text::pg_catalog.oid[]),"
     " pg_catalog.unnest({3}::pg_catalog.text::pg_catalog.oid[])) AS w(g, oid, node)"
     " JOIN pg_catalog.pg_class c ON c.oid = w.oid WHERE c.relfilenode <> w.node GROUP BY w.g"
 )
+#: The `pg_publication_namespace` rows that publish a table's schema (or an ancestor's):
+#: Postgres 15 and later; before, none.
+_SCHEMAS_15 = (
+    "COALESCE((SELECT pg_catalog.string_agg(s.oid::pg_catalog.text, ',' ORDER BY s.oid)"
+    " FROM pg_catalog.pg_publication_namespace s JOIN pg_catalog.pg_class ac"
+    " ON ac.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND (ac.oid = c.oid"
+    " OR ac.oid IN (SELECT pa.relid FROM pg_catalog.pg_partition_ancestors(c.oid) pa))), '')"
+)
+
+
+def query(server_version: int, *params: str) -> str:
+    """The round's query on a server of `server_version`, its parameters spelt `params`."""
+    schemas = _SCHEMAS_15 if server_version >= 150000 else "''"
+    return _SELECT.format(*params[:5], schemas, *params[5:])
+
+
 #: Prepared on the checks' own connection.
 STATEMENT = b"shapegate_still_there"
-QUERY = _SELECT.format("$1", "$2", "$3", "$4").encode()
 #: Seconds the connection is kept unused before it is closed.
 IDLE_CLOSE = 60.0
 #: Descriptions whose descendants' array texts are kept (then all are dropped and made again).
@@ -74,9 +124,9 @@ TEXTS_KEPT = 256
 #: (then its 503, as after a timeout).
 DOWN_WAIT = 0.5
 
-#: What a round found of a table: its (schema, name, relfilenode, columns), None when no
-#: table has its oid.
-Names = tuple[str, str, int, str] | None
+#: What a round found of a table: its (schema, name, relfilenode, columns, collations,
+#: publication, types) (`Found`), None when no table has its oid.
+Names = tuple[str, str, int, str, str, str | None, str] | None
 
 
 def columns_text(
@@ -105,6 +155,68 @@ def columns_text(
     )
 
 
+def collations_text(columns: Iterable[tuple[int, str | None]]) -> str | None:
+    """The text the round says a table's columns' collations in (attnum and
+    `pg_attribute.attcollation` of each, 0: not collatable), from each column's attnum and
+    `ColumnInfo.collation` (whose fifth field is that OID); None when a column's was not
+    recorded (described by an engine that did not: nothing to compare)."""
+    parts = []
+    for attnum, collation in sorted(columns, key=lambda column: column[0]):
+        fields = None if collation is None else collation.split("|")
+        if fields is None or len(fields) < 5:
+            return None
+        parts.append(f"{attnum} {fields[4]}")
+    return "/".join(parts)
+
+
+def published_text(entries: Iterable[int], all_tables: bool, schemas: Iterable[int]) -> str:
+    """The text the round says how the publication publishes a table in: the
+    `pg_publication_rel` rows of it or a partition ancestor, FOR ALL TABLES, the
+    `pg_publication_namespace` rows of its schema (`HowPublished`'s fields of the same)."""
+    return "|".join(
+        (
+            ",".join(map(str, sorted(entries))),
+            "t" if all_tables else "f",
+            ",".join(map(str, sorted(schemas))),
+        )
+    )
+
+
+#: The enums' values (pg_enum oid, label) and composites' attributes (type oid, attnum,
+#: attribute type oid, name) a table's columns are made of, as a round said them.
+Types = tuple[frozenset[tuple[int, str]], frozenset[tuple[int, int, int, str]]]
+
+
+def types_of(text: str) -> Types:
+    """`Types` from the round's text of them: values, `|`, attributes; each item its
+    numbers, the length of its name and the name (which may hold any character)."""
+    enums, at = _items(text, 0, 1)
+    composites, _ = _items(text, at + 1, 3)
+    return (
+        frozenset((int(item[0]), str(item[1])) for item in enums),
+        frozenset((int(a[0]), int(a[1]), int(a[2]), str(a[3])) for a in composites),
+    )
+
+
+def _items(text: str, at: int, numbers: int) -> tuple[list[tuple[int | str, ...]], int]:
+    """The items from `at` up to a `|` between two (or the end), each `numbers` numbers
+    and a name preceded by its length, separated by `/`; and where they end."""
+    items: list[tuple[int | str, ...]] = []
+    end = len(text)
+    while at < end and text[at] != "|":
+        fields: list[int] = []
+        for _ in range(numbers + 1):
+            space = text.index(" ", at)
+            fields.append(int(text[at:space]))
+            at = space + 1
+        length = fields.pop()
+        items.append((*fields, text[at : at + length]))
+        at += length
+        if at < end and text[at] == "/":
+            at += 1
+    return items, at
+
+
 def stopping() -> ServiceUnavailable:
     return ServiceUnavailable("The source is stopping", retry_after=1)
 
@@ -115,25 +227,31 @@ def not_answering() -> ServiceUnavailable:
     )
 
 
-#: What a round found: (schema, name, relfilenode, columns) by oid, for the oids there.
-Found = dict[int, tuple[str, str, int, str]]
+#: What a round found: by oid, for the oids there, (schema, name, relfilenode, columns
+#: (`columns_text`), collations (`collations_text`), how the publication publishes it
+#: (`published_text`; None: no such publication), the enums' values and composites'
+#: attributes its columns are made of (`types_text`)).
+Found = dict[int, tuple[str, str, int, str, str, str | None, str]]
 #: A round's question: the tables' oids, and the descendants' groups, oids, relfilenodes
-#: (the query's four array texts).
-Question = tuple[str, str, str, str]
+#: (the query's four array texts), the publication's name, and the tables whose types to
+#: read (an array text).
+Question = tuple[str, str, str, str, str, str]
 #: A round's answer: what it found, and the groups with a descendant rewritten.
 Answer = tuple[Found, set[int]]
 
 
 async def ask_on(conn: AsyncConnection[Any], question: Question) -> Answer:
     """A round's query on a psycopg connection (the catalog's: `StillThere`'s fallback)."""
-    cur = await conn.execute(_SELECT.format("%s", "%s", "%s", "%s"), question)
+    names = [f"%(p{i})s" for i in range(len(question))]  # (not in the text's order)
+    text = query(conn.info.server_version, *names)
+    cur = await conn.execute(text.encode(), {f"p{i}": q for i, q in enumerate(question)})
     found: Found = {}
     rewritten: set[int] = set()
-    for oid, schema, name, node, group, columns in await cur.fetchall():
+    for oid, schema, name, node, group, columns, colls, pub, types in await cur.fetchall():
         if group is not None:
             rewritten.add(group)
         else:
-            found[oid] = (schema, name, node, columns)
+            found[oid] = (schema, name, node, columns, colls or "", pub, types or "")
     return found, rewritten
 
 
@@ -148,7 +266,8 @@ class _Link:
         self.used_at = time.monotonic()
 
     async def prepare(self) -> None:
-        self.pgconn.send_prepare(STATEMENT, QUERY)
+        text = query(self.pgconn.server_version, "$1", "$2", "$3", "$4", "$5", "$6")
+        self.pgconn.send_prepare(STATEMENT, text.encode())
         await self._results()
 
     async def ask(self, question: Question) -> Answer:
@@ -158,7 +277,7 @@ class _Link:
         found: Found = {}
         rewritten: set[int] = set()
         encoding = self.encoding
-        for oid, schema, name, node, group, columns in await self._results():
+        for oid, schema, name, node, group, columns, colls, pub, types in await self._results():
             if group is not None:
                 rewritten.add(int(group))
             elif oid is not None and schema is not None and name is not None and node:
@@ -167,6 +286,9 @@ class _Link:
                     name.decode(encoding),
                     int(node),
                     (columns or b"").decode(encoding),
+                    (colls or b"").decode(),
+                    None if pub is None else pub.decode(),
+                    (types or b"").decode(encoding),
                 )
         return found, rewritten
 
@@ -201,11 +323,14 @@ Verdict = tuple[Names, bool]
 class _Group:
     """The requests a round answers about one table under one description."""
 
-    __slots__ = ("futures", "oid", "watch")
+    __slots__ = ("futures", "oid", "types", "watch")
 
     def __init__(self, oid: int, watch: Watch) -> None:
         self.oid = oid
         self.watch = watch
+        #: Whether the round reads the enums' values and composites' attributes its
+        #: columns are made of (`Found`; else an empty text).
+        self.types = False
         self.futures: list[asyncio.Future[Verdict]] = []
 
     def fail(self, failure: BaseException) -> None:
@@ -220,10 +345,13 @@ class StillThere:
     def __init__(
         self,
         dsn: str,
+        publication: str,
         timeout: Callable[[], float],
         fallback: Callable[[Question], Awaitable[Answer]],
     ) -> None:
         self.dsn = dsn
+        #: The engine's publication (whether it still publishes each table: `Found`).
+        self.publication = publication
         #: Seconds a round (with the connection it may open) may take: the catalog's.
         self.timeout = timeout
         #: A round's query on the catalog connection, for when this one's cannot be opened.
@@ -234,8 +362,8 @@ class StillThere:
         self._waiting: dict[tuple[int, int], _Group] = {}
         self._rounds: asyncio.Task[None] | None = None
         # What the last round that asked about each table found: (when it began, names, the
-        # descendants it compared, whether one was rewritten).
-        self._seen: dict[int, tuple[float, Names, Watch, bool]] = {}
+        # descendants it compared, whether one was rewritten, whether it read the types).
+        self._seen: dict[int, tuple[float, Names, Watch, bool, bool]] = {}
         self._link: _Link | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -247,7 +375,7 @@ class StillThere:
         #: Rounds run (for tests and benchmarks: how many requests shared one).
         self.rounds_run = 0
 
-    async def check(self, oid: int, watch: Watch, asked: float) -> Verdict:
+    async def check(self, oid: int, watch: Watch, asked: float, *, types: bool = False) -> Verdict:
         """What a round begun at or after `asked` (monotonic) found of the table `oid`: its
         schema, name, relfilenode and columns (`columns_text`; None: not there), and
         whether one of the descendants `watch` lists (oid, relfilenode: a partitioned
@@ -258,7 +386,7 @@ class StillThere:
         once for every request of the same description (a waiter per descendant cost a -1
         of a table of 500 partitions 4.6 times the CPU, review 23:15)."""
         seen = self._seen.get(oid)
-        if seen is not None and seen[0] >= asked and seen[2] is watch:
+        if seen is not None and seen[0] >= asked and seen[2] is watch and seen[4] >= types:
             return seen[1], seen[3]
         if self._closed:
             raise stopping()
@@ -266,6 +394,7 @@ class StillThere:
         group = self._waiting.get(key)
         if group is None:
             group = self._waiting[key] = _Group(oid, watch)
+        group.types |= types
         found: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         group.futures.append(found)
         if self._rounds is None:  # (one running began before this request: it waits)
@@ -318,7 +447,7 @@ class StillThere:
             changed = {id(watched[i]) for i in rewritten}
             for group in batch.values():
                 verdict = (found.get(group.oid), id(group) in changed)
-                self._seen[group.oid] = (started, verdict[0], group.watch, verdict[1])
+                self._seen[group.oid] = (started, verdict[0], group.watch, verdict[1], group.types)
                 for future in group.futures:
                     if not future.done():
                         future.set_result(verdict)
@@ -336,7 +465,9 @@ class StillThere:
         """The round's question: the tables' oids, and each watched group's descendants
         (their texts kept per description: a table of 500 partitions costs a few string
         joins a round, not 500 numbers to write)."""
+        groups = list(groups)
         roots = "{" + ",".join({str(group.oid) for group in groups}) + "}"
+        typed = "{" + ",".join({str(group.oid) for group in groups if group.types}) + "}"
         numbers, oids, nodes = [], [], []
         for i, group in enumerate(watched):
             count, oid_text, node_text = self._texts_of(group.watch)
@@ -348,6 +479,8 @@ class StillThere:
             "{" + ",".join(numbers) + "}",
             "{" + ",".join(oids) + "}",
             "{" + ",".join(nodes) + "}",
+            self.publication,
+            typed,
         )
 
     def _texts_of(self, watch: Watch) -> tuple[int, str, str]:

@@ -451,6 +451,21 @@ def edge_requests() -> Iterator[FuzzRequest]:
     for name in ("where", "subset__where", "subset__order_by"):
         yield FuzzRequest("GET", _with(name, quote(_DEEP_PARENS)), kind="edge-deep")
         yield FuzzRequest("GET", _with(name, quote("n > 1 AND " + _DEEP_PARENS)), kind="edge-deep")
+    for clause in (
+        r"title = E'\uD800'",
+        r"title = U&'\D800'",
+        r"title = E'\uDC00x'",
+        r"title = U&'!D800' UESCAPE '!'",
+        r"title = E'\xED\xA0\x80'",
+        r"title = E'\355\240\200'",
+        r"title = E'\U00110000'",
+        r"title = U&'\0000'",
+    ):
+        for name in (
+            "where",
+            "subset__where",
+        ):  # (SQL escapes of a lone surrogate, NUL, past U+10FFFF)
+            yield FuzzRequest("GET", _with(name, quote(clause, safe="")), kind="edge-escape")
     for extra in ("zz=1", "foo[bar]=1", "params[1][2]=x", "subset__zz=1", "subset=1",
                   "subset[where]=true", "params[]=1", "params[=1", "=1", "&&", "="):  # fmt: skip
         yield FuzzRequest("GET", _VALID_DEFINITION + "&" + extra, kind="edge-unknown")

@@ -1090,3 +1090,26 @@ async def test_deep_but_allowed_body_is_fine(engine: Engine) -> None:
         headers={"content-type": "application/json"},
     )  # fmt: skip
     assert status == 200, raw
+
+
+@pytest.mark.parametrize("zeros", [5000, 20])
+async def test_a_content_length_of_many_leading_zeros_is_read(
+    engine_proc: EngineProcess, zeros: int
+) -> None:
+    """llhttp takes `Content-Length: 000...02`, any number of zeros; `int()` of 4,300+
+    characters raised in the connection's `data_received`: no answer at all, and an ERROR
+    traceback in the log. Now it is the 2 it says."""
+    engine_proc_sql(engine_proc, "CREATE TABLE items (id int PRIMARY KEY, title text, n int)")
+    engine_proc_sql(engine_proc, "INSERT INTO items VALUES (1, 't1', 10)")
+    reader, writer = await asyncio.open_connection("127.0.0.1", engine_proc.port)
+    length = "0" * zeros + "2"
+    writer.write(
+        b"POST /v1/shape?table=items&offset=-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: " + length.encode() + b"\r\n\r\n{}"
+    )
+    raw = await asyncio.wait_for(reader.read(), 30)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200 "), engine_proc.log.read_text()[-3000:]
+    assert b'"title":"t1"' in raw
+    log = engine_proc.log.read_text(errors="replace")
+    assert not loud_log_lines(log), loud_log_lines(log)[:5]
