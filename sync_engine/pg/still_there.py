@@ -44,15 +44,20 @@ logger = logging.getLogger(__name__)
 #: each of the tables (by oid, $1) still there, and what else changes its rows with no
 #: WAL row and no rewrite (`Extra`): its columns' collations, how the publication ($5)
 #: publishes it, its columns' enums' values and composites' attributes (of the tables $6
-#: only, whose descriptions have any: a walk of its types cost a round ~3 ms of Postgres
-#: time, four times the rest, where every such change of any other table changes a
-#: column's type, seen in its columns); then the groups
+#: only, whose descriptions have any: the walk of its types is the dearest part of a
+#: round, ~3 ms of Postgres time through hash joins and ~0.3 ms by index, where every such
+#: change of any other table changes a column's type, seen in its columns); then the groups
 #: ($2) of descendants ($3, with the relfilenodes described, $4) of which one has another
 #: relfilenode now, one row each (compared in Postgres: a table of 500 partitions is one
 #: row, not 500 to read and compare here).
-#: Arrays as text.
+#: Arrays as text. Every catalog row is looked up by oid through a correlated subquery or a
+#: `LATERAL (... OFFSET 0)` (kept a nested loop over an index): the connection runs one
+#: generic plan (`StillThere._open`), which must not hash-join a whole catalog whatever
+#: the round asks (a join of the descendants' array to pg_class was a scan of pg_class;
+#: the types' walk, hash joins of pg_type and pg_attribute: ~5 ms a round).
 _SELECT = (
-    "SELECT c.oid::pg_catalog.int8, n.nspname, c.relname, c.relfilenode::pg_catalog.int8,"
+    "SELECT c.oid::pg_catalog.int8, (SELECT n.nspname FROM pg_catalog.pg_namespace n"
+    " WHERE n.oid = c.relnamespace), c.relname, c.relfilenode::pg_catalog.int8,"
     " NULL::pg_catalog.int4, COALESCE((SELECT i.indkey::pg_catalog.text"
     " FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), '')"
     " OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) COALESCE((SELECT pg_catalog.string_agg("
@@ -64,14 +69,15 @@ _SELECT = (
     " ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid"
     " AND a.attnum > 0 AND NOT a.attisdropped),"
     " (SELECT pg_catalog.concat_ws('|', COALESCE((SELECT pg_catalog.string_agg("
-    "r.oid::pg_catalog.text, ',' ORDER BY r.oid) FROM pg_catalog.pg_publication_rel r"
-    " WHERE r.prpubid = p.oid AND (r.prrelid = c.oid OR r.prrelid IN (SELECT pa.relid"
-    " FROM pg_catalog.pg_partition_ancestors(c.oid) pa))), ''), p.puballtables, {5})"
+    "r.oid::pg_catalog.text, ',' ORDER BY r.oid) FROM ({7}) x(relid) CROSS JOIN LATERAL"
+    " (SELECT r.oid FROM pg_catalog.pg_publication_rel r WHERE r.prrelid = x.relid"
+    " AND r.prpubid = p.oid OFFSET 0) r), ''), p.puballtables, {5})"
     " FROM pg_catalog.pg_publication p WHERE p.pubname = {4}),"
     " CASE WHEN c.oid = ANY({6}::pg_catalog.text::pg_catalog.oid[]) THEN"
     " (WITH RECURSIVE ty(oid) AS (SELECT a.atttypid FROM pg_catalog.pg_attribute a"
     " WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
-    " UNION SELECT m.oid FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid"
+    " UNION SELECT m.oid FROM ty CROSS JOIN LATERAL (SELECT t.oid, t.typtype, t.typbasetype,"
+    " t.typelem, t.typrelid FROM pg_catalog.pg_type t WHERE t.oid = ty.oid OFFSET 0) t"
     " CROSS JOIN LATERAL (SELECT t.typbasetype WHERE t.typtype = 'd'"
     " UNION ALL SELECT t.typelem WHERE t.typelem <> 0"
     " UNION ALL SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = t.oid"
@@ -82,36 +88,42 @@ _SELECT = (
     " AND a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS m(oid))"
     " SELECT COALESCE((SELECT pg_catalog.string_agg(pg_catalog.concat_ws(' ', e.oid,"
     " pg_catalog.length(e.enumlabel::pg_catalog.text), e.enumlabel), '/' ORDER BY e.oid)"
-    " FROM pg_catalog.pg_enum e WHERE e.enumtypid IN (SELECT ty.oid FROM ty)), '')"
+    " FROM ty CROSS JOIN LATERAL (SELECT e.oid, e.enumlabel FROM pg_catalog.pg_enum e"
+    " WHERE e.enumtypid = ty.oid OFFSET 0) e), '')"
     " OPERATOR(pg_catalog.||) '|' OPERATOR(pg_catalog.||) COALESCE((SELECT"
     " pg_catalog.string_agg(pg_catalog.concat_ws(' ', t.oid, a.attnum, a.atttypid,"
     " pg_catalog.length(a.attname::pg_catalog.text), a.attname), '/' ORDER BY t.oid, a.attnum)"
-    " FROM pg_catalog.pg_type t JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid"
-    " AND a.attnum > 0 AND NOT a.attisdropped WHERE t.typtype = 'c'"
-    " AND t.oid IN (SELECT ty.oid FROM ty)), '')) ELSE '' END"
+    " FROM ty CROSS JOIN LATERAL (SELECT t.oid, t.typrelid FROM pg_catalog.pg_type t"
+    " WHERE t.oid = ty.oid AND t.typtype = 'c' OFFSET 0) t CROSS JOIN LATERAL (SELECT"
+    " a.attnum, a.atttypid, a.attname FROM pg_catalog.pg_attribute a"
+    " WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped OFFSET 0) a), ''))"
+    " ELSE '' END"
     " FROM pg_catalog.pg_class c"
-    " JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.oid = ANY({0}::pg_catalog.text::pg_catalog.oid[])"
     " UNION ALL SELECT NULL, NULL, NULL, NULL, w.g, NULL, NULL, NULL, NULL FROM ROWS FROM ("
     "pg_catalog.unnest({1}::pg_catalog.text::pg_catalog.int4[]),"
     " pg_catalog.unnest({2}::pg_catalog.text::pg_catalog.oid[]),"
     " pg_catalog.unnest({3}::pg_catalog.text::pg_catalog.oid[])) AS w(g, oid, node)"
-    " JOIN pg_catalog.pg_class c ON c.oid = w.oid WHERE c.relfilenode <> w.node GROUP BY w.g"
+    " WHERE (SELECT c.relfilenode FROM pg_catalog.pg_class c WHERE c.oid = w.oid) <> w.node"
+    " GROUP BY w.g"
 )
+#: The table and its partition ancestors (each once, as the rows of `pg_class` are).
+_LINEAGE = "SELECT c.oid UNION SELECT pa.relid FROM pg_catalog.pg_partition_ancestors(c.oid) pa"
 #: The `pg_publication_namespace` rows that publish a table's schema (or an ancestor's):
 #: Postgres 15 and later; before, none.
 _SCHEMAS_15 = (
     "COALESCE((SELECT pg_catalog.string_agg(s.oid::pg_catalog.text, ',' ORDER BY s.oid)"
-    " FROM pg_catalog.pg_publication_namespace s JOIN pg_catalog.pg_class ac"
-    " ON ac.relnamespace = s.pnnspid WHERE s.pnpubid = p.oid AND (ac.oid = c.oid"
-    " OR ac.oid IN (SELECT pa.relid FROM pg_catalog.pg_partition_ancestors(c.oid) pa))), '')"
+    " FROM ({0}) x(relid) CROSS JOIN LATERAL (SELECT ac.relnamespace"
+    " FROM pg_catalog.pg_class ac WHERE ac.oid = x.relid OFFSET 0) ac CROSS JOIN LATERAL"
+    " (SELECT s.oid FROM pg_catalog.pg_publication_namespace s WHERE s.pnnspid = ac.relnamespace"
+    " AND s.pnpubid = p.oid OFFSET 0) s), '')"
 )
 
 
 def query(server_version: int, *params: str) -> str:
     """The round's query on a server of `server_version`, its parameters spelt `params`."""
-    schemas = _SCHEMAS_15 if server_version >= 150000 else "''"
-    return _SELECT.format(*params[:5], schemas, *params[5:])
+    schemas = _SCHEMAS_15.format(_LINEAGE) if server_version >= 150000 else "''"
+    return _SELECT.format(*params[:5], schemas, *params[5:], _LINEAGE)
 
 
 #: Prepared on the checks' own connection.
@@ -528,10 +540,13 @@ class StillThere:
         conn = await AsyncConnection.connect(self.dsn, autocommit=True, connect_timeout=5)
         link = _Link(conn)
         try:
-            # Each round's statement is planned for its own tables: after five runs Postgres
-            # may switch to one generic plan for the prepared statement, and for this catalog
-            # query that plan scans pg_class whole (200-400 ms a round against 1-10 ms).
-            await conn.execute("SET plan_cache_mode = force_custom_plan")
+            # One generic plan, made once: the query is shaped so that it looks every table
+            # up by oid in an index (`_SELECT`), whatever the round's arrays hold; planning
+            # it each round cost 1.5-2.5 ms, more than running it. No JIT: the query's
+            # estimated cost passes `jit_above_cost`, and compiling it cost each round
+            # 100-200 ms against its ~0.6 ms run.
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute("SET jit = off")
             await link.prepare()
         except BaseException:
             link.close()
